@@ -1,0 +1,155 @@
+"""One exception hierarchy for all of plugbay.
+
+Every message says what went wrong *and* what to do about it. Errors that
+describe a timeout also derive from the builtin :class:`TimeoutError` so that
+generic callers can catch them without importing plugbay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PlugbayError(Exception):
+    """Base class of every error raised by plugbay."""
+
+
+class ConfigError(PlugbayError, ValueError):
+    """The caller passed options that cannot work together or are malformed."""
+
+
+# --- handshake and start-up -------------------------------------------------
+
+
+class HandshakeError(PlugbayError):
+    """The plugin could not be started and negotiated with."""
+
+
+class MagicCookieError(HandshakeError):
+    """The plugin side was run without the host's magic cookie."""
+
+
+class PluginExitedError(HandshakeError):
+    """The plugin stopped before it printed its handshake line."""
+
+    def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
+                 detail: str = "") -> None:
+        self.exit_code = exit_code
+        self.stderr_tail = list(stderr_tail)
+        tail = "\n".join("    " + line for line in self.stderr_tail) or "    (no output)"
+        extra = f"\n{detail}" if detail else ""
+        super().__init__(
+            f"plugin {name!r} exited with code {exit_code} before completing the handshake."
+            f" Its last stderr lines:\n{tail}{extra}\n"
+            "Check that the command is a go-plugin plugin, that it serves with the same"
+            " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
+        )
+
+
+class HandshakeTimeoutError(HandshakeError, TimeoutError):
+    """The plugin did not print a handshake line within the start timeout."""
+
+
+class MalformedHandshakeError(HandshakeError):
+    """The plugin printed a line that is not a go-plugin handshake line."""
+
+    def __init__(self, line: str, reason: str) -> None:
+        self.line = line
+        super().__init__(
+            f"malformed handshake line {line!r}: {reason}. go-plugin expects "
+            "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
+            " first stdout line; make sure the plugin prints nothing to stdout before serving."
+        )
+
+
+class ProtocolMismatchError(HandshakeError):
+    """Core protocol versions differ, or the plugin speaks a protocol plugbay cannot."""
+
+
+class UnsupportedProtocolError(ProtocolMismatchError):
+    """The plugin announced go-plugin's netrpc protocol (Go-only gob encoding)."""
+
+
+class VersionMismatchError(HandshakeError):
+    """Host and plugin share no application protocol version."""
+
+    def __init__(self, host_versions: Sequence[int], plugin_versions: Sequence[int]) -> None:
+        self.host_versions = list(host_versions)
+        self.plugin_versions = list(plugin_versions)
+        super().__init__(
+            f"no common application protocol version: host supports {self.host_versions},"
+            f" plugin supports {self.plugin_versions}. Upgrade the older side, or add a"
+            " VersionedPlugins entry for a version both understand."
+        )
+
+
+class ChecksumMismatchError(PlugbayError):
+    """SecureConfig: the plugin executable or image is not the one expected."""
+
+
+# --- using a running plugin -------------------------------------------------
+
+
+class UnknownPluginError(PlugbayError, KeyError):
+    """dispense() was asked for a plugin name the negotiated plugin set lacks."""
+
+    def __init__(self, name: str, available: Sequence[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(
+            f"unknown plugin type {name!r}; the plugin set has {self.available}."
+            " Use one of those names or add the plugin to the host's plugin set."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ClientStateError(PlugbayError):
+    """An operation was called in a state where it cannot work (e.g. after kill())."""
+
+
+class PluginDiedError(PlugbayError):
+    """The plugin process, container or pod ended while the host was using it."""
+
+
+class CallTimeoutError(PlugbayError, TimeoutError):
+    """A call to the plugin exceeded its deadline."""
+
+
+class CircuitOpenError(PlugbayError):
+    """Calls are refused because the plugin failed too often recently."""
+
+
+# --- runners ----------------------------------------------------------------
+
+
+class RunnerError(PlugbayError):
+    """A runner could not start, watch or stop its plugin."""
+
+
+class EngineUnavailableError(RunnerError):
+    """The container engine or cluster API cannot be reached."""
+
+
+class ImageNotFoundError(RunnerError):
+    """The plugin image does not exist where the runner looks for it."""
+
+
+class PermissionDeniedError(RunnerError):
+    """The runner's credentials lack a permission it needs."""
+
+
+# --- broker -----------------------------------------------------------------
+
+
+class BrokerError(PlugbayError):
+    """A brokered connection could not be set up."""
+
+
+class BrokerTimeoutError(BrokerError, TimeoutError):
+    """A broker id was never announced by the other side in time."""
+
+
+class BrokerClosedError(BrokerError):
+    """The broker stream ended; pending and future dials fail."""

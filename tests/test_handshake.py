@@ -1,0 +1,98 @@
+"""The handshake line, version negotiation, and the generated code's freshness."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugbay.core import errors
+from plugbay.core.handshake import (
+    HandshakeConfig,
+    HandshakeInfo,
+    negotiate_version,
+    parse_handshake_line,
+    parse_versions,
+)
+from plugbay.core.tls import generate_cert
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_five_field_line_from_old_plugins() -> None:
+    info = parse_handshake_line("1|1|tcp|127.0.0.1:1234|grpc\n")
+    assert (info.network, info.address, info.protocol, info.server_cert, info.multiplex) == \
+        ("tcp", "127.0.0.1:1234", "grpc", None, False)
+
+
+def test_six_field_line_carries_the_server_certificate() -> None:
+    cert = generate_cert().cert_der
+    line = HandshakeInfo(1, 3, "unix", "/tmp/x/plugin1", "grpc", cert).to_line()
+    assert line.count("|") == 5 and not line.endswith("=")  # unpadded base64, as go-plugin writes
+    info = parse_handshake_line(line)
+    assert info.server_cert == cert and info.app_version == 3
+
+
+def test_seven_field_line_announces_multiplexing() -> None:
+    assert parse_handshake_line("1|2|unix|/s|grpc||true").multiplex is True
+    assert parse_handshake_line("1|2|unix|/s|grpc||false").multiplex is False
+
+
+def test_short_cert_field_means_no_certificate() -> None:
+    # go-plugin ignores field 6 unless it is longer than 50 characters
+    assert parse_handshake_line("1|1|tcp|127.0.0.1:1|grpc|abc").server_cert is None
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("hello world", "at least 4"),
+    ("x|1|tcp|a:1|grpc", "not a number"),
+    ("1|one|tcp|a:1|grpc", "not a number"),
+    ("1|1|udp|a:1|grpc", "unknown address type"),
+    ("1|1|tcp||grpc", "empty address"),
+    ("1|1|tcp|a:1|grpc|" + "!" * 60, "base64"),
+    ("1|1|tcp|a:1|grpc||maybe", "not a boolean"),
+    ("1|1|tcp|a:1|grpc||true|x", "at most 7"),
+])
+def test_malformed_lines_are_quoted_in_the_error(line: str, needle: str) -> None:
+    with pytest.raises(errors.MalformedHandshakeError) as exc:
+        parse_handshake_line(line)
+    assert needle in str(exc.value) and repr(line) in str(exc.value)
+
+
+def test_core_protocol_mismatch() -> None:
+    with pytest.raises(errors.ProtocolMismatchError, match="core API version"):
+        parse_handshake_line("2|1|tcp|127.0.0.1:1|grpc")
+
+
+def test_netrpc_is_refused_with_advice() -> None:
+    for line in ("1|1|tcp|127.0.0.1:1|netrpc", "1|1|tcp|127.0.0.1:1"):
+        with pytest.raises(errors.UnsupportedProtocolError, match="serve gRPC"):
+            parse_handshake_line(line)
+
+
+def test_version_negotiation_picks_highest_common() -> None:
+    assert negotiate_version([1, 2, 3], [2, 3, 4]) == 3
+    with pytest.raises(errors.VersionMismatchError) as exc:
+        negotiate_version([1, 2], [3])
+    assert "[1, 2]" in str(exc.value) and "[3]" in str(exc.value)
+    assert parse_versions("1, 2,3") == [1, 2, 3]
+    with pytest.raises(errors.ConfigError, match="comma-separated"):
+        parse_versions("1,two")
+
+
+def test_handshake_info_round_trips_through_json() -> None:
+    info = HandshakeInfo(1, 2, "tcp", "127.0.0.1:9", "grpc", generate_cert().cert_der, True)
+    assert HandshakeInfo.from_dict(info.to_dict()) == info
+
+
+def test_empty_cookie_is_a_config_error() -> None:
+    with pytest.raises(errors.ConfigError, match="magic_cookie"):
+        HandshakeConfig(1, "", "x")
+
+
+def test_generated_code_matches_protos() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/genproto.py"), "--check"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
