@@ -1,0 +1,1 @@
+"""plugbay internals: one module per concern of go-plugin's protocol."""

@@ -1,0 +1,1 @@
+"""Runners: where a plugin runs (process, Docker container, Kubernetes pod)."""

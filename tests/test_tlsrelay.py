@@ -1,0 +1,114 @@
+"""The OpenSSL relay that lets grpcio talk to go-plugin's P-521 AutoMTLS peers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from plugbay.core import tls, tlsrelay
+
+
+@pytest.fixture
+def echo_server(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "echo.sock")
+    listener = tlsrelay.open_listener("unix", path)
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=loop, name="plugbay-test-echo", daemon=True)
+    thread.start()
+    yield path
+    stop.set()
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join(timeout=10)
+
+
+def _relay_pair(tmp_path: Path, echo: str, server: tls.CertKey, client: tls.CertKey,
+                client_trusts: bytes) -> tuple[tlsrelay.TLSRelay, tlsrelay.TLSRelay]:
+    term = tlsrelay.TLSRelay(tlsrelay.open_listener("tcp", "127.0.0.1:0"), ("unix", echo),
+                             tls.server_context(server, client.cert_pem), "terminate")
+    orig = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
+                             tls.client_context(client, client_trusts), "originate")
+    return term, orig
+
+
+def test_p521_certificates_round_trip_a_large_payload(tmp_path: Path, echo_server: str) -> None:
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
+    assert not tls.grpc_can_use(server.cert_pem)  # the reason the relay exists
+    term, orig = _relay_pair(tmp_path, echo_server, server, client, server.cert_pem)
+    try:
+        payload = os.urandom(3_000_000)
+        with tlsrelay.dial("unix", orig.address[1], timeout=10) as sock:
+            writer = threading.Thread(target=sock.sendall, args=(payload,), name="plugbay-test-writer")
+            writer.start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = sock.recv(65536)
+                assert chunk, "relay closed the connection early"
+                got += chunk
+            writer.join(timeout=10)
+        assert bytes(got) == payload
+    finally:
+        orig.close()
+        term.close()
+    assert not os.path.exists(str(tmp_path / "orig.sock"))
+
+
+def test_a_client_with_the_wrong_certificate_is_refused(tmp_path: Path, echo_server: str) -> None:
+    server, client, stranger = (tls.generate_cert(ec.SECP521R1()) for _ in range(3))
+    term = tlsrelay.TLSRelay(tlsrelay.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server),
+                             tls.server_context(server, client.cert_pem), "terminate")
+    try:
+        host, port = term.address[1].rsplit(":", 1)
+        ctx = tls.client_context(stranger, server.cert_pem)
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+                    # TLS 1.3 reports a refused client certificate on the first read
+                    conn.sendall(b"x")
+                    if not conn.recv(1):
+                        raise ConnectionError("closed by server")
+    finally:
+        term.close()
+
+
+def test_the_client_refuses_a_server_it_does_not_trust(tmp_path: Path, echo_server: str) -> None:
+    server, client, other = (tls.generate_cert() for _ in range(3))
+    term, orig = _relay_pair(tmp_path, echo_server, server, client, other.cert_pem)
+    try:
+        with tlsrelay.dial("unix", orig.address[1], timeout=10) as sock:
+            sock.settimeout(10)
+            # the relay drops the plaintext side after the failed handshake
+            try:
+                sock.sendall(b"hello")
+                assert sock.recv(10) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        orig.close()
+        term.close()
+
+
+def test_unknown_network_is_a_config_error() -> None:
+    from plugbay.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unix' or 'tcp"):
+        tlsrelay.open_listener("udp", "x")
