@@ -1,0 +1,177 @@
+"""The pods/portforward WebSocket endpoint (the v4.channel.k8s.io protocol).
+
+Per requested port i the stand-in opens two channels: 2*i carries data both
+ways, 2*i+1 carries error text from the server. The first frame on each channel
+is the channel byte plus the port number as 2 bytes, little endian. Every
+later binary frame is the channel byte plus payload. The data channel is
+relayed to the container's port published on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import select
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PROTOCOL = "v4.channel.k8s.io"
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def accept_key(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + struct.pack(">H", n)
+    else:
+        head += bytes([127]) + struct.pack(">Q", n)
+    return head + payload
+
+
+class FrameReader:
+    """Incremental parser of (masked) client frames."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self._partial: bytes | None = None
+        self._partial_op = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buf += data
+        out: list[tuple[int, bytes]] = []
+        while True:
+            if len(self.buf) < 2:
+                return out
+            b0, b1 = self.buf[0], self.buf[1]
+            fin, opcode, masked, n = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
+            pos = 2
+            if n == 126:
+                if len(self.buf) < 4:
+                    return out
+                n = struct.unpack(">H", self.buf[2:4])[0]
+                pos = 4
+            elif n == 127:
+                if len(self.buf) < 10:
+                    return out
+                n = struct.unpack(">Q", self.buf[2:10])[0]
+                pos = 10
+            mask = b""
+            if masked:
+                if len(self.buf) < pos + 4:
+                    return out
+                mask = self.buf[pos:pos + 4]
+                pos += 4
+            if len(self.buf) < pos + n:
+                return out
+            payload = self.buf[pos:pos + n]
+            self.buf = self.buf[pos + n:]
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == OP_CONT and self._partial is not None:
+                self._partial += payload
+                if fin:
+                    out.append((self._partial_op, self._partial))
+                    self._partial = None
+                continue
+            if not fin:
+                self._partial, self._partial_op = payload, opcode
+                continue
+            out.append((opcode, payload))
+
+
+class ForwardSession:
+    """One port-forward WebSocket: relays each requested port to 127.0.0.1:<published>."""
+
+    def __init__(self, sock: socket.socket, pod_key: str, ports: Sequence[int],
+                 targets: dict[int, int]) -> None:
+        self.sock = sock
+        self.pod_key = pod_key
+        self.ports = list(ports)
+        self.targets = targets
+        self.dropped = threading.Event()
+        self.drop_on_data = False
+
+    def drop(self) -> None:
+        """Fault injection: cut the stream as an API server restart or network blip would."""
+        self.dropped.set()
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        self.sock.sendall(frame(opcode, payload))
+
+    def run(self, stop: threading.Event) -> None:
+        conns: dict[int, socket.socket] = {}
+        try:
+            for i, port in enumerate(self.ports):
+                header = struct.pack("<H", port)
+                self._send(OP_BINARY, bytes([2 * i]) + header)
+                self._send(OP_BINARY, bytes([2 * i + 1]) + header)
+            for i, port in enumerate(self.ports):
+                target = self.targets.get(port)
+                try:
+                    if target is None:
+                        raise ConnectionRefusedError("port not published")
+                    conns[i] = socket.create_connection(("127.0.0.1", target), timeout=5)
+                    conns[i].settimeout(None)
+                except OSError as exc:
+                    msg = (f"error forwarding port {port} to pod {self.pod_key}: failed to connect"
+                           f" to localhost:{port} inside namespace: {exc}")
+                    self._send(OP_BINARY, bytes([2 * i + 1]) + msg.encode())
+                    return
+            self._relay(conns, stop)
+        except OSError:
+            pass
+        finally:
+            for c in conns.values():
+                c.close()
+            try:
+                if not self.dropped.is_set():
+                    self._send(OP_CLOSE, struct.pack(">H", 1000))
+            except OSError:
+                pass
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _relay(self, conns: dict[int, socket.socket], stop: threading.Event) -> None:
+        reader = FrameReader()
+        by_sock = {c: i for i, c in conns.items()}
+        while not stop.is_set() and not self.dropped.is_set():
+            readable, _, _ = select.select([self.sock, *by_sock], [], [], 0.2)
+            for s in readable:
+                if s is self.sock:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    for opcode, payload in reader.feed(data):
+                        if opcode == OP_CLOSE:
+                            return
+                        if opcode == OP_PING:
+                            self._send(OP_PONG, payload)
+                        elif opcode == OP_BINARY and payload:
+                            if self.drop_on_data:
+                                self.dropped.set()
+                                return
+                            chan = payload[0]
+                            if chan % 2 == 0 and chan // 2 in conns:
+                                conns[chan // 2].sendall(payload[1:])
+                else:
+                    i = by_sock[s]
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return  # the pod side closed: end the stream like the kubelet does
+                    self._send(OP_BINARY, bytes([2 * i]) + data)
