@@ -1,0 +1,328 @@
+"""Builds plugbay's images locally: the Debian base image and plugin images.
+
+``python -m plugbay.images [--base-only] [NAME ...]`` builds the base image
+``plugbay-base:bookworm`` when it is missing (debootstrap a minimal bookworm
+with python3 and python3-venv, then ``docker import`` it: no registry is ever
+pulled from), then the example plugin images (``kv``: the Python KV plugin,
+``kv-go``: go-plugin's KV plugin in Go, ``counter`` when the example exists).
+
+Plugin images are built from ``Dockerfile.plugin``: plugbay and its
+dependencies are installed offline from wheels into a venv, the plugin's code
+is copied in, and the image runs as a non-root user. Each image carries a
+``plugbay.content-hash`` label over everything that went into it, so asking
+again for an unchanged image costs one ``docker inspect``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plugbay.core.errors import ConfigError, EngineUnavailableError, RunnerError
+
+BASE_IMAGE = "plugbay-base:bookworm"
+HASH_LABEL = "plugbay.content-hash"
+SUITE = "bookworm"
+# Runtime dependencies installed into every plugin image, pinned to what this
+# host runs so host and plugin speak through the same grpcio/protobuf.
+RUNTIME_DEPS = ("grpcio", "protobuf", "cryptography")
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile.plugin"
+CACHE = REPO / ".cache" / "images"
+
+Progress = Callable[[str], None]
+
+
+def _print_progress(line: str) -> None:
+    print(f"images: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class PluginImage:
+    """A plugin image recipe: the code folder and the command the image runs."""
+
+    tag: str
+    source: Callable[[], Path]  # resolved lazily: the Go recipe compiles a binary
+    entry: Sequence[str]  # argv inside the image; the plugin folder is /plugin
+
+
+def _kv_go_source() -> Path:
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.gobuild import build_go  # the Go test programs live with the tests
+    finally:
+        sys.path.remove(str(REPO))
+    binary = build_go("kv_plugin")
+    folder = CACHE / "kv-go-src"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(binary, folder / "kv_plugin")
+    return folder
+
+
+EXAMPLES: dict[str, PluginImage] = {
+    "kv": PluginImage("plugbay-kv:latest", lambda: REPO / "examples" / "kv", ["python", "/plugin/plugin.py"]),
+    "kv-go": PluginImage("plugbay-kv-go:latest", _kv_go_source, ["/plugin/kv_plugin"]),
+    "counter": PluginImage("plugbay-counter:latest", lambda: REPO / "examples" / "counter",
+                           ["python", "/plugin/plugin.py"]),
+}
+
+
+def docker_client() -> Any:
+    """A docker SDK client with a negotiated API version, or EngineUnavailableError."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except DockerException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineUnavailableError(
+            f"cannot reach the Docker engine at {host}: {exc}. Start it (`dockerd &`, or"
+            " `systemctl start docker`), or point DOCKER_HOST at a running engine."
+        ) from exc
+    return client
+
+
+@contextmanager
+def _lock() -> Iterator[None]:
+    # Several pytest processes may ask for the same image at once.
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- base image -------------------------------------------------------------
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt uses (deb822 sources first, then sources.list)."""
+    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
+    if deb822.exists():
+        for stanza in deb822.read_text().split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ")):
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+            if SUITE in fields.get("suites", "").split() and fields.get("uris"):
+                return fields["uris"].split()[0]
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
+                return parts[1]
+    return "http://deb.debian.org/debian"
+
+
+def _stream(cmd: Sequence[str], progress: Progress, *, what: str, stdin: Any = None) -> None:
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        progress(f"{what}: {line.rstrip()}")
+    if proc.wait() != 0:
+        raise RunnerError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}; see the lines above")
+
+
+def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> str:
+    """Build ``plugbay-base:bookworm`` unless it exists; return its image id."""
+    from docker.errors import ImageNotFound
+
+    client = client or docker_client()
+    try:
+        return str(client.images.get(BASE_IMAGE).id)
+    except ImageNotFound:
+        pass
+    with _lock():
+        try:  # another process may have built it while we waited
+            return str(client.images.get(BASE_IMAGE).id)
+        except ImageNotFound:
+            pass
+        if shutil.which("debootstrap") is None:
+            raise RunnerError(f"{BASE_IMAGE} is missing and debootstrap is not installed:"
+                              " run `apt-get install debootstrap` (scripts/setup does), then retry")
+        mirror = apt_mirror()
+        progress(f"building {BASE_IMAGE} with debootstrap from {mirror} (a few minutes, once)")
+        root = Path(tempfile.mkdtemp(prefix="plugbay-rootfs-", dir="/var/tmp"))
+        try:
+            _stream(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
+                     SUITE, str(root), mirror], progress, what="debootstrap")
+            progress(f"importing the root filesystem as {BASE_IMAGE}")
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            try:
+                _stream(["docker", "import", "-", BASE_IMAGE], progress, what="docker import", stdin=tar.stdout)
+            finally:
+                if tar.stdout:
+                    tar.stdout.close()
+                tar.wait()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        image_id = str(client.images.get(BASE_IMAGE).id)
+        progress(f"{BASE_IMAGE} ready ({image_id[:19]})")
+        return image_id
+
+
+# --- plugin images ----------------------------------------------------------
+
+
+def _tree_hash(h: Any, root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
+            continue
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def _dep_pins() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_DEPS]
+
+
+def _wheelhouse(progress: Progress) -> Path:
+    """Wheels of plugbay's runtime dependencies, downloaded once per set of pins."""
+    pins = _dep_pins()
+    folder = CACHE / ("deps-" + hashlib.sha256(" ".join(pins).encode()).hexdigest()[:16])
+    if (folder / ".complete").exists():
+        return folder
+    progress(f"downloading wheels for {' '.join(pins)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _stream([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+             "--dest", str(folder), *pins], progress, what="pip download")
+    (folder / ".complete").touch()
+    return folder
+
+
+def _plugbay_wheel(dest: Path, progress: Progress) -> None:
+    if not (REPO / "pyproject.toml").exists():
+        raise ConfigError(f"plugbay's source tree is not at {REPO}; plugin images are built from a checkout")
+    with tempfile.TemporaryDirectory(prefix="plugbay-wheel-") as build:
+        _stream([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                 "-w", build, str(REPO)], progress, what="pip wheel plugbay")
+        for wheel in Path(build).glob("plugbay-*.whl"):
+            shutil.copy2(wheel, dest / wheel.name)
+
+
+def _entrypoint(entry: Sequence[str]) -> str:
+    quoted = " ".join("'" + arg.replace("'", "'\\''") + "'" for arg in entry)
+    return f'#!/bin/sh\n# generated by plugbay.images\nexec {quoted} "$@"\n'
+
+
+def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
+                       base_image: str = BASE_IMAGE, progress: Progress = _print_progress,
+                       client: Any = None) -> str:
+    """Build (or find up to date) a plugin image; return its image id.
+
+    ``plugin_dir`` is copied to /plugin in the image; ``entry`` is the argv the
+    container runs (e.g. ``["python", "/plugin/plugin.py"]``).
+    """
+    from docker.errors import APIError, BuildError, ImageNotFound
+
+    client = client or docker_client()
+    plugin_dir = Path(plugin_dir)
+    if not plugin_dir.is_dir():
+        raise ConfigError(f"plugin folder {plugin_dir} does not exist; pass the folder holding the plugin's code")
+    if not DOCKERFILE.exists():
+        raise ConfigError(f"{DOCKERFILE} is missing; build plugin images from a plugbay checkout")
+    base_id = ensure_base(progress, client=client) if base_image == BASE_IMAGE else str(client.images.get(base_image).id)
+    with _lock():
+        wheels = _wheelhouse(progress)
+        h = hashlib.sha256()
+        for part in (DOCKERFILE.read_bytes(), base_id.encode(), " ".join(_dep_pins()).encode(),
+                     _entrypoint(entry).encode()):
+            h.update(hashlib.sha256(part).digest())
+        _tree_hash(h, REPO / "src" / "plugbay")
+        h.update((REPO / "pyproject.toml").read_bytes())
+        _tree_hash(h, plugin_dir)
+        digest = h.hexdigest()[:32]
+        try:
+            image = client.images.get(tag)
+            if image.labels.get(HASH_LABEL) == digest:
+                progress(f"{tag} is up to date ({digest[:12]})")
+                return str(image.id)
+        except ImageNotFound:
+            pass
+        progress(f"building {tag} from {plugin_dir} on {base_image}")
+        with tempfile.TemporaryDirectory(prefix="plugbay-build-") as tmp:
+            ctx = Path(tmp)
+            (ctx / "wheels").mkdir()
+            for wheel in wheels.glob("*.whl"):
+                try:  # hard links keep big wheels from being copied on every build
+                    os.link(wheel, ctx / "wheels" / wheel.name)
+                except OSError:
+                    shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+            _plugbay_wheel(ctx / "wheels", progress)
+            shutil.copytree(plugin_dir, ctx / "plugin", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            (ctx / "plugin" / "entrypoint").write_text(_entrypoint(entry))
+            (ctx / "plugin" / "entrypoint").chmod(0o755)
+            shutil.copy2(DOCKERFILE, ctx / "Dockerfile.plugin")
+            try:
+                for chunk in client.api.build(path=str(ctx), dockerfile="Dockerfile.plugin", tag=tag,
+                                              buildargs={"BASE_IMAGE": base_image}, labels={HASH_LABEL: digest},
+                                              rm=True, forcerm=True, pull=False, network_mode="none", decode=True):
+                    if "stream" in chunk and chunk["stream"].strip():
+                        progress(f"{tag}: {chunk['stream'].rstrip()}")
+                    if "error" in chunk:
+                        raise BuildError(chunk["error"], [])
+            except (APIError, BuildError) as exc:
+                raise RunnerError(f"building {tag} failed: {exc}. Check {DOCKERFILE} and {plugin_dir}") from exc
+        image = client.images.get(tag)
+        progress(f"{tag} ready ({image.short_id})")
+        return str(image.id)
+
+
+def ensure_example(name: str, progress: Progress = _print_progress, *, client: Any = None) -> str:
+    """Build example image ``name`` (kv, kv-go, counter) when needed; return its tag."""
+    recipe = EXAMPLES.get(name)
+    if recipe is None:
+        raise ConfigError(f"unknown example image {name!r}; choose one of {sorted(EXAMPLES)}")
+    build_plugin_image(recipe.tag, recipe.source(), recipe.entry, progress=progress, client=client)
+    return recipe.tag
+
+
+def _available_examples() -> list[str]:
+    names = []
+    if (REPO / "examples" / "kv" / "plugin.py").exists():
+        names.append("kv")
+    if (REPO / "tests" / "go" / "kv_plugin").is_dir() and shutil.which("go"):
+        names.append("kv-go")
+    if (REPO / "examples" / "counter" / "plugin.py").exists():
+        names.append("counter")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plugbay.images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-only", action="store_true", help=f"only build {BASE_IMAGE} when missing")
+    parser.add_argument("names", nargs="*", help=f"example images to build (default: all available of {sorted(EXAMPLES)})")
+    args = parser.parse_args(argv)
+    try:
+        client = docker_client()
+        ensure_base(client=client)
+        _print_progress(f"{BASE_IMAGE} present")
+        if not args.base_only:
+            for name in args.names or _available_examples():
+                ensure_example(name, client=client)
+    except (RunnerError, ConfigError) as exc:
+        print(f"images: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Docker engine access for the Docker runner: connecting, typed errors, labels, sweeping.
+
+A container's owner is the host session in its ``plugbay.session`` label, or,
+once another host process reattached to it, the session recorded in its name
+(``<name>_owner_<session>.<start>``: labels cannot change after creation, names can).
+A session is alive while its process (the pid in the session id, with the same
+start time) runs on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from plugbay.core.errors import EngineUnavailableError
+from plugbay.runners.base import HOST_SESSION_ID
+
+CONTAINER_SOCKET_DIR = "/plugbay/sock"
+# Group given to the socket folder when the host runs as root (gid 0 would put
+# the container user in the root group); Dockerfile.plugin's user has this gid.
+DEFAULT_ROOT_SOCKET_GID = 10001
+MANAGED = "plugbay.managed"
+SESSION = "plugbay.session"
+SESSION_START = "plugbay.session-start"
+HOST = "plugbay.host"
+SOCKET_DIR = "plugbay.socket-dir"
+_OWNER_MARK = "_owner_"
+
+T = TypeVar("T")
+
+
+def _unreachable(exc: BaseException) -> EngineUnavailableError:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return EngineUnavailableError(
+        f"cannot reach the Docker engine at {host}: {exc}. Start it (`dockerd &` or"
+        " `systemctl start docker`; scripts/setup does), or set DOCKER_HOST to a running engine."
+    )
+
+
+def engine() -> Any:
+    """A docker SDK client with the API version negotiated (the engine here is 20.10 / 1.41)."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:  # pragma: no cover - the docker extra is not installed
+        raise EngineUnavailableError("the docker SDK is missing: pip install 'plugbay[docker]'") from exc
+    try:
+        return docker.from_env(version="auto")
+    except DockerException as exc:
+        raise _unreachable(exc) from exc
+
+
+def engine_call(func: Callable[[], T], what: str) -> T:
+    """Run one engine request, turning connection failures into EngineUnavailableError."""
+    import requests
+    from docker.errors import DockerException
+
+    try:
+        return func()
+    except requests.exceptions.ConnectionError as exc:
+        raise _unreachable(exc) from exc
+    except DockerException as exc:
+        if "connection" in str(exc).lower() and not hasattr(exc, "response"):
+            raise _unreachable(exc) from exc
+        raise
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text[text.rindex(")") + 2:].split()[19]
+
+
+_SESSION_START = _start_ticks(os.getpid())
+
+
+def managed_labels() -> dict[str, str]:
+    return {MANAGED: "true", SESSION: HOST_SESSION_ID, SESSION_START: _SESSION_START, HOST: socket.gethostname()}
+
+
+def owner_name(name: str, session: str) -> str:
+    base = name.split(_OWNER_MARK, 1)[0]
+    return f"{base}{_OWNER_MARK}{session}.{_SESSION_START if session == HOST_SESSION_ID else ''}"
+
+
+def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
+    """(session, start ticks) of the host that owns a container."""
+    if _OWNER_MARK in name:
+        session, _, start = name.split(_OWNER_MARK, 1)[1].partition(".")
+        return session, start
+    return labels.get(SESSION, ""), labels.get(SESSION_START, "")
+
+
+def session_alive(session: str, start: str) -> bool:
+    """Whether the host process behind ``session`` still runs on this machine."""
+    try:
+        pid = int(session.split("-", 1)[0])
+    except ValueError:
+        return False
+    ticks = _start_ticks(pid)
+    return bool(ticks) and (not start or ticks == start)
+
+
+def _clear_socket_dir(path: str) -> None:
+    # Only sockets and an empty folder are removed: the folder may be a
+    # caller's, and anything else in it is not ours to delete.
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        try:
+            if stat.S_ISSOCK(entry.lstat().st_mode):
+                entry.unlink()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> list[str]:
+    """Remove plugbay containers whose host session is gone; return their ids.
+
+    Without ``live_sessions``, a session is gone when its host process no longer
+    runs on this machine (containers started from other machines are left
+    alone). With it, every session not listed counts as gone. This process's
+    own containers are never removed.
+    """
+    from docker.errors import DockerException, NotFound
+
+    own = client is None
+    client = client or engine()
+    live = set(live_sessions) if live_sessions is not None else None
+    here = socket.gethostname()
+    removed: list[str] = []
+    try:
+        found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}),
+                            "list plugbay containers")
+        for container in found:
+            labels = container.labels or {}
+            session, start = owner_of(container.name, labels)
+            if session == HOST_SESSION_ID:
+                continue
+            if live is not None:
+                gone = session not in live
+            else:
+                gone = labels.get(HOST) == here and not session_alive(session, start)
+            if not gone:
+                continue
+            try:
+                container.remove(force=True, v=True)
+            except NotFound:
+                continue
+            except DockerException:
+                continue
+            removed.append(container.id)
+            if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
+                _clear_socket_dir(labels[SOCKET_DIR])
+    finally:
+        if own:
+            client.close()
+    return removed
