@@ -1,0 +1,130 @@
+"""The plugin's stderr: hclog JSON lines become Python logging records.
+
+go-plugin plugins log with hclog; under a go-plugin host they write one JSON
+object per line to stderr (``@level``, ``@message``, ``@module``,
+``@timestamp`` and key/value pairs). The pump turns each into a record at the
+matching level on the logger ``plugbay.plugin.<name>``, with the hclog facts
+in ``extra`` (``plugin_module``, ``plugin_fields``, ``plugin_timestamp``).
+Other lines (a print, a panic) go to ``raw_sink`` if given, else to the
+logger as they are: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
+Go panic is an error; everything else is INFO. The last lines are kept for
+error messages (a plugin that dies before its handshake).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+_LEVELS = {
+    "trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+    "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+}
+_PREFIXES = (("[TRACE]", TRACE), ("[DEBUG]", logging.DEBUG), ("[INFO]", logging.INFO),
+             ("[WARN]", logging.WARNING), ("[ERROR]", logging.ERROR))
+_RESERVED = ("@level", "@message", "@module", "@timestamp", "@caller")
+
+
+def plugin_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"plugbay.plugin.{name}")
+
+
+def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
+    """(level, message, extra) for an hclog JSON line, None for anything else."""
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or "@message" not in entry:
+        return None
+    level = _LEVELS.get(str(entry.get("@level", "")).lower())
+    if level is None:
+        return None  # JSON, but not hclog's: go-plugin shows it verbatim
+    fields = {k: v for k, v in entry.items() if k not in _RESERVED}
+    extra = {
+        "plugin_module": entry.get("@module", ""),
+        "plugin_fields": fields,
+        "plugin_timestamp": entry.get("@timestamp", ""),
+    }
+    message = str(entry["@message"])
+    if fields:
+        message += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+    return level, message, extra
+
+
+def _fmt(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+class LogPump:
+    """Reads line streams (stderr, stray stdout) in threads and logs each line."""
+
+    def __init__(self, name: str, logger: logging.Logger | None = None,
+                 raw_sink: Callable[[str], None] | None = None, tail: int = 50) -> None:
+        self.name = name
+        self.logger = logger or plugin_logger(name)
+        self.raw_sink = raw_sink
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail)
+        self._threads: list[threading.Thread] = []
+        self._in_panic = False
+
+    def follow(self, lines: Iterator[str], stream: str = "stderr") -> threading.Thread:
+        """Pump ``lines`` in a thread until they end. The thread is joined by join()."""
+        thread = threading.Thread(target=self._run, args=(lines, stream),
+                                  name=f"plugbay-logs-{stream}-{self.name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def tail(self) -> list[str]:
+        return list(self._tail)
+
+    def join(self, timeout: float = 5.0) -> bool:
+        """Wait for every pumped stream to end; False if one is still open."""
+        ok = True
+        for thread in self._threads:
+            thread.join(timeout)
+            ok = ok and not thread.is_alive()
+        return ok
+
+    def _run(self, lines: Iterator[str], stream: str) -> None:
+        try:
+            for line in lines:
+                self.handle(line, stream)
+        except Exception:  # a broken stream ends the pump, never the host
+            self.logger.debug("reading plugin %s failed", stream, exc_info=True)
+
+    def handle(self, line: str, stream: str = "stderr") -> None:
+        if stream == "stderr":
+            self._tail.append(line)
+        base = {"plugin_name": self.name, "plugin_stream": stream}
+        parsed = parse_hclog(line)
+        if parsed is not None:
+            level, message, extra = parsed
+            self.logger.log(level, "%s", message, extra={**base, **extra})
+            return
+        if self.raw_sink is not None:
+            self.raw_sink(line)
+            return
+        level = logging.INFO
+        for prefix, prefix_level in _PREFIXES:
+            if line.startswith(prefix):
+                level = prefix_level
+                break
+        else:
+            if line.startswith(("panic: ", "fatal error: ")):
+                self._in_panic = True
+            if self._in_panic:
+                level = logging.ERROR
+        self.logger.log(level, "%s", line, extra={**base, "plugin_module": "", "plugin_fields": {},
+                                                  "plugin_timestamp": ""})

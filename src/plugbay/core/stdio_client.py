@@ -1,0 +1,69 @@
+"""Host side of GRPCStdio: the plugin's stdout/stderr bytes, streamed over gRPC, to sinks.
+
+A go-plugin plugin (current releases, and plugbay's serve()) redirects its own
+stdout/stderr writes into the ``plugin.GRPCStdio`` stream. The host reads it
+in one thread and hands every chunk, in order, to the matching sink; the
+default sink discards, as go-plugin's default does. Plugins that predate
+GRPCStdio (go-plugin 1.0.1) answer UNIMPLEMENTED, which is not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import empty_pb2
+
+from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
+
+Sink = Callable[[bytes], None]
+_log = logging.getLogger("plugbay.client")
+
+
+class StdioReader:
+    """Reads StreamStdio until the plugin closes it or close() is called."""
+
+    def __init__(self, channel: grpc.Channel, stdout_sink: Sink | None, stderr_sink: Sink | None,
+                 name: str = "plugin") -> None:
+        self._stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
+        self._sinks = {grpc_stdio_pb2.StdioData.STDOUT: stdout_sink,
+                       grpc_stdio_pb2.StdioData.STDERR: stderr_sink}
+        self._call: object | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.supported: bool | None = None  # None until the plugin answered
+        self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            call = self._stub.StreamStdio(empty_pb2.Empty())
+            self._call = call
+        try:
+            for data in call:
+                self.supported = True
+                sink = self._sinks.get(data.channel)
+                if sink is not None:
+                    try:
+                        sink(data.data)
+                    except Exception:
+                        _log.warning("GRPCStdio sink raised; output dropped", exc_info=True)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self.supported = False
+                _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
+            elif code != grpc.StatusCode.CANCELLED:
+                _log.debug("GRPCStdio stream ended: %s", exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            call = self._call
+        if call is not None:
+            call.cancel()  # type: ignore[attr-defined]
+        self._thread.join(timeout)
