@@ -1,0 +1,185 @@
+"""go-plugin's GRPCStdio: the plugin's stdout and stderr, streamed to the host.
+
+Plugin side (:class:`StdioCapture`, :class:`StdioServicer`): once the handshake
+line is out, file descriptors 1 and 2 are pointed (``dup2``) at pipes, so
+output from Python, C extensions and child processes alike is captured. One
+thread reads both pipes and keeps the chunks, in the order it read them, in a
+buffer bounded in bytes: writers never block on a slow or absent host (when
+the buffer is full the oldest chunks are dropped and the loss is logged). The
+host's single StreamStdio call receives the buffered chunks, then new ones as
+they come; a second caller takes the stream over (a re-attached host).
+
+The plugin's *log* records do not go through here: like go-plugin, the server
+writes them to a duplicate of the original stderr taken before redirection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import sys
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
+
+Channel = grpc_stdio_pb2.StdioData.Channel
+STDOUT = grpc_stdio_pb2.StdioData.STDOUT
+STDERR = grpc_stdio_pb2.StdioData.STDERR
+
+DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
+_READ = 64 * 1024
+_POLL_MS = 200
+_STREAM_POLL = 0.5
+
+
+class StdioCapture:
+    """Redirects fds 1 and 2 into a bounded in-memory buffer until stopped."""
+
+    def __init__(self, logger: logging.Logger, max_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
+        self._log = logger
+        self._max = max_bytes
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[tuple[Channel, bytes]] = collections.deque()
+        self._size = 0
+        self._dropped = 0
+        self._eof = False  # the pump has finished: nothing more will be added
+        self._generation = 0  # bumped by each StreamStdio caller; older callers stop
+        self._saved: tuple[int, int] | None = None
+        self._readers: dict[int, Channel] = {}
+        self._stop_pump = threading.Event()
+        self._pump: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Point fds 1 and 2 at pipes; everything written from now on is captured."""
+        _flush_std()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._saved = (os.dup(1), os.dup(2))
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        self._readers = {out_r: STDOUT, err_r: STDERR}
+        # A pipe makes sys.stdout block-buffered; line buffering keeps print()s timely.
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
+        self._pump = threading.Thread(target=self._pump_loop, name="plugbay-stdio-pump", daemon=True)
+        self._pump.start()
+
+    def stop(self, drain_timeout: float = 1.0) -> None:
+        """Give fds 1 and 2 back, read what is left in the pipes, end the streams."""
+        if self._saved is None:
+            return
+        _flush_std()
+        out_fd, err_fd = self._saved
+        self._saved = None
+        # Restoring closes our write ends; the pump then sees EOF unless a child
+        # process still holds them, which the timeout covers.
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        if self._pump is not None:
+            self._pump.join(drain_timeout)
+            self._stop_pump.set()
+            self._pump.join(5)
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _pump_loop(self) -> None:
+        poller = select.poll()
+        for fd in self._readers:
+            poller.register(fd, select.POLLIN)
+        open_fds = set(self._readers)
+        try:
+            while open_fds and not self._stop_pump.is_set():
+                for fd, _ in poller.poll(_POLL_MS):
+                    try:
+                        data = os.read(fd, _READ)
+                    except OSError:
+                        data = b""
+                    if data:
+                        self._add(self._readers[fd], data)
+                    else:
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+        finally:
+            for fd in self._readers:
+                os.close(fd)
+            self._readers = {}
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _add(self, channel: Channel, data: bytes) -> None:
+        dropped = 0
+        with self._cond:
+            self._chunks.append((channel, data))
+            self._size += len(data)
+            while self._size > self._max and len(self._chunks) > 1:
+                _, old = self._chunks.popleft()
+                self._size -= len(old)
+                dropped += len(old)
+            self._dropped += dropped
+            self._cond.notify_all()
+        if dropped:
+            self._log.warning("stdio buffer full: dropped the oldest output",
+                              extra={"dropped_bytes": dropped, "buffer_bytes": self._max})
+
+    def attach(self) -> int:
+        """Register a new StreamStdio caller; earlier callers stop receiving."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+            return self._generation
+
+    def next_chunk(self, generation: int, timeout: float) -> tuple[Channel, bytes] | None | bool:
+        """A chunk; None when nothing came within ``timeout``; False when the stream must end."""
+        with self._cond:
+            while True:
+                if generation != self._generation:
+                    return False
+                if self._chunks:
+                    channel, data = self._chunks.popleft()
+                    self._size -= len(data)
+                    return channel, data
+                if self._eof:
+                    return False
+                if not self._cond.wait(timeout):
+                    return None
+
+
+class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
+    def __init__(self, capture: StdioCapture) -> None:
+        self._capture = capture
+
+    def StreamStdio(self, request: object,
+                    context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
+        generation = self._capture.attach()
+        while context.is_active():
+            item = self._capture.next_chunk(generation, _STREAM_POLL)
+            if item is False:
+                return
+            if item is None or item is True:
+                continue
+            channel, data = item
+            yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+
+
+def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:
+    grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
