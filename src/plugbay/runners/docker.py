@@ -31,8 +31,8 @@ from typing import Any
 
 from plugbay.core.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, DEFAULT_ROOT_SOCKET_GID, engine, engine_call,
-                                            managed_labels, owner_name, sweep)
+from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, DEFAULT_ROOT_SOCKET_GID, clear_socket_dir, engine,
+                                            engine_call, managed_labels, owner_name, sweep)
 from plugbay.runners.docker_logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -98,6 +98,9 @@ class DockerRunner(Runner):
         self._lock = threading.Lock()
         self._killed = False
         self._attached = False
+        self._exited = threading.Event()
+        self._exit_code: int | None = None
+        self._waiter: threading.Thread | None = None
 
     # --- identity -------------------------------------------------------------
 
@@ -127,18 +130,12 @@ class DockerRunner(Runner):
             raise
 
     def _start(self, spec: LaunchSpec) -> None:
-        from docker.errors import APIError, ImageNotFound
+        from docker.errors import APIError
 
         client = self._client
-        try:
-            image = engine_call(lambda: client.images.get(self.image), "look up the image")
-        except ImageNotFound:
-            raise ImageNotFoundError(
-                f"image {self.image!r} is not on the Docker engine. Build it (the examples:"
-                " `python -m plugbay.images`; your plugin: `docker build -f Dockerfile.plugin ...`"
-                " or plugbay.images.build_plugin_image) or `docker load` it; plugbay never pulls."
-            ) from None
-        self._check_digest(image)
+        image = self._find_image(client)
+        if self.digest is not None:
+            self._check_digest(image, self.digest)
         if self.runtime:
             known = sorted(engine_call(client.info, "read engine info").get("Runtimes", {}))
             if self.runtime not in known:
@@ -190,16 +187,61 @@ class DockerRunner(Runner):
             self._host_port = self._published_port(container)
         for which in ("stdout", "stderr"):
             self._pumps[which] = LogPump(client.api, self._container_id, which)
+        self._watch_exit()
 
-    def _check_digest(self, image: Any) -> None:
-        if self.digest is None:
-            return
+    def _watch_exit(self) -> None:
+        # One blocking wait request per container instead of polling: the
+        # Client asks wait(0) often, and the engine answers the moment it ends.
+        def run() -> None:
+            code = -1
+            try:
+                code = int(self._client.api.wait(self._container_id, timeout=None).get("StatusCode", -1))
+            except Exception:  # noqa: BLE001 - removed (kill) or the engine went away
+                state = self._final_state or self._inspect_quietly()
+                code = int(state.get("ExitCode", -1)) if state else -1
+            finally:
+                self._exit_code = code
+                self._exited.set()
+
+        self._waiter = threading.Thread(target=run, name=f"plugbay-docker-wait-{self._container_id[:12]}",
+                                        daemon=True)
+        self._waiter.start()
+
+    def _inspect_quietly(self) -> dict[str, Any] | None:
+        try:
+            return self._inspect()
+        except Exception:  # noqa: BLE001 - best effort after the engine failed
+            return None
+
+    def _find_image(self, client: Any) -> Any:
+        from docker.errors import ImageNotFound
+
+        try:
+            return engine_call(lambda: client.images.get(self.image), "look up the image")
+        except ImageNotFound:
+            raise ImageNotFoundError(
+                f"image {self.image!r} is not on the Docker engine. Build it (the examples:"
+                " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
+                " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
+            ) from None
+
+    def _check_digest(self, image: Any, digest: str) -> None:
         repo_digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d]
-        if self.digest != image.id and self.digest not in repo_digests:
+        if digest != image.id and digest not in repo_digests:
             raise ChecksumMismatchError(
                 f"image {self.image!r} is {image.id} (repo digests {repo_digests or 'none'}), not the pinned"
-                f" {self.digest}. The image was rebuilt or replaced; rebuild the trusted one or update the pin."
+                f" {digest}. The image was rebuilt or replaced; rebuild the trusted one or update the pin."
             )
+
+    def check_secure_config(self, secure: Any) -> None:
+        """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+        if secure.hash != "sha256":
+            raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}")
+        client = engine()
+        try:
+            self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
+        finally:
+            client.close()
 
     def _prepare_socket_dir(self, path: str) -> int:
         # The container user (often non-root, capabilities dropped) must create
@@ -273,24 +315,11 @@ class DockerRunner(Runner):
         return state
 
     def wait(self, timeout: float | None = None) -> int | None:
-        import requests
-
-        if self._final_state is not None:
-            return int(self._final_state.get("ExitCode", -1))
-        state = self._inspect()
-        if state is None:
-            return -1 if self._container_id else None
-        if state.get("Status") in ("exited", "dead"):
-            return int(state.get("ExitCode", -1))
-        if timeout is not None and timeout <= 0:
+        if self._waiter is None:
             return None
-        try:
-            result = self._client.api.wait(self._container_id, timeout=timeout)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        if not self._exited.wait(None if timeout is None else max(timeout, 0)):
             return None
-        except Exception:  # noqa: BLE001 - removed meanwhile by kill() or by hand
-            return int(self._final_state.get("ExitCode", -1)) if self._final_state else -1
-        return int(result.get("StatusCode", -1))
+        return self._exit_code
 
     def kill(self, grace: float = 2.0) -> None:
         with self._lock:
@@ -325,8 +354,12 @@ class DockerRunner(Runner):
         finally:
             for pump in self._pumps.values():
                 pump.close()
+            if self._waiter is not None:
+                self._waiter.join(10.0)
             if self._owns_socket_dir and self._host_socket_dir:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
+            elif self._attached and self._host_socket_dir:
+                clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
             if client is not None:
                 client.close()
 
@@ -413,6 +446,7 @@ class DockerRunner(Runner):
             runner._client.close()
             raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                               f" (exit code {code}); start the plugin again")
+        runner._watch_exit()
         # Record the new owner so a sweep does not take the container from this host.
         try:
             container.rename(owner_name(container.name, HOST_SESSION_ID))

@@ -107,7 +107,7 @@ def session_alive(session: str, start: str) -> bool:
     return bool(ticks) and (not start or ticks == start)
 
 
-def _clear_socket_dir(path: str) -> None:
+def clear_socket_dir(path: str) -> None:
     # Only sockets and an empty folder are removed: the folder may be a
     # caller's, and anything else in it is not ours to delete.
     folder = Path(path)
@@ -162,7 +162,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> 
                 continue
             removed.append(container.id)
             if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
-                _clear_socket_dir(labels[SOCKET_DIR])
+                clear_socket_dir(labels[SOCKET_DIR])
     finally:
         if own:
             client.close()
