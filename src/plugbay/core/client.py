@@ -369,6 +369,7 @@ class Client:
             code = self._runner.wait(wait)
         if code is None:
             return None
+        self._exit_code = code
         tail = "; ".join(self._logs.tail()[-5:])
         return f"it exited with code {code}" + (f" (last stderr: {tail})" if tail else "")
 
@@ -409,6 +410,11 @@ class Client:
         runner = self._runner
         conn = self._conn
         asked = False
+        if runner is not None and self._exit_code is None and runner.wait(0) is not None:
+            graceful = False
+        # End our long-lived streams first (as go-plugin closes its broker before
+        # Shutdown): a graceful stop on the plugin side waits for open streams.
+        self._close_rpc_streams()
         if graceful and conn is not None and self._exit_code is None:
             try:
                 grpc_controller_pb2_grpc.GRPCControllerStub(conn.channel).Shutdown(  # type: ignore[no-untyped-call]
@@ -430,7 +436,7 @@ class Client:
                 _log.warning("killing plugin %s failed: %s", self.name, exc)
         self._close_streams()
 
-    def _close_streams(self) -> None:
+    def _close_rpc_streams(self) -> None:
         if self._stdio is not None:
             self._stdio.close()
         if self._broker is not None:
@@ -438,6 +444,8 @@ class Client:
                 self._broker.close()
             except Exception as exc:
                 _log.debug("closing broker: %s", exc)
+
+    def _close_streams(self) -> None:
         if self._channel is not None:
             self._channel.detach()
         if self._conn is not None:

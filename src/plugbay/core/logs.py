@@ -87,6 +87,7 @@ class LogPump:
         return thread
 
     def tail(self) -> list[str]:
+        """The last stderr lines, hclog entries shown as "[LEVEL] message k=v"."""
         return list(self._tail)
 
     def join(self, timeout: float = 5.0) -> bool:
@@ -105,14 +106,16 @@ class LogPump:
             self.logger.debug("reading plugin %s failed", stream, exc_info=True)
 
     def handle(self, line: str, stream: str = "stderr") -> None:
-        if stream == "stderr":
-            self._tail.append(line)
         base = {"plugin_name": self.name, "plugin_stream": stream}
         parsed = parse_hclog(line)
         if parsed is not None:
             level, message, extra = parsed
+            if stream == "stderr":
+                self._tail.append(f"[{logging.getLevelName(level)}] {message}")
             self.logger.log(level, "%s", message, extra={**base, **extra})
             return
+        if stream == "stderr":
+            self._tail.append(line)
         if self.raw_sink is not None:
             self.raw_sink(line)
             return

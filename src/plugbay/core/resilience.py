@@ -29,7 +29,11 @@ from plugbay.core.errors import CallTimeoutError, ClientStateError, PluginDiedEr
 class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
     def __init__(self, message: str, original: grpc.RpcError) -> None:
         super().__init__(message)
+        self.message = message
         self.original = original
+
+    def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
+        return self.message
 
     def code(self) -> grpc.StatusCode:
         return self.original.code()

@@ -70,7 +70,11 @@ class ProcessRunner(Runner):
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.cmd[0])
+        base = os.path.basename(self.cmd[0])
+        # `python plugin.py` is better named after the script than the interpreter.
+        if base.startswith("python") and len(self.cmd) > 1 and self.cmd[1].endswith(".py"):
+            return os.path.splitext(os.path.basename(self.cmd[1]))[0]
+        return base
 
     @property
     def id(self) -> str:

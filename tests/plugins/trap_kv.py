@@ -1,0 +1,70 @@
+"""A Python KV plugin (plugbay.serve) with trap keys, for host-side error paths.
+
+Get/Put behave like examples/kv except for these keys on Get:
+  __hang__   sleep until the call is cancelled (at most 60 s)
+  __die__    the process exits (code 9) in the middle of the call
+  __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
+  __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
+  __log__    log one record per level through Python logging, then return "logged"
+Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "src"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay.core.server import ServeConfig, serve  # noqa: E402
+
+log = logging.getLogger("trap_kv")
+
+
+class TrapKV:
+    def put(self, key: str, value: bytes) -> None:
+        Path(f"kv_{key}").write_bytes(value)
+
+    def get(self, key: str) -> bytes:
+        if key == "__hang__":
+            threading.Event().wait(60)
+            return b"woke"
+        if key == "__die__":
+            os._exit(9)
+        if key == "__print__":
+            print("to-stdout", flush=True)
+            print("to-stderr", file=sys.stderr, flush=True)
+            return b"printed"
+        if key == "__env__":
+            env = {k: v for k, v in os.environ.items() if k.startswith("PLUGIN_") or k == "BASIC_PLUGIN"}
+            env["TMPDIR"] = os.environ.get("TMPDIR", "")
+            return json.dumps(env).encode()
+        if key == "__log__":
+            log.debug("debug line", extra={"n": 1})
+            log.info("info line")
+            log.warning("warn line")
+            log.error("error line")
+            return b"logged"
+        return Path(f"kv_{key}").read_bytes()
+
+
+def main() -> None:
+    plugin = {PLUGIN_NAME: KVPlugin(TrapKV())}
+    versions = os.environ.get("TRAP_VERSIONS")
+    if versions:
+        serve(ServeConfig(handshake=HANDSHAKE,
+                          versioned_plugins={int(v): plugin for v in versions.split(",")}))
+    else:
+        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin))
+
+
+if __name__ == "__main__":
+    main()
