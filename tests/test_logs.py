@@ -1,0 +1,112 @@
+"""The stderr log pump: hclog JSON lines to logging records, raw lines, the tail."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from plugbay.core.logs import TRACE, LogPump, parse_hclog
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=1)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture()
+def capture() -> Capture:
+    handler = Capture()
+    logger = logging.getLogger("plugbay.plugin.testplug")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(1)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def hclog(level: str, msg: str, **kv: object) -> str:
+    return json.dumps({"@level": level, "@message": msg, "@module": "kv_plugin",
+                       "@timestamp": "2026-01-01T00:00:00.000000Z", **kv})
+
+
+def test_hclog_levels_and_extra(capture: Capture) -> None:
+    pump = LogPump("testplug")
+    lines = [hclog("trace", "t"), hclog("debug", "d", key="a"), hclog("info", "i"),
+             hclog("warn", "w"), hclog("error", "e", err="disk full", n=3)]
+    pump.follow(iter(lines))
+    assert pump.join(5)
+    got = [(r.levelno, r.getMessage()) for r in capture.records]
+    assert got == [(TRACE, "t"), (logging.DEBUG, "d key=a"), (logging.INFO, "i"),
+                   (logging.WARNING, "w"), (logging.ERROR, 'e err="disk full" n=3')]
+    last = capture.records[-1]
+    assert last.name == "plugbay.plugin.testplug"
+    assert last.plugin_module == "kv_plugin"  # type: ignore[attr-defined]
+    assert last.plugin_fields == {"err": "disk full", "n": 3}  # type: ignore[attr-defined]
+    assert last.plugin_timestamp.startswith("2026-01-01")  # type: ignore[attr-defined]
+    assert pump.tail()[-1] == '[ERROR] e err="disk full" n=3'
+
+
+def test_raw_lines_prefixes_and_panic(capture: Capture) -> None:
+    pump = LogPump("testplug")
+    for line in ["plain text", "[WARN] careful", "[DEBUG] detail", '{"not": "hclog"}',
+                 "panic: runtime error", "goroutine 1 [running]:"]:
+        pump.handle(line)
+    got = [(r.levelno, r.getMessage()) for r in capture.records]
+    assert got == [(logging.INFO, "plain text"), (logging.WARNING, "[WARN] careful"),
+                   (logging.DEBUG, "[DEBUG] detail"), (logging.INFO, '{"not": "hclog"}'),
+                   (logging.ERROR, "panic: runtime error"), (logging.ERROR, "goroutine 1 [running]:")]
+    assert pump.tail() == ["plain text", "[WARN] careful", "[DEBUG] detail", '{"not": "hclog"}',
+                           "panic: runtime error", "goroutine 1 [running]:"]
+
+
+def test_raw_sink_takes_non_json_lines(capture: Capture) -> None:
+    raw: list[str] = []
+    pump = LogPump("testplug", raw_sink=raw.append)
+    pump.handle("raw one")
+    pump.handle(hclog("info", "structured"))
+    assert raw == ["raw one"]
+    assert [r.getMessage() for r in capture.records] == ["structured"]
+
+
+def test_custom_logger_and_tail_limit() -> None:
+    logger = logging.getLogger("custom.plugin.logger")
+    handler = Capture()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        pump = LogPump("x", logger=logger, tail=3)
+        for i in range(10):
+            pump.handle(f"line {i}")
+        pump.handle("on stdout", stream="stdout")
+        assert pump.tail() == ["line 7", "line 8", "line 9"]
+        assert len(handler.records) == 11
+        assert handler.records[-1].plugin_stream == "stdout"  # type: ignore[attr-defined]
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_parse_hclog_rejects_non_hclog() -> None:
+    assert parse_hclog("hello") is None
+    assert parse_hclog("{broken json") is None
+    assert parse_hclog('["a"]') is None
+    assert parse_hclog('{"@message": "m", "@level": "bogus"}') is None
+    level, msg, extra = parse_hclog('{"@message": "m", "@level": "WARN"}') or (0, "", {})
+    assert (level, msg, extra["plugin_fields"]) == (logging.WARNING, "m", {})
+
+
+def test_a_failing_stream_ends_the_pump_quietly() -> None:
+    def broken():  # type: ignore[no-untyped-def]
+        yield "first"
+        raise OSError("pipe broke")
+
+    pump = LogPump("testplug")
+    pump.follow(broken())
+    assert pump.join(5)
+    assert pump.tail() == ["first"]

@@ -1,0 +1,156 @@
+"""ProcessRunner and AttachedProcess against real child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from plugbay.core.errors import ConfigError, RunnerError
+from plugbay.runners.base import LaunchSpec, reattach_runner
+from plugbay.runners.process import UNKNOWN_EXIT_CODE, ProcessRunner, resolve_executable
+
+PY = sys.executable
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_lines_env_cwd_and_exit_code(tmp_path: Path) -> None:
+    script = ("import os,sys; print('out1'); print('out2'); print('err1', file=sys.stderr);"
+              "print(os.getcwd()); print(os.environ.get('FROM_SPEC'), os.environ.get('FROM_RUNNER'),"
+              " os.environ.get('TMPDIR')); sys.exit(5)")
+    runner = ProcessRunner([PY, "-c", script], env={"FROM_RUNNER": "r"}, cwd=tmp_path)
+    runner.start(LaunchSpec(env={"FROM_SPEC": "s"}, socket_dir=str(tmp_path)))
+    out = list(runner.stdout_lines())
+    err = list(runner.stderr_lines())
+    assert out == ["out1", "out2", str(tmp_path), f"s r {tmp_path}"]
+    assert err == ["err1"]
+    assert runner.wait(10) == 5
+    assert "exited with code 5" in runner.diagnose() and "err1" in runner.diagnose()
+    runner.kill()
+    runner.kill()  # idempotent
+
+
+def test_skip_host_env() -> None:
+    os.environ["PLUGBAY_TEST_HOST_VAR"] = "leaked"
+    try:
+        script = "import os; print(os.environ.get('PLUGBAY_TEST_HOST_VAR'), os.environ.get('X'))"
+        for skip, expected in ((False, "leaked 1"), (True, "None 1")):
+            runner = ProcessRunner([PY, "-c", script], skip_host_env=skip)
+            runner.start(LaunchSpec(env={"X": "1"}))
+            assert list(runner.stdout_lines()) == [expected]
+            list(runner.stderr_lines())
+            assert runner.wait(10) == 0
+            runner.kill()
+    finally:
+        del os.environ["PLUGBAY_TEST_HOST_VAR"]
+
+
+def test_kill_reaches_the_whole_process_group() -> None:
+    # sh stays the leader while both sleeps run in the background of its group
+    runner = ProcessRunner(["sh", "-c", "sleep 60 & echo $!; sleep 60 & wait"])
+    runner.start(LaunchSpec(env={}))
+    lines = runner.stdout_lines()
+    child = int(next(lines))
+    assert runner.pid is not None and _alive(runner.pid) and _alive(child)
+    runner.kill(grace=0.5)
+    assert list(lines) == []  # the stream ends once the group is gone
+    assert runner.wait(0) is not None
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_kill_grace_lets_sigterm_handler_run(tmp_path: Path) -> None:
+    marker = tmp_path / "terminated"
+    script = ("import signal,sys,time,pathlib\n"
+              f"def h(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, h); print('ready', flush=True); time.sleep(60)")
+    runner = ProcessRunner([PY, "-c", script])
+    runner.start(LaunchSpec(env={}))
+    assert next(runner.stdout_lines()) == "ready"
+    runner.kill(grace=5)
+    assert marker.exists()
+    assert runner.wait(0) == 0
+
+
+def test_kill_without_grace_is_sigkill() -> None:
+    runner = ProcessRunner([PY, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                            "print('ready', flush=True); time.sleep(60)"])
+    runner.start(LaunchSpec(env={}))
+    assert next(runner.stdout_lines()) == "ready"
+    runner.kill(grace=0.3)  # SIGTERM is ignored: the force path must still end it
+    assert runner.wait(0) == -signal.SIGKILL
+    assert "SIGKILL" in runner.diagnose()
+
+
+def test_unread_streams_are_closed_on_kill() -> None:
+    runner = ProcessRunner([PY, "-c", "print('x')"])
+    runner.start(LaunchSpec(env={}))
+    assert runner.wait(10) == 0
+    runner.kill()
+    with pytest.raises(RunnerError, match="one reader"):
+        runner.stdout_lines()
+
+
+def test_reattach_by_pid_waits_and_kills() -> None:
+    runner = ProcessRunner([PY, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    runner.start(LaunchSpec(env={}))
+    assert next(runner.stdout_lines()) == "up"
+    data = runner.reattach_data()
+    assert data["kind"] == "ProcessRunner" and data["pid"] == runner.pid
+    attached = reattach_runner(data)
+    assert attached.id == str(runner.pid)
+    assert attached.wait(0.2) is None
+    attached.kill(grace=0.5)
+    assert attached.wait(5) == UNKNOWN_EXIT_CODE
+    runner.kill()
+    with pytest.raises(RunnerError, match="no longer running"):
+        reattach_runner(data)
+
+
+def test_reattach_refuses_a_reused_pid() -> None:
+    runner = ProcessRunner([PY, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    runner.start(LaunchSpec(env={}))
+    next(runner.stdout_lines())
+    data = {**runner.reattach_data(), "start_time": 1}
+    try:
+        with pytest.raises(RunnerError, match="pid was reused"):
+            reattach_runner(data)
+    finally:
+        runner.kill(0)
+
+
+def test_bad_commands() -> None:
+    with pytest.raises(ConfigError, match="non-empty list"):
+        ProcessRunner([])
+    with pytest.raises(ConfigError, match="not on PATH"):
+        resolve_executable("no-such-plugin-binary-xyz")
+    runner = ProcessRunner(["/nonexistent/plugin"])
+    with pytest.raises(RunnerError, match="cannot start plugin"):
+        runner.start(LaunchSpec(env={}))
+    runner.kill()
+    with pytest.raises(ConfigError, match="integer 'pid'"):
+        reattach_runner({"kind": "ProcessRunner"})
+
+
+def test_resolve_executable_uses_path() -> None:
+    assert resolve_executable("sh") == os.path.abspath(str(Path(resolve_executable("sh"))))
+    assert os.path.isabs(resolve_executable("sh"))
+    assert resolve_executable("./x") == os.path.abspath("./x")
+
+
+def test_python_script_naming() -> None:
+    assert ProcessRunner([PY, "examples/kv/plugin.py"]).name == "plugin"
+    assert ProcessRunner(["sh", "-c", "x"]).name == "sh"
