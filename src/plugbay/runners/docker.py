@@ -31,8 +31,8 @@ from typing import Any
 
 from plugbay.core.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, DEFAULT_ROOT_SOCKET_GID, clear_socket_dir, engine,
-                                            engine_call, managed_labels, owner_name, sweep)
+from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, clear_socket_dir, engine, engine_call,
+                                            managed_labels, owner_name, prepare_socket_dir, sweep)
 from plugbay.runners.docker_logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -149,7 +149,7 @@ class DockerRunner(Runner):
         if self.transport == "unix":
             self._host_socket_dir = spec.socket_dir or tempfile.mkdtemp(prefix="plugbay-docker-")
             self._owns_socket_dir = spec.socket_dir is None
-            gid = self._prepare_socket_dir(self._host_socket_dir)
+            gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid)
             env.update({"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
                         "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
             env.pop("PLUGBAY_LISTEN", None)
@@ -242,23 +242,6 @@ class DockerRunner(Runner):
             self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
         finally:
             client.close()
-
-    def _prepare_socket_dir(self, path: str) -> int:
-        # The container user (often non-root, capabilities dropped) must create
-        # its socket here; group rwx + setgid lets a supplementary group do it.
-        gid = self.socket_gid if self.socket_gid is not None else (os.getgid() or DEFAULT_ROOT_SOCKET_GID)
-        try:
-            if os.stat(path).st_gid != gid:
-                os.chown(path, -1, gid)
-            os.chmod(path, 0o2770)
-        except PermissionError as exc:
-            from plugbay.core.errors import PermissionDeniedError
-
-            raise PermissionDeniedError(
-                f"cannot give socket folder {path} to group {gid}: {exc}. Pass socket_gid= one of your"
-                f" groups ({sorted(os.getgroups())})."
-            ) from exc
-        return gid
 
     def _published_port(self, container: Any) -> int:
         container.reload()

@@ -107,6 +107,27 @@ def session_alive(session: str, start: str) -> bool:
     return bool(ticks) and (not start or ticks == start)
 
 
+def prepare_socket_dir(path: str, gid: int | None = None) -> int:
+    """Let a container user in a supplementary group ``gid`` create sockets in ``path``.
+
+    The container user is often non-root with every capability dropped, so
+    ownership alone decides: group rwx plus setgid (sockets inherit the group).
+    """
+    from plugbay.core.errors import PermissionDeniedError
+
+    gid = gid if gid is not None else (os.getgid() or DEFAULT_ROOT_SOCKET_GID)
+    try:
+        if os.stat(path).st_gid != gid:
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o2770)
+    except PermissionError as exc:
+        raise PermissionDeniedError(
+            f"cannot give socket folder {path} to group {gid}: {exc}. Pass socket_gid= one of your"
+            f" groups ({sorted(os.getgroups())})."
+        ) from exc
+    return gid
+
+
 def clear_socket_dir(path: str) -> None:
     # Only sockets and an empty folder are removed: the folder may be a
     # caller's, and anything else in it is not ours to delete.

@@ -1,0 +1,23 @@
+"""Test helpers: a testcontainers-python container for plugin images and a pytest plugin.
+
+``PluginContainer`` starts a plugin image with testcontainers' usual
+lifecycle and hands back a connected plugbay Client or a dispensed stub. The
+pytest plugin (entry point ``plugbay``) adds the fixtures ``plugin_process``,
+``plugin_container``, ``plugbay_docker`` and ``plugbay_image``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PluginContainer"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the pytest plugin loads this package in every pytest run, and
+    # testcontainers (the `testing` extra) may not be installed.
+    if name == "PluginContainer":
+        from plugbay.testing.container import PluginContainer
+
+        return PluginContainer
+    raise AttributeError(name)

@@ -1,0 +1,149 @@
+"""PluginContainer: a plugbay plugin image as a testcontainers-python container.
+
+    with PluginContainer("plugbay-kv:latest", HANDSHAKE, {"kv_grpc": KVPlugin(None)}) as plugin:
+        kv = plugin.dispense("kv_grpc")
+        kv.put("a", b"1")
+
+The container gets the go-plugin environment (magic cookie, protocol
+versions) and, by default, listens on TCP port 4000 published on 127.0.0.1
+only (PLUGBAY_LISTEN); ``transport="unix"`` bind-mounts a socket folder
+instead and disables the network (needed for go-plugin 1.0.1 Go plugins,
+which cannot listen on all interfaces). start() returns once the plugin
+printed its handshake line; get_client() connects a plugbay Client to it
+through the Docker runner's reattach path, so address mapping, deadlines and
+typed errors are the same as with DockerRunner.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from testcontainers.core.container import DockerContainer
+
+from plugbay.core.client import Client, ClientConfig
+from plugbay.core.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.core.handshake import (ENV_PROTOCOL_VERSIONS, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP,
+                                    HandshakeConfig, HandshakeInfo, parse_handshake_line)
+from plugbay.core.plugin import PluginSet, VersionedPlugins
+from plugbay.core.reattach import ReattachConfig
+from plugbay.runners.docker_engine import CONTAINER_SOCKET_DIR, managed_labels, prepare_socket_dir
+
+
+class PluginContainer(DockerContainer):
+    """A plugin image under testcontainers' lifecycle (start/stop/with)."""
+
+    def __init__(self, image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
+                 versioned_plugins: VersionedPlugins | None = None, transport: str = "tcp",
+                 container_port: int = 4000, start_timeout: float = 60.0,
+                 call_timeout: float | None = 30.0, **kwargs: Any) -> None:
+        if transport not in ("tcp", "unix"):
+            raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
+        kwargs.setdefault("docker_client_kw", {"version": "auto"})
+        super().__init__(image, **kwargs)
+        self.handshake_config = handshake
+        self.plugins = plugins
+        self.versioned_plugins = versioned_plugins
+        self.transport = transport
+        self.container_port = container_port
+        self.start_timeout = start_timeout
+        self.call_timeout = call_timeout
+        self.handshake: HandshakeInfo | None = None
+        self._socket_dir: str | None = None
+        self._client: Client | None = None
+        versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
+        self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
+        self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
+
+    def _configure(self) -> None:
+        extra: dict[str, Any] = {"labels": {**managed_labels(), "plugbay.plugin": self.image},
+                                 "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
+        if self.transport == "tcp":
+            self.with_env("PLUGBAY_LISTEN", f"tcp:0.0.0.0:{self.container_port}")
+            # 127.0.0.1 only: tests never dial the container's bridge address.
+            # (docker-py accepts an (ip, port) tuple; testcontainers' annotation is narrower)
+            self.ports[f"{self.container_port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
+        else:
+            self._socket_dir = tempfile.mkdtemp(prefix="plugbay-tc-")
+            gid = prepare_socket_dir(self._socket_dir)
+            self.with_volume_mapping(self._socket_dir, CONTAINER_SOCKET_DIR, "rw")
+            for key in (ENV_UNIX_SOCKET_DIR, "TMPDIR"):
+                self.with_env(key, CONTAINER_SOCKET_DIR)
+            self.with_env(ENV_UNIX_SOCKET_GROUP, str(gid))
+            extra.update(network_mode="none", group_add=[str(gid)])
+        self._kwargs = {**extra, **self._kwargs}
+
+    def start(self) -> PluginContainer:
+        try:
+            super().start()
+            self.handshake = self._read_handshake()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read_handshake(self) -> HandshakeInfo:
+        container = self.get_wrapped_container()
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            if "\n" in out:
+                return parse_handshake_line(out.split("\n", 1)[0])
+            container.reload()
+            if container.status in ("exited", "dead"):
+                code = container.attrs["State"].get("ExitCode")
+                err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace").splitlines()
+                raise PluginExitedError(self.image, code, err[-20:])
+            if time.monotonic() >= deadline:
+                raise HandshakeTimeoutError(
+                    f"plugin image {self.image!r} printed no handshake line within {self.start_timeout:.0f}s;"
+                    " check that its entrypoint serves the plugin (and prints nothing first to stdout)")
+            time.sleep(0.1)
+
+    def reattach_config(self) -> ReattachConfig:
+        """How a plugbay Client reaches this container (the Docker runner's reattach data)."""
+        if self.handshake is None:
+            raise RuntimeError("PluginContainer.start() must run before connecting to it")
+        runner: dict[str, Any] = {"kind": "DockerRunner", "id": self.get_container_id(), "image": self.image,
+                                  "transport": self.transport, "container_port": self.container_port,
+                                  "host_socket_dir": self._socket_dir, "owns_socket_dir": False}
+        if self.transport == "tcp":
+            runner["host_port"] = int(self.get_docker_client().port(self.get_container_id(), self.container_port))
+        return ReattachConfig(handshake=self.handshake, runner=runner, name=self.image)
+
+    def get_client(self) -> Client:
+        """The connected plugbay Client of this plugin (one per container; stop() kills it)."""
+        if self._client is None:
+            import plugbay.runners.docker  # noqa: F401 - registers the DockerRunner reattacher
+
+            client = Client(ClientConfig(handshake=self.handshake_config, plugins=self.plugins,
+                                         versioned_plugins=self.versioned_plugins, reattach=self.reattach_config(),
+                                         start_timeout=self.start_timeout, call_timeout=self.call_timeout))
+            client.start()
+            self._client = client
+        return self._client
+
+    def dispense(self, name: str) -> Any:
+        """The stub of plugin ``name``, through get_client()."""
+        return self.get_client().dispense(name)
+
+    def stop(self, force: bool = True, delete_volume: bool = True) -> None:
+        from docker.errors import NotFound
+
+        try:
+            if self._client is not None:
+                self._client.kill()  # Shutdown, then the runner removes the container
+                self._client = None
+            try:
+                super().stop(force=force, delete_volume=delete_volume)
+            except NotFound:
+                self.get_docker_client().client.close()
+        finally:
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
+
+
+__all__ = ["PluginContainer"]

@@ -1,0 +1,127 @@
+"""pytest plugin (entry point ``plugbay``): plugins as fixtures that always clean up.
+
+Fixtures:
+
+``plugin_process(cmd, handshake, plugins, **config)``
+    starts ``cmd`` as a local plugin process and returns the started Client.
+``plugin_container(image, handshake, plugins, runner=dict(...), **config)``
+    starts ``image`` through DockerRunner (``runner`` holds its options) and
+    returns the started Client. Skips the test when no Docker engine answers.
+``plugbay_docker``
+    (session) a docker SDK client with the API version negotiated, or a skip.
+``plugbay_image(name)``
+    (session) builds an example image (kv, kv-go, counter) at most once per run
+    via plugbay.images and returns its tag.
+
+Every Client a fixture started is killed at teardown, whether the test passed,
+failed or raised, so no process, container, socket or thread outlives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+# Imported lazily: pytest loads this plugin in every run of every project that
+# installed plugbay, and should not pay for (or break on) grpc imports there.
+if TYPE_CHECKING:
+    from plugbay.core.client import Client, ClientConfig
+    from plugbay.core.handshake import HandshakeConfig
+    from plugbay.core.plugin import PluginSet
+
+
+class _Started:
+    """Clients started by one fixture, killed together at teardown."""
+
+    def __init__(self) -> None:
+        self.clients: list[Client] = []
+
+    def start(self, config: ClientConfig) -> Client:
+        from plugbay.core.client import Client
+
+        client = Client(config)
+        self.clients.append(client)  # before start(): a failed start still gets killed
+        client.start()
+        return client
+
+    def close(self) -> None:
+        errors = []
+        for client in reversed(self.clients):
+            try:
+                client.kill()
+            except Exception as exc:  # noqa: BLE001 - kill the others anyway
+                errors.append(exc)
+        self.clients.clear()
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def plugin_process() -> Iterator[Callable[..., Client]]:
+    """Start a plugin command as a local process; returns the started Client, killed at teardown."""
+    started = _Started()
+
+    def start(cmd: Sequence[str], handshake: HandshakeConfig, plugins: PluginSet | None = None,
+              **config: Any) -> Client:
+        from plugbay.core.client import ClientConfig
+
+        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=list(cmd), **config))
+
+    try:
+        yield start
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="session")
+def plugbay_docker() -> Iterator[Any]:
+    """A docker SDK client (API version negotiated); skips when no Docker engine answers."""
+    from plugbay.core.errors import EngineUnavailableError
+    from plugbay.runners.docker_engine import engine
+
+    try:
+        client = engine()
+        client.ping()
+    except (EngineUnavailableError, Exception) as exc:  # noqa: BLE001 - any failure means no engine
+        pytest.skip(f"no Docker engine: {exc}")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def plugbay_image(plugbay_docker: Any) -> Callable[[str], str]:
+    """Build an example plugin image (kv, kv-go, counter) once per run; returns its tag."""
+    from plugbay import images
+
+    built: dict[str, str] = {}
+
+    def build(name: str) -> str:
+        if name not in built:
+            built[name] = images.ensure_example(name, client=plugbay_docker)
+        return built[name]
+
+    return build
+
+
+@pytest.fixture
+def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
+    """Start a plugin image through DockerRunner; returns the started Client, killed at teardown."""
+    from plugbay.runners.docker import DockerRunner
+
+    started = _Started()
+
+    def start(image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
+              runner: Mapping[str, Any] | None = None, **config: Any) -> Client:
+        from plugbay.core.client import ClientConfig
+
+        return started.start(ClientConfig(handshake=handshake, plugins=plugins,
+                                          runner=DockerRunner(image, **dict(runner or {})), **config))
+
+    try:
+        yield start
+    finally:
+        started.close()
