@@ -1,0 +1,346 @@
+"""A yamux session (hashicorp/yamux's wire format), bridged to local sockets.
+
+go-plugin's multiplexed broker runs a yamux session over the one connection
+to the plugin's announced address; the main gRPC connection and every
+brokered connection are streams of it. grpcio cannot speak over a Python
+object, so each stream is *bridged*: bytes flow between the stream and a
+plain local unix-socket connection that gRPC dials or serves on.
+
+Frame: version(0) type flags(2) stream-id(4) length(4), big endian.
+Types: Data, WindowUpdate, Ping, GoAway. Flags: SYN, ACK, FIN, RST. Client
+streams are odd, server streams even; each stream starts with a 256 KiB
+receive window, so a slow reader stops its sender (backpressure) instead of
+growing buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("plugbay.yamux")
+
+_HDR = struct.Struct(">BBHII")
+DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
+SYN, ACK, FIN, RST = 1, 2, 4, 8
+WINDOW = 256 * 1024
+_CHUNK = 64 * 1024
+
+
+class StreamClosed(Exception):
+    pass
+
+
+class Stream:
+    """One yamux stream: blocking read/write with flow control."""
+
+    def __init__(self, session: Session, sid: int) -> None:
+        self.session = session
+        self.id = sid
+        self._cond = threading.Condition()
+        self._buf = bytearray()
+        self._send_window = WINDOW
+        self._unacked = 0  # bytes consumed locally, not yet returned to the sender
+        self._remote_fin = False
+        self._local_fin = False
+        self._reset = False
+        self._flags = 0  # SYN or ACK, carried by our next frame
+
+    # called by the session's reader thread
+    def _data(self, payload: bytes, flags: int) -> None:
+        with self._cond:
+            self._buf += payload
+            self._flags_in(flags)
+            self._cond.notify_all()
+
+    def _window(self, delta: int, flags: int) -> None:
+        with self._cond:
+            self._send_window += delta
+            self._flags_in(flags)
+            self._cond.notify_all()
+
+    def _flags_in(self, flags: int) -> None:
+        if flags & FIN:
+            self._remote_fin = True
+        if flags & RST:
+            self._reset = True
+
+    def _kill(self) -> None:
+        with self._cond:
+            self._reset = True
+            self._cond.notify_all()
+
+    def _take_flags(self) -> int:
+        flags, self._flags = self._flags, 0
+        return flags
+
+    def read(self, limit: int = _CHUNK) -> bytes:
+        """Up to ``limit`` bytes; b"" once the peer closed its side (or the stream reset)."""
+        with self._cond:
+            while not self._buf and not self._remote_fin and not self._reset:
+                self._cond.wait()
+            data = bytes(self._buf[:limit])
+            del self._buf[:limit]
+        return data
+
+    def consumed(self, n: int) -> None:
+        """Return ``n`` bytes of window to the sender once they left this process."""
+        with self._cond:
+            self._unacked += n
+            if self._unacked < WINDOW // 2 and self._buf:
+                return
+            delta, self._unacked = self._unacked, 0
+            if self._remote_fin or self._reset or delta == 0:
+                return
+            flags = self._take_flags()
+        self.session._send(WINDOW_UPDATE, flags, self.id, delta)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            with self._cond:
+                while self._send_window == 0 and not self._reset:
+                    self._cond.wait()
+                if self._reset or self._local_fin:
+                    raise StreamClosed(f"yamux stream {self.id} is closed")
+                n = min(len(view), self._send_window, _CHUNK)
+                self._send_window -= n
+                flags = self._take_flags()
+            self.session._send(DATA, flags, self.id, n, view[:n])
+            view = view[n:]
+
+    def close_write(self) -> None:
+        with self._cond:
+            if self._local_fin or self._reset:
+                return
+            self._local_fin = True
+            flags = self._take_flags() | FIN
+        self.session._send(WINDOW_UPDATE, flags, self.id, 0)
+
+    def reset(self) -> None:
+        with self._cond:
+            if self._reset:
+                return
+            self._reset = True
+            self._cond.notify_all()
+        try:
+            self.session._send(WINDOW_UPDATE, RST, self.id, 0)
+        except StreamClosed:
+            pass  # the whole session is gone, which resets every stream anyway
+
+    @property
+    def done(self) -> bool:
+        with self._cond:
+            return self._reset or (self._local_fin and self._remote_fin and not self._buf)
+
+
+class Session:
+    """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
+
+    ``on_stream`` runs on the reader thread, so routing decisions follow the
+    order of frames on the wire; it must not block.
+    """
+
+    def __init__(self, sock: socket.socket, *, client: bool, on_stream: Callable[[Stream], None],
+                 name: str = "mux") -> None:
+        self._sock = sock
+        self._client = client
+        self._on_stream = on_stream
+        self._wlock = threading.Lock()
+        self._lock = threading.Lock()
+        self._streams: dict[int, Stream] = {}
+        self._next = 1 if client else 2
+        self._closed = threading.Event()
+        self.close_reason = ""
+        self._on_close: list[Callable[[], None]] = []
+        self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
+        self._reader.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def on_close(self, func: Callable[[], None]) -> None:
+        self._on_close.append(func)
+
+    def open(self) -> Stream:
+        with self._lock:
+            if self._closed.is_set():
+                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+            sid = self._next
+            self._next += 2
+            stream = Stream(self, sid)
+            self._streams[sid] = stream
+        self._send(WINDOW_UPDATE, SYN, sid, 0)
+        return stream
+
+    def forget(self, stream: Stream) -> None:
+        with self._lock:
+            self._streams.pop(stream.id, None)
+
+    def close(self, reason: str = "closed") -> None:
+        if self._closed.is_set():
+            return
+        try:
+            self._send(GO_AWAY, 0, 0, 0)
+        except OSError:
+            pass
+        self._shutdown(reason)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=10)
+
+    def _shutdown(self, reason: str) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self.close_reason = reason
+            self._closed.set()
+            streams = list(self._streams.values())
+            self._streams.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        for stream in streams:
+            stream._kill()
+        for func in self._on_close:
+            func()
+
+    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
+        header = _HDR.pack(0, kind, flags, sid, length)
+        with self._wlock:
+            if self._closed.is_set():
+                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+            try:
+                if payload is None:
+                    self._sock.sendall(header)
+                else:
+                    self._sock.sendall(header + bytes(payload))
+            except OSError as exc:
+                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+
+    def _read_loop(self) -> None:
+        reason = "the peer closed the connection"
+        reader = self._sock.makefile("rb", buffering=256 * 1024)
+        try:
+            while True:
+                header = reader.read(_HDR.size)
+                if len(header) < _HDR.size:
+                    break
+                version, kind, flags, sid, length = _HDR.unpack(header)
+                if version != 0:
+                    reason = f"protocol error: yamux version {version}"
+                    break
+                if kind == DATA:
+                    payload = reader.read(length) if length else b""
+                    if len(payload) < length:
+                        break
+                    self._stream_frame(sid, flags, payload, None)
+                elif kind == WINDOW_UPDATE:
+                    self._stream_frame(sid, flags, None, length)
+                elif kind == PING:
+                    if flags & SYN:
+                        self._send(PING, ACK, 0, length)
+                elif kind == GO_AWAY:
+                    reason = f"the peer went away (code {length})"
+                    break
+                else:
+                    reason = f"protocol error: frame type {kind}"
+                    break
+        except (OSError, ValueError, StreamClosed) as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            try:
+                reader.close()
+            except OSError:
+                pass
+            self._shutdown(reason)
+
+    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> None:
+        stream: Stream | None
+        if flags & SYN:
+            if (sid % 2 == 1) == self._client:
+                log.debug("yamux: peer opened stream %d of the wrong parity", sid)
+                return
+            stream = Stream(self, sid)
+            with self._lock:
+                self._streams[sid] = stream
+            # go's yamux closes the session when an opened stream is not acked in time
+            self._send(WINDOW_UPDATE, ACK, sid, 0)
+            self._on_stream(stream)
+        else:
+            with self._lock:
+                stream = self._streams.get(sid)
+            if stream is None:
+                return  # a late frame for a stream we already dropped
+        if payload is not None:
+            stream._data(payload, flags)
+        else:
+            stream._window(delta or 0, flags)
+
+
+def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
+           lock: threading.Lock) -> None:
+    """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end."""
+    state = {"open": 2}
+
+    def finish() -> None:
+        with lock:
+            state["open"] -= 1
+            last = state["open"] == 0
+            threads.discard(threading.current_thread())
+        if last:
+            stream.session.forget(stream)
+            conn.close()
+
+    def up() -> None:  # local -> peer
+        try:
+            while True:
+                data = conn.recv(_CHUNK)
+                if not data:
+                    try:
+                        stream.close_write()
+                    except StreamClosed:
+                        pass
+                    break
+                stream.write(data)
+        except (OSError, StreamClosed):
+            stream.reset()
+            _shut(conn)
+        finally:
+            finish()
+
+    def down() -> None:  # peer -> local
+        try:
+            while True:
+                data = stream.read()
+                if not data:
+                    if stream.done or not stream._reset:
+                        _shut(conn, socket.SHUT_WR)
+                    else:
+                        _shut(conn)
+                    break
+                conn.sendall(data)
+                stream.consumed(len(data))
+        except (OSError, StreamClosed):
+            stream.reset()
+            _shut(conn)
+        finally:
+            finish()
+
+    for func, label in ((up, "up"), (down, "down")):
+        t = threading.Thread(target=func, name=f"plugbay-mux-{label}-{stream.id}", daemon=True)
+        with lock:
+            threads.add(t)
+        t.start()
+
+
+def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    try:
+        conn.shutdown(how)
+    except OSError:
+        pass

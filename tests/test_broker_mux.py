@@ -1,0 +1,234 @@
+"""Multiplexed brokering at the gRPC level: one connection carries the main channel and every broker stream.
+
+The "plugin" is a real grpc.Server on a private unix socket behind a
+PluginFront that owns the announced listener (unix or TCP 127.0.0.1); the
+"host" is a HostMux with the main channel on its local socket. Each test
+checks that the plugin's listener saw exactly one connection, however many
+brokered connections were made.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from plugbay._proto.grpc.health.v1 import health_pb2
+from plugbay._proto.plugin import grpc_broker_pb2 as pb
+from plugbay.core import yamux
+from plugbay.core.broker import BrokerTransport, GRPCBroker, host_broker, plugin_broker
+from plugbay.core.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
+from plugbay.core.mux import HostMux, PluginFront
+from plugbay.core.tls import CertKey, generate_cert
+from plugbay.core.tlsrelay import open_listener
+from tests.test_broker import check, register
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class CountingListener:
+    """Wraps a listening socket and counts accepted connections."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.accepted = 0
+
+    def accept(self):  # type: ignore[no-untyped-def]
+        conn, addr = self.sock.accept()
+        self.accepted += 1
+        return conn, addr
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self.sock, name)
+
+
+@dataclass
+class MuxPair:
+    plugin: GRPCBroker
+    host: GRPCBroker
+    front: PluginFront
+    hostmux: HostMux
+    server: grpc.Server
+    channel: grpc.Channel
+    executor: ThreadPoolExecutor
+    counter: CountingListener
+    dir: str
+
+
+def make_mux_pair(network: str, host_cert: CertKey | None = None,
+                  plugin_cert: CertKey | None = None) -> MuxPair:
+    d = tempfile.mkdtemp(prefix="bkm", dir="/tmp")
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugbay-test-srv")
+    server = grpc.server(executor)
+    private = os.path.join(d, "grpc.sock")
+    if plugin_cert is not None and host_cert is not None:
+        creds = grpc.ssl_server_credentials([(plugin_cert.key_pem, plugin_cert.cert_pem)],
+                                            root_certificates=host_cert.cert_pem, require_client_auth=True)
+        assert server.add_secure_port(f"unix:{private}", creds)
+    else:
+        assert server.add_insecure_port(f"unix:{private}")
+    sock = open_listener("unix", os.path.join(d, "plugin.sock")) if network == "unix" \
+        else open_listener("tcp", "127.0.0.1:0")
+    counter = CountingListener(sock)
+    front = PluginFront(counter, ("unix", private))  # type: ignore[arg-type]
+    pt = BrokerTransport(tls=plugin_cert, peer_cert_pem=host_cert.cert_pem if host_cert else None,
+                         socket_dir=d, multiplex=True, mux=front)
+    plugin = plugin_broker(server, pt)
+    server.start()
+    hostmux = HostMux(*front.address)
+    target = f"unix:{hostmux.local_address[1]}"
+    if host_cert is not None and plugin_cert is not None:
+        ccreds = grpc.ssl_channel_credentials(root_certificates=plugin_cert.cert_pem,
+                                              private_key=host_cert.key_pem,
+                                              certificate_chain=host_cert.cert_pem)
+        channel = grpc.secure_channel(target, ccreds, options=[("grpc.ssl_target_name_override", "localhost")])
+    else:
+        channel = grpc.insecure_channel(target)
+    ht = BrokerTransport(tls=host_cert, peer_cert_pem=plugin_cert.cert_pem if plugin_cert else None,
+                         socket_dir=d, multiplex=True, mux=hostmux)
+    host = host_broker(channel, ht)
+    return MuxPair(plugin, host, front, hostmux, server, channel, executor, counter, d)
+
+
+def close_mux_pair(p: MuxPair) -> None:
+    p.host.close()
+    p.plugin.close()
+    p.channel.close()
+    p.hostmux.close()
+    p.server.stop(grace=None).wait(10)
+    p.front.close()
+    p.executor.shutdown(wait=True)
+    for n in os.listdir(p.dir):
+        os.unlink(os.path.join(p.dir, n))
+    os.rmdir(p.dir)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def mpair(request: pytest.FixtureRequest) -> Iterator[MuxPair]:
+    p = make_mux_pair(request.param)
+    yield p
+    close_mux_pair(p)
+
+
+def test_both_directions_over_one_connection(mpair: MuxPair) -> None:
+    a = mpair.host.next_id()
+    mpair.host.accept_and_serve(a, register("host-side"))
+    assert check(mpair.plugin.dial(a), "host-side") == SERVING
+    b = mpair.plugin.next_id()
+    mpair.plugin.accept_and_serve(b, register("plugin-side"))
+    assert check(mpair.host.dial(b), "plugin-side") == SERVING
+    assert mpair.counter.accepted == 1
+    # nothing announced a per-connection socket
+    assert [n for n in os.listdir(mpair.dir) if n.startswith("plugin") and n != "plugin.sock"] == []
+
+
+def test_many_streams_route_to_their_servers(mpair: MuxPair) -> None:
+    ids = [mpair.host.next_id() for _ in range(4)]
+    for i in ids:
+        mpair.host.accept_and_serve(i, register(f"h{i}"))
+    chans = {i: mpair.plugin.dial(i) for i in ids}
+    for i in reversed(ids):
+        assert check(chans[i], f"h{i}") == SERVING
+    # concurrent dials from several threads still land on the right server
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        try:
+            assert check(mpair.plugin.dial(i), f"h{i}") == SERVING
+        except Exception as exc:
+            errors.append(f"{i}: {exc!r}")
+
+    ts = [threading.Thread(target=worker, args=(i,), name="plugbay-test-mux") for i in ids]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert errors == []
+    assert mpair.counter.accepted == 1
+
+
+def test_knock_before_accept_is_answered(mpair: MuxPair) -> None:
+    sid = mpair.host.next_id()
+    out: list[object] = []
+
+    def dialer() -> None:
+        try:
+            out.append(check(mpair.plugin.dial(sid, timeout=10), "late"))
+        except Exception as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=dialer, name="plugbay-test-dialer")
+    t.start()
+    mpair.host.accept_and_serve(sid, register("late"))
+    t.join(20)
+    assert out == [SERVING]
+
+
+def test_unknown_id_times_out(mpair: MuxPair) -> None:
+    with pytest.raises(BrokerTimeoutError, match="knock acknowledgement of broker id 31337"):
+        mpair.plugin.dial(31337, timeout=0.5)
+
+
+def test_knock_error_is_reported(mpair: MuxPair) -> None:
+    from plugbay.core.mux import _knock_and_open
+
+    # the peer's ack carries an error (as go-plugin's client muxer sends "no listener for id N")
+    mpair.plugin._receive(pb.ConnInfo(service_id=9, knock=pb.ConnInfo.Knock(
+        knock=True, ack=True, error="no listener for id 9")))
+    with pytest.raises(BrokerError, match="failed to knock for broker id 9: no listener for id 9"):
+        _knock_and_open(mpair.plugin, 9, 1.0)
+
+
+def test_large_and_streamed_payloads_cross_the_window(mpair: MuxPair) -> None:
+    # health Check carries little; use the broker's own message size limit with a big service name
+    sid = mpair.host.next_id()
+    name = "x" * (3 * yamux.WINDOW + 17)
+    mpair.host.accept_and_serve(sid, register(name))
+    assert check(mpair.plugin.dial(sid), name) == SERVING
+
+
+def test_plugin_gone_fails_dial(mpair: MuxPair) -> None:
+    sid = mpair.plugin.next_id()
+    mpair.plugin.accept_and_serve(sid, register("p"))
+    assert check(mpair.host.dial(sid), "p") == SERVING
+    mpair.front.close()  # the plugin's end of the one connection goes away
+    with pytest.raises(BrokerClosedError):
+        mpair.host.dial(mpair.plugin.next_id(), timeout=10)
+
+
+@pytest.mark.parametrize("curve", ["p256", "p521"])
+def test_automtls_multiplexed(curve: str) -> None:
+    make = (lambda: generate_cert(ec.SECP521R1())) if curve == "p521" else generate_cert
+    host_cert, plugin_cert = generate_cert(), generate_cert()
+    broker_host, broker_plugin = make(), make()
+    p = make_mux_pair("tcp", host_cert, plugin_cert)
+    try:
+        # main connection uses grpcio TLS; brokered ones use the broker transports' certs
+        p.host.transport = BrokerTransport(tls=broker_host, peer_cert_pem=broker_plugin.cert_pem,
+                                           multiplex=True, mux=p.hostmux)
+        p.plugin.transport = BrokerTransport(tls=broker_plugin, peer_cert_pem=broker_host.cert_pem,
+                                             multiplex=True, mux=p.front)
+        a = p.host.next_id()
+        p.host.accept_and_serve(a, register("h"))
+        assert check(p.plugin.dial(a), "h") == SERVING
+        b = p.plugin.next_id()
+        p.plugin.accept_and_serve(b, register("p"))
+        assert check(p.host.dial(b), "p") == SERVING
+        assert p.counter.accepted == 1
+    finally:
+        close_mux_pair(p)
+
+
+def test_yamux_refuses_unknocked_stream_on_host(mpair: MuxPair) -> None:
+    # the plugin opens a stream without knocking: the host resets it
+    stream = mpair.front.open_stream()
+    assert stream.read() == b""
+    assert stream.done
