@@ -27,6 +27,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from plugbay.core.server import ServeConfig, serve  # noqa: E402
 
 log = logging.getLogger("trap_kv")
+log.setLevel(logging.DEBUG)
 
 
 class TrapKV:

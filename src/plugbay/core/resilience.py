@@ -42,11 +42,11 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
         return str(self.original.details())
 
 
-class PluginDied(PluginDiedError, _TranslatedRpcError):
+class PluginDied(_TranslatedRpcError, PluginDiedError):
     """The plugin ended while the call was in flight (or before it started)."""
 
 
-class CallTimeout(CallTimeoutError, _TranslatedRpcError):
+class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
 
 

@@ -1,0 +1,319 @@
+"""The host side (Client) against real Python plugins run by plugbay.serve()."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import (  # noqa: E402
+    CallTimeoutError,
+    ChecksumMismatchError,
+    Client,
+    ClientConfig,
+    ClientStateError,
+    ConfigError,
+    HandshakeConfig,
+    HandshakeTimeoutError,
+    MalformedHandshakeError,
+    PluginDiedError,
+    PluginExitedError,
+    ProtocolMismatchError,
+    ReattachConfig,
+    SecureConfig,
+    UnknownPluginError,
+    UnsupportedProtocolError,
+    VersionMismatchError,
+)
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+PY = sys.executable
+TRAP = str(REPO / "tests" / "plugins" / "trap_kv.py")
+MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
+PLUGINS = {PLUGIN_NAME: KVPlugin()}
+
+
+def config(cmd: list[str] | None = None, **kw: object) -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd or [PY, TRAP], **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto_mtls: bool) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Client(config(auto_mtls=auto_mtls)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        assert client.dispense(PLUGIN_NAME) is kv  # cached
+        kv.put("greeting", b"hello \x00 world")
+        assert kv.get("greeting") == b"hello \x00 world"
+        assert (tmp_path / "kv_greeting").read_bytes() == b"hello \x00 world"
+        assert client.negotiated_version == 1
+        assert client.handshake.network == "unix"
+        assert client.connection_mode == ("grpc-tls" if auto_mtls else "plaintext")
+        assert (client.handshake.server_cert is not None) == auto_mtls
+        env = json.loads(kv.get("__env__"))
+        assert env["BASIC_PLUGIN"] == "hello"
+        assert env["PLUGIN_PROTOCOL_VERSIONS"] == "1"
+        assert env["PLUGIN_MIN_PORT"] == "10000" and env["PLUGIN_MAX_PORT"] == "25000"
+        assert Path(env["PLUGIN_UNIX_SOCKET_DIR"]).is_dir()
+        assert ("PLUGIN_CLIENT_CERT" in env) == auto_mtls
+        assert "PLUGIN_MULTIPLEX_GRPC" not in env
+        # the user's own stubs go through the Client's channel too
+        health = health_pb2_grpc.HealthStub(client.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service="plugin")).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        socket_dir = Path(env["PLUGIN_UNIX_SOCKET_DIR"])
+        proc = client.runner
+    assert not socket_dir.exists()
+    assert proc.wait(0) == 0  # Shutdown made it exit by itself
+    assert client.exited
+
+
+def test_each_client_gets_a_fresh_certificate() -> None:
+    with Client(config(auto_mtls=True)) as a, Client(config(auto_mtls=True)) as b:
+        ca = json.loads(a.dispense(PLUGIN_NAME).get("__env__"))["PLUGIN_CLIENT_CERT"]
+        cb = json.loads(b.dispense(PLUGIN_NAME).get("__env__"))["PLUGIN_CLIENT_CERT"]
+        assert ca != cb
+        assert a.handshake.server_cert != b.handshake.server_cert
+
+
+def test_plugin_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plugbay.plugin")
+    with Client(config()) as client:
+        assert client.dispense(PLUGIN_NAME).get("__log__") == b"logged"
+    records = [r for r in caplog.records if r.name == "plugbay.plugin.trap_kv"
+               and getattr(r, "plugin_module", "") == "trap_kv"]
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.DEBUG, "debug line n=1"), (logging.INFO, "info line"),
+        (logging.WARNING, "warn line"), (logging.ERROR, "error line")]
+
+
+def test_grpc_stdio_goes_to_the_sinks() -> None:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    with Client(config(stdout_sink=out.append, stderr_sink=err.append)) as client:
+        assert client.dispense(PLUGIN_NAME).get("__print__") == b"printed"
+        deadline = time.monotonic() + 10
+        while (b"to-stdout" not in b"".join(out) or b"to-stderr" not in b"".join(err)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert b"".join(out) == b"to-stdout\n"
+    assert b"".join(err) == b"to-stderr\n"
+
+
+def test_call_timeout_default_and_per_call() -> None:
+    with Client(config(call_timeout=0.5)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(CallTimeoutError, match="exceeded its deadline") as info:
+            kv.get("__hang__")
+        assert isinstance(info.value, grpc.RpcError)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        stub = kv._stub
+        from kvproto import kv_pb2
+        with pytest.raises(CallTimeoutError):
+            stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=0.2)
+        kv.put("k", b"v")  # the channel still works afterwards
+        assert kv.get("k") == b"v"
+
+
+def test_plugin_killed_mid_call_fails_fast() -> None:
+    with Client(config(call_timeout=60)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError, match="exited with code 9") as info:
+            kv.get("__die__")
+        assert isinstance(info.value, grpc.RpcError)
+        deadline = time.monotonic() + 10
+        while not client.exited and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.exited and client.exit_code == 9
+        with pytest.raises(PluginDiedError):
+            kv.get("x")
+
+
+def test_plugin_killed_from_outside_during_a_hanging_call() -> None:
+    import os
+    import signal
+
+    with Client(config(call_timeout=60)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        pid = int(client.runner.id)
+        timer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        try:
+            with pytest.raises(PluginDiedError, match="SIGKILL|code -9"):
+                kv.get("__hang__")
+        finally:
+            timer.join()
+
+
+def test_kill_is_idempotent_and_calls_after_kill_fail() -> None:
+    client = Client(config())
+    client.start()
+    client.start()  # no effect
+    kv = client.dispense(PLUGIN_NAME)
+    client.kill()
+    client.kill()
+    with pytest.raises(ClientStateError, match="killed"):
+        kv.get("a")
+    with pytest.raises(ClientStateError, match="killed"):
+        client.dispense(PLUGIN_NAME)
+    with pytest.raises(ClientStateError):
+        client.start()
+
+
+def test_kill_before_start_and_properties_before_start() -> None:
+    client = Client(config())
+    with pytest.raises(ClientStateError, match="after start"):
+        _ = client.handshake
+    client.kill()
+
+
+def test_unknown_dispense_name_lists_available() -> None:
+    with Client(config()) as client:
+        with pytest.raises(UnknownPluginError, match=r"'nope'.*\['kv_grpc'\]"):
+            client.dispense("nope")
+
+
+def test_versioned_plugins_pick_the_plugins_version() -> None:
+    cfg = ClientConfig(handshake=HANDSHAKE, versioned_plugins={1: {}, 2: {}, 3: PLUGINS},
+                       cmd=[PY, TRAP], env={"TRAP_VERSIONS": "2,3"})
+    with Client(cfg) as client:
+        assert client.negotiated_version == 3
+        env = json.loads(client.dispense(PLUGIN_NAME).get("__env__"))
+        assert env["PLUGIN_PROTOCOL_VERSIONS"] == "1,2,3"
+    cfg = ClientConfig(handshake=HANDSHAKE, versioned_plugins={1: PLUGINS, 2: {}},
+                       cmd=[PY, TRAP], env={"TRAP_VERSIONS": "2"})
+    with Client(cfg) as client:
+        assert client.negotiated_version == 2
+        with pytest.raises(UnknownPluginError, match=r"\[\]"):
+            client.dispense(PLUGIN_NAME)
+
+
+def test_version_mismatch_lists_both_sides() -> None:
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, MISBEHAVE, "line",
+                       "1|7|unix|/nonexistent.sock|grpc|"])
+    with pytest.raises(VersionMismatchError, match=r"host supports \[1\], plugin supports \[7\]"):
+        with Client(cfg):
+            pass
+
+
+def test_plugin_without_the_cookie_explains_itself() -> None:
+    wrong = HandshakeConfig(1, "OTHER_COOKIE", "x")
+    cfg = ClientConfig(handshake=wrong, plugins=PLUGINS, cmd=[PY, TRAP], skip_host_env=True)
+    with pytest.raises(PluginExitedError, match="(?s)code 1.*not meant to be executed directly") as info:
+        with Client(cfg):
+            pass
+    assert info.value.exit_code == 1
+
+
+def test_exit_before_handshake_shows_code_and_stderr() -> None:
+    with pytest.raises(PluginExitedError, match="(?s)code 3.*fatal: no database configured") as info:
+        Client(config([PY, MISBEHAVE, "exit"])).start()
+    assert info.value.stderr_tail[-1] == "misbehave: fatal: no database configured"
+
+
+def test_exit_while_a_grandchild_holds_stdout() -> None:
+    with pytest.raises(PluginExitedError, match="(?s)code 4.*leaving a child behind"):
+        with Client(config([PY, MISBEHAVE, "grandchild"], start_timeout=30)):
+            pass
+
+
+def test_handshake_timeout_kills_the_plugin() -> None:
+    client = Client(config([PY, MISBEHAVE, "silent"], start_timeout=1.0))
+    with pytest.raises(HandshakeTimeoutError, match=r"(?s)within 1.0s.*process \d+"):
+        client.start()
+    assert client.runner.wait(0) is not None
+    client.kill()
+
+
+@pytest.mark.parametrize("line, error, message", [
+    ("hello, I am not a plugin", MalformedHandshakeError, "'hello, I am not a plugin'"),
+    ("1|1|tcp|127.0.0.1:1234|netrpc", UnsupportedProtocolError, "netrpc"),
+    ("2|1|tcp|127.0.0.1:1234|grpc", ProtocolMismatchError, "core API version"),
+    ("1|1|udp|127.0.0.1:1|grpc", MalformedHandshakeError, "unknown address type"),
+])
+def test_bad_handshake_lines(line: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        with Client(config([PY, MISBEHAVE, "line", line])):
+            pass
+
+
+def test_multiplex_requested_but_not_offered() -> None:
+    with pytest.raises(ProtocolMismatchError, match="multiplexed gRPC broker"):
+        with Client(config([PY, MISBEHAVE, "line", "1|1|unix|/x.sock|grpc|"], multiplex_broker=True)):
+            pass
+
+
+def test_secure_config(tmp_path: Path) -> None:
+    script = tmp_path / "plugin.sh"
+    script.write_text(f"#!/bin/sh\nexec {PY} {TRAP}\n")
+    script.chmod(0o755)
+    good = SecureConfig(hashlib.sha256(script.read_bytes()).digest())
+    with Client(config([str(script)], secure_config=good)) as client:
+        client.dispense(PLUGIN_NAME).put("a", b"b")
+    bad = SecureConfig(hashlib.sha256(b"something else").digest())
+    client = Client(config([str(script)], secure_config=bad))
+    with pytest.raises(ChecksumMismatchError, match="checksums did not match.*plugin.sh"):
+        client.start()
+    client.kill()
+    with pytest.raises(ConfigError, match="32 bytes"):
+        SecureConfig(b"short")
+    with pytest.raises(ConfigError, match="unknown hash"):
+        SecureConfig(b"x" * 32, hash="nohash")
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS))
+    with pytest.raises(ConfigError, match="exactly one"):
+        Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=["x"], reattach=ReattachConfig(
+            handshake=__import__("plugbay").HandshakeInfo(1, 1, "unix", "/x"))))
+    with pytest.raises(ConfigError, match="min_port"):
+        Client(config(min_port=30000, max_port=20000))
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_reattach(auto_mtls: bool) -> None:
+    first = Client(config(auto_mtls=auto_mtls))
+    try:
+        first.start()
+        first.dispense(PLUGIN_NAME).put("shared", b"state")
+        text = first.reattach_config().to_json()
+        reattach = ReattachConfig.from_json(text)
+        assert reattach.version == 1 and reattach.protocol == "grpc"
+        assert (reattach.client_cert is not None) == auto_mtls
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=reattach))
+        with second:
+            assert second.dispense(PLUGIN_NAME).get("shared") == b"state"
+            assert second.runner.id == first.runner.id
+        # the second client's kill() shut the plugin down
+        assert first.runner.wait(10) is not None
+    finally:
+        first.kill()
+
+
+def test_reattach_config_errors() -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        ReattachConfig.from_json("{nope")
+    with pytest.raises(ConfigError, match="not a plugbay reattach config"):
+        ReattachConfig.from_json('{"runner": {}}')
+
+
+def test_start_failure_inside_with_cleans_up() -> None:
+    client = Client(config([PY, MISBEHAVE, "line", "garbage"]))
+    with pytest.raises(MalformedHandshakeError):
+        with client:
+            pass
+    assert client.exited
+    assert client.runner.wait(0) is not None
