@@ -1,0 +1,359 @@
+"""DockerRunner against the real engine, below the Client: transports, options, errors, sweep.
+
+The plugins here are tiny Python scripts run by the base image's python3, so
+each test checks the runner alone: what the container gets (docker inspect
+and what the process itself sees), how addresses map, and every error path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.core.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
+                                 RunnerError)
+from plugbay.core.secure import SecureConfig
+from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
+from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
+from plugbay.runners.docker_engine import managed_labels
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+BASE = "plugbay-base:bookworm"
+REPO = Path(__file__).resolve().parent.parent
+
+# A stand-in plugin: prints a go-plugin handshake line for a socket (unix, in
+# PLUGIN_UNIX_SOCKET_DIR, group from PLUGIN_UNIX_SOCKET_GROUP) or a TCP port
+# (PLUGBAY_LISTEN), then answers each connection with what it sees as JSON.
+ECHO = textwrap.dedent("""
+    import json, os, socket, sys
+    listen = os.environ.get("PLUGBAY_LISTEN", "")
+    if listen.startswith("tcp:"):
+        host, port = listen[4:].rsplit(":", 1)
+        srv = socket.socket(); srv.bind((host, int(port))); addr = ("tcp", f"{host}:{port}")
+    else:
+        path = os.path.join(os.environ["PLUGIN_UNIX_SOCKET_DIR"], "plugin.sock")
+        srv = socket.socket(socket.AF_UNIX); srv.bind(path)
+        os.chown(path, -1, int(os.environ["PLUGIN_UNIX_SOCKET_GROUP"])); os.chmod(path, 0o660)
+        addr = ("unix", path)
+    srv.listen()
+    print("1|1|%s|%s|grpc" % addr, flush=True)
+    print("echo: serving", file=sys.stderr, flush=True)
+    for _ in range(3):
+        conn, _ = srv.accept()
+        facts = {"uid": os.getuid(), "groups": os.getgroups(),
+                 "env": {k: v for k, v in os.environ.items() if k.startswith(("PLUGIN_", "TMPDIR", "FOO"))}}
+        conn.sendall(json.dumps(facts).encode()); conn.close()
+""")
+
+
+def _runner(**kwargs: Any) -> DockerRunner:
+    kwargs.setdefault("entrypoint", ["python3", "-c", ECHO])
+    return DockerRunner(BASE, **kwargs)
+
+
+def _ask(network: str, address: str) -> dict[str, Any]:
+    family = socket.AF_UNIX if network == "unix" else socket.AF_INET
+    target: Any = address
+    if network == "tcp":
+        host, port = address.rsplit(":", 1)
+        assert host == "127.0.0.1"  # never a container or bridge address
+        target = (host, int(port))
+    with socket.socket(family) as conn:
+        conn.settimeout(10)
+        conn.connect(target)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def _handshake(runner: DockerRunner) -> tuple[str, str]:
+    line = next(iter(runner.stdout_lines()))
+    network, address = line.split("|")[2:4]
+    return network, address
+
+
+def _inspect(plugbay_docker: Any, runner: DockerRunner) -> dict[str, Any]:
+    attrs: dict[str, Any] = plugbay_docker.api.inspect_container(runner.id)
+    return attrs
+
+
+def test_unix_transport_non_root_user(plugbay_docker: Any) -> None:
+    runner = _runner(user="10001:10001", env={"FOO": "bar"})
+    runner.start(LaunchSpec(env={"PLUGIN_UNIX_SOCKET_DIR": "/host/path/ignored", "BASIC_PLUGIN": "hello"}))
+    try:
+        network, address = _handshake(runner)
+        assert (network, address) == ("unix", f"{CONTAINER_SOCKET_DIR}/plugin.sock")
+        host_net, host_addr = runner.plugin_to_host(network, address)
+        assert host_net == "unix" and host_addr.endswith("/plugin.sock") and os.path.exists(host_addr)
+        seen = _ask(host_net, host_addr)
+        assert seen["uid"] == 10001
+        gid = int(seen["env"]["PLUGIN_UNIX_SOCKET_GROUP"])
+        assert gid in seen["groups"] and os.stat(host_addr).st_gid == gid
+        assert seen["env"]["PLUGIN_UNIX_SOCKET_DIR"] == CONTAINER_SOCKET_DIR == seen["env"]["TMPDIR"]
+        assert seen["env"]["FOO"] == "bar"
+        attrs = _inspect(plugbay_docker, runner)
+        assert attrs["HostConfig"]["NetworkMode"] == "none"
+        assert attrs["Config"]["Labels"]["plugbay.session"] == HOST_SESSION_ID
+        assert attrs["Config"]["Labels"]["plugbay.managed"] == "true"
+        assert next(iter(runner.stderr_lines())) == "echo: serving"
+        host_dir = os.path.dirname(host_addr)
+        assert runner.wait(0) is None
+    finally:
+        runner.kill()
+    assert runner.wait(5) is not None
+    assert not os.path.exists(host_dir)  # the runner made this folder, so it removed it
+    with pytest.raises(Exception, match="No such container"):
+        plugbay_docker.api.inspect_container(runner.id)
+    runner.kill()  # idempotent
+
+
+def test_tcp_transport_publishes_on_loopback_only(plugbay_docker: Any) -> None:
+    runner = _runner(transport="tcp", container_port=4100)
+    runner.start(LaunchSpec(env={}))
+    try:
+        network, address = _handshake(runner)
+        assert (network, address) == ("tcp", "0.0.0.0:4100")
+        host_net, host_addr = runner.plugin_to_host(network, address)
+        assert host_addr == f"127.0.0.1:{runner.host_port}"
+        assert _ask(host_net, host_addr)["env"].get("PLUGIN_UNIX_SOCKET_DIR") is None
+        bindings = _inspect(plugbay_docker, runner)["HostConfig"]["PortBindings"]["4100/tcp"]
+        assert bindings == [{"HostIp": "127.0.0.1", "HostPort": ""}]
+        with pytest.raises(RunnerError, match="only container port 4100 is published"):
+            runner.plugin_to_host("tcp", "0.0.0.0:9999")
+    finally:
+        runner.kill()
+
+
+def test_unix_transport_refuses_addresses_outside_the_socket_folder() -> None:
+    runner = _runner()
+    runner.start(LaunchSpec(env={}))
+    try:
+        with pytest.raises(RunnerError, match="PLUGIN_UNIX_SOCKET_DIR"):
+            runner.plugin_to_host("unix", "/tmp/elsewhere.sock")
+        with pytest.raises(RunnerError, match="transport='tcp'"):
+            runner.plugin_to_host("tcp", "127.0.0.1:1234")
+        host_side = runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/broker.sock")[1]
+        assert runner.host_to_plugin("unix", host_side) == ("unix", f"{CONTAINER_SOCKET_DIR}/broker.sock")
+    finally:
+        runner.kill()
+
+
+def test_every_option_is_applied(plugbay_docker: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("mounted")
+    os.chmod(tmp_path, 0o755)  # readable by the container's uid 4242
+    report = textwrap.dedent("""
+        import json, os, sys
+        try:
+            open("/rootfs-write", "w"); ro = False
+        except OSError:
+            ro = True
+        caps = [l for l in open("/proc/self/status") if l.startswith(("CapEff", "NoNewPrivs"))]
+        print(json.dumps({"argv": sys.argv[1:], "uid": os.getuid(), "ro": ro, "caps": caps,
+                          "mount": open("/mnt/in/in.txt").read(), "foo": os.environ.get("FOO"),
+                          "tmpfs": os.access("/scratch", os.W_OK)}), flush=True)
+    """)
+    runner = DockerRunner(BASE, user="4242:4242", runtime="runc", mem_limit="96m", nano_cpus=500_000_000,
+                          read_only=True, cap_drop=["ALL"], no_new_privileges=True, env={"FOO": "x"},
+                          mounts=[f"{tmp_path}:/mnt/in:ro"], tmpfs={"/scratch": "size=1m"},
+                          labels={"team": "plugins"}, entrypoint=["python3", "-c", report],
+                          command=["one", "two"], name=f"plugbay-opts-{os.getpid()}")
+    runner.start(LaunchSpec(env={}))
+    try:
+        lines = list(runner.stdout_lines())
+        assert runner.wait(30) == 0, runner.diagnose()
+        facts = json.loads(lines[0])
+        attrs = _inspect(plugbay_docker, runner)
+    finally:
+        runner.kill()
+    host = attrs["HostConfig"]
+    assert attrs["Config"]["User"] == "4242:4242" and facts["uid"] == 4242
+    assert host["Runtime"] == "runc"
+    assert host["Memory"] == 96 * 1024 * 1024 and host["MemorySwap"] == 96 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000
+    assert host["ReadonlyRootfs"] is True and facts["ro"] is True
+    assert host["CapDrop"] == ["ALL"] and "CapEff:\t0000000000000000\n" in facts["caps"]
+    assert "no-new-privileges:true" in host["SecurityOpt"] and "NoNewPrivs:\t1\n" in facts["caps"]
+    assert facts["foo"] == "x" and facts["mount"] == "mounted" and facts["tmpfs"] is True
+    assert attrs["Config"]["Labels"]["team"] == "plugins"
+    assert attrs["Config"]["Entrypoint"][:2] == ["python3", "-c"] and facts["argv"] == ["one", "two"]
+    assert attrs["Name"] == f"/plugbay-opts-{os.getpid()}"
+
+
+def test_digest_pin_and_secure_config(plugbay_docker: Any) -> None:
+    image_id = plugbay_docker.images.get(BASE).id
+    for runner in (_runner(digest=image_id), DockerRunner(f"{BASE}@{image_id}", entrypoint=["python3", "-c", ECHO])):
+        runner.start(LaunchSpec(env={}))
+        try:
+            assert _handshake(runner)[0] == "unix"
+        finally:
+            runner.kill()
+    wrong = "sha256:" + "0" * 64
+    runner = _runner(digest=wrong)
+    with pytest.raises(ChecksumMismatchError, match="not the pinned sha256:0000") as info:
+        runner.start(LaunchSpec(env={}))
+    assert "rebuild the trusted one or update the pin" in str(info.value)
+    assert runner.id == ""  # refused before any container was made
+    _runner().check_secure_config(SecureConfig(bytes.fromhex(image_id.split(":")[1])))
+    with pytest.raises(ChecksumMismatchError):
+        _runner().check_secure_config(SecureConfig(bytes(32)))
+    with pytest.raises(ConfigError, match="sha256:<hex>"):
+        DockerRunner(BASE, digest="abc")
+
+
+def test_missing_image_says_how_to_build_it() -> None:
+    runner = DockerRunner("plugbay-no-such-image:never")
+    with pytest.raises(ImageNotFoundError, match="python -m plugbay.images") as info:
+        runner.start(LaunchSpec(env={}))
+    assert "plugbay never pulls" in str(info.value)
+
+
+def test_unknown_runtime_is_reported_clearly() -> None:
+    runner = _runner(runtime="runsc")
+    with pytest.raises(RunnerError, match="no runtime 'runsc'") as info:
+        runner.start(LaunchSpec(env={}))
+    assert "daemon.json" in str(info.value) and "runc" in str(info.value)
+
+
+def test_engine_not_reachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-dockerd.sock")
+    with pytest.raises(EngineUnavailableError, match="dockerd") as info:
+        _runner().start(LaunchSpec(env={}))
+    assert "DOCKER_HOST" in str(info.value) and "no-dockerd.sock" in str(info.value)
+    with pytest.raises(EngineUnavailableError):
+        sweep()
+
+
+def test_bad_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="transport"):
+        DockerRunner(BASE, transport="udp")
+    with pytest.raises(ConfigError, match="SOURCE:TARGET"):
+        DockerRunner(BASE, mounts=["only-one-part"])
+    with pytest.raises(ConfigError, match="image name"):
+        DockerRunner("")
+    with pytest.raises(RunnerError, match="start\\(\\) must run"):
+        DockerRunner(BASE).stdout_lines()
+
+
+def test_exit_before_handshake_keeps_exit_code_and_logs() -> None:
+    runner = DockerRunner(BASE, entrypoint=["sh", "-c", "echo 'fatal: no config' >&2; exit 3"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert list(runner.stdout_lines()) == []  # the stream ends with the container
+        assert runner.wait(30) == 3
+        assert list(runner.stderr_lines()) == ["fatal: no config"]
+        text = runner.diagnose()
+        assert "exit code 3" in text and "fatal: no config" in text and "OOMKilled=False" in text
+    finally:
+        runner.kill()
+    assert "exit code 3" in runner.diagnose()  # still known once the container is gone
+
+
+def test_oom_kill_is_diagnosed() -> None:
+    hog = "import sys; print('allocating', file=sys.stderr, flush=True); x = bytearray(512 * 1024 * 1024)"
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", hog], mem_limit="48m")
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert runner.wait(60) == 137
+        text = runner.diagnose()
+        assert "OOMKilled=True" in text and "allocating" in text
+    finally:
+        runner.kill()
+
+
+def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
+    labels = {**managed_labels(), "plugbay.session": "1-gonesession"}
+    stray = plugbay_docker.containers.create(BASE, ["sleep", "60"], labels=labels, network_mode="none")
+    mine = _runner()
+    mine.start(LaunchSpec(env={}))
+    try:
+        removed = sweep(live_sessions=[HOST_SESSION_ID])
+        assert stray.id in removed and mine.id not in removed
+        assert plugbay_docker.containers.get(mine.id).status == "running"
+    finally:
+        mine.kill()
+        try:
+            stray.remove(force=True)
+        except Exception:  # noqa: BLE001 - already swept, as expected
+            pass
+
+
+CRASHING_HOST = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec
+    from plugbay.runners.docker import DockerRunner
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
+    runner.start(LaunchSpec(env={}))
+    print(json.dumps({"session": HOST_SESSION_ID, "id": runner.id, "reattach": runner.reattach_data()}), flush=True)
+    time.sleep(120)
+""")
+
+
+def _crashed_host() -> dict[str, Any]:
+    """A real host process that starts a container and then dies by SIGKILL."""
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_HOST, str(REPO / "src")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        facts: dict[str, Any] = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+    return facts
+
+
+def test_sweep_removes_containers_of_a_crashed_host(plugbay_docker: Any) -> None:
+    mine = _runner()
+    mine.start(LaunchSpec(env={}))
+    facts = _crashed_host()
+    try:
+        orphan = plugbay_docker.containers.get(facts["id"])
+        assert orphan.status == "running" and orphan.labels["plugbay.session"] == facts["session"]
+        removed = sweep()
+        assert facts["id"] in removed and mine.id not in removed
+        left = plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"})
+        assert left == []
+        assert sweep() == []  # nothing more to do; live sessions are left alone
+    finally:
+        mine.kill()
+        for c in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"}):
+            c.remove(force=True)
+
+
+def test_reattached_container_is_owned_by_the_new_host(plugbay_docker: Any) -> None:
+    facts = _crashed_host()
+    try:
+        attached = reattach_runner(facts["reattach"])
+        assert attached.id == facts["id"] and attached.wait(0) is None
+        assert sweep() == []  # the dead first host's container now belongs to this live session
+        attached.kill()
+        assert attached.wait(5) is not None
+        with pytest.raises(RunnerError, match="no longer exists"):
+            reattach_runner(facts["reattach"])
+    finally:
+        for c in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"}):
+            c.remove(force=True)
+
+
+def test_runner_socket_dir_is_removed_even_when_start_fails() -> None:
+    before = set(os.listdir(tempfile.gettempdir()))
+    runner = DockerRunner(BASE, entrypoint=["/no/such/binary"])
+    with pytest.raises(RunnerError, match="refused to run") as info:
+        runner.start(LaunchSpec(env={}))
+    assert "no such file" in str(info.value).lower()
+    assert set(os.listdir(tempfile.gettempdir())) == before
