@@ -83,6 +83,7 @@ class BrokerTransport:
 
 @dataclass
 class _Served:
+    id: int
     server: grpc.Server
     executor: ThreadPoolExecutor
     cleanup: list[Callable[[], None]]
@@ -131,7 +132,7 @@ class GRPCBroker:
         executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
                                       thread_name_prefix=f"plugbay-brokered-{id}")
         server = grpc.server(executor, options=_CHANNEL_OPTIONS)
-        served = _Served(server, executor, [])
+        served = _Served(id, server, executor, [])
         try:
             register(server)
             if self.transport.multiplex:
@@ -143,6 +144,18 @@ class GRPCBroker:
             raise
         with self._cond:
             self._served.append(served)
+
+    def stop_serving(self, id: int) -> None:
+        """Stop the server(s) accept_and_serve started for ``id`` and free their listeners.
+
+        go-plugin's host stops a brokered server once the call that used it
+        returns; without this they live until close().
+        """
+        with self._cond:
+            mine = [s for s in self._served if s.id == id]
+            self._served = [s for s in self._served if s.id != id]
+        for served in mine:
+            _stop_served(served)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.

@@ -1,0 +1,122 @@
+"""The counter plugin definition shared by examples/counter/host.py and plugin.py.
+
+Drop-in for go-plugin's examples/bidirectional: plugin name ``counter``, magic
+cookie BASIC_PLUGIN=hello, proto package ``proto`` with services ``Counter``
+and ``AddHelper``. The host serves its AddHelper through the GRPCBroker for
+the length of one Put call and passes the broker id as ``add_server``; the
+plugin dials that id to add numbers, a call back into its host.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for counterproto
+
+from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
+
+from plugbay.core.broker import GRPCBroker  # noqa: E402
+from plugbay.core.handshake import HandshakeConfig  # noqa: E402
+from plugbay.core.plugin import GRPCPlugin  # noqa: E402
+
+HANDSHAKE = HandshakeConfig(protocol_version=1, magic_cookie_key="BASIC_PLUGIN",
+                            magic_cookie_value="hello")
+PLUGIN_NAME = "counter"
+
+
+class AddHelper(Protocol):
+    """What the host offers the plugin (go-plugin's shared.AddHelper)."""
+
+    def sum(self, a: int, b: int) -> int: ...
+
+
+class Counter(Protocol):
+    """What a counter implementation offers (go-plugin's shared.Counter)."""
+
+    def get(self, key: str) -> int: ...
+
+    def put(self, key: str, value: int, helper: AddHelper) -> None: ...
+
+
+# --- host side --------------------------------------------------------------
+
+
+class _AddHelperServicer(counter_pb2_grpc.AddHelperServicer):
+    def __init__(self, impl: AddHelper) -> None:
+        self._impl = impl
+
+    def Sum(self, request: counter_pb2.SumRequest, context: grpc.ServicerContext) -> counter_pb2.SumResponse:
+        return counter_pb2.SumResponse(r=self._impl.sum(request.a, request.b))
+
+
+class CounterClient:
+    """Host side: what dispense("counter") returns."""
+
+    def __init__(self, broker: GRPCBroker, channel: grpc.Channel) -> None:
+        self._broker = broker
+        self._stub = counter_pb2_grpc.CounterStub(channel)
+
+    def get(self, key: str) -> int:
+        return int(self._stub.Get(counter_pb2.GetRequest(key=key)).value)
+
+    def put(self, key: str, value: int, helper: AddHelper) -> None:
+        # serve the helper on a brokered connection for the length of this call
+        sid = self._broker.next_id()
+        servicer = _AddHelperServicer(helper)
+        self._broker.accept_and_serve(
+            sid, lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server))
+        try:
+            self._stub.Put(counter_pb2.PutRequest(add_server=sid, key=key, value=value))
+        finally:
+            self._broker.stop_serving(sid)
+
+
+# --- plugin side ------------------------------------------------------------
+
+
+class _AddHelperClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub = counter_pb2_grpc.AddHelperStub(channel)
+
+    def sum(self, a: int, b: int) -> int:
+        return int(self._stub.Sum(counter_pb2.SumRequest(a=a, b=b), timeout=30).r)
+
+
+class _CounterServicer(counter_pb2_grpc.CounterServicer):
+    def __init__(self, impl: Counter, broker: GRPCBroker) -> None:
+        self._impl = impl
+        self._broker = broker
+
+    def Get(self, request: counter_pb2.GetRequest, context: grpc.ServicerContext) -> counter_pb2.GetResponse:
+        try:
+            return counter_pb2.GetResponse(value=self._impl.get(request.key))
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no value stored for key {request.key!r}; put one first")
+            raise  # unreachable: abort raises
+
+    def Put(self, request: counter_pb2.PutRequest, context: grpc.ServicerContext) -> counter_pb2.Empty:
+        channel = self._broker.dial(request.add_server)
+        try:
+            self._impl.put(request.key, request.value, _AddHelperClient(channel))
+        finally:
+            channel.close()
+        return counter_pb2.Empty()
+
+
+class CounterPlugin(GRPCPlugin):
+    """The one object both sides use: the plugin passes its implementation, the host none."""
+
+    def __init__(self, impl: Counter | None = None) -> None:
+        self.impl = impl
+
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        if self.impl is None:
+            raise ValueError("CounterPlugin(impl) needs an implementation on the plugin side")
+        counter_pb2_grpc.add_CounterServicer_to_server(_CounterServicer(self.impl, broker), server)
+
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+        return CounterClient(broker, channel)

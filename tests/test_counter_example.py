@@ -1,0 +1,130 @@
+"""examples/counter: the bidirectional example, end to end over the process runner.
+
+The host serves AddHelper through the broker; the plugin's Put calls it back.
+Every mode is run through the example's own command line, and through the API
+with a host helper that does something other than adding, so the stored
+value proves the plugin really called back into this host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "counter"
+PLUGIN_CMD = f"{sys.executable} {EXAMPLE / 'plugin.py'}"
+
+sys.path.insert(0, str(EXAMPLE))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+from plugbay import Client, ClientConfig  # noqa: E402
+from plugbay.core.errors import BrokerClosedError  # noqa: E402
+
+
+def host(cwd: Path, *args: str, plugin: str = PLUGIN_CMD) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COUNTER_PLUGIN=plugin)
+    return subprocess.run([sys.executable, str(EXAMPLE / "host.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+MODES = {
+    "plain": [],
+    "automtls": ["--automtls"],
+    "multiplex": ["--multiplex"],
+    "multiplex-automtls": ["--multiplex", "--automtls"],
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_cli_put_put_get(tmp_path: Path, mode: str) -> None:
+    flags = MODES[mode]
+    r = host(tmp_path, *flags, "put", "hello", "5")
+    assert r.returncode == 0, r.stderr
+    r = host(tmp_path, *flags, "put", "hello", "-2")
+    assert r.returncode == 0, r.stderr
+    r = host(tmp_path, *flags, "get", "hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "3"
+    # the Go example's file format, so Go and Python plugins share the store
+    assert json.loads((tmp_path / "kv_hello").read_text()) == {"Value": 3}
+
+
+def test_cli_get_missing_key_fails_with_message(tmp_path: Path) -> None:
+    r = host(tmp_path, "get", "nothing")
+    assert r.returncode == 1
+    assert "no value stored for key 'nothing'" in r.stderr
+
+
+def test_cli_needs_plugin_command(tmp_path: Path) -> None:
+    r = host(tmp_path, "get", "x", plugin="")
+    assert r.returncode == 1 and "set COUNTER_PLUGIN" in r.stderr
+
+
+def test_cli_put_needs_a_number(tmp_path: Path) -> None:
+    r = host(tmp_path, "put", "x")
+    assert r.returncode == 2 and "put needs KEY" in r.stderr
+
+
+class Multiplier:
+    """A host helper that is not addition: the result shows whose helper ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def sum(self, a: int, b: int) -> int:
+        self.calls.append((a, b))
+        return (a + 1) * b
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path) -> Iterator[Path]:
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("multiplex", [False, True], ids=["per-connection", "multiplexed"])
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+def test_api_callback_reaches_this_host(in_tmp: Path, multiplex: bool, auto_mtls: bool) -> None:
+    helper = Multiplier()
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                       cmd=[sys.executable, str(EXAMPLE / "plugin.py")], auto_mtls=auto_mtls,
+                       multiplex_broker=multiplex)
+    with Client(cfg) as client:
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("k", 3, helper)      # (0+1)*3 = 3
+        counter.put("k", 4, helper)      # (3+1)*4 = 16
+        assert counter.get("k") == 16
+        assert helper.calls == [(0, 3), (3, 4)]
+        # each Put served its helper on a fresh broker id and stopped it afterwards
+        assert client.broker._served == []
+    # the client's broker is closed with the client
+    with pytest.raises(BrokerClosedError):
+        client.broker.dial(1)
+
+
+def test_api_helper_error_reaches_the_host(in_tmp: Path) -> None:
+    class Broken:
+        def sum(self, a: int, b: int) -> int:
+            raise RuntimeError("the host's adder is broken")
+
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                       cmd=[sys.executable, str(EXAMPLE / "plugin.py")])
+    with Client(cfg) as client:
+        counter = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as err:
+            counter.put("k", 1, Broken())
+        # the helper's failure travelled host -> plugin (UNKNOWN) -> host
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+    assert not (in_tmp / "kv_k").exists()
