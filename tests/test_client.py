@@ -45,6 +45,11 @@ MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
 PLUGINS = {PLUGIN_NAME: KVPlugin()}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the KV plugins write kv_<key> files in their cwd
+
+
 def config(cmd: list[str] | None = None, **kw: object) -> ClientConfig:
     return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd or [PY, TRAP], **kw)  # type: ignore[arg-type]
 
@@ -317,3 +322,13 @@ def test_start_failure_inside_with_cleans_up() -> None:
             pass
     assert client.exited
     assert client.runner.wait(0) is not None
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_multiplexed_broker(auto_mtls: bool) -> None:
+    with Client(config(multiplex_broker=True, auto_mtls=auto_mtls)) as client:
+        assert client.handshake.multiplex
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("m", b"muxed")
+        assert kv.get("m") == b"muxed"
+        assert json.loads(kv.get("__env__"))["PLUGIN_MULTIPLEX_GRPC"] == "true"

@@ -46,6 +46,7 @@ from plugbay.core.handshake import (
     parse_handshake_line,
 )
 from plugbay.core.logs import LogPump
+from plugbay.core.mux import HostMux
 from plugbay.core.plugin import PluginSet, VersionedPlugins
 from plugbay.core.reattach import ReattachConfig
 from plugbay.core.resilience import ManagedChannel
@@ -125,6 +126,7 @@ class Client:
         self._conn: Connection | None = None
         self._channel: ManagedChannel | None = None
         self._broker: GRPCBroker | None = None
+        self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._threads: list[threading.Thread] = []
@@ -323,7 +325,13 @@ class Client:
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:
             _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
-        self._conn = dial(network, address, tls=self._cert, server_cert_der=info.server_cert,
+        dial_to = (network, address)
+        if self.config.multiplex_broker:
+            # One connection carries a yamux session; the main channel and every
+            # brokered connection are streams in it (TLS, if any, runs per stream).
+            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0))
+            dial_to = self._mux.local_address
+        self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=self.config.grpc_options)
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
@@ -339,7 +347,7 @@ class Client:
         peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
         self._broker = host_broker(self._conn.channel, BrokerTransport(
             tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
-            translator=runner, multiplex=False))
+            translator=runner, multiplex=self._mux is not None, mux=self._mux))
         self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
                                   self.config.stderr_sink, self.name)
         watcher = threading.Thread(target=self._watch, name=f"plugbay-watch-{self.name}", daemon=True)
@@ -450,6 +458,8 @@ class Client:
             self._channel.detach()
         if self._conn is not None:
             self._conn.close()
+        if self._mux is not None:
+            self._mux.close()
         for thread in self._threads:
             thread.join(5.0)
         self._logs.join(5.0)

@@ -18,6 +18,7 @@ so code that catches gRPC errors keeps working.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,10 +96,12 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             self._generation += 1
         return old
 
-    def translate(self, exc: grpc.RpcError) -> BaseException:
+    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        # A Go server may answer UNKNOWN "context deadline exceeded" a moment
+        # before the client's own deadline fires: past the deadline is a timeout.
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or past_deadline:
             return CallTimeout(
                 f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
                 " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
@@ -183,23 +186,31 @@ class _Callable:
         kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
         return kwargs
 
+    def _fail(self, exc: grpc.RpcError, started: float, timeout: float | None) -> BaseException:
+        past = timeout is not None and time.monotonic() - started >= timeout * 0.98
+        return self._owner.translate(exc, past)
+
 
 class _UnaryCallable(_Callable):
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        kwargs = self._kwargs(timeout, kwargs)
+        started = time.monotonic()
         try:
-            return self._target()(request, **self._kwargs(timeout, kwargs))
+            return self._target()(request, **kwargs)
         except grpc.RpcError as exc:
-            raise self._owner.translate(exc) from exc
+            raise self._fail(exc, started, kwargs["timeout"]) from exc
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
             if "closed channel" in str(exc):
                 raise self._owner.translate_closed() from exc
             raise
 
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        kwargs = self._kwargs(timeout, kwargs)
+        started = time.monotonic()
         try:
-            return self._target().with_call(request, **self._kwargs(timeout, kwargs))
+            return self._target().with_call(request, **kwargs)
         except grpc.RpcError as exc:
-            raise self._owner.translate(exc) from exc
+            raise self._fail(exc, started, kwargs["timeout"]) from exc
         except ValueError as exc:
             if "closed channel" in str(exc):
                 raise self._owner.translate_closed() from exc
