@@ -52,7 +52,7 @@ from plugbay.core.health import add_to_server as add_health
 from plugbay.core.listener import Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.pluginlog import HclogHandler
-from plugbay.core.stdio import StdioCapture, StdioServicer
+from plugbay.core.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
 from plugbay.core.stdio import add_to_server as add_stdio
 
 COOKIE_MESSAGE = (
@@ -79,6 +79,7 @@ class ServeConfig:
     versioned_plugins: VersionedPlugins | None = None
     grpc_server_options: Sequence[tuple[str, Any]] = ()
     logger: logging.Logger | None = None
+    stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
@@ -141,7 +142,7 @@ class _PluginServer:
                                               errors="backslashreplace")
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
         self.log = self._setup_logging(config.logger)
-        self.capture = StdioCapture(self.log)
+        self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
         self.executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="plugbay-grpc")
         self.grpc: grpc.Server | None = None

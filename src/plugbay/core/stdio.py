@@ -21,7 +21,7 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -47,6 +47,7 @@ class StdioCapture:
         self._chunks: collections.deque[tuple[Channel, bytes]] = collections.deque()
         self._size = 0
         self._dropped = 0
+        self._overflowing = False
         self._eof = False  # the pump has finished: nothing more will be added
         self._generation = 0  # bumped by each StreamStdio caller; older callers stop
         self._saved: tuple[int, int] | None = None
@@ -122,15 +123,25 @@ class StdioCapture:
         with self._cond:
             self._chunks.append((channel, data))
             self._size += len(data)
-            while self._size > self._max and len(self._chunks) > 1:
-                _, old = self._chunks.popleft()
-                self._size -= len(old)
-                dropped += len(old)
+            while self._size > self._max:  # keep exactly the newest max bytes
+                excess = self._size - self._max
+                old_channel, old = self._chunks[0]
+                if len(old) <= excess:
+                    self._chunks.popleft()
+                    cut = len(old)
+                else:
+                    self._chunks[0] = (old_channel, old[excess:])
+                    cut = excess
+                self._size -= cut
+                dropped += cut
             self._dropped += dropped
             self._cond.notify_all()
-        if dropped:
-            self._log.warning("stdio buffer full: dropped the oldest output",
-                              extra={"dropped_bytes": dropped, "buffer_bytes": self._max})
+            # One warning per overflow episode; the episode ends when a reader catches up.
+            warn = dropped > 0 and not self._overflowing
+            self._overflowing = self._overflowing or dropped > 0
+        if warn:
+            self._log.warning("stdio buffer full: dropping the oldest output until the host reads it",
+                              extra={"buffer_bytes": self._max})
 
     def attach(self) -> int:
         """Register a new StreamStdio caller; earlier callers stop receiving."""
@@ -139,15 +150,26 @@ class StdioCapture:
             self._cond.notify_all()
             return self._generation
 
-    def next_chunk(self, generation: int, timeout: float) -> tuple[Channel, bytes] | None | bool:
-        """A chunk; None when nothing came within ``timeout``; False when the stream must end."""
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_chunk(self, generation: int, timeout: float,
+                   alive: Callable[[], bool]) -> tuple[Channel, bytes] | None | bool:
+        """A chunk; None when nothing came within ``timeout``; False when the stream must end.
+
+        ``alive`` is checked before a chunk is taken, so a caller that went away
+        does not swallow output meant for the next one.
+        """
         with self._cond:
             while True:
-                if generation != self._generation:
+                if generation != self._generation or not alive():
                     return False
                 if self._chunks:
                     channel, data = self._chunks.popleft()
                     self._size -= len(data)
+                    if not self._chunks:
+                        self._overflowing = False
                     return channel, data
                 if self._eof:
                     return False
@@ -162,8 +184,9 @@ class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
     def StreamStdio(self, request: object,
                     context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
         generation = self._capture.attach()
+        context.add_callback(self._capture.wake)  # a cancelled caller stops waiting at once
         while context.is_active():
-            item = self._capture.next_chunk(generation, _STREAM_POLL)
+            item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
             if item is False:
                 return
             if item is None or item is True:

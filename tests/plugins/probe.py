@@ -1,0 +1,96 @@
+"""A Python plugin (plugbay serve()) for the plugin-side tests, steered by PROBE_* env vars.
+
+It serves the KV service under the KV example's cookie. Put(key, value) writes
+instead of storing when the key names an output path:
+  out      print(value) (Python's sys.stdout)
+  err      sys.stderr.write(value)
+  fd1/fd2  os.write(1|2, value) (below Python's buffers)
+  sub      run `sh -c value` (a child process writing to the inherited fds)
+  log      log value at INFO through Python logging
+other keys are stored in memory; Get returns them.
+
+PROBE_VERSIONS="2,3"   serve under those app versions (versioned_plugins) instead of 1
+PROBE_MISCONFIGURED=1  a handshake config with an empty cookie value
+PROBE_BAD=register     the plugin's grpc_server raises
+PROBE_BAD=notgrpc      the plugin set holds an object that is not a GRPCPlugin
+PROBE_STDIO_MAX=N      keep at most N bytes of captured output
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "src"))
+
+import grpc  # noqa: E402
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay.core.broker import GRPCBroker  # noqa: E402
+from plugbay.core.handshake import HandshakeConfig  # noqa: E402
+from plugbay.core.server import ServeConfig, serve  # noqa: E402
+
+log = logging.getLogger("probe")
+
+
+class ProbeKV:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def put(self, key: str, value: bytes) -> None:
+        text = value.decode()
+        if key == "out":
+            print(text, end="")
+        elif key == "err":
+            sys.stderr.write(text)
+        elif key == "fd1":
+            os.write(1, value)
+        elif key == "fd2":
+            os.write(2, value)
+        elif key == "sub":
+            subprocess.run(["sh", "-c", text], check=True, timeout=30)
+        elif key == "log":
+            log.info(text, extra={"probe": True})
+        else:
+            self.data[key] = value
+
+    def get(self, key: str) -> bytes:
+        return self.data.get(key, b"")
+
+
+class RaisingPlugin(KVPlugin):
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        raise RuntimeError("the probe refuses to register")
+
+
+def main() -> None:
+    handshake = HANDSHAKE
+    if os.environ.get("PROBE_MISCONFIGURED"):
+        handshake = object.__new__(HandshakeConfig)  # bypasses the constructor's own check
+        object.__setattr__(handshake, "protocol_version", 1)
+        object.__setattr__(handshake, "magic_cookie_key", "BASIC_PLUGIN")
+        object.__setattr__(handshake, "magic_cookie_value", "")
+    plugin: Any = KVPlugin(ProbeKV())
+    bad = os.environ.get("PROBE_BAD")
+    if bad == "register":
+        plugin = RaisingPlugin(ProbeKV())
+    elif bad == "notgrpc":
+        plugin = object()
+    config = ServeConfig(handshake=handshake, plugins={PLUGIN_NAME: plugin})
+    versions = os.environ.get("PROBE_VERSIONS")
+    if versions:
+        config = ServeConfig(handshake=handshake,
+                             versioned_plugins={int(v): {PLUGIN_NAME: plugin} for v in versions.split(",")})
+    if os.environ.get("PROBE_STDIO_MAX"):
+        config.stdio_buffer_bytes = int(os.environ["PROBE_STDIO_MAX"])
+    serve(config)
+
+
+if __name__ == "__main__":
+    main()
