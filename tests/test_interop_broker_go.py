@@ -1,0 +1,154 @@
+"""Broker interop with real go-plugin 1.0.1 Go code (per-connection mode).
+
+* Go counter host -> Python counter plugin: the Python plugin dials the Go
+  host's brokered AddHelper.
+* Python counter host -> Go counter plugin: the Go plugin dials the Python
+  host's brokered AddHelper.
+
+go-plugin 1.0.1 has no multiplexed broker, and its plugin side cannot dial a
+brokered server under AutoMTLS (its bug #109: the plugin's TLS config has no
+ServerName, so it checks the host's certificate against "unused"). Those
+limits are pinned down here too, so a change on either side shows up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay import Client, ClientConfig
+from plugbay.core.errors import ProtocolMismatchError
+from tests.gobuild import build_go, go_missing_reason, run_program
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "counter"
+PY_PLUGIN = f"{sys.executable} {EXAMPLE / 'plugin.py'}"
+
+sys.path.insert(0, str(EXAMPLE))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+pytestmark = pytest.mark.go
+
+
+@pytest.fixture(scope="module")
+def go_host() -> Path:
+    reason = go_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return build_go("counter_host")
+
+
+@pytest.fixture(scope="module")
+def go_plugin() -> Path:
+    reason = go_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return build_go("counter_plugin")
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path) -> Iterator[Path]:
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(old)
+
+
+def run_go_host(host: Path, cwd: Path, *args: str):  # type: ignore[no-untyped-def]
+    env = dict(os.environ, COUNTER_PLUGIN=PY_PLUGIN)
+    return run_program(host, list(args), env=env, cwd=cwd, timeout=90)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def sum(self, a: int, b: int) -> int:
+        self.calls.append((a, b))
+        return a + b + 1000  # not plain addition: the stored value proves this host answered
+
+
+# --------------------------------------------------------- Go host, Python plugin
+
+
+def test_go_host_python_plugin_callback(go_host: Path, tmp_path: Path) -> None:
+    r = run_go_host(go_host, tmp_path, "put", "n", "5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the Python plugin called the Go host's AddHelper through the broker
+    assert "sum a=0 b=5 r=5 broker_id=1" in r.stderr
+    assert re.search(r"handshake protocol=grpc version=1 network=unix", r.stderr)
+    r = run_go_host(go_host, tmp_path, "put", "n", "3")
+    assert r.returncode == 0 and "sum a=5 b=3 r=8" in r.stderr
+    r = run_go_host(go_host, tmp_path, "get", "n")
+    assert r.returncode == 0 and r.stdout.strip() == "8"
+    assert json.loads((tmp_path / "kv_n").read_text()) == {"Value": 8}
+
+
+def test_go_host_automtls_python_plugin_callback(go_host: Path, tmp_path: Path) -> None:
+    # the Go host serves AddHelper with its P-521 cert; the Python plugin verifies it via OpenSSL
+    r = run_go_host(go_host, tmp_path, "--automtls", "put", "t", "7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "automtls=true" in r.stderr and "sum a=0 b=7 r=7" in r.stderr
+
+
+# --------------------------------------------------------- Python host, Go plugin
+
+
+def test_python_host_go_plugin_callback(go_plugin: Path, in_tmp: Path) -> None:
+    rec = Recorder()
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[str(go_plugin)])
+    with Client(cfg) as client:
+        assert not client.handshake.multiplex
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("g", 2, rec)
+        counter.put("g", 3, rec)
+        assert counter.get("g") == 2005
+    assert rec.calls == [(0, 2), (1002, 3)]
+    assert json.loads((in_tmp / "kv_g").read_text()) == {"Value": 2005}
+
+
+def test_go_and_python_plugins_share_the_store(go_plugin: Path, in_tmp: Path) -> None:
+    def run(cmd: list[str], value: int) -> int:
+        cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=cmd)
+        with Client(cfg) as client:
+            counter = client.dispense(PLUGIN_NAME)
+            counter.put("s", value, Recorder())
+            return int(counter.get("s"))
+
+    assert run([sys.executable, str(EXAMPLE / "plugin.py")], 1) == 1001
+    assert run([str(go_plugin)], 1) == 2002
+    assert run([sys.executable, str(EXAMPLE / "plugin.py")], 1) == 3003
+
+
+def test_go_101_plugin_cannot_broker_under_automtls(go_plugin: Path, in_tmp: Path) -> None:
+    """go-plugin bug #109, present in 1.0.1: pinned so a fix (or a regression of ours) is noticed."""
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[str(go_plugin)],
+                       auto_mtls=True)
+    with Client(cfg) as client:
+        counter = client.dispense(PLUGIN_NAME)
+        # the main connection works under AutoMTLS: the Go plugin itself answers (file not found)
+        with pytest.raises(grpc.RpcError) as first:
+            counter.get("m")
+        assert "no such file" in str(first.value.details())
+        with pytest.raises(grpc.RpcError) as err:
+            counter.put("m", 1, Recorder())
+    assert "authentication handshake failed" in str(err.value.details())
+    assert "not unused" in str(err.value.details())
+
+
+def test_go_101_plugin_refuses_multiplexing(go_plugin: Path, in_tmp: Path) -> None:
+    # an old plugin prints no 7th handshake field: the host says so, as go-plugin does
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[str(go_plugin)],
+                       multiplex_broker=True)
+    with pytest.raises(ProtocolMismatchError, match="multiplex"):
+        with Client(cfg) as client:
+            client.dispense(PLUGIN_NAME)
