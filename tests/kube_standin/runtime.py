@@ -78,6 +78,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _rmtree(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def docker_available() -> bool:
     try:
         import docker
@@ -98,7 +103,8 @@ def docker_available() -> bool:
 class DockerBox:
     kind = "docker"
 
-    def __init__(self, client: Any, container: Any, ports: Sequence[int]) -> None:
+    def __init__(self, client: Any, container: Any, ports: Sequence[int], scratch: str | None) -> None:
+        self._scratch = scratch
         self._client = client
         self._container = container
         self.id = container.id
@@ -178,6 +184,7 @@ class DockerBox:
             self._container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        _rmtree(self._scratch)
 
 
 class DockerBackend:
@@ -225,8 +232,18 @@ class DockerBackend:
             read_only=req.read_only,
             cap_drop=list(req.cap_drop) or None,
             security_opt=["no-new-privileges"] if req.no_new_privileges else None,
-            tmpfs={d: "mode=1777,size=64m" for d in req.writable_dirs} or None,
         )
+        # emptyDir: a fresh world-writable host folder, bind-mounted (a tmpfs or a
+        # volume would copy up the image folder's owner and mode; emptyDir does not)
+        scratch = tempfile.mkdtemp(prefix="plugbay-standin-emptydir-") if req.writable_dirs else None
+        if scratch:
+            binds = {}
+            for i, target in enumerate(req.writable_dirs):
+                source = os.path.join(scratch, str(i))
+                os.mkdir(source)
+                os.chmod(source, 0o1777)
+                binds[source] = {"bind": target, "mode": "rw"}
+            kwargs["volumes"] = binds
         if req.command:
             kwargs["entrypoint"] = list(req.command)
         if req.args:
@@ -243,13 +260,15 @@ class DockerBackend:
         try:
             container = self._client.containers.create(**kwargs)
         except docker.errors.ImageNotFound as exc:
+            _rmtree(scratch)
             raise ImageMissing(str(exc)) from exc
         try:
             container.start()
         except docker.errors.APIError as exc:
             container.remove(force=True)
+            _rmtree(scratch)
             raise ContainerConfigError(f"failed to start container: {exc.explanation}") from exc
-        return DockerBox(self._client, container, req.ports)
+        return DockerBox(self._client, container, req.ports, scratch)
 
 
 # --- local process (when no engine is up) --------------------------------------

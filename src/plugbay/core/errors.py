@@ -153,3 +153,18 @@ class BrokerTimeoutError(BrokerError, TimeoutError):
 
 class BrokerClosedError(BrokerError):
     """The broker stream ended; pending and future dials fail."""
+
+
+# --- Kubernetes pods (appended by the Kubernetes runner) ----------------------
+
+
+class PodUnschedulableError(RunnerError):
+    """No node can take the plugin's pod (node selector, taints, resources)."""
+
+
+class PodStartTimeoutError(RunnerError, TimeoutError):
+    """The plugin's pod did not reach Running within the runner's start timeout."""
+
+
+class PodCrashLoopError(PluginExitedError):
+    """The plugin's container keeps crashing (CrashLoopBackOff) before its handshake."""
