@@ -1,0 +1,110 @@
+"""Go host -> Python plugin: go-plugin 1.0.1's own client (tests/go/kv_host) drives examples/kv/plugin.py."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import gobuild
+from tests.gobuild import build_go, run_program
+
+_reason = gobuild.go_missing_reason()
+pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+REPO = Path(__file__).resolve().parent.parent
+KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
+PROBE = REPO / "tests" / "plugins" / "probe.py"
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    # Short, so the socket path stays within the OS's 107 bytes (pytest's tmp_path may not).
+    with tempfile.TemporaryDirectory(prefix="gh") as path:
+        yield Path(path)
+
+
+class GoHost:
+    """Runs kv_host with a Python plugin; the plugin's exit code lands in a file."""
+
+    def __init__(self, tmp_path: Path, sockets: Path, plugin: Path = KV_PLUGIN,
+                 env: dict[str, str] | None = None) -> None:
+        self.work = tmp_path / "work"
+        self.sockets = sockets  # the plugin's TMPDIR: its unix socket goes here
+        self.work.mkdir(exist_ok=True)
+        self.rc_file = tmp_path / "plugin.rc"
+        self.plugin = plugin
+        self.extra = env or {}
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        self.rc_file.unlink(missing_ok=True)
+        cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.plugin))}; echo $? > {shlex.quote(str(self.rc_file))}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+        env.update({"KV_PLUGIN": cmd, "TMPDIR": str(self.sockets), **self.extra})
+        done = run_program(build_go("kv_host"), ["--timeout", "60s", *args], env=env, cwd=self.work, timeout=90)
+        return done.returncode, done.stdout, done.stderr
+
+    def plugin_exit_code(self) -> int:
+        return int(self.rc_file.read_text().strip())
+
+
+@pytest.mark.parametrize("automtls", [False, True], ids=["plain", "automtls"])
+def test_put_get_round_trip_and_graceful_shutdown(tmp_path: Path, sockets: Path, automtls: bool) -> None:
+    host = GoHost(tmp_path, sockets)
+    flags = ["--automtls"] if automtls else []
+    code, out, err = host.run(*flags, "put", "greeting", "hello from go")
+    assert code == 0, out + err
+    assert f"network=unix address={host.sockets}/plugin" in err
+    assert f"automtls={'true' if automtls else 'false'}" in err
+    assert "kv_host: kill graceful=true" in err  # Shutdown, then the process went away by itself
+    assert host.plugin_exit_code() == 0
+    assert list(host.sockets.iterdir()) == []  # the plugin removed its socket
+    assert (host.work / "kv_greeting").read_bytes() == b"hello from go"
+
+    code, out, err = host.run(*flags, "get", "greeting")
+    assert code == 0, out + err
+    assert out == "hello from go\n"
+    assert "kv_host: kill graceful=true" in err
+    assert host.plugin_exit_code() == 0
+    assert list(host.sockets.iterdir()) == []
+
+
+def test_written_by_one_mode_read_by_the_other(tmp_path: Path, sockets: Path) -> None:
+    host = GoHost(tmp_path, sockets)
+    assert host.run("--automtls", "put", "k", "v1")[0] == 0
+    code, out, _ = host.run("get", "k")
+    assert (code, out) == (0, "v1\n")
+
+
+def test_tcp_listener_with_go_hosts_port_range(tmp_path: Path, sockets: Path) -> None:
+    # go-plugin 1.0.1 hosts send PLUGIN_MIN_PORT/MAX_PORT (10000..25000); PLUGBAY_LISTEN=tcp uses them.
+    host = GoHost(tmp_path, sockets, env={"PLUGBAY_LISTEN": "tcp"})
+    code, out, err = host.run("--automtls", "put", "t", "over tcp")
+    assert code == 0, out + err
+    line = next(x for x in err.splitlines() if "kv_host: handshake" in x)
+    port = int(line.split("address=127.0.0.1:")[1].split()[0])
+    assert 10000 <= port <= 25000
+    assert host.plugin_exit_code() == 0
+    assert (host.work / "kv_t").read_bytes() == b"over tcp"
+
+
+def test_plugin_logs_reach_go_hclog_as_structured_entries(tmp_path: Path, sockets: Path) -> None:
+    host = GoHost(tmp_path, sockets)
+    code, out, err = host.run("-v", "put", "logged", "x")
+    assert code == 0, out + err
+    # go-plugin parsed our hclog JSON line: level INFO, message "put", key/values as fields
+    entry = next(x for x in err.splitlines() if "[INFO]" in x and ": put:" in x)
+    assert "key=logged" in entry and "@module=kv" in entry and "bytes=1" in entry
+
+
+def test_no_common_version_is_reported_by_the_go_host(tmp_path: Path, sockets: Path) -> None:
+    host = GoHost(tmp_path, sockets, plugin=PROBE, env={"PROBE_VERSIONS": "2,3"})
+    code, out, err = host.run("get", "k")
+    assert code == 1
+    # the plugin answered its lowest version; go-plugin's client names the mismatch
+    assert "Incompatible API version with plugin. Plugin version: 2, Client versions: [1]" in out
