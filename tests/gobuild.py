@@ -16,17 +16,21 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GO_SOURCES = REPO / "tests" / "go"
+# Shared Go packages, importable by the programs as plugbay.test/<dir name>.
+GO_LIBS = GO_SOURCES / "lib"
 EXAMPLE_PROTOS = REPO / "protos" / "examples"
 CACHE = REPO / ".cache" / "go"
 GOPATH_PRIVATE = CACHE / "gopath"
@@ -37,9 +41,10 @@ PROTOC_GEN_GO = Path("/usr/bin/protoc-gen-go")
 # Import path prefix of the generated example packages: kv.proto -> plugbay.test/kvproto.
 PROTO_IMPORT_PREFIX = "plugbay.test"
 # Bump when the build recipe changes in a way that must invalidate cached binaries.
-_RECIPE = "2"
+_RECIPE = "3"
 BUILD_TIMEOUT = 600.0
 PROTOC_TIMEOUT = 60.0
+PRUNE_AFTER = 24 * 3600.0
 
 _memo: dict[str, Path] = {}
 _memo_lock = threading.Lock()
@@ -109,27 +114,55 @@ def _go_version() -> str:
 
 
 def _program_dir(name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith(".") or name == "lib":
         raise GoBuildError(f"invalid Go program name {name!r}: use a directory name under {GO_SOURCES}")
     pdir = GO_SOURCES / name
-    if not (pdir.is_dir() and any(pdir.glob("*.go"))):
-        known = sorted(p.name for p in GO_SOURCES.iterdir() if p.is_dir()) if GO_SOURCES.is_dir() else []
-        raise GoBuildError(f"no Go program {name!r} in {GO_SOURCES} (no *.go files there); known programs: {known}")
+    if not (pdir / "main.go").is_file():
+        known = sorted(p.parent.name for p in GO_SOURCES.glob("*/main.go"))
+        raise GoBuildError(f"no Go program {name!r} in {GO_SOURCES} (no {name}/main.go); known programs: {known}")
     return pdir
 
 
-def _example_protos() -> list[Path]:
-    return sorted(EXAMPLE_PROTOS.glob("*.proto"))
+_LOCAL_IMPORT = re.compile(rf'"{re.escape(PROTO_IMPORT_PREFIX)}/(\w+)"')
+
+
+def _dependencies(name: str) -> tuple[list[Path], list[Path]]:
+    """The example protos and the shared packages (tests/go/lib/PKG) program `name` imports as
+    plugbay.test/NAMEproto and plugbay.test/PKG, followed through the shared packages too; only
+    these count for its hash, so an unrelated new or broken proto never touches its build."""
+    protos = {p.stem: p for p in EXAMPLE_PROTOS.glob("*.proto")}
+    libs: dict[str, Path] = {}
+    used_protos: dict[str, Path] = {}
+    pending = [_program_dir(name)]
+    while pending:
+        text = "\n".join(p.read_text() for p in sorted(pending.pop().rglob("*.go")))
+        for pkg in _LOCAL_IMPORT.findall(text):
+            if (GO_LIBS / pkg).is_dir():
+                if pkg not in libs:
+                    libs[pkg] = GO_LIBS / pkg
+                    pending.append(GO_LIBS / pkg)
+            elif pkg.endswith("proto") and pkg.removesuffix("proto") in protos:
+                used_protos[pkg] = protos[pkg.removesuffix("proto")]
+            else:
+                raise GoBuildError(
+                    f"tests/go/{name} imports {PROTO_IMPORT_PREFIX}/{pkg}, which is neither "
+                    f"{EXAMPLE_PROTOS / (pkg.removesuffix('proto') + '.proto')} nor a package in {GO_LIBS}; "
+                    "add the proto or package, or fix the import"
+                )
+    return sorted(used_protos.values()), sorted(libs.values())
 
 
 def source_hash(name: str) -> str:
     """Hash of everything a program's binary depends on that can change in this repo."""
     pdir = _program_dir(name)
+    protos, libs = _dependencies(name)
     h = hashlib.sha256()
     h.update(f"recipe={_RECIPE}\n{_go_version()}\n".encode())
     files = [(f"{name}/{p.relative_to(pdir)}", p) for p in sorted(pdir.rglob("*")) if p.is_file()]
-    protos = [(f"protos/{p.name}", p) for p in _example_protos()]
-    for label, path in [*files, *protos]:
+    for lib in libs:
+        files += [(f"lib/{p.relative_to(GO_LIBS)}", p) for p in sorted(lib.rglob("*")) if p.is_file()]
+    files += [(f"protos/{p.name}", p) for p in protos]
+    for label, path in files:
         h.update(label.encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -146,15 +179,16 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def generate_protos() -> list[str]:
-    """Generate Go code for every protos/examples/*.proto into the private GOPATH.
+def generate_protos(name: str | None = None) -> list[str]:
+    """Generate Go code for protos/examples/*.proto (only those program `name` uses, when given)
+    into the private GOPATH.
 
     Returns the import paths produced. Debian's protoc-gen-go is goprotobuf 1.3.x, whose gRPC
     generator is the `plugins=grpc` option (the code it emits matches Debian's grpc-go 1.33).
     """
     env = go_env()
     imports = []
-    for proto in _example_protos():
+    for proto in _dependencies(name)[0] if name else sorted(EXAMPLE_PROTOS.glob("*.proto")):
         pkg = f"{PROTO_IMPORT_PREFIX}/{proto.stem}proto"
         out = GOPATH_PRIVATE / "src" / pkg
         # Write into a fresh directory and swap it in, so a stale file from a removed proto never lingers.
@@ -214,7 +248,13 @@ def build_go(name: str) -> Path:
 
 def _build(name: str, target: Path) -> None:
     (GOPATH_PRIVATE / "src").mkdir(parents=True, exist_ok=True)
-    generate_protos()
+    generate_protos(name)
+    for lib in _dependencies(name)[1]:
+        # GOPATH mode only finds packages under a GOPATH: copy each shared package in, fresh.
+        dest = GOPATH_PRIVATE / "src" / PROTO_IMPORT_PREFIX / lib.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(lib, dest)
     BIN_DIR.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
@@ -228,9 +268,12 @@ def _build(name: str, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    # Older builds of the same program are dead weight once their sources are gone.
+    # Older builds are dead weight once their sources are gone, but another process may still be
+    # running one it resolved earlier: only prune those nobody has built for a while.
+    horizon = time.time() - PRUNE_AFTER
     for old in BIN_DIR.glob(f"{name}-*"):
-        if old != target and old.name.removeprefix(f"{name}-").isalnum():
+        suffix = old.name.removeprefix(f"{name}-")
+        if old != target and suffix.isalnum() and len(suffix) == 16 and old.stat().st_mtime < horizon:
             old.unlink(missing_ok=True)
 
 

@@ -12,35 +12,23 @@
 //	kv_host: kill graceful=true
 //
 // Errors print "error: ..." on stdout (as the Go example does) and exit 1; exit 2 is a usage error
-// and exit 3 means the --timeout watchdog fired.
+// and exit 3 means the --timeout watchdog fired (the plugin's process group is killed first).
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"sort"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 
-	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"plugbay.test/hostutil"
 	kvproto "plugbay.test/kvproto"
 )
-
-var handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  1,
-	MagicCookieKey:   "BASIC_PLUGIN",
-	MagicCookieValue: "hello",
-}
 
 type kvPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
@@ -52,33 +40,6 @@ func (p *kvPlugin) GRPCServer(broker *plugin.GRPCBroker, s *grpc.Server) error {
 
 func (p *kvPlugin) GRPCClient(ctx context.Context, broker *plugin.GRPCBroker, c *grpc.ClientConn) (interface{}, error) {
 	return kvproto.NewKVClient(c), nil
-}
-
-// logSink sees every line of go-plugin's client logger (which also relays the plugin's stderr):
-// it remembers how Kill ended and shows the lines on stderr when verbose, else only warnings and errors.
-type logSink struct {
-	mu       sync.Mutex
-	verbose  bool
-	graceful bool
-	forced   bool
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		trimmed := strings.TrimSpace(line)
-		if strings.HasSuffix(trimmed, ": plugin exited") {
-			s.graceful = true
-		}
-		if strings.Contains(trimmed, "plugin failed to exit gracefully") {
-			s.forced = true
-		}
-		if s.verbose || strings.Contains(line, "[WARN]") || strings.Contains(line, "[ERROR]") {
-			fmt.Fprintln(os.Stderr, line)
-		}
-	}
-	return len(p), nil
 }
 
 func main() {
@@ -95,35 +56,25 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	time.AfterFunc(*timeout, func() {
-		fmt.Fprintf(os.Stderr, "kv_host: timed out after %s\n", *timeout)
-		os.Exit(3)
-	})
-	if err := run(args, *autoMTLS, *verbose); err != nil {
+	host := hostutil.NewHost("kv_host", "KV_PLUGIN", *verbose)
+	host.Watchdog(*timeout)
+	if err := run(host, args, *autoMTLS); err != nil {
 		fmt.Printf("error: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string, autoMTLS, verbose bool) (err error) {
-	sink := &logSink{verbose: verbose}
+func run(host *hostutil.Host, args []string, autoMTLS bool) error {
 	started := time.Now()
 	client := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  handshake,
+		HandshakeConfig:  hostutil.Handshake,
 		Plugins:          map[string]plugin.Plugin{"kv_grpc": &kvPlugin{}},
-		Cmd:              exec.Command("sh", "-c", os.Getenv("KV_PLUGIN")),
+		Cmd:              host.Cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         autoMTLS,
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Name: "plugin", Level: hclog.Trace, Output: sink,
-		}),
+		Logger:           host.Logger(),
 	})
-	defer func() {
-		client.Kill()
-		sink.mu.Lock()
-		fmt.Fprintf(os.Stderr, "kv_host: kill graceful=%t\n", sink.graceful && !sink.forced)
-		sink.mu.Unlock()
-	}()
+	defer host.Kill(client)
 
 	rpcClient, err := client.Client()
 	if err != nil {
@@ -134,24 +85,15 @@ func run(args []string, autoMTLS, verbose bool) (err error) {
 		return err
 	}
 	kv := raw.(kvproto.KVClient)
-	startMS := float64(time.Since(started).Microseconds()) / 1000
-	if rc := client.ReattachConfig(); rc != nil {
-		fmt.Fprintf(os.Stderr, "kv_host: handshake protocol=%s version=%d network=%s address=%s automtls=%t start_ms=%.1f\n",
-			client.Protocol(), client.NegotiatedVersion(), rc.Addr.Network(), rc.Addr.String(), autoMTLS, startMS)
-	}
+	host.ReportHandshake(client, autoMTLS, started)
 
-	call := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.Background(), 30*time.Second)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	switch args[0] {
 	case "put":
-		ctx, cancel := call()
-		defer cancel()
 		_, err = kv.Put(ctx, &kvproto.PutRequest{Key: args[1], Value: []byte(args[2])})
 		return err
 	case "get":
-		ctx, cancel := call()
-		defer cancel()
 		resp, err := kv.Get(ctx, &kvproto.GetRequest{Key: args[1]})
 		if err != nil {
 			return err
@@ -163,7 +105,7 @@ func run(args []string, autoMTLS, verbose bool) (err error) {
 		if err != nil || n < 1 {
 			return fmt.Errorf("bench needs a positive call count, got %q", args[1])
 		}
-		return bench(kv, n, started, autoMTLS, call)
+		return bench(kv, n, started, autoMTLS)
 	default:
 		return fmt.Errorf("please only use 'get', 'put' or 'bench', given: %q", args[0])
 	}
@@ -171,8 +113,10 @@ func run(args []string, autoMTLS, verbose bool) (err error) {
 
 // bench: one Put is the first call (start_to_first_call covers launch, handshake, dial and it),
 // then n Gets of that key measured one by one.
-func bench(kv kvproto.KVClient, n int, started time.Time, autoMTLS bool,
-	call func() (context.Context, context.CancelFunc)) error {
+func bench(kv kvproto.KVClient, n int, started time.Time, autoMTLS bool) error {
+	call := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 30*time.Second)
+	}
 	ctx, cancel := call()
 	_, err := kv.Put(ctx, &kvproto.PutRequest{Key: "bench", Value: []byte("value")})
 	cancel()
@@ -192,19 +136,6 @@ func bench(kv kvproto.KVClient, n int, started time.Time, autoMTLS bool,
 			return err
 		}
 	}
-	total := time.Since(t0)
-	sort.Float64s(lat)
-	pct := func(p float64) float64 { return lat[int(p*float64(len(lat)-1)+0.5)] }
-	out, _ := json.Marshal(map[string]interface{}{
-		"start_to_first_call_ms": float64(first.Microseconds()) / 1000,
-		"p50_us":                 pct(0.50),
-		"p99_us":                 pct(0.99),
-		"n":                      n,
-		"calls_per_s":            float64(n) / total.Seconds(),
-		"automtls":               autoMTLS,
-	})
-	fmt.Println(string(out))
+	hostutil.PrintBench(lat, first, time.Since(t0), autoMTLS)
 	return nil
 }
-
-var _ io.Writer = (*logSink)(nil)
