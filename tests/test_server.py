@@ -473,3 +473,46 @@ def test_bad_client_cert_is_refused(plugins: list[PluginProc]) -> None:
     err = refused(plugins, {**COOKIE, "PLUGIN_CLIENT_CERT": "not a certificate"})
     assert "PLUGIN_CLIENT_CERT does not hold a PEM certificate" in err
 
+
+
+def test_health_watch_ends_at_shutdown(plugins: list[PluginProc]) -> None:
+    p = start(plugins)
+    ch = p.channel(p.handshake())
+    watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=20)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    shutdown(ch)
+    rest = [r.status for r in watch]  # ends (status OK) instead of holding the stop up
+    assert rest == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert p.finish()[0] == 0
+
+
+def test_output_written_before_shutdown_reaches_the_stream(plugins: list[PluginProc]) -> None:
+    p = start(plugins)
+    ch = p.channel(p.handshake())
+    kv = kv_pb2_grpc.KVStub(ch)
+    stream = grpc_stdio_pb2_grpc.GRPCStdioStub(ch).StreamStdio(empty_pb2.Empty(), timeout=20)
+    for i in range(50):
+        kv.Put(kv_pb2.PutRequest(key="fd1" if i % 2 else "fd2", value=b"line %d\n" % i), timeout=10)
+    shutdown(ch)
+    got = {STDOUT: b"", STDERR: b""}
+    for item in stream:  # the stream ends on its own once the plugin has drained its pipes
+        got[item.channel] += item.data
+    assert got[STDOUT] == b"".join(b"line %d\n" % i for i in range(1, 50, 2))
+    assert got[STDERR] == b"".join(b"line %d\n" % i for i in range(0, 50, 2))
+    assert p.finish()[0] == 0
+
+
+def test_a_second_stdio_caller_takes_the_stream_over(plugins: list[PluginProc]) -> None:
+    p = start(plugins)
+    ch = p.channel(p.handshake())
+    kv = kv_pb2_grpc.KVStub(ch)
+    first = grpc_stdio_pb2_grpc.GRPCStdioStub(ch).StreamStdio(empty_pb2.Empty(), timeout=20)
+    kv.Put(kv_pb2.PutRequest(key="out", value=b"one\n"), timeout=10)
+    assert next(first).data == b"one\n"
+    second = grpc_stdio_pb2_grpc.GRPCStdioStub(ch).StreamStdio(empty_pb2.Empty(), timeout=20)
+    assert list(first) == []  # the earlier caller's stream ends cleanly once the new one is in
+    kv.Put(kv_pb2.PutRequest(key="out", value=b"two\n"), timeout=10)
+    assert next(second).data == b"two\n"
+    second.cancel()
+    shutdown(ch)
+    assert p.finish()[0] == 0
