@@ -1,0 +1,105 @@
+"""The core rows: Python/Go hosts x Python/Go plugins on the process runner, +/- AutoMTLS.
+
+Go programs are go-plugin 1.0.1 (tests/go/kv_host in bench mode, tests/go/kv_plugin).
+Under AutoMTLS a Go peer's P-521 certificate forces plugbay onto its OpenSSL
+relay ("relay-tls"); Python <-> Python uses grpcio's own TLS ("grpc-tls").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+from common import REPO, Case, Context, Result, combine, python_host_round
+
+PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
+
+
+def _go(ctx: Context, name: str) -> str | None:
+    """Path of a built Go program, or None (reason kept in ctx.cache)."""
+    key = f"go:{name}"
+    if key not in ctx.cache:
+        try:
+            from tests import gobuild
+
+            reason = gobuild.go_missing_reason()
+            ctx.cache[key] = None if reason else str(gobuild.build_go(name))
+            ctx.cache["go:reason"] = reason
+        except Exception as exc:  # a failed build is a skipped row, not a failed run
+            ctx.cache[key] = None
+            ctx.cache["go:reason"] = f"build failed: {str(exc).splitlines()[0]}"
+    value = ctx.cache[key]
+    return value if isinstance(value, str) else None
+
+
+def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context) -> Result:
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay import ClientConfig
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(ctx.rounds):
+            config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
+                                  runner=_runner(plugin_cmd, cwd), call_timeout=ctx.call_timeout)
+            rounds.append(python_host_round(config, ctx.calls))
+    return combine(rounds)
+
+
+def _runner(cmd: list[str] | None, cwd: str) -> object:
+    from plugbay import ProcessRunner
+
+    assert cmd is not None
+    return ProcessRunner(cmd, cwd=cwd)
+
+
+def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
+    host = _go(ctx, "kv_host")
+    if host is None:
+        return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
+    python_plugin = plugin_cmd == PY_PLUGIN
+    note = "go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls and python_plugin else
+                               ", Go TLS" if automtls else "")
+    rounds = []
+    env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
+    args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(ctx.calls)]
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(ctx.rounds):
+            out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+            if out.returncode != 0:
+                raise RuntimeError(f"kv_host bench failed ({out.returncode}): {out.stdout}{out.stderr}")
+            data = json.loads(out.stdout.strip().splitlines()[-1])
+            rounds.append(Result(data["start_to_first_call_ms"], data["p50_us"], data["p99_us"],
+                                 data["n"], data["calls_per_s"], note=note))
+    return combine(rounds)
+
+
+def cases(ctx: Context) -> list[Case]:
+    out: list[Case] = []
+    for automtls in (False, True):
+        def py_go(c: Context, m: bool = automtls) -> Result:
+            plugin = _go(c, "kv_plugin")
+            if plugin is None:
+                return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+            return _python_host([plugin], m, c)
+
+        def go_py(c: Context, m: bool = automtls) -> Result:
+            return _go_host(PY_PLUGIN, m, c)
+
+        def py_py(c: Context, m: bool = automtls) -> Result:
+            return _python_host(PY_PLUGIN, m, c)
+
+        def go_go(c: Context, m: bool = automtls) -> Result:
+            plugin = _go(c, "kv_plugin")
+            if plugin is None:
+                return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+            return _go_host([plugin], m, c)
+
+        out += [Case("Python", "Go", automtls, py_go), Case("Go", "Python", automtls, go_py),
+                Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
+    return sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
+                                                    "Go/Go"].index(f"{c.host}/{c.plugin}")))

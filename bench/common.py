@@ -1,0 +1,97 @@
+"""Shared pieces of the benchmarks: one row's result, percentiles, a Python-host KV driver.
+
+A bench module ``bench/bench_<area>.py`` defines ``cases(ctx: Context) -> list[Case]``;
+``bench/run.py`` discovers every such module, runs its cases and prints one table.
+A case whose parts are missing returns a Result with ``skipped`` set instead of raising.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for _p in (REPO / "src", REPO / "examples" / "kv", REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+
+@dataclass
+class Context:
+    calls: int = 500  # unary calls measured per round
+    rounds: int = 3  # plugin starts per case (start-to-first-call is their median)
+    call_timeout: float = 30.0
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    start_to_first_call_ms: float = 0.0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    calls: int = 0
+    calls_per_s: float = 0.0
+    skipped: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Case:
+    host: str  # "Python", "Go"
+    plugin: str  # "Python", "Go", "Python (docker)", ...
+    automtls: bool
+    run: Callable[[Context], Result]
+    area: str = "core"
+    transport: str = "process, unix"
+
+    @property
+    def label(self) -> str:
+        return f"{self.host} host -> {self.plugin} plugin"
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(p * (len(sorted_values) - 1) + 0.5))]
+
+
+def combine(rounds: Sequence[Result]) -> Result:
+    """Median start-to-first-call; call percentiles weighted by each round's calls."""
+    firsts = [r.start_to_first_call_ms for r in rounds]
+    return Result(
+        start_to_first_call_ms=statistics.median(firsts),
+        p50_us=statistics.median(r.p50_us for r in rounds),
+        p99_us=max(r.p99_us for r in rounds),
+        calls=sum(r.calls for r in rounds),
+        calls_per_s=statistics.median(r.calls_per_s for r in rounds),
+        note="; ".join(sorted({r.note for r in rounds if r.note})),
+    )
+
+
+def python_host_round(config: Any, calls: int) -> Result:
+    """Start a plugin with a plugbay Client, Put once (the first call), then time ``calls`` Gets."""
+    from kv_plugin_def import PLUGIN_NAME
+
+    from plugbay import Client
+
+    started = time.perf_counter()
+    with Client(config) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("bench", b"value")
+        first = time.perf_counter() - started
+        latencies: list[float] = []
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            s = time.perf_counter()
+            kv.get("bench")
+            latencies.append((time.perf_counter() - s) * 1e6)
+        total = time.perf_counter() - t0
+        mode = client.connection_mode
+    latencies.sort()
+    return Result(first * 1000, percentile(latencies, 0.50), percentile(latencies, 0.99), calls,
+                  calls / total if total else 0.0, note=mode)
