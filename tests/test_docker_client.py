@@ -1,0 +1,207 @@
+"""The Client with plugins in containers: KV round trips (Python and Go plugins, both
+transports), reattach from another process, and faults (exit, timeout, docker kill/pause).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay import images
+from plugbay.core.client import Client, ClientConfig
+from plugbay.core.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, PluginDiedError,
+                                 PluginExitedError)
+from plugbay.core.secure import SecureConfig
+from plugbay.runners.base import HOST_SESSION_ID
+from plugbay.runners.docker import DockerRunner
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+PLUGINS = {PLUGIN_NAME: KVPlugin(None)}  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trap_image(plugbay_docker: Any) -> str:
+    """tests/plugins/trap_kv.py (KV with __hang__/__die__ keys) in a plugin image."""
+    folder = images.CACHE / "trap-kv-src"
+    shutil.rmtree(folder, ignore_errors=True)
+    # the repo's layout, as trap_kv.py finds the KV example relative to itself
+    shutil.copytree(REPO / "examples" / "kv", folder / "examples" / "kv", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "tests" / "plugins").mkdir(parents=True)
+    shutil.copy2(REPO / "tests" / "plugins" / "trap_kv.py", folder / "tests" / "plugins" / "trap_kv.py")
+    images.build_plugin_image("plugbay-trap-kv:test", folder, ["python", "/plugin/tests/plugins/trap_kv.py"],
+                              client=plugbay_docker)
+    return "plugbay-trap-kv:test"
+
+
+def _config(runner: DockerRunner, **kwargs: Any) -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, **kwargs)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_kv_round_trip_in_a_container(plugbay_image: Any, plugbay_docker: Any, transport: str) -> None:
+    tag = plugbay_image("kv")
+    with Client(_config(DockerRunner(tag, transport=transport))) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("greeting", b"hello " + transport.encode())
+        assert kv.get("greeting") == b"hello " + transport.encode()
+        container = plugbay_docker.containers.get(client.runner.id)
+        # the image's non-root user wrote the key file in its working directory
+        code, out = container.exec_run(["sh", "-c", "id -u; cat /data/kv_greeting"])
+        assert code == 0 and out.decode().split("\n", 1) == ["10001", f"hello {transport}"]
+        assert client.handshake.network == transport
+        if transport == "tcp":
+            assert client.handshake.address.startswith("127.0.0.1:")
+        container_id = client.runner.id
+    with pytest.raises(Exception, match="No such container"):
+        plugbay_docker.containers.get(container_id)
+
+
+def test_go_plugin_in_a_container(plugbay_image: Any) -> None:
+    """go-plugin 1.0.1's KV plugin (Go), containerised, from the Python host."""
+    from tests.gobuild import go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(f"cannot build the Go plugin: {go_missing_reason()}")
+    tag = plugbay_image("kv-go")
+    with Client(_config(DockerRunner(tag))) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("lang", b"go")
+        assert kv.get("lang") == b"go"
+        assert client.handshake.network == "unix"
+
+
+def test_secure_config_checks_the_image(plugbay_image: Any, plugbay_docker: Any) -> None:
+    tag = plugbay_image("kv")
+    image_id = plugbay_docker.images.get(tag).id
+    ok = SecureConfig(bytes.fromhex(image_id.split(":", 1)[1]))
+    with Client(_config(DockerRunner(tag), secure_config=ok)) as client:
+        client.dispense(PLUGIN_NAME).put("k", b"v")
+    with pytest.raises(ChecksumMismatchError, match="update the pin"):
+        with Client(_config(DockerRunner(tag), secure_config=SecureConfig(bytes(32)))):
+            pass
+
+
+def test_container_exiting_before_handshake(plugbay_image: Any) -> None:
+    runner = DockerRunner(plugbay_image("kv"), entrypoint=["sh", "-c", "echo 'fatal: no database' >&2; exit 3"])
+    with pytest.raises(PluginExitedError) as info:
+        with Client(_config(runner)):
+            pass
+    assert info.value.exit_code == 3
+    text = str(info.value)
+    assert "fatal: no database" in text and "exit code 3" in text
+
+
+def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:
+    runner = DockerRunner(plugbay_image("kv"), entrypoint=["sleep", "60"])
+    with pytest.raises(HandshakeTimeoutError, match="handshake line within"):
+        with Client(_config(runner, start_timeout=3)):
+            pass
+    assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
+
+
+def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: Any) -> None:
+    with Client(_config(DockerRunner(trap_image), call_timeout=60)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                kv.get("__hang__")
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        caller = threading.Thread(target=call, name="plugbay-test-caller")
+        caller.start()
+        try:
+            # the call is in flight once the plugin logs nothing more; give it a moment to arrive
+            caller.join(1.0)
+            plugbay_docker.api.kill(client.runner.id)
+            caller.join(20)  # far below the 60 s deadline: the death is noticed, not timed out
+            assert not caller.is_alive()
+        finally:
+            caller.join(60)
+        assert len(errors) == 1 and isinstance(errors[0], PluginDiedError), errors
+        assert "137" in str(errors[0])
+
+
+def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any) -> None:
+    with Client(_config(DockerRunner(trap_image), call_timeout=3)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("b", b"2")
+        plugbay_docker.api.pause(client.runner.id)
+        with pytest.raises(CallTimeoutError):
+            kv.get("b")
+        container_id = client.runner.id
+    # kill() copes with the frozen container
+    assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
+
+
+FIRST_HOST = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+    from plugbay.core.client import Client, ClientConfig
+    from plugbay.runners.docker import DockerRunner
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
+                                 runner=DockerRunner(sys.argv[2])))
+    client.start()
+    client.dispense(PLUGIN_NAME).put("left", b"by the first host")
+    print(client.reattach_config().to_json(), flush=True)
+    # leaves without kill(), as a host that hands its plugin over does
+""")
+
+SECOND_HOST = textwrap.dedent("""
+    import json, sys
+    sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+    from plugbay.core.client import Client, ClientConfig
+    from plugbay.core.reattach import ReattachConfig
+    import plugbay.runners.docker  # registers the DockerRunner reattacher
+    config = ReattachConfig.from_json(sys.stdin.read())
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
+                             reattach=config)) as client:
+        print(json.dumps({"value": client.dispense(PLUGIN_NAME).get("left").decode(), "id": client.runner.id}))
+""")
+
+
+def test_reattach_from_another_process(plugbay_image: Any, plugbay_docker: Any) -> None:
+    tag = plugbay_image("kv")
+    first = subprocess.run([sys.executable, "-c", FIRST_HOST, str(REPO), tag], capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == 0, first.stderr
+    reattach = json.loads(first.stdout)
+    container_id = reattach["runner"]["id"]
+    try:
+        assert reattach["runner"]["kind"] == "DockerRunner"
+        assert plugbay_docker.containers.get(container_id).status == "running"
+        second = subprocess.run([sys.executable, "-c", SECOND_HOST, str(REPO)], input=first.stdout,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout) == {"value": "by the first host", "id": container_id}
+        # the second host's kill() removed the container and the first host's socket
+        assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
+        assert not Path(reattach["runner"]["host_socket_dir"]).exists()
+    finally:
+        for c in plugbay_docker.containers.list(all=True, filters={"id": container_id}):
+            c.remove(force=True)
+        shutil.rmtree(reattach["runner"]["host_socket_dir"], ignore_errors=True)
+
+
+def test_plugin_containers_carry_the_session_label(plugbay_image: Any, plugbay_docker: Any) -> None:
+    with Client(_config(DockerRunner(plugbay_image("kv")))) as client:
+        labels = plugbay_docker.containers.get(client.runner.id).labels
+        assert labels["plugbay.session"] == HOST_SESSION_ID and labels["plugbay.plugin"] == client.name
