@@ -332,3 +332,24 @@ def test_multiplexed_broker(auto_mtls: bool) -> None:
         kv.put("m", b"muxed")
         assert kv.get("m") == b"muxed"
         assert json.loads(kv.get("__env__"))["PLUGIN_MULTIPLEX_GRPC"] == "true"
+
+
+def test_channel_can_be_replaced_under_user_stubs() -> None:
+    from plugbay.core.connect import dial
+    from plugbay.core.resilience import ManagedChannel
+
+    with Client(config()) as a, Client(config()) as b:
+        kv = a.dispense(PLUGIN_NAME)
+        dir_a = json.loads(kv.get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"]
+        dir_b = json.loads(b.dispense(PLUGIN_NAME).get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"]
+        assert dir_a != dir_b
+        managed = a.channel
+        assert isinstance(managed, ManagedChannel)
+        to_b = dial(b.handshake.network, b.handshake.address)
+        old = managed.replace(to_b.channel)
+        try:
+            assert json.loads(kv.get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"] == dir_b
+        finally:
+            managed.replace(old)  # type: ignore[arg-type]
+            to_b.close()
+        assert json.loads(kv.get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"] == dir_a
