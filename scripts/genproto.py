@@ -46,6 +46,12 @@ def _fix_imports(path: Path, packages: set[str], example: bool) -> None:
     if example:
         # example modules sit next to each other: "import kv_pb2 as" -> relative
         text = re.sub(r"^import (\w+_pb2) as ", r"from . import \1 as ", text, flags=re.M)
+        # go-plugin's examples all use proto package "proto" (kv and counter both define
+        # proto.GetRequest), so each self-contained example file gets its own descriptor
+        # pool; the wire names are unchanged. A file that imports others needs the shared pool.
+        if path.name.endswith("_pb2.py") and "_pb2 as " not in text:
+            text = text.replace("_descriptor_pool.Default().AddSerializedFile(",
+                                "_descriptor_pool.DescriptorPool().AddSerializedFile(")
     path.write_text(text)
 
 
