@@ -278,15 +278,12 @@ def test_unix_path_too_long(plugins: list[PluginProc]) -> None:
 
 
 def test_multiplex_field_only_when_asked(plugins: list[PluginProc]) -> None:
-    from plugbay.core.listener import _multiplexer
-
     plain = start(plugins).handshake_line()
     assert len(plain.split("|")) == 6
     asked = start(plugins, {"PLUGIN_MULTIPLEX_GRPC": "true"}).handshake_line()
-    if _multiplexer() is not None:
-        assert asked.split("|")[6] == "true"
-    else:  # no multiplexer front in this build: go-plugin hosts read the missing field as "unsupported"
-        assert len(asked.split("|")) == 6
+    assert asked.split("|")[4:] == ["grpc", "", "true"]
+    not_asked = start(plugins, {"PLUGIN_MULTIPLEX_GRPC": "false"}).handshake_line()
+    assert len(not_asked.split("|")) == 6
 
 
 # ---------------------------------------------------------------- versions
