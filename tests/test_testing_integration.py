@@ -1,0 +1,122 @@
+"""plugbay.testing: PluginContainer (testcontainers) and the pytest plugin's fixtures.
+
+The fixture tests run a real inner pytest in a subprocess (the installed
+``plugbay`` pytest11 entry point provides the fixtures there), including a
+test that fails on purpose, and check that everything it started is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.core.errors import PluginExitedError
+from plugbay.testing import PluginContainer
+
+pytestmark = [pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+PLUGINS = {PLUGIN_NAME: KVPlugin(None)}  # type: ignore[arg-type]
+
+
+def _session_containers(client: Any, session: str) -> list[Any]:
+    found: list[Any] = client.containers.list(all=True, filters={"label": f"plugbay.session={session}"})
+    return found
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_plugin_container_lifecycle(plugbay_image: Any, plugbay_docker: Any, transport: str) -> None:
+    with PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport=transport) as plugin:
+        kv = plugin.dispense(PLUGIN_NAME)
+        kv.put("tc", b"testcontainers")
+        assert plugin.get_client().dispense(PLUGIN_NAME).get("tc") == b"testcontainers"
+        assert plugin.handshake is not None and plugin.handshake.network == transport
+        container_id = plugin.get_container_id()
+        if transport == "tcp":
+            attrs = plugbay_docker.api.inspect_container(container_id)
+            assert attrs["HostConfig"]["PortBindings"]["4000/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
+
+
+def test_plugin_container_with_go_plugin(plugbay_image: Any) -> None:
+    from tests.gobuild import go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(f"cannot build the Go plugin: {go_missing_reason()}")
+    with PluginContainer(plugbay_image("kv-go"), HANDSHAKE, PLUGINS, transport="unix") as plugin:
+        kv = plugin.dispense(PLUGIN_NAME)
+        kv.put("go", b"in a testcontainer")
+        assert kv.get("go") == b"in a testcontainer"
+
+
+def test_plugin_container_that_exits_is_reported_and_removed(plugbay_image: Any, plugbay_docker: Any) -> None:
+    plugin = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS)
+    plugin.with_kwargs(entrypoint=["sh", "-c", "echo 'cannot start: bad config' >&2; exit 5"])
+    with pytest.raises(PluginExitedError, match="cannot start: bad config") as info:
+        plugin.start()
+    assert info.value.exit_code == 5
+    from plugbay.runners.base import HOST_SESSION_ID
+
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
+INNER_TESTS = textwrap.dedent("""
+    import json, os, sys
+    sys.path[:0] = [{repo!r} + "/src", {repo!r} + "/examples/kv"]
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+    from plugbay.runners.base import HOST_SESSION_ID
+
+    PLUGINS = {{PLUGIN_NAME: KVPlugin(None)}}
+    REPORT = {report!r}
+
+    def record(**facts):
+        with open(REPORT, "a") as f:
+            f.write(json.dumps({{"session": HOST_SESSION_ID, **facts}}) + "\\n")
+
+    def test_container_fixture(plugin_container, plugbay_image):
+        client = plugin_container(plugbay_image("kv"), HANDSHAKE, PLUGINS, runner={{"transport": "tcp"}})
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+        record(test="container", id=client.runner.id)
+
+    def test_container_fixture_cleans_up_after_failure(plugin_container, plugbay_image):
+        client = plugin_container(plugbay_image("kv"), HANDSHAKE, PLUGINS)
+        record(test="failing", id=client.runner.id)
+        assert False, "this test fails on purpose"
+
+    def test_process_fixture(plugin_process):
+        client = plugin_process([sys.executable, {repo!r} + "/examples/kv/plugin.py"], HANDSHAKE, PLUGINS)
+        client.dispense(PLUGIN_NAME).put("p", b"q")
+        record(test="process", id=client.runner.id)
+        assert False, "process fixture fails on purpose too"
+""")
+
+
+def test_pytest_plugin_fixtures_clean_up_even_when_tests_fail(plugbay_docker: Any, tmp_path: Path) -> None:
+    report = tmp_path / "report.jsonl"
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS.format(repo=str(REPO), report=str(report)))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "2 failed, 1 passed" in run.stdout, run.stdout + run.stderr
+    assert "this test fails on purpose" in run.stdout
+    facts = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(f["test"] for f in facts) == ["container", "failing", "process"]
+    session = facts[0]["session"]
+    assert _session_containers(plugbay_docker, session) == []
+    for fact in facts:
+        if fact["test"] != "process":
+            assert plugbay_docker.containers.list(all=True, filters={"id": fact["id"]}) == []
+        else:
+            assert not Path(f"/proc/{fact['id']}").exists()
