@@ -353,3 +353,13 @@ def test_channel_can_be_replaced_under_user_stubs() -> None:
             managed.replace(old)  # type: ignore[arg-type]
             to_b.close()
         assert json.loads(kv.get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"] == dir_a
+
+
+def test_unreachable_address_times_out_on_health() -> None:
+    client = Client(config([PY, MISBEHAVE, "line", "1|1|unix|/nonexistent/dir/plugin.sock|grpc|"],
+                           start_timeout=2.0))
+    with pytest.raises(HandshakeTimeoutError, match="(?s)health service did not report.*UNAVAILABLE"):
+        client.start()
+    with pytest.raises(ClientStateError):
+        client.start()  # a Client starts once
+    client.kill()

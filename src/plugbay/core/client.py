@@ -205,6 +205,7 @@ class Client:
             try:
                 self._start()
             except BaseException:
+                self._killed = True  # like go-plugin, a Client starts once
                 self._teardown(graceful=False)
                 raise
             self._started = True
@@ -336,7 +337,7 @@ class Client:
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)
-        remaining = max(deadline - time.monotonic(), 5.0)
+        remaining = max(deadline - time.monotonic(), 1.0)
         wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
                      name=self.name)
         code = runner.wait(0)

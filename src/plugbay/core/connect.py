@@ -99,6 +99,12 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # waiting for the connection hid why it fails; one fail-fast try shows it
+                try:
+                    stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
+                except grpc.RpcError as probe:
+                    last = f"{probe.code().name}: {probe.details()}"
         if exited():
             return  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
