@@ -51,6 +51,10 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
 
 
+# A hook around each unary-unary call (plugbay.core.retry / circuit / supervisor
+# install one): hook(method, attempt, timeout) where attempt(timeout) makes one try.
+CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
+
 # How the proxy learns whether the plugin is gone; it may wait a moment because
 # a socket closes a few milliseconds before the exit status is visible.
 ExitProbe = Callable[[float], "str | None"]
@@ -67,6 +71,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         self.call_timeout = call_timeout
         self._exit_probe = exit_probe
         self._name = name
+        self.call_hook: CallHook | None = None
 
     # --- owner's controls ---------------------------------------------------------
 
@@ -193,25 +198,29 @@ class _Callable:
 
 class _UnaryCallable(_Callable):
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._hooked(False, request, timeout, kwargs)
+
+    def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._hooked(True, request, timeout, kwargs)
+
+    def _hooked(self, with_call: bool, request: Any, timeout: float | None,
+                kwargs: dict[str, Any]) -> Any:
+        hook = self._owner.call_hook
+        if hook is None or self._kind != "unary_unary":  # a request stream cannot be replayed
+            return self._once(with_call, request, timeout, kwargs)
+        effective = timeout if timeout is not None else self._owner.call_timeout
+        return hook(self._method, lambda t: self._once(with_call, request, t, dict(kwargs)), effective)
+
+    def _once(self, with_call: bool, request: Any, timeout: float | None,
+              kwargs: dict[str, Any]) -> Any:
         kwargs = self._kwargs(timeout, kwargs)
         started = time.monotonic()
         try:
-            return self._target()(request, **kwargs)
+            target = self._target()
+            return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
             raise self._fail(exc, started, kwargs["timeout"]) from exc
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
-            if "closed channel" in str(exc):
-                raise self._owner.translate_closed() from exc
-            raise
-
-    def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        kwargs = self._kwargs(timeout, kwargs)
-        started = time.monotonic()
-        try:
-            return self._target().with_call(request, **kwargs)
-        except grpc.RpcError as exc:
-            raise self._fail(exc, started, kwargs["timeout"]) from exc
-        except ValueError as exc:
             if "closed channel" in str(exc):
                 raise self._owner.translate_closed() from exc
             raise
