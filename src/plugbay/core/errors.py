@@ -168,3 +168,22 @@ class PodStartTimeoutError(RunnerError, TimeoutError):
 
 class PodCrashLoopError(PluginExitedError):
     """The plugin's container keeps crashing (CrashLoopBackOff) before its handshake."""
+
+
+# --- resilience (supervisor) -----------------------------------------------------
+
+
+class RestartBudgetExhaustedError(PlugbayError):
+    """A Supervisor restarted its plugin as often as its RestartPolicy allows and gave up."""
+
+    def __init__(self, name: str, restarts: int, window: float, last_failure: str) -> None:
+        self.name = name
+        self.restarts = restarts
+        self.window = window
+        self.last_failure = last_failure
+        super().__init__(
+            f"plugin {name!r} failed again after {restarts} restart(s) within {window:.0f}s, the"
+            f" RestartPolicy's budget, so the Supervisor stopped restarting it (last failure:"
+            f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
+            " new Supervisor, or raise RestartPolicy.max_restarts / shorten its window."
+        )
