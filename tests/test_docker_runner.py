@@ -279,7 +279,10 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
     mine = _runner()
     mine.start(LaunchSpec(env={}))
     try:
-        removed = sweep(live_sessions=[HOST_SESSION_ID])
+        # Every other session on this (shared) engine counts as live: only the stray one is gone.
+        others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
+            all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonesession"}
+        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])
         assert stray.id in removed and mine.id not in removed
         assert plugbay_docker.containers.get(mine.id).status == "running"
     finally:

@@ -1,0 +1,94 @@
+"""The Docker rows: plugins as containers (DockerRunner), next to a bare `docker run`.
+
+``docker run --rm --network none --entrypoint true IMAGE`` in the same run is
+the floor: what the engine alone costs to create, start and remove a container
+from that image. The plugin rows add the plugin's own start, the handshake read
+from the log stream and the first call; their unary latency shows what the
+transport costs (unix socket in a bind mount vs a port published on 127.0.0.1
+through docker-proxy).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from typing import Any
+
+from common import Case, Context, Result, combine, python_host_round
+
+
+def _engine_reason() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    try:
+        from plugbay.runners.docker_engine import engine
+
+        engine().close()
+    except Exception as exc:  # noqa: BLE001 - any failure means no engine
+        return f"no Docker engine: {str(exc).splitlines()[0][:60]}"
+    return None
+
+
+def _image(ctx: Context, name: str) -> str | None:
+    key = f"docker:image:{name}"
+    if key not in ctx.cache:
+        reason = ctx.cache.setdefault("docker:reason", _engine_reason())
+        if reason:
+            ctx.cache[key] = None
+        else:
+            try:
+                from plugbay import images
+
+                ctx.cache[key] = images.ensure_example(name, progress=lambda _line: None)
+            except Exception as exc:  # noqa: BLE001 - a failed build is a skipped row
+                ctx.cache[key] = None
+                ctx.cache["docker:reason"] = f"image {name}: {str(exc).splitlines()[0][:60]}"
+    value = ctx.cache[key]
+    return value if isinstance(value, str) else None
+
+
+def _docker_run_true(ctx: Context) -> Result:
+    image = _image(ctx, "kv")
+    if image is None:
+        return Result(skipped=str(ctx.cache.get("docker:reason")))
+    times = []
+    for _ in range(ctx.rounds):
+        started = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image],
+                       check=True, timeout=120, capture_output=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return Result(start_to_first_call_ms=statistics.median(times), note="docker run --rm IMAGE true (floor)")
+
+
+def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
+    image = _image(ctx, name)
+    if image is None:
+        return Result(skipped=str(ctx.cache.get("docker:reason")))
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay import ClientConfig
+    from plugbay.runners.docker import DockerRunner
+
+    rounds = []
+    for _ in range(ctx.rounds):
+        config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
+                                   runner=DockerRunner(image, transport=transport), call_timeout=ctx.call_timeout)
+        rounds.append(python_host_round(config, ctx.calls))
+    return combine(rounds)
+
+
+def cases(ctx: Context) -> list[Case]:
+    def row(name: str, transport: str, automtls: bool = False) -> Any:
+        return lambda c: _plugin(c, name, transport, automtls)
+
+    return [
+        Case("docker CLI", "none (true)", False, _docker_run_true, area="docker", transport="container"),
+        Case("Python", "Python (docker)", False, row("kv", "unix"), area="docker", transport="container, unix"),
+        Case("Python", "Python (docker)", False, row("kv", "tcp"), area="docker",
+             transport="container, tcp 127.0.0.1"),
+        Case("Python", "Python (docker)", True, row("kv", "unix", True), area="docker",
+             transport="container, unix"),
+        Case("Python", "Go (docker)", False, row("kv-go", "unix"), area="docker", transport="container, unix"),
+    ]
