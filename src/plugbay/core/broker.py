@@ -41,6 +41,7 @@ from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core import tls as tlsmod
 from plugbay.core import tlsrelay
 from plugbay.core.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
+from plugbay.core.handshake import ENV_UNIX_SOCKET_GROUP
 from plugbay.runners.base import AttachedRunner
 
 if TYPE_CHECKING:
@@ -320,6 +321,7 @@ class GRPCBroker:
             _bind(served.server, path, _server_creds(self.transport))
             served.server.start()
             served.cleanup.append(lambda: _unlink(path))
+        _share_socket(path)
         network, address = "unix", path
         if self.transport.translator is not None:
             network, address = self.transport.translator.host_to_plugin(network, address)
@@ -391,6 +393,27 @@ def _bind(server: grpc.Server, path: str, creds: grpc.ServerCredentials | None) 
     if bound == 0:
         raise BrokerError(f"could not listen on unix socket {path!r}; check that its folder"
                           " exists, is writable, and the path is under 108 bytes")
+
+
+def _share_socket(path: str) -> None:
+    """Let the socket folder's group connect, as go-plugin does with a socket group.
+
+    A folder shared with a container user is setgid (sockets inherit its
+    group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly.
+    """
+    import grp
+    import stat
+
+    group = os.environ.get(ENV_UNIX_SOCKET_GROUP, "")
+    try:
+        shared = bool(os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID)
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        if group or shared:
+            os.chmod(path, 0o660)
+    except (OSError, KeyError) as exc:
+        log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 
 def _unlink(path: str) -> None:

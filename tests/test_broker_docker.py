@@ -1,0 +1,87 @@
+"""Brokered callbacks with the counter plugin in a Docker container.
+
+Multiplexed mode carries every brokered connection inside the one connection
+to the plugin's address, so it works over the unix socket in the bind mount
+and over the published TCP port alike. Per-connection mode needs a fresh
+address per callback that both sides can reach: it works through the bind
+mount (both sides put their sockets in the mounted folder) and fails across
+a published port, with an error that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.core.client import Client, ClientConfig
+from plugbay.core.errors import RunnerError
+from plugbay.runners.docker import DockerRunner
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "counter"))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def sum(self, a: int, b: int) -> int:
+        self.calls.append((a, b))
+        return a + b
+
+
+def _client(tag: str, transport: str, **kwargs: Any) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                               runner=DockerRunner(tag, transport=transport), **kwargs))
+
+
+def _stored(docker: Any, client: Client, key: str) -> Any:
+    code, out = docker.containers.get(client.runner.id).exec_run(["cat", f"/data/kv_{key}"])
+    assert code == 0, out
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_multiplexed_callbacks_cross_the_container_boundary(plugbay_image: Any, plugbay_docker: Any,
+                                                            transport: str, auto_mtls: bool) -> None:
+    tag = plugbay_image("counter")
+    rec = Recorder()
+    with _client(tag, transport, multiplex_broker=True, auto_mtls=auto_mtls) as client:
+        assert client.handshake.multiplex
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("c", 4, rec)
+        counter.put("c", 5, rec)
+        assert counter.get("c") == 9
+        assert rec.calls == [(0, 4), (4, 5)]
+        assert _stored(plugbay_docker, client, "c") == {"Value": 9}
+
+
+def test_per_connection_fails_across_a_published_port(plugbay_image: Any) -> None:
+    tag = plugbay_image("counter")
+    with _client(tag, "tcp") as client:
+        counter = client.dispense(PLUGIN_NAME)
+        with pytest.raises(RunnerError, match="cannot reach host address") as err:
+            counter.put("c", 1, Recorder())
+        assert "unix transport" in str(err.value)
+        assert client.broker._served == []  # the failed listener was not left behind
+        # the main connection is unaffected
+        with pytest.raises(Exception, match="no value stored"):
+            counter.get("c")
+
+
+def test_per_connection_through_the_bind_mount(plugbay_image: Any, plugbay_docker: Any) -> None:
+    tag = plugbay_image("counter")
+    rec = Recorder()
+    with _client(tag, "unix") as client:
+        assert not client.handshake.multiplex
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("u", 6, rec)
+        assert counter.get("u") == 6 and rec.calls == [(0, 6)]
