@@ -457,12 +457,12 @@ class _BrokerServicer(pb_grpc.GRPCBrokerServicer):
             send_q.put(None)
 
         reader = threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True)
-        with broker._cond:
+        with broker._cond:  # close() joins _threads: never let it see an unstarted one
             if broker._closed:
                 return
             broker._threads.append(reader)
-        broker._attach(send_q)
-        reader.start()
+            broker._attach(send_q)
+            reader.start()
         while True:
             item = send_q.get()
             if item is None:
