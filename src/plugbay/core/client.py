@@ -11,7 +11,6 @@ temp dir. Every wait is bounded.
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import tempfile
 import threading
@@ -28,23 +27,13 @@ from plugbay.core.connect import Connection, dial, wait_healthy
 from plugbay.core.errors import (
     ClientStateError,
     ConfigError,
-    HandshakeTimeoutError,
     PluginExitedError,
     ProtocolMismatchError,
     UnknownPluginError,
     VersionMismatchError,
 )
-from plugbay.core.handshake import (
-    ENV_CLIENT_CERT,
-    ENV_MAX_PORT,
-    ENV_MIN_PORT,
-    ENV_MULTIPLEX_GRPC,
-    ENV_PROTOCOL_VERSIONS,
-    ENV_UNIX_SOCKET_DIR,
-    HandshakeConfig,
-    HandshakeInfo,
-    parse_handshake_line,
-)
+from plugbay.core.handshake import HandshakeConfig, HandshakeInfo
+from plugbay.core.launch import launch_env, read_handshake
 from plugbay.core.logs import LogPump
 from plugbay.core.mux import HostMux
 from plugbay.core.plugin import PluginSet, VersionedPlugins
@@ -58,7 +47,6 @@ from plugbay.runners.process import ProcessRunner, resolve_executable
 
 _log = logging.getLogger("plugbay.client")
 _SHUTDOWN_TIMEOUT = 2.0
-_EOF = object()
 
 
 @dataclass
@@ -224,10 +212,13 @@ class Client:
             self._check_secure(runner)
             if cfg.auto_mtls:
                 self._cert = generate_cert()  # fresh per client, as go-plugin does
-            runner.start(LaunchSpec(env=self._launch_env(), socket_dir=self._tmpdir,
-                                    labels={"plugbay.plugin": self.name}))
+            env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
+                             cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
+                             multiplex=cfg.multiplex_broker)
+            runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
             self._logs.follow(runner.stderr_lines(), "stderr")
-            info = self._read_handshake(runner, deadline)
+            info = read_handshake(runner, self._logs, deadline, self.name, cfg.start_timeout,
+                                  self._threads)
         self._accept(info)
         self._connect(info, deadline)
 
@@ -244,71 +235,6 @@ class Client:
             raise ConfigError(f"secure_config is not supported by runner {type(runner).__name__};"
                               " drop it or use a runner that can verify what it starts")
         check(secure)
-
-    def _launch_env(self) -> dict[str, str]:
-        cfg = self.config
-        env = dict(cfg.env)
-        env[cfg.handshake.magic_cookie_key] = cfg.handshake.magic_cookie_value
-        env[ENV_PROTOCOL_VERSIONS] = ",".join(str(v) for v in sorted(self._versions))
-        env[ENV_MIN_PORT] = str(cfg.min_port)
-        env[ENV_MAX_PORT] = str(cfg.max_port)
-        assert self._tmpdir is not None
-        env[ENV_UNIX_SOCKET_DIR] = self._tmpdir
-        if self._cert is not None:
-            env[ENV_CLIENT_CERT] = self._cert.cert_pem.decode()
-        if cfg.multiplex_broker:
-            env[ENV_MULTIPLEX_GRPC] = "true"
-        return env
-
-    def _read_handshake(self, runner: Runner, deadline: float) -> HandshakeInfo:
-        lines: queue.Queue[object] = queue.Queue()
-
-        def pump() -> None:
-            first = True
-            try:
-                for line in runner.stdout_lines():
-                    if first:
-                        lines.put(line)
-                        first = False
-                    else:  # go-plugin keeps draining stdout; plugbay logs what comes
-                        self._logs.handle(line, "stdout")
-            except Exception as exc:
-                _log.debug("reading plugin stdout failed: %s", exc)
-            finally:
-                lines.put(_EOF)
-
-        thread = threading.Thread(target=pump, name=f"plugbay-stdout-{self.name}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-        exited_at: float | None = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                runner.kill(0)
-                raise HandshakeTimeoutError(
-                    f"plugin {self.name!r} did not print its handshake line within"
-                    f" {self.config.start_timeout:.1f}s, so it was killed. Raise start_timeout if it is"
-                    " slow to start; check that it calls serve() (or plugin.Serve) and prints nothing"
-                    f" before the handshake.\n{runner.diagnose()}"
-                )
-            try:
-                item = lines.get(timeout=min(0.2, deadline - now))
-            except queue.Empty:
-                # A grandchild may hold stdout open after the plugin exits: also watch the exit.
-                if exited_at is None and runner.wait(0) is not None:
-                    exited_at = now
-                if exited_at is not None and now - exited_at > 1.0:
-                    item = _EOF
-                else:
-                    continue
-            if item is _EOF:
-                code = runner.wait(2.0)
-                self._logs.join(2.0)
-                detail = "" if isinstance(runner, ProcessRunner) else runner.diagnose()
-                raise PluginExitedError(self.name, code, self._logs.tail()[-20:], detail)
-            assert isinstance(item, str)
-            _log.debug("plugin %s handshake: %s", self.name, item)
-            return parse_handshake_line(item)
 
     def _accept(self, info: HandshakeInfo) -> None:
         if info.app_version not in self._versions:
