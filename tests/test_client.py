@@ -363,3 +363,16 @@ def test_unreachable_address_times_out_on_health() -> None:
     with pytest.raises(ClientStateError):
         client.start()  # a Client starts once
     client.kill()
+
+
+def test_streaming_call_fails_fast_when_the_plugin_dies() -> None:
+    import os
+    import signal
+
+    with Client(config(call_timeout=60)) as client:
+        watch = health_pb2_grpc.HealthStub(client.channel).Watch(
+            health_pb2.HealthCheckRequest(service="plugin"))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        os.kill(int(client.runner.id), signal.SIGKILL)
+        with pytest.raises(PluginDiedError, match="SIGKILL|code -9"):
+            next(watch)

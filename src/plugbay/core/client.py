@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -306,7 +307,10 @@ class Client:
             return None
         self._exit_code = code
         tail = "; ".join(self._logs.tail()[-5:])
-        return f"it exited with code {code}" + (f" (last stderr: {tail})" if tail else "")
+        how = f"it exited with code {code}"
+        if code < 0 and -code in signal.valid_signals():
+            how += f" (killed by {signal.Signals(-code).name})"
+        return how + (f" (last stderr: {tail})" if tail else "")
 
     # --- use --------------------------------------------------------------------
 

@@ -231,7 +231,12 @@ class _UnaryCallable(_Callable):
 
 class _StreamingCallable(_Callable):
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        call = self._target()(request, **self._kwargs(timeout, kwargs))
+        try:
+            call = self._target()(request, **self._kwargs(timeout, kwargs))
+        except ValueError as exc:
+            if "closed channel" in str(exc):
+                raise self._owner.translate_closed() from exc
+            raise
         return _TranslatingStream(call, self._owner)
 
 
