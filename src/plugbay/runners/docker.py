@@ -21,7 +21,6 @@ hosts that are gone.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -31,8 +30,9 @@ from typing import Any
 
 from plugbay.core.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, clear_socket_dir, engine, engine_call,
-                                            managed_labels, owner_name, prepare_socket_dir, sweep)
+from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
+                                            engine_call, managed_labels, owner_name, parse_mount, prepare_socket_dir,
+                                            published_port, sweep)
 from plugbay.runners.docker_logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -78,7 +78,7 @@ class DockerRunner(Runner):
         self.cap_drop = list(cap_drop)
         self.no_new_privileges = no_new_privileges
         self.env = dict(env or {})
-        self.mounts = [_mount(m) for m in mounts]
+        self.mounts = [parse_mount(m) for m in mounts]
         self.tmpfs = dict(tmpfs or {})
         self.labels = dict(labels or {})
         self.entrypoint = list(entrypoint) if entrypoint is not None else None
@@ -137,13 +137,7 @@ class DockerRunner(Runner):
         if self.digest is not None:
             self._check_digest(image, self.digest)
         if self.runtime:
-            known = sorted(engine_call(client.info, "read engine info").get("Runtimes", {}))
-            if self.runtime not in known:
-                raise RunnerError(
-                    f"the Docker engine has no runtime {self.runtime!r} (it has {known}). Install it and"
-                    " register it under \"runtimes\" in /etc/docker/daemon.json, then restart dockerd;"
-                    " or drop the runtime option."
-                )
+            check_runtime(client, self.runtime)
         env = {**self.env, **spec.env}
         args: dict[str, Any] = {}
         if self.transport == "unix":
@@ -154,7 +148,7 @@ class DockerRunner(Runner):
                         "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
             env.pop("PLUGBAY_LISTEN", None)
             args.update(network_mode="none", group_add=[str(gid)])
-            mounts = [*self.mounts, _bind(self._host_socket_dir, CONTAINER_SOCKET_DIR)]
+            mounts = [*self.mounts, bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR)]
         else:
             env["PLUGBAY_LISTEN"] = f"tcp:0.0.0.0:{self.container_port}"
             args["ports"] = {f"{self.container_port}/tcp": ("127.0.0.1", None)}
@@ -184,7 +178,7 @@ class DockerRunner(Runner):
                 " Check the image's entrypoint/command and the runner options (mounts, user, runtime)."
             ) from exc
         if self.transport == "tcp":
-            self._host_port = self._published_port(container)
+            self._host_port = published_port(container, self.container_port)
         for which in ("stdout", "stderr"):
             self._pumps[which] = LogPump(client.api, self._container_id, which)
         self._watch_exit()
@@ -242,15 +236,6 @@ class DockerRunner(Runner):
             self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
         finally:
             client.close()
-
-    def _published_port(self, container: Any) -> int:
-        container.reload()
-        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{self.container_port}/tcp") or []
-        for binding in bindings:
-            if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
-                return int(binding["HostPort"])
-        raise RunnerError(f"container port {self.container_port} was not published on 127.0.0.1"
-                          f" (bindings: {bindings}); is the container's network mode host or none?")
 
     # --- addresses --------------------------------------------------------------
 
@@ -436,22 +421,6 @@ class DockerRunner(Runner):
         except Exception:  # noqa: BLE001 - ownership marking is best effort
             pass
         return runner
-
-
-def _bind(source: str, target: str, read_only: bool = False) -> Any:
-    from docker.types import Mount
-
-    return Mount(target=target, source=source, type="bind", read_only=read_only)
-
-
-def _mount(spec: Any) -> Any:
-    """A docker Mount, or "SRC:DST[:ro]" as a bind mount."""
-    if not isinstance(spec, str):
-        return spec
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-        raise ConfigError(f"mount {spec!r} must be 'SOURCE:TARGET' or 'SOURCE:TARGET:ro' (or a docker Mount)")
-    return _bind(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:

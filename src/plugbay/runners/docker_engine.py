@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from plugbay.core.errors import EngineUnavailableError
+from plugbay.core.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID
 
 CONTAINER_SOCKET_DIR = "/plugbay/sock"
@@ -67,6 +67,43 @@ def engine_call(func: Callable[[], T], what: str) -> T:
         if "connection" in str(exc).lower() and not hasattr(exc, "response"):
             raise _unreachable(exc) from exc
         raise
+
+
+def check_runtime(client: Any, runtime: str) -> None:
+    known = sorted(engine_call(client.info, "read engine info").get("Runtimes", {}))
+    if runtime not in known:
+        raise RunnerError(
+            f"the Docker engine has no runtime {runtime!r} (it has {known}). Install it and"
+            " register it under \"runtimes\" in /etc/docker/daemon.json, then restart dockerd;"
+            " or drop the runtime option."
+        )
+
+
+def published_port(container: Any, port: int) -> int:
+    """The 127.0.0.1 host port a container port is published on."""
+    container.reload()
+    bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    raise RunnerError(f"container port {port} was not published on 127.0.0.1"
+                      f" (bindings: {bindings}); is the container's network mode host or none?")
+
+
+def bind_mount(source: str, target: str, read_only: bool = False) -> Any:
+    from docker.types import Mount
+
+    return Mount(target=target, source=source, type="bind", read_only=read_only)
+
+
+def parse_mount(spec: Any) -> Any:
+    """A docker Mount, or "SRC:DST[:ro]" as a bind mount."""
+    if not isinstance(spec, str):
+        return spec
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ConfigError(f"mount {spec!r} must be 'SOURCE:TARGET' or 'SOURCE:TARGET:ro' (or a docker Mount)")
+    return bind_mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 
 def _start_ticks(pid: int) -> str:
