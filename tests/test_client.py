@@ -376,3 +376,32 @@ def test_streaming_call_fails_fast_when_the_plugin_dies() -> None:
         os.kill(int(client.runner.id), signal.SIGKILL)
         with pytest.raises(PluginDiedError, match="SIGKILL|code -9"):
             next(watch)
+
+
+def test_unix_socket_group_and_temp_dir() -> None:
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="sk-"))  # short: unix socket paths are limited to 107 bytes
+    try:
+        _group_and_temp_dir(parent)
+    finally:
+        shutil.rmtree(parent)
+
+
+def _group_and_temp_dir(parent: Path) -> None:
+    import grp
+    import os
+    import stat
+
+    gid = grp.getgrnam("daemon").gr_gid if "daemon" in [g.gr_name for g in grp.getgrall()] else os.getgid()
+    with Client(config(unix_socket_group=gid, unix_socket_temp_dir=str(parent))) as client:
+        env = json.loads(client.dispense(PLUGIN_NAME).get("__env__"))
+        socket_dir = Path(env["PLUGIN_UNIX_SOCKET_DIR"])
+        assert socket_dir.parent == parent
+        assert env["PLUGIN_UNIX_SOCKET_GROUP"] == str(gid)
+        info = socket_dir.stat()
+        assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, 0o770)
+    assert list(parent.iterdir()) == []
+    with pytest.raises(ConfigError, match="not a group"):
+        Client(config(unix_socket_group="no-such-group-xyz")).start()

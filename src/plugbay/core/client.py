@@ -34,7 +34,7 @@ from plugbay.core.errors import (
     VersionMismatchError,
 )
 from plugbay.core.handshake import HandshakeConfig, HandshakeInfo
-from plugbay.core.launch import launch_env, read_handshake
+from plugbay.core.launch import launch_env, read_handshake, share_with_group
 from plugbay.core.logs import LogPump
 from plugbay.core.mux import HostMux
 from plugbay.core.plugin import PluginSet, VersionedPlugins
@@ -76,6 +76,10 @@ class ClientConfig:
     name: str | None = None  # logger and message name; default: the runner's name
     grpc_options: Sequence[tuple[str, Any]] = ()
     raw_log_sink: Callable[[str], None] | None = None  # non-hclog stderr lines, else logged
+    # go-plugin's UnixSocketConfig: the group that may use the plugin's socket
+    # (PLUGIN_UNIX_SOCKET_GROUP; the private dir becomes 0770 for it) and its parent dir.
+    unix_socket_group: str | int | None = None
+    unix_socket_temp_dir: str | None = None
 
     def versions(self) -> dict[int, PluginSet]:
         out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (self.versioned_plugins or {}).items()}
@@ -202,7 +206,9 @@ class Client:
     def _start(self) -> None:
         cfg = self.config
         deadline = time.monotonic() + cfg.start_timeout
-        self._tmpdir = tempfile.mkdtemp(prefix="plugbay-")
+        self._tmpdir = tempfile.mkdtemp(prefix="plugbay-", dir=cfg.unix_socket_temp_dir)
+        if cfg.unix_socket_group is not None:
+            share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:
             self._runner = reattach_runner(cfg.reattach.runner)
             self._cert = cfg.reattach.client_cert
@@ -214,6 +220,7 @@ class Client:
             if cfg.auto_mtls:
                 self._cert = generate_cert()  # fresh per client, as go-plugin does
             env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
+                             socket_group=cfg.unix_socket_group,
                              cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
                              multiplex=cfg.multiplex_broker)
             runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-from plugbay.core.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.core.errors import ConfigError, HandshakeTimeoutError, PluginExitedError
 from plugbay.core.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -16,6 +16,7 @@ from plugbay.core.handshake import (
     ENV_MULTIPLEX_GRPC,
     ENV_PROTOCOL_VERSIONS,
     ENV_UNIX_SOCKET_DIR,
+    ENV_UNIX_SOCKET_GROUP,
     HandshakeConfig,
     HandshakeInfo,
     parse_handshake_line,
@@ -32,7 +33,7 @@ _EXIT_LINGER = 1.0
 
 def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapping[str, str],
                socket_dir: str | None, cert: CertKey | None, min_port: int, max_port: int,
-               multiplex: bool) -> dict[str, str]:
+               multiplex: bool, socket_group: str | int | None = None) -> dict[str, str]:
     """The variables go-plugin's client sets; they override the caller's ``env``."""
     out = dict(env)
     out[handshake.magic_cookie_key] = handshake.magic_cookie_value
@@ -41,11 +42,27 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
     out[ENV_MAX_PORT] = str(max_port)
     if socket_dir is not None:
         out[ENV_UNIX_SOCKET_DIR] = socket_dir
+    if socket_group is not None:
+        out[ENV_UNIX_SOCKET_GROUP] = str(socket_group)
     if cert is not None:
         out[ENV_CLIENT_CERT] = cert.cert_pem.decode()
     if multiplex:
         out[ENV_MULTIPLEX_GRPC] = "true"
     return out
+
+
+def share_with_group(path: str, group: str | int) -> None:
+    """Make the private socket dir usable by ``group`` (0770), as go-plugin's setGroupWritable."""
+    import grp
+    import os
+
+    try:
+        gid = int(group) if str(group).isdigit() else grp.getgrnam(str(group)).gr_gid
+    except KeyError:
+        raise ConfigError(f"unix_socket_group {group!r} is not a group on this host; give a group"
+                          " name or numeric gid") from None
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o770)
 
 
 def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, start_timeout: float,
