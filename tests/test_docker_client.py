@@ -69,6 +69,15 @@ def test_kv_round_trip_in_a_container(plugbay_image: Any, plugbay_docker: Any, t
         plugbay_docker.containers.get(container_id)
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_kv_with_automtls_in_a_container(plugbay_image: Any, transport: str) -> None:
+    with Client(_config(DockerRunner(plugbay_image("kv"), transport=transport), auto_mtls=True)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("secret", b"over TLS")
+        assert kv.get("secret") == b"over TLS"
+        assert client.handshake.server_cert is not None  # the plugin answered with its own certificate
+
+
 def test_go_plugin_in_a_container(plugbay_image: Any) -> None:
     """go-plugin 1.0.1's KV plugin (Go), containerised, from the Python host."""
     from tests.gobuild import go_missing_reason
@@ -112,8 +121,9 @@ def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_doc
     assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
 
 
-def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: Any) -> None:
-    with Client(_config(DockerRunner(trap_image), call_timeout=60)) as client:
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: Any, transport: str) -> None:
+    with Client(_config(DockerRunner(trap_image, transport=transport), call_timeout=60)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("a", b"1")
         errors: list[BaseException] = []
@@ -138,8 +148,9 @@ def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: A
         assert "137" in str(errors[0])
 
 
-def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any) -> None:
-    with Client(_config(DockerRunner(trap_image), call_timeout=3)) as client:
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any, transport: str) -> None:
+    with Client(_config(DockerRunner(trap_image, transport=transport), call_timeout=3)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("b", b"2")
         plugbay_docker.api.pause(client.runner.id)
