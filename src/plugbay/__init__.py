@@ -44,6 +44,14 @@ _EXPORTS: dict[str, str] = {
     "BrokerError": "plugbay.core.errors",
     "BrokerTimeoutError": "plugbay.core.errors",
     "BrokerClosedError": "plugbay.core.errors",
+    "RestartBudgetExhaustedError": "plugbay.core.errors",
+    "RetryPolicy": "plugbay.core.retry",
+    "idempotent": "plugbay.core.retry",
+    "CircuitBreaker": "plugbay.core.circuit",
+    "HealthWatcher": "plugbay.core.healthwatch",
+    "Supervisor": "plugbay.core.supervisor",
+    "RestartPolicy": "plugbay.core.supervisor",
+    "SupervisorEvent": "plugbay.core.supervisor",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -64,6 +72,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from plugbay.core.broker import GRPCBroker
+    from plugbay.core.circuit import CircuitBreaker
     from plugbay.core.client import Client, ClientConfig
     from plugbay.core.errors import (
         BrokerClosedError,
@@ -85,14 +94,18 @@ if TYPE_CHECKING:
         PluginDiedError,
         PluginExitedError,
         ProtocolMismatchError,
+        RestartBudgetExhaustedError,
         RunnerError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,
     )
     from plugbay.core.handshake import HandshakeConfig, HandshakeInfo
+    from plugbay.core.healthwatch import HealthWatcher
     from plugbay.core.plugin import GRPCPlugin
     from plugbay.core.reattach import ReattachConfig
+    from plugbay.core.retry import RetryPolicy, idempotent
     from plugbay.core.secure import SecureConfig
     from plugbay.core.server import ServeConfig, serve
+    from plugbay.core.supervisor import RestartPolicy, Supervisor, SupervisorEvent
     from plugbay.runners.process import ProcessRunner
