@@ -405,3 +405,23 @@ def _group_and_temp_dir(parent: Path) -> None:
     assert list(parent.iterdir()) == []
     with pytest.raises(ConfigError, match="not a group"):
         Client(config(unix_socket_group="no-such-group-xyz")).start()
+
+
+def test_a_host_that_exits_without_kill_still_stops_its_plugin(tmp_path: Path) -> None:
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'examples' / 'kv')!r})\n"
+        "from kv_plugin_def import HANDSHAKE, KVPlugin\n"
+        "from plugbay import Client, ClientConfig\n"
+        f"c = Client(ClientConfig(HANDSHAKE, plugins={{'kv_grpc': KVPlugin()}}, cmd=[{PY!r}, {TRAP!r}]))\n"
+        "c.start()\n"
+        "print(c.runner.id, flush=True)\n"  # and exit without kill()
+    )
+    import subprocess
+
+    out = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.strip())
+    assert not Path(f"/proc/{pid}").exists() or \
+        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -10,12 +10,14 @@ temp dir. Every wait is bounded.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import signal
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,18 @@ from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_ru
 from plugbay.runners.process import ProcessRunner, resolve_executable
 
 _log = logging.getLogger("plugbay.client")
+# Started, not yet killed: plugins run in their own session, so they would
+# outlive a host that exits without kill(). cleanup_clients() runs at exit.
+_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def cleanup_clients() -> None:
+    """Kill every Client still running (go-plugin's CleanupClients); also runs at interpreter exit."""
+    for client in list(_LIVE):
+        client.kill()
+
+
+atexit.register(cleanup_clients)
 _SHUTDOWN_TIMEOUT = 2.0
 
 
@@ -202,6 +216,7 @@ class Client:
                 self._teardown(graceful=False)
                 raise
             self._started = True
+            _LIVE.add(self)
 
     def _start(self) -> None:
         cfg = self.config
@@ -349,6 +364,7 @@ class Client:
             if self._killed:
                 return
             self._killed = True
+            _LIVE.discard(self)
             self._teardown(graceful=True)
 
     def _teardown(self, graceful: bool) -> None:
