@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -177,6 +177,8 @@ class _PluginServer:
         self._handlers.append((logger, handler))
 
     def start(self) -> None:
+        # Handlers first: a SIGTERM during setup must still clean up (socket file included).
+        self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
         own, peer_pem, credentials, relay_ctx = self._tls()
         multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
@@ -210,7 +212,6 @@ class _PluginServer:
         sys.stdout.write(info.to_line() + "\n")
         sys.stdout.flush()
         self.capture.start()
-        self._install_signals()
 
     def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
                             Any]:
@@ -261,15 +262,24 @@ class _PluginServer:
         self._closed = True
         for signum, old in self._old_signals.items():
             signal.signal(signum, old)
-        self.health.close()
-        self.capture.stop()  # gives fds 1 and 2 back and ends the StdioStream
-        if self.grpc is not None:
-            self.grpc.stop(STOP_GRACE).wait(STOP_GRACE + 3)
-        if self.broker is not None:
-            self.broker.close()
-        if self.listening is not None:
-            self.listening.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        grpc_server, broker, listening = self.grpc, self.broker, self.listening
+        # Every step runs even when an earlier one fails: the socket must go either way.
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("health", self.health.close),
+            ("stdio", self.capture.stop),  # gives fds 1 and 2 back and ends the StdioStream
+        ]
+        if grpc_server is not None:
+            steps.append(("grpc server", lambda: grpc_server.stop(STOP_GRACE).wait(STOP_GRACE + 3)))
+        if broker is not None:
+            steps.append(("broker", broker.close))
+        if listening is not None:
+            steps.append(("listener", listening.close))
+        steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                self.log.exception("plugin shutdown: closing the %s failed", what)
         for logger, handler in self._handlers:
             logger.removeHandler(handler)
         self._log_stream.close()
