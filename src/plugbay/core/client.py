@@ -18,14 +18,13 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.broker import BrokerTransport, GRPCBroker, host_broker
+from plugbay.core.clientconfig import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.core.connect import Connection, dial, wait_healthy
 from plugbay.core.errors import (
     ClientStateError,
@@ -35,15 +34,13 @@ from plugbay.core.errors import (
     UnknownPluginError,
     VersionMismatchError,
 )
-from plugbay.core.handshake import HandshakeConfig, HandshakeInfo
+from plugbay.core.handshake import HandshakeInfo
 from plugbay.core.launch import launch_env, read_handshake, share_with_group
 from plugbay.core.logs import LogPump
 from plugbay.core.mux import HostMux
-from plugbay.core.plugin import PluginSet, VersionedPlugins
 from plugbay.core.reattach import ReattachConfig
 from plugbay.core.resilience import ManagedChannel
-from plugbay.core.secure import SecureConfig
-from plugbay.core.stdio_client import Sink, StdioReader
+from plugbay.core.stdio_client import StdioReader
 from plugbay.core.tls import CertKey, der_to_pem, generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.process import ProcessRunner, resolve_executable
@@ -62,46 +59,6 @@ def cleanup_clients() -> None:
 
 atexit.register(cleanup_clients)
 _SHUTDOWN_TIMEOUT = 2.0
-
-
-@dataclass
-class ClientConfig:
-    """How to start (or reattach to) one plugin. See the module docstring."""
-
-    handshake: HandshakeConfig
-    plugins: PluginSet | None = None
-    versioned_plugins: VersionedPlugins | None = None
-    runner: Runner | None = None
-    cmd: Sequence[str] | None = None
-    reattach: ReattachConfig | None = None
-    auto_mtls: bool = False
-    start_timeout: float = 60.0
-    call_timeout: float | None = 30.0
-    kill_grace: float = 2.0
-    min_port: int = 10000
-    max_port: int = 25000
-    multiplex_broker: bool = False
-    secure_config: SecureConfig | None = None
-    logger: logging.Logger | None = None
-    stdout_sink: Sink | None = None
-    stderr_sink: Sink | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    skip_host_env: bool = False  # with cmd: start the plugin without the host's environment
-    name: str | None = None  # logger and message name; default: the runner's name
-    grpc_options: Sequence[tuple[str, Any]] = ()
-    raw_log_sink: Callable[[str], None] | None = None  # non-hclog stderr lines, else logged
-    # go-plugin's UnixSocketConfig: the group that may use the plugin's socket
-    # (PLUGIN_UNIX_SOCKET_GROUP; the private dir becomes 0770 for it) and its parent dir.
-    unix_socket_group: str | int | None = None
-    unix_socket_temp_dir: str | None = None
-
-    def versions(self) -> dict[int, PluginSet]:
-        out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (self.versioned_plugins or {}).items()}
-        if self.plugins is not None:
-            out.setdefault(self.handshake.protocol_version, dict(self.plugins))
-        if not out:
-            out[self.handshake.protocol_version] = {}
-        return out
 
 
 class Client:
