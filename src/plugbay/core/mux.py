@@ -42,6 +42,7 @@ log = logging.getLogger("plugbay.mux")
 
 _SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 _POLL = 0.2
+_MAX_REDIALS = 20  # per host session: a flapping forward is reported, not retried forever
 
 
 class MuxSession:
@@ -194,17 +195,47 @@ class HostMux(MuxSession):
 
     def __init__(self, network: str, address: str, timeout: float = 10.0) -> None:
         super().__init__("host-mux")
-        conn = tlsrelay.dial(network, address, timeout)
-        conn.settimeout(None)
+        self._target = (network, address)
+        self._timeout = timeout
+        self._redials = 0
+        self._redial_lock = threading.Lock()
+        self._attach(self._dial())
         self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
         path = os.path.join(self._dir, "main.sock")
         self._listener = tlsrelay.open_listener("unix", path)
         os.chmod(path, 0o600)
         self._listener.settimeout(_POLL)
         self.local_address = ("unix", path)
-        self._attach(Session(conn, client=True, on_stream=self._on_stream, name="mux-host"))
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
         self._acceptor.start()
+
+    def _dial(self) -> Session:
+        conn = tlsrelay.dial(*self._target, self._timeout)
+        conn.settimeout(None)
+        return Session(conn, client=True, on_stream=self._on_stream, name="mux-host")
+
+    def open_stream(self, timeout: float = _SESSION_WAIT) -> Stream:
+        # A forwarded port (kubectl port-forward, a proxy) may accept and then drop the
+        # connection; the plugin takes a new one once the old one is gone, so dial again.
+        with self._redial_lock:
+            self._redial_if_lost()
+        return super().open_stream(timeout)
+
+    def _redial_if_lost(self) -> None:
+        with self._lock:
+            session = self._session
+            redial = (not self._closed and session is not None and session.closed
+                      and self._redials < _MAX_REDIALS)
+            if redial:
+                self._redials += 1
+        if redial:
+            assert session is not None
+            log.debug("multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
+            try:
+                self._attach(self._dial())
+            except OSError as exc:
+                raise BrokerClosedError(f"the multiplexed connection to the plugin was lost"
+                                        f" ({session.close_reason}) and cannot be made again: {exc}") from exc
 
     def _accept(self) -> None:
         while not self._closed:
