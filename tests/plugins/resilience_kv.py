@@ -1,0 +1,125 @@
+"""A KV plugin (plugbay.serve) with fault switches, for the resilience tests.
+
+It serves the KV example's service (cookie BASIC_PLUGIN=hello, plugin kv_grpc)
+with an in-memory store, plus control keys:
+
+Put("__fail__", b"N")     the next N Gets of other keys abort with UNAVAILABLE
+Put("__slow__", b"N")     the next N Gets of other keys sleep 10 s first (a stuck call)
+Put("__health__", b"S")   set health service "plugin" to S (SERVING | NOT_SERVING)
+Get("__calls__")          how many Gets of other keys arrived (failed ones included)
+Get("__pid__")            this process's pid
+Get("__tag__")            the RESILIENCE_TAG environment variable
+Get("__sleep__")          sleep 1.5 s, then answer b"slept"
+Get("__die__")            exit(9) in the middle of the call
+Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
+                          then answer b"survived"
+Get of a missing key      NOT_FOUND (an application error)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "src"))
+
+import grpc  # noqa: E402
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME  # noqa: E402
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
+
+import plugbay.core.server as server_module  # noqa: E402
+from plugbay.core.broker import GRPCBroker  # noqa: E402
+from plugbay.core.health import NOT_SERVING, SERVING, HealthServicer  # noqa: E402
+from plugbay.core.plugin import GRPCPlugin  # noqa: E402
+
+_HEALTH: list[HealthServicer] = []
+
+
+class _RecordingHealth(HealthServicer):
+    """serve()'s own health servicer, remembered so that Put("__health__") can steer it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _HEALTH.append(self)
+
+
+server_module.HealthServicer = _RecordingHealth  # type: ignore[misc]
+
+
+class FaultyKV(kv_pb2_grpc.KVServicer):
+    def __init__(self) -> None:
+        self.store: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self.fail = 0
+        self.slow = 0
+        self.calls = 0
+
+    def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
+        key = request.key
+        if key == "__calls__":
+            return kv_pb2.GetResponse(value=str(self.calls).encode())
+        if key == "__pid__":
+            return kv_pb2.GetResponse(value=str(os.getpid()).encode())
+        if key == "__tag__":
+            return kv_pb2.GetResponse(value=os.environ.get("RESILIENCE_TAG", "").encode())
+        if key == "__sleep__":
+            time.sleep(1.5)
+            return kv_pb2.GetResponse(value=b"slept")
+        if key == "__die__":
+            os._exit(9)
+        if key == "__die_once__":
+            marker = Path("died")
+            if not marker.exists():
+                marker.write_text("x")
+                os._exit(9)
+            return kv_pb2.GetResponse(value=b"survived")
+        with self.lock:
+            self.calls += 1
+            fail = self.fail > 0
+            slow = not fail and self.slow > 0
+            self.fail -= fail
+            self.slow -= slow
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
+        if slow:
+            deadline = time.monotonic() + 10
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if key not in self.store:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no key {key!r}")
+        return kv_pb2.GetResponse(value=self.store[key])
+
+    def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.Empty:
+        if request.key == "__fail__":
+            self.fail = int(request.value)
+        elif request.key == "__slow__":
+            self.slow = int(request.value)
+        elif request.key == "__health__":
+            status = SERVING if request.value == b"SERVING" else NOT_SERVING
+            for health in _HEALTH:
+                health.set_status("plugin", status)
+        else:
+            self.store[request.key] = request.value
+        return kv_pb2.Empty()
+
+
+class FaultyKVPlugin(GRPCPlugin):
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        kv_pb2_grpc.add_KVServicer_to_server(FaultyKV(), server)
+
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> object:
+        raise NotImplementedError("the host uses examples/kv's KVPlugin")
+
+
+def main() -> None:
+    server_module.serve(server_module.ServeConfig(handshake=HANDSHAKE,
+                                                  plugins={PLUGIN_NAME: FaultyKVPlugin()}))
+
+
+if __name__ == "__main__":
+    main()

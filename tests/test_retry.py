@@ -1,0 +1,148 @@
+"""RetryPolicy on a real Client against the fault-switch KV plugin (tests/plugins/resilience_kv.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.resilience_util import PLUGIN_NAME, faulty_config  # also puts examples/kv on sys.path
+
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
+from plugbay import CallTimeoutError, Client, ConfigError, RetryPolicy, idempotent  # noqa: E402
+from plugbay.core.retry import install  # noqa: E402
+
+
+@pytest.fixture()
+def client(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with Client(faulty_config(tmp_path, call_timeout=10.0)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        yield c
+
+
+def calls(c: Client) -> int:
+    install(c)  # the counter read itself must not be retried or counted twice
+    return int(c.dispense(PLUGIN_NAME).get("__calls__"))
+
+
+def test_allowlisted_method_is_retried_until_it_succeeds(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    retries: list[tuple[str, int, str]] = []
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.01, methods=["/proto.KV/Get"],
+                         on_retry=lambda m, n, exc, sleep: retries.append((m, n, type(exc).__name__)))
+    kv.put("__fail__", b"2")
+    before = calls(client)
+    install(client, retry=policy)
+    assert kv.get("k") == b"v"
+    assert calls(client) - before == 3  # two injected failures, then the answer
+    assert [(m, n) for m, n, _ in retries] == [("/proto.KV/Get", 1), ("/proto.KV/Get", 2)]
+
+
+def test_method_not_on_the_allowlist_runs_once(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"1")
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=5, initial_backoff=0.01, methods=["Put"]))
+    with pytest.raises(grpc.RpcError) as err:
+        kv.get("k")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert calls(client) - before == 1
+    assert not getattr(err.value, "__notes__", None)  # nothing was retried, nothing to say
+
+
+def test_idempotent_block_marks_calls_retryable(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01))
+    with idempotent():
+        assert kv.get("k") == b"v"
+    kv.put("__fail__", b"1")
+    with pytest.raises(grpc.RpcError):  # outside the block: not retried
+        kv.get("k")
+
+
+def test_gives_up_after_max_attempts_with_a_note(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"10")
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, all_idempotent=True))
+    with pytest.raises(grpc.RpcError) as err:
+        kv.get("k")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "gave up after 3 of 3 attempt(s)" in "\n".join(err.value.__notes__)
+    assert calls(client) - before == 3
+    kv.put("__fail__", b"0")
+
+
+def test_application_errors_are_not_retried(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=5, initial_backoff=0.01, all_idempotent=True))
+    with pytest.raises(grpc.RpcError) as err:
+        kv.get("missing")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert calls(client) - before == 1
+
+
+def test_per_attempt_deadline_lets_a_stuck_call_be_retried(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"1")  # the next Get hangs for 10 s
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, per_attempt_timeout=0.5,
+                                      methods=["Get"]))
+    assert kv.get("k") == b"v"
+    assert calls(client) - before == 2
+
+
+def test_overall_deadline_bounds_all_attempts(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"100")
+    seen: list[int] = []
+    install(client, retry=RetryPolicy(max_attempts=50, initial_backoff=0.01, per_attempt_timeout=0.3,
+                                      overall_timeout=1.5, all_idempotent=True,
+                                      on_retry=lambda m, n, e, s: seen.append(n)))
+    with pytest.raises(CallTimeoutError) as err:
+        kv.get("k")
+    assert "exceeded its deadline" in str(err.value)
+    assert 1 <= len(seen) < 49  # the deadline, not max_attempts, ended it
+    kv.put("__slow__", b"0")
+
+
+def test_with_call_goes_through_the_policy(client: Client) -> None:
+    stub = kv_pb2_grpc.KVStub(client.channel)
+    client.dispense(PLUGIN_NAME).put("__fail__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, methods=["Get"]))
+    response, call = stub.Get.with_call(kv_pb2.GetRequest(key="k"))
+    assert response.value == b"v"
+    assert call.code() == grpc.StatusCode.OK
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, multiplier=2.0, max_backoff=0.5, jitter=0.5,
+                         _rng=random.Random(7))
+    for retry, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
+        values = [policy.backoff(retry) for _ in range(50)]
+        assert all(base * 0.5 <= v <= base for v in values)
+        assert len(set(values)) > 1  # jittered
+    assert RetryPolicy(jitter=0.0).backoff(2) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_attempts": 0}, "max_attempts must be >= 1 (got 0)"),
+    ({"jitter": 2.0}, "jitter must be within [0, 1] (got 2.0)"),
+    ({"per_attempt_timeout": 0.0}, "per_attempt_timeout must be > 0 or None (got 0.0)"),
+    ({"multiplier": 0.5}, "multiplier >= 1"),
+])
+def test_bad_policy_is_refused_with_the_reason(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    assert message in str(err.value)
+
+
+def test_install_needs_a_client_or_managed_channel() -> None:
+    with pytest.raises(ConfigError, match="needs a started Client or a ManagedChannel, got object"):
+        install(object(), retry=RetryPolicy())
