@@ -513,3 +513,27 @@ def test_a_second_stdio_caller_takes_the_stream_over(plugins: list[PluginProc]) 
     second.cancel()
     shutdown(ch)
     assert p.finish()[0] == 0
+
+
+def test_socket_in_a_setgid_folder_is_group_writable(plugins: list[PluginProc], tmp_path: Path) -> None:
+    import grp
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    gid = grp.getgrnam("daemon").gr_gid
+    os.chown(shared, -1, gid)
+    shared.chmod(0o2770)  # what a runner prepares for a container user
+    p = start(plugins, {"PLUGIN_UNIX_SOCKET_DIR": str(shared)})
+    info = p.handshake()
+    st = os.stat(info.address)
+    assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o660
+    shutdown(p.channel(info))
+    assert p.finish()[0] == 0
+    assert list(shared.iterdir()) == []
+
+
+def test_unusable_socket_dir(plugins: list[PluginProc], tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    err = refused(plugins, {**COOKIE, "PLUGIN_UNIX_SOCKET_DIR": str(missing)})
+    assert f"couldn't create the plugin's unix socket in {missing} (PLUGIN_UNIX_SOCKET_DIR)" in err
+    assert "No such file or directory; point PLUGIN_UNIX_SOCKET_DIR at a writable folder" in err

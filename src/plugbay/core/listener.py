@@ -4,7 +4,8 @@ go-plugin's plugin listens on a unix socket on POSIX (a fresh name in
 PLUGIN_UNIX_SOCKET_DIR, else the temp dir; chgrp'd and made group-writable
 0660 when PLUGIN_UNIX_SOCKET_GROUP is set, as current go-plugin does) and on
 TCP 127.0.0.1 within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT where unix sockets do
-not exist. plugbay adds PLUGBAY_LISTEN for containers and pods:
+not exist. In a setgid folder (a folder shared with a container user, whose
+group new files inherit) the socket is made 0660 as well. plugbay adds PLUGBAY_LISTEN for containers and pods:
 
 =====================  ====================================================
 ``tcp:HOST:PORT``      listen there (port 0 picks one); announce the bound address
@@ -28,6 +29,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -83,7 +85,12 @@ def plan_endpoint(env: Mapping[str, str]) -> Endpoint:
         return _parse_override(override, env)
     if hasattr(socket, "AF_UNIX"):
         directory = env.get(ENV_UNIX_SOCKET_DIR) or tempfile.gettempdir()
-        fd, path = tempfile.mkstemp(prefix="plugin", dir=directory)
+        try:
+            fd, path = tempfile.mkstemp(prefix="plugin", dir=directory)
+        except OSError as exc:
+            source = ENV_UNIX_SOCKET_DIR if env.get(ENV_UNIX_SOCKET_DIR) else "the temp dir"
+            raise ConfigError(f"couldn't create the plugin's unix socket in {directory} ({source}):"
+                              f" {exc.strerror}; point {source} at a writable folder") from None
         os.close(fd)
         os.unlink(path)  # the name has to be free for bind()
         return Endpoint("unix", path, socket_group=env.get(ENV_UNIX_SOCKET_GROUP) or None, owned_path=True)
@@ -272,6 +279,10 @@ def _own_unix(endpoint: Endpoint, result: Listening) -> None:
         result._cleanups.append(lambda: _unlink(path))
     if endpoint.socket_group:
         _set_group_writable(path, endpoint.socket_group)
+    elif os.stat(os.path.dirname(path) or ".").st_mode & stat.S_ISGID:
+        # A setgid folder shared with another user (a container's): the socket
+        # inherited the folder's group, which must be able to connect too.
+        os.chmod(path, 0o660)
 
 
 def _set_group_writable(path: str, group: str) -> None:
