@@ -1,0 +1,126 @@
+"""GRPCStdio end to end: a plugin's stdout/stderr reach the host's sinks, in order; logs stay apart.
+
+The Python plugin is tests/plugins/probe.py (serve()), whose Put writes
+through print(), sys.stderr, raw fds 1/2, a child process, or Python logging.
+The Go plugin is go-plugin 1.0.1's KV plugin, which has no GRPCStdio at all:
+the host must carry on without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+PROBE = [sys.executable, str(REPO / "tests" / "plugins" / "probe.py")]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, data: bytes) -> None:
+        with self.lock:
+            self.chunks.append(data)
+
+    @property
+    def data(self) -> bytes:
+        with self.lock:
+            return b"".join(self.chunks)
+
+
+def wait_for(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def client(cmd: list[str], out: Sink, err: Sink, **kw: object) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd,
+                               stdout_sink=out, stderr_sink=err, **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+def test_every_kind_of_write_arrives_in_order(auto_mtls: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="plugbay.plugin")
+    out, err = Sink(), Sink()
+    with client(PROBE, out, err, auto_mtls=auto_mtls) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("out", b"1 print\n")
+        kv.put("fd1", b"2 fd1\n")
+        kv.put("sub", b"echo '3 child stdout'; echo '3 child stderr' >&2")
+        kv.put("log", b"a log record")
+        kv.put("out", b"4 print\n")
+        kv.put("err", b"A stderr\n")
+        kv.put("fd2", b"B fd2\n")
+        wait_for(lambda: out.data.endswith(b"4 print\n") and err.data.endswith(b"B fd2\n"), "all output")
+    assert out.data == b"1 print\n2 fd1\n3 child stdout\n4 print\n"
+    assert err.data == b"3 child stderr\nA stderr\nB fd2\n"
+    # the plugin's logger is not stdio: it arrives as a log record, not in a sink
+    assert b"a log record" not in out.data + err.data
+    assert any("a log record" in r.getMessage() and r.name.startswith("plugbay.plugin")
+               for r in caplog.records)
+
+
+def test_volume_and_order_from_a_child_process() -> None:
+    out, err = Sink(), Sink()
+    with client(PROBE, out, err) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("sub", b"i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done")
+        kv.put("out", b"done\n")
+        wait_for(lambda: out.data.endswith(b"done\n"), "the last line")
+    lines = out.data.decode().splitlines()
+    assert lines == [f"line-{i}" for i in range(3000)] + ["done"]
+    assert err.data == b""
+
+
+def test_without_sinks_output_is_discarded_and_nothing_breaks() -> None:
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=PROBE)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("out", b"x" * 100_000)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+
+
+def test_a_failing_sink_does_not_stop_the_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(data: bytes) -> None:
+        raise RuntimeError("sink is broken")
+
+    err = Sink()
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=PROBE,
+                             stdout_sink=broken, stderr_sink=err)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("out", b"into the broken sink\n")
+        kv.put("k", b"still works")
+        assert kv.get("k") == b"still works"
+
+
+@pytest.mark.go
+def test_go_101_plugin_without_grpc_stdio_is_tolerated() -> None:
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    out, err = Sink(), Sink()
+    with client([str(build_go("kv_plugin"))], out, err) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("go", b"value")
+        assert kv.get("go") == b"value"
+        kv.put("go", b"again")
+        assert kv.get("go") == b"again"
+    assert out.data == b"" and err.data == b""
+    assert c.exited
