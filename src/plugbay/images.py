@@ -111,9 +111,9 @@ def _lock() -> Iterator[None]:
 # --- base image -------------------------------------------------------------
 
 
-def apt_mirror() -> str:
+def apt_mirror(deb822: Path = Path("/etc/apt/sources.list.d/debian.sources"),
+               legacy: Path = Path("/etc/apt/sources.list")) -> str:
     """The Debian mirror this machine's apt uses (deb822 sources first, then sources.list)."""
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
     if deb822.exists():
         for stanza in deb822.read_text().split("\n\n"):
             fields: dict[str, str] = {}
@@ -123,7 +123,6 @@ def apt_mirror() -> str:
                     fields[key.strip().lower()] = value.strip()
             if SUITE in fields.get("suites", "").split() and fields.get("uris"):
                 return fields["uris"].split()[0]
-    legacy = Path("/etc/apt/sources.list")
     if legacy.exists():
         for line in legacy.read_text().splitlines():
             parts = line.split()

@@ -126,6 +126,8 @@ class DockerRunner(Runner):
         try:
             self._start(spec)
         except BaseException:
+            with self._lock:
+                self._killed = True  # a later kill() has nothing left to do
             self._cleanup(remove=True, grace=0)
             raise
 
@@ -309,7 +311,7 @@ class DockerRunner(Runner):
                         api.unpause(self._container_id)
                     if state.get("Running"):
                         api.stop(self._container_id, timeout=max(0, math.ceil(grace)))
-                    self._final_state = self._inspect() or state
+                    self._final_state = self._inspect() or state or self._final_state
                     if remove:
                         api.remove_container(self._container_id, force=True, v=True)
                 except NotFound:
