@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from plugbay.core.errors import CircuitOpenError, ConfigError, PluginDiedError
-from plugbay.core.retry import Attempt, status_of
+from plugbay.core.retry import Attempt, describe_error, status_of
 
 _log = logging.getLogger("plugbay.circuit")
 
@@ -198,15 +198,13 @@ class CircuitBreaker:
             result = attempt(timeout)
         except Exception as exc:
             if self.is_failure(exc):
-                self.record_failure(f"{method}: {_describe(exc)}")
+                self.record_failure(f"{method}: {describe_error(exc)}")
             else:
                 self.record_success()
             raise
+        except BaseException:  # interrupted: the probe slot must not stay taken
+            with self._lock:
+                self._probing = False
+            raise
         self.record_success()
         return result
-
-
-def _describe(exc: BaseException) -> str:
-    code = status_of(exc)
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{code.name}: {text}"[:300] if code is not None else text[:300]

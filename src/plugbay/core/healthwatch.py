@@ -28,7 +28,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.circuit import CircuitBreaker
 from plugbay.core.errors import ConfigError
-from plugbay.core.retry import status_of
+from plugbay.core.retry import describe_error, status_of
 
 _log = logging.getLogger("plugbay.health")
 
@@ -162,9 +162,9 @@ class HealthWatcher:
                     self.mode = "check"
                     continue
                 if code == grpc.StatusCode.NOT_FOUND:
-                    self._report(SERVICE_UNKNOWN, _describe(exc))
+                    self._report(SERVICE_UNKNOWN, describe_error(exc))
                 else:
-                    self._report(UNREACHABLE, _describe(exc))
+                    self._report(UNREACHABLE, describe_error(exc))
             self._stop.wait(self.interval)
 
     def _watch_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
@@ -192,14 +192,3 @@ class HealthWatcher:
 def _status_name(status: int) -> str:
     name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     return name
-
-
-def _describe(exc: BaseException) -> str:
-    code = status_of(exc)
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if code is not None and hasattr(exc, "details"):
-        try:
-            first = str(exc.details())
-        except Exception:
-            pass
-    return (f"{code.name}: {first}" if code is not None else first)[:300]

@@ -155,6 +155,19 @@ class RetryPolicy:
                 time.sleep(sleep)
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for logs and messages: "CODE: details" for call errors, else the first line."""
+    code = status_of(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    details = getattr(exc, "details", None)
+    if code is not None and callable(details):
+        try:
+            text = str(details())
+        except Exception:
+            pass
+    return (f"{code.name}: {text}" if code is not None else text)[:300]
+
+
 def _min_opt(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b

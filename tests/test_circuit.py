@@ -1,0 +1,169 @@
+"""CircuitBreaker: its state machine (with a hand-driven clock) and on a real Client's calls."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.resilience_util import PLUGIN_NAME, faulty_config
+
+from plugbay import CircuitBreaker, CircuitOpenError, Client, ConfigError, RetryPolicy  # noqa: E402
+from plugbay.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitOpen  # noqa: E402
+from plugbay.core.retry import install  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, **kw: object) -> tuple[CircuitBreaker, list[tuple[str, str]]]:
+    changes: list[tuple[str, str]] = []
+    b = CircuitBreaker(failure_threshold=3, window=10.0, open_for=5.0, name="kv", clock=clock,
+                       on_change=lambda old, new, why: changes.append((old, new)), **kw)  # type: ignore[arg-type]
+    return b, changes
+
+
+def test_opens_after_threshold_within_window_only() -> None:
+    clock = Clock()
+    b, changes = breaker(clock)
+    b.record_failure("a")
+    b.record_failure("b")
+    clock.now += 11  # both fall out of the window
+    b.record_failure("c")
+    b.record_failure("d")
+    assert b.state == CLOSED
+    b.record_failure("e")
+    assert b.state == OPEN
+    assert changes == [(CLOSED, OPEN)]
+    assert not b.allow()
+    assert b.rejected_count == 1 and b.opened_count == 1
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    clock = Clock()
+    b, changes = breaker(clock)
+    b.trip("health watcher: NOT_SERVING")
+    clock.now += 5
+    assert b.state == HALF_OPEN
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        ok = b.allow()
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=take, name=f"plugbay-test-probe-{i}") for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sorted(results) == [False] * 7 + [True]
+    b.record_success()
+    assert b.state == CLOSED
+    assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+
+
+def test_failed_probe_opens_again_for_a_full_interval() -> None:
+    clock = Clock()
+    b, changes = breaker(clock)
+    for i in range(3):
+        b.record_failure(str(i))
+    clock.now += 5
+    assert b.allow()
+    b.record_failure("probe failed")
+    assert b.state == OPEN
+    clock.now += 4.9
+    assert b.state == OPEN
+    err = b.open_error()
+    assert err.retry_in == pytest.approx(0.1, abs=0.01)
+    assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, OPEN)]
+
+
+def test_open_error_says_when_and_what_to_check() -> None:
+    clock = Clock()
+    b, _ = breaker(clock)
+    b.trip("UNAVAILABLE: connection refused")
+    clock.now += 2
+    err = b.open_error()
+    assert isinstance(err, CircuitOpenError)
+    text = str(err)
+    assert "circuit of plugin 'kv' is open" in text
+    assert "a probe call is let through in 3.0s" in text
+    assert "UNAVAILABLE: connection refused" in text
+    assert "Check that the plugin is running and reachable" in text
+    clock.now += 3
+    assert b.allow()  # the probe
+    assert "a probe call is already in flight" in str(b.open_error())
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"failure_threshold": 0}, "failure_threshold must be >= 1 (got 0)"),
+    ({"window": 0}, "window and open_for > 0 (got 0, 10.0)"),
+    ({"open_for": -1}, "window and open_for > 0 (got 30.0, -1)"),
+])
+def test_bad_settings_are_refused(kw: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        CircuitBreaker(**kw)  # type: ignore[arg-type]
+    assert message in str(err.value)
+
+
+def test_on_real_calls_opens_fails_fast_and_closes_after_a_probe(tmp_path: Path) -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=3, window=60, open_for=5, name="kv", clock=clock)
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        kv.put("__fail__", b"3")
+        install(client, breaker=b)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                kv.get("k")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert b.state == OPEN
+        with pytest.raises(CircuitOpen) as fast:
+            kv.get("k")
+        assert "injected failure" in fast.value.last_failure
+        install(client)
+        assert kv.get("__calls__") == b"3"  # the refused call never reached the plugin
+        install(client, breaker=b)
+        clock.now += 5
+        assert kv.get("k") == b"v"  # the probe
+        assert b.state == CLOSED
+
+
+def test_application_errors_do_not_open_it(tmp_path: Path) -> None:
+    b = CircuitBreaker(failure_threshold=1, window=60, open_for=60, name="kv")
+    with Client(faulty_config(tmp_path)) as client:
+        install(client, breaker=b)
+        kv = client.dispense(PLUGIN_NAME)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                kv.get("missing")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert b.state == CLOSED
+
+
+def test_open_circuit_stops_retries_at_once(tmp_path: Path) -> None:
+    b = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="kv")
+    retried: list[int] = []
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        kv.put("__fail__", b"100")
+        install(client, breaker=b, retry=RetryPolicy(max_attempts=10, initial_backoff=0.01,
+                                                     all_idempotent=True,
+                                                     on_retry=lambda m, n, e, s: retried.append(n)))
+        with pytest.raises(CircuitOpen):
+            kv.get("k")
+        assert retried == [1, 2]  # two failures opened it; the third try was refused
+        install(client)
+        assert kv.get("__calls__") == b"2"
+        kv.put("__fail__", b"0")
