@@ -1,0 +1,94 @@
+"""HealthWatcher against real plugins: transitions, unreachable, unknown service, clean stop."""
+
+from __future__ import annotations
+
+import os
+import threading
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.resilience_util import PLUGIN_NAME, faulty_config
+
+from plugbay import CircuitBreaker, Client, ConfigError, HealthWatcher  # noqa: E402
+from plugbay.core.circuit import CLOSED, OPEN  # noqa: E402
+from plugbay.core.healthwatch import (  # noqa: E402
+    NOT_SERVING,
+    SERVICE_UNKNOWN,
+    SERVING,
+    UNKNOWN,
+    UNREACHABLE,
+)
+
+MODES = ["watch", "check"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reports_not_serving_then_serving_and_steers_the_breaker(tmp_path: Path, mode: str) -> None:
+    changes: list[tuple[str, str]] = []
+    b = CircuitBreaker(failure_threshold=100, open_for=600, name="kv")
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with HealthWatcher(client.channel, interval=0.2, timeout=2.0, mode=mode, breaker=b,
+                           on_change=lambda old, new, why: changes.append((old, new))) as w:
+            assert w.wait_for(SERVING, 10)
+            assert b.state == CLOSED
+            kv.put("__health__", b"NOT_SERVING")
+            assert w.wait_for(NOT_SERVING, 10)
+            assert b.state == OPEN
+            assert "health watcher: NOT_SERVING" in b.last_failure
+            kv.put("__health__", b"SERVING")
+            assert w.wait_for(SERVING, 10)
+            assert b.state == CLOSED
+    assert changes == [(UNKNOWN, SERVING), (SERVING, NOT_SERVING), (NOT_SERVING, SERVING)]
+    assert [h[1:3] for h in w.history] == changes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_plugin_is_unreachable(tmp_path: Path, mode: str) -> None:
+    with Client(faulty_config(tmp_path)) as client:
+        with HealthWatcher(client.channel, interval=0.2, timeout=1.0, mode=mode) as w:
+            assert w.wait_for(SERVING, 10)
+            pid = int(client.dispense(PLUGIN_NAME).get("__pid__"))
+            os.kill(pid, signal.SIGKILL)
+            assert w.wait_for(UNREACHABLE, 15), w.history
+            assert w.detail  # says why: the gRPC status or the closed channel
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_service(tmp_path: Path, mode: str) -> None:
+    with Client(faulty_config(tmp_path)) as client:
+        with HealthWatcher(client.channel, service="nosuch", interval=0.2, mode=mode) as w:
+            assert w.wait_for(SERVICE_UNKNOWN, 10), w.history
+
+
+def test_a_killed_client_is_reported_with_the_reason(tmp_path: Path) -> None:
+    client = Client(faulty_config(tmp_path))
+    client.start()
+    channel = client.channel
+    with HealthWatcher(channel, interval=0.2, timeout=1.0) as w:
+        assert w.wait_for(SERVING, 10)
+        client.kill()
+        assert w.wait_for(UNREACHABLE, 15), w.history
+        assert "was killed" in w.detail or "closed" in w.detail
+
+
+def test_follows_a_channel_source_and_stops_cleanly(tmp_path: Path) -> None:
+    with Client(faulty_config(tmp_path)) as client:
+        w = HealthWatcher(lambda: client.channel, interval=0.2).start()
+        assert w.wait_for({SERVING}, 10)
+        w.stop()
+        w.stop()  # idempotent
+        assert not any(t.name == "plugbay-health-plugin" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"interval": 0}, "interval and timeout must be > 0 (got 0, 2.0)"),
+    ({"timeout": -1}, "interval and timeout must be > 0 (got 2.0, -1)"),
+    ({"mode": "poll"}, "mode must be 'watch' or 'check' (got 'poll')"),
+])
+def test_bad_settings_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        HealthWatcher(lambda: None, **kw)  # type: ignore[arg-type]
+    assert message in str(err.value)
