@@ -537,3 +537,21 @@ def test_unusable_socket_dir(plugins: list[PluginProc], tmp_path: Path) -> None:
     err = refused(plugins, {**COOKIE, "PLUGIN_UNIX_SOCKET_DIR": str(missing)})
     assert f"couldn't create the plugin's unix socket in {missing} (PLUGIN_UNIX_SOCKET_DIR)" in err
     assert "No such file or directory; point PLUGIN_UNIX_SOCKET_DIR at a writable folder" in err
+
+
+def test_fixed_unix_path_reuses_a_stale_socket_but_not_a_live_one(plugins: list[PluginProc],
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "fixed.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a crashed plugin leaves
+    p = start(plugins, {"PLUGBAY_LISTEN": f"unix:{path}"})
+    info = p.handshake()
+    assert info.address == str(path)
+    err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": f"unix:{path}"})
+    assert f"couldn't listen on unix socket {path}: another process is listening there" in err
+    shutdown(p.channel(info))
+    assert p.finish()[0] == 0
+    path.write_text("not a socket")
+    err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": f"unix:{path}"})
+    assert "a file that is not a socket is there" in err

@@ -271,6 +271,24 @@ def _check_unix_path(path: str) -> None:
     if len(os.fsencode(path)) > 107:
         raise ConfigError(f"unix socket path {path!r} is longer than the 107 bytes the OS allows;"
                           f" set {ENV_UNIX_SOCKET_DIR} (or TMPDIR) to a shorter directory")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"couldn't listen on unix socket {path}: a file that is not a socket is"
+                          " there; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except OSError:
+        _unlink(path)  # left by a process that is gone (a crashed plugin in a fixed-path setup)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"couldn't listen on unix socket {path}: another process is listening there;"
+                      " stop it or choose another path")
 
 
 def _own_unix(endpoint: Endpoint, result: Listening) -> None:
