@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -555,3 +556,20 @@ def test_fixed_unix_path_reuses_a_stale_socket_but_not_a_live_one(plugins: list[
     path.write_text("not a socket")
     err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": f"unix:{path}"})
     assert "a file that is not a socket is there" in err
+
+
+def test_shutdown_lets_an_in_flight_call_finish(plugins: list[PluginProc], tmp_path: Path) -> None:
+    p = start(plugins)
+    ch = p.channel(p.handshake())
+    kv = kv_pb2_grpc.KVStub(ch)
+    marker = tmp_path / "started"
+    slow = kv.Put.future(kv_pb2.PutRequest(key="sub", value=f"touch {marker}; sleep 0.5".encode()),
+                         timeout=20)
+    for _ in range(200):  # bounded: at most 20 s
+        if marker.exists():
+            break
+        time.sleep(0.1)
+    assert marker.exists()
+    shutdown(ch)
+    slow.result()  # completed inside the grace period, not cut off
+    assert p.finish()[0] == 0
