@@ -216,3 +216,54 @@ def test_plugin_containers_carry_the_session_label(plugbay_image: Any, plugbay_d
     with Client(_config(DockerRunner(plugbay_image("kv")))) as client:
         labels = plugbay_docker.containers.get(client.runner.id).labels
         assert labels["plugbay.session"] == HOST_SESSION_ID and labels["plugbay.plugin"] == client.name
+
+
+NON_ROOT_HOST = textwrap.dedent("""
+    import json, os, sys
+    sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+    from plugbay.core.client import Client, ClientConfig
+    from plugbay.runners.docker import DockerRunner
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
+                             runner=DockerRunner(sys.argv[2]))) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("who", b"non-root host")
+        sock = client.handshake.address
+        st = os.stat(sock)
+        print(json.dumps({"uid": os.getuid(), "value": kv.get("who").decode(), "sock_gid": st.st_gid,
+                          "sock_mode": oct(st.st_mode & 0o777)}))
+""")
+
+
+def test_non_root_host_with_non_root_container(plugbay_image: Any) -> None:
+    """A host without root (only the docker group) reaches a non-root container's socket."""
+    import os
+    import site
+    import tempfile
+
+    system_python = Path("/usr/bin/python3")
+    setpriv = shutil.which("setpriv")
+    if os.getuid() != 0 or setpriv is None or not system_python.exists():
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to run a host as another user")
+    version = subprocess.run([str(system_python), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"/usr/bin/python3 is {version}, the venv's packages are for {sys.version_info[:2]}")
+    tag = plugbay_image("kv")
+    uid = 4321
+    docker_gid = os.stat("/var/run/docker.sock").st_gid
+    home = tempfile.mkdtemp(prefix="plugbay-nonroot-", dir="/tmp")
+    try:
+        os.chown(home, uid, uid)
+        run = subprocess.run(
+            [setpriv, "--reuid", str(uid), "--regid", str(uid), "--groups", str(docker_gid),
+             "env", f"HOME={home}", f"TMPDIR={home}", "PYTHONDONTWRITEBYTECODE=1",
+             f"PYTHONPATH={site.getsitepackages()[0]}", str(system_python), "-c", NON_ROOT_HOST, str(REPO), tag],
+            capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        facts = json.loads(run.stdout)
+        # the plugin (uid 10001 in the container) handed its socket to the host's group
+        assert facts == {"uid": uid, "value": "non-root host", "sock_gid": uid, "sock_mode": "0o660"}
+        assert os.listdir(home) == []  # the Client removed its socket folder
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
