@@ -573,3 +573,21 @@ def test_shutdown_lets_an_in_flight_call_finish(plugins: list[PluginProc], tmp_p
     shutdown(ch)
     slow.result()  # completed inside the grace period, not cut off
     assert p.finish()[0] == 0
+
+
+def test_protocol_version_follows_go_plugin() -> None:
+    from kv_plugin_def import HANDSHAKE, KVPlugin
+
+    from plugbay.core.errors import ConfigError
+    from plugbay.core.server import ServeConfig, protocol_version
+
+    a, b, c = KVPlugin(), KVPlugin(), KVPlugin()
+    config = ServeConfig(HANDSHAKE, plugins={"kv": a}, versioned_plugins={1: {"kv": b}, 4: {"kv": c}})
+    # `plugins` is the set for handshake.protocol_version (1) and wins over versioned_plugins[1]
+    assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "1"}) == (1, {"kv": a})
+    assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "1,4"}) == (4, {"kv": c})
+    assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "2,3"}) == (1, {"kv": a})
+    assert protocol_version(config, {}) == (1, {"kv": a})
+    assert protocol_version(ServeConfig(HANDSHAKE), {"PLUGIN_PROTOCOL_VERSIONS": "1"}) == (1, {})
+    with pytest.raises(ConfigError, match="'x', which is not a version number"):
+        protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "x"})
