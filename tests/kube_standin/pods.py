@@ -129,6 +129,7 @@ class PodStore:
         self._stop = threading.Event()
         self._poll = poll_interval
         self._threads: list[threading.Thread] = []
+        self.start_delay = 0.0
         self.start_durations: list[float] = []  # seconds the engine took to create+start each container
         self._monitor = threading.Thread(target=self._monitor_loop, name="plugbay-standin-monitor")
         self._monitor.start()
@@ -230,6 +231,8 @@ class PodStore:
 
     def _start(self, pod: Pod) -> None:
         image = pod.container["image"]
+        if self.start_delay and self._stop.wait(self.start_delay):
+            return  # a slow image pull, for start-timeout tests
         began = time.monotonic()
         try:
             box = self.backend.run(self._request(pod))

@@ -149,6 +149,11 @@ def exit_code(pod: Json) -> int | None:
     term = state.get("terminated")
     if term is not None:
         return int(term.get("exitCode", -1))
+    if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff":
+        # restartPolicy let it restart, but the plugin the host started is gone
+        last = (plugin_status(pod).get("lastState") or {}).get("terminated")
+        if last:
+            return int(last.get("exitCode", -1))
     if phase(pod) in ("Succeeded", "Failed"):
         last = (plugin_status(pod).get("lastState") or {}).get("terminated")
         return int(last.get("exitCode", -1)) if last else -1

@@ -1,0 +1,284 @@
+"""KubernetesRunner against the API stand-in (real kubeconfig, real containers), runner level."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from plugbay.core.errors import (
+    ConfigError,
+    EngineUnavailableError,
+    ImageNotFoundError,
+    PermissionDeniedError,
+    PodStartTimeoutError,
+    PodUnschedulableError,
+    RunnerError,
+)
+from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
+from plugbay.runners.kubernetes import RBAC_RULES, KubernetesRunner, sweep
+from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
+from tests.kube_standin.server import StandIn
+
+pytestmark = pytest.mark.kubernetes
+HANDSHAKE = "1|1|tcp|0.0.0.0:4000|grpc"
+SPEC = LaunchSpec(env={"BASIC_PLUGIN": "hello", "PLUGIN_UNIX_SOCKET_DIR": "/host/only"},
+                  labels={"plugbay.plugin": "testapp"})
+
+
+def core(kubeconfig: str) -> Any:
+    return client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+
+
+@pytest.fixture()
+def started(kubeconfig: str, testapp: str) -> Iterator[KubernetesRunner]:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60)
+    runner.start(SPEC)
+    try:
+        assert next(runner.stdout_lines()) == HANDSHAKE  # the plugin listens from here on
+        yield runner
+    finally:
+        runner.kill(0)
+
+
+def talk(address: str, line: str) -> str:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(line.encode() + b"\n")
+        return conn.makefile("rb").readline().decode().strip()
+
+
+def pods_of_session(kubeconfig: str) -> list[str]:
+    found = core(kubeconfig).list_namespaced_pod("default", label_selector=f"plugbay.session={HOST_SESSION_ID}")
+    return [p.metadata.name for p in found.items]
+
+
+def test_pod_spec_has_labels_env_and_secure_defaults(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(
+        testapp, kubeconfig=kubeconfig, env={"EXTRA": "1"}, labels={"team": "a"},
+        resources={"limits": {"memory": "256Mi", "cpu": "500m"}},
+        tolerations=[{"key": "plugins", "operator": "Exists", "effect": "NoSchedule"}],
+        node_selector={"kubernetes.io/os": "linux"}, service_account="plugin-sa",
+        pod_template={"metadata": {"annotations": {"team/owner": "me"}},
+                      "spec": {"containers": [{"name": "x", "env": [{"name": "FROM_TEMPLATE", "value": "t"}],
+                                               "securityContext": {"runAsUser": 10001}}]}})
+    runner.start(SPEC)
+    try:
+        pod = core(kubeconfig).read_namespaced_pod(runner.pod_name, "default")
+        meta, spec = pod.metadata, pod.spec
+        assert meta.labels["plugbay.managed"] == "true"
+        assert meta.labels["plugbay.session"] == HOST_SESSION_ID
+        assert meta.labels["plugbay.plugin"] == "testapp" and meta.labels["team"] == "a"
+        assert meta.annotations["team/owner"] == "me" and "plugbay.host" in meta.annotations
+        c = spec.containers[0]
+        env = {e.name: e.value for e in c.env}
+        assert env["PLUGBAY_LISTEN"] == "tcp:0.0.0.0:4000"
+        assert env["BASIC_PLUGIN"] == "hello" and env["EXTRA"] == "1" and env["FROM_TEMPLATE"] == "t"
+        assert "PLUGIN_UNIX_SOCKET_DIR" not in env  # a host path means nothing in a pod
+        sc = c.security_context
+        assert sc.run_as_non_root and sc.read_only_root_filesystem and not sc.allow_privilege_escalation
+        assert sc.capabilities.drop == ["ALL"] and sc.seccomp_profile.type == "RuntimeDefault"
+        assert sc.run_as_user == 10001  # the template overrides a default
+        assert c.name == "plugin" and c.image == testapp and c.image_pull_policy == "IfNotPresent"
+        assert c.ports[0].container_port == 4000
+        assert c.resources.limits == {"memory": "256Mi", "cpu": "500m"}
+        assert spec.restart_policy == "Never" and spec.service_account_name == "plugin-sa"
+        assert spec.node_selector == {"kubernetes.io/os": "linux"}
+        assert spec.tolerations[0].key == "plugins"
+        assert [v.empty_dir is not None for v in spec.volumes] == [True]
+        assert c.volume_mounts[0].mount_path == "/tmp"
+    finally:
+        runner.kill(0)
+
+
+def test_handshake_is_picked_out_of_the_merged_log(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    runner.start(SPEC)
+    lines = runner.stdout_lines()
+    assert next(lines) == HANDSHAKE
+    runner.kill(1)
+    assert list(lines) == []  # stdout carries nothing but the handshake
+    other = list(runner.stderr_lines())
+    assert '{"@level":"info","@message":"testapp starting","@module":"testapp"}' in other
+    assert "a plain log line before the handshake" in other and "testapp serving" in other
+    assert not any("|grpc" in line for line in other)
+
+
+@pytest.mark.parametrize("mode", ["port-forward", "in-cluster"])
+def test_both_address_modes_reach_the_pod(kubeconfig: str, testapp: str, mode: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, address_mode=mode)
+    runner.start(SPEC)
+    try:
+        assert next(runner.stdout_lines()) == HANDSHAKE
+        assert runner.address_mode == mode
+        network, address = runner.plugin_to_host("tcp", "0.0.0.0:4000")
+        assert network == "tcp" and address.startswith("127.0.0.1:")
+        assert talk(address, "hello pod") == "echo: hello pod"
+        assert talk(address, "again") == "echo: again"  # each connection gets its own stream
+    finally:
+        runner.kill(0)
+
+
+def test_auto_mode_is_port_forward_outside_a_cluster(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    assert runner.address_mode == "port-forward" and runner.namespace == "default"
+    runner.kill(0)  # before start: only closes the client
+
+
+def test_image_pull_failure_is_typed_and_cleans_up(kubeconfig: str) -> None:
+    runner = KubernetesRunner("registry.invalid/nope:1", kubeconfig=kubeconfig)
+    with pytest.raises(ImageNotFoundError, match=r"registry.invalid/nope:1.*(ErrImagePull|ImagePullBackOff)"):
+        runner.start(SPEC)
+    assert pods_of_session(kubeconfig) == []
+    assert "ErrImagePull" in runner.diagnose() or "ImagePullBackOff" in runner.diagnose()
+
+
+def test_unschedulable_pod(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, node_selector={"disktype": "ssd"})
+    with pytest.raises(PodUnschedulableError, match="didn't match Pod's node affinity/selector.*node_selector"):
+        runner.start(SPEC)
+    assert pods_of_session(kubeconfig) == []
+
+
+def test_root_image_is_refused_by_run_as_non_root(kubeconfig: str) -> None:
+    runner = KubernetesRunner("plugbay-base:bookworm", kubeconfig=kubeconfig, command=["sleep", "30"])
+    with pytest.raises(ConfigError, match="runAsNonRoot and image will run as root.*run_as_user"):
+        runner.start(SPEC)
+
+
+def test_start_timeout(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    standin.store.start_delay = 5.0
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=1.0)
+    with pytest.raises(PodStartTimeoutError, match=r"did not reach Running within 1s.*start_timeout") as info:
+        runner.start(SPEC)
+    assert isinstance(info.value, TimeoutError)
+    assert pods_of_session(kubeconfig) == []
+
+
+def test_wait_returns_the_exit_code_and_diagnose_shows_it(started: KubernetesRunner) -> None:
+    _, address = started.plugin_to_host("tcp", "0.0.0.0:4000")
+    assert started.wait(0) is None
+    try:
+        reply = talk(address, "exit 5")
+    except OSError:
+        reply = ""
+    assert reply == ""  # the pod ended mid-request: no answer
+    assert started.wait(30) == 5
+    text = started.diagnose()
+    assert "phase Failed" in text and "exitCode=5" in text and "Started container plugin" in text
+
+
+def test_kill_deletes_the_pod_with_grace(kubeconfig: str, started: KubernetesRunner) -> None:
+    name = started.pod_name
+    started.kill(grace=1)
+    assert name not in pods_of_session(kubeconfig)
+    assert started.wait(5) == 0  # SIGTERM made it exit cleanly
+    started.kill(1)  # idempotent
+
+
+def test_pod_deleted_under_the_host(standin: StandIn, started: KubernetesRunner) -> None:
+    assert standin.delete_pod("default", started.pod_name, grace=0)
+    assert started.wait(30) is not None
+    assert list(started.stdout_lines()) == []  # the streams end
+    assert "(deleted)" in started.diagnose() or "not found" in started.diagnose()
+
+
+def test_port_forward_dropped_breaks_only_open_connections(standin: StandIn, started: KubernetesRunner) -> None:
+    _, address = started.plugin_to_host("tcp", "0.0.0.0:4000")
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"first\n")
+        reader = conn.makefile("rb")
+        assert reader.readline() == b"echo: first\n"
+        conn.sendall(b"sleep 3\n")  # a call in flight...
+        assert standin.drop_portforwards() >= 1  # ...when the stream is cut
+        assert reader.readline() == b""  # EOF, not a hang
+    assert talk(address, "after") == "echo: after"
+
+
+def test_reattach_by_namespace_and_pod(kubeconfig: str, started: KubernetesRunner) -> None:
+    data = json.loads(json.dumps(started.reattach_data()))
+    assert data["kind"] == "KubernetesRunner" and data["pod"] == started.pod_name
+    other = reattach_runner(data)
+    assert other.id == started.id
+    _, address = other.plugin_to_host("tcp", "0.0.0.0:4000")
+    assert talk(address, "via reattach") == "echo: via reattach"
+    assert other.wait(0) is None
+    other.kill(0)
+    assert started.wait(30) is not None
+    with pytest.raises(RunnerError, match="no longer exists"):
+        reattach_runner(data)
+
+
+def test_sweep_removes_pods_of_gone_sessions(kubeconfig: str, started: KubernetesRunner) -> None:
+    api = core(kubeconfig)
+    orphan = {"metadata": {"name": "plugbay-orphan", "labels": {
+        "plugbay.managed": "true", "plugbay.session": "999999999-deadbeef0000"},
+        "annotations": {"plugbay.host": socket.gethostname()}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "plugin", "image": started.image}]}}
+    api.create_namespaced_pod("default", client.V1Pod.from_dict(orphan))
+    try:
+        assert sweep("default", kubeconfig=kubeconfig) == ["plugbay-orphan"]
+        assert started.wait(0) is None  # our own pod stays
+        assert sweep("default", live_sessions=[], kubeconfig=kubeconfig) == []  # own session is never swept
+    finally:
+        api.api_client.close()
+
+
+def test_forbidden_create_names_every_permission(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    standin.deny("create", "pods")
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    with pytest.raises(PermissionDeniedError) as info:
+        runner.start(SPEC)
+    text = str(info.value)
+    assert "refused to create pods" in text and "cannot create resource" in text
+    for resource, verbs in RBAC_RULES:
+        assert f"{resource}: {', '.join(verbs)}" in text
+
+
+def test_forbidden_port_forward(standin: StandIn, started: KubernetesRunner) -> None:
+    standin.deny("create", "pods/portforward")
+    with pytest.raises(PermissionDeniedError, match="create pods/portforward.*pods/portforward: create, get"):
+        started.plugin_to_host("tcp", "0.0.0.0:4000")
+
+
+def test_forbidden_watch(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    standin.deny("watch", "pods")
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    with pytest.raises(PermissionDeniedError, match="watch pods"):
+        runner.start(SPEC)
+    assert pods_of_session(kubeconfig) == []
+
+
+def test_unreachable_api_server(tmp_path: Any, testapp: str) -> None:  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    runner = KubernetesRunner(testapp, kubeconfig=str(path))
+    with pytest.raises(EngineUnavailableError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"):
+        runner.start(SPEC)
+
+
+def test_option_and_address_errors(kubeconfig: str, started: KubernetesRunner) -> None:
+    with pytest.raises(ConfigError, match="address_mode must be one of"):
+        KubernetesRunner("x", kubeconfig=kubeconfig, address_mode="magic")
+    with pytest.raises(ConfigError, match="pull_policy"):
+        KubernetesRunner("x", kubeconfig=kubeconfig, pull_policy="Sometimes")
+    with pytest.raises(ConfigError, match="container_port"):
+        KubernetesRunner("x", kubeconfig=kubeconfig, container_port=0)
+    with pytest.raises(EngineUnavailableError, match="no usable Kubernetes configuration"):
+        KubernetesRunner("x", kubeconfig="/nonexistent/kubeconfig")
+    with pytest.raises(ConfigError, match="must listen on TCP"):
+        started.plugin_to_host("unix", "/tmp/plugin.sock")
+    with pytest.raises(RunnerError, match="already started"):
+        started.start(SPEC)
