@@ -183,6 +183,7 @@ def test_every_option_is_applied(plugbay_docker: Any, tmp_path: Path) -> None:
     assert host["Runtime"] == "runc"
     assert host["Memory"] == 96 * 1024 * 1024 and host["MemorySwap"] == 96 * 1024 * 1024
     assert host["NanoCpus"] == 500_000_000
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     assert host["ReadonlyRootfs"] is True and facts["ro"] is True
     assert host["CapDrop"] == ["ALL"] and "CapEff:\t0000000000000000\n" in facts["caps"]
     assert "no-new-privileges:true" in host["SecurityOpt"] and "NoNewPrivs:\t1\n" in facts["caps"]

@@ -167,6 +167,8 @@ class DockerRunner(Runner):
                            ("command", self.command), ("tmpfs", self.tmpfs or None)):
             if value is not None:
                 args[key] = value
+        # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
+        args["log_config"] = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
         if self.mem_limit is not None:
             args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
         args.update(self.extra_create_args)
