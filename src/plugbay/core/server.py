@@ -209,8 +209,10 @@ class _PluginServer:
                              self.listening.address, PROTOCOL_GRPC,
                              own.cert_der if own is not None else None, self.listening.multiplex)
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
-        sys.stdout.write(info.to_line() + "\n")
-        sys.stdout.flush()
+        # Straight to fd 1 (what the host reads), whatever sys.stdout has become.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        os.write(1, (info.to_line() + "\n").encode())
         self.capture.start()
 
     def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
