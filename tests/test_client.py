@@ -425,3 +425,61 @@ def test_a_host_that_exits_without_kill_still_stops_its_plugin(tmp_path: Path) -
     pid = int(out.stdout.strip())
     assert not Path(f"/proc/{pid}").exists() or \
         Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_tcp_transport(auto_mtls: bool) -> None:
+    with Client(config(env={"PLUGBAY_LISTEN": "tcp:127.0.0.1:0"}, auto_mtls=auto_mtls)) as client:
+        assert client.handshake.network == "tcp"
+        assert client.handshake.address.startswith("127.0.0.1:")
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("t", b"over tcp")
+        assert kv.get("t") == b"over tcp"
+        assert client.connection_mode == ("grpc-tls" if auto_mtls else "plaintext")
+
+
+def test_reattach_from_another_process() -> None:
+    import os
+    import subprocess
+
+    first = Client(config(auto_mtls=True))
+    try:
+        first.start()
+        first.dispense(PLUGIN_NAME).put("cross", b"process")
+        script = (
+            "import os, sys\n"
+            f"sys.path.insert(0, {str(REPO / 'examples' / 'kv')!r})\n"
+            "from kv_plugin_def import HANDSHAKE, KVPlugin\n"
+            "from plugbay import Client, ClientConfig, ReattachConfig\n"
+            "cfg = ClientConfig(HANDSHAKE, plugins={'kv_grpc': KVPlugin()},"
+            " reattach=ReattachConfig.from_json(os.environ['REATTACH']))\n"
+            "c = Client(cfg)\n"
+            "print(c.dispense('kv_grpc').get('cross').decode(), flush=True)\n"
+            "if sys.argv[1] == 'kill':\n"
+            "    c.kill()\n"
+        )
+        env = {**os.environ, "REATTACH": first.reattach_config().to_json()}
+        # a reattached client that exits without kill() disconnects and leaves the plugin running
+        out = subprocess.run([PY, "-c", script, "leave"], env=env, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (0, "process\n"), out.stderr
+        assert first.runner.wait(0.5) is None
+        # kill() from a process that is not the plugin's parent (watched through /proc)
+        out = subprocess.run([PY, "-c", script, "kill"], env=env, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (0, "process\n"), out.stderr
+        assert first.runner.wait(10) == 0
+    finally:
+        first.kill()
+
+
+def test_close_is_for_reattached_clients_only() -> None:
+    with Client(config()) as client:
+        with pytest.raises(ClientStateError, match="stop it with kill"):
+            client.close()
+        reattached = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS,
+                                         reattach=client.reattach_config()))
+        reattached.start()
+        reattached.close()
+        reattached.close()
+        with pytest.raises(ClientStateError):
+            reattached.dispense(PLUGIN_NAME)
+        assert client.dispense(PLUGIN_NAME).get("__env__")  # the plugin still runs

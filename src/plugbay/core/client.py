@@ -52,9 +52,15 @@ _LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def cleanup_clients() -> None:
-    """Kill every Client still running (go-plugin's CleanupClients); also runs at interpreter exit."""
+    """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
+
+    Reattached clients only disconnect: their plugin was meant to outlive a host.
+    """
     for client in list(_LIVE):
-        client.kill()
+        if client.config.reattach is None:
+            client.kill()
+        else:
+            client.close()
 
 
 atexit.register(cleanup_clients)
@@ -323,6 +329,21 @@ class Client:
             self._killed = True
             _LIVE.discard(self)
             self._teardown(graceful=True)
+
+    def close(self) -> None:
+        """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
+        with self._lock:
+            if self._killed:
+                return
+            if self.config.reattach is None and self._started:
+                raise ClientStateError(
+                    f"close() leaves a plugin running, which only a reattached Client may do; this"
+                    f" Client started plugin {self.name!r}, so stop it with kill()")
+            self._killed = True
+            _LIVE.discard(self)
+            self._stop.set()
+            self._close_rpc_streams()
+            self._close_streams()
 
     def _teardown(self, graceful: bool) -> None:
         self._stop.set()
