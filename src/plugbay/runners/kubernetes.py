@@ -329,27 +329,24 @@ class KubernetesRunner(Runner):
 
     # --- logs: handshake to stdout, everything else to stderr ----------------------
 
+    def _open_log(self, tail_lines: int | None) -> Any:
+        return self._call("get", "pods/log", self._api.read_namespaced_pod_log, self.pod_name, self.namespace,
+                          container=pods.CONTAINER_NAME, follow=True, _preload_content=False,
+                          **({"tail_lines": tail_lines} if tail_lines is not None else {}))
+
     def _follow_logs(self) -> None:
-        self._log_thread = threading.Thread(target=self._log_loop, name=f"plugbay-klog-{self.pod_name}")
+        first = self._open_log(None)  # in the caller: a 403 or an unreachable API fails start()
+        self._log_thread = threading.Thread(target=self._log_loop, args=(first,),
+                                            name=f"plugbay-klog-{self.pod_name}")
         self._log_thread.start()
 
-    def _log_loop(self) -> None:
+    def _log_loop(self, resp: Any) -> None:
         from kubernetes.watch import watch as watch_mod
 
         iter_resp_lines: Any = watch_mod.iter_resp_lines
-
         handshake_seen = False
-        tail_lines: int | None = None
         try:
             for _attempt in range(5):
-                try:
-                    resp = self._api.read_namespaced_pod_log(
-                        self.pod_name, self.namespace, container=pods.CONTAINER_NAME, follow=True,
-                        _preload_content=False,
-                        **({"tail_lines": tail_lines} if tail_lines is not None else {}))
-                except Exception as exc:
-                    _log.debug("opening the log of pod %s: %s", self.id, exc)
-                    return
                 self._log_resp = resp
                 try:
                     for line in iter_resp_lines(resp):
@@ -366,7 +363,11 @@ class KubernetesRunner(Runner):
                 # The stream ends when the container does, or when the connection broke.
                 if self._stop.is_set() or self._gone or not pods.is_running(self._pod or {}):
                     return
-                tail_lines = 0  # reconnect without repeating lines already seen
+                try:
+                    resp = self._open_log(0)  # reconnect without repeating lines already seen
+                except RunnerError as exc:
+                    _log.debug("reopening the log of pod %s: %s", self.id, exc)
+                    return
         finally:
             self._stdout.put(_EOF)
             self._stderr.put(_EOF)

@@ -1,0 +1,149 @@
+"""The KV plugin as a pod, used through plugbay's Client, on the API stand-in (real containers)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import CallTimeoutError, Client, ClientConfig, PluginExitedError  # noqa: E402
+from plugbay.core.errors import PermissionDeniedError, PodCrashLoopError  # noqa: E402
+from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
+from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin, testapp  # noqa: E402,F401
+from tests.kube_standin.server import StandIn  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+WRITABLE = ("/tmp", "/data")  # the KV plugin writes kv_<key> files in its working dir /data
+
+
+def kv_client(runner: KubernetesRunner, **kw: Any) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                               start_timeout=60, **kw))
+
+
+@pytest.mark.parametrize(("mode", "auto_mtls"), [("port-forward", False), ("port-forward", True),
+                                                 ("in-cluster", False), ("in-cluster", True)])
+def test_kv_round_trip(kubeconfig: str, kvtrap: str, mode: str, auto_mtls: bool) -> None:  # noqa: F811
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode=mode, writable_dirs=WRITABLE)
+    with kv_client(runner, auto_mtls=auto_mtls) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("greeting", b"hello from a pod \x00")
+        assert kv.get("greeting") == b"hello from a pod \x00"
+        assert client.handshake.network == "tcp" and client.handshake.address.startswith("127.0.0.1:")
+        assert (client.handshake.server_cert is not None) == auto_mtls
+        pod = runner.pod_name
+    assert runner.wait(0) == 0  # GRPCController.Shutdown made the plugin exit by itself
+    assert pod and runner.diagnose().startswith(f"pod default/{pod}")
+
+
+def test_reattach_from_another_client(kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE)
+    first = kv_client(runner)
+    try:
+        first.dispense(PLUGIN_NAME).put("k", b"v")
+        saved = first.reattach_config().to_json()
+        from plugbay import ReattachConfig
+
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                     reattach=ReattachConfig.from_json(saved)))
+        with second:
+            assert second.dispense(PLUGIN_NAME).get("k") == b"v"
+        assert runner.wait(30) is not None  # the second client shut the pod's plugin down
+    finally:
+        first.kill()
+
+
+def test_crash_before_handshake(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, env={"APP_MODE": "crash"})
+    with pytest.raises(PluginExitedError, match="crashed on purpose") as info:
+        kv_client(runner).start()
+    assert info.value.exit_code == 3
+
+
+def test_crash_loop_before_handshake(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, env={"APP_MODE": "crash"},
+                              pod_template={"spec": {"restartPolicy": "Always"}})
+    with pytest.raises(PluginExitedError) as info:
+        kv_client(runner).start()
+    # Whether the watch saw the pod Running first or not, the plugin's exit code and the
+    # crash loop are reported.
+    assert info.value.exit_code == 3
+    text = str(info.value)
+    assert "CrashLoopBackOff" in text or isinstance(info.value, PodCrashLoopError)
+    assert "crashed on purpose" in text
+
+
+def test_oom_killed_during_a_call(kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE,
+                              resources={"limits": {"memory": "128Mi"}})
+    with kv_client(runner, call_timeout=60) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError):
+            kv.get("__alloc__")
+        assert runner.wait(30) == 137
+        text = runner.diagnose()
+        assert "OOMKilled" in text and "exitCode=137" in text
+
+
+def test_pod_deleted_under_the_host(standin: StandIn, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE)
+    with kv_client(runner, call_timeout=60) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        timer = threading.Timer(0.5, standin.delete_pod, ("default", runner.pod_name, 0))
+        timer.start()
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                kv.get("__hang__")  # in flight when the pod goes
+        finally:
+            timer.join()
+        assert not isinstance(info.value, CallTimeoutError)  # it failed, it did not wait for the deadline
+        deadline = time.monotonic() + 30
+        while not client.exited and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.exited
+        assert "(deleted)" in runner.diagnose()
+
+
+def test_port_forward_dropped_mid_call(standin: StandIn, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode="port-forward", writable_dirs=WRITABLE)
+    with kv_client(runner, call_timeout=60) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        timer = threading.Timer(0.5, standin.drop_portforwards)
+        timer.start()
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                kv.get("__hang__")
+        finally:
+            timer.join()
+        assert not isinstance(info.value, CallTimeoutError)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        # the plugin still runs; the next call goes through a fresh port-forward stream
+        assert runner.wait(0) is None
+        value = None
+        for _ in range(20):  # bounded: gRPC may need a moment to reconnect
+            try:
+                value = kv.get("a")
+                break
+            except grpc.RpcError:
+                time.sleep(0.25)
+        assert value == b"1"
+
+
+def test_forbidden_through_the_client(standin: StandIn, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    standin.deny("get", "pods/log")
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE, start_timeout=20)
+    with pytest.raises((PermissionDeniedError, PluginExitedError)) as info:
+        kv_client(runner).start()
+    assert "pods/log: get" in str(info.value) and "403" in str(info.value)
