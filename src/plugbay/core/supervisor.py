@@ -406,6 +406,23 @@ class Supervisor:
         self._event("gave_up", str(self._fatal))
 
 
+def _gone(client: Client) -> bool:
+    """Has the plugin exited? Cheap enough for every call, and never blocks."""
+    if client.exited:
+        return True
+    pid = getattr(client.runner, "pid", None)
+    if isinstance(pid, int):
+        # A local process: /proc shows a zombie at once, while runner.wait(0) may report
+        # "running" when another thread is polling the same child at that moment.
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return True
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"Z", b"X")
+    return client.runner.wait(0) is not None
+
+
 def _tail(client: Client) -> str:
     tail = "; ".join(client.stderr_tail()[-3:])
     return f" (last stderr: {tail})" if tail else ""
@@ -425,6 +442,9 @@ class _ReadyGate:
             self._wait_running(method, remaining)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             generation = sup.channel_generation()
+            client = sup._client
+            if client is not None and _gone(client) and sup.changed_since(generation, 5.0):
+                continue  # the plugin is already gone: this call waits for its successor
             try:
                 return attempt(remaining)
             except (ClientStateError, PluginDiedError) as exc:

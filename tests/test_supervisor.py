@@ -1,0 +1,189 @@
+"""Supervisor against real plugin processes: restarts, surviving stubs, budget, reattach, failover."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
+
+from plugbay import (  # noqa: E402
+    CircuitBreaker,
+    Client,
+    ClientConfig,
+    ConfigError,
+    PluginDiedError,
+    ProcessRunner,
+    RestartBudgetExhaustedError,
+    RestartPolicy,
+    RetryPolicy,
+    Supervisor,
+    SupervisorEvent,
+)
+from plugbay.core.supervisor import FAILED, RUNNING  # noqa: E402
+
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+
+
+def kinds(sup: Supervisor) -> list[str]:
+    return [e.kind for e in sup.events]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def kill_plugin(kv: object) -> int:
+    """SIGKILL the plugin behind ``kv`` and wait until it is dead (a zombie counts)."""
+    pid = int(kv.get("__pid__"))  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: _gone(pid), 10)
+    return pid
+
+
+def test_sigkilled_plugin_is_restarted_and_the_stub_keeps_working(tmp_path: Path) -> None:
+    seen: list[SupervisorEvent] = []
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=0.3,
+                    on_event=seen.append) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        assert sup.dispense(PLUGIN_NAME) is kv
+        first = kill_plugin(kv)
+        # the next call waits for the restart instead of failing
+        second = int(kv.get("__pid__"))
+        assert second != first
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+        assert sup.restarts == 1 and sup.failures == 1
+        assert "exited with code -9" in (sup.last_failure or "")
+        assert kinds(sup) == ["started", "failure", "restarting", "restarted"]
+        assert sup.metrics()["state"] == RUNNING
+    assert [e.kind for e in seen][-1] == "stopped"
+
+
+def test_restart_budget_exhausted_raises_a_typed_error(tmp_path: Path) -> None:
+    policy = RestartPolicy(max_restarts=1, window=300, initial_backoff=0.05)
+    with Supervisor(lambda: faulty_config(tmp_path), restart=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kill_plugin(kv)
+        kill_plugin(kv)  # waits for restart 1, then kills it too
+        assert wait_until(lambda: sup.state == FAILED, 20)
+        with pytest.raises(RestartBudgetExhaustedError) as err:
+            kv.get("k")
+        text = str(err.value)
+        assert "failed again after 1 restart(s) within 300s" in text
+        assert "exited with code -9" in text and "raise RestartPolicy.max_restarts" in text
+        with pytest.raises(RestartBudgetExhaustedError):
+            sup.wait_running(1)
+        with pytest.raises(RestartBudgetExhaustedError):
+            sup.dispense("other")
+        assert kinds(sup)[-1] == "gave_up"
+
+
+def test_a_call_in_flight_when_the_plugin_dies_fails_unless_retry_allows_it(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError):
+            kv.get("__die__")  # not marked idempotent: the caller must decide
+        assert kv.get("__tag__") == b""  # the next call runs on the restarted plugin
+        assert sup.restarts == 1
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, methods=["Get"])
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=retry, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        assert kv.get("__die_once__") == b"survived"  # died, restarted, retried
+        assert sup.restarts == 1
+
+
+def test_health_failure_longer_than_the_grace_restarts_it(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=0.2,
+                    unhealthy_grace=0.5) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        before = int(kv.get("__pid__"))
+        kv.put("__health__", b"NOT_SERVING")
+        assert wait_until(lambda: sup.restarts == 1 and sup.state == RUNNING, 20), kinds(sup)
+        assert int(kv.get("__pid__")) != before
+        assert "health NOT_SERVING" in (sup.last_failure or "")
+
+
+def test_short_health_dip_recovers_without_restart(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=0.2,
+                    unhealthy_grace=60) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__health__", b"NOT_SERVING")
+        assert wait_until(lambda: sup.health == "NOT_SERVING", 10)
+        kv.put("__health__", b"SERVING")
+        assert wait_until(lambda: "recovered" in kinds(sup), 10), kinds(sup)
+        assert sup.restarts == 0
+
+
+def test_failover_factory_and_failed_restarts(tmp_path: Path) -> None:
+    """The factory picks the next config each time: a broken one is skipped by the next restart."""
+    tags = itertools.cycle(["primary", "broken", "secondary"])
+
+    def factory() -> ClientConfig:
+        tag = next(tags)
+        if tag == "broken":
+            return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10,
+                                runner=ProcessRunner([PY, "-c", "import sys; sys.exit(3)"]))
+        return faulty_config(tmp_path, env={"RESILIENCE_TAG": tag})
+
+    with Supervisor(factory, restart=FAST, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        assert kv.get("__tag__") == b"primary"
+        kill_plugin(kv)
+        assert kv.get("__tag__") == b"secondary"
+        assert kinds(sup) == ["started", "failure", "restarting", "restart_failed", "restarting", "restarted"]
+        failed = [e for e in sup.events if e.kind == "restart_failed"][0]
+        assert "PluginExitedError" in failed.detail and "exit" in failed.detail
+        assert sup.restarts == 2
+
+
+def test_reattach_first_then_fresh_start(tmp_path: Path) -> None:
+    owner = Client(faulty_config(tmp_path))
+    owner.start()
+    try:
+        reattach = owner.reattach_config()
+        pid = int(owner.dispense(PLUGIN_NAME).get("__pid__"))
+        with Supervisor(lambda: faulty_config(tmp_path), reattach=reattach, health_interval=None) as sup:
+            assert kinds(sup) == ["reattached"]
+            assert int(sup.dispense(PLUGIN_NAME).get("__pid__")) == pid
+    finally:
+        owner.kill()
+    # The plugin is gone now: reattaching fails and the Supervisor starts a fresh one.
+    with Supervisor(lambda: faulty_config(tmp_path), reattach=reattach, health_interval=None) as sup:
+        assert kinds(sup)[:2] == ["reattach_failed", "started"]
+        assert int(sup.dispense(PLUGIN_NAME).get("__pid__")) != pid
+
+
+def test_breaker_is_reset_by_a_restart(tmp_path: Path) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, window=60, open_for=600, name="kv")
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, breaker=breaker,
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError):
+            kv.get("__die__")
+        assert wait_until(lambda: sup.restarts == 1 and sup.state == RUNNING, 20)
+        assert breaker.state == "closed"
+        assert kv.get("__tag__") == b""
+
+
+def test_bad_configurations_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="runs its plugin only once.*pass a factory"):
+        Supervisor(faulty_config(tmp_path))
+    with Client(faulty_config(tmp_path)) as client:
+        cfg = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=client.reattach_config())
+        with pytest.raises(ConfigError, match="as Supervisor\\(reattach=...\\)"):
+            Supervisor(cfg)
+    with pytest.raises(ConfigError, match="max_restarts >= 0"):
+        RestartPolicy(max_restarts=-1)
+    sup = Supervisor(lambda: "not a config")  # type: ignore[arg-type, return-value]
+    with pytest.raises(ConfigError, match="factory returned str, not a ClientConfig"):
+        sup.start()
+    sup.stop()
