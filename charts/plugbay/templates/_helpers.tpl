@@ -1,0 +1,53 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "plugbay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart>, or fullnameOverride; at most 63 characters. */}}
+{{- define "plugbay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "plugbay.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "plugbay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "plugbay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "plugbay.labels" -}}
+helm.sh/chart: {{ include "plugbay.chart" . }}
+{{ include "plugbay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The ServiceAccount the host runs as. */}}
+{{- define "plugbay.serviceAccountName" -}}
+{{- default (include "plugbay.hostName" .) .Values.serviceAccount.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where plugin pods run. */}}
+{{- define "plugbay.pluginNamespace" -}}
+{{- default .Release.Namespace .Values.pluginNamespace }}
+{{- end }}
+
+{{/* Names with a suffix: the prefix is cut so the whole stays within 63 characters. */}}
+{{- define "plugbay.roleName" -}}
+{{- printf "%s-plugins" (include "plugbay.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "plugbay.hostName" -}}
+{{- printf "%s-host" (include "plugbay.fullname" . | trunc 58 | trimSuffix "-") }}
+{{- end }}
