@@ -52,7 +52,8 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
 
 
 # A hook around each unary-unary call (plugbay.core.retry / circuit / supervisor
-# install one): hook(method, attempt, timeout) where attempt(timeout) makes one try.
+# install one): hook(method, attempt, timeout) where attempt(timeout) makes one try and
+# timeout is the caller's own (None when the call set none).
 CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
 
 # How the proxy learns whether the plugin is gone; it may wait a moment because
@@ -208,8 +209,8 @@ class _UnaryCallable(_Callable):
         hook = self._owner.call_hook
         if hook is None or self._kind != "unary_unary":  # a request stream cannot be replayed
             return self._once(with_call, request, timeout, kwargs)
-        effective = timeout if timeout is not None else self._owner.call_timeout
-        return hook(self._method, lambda t: self._once(with_call, request, t, dict(kwargs)), effective)
+        # timeout is the caller's (None: none given); attempt(None) gets the default deadline.
+        return hook(self._method, lambda t: self._once(with_call, request, t, dict(kwargs)), timeout)
 
     def _once(self, with_call: bool, request: Any, timeout: float | None,
               kwargs: dict[str, Any]) -> Any:

@@ -80,8 +80,10 @@ class RetryPolicy:
     initial_backoff       sleep before the 2nd try; x ``multiplier`` each time, capped at max_backoff
     jitter                each sleep is drawn from [(1-jitter)*b, b], so callers do not retry in step
     per_attempt_timeout   deadline of one try (None: the whole remaining deadline)
-    overall_timeout       deadline of the call with all its retries (None: the call's timeout=,
-                          else ClientConfig.call_timeout)
+    overall_timeout       deadline of the call with all its retries when the call passes no
+                          timeout= (a call's own timeout= is its overall deadline). None: no overall
+                          deadline; each try still has one (per_attempt_timeout, else
+                          ClientConfig.call_timeout)
     retry_on              gRPC status codes worth another try
     methods               allowlist of methods that are safe to repeat (fnmatch patterns)
     all_idempotent        treat every unary call as safe to repeat
@@ -133,7 +135,7 @@ class RetryPolicy:
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
-        overall = _min_opt(timeout, self.overall_timeout)
+        overall = timeout if timeout is not None else self.overall_timeout
         deadline = None if overall is None else time.monotonic() + overall
         tries = self.max_attempts if self.is_idempotent(method) else 1
         n = 0

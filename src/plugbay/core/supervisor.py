@@ -436,6 +436,8 @@ class _ReadyGate:
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         sup = self._sup
+        if timeout is None and sup._channel is not None:
+            timeout = sup._channel.call_timeout  # the wait for a restart is bounded like a call
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(sup.restart_policy.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
