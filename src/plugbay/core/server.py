@@ -141,6 +141,7 @@ class _PluginServer:
         self._log_stream: IO[str] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
                                               errors="backslashreplace")
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._restore_root_level = False
         self.log = self._setup_logging(config.logger)
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
@@ -161,6 +162,7 @@ class _PluginServer:
             self._add_handler(root, handler)
             if root.level == logging.WARNING:  # untouched default: let info through
                 root.setLevel(logging.INFO)
+                self._restore_root_level = True
         if given is not None:
             if not given.hasHandlers():
                 self._add_handler(given, handler)
@@ -284,6 +286,8 @@ class _PluginServer:
                 self.log.exception("plugin shutdown: closing the %s failed", what)
         for logger, handler in self._handlers:
             logger.removeHandler(handler)
+        if self._restore_root_level:
+            logging.getLogger().setLevel(logging.WARNING)
         self._log_stream.close()
 
 
