@@ -374,4 +374,6 @@ class ProcessBackend:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        # The process announces its host port (it cannot bind 4000 for every pod): forward that too.
+        published.update({host_port: host_port for host_port in list(published.values())})
         return ProcessBox(proc, log_path, workdir, published)

@@ -1,0 +1,163 @@
+"""The Kubernetes API stand-in itself: HTTP API semantics, WebSocket framing, process fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.kubernetes import KubernetesRunner
+from tests.kube_standin import TOKEN, StandIn
+from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
+from tests.kube_standin.portforward import OP_BINARY, OP_PING, FrameReader, accept_key, frame
+
+APP = Path(__file__).resolve().parent / "kube_standin" / "testapp" / "app.py"
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    mask = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_frame_reader_handles_lengths_masks_fragments_and_partial_input() -> None:
+    reader = FrameReader()
+    big = os.urandom(70000)
+    data = masked(OP_BINARY, b"\x00hi") + masked(OP_BINARY, b"\x00" + b"x" * 300) + masked(OP_BINARY, big) \
+        + masked(OP_BINARY, b"\x00ab", fin=False) + masked(0, b"cd") + masked(OP_PING, b"p")
+    out: list[tuple[int, bytes]] = []
+    for i in range(0, len(data), 777):  # arrives in arbitrary pieces
+        out += reader.feed(data[i:i + 777])
+    assert out == [(OP_BINARY, b"\x00hi"), (OP_BINARY, b"\x00" + b"x" * 300), (OP_BINARY, big),
+                   (OP_BINARY, b"\x00abcd"), (OP_PING, b"p")]
+    assert frame(OP_BINARY, b"z" * 200)[:4] == bytes([0x82, 126]) + struct.pack(">H", 200)
+    # RFC 6455's example key
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def raw(standin: StandIn, path: str, method: str = "GET", body: Any = None,
+        token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(standin.url + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_api_errors_are_kubernetes_status_objects(standin: StandIn, testapp: str) -> None:  # noqa: F811
+    code, body = raw(standin, "/api/v1/namespaces/default/pods", token=None)
+    assert code == 401 and body["kind"] == "Status" and body["reason"] == "Unauthorized"
+    code, body = raw(standin, "/api/v1/namespaces/default/pods/nope")
+    assert (code, body["reason"], body["message"]) == (404, "NotFound", 'pods "nope" not found')
+    code, body = raw(standin, "/api/v1/namespaces/default/pods", "POST",
+                     {"metadata": {"name": "bad"}, "spec": {"containers": [{"name": "c"}]}})
+    assert code == 422 and "spec.containers[0].image: Required value" in body["message"]
+    code, body = raw(standin, "/api/v1/nodes")
+    assert code == 404
+    standin.deny("list", "events")
+    try:
+        code, body = raw(standin, "/api/v1/namespaces/default/events")
+        assert code == 403 and body["reason"] == "Forbidden" and body["code"] == 403
+        assert 'cannot list resource "events" in API group "" in the namespace "default"' in body["message"]
+    finally:
+        standin.allow_all()
+
+
+def test_pods_selectors_duplicates_logs_and_events(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    try:
+        pod = {"metadata": {"name": "sel-a", "labels": {"app": "a", "tier": "x"}},
+               "spec": {"restartPolicy": "Never", "nodeSelector": {"disktype": "ssd"},
+                        "containers": [{"name": "plugin", "image": testapp}]}}
+        api.create_namespaced_pod("default", client.V1Pod.from_dict(pod))
+        with pytest.raises(client.ApiException) as info:
+            api.create_namespaced_pod("default", client.V1Pod.from_dict(pod))
+        assert info.value.status == 409
+        names = lambda sel: [p.metadata.name for p in api.list_namespaced_pod("default", label_selector=sel).items]  # noqa: E731
+        assert names("app=a") == ["sel-a"] and names("app=a,tier!=x") == [] and names("app") == ["sel-a"]
+        assert names("!app") == [] and names("app==b") == []
+        # unschedulable: no container, so its log is refused like a kubelet would
+        with pytest.raises(client.ApiException) as info:
+            api.read_namespaced_pod_log("sel-a", "default")
+        assert info.value.status == 400 and "is waiting to start" in info.value.body
+        events = api.list_namespaced_event("default", field_selector="involvedObject.name=sel-a").items
+        assert [e.reason for e in events] == ["FailedScheduling"]
+        api.delete_namespaced_pod("sel-a", "default", grace_period_seconds=0)
+    finally:
+        api.api_client.close()
+
+
+def test_port_forward_protocol_edges(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    runner.start(LaunchSpec(env={}))
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    try:
+        assert next(runner.stdout_lines()).endswith("|grpc")
+        # a port the container does not publish: the error channel says so and the data socket ends
+        pf = portforward(api.connect_get_namespaced_pod_portforward, runner.pod_name, "default", ports="5555")
+        sock = pf.socket(5555)
+        sock.settimeout(10)
+        assert sock.recv(10) == b""
+        assert "error forwarding port 5555" in (pf.error(5555) or "")
+        sock.close()
+        # two ports on one stream: each gets its own channel pair
+        pf = portforward(api.connect_get_namespaced_pod_portforward, runner.pod_name, "default", ports="4000")
+        sock = pf.socket(4000)
+        sock.settimeout(10)
+        sock.sendall(b"ping\n")
+        assert sock.recv(100) == b"echo: ping\n"
+        sock.close()
+        # a plain GET (no WebSocket upgrade) is refused
+        code, body = raw(standin, f"/api/v1/namespaces/default/pods/{runner.pod_name}/portforward?ports=4000")
+        assert code == 400 and "WebSocket" in body["message"]
+    finally:
+        api.api_client.close()
+        runner.kill(0)
+
+
+def test_process_fallback_runs_the_pod_command(tmp_path: Path) -> None:
+    server = StandIn(runtime="process").start()
+    try:
+        kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        runner = KubernetesRunner("no-engine/testapp:1", kubeconfig=kubeconfig,
+                                  command=[sys.executable, "-u", str(APP)])
+        runner.start(LaunchSpec(env={"APP_MODE": "serve"}))
+        try:
+            line = next(runner.stdout_lines())
+            announced = line.split("|")[3]  # a free 127.0.0.1 port: processes share the host's ports
+            assert line.startswith("1|1|tcp|127.0.0.1:") and line.endswith("|grpc")
+            for mode in ("port-forward", "in-cluster"):
+                runner.address_mode = mode
+                _, address = runner.plugin_to_host("tcp", announced)
+                host, port = address.rsplit(":", 1)
+                import socket
+
+                with socket.create_connection((host, int(port)), timeout=10) as conn:
+                    conn.sendall(b"from a process\n")
+                    assert conn.makefile("rb").readline() == b"echo: from a process\n"
+        finally:
+            runner.kill(1)
+        assert runner.wait(10) == 0
+    finally:
+        server.stop()
