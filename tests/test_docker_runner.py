@@ -361,3 +361,22 @@ def test_runner_socket_dir_is_removed_even_when_start_fails() -> None:
         runner.start(LaunchSpec(env={}))
     assert "no such file" in str(info.value).lower()
     assert set(os.listdir(tempfile.gettempdir())) == before
+
+
+def test_socket_group_follows_the_client_setting() -> None:
+    """ClientConfig.unix_socket_group reaches the runner as PLUGIN_UNIX_SOCKET_GROUP (name or gid)."""
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name if os.getgid() else "daemon"
+    runner = _runner(user="10001:10001")
+    runner.start(LaunchSpec(env={"PLUGIN_UNIX_SOCKET_GROUP": group}))
+    try:
+        host_addr = runner.plugin_to_host(*_handshake(runner))[1]
+        seen = _ask("unix", host_addr)
+        gid = grp.getgrnam(group).gr_gid
+        assert seen["env"]["PLUGIN_UNIX_SOCKET_GROUP"] == str(gid) and gid in seen["groups"]
+        assert os.stat(os.path.dirname(host_addr)).st_gid == gid
+    finally:
+        runner.kill()
+    with pytest.raises(ConfigError, match="not a group on this host"):
+        _runner().start(LaunchSpec(env={"PLUGIN_UNIX_SOCKET_GROUP": "no-such-group-xyz"}))

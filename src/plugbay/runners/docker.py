@@ -31,7 +31,7 @@ from typing import Any
 from plugbay.core.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker_engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
-                                            engine_call, managed_labels, owner_name, parse_mount, prepare_socket_dir,
+                                            engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
                                             published_port, sweep)
 from plugbay.runners.docker_logs import LogPump
 
@@ -145,7 +145,8 @@ class DockerRunner(Runner):
         if self.transport == "unix":
             self._host_socket_dir = spec.socket_dir or tempfile.mkdtemp(prefix="plugbay-docker-")
             self._owns_socket_dir = spec.socket_dir is None
-            gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid)
+            gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
+                                     else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
             env.update({"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
                         "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
             env.pop("PLUGBAY_LISTEN", None)

@@ -144,6 +144,21 @@ def session_alive(session: str, start: str) -> bool:
     return bool(ticks) and (not start or ticks == start)
 
 
+def host_gid(group: str | None) -> int | None:
+    """A host group (name or gid, as ClientConfig.unix_socket_group gives it) as a gid."""
+    if not group:
+        return None
+    if group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"unix socket group {group!r} is not a group on this host; give a group name or gid") from None
+
+
 def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     """Let a container user in a supplementary group ``gid`` create sockets in ``path``.
 
