@@ -51,6 +51,15 @@ def test_sigint_is_ignored_like_go_plugin(plugins: list[PluginProc]) -> None:
     assert p.finish()[0] == 0
 
 
+def test_sigint_stops_a_plugin_placed_with_plugbay_listen(plugins: list[PluginProc]) -> None:
+    p = start(plugins, {"PLUGBAY_LISTEN": "tcp:127.0.0.1:0"})  # a container's or pod's plugin
+    assert health(p.channel(p.handshake())) == health_pb2.HealthCheckResponse.SERVING
+    p.proc.send_signal(signal.SIGINT)
+    code, err = p.finish()
+    assert code == 0, err
+    assert "plugin received SIGINT, stopping" in err
+
+
 def _collect(ch: grpc.Channel, want: dict[int, bytes], limit: float = 20) -> dict[int, bytes]:
     """Read StreamStdio until each channel's data ends with ``want`` (bounded in time)."""
     got = {STDOUT: b"", STDERR: b""}

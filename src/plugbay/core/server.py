@@ -11,8 +11,11 @@ A plugin program builds a :class:`ServeConfig` and calls :func:`serve`, which
 5. prints the handshake line on stdout, then captures fds 1 and 2 for GRPCStdio;
 6. blocks until GRPCController.Shutdown or SIGTERM, stops gracefully and returns.
 
-Like go-plugin, SIGINT is ignored: a Ctrl-C at the terminal reaches the whole
-process group, and it is the host that decides when its plugins stop.
+SIGINT is ignored like in go-plugin when the plugin runs as the host's child
+process: a Ctrl-C at the terminal reaches the whole process group, and the host
+decides when its plugins stop (Terraform-style hosts rely on it). With
+PLUGBAY_LISTEN (a plugin placed in a container or pod, alone in its process
+group) SIGINT stops it gracefully like SIGTERM.
 Log records go to the original stderr as hclog JSON (plugbay.core.pluginlog).
 Every setup failure prints one clear message on stderr and exits with 1.
 """
@@ -49,7 +52,7 @@ from plugbay.core.handshake import (
 )
 from plugbay.core.health import HealthServicer
 from plugbay.core.health import add_to_server as add_health
-from plugbay.core.listener import Listening, listen, parse_bool, plan_endpoint
+from plugbay.core.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.pluginlog import HclogHandler
 from plugbay.core.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
@@ -249,7 +252,11 @@ class _PluginServer:
         self.stop()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self.log.log(5, "plugin received interrupt signal, ignoring")
+        if self.env.get(ENV_LISTEN):
+            self.log.debug("plugin received SIGINT, stopping")
+            self.stop()
+        else:
+            self.log.log(5, "plugin received interrupt signal, ignoring")
 
     def stop(self) -> None:
         self.stopped.set()
