@@ -146,3 +146,16 @@ def test_bad_policy_is_refused_with_the_reason(kwargs: dict[str, float], message
 def test_install_needs_a_client_or_managed_channel() -> None:
     with pytest.raises(ConfigError, match="needs a started Client or a ManagedChannel, got object"):
         install(object(), retry=RetryPolicy())
+
+
+def test_a_calls_own_timeout_is_its_overall_deadline(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"100")
+    install(client, retry=RetryPolicy(max_attempts=5, initial_backoff=0.01, overall_timeout=60,
+                                      all_idempotent=True))
+    stub = kv_pb2_grpc.KVStub(client.channel)
+    with pytest.raises(CallTimeoutError) as err:
+        stub.Get(kv_pb2.GetRequest(key="k"), timeout=0.5)
+    assert "the overall deadline leaves no time for another try" in "\n".join(err.value.__notes__)
+    install(client)
+    kv.put("__slow__", b"0")

@@ -11,10 +11,14 @@ import pytest
 
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
 from plugbay import (  # noqa: E402
+    CallTimeoutError,
     CircuitBreaker,
     Client,
     ClientConfig,
+    ClientStateError,
     ConfigError,
     PluginDiedError,
     ProcessRunner,
@@ -23,6 +27,7 @@ from plugbay import (  # noqa: E402
     RetryPolicy,
     Supervisor,
     SupervisorEvent,
+    UnknownPluginError,
 )
 from plugbay.core.supervisor import FAILED, RUNNING  # noqa: E402
 
@@ -187,3 +192,37 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="factory returned str, not a ClientConfig"):
         sup.start()
     sup.stop()
+
+
+def test_calls_wait_for_a_restart_only_within_their_deadline(tmp_path: Path) -> None:
+    configs = iter(["good", "slow"])
+
+    def factory() -> ClientConfig:
+        if next(configs, "slow") == "good":
+            return faulty_config(tmp_path)
+        # never prints a handshake: the restart takes start_timeout, then fails
+        return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=4,
+                            runner=ProcessRunner([PY, "-c", "import time; time.sleep(30)"]))
+
+    policy = RestartPolicy(max_restarts=1, window=300, initial_backoff=0.05)
+    with Supervisor(factory, restart=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        stub = kv_pb2_grpc.KVStub(sup.channel)
+        kill_plugin(kv)
+        with pytest.raises(CallTimeoutError) as err:
+            stub.Get(kv_pb2.GetRequest(key="k"), timeout=1.0)
+        assert "waited 1.0s for the Supervisor to restart the plugin" in str(err.value)
+        assert wait_until(lambda: sup.state == FAILED, 30), kinds(sup)
+        assert "HandshakeTimeoutError" in (sup.last_failure or "")
+
+
+def test_after_stop_calls_and_dispense_say_so(tmp_path: Path) -> None:
+    sup = Supervisor(lambda: faulty_config(tmp_path), health_interval=None)
+    with sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(UnknownPluginError):
+            sup.dispense("nosuch")
+    with pytest.raises(ClientStateError, match="Supervisor of plugin 'resilience_kv' was stopped"):
+        kv.get("k")
+    sup.stop()  # idempotent
+    assert kinds(sup).count("stopped") == 1
