@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.errors import (
     ConfigError,
     EngineUnavailableError,
-    HandshakeError,
     PermissionDeniedError,
     PodStartTimeoutError,
     RunnerError,
 )
-from plugbay.core.handshake import parse_handshake_line
 from plugbay.runners import kube_pods as pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker_engine import managed_labels, session_alive
+from plugbay.runners.docker_engine import managed_labels
+from plugbay.runners.kube_api import api_message, default_namespace, in_cluster, load_api_client
+from plugbay.runners.kube_logs import PodLogs, drain
 from plugbay.runners.kube_portforward import PortForwarder
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -47,8 +44,6 @@ RBAC_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("events", ("list",)),
 )
 ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
-SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-_EOF = object()
 
 
 def rbac_summary() -> str:
@@ -59,28 +54,6 @@ def _denied_message(verb: str, resource: str, namespace: str) -> str:
     return (f"the Kubernetes API refused to {verb} {resource} in namespace {namespace!r} (403 Forbidden)."
             " plugbay's KubernetesRunner needs a Role in that namespace (charts/plugbay installs it)"
             f" bound to the host's service account or user, granting in API group \"\": {rbac_summary()}")
-
-
-def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
-
-
-def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, bool]:
-    """(ApiClient, loaded from the in-cluster service account?)."""
-    from kubernetes import client
-    from kubernetes import config as config_mod
-
-    config: Any = config_mod
-    try:
-        if kubeconfig is None and in_cluster():
-            cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)
-            return client.ApiClient(cfg), True
-        return config.new_client_from_config(config_file=kubeconfig, context=context), False
-    except (config_mod.ConfigException, OSError) as exc:
-        raise EngineUnavailableError(
-            f"no usable Kubernetes configuration ({exc}). Pass kubeconfig= or api_client=, set"
-            " KUBECONFIG, or run the host in a pod with a service account.") from exc
 
 
 class KubernetesRunner(Runner):
@@ -121,7 +94,7 @@ class KubernetesRunner(Runner):
         self._api: Any = client.CoreV1Api(api_client)
         self.address_mode = address_mode if address_mode != "auto" else (
             "in-cluster" if from_sa else "port-forward")
-        self.namespace = namespace or self._default_namespace()
+        self.namespace = namespace or default_namespace(kubeconfig, context)
         self.pod_name = ""
         self._cond = threading.Condition()
         self._pod: dict[str, Any] | None = None
@@ -129,34 +102,12 @@ class KubernetesRunner(Runner):
         self._stop = threading.Event()
         self._watch: Any = None
         self._watcher: threading.Thread | None = None
-        self._log_thread: threading.Thread | None = None
-        self._log_resp: Any = None
-        self._stdout: queue.Queue[object] = queue.Queue()
-        self._stderr: queue.Queue[object] = queue.Queue()
-        self._tail: deque[str] = deque(maxlen=50)
+        self._logs = PodLogs("")
         self._forwarders: dict[int, PortForwarder] = {}
         self._killed = False
         self._lock = threading.Lock()
         self._diagnosis: str | None = None
         self._watch_error: BaseException | None = None
-
-    def _default_namespace(self) -> str:
-        if in_cluster():
-            try:
-                with open(os.path.join(os.path.dirname(SA_TOKEN), "namespace")) as f:
-                    return f.read().strip() or "default"
-            except OSError:
-                pass
-        try:
-            from kubernetes import config as config_mod
-
-            config: Any = config_mod
-            contexts, active = config.list_kube_config_contexts(config_file=self._kubeconfig)
-            ctx = active if self._context is None else next(
-                (c for c in contexts if c.get("name") == self._context), None)
-            return str(((ctx or {}).get("context") or {}).get("namespace") or "default")
-        except Exception:
-            return "default"
 
     # --- identity ------------------------------------------------------------
 
@@ -179,13 +130,13 @@ class KubernetesRunner(Runner):
         except ApiException as exc:
             if exc.status == 403:
                 raise PermissionDeniedError(_denied_message(verb, resource, self.namespace)
-                                            + f" Server said: {_api_message(exc)}") from exc
+                                            + f" Server said: {api_message(exc)}") from exc
             if exc.status == 401:
                 raise PermissionDeniedError(
                     f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"
                     " refresh the kubeconfig's token or certificate") from exc
             raise RunnerError(f"Kubernetes API {verb} {resource} in {self.namespace!r} failed:"
-                              f" {exc.status} {_api_message(exc)}") from exc
+                              f" {exc.status} {api_message(exc)}") from exc
         except (HTTPError, OSError) as exc:
             host = getattr(self._api_client.configuration, "host", "?")
             raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
@@ -223,6 +174,7 @@ class KubernetesRunner(Runner):
         labels = {**self._opts["labels"], **spec.labels, **{k: v for k, v in managed.items()
                                                              if k != "plugbay.host"}}
         self.pod_name = pods.pod_name_for(self.image)
+        self._logs.name = self.pod_name
         manifest = pods.build_pod(name=self.pod_name, image=self.image, labels=labels,
                                   annotations={"plugbay.host": managed["plugbay.host"]}, env=env,
                                   container_port=self.container_port,
@@ -265,8 +217,8 @@ class KubernetesRunner(Runner):
                 self._cond.wait(timeout=min(remaining, 1.0))
 
     def _logs_tail(self) -> list[str]:
-        if self._tail:
-            return list(self._tail)
+        if self._logs.tail:
+            return list(self._logs.tail)
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -336,56 +288,14 @@ class KubernetesRunner(Runner):
 
     def _follow_logs(self) -> None:
         first = self._open_log(None)  # in the caller: a 403 or an unreachable API fails start()
-        self._log_thread = threading.Thread(target=self._log_loop, args=(first,),
-                                            name=f"plugbay-klog-{self.pod_name}")
-        self._log_thread.start()
-
-    def _log_loop(self, resp: Any) -> None:
-        from kubernetes.watch import watch as watch_mod
-
-        iter_resp_lines: Any = watch_mod.iter_resp_lines
-        handshake_seen = False
-        try:
-            for _attempt in range(5):
-                self._log_resp = resp
-                try:
-                    for line in iter_resp_lines(resp):
-                        if not handshake_seen and _is_handshake(line):
-                            handshake_seen = True
-                            self._stdout.put(line)
-                        else:
-                            self._tail.append(line)
-                            self._stderr.put(line)
-                except Exception as exc:
-                    _log.debug("log stream of pod %s broke: %s", self.id, exc)
-                finally:
-                    resp.release_conn()
-                # The stream ends when the container does, or when the connection broke.
-                if self._stop.is_set() or self._gone or not pods.is_running(self._pod or {}):
-                    return
-                try:
-                    resp = self._open_log(0)  # reconnect without repeating lines already seen
-                except RunnerError as exc:
-                    _log.debug("reopening the log of pod %s: %s", self.id, exc)
-                    return
-        finally:
-            self._stdout.put(_EOF)
-            self._stderr.put(_EOF)
+        self._logs.follow(first, self._open_log, lambda: not self._stop.is_set() and not self._gone
+                          and pods.is_running(self._pod or {}))
 
     def stdout_lines(self) -> Iterator[str]:
-        return self._drain(self._stdout)
+        return drain(self._logs.stdout)
 
     def stderr_lines(self) -> Iterator[str]:
-        return self._drain(self._stderr)
-
-    @staticmethod
-    def _drain(q: queue.Queue[object]) -> Iterator[str]:
-        while True:
-            item = q.get()
-            if item is _EOF:
-                return
-            assert isinstance(item, str)
-            yield item
+        return drain(self._logs.stderr)
 
     # --- addresses -----------------------------------------------------------
 
@@ -454,7 +364,7 @@ class KubernetesRunner(Runner):
                     if exc.status == 403:
                         error = PermissionDeniedError(_denied_message("delete", "pods", self.namespace))
                     elif exc.status != 404:
-                        error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {_api_message(exc)}")
+                        error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
                     else:
                         self._update(None, True)
                 if error is None:
@@ -471,18 +381,9 @@ class KubernetesRunner(Runner):
         self._stop.set()
         if self._watch is not None:
             self._watch.stop()
-        resp = self._log_resp
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:
-                pass
-        for t in (self._watcher, self._log_thread):
-            if t is not None:
-                t.join(timeout=15)
-        if self._log_thread is None:
-            self._stdout.put(_EOF)
-            self._stderr.put(_EOF)
+        if self._watcher is not None:
+            self._watcher.join(timeout=15)
+        self._logs.close()
         for fwd in self._forwarders.values():
             fwd.close()
         self._forwarders.clear()
@@ -499,7 +400,7 @@ class KubernetesRunner(Runner):
             except RunnerError:
                 pass
         events = self._events() if not self._killed else []
-        return pods.describe(pod, self._gone, events, list(self._tail))
+        return pods.describe(pod, self._gone, events, list(self._logs.tail))
 
     # --- reattach ------------------------------------------------------------
 
@@ -532,69 +433,8 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
 register_reattacher("KubernetesRunner", _reattach)
 
 
-def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
-          kubeconfig: str | None = None, grace: int = 0) -> list[str]:
-    """Delete plugbay pods whose host session is gone; return their names.
-
-    Without ``live_sessions`` a session is gone when its host process (from this
-    machine, per the pod's plugbay.host annotation) no longer runs; pods of
-    other machines are left alone. This process's own pods are never deleted.
-    """
-    from kubernetes import client
-
-    from plugbay.runners.base import HOST_SESSION_ID
-
-    own = api_client is None
-    if api_client is None:
-        api_client, _ = load_api_client(kubeconfig)
-    probe = KubernetesRunner.__new__(KubernetesRunner)
-    probe._api_client, probe.namespace = api_client, namespace
-    api: Any = client.CoreV1Api(api_client)
-    here = managed_labels()["plugbay.host"]
-    removed: list[str] = []
-    try:
-        found = probe._call("list", "pods", api.list_namespaced_pod, namespace,
-                            label_selector="plugbay.managed=true")
-        for pod in found.items:
-            labels = pod.metadata.labels or {}
-            session = labels.get("plugbay.session", "")
-            if session == HOST_SESSION_ID:
-                continue
-            if live_sessions is not None:
-                gone = session not in live_sessions
-            else:
-                host = (pod.metadata.annotations or {}).get("plugbay.host")
-                gone = host == here and not session_alive(session, labels.get("plugbay.session-start", ""))
-            if gone and not pod.metadata.deletion_timestamp:
-                probe._call("delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
-                            grace_period_seconds=grace)
-                removed.append(pod.metadata.name)
-    finally:
-        if own:
-            api_client.close()
-    return removed
-
-
-def _is_handshake(line: str) -> bool:
-    if line.count("|") < 4:
-        return False
-    try:
-        parse_handshake_line(line)
-        return True
-    except HandshakeError:
-        return False
-    except Exception:
-        return False
-
-
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _api_message(exc: Any) -> str:
-    import json
-
-    try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
-    except Exception:
-        return str(exc.reason)
+from plugbay.runners.kube_sweep import sweep  # noqa: E402  (re-exported: plugbay.runners.kubernetes.sweep)
