@@ -226,3 +226,23 @@ def test_after_stop_calls_and_dispense_say_so(tmp_path: Path) -> None:
         kv.get("k")
     sup.stop()  # idempotent
     assert kinds(sup).count("stopped") == 1
+
+
+def test_stop_during_a_restart_ends_the_plugin_being_started(tmp_path: Path) -> None:
+    configs = iter(["good"])
+
+    def factory() -> ClientConfig:
+        if next(configs, "slow") == "good":
+            return faulty_config(tmp_path)
+        return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=120,
+                            runner=ProcessRunner([PY, "-c", "import time; time.sleep(120)"]))
+
+    sup = Supervisor(factory, restart=FAST, health_interval=None)
+    with sup:
+        kill_plugin(sup.dispense(PLUGIN_NAME))
+        assert wait_until(lambda: "restarting" in kinds(sup), 20)
+    # leaving the with block did not wait out the 120 s start_timeout
+    assert kinds(sup)[-1] == "stopped" and "restarted" not in kinds(sup)
+    assert sup.current_client is None or sup.current_client.exited
+    with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+        sup.start()

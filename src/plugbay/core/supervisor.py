@@ -38,18 +38,17 @@ import grpc
 from plugbay.core.circuit import CircuitBreaker
 from plugbay.core.client import Client, ClientConfig
 from plugbay.core.errors import (
-    CallTimeoutError,
     ClientStateError,
     ConfigError,
     PlugbayError,
-    PluginDiedError,
     RestartBudgetExhaustedError,
     UnknownPluginError,
 )
 from plugbay.core.healthwatch import SERVING, UNKNOWN, HealthWatcher
 from plugbay.core.reattach import ReattachConfig
 from plugbay.core.resilience import ManagedChannel
-from plugbay.core.retry import Attempt, CallLayer, RetryPolicy, chain
+from plugbay.core.readygate import ReadyGate
+from plugbay.core.retry import CallLayer, RetryPolicy, chain
 
 _log = logging.getLogger("plugbay.supervisor")
 
@@ -140,6 +139,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._restart_times: collections.deque[float] = collections.deque()
         self._dispensed: dict[str, Any] = {}
+        self._starting: Client | None = None
         self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
         self.restarts = 0
         self.failures = 0
@@ -153,11 +153,20 @@ class Supervisor:
 
     @property
     def client(self) -> Client:
-        self._raise_if_failed()
+        self.raise_if_failed()
         client = self._client
         if client is None:
             raise ClientStateError(f"Supervisor of {self.name!r} is not running; call start() first")
         return client
+
+    @property
+    def current_client(self) -> Client | None:
+        """The Client in use now; None while restarting, after giving up or stopping."""
+        return self._client
+
+    @property
+    def call_timeout(self) -> float | None:
+        return self._channel.call_timeout if self._channel is not None else None
 
     @property
     def channel(self) -> grpc.Channel:
@@ -191,6 +200,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Start (or reattach to) the plugin; errors of this first start are raised as they are."""
+        if self._state == STOPPED:
+            raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
         if self._channel is not None:
             return
         client = self._first_client()
@@ -198,7 +209,7 @@ class Supervisor:
             self.name = client.name
         self._channel = _SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
         layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-        self._channel.call_hook = chain([*layers, _ReadyGate(self)])
+        self._channel.call_hook = chain([*layers, ReadyGate(self)])
         self._adopt(client)
         self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
                                         daemon=True)
@@ -206,7 +217,7 @@ class Supervisor:
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub on the Supervisor's channel: it survives restarts."""
-        self._raise_if_failed()
+        self.raise_if_failed()
         if name in self._dispensed:
             return self._dispensed[name]
         client = self.client
@@ -223,7 +234,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._state != RUNNING:
-                self._raise_if_failed()
+                self.raise_if_failed()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._state == STOPPED:
                     return False
@@ -249,6 +260,12 @@ class Supervisor:
         """Stop watching and kill the plugin. Idempotent."""
         self._stop.set()
         self._wake.set()
+        starting = self._starting
+        if starting is not None:  # a restart in progress: end its plugin so start() fails fast
+            try:
+                starting.runner.kill(0)
+            except Exception as exc:
+                _log.debug("stopping the plugin being started: %s", exc)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(30.0)
         self._drop_current()
@@ -314,7 +331,8 @@ class Supervisor:
         if client is not None:
             client.kill()
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
+        """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
         if self._fatal is not None:
             raise self._fatal
 
@@ -380,7 +398,10 @@ class Supervisor:
             self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
             client: Client | None = None
             try:
-                client = Client(self._config())
+                client = self._starting = Client(self._config())
+                if self._stop.is_set():
+                    client.kill()
+                    return
                 client.start()
             except Exception as exc:
                 if client is not None:
@@ -388,6 +409,8 @@ class Supervisor:
                 self.last_failure = f"restart failed: {type(exc).__name__}: {exc}"
                 self._event("restart_failed", self.last_failure)
                 continue
+            finally:
+                self._starting = None
             if self._stop.is_set():
                 client.kill()
                 return
@@ -406,66 +429,6 @@ class Supervisor:
         self._event("gave_up", str(self._fatal))
 
 
-def _gone(client: Client) -> bool:
-    """Has the plugin exited? Cheap enough for every call, and never blocks."""
-    if client.exited:
-        return True
-    pid = getattr(client.runner, "pid", None)
-    if isinstance(pid, int):
-        # A local process: /proc shows a zombie at once, while runner.wait(0) may report
-        # "running" when another thread is polling the same child at that moment.
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return True
-        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"Z", b"X")
-    return client.runner.wait(0) is not None
-
-
 def _tail(client: Client) -> str:
     tail = "; ".join(client.stderr_tail()[-3:])
     return f" (last stderr: {tail})" if tail else ""
-
-
-class _ReadyGate:
-    """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self._sup = sup
-
-    def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
-        sup = self._sup
-        if timeout is None and sup._channel is not None:
-            timeout = sup._channel.call_timeout  # the wait for a restart is bounded like a call
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(sup.restart_policy.max_restarts + 2):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            self._wait_running(method, remaining)
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            generation = sup.channel_generation()
-            client = sup._client
-            if client is not None and _gone(client) and sup.changed_since(generation, 5.0):
-                continue  # the plugin is already gone: this call waits for its successor
-            try:
-                return attempt(remaining)
-            except (ClientStateError, PluginDiedError) as exc:
-                # Not an RpcError: raised before anything was sent (the plugin's connection was
-                # already closed), so it is safe to send again once the plugin is back.
-                if isinstance(exc, grpc.RpcError) or not sup.changed_since(generation, 2.0):
-                    raise
-        raise CallTimeoutError(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
-                               " try; check the Supervisor's events for why it keeps failing")
-
-    def _wait_running(self, method: str, remaining: float | None) -> None:
-        sup = self._sup
-        limit = 3600.0 if remaining is None else max(remaining, 0.0)
-        if sup.wait_running(limit):
-            return
-        sup._raise_if_failed()
-        if sup.state == STOPPED:
-            raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
-        raise CallTimeoutError(
-            f"call {method} to plugin {sup.name!r} waited {limit:.1f}s for the Supervisor to restart the"
-            f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
-            " or check the plugin's logs and the Supervisor's events")
