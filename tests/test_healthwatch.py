@@ -92,3 +92,14 @@ def test_bad_settings_are_refused(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         HealthWatcher(lambda: None, **kw)  # type: ignore[arg-type]
     assert message in str(err.value)
+
+
+def test_falls_back_to_check_when_watch_is_unimplemented(tmp_path: Path) -> None:
+    with Client(faulty_config(tmp_path, env={"RESILIENCE_NO_WATCH": "1"})) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with HealthWatcher(client.channel, interval=0.2, timeout=2.0) as w:
+            assert w.wait_for(SERVING, 10)
+            assert w.mode == "check"
+            kv.put("__health__", b"NOT_SERVING")
+            assert w.wait_for(NOT_SERVING, 10)
+    assert [h[2] for h in w.history] == [SERVING, NOT_SERVING]

@@ -14,6 +14,8 @@ Get("__die__")            exit(9) in the middle of the call
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
                           then answer b"survived"
 Get of a missing key      NOT_FOUND (an application error)
+
+RESILIENCE_NO_WATCH=1     health Watch answers UNIMPLEMENTED (as a plugin with a Check-only health server)
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class _RecordingHealth(HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         _HEALTH.append(self)
+
+    def Watch(self, request, context):  # type: ignore[no-untyped-def]
+        if os.environ.get("RESILIENCE_NO_WATCH") == "1":
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        return super().Watch(request, context)
 
 
 server_module.HealthServicer = _RecordingHealth  # type: ignore[misc]
