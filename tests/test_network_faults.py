@@ -127,21 +127,21 @@ def test_circuit_opens_in_a_partition_and_a_probe_closes_it(ns: NetNS, tmp_path:
     changes: list[tuple[str, str]] = []
     breaker = CircuitBreaker(failure_threshold=3, window=60, open_for=1.0, name="kv-netns",
                              on_change=lambda old, new, why: changes.append((old, new)))
-    with Client(net_config(ns, tmp_path, call_timeout=0.5)) as client:
+    with Client(net_config(ns, tmp_path)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         install(client, breaker=breaker)
+        stub = kv_pb2_grpc.KVStub(client.channel)
         ns.partition()
         for _ in range(3):
             with pytest.raises(CallTimeoutError):
-                kv.get("k")
+                stub.Get(kv_pb2.GetRequest(key="k"), timeout=0.5)
         assert breaker.state == OPEN
         with pytest.raises(CircuitOpenError) as err:
             kv.get("k")
         assert "Check that the plugin is running and reachable" in str(err.value)
         ns.heal()
         assert wait_until(lambda: breaker.state == HALF_OPEN, 10)
-        stub = kv_pb2_grpc.KVStub(client.channel)
         assert stub.Get(kv_pb2.GetRequest(key="k"), timeout=20).value == b"v"  # the probe
         assert breaker.state == CLOSED
     assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
@@ -150,7 +150,7 @@ def test_circuit_opens_in_a_partition_and_a_probe_closes_it(ns: NetNS, tmp_path:
 def test_health_watcher_reports_unreachable_then_serving(ns: NetNS, tmp_path: Path) -> None:
     with Client(net_config(ns, tmp_path)) as client:
         kv = client.dispense(PLUGIN_NAME)
-        with HealthWatcher(client.channel, interval=0.5, timeout=1.0, name="kv-netns") as watcher:
+        with HealthWatcher(client.channel, interval=0.5, timeout=1.5, name="kv-netns") as watcher:
             assert watcher.wait_for(SERVING, 10)
             kv.put("__health__", b"NOT_SERVING")
             assert watcher.wait_for(NOT_SERVING, 10)

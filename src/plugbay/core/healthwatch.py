@@ -2,9 +2,9 @@
 
 grpc.health.v1 Watch pushes every status change at once. A Watch stream alone
 cannot see a silent network (no packets, no error), so each stream is opened
-with a deadline of ``interval``: a stream that ends at its deadline after its
-first answer is simply reopened, one that gets no answer at all means the
-plugin is UNREACHABLE. When the plugin does not implement Watch, the watcher
+with a deadline of ``interval + timeout``: a stream that ends at its deadline
+after its first answer is simply reopened, one that gets no answer at all
+means the plugin is UNREACHABLE. When the plugin does not implement Watch, the watcher
 falls back to Check every ``interval`` with a ``timeout`` deadline.
 
 Observed states: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN (nothing
@@ -169,7 +169,7 @@ class HealthWatcher:
 
     def _watch_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
         got_answer = False
-        call = stub.Watch(request, timeout=self.interval)
+        call = stub.Watch(request, timeout=self.interval + self.timeout)
         self._call = call
         try:
             if self._stop.is_set():
