@@ -102,24 +102,19 @@ class PortForwarder:
                 _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
             remote = forward.socket(self.port)
-            with self._lock:
-                self._socks.add(remote)
             self._relay(conn, remote)
             error = forward.error(self.port)
             if error:
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)
         finally:
+            with self._lock:
+                self._socks.discard(conn)
+            conn.close()
             if remote is not None:
+                # close() only cuts the local side; the client's end of the stream is
+                # ended here, in order, so its proxy thread sees EOF and not a reset
                 _drain_close(remote)
-            for s in (conn, remote):
-                if s is None:
-                    continue
-                with self._lock:
-                    self._socks.discard(s)
-                try:
-                    s.close()
-                except OSError:
-                    pass
+                remote.close()
 
     def _relay(self, a: Any, b: Any) -> None:
         peers = {a: b, b: a}

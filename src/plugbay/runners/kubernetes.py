@@ -160,6 +160,7 @@ class KubernetesRunner(Runner):
         except RunnerError as exc:
             return [f"(events unavailable: {exc})"]
         items = [self._api_client.sanitize_for_serialization(e) for e in found.items]
+        items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         return [pods.format_event(e) for e in items]
 
     # --- start ---------------------------------------------------------------
@@ -359,7 +360,9 @@ class KubernetesRunner(Runner):
                 self._start_watcher()
                 try:
                     self._api.delete_namespaced_pod(self.pod_name, self.namespace,
-                                                    grace_period_seconds=max(0, math.ceil(grace)))
+                                                    # 0 would force-delete the object before the kubelet
+                                                    # stopped the container; 1 s keeps that confirmation
+                                                    grace_period_seconds=max(1, math.ceil(grace)))
                 except ApiException as exc:
                     if exc.status == 403:
                         error = PermissionDeniedError(_denied_message("delete", "pods", self.namespace))
