@@ -161,3 +161,26 @@ def test_process_fallback_runs_the_pod_command(tmp_path: Path) -> None:
         assert runner.wait(10) == 0
     finally:
         server.stop()
+
+
+def test_kv_through_the_process_fallback(tmp_path: Path) -> None:
+    """Without an engine the stand-in runs the pod's command: the KV example as a local process."""
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay import Client, ClientConfig
+
+    server = StandIn(runtime="process").start()
+    try:
+        kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        runner = KubernetesRunner("no-engine/kv:1", kubeconfig=kubeconfig,
+                                  command=[sys.executable, str(repo / "examples" / "kv" / "plugin.py")])
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                 start_timeout=60)) as kv_client:
+            kv = kv_client.dispense(PLUGIN_NAME)
+            kv.put("k", b"from a process pod")
+            assert kv.get("k") == b"from a process pod"
+        assert runner.wait(10) == 0
+    finally:
+        server.stop()

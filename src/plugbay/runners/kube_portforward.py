@@ -42,7 +42,9 @@ class PortForwarder:
         self._listener.listen(64)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         try:
-            self._open().close()  # fail now (403, pod gone) rather than on the first call
+            probe = self._open().socket(port)  # fail now (403, pod gone) rather than on the first call
+            _drain_close(probe)
+            probe.close()
         except BaseException:
             self._listener.close()
             self._api_client.close()
