@@ -113,7 +113,7 @@ class KubernetesRunner(Runner):
 
     @property
     def name(self) -> str:
-        return f"pod {self.image}"
+        return self.image
 
     @property
     def id(self) -> str:
