@@ -232,3 +232,23 @@ def test_yamux_refuses_unknocked_stream_on_host(mpair: MuxPair) -> None:
     stream = mpair.front.open_stream()
     assert stream.read() == b""
     assert stream.done
+
+
+def test_closing_a_dialed_channel_frees_its_bridge(mpair: MuxPair) -> None:
+    sid = mpair.host.next_id()
+    mpair.host.accept_and_serve(sid, register("h"))
+    for _ in range(10):
+        with mpair.plugin.dial(sid) as ch:
+            assert check(ch, "h") == SERVING
+    assert mpair.plugin._channels == []
+
+    def leftovers() -> list[str]:
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("plugbay-mux-dial")]
+        return threads + [n for n in os.listdir(mpair.plugin._private_dir or "/") if n.startswith("dial")]
+
+    # each bridge's accept thread notices within one poll, then frees its socket
+    for _ in range(50):
+        if not leftovers():
+            break
+        threading.Event().wait(0.1)
+    assert leftovers() == []

@@ -112,7 +112,7 @@ class GRPCBroker:
         self._lost: str | None = None
         self._closed = False
         self._served: list[_Served] = []
-        self._channels: list[grpc.Channel] = []
+        self._channels: list[BrokeredChannel] = []
         self._cleanup: list[Callable[[], None]] = []
         self._threads: list[threading.Thread] = []
         self._call: Any = None
@@ -327,32 +327,46 @@ class GRPCBroker:
             network, address = self.transport.translator.host_to_plugin(network, address)
         self._send(pb.ConnInfo(service_id=id, network=network, address=address))
 
-    def _channel_to(self, network: str, address: str) -> grpc.Channel:
+    def _channel_to(self, network: str, address: str,
+                    cleanup: list[Callable[[], None]] | None = None) -> grpc.Channel:
+        """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
         own, peer = self.transport.tls, self.transport.peer_cert_pem
-        if own is not None and peer is not None and self._needs_relay():
-            relay = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", self._private_path("dial")),
-                                      (network, address), tlsmod.client_context(own, peer), "originate")
-            with self._cond:
-                self._cleanup.append(relay.close)
-            network, address = relay.address
-            return self._track(grpc.insecure_channel(_target(network, address), options=_CHANNEL_OPTIONS))
-        if network not in ("unix", "tcp"):
-            raise BrokerError(f"broker announced unknown network {network!r} at {address!r};"
-                              " go-plugin brokers over 'unix' or 'tcp' only")
-        target = _target(network, address)
-        if own is None or peer is None:
-            return self._track(grpc.insecure_channel(target, options=_CHANNEL_OPTIONS))
-        creds = grpc.ssl_channel_credentials(root_certificates=peer, private_key=own.key_pem,
-                                             certificate_chain=own.cert_pem)
-        return self._track(grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS + _TLS_OPTIONS))
-
-    def _track(self, channel: grpc.Channel) -> grpc.Channel:
+        undo = cleanup if cleanup is not None else []
+        try:
+            if own is not None and peer is not None and self._needs_relay():
+                relay = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", self._private_path("dial")),
+                                          (network, address), tlsmod.client_context(own, peer), "originate")
+                undo.append(relay.close)
+                network, address = relay.address
+                raw = grpc.insecure_channel(_target(network, address), options=_CHANNEL_OPTIONS)
+            elif network not in ("unix", "tcp"):
+                raise BrokerError(f"broker announced unknown network {network!r} at {address!r};"
+                                  " go-plugin brokers over 'unix' or 'tcp' only")
+            elif own is None or peer is None:
+                raw = grpc.insecure_channel(_target(network, address), options=_CHANNEL_OPTIONS)
+            else:
+                creds = grpc.ssl_channel_credentials(root_certificates=peer, private_key=own.key_pem,
+                                                     certificate_chain=own.cert_pem)
+                raw = grpc.secure_channel(_target(network, address), creds,
+                                          options=_CHANNEL_OPTIONS + _TLS_OPTIONS)
+        except BaseException:
+            for func in reversed(undo):
+                func()
+            raise
+        channel = BrokeredChannel(raw, undo, self._untrack)
         with self._cond:
-            if self._closed:
-                channel.close()
-                raise BrokerClosedError("the broker closed while dialing; start a new Client")
-            self._channels.append(channel)
+            closed = self._closed
+            if not closed:
+                self._channels.append(channel)
+        if closed:
+            channel.close()
+            raise BrokerClosedError("the broker closed while dialing; start a new Client")
         return channel
+
+    def _untrack(self, channel: BrokeredChannel) -> None:
+        with self._cond:
+            if channel in self._channels:
+                self._channels.remove(channel)
 
     # ----------------------------------------------------------- multiplexed
 
@@ -370,6 +384,56 @@ class GRPCBroker:
         from plugbay.core import mux
 
         mux.on_knock(self, msg)
+
+
+class BrokeredChannel(grpc.Channel):  # type: ignore[misc]
+    """What dial() returns: a grpc.Channel that also frees the broker's resources for it on close().
+
+    Closing it (or the broker) closes the gRPC channel and whatever carried it:
+    a TLS relay, or in multiplexed mode the local bridge listener.
+    """
+
+    def __init__(self, channel: grpc.Channel, cleanup: list[Callable[[], None]],
+                 untrack: Callable[[BrokeredChannel], None]) -> None:
+        self._channel = channel
+        self._cleanup = cleanup
+        self._untrack = untrack
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._channel.close()
+        for func in reversed(self._cleanup):
+            func()
+        self._untrack(self)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._channel.unsubscribe(callback)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)
+
+    def __enter__(self) -> BrokeredChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------ helpers

@@ -348,36 +348,41 @@ def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channe
 
     def accept() -> None:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                conn.settimeout(None)
+                try:
+                    stream = first.pop() if first else _knock_and_open(broker, id, timeout)
+                except BrokerError as exc:
+                    log.debug("brokered reconnect to id %d failed: %s", id, exc)
+                    conn.close()
+                    continue
+                mux.connect_local(conn, stream)
+        finally:
+            # this thread owns the listener: closing it under a blocked accept() could
+            # hand its fd number to someone else
+            listener.close()
             try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            try:
-                stream = first.pop() if first else _knock_and_open(broker, id, timeout)
-            except BrokerError as exc:
-                log.debug("brokered reconnect to id %d failed: %s", id, exc)
-                conn.close()
-                continue
-            mux.connect_local(conn, stream)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     thread = threading.Thread(target=accept, name=f"plugbay-mux-dial-{id}", daemon=True)
+    with broker._cond:
+        broker._threads[:] = [t for t in broker._threads if t.is_alive()]
+        broker._threads.append(thread)  # broker.close() joins it
     thread.start()
 
     def close() -> None:
+        # no join here: the channel's owner must not wait for the accept poll
         stop.set()
-        thread.join(timeout=5)
-        listener.close()
         for stream in first:
             stream.reset()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
-    with broker._cond:
-        broker._cleanup.append(close)
-    return broker._channel_to("unix", path)
+    return broker._channel_to("unix", path, [close])
