@@ -3,14 +3,16 @@
 After every test module and at the end of the session this checks, for this
 pytest process only (other test runs on the machine are left alone):
 processes descended from pytest, threads named plugbay-*, entries in the
-session's private TMPDIR (plugin socket dirs, temp files), and Docker
-containers labelled with this process's host session id.
+session's private TMPDIR (plugin socket dirs, temp files), Docker
+containers labelled with this process's host session id, and new untracked
+files in the checkout (a plugin run with the checkout as its working folder).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +23,17 @@ import pytest
 _SESSION_TMP = Path(f"/tmp/plugbay-test-{os.getpid()}")
 # pytest's own tmp_path folders live here too and are cleaned by pytest.
 _IGNORED_TMP = ("pytest-of-",)
+_REPO = Path(__file__).resolve().parent.parent
+_UNTRACKED_AT_START: set[str] = set()
+
+
+def _untracked() -> set[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), "ls-files", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(out.splitlines())
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = str(_SESSION_TMP)
     tempfile.tempdir = str(_SESSION_TMP)
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    _UNTRACKED_AT_START.update(_untracked())
 
 
 def _descendants(root: int) -> list[tuple[int, str]]:
@@ -65,6 +79,7 @@ def find_leaks() -> list[str]:
         leaks += [f"temp entry {p}" for p in _SESSION_TMP.iterdir()
                   if not p.name.startswith(_IGNORED_TMP)]
     leaks += _docker_leaks()
+    leaks += [f"new untracked file in the checkout: {f}" for f in sorted(_untracked() - _UNTRACKED_AT_START)]
     return leaks
 
 
@@ -100,6 +115,7 @@ def _settled_leaks() -> list[str]:
 def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
     yield
     leaks = _settled_leaks()
+    _UNTRACKED_AT_START.update(_untracked())  # report a stray file once, not after every module
     if leaks:
         pytest.fail(f"{request.module.__name__} left resources behind:\n  " + "\n  ".join(leaks),
                     pytrace=False)

@@ -110,13 +110,17 @@ def test_a_failing_sink_does_not_stop_the_plugin(caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.go
-def test_go_101_plugin_without_grpc_stdio_is_tolerated() -> None:
+def test_go_101_plugin_without_grpc_stdio_is_tolerated(tmp_path: Path) -> None:
+    from plugbay import ProcessRunner
     from tests.gobuild import build_go, go_missing_reason
 
     if go_missing_reason():
         pytest.skip(str(go_missing_reason()))
     out, err = Sink(), Sink()
-    with client([str(build_go("kv_plugin"))], out, err) as c:
+    # the Go KV plugin writes kv_<key> files into its working folder
+    runner = ProcessRunner([str(build_go("kv_plugin"))], cwd=str(tmp_path))
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                             stdout_sink=out, stderr_sink=err)) as c:
         kv = c.dispense(PLUGIN_NAME)
         kv.put("go", b"value")
         assert kv.get("go") == b"value"
