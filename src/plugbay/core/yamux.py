@@ -186,8 +186,8 @@ class Session:
             return
         try:
             self._send(GO_AWAY, 0, 0, 0)
-        except OSError:
-            pass
+        except (OSError, StreamClosed):
+            pass  # the peer is already gone: nothing to tell it
         self._shutdown(reason)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)

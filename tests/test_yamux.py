@@ -1,0 +1,229 @@
+"""plugbay.core.yamux on its own: frames, flow control, half-close, reset, ping, a vanished peer.
+
+Two Sessions over a real socketpair; the wire bytes of the first frames are
+checked against hashicorp/yamux's format (version 0, big-endian header).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from plugbay.core import yamux
+from plugbay.core.yamux import ACK, PING, SYN, WINDOW, WINDOW_UPDATE, Session, Stream, StreamClosed
+
+
+class Pair:
+    def __init__(self) -> None:
+        a, b = socket.socketpair()
+        self.accepted: list[Stream] = []
+        self.ready = threading.Semaphore(0)
+
+        def on_stream(s: Stream) -> None:
+            self.accepted.append(s)
+            self.ready.release()
+
+        self.client = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-cli")
+        self.server = Session(b, client=False, on_stream=on_stream, name="t-srv")
+
+    def open(self) -> tuple[Stream, Stream]:
+        s = self.client.open()
+        assert self.ready.acquire(timeout=10)
+        return s, self.accepted[-1]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    yield p
+    p.close()
+
+
+def read_exactly(s: Stream, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        data = s.read()
+        if not data:
+            break
+        out += data
+        s.consumed(len(data))
+    return bytes(out)
+
+
+def test_round_trip_and_half_close(pair: Pair) -> None:
+    c, s = pair.open()
+    assert c.id % 2 == 1 and s.id == c.id
+    c.write(b"hello")
+    assert read_exactly(s, 5) == b"hello"
+    s.write(b"world")
+    assert read_exactly(c, 5) == b"world"
+    c.close_write()
+    assert s.read() == b""  # EOF after FIN
+    s.write(b"still open the other way")
+    assert read_exactly(c, 24) == b"still open the other way"
+    s.close_write()
+    assert c.read() == b""
+    assert c.done and s.done
+    with pytest.raises(StreamClosed):
+        c.write(b"x")
+
+
+def test_sender_stops_at_the_window(pair: Pair) -> None:
+    c, s = pair.open()
+    sent = [0]
+    total = 4 * WINDOW
+
+    def writer() -> None:
+        chunk = b"z" * 16384
+        while sent[0] < total:
+            c.write(chunk)
+            sent[0] += len(chunk)
+
+    t = threading.Thread(target=writer, name="plugbay-test-writer", daemon=True)
+    t.start()
+    t.join(1.0)  # bounded wait: the writer must be stuck, not finished
+    assert t.is_alive() and sent[0] <= WINDOW, f"sent {sent[0]} bytes past a {WINDOW}-byte window"
+    assert read_exactly(s, total) == b"z" * total  # consuming opens the window again
+    t.join(10)
+    assert not t.is_alive()
+
+
+def test_reset_wakes_a_blocked_reader(pair: Pair) -> None:
+    c, s = pair.open()
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(s.read()), name="plugbay-test-reader")
+    t.start()
+    c.reset()
+    t.join(10)
+    assert got == [b""] and s.done
+
+
+def test_peer_vanishing_ends_streams_and_close_does_not_raise(pair: Pair) -> None:
+    c, s = pair.open()
+    pair.server._sock.shutdown(socket.SHUT_RDWR)  # the other process dies
+    assert c.read() == b""
+    with pytest.raises(StreamClosed):
+        for _ in range(100):
+            c.write(b"x" * 1024)
+    pair.client.close()  # already dead: must not raise
+    assert pair.client.closed and pair.client.close_reason
+    with pytest.raises(StreamClosed):
+        pair.client.open()
+
+
+def test_wire_format_and_ping_are_yamux() -> None:
+    a, b = socket.socketpair()
+    session = Session(a, client=False, on_stream=lambda s: None, name="t-wire")
+    try:
+        b.settimeout(10)
+        # the peer (a yamux client) pings; we must answer ACK with the same opaque value
+        b.sendall(struct.pack(">BBHII", 0, PING, SYN, 0, 0xC0FFEE))
+        assert b.recv(12) == struct.pack(">BBHII", 0, PING, ACK, 0, 0xC0FFEE)
+        # it opens stream 1 (odd: client-initiated); we ack it at once
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        assert b.recv(12) == struct.pack(">BBHII", 0, WINDOW_UPDATE, ACK, 1, 0)
+        # our own streams are even and open with SYN
+        session.open()
+        assert b.recv(12) == struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 2, 0)
+        # a bad version ends the session
+        b.sendall(struct.pack(">BBHII", 1, 0, 0, 0, 0))
+        for _ in range(100):
+            if session.closed:
+                break
+            threading.Event().wait(0.05)
+        assert session.closed and "version 1" in session.close_reason
+    finally:
+        session.close()
+        b.close()
+
+
+def test_window_constant_matches_yamux() -> None:
+    assert yamux.WINDOW == 256 * 1024
+
+
+# ------------------------------------------------- against hashicorp/yamux (Go)
+
+
+def _echo(stream: Stream) -> None:
+    def run() -> None:
+        try:
+            while True:
+                data = stream.read()
+                if not data:
+                    break
+                stream.consumed(len(data))
+                stream.write(data)
+            stream.close_write()
+        except StreamClosed:
+            pass
+
+    threading.Thread(target=run, name="plugbay-test-echo", daemon=True).start()
+
+
+def _exchange_with_go_peer(session: Session) -> None:
+    # after the Go side's own streams, it accepts one of ours and echoes it
+    payload = bytes(range(256)) * 4096  # 1 MiB: several windows
+    stream = session.open()
+    writer = threading.Thread(target=lambda: (stream.write(payload), stream.close_write()),
+                              name="plugbay-test-writer", daemon=True)
+    writer.start()
+    assert read_exactly(stream, len(payload) + 1) == payload
+    writer.join(10)
+
+
+@pytest.mark.go
+@pytest.mark.parametrize("python_side", ["server", "client"])
+def test_interop_with_hashicorp_yamux(python_side: str, tmp_path: object) -> None:
+    import os
+    import subprocess
+    import tempfile
+
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    peer = build_go("yamux_peer")
+    d = tempfile.mkdtemp(prefix="ym", dir="/tmp")
+    path = os.path.join(d, "y.sock")
+    go_mode = "client" if python_side == "server" else "server"
+    listener = None
+    if python_side == "server":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(1)
+    proc = subprocess.Popen([str(peer), go_mode, "unix", path, "3", str(3 * WINDOW + 123)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    session = None
+    try:
+        if listener is not None:
+            listener.settimeout(30)
+            conn, _ = listener.accept()
+        else:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(30)
+            conn.connect(path)
+        conn.settimeout(None)
+        session = Session(conn, client=python_side == "client", on_stream=_echo, name="t-go")
+        _exchange_with_go_peer(session)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out.strip().endswith("ok"), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if session is not None:
+            session.close()
+        if listener is not None:
+            listener.close()
+        for n in os.listdir(d):
+            os.unlink(os.path.join(d, n))
+        os.rmdir(d)
