@@ -128,3 +128,29 @@ def test_api_helper_error_reaches_the_host(in_tmp: Path) -> None:
         # the helper's failure travelled host -> plugin (UNKNOWN) -> host
         assert err.value.code() == grpc.StatusCode.UNKNOWN
     assert not (in_tmp / "kv_k").exists()
+
+
+@pytest.mark.parametrize("multiplex", [False, True], ids=["per-connection", "multiplexed"])
+def test_plugin_death_fails_a_pending_broker_dial(in_tmp: Path, multiplex: bool) -> None:
+    import signal
+    import threading
+
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                       cmd=[sys.executable, str(EXAMPLE / "plugin.py")], multiplex_broker=multiplex)
+    with Client(cfg) as client:
+        client.dispense(PLUGIN_NAME).put("k", 1, Multiplier())  # the broker stream is up
+        errors: list[BaseException] = []
+
+        def dialer() -> None:
+            try:
+                client.broker.dial(777, timeout=60)  # never announced
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=dialer, name="plugbay-test-dialer")
+        t.start()
+        os.kill(int(client.runner.id), signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive(), "the dial outlived the plugin"
+        assert len(errors) == 1 and isinstance(errors[0], BrokerClosedError), errors
+        assert "777" in str(errors[0])
