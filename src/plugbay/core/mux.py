@@ -273,7 +273,8 @@ def _mux(broker: GRPCBroker) -> MuxSession:
 
 def serve_multiplexed(broker: GRPCBroker, id: int, server: grpc.Server,
                       cleanup: list[Callable[[], None]]) -> None:
-    from plugbay.core.broker import _bind, _server_creds, _unlink
+    from plugbay.core.broker import _server_creds
+    from plugbay.core.broker_io import _bind, _unlink
 
     mux = _mux(broker)
     private = broker._private_path(f"mux{id}")
