@@ -154,3 +154,22 @@ def test_plugin_death_fails_a_pending_broker_dial(in_tmp: Path, multiplex: bool)
         assert not t.is_alive(), "the dial outlived the plugin"
         assert len(errors) == 1 and isinstance(errors[0], BrokerClosedError), errors
         assert "777" in str(errors[0])
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+def test_reattached_host_brokers_on_its_own_stream(in_tmp: Path, auto_mtls: bool) -> None:
+    """A second host (reattach) opens its own StartStream; the plugin brokers with the newest one."""
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                cmd=[sys.executable, str(EXAMPLE / "plugin.py")], auto_mtls=auto_mtls))
+    try:
+        first.start()
+        first.dispense(PLUGIN_NAME).put("r", 1, Multiplier())
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                     reattach=first.reattach_config()))
+        with second:
+            helper = Multiplier()
+            second.dispense(PLUGIN_NAME).put("r", 5, helper)   # (1+1)*5
+            assert helper.calls == [(1, 5)]
+            assert second.dispense(PLUGIN_NAME).get("r") == 10
+    finally:
+        first.kill()
