@@ -85,3 +85,35 @@ def test_per_connection_through_the_bind_mount(plugbay_image: Any, plugbay_docke
         counter = client.dispense(PLUGIN_NAME)
         counter.put("u", 6, rec)
         assert counter.get("u") == 6 and rec.calls == [(0, 6)]
+
+
+@pytest.fixture(scope="module")
+def go_counter_image(plugbay_docker: Any) -> str:
+    """go-plugin 1.0.1's counter plugin (tests/go/counter_plugin, static) in a plugin image."""
+    import shutil
+
+    from plugbay import images
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    folder = images.CACHE / "counter-go-src"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(build_go("counter_plugin"), folder / "counter_plugin")
+    images.build_plugin_image("plugbay-counter-go:test", folder, ["/plugin/counter_plugin"],
+                              client=plugbay_docker, progress=lambda line: None)
+    return "plugbay-counter-go:test"
+
+
+@pytest.mark.go
+def test_go_101_plugin_in_a_container_calls_back_through_the_bind_mount(go_counter_image: str,
+                                                                         plugbay_docker: Any) -> None:
+    # go-plugin 1.0.1 dials the host's brokered socket at the path the host announced,
+    # mapped into the container's mount by host_to_plugin
+    rec = Recorder()
+    with _client(go_counter_image, "unix") as client:
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("g", 3, rec)
+        counter.put("g", 4, rec)
+        assert counter.get("g") == 7 and rec.calls == [(0, 3), (3, 4)]
+        assert _stored(plugbay_docker, client, "g") == {"Value": 7}
