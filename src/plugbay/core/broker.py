@@ -182,8 +182,9 @@ class GRPCBroker:
             _stop_served(s)
         for func in reversed(cleanup):
             func()
-        for t in self._threads:
-            t.join(timeout=10)
+        for t in list(self._threads):
+            if t.ident is not None:  # started (threads are started under the lock)
+                t.join(timeout=10)
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
 

@@ -375,10 +375,10 @@ def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channe
                 pass
 
     thread = threading.Thread(target=accept, name=f"plugbay-mux-dial-{id}", daemon=True)
-    with broker._cond:
+    with broker._cond:  # started under the lock: close() must never join an unstarted thread
         broker._threads[:] = [t for t in broker._threads if t.is_alive()]
         broker._threads.append(thread)  # broker.close() joins it
-    thread.start()
+        thread.start()
 
     def close() -> None:
         # no join here: the channel's owner must not wait for the accept poll
