@@ -16,7 +16,7 @@ from plugbay.runners.kubernetes import RBAC_RULES
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "plugbay"
-DOC = REPO / "docs" / "readme" / "kubernetes.md"
+DOCS = (REPO / "README.md", REPO / "docs" / "kubernetes.md")
 K8S_VERSION = "1.30.0"
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -78,9 +78,9 @@ def test_role_matches_what_the_runner_calls(renderer: Path, tmp_path: Path) -> N
         {res for res, _ in RBAC_RULES} - {"pods/portforward"}
 
 
-def test_readme_lists_the_same_permissions() -> None:
-    text = DOC.read_text()
-    table = dict(re.findall(r"^\| `([a-z/]+)` \| ([a-z, ]+) \|$", text, re.M))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_readme_lists_the_same_permissions(doc: Path) -> None:
+    table = dict(re.findall(r"^\| `([a-z/]+)` \| ([a-z, ]+) \|$", doc.read_text(), re.M))
     assert table == {res: ", ".join(verbs) for res, verbs in RBAC_RULES}
 
 
