@@ -21,10 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
-from common import REPO, Case, Context, Result, combine, percentile
+from common import REPO, Case, Context, Result, combine, go_program, percentile, timed
 
 COUNTER = REPO / "examples" / "counter"
 STREAMING = REPO / "examples" / "streaming"
@@ -41,34 +39,6 @@ STREAM_BYTES = 128 * 1024 * 1024
 class _Adder:
     def sum(self, a: int, b: int) -> int:
         return a + b
-
-
-def _go(ctx: Context, name: str) -> str | None:
-    key = f"go:{name}"
-    if key not in ctx.cache:
-        try:
-            from tests import gobuild
-
-            reason = gobuild.go_missing_reason()
-            ctx.cache[key] = None if reason else str(gobuild.build_go(name))
-            ctx.cache["go:reason"] = reason
-        except Exception as exc:  # a failed build is a skipped row
-            ctx.cache[key] = None
-            ctx.cache["go:reason"] = f"build failed: {str(exc).splitlines()[0]}"
-    value = ctx.cache[key]
-    return value if isinstance(value, str) else None
-
-
-def _timed(calls: int, func: Any) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        s = time.perf_counter()
-        func()
-        latencies.append((time.perf_counter() - s) * 1e6)
-    total = time.perf_counter() - t0
-    latencies.sort()
-    return latencies, total
 
 
 def _stream_mb_s(cmd: list[str], automtls: bool, multiplex: bool, runner_cwd: str) -> float:
@@ -107,8 +77,8 @@ def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex:
                 counter = client.dispense(PLUGIN_NAME)
                 counter.put("bench", 1, _Adder())
                 first = (time.perf_counter() - started) * 1000
-                puts, total = _timed(ctx.calls, lambda: counter.put("bench", 1, _Adder()))
-                g, _ = _timed(ctx.calls, lambda: counter.get("bench"))
+                puts, total = timed(ctx.calls, lambda: counter.put("bench", 1, _Adder()))
+                g, _ = timed(ctx.calls, lambda: counter.get("bench"))
                 gets += g
             rounds.append(Result(first, percentile(puts, 0.5), percentile(puts, 0.99), ctx.calls,
                                  ctx.calls / total if total else 0.0))
@@ -122,7 +92,7 @@ def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex:
 
 
 def _go_host(ctx: Context, plugin_cmd: list[str]) -> Result:
-    host = _go(ctx, "counter_host")
+    host = go_program(ctx, "counter_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
     env = {**os.environ, "COUNTER_PLUGIN": shlex.join(plugin_cmd)}
@@ -150,7 +120,7 @@ def cases(ctx: Context) -> list[Case]:
                             transport="process, " + ("multiplexed" if multiplex else "per-connection")))
 
     def py_go(c: Context) -> Result:
-        plugin = _go(c, "counter_plugin")
+        plugin = go_program(c, "counter_plugin")
         if plugin is None:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
         return _python_host(c, [plugin], False, False)
@@ -159,7 +129,7 @@ def cases(ctx: Context) -> list[Case]:
         return _go_host(c, PY_COUNTER)
 
     def go_go(c: Context) -> Result:
-        plugin = _go(c, "counter_plugin")
+        plugin = go_program(c, "counter_plugin")
         if plugin is None:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
         return _go_host(c, [plugin])

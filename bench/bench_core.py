@@ -14,26 +14,9 @@ import subprocess
 import sys
 import tempfile
 
-from common import REPO, Case, Context, Result, combine, python_host_round
+from common import REPO, Case, Context, Result, combine, go_program, python_host_round
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
-
-
-def _go(ctx: Context, name: str) -> str | None:
-    """Path of a built Go program, or None (reason kept in ctx.cache)."""
-    key = f"go:{name}"
-    if key not in ctx.cache:
-        try:
-            from tests import gobuild
-
-            reason = gobuild.go_missing_reason()
-            ctx.cache[key] = None if reason else str(gobuild.build_go(name))
-            ctx.cache["go:reason"] = reason
-        except Exception as exc:  # a failed build is a skipped row, not a failed run
-            ctx.cache[key] = None
-            ctx.cache["go:reason"] = f"build failed: {str(exc).splitlines()[0]}"
-    value = ctx.cache[key]
-    return value if isinstance(value, str) else None
 
 
 def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context) -> Result:
@@ -58,7 +41,7 @@ def _runner(cmd: list[str] | None, cwd: str) -> object:
 
 
 def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
-    host = _go(ctx, "kv_host")
+    host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
     python_plugin = plugin_cmd == PY_PLUGIN
@@ -82,7 +65,7 @@ def cases(ctx: Context) -> list[Case]:
     out: list[Case] = []
     for automtls in (False, True):
         def py_go(c: Context, m: bool = automtls) -> Result:
-            plugin = _go(c, "kv_plugin")
+            plugin = go_program(c, "kv_plugin")
             if plugin is None:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
             return _python_host([plugin], m, c)
@@ -94,7 +77,7 @@ def cases(ctx: Context) -> list[Case]:
             return _python_host(PY_PLUGIN, m, c)
 
         def go_go(c: Context, m: bool = automtls) -> Result:
-            plugin = _go(c, "kv_plugin")
+            plugin = go_program(c, "kv_plugin")
             if plugin is None:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
             return _go_host([plugin], m, c)

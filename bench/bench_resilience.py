@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Any
 
-from common import REPO, Case, Context, Result, combine, percentile
+from common import REPO, Case, Context, Result, combine, measure_kv
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 
@@ -26,21 +26,6 @@ def _config(cwd: str, ctx: Context) -> Any:
                         runner=ProcessRunner(PY_PLUGIN, cwd=cwd))
 
 
-def _measure(kv: Any, calls: int, started: float, note: str) -> Result:
-    kv.put("bench", b"value")
-    first = time.perf_counter() - started
-    latencies: list[float] = []
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        s = time.perf_counter()
-        kv.get("bench")
-        latencies.append((time.perf_counter() - s) * 1e6)
-    total = time.perf_counter() - t0
-    latencies.sort()
-    return Result(first * 1000, percentile(latencies, 0.50), percentile(latencies, 0.99), calls,
-                  calls / total if total else 0.0, note=note)
-
-
 def _plain(ctx: Context) -> Result:
     from kv_plugin_def import PLUGIN_NAME
 
@@ -51,7 +36,7 @@ def _plain(ctx: Context) -> Result:
         for _ in range(ctx.rounds):
             started = time.perf_counter()
             with Client(_config(cwd, ctx)) as client:
-                rounds.append(_measure(client.dispense(PLUGIN_NAME), ctx.calls, started, "baseline"))
+                rounds.append(measure_kv(client.dispense(PLUGIN_NAME), ctx.calls, started, "baseline"))
     return combine(rounds)
 
 
@@ -67,7 +52,7 @@ def _with_layers(ctx: Context) -> Result:
             started = time.perf_counter()
             with Client(_config(cwd, ctx)) as client:
                 install(client, retry=RetryPolicy(methods=["Get"]), breaker=CircuitBreaker())
-                rounds.append(_measure(client.dispense(PLUGIN_NAME), ctx.calls, started,
+                rounds.append(measure_kv(client.dispense(PLUGIN_NAME), ctx.calls, started,
                                        "retry+breaker"))
     return combine(rounds)
 
@@ -82,7 +67,7 @@ def _supervised(ctx: Context) -> Result:
         for _ in range(ctx.rounds):
             started = time.perf_counter()
             with Supervisor(lambda: _config(cwd, ctx), retry=RetryPolicy(methods=["Get"])) as sup:
-                rounds.append(_measure(sup.dispense(PLUGIN_NAME), ctx.calls, started,
+                rounds.append(measure_kv(sup.dispense(PLUGIN_NAME), ctx.calls, started,
                                        "supervisor+retry+health"))
     return combine(rounds)
 

@@ -73,25 +73,53 @@ def combine(rounds: Sequence[Result]) -> Result:
     )
 
 
+def go_program(ctx: Context, name: str) -> str | None:
+    """Path of a built Go test program, or None (the reason is kept in ctx.cache["go:reason"])."""
+    key = f"go:{name}"
+    if key not in ctx.cache:
+        try:
+            from tests import gobuild
+
+            reason = gobuild.go_missing_reason()
+            ctx.cache[key] = None if reason else str(gobuild.build_go(name))
+            ctx.cache["go:reason"] = reason
+        except Exception as exc:  # a failed build is a skipped row, not a failed run
+            ctx.cache[key] = None
+            ctx.cache["go:reason"] = f"build failed: {str(exc).splitlines()[0]}"
+    value = ctx.cache[key]
+    return value if isinstance(value, str) else None
+
+
+def timed(calls: int, func: Callable[[], Any]) -> tuple[list[float], float]:
+    """Run ``func`` ``calls`` times: sorted per-call latencies (us) and the total seconds."""
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        s = time.perf_counter()
+        func()
+        latencies.append((time.perf_counter() - s) * 1e6)
+    total = time.perf_counter() - t0
+    latencies.sort()
+    return latencies, total
+
+
+def measure_kv(kv: Any, calls: int, started: float, note: str) -> Result:
+    """Put once (the first call, timed from ``started``), then time ``calls`` Gets."""
+    kv.put("bench", b"value")
+    first = time.perf_counter() - started
+    latencies, total = timed(calls, lambda: kv.get("bench"))
+    return Result(first * 1000, percentile(latencies, 0.50), percentile(latencies, 0.99), calls,
+                  calls / total if total else 0.0, note=note)
+
+
 def python_host_round(config: Any, calls: int) -> Result:
-    """Start a plugin with a plugbay Client, Put once (the first call), then time ``calls`` Gets."""
+    """Start a plugin with a plugbay Client, then measure_kv() through it."""
     from kv_plugin_def import PLUGIN_NAME
 
     from plugbay import Client
 
     started = time.perf_counter()
     with Client(config) as client:
-        kv = client.dispense(PLUGIN_NAME)
-        kv.put("bench", b"value")
-        first = time.perf_counter() - started
-        latencies: list[float] = []
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            s = time.perf_counter()
-            kv.get("bench")
-            latencies.append((time.perf_counter() - s) * 1e6)
-        total = time.perf_counter() - t0
-        mode = client.connection_mode
-    latencies.sort()
-    return Result(first * 1000, percentile(latencies, 0.50), percentile(latencies, 0.99), calls,
-                  calls / total if total else 0.0, note=mode)
+        result = measure_kv(client.dispense(PLUGIN_NAME), calls, started, note="")
+        result.note = client.connection_mode
+    return result

@@ -181,13 +181,7 @@ class PluginFront(MuxSession):
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
-        network, address = self.address
-        self._listener.close()
-        if network == "unix":
-            try:
-                os.unlink(address)
-            except FileNotFoundError:
-                pass
+        tlsrelay.close_listener(self._listener)
 
 
 class HostMux(MuxSession):

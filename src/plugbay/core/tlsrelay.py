@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
 from typing import Literal
 
 from plugbay.core.errors import ConfigError
@@ -51,6 +52,29 @@ def listener_address(sock: socket.socket) -> tuple[str, str]:
         return "unix", str(sock.getsockname())
     host, port = sock.getsockname()[:2]
     return "tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def close_listener(sock: socket.socket) -> None:
+    """Close a listener and remove its unix socket file."""
+    network, address = listener_address(sock)
+    sock.close()
+    if network == "unix":
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
+
+
+def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threading.Thread],
+                      timeout: float = 5.0) -> None:
+    """Wake every pump blocked on a socket, then wait for its thread."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for thread in threads:
+        thread.join(timeout=timeout)
 
 
 def dial(network: str, address: str, timeout: float) -> socket.socket:
@@ -100,23 +124,11 @@ class TLSRelay:
             return
         self._closed.set()
         self._acceptor.join(timeout=5)
-        network, address = self.address
-        self._listener.close()
-        if network == "unix":
-            try:
-                os.unlink(address)
-            except FileNotFoundError:
-                pass
+        close_listener(self._listener)
         with self._lock:
             conns = list(self._conns)
             threads = list(self._threads)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(timeout=5)
+        shutdown_and_join(conns, threads)
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():

@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from plugbay.core.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.core.tlsrelay import shutdown_and_join
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
@@ -140,13 +141,7 @@ class PortForwarder:
         self._listener.close()
         with self._lock:
             socks, threads = list(self._socks), list(self._threads)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for t in threads:
-            t.join(timeout=5)
+        shutdown_and_join(socks, threads)
         self._api_client.close()
 
 

@@ -1,0 +1,26 @@
+"""The benchmark command runs every area end to end (tiny counts; numbers are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--calls", "5", "--rounds", "1",
+                             "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    areas = {row["area"] for row in rows}
+    assert {"core", "broker", "docker", "kubernetes", "resilience"} <= areas, areas
+    for row in rows:
+        assert not (row.get("skipped") or "").startswith("FAILED"), row
+        if not row.get("skipped"):
+            assert row["start_to_first_call_ms"] > 0, row
+            # start-only rows (e.g. `docker run --rm IMAGE true`) make no calls
+            assert row["calls"] == 0 or row["p50_us"] > 0, row
