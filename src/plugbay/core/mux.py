@@ -162,15 +162,9 @@ class PluginFront(MuxSession):
 
     def _accept(self) -> None:
         # go-plugin accepts one connection; plugbay takes a new one only once the old one is gone.
-        while not self._closed:
+        for conn in tlsrelay.accept_each(self._listener, lambda: self._closed):
             with self._lock:
                 live = self._session is not None and not self._session.closed
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
             if live:
                 conn.close()
                 continue
@@ -232,13 +226,7 @@ class HostMux(MuxSession):
                                         f" ({session.close_reason}) and cannot be made again: {exc}") from exc
 
     def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for conn in tlsrelay.accept_each(self._listener, lambda: self._closed):
             try:
                 conn.settimeout(None)
                 self.connect_local(conn, self.open_stream())

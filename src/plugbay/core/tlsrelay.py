@@ -21,7 +21,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 from plugbay.core.errors import ConfigError
@@ -75,6 +75,21 @@ def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threadin
             pass
     for thread in threads:
         thread.join(timeout=timeout)
+
+
+def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
+    """Yield accepted connections until ``closed()`` or the listener is closed.
+
+    The listener must have a timeout: that is how a loop notices ``closed()``.
+    """
+    while not closed():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        yield conn
 
 
 def dial(network: str, address: str, timeout: float) -> socket.socket:
@@ -131,13 +146,7 @@ class TLSRelay:
         shutdown_and_join(conns, threads)
 
     def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for conn in accept_each(self._listener, self._closed.is_set):
             thread = threading.Thread(target=self._serve, args=(conn,), name="plugbay-tlsrelay-conn",
                                       daemon=True)
             with self._lock:
