@@ -173,7 +173,7 @@ def test_kill_is_idempotent_and_calls_after_kill_fail() -> None:
         kv.get("a")
     with pytest.raises(ClientStateError, match="killed"):
         client.dispense(PLUGIN_NAME)
-    with pytest.raises(ClientStateError):
+    with pytest.raises(ClientStateError, match="was killed; make a new Client"):
         client.start()
 
 
@@ -274,6 +274,8 @@ def test_secure_config(tmp_path: Path) -> None:
     client.kill()
     with pytest.raises(ConfigError, match="32 bytes"):
         SecureConfig(b"short")
+    with pytest.raises(ConfigError, match="needs the expected checksum"):
+        SecureConfig(b"")
     with pytest.raises(ConfigError, match="unknown hash"):
         SecureConfig(b"x" * 32, hash="nohash")
 
@@ -284,8 +286,11 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=["x"], reattach=ReattachConfig(
             handshake=__import__("plugbay").HandshakeInfo(1, 1, "unix", "/x"))))
-    with pytest.raises(ConfigError, match="min_port"):
+    with pytest.raises(ConfigError, match="min_port 30000 is above max_port 20000"):
         Client(config(min_port=30000, max_port=20000))
+    with pytest.raises(ConfigError, match="multiplexed broker cannot be used with reattach"):
+        Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, multiplex_broker=True, reattach=ReattachConfig(
+            handshake=__import__("plugbay").HandshakeInfo(1, 1, "unix", "/x"))))
 
 
 @pytest.mark.parametrize("auto_mtls", [False, True])
@@ -313,6 +318,8 @@ def test_reattach_config_errors() -> None:
         ReattachConfig.from_json("{nope")
     with pytest.raises(ConfigError, match="not a plugbay reattach config"):
         ReattachConfig.from_json('{"runner": {}}')
+    with pytest.raises(ConfigError, match="must be an object; pass ReattachConfig.to_json"):
+        ReattachConfig.from_json('["not", "an", "object"]')
 
 
 def test_start_failure_inside_with_cleans_up() -> None:
@@ -360,7 +367,7 @@ def test_unreachable_address_times_out_on_health() -> None:
                            start_timeout=2.0))
     with pytest.raises(HandshakeTimeoutError, match="(?s)health service did not report.*UNAVAILABLE"):
         client.start()
-    with pytest.raises(ClientStateError):
+    with pytest.raises(ClientStateError, match="make a new Client"):
         client.start()  # a Client starts once
     client.kill()
 

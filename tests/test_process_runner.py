@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -145,10 +146,31 @@ def test_bad_commands() -> None:
         reattach_runner({"kind": "ProcessRunner"})
 
 
-def test_resolve_executable_uses_path() -> None:
-    assert resolve_executable("sh") == os.path.abspath(str(Path(resolve_executable("sh"))))
+def test_resolve_executable_uses_path(tmp_path: Path) -> None:
     assert os.path.isabs(resolve_executable("sh"))
     assert resolve_executable("./x") == os.path.abspath("./x")
+    # the PATH of the env the plugin gets wins over the host's
+    tool = tmp_path / "sh"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert resolve_executable("sh", {"PATH": str(tmp_path)}) == str(tool)
+    assert resolve_executable("sh") != str(tool)
+    with pytest.raises(ConfigError, match=re.escape(f"not on PATH ({tmp_path}); give its full path")):
+        resolve_executable("no-such-plugin-binary-xyz", {"PATH": str(tmp_path)})
+
+
+def test_misuse_of_a_runner_is_explained() -> None:
+    runner = ProcessRunner([PY, "-c", "print('x')"])
+    with pytest.raises(RunnerError, match="must run before its output is read"):
+        runner.stdout_lines()
+    runner.start(LaunchSpec(env={}))
+    try:
+        with pytest.raises(RunnerError, match="was already started; make a new runner"):
+            runner.start(LaunchSpec(env={}))
+        assert list(runner.stdout_lines()) == ["x"]
+        assert runner.wait(10) == 0
+    finally:
+        runner.kill()
 
 
 def test_python_script_naming() -> None:

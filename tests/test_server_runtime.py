@@ -123,7 +123,10 @@ def test_stdio_buffer_is_bounded_and_writers_never_block(plugins: list[PluginPro
         kv.Put(kv_pb2.PutRequest(key="fd1", value=block), timeout=20)
     kv.Put(kv_pb2.PutRequest(key="fd1", value=b"THE-END\n"), timeout=20)
     got = _collect(ch, {STDOUT: b"THE-END\n"})[STDOUT]
-    assert len(got) <= 64 * 1024
+    # The buffer holds at most 64 KiB when the reader attaches; what the plugin's pump has
+    # not yet taken out of its stdout pipe (at most one pipe's worth, 64 KiB on Linux) may
+    # still arrive behind it. Everything older must be gone.
+    assert len(got) <= 2 * 64 * 1024 < 16 * len(block)
     assert got.endswith(block[-4096:] + b"THE-END\n")  # the newest output is kept
     shutdown(ch)
     _, err = p.finish()

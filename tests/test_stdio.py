@@ -97,7 +97,10 @@ def test_without_sinks_output_is_discarded_and_nothing_breaks() -> None:
 
 
 def test_a_failing_sink_does_not_stop_the_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[bytes] = []
+
     def broken(data: bytes) -> None:
+        calls.append(data)
         raise RuntimeError("sink is broken")
 
     err = Sink()
@@ -107,6 +110,13 @@ def test_a_failing_sink_does_not_stop_the_plugin(caplog: pytest.LogCaptureFixtur
         kv.put("out", b"into the broken sink\n")
         kv.put("k", b"still works")
         assert kv.get("k") == b"still works"
+        # the stream outlives the failure: later output still reaches the other sink
+        kv.put("err", b"after the failure\n")
+        wait_for(lambda: err.data == b"after the failure\n", "stderr after the broken stdout sink")
+    assert b"".join(calls) == b"into the broken sink\n"
+    failures = [r for r in caplog.records if "GRPCStdio sink raised" in r.getMessage()]
+    assert failures and failures[0].levelno == logging.WARNING
+    assert "sink is broken" in str(failures[0].exc_info[1])
 
 
 @pytest.mark.go
