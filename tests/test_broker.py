@@ -363,8 +363,27 @@ def test_automtls_plaintext_dialer_refused(sockdir: str) -> None:
 def test_transport_config_errors() -> None:
     with pytest.raises(ConfigError, match="peer_cert_pem"):
         GRPCBroker(BrokerTransport(tls=generate_cert()), "host")
-    with pytest.raises(ConfigError, match="mux"):
+    with pytest.raises(ConfigError, match="needs the mux session"):
         GRPCBroker(BrokerTransport(multiplex=True), "host")
+
+
+def test_unusable_socket_dir_is_reported(sockdir: str) -> None:
+    from plugbay.core.errors import BrokerError
+
+    missing = os.path.join(sockdir, "missing")
+    p = _make_pair(sockdir, BrokerTransport(socket_dir=missing), BrokerTransport(socket_dir=sockdir))
+    try:
+        with pytest.raises(BrokerError, match=f"could not listen on unix socket '{missing}/.*check that"
+                                              " its folder exists, is writable"):
+            p.plugin.accept_and_serve(p.plugin.next_id(), register("x"))
+        # the failed server was stopped; the broker still serves from a usable folder
+        sid = p.host.next_id()
+        p.host.accept_and_serve(sid, register("ok"))
+        assert check(p.plugin.dial(sid), "ok") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        _close_pair(p)
+        if os.path.exists(os.path.join(sockdir, "main.sock")):
+            os.unlink(os.path.join(sockdir, "main.sock"))
 
 
 def test_unknown_network_announced(pair: Pair) -> None:

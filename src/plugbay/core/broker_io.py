@@ -92,7 +92,10 @@ def _target(network: str, address: str) -> str:
 
 def _bind(server: grpc.Server, path: str, creds: grpc.ServerCredentials | None) -> None:
     target = f"unix:{path}"
-    bound = server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
+    try:
+        bound = server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
+    except RuntimeError:  # grpcio >= 1.4x raises instead of returning 0
+        bound = 0
     if bound == 0:
         raise BrokerError(f"could not listen on unix socket {path!r}; check that its folder"
                           " exists, is writable, and the path is under 108 bytes")
