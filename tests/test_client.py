@@ -247,6 +247,7 @@ def test_handshake_timeout_kills_the_plugin() -> None:
     ("1|1|tcp|127.0.0.1:1234|netrpc", UnsupportedProtocolError, "netrpc"),
     ("2|1|tcp|127.0.0.1:1234|grpc", ProtocolMismatchError, "core API version"),
     ("1|1|udp|127.0.0.1:1|grpc", MalformedHandshakeError, "unknown address type"),
+    ("1|1|unix|/x.sock|grpc|" + "QUFB" * 20, MalformedHandshakeError, "not a DER X.509 certificate"),
 ])
 def test_bad_handshake_lines(line: str, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):

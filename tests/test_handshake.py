@@ -52,6 +52,7 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|udp|a:1|grpc", "unknown address type"),
     ("1|1|tcp||grpc", "empty address"),
     ("1|1|tcp|a:1|grpc|" + "!" * 60, "base64"),
+    ("1|1|tcp|a:1|grpc|" + "QUFB" * 20, "not a DER X.509 certificate"),
     ("1|1|tcp|a:1|grpc||maybe", "not a boolean"),
     ("1|1|tcp|a:1|grpc||true|x", "at most 7"),
 ])
@@ -66,6 +67,12 @@ def test_core_protocol_mismatch() -> None:
         parse_handshake_line("2|1|tcp|127.0.0.1:1|grpc")
 
 
+def test_unknown_protocol_is_named() -> None:
+    with pytest.raises(errors.ProtocolMismatchError,
+                       match="unknown protocol 'thrift'.*Check that the plugin is a go-plugin gRPC plugin"):
+        parse_handshake_line("1|1|tcp|127.0.0.1:1|thrift")
+
+
 def test_netrpc_is_refused_with_advice() -> None:
     for line in ("1|1|tcp|127.0.0.1:1|netrpc", "1|1|tcp|127.0.0.1:1"):
         with pytest.raises(errors.UnsupportedProtocolError, match="serve gRPC"):
@@ -78,7 +85,7 @@ def test_version_negotiation_picks_highest_common() -> None:
         negotiate_version([1, 2], [3])
     assert "[1, 2]" in str(exc.value) and "[3]" in str(exc.value)
     assert parse_versions("1, 2,3") == [1, 2, 3]
-    with pytest.raises(errors.ConfigError, match="comma-separated"):
+    with pytest.raises(errors.ConfigError, match="'two', which is not a version number; set it to comma-separated"):
         parse_versions("1,two")
 
 
@@ -88,8 +95,10 @@ def test_handshake_info_round_trips_through_json() -> None:
 
 
 def test_empty_cookie_is_a_config_error() -> None:
-    with pytest.raises(errors.ConfigError, match="magic_cookie"):
-        HandshakeConfig(1, "", "x")
+    for key, value in (("", "x"), ("KEY", "")):
+        with pytest.raises(errors.ConfigError, match="non-empty magic_cookie_key and magic_cookie_value;"
+                                                     " pick a unique pair"):
+            HandshakeConfig(1, key, value)
 
 
 def test_generated_code_matches_protos() -> None:

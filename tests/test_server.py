@@ -168,6 +168,8 @@ def test_port_range_exhausted(plugins: list[PluginProc]) -> None:
     ({"PLUGIN_MIN_PORT": "20", "PLUGIN_MAX_PORT": "10"},
      "PLUGIN_MIN_PORT value of 20 is greater than PLUGIN_MAX_PORT value of 10"),
     ({"PLUGIN_MIN_PORT": "ten"}, "couldn't get value from PLUGIN_MIN_PORT: 'ten' is not a port number"),
+    ({"PLUGIN_MIN_PORT": "10", "PLUGIN_MAX_PORT": "70000"},
+     "port range 10..70000 is outside 0..65535; fix PLUGIN_MIN_PORT/PLUGIN_MAX_PORT"),
 ])
 def test_bad_port_range(plugins: list[PluginProc], env: dict[str, str], expected: str) -> None:
     assert expected in refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": "tcp", **env})

@@ -112,3 +112,14 @@ def test_unknown_network_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="unix' or 'tcp"):
         tlsrelay.open_listener("udp", "x")
+
+
+def test_certificate_conversion_errors_say_what_to_pass() -> None:
+    from plugbay.core.errors import ConfigError
+
+    cert = tls.generate_cert()
+    assert tls.der_to_pem(tls.pem_to_der(cert.cert_pem)) == cert.cert_pem
+    with pytest.raises(ConfigError, match="not a PEM certificate .*; pass the PEM text of one certificate"):
+        tls.pem_to_der(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="not a DER certificate .*; pass the DER bytes of one certificate"):
+        tls.der_to_pem(b"AAA" * 20)

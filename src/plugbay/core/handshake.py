@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cryptography import x509
+
 from plugbay.core.errors import (
     ConfigError,
     MalformedHandshakeError,
@@ -167,6 +169,10 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
             cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
+        try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
+            x509.load_der_x509_certificate(cert)
+        except ValueError:
+            raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
     multiplex = False
     if len(parts) == 7:
         value = parts[6].strip().lower()

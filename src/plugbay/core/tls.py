@@ -90,7 +90,7 @@ def der_to_pem(der: bytes) -> bytes:
     try:
         return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     except ValueError as exc:
-        raise ConfigError(f"not a DER certificate ({exc})") from exc
+        raise ConfigError(f"not a DER certificate ({exc}); pass the DER bytes of one certificate") from exc
 
 
 def grpc_can_use(cert_pem: bytes) -> bool:
