@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import struct
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner
 from tests.kube_standin import TOKEN, StandIn
 from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
-from tests.kube_standin.portforward import OP_BINARY, OP_PING, FrameReader, accept_key, frame
+from tests.kube_standin.portforward import OP_BINARY, OP_CLOSE, OP_PING, FrameReader, accept_key, frame
 
 APP = Path(__file__).resolve().parent / "kube_standin" / "testapp" / "app.py"
 
@@ -63,6 +66,23 @@ def raw(standin: StandIn, path: str, method: str = "GET", body: Any = None,
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def ws_upgrade(standin: StandIn, path: str) -> socket.socket:
+    """A raw port-forward WebSocket (after the 101 response), with a 10 s timeout on every call."""
+    url = urllib.parse.urlsplit(standin.url)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, f"server closed during the upgrade: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101") and accept_key(key).encode() in head, head
+    return sock
 
 
 def test_api_errors_are_kubernetes_status_objects(standin: StandIn, testapp: str) -> None:  # noqa: F811
@@ -121,13 +141,24 @@ def test_port_forward_protocol_edges(standin: StandIn, kubeconfig: str, testapp:
         assert sock.recv(10) == b""
         assert "error forwarding port 5555" in (pf.error(5555) or "")
         sock.close()
-        # two ports on one stream: each gets its own channel pair
+        # the published port relays both ways
         pf = portforward(api.connect_get_namespaced_pod_portforward, runner.pod_name, "default", ports="4000")
         sock = pf.socket(4000)
         sock.settimeout(10)
         sock.sendall(b"ping\n")
         assert sock.recv(100) == b"echo: ping\n"
         sock.close()
+        # a close the server starts waits for the client's Close (RFC 6455 7.1.1): frames the
+        # client still has in flight meet an open socket, not a reset
+        with ws_upgrade(standin, f"/api/v1/namespaces/default/pods/{runner.pod_name}/portforward?ports=5555") as ws:
+            reader, ops = FrameReader(), []
+            while OP_CLOSE not in ops:
+                data = ws.recv(65536)
+                assert data, f"stream ended before the server's Close; frames so far: {ops}"
+                ops += [op for op, _ in reader.feed(data)]
+            ws.sendall(masked(OP_BINARY, b"\x00late data"))
+            ws.sendall(masked(OP_CLOSE, struct.pack(">H", 1000)))
+            assert ws.recv(65536) == b""
         # a plain GET (no WebSocket upgrade) is refused
         code, body = raw(standin, f"/api/v1/namespaces/default/pods/{runner.pod_name}/portforward?ports=4000")
         assert code == 400 and "WebSocket" in body["message"]

@@ -15,12 +15,14 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PROTOCOL = "v4.channel.k8s.io"
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+CLOSE_WAIT = 2.0  # how long a server-side close waits for the client's Close
 
 
 def accept_key(key: str) -> str:
@@ -101,6 +103,8 @@ class ForwardSession:
         self.targets = targets
         self.dropped = threading.Event()
         self.drop_on_data = False
+        self._reader = FrameReader()
+        self._peer_closed = False
 
     def drop(self) -> None:
         """Fault injection: cut the stream as an API server restart or network blip would."""
@@ -137,6 +141,12 @@ class ForwardSession:
             try:
                 if not self.dropped.is_set():
                     self._send(OP_CLOSE, struct.pack(">H", 1000))
+                    if not self._peer_closed:
+                        # RFC 6455 7.1.1: the server closes TCP only after the client's
+                        # Close. Closing at once makes the kernel answer the client's
+                        # in-flight frames with a reset, and the client's proxy thread
+                        # then dies on EPIPE replying to our Close.
+                        self._await_peer_close(CLOSE_WAIT)
             except OSError:
                 pass
             try:
@@ -144,8 +154,19 @@ class ForwardSession:
             except OSError:
                 pass
 
+    def _await_peer_close(self, timeout: float) -> None:
+        """Discard frames until the client's Close or EOF, for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.sock], [], [], left)
+            if not readable:
+                return
+            data = self.sock.recv(65536)
+            if not data or any(op == OP_CLOSE for op, _ in self._reader.feed(data)):
+                return
+
     def _relay(self, conns: dict[int, socket.socket], stop: threading.Event) -> None:
-        reader = FrameReader()
+        reader = self._reader
         by_sock = {c: i for i, c in conns.items()}
         while not stop.is_set() and not self.dropped.is_set():
             readable, _, _ = select.select([self.sock, *by_sock], [], [], 0.2)
@@ -156,6 +177,7 @@ class ForwardSession:
                         return
                     for opcode, payload in reader.feed(data):
                         if opcode == OP_CLOSE:
+                            self._peer_closed = True
                             return
                         if opcode == OP_PING:
                             self._send(OP_PONG, payload)
