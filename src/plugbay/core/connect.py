@@ -67,11 +67,11 @@ def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_
                           None, "grpc-tls")
     if relay_dir is None:
         raise ValueError("a TLS relay needs a private directory for its socket")
+    context = client_context(tls, server_pem)  # before the listener: a failure here leaks nothing
     path = os.path.join(relay_dir, f"relay-{os.getpid()}-{next(_relay_ids)}.sock")
     listener = open_listener("unix", path)
     os.chmod(path, 0o600)
-    relay = TLSRelay(listener, (network, address), client_context(tls, server_pem), "originate",
-                     server_hostname=HOSTNAME)
+    relay = TLSRelay(listener, (network, address), context, "originate", server_hostname=HOSTNAME)
     channel = grpc.insecure_channel(grpc_target("unix", path), options=opts)
     return Connection(channel, relay, "relay-tls")
 
