@@ -200,7 +200,7 @@ def test_plugin_gone_fails_dial(mpair: MuxPair) -> None:
     mpair.plugin.accept_and_serve(sid, register("p"))
     assert check(mpair.host.dial(sid), "p") == SERVING
     mpair.front.close()  # the plugin's end of the one connection goes away
-    with pytest.raises(BrokerClosedError):
+    with pytest.raises(BrokerClosedError, match="(?s)the plugin or host is gone.*Restart the plugin"):
         mpair.host.dial(mpair.plugin.next_id(), timeout=10)
 
 

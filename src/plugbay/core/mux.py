@@ -32,7 +32,7 @@ import grpc
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core import tls as tlsmod
 from plugbay.core import tlsrelay
-from plugbay.core.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
+from plugbay.core.errors import BrokerClosedError, BrokerError
 from plugbay.core.yamux import Session, Stream, StreamClosed, bridge
 
 if TYPE_CHECKING:
@@ -307,10 +307,7 @@ def _knock_and_open(broker: GRPCBroker, id: int, timeout: float) -> Stream:
     mux = _mux(broker)
     with mux.dial_lock:
         broker._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-        try:
-            ack = broker._wait_for(broker._acks, id, timeout, "the knock acknowledgement")
-        except BrokerTimeoutError:
-            raise
+        ack = broker._wait_for(broker._acks, id, timeout, "the knock acknowledgement")
         assert isinstance(ack, pb.ConnInfo)
         if not ack.knock.ack:
             raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
@@ -325,7 +322,11 @@ def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channe
     mux = _mux(broker)
     first: list[Stream] = [_knock_and_open(broker, id, timeout)]
     path = broker._private_path(f"dial{id}")
-    listener = tlsrelay.open_listener("unix", path)
+    try:
+        listener = tlsrelay.open_listener("unix", path)
+    except BaseException:
+        first[0].reset()  # the knocked stream would otherwise stay open on both sides
+        raise
     listener.settimeout(_POLL)
     stop = threading.Event()
 
