@@ -234,6 +234,18 @@ def test_exit_while_a_grandchild_holds_stdout() -> None:
             pass
 
 
+def test_exit_right_after_the_handshake(caplog: pytest.LogCaptureFixture) -> None:
+    # a plain 5-field line although AutoMTLS was asked for: the host warns, then sees the exit
+    cfg = config([PY, MISBEHAVE, "line-exit", "1|1|unix|/nonexistent/plugin.sock|grpc"], auto_mtls=True,
+                 start_timeout=30)
+    with pytest.raises(PluginExitedError, match="(?s)code 6.*exited right after its handshake") as info:
+        with Client(cfg):
+            pass
+    assert info.value.stderr_tail[-1] == "misbehave: served nothing, bye"
+    assert any("sent no AutoMTLS certificate; connecting in plaintext" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_handshake_timeout_kills_the_plugin() -> None:
     client = Client(config([PY, MISBEHAVE, "silent"], start_timeout=1.0))
     with pytest.raises(HandshakeTimeoutError, match=r"(?s)within 1.0s.*process \d+"):

@@ -3,6 +3,7 @@
 exit       write two stderr lines and exit 3 before any handshake
 silent     print nothing on stdout; sleep (up to 120 s, so nothing outlives a run)
 line       print argv[2] as the handshake line, then sleep
+line-exit  print argv[2] as the handshake line, one stderr line, then exit 6
 grandchild exit 4 while a background child keeps stdout open (EOF never comes)
 """
 
@@ -25,6 +26,12 @@ def main() -> None:
         sys.stdout.write(sys.argv[2] + "\n")
         sys.stdout.flush()
         time.sleep(120)
+    elif mode == "line-exit":
+        sys.stdout.write(sys.argv[2] + "\n")
+        sys.stdout.flush()
+        sys.stderr.write("misbehave: served nothing, bye\n")
+        sys.stderr.flush()
+        sys.exit(6)
     elif mode == "grandchild":
         subprocess.Popen(["sleep", "120"], stdout=sys.stdout)
         sys.stderr.write("misbehave: leaving a child behind\n")
