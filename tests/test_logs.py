@@ -101,7 +101,7 @@ def test_parse_hclog_rejects_non_hclog() -> None:
     assert (level, msg, extra["plugin_fields"]) == (logging.WARNING, "m", {})
 
 
-def test_a_failing_stream_ends_the_pump_quietly() -> None:
+def test_a_failing_stream_ends_the_pump_quietly(capture: Capture) -> None:
     def broken():  # type: ignore[no-untyped-def]
         yield "first"
         raise OSError("pipe broke")
@@ -110,3 +110,8 @@ def test_a_failing_stream_ends_the_pump_quietly() -> None:
     pump.follow(broken())
     assert pump.join(5)
     assert pump.tail() == ["first"]
+    # the failure is kept at DEBUG (with its cause), nothing louder
+    failed = capture.records[-1]
+    assert (failed.levelno, failed.getMessage()) == (logging.DEBUG, "reading plugin stderr failed")
+    assert failed.exc_info is not None and str(failed.exc_info[1]) == "pipe broke"
+    assert [r.getMessage() for r in capture.records if r.levelno > logging.DEBUG] == ["first"]
