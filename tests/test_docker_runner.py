@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker.errors import NotFound
 
 from plugbay.core.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
                                  RunnerError)
@@ -133,6 +134,8 @@ def test_tcp_transport_publishes_on_loopback_only(plugbay_docker: Any) -> None:
         assert bindings == [{"HostIp": "127.0.0.1", "HostPort": ""}]
         with pytest.raises(RunnerError, match="only container port 4100 is published"):
             runner.plugin_to_host("tcp", "0.0.0.0:9999")
+        with pytest.raises(RunnerError, match="stdout can be read by one reader only; keep the first"):
+            runner.stdout_lines()
     finally:
         runner.kill()
 
@@ -246,6 +249,13 @@ def test_bad_options_are_config_errors() -> None:
         DockerRunner("")
     with pytest.raises(RunnerError, match="start\\(\\) must run"):
         DockerRunner(BASE).stdout_lines()
+    with pytest.raises(ConfigError, match="pinned to sha256:aa but digest= says sha256:bb; give one of them"):
+        DockerRunner(f"{BASE}@sha256:aa", digest="sha256:bb")
+    with pytest.raises(ConfigError, match="SecureConfig uses 'sha512'. Pass SecureConfig") as info:
+        _runner().check_secure_config(SecureConfig(bytes(64), hash="sha512"))
+    assert "hash='sha256'" in str(info.value)
+    with pytest.raises(ConfigError, match="needs the container 'id'.*reattach_config"):
+        reattach_runner({"kind": "DockerRunner", "image": BASE})
 
 
 def test_exit_before_handshake_keeps_exit_code_and_logs() -> None:
@@ -290,7 +300,7 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
         mine.kill()
         try:
             stray.remove(force=True)
-        except Exception:  # noqa: BLE001 - already swept, as expected
+        except NotFound:  # already swept, as expected; any other failure is a leak to report
             pass
 
 

@@ -78,6 +78,7 @@ def test_follows_a_channel_source_and_stops_cleanly(tmp_path: Path) -> None:
     with Client(faulty_config(tmp_path)) as client:
         w = HealthWatcher(lambda: client.channel, interval=0.2).start()
         assert w.wait_for({SERVING}, 10)
+        assert any(t.name == "plugbay-health-plugin" and t.is_alive() for t in threading.enumerate())
         w.stop()
         w.stop()  # idempotent
         assert not any(t.name == "plugbay-health-plugin" and t.is_alive() for t in threading.enumerate())

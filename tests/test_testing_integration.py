@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from plugbay.core.errors import PluginExitedError
+from plugbay.core.errors import HandshakeTimeoutError, PluginExitedError
 from plugbay.testing import PluginContainer
 
 pytestmark = [pytest.mark.docker]
@@ -67,6 +67,25 @@ def test_plugin_container_that_exits_is_reported_and_removed(plugbay_image: Any,
     assert info.value.exit_code == 5
     from plugbay.runners.base import HOST_SESSION_ID
 
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
+def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay_docker: Any) -> None:
+    from plugbay.runners.base import HOST_SESSION_ID
+
+    with pytest.raises(ValueError, match="transport must be 'tcp' or 'unix', got 'udp'"):
+        PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="udp")
+    idle = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS)
+    try:
+        with pytest.raises(RuntimeError, match=r"PluginContainer.start\(\) must run before connecting"):
+            idle.reattach_config()
+    finally:
+        idle.get_docker_client().client.close()
+    silent = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, start_timeout=1.0)
+    silent.with_kwargs(entrypoint=["sleep", "60"])
+    with pytest.raises(HandshakeTimeoutError, match="printed no handshake line within 1s") as info:
+        silent.start()
+    assert "check that its entrypoint serves the plugin" in str(info.value)
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
 
 

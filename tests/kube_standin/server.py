@@ -235,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             timer.cancel()
-            timer.join()
+            timer.join(timeout=5)
             store.unwatch(w)
 
     def _get_log(self, ns: str, name: str, q: dict[str, str]) -> None:

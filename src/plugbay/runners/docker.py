@@ -20,6 +20,7 @@ hosts that are gone.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from plugbay.runners.docker_logs import LogPump
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
 TRANSPORTS = ("unix", "tcp")
+_log = logging.getLogger("plugbay.runners.docker")
 _DIAG_LINES = 10
 
 
@@ -235,7 +237,8 @@ class DockerRunner(Runner):
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
         if secure.hash != "sha256":
-            raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}")
+            raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
+                              " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
         client = engine()
         try:
             self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
@@ -322,8 +325,10 @@ class DockerRunner(Runner):
                 except DockerException:
                     try:  # last resort: force removal kills whatever state it is in
                         api.remove_container(self._container_id, force=True, v=True)
-                    except DockerException:
-                        pass
+                    except DockerException as exc:
+                        _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
+                                     " %s` or plugbay.runners.docker.sweep() once the engine answers",
+                                     self._container_id[:12], exc, self._container_id[:12])
         finally:
             for pump in self._pumps.values():
                 pump.close()
@@ -399,7 +404,8 @@ class DockerRunner(Runner):
 
         container_id = str(data.get("id") or "")
         if not container_id:
-            raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r}")
+            raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
+                              " pass what Client.reattach_config() / runner.reattach_data() returned")
         runner = cls(str(data.get("image") or "unknown"), transport=str(data.get("transport", "unix")),
                      container_port=int(data.get("container_port") or 4000))
         runner._client = engine()

@@ -65,7 +65,8 @@ class LogPump:
     def lines(self) -> Iterator[str]:
         with self._cond:
             if self._reader_taken:
-                raise RunnerError(f"the plugin's {self.which} can be read by one reader only")
+                raise RunnerError(f"the plugin's {self.which} can be read by one reader only; keep the"
+                                  f" first iterator of {self.which}_lines() and fan its lines out yourself")
             self._reader_taken = True
         return self._iterate()
 
