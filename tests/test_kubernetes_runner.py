@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,6 +171,10 @@ def test_wait_returns_the_exit_code_and_diagnose_shows_it(started: KubernetesRun
     assert started.wait(30) == 5
     text = started.diagnose()
     assert "phase Failed" in text and "exitCode=5" in text and "Started container plugin" in text
+    # a new port-forward to the ended pod is refused, and the message says what to check
+    with pytest.raises(RunnerError, match=rf"port-forward to pod default/{started.pod_name} port 4001 failed:"
+                                          r".*is not running.*Check that the pod is Running"):
+        started.plugin_to_host("tcp", "0.0.0.0:4001")
 
 
 def test_kill_deletes_the_pod_with_grace(kubeconfig: str, started: KubernetesRunner) -> None:
@@ -267,6 +272,19 @@ def test_unreachable_api_server(tmp_path: Any, testapp: str) -> None:  # noqa: F
     runner = KubernetesRunner(testapp, kubeconfig=str(path))
     with pytest.raises(EngineUnavailableError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"):
         runner.start(SPEC)
+
+
+def test_rejected_credentials_say_to_refresh_them(kubeconfig: str, testapp: str,  # noqa: F811
+                                                  tmp_path: Any) -> None:
+    cfg = json.loads(Path(kubeconfig).read_text())
+    cfg["users"][0]["user"]["token"] = "expired-token"
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(cfg))
+    runner = KubernetesRunner(testapp, kubeconfig=str(path))
+    with pytest.raises(PermissionDeniedError, match=r"rejected the host's credentials \(401\) on create pods;"
+                                                    " refresh the kubeconfig's token or certificate"):
+        runner.start(SPEC)
+    assert pods_of_session(kubeconfig) == []
 
 
 def test_option_and_address_errors(kubeconfig: str, started: KubernetesRunner) -> None:

@@ -188,6 +188,13 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
             Supervisor(cfg)
     with pytest.raises(ConfigError, match="max_restarts >= 0"):
         RestartPolicy(max_restarts=-1)
+    with pytest.raises(ConfigError, match=r"unhealthy_grace must be >= 0 \(got -1\)"):
+        Supervisor(lambda: faulty_config(tmp_path), unhealthy_grace=-1)
+    idle = Supervisor(lambda: faulty_config(tmp_path), name="idle")
+    with pytest.raises(ClientStateError, match="Supervisor of 'idle' is not running; call start\\(\\) first"):
+        idle.client
+    with pytest.raises(ClientStateError, match="Supervisor of 'idle' is not started; call start\\(\\) first"):
+        idle.channel
     sup = Supervisor(lambda: "not a config")  # type: ignore[arg-type, return-value]
     with pytest.raises(ConfigError, match="factory returned str, not a ClientConfig"):
         sup.start()
