@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from plugbay.core.client import Client, ClientConfig
+from plugbay.core.errors import RunnerError
 from plugbay.runners.kubernetes import KubernetesRunner
 from tests.kube_standin.fixtures import kubeconfig, need_docker, standin  # noqa: F401
 
@@ -65,8 +66,13 @@ def test_multiplexed_callbacks_through_port_forward(counter_image: str, kubeconf
 def test_per_connection_cannot_cross_port_forward(counter_image: str, kubeconfig: str) -> None:  # noqa: F811
     with _client(counter_image, kubeconfig) as client:
         counter = client.dispense(PLUGIN_NAME)
-        # the host's per-connection socket exists only on the host: the pod cannot dial it
-        with pytest.raises(grpc.RpcError) as err:
-            counter.put("k", 1, Recorder())
-        assert "No such file or directory" in str(err.value.details())
-        assert client.broker._served == []
+        # the host's per-connection socket exists only on the host: the runner refuses to
+        # announce it, so the call fails at once and says how to broker across a pod
+        rec = Recorder()
+        with pytest.raises(RunnerError, match="cannot reach host address unix:") as err:
+            counter.put("k", 1, rec)
+        assert "multiplex_broker=True" in str(err.value)
+        assert client.broker._served == [] and rec.calls == []
+        # the main connection is unaffected
+        with pytest.raises(grpc.RpcError, match="no value stored"):
+            counter.get("k")

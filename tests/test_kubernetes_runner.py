@@ -298,5 +298,7 @@ def test_option_and_address_errors(kubeconfig: str, started: KubernetesRunner) -
         KubernetesRunner("x", kubeconfig="/nonexistent/kubeconfig")
     with pytest.raises(ConfigError, match="must listen on TCP"):
         started.plugin_to_host("unix", "/tmp/plugin.sock")
+    with pytest.raises(RunnerError, match=r"cannot reach host address unix:/tmp/b\.sock.*multiplex_broker=True"):
+        started.host_to_plugin("unix", "/tmp/b.sock")
     with pytest.raises(RunnerError, match="already started"):
         started.start(SPEC)

@@ -273,7 +273,8 @@ class DockerRunner(Runner):
             return "unix", CONTAINER_SOCKET_DIR + address[len(self._host_socket_dir):]
         raise RunnerError(
             f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks"
-            f" need the unix transport with the listener inside the socket folder {self._host_socket_dir}"
+            f" need the unix transport with the listener inside the socket folder {self._host_socket_dir},"
+            " or ClientConfig(multiplex_broker=True) with a plugin that can multiplex"
         )
 
     # --- wait / kill ----------------------------------------------------------------

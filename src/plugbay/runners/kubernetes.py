@@ -328,6 +328,14 @@ class KubernetesRunner(Runner):
             raise RunnerError(f"pod {self.id} has no IP yet (phase {pods.phase(pod)}); it cannot be dialled")
         return _join(ip, port)
 
+    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
+        # A per-connection broker listens on the host's unix sockets, which no pod can
+        # reach; refusing here fails the call at once instead of in the plugin's dial.
+        raise RunnerError(
+            f"a plugin in pod {self.id} cannot reach host address {network}:{address}; brokered callbacks"
+            " to a pod need ClientConfig(multiplex_broker=True), which carries them over the plugin's"
+            " own connection (go-plugin 1.0.1 plugins cannot multiplex)")
+
     # --- wait, kill, diagnose --------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> int | None:
