@@ -59,6 +59,7 @@ def test_unix_socket_by_default_then_shutdown_exits_0_and_removes_it(plugins: li
     with pytest.raises(grpc.RpcError) as info:
         health(ch, "nonexistent")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "unknown service 'nonexistent'"
     kv = kv_pb2_grpc.KVStub(ch)
     kv.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=10)
     assert kv.Get(kv_pb2.GetRequest(key="k"), timeout=10).value == b"v"
