@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 if (_HERE.parent.parent / "src" / "plugbay").is_dir():
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("count", nargs="?", type=int, default=100)
     parser.add_argument("size", nargs="?", type=int, default=64 * 1024)
     args = parser.parse_args(argv)
+    if args.count < 1 or args.size < 0:
+        # count 0 asks the plugin for an endless stream: this host would never finish
+        parser.error("COUNT must be at least 1 and SIZE at least 0")
     command = os.environ.get("STREAMING_PLUGIN") or f"{sys.executable} {_HERE / 'plugin.py'}"
     config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
                           cmd=["sh", "-c", command], auto_mtls=args.automtls, name="streamer",
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.command}: {got} bytes in {took:.3f}s = {got / took / 1e6:.1f} MB/s")
     except PlugbayError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:  # a failed call carries the plugin's message
+        print(f"Error: the {args.command} call failed: {exc.details()}", file=sys.stderr)
         return 1
     return 0
 
