@@ -364,6 +364,9 @@ class KubernetesRunner(Runner):
             self._killed = True
         error: BaseException | None = None
         try:
+            # End our port-forward streams before the pod goes, so each closes from our side
+            # in order rather than under the client's proxy threads when the pod's port vanishes.
+            self._close_forwarders()
             if self.pod_name and not self._gone:
                 self._start_watcher()
                 try:
@@ -395,11 +398,16 @@ class KubernetesRunner(Runner):
         if self._watcher is not None:
             self._watcher.join(timeout=15)
         self._logs.close()
-        for fwd in self._forwarders.values():
-            fwd.close()
-        self._forwarders.clear()
+        self._close_forwarders()
         if self._owns_client:
             self._api_client.close()
+
+    def _close_forwarders(self) -> None:
+        with self._lock:
+            forwarders = list(self._forwarders.values())
+            self._forwarders.clear()
+        for fwd in forwarders:
+            fwd.close()
 
     def diagnose(self) -> str:
         if self._diagnosis and self._killed:
