@@ -54,6 +54,8 @@ def test_missing_key_is_an_error(tmp_path: Path) -> None:
     get = run_host(tmp_path, PY_PLUGIN, "get", "nothing")
     assert get.returncode == 1
     assert "Error:" in get.stderr and "kv_nothing" in get.stderr
+    assert "no value stored for key 'nothing'" in get.stderr and "put one first" in get.stderr
+    assert "Traceback" not in get.stderr  # a missing key is an answer, not a plugin crash
 
 
 def test_missing_kv_plugin_variable(tmp_path: Path) -> None:

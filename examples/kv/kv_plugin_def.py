@@ -51,7 +51,12 @@ class _KVServicer(kv_pb2_grpc.KVServicer):
         self._impl = impl
 
     def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
-        return kv_pb2.GetResponse(value=self._impl.get(request.key))
+        try:
+            return kv_pb2.GetResponse(value=self._impl.get(request.key))
+        except (KeyError, FileNotFoundError) as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no value stored for key {request.key!r} ({exc}); put one first")
+            raise  # unreachable: abort raises
 
     def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.Empty:
         self._impl.put(request.key, request.value)
