@@ -139,3 +139,12 @@ def test_pytest_plugin_fixtures_clean_up_even_when_tests_fail(plugbay_docker: An
             assert plugbay_docker.containers.list(all=True, filters={"id": fact["id"]}) == []
         else:
             assert not Path(f"/proc/{fact['id']}").exists()
+
+
+def test_docker_fixtures_skip_with_the_reason_when_no_engine_answers(tmp_path: Path) -> None:
+    (tmp_path / "test_inner.py").write_text("def test_needs_docker(plugbay_docker):\n    raise AssertionError\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DOCKER_HOST": f"unix://{tmp_path}/no-dockerd.sock"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_inner.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "1 skipped" in run.stdout, run.stdout + run.stderr
+    assert "no Docker engine: cannot reach the Docker engine" in run.stdout and "no-dockerd.sock" in run.stdout

@@ -78,13 +78,17 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
 @pytest.fixture(scope="session")
 def plugbay_docker() -> Iterator[Any]:
     """A docker SDK client (API version negotiated); skips when no Docker engine answers."""
+    from docker.errors import DockerException
+
     from plugbay.core.errors import EngineUnavailableError
     from plugbay.runners.docker_engine import engine
 
     try:
         client = engine()
         client.ping()
-    except (EngineUnavailableError, Exception) as exc:  # noqa: BLE001 - any failure means no engine
+    # Only "no engine answers" skips (requests' errors are OSErrors); any other
+    # failure is a bug that must fail the run, not hide it as a skip.
+    except (EngineUnavailableError, DockerException, OSError) as exc:
         pytest.skip(f"no Docker engine: {exc}")
     try:
         yield client
