@@ -126,7 +126,7 @@ def test_call_timeout_default_and_per_call() -> None:
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
         stub = kv._stub
         from kvproto import kv_pb2
-        with pytest.raises(CallTimeoutError):
+        with pytest.raises(CallTimeoutError, match="exceeded its deadline"):
             stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=0.2)
         kv.put("k", b"v")  # the channel still works afterwards
         assert kv.get("k") == b"v"
@@ -142,7 +142,7 @@ def test_plugin_killed_mid_call_fails_fast() -> None:
         while not client.exited and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.exited and client.exit_code == 9
-        with pytest.raises(PluginDiedError):
+        with pytest.raises(PluginDiedError, match="(?s)it exited with code 9.*start a new Client"):
             kv.get("x")
 
 
