@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,17 @@ def test_unschedulable_pod(kubeconfig: str, testapp: str) -> None:  # noqa: F811
     with pytest.raises(PodUnschedulableError, match="didn't match Pod's node affinity/selector.*node_selector"):
         runner.start(SPEC)
     assert pods_of_session(kubeconfig) == []
+
+
+def test_container_the_engine_refuses_is_a_config_error(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    # Docker refuses a 1 MiB memory limit at create time: the pod reports
+    # CreateContainerConfigError (and the stand-in leaves no emptyDir folder behind)
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, resources={"limits": {"memory": "1Mi"}},
+                              start_timeout=30)
+    with pytest.raises(ConfigError, match="CreateContainerConfigError.*[Mm]inimum memory limit"):
+        runner.start(SPEC)
+    assert pods_of_session(kubeconfig) == []
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("plugbay-standin-emptydir-")]
 
 
 def test_root_image_is_refused_by_run_as_non_root(kubeconfig: str) -> None:

@@ -184,7 +184,8 @@ class DockerBox:
             self._container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        _rmtree(self._scratch)
+        finally:
+            _rmtree(self._scratch)
 
 
 class DockerBackend:
@@ -262,11 +263,16 @@ class DockerBackend:
         except docker.errors.ImageNotFound as exc:
             _rmtree(scratch)
             raise ImageMissing(str(exc)) from exc
+        except BaseException:
+            _rmtree(scratch)  # any other refusal must not leave the emptyDir folders behind
+            raise
         try:
             container.start()
         except docker.errors.APIError as exc:
-            container.remove(force=True)
-            _rmtree(scratch)
+            try:
+                container.remove(force=True)
+            finally:
+                _rmtree(scratch)
             raise ContainerConfigError(f"failed to start container: {exc.explanation}") from exc
         return DockerBox(self._client, container, req.ports, scratch)
 
