@@ -101,12 +101,13 @@ def test_pod_deleted_under_the_host(standin: StandIn, kubeconfig: str, kvtrap: s
         kv = client.dispense(PLUGIN_NAME)
         kv.put("a", b"1")
         timer = threading.Timer(0.5, standin.delete_pod, ("default", runner.pod_name, 0))
+        timer.name = "plugbay-test-delete-pod"
         timer.start()
         try:
             with pytest.raises(grpc.RpcError) as info:
                 kv.get("__hang__")  # in flight when the pod goes
         finally:
-            timer.join()
+            timer.join(30)
         assert not isinstance(info.value, CallTimeoutError)  # it failed, it did not wait for the deadline
         deadline = time.monotonic() + 30
         while not client.exited and time.monotonic() < deadline:
@@ -121,12 +122,13 @@ def test_port_forward_dropped_mid_call(standin: StandIn, kubeconfig: str, kvtrap
         kv = client.dispense(PLUGIN_NAME)
         kv.put("a", b"1")
         timer = threading.Timer(0.5, standin.drop_portforwards)
+        timer.name = "plugbay-test-drop-forwards"
         timer.start()
         try:
             with pytest.raises(grpc.RpcError) as info:
                 kv.get("__hang__")
         finally:
-            timer.join()
+            timer.join(30)
         assert not isinstance(info.value, CallTimeoutError)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         # the plugin still runs; the next call goes through a fresh port-forward stream

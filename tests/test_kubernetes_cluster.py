@@ -97,12 +97,13 @@ def test_pod_deleted_under_the_host() -> None:
             kv = client.dispense(PLUGIN_NAME)
             timer = threading.Timer(1.0, api.delete_namespaced_pod, (r.pod_name, NAMESPACE),
                                     {"grace_period_seconds": 0})
+            timer.name = "plugbay-test-delete-pod"
             timer.start()
             try:
                 with pytest.raises(grpc.RpcError) as info:
                     kv.get("__hang__")
             finally:
-                timer.join()
+                timer.join(30)
             assert not isinstance(info.value, CallTimeoutError)
             deadline = time.monotonic() + 60
             while not client.exited and time.monotonic() < deadline:
