@@ -9,6 +9,7 @@ start time) runs on this machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 
 from plugbay.core.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID
+
+_log = logging.getLogger("plugbay.runners.docker")
 
 CONTAINER_SOCKET_DIR = "/plugbay/sock"
 # Group given to the socket folder when the host runs as root (gid 0 would put
@@ -231,7 +234,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> 
                 container.remove(force=True, v=True)
             except NotFound:
                 continue
-            except DockerException:
+            except DockerException as exc:
+                _log.warning("sweep could not remove container %s of gone session %s: %s; remove it with"
+                             " `docker rm -f %s`", container.short_id, session, exc, container.short_id)
                 continue
             removed.append(container.id)
             if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
