@@ -11,7 +11,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from plugbay import images
-from plugbay.core.errors import ConfigError
+from plugbay.core.errors import ConfigError, ImageNotFoundError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -71,6 +71,10 @@ def test_bad_requests_are_config_errors(plugbay_docker: Any, tmp_path: Path) -> 
         images.ensure_example("nope", client=plugbay_docker)
     with pytest.raises(ConfigError, match="does not exist"):
         images.build_plugin_image("x:y", tmp_path / "absent", ["true"], client=plugbay_docker)
+    with pytest.raises(ImageNotFoundError, match="base image 'plugbay-no-such-base:1' is not on the Docker engine"
+                                                 " and plugbay never pulls; build or `docker load` it"):
+        images.build_plugin_image("x:y", tmp_path, ["true"], base_image="plugbay-no-such-base:1",
+                                  client=plugbay_docker)
 
 
 def test_cli_base_only() -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugbay.core.errors import ConfigError, EngineUnavailableError, RunnerError
+from plugbay.core.errors import ConfigError, EngineUnavailableError, ImageNotFoundError, RunnerError
 
 BASE_IMAGE = "plugbay-base:bookworm"
 HASH_LABEL = "plugbay.content-hash"
@@ -140,11 +140,22 @@ def _stream(cmd: Sequence[str], progress: Progress, *, what: str, stdin: Any = N
         raise RunnerError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}; see the lines above")
 
 
+@contextmanager
+def _own_client() -> Iterator[Any]:
+    client = docker_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> str:
     """Build ``plugbay-base:bookworm`` unless it exists; return its image id."""
     from docker.errors import ImageNotFound
 
-    client = client or docker_client()
+    if client is None:  # our own client: closed again, not left to the garbage collector
+        with _own_client() as own:
+            return ensure_base(progress, client=own)
     try:
         return str(client.images.get(BASE_IMAGE).id)
     except ImageNotFound:
@@ -232,13 +243,25 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
     """
     from docker.errors import APIError, BuildError, ImageNotFound
 
-    client = client or docker_client()
+    if client is None:
+        with _own_client() as own:
+            return build_plugin_image(tag, plugin_dir, entry, base_image=base_image, progress=progress,
+                                      client=own)
     plugin_dir = Path(plugin_dir)
     if not plugin_dir.is_dir():
         raise ConfigError(f"plugin folder {plugin_dir} does not exist; pass the folder holding the plugin's code")
     if not DOCKERFILE.exists():
         raise ConfigError(f"{DOCKERFILE} is missing; build plugin images from a plugbay checkout")
-    base_id = ensure_base(progress, client=client) if base_image == BASE_IMAGE else str(client.images.get(base_image).id)
+    if base_image == BASE_IMAGE:
+        base_id = ensure_base(progress, client=client)
+    else:
+        try:
+            base_id = str(client.images.get(base_image).id)
+        except ImageNotFound:
+            raise ImageNotFoundError(
+                f"base image {base_image!r} is not on the Docker engine and plugbay never pulls; build or"
+                f" `docker load` it first, or leave base_image at {BASE_IMAGE!r} (built with debootstrap)"
+            ) from None
     with _lock():
         wheels = _wheelhouse(progress)
         h = hashlib.sha256()
@@ -311,12 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"example images to build (default: all available of {sorted(EXAMPLES)})")
     args = parser.parse_args(argv)
     try:
-        client = docker_client()
-        ensure_base(client=client)
-        _print_progress(f"{BASE_IMAGE} present")
-        if not args.base_only:
-            for name in args.names or _available_examples():
-                ensure_example(name, client=client)
+        with _own_client() as client:
+            ensure_base(client=client)
+            _print_progress(f"{BASE_IMAGE} present")
+            if not args.base_only:
+                for name in args.names or _available_examples():
+                    ensure_example(name, client=client)
     except (RunnerError, ConfigError) as exc:
         print(f"images: error: {exc}", file=sys.stderr)
         return 1
