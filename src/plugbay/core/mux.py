@@ -333,13 +333,7 @@ def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channe
     def accept() -> None:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         try:
-            while not stop.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
+            for conn in tlsrelay.accept_each(listener, stop.is_set):
                 conn.settimeout(None)
                 try:
                     stream = first.pop() if first else _knock_and_open(broker, id, timeout)
@@ -351,11 +345,7 @@ def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channe
         finally:
             # this thread owns the listener: closing it under a blocked accept() could
             # hand its fd number to someone else
-            listener.close()
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            tlsrelay.close_listener(listener)
 
     thread = threading.Thread(target=accept, name=f"plugbay-mux-dial-{id}", daemon=True)
     with broker._cond:  # started under the lock: close() must never join an unstarted thread
