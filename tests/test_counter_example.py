@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -82,16 +81,6 @@ class Multiplier:
     def sum(self, a: int, b: int) -> int:
         self.calls.append((a, b))
         return (a + 1) * b
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path) -> Iterator[Path]:
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(old)
 
 
 @pytest.mark.parametrize("multiplex", [False, True], ids=["per-connection", "multiplexed"])

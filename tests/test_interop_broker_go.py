@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -51,16 +50,6 @@ def go_plugin() -> Path:
     if reason:
         pytest.skip(reason)
     return build_go("counter_plugin")
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path) -> Iterator[Path]:
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(old)
 
 
 def run_go_host(host: Path, cwd: Path, *args: str):  # type: ignore[no-untyped-def]
