@@ -23,7 +23,7 @@ def _engine_reason() -> str | None:
     if shutil.which("docker") is None:
         return "no docker CLI"
     try:
-        from plugbay.runners.docker_engine import engine
+        from plugbay.runners.docker.engine import engine
 
         engine().close()
     except Exception as exc:  # noqa: BLE001 - any failure means no engine

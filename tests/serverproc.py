@@ -15,8 +15,8 @@ import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.handshake import HandshakeInfo, parse_handshake_line
-from plugbay.core.tlsrelay import TLSRelay
+from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
+from plugbay.core.transport.relay import TLSRelay
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = REPO / "tests" / "plugins" / "probe.py"

@@ -21,9 +21,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.broker import BrokerTransport, GRPCBroker, host_broker, plugin_broker
-from plugbay.core.errors import BrokerClosedError, BrokerTimeoutError, ConfigError
-from plugbay.core.tls import CertKey, generate_cert
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker, plugin_broker
+from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ConfigError
+from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.runners.base import AttachedRunner
 
 
@@ -368,7 +368,7 @@ def test_transport_config_errors() -> None:
 
 
 def test_unusable_socket_dir_is_reported(sockdir: str) -> None:
-    from plugbay.core.errors import BrokerError
+    from plugbay.errors import BrokerError
 
     missing = os.path.join(sockdir, "missing")
     p = _make_pair(sockdir, BrokerTransport(socket_dir=missing), BrokerTransport(socket_dir=sockdir))
@@ -388,7 +388,7 @@ def test_unusable_socket_dir_is_reported(sockdir: str) -> None:
 
 def test_unknown_network_announced(pair: Pair) -> None:
     from plugbay._proto.plugin import grpc_broker_pb2 as pb
-    from plugbay.core.errors import BrokerError
+    from plugbay.errors import BrokerError
 
     pair.host._receive(pb.ConnInfo(service_id=3, network="udp", address="x"))
     with pytest.raises(BrokerError, match="unknown network 'udp'"):

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from plugbay.core.client import Client, ClientConfig
-from plugbay.core.errors import RunnerError
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.errors import RunnerError
 from plugbay.runners.docker import DockerRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from plugbay.core.client import Client, ClientConfig
-from plugbay.core.errors import RunnerError
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.errors import RunnerError
 from plugbay.runners.kubernetes import KubernetesRunner
 from tests.kube_standin.fixtures import kubeconfig, need_docker, standin  # noqa: F401
 

@@ -11,8 +11,8 @@ import pytest
 from tests.resilience_util import PLUGIN_NAME, faulty_config
 
 from plugbay import CircuitBreaker, CircuitOpenError, Client, ConfigError, RetryPolicy  # noqa: E402
-from plugbay.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitOpen  # noqa: E402
-from plugbay.core.retry import install  # noqa: E402
+from plugbay.core.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitOpen  # noqa: E402
+from plugbay.core.resilience.calls import install  # noqa: E402
 
 
 class Clock:

@@ -355,8 +355,8 @@ def test_multiplexed_broker(auto_mtls: bool) -> None:
 
 
 def test_channel_can_be_replaced_under_user_stubs() -> None:
-    from plugbay.core.connect import dial
-    from plugbay.core.resilience import ManagedChannel
+    from plugbay.core.host.connect import dial
+    from plugbay.core.host.channel import ManagedChannel
 
     with Client(config()) as a, Client(config()) as b:
         kv = a.dispense(PLUGIN_NAME)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(EXAMPLE))
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig  # noqa: E402
-from plugbay.core.errors import BrokerClosedError  # noqa: E402
+from plugbay.errors import BrokerClosedError  # noqa: E402
 
 
 def host(cwd: Path, *args: str, plugin: str = PLUGIN_CMD) -> subprocess.CompletedProcess[str]:

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from plugbay import images
-from plugbay.core.client import Client, ClientConfig
-from plugbay.core.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, PluginDiedError,
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, PluginDiedError,
                                  PluginExitedError)
-from plugbay.core.secure import SecureConfig
+from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.base import HOST_SESSION_ID
 from plugbay.runners.docker import DockerRunner
 
@@ -165,7 +165,7 @@ FIRST_HOST = textwrap.dedent("""
     import sys
     sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-    from plugbay.core.client import Client, ClientConfig
+    from plugbay.core.host.client import Client, ClientConfig
     from plugbay.runners.docker import DockerRunner
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
                                  runner=DockerRunner(sys.argv[2])))
@@ -181,9 +181,9 @@ SECOND_HOST = textwrap.dedent("""
     import json, sys
     sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-    from plugbay.core.client import Client, ClientConfig
-    from plugbay.core.reattach import ReattachConfig
-    import plugbay.runners.docker  # registers the DockerRunner reattacher
+    from plugbay.core.host.client import Client, ClientConfig
+    from plugbay.core.host.reattach import ReattachConfig
+    import plugbay.runners.docker.runner  # registers the DockerRunner reattacher
     config = ReattachConfig.from_json(sys.stdin.read())
     with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
                              reattach=config)) as client:
@@ -224,7 +224,7 @@ NON_ROOT_HOST = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-    from plugbay.core.client import Client, ClientConfig
+    from plugbay.core.host.client import Client, ClientConfig
     from plugbay.runners.docker import DockerRunner
     with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
                              runner=DockerRunner(sys.argv[2]))) as client:

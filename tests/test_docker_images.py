@@ -11,7 +11,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from plugbay import images
-from plugbay.core.errors import ConfigError, ImageNotFoundError
+from plugbay.errors import ConfigError, ImageNotFoundError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
-from plugbay.core.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
+from plugbay.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
                                  RunnerError)
-from plugbay.core.secure import SecureConfig
+from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
-from plugbay.runners.docker_engine import managed_labels
+from plugbay.runners.docker.engine import managed_labels
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from plugbay.core import errors
-from plugbay.core.handshake import (
+from plugbay import errors
+from plugbay.core.protocol.handshake import (
     HandshakeConfig,
     HandshakeInfo,
     negotiate_version,
     parse_handshake_line,
     parse_versions,
 )
-from plugbay.core.tls import generate_cert
+from plugbay.core.protocol.tls import generate_cert
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ import pytest
 from tests.resilience_util import PLUGIN_NAME, faulty_config
 
 from plugbay import CircuitBreaker, Client, ConfigError, HealthWatcher  # noqa: E402
-from plugbay.core.circuit import CLOSED, OPEN  # noqa: E402
-from plugbay.core.healthwatch import (  # noqa: E402
+from plugbay.core.resilience.circuit import CLOSED, OPEN  # noqa: E402
+from plugbay.core.resilience.healthwatch import (  # noqa: E402
     NOT_SERVING,
     SERVICE_UNKNOWN,
     SERVING,

@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from plugbay import Client, ClientConfig
-from plugbay.core.errors import ProtocolMismatchError
+from plugbay.errors import ProtocolMismatchError
 from tests.gobuild import build_go, go_missing_reason, run_program
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import CallTimeoutError, Client, ClientConfig, PluginExitedError  # noqa: E402
-from plugbay.core.errors import PermissionDeniedError, PodCrashLoopError  # noqa: E402
+from plugbay.errors import PermissionDeniedError, PodCrashLoopError  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin, testapp  # noqa: E402,F401
 from tests.kube_standin.server import StandIn  # noqa: E402

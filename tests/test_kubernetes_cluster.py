@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import CallTimeoutError, Client, ClientConfig, PluginExitedError  # noqa: E402
-from plugbay.core.errors import ImageNotFoundError, PermissionDeniedError  # noqa: E402
+from plugbay.errors import ImageNotFoundError, PermissionDeniedError  # noqa: E402
 from plugbay.runners.kubernetes import RBAC_RULES, KubernetesRunner  # noqa: E402
 
 KUBECONFIG = os.environ.get("KUBECONFIG", "")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from plugbay.core.errors import (
+from plugbay.errors import (
     ConfigError,
     EngineUnavailableError,
     ImageNotFoundError,

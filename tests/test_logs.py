@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from plugbay.core.logs import TRACE, LogPump, parse_hclog
+from plugbay.core.host.logs import TRACE, LogPump, parse_hclog
 
 
 class Capture(logging.Handler):

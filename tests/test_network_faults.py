@@ -29,10 +29,10 @@ from plugbay import (  # noqa: E402
     RetryPolicy,
     Supervisor,
 )
-from plugbay.core.circuit import CLOSED, HALF_OPEN, OPEN  # noqa: E402
-from plugbay.core.healthwatch import NOT_SERVING, SERVING, UNREACHABLE  # noqa: E402
-from plugbay.core.retry import install  # noqa: E402
-from plugbay.core.supervisor import RUNNING  # noqa: E402
+from plugbay.core.resilience.circuit import CLOSED, HALF_OPEN, OPEN  # noqa: E402
+from plugbay.core.resilience.healthwatch import NOT_SERVING, SERVING, UNREACHABLE  # noqa: E402
+from plugbay.core.resilience.calls import install  # noqa: E402
+from plugbay.core.resilience.supervisor import RUNNING  # noqa: E402
 
 PORT = 4000
 # Reconnect soon after a fault heals (gRPC's default first backoff is 1 s, growing to 120 s).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plugbay.core.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.process import UNKNOWN_EXIT_CODE, ProcessRunner, resolve_executable
 

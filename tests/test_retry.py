@@ -13,7 +13,7 @@ from tests.resilience_util import PLUGIN_NAME, faulty_config  # also puts exampl
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
 from plugbay import CallTimeoutError, Client, ConfigError, RetryPolicy, idempotent  # noqa: E402
-from plugbay.core.retry import install  # noqa: E402
+from plugbay.core.resilience.calls import install  # noqa: E402
 
 
 @pytest.fixture()

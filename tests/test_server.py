@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2
-from plugbay.core import tls as tlsmod
-from plugbay.core.handshake import HandshakeInfo, parse_handshake_line
-from plugbay.core.server import COOKIE_MESSAGE, MISCONFIGURED_MESSAGE
-from plugbay.core.tlsrelay import TLSRelay, open_listener
+from plugbay.core.protocol import tls as tlsmod
+from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
+from plugbay.core.plugin.server import COOKIE_MESSAGE, MISCONFIGURED_MESSAGE
+from plugbay.core.transport.relay import TLSRelay, open_listener
 from tests.serverproc import (  # noqa: F401  (plugins is a fixture)
     COOKIE,
     KV_PLUGIN,
@@ -253,8 +253,8 @@ def test_non_numeric_versions_are_refused(plugins: list[PluginProc]) -> None:
 def test_protocol_version_follows_go_plugin() -> None:
     from kv_plugin_def import HANDSHAKE, KVPlugin
 
-    from plugbay.core.errors import ConfigError
-    from plugbay.core.server import ServeConfig, protocol_version
+    from plugbay.errors import ConfigError
+    from plugbay.core.plugin.server import ServeConfig, protocol_version
 
     a, b, c = KVPlugin(), KVPlugin(), KVPlugin()
     config = ServeConfig(HANDSHAKE, plugins={"kv": a}, versioned_plugins={1: {"kv": b}, 4: {"kv": c}})

@@ -29,7 +29,7 @@ from plugbay import (  # noqa: E402
     SupervisorEvent,
     UnknownPluginError,
 )
-from plugbay.core.supervisor import FAILED, RUNNING  # noqa: E402
+from plugbay.core.resilience.supervisor import FAILED, RUNNING  # noqa: E402
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 

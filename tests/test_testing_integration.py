@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from plugbay.core.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import HandshakeTimeoutError, PluginExitedError
 from plugbay.testing import PluginContainer
 
 pytestmark = [pytest.mark.docker]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from plugbay.core import tls, tlsrelay
+from plugbay.core.protocol import tls
+from plugbay.core.transport import relay as tlsrelay
 
 
 @pytest.fixture
@@ -108,14 +109,14 @@ def test_the_client_refuses_a_server_it_does_not_trust(tmp_path: Path, echo_serv
 
 
 def test_unknown_network_is_a_config_error() -> None:
-    from plugbay.core.errors import ConfigError
+    from plugbay.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unix' or 'tcp"):
         tlsrelay.open_listener("udp", "x")
 
 
 def test_certificate_conversion_errors_say_what_to_pass() -> None:
-    from plugbay.core.errors import ConfigError
+    from plugbay.errors import ConfigError
 
     cert = tls.generate_cert()
     assert tls.der_to_pem(tls.pem_to_der(cert.cert_pem)) == cert.cert_pem

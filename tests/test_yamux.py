@@ -1,4 +1,4 @@
-"""plugbay.core.yamux on its own: frames, flow control, half-close, reset, ping, a vanished peer.
+"""plugbay.core.transport.yamux on its own: frames, flow control, half-close, reset, ping, a vanished peer.
 
 Two Sessions over a real socketpair; the wire bytes of the first frames are
 checked against hashicorp/yamux's format (version 0, big-endian header).
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugbay.core import yamux
-from plugbay.core.yamux import ACK, PING, SYN, WINDOW, WINDOW_UPDATE, Session, Stream, StreamClosed
+from plugbay.core.transport import yamux
+from plugbay.core.transport.yamux import ACK, PING, SYN, WINDOW, WINDOW_UPDATE, Session, Stream, StreamClosed
 
 
 class Pair:

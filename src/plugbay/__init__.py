@@ -1,80 +1,35 @@
-"""plugbay: HashiCorp go-plugin's plugin model for Python, over processes, containers and pods."""
+"""plugbay: HashiCorp go-plugin's plugin model for Python, over processes, containers and pods.
+
+The public names are the imports in the ``TYPE_CHECKING`` block below: that
+block is the one export table. At run time each name is imported on first use
+(the table is read from this file's own source), so ``import plugbay`` stays
+cheap and a plugin process never loads host-side, runner or resilience code.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Public names, imported on first use so `import plugbay` stays cheap and a
-# plugin process does not load host-side code (and vice versa).
-_EXPORTS: dict[str, str] = {
-    "Client": "plugbay.core.client",
-    "ClientConfig": "plugbay.core.client",
-    "serve": "plugbay.core.server",
-    "ServeConfig": "plugbay.core.server",
-    "HandshakeConfig": "plugbay.core.handshake",
-    "HandshakeInfo": "plugbay.core.handshake",
-    "GRPCPlugin": "plugbay.core.plugin",
-    "GRPCBroker": "plugbay.core.broker",
-    "ProcessRunner": "plugbay.runners.process",
-    "ReattachConfig": "plugbay.core.reattach",
-    "SecureConfig": "plugbay.core.secure",
-    "PlugbayError": "plugbay.core.errors",
-    "ConfigError": "plugbay.core.errors",
-    "HandshakeError": "plugbay.core.errors",
-    "MagicCookieError": "plugbay.core.errors",
-    "PluginExitedError": "plugbay.core.errors",
-    "HandshakeTimeoutError": "plugbay.core.errors",
-    "MalformedHandshakeError": "plugbay.core.errors",
-    "ProtocolMismatchError": "plugbay.core.errors",
-    "UnsupportedProtocolError": "plugbay.core.errors",
-    "VersionMismatchError": "plugbay.core.errors",
-    "ChecksumMismatchError": "plugbay.core.errors",
-    "UnknownPluginError": "plugbay.core.errors",
-    "ClientStateError": "plugbay.core.errors",
-    "PluginDiedError": "plugbay.core.errors",
-    "CallTimeoutError": "plugbay.core.errors",
-    "CircuitOpenError": "plugbay.core.errors",
-    "RunnerError": "plugbay.core.errors",
-    "EngineUnavailableError": "plugbay.core.errors",
-    "ImageNotFoundError": "plugbay.core.errors",
-    "PermissionDeniedError": "plugbay.core.errors",
-    "BrokerError": "plugbay.core.errors",
-    "BrokerTimeoutError": "plugbay.core.errors",
-    "BrokerClosedError": "plugbay.core.errors",
-    "RestartBudgetExhaustedError": "plugbay.core.errors",
-    "RetryPolicy": "plugbay.core.retry",
-    "idempotent": "plugbay.core.retry",
-    "CircuitBreaker": "plugbay.core.circuit",
-    "HealthWatcher": "plugbay.core.healthwatch",
-    "Supervisor": "plugbay.core.supervisor",
-    "RestartPolicy": "plugbay.core.supervisor",
-    "SupervisorEvent": "plugbay.core.supervisor",
-}
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plugbay' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
-
-
 if TYPE_CHECKING:
-    from plugbay.core.broker import GRPCBroker
-    from plugbay.core.circuit import CircuitBreaker
-    from plugbay.core.client import Client, ClientConfig
-    from plugbay.core.errors import (
+    from plugbay.core.broker.broker import GRPCBroker
+    from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
+    from plugbay.core.host.client import Client, cleanup_clients
+    from plugbay.core.host.config import ClientConfig
+    from plugbay.core.host.reattach import ReattachConfig
+    from plugbay.core.host.secure import SecureConfig
+    from plugbay.core.plugin.server import ServeConfig, serve
+    from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
+    from plugbay.core.resilience.calls import install
+    from plugbay.core.resilience.circuit import CircuitBreaker
+    from plugbay.core.resilience.healthwatch import HealthWatcher
+    from plugbay.core.resilience.retry import RetryPolicy, idempotent
+    from plugbay.core.resilience.supervisor import RestartPolicy, Supervisor, SupervisorEvent
+    from plugbay.errors import (
         BrokerClosedError,
         BrokerError,
         BrokerTimeoutError,
@@ -93,6 +48,9 @@ if TYPE_CHECKING:
         PlugbayError,
         PluginDiedError,
         PluginExitedError,
+        PodCrashLoopError,
+        PodStartTimeoutError,
+        PodUnschedulableError,
         ProtocolMismatchError,
         RestartBudgetExhaustedError,
         RunnerError,
@@ -100,12 +58,34 @@ if TYPE_CHECKING:
         UnsupportedProtocolError,
         VersionMismatchError,
     )
-    from plugbay.core.handshake import HandshakeConfig, HandshakeInfo
-    from plugbay.core.healthwatch import HealthWatcher
-    from plugbay.core.plugin import GRPCPlugin
-    from plugbay.core.reattach import ReattachConfig
-    from plugbay.core.retry import RetryPolicy, idempotent
-    from plugbay.core.secure import SecureConfig
-    from plugbay.core.server import ServeConfig, serve
-    from plugbay.core.supervisor import RestartPolicy, Supervisor, SupervisorEvent
+    from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
     from plugbay.runners.process import ProcessRunner
+
+
+def _export_table() -> dict[str, str]:
+    """name -> module, read from the TYPE_CHECKING imports above."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    table: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for imp in node.body:
+                if isinstance(imp, ast.ImportFrom) and imp.module:
+                    table.update((alias.asname or alias.name, imp.module) for alias in imp.names)
+    return table
+
+
+_EXPORTS = _export_table()
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plugbay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

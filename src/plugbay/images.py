@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugbay.core.errors import ConfigError, EngineUnavailableError, ImageNotFoundError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, ImageNotFoundError, RunnerError
 
 BASE_IMAGE = "plugbay-base:bookworm"
 HASH_LABEL = "plugbay.content-hash"

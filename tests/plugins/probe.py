@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO / "src"))
 import grpc  # noqa: E402
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay.core.broker import GRPCBroker  # noqa: E402
-from plugbay.core.handshake import HandshakeConfig  # noqa: E402
-from plugbay.core.server import ServeConfig, serve  # noqa: E402
+from plugbay.core.broker.broker import GRPCBroker  # noqa: E402
+from plugbay.core.protocol.handshake import HandshakeConfig  # noqa: E402
+from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
 
 log = logging.getLogger("probe")
 

@@ -34,10 +34,10 @@ import grpc  # noqa: E402
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME  # noqa: E402
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
 
-import plugbay.core.server as server_module  # noqa: E402
-from plugbay.core.broker import GRPCBroker  # noqa: E402
-from plugbay.core.health import NOT_SERVING, SERVING, HealthServicer  # noqa: E402
-from plugbay.core.plugin import GRPCPlugin  # noqa: E402
+import plugbay.core.plugin.server as server_module  # noqa: E402
+from plugbay.core.broker.broker import GRPCBroker  # noqa: E402
+from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer  # noqa: E402
+from plugbay.core.broker.plugin import GRPCPlugin  # noqa: E402
 
 _HEALTH: list[HealthServicer] = []
 

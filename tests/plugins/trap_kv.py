@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay.core.server import ServeConfig, serve  # noqa: E402
+from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
 
 log = logging.getLogger("trap_kv")
 log.setLevel(logging.DEBUG)

@@ -1,1 +1,4 @@
-"""plugbay internals: one module per concern of go-plugin's protocol."""
+"""The shared core of go-plugin's model, one layer per folder, each importing only those below it.
+
+errors <- protocol <- transport <- broker <- host | plugin <- resilience (plugbay.errors is the base).
+"""

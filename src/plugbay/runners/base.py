@@ -97,7 +97,7 @@ def register_reattacher(kind: str, func: ReattachFunc) -> None:
 
 
 def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
-    from plugbay.core.errors import ConfigError
+    from plugbay.errors import ConfigError
 
     kind = str(data.get("kind", ""))
     func = _REATTACHERS.get(kind)

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from plugbay.core.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 
 _POLL = 0.2

@@ -23,13 +23,13 @@ from typing import Any
 
 from testcontainers.core.container import DockerContainer
 
-from plugbay.core.client import Client, ClientConfig
-from plugbay.core.errors import HandshakeTimeoutError, PluginExitedError
-from plugbay.core.handshake import (ENV_PROTOCOL_VERSIONS, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP,
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP,
                                     HandshakeConfig, HandshakeInfo, parse_handshake_line)
-from plugbay.core.plugin import PluginSet, VersionedPlugins
-from plugbay.core.reattach import ReattachConfig
-from plugbay.runners.docker_engine import CONTAINER_SOCKET_DIR, managed_labels, prepare_socket_dir
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, managed_labels, prepare_socket_dir
 
 
 class PluginContainer(DockerContainer):
@@ -116,7 +116,7 @@ class PluginContainer(DockerContainer):
     def get_client(self) -> Client:
         """The connected plugbay Client of this plugin (one per container; stop() kills it)."""
         if self._client is None:
-            import plugbay.runners.docker  # noqa: F401 - registers the DockerRunner reattacher
+            import plugbay.runners.docker.runner  # noqa: F401 - registers the DockerRunner reattacher
 
             client = Client(ClientConfig(handshake=self.handshake_config, plugins=self.plugins,
                                          versioned_plugins=self.versioned_plugins, reattach=self.reattach_config(),

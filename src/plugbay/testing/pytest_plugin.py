@@ -27,9 +27,9 @@ import pytest
 # Imported lazily: pytest loads this plugin in every run of every project that
 # installed plugbay, and should not pay for (or break on) grpc imports there.
 if TYPE_CHECKING:
-    from plugbay.core.client import Client, ClientConfig
-    from plugbay.core.handshake import HandshakeConfig
-    from plugbay.core.plugin import PluginSet
+    from plugbay.core.host.client import Client, ClientConfig
+    from plugbay.core.protocol.handshake import HandshakeConfig
+    from plugbay.core.broker.plugin import PluginSet
 
 
 class _Started:
@@ -39,7 +39,7 @@ class _Started:
         self.clients: list[Client] = []
 
     def start(self, config: ClientConfig) -> Client:
-        from plugbay.core.client import Client
+        from plugbay.core.host.client import Client
 
         client = Client(config)
         self.clients.append(client)  # before start(): a failed start still gets killed
@@ -65,7 +65,7 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
 
     def start(cmd: Sequence[str], handshake: HandshakeConfig, plugins: PluginSet | None = None,
               **config: Any) -> Client:
-        from plugbay.core.client import ClientConfig
+        from plugbay.core.host.client import ClientConfig
 
         return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=list(cmd), **config))
 
@@ -80,8 +80,8 @@ def plugbay_docker() -> Iterator[Any]:
     """A docker SDK client (API version negotiated); skips when no Docker engine answers."""
     from docker.errors import DockerException
 
-    from plugbay.core.errors import EngineUnavailableError
-    from plugbay.runners.docker_engine import engine
+    from plugbay.errors import EngineUnavailableError
+    from plugbay.runners.docker.engine import engine
 
     try:
         client = engine()
@@ -120,7 +120,7 @@ def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
 
     def start(image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
               runner: Mapping[str, Any] | None = None, **config: Any) -> Client:
-        from plugbay.core.client import ClientConfig
+        from plugbay.core.host.client import ClientConfig
 
         return started.start(ClientConfig(handshake=handshake, plugins=plugins,
                                           runner=DockerRunner(image, **dict(runner or {})), **config))

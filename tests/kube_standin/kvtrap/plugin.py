@@ -18,7 +18,7 @@ sys.path.insert(0, str(_HERE))  # kv_plugin_def and kvproto, copied next to this
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay.core.server import ServeConfig, serve  # noqa: E402
+from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
 
 
 class TrapKV:

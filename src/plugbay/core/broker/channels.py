@@ -1,0 +1,136 @@
+"""Plumbing of brokered connections: gRPC options, sockets, served servers, dialed channels."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from plugbay.core.protocol import tls as tlsmod
+from plugbay.errors import BrokerError
+from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
+
+log = logging.getLogger("plugbay.broker")
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.max_send_message_length", 2**31 - 1),
+]
+_TLS_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.ssl_target_name_override", tlsmod.HOSTNAME),
+    ("grpc.default_authority", tlsmod.HOSTNAME),
+]
+
+
+@dataclass
+class _Served:
+    id: int
+    server: grpc.Server
+    executor: ThreadPoolExecutor
+    cleanup: list[Callable[[], None]]
+
+
+class BrokeredChannel(grpc.Channel):  # type: ignore[misc]
+    """What dial() returns: a grpc.Channel that also frees the broker's resources for it on close().
+
+    Closing it (or the broker) closes the gRPC channel and whatever carried it:
+    a TLS relay, or in multiplexed mode the local bridge listener.
+    """
+
+    def __init__(self, channel: grpc.Channel, cleanup: list[Callable[[], None]],
+                 untrack: Callable[[BrokeredChannel], None]) -> None:
+        self._channel = channel
+        self._cleanup = cleanup
+        self._untrack = untrack
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._channel.close()
+        for func in reversed(self._cleanup):
+            func()
+        self._untrack(self)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._channel.unsubscribe(callback)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)
+
+    def __enter__(self) -> BrokeredChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _target(network: str, address: str) -> str:
+    return f"unix:{address}" if network == "unix" else address
+
+
+def _bind(server: grpc.Server, path: str, creds: grpc.ServerCredentials | None) -> None:
+    target = f"unix:{path}"
+    try:
+        bound = server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
+    except RuntimeError:  # grpcio >= 1.4x raises instead of returning 0
+        bound = 0
+    if bound == 0:
+        raise BrokerError(f"could not listen on unix socket {path!r}; check that its folder"
+                          " exists, is writable, and the path is under 108 bytes")
+
+
+def _share_socket(path: str) -> None:
+    """Let the socket folder's group connect, as go-plugin does with a socket group.
+
+    A folder shared with a container user is setgid (sockets inherit its
+    group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly.
+    """
+    import grp
+    import stat
+
+    group = os.environ.get(ENV_UNIX_SOCKET_GROUP, "")
+    try:
+        shared = bool(os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID)
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        if group or shared:
+            os.chmod(path, 0o660)
+    except (OSError, KeyError) as exc:
+        log.warning("could not make broker socket %s group-accessible: %s", path, exc)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _stop_served(served: _Served) -> None:
+    served.server.stop(grace=1.0).wait(timeout=10)
+    for func in reversed(served.cleanup):
+        func()
+    served.executor.shutdown(wait=True)

@@ -1,0 +1,261 @@
+"""The channel a Client owns: default deadlines, typed failures, a swappable connection.
+
+User stubs are built on a :class:`ManagedChannel`. It is a ``grpc.Channel``
+whose multicallables look up the *current* underlying channel on every call,
+so the Client can replace the connection (a restarted plugin, a failover)
+under stubs the user already holds. Every call gets the default deadline when
+it sets none. Failures are translated:
+
+* DEADLINE_EXCEEDED -> :class:`CallTimeout` (a CallTimeoutError)
+* UNAVAILABLE / CANCELLED while the plugin has exited -> :class:`PluginDied`
+  (a PluginDiedError)
+* a call after the Client was killed -> ClientStateError
+
+The translated errors are also ``grpc.RpcError`` with ``code()``/``details()``,
+so code that catches gRPC errors keeps working.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError
+
+
+class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
+    def __init__(self, message: str, original: grpc.RpcError) -> None:
+        super().__init__(message)
+        self.message = message
+        self.original = original
+
+    def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
+        return self.message
+
+    def code(self) -> grpc.StatusCode:
+        return self.original.code()
+
+    def details(self) -> str:
+        return str(self.original.details())
+
+
+class PluginDied(_TranslatedRpcError, PluginDiedError):
+    """The plugin ended while the call was in flight (or before it started)."""
+
+
+class CallTimeout(_TranslatedRpcError, CallTimeoutError):
+    """The call ran past its deadline."""
+
+
+# A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
+# install one): hook(method, attempt, timeout) where attempt(timeout) makes one try and
+# timeout is the caller's own (None when the call set none).
+CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
+
+# How the proxy learns whether the plugin is gone; it may wait a moment because
+# a socket closes a few milliseconds before the exit status is visible.
+ExitProbe = Callable[[float], "str | None"]
+
+
+class ManagedChannel(grpc.Channel):  # type: ignore[misc]
+    """A grpc.Channel proxy: default deadline, error translation, replaceable target."""
+
+    def __init__(self, channel: grpc.Channel, call_timeout: float | None,
+                 exit_probe: ExitProbe | None = None, name: str = "plugin") -> None:
+        self._channel: grpc.Channel | None = channel
+        self._generation = 0
+        self._lock = threading.Lock()
+        self.call_timeout = call_timeout
+        self._exit_probe = exit_probe
+        self._name = name
+        self.call_hook: CallHook | None = None
+
+    # --- owner's controls ---------------------------------------------------------
+
+    @property
+    def current(self) -> grpc.Channel:
+        channel = self._channel
+        if channel is None:
+            raise ClientStateError(
+                f"the client of plugin {self._name!r} was killed; start a new Client to call it again"
+            )
+        return channel
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def replace(self, channel: grpc.Channel) -> grpc.Channel | None:
+        """Point every stub at ``channel``; returns the old one for the caller to close."""
+        with self._lock:
+            old, self._channel = self._channel, channel
+            self._generation += 1
+        return old
+
+    def detach(self) -> grpc.Channel | None:
+        with self._lock:
+            old, self._channel = self._channel, None
+            self._generation += 1
+        return old
+
+    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else ""
+        # A Go server may answer UNKNOWN "context deadline exceeded" a moment
+        # before the client's own deadline fires: past the deadline is a timeout.
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or past_deadline:
+            return CallTimeout(
+                f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
+                " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
+                " if it is stuck", exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
+            why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
+            if why is not None:
+                return PluginDied(
+                    f"plugin {self._name!r} died during the call: {why}. The call was not"
+                    " completed; start a new Client (the plugin's stderr tail is above)", exc)
+        translated: BaseException = exc
+        return translated
+
+    def translate_closed(self) -> BaseException:
+        if self._exit_probe is not None:
+            why = self._exit_probe(0.0)
+            if why is not None:
+                return PluginDiedError(f"plugin {self._name!r} is gone: {why}; start a new Client")
+        return ClientStateError(
+            f"the connection to plugin {self._name!r} was closed (the Client was killed);"
+            " start a new Client to call it again"
+        )
+
+    # --- grpc.Channel ----------------------------------------------------------------
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, _registered_method: bool = False) -> Any:
+        return _UnaryCallable(self, "unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool = False) -> Any:
+        return _StreamingCallable(self, "unary_stream", method, request_serializer,
+                                  response_deserializer)
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool = False) -> Any:
+        return _UnaryCallable(self, "stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None, _registered_method: bool = False) -> Any:
+        return _StreamingCallable(self, "stream_stream", method, request_serializer,
+                                  response_deserializer)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self.current.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self.current.unsubscribe(callback)
+
+    def close(self) -> None:
+        """User stubs do not own the connection; the Client closes it in kill()."""
+
+    def __enter__(self) -> ManagedChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Callable:
+    def __init__(self, owner: ManagedChannel, kind: str, method: str, ser: Any, de: Any) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._de = de
+        self._cached: tuple[int, Any] | None = None
+
+    def _target(self) -> Any:
+        owner = self._owner
+        cached = self._cached
+        if cached is not None and cached[0] == owner.generation:
+            return cached[1]
+        generation = owner.generation
+        factory = getattr(owner.current, self._kind)
+        target = factory(self._method, request_serializer=self._ser,
+                         response_deserializer=self._de, _registered_method=True)
+        self._cached = (generation, target)
+        return target
+
+    def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
+        return kwargs
+
+    def _fail(self, exc: grpc.RpcError, started: float, timeout: float | None) -> BaseException:
+        past = timeout is not None and time.monotonic() - started >= timeout * 0.98
+        return self._owner.translate(exc, past)
+
+
+class _UnaryCallable(_Callable):
+    def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._hooked(False, request, timeout, kwargs)
+
+    def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._hooked(True, request, timeout, kwargs)
+
+    def _hooked(self, with_call: bool, request: Any, timeout: float | None,
+                kwargs: dict[str, Any]) -> Any:
+        hook = self._owner.call_hook
+        if hook is None or self._kind != "unary_unary":  # a request stream cannot be replayed
+            return self._once(with_call, request, timeout, kwargs)
+        # timeout is the caller's (None: none given); attempt(None) gets the default deadline.
+        return hook(self._method, lambda t: self._once(with_call, request, t, dict(kwargs)), timeout)
+
+    def _once(self, with_call: bool, request: Any, timeout: float | None,
+              kwargs: dict[str, Any]) -> Any:
+        kwargs = self._kwargs(timeout, kwargs)
+        started = time.monotonic()
+        try:
+            target = self._target()
+            return (target.with_call if with_call else target)(request, **kwargs)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, started, kwargs["timeout"]) from exc
+        except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+            if "closed channel" in str(exc):
+                raise self._owner.translate_closed() from exc
+            raise
+
+    def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._target().future(request, **self._kwargs(timeout, kwargs))
+
+
+class _StreamingCallable(_Callable):
+    def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            call = self._target()(request, **self._kwargs(timeout, kwargs))
+        except ValueError as exc:
+            if "closed channel" in str(exc):
+                raise self._owner.translate_closed() from exc
+            raise
+        return _TranslatingStream(call, self._owner)
+
+
+class _TranslatingStream:
+    """A streaming call whose iteration raises translated errors; the rest delegates."""
+
+    def __init__(self, call: Any, owner: ManagedChannel) -> None:
+        self._call = call
+        self._owner = owner
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise self._owner.translate(exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)

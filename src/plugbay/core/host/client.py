@@ -1,0 +1,399 @@
+"""The host side: start a plugin through a Runner, handshake, connect, dispense, kill.
+
+Mirrors go-plugin's ``Client``. ``start()`` launches the plugin with go-plugin's
+environment, reads the handshake line from the runner's stdout, maps and dials
+the announced address (AutoMTLS when asked), waits for the health service and
+opens the broker and GRPCStdio streams. ``kill()`` asks GRPCController.Shutdown,
+waits ``kill_grace``, forces the runner, and frees every thread, socket and
+temp dir. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any
+
+import grpc
+
+from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker
+from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
+from plugbay.core.host.connect import Connection, dial, wait_healthy
+from plugbay.errors import (
+    ClientStateError,
+    ConfigError,
+    PluginExitedError,
+    ProtocolMismatchError,
+    UnknownPluginError,
+    VersionMismatchError,
+)
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.core.host.launch import launch_env, read_handshake, share_with_group
+from plugbay.core.host.logs import LogPump
+from plugbay.core.transport.mux import HostMux
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.stdio import StdioReader
+from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
+from plugbay.runners.process import ProcessRunner, resolve_executable
+
+_log = logging.getLogger("plugbay.client")
+# Started, not yet killed: plugins run in their own session, so they would
+# outlive a host that exits without kill(). cleanup_clients() runs at exit.
+_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def cleanup_clients() -> None:
+    """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
+
+    Reattached clients only disconnect: their plugin was meant to outlive a host.
+    """
+    for client in list(_LIVE):
+        if client.config.reattach is None:
+            client.kill()
+        else:
+            client.close()
+
+
+atexit.register(cleanup_clients)
+_SHUTDOWN_TIMEOUT = 2.0
+
+
+class Client:
+    """One plugin, from start to kill. Use as a context manager."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        sources = [x for x in (config.runner, config.cmd, config.reattach) if x is not None]
+        if len(sources) != 1:
+            raise ConfigError("ClientConfig needs exactly one of runner=, cmd= or reattach=")
+        if config.min_port > config.max_port:
+            raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
+        if config.multiplex_broker and config.reattach is not None:
+            raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
+        self.config = config
+        self._versions = config.versions()
+        self._runner: AttachedRunner | None = config.runner
+        if config.cmd is not None:
+            self._runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
+        self.name: str = str(config.name or (config.reattach.name if config.reattach else
+                                             getattr(self._runner, "name", "plugin")))
+        self._lock = threading.RLock()
+        self._started = False
+        self._killed = False
+        self._tmpdir: str | None = None
+        self._cert: CertKey | None = None
+        self._info: HandshakeInfo | None = None
+        self._announced: HandshakeInfo | None = None
+        self._version: int | None = None
+        self._conn: Connection | None = None
+        self._channel: ManagedChannel | None = None
+        self._broker: GRPCBroker | None = None
+        self._mux: HostMux | None = None
+        self._stdio: StdioReader | None = None
+        self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._exit_code: int | None = None
+        self._dispensed: dict[str, Any] = {}
+
+    # --- properties -------------------------------------------------------------
+
+    @property
+    def handshake(self) -> HandshakeInfo:
+        info: HandshakeInfo = self._need(self._info, "handshake")
+        return info
+
+    @property
+    def negotiated_version(self) -> int:
+        version: int = self._need(self._version, "negotiated_version")
+        return version
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._need(self._channel, "channel")
+
+    @property
+    def runner(self) -> AttachedRunner:
+        runner: AttachedRunner = self._need(self._runner, "runner")
+        return runner
+
+    @property
+    def broker(self) -> GRPCBroker:
+        broker: GRPCBroker = self._need(self._broker, "broker")
+        return broker
+
+    @property
+    def exited(self) -> bool:
+        return self._exit_code is not None or self._killed
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+    @property
+    def connection_mode(self) -> str:
+        """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
+        conn: Connection = self._need(self._conn, "connection_mode")
+        return conn.mode
+
+    def stderr_tail(self) -> list[str]:
+        return self._logs.tail()
+
+    def _need(self, value: Any, what: str) -> Any:
+        if value is None:
+            raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
+        return value
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def start(self) -> None:
+        """Start (or reattach) and connect. Safe to call again; a killed Client cannot restart."""
+        with self._lock:
+            if self._killed:
+                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+            if self._started:
+                return
+            try:
+                self._start()
+            except BaseException:
+                self._killed = True  # like go-plugin, a Client starts once
+                self._teardown(graceful=False)
+                raise
+            self._started = True
+            _LIVE.add(self)
+
+    def _start(self) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.start_timeout
+        self._tmpdir = tempfile.mkdtemp(prefix="plugbay-", dir=cfg.unix_socket_temp_dir)
+        if cfg.unix_socket_group is not None:
+            share_with_group(self._tmpdir, cfg.unix_socket_group)
+        if cfg.reattach is not None:
+            self._runner = reattach_runner(cfg.reattach.runner)
+            self._cert = cfg.reattach.client_cert
+            info = cfg.reattach.handshake
+        else:
+            runner = self._runner
+            assert isinstance(runner, Runner)
+            self._check_secure(runner)
+            if cfg.auto_mtls:
+                self._cert = generate_cert()  # fresh per client, as go-plugin does
+            env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
+                             socket_group=cfg.unix_socket_group,
+                             cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
+                             multiplex=cfg.multiplex_broker)
+            runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
+            self._logs.follow(runner.stderr_lines(), "stderr")
+            info = read_handshake(runner, self._logs, deadline, self.name, cfg.start_timeout,
+                                  self._threads)
+        self._accept(info)
+        self._connect(info, deadline)
+
+    def _check_secure(self, runner: Runner) -> None:
+        secure = self.config.secure_config
+        if secure is None:
+            return
+        if isinstance(runner, ProcessRunner):
+            env = {**runner.env} if runner.skip_host_env else None
+            secure.check(resolve_executable(runner.cmd[0], env))
+            return
+        check = getattr(runner, "check_secure_config", None)
+        if check is None:
+            raise ConfigError(f"secure_config is not supported by runner {type(runner).__name__};"
+                              " drop it or use a runner that can verify what it starts")
+        check(secure)
+
+    def _accept(self, info: HandshakeInfo) -> None:
+        if info.app_version not in self._versions:
+            raise VersionMismatchError(sorted(self._versions), [info.app_version])
+        if self.config.multiplex_broker and not info.multiplex:
+            raise ProtocolMismatchError(
+                f"the host asked for the multiplexed gRPC broker but plugin {self.name!r} does not"
+                " support it; set multiplex_broker=False or upgrade the plugin's go-plugin/plugbay")
+        self._announced = info
+        self._version = info.app_version
+
+    def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
+        runner = self.runner
+        network, address = runner.plugin_to_host(announced.network, announced.address)
+        info = announced.with_address(network, address)
+        if self._cert is not None and info.server_cert is None:
+            _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
+        dial_to = (network, address)
+        if self.config.multiplex_broker:
+            # One connection carries a yamux session; the main channel and every
+            # brokered connection are streams in it (TLS, if any, runs per stream).
+            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0))
+            dial_to = self._mux.local_address
+        self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
+                          relay_dir=self._tmpdir, options=self.config.grpc_options)
+        self._info = info
+        self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
+                                       self._exit_probe, self.name)
+        remaining = max(deadline - time.monotonic(), 1.0)
+        wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
+                     name=self.name)
+        code = runner.wait(0)
+        if code is not None:
+            self._logs.join(2.0)
+            raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
+                                    "It exited right after its handshake.")
+        peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
+        self._broker = host_broker(self._conn.channel, BrokerTransport(
+            tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
+            translator=runner, multiplex=self._mux is not None, mux=self._mux))
+        self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
+                                  self.config.stderr_sink, self.name)
+        watcher = threading.Thread(target=self._watch, name=f"plugbay-watch-{self.name}", daemon=True)
+        self._threads.append(watcher)
+        watcher.start()
+
+    def _watch(self) -> None:
+        runner = self.runner
+        while not self._stop.is_set():
+            code = runner.wait(0.25)
+            if code is None:
+                continue
+            self._exit_code = code
+            if self._stop.is_set():
+                return
+            _log.warning("plugin %s exited with code %s", self.name, code)
+            # Fail calls still in flight now, whatever the transport (a published
+            # port may keep a dead plugin's connection open).
+            conn = self._conn
+            if conn is not None:
+                conn.channel.close()
+            return
+
+    def _exit_probe(self, wait: float) -> str | None:
+        code = self._exit_code
+        if code is None and self._runner is not None:
+            code = self._runner.wait(wait)
+        if code is None:
+            return None
+        self._exit_code = code
+        tail = "; ".join(self._logs.tail()[-5:])
+        how = f"it exited with code {code}"
+        if code < 0 and -code in signal.valid_signals():
+            how += f" (killed by {signal.Signals(-code).name})"
+        return how + (f" (last stderr: {tail})" if tail else "")
+
+    # --- use --------------------------------------------------------------------
+
+    def dispense(self, name: str) -> Any:
+        """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
+        with self._lock:
+            if self._killed:
+                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+            if not self._started:
+                self.start()
+            if name in self._dispensed:
+                return self._dispensed[name]
+            plugins = self._versions[self.negotiated_version]
+            if name not in plugins:
+                raise UnknownPluginError(name, list(plugins))
+            stub = plugins[name].grpc_client(self.broker, self.channel)
+            self._dispensed[name] = stub
+            return stub
+
+    def reattach_config(self) -> ReattachConfig:
+        """What another host process needs to attach to this running plugin."""
+        info = self._need(self._announced, "reattach_config")
+        return ReattachConfig(handshake=info, runner=self.runner.reattach_data(),
+                              client_cert=self._cert, name=self.name)
+
+    def kill(self) -> None:
+        """Shutdown, grace, force; then free everything. Idempotent and bounded."""
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+            _LIVE.discard(self)
+            self._teardown(graceful=True)
+
+    def close(self) -> None:
+        """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
+        with self._lock:
+            if self._killed:
+                return
+            if self.config.reattach is None and self._started:
+                raise ClientStateError(
+                    f"close() leaves a plugin running, which only a reattached Client may do; this"
+                    f" Client started plugin {self.name!r}, so stop it with kill()")
+            self._killed = True
+            _LIVE.discard(self)
+            self._stop.set()
+            self._close_rpc_streams()
+            self._close_streams()
+
+    def _teardown(self, graceful: bool) -> None:
+        self._stop.set()
+        runner = self._runner
+        conn = self._conn
+        asked = False
+        if runner is not None and self._exit_code is None and runner.wait(0) is not None:
+            graceful = False
+        # End our long-lived streams first (as go-plugin closes its broker before
+        # Shutdown): a graceful stop on the plugin side waits for open streams.
+        self._close_rpc_streams()
+        if graceful and conn is not None and self._exit_code is None:
+            try:
+                grpc_controller_pb2_grpc.GRPCControllerStub(conn.channel).Shutdown(  # type: ignore[no-untyped-call]
+                    grpc_controller_pb2.Empty(), timeout=_SHUTDOWN_TIMEOUT)
+                asked = True
+            except grpc.RpcError as exc:
+                # The plugin may close the connection before answering.
+                asked = exc.code() == grpc.StatusCode.UNAVAILABLE
+                _log.debug("Shutdown of plugin %s: %s", self.name, exc)
+            except ValueError:
+                pass  # channel already closed by the exit watcher
+        if runner is not None:
+            if asked and runner.wait(self.config.kill_grace) is None:
+                _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
+                             self.name, self.config.kill_grace)
+            try:
+                runner.kill(0 if asked else self.config.kill_grace)
+            except Exception as exc:
+                _log.warning("killing plugin %s failed: %s", self.name, exc)
+        self._close_streams()
+
+    def _close_rpc_streams(self) -> None:
+        if self._stdio is not None:
+            self._stdio.close()
+        if self._broker is not None:
+            try:
+                self._broker.close()
+            except Exception as exc:
+                _log.debug("closing broker: %s", exc)
+
+    def _close_streams(self) -> None:
+        if self._channel is not None:
+            self._channel.detach()
+        if self._conn is not None:
+            self._conn.close()
+        if self._mux is not None:
+            self._mux.close()
+        for thread in self._threads:
+            thread.join(5.0)
+        self._logs.join(5.0)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)

@@ -1,0 +1,55 @@
+"""ClientConfig: how a Client starts (or reattaches to) one plugin. See plugbay.core.host.client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.secure import SecureConfig
+from plugbay.core.host.stdio import Sink
+from plugbay.runners.base import Runner
+
+
+@dataclass
+class ClientConfig:
+    """How to start (or reattach to) one plugin. See the module docstring."""
+
+    handshake: HandshakeConfig
+    plugins: PluginSet | None = None
+    versioned_plugins: VersionedPlugins | None = None
+    runner: Runner | None = None
+    cmd: Sequence[str] | None = None
+    reattach: ReattachConfig | None = None
+    auto_mtls: bool = False
+    start_timeout: float = 60.0
+    call_timeout: float | None = 30.0
+    kill_grace: float = 2.0
+    min_port: int = 10000
+    max_port: int = 25000
+    multiplex_broker: bool = False
+    secure_config: SecureConfig | None = None
+    logger: logging.Logger | None = None
+    stdout_sink: Sink | None = None
+    stderr_sink: Sink | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    skip_host_env: bool = False  # with cmd: start the plugin without the host's environment
+    name: str | None = None  # logger and message name; default: the runner's name
+    grpc_options: Sequence[tuple[str, Any]] = ()
+    raw_log_sink: Callable[[str], None] | None = None  # non-hclog stderr lines, else logged
+    # go-plugin's UnixSocketConfig: the group that may use the plugin's socket
+    # (PLUGIN_UNIX_SOCKET_GROUP; the private dir becomes 0770 for it) and its parent dir.
+    unix_socket_group: str | int | None = None
+    unix_socket_temp_dir: str | None = None
+
+    def versions(self) -> dict[int, PluginSet]:
+        out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (self.versioned_plugins or {}).items()}
+        if self.plugins is not None:
+            out.setdefault(self.handshake.protocol_version, dict(self.plugins))
+        if not out:
+            out[self.handshake.protocol_version] = {}
+        return out

@@ -1,0 +1,78 @@
+"""ReattachConfig: everything a new host process needs to reach a running plugin.
+
+It holds the handshake facts (address, protocol, app version, server cert),
+the runner's reattach_data() (pid, container id, pod) and, with AutoMTLS, the
+client certificate and key the plugin trusts. It is JSON so it can be passed
+through an environment variable or a file, like go-plugin's ReattachConfig.
+The AutoMTLS key is a secret: store the JSON where only the host can read it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugbay.errors import ConfigError
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.core.protocol.tls import CertKey
+
+
+@dataclass(frozen=True)
+class ReattachConfig:
+    handshake: HandshakeInfo
+    runner: Mapping[str, Any] = field(default_factory=dict)
+    client_cert: CertKey | None = None
+    name: str = "plugin"
+
+    @property
+    def protocol(self) -> str:
+        return self.handshake.protocol
+
+    @property
+    def version(self) -> int:
+        return self.handshake.app_version
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.handshake.protocol,
+            "version": self.handshake.app_version,
+            "handshake": self.handshake.to_dict(),
+            "runner": dict(self.runner),
+            "client_cert": None if self.client_cert is None else {
+                "cert_pem": self.client_cert.cert_pem.decode(),
+                "key_pem": self.client_cert.key_pem.decode(),
+            },
+            "name": self.name,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReattachConfig:
+        try:
+            info = HandshakeInfo.from_dict(data["handshake"])
+            cert = data.get("client_cert")
+            return cls(
+                handshake=info,
+                runner=dict(data.get("runner") or {}),
+                client_cert=CertKey(cert["cert_pem"].encode(), cert["key_pem"].encode()) if cert else None,
+                name=str(data.get("name", "plugin")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(
+                f"not a plugbay reattach config ({type(exc).__name__}: {exc}); pass the JSON that"
+                " Client.reattach_config().to_json() produced"
+            ) from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> ReattachConfig:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"reattach config is not JSON ({exc}); pass ReattachConfig.to_json() output") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("reattach config JSON must be an object; pass ReattachConfig.to_json() output")
+        return cls.from_dict(data)

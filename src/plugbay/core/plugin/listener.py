@@ -1,0 +1,328 @@
+"""Where the plugin listens, and what sits between that address and gRPC.
+
+go-plugin's plugin listens on a unix socket on POSIX (a fresh name in
+PLUGIN_UNIX_SOCKET_DIR, else the temp dir; chgrp'd and made group-writable
+0660 when PLUGIN_UNIX_SOCKET_GROUP is set, as current go-plugin does) and on
+TCP 127.0.0.1 within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT where unix sockets do
+not exist. In a setgid folder (a folder shared with a container user, whose
+group new files inherit) the socket is made 0660 as well. plugbay adds PLUGBAY_LISTEN for containers and pods:
+
+=====================  ====================================================
+``tcp:HOST:PORT``      listen there (port 0 picks one); announce the bound address
+``tcp``                go-plugin's TCP listener: 127.0.0.1, port range from env
+``unix:PATH``          listen on that socket path
+=====================  ====================================================
+
+gRPC binds the announced address itself when nothing has to sit in front of
+it. A *front* (a Python object owning the announced socket and forwarding to
+gRPC on a private unix socket) is used when:
+
+* the host's AutoMTLS certificate is one grpcio cannot handshake with (a Go
+  host's P-521): a TLSRelay in ``terminate`` mode does TLS with OpenSSL;
+* multiplexing is on (PLUGIN_MULTIPLEX_GRPC): the broker's multiplexer owns
+  the announced socket (see :func:`_multiplexer`, the seam for the broker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import stat
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from plugbay.errors import ConfigError
+from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
+from plugbay.core.transport.relay import TLSRelay, listener_address, open_listener
+
+ENV_LISTEN = "PLUGBAY_LISTEN"
+
+
+@dataclass
+class Endpoint:
+    """An address to listen on: network "unix"/"tcp", and a path or HOST:PORT."""
+
+    network: str
+    address: str
+    port_range: tuple[int, int] | None = None  # tcp: try each port of the range
+    socket_group: str | None = None  # unix: chgrp to this and chmod 0660
+    owned_path: bool = False  # unix: we picked the name, so we remove the file
+
+
+@dataclass
+class Listening:
+    """The announced address and everything to undo on shutdown."""
+
+    network: str
+    address: str
+    multiplex: bool
+    mux: Any = None  # the multiplexer front's session, for BrokerTransport.mux
+    _cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except OSError:
+                pass
+
+
+def parse_bool(value: str) -> bool:
+    """Go's strconv.ParseBool; anything else is False (go-plugin ignores the error)."""
+    return value in ("1", "t", "T", "TRUE", "true", "True")
+
+
+def plan_endpoint(env: Mapping[str, str]) -> Endpoint:
+    """Decide the announced endpoint from the environment (no sockets yet)."""
+    override = env.get(ENV_LISTEN, "").strip()
+    if override:
+        return _parse_override(override, env)
+    if hasattr(socket, "AF_UNIX"):
+        directory = env.get(ENV_UNIX_SOCKET_DIR) or tempfile.gettempdir()
+        try:
+            fd, path = tempfile.mkstemp(prefix="plugin", dir=directory)
+        except OSError as exc:
+            source = ENV_UNIX_SOCKET_DIR if env.get(ENV_UNIX_SOCKET_DIR) else "the temp dir"
+            raise ConfigError(f"couldn't create the plugin's unix socket in {directory} ({source}):"
+                              f" {exc.strerror}; point {source} at a writable folder") from None
+        os.close(fd)
+        os.unlink(path)  # the name has to be free for bind()
+        return Endpoint("unix", path, socket_group=env.get(ENV_UNIX_SOCKET_GROUP) or None, owned_path=True)
+    return Endpoint("tcp", "127.0.0.1:0", port_range=_port_range(env))
+
+
+def _parse_override(value: str, env: Mapping[str, str]) -> Endpoint:
+    kind, _, rest = value.partition(":")
+    if kind == "tcp" and not rest:
+        return Endpoint("tcp", "127.0.0.1:0", port_range=_port_range(env))
+    if kind == "tcp":
+        host, sep, port = rest.rpartition(":")
+        if sep and host and port.isdigit() and int(port) < 65536:
+            return Endpoint("tcp", f"{host}:{int(port)}")
+    if kind == "unix" and rest:
+        return Endpoint("unix", rest, socket_group=env.get(ENV_UNIX_SOCKET_GROUP) or None, owned_path=True)
+    raise ConfigError(
+        f"{ENV_LISTEN}={value!r} is not a listen address; use 'tcp:HOST:PORT' (for example"
+        " 'tcp:0.0.0.0:4000'), 'tcp' (127.0.0.1 within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT) or 'unix:/path'"
+    )
+
+
+def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
+    values = []
+    for name in (ENV_MIN_PORT, ENV_MAX_PORT):
+        raw = env.get(name, "")
+        try:
+            values.append(int(raw) if raw else 0)
+        except ValueError:
+            raise ConfigError(f"couldn't get value from {name}: {raw!r} is not a port number;"
+                              " set it to an integer between 0 and 65535") from None
+    low, high = values
+    if low > high:
+        raise ConfigError(f"{ENV_MIN_PORT} value of {low} is greater than {ENV_MAX_PORT} value of"
+                          f" {high}; set a range with min <= max")
+    if low < 0 or high > 65535:
+        raise ConfigError(f"port range {low}..{high} is outside 0..65535; fix {ENV_MIN_PORT}/{ENV_MAX_PORT}")
+    return low, high
+
+
+def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerCredentials | None,
+           relay_context: ssl.SSLContext | None, multiplex: bool) -> Listening:
+    """Bind ``server`` (not started yet) and any fronts; return the announced address.
+
+    ``multiplex`` is what the host asked for; ``Listening.multiplex`` says
+    whether a multiplexer front is actually in place (announced in the
+    handshake's 7th field).
+    """
+    mux = _multiplexer() if multiplex else None
+    result = Listening("", "", mux is not None)
+    try:
+        if relay_context is None and mux is None:
+            result.network, result.address = _bind_grpc(server, endpoint, credentials, result)
+            return result
+        private_dir = tempfile.mkdtemp(prefix="plugbay-grpc-")
+        result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
+        target = ("unix", os.path.join(private_dir, "grpc.sock"))
+        if credentials is None:
+            server.add_insecure_port(f"unix:{target[1]}")
+        else:
+            server.add_secure_port(f"unix:{target[1]}", credentials)
+        sock = _bind_socket(endpoint, result)
+        result.network, result.address = listener_address(sock)
+        if mux is not None and relay_context is not None:
+            # go-plugin runs TLS inside the multiplexed streams: mux -> relay -> gRPC.
+            relay_sock = open_listener("unix", os.path.join(private_dir, "tls.sock"))
+            relay = TLSRelay(relay_sock, target, relay_context, mode="terminate")
+            result._cleanups.append(relay.close)
+            target = listener_address(relay_sock)
+        if mux is not None:
+            front = mux(sock, target)
+            result.mux = front
+            result._cleanups.append(front.close)
+        else:
+            assert relay_context is not None
+            relay = TLSRelay(sock, target, relay_context, mode="terminate")
+            result._cleanups.append(relay.close)
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
+class _Front(Protocol):
+    def close(self) -> None: ...
+
+
+def _multiplexer() -> Callable[[socket.socket, tuple[str, str]], _Front] | None:
+    """The multiplexer front, when this build has one.
+
+    Seam for the multiplexed broker: ``plugbay.core.transport.mux.plugin_front(listener,
+    target)`` takes over the announced listening socket, serves go-plugin's
+    multiplexed (yamux) session on it, forwards the main connection's streams
+    to ``target`` (network, address) and returns the session object (with
+    ``close()``); serve() hands it to the broker as ``BrokerTransport.mux``.
+    Without it a host asking for multiplexing is told "not supported" (no 7th
+    field), which a go-plugin host reports as ErrGRPCBrokerMuxNotSupported.
+    """
+    try:
+        from plugbay.core.transport import mux
+    except ImportError:
+        return None
+    factory = getattr(mux, "plugin_front", None)
+    return factory if callable(factory) else None
+
+
+def _bind_grpc(server: grpc.Server, endpoint: Endpoint, credentials: grpc.ServerCredentials | None,
+               result: Listening) -> tuple[str, str]:
+    def add(target: str) -> int:
+        if credentials is None:
+            return int(server.add_insecure_port(target))
+        return int(server.add_secure_port(target, credentials))
+
+    if endpoint.network == "unix":
+        _check_unix_path(endpoint.address)
+        try:
+            add(f"unix:{endpoint.address}")
+        except RuntimeError as exc:
+            raise ConfigError(f"couldn't listen on unix socket {endpoint.address}: {exc}") from None
+        _own_unix(endpoint, result)
+        return "unix", endpoint.address
+    host, _, port_text = endpoint.address.rpartition(":")
+    for port in _candidate_ports(endpoint, host, int(port_text)):
+        try:
+            bound = add(f"{host}:{port}")
+        except RuntimeError:
+            continue
+        if bound:
+            return "tcp", f"{host}:{bound}"
+    raise _bind_error(endpoint)
+
+
+def _bind_socket(endpoint: Endpoint, result: Listening) -> socket.socket:
+    if endpoint.network == "unix":
+        _check_unix_path(endpoint.address)
+        try:
+            sock = open_listener("unix", endpoint.address)
+        except OSError as exc:
+            raise ConfigError(f"couldn't listen on unix socket {endpoint.address}: {exc}") from None
+        _own_unix(endpoint, result)
+        return sock
+    host, _, port_text = endpoint.address.rpartition(":")
+    for port in _candidate_ports(endpoint, host, int(port_text)):
+        try:
+            return open_listener("tcp", f"{host}:{port}")
+        except OSError:
+            continue
+    raise _bind_error(endpoint)
+
+
+def _candidate_ports(endpoint: Endpoint, host: str, port: int) -> Iterator[int]:
+    if endpoint.port_range is None:
+        yield port
+        return
+    low, high = endpoint.port_range
+    # Probe with a plain socket first so grpcio does not log a bind error per busy port.
+    for candidate in range(low, high + 1):
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            probe.bind((host.strip("[]"), candidate))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        yield candidate
+
+
+def _bind_error(endpoint: Endpoint) -> ConfigError:
+    if endpoint.port_range is not None:
+        low, high = endpoint.port_range
+        return ConfigError(f"couldn't bind plugin TCP listener: no free port on 127.0.0.1 in {low}..{high};"
+                           f" widen {ENV_MIN_PORT}/{ENV_MAX_PORT} or free a port")
+    return ConfigError(f"couldn't bind plugin TCP listener on {endpoint.address}; free that port or"
+                       f" choose another in {ENV_LISTEN}")
+
+
+def _check_unix_path(path: str) -> None:
+    if len(os.fsencode(path)) > 107:
+        raise ConfigError(f"unix socket path {path!r} is longer than the 107 bytes the OS allows;"
+                          f" set {ENV_UNIX_SOCKET_DIR} (or TMPDIR) to a shorter directory")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"couldn't listen on unix socket {path}: a file that is not a socket is"
+                          " there; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except OSError:
+        _unlink(path)  # left by a process that is gone (a crashed plugin in a fixed-path setup)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"couldn't listen on unix socket {path}: another process is listening there;"
+                      " stop it or choose another path")
+
+
+def _own_unix(endpoint: Endpoint, result: Listening) -> None:
+    path = endpoint.address
+    if endpoint.owned_path:
+        result._cleanups.append(lambda: _unlink(path))
+    if endpoint.socket_group:
+        _set_group_writable(path, endpoint.socket_group)
+    elif os.stat(os.path.dirname(path) or ".").st_mode & stat.S_ISGID:
+        # A setgid folder shared with another user (a container's): the socket
+        # inherited the folder's group, which must be able to connect too.
+        os.chmod(path, 0o660)
+
+
+def _set_group_writable(path: str, group: str) -> None:
+    try:
+        gid = int(group)
+    except ValueError:
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"failed to find gid from {group!r}: no such group; set"
+                              f" {ENV_UNIX_SOCKET_GROUP} to an existing group name or gid") from None
+    try:
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    except OSError as exc:
+        raise ConfigError(f"couldn't give unix socket {path} to group {group}: {exc}") from None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,309 @@
+"""The plugin side: serve(), go-plugin's plugin.Serve in Python.
+
+A plugin program builds a :class:`ServeConfig` and calls :func:`serve`, which
+
+1. refuses to run without the host's magic cookie (go-plugin's message, exit 1);
+2. negotiates the app protocol version against PLUGIN_PROTOCOL_VERSIONS;
+3. listens (plugbay.core.plugin.listener: unix socket by default, TCP, PLUGBAY_LISTEN),
+   with AutoMTLS when the host sent PLUGIN_CLIENT_CERT;
+4. serves health ("plugin" SERVING), GRPCController, GRPCStdio, GRPCBroker and
+   the plugins' own services;
+5. prints the handshake line on stdout, then captures fds 1 and 2 for GRPCStdio;
+6. blocks until GRPCController.Shutdown or SIGTERM, stops gracefully and returns.
+
+SIGINT is ignored like in go-plugin when the plugin runs as the host's child
+process: a Ctrl-C at the terminal reaches the whole process group, and the host
+decides when its plugins stop (Terraform-style hosts rely on it). With
+PLUGBAY_LISTEN (a plugin placed in a container or pod, alone in its process
+group) SIGINT stops it gracefully like SIGTERM.
+Log records go to the original stderr as hclog JSON (plugbay.core.plugin.logs).
+Every setup failure prints one clear message on stderr and exits with 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any
+
+import grpc
+
+from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
+from plugbay.core.protocol import tls as tlsmod
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, plugin_broker
+from plugbay.errors import ConfigError, PlugbayError
+from plugbay.core.protocol.handshake import (
+    CORE_PROTOCOL_VERSION,
+    ENV_CLIENT_CERT,
+    ENV_MULTIPLEX_GRPC,
+    ENV_PROTOCOL_VERSIONS,
+    ENV_UNIX_SOCKET_DIR,
+    PROTOCOL_GRPC,
+    HandshakeConfig,
+    HandshakeInfo,
+    parse_versions,
+)
+from plugbay.core.plugin.health import HealthServicer
+from plugbay.core.plugin.health import add_to_server as add_health
+from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
+from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
+from plugbay.core.plugin.logs import HclogHandler
+from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
+from plugbay.core.plugin.stdio import add_to_server as add_stdio
+
+COOKIE_MESSAGE = (
+    "This binary is a plugin. These are not meant to be executed directly.\n"
+    "Please execute the program that consumes these plugins, which will\n"
+    "load any plugins automatically\n"
+)
+MISCONFIGURED_MESSAGE = (
+    "Misconfigured ServeConfig given to serve this plugin: no magic cookie\n"
+    "key or value was set. Please notify the plugin author and report\n"
+    "this as a bug.\n"
+)
+
+STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
+_WORKERS = 32  # streams (stdio, broker, health watch) each hold a worker
+
+
+@dataclass
+class ServeConfig:
+    """What serve() serves (go-plugin's ServeConfig)."""
+
+    handshake: HandshakeConfig
+    plugins: PluginSet | None = None
+    versioned_plugins: VersionedPlugins | None = None
+    grpc_server_options: Sequence[tuple[str, Any]] = ()
+    logger: logging.Logger | None = None
+    stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
+
+
+def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
+    """go-plugin's protocolVersion(): the highest version both sides know.
+
+    ``plugins`` counts as the set for ``handshake.protocol_version``. With no
+    common version the *lowest* one is returned, so that the host, which has
+    both lists, reports the mismatch (as go-plugin does).
+    """
+    host_versions = set(parse_versions(env.get(ENV_PROTOCOL_VERSIONS, "")))
+    sets: dict[int, PluginSet] = dict(config.versioned_plugins or {})
+    if config.plugins is not None:
+        sets[config.handshake.protocol_version] = config.plugins
+    if not sets:
+        return config.handshake.protocol_version, {}
+    for version in sorted(sets, reverse=True):
+        if version in host_versions:
+            return version, sets[version]
+    lowest = min(sets)
+    return lowest, sets[lowest]
+
+
+def serve(config: ServeConfig) -> None:
+    """Serve the plugins until the host shuts us down. Exits the process (1) on setup errors."""
+    env = dict(os.environ)
+    handshake = config.handshake
+    if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
+        _fail(MISCONFIGURED_MESSAGE)
+    if env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
+        _fail(COOKIE_MESSAGE)
+    server = _PluginServer(config, env)
+    try:
+        server.start()
+    except PlugbayError as exc:
+        server.close()
+        _fail(f"{exc}\n")
+    except BaseException:
+        server.close()
+        raise
+    try:
+        server.wait()
+    finally:
+        server.close()
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+class _PluginServer:
+    """Everything one serve() call owns, closed in reverse order."""
+
+    def __init__(self, config: ServeConfig, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.stopped = threading.Event()
+        self._log_stream: IO[str] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
+                                              errors="backslashreplace")
+        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._restore_root_level = False
+        self.log = self._setup_logging(config.logger)
+        self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
+        self.health = HealthServicer()
+        self.executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="plugbay-grpc")
+        self.grpc: grpc.Server | None = None
+        self.broker: GRPCBroker | None = None
+        self.listening: Listening | None = None
+        self._old_signals: dict[int, Any] = {}
+        self._closed = False
+
+    def _setup_logging(self, given: logging.Logger | None) -> logging.Logger:
+        # Log records must not end up in the captured stderr: they go to a
+        # duplicate of the original fd 2, taken before the redirection.
+        handler = HclogHandler(self._log_stream)
+        root = logging.getLogger()
+        ours = not root.handlers
+        if ours:  # logging is not configured: the plugin's own records go to the host too
+            self._add_handler(root, handler)
+            if root.level == logging.WARNING:  # untouched default: let info through
+                root.setLevel(logging.INFO)
+                self._restore_root_level = True
+        if given is not None:
+            if not given.hasHandlers():
+                self._add_handler(given, handler)
+            return given
+        log = logging.getLogger("plugbay.server")
+        if not log.hasHandlers():
+            self._add_handler(log, handler)
+        elif ours and log.level == logging.NOTSET:
+            log.setLevel(logging.DEBUG)  # like go-plugin's default logger; the host filters
+        return log
+
+    def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
+        logger.addHandler(handler)
+        self._handlers.append((logger, handler))
+
+    def start(self) -> None:
+        # Handlers first: a SIGTERM during setup must still clean up (socket file included).
+        self._install_signals()
+        version, plugin_set = protocol_version(self.config, self.env)
+        own, peer_pem, credentials, relay_ctx = self._tls()
+        multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
+        options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
+        self.grpc = grpc.server(self.executor, options=options)
+        self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
+                                relay_context=relay_ctx, multiplex=multiplex_asked)
+        transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
+                                    socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
+                                    multiplex=self.listening.multiplex, mux=self.listening.mux)
+        self.broker = plugin_broker(self.grpc, transport)
+        add_health(self.health, self.grpc)
+        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
+            _Controller(self.stop), self.grpc)
+        add_stdio(StdioServicer(self.capture), self.grpc)
+        for name, plugin in plugin_set.items():
+            if not isinstance(plugin, GRPCPlugin):
+                raise ConfigError(f"{name!r} is not a GRPC-compatible plugin; make it a"
+                                  " plugbay.core.broker.plugin.GRPCPlugin subclass")
+            try:
+                plugin.grpc_server(self.broker, self.grpc)
+            except PlugbayError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"error registering {name!r}: {exc}") from exc
+        self.grpc.start()
+        info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
+                             self.listening.address, PROTOCOL_GRPC,
+                             own.cert_der if own is not None else None, self.listening.multiplex)
+        self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
+        # Straight to fd 1 (what the host reads), whatever sys.stdout has become.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        os.write(1, (info.to_line() + "\n").encode())
+        self.capture.start()
+
+    def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
+                            Any]:
+        client_cert = self.env.get(ENV_CLIENT_CERT, "")
+        if not client_cert:
+            return None, None, None, None
+        self.log.debug("configuring server automatic mTLS")
+        peer_pem = client_cert.encode()
+        try:
+            tlsmod.pem_to_der(peer_pem)
+        except ConfigError:
+            raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
+                              " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
+        own = tlsmod.generate_cert()
+        if tlsmod.grpc_can_use(peer_pem):
+            creds = grpc.ssl_server_credentials([(own.key_pem, own.cert_pem)], root_certificates=peer_pem,
+                                                require_client_auth=True)
+            return own, peer_pem, creds, None
+        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS in front of gRPC.
+        return own, peer_pem, None, tlsmod.server_context(own, peer_pem)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.log.debug("serve() is not on the main thread; SIGTERM is left to the application")
+            return
+        self._old_signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._old_signals[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.log.debug("plugin received SIGTERM, stopping")
+        self.stop()
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.env.get(ENV_LISTEN):
+            self.log.debug("plugin received SIGINT, stopping")
+            self.stop()
+        else:
+            self.log.log(5, "plugin received interrupt signal, ignoring")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def wait(self) -> None:
+        # A timed wait keeps the main thread responsive to signals.
+        while not self.stopped.wait(0.5):
+            pass
+        self.log.debug("plugin server stopping")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for signum, old in self._old_signals.items():
+            signal.signal(signum, old)
+        grpc_server, broker, listening = self.grpc, self.broker, self.listening
+        # Every step runs even when an earlier one fails: the socket must go either way.
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("health", self.health.close),
+            ("stdio", self.capture.stop),  # gives fds 1 and 2 back and ends the StdioStream
+        ]
+        if grpc_server is not None:
+            steps.append(("grpc server", lambda: grpc_server.stop(STOP_GRACE).wait(STOP_GRACE + 3)))
+        if broker is not None:
+            steps.append(("broker", broker.close))
+        if listening is not None:
+            steps.append(("listener", listening.close))
+        steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                self.log.exception("plugin shutdown: closing the %s failed", what)
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+        if self._restore_root_level:
+            logging.getLogger().setLevel(logging.WARNING)
+        self._log_stream.close()
+
+
+class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):
+    def __init__(self, stop: Any) -> None:
+        self._stop = stop
+
+    def Shutdown(self, request: grpc_controller_pb2.Empty,
+                 context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
+        # The reply goes out before the server stops: stop() only wakes serve().
+        self._stop()
+        return grpc_controller_pb2.Empty()

@@ -1,0 +1,4 @@
+"""go-plugin's protocol facts: the handshake line, certificates, hclog records.
+
+Imports: plugbay.errors only (no sockets, no gRPC servers or channels).
+"""

@@ -1,0 +1,209 @@
+"""go-plugin's handshake: the magic cookie, the environment, and the handshake line.
+
+The handshake line a plugin prints on stdout is
+
+    CORE-PROTOCOL|APP-PROTOCOL|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]]
+
+where SERVER-CERT is the DER certificate in unpadded standard base64 (present
+when AutoMTLS is on) and MULTIPLEX is "true" when the plugin accepts a
+multiplexed broker (only printed when the host set PLUGIN_MULTIPLEX_GRPC).
+:class:`HandshakeInfo` holds those facts as one value, so that a runner's log
+stream, a reattach config or a network lookup can all produce it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cryptography import x509
+
+from plugbay.errors import (
+    ConfigError,
+    MalformedHandshakeError,
+    ProtocolMismatchError,
+    UnsupportedProtocolError,
+    VersionMismatchError,
+)
+
+CORE_PROTOCOL_VERSION = 1
+
+ENV_PROTOCOL_VERSIONS = "PLUGIN_PROTOCOL_VERSIONS"
+ENV_MIN_PORT = "PLUGIN_MIN_PORT"
+ENV_MAX_PORT = "PLUGIN_MAX_PORT"
+ENV_CLIENT_CERT = "PLUGIN_CLIENT_CERT"
+ENV_UNIX_SOCKET_DIR = "PLUGIN_UNIX_SOCKET_DIR"
+ENV_UNIX_SOCKET_GROUP = "PLUGIN_UNIX_SOCKET_GROUP"
+ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
+
+PROTOCOL_GRPC = "grpc"
+PROTOCOL_NETRPC = "netrpc"
+
+# go-plugin only looks at field 6 when it is longer than this; shorter values
+# are treated as "no certificate".
+_MIN_CERT_FIELD = 50
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    """What host and plugin must agree on before they talk (go-plugin's HandshakeConfig)."""
+
+    protocol_version: int
+    magic_cookie_key: str
+    magic_cookie_value: str
+
+    def __post_init__(self) -> None:
+        if not self.magic_cookie_key or not self.magic_cookie_value:
+            raise ConfigError(
+                "HandshakeConfig needs a non-empty magic_cookie_key and magic_cookie_value;"
+                " pick a unique pair and use it on both host and plugin"
+            )
+
+
+@dataclass(frozen=True)
+class HandshakeInfo:
+    """The facts a plugin announces: where it listens and how to talk to it."""
+
+    core_version: int
+    app_version: int
+    network: str
+    address: str
+    protocol: str = PROTOCOL_GRPC
+    server_cert: bytes | None = None  # DER
+    multiplex: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def with_address(self, network: str, address: str) -> HandshakeInfo:
+        return replace(self, network=network, address=address)
+
+    def to_line(self) -> str:
+        cert = base64.b64encode(self.server_cert).decode().rstrip("=") if self.server_cert else ""
+        parts = [str(self.core_version), str(self.app_version), self.network, self.address,
+                 self.protocol, cert]
+        line = "|".join(parts)
+        if self.multiplex:
+            line += "|true"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "core_version": self.core_version,
+            "app_version": self.app_version,
+            "network": self.network,
+            "address": self.address,
+            "protocol": self.protocol,
+            "server_cert": base64.b64encode(self.server_cert).decode() if self.server_cert else None,
+            "multiplex": self.multiplex,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HandshakeInfo:
+        cert = data.get("server_cert")
+        return cls(
+            core_version=int(data["core_version"]),
+            app_version=int(data["app_version"]),
+            network=str(data["network"]),
+            address=str(data["address"]),
+            protocol=str(data.get("protocol", PROTOCOL_GRPC)),
+            server_cert=base64.b64decode(cert) if cert else None,
+            multiplex=bool(data.get("multiplex", False)),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def parse_handshake_line(line: str) -> HandshakeInfo:
+    """Parse a go-plugin handshake line (5, 6 or 7 fields) into a HandshakeInfo.
+
+    Raises MalformedHandshakeError for lines that are not handshake lines,
+    ProtocolMismatchError for a core version other than 1 and
+    UnsupportedProtocolError for netrpc plugins.
+    """
+    raw = line
+    line = line.strip()
+    parts = line.split("|")
+    if len(parts) < 4:
+        raise MalformedHandshakeError(raw, f"expected at least 4 '|'-separated fields, got {len(parts)}")
+    if len(parts) > 7:
+        raise MalformedHandshakeError(raw, f"expected at most 7 fields, got {len(parts)}")
+    try:
+        core = int(parts[0])
+    except ValueError:
+        raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} is not a number") from None
+    if core != CORE_PROTOCOL_VERSION:
+        raise ProtocolMismatchError(
+            f"incompatible core API version with plugin: plugin speaks {core}, plugbay speaks"
+            f" {CORE_PROTOCOL_VERSION}. Build the plugin with a go-plugin release that speaks"
+            f" core protocol {CORE_PROTOCOL_VERSION}."
+        )
+    try:
+        app = int(parts[1])
+    except ValueError:
+        raise MalformedHandshakeError(raw, f"app protocol version {parts[1]!r} is not a number") from None
+    network, address = parts[2], parts[3]
+    if network not in ("tcp", "unix"):
+        raise MalformedHandshakeError(raw, f"unknown address type {network!r} (want tcp or unix)")
+    if not address:
+        raise MalformedHandshakeError(raw, "empty address")
+    protocol = parts[4] if len(parts) >= 5 and parts[4] else PROTOCOL_NETRPC
+    if protocol == PROTOCOL_NETRPC:
+        raise UnsupportedProtocolError(
+            "the plugin serves go-plugin's netrpc protocol (Go's gob encoding), which only Go"
+            " can speak. Rebuild the plugin to serve gRPC (plugin.ServeConfig{GRPCServer:"
+            " plugin.DefaultGRPCServer}) and allow ProtocolGRPC on the host."
+        )
+    if protocol != PROTOCOL_GRPC:
+        raise ProtocolMismatchError(
+            f"the plugin announced unknown protocol {protocol!r}; plugbay speaks {PROTOCOL_GRPC!r}."
+            " Check that the plugin is a go-plugin gRPC plugin."
+        )
+    cert: bytes | None = None
+    if len(parts) >= 6 and len(parts[5]) > _MIN_CERT_FIELD:
+        field6 = parts[5]
+        try:
+            cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
+        try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
+            x509.load_der_x509_certificate(cert)
+        except ValueError:
+            raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
+    multiplex = False
+    if len(parts) == 7:
+        value = parts[6].strip().lower()
+        if value not in ("true", "false", "1", "0", "t", "f"):
+            raise MalformedHandshakeError(raw, f"multiplex field {parts[6]!r} is not a boolean")
+        multiplex = value in ("true", "1", "t")
+    return HandshakeInfo(core, app, network, address, protocol, cert, multiplex)
+
+
+def parse_versions(value: str) -> list[int]:
+    """Parse PLUGIN_PROTOCOL_VERSIONS ("1,2,3")."""
+    out: list[int] = []
+    for piece in value.split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        try:
+            out.append(int(piece))
+        except ValueError:
+            raise ConfigError(
+                f"{ENV_PROTOCOL_VERSIONS} holds {piece!r}, which is not a version number;"
+                " set it to comma-separated integers such as '1,2'"
+            ) from None
+    return out
+
+
+def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[int]) -> int:
+    """Pick the highest version both sides support, as go-plugin's server does."""
+    host = sorted(set(host_versions))
+    plugin = sorted(set(plugin_versions))
+    common = set(host) & set(plugin)
+    if not common:
+        raise VersionMismatchError(host, plugin)
+    return max(common)

@@ -1,0 +1,79 @@
+"""The call-layer seam shared by every resilience piece: the hook type, chaining, install().
+
+A Client's ManagedChannel runs each unary-unary call through ``call_hook``;
+resilience layers (RetryPolicy, CircuitBreaker, the Supervisor's ready gate)
+are :class:`CallLayer` objects chained into that one hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plugbay.core.resilience.retry import RetryPolicy
+
+Attempt = Callable[[float | None], Any]
+
+
+class CallLayer(Protocol):
+    """One layer of the call hook: run ``attempt`` (maybe several times) within ``timeout``."""
+
+    def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any: ...
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of a (translated) call error, or None for other errors."""
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            value = code()
+        except Exception:
+            return None
+        return value if isinstance(value, grpc.StatusCode) else None
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for logs and messages: "CODE: details" for call errors, else the first line."""
+    code = status_of(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    details = getattr(exc, "details", None)
+    if code is not None and callable(details):
+        try:
+            text = str(details())
+        except Exception:
+            pass
+    return (f"{code.name}: {text}" if code is not None else text)[:300]
+
+
+def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None], Any]:
+    """One call hook from layers, outermost first (e.g. retry, then the circuit breaker)."""
+    ordered = list(layers)
+
+    def hook(method: str, attempt: Attempt, timeout: float | None) -> Any:
+        def at(i: int, t: float | None) -> Any:
+            if i == len(ordered):
+                return attempt(t)
+            return ordered[i].run(method, lambda t2: at(i + 1, t2), t)
+        return at(0, timeout)
+
+    return hook
+
+
+def install(target: Any, *, retry: RetryPolicy | None = None, breaker: CallLayer | None = None) -> None:
+    """Apply ``retry`` and ``breaker`` to every unary call on a Client's (or ManagedChannel's) channel.
+
+    Retry is the outer layer, so each attempt passes the breaker: an open
+    breaker ends the retries at once with CircuitOpenError. Pass neither to remove.
+    """
+    channel = target if isinstance(target, ManagedChannel) else getattr(target, "channel", None)
+    if not isinstance(channel, ManagedChannel):
+        raise ConfigError(f"install() needs a started Client or a ManagedChannel, got {type(target).__name__}")
+    layers: list[CallLayer] = [x for x in (retry, breaker) if x is not None]
+    channel.call_hook = chain(layers) if layers else None

@@ -1,0 +1,210 @@
+"""A circuit breaker: stop calling a plugin that keeps failing, probe it, resume.
+
+closed     calls pass; failures (gRPC codes in ``failure_codes``, timeouts, a dead
+           plugin) are counted in a sliding ``window``; ``failure_threshold`` of
+           them open the circuit.
+open       calls fail at once with :class:`CircuitOpen` (a CircuitOpenError) for
+           ``open_for`` seconds.
+half_open  exactly one probe call passes; its success closes the circuit, its
+           failure opens it again. Other calls meanwhile fail fast.
+
+Application errors (NOT_FOUND, INVALID_ARGUMENT ...) prove the plugin answers,
+so they count as successes. A HealthWatcher may ``trip()`` and ``reset()`` it.
+Thread-safe; state changes are reported to ``on_change(old, new, reason)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from plugbay.errors import CircuitOpenError, ConfigError, PluginDiedError
+from plugbay.core.resilience.calls import Attempt, describe_error, status_of
+
+_log = logging.getLogger("plugbay.circuit")
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+
+DEFAULT_FAILURE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
+
+
+class CircuitOpen(CircuitOpenError):
+    """Raised instead of calling; ``retry_in`` seconds until a probe is let through."""
+
+    def __init__(self, message: str, name: str, retry_in: float, last_failure: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.retry_in = retry_in
+        self.last_failure = last_failure
+
+
+class CircuitBreaker:
+    """closed / open / half-open, one probe at a time. See the module docstring."""
+
+    def __init__(self, failure_threshold: int = 5, window: float = 30.0, open_for: float = 10.0, *,
+                 name: str = "plugin",
+                 failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+                 on_change: Callable[[str, str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if failure_threshold < 1 or window <= 0 or open_for <= 0:
+            raise ConfigError(
+                f"invalid CircuitBreaker: failure_threshold must be >= 1 (got {failure_threshold}),"
+                f" window and open_for > 0 (got {window}, {open_for})")
+        self.failure_threshold = failure_threshold
+        self.window = window
+        self.open_for = open_for
+        self.name = name
+        self.failure_codes = frozenset(failure_codes)
+        self.on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures: collections.deque[float] = collections.deque()
+        self._opened_at = 0.0
+        self._probing = False
+        self._last_failure = ""
+        self._pending: list[tuple[str, str, str]] = []
+        self.opened_count = 0  # how often it opened (metrics)
+        self.rejected_count = 0  # calls refused while open
+
+    # --- state ----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._current()
+
+    @property
+    def last_failure(self) -> str:
+        return self._last_failure
+
+    def _current(self) -> str:
+        if self._state == OPEN and self._clock() - self._opened_at >= self.open_for:
+            self._move(HALF_OPEN, "open interval over; the next call is a probe")
+        return self._state
+
+    def _move(self, new: str, reason: str) -> None:
+        # called with the lock held; callbacks run outside it (see _notify)
+        old, self._state = self._state, new
+        if new == OPEN:
+            self._opened_at = self._clock()
+            self._probing = False
+            self.opened_count += 1
+        if new == CLOSED:
+            self._failures.clear()
+            self._probing = False
+        if old != new:
+            self._pending.append((old, new, reason))
+
+    def _notify(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for old, new, reason in pending:
+            _log.info("circuit of plugin %s: %s -> %s (%s)", self.name, old, new, reason)
+            if self.on_change is not None:
+                try:
+                    self.on_change(old, new, reason)
+                except Exception:
+                    _log.exception("circuit on_change callback failed")
+
+    # --- the protocol -----------------------------------------------------------
+
+    def allow(self) -> bool:
+        """Take permission for one call; False when it must fail fast."""
+        with self._lock:
+            state = self._current()
+            allowed = state == CLOSED or (state == HALF_OPEN and not self._probing)
+            if state == HALF_OPEN and allowed:
+                self._probing = True
+            if not allowed:
+                self.rejected_count += 1
+        self._notify()
+        return allowed
+
+    def record_success(self) -> None:
+        with self._lock:
+            if self._state == HALF_OPEN:
+                self._move(CLOSED, "the probe call succeeded")
+        self._notify()
+
+    def record_failure(self, reason: str) -> None:
+        with self._lock:
+            now = self._clock()
+            self._last_failure = reason
+            if self._state == HALF_OPEN:
+                self._move(OPEN, f"the probe call failed: {reason}")
+            elif self._state == CLOSED:
+                self._failures.append(now)
+                while self._failures and now - self._failures[0] > self.window:
+                    self._failures.popleft()
+                if len(self._failures) >= self.failure_threshold:
+                    self._move(OPEN, f"{len(self._failures)} failures within {self.window:g}s,"
+                                     f" last: {reason}")
+        self._notify()
+
+    def trip(self, reason: str) -> None:
+        """Open now (e.g. the health watcher saw the plugin stop serving)."""
+        with self._lock:
+            self._last_failure = reason
+            if self._state != OPEN:
+                self._move(OPEN, reason)
+            else:
+                self._opened_at = self._clock()
+        self._notify()
+
+    def reset(self, reason: str = "reset") -> None:
+        """Close now (e.g. the health watcher saw the plugin serving again)."""
+        with self._lock:
+            self._move(CLOSED, reason)
+        self._notify()
+
+    def is_failure(self, exc: BaseException) -> bool:
+        if isinstance(exc, PluginDiedError):
+            return True
+        code = status_of(exc)
+        return code is not None and code in self.failure_codes
+
+    def open_error(self) -> CircuitOpen:
+        with self._lock:
+            state = self._current()
+            retry_in = max(0.0, self.open_for - (self._clock() - self._opened_at))
+            last = self._last_failure or "unknown"
+        at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_in)
+        when = ("a probe call is already in flight; retry when it completes" if state == HALF_OPEN
+                else f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)")
+        return CircuitOpen(
+            f"circuit of plugin {self.name!r} is open, so the call was not sent: {when}. Last"
+            f" failure: {last}. Check that the plugin is running and reachable (its logs, its"
+            " host, the network); breaker.reset() closes the circuit by hand.",
+            self.name, retry_in, last)
+
+    def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
+        """The call-hook layer: refuse, or call and record the outcome."""
+        if not self.allow():
+            raise self.open_error()
+        try:
+            result = attempt(timeout)
+        except Exception as exc:
+            if self.is_failure(exc):
+                self.record_failure(f"{method}: {describe_error(exc)}")
+            else:
+                self.record_success()
+            raise
+        except BaseException:  # interrupted: the probe slot must not stay taken
+            with self._lock:
+                self._probing = False
+            raise
+        self.record_success()
+        return result

@@ -1,0 +1,194 @@
+"""Watching a plugin's health service ("plugin") from the host, in a plugbay-health-* thread.
+
+grpc.health.v1 Watch pushes every status change at once. A Watch stream alone
+cannot see a silent network (no packets, no error), so each stream is opened
+with a deadline of ``interval + timeout``: a stream that ends at its deadline
+after its first answer is simply reopened, one that gets no answer at all
+means the plugin is UNREACHABLE. When the plugin does not implement Watch, the watcher
+falls back to Check every ``interval`` with a ``timeout`` deadline.
+
+Observed states: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN (nothing
+observed yet) and UNREACHABLE (no answer, the connection failed, or the
+Client's channel is gone). Each change calls ``on_change(old, new, detail)``
+and, with a ``breaker``, trips it when the plugin stops serving and resets it
+when it serves again.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.errors import ConfigError
+from plugbay.core.resilience.calls import describe_error, status_of
+
+_log = logging.getLogger("plugbay.health")
+
+SERVING = "SERVING"
+NOT_SERVING = "NOT_SERVING"
+SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+UNKNOWN = "UNKNOWN"
+UNREACHABLE = "UNREACHABLE"
+
+ChannelSource: TypeAlias = "grpc.Channel | Callable[[], grpc.Channel]"
+
+
+class HealthWatcher:
+    """Reports a plugin's health transitions; ``with HealthWatcher(client.channel, ...) as w:``."""
+
+    def __init__(self, channel: ChannelSource, *, service: str = "plugin", interval: float = 2.0,
+                 timeout: float = 2.0, mode: str = "watch",
+                 on_change: Callable[[str, str, str], None] | None = None,
+                 breaker: CircuitBreaker | None = None, name: str = "plugin") -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ConfigError(f"HealthWatcher interval and timeout must be > 0 (got {interval}, {timeout})")
+        if mode not in ("watch", "check"):
+            raise ConfigError(f"HealthWatcher mode must be 'watch' or 'check' (got {mode!r})")
+        self._source = channel
+        self.service = service
+        self.interval = interval
+        self.timeout = timeout
+        self.mode = mode
+        self.on_change = on_change
+        self.breaker = breaker
+        self.name = name
+        self._cond = threading.Condition()
+        self._state = UNKNOWN
+        self._detail = ""
+        self._stop = threading.Event()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self.history: collections.deque[tuple[float, str, str, str]] = collections.deque(maxlen=200)
+
+    # --- public ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def detail(self) -> str:
+        return self._detail
+
+    def start(self) -> HealthWatcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"plugbay-health-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            try:
+                call.cancel()
+            except Exception:
+                pass
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> HealthWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, states: str | set[str], timeout: float) -> bool:
+        """Block until the state is one of ``states`` (bounded); True when it is."""
+        wanted = {states} if isinstance(states, str) else set(states)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._state not in wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return self._state in wanted
+                self._cond.wait(min(remaining, 0.5))
+            return True
+
+    # --- the thread -------------------------------------------------------------------
+
+    def _channel(self) -> grpc.Channel:
+        source = self._source
+        return source if isinstance(source, grpc.Channel) else source()
+
+    def _report(self, state: str, detail: str = "") -> None:
+        with self._cond:
+            old = self._state
+            self._state, self._detail = state, detail
+            if old != state:
+                self.history.append((time.time(), old, state, detail))
+            self._cond.notify_all()
+        if old == state or self._stop.is_set():
+            return
+        _log.info("plugin %s health: %s -> %s %s", self.name, old, state, detail)
+        if self.breaker is not None:
+            if state != SERVING:
+                self.breaker.trip(f"health watcher: {state}" + (f" ({detail})" if detail else ""))
+            elif old != UNKNOWN:
+                self.breaker.reset("health watcher: SERVING again")
+        if self.on_change is not None:
+            try:
+                self.on_change(old, state, detail)
+            except Exception:
+                _log.exception("health on_change callback failed")
+
+    def _run(self) -> None:
+        request = health_pb2.HealthCheckRequest(service=self.service)
+        while not self._stop.is_set():
+            try:
+                stub = health_pb2_grpc.HealthStub(self._channel())  # type: ignore[no-untyped-call]
+                if self.mode == "watch":
+                    self._watch_once(stub, request)
+                    continue
+                resp = stub.Check(request, timeout=self.timeout)
+                self._report(_status_name(resp.status))
+            except Exception as exc:  # RpcError, a killed Client, a closed channel
+                if self._stop.is_set():
+                    return
+                code = status_of(exc)
+                if code == grpc.StatusCode.UNIMPLEMENTED and self.mode == "watch":
+                    _log.debug("plugin %s does not implement health Watch; polling Check", self.name)
+                    self.mode = "check"
+                    continue
+                if code == grpc.StatusCode.NOT_FOUND:
+                    self._report(SERVICE_UNKNOWN, describe_error(exc))
+                else:
+                    self._report(UNREACHABLE, describe_error(exc))
+            self._stop.wait(self.interval)
+
+    def _watch_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
+        got_answer = False
+        call = stub.Watch(request, timeout=self.interval + self.timeout)
+        self._call = call
+        try:
+            if self._stop.is_set():
+                return
+            for resp in call:
+                got_answer = True
+                self._report(_status_name(resp.status))
+        except Exception as exc:
+            if got_answer and status_of(exc) == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return  # a quiet interval: reopen
+            raise
+        finally:
+            self._call = None
+        # The server ended the stream: it is shutting down. Say so if it did not.
+        if not self._stop.is_set() and self._state == SERVING:
+            self._report(NOT_SERVING, "the health Watch stream ended (the plugin is stopping)")
+        self._stop.wait(min(self.interval, 0.5))
+
+
+def _status_name(status: int) -> str:
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    return name

@@ -1,0 +1,82 @@
+"""The Supervisor's innermost call layer: hold calls while the plugin restarts.
+
+A call that finds the plugin restarting waits for its successor (within the
+call's deadline). A call that finds the plugin already dead, or fails before
+anything was sent (the old Client's connection was closed), is sent to the
+successor. A call in flight when the plugin died is not resent here: that is
+the RetryPolicy's decision, since only it knows whether the call may be repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError
+from plugbay.core.resilience.calls import Attempt
+
+if TYPE_CHECKING:
+    from plugbay.core.host.client import Client
+    from plugbay.core.resilience.supervisor import Supervisor
+
+
+def _gone(client: Client) -> bool:
+    """Has the plugin exited? Cheap enough for every call, and never blocks."""
+    if client.exited:
+        return True
+    pid = getattr(client.runner, "pid", None)
+    if isinstance(pid, int):
+        # A local process: /proc shows a zombie at once, while runner.wait(0) may report
+        # "running" when another thread is polling the same child at that moment.
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return True
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"Z", b"X")
+    return client.runner.wait(0) is not None
+
+
+class ReadyGate:
+    """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+
+    def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
+        sup = self._sup
+        if timeout is None:
+            timeout = sup.call_timeout  # the wait for a restart is bounded like a call
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(sup.restart_policy.max_restarts + 2):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            self._wait_running(method, remaining, timeout)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            generation = sup.channel_generation()
+            client = sup.current_client
+            if client is not None and _gone(client) and sup.changed_since(generation, 5.0):
+                continue  # the plugin is already gone: this call waits for its successor
+            try:
+                return attempt(remaining)
+            except (ClientStateError, PluginDiedError) as exc:
+                # Not an RpcError: raised before anything was sent (the plugin's connection was
+                # already closed), so it is safe to send again once the plugin is back.
+                if isinstance(exc, grpc.RpcError) or not sup.changed_since(generation, 2.0):
+                    raise
+        raise CallTimeoutError(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
+                               " try; check the Supervisor's events for why it keeps failing")
+
+    def _wait_running(self, method: str, remaining: float | None, total: float | None) -> None:
+        sup = self._sup
+        limit = 3600.0 if remaining is None else max(remaining, 0.0)
+        if sup.wait_running(limit):
+            return
+        sup.raise_if_failed()
+        if sup.state == "stopped":
+            raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+        raise CallTimeoutError(
+            f"call {method} to plugin {sup.name!r} waited {total or limit:.1f}s for the Supervisor to restart the"
+            f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
+            " or check the plugin's logs and the Supervisor's events")

@@ -1,0 +1,152 @@
+"""Retrying unary calls: attempts, backoff with jitter, per-attempt and overall deadlines.
+
+A :class:`RetryPolicy` is a call hook (see ``ManagedChannel.call_hook``): it
+runs each unary-unary call on the Client's channel as one or more attempts.
+Only calls that are safe to repeat are retried: methods on the policy's
+allowlist (``methods``, fnmatch patterns over "/package.Service/Method" or the
+bare method name), calls made inside ``with idempotent():``, or every call when
+``all_idempotent=True``. Other calls run once, still bounded by the deadline.
+
+    policy = RetryPolicy(max_attempts=4, per_attempt_timeout=2.0, methods=["/proto.KV/Get"])
+    install(client, retry=policy, breaker=CircuitBreaker())
+    kv = client.dispense("kv_grpc")   # every stub on the Client's channel now retries Get
+
+The last error is raised unchanged (CallTimeoutError, PluginDiedError, the
+grpc.RpcError ...) with a note saying how many attempts were made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from plugbay.core.resilience.calls import Attempt, status_of
+from plugbay.errors import ClientStateError, ConfigError
+
+_marked = threading.local()
+
+
+@contextlib.contextmanager
+def idempotent() -> Iterator[None]:
+    """Mark the unary calls made by this thread inside the block as safe to retry."""
+    depth = getattr(_marked, "depth", 0)
+    _marked.depth = depth + 1
+    try:
+        yield
+    finally:
+        _marked.depth = depth
+
+
+def _is_marked() -> bool:
+    return bool(getattr(_marked, "depth", 0))
+
+
+DEFAULT_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass
+class RetryPolicy:
+    """When and how often to repeat a failed unary call.
+
+    max_attempts          total tries, the first one included (1 = no retry)
+    initial_backoff       sleep before the 2nd try; x ``multiplier`` each time, capped at max_backoff
+    jitter                each sleep is drawn from [(1-jitter)*b, b], so callers do not retry in step
+    per_attempt_timeout   deadline of one try (None: the whole remaining deadline)
+    overall_timeout       deadline of the call with all its retries when the call passes no
+                          timeout= (a call's own timeout= is its overall deadline). None: no overall
+                          deadline; each try still has one (per_attempt_timeout, else
+                          ClientConfig.call_timeout)
+    retry_on              gRPC status codes worth another try
+    methods               allowlist of methods that are safe to repeat (fnmatch patterns)
+    all_idempotent        treat every unary call as safe to repeat
+    """
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    per_attempt_timeout: float | None = None
+    overall_timeout: float | None = None
+    retry_on: frozenset[grpc.StatusCode] = DEFAULT_RETRY_CODES
+    methods: Sequence[str] = ()
+    all_idempotent: bool = False
+    on_retry: Callable[[str, int, BaseException, float], None] | None = None
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_attempts < 1:
+            problems.append(f"max_attempts must be >= 1 (got {self.max_attempts})")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            problems.append("backoffs must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            problems.append(f"jitter must be within [0, 1] (got {self.jitter})")
+        for name in ("per_attempt_timeout", "overall_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} must be > 0 or None (got {value})")
+        if problems:
+            raise ConfigError("invalid RetryPolicy: " + "; ".join(problems))
+        self.retry_on = frozenset(self.retry_on)
+
+    def is_idempotent(self, method: str) -> bool:
+        if self.all_idempotent or _is_marked():
+            return True
+        short = method.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(method, p) or fnmatch.fnmatchcase(short, p) for p in self.methods)
+
+    def backoff(self, retry: int) -> float:
+        """The sleep before retry number ``retry`` (1 = the second attempt)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return base * (1 - self.jitter * self._rng.random())
+
+    def retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, ClientStateError):
+            return False  # the Client was killed: nothing will answer
+        return status_of(exc) in self.retry_on
+
+    def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
+        overall = timeout if timeout is not None else self.overall_timeout
+        deadline = None if overall is None else time.monotonic() + overall
+        tries = self.max_attempts if self.is_idempotent(method) else 1
+        n = 0
+        while True:
+            n += 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                return attempt(_min_opt(remaining, self.per_attempt_timeout))
+            except Exception as exc:
+                if n >= tries or not self.retryable(exc):
+                    _note(exc, n, tries)
+                    raise
+                sleep = self.backoff(n)
+                if deadline is not None and time.monotonic() + sleep >= deadline - 0.001:
+                    _note(exc, n, tries, "the overall deadline leaves no time for another try")
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(method, n, exc, sleep)
+                time.sleep(sleep)
+
+
+def _min_opt(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _note(exc: BaseException, n: int, tries: int, why: str = "") -> None:
+    if tries <= 1:
+        return
+    text = f"plugbay retry: gave up after {n} of {tries} attempt(s)" + (f": {why}" if why else "")
+    exc.add_note(text)

@@ -1,0 +1,435 @@
+"""Supervised plugins: restart on death or lost health, stubs that survive restarts.
+
+    with Supervisor(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[...]),
+                    restart=RestartPolicy(max_restarts=5, window=60)) as sup:
+        kv = sup.dispense("kv_grpc")   # keeps working across restarts
+        kv.put("a", b"1")
+
+The Supervisor owns one Client at a time. Its stubs are built on the
+Supervisor's own ManagedChannel, whose underlying channel is swapped to each
+new Client's channel, so the stubs a user holds never go stale. A
+plugbay-supervisor-* thread notices a failure (the plugin exited, or its health
+stayed bad for ``unhealthy_grace`` seconds), kills the old Client, waits a
+backoff, starts a new one from the config (or the factory, which may return a
+different config each time: failover), and swaps it in. Unary calls made
+while it restarts wait for it (within their deadline); calls in flight when the
+plugin died fail with PluginDiedError unless a RetryPolicy marks them safe to
+repeat. When the restart budget is spent, every call raises
+RestartBudgetExhaustedError.
+
+``reattach=`` first tries to reattach to a plugin a previous host left running
+(Client reattach); if that fails, the Supervisor starts a fresh plugin.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+
+from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.errors import (
+    ClientStateError,
+    ConfigError,
+    PlugbayError,
+    RestartBudgetExhaustedError,
+    UnknownPluginError,
+)
+from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.resilience.readygate import ReadyGate
+from plugbay.core.resilience.calls import CallLayer, chain
+from plugbay.core.resilience.retry import RetryPolicy
+
+_log = logging.getLogger("plugbay.supervisor")
+
+STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """At most ``max_restarts`` restarts within any ``window`` seconds; backoff between tries."""
+
+    max_restarts: int = 5
+    window: float = 60.0
+    initial_backoff: float = 0.2
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_restarts < 0 or self.window <= 0 or self.initial_backoff < 0 or self.multiplier < 1:
+            raise ConfigError(f"invalid RestartPolicy {self}: max_restarts >= 0, window > 0,"
+                              " initial_backoff >= 0 and multiplier >= 1 are required")
+
+    def backoff(self, consecutive: int) -> float:
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, consecutive - 1))
+        return base * (1 - self.jitter * random.random())
+
+
+@dataclass(frozen=True)
+class SupervisorEvent:
+    """One thing that happened: kind is started, reattached, reattach_failed, failure, recovered,
+    restarting, restarted, restart_failed, gave_up or stopped."""
+
+    kind: str
+    detail: str
+    restarts: int
+    at: float  # time.time()
+
+
+ConfigSource: TypeAlias = "ClientConfig | Callable[[], ClientConfig]"
+
+
+class _SupervisedChannel(ManagedChannel):
+    """The stubs' channel; the underlying one is the current Client's ManagedChannel."""
+
+    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        if isinstance(exc, PlugbayError):
+            return exc  # the Client's channel already said what happened
+        return super().translate(exc, past_deadline)
+
+
+class Supervisor:
+    """Keeps one plugin running. See the module docstring."""
+
+    def __init__(self, config: ConfigSource, *, restart: RestartPolicy | None = None,
+                 retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
+                 reattach: ReattachConfig | None = None, health_interval: float | None = 2.0,
+                 health_timeout: float = 2.0, unhealthy_grace: float = 4.0,
+                 on_event: Callable[[SupervisorEvent], None] | None = None,
+                 name: str | None = None) -> None:
+        if isinstance(config, ClientConfig) and config.runner is not None:
+            raise ConfigError("a Runner instance runs its plugin only once, so a Supervisor cannot restart"
+                              " it; pass a factory instead: Supervisor(lambda: ClientConfig(...,"
+                              " runner=DockerRunner(...)))")
+        if isinstance(config, ClientConfig) and config.reattach is not None:
+            raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
+                              " a restart needs cmd= or runner= to start a fresh plugin")
+        if unhealthy_grace < 0:
+            raise ConfigError(f"unhealthy_grace must be >= 0 (got {unhealthy_grace})")
+        self._source = config
+        self.restart_policy = restart or RestartPolicy()
+        self.retry = retry
+        self.breaker = breaker
+        self._reattach = reattach
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.unhealthy_grace = unhealthy_grace
+        self.on_event = on_event
+        self._named = name is not None
+        self.name = name or (config.name if isinstance(config, ClientConfig) and config.name else "plugin")
+        self._cond = threading.Condition()
+        self._state = STARTING
+        self._client: Client | None = None
+        self._watcher: HealthWatcher | None = None
+        self._channel: _SupervisedChannel | None = None
+        self._fatal: RestartBudgetExhaustedError | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._dispensed: dict[str, Any] = {}
+        self._starting: Client | None = None
+        self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
+        self.restarts = 0
+        self.failures = 0
+        self.last_failure: str | None = None
+
+    # --- public ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def client(self) -> Client:
+        self.raise_if_failed()
+        client = self._client
+        if client is None:
+            raise ClientStateError(f"Supervisor of {self.name!r} is not running; call start() first")
+        return client
+
+    @property
+    def current_client(self) -> Client | None:
+        """The Client in use now; None while restarting, after giving up or stopping."""
+        return self._client
+
+    @property
+    def call_timeout(self) -> float | None:
+        return self._channel.call_timeout if self._channel is not None else None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            raise ClientStateError(f"Supervisor of {self.name!r} is not started; call start() first")
+        return self._channel
+
+    @property
+    def health(self) -> str | None:
+        watcher = self._watcher
+        return watcher.state if watcher is not None else None
+
+    def metrics(self) -> dict[str, Any]:
+        return {"state": self._state, "restarts": self.restarts, "failures": self.failures,
+                "last_failure": self.last_failure, "health": self.health,
+                "circuit": self.breaker.state if self.breaker is not None else None}
+
+    def reattach_config(self) -> ReattachConfig:
+        return self.client.reattach_config()
+
+    def __enter__(self) -> Supervisor:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start (or reattach to) the plugin; errors of this first start are raised as they are."""
+        if self._state == STOPPED:
+            raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
+        if self._channel is not None:
+            return
+        client = self._first_client()
+        if not self._named:
+            self.name = client.name
+        self._channel = _SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
+        layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
+        self._channel.call_hook = chain([*layers, ReadyGate(self)])
+        self._adopt(client)
+        self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def dispense(self, name: str) -> Any:
+        """The plugin's stub on the Supervisor's channel: it survives restarts."""
+        self.raise_if_failed()
+        if name in self._dispensed:
+            return self._dispensed[name]
+        client = self.client
+        plugins = client.config.versions()[client.negotiated_version]
+        if name not in plugins:
+            raise UnknownPluginError(name, list(plugins))
+        # Broker-based callbacks stay bound to the broker of the Client current now.
+        stub = plugins[name].grpc_client(client.broker, self.channel)
+        self._dispensed[name] = stub
+        return stub
+
+    def wait_running(self, timeout: float) -> bool:
+        """Block until the plugin runs (bounded); raises when the restart budget is spent."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._state != RUNNING:
+                self.raise_if_failed()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._state == STOPPED:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    def channel_generation(self) -> int:
+        return self._channel.generation if self._channel is not None else -1
+
+    def changed_since(self, generation: int, timeout: float) -> bool:
+        """Wait (bounded) until the plugin is being or was replaced since ``generation``."""
+        self._wake.set()  # let the monitor look now rather than at its next tick
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._state == RUNNING and self.channel_generation() == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.25))
+        return True
+
+    def stop(self) -> None:
+        """Stop watching and kill the plugin. Idempotent."""
+        self._stop.set()
+        self._wake.set()
+        starting = self._starting
+        if starting is not None:  # a restart in progress: end its plugin so start() fails fast
+            try:
+                starting.runner.kill(0)
+            except Exception as exc:
+                _log.debug("stopping the plugin being started: %s", exc)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30.0)
+        self._drop_current()
+        if self._channel is not None:
+            self._channel.detach()
+        with self._cond:
+            was = self._state
+            self._state = STOPPED
+            self._cond.notify_all()
+        if was != STOPPED:
+            self._event("stopped", "")
+
+    # --- internals --------------------------------------------------------------------
+
+    def _config(self) -> ClientConfig:
+        source = self._source
+        cfg = source if isinstance(source, ClientConfig) else source()
+        if not isinstance(cfg, ClientConfig):
+            raise ConfigError(f"the Supervisor's config factory returned {type(cfg).__name__}, not a ClientConfig")
+        return cfg
+
+    def _first_client(self) -> Client:
+        if self._reattach is not None:
+            base = self._config()
+            cfg = dataclasses.replace(base, cmd=None, runner=None, reattach=self._reattach)
+            client = Client(cfg)
+            try:
+                client.start()
+                self._event("reattached", f"to {self._reattach.handshake.address}")
+                return client
+            except Exception as exc:
+                client.kill()
+                self._event("reattach_failed", f"{type(exc).__name__}: {exc}")
+        client = Client(self._config())
+        try:
+            client.start()
+        except BaseException:
+            client.kill()
+            raise
+        self._event("started", f"{client.handshake.network}:{client.handshake.address}")
+        return client
+
+    def _adopt(self, client: Client) -> None:
+        with self._cond:
+            self._client = client
+            assert self._channel is not None
+            self._channel.replace(client.channel)
+            if self.health_interval is not None:
+                self._watcher = HealthWatcher(client.channel, interval=self.health_interval,
+                                              timeout=self.health_timeout,
+                                              on_change=lambda old, new, why: self._wake.set(),
+                                              name=self.name).start()
+            self._state = RUNNING
+            self._cond.notify_all()
+        if self.breaker is not None:
+            self.breaker.reset("the plugin was (re)started")
+
+    def _drop_current(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+        client = self._client
+        if client is not None:
+            client.kill()
+
+    def raise_if_failed(self) -> None:
+        """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _event(self, kind: str, detail: str) -> None:
+        event = SupervisorEvent(kind, detail, self.restarts, time.time())
+        self.events.append(event)
+        log = _log.warning if kind in ("failure", "restart_failed", "gave_up") else _log.info
+        log("supervisor of plugin %s: %s %s", self.name, kind, detail)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                _log.exception("Supervisor on_event callback failed")
+
+    def _monitor(self) -> None:
+        unhealthy_since: float | None = None
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            client, watcher = self._client, self._watcher
+            if client is None:
+                return
+            reason = None
+            code = client.runner.wait(0)
+            if code is not None or client.exited:
+                reason = f"the plugin exited with code {code}" + _tail(client)
+            elif watcher is not None and watcher.state not in (SERVING, UNKNOWN):
+                now = time.monotonic()
+                unhealthy_since = unhealthy_since if unhealthy_since is not None else now
+                if now - unhealthy_since >= self.unhealthy_grace:
+                    reason = f"health {watcher.state} for {now - unhealthy_since:.1f}s ({watcher.detail})"
+            elif unhealthy_since is not None:
+                unhealthy_since = None
+                self._event("recovered", "health is SERVING again; no restart needed")
+            if reason is not None:
+                unhealthy_since = None
+                self._recover(reason)
+
+    def _recover(self, reason: str) -> None:
+        self.failures += 1
+        self.last_failure = reason
+        self._event("failure", reason)
+        with self._cond:
+            self._state = RESTARTING
+            self._cond.notify_all()
+        self._drop_current()
+        policy = self.restart_policy
+        consecutive = 0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > policy.window:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= policy.max_restarts:
+                self._give_up()
+                return
+            consecutive += 1
+            if self._stop.wait(policy.backoff(consecutive)):
+                return
+            self._restart_times.append(time.monotonic())
+            self.restarts += 1
+            self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
+            client: Client | None = None
+            try:
+                client = self._starting = Client(self._config())
+                if self._stop.is_set():
+                    client.kill()
+                    return
+                client.start()
+            except Exception as exc:
+                if client is not None:
+                    client.kill()
+                self.last_failure = f"restart failed: {type(exc).__name__}: {exc}"
+                self._event("restart_failed", self.last_failure)
+                continue
+            finally:
+                self._starting = None
+            if self._stop.is_set():
+                client.kill()
+                return
+            self._adopt(client)
+            self._event("restarted", f"{client.handshake.network}:{client.handshake.address}")
+            return
+
+    def _give_up(self) -> None:
+        policy = self.restart_policy
+        self._fatal = RestartBudgetExhaustedError(self.name, len(self._restart_times), policy.window,
+                                                  self.last_failure or "unknown")
+        with self._cond:
+            self._state = FAILED
+            self._client = None
+            self._cond.notify_all()
+        self._event("gave_up", str(self._fatal))
+
+
+def _tail(client: Client) -> str:
+    tail = "; ".join(client.stderr_tail()[-3:])
+    return f" (last stderr: {tail})" if tail else ""

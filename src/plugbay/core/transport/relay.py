@@ -1,0 +1,253 @@
+"""A TLS relay: OpenSSL (Python's ssl) on one side of a socket pair, plaintext on the other.
+
+grpcio's BoringSSL cannot handshake with go-plugin's P-521 AutoMTLS
+certificates. Where a Go peer is on the other end, plugbay keeps gRPC in
+plaintext on a private unix socket and lets this relay speak TLS to the peer:
+
+* ``originate`` (host side): the gRPC channel dials the relay's private socket;
+  the relay dials the plugin and runs the TLS client handshake.
+* ``terminate`` (plugin side): the relay listens on the address the plugin
+  announces, runs the TLS server handshake, and forwards to the gRPC server's
+  private socket.
+
+One thread accepts; each connection gets one thread that moves bytes both
+ways through a poll loop, so an SSL object is never used from two threads.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+from plugbay.errors import ConfigError
+
+_CHUNK = 64 * 1024
+_CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
+_ACCEPT_POLL = 0.2
+
+
+def open_listener(network: str, address: str) -> socket.socket:
+    """Bind a listening socket; tcp addresses are host:port (port 0 picks one)."""
+    if network == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address)
+    elif network == "tcp":
+        host, _, port = address.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), int(port)))
+    else:
+        raise ConfigError(f"unknown network {network!r}; use 'unix' or 'tcp'")
+    sock.listen(64)
+    return sock
+
+
+def listener_address(sock: socket.socket) -> tuple[str, str]:
+    if sock.family == socket.AF_UNIX:
+        return "unix", str(sock.getsockname())
+    host, port = sock.getsockname()[:2]
+    return "tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def close_listener(sock: socket.socket) -> None:
+    """Close a listener and remove its unix socket file."""
+    network, address = listener_address(sock)
+    sock.close()
+    if network == "unix":
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
+
+
+def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threading.Thread],
+                      timeout: float = 5.0) -> None:
+    """Wake every pump blocked on a socket, then wait for its thread."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for thread in threads:
+        thread.join(timeout=timeout)
+
+
+def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
+    """Yield accepted connections until ``closed()`` or the listener is closed.
+
+    The listener must have a timeout: that is how a loop notices ``closed()``.
+    """
+    while not closed():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        yield conn
+
+
+def dial(network: str, address: str, timeout: float) -> socket.socket:
+    if network == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class TLSRelay:
+    """Copies bytes between plaintext and TLS connections until closed."""
+
+    def __init__(self, listener: socket.socket, target: tuple[str, str], context: ssl.SSLContext,
+                 mode: Literal["originate", "terminate"], server_hostname: str = "localhost",
+                 handshake_timeout: float = 10.0) -> None:
+        self._listener = listener
+        self._target = target
+        self._ctx = context
+        self._mode = mode
+        self._hostname = server_hostname
+        self._hs_timeout = handshake_timeout
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="plugbay-tlsrelay-accept",
+                                          daemon=True)
+        listener.settimeout(_ACCEPT_POLL)
+        self._acceptor.start()
+
+    @property
+    def address(self) -> tuple[str, str]:
+        return listener_address(self._listener)
+
+    def close(self) -> None:
+        """Stop accepting, drop every connection and join every thread."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._acceptor.join(timeout=5)
+        close_listener(self._listener)
+        with self._lock:
+            conns = list(self._conns)
+            threads = list(self._threads)
+        shutdown_and_join(conns, threads)
+
+    def _accept_loop(self) -> None:
+        for conn in accept_each(self._listener, self._closed.is_set):
+            thread = threading.Thread(target=self._serve, args=(conn,), name="plugbay-tlsrelay-conn",
+                                      daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, accepted: socket.socket) -> None:
+        tls: ssl.SSLSocket | None = None
+        plain: socket.socket | None = None
+        try:
+            other = dial(*self._target, timeout=self._hs_timeout)
+            if self._mode == "terminate":
+                plain = other
+                tls = self._ctx.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+            else:
+                plain = accepted
+                tls = self._ctx.wrap_socket(other, server_hostname=self._hostname,
+                                            do_handshake_on_connect=False)
+            with self._lock:
+                self._conns.update((tls, plain))
+            tls.settimeout(self._hs_timeout)
+            tls.do_handshake()
+            _pump(plain, tls, self._closed)
+        except (OSError, ssl.SSLError):
+            pass  # a failed peer handshake is the peer's problem; gRPC reports it on its side
+        finally:
+            for sock in (tls, plain, accepted):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+            with self._lock:
+                self._conns.discard(accepted)
+                if tls is not None:
+                    self._conns.discard(tls)
+                if plain is not None:
+                    self._conns.discard(plain)
+                self._threads.discard(threading.current_thread())
+
+
+def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> None:
+    plain.setblocking(False)
+    tls.setblocking(False)
+    to_tls = bytearray()
+    to_plain = bytearray()
+    tls_chunk = b""  # an SSL write that must be retried with the same bytes
+    plain_eof = tls_eof = False
+    poller = select.poll()
+    pfd, tfd = plain.fileno(), tls.fileno()
+    while not closed.is_set():
+        if (plain_eof and not to_plain and not to_tls and not tls_chunk) or \
+                (tls_eof and not to_plain):
+            return
+        want_plain = (select.POLLIN if not plain_eof and len(to_tls) < _CAP else 0) | \
+            (select.POLLOUT if to_plain else 0)
+        want_tls = (select.POLLIN if not tls_eof and len(to_plain) < _CAP else 0) | \
+            (select.POLLOUT if to_tls or tls_chunk else 0)
+        poller.register(pfd, want_plain)
+        poller.register(tfd, want_tls)
+        buffered = tls.pending() > 0 and len(to_plain) < _CAP
+        poller.poll(0 if buffered else 500)
+        if want_plain & select.POLLIN:
+            try:
+                data = plain.recv(_CHUNK)
+                if data:
+                    to_tls += data
+                else:
+                    plain_eof = True
+            except BlockingIOError:
+                pass
+            except OSError:
+                return
+        if want_tls & select.POLLIN or buffered:
+            try:
+                while len(to_plain) < _CAP:
+                    data = tls.recv(_CHUNK)
+                    if not data:
+                        tls_eof = True
+                        break
+                    to_plain += data
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except (OSError, ssl.SSLError):
+                return
+        if to_tls or tls_chunk:
+            if not tls_chunk:
+                tls_chunk = bytes(to_tls[:_CHUNK])
+                del to_tls[:_CHUNK]
+            try:
+                sent = tls.send(tls_chunk)
+                tls_chunk = tls_chunk[sent:]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except (OSError, ssl.SSLError):
+                return
+        if to_plain:
+            try:
+                sent = plain.send(to_plain)
+                del to_plain[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:
+                return

@@ -1,0 +1,9 @@
+"""Plugins in Docker containers: DockerRunner, the session sweep, the socket folder's mount point.
+
+Imports: plugbay.errors, core.protocol, core.transport and plugbay.runners (base, session).
+"""
+
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, sweep
+from plugbay.runners.docker.runner import TRANSPORTS, DockerRunner
+
+__all__ = ["CONTAINER_SOCKET_DIR", "TRANSPORTS", "DockerRunner", "sweep"]

@@ -1,0 +1,101 @@
+"""Line streams from a container's log stream (one pump thread per stream).
+
+The engine's log API with ``follow`` ends when the container stops; closing
+the underlying HTTP response ends it sooner (the runner does that on kill).
+stdout and stderr are read as two separate log requests so each arrives
+demultiplexed and in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from plugbay.errors import RunnerError
+
+# Lines buffered for a reader that is slower than the plugin (or absent).
+# Beyond this the oldest unread lines are dropped so memory stays bounded.
+MAX_BUFFERED = 10_000
+TAIL = 50
+
+
+class LogPump:
+    """Reads one of a container's log streams into lines on a plugbay-* thread."""
+
+    def __init__(self, api: Any, container_id: str, which: str) -> None:
+        self.which = which
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
+        self._lines: collections.deque[str] = collections.deque(maxlen=MAX_BUFFERED)
+        self._cond = threading.Condition()
+        self._done = False
+        self._reader_taken = False
+        # follow=True: the request stays open until the container stops.
+        self._stream = api.logs(container_id, stdout=which == "stdout", stderr=which == "stderr",
+                                stream=True, follow=True)
+        self._thread = threading.Thread(target=self._run, name=f"plugbay-docker-{which}-{container_id[:12]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _push(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        with self._cond:
+            self.tail.append(line)
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        buf = b""
+        try:
+            for chunk in self._stream:
+                buf += chunk
+                while b"\n" in buf:
+                    raw, buf = buf.split(b"\n", 1)
+                    self._push(raw)
+        except Exception:  # noqa: BLE001 - the stream was closed under us (kill) or the engine went away
+            pass
+        finally:
+            if buf:
+                self._push(buf)
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def lines(self) -> Iterator[str]:
+        with self._cond:
+            if self._reader_taken:
+                raise RunnerError(f"the plugin's {self.which} can be read by one reader only; keep the"
+                                  f" first iterator of {self.which}_lines() and fan its lines out yourself")
+            self._reader_taken = True
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[str]:
+        while True:
+            with self._cond:
+                while not self._lines and not self._done:
+                    self._cond.wait(0.5)
+                if self._lines:
+                    line = self._lines.popleft()
+                else:
+                    return
+            yield line
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the stream now (the container may still be running) and join the thread."""
+        if not self._done:
+            try:
+                self._stream.close()
+            except Exception:  # noqa: BLE001 - closing a socket that is already gone
+                pass
+        self._thread.join(timeout)
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()

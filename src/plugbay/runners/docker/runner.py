@@ -1,0 +1,442 @@
+"""The Docker runner: a plugin as a container on the local (or DOCKER_HOST) engine.
+
+Two transports:
+
+* ``unix`` (default, like Vault's containerized plugins): the container has no
+  network; the host's socket folder is bind-mounted at ``/plugbay/sock`` and
+  PLUGIN_UNIX_SOCKET_DIR and TMPDIR point there (go-plugin 1.0.1 plugins put
+  their socket in $TMPDIR). ``plugin_to_host`` maps the in-container path back
+  to the host path. A non-root container user gets the folder's group as a
+  supplementary group, and PLUGIN_UNIX_SOCKET_GROUP asks the plugin to hand
+  its socket to that group so a non-root host can connect.
+* ``tcp``: the plugin listens on ``0.0.0.0:<container_port>`` (PLUGBAY_LISTEN),
+  published on 127.0.0.1 with a random host port that ``plugin_to_host`` maps
+  to. The container's own address is never dialled.
+
+Every container is labelled ``plugbay.managed=true`` and with the host
+session (``plugbay.session``) so :func:`sweep` can remove the containers of
+hosts that are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
+from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
+                                            engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
+                                            published_port, sweep)
+from plugbay.runners.docker.logs import LogPump
+
+__all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
+
+TRANSPORTS = ("unix", "tcp")
+_log = logging.getLogger("plugbay.runners.docker")
+_DIAG_LINES = 10
+
+
+class DockerRunner(Runner):
+    """Runs a plugin image as a container. One instance runs the plugin once.
+
+    Secure defaults: every capability dropped and no-new-privileges set; pass
+    ``cap_drop=()`` / ``no_new_privileges=False`` to relax them.
+    """
+
+    def __init__(self, image: str, *, transport: str = "unix", user: str | None = None,
+                 runtime: str | None = None, mem_limit: str | int | None = None, nano_cpus: int | None = None,
+                 read_only: bool = False, cap_drop: Sequence[str] = ("ALL",), no_new_privileges: bool = True,
+                 env: Mapping[str, str] | None = None, mounts: Sequence[Any] = (),
+                 tmpfs: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                 entrypoint: Sequence[str] | None = None, command: Sequence[str] | None = None,
+                 digest: str | None = None, container_port: int = 4000, name: str | None = None,
+                 socket_gid: int | None = None, stop_timeout: float | None = None,
+                 extra_create_args: Mapping[str, Any] | None = None) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"DockerRunner transport must be one of {TRANSPORTS}, got {transport!r}")
+        if not image:
+            raise ConfigError("DockerRunner needs an image name (e.g. 'plugbay-kv:latest')")
+        if "@" in image:  # name@sha256:...: a pinned reference is a digest check
+            image, pinned = image.split("@", 1)
+            if digest and digest != pinned:
+                raise ConfigError(f"image is pinned to {pinned} but digest= says {digest}; give one of them")
+            digest = pinned
+        if digest is not None and not digest.startswith("sha256:"):
+            raise ConfigError(f"image digest must look like 'sha256:<hex>', got {digest!r}")
+        self.image = image
+        self.transport = transport
+        self.user = user
+        self.runtime = runtime
+        self.mem_limit = mem_limit
+        self.nano_cpus = nano_cpus
+        self.read_only = read_only
+        self.cap_drop = list(cap_drop)
+        self.no_new_privileges = no_new_privileges
+        self.env = dict(env or {})
+        self.mounts = [parse_mount(m) for m in mounts]
+        self.tmpfs = dict(tmpfs or {})
+        self.labels = dict(labels or {})
+        self.entrypoint = list(entrypoint) if entrypoint is not None else None
+        self.command = list(command) if command is not None else None
+        self.digest = digest
+        self.container_port = container_port
+        self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
+        self.socket_gid = socket_gid
+        self.extra_create_args = dict(extra_create_args or {})
+        self._client: Any = None
+        self._container_id = ""
+        self._host_socket_dir: str | None = None
+        self._owns_socket_dir = False
+        self._host_port: int | None = None
+        self._pumps: dict[str, LogPump] = {}
+        self._final_state: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._killed = False
+        self._attached = False
+        self._exited = threading.Event()
+        self._exit_code: int | None = None
+        self._waiter: threading.Thread | None = None
+
+    # --- identity -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.image
+
+    @property
+    def id(self) -> str:
+        return self._container_id
+
+    @property
+    def host_port(self) -> int | None:
+        """The 127.0.0.1 port the plugin's port is published on (tcp transport)."""
+        return self._host_port
+
+    # --- start ----------------------------------------------------------------
+
+    def start(self, spec: LaunchSpec) -> None:
+        if self._client is not None:
+            raise RunnerError(f"DockerRunner for {self.image!r} was already started; make a new runner")
+        self._client = engine()
+        try:
+            self._start(spec)
+        except BaseException:
+            with self._lock:
+                self._killed = True  # a later kill() has nothing left to do
+            self._cleanup(remove=True, grace=0)
+            raise
+
+    def _start(self, spec: LaunchSpec) -> None:
+        from docker.errors import APIError
+
+        client = self._client
+        image = self._find_image(client)
+        if self.digest is not None:
+            self._check_digest(image, self.digest)
+        if self.runtime:
+            check_runtime(client, self.runtime)
+        env = {**self.env, **spec.env}
+        args: dict[str, Any] = {}
+        if self.transport == "unix":
+            self._host_socket_dir = spec.socket_dir or tempfile.mkdtemp(prefix="plugbay-docker-")
+            self._owns_socket_dir = spec.socket_dir is None
+            gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
+                                     else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
+            env.update({"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
+                        "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
+            env.pop("PLUGBAY_LISTEN", None)
+            args.update(network_mode="none", group_add=[str(gid)])
+            mounts = [*self.mounts, bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR)]
+        else:
+            env["PLUGBAY_LISTEN"] = f"tcp:0.0.0.0:{self.container_port}"
+            args["ports"] = {f"{self.container_port}/tcp": ("127.0.0.1", None)}
+            mounts = list(self.mounts)
+        labels = {**self.labels, **spec.labels, **managed_labels()}
+        if self._host_socket_dir:
+            labels["plugbay.socket-dir"] = self._host_socket_dir
+        security_opt = ["no-new-privileges:true"] if self.no_new_privileges else []
+        args.update(image=image.id, environment=env, labels=labels, name=self.container_name, mounts=mounts,
+                    read_only=self.read_only, cap_drop=self.cap_drop or None, security_opt=security_opt or None,
+                    stdin_open=False, tty=False)
+        for key, value in (("user", self.user), ("runtime", self.runtime), ("mem_limit", self.mem_limit),
+                           ("nano_cpus", self.nano_cpus), ("entrypoint", self.entrypoint),
+                           ("command", self.command), ("tmpfs", self.tmpfs or None)):
+            if value is not None:
+                args[key] = value
+        # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
+        args["log_config"] = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
+        if self.mem_limit is not None:
+            args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
+        args.update(self.extra_create_args)
+        try:
+            container = engine_call(lambda: client.containers.create(**args), "create the container")
+            self._container_id = container.id
+            engine_call(container.start, "start the container")
+        except APIError as exc:
+            raise RunnerError(
+                f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."
+                " Check the image's entrypoint/command and the runner options (mounts, user, runtime)."
+            ) from exc
+        if self.transport == "tcp":
+            self._host_port = published_port(container, self.container_port)
+        for which in ("stdout", "stderr"):
+            self._pumps[which] = LogPump(client.api, self._container_id, which)
+        self._watch_exit()
+
+    def _watch_exit(self) -> None:
+        # One blocking wait request per container instead of polling: the
+        # Client asks wait(0) often, and the engine answers the moment it ends.
+        def run() -> None:
+            code = -1
+            try:
+                code = int(self._client.api.wait(self._container_id, timeout=None).get("StatusCode", -1))
+            except Exception:  # noqa: BLE001 - removed (kill) or the engine went away
+                state = self._final_state or self._inspect_quietly()
+                code = int(state.get("ExitCode", -1)) if state else -1
+            finally:
+                self._exit_code = code
+                self._exited.set()
+
+        self._waiter = threading.Thread(target=run, name=f"plugbay-docker-wait-{self._container_id[:12]}",
+                                        daemon=True)
+        self._waiter.start()
+
+    def _inspect_quietly(self) -> dict[str, Any] | None:
+        try:
+            return self._inspect()
+        except Exception:  # noqa: BLE001 - best effort after the engine failed
+            return None
+
+    def _find_image(self, client: Any) -> Any:
+        from docker.errors import ImageNotFound
+
+        try:
+            return engine_call(lambda: client.images.get(self.image), "look up the image")
+        except ImageNotFound:
+            raise ImageNotFoundError(
+                f"image {self.image!r} is not on the Docker engine. Build it (the examples:"
+                " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
+                " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
+            ) from None
+
+    def _check_digest(self, image: Any, digest: str) -> None:
+        repo_digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d]
+        if digest != image.id and digest not in repo_digests:
+            raise ChecksumMismatchError(
+                f"image {self.image!r} is {image.id} (repo digests {repo_digests or 'none'}), not the pinned"
+                f" {digest}. The image was rebuilt or replaced; rebuild the trusted one or update the pin."
+            )
+
+    def check_secure_config(self, secure: Any) -> None:
+        """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+        if secure.hash != "sha256":
+            raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
+                              " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
+        client = engine()
+        try:
+            self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
+        finally:
+            client.close()
+
+    # --- addresses --------------------------------------------------------------
+
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        if self.transport == "unix":
+            if network == "unix" and self._host_socket_dir and (
+                    address == CONTAINER_SOCKET_DIR or address.startswith(CONTAINER_SOCKET_DIR + "/")):
+                return "unix", self._host_socket_dir + address[len(CONTAINER_SOCKET_DIR):]
+            raise RunnerError(
+                f"the plugin in container {self.id[:12]} announced {network}:{address}, which the host cannot"
+                f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
+                " (PLUGIN_UNIX_SOCKET_DIR / TMPDIR). Use transport='tcp' for plugins that only listen on TCP."
+            )
+        if network == "tcp" and self._host_port is not None:
+            port = address.rsplit(":", 1)[-1]
+            if port == str(self.container_port):
+                return "tcp", f"127.0.0.1:{self._host_port}"
+        raise RunnerError(
+            f"the plugin in container {self.id[:12]} announced {network}:{address}, but only container port"
+            f" {self.container_port} is published; make the plugin honour PLUGBAY_LISTEN"
+            " (plugbay's serve() does) or set container_port= to the port it listens on."
+        )
+
+    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
+        if self.transport == "unix" and network == "unix" and self._host_socket_dir and (
+                address.startswith(self._host_socket_dir + "/")):
+            return "unix", CONTAINER_SOCKET_DIR + address[len(self._host_socket_dir):]
+        raise RunnerError(
+            f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks"
+            f" need the unix transport with the listener inside the socket folder {self._host_socket_dir},"
+            " or ClientConfig(multiplex_broker=True) with a plugin that can multiplex"
+        )
+
+    # --- wait / kill ----------------------------------------------------------------
+
+    def _inspect(self) -> dict[str, Any] | None:
+        from docker.errors import NotFound
+
+        if self._client is None or not self._container_id:
+            return None
+        try:
+            state: dict[str, Any] = engine_call(
+                lambda: self._client.api.inspect_container(self._container_id), "inspect the container")["State"]
+        except NotFound:
+            return None
+        return state
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self._waiter is None:
+            return None
+        if not self._exited.wait(None if timeout is None else max(timeout, 0)):
+            return None
+        return self._exit_code
+
+    def kill(self, grace: float = 2.0) -> None:
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+        self._cleanup(remove=True, grace=grace)
+
+    def _cleanup(self, *, remove: bool, grace: float) -> None:
+        from docker.errors import DockerException, NotFound
+
+        client = self._client
+        try:
+            if client is not None and self._container_id:
+                api = client.api
+                try:
+                    state = self._inspect() or {}
+                    if state.get("Paused"):  # a frozen container ignores SIGTERM until thawed
+                        api.unpause(self._container_id)
+                    if state.get("Running"):
+                        api.stop(self._container_id, timeout=max(0, math.ceil(grace)))
+                    self._final_state = self._inspect() or state or self._final_state
+                    if remove:
+                        api.remove_container(self._container_id, force=True, v=True)
+                except NotFound:
+                    pass
+                except DockerException:
+                    try:  # last resort: force removal kills whatever state it is in
+                        api.remove_container(self._container_id, force=True, v=True)
+                    except DockerException as exc:
+                        _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
+                                     " %s` or plugbay.runners.docker.sweep() once the engine answers",
+                                     self._container_id[:12], exc, self._container_id[:12])
+        finally:
+            for pump in self._pumps.values():
+                pump.close()
+            if self._waiter is not None:
+                self._waiter.join(10.0)
+            if self._owns_socket_dir and self._host_socket_dir:
+                shutil.rmtree(self._host_socket_dir, ignore_errors=True)
+            elif self._attached and self._host_socket_dir:
+                clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
+            if client is not None:
+                client.close()
+
+    # --- output / diagnosis ----------------------------------------------------------
+
+    def stdout_lines(self) -> Iterator[str]:
+        return self._pump("stdout").lines()
+
+    def stderr_lines(self) -> Iterator[str]:
+        return self._pump("stderr").lines()
+
+    def _pump(self, which: str) -> LogPump:
+        pump = self._pumps.get(which)
+        if pump is None:
+            raise RunnerError(f"DockerRunner.start() must run before the plugin's {which} is read"
+                              " (a reattached container's output is not replayed)")
+        return pump
+
+    def stderr_tail(self) -> list[str]:
+        pump = self._pumps.get("stderr")
+        return list(pump.tail) if pump else []
+
+    def diagnose(self) -> str:
+        if not self._container_id:
+            return f"container for image {self.image!r} was never created"
+        state = self._final_state if self._final_state is not None else self._inspect()
+        if state is None:
+            return f"container {self._container_id[:12]} ({self.image}) no longer exists"
+        parts = [f"container {self._container_id[:12]} ({self.image}): state {state.get('Status')}"]
+        if state.get("Status") in ("exited", "dead"):
+            parts.append(f"exit code {state.get('ExitCode')}")
+        parts.append(f"OOMKilled={bool(state.get('OOMKilled'))}")
+        if state.get("Error"):
+            parts.append(f"engine error: {state['Error']}")
+        text = ", ".join(parts)
+        for which in ("stderr", "stdout"):
+            lines = self._last_lines(which)
+            text += f"\n  last {which} lines:\n" + ("\n".join("    " + line for line in lines) or "    (none)")
+        return text
+
+    def _last_lines(self, which: str) -> list[str]:
+        pump = self._pumps.get(which)
+        if pump is not None:
+            return list(pump.tail)[-_DIAG_LINES:]
+        try:
+            raw = self._client.api.logs(self._container_id, stdout=which == "stdout", stderr=which == "stderr",
+                                        tail=_DIAG_LINES)
+        except Exception:  # noqa: BLE001 - diagnosis is best effort
+            return []
+        return [str(line) for line in raw.decode("utf-8", "replace").splitlines()]
+
+    # --- reattach ----------------------------------------------------------------------
+
+    def reattach_data(self) -> dict[str, Any]:
+        return {"kind": "DockerRunner", "id": self._container_id, "image": self.image,
+                "transport": self.transport, "host_socket_dir": self._host_socket_dir,
+                "owns_socket_dir": self._owns_socket_dir, "container_port": self.container_port,
+                "host_port": self._host_port}
+
+    @classmethod
+    def attach(cls, data: Mapping[str, Any]) -> DockerRunner:
+        """The runner of a container another host process started (reattach)."""
+        from docker.errors import NotFound
+
+        container_id = str(data.get("id") or "")
+        if not container_id:
+            raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
+                              " pass what Client.reattach_config() / runner.reattach_data() returned")
+        runner = cls(str(data.get("image") or "unknown"), transport=str(data.get("transport", "unix")),
+                     container_port=int(data.get("container_port") or 4000))
+        runner._client = engine()
+        runner._container_id = container_id
+        runner._host_socket_dir = data.get("host_socket_dir")
+        runner._owns_socket_dir = bool(data.get("owns_socket_dir"))
+        runner._host_port = data.get("host_port")
+        runner._attached = True
+        try:
+            container = engine_call(lambda: runner._client.containers.get(container_id), "find the container")
+        except NotFound:
+            runner._client.close()
+            raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
+                              " start the plugin again") from None
+        if container.status != "running":
+            code = container.attrs["State"].get("ExitCode")
+            runner._client.close()
+            raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
+                              f" (exit code {code}); start the plugin again")
+        runner._watch_exit()
+        # Record the new owner so a sweep does not take the container from this host.
+        try:
+            container.rename(owner_name(container.name, HOST_SESSION_ID))
+        except Exception:  # noqa: BLE001 - ownership marking is best effort
+            pass
+        return runner
+
+
+def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
+    return DockerRunner.attach(data)
+
+
+register_reattacher("DockerRunner", _reattach)

@@ -1,0 +1,103 @@
+"""A pod's log stream split in two: the handshake line to stdout, every other line to stderr.
+
+Pod logs merge the container's stdout and stderr, so the one line that parses
+as a go-plugin handshake is the plugin's stdout; the rest (hclog JSON, plain
+lines) is fed to the host's log pump. A broken stream is reopened (bounded)
+while the pod still runs, without repeating lines already read.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from plugbay.errors import RunnerError
+from plugbay.core.protocol.handshake import parse_handshake_line
+
+_log = logging.getLogger("plugbay.runners.kubernetes")
+_EOF = object()
+_REOPENS = 5
+
+
+def is_handshake(line: str) -> bool:
+    if line.count("|") < 4:
+        return False
+    try:
+        parse_handshake_line(line)
+        return True
+    except Exception:
+        return False
+
+
+def drain(q: queue.Queue[object]) -> Iterator[str]:
+    while True:
+        item = q.get()
+        if item is _EOF:
+            return
+        assert isinstance(item, str)
+        yield item
+
+
+class PodLogs:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stdout: queue.Queue[object] = queue.Queue()
+        self.stderr: queue.Queue[object] = queue.Queue()
+        self.tail: deque[str] = deque(maxlen=50)
+        self._resp: Any = None
+        self._thread: threading.Thread | None = None
+
+    def follow(self, first: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
+        """Read ``first`` (an open follow=true response) in a thread; ``reopen(tail_lines)`` reconnects."""
+        self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running),
+                                        name=f"plugbay-klog-{self.name}")
+        self._thread.start()
+
+    def _loop(self, resp: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
+        from kubernetes.watch import watch as watch_mod
+
+        iter_resp_lines: Any = watch_mod.iter_resp_lines
+        handshake_seen = False
+        try:
+            for _attempt in range(_REOPENS):
+                self._resp = resp
+                try:
+                    for line in iter_resp_lines(resp):
+                        if not handshake_seen and is_handshake(line):
+                            handshake_seen = True
+                            self.stdout.put(line)
+                        else:
+                            self.tail.append(line)
+                            self.stderr.put(line)
+                except Exception as exc:
+                    _log.debug("log stream of pod %s broke: %s", self.name, exc)
+                finally:
+                    resp.release_conn()
+                # The stream ends when the container does, or when the connection broke.
+                if not still_running():
+                    return
+                try:
+                    resp = reopen(0)  # no lines already read again
+                except RunnerError as exc:
+                    _log.debug("reopening the log of pod %s: %s", self.name, exc)
+                    return
+        finally:
+            self.stdout.put(_EOF)
+            self.stderr.put(_EOF)
+
+    def close(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            try:
+                resp.shutdown()  # unblocks the reader thread's socket read
+            except Exception:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        else:
+            self.stdout.put(_EOF)
+            self.stderr.put(_EOF)

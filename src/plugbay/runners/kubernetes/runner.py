@@ -1,0 +1,457 @@
+"""Plugins as Kubernetes pods (official kubernetes client).
+
+The runner creates one pod per plugin, watches it until its container runs,
+follows its log stream for the handshake line (the plugin listens on TCP:
+PLUGBAY_LISTEN=tcp:0.0.0.0:<container_port>), and maps the announced address
+to one the host can dial: the pod IP in-cluster, or a local 127.0.0.1 listener
+that port-forwards through the API server from outside the cluster.
+
+Pod logs merge stdout and stderr, so the line that parses as a handshake goes
+to :meth:`stdout_lines` and every other line to :meth:`stderr_lines` (the log pump).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import (
+    ConfigError,
+    EngineUnavailableError,
+    PermissionDeniedError,
+    PodStartTimeoutError,
+    RunnerError,
+)
+from plugbay.runners.kubernetes import pods
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.docker.engine import managed_labels
+from plugbay.runners.kubernetes.api import api_message, default_namespace, in_cluster, load_api_client
+from plugbay.runners.kubernetes.logs import PodLogs, drain
+from plugbay.runners.kubernetes.portforward import PortForwarder
+
+_log = logging.getLogger("plugbay.runners.kubernetes")
+
+# Every API call the runner makes, as RBAC rules (core API group ""). The
+# Helm chart's Role, the 403 message and the README are checked against this.
+RBAC_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pods", ("create", "delete", "get", "list", "watch")),
+    ("pods/log", ("get",)),
+    ("pods/portforward", ("create", "get")),  # the WebSocket upgrade is checked as both
+    ("events", ("list",)),
+)
+ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
+
+
+def rbac_summary() -> str:
+    return "; ".join(f"{res}: {', '.join(verbs)}" for res, verbs in RBAC_RULES)
+
+
+def _denied_message(verb: str, resource: str, namespace: str) -> str:
+    return (f"the Kubernetes API refused to {verb} {resource} in namespace {namespace!r} (403 Forbidden)."
+            " plugbay's KubernetesRunner needs a Role in that namespace (charts/plugbay installs it)"
+            f" bound to the host's service account or user, granting in API group \"\": {rbac_summary()}")
+
+
+class KubernetesRunner(Runner):
+    """Runs a plugin image as a pod. One runner, one pod."""
+
+    def __init__(self, image: str, *, namespace: str | None = None, pull_policy: str = "IfNotPresent",
+                 labels: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None,
+                 resources: Mapping[str, Any] | None = None, service_account: str | None = None,
+                 node_selector: Mapping[str, str] | None = None,
+                 tolerations: Sequence[Mapping[str, Any]] | None = None,
+                 pod_template: Mapping[str, Any] | None = None, container_port: int = 4000,
+                 address_mode: str = "auto", api_client: Any = None, kubeconfig: str | None = None,
+                 context: str | None = None, start_timeout: float = 120.0, run_as_user: int | None = None,
+                 writable_dirs: Sequence[str] = ("/tmp",), command: Sequence[str] | None = None,
+                 args: Sequence[str] | None = None) -> None:
+        if address_mode not in ADDRESS_MODES:
+            raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {address_mode!r}")
+        if pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise ConfigError(f"pull_policy must be Always, IfNotPresent or Never, not {pull_policy!r}")
+        if not 0 < container_port < 65536:
+            raise ConfigError(f"container_port must be a TCP port (1-65535), not {container_port}")
+        self.image = image
+        self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
+                          resources=resources, service_account=service_account, node_selector=node_selector,
+                          tolerations=tolerations, template=pod_template, run_as_user=run_as_user,
+                          writable_dirs=tuple(writable_dirs), command=command, args=args)
+        self.container_port = container_port
+        self.start_timeout = start_timeout
+        self._kubeconfig, self._context = kubeconfig, context
+        self._owns_client = api_client is None
+        if api_client is None:
+            api_client, from_sa = load_api_client(kubeconfig, context)
+        else:
+            from_sa = in_cluster()
+        self._api_client = api_client
+        from kubernetes import client
+
+        self._api: Any = client.CoreV1Api(api_client)
+        self.address_mode = address_mode if address_mode != "auto" else (
+            "in-cluster" if from_sa else "port-forward")
+        self.namespace = namespace or default_namespace(kubeconfig, context)
+        self.pod_name = ""
+        self._cond = threading.Condition()
+        self._pod: dict[str, Any] | None = None
+        self._gone = False
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._watcher: threading.Thread | None = None
+        self._logs = PodLogs("")
+        self._forwarders: dict[int, PortForwarder] = {}
+        self._killed = False
+        self._lock = threading.Lock()
+        self._diagnosis: str | None = None
+        self._watch_error: BaseException | None = None
+
+    # --- identity ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.image
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.pod_name}"
+
+    # --- API calls -----------------------------------------------------------
+
+    def _call(self, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return func(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 403:
+                raise PermissionDeniedError(_denied_message(verb, resource, self.namespace)
+                                            + f" Server said: {api_message(exc)}") from exc
+            if exc.status == 401:
+                raise PermissionDeniedError(
+                    f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"
+                    " refresh the kubeconfig's token or certificate") from exc
+            raise RunnerError(f"Kubernetes API {verb} {resource} in {self.namespace!r} failed:"
+                              f" {exc.status} {api_message(exc)}") from exc
+        except (HTTPError, OSError) as exc:
+            host = getattr(self._api_client.configuration, "host", "?")
+            raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
+                                         " the cluster is up and the kubeconfig points at it.") from exc
+
+    def _read_pod(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = self._call("get", "pods", self._api.read_namespaced_pod, self.pod_name, self.namespace)
+        except RunnerError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                return None
+            raise
+        return dict(self._api_client.sanitize_for_serialization(obj))
+
+    def _events(self) -> list[str]:
+        try:
+            found = self._call("list", "events", self._api.list_namespaced_event, self.namespace,
+                               field_selector=f"involvedObject.name={self.pod_name}")
+        except RunnerError as exc:
+            return [f"(events unavailable: {exc})"]
+        items = [self._api_client.sanitize_for_serialization(e) for e in found.items]
+        items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return [pods.format_event(e) for e in items]
+
+    # --- start ---------------------------------------------------------------
+
+    def start(self, spec: LaunchSpec) -> None:
+        if self.pod_name:
+            raise RunnerError(f"runner for {self.image} already started pod {self.id}; make a new runner")
+        from kubernetes import client
+
+        env = {**self._opts["env"], **spec.env, "PLUGBAY_LISTEN": f"tcp:0.0.0.0:{self.container_port}"}
+        managed = managed_labels()
+        labels = {**self._opts["labels"], **spec.labels, **{k: v for k, v in managed.items()
+                                                             if k != "plugbay.host"}}
+        self.pod_name = pods.pod_name_for(self.image)
+        self._logs.name = self.pod_name
+        manifest = pods.build_pod(name=self.pod_name, image=self.image, labels=labels,
+                                  annotations={"plugbay.host": managed["plugbay.host"]}, env=env,
+                                  container_port=self.container_port,
+                                  **{k: v for k, v in self._opts.items() if k not in ("labels", "env")})
+        body = client.V1Pod.from_dict(manifest)
+        deadline = time.monotonic() + self.start_timeout
+        self._call("create", "pods", self._api.create_namespaced_pod, self.namespace, body)
+        try:
+            self._start_watcher()
+            self._await_running(deadline)
+            self._follow_logs()
+        except BaseException:
+            self.kill(0)
+            raise
+
+    def _await_running(self, deadline: float) -> None:
+        while True:
+            with self._cond:
+                pod, gone = self._pod, self._gone
+                if pod is not None and pods.is_running(pod):
+                    return
+                watch_error = self._watch_error
+            if watch_error is not None:
+                raise watch_error
+            if gone:
+                raise RunnerError(f"pod {self.id} was deleted while starting.\n{self.diagnose()}")
+            if pod is not None:
+                failure = pods.start_failure(pod, self.id, [], [])
+                if failure is not None:  # only then fetch the logs and events for the message
+                    failure = pods.start_failure(pod, self.id, self._logs_tail(), self._events()) or failure
+                    self._diagnosis = self.diagnose()
+                    raise failure
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PodStartTimeoutError(
+                    f"pod {self.id} did not reach Running within {self.start_timeout:.0f}s (phase"
+                    f" {pods.phase(pod or {})}). Raise start_timeout for slow image pulls, or check the"
+                    f" cluster.\n{self.diagnose()}")
+            with self._cond:
+                self._cond.wait(timeout=min(remaining, 1.0))
+
+    def _logs_tail(self) -> list[str]:
+        if self._logs.tail:
+            return list(self._logs.tail)
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            text = self._api.read_namespaced_pod_log(self.pod_name, self.namespace,
+                                                     container=pods.CONTAINER_NAME, tail_lines=20)
+            return str(text).splitlines()
+        except (ApiException, OSError, ValueError):
+            return []
+
+    # --- the pod watch -------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, name=f"plugbay-kwatch-{self.pod_name}")
+            self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        from kubernetes import watch as watch_mod
+        from kubernetes.client.exceptions import ApiException
+
+        watch: Any = watch_mod
+
+        failures = 0
+        while not self._stop.is_set() and not self._gone:
+            w = watch.Watch()
+            self._watch = w
+            try:
+                for ev in w.stream(self._api.list_namespaced_pod, self.namespace, deserialize=False,
+                                   field_selector=f"metadata.name={self.pod_name}", timeout_seconds=10,
+                                   _request_timeout=(10, 30)):
+                    self._update(ev["object"], ev["type"] == "DELETED")
+                    if self._stop.is_set():
+                        break
+                failures = 0
+                if not self._stop.is_set() and not self._gone and self._read_pod() is None:
+                    self._update(None, True)
+            except ApiException as exc:
+                if exc.status == 403:
+                    self._watch_error = PermissionDeniedError(_denied_message("watch", "pods", self.namespace))
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+                failures += 1
+            except Exception as exc:  # connection blips: retry a bounded number of times in a row
+                failures += 1
+                _log.debug("watching pod %s: %s", self.id, exc)
+            if failures >= 30:
+                _log.warning("giving up watching pod %s after %d failures", self.id, failures)
+                return
+            if failures:
+                self._stop.wait(min(0.2 * failures, 2.0))
+
+    def _update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
+        with self._cond:
+            if obj is not None:
+                self._pod = obj
+            if deleted:
+                self._gone = True
+            self._cond.notify_all()
+
+    # --- logs: handshake to stdout, everything else to stderr ----------------------
+
+    def _open_log(self, tail_lines: int | None) -> Any:
+        return self._call("get", "pods/log", self._api.read_namespaced_pod_log, self.pod_name, self.namespace,
+                          container=pods.CONTAINER_NAME, follow=True, _preload_content=False,
+                          **({"tail_lines": tail_lines} if tail_lines is not None else {}))
+
+    def _follow_logs(self) -> None:
+        first = self._open_log(None)  # in the caller: a 403 or an unreachable API fails start()
+        self._logs.follow(first, self._open_log, lambda: not self._stop.is_set() and not self._gone
+                          and pods.is_running(self._pod or {}))
+
+    def stdout_lines(self) -> Iterator[str]:
+        return drain(self._logs.stdout)
+
+    def stderr_lines(self) -> Iterator[str]:
+        return drain(self._logs.stderr)
+
+    # --- addresses -----------------------------------------------------------
+
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        if network != "tcp":
+            raise ConfigError(f"a plugin in a pod must listen on TCP, but it announced {network}:{address};"
+                              " serve it with plugbay's serve() (it honours PLUGBAY_LISTEN) or listen on TCP")
+        port = int(address.rsplit(":", 1)[1])
+        if self.address_mode == "in-cluster":
+            return "tcp", self._pod_address(port)
+        with self._lock:
+            fwd = self._forwarders.get(port)
+            if fwd is None:
+                fwd = PortForwarder(self._api_client.configuration, self.namespace, self.pod_name, port,
+                                    _denied_message("create", "pods/portforward", self.namespace))
+                self._forwarders[port] = fwd
+        return "tcp", fwd.address
+
+    def _pod_address(self, port: int) -> str:
+        pod = self._pod or self._read_pod() or {}
+        status = pod.get("status") or {}
+        # A hostPort on the container port means the pod is reached on its node's IP.
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            for p in c.get("ports") or []:
+                if p.get("containerPort") == port and p.get("hostPort"):
+                    return _join(p.get("hostIP") or status.get("hostIP", ""), int(p["hostPort"]))
+        ip = status.get("podIP")
+        if not ip:
+            raise RunnerError(f"pod {self.id} has no IP yet (phase {pods.phase(pod)}); it cannot be dialled")
+        return _join(ip, port)
+
+    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
+        # A per-connection broker listens on the host's unix sockets, which no pod can
+        # reach; refusing here fails the call at once instead of in the plugin's dial.
+        raise RunnerError(
+            f"a plugin in pod {self.id} cannot reach host address {network}:{address}; brokered callbacks"
+            " to a pod need ClientConfig(multiplex_broker=True), which carries them over the plugin's"
+            " own connection (go-plugin 1.0.1 plugins cannot multiplex)")
+
+    # --- wait, kill, diagnose --------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._start_watcher()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                code = pods.exit_code(self._pod) if self._pod else None
+                if code is not None:
+                    return code
+                if self._gone:
+                    return -1  # deleted without a reported exit code
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                if self._watcher is None or not self._watcher.is_alive():
+                    return None if timeout is not None else -1
+                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+
+    def kill(self, grace: float = 2.0) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+        error: BaseException | None = None
+        try:
+            # End our port-forward streams before the pod goes, so each closes from our side
+            # in order rather than under the client's proxy threads when the pod's port vanishes.
+            self._close_forwarders()
+            if self.pod_name and not self._gone:
+                self._start_watcher()
+                try:
+                    self._api.delete_namespaced_pod(self.pod_name, self.namespace,
+                                                    # 0 would force-delete the object before the kubelet
+                                                    # stopped the container; 1 s keeps that confirmation
+                                                    grace_period_seconds=max(1, math.ceil(grace)))
+                except ApiException as exc:
+                    if exc.status == 403:
+                        error = PermissionDeniedError(_denied_message("delete", "pods", self.namespace))
+                    elif exc.status != 404:
+                        error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
+                    else:
+                        self._update(None, True)
+                if error is None:
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._gone, timeout=grace + 30)
+                    if not self._gone:
+                        _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
+        finally:
+            self._close()
+        if error is not None:
+            raise error
+
+    def _close(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._watcher is not None:
+            self._watcher.join(timeout=15)
+        self._logs.close()
+        self._close_forwarders()
+        if self._owns_client:
+            self._api_client.close()
+
+    def _close_forwarders(self) -> None:
+        with self._lock:
+            forwarders = list(self._forwarders.values())
+            self._forwarders.clear()
+        for fwd in forwarders:
+            fwd.close()
+
+    def diagnose(self) -> str:
+        if self._diagnosis and self._killed:
+            return self._diagnosis
+        pod = self._pod
+        if not self._killed:
+            try:
+                pod = self._read_pod() or pod
+            except RunnerError:
+                pass
+        events = self._events() if not self._killed else []
+        return pods.describe(pod, self._gone, events, list(self._logs.tail))
+
+    # --- reattach ------------------------------------------------------------
+
+    def reattach_data(self) -> dict[str, Any]:
+        return {"kind": "KubernetesRunner", "id": self.id, "namespace": self.namespace, "pod": self.pod_name,
+                "image": self.image, "container_port": self.container_port,
+                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context}
+
+    @classmethod
+    def attach(cls, data: Mapping[str, Any], api_client: Any = None) -> KubernetesRunner:
+        """A runner for a pod another host started (reattach by namespace/pod name)."""
+        runner = cls(str(data.get("image", "?")), namespace=str(data["namespace"]),
+                     container_port=int(data.get("container_port", 4000)),
+                     address_mode=str(data.get("address_mode", "auto")), api_client=api_client,
+                     kubeconfig=data.get("kubeconfig"), context=data.get("context"))
+        runner.pod_name = str(data["pod"])
+        pod = runner._read_pod()
+        if pod is None:
+            runner._close()
+            raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
+        runner._update(pod, False)
+        runner._start_watcher()
+        return runner
+
+
+def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
+    return KubernetesRunner.attach(data)
+
+
+register_reattacher("KubernetesRunner", _reattach)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+

@@ -1,0 +1,53 @@
+"""Sweeping plugbay pods whose host session is gone (label selector plugbay.managed=true)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from plugbay.runners.docker.engine import managed_labels, session_alive
+from plugbay.runners.kubernetes.api import load_api_client
+
+
+def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
+          kubeconfig: str | None = None, grace: int = 0) -> list[str]:
+    """Delete plugbay pods whose host session is gone; return their names.
+
+    Without ``live_sessions`` a session is gone when its host process (from this
+    machine, per the pod's plugbay.host annotation) no longer runs; pods of
+    other machines are left alone. This process's own pods are never deleted.
+    """
+    from kubernetes import client
+
+    from plugbay.runners.base import HOST_SESSION_ID
+    from plugbay.runners.kubernetes import KubernetesRunner
+
+    own = api_client is None
+    if api_client is None:
+        api_client, _ = load_api_client(kubeconfig)
+    probe = KubernetesRunner.__new__(KubernetesRunner)
+    probe._api_client, probe.namespace = api_client, namespace
+    api: Any = client.CoreV1Api(api_client)
+    here = managed_labels()["plugbay.host"]
+    removed: list[str] = []
+    try:
+        found = probe._call("list", "pods", api.list_namespaced_pod, namespace,
+                            label_selector="plugbay.managed=true")
+        for pod in found.items:
+            labels = pod.metadata.labels or {}
+            session = labels.get("plugbay.session", "")
+            if session == HOST_SESSION_ID:
+                continue
+            if live_sessions is not None:
+                gone = session not in live_sessions
+            else:
+                host = (pod.metadata.annotations or {}).get("plugbay.host")
+                gone = host == here and not session_alive(session, labels.get("plugbay.session-start", ""))
+            if gone and not pod.metadata.deletion_timestamp:
+                probe._call("delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
+                            grace_period_seconds=grace)
+                removed.append(pod.metadata.name)
+    finally:
+        if own:
+            api_client.close()
+    return removed
