@@ -28,7 +28,7 @@ PROTOS = ROOT / "protos"
 # (proto files relative to protos/, include root, output dir)
 TARGETS: list[tuple[list[str], Path, Path]] = [
     (["plugin/grpc_broker.proto", "plugin/grpc_controller.proto", "plugin/grpc_stdio.proto",
-      "grpc/health/v1/health.proto"], PROTOS, ROOT / "src/plugbay/_proto"),
+      "grpc/health/v1/health.proto", "plugbay/discovery.proto"], PROTOS, ROOT / "src/plugbay/_proto"),
 ]
 
 # Example protos: protos/examples/<name>.proto -> examples/<name>/<name>proto/ (a package, so
