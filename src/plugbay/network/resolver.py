@@ -1,0 +1,47 @@
+"""What discovery hands the endpoint pool: endpoints, and the resolver interface every source implements.
+
+A target (``static:///``, ``dns:///``, ``dns+srv:///``, ``kubernetes:///``,
+``unix:///``) names a resolver; the resolver reports the full set of
+endpoints it knows each time that set changes, and the pool keeps one channel
+per endpoint. Resolvers never dial endpoints themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One replica of a remote plugin.
+
+    ``network`` is "tcp" (``address`` is "HOST:PORT", IPv6 hosts in brackets)
+    or "unix" (``address`` is a socket path). ``ready`` is False for an
+    endpoint that is known but must not get new calls yet (a Kubernetes
+    endpoint that is not ready); ``terminating`` marks one that is draining:
+    calls in flight finish, new calls go elsewhere.
+    """
+
+    network: str
+    address: str
+    ready: bool = True
+    terminating: bool = False
+    name: str = ""  # where it came from (pod name, DNS name), for logs and metrics
+
+    @property
+    def key(self) -> str:
+        return f"{self.network}:{self.address}"
+
+
+OnChange = Callable[[Sequence[Endpoint]], None]
+
+
+class Resolver(Protocol):
+    """A source of endpoints. ``start`` reports the first set before it returns (or raises a
+    typed error); later sets come from the resolver's own thread, which ``close`` joins."""
+
+    def start(self, on_change: OnChange) -> None: ...
+
+    def close(self) -> None: ...
