@@ -38,12 +38,14 @@ if TYPE_CHECKING:
         CircuitOpenError,
         ClientStateError,
         ConfigError,
+        DiscoveryError,
         EngineUnavailableError,
         HandshakeError,
         HandshakeTimeoutError,
         ImageNotFoundError,
         MagicCookieError,
         MalformedHandshakeError,
+        NoEndpointsError,
         PermissionDeniedError,
         PlugbayError,
         PluginDiedError,
@@ -52,12 +54,17 @@ if TYPE_CHECKING:
         PodStartTimeoutError,
         PodUnschedulableError,
         ProtocolMismatchError,
+        RemoteTLSError,
         RestartBudgetExhaustedError,
         RunnerError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,
     )
+    from plugbay.network.connect import connect
+    from plugbay.network.ejection import OutlierPolicy
+    from plugbay.network.remote import RemoteClient, RemoteConfig
+    from plugbay.network.tls import NetworkTLS
     from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
     from plugbay.runners.process import ProcessRunner
 
