@@ -61,7 +61,6 @@ if TYPE_CHECKING:
         UnsupportedProtocolError,
         VersionMismatchError,
     )
-    from plugbay.network.connect import connect
     from plugbay.network.ejection import OutlierPolicy
     from plugbay.network.remote import RemoteClient, RemoteConfig
     from plugbay.network.tls import NetworkTLS

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _NAMES = {
-    "connect": "plugbay.network.connect",
+    "connect": "plugbay.network.remote",
     "RemoteClient": "plugbay.network.remote",
     "RemoteConfig": "plugbay.network.remote",
     "NetworkTLS": "plugbay.network.tls",

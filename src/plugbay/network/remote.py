@@ -214,3 +214,19 @@ class RemoteClient(Client):
     def reattach_config(self) -> Any:
         raise ClientStateError("a RemoteClient has nothing to reattach to: make a new RemoteClient with the"
                                " same target instead")
+
+
+def connect(target: str, *, handshake: HandshakeConfig, **options: Any) -> RemoteClient:
+    """A started RemoteClient for ``target``; ``options`` are RemoteConfig's fields. Use it with ``with``.
+
+        with connect("static:///10.0.0.5:7001", handshake=HANDSHAKE, plugins=PLUGINS,
+                     tls=NetworkTLS("host.crt", "host.key", "ca.crt")) as client:
+            kv = client.dispense("kv_grpc")
+    """
+    client = RemoteClient(RemoteConfig(target=target, handshake=handshake, **options))
+    try:
+        client.start()
+    except BaseException:
+        client.kill()
+        raise
+    return client

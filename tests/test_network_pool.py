@@ -1,0 +1,169 @@
+"""The endpoint pool against real KV replicas on loopback: spreading, kill -9, resends, ejection, return.
+
+Replicas are tests/plugins/net_kv.py processes (KV + health + Discovery) on
+127.0.0.1. Every request loop is bounded in count; no timing assertions
+beyond "no call outlives its deadline (+ slack)".
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
+
+from plugbay import ClientStateError, ConfigError, NoEndpointsError, OutlierPolicy, RemoteClient, RemoteConfig
+from plugbay.network import connect
+
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
+                  ("grpc.min_reconnect_backoff_ms", 100))
+SLACK = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def replicas() -> Iterator[Callable[..., Replica]]:
+    started: list[Replica] = []
+
+    def start(listen: str = "127.0.0.1:0", **kw: Any) -> Replica:
+        replica = Replica(listen, **kw)
+        started.append(replica)
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def remote(target: str, **kw: Any) -> RemoteConfig:
+    kw.setdefault("call_timeout", 2.0)
+    kw.setdefault("health_interval", 0.2)
+    kw.setdefault("health_timeout", 0.5)
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                        grpc_options=FAST_RECONNECT, name="kv-net", **kw)
+
+
+def timed(kv: Any, key: str, timeout: float) -> tuple[bytes | BaseException, float]:
+    started = time.monotonic()
+    try:
+        result: bytes | BaseException = kv.get(key)
+    except Exception as exc:
+        result = exc
+    return result, time.monotonic() - started
+
+
+def test_round_robin_spreads_calls_and_metrics_count_picks(replicas: Callable[..., Replica]) -> None:
+    reps = [replicas() for _ in range(3)]
+    target = "static:///" + ",".join(r.address for r in reps)
+    with RemoteClient(remote(target)) as client:
+        assert client.negotiated_version == 1
+        assert client.handshake.extra["server"] == "plugbay-test/net_kv"
+        kv = client.dispense(PLUGIN_NAME)
+        pids = Counter(kv.get("__pid__") for _ in range(30))
+        assert set(pids) == {str(r.proc.pid).encode() for r in reps}
+        assert all(n == 10 for n in pids.values()), pids
+        snap = client.metrics()
+        assert (snap["known"], snap["ejected"]) == (3, 0)
+        assert sum(e["picks"] for e in snap["endpoints"].values()) >= 30
+
+
+def test_pick_first_sticks_to_the_first_endpoint(replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    with connect(f"static:///{a.address},{b.address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                 policy="pick_first", name="kv-first") as client:
+        kv = client.dispense(PLUGIN_NAME)
+        assert {kv.get("__pid__") for _ in range(10)} == {str(a.proc.pid).encode()}
+
+
+def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restarted(
+        replicas: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    a, b = replicas(f"127.0.0.1:{port}"), replicas()
+    outlier = OutlierPolicy(consecutive_failures=3, base_ejection_time=1.0, max_ejection_time=5.0)
+    caplog.set_level(logging.INFO, logger="plugbay.network")
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        a.kill9()
+        for _ in range(20):  # every call is resent to the live replica: none fails, none waits long
+            result, took = timed(kv, "__pid__", 2.0)
+            assert result == str(b.proc.pid).encode(), result
+            assert took < 2.0 + SLACK
+        key = f"tcp:{a.address}"
+        assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is False, 10)
+        snap = client.metrics()
+        assert snap["endpoints"][key]["ejections"] >= 1 and snap["resends"] >= 1
+        assert "ejected endpoint " + key in caplog.text
+        assert "2 endpoint(s) known, 1 healthy" in caplog.text
+        back = replicas(f"127.0.0.1:{port}")  # the replica heals (restarted on its port)
+        assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is True
+                          and not client.metrics()["endpoints"][key]["ejected"], 15), client.metrics()
+        pids = {kv.get("__pid__") for _ in range(10)}
+        assert str(back.proc.pid).encode() in pids
+
+
+def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
+        replicas: Callable[..., Replica]) -> None:
+    port = free_port()
+    a = replicas(f"127.0.0.1:{port}")
+    with RemoteClient(remote(f"static:///{a.address}")) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        a.kill9()
+        started = time.monotonic()
+        with pytest.raises(NoEndpointsError) as err:
+            kv.get("k")
+        took = time.monotonic() - started
+        assert took < 2.0 + SLACK
+        assert "no endpoint of remote plugin 'kv-net' could take the call" in str(err.value)
+        assert "Check that replicas are running" in str(err.value)
+        replicas(f"127.0.0.1:{port}")  # comes back: a call waiting within its deadline gets through
+        result, took = timed(kv, "__pid__", 2.0)
+        deadline = time.monotonic() + 15
+        while isinstance(result, Exception) and time.monotonic() < deadline:
+            result, took = timed(kv, "__pid__", 2.0)
+        assert isinstance(result, bytes), result
+        assert took < 2.0 + SLACK
+
+
+def test_an_application_error_does_not_eject(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=5.0)
+    with RemoteClient(remote(f"static:///{a.address}", outlier=outlier)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        for _ in range(5):
+            with pytest.raises(Exception) as err:
+                kv.get("missing")
+            assert err.value.code().name == "NOT_FOUND"  # type: ignore[attr-defined]
+        assert client.metrics()["ejections"] == 0
+
+
+def test_killed_remote_client_refuses_calls_and_bad_options_are_typed(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    client = RemoteClient(remote(f"static:///{a.address}"))
+    kv = client.dispense(PLUGIN_NAME)
+    client.kill()
+    assert a.proc.poll() is None  # kill() only disconnects: the shared plugin runs on
+    with pytest.raises(ClientStateError):
+        kv.get("k")
+    with pytest.raises(ConfigError, match="mTLS .* or, deliberately, in plaintext"):
+        RemoteClient(RemoteConfig(target=f"static:///{a.address}", handshake=HANDSHAKE,
+                                  plugins=PLUGINS)).start()
+    with pytest.raises(ConfigError, match="unknown pick policy 'random'"):
+        RemoteClient(remote(f"static:///{a.address}", policy="random")).start()
+    with pytest.raises(ConfigError, match="invalid OutlierPolicy"):
+        OutlierPolicy(consecutive_failures=0)
