@@ -34,9 +34,9 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.connect import DEFAULT_OPTIONS, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.ejection import ENDPOINT_FAILURES, EjectionState, OutlierPolicy
-from plugbay.network.poolcalls import PoolCallable, no_endpoints
+from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
-from plugbay.network.tls import NetworkTLS
+from plugbay.network.tls import NetworkTLS, tls_failure
 
 _log = logging.getLogger("plugbay.network")
 POLICIES = ("round_robin", "pick_first")
@@ -59,6 +59,7 @@ class Member:
         self.inflight = 0
         self.draining_since: float | None = None
         self.checking = False
+        self.tls_failure: str | None = None  # what the last health check said about TLS
 
     def pickable(self, now: float) -> bool:
         ep = self.endpoint
@@ -190,6 +191,9 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
                     member.picks += 1
                     member.inflight += 1
                     return member
+                tls_broken = self._tls_broken(pin)
+                if tls_broken is not None:
+                    raise tls_broken
                 if now >= deadline:
                     raise no_endpoints(self, self._why_none(exclude, pin))
                 self._cond.wait(min(deadline - now, 0.1))
@@ -205,6 +209,14 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
         if self.policy == "pick_first":
             return ready[0]
         return ready[next(self._rr) % len(ready)]
+
+    def _tls_broken(self, pin: str | None) -> BaseException | None:
+        """When every endpoint failed its health check on TLS, a RemoteTLSError now (waiting cannot help)."""
+        members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
+        if not members or any(m.tls_failure is None for m in members):
+            return None
+        member = members[0]
+        return tls_error(self, member, member.tls_failure or "", member.health_detail)
 
     def _why_none(self, exclude: set[str], pin: str | None) -> str:
         if pin is not None:
@@ -295,6 +307,7 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             self._health_fails[member.key] = fails
             before = member.healthy
+            member.tls_failure = None if ok else tls_failure(detail, tls=self.tls is not None)
             if ok:
                 member.healthy, member.health_detail = True, ""
             elif fails >= self.unhealthy_after or before is None:
