@@ -19,6 +19,8 @@ import pytest
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import wait_until
 
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
 from plugbay import ClientStateError, ConfigError, NoEndpointsError, OutlierPolicy, RemoteClient, RemoteConfig
 from plugbay.network import connect
 
@@ -167,3 +169,30 @@ def test_killed_remote_client_refuses_calls_and_bad_options_are_typed(replicas: 
         RemoteClient(remote(f"static:///{a.address}", policy="random")).start()
     with pytest.raises(ConfigError, match="invalid OutlierPolicy"):
         OutlierPolicy(consecutive_failures=0)
+
+
+def test_a_stalling_replica_is_ejected_by_deadlines_and_returns_after_its_ejection_time(
+        replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=1.0, max_ejection_time=2.0)
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier, call_timeout=0.5)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        key_a = f"tcp:{a.address}"
+        for rep in (a, b):  # each replica has its own store: a pinned stub reaches one of them
+            kv_pb2_grpc.KVStub(client.pool.pinned(f"tcp:{rep.address}")).Put(
+                kv_pb2.PutRequest(key="k", value=b"v"), timeout=2.0)
+        # Only a stalls (its health stays SERVING: only the outlier detection can take it out).
+        stub_a = kv_pb2_grpc.KVStub(client.pool.pinned(key_a))
+        stub_a.Put(kv_pb2.PutRequest(key="__slow__", value=b"2"), timeout=2.0)
+        outcomes = []
+        for _ in range(12):
+            result, took = timed(kv, "k", 0.5)
+            assert took < 0.5 + SLACK
+            outcomes.append("ok" if result == b"v" else type(result).__name__)
+        assert outcomes.count("CallTimeout") == 2, outcomes  # then a is ejected: the rest go to b
+        snap = client.metrics()["endpoints"][key_a]
+        assert snap["ejections"] == 1 and snap["healthy"] is True
+        assert wait_until(lambda: not client.metrics()["endpoints"][key_a]["ejected"], 5)
+        before = client.metrics()["endpoints"][key_a]["picks"]
+        assert all(kv.get("k") == b"v" for _ in range(6))
+        assert client.metrics()["endpoints"][key_a]["picks"] > before  # it is back in rotation
