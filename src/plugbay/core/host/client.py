@@ -23,9 +23,10 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
-from plugbay.core.host.connect import Connection, dial, wait_healthy
+from plugbay.core.host.connect import dial, wait_healthy
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
@@ -38,6 +39,7 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import launch_env, read_handshake, share_with_group
 from plugbay.core.host.logs import LogPump
 from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
@@ -93,7 +95,7 @@ class Client:
         self._info: HandshakeInfo | None = None
         self._announced: HandshakeInfo | None = None
         self._version: int | None = None
-        self._conn: Connection | None = None
+        self._conn: SecureChannel | None = None
         self._channel: ManagedChannel | None = None
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
@@ -141,7 +143,7 @@ class Client:
     @property
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
-        conn: Connection = self._need(self._conn, "connection_mode")
+        conn: SecureChannel = self._need(self._conn, "connection_mode")
         return conn.mode
 
     def stderr_tail(self) -> list[str]:
