@@ -45,7 +45,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
-from plugbay.runners.process import ProcessRunner, resolve_executable
+from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
 # Started, not yet killed: plugins run in their own session, so they would
@@ -86,7 +86,7 @@ class Client:
         if config.cmd is not None:
             self._runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
         self.name: str = str(config.name or (config.reattach.name if config.reattach else
-                                             getattr(self._runner, "name", "plugin")))
+                                             self._runner.name if self._runner else "plugin"))
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
@@ -214,15 +214,7 @@ class Client:
         secure = self.config.secure_config
         if secure is None:
             return
-        if isinstance(runner, ProcessRunner):
-            env = {**runner.env} if runner.skip_host_env else None
-            secure.check(resolve_executable(runner.cmd[0], env))
-            return
-        check = getattr(runner, "check_secure_config", None)
-        if check is None:
-            raise ConfigError(f"secure_config is not supported by runner {type(runner).__name__};"
-                              " drop it or use a runner that can verify what it starts")
-        check(secure)
+        runner.check_secure_config(secure)
 
     def _accept(self, info: HandshakeInfo) -> None:
         if info.app_version not in self._versions:
