@@ -29,7 +29,8 @@ from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, ENV_UNIX_SOC
                                     HandshakeConfig, HandshakeInfo, parse_handshake_line)
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, managed_labels, prepare_socket_dir
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, prepare_socket_dir
+from plugbay.runners.session import managed_labels
 
 
 class PluginContainer(DockerContainer):

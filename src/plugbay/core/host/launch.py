@@ -113,11 +113,7 @@ def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, st
         if item is _EOF:
             code = runner.wait(2.0)
             logs.join(2.0)
-            from plugbay.runners.process import ProcessRunner
-
-            # the process runner's diagnosis would only repeat the stderr tail
-            detail = "" if isinstance(runner, ProcessRunner) else runner.diagnose()
-            raise PluginExitedError(name, code, logs.tail()[-20:], detail)
+            raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, item)
         return parse_handshake_line(item)

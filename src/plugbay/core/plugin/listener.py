@@ -39,7 +39,8 @@ import grpc
 
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
-from plugbay.core.transport.relay import TLSRelay, listener_address, open_listener
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.sockets import listener_address, open_listener
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 

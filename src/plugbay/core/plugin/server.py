@@ -37,7 +37,9 @@ import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, plugin_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import plugin_broker
+from plugbay.core.transport.secure import MutualTLS
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
@@ -232,13 +234,10 @@ class _PluginServer:
         except ConfigError:
             raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
                               " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
-        own = tlsmod.generate_cert()
-        if tlsmod.grpc_can_use(peer_pem):
-            creds = grpc.ssl_server_credentials([(own.key_pem, own.cert_pem)], root_certificates=peer_pem,
-                                                require_client_auth=True)
-            return own, peer_pem, creds, None
-        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS in front of gRPC.
-        return own, peer_pem, None, tlsmod.server_context(own, peer_pem)
+        mutual = MutualTLS(tlsmod.generate_cert(), peer_pem)
+        if mutual.needs_relay:  # a go-plugin host's P-521 certificate: OpenSSL terminates TLS
+            return mutual.own, peer_pem, None, mutual.relay_server_context()
+        return mutual.own, peer_pem, mutual.server_credentials(), None
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

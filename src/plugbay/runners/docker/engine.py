@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
-from plugbay.runners.base import HOST_SESSION_ID
+from plugbay.runners.session import HOST, HOST_SESSION_ID, MANAGED, SESSION, owner_of, session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -26,12 +26,7 @@ CONTAINER_SOCKET_DIR = "/plugbay/sock"
 # Group given to the socket folder when the host runs as root (gid 0 would put
 # the container user in the root group); Dockerfile.plugin's user has this gid.
 DEFAULT_ROOT_SOCKET_GID = 10001
-MANAGED = "plugbay.managed"
-SESSION = "plugbay.session"
-SESSION_START = "plugbay.session-start"
-HOST = "plugbay.host"
 SOCKET_DIR = "plugbay.socket-dir"
-_OWNER_MARK = "_owner_"
 
 T = TypeVar("T")
 
@@ -107,44 +102,6 @@ def parse_mount(spec: Any) -> Any:
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
         raise ConfigError(f"mount {spec!r} must be 'SOURCE:TARGET' or 'SOURCE:TARGET:ro' (or a docker Mount)")
     return bind_mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
-
-
-def _start_ticks(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return text[text.rindex(")") + 2:].split()[19]
-
-
-_SESSION_START = _start_ticks(os.getpid())
-
-
-def managed_labels() -> dict[str, str]:
-    return {MANAGED: "true", SESSION: HOST_SESSION_ID, SESSION_START: _SESSION_START, HOST: socket.gethostname()}
-
-
-def owner_name(name: str, session: str) -> str:
-    base = name.split(_OWNER_MARK, 1)[0]
-    return f"{base}{_OWNER_MARK}{session}.{_SESSION_START if session == HOST_SESSION_ID else ''}"
-
-
-def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
-    """(session, start ticks) of the host that owns a container."""
-    if _OWNER_MARK in name:
-        session, _, start = name.split(_OWNER_MARK, 1)[1].partition(".")
-        return session, start
-    return labels.get(SESSION, ""), labels.get(SESSION_START, "")
-
-
-def session_alive(session: str, start: str) -> bool:
-    """Whether the host process behind ``session`` still runs on this machine."""
-    try:
-        pid = int(session.split("-", 1)[0])
-    except ValueError:
-        return False
-    ticks = _start_ticks(pid)
-    return bool(ticks) and (not start or ticks == start)
 
 
 def host_gid(group: str | None) -> int | None:

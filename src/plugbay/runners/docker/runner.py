@@ -30,10 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
-from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
-                                            engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
-                                            published_port, sweep)
+                                            engine_call, host_gid, parse_mount, prepare_socket_dir, published_port, sweep)
+from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
 from plugbay.runners.docker.logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
