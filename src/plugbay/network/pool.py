@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.host.connect import DEFAULT_OPTIONS, grpc_target
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.ejection import ENDPOINT_FAILURES, EjectionState, OutlierPolicy
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
@@ -93,7 +93,7 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
         self.no_deadline_wait = no_deadline_wait
         self.drain_timeout = drain_timeout
         self._credentials = tls.credentials() if tls is not None else None
-        self._options = list(DEFAULT_OPTIONS) + (tls.options() if tls else []) + list(options)
+        self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
         self._resolver = resolver
         self._cond = threading.Condition()
         self._members: dict[str, Member] = {}

@@ -12,15 +12,37 @@ Both are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import tls_failure
+from plugbay.network.tls import NetworkTLS, tls_failure
 
-if TYPE_CHECKING:
-    from plugbay.network.pool import EndpointPool, Member
+
+class Member(Protocol):
+    """What a call needs of one endpoint (plugbay.network.pool.Member)."""
+
+    key: str
+    channel: grpc.Channel
+
+
+class EndpointPool(Protocol):
+    """What a call needs of the pool (plugbay.network.pool.EndpointPool; a Protocol, so no import circle)."""
+
+    name: str
+    tls: NetworkTLS | None
+    no_deadline_wait: float
+    resends: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
+
+    def done(self, member: Any, error: BaseException | None) -> None: ...
+
+    def metrics(self) -> dict[str, Any]: ...
 
 _NOT_SENT = ("failed to connect", "connection refused", "connections to all backends failing",
              "no route to host", "network is unreachable", "dns resolution failed",
