@@ -1,6 +1,6 @@
 """A KV plugin served on the network, as a network-mode plugin is: a test replica for the host side.
 
-It serves, on NET_KV_LISTEN (HOST:PORT, port 0 picks one), the fault-switch KV
+It serves, on NET_KV_LISTEN (HOST:PORT, port 0 picks one; or unix:PATH), the fault-switch KV
 service of tests/plugins/resilience_kv.py, grpc.health.v1 (service "plugin"
 SERVING) and plugbay.network.v1.Discovery, over mTLS when NET_KV_CERT,
 NET_KV_KEY and NET_KV_CA name files (client certificates signed by the CA are
@@ -65,8 +65,10 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    host = listen.rpartition(":")[0]
-    print(f"LISTENING {host}:{port}", flush=True)
+    if listen.startswith("unix:"):
+        print(f"LISTENING {listen}", flush=True)
+    else:
+        print(f"LISTENING {listen.rpartition(':')[0]}:{port}", flush=True)
     while not stop.wait(0.5):
         pass
     health.close()
