@@ -30,10 +30,11 @@ from typing import Any
 
 import grpc
 
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
 from plugbay.errors import ConfigError
-from plugbay.network.ejection import ENDPOINT_FAILURES, EjectionState, OutlierPolicy
+from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
+from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.tls import NetworkTLS, tls_failure
@@ -43,31 +44,7 @@ POLICIES = ("round_robin", "pick_first")
 _HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
 
 
-class Member:
-    """One endpoint: its channel, health, outlier state and counters."""
-
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
-        self.endpoint = endpoint
-        self.key = endpoint.key
-        self.channel = channel
-        self.health_stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
-        self.healthy: bool | None = None  # None: not checked yet
-        self.health_detail = ""
-        self.outlier = EjectionState()
-        self.picks = 0
-        self.failures = 0
-        self.inflight = 0
-        self.draining_since: float | None = None
-        self.checking = False
-        self.tls_failure: str | None = None  # what the last health check said about TLS
-
-    def pickable(self, now: float) -> bool:
-        ep = self.endpoint
-        return (self.draining_since is None and ep.ready and not ep.terminating
-                and self.healthy is not False and not self.outlier.ejected(now))
-
-
-class EndpointPool(grpc.Channel):  # type: ignore[misc]
+class EndpointPool(CallChannel):
     """See the module docstring."""
 
     def __init__(self, resolver: Resolver, *, tls: NetworkTLS | None = None, insecure: bool = False,
@@ -366,21 +343,8 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
             return next((k for k in self._order if k in self._members and self._members[k].pickable(now)),
                         None)
 
-    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool = False) -> Any:
-        return PoolCallable(self, "unary_unary", method, request_serializer, response_deserializer)
-
-    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
-        return PoolCallable(self, "unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
-        return PoolCallable(self, "stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                      _registered_method: bool = False) -> Any:
-        return PoolCallable(self, "stream_stream", method, request_serializer, response_deserializer)
+    def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        return PoolCallable(self, kind, method, ser, de)
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         with self._cond:
@@ -397,38 +361,3 @@ class EndpointPool(grpc.Channel):  # type: ignore[misc]
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class PinnedChannel(grpc.Channel):  # type: ignore[misc]
-    """The pool, restricted to one endpoint."""
-
-    def __init__(self, pool: EndpointPool, key: str) -> None:
-        self.pool, self.key = pool, key
-
-    def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
-        return PoolCallable(self.pool, kind, method, ser, de, pin=self.key)
-
-    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool = False) -> Any:
-        return self._make("unary_unary", method, request_serializer, response_deserializer)
-
-    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
-        return self._make("unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool = False) -> Any:
-        return self._make("stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                      _registered_method: bool = False) -> Any:
-        return self._make("stream_stream", method, request_serializer, response_deserializer)
-
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        self.pool.subscribe(callback, try_to_connect)
-
-    def unsubscribe(self, callback: Any) -> None:
-        self.pool.unsubscribe(callback)
-
-    def close(self) -> None:
-        """The pool owns the connection."""
