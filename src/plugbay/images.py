@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugbay.errors import ConfigError, EngineUnavailableError, ImageNotFoundError, RunnerError
+from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
+from plugbay.runners.docker.engine import engine, engine_unreachable
 
 BASE_IMAGE = "plugbay-base:bookworm"
 HASH_LABEL = "plugbay.content-hash"
@@ -80,19 +81,15 @@ EXAMPLES: dict[str, PluginImage] = {
 
 
 def docker_client() -> Any:
-    """A docker SDK client with a negotiated API version, or EngineUnavailableError."""
-    import docker
+    """A docker SDK client with a negotiated API version that answered a ping, or EngineUnavailableError."""
     from docker.errors import DockerException
 
+    client = engine()
     try:
-        client = docker.from_env(version="auto")
         client.ping()
     except DockerException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineUnavailableError(
-            f"cannot reach the Docker engine at {host}: {exc}. Start it (`dockerd &`, or"
-            " `systemctl start docker`), or point DOCKER_HOST at a running engine."
-        ) from exc
+        client.close()
+        raise engine_unreachable(exc) from exc
     return client
 
 

@@ -126,15 +126,21 @@ def register_reattacher(kind: str, func: ReattachFunc) -> None:
     _REATTACHERS[kind] = func
 
 
-def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
-    from plugbay.errors import ConfigError
+# plugbay's own runner kinds, imported on first reattach so no caller has to import them first.
+_BUILT_IN = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker.runner",
+             "KubernetesRunner": "plugbay.runners.kubernetes.runner"}
 
+
+def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
     kind = str(data.get("kind", ""))
+    if kind not in _REATTACHERS and kind in _BUILT_IN:
+        import importlib
+
+        importlib.import_module(_BUILT_IN[kind])
     func = _REATTACHERS.get(kind)
     if func is None:
         raise ConfigError(
-            f"no runner kind {kind!r} can reattach (known: {sorted(_REATTACHERS)});"
+            f"no runner kind {kind!r} can reattach (known: {sorted({*_REATTACHERS, *_BUILT_IN})});"
             " import the module of the runner that started the plugin before reattaching"
         )
     return func(data)
-

@@ -24,7 +24,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from plugbay.errors import ConfigError, RunnerError

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +38,6 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
 from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.transport.mux import MuxSession, StreamBridge

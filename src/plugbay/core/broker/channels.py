@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
+from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.errors import ConfigError
 
 log = logging.getLogger("plugbay.broker")
 
@@ -81,18 +83,15 @@ def share_socket(path: str) -> None:
     A folder shared with a container user is setgid (sockets inherit its
     group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly.
     """
-    import grp
     import stat
 
     group = os.environ.get(ENV_UNIX_SOCKET_GROUP, "")
     try:
-        shared = bool(os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID)
         if group:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-            os.chown(path, -1, gid)
-        if group or shared:
-            os.chmod(path, 0o660)
-    except (OSError, KeyError) as exc:
+            give_to_group(path, group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to a group name or gid"), 0o660)
+        elif os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
+            os.chmod(path, 0o660)  # sockets inherit a setgid folder's group
+    except (OSError, ConfigError) as exc:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 

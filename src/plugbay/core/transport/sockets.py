@@ -12,6 +12,25 @@ from plugbay.errors import ConfigError
 ACCEPT_POLL = 0.2  # accept loops wake this often to notice that they were closed
 
 
+def group_id(group: str | int, advice: str) -> int:
+    """A host group, by name or numeric gid, as a gid (ConfigError with ``advice`` when there is none)."""
+    if isinstance(group, int) or group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"failed to find gid from {group!r}: {group!r} is not a group on this host; {advice}") from None
+
+
+def give_to_group(path: str, gid: int, mode: int) -> None:
+    """Hand a socket (or its folder) to a group with ``mode``, as go-plugin's setGroupWritable does."""
+    if os.stat(path).st_gid != gid:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+
+
 def unlink_quietly(path: str) -> None:
     """Remove a socket file that may already be gone."""
     try:

@@ -21,7 +21,6 @@ from typing import Any
 
 from plugbay.errors import (
     ConfigError,
-    EngineUnavailableError,
     PermissionDeniedError,
     PodStartTimeoutError,
     RunnerError,
