@@ -314,17 +314,23 @@ class EndpointPool(CallChannel):
                     "draining": len(self._draining), "ejections": self.ejections_total,
                     "resends": self.resends, "endpoints": endpoints}
 
-    def _log_if_changed(self) -> None:
-        snap = self.metrics()
-        summary = (snap["known"], snap["healthy"], snap["ejected"])
+    def endpoint_keys(self) -> list[str]:
         with self._cond:
+            return list(self._members)
+
+    def _log_if_changed(self) -> None:
+        now = time.monotonic()
+        with self._cond:  # cheap: this runs after every call
+            members = self._members.values()
+            summary = (len(self._members), sum(1 for m in members if m.healthy),
+                       sum(1 for m in members if m.outlier.ejected(now)))
             if summary == self._last_summary:
                 return
             self._last_summary = summary
             subscribers = list(self._subscribers)
+            available = any(m.pickable(now) for m in members)
         _log.info("pool %s: %d endpoint(s) known, %d healthy, %d ejected", self.name, *summary)
-        state = grpc.ChannelConnectivity.READY if snap["available"] else \
-            grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        state = grpc.ChannelConnectivity.READY if available else grpc.ChannelConnectivity.TRANSIENT_FAILURE
         for callback in subscribers:
             try:
                 callback(state)

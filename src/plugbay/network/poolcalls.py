@@ -42,7 +42,7 @@ class EndpointPool(Protocol):
 
     def done(self, member: Any, error: BaseException | None) -> None: ...
 
-    def metrics(self) -> dict[str, Any]: ...
+    def endpoint_keys(self) -> list[str]: ...
 
 _NOT_SENT = ("failed to connect", "connection refused", "connections to all backends failing",
              "no route to host", "network is unreachable", "dns resolution failed",
@@ -204,7 +204,7 @@ class PoolCallable:
     def _all_tried(self, tried: set[str]) -> bool:
         if self._pin is not None:
             return True
-        return all(key in tried for key in self._pool.metrics()["endpoints"])
+        return all(key in tried for key in self._pool.endpoint_keys())
 
 
 def _call_error(call: Any) -> BaseException | None:
