@@ -191,3 +191,26 @@ def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_pa
         plugin.wait(10)
         if plugin.stdout is not None:
             plugin.stdout.close()
+
+
+def test_supervisor_does_not_reconnect_when_one_of_several_replicas_dies() -> None:
+    a, b = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")
+    cfg = RemoteConfig(target=f"static:///{a.address},{b.address}", handshake=HANDSHAKE, plugins=PLUGINS,
+                       insecure=True, call_timeout=2.0, health_interval=0.2, name="kv-sup2")
+    try:
+        with Supervisor(cfg, health_interval=0.5, unhealthy_grace=3.0) as sup:
+            kv = sup.dispense(PLUGIN_NAME)
+            assert {kv.get("__pid__") for _ in range(6)} == {str(a.proc.pid).encode(), str(b.proc.pid).encode()}
+            a.kill9()
+            deadline = time.monotonic() + 4.0  # longer than unhealthy_grace: a reconnect would show
+            answers = set()
+            for _ in range(400):
+                answers.add(kv.get("__pid__"))
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            assert answers == {str(b.proc.pid).encode()}
+            assert sup.restarts == 0 and "failure" not in [e.kind for e in sup.events], list(sup.events)
+    finally:
+        a.stop()
+        b.stop()
