@@ -53,6 +53,7 @@ from plugbay.core.transport.certfiles import CertFiles
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 from plugbay.network.gateway.forward import Forwarder
+from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -82,6 +83,10 @@ class GatewayConfig:
         max_restarts=10, window=60.0, initial_backoff=0.2, max_backoff=5.0))
     start_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
+    cwd: str | None = None  # the child's working folder (default: the gateway's)
+    # AutoMTLS between gateway and child, as go-plugin hosts do. Off saves the OpenSSL relay hop
+    # a Go child's P-521 certificate needs, but leaves the child's socket unauthenticated locally.
+    child_mtls: bool = True
     logger: logging.Logger | None = None
 
     def check(self) -> None:
@@ -126,7 +131,8 @@ class Gateway:
         cfg = self.config
         versions = sorted({int(v) for v in cfg.protocol_versions})
         return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
-                            versioned_plugins={v: {} for v in versions}, cmd=list(cfg.cmd), auto_mtls=True,
+                            versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
+                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
                             name="gateway-child", logger=cfg.logger)
 
