@@ -28,12 +28,12 @@ need the multiplexed front); Discovery says ``multiplex=False``.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from plugbay import __version__
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.transport import certfiles
@@ -109,14 +109,21 @@ def _target(listen: str) -> tuple[str, str]:
     return f"{host}:{int(port)}", "tcp"
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("plugbay")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path, not installed
+        return "0"
+
+
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
     """plugbay.network.v1.Discovery: the facts a remote host would read from the handshake line."""
 
     def __init__(self, versions: Sequence[tuple[int, Sequence[str]]], *, multiplex: bool = False,
-                 server: str = f"plugbay/{__version__}") -> None:
+                 server: str = "") -> None:
         self.versions = list(versions)
         self.multiplex = multiplex
-        self.server = server
+        self.server = server or f"plugbay/{_version()}"
 
     def Describe(self, request: discovery_pb2.DescribeRequest,
                  context: grpc.ServicerContext) -> discovery_pb2.DescribeResponse:
