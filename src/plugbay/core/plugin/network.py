@@ -109,7 +109,7 @@ def _target(listen: str) -> tuple[str, str]:
     return f"{host}:{int(port)}", "tcp"
 
 
-def _version() -> str:
+def package_version() -> str:
     try:
         return importlib.metadata.version("plugbay")
     except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path, not installed
@@ -123,7 +123,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
                  server: str = "") -> None:
         self.versions = list(versions)
         self.multiplex = multiplex
-        self.server = server or f"plugbay/{_version()}"
+        self.server = server or f"plugbay/{package_version()}"
 
     def Describe(self, request: discovery_pb2.DescribeRequest,
                  context: grpc.ServicerContext) -> discovery_pb2.DescribeResponse:

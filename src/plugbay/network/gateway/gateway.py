@@ -35,7 +35,6 @@ from typing import Any
 
 import grpc
 
-from plugbay import __version__
 from plugbay._proto.plugin import (
     grpc_broker_pb2_grpc,
     grpc_controller_pb2,
@@ -46,7 +45,7 @@ from plugbay._proto.plugin import (
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
-from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, bind
+from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, bind, package_version
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.resilience.supervisor import RestartPolicy
 from plugbay.core.transport.certfiles import CertFiles
@@ -114,7 +113,7 @@ class Gateway:
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
-        self.discovery = DiscoveryServicer([], server=f"plugbay-gateway/{__version__} (go-plugin plugin"
+        self.discovery = DiscoveryServicer([], server=f"plugbay-gateway/{package_version()} (go-plugin plugin"
                                                       f" {config.cmd[0]})")
         self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down)
         self._closed = threading.Event()
