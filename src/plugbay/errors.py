@@ -189,10 +189,25 @@ class RestartBudgetExhaustedError(PlugbayError):
         )
 
 
-# --- network mode (remote plugins found by discovery) ------------------------------
+# --- network mode (plugin side and gateway) ------------------------------------
 
 
-class DiscoveryError(PlugbayError):
+class NetworkError(PlugbayError):
+    """Serving or reaching a plugin over the network failed."""
+
+
+class TLSConfigError(NetworkError, ConfigError):
+    """The provided TLS files (certificate, key, client CA) are missing, unreadable or do not match."""
+
+
+class GatewayError(NetworkError):
+    """The gateway could not start or keep its plugin running."""
+
+
+# --- network mode, host side (remote plugins found by discovery) ------------------
+
+
+class DiscoveryError(NetworkError):
     """A target's discovery source (DNS, Kubernetes, the plugin's Discovery service) failed."""
 
 
@@ -204,6 +219,6 @@ class NoEndpointsError(DiscoveryError, TimeoutError):
     """
 
 
-class RemoteTLSError(HandshakeError):
+class RemoteTLSError(HandshakeError, NetworkError):
     """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
     or plaintext spoken to a TLS server)."""
