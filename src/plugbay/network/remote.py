@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import grpc
@@ -73,6 +73,7 @@ class RemoteConfig:
     insecure: bool = False  # plaintext: only on a network you trust
     dns_server: str | None = None  # "IP[:PORT]"; default: /etc/resolv.conf
     dns_refresh: float = 30.0
+    kubernetes: Mapping[str, Any] = field(default_factory=dict)  # kubernetes:///: kubeconfig=, context=
     policy: str = "round_robin"  # or "pick_first"
     outlier: OutlierPolicy | None = None
     health_interval: float = 1.0
@@ -138,7 +139,7 @@ class RemoteClient(Client):
         cfg = self.remote
         deadline = time.monotonic() + cfg.start_timeout
         resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
-                                 name=self.name)
+                                 name=self.name, kubernetes=cfg.kubernetes)
         self._pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
                                   outlier=cfg.outlier, health_interval=cfg.health_interval,
                                   health_timeout=cfg.health_timeout, options=cfg.grpc_options,

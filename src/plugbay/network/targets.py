@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from plugbay.errors import ConfigError
 from plugbay.network.resolver import Endpoint, Resolver
@@ -139,8 +141,10 @@ def parse_target(text: str) -> Target:
 
 
 def make_resolver(target: Target, *, dns_server: str | None = None, refresh: float = 30.0,
-                  name: str = "plugin") -> Resolver:
-    """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv."""
+                  name: str = "plugin", kubernetes: Mapping[str, Any] | None = None) -> Resolver:
+    """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv;
+    ``kubernetes`` holds extra keyword arguments of the Kubernetes resolver (kubeconfig, context,
+    api_client)."""
     from plugbay.network.resolvers import DNSResolver, StaticResolver
 
     if target.scheme in ("static", "unix"):
@@ -150,12 +154,12 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
                            dns_server=dns_server, refresh=refresh, name=name)
     try:
         module = importlib.import_module("plugbay.network.kubernetes")
-        factory = getattr(module, "KubernetesResolver")
+        factory = getattr(module, "EndpointSliceResolver")
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"target {target.text!r} needs Kubernetes discovery (plugbay.network.kubernetes), which is not"
             f" available here ({exc}); install plugbay with the kubernetes extra, or use a static:/// or"
             " dns:/// target") from exc
     resolver: Resolver = factory(namespace=target.namespace, service=target.service,
-                                 port=target.port_name)
+                                 port=target.port_name, **dict(kubernetes or {}))
     return resolver
