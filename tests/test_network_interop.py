@@ -19,6 +19,7 @@ import pytest
 
 from tests import gobuild
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, make_pki
+from tests.resilience_util import wait_until
 
 from plugbay import Gateway, GatewayConfig, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
 
@@ -100,3 +101,38 @@ def test_go_plugin_behind_the_gateway_and_a_python_replica_share_one_target(
             assert picks[f"tcp:{gw.address}"] >= 3 and picks[f"tcp:{served_kv}"] >= 3, picks
             assert sorted(p.name for p in tmp_path.glob("kv_k*")) == [f"kv_k{i}" for i in range(6)]
             assert kv.get("k0") == b"v"  # either replica reads the shared folder
+
+
+def test_streaming_calls_go_through_the_pool(tmp_path: Path) -> None:
+    """Server streaming, bidirectional streaming and cancellation, against the streaming example served plaintext."""
+    sys.path.insert(0, str(REPO / "examples" / "streaming"))
+    from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE
+    from streaming_plugin_def import PLUGIN_NAME as STREAMER
+    from streaming_plugin_def import StreamerPlugin
+    from streamingproto import streaming_pb2
+
+    env = {**os.environ, "PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_INSECURE": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = first_line(proc, 30).split("|")[3]
+        cfg = RemoteConfig(target=f"static:///{address}", handshake=STREAM_HANDSHAKE,
+                           plugins={STREAMER: StreamerPlugin()}, insecure=True, name="streamer")
+        with RemoteClient(cfg) as client:
+            streamer = client.dispense(STREAMER)
+            assert [len(c.data) for c in streamer.generate(5, 10, timeout=10)] == [10] * 5
+            chunks = [streaming_pb2.Chunk(data=bytes([i]) * 3) for i in range(4)]
+            assert [c.data for c in streamer.echo(iter(chunks), timeout=10)] == [c.data for c in chunks]
+            stream = streamer.generate(1000, 1024, timeout=30)
+            next(stream)
+            stream.cancel()
+            key = f"tcp:{address}"
+            assert wait_until(lambda: client.metrics()["endpoints"][key]["inflight"] == 0, 5)  # done callbacks ran
+            endpoint = client.metrics()["endpoints"][key]
+            assert endpoint["failures"] == 0  # a cancel is not the endpoint's fault
+            assert endpoint["picks"] >= 3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
