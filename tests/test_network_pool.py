@@ -196,3 +196,38 @@ def test_a_stalling_replica_is_ejected_by_deadlines_and_returns_after_its_ejecti
         before = client.metrics()["endpoints"][key_a]["picks"]
         assert all(kv.get("k") == b"v" for _ in range(6))
         assert client.metrics()["endpoints"][key_a]["picks"] > before  # it is back in rotation
+
+
+def test_ejection_time_grows_with_each_ejection_is_capped_decays_and_respects_the_percentage() -> None:
+    from plugbay.network.ejection import EjectionState
+
+    policy = OutlierPolicy(consecutive_failures=2, base_ejection_time=10.0, max_ejection_time=25.0,
+                           max_ejection_percent=34)
+    state = EjectionState()
+    assert [state.failure(), state.failure()] == [1, 2]
+    assert state.eject(policy, now=0.0) == 10.0 and state.ejected(5.0) and not state.ejected(10.0)
+    assert state.tick(policy, 10.0) is True  # back at the end of its time
+    assert state.eject(policy, now=11.0) == 20.0  # second ejection: twice as long
+    assert state.tick(policy, 31.0) is True
+    assert state.eject(policy, now=32.0) == 25.0  # third: capped
+    assert state.tick(policy, 57.0) is True
+    assert state.tick(policy, 67.0) is False and state.multiplier == 2  # a base time in: multiplier decays
+    assert state.total == 3
+    assert policy.may_eject(0, 3) and not policy.may_eject(1, 3)  # 34% of 3: one at a time
+    assert policy.may_eject(0, 1)  # one may always be ejected...
+    assert not OutlierPolicy(max_ejection_percent=0).may_eject(0, 5)  # ...unless ejection is off
+
+
+def test_no_more_than_max_ejection_percent_are_ejected_at_once(replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    outlier = OutlierPolicy(consecutive_failures=1, base_ejection_time=30.0, max_ejection_percent=50)
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier, call_timeout=0.3)) as client:
+        for rep in (a, b):  # both stall: each call times out
+            kv_pb2_grpc.KVStub(client.pool.pinned(f"tcp:{rep.address}")).Put(
+                kv_pb2.PutRequest(key="__slow__", value=b"6"), timeout=2.0)
+        kv = client.dispense(PLUGIN_NAME)
+        for _ in range(6):
+            result, took = timed(kv, "k", 0.3)
+            assert type(result).__name__ == "CallTimeout" and took < 0.3 + SLACK
+        snap = client.metrics()
+        assert snap["ejected"] == 1 and snap["ejections"] == 1, snap  # half of two: the other stays in
