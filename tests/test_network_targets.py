@@ -6,7 +6,8 @@ import pytest
 
 from plugbay import ConfigError
 from plugbay.network.resolver import Endpoint
-from plugbay.network.resolvers import StaticResolver, parse_dns_server
+from plugbay.network.resolvers import parse_dns_server
+from plugbay.network.static import StaticResolver
 from plugbay.network.targets import SYNTAX, make_resolver, parse_target
 
 
@@ -86,3 +87,22 @@ def test_kubernetes_target_without_the_kubernetes_resolver_is_a_config_error() -
         make_resolver(target)
     assert "needs Kubernetes discovery (plugbay.network.kubernetes)" in str(err.value)
     assert "use a static:/// or dns:/// target" in str(err.value)
+
+
+def test_static_targets_need_no_dns_library_and_dns_targets_say_how_to_get_one() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['dns'] = None\n"  # as if dnspython were not installed
+        "from plugbay.network.targets import make_resolver, parse_target\n"
+        "make_resolver(parse_target('static:///127.0.0.1:7001'))\n"
+        "try:\n"
+        "    make_resolver(parse_target('dns:///kv.example.internal:7001'))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ConfigError target 'dns:///kv.example.internal:7001' needs DNS lookups")
+    assert "pip install 'plugbay[network]'" in out.stdout

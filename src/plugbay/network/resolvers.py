@@ -1,4 +1,4 @@
-"""Resolvers for static, unix and DNS targets (see plugbay.network.targets for the syntax).
+"""The DNS resolver of dns:/// and dns+srv:/// targets (see plugbay.network.targets for the syntax).
 
 DNS uses dnspython rather than grpcio's built-in resolver: grpcio resolves
 inside one channel and balances there, so plugbay would never see the
@@ -15,10 +15,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Sequence
 
 import dns.exception
-import dns.rdatatype
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
@@ -26,19 +24,6 @@ from plugbay.network.resolver import Endpoint, OnChange
 
 _log = logging.getLogger("plugbay.network")
 _MIN_GAP = 0.2  # refresh() on failures: at most this often
-
-
-class StaticResolver:
-    """A fixed set of endpoints (static:/// and unix:///): reported once, never changes."""
-
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
-        self.endpoints = list(endpoints)
-
-    def start(self, on_change: OnChange) -> None:
-        on_change(list(self.endpoints))
-
-    def close(self) -> None:
-        pass
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:

@@ -145,11 +145,17 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
     """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv;
     ``kubernetes`` holds extra keyword arguments of the Kubernetes resolver (kubeconfig, context,
     api_client)."""
-    from plugbay.network.resolvers import DNSResolver, StaticResolver
-
     if target.scheme in ("static", "unix"):
+        from plugbay.network.static import StaticResolver
+
         return StaticResolver(target.endpoints)
     if target.scheme in ("dns", "dns+srv"):
+        try:
+            from plugbay.network.resolvers import DNSResolver
+        except ImportError as exc:
+            raise ConfigError(f"target {target.text!r} needs DNS lookups, which need dnspython ({exc});"
+                              " install plugbay with the network extra (pip install 'plugbay[network]')"
+                              ) from exc
         return DNSResolver(target.host, target.port, srv=target.scheme == "dns+srv",
                            dns_server=dns_server, refresh=refresh, name=name)
     try:
