@@ -2,7 +2,8 @@
 
 Imports: every core layer (host, plugin, resilience) and plugbay.runners; nothing imports it back.
 The host side: :func:`connect` / :class:`RemoteClient` (remote.py), the target syntax (targets.py),
-resolvers (resolvers.py), the endpoint pool (pool.py, poolcalls.py, ejection.py) and NetworkTLS (tls.py).
+resolvers (static.py, resolvers.py for DNS), the endpoint pool (pool.py, channelbase.py, poolcalls.py,
+ejection.py) and NetworkTLS (tls.py). The serving side is plugbay.core.plugin.network and gateway/.
 """
 
 from __future__ import annotations
