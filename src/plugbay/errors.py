@@ -187,3 +187,14 @@ class RestartBudgetExhaustedError(PlugbayError):
             f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
             " new Supervisor, or raise RestartPolicy.max_restarts / shorten its window."
         )
+
+
+# --- command line (plugbay.cli) ----------------------------------------------------
+
+
+class TargetUnreachableError(PlugbayError):
+    """A plugin named by a target or reattach config cannot be reached (gone, refused, no route)."""
+
+
+class CallFailedError(PlugbayError):
+    """A call the command line made to a plugin failed (unknown method, bad request, plugin error)."""

@@ -76,6 +76,8 @@ EXAMPLES: dict[str, PluginImage] = {
     "kv-go": PluginImage("plugbay-kv-go:latest", _kv_go_source, ["/plugin/kv_plugin"]),
     "counter": PluginImage("plugbay-counter:latest", lambda: REPO / "examples" / "counter",
                            ["python", "/plugin/plugin.py"]),
+    "streaming": PluginImage("plugbay-streaming:latest", lambda: REPO / "examples" / "streaming",
+                             ["python", "/plugin/plugin.py"]),
 }
 
 
