@@ -72,7 +72,8 @@ def attach_runner(data: dict[str, Any]) -> Any:
 
     from plugbay.runners.base import reattach_runner
 
-    module = _RUNNER_MODULES.get(str(data.get("kind", "")))
+    kind = str(data.get("kind", ""))
+    module = _RUNNER_MODULES.get(kind)
     if module is not None:
         try:
             importlib.import_module(module)
@@ -80,6 +81,8 @@ def attach_runner(data: dict[str, Any]) -> Any:
             raise ConfigError(f"the {data.get('kind')} reattach needs {exc.name}; install plugbay[docker]"
                               " or plugbay[kubernetes]") from None
     try:
+        if kind == "DockerRunner":  # look only: the container stays its starting host's
+            return importlib.import_module(module or "").DockerRunner.attach(data, take_ownership=False)
         return reattach_runner(data)
     except EngineUnavailableError:
         raise
@@ -149,13 +152,14 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
 
     runner = attach_runner(dict(config.runner))
     info = config.handshake
-    network, address = runner.plugin_to_host(info.network, info.address)
     relay_dir = tempfile.mkdtemp(prefix="plugbay-cli-")
     try:
+        network, address = runner.plugin_to_host(info.network, info.address)
         conn = dial(network, address, tls=config.client_cert, server_cert_der=info.server_cert,
                     relay_dir=relay_dir)
     except BaseException:
         shutil.rmtree(relay_dir, ignore_errors=True)
+        runner.detach()
         raise
     facts = {"name": config.name, "runner": str(config.runner.get("kind", "?")),
              "id": str(config.runner.get("id", "")), "core_version": info.core_version,
@@ -167,6 +171,7 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
     finally:
         conn.close()
         shutil.rmtree(relay_dir, ignore_errors=True)
+        runner.detach()  # the plugin keeps running
 
 
 def describe_target(target: str) -> str:
