@@ -189,6 +189,21 @@ class RestartBudgetExhaustedError(PlugbayError):
         )
 
 
+# --- network mode (plugin side and gateway) ------------------------------------
+
+
+class NetworkError(PlugbayError):
+    """Serving or reaching a plugin over the network failed."""
+
+
+class TLSConfigError(NetworkError, ConfigError):
+    """The provided TLS files (certificate, key, client CA) are missing, unreadable or do not match."""
+
+
+class GatewayError(NetworkError):
+    """The gateway could not start or keep its plugin running."""
+
+
 # --- command line (plugbay.cli) ----------------------------------------------------
 
 

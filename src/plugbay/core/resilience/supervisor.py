@@ -153,6 +153,10 @@ class Supervisor:
         return self._state
 
     @property
+    def max_restarts(self) -> int:
+        return self.restart_policy.max_restarts
+
+    @property
     def client(self) -> Client:
         self.raise_if_failed()
         client = self._client
