@@ -67,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return output.USAGE
     args = list(sys.argv[1:] if argv is None else argv)
     _STATE["debug"] = False  # the group's callback sets it
+    first = next((n for n, arg in enumerate(args) if not arg.startswith("-")), None)
+    if first is not None and args[first] == "gateway":
+        from plugbay.cli.tools import run_gateway
+
+        return run_gateway(args[first + 1:])  # verbatim, `--` included
     try:
         result = _build().main(args=args, prog_name="plugbay", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -223,10 +223,16 @@ def demo() -> int:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def gateway(args: tuple[str, ...]) -> int:
     """The network gateway (plugbay.network.gateway); every argument is passed on as is."""
+    return run_gateway(list(args))
+
+
+def run_gateway(argv: list[str]) -> int:
+    """plugbay.network.gateway.cli.main(argv), imported only now (main() calls this before click
+    parses anything, so ``--`` and every option reach the gateway verbatim)."""
     try:
         from plugbay.network.gateway.cli import main as gateway_main  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         output.error("plugbay gateway is not available in this plugbay (plugbay.network.gateway is missing);"
                      " upgrade plugbay or install plugbay[network]")
         return output.USAGE
-    return int(gateway_main(list(args)))
+    return int(gateway_main(argv))
