@@ -113,7 +113,7 @@ def test_call_failures_have_one_line_and_exit_codes(kv_run: object) -> None:
 
 def test_reflection_plugin_info_and_call(tmp_path: Path) -> None:
     cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'reflect_kv.py'}"
-    with running(["--cmd", cmd, "--cookie", COOKIE], tmp_path, env=cli_env()) as run:
+    with running(["--cmd", cmd, "--cookie", COOKIE, "--json"], tmp_path, env=cli_env()) as run:
         info = json.loads(plugbay("info", run.target, "--json").stdout)
         assert info["services_source"] == "reflection"
         names = [s["service"] for s in info["services"]]
@@ -122,6 +122,10 @@ def test_reflection_plugin_info_and_call(tmp_path: Path) -> None:
         assert put.returncode == 0, put.stderr
         assert json.loads(plugbay("call", run.target, "/proto.KV/Get", '{"key": "r"}').stdout) == {"value": "eA=="}
         assert run.interrupt() == 0
+    facts = json.loads(run.stdout.splitlines()[0])
+    assert facts["runner"] == "process" and facts["plugin"] == "reflect_kv" and facts["multiplex"] is False
+    assert facts["reattach"] is None and facts["reattach_file"] == str(run.reattach)
+    assert facts["connection"] == "plaintext" and facts["app_protocol"] == 1
 
 
 def test_gone_plugin_is_unreachable_and_diagnosed(tmp_path: Path) -> None:
@@ -158,13 +162,14 @@ def test_run_failures(tmp_path: Path) -> None:
 
 
 def test_plugin_that_exits_while_running(tmp_path: Path) -> None:
-    with running(["--cmd", KV_CMD, "--cookie", COOKIE], tmp_path) as run:
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--multiplex"], tmp_path) as run:
         pid = int(run.config()["runner"]["pid"])
         os.kill(pid, signal.SIGKILL)
         out, err = run.proc.communicate(timeout=30)
         run.stdout, run.stderr = out, err
         assert run.proc.returncode == 1
         assert "exited with code -9" in err and "SIGKILL" in err
+        assert "multiplex: True" in out and "cannot be reattached" in err
 
 
 @pytest.fixture()

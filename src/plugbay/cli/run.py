@@ -151,6 +151,9 @@ def run(cmd: str | None, image: str | None, transport: str, pod: str | None, nam
                           runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
                           start_timeout=start_timeout, kill_grace=kill_grace,
                           logger=logging.getLogger(f"plugin.{runner.name}"))
+    if multiplex:
+        _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
+                     " info/call/health reach it only through a network target")
     client = Client(config)
     with _Interrupts() as interrupts:
         interrupts.runner = runner
