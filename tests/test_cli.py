@@ -311,3 +311,40 @@ def test_python_m_and_threads_untouched() -> None:
     assert out.stdout.strip() == "False"
     assert plugbay("--version").stdout.startswith("plugbay, version")
     assert threading.active_count() >= 1
+
+
+def test_reattached_plugin_turns_unhealthy(tmp_path: Path) -> None:
+    cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'resilience_kv.py'}"
+    with running(["--cmd", cmd, "--cookie", COOKIE], tmp_path) as run:
+        assert plugbay("health", run.target).returncode == 0
+        flip = plugbay("call", run.target, "/proto.KV/Put", '{"key": "__health__", "value": "Tk9UX1NFUlZJTkc="}',
+                       "--proto", str(KV_PROTO))  # b"NOT_SERVING"
+        assert flip.returncode == 0, flip.stderr
+        sick = plugbay("health", run.target)
+        assert sick.returncode == 4 and sick.stdout.startswith("NOT_SERVING")
+        info = json.loads(plugbay("info", run.target, "--json").stdout)
+        assert info["health"]["status"] == "NOT_SERVING"
+        assert run.interrupt() == 0  # probing an unhealthy plugin never stopped it
+
+
+def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
+    cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'trap_kv.py'}"
+    with running(["--cmd", cmd, "--cookie", COOKIE, "--kill-grace", "120"], tmp_path) as run:
+        pid = int(run.config()["runner"]["pid"])
+        hang = subprocess.Popen([PY, "-m", "plugbay", "call", run.target, "/proto.KV/Get", '{"key": "__hang__"}',
+                                 "--proto", str(KV_PROTO), "--timeout", "120"], env=cli_env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # the call is in flight: a graceful stop waits for it
+            run.proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)
+            assert run.proc.poll() is None  # still stopping gracefully
+            run.proc.send_signal(signal.SIGINT)
+            out, err = run.proc.communicate(timeout=60)  # far below the 120 s grace
+            run.stdout, run.stderr = out, err
+        finally:
+            hang.communicate(timeout=150)
+    assert "killing the plugin" in run.stdout
+    assert not Path(f"/proc/{pid}").exists()
+    assert not run.reattach.exists()
+    assert hang.returncode in (1, 3)  # the call in flight fails once the plugin is gone
