@@ -222,3 +222,13 @@ class NoEndpointsError(DiscoveryError, TimeoutError):
 class RemoteTLSError(HandshakeError, NetworkError):
     """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
     or plaintext spoken to a TLS server)."""
+
+# --- command line (plugbay.cli) ----------------------------------------------------
+
+
+class TargetUnreachableError(PlugbayError):
+    """A plugin named by a target or reattach config cannot be reached (gone, refused, no route)."""
+
+
+class CallFailedError(PlugbayError):
+    """A call the command line made to a plugin failed (unknown method, bad request, plugin error)."""

@@ -77,6 +77,9 @@ class AttachedRunner(ABC):
         """Map a host address to one the plugin can dial (brokered callbacks)."""
         return network, address
 
+    def detach(self) -> None:
+        """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""
+
     def reattach_data(self) -> dict[str, Any]:
         """JSON-serialisable facts that let another host process attach again."""
         return {"kind": type(self).__name__, "id": self.id}

@@ -164,8 +164,10 @@ def clear_socket_dir(path: str) -> None:
         pass
 
 
-def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> list[str]:
+def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
+
+    ``dry_run=True`` removes nothing and returns the ids it would remove.
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -192,6 +194,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> 
             else:
                 gone = labels.get(HOST) == here and not session_alive(session, start)
             if not gone:
+                continue
+            if dry_run:
+                removed.append(container.id)
                 continue
             try:
                 container.remove(force=True, v=True)

@@ -396,8 +396,12 @@ class DockerRunner(Runner):
                 "host_port": self._host_port}
 
     @classmethod
-    def attach(cls, data: Mapping[str, Any]) -> DockerRunner:
-        """The runner of a container another host process started (reattach)."""
+    def attach(cls, data: Mapping[str, Any], *, take_ownership: bool = True) -> DockerRunner:
+        """The runner of a container another host process started (reattach).
+
+        ``take_ownership=False`` only looks (plugbay health/info/call): the
+        container stays its starting host's, so a sweep still spares it while that host lives.
+        """
         from docker.errors import NotFound
 
         container_id = str(data.get("id") or "")
@@ -424,6 +428,8 @@ class DockerRunner(Runner):
             raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                               f" (exit code {code}); start the plugin again")
         runner._watch_exit()
+        if not take_ownership:
+            return runner
         # Record the new owner so a sweep does not take the container from this host.
         try:
             container.rename(owner_name(container.name, HOST_SESSION_ID))

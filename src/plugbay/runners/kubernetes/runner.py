@@ -366,6 +366,9 @@ class KubernetesRunner(Runner):
         if self._owns_client:
             self._api_client.close()
 
+    def detach(self) -> None:
+        self._close()
+
     def _close_forwarders(self) -> None:
         with self._lock:
             forwarders = list(self._forwarders.values())

@@ -10,8 +10,10 @@ from plugbay.runners.kubernetes.api import call, load_api_client
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
-          kubeconfig: str | None = None, grace: int = 0) -> list[str]:
+          kubeconfig: str | None = None, grace: int = 0, dry_run: bool = False) -> list[str]:
     """Delete plugbay pods whose host session is gone; return their names.
+
+    ``dry_run=True`` deletes nothing and returns the names it would delete.
 
     Without ``live_sessions`` a session is gone when its host process (from this
     machine, per the pod's plugbay.host annotation) no longer runs; pods of
@@ -39,6 +41,9 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 host = (pod.metadata.annotations or {}).get("plugbay.host")
                 gone = host == here and not session_alive(session, labels.get(SESSION_START, ""))
             if gone and not pod.metadata.deletion_timestamp:
+                if dry_run:
+                    removed.append(pod.metadata.name)
+                    continue
                 call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
                             grace_period_seconds=grace)
                 removed.append(pod.metadata.name)
