@@ -3,7 +3,15 @@
 Imports: plugbay.errors, core.protocol, core.transport and plugbay.runners (base, session).
 """
 
-from plugbay.runners.kubernetes.runner import ADDRESS_MODES, RBAC_RULES, KubernetesRunner, rbac_summary
+from plugbay.runners.kubernetes.runner import (
+    ADDRESS_MODES,
+    DISCOVERY_RBAC_RULES,
+    RBAC_RULES,
+    KubernetesRunner,
+    discovery_rbac_summary,
+    rbac_summary,
+)
 from plugbay.runners.kubernetes.sweep import sweep
 
-__all__ = ["ADDRESS_MODES", "RBAC_RULES", "KubernetesRunner", "rbac_summary", "sweep"]
+__all__ = ["ADDRESS_MODES", "DISCOVERY_RBAC_RULES", "RBAC_RULES", "KubernetesRunner", "discovery_rbac_summary",
+           "rbac_summary", "sweep"]
