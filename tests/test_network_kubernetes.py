@@ -289,3 +289,66 @@ def test_slice_contents_map_to_endpoints() -> None:
     }
     assert endpoints_from_slices(slices, 4000) == endpoints_from_slices(slices, "grpc")
     assert endpoints_from_slices(slices, "dns") == [] and endpoints_from_slices(slices, 53) == []
+
+
+def test_the_charts_service_finds_the_charts_plugin_pods(standin: StandIn, kubeconfig: str,  # noqa: F811
+                                                         kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
+    """charts/plugbay's network-mode Service, applied as rendered, selects pods made from its Deployment's
+    template, and the target the chart hands the host resolves to them."""
+    from tests.test_helm_chart import render
+    from tests.gobuild import GoUnavailableError, build_go
+
+    try:
+        renderer = build_go("helmrender")
+    except GoUnavailableError as exc:
+        pytest.skip(f"the Go toolchain is missing: {exc}")
+    repo, tag = kvtrap.split(":")
+    docs = render(renderer, tmp_path, {
+        "host": {"enabled": True, "image": {"repository": "example.com/host"}},
+        "network": {"enabled": True, "mode": "serve", "image": {"repository": repo, "tag": tag},
+                    "tls": {"secretName": "kv-tls"},
+                    "env": [{"name": HANDSHAKE.magic_cookie_key, "value": HANDSHAKE.magic_cookie_value},
+                            {"name": "PLUGBAY_LISTEN", "value": "tcp:0.0.0.0:4000"}]}}, namespace="default")
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    service, deployment = by[("Service", "plugbay-plugin")], by[("Deployment", "plugbay-plugin")]
+    host_env = {e["name"]: e.get("value") for e in
+                by[("Deployment", "plugbay-host")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ns, rest = host_env["PLUGBAY_NETWORK_TARGET"][len("kubernetes:///"):].split("/")
+    name, port = rest.split(":")
+    template = deployment["spec"]["template"]
+    # The stand-in mounts no Secrets, so the pods serve the classic way (PLUGBAY_LISTEN) rather
+    # than with the certificate files network mode would read.
+    for c in template["spec"]["containers"]:
+        c["env"] = [e for e in c["env"] if not e["name"].startswith("PLUGBAY_NETWORK_")]
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    pods = [f"plugbay-plugin-{i}" for i in range(deployment["spec"]["replicas"])]
+    try:
+        api.create_namespaced_service(ns, client.V1Service.from_dict(service))
+        for pod in pods:  # what the Deployment's ReplicaSet would create
+            api.create_namespaced_pod(ns, client.V1Pod.from_dict(
+                {"metadata": {"name": pod, "labels": template["metadata"]["labels"]}, "spec": template["spec"]}))
+        seen = Recorder()
+        with EndpointSliceResolver(ns, name, port, kubeconfig=kubeconfig) as resolver:
+            resolver.start(seen)
+            found = seen.wait(lambda s: ready(s) == pods)
+        # the chart's read-only root keeps the KV plugin from storing files: ask its health service
+        from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+        assert found[0].address.startswith("127.0.0.1:")
+        with grpc.insecure_channel(found[0].address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service="plugin"), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for pod in pods:
+            try:
+                api.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+            except client.ApiException:
+                pass
+        api.delete_namespaced_service(name, ns)
+        deadline = time.monotonic() + 60
+        while any(p.metadata.name in pods for p in api.list_namespaced_pod(ns).items):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        api.api_client.close()

@@ -96,7 +96,7 @@ class ServiceStore:
         with self.lock:
             if since and since != "0":
                 rv = int(since)
-                if rv < self.compacted or (self.history and rv < self.history[0][0] - 1):
+                if rv < self.compacted:
                     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                               "message": f"too old resource version: {rv} ({self.pods._rv})",
                               "reason": "Expired", "code": 410}
@@ -156,6 +156,8 @@ class ServiceStore:
         rv = self.pods._next_rv()
         slc["metadata"]["resourceVersion"] = rv
         snapshot = copy.deepcopy(slc)
+        if len(self.history) == self.history.maxlen:  # the oldest event goes: watches from before it expire
+            self.compacted = max(self.compacted, self.history[0][0])
         self.history.append((int(rv), kind, snapshot))
         for w in self.watchers:
             if w.wants(snapshot):
