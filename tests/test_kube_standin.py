@@ -247,9 +247,19 @@ def test_services_and_endpointslices_api(standin: StandIn, kubeconfig: str, test
         assert ep["addresses"] == ["127.0.0.1"] and ep["targetRef"]["name"] == "echo-1"
         assert ep["conditions"] == {"ready": True, "serving": True, "terminating": False}
         (port,) = slc["ports"]
-        with socket.create_connection(("127.0.0.1", port["port"]), timeout=10) as conn:  # the slice is reachable
-            conn.sendall(b"hi\n")
-            assert conn.makefile("rb").readline() == b"echo: hi\n"
+        deadline = time.monotonic() + 30
+        while True:  # the slice is reachable (once the app inside listens: no readiness probes here)
+            try:
+                with socket.create_connection(("127.0.0.1", port["port"]), timeout=10) as conn:
+                    conn.sendall(b"hi\n")
+                    line = conn.makefile("rb").readline()
+                if line:  # the engine's proxy accepts and closes while nothing listens inside yet
+                    assert line == b"echo: hi\n"
+                    break
+                raise ConnectionResetError("closed before an answer")
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the pod's published port never answered"
+                time.sleep(0.2)
         assert raw(standin, f"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/{slc['metadata']['name']}")[1] == slc
         # a watch from the list's version replays later changes: the deletion drains, then removes
         api.delete_namespaced_pod("echo-1", "default", grace_period_seconds=1)
@@ -284,3 +294,31 @@ def watch_events(standin: StandIn, path: str, until: str) -> list[dict[str, Any]
             if events[-1]["type"] == until:
                 return events
     raise AssertionError(f"the watch ended before a {until} event: {events}")
+
+
+def test_deployments_api_edges(standin: StandIn) -> None:  # noqa: F811
+    base = "/apis/apps/v1/namespaces/default/deployments"
+    dep = {"metadata": {"name": "web"}, "spec": {
+        "replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    code, created = raw(standin, base, "POST", dep)
+    assert code == 201 and created["status"] == {"observedGeneration": 1, "replicas": 0, "readyReplicas": 0,
+                                                 "availableReplicas": 0, "updatedReplicas": 0}
+    assert raw(standin, base, "POST", dep)[0] == 409
+    bad = {**dep, "metadata": {"name": "bad"}, "spec": {**dep["spec"], "selector": {"matchLabels": {"app": "db"}}}}
+    code, body = raw(standin, base, "POST", bad)
+    assert code == 422 and "`selector` does not match template `labels`" in body["message"]
+    code, scale = raw(standin, f"{base}/web/scale")
+    assert code == 200 and scale["kind"] == "Scale" and scale["spec"] == {"replicas": 0}
+    assert scale["status"]["selector"] == "app=web"
+    code, body = raw(standin, f"{base}/web/scale", "PATCH", {"spec": {"replicas": -1}})
+    assert code == 422 and "non-negative integer" in body["message"]
+    assert raw(standin, f"{base}/nope/scale", "PATCH", {"spec": {"replicas": 1}})[0] == 404
+    standin.deny("patch", "deployments/scale")
+    try:
+        code, body = raw(standin, f"{base}/web/scale", "PATCH", {"spec": {"replicas": 1}})
+        assert code == 403 and 'subresource "scale" in API group "apps"' in body["message"]
+    finally:
+        standin.allow_all()
+    assert [d["metadata"]["name"] for d in raw(standin, base)[1]["items"]] == ["web"]
+    assert raw(standin, f"{base}/web", "DELETE")[0] == 200 and raw(standin, f"{base}/web")[0] == 404

@@ -291,12 +291,12 @@ def test_slice_contents_map_to_endpoints() -> None:
     assert endpoints_from_slices(slices, "dns") == [] and endpoints_from_slices(slices, 53) == []
 
 
-def test_the_charts_service_finds_the_charts_plugin_pods(standin: StandIn, kubeconfig: str,  # noqa: F811
-                                                         kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
-    """charts/plugbay's network-mode Service, applied as rendered, selects pods made from its Deployment's
-    template, and the target the chart hands the host resolves to them."""
-    from tests.test_helm_chart import render
+def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn, kubeconfig: str,  # noqa: F811
+                                                                kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
+    """charts/plugbay's network-mode Deployment and Service, applied as rendered: the target the chart
+    hands the host resolves to the Deployment's pods, and follows it as it scales up and down."""
     from tests.gobuild import GoUnavailableError, build_go
+    from tests.test_helm_chart import render
 
     try:
         renderer = build_go("helmrender")
@@ -315,40 +315,46 @@ def test_the_charts_service_finds_the_charts_plugin_pods(standin: StandIn, kubec
                 by[("Deployment", "plugbay-host")]["spec"]["template"]["spec"]["containers"][0]["env"]}
     ns, rest = host_env["PLUGBAY_NETWORK_TARGET"][len("kubernetes:///"):].split("/")
     name, port = rest.split(":")
-    template = deployment["spec"]["template"]
+    pod_spec = deployment["spec"]["template"]["spec"]
     # The stand-in mounts no Secrets, so the pods serve the classic way (PLUGBAY_LISTEN) rather
-    # than with the certificate files network mode would read.
-    for c in template["spec"]["containers"]:
+    # than with the certificate files network mode would read; a short grace keeps scale-down quick.
+    for c in pod_spec["containers"]:
         c["env"] = [e for e in c["env"] if not e["name"].startswith("PLUGBAY_NETWORK_")]
-    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
-    pods = [f"plugbay-plugin-{i}" for i in range(deployment["spec"]["replicas"])]
+    pod_spec["terminationGracePeriodSeconds"] = 2
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    apps = client.AppsV1Api(core.api_client)
     try:
-        api.create_namespaced_service(ns, client.V1Service.from_dict(service))
-        for pod in pods:  # what the Deployment's ReplicaSet would create
-            api.create_namespaced_pod(ns, client.V1Pod.from_dict(
-                {"metadata": {"name": pod, "labels": template["metadata"]["labels"]}, "spec": template["spec"]}))
+        core.create_namespaced_service(ns, client.V1Service.from_dict(service))
+        apps.create_namespaced_deployment(ns, client.V1Deployment.from_dict(deployment))
         seen = Recorder()
         with EndpointSliceResolver(ns, name, port, kubeconfig=kubeconfig) as resolver:
             resolver.start(seen)
-            found = seen.wait(lambda s: ready(s) == pods)
-        # the chart's read-only root keeps the KV plugin from storing files: ask its health service
-        from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+            two = seen.wait(lambda s: len(ready(s)) == 2)
+            assert all(e.name.startswith("plugbay-plugin-") for e in two)
+            # the chart's read-only root keeps the KV plugin from storing files: ask its health service
+            from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
-        assert found[0].address.startswith("127.0.0.1:")
-        with grpc.insecure_channel(found[0].address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=30)
-            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
-                health_pb2.HealthCheckRequest(service="plugin"), timeout=10)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert two[0].address.startswith("127.0.0.1:")
+            with grpc.insecure_channel(two[0].address) as channel:
+                grpc.channel_ready_future(channel).result(timeout=30)
+                reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+                    health_pb2.HealthCheckRequest(service="plugin"), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": 3}})
+            three = seen.wait(lambda s: len(ready(s)) == 3)
+            assert set(ready(two)) < set(ready(three))
+            apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": 1}})
+            one = seen.wait(lambda s: len(s) == 1 and len(ready(s)) == 1)
+            gone = set(ready(three)) - set(ready(one))
+            assert len(gone) == 2 and seen.seen(lambda s: any(e.name in gone and e.terminating for e in s))
+            assert apps.read_namespaced_deployment(name, ns).status.ready_replicas == 1
     finally:
-        for pod in pods:
-            try:
-                api.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
-            except client.ApiException:
-                pass
-        api.delete_namespaced_service(name, ns)
-        deadline = time.monotonic() + 60
-        while any(p.metadata.name in pods for p in api.list_namespaced_pod(ns).items):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        api.api_client.close()
+        try:
+            apps.delete_namespaced_deployment(name, ns)
+        finally:
+            core.delete_namespaced_service(name, ns)
+            deadline = time.monotonic() + 60
+            while core.list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=plugin").items:
+                assert time.monotonic() < deadline, "the Deployment's pods did not go away"
+                time.sleep(0.2)
+            core.api_client.close()

@@ -4,7 +4,8 @@ Speaks the subset of the core/v1 API plugbay's pod runner uses, over plain HTTP
 on 127.0.0.1 with bearer-token auth: pods create/get/list/watch/delete,
 pods/log (with follow), events list, and pods/portforward over WebSocket; and
 for network mode Services (create/get/list/delete) with the EndpointSlices
-(discovery.k8s.io/v1 get/list/watch) kept for them (services.py).
+(discovery.k8s.io/v1 get/list/watch) kept for them (services.py), and minimal
+apps/v1 Deployments (create/get/list/scale/delete, deployments.py).
 Fault knobs: :meth:`StandIn.deny` (403 with a Kubernetes Status body),
 :meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host),
 :meth:`StandIn.expire_watches` (410 Gone for slice watches that resume).
@@ -22,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from .deployments import ROUTES as DEPLOYMENT_ROUTES
+from .deployments import DeploymentRoutes, DeploymentStore
 from .pods import PodStore, Watcher
 from .portforward import PROTOCOL, ForwardSession, accept_key
 from .runtime import DockerBackend, ProcessBackend, docker_available
@@ -40,8 +43,9 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/([^/]+)/events$"), "events"),
     (re.compile(r"^/api/v1/pods$"), "allpods"),
     *SERVICE_ROUTES,
+    *DEPLOYMENT_ROUTES,
 ]
-_GROUPS = {"endpointslices": "discovery.k8s.io"}  # every other resource here is core ("")
+_GROUPS = {"endpointslices": "discovery.k8s.io", "deployments": "apps"}  # the rest is core ("")
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -72,7 +76,7 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
-class _Handler(ServiceRoutes, BaseHTTPRequestHandler):
+class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
@@ -158,6 +162,9 @@ class _Handler(ServiceRoutes, BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("delete")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("patch")
 
     # --- pods ----------------------------------------------------------------
 
@@ -342,6 +349,7 @@ class StandIn:
         backend = DockerBackend() if runtime == "docker" else ProcessBackend()
         self.store = PodStore(backend)
         self.services = ServiceStore(self.store)
+        self.deployments = DeploymentStore(self.store)
         self.calls: dict[tuple[str, str], int] = {}  # (verb, resource) -> requests seen
         self.lock = threading.Lock()
         self.conns: set[socket.socket] = set()
@@ -416,6 +424,7 @@ class StandIn:
         with self.lock:
             for s in self.sessions:
                 s.drop()
+        self.deployments.close()
         self.store.close()
         self._server.shutdown()
         with self.lock:
