@@ -212,6 +212,10 @@ def test_forbidden_names_the_rbac_rule(standin: StandIn, kubeconfig: str) -> Non
     assert "403 Forbidden" in text and 'API group "discovery.k8s.io"' in text
     assert "endpointslices: get, list, watch" in text and "kubernetes:///default/kv:grpc" in text
     assert 'cannot list resource "endpointslices"' in text  # the server's own words
+    standin.allow_all()  # RBAC fixed: the same resolver starts now
+    seen = Recorder()
+    resolver.start(seen)
+    assert seen.sets == [[]]
     resolver.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("plugbay-endpointslices-")]
 
@@ -256,7 +260,7 @@ def test_start_twice_is_refused(standin: StandIn, kubeconfig: str) -> None:  # n
         seen = Recorder()
         resolver.start(seen)
         assert seen.sets == [[]]  # no Service yet: an empty set, and the watch waits for one
-        with pytest.raises(ClientStateError, match="already started; make a new one"):
+        with pytest.raises(ClientStateError, match="already started or closed; make a new one"):
             resolver.start(seen)
 
 

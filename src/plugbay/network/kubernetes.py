@@ -147,7 +147,8 @@ class EndpointSliceResolver:
     def start(self, on_change: OnChange) -> None:
         with self._lock:
             if self._on_change is not None or self._stop.is_set():
-                raise ClientStateError(f"the resolver for {self.target} was already started; make a new one")
+                raise ClientStateError(f"the resolver for {self.target} was already started or closed;"
+                                       " make a new one")
             self._on_change = on_change
         try:
             if self._api_client is None:
@@ -158,6 +159,7 @@ class EndpointSliceResolver:
             self._relist()
         except BaseException:
             self._close_client()
+            self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed
             raise
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"plugbay-endpointslices-{self.namespace}-{self.service}")
@@ -236,6 +238,7 @@ class EndpointSliceResolver:
 
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         failures = 0
         while not self._stop.is_set():
@@ -255,10 +258,16 @@ class EndpointSliceResolver:
                 self.last_error = self._error("watch", exc)
             except RunnerError as exc:
                 self.last_error = exc
-            except Exception as exc:  # a dropped connection, a reset API server
+            except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
                 if self._stop.is_set():
                     break
                 self.last_error = self._error("watch", exc)
+            except Exception as exc:  # e.g. an object the client cannot read: log it, list again
+                if self._stop.is_set():
+                    break
+                self.last_error = RunnerError(f"watching endpointslices for {self.target} failed: {exc!r};"
+                                              " listing them again")
+                self._rv = None
             failures += 1
             delay = min(0.2 * 2 ** min(failures - 1, 8), MAX_BACKOFF)
             _log.warning("%s: %s (retrying in %.1fs)", self.target, self.last_error, delay)
@@ -300,3 +309,4 @@ class EndpointSliceResolver:
         if self._owns_client and self._api_client is not None:
             self._api_client.close()
             self._api_client = None
+            self._api = None
