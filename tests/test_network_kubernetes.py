@@ -18,7 +18,12 @@ import grpc
 import pytest
 from kubernetes import client, config
 
-from plugbay.errors import ClientStateError, ConfigError, EngineUnavailableError, PermissionDeniedError
+from plugbay.errors import (
+    ClientStateError,
+    ConfigError,
+    EngineUnavailableError,
+    PermissionDeniedError,
+)
 from plugbay.network.kubernetes import EndpointSliceResolver, endpoints_from_slices
 from plugbay.network.resolver import Endpoint
 from tests.kube_standin import TOKEN, StandIn

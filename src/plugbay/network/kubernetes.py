@@ -22,7 +22,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ClientStateError, ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.errors import (
+    ClientStateError,
+    ConfigError,
+    EngineUnavailableError,
+    PermissionDeniedError,
+    RunnerError,
+)
 from plugbay.network.resolver import Endpoint, OnChange
 from plugbay.runners.kubernetes.api import api_message, load_api_client
 from plugbay.runners.kubernetes.runner import discovery_rbac_summary
