@@ -200,8 +200,10 @@ def test_health_not_serving_and_usage(not_serving: str) -> None:
     assert need_tls.returncode == 2 and "--insecure" in need_tls.stderr
     bad = plugbay("health", "dns-ish")
     assert bad.returncode == 2 and "is not a target" in bad.stderr
-    several = plugbay("health", "static:///127.0.0.1:1,127.0.0.1:2", "--insecure")
-    assert several.returncode == 2 and "several endpoints" in several.stderr
+    several = plugbay("health", "static:///127.0.0.1:1,127.0.0.1:2", "--insecure", "--timeout", "1")
+    assert several.returncode == 3 and "UNREACHABLE" in several.stdout  # asks the first replica
+    bad_port = plugbay("health", "static:///127.0.0.1:http", "--insecure")
+    assert bad_port.returncode == 2 and "static:///" in bad_port.stderr
     refused = plugbay("health", "static:///127.0.0.1:1", "--insecure", "--timeout", "1")
     assert refused.returncode == 3 and refused.stdout.startswith("UNREACHABLE")
     missing = plugbay("info", "@/nonexistent/reattach.json")

@@ -13,7 +13,7 @@ from plugbay.cli import output
 from plugbay.cli.targets import Tls, reach
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
-TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, unix:///PATH or static:///HOST:PORT."
+TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
 
 
 def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,7 +77,7 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
            **kw: Any) -> int:
     """Is the plugin SERVING? Prints the status and the check's round trip.
 
-    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, unix:///PATH or static:///HOST:PORT.
+    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
     """
     tls, target, timeout = _tls(kw), kw["target"], kw["timeout"]
     try:
@@ -127,7 +127,7 @@ def info(protos: tuple[str, ...], proto_paths: tuple[str, ...], as_json: bool, *
     """What a running plugin serves: its gRPC services and methods, health, protocol versions.
 
     Services come from server reflection when the plugin offers it, else from --proto.
-    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, unix:///PATH or static:///HOST:PORT.
+    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
     """
     from plugbay.cli import descriptors
 
@@ -179,7 +179,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
     """One unary call: REQUEST is JSON, the answer is printed as JSON.
 
     METHOD is /package.Service/Method. TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON,
-    unix:///PATH or static:///HOST:PORT.
+    or a target (static:///, dns:///, kubernetes:///, unix:///).
     """
     from google.protobuf import json_format, message_factory
 

@@ -5,9 +5,9 @@
 * ``@FILE``: a reattach config file (what ``plugbay run --reattach-out`` or
   ``Client.reattach_config().to_json()`` wrote);
 * inline reattach JSON (``{"handshake": ...}``);
-* ``unix:///PATH`` or ``static:///HOST:PORT`` (one endpoint), dialled
-  directly by grpcio: plaintext with ``--insecure``, mTLS with
-  ``--ca/--cert/--key``.
+* a network-mode target (``static:///``, ``dns:///``, ``dns+srv:///``,
+  ``kubernetes:///``, ``unix:///``), reached through plugbay.network's
+  endpoint pool: plaintext with ``--insecure``, mTLS with ``--ca/--cert/--key``.
 
 A reattach config is reached the way a reattaching Client reaches it (the
 runner's address mapping, the AutoMTLS certificates, the OpenSSL relay for Go
@@ -90,51 +90,44 @@ def attach_runner(data: dict[str, Any]) -> Any:
         raise TargetUnreachableError(str(exc)) from None
 
 
-def _read(path: str | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}; pass a readable PEM file") from None
-
-
 def _network_target(target: str, tls: Tls) -> Reached:
-    if target.startswith("unix://"):
-        path = target.removeprefix("unix://")
-        if not path.startswith("/"):
-            raise ConfigError(f"{target!r}: a unix target needs an absolute path, like unix:///run/plugin.sock")
-        facts: dict[str, Any] = {"network": "unix", "address": path}
-        address = "unix:" + path
-    elif target.startswith("static:///"):
-        hosts = target.removeprefix("static:///")
-        if "," in hosts:
-            raise ConfigError(f"{target!r} names several endpoints; this command talks to one:"
-                              " give static:///HOST:PORT of one replica")
-        host, sep, port = hosts.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"{target!r}: write static:///HOST:PORT (e.g. static:///127.0.0.1:4000)")
-        facts = {"network": "tcp", "address": hosts}
-        address = hosts
-    elif "://" in target:
-        raise ConfigError(f"target {target!r} is not supported here; use @REATTACH_FILE, reattach JSON,"
-                          " unix:///PATH or static:///HOST:PORT")
-    else:
-        raise ConfigError(f"{target!r} is not a target: pass @REATTACH_FILE, reattach JSON, unix:///PATH"
-                          " or static:///HOST:PORT")
+    """A channel to one endpoint of the target, found by network mode's own parsing and discovery.
+
+    A probe talks to one replica as it is (the first ready one), not through the endpoint pool,
+    whose health checking would hide exactly the unhealthy replica being asked about.
+    """
+    from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
+    from plugbay.network.resolver import Endpoint
+    from plugbay.network.targets import make_resolver, parse_target
+    from plugbay.network.tls import NetworkTLS
+
+    if "://" not in target:
+        raise ConfigError(f"{target!r} is not a target: pass @REATTACH_FILE, reattach JSON, or a target"
+                          " like static:///HOST:PORT, dns:///NAME:PORT, kubernetes:///NS/SERVICE:PORT,"
+                          " unix:///PATH")
+    parsed = parse_target(target)
     if tls.insecure and (tls.ca or tls.cert or tls.key):
         raise ConfigError("--insecure and --ca/--cert/--key exclude each other; pick one")
-    if tls.ca or tls.cert or tls.key:
-        if not (tls.ca and tls.cert and tls.key):
-            raise ConfigError("mTLS needs all of --ca, --cert and --key")
-        creds = grpc.ssl_channel_credentials(_read(tls.ca, "--ca"), _read(tls.key, "--key"),
-                                             _read(tls.cert, "--cert"))
-        facts["tls"] = True
-        return Reached(grpc.secure_channel(address, creds), target, facts)
-    if not tls.insecure:
+    if not tls.insecure and not tls.ca:
         raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
-    facts["tls"] = False
-    return Reached(grpc.insecure_channel(address), target, facts)
+    found: list[Endpoint] = []
+    resolver = make_resolver(parsed, name="cli")
+    resolver.start(lambda endpoints: found.extend(endpoints) if not found else None)
+    resolver.close()
+    ready = [e for e in found if e.ready and not e.terminating]
+    if not ready:
+        raise TargetUnreachableError(f"{target!r} names no ready endpoint (discovery found {len(found)});"
+                                     " check that the plugin's replicas run and are ready")
+    endpoint = ready[0]
+    address = grpc_target(endpoint.network, endpoint.address)
+    facts: dict[str, Any] = {"network": endpoint.network, "address": endpoint.address, "endpoints": len(ready)}
+    if tls.insecure:
+        facts["tls"] = False
+        return Reached(grpc.insecure_channel(address, options=CHANNEL_OPTIONS), target, facts)
+    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "")
+    facts["tls"] = True
+    return Reached(grpc.secure_channel(address, network_tls.credentials(),
+                                       options=[*CHANNEL_OPTIONS, *network_tls.options()]), target, facts)
 
 
 @contextmanager
