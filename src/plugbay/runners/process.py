@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 
@@ -65,6 +66,8 @@ class ProcessRunner(Runner):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._iterating: set[str] = set()
+        # one per output stream read: each bounds its unfinished line (see core.transport.lines)
+        self.splitters: list[LineSplitter] = []
 
     # --- identity -------------------------------------------------------------
 
@@ -177,7 +180,8 @@ class ProcessRunner(Runner):
         fd = pipe.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
-        buf = b""
+        splitter = LineSplitter()
+        self.splitters.append(splitter)
         try:
             while True:
                 if not poller.poll(_POLL * 1000):
@@ -187,15 +191,11 @@ class ProcessRunner(Runner):
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                for line in splitter.feed(chunk):
                     if keep_tail:
                         self._tail.append(line)
                     yield line
-            if buf:
-                line = buf.decode("utf-8", "replace").rstrip("\r")
+            for line in splitter.flush():
                 if keep_tail:
                     self._tail.append(line)
                 yield line
