@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ProtocolMismatchError,
         RestartBudgetExhaustedError,
         RunnerError,
+        TLSRequiredError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,

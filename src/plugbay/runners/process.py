@@ -84,6 +84,10 @@ class ProcessRunner(Runner):
         return str(self._proc.pid) if self._proc is not None else ""
 
     @property
+    def private_transport(self) -> bool:
+        return True  # a child process on this machine: go-plugin's own model
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -252,6 +256,10 @@ class AttachedProcess(AttachedRunner):
     @property
     def id(self) -> str:
         return str(self.pid)
+
+    @property
+    def private_transport(self) -> bool:
+        return True  # a child process on this machine: go-plugin's own model
 
     def _alive(self) -> bool:
         try:  # if it happens to be our child after all (same process reattaching), reap it

@@ -115,6 +115,10 @@ class DockerRunner(Runner):
         return self._container_id
 
     @property
+    def private_transport(self) -> bool:
+        return self.transport == "unix"  # tcp: a published port and a container network
+
+    @property
     def host_port(self) -> int | None:
         """The 127.0.0.1 port the plugin's port is published on (tcp transport)."""
         return self._host_port
