@@ -73,7 +73,7 @@ class TestDocker:
         from plugbay.runners.docker import DockerRunner
 
         tag = plugbay_image("kv")
-        with Client(_config(runner=DockerRunner(tag, transport="tcp"))) as client:
+        with Client(_config(runner=DockerRunner(tag, transport="tcp", writable_dirs=("/tmp", "/data")))) as client:
             assert not client.runner.private_transport
             assert client.connection_mode == "grpc-tls"  # AutoMTLS on without being asked
             kv = client.dispense(PLUGIN_NAME)
@@ -82,8 +82,8 @@ class TestDocker:
         old = ["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /plugin/entrypoint"]
         with pytest.raises(TLSRequiredError, match="DockerRunner's connection leaves the host's private"
                                                    " folder.*require_tls=False"):
-            Client(_config(runner=DockerRunner(tag, transport="tcp", entrypoint=old))).start()
-        with Client(_config(runner=DockerRunner(tag, transport="tcp", entrypoint=old),
+            Client(_config(runner=DockerRunner(tag, transport="tcp", entrypoint=old, writable_dirs=("/tmp", "/data")))).start()
+        with Client(_config(runner=DockerRunner(tag, transport="tcp", entrypoint=old, writable_dirs=("/tmp", "/data")),
                             require_tls=False)) as client:
             assert client.connection_mode == "plaintext"  # the caller accepted plaintext
             kv = client.dispense(PLUGIN_NAME)
@@ -93,6 +93,6 @@ class TestDocker:
     def test_unix_transport_is_private(self, plugbay_image: Any) -> None:
         from plugbay.runners.docker import DockerRunner
 
-        with Client(_config(runner=DockerRunner(plugbay_image("kv")))) as client:
+        with Client(_config(runner=DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data")))) as client:
             assert client.runner.private_transport
             assert client.connection_mode == "plaintext"

@@ -162,6 +162,24 @@ def host_gid(group: str | None) -> int | None:
             f"unix socket group {group!r} is not a group on this host; give a group name or gid") from None
 
 
+def root_socket_gid() -> int:
+    """The socket folder's group for a root host: DEFAULT_ROOT_SOCKET_GID, if no host group has it.
+
+    Handing the folder to a gid that is a real group on the host would let that
+    group's members reach the plugin's socket, so that is refused.
+    """
+    import grp
+
+    try:
+        existing = grp.getgrgid(DEFAULT_ROOT_SOCKET_GID).gr_name
+    except KeyError:
+        return DEFAULT_ROOT_SOCKET_GID
+    raise ConfigError(
+        f"the default socket folder group {DEFAULT_ROOT_SOCKET_GID} is host group {existing!r}, whose"
+        " members could then reach the plugin's socket. Pass DockerRunner(socket_gid=<a gid no host"
+        " user has, matching the image's user>) or ClientConfig(unix_socket_group=...)")
+
+
 def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     """Let a container user in a supplementary group ``gid`` create sockets in ``path``.
 
@@ -170,7 +188,7 @@ def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     """
     from plugbay.errors import PermissionDeniedError
 
-    gid = gid if gid is not None else (os.getgid() or DEFAULT_ROOT_SOCKET_GID)
+    gid = gid if gid is not None else (os.getgid() or root_socket_gid())
     try:
         if os.stat(path).st_gid != gid:
             os.chown(path, -1, gid)

@@ -34,6 +34,8 @@ from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Ru
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
                                             engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
                                             published_port, sweep)
+from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
+                                               cpus_to_nano, ensure_network, tmpfs_mounts)
 from plugbay.runners.docker.logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -46,13 +48,16 @@ _DIAG_LINES = 10
 class DockerRunner(Runner):
     """Runs a plugin image as a container. One instance runs the plugin once.
 
-    Secure defaults: every capability dropped and no-new-privileges set; pass
-    ``cap_drop=()`` / ``no_new_privileges=False`` to relax them.
+    Secure defaults: every capability dropped, no-new-privileges, a read-only root
+    with tmpfs ``writable_dirs`` (``/tmp``), a pids limit, and for ``tcp`` the
+    isolated network (see plugbay.runners.docker.hardening); each is an option.
     """
 
     def __init__(self, image: str, *, transport: str = "unix", user: str | None = None,
                  runtime: str | None = None, mem_limit: str | int | None = None, nano_cpus: int | None = None,
-                 read_only: bool = False, cap_drop: Sequence[str] = ("ALL",), no_new_privileges: bool = True,
+                 cpus: float | None = None, pids_limit: int | None = DEFAULT_PIDS_LIMIT, read_only: bool = True,
+                 writable_dirs: Sequence[str] = ("/tmp",), tmpfs_size: str = DEFAULT_TMPFS_SIZE,
+                 network: str | None = ISOLATED_NETWORK, cap_drop: Sequence[str] = ("ALL",), no_new_privileges: bool = True,
                  env: Mapping[str, str] | None = None, mounts: Sequence[Any] = (),
                  tmpfs: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                  entrypoint: Sequence[str] | None = None, command: Sequence[str] | None = None,
@@ -75,13 +80,17 @@ class DockerRunner(Runner):
         self.user = user
         self.runtime = runtime
         self.mem_limit = mem_limit
-        self.nano_cpus = nano_cpus
+        self.nano_cpus = cpus_to_nano(cpus, nano_cpus)
+        self.pids_limit = pids_limit
         self.read_only = read_only
+        self.network = network
         self.cap_drop = list(cap_drop)
         self.no_new_privileges = no_new_privileges
         self.env = dict(env or {})
         self.mounts = [parse_mount(m) for m in mounts]
         self.tmpfs = dict(tmpfs or {})
+        self.writable_dirs, self.tmpfs_size = list(writable_dirs), tmpfs_size
+        tmpfs_mounts(self.writable_dirs, tmpfs_size, self.tmpfs)  # bad paths fail here, not at start
         self.labels = dict(labels or {})
         self.entrypoint = list(entrypoint) if entrypoint is not None else None
         self.command = list(command) if command is not None else None
@@ -161,6 +170,8 @@ class DockerRunner(Runner):
         else:
             env["PLUGBAY_LISTEN"] = f"tcp:0.0.0.0:{self.container_port}"
             args["ports"] = {f"{self.container_port}/tcp": ("127.0.0.1", None)}
+            if self.network:  # else the engine's default bridge, where containers reach each other
+                args["network"] = ensure_network(client, self.network)
             mounts = list(self.mounts)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
@@ -171,7 +182,10 @@ class DockerRunner(Runner):
                     stdin_open=False, tty=False)
         for key, value in (("user", self.user), ("runtime", self.runtime), ("mem_limit", self.mem_limit),
                            ("nano_cpus", self.nano_cpus), ("entrypoint", self.entrypoint),
-                           ("command", self.command), ("tmpfs", self.tmpfs or None)):
+                           ("command", self.command),
+                           ("tmpfs", tmpfs_mounts(self.writable_dirs, self.tmpfs_size, self.tmpfs,
+                                                  self.user or image.attrs["Config"].get("User")) or None),
+                           ("pids_limit", self.pids_limit)):
             if value is not None:
                 args[key] = value
         # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
