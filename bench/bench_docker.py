@@ -23,9 +23,9 @@ def _engine_reason() -> str | None:
     if shutil.which("docker") is None:
         return "no docker CLI"
     try:
-        from plugbay.runners.docker.engine import engine
+        from plugbay.images import docker_client
 
-        engine().close()
+        docker_client().close()
     except Exception as exc:  # noqa: BLE001 - any failure means no engine
         return f"no Docker engine: {str(exc).splitlines()[0][:60]}"
     return None

@@ -67,7 +67,7 @@ def _container_start(ctx: Context) -> Result:
     image = _image(ctx)
     if image is None:
         return Result(skipped=str(ctx.cache.get("kube:reason")))
-    from plugbay.runners.base import LaunchSpec
+    from plugbay import LaunchSpec
     from plugbay.runners.kubernetes import KubernetesRunner
     from tests.kube_standin import StandIn
 

@@ -44,7 +44,7 @@ def _with_layers(ctx: Context) -> Result:
     from kv_plugin_def import PLUGIN_NAME
 
     from plugbay import CircuitBreaker, Client, RetryPolicy
-    from plugbay.core.resilience.calls import install
+    from plugbay import install
 
     rounds = []
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig  # noqa: E402
-from plugbay.runners.base import Runner  # noqa: E402
+from plugbay import Runner  # noqa: E402
 
 PLUGINS = {PLUGIN_NAME: KVPlugin()}
 

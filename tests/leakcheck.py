@@ -89,7 +89,7 @@ def _docker_leaks() -> list[str]:
     try:
         import docker
 
-        from plugbay.runners.base import HOST_SESSION_ID
+        from plugbay.runners.session import HOST_SESSION_ID
 
         client = docker.from_env(version="auto")
         try:

@@ -21,7 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker, plugin_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ConfigError
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.runners.base import AttachedRunner
@@ -390,7 +391,7 @@ def test_unknown_network_announced(pair: Pair) -> None:
     from plugbay._proto.plugin import grpc_broker_pb2 as pb
     from plugbay.errors import BrokerError
 
-    pair.host._receive(pb.ConnInfo(service_id=3, network="udp", address="x"))
+    pair.host.receive(pb.ConnInfo(service_id=3, network="udp", address="x"))
     with pytest.raises(BrokerError, match="unknown network 'udp'"):
         pair.host.dial(3)
 

@@ -24,11 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.transport import yamux
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker, plugin_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
 from plugbay.core.transport.mux import HostMux, PluginFront
 from plugbay.core.protocol.tls import CertKey, generate_cert
-from plugbay.core.transport.relay import open_listener
+from plugbay.core.transport.sockets import open_listener
 from tests.test_broker import check, register
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -178,13 +179,11 @@ def test_unknown_id_times_out(mpair: MuxPair) -> None:
 
 
 def test_knock_error_is_reported(mpair: MuxPair) -> None:
-    from plugbay.core.transport.mux import _knock_and_open
-
     # the peer's ack carries an error (as go-plugin's client muxer sends "no listener for id N")
-    mpair.plugin._receive(pb.ConnInfo(service_id=9, knock=pb.ConnInfo.Knock(
+    mpair.plugin.receive(pb.ConnInfo(service_id=9, knock=pb.ConnInfo.Knock(
         knock=True, ack=True, error="no listener for id 9")))
     with pytest.raises(BrokerError, match="failed to knock for broker id 9: no listener for id 9"):
-        _knock_and_open(mpair.plugin, 9, 1.0)
+        mpair.plugin._knock_and_open(9, 1.0)
 
 
 def test_large_and_streamed_payloads_cross_the_window(mpair: MuxPair) -> None:

@@ -20,7 +20,7 @@ from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, PluginDiedError,
                                  PluginExitedError)
 from plugbay.core.host.secure import SecureConfig
-from plugbay.runners.base import HOST_SESSION_ID
+from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import DockerRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]

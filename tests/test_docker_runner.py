@@ -24,9 +24,10 @@ from docker.errors import NotFound
 from plugbay.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
                                  RunnerError)
 from plugbay.core.host.secure import SecureConfig
-from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
+from plugbay.runners.base import LaunchSpec, reattach_runner
+from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
-from plugbay.runners.docker.engine import managed_labels
+from plugbay.runners.session import managed_labels
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -307,7 +308,8 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
 CRASHING_HOST = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, sys.argv[1])
-    from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec
+    from plugbay.runners.base import LaunchSpec
+    from plugbay.runners.session import HOST_SESSION_ID
     from plugbay.runners.docker import DockerRunner
     runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
     runner.start(LaunchSpec(env={}))

@@ -22,7 +22,8 @@ from plugbay.errors import (
     PodUnschedulableError,
     RunnerError,
 )
-from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
+from plugbay.runners.base import LaunchSpec, reattach_runner
+from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.kubernetes import RBAC_RULES, KubernetesRunner, sweep
 from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
 from tests.kube_standin.server import StandIn

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from plugbay.core.host.logs import TRACE, LogPump, parse_hclog
+from plugbay.core.host.logs import LogPump
+from plugbay.core.protocol.hclog import TRACE, parse_hclog
 
 
 class Capture(logging.Handler):

@@ -16,7 +16,8 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
 from plugbay.core.plugin.server import COOKIE_MESSAGE, MISCONFIGURED_MESSAGE
-from plugbay.core.transport.relay import TLSRelay, open_listener
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.sockets import open_listener
 from tests.serverproc import (  # noqa: F401  (plugins is a fixture)
     COOKIE,
     KV_PLUGIN,

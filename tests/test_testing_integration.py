@@ -65,13 +65,13 @@ def test_plugin_container_that_exits_is_reported_and_removed(plugbay_image: Any,
     with pytest.raises(PluginExitedError, match="cannot start: bad config") as info:
         plugin.start()
     assert info.value.exit_code == 5
-    from plugbay.runners.base import HOST_SESSION_ID
+    from plugbay.runners.session import HOST_SESSION_ID
 
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
 
 
 def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay_docker: Any) -> None:
-    from plugbay.runners.base import HOST_SESSION_ID
+    from plugbay.runners.session import HOST_SESSION_ID
 
     with pytest.raises(ValueError, match="transport must be 'tcp' or 'unix', got 'udp'"):
         PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="udp")
@@ -93,7 +93,7 @@ INNER_TESTS = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [{repo!r} + "/src", {repo!r} + "/examples/kv"]
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-    from plugbay.runners.base import HOST_SESSION_ID
+    from plugbay.runners.session import HOST_SESSION_ID
 
     PLUGINS = {{PLUGIN_NAME: KVPlugin(None)}}
     REPORT = {report!r}

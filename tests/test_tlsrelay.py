@@ -14,12 +14,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from plugbay.core.protocol import tls
 from plugbay.core.transport import relay as tlsrelay
+from plugbay.core.transport import sockets
 
 
 @pytest.fixture
 def echo_server(tmp_path: Path) -> Iterator[str]:
     path = str(tmp_path / "echo.sock")
-    listener = tlsrelay.open_listener("unix", path)
+    listener = sockets.open_listener("unix", path)
     listener.settimeout(10)
     stop = threading.Event()
 
@@ -44,9 +45,9 @@ def echo_server(tmp_path: Path) -> Iterator[str]:
 
 def _relay_pair(tmp_path: Path, echo: str, server: tls.CertKey, client: tls.CertKey,
                 client_trusts: bytes) -> tuple[tlsrelay.TLSRelay, tlsrelay.TLSRelay]:
-    term = tlsrelay.TLSRelay(tlsrelay.open_listener("tcp", "127.0.0.1:0"), ("unix", echo),
+    term = tlsrelay.TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo),
                              tls.server_context(server, client.cert_pem), "terminate")
-    orig = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
+    orig = tlsrelay.TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
                              tls.client_context(client, client_trusts), "originate")
     return term, orig
 
@@ -57,7 +58,7 @@ def test_p521_certificates_round_trip_a_large_payload(tmp_path: Path, echo_serve
     term, orig = _relay_pair(tmp_path, echo_server, server, client, server.cert_pem)
     try:
         payload = os.urandom(3_000_000)
-        with tlsrelay.dial("unix", orig.address[1], timeout=10) as sock:
+        with sockets.dial("unix", orig.address[1], timeout=10) as sock:
             writer = threading.Thread(target=sock.sendall, args=(payload,), name="plugbay-test-writer")
             writer.start()
             got = bytearray()
@@ -75,7 +76,7 @@ def test_p521_certificates_round_trip_a_large_payload(tmp_path: Path, echo_serve
 
 def test_a_client_with_the_wrong_certificate_is_refused(tmp_path: Path, echo_server: str) -> None:
     server, client, stranger = (tls.generate_cert(ec.SECP521R1()) for _ in range(3))
-    term = tlsrelay.TLSRelay(tlsrelay.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server),
+    term = tlsrelay.TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server),
                              tls.server_context(server, client.cert_pem), "terminate")
     try:
         host, port = term.address[1].rsplit(":", 1)
@@ -95,7 +96,7 @@ def test_the_client_refuses_a_server_it_does_not_trust(tmp_path: Path, echo_serv
     server, client, other = (tls.generate_cert() for _ in range(3))
     term, orig = _relay_pair(tmp_path, echo_server, server, client, other.cert_pem)
     try:
-        with tlsrelay.dial("unix", orig.address[1], timeout=10) as sock:
+        with sockets.dial("unix", orig.address[1], timeout=10) as sock:
             sock.settimeout(10)
             # the relay drops the plaintext side after the failed handshake
             try:
@@ -112,7 +113,7 @@ def test_unknown_network_is_a_config_error() -> None:
     from plugbay.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unix' or 'tcp"):
-        tlsrelay.open_listener("udp", "x")
+        sockets.open_listener("udp", "x")
 
 
 def test_certificate_conversion_errors_say_what_to_pass() -> None:

@@ -22,7 +22,7 @@ if (_HERE.parent.parent / "src" / "plugbay").is_dir():  # a source checkout: no 
 
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, AddHelper, CounterPlugin  # noqa: E402
 
-from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
+from plugbay import ServeConfig, serve  # noqa: E402
 
 log = logging.getLogger("counter")
 

@@ -19,7 +19,7 @@ if (_HERE.parent.parent / "src" / "plugbay").is_dir():  # a source checkout: no 
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
+from plugbay import ServeConfig, serve  # noqa: E402
 
 log = logging.getLogger("kv")
 

@@ -12,7 +12,7 @@ if (_HERE.parent.parent / "src" / "plugbay").is_dir():  # a source checkout: no 
 
 from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin, StreamerServicer  # noqa: E402
 
-from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
+from plugbay import ServeConfig, serve  # noqa: E402
 
 if __name__ == "__main__":
     serve(ServeConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin(StreamerServicer())}))

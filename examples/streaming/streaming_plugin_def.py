@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for streamingproto
 
 from streamingproto import streaming_pb2, streaming_pb2_grpc  # noqa: E402
 
-from plugbay.core.broker.broker import GRPCBroker  # noqa: E402
-from plugbay.core.protocol.handshake import HandshakeConfig  # noqa: E402
-from plugbay.core.broker.plugin import GRPCPlugin  # noqa: E402
+from plugbay import GRPCBroker, GRPCPlugin, HandshakeConfig  # noqa: E402
 
 HANDSHAKE = HandshakeConfig(protocol_version=1, magic_cookie_key="STREAMING_PLUGIN",
                             magic_cookie_value="flow")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from plugbay.core.host.config import ClientConfig
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
+    from plugbay.core.plugin.network import NetworkServe
     from plugbay.core.plugin.server import ServeConfig, serve
     from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
     from plugbay.core.resilience.calls import install
@@ -38,12 +39,16 @@ if TYPE_CHECKING:
         CircuitOpenError,
         ClientStateError,
         ConfigError,
+        DiscoveryError,
         EngineUnavailableError,
+        GatewayError,
         HandshakeError,
         HandshakeTimeoutError,
         ImageNotFoundError,
         MagicCookieError,
         MalformedHandshakeError,
+        NetworkError,
+        NoEndpointsError,
         PermissionDeniedError,
         PlugbayError,
         PluginDiedError,
@@ -52,14 +57,20 @@ if TYPE_CHECKING:
         PodStartTimeoutError,
         PodUnschedulableError,
         ProtocolMismatchError,
+        RemoteTLSError,
         RestartBudgetExhaustedError,
         RunnerError,
+        TLSConfigError,
         TLSRequiredError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,
     )
+    from plugbay.network.ejection import OutlierPolicy
+    from plugbay.network.remote import RemoteClient, RemoteConfig
+    from plugbay.network.tls import NetworkTLS
     from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
+    from plugbay.network.gateway.gateway import Gateway, GatewayConfig
     from plugbay.runners.process import ProcessRunner
 
 

@@ -200,3 +200,38 @@ class RestartBudgetExhaustedError(PlugbayError):
             f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
             " new Supervisor, or raise RestartPolicy.max_restarts / shorten its window."
         )
+
+
+# --- network mode (plugin side and gateway) ------------------------------------
+
+
+class NetworkError(PlugbayError):
+    """Serving or reaching a plugin over the network failed."""
+
+
+class TLSConfigError(NetworkError, ConfigError):
+    """The provided TLS files (certificate, key, client CA) are missing, unreadable or do not match."""
+
+
+class GatewayError(NetworkError):
+    """The gateway could not start or keep its plugin running."""
+
+
+# --- network mode, host side (remote plugins found by discovery) ------------------
+
+
+class DiscoveryError(NetworkError):
+    """A target's discovery source (DNS, Kubernetes, the plugin's Discovery service) failed."""
+
+
+class NoEndpointsError(DiscoveryError, TimeoutError):
+    """No endpoint of a remote plugin could take the call before its deadline.
+
+    Also a ``grpc.RpcError`` (code UNAVAILABLE) when raised by a call, so code that catches
+    gRPC errors keeps working; see plugbay.network.pool.
+    """
+
+
+class RemoteTLSError(HandshakeError, NetworkError):
+    """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
+    or plaintext spoken to a TLS server)."""

@@ -9,12 +9,12 @@ host can dial (a socket in a bind mount, a published port, a port-forward).
 
 from __future__ import annotations
 
-import os
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from plugbay.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,29 @@ class LaunchSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+class SecureCheck(Protocol):
+    """What a runner needs of a SecureConfig (plugbay.SecureConfig) to verify what it starts."""
+
+    @property
+    def hash(self) -> str: ...
+
+    @property
+    def checksum(self) -> bytes: ...
+
+    def check(self, path: str) -> None: ...
+
+
 class AttachedRunner(ABC):
     """A plugin that is running: wait for it, stop it, reach it."""
+
+    @property
+    def name(self) -> str:
+        """A human-friendly name for messages (a Runner says more: the executable, the image)."""
+        return self.id or "plugin"
+
+    def has_exited(self) -> bool:
+        """Whether the plugin has ended; cheap enough to ask before every call, never blocks."""
+        return self.wait(0) is not None
 
     @property
     @abstractmethod
@@ -96,6 +117,15 @@ class Runner(AttachedRunner):
     def diagnose(self) -> str:
         """Best-effort facts on why the plugin failed: state, exit code, last log lines."""
 
+    def exit_detail(self) -> str:
+        """What to add to a "plugin exited before its handshake" error besides its stderr tail."""
+        return self.diagnose()
+
+    def check_secure_config(self, secure: SecureCheck) -> None:
+        """Verify that what this runner starts is what ``secure`` expects (ChecksumMismatchError if not)."""
+        raise ConfigError(f"secure_config is not supported by runner {type(self).__name__};"
+                          " drop it or use a runner that can verify what it starts")
+
 
 ReattachFunc = Callable[[Mapping[str, Any]], AttachedRunner]
 
@@ -107,19 +137,21 @@ def register_reattacher(kind: str, func: ReattachFunc) -> None:
     _REATTACHERS[kind] = func
 
 
-def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
-    from plugbay.errors import ConfigError
+# plugbay's own runner kinds, imported on first reattach so no caller has to import them first.
+_BUILT_IN = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker.runner",
+             "KubernetesRunner": "plugbay.runners.kubernetes.runner"}
 
+
+def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
     kind = str(data.get("kind", ""))
+    if kind not in _REATTACHERS and kind in _BUILT_IN:
+        import importlib
+
+        importlib.import_module(_BUILT_IN[kind])
     func = _REATTACHERS.get(kind)
     if func is None:
         raise ConfigError(
-            f"no runner kind {kind!r} can reattach (known: {sorted(_REATTACHERS)});"
+            f"no runner kind {kind!r} can reattach (known: {sorted({*_REATTACHERS, *_BUILT_IN})});"
             " import the module of the runner that started the plugin before reattaching"
         )
     return func(data)
-
-
-# Identifies this host process on everything it starts (container labels, pod
-# labels), so a sweep can tell plugins whose host is gone from live ones.
-HOST_SESSION_ID = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"

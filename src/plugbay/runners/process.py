@@ -24,12 +24,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, SecureCheck, register_reattacher
+from plugbay.runners.session import proc_stat, start_ticks
 
 _POLL = 0.2
 _TAIL = 50
@@ -113,6 +113,20 @@ class ProcessRunner(Runner):
                 f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
                 " and the working directory."
             ) from exc
+
+    def has_exited(self) -> bool:
+        if self._proc is None:
+            return False
+        # /proc shows a zombie at once, while wait(0) may report "running" when another
+        # thread is polling the same child at that moment.
+        fields = proc_stat(self._proc.pid)
+        return fields is None or fields[0] in ("Z", "X")
+
+    def exit_detail(self) -> str:
+        return ""  # the process runner's diagnosis would only repeat the stderr tail
+
+    def check_secure_config(self, secure: SecureCheck) -> None:
+        secure.check(resolve_executable(self.cmd[0], dict(self.env) if self.skip_host_env else None))
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._proc is None:
@@ -226,19 +240,13 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _start_time(pid: int) -> int | None:
     """The process start time in clock ticks: tells a pid from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    ticks = start_ticks(pid)
+    return int(ticks) if ticks else None
 
 
 def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[0]
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 class AttachedProcess(AttachedRunner):

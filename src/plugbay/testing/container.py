@@ -25,11 +25,11 @@ from testcontainers.core.container import DockerContainer
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import HandshakeTimeoutError, PluginExitedError
-from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP,
-                                    HandshakeConfig, HandshakeInfo, parse_handshake_line)
+from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line)
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, managed_labels, prepare_socket_dir
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, prepare_socket_dir, transport_settings
+from plugbay.runners.session import managed_labels
 
 
 class PluginContainer(DockerContainer):
@@ -60,20 +60,19 @@ class PluginContainer(DockerContainer):
     def _configure(self) -> None:
         extra: dict[str, Any] = {"labels": {**managed_labels(), "plugbay.plugin": self.image},
                                  "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
-        if self.transport == "tcp":
-            self.with_env("PLUGBAY_LISTEN", f"tcp:0.0.0.0:{self.container_port}")
-            # 127.0.0.1 only: tests never dial the container's bridge address.
-            # (docker-py accepts an (ip, port) tuple; testcontainers' annotation is narrower)
-            self.ports[f"{self.container_port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
-        else:
+        gid: int | None = None
+        if self.transport == "unix":
             self._socket_dir = tempfile.mkdtemp(prefix="plugbay-tc-")
             gid = prepare_socket_dir(self._socket_dir)
             self.with_volume_mapping(self._socket_dir, CONTAINER_SOCKET_DIR, "rw")
-            for key in (ENV_UNIX_SOCKET_DIR, "TMPDIR"):
-                self.with_env(key, CONTAINER_SOCKET_DIR)
-            self.with_env(ENV_UNIX_SOCKET_GROUP, str(gid))
-            extra.update(network_mode="none", group_add=[str(gid)])
-        self._kwargs = {**extra, **self._kwargs}
+        # the same environment and engine arguments as DockerRunner's
+        env, args = transport_settings(self.transport, self.container_port, gid)
+        for key, value in env.items():
+            self.with_env(key, value)
+        # testcontainers publishes ports itself (docker-py accepts an (ip, port) tuple;
+        # testcontainers' annotation is narrower)
+        self.ports.update(args.pop("ports", {}))
+        self._kwargs = {**extra, **args, **self._kwargs}
 
     def start(self) -> PluginContainer:
         try:
@@ -116,8 +115,6 @@ class PluginContainer(DockerContainer):
     def get_client(self) -> Client:
         """The connected plugbay Client of this plugin (one per container; stop() kills it)."""
         if self._client is None:
-            import plugbay.runners.docker.runner  # noqa: F401 - registers the DockerRunner reattacher
-
             client = Client(ClientConfig(handshake=self.handshake_config, plugins=self.plugins,
                                          versioned_plugins=self.versioned_plugins, reattach=self.reattach_config(),
                                          start_timeout=self.start_timeout, call_timeout=self.call_timeout))

@@ -10,13 +10,14 @@ Both sides hold one long-lived ``plugin.GRPCBroker/StartStream`` bidi stream
 * multiplexed mode (PLUGIN_MULTIPLEX_GRPC): brokered connections travel as
   yamux streams inside the one connection to the plugin's announced address;
   the dialer *knocks* (``ConnInfo.knock``) so the other side routes its next
-  incoming stream to the server of that id. See plugbay.core.transport.mux.
+  incoming stream to the server of that id. The broker owns the knock
+  protocol; plugbay.core.transport.mux only routes and opens streams.
 
 AutoMTLS applies to brokered connections as in current go-plugin: the serving
 side presents its certificate and requires the peer's, the dialing side
 presents its own and verifies the peer's. Where the peer's certificate is one
-grpcio cannot handshake with (a Go peer's P-521), TLS runs through
-plugbay.core.transport.relay instead.
+grpcio cannot handshake with (a Go peer's P-521), TLS runs through the
+OpenSSL relay instead (decided in plugbay.core.transport.secure).
 """
 
 from __future__ import annotations
@@ -29,24 +30,21 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
+from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
 from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.transport import relay as tlsrelay
-from plugbay.core.broker.channels import (_CHANNEL_OPTIONS, _TLS_OPTIONS, BrokeredChannel, _bind, _Served,
-                                     _share_socket, _stop_served, _target, _unlink)
+from plugbay.core.transport.mux import MuxSession, StreamBridge
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
+from plugbay.core.transport.secure import dial as secure_dial
+from plugbay.core.transport.yamux import Stream
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
-from plugbay.runners.base import AttachedRunner
-
-if TYPE_CHECKING:
-    from plugbay.core.transport.mux import MuxSession
 
 log = logging.getLogger("plugbay.broker")
 
@@ -54,6 +52,13 @@ DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
 _ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
 _SERVER_WORKERS = 16
 
+
+class AddressTranslator(Protocol):
+    """Maps addresses across the runner's boundary (a Runner on the host side)."""
+
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]: ...
+
+    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class BrokerTransport:
     tls: tlsmod.CertKey | None = None
     peer_cert_pem: bytes | None = None
     socket_dir: str | None = None
-    translator: AttachedRunner | None = None
+    translator: AddressTranslator | None = None
     multiplex: bool = False
     mux: MuxSession | None = None
 
@@ -97,13 +102,15 @@ class GRPCBroker:
         self._send_q: queue.Queue[pb.ConnInfo | None] | None = None
         self._lost: str | None = None
         self._closed = False
-        self._served: list[_Served] = []
+        self._served: list[Served] = []
         self._channels: list[BrokeredChannel] = []
         self._cleanup: list[Callable[[], None]] = []
         self._threads: list[threading.Thread] = []
-        self._call: Any = None
+        self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._private_dir: str | None = None
-        self._mux_ids: set[int] = set()
+        self._early_knocks: set[int] = set()  # knocked before accept_and_serve
+        self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
+                     if transport.tls is not None and transport.peer_cert_pem is not None else None)
 
     # ------------------------------------------------------------- public API
 
@@ -118,8 +125,8 @@ class GRPCBroker:
         self._check_open()
         executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
                                       thread_name_prefix=f"plugbay-brokered-{id}")
-        server = grpc.server(executor, options=_CHANNEL_OPTIONS)
-        served = _Served(id, server, executor, [])
+        server = grpc.server(executor, options=CHANNEL_OPTIONS)
+        served = Served(id, server, executor, [])
         try:
             register(server)
             if self.transport.multiplex:
@@ -127,7 +134,7 @@ class GRPCBroker:
             else:
                 self._serve_per_connection(id, served)
         except BaseException:
-            _stop_served(served)
+            stop_served(served)
             raise
         with self._cond:
             self._served.append(served)
@@ -142,7 +149,7 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            _stop_served(served)
+            stop_served(served)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.
@@ -174,12 +181,12 @@ class GRPCBroker:
             send_q = self._send_q
         if send_q is not None:
             send_q.put(None)
-        if self._call is not None:
-            self._call.cancel()
+        if self.call is not None:
+            self.call.cancel()
         for ch in channels:
             ch.close()
         for s in served:
-            _stop_served(s)
+            stop_served(s)
         for func in reversed(cleanup):
             func()
         for t in list(self._threads):
@@ -198,8 +205,20 @@ class GRPCBroker:
         return self._lost
 
     # ------------------------------------------------------- stream plumbing
+    # Called by the StartStream side (plugbay.core.broker.stream): one stream at a
+    # time feeds receive() and drains the send queue it attached.
 
-    def _attach(self, send_q: queue.Queue[pb.ConnInfo | None]) -> None:
+    def start_reader(self, reader: threading.Thread) -> bool:
+        """Start the stream's reader thread unless the broker is closed (close() joins it)."""
+        with self._cond:  # close() joins _threads: never let it see an unstarted one
+            if self._closed:
+                return False
+            self._threads.append(reader)
+            reader.start()
+            return True
+
+
+    def attach_stream(self, send_q: queue.Queue[pb.ConnInfo | None]) -> None:
         with self._cond:
             old = self._send_q
             self._send_q = send_q
@@ -210,7 +229,7 @@ class GRPCBroker:
         if old is not None:
             old.put(None)
 
-    def _detach(self, send_q: queue.Queue[pb.ConnInfo | None], reason: str) -> None:
+    def detach_stream(self, send_q: queue.Queue[pb.ConnInfo | None], reason: str) -> None:
         with self._cond:
             if self._send_q is not send_q:
                 return  # a newer stream took over
@@ -230,7 +249,7 @@ class GRPCBroker:
                 return
             self._send_q.put(msg)
 
-    def _receive(self, msg: pb.ConnInfo) -> None:
+    def receive(self, msg: pb.ConnInfo) -> None:
         if msg.HasField("knock") and msg.knock.knock and not msg.knock.ack:
             self._on_knock(msg)
             return
@@ -280,35 +299,20 @@ class GRPCBroker:
 
     # ------------------------------------------------------- per-connection
 
-    def _private_path(self, stem: str) -> str:
+    def _private_dir_path(self) -> str:
         with self._cond:
             if self._private_dir is None:
                 self._private_dir = tempfile.mkdtemp(prefix="plugbay-broker-")
-        return os.path.join(self._private_dir, f"{stem}-{secrets.token_hex(4)}.sock")
+            return self._private_dir
 
     def _public_path(self) -> str:
         folder = self.transport.socket_dir or tempfile.gettempdir()
         return os.path.join(folder, f"plugin{secrets.token_hex(5)}")
 
-    def _needs_relay(self) -> bool:
-        peer = self.transport.peer_cert_pem
-        return self.transport.tls is not None and peer is not None and not tlsmod.grpc_can_use(peer)
-
-    def _serve_per_connection(self, id: int, served: _Served) -> None:
+    def _serve_per_connection(self, id: int, served: Served) -> None:
         path = self._public_path()
-        own, peer = self.transport.tls, self.transport.peer_cert_pem
-        if own is not None and peer is not None and self._needs_relay():
-            private = self._private_path(f"srv{id}")
-            _bind(served.server, private, None)
-            served.server.start()
-            relay = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", path), ("unix", private),
-                                      tlsmod.server_context(own, peer), "terminate")
-            served.cleanup.append(relay.close)
-        else:
-            _bind(served.server, path, _server_creds(self.transport))
-            served.server.start()
-            served.cleanup.append(lambda: _unlink(path))
-        _share_socket(path)
+        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
+        share_socket(path)
         network, address = "unix", path
         if self.transport.translator is not None:
             network, address = self.transport.translator.host_to_plugin(network, address)
@@ -317,30 +321,17 @@ class GRPCBroker:
     def _channel_to(self, network: str, address: str,
                     cleanup: list[Callable[[], None]] | None = None) -> grpc.Channel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
-        own, peer = self.transport.tls, self.transport.peer_cert_pem
         undo = cleanup if cleanup is not None else []
         try:
-            if own is not None and peer is not None and self._needs_relay():
-                relay = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", self._private_path("dial")),
-                                          (network, address), tlsmod.client_context(own, peer), "originate")
-                undo.append(relay.close)
-                network, address = relay.address
-                raw = grpc.insecure_channel(_target(network, address), options=_CHANNEL_OPTIONS)
-            elif network not in ("unix", "tcp"):
+            if network not in ("unix", "tcp"):
                 raise BrokerError(f"broker announced unknown network {network!r} at {address!r};"
                                   " go-plugin brokers over 'unix' or 'tcp' only")
-            elif own is None or peer is None:
-                raw = grpc.insecure_channel(_target(network, address), options=_CHANNEL_OPTIONS)
-            else:
-                creds = grpc.ssl_channel_credentials(root_certificates=peer, private_key=own.key_pem,
-                                                     certificate_chain=own.cert_pem)
-                raw = grpc.secure_channel(_target(network, address), creds,
-                                          options=_CHANNEL_OPTIONS + _TLS_OPTIONS)
+            secured = secure_dial(network, address, self._tls, self._private_dir_path())
         except BaseException:
             for func in reversed(undo):
                 func()
             raise
-        channel = BrokeredChannel(raw, undo, self._untrack)
+        channel = BrokeredChannel(secured.channel, [*undo, *secured.cleanup], self._untrack)
         with self._cond:
             closed = self._closed
             if not closed:
@@ -356,121 +347,69 @@ class GRPCBroker:
                 self._channels.remove(channel)
 
     # ----------------------------------------------------------- multiplexed
+    # Knock-and-open is serialised per side (go-plugin's dialMutex), so the peer
+    # routes streams in knock order; on the plugin side un-knocked streams go to
+    # the main gRPC server, on the host side they are refused.
 
-    def _serve_multiplexed(self, id: int, served: _Served) -> None:
-        from plugbay.core.transport import mux
+    def _mux(self) -> MuxSession:
+        mux = self.transport.mux
+        assert mux is not None
+        return mux
 
-        mux.serve_multiplexed(self, id, served.server, served.cleanup)
-
-    def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
-        from plugbay.core.transport import mux
-
-        return mux.dial_multiplexed(self, id, timeout)
+    def _serve_multiplexed(self, id: int, served: Served) -> None:
+        mux = self._mux()
+        path = private_socket(self._private_dir_path(), f"mux{id}")
+        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
+        served.cleanup.append(lambda: mux.forget(id))
+        mux.expect(id, ("unix", path))
+        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
+        with self._cond:
+            early = id in self._early_knocks
+            self._early_knocks.discard(id)
+        if early:
+            self._ack(id)
 
     def _on_knock(self, msg: pb.ConnInfo) -> None:
-        from plugbay.core.transport import mux
+        mux = self.transport.mux
+        if mux is None:
+            self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
+                knock=True, ack=True, error="this side does not multiplex brokered connections")))
+            return
+        if not mux.serves(msg.service_id):
+            with self._cond:
+                self._early_knocks.add(msg.service_id)
+            return
+        self._ack(msg.service_id)
 
-        mux.on_knock(self, msg)
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _server_creds(transport: BrokerTransport) -> grpc.ServerCredentials | None:
-    if transport.tls is None or transport.peer_cert_pem is None:
-        return None
-    return grpc.ssl_server_credentials([(transport.tls.key_pem, transport.tls.cert_pem)],
-                                       root_certificates=transport.peer_cert_pem,
-                                       require_client_auth=True)
-
-
-# ---------------------------------------------------------------- factories
-
-
-class _BrokerServicer(pb_grpc.GRPCBrokerServicer):
-    def __init__(self, broker: GRPCBroker) -> None:
-        self._broker = broker
-
-    def StartStream(self, request_iterator: Iterator[pb.ConnInfo],
-                    context: grpc.ServicerContext) -> Iterator[pb.ConnInfo]:
-        broker = self._broker
-        send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
-        context.add_callback(lambda: send_q.put(None))
-
-        def receive() -> None:
-            reason = "the host ended the stream"
-            try:
-                for msg in request_iterator:
-                    broker._receive(msg)
-            except grpc.RpcError as exc:
-                reason = f"stream error: {exc}"
-            except Exception as exc:  # a bad message must not kill the stream silently
-                reason = f"broker failure: {exc!r}"
-                log.exception("broker stream receive failed")
-            broker._detach(send_q, reason)
-            send_q.put(None)
-
-        reader = threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True)
-        with broker._cond:  # close() joins _threads: never let it see an unstarted one
-            if broker._closed:
-                return
-            broker._threads.append(reader)
-            broker._attach(send_q)
-            reader.start()
-        while True:
-            item = send_q.get()
-            if item is None:
-                break
-            yield item
-        broker._detach(send_q, "the plugin's broker stream ended")
-
-
-def plugin_broker(server: grpc.Server, transport: BrokerTransport,
-                  dial_timeout: float = DEFAULT_DIAL_TIMEOUT) -> GRPCBroker:
-    """Plugin side: register the GRPCBroker service on ``server`` (not yet started).
-
-    The stream starts when the host calls StartStream; announcements made
-    before that are queued. The server needs a worker thread for the stream.
-    """
-    broker = GRPCBroker(transport, "plugin", dial_timeout)
-    pb_grpc.add_GRPCBrokerServicer_to_server(_BrokerServicer(broker), server)  # type: ignore[no-untyped-call]
-    return broker
-
-
-def host_broker(channel: grpc.Channel, transport: BrokerTransport,
-                dial_timeout: float = DEFAULT_DIAL_TIMEOUT) -> GRPCBroker:
-    """Host side: open the StartStream on ``channel`` and broker over it."""
-    broker = GRPCBroker(transport, "host", dial_timeout)
-    send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
-
-    def requests() -> Iterator[pb.ConnInfo]:
-        while True:
-            item = send_q.get()
-            if item is None:
-                return
-            yield item
-
-    # No deadline: the stream lives as long as the plugin (go-plugin does the same).
-    stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.StartStream(requests(), timeout=None)
-    broker._call = call
-    broker._attach(send_q)
-
-    def receive() -> None:
-        reason = "the plugin ended the stream"
+    def _ack(self, id: int) -> None:
+        error = self._mux().accept_knock(id)
         try:
-            for msg in call:
-                broker._receive(msg)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            reason = f"stream failed with {code}: {exc.details() if hasattr(exc, 'details') else exc}"
-        except Exception as exc:
-            reason = f"broker failure: {exc!r}"
-            log.exception("broker stream receive failed")
-        broker._detach(send_q, reason)
-        send_q.put(None)
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
+        except BrokerClosedError:
+            pass
 
-    reader = threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True)
-    broker._threads.append(reader)
-    reader.start()
-    return broker
+    def _knock_and_open(self, id: int, timeout: float) -> Stream:
+        mux = self._mux()
+        with mux.dial_lock:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
+            assert isinstance(ack, pb.ConnInfo)
+            if not ack.knock.ack:
+                raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
+                                  f" got {ack.knock}; the peer speaks a different broker protocol")
+            if ack.knock.error:
+                raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
+                                  " must call accept_and_serve with this id first")
+            return mux.open_stream()
+
+    def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
+        # each connection the channel makes is one knocked stream (gRPC may reconnect)
+        first = self._knock_and_open(id, timeout)
+        path = private_socket(self._private_dir_path(), f"dial{id}")
+        bridge = StreamBridge(self._mux(), path, first, lambda: self._knock_and_open(id, timeout),
+                              name=f"plugbay-mux-dial-{id}")
+        with self._cond:  # started under the lock: close() must never join an unstarted thread
+            self._threads[:] = [t for t in self._threads if t.is_alive()]
+            self._threads.append(bridge.thread)  # close() joins it
+            bridge.thread.start()
+        return self._channel_to("unix", path, [bridge.stop])

@@ -1,4 +1,4 @@
-"""Plumbing of brokered connections: gRPC options, sockets, served servers, dialed channels."""
+"""Plumbing of brokered connections: served servers, dialed channels, socket sharing."""
 
 from __future__ import annotations
 
@@ -12,24 +12,15 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.protocol import tls as tlsmod
-from plugbay.errors import BrokerError
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
+from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.errors import ConfigError
 
 log = logging.getLogger("plugbay.broker")
 
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.max_send_message_length", 2**31 - 1),
-]
-_TLS_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.ssl_target_name_override", tlsmod.HOSTNAME),
-    ("grpc.default_authority", tlsmod.HOSTNAME),
-]
-
 
 @dataclass
-class _Served:
+class Served:
     id: int
     server: grpc.Server
     executor: ThreadPoolExecutor
@@ -86,50 +77,25 @@ class BrokeredChannel(grpc.Channel):  # type: ignore[misc]
         self.close()
 
 
-def _target(network: str, address: str) -> str:
-    return f"unix:{address}" if network == "unix" else address
-
-
-def _bind(server: grpc.Server, path: str, creds: grpc.ServerCredentials | None) -> None:
-    target = f"unix:{path}"
-    try:
-        bound = server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
-    except RuntimeError:  # grpcio >= 1.4x raises instead of returning 0
-        bound = 0
-    if bound == 0:
-        raise BrokerError(f"could not listen on unix socket {path!r}; check that its folder"
-                          " exists, is writable, and the path is under 108 bytes")
-
-
-def _share_socket(path: str) -> None:
+def share_socket(path: str) -> None:
     """Let the socket folder's group connect, as go-plugin does with a socket group.
 
     A folder shared with a container user is setgid (sockets inherit its
     group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly.
     """
-    import grp
     import stat
 
     group = os.environ.get(ENV_UNIX_SOCKET_GROUP, "")
     try:
-        shared = bool(os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID)
         if group:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-            os.chown(path, -1, gid)
-        if group or shared:
-            os.chmod(path, 0o660)
-    except (OSError, KeyError) as exc:
+            give_to_group(path, group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to a group name or gid"), 0o660)
+        elif os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
+            os.chmod(path, 0o660)  # sockets inherit a setgid folder's group
+    except (OSError, ConfigError) as exc:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _stop_served(served: _Served) -> None:
+def stop_served(served: Served) -> None:
     served.server.stop(grace=1.0).wait(timeout=10)
     for func in reversed(served.cleanup):
         func()

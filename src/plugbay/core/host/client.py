@@ -23,9 +23,10 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, host_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
-from plugbay.core.host.connect import Connection, dial, wait_healthy
+from plugbay.core.host.connect import dial, wait_healthy
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
@@ -39,12 +40,13 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import launch_env, read_handshake, share_with_group
 from plugbay.core.host.logs import LogPump
 from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
-from plugbay.runners.process import ProcessRunner, resolve_executable
+from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
 # Started, not yet killed: plugins run in their own session, so they would
@@ -85,7 +87,7 @@ class Client:
         if config.cmd is not None:
             self._runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
         self.name: str = str(config.name or (config.reattach.name if config.reattach else
-                                             getattr(self._runner, "name", "plugin")))
+                                             self._runner.name if self._runner else "plugin"))
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
@@ -95,7 +97,7 @@ class Client:
         self._info: HandshakeInfo | None = None
         self._announced: HandshakeInfo | None = None
         self._version: int | None = None
-        self._conn: Connection | None = None
+        self._conn: SecureChannel | None = None
         self._channel: ManagedChannel | None = None
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
@@ -143,7 +145,7 @@ class Client:
     @property
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
-        conn: Connection = self._need(self._conn, "connection_mode")
+        conn: SecureChannel = self._need(self._conn, "connection_mode")
         return conn.mode
 
     def stderr_tail(self) -> list[str]:
@@ -216,15 +218,7 @@ class Client:
         secure = self.config.secure_config
         if secure is None:
             return
-        if isinstance(runner, ProcessRunner):
-            env = {**runner.env} if runner.skip_host_env else None
-            secure.check(resolve_executable(runner.cmd[0], env))
-            return
-        check = getattr(runner, "check_secure_config", None)
-        if check is None:
-            raise ConfigError(f"secure_config is not supported by runner {type(runner).__name__};"
-                              " drop it or use a runner that can verify what it starts")
-        check(secure)
+        runner.check_secure_config(secure)
 
     def _accept(self, info: HandshakeInfo) -> None:
         if info.app_version not in self._versions:

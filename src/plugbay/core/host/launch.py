@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import ConfigError, HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import HandshakeTimeoutError, PluginExitedError
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -23,6 +23,7 @@ from plugbay.core.protocol.handshake import (
 )
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.tls import CertKey
+from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.runners.base import Runner
 
 _log = logging.getLogger("plugbay.client")
@@ -53,16 +54,8 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
 
 def share_with_group(path: str, group: str | int) -> None:
     """Make the private socket dir usable by ``group`` (0770), as go-plugin's setGroupWritable."""
-    import grp
-    import os
-
-    try:
-        gid = int(group) if str(group).isdigit() else grp.getgrnam(str(group)).gr_gid
-    except KeyError:
-        raise ConfigError(f"unix_socket_group {group!r} is not a group on this host; give a group"
-                          " name or numeric gid") from None
-    os.chown(path, -1, gid)
-    os.chmod(path, 0o770)
+    give_to_group(path, group_id(group, "give ClientConfig(unix_socket_group=) a group name or numeric gid"),
+                  0o770)
 
 
 def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, start_timeout: float,
@@ -113,11 +106,7 @@ def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, st
         if item is _EOF:
             code = runner.wait(2.0)
             logs.join(2.0)
-            from plugbay.runners.process import ProcessRunner
-
-            # the process runner's diagnosis would only repeat the stderr tail
-            detail = "" if isinstance(runner, ProcessRunner) else runner.diagnose()
-            raise PluginExitedError(name, code, logs.tail()[-20:], detail)
+            raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, item)
         return parse_handshake_line(item)

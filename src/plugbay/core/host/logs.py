@@ -15,7 +15,6 @@ plugbay.core.transport.lines.MAX_LINE (64 KiB) is cut with a ``…[truncated N b
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -23,50 +22,10 @@ from typing import Any
 
 from plugbay.core.transport.lines import cap_line
 
-TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
-
-_LEVELS = {
-    "trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-    "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
-}
-_PREFIXES = (("[TRACE]", TRACE), ("[DEBUG]", logging.DEBUG), ("[INFO]", logging.INFO),
-             ("[WARN]", logging.WARNING), ("[ERROR]", logging.ERROR))
-_RESERVED = ("@level", "@message", "@module", "@timestamp", "@caller")
-
+from plugbay.core.protocol.hclog import PREFIXES, parse_hclog
 
 def plugin_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"plugbay.plugin.{name}")
-
-
-def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
-    """(level, message, extra) for an hclog JSON line, None for anything else."""
-    if not line.startswith("{"):
-        return None
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or "@message" not in entry:
-        return None
-    level = _LEVELS.get(str(entry.get("@level", "")).lower())
-    if level is None:
-        return None  # JSON, but not hclog's: go-plugin shows it verbatim
-    fields = {k: v for k, v in entry.items() if k not in _RESERVED}
-    extra = {
-        "plugin_module": entry.get("@module", ""),
-        "plugin_fields": fields,
-        "plugin_timestamp": entry.get("@timestamp", ""),
-    }
-    message = str(entry["@message"])
-    if fields:
-        message += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-    return level, message, extra
-
-
-def _fmt(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return json.dumps(text) if (" " in text or not text) else text
 
 
 class LogPump:
@@ -124,7 +83,7 @@ class LogPump:
             self.raw_sink(line)
             return
         level = logging.INFO
-        for prefix, prefix_level in _PREFIXES:
+        for prefix, prefix_level in PREFIXES:
             if line.startswith(prefix):
                 level = prefix_level
                 break

@@ -8,8 +8,8 @@ this interceptor lets at most ``max_workers`` of the plugin's handlers run at
 once. A handler that outlives the host's deadline keeps its slot until it
 returns; once every slot is taken, a new call to the plugin's services is
 refused at once with RESOURCE_EXHAUSTED (blocking it would hold one of the
-reserved threads). Health, GRPCController, GRPCStdio and GRPCBroker pass the
-gate, so the host's health checks and Shutdown answer whatever the plugin's
+reserved threads). Health, GRPCController, GRPCStdio, GRPCBroker and (network
+mode) Discovery pass the gate, so the host's health checks and Shutdown answer whatever the plugin's
 handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike,
 so it cannot reserve anything for health.)
 """
@@ -27,7 +27,7 @@ import grpc
 RESERVED = 16
 DEFAULT_MAX_WORKERS = 32
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
-                    "/plugin.GRPCBroker/")
+                    "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
 
 class HandlerGate(grpc.ServerInterceptor):  # type: ignore[misc]

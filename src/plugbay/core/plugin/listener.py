@@ -39,7 +39,8 @@ import grpc
 
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
-from plugbay.core.transport.relay import TLSRelay, listener_address, open_listener
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.sockets import give_to_group, group_id, listener_address, open_listener, unlink_quietly
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
@@ -283,7 +284,7 @@ def _check_unix_path(path: str) -> None:
     try:
         probe.connect(path)
     except OSError:
-        _unlink(path)  # left by a process that is gone (a crashed plugin in a fixed-path setup)
+        unlink_quietly(path)  # left by a process that is gone (a crashed plugin in a fixed-path setup)
         return
     finally:
         probe.close()
@@ -294,7 +295,7 @@ def _check_unix_path(path: str) -> None:
 def _own_unix(endpoint: Endpoint, result: Listening) -> None:
     path = endpoint.address
     if endpoint.owned_path:
-        result._cleanups.append(lambda: _unlink(path))
+        result._cleanups.append(lambda: unlink_quietly(path))
     if endpoint.socket_group:
         _set_group_writable(path, endpoint.socket_group)
     elif os.stat(os.path.dirname(path) or ".").st_mode & stat.S_ISGID:
@@ -304,25 +305,8 @@ def _own_unix(endpoint: Endpoint, result: Listening) -> None:
 
 
 def _set_group_writable(path: str, group: str) -> None:
+    gid = group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to an existing group name or gid")
     try:
-        gid = int(group)
-    except ValueError:
-        import grp
-
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError(f"failed to find gid from {group!r}: no such group; set"
-                              f" {ENV_UNIX_SOCKET_GROUP} to an existing group name or gid") from None
-    try:
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
+        give_to_group(path, gid, 0o660)
     except OSError as exc:
         raise ConfigError(f"couldn't give unix socket {path} to group {group}: {exc}") from None
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -21,25 +21,11 @@ import logging
 import threading
 from typing import IO, Any
 
-TRACE = 5
-if logging.getLevelName(TRACE) != "TRACE":
-    logging.addLevelName(TRACE, "TRACE")
+from plugbay.core.protocol.hclog import hclog_level
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "taskName"}
-
-
-def hclog_level(levelno: int) -> str:
-    if levelno < logging.DEBUG:
-        return "trace"
-    if levelno < logging.INFO:
-        return "debug"
-    if levelno < logging.WARNING:
-        return "info"
-    if levelno < logging.ERROR:
-        return "warn"
-    return "error"
 
 
 class HclogFormatter(logging.Formatter):

@@ -22,6 +22,7 @@ Every setup failure prints one clear message on stderr and exits with 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -37,7 +38,9 @@ import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker, plugin_broker
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import plugin_broker
+from plugbay.core.transport.secure import MutualTLS
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
@@ -54,6 +57,8 @@ from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
+from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery
+from plugbay.core.plugin.network import bind as bind_network
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.plugin.logs import HclogHandler
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
@@ -86,6 +91,7 @@ class ServeConfig:
     # The plugin's own handlers that may run at once (each holds a thread); more are refused
     # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
     max_workers: int = DEFAULT_MAX_WORKERS
+    network: NetworkServe | None = None  # serve on the network over provided mTLS (plugin/network.py)
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
@@ -101,6 +107,8 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
         sets[config.handshake.protocol_version] = config.plugins
     if not sets:
         return config.handshake.protocol_version, {}
+    if config.network is not None and not host_versions:
+        return max(sets), sets[max(sets)]  # no host told us its versions: offer the newest
     for version in sorted(sets, reverse=True):
         if version in host_versions:
             return version, sets[version]
@@ -111,10 +119,18 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
 def serve(config: ServeConfig) -> None:
     """Serve the plugins until the host shuts us down. Exits the process (1) on setup errors."""
     env = dict(os.environ)
+    if config.network is None:
+        try:
+            network = NetworkServe.from_env(env)
+        except PlugbayError as exc:
+            _fail(f"{exc}\n")
+        if network is not None:
+            config = dataclasses.replace(config, network=network)
     handshake = config.handshake
     if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
         _fail(MISCONFIGURED_MESSAGE)
-    if env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
+    # On the network no host launches us (nobody sets the cookie): mTLS is the gate there.
+    if config.network is None and env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
         _fail(COOKIE_MESSAGE)
     if not isinstance(config.max_workers, int) or config.max_workers < 1:
         _fail(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
@@ -193,19 +209,26 @@ class _PluginServer:
         # Handlers first: a SIGTERM during setup must still clean up (socket file included).
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
-        own, peer_pem, credentials, relay_ctx = self._tls()
-        multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
         self.grpc = grpc.server(self.executor, options=options, interceptors=[self.gate])
-        self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
-                                relay_context=relay_ctx, multiplex=multiplex_asked)
+        network = self.config.network
+        if network is not None:
+            own, peer_pem = None, None
+            kind, address, _ = bind_network(self.grpc, network)
+            self.listening = Listening(kind, address, False)
+            add_discovery(DiscoveryServicer([(version, sorted(plugin_set))]), self.grpc)
+        else:
+            own, peer_pem, credentials, relay_ctx = self._tls()
+            multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
+            self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
+                                    relay_context=relay_ctx, multiplex=multiplex_asked)
         transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
                                     socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
                                     multiplex=self.listening.multiplex, mux=self.listening.mux)
         self.broker = plugin_broker(self.grpc, transport)
         add_health(self.health, self.grpc)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(self.stop), self.grpc)
+            _Controller(self._shutdown_asked), self.grpc)
         add_stdio(StdioServicer(self.capture), self.grpc)
         for name, plugin in plugin_set.items():
             if not isinstance(plugin, GRPCPlugin):
@@ -226,7 +249,16 @@ class _PluginServer:
         if sys.stdout is not None:
             sys.stdout.flush()
         os.write(1, (info.to_line() + "\n").encode())
-        self.capture.start()
+        if network is None:  # on the network stdout/stderr are the service's own log
+            self.capture.start()
+
+    def _shutdown_asked(self) -> None:
+        network = self.config.network
+        if network is not None and not network.allow_shutdown:
+            self.log.warning("GRPCController.Shutdown ignored: this plugin is a shared network service"
+                             " (NetworkServe.allow_shutdown=False); stop it with SIGTERM")
+            return
+        self.stop()
 
     def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
                             Any]:
@@ -240,13 +272,10 @@ class _PluginServer:
         except ConfigError:
             raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
                               " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
-        own = tlsmod.generate_cert()
-        if tlsmod.grpc_can_use(peer_pem):
-            creds = grpc.ssl_server_credentials([(own.key_pem, own.cert_pem)], root_certificates=peer_pem,
-                                                require_client_auth=True)
-            return own, peer_pem, creds, None
-        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS in front of gRPC.
-        return own, peer_pem, None, tlsmod.server_context(own, peer_pem)
+        mutual = MutualTLS(tlsmod.generate_cert(), peer_pem)
+        if mutual.needs_relay:  # a go-plugin host's P-521 certificate: OpenSSL terminates TLS
+            return mutual.own, peer_pem, None, mutual.relay_server_context()
+        return mutual.own, peer_pem, mutual.server_credentials(), None
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -260,7 +289,7 @@ class _PluginServer:
         self.stop()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.env.get(ENV_LISTEN):
+        if self.env.get(ENV_LISTEN) or self.config.network is not None:
             self.log.debug("plugin received SIGINT, stopping")
             self.stop()
         else:

@@ -8,15 +8,12 @@ are :class:`CallLayer` objects chained into that one hook.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.errors import ConfigError
-
-if TYPE_CHECKING:
-    from plugbay.core.resilience.retry import RetryPolicy
 
 Attempt = Callable[[float | None], Any]
 
@@ -66,7 +63,7 @@ def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None],
     return hook
 
 
-def install(target: Any, *, retry: RetryPolicy | None = None, breaker: CallLayer | None = None) -> None:
+def install(target: Any, *, retry: CallLayer | None = None, breaker: CallLayer | None = None) -> None:
     """Apply ``retry`` and ``breaker`` to every unary call on a Client's (or ManagedChannel's) channel.
 
     Retry is the outer layer, so each attempt passes the breaker: an open

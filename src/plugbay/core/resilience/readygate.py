@@ -10,39 +10,53 @@ the RetryPolicy's decision, since only it knows whether the call may be repeated
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
 from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError
+from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import Attempt
 
-if TYPE_CHECKING:
-    from plugbay.core.host.client import Client
-    from plugbay.core.resilience.supervisor import Supervisor
 
 
 def _gone(client: Client) -> bool:
     """Has the plugin exited? Cheap enough for every call, and never blocks."""
-    if client.exited:
-        return True
-    pid = getattr(client.runner, "pid", None)
-    if isinstance(pid, int):
-        # A local process: /proc shows a zombie at once, while runner.wait(0) may report
-        # "running" when another thread is polling the same child at that moment.
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return True
-        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"Z", b"X")
-    return client.runner.wait(0) is not None
+    return client.exited or client.runner.has_exited()
+
+
+class Restarter(Protocol):
+    """What the gate needs of its Supervisor (plugbay.core.resilience.supervisor)."""
+
+    name: str
+    restarts: int
+    last_failure: str | None
+
+    @property
+    def call_timeout(self) -> float | None: ...
+
+    @property
+    def max_restarts(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def current_client(self) -> Client | None: ...
+
+    def wait_running(self, timeout: float) -> bool: ...
+
+    def channel_generation(self) -> int: ...
+
+    def changed_since(self, generation: int, timeout: float) -> bool: ...
+
+    def raise_if_failed(self) -> None: ...
 
 
 class ReadyGate:
     """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Restarter) -> None:
         self._sup = sup
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
@@ -50,7 +64,7 @@ class ReadyGate:
         if timeout is None:
             timeout = sup.call_timeout  # the wait for a restart is bounded like a call
         deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(sup.restart_policy.max_restarts + 2):
+        for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             self._wait_running(method, remaining, timeout)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)

@@ -1,4 +1,4 @@
-"""Multiplexed brokering (PLUGIN_MULTIPLEX_GRPC), as go-plugin's internal/grpcmux.
+"""The multiplexed connection (PLUGIN_MULTIPLEX_GRPC), as go-plugin's internal/grpcmux.
 
 The host opens ONE connection to the plugin's announced address and runs a
 yamux session over it (plugbay.core.transport.yamux). The plugin's main gRPC
@@ -6,13 +6,11 @@ connection is a stream of that session; so is every brokered connection,
 in either direction, so brokering works wherever the main address works: a
 unix socket in a bind mount, a published port, a port-forward.
 
-Before opening a brokered stream the dialer *knocks* on the broker stream
-(``ConnInfo{service_id, knock{knock: true}}``); the side serving that id
-answers ``knock{knock: true, ack: true, error}`` after arranging that the
-next stream the peer opens goes to that id's server. Knock-and-open is
-serialised per side (go-plugin's dialMutex), so streams cannot be mixed up.
-On the plugin side streams that arrive without a knock go to the main gRPC
-server; on the host side they are refused.
+This module only routes and opens streams; the broker (plugbay.core.broker)
+owns the knock protocol and tells a MuxSession, through ``expect``,
+``forget``, ``accept_knock``, ``open_stream`` and ``connect_local``, where the
+peer's next stream goes. On the plugin side streams that arrive without a
+knock go to the main gRPC server; on the host side they are refused.
 """
 
 from __future__ import annotations
@@ -25,18 +23,10 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-import grpc
-
-from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.transport import relay as tlsrelay
-from plugbay.errors import BrokerClosedError, BrokerError
+from plugbay.core.transport import sockets
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed, bridge
-
-if TYPE_CHECKING:
-    from plugbay.core.broker.broker import GRPCBroker
+from plugbay.errors import BrokerClosedError, PlugbayError
 
 log = logging.getLogger("plugbay.mux")
 
@@ -73,7 +63,7 @@ class MuxSession:
             stream.reset()
             return
         try:
-            conn = tlsrelay.dial(*target, timeout=2.0)
+            conn = sockets.dial(*target, timeout=2.0)
             conn.settimeout(None)
         except OSError as exc:
             log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
@@ -155,14 +145,14 @@ class PluginFront(MuxSession):
         super().__init__("plugin-mux")
         self.default_target = target
         self._listener = listener
-        self.address = tlsrelay.listener_address(listener)
+        self.address = sockets.listener_address(listener)
         listener.settimeout(_POLL)
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-accept", daemon=True)
         self._acceptor.start()
 
     def _accept(self) -> None:
         # go-plugin accepts one connection; plugbay takes a new one only once the old one is gone.
-        for conn in tlsrelay.accept_each(self._listener, lambda: self._closed):
+        for conn in sockets.accept_each(self._listener, lambda: self._closed):
             with self._lock:
                 live = self._session is not None and not self._session.closed
             if live:
@@ -175,7 +165,7 @@ class PluginFront(MuxSession):
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
-        tlsrelay.close_listener(self._listener)
+        sockets.close_listener(self._listener)
 
 
 class HostMux(MuxSession):
@@ -190,7 +180,7 @@ class HostMux(MuxSession):
         self._attach(self._dial())
         self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
         path = os.path.join(self._dir, "main.sock")
-        self._listener = tlsrelay.open_listener("unix", path)
+        self._listener = sockets.open_listener("unix", path)
         os.chmod(path, 0o600)
         self._listener.settimeout(_POLL)
         self.local_address = ("unix", path)
@@ -198,7 +188,7 @@ class HostMux(MuxSession):
         self._acceptor.start()
 
     def _dial(self) -> Session:
-        conn = tlsrelay.dial(*self._target, self._timeout)
+        conn = sockets.dial(*self._target, self._timeout)
         conn.settimeout(None)
         return Session(conn, client=True, on_stream=self._on_stream, name="mux-host")
 
@@ -226,11 +216,11 @@ class HostMux(MuxSession):
                                         f" ({session.close_reason}) and cannot be made again: {exc}") from exc
 
     def _accept(self) -> None:
-        for conn in tlsrelay.accept_each(self._listener, lambda: self._closed):
+        for conn in sockets.accept_each(self._listener, lambda: self._closed):
             try:
                 conn.settimeout(None)
                 self.connect_local(conn, self.open_stream())
-            except BrokerError:
+            except PlugbayError:
                 conn.close()
 
     def _close_extra(self) -> None:
@@ -244,119 +234,45 @@ def plugin_front(listener: socket.socket, target: tuple[str, str]) -> PluginFron
     return PluginFront(listener, target)
 
 
-# ------------------------------------------------------------ broker glue
+class StreamBridge:
+    """A private unix listener whose every connection rides one stream of the session.
 
+    The first connection gets ``first``; later ones (gRPC reconnects) get
+    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting.
+    """
 
-def _mux(broker: GRPCBroker) -> MuxSession:
-    mux = broker.transport.mux
-    assert mux is not None
-    return mux
-
-
-def serve_multiplexed(broker: GRPCBroker, id: int, server: grpc.Server,
-                      cleanup: list[Callable[[], None]]) -> None:
-    from plugbay.core.broker.broker import _server_creds
-    from plugbay.core.broker.channels import _bind, _unlink
-
-    mux = _mux(broker)
-    private = broker._private_path(f"mux{id}")
-    own, peer = broker.transport.tls, broker.transport.peer_cert_pem
-    target = ("unix", private)
-    if own is not None and peer is not None and broker._needs_relay():
-        _bind(server, private, None)
-        relay = tlsrelay.TLSRelay(tlsrelay.open_listener("unix", broker._private_path(f"tls{id}")),
-                                  target, tlsmod.server_context(own, peer), "terminate")
-        cleanup.append(relay.close)
-        target = relay.address
-    else:
-        _bind(server, private, _server_creds(broker.transport))
-    server.start()
-    cleanup.append(lambda: _unlink(private))
-    cleanup.append(lambda: mux.forget(id))
-    mux.expect(id, target)
-    # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
-    with broker._cond:
-        early = id in broker._mux_ids
-        broker._mux_ids.discard(id)
-    if early:
-        _ack(broker, id)
-
-
-def on_knock(broker: GRPCBroker, msg: pb.ConnInfo) -> None:
-    mux = broker.transport.mux
-    if mux is None:
-        broker._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
-            knock=True, ack=True, error="this side does not multiplex brokered connections")))
-        return
-    if not mux.serves(msg.service_id):
-        with broker._cond:
-            broker._mux_ids.add(msg.service_id)
-        return
-    _ack(broker, msg.service_id)
-
-
-def _ack(broker: GRPCBroker, id: int) -> None:
-    error = _mux(broker).accept_knock(id)
-    try:
-        broker._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
-    except BrokerClosedError:
-        pass
-
-
-def _knock_and_open(broker: GRPCBroker, id: int, timeout: float) -> Stream:
-    mux = _mux(broker)
-    with mux.dial_lock:
-        broker._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-        ack = broker._wait_for(broker._acks, id, timeout, "the knock acknowledgement")
-        assert isinstance(ack, pb.ConnInfo)
-        if not ack.knock.ack:
-            raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
-                              f" got {ack.knock}; the peer speaks a different broker protocol")
-        if ack.knock.error:
-            raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
-                              " must call accept_and_serve with this id first")
-        return mux.open_stream()
-
-
-def dial_multiplexed(broker: GRPCBroker, id: int, timeout: float) -> grpc.Channel:
-    mux = _mux(broker)
-    first: list[Stream] = [_knock_and_open(broker, id, timeout)]
-    path = broker._private_path(f"dial{id}")
-    try:
-        listener = tlsrelay.open_listener("unix", path)
-    except BaseException:
-        first[0].reset()  # the knocked stream would otherwise stay open on both sides
-        raise
-    listener.settimeout(_POLL)
-    stop = threading.Event()
-
-    def accept() -> None:
-        # each connection the channel makes is one knocked stream (gRPC may reconnect)
+    def __init__(self, mux: MuxSession, path: str, first: Stream, next_stream: Callable[[], Stream],
+                 name: str) -> None:
         try:
-            for conn in tlsrelay.accept_each(listener, stop.is_set):
+            self._listener = sockets.open_listener("unix", path)
+        except BaseException:
+            first.reset()  # the stream would otherwise stay open on both sides
+            raise
+        self._listener.settimeout(_POLL)
+        self._mux = mux
+        self._first = [first]
+        self._next = next_stream
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+
+    def _accept(self) -> None:
+        try:
+            for conn in sockets.accept_each(self._listener, self._stop.is_set):
                 conn.settimeout(None)
                 try:
-                    stream = first.pop() if first else _knock_and_open(broker, id, timeout)
-                except BrokerError as exc:
-                    log.debug("brokered reconnect to id %d failed: %s", id, exc)
+                    stream = self._first.pop() if self._first else self._next()
+                except PlugbayError as exc:
+                    log.debug("%s: reconnect failed: %s", self.thread.name, exc)
                     conn.close()
                     continue
-                mux.connect_local(conn, stream)
+                self._mux.connect_local(conn, stream)
         finally:
             # this thread owns the listener: closing it under a blocked accept() could
             # hand its fd number to someone else
-            tlsrelay.close_listener(listener)
+            sockets.close_listener(self._listener)
 
-    thread = threading.Thread(target=accept, name=f"plugbay-mux-dial-{id}", daemon=True)
-    with broker._cond:  # started under the lock: close() must never join an unstarted thread
-        broker._threads[:] = [t for t in broker._threads if t.is_alive()]
-        broker._threads.append(thread)  # broker.close() joins it
-        thread.start()
-
-    def close() -> None:
+    def stop(self) -> None:
         # no join here: the channel's owner must not wait for the accept poll
-        stop.set()
-        for stream in first:
+        self._stop.set()
+        for stream in self._first:
             stream.reset()
-
-    return broker._channel_to("unix", path, [close])

@@ -16,96 +16,18 @@ ways through a poll loop, so an SSL object is never used from two threads.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
-from plugbay.errors import ConfigError
+from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_listener, dial, listener_address,
+                                             shutdown_and_join)
 
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
-_ACCEPT_POLL = 0.2
 
-
-def open_listener(network: str, address: str) -> socket.socket:
-    """Bind a listening socket; tcp addresses are host:port (port 0 picks one)."""
-    if network == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address)
-    elif network == "tcp":
-        host, _, port = address.rpartition(":")
-        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), int(port)))
-    else:
-        raise ConfigError(f"unknown network {network!r}; use 'unix' or 'tcp'")
-    sock.listen(64)
-    return sock
-
-
-def listener_address(sock: socket.socket) -> tuple[str, str]:
-    if sock.family == socket.AF_UNIX:
-        return "unix", str(sock.getsockname())
-    host, port = sock.getsockname()[:2]
-    return "tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def close_listener(sock: socket.socket) -> None:
-    """Close a listener and remove its unix socket file."""
-    network, address = listener_address(sock)
-    sock.close()
-    if network == "unix":
-        try:
-            os.unlink(address)
-        except FileNotFoundError:
-            pass
-
-
-def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threading.Thread],
-                      timeout: float = 5.0) -> None:
-    """Wake every pump blocked on a socket, then wait for its thread."""
-    for sock in socks:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    for thread in threads:
-        thread.join(timeout=timeout)
-
-
-def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
-    """Yield accepted connections until ``closed()`` or the listener is closed.
-
-    The listener must have a timeout: that is how a loop notices ``closed()``.
-    """
-    while not closed():
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            continue
-        except OSError:
-            return
-        yield conn
-
-
-def dial(network: str, address: str, timeout: float) -> socket.socket:
-    if network == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    host, _, port = address.rpartition(":")
-    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class TLSRelay:
@@ -126,7 +48,7 @@ class TLSRelay:
         self._threads: set[threading.Thread] = set()
         self._acceptor = threading.Thread(target=self._accept_loop, name="plugbay-tlsrelay-accept",
                                           daemon=True)
-        listener.settimeout(_ACCEPT_POLL)
+        listener.settimeout(ACCEPT_POLL)
         self._acceptor.start()
 
     @property

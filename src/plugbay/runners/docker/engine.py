@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
-from plugbay.runners.base import HOST_SESSION_ID
+from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.runners.session import HOST, HOST_SESSION_ID, MANAGED, owner_of, session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -26,22 +27,32 @@ CONTAINER_SOCKET_DIR = "/plugbay/sock"
 # Group given to the socket folder when the host runs as root (gid 0 would put
 # the container user in the root group); Dockerfile.plugin's user has this gid.
 DEFAULT_ROOT_SOCKET_GID = 10001
-MANAGED = "plugbay.managed"
-SESSION = "plugbay.session"
-SESSION_START = "plugbay.session-start"
-HOST = "plugbay.host"
 SOCKET_DIR = "plugbay.socket-dir"
-_OWNER_MARK = "_owner_"
 
 T = TypeVar("T")
 
 
-def _unreachable(exc: BaseException) -> EngineUnavailableError:
+def engine_unreachable(exc: BaseException) -> EngineUnavailableError:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     return EngineUnavailableError(
         f"cannot reach the Docker engine at {host}: {exc}. Start it (`dockerd &` or"
         " `systemctl start docker`; scripts/setup does), or set DOCKER_HOST to a running engine."
     )
+
+
+def transport_settings(transport: str, container_port: int, gid: int | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The environment and create() arguments that put the plugin's address where the host reaches it.
+
+    unix: the socket folder (bind-mounted by the caller at CONTAINER_SOCKET_DIR,
+    group ``gid``) and no network at all; tcp: PLUGBAY_LISTEN on the container's
+    interfaces, published on 127.0.0.1 only (nothing is ever dialed on a bridge).
+    """
+    if transport == "unix":
+        env = {"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
+               "PLUGIN_UNIX_SOCKET_GROUP": str(gid)}
+        return env, {"network_mode": "none", "group_add": [str(gid)]}
+    return ({"PLUGBAY_LISTEN": f"tcp:0.0.0.0:{container_port}"},
+            {"ports": {f"{container_port}/tcp": ("127.0.0.1", None)}})
 
 
 def engine() -> Any:
@@ -54,7 +65,7 @@ def engine() -> Any:
     try:
         return docker.from_env(version="auto")
     except DockerException as exc:
-        raise _unreachable(exc) from exc
+        raise engine_unreachable(exc) from exc
 
 
 def engine_call(func: Callable[[], T], what: str) -> T:
@@ -65,10 +76,10 @@ def engine_call(func: Callable[[], T], what: str) -> T:
     try:
         return func()
     except requests.exceptions.ConnectionError as exc:
-        raise _unreachable(exc) from exc
+        raise engine_unreachable(exc) from exc
     except DockerException as exc:
         if "connection" in str(exc).lower() and not hasattr(exc, "response"):
-            raise _unreachable(exc) from exc
+            raise engine_unreachable(exc) from exc
         raise
 
 
@@ -109,57 +120,11 @@ def parse_mount(spec: Any) -> Any:
     return bind_mount(os.path.abspath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro")
 
 
-def _start_ticks(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return text[text.rindex(")") + 2:].split()[19]
-
-
-_SESSION_START = _start_ticks(os.getpid())
-
-
-def managed_labels() -> dict[str, str]:
-    return {MANAGED: "true", SESSION: HOST_SESSION_ID, SESSION_START: _SESSION_START, HOST: socket.gethostname()}
-
-
-def owner_name(name: str, session: str) -> str:
-    base = name.split(_OWNER_MARK, 1)[0]
-    return f"{base}{_OWNER_MARK}{session}.{_SESSION_START if session == HOST_SESSION_ID else ''}"
-
-
-def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
-    """(session, start ticks) of the host that owns a container."""
-    if _OWNER_MARK in name:
-        session, _, start = name.split(_OWNER_MARK, 1)[1].partition(".")
-        return session, start
-    return labels.get(SESSION, ""), labels.get(SESSION_START, "")
-
-
-def session_alive(session: str, start: str) -> bool:
-    """Whether the host process behind ``session`` still runs on this machine."""
-    try:
-        pid = int(session.split("-", 1)[0])
-    except ValueError:
-        return False
-    ticks = _start_ticks(pid)
-    return bool(ticks) and (not start or ticks == start)
-
-
 def host_gid(group: str | None) -> int | None:
     """A host group (name or gid, as ClientConfig.unix_socket_group gives it) as a gid."""
     if not group:
         return None
-    if group.isdigit():
-        return int(group)
-    import grp
-
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(
-            f"unix socket group {group!r} is not a group on this host; give a group name or gid") from None
+    return group_id(group, "give unix_socket_group a group name or numeric gid")
 
 
 def root_socket_gid() -> int:
@@ -190,9 +155,7 @@ def prepare_socket_dir(path: str, gid: int | None = None) -> int:
 
     gid = gid if gid is not None else (os.getgid() or root_socket_gid())
     try:
-        if os.stat(path).st_gid != gid:
-            os.chown(path, -1, gid)
-        os.chmod(path, 0o2770)
+        give_to_group(path, gid, 0o2770)
     except PermissionError as exc:
         raise PermissionDeniedError(
             f"cannot give socket folder {path} to group {gid}: {exc}. Pass socket_gid= one of your"

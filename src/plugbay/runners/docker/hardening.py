@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.docker.engine import MANAGED, engine_call
+from plugbay.runners.docker.engine import engine_call
+from plugbay.runners.session import MANAGED
 
 ISOLATED_NETWORK = "plugbay-isolated"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"

@@ -22,7 +22,7 @@ MAX_BUFFERED = 10_000
 TAIL = 50
 
 
-class LogPump:
+class ContainerLogStream:
     """Reads one of a container's log streams into lines on a plugbay-* thread."""
 
     def __init__(self, api: Any, container_id: str, which: str) -> None:

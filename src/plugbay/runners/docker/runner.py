@@ -30,13 +30,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
-from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
-                                            engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
-                                            published_port, sweep)
+                                            engine_call, host_gid, parse_mount, prepare_socket_dir, published_port, sweep,
+                                            transport_settings)
+from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
+from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, tmpfs_mounts)
-from plugbay.runners.docker.logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
@@ -104,7 +105,7 @@ class DockerRunner(Runner):
         self._host_socket_dir: str | None = None
         self._owns_socket_dir = False
         self._host_port: int | None = None
-        self._pumps: dict[str, LogPump] = {}
+        self._pumps: dict[str, ContainerLogStream] = {}
         self._final_state: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._killed = False
@@ -156,23 +157,19 @@ class DockerRunner(Runner):
         if self.runtime:
             check_runtime(client, self.runtime)
         env = {**self.env, **spec.env}
-        args: dict[str, Any] = {}
+        gid: int | None = None
+        mounts = list(self.mounts)
         if self.transport == "unix":
             self._host_socket_dir = spec.socket_dir or tempfile.mkdtemp(prefix="plugbay-docker-")
             self._owns_socket_dir = spec.socket_dir is None
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
-            env.update({"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
-                        "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
             env.pop("PLUGBAY_LISTEN", None)
-            args.update(network_mode="none", group_add=[str(gid)])
-            mounts = [*self.mounts, bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR)]
-        else:
-            env["PLUGBAY_LISTEN"] = f"tcp:0.0.0.0:{self.container_port}"
-            args["ports"] = {f"{self.container_port}/tcp": ("127.0.0.1", None)}
-            if self.network:  # else the engine's default bridge, where containers reach each other
-                args["network"] = ensure_network(client, self.network)
-            mounts = list(self.mounts)
+            mounts.append(bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR))
+        transport_env, args = transport_settings(self.transport, self.container_port, gid)
+        env.update(transport_env)
+        if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
+            args["network"] = ensure_network(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
             labels["plugbay.socket-dir"] = self._host_socket_dir
@@ -205,7 +202,7 @@ class DockerRunner(Runner):
         if self.transport == "tcp":
             self._host_port = published_port(container, self.container_port)
         for which in ("stdout", "stderr"):
-            self._pumps[which] = LogPump(client.api, self._container_id, which)
+            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which)
         self._watch_exit()
 
     def _watch_exit(self) -> None:
@@ -368,7 +365,7 @@ class DockerRunner(Runner):
     def stderr_lines(self) -> Iterator[str]:
         return self._pump("stderr").lines()
 
-    def _pump(self, which: str) -> LogPump:
+    def _pump(self, which: str) -> ContainerLogStream:
         pump = self._pumps.get(which)
         if pump is None:
             raise RunnerError(f"DockerRunner.start() must run before the plugin's {which} is read"

@@ -6,7 +6,8 @@ import json
 import os
 from typing import Any
 
-from plugbay.errors import EngineUnavailableError
+from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.runners.kubernetes.rbac import denied_message
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -58,3 +59,26 @@ def api_message(exc: Any) -> str:
         return str(json.loads(exc.body).get("message") or exc.reason)
     except Exception:
         return str(exc.reason)
+
+
+def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` against the API, its failures turned into plugbay's typed errors."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return func(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise PermissionDeniedError(denied_message(verb, resource, namespace)
+                                        + f" Server said: {api_message(exc)}") from exc
+        if exc.status == 401:
+            raise PermissionDeniedError(
+                f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"
+                " refresh the kubeconfig's token or certificate") from exc
+        raise RunnerError(f"Kubernetes API {verb} {resource} in {namespace!r} failed:"
+                          f" {exc.status} {api_message(exc)}") from exc
+    except (HTTPError, OSError) as exc:
+        host = getattr(api_client.configuration, "host", "?")
+        raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
+                                     " the cluster is up and the kubeconfig points at it.") from exc

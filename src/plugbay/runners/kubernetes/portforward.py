@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
-from plugbay.core.transport.relay import shutdown_and_join
+from plugbay.core.transport.sockets import shutdown_and_join
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 

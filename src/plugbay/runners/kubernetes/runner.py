@@ -21,39 +21,21 @@ from typing import Any
 
 from plugbay.errors import (
     ConfigError,
-    EngineUnavailableError,
     PermissionDeniedError,
     PodStartTimeoutError,
     RunnerError,
 )
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker.engine import managed_labels
-from plugbay.runners.kubernetes.api import api_message, default_namespace, in_cluster, load_api_client
+from plugbay.runners.session import managed_labels
+from plugbay.runners.kubernetes.api import api_message, call, default_namespace, in_cluster, load_api_client
+from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
-# Every API call the runner makes, as RBAC rules (core API group ""). The
-# Helm chart's Role, the 403 message and the README are checked against this.
-RBAC_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("pods", ("create", "delete", "get", "list", "watch")),
-    ("pods/log", ("get",)),
-    ("pods/portforward", ("create", "get")),  # the WebSocket upgrade is checked as both
-    ("events", ("list",)),
-)
 ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
-
-
-def rbac_summary() -> str:
-    return "; ".join(f"{res}: {', '.join(verbs)}" for res, verbs in RBAC_RULES)
-
-
-def _denied_message(verb: str, resource: str, namespace: str) -> str:
-    return (f"the Kubernetes API refused to {verb} {resource} in namespace {namespace!r} (403 Forbidden)."
-            " plugbay's KubernetesRunner needs a Role in that namespace (charts/plugbay installs it)"
-            f" bound to the host's service account or user, granting in API group \"\": {rbac_summary()}")
 
 
 class KubernetesRunner(Runner):
@@ -125,25 +107,7 @@ class KubernetesRunner(Runner):
     # --- API calls -----------------------------------------------------------
 
     def _call(self, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return func(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status == 403:
-                raise PermissionDeniedError(_denied_message(verb, resource, self.namespace)
-                                            + f" Server said: {api_message(exc)}") from exc
-            if exc.status == 401:
-                raise PermissionDeniedError(
-                    f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"
-                    " refresh the kubeconfig's token or certificate") from exc
-            raise RunnerError(f"Kubernetes API {verb} {resource} in {self.namespace!r} failed:"
-                              f" {exc.status} {api_message(exc)}") from exc
-        except (HTTPError, OSError) as exc:
-            host = getattr(self._api_client.configuration, "host", "?")
-            raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
-                                         " the cluster is up and the kubeconfig points at it.") from exc
+        return call(self._api_client, self.namespace, verb, resource, func, *args, **kwargs)
 
     def _read_pod(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -266,7 +230,7 @@ class KubernetesRunner(Runner):
                     self._update(None, True)
             except ApiException as exc:
                 if exc.status == 403:
-                    self._watch_error = PermissionDeniedError(_denied_message("watch", "pods", self.namespace))
+                    self._watch_error = PermissionDeniedError(denied_message("watch", "pods", self.namespace))
                     with self._cond:
                         self._cond.notify_all()
                     return
@@ -319,7 +283,7 @@ class KubernetesRunner(Runner):
             fwd = self._forwarders.get(port)
             if fwd is None:
                 fwd = PortForwarder(self._api_client.configuration, self.namespace, self.pod_name, port,
-                                    _denied_message("create", "pods/portforward", self.namespace))
+                                    denied_message("create", "pods/portforward", self.namespace))
                 self._forwarders[port] = fwd
         return "tcp", fwd.address
 
@@ -384,7 +348,7 @@ class KubernetesRunner(Runner):
                                                     grace_period_seconds=max(1, math.ceil(grace)))
                 except ApiException as exc:
                     if exc.status == 403:
-                        error = PermissionDeniedError(_denied_message("delete", "pods", self.namespace))
+                        error = PermissionDeniedError(denied_message("delete", "pods", self.namespace))
                     elif exc.status != 404:
                         error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
                     else:

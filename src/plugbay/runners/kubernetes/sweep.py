@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from plugbay.runners.docker.engine import managed_labels, session_alive
-from plugbay.runners.kubernetes.api import load_api_client
+from plugbay.runners.session import HOST, HOST_SESSION_ID, SESSION_START, managed_labels, session_alive
+from plugbay.runners.kubernetes.api import call, load_api_client
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
@@ -23,20 +23,15 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     """
     from kubernetes import client
 
-    from plugbay.runners.base import HOST_SESSION_ID
-    from plugbay.runners.kubernetes import KubernetesRunner
-
     own = api_client is None
     if api_client is None:
         api_client, _ = load_api_client(kubeconfig)
-    probe = KubernetesRunner.__new__(KubernetesRunner)
-    probe._api_client, probe.namespace = api_client, namespace
     api: Any = client.CoreV1Api(api_client)
-    here = managed_labels()["plugbay.host"]
+    here = managed_labels()[HOST]
     identity = host_identity(host_id)
     removed: list[str] = []
     try:
-        found = probe._call("list", "pods", api.list_namespaced_pod, namespace,
+        found = call(api_client, namespace, "list", "pods", api.list_namespaced_pod, namespace,
                             label_selector="plugbay.managed=true")
         for pod in found.items:
             labels = pod.metadata.labels or {}
@@ -49,9 +44,9 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 gone = session not in live_sessions
             else:
                 host = (pod.metadata.annotations or {}).get("plugbay.host")
-                gone = host == here and not session_alive(session, labels.get("plugbay.session-start", ""))
+                gone = host == here and not session_alive(session, labels.get(SESSION_START, ""))
             if gone and not pod.metadata.deletion_timestamp:
-                probe._call("delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
+                call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
                             grace_period_seconds=grace)
                 removed.append(pod.metadata.name)
     finally:

@@ -1,0 +1,107 @@
+"""The broker's StartStream: the plugin serves it, the host calls it; ConnInfo flows both ways on it.
+
+plugin_broker() and host_broker() build a GRPCBroker and wire it to that one
+long-lived stream (go-plugin opens it once per plugin and keeps it to the end).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from plugbay._proto.plugin import grpc_broker_pb2 as pb
+from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
+from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, BrokerTransport, GRPCBroker
+
+log = logging.getLogger("plugbay.broker")
+
+
+# ---------------------------------------------------------------- factories
+
+
+class _BrokerServicer(pb_grpc.GRPCBrokerServicer):
+    def __init__(self, broker: GRPCBroker) -> None:
+        self._broker = broker
+
+    def StartStream(self, request_iterator: Iterator[pb.ConnInfo],
+                    context: grpc.ServicerContext) -> Iterator[pb.ConnInfo]:
+        broker = self._broker
+        send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
+        context.add_callback(lambda: send_q.put(None))
+
+        def receive() -> None:
+            reason = "the host ended the stream"
+            try:
+                for msg in request_iterator:
+                    broker.receive(msg)
+            except grpc.RpcError as exc:
+                reason = f"stream error: {exc}"
+            except Exception as exc:  # a bad message must not kill the stream silently
+                reason = f"broker failure: {exc!r}"
+                log.exception("broker stream receive failed")
+            broker.detach_stream(send_q, reason)
+            send_q.put(None)
+
+        reader = threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True)
+        broker.attach_stream(send_q)
+        if not broker.start_reader(reader):
+            return
+        while True:
+            item = send_q.get()
+            if item is None:
+                break
+            yield item
+        broker.detach_stream(send_q, "the plugin's broker stream ended")
+
+
+def plugin_broker(server: grpc.Server, transport: BrokerTransport,
+                  dial_timeout: float = DEFAULT_DIAL_TIMEOUT) -> GRPCBroker:
+    """Plugin side: register the GRPCBroker service on ``server`` (not yet started).
+
+    The stream starts when the host calls StartStream; announcements made
+    before that are queued. The server needs a worker thread for the stream.
+    """
+    broker = GRPCBroker(transport, "plugin", dial_timeout)
+    pb_grpc.add_GRPCBrokerServicer_to_server(_BrokerServicer(broker), server)  # type: ignore[no-untyped-call]
+    return broker
+
+
+def host_broker(channel: grpc.Channel, transport: BrokerTransport,
+                dial_timeout: float = DEFAULT_DIAL_TIMEOUT) -> GRPCBroker:
+    """Host side: open the StartStream on ``channel`` and broker over it."""
+    broker = GRPCBroker(transport, "host", dial_timeout)
+    send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.ConnInfo]:
+        while True:
+            item = send_q.get()
+            if item is None:
+                return
+            yield item
+
+    # No deadline: the stream lives as long as the plugin (go-plugin does the same).
+    stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
+    call = stub.StartStream(requests(), timeout=None)
+    broker.call = call
+    broker.attach_stream(send_q)
+
+    def receive() -> None:
+        reason = "the plugin ended the stream"
+        try:
+            for msg in call:
+                broker.receive(msg)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            reason = f"stream failed with {code}: {exc.details() if hasattr(exc, 'details') else exc}"
+        except Exception as exc:
+            reason = f"broker failure: {exc!r}"
+            log.exception("broker stream receive failed")
+        broker.detach_stream(send_q, reason)
+        send_q.put(None)
+
+    broker.start_reader(threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True))
+    return broker

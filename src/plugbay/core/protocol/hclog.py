@@ -1,0 +1,61 @@
+"""hclog, go-plugin's log format: levels both ways and the JSON line a plugin writes to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+TRACE = 5  # hclog's Trace, below logging.DEBUG
+if logging.getLevelName(TRACE) != "TRACE":
+    logging.addLevelName(TRACE, "TRACE")
+
+_LEVELS = {
+    "trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+    "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+}
+PREFIXES = (("[TRACE]", TRACE), ("[DEBUG]", logging.DEBUG), ("[INFO]", logging.INFO),
+             ("[WARN]", logging.WARNING), ("[ERROR]", logging.ERROR))
+_RESERVED = ("@level", "@message", "@module", "@timestamp", "@caller")
+
+
+def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
+    """(level, message, extra) for an hclog JSON line, None for anything else."""
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or "@message" not in entry:
+        return None
+    level = _LEVELS.get(str(entry.get("@level", "")).lower())
+    if level is None:
+        return None  # JSON, but not hclog's: go-plugin shows it verbatim
+    fields = {k: v for k, v in entry.items() if k not in _RESERVED}
+    extra = {
+        "plugin_module": entry.get("@module", ""),
+        "plugin_fields": fields,
+        "plugin_timestamp": entry.get("@timestamp", ""),
+    }
+    message = str(entry["@message"])
+    if fields:
+        message += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+    return level, message, extra
+
+
+def _fmt(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def hclog_level(levelno: int) -> str:
+    if levelno < logging.DEBUG:
+        return "trace"
+    if levelno < logging.INFO:
+        return "debug"
+    if levelno < logging.WARNING:
+        return "info"
+    if levelno < logging.ERROR:
+        return "warn"
+    return "error"

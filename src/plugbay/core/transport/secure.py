@@ -1,0 +1,149 @@
+"""The one place that decides how a gRPC connection is secured: grpcio's TLS, the OpenSSL relay, or none.
+
+AutoMTLS gives each side one certificate and trusts exactly the peer's. grpcio's
+BoringSSL cannot handshake with go-plugin's P-521 certificates, so when the
+*peer's* certificate is one grpcio cannot use, gRPC stays plaintext on a
+private unix socket and a TLSRelay speaks TLS to the peer: ``originate`` under
+a dialed channel, ``terminate`` in front of a served socket. Every dial and
+every served socket of plugbay (the main connection, brokered connections in
+both modes) goes through :func:`dial` or :func:`serve_unix`, with one set of
+channel options.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.sockets import open_listener, unlink_quietly
+from plugbay.errors import BrokerError, ConfigError
+
+# go-plugin lifts gRPC's message size limits to math.MaxInt32 on both sides.
+_MAX_MSG = 2**31 - 1
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", _MAX_MSG),
+    ("grpc.max_receive_message_length", _MAX_MSG),
+)
+# AutoMTLS certificates name HOSTNAME, whatever address carries the connection.
+TLS_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.ssl_target_name_override", HOSTNAME),
+    ("grpc.default_authority", HOSTNAME),
+)
+
+
+def grpc_target(network: str, address: str) -> str:
+    """A grpcio target for a (network, address) pair; unix paths are made absolute."""
+    if network == "unix":
+        return "unix:" + os.path.abspath(address)
+    if network == "tcp":
+        return address
+    raise ConfigError(f"unknown network {network!r} at {address!r}; go-plugin speaks 'unix' or 'tcp' only")
+
+
+@dataclass(frozen=True)
+class MutualTLS:
+    """This side's AutoMTLS certificate and the peer's, the only one trusted."""
+
+    own: CertKey
+    peer_pem: bytes
+
+    @property
+    def needs_relay(self) -> bool:
+        """True when grpcio cannot handshake with the peer's certificate (a Go peer's P-521)."""
+        return not grpc_can_use(self.peer_pem)
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.own.key_pem, self.own.cert_pem)],
+                                           root_certificates=self.peer_pem, require_client_auth=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.peer_pem, private_key=self.own.key_pem,
+                                            certificate_chain=self.own.cert_pem)
+
+    def relay_server_context(self) -> ssl.SSLContext:
+        return server_context(self.own, self.peer_pem)
+
+
+def private_socket(folder: str, stem: str) -> str:
+    """A fresh socket path in a folder only this process uses."""
+    return os.path.join(folder, f"{stem}-{secrets.token_hex(4)}.sock")
+
+
+@dataclass
+class SecureChannel:
+    """A dialed channel and what carries it; ``mode`` is 'plaintext', 'grpc-tls' or 'relay-tls'."""
+
+    channel: grpc.Channel
+    mode: str
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.channel.close()
+        for func in reversed(self.cleanup):
+            func()
+
+
+def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | None,
+         options: Sequence[tuple[str, Any]] = ()) -> SecureChannel:
+    """A channel to (network, address): plaintext, grpcio TLS, or through an originating relay.
+
+    ``relay_dir`` is a private folder for the relay's socket (needed only when
+    the peer's certificate calls for the relay).
+    """
+    opts = [*CHANNEL_OPTIONS, *options]
+    target = grpc_target(network, address)
+    if tls is None:
+        return SecureChannel(grpc.insecure_channel(target, options=opts), "plaintext")
+    if not tls.needs_relay:
+        channel = grpc.secure_channel(target, tls.channel_credentials(), options=[*opts, *TLS_CHANNEL_OPTIONS])
+        return SecureChannel(channel, "grpc-tls")
+    if relay_dir is None:
+        raise ConfigError("a TLS relay needs a private folder for its socket (relay_dir)")
+    context = client_context(tls.own, tls.peer_pem)  # before the listener: a failure here leaks nothing
+    path = private_socket(relay_dir, "relay")
+    listener = open_listener("unix", path)
+    os.chmod(path, 0o600)
+    relay = TLSRelay(listener, (network, address), context, "originate", server_hostname=HOSTNAME)
+    try:
+        channel = grpc.insecure_channel(grpc_target("unix", path), options=opts)
+    except BaseException:
+        relay.close()
+        raise
+    return SecureChannel(channel, "relay-tls", [relay.close])
+
+
+def bind_unix(server: grpc.Server, path: str, credentials: grpc.ServerCredentials | None) -> None:
+    """Add a unix-socket port to a gRPC server, or say why it cannot listen there."""
+    target = f"unix:{path}"
+    try:
+        bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
+    except RuntimeError:  # grpcio >= 1.4x raises instead of returning 0
+        bound = 0
+    if bound == 0:
+        raise BrokerError(f"could not listen on unix socket {path!r}; check that its folder"
+                          " exists, is writable, and the path is under 108 bytes")
+
+
+def serve_unix(server: grpc.Server, path: str, tls: MutualTLS | None, relay_dir: str) -> list[Callable[[], None]]:
+    """Start ``server`` so that peers connecting to the unix socket ``path`` get it, secured as needed.
+
+    With a relay, gRPC listens on a private socket in ``relay_dir`` and the
+    relay terminates TLS on ``path``. Returns the cleanups that free the sockets.
+    """
+    if tls is not None and tls.needs_relay:
+        private = private_socket(relay_dir, "grpc")
+        bind_unix(server, private, None)
+        server.start()
+        relay = TLSRelay(open_listener("unix", path), ("unix", private), tls.relay_server_context(), "terminate")
+        return [lambda: unlink_quietly(private), relay.close]
+    bind_unix(server, path, tls.server_credentials() if tls is not None else None)
+    server.start()
+    return [lambda: unlink_quietly(path)]

@@ -1,0 +1,113 @@
+"""Socket plumbing every transport piece shares: listeners, dialing, accept loops, closing and joining."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from plugbay.errors import ConfigError
+
+ACCEPT_POLL = 0.2  # accept loops wake this often to notice that they were closed
+
+
+def group_id(group: str | int, advice: str) -> int:
+    """A host group, by name or numeric gid, as a gid (ConfigError with ``advice`` when there is none)."""
+    if isinstance(group, int) or group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"failed to find gid from {group!r}: {group!r} is not a group on this host; {advice}") from None
+
+
+def give_to_group(path: str, gid: int, mode: int) -> None:
+    """Hand a socket (or its folder) to a group with ``mode``, as go-plugin's setGroupWritable does."""
+    if os.stat(path).st_gid != gid:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove a socket file that may already be gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def open_listener(network: str, address: str) -> socket.socket:
+    """Bind a listening socket; tcp addresses are host:port (port 0 picks one)."""
+    if network == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address)
+    elif network == "tcp":
+        host, _, port = address.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), int(port)))
+    else:
+        raise ConfigError(f"unknown network {network!r}; use 'unix' or 'tcp'")
+    sock.listen(64)
+    return sock
+
+
+def listener_address(sock: socket.socket) -> tuple[str, str]:
+    if sock.family == socket.AF_UNIX:
+        return "unix", str(sock.getsockname())
+    host, port = sock.getsockname()[:2]
+    return "tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def close_listener(sock: socket.socket) -> None:
+    """Close a listener and remove its unix socket file."""
+    network, address = listener_address(sock)
+    sock.close()
+    if network == "unix":
+        unlink_quietly(address)
+
+
+def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threading.Thread],
+                      timeout: float = 5.0) -> None:
+    """Wake every pump blocked on a socket, then wait for its thread."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for thread in threads:
+        thread.join(timeout=timeout)
+
+
+def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
+    """Yield accepted connections until ``closed()`` or the listener is closed.
+
+    The listener must have a timeout: that is how a loop notices ``closed()``.
+    """
+    while not closed():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        yield conn
+
+
+def dial(network: str, address: str, timeout: float) -> socket.socket:
+    if network == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

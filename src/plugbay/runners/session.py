@@ -1,0 +1,69 @@
+"""Who started a plugin: the host session that Docker and Kubernetes runners label their plugins with.
+
+Every container and pod a host starts carries these labels (as
+testcontainers labels its containers), so a sweep can tell plugins whose host
+is gone from live ones, and nothing is removed that another host still owns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+# Identifies this host process on everything it starts (container labels, pod
+# labels), so a sweep can tell plugins whose host is gone from live ones.
+HOST_SESSION_ID = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+MANAGED = "plugbay.managed"
+SESSION = "plugbay.session"
+SESSION_START = "plugbay.session-start"
+HOST = "plugbay.host"
+_OWNER_MARK = "_owner_"
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name is in parentheses and may itself hold spaces and parentheses
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> str:
+    """When a process started, in clock ticks since boot: tells a pid from a reused one ("" if gone)."""
+    fields = proc_stat(pid)
+    return fields[19] if fields else ""
+
+
+_SESSION_START = start_ticks(os.getpid())
+
+
+def managed_labels() -> dict[str, str]:
+    return {MANAGED: "true", SESSION: HOST_SESSION_ID, SESSION_START: _SESSION_START, HOST: socket.gethostname()}
+
+
+def owner_name(name: str, session: str) -> str:
+    base = name.split(_OWNER_MARK, 1)[0]
+    return f"{base}{_OWNER_MARK}{session}.{_SESSION_START if session == HOST_SESSION_ID else ''}"
+
+
+def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
+    """(session, start ticks) of the host that owns a container."""
+    if _OWNER_MARK in name:
+        session, _, start = name.split(_OWNER_MARK, 1)[1].partition(".")
+        return session, start
+    return labels.get(SESSION, ""), labels.get(SESSION_START, "")
+
+
+def session_alive(session: str, start: str) -> bool:
+    """Whether the host process behind ``session`` still runs on this machine."""
+    try:
+        pid = int(session.split("-", 1)[0])
+    except ValueError:
+        return False
+    ticks = start_ticks(pid)
+    return bool(ticks) and (not start or ticks == start)

@@ -1,0 +1,161 @@
+"""The package's shape: imports point down the layers only, no two files import each other in a circle,
+and a plugin process loads no host, runner, resilience or network code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+# What each part of the package may import from plugbay (besides itself and plugbay._proto).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "plugbay.errors": (),
+    "plugbay.core.protocol": ("plugbay.errors",),
+    "plugbay.core.transport": ("plugbay.errors", "plugbay.core.protocol"),
+    "plugbay.core.broker": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport"),
+    "plugbay.core.plugin": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport",
+                            "plugbay.core.broker"),
+    # the host starts plugins: the Runner interface, and the process runner as go-plugin's default
+    "plugbay.core.host": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport",
+                          "plugbay.core.broker", "plugbay.runners.base", "plugbay.runners.process",
+                          "plugbay.runners.session"),
+    "plugbay.core.resilience": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport",
+                                "plugbay.core.broker", "plugbay.core.host", "plugbay.runners.base",
+                                "plugbay.runners.session"),
+    "plugbay.runners": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport", "plugbay.runners"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in SRC.rglob("*.py") if "_proto" not in p.parts}
+
+
+def _imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """Every plugbay module ``path`` imports, at any depth of the file (TYPE_CHECKING too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # "from pkg import mod" imports the submodule when there is one
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t.startswith("plugbay") and not t.startswith("plugbay._proto"))
+    found.discard(name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {name: _imports(path, name, known) for name, path in known.items()}
+
+
+def _part(name: str) -> str | None:
+    return max((p for p in ALLOWED if name == p or name.startswith(p + ".")), key=len, default=None)
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = []
+    for name, targets in _graph().items():
+        part = _part(name)
+        if part is None:
+            continue  # the top: plugbay, plugbay.network, plugbay.testing, plugbay.images, the CLI
+        allowed = (part, *ALLOWED[part])
+        for target in sorted(targets):
+            if target != "plugbay" and not any(target == a or target.startswith(a + ".") for a in allowed):
+                wrong.append(f"{name} imports {target}")
+            elif target == "plugbay":
+                wrong.append(f"{name} imports the top-level package (import the module that defines the name)")
+    assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)
+
+
+def test_no_import_circles() -> None:
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    # the checker itself must be able to fail: an import of the host side from the protocol layer
+    bad = tmp_path / "bad.py"
+    bad.write_text("from plugbay.core.host.client import Client\nfrom plugbay.core import transport\n")
+    found = _imports(bad, "plugbay.core.protocol.bad", _modules())
+    assert "plugbay.core.host.client" in found and "plugbay.core.transport" in found
+    assert _part("plugbay.core.protocol.bad") == "plugbay.core.protocol"
+
+
+def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> None:
+    code = (
+        "import sys, json\n"
+        "sys.path[:0] = ['examples/kv']\n"
+        "from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin\n"
+        "from plugbay import ServeConfig, serve, GRPCPlugin, GRPCBroker, HandshakeConfig, PlugbayError\n"
+        "import plugbay.core.plugin.server\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('plugbay'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=SRC.parent, check=True).stdout
+    loaded = json.loads(out)
+    assert "plugbay.core.plugin.server" in loaded
+    banned = [m for m in loaded if m.startswith(("plugbay.core.host", "plugbay.core.resilience",
+                                                  "plugbay.runners", "plugbay.network", "plugbay.cli",
+                                                  "plugbay.testing"))]
+    assert banned == []
+
+
+@pytest.mark.parametrize("package", ["core", "core/protocol", "core/transport", "core/broker", "core/host",
+                                     "core/plugin", "core/resilience", "runners", "runners/docker",
+                                     "runners/kubernetes", "network"])
+def test_each_layer_says_what_it_holds_and_may_import(package: str) -> None:
+    doc = ast.get_docstring(ast.parse((SRC / "plugbay" / package / "__init__.py").read_text()))
+    assert doc and "Imports" in doc or doc and "import" in doc, f"{package}/__init__.py needs its docstring"
