@@ -150,6 +150,10 @@ def test_host_deployment_runs_as_the_bound_service_account(renderer: Path, tmp_p
     host = pod["containers"][0]
     assert host["image"] == "example.com/my-host:1.2"
     assert {"name": "A", "value": "1"} in host["env"]
+    # the downward API facts KubernetesRunner reads for ownerReferences and the host identity
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
+                        ("POD_NAMESPACE", "metadata.namespace")):
+        assert {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}} in host["env"]
     assert host["securityContext"]["runAsNonRoot"] and host["securityContext"]["readOnlyRootFilesystem"]
     assert host["resources"] == {"limits": {"memory": "256Mi"}}
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()

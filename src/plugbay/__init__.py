@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         RunnerError,
         TLSConfigError,
         TargetUnreachableError,
+        TLSRequiredError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,

@@ -62,6 +62,19 @@ class MalformedHandshakeError(HandshakeError):
         )
 
 
+class TLSRequiredError(HandshakeError):
+    """AutoMTLS is required but the plugin announced no certificate (it would run in plaintext)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        super().__init__(
+            f"plugin {name!r} announced no AutoMTLS certificate, so the connection would be plaintext,"
+            f" but TLS is required ({why}). Upgrade the plugin to a go-plugin/plugbay version with"
+            " AutoMTLS (go-plugin >= 1.0 serving with PLUGIN_CLIENT_CERT), or, if the path to it is"
+            " private, pass ClientConfig(require_tls=False) to accept plaintext."
+        )
+
+
 class ProtocolMismatchError(HandshakeError):
     """Core protocol versions differ, or the plugin speaks a protocol plugbay cannot."""
 
