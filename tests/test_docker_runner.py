@@ -390,3 +390,66 @@ def test_socket_group_follows_the_client_setting() -> None:
         runner.kill()
     with pytest.raises(ConfigError, match="not a group on this host"):
         _runner().start(LaunchSpec(env={"PLUGIN_UNIX_SOCKET_GROUP": "no-such-group-xyz"}))
+
+
+def test_reattach_refuses_a_container_plugbay_did_not_start(plugbay_docker: Any, tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+    from plugbay.errors import ReattachError
+
+    foreign = plugbay_docker.containers.run(BASE, ["sleep", "60"], detach=True, network_mode="none")
+    try:
+        data = {"kind": "DockerRunner", "id": foreign.id, "image": BASE, "transport": "unix",
+                "host_socket_dir": str(tmp_path), "owns_socket_dir": True}
+        with pytest.raises(ReattachError, match=rf"container {foreign.id[:12]}: it lacks plugbay's label"
+                           r" plugbay.managed=true.*leaves them alone"):
+            reattach_runner(data)
+        info = HandshakeInfo(1, 1, "unix", str(tmp_path / "no.sock"))
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={},
+                                     reattach=ReattachConfig(handshake=info, runner=data)))
+        with pytest.raises(ReattachError):
+            client.start()
+        client.kill()
+        foreign.reload()
+        assert foreign.status == "running" and tmp_path.is_dir()
+    finally:
+        foreign.remove(force=True)
+
+
+def test_reattach_never_deletes_a_folder_the_data_names(tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+    from plugbay.errors import ReattachError
+    from plugbay.runners.docker.engine import SOCKET_MARKER
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    runner = _runner(entrypoint=["sleep", "60"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        real = runner.reattach_data()
+        forged = {**real, "host_socket_dir": str(victim), "owns_socket_dir": True}
+        with pytest.raises(ReattachError, match=rf"the container.s label plugbay.socket-dir does not name {victim}"):
+            reattach_runner(forged)
+        info = HandshakeInfo(1, 1, "unix", str(victim / "no.sock"))
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={},
+                                     reattach=ReattachConfig(handshake=info, runner=forged)))
+        with pytest.raises(ReattachError):
+            client.start()
+        client.kill()
+        assert (victim / "precious.txt").read_text() == "keep me"
+        assert runner.wait(0) is None  # the container was not touched either
+        # the labelled folder without plugbay's marker file is not proven either
+        marker = Path(real["host_socket_dir"]) / SOCKET_MARKER
+        token = marker.read_text()
+        marker.unlink()
+        with pytest.raises(ReattachError, match="holds no marker file plugbay wrote"):
+            reattach_runner(real)
+        marker.write_text("forged")
+        with pytest.raises(ReattachError, match="is not the one plugbay wrote"):
+            reattach_runner(real)
+        marker.write_text(token)
+    finally:
+        runner.kill(0)
+    assert not os.path.exists(real["host_socket_dir"])

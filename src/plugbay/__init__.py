@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         PodStartTimeoutError,
         PodUnschedulableError,
         ProtocolMismatchError,
+        ReattachError,
         RestartBudgetExhaustedError,
         RunnerError,
         UnknownPluginError,

@@ -10,7 +10,10 @@ first; the runner sends SIGTERM to the group, waits ``grace`` seconds, then
 SIGKILLs the group and reaps the child, so no zombie is left.
 
 A host that did not start the plugin can reattach by pid (see
-:class:`AttachedProcess`); it watches the pid through /proc.
+:class:`AttachedProcess`); it watches the pid through /proc. Reattach data is
+untrusted: the process is only signalled when plugbay can prove it started it
+for this plugin, by its start time and the random PLUGBAY_PLUGIN_ID that
+``start()`` put in its environment (read back from /proc/PID/environ).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
 
 _POLL = 0.2
 _TAIL = 50
@@ -36,6 +40,10 @@ _REAP_TIMEOUT = 10.0
 # Exit code reported for a reattached process: the host is not its parent, so
 # the real code is unknowable.
 UNKNOWN_EXIT_CODE = -1
+# Put in every plugin's environment: a random id per plugin (recorded in the reattach
+# data) and the host session (pid-start ticks of the host; see sweep()).
+ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
+ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 
 
 def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
@@ -65,6 +73,7 @@ class ProcessRunner(Runner):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._iterating: set[str] = set()
+        self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
 
     # --- identity -------------------------------------------------------------
 
@@ -92,6 +101,8 @@ class ProcessRunner(Runner):
         env: dict[str, str] = {} if self.skip_host_env else dict(os.environ)
         env.update(self.env)
         env.update(spec.env)
+        env[ENV_PLUGIN_ID] = self.plugin_id
+        env[ENV_HOST_SESSION] = host_session()
         if spec.socket_dir and "TMPDIR" not in self.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.
@@ -135,7 +146,7 @@ class ProcessRunner(Runner):
     def reattach_data(self) -> dict[str, Any]:
         pid = self._proc.pid if self._proc is not None else 0
         return {"kind": "ProcessRunner", "id": str(pid), "pid": pid, "name": self.name,
-                "start_time": _start_time(pid)}
+                "start_time": _start_time(pid), "plugin_id": self.plugin_id}
 
     # --- output -----------------------------------------------------------------
 
@@ -229,6 +240,39 @@ def _start_time(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
+def host_session() -> str:
+    """This host's session marker: HOST_SESSION_ID plus its start ticks (a reused pid differs)."""
+    return f"{HOST_SESSION_ID}.{_start_time(os.getpid())}"
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    """A process's initial environment (None when it is gone or not ours to read)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return out
+
+
+def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
+    """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
+    if start_time is None or not plugin_id:
+        return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
+    if _start_time(pid) != start_time:
+        return f"process {pid} started at another time than the plugin (its pid was reused)"
+    env = _environ(pid)
+    if env is None:
+        return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
+    if env.get(ENV_PLUGIN_ID) != plugin_id:
+        return f"process {pid} does not carry {ENV_PLUGIN_ID}={plugin_id} in its environment"
+    return None
+
+
 def _proc_state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -244,10 +288,12 @@ class AttachedProcess(AttachedRunner):
     returns UNKNOWN_EXIT_CODE once the process is gone.
     """
 
-    def __init__(self, pid: int, start_time: int | None = None, name: str = "") -> None:
+    def __init__(self, pid: int, start_time: int | None = None, name: str = "",
+                 plugin_id: str = "") -> None:
         self.pid = pid
         self._start_time = start_time
         self._name = name or str(pid)
+        self.plugin_id = plugin_id
 
     @property
     def id(self) -> str:
@@ -274,6 +320,10 @@ class AttachedProcess(AttachedRunner):
     def kill(self, grace: float = 2.0) -> None:
         if not self._alive():
             return
+        why = _unproven(self.pid, self._start_time, self.plugin_id)
+        if why is not None:  # checked again: the pid may have changed hands since reattach
+            raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
+                                " plugin it started; stop that process yourself if it is yours")
         try:
             group = self.pid if os.getpgid(self.pid) == self.pid else None
         except ProcessLookupError:
@@ -296,21 +346,32 @@ class AttachedProcess(AttachedRunner):
 
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "ProcessRunner", "id": str(self.pid), "pid": self.pid, "name": self._name,
-                "start_time": self._start_time}
+                "start_time": self._start_time, "plugin_id": self.plugin_id}
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
-    try:
-        pid = int(data["pid"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}") from None
-    start = data.get("start_time")
-    runner = AttachedProcess(pid, int(start) if start is not None else None, str(data.get("name", "")))
+    pid, start = data.get("pid"), data.get("start_time")
+    if type(pid) is not int:
+        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
+    if pid <= 1:  # 0, -1 and negatives signal groups or every process; 1 is init
+        raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
+                            " Client.reattach_config().to_json() produced")
+    if start is not None and type(start) is not int:
+        raise ReattachError(f"reattach data's 'start_time' must be an integer, got {start!r}")
+    plugin_id = data.get("plugin_id")
+    runner = AttachedProcess(pid, start, str(data.get("name", "")),
+                             plugin_id if isinstance(plugin_id, str) else "")
     if not runner._alive():
         raise RunnerError(
             f"cannot reattach: plugin process {pid} is no longer running (or its pid was reused);"
             " start the plugin again"
         )
+    why = _unproven(pid, start, runner.plugin_id)
+    if why is not None:
+        raise ReattachError(
+            f"cannot reattach to process {pid}: {why}, so plugbay cannot prove it started it for"
+            " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
+            " produced for a running plugin, or start the plugin again")
     return runner
 
 

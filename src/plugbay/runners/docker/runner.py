@@ -29,11 +29,12 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
+from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, ReattachError, RunnerError
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
-                                            engine_call, host_gid, managed_labels, owner_name, parse_mount, prepare_socket_dir,
-                                            published_port, sweep)
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, MANAGED, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN,
+                                            bind_mount, check_runtime, clear_socket_dir, engine, engine_call, host_gid,
+                                            managed_labels, mark_socket_dir, owner_name, parse_mount,
+                                            prepare_socket_dir, published_port, socket_dir_unproven, sweep)
 from plugbay.runners.docker.logs import LogPump
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -94,6 +95,7 @@ class DockerRunner(Runner):
         self._container_id = ""
         self._host_socket_dir: str | None = None
         self._owns_socket_dir = False
+        self._socket_token = ""
         self._host_port: int | None = None
         self._pumps: dict[str, LogPump] = {}
         self._final_state: dict[str, Any] | None = None
@@ -149,6 +151,7 @@ class DockerRunner(Runner):
             self._owns_socket_dir = spec.socket_dir is None
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
+            self._socket_token = mark_socket_dir(self._host_socket_dir)  # a reattach proves the folder by it
             env.update({"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
                         "PLUGIN_UNIX_SOCKET_GROUP": str(gid)})
             env.pop("PLUGBAY_LISTEN", None)
@@ -160,7 +163,8 @@ class DockerRunner(Runner):
             mounts = list(self.mounts)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
-            labels["plugbay.socket-dir"] = self._host_socket_dir
+            labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
+                           SOCKET_OWNED: str(self._owns_socket_dir).lower()})
         security_opt = ["no-new-privileges:true"] if self.no_new_privileges else []
         args.update(image=image.id, environment=env, labels=labels, name=self.container_name, mounts=mounts,
                     read_only=self.read_only, cap_drop=self.cap_drop or None, security_opt=security_opt or None,
@@ -335,7 +339,7 @@ class DockerRunner(Runner):
                 pump.close()
             if self._waiter is not None:
                 self._waiter.join(10.0)
-            if self._owns_socket_dir and self._host_socket_dir:
+            if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
             elif self._attached and self._host_socket_dir:
                 clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
@@ -400,7 +404,12 @@ class DockerRunner(Runner):
 
     @classmethod
     def attach(cls, data: Mapping[str, Any]) -> DockerRunner:
-        """The runner of a container another host process started (reattach)."""
+        """The runner of a container another host process started (reattach).
+
+        The data is untrusted: the container must carry plugbay's labels, and a socket
+        folder must be the one named in its labels, holding the marker plugbay wrote;
+        otherwise ReattachError is raised and nothing is touched.
+        """
         from docker.errors import NotFound
 
         container_id = str(data.get("id") or "")
@@ -411,9 +420,6 @@ class DockerRunner(Runner):
                      container_port=int(data.get("container_port") or 4000))
         runner._client = engine()
         runner._container_id = container_id
-        runner._host_socket_dir = data.get("host_socket_dir")
-        runner._owns_socket_dir = bool(data.get("owns_socket_dir"))
-        runner._host_port = data.get("host_port")
         runner._attached = True
         try:
             container = engine_call(lambda: runner._client.containers.get(container_id), "find the container")
@@ -421,11 +427,31 @@ class DockerRunner(Runner):
             runner._client.close()
             raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
                               " start the plugin again") from None
+        labels = dict(container.labels or {})
+        socket_dir = data.get("host_socket_dir")
+        why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
+        if why is None and socket_dir is not None:
+            why = socket_dir_unproven(socket_dir, labels)
+        if why is not None:
+            runner._client.close()
+            runner._container_id = ""
+            raise ReattachError(
+                f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
+                " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
+                " that Client.reattach_config().to_json() produced for a running plugin")
+        runner._host_socket_dir = socket_dir
+        runner._owns_socket_dir = labels.get(SOCKET_OWNED) == "true"  # the labels say, not the data
         if container.status != "running":
             code = container.attrs["State"].get("ExitCode")
             runner._client.close()
             raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                               f" (exit code {code}); start the plugin again")
+        if runner.transport == "tcp":  # the engine says where it is published, not the data
+            try:
+                runner._host_port = published_port(container, runner.container_port)
+            except BaseException:
+                runner._client.close()
+                raise
         runner._watch_exit()
         # Record the new owner so a sweep does not take the container from this host.
         try:
