@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from docker.errors import NotFound
 
 from plugbay.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
-                                 RunnerError)
+                                 MalformedHandshakeError, RunnerError)
 from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.base import HOST_SESSION_ID, LaunchSpec, reattach_runner
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
@@ -144,7 +145,7 @@ def test_unix_transport_refuses_addresses_outside_the_socket_folder() -> None:
     runner = _runner()
     runner.start(LaunchSpec(env={}))
     try:
-        with pytest.raises(RunnerError, match="PLUGIN_UNIX_SOCKET_DIR"):
+        with pytest.raises(MalformedHandshakeError, match="'/tmp/elsewhere.sock'.*PLUGIN_UNIX_SOCKET_DIR"):
             runner.plugin_to_host("unix", "/tmp/elsewhere.sock")
         with pytest.raises(RunnerError, match="transport='tcp'"):
             runner.plugin_to_host("tcp", "127.0.0.1:1234")
@@ -453,3 +454,37 @@ def test_reattach_never_deletes_a_folder_the_data_names(tmp_path: Path) -> None:
     finally:
         runner.kill(0)
     assert not os.path.exists(real["host_socket_dir"])
+
+
+ESCAPE = "print('1|1|unix|/plugbay/sock/../../tmp/host-only.sock|grpc', flush=True); import time; time.sleep(60)"
+
+
+def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig
+
+    outside = tmp_path / "host-only.sock"
+    with socket.socket(socket.AF_UNIX) as host_only:
+        host_only.bind(str(outside))
+        runner = _runner()
+        runner.start(LaunchSpec(env={}))
+        try:
+            host_side = runner.plugin_to_host(*_handshake(runner))[1]
+            folder = os.path.dirname(host_side)
+            # normalised, and inside: fine
+            assert runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/x/../plugin.sock")[1] == host_side
+            bad = [f"{CONTAINER_SOCKET_DIR}/../../{outside}", f"{CONTAINER_SOCKET_DIR}/..",
+                   f"{CONTAINER_SOCKET_DIR}/sub/plugin.sock", CONTAINER_SOCKET_DIR, "plugin.sock"]
+            for address in bad:
+                with pytest.raises(MalformedHandshakeError, match=rf"announced socket path '{re.escape(address)}',"
+                                   r" but it is not a file directly in the mapped socket folder"):
+                    runner.plugin_to_host("unix", address)
+            os.symlink(outside, os.path.join(folder, "link.sock"))  # as a container could
+            with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/link.sock', but it is not a socket"):
+                runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/link.sock")
+        finally:
+            runner.kill(0)
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}, start_timeout=30,
+                                     runner=_runner(entrypoint=["python3", "-c", ESCAPE])))
+        with pytest.raises(MalformedHandshakeError, match="/plugbay/sock/../../tmp/host-only.sock"):
+            client.start()
+        client.kill()

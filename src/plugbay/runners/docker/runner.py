@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import posixpath
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, ReattachError, RunnerError
+from plugbay.errors import (ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError,
+                            ReattachError, RunnerError)
 from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, MANAGED, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN,
                                             bind_mount, check_runtime, clear_socket_dir, engine, engine_call, host_gid,
@@ -253,9 +257,8 @@ class DockerRunner(Runner):
 
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix":
-            if network == "unix" and self._host_socket_dir and (
-                    address == CONTAINER_SOCKET_DIR or address.startswith(CONTAINER_SOCKET_DIR + "/")):
-                return "unix", self._host_socket_dir + address[len(CONTAINER_SOCKET_DIR):]
+            if network == "unix" and self._host_socket_dir:
+                return "unix", self._socket_on_host(address)
             raise RunnerError(
                 f"the plugin in container {self.id[:12]} announced {network}:{address}, which the host cannot"
                 f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
@@ -270,6 +273,36 @@ class DockerRunner(Runner):
             f" {self.container_port} is published; make the plugin honour PLUGBAY_LISTEN"
             " (plugbay's serve() does) or set container_port= to the port it listens on."
         )
+
+    def _socket_on_host(self, address: str) -> str:
+        """The host path of a socket the container announced: a file directly in the mapped folder.
+
+        The path is normalised first; ``..``, sub-folders and anything that is
+        not a socket on the host side (a symlink the container made) are refused.
+        """
+        assert self._host_socket_dir is not None
+        norm = posixpath.normpath(address) if address.startswith("/") else ""
+        prefix = CONTAINER_SOCKET_DIR + "/"
+        name = norm[len(prefix):] if norm.startswith(prefix) else ""
+        why = None
+        if not name or "/" in name:
+            why = "it is not a file directly in"
+        else:
+            host = os.path.join(self._host_socket_dir, name)
+            try:
+                if not stat.S_ISSOCK(os.lstat(host).st_mode):
+                    why = "it is not a socket (a symlink or file the container made) in"
+            except FileNotFoundError:
+                pass  # not created yet: the dial reports it
+            except OSError as exc:
+                why = f"it cannot be checked ({exc.strerror}) in"
+            if why is None:
+                return host
+        raise MalformedHandshakeError(
+            f"unix|{address}",
+            f"the plugin in container {self.id[:12]} announced socket path {address!r}, but {why} the"
+            f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
+            f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix" and network == "unix" and self._host_socket_dir and (
