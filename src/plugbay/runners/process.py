@@ -74,6 +74,7 @@ class ProcessRunner(Runner):
         self._lock = threading.Lock()
         self._iterating: set[str] = set()
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
+        self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
 
     # --- identity -------------------------------------------------------------
 
@@ -95,6 +96,50 @@ class ProcessRunner(Runner):
 
     # --- lifecycle ------------------------------------------------------------
 
+    def check_secure_config(self, secure: Any) -> None:
+        """Check SecureConfig(s) and run exactly the checked bytes.
+
+        Each SecureConfig names a file of ``cmd`` (``path``; None: the executable).
+        Its verified in-memory copy (``secure.verified_fd``) is what start() runs:
+        the executable through ``/proc/self/fd/N`` (argv[0] is kept), an argument
+        (a script) replaced by ``/proc/self/fd/N``.
+        """
+        configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]
+        cwd = self.cwd or os.getcwd()
+        try:
+            for config in configs:
+                index = self._cmd_index(config.path, cwd)
+                if index in self._verified:
+                    raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
+                target = resolve_executable(self.cmd[0], self._path_env()) if index == 0 else \
+                    os.path.join(cwd, self.cmd[index])
+                self._verified[index] = config.verified_fd(target)
+        except BaseException:
+            self._close_verified()
+            raise
+
+    def _path_env(self) -> Mapping[str, str] | None:
+        return {**self.env} if self.skip_host_env else None
+
+    def _cmd_index(self, path: str | None, cwd: str) -> int:
+        if path is None:
+            return 0
+        wanted = os.path.normpath(os.path.join(cwd, path))
+        for i, part in enumerate(self.cmd):
+            if i == 0 and os.sep not in part:
+                if resolve_executable(part, self._path_env()) == wanted:
+                    return 0
+            elif os.path.normpath(os.path.join(cwd, part)) == wanted:
+                return i
+        raise ConfigError(f"SecureConfig(path={path!r}) names a file that is not in the plugin command"
+                          f" {self.cmd!r}; plugbay can only guarantee the checked bytes run for a file the"
+                          " command names: give path= as it is written in cmd (or None for the executable)")
+
+    def _close_verified(self) -> None:
+        for fd in self._verified.values():
+            os.close(fd)
+        self._verified.clear()
+
     def start(self, spec: LaunchSpec) -> None:
         if self._proc is not None:
             raise RunnerError(f"ProcessRunner for {self.name!r} was already started; make a new runner")
@@ -107,16 +152,26 @@ class ProcessRunner(Runner):
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.
             env["TMPDIR"] = spec.socket_dir
+        args = list(self.cmd)
+        executable = None
+        for index, fd in self._verified.items():  # run the checked copies (check_secure_config)
+            if index == 0:
+                executable = f"/proc/self/fd/{fd}"
+            else:
+                args[index] = f"/proc/self/fd/{fd}"
         try:
             self._proc = subprocess.Popen(
-                self.cmd, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+                pass_fds=tuple(self._verified.values()),
             )
         except OSError as exc:
             raise RunnerError(
                 f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
                 " and the working directory."
             ) from exc
+        finally:
+            self._close_verified()
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._proc is None:
@@ -130,6 +185,7 @@ class ProcessRunner(Runner):
         proc = self._proc
         if proc is None:
             self._stop.set()
+            self._close_verified()
             return
         if proc.poll() is None and grace > 0:
             _signal_group(proc.pid, signal.SIGTERM)

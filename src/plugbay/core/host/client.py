@@ -43,7 +43,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
-from plugbay.runners.process import ProcessRunner, resolve_executable
+from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
 # Started, not yet killed: plugins run in their own session, so they would
@@ -212,10 +212,6 @@ class Client:
     def _check_secure(self, runner: Runner) -> None:
         secure = self.config.secure_config
         if secure is None:
-            return
-        if isinstance(runner, ProcessRunner):
-            env = {**runner.env} if runner.skip_host_env else None
-            secure.check(resolve_executable(runner.cmd[0], env))
             return
         check = getattr(runner, "check_secure_config", None)
         if check is None:

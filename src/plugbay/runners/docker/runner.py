@@ -244,6 +244,8 @@ class DockerRunner(Runner):
 
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+        if isinstance(secure, (list, tuple)) or secure.path is not None:
+            raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
         if secure.hash != "sha256":
             raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
                               " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
