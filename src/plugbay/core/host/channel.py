@@ -57,6 +57,10 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
 
 
+class ClientClosed(_TranslatedRpcError, ClientStateError):
+    """The call failed because its Client was being killed or closed."""
+
+
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
 # install one): hook(method, attempt, timeout) where attempt(timeout) makes one try and
 # timeout is the caller's own (None when the call set none).
@@ -74,6 +78,8 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                  exit_probe: ExitProbe | None = None, name: str = "plugin") -> None:
         self._channel: grpc.Channel | None = channel
         self._closed = False  # the current channel was closed under us (close_current)
+        self._closing = False  # the owner began kill()/close(): failures are its doing
+        self._died_first = False  # ... unless the plugin had died before that
         self._generation = 0
         self._lock = threading.Lock()
         self.call_timeout = call_timeout
@@ -110,6 +116,13 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             self._generation += 1
         return old
 
+    def begin_close(self) -> None:
+        """The owner is killing or closing the connection: say so, not what the teardown breaks."""
+        died = self._exit_probe is not None and self._exit_probe(0.0) is not None
+        with self._lock:
+            self._closing, self._died_first = True, died
+            self._generation += 1
+
     def close_current(self) -> None:
         """Close the underlying channel (the plugin died); later calls fail typed, off grpcio."""
         with self._lock:
@@ -125,7 +138,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         Under the lock, so the channel cannot be closed while grpcio builds it.
         """
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 raise self.translate_closed()
             factory = getattr(self.current, kind)
             return self._generation, factory(method, request_serializer=ser,
@@ -141,6 +154,9 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
                 " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
                 " if it is stuck", exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._closing \
+                and not self._died_first:
+            return ClientClosed(self._killed_message(), exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
             why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
             if why is not None:
@@ -150,15 +166,18 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         translated: BaseException = exc
         return translated
 
+    def _killed_message(self) -> str:
+        return (f"the connection to plugin {self._name!r} was closed (the Client was killed);"
+                " start a new Client to call it again")
+
     def translate_closed(self) -> BaseException:
+        if self._closing and not self._died_first:
+            return ClientStateError(self._killed_message())
         if self._exit_probe is not None:
             why = self._exit_probe(0.0)
             if why is not None:
                 return PluginDiedError(f"plugin {self._name!r} is gone: {why}; start a new Client")
-        return ClientStateError(
-            f"the connection to plugin {self._name!r} was closed (the Client was killed);"
-            " start a new Client to call it again"
-        )
+        return ClientStateError(self._killed_message())
 
     def translate_value_error(self, exc: ValueError) -> BaseException:
         """grpcio's ValueError for a call on a closed channel, as a typed error."""

@@ -104,6 +104,7 @@ class Client:
         self._exit_code: int | None = None
         self._dispensed: dict[str, Any] = {}
         self._controller: Any = None  # GRPCControllerStub, built while the channel is open
+        self._logs_drained = False
 
     # --- properties -------------------------------------------------------------
 
@@ -292,6 +293,9 @@ class Client:
         if code is None:
             return None
         self._exit_code = code
+        if not self._logs_drained:  # its last stderr lines may still be in the pipe
+            self._logs.join(1.0)
+            self._logs_drained = True
         tail = "; ".join(self._logs.tail()[-5:])
         how = f"it exited with code {code}"
         if code < 0 and -code in signal.valid_signals():
@@ -329,6 +333,8 @@ class Client:
                 return
             self._killed = True
             _LIVE.discard(self)
+            if self._channel is not None:
+                self._channel.begin_close()
             self._teardown(graceful=True)
 
     def close(self) -> None:
@@ -342,6 +348,8 @@ class Client:
                     f" Client started plugin {self.name!r}, so stop it with kill()")
             self._killed = True
             _LIVE.discard(self)
+            if self._channel is not None:
+                self._channel.begin_close()
             self._stop.set()
             self._close_rpc_streams()
             self._close_streams()
