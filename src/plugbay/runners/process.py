@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from plugbay.errors import ConfigError, ReattachError, RunnerError
-from plugbay.runners.base import HOST_SESSION_ID, AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, environ, family, host_session, signal_all,
+                                      sweep as sweep)
 
 _POLL = 0.2
 _TAIL = 50
@@ -40,10 +42,6 @@ _REAP_TIMEOUT = 10.0
 # Exit code reported for a reattached process: the host is not its parent, so
 # the real code is unknowable.
 UNKNOWN_EXIT_CODE = -1
-# Put in every plugin's environment: a random id per plugin (recorded in the reattach
-# data) and the host session (pid-start ticks of the host; see sweep()).
-ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
-ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 
 
 def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
@@ -187,11 +185,16 @@ class ProcessRunner(Runner):
             self._stop.set()
             self._close_verified()
             return
+        # Descendants that left the group (their own session) and orphans carrying
+        # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
+        strays = family(proc.pid if proc.returncode is None else None, self.plugin_id)
         if proc.poll() is None and grace > 0:
             _signal_group(proc.pid, signal.SIGTERM)
+            signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         # The leader may be gone while its children still hold the group.
         _signal_group(proc.pid, signal.SIGKILL)
+        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
         try:
             proc.wait(_REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
@@ -296,32 +299,13 @@ def _start_time(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
-def host_session() -> str:
-    """This host's session marker: HOST_SESSION_ID plus its start ticks (a reused pid differs)."""
-    return f"{HOST_SESSION_ID}.{_start_time(os.getpid())}"
-
-
-def _environ(pid: int) -> dict[str, str] | None:
-    """A process's initial environment (None when it is gone or not ours to read)."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    return out
-
-
 def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
     """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
     if start_time is None or not plugin_id:
         return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
     if _start_time(pid) != start_time:
         return f"process {pid} started at another time than the plugin (its pid was reused)"
-    env = _environ(pid)
+    env = environ(pid)
     if env is None:
         return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
     if env.get(ENV_PLUGIN_ID) != plugin_id:
@@ -384,12 +368,15 @@ class AttachedProcess(AttachedRunner):
             group = self.pid if os.getpgid(self.pid) == self.pid else None
         except ProcessLookupError:
             return
+        strays = family(self.pid, self.plugin_id)  # proven above: its descendants and marked kin
         if grace > 0:
             self._signal(group, signal.SIGTERM)
+            signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         if self._alive():
             self._signal(group, signal.SIGKILL)
             self.wait(_REAP_TIMEOUT)
+        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
 
     def _signal(self, group: int | None, sig: int) -> None:
         try:
