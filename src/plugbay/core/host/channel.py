@@ -323,8 +323,6 @@ class _TranslatingFuture:
         try:
             return self._future.result(timeout)
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Future) and not exc.done():
-                raise  # not an RPC failure
             raise self._owner.translate(exc) from exc
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
