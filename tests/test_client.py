@@ -26,6 +26,7 @@ from plugbay import (  # noqa: E402
     ClientStateError,
     ConfigError,
     HandshakeConfig,
+    HandshakeError,
     HandshakeTimeoutError,
     MalformedHandshakeError,
     PluginDiedError,
@@ -246,6 +247,15 @@ def test_exit_right_after_the_handshake(caplog: pytest.LogCaptureFixture) -> Non
                for r in caplog.records)
 
 
+def test_stdout_closed_by_a_live_plugin_fails_without_waiting_for_the_timeout() -> None:
+    client = Client(config([PY, MISBEHAVE, "close-out"], start_timeout=120))
+    with pytest.raises(HandshakeError, match=r"(?s)closed its stdout without printing a handshake line but"
+                       r" kept running, so it was killed.*does not close or redirect its stdout"):
+        client.start()
+    assert client.runner.wait(0) is not None
+    client.kill()
+
+
 def test_handshake_timeout_kills_the_plugin() -> None:
     client = Client(config([PY, MISBEHAVE, "silent"], start_timeout=1.0))
     with pytest.raises(HandshakeTimeoutError, match=r"(?s)within 1.0s.*process \d+"):
@@ -260,6 +270,9 @@ def test_handshake_timeout_kills_the_plugin() -> None:
     ("2|1|tcp|127.0.0.1:1234|grpc", ProtocolMismatchError, "core API version"),
     ("1|1|udp|127.0.0.1:1|grpc", MalformedHandshakeError, "unknown address type"),
     ("1|1|unix|/x.sock|grpc|" + "QUFB" * 20, MalformedHandshakeError, "not a DER X.509 certificate"),
+    # these used to be dialled: a bad port cost the whole start timeout, a relative path met the cwd
+    ("1|1|tcp|127.0.0.1:abc|grpc", MalformedHandshakeError, "port 'abc' of tcp address '127.0.0.1:abc'"),
+    ("1|1|unix|plugin.sock|grpc", MalformedHandshakeError, "unix socket path 'plugin.sock' is not absolute"),
 ])
 def test_bad_handshake_lines(line: str, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):

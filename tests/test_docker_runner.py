@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from docker.errors import NotFound
 
 from plugbay.errors import (ChecksumMismatchError, ConfigError, EngineUnavailableError, ImageNotFoundError,
-                                 RunnerError)
+                                 MalformedHandshakeError, RunnerError)
 from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.session import HOST_SESSION_ID
@@ -145,7 +146,7 @@ def test_unix_transport_refuses_addresses_outside_the_socket_folder() -> None:
     runner = _runner()
     runner.start(LaunchSpec(env={}))
     try:
-        with pytest.raises(RunnerError, match="PLUGIN_UNIX_SOCKET_DIR"):
+        with pytest.raises(MalformedHandshakeError, match="'/tmp/elsewhere.sock'.*PLUGIN_UNIX_SOCKET_DIR"):
             runner.plugin_to_host("unix", "/tmp/elsewhere.sock")
         with pytest.raises(RunnerError, match="transport='tcp'"):
             runner.plugin_to_host("tcp", "127.0.0.1:1234")
@@ -392,3 +393,100 @@ def test_socket_group_follows_the_client_setting() -> None:
         runner.kill()
     with pytest.raises(ConfigError, match="not a group on this host"):
         _runner().start(LaunchSpec(env={"PLUGIN_UNIX_SOCKET_GROUP": "no-such-group-xyz"}))
+
+
+def test_reattach_refuses_a_container_plugbay_did_not_start(plugbay_docker: Any, tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+    from plugbay.errors import ReattachError
+
+    foreign = plugbay_docker.containers.run(BASE, ["sleep", "60"], detach=True, network_mode="none")
+    try:
+        data = {"kind": "DockerRunner", "id": foreign.id, "image": BASE, "transport": "unix",
+                "host_socket_dir": str(tmp_path), "owns_socket_dir": True}
+        with pytest.raises(ReattachError, match=rf"container {foreign.id[:12]}: it lacks plugbay's label"
+                           r" plugbay.managed=true.*leaves them alone"):
+            reattach_runner(data)
+        info = HandshakeInfo(1, 1, "unix", str(tmp_path / "no.sock"))
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={},
+                                     reattach=ReattachConfig(handshake=info, runner=data)))
+        with pytest.raises(ReattachError):
+            client.start()
+        client.kill()
+        foreign.reload()
+        assert foreign.status == "running" and tmp_path.is_dir()
+    finally:
+        foreign.remove(force=True)
+
+
+def test_reattach_never_deletes_a_folder_the_data_names(tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+    from plugbay.errors import ReattachError
+    from plugbay.runners.docker.engine import SOCKET_MARKER
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    runner = _runner(entrypoint=["sleep", "60"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        real = runner.reattach_data()
+        forged = {**real, "host_socket_dir": str(victim), "owns_socket_dir": True}
+        with pytest.raises(ReattachError, match=rf"the container.s label plugbay.socket-dir does not name {victim}"):
+            reattach_runner(forged)
+        info = HandshakeInfo(1, 1, "unix", str(victim / "no.sock"))
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={},
+                                     reattach=ReattachConfig(handshake=info, runner=forged)))
+        with pytest.raises(ReattachError):
+            client.start()
+        client.kill()
+        assert (victim / "precious.txt").read_text() == "keep me"
+        assert runner.wait(0) is None  # the container was not touched either
+        # the labelled folder without plugbay's marker file is not proven either
+        marker = Path(real["host_socket_dir"]) / SOCKET_MARKER
+        token = marker.read_text()
+        marker.unlink()
+        with pytest.raises(ReattachError, match="holds no marker file plugbay wrote"):
+            reattach_runner(real)
+        marker.write_text("forged")
+        with pytest.raises(ReattachError, match="is not the one plugbay wrote"):
+            reattach_runner(real)
+        marker.write_text(token)
+    finally:
+        runner.kill(0)
+    assert not os.path.exists(real["host_socket_dir"])
+
+
+ESCAPE = "print('1|1|unix|/plugbay/sock/../../tmp/host-only.sock|grpc', flush=True); import time; time.sleep(60)"
+
+
+def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -> None:
+    from plugbay import Client, ClientConfig, HandshakeConfig
+
+    outside = tmp_path / "host-only.sock"
+    with socket.socket(socket.AF_UNIX) as host_only:
+        host_only.bind(str(outside))
+        runner = _runner()
+        runner.start(LaunchSpec(env={}))
+        try:
+            host_side = runner.plugin_to_host(*_handshake(runner))[1]
+            folder = os.path.dirname(host_side)
+            # normalised, and inside: fine
+            assert runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/x/../plugin.sock")[1] == host_side
+            bad = [f"{CONTAINER_SOCKET_DIR}/../../{outside}", f"{CONTAINER_SOCKET_DIR}/..",
+                   f"{CONTAINER_SOCKET_DIR}/sub/plugin.sock", CONTAINER_SOCKET_DIR, "plugin.sock"]
+            for address in bad:
+                with pytest.raises(MalformedHandshakeError, match=rf"announced socket path '{re.escape(address)}',"
+                                   r" but it is not a file directly in the mapped socket folder"):
+                    runner.plugin_to_host("unix", address)
+            os.symlink(outside, os.path.join(folder, "link.sock"))  # as a container could
+            with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/link.sock', but it is not a socket"):
+                runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/link.sock")
+        finally:
+            runner.kill(0)
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}, start_timeout=30,
+                                     runner=_runner(entrypoint=["python3", "-c", ESCAPE])))
+        with pytest.raises(MalformedHandshakeError, match="/plugbay/sock/../../tmp/host-only.sock"):
+            client.start()
+        client.kill()

@@ -55,11 +55,36 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|tcp|a:1|grpc|" + "QUFB" * 20, "not a DER X.509 certificate"),
     ("1|1|tcp|a:1|grpc||maybe", "not a boolean"),
     ("1|1|tcp|a:1|grpc||true|x", "at most 7"),
+    ("\u0661|1|tcp|a:1|grpc", "core protocol version '\u0661' is not a number"),  # Arabic-Indic 1
+    ("1|1_0|tcp|a:1|grpc", "app protocol version '1_0' is not a number"),
+    ("1|+1|tcp|a:1|grpc", "app protocol version '+1' is not a number"),
+    ("1|1|unix|/tmp/a\x00b|grpc", "address field: unix socket path '/tmp/a\\x00b' holds a control character"),
+    ("1|1|unix|/tmp/a%2Fb|grpc", "address field: unix socket path '/tmp/a%2Fb' holds a control character or '%'"),
+    ("1|1|unix|plugin.sock|grpc", "address field: unix socket path 'plugin.sock' is not absolute"),
+    ("1|1|tcp|127.0.0.1:abc|grpc", "address field: port 'abc' of tcp address '127.0.0.1:abc' is not a number"),
+    ("1|1|tcp|127.0.0.1:0|grpc", "port '0' of tcp address"),
+    ("1|1|tcp|127.0.0.1:65536|grpc", "port '65536' of tcp address"),
+    ("1|1|tcp|127.0.0.1|grpc", "tcp address '127.0.0.1' is not HOST:PORT"),
+    ("1|1|tcp|:80|grpc", "tcp address ':80' is not HOST:PORT"),
+    ("1|1|tcp|::1:80|grpc", "host '::1' of tcp address '::1:80' is not a hostname"),
+    ("1|1|tcp|[nope]:80|grpc", "host '[nope]'"),
+    ("1|1|tcp|a b:80|grpc", "host 'a b'"),
 ])
 def test_malformed_lines_are_quoted_in_the_error(line: str, needle: str) -> None:
     with pytest.raises(errors.MalformedHandshakeError) as exc:
         parse_handshake_line(line)
     assert needle in str(exc.value) and repr(line) in str(exc.value)
+
+
+def test_strict_addresses_that_are_fine() -> None:
+    for address in ("127.0.0.1:1", "[::1]:65535", "plugin.example-1:443", "0.0.0.0:4100"):
+        assert parse_handshake_line(f"1|1|tcp|{address}|grpc").address == address
+    assert parse_handshake_line("1|1|unix|/tmp/plugbay-x/plugin123|grpc").address == "/tmp/plugbay-x/plugin123"
+
+
+def test_reattach_handshake_facts_are_checked_too() -> None:
+    with pytest.raises(errors.ConfigError, match="address plugbay will not dial: unix socket path 'rel' is not absolute"):
+        HandshakeInfo.from_dict({"core_version": 1, "app_version": 1, "network": "unix", "address": "rel"})
 
 
 def test_core_protocol_mismatch() -> None:

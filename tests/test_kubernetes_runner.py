@@ -233,6 +233,23 @@ def test_reattach_by_namespace_and_pod(kubeconfig: str, started: KubernetesRunne
         reattach_runner(data)
 
 
+def test_reattach_refuses_a_pod_plugbay_did_not_start(kubeconfig: str, started: KubernetesRunner) -> None:
+    from plugbay.errors import ReattachError
+
+    api = core(kubeconfig)
+    foreign = {"metadata": {"name": "not-plugbay", "labels": {"app": "someone-else"}},
+               "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": started.image}]}}
+    api.create_namespaced_pod("default", foreign)
+    try:
+        data = {**started.reattach_data(), "pod": "not-plugbay"}
+        with pytest.raises(ReattachError, match="pod default/not-plugbay: it lacks plugbay's label"
+                           " plugbay.managed=true.*leaves it alone"):
+            reattach_runner(data)
+        assert api.read_namespaced_pod("not-plugbay", "default").metadata.name == "not-plugbay"
+    finally:
+        api.delete_namespaced_pod("not-plugbay", "default", grace_period_seconds=0)
+
+
 def test_sweep_removes_pods_of_gone_sessions(kubeconfig: str, started: KubernetesRunner) -> None:
     api = core(kubeconfig)
     orphan = {"metadata": {"name": "plugbay-orphan", "labels": {

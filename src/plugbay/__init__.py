@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         PodUnschedulableError,
         ProtocolMismatchError,
         RemoteTLSError,
+        ReattachError,
         RestartBudgetExhaustedError,
         RunnerError,
         TLSConfigError,

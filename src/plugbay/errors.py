@@ -153,6 +153,11 @@ class PermissionDeniedError(RunnerError):
     """The runner's credentials lack a permission it needs."""
 
 
+class ReattachError(ConfigError):
+    """Reattach data names a process, container or folder plugbay cannot prove it started for
+    this plugin; nothing it names was signalled or deleted."""
+
+
 # --- broker -----------------------------------------------------------------
 
 

@@ -5,10 +5,12 @@ silent     print nothing on stdout; sleep (up to 120 s, so nothing outlives a ru
 line       print argv[2] as the handshake line, then sleep
 line-exit  print argv[2] as the handshake line, one stderr line, then exit 6
 grandchild exit 4 while a background child keeps stdout open (EOF never comes)
+close-out  close stdout without a handshake line and keep running (up to 120 s)
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +38,9 @@ def main() -> None:
         subprocess.Popen(["sleep", "120"], stdout=sys.stdout)
         sys.stderr.write("misbehave: leaving a child behind\n")
         sys.exit(4)
+    elif mode == "close-out":
+        os.close(1)
+        time.sleep(120)
     else:
         sys.exit(f"unknown mode {mode!r}")
 

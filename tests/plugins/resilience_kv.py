@@ -10,7 +10,7 @@ Get("__calls__")          how many Gets of other keys arrived (failed ones inclu
 Get("__pid__")            this process's pid
 Get("__tag__")            the RESILIENCE_TAG environment variable
 Get("__sleep__")          sleep 1.5 s, then answer b"slept"
-Get("__die__")            exit(9) in the middle of the call
+Get("__die__")            log "dying now" (the host's stderr tail), exit(9) in the middle of the call
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
                           then answer b"survived"
 Get of a missing key      NOT_FOUND (an application error)
@@ -20,6 +20,7 @@ RESILIENCE_NO_WATCH=1     health Watch answers UNIMPLEMENTED (as a plugin with a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -78,6 +79,9 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             time.sleep(1.5)
             return kv_pb2.GetResponse(value=b"slept")
         if key == "__die__":
+            logging.getLogger("resilience_kv").warning("dying now")  # a log record: to the host's stderr
+            for handler in logging.getLogger().handlers:
+                handler.flush()
             os._exit(9)
         if key == "__die_once__":
             marker = Path("died")

@@ -6,7 +6,6 @@ pool decides; these are the shapes it hands out.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc

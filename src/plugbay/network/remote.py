@@ -168,7 +168,8 @@ class RemoteClient(Client):
             except RemoteTLSError:
                 raise
             except NoEndpointsError as exc:
-                last = str(getattr(exc, "details", lambda: exc)())
+                details = getattr(exc, "details", None)
+                last = str(details() if callable(details) else exc)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"

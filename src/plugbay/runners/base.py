@@ -10,7 +10,7 @@ host can dial (a socket in a bind mount, a published port, a port-forward).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,9 @@ class SecureCheck(Protocol):
 
     @property
     def checksum(self) -> bytes: ...
+
+    @property
+    def path(self) -> str | None: ...
 
     def check(self, path: str) -> None: ...
 
@@ -124,8 +127,11 @@ class Runner(AttachedRunner):
         """What to add to a "plugin exited before its handshake" error besides its stderr tail."""
         return self.diagnose()
 
-    def check_secure_config(self, secure: SecureCheck) -> None:
-        """Verify that what this runner starts is what ``secure`` expects (ChecksumMismatchError if not)."""
+    def check_secure_config(self, secure: SecureCheck | Sequence[SecureCheck]) -> None:
+        """Verify that what this runner starts is what ``secure`` (one SecureConfig or a list) expects.
+
+        Raises ChecksumMismatchError on a mismatch; the default runner cannot verify anything.
+        """
         raise ConfigError(f"secure_config is not supported by runner {type(self).__name__};"
                           " drop it or use a runner that can verify what it starts")
 

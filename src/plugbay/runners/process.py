@@ -10,7 +10,10 @@ first; the runner sends SIGTERM to the group, waits ``grace`` seconds, then
 SIGKILLs the group and reaps the child, so no zombie is left.
 
 A host that did not start the plugin can reattach by pid (see
-:class:`AttachedProcess`); it watches the pid through /proc.
+:class:`AttachedProcess`); it watches the pid through /proc. Reattach data is
+untrusted: the process is only signalled when plugbay can prove it started it
+for this plugin, by its start time and the random PLUGBAY_PLUGIN_ID that
+``start()`` put in its environment (read back from /proc/PID/environ).
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from plugbay.core.transport.lines import LineSplitter
-from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, SecureCheck, register_reattacher
+from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, environ, family, host_session, signal_all,
+                                      sweep as sweep)
 from plugbay.runners.session import proc_stat, start_ticks
 
 _POLL = 0.2
@@ -68,6 +74,8 @@ class ProcessRunner(Runner):
         self._iterating: set[str] = set()
         # one per output stream read: each bounds its unfinished line (see core.transport.lines)
         self.splitters: list[LineSplitter] = []
+        self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
+        self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
 
     # --- identity -------------------------------------------------------------
 
@@ -93,26 +101,82 @@ class ProcessRunner(Runner):
 
     # --- lifecycle ------------------------------------------------------------
 
+    def check_secure_config(self, secure: Any) -> None:
+        """Check SecureConfig(s) and run exactly the checked bytes.
+
+        Each SecureConfig names a file of ``cmd`` (``path``; None: the executable).
+        Its verified in-memory copy (``secure.verified_fd``) is what start() runs:
+        the executable through ``/proc/self/fd/N`` (argv[0] is kept), an argument
+        (a script) replaced by ``/proc/self/fd/N``.
+        """
+        configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]
+        cwd = self.cwd or os.getcwd()
+        try:
+            for config in configs:
+                index = self._cmd_index(config.path, cwd)
+                if index in self._verified:
+                    raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
+                target = resolve_executable(self.cmd[0], self._path_env()) if index == 0 else \
+                    os.path.join(cwd, self.cmd[index])
+                self._verified[index] = config.verified_fd(target)
+        except BaseException:
+            self._close_verified()
+            raise
+
+    def _path_env(self) -> Mapping[str, str] | None:
+        return {**self.env} if self.skip_host_env else None
+
+    def _cmd_index(self, path: str | None, cwd: str) -> int:
+        if path is None:
+            return 0
+        wanted = os.path.normpath(os.path.join(cwd, path))
+        for i, part in enumerate(self.cmd):
+            if i == 0 and os.sep not in part:
+                if resolve_executable(part, self._path_env()) == wanted:
+                    return 0
+            elif os.path.normpath(os.path.join(cwd, part)) == wanted:
+                return i
+        raise ConfigError(f"SecureConfig(path={path!r}) names a file that is not in the plugin command"
+                          f" {self.cmd!r}; plugbay can only guarantee the checked bytes run for a file the"
+                          " command names: give path= as it is written in cmd (or None for the executable)")
+
+    def _close_verified(self) -> None:
+        for fd in self._verified.values():
+            os.close(fd)
+        self._verified.clear()
+
     def start(self, spec: LaunchSpec) -> None:
         if self._proc is not None:
             raise RunnerError(f"ProcessRunner for {self.name!r} was already started; make a new runner")
         env: dict[str, str] = {} if self.skip_host_env else dict(os.environ)
         env.update(self.env)
         env.update(spec.env)
+        env[ENV_PLUGIN_ID] = self.plugin_id
+        env[ENV_HOST_SESSION] = host_session()
         if spec.socket_dir and "TMPDIR" not in self.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.
             env["TMPDIR"] = spec.socket_dir
+        args = list(self.cmd)
+        executable = None
+        for index, fd in self._verified.items():  # run the checked copies (check_secure_config)
+            if index == 0:
+                executable = f"/proc/self/fd/{fd}"
+            else:
+                args[index] = f"/proc/self/fd/{fd}"
         try:
             self._proc = subprocess.Popen(
-                self.cmd, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+                pass_fds=tuple(self._verified.values()),
             )
         except OSError as exc:
             raise RunnerError(
                 f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
                 " and the working directory."
             ) from exc
+        finally:
+            self._close_verified()
 
     def has_exited(self) -> bool:
         if self._proc is None:
@@ -124,9 +188,6 @@ class ProcessRunner(Runner):
 
     def exit_detail(self) -> str:
         return ""  # the process runner's diagnosis would only repeat the stderr tail
-
-    def check_secure_config(self, secure: SecureCheck) -> None:
-        secure.check(resolve_executable(self.cmd[0], dict(self.env) if self.skip_host_env else None))
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._proc is None:
@@ -140,12 +201,18 @@ class ProcessRunner(Runner):
         proc = self._proc
         if proc is None:
             self._stop.set()
+            self._close_verified()
             return
+        # Descendants that left the group (their own session) and orphans carrying
+        # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
+        strays = family(proc.pid if proc.returncode is None else None, self.plugin_id)
         if proc.poll() is None and grace > 0:
             _signal_group(proc.pid, signal.SIGTERM)
+            signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         # The leader may be gone while its children still hold the group.
         _signal_group(proc.pid, signal.SIGKILL)
+        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
         try:
             proc.wait(_REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
@@ -156,7 +223,7 @@ class ProcessRunner(Runner):
     def reattach_data(self) -> dict[str, Any]:
         pid = self._proc.pid if self._proc is not None else 0
         return {"kind": "ProcessRunner", "id": str(pid), "pid": pid, "name": self.name,
-                "start_time": _start_time(pid)}
+                "start_time": _start_time(pid), "plugin_id": self.plugin_id}
 
     # --- output -----------------------------------------------------------------
 
@@ -244,6 +311,20 @@ def _start_time(pid: int) -> int | None:
     return int(ticks) if ticks else None
 
 
+def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
+    """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
+    if start_time is None or not plugin_id:
+        return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
+    if _start_time(pid) != start_time:
+        return f"process {pid} started at another time than the plugin (its pid was reused)"
+    env = environ(pid)
+    if env is None:
+        return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
+    if env.get(ENV_PLUGIN_ID) != plugin_id:
+        return f"process {pid} does not carry {ENV_PLUGIN_ID}={plugin_id} in its environment"
+    return None
+
+
 def _proc_state(pid: int) -> str | None:
     fields = proc_stat(pid)
     return fields[0] if fields else None
@@ -256,10 +337,12 @@ class AttachedProcess(AttachedRunner):
     returns UNKNOWN_EXIT_CODE once the process is gone.
     """
 
-    def __init__(self, pid: int, start_time: int | None = None, name: str = "") -> None:
+    def __init__(self, pid: int, start_time: int | None = None, name: str = "",
+                 plugin_id: str = "") -> None:
         self.pid = pid
         self._start_time = start_time
         self._name = name or str(pid)
+        self.plugin_id = plugin_id
 
     @property
     def id(self) -> str:
@@ -290,16 +373,23 @@ class AttachedProcess(AttachedRunner):
     def kill(self, grace: float = 2.0) -> None:
         if not self._alive():
             return
+        why = _unproven(self.pid, self._start_time, self.plugin_id)
+        if why is not None:  # checked again: the pid may have changed hands since reattach
+            raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
+                                " plugin it started; stop that process yourself if it is yours")
         try:
             group = self.pid if os.getpgid(self.pid) == self.pid else None
         except ProcessLookupError:
             return
+        strays = family(self.pid, self.plugin_id)  # proven above: its descendants and marked kin
         if grace > 0:
             self._signal(group, signal.SIGTERM)
+            signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         if self._alive():
             self._signal(group, signal.SIGKILL)
             self.wait(_REAP_TIMEOUT)
+        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
 
     def _signal(self, group: int | None, sig: int) -> None:
         try:
@@ -312,21 +402,32 @@ class AttachedProcess(AttachedRunner):
 
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "ProcessRunner", "id": str(self.pid), "pid": self.pid, "name": self._name,
-                "start_time": self._start_time}
+                "start_time": self._start_time, "plugin_id": self.plugin_id}
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
-    try:
-        pid = int(data["pid"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}") from None
-    start = data.get("start_time")
-    runner = AttachedProcess(pid, int(start) if start is not None else None, str(data.get("name", "")))
+    pid, start = data.get("pid"), data.get("start_time")
+    if type(pid) is not int:
+        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
+    if pid <= 1:  # 0, -1 and negatives signal groups or every process; 1 is init
+        raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
+                            " Client.reattach_config().to_json() produced")
+    if start is not None and type(start) is not int:
+        raise ReattachError(f"reattach data's 'start_time' must be an integer, got {start!r}")
+    plugin_id = data.get("plugin_id")
+    runner = AttachedProcess(pid, start, str(data.get("name", "")),
+                             plugin_id if isinstance(plugin_id, str) else "")
     if not runner._alive():
         raise RunnerError(
             f"cannot reattach: plugin process {pid} is no longer running (or its pid was reused);"
             " start the plugin again"
         )
+    why = _unproven(pid, start, runner.plugin_id)
+    if why is not None:
+        raise ReattachError(
+            f"cannot reattach to process {pid}: {why}, so plugbay cannot prove it started it for"
+            " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
+            " produced for a running plugin, or start the plugin again")
     return runner
 
 

@@ -10,6 +10,12 @@ it sets none. Failures are translated:
 * UNAVAILABLE / CANCELLED while the plugin has exited -> :class:`PluginDied`
   (a PluginDiedError)
 * a call after the Client was killed -> ClientStateError
+* a call after the plugin died and its connection was closed -> PluginDiedError
+
+No call on a closed connection reaches grpcio: building a registered method's
+call object on a closed ``grpc.Channel`` crashes the process (SIGSEGV in
+grpcio 1.85), so call objects are built under the lock that closing takes, and
+never once the connection is closed.
 
 The translated errors are also ``grpc.RpcError`` with ``code()``/``details()``,
 so code that catches gRPC errors keeps working.
@@ -51,6 +57,10 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
 
 
+class ClientClosed(_TranslatedRpcError, ClientStateError):
+    """The call failed because its Client was being killed or closed."""
+
+
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
 # install one): hook(method, attempt, timeout) where attempt(timeout) makes one try and
 # timeout is the caller's own (None when the call set none).
@@ -67,6 +77,9 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
     def __init__(self, channel: grpc.Channel, call_timeout: float | None,
                  exit_probe: ExitProbe | None = None, name: str = "plugin") -> None:
         self._channel: grpc.Channel | None = channel
+        self._closed = False  # the current channel was closed under us (close_current)
+        self._closing = False  # the owner began kill()/close(): failures are its doing
+        self._died_first = False  # ... unless the plugin had died before that
         self._generation = 0
         self._lock = threading.Lock()
         self.call_timeout = call_timeout
@@ -93,6 +106,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         """Point every stub at ``channel``; returns the old one for the caller to close."""
         with self._lock:
             old, self._channel = self._channel, channel
+            self._closed = False
             self._generation += 1
         return old
 
@@ -101,6 +115,34 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             old, self._channel = self._channel, None
             self._generation += 1
         return old
+
+    def begin_close(self) -> None:
+        """The owner is killing or closing the connection: say so, not what the teardown breaks."""
+        died = self._exit_probe is not None and self._exit_probe(0.0) is not None
+        with self._lock:
+            self._closing, self._died_first = True, died
+            self._generation += 1
+
+    def close_current(self) -> None:
+        """Close the underlying channel (the plugin died); later calls fail typed, off grpcio."""
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+            channel = self._channel
+            if channel is not None:
+                channel.close()
+
+    def new_call(self, kind: str, method: str, ser: Any, de: Any) -> tuple[int, Any]:
+        """Build a call object on the current channel: (generation, multicallable).
+
+        Under the lock, so the channel cannot be closed while grpcio builds it.
+        """
+        with self._lock:
+            if self._closed or self._closing:
+                raise self.translate_closed()
+            factory = getattr(self.current, kind)
+            return self._generation, factory(method, request_serializer=ser,
+                                             response_deserializer=de, _registered_method=True)
 
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
         if isinstance(exc, PlugbayError):
@@ -114,6 +156,9 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
                 " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
                 " if it is stuck", exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._closing \
+                and not self._died_first:
+            return ClientClosed(self._killed_message(), exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
             why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
             if why is not None:
@@ -123,15 +168,25 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         translated: BaseException = exc
         return translated
 
+    def _killed_message(self) -> str:
+        return (f"the connection to plugin {self._name!r} was closed (the Client was killed);"
+                " start a new Client to call it again")
+
     def translate_closed(self) -> BaseException:
+        if self._closing and not self._died_first:
+            return ClientStateError(self._killed_message())
         if self._exit_probe is not None:
             why = self._exit_probe(0.0)
             if why is not None:
                 return PluginDiedError(f"plugin {self._name!r} is gone: {why}; start a new Client")
-        return ClientStateError(
-            f"the connection to plugin {self._name!r} was closed (the Client was killed);"
-            " start a new Client to call it again"
-        )
+        return ClientStateError(self._killed_message())
+
+    def translate_value_error(self, exc: ValueError) -> BaseException:
+        """grpcio's ValueError for a call on a closed channel, as a typed error."""
+        text = str(exc).lower()
+        if "closed channel" in text or "channel closed" in text:
+            return self.translate_closed()
+        return exc
 
     # --- grpc.Channel ----------------------------------------------------------------
 
@@ -182,13 +237,9 @@ class _Callable:
         owner = self._owner
         cached = self._cached
         if cached is not None and cached[0] == owner.generation:
-            return cached[1]
-        generation = owner.generation
-        factory = getattr(owner.current, self._kind)
-        target = factory(self._method, request_serializer=self._ser,
-                         response_deserializer=self._de, _registered_method=True)
-        self._cached = (generation, target)
-        return target
+            return cached[1]  # if closed since, grpcio raises ValueError: translated by callers
+        self._cached = owner.new_call(self._kind, self._method, self._ser, self._de)
+        return self._cached[1]
 
     def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
@@ -224,12 +275,14 @@ class _UnaryCallable(_Callable):
         except grpc.RpcError as exc:
             raise self._fail(exc, started, kwargs["timeout"]) from exc
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
-            if "closed channel" in str(exc):
-                raise self._owner.translate_closed() from exc
-            raise
+            raise self._owner.translate_value_error(exc) from exc
 
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self._target().future(request, **self._kwargs(timeout, kwargs))
+        try:
+            return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
+                                      self._owner)
+        except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
+            raise self._owner.translate_value_error(exc) from exc
 
 
 class _StreamingCallable(_Callable):
@@ -237,9 +290,7 @@ class _StreamingCallable(_Callable):
         try:
             call = self._target()(request, **self._kwargs(timeout, kwargs))
         except ValueError as exc:
-            if "closed channel" in str(exc):
-                raise self._owner.translate_closed() from exc
-            raise
+            raise self._owner.translate_value_error(exc) from exc
         return _TranslatingStream(call, self._owner)
 
 
@@ -261,3 +312,26 @@ class _TranslatingStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+class _TranslatingFuture:
+    """A call future whose result() raises (and exception() returns) translated errors."""
+
+    def __init__(self, future: Any, owner: ManagedChannel) -> None:
+        self._future = future
+        self._owner = owner
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._future.result(timeout)
+        except grpc.RpcError as exc:
+            raise self._owner.translate(exc) from exc
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        exc = self._future.exception(timeout)
+        if isinstance(exc, grpc.RpcError):
+            return self._owner.translate(exc)
+        return exc  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._future, name)

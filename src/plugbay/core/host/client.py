@@ -107,6 +107,8 @@ class Client:
         self._stop = threading.Event()
         self._exit_code: int | None = None
         self._dispensed: dict[str, Any] = {}
+        self._controller: Any = None  # GRPCControllerStub, built while the channel is open
+        self._logs_drained = False
 
     # --- properties -------------------------------------------------------------
 
@@ -251,6 +253,9 @@ class Client:
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)
+        # Built now: building a call object on a channel the exit watcher closed crashes grpcio.
+        self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(  # type: ignore[no-untyped-call]
+            self._conn.channel)
         remaining = max(deadline - time.monotonic(), 1.0)
         wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
                      name=self.name)
@@ -281,9 +286,10 @@ class Client:
             _log.warning("plugin %s exited with code %s", self.name, code)
             # Fail calls still in flight now, whatever the transport (a published
             # port may keep a dead plugin's connection open).
-            conn = self._conn
-            if conn is not None:
-                conn.channel.close()
+            # Through the ManagedChannel, so no call object is built on the closed channel.
+            channel = self._channel
+            if channel is not None:
+                channel.close_current()
             return
 
     def _exit_probe(self, wait: float) -> str | None:
@@ -293,6 +299,9 @@ class Client:
         if code is None:
             return None
         self._exit_code = code
+        if not self._logs_drained:  # its last stderr lines may still be in the pipe
+            self._logs.join(1.0)
+            self._logs_drained = True
         tail = "; ".join(self._logs.tail()[-5:])
         how = f"it exited with code {code}"
         if code < 0 and -code in signal.valid_signals():
@@ -330,6 +339,8 @@ class Client:
                 return
             self._killed = True
             _LIVE.discard(self)
+            if self._channel is not None:
+                self._channel.begin_close()
             self._teardown(graceful=True)
 
     def close(self) -> None:
@@ -343,6 +354,8 @@ class Client:
                     f" Client started plugin {self.name!r}, so stop it with kill()")
             self._killed = True
             _LIVE.discard(self)
+            if self._channel is not None:
+                self._channel.begin_close()
             self._stop.set()
             self._close_rpc_streams()
             self._close_streams()
@@ -350,17 +363,15 @@ class Client:
     def _teardown(self, graceful: bool) -> None:
         self._stop.set()
         runner = self._runner
-        conn = self._conn
         asked = False
         if runner is not None and self._exit_code is None and runner.wait(0) is not None:
             graceful = False
         # End our long-lived streams first (as go-plugin closes its broker before
         # Shutdown): a graceful stop on the plugin side waits for open streams.
         self._close_rpc_streams()
-        if graceful and conn is not None and self._exit_code is None:
+        if graceful and self._controller is not None and self._exit_code is None:
             try:
-                grpc_controller_pb2_grpc.GRPCControllerStub(conn.channel).Shutdown(  # type: ignore[no-untyped-call]
-                    grpc_controller_pb2.Empty(), timeout=_SHUTDOWN_TIMEOUT)
+                self._controller.Shutdown(grpc_controller_pb2.Empty(), timeout=_SHUTDOWN_TIMEOUT)
                 asked = True
             except grpc.RpcError as exc:
                 # The plugin may close the connection before answering.

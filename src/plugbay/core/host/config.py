@@ -37,7 +37,7 @@ class ClientConfig:
     min_port: int = 10000
     max_port: int = 25000
     multiplex_broker: bool = False
-    secure_config: SecureConfig | None = None
+    secure_config: SecureConfig | Sequence[SecureConfig] | None = None
     logger: logging.Logger | None = None
     stdout_sink: Sink | None = None
     stderr_sink: Sink | None = None

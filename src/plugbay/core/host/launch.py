@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import HandshakeError, HandshakeTimeoutError, PluginExitedError
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -104,7 +104,17 @@ def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, st
             else:
                 continue
         if item is _EOF:
-            code = runner.wait(2.0)
+            # A plugin that ends closes stdout just before it exits; one that closed
+            # stdout and lives on will never print the line: fail now, not at the timeout.
+            code = runner.wait(min(2.0, max(deadline - time.monotonic(), 0.0)))
+            if code is None:
+                runner.kill(0)
+                logs.join(2.0)
+                raise HandshakeError(
+                    f"plugin {name!r} closed its stdout without printing a handshake line but kept"
+                    " running, so it was killed. go-plugin plugins print the handshake line on stdout;"
+                    " check that the plugin does not close or redirect its stdout before serving."
+                    f"\n{runner.diagnose()}")
             logs.join(2.0)
             raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)

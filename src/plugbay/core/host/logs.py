@@ -18,7 +18,6 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from plugbay.core.transport.lines import cap_line
 

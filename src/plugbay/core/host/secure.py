@@ -1,9 +1,18 @@
-"""SecureConfig: check the plugin executable's checksum before starting it (go-plugin's SecureConfig)."""
+"""SecureConfig: check the plugin executable's checksum before starting it (go-plugin's SecureConfig).
+
+Hashing a file and then running it by path lets a swapper slip in other bytes
+between the two. So the process runner runs exactly what was hashed:
+:meth:`SecureConfig.verified_fd` copies the file into a sealed in-memory file
+(memfd) while hashing the copy, and the runner executes that copy through
+``/proc/self/fd/N``.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass
 
 from plugbay.errors import ChecksumMismatchError, ConfigError
@@ -11,10 +20,16 @@ from plugbay.errors import ChecksumMismatchError, ConfigError
 
 @dataclass(frozen=True)
 class SecureConfig:
-    """The expected digest of the plugin executable; ``hash`` is a hashlib name."""
+    """The expected digest of a file the plugin runs; ``hash`` is a hashlib name.
+
+    ``path`` names that file: None means the executable (``cmd[0]``, resolved
+    on PATH); for ``cmd=[interpreter, script]`` give ``path=script`` (as it is
+    written in ``cmd``), and pass a list of SecureConfigs to check both.
+    """
 
     checksum: bytes
     hash: str = "sha256"
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.checksum:
@@ -30,23 +45,51 @@ class SecureConfig:
             )
 
     @classmethod
-    def of_file(cls, path: str, hash: str = "sha256") -> SecureConfig:
-        """The SecureConfig that accepts exactly the file at ``path`` as it is now."""
-        return cls(_digest(path, hash), hash)
+    def of_file(cls, path: str, hash: str = "sha256", *, check_path: str | None = None) -> SecureConfig:
+        """The SecureConfig that accepts exactly the file at ``path`` as it is now.
+
+        ``check_path`` is set as :attr:`path` (the file's name in ``cmd``; None: the executable).
+        """
+        return cls(_digest(path, hash), hash, check_path)
 
     def check(self, path: str) -> None:
         """Raise ChecksumMismatchError unless ``path`` hashes to ``checksum``."""
+        os.close(self.verified_fd(path))
+
+    def verified_fd(self, path: str) -> int:
+        """A sealed in-memory copy of ``path`` whose bytes hash to ``checksum`` (the caller closes it).
+
+        The hash is taken of what was copied, so running the copy runs the checked bytes.
+        """
         try:
-            actual = _digest(path, self.hash)
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise ChecksumMismatchError(
-                f"cannot read plugin executable {path!r} to check its checksum: {exc}") from exc
-        if not hmac.compare_digest(actual, self.checksum):
-            raise ChecksumMismatchError(
-                f"checksums did not match for plugin executable {path!r}: expected {self.hash}"
-                f" {self.checksum.hex()}, found {actual.hex()}. The file was changed or replaced;"
-                " rebuild or reinstall it, or update the expected checksum if the change is trusted."
-            )
+                f"cannot read plugin file {path!r} to check its checksum: {exc}") from exc
+        fd = os.memfd_create("plugbay-verified", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            h = hashlib.new(self.hash)
+            while block := os.read(source, 1 << 20):
+                h.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+            actual = h.digest()
+            if not hmac.compare_digest(actual, self.checksum):
+                raise ChecksumMismatchError(
+                    f"checksums did not match for plugin file {path!r}: expected {self.hash}"
+                    f" {self.checksum.hex()}, found {actual.hex()}. The file was changed or replaced;"
+                    " rebuild or reinstall it, or update the expected checksum if the change is trusted."
+                )
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            os.close(source)
 
 
 def _digest(path: str, hash: str) -> bytes:

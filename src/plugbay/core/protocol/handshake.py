@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,6 +48,43 @@ PROTOCOL_NETRPC = "netrpc"
 # go-plugin only looks at field 6 when it is longer than this; shorter values
 # are treated as "no certificate".
 _MIN_CERT_FIELD = 50
+_HOSTNAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _number(text: str) -> int | None:
+    """ASCII digits only: int() would take '١', '1_0', ' 1' and '+1' too."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def address_problem(network: str, address: str) -> str | None:
+    """Why ``address`` is no dialable ``network`` address (None: it is), checked strictly.
+
+    unix: an absolute path with no control characters (grpc truncates at NUL)
+    and no '%' (grpc percent-decodes unix targets); a relative path would
+    resolve against the host's working folder. tcp: HOST:PORT with a port in
+    1-65535 and a hostname, IPv4 or [IPv6] host.
+    """
+    if network == "unix":
+        if not address.startswith("/"):
+            return f"unix socket path {address!r} is not absolute"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address) or "%" in address:
+            return f"unix socket path {address!r} holds a control character or '%'"
+        return None
+    host, sep, port_text = address.rpartition(":")
+    port = _number(port_text)
+    if not sep or not host:
+        return f"tcp address {address!r} is not HOST:PORT"
+    if port is None or not 1 <= port <= 65535:
+        return f"port {port_text!r} of tcp address {address!r} is not a number in 1-65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return None
+        except ValueError:
+            pass
+    elif _HOSTNAME.fullmatch(host) and host.isascii():
+        return None
+    return f"host {host!r} of tcp address {address!r} is not a hostname, IPv4 or [IPv6] address"
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,10 @@ class HandshakeInfo:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HandshakeInfo:
         cert = data.get("server_cert")
+        network, address = str(data["network"]), str(data["address"])
+        problem = address_problem(network, address) if network in ("tcp", "unix") else None
+        if problem is not None:
+            raise ConfigError(f"handshake facts name an address plugbay will not dial: {problem}")
         return cls(
             core_version=int(data["core_version"]),
             app_version=int(data["app_version"]),
@@ -131,25 +174,26 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
         raise MalformedHandshakeError(raw, f"expected at least 4 '|'-separated fields, got {len(parts)}")
     if len(parts) > 7:
         raise MalformedHandshakeError(raw, f"expected at most 7 fields, got {len(parts)}")
-    try:
-        core = int(parts[0])
-    except ValueError:
-        raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} is not a number") from None
+    core = _number(parts[0])
+    if core is None:
+        raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} is not a number")
     if core != CORE_PROTOCOL_VERSION:
         raise ProtocolMismatchError(
             f"incompatible core API version with plugin: plugin speaks {core}, plugbay speaks"
             f" {CORE_PROTOCOL_VERSION}. Build the plugin with a go-plugin release that speaks"
             f" core protocol {CORE_PROTOCOL_VERSION}."
         )
-    try:
-        app = int(parts[1])
-    except ValueError:
-        raise MalformedHandshakeError(raw, f"app protocol version {parts[1]!r} is not a number") from None
+    app = _number(parts[1])
+    if app is None:
+        raise MalformedHandshakeError(raw, f"app protocol version {parts[1]!r} is not a number")
     network, address = parts[2], parts[3]
     if network not in ("tcp", "unix"):
         raise MalformedHandshakeError(raw, f"unknown address type {network!r} (want tcp or unix)")
     if not address:
         raise MalformedHandshakeError(raw, "empty address")
+    problem = address_problem(network, address)
+    if problem is not None:
+        raise MalformedHandshakeError(raw, f"address field: {problem}")
     protocol = parts[4] if len(parts) >= 5 and parts[4] else PROTOCOL_NETRPC
     if protocol == PROTOCOL_NETRPC:
         raise UnsupportedProtocolError(

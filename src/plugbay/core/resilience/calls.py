@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, PlugbayError
 
 Attempt = Callable[[float | None], Any]
 
@@ -41,7 +41,8 @@ def describe_error(exc: BaseException) -> str:
     code = status_of(exc)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     details = getattr(exc, "details", None)
-    if code is not None and callable(details):
+    # plugbay's own errors (a translated call error) say more than grpc's details
+    if code is not None and callable(details) and not isinstance(exc, PlugbayError):
         try:
             text = str(details())
         except Exception:

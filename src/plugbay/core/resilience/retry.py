@@ -110,8 +110,8 @@ class RetryPolicy:
         return base * (1 - self.jitter * self._rng.random())
 
     def retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, ClientStateError):
-            return False  # the Client was killed: nothing will answer
+        if isinstance(exc, ClientStateError) and not isinstance(exc, grpc.RpcError):
+            return False  # the Client was killed: nothing will answer (an in-flight failure goes by its code)
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import stat
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ CONTAINER_SOCKET_DIR = "/plugbay/sock"
 # the container user in the root group); Dockerfile.plugin's user has this gid.
 DEFAULT_ROOT_SOCKET_GID = 10001
 SOCKET_DIR = "plugbay.socket-dir"
+SOCKET_TOKEN = "plugbay.socket-token"  # the content of the marker file plugbay wrote there
+SOCKET_OWNED = "plugbay.socket-owned"  # "true": the runner made the folder (its kill removes it)
+SOCKET_MARKER = ".plugbay-socket-dir"
 
 T = TypeVar("T")
 
@@ -164,15 +168,44 @@ def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     return gid
 
 
+def mark_socket_dir(path: str) -> str:
+    """Write plugbay's marker file into a socket folder it uses; returns the random token in it."""
+    token = uuid.uuid4().hex
+    fd = os.open(os.path.join(path, SOCKET_MARKER), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def socket_dir_unproven(path: Any, labels: dict[str, str]) -> str | None:
+    """Why ``path`` cannot be proven to be the socket folder plugbay made for the labelled container."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return f"{path!r} is not an absolute path"
+    if labels.get(SOCKET_DIR) != path or not labels.get(SOCKET_TOKEN):
+        return f"the container's label {SOCKET_DIR} does not name {path}"
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return f"{path} is not a folder"
+        fd = os.open(os.path.join(path, SOCKET_MARKER), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            token = f.read(100)
+    except OSError as exc:
+        return f"{path} holds no marker file plugbay wrote ({exc.strerror})"
+    if token != labels[SOCKET_TOKEN]:
+        return f"the marker file in {path} is not the one plugbay wrote for this container"
+    return None
+
+
 def clear_socket_dir(path: str) -> None:
-    # Only sockets and an empty folder are removed: the folder may be a
-    # caller's, and anything else in it is not ours to delete.
+    # Only sockets, plugbay's marker and an empty folder are removed: the folder
+    # may be a caller's, and anything else in it is not ours to delete.
     folder = Path(path)
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
         try:
-            if stat.S_ISSOCK(entry.lstat().st_mode):
+            mode = entry.lstat().st_mode
+            if stat.S_ISSOCK(mode) or (entry.name == SOCKET_MARKER and stat.S_ISREG(mode)):
                 entry.unlink()
         except OSError:
             pass

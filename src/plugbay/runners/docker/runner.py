@@ -22,22 +22,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import posixpath
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, RunnerError
+from plugbay.errors import (ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError,
+                            ReattachError, RunnerError)
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, check_runtime, clear_socket_dir, engine,
-                                            engine_call, host_gid, parse_mount, prepare_socket_dir, published_port, sweep,
-                                            transport_settings)
-from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
-from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
+                                            check_runtime, clear_socket_dir, engine, engine_call, host_gid,
+                                            mark_socket_dir, parse_mount, prepare_socket_dir, published_port,
+                                            socket_dir_unproven, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, tmpfs_mounts)
+from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.session import HOST_SESSION_ID, MANAGED, managed_labels, owner_name
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
@@ -104,6 +109,7 @@ class DockerRunner(Runner):
         self._container_id = ""
         self._host_socket_dir: str | None = None
         self._owns_socket_dir = False
+        self._socket_token = ""
         self._host_port: int | None = None
         self._pumps: dict[str, ContainerLogStream] = {}
         self._final_state: dict[str, Any] | None = None
@@ -164,6 +170,7 @@ class DockerRunner(Runner):
             self._owns_socket_dir = spec.socket_dir is None
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
+            self._socket_token = mark_socket_dir(self._host_socket_dir)  # a reattach proves the folder by it
             env.pop("PLUGBAY_LISTEN", None)
             mounts.append(bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR))
         transport_env, args = transport_settings(self.transport, self.container_port, gid)
@@ -172,7 +179,8 @@ class DockerRunner(Runner):
             args["network"] = ensure_network(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
-            labels["plugbay.socket-dir"] = self._host_socket_dir
+            labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
+                           SOCKET_OWNED: str(self._owns_socket_dir).lower()})
         security_opt = ["no-new-privileges:true"] if self.no_new_privileges else []
         args.update(image=image.id, environment=env, labels=labels, name=self.container_name, mounts=mounts,
                     read_only=self.read_only, cap_drop=self.cap_drop or None, security_opt=security_opt or None,
@@ -251,6 +259,8 @@ class DockerRunner(Runner):
 
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+        if isinstance(secure, (list, tuple)) or secure.path is not None:
+            raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
         if secure.hash != "sha256":
             raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
                               " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
@@ -264,9 +274,8 @@ class DockerRunner(Runner):
 
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix":
-            if network == "unix" and self._host_socket_dir and (
-                    address == CONTAINER_SOCKET_DIR or address.startswith(CONTAINER_SOCKET_DIR + "/")):
-                return "unix", self._host_socket_dir + address[len(CONTAINER_SOCKET_DIR):]
+            if network == "unix" and self._host_socket_dir:
+                return "unix", self._socket_on_host(address)
             raise RunnerError(
                 f"the plugin in container {self.id[:12]} announced {network}:{address}, which the host cannot"
                 f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
@@ -281,6 +290,36 @@ class DockerRunner(Runner):
             f" {self.container_port} is published; make the plugin honour PLUGBAY_LISTEN"
             " (plugbay's serve() does) or set container_port= to the port it listens on."
         )
+
+    def _socket_on_host(self, address: str) -> str:
+        """The host path of a socket the container announced: a file directly in the mapped folder.
+
+        The path is normalised first; ``..``, sub-folders and anything that is
+        not a socket on the host side (a symlink the container made) are refused.
+        """
+        assert self._host_socket_dir is not None
+        norm = posixpath.normpath(address) if address.startswith("/") else ""
+        prefix = CONTAINER_SOCKET_DIR + "/"
+        name = norm[len(prefix):] if norm.startswith(prefix) else ""
+        why = None
+        if not name or "/" in name:
+            why = "it is not a file directly in"
+        else:
+            host = os.path.join(self._host_socket_dir, name)
+            try:
+                if not stat.S_ISSOCK(os.lstat(host).st_mode):
+                    why = "it is not a socket (a symlink or file the container made) in"
+            except FileNotFoundError:
+                pass  # not created yet: the dial reports it
+            except OSError as exc:
+                why = f"it cannot be checked ({exc.strerror}) in"
+            if why is None:
+                return host
+        raise MalformedHandshakeError(
+            f"unix|{address}",
+            f"the plugin in container {self.id[:12]} announced socket path {address!r}, but {why} the"
+            f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
+            f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix" and network == "unix" and self._host_socket_dir and (
@@ -350,7 +389,7 @@ class DockerRunner(Runner):
                 pump.close()
             if self._waiter is not None:
                 self._waiter.join(10.0)
-            if self._owns_socket_dir and self._host_socket_dir:
+            if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
             elif self._attached and self._host_socket_dir:
                 clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
@@ -419,6 +458,9 @@ class DockerRunner(Runner):
 
         ``take_ownership=False`` only looks (plugbay health/info/call): the
         container stays its starting host's, so a sweep still spares it while that host lives.
+        The data is untrusted: the container must carry plugbay's labels, and a socket
+        folder must be the one named in its labels, holding the marker plugbay wrote;
+        otherwise ReattachError is raised and nothing is touched.
         """
         from docker.errors import NotFound
 
@@ -430,9 +472,6 @@ class DockerRunner(Runner):
                      container_port=int(data.get("container_port") or 4000))
         runner._client = engine()
         runner._container_id = container_id
-        runner._host_socket_dir = data.get("host_socket_dir")
-        runner._owns_socket_dir = bool(data.get("owns_socket_dir"))
-        runner._host_port = data.get("host_port")
         runner._attached = True
         try:
             container = engine_call(lambda: runner._client.containers.get(container_id), "find the container")
@@ -440,11 +479,31 @@ class DockerRunner(Runner):
             runner._client.close()
             raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
                               " start the plugin again") from None
+        labels = dict(container.labels or {})
+        socket_dir = data.get("host_socket_dir")
+        why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
+        if why is None and socket_dir is not None:
+            why = socket_dir_unproven(socket_dir, labels)
+        if why is not None:
+            runner._client.close()
+            runner._container_id = ""
+            raise ReattachError(
+                f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
+                " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
+                " that Client.reattach_config().to_json() produced for a running plugin")
+        runner._host_socket_dir = socket_dir
+        runner._owns_socket_dir = labels.get(SOCKET_OWNED) == "true"  # the labels say, not the data
         if container.status != "running":
             code = container.attrs["State"].get("ExitCode")
             runner._client.close()
             raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                               f" (exit code {code}); start the plugin again")
+        if runner.transport == "tcp":  # the engine says where it is published, not the data
+            try:
+                runner._host_port = published_port(container, runner.container_port)
+            except BaseException:
+                runner._client.close()
+                raise
         runner._watch_exit()
         if not take_ownership:
             return runner

@@ -23,6 +23,7 @@ from plugbay.errors import (
     ConfigError,
     PermissionDeniedError,
     PodStartTimeoutError,
+    ReattachError,
     RunnerError,
 )
 from plugbay.runners.kubernetes import owner, pods
@@ -415,6 +416,11 @@ class KubernetesRunner(Runner):
         if pod is None:
             runner._close()
             raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
+        if ((pod.get("metadata") or {}).get("labels") or {}).get("plugbay.managed") != "true":
+            runner._close()  # reattach data is untrusted: never take (and later delete) a pod plugbay did not make
+            raise ReattachError(f"cannot reattach to pod {runner.id}: it lacks plugbay's label plugbay.managed=true,"
+                                " so plugbay did not start it and leaves it alone. Pass the JSON that"
+                                " Client.reattach_config().to_json() produced for a running plugin")
         runner._update(pod, False)
         runner._start_watcher()
         return runner

@@ -1,0 +1,95 @@
+"""A process plugin's escaped descendants die with it; plugins of a SIGKILLed host are swept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.resilience_util import wait_until
+
+from plugbay.runners.base import LaunchSpec  # noqa: I001
+from plugbay.runners.process import ProcessRunner, sweep
+from plugbay.runners.proctree import stat_of
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+# The plugin starts a grandchild in its own session (out of reach of killpg) and prints its pid.
+ESCAPER = ("import subprocess, sys, time\n"
+           "p = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+           "print(p.pid, flush=True)\n"
+           "time.sleep(60 if sys.argv[1] == 'stay' else 0)\n")
+
+
+def _gone(pid: int) -> bool:
+    return stat_of(pid) is None  # gone, or a zombie waiting for its (new) parent
+
+
+def _escaper(mode: str) -> tuple[ProcessRunner, int]:
+    runner = ProcessRunner([PY, "-c", ESCAPER, mode])
+    runner.start(LaunchSpec(env={}))
+    return runner, int(next(runner.stdout_lines()))
+
+
+def test_a_grandchild_in_its_own_session_dies_with_the_plugin() -> None:
+    runner, grandchild = _escaper("stay")
+    try:
+        assert os.getsid(grandchild) == grandchild != os.getsid(runner.pid or 0)
+    finally:
+        runner.kill(0.5)
+    assert wait_until(lambda: _gone(grandchild), 5), "the grandchild outlived kill()"
+
+
+def test_an_orphaned_grandchild_is_found_by_the_plugin_marker() -> None:
+    runner, grandchild = _escaper("leave")
+    try:
+        assert runner.wait(10) == 0  # its parent is gone: only the marker ties it to the plugin
+        assert not _gone(grandchild)
+    finally:
+        runner.kill(0.5)
+    assert wait_until(lambda: _gone(grandchild), 5), "the orphan outlived kill()"
+
+
+CRASHING_HOST = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from plugbay.runners.base import LaunchSpec
+    from plugbay.runners.session import HOST_SESSION_ID
+    from plugbay.runners.process import ProcessRunner
+    runner = ProcessRunner(["sleep", "60"])
+    runner.start(LaunchSpec(env={}))
+    print(json.dumps({"session": HOST_SESSION_ID, "pid": runner.pid}), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_sweep_ends_the_plugins_of_a_sigkilled_host_only() -> None:
+    host = subprocess.Popen([PY, "-c", CRASHING_HOST, str(REPO / "src")], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    facts = json.loads(host.stdout.readline())
+    host.stdout.close()
+    host.send_signal(signal.SIGKILL)
+    host.wait(10)
+    orphan = facts["pid"]
+    start = stat_of(orphan)
+    mine = ProcessRunner(["sleep", "60"])
+    mine.start(LaunchSpec(env={}))
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        assert start is not None, "the plugin did not outlive its host (nothing to sweep)"
+        # (no sweep(live_sessions=...) here: every unlisted session counts as gone, other runs' too)
+        removed = sweep()
+        assert orphan in removed and mine.pid not in removed and bystander.pid not in removed
+        assert wait_until(lambda: _gone(orphan), 5)
+        assert mine.wait(0) is None and bystander.poll() is None
+        assert sweep() == []
+    finally:
+        mine.kill(0)
+        bystander.kill()
+        bystander.wait(10)
+        if start is not None and stat_of(orphan) == start:
+            os.kill(orphan, signal.SIGKILL)
