@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from plugbay.core.host.config import ClientConfig
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
+    from plugbay.core.plugin.network import NetworkServe
     from plugbay.core.plugin.server import ServeConfig, serve
     from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
     from plugbay.core.resilience.calls import install
@@ -39,11 +40,13 @@ if TYPE_CHECKING:
         ClientStateError,
         ConfigError,
         EngineUnavailableError,
+        GatewayError,
         HandshakeError,
         HandshakeTimeoutError,
         ImageNotFoundError,
         MagicCookieError,
         MalformedHandshakeError,
+        NetworkError,
         PermissionDeniedError,
         PlugbayError,
         PluginDiedError,
@@ -54,11 +57,13 @@ if TYPE_CHECKING:
         ProtocolMismatchError,
         RestartBudgetExhaustedError,
         RunnerError,
+        TLSConfigError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,
     )
     from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
+    from plugbay.network.gateway.gateway import Gateway, GatewayConfig
     from plugbay.runners.process import ProcessRunner
 
 

@@ -187,3 +187,18 @@ class RestartBudgetExhaustedError(PlugbayError):
             f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
             " new Supervisor, or raise RestartPolicy.max_restarts / shorten its window."
         )
+
+
+# --- network mode (plugin side and gateway) ------------------------------------
+
+
+class NetworkError(PlugbayError):
+    """Serving or reaching a plugin over the network failed."""
+
+
+class TLSConfigError(NetworkError, ConfigError):
+    """The provided TLS files (certificate, key, client CA) are missing, unreadable or do not match."""
+
+
+class GatewayError(NetworkError):
+    """The gateway could not start or keep its plugin running."""

@@ -57,6 +57,7 @@ class PluginImage:
     tag: str
     source: Callable[[], Path]  # resolved lazily: the Go recipe compiles a binary
     entry: Sequence[str]  # argv inside the image; the plugin folder is /plugin
+    target: str | None = None  # Dockerfile.plugin target: None (the plugin) or "gateway"
 
 
 def _kv_go_source() -> Path:
@@ -77,6 +78,9 @@ EXAMPLES: dict[str, PluginImage] = {
     "kv-go": PluginImage("plugbay-kv-go:latest", _kv_go_source, ["/plugin/kv_plugin"]),
     "counter": PluginImage("plugbay-counter:latest", lambda: REPO / "examples" / "counter",
                            ["python", "/plugin/plugin.py"]),
+    # go-plugin's KV plugin behind the network gateway (built on request only)
+    "kv-go-gateway": PluginImage("plugbay-kv-go-gateway:latest", _kv_go_source, ["/plugin/kv_plugin"],
+                                 target="gateway"),
 }
 
 
@@ -232,18 +236,20 @@ def _entrypoint(entry: Sequence[str]) -> str:
 
 def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
                        base_image: str = BASE_IMAGE, progress: Progress = _print_progress,
-                       client: Any = None) -> str:
+                       client: Any = None, target: str | None = None) -> str:
     """Build (or find up to date) a plugin image; return its image id.
 
     ``plugin_dir`` is copied to /plugin in the image; ``entry`` is the argv the
-    container runs (e.g. ``["python", "/plugin/plugin.py"]``).
+    plugin runs (e.g. ``["python", "/plugin/plugin.py"]``). ``target="gateway"``
+    makes the image run that plugin behind plugbay's network gateway (see
+    Dockerfile.plugin and docs/network.md).
     """
     from docker.errors import APIError, BuildError, ImageNotFound
 
     if client is None:
         with _own_client() as own:
             return build_plugin_image(tag, plugin_dir, entry, base_image=base_image, progress=progress,
-                                      client=own)
+                                      client=own, target=target)
     plugin_dir = Path(plugin_dir)
     if not plugin_dir.is_dir():
         raise ConfigError(f"plugin folder {plugin_dir} does not exist; pass the folder holding the plugin's code")
@@ -263,7 +269,7 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
         wheels = _wheelhouse(progress)
         h = hashlib.sha256()
         for part in (DOCKERFILE.read_bytes(), base_id.encode(), " ".join(_dep_pins()).encode(),
-                     _entrypoint(entry).encode()):
+                     _entrypoint(entry).encode(), (target or "").encode()):
             h.update(hashlib.sha256(part).digest())
         _tree_hash(h, REPO / "src" / "plugbay")
         h.update((REPO / "pyproject.toml").read_bytes())
@@ -293,7 +299,8 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
             try:
                 for chunk in client.api.build(path=str(ctx), dockerfile="Dockerfile.plugin", tag=tag,
                                               buildargs={"BASE_IMAGE": base_image}, labels={HASH_LABEL: digest},
-                                              rm=True, forcerm=True, pull=False, network_mode="none", decode=True):
+                                              rm=True, forcerm=True, pull=False, network_mode="none", decode=True,
+                                              target=target):
                     if "stream" in chunk and chunk["stream"].strip():
                         progress(f"{tag}: {chunk['stream'].rstrip()}")
                     if "error" in chunk:
@@ -306,11 +313,12 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
 
 
 def ensure_example(name: str, progress: Progress = _print_progress, *, client: Any = None) -> str:
-    """Build example image ``name`` (kv, kv-go, counter) when needed; return its tag."""
+    """Build example image ``name`` (kv, kv-go, counter, kv-go-gateway) when needed; return its tag."""
     recipe = EXAMPLES.get(name)
     if recipe is None:
         raise ConfigError(f"unknown example image {name!r}; choose one of {sorted(EXAMPLES)}")
-    build_plugin_image(recipe.tag, recipe.source(), recipe.entry, progress=progress, client=client)
+    build_plugin_image(recipe.tag, recipe.source(), recipe.entry, progress=progress, client=client,
+                       target=recipe.target)
     return recipe.tag
 
 

@@ -22,6 +22,7 @@ Every setup failure prints one clear message on stderr and exits with 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -55,6 +56,8 @@ from plugbay.core.protocol.handshake import (
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
+from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery
+from plugbay.core.plugin.network import bind as bind_network
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.plugin.logs import HclogHandler
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
@@ -85,6 +88,7 @@ class ServeConfig:
     grpc_server_options: Sequence[tuple[str, Any]] = ()
     logger: logging.Logger | None = None
     stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
+    network: NetworkServe | None = None  # serve on the network over provided mTLS (plugin/network.py)
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
@@ -100,6 +104,8 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
         sets[config.handshake.protocol_version] = config.plugins
     if not sets:
         return config.handshake.protocol_version, {}
+    if config.network is not None and not host_versions:
+        return max(sets), sets[max(sets)]  # no host told us its versions: offer the newest
     for version in sorted(sets, reverse=True):
         if version in host_versions:
             return version, sets[version]
@@ -110,10 +116,18 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
 def serve(config: ServeConfig) -> None:
     """Serve the plugins until the host shuts us down. Exits the process (1) on setup errors."""
     env = dict(os.environ)
+    if config.network is None:
+        try:
+            network = NetworkServe.from_env(env)
+        except PlugbayError as exc:
+            _fail(f"{exc}\n")
+        if network is not None:
+            config = dataclasses.replace(config, network=network)
     handshake = config.handshake
     if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
         _fail(MISCONFIGURED_MESSAGE)
-    if env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
+    # On the network no host launches us (nobody sets the cookie): mTLS is the gate there.
+    if config.network is None and env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
         _fail(COOKIE_MESSAGE)
     server = _PluginServer(config, env)
     try:
@@ -187,19 +201,26 @@ class _PluginServer:
         # Handlers first: a SIGTERM during setup must still clean up (socket file included).
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
-        own, peer_pem, credentials, relay_ctx = self._tls()
-        multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
         self.grpc = grpc.server(self.executor, options=options)
-        self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
-                                relay_context=relay_ctx, multiplex=multiplex_asked)
+        network = self.config.network
+        if network is not None:
+            own, peer_pem = None, None
+            kind, address, _ = bind_network(self.grpc, network)
+            self.listening = Listening(kind, address, False)
+            add_discovery(DiscoveryServicer([(version, sorted(plugin_set))]), self.grpc)
+        else:
+            own, peer_pem, credentials, relay_ctx = self._tls()
+            multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
+            self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
+                                    relay_context=relay_ctx, multiplex=multiplex_asked)
         transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
                                     socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
                                     multiplex=self.listening.multiplex, mux=self.listening.mux)
         self.broker = plugin_broker(self.grpc, transport)
         add_health(self.health, self.grpc)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(self.stop), self.grpc)
+            _Controller(self._shutdown_asked), self.grpc)
         add_stdio(StdioServicer(self.capture), self.grpc)
         for name, plugin in plugin_set.items():
             if not isinstance(plugin, GRPCPlugin):
@@ -220,7 +241,16 @@ class _PluginServer:
         if sys.stdout is not None:
             sys.stdout.flush()
         os.write(1, (info.to_line() + "\n").encode())
-        self.capture.start()
+        if network is None:  # on the network stdout/stderr are the service's own log
+            self.capture.start()
+
+    def _shutdown_asked(self) -> None:
+        network = self.config.network
+        if network is not None and not network.allow_shutdown:
+            self.log.warning("GRPCController.Shutdown ignored: this plugin is a shared network service"
+                             " (NetworkServe.allow_shutdown=False); stop it with SIGTERM")
+            return
+        self.stop()
 
     def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
                             Any]:
@@ -251,7 +281,7 @@ class _PluginServer:
         self.stop()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.env.get(ENV_LISTEN):
+        if self.env.get(ENV_LISTEN) or self.config.network is not None:
             self.log.debug("plugin received SIGINT, stopping")
             self.stop()
         else:

@@ -1,0 +1,102 @@
+"""The network rows: a Python grpcio host -> go-plugin's Go KV plugin through the gateway (plaintext and
+provided mTLS), and -> the Python KV plugin served with NetworkServe (mTLS), all on 127.0.0.1.
+
+Start-to-first-call runs from starting the gateway (its child's start included) or the plugin
+process to the first Put answered over the network; compare with the core rows (process runner,
+unix socket), which have no network hop and no second gRPC leg.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from common import REPO, Case, Context, Result, combine, go_program, measure_kv
+
+from plugbay.core.protocol.handshake import parse_handshake_line
+
+
+def _certs(folder: str) -> object:
+    from tests import netcerts
+
+    return netcerts.write_set(Path(folder) / "tls")
+
+
+def _channel(address: str, certs: object | None) -> grpc.Channel:
+    from tests import netcerts
+
+    if certs is None:
+        return grpc.insecure_channel(address)
+    assert isinstance(certs, netcerts.CertSet)
+    return grpc.secure_channel(address, netcerts.channel_credentials(certs),
+                               options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def _gateway_round(plugin: str, mtls: bool, ctx: Context, cwd: str) -> Result:
+    from kv_plugin_def import KVClient
+
+    from plugbay.network.gateway import Gateway, GatewayConfig
+
+    certs = _certs(cwd) if mtls else None
+    tls = {}
+    if certs is not None:
+        tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file),  # type: ignore[attr-defined]
+               "client_ca_file": str(certs.client_ca_file)}  # type: ignore[attr-defined]
+    config = GatewayConfig(cmd=[plugin], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0", cwd=cwd,
+                           insecure=not mtls, plugins=("kv_grpc",), **tls)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    with Gateway(config) as gw, _channel(gw.address, certs) as ch:
+        return measure_kv(KVClient(ch), ctx.calls, started, note="gateway + relay-tls to the child")
+
+
+def _gateway(mtls: bool, ctx: Context) -> Result:
+    plugin = go_program(ctx, "kv_plugin")
+    if plugin is None:
+        return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        return combine([_gateway_round(plugin, mtls, ctx, cwd) for _ in range(ctx.rounds)])
+
+
+def _serve_round(ctx: Context, cwd: str) -> Result:
+    from kv_plugin_def import KVClient
+
+    certs = _certs(cwd)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_"))}
+    env.update(PYTHONPATH=str(REPO / "src"), PLUGBAY_NETWORK_LISTEN="127.0.0.1:0",
+               PLUGBAY_NETWORK_CERT=str(certs.cert_file), PLUGBAY_NETWORK_KEY=str(certs.key_file),  # type: ignore[attr-defined]
+               PLUGBAY_NETWORK_CLIENT_CA=str(certs.client_ca_file))  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "kv" / "plugin.py")], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        info = parse_handshake_line(proc.stdout.readline().decode())
+        with _channel(info.address, certs) as ch:
+            return measure_kv(KVClient(ch), ctx.calls, started, note="grpc-tls, provided certs")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _serve(ctx: Context) -> Result:
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        return combine([_serve_round(ctx, cwd) for _ in range(ctx.rounds)])
+
+
+def cases(ctx: Context) -> list[Case]:
+    return [
+        Case("Python", "Go (gateway)", False, lambda c: _gateway(False, c), area="network",
+             transport="gateway, tcp plaintext"),
+        Case("Python", "Go (gateway)", True, lambda c: _gateway(True, c), area="network",
+             transport="gateway, tcp mTLS"),
+        Case("Python", "Python (NetworkServe)", True, _serve, area="network", transport="tcp mTLS"),
+    ]

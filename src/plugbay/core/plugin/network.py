@@ -1,0 +1,138 @@
+"""Network mode for serve(): a plugin as a shared service on HOST:PORT, over provided mutual TLS.
+
+    serve(ServeConfig(handshake=HANDSHAKE, plugins=PLUGINS,
+                      network=NetworkServe(listen="0.0.0.0:7001", cert_file="/tls/tls.crt",
+                                           key_file="/tls/tls.key", client_ca_file="/tls/ca.crt")))
+
+What changes against a plugin its host launched:
+
+* the listener is ``listen`` (``HOST:PORT``, port 0 picks one; or ``unix:/path``),
+  TLS uses the provided files (plugbay.core.transport.certfiles: reloaded when
+  they change on disk) and requires a client certificate the client CA signed;
+  ``insecure=True`` serves plaintext and logs a warning;
+* there is no host to set the magic cookie or PLUGIN_PROTOCOL_VERSIONS: the
+  cookie is not required, and the highest app protocol version is served
+  (PLUGIN_PROTOCOL_VERSIONS still narrows it when set);
+* plugbay.network.v1.Discovery answers what the handshake line would have said;
+* GRPCController.Shutdown is acknowledged but ignored unless ``allow_shutdown``:
+  the service is shared by many hosts; SIGTERM/SIGINT stop it;
+* ``NetworkServe.from_env`` turns an unmodified plugin into a network one:
+  serve() uses it when PLUGBAY_NETWORK_LISTEN is set (plus PLUGBAY_NETWORK_CERT,
+  PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA or PLUGBAY_NETWORK_INSECURE=1);
+* stdout/stderr are not captured (they are the container's log); the handshake
+  line is still printed on stdout, with the bound address, for scripts and tests.
+
+Brokered connections are not reachable through a network listener yet (they
+need the multiplexed front); Discovery says ``multiplex=False``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
+from plugbay.core.transport import certfiles
+from plugbay.errors import ConfigError, TLSConfigError
+
+ENV_LISTEN = "PLUGBAY_NETWORK_LISTEN"
+ENV_CERT = "PLUGBAY_NETWORK_CERT"
+ENV_KEY = "PLUGBAY_NETWORK_KEY"
+ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
+ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
+
+
+@dataclass(frozen=True)
+class NetworkServe:
+    """serve() on the network. Either all three TLS files, or ``insecure=True``."""
+
+    listen: str = "0.0.0.0:7001"
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    insecure: bool = False
+    allow_shutdown: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NetworkServe | None:
+        """The network config PLUGBAY_NETWORK_* describe, or None when PLUGBAY_NETWORK_LISTEN is unset."""
+        listen = env.get(ENV_LISTEN, "").strip()
+        if not listen:
+            return None
+        return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
+                   client_ca_file=env.get(ENV_CLIENT_CA) or None,
+                   insecure=env.get(ENV_INSECURE, "") in ("1", "true", "True", "TRUE"))
+
+    def tls_files(self) -> certfiles.TLSFiles | None:
+        given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
+        if not given:
+            return None
+        if len(given) != 3:
+            raise TLSConfigError(
+                "network mode needs all three of cert_file, key_file and client_ca_file (got"
+                f" cert_file={self.cert_file!r}, key_file={self.key_file!r},"
+                f" client_ca_file={self.client_ca_file!r}); pass the missing ones")
+        assert self.cert_file and self.key_file and self.client_ca_file
+        return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
+
+
+def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfiles.CertFiles | None]:
+    """Bind ``server`` (not started) where ``network`` says; return (network, address, cert files)."""
+    files = network.tls_files()
+    if files is not None and network.insecure:
+        raise ConfigError("NetworkServe got TLS files and insecure=True; choose one (drop insecure"
+                          " to serve mutual TLS)")
+    creds, certs = certfiles.server_credentials(files, network.insecure)
+    target, kind = _target(network.listen)
+    try:
+        port = server.add_insecure_port(target) if creds is None else server.add_secure_port(target, creds)
+    except RuntimeError as exc:
+        raise ConfigError(f"couldn't listen on {network.listen!r}: {exc}; free the port or choose"
+                          " another listen address") from None
+    if kind == "unix":
+        return "unix", target[len("unix:"):], certs
+    host = target.rpartition(":")[0]
+    return "tcp", f"{host}:{port}", certs
+
+
+def _target(listen: str) -> tuple[str, str]:
+    if listen.startswith("unix:") and len(listen) > 5:
+        return listen, "unix"
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"network listen address {listen!r} is not HOST:PORT; use for example"
+                          " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
+    return f"{host}:{int(port)}", "tcp"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("plugbay")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path, not installed
+        return "0"
+
+
+class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
+    """plugbay.network.v1.Discovery: the facts a remote host would read from the handshake line."""
+
+    def __init__(self, versions: Sequence[tuple[int, Sequence[str]]], *, multiplex: bool = False,
+                 server: str = "") -> None:
+        self.versions = list(versions)
+        self.multiplex = multiplex
+        self.server = server or f"plugbay/{package_version()}"
+
+    def Describe(self, request: discovery_pb2.DescribeRequest,
+                 context: grpc.ServicerContext) -> discovery_pb2.DescribeResponse:
+        return discovery_pb2.DescribeResponse(
+            core_protocol=CORE_PROTOCOL_VERSION, protocol=PROTOCOL_GRPC,
+            versions=[discovery_pb2.VersionedPluginSet(version=v, plugins=list(names))
+                      for v, names in self.versions],
+            multiplex=self.multiplex, server=self.server)
+
+
+def add_discovery(servicer: DiscoveryServicer, server: grpc.Server) -> None:
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

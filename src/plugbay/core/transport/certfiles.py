@@ -1,0 +1,176 @@
+"""Provided TLS files for network mode: load, check, and reload them when they change on disk.
+
+A plugin served on the network (serve() with NetworkServe, or the gateway)
+presents a certificate and key the operator provides and accepts only clients
+whose certificate the client CA signed (mutual TLS). Kubernetes rotates such
+files in place, usually by swapping a symlinked folder (``..data``), so the
+files are re-read when their resolved path, size or mtime changes:
+:class:`CertFiles` is the fetcher of ``grpc.dynamic_ssl_server_credentials``,
+which grpcio calls on each new TLS handshake. Established connections keep the
+keys they were made with; new ones get the new files. A half-written or
+mismatched new set is logged and the previous set stays in use.
+
+This module holds the one decision "grpcio's TLS or our own": network mode
+always terminates TLS in grpcio (:func:`server_credentials`). grpcio cannot
+use P-521 keys, so such files are refused with a TLSConfigError up front.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from plugbay.errors import TLSConfigError
+
+log = logging.getLogger("plugbay.network.tls")
+
+_GRPC_CURVES = ("secp256r1", "secp384r1")
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Where the server's certificate chain, its key and the client CA bundle are (PEM files)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+
+
+@dataclass(frozen=True)
+class LoadedTLS:
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes
+
+
+def _read(path: str, what: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise TLSConfigError(f"the {what} file {path!r} does not exist; pass the PEM file with {flag}"
+                             " (in Kubernetes: mount the TLS Secret there)") from None
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read the {what} file {path!r}: {exc.strerror}; make it readable"
+                             " by this process's user") from None
+
+
+def load(files: TLSFiles) -> LoadedTLS:
+    """Read and check the three files; a TLSConfigError says which one is wrong and how."""
+    cert_pem = _read(files.cert_file, "certificate", "--cert / cert_file")
+    key_pem = _read(files.key_file, "private key", "--key / key_file")
+    ca_pem = _read(files.client_ca_file, "client CA", "--client-ca / client_ca_file")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise TLSConfigError(f"{files.cert_file!r} holds no PEM certificate; pass the server's certificate"
+                             " (chain) in PEM form, '-----BEGIN CERTIFICATE-----'") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise TLSConfigError(f"{files.key_file!r} holds no unencrypted PEM private key ({exc}); pass the"
+                             " key of the certificate in PEM form without a passphrase") from None
+    try:
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise TLSConfigError(f"{files.client_ca_file!r} holds no PEM certificate; pass the CA certificate(s)"
+                             " that sign the hosts' client certificates") from None
+    if not cas:
+        raise TLSConfigError(f"{files.client_ca_file!r} is empty; pass the client CA certificate(s)")
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TLSConfigError(f"{files.key_file!r} is a {type(key).__name__}; use an RSA or ECDSA"
+                             " (P-256/P-384) key")
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _GRPC_CURVES:
+        raise TLSConfigError(f"{files.key_file!r} is an ECDSA key on {key.curve.name}, which gRPC's TLS"
+                             " cannot use; issue the certificate with RSA-2048+ or P-256/P-384")
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(serialization.Encoding.DER, pub) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, pub):
+        raise TLSConfigError(f"the key in {files.key_file!r} does not belong to the certificate in"
+                             f" {files.cert_file!r}; pass the key the certificate was issued for (rotate"
+                             " both files together)")
+    return LoadedTLS(cert_pem, key_pem, ca_pem)
+
+
+def _stamp(path: str) -> tuple[str, int, int]:
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return real, st.st_size, st.st_mtime_ns
+
+
+class CertFiles:
+    """The current TLS files, re-read when they change; checks happen on each new handshake."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        self.current = load(files)  # raises: the first set must be good
+        self._stamps = self._all_stamps()
+        self.reloads = 0
+
+    def _all_stamps(self) -> tuple[tuple[str, int, int], ...] | None:
+        try:
+            return tuple(_stamp(p) for p in (self.files.cert_file, self.files.key_file,
+                                               self.files.client_ca_file))
+        except OSError:
+            return None  # mid-swap: try again on the next handshake
+
+    def config(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.current.key_pem, self.current.cert_pem)], root_certificates=self.current.client_ca_pem)
+
+    def changed(self) -> bool:
+        """Reload when the files changed; True when a new good set is now current."""
+        with self._lock:
+            stamps = self._all_stamps()
+            if stamps is None or stamps == self._stamps:
+                return False
+            try:
+                loaded = load(self.files)
+            except TLSConfigError as exc:
+                log.warning("TLS files changed but the new set is not usable yet, keeping the old one: %s", exc)
+                return False
+            self._stamps = stamps
+            if loaded == self.current:
+                return False
+            self.current = loaded
+            self.reloads += 1
+            log.info("TLS files reloaded (%s, %s, %s)", *(s[0] for s in stamps))
+            return True
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """grpcio's fetcher: a new configuration, or None to keep the current one."""
+        try:
+            return self.config() if self.changed() else None
+        except Exception:  # an exception here would fail the handshake; keep serving the old set
+            log.exception("checking the TLS files failed; keeping the current set")
+            return None
+
+
+def server_credentials(files: TLSFiles | None, insecure: bool) -> tuple[grpc.ServerCredentials | None,
+                                                                        CertFiles | None]:
+    """The one place that decides how a network listener does TLS.
+
+    mTLS with the provided files through grpcio (reloaded on change), or
+    plaintext when ``insecure`` (logged loudly). Neither: TLSConfigError.
+    """
+    if insecure:
+        log.warning("INSECURE: serving plaintext gRPC on the network without TLS or client"
+                    " authentication; anyone who can reach the port can call the plugin. Use this only"
+                    " on a trusted loopback/test network, never in production")
+        return None, None
+    if files is None:
+        raise TLSConfigError("network mode needs cert_file, key_file and client_ca_file (--cert, --key,"
+                             " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
+                             " trusted test network")
+    certs = CertFiles(files)
+    creds = grpc.dynamic_ssl_server_credentials(certs.config(), certs.fetch,
+                                                require_client_authentication=True)
+    return creds, certs

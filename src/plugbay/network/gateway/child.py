@@ -1,0 +1,126 @@
+"""The gateway's child: one go-plugin plugin started through plugbay's host side, restarted when it dies.
+
+The child runs under a plain plugbay Client (process runner, AutoMTLS). A
+plugbay-gateway-keeper thread polls it; when it has exited the keeper reports
+"down" (health NOT_SERVING, calls UNAVAILABLE), kills what is left, waits the
+RestartPolicy's backoff and starts a new Client. When the policy's budget is
+spent (more than max_restarts within window) the keeper gives up and sets
+``failed``: the gateway's process exits non-zero so its own supervisor
+(Kubernetes, systemd, Docker's restart policy) takes over.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.errors import GatewayError, PlugbayError
+
+log = logging.getLogger("plugbay.gateway")
+_POLL = 0.2
+
+
+class ChildKeeper:
+    """Owns the current child Client; ``channel()`` is its raw gRPC channel while it runs."""
+
+    def __init__(self, make_config: Callable[[], ClientConfig], restart: RestartPolicy,
+                 on_up: Callable[[Client], None], on_down: Callable[[str], None]) -> None:
+        self._make_config = make_config
+        self._restart = restart
+        self._on_up = on_up
+        self._on_down = on_down
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._why = "starting"
+        self._stop = threading.Event()
+        self.failed = threading.Event()
+        self.failure = ""
+        self.restarts = 0
+        self._times: collections.deque[float] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Client:
+        """Start the first child (errors are raised here, typed), then keep it running."""
+        client = self._start_client()
+        self._thread = threading.Thread(target=self._keep, name="plugbay-gateway-keeper", daemon=True)
+        self._thread.start()
+        return client
+
+    def channel(self) -> tuple[grpc.Channel | None, str]:
+        with self._lock:
+            client, why = self._client, self._why
+        if client is None or client.exited:
+            return None, why if client is None else "it exited; restarting it"
+        try:
+            return client.channel.current, ""
+        except PlugbayError as exc:
+            return None, str(exc)
+
+    @property
+    def client(self) -> Client | None:
+        return self._client
+
+    def _start_client(self) -> Client:
+        client = Client(self._make_config())
+        client.start()  # a failed start kills what it made
+        with self._lock:
+            if self._stop.is_set():
+                client.kill()
+                raise GatewayError("the gateway was stopped while its plugin started")
+            self._client, self._why = client, ""
+        self._on_up(client)
+        return client
+
+    def _keep(self) -> None:
+        consecutive = 0
+        while not self._stop.wait(_POLL):
+            client = self._client
+            if client is not None and not client.exited:
+                consecutive = 0
+                continue
+            what = (f"the plugin exited with code {client.exit_code}" if client is not None
+                    else "the plugin did not start")
+            with self._lock:
+                self._client, self._why = None, f"{what}; restarting it"
+            self._on_down(what)
+            if client is not None:
+                log.warning("gateway: %s; restarting it", what)
+                client.kill()
+            now = time.monotonic()
+            self._times.append(now)
+            while self._times and self._times[0] < now - self._restart.window:
+                self._times.popleft()
+            if len(self._times) > self._restart.max_restarts:
+                self.failure = (f"{what}, and it was restarted {self._restart.max_restarts} time(s) within"
+                                f" {self._restart.window:.0f}s (the restart budget); fix the plugin (its"
+                                " stderr is in the gateway's log) and start the gateway again")
+                with self._lock:
+                    self._why = "the gateway gave up restarting it"
+                log.error("gateway: %s", self.failure)
+                self.failed.set()
+                return
+            consecutive += 1
+            if self._stop.wait(self._restart.backoff(consecutive)):
+                return
+            try:
+                self._start_client()
+                self.restarts += 1
+                log.info("gateway: plugin restarted (%d restart(s) so far)", self.restarts)
+            except PlugbayError as exc:
+                log.warning("gateway: restarting the plugin failed: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            client, self._client, self._why = self._client, None, "the gateway is stopping"
+        if client is not None:
+            client.kill()

@@ -1,0 +1,121 @@
+"""``python -m plugbay.network.gateway`` (and ``plugbay gateway``): the gateway's command line.
+
+    python -m plugbay.network.gateway --listen 0.0.0.0:7001 --cert tls.crt --key tls.key \\
+        --client-ca ca.crt --cookie BASIC_PLUGIN=hello --plugins kv_grpc -- ./kv-plugin
+
+Every flag also reads an environment variable (PLUGBAY_GATEWAY_LISTEN, _CERT, _KEY,
+_CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1), which is how the
+container image (Dockerfile.plugin, target ``gateway``) is configured. Once
+serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM and SIGINT stop it
+(child included) with exit code 0; it exits 1 when the plugin cannot be started or
+keeps dying beyond the restart budget, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from plugbay.errors import PlugbayError
+from plugbay.network.gateway.gateway import Gateway, GatewayConfig
+
+ENV_PREFIX = "PLUGBAY_GATEWAY_"
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return env.get(ENV_PREFIX + name, fallback)
+
+    p = argparse.ArgumentParser(
+        prog="plugbay gateway", description="Serve a go-plugin plugin on the network over mutual TLS.",
+        usage="%(prog)s --cookie KEY=VALUE [--listen HOST:PORT] [--cert FILE --key FILE --client-ca FILE |"
+              " --insecure] [--protocol-versions 1,2] [--plugins NAME,...] -- PLUGIN_COMMAND [ARGS...]")
+    p.add_argument("--listen", default=default("LISTEN", "0.0.0.0:7001"), help="HOST:PORT (port 0: any free port)")
+    p.add_argument("--cert", default=default("CERT"), help="server certificate (chain), PEM")
+    p.add_argument("--key", default=default("KEY"), help="the certificate's private key, PEM")
+    p.add_argument("--client-ca", default=default("CLIENT_CA"), help="CA bundle that signs the hosts' certificates")
+    p.add_argument("--cookie", default=default("COOKIE"), help="the plugin's magic cookie, KEY=VALUE")
+    p.add_argument("--protocol-versions", default=default("PROTOCOL_VERSIONS", "1"),
+                   help="app protocol versions to offer the plugin, e.g. 1,2")
+    p.add_argument("--plugins", default=default("PLUGINS", ""), help="plugin names Discovery reports")
+    p.add_argument("--insecure", action="store_true",
+                   default=env.get(ENV_PREFIX + "INSECURE", "") in ("1", "true", "True", "TRUE"),
+                   help="plaintext, no client authentication (trusted test networks only)")
+    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
+    return p
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """GatewayConfig from the command line; SystemExit(2) with a message on bad arguments."""
+    env = os.environ if env is None else env
+    argv = list(argv)
+    cmd: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, cmd = argv[:cut], argv[cut + 1:]
+    parser = _parser(env)
+    args = parser.parse_args(argv)
+    if not cmd:
+        parser.error("no plugin command: put it after '--', for example `-- ./kv-plugin`")
+    key, sep, value = (args.cookie or "").partition("=")
+    if not sep or not key or not value:
+        parser.error(f"--cookie must be KEY=VALUE, the plugin's magic cookie (got {args.cookie!r}), for example"
+                     " --cookie BASIC_PLUGIN=hello")
+    try:
+        versions = [int(v) for v in str(args.protocol_versions).split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--protocol-versions must be integers separated by commas (got {args.protocol_versions!r})")
+    tls = [args.cert, args.key, args.client_ca]
+    if not args.insecure and not all(tls):
+        parser.error("mutual TLS needs --cert, --key and --client-ca (or PLUGBAY_GATEWAY_CERT/_KEY/_CLIENT_CA);"
+                     " --insecure serves plaintext, for trusted test networks only")
+    if args.insecure and any(tls):
+        parser.error("--insecure and --cert/--key/--client-ca exclude each other; drop --insecure to serve mTLS")
+    return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
+                         client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
+                         plugins=[n for n in str(args.plugins).split(",") if n.strip()],
+                         start_timeout=args.start_timeout)
+
+
+def main(argv: list[str]) -> int:
+    """Run the gateway until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        config = parse(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    old: dict[int, object] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            old[signum] = signal.signal(signum, on_signal)
+    try:
+        gateway = Gateway(config)
+        try:
+            gateway.start()
+            print(f"listening tcp {gateway.address}", flush=True)
+            while not stop.wait(0.5):
+                if gateway.failed.is_set():
+                    print(f"gateway: error: {gateway.keeper.failure}", file=sys.stderr, flush=True)
+                    return 1
+            return 0
+        finally:
+            gateway.stop()
+    except PlugbayError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for number, handler in old.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]

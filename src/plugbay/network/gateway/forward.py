@@ -1,0 +1,93 @@
+"""Forwarding every gRPC call of the plugin's own services to the child, as raw bytes.
+
+A proxy that has no descriptors for the plugin's services cannot know which
+methods are unary and which stream, so every forwarded method is served as
+stream-stream: on the wire a unary call is a stream with one request and one
+response, so the child (which does know) answers it correctly. Requests and
+responses are never decoded (identity (de)serializers). Forwarded: the
+caller's metadata (without transport headers), the deadline (what is left of
+it), cancellation (either way), the child's initial and trailing metadata, its
+status code and details.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+
+log = logging.getLogger("plugbay.gateway")
+
+# Services the gateway answers itself; everything else goes to the child.
+OWN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/plugin.GRPCController/",
+    "/plugin.GRPCBroker/",
+    "/plugin.GRPCStdio/",
+    "/plugbay.network.v1.Discovery/",
+)
+_NO_DEADLINE = 10 * 365 * 24 * 3600.0  # grpcio reports "no deadline" as a far-future one
+
+# (channel to the child, or None and why not)
+ChannelSource = Callable[[], "tuple[grpc.Channel | None, str]"]
+
+
+def _forwardable(key: str) -> bool:
+    return not (key.startswith((":", "grpc-")) or key in ("user-agent", "content-type", "te"))
+
+
+class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """grpc generic handler: any method outside OWN_SERVICES is forwarded to the child's channel."""
+
+    def __init__(self, source: ChannelSource) -> None:
+        self._source = source
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = str(handler_call_details.method)
+        if method.startswith(OWN_SERVICES):
+            return None
+        return grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: self._forward(method, requests, context))
+
+    def _forward(self, method: str, requests: Iterator[bytes],
+                 context: grpc.ServicerContext) -> Iterator[bytes]:
+        channel, why = self._source()
+        if channel is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the plugin behind the gateway is not running ({why}); retry shortly")
+            return
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > _NO_DEADLINE else remaining
+        if timeout is not None and timeout <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the gateway forwarded")
+            return
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() if _forwardable(k))
+        try:
+            call = channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
+        except ValueError:  # the child's channel was closed under us: the child is gone
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "the plugin behind the gateway stopped; retry shortly")
+            return
+        context.add_callback(call.cancel)
+        try:
+            initial = call.initial_metadata()
+            if initial:
+                context.send_initial_metadata(tuple((k, v) for k, v in initial if _forwardable(k)))
+            for response in call:
+                yield response
+        except grpc.RpcError:
+            pass  # the status below says what happened
+        trailing = call.trailing_metadata()
+        if trailing:
+            context.set_trailing_metadata(tuple((k, v) for k, v in trailing if _forwardable(k)))
+        code = call.code()
+        if code == grpc.StatusCode.OK:
+            return
+        details = call.details() or ""
+        if code == grpc.StatusCode.CANCELLED and context.is_active():
+            # the caller did not cancel: the child's connection went away under the call
+            code = grpc.StatusCode.UNAVAILABLE
+            details = f"the plugin behind the gateway stopped during the call ({details}); retry it"
+        context.set_code(code)
+        context.set_details(details)

@@ -1,0 +1,247 @@
+"""Gateway: an unmodified go-plugin plugin served on the network as a shared service.
+
+    with Gateway(GatewayConfig(cmd=["./kv-plugin"], cookie=("BASIC_PLUGIN", "hello"),
+                               listen="0.0.0.0:7001", cert_file="tls.crt", key_file="tls.key",
+                               client_ca_file="ca.crt", plugins=("kv_grpc",))) as gw:
+        print(gw.address)   # hosts dial this over mutual TLS
+
+The gateway is a host of its child (plugbay's Client: process runner,
+AutoMTLS, a private unix socket) and a gRPC server on ``listen`` (TLS from
+the provided files, reloaded when they change, through the same code as
+serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
+
+* grpc.health.v1 "plugin" (and ""): SERVING while the child runs, else NOT_SERVING;
+* plugbay.network.v1.Discovery: the child's negotiated app protocol version with
+  the names given in ``plugins`` (empty when not given), multiplex=False;
+* plugin.GRPCController.Shutdown: acknowledged and ignored (a shared service;
+  stop the gateway with SIGTERM);
+* plugin.GRPCBroker.StartStream: FAILED_PRECONDITION: the child (go-plugin 1.0.x
+  behind a gateway) cannot multiplex brokered connections onto the network;
+* plugin.GRPCStdio.StreamStdio: an empty stream (the child's output is the gateway's log);
+
+and forwards every other call to the child (plugbay.network.gateway.forward).
+While the child restarts (plugbay.network.gateway.child) calls fail fast with
+UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from plugbay._proto.plugin import (
+    grpc_broker_pb2_grpc,
+    grpc_controller_pb2,
+    grpc_controller_pb2_grpc,
+    grpc_stdio_pb2,
+    grpc_stdio_pb2_grpc,
+)
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
+from plugbay.core.plugin.health import add_to_server as add_health
+from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, bind, package_version
+from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.core.transport.certfiles import CertFiles
+from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
+from plugbay.network.gateway.child import ChildKeeper
+from plugbay.network.gateway.forward import Forwarder
+from plugbay.runners.process import ProcessRunner
+
+log = logging.getLogger("plugbay.gateway")
+
+BROKER_REFUSAL = (
+    "plugin does not multiplex brokered connections; the plugin behind this gateway is a go-plugin"
+    " plugin that cannot carry brokered (callback) connections over the network. Use plugins without"
+    " brokered callbacks through the gateway, or serve a plugbay plugin with NetworkServe"
+)
+_MAX_MSG = 2**31 - 1
+_STOP_GRACE = 2.0
+
+
+@dataclass
+class GatewayConfig:
+    """What the gateway runs and where it listens. TLS: all three files, or ``insecure=True``."""
+
+    cmd: Sequence[str]
+    cookie: tuple[str, str]
+    listen: str = "0.0.0.0:7001"
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    insecure: bool = False
+    protocol_versions: Sequence[int] = (1,)
+    plugins: Sequence[str] = ()
+    restart: RestartPolicy = field(default_factory=lambda: RestartPolicy(
+        max_restarts=10, window=60.0, initial_backoff=0.2, max_backoff=5.0))
+    start_timeout: float = 30.0
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
+    cwd: str | None = None  # the child's working folder (default: the gateway's)
+    # AutoMTLS between gateway and child, as go-plugin hosts do. Off saves the OpenSSL relay hop
+    # a Go child's P-521 certificate needs, but leaves the child's socket unauthenticated locally.
+    child_mtls: bool = True
+    logger: logging.Logger | None = None
+
+    def check(self) -> None:
+        if not self.cmd or not self.cmd[0]:
+            raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
+                              " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
+        key, value = self.cookie
+        if not key or not value:
+            raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
+                              " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
+        if not self.protocol_versions or any(int(v) < 1 for v in self.protocol_versions):
+            raise ConfigError(f"protocol versions {list(self.protocol_versions)} are invalid; pass positive"
+                              " integers, for example --protocol-versions 1,2")
+
+
+class Gateway:
+    """Serves one child plugin on the network; a context manager (start/stop)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        config.check()
+        self.config = config
+        self._network = NetworkServe(listen=config.listen, cert_file=config.cert_file, key_file=config.key_file,
+                                     client_ca_file=config.client_ca_file, insecure=config.insecure)
+        self._network.tls_files()  # all-or-none check before anything starts
+        self.health = HealthServicer()
+        self.health.set_status("", NOT_SERVING)
+        self.health.set_status("plugin", NOT_SERVING)
+        self.discovery = DiscoveryServicer([], server=f"plugbay-gateway/{package_version()} (go-plugin plugin"
+                                                      f" {config.cmd[0]})")
+        self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down)
+        self._closed = threading.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._server: grpc.Server | None = None
+        self.certs: CertFiles | None = None
+        self._address = ""
+        self._lock = threading.Lock()
+        self._started = False
+
+    # --- the child -----------------------------------------------------------------
+
+    def _client_config(self) -> ClientConfig:
+        cfg = self.config
+        versions = sorted({int(v) for v in cfg.protocol_versions})
+        return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
+                            versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
+                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd),
+                            start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
+                            name="gateway-child", logger=cfg.logger)
+
+    def _child_up(self, client: Client) -> None:
+        self.discovery.versions = [(client.negotiated_version, list(self.config.plugins))]
+        self.health.set_status("", SERVING)
+        self.health.set_status("plugin", SERVING)
+
+    def _child_down(self, why: str) -> None:
+        self.health.set_status("", NOT_SERVING)
+        self.health.set_status("plugin", NOT_SERVING)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The bound listen address, HOST:PORT (the real port when ``listen`` asked for port 0)."""
+        if not self._address:
+            raise ClientStateError("Gateway.address is only known after start(); call start() first")
+        return self._address
+
+    @property
+    def failed(self) -> threading.Event:
+        """Set when the child kept dying and the gateway gave up restarting it."""
+        return self.keeper.failed
+
+    @property
+    def child_pid(self) -> int | None:
+        client = self.keeper.client
+        pid = getattr(client.runner, "pid", None) if client is not None else None
+        return pid if isinstance(pid, int) else None
+
+    def __enter__(self) -> Gateway:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the child, then listen. Typed errors (and nothing left running) on failure."""
+        with self._lock:
+            if self._started:
+                return
+            if self._closed.is_set():
+                raise ClientStateError("this Gateway was stopped; make a new one")
+            self._started = True
+            try:
+                self._start()
+            except BaseException:
+                self._teardown()
+                raise
+
+    def _start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="plugbay-gateway-rpc")
+        server = grpc.server(self._executor, options=[
+            ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_MSG),
+            ("grpc.max_receive_message_length", _MAX_MSG)])
+        self._server = server
+        add_health(self.health, server)
+        add_discovery(self.discovery, server)
+        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
+            _Controller(), server)
+        grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), server)  # type: ignore[no-untyped-call]
+        grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), server)  # type: ignore[no-untyped-call]
+        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel),))
+        _, self._address, self.certs = bind(server, self._network)  # TLS files checked before the child starts
+        try:
+            self.keeper.start()
+        except PlugbayError as exc:
+            raise GatewayError(f"the gateway could not start its plugin {list(self.config.cmd)}: {exc}") from exc
+        server.start()
+        log.info("gateway: serving plugin %s on %s (%s)", self.config.cmd[0], self._address,
+                 "PLAINTEXT" if self.config.insecure else "mutual TLS")
+
+    def stop(self) -> None:
+        """Stop listening (in-flight calls get a short grace), then stop the child. Idempotent."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._teardown()
+
+    def _teardown(self) -> None:
+        self._closed.set()
+        self.health.close()
+        if self._server is not None:
+            self._server.stop(_STOP_GRACE).wait(_STOP_GRACE + 3)
+        self.keeper.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):
+    def Shutdown(self, request: grpc_controller_pb2.Empty,
+                 context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
+        log.warning("gateway: GRPCController.Shutdown from %s ignored: the plugin is a shared network"
+                    " service; stop the gateway with SIGTERM", context.peer())
+        return grpc_controller_pb2.Empty()
+
+
+class _NoBroker(grpc_broker_pb2_grpc.GRPCBrokerServicer):
+    def StartStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, BROKER_REFUSAL)
+
+
+class _Stdio(grpc_stdio_pb2_grpc.GRPCStdioServicer):
+    def __init__(self, closed: threading.Event) -> None:
+        self._closed = closed
+
+    def StreamStdio(self, request: object, context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
+        while context.is_active() and not self._closed.wait(0.5):
+            pass
+        yield from ()

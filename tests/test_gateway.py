@@ -1,0 +1,306 @@
+"""The gateway in front of real go-plugin 1.0.1 Go plugins, reached by grpcio clients over mTLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay._proto.plugin import grpc_broker_pb2, grpc_broker_pb2_grpc, grpc_controller_pb2, grpc_controller_pb2_grpc
+from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.errors import GatewayError, TLSConfigError
+from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
+from plugbay.network.gateway.cli import main as gateway_main
+from tests import gobuild, netcerts
+
+_reason = gobuild.go_missing_reason()
+pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
+
+COOKIE = ("BASIC_PLUGIN", "hello")
+
+
+@pytest.fixture(scope="module")
+def kv_bin() -> str:
+    return str(gobuild.build_go("kv_plugin"))
+
+
+@pytest.fixture(scope="module")
+def misbehave_bin() -> str:
+    return str(gobuild.build_go("misbehave"))
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> netcerts.CertSet:
+    return netcerts.write_set(tmp_path / "tls")
+
+
+def config(cmd: str, certs: netcerts.CertSet, **kw: object) -> GatewayConfig:
+    return GatewayConfig(cmd=[cmd], cookie=COOKIE, listen="127.0.0.1:0", cert_file=str(certs.cert_file),
+                         key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
+                         plugins=("kv_grpc",), **kw)  # type: ignore[arg-type]
+
+
+def secure(certs: netcerts.CertSet, address: str, client: netcerts.Issued | None = None,
+           server_ca: netcerts.Issued | None = None) -> grpc.Channel:
+    who = client or certs.client
+    creds = grpc.ssl_channel_credentials(root_certificates=(server_ca or certs.server_ca).cert_pem,
+                                         private_key=who.key_pem, certificate_chain=who.cert_pem)
+    return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+@pytest.fixture
+def gateway(kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> Iterator[Gateway]:
+    with Gateway(config(kv_bin, certs)) as gw:
+        yield gw
+
+
+def test_kv_discovery_health_through_the_gateway(gateway: Gateway, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    with secure(certs, gateway.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        kv.Put(kv_pb2.PutRequest(key="gw", value=b"through \xff"), timeout=10)
+        assert kv.Get(kv_pb2.GetRequest(key="gw"), timeout=10).value == b"through \xff"
+        assert (in_tmp / "kv_gw").read_bytes() == b"through \xff"
+        # the child's own error status and details come through unchanged
+        with pytest.raises(grpc.RpcError) as missing:
+            kv.Get(kv_pb2.GetRequest(key="nothing"), timeout=10)
+        assert missing.value.code() == grpc.StatusCode.UNKNOWN
+        assert "kv_nothing" in str(missing.value.details())
+        desc = discovery_pb2_grpc.DiscoveryStub(ch).Describe(discovery_pb2.DescribeRequest(), timeout=10)
+        assert (desc.core_protocol, desc.protocol, desc.multiplex) == (1, "grpc", False)
+        assert [(v.version, list(v.plugins)) for v in desc.versions] == [(1, ["kv_grpc"])]
+        assert desc.server.startswith("plugbay-gateway/") and "go-plugin plugin" in desc.server
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        # brokering cannot work through the gateway: said at once, with the reason
+        with pytest.raises(grpc.RpcError) as broker:
+            list(grpc_broker_pb2_grpc.GRPCBrokerStub(ch).StartStream(iter([grpc_broker_pb2.ConnInfo()]), timeout=10))
+        assert broker.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert broker.value.details() == BROKER_REFUSAL
+        assert "does not multiplex brokered connections" in BROKER_REFUSAL
+        # a remote host cannot shut the shared plugin down
+        pid = gateway.child_pid
+        grpc_controller_pb2_grpc.GRPCControllerStub(ch).Shutdown(grpc_controller_pb2.Empty(), timeout=10)
+        assert kv.Get(kv_pb2.GetRequest(key="gw"), timeout=10).value == b"through \xff"
+        assert gateway.child_pid == pid
+
+
+def test_refuses_untrusted_clients_at_the_tls_layer(gateway: Gateway, certs: netcerts.CertSet,
+                                                   tmp_path: Path) -> None:
+    stranger = netcerts.issue(netcerts.make_ca("other CA"), "stranger", server=False)
+    attempts = [secure(certs, gateway.address, stranger),
+                grpc.secure_channel(gateway.address, grpc.ssl_channel_credentials(certs.server_ca.cert_pem),
+                                    options=[("grpc.ssl_target_name_override", "localhost")]),
+                grpc.insecure_channel(gateway.address)]
+    for channel in attempts:
+        with channel, pytest.raises(grpc.RpcError) as info:
+            kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="x"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    netcerts.assert_tls_refuses(gateway.address, certs, tmp_path)
+
+
+def _k8s_style(folder: Path, version: str, source: netcerts.CertSet) -> None:
+    """Kubernetes' Secret layout: files are symlinks through ..data, which points at a versioned folder."""
+    target = folder / version
+    target.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (target / name).write_bytes((source.dir / name).read_bytes())
+    tmp_link = folder / "..data_tmp"
+    tmp_link.symlink_to(version)
+    os.replace(tmp_link, folder / "..data")  # the atomic swap the kubelet does
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
+
+
+def test_rotated_cert_files_are_used_without_dropping_connections(kv_bin: str, in_tmp: Path) -> None:
+    mounted = in_tmp / "secret"
+    mounted.mkdir()
+    first = netcerts.write_set(in_tmp / "first")
+    _k8s_style(mounted, "v1", first)
+    cfg = GatewayConfig(cmd=[kv_bin], cookie=COOKIE, listen="127.0.0.1:0", cert_file=str(mounted / "tls.crt"),
+                        key_file=str(mounted / "tls.key"), client_ca_file=str(mounted / "ca.crt"))
+    with Gateway(cfg) as gw, secure(first, gw.address) as old:
+        kv_old = kv_pb2_grpc.KVStub(old)
+        kv_old.Put(kv_pb2.PutRequest(key="r", value=b"1"), timeout=10)
+        second = netcerts.write_set(in_tmp / "second")  # a new server CA and a new client CA
+        _k8s_style(mounted, "v2", second)
+        with secure(second, gw.address) as new:
+            assert kv_pb2_grpc.KVStub(new).Get(kv_pb2.GetRequest(key="r"), timeout=10).value == b"1"
+        assert gw.certs is not None and gw.certs.reloads == 1
+        # the connection made with the old files keeps working
+        for i in range(5):
+            kv_old.Put(kv_pb2.PutRequest(key="r", value=str(i).encode()), timeout=10)
+        assert kv_old.Get(kv_pb2.GetRequest(key="r"), timeout=10).value == b"4"
+        # a new connection with the old client certificate is refused now
+        with secure(first, gw.address) as again, pytest.raises(grpc.RpcError) as info:
+            kv_pb2_grpc.KVStub(again).Get(kv_pb2.GetRequest(key="r"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # a half-written set is not taken: the gateway keeps the current one and goes on
+        (mounted / "v2" / "tls.key").write_bytes(b"garbage")
+        with secure(second, gw.address) as newer:
+            assert kv_pb2_grpc.KVStub(newer).Get(kv_pb2.GetRequest(key="r"), timeout=10).value == b"4"
+        assert gw.certs.reloads == 1
+
+
+def test_child_killed_calls_fail_fast_then_work_after_restart(gateway: Gateway, certs: netcerts.CertSet) -> None:
+    with secure(certs, gateway.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        kv.Put(kv_pb2.PutRequest(key="k", value=b"before"), timeout=10)
+        old_pid = gateway.child_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        codes: list[grpc.StatusCode] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                value = kv.Get(kv_pb2.GetRequest(key="k"), timeout=3).value
+                break
+            except grpc.RpcError as exc:
+                assert time.monotonic() - started < 3.5  # within its deadline, never a hang
+                codes.append(exc.code())
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"the gateway did not serve again within 30 s: {codes}")
+        assert value == b"before"
+        assert codes and set(codes) == {grpc.StatusCode.UNAVAILABLE}, codes
+        assert gateway.child_pid not in (None, old_pid)
+        assert gateway.keeper.restarts == 1
+
+
+def test_deadline_and_death_mid_call_are_forwarded(misbehave_bin: str, certs: netcerts.CertSet,
+                                                   in_tmp: Path) -> None:
+    cfg = config(misbehave_bin, certs, env={"MISBEHAVE_MAX_SECONDS": "60"})
+    with Gateway(cfg) as gw, secure(certs, gw.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as hang:
+            kv.Get(kv_pb2.GetRequest(key="__hang__"), timeout=1.0)
+        assert hang.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 5
+        with pytest.raises(grpc.RpcError) as died:
+            kv.Get(kv_pb2.GetRequest(key="__die__"), timeout=10)
+        assert died.value.code() == grpc.StatusCode.UNAVAILABLE, died.value
+
+
+def test_gives_up_when_the_child_keeps_dying(misbehave_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    policy = RestartPolicy(max_restarts=1, window=60, initial_backoff=0.05, max_backoff=0.1)
+    with Gateway(config(misbehave_bin, certs, restart=policy)) as gw, secure(certs, gw.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        for _ in range(2):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # wait for the (re)started child, then kill it through a call
+                try:
+                    kv.Get(kv_pb2.GetRequest(key="__die__"), timeout=5)
+                except grpc.RpcError as exc:
+                    if gw.child_pid is None or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        pass
+                if gw.keeper.client is None or gw.keeper.client.exited:
+                    break
+                time.sleep(0.05)
+            while time.monotonic() < deadline and not gw.failed.is_set() and \
+                    (gw.keeper.client is None or gw.keeper.client.exited):
+                time.sleep(0.05)
+        assert gw.failed.wait(20)
+        assert "restart budget" in gw.keeper.failure and "fix the plugin" in gw.keeper.failure
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    with pytest.raises(GatewayError, match="could not start its plugin") as info:
+        Gateway(config(misbehave_bin, certs, env={"MISBEHAVE_MODE": "exit"})).start()
+    assert "exited with code 3" in str(info.value)
+    bad = config(kv_bin, certs)
+    bad.key_file = str(in_tmp / "nope.key")
+    with pytest.raises(TLSConfigError, match="does not exist"):
+        Gateway(bad).start()
+    with pytest.raises(TLSConfigError, match="all three"):
+        Gateway(GatewayConfig(cmd=[kv_bin], cookie=COOKIE, cert_file=str(certs.cert_file)))
+
+
+# --- the command line, as a real process -------------------------------------------------
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise AssertionError("the gateway printed nothing")
+        return proc.stdout.readline().decode()
+    finally:
+        sel.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_and_stops_on_signal(kv_bin: str, certs: netcerts.CertSet, tmp_path: Path, sig: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plugbay.network.gateway", "--listen", "127.0.0.1:0", "--cert", str(certs.cert_file),
+         "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file), "--cookie", "BASIC_PLUGIN=hello",
+         "--plugins", "kv_grpc", "--", kv_bin], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = _read_line(proc, 30)
+        assert line.startswith("listening tcp 127.0.0.1:"), line
+        address = line.split()[-1]
+        with secure(certs, address) as ch:
+            kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key="cli", value=b"ok"), timeout=10)
+        children = _children(proc.pid)
+        assert children, "the plugin should run as the gateway's child"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "kv_cli").read_bytes() == b"ok"
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytest.CaptureFixture[str]) -> None:
+    tls = ["--cert", str(certs.cert_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
+    assert gateway_main(["--cookie", "BASIC_PLUGIN=hello", *tls]) == 2
+    assert "no plugin command" in capsys.readouterr().err
+    assert gateway_main([*tls, "--", kv_bin]) == 2
+    assert "--cookie must be KEY=VALUE" in capsys.readouterr().err
+    assert gateway_main(["--cookie", "A=b", "--", kv_bin]) == 2
+    assert "--insecure serves plaintext" in capsys.readouterr().err
+    assert gateway_main(["--cookie", "A=b", "--insecure", *tls, "--", kv_bin]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert gateway_main(["--cookie", "A=b", "--protocol-versions", "one", "--insecure", "--", kv_bin]) == 2
+    assert "integers" in capsys.readouterr().err
+    bad = ["--cert", str(certs.key_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
+    assert gateway_main(["--cookie", "A=b", "--listen", "127.0.0.1:0", *bad, "--", kv_bin]) == 1
+    assert "holds no PEM certificate" in capsys.readouterr().err
