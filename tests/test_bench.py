@@ -17,7 +17,7 @@ def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     areas = {row["area"] for row in rows}
-    assert {"core", "broker", "docker", "kubernetes", "resilience"} <= areas, areas
+    assert {"core", "broker", "docker", "kubernetes", "resilience", "scale"} <= areas, areas
     for row in rows:
         assert not (row.get("skipped") or "").startswith("FAILED"), row
         if not row.get("skipped"):
