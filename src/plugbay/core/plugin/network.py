@@ -28,7 +28,6 @@ need the multiplexed front); Discovery says ``multiplex=False``.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -110,6 +109,8 @@ def _target(listen: str) -> tuple[str, str]:
 
 
 def package_version() -> str:
+    import importlib.metadata  # only when a Describe asks (a 20+ ms import for every plugin otherwise)
+
     try:
         return importlib.metadata.version("plugbay")
     except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path, not installed
