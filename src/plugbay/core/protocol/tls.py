@@ -13,7 +13,6 @@ Python's ssl module (OpenSSL) instead; see plugbay.core.transport.relay.
 from __future__ import annotations
 
 import datetime
-import secrets
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,6 +45,8 @@ class CertKey:
 
 def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
     """A fresh self-signed certificate with go-plugin's AutoMTLS profile."""
+    import secrets
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
