@@ -96,7 +96,8 @@ def table(rows: list[tuple[Case, Result]]) -> str:
         else:
             note = "; ".join([f"{k} {v:.1f}" for k, v in r.metrics.items()] + ([r.note] if r.note else []))
             lines.append([case.area, case.label, case.transport, "yes" if case.automtls else "no",
-                          f"{r.start_to_first_call_ms:.1f}", f"{r.p50_us:.0f}" if r.p50_us else "-",
+                          f"{r.start_to_first_call_ms:.1f}" if r.start_to_first_call_ms else "-",
+                          f"{r.p50_us:.0f}" if r.p50_us else "-",
                           f"{r.p99_us:.0f}" if r.p99_us else "-",
                           f"{r.calls_per_s:.0f}" if r.calls_per_s else "-", ratios(case, r, rows), note])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
