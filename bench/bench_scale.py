@@ -75,7 +75,7 @@ def _concurrent(ctx: Context, threads: int, bare: bool) -> Result:
                 first = (time.perf_counter() - started) * 1000
                 lat, took = _hammer(kv, threads, ctx.calls)
             rounds.append(Result(first, percentile(lat, 0.5), percentile(lat, 0.99), len(lat),
-                                 len(lat) / took if took else 0.0, note=f"{threads} threads, one connection"))
+                                 len(lat) / took if took else 0.0, note=f"{threads} caller thread{'s' if threads > 1 else ''}, one connection"))
     return combine(rounds)
 
 
