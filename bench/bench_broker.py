@@ -128,7 +128,8 @@ def _yamux_round(ctx: Context, pump: str, sink: str) -> float:
         path = os.path.join(d, "y.sock")
         size = str(YAMUX_BYTES)
         if sink == "go":
-            sink_proc = subprocess.Popen([prog, "sink", "unix", path, size], stdout=subprocess.PIPE, text=True)
+            sink_proc = subprocess.Popen([prog, "sink", "unix", path, size], stdout=subprocess.PIPE,
+                                         text=True)
             assert sink_proc.stdout is not None and sink_proc.stdout.readline().strip() == "listening"
             try:
                 if pump == "go":

@@ -74,8 +74,9 @@ def _concurrent(ctx: Context, threads: int, bare: bool) -> Result:
                 kv.put("bench", b"value")
                 first = (time.perf_counter() - started) * 1000
                 lat, took = _hammer(kv, threads, ctx.calls)
+            note = f"{threads} caller thread{'s' if threads > 1 else ''}, one connection"
             rounds.append(Result(first, percentile(lat, 0.5), percentile(lat, 0.99), len(lat),
-                                 len(lat) / took if took else 0.0, note=f"{threads} caller thread{'s' if threads > 1 else ''}, one connection"))
+                                 len(lat) / took if took else 0.0, note=note))
     return combine(rounds)
 
 
