@@ -150,8 +150,7 @@ def _yamux_round(ctx: Context, pump: str, sink: str) -> float:
                 finally:
                     session.close()
             finally:
-                sink_proc.wait(30)
-                sink_proc.stdout.close()
+                _reap(sink_proc)
         # Go pumps into a Python sink
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(path)
@@ -178,18 +177,31 @@ def _yamux_round(ctx: Context, pump: str, sink: str) -> float:
             workers.append(worker)
             worker.start()
 
-        conn, _ = listener.accept()
-        listener.close()
-        session = Session(conn, client=False, on_stream=on_stream, name="bench")
         try:
-            out, _ = pump_proc.communicate(timeout=120)
+            conn, _ = listener.accept()
+            session = Session(conn, client=False, on_stream=on_stream, name="bench")
+            try:
+                out, _ = pump_proc.communicate(timeout=120)
+            finally:
+                session.close()
+                for worker in workers:
+                    worker.join(10)
         finally:
-            session.close()
-            for worker in workers:
-                worker.join(10)
+            listener.close()
+            _reap(pump_proc)
         if pump_proc.returncode != 0 or done != [YAMUX_BYTES]:
             raise RuntimeError(f"yamux_bench pump failed ({pump_proc.returncode}, got {done}): {out}")
         return float(json.loads(out.strip().splitlines()[-1])["mb_s"])
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _yamux(ctx: Context, pump: str, sink: str) -> Result:
