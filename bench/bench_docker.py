@@ -74,7 +74,7 @@ def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
     rounds = []
     for _ in range(ctx.rounds):
         config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
-                                   runner=DockerRunner(image, transport=transport), call_timeout=ctx.call_timeout)
+                                   runner=DockerRunner(image, transport=transport, writable_dirs=("/tmp", "/data")), call_timeout=ctx.call_timeout)
         rounds.append(python_host_round(config, ctx.calls))
     return combine(rounds)
 

@@ -81,7 +81,7 @@ def docker_runner() -> Runner | None:
         return None
     say("\n   building the KV plugin image (cached after the first build)...")
     tag = ensure_example("kv", progress=lambda line: say(f"   | {line}"))
-    return DockerRunner(tag)
+    return DockerRunner(tag, writable_dirs=("/tmp", "/data"))  # KV writes in /data
 
 
 def main() -> int:

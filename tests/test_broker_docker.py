@@ -39,7 +39,7 @@ class Recorder:
 
 def _client(tag: str, transport: str, **kwargs: Any) -> Client:
     return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                               runner=DockerRunner(tag, transport=transport), **kwargs))
+                               runner=DockerRunner(tag, transport=transport, writable_dirs=("/tmp", "/data")), **kwargs))
 
 
 def _stored(docker: Any, client: Client, key: str) -> Any:

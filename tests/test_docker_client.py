@@ -53,7 +53,7 @@ def _config(runner: DockerRunner, **kwargs: Any) -> ClientConfig:
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_kv_round_trip_in_a_container(plugbay_image: Any, plugbay_docker: Any, transport: str) -> None:
     tag = plugbay_image("kv")
-    with Client(_config(DockerRunner(tag, transport=transport))) as client:
+    with Client(_config(DockerRunner(tag, transport=transport, writable_dirs=("/tmp", "/data")))) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("greeting", b"hello " + transport.encode())
         assert kv.get("greeting") == b"hello " + transport.encode()
@@ -71,7 +71,7 @@ def test_kv_round_trip_in_a_container(plugbay_image: Any, plugbay_docker: Any, t
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_kv_with_automtls_in_a_container(plugbay_image: Any, transport: str) -> None:
-    with Client(_config(DockerRunner(plugbay_image("kv"), transport=transport), auto_mtls=True)) as client:
+    with Client(_config(DockerRunner(plugbay_image("kv"), transport=transport, writable_dirs=("/tmp", "/data")), auto_mtls=True)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("secret", b"over TLS")
         assert kv.get("secret") == b"over TLS"
@@ -85,7 +85,7 @@ def test_go_plugin_in_a_container(plugbay_image: Any) -> None:
     if go_missing_reason():
         pytest.skip(f"cannot build the Go plugin: {go_missing_reason()}")
     tag = plugbay_image("kv-go")
-    with Client(_config(DockerRunner(tag))) as client:
+    with Client(_config(DockerRunner(tag, writable_dirs=("/tmp", "/data")))) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("lang", b"go")
         assert kv.get("lang") == b"go"
@@ -96,10 +96,10 @@ def test_secure_config_checks_the_image(plugbay_image: Any, plugbay_docker: Any)
     tag = plugbay_image("kv")
     image_id = plugbay_docker.images.get(tag).id
     ok = SecureConfig(bytes.fromhex(image_id.split(":", 1)[1]))
-    with Client(_config(DockerRunner(tag), secure_config=ok)) as client:
+    with Client(_config(DockerRunner(tag, writable_dirs=("/tmp", "/data")), secure_config=ok)) as client:
         client.dispense(PLUGIN_NAME).put("k", b"v")
     with pytest.raises(ChecksumMismatchError, match="update the pin"):
-        with Client(_config(DockerRunner(tag), secure_config=SecureConfig(bytes(32)))):
+        with Client(_config(DockerRunner(tag, writable_dirs=("/tmp", "/data")), secure_config=SecureConfig(bytes(32)))):
             pass
 
 
@@ -123,7 +123,7 @@ def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_doc
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: Any, transport: str) -> None:
-    with Client(_config(DockerRunner(trap_image, transport=transport), call_timeout=60)) as client:
+    with Client(_config(DockerRunner(trap_image, transport=transport, writable_dirs=("/tmp", "/data")), call_timeout=60)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("a", b"1")
         errors: list[BaseException] = []
@@ -150,7 +150,7 @@ def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: A
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any, transport: str) -> None:
-    with Client(_config(DockerRunner(trap_image, transport=transport), call_timeout=3)) as client:
+    with Client(_config(DockerRunner(trap_image, transport=transport, writable_dirs=("/tmp", "/data")), call_timeout=3)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("b", b"2")
         plugbay_docker.api.pause(client.runner.id)
@@ -168,7 +168,7 @@ FIRST_HOST = textwrap.dedent("""
     from plugbay.core.host.client import Client, ClientConfig
     from plugbay.runners.docker import DockerRunner
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
-                                 runner=DockerRunner(sys.argv[2])))
+                                 runner=DockerRunner(sys.argv[2], writable_dirs=("/tmp", "/data"))))
     client.start()
     client.dispense(PLUGIN_NAME).put("left", b"by the first host")
     print(client.reattach_config().to_json(), flush=True)
@@ -215,7 +215,7 @@ def test_reattach_from_another_process(plugbay_image: Any, plugbay_docker: Any) 
 
 
 def test_plugin_containers_carry_the_session_label(plugbay_image: Any, plugbay_docker: Any) -> None:
-    with Client(_config(DockerRunner(plugbay_image("kv")))) as client:
+    with Client(_config(DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data")))) as client:
         labels = plugbay_docker.containers.get(client.runner.id).labels
         assert labels["plugbay.session"] == HOST_SESSION_ID and labels["plugbay.plugin"] == client.name
 
@@ -227,7 +227,7 @@ NON_ROOT_HOST = textwrap.dedent("""
     from plugbay.core.host.client import Client, ClientConfig
     from plugbay.runners.docker import DockerRunner
     with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
-                             runner=DockerRunner(sys.argv[2]))) as client:
+                             runner=DockerRunner(sys.argv[2], writable_dirs=("/tmp", "/data")))) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("who", b"non-root host")
         sock = client.handshake.address

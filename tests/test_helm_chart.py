@@ -3,6 +3,7 @@ validated against the Kubernetes schemas, lint-style checks, and RBAC equal to t
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 from pathlib import Path
@@ -12,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from plugbay.runners.kubernetes import RBAC_RULES
+from plugbay.network.kubernetes import EndpointSliceResolver
+from plugbay.runners.kubernetes import DISCOVERY_RBAC_RULES, RBAC_RULES
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "plugbay"
@@ -51,6 +53,24 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in docs}
 
 
+PEM = {"crt": "-----BEGIN CERTIFICATE-----\nserver\n-----END CERTIFICATE-----\n",
+       "key": "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n",
+       "ca": "-----BEGIN CERTIFICATE-----\nhost ca\n-----END CERTIFICATE-----\n"}
+NETWORK_VALUES: dict[str, Any] = {
+    "pluginNamespace": "plugins",
+    "host": {"enabled": True, "image": {"repository": "example.com/my-host"}},
+    "network": {"enabled": True, "image": {"repository": "example.com/kv-plugin", "tag": "2"},
+                "command": ["/plugin/kv-go", "--verbose"], "cookie": "BASIC_PLUGIN=hello", "replicas": 3,
+                "tls": {**PEM, "clientSecretName": "host-client-tls"},
+                "networkPolicy": {"extraFrom": [{"podSelector": {"matchLabels": {"role": "batch-host"}}}]}}}
+SERVE_VALUES: dict[str, Any] = {
+    "network": {"enabled": True, "mode": "serve", "image": {"repository": "example.com/kv-py"},
+                "args": ["/plugin/plugin.py"], "port": 7001, "tls": {"secretName": "kv-tls"},
+                "env": [{"name": "LOG", "value": "debug"}], "networkPolicy": {"enabled": False}}}
+SIDECAR_VALUES: dict[str, Any] = {
+    "host": {"enabled": True, "image": {"repository": "example.com/my-host"}},
+    "sidecar": {"enabled": True, "image": {"repository": "example.com/kv-py"}, "socketDir": "/run/kv/",
+                "command": ["python", "/plugin/plugin.py"]}}
 HOST_VALUES = {"host": {"enabled": True, "image": {"repository": "example.com/my-host", "tag": "1.2"},
                         "env": [{"name": "A", "value": "1"}], "resources": {"limits": {"memory": "256Mi"}},
                         "nodeSelector": {"kubernetes.io/os": "linux"}},
@@ -64,14 +84,14 @@ def test_default_render_is_rbac_only(renderer: Path, tmp_path: Path) -> None:
     assert sorted(kinds) == ["Role", "RoleBinding", "ServiceAccount"]
 
 
+def role_rules(role: dict[str, Any]) -> dict[tuple[str, str], tuple[str, ...]]:
+    return {(group, res): tuple(sorted(rule["verbs"])) for rule in role["rules"]
+            for group in rule["apiGroups"] for res in rule["resources"]}
+
+
 def test_role_matches_what_the_runner_calls(renderer: Path, tmp_path: Path) -> None:
     role = by_kind(render(renderer, tmp_path))["Role"]
-    rules = {}
-    for rule in role["rules"]:
-        assert rule["apiGroups"] == [""]
-        for resource in rule["resources"]:
-            rules[resource] = tuple(sorted(rule["verbs"]))
-    assert rules == {res: tuple(sorted(verbs)) for res, verbs in RBAC_RULES}
+    assert role_rules(role) == {("", res): tuple(sorted(verbs)) for res, verbs in RBAC_RULES}
     # an in-cluster host does not port-forward
     role = by_kind(render(renderer, tmp_path, {"rbac": {"portForward": False}}))["Role"]
     assert {r for rule in role["rules"] for r in rule["resources"]} == \
@@ -82,10 +102,28 @@ def test_role_matches_what_the_runner_calls(renderer: Path, tmp_path: Path) -> N
 def test_readme_lists_the_same_permissions(doc: Path) -> None:
     table = dict(re.findall(r"^\| `([a-z/]+)` \| ([a-z, ]+) \|$", doc.read_text(), re.M))
     assert table == {res: ", ".join(verbs) for res, verbs in RBAC_RULES}
+    # discovery's rule (network mode) has its own table: API group, resource, verbs
+    rows = re.findall(r"^\| `([a-z0-9.]+\.[a-z]+)` \| `([a-z/]+)` \| ([a-z, ]+) \|$", doc.read_text(), re.M)
+    assert rows == [(group, res, ", ".join(verbs)) for group, res, verbs in DISCOVERY_RBAC_RULES]
+
+
+@pytest.mark.parametrize("values, granted", [
+    (None, False), ({"rbac": {"discovery": True}}, True), ("network", True), ("network-no-discovery", False),
+    ("sidecar", False)])
+def test_discovery_rule_only_when_discovery_is_on(renderer: Path, tmp_path: Path, values: Any,
+                                                  granted: bool) -> None:
+    values = {"network": NETWORK_VALUES, "sidecar": SIDECAR_VALUES,
+              "network-no-discovery": {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "discovery": False}},
+              }.get(values, values) if isinstance(values, str) else values
+    rules = role_rules(next(d for d in render(renderer, tmp_path, values) if d["kind"] == "Role"))
+    discovery = {(g, res): tuple(sorted(v)) for g, res, v in DISCOVERY_RBAC_RULES}
+    core = {("", res): tuple(sorted(verbs)) for res, verbs in RBAC_RULES}
+    assert rules == ({**core, **discovery} if granted else core)
 
 
 @pytest.mark.parametrize("values", [None, HOST_VALUES, {"pluginNamespace": "plugins", "fullnameOverride": "pb"},
-                                    {"serviceAccount": {"create": False, "name": "existing"}}])
+                                    {"serviceAccount": {"create": False, "name": "existing"}},
+                                    NETWORK_VALUES, SERVE_VALUES, SIDECAR_VALUES])
 def test_every_manifest_validates_against_the_schemas(renderer: Path, tmp_path: Path,
                                                       values: dict[str, Any] | None) -> None:
     docs = render(renderer, tmp_path, values)
@@ -112,6 +150,10 @@ def test_host_deployment_runs_as_the_bound_service_account(renderer: Path, tmp_p
     host = pod["containers"][0]
     assert host["image"] == "example.com/my-host:1.2"
     assert {"name": "A", "value": "1"} in host["env"]
+    # the downward API facts KubernetesRunner reads for ownerReferences and the host identity
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
+                        ("POD_NAMESPACE", "metadata.namespace")):
+        assert {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}} in host["env"]
     assert host["securityContext"]["runAsNonRoot"] and host["securityContext"]["readOnlyRootFilesystem"]
     assert host["resources"] == {"limits": {"memory": "256Mi"}}
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
@@ -151,8 +193,10 @@ def test_lint_structure(renderer: Path, tmp_path: Path) -> None:
         if in_security_context and len(m.group(1)) > 2:
             continue  # the fields of a Kubernetes securityContext document themselves
         assert lines[i - 1].strip().startswith("#"), f"values.yaml line {i + 1} has no comment above: {line}"
-    assert set(values) == {"nameOverride", "fullnameOverride", "pluginNamespace", "serviceAccount", "rbac", "host"}
-    for variant in (None, HOST_VALUES, {"fullnameOverride": "x" * 80}):
+    assert set(values) == {"nameOverride", "fullnameOverride", "pluginNamespace", "serviceAccount", "rbac", "host",
+                           "network", "sidecar"}
+    for variant in (None, HOST_VALUES, {"fullnameOverride": "x" * 80}, NETWORK_VALUES, SIDECAR_VALUES,
+                    {**NETWORK_VALUES, "fullnameOverride": "y" * 80}):
         for doc in render(renderer, tmp_path, variant):
             name = doc["metadata"]["name"]
             assert len(name) <= 63 and DNS_1123.match(name), name
@@ -160,3 +204,111 @@ def test_lint_structure(renderer: Path, tmp_path: Path) -> None:
             for key in ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
                         "app.kubernetes.io/managed-by", "app.kubernetes.io/version"):
                 assert key in labels, (doc["kind"], key)
+
+
+def kinds_of(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_network_mode_deploys_the_plugin_behind_a_service(renderer: Path, tmp_path: Path) -> None:
+    docs = kinds_of(render(renderer, tmp_path, NETWORK_VALUES))
+    dep, svc = docs[("Deployment", "plugbay-plugin")], docs[("Service", "plugbay-plugin")]
+    policy, secret = docs[("NetworkPolicy", "plugbay-plugin")], docs[("Secret", "plugbay-plugin-tls")]
+    host = docs[("Deployment", "plugbay-host")]
+    for doc in (dep, svc, policy, secret):
+        assert doc["metadata"]["namespace"] == "plugins"
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (plugin,) = pod["containers"]
+    assert plugin["image"] == "example.com/kv-plugin:2"
+    assert plugin["command"] == ["python", "-m", "plugbay.network.gateway"]
+    assert plugin["args"] == ["--listen", "0.0.0.0:4000", "--cert", "/etc/plugbay/tls/tls.crt",
+                              "--key", "/etc/plugbay/tls/tls.key", "--client-ca", "/etc/plugbay/tls/ca.crt",
+                              "--cookie", "BASIC_PLUGIN=hello", "--", "/plugin/kv-go", "--verbose"]
+    assert plugin["ports"] == [{"name": "grpc", "containerPort": 4000, "protocol": "TCP"}]
+    assert plugin["readinessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert plugin["securityContext"]["runAsNonRoot"] and plugin["securityContext"]["readOnlyRootFilesystem"]
+    mounts = {m["name"]: m["mountPath"] for m in plugin["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tls"] == "/etc/plugbay/tls" and volumes["tls"]["secret"]["secretName"] == "plugbay-plugin-tls"
+    assert pod["automountServiceAccountToken"] is False  # the plugin needs no API access
+    # the Secret holds exactly the files the gateway's flags name
+    assert secret["type"] == "kubernetes.io/tls"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == \
+        {"tls.crt": PEM["crt"], "tls.key": PEM["key"], "ca.crt": PEM["ca"]}
+    # the Service selects exactly the plugin pods, on the named port
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "grpc", "port": 4000, "targetPort": "grpc", "protocol": "TCP"}]
+    assert svc["spec"]["clusterIP"] == "None"
+    # only the host's pods (in the release namespace) and extraFrom reach the plugin's port
+    assert policy["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    host_labels = host["spec"]["template"]["metadata"]["labels"]
+    assert rule["from"][0] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hosts"}},
+                               "podSelector": {"matchLabels": host_labels}}
+    assert rule["from"][1] == {"podSelector": {"matchLabels": {"role": "batch-host"}}}
+    assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    # the host learns the target, and it is one the resolver accepts; it mounts its client certificate
+    hc = host["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in hc["env"]}
+    assert env["PLUGBAY_NETWORK_TARGET"] == "kubernetes:///plugins/plugbay-plugin:grpc"
+    ns, rest = env["PLUGBAY_NETWORK_TARGET"][len("kubernetes:///"):].split("/")
+    service, port = rest.split(":")
+    assert EndpointSliceResolver(ns, service, port).target == env["PLUGBAY_NETWORK_TARGET"]
+    assert {"name": "client-tls", "mountPath": "/etc/plugbay/client-tls", "readOnly": True} in hc["volumeMounts"]
+    assert {"name": "client-tls", "secret": {"secretName": "host-client-tls"}} in \
+        host["spec"]["template"]["spec"]["volumes"]
+
+
+def test_serve_mode_and_an_existing_secret(renderer: Path, tmp_path: Path) -> None:
+    docs = kinds_of(render(renderer, tmp_path, SERVE_VALUES))
+    assert not [k for k in docs if k[0] in ("Secret", "NetworkPolicy")]  # given by name; policy off
+    pod = docs[("Deployment", "plugbay-plugin")]["spec"]["template"]["spec"]
+    (plugin,) = pod["containers"]
+    assert "command" not in plugin and plugin["args"] == ["/plugin/plugin.py"]  # the image's own entrypoint
+    assert plugin["env"] == [
+        {"name": "PLUGBAY_NETWORK_LISTEN", "value": "0.0.0.0:7001"},
+        {"name": "PLUGBAY_NETWORK_CERT", "value": "/etc/plugbay/tls/tls.crt"},
+        {"name": "PLUGBAY_NETWORK_KEY", "value": "/etc/plugbay/tls/tls.key"},
+        {"name": "PLUGBAY_NETWORK_CLIENT_CA", "value": "/etc/plugbay/tls/ca.crt"},
+        {"name": "LOG", "value": "debug"}]
+    assert {"name": "tls", "secret": {"secretName": "kv-tls"}} in pod["volumes"]
+    assert docs[("Service", "plugbay-plugin")]["spec"]["ports"][0]["port"] == 7001
+
+
+def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -> None:
+    docs = kinds_of(render(renderer, tmp_path, SIDECAR_VALUES))
+    assert not [k for k in docs if k[0] in ("Service", "NetworkPolicy", "Secret")]
+    pod = docs[("Deployment", "plugbay-host")]["spec"]["template"]["spec"]
+    host, plugin = pod["containers"]
+    assert plugin["name"] == "plugin" and plugin["image"] == "example.com/kv-py:0.1.0"
+    assert plugin["command"] == ["python", "/plugin/plugin.py"]
+    host_env = {e["name"]: e.get("value") for e in host["env"]}
+    plugin_env = {e["name"]: e.get("value") for e in plugin["env"]}
+    assert host_env["PLUGBAY_SIDECAR_TARGET"] == "unix:///run/kv/plugin.sock"
+    assert plugin_env == {"PLUGBAY_NETWORK_LISTEN": "unix:/run/kv/plugin.sock", "PLUGBAY_NETWORK_INSECURE": "1"}
+    shared = {"name": "plugbay-socket", "mountPath": "/run/kv/"}
+    assert shared in host["volumeMounts"] and shared in plugin["volumeMounts"]
+    assert {"name": "plugbay-socket", "emptyDir": {}} in pod["volumes"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"network": {"enabled": True}}, "network.image.repository is required when network.enabled"),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "mode": "sidecar"}},
+     'network.mode must be "gateway" or "serve", not "sidecar"'),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"]}},
+     r"network.cookie \(KEY=VALUE, the plugin's magic cookie\) is required with network.mode gateway"),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "cookie": "K=V"}},
+     "network.command \\(the plugin the gateway runs\\) is required"),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "mode": "serve"}},
+     r"network.tls.crt \(or network.tls.secretName\) is required .*openssl or cert-manager recipe"),
+    ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
+    ({"host": {"enabled": True, "image": {"repository": "h"}}, "sidecar": {"enabled": True}},
+     "sidecar.image.repository is required when sidecar.enabled"),
+])
+def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_path: Path, values: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        render(renderer, tmp_path, values)

@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -215,3 +216,109 @@ def test_kv_through_the_process_fallback(tmp_path: Path) -> None:
         assert runner.wait(10) == 0
     finally:
         server.stop()
+
+
+def test_services_and_endpointslices_api(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    """Services CRUD, the slices the stand-in keeps for them, resourceVersion replay and 410 Expired."""
+    svc = {"metadata": {"name": "echo", "labels": {"tier": "x"}},
+           "spec": {"selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 4000}]}}
+    code, created = raw(standin, "/api/v1/namespaces/default/services", "POST", svc)
+    assert code == 201 and created["spec"]["clusterIP"] == "None"  # headless: no kube-proxy here
+    assert raw(standin, "/api/v1/namespaces/default/services", "POST", svc)[0] == 409
+    code, body = raw(standin, "/api/v1/namespaces/default/services", "POST",
+                     {"metadata": {"name": "bad"}, "spec": {"ports": [{"port": 1}, {"port": 2}]}})
+    assert code == 422 and "spec.ports[0].name: Required value" in body["message"]
+    assert [s["metadata"]["name"] for s in raw(standin, "/api/v1/namespaces/default/services?labelSelector=tier%3Dx")[1]["items"]] == ["echo"]
+    slices_path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Decho"
+    code, listed = raw(standin, slices_path)
+    assert code == 200 and listed["items"] == []
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    try:
+        api.create_namespaced_pod("default", client.V1Pod.from_dict({
+            "metadata": {"name": "echo-1", "labels": {"app": "echo"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": testapp,
+                                                                "ports": [{"containerPort": 4000}]}]}}))
+        deadline = time.monotonic() + 60
+        while not raw(standin, slices_path)[1]["items"]:
+            assert time.monotonic() < deadline, "no slice for the running pod"
+            time.sleep(0.2)
+        (slc,) = raw(standin, slices_path)[1]["items"]
+        (ep,) = slc["endpoints"]
+        assert ep["addresses"] == ["127.0.0.1"] and ep["targetRef"]["name"] == "echo-1"
+        assert ep["conditions"] == {"ready": True, "serving": True, "terminating": False}
+        (port,) = slc["ports"]
+        deadline = time.monotonic() + 30
+        while True:  # the slice is reachable (once the app inside listens: no readiness probes here)
+            try:
+                with socket.create_connection(("127.0.0.1", port["port"]), timeout=10) as conn:
+                    conn.sendall(b"hi\n")
+                    line = conn.makefile("rb").readline()
+                if line:  # the engine's proxy accepts and closes while nothing listens inside yet
+                    assert line == b"echo: hi\n"
+                    break
+                raise ConnectionResetError("closed before an answer")
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the pod's published port never answered"
+                time.sleep(0.2)
+        assert raw(standin, f"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/{slc['metadata']['name']}")[1] == slc
+        # a watch from the list's version replays later changes: the deletion drains, then removes
+        api.delete_namespaced_pod("echo-1", "default", grace_period_seconds=1)
+        since = listed["metadata"]["resourceVersion"]
+        events = watch_events(standin, slices_path + f"&watch=true&resourceVersion={since}&timeoutSeconds=20",
+                              until="DELETED")
+        kinds = [(e["type"], (e["object"]["endpoints"] or [{}])[0].get("conditions", {}).get("terminating"))
+                 for e in events]
+        assert kinds[0] == ("ADDED", False) and ("MODIFIED", True) in kinds and kinds[-1][0] == "DELETED"
+        # after expire_watches() an old version is gone: an ERROR event with a 410 Status
+        standin.expire_watches()
+        (err,) = watch_events(standin, slices_path + f"&watch=true&resourceVersion={since}", until="ERROR")
+        assert err["object"]["code"] == 410 and err["object"]["reason"] == "Expired"
+        code, _ = raw(standin, "/api/v1/namespaces/default/services/echo", "DELETE")
+        assert code == 200 and raw(standin, "/api/v1/namespaces/default/services/echo")[0] == 404
+        standin.deny("list", "endpointslices")
+        code, body = raw(standin, slices_path)
+        assert code == 403 and 'in API group "discovery.k8s.io"' in body["message"]
+    finally:
+        standin.allow_all()
+        api.api_client.close()
+
+
+def watch_events(standin: StandIn, path: str, until: str) -> list[dict[str, Any]]:
+    """Read a watch stream's events up to the first of type ``until`` (10 s per read)."""
+    req = urllib.request.Request(standin.url + path)
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    events = []
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        for line in resp:
+            events.append(json.loads(line))
+            if events[-1]["type"] == until:
+                return events
+    raise AssertionError(f"the watch ended before a {until} event: {events}")
+
+
+def test_deployments_api_edges(standin: StandIn) -> None:  # noqa: F811
+    base = "/apis/apps/v1/namespaces/default/deployments"
+    dep = {"metadata": {"name": "web"}, "spec": {
+        "replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    code, created = raw(standin, base, "POST", dep)
+    assert code == 201 and created["status"] == {"observedGeneration": 1, "replicas": 0, "readyReplicas": 0,
+                                                 "availableReplicas": 0, "updatedReplicas": 0}
+    assert raw(standin, base, "POST", dep)[0] == 409
+    bad = {**dep, "metadata": {"name": "bad"}, "spec": {**dep["spec"], "selector": {"matchLabels": {"app": "db"}}}}
+    code, body = raw(standin, base, "POST", bad)
+    assert code == 422 and "`selector` does not match template `labels`" in body["message"]
+    code, scale = raw(standin, f"{base}/web/scale")
+    assert code == 200 and scale["kind"] == "Scale" and scale["spec"] == {"replicas": 0}
+    assert scale["status"]["selector"] == "app=web"
+    code, body = raw(standin, f"{base}/web/scale", "PATCH", {"spec": {"replicas": -1}})
+    assert code == 422 and "non-negative integer" in body["message"]
+    assert raw(standin, f"{base}/nope/scale", "PATCH", {"spec": {"replicas": 1}})[0] == 404
+    standin.deny("patch", "deployments/scale")
+    try:
+        code, body = raw(standin, f"{base}/web/scale", "PATCH", {"spec": {"replicas": 1}})
+        assert code == 403 and 'subresource "scale" in API group "apps"' in body["message"]
+    finally:
+        standin.allow_all()
+    assert [d["metadata"]["name"] for d in raw(standin, base)[1]["items"]] == ["web"]
+    assert raw(standin, f"{base}/web", "DELETE")[0] == 200 and raw(standin, f"{base}/web")[0] == 404

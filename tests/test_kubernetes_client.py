@@ -113,6 +113,9 @@ def test_pod_deleted_under_the_host(standin: StandIn, kubeconfig: str, kvtrap: s
         while not client.exited and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.exited
+        # the container's exit reaches the runner before the pod's DELETED event: wait for that too
+        while "(deleted)" not in runner.diagnose() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "(deleted)" in runner.diagnose()
 
 

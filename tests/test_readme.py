@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,19 @@ def test_docker_example(tmp_path: Path) -> None:
     result = _run([sys.executable, "-c", PYTHON[2]], _scratch(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "b'in a container'"
+
+
+SHELL = [code for lang, code in BLOCKS if lang == "sh"]
+
+
+def test_network_section_runs_as_written(tmp_path: Path) -> None:
+    """Two gateways in front of the KV plugin, put/get through static:///, one stopped, get again."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the section makes its certificates with openssl, which is not installed")
+    script = next(code for code in SHELL if "plugbay gateway" in code)
+    scratch = _scratch(tmp_path)
+    (scratch / ".venv").symlink_to(ROOT / ".venv")  # the section runs .venv/bin/plugbay and python
+    result = _run(["bash", "-e", "-c", script], scratch)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["network", "network"]
+    assert (scratch / "kv_hello").read_bytes() == b"network"

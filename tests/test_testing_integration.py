@@ -103,7 +103,7 @@ INNER_TESTS = textwrap.dedent("""
             f.write(json.dumps({{"session": HOST_SESSION_ID, **facts}}) + "\\n")
 
     def test_container_fixture(plugin_container, plugbay_image):
-        client = plugin_container(plugbay_image("kv"), HANDSHAKE, PLUGINS, runner={{"transport": "tcp"}})
+        client = plugin_container(plugbay_image("kv"), HANDSHAKE, PLUGINS, runner={{"transport": "tcp", "writable_dirs": ("/tmp", "/data")}})
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         assert kv.get("k") == b"v"

@@ -6,7 +6,13 @@
     python examples/counter/host.py get hello        # prints: 7
     python examples/counter/host.py --automtls get hello
     python examples/counter/host.py --multiplex put hello 1   # brokered streams share one connection
+    python examples/counter/host.py --target static:///10.0.0.5:7001 \
+        --cert host.crt --key host.key --ca ca.crt get hello     # a plugin served on the network
 
+With --target, no plugin is launched: the host connects to a remote plugin
+(network mode, see docs/network-host.md). ``get`` works; ``put`` needs the
+broker (the plugin calls back into the host), which network mode does not
+carry yet, so it fails with a BrokerError saying so. Without --target,
 COUNTER_PLUGIN is a shell command, run with ``sh -c`` as the Go example does
 (so it may name go-plugin's own Go counter plugin). The plugin stores each key
 in the file ``kv_<key>`` in the current directory.
@@ -27,7 +33,14 @@ if (_HERE.parent.parent / "src" / "plugbay").is_dir():  # a source checkout: no 
 
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
 
-from plugbay import Client, ClientConfig, PlugbayError  # noqa: E402
+from plugbay import (  # noqa: E402
+    Client,
+    ClientConfig,
+    NetworkTLS,
+    PlugbayError,
+    RemoteClient,
+    RemoteConfig,
+)
 
 
 class Adder:
@@ -37,11 +50,33 @@ class Adder:
         return a + b
 
 
+def make_client(args: argparse.Namespace, command: str | None) -> Client:
+    """A RemoteClient for --target, else a Client that launches the plugin command."""
+    if args.target:
+        tls = None if args.insecure else NetworkTLS(args.cert, args.key_file, args.ca,
+                                                    server_name=args.server_name)
+        return RemoteClient(RemoteConfig(target=args.target, handshake=HANDSHAKE,
+                                         plugins={PLUGIN_NAME: CounterPlugin()}, tls=tls, insecure=args.insecure,
+                                         dns_server=args.dns_server, name="counter"))
+    config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                          cmd=["sh", "-c", str(command)], auto_mtls=args.automtls,
+                          multiplex_broker=args.multiplex, name="counter")
+    return Client(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="go-plugin's bidirectional (counter) example host, in Python")
     parser.add_argument("--automtls", action="store_true", help="negotiate go-plugin AutoMTLS")
     parser.add_argument("--multiplex", action="store_true",
                         help="multiplexed broker (PLUGIN_MULTIPLEX_GRPC): one connection for everything")
+    parser.add_argument("--target", help="use a remote plugin served on the network instead of launching"
+                        " one, e.g. static:///10.0.0.5:7001 or dns:///kv.example.internal:7001")
+    parser.add_argument("--cert", help="with --target: this host's client certificate (PEM)")
+    parser.add_argument("--key", dest="key_file", help="with --target: the key of --cert (PEM)")
+    parser.add_argument("--ca", help="with --target: the CA that signed the plugin's certificate (PEM)")
+    parser.add_argument("--server-name", help="with --target: the name in the plugin's certificate")
+    parser.add_argument("--insecure", action="store_true", help="with --target: plaintext, no TLS")
+    parser.add_argument("--dns-server", help="with a dns target: ask this DNS server (IP:PORT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the plugin's log lines")
     parser.add_argument("command", choices=["get", "put"])
     parser.add_argument("key")
@@ -52,15 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "put" and args.value is None:
         parser.error("put needs KEY and a whole number N")
     command = os.environ.get("COUNTER_PLUGIN")
-    if not command:
+    if args.target:
+        if args.automtls:
+            parser.error("--automtls is for launched plugins; a --target plugin uses --cert/--key/--ca")
+        if not args.insecure and not (args.cert and args.key_file and args.ca):
+            parser.error("--target needs --cert, --key and --ca (or --insecure for plaintext)")
+        if args.multiplex:
+            parser.error("--multiplex is for launched plugins; drop it with --target")
+    elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server)):
+        parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server go with --target")
+    elif not command:
         print("Error: set COUNTER_PLUGIN to the plugin command, e.g."
               " COUNTER_PLUGIN='python examples/counter/plugin.py'", file=sys.stderr)
         return 1
-    config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                          cmd=["sh", "-c", command], auto_mtls=args.automtls,
-                          multiplex_broker=args.multiplex, name="counter")
     try:
-        with Client(config) as client:
+        with make_client(args, command) as client:
             counter = client.dispense(PLUGIN_NAME)
             if args.command == "get":
                 print(counter.get(args.key))

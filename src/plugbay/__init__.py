@@ -34,11 +34,13 @@ if TYPE_CHECKING:
         BrokerClosedError,
         BrokerError,
         BrokerTimeoutError,
+        CallFailedError,
         CallTimeoutError,
         ChecksumMismatchError,
         CircuitOpenError,
         ClientStateError,
         ConfigError,
+        DiscoveryError,
         EngineUnavailableError,
         GatewayError,
         HandshakeError,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         MagicCookieError,
         MalformedHandshakeError,
         NetworkError,
+        NoEndpointsError,
         PermissionDeniedError,
         PlugbayError,
         PluginDiedError,
@@ -55,13 +58,19 @@ if TYPE_CHECKING:
         PodStartTimeoutError,
         PodUnschedulableError,
         ProtocolMismatchError,
+        RemoteTLSError,
         RestartBudgetExhaustedError,
         RunnerError,
         TLSConfigError,
+        TargetUnreachableError,
+        TLSRequiredError,
         UnknownPluginError,
         UnsupportedProtocolError,
         VersionMismatchError,
     )
+    from plugbay.network.ejection import OutlierPolicy
+    from plugbay.network.remote import RemoteClient, RemoteConfig
+    from plugbay.network.tls import NetworkTLS
     from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
     from plugbay.network.gateway.gateway import Gateway, GatewayConfig
     from plugbay.runners.process import ProcessRunner

@@ -62,6 +62,19 @@ class MalformedHandshakeError(HandshakeError):
         )
 
 
+class TLSRequiredError(HandshakeError):
+    """AutoMTLS is required but the plugin announced no certificate (it would run in plaintext)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        super().__init__(
+            f"plugin {name!r} announced no AutoMTLS certificate, so the connection would be plaintext,"
+            f" but TLS is required ({why}). Upgrade the plugin to a go-plugin/plugbay version with"
+            " AutoMTLS (go-plugin >= 1.0 serving with PLUGIN_CLIENT_CERT), or, if the path to it is"
+            " private, pass ClientConfig(require_tls=False) to accept plaintext."
+        )
+
+
 class ProtocolMismatchError(HandshakeError):
     """Core protocol versions differ, or the plugin speaks a protocol plugbay cannot."""
 
@@ -202,3 +215,33 @@ class TLSConfigError(NetworkError, ConfigError):
 
 class GatewayError(NetworkError):
     """The gateway could not start or keep its plugin running."""
+
+
+# --- network mode, host side (remote plugins found by discovery) ------------------
+
+
+class DiscoveryError(NetworkError):
+    """A target's discovery source (DNS, Kubernetes, the plugin's Discovery service) failed."""
+
+
+class NoEndpointsError(DiscoveryError, TimeoutError):
+    """No endpoint of a remote plugin could take the call before its deadline.
+
+    Also a ``grpc.RpcError`` (code UNAVAILABLE) when raised by a call, so code that catches
+    gRPC errors keeps working; see plugbay.network.pool.
+    """
+
+
+class RemoteTLSError(HandshakeError, NetworkError):
+    """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
+    or plaintext spoken to a TLS server)."""
+
+# --- command line (plugbay.cli) ----------------------------------------------------
+
+
+class TargetUnreachableError(PlugbayError):
+    """A plugin named by a target or reattach config cannot be reached (gone, refused, no route)."""
+
+
+class CallFailedError(PlugbayError):
+    """A call the command line made to a plugin failed (unknown method, bad request, plugin error)."""

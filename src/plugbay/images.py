@@ -81,6 +81,8 @@ EXAMPLES: dict[str, PluginImage] = {
     # go-plugin's KV plugin behind the network gateway (built on request only)
     "kv-go-gateway": PluginImage("plugbay-kv-go-gateway:latest", _kv_go_source, ["/plugin/kv_plugin"],
                                  target="gateway"),
+    "streaming": PluginImage("plugbay-streaming:latest", lambda: REPO / "examples" / "streaming",
+                             ["python", "/plugin/plugin.py"]),
 }
 
 

@@ -125,6 +125,7 @@ class PodStore:
         self.pods: dict[tuple[str, str], Pod] = {}
         self.events: list[dict[str, Any]] = []
         self.watchers: list[Watcher] = []
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # under the lock (services.py)
         self._rv = 1000
         self._stop = threading.Event()
         self._poll = poll_interval
@@ -146,6 +147,8 @@ class PodStore:
         for w in self.watchers:
             if w.wants(snapshot):
                 w.events.put((kind, snapshot))
+        for listener in self.listeners:
+            listener(kind, snapshot)
 
     def event(self, pod: Pod, reason: str, message: str, type_: str = "Normal") -> None:
         ns, name = pod.key

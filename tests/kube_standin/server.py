@@ -2,9 +2,13 @@
 
 Speaks the subset of the core/v1 API plugbay's pod runner uses, over plain HTTP
 on 127.0.0.1 with bearer-token auth: pods create/get/list/watch/delete,
-pods/log (with follow), events list, and pods/portforward over WebSocket.
+pods/log (with follow), events list, and pods/portforward over WebSocket; and
+for network mode Services (create/get/list/delete) with the EndpointSlices
+(discovery.k8s.io/v1 get/list/watch) kept for them (services.py), and minimal
+apps/v1 Deployments (create/get/list/scale/delete, deployments.py).
 Fault knobs: :meth:`StandIn.deny` (403 with a Kubernetes Status body),
-:meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host).
+:meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host),
+:meth:`StandIn.expire_watches` (410 Gone for slice watches that resume).
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from .pods import PodStore
+from .deployments import ROUTES as DEPLOYMENT_ROUTES
+from .deployments import DeploymentRoutes, DeploymentStore
+from .pods import PodStore, Watcher
 from .portforward import PROTOCOL, ForwardSession, accept_key
 from .runtime import DockerBackend, ProcessBackend, docker_available
+from .services import ServiceStore
+from .services_api import ROUTES as SERVICE_ROUTES
+from .services_api import ServiceRoutes
 
 TOKEN = "standin-token"
 USER = "system:serviceaccount:default:plugbay-host"
@@ -33,7 +42,10 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/([^/]+)/pods$"), "pods"),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/events$"), "events"),
     (re.compile(r"^/api/v1/pods$"), "allpods"),
+    *SERVICE_ROUTES,
+    *DEPLOYMENT_ROUTES,
 ]
+_GROUPS = {"endpointslices": "discovery.k8s.io", "deployments": "apps"}  # the rest is core ("")
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -64,7 +76,7 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
@@ -112,12 +124,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             self._status(401, "Unauthorized", "Unauthorized")
             return False
+        with standin.lock:
+            standin.calls[(verb, resource)] = standin.calls.get((verb, resource), 0) + 1
         if (verb, resource) in standin.denied:
             group, _, sub = resource.partition("/")
-            what = f'{group} "{name}"' if name else group
+            api_group = _GROUPS.get(group, "")
+            what = f'{group}{"." + api_group if api_group else ""} "{name}"' if name else group
             msg = (f'{what} is forbidden: User "{USER}" cannot {verb} resource "{group}"'
                    + (f' with subresource "{sub}"' if sub else "")
-                   + f' in API group "" in the namespace "{ns}"')
+                   + f' in API group "{api_group}" in the namespace "{ns}"')
             self._status(403, "Forbidden", msg, kind=group, **({"name": name} if name else {}))
             return False
         return True
@@ -147,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("delete")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("patch")
 
     # --- pods ----------------------------------------------------------------
 
@@ -210,8 +228,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"kind": "PodList", "apiVersion": "v1",
                              "metadata": {"resourceVersion": str(store._rv)}, "items": items})
             return
+        self._stream_watch(store.watch(ns, labels, fields), store.unwatch, q)
+
+    def _stream_watch(self, w: Watcher, unwatch: Any, q: dict[str, str]) -> None:
+        """Stream a watcher's events as watch JSON lines until timeoutSeconds, its end or shutdown."""
         timeout = min(float(q.get("timeoutSeconds", 60)), 300)
-        w = store.watch(ns, labels, fields)
         stop = self.server.standin.stopping
         deadline = threading.Event()
         timer = threading.Timer(timeout, deadline.set)
@@ -236,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             timer.cancel()
             timer.join(timeout=5)
-            store.unwatch(w)
+            unwatch(w)
 
     def _get_log(self, ns: str, name: str, q: dict[str, str]) -> None:
         if not self._allowed("get", "pods/log", ns, name):
@@ -327,6 +348,9 @@ class StandIn:
         self.runtime = runtime
         backend = DockerBackend() if runtime == "docker" else ProcessBackend()
         self.store = PodStore(backend)
+        self.services = ServiceStore(self.store)
+        self.deployments = DeploymentStore(self.store)
+        self.calls: dict[tuple[str, str], int] = {}  # (verb, resource) -> requests seen
         self.lock = threading.Lock()
         self.conns: set[socket.socket] = set()
         self.threads: list[threading.Thread] = []
@@ -372,6 +396,10 @@ class StandIn:
     def allow_all(self) -> None:
         self.denied.clear()
 
+    def expire_watches(self) -> int:
+        """End every EndpointSlice watch; resuming from an old resourceVersion then gets 410 Gone."""
+        return self.services.expire_watches()
+
     def drop_portforwards(self, on_next_data: bool = False) -> int:
         """Cut every open port-forward stream now, or (on_next_data) the next stream on its next bytes."""
         with self.lock:
@@ -396,6 +424,7 @@ class StandIn:
         with self.lock:
             for s in self.sessions:
                 s.drop()
+        self.deployments.close()
         self.store.close()
         self._server.shutdown()
         with self.lock:

@@ -6,7 +6,8 @@ Get/Put behave like examples/kv except for these keys on Get:
   __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
   __log__    log one record per level through Python logging, then return "logged"
-Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only.
+Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
+TRAP_WORKERS sets ServeConfig.max_workers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -60,11 +62,13 @@ class TrapKV:
 def main() -> None:
     plugin = {PLUGIN_NAME: KVPlugin(TrapKV())}
     versions = os.environ.get("TRAP_VERSIONS")
+    workers: Any = os.environ.get("TRAP_WORKERS", "32")
+    workers = int(workers) if workers.isdigit() else workers
     if versions:
-        serve(ServeConfig(handshake=HANDSHAKE,
+        serve(ServeConfig(handshake=HANDSHAKE, max_workers=workers,
                           versioned_plugins={int(v): plugin for v in versions.split(",")}))
     else:
-        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin))
+        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin, max_workers=workers))
 
 
 if __name__ == "__main__":

@@ -51,3 +51,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "plugbay.hostName" -}}
 {{- printf "%s-host" (include "plugbay.fullname" . | trunc 58 | trimSuffix "-") }}
 {{- end }}
+
+{{/* Network mode: the plugin's Deployment, Service and NetworkPolicy. */}}
+{{- define "plugbay.pluginName" -}}
+{{- printf "%s-plugin" (include "plugbay.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The plugin's TLS Secret: given, or the one the chart creates. */}}
+{{- define "plugbay.pluginTLSSecret" -}}
+{{- default (printf "%s-plugin-tls" (include "plugbay.fullname" . | trunc 52 | trimSuffix "-")) .Values.network.tls.secretName }}
+{{- end }}
+
+{{/* The host grants endpointslices get/list/watch. */}}
+{{- define "plugbay.discovery" -}}
+{{- if or .Values.rbac.discovery (and .Values.network.enabled .Values.network.discovery) }}true{{- end }}
+{{- end }}
+
+{{- define "plugbay.image" -}}
+{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) }}
+{{- end }}

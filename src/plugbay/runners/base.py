@@ -77,6 +77,20 @@ class AttachedRunner(ABC):
         """Map a host address to one the plugin can dial (brokered callbacks)."""
         return network, address
 
+    @property
+    def private_transport(self) -> bool:
+        """Whether the host reaches the plugin only through its private folder (a unix socket).
+
+        False (the safe default) when the connection leaves it: a TCP port, a
+        container bridge, a pod network. Then AutoMTLS is on unless the
+        ClientConfig turns it off, and a plugin that announces no certificate
+        is refused (TLSRequiredError) instead of used in plaintext.
+        """
+        return False
+
+    def detach(self) -> None:
+        """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""
+
     def reattach_data(self) -> dict[str, Any]:
         """JSON-serialisable facts that let another host process attach again."""
         return {"kind": type(self).__name__, "id": self.id}

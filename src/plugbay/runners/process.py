@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
+from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, SecureCheck, register_reattacher
 from plugbay.runners.session import proc_stat, start_ticks
@@ -65,6 +66,8 @@ class ProcessRunner(Runner):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._iterating: set[str] = set()
+        # one per output stream read: each bounds its unfinished line (see core.transport.lines)
+        self.splitters: list[LineSplitter] = []
 
     # --- identity -------------------------------------------------------------
 
@@ -79,6 +82,10 @@ class ProcessRunner(Runner):
     @property
     def id(self) -> str:
         return str(self._proc.pid) if self._proc is not None else ""
+
+    @property
+    def private_transport(self) -> bool:
+        return True  # a child process on this machine: go-plugin's own model
 
     @property
     def pid(self) -> int | None:
@@ -191,7 +198,8 @@ class ProcessRunner(Runner):
         fd = pipe.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
-        buf = b""
+        splitter = LineSplitter()
+        self.splitters.append(splitter)
         try:
             while True:
                 if not poller.poll(_POLL * 1000):
@@ -201,15 +209,11 @@ class ProcessRunner(Runner):
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                for line in splitter.feed(chunk):
                     if keep_tail:
                         self._tail.append(line)
                     yield line
-            if buf:
-                line = buf.decode("utf-8", "replace").rstrip("\r")
+            for line in splitter.flush():
                 if keep_tail:
                     self._tail.append(line)
                 yield line
@@ -260,6 +264,10 @@ class AttachedProcess(AttachedRunner):
     @property
     def id(self) -> str:
         return str(self.pid)
+
+    @property
+    def private_transport(self) -> bool:
+        return True  # a child process on this machine: go-plugin's own model
 
     def _alive(self) -> bool:
         try:  # if it happens to be our child after all (same process reattaching), reap it

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError
+from plugbay.errors import CallTimeoutError, ClientStateError, PlugbayError, PluginDiedError
 
 
 class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -103,6 +103,8 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         return old
 
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        if isinstance(exc, PlugbayError):
+            return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
         # A Go server may answer UNKNOWN "context deadline exceeded" a moment

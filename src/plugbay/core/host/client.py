@@ -32,6 +32,7 @@ from plugbay.errors import (
     ConfigError,
     PluginExitedError,
     ProtocolMismatchError,
+    TLSRequiredError,
     UnknownPluginError,
     VersionMismatchError,
 )
@@ -92,6 +93,7 @@ class Client:
         self._killed = False
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
+        self._require_tls = False
         self._info: HandshakeInfo | None = None
         self._announced: HandshakeInfo | None = None
         self._version: int | None = None
@@ -192,12 +194,14 @@ class Client:
         if cfg.reattach is not None:
             self._runner = reattach_runner(cfg.reattach.runner)
             self._cert = cfg.reattach.client_cert
+            _, self._require_tls = cfg.tls_policy(self._runner, has_cert=self._cert is not None)
             info = cfg.reattach.handshake
         else:
             runner = self._runner
             assert isinstance(runner, Runner)
             self._check_secure(runner)
-            if cfg.auto_mtls:
+            auto_mtls, self._require_tls = cfg.tls_policy(runner)
+            if auto_mtls:
                 self._cert = generate_cert()  # fresh per client, as go-plugin does
             env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
                              socket_group=cfg.unix_socket_group,
@@ -231,6 +235,10 @@ class Client:
         network, address = runner.plugin_to_host(announced.network, announced.address)
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:
+            if self._require_tls:
+                why = ("require_tls=True" if self.config.require_tls else
+                       f"{type(runner).__name__}'s connection leaves the host's private folder")
+                raise TLSRequiredError(self.name, why)
             _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
         dial_to = (network, address)
         if self.config.multiplex_broker:

@@ -12,7 +12,8 @@ from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.secure import SecureConfig
 from plugbay.core.host.stdio import Sink
-from plugbay.runners.base import Runner
+from plugbay.errors import ConfigError
+from plugbay.runners.base import AttachedRunner, Runner
 
 
 @dataclass
@@ -25,7 +26,11 @@ class ClientConfig:
     runner: Runner | None = None
     cmd: Sequence[str] | None = None
     reattach: ReattachConfig | None = None
-    auto_mtls: bool = False
+    # AutoMTLS; None: on when the runner's transport is not private (Docker tcp, pods)
+    auto_mtls: bool | None = None
+    # Refuse a plugin that announces no certificate (TLSRequiredError) instead of plaintext;
+    # None: required when AutoMTLS is on and the runner's transport is not private.
+    require_tls: bool | None = None
     start_timeout: float = 60.0
     call_timeout: float | None = 30.0
     kill_grace: float = 2.0
@@ -45,6 +50,17 @@ class ClientConfig:
     # (PLUGIN_UNIX_SOCKET_GROUP; the private dir becomes 0770 for it) and its parent dir.
     unix_socket_group: str | int | None = None
     unix_socket_temp_dir: str | None = None
+
+    def tls_policy(self, runner: AttachedRunner, has_cert: bool | None = None) -> tuple[bool, bool]:
+        """(use AutoMTLS, require TLS) for ``runner``; ``has_cert``: a reattach's stored cert."""
+        private = runner.private_transport
+        auto = has_cert if has_cert is not None else (
+            self.auto_mtls if self.auto_mtls is not None else not private)
+        require = self.require_tls if self.require_tls is not None else (auto and not private)
+        if require and not auto:
+            raise ConfigError("require_tls=True needs AutoMTLS: set auto_mtls=True (or leave it None"
+                              " for a runner whose transport is not private)")
+        return auto, require
 
     def versions(self) -> dict[int, PluginSet]:
         out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (self.versioned_plugins or {}).items()}

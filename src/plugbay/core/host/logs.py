@@ -8,7 +8,8 @@ in ``extra`` (``plugin_module``, ``plugin_fields``, ``plugin_timestamp``).
 Other lines (a print, a panic) go to ``raw_sink`` if given, else to the
 logger as they are: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
 Go panic is an error; everything else is INFO. The last lines are kept for
-error messages (a plugin that dies before its handshake).
+error messages (a plugin that dies before its handshake). A line longer than
+plugbay.core.transport.lines.MAX_LINE (64 KiB) is cut with a ``…[truncated N bytes]`` marker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from plugbay.core.transport.lines import cap_line
 
 from plugbay.core.protocol.hclog import PREFIXES, parse_hclog
 
@@ -64,6 +68,7 @@ class LogPump:
             self.logger.debug("reading plugin %s failed", stream, exc_info=True)
 
     def handle(self, line: str, stream: str = "stderr") -> None:
+        line = cap_line(line)  # a Runner of another library may not bound its lines
         base = {"plugin_name": self.name, "plugin_stream": stream}
         parsed = parse_hclog(line)
         if parsed is not None:

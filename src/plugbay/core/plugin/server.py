@@ -53,6 +53,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     parse_versions,
 )
+from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -75,7 +76,6 @@ MISCONFIGURED_MESSAGE = (
 )
 
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
-_WORKERS = 32  # streams (stdio, broker, health watch) each hold a worker
 
 
 @dataclass
@@ -88,6 +88,9 @@ class ServeConfig:
     grpc_server_options: Sequence[tuple[str, Any]] = ()
     logger: logging.Logger | None = None
     stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
+    # The plugin's own handlers that may run at once (each holds a thread); more are refused
+    # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+    max_workers: int = DEFAULT_MAX_WORKERS
     network: NetworkServe | None = None  # serve on the network over provided mTLS (plugin/network.py)
 
 
@@ -129,6 +132,9 @@ def serve(config: ServeConfig) -> None:
     # On the network no host launches us (nobody sets the cookie): mTLS is the gate there.
     if config.network is None and env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
         _fail(COOKIE_MESSAGE)
+    if not isinstance(config.max_workers, int) or config.max_workers < 1:
+        _fail(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
+              f" once), got {config.max_workers!r}; fix the plugin's ServeConfig\n")
     server = _PluginServer(config, env)
     try:
         server.start()
@@ -164,7 +170,9 @@ class _PluginServer:
         self.log = self._setup_logging(config.logger)
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
-        self.executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="plugbay-grpc")
+        self.gate = HandlerGate(config.max_workers)
+        self.executor = ThreadPoolExecutor(max_workers=config.max_workers + RESERVED,
+                                           thread_name_prefix="plugbay-grpc")
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
@@ -202,7 +210,7 @@ class _PluginServer:
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
-        self.grpc = grpc.server(self.executor, options=options)
+        self.grpc = grpc.server(self.executor, options=options, interceptors=[self.gate])
         network = self.config.network
         if network is not None:
             own, peer_pem = None, None

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 
@@ -88,7 +88,15 @@ class SupervisorEvent:
     at: float  # time.time()
 
 
-ConfigSource: TypeAlias = "ClientConfig | Callable[[], ClientConfig]"
+class ClientMaker(Protocol):
+    """A config that makes its own Client (a network RemoteConfig makes a RemoteClient)."""
+
+    name: str | None
+
+    def make_client(self) -> Client: ...
+
+
+ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
 
 
 class _SupervisedChannel(ManagedChannel):
@@ -285,16 +293,23 @@ class Supervisor:
 
     # --- internals --------------------------------------------------------------------
 
-    def _config(self) -> ClientConfig:
+    def _config(self) -> ClientConfig | ClientMaker:
         source = self._source
-        cfg = source if isinstance(source, ClientConfig) else source()
-        if not isinstance(cfg, ClientConfig):
+        cfg = source if isinstance(source, ClientConfig) or hasattr(source, "make_client") else source()
+        if not isinstance(cfg, ClientConfig) and not hasattr(cfg, "make_client"):
             raise ConfigError(f"the Supervisor's config factory returned {type(cfg).__name__}, not a ClientConfig")
-        return cfg
+        return cfg  # type: ignore[return-value]
+
+    def _new_client(self) -> Client:
+        cfg = self._config()
+        return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
 
     def _first_client(self) -> Client:
         if self._reattach is not None:
             base = self._config()
+            if not isinstance(base, ClientConfig):
+                raise ConfigError("reattach= needs a ClientConfig (a launched plugin); a remote plugin is"
+                                  " simply connected to again, so drop reattach=")
             cfg = dataclasses.replace(base, cmd=None, runner=None, reattach=self._reattach)
             client = Client(cfg)
             try:
@@ -304,7 +319,7 @@ class Supervisor:
             except Exception as exc:
                 client.kill()
                 self._event("reattach_failed", f"{type(exc).__name__}: {exc}")
-        client = Client(self._config())
+        client = self._new_client()
         try:
             client.start()
         except BaseException:
@@ -403,7 +418,7 @@ class Supervisor:
             self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
             client: Client | None = None
             try:
-                client = self._starting = Client(self._config())
+                client = self._starting = self._new_client()
                 if self._stop.is_set():
                     client.kill()
                     return

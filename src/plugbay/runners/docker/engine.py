@@ -127,6 +127,24 @@ def host_gid(group: str | None) -> int | None:
     return group_id(group, "give unix_socket_group a group name or numeric gid")
 
 
+def root_socket_gid() -> int:
+    """The socket folder's group for a root host: DEFAULT_ROOT_SOCKET_GID, if no host group has it.
+
+    Handing the folder to a gid that is a real group on the host would let that
+    group's members reach the plugin's socket, so that is refused.
+    """
+    import grp
+
+    try:
+        existing = grp.getgrgid(DEFAULT_ROOT_SOCKET_GID).gr_name
+    except KeyError:
+        return DEFAULT_ROOT_SOCKET_GID
+    raise ConfigError(
+        f"the default socket folder group {DEFAULT_ROOT_SOCKET_GID} is host group {existing!r}, whose"
+        " members could then reach the plugin's socket. Pass DockerRunner(socket_gid=<a gid no host"
+        " user has, matching the image's user>) or ClientConfig(unix_socket_group=...)")
+
+
 def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     """Let a container user in a supplementary group ``gid`` create sockets in ``path``.
 
@@ -135,7 +153,7 @@ def prepare_socket_dir(path: str, gid: int | None = None) -> int:
     """
     from plugbay.errors import PermissionDeniedError
 
-    gid = gid if gid is not None else (os.getgid() or DEFAULT_ROOT_SOCKET_GID)
+    gid = gid if gid is not None else (os.getgid() or root_socket_gid())
     try:
         give_to_group(path, gid, 0o2770)
     except PermissionError as exc:
@@ -164,8 +182,10 @@ def clear_socket_dir(path: str) -> None:
         pass
 
 
-def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> list[str]:
+def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
+
+    ``dry_run=True`` removes nothing and returns the ids it would remove.
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -192,6 +212,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None) -> 
             else:
                 gone = labels.get(HOST) == here and not session_alive(session, start)
             if not gone:
+                continue
+            if dry_run:
+                removed.append(container.id)
                 continue
             try:
                 container.remove(force=True, v=True)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
 
 # Lines buffered for a reader that is slower than the plugin (or absent).
@@ -31,6 +32,7 @@ class ContainerLogStream:
         self._cond = threading.Condition()
         self._done = False
         self._reader_taken = False
+        self.splitter = LineSplitter()  # a line longer than MAX_LINE is cut with a marker
         # follow=True: the request stays open until the container stops.
         self._stream = api.logs(container_id, stdout=which == "stdout", stderr=which == "stderr",
                                 stream=True, follow=True)
@@ -38,26 +40,22 @@ class ContainerLogStream:
                                         daemon=True)
         self._thread.start()
 
-    def _push(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r")
+    def _push(self, line: str) -> None:
         with self._cond:
             self.tail.append(line)
             self._lines.append(line)
             self._cond.notify_all()
 
     def _run(self) -> None:
-        buf = b""
         try:
             for chunk in self._stream:
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    self._push(raw)
+                for line in self.splitter.feed(chunk):
+                    self._push(line)
         except Exception:  # noqa: BLE001 - the stream was closed under us (kill) or the engine went away
             pass
         finally:
-            if buf:
-                self._push(buf)
+            for line in self.splitter.flush():
+                self._push(line)
             with self._cond:
                 self._done = True
                 self._cond.notify_all()

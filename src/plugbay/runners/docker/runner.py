@@ -36,6 +36,8 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, bind_mount, che
                                             transport_settings)
 from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
+                                               cpus_to_nano, ensure_network, tmpfs_mounts)
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
@@ -47,13 +49,16 @@ _DIAG_LINES = 10
 class DockerRunner(Runner):
     """Runs a plugin image as a container. One instance runs the plugin once.
 
-    Secure defaults: every capability dropped and no-new-privileges set; pass
-    ``cap_drop=()`` / ``no_new_privileges=False`` to relax them.
+    Secure defaults: every capability dropped, no-new-privileges, a read-only root
+    with tmpfs ``writable_dirs`` (``/tmp``), a pids limit, and for ``tcp`` the
+    isolated network (see plugbay.runners.docker.hardening); each is an option.
     """
 
     def __init__(self, image: str, *, transport: str = "unix", user: str | None = None,
                  runtime: str | None = None, mem_limit: str | int | None = None, nano_cpus: int | None = None,
-                 read_only: bool = False, cap_drop: Sequence[str] = ("ALL",), no_new_privileges: bool = True,
+                 cpus: float | None = None, pids_limit: int | None = DEFAULT_PIDS_LIMIT, read_only: bool = True,
+                 writable_dirs: Sequence[str] = ("/tmp",), tmpfs_size: str = DEFAULT_TMPFS_SIZE,
+                 network: str | None = ISOLATED_NETWORK, cap_drop: Sequence[str] = ("ALL",), no_new_privileges: bool = True,
                  env: Mapping[str, str] | None = None, mounts: Sequence[Any] = (),
                  tmpfs: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                  entrypoint: Sequence[str] | None = None, command: Sequence[str] | None = None,
@@ -76,13 +81,17 @@ class DockerRunner(Runner):
         self.user = user
         self.runtime = runtime
         self.mem_limit = mem_limit
-        self.nano_cpus = nano_cpus
+        self.nano_cpus = cpus_to_nano(cpus, nano_cpus)
+        self.pids_limit = pids_limit
         self.read_only = read_only
+        self.network = network
         self.cap_drop = list(cap_drop)
         self.no_new_privileges = no_new_privileges
         self.env = dict(env or {})
         self.mounts = [parse_mount(m) for m in mounts]
         self.tmpfs = dict(tmpfs or {})
+        self.writable_dirs, self.tmpfs_size = list(writable_dirs), tmpfs_size
+        tmpfs_mounts(self.writable_dirs, tmpfs_size, self.tmpfs)  # bad paths fail here, not at start
         self.labels = dict(labels or {})
         self.entrypoint = list(entrypoint) if entrypoint is not None else None
         self.command = list(command) if command is not None else None
@@ -114,6 +123,10 @@ class DockerRunner(Runner):
     @property
     def id(self) -> str:
         return self._container_id
+
+    @property
+    def private_transport(self) -> bool:
+        return self.transport == "unix"  # tcp: a published port and a container network
 
     @property
     def host_port(self) -> int | None:
@@ -155,6 +168,8 @@ class DockerRunner(Runner):
             mounts.append(bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR))
         transport_env, args = transport_settings(self.transport, self.container_port, gid)
         env.update(transport_env)
+        if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
+            args["network"] = ensure_network(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
             labels["plugbay.socket-dir"] = self._host_socket_dir
@@ -164,7 +179,10 @@ class DockerRunner(Runner):
                     stdin_open=False, tty=False)
         for key, value in (("user", self.user), ("runtime", self.runtime), ("mem_limit", self.mem_limit),
                            ("nano_cpus", self.nano_cpus), ("entrypoint", self.entrypoint),
-                           ("command", self.command), ("tmpfs", self.tmpfs or None)):
+                           ("command", self.command),
+                           ("tmpfs", tmpfs_mounts(self.writable_dirs, self.tmpfs_size, self.tmpfs,
+                                                  self.user or image.attrs["Config"].get("User")) or None),
+                           ("pids_limit", self.pids_limit)):
             if value is not None:
                 args[key] = value
         # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
@@ -396,8 +414,12 @@ class DockerRunner(Runner):
                 "host_port": self._host_port}
 
     @classmethod
-    def attach(cls, data: Mapping[str, Any]) -> DockerRunner:
-        """The runner of a container another host process started (reattach)."""
+    def attach(cls, data: Mapping[str, Any], *, take_ownership: bool = True) -> DockerRunner:
+        """The runner of a container another host process started (reattach).
+
+        ``take_ownership=False`` only looks (plugbay health/info/call): the
+        container stays its starting host's, so a sweep still spares it while that host lives.
+        """
         from docker.errors import NotFound
 
         container_id = str(data.get("id") or "")
@@ -424,6 +446,8 @@ class DockerRunner(Runner):
             raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                               f" (exit code {code}); start the plugin again")
         runner._watch_exit()
+        if not take_ownership:
+            return runner
         # Record the new owner so a sweep does not take the container from this host.
         try:
             container.rename(owner_name(container.name, HOST_SESSION_ID))

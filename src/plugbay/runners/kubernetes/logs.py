@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from plugbay.core.transport.lines import LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import parse_handshake_line
 
@@ -42,6 +43,11 @@ def drain(q: queue.Queue[object]) -> Iterator[str]:
         yield item
 
 
+def _chunks(resp: Any) -> Iterator[bytes]:
+    for segment in resp.stream(amt=None, decode_content=False):
+        yield segment.encode("utf-8") if isinstance(segment, str) else bytes(segment)
+
+
 class PodLogs:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -50,6 +56,7 @@ class PodLogs:
         self.tail: deque[str] = deque(maxlen=50)
         self._resp: Any = None
         self._thread: threading.Thread | None = None
+        self.splitters: list[LineSplitter] = []
 
     def follow(self, first: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
         """Read ``first`` (an open follow=true response) in a thread; ``reopen(tail_lines)`` reconnects."""
@@ -58,15 +65,14 @@ class PodLogs:
         self._thread.start()
 
     def _loop(self, resp: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
-        from kubernetes.watch import watch as watch_mod
-
-        iter_resp_lines: Any = watch_mod.iter_resp_lines
         handshake_seen = False
         try:
             for _attempt in range(_REOPENS):
                 self._resp = resp
+                splitter = LineSplitter()  # bounded lines; a broken stream's partial line ends there
+                self.splitters.append(splitter)
                 try:
-                    for line in iter_resp_lines(resp):
+                    for line in split_lines(_chunks(resp), splitter=splitter):
                         if not handshake_seen and is_handshake(line):
                             handshake_seen = True
                             self.stdout.put(line)

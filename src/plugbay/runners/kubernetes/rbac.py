@@ -14,10 +14,19 @@ RBAC_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pods/portforward", ("create", "get")),  # the WebSocket upgrade is checked as both
     ("events", ("list",)),
 )
+# What network mode's kubernetes:/// discovery (plugbay.network.kubernetes) calls, as
+# (API group, resource, verbs). A separate Role rule: only hosts that discover need it.
+DISCOVERY_RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("discovery.k8s.io", "endpointslices", ("get", "list", "watch")),
+)
 
 
 def rbac_summary() -> str:
     return "; ".join(f"{res}: {', '.join(verbs)}" for res, verbs in RBAC_RULES)
+
+
+def discovery_rbac_summary() -> str:
+    return "; ".join(f"{res}: {', '.join(verbs)}" for _, res, verbs in DISCOVERY_RBAC_RULES)
 
 
 def denied_message(verb: str, resource: str, namespace: str) -> str:

@@ -25,7 +25,7 @@ from plugbay.errors import (
     PodStartTimeoutError,
     RunnerError,
 )
-from plugbay.runners.kubernetes import pods
+from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import api_message, call, default_namespace, in_cluster, load_api_client
@@ -50,7 +50,8 @@ class KubernetesRunner(Runner):
                  address_mode: str = "auto", api_client: Any = None, kubeconfig: str | None = None,
                  context: str | None = None, start_timeout: float = 120.0, run_as_user: int | None = None,
                  writable_dirs: Sequence[str] = ("/tmp",), command: Sequence[str] | None = None,
-                 args: Sequence[str] | None = None) -> None:
+                 args: Sequence[str] | None = None, host_id: str | None = None,
+                 owner_reference: bool = True) -> None:
         if address_mode not in ADDRESS_MODES:
             raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {address_mode!r}")
         if pull_policy not in ("Always", "IfNotPresent", "Never"):
@@ -64,6 +65,8 @@ class KubernetesRunner(Runner):
                           writable_dirs=tuple(writable_dirs), command=command, args=args)
         self.container_port = container_port
         self.start_timeout = start_timeout
+        self.host_id = owner.host_identity(host_id)
+        self.owner_reference = owner_reference
         self._kubeconfig, self._context = kubeconfig, context
         self._owns_client = api_client is None
         if api_client is None:
@@ -140,10 +143,15 @@ class KubernetesRunner(Runner):
                                                              if k != "plugbay.host"}}
         self.pod_name = pods.pod_name_for(self.image)
         self._logs.name = self.pod_name
+        if self.host_id:
+            labels[owner.HOST_ID] = self.host_id
         manifest = pods.build_pod(name=self.pod_name, image=self.image, labels=labels,
                                   annotations={"plugbay.host": managed["plugbay.host"]}, env=env,
                                   container_port=self.container_port,
                                   **{k: v for k, v in self._opts.items() if k not in ("labels", "env")})
+        ref = owner.owner_reference(self.namespace) if self.owner_reference else None
+        if ref is not None:  # the cluster deletes the plugin pod with the host's pod
+            manifest["metadata"]["ownerReferences"] = [ref]
         body = client.V1Pod.from_dict(manifest)
         deadline = time.monotonic() + self.start_timeout
         self._call("create", "pods", self._api.create_namespaced_pod, self.namespace, body)
@@ -365,6 +373,9 @@ class KubernetesRunner(Runner):
         self._close_forwarders()
         if self._owns_client:
             self._api_client.close()
+
+    def detach(self) -> None:
+        self._close()
 
     def _close_forwarders(self) -> None:
         with self._lock:

@@ -7,15 +7,22 @@ from typing import Any
 
 from plugbay.runners.session import HOST, HOST_SESSION_ID, SESSION_START, managed_labels, session_alive
 from plugbay.runners.kubernetes.api import call, load_api_client
+from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
-          kubeconfig: str | None = None, grace: int = 0) -> list[str]:
+          kubeconfig: str | None = None, grace: int = 0, dry_run: bool = False,
+          host_id: str | None = None) -> list[str]:
     """Delete plugbay pods whose host session is gone; return their names.
 
-    Without ``live_sessions`` a session is gone when its host process (from this
-    machine, per the pod's plugbay.host annotation) no longer runs; pods of
-    other machines are left alone. This process's own pods are never deleted.
+    ``dry_run=True`` deletes nothing and returns the names it would delete.
+
+    With a host identity (``host_id``, else PLUGBAY_HOST_ID, else the host pod's
+    POD_UID: see plugbay.runners.kubernetes.owner), the pods labelled with that
+    identity by any other session are gone: an earlier run of this host left
+    them. Without ``live_sessions`` a session is also gone when its host process
+    (from this machine, per the pod's plugbay.host annotation) no longer runs;
+    pods of other machines are left alone. This process's own pods are never deleted.
     """
     from kubernetes import client
 
@@ -24,6 +31,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
         api_client, _ = load_api_client(kubeconfig)
     api: Any = client.CoreV1Api(api_client)
     here = managed_labels()[HOST]
+    identity = host_identity(host_id)
     removed: list[str] = []
     try:
         found = call(api_client, namespace, "list", "pods", api.list_namespaced_pod, namespace,
@@ -33,12 +41,17 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
             session = labels.get("plugbay.session", "")
             if session == HOST_SESSION_ID:
                 continue
-            if live_sessions is not None:
+            if identity is not None and labels.get(HOST_ID) == identity:
+                gone = True  # this host's identity, another session: a run before a restart
+            elif live_sessions is not None:
                 gone = session not in live_sessions
             else:
                 host = (pod.metadata.annotations or {}).get("plugbay.host")
                 gone = host == here and not session_alive(session, labels.get(SESSION_START, ""))
             if gone and not pod.metadata.deletion_timestamp:
+                if dry_run:
+                    removed.append(pod.metadata.name)
+                    continue
                 call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
                             grace_period_seconds=grace)
                 removed.append(pod.metadata.name)

@@ -1,0 +1,7 @@
+"""``python -m plugbay``: the plugbay command (see plugbay.cli)."""
+
+import sys
+
+from plugbay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,199 @@
+"""``plugbay diagnose`` (why did a plugin fail?) and ``plugbay sweep`` (remove what dead hosts left)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from plugbay.cli import output
+from plugbay.cli.targets import load_reattach
+from plugbay.errors import ConfigError, RunnerError
+
+_LOG_LINES = 20
+
+
+def _signal_name(code: int | None) -> str | None:
+    """The signal an exit code stands for: 128+N (containers, shells) or -N (a child process)."""
+    if code is None:
+        return None
+    num = code - 128 if code > 128 else -code if code < 0 else 0
+    try:
+        return signal.Signals(num).name if num > 0 else None
+    except ValueError:
+        return None
+
+
+def _docker(container_id: str) -> dict[str, Any]:
+    from plugbay.images import docker_client
+
+    from docker.errors import NotFound
+
+    client = docker_client()
+    try:
+        try:
+            container = client.containers.get(container_id)
+        except NotFound:
+            raise RunnerError(f"no container {container_id[:12]} on the Docker engine (removed, or another"
+                              " engine); nothing left to diagnose") from None
+        state = container.attrs.get("State") or {}
+        logs = container.logs(stdout=True, stderr=True, tail=_LOG_LINES).decode("utf-8", "replace")
+        code = state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None
+        return {"runner": "DockerRunner", "id": container.id, "name": container.name,
+                "image": (container.attrs.get("Config") or {}).get("Image"), "state": state.get("Status"),
+                "exit_code": code, "oom_killed": bool(state.get("OOMKilled")), "signal": _signal_name(code),
+                "restart_count": int(container.attrs.get("RestartCount") or 0), "error": state.get("Error") or None,
+                "events": [], "conditions": [], "last_log_lines": logs.splitlines()[-_LOG_LINES:]}
+    finally:
+        client.close()
+
+
+def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from plugbay.runners.kubernetes import pods
+    from plugbay.runners.kubernetes.api import api_message, load_api_client
+
+    api_client, _ = load_api_client(kubeconfig)
+    try:
+        api: Any = client.CoreV1Api(api_client)
+        try:
+            pod = api_client.sanitize_for_serialization(api.read_namespaced_pod(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                raise RunnerError(f"no pod {namespace}/{name} (deleted, or another cluster/namespace);"
+                                  " nothing left to diagnose") from None
+            raise RunnerError(f"reading pod {namespace}/{name} failed: {api_message(exc)}") from None
+        except Exception as exc:  # urllib3 errors: no cluster answers
+            from plugbay.errors import EngineUnavailableError
+
+            raise EngineUnavailableError(f"the Kubernetes API does not answer ({type(exc).__name__}); check"
+                                         " --kubeconfig and that the cluster runs") from None
+        try:
+            evs = api.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+            events = [pods.format_event(api_client.sanitize_for_serialization(e)) for e in evs]
+        except ApiException:
+            events = []
+        try:
+            logs = str(api.read_namespaced_pod_log(name, namespace, container=pods.CONTAINER_NAME,
+                                                   tail_lines=_LOG_LINES)).splitlines()
+        except ApiException:
+            logs = []
+        cs = pods.plugin_status(pod)
+        term = ((cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {})
+        code = pods.exit_code(pod)
+        return {"runner": "KubernetesRunner", "id": f"{namespace}/{name}", "name": name,
+                "image": cs.get("image"), "state": pods.phase(pod), "exit_code": code,
+                "oom_killed": term.get("reason") == "OOMKilled",
+                "signal": _signal_name(term.get("exitCode")) or (f"SIG{term['signal']}" if term.get("signal") else None),
+                "restart_count": int(cs.get("restartCount") or 0), "error": term.get("message"),
+                "events": events, "conditions": [
+                    {k: c.get(k) for k in ("type", "status", "reason", "message")}
+                    for c in (pod.get("status") or {}).get("conditions") or []],
+                "last_log_lines": logs, "text": pods.describe(pod, False, events, logs)}
+    finally:
+        api_client.close()
+
+
+def _process(pid: int) -> dict[str, Any]:
+    stat = Path(f"/proc/{pid}/stat")
+    alive = stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    return {"runner": "ProcessRunner", "id": str(pid), "name": str(pid), "image": None,
+            "state": "running" if alive else "gone", "exit_code": None, "oom_killed": False, "signal": None,
+            "restart_count": 0, "error": None if alive else "the process is gone; its exit code is known only"
+            " to the host that started it (its log shows it)", "events": [], "conditions": [], "last_log_lines": []}
+
+
+def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
+    config = load_reattach(arg)
+    if config is not None:
+        data = dict(config.runner)
+        kind = data.get("kind")
+        if kind == "DockerRunner":
+            return _docker(str(data.get("id") or ""))
+        if kind == "KubernetesRunner":
+            return _pod(str(data.get("namespace")), str(data.get("pod")), kubeconfig or data.get("kubeconfig"))
+        if kind == "ProcessRunner":
+            return _process(int(data.get("pid") or 0))
+        raise ConfigError(f"reattach config of unknown runner kind {kind!r}; plugbay diagnose knows"
+                          " DockerRunner, KubernetesRunner and ProcessRunner")
+    kind, sep, ident = arg.partition(":")
+    if sep and kind == "docker" and ident:
+        return _docker(ident)
+    if sep and kind == "pod" and "/" in ident:
+        namespace, name = ident.split("/", 1)
+        return _pod(namespace, name, kubeconfig)
+    if sep and kind == "pid" and ident.isdigit():
+        return _process(int(ident))
+    raise ConfigError(f"{arg!r} names no plugin: pass @REATTACH_FILE, reattach JSON, docker:CONTAINER,"
+                      " pod:NAMESPACE/NAME or pid:PID")
+
+
+@click.command(epilog="""\b
+Examples:
+  plugbay diagnose @plugin.json
+  plugbay diagnose docker:3f2a1c9e   plugbay diagnose pod:plugins/plugbay-kv-1a2b --json""")
+@click.argument("what", metavar="REATTACH_OR_ID")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="For pods: the kubeconfig file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (keys: runner, id, name, image, "
+              "state, exit_code, oom_killed, signal, restart_count, error, events, conditions, last_log_lines).")
+def diagnose(what: str, kubeconfig: str | None, as_json: bool) -> int:
+    """What went wrong with a plugin: exit code, OOMKilled, signal, restarts, events, last log lines.
+
+    REATTACH_OR_ID: @REATTACH_FILE, reattach JSON, docker:CONTAINER, pod:NAMESPACE/NAME or pid:PID.
+    """
+    facts = _facts_of(what, kubeconfig)
+    text = facts.pop("text", None)
+    if as_json:
+        output.emit_json(facts)
+        return output.OK
+    pairs = [(k.replace("_", " "), v) for k, v in facts.items()
+             if k not in ("events", "conditions", "last_log_lines") and v not in (None, [])]
+    output.facts(pairs)
+    if text is not None:  # the Kubernetes runner's own description (conditions, states, events)
+        output.say(text)
+        return output.OK
+    for key in ("events", "last_log_lines"):
+        if facts[key]:
+            output.say(key.replace("_", " ") + ":")
+            for line in facts[key]:
+                output.say("  " + line)
+    return output.OK
+
+
+@click.command(epilog="""\b
+Examples:
+  plugbay sweep --docker --dry-run
+  plugbay sweep --kubernetes --namespace plugins --kubeconfig ~/.kube/config""")
+@click.option("--docker", "docker_", is_flag=True, help="Sweep Docker containers (the default).")
+@click.option("--kubernetes", is_flag=True, help="Sweep Kubernetes pods.")
+@click.option("--namespace", default="default", show_default=True, help="With --kubernetes.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], kubernetes: [...], "
+              "count, dry_run}.")
+def sweep(docker_: bool, kubernetes: bool, namespace: str, kubeconfig: str | None, dry_run: bool,
+          as_json: bool) -> int:
+    """Remove (or list) plugin containers/pods whose host process is gone on this machine."""
+    found: dict[str, list[str]] = {}
+    if docker_ or not kubernetes:
+        from plugbay.runners.docker import sweep as docker_sweep
+
+        found["docker"] = docker_sweep(dry_run=dry_run)
+    if kubernetes:
+        from plugbay.runners.kubernetes import sweep as kube_sweep
+
+        found["kubernetes"] = kube_sweep(namespace, kubeconfig=kubeconfig, dry_run=dry_run)
+    count = sum(len(v) for v in found.values())
+    if as_json:
+        output.emit_json({**found, "count": count, "dry_run": dry_run})
+        return output.OK
+    verb = "would remove" if dry_run else "removed"
+    for where, ids in found.items():
+        for ident in ids:
+            output.say(f"{where} {ident[:12] if where == 'docker' else ident}")
+    output.say(f"{verb} {count}", style="bold")
+    return output.OK

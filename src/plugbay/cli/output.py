@@ -1,0 +1,160 @@
+"""What every command shares: exit codes, terminal detection, printing, errors, logging.
+
+Colour, tables and progress go to a terminal only (rich); with a pipe, a file
+or ``NO_COLOR`` set, output is plain parseable lines. ``--json`` output is one
+JSON document (or one object per line where a command says so) and never
+carries colour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+# The one exit code table (README "Command line", docs/cli.md).
+OK = 0
+FAILED = 1  # the plugin or the call failed
+USAGE = 2  # bad arguments or configuration
+UNREACHABLE = 3  # the plugin, engine or cluster cannot be reached
+UNHEALTHY = 4  # reachable but not SERVING
+EXIT_CODES = {OK: "ok", FAILED: "plugin or call failed", USAGE: "usage or configuration error",
+              UNREACHABLE: "not reachable", UNHEALTHY: "not healthy"}
+EXIT_TABLE = "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
+
+
+def color_enabled(stream: Any = None) -> bool:
+    """Colour only on a terminal, never with NO_COLOR (any value) or TERM=dumb."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR") is not None or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def interactive(stream: Any = None) -> bool:
+    """Progress displays need a terminal (colour or not)."""
+    stream = stream or sys.stderr
+    try:
+        return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console for the terminal (only call when interactive)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, no_color=not color_enabled(sys.stderr if stderr else sys.stdout),
+                   highlight=False)
+
+
+def say(text: str = "", *, style: str | None = None) -> None:
+    """One line on stdout: styled on a colour terminal, plain otherwise."""
+    if style and color_enabled():
+        console().print(text, style=style, markup=False, soft_wrap=True)
+    else:
+        click.echo(text)
+
+
+def facts(pairs: list[tuple[str, Any]]) -> None:
+    """``key: value`` lines (aligned and coloured on a terminal)."""
+    width = max((len(k) for k, _ in pairs), default=0)
+    if color_enabled():
+        con = console()
+        for key, value in pairs:
+            con.print(f"[bold cyan]{key.ljust(width)}[/]  {_escape(str(value))}", soft_wrap=True)
+    else:
+        for key, value in pairs:
+            click.echo(f"{key}: {value}")
+
+
+def table(head: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines (with a header) otherwise."""
+    if color_enabled():
+        from rich.table import Table
+
+        tab = Table(*head)
+        for row in rows:
+            tab.add_row(*(_escape(c) for c in row))
+        console().print(tab)
+    else:
+        click.echo("\t".join(head))
+        for row in rows:
+            click.echo("\t".join(row))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, sort_keys=True))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def one_line(message: str, limit: int = 600) -> str:
+    """An error message on one line: its lines joined, bounded."""
+    text = " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error(message: str) -> None:
+    text = "error: " + one_line(message)
+    if color_enabled(sys.stderr):
+        console(stderr=True).print(text, style="bold red", markup=False, soft_wrap=True)
+    else:
+        click.echo(text, err=True)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Which row of the exit code table an exception belongs to."""
+    from plugbay.errors import (CallFailedError, ConfigError, EngineUnavailableError, PlugbayError,
+                                TargetUnreachableError)
+
+    if isinstance(exc, (TargetUnreachableError, EngineUnavailableError)):
+        return UNREACHABLE
+    if isinstance(exc, ConfigError) and not isinstance(exc, CallFailedError):
+        return USAGE
+    if isinstance(exc, PlugbayError):
+        return FAILED
+    return FAILED
+
+
+class LogHandler(logging.Handler):
+    """Plugin and plugbay log records to stderr: ``LEVEL name: message``, coloured on a terminal."""
+
+    _STYLES = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._color = color_enabled(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if self._color:
+                style = self._STYLES.get(record.levelname, "")
+                console(stderr=True).print(f"[{style}]{record.levelname:<7}[/] [dim]{record.name}:[/] "
+                                           f"{_escape(text)}", soft_wrap=True)
+            else:
+                sys.stderr.write(f"{record.levelname} {record.name}: {text}\n")
+                sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def setup_logging(level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, LogHandler):
+            root.removeHandler(handler)
+    root.addHandler(LogHandler())
+    root.setLevel(level)

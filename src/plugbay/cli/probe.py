@@ -1,0 +1,221 @@
+"""``plugbay info``, ``plugbay health`` and ``plugbay call``: asking a running plugin."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import grpc
+
+from plugbay.cli import output
+from plugbay.cli.targets import Tls, reach
+from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
+
+TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
+
+
+def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.argument("target", metavar="TARGET_OR_REATTACH"),
+        click.option("--insecure", is_flag=True, help="Plaintext to a unix:// or static:// target."),
+        click.option("--ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) for mTLS."),
+        click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for mTLS."),
+        click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) for mTLS."),
+        click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+                     help="Seconds to wait for each answer."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _tls(kw: dict[str, Any]) -> Tls:
+    return Tls(ca=kw.pop("ca"), cert=kw.pop("cert"), key=kw.pop("key"), insecure=kw.pop("insecure"))
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def check_health(channel: grpc.Channel, service: str, timeout: float) -> dict[str, Any]:
+    """One health check: status SERVING / NOT_SERVING / UNREACHABLE with its round trip in ms."""
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    started = time.monotonic()
+    try:
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
+                          wait_for_ready=True)
+    except grpc.RpcError as exc:
+        ms = (time.monotonic() - started) * 1000
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            return {"status": "UNREACHABLE", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
+        return {"status": "NOT_SERVING", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
+    ms = (time.monotonic() - started) * 1000
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return {"status": "SERVING" if status == "SERVING" else "NOT_SERVING", "ms": round(ms, 2),
+            "detail": status}
+
+
+def _health_code(status: str) -> int:
+    return {"SERVING": output.OK, "UNREACHABLE": output.UNREACHABLE}.get(status, output.UNHEALTHY)
+
+
+@click.command(epilog="""\b
+Example:
+  plugbay health @plugin.json
+  plugbay health static:///127.0.0.1:4000 --insecure --watch --interval 2
+Exit code 0 only when SERVING; 3 when unreachable, 4 when not serving.""")
+@target_options
+@click.option("--service", default="plugin", show_default=True, help="Health service name to check.")
+@click.option("--watch", is_flag=True, help="Check again every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True)
+@click.option("--count", type=click.IntRange(1), default=None, help="With --watch: stop after N checks.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
+def health(service: str, watch: bool, interval: float, count: int | None, as_json: bool,
+           **kw: Any) -> int:
+    """Is the plugin SERVING? Prints the status and the check's round trip.
+
+    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
+    """
+    tls, target, timeout = _tls(kw), kw["target"], kw["timeout"]
+    try:
+        ctx = reach(target, tls)
+        reached = ctx.__enter__()
+    except TargetUnreachableError as exc:
+        result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0, "detail": output.one_line(str(exc))}
+        _print_health(result, as_json)
+        return output.UNREACHABLE
+    try:
+        done, code = 0, output.UNREACHABLE
+        while True:
+            result = check_health(reached.channel, service, timeout)
+            _print_health(result, as_json)
+            code = _health_code(result["status"])
+            done += 1
+            if not watch or (count is not None and done >= count):
+                return code
+            time.sleep(interval)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def _print_health(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        output.emit_json({**result, "time": round(time.time(), 3)})
+        return
+    style = {"SERVING": "bold green", "UNREACHABLE": "bold red"}.get(result["status"], "bold yellow")
+    output.say(f"{result['status']} {result['ms']:.1f}ms ({result['detail']})", style=style)
+
+
+# --- info ----------------------------------------------------------------------------------
+
+
+@click.command(epilog="""\b
+Example:
+  plugbay info @plugin.json
+  plugbay info @plugin.json --proto protos/examples/kv.proto --json""")
+@target_options
+@click.option("--proto", "protos", multiple=True, type=click.Path(dir_okay=False),
+              help="A .proto describing the plugin's services (when it offers no reflection). Repeatable.")
+@click.option("--proto-path", "proto_paths", multiple=True, type=click.Path(file_okay=False),
+              help="Import folder for --proto. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (keys: target, facts, health, "
+              "services_source, services).")
+def info(protos: tuple[str, ...], proto_paths: tuple[str, ...], as_json: bool, **kw: Any) -> int:
+    """What a running plugin serves: its gRPC services and methods, health, protocol versions.
+
+    Services come from server reflection when the plugin offers it, else from --proto.
+    TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
+    """
+    from plugbay.cli import descriptors
+
+    tls, timeout = _tls(kw), kw["timeout"]
+    with reach(kw["target"], tls) as reached:
+        health_result = check_health(reached.channel, "plugin", timeout)
+        if health_result["status"] == "UNREACHABLE":
+            raise TargetUnreachableError(f"the plugin does not answer ({health_result['detail']}); check"
+                                         " that it still runs and the target is right")
+        services = descriptors.from_protos(protos, proto_paths) if protos else \
+            descriptors.from_reflection(reached.channel, timeout)
+        described = descriptors.describe(services) if services else []
+        source = services.source if services else "none"
+    if as_json:
+        output.emit_json({"target": reached.target, "facts": reached.facts, "health": health_result,
+                          "services_source": source, "services": described})
+        return output.OK
+    output.facts([("target", reached.target), *reached.facts.items(),
+                  ("health", f"{health_result['status']} ({health_result['ms']:.1f}ms)")])
+    if services is None:
+        output.say("services: unknown (the plugin offers no server reflection; pass --proto FILE)")
+        return output.OK
+    output.say(f"services ({source}):")
+    for svc in described:
+        output.say(f"  {svc['service']}", style="bold")
+        for m in svc["methods"]:
+            kind = ("stream " if m["client_streaming"] else "") + m["input"] + " -> " + \
+                ("stream " if m["server_streaming"] else "") + m["output"]
+            output.say(f"    {m['path']}  {kind}")
+    return output.OK
+
+
+# --- call ----------------------------------------------------------------------------------
+
+
+@click.command(epilog="""\b
+Example:
+  plugbay call @plugin.json /proto.KV/Put '{"key": "a", "value": "aGk="}' --proto protos/examples/kv.proto
+  plugbay call @plugin.json /proto.KV/Get '{"key": "a"}' --proto protos/examples/kv.proto
+bytes fields are base64 in JSON (protobuf's JSON mapping).""")
+@target_options
+@click.argument("method")
+@click.argument("request", default="{}")
+@click.option("--proto", "protos", multiple=True, type=click.Path(dir_okay=False),
+              help="A .proto defining the method (else server reflection). Repeatable.")
+@click.option("--proto-path", "proto_paths", multiple=True, type=click.Path(file_okay=False),
+              help="Import folder for --proto. Repeatable.")
+def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[str, ...], **kw: Any) -> int:
+    """One unary call: REQUEST is JSON, the answer is printed as JSON.
+
+    METHOD is /package.Service/Method. TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON,
+    or a target (static:///, dns:///, kubernetes:///, unix:///).
+    """
+    from google.protobuf import json_format, message_factory
+
+    from plugbay.cli import descriptors
+
+    tls, timeout = _tls(kw), kw["timeout"]
+    services = descriptors.from_protos(protos, proto_paths) if protos else None
+    with reach(kw["target"], tls) as reached:
+        if services is None:
+            services = descriptors.from_reflection(reached.channel, timeout)
+            if services is None:
+                raise ConfigError("the plugin offers no server reflection; pass --proto FILE with the"
+                                  " service's definition")
+        desc = descriptors.find_method(services, method)
+        req_cls = message_factory.GetMessageClass(desc.input_type)
+        resp_cls = message_factory.GetMessageClass(desc.output_type)
+        try:
+            req = json_format.Parse(request, req_cls())
+        except json_format.ParseError as exc:
+            raise ConfigError(f"request is not valid JSON for {desc.input_type.full_name}: {exc};"
+                              f" write it as protobuf JSON, e.g. '{{\"field\": \"value\"}}'") from None
+        stub = reached.channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
+                                           response_deserializer=resp_cls.FromString)
+        try:
+            resp = stub(req, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise _call_error(exc, method) from None
+    output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
+    return output.OK
+
+
+def _call_error(exc: grpc.RpcError, method: str) -> Exception:
+    code, details = exc.code(), exc.details()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return TargetUnreachableError(f"{method} failed: {code.name}: {details}; check that the plugin runs")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return CallFailedError(f"{method} failed: the plugin does not implement it ({details}); check the"
+                               " method name against plugbay info")
+    return CallFailedError(f"{method} failed: {code.name}: {details}")

@@ -1,0 +1,211 @@
+"""``plugbay run``: start one plugin, print its handshake facts, keep it up until Ctrl-C.
+
+It is a plain plugbay Client with an empty plugin set (nothing is dispensed;
+start() launches, handshakes, connects and checks health). The plugin's log
+lines arrive through ``logging`` with their hclog levels. The first Ctrl-C
+(or SIGTERM) stops the plugin gracefully (GRPCController.Shutdown, grace,
+kill) and removes what the run made (socket folder, container or pod, the
+``--reattach-out`` file); a second Ctrl-C kills the plugin at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from plugbay.cli import output
+from plugbay.errors import ConfigError
+
+_log = logging.getLogger("plugbay.cli")
+
+
+def _parse_cookie(cookie: str | None) -> tuple[str, str]:
+    if not cookie:
+        raise ConfigError("--cookie KEY=VALUE is required: the magic cookie the plugin expects"
+                          " (go-plugin's examples use --cookie BASIC_PLUGIN=hello)")
+    key, sep, value = cookie.partition("=")
+    if not sep or not key or not value:
+        raise ConfigError(f"--cookie {cookie!r} must be KEY=VALUE with both parts non-empty")
+    return key, value
+
+
+def _parse_versions(text: str) -> list[int]:
+    try:
+        versions = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        versions = []
+    if not versions or any(v < 1 for v in versions):
+        raise ConfigError(f"--protocol-versions {text!r} must be positive integers separated by commas, e.g. 1,2")
+    return versions
+
+
+def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
+            kubeconfig: str | None) -> tuple[Any, str]:
+    chosen = [x for x in (cmd, image, pod) if x]
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --cmd 'COMMAND', --image IMAGE or --pod IMAGE")
+    if cmd:
+        from plugbay.runners.process import ProcessRunner
+
+        argv = shlex.split(cmd)
+        if not argv:
+            raise ConfigError("--cmd is empty; give the plugin's command line")
+        return ProcessRunner(argv), "process"
+    if image:
+        try:
+            from plugbay.runners.docker import DockerRunner
+        except ImportError:
+            raise ConfigError("--image needs the Docker SDK; install plugbay[docker]") from None
+        return DockerRunner(image, transport=transport), "docker"
+    try:
+        from plugbay.runners.kubernetes import KubernetesRunner
+    except ImportError:
+        raise ConfigError("--pod needs the Kubernetes client; install plugbay[kubernetes]") from None
+    assert pod is not None
+    return KubernetesRunner(pod, namespace=namespace, kubeconfig=kubeconfig), "kubernetes"
+
+
+class _Interrupts:
+    """First SIGINT/SIGTERM: stop gracefully. Second: kill the plugin at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.count = 0
+        self.runner: Any = None
+        self.started = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.stop.set()
+        if not self.started and self.count == 1:
+            raise KeyboardInterrupt  # still starting: start() tears down what it made
+        if self.count == 1:
+            output.say("stopping the plugin (Ctrl-C again to kill it at once)", style="yellow")
+            return
+        output.say("killing the plugin", style="bold red")
+        if self.runner is not None:
+            try:
+                self.runner.kill(0)
+            except Exception as exc:  # noqa: BLE001 - the graceful path still cleans up
+                _log.debug("kill: %s", exc)
+
+
+@click.command(epilog="""\b
+Examples:
+  plugbay run --cmd 'python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
+  plugbay run --image plugbay-kv:latest --transport tcp --cookie BASIC_PLUGIN=hello --automtls
+  plugbay run --pod plugbay-kv:latest --namespace plugins --cookie BASIC_PLUGIN=hello
+Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice kills it.""")
+@click.option("--cmd", help="Run the plugin as a local process: its shell-style command line.")
+@click.option("--image", help="Run the plugin image in a Docker container.")
+@click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
+              help="With --image: a bind-mounted unix socket or a port published on 127.0.0.1.")
+@click.option("--pod", help="Run the plugin image as a Kubernetes pod.")
+@click.option("--namespace", help="With --pod: the namespace (default: the kubeconfig's).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --pod: the kubeconfig file.")
+@click.option("--cookie", help="The magic cookie KEY=VALUE the plugin expects (required).")
+@click.option("--protocol-versions", default="1", show_default=True, help="App protocol versions, e.g. 1,2.")
+@click.option("--automtls", is_flag=True, help="AutoMTLS: a fresh client certificate, TLS to the plugin.")
+@click.option("--multiplex", is_flag=True, help="The multiplexed gRPC broker (one connection).")
+@click.option("--reattach-out", type=click.Path(dir_okay=False), help="Write the reattach config JSON here "
+              "(mode 0600; removed when the run ends).")
+@click.option("--start-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True)
+@click.option("--kill-grace", type=click.FloatRange(0, 600), default=2.0, show_default=True,
+              help="Seconds between Shutdown and a forced kill.")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
+def run(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
+        kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool, multiplex: bool,
+        reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
+    """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
+
+    The reattach config (for plugbay info/call/health/diagnose, or a host's
+    ClientConfig(reattach=...)) goes to --reattach-out FILE, else to stdout.
+    """
+    from plugbay.core.host.client import Client, ClientConfig
+    from plugbay.core.protocol.handshake import HandshakeConfig
+
+    key, value = _parse_cookie(cookie)
+    versions = _parse_versions(protocol_versions)
+    runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig)
+    out = Path(reattach_out) if reattach_out else None
+    config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
+                          runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
+                          start_timeout=start_timeout, kill_grace=kill_grace,
+                          logger=logging.getLogger(f"plugin.{runner.name}"))
+    if multiplex:
+        _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
+                     " info/call/health reach it only through a network target")
+    client = Client(config)
+    with _Interrupts() as interrupts:
+        interrupts.runner = runner
+        started = time.monotonic()
+        try:
+            client.start()
+            interrupts.started = True
+            reattach = client.reattach_config()
+            if out is not None:
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(reattach.to_json())
+            _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
+            while not interrupts.stop.is_set():
+                if client.exited or client.runner.wait(0) is not None:
+                    diagnosis = _diagnose(client)
+                    client.kill()
+                    output.error(f"plugin {client.name!r} exited with code {client.exit_code} while running:"
+                                 f" {diagnosis}")
+                    return output.FAILED
+                interrupts.stop.wait(0.25)
+            return output.OK
+        finally:
+            client.kill()
+            if out is not None:
+                out.unlink(missing_ok=True)
+            if interrupts.stop.is_set():
+                output.say("plugin stopped; nothing left behind", style="green")
+
+
+def _diagnose(client: Any) -> str:
+    try:
+        return str(client.runner.diagnose())
+    except Exception as exc:  # noqa: BLE001 - diagnosis is best effort
+        return f"(no diagnosis: {exc})"
+
+
+def _print_facts(client: Any, kind: str, versions: list[int], took: float, reattach: Any,
+                 out: Path | None, as_json: bool) -> None:
+    info = client.handshake  # the host-side (mapped) address
+    announced = reattach.handshake
+    facts = {"plugin": client.name, "runner": kind, "id": client.runner.id,
+             "core_protocol": info.core_version, "app_protocol": client.negotiated_version,
+             "host_versions": versions, "network": announced.network, "address": announced.address,
+             "mapped_address": f"{info.network}:{info.address}", "tls": info.server_cert is not None,
+             "connection": client.connection_mode, "multiplex": info.multiplex,
+             "plugins": "unknown (the handshake does not name them; try plugbay info)",
+             "started_in_s": round(took, 3), "reattach_file": str(out) if out else None}
+    if as_json:
+        output.emit_json({**facts, "reattach": None if out else reattach.to_dict()})
+        return
+    output.facts([(k.replace("_", " "), v) for k, v in facts.items() if v is not None])
+    if out is None:
+        output.say("reattach: " + reattach.to_json())
+    output.say("ready: press Ctrl-C to stop", style="bold green")

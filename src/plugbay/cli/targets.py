@@ -1,0 +1,171 @@
+"""Reaching a running plugin from the command line: a reattach config or a network target.
+
+``TARGET_OR_REATTACH`` is one of
+
+* ``@FILE``: a reattach config file (what ``plugbay run --reattach-out`` or
+  ``Client.reattach_config().to_json()`` wrote);
+* inline reattach JSON (``{"handshake": ...}``);
+* a network-mode target (``static:///``, ``dns:///``, ``dns+srv:///``,
+  ``kubernetes:///``, ``unix:///``), reached through plugbay.network's
+  endpoint pool: plaintext with ``--insecure``, mTLS with ``--ca/--cert/--key``.
+
+A reattach config is reached the way a reattaching Client reaches it (the
+runner's address mapping, the AutoMTLS certificates, the OpenSSL relay for Go
+certificates), but without Client.start(): a health probe must not stop a
+plugin that is slow or unhealthy, and start() tears a plugin down on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
+
+_RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker", "KubernetesRunner": "plugbay.runners.kubernetes"}
+
+
+@dataclass
+class Tls:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+
+
+@dataclass
+class Reached:
+    """A channel to the plugin and what is known about it without asking it."""
+
+    channel: grpc.Channel
+    target: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def load_reattach(text: str) -> Any:
+    """A ReattachConfig from ``@FILE`` or inline JSON; None when ``text`` is neither."""
+    from plugbay.core.host.reattach import ReattachConfig
+
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read reattach file {path}: {exc.strerror}; pass @FILE of an existing"
+                              " file (plugbay run --reattach-out FILE writes one)") from None
+    elif not text.lstrip().startswith("{"):
+        return None
+    return ReattachConfig.from_json(text)
+
+
+def attach_runner(data: dict[str, Any]) -> Any:
+    """The AttachedRunner of reattach data; a gone plugin is unreachable, a gone engine too."""
+    import importlib
+
+    from plugbay.runners.base import reattach_runner
+
+    kind = str(data.get("kind", ""))
+    module = _RUNNER_MODULES.get(kind)
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"the {data.get('kind')} reattach needs {exc.name}; install plugbay[docker]"
+                              " or plugbay[kubernetes]") from None
+    try:
+        if kind == "DockerRunner":  # look only: the container stays its starting host's
+            return importlib.import_module(module or "").DockerRunner.attach(data, take_ownership=False)
+        return reattach_runner(data)
+    except EngineUnavailableError:
+        raise
+    except RunnerError as exc:
+        raise TargetUnreachableError(str(exc)) from None
+
+
+def _network_target(target: str, tls: Tls) -> Reached:
+    """A channel to one endpoint of the target, found by network mode's own parsing and discovery.
+
+    A probe talks to one replica as it is (the first ready one), not through the endpoint pool,
+    whose health checking would hide exactly the unhealthy replica being asked about.
+    """
+    from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
+    from plugbay.network.resolver import Endpoint
+    from plugbay.network.targets import make_resolver, parse_target
+    from plugbay.network.tls import NetworkTLS
+
+    if "://" not in target:
+        raise ConfigError(f"{target!r} is not a target: pass @REATTACH_FILE, reattach JSON, or a target"
+                          " like static:///HOST:PORT, dns:///NAME:PORT, kubernetes:///NS/SERVICE:PORT,"
+                          " unix:///PATH")
+    parsed = parse_target(target)
+    if tls.insecure and (tls.ca or tls.cert or tls.key):
+        raise ConfigError("--insecure and --ca/--cert/--key exclude each other; pick one")
+    if not tls.insecure and not tls.ca:
+        raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
+    found: list[Endpoint] = []
+    resolver = make_resolver(parsed, name="cli")
+    resolver.start(lambda endpoints: found.extend(endpoints) if not found else None)
+    resolver.close()
+    ready = [e for e in found if e.ready and not e.terminating]
+    if not ready:
+        raise TargetUnreachableError(f"{target!r} names no ready endpoint (discovery found {len(found)});"
+                                     " check that the plugin's replicas run and are ready")
+    endpoint = ready[0]
+    address = grpc_target(endpoint.network, endpoint.address)
+    facts: dict[str, Any] = {"network": endpoint.network, "address": endpoint.address, "endpoints": len(ready)}
+    if tls.insecure:
+        facts["tls"] = False
+        return Reached(grpc.insecure_channel(address, options=CHANNEL_OPTIONS), target, facts)
+    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "")
+    facts["tls"] = True
+    return Reached(grpc.secure_channel(address, network_tls.credentials(),
+                                       options=[*CHANNEL_OPTIONS, *network_tls.options()]), target, facts)
+
+
+@contextmanager
+def reach(target: str, tls: Tls) -> Iterator[Reached]:
+    """A channel to the plugin ``target`` names; everything opened is closed on exit."""
+    config = load_reattach(target)
+    if config is None:
+        reached = _network_target(target, tls)
+        try:
+            yield reached
+        finally:
+            reached.channel.close()
+        return
+    from plugbay.core.host.connect import dial
+
+    runner = attach_runner(dict(config.runner))
+    info = config.handshake
+    relay_dir = tempfile.mkdtemp(prefix="plugbay-cli-")
+    try:
+        network, address = runner.plugin_to_host(info.network, info.address)
+        conn = dial(network, address, tls=config.client_cert, server_cert_der=info.server_cert,
+                    relay_dir=relay_dir)
+    except BaseException:
+        shutil.rmtree(relay_dir, ignore_errors=True)
+        runner.detach()
+        raise
+    facts = {"name": config.name, "runner": str(config.runner.get("kind", "?")),
+             "id": str(config.runner.get("id", "")), "core_version": info.core_version,
+             "app_version": info.app_version, "protocol": info.protocol, "network": info.network,
+             "address": info.address, "mapped_address": f"{network}:{address}",
+             "tls": info.server_cert is not None, "connection": conn.mode, "multiplex": info.multiplex}
+    try:
+        yield Reached(conn.channel, target if not target.lstrip().startswith("{") else "reattach JSON", facts)
+    finally:
+        conn.close()
+        shutil.rmtree(relay_dir, ignore_errors=True)
+        runner.detach()  # the plugin keeps running
+
+
+def describe_target(target: str) -> str:
+    return target if len(target) < 80 else json.dumps(target[:77] + "...")

@@ -1,0 +1,98 @@
+"""Splitting a plugin's output bytes into bounded lines (every runner's log stream).
+
+A plugin's stdout and stderr are untrusted: a plugin that writes hundreds of
+megabytes without a newline must not grow the host without bound, and
+re-joining a growing buffer on every chunk made such a stream quadratic. Like
+go-plugin's bufio.Scanner limit, a line is kept up to ``limit`` bytes; the rest
+of it, up to the next newline, is counted and dropped, and the line ends with
+a ``…[truncated N bytes]`` marker. Each byte is looked at once (linear time)
+and at most ``limit`` bytes of an unfinished line are ever held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+MAX_LINE = 64 * 1024  # go-plugin's bufio.MaxScanTokenSize
+
+
+def truncated_marker(dropped: int) -> str:
+    return f"…[truncated {dropped} bytes]"
+
+
+def cap_line(line: str, limit: int = MAX_LINE) -> str:
+    """``line`` cut to ``limit`` characters with the marker (for lines split elsewhere)."""
+    if len(line) <= limit:
+        return line
+    return line[:limit] + truncated_marker(len(line.encode("utf-8", "replace")) -
+                                           len(line[:limit].encode("utf-8", "replace")))
+
+
+class LineSplitter:
+    """Feed bytes in, get finished lines out; an unfinished line holds at most ``limit`` bytes.
+
+    ``peak_buffered`` is the most bytes ever held for an unfinished line: the
+    bound the tests check, never above ``limit``.
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        if limit < 1:
+            raise ValueError("a line limit must be at least one byte")
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._dropped = 0
+        self.peak_buffered = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the line not finished yet."""
+        return self._size
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines ``data`` finishes (without their newline; a trailing CR is dropped)."""
+        out: list[str] = []
+        start = 0
+        end = len(data)
+        while start < end:
+            nl = data.find(b"\n", start)
+            stop = end if nl < 0 else nl
+            self._keep(data, start, stop)
+            if nl < 0:
+                break
+            out.append(self._finish())
+            start = nl + 1
+        return out
+
+    def flush(self) -> list[str]:
+        """At the end of the stream: the last line if it had no newline."""
+        if self._size or self._dropped:
+            return [self._finish()]
+        return []
+
+    def _keep(self, data: bytes, start: int, stop: int) -> None:
+        room = self.limit - self._size
+        take = min(room, stop - start)
+        if take > 0:
+            self._parts.append(data[start:start + take])
+            self._size += take
+            self.peak_buffered = max(self.peak_buffered, self._size)
+        self._dropped += (stop - start) - max(take, 0)
+
+    def _finish(self) -> str:
+        raw = b"".join(self._parts)
+        dropped = self._dropped
+        self._parts, self._size, self._dropped = [], 0, 0
+        if raw.endswith(b"\r") and not dropped:
+            raw = raw[:-1]
+        line = raw.decode("utf-8", "replace")
+        return line + truncated_marker(dropped) if dropped else line
+
+
+def split_lines(chunks: Iterable[bytes], limit: int = MAX_LINE,
+                splitter: LineSplitter | None = None) -> Iterator[str]:
+    """Every line of a stream of byte chunks (the last one even without a newline)."""
+    splitter = splitter or LineSplitter(limit)
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.flush()

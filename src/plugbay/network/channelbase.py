@@ -1,0 +1,85 @@
+"""The grpc.Channel face of the endpoint pool, one endpoint's bookkeeping, and the pinned channel.
+
+Kept apart from plugbay.network.pool so that each file stays one concern: the
+pool decides; these are the shapes it hands out.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+from plugbay.network.ejection import EjectionState
+from plugbay.network.poolcalls import PoolCallable
+from plugbay.network.resolver import Endpoint
+
+
+class Member:
+    """One endpoint: its channel, health, outlier state and counters."""
+
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+        self.endpoint = endpoint
+        self.key = endpoint.key
+        self.channel = channel
+        self.health_stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        self.healthy: bool | None = None  # None: not checked yet
+        self.health_detail = ""
+        self.outlier = EjectionState()
+        self.picks = 0
+        self.failures = 0
+        self.inflight = 0
+        self.draining_since: float | None = None
+        self.checking = False
+        self.tls_failure: str | None = None  # what the last health check said about TLS
+
+    def pickable(self, now: float) -> bool:
+        ep = self.endpoint
+        return (self.draining_since is None and ep.ready and not ep.terminating
+                and self.healthy is not False and not self.outlier.ejected(now))
+
+
+class CallChannel(grpc.Channel):  # type: ignore[misc]
+    """A grpc.Channel whose four multicallable factories go through ``_make``."""
+
+    def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        raise NotImplementedError
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: bool = False) -> Any:
+        return self._make("unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool = False) -> Any:
+        return self._make("unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool = False) -> Any:
+        return self._make("stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: bool = False) -> Any:
+        return self._make("stream_stream", method, request_serializer, response_deserializer)
+
+
+
+
+class PinnedChannel(CallChannel):
+    """The pool, restricted to one endpoint (brokered stubs stay on the endpoint they came from)."""
+
+    def __init__(self, pool: Any, key: str) -> None:
+        self.pool, self.key = pool, key
+
+    def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        return PoolCallable(self.pool, kind, method, ser, de, pin=self.key)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self.pool.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self.pool.unsubscribe(callback)
+
+    def close(self) -> None:
+        """The pool owns the connection."""

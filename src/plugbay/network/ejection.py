@@ -1,0 +1,93 @@
+"""Envoy-like outlier ejection: endpoints that keep failing are taken out for a while.
+
+``consecutive_failures`` failed calls in a row (transport failures and
+deadlines, never application errors such as NOT_FOUND) eject an endpoint for
+``base_ejection_time`` x its number of ejections, capped at
+``max_ejection_time``. At most ``max_ejection_percent`` of the known endpoints
+are ejected at once (at least one may always be, unless the percentage is 0).
+When the time is up the endpoint returns; each ``base_ejection_time`` it stays
+in without being ejected again lowers its multiplier by one, as Envoy does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from plugbay.errors import ConfigError
+
+# Failures that say something about the endpoint rather than about the request.
+ENDPOINT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                               grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    """When to eject an endpoint and for how long. See the module docstring."""
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 50
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1 or self.base_ejection_time <= 0 \
+                or self.max_ejection_time < self.base_ejection_time \
+                or not 0 <= self.max_ejection_percent <= 100:
+            raise ConfigError(f"invalid OutlierPolicy {self}: consecutive_failures >= 1,"
+                              " 0 < base_ejection_time <= max_ejection_time and 0 <= max_ejection_percent"
+                              " <= 100 are required")
+
+    def ejection_time(self, ejections: int) -> float:
+        return min(self.base_ejection_time * max(ejections, 1), self.max_ejection_time)
+
+    def may_eject(self, ejected: int, known: int) -> bool:
+        if self.max_ejection_percent == 0 or known == 0:
+            return False
+        allowed = max(1, known * self.max_ejection_percent // 100)
+        return ejected < allowed
+
+
+class EjectionState:
+    """One endpoint's outlier bookkeeping (the pool holds its lock while using it)."""
+
+    def __init__(self) -> None:
+        self.consecutive = 0
+        self.multiplier = 0
+        self.total = 0
+        self.until: float | None = None
+        self.last_change = 0.0
+
+    def ejected(self, now: float) -> bool:
+        return self.until is not None and now < self.until
+
+    def success(self) -> None:
+        self.consecutive = 0
+
+    def failure(self) -> int:
+        self.consecutive += 1
+        return self.consecutive
+
+    def eject(self, policy: OutlierPolicy, now: float) -> float:
+        self.multiplier += 1
+        self.total += 1
+        self.consecutive = 0
+        duration = policy.ejection_time(self.multiplier)
+        self.until = now + duration
+        self.last_change = now
+        return duration
+
+    def tick(self, policy: OutlierPolicy, now: float) -> bool:
+        """Return True when an ejection just ended; decay the multiplier while healthy."""
+        if self.until is not None:
+            if now < self.until:
+                return False
+            self.until = None
+            self.last_change = now
+            return True
+        if self.multiplier > 0 and now - self.last_change >= policy.base_ejection_time:
+            self.multiplier -= 1
+            self.last_change = now
+        return False

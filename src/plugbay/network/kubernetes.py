@@ -1,0 +1,318 @@
+"""``kubernetes:///NAMESPACE/SERVICE:PORT``: the endpoints of a Service, from its EndpointSlices.
+
+The resolver lists the EndpointSlices labelled ``kubernetes.io/service-name=SERVICE``
+in NAMESPACE and then watches them from the list's resourceVersion, so a pod
+that becomes ready joins, one that is being deleted drains (``terminating``)
+and one that is gone leaves, each as the API server reports it. A watch that
+ends is resumed from the last version seen; one the server no longer has
+(410 Gone / Expired) starts over with a fresh list; a lost API server is
+retried with a bounded backoff while the last known endpoints stay in place.
+
+PORT is a port name (the Service port's name, which the slices carry) or the
+number the slices list (the pod's target port). Endpoint addresses are pod IPs:
+the host must run where pod IPs route, i.e. in the cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import (
+    ClientStateError,
+    ConfigError,
+    EngineUnavailableError,
+    PermissionDeniedError,
+    RunnerError,
+)
+from plugbay.network.resolver import Endpoint, OnChange
+from plugbay.runners.kubernetes.api import api_message, load_api_client
+from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
+
+_log = logging.getLogger("plugbay.network.kubernetes")
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
+MAX_BACKOFF = 10.0
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is no longer kept by the API server: list again."""
+
+
+def _parse_port(port: int | str) -> int | str:
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise ConfigError(f"port must be a port number or name, not {port!r}")
+    if isinstance(port, int):
+        if not 0 < port < 65536:
+            raise ConfigError(f"port must be a TCP port (1-65535) or a port name, not {port}")
+        return port
+    if not _PORT_NAME.match(port) or "--" in port or not re.search("[a-z]", port):
+        raise ConfigError(f"port {port!r} is not a Kubernetes port name (at most 15 lowercase letters,"
+                          " digits and single '-', with a letter); use the Service port's name or a number")
+    return port
+
+
+def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | None:
+    for p in ports:
+        if (p.get("protocol") or "TCP") != "TCP" or not isinstance(p.get("port"), int):
+            continue
+        if (p.get("name") or "") == want if isinstance(want, str) else p["port"] == want:
+            return int(p["port"]) if 0 < p["port"] < 65536 else None
+    return None
+
+
+def _address(kind: str, host: str, port: int) -> str | None:
+    """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted)."""
+    if kind in ("IPv4", "IPv6"):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if ip.version != (4 if kind == "IPv4" else 6):
+            return None
+        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    if kind == "FQDN" and _HOSTNAME.match(host):
+        return f"{host}:{port}"
+    return None
+
+
+def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str) -> list[Endpoint]:
+    """The endpoints of ``port`` in EndpointSlice objects (API JSON), one per address, sorted.
+
+    Kubernetes' conditions map as: ready (absent means ready) -> ``ready``;
+    terminating -> ``terminating`` and never ready. An address listed twice (two
+    slices during a change) counts once, ready if either says so.
+    """
+    found: dict[str, Endpoint] = {}
+    for slc in slices:
+        number = _slice_port(slc.get("ports") or [], port)
+        if number is None:
+            continue
+        for ep in slc.get("endpoints") or []:
+            addresses = ep.get("addresses") or []
+            address = _address(str(slc.get("addressType")), str(addresses[0]), number) if addresses else None
+            if address is None:
+                continue
+            cond = ep.get("conditions") or {}
+            terminating = cond.get("terminating") is True
+            ready = cond.get("ready") is not False and not terminating
+            ref = ep.get("targetRef") or {}
+            endpoint = Endpoint("tcp", address, ready=ready, terminating=terminating,
+                                name=str(ref.get("name") or ep.get("hostname") or ""))
+            seen = found.get(endpoint.key)
+            if seen is None or (endpoint.ready and not seen.ready):
+                found[endpoint.key] = endpoint
+    return sorted(found.values(), key=lambda e: e.key)
+
+
+class EndpointSliceResolver:
+    """Endpoints of Service ``service``'s ``port`` in ``namespace``, kept current by a watch.
+
+    ``api_client`` (a kubernetes ApiClient) or ``kubeconfig``/``context`` choose the
+    cluster; by default the pod's service account in-cluster, else KUBECONFIG.
+    """
+
+    def __init__(self, namespace: str, service: str, port: int | str, *, api_client: Any = None,
+                 kubeconfig: str | None = None, context: str | None = None,
+                 watch_timeout: int = 240) -> None:
+        for what, value in (("namespace", namespace), ("service", service)):
+            if not isinstance(value, str) or not _DNS_LABEL.match(value):
+                raise ConfigError(f"{what} {value!r} is not a Kubernetes name (a DNS label: at most 63"
+                                  " lowercase letters, digits and '-')")
+        self.namespace, self.service, self.port = namespace, service, _parse_port(port)
+        self.watch_timeout = watch_timeout
+        self._api_client, self._owns_client = api_client, api_client is None
+        self._kubeconfig, self._context = kubeconfig, context
+        self._api: Any = None
+        self._on_change: OnChange | None = None
+        self._slices: dict[str, dict[str, Any]] = {}
+        self._rv: str | None = None
+        self._reported: list[Endpoint] | None = None
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.last_error: BaseException | None = None  # the watch loop's latest failure (it retries)
+        self.lists = 0  # full lists so far (1 + one per expired watch)
+
+    @property
+    def target(self) -> str:
+        return f"kubernetes:///{self.namespace}/{self.service}:{self.port}"
+
+    # --- Resolver protocol ---------------------------------------------------------
+
+    def start(self, on_change: OnChange) -> None:
+        with self._lock:
+            if self._on_change is not None or self._stop.is_set():
+                raise ClientStateError(f"the resolver for {self.target} was already started or closed;"
+                                       " make a new one")
+            self._on_change = on_change
+        try:
+            if self._api_client is None:
+                self._api_client, _ = load_api_client(self._kubeconfig, self._context)
+            from kubernetes import client
+
+            self._api = client.DiscoveryV1Api(self._api_client)
+            self._relist()
+        except BaseException:
+            self._close_client()
+            self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed
+            raise
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"plugbay-endpointslices-{self.namespace}-{self.service}")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        while thread is not None and thread.is_alive():
+            watch = self._watch
+            if watch is not None:
+                watch.stop()  # shuts the socket of a read in progress down
+            thread.join(timeout=0.2)
+        self._close_client()
+
+    def __enter__(self) -> EndpointSliceResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- API calls -----------------------------------------------------------------
+
+    def _error(self, verb: str, exc: BaseException) -> RunnerError:
+        from kubernetes.client.exceptions import ApiException
+
+        if isinstance(exc, ApiException):
+            if exc.status == 403:
+                return PermissionDeniedError(
+                    f"the Kubernetes API refused to {verb} endpointslices in namespace {self.namespace!r}"
+                    f" (403 Forbidden), so {self.target} cannot be discovered. The host's service account or"
+                    " user needs a Role in that namespace granting in API group \"discovery.k8s.io\":"
+                    f" {discovery_rbac_summary()} (charts/plugbay adds it with network.enabled or"
+                    f" rbac.discovery). Server said: {api_message(exc)}")
+            if exc.status == 401:
+                return PermissionDeniedError(
+                    f"the Kubernetes API rejected the host's credentials (401) on {verb} endpointslices;"
+                    " refresh the kubeconfig's token or certificate")
+            if exc.status == 404:
+                return RunnerError(
+                    f"the Kubernetes API does not serve discovery.k8s.io/v1 endpointslices ({api_message(exc)});"
+                    f" {self.target} needs Kubernetes 1.21 or later")
+            return RunnerError(f"Kubernetes API {verb} endpointslices in {self.namespace!r} failed:"
+                               f" {exc.status} {api_message(exc)}")
+        host = getattr(getattr(self._api_client, "configuration", None), "host", "?")
+        return EngineUnavailableError(
+            f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
+            " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
+
+    def _relist(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            found = self._api.list_namespaced_endpoint_slice(
+                self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}", _request_timeout=(10, 30))
+        except (ApiException, HTTPError, OSError) as exc:
+            raise self._error("list", exc) from exc
+        data = self._api_client.sanitize_for_serialization(found)
+        self.lists += 1
+        self._slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
+        self._rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
+        self._report()
+
+    def _report(self) -> None:
+        endpoints = endpoints_from_slices(self._slices.values(), self.port)
+        if endpoints == self._reported or self._on_change is None:
+            return
+        self._reported = endpoints
+        try:
+            self._on_change(list(endpoints))
+        except Exception:  # the pool's trouble must not end discovery
+            _log.exception("%s: the endpoint callback failed", self.target)
+
+    # --- the watch thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if self._rv is None:
+                    self._relist()
+                self._watch_once()
+                failures = 0
+                continue
+            except _Gone:
+                self._rv = None
+                continue
+            except ApiException as exc:
+                if exc.status == 410:
+                    self._rv = None
+                    continue
+                self.last_error = self._error("watch", exc)
+            except RunnerError as exc:
+                self.last_error = exc
+            except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
+                if self._stop.is_set():
+                    break
+                self.last_error = self._error("watch", exc)
+            except Exception as exc:  # e.g. an object the client cannot read: log it, list again
+                if self._stop.is_set():
+                    break
+                self.last_error = RunnerError(f"watching endpointslices for {self.target} failed: {exc!r};"
+                                              " listing them again")
+                self._rv = None
+            failures += 1
+            delay = min(0.2 * 2 ** min(failures - 1, 8), MAX_BACKOFF)
+            _log.warning("%s: %s (retrying in %.1fs)", self.target, self.last_error, delay)
+            self._stop.wait(delay)
+
+    def _watch_once(self) -> None:
+        from kubernetes import watch as watch_mod
+
+        module: Any = watch_mod
+        watch: Any = module.Watch()
+        self._watch = watch
+        if self._stop.is_set():
+            return
+        stream = watch.stream(self._api.list_namespaced_endpoint_slice, self.namespace,
+                              label_selector=f"{SERVICE_NAME_LABEL}={self.service}",
+                              resource_version=self._rv, allow_watch_bookmarks=True,
+                              timeout_seconds=self.watch_timeout,
+                              _request_timeout=(10, self.watch_timeout + 30))
+        for event in stream:
+            if self._stop.is_set():
+                break
+            kind, obj = event.get("type"), event.get("raw_object") or {}
+            meta = obj.get("metadata") or {}
+            if kind == "ERROR":  # a Status the client did not raise
+                if obj.get("code") == 410:
+                    raise _Gone()
+                raise RunnerError(f"the endpointslices watch failed: {obj.get('message') or obj}")
+            if meta.get("resourceVersion"):
+                self._rv = str(meta["resourceVersion"])
+            if kind == "BOOKMARK" or not meta.get("name"):
+                continue
+            if kind == "DELETED":
+                self._slices.pop(str(meta["name"]), None)
+            elif kind in ("ADDED", "MODIFIED"):
+                self._slices[str(meta["name"])] = obj
+            self._report()
+
+    def _close_client(self) -> None:
+        if self._owns_client and self._api_client is not None:
+            self._api_client.close()
+            self._api_client = None
+            self._api = None

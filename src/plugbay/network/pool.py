@@ -1,0 +1,369 @@
+"""EndpointPool: one gRPC channel per endpoint of a remote plugin, presented as one grpc.Channel.
+
+A resolver reports the endpoints; the pool keeps one channel per endpoint
+(mTLS with provided files, or plaintext with ``insecure``), checks each
+endpoint's health (grpc.health.v1 Check on service "plugin" every
+``health_interval``), ejects outliers (plugbay.network.ejection) and picks an
+endpoint per call (``round_robin`` or ``pick_first``). A call that fails
+before it was sent (connection refused, no connection: UNAVAILABLE before any
+response) is sent to another endpoint within the same deadline. When no
+endpoint can take a call, the call waits (within its deadline) for discovery
+or health to bring one back, then fails with NoEndpointsError. Endpoints that
+leave discovery or turn terminating stop getting calls; their channel closes
+when the calls in flight end (at most ``drain_timeout`` later).
+
+The pool is a ``grpc.Channel``, so a Client's ManagedChannel (default
+deadline, error translation, retry/circuit hooks) sits on top unchanged.
+``pinned(key)`` is a channel bound to one endpoint (brokered stubs stay where
+they were dispensed). ``metrics()`` is a snapshot; changes are logged on the
+"plugbay.network" logger.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from plugbay._proto.grpc.health.v1 import health_pb2
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
+from plugbay.errors import ConfigError
+from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
+from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
+from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
+from plugbay.network.resolver import Endpoint, Resolver
+from plugbay.network.tls import NetworkTLS, tls_failure
+
+_log = logging.getLogger("plugbay.network")
+POLICIES = ("round_robin", "pick_first")
+_HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
+
+
+class EndpointPool(CallChannel):
+    """See the module docstring."""
+
+    def __init__(self, resolver: Resolver, *, tls: NetworkTLS | None = None, insecure: bool = False,
+                 policy: str = "round_robin", outlier: OutlierPolicy | None = None,
+                 health_interval: float = 1.0, health_timeout: float = 1.0, unhealthy_after: int = 2,
+                 no_deadline_wait: float = 10.0, drain_timeout: float = 5.0,
+                 options: Sequence[tuple[str, Any]] = (), name: str = "plugin") -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
+        if tls is None and not insecure:
+            raise ConfigError("a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
+                              " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
+        if tls is not None and insecure:
+            raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
+        if health_interval <= 0 or health_timeout <= 0 or unhealthy_after < 1:
+            raise ConfigError("health_interval and health_timeout must be > 0 and unhealthy_after >= 1")
+        self.name = name
+        self.policy = policy
+        self.outlier = outlier or OutlierPolicy()
+        self.tls = tls
+        self.health_interval, self.health_timeout = health_interval, health_timeout
+        self.unhealthy_after = unhealthy_after
+        self.no_deadline_wait = no_deadline_wait
+        self.drain_timeout = drain_timeout
+        self._credentials = tls.credentials() if tls is not None else None
+        self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
+        self._resolver = resolver
+        self._cond = threading.Condition()
+        self._members: dict[str, Member] = {}
+        self._order: list[str] = []
+        self._draining: list[Member] = []
+        self._rr = itertools.count()
+        self._health_fails: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._last_summary: tuple[int, int, int] | None = None
+        self.ejections_total = 0
+        self.resends = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> EndpointPool:
+        """Ask the resolver for the first set (raises its typed error) and start checking health."""
+        self._resolver.start(self._on_change)
+        self._thread = threading.Thread(target=self._run, name=f"plugbay-pool-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop discovery and health checks and close every endpoint's channel. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._stop.set()
+        self._resolver.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10.0)
+        with self._cond:
+            members = list(self._members.values()) + self._draining
+            self._members.clear()
+            self._order.clear()
+            self._draining.clear()
+        for member in members:
+            member.channel.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- discovery --------------------------------------------------------------------
+
+    def _dial(self, endpoint: Endpoint) -> grpc.Channel:
+        target = grpc_target(endpoint.network, endpoint.address)
+        if self._credentials is not None:
+            return grpc.secure_channel(target, self._credentials, options=self._options)
+        return grpc.insecure_channel(target, options=self._options)
+
+    def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if self._closed:
+                return
+            wanted = {ep.key: ep for ep in endpoints}
+            for key in list(self._members):
+                if key not in wanted:
+                    self._drain(self._members.pop(key), now, "left discovery")
+            for key, ep in wanted.items():
+                member = self._members.get(key)
+                if member is None:
+                    self._members[key] = Member(ep, self._dial(ep))
+                    _log.info("pool %s: endpoint %s joined", self.name, key)
+                elif member.endpoint != ep:
+                    if ep.terminating and not member.endpoint.terminating:
+                        _log.info("pool %s: endpoint %s is terminating; draining it", self.name, key)
+                    member.endpoint = ep
+            self._order = list(wanted)
+            self._cond.notify_all()
+        self._log_if_changed()
+
+    def _drain(self, member: Member, now: float, why: str) -> None:
+        _log.info("pool %s: endpoint %s %s; closing it once its %d call(s) end", self.name, member.key, why,
+                  member.inflight)
+        member.draining_since = now
+        self._draining.append(member)
+
+    # --- picking (used by poolcalls) ------------------------------------------------------
+
+    def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member:
+        """An endpoint for one call; waits until ``deadline`` for one, else NoEndpointsError."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
+                now = time.monotonic()
+                member = self._choose(now, exclude, pin)
+                if member is not None:
+                    member.picks += 1
+                    member.inflight += 1
+                    return member
+                tls_broken = self._tls_broken(pin)
+                if tls_broken is not None:
+                    raise tls_broken
+                if now >= deadline:
+                    raise no_endpoints(self, self._why_none(exclude, pin))
+                self._cond.wait(min(deadline - now, 0.1))
+
+    def _choose(self, now: float, exclude: set[str], pin: str | None) -> Member | None:
+        if pin is not None:
+            member = self._members.get(pin)
+            return member if member is not None and member.pickable(now) else None
+        ready = [self._members[k] for k in self._order if k in self._members and k not in exclude
+                 and self._members[k].pickable(now)]
+        if not ready:
+            return None
+        if self.policy == "pick_first":
+            return ready[0]
+        return ready[next(self._rr) % len(ready)]
+
+    def _tls_broken(self, pin: str | None) -> BaseException | None:
+        """When every endpoint failed its health check on TLS, a RemoteTLSError now (waiting cannot help)."""
+        members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
+        if not members or any(m.tls_failure is None for m in members):
+            return None
+        member = members[0]
+        return tls_error(self, member, member.tls_failure or "", member.health_detail)
+
+    def _why_none(self, exclude: set[str], pin: str | None) -> str:
+        if pin is not None:
+            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy or ejected"
+        if not self._members:
+            return "discovery reports no endpoints"
+        now = time.monotonic()
+        parts = []
+        for key, m in self._members.items():
+            state = ("tried" if key in exclude else "ejected" if m.outlier.ejected(now)
+                     else "unhealthy" if m.healthy is False else "not ready" if not m.endpoint.ready
+                     else "terminating" if m.endpoint.terminating else "available")
+            parts.append(f"{key} {state}" + (f" ({m.health_detail})" if m.health_detail and state != "available"
+                                             else ""))
+        return "; ".join(parts)
+
+    def done(self, member: Member, error: BaseException | None) -> None:
+        """Record a call's outcome: failures count toward ejection; successes reset the count."""
+        code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+        refresh = False
+        with self._cond:
+            member.inflight -= 1
+            now = time.monotonic()
+            if error is None or code not in ENDPOINT_FAILURES:
+                member.outlier.success()
+            else:
+                member.failures += 1
+                refresh = True
+                failures = member.outlier.failure()
+                if failures >= self.outlier.consecutive_failures and not member.outlier.ejected(now):
+                    ejected = sum(1 for m in self._members.values() if m.outlier.ejected(now))
+                    if self.outlier.may_eject(ejected, len(self._members)):
+                        duration = member.outlier.eject(self.outlier, now)
+                        self.ejections_total += 1
+                        _log.warning("pool %s: ejected endpoint %s for %.1fs after %d consecutive failures"
+                                     " (last: %s)", self.name, member.key, duration, failures,
+                                     code.name if code else error)
+            self._cond.notify_all()
+        if refresh:
+            again = getattr(self._resolver, "refresh", None)
+            if callable(again):
+                again()
+        self._log_if_changed()
+
+    # --- health and housekeeping ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._cond:
+                members = list(self._members.values())
+                for member in members:
+                    if member.outlier.tick(self.outlier, now):
+                        _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
+                        self._cond.notify_all()
+                for member in list(self._draining):
+                    if member.inflight <= 0 or now - (member.draining_since or now) >= self.drain_timeout:
+                        self._draining.remove(member)
+                        member.channel.close()
+            for member in members:
+                self._check(member)
+            self._log_if_changed()
+            self._stop.wait(self.health_interval)
+
+    def _check(self, member: Member) -> None:
+        if member.checking or member.draining_since is not None:
+            return
+        member.checking = True
+        try:
+            future = member.health_stub.Check.future(_HEALTH_REQ, timeout=self.health_timeout)
+        except ValueError:  # the channel was closed meanwhile
+            member.checking = False
+            return
+        future.add_done_callback(lambda f: self._checked(member, f))
+
+    def _checked(self, member: Member, future: Any) -> None:
+        member.checking = False
+        try:
+            status = future.result().status
+            ok, detail = status == health_pb2.HealthCheckResponse.SERVING, \
+                health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as exc:
+            ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
+            detail = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # cancelled on close
+            ok, detail = False, type(exc).__name__
+        with self._cond:
+            fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
+            self._health_fails[member.key] = fails
+            before = member.healthy
+            member.tls_failure = None if ok else tls_failure(detail, tls=self.tls is not None)
+            if ok:
+                member.healthy, member.health_detail = True, ""
+            elif fails >= self.unhealthy_after or before is None:
+                member.healthy, member.health_detail = False, detail
+            if before != member.healthy:
+                _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
+                          "SERVING" if member.healthy else "bad", detail)
+                self._cond.notify_all()
+        self._log_if_changed()
+
+    # --- metrics --------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot: counts, and per endpoint its health, ejection and picks."""
+        now = time.monotonic()
+        with self._cond:
+            endpoints = {
+                key: {"healthy": m.healthy, "ejected": m.outlier.ejected(now), "picks": m.picks,
+                      "failures": m.failures, "ejections": m.outlier.total, "inflight": m.inflight,
+                      "ready": m.endpoint.ready, "terminating": m.endpoint.terminating,
+                      "health_detail": m.health_detail}
+                for key, m in self._members.items()}
+            return {"known": len(endpoints),
+                    "healthy": sum(1 for e in endpoints.values() if e["healthy"]),
+                    "ejected": sum(1 for e in endpoints.values() if e["ejected"]),
+                    "available": sum(1 for m in self._members.values() if m.pickable(now)),
+                    "draining": len(self._draining), "ejections": self.ejections_total,
+                    "resends": self.resends, "endpoints": endpoints}
+
+    def endpoint_keys(self) -> list[str]:
+        with self._cond:
+            return list(self._members)
+
+    def _log_if_changed(self) -> None:
+        now = time.monotonic()
+        with self._cond:  # cheap: this runs after every call
+            members = self._members.values()
+            summary = (len(self._members), sum(1 for m in members if m.healthy),
+                       sum(1 for m in members if m.outlier.ejected(now)))
+            if summary == self._last_summary:
+                return
+            self._last_summary = summary
+            subscribers = list(self._subscribers)
+            available = any(m.pickable(now) for m in members)
+        _log.info("pool %s: %d endpoint(s) known, %d healthy, %d ejected", self.name, *summary)
+        state = grpc.ChannelConnectivity.READY if available else grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        for callback in subscribers:
+            try:
+                callback(state)
+            except Exception:
+                _log.exception("a pool connectivity subscriber failed")
+
+    # --- grpc.Channel ----------------------------------------------------------------------
+
+    def pinned(self, key: str) -> grpc.Channel:
+        """A channel whose calls always go to endpoint ``key`` (for brokered stubs)."""
+        return PinnedChannel(self, key)
+
+    def any_key(self) -> str | None:
+        with self._cond:
+            now = time.monotonic()
+            return next((k for k in self._order if k in self._members and self._members[k].pickable(now)),
+                        None)
+
+    def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        return PoolCallable(self, kind, method, ser, de)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        with self._cond:
+            self._subscribers.append(callback)
+            self._last_summary = None  # the next change report reaches the new subscriber
+
+    def unsubscribe(self, callback: Any) -> None:
+        with self._cond:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def __enter__(self) -> EndpointPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,217 @@
+"""The pool's multicallables: pick an endpoint per call, resend calls that never left, type the failures.
+
+A unary call that fails before it was sent (UNAVAILABLE saying the connection
+could not be made, or the endpoint's channel closed under it) goes to another
+endpoint within the same deadline; once every endpoint was tried the call
+waits briefly and tries again, until its deadline. A call that may have
+reached the plugin is never resent here (a RetryPolicy decides that). TLS
+failures become RemoteTLSError; no endpoint at all becomes NoEndpointsError.
+Both are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import grpc
+
+from plugbay.errors import NoEndpointsError, RemoteTLSError
+from plugbay.network.tls import NetworkTLS, tls_failure
+
+
+class Member(Protocol):
+    """What a call needs of one endpoint (plugbay.network.pool.Member)."""
+
+    key: str
+    channel: grpc.Channel
+
+
+class EndpointPool(Protocol):
+    """What a call needs of the pool (plugbay.network.pool.EndpointPool; a Protocol, so no import circle)."""
+
+    name: str
+    tls: NetworkTLS | None
+    no_deadline_wait: float
+    resends: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
+
+    def done(self, member: Any, error: BaseException | None) -> None: ...
+
+    def endpoint_keys(self) -> list[str]: ...
+
+_NOT_SENT = ("failed to connect", "connection refused", "connections to all backends failing",
+             "no route to host", "network is unreachable", "dns resolution failed",
+             "failed to create secure", "handshake")
+
+
+class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
+    def __init__(self, message: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self._code = code
+        self._details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class NoEndpoints(_TypedRpcError, NoEndpointsError):
+    """No endpoint took the call before its deadline."""
+
+
+class RemoteTLSFailure(_TypedRpcError, RemoteTLSError):
+    """The TLS handshake with the remote plugin failed."""
+
+
+def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: str = "") -> NoEndpoints:
+    if closed:
+        return NoEndpoints(f"remote plugin {pool.name!r}: {why}; make a new client to call it again",
+                           grpc.StatusCode.UNAVAILABLE, why)
+    extra = f"; last failure: {last}" if last else ""
+    return NoEndpoints(
+        f"no endpoint of remote plugin {pool.name!r} could take the call before its deadline ({why}{extra})."
+        " Check that replicas are running and reachable and that discovery (the target) lists them;"
+        " pool.metrics() shows each endpoint's state", grpc.StatusCode.UNAVAILABLE, why + extra)
+
+
+def tls_error(pool: EndpointPool, member: Member, meaning: str, details: str) -> RemoteTLSFailure:
+    return RemoteTLSFailure(
+        f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details})."
+        " Check NetworkTLS(cert_file, key_file, ca_file, server_name) against the plugin's TLS setup",
+        grpc.StatusCode.UNAVAILABLE, details)
+
+
+def _not_sent(exc: grpc.RpcError) -> bool:
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = str(exc.details() or "").lower()
+    return any(sign in details for sign in _NOT_SENT)
+
+
+class PoolCallable:
+    """One method of the pool (or of one pinned endpoint)."""
+
+    def __init__(self, pool: EndpointPool, kind: str, method: str, ser: Any, de: Any,
+                 pin: str | None = None) -> None:
+        self._pool = pool
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._de = de
+        self._pin = pin
+
+    def _on(self, member: Member) -> Any:
+        factory = getattr(member.channel, self._kind)
+        return factory(self._method, request_serializer=self._ser, response_deserializer=self._de,
+                       _registered_method=True)
+
+    def _deadline(self, timeout: float | None) -> tuple[float, float | None]:
+        now = time.monotonic()
+        if timeout is None:
+            return now + self._pool.no_deadline_wait, None
+        return now + max(timeout, 0.0), now + max(timeout, 0.0)
+
+    def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        if self._kind in ("unary_stream", "stream_stream"):
+            return self._stream(request, timeout, kwargs)
+        return self._unary(False, request, timeout, kwargs)
+
+    def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._unary(True, request, timeout, kwargs)
+
+    def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        pick_until, _ = self._deadline(timeout)
+        member = self._pool.pick(pick_until, set(), self._pin)
+        try:
+            fut = self._on(member).future(request, timeout=timeout, **kwargs)
+        except BaseException as exc:
+            self._pool.done(member, exc)
+            raise
+        fut.add_done_callback(lambda f: self._pool.done(member, f.exception()))
+        return fut
+
+    def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
+        pick_until, _ = self._deadline(timeout)
+        member = self._pool.pick(pick_until, set(), self._pin)
+        try:
+            call = self._on(member)(request, timeout=timeout, **kwargs)
+        except BaseException as exc:
+            self._pool.done(member, exc)
+            raise
+        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c)))
+        return call
+
+    def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
+        pool = self._pool
+        pick_until, deadline = self._deadline(timeout)
+        tried: set[str] = set()
+        last = ""
+        pause = 0.05
+        while True:
+            try:
+                member = pool.pick(pick_until, tried, self._pin)
+            except NoEndpointsError as exc:
+                if not tried or pool.closed:
+                    raise
+                raise no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc),
+                                   last=last) from None
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                target = self._on(member)
+                result = (target.with_call if with_call else target)(request, timeout=remaining, **kwargs)
+            except grpc.RpcError as exc:
+                pool.done(member, exc)
+                details = str(exc.details() or "")
+                meaning = tls_failure(details, tls=pool.tls is not None) \
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if not (_not_sent(exc) or meaning) or self._kind != "unary_unary":
+                    raise
+                tried.add(member.key)
+                last = f"{member.key}: {details}"
+                if meaning is not None and self._all_tried(tried):
+                    raise tls_error(pool, member, meaning, details) from exc
+                pool.resends += 1
+                if self._all_tried(tried):
+                    tried.clear()  # every endpoint refused: wait a moment, then go round again
+                    if time.monotonic() + pause >= pick_until:
+                        raise no_endpoints(pool, "every endpoint refused the connection", last=last) from exc
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+                continue
+            except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
+                pool.done(member, None)
+                if "closed channel" not in str(exc):
+                    raise
+                tried.add(member.key)
+                continue
+            except BaseException as exc:
+                pool.done(member, exc)
+                raise
+            pool.done(member, None)
+            return result
+
+    def _all_tried(self, tried: set[str]) -> bool:
+        if self._pin is not None:
+            return True
+        return all(key in tried for key in self._pool.endpoint_keys())
+
+
+def _call_error(call: Any) -> BaseException | None:
+    try:
+        code = call.code()
+    except Exception:
+        return None
+    if code is None or code == grpc.StatusCode.OK:
+        return None
+    return _TypedRpcError(str(call.details()), code, str(call.details()))

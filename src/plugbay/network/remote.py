@@ -1,0 +1,233 @@
+"""RemoteClient: the plugbay Client of a plugin served on the network, found by a target.
+
+    cfg = RemoteConfig(target="dns:///kv.plugins.internal:7001", handshake=HANDSHAKE,
+                       plugins={"kv_grpc": KVPlugin()},
+                       tls=NetworkTLS("host.crt", "host.key", "ca.crt", server_name="kv"))
+    with RemoteClient(cfg) as client:
+        kv = client.dispense("kv_grpc")
+
+The stdout handshake is replaced by the plugin's Discovery service
+(plugbay.network.v1.Discovery/Describe): it names the core protocol, "grpc",
+the app protocol versions offered (each with its plugins) and whether brokered
+connections are multiplexed. The host negotiates the highest common version
+(VersionMismatchError with both lists when there is none). A plugin that does
+not serve Discovery (an unmodified go-plugin plugin on the network) is taken
+to offer the handshake's protocol_version, with a warning.
+
+Calls go through an EndpointPool (plugbay.network.pool) under the Client's
+usual ManagedChannel. ``kill()`` and ``close()`` only disconnect: the remote
+plugin is shared and outlives this host. Brokered connections (callbacks) are
+not available over the network yet: using the broker raises BrokerError.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import grpc
+
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.client import Client
+from plugbay.core.host.config import ClientConfig
+from plugbay.core.protocol.handshake import (
+    CORE_PROTOCOL_VERSION,
+    PROTOCOL_GRPC,
+    HandshakeConfig,
+    HandshakeInfo,
+    negotiate_version,
+)
+from plugbay.errors import (
+    BrokerError,
+    ClientStateError,
+    HandshakeTimeoutError,
+    NoEndpointsError,
+    ProtocolMismatchError,
+    RemoteTLSError,
+    UnsupportedProtocolError,
+)
+from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.pool import EndpointPool
+from plugbay.network.remote_end import RemoteEnd
+from plugbay.network.targets import make_resolver, parse_target
+from plugbay.network.tls import NetworkTLS
+
+_log = logging.getLogger("plugbay.network")
+
+
+@dataclass
+class RemoteConfig:
+    """How to reach a plugin served on the network. See the module docstring."""
+
+    target: str
+    handshake: HandshakeConfig
+    plugins: PluginSet | None = None
+    versioned_plugins: VersionedPlugins | None = None
+    tls: NetworkTLS | None = None
+    insecure: bool = False  # plaintext: only on a network you trust
+    dns_server: str | None = None  # "IP[:PORT]"; default: /etc/resolv.conf
+    dns_refresh: float = 30.0
+    kubernetes: Mapping[str, Any] = field(default_factory=dict)  # kubernetes:///: kubeconfig=, context=
+    policy: str = "round_robin"  # or "pick_first"
+    outlier: OutlierPolicy | None = None
+    health_interval: float = 1.0
+    health_timeout: float = 1.0
+    start_timeout: float = 30.0  # for discovery and the first Describe answer
+    call_timeout: float | None = 30.0
+    grpc_options: Sequence[tuple[str, Any]] = ()
+    name: str | None = None
+    logger: logging.Logger | None = None
+
+    def client_config(self) -> ClientConfig:
+        """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
+        return ClientConfig(handshake=self.handshake, plugins=self.plugins,
+                            versioned_plugins=self.versioned_plugins, runner=RemoteEnd(self.target),
+                            start_timeout=self.start_timeout, call_timeout=self.call_timeout,
+                            name=self.name or "remote", grpc_options=self.grpc_options, logger=self.logger)
+
+    def make_client(self) -> RemoteClient:
+        """A new RemoteClient (what a Supervisor calls on each (re)connect)."""
+        return RemoteClient(self)
+
+
+class NetworkBroker(GRPCBroker):
+    """The broker of a RemoteClient: brokered connections are not available over the network yet."""
+
+    def _refuse(self) -> BrokerError:
+        return BrokerError(
+            "brokered connections (callbacks such as the counter example's AddHelper) are not available"
+            " with a remote plugin yet: network mode carries plain gRPC calls only. Use a launched plugin"
+            " (Client with cmd= or a runner) for plugins that need the broker")
+
+    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
+        raise self._refuse()
+
+    def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
+        raise self._refuse()
+
+
+class RemoteClient(Client):
+    """A Client whose plugin is a remote service: discovery instead of launch, disconnect instead of kill."""
+
+    def __init__(self, config: RemoteConfig) -> None:
+        self.remote = config
+        self.target = parse_target(config.target)  # a bad target fails here, before anything runs
+        super().__init__(config.client_config())
+        self._pool: EndpointPool | None = None
+        self.description: discovery_pb2.DescribeResponse | None = None
+
+    @property
+    def pool(self) -> EndpointPool:
+        pool: EndpointPool = self._need(self._pool, "pool")
+        return pool
+
+    def metrics(self) -> dict[str, Any]:
+        """The endpoint pool's metrics snapshot (endpoints known/healthy/ejected, picks, ejections)."""
+        return self.pool.metrics()
+
+    @property
+    def connection_mode(self) -> str:
+        return "plaintext" if self.remote.insecure else "network-tls"
+
+    def _start(self) -> None:
+        cfg = self.remote
+        deadline = time.monotonic() + cfg.start_timeout
+        resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
+                                 name=self.name, kubernetes=cfg.kubernetes)
+        self._pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
+                                  outlier=cfg.outlier, health_interval=cfg.health_interval,
+                                  health_timeout=cfg.health_timeout, options=cfg.grpc_options,
+                                  name=self.name)
+        self._pool.start()
+        answer = self._describe(self._pool, deadline)
+        self._accept(self._handshake_info(answer))
+        self._info = self._announced
+        self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
+        self._broker = NetworkBroker(BrokerTransport(), "host")
+
+    def _describe(self, pool: EndpointPool, deadline: float) -> discovery_pb2.DescribeResponse | None:
+        stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
+        last = "no answer yet"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HandshakeTimeoutError(
+                    f"remote plugin {self.name!r} at {self.target.text!r} did not answer Discovery within"
+                    f" {self.remote.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
+                    " is served in network mode, and its TLS setup; raise start_timeout if it is slow")
+            try:
+                answer: discovery_pb2.DescribeResponse = stub.Describe(
+                    discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
+                return answer
+            except RemoteTLSError:
+                raise
+            except NoEndpointsError as exc:
+                last = str(getattr(exc, "details", lambda: exc)())
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"
+                                 " app protocol version %d (the handshake's)", self.name,
+                                 self.remote.handshake.protocol_version)
+                    return None
+                last = f"{exc.code().name}: {exc.details()}"
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+
+    def _handshake_info(self, answer: discovery_pb2.DescribeResponse | None) -> HandshakeInfo:
+        address = self.pool.any_key() or self.target.text
+        network, _, addr = address.partition(":")
+        if answer is None:
+            version = self.remote.handshake.protocol_version
+            return HandshakeInfo(CORE_PROTOCOL_VERSION, version, network, addr, PROTOCOL_GRPC)
+        self.description = answer
+        if answer.core_protocol != CORE_PROTOCOL_VERSION:
+            raise ProtocolMismatchError(
+                f"remote plugin {self.name!r} speaks go-plugin core protocol {answer.core_protocol}, this"
+                f" host {CORE_PROTOCOL_VERSION}; use a host and a plugin of compatible go-plugin versions")
+        if answer.protocol != PROTOCOL_GRPC:
+            raise UnsupportedProtocolError(
+                f"remote plugin {self.name!r} offers protocol {answer.protocol!r}; network mode carries"
+                " only 'grpc' (serve the plugin with gRPC)")
+        offered = [v.version for v in answer.versions]
+        version = negotiate_version(self._versions, offered)
+        extra = {"server": answer.server}
+        return HandshakeInfo(answer.core_protocol, version, network, addr, PROTOCOL_GRPC,
+                             multiplex=answer.multiplex, extra=extra)
+
+    def close(self) -> None:
+        """Disconnect (the same as kill(): a remote plugin is never stopped by a host)."""
+        self.kill()
+
+    def _teardown(self, graceful: bool) -> None:
+        self._stop.set()
+        if self._channel is not None:
+            self._channel.detach()
+        if self._broker is not None:
+            self._broker.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def reattach_config(self) -> Any:
+        raise ClientStateError("a RemoteClient has nothing to reattach to: make a new RemoteClient with the"
+                               " same target instead")
+
+
+def connect(target: str, *, handshake: HandshakeConfig, **options: Any) -> RemoteClient:
+    """A started RemoteClient for ``target``; ``options`` are RemoteConfig's fields. Use it with ``with``.
+
+        with connect("static:///10.0.0.5:7001", handshake=HANDSHAKE, plugins=PLUGINS,
+                     tls=NetworkTLS("host.crt", "host.key", "ca.crt")) as client:
+            kv = client.dispense("kv_grpc")
+    """
+    client = RemoteClient(RemoteConfig(target=target, handshake=handshake, **options))
+    try:
+        client.start()
+    except BaseException:
+        client.kill()
+        raise
+    return client

@@ -1,0 +1,152 @@
+"""The DNS resolver of dns:/// and dns+srv:/// targets (see plugbay.network.targets for the syntax).
+
+DNS uses dnspython rather than grpcio's built-in resolver: grpcio resolves
+inside one channel and balances there, so plugbay would never see the
+individual endpoints it must health-check, eject and count; and dnspython
+takes a nameserver with a port (``dns_server="127.0.0.1:5353"``), reads
+resolv.conf by default, and does SRV. A :class:`DNSResolver` re-resolves every
+``refresh`` seconds and soon after :meth:`DNSResolver.refresh` (the pool calls
+it when calls fail); a lookup that errs keeps the last set, while an empty
+answer (NXDOMAIN, no records) empties it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+import dns.exception
+import dns.resolver
+
+from plugbay.errors import ConfigError, DiscoveryError
+from plugbay.network.resolver import Endpoint, OnChange
+
+_log = logging.getLogger("plugbay.network")
+_MIN_GAP = 0.2  # refresh() on failures: at most this often
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """ "IP", "IP:PORT" or "[IPV6]:PORT" -> (ip, port)."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"dns_server {text!r} is not IP or IP:PORT (an address, not a name),"
+                          " e.g. '127.0.0.1:5353' or '[::1]:53'") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"dns_server {text!r} has port {port!r}; a port is a number from 1 to 65535")
+    return host, int(port)
+
+
+class DNSResolver:
+    """A/AAAA (``name`` + ``port``) or SRV (``srv=True``) records, re-resolved periodically."""
+
+    def __init__(self, host: str, port: int = 0, *, srv: bool = False, dns_server: str | None = None,
+                 refresh: float = 30.0, timeout: float = 2.0, name: str = "plugin") -> None:
+        if refresh <= 0:
+            raise ConfigError(f"the DNS refresh interval must be > 0 seconds (got {refresh})")
+        self.host, self.port, self.srv, self.refresh_every = host, port, srv, refresh
+        self.dns_server = dns_server
+        if dns_server is None:
+            try:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration as exc:
+                raise ConfigError("no DNS server is configured in /etc/resolv.conf; pass"
+                                  f" dns_server='IP:PORT' ({exc})") from exc
+        else:
+            ip, dns_port = parse_dns_server(dns_server)
+            self._resolver = dns.resolver.Resolver(configure=False)
+            self._resolver.nameservers = [ip]
+            self._resolver.port = dns_port
+        self._resolver.lifetime = timeout
+        self._resolver.cache = None
+        self._name = name
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: list[Endpoint] | None = None
+        self.lookups = 0
+
+    def _server_text(self) -> str:
+        return self.dns_server or ",".join(str(s) for s in self._resolver.nameservers)
+
+    def resolve(self) -> list[Endpoint]:
+        """One lookup. DiscoveryError when the DNS server cannot be asked; [] when the name has no records."""
+        self.lookups += 1
+        out: list[Endpoint] = []
+        kinds = ("SRV",) if self.srv else ("A", "AAAA")
+        try:
+            for kind in kinds:
+                try:
+                    answer = self._resolver.resolve(self.host, kind, search=False)
+                except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                    continue
+                for rr in answer:
+                    if kind == "SRV":
+                        target = str(rr.target).rstrip(".")
+                        out.extend(self._srv_target(target, int(rr.port), int(rr.priority), int(rr.weight)))
+                    else:
+                        host = rr.to_text()
+                        addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                        out.append(Endpoint("tcp", addr, name=self.host))
+        except (dns.exception.Timeout, dns.resolver.NoNameservers, OSError) as exc:
+            raise DiscoveryError(
+                f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed: {exc}."
+                " Check that the DNS server is reachable, or pass dns_server='IP:PORT'") from exc
+        return sorted(set(out), key=lambda e: e.key)
+
+    def _srv_target(self, target: str, port: int, priority: int, weight: int) -> list[Endpoint]:
+        try:
+            ipaddress.ip_address(target)
+            return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
+                             name=target)]
+        except ValueError:
+            pass
+        found = []
+        for kind in ("A", "AAAA"):
+            try:
+                for rr in self._resolver.resolve(target, kind, search=False):
+                    host = rr.to_text()
+                    found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                          name=target))
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+        return found
+
+    def start(self, on_change: OnChange) -> None:
+        self._last = self.resolve()
+        on_change(list(self._last))
+        self._thread = threading.Thread(target=self._run, args=(on_change,), daemon=True,
+                                        name=f"plugbay-dns-{self._name}")
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Look again soon (calls failed: the set may have changed)."""
+        self._wake.set()
+
+    def _run(self, on_change: OnChange) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.refresh_every)
+            if self._stop.wait(_MIN_GAP):
+                return
+            self._wake.clear()
+            try:
+                found = self.resolve()
+            except DiscoveryError as exc:
+                _log.warning("%s; keeping the %d endpoint(s) known", exc, len(self._last or []))
+                continue
+            if found != self._last:
+                self._last = found
+                on_change(list(found))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10.0)

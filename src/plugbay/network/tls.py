@@ -1,0 +1,83 @@
+"""NetworkTLS: mTLS to remote plugins with certificate files the operator provides.
+
+Unlike go-plugin's AutoMTLS (a fresh certificate per launch, passed through the
+handshake), a shared remote plugin is reached with files an operator or
+cert-manager provides: the host's certificate and key, and the CA that signed
+the plugins' certificates. ``server_name`` is the name the plugin's
+certificate must carry (its SAN) when it differs from the dialed address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from plugbay.errors import ConfigError
+
+# What gRPC says when TLS fails, and what plugbay tells the user about it.
+_TLS_SIGNS = (
+    ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
+                                  " or it does not name server_name"),
+    ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
+    ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
+    ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
+    ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"
+                               " signed by the CA the plugin trusts"),
+    ("SSLV3_ALERT_BAD_CERTIFICATE", "the plugin refused the host's certificate (cert_file)"),
+    ("TLSV1_ALERT", "the plugin refused the TLS handshake (check cert_file and the plugin's CA)"),
+    ("Ssl handshake failed", "the TLS handshake failed"),
+    ("Handshake failed", "the TLS handshake failed"),
+    ("handshake", "the TLS handshake failed"),
+)
+
+
+@dataclass(frozen=True)
+class NetworkTLS:
+    """Provided mTLS files: the host's certificate chain and key, and the CA to trust plugins by."""
+
+    cert_file: str | None
+    key_file: str | None
+    ca_file: str
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("NetworkTLS needs cert_file and key_file together (or neither, for"
+                              " server-only TLS); got only one of them")
+
+    def _read(self, what: str, path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(f"NetworkTLS {what} {path!r} cannot be read: {exc}; pass a readable PEM file"
+                              ) from exc
+        if b"-----BEGIN" not in data:
+            raise ConfigError(f"NetworkTLS {what} {path!r} holds no PEM block; pass a PEM file")
+        return data
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """grpc channel credentials from the files (read now, so a bad file fails at connect)."""
+        return grpc.ssl_channel_credentials(root_certificates=self._read("ca_file", self.ca_file),
+                                            private_key=self._read("key_file", self.key_file),
+                                            certificate_chain=self._read("cert_file", self.cert_file))
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def tls_failure(details: str, *, tls: bool) -> str | None:
+    """What went wrong with TLS, judging by a failed call's details; None when it is not TLS."""
+    for sign, meaning in _TLS_SIGNS:
+        if sign.lower() in details.lower():
+            return meaning
+    if tls and "failed to connect" in details and ("Socket closed" in details or "Connection reset" in details):
+        return ("the plugin closed the connection during the TLS handshake: it refused the host's"
+                " certificate (cert_file signed by a CA it does not trust, or no certificate given)")
+    if not tls and ("Socket closed" in details or "Connection reset" in details or
+                    "Received http2 header with status" in details or "protocol error" in details.lower()):
+        return "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
+    return None

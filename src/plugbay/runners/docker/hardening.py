@@ -1,0 +1,79 @@
+"""The Docker runner's confinement defaults: writable tmpfs folders and the isolated network.
+
+A plugin container gets a read-only root filesystem with small tmpfs folders
+where it may write (``/tmp`` by default), a pids limit, and, with the ``tcp``
+transport, a plugbay-created bridge network on which containers cannot reach
+each other (``com.docker.network.bridge.enable_icc=false``): published ports
+still reach the plugin from the host's 127.0.0.1, but one plugin cannot dial
+another. The network is created on first use, labelled, and reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import ConfigError, RunnerError
+from plugbay.runners.docker.engine import engine_call
+from plugbay.runners.session import MANAGED
+
+ISOLATED_NETWORK = "plugbay-isolated"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+DEFAULT_PIDS_LIMIT = 256
+DEFAULT_TMPFS_SIZE = "64m"
+_create_lock = threading.Lock()
+
+
+def tmpfs_mounts(writable_dirs: Sequence[str], size: str, extra: Mapping[str, str],
+                 user: str | None = None) -> dict[str, str]:
+    """tmpfs folders writable by the container's ``user``, then the caller's own tmpfs entries.
+
+    mode=1777 lets any user write where the image has no such folder; over a
+    folder the image has, the engine keeps that folder's owner and mode, so a
+    numeric non-root ``user`` ("uid[:gid]") is also made the tmpfs's owner.
+    """
+    for folder in writable_dirs:
+        if not folder.startswith("/"):
+            raise ConfigError(f"writable_dirs entries must be absolute container paths, got {folder!r}")
+    owner = ""
+    uid, _, gid = (user or "").partition(":")
+    if uid.isdigit() and uid != "0" and (not gid or gid.isdigit()):
+        owner = f",uid={uid},gid={gid or uid}"
+    out = {folder: f"rw,nosuid,nodev,size={size},mode=1777{owner}" for folder in writable_dirs}
+    out.update(extra)
+    return out
+
+
+def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:
+    if cpus is None:
+        return nano_cpus
+    if nano_cpus is not None:
+        raise ConfigError("give cpus= or nano_cpus=, not both (cpus=0.5 is nano_cpus=500_000_000)")
+    if not cpus > 0:
+        raise ConfigError(f"cpus must be a positive number of CPUs (e.g. 0.5), got {cpus!r}")
+    return int(cpus * 1_000_000_000)
+
+
+def ensure_network(client: Any, name: str) -> str:
+    """The isolated bridge ``name``: reused when plugbay made it, created when missing."""
+    from docker.errors import APIError, NotFound
+
+    with _create_lock:
+        try:
+            net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
+        except NotFound:
+            try:
+                net = engine_call(lambda: client.networks.create(
+                    name, driver="bridge", check_duplicate=True, labels={MANAGED: "true"},
+                    options={ICC_OPTION: "false"}), "create the plugin network")
+            except APIError:  # another host created it in the meantime
+                net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
+    attrs = net.attrs or {}
+    if (attrs.get("Labels") or {}).get(MANAGED) != "true" or \
+            (attrs.get("Options") or {}).get(ICC_OPTION) != "false":
+        raise RunnerError(
+            f"Docker network {name!r} exists but was not created by plugbay with inter-container"
+            f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
+            f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
+    return name

@@ -1,0 +1,121 @@
+"""Shared parts of the network-mode host tests: KV replicas served on TCP, and a test PKI."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
+
+REPO = Path(__file__).resolve().parent.parent
+NET_KV = str(REPO / "tests" / "plugins" / "net_kv.py")
+SERVER_NAME = "kv.plugbay.test"
+
+__all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME"]
+
+
+class Replica:
+    """One net_kv process serving on ``listen`` (optionally through ``prefix``, e.g. ip netns exec)."""
+
+    def __init__(self, listen: str, *, prefix: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, timeout: float = 20.0) -> None:
+        full_env = {**os.environ, "NET_KV_LISTEN": listen, **(env or {})}
+        self.proc = subprocess.Popen([*prefix, sys.executable, NET_KV], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=full_env, cwd=cwd, text=True)
+        self.address = self._wait_listening(timeout)
+
+    def _wait_listening(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if sel.select(0.2):
+                    line = self.proc.stdout.readline()
+                    if line.startswith("LISTENING "):
+                        return line.split()[1]
+                    if not line:
+                        break
+        finally:
+            sel.close()
+        self.stop()
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        raise RuntimeError(f"net_kv replica did not start: {err[-2000:]}")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _cert(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey,
+          *, ca: bool, sans: Sequence[x509.GeneralName] = ()) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def make_pki(folder: Path) -> dict[str, str]:
+    """ca, server (SAN kv.plugbay.test and 127.0.0.1), client; rogue_ca and rogue_client (another CA)."""
+    out: dict[str, str] = {}
+    for ca_name, prefix in (("plugbay test CA", ""), ("rogue CA", "rogue_")):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _cert(ca_name, ca_name, ca_key, ca_key, ca=True)
+        _write(folder / f"{prefix}ca", ca_key, ca_cert)
+        out[f"{prefix}ca"] = str(folder / f"{prefix}ca.crt")
+        leaves = [("client", [x509.DNSName("host.plugbay.test")])]
+        if not prefix:
+            leaves.append(("server", [x509.DNSName(SERVER_NAME),
+                                      x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+        for leaf, sans in leaves:
+            key = ec.generate_private_key(ec.SECP256R1())
+            _write(folder / f"{prefix}{leaf}", key, _cert(leaf, ca_name, key, ca_key, ca=False, sans=sans))
+            out[f"{prefix}{leaf}"] = str(folder / f"{prefix}{leaf}.crt")
+            out[f"{prefix}{leaf}_key"] = str(folder / f"{prefix}{leaf}.key")
+    return out

@@ -1,0 +1,135 @@
+"""The plugbay command with the Docker and Kubernetes runners: run, health, call, diagnose, sweep, and no engine/cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli_util import KV_PROTO, cli_env, plugbay, running
+from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: F401
+
+COOKIE = "BASIC_PLUGIN=hello"
+DEAD_DOCKER = cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock")
+
+
+def docker_client() -> object:
+    try:
+        from plugbay.images import docker_client as make
+
+        client = make()
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no Docker engine answers: {exc}")
+
+
+@pytest.fixture(scope="module")
+def kv_image() -> str:
+    docker_client()
+    from plugbay.images import ensure_example
+
+    return ensure_example("kv", progress=lambda line: None)
+
+
+def container_exists(container_id: str) -> bool:
+    from docker.errors import NotFound
+
+    client = docker_client()
+    try:
+        client.containers.get(container_id)  # type: ignore[attr-defined]
+        return True
+    except NotFound:
+        return False
+    finally:
+        client.close()  # type: ignore[attr-defined]
+
+
+def test_no_docker_engine(tmp_path: Path) -> None:
+    out = plugbay("run", "--image", "plugbay-kv:latest", "--cookie", COOKIE, env=DEAD_DOCKER, cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    swept = plugbay("sweep", "--docker", "--dry-run", env=DEAD_DOCKER)
+    assert swept.returncode == 3 and "Docker" in swept.stderr
+    diag = plugbay("diagnose", "docker:0123456789ab", env=DEAD_DOCKER)
+    assert diag.returncode == 3
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transport: str) -> None:
+    with running(["--image", kv_image, "--transport", transport, "--cookie", COOKIE], tmp_path) as run:
+        container = run.config()["runner"]["id"]
+        assert container_exists(container)
+        assert plugbay("health", run.target).returncode == 0
+        put = plugbay("call", run.target, "/proto.KV/Put", '{"key": "d", "value": "ZA=="}', "--proto", str(KV_PROTO))
+        assert put.returncode == 0, put.stderr
+        diag = json.loads(plugbay("diagnose", run.target, "--json").stdout)
+        assert diag["runner"] == "DockerRunner" and diag["state"] == "running" and diag["oom_killed"] is False
+        # probing did not take the container from `plugbay run`: a sweep spares it while the run lives
+        assert container not in json.loads(plugbay("sweep", "--dry-run", "--json").stdout)["docker"]
+        assert run.interrupt() == 0
+    assert "runner: docker" in run.stdout
+    assert not container_exists(container)
+
+
+@pytest.mark.docker
+def test_sweep_and_diagnose_a_container_whose_host_died(tmp_path: Path, kv_image: str) -> None:
+    with running(["--image", kv_image, "--cookie", COOKIE], tmp_path) as run:
+        container = run.config()["runner"]["id"]
+        run.proc.send_signal(signal.SIGKILL)  # the host dies; its container stays
+        run.proc.wait(30)
+    client = docker_client()
+    try:
+        assert container_exists(container)
+        client.containers.get(container).kill(signal="SIGKILL")  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while client.containers.get(container).status != "exited" and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        diag = plugbay("diagnose", f"docker:{container}")
+        assert diag.returncode == 0
+        assert "exit code: 137" in diag.stdout and "signal: SIGKILL" in diag.stdout
+        listed = json.loads(plugbay("sweep", "--dry-run", "--json").stdout)
+        assert container in listed["docker"] and listed["dry_run"] is True
+        assert container_exists(container)
+        swept = plugbay("sweep")
+        assert swept.returncode == 0 and container[:12] in swept.stdout and "removed " in swept.stdout
+        assert not container_exists(container)
+        gone = plugbay("diagnose", f"docker:{container}")
+        assert gone.returncode == 1 and "nothing left to diagnose" in gone.stderr
+    finally:
+        try:
+            client.containers.get(container).remove(force=True)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - already swept
+            pass
+        client.close()  # type: ignore[attr-defined]
+
+
+def test_no_cluster(tmp_path: Path) -> None:
+    bad = tmp_path / "kubeconfig.yaml"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    out = plugbay("run", "--pod", "plugbay-kv:latest", "--kubeconfig", str(bad), "--cookie", COOKIE)
+    assert out.returncode == 3, out.stderr
+    assert "Kubernetes configuration" in out.stderr
+    swept = plugbay("sweep", "--kubernetes", "--kubeconfig", str(bad))
+    assert swept.returncode == 3
+
+
+@pytest.mark.kubernetes
+def test_pod_run_health_diagnose_and_sigint(tmp_path: Path, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    args = ["--pod", kvtrap, "--kubeconfig", kubeconfig, "--namespace", "default", "--cookie", COOKIE]
+    with running(args, tmp_path) as run:
+        pod = run.config()["runner"]["pod"]
+        health = plugbay("health", run.target)
+        assert health.returncode == 0, health.stdout + health.stderr
+        diag = json.loads(plugbay("diagnose", run.target, "--json").stdout)
+        assert diag["runner"] == "KubernetesRunner" and diag["state"] == "Running"
+        assert run.interrupt() == 0
+    assert "runner: kubernetes" in run.stdout
+    gone = plugbay("diagnose", f"pod:default/{pod}", "--kubeconfig", kubeconfig)
+    assert gone.returncode == 1 and "nothing left to diagnose" in gone.stderr
+    assert os.path.exists(kubeconfig)

@@ -1,0 +1,142 @@
+"""DockerRunner's confinement defaults, checked with docker inspect on the real engine.
+
+Read-only root with a tmpfs /tmp, a pids limit, the isolated network for the
+tcp transport (inter-container traffic off), limits as options, and the root
+host's socket-folder group refused when it is a real host group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.errors import ConfigError, RunnerError
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+BASE = "plugbay-base:bookworm"
+REPO = Path(__file__).resolve().parent.parent
+# Reports what the process can write, then (tcp) listens so the runner can publish its port.
+REPORT = textwrap.dedent("""
+    import json, os, socket
+    def writable(path):
+        try:
+            open(os.path.join(path, "probe"), "w").close(); return True
+        except OSError:
+            return False
+    listen = os.environ.get("PLUGBAY_LISTEN", "")
+    print(json.dumps({"root": writable("/"), "tmp": writable("/tmp"), "uid": os.getuid()}), flush=True)
+""")
+
+
+def _run(plugbay_docker: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    runner = DockerRunner(BASE, user="4242:4242", entrypoint=["python3", "-c", REPORT], **kwargs)
+    runner.start(LaunchSpec(env={}))
+    try:
+        lines = list(runner.stdout_lines())
+        assert runner.wait(30) == 0, runner.diagnose()
+        attrs = plugbay_docker.api.inspect_container(runner.id)
+    finally:
+        runner.kill()
+    return json.loads(lines[0]), attrs
+
+
+def test_defaults_read_only_root_tmpfs_tmp_and_pids_limit(plugbay_docker: Any) -> None:
+    facts, attrs = _run(plugbay_docker)
+    host = attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and facts["root"] is False
+    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777,uid=4242,gid=4242"}
+    assert facts["tmp"] is True
+    assert host["PidsLimit"] == 256
+    assert host["NetworkMode"] == "none"  # unix transport: no network at all
+    assert host["Memory"] == 0 and host["NanoCpus"] == 0  # limits are opt-in (below)
+
+
+def test_limits_and_writable_dirs_are_options(plugbay_docker: Any) -> None:
+    facts, attrs = _run(plugbay_docker, cpus=0.5, mem_limit="64m", pids_limit=32,
+                        writable_dirs=("/tmp", "/work"), tmpfs_size="8m", tmpfs={"/cache": "size=1m"})
+    host = attrs["HostConfig"]
+    assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 64 * 1024 * 1024 and host["PidsLimit"] == 32
+    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=8m,mode=1777,uid=4242,gid=4242",
+                             "/work": "rw,nosuid,nodev,size=8m,mode=1777,uid=4242,gid=4242", "/cache": "size=1m"}
+    facts, attrs = _run(plugbay_docker, read_only=False, writable_dirs=(), pids_limit=None)
+    assert facts["root"] is False  # uid 4242 still cannot write /, but the engine no longer forbids it
+    assert attrs["HostConfig"]["ReadonlyRootfs"] is False and not attrs["HostConfig"].get("Tmpfs")
+    assert attrs["HostConfig"]["PidsLimit"] in (None, 0, -1)
+
+
+def test_tcp_transport_runs_on_the_isolated_network(plugbay_docker: Any) -> None:
+    listen = REPORT + textwrap.dedent("""
+        host, port = listen[4:].rsplit(":", 1)
+        srv = socket.socket(); srv.bind((host, int(port))); srv.listen()
+        print("1|1|tcp|%s:%s|grpc" % (host, port), flush=True)
+        srv.accept()
+    """)
+    ids = []
+    runners = [DockerRunner(BASE, transport="tcp", entrypoint=["python3", "-c", listen]) for _ in range(2)]
+    try:
+        for runner in runners:
+            runner.start(LaunchSpec(env={}))
+            ids.append(runner.id)
+            lines = runner.stdout_lines()
+            assert json.loads(next(lines))["tmp"] is True
+            assert next(lines).startswith("1|1|tcp|0.0.0.0:")
+        for cid in ids:  # both on the same reused network, published on loopback only
+            attrs = plugbay_docker.api.inspect_container(cid)
+            assert list(attrs["NetworkSettings"]["Networks"]) == [ISOLATED_NETWORK]
+            assert {b["HostIp"] for b in attrs["NetworkSettings"]["Ports"]["4000/tcp"]} == {"127.0.0.1"}
+    finally:
+        for runner in runners:
+            runner.kill()
+    net = plugbay_docker.networks.get(ISOLATED_NETWORK).attrs
+    assert net["Options"][ICC_OPTION] == "false" and net["Labels"]["plugbay.managed"] == "true"
+    assert net["Driver"] == "bridge"
+
+
+def test_a_foreign_network_of_that_name_is_refused(plugbay_docker: Any) -> None:
+    name = f"plugbay-test-foreign-{os.getpid()}"
+    net = plugbay_docker.networks.create(name, driver="bridge")  # icc on, no plugbay label
+    try:
+        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["true"])
+        with pytest.raises(RunnerError, match=rf"network '{name}' exists but was not created by plugbay"
+                                              r".*enable_icc=false.*docker network rm"):
+            runner.start(LaunchSpec(env={}))
+        runner.kill()
+    finally:
+        net.remove()
+
+
+def test_bad_limit_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="give cpus= or nano_cpus=, not both"):
+        DockerRunner(BASE, cpus=1, nano_cpus=10)
+    with pytest.raises(ConfigError, match="positive number of CPUs"):
+        DockerRunner(BASE, cpus=0)
+    with pytest.raises(ConfigError, match="absolute container paths, got 'tmp'"):
+        DockerRunner(BASE, writable_dirs=("tmp",))
+
+
+def test_root_socket_group_that_is_a_host_group_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0 or not Path("/usr/bin/unshare").exists():
+        pytest.skip("needs root and unshare to give a private mount namespace its own /etc/group")
+    group = tmp_path / "group"
+    group.write_text(Path("/etc/group").read_text() + "plugins-team:x:10001:alice\n")
+    code = ("from plugbay.runners.docker.engine import root_socket_gid\n"
+            "try:\n    root_socket_gid()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind "{group}" /etc/group && exec'
+                          f' "{sys.executable}" -c "$0"', code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert out.stdout.startswith("ConfigError"), out.stderr
+    assert "host group 'plugins-team'" in out.stdout and "socket_gid=" in out.stdout
+    from plugbay.runners.docker.engine import root_socket_gid
+
+    assert root_socket_gid() == 10001  # this machine has no such group

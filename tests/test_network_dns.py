@@ -1,0 +1,168 @@
+"""DNS discovery against a real DNS server (dnslib) on 127.0.0.1: records added or removed change the pool.
+
+The replicas are net_kv processes on 127.0.0.1 and ::1 (the same port), so an
+A and an AAAA record name two real endpoints; SRV records name ports on
+127.0.0.1. No query ever leaves loopback: every resolver gets dns_server=.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
+
+from plugbay import DiscoveryError, RemoteClient, RemoteConfig
+from plugbay.network.resolvers import DNSResolver
+
+ZONE = "plugbay.test."
+
+
+class Zone(BaseResolver):  # type: ignore[misc]
+    """A mutable zone: name -> list of RRs."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[RR]] = {}
+        self.lock = threading.Lock()
+        self.queries = 0
+
+    def set(self, name: str, kind: str, rdatas: list[object]) -> None:
+        with self.lock:
+            self.records[(name, kind)] = [RR(name, getattr(QTYPE, kind), rdata=r, ttl=1) for r in rdatas]
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        reply = request.reply()
+        name, kind = str(request.q.qname), QTYPE[request.q.qtype]
+        with self.lock:
+            self.queries += 1
+            rrs = list(self.records.get((name, kind), []))
+            known = any(n == name for n, _ in self.records)
+        for rr in rrs:
+            reply.add_answer(rr)
+        if not rrs and not known:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
+@pytest.fixture()
+def dns() -> Iterator[tuple[Zone, str]]:
+    zone = Zone()
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
+    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
+    thread.start()
+    try:
+        yield zone, f"127.0.0.1:{server.server.server_address[1]}"
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(10)
+
+
+def free_dual_port() -> int:
+    for _ in range(20):
+        with socket.socket() as s4:
+            s4.bind(("127.0.0.1", 0))
+            port = int(s4.getsockname()[1])
+            try:
+                with socket.socket(socket.AF_INET6) as s6:
+                    s6.bind(("::1", port))
+                    return port
+            except OSError:
+                continue
+    pytest.skip("no port free on both 127.0.0.1 and ::1 (or no IPv6 loopback)")
+
+
+def test_a_and_aaaa_records_added_and_removed_change_the_pool(dns: tuple[Zone, str]) -> None:
+    zone, server = dns
+    port = free_dual_port()
+    v4, v6 = Replica(f"127.0.0.1:{port}"), Replica(f"[::1]:{port}")
+    try:
+        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, dns_refresh=0.3, health_interval=0.2,
+                           call_timeout=2.0, name="kv-dns")
+        with RemoteClient(cfg) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            assert set(client.metrics()["endpoints"]) == {f"tcp:127.0.0.1:{port}"}
+            assert {kv.get("__pid__") for _ in range(4)} == {str(v4.proc.pid).encode()}
+            zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])  # a replica joins
+            assert wait_until(lambda: client.metrics()["known"] == 2, 10), client.metrics()
+            assert set(client.metrics()["endpoints"]) == {f"tcp:127.0.0.1:{port}", f"tcp:[::1]:{port}"}
+            assert wait_until(lambda: client.metrics()["healthy"] == 2, 10)
+            assert {kv.get("__pid__") for _ in range(6)} == {str(v4.proc.pid).encode(),
+                                                             str(v6.proc.pid).encode()}
+            zone.set(f"kv.{ZONE}", "A", [])  # and one leaves
+            assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
+            assert {kv.get("__pid__") for _ in range(4)} == {str(v6.proc.pid).encode()}
+    finally:
+        v4.stop()
+        v6.stop()
+
+
+def test_failing_calls_make_discovery_look_again_before_its_interval(dns: tuple[Zone, str]) -> None:
+    zone, server = dns
+    port = free_dual_port()
+    v4, v6 = Replica(f"127.0.0.1:{port}"), Replica(f"[::1]:{port}")
+    try:
+        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+        zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])
+        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0, name="kv-dns")
+        with RemoteClient(cfg) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            assert client.metrics()["known"] == 2
+            zone.set(f"kv.{ZONE}", "A", [])
+            v4.kill9()
+            for _ in range(6):  # the failures toward the dead replica ask DNS again at once
+                assert kv.get("__pid__") == str(v6.proc.pid).encode()
+            assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
+    finally:
+        v4.stop()
+        v6.stop()
+
+
+def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:
+    zone, server = dns
+    a, b = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")
+    try:
+        zone.set(f"kv-host.{ZONE}", "A", [A("127.0.0.1")])
+        zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, a.port, f"kv-host.{ZONE}"),
+                                            SRV(10, 5, b.port, f"kv-host.{ZONE}")])
+        cfg = RemoteConfig(target="dns+srv:///_kv._tcp.plugbay.test", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, dns_refresh=0.3, call_timeout=2.0, name="kv-srv")
+        with RemoteClient(cfg) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            assert set(client.metrics()["endpoints"]) == {f"tcp:127.0.0.1:{a.port}", f"tcp:127.0.0.1:{b.port}"}
+            assert {kv.get("__pid__") for _ in range(4)} == {str(a.proc.pid).encode(), str(b.proc.pid).encode()}
+            zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, b.port, f"kv-host.{ZONE}")])
+            assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
+            assert {kv.get("__pid__") for _ in range(4)} == {str(b.proc.pid).encode()}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_an_unreachable_dns_server_is_a_discovery_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))  # bound, never answering: the lookup times out
+        port = s.getsockname()[1]
+        resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=f"127.0.0.1:{port}", timeout=0.5)
+        with pytest.raises(DiscoveryError) as err:
+            resolver.start(lambda eps: None)
+    assert f"DNS lookup of 'kv.plugbay.test' (A/AAAA) at 127.0.0.1:{port} failed" in str(err.value)
+    assert "Check that the DNS server is reachable" in str(err.value)
+
+
+def test_a_name_without_records_resolves_to_no_endpoints(dns: tuple[Zone, str]) -> None:
+    zone, server = dns
+    resolver = DNSResolver("missing.plugbay.test", 7001, dns_server=server)
+    seen: list[int] = []
+    resolver.start(lambda eps: seen.append(len(eps)))
+    resolver.close()
+    assert seen == [0] and zone.queries >= 1

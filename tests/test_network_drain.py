@@ -1,0 +1,87 @@
+"""Discovery changes under calls in flight: terminating endpoints drain, leaving ones close, unix targets.
+
+The endpoint set is pushed by a small resolver written for the test (a real
+implementation of the Resolver protocol, standing in for a discovery source
+such as Kubernetes EndpointSlices); the pool and the replicas are the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
+
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.network import connect
+from plugbay.network.pool import EndpointPool
+from plugbay.network.resolver import Endpoint, OnChange
+
+
+class PushResolver:
+    """Reports whatever set the test pushes."""
+
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+        self.endpoints = list(endpoints)
+        self.on_change: OnChange | None = None
+
+    def start(self, on_change: OnChange) -> None:
+        self.on_change = on_change
+        on_change(self.endpoints)
+
+    def push(self, endpoints: Sequence[Endpoint]) -> None:
+        assert self.on_change is not None
+        self.on_change(list(endpoints))
+
+    def close(self) -> None:
+        self.on_change = None
+
+
+def test_terminating_endpoints_finish_their_calls_and_get_no_new_ones() -> None:
+    a, b = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")
+    ep_a, ep_b = Endpoint("tcp", a.address), Endpoint("tcp", b.address)
+    resolver = PushResolver([ep_a, ep_b])
+    pool = EndpointPool(resolver, insecure=True, policy="pick_first", health_interval=0.2, name="kv-drain")
+    try:
+        pool.start()
+        kv = kv_pb2_grpc.KVStub(ManagedChannel(pool, 10.0, None, "kv-drain"))
+        pid_a, pid_b = str(a.proc.pid).encode(), str(b.proc.pid).encode()
+        assert kv.Get(kv_pb2.GetRequest(key="__pid__")).value == pid_a
+        results: list[bytes] = []
+        slow = threading.Thread(target=lambda: results.append(kv.Get(kv_pb2.GetRequest(key="__sleep__")).value),
+                                name="plugbay-test-slow-call")
+        slow.start()
+        assert wait_until(lambda: pool.metrics()["endpoints"][ep_a.key]["inflight"] == 1, 5)
+        resolver.push([Endpoint("tcp", a.address, terminating=True), ep_b])  # a starts to terminate
+        assert [kv.Get(kv_pb2.GetRequest(key="__pid__")).value for _ in range(4)] == [pid_b] * 4
+        resolver.push([ep_b])  # and leaves discovery while its call is still running
+        assert pool.metrics()["draining"] == 1
+        slow.join(10)
+        assert results == [b"slept"]  # the call in flight finished on a
+        assert wait_until(lambda: pool.metrics()["draining"] == 0, 10)  # then a's channel closed
+        assert set(pool.metrics()["endpoints"]) == {ep_b.key}
+        resolver.push([Endpoint("tcp", b.address, ready=False)])  # not ready: no calls until it is
+        assert pool.metrics()["available"] == 0
+        resolver.push([ep_b])
+        assert kv.Get(kv_pb2.GetRequest(key="__pid__")).value == pid_b
+    finally:
+        pool.close()
+        a.stop()
+        b.stop()
+
+
+def test_a_unix_target_reaches_a_sidecar_socket(tmp_path: Path) -> None:
+    path = tmp_path / "kv.sock"
+    rep = Replica(f"unix:{path}")
+    try:
+        with connect(f"unix://{path}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True) as client:
+            assert client.handshake.network == "unix" and client.handshake.address == str(path)
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("k", b"v")
+            assert kv.get("k") == b"v"
+    finally:
+        rep.stop()

@@ -1,0 +1,233 @@
+"""The endpoint pool against real KV replicas on loopback: spreading, kill -9, resends, ejection, return.
+
+Replicas are tests/plugins/net_kv.py processes (KV + health + Discovery) on
+127.0.0.1. Every request loop is bounded in count; no timing assertions
+beyond "no call outlives its deadline (+ slack)".
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
+
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
+from plugbay import ClientStateError, ConfigError, NoEndpointsError, OutlierPolicy, RemoteClient, RemoteConfig
+from plugbay.network import connect
+
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
+                  ("grpc.min_reconnect_backoff_ms", 100))
+SLACK = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def replicas() -> Iterator[Callable[..., Replica]]:
+    started: list[Replica] = []
+
+    def start(listen: str = "127.0.0.1:0", **kw: Any) -> Replica:
+        replica = Replica(listen, **kw)
+        started.append(replica)
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def remote(target: str, **kw: Any) -> RemoteConfig:
+    kw.setdefault("call_timeout", 2.0)
+    kw.setdefault("health_interval", 0.2)
+    kw.setdefault("health_timeout", 0.5)
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                        grpc_options=FAST_RECONNECT, name="kv-net", **kw)
+
+
+def timed(kv: Any, key: str, timeout: float) -> tuple[bytes | BaseException, float]:
+    started = time.monotonic()
+    try:
+        result: bytes | BaseException = kv.get(key)
+    except Exception as exc:
+        result = exc
+    return result, time.monotonic() - started
+
+
+def test_round_robin_spreads_calls_and_metrics_count_picks(replicas: Callable[..., Replica]) -> None:
+    reps = [replicas() for _ in range(3)]
+    target = "static:///" + ",".join(r.address for r in reps)
+    with RemoteClient(remote(target)) as client:
+        assert client.negotiated_version == 1
+        assert client.handshake.extra["server"] == "plugbay-test/net_kv"
+        kv = client.dispense(PLUGIN_NAME)
+        pids = Counter(kv.get("__pid__") for _ in range(30))
+        assert set(pids) == {str(r.proc.pid).encode() for r in reps}
+        assert all(n == 10 for n in pids.values()), pids
+        snap = client.metrics()
+        assert (snap["known"], snap["ejected"]) == (3, 0)
+        assert sum(e["picks"] for e in snap["endpoints"].values()) >= 30
+
+
+def test_pick_first_sticks_to_the_first_endpoint(replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    with connect(f"static:///{a.address},{b.address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                 policy="pick_first", name="kv-first") as client:
+        kv = client.dispense(PLUGIN_NAME)
+        assert {kv.get("__pid__") for _ in range(10)} == {str(a.proc.pid).encode()}
+
+
+def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restarted(
+        replicas: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    a, b = replicas(f"127.0.0.1:{port}"), replicas()
+    outlier = OutlierPolicy(consecutive_failures=3, base_ejection_time=1.0, max_ejection_time=5.0)
+    caplog.set_level(logging.INFO, logger="plugbay.network")
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        a.kill9()
+        for _ in range(20):  # every call is resent to the live replica: none fails, none waits long
+            result, took = timed(kv, "__pid__", 2.0)
+            assert result == str(b.proc.pid).encode(), result
+            assert took < 2.0 + SLACK
+        key = f"tcp:{a.address}"
+        assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is False, 10)
+        snap = client.metrics()
+        assert snap["endpoints"][key]["ejections"] >= 1 and snap["resends"] >= 1
+        assert "ejected endpoint " + key in caplog.text
+        assert "2 endpoint(s) known, 1 healthy" in caplog.text
+        back = replicas(f"127.0.0.1:{port}")  # the replica heals (restarted on its port)
+        assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is True
+                          and not client.metrics()["endpoints"][key]["ejected"], 15), client.metrics()
+        pids = {kv.get("__pid__") for _ in range(10)}
+        assert str(back.proc.pid).encode() in pids
+
+
+def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
+        replicas: Callable[..., Replica]) -> None:
+    port = free_port()
+    a = replicas(f"127.0.0.1:{port}")
+    with RemoteClient(remote(f"static:///{a.address}")) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        a.kill9()
+        started = time.monotonic()
+        with pytest.raises(NoEndpointsError) as err:
+            kv.get("k")
+        took = time.monotonic() - started
+        assert took < 2.0 + SLACK
+        assert "no endpoint of remote plugin 'kv-net' could take the call" in str(err.value)
+        assert "Check that replicas are running" in str(err.value)
+        replicas(f"127.0.0.1:{port}")  # comes back: a call waiting within its deadline gets through
+        result, took = timed(kv, "__pid__", 2.0)
+        deadline = time.monotonic() + 15
+        while isinstance(result, Exception) and time.monotonic() < deadline:
+            result, took = timed(kv, "__pid__", 2.0)
+        assert isinstance(result, bytes), result
+        assert took < 2.0 + SLACK
+
+
+def test_an_application_error_does_not_eject(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=5.0)
+    with RemoteClient(remote(f"static:///{a.address}", outlier=outlier)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        for _ in range(5):
+            with pytest.raises(Exception) as err:
+                kv.get("missing")
+            assert err.value.code().name == "NOT_FOUND"  # type: ignore[attr-defined]
+        assert client.metrics()["ejections"] == 0
+
+
+def test_killed_remote_client_refuses_calls_and_bad_options_are_typed(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    client = RemoteClient(remote(f"static:///{a.address}"))
+    kv = client.dispense(PLUGIN_NAME)
+    client.kill()
+    assert a.proc.poll() is None  # kill() only disconnects: the shared plugin runs on
+    with pytest.raises(ClientStateError):
+        kv.get("k")
+    with pytest.raises(ConfigError, match="mTLS .* or, deliberately, in plaintext"):
+        RemoteClient(RemoteConfig(target=f"static:///{a.address}", handshake=HANDSHAKE,
+                                  plugins=PLUGINS)).start()
+    with pytest.raises(ConfigError, match="unknown pick policy 'random'"):
+        RemoteClient(remote(f"static:///{a.address}", policy="random")).start()
+    with pytest.raises(ConfigError, match="invalid OutlierPolicy"):
+        OutlierPolicy(consecutive_failures=0)
+
+
+def test_a_stalling_replica_is_ejected_by_deadlines_and_returns_after_its_ejection_time(
+        replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=1.0, max_ejection_time=2.0)
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier, call_timeout=0.5)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        key_a = f"tcp:{a.address}"
+        for rep in (a, b):  # each replica has its own store: a pinned stub reaches one of them
+            kv_pb2_grpc.KVStub(client.pool.pinned(f"tcp:{rep.address}")).Put(
+                kv_pb2.PutRequest(key="k", value=b"v"), timeout=2.0)
+        # Only a stalls (its health stays SERVING: only the outlier detection can take it out).
+        stub_a = kv_pb2_grpc.KVStub(client.pool.pinned(key_a))
+        stub_a.Put(kv_pb2.PutRequest(key="__slow__", value=b"2"), timeout=2.0)
+        outcomes = []
+        for _ in range(12):
+            result, took = timed(kv, "k", 0.5)
+            assert took < 0.5 + SLACK
+            outcomes.append("ok" if result == b"v" else type(result).__name__)
+        assert outcomes.count("CallTimeout") == 2, outcomes  # then a is ejected: the rest go to b
+        snap = client.metrics()["endpoints"][key_a]
+        assert snap["ejections"] == 1 and snap["healthy"] is True
+        assert wait_until(lambda: not client.metrics()["endpoints"][key_a]["ejected"], 5)
+        before = client.metrics()["endpoints"][key_a]["picks"]
+        assert all(kv.get("k") == b"v" for _ in range(6))
+        assert client.metrics()["endpoints"][key_a]["picks"] > before  # it is back in rotation
+
+
+def test_ejection_time_grows_with_each_ejection_is_capped_decays_and_respects_the_percentage() -> None:
+    from plugbay.network.ejection import EjectionState
+
+    policy = OutlierPolicy(consecutive_failures=2, base_ejection_time=10.0, max_ejection_time=25.0,
+                           max_ejection_percent=34)
+    state = EjectionState()
+    assert [state.failure(), state.failure()] == [1, 2]
+    assert state.eject(policy, now=0.0) == 10.0 and state.ejected(5.0) and not state.ejected(10.0)
+    assert state.tick(policy, 10.0) is True  # back at the end of its time
+    assert state.eject(policy, now=11.0) == 20.0  # second ejection: twice as long
+    assert state.tick(policy, 31.0) is True
+    assert state.eject(policy, now=32.0) == 25.0  # third: capped
+    assert state.tick(policy, 57.0) is True
+    assert state.tick(policy, 67.0) is False and state.multiplier == 2  # a base time in: multiplier decays
+    assert state.total == 3
+    assert policy.may_eject(0, 3) and not policy.may_eject(1, 3)  # 34% of 3: one at a time
+    assert policy.may_eject(0, 1)  # one may always be ejected...
+    assert not OutlierPolicy(max_ejection_percent=0).may_eject(0, 5)  # ...unless ejection is off
+
+
+def test_no_more_than_max_ejection_percent_are_ejected_at_once(replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    outlier = OutlierPolicy(consecutive_failures=1, base_ejection_time=30.0, max_ejection_percent=50)
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier, call_timeout=0.3)) as client:
+        for rep in (a, b):  # both stall: each call times out
+            kv_pb2_grpc.KVStub(client.pool.pinned(f"tcp:{rep.address}")).Put(
+                kv_pb2.PutRequest(key="__slow__", value=b"6"), timeout=2.0)
+        kv = client.dispense(PLUGIN_NAME)
+        for _ in range(6):
+            result, took = timed(kv, "k", 0.3)
+            assert type(result).__name__ == "CallTimeout" and took < 0.3 + SLACK
+        snap = client.metrics()
+        assert snap["ejected"] == 1 and snap["ejections"] == 1, snap  # half of two: the other stays in

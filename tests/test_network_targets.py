@@ -1,0 +1,108 @@
+"""The target syntax: every scheme parsed, every malformed part named in a ConfigError that shows the syntax."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugbay import ConfigError
+from plugbay.network.resolver import Endpoint
+from plugbay.network.resolvers import parse_dns_server
+from plugbay.network.static import StaticResolver
+from plugbay.network.targets import SYNTAX, make_resolver, parse_target
+
+
+def test_static_targets_list_their_endpoints_with_ipv6_in_brackets() -> None:
+    t = parse_target("static:///10.0.0.5:7001,[fd00::6]:7002,kv-a.internal:7003")
+    assert t.scheme == "static"
+    assert [e.address for e in t.endpoints] == ["10.0.0.5:7001", "[fd00::6]:7002", "kv-a.internal:7003"]
+    assert all(e.network == "tcp" for e in t.endpoints)
+    assert len(parse_target("static:///10.0.0.5:7001,10.0.0.5:7001").endpoints) == 1  # duplicates merged
+
+
+def test_dns_srv_kubernetes_and_unix_targets() -> None:
+    dns = parse_target("dns:///kv.example.internal:7001")
+    assert (dns.scheme, dns.host, dns.port) == ("dns", "kv.example.internal", 7001)
+    srv = parse_target("dns+srv:///_kv._tcp.example.internal")
+    assert (srv.scheme, srv.host) == ("dns+srv", "_kv._tcp.example.internal")
+    kube = parse_target("kubernetes:///plugins/kv:grpc")
+    assert (kube.namespace, kube.service, kube.port_name) == ("plugins", "kv", "grpc")
+    assert parse_target("kubernetes:///plugins/kv:7001").port_name == "7001"
+    unix = parse_target("unix:///run/plugbay/kv.sock")
+    assert unix.endpoints == (Endpoint("unix", "/run/plugbay/kv.sock", name="/run/plugbay/kv.sock"),)
+
+
+@pytest.mark.parametrize("text, named", [
+    ("", "a target is required"),
+    ("10.0.0.5:7001", "the start is not SCHEME:///"),
+    ("http:///10.0.0.5:7001", "scheme 'http' is unknown"),
+    ("static:///", "the part after :/// is empty"),
+    ("static:///10.0.0.5", "'10.0.0.5' lacks the :PORT"),
+    ("static:///10.0.0.5:70000", "has port '70000'"),
+    ("static:///10.0.0.5:7001,,10.0.0.6:7001", "has an empty entry"),
+    ("static:///fd00::5:7001", "write it in brackets"),
+    ("static:///[10.0.0.5]:7001", "which is not an IPv6 address"),
+    ("static:///[fd00::5]7001", "is not [IPV6]:PORT"),
+    ("static:///bad_host!:7001", "neither an address nor a DNS name"),
+    ("dns:///kv.example.internal", "lacks the :PORT"),
+    ("dns:///kv.example.internal:http", "has port 'http'"),
+    ("dns+srv:///_kv._tcp.example.internal:53", "an SRV record carries the port itself"),
+    ("kubernetes:///plugins", "is not NAMESPACE/SERVICE:PORT"),
+    ("kubernetes:///Plugins/kv:7001", "namespace 'Plugins' is not a Kubernetes name"),
+    ("kubernetes:///plugins/kv", "lacks the :PORT"),
+    ("kubernetes:///plugins/kv:Grpc_Port", "port 'Grpc_Port' is neither a number nor a port name"),
+])
+def test_bad_targets_name_the_bad_part_and_show_the_syntax(text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_target(text)
+    assert named in str(err.value)
+    assert SYNTAX in str(err.value)
+
+
+def test_dns_server_option_is_checked() -> None:
+    assert parse_dns_server("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_dns_server("[::1]:53") == ("::1", 53)
+    assert parse_dns_server("10.0.0.1") == ("10.0.0.1", 53)
+    with pytest.raises(ConfigError, match="is not IP or IP:PORT"):
+        parse_dns_server("dns.example:53")
+    with pytest.raises(ConfigError, match="a port is a number"):
+        parse_dns_server("127.0.0.1:0")
+
+
+def test_static_resolver_reports_its_set_before_start_returns() -> None:
+    seen: list[list[str]] = []
+    resolver = make_resolver(parse_target("static:///127.0.0.1:1,127.0.0.1:2"))
+    assert isinstance(resolver, StaticResolver)
+    resolver.start(lambda eps: seen.append([e.address for e in eps]))
+    resolver.close()
+    assert seen == [["127.0.0.1:1", "127.0.0.1:2"]]
+
+
+def test_kubernetes_target_without_the_kubernetes_resolver_is_a_config_error() -> None:
+    import importlib.util
+
+    target = parse_target("kubernetes:///plugins/kv:7001")
+    if importlib.util.find_spec("plugbay.network.kubernetes") is not None:
+        pytest.skip("the Kubernetes resolver is installed here; its own tests cover it")
+    with pytest.raises(ConfigError) as err:
+        make_resolver(target)
+    assert "needs Kubernetes discovery (plugbay.network.kubernetes)" in str(err.value)
+    assert "use a static:/// or dns:/// target" in str(err.value)
+
+
+def test_static_targets_need_no_dns_library_and_dns_targets_say_how_to_get_one() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['dns'] = None\n"  # as if dnspython were not installed
+        "from plugbay.network.targets import make_resolver, parse_target\n"
+        "make_resolver(parse_target('static:///127.0.0.1:7001'))\n"
+        "try:\n"
+        "    make_resolver(parse_target('dns:///kv.example.internal:7001'))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ConfigError target 'dns:///kv.example.internal:7001' needs DNS lookups")
+    assert "pip install 'plugbay[network]'" in out.stdout

@@ -1,0 +1,90 @@
+"""mTLS with provided files: the right certificates connect; every wrong setup is a RemoteTLSError naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, make_pki
+
+from plugbay import ConfigError, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture()
+def tls_replica(pki: dict[str, str]) -> Iterator[Replica]:
+    replica = Replica("127.0.0.1:0", env={"NET_KV_CERT": pki["server"], "NET_KV_KEY": pki["server_key"],
+                                          "NET_KV_CA": pki["ca"]})
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
+def config(target: str, **kw: object) -> RemoteConfig:
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10.0,
+                        name="kv-tls", **kw)  # type: ignore[arg-type]
+
+
+def test_mtls_with_the_provided_files_works(tls_replica: Replica, pki: dict[str, str]) -> None:
+    tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+    with RemoteClient(config(f"static:///{tls_replica.address}", tls=tls)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+        assert client.connection_mode == "network-tls"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no client cert", "refused"),
+    ("client cert from another CA", "refused"),
+    ("server not signed by the CA given", "not signed by the CA given"),
+    ("plaintext to a TLS server", "may want TLS"),
+])
+def test_wrong_tls_setups_fail_with_a_typed_error(tls_replica: Replica, pki: dict[str, str], case: str,
+                                                  expected: str) -> None:
+    target = f"static:///{tls_replica.address}"
+    if case == "no client cert":
+        cfg = config(target, tls=NetworkTLS(None, None, pki["ca"], server_name=SERVER_NAME))
+    elif case == "client cert from another CA":
+        cfg = config(target, tls=NetworkTLS(pki["rogue_client"], pki["rogue_client_key"], pki["ca"],
+                                            server_name=SERVER_NAME))
+    elif case == "server not signed by the CA given":
+        cfg = config(target, tls=NetworkTLS(pki["client"], pki["client_key"], pki["rogue_ca"],
+                                            server_name=SERVER_NAME))
+    else:
+        cfg = config(target, insecure=True)
+    with pytest.raises(RemoteTLSError) as err:
+        with RemoteClient(cfg):
+            pass
+    assert f"TLS with remote plugin 'kv-tls' at tcp:{tls_replica.address} failed" in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_tls_to_a_plaintext_plugin_is_a_typed_error(pki: dict[str, str]) -> None:
+    plain = Replica("127.0.0.1:0")
+    try:
+        tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+        with pytest.raises(RemoteTLSError) as err:
+            with RemoteClient(config(f"static:///{plain.address}", tls=tls)):
+                pass
+        assert "failed" in str(err.value)
+    finally:
+        plain.stop()
+
+
+def test_unreadable_or_non_pem_files_are_config_errors(tmp_path: Path, pki: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        NetworkTLS(pki["client"], pki["client_key"], str(tmp_path / "missing.crt")).credentials()
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="holds no PEM block"):
+        NetworkTLS(pki["client"], pki["client_key"], str(junk)).credentials()
+    with pytest.raises(ConfigError, match="cert_file and key_file together"):
+        NetworkTLS(pki["client"], None, pki["ca"])
