@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps({"area": area, "host": case.host, "plugin": case.plugin,
                                   "transport": case.transport, "automtls": case.automtls,
-                                  **result.__dict__}), flush=True)
+                                  "vs_floor": ratios(case, result, rows), **result.__dict__}), flush=True)
     if not args.json:
         print(f"\nplugbay bench: {args.rounds} rounds x {args.calls} unary calls per row;"
               f" {machine()}; took {time.monotonic() - started:.0f}s\n")
