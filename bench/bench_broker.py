@@ -10,6 +10,11 @@ chunks) over the same kind of connection.
 
 Rows: per-connection and multiplexed, +/- AutoMTLS, Python <-> Python, and
 the go-plugin 1.0.1 counter programs in per-connection plain mode.
+
+The yamux rows time one stream carrying YAMUX_BYTES over a unix socket (what a
+multiplexed broker's connections ride on): plugbay's Python yamux
+(plugbay.core.transport.yamux) writing to or reading from hashicorp/yamux
+(tests/go/yamux_bench), next to hashicorp/yamux on both ends, the floor.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from common import REPO, Case, Context, Result, combine, go_program, percentile, timed
@@ -34,6 +40,7 @@ PY_COUNTER = [sys.executable, str(COUNTER / "plugin.py")]
 PY_STREAMER = [sys.executable, str(STREAMING / "plugin.py")]
 STREAM_CHUNK = 256 * 1024
 STREAM_BYTES = 128 * 1024 * 1024
+YAMUX_BYTES = 64 * 1024 * 1024
 
 
 class _Adder:
@@ -109,8 +116,117 @@ def _go_host(ctx: Context, plugin_cmd: list[str]) -> Result:
     return combine(rounds)
 
 
+def _yamux_round(ctx: Context, pump: str, sink: str) -> float:
+    """MB/s of one stream: ``pump`` ("go"/"python") writes YAMUX_BYTES, ``sink`` reads them."""
+    import socket
+
+    from plugbay.core.transport.yamux import Session, Stream
+
+    prog = go_program(ctx, "yamux_bench")
+    assert prog is not None
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as d:
+        path = os.path.join(d, "y.sock")
+        size = str(YAMUX_BYTES)
+        if sink == "go":
+            sink_proc = subprocess.Popen([prog, "sink", "unix", path, size], stdout=subprocess.PIPE,
+                                         text=True)
+            assert sink_proc.stdout is not None and sink_proc.stdout.readline().strip() == "listening"
+            try:
+                if pump == "go":
+                    out = subprocess.run([prog, "pump", "unix", path, size], capture_output=True, text=True,
+                                         timeout=120, check=True).stdout
+                    return float(json.loads(out.strip().splitlines()[-1])["mb_s"])
+                conn = socket.socket(socket.AF_UNIX)
+                conn.connect(path)
+                session = Session(conn, client=True, on_stream=lambda s: s.reset(), name="bench")
+                try:
+                    stream = session.open()
+                    chunk = bytes(64 * 1024)
+                    t0 = time.perf_counter()
+                    for _ in range(YAMUX_BYTES // len(chunk)):
+                        stream.write(chunk)
+                    assert stream.read(1) == b"k"
+                    return YAMUX_BYTES / (time.perf_counter() - t0) / 1e6
+                finally:
+                    session.close()
+            finally:
+                _reap(sink_proc)
+        # Go pumps into a Python sink
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(30)
+        pump_proc = subprocess.Popen([prog, "pump", "unix", path, size], stdout=subprocess.PIPE, text=True)
+        done: list[int] = []
+
+        def drain(stream: Stream) -> None:
+            got = 0
+            while got < YAMUX_BYTES:
+                data = stream.read()
+                if not data:
+                    break
+                got += len(data)
+                stream.consumed(len(data))
+            done.append(got)
+            stream.write(b"k")
+
+        workers: list[threading.Thread] = []
+
+        def on_stream(stream: Stream) -> None:
+            worker = threading.Thread(target=drain, args=(stream,), name="plugbay-bench-drain")
+            workers.append(worker)
+            worker.start()
+
+        try:
+            conn, _ = listener.accept()
+            session = Session(conn, client=False, on_stream=on_stream, name="bench")
+            try:
+                out, _ = pump_proc.communicate(timeout=120)
+            finally:
+                session.close()
+                for worker in workers:
+                    worker.join(10)
+        finally:
+            listener.close()
+            _reap(pump_proc)
+        if pump_proc.returncode != 0 or done != [YAMUX_BYTES]:
+            raise RuntimeError(f"yamux_bench pump failed ({pump_proc.returncode}, got {done}): {out}")
+        return float(json.loads(out.strip().splitlines()[-1])["mb_s"])
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _yamux(ctx: Context, pump: str, sink: str) -> Result:
+    if go_program(ctx, "yamux_bench") is None:
+        return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
+    rates = sorted(_yamux_round(ctx, pump, sink) for _ in range(ctx.rounds))
+    return Result(note=f"{YAMUX_BYTES >> 20} MiB on one stream, {pump} writes, {sink} reads",
+                  metrics={"MB/s": rates[len(rates) // 2]})
+
+
+def yamux_cases() -> list[Case]:
+    out = []
+    for pump, sink in (("go", "go"), ("python", "go"), ("go", "python")):
+        def run(c: Context, p: str = pump, s: str = sink) -> Result:
+            return _yamux(c, p, s)
+
+        names = {"go": "Go yamux", "python": "plugbay yamux"}
+        floor = pump == sink == "go"
+        out.append(Case(names[pump], names[sink], False, run, area="broker", transport="yamux stream, unix",
+                        key="floor-yamux" if floor else "", floor="" if floor else "floor-yamux"))
+    return out
+
+
 def cases(ctx: Context) -> list[Case]:
-    out: list[Case] = []
+    out: list[Case] = yamux_cases()
     for multiplex in (False, True):
         for automtls in (False, True):
             def py_py(c: Context, m: bool = automtls, x: bool = multiplex) -> Result:

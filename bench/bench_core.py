@@ -3,6 +3,9 @@
 Go programs are go-plugin 1.0.1 (tests/go/kv_host in bench mode, tests/go/kv_plugin).
 Under AutoMTLS a Go peer's P-521 certificate forces plugbay onto its OpenSSL
 relay ("relay-tls"); Python <-> Python uses grpcio's own TLS ("grpc-tls").
+The two "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) on
+the Go plugin and bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go
+host; the plugbay rows with the same Go peer show their ratio to them.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 from common import REPO, Case, Context, Result, combine, go_program, python_host_round
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
+FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
 
 
 def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context) -> Result:
@@ -47,6 +52,8 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
     python_plugin = plugin_cmd == PY_PLUGIN
     note = "go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls and python_plugin else
                                ", Go TLS" if automtls else "")
+    if plugin_cmd == FLOOR_PLUGIN:
+        note = "go-plugin host; bench/floor_kv_plugin.py"
     rounds = []
     env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
     args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(ctx.calls)]
@@ -59,6 +66,36 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
             rounds.append(Result(data["start_to_first_call_ms"], data["p50_us"], data["p99_us"],
                                  data["n"], data["calls_per_s"], note=note))
     return combine(rounds)
+
+
+def _bare_host(plugin_cmd: list[str], ctx: Context) -> Result:
+    from floor import BareKV
+
+    from common import measure_kv
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(ctx.rounds):
+            started = time.perf_counter()
+            with BareKV(plugin_cmd, cwd, ctx.call_timeout) as kv:
+                rounds.append(measure_kv(kv, ctx.calls, started, note="bench/floor.py"))
+    return combine(rounds)
+
+
+def floor_cases() -> list[Case]:
+    """The reference rows: bare grpcio on the Python side, the same Go peer and the same work."""
+
+    def go_floor(c: Context) -> Result:
+        return _go_host(FLOOR_PLUGIN, False, c)
+
+    def floor_go(c: Context) -> Result:
+        plugin = go_program(c, "kv_plugin")
+        if plugin is None:
+            return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+        return _bare_host([plugin], c)
+
+    return [Case("bare grpcio", "Go", False, floor_go, key="floor-host"),
+            Case("Go", "bare grpcio", False, go_floor, key="floor-plugin")]
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -82,7 +119,9 @@ def cases(ctx: Context) -> list[Case]:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
             return _go_host([plugin], m, c)
 
-        out += [Case("Python", "Go", automtls, py_go), Case("Go", "Python", automtls, go_py),
+        out += [Case("Python", "Go", automtls, py_go, floor="floor-host"),
+                Case("Go", "Python", automtls, go_py, floor="floor-plugin"),
                 Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
-    return sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
-                                                    "Go/Go"].index(f"{c.host}/{c.plugin}")))
+    ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
+                                                       "Go/Go"].index(f"{c.host}/{c.plugin}")))
+    return floor_cases() + ordered

@@ -38,6 +38,8 @@ class Result:
     calls_per_s: float = 0.0
     skipped: str | None = None
     note: str = ""
+    # further figures by name (e.g. "py threads/plugin"), compared with the floor row's own
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Case:
     run: Callable[[Context], Result]
     area: str = "core"
     transport: str = "process, unix"
+    key: str = ""  # names this row for others' ``floor``
+    floor: str = ""  # the key of the bare-grpcio row this one is compared with (the ratio column)
 
     @property
     def label(self) -> str:
@@ -70,6 +74,8 @@ def combine(rounds: Sequence[Result]) -> Result:
         calls=sum(r.calls for r in rounds),
         calls_per_s=statistics.median(r.calls_per_s for r in rounds),
         note="; ".join(sorted({r.note for r in rounds if r.note})),
+        metrics={k: statistics.median(r.metrics[k] for r in rounds if k in r.metrics)
+                 for k in {k for r in rounds for k in r.metrics}},
     )
 
 

@@ -46,18 +46,60 @@ def run_case(case: Case, ctx: Context) -> Result:
         return Result(skipped=f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
 
 
+def machine() -> str:
+    """nproc, CPU model, load, Python and grpcio versions: what a figure depends on."""
+    import os
+
+    import grpc
+
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return (f"{os.cpu_count()} CPUs ({model}), load {load:.1f}; Python {platform.python_version()}"
+            f" {platform.machine()}, grpcio {grpc.__version__}")
+
+
+def ratios(case: Case, result: Result, rows: list[tuple[Case, Result]]) -> str:
+    """plugbay / floor for each figure both rows have ("floor" on a reference row itself).
+
+    Latencies, threads and RSS: above 1 is worse; calls/s: below 1 is worse.
+    Start-to-first-call also shows the difference in ms (the targets are stated that way).
+    """
+    if not case.floor:
+        return "floor" if case.key else ""
+    floor = next((r for c, r in rows if c.key == case.floor), None)
+    if floor is None or floor.skipped or result.skipped:
+        return "-"
+    out = []
+    if result.start_to_first_call_ms and floor.start_to_first_call_ms:
+        out.append(f"start {result.start_to_first_call_ms - floor.start_to_first_call_ms:+.0f}ms"
+                   f" {result.start_to_first_call_ms / floor.start_to_first_call_ms:.2f}x")
+    pairs = [("p50", result.p50_us, floor.p50_us), ("p99", result.p99_us, floor.p99_us),
+             ("calls/s", result.calls_per_s, floor.calls_per_s)]
+    pairs += [(k, v, floor.metrics[k]) for k, v in result.metrics.items() if k in floor.metrics]
+    out += [f"{name} {mine / ref:.2f}x" for name, mine, ref in pairs if mine and ref]
+    return ", ".join(out)
+
+
 def table(rows: list[tuple[Case, Result]]) -> str:
     head = ["area", "host -> plugin", "transport", "AutoMTLS", "start->1st call ms", "p50 us", "p99 us",
-            "calls/s", "note"]
+            "calls/s", "plugbay / floor", "note"]
     lines = [head]
     for case, r in rows:
         if r.skipped:
             lines.append([case.area, case.label, case.transport, "yes" if case.automtls else "no",
-                          "-", "-", "-", "-", r.skipped])
+                          "-", "-", "-", "-", "-", r.skipped])
         else:
+            note = "; ".join([f"{k} {v:.1f}" for k, v in r.metrics.items()] + ([r.note] if r.note else []))
             lines.append([case.area, case.label, case.transport, "yes" if case.automtls else "no",
-                          f"{r.start_to_first_call_ms:.1f}", f"{r.p50_us:.0f}", f"{r.p99_us:.0f}",
-                          f"{r.calls_per_s:.0f}", r.note])
+                          f"{r.start_to_first_call_ms:.1f}" if r.start_to_first_call_ms else "-",
+                          f"{r.p50_us:.0f}" if r.p50_us else "-",
+                          f"{r.p99_us:.0f}" if r.p99_us else "-",
+                          f"{r.calls_per_s:.0f}" if r.calls_per_s else "-", ratios(case, r, rows), note])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = []
     for n, row in enumerate(lines):
@@ -77,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or args.rounds < 1 or args.calls > 1_000_000 or args.rounds > 100:
         parser.error("--calls must be 1..1000000 and --rounds 1..100")
     logging.basicConfig(level=logging.ERROR)
+    # Byte-compile like an installed package (pip writes .pyc files): with PYTHONDONTWRITEBYTECODE
+    # set, every plugin start would otherwise compile plugbay's sources and time that, not plugbay.
+    import compileall
+
+    for tree in ("src", "examples", "bench"):
+        compileall.compile_dir(str(HERE.parent / tree), quiet=2)
     ctx = Context(calls=args.calls, rounds=args.rounds)
     rows: list[tuple[Case, Result]] = []
     started = time.monotonic()
@@ -90,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps({"area": area, "host": case.host, "plugin": case.plugin,
                                   "transport": case.transport, "automtls": case.automtls,
-                                  **result.__dict__}), flush=True)
+                                  "vs_floor": ratios(case, result, rows), **result.__dict__}), flush=True)
     if not args.json:
-        print(f"\nplugbay bench: {args.rounds} rounds x {args.calls} unary calls per row; Python"
-              f" {platform.python_version()}, {platform.machine()}; took {time.monotonic() - started:.0f}s\n")
+        print(f"\nplugbay bench: {args.rounds} rounds x {args.calls} unary calls per row;"
+              f" {machine()}; took {time.monotonic() - started:.0f}s\n")
         print(table(rows))
         print("\nstart->1st call: launch, handshake, connect, health check and one Put (median of the"
-              " rounds); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert.")
+              " rounds); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert;"
+              " plugbay / floor: this row's figures over its bare-grpcio reference row's (same run).")
     return 1 if any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
 
 

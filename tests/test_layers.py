@@ -159,3 +159,70 @@ def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> N
 def test_each_layer_says_what_it_holds_and_may_import(package: str) -> None:
     doc = ast.get_docstring(ast.parse((SRC / "plugbay" / package / "__init__.py").read_text()))
     assert doc and "Imports" in doc or doc and "import" in doc, f"{package}/__init__.py needs its docstring"
+
+
+_SERVE_AND_LIST_MODULES = (
+    "import json, sys\n"
+    "sys.path[:0] = ['examples/kv']\n"
+    "from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin\n"
+    "from plugbay import ServeConfig, serve\n"
+    "class Mem:\n"
+    "    data = {}\n"
+    "    def put(self, key, value): self.data[key] = value\n"
+    "    def get(self, key): return self.data[key]\n"
+    "serve(ServeConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(Mem())}))\n"
+    "with open(sys.argv[1], 'w') as f: json.dump(sorted(sys.modules), f)\n"
+)
+
+
+def _served_modules(tmp_path: Path, client_cert: str | None) -> list[str]:
+    """Serve the KV plugin (a Put and a Get when plaintext), stop it; the modules it had loaded."""
+    import os
+    import signal
+
+    import grpc
+
+    sys.path.insert(0, str(SRC.parent / "examples" / "kv"))
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIN_")}
+    env.update(BASIC_PLUGIN="hello", PLUGIN_PROTOCOL_VERSIONS="1", PYTHONPATH=str(SRC))
+    if client_cert is not None:
+        env["PLUGIN_CLIENT_CERT"] = client_cert
+    report = tmp_path / "modules.json"
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE_AND_LIST_MODULES, str(report)], cwd=SRC.parent,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        parts = proc.stdout.readline().strip().split("|")
+        assert parts[2:5] == ["unix", parts[3], "grpc"], parts
+        if client_cert is None:
+            with grpc.insecure_channel(f"unix:{parts[3]}") as channel:
+                stub = kv_pb2_grpc.KVStub(channel)
+                stub.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=10)
+                assert stub.Get(kv_pb2.GetRequest(key="k"), timeout=10).value == b"v"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return list(json.loads(report.read_text()))
+
+
+def test_a_plugin_without_a_client_cert_never_loads_cryptography(tmp_path: Path) -> None:
+    # cryptography is the plugin side's largest import; only AutoMTLS needs it.
+    loaded = _served_modules(tmp_path, None)
+    assert "plugbay.core.plugin.server" in loaded
+    assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
+
+
+def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: Path) -> None:
+    # The other side of the check above: the same probe does see cryptography when it is used.
+    from plugbay.core.protocol.tls import generate_cert
+
+    loaded = _served_modules(tmp_path, generate_cert().cert_pem.decode())
+    assert "cryptography.x509" in loaded

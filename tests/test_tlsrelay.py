@@ -125,3 +125,17 @@ def test_certificate_conversion_errors_say_what_to_pass() -> None:
         tls.pem_to_der(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match="not a DER certificate .*; pass the DER bytes of one certificate"):
         tls.der_to_pem(b"AAA" * 20)
+
+
+def test_tcp_connections_both_ways_turn_off_nagle() -> None:
+    # gRPC writes small frames; with Nagle on, a reply waits for the previous segment's ACK.
+    listener = sockets.open_listener("tcp", "127.0.0.1:0")
+    listener.settimeout(sockets.ACCEPT_POLL)
+    try:
+        dialed = sockets.dial("tcp", sockets.listener_address(listener)[1], timeout=5)
+        accepted = next(sockets.accept_each(listener, lambda: False))
+        with dialed, accepted:
+            for sock in (dialed, accepted):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sockets.close_listener(listener)

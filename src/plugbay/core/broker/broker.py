@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import secrets
 import shutil
 import tempfile
 import threading
@@ -307,7 +306,7 @@ class GRPCBroker:
 
     def _public_path(self) -> str:
         folder = self.transport.socket_dir or tempfile.gettempdir()
-        return os.path.join(folder, f"plugin{secrets.token_hex(5)}")
+        return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
 
     def _serve_per_connection(self, id: int, served: Served) -> None:
         path = self._public_path()

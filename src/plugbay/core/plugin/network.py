@@ -28,16 +28,18 @@ need the multiplexed front); Discovery says ``multiplex=False``.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
-from plugbay.core.transport import certfiles
 from plugbay.errors import ConfigError, TLSConfigError
+
+if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
+    from plugbay.core.transport import certfiles
 
 ENV_LISTEN = "PLUGBAY_NETWORK_LISTEN"
 ENV_CERT = "PLUGBAY_NETWORK_CERT"
@@ -77,11 +79,15 @@ class NetworkServe:
                 f" cert_file={self.cert_file!r}, key_file={self.key_file!r},"
                 f" client_ca_file={self.client_ca_file!r}); pass the missing ones")
         assert self.cert_file and self.key_file and self.client_ca_file
+        from plugbay.core.transport import certfiles
+
         return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
 
 
 def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfiles.CertFiles | None]:
     """Bind ``server`` (not started) where ``network`` says; return (network, address, cert files)."""
+    from plugbay.core.transport import certfiles
+
     files = network.tls_files()
     if files is not None and network.insecure:
         raise ConfigError("NetworkServe got TLS files and insecure=True; choose one (drop insecure"
@@ -110,6 +116,8 @@ def _target(listen: str) -> tuple[str, str]:
 
 
 def package_version() -> str:
+    import importlib.metadata  # only when a Describe asks (a 20+ ms import for every plugin otherwise)
+
     try:
         return importlib.metadata.version("plugbay")
     except importlib.metadata.PackageNotFoundError:  # a source checkout on sys.path, not installed

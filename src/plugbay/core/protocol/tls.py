@@ -13,16 +13,17 @@ Python's ssl module (OpenSSL) instead; see plugbay.core.transport.relay.
 from __future__ import annotations
 
 import datetime
-import secrets
 import ssl
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from plugbay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography is imported where it is used: a plugin started without AutoMTLS never loads it
+# (it is the largest import of the plugin side; tests/test_layers.py checks it stays out).
 
 HOSTNAME = "localhost"
 
@@ -44,6 +45,13 @@ class CertKey:
 
 def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
     """A fresh self-signed certificate with go-plugin's AutoMTLS profile."""
+    import secrets
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(curve or ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     name = x509.Name([
@@ -80,6 +88,9 @@ def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
 
 
 def pem_to_der(pem: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     except ValueError as exc:
@@ -87,6 +98,9 @@ def pem_to_der(pem: bytes) -> bytes:
 
 
 def der_to_pem(der: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     except ValueError as exc:
@@ -95,6 +109,9 @@ def der_to_pem(der: bytes) -> bytes:
 
 def grpc_can_use(cert_pem: bytes) -> bool:
     """Whether grpcio's own TLS can handshake with a peer holding this certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = x509.load_pem_x509_certificate(cert_pem).public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
         return key.curve.name in _GRPC_CURVES

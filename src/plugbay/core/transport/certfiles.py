@@ -23,9 +23,6 @@ import threading
 from dataclasses import dataclass
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from plugbay.errors import TLSConfigError
 
@@ -64,6 +61,11 @@ def _read(path: str, what: str, flag: str) -> bytes:
 
 def load(files: TLSFiles) -> LoadedTLS:
     """Read and check the three files; a TLSConfigError says which one is wrong and how."""
+    # cryptography here, not at import: a plugin served without TLS files never loads it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     cert_pem = _read(files.cert_file, "certificate", "--cert / cert_file")
     key_pem = _read(files.key_file, "private key", "--key / key_file")
     ca_pem = _read(files.client_ca_file, "client CA", "--client-ca / client_ca_file")

@@ -27,6 +27,7 @@ from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_list
 
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR  # a recv then returns data, EOF or the error
 
 
 
@@ -119,6 +120,7 @@ def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> 
     plain_eof = tls_eof = False
     poller = select.poll()
     pfd, tfd = plain.fileno(), tls.fileno()
+    registered = (-1, -1)
     while not closed.is_set():
         if (plain_eof and not to_plain and not to_tls and not tls_chunk) or \
                 (tls_eof and not to_plain):
@@ -127,11 +129,16 @@ def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> 
             (select.POLLOUT if to_plain else 0)
         want_tls = (select.POLLIN if not tls_eof and len(to_plain) < _CAP else 0) | \
             (select.POLLOUT if to_tls or tls_chunk else 0)
-        poller.register(pfd, want_plain)
-        poller.register(tfd, want_tls)
+        if registered != (want_plain, want_tls):
+            poller.register(pfd, want_plain)
+            poller.register(tfd, want_tls)
+            registered = (want_plain, want_tls)
         buffered = tls.pending() > 0 and len(to_plain) < _CAP
-        poller.poll(0 if buffered else 500)
-        if want_plain & select.POLLIN:
+        # Read only what poll reports ready: a recv on an idle socket costs a syscall and an exception.
+        ready = dict(poller.poll(0 if buffered else 500))
+        if ready.get(pfd, 0) & select.POLLNVAL or ready.get(tfd, 0) & select.POLLNVAL:
+            return  # a socket was closed under us (close())
+        if want_plain & select.POLLIN and ready.get(pfd, 0) & _READABLE:
             try:
                 data = plain.recv(_CHUNK)
                 if data:
@@ -142,7 +149,7 @@ def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> 
                 pass
             except OSError:
                 return
-        if want_tls & select.POLLIN or buffered:
+        if want_tls & select.POLLIN and ready.get(tfd, 0) & _READABLE or buffered:
             try:
                 while len(to_plain) < _CAP:
                     data = tls.recv(_CHUNK)

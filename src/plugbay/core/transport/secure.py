@@ -13,7 +13,6 @@ channel options.
 from __future__ import annotations
 
 import os
-import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ class MutualTLS:
 
 def private_socket(folder: str, stem: str) -> str:
     """A fresh socket path in a folder only this process uses."""
-    return os.path.join(folder, f"{stem}-{secrets.token_hex(4)}.sock")
+    return os.path.join(folder, f"{stem}-{os.urandom(4).hex()}.sock")
 
 
 @dataclass

@@ -94,6 +94,8 @@ def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator
             continue
         except OSError:
             return
+        if conn.family != socket.AF_UNIX:  # small gRPC frames must not wait for Nagle's algorithm
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         yield conn
 
 

@@ -1,0 +1,78 @@
+"""The floor for a Python plugin: a bare grpcio KV plugin, no plugbay at all.
+
+It does what examples/kv/plugin.py does for a go-plugin host, and nothing else:
+check the magic cookie, serve proto.KV (files ``kv_<key>`` in the working
+directory, like the example), grpc.health.v1 and plugin.GRPCController on a
+unix socket, print the go-plugin handshake line, and exit on Shutdown or
+SIGTERM. No AutoMTLS (grpcio cannot take a go-plugin host's P-521 certificate;
+the floor is the plaintext path), no broker, no stdio capture, no logging.
+The bench runs it under the Go host (tests/go/kv_host) next to the plugbay plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "kv"))
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402  (the example's generated code)
+
+
+class _KV(kv_pb2_grpc.KVServicer):
+    def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
+        try:
+            return kv_pb2.GetResponse(value=Path(f"kv_{request.key}").read_bytes())
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no value for {request.key!r}")
+            raise
+
+    def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.Empty:
+        Path(f"kv_{request.key}").write_bytes(request.value)
+        return kv_pb2.Empty()
+
+
+def _raw(func):  # type: ignore[no-untyped-def]
+    # Health and the controller as raw bytes: no generated code needed for two fixed messages.
+    return grpc.unary_unary_rpc_method_handler(func, request_deserializer=None, response_serializer=None)
+
+
+def main() -> None:
+    if os.environ.get("BASIC_PLUGIN") != "hello":
+        sys.stderr.write("This binary is a plugin; run it from a host.\n")
+        raise SystemExit(1)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = grpc.server(ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+    kv_pb2_grpc.add_KVServicer_to_server(_KV(), server)
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": _raw(lambda req, ctx: b"\x08\x01")}),  # status: SERVING
+        grpc.method_handlers_generic_handler("plugin.GRPCController", {
+            "Shutdown": _raw(lambda req, ctx: (stopped.set(), b"")[1])}),
+    ))
+    tmp = tempfile.mkdtemp(prefix="plugin")
+    path = os.path.join(tmp, "plugin.sock")
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    os.write(1, f"1|1|unix|{path}|grpc|\n".encode())
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        server.stop(1).wait(3)
+        for p in (path,):
+            if os.path.exists(p):
+                os.unlink(p)
+        os.rmdir(tmp)
+
+
+if __name__ == "__main__":
+    main()
