@@ -62,7 +62,8 @@ def test_no_docker_engine(tmp_path: Path) -> None:
 @pytest.mark.docker
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transport: str) -> None:
-    with running(["--image", kv_image, "--transport", transport, "--cookie", COOKIE], tmp_path) as run:
+    with running(["--image", kv_image, "--transport", transport, "--writable", "/data", "--cookie", COOKIE],
+                 tmp_path) as run:
         container = run.config()["runner"]["id"]
         assert container_exists(container)
         assert plugbay("health", run.target).returncode == 0

@@ -56,7 +56,7 @@ def _tls_tar(certs: netcerts.CertSet) -> bytes:
 
 
 def _run(docker: Any, image: str, env: dict[str, str], certs: netcerts.CertSet) -> Any:
-    from plugbay.runners.docker.engine import managed_labels
+    from plugbay.runners.session import managed_labels
 
     container = docker.containers.create(image, environment=env, ports={"7001/tcp": ("127.0.0.1", None)},
                                          labels=managed_labels(), network_mode="bridge")

@@ -49,7 +49,7 @@ def _parse_versions(text: str) -> list[int]:
 
 
 def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
-            kubeconfig: str | None) -> tuple[Any, str]:
+            kubeconfig: str | None, writable: tuple[str, ...] = ()) -> tuple[Any, str]:
     chosen = [x for x in (cmd, image, pod) if x]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --cmd 'COMMAND', --image IMAGE or --pod IMAGE")
@@ -65,7 +65,7 @@ def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None,
             from plugbay.runners.docker import DockerRunner
         except ImportError:
             raise ConfigError("--image needs the Docker SDK; install plugbay[docker]") from None
-        return DockerRunner(image, transport=transport), "docker"
+        return DockerRunner(image, transport=transport, writable_dirs=("/tmp", *writable)), "docker"
     try:
         from plugbay.runners.kubernetes import KubernetesRunner
     except ImportError:
@@ -112,13 +112,16 @@ class _Interrupts:
 @click.command(epilog="""\b
 Examples:
   plugbay run --cmd 'python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
-  plugbay run --image plugbay-kv:latest --transport tcp --cookie BASIC_PLUGIN=hello --automtls
+  plugbay run --image plugbay-kv:latest --transport tcp --writable /data --cookie BASIC_PLUGIN=hello
   plugbay run --pod plugbay-kv:latest --namespace plugins --cookie BASIC_PLUGIN=hello
 Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice kills it.""")
 @click.option("--cmd", help="Run the plugin as a local process: its shell-style command line.")
 @click.option("--image", help="Run the plugin image in a Docker container.")
 @click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
               help="With --image: a bind-mounted unix socket or a port published on 127.0.0.1.")
+@click.option("--writable", multiple=True, metavar="DIR",
+              help="With --image or --pod: a writable folder (tmpfs) besides /tmp on the read-only root;"
+                   " repeat for more.")
 @click.option("--pod", help="Run the plugin image as a Kubernetes pod.")
 @click.option("--namespace", help="With --pod: the namespace (default: the kubeconfig's).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --pod: the kubeconfig file.")
@@ -132,8 +135,8 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--kill-grace", type=click.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
-def run(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
-        kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool, multiplex: bool,
+def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str, ...], pod: str | None,
+        namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool, multiplex: bool,
         reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
@@ -145,7 +148,7 @@ def run(cmd: str | None, image: str | None, transport: str, pod: str | None, nam
 
     key, value = _parse_cookie(cookie)
     versions = _parse_versions(protocol_versions)
-    runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig)
+    runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable)
     out = Path(reattach_out) if reattach_out else None
     config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
                           runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
