@@ -1,0 +1,99 @@
+"""The fault suite: every fault type, injected PLUGBAY_FAULTS_SIZE times (default 3).
+
+Each injection must: end every call within its deadline + 100 ms, raise only
+plugbay errors (which are also grpc.RpcError), recover (the Supervisor
+restarts or reattaches; fault -> first successful call), leave nothing behind
+(processes, plugbay-* threads, fds, temp entries, containers, volumes,
+namespaces, pods) and lose no acknowledged write. bench/bench_faults.py runs
+the same injectors at a large size and prints the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.injectors import FAULTS
+from tests.faults.probe import Record
+from tests.faults.runner import run, size_from_env
+from tests.faults.targets import Unavailable
+
+SIZE = size_from_env()
+
+
+def _param(name: str) -> Any:
+    mark = FAULTS[name].mark if name in FAULTS else None
+    return pytest.param(name, marks=[getattr(pytest.mark, mark)] if mark else [], id=name)
+
+
+def _records(name: str, workdir: Path) -> list[Record]:
+    try:
+        return list(run(name, SIZE, workdir))
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _judge(records: list[Record]) -> None:
+    assert len(records) == SIZE
+    bad = [r.problems() for r in records if not r.ok]
+    assert not bad, "\n".join(bad)
+    assert all(r.recovery_s is not None for r in records)
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ["kill9-python", "kill9-go", "sigstop", "hang",
+                                                      "host-kill"]])
+def test_process_faults(name: str, tmp_path: Path) -> None:
+    records = _records(name, tmp_path)
+    _judge(records)
+    if name.startswith("kill9"):
+        assert all(r.restarts >= 1 for r in records), [r.restarts for r in records]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", ["docker-kill", "docker-pause"])
+def test_container_faults(name: str, tmp_path: Path) -> None:
+    records = _records(name, tmp_path)
+    _judge(records)
+    if name == "docker-kill":
+        assert all(r.restarts >= 1 for r in records)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("name", ["net-blackhole", "net-latency", "net-reset"])
+def test_network_faults(name: str, tmp_path: Path) -> None:
+    _judge(_records(name, tmp_path))
+
+
+@pytest.fixture(scope="module")
+def kube_parts() -> Iterator[tuple[Any, str]]:
+    from tests.kube_standin.fixtures import need_docker
+
+    need_docker()
+    from tests.kube_standin.images import kvtrap_image
+    from tests.kube_standin.server import StandIn
+
+    image = kvtrap_image()
+    server = StandIn(runtime="docker").start()
+    try:
+        yield server, image
+    finally:
+        server.stop()
+
+
+@pytest.mark.kubernetes
+@pytest.mark.docker
+def test_pod_deleted(kube_parts: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.faults import injectors, targets
+
+    standin, image = kube_parts
+    fault = injectors.FAULTS["pod-delete"]
+    shared = injectors.Fault(fault.name, lambda wd: targets.kube(wd, standin, image), fault.inject,
+                             budget=fault.budget, mark=fault.mark)
+    monkeypatch.setitem(injectors.FAULTS, "pod-delete", shared)
+    records = _records("pod-delete", tmp_path)
+    _judge(records)
+    assert all(r.lost_writes is None for r in records)  # a deleted pod's files are gone by design
+    assert all(r.restarts >= 1 for r in records)
