@@ -17,8 +17,15 @@ def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     areas = {row["area"] for row in rows}
-    assert {"core", "broker", "docker", "kubernetes", "resilience"} <= areas, areas
+    assert {"core", "broker", "docker", "kubernetes", "resilience", "faults"} <= areas, areas
+    fault_rows = [row for row in rows if row.get("table") == "extra"]
+    assert {row["fault"] for row in fault_rows} >= {"kill9-python", "sigstop", "hang", "host-kill"}, fault_rows
+    for row in fault_rows:
+        assert not (row.get("skipped") or "").startswith("FAILED"), row
+        assert row.get("skipped") or (row["faults"] == 1 and row["recovered"] == 1), row
     for row in rows:
+        if row.get("table") == "extra":
+            continue
         assert not (row.get("skipped") or "").startswith("FAILED"), row
         if not row.get("skipped"):
             assert row["start_to_first_call_ms"] > 0, row

@@ -89,6 +89,6 @@ def _once(index: int, cwd: Path) -> Record:
     record.leaks += settled_leaks(before)
     left = sorted(p.name for p in host_tmp.iterdir())
     if left:
-        record.detail += f" the killed host's temp entries remain: {left};"
+        record.detail += f" the killed host left {len(left)} temp entr{'y' if len(left) == 1 else 'ies'} (its plugin socket folder);"
     shutil.rmtree(host_tmp, ignore_errors=True)
     return record

@@ -110,7 +110,9 @@ def latency(sup: Any, target: Target, caller: Caller) -> Heal | None:
     try:
         _tc("add", "dev", ns.host_if, "root", "netem", "delay", "300ms", "50ms")
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise Unavailable(f"tc netem does not work here: {getattr(exc, 'stderr', exc)!r}") from None
+        why = getattr(exc, "stderr", b"") or str(exc).encode()
+        raise Unavailable("tc netem cannot add latency here (the kernel lacks sch_netem, CONFIG_NET_SCH_NETEM):"
+                          f" {why.decode(errors='replace').strip()}") from None
 
     def heal() -> None:
         subprocess.run(["tc", "qdisc", "del", "dev", ns.host_if, "root"], capture_output=True, timeout=10,

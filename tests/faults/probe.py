@@ -35,7 +35,8 @@ class Record:
     recovery_s: float | None = None  # fault -> first successful call
     calls: int = 0
     hung_calls: list[str] = field(default_factory=list)  # calls that outlived their deadline by > OVERRUN
-    untyped_errors: list[str] = field(default_factory=list)  # errors that are not PlugbayError (or not RpcError)
+    untyped_errors: list[str] = field(default_factory=list)  # call errors that are not a PlugbayError
+    non_rpc_errors: list[str] = field(default_factory=list)  # PlugbayErrors from a call that are not grpc.RpcError
     leaks: list[str] = field(default_factory=list)
     lost_writes: list[str] | None = field(default_factory=list)  # None: the target keeps no data (n/a)
     restarts: int = 0
@@ -48,7 +49,7 @@ class Record:
 
     def problems(self) -> str:
         return (f"{self.fault}#{self.index}: recovered={self.recovered} hung={self.hung_calls}"
-                f" untyped={self.untyped_errors} leaks={self.leaks} lost={self.lost_writes} {self.detail}")
+                f" untyped={self.untyped_errors} non-rpc={self.non_rpc_errors[:2]} leaks={self.leaks} lost={self.lost_writes} {self.detail}")
 
 
 class Caller:
@@ -75,9 +76,12 @@ class Caller:
             self.record.calls += 1
             if took > deadline + OVERRUN:
                 self.record.hung_calls.append(f"{method}({key}) took {took:.3f}s for a {deadline}s deadline")
-            if not ok and not (isinstance(result, PlugbayError) and isinstance(result, grpc.RpcError)):
-                self.record.untyped_errors.append(f"{method}({key}): {type(result).__module__}."
-                                                  f"{type(result).__name__}: {str(result)[:160]}")
+            if not ok:
+                text = f"{method}({key}): {type(result).__module__}.{type(result).__name__}: {str(result)[:160]}"
+                if not isinstance(result, PlugbayError):
+                    self.record.untyped_errors.append(text)
+                elif not isinstance(result, grpc.RpcError):
+                    self.record.non_rpc_errors.append(text)
         return ok, result
 
 

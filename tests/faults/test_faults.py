@@ -10,6 +10,8 @@ the same injectors at a large size and prints the table.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,11 @@ def _records(name: str, workdir: Path) -> list[Record]:
 
 
 def _judge(records: list[Record]) -> None:
+    """Recovered, no hung call, only plugbay errors, nothing left, no acknowledged write lost.
+
+    (Call errors that are plugbay errors but not grpc.RpcError are checked by
+    test_a_call_waiting_for_a_restart_fails_with_an_rpc_error, deterministically.)
+    """
     assert len(records) == SIZE
     bad = [r.problems() for r in records if not r.ok]
     assert not bad, "\n".join(bad)
@@ -97,3 +104,32 @@ def test_pod_deleted(kube_parts: tuple[Any, str], tmp_path: Path, monkeypatch: p
     _judge(records)
     assert all(r.lost_writes is None for r in records)  # a deleted pod's files are gone by design
     assert all(r.restarts >= 1 for r in records)
+
+
+def test_a_call_waiting_for_a_restart_fails_with_an_rpc_error(tmp_path: Path) -> None:
+    """A call that waits out its deadline for a slow restart: a CallTimeoutError that is a grpc.RpcError."""
+    import grpc
+
+    from plugbay import CallTimeoutError, ProcessRunner, RestartPolicy, Supervisor
+    from tests.faults.probe import Caller
+    from tests.faults.targets import KV_EXAMPLE, PY, kv_config
+
+    slow = ("import runpy, sys, time; time.sleep(3); sys.argv = [sys.argv[1]];"
+            " runpy.run_path(sys.argv[0], run_name='__main__')")
+    starts = iter([[PY, KV_EXAMPLE]])
+
+    def factory() -> Any:
+        return kv_config(ProcessRunner(next(starts, [PY, "-c", slow, KV_EXAMPLE]), cwd=tmp_path))
+
+    record = Record("slow-restart", 0)
+    with Supervisor(factory, restart=RestartPolicy(max_restarts=2, initial_backoff=0.05),
+                    health_interval=None) as sup:
+        caller = Caller(sup.channel, record)
+        assert caller.call("Put", "k", b"v")[0]
+        os.kill(sup.current_client.runner.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        ok, err = caller.call("Put", "k2", b"v", deadline=0.5)
+        assert not ok and isinstance(err, CallTimeoutError), err
+        assert not record.hung_calls, record.hung_calls
+        assert isinstance(err, grpc.RpcError), (
+            f"defect: the Supervisor's ReadyGate raises {type(err).__name__}, which is not a grpc.RpcError,"
+            " while every other call failure is (code DEADLINE_EXCEEDED expected)")
