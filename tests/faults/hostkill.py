@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,16 +47,20 @@ def _once(index: int, cwd: Path) -> Record:
     key, value = f"h{index}", os.urandom(8).hex()
     # The host's own TMPDIR: what a SIGKILLed host leaves there (its plugin's socket folder) is
     # reported, not counted as a plugbay leak: no successor can prove it made that folder.
-    host_tmp = cwd / f"host-tmp-{index}"
-    host_tmp.mkdir()
+    host_tmp = Path(tempfile.mkdtemp(prefix="pbhk"))  # short: unix socket paths hold 107 bytes
     host = subprocess.Popen([PY, "-m", "tests.faults.hostproc", str(cwd), str(reattach_file), key, value],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "TMPDIR": str(host_tmp)})
     plugin_pid = 0
     try:
-        ready = host.stdout.readline() if host.stdout else ""  # the host prints one line (or dies)
-        if ready.strip() != "ready":
-            record.detail += f" the host process did not get ready (exit {host.poll()});"
+        seen = []
+        for _ in range(200):  # the host prints "ready" (after any warnings) or dies
+            line = host.stdout.readline() if host.stdout else ""
+            if not line or line.strip() == "ready":
+                break
+            seen.append(line.rstrip())
+        if line.strip() != "ready":
+            record.detail += f" the host process did not get ready (exit {host.poll()}): {seen[-5:]};"
             return record
         cfg = ReattachConfig.from_json(reattach_file.read_text())
         plugin_pid = int(cfg.runner.get("pid", 0))
@@ -86,9 +91,9 @@ def _once(index: int, cwd: Path) -> Record:
     if plugin_pid and _alive(plugin_pid):
         record.leaks.append(f"reattached plugin process {plugin_pid} still runs after the Supervisor stopped")
         os.kill(plugin_pid, signal.SIGKILL)  # this test started it (through its host process)
-    record.leaks += settled_leaks(before)
     left = sorted(p.name for p in host_tmp.iterdir())
     if left:
         record.detail += f" the killed host left {len(left)} temp entr{'y' if len(left) == 1 else 'ies'} (its plugin socket folder);"
     shutil.rmtree(host_tmp, ignore_errors=True)
+    record.leaks += settled_leaks(before)
     return record

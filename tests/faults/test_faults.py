@@ -113,6 +113,7 @@ def test_a_call_waiting_for_a_restart_fails_with_an_rpc_error(tmp_path: Path) ->
     from plugbay import CallTimeoutError, ProcessRunner, RestartPolicy, Supervisor
     from tests.faults.probe import Caller
     from tests.faults.targets import KV_EXAMPLE, PY, kv_config
+    from tests.resilience_util import wait_until
 
     slow = ("import runpy, sys, time; time.sleep(3); sys.argv = [sys.argv[1]];"
             " runpy.run_path(sys.argv[0], run_name='__main__')")
@@ -127,6 +128,7 @@ def test_a_call_waiting_for_a_restart_fails_with_an_rpc_error(tmp_path: Path) ->
         caller = Caller(sup.channel, record)
         assert caller.call("Put", "k", b"v")[0]
         os.kill(sup.current_client.runner.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        assert wait_until(lambda: sup.state == "restarting", 10)  # the slow start is under way
         ok, err = caller.call("Put", "k2", b"v", deadline=0.5)
         assert not ok and isinstance(err, CallTimeoutError), err
         assert not record.hung_calls, record.hung_calls

@@ -207,3 +207,25 @@ def test_yamux_session_closes_cleanly_on_arbitrary_frames(data: bytes) -> None:
         _feed(data, errors)
     finally:
         threading.excepthook = old
+
+
+def test_yamux_data_beyond_the_receive_window_closes_the_session() -> None:
+    """A peer that ignores flow control must not make us buffer without bound (yamux: window exceeded)."""
+    ours, theirs = socket.socketpair()
+    streams: list[yamux.Stream] = []
+    session = yamux.Session(ours, client=False, on_stream=streams.append, name="fuzz-window")
+    try:
+        theirs.sendall(_HDR.pack(0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
+        size = yamux.WINDOW * 4
+        theirs.settimeout(10)
+        theirs.sendall(_HDR.pack(0, yamux.DATA, 0, 1, size) + b"x" * size)
+        deadline = time.monotonic() + 5
+        while not session.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        buffered = len(streams[0]._buf) if streams else 0
+        assert session.closed and session.close_reason, (
+            f"defect: a stream buffered {buffered} bytes against a {yamux.WINDOW}-byte receive window and the"
+            " session stayed open; hashicorp/yamux closes the session (receive window exceeded)")
+    finally:
+        session.close()
+        theirs.close()
