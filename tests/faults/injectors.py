@@ -134,6 +134,9 @@ def pod_delete(sup: Any, target: Target, caller: Caller) -> Heal | None:
     if client is None:
         raise RuntimeError("no running pod to fault")
     target.handles["standin"].delete_pod("default", client.runner.pod_name, 0)
+    # The API object goes at once, the container a moment later: the fault is in effect once the
+    # host sees the plugin gone (until then the old pod still answers, and that is no outage).
+    client.runner.wait(30)
     return None
 
 

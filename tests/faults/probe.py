@@ -160,22 +160,32 @@ class Snapshot:
         threads = {t.name for t in threading.enumerate() if t.name.startswith("plugbay-") and t.is_alive()}
         return cls(descendants(os.getpid()), threads, _fds(), entries)
 
-    def leaks_since(self, before: Snapshot) -> list[str]:
+    def leaks_since(self, before: Snapshot, infra: bool = False) -> list[str]:
+        """What is here now and was not before. ``infra``: an in-process Kubernetes stand-in runs
+        (test infrastructure): skip its plugbay-standin-* threads and count no sockets, since its
+        own (to the Docker engine, to the client) cannot be told apart from the client's here;
+        processes, non-socket fds, temp entries and the target's pods are still checked."""
         out = [f"process {pid} ({name})" for pid, name in sorted(self.procs - before.procs)]
-        out += [f"thread {name}" for name in sorted(self.threads - before.threads)]
-        if len(self.fds) > len(before.fds):
-            new = sorted(set(self.fds.values()) - set(before.fds.values())) or sorted(self.fds.values())
-            out.append(f"{len(self.fds) - len(before.fds)} more open fds ({len(before.fds)} -> {len(self.fds)};"
+        out += [f"thread {name}" for name in sorted(self.threads - before.threads)
+                if not (infra and name.startswith("plugbay-standin-"))]
+        fds, old = self.fds, before.fds
+        if infra:
+            fds = {k: v for k, v in fds.items() if not v.startswith("socket:")}
+            old = {k: v for k, v in old.items() if not v.startswith("socket:")}
+        if len(fds) > len(old):
+            new = sorted(set(fds.values()) - set(old.values())) or sorted(fds.values())
+            out.append(f"{len(fds) - len(old)} more open fds ({len(old)} -> {len(fds)};"
                        f" new: {', '.join(new[:5])})")
         out += [f"temp entry {name}" for name in sorted(self.tmp - before.tmp) if not name.startswith("pytest-")]
         return out
 
 
-def settled_leaks(before: Snapshot, extra: Callable[[], list[str]] = lambda: [], wait: float = 10.0) -> list[str]:
+def settled_leaks(before: Snapshot, extra: Callable[[], list[str]] = lambda: [], wait: float = 10.0,
+                  infra: bool = False) -> list[str]:
     """Leaks now, re-checked until they are gone or ``wait`` passes (killed things take a moment)."""
     end = time.monotonic() + wait
     while True:
-        leaks = Snapshot.take().leaks_since(before) + extra()
+        leaks = Snapshot.take().leaks_since(before, infra) + extra()
         if not leaks or time.monotonic() >= end:
             return leaks
         time.sleep(0.2)

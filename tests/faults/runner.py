@@ -67,9 +67,9 @@ def _session(fault: Fault, first: int, count: int, workdir: Path) -> Iterator[Re
                         unhealthy_grace=fault.unhealthy_grace, name=f"faults-{fault.name}") as sup:
             for i in range(first, first + count):
                 records.append(inject_once(fault, sup, target, i))
-        leftovers = target.leftovers
+        leftovers, infra = target.leftovers, target.infra
     target_left = _settled(leftovers)
-    records[-1].leaks += settled_leaks(before) + target_left
+    records[-1].leaks += settled_leaks(before, infra=infra) + target_left
     yield from records
 
 

@@ -45,6 +45,7 @@ class Target:
     name: str
     factory: Callable[[], ClientConfig]
     durable: bool = True  # acknowledged writes must survive the fault
+    infra: bool = False  # an in-process Kubernetes stand-in runs (see probe.Snapshot.leaks_since)
     leftovers: Callable[[], list[str]] = field(default=lambda: [])
     handles: dict[str, Any] = field(default_factory=dict)
 
@@ -207,7 +208,8 @@ def kube(workdir: Path, standin: Any = None, image: str | None = None) -> Iterat
             pods = standin.store.list(None, f"plugbay.session={HOST_SESSION_ID}", "")
             return [f"pod {p['metadata']['name']}" for p in pods]
 
-        yield Target("kube-kv", factory, durable=False, leftovers=leftovers, handles={"standin": standin})
+        yield Target("kube-kv", factory, durable=False, infra=True, leftovers=leftovers,
+                     handles={"standin": standin})
     finally:
         if own:
             standin.stop()
