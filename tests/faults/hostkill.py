@@ -75,7 +75,7 @@ def _once(index: int, cwd: Path) -> Record:
             probe_until_ok(caller, f"h{index}", killed, 30.0, acked)
             kinds = [e.kind for e in sup.events]
             if kinds[:1] != ["reattached"]:
-                record.detail += f" the new host did not reattach (events {kinds});"
+                record.unexpected.append(f"the new host did not reattach (events {kinds})")
             record.lost_writes = check_writes(caller, acked)
             record.restarts = sup.restarts
     finally:

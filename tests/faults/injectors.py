@@ -61,9 +61,11 @@ def sigstop(sup: Any, target: Target, caller: Caller) -> Heal | None:
 
 def hang(sup: Any, target: Target, caller: Caller) -> Heal | None:
     """A handler that never returns (trap_kv's __hang__): the call itself must end at its deadline."""
+    from plugbay import CallTimeoutError
+
     ok, result = caller.call("Get", "__hang__")
-    if ok:
-        caller.record.detail += f" the __hang__ call returned {result!r} instead of timing out;"
+    if not isinstance(result, CallTimeoutError):
+        caller.record.unexpected.append(f"the __hang__ call ended with {result!r}, not a CallTimeoutError")
     return None
 
 

@@ -40,16 +40,18 @@ class Record:
     leaks: list[str] = field(default_factory=list)
     lost_writes: list[str] | None = field(default_factory=list)  # None: the target keeps no data (n/a)
     restarts: int = 0
+    unexpected: list[str] = field(default_factory=list)  # outcomes the fault type rules out
     detail: str = ""
 
     @property
     def ok(self) -> bool:
         return (self.recovered and not self.hung_calls and not self.untyped_errors and not self.leaks
-                and not self.lost_writes)
+                and not self.lost_writes and not self.unexpected)
 
     def problems(self) -> str:
         return (f"{self.fault}#{self.index}: recovered={self.recovered} hung={self.hung_calls}"
-                f" untyped={self.untyped_errors} non-rpc={self.non_rpc_errors[:2]} leaks={self.leaks} lost={self.lost_writes} {self.detail}")
+                f" unexpected={self.unexpected} untyped={self.untyped_errors} non-rpc={self.non_rpc_errors[:2]}"
+                f" leaks={self.leaks} lost={self.lost_writes} {self.detail}")
 
 
 class Caller:
