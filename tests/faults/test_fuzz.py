@@ -129,7 +129,7 @@ _CONNINFO = st.builds(
 @BOUNDED
 @given(st.lists(_CONNINFO, min_size=1, max_size=8))
 def test_broker_receive_takes_arbitrary_conninfo_and_dial_fails_typed(msgs: list[pb.ConnInfo]) -> None:
-    broker = GRPCBroker(BrokerTransport(), "host", dial_timeout=0.05)
+    broker = GRPCBroker(BrokerTransport(), "host", dial_timeout=0.005)
     try:
         for msg in msgs:
             broker._receive(msg)  # the stream's reader calls exactly this per message
@@ -137,7 +137,7 @@ def test_broker_receive_takes_arbitrary_conninfo_and_dial_fails_typed(msgs: list
             if msg.network in ("unix", "tcp"):
                 continue  # a well-formed announcement would be dialed lazily; nothing to check offline
             try:
-                broker.dial(msg.service_id, timeout=0.05).close()
+                broker.dial(msg.service_id, timeout=0.005).close()
             except PlugbayError as exc:
                 assert str(exc)
     finally:
