@@ -140,7 +140,14 @@ def _circuit_fast_fail(ctx: Context) -> Result:
 
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
-    from plugbay import CircuitBreaker, CircuitOpenError, Client, ClientConfig, PluginDiedError, ProcessRunner
+    from plugbay import (
+        CircuitBreaker,
+        CircuitOpenError,
+        Client,
+        ClientConfig,
+        PluginDiedError,
+        ProcessRunner,
+    )
     from plugbay.core.resilience.calls import install
 
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:

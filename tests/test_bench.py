@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--calls", "5", "--rounds", "1",
-                             "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                             "--faults", "1", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                             stdin=subprocess.DEVNULL)
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -19,10 +19,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.faults.probe import Caller, Record, Snapshot, check_writes, probe_until_ok, settled_leaks
-from tests.faults.targets import KV_EXAMPLE, PY, REPO, kv_config
-
 from plugbay import ProcessRunner, ReattachConfig, RestartPolicy, Supervisor
+from tests.faults.probe import (
+    Caller,
+    Record,
+    Snapshot,
+    check_writes,
+    probe_until_ok,
+    settled_leaks,
+)
+from tests.faults.targets import KV_EXAMPLE, PY, REPO, kv_config
 
 
 def _alive(pid: int) -> bool:

@@ -13,9 +13,8 @@ import os
 import sys
 import time
 
-from tests.faults.targets import KV_EXAMPLE, PLUGIN_NAME, PY, kv_config
-
 from plugbay import Client, ProcessRunner
+from tests.faults.targets import KV_EXAMPLE, PLUGIN_NAME, PY, kv_config
 
 
 def main() -> None:

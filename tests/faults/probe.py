@@ -182,7 +182,7 @@ class Snapshot:
         return out
 
 
-def settled_leaks(before: Snapshot, extra: Callable[[], list[str]] = lambda: [], wait: float = 10.0,
+def settled_leaks(before: Snapshot, extra: Callable[[], list[str]] = list, wait: float = 10.0,
                   infra: bool = False) -> list[str]:
     """Leaks now, re-checked until they are gone or ``wait`` passes (killed things take a moment)."""
     end = time.monotonic() + wait

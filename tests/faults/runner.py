@@ -19,11 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.faults.injectors import FAULTS, Fault
-from tests.faults.probe import Caller, Record, Snapshot, check_writes, probe_until_ok, settled_leaks
-from tests.faults.targets import Target
-
 from plugbay import RestartPolicy, Supervisor
+from tests.faults.injectors import FAULTS, Fault
+from tests.faults.probe import (
+    Caller,
+    Record,
+    Snapshot,
+    check_writes,
+    probe_until_ok,
+    settled_leaks,
+)
+from tests.faults.targets import Target
 
 SIZE_ENV = "PLUGBAY_FAULTS_SIZE"
 DEFAULT_SIZE = 3

@@ -46,7 +46,7 @@ class Target:
     factory: Callable[[], ClientConfig]
     durable: bool = True  # acknowledged writes must survive the fault
     infra: bool = False  # an in-process Kubernetes stand-in runs (see probe.Snapshot.leaks_since)
-    leftovers: Callable[[], list[str]] = field(default=lambda: [])
+    leftovers: Callable[[], list[str]] = field(default=list)
     handles: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,7 +93,7 @@ def docker_client() -> Any:
         client = docker.from_env(version="auto")
         client.ping()
         return client
-    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+    except Exception as exc:
         raise Unavailable(f"the Docker engine does not answer: {exc}") from exc
 
 
@@ -121,8 +121,8 @@ def docker(workdir: Path) -> Iterator[Target]:
     """The KV example image; /data (its working folder) is a named volume that outlives containers."""
     from docker.types import Mount
 
-    from plugbay.runners.docker import DockerRunner
     from plugbay.runners.base import HOST_SESSION_ID
+    from plugbay.runners.docker import DockerRunner
 
     client = docker_client()
     tag = kv_image(client)

@@ -183,7 +183,7 @@ def _feed(data: bytes, errors: list[BaseException]) -> None:
         while not session.closed and time.monotonic() < deadline:
             try:
                 theirs.recv(65536)  # drain our ACKs and PING answers so the session never blocks on them
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 break
         assert session.closed, "the yamux session did not end after the peer's bytes stopped"
         assert session.close_reason
