@@ -26,6 +26,7 @@ class Context:
     calls: int = 500  # unary calls measured per round
     rounds: int = 3  # plugin starts per case (start-to-first-call is their median)
     call_timeout: float = 30.0
+    faults: int = 2  # injections per fault type (bench_faults)
     cache: dict[str, Any] = field(default_factory=dict)
 
 

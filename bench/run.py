@@ -3,10 +3,13 @@
     python bench/run.py                      # every row, 3 rounds x 500 calls each
     python bench/run.py --calls 2000 --rounds 5
     python bench/run.py --only core --json   # one area; JSON lines instead of the table
+    python bench/run.py --only faults --faults 100   # 100 injections per fault type
 
 Rows come from every ``bench/bench_<area>.py`` module (``cases(ctx) -> list[Case]``),
 so other areas (docker, kubernetes, broker, ...) add a module and appear here.
-Every loop is bounded by --calls and --rounds.
+A module may also define ``extra_report(ctx, progress) -> (table, rows)``: its own
+table, printed below the main one (bench_faults: one row per fault type).
+Every loop is bounded by --calls, --rounds and --faults.
 """
 
 from __future__ import annotations
@@ -115,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="plugin starts per row (default 3)")
     parser.add_argument("--only", action="append", default=[], help="run only this area (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    parser.add_argument("--faults", type=int, default=2,
+                        help="fault injections per fault type (default 2; bench/bench_faults.py --total 1000"
+                             " runs at least 1,000)")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.rounds < 1 or args.calls > 1_000_000 or args.rounds > 100:
         parser.error("--calls must be 1..1000000 and --rounds 1..100")
+    if not 1 <= args.faults <= 10000:
+        parser.error("--faults must be 1..10000")
     logging.basicConfig(level=logging.ERROR)
     # Byte-compile like an installed package (pip writes .pyc files): with PYTHONDONTWRITEBYTECODE
     # set, every plugin start would otherwise compile plugbay's sources and time that, not plugbay.
@@ -125,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for tree in ("src", "examples", "bench"):
         compileall.compile_dir(str(HERE.parent / tree), quiet=2)
-    ctx = Context(calls=args.calls, rounds=args.rounds)
+    ctx = Context(calls=args.calls, rounds=args.rounds, faults=args.faults)
     rows: list[tuple[Case, Result]] = []
+    extras: list[str] = []
+    failed_extra = False
     started = time.monotonic()
-    for area, module in discover(args.only):
+    modules = discover(args.only)
+    for area, module in modules:
         for case in module.cases(ctx):  # type: ignore[attr-defined]
             case.area = area
             print(f"running {area}: {case.label}{' (AutoMTLS)' if case.automtls else ''} ...",
@@ -139,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"area": area, "host": case.host, "plugin": case.plugin,
                                   "transport": case.transport, "automtls": case.automtls,
                                   "vs_floor": ratios(case, result, rows), **result.__dict__}), flush=True)
+    for area, module in modules:
+        report = getattr(module, "extra_report", None)
+        if report is None:
+            continue
+        try:
+            text, extra_rows = report(ctx, lambda line: print(line, file=sys.stderr, flush=True))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            text, extra_rows = f"{area}: FAILED: {type(exc).__name__}: {exc}", []
+            failed_extra = True
+        failed_extra = failed_extra or any(str(r.get("skipped", "")).startswith("FAILED") for r in extra_rows)
+        extras.append(text)
+        if args.json:
+            for extra in extra_rows:
+                print(json.dumps({"area": area, "table": "extra", **extra}), flush=True)
     if not args.json:
         print(f"\nplugbay bench: {args.rounds} rounds x {args.calls} unary calls per row;"
               f" {machine()}; took {time.monotonic() - started:.0f}s\n")
@@ -146,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstart->1st call: launch, handshake, connect, health check and one Put (median of the"
               " rounds); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert;"
               " plugbay / floor: this row's figures over its bare-grpcio reference row's (same run).")
-    return 1 if any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
+        for text in extras:
+            print("\n" + text)
+    return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
 
 
 if __name__ == "__main__":

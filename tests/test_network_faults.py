@@ -95,7 +95,7 @@ def test_partition_mid_call_fires_the_deadline_and_retries_succeed_after_the_lin
             assert kv.get("k") == b"v"
         finally:
             timer.join(5)
-        assert retries and set(retries) <= {"CallTimeout", "_InactiveRpcError"}
+        assert retries and set(retries) <= {"CallTimeout", "Unavailable"}
 
 
 def test_reset_connections_fail_and_retries_succeed_once_accepted(ns: NetNS, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         PlugbayError,
         PluginDiedError,
         PluginExitedError,
+        PluginUnavailableError,
         PodCrashLoopError,
         PodStartTimeoutError,
         PodUnschedulableError,

@@ -126,6 +126,13 @@ class PluginDiedError(PlugbayError):
     """The plugin process, container or pod ended while the host was using it."""
 
 
+class PluginUnavailableError(PlugbayError):
+    """A call could not reach a plugin that still runs (its connection failed or was reset).
+
+    Also a ``grpc.RpcError`` with code UNAVAILABLE when raised by a call.
+    """
+
+
 class CallTimeoutError(PlugbayError, TimeoutError):
     """A call to the plugin exceeded its deadline."""
 

@@ -30,23 +30,31 @@ from typing import Any
 
 import grpc
 
-from plugbay.errors import CallTimeoutError, ClientStateError, PlugbayError, PluginDiedError
+from plugbay.errors import CallTimeoutError, ClientStateError, PlugbayError, PluginDiedError, PluginUnavailableError
 
 
 class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
-    def __init__(self, message: str, original: grpc.RpcError) -> None:
+    """A typed call error that still answers code() and details() like the grpc.RpcError it replaces.
+
+    ``original`` is None for a failure plugbay decided itself (a call that waited out its
+    deadline for a restart); then ``code`` is what the call would have seen.
+    """
+
+    def __init__(self, message: str, original: grpc.RpcError | None,
+                 code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
         super().__init__(message)
         self.message = message
         self.original = original
+        self._code = code
 
     def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
         return self.message
 
     def code(self) -> grpc.StatusCode:
-        return self.original.code()
+        return self.original.code() if self.original is not None else self._code
 
     def details(self) -> str:
-        return str(self.original.details())
+        return str(self.original.details()) if self.original is not None else self.message
 
 
 class PluginDied(_TranslatedRpcError, PluginDiedError):
@@ -55,6 +63,10 @@ class PluginDied(_TranslatedRpcError, PluginDiedError):
 
 class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
+
+
+class Unavailable(_TranslatedRpcError, PluginUnavailableError):
+    """The plugin could not be reached for the call, though it still runs."""
 
 
 class ClientClosed(_TranslatedRpcError, ClientStateError):
@@ -165,6 +177,11 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 return PluginDied(
                     f"plugin {self._name!r} died during the call: {why}. The call was not"
                     " completed; start a new Client (the plugin's stderr tail is above)", exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(
+                f"plugin {self._name!r} could not be reached for the call ({details}); it may not have"
+                " received it. Retry calls that are safe to repeat (RetryPolicy), and check the network"
+                " between host and plugin and the plugin's load", exc)
         translated: BaseException = exc
         return translated
 

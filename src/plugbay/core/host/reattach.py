@@ -73,6 +73,9 @@ class ReattachConfig:
             data = json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"reattach config is not JSON ({exc}); pass ReattachConfig.to_json() output") from exc
+        except RecursionError:  # untrusted input nested deeper than the parser's stack
+            raise ConfigError("reattach config JSON is nested too deeply to be a reattach config;"
+                              " pass ReattachConfig.to_json() output") from None
         if not isinstance(data, dict):
             raise ConfigError("reattach config JSON must be an object; pass ReattachConfig.to_json() output")
         return cls.from_dict(data)

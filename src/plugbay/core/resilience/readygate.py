@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError
+from plugbay.errors import ClientStateError, PluginDiedError
+from plugbay.core.host.channel import CallTimeout
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import Attempt
 
@@ -79,8 +80,9 @@ class ReadyGate:
                 # already closed), so it is safe to send again once the plugin is back.
                 if isinstance(exc, grpc.RpcError) or not sup.changed_since(generation, 2.0):
                     raise
-        raise CallTimeoutError(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
-                               " try; check the Supervisor's events for why it keeps failing")
+        raise CallTimeout(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
+                          " try; check the Supervisor's events for why it keeps failing", None,
+                          grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _wait_running(self, method: str, remaining: float | None, total: float | None) -> None:
         sup = self._sup
@@ -90,7 +92,7 @@ class ReadyGate:
         sup.raise_if_failed()
         if sup.state == "stopped":
             raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
-        raise CallTimeoutError(
+        raise CallTimeout(
             f"call {method} to plugin {sup.name!r} waited {total or limit:.1f}s for the Supervisor to restart the"
             f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
-            " or check the plugin's logs and the Supervisor's events")
+            " or check the plugin's logs and the Supervisor's events", None, grpc.StatusCode.DEADLINE_EXCEEDED)

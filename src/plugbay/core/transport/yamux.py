@@ -43,6 +43,7 @@ class Stream:
         self._cond = threading.Condition()
         self._buf = bytearray()
         self._send_window = WINDOW
+        self._recv_window = WINDOW  # what the peer may still send before our next window update
         self._unacked = 0  # bytes consumed locally, not yet returned to the sender
         self._remote_fin = False
         self._local_fin = False
@@ -50,11 +51,16 @@ class Stream:
         self._flags = 0  # SYN or ACK, carried by our next frame
 
     # called by the session's reader thread
-    def _data(self, payload: bytes, flags: int) -> None:
+    def _data(self, payload: bytes, flags: int) -> bool:
+        """Take a DATA frame; False when it overruns the receive window (a protocol error)."""
         with self._cond:
+            self._recv_window -= len(payload)
+            if self._recv_window < 0:
+                return False
             self._buf += payload
             self._flags_in(flags)
             self._cond.notify_all()
+        return True
 
     def _window(self, delta: int, flags: int) -> None:
         with self._cond:
@@ -95,6 +101,7 @@ class Stream:
             delta, self._unacked = self._unacked, 0
             if self._remote_fin or self._reset or delta == 0:
                 return
+            self._recv_window += delta
             flags = self._take_flags()
         self.session._send(WINDOW_UPDATE, flags, self.id, delta)
 
@@ -239,7 +246,11 @@ class Session:
                     payload = reader.read(length) if length else b""
                     if len(payload) < length:
                         break
-                    self._stream_frame(sid, flags, payload, None)
+                    if not self._stream_frame(sid, flags, payload, None):
+                        # as hashicorp/yamux: a peer that ignores flow control ends the session,
+                        # instead of making this side buffer without bound
+                        reason = f"protocol error: stream {sid} received more than its window"
+                        break
                 elif kind == WINDOW_UPDATE:
                     self._stream_frame(sid, flags, None, length)
                 elif kind == PING:
@@ -260,12 +271,12 @@ class Session:
                 pass
             self._shutdown(reason)
 
-    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> None:
+    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> bool:
         stream: Stream | None
         if flags & SYN:
             if (sid % 2 == 1) == self._client:
                 log.debug("yamux: peer opened stream %d of the wrong parity", sid)
-                return
+                return True
             stream = Stream(self, sid)
             with self._lock:
                 self._streams[sid] = stream
@@ -276,11 +287,11 @@ class Session:
             with self._lock:
                 stream = self._streams.get(sid)
             if stream is None:
-                return  # a late frame for a stream we already dropped
+                return True  # a late frame for a stream we already dropped
         if payload is not None:
-            stream._data(payload, flags)
-        else:
-            stream._window(delta or 0, flags)
+            return stream._data(payload, flags)
+        stream._window(delta or 0, flags)
+        return True
 
 
 def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
