@@ -117,6 +117,16 @@ class HandshakeInfo:
         return json.dumps(self.to_dict())
 
 
+def _check_tcp_address(raw: str, address: str) -> None:
+    """A tcp address is HOST:PORT (go-plugin's host resolves it at the handshake too)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]"):
+        raise MalformedHandshakeError(raw, f"tcp address {address!r} is not HOST:PORT (no port)")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise MalformedHandshakeError(raw, f"tcp address {address!r} has no port number 1..65535"
+                                           f" (got {port!r})")
+
+
 def parse_handshake_line(line: str) -> HandshakeInfo:
     """Parse a go-plugin handshake line (5, 6 or 7 fields) into a HandshakeInfo.
 
@@ -150,6 +160,8 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
         raise MalformedHandshakeError(raw, f"unknown address type {network!r} (want tcp or unix)")
     if not address:
         raise MalformedHandshakeError(raw, "empty address")
+    if network == "tcp":
+        _check_tcp_address(raw, address)
     protocol = parts[4] if len(parts) >= 5 and parts[4] else PROTOCOL_NETRPC
     if protocol == PROTOCOL_NETRPC:
         raise UnsupportedProtocolError(

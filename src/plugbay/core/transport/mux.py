@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport import sockets
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed, bridge
-from plugbay.errors import BrokerClosedError, PlugbayError
+from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
 
 log = logging.getLogger("plugbay.mux")
 
@@ -177,7 +177,7 @@ class HostMux(MuxSession):
         self._timeout = timeout
         self._redials = 0
         self._redial_lock = threading.Lock()
-        self._attach(self._dial())
+        self._attach(self._first_dial())
         self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
         path = os.path.join(self._dir, "main.sock")
         self._listener = sockets.open_listener("unix", path)
@@ -186,6 +186,20 @@ class HostMux(MuxSession):
         self.local_address = ("unix", path)
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
         self._acceptor.start()
+
+    def _first_dial(self) -> Session:
+        network, address = self._target
+        try:
+            return self._dial()
+        except ValueError:
+            raise ConfigError(f"{network} address {address!r} is not an address (want HOST:PORT or a"
+                              " unix socket path); check the address the plugin announced") from None
+        except OSError as exc:
+            raise TargetUnreachableError(
+                f"cannot connect to the plugin's multiplexed address {network}:{address}"
+                f" ({exc.strerror or exc}); check that the plugin is still running and listens"
+                " there, and that the address can be reached from this host (a container's port"
+                " published, a pod's port forwarded)") from None
 
     def _dial(self) -> Session:
         conn = sockets.dial(*self._target, self._timeout)
