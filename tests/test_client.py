@@ -34,6 +34,7 @@ from plugbay import (  # noqa: E402
     ProtocolMismatchError,
     ReattachConfig,
     SecureConfig,
+    TargetUnreachableError,
     UnknownPluginError,
     UnsupportedProtocolError,
     VersionMismatchError,
@@ -284,6 +285,37 @@ def test_multiplex_requested_but_not_offered() -> None:
     with pytest.raises(ProtocolMismatchError, match="multiplexed gRPC broker"):
         with Client(config([PY, MISBEHAVE, "line", "1|1|unix|/x.sock|grpc|"], multiplex_broker=True)):
             pass
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["missing", "regular-file", "closed-port", "non-numeric", "no-port"])
+def test_multiplexed_bad_announced_address_is_typed(tmp_path: Path, kind: str) -> None:
+    # the host's mux dials the announced address itself: each failure is a plugbay error
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("x")
+    address, error, message = {
+        "missing": (f"unix|{tmp_path / 'gone.sock'}", TargetUnreachableError,
+                    r"(?s)cannot connect to the plugin's multiplexed address unix:.*gone.sock.*still running"),
+        "regular-file": (f"unix|{regular}", TargetUnreachableError,
+                         r"(?s)not-a-socket \(Connection refused\).*still running"),
+        "closed-port": (f"tcp|127.0.0.1:{_closed_port()}", TargetUnreachableError,
+                        r"(?s)tcp:127.0.0.1:\d+ \(Connection refused\).*port\s+published"),
+        "non-numeric": ("tcp|127.0.0.1:grpc", MalformedHandshakeError, r"port 'grpc' of tcp address '127.0.0.1:grpc' is not a number in 1-65535"),
+        "no-port": ("tcp|127.0.0.1", MalformedHandshakeError, r"'127.0.0.1' is not HOST:PORT \(no host or no port\)"),
+    }[kind]
+    client = Client(config([PY, MISBEHAVE, "line", f"1|1|{address}|grpc||true"], multiplex_broker=True,
+                           start_timeout=10.0))
+    with pytest.raises(error, match=message):
+        client.start()
+    assert client.runner.wait(5) is not None  # the plugin was stopped on the way out
+    client.kill()
 
 
 def test_secure_config(tmp_path: Path) -> None:

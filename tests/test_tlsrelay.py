@@ -139,3 +139,98 @@ def test_tcp_connections_both_ways_turn_off_nagle() -> None:
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         sockets.close_listener(listener)
+
+
+def _not_closed(socks: list[socket.socket], trickle: list[socket.socket], within: float) -> int:
+    """How many of ``socks`` the peer has not closed within ``within`` s; ``trickle`` ones get a byte per round."""
+    import select
+    import time
+
+    open_ = set(socks)
+    deadline = time.monotonic() + within
+    while open_ and time.monotonic() < deadline:
+        for sock in trickle:
+            if sock in open_:
+                try:
+                    sock.send(b"\x00")
+                except OSError:
+                    open_.discard(sock)
+        ready, _, _ = select.select(list(open_), [], [], 0.2)
+        for sock in ready:
+            try:
+                if not sock.recv(65536):
+                    open_.discard(sock)
+            except OSError:
+                open_.discard(sock)
+    return len(open_)
+
+
+def test_connections_that_never_finish_tls_are_closed(tmp_path: Path, echo_server: str) -> None:
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
+    term = tlsrelay.TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server),
+                             tls.server_context(server, client.cert_pem), "terminate", handshake_timeout=1.0)
+    orig = tlsrelay.TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
+                             tls.client_context(client, server.cert_pem), "originate")
+    idle: list[socket.socket] = []
+    try:
+        host, port = term.address[1].rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+        trickle = idle[:5]
+        for sock in trickle:  # a ClientHello record header announcing 255 bytes, then a byte per round
+            sock.sendall(b"\x16\x03\x01\x00\xff")
+        # a real TLS peer still gets through meanwhile
+        with sockets.dial("unix", orig.address[1], timeout=10) as sock:
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+        # the total handshake bound closes all of them, trickling ones included (generous wait)
+        assert _not_closed(idle, trickle, within=30.0) == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        orig.close()
+        term.close()
+
+
+def test_nothing_is_dialed_for_a_peer_before_its_tls_handshake(tmp_path: Path) -> None:
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
+    target = sockets.open_listener("unix", str(tmp_path / "target.sock"))  # never accepts: counts dials
+    term = tlsrelay.TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "target.sock")),
+                             tls.server_context(server, client.cert_pem), "terminate", handshake_timeout=1.0)
+    idle: list[socket.socket] = []
+    try:
+        host, port = term.address[1].rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+        assert _not_closed(idle, [], within=30.0) == 0
+        target.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            target.accept()
+    finally:
+        for sock in idle:
+            sock.close()
+        term.close()
+        sockets.close_listener(target)
+
+
+def test_listeners_use_the_system_backlog() -> None:
+    import select
+    import time
+
+    # nobody accepts: every connection has to wait in the listen backlog (64 before; now the system's)
+    listener = sockets.open_listener("tcp", "127.0.0.1:0")
+    conns = [socket.socket() for _ in range(200)]
+    try:
+        for conn in conns:
+            conn.setblocking(False)
+            conn.connect_ex(listener.getsockname())
+        pending, connected = set(conns), 0
+        deadline = time.monotonic() + 10
+        while pending and time.monotonic() < deadline:
+            _, ready, _ = select.select([], list(pending), [], 0.2)
+            for conn in ready:
+                pending.discard(conn)
+                connected += conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert connected == len(conns)
+    finally:
+        for conn in conns:
+            conn.close()
+        listener.close()

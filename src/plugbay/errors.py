@@ -252,7 +252,8 @@ class RemoteTLSError(HandshakeError, NetworkError):
 
 
 class TargetUnreachableError(PlugbayError):
-    """A plugin named by a target or reattach config cannot be reached (gone, refused, no route)."""
+    """A plugin named by a target, a reattach config or its handshake's address cannot be reached
+    (gone, refused, no route)."""
 
 
 class CallFailedError(PlugbayError):

@@ -40,6 +40,7 @@ from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
+from plugbay.core.transport.relay import HANDSHAKE_TIMEOUT
 from plugbay.core.transport.secure import MutualTLS
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.core.protocol.handshake import (
@@ -76,6 +77,10 @@ MISCONFIGURED_MESSAGE = (
 )
 
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
+# grpcio closes a connection that has not completed TLS (and, in plaintext, the HTTP/2
+# preface and SETTINGS) within this; its default is 120 s, which let never-speaking
+# connections pile up. Same bound as the OpenSSL relay's (core/transport/relay.py).
+SERVER_HANDSHAKE_TIMEOUT_MS = int(HANDSHAKE_TIMEOUT * 1000)
 
 
 @dataclass
@@ -210,6 +215,8 @@ class _PluginServer:
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
+        if not any(key == "grpc.server_handshake_timeout_ms" for key, _ in options):
+            options.append(("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS))
         self.grpc = grpc.server(self.executor, options=options, interceptors=[self.gate])
         network = self.config.network
         if network is not None:

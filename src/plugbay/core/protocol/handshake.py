@@ -71,7 +71,7 @@ def address_problem(network: str, address: str) -> str | None:
     host, sep, port_text = address.rpartition(":")
     port = _number(port_text)
     if not sep or not host:
-        return f"tcp address {address!r} is not HOST:PORT"
+        return f"tcp address {address!r} is not HOST:PORT (no host or no port)"
     if port is None or not 1 <= port <= 65535:
         return f"port {port_text!r} of tcp address {address!r} is not a number in 1-65535"
     if host.startswith("[") and host.endswith("]"):

@@ -24,14 +24,15 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from plugbay.core.transport import sockets
+from plugbay.core.transport import admit, sockets
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed, bridge
-from plugbay.errors import BrokerClosedError, PlugbayError
+from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
 
 log = logging.getLogger("plugbay.mux")
 
 _SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 _POLL = 0.2
+_PING_WAIT = 2.0  # a held session that does not answer a ping this fast is given up for a new host
 _MAX_REDIALS = 20  # per host session: a flapping forward is reported, not retried forever
 
 
@@ -151,17 +152,23 @@ class PluginFront(MuxSession):
         self._acceptor.start()
 
     def _accept(self) -> None:
-        # go-plugin accepts one connection; plugbay takes a new one only once the old one is gone.
-        for conn in sockets.accept_each(self._listener, lambda: self._closed):
+        # go-plugin accepts one connection ever. plugbay admits a connection only once it
+        # opened like a yamux client (admit.py), and lets it replace a session that is gone,
+        # carries no stream, or no longer answers a ping; a live, busy session keeps the plugin.
+        for conn, first in admit.admit_each(self._listener, lambda: self._closed):
             with self._lock:
-                live = self._session is not None and not self._session.closed
-            if live:
+                old = self._session
+            if old is not None and not old.closed and old.open_streams and old.ping(_PING_WAIT):
+                log.warning("refused a second multiplexed host connection: the current one is live")
                 conn.close()
                 continue
-            conn.settimeout(None)
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-plugin"))
+            self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-plugin",
+                                 first=first))
+            if old is not None and not old.closed:
+                log.info("a new multiplexed host connection replaced an idle or unresponsive one")
+                old.abort("replaced by a newer host connection")
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
@@ -177,7 +184,7 @@ class HostMux(MuxSession):
         self._timeout = timeout
         self._redials = 0
         self._redial_lock = threading.Lock()
-        self._attach(self._dial())
+        self._attach(self._first_dial())
         self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
         path = os.path.join(self._dir, "main.sock")
         self._listener = sockets.open_listener("unix", path)
@@ -186,6 +193,20 @@ class HostMux(MuxSession):
         self.local_address = ("unix", path)
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
         self._acceptor.start()
+
+    def _first_dial(self) -> Session:
+        network, address = self._target
+        try:
+            return self._dial()
+        except ValueError:
+            raise ConfigError(f"{network} address {address!r} is not an address (want HOST:PORT or a"
+                              " unix socket path); check the address the plugin announced") from None
+        except OSError as exc:
+            raise TargetUnreachableError(
+                f"cannot connect to the plugin's multiplexed address {network}:{address}"
+                f" ({exc.strerror or exc}); check that the plugin is still running and listens"
+                " there, and that the address can be reached from this host (a container's port"
+                " published, a pod's port forwarded)") from None
 
     def _dial(self) -> Session:
         conn = sockets.dial(*self._target, self._timeout)

@@ -12,6 +12,9 @@ plaintext on a private unix socket and lets this relay speak TLS to the peer:
 
 One thread accepts; each connection gets one thread that moves bytes both
 ways through a poll loop, so an SSL object is never used from two threads.
+The TLS handshake has :data:`HANDSHAKE_TIMEOUT` seconds in total (not per
+read: a peer trickling bytes is cut off too); in ``terminate`` mode nothing is
+dialed for a peer before its handshake completed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from typing import Literal
 
 from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_listener, dial, listener_address,
@@ -28,6 +32,7 @@ from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_list
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR  # a recv then returns data, EOF or the error
+HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has to complete the TLS handshake, in total
 
 
 
@@ -36,7 +41,7 @@ class TLSRelay:
 
     def __init__(self, listener: socket.socket, target: tuple[str, str], context: ssl.SSLContext,
                  mode: Literal["originate", "terminate"], server_hostname: str = "localhost",
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self._listener = listener
         self._target = target
         self._ctx = context
@@ -80,18 +85,22 @@ class TLSRelay:
         tls: ssl.SSLSocket | None = None
         plain: socket.socket | None = None
         try:
-            other = dial(*self._target, timeout=self._hs_timeout)
+            deadline = time.monotonic() + self._hs_timeout
             if self._mode == "terminate":
-                plain = other
                 tls = self._ctx.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+                with self._lock:
+                    self._conns.add(tls)
+                _handshake(tls, deadline, self._closed)  # the peer proves itself before we dial
+                plain = dial(*self._target, timeout=self._hs_timeout)
             else:
                 plain = accepted
-                tls = self._ctx.wrap_socket(other, server_hostname=self._hostname,
-                                            do_handshake_on_connect=False)
+                tls = self._ctx.wrap_socket(dial(*self._target, timeout=self._hs_timeout),
+                                            server_hostname=self._hostname, do_handshake_on_connect=False)
+                with self._lock:
+                    self._conns.add(tls)
+                _handshake(tls, deadline, self._closed)
             with self._lock:
-                self._conns.update((tls, plain))
-            tls.settimeout(self._hs_timeout)
-            tls.do_handshake()
+                self._conns.add(plain)
             _pump(plain, tls, self._closed)
         except (OSError, ssl.SSLError):
             pass  # a failed peer handshake is the peer's problem; gRPC reports it on its side
@@ -109,6 +118,25 @@ class TLSRelay:
                 if plain is not None:
                     self._conns.discard(plain)
                 self._threads.discard(threading.current_thread())
+
+
+def _handshake(tls: ssl.SSLSocket, deadline: float, closed: threading.Event) -> None:
+    """Complete the TLS handshake by ``deadline`` (TimeoutError otherwise), polling so close() is noticed."""
+    tls.setblocking(False)
+    poller = select.poll()
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            want = select.POLLIN
+        except ssl.SSLWantWriteError:
+            want = select.POLLOUT
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or closed.is_set():
+            raise TimeoutError("the peer did not complete the TLS handshake in time")
+        poller.register(tls.fileno(), want)
+        poller.poll(min(remaining, ACCEPT_POLL) * 1000)
 
 
 def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> None:

@@ -51,7 +51,7 @@ def open_listener(network: str, address: str) -> socket.socket:
         sock.bind((host.strip("[]"), int(port)))
     else:
         raise ConfigError(f"unknown network {network!r}; use 'unix' or 'tcp'")
-    sock.listen(64)
+    sock.listen(socket.SOMAXCONN)  # the system's backlog: a burst of connections must not be refused
     return sock
 
 

@@ -152,8 +152,11 @@ class Session:
     """
 
     def __init__(self, sock: socket.socket, *, client: bool, on_stream: Callable[[Stream], None],
-                 name: str = "mux") -> None:
+                 name: str = "mux", first: bytes = b"") -> None:
         self._sock = sock
+        self._first = first  # bytes already read off ``sock`` (an admission check's first header)
+        self._pings: dict[int, threading.Event] = {}
+        self._ping_id = 0
         self._client = client
         self._on_stream = on_stream
         self._wlock = threading.Lock()
@@ -184,6 +187,39 @@ class Session:
         self._send(WINDOW_UPDATE, SYN, sid, 0)
         return stream
 
+    @property
+    def open_streams(self) -> int:
+        """Streams that still carry (or may carry) data."""
+        with self._lock:
+            return sum(1 for stream in self._streams.values() if not stream.done)
+
+    def ping(self, timeout: float) -> bool:
+        """Whether the peer answers a ping within ``timeout``; never blocks longer than that.
+
+        False means the session cannot be trusted any more (its peer is gone or
+        stuck, or half a frame may be on the wire): close it.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+            pid, answered = self._ping_id, threading.Event()
+            self._pings[pid] = answered
+        try:
+            if not self._wlock.acquire(timeout=timeout):
+                return False  # a writer is stuck on a full connection
+            try:
+                header = _HDR.pack(0, PING, SYN, 0, pid)
+                sent = self._sock.send(header, socket.MSG_DONTWAIT)
+            except OSError:
+                return False
+            finally:
+                self._wlock.release()
+            return sent == len(header) and answered.wait(timeout)
+        finally:
+            with self._lock:
+                self._pings.pop(pid, None)
+
     def forget(self, stream: Stream) -> None:
         with self._lock:
             self._streams.pop(stream.id, None)
@@ -195,6 +231,12 @@ class Session:
             self._send(GO_AWAY, 0, 0, 0)
         except (OSError, StreamClosed):
             pass  # the peer is already gone: nothing to tell it
+        self._shutdown(reason)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=10)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection without a GoAway (the peer may not be reading)."""
         self._shutdown(reason)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)
@@ -235,7 +277,9 @@ class Session:
         reader = self._sock.makefile("rb", buffering=256 * 1024)
         try:
             while True:
-                header = reader.read(_HDR.size)
+                header, self._first = self._first, b""
+                if len(header) < _HDR.size:
+                    header += reader.read(_HDR.size - len(header))
                 if len(header) < _HDR.size:
                     break
                 version, kind, flags, sid, length = _HDR.unpack(header)
@@ -256,6 +300,11 @@ class Session:
                 elif kind == PING:
                     if flags & SYN:
                         self._send(PING, ACK, 0, length)
+                    elif flags & ACK:
+                        with self._lock:
+                            answered = self._pings.get(length)
+                        if answered is not None:
+                            answered.set()
                 elif kind == GO_AWAY:
                     reason = f"the peer went away (code {length})"
                     break
