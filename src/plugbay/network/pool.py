@@ -51,7 +51,8 @@ class EndpointPool(CallChannel):
                  policy: str = "round_robin", outlier: OutlierPolicy | None = None,
                  health_interval: float = 1.0, health_timeout: float = 1.0, unhealthy_after: int = 2,
                  no_deadline_wait: float = 10.0, drain_timeout: float = 5.0,
-                 options: Sequence[tuple[str, Any]] = (), name: str = "plugin") -> None:
+                 options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
+                 connector: Callable[[Endpoint], grpc.Channel] | None = None) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
         if tls is None and not insecure:
@@ -72,6 +73,7 @@ class EndpointPool(CallChannel):
         self._credentials = tls.credentials() if tls is not None else None
         self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
         self._resolver = resolver
+        self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
         self._cond = threading.Condition()
         self._members: dict[str, Member] = {}
         self._order: list[str] = []
@@ -121,6 +123,8 @@ class EndpointPool(CallChannel):
     # --- discovery --------------------------------------------------------------------
 
     def _dial(self, endpoint: Endpoint) -> grpc.Channel:
+        if self._connector is not None:
+            return self._connector(endpoint)
         target = grpc_target(endpoint.network, endpoint.address)
         if self._credentials is not None:
             return grpc.secure_channel(target, self._credentials, options=self._options)
@@ -342,6 +346,18 @@ class EndpointPool(CallChannel):
     def pinned(self, key: str) -> grpc.Channel:
         """A channel whose calls always go to endpoint ``key`` (for brokered stubs)."""
         return PinnedChannel(self, key)
+
+    def channel_of(self, key: str) -> grpc.Channel | None:
+        """Endpoint ``key``'s own channel (None when it is not in the pool)."""
+        with self._cond:
+            member = self._members.get(key)
+            return member.channel if member is not None else None
+
+    def next_key(self) -> str | None:
+        """An available endpoint, in round-robin order (where to pin the next brokered stub)."""
+        with self._cond:
+            member = self._choose(time.monotonic(), set(), None)
+            return member.key if member is not None else None
 
     def any_key(self) -> str | None:
         with self._cond:

@@ -12,6 +12,12 @@ plaintext on a private unix socket and lets this relay speak TLS to the peer:
 
 One thread accepts; each connection gets one thread that moves bytes both
 ways through a poll loop, so an SSL object is never used from two threads.
+
+For network mode the context may be a provider (called per handshake, so
+rotated files apply to new connections) and, terminating, the target may be a
+*router*: it sees the first plaintext bytes the peer sent after the handshake
+(within ``first_bytes_timeout``) and names where the connection goes (None:
+drop it). Those bytes are then delivered there first.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import select
 import socket
 import ssl
 import threading
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Union
 
 from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_listener, dial, listener_address,
                                              shutdown_and_join)
@@ -28,20 +35,25 @@ from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_list
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 
+Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
+ContextSource = Union[ssl.SSLContext, Callable[[], ssl.SSLContext]]
 
 
 class TLSRelay:
     """Copies bytes between plaintext and TLS connections until closed."""
 
-    def __init__(self, listener: socket.socket, target: tuple[str, str], context: ssl.SSLContext,
+    def __init__(self, listener: socket.socket, target: Target, context: ContextSource,
                  mode: Literal["originate", "terminate"], server_hostname: str = "localhost",
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, first_bytes_timeout: float = 5.0) -> None:
+        if callable(target) and mode != "terminate":
+            raise ValueError("a routing target needs mode='terminate'")
         self._listener = listener
         self._target = target
         self._ctx = context
         self._mode = mode
         self._hostname = server_hostname
         self._hs_timeout = handshake_timeout
+        self._first_timeout = first_bytes_timeout
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -75,23 +87,42 @@ class TLSRelay:
                 self._threads.add(thread)
             thread.start()
 
+    def _context(self) -> ssl.SSLContext:
+        return self._ctx() if callable(self._ctx) else self._ctx
+
     def _serve(self, accepted: socket.socket) -> None:
         tls: ssl.SSLSocket | None = None
         plain: socket.socket | None = None
+        first = b""
         try:
-            other = dial(*self._target, timeout=self._hs_timeout)
             if self._mode == "terminate":
-                plain = other
-                tls = self._ctx.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+                tls = self._context().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+                with self._lock:
+                    self._conns.add(tls)
+                tls.settimeout(self._hs_timeout)
+                tls.do_handshake()
+                target = self._target
+                if callable(target):
+                    tls.settimeout(self._first_timeout)
+                    first = tls.recv(_CHUNK)
+                    chosen = target(first) if first else None
+                    if chosen is None:
+                        return
+                    target = chosen
+                plain = dial(*target, timeout=self._hs_timeout)
             else:
+                assert not callable(self._target)
                 plain = accepted
-                tls = self._ctx.wrap_socket(other, server_hostname=self._hostname,
-                                            do_handshake_on_connect=False)
+                other = dial(*self._target, timeout=self._hs_timeout)
+                tls = self._context().wrap_socket(other, server_hostname=self._hostname,
+                                                  do_handshake_on_connect=False)
+                with self._lock:
+                    self._conns.add(tls)
+                tls.settimeout(self._hs_timeout)
+                tls.do_handshake()
             with self._lock:
-                self._conns.update((tls, plain))
-            tls.settimeout(self._hs_timeout)
-            tls.do_handshake()
-            _pump(plain, tls, self._closed)
+                self._conns.add(plain)
+            _pump(plain, tls, self._closed, first)
         except (OSError, ssl.SSLError):
             pass  # a failed peer handshake is the peer's problem; gRPC reports it on its side
         finally:
@@ -110,11 +141,11 @@ class TLSRelay:
                 self._threads.discard(threading.current_thread())
 
 
-def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> None:
+def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event, first: bytes = b"") -> None:
     plain.setblocking(False)
     tls.setblocking(False)
     to_tls = bytearray()
-    to_plain = bytearray()
+    to_plain = bytearray(first)
     tls_chunk = b""  # an SSL write that must be retried with the same bytes
     plain_eof = tls_eof = False
     poller = select.poll()
