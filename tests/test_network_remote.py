@@ -98,7 +98,7 @@ def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:
 
 def test_the_broker_is_refused_with_a_typed_error(replica: Replica) -> None:
     with connect(f"static:///{replica.address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True) as client:
-        with pytest.raises(BrokerError, match="not available with a remote plugin yet"):
+        with pytest.raises(BrokerError, match="need a remote plugin that multiplexes them"):
             client.broker.dial(1)
 
 
@@ -185,7 +185,7 @@ def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_pa
         get = run("counter", tmp_path, *flags, "get", "hello")
         assert (get.returncode, get.stdout) == (0, "7\n"), get.stderr
         put = run("counter", tmp_path, *flags, "put", "hello", "1")
-        assert put.returncode == 1 and "brokered connections" in put.stderr and "not available" in put.stderr
+        assert put.returncode == 1 and "brokered connections" in put.stderr and "serves plain gRPC calls only" in put.stderr
     finally:
         plugin.terminate()
         plugin.wait(10)
