@@ -26,6 +26,10 @@ _TLS_SIGNS = (
     ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"
                                " signed by the CA the plugin trusts"),
     ("SSLV3_ALERT_BAD_CERTIFICATE", "the plugin refused the host's certificate (cert_file)"),
+    # TLS 1.3: an OpenSSL server (serve()'s brokering front) refuses the client certificate just after the
+    # handshake; grpcio then fails to decrypt that alert
+    ("Unwrap failed (TSI_DATA_CORRUPTED)", "the plugin refused the host's certificate (cert_file signed by a"
+                                           " CA it does not trust, or no certificate given)"),
     ("TLSV1_ALERT", "the plugin refused the TLS handshake (check cert_file and the plugin's CA)"),
     ("Ssl handshake failed", "the TLS handshake failed"),
     ("Handshake failed", "the TLS handshake failed"),

@@ -135,7 +135,12 @@ def serve_front(server: grpc.Server, network: NetworkServe,
     cleanups: list[Callable[[], None]] = [lambda: shutil.rmtree(private, ignore_errors=True)]
     try:
         grpc_path = os.path.join(private, "grpc.sock")
-        server.add_insecure_port(f"unix:{grpc_path}")
+        try:
+            server.add_insecure_port(f"unix:{grpc_path}")
+        except RuntimeError:
+            raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
+                              " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
+                              " writable folder") from None
         front = NetworkFront(listener, certs, ("unix", grpc_path), make_instance, private)
     except BaseException:
         close_listener(listener)
