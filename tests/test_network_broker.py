@@ -280,3 +280,8 @@ def test_counter_example_host_does_a_brokered_put(replicas: list[CounterReplica]
                              capture_output=True, text=True, timeout=60)
         assert (out.returncode, out.stdout) == (0, want), out.stderr
     assert replicas[0].value("ex") == '{"Value":6}'
+    # --multiplex insists on brokering: fine here
+    out = subprocess.run([sys.executable, str(COUNTER / "host.py"), *flags, "--multiplex", "put", "ex", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert replicas[0].value("ex") == '{"Value":7}'

@@ -169,7 +169,7 @@ def test_example_hosts_check_their_network_flags(tmp_path: Path) -> None:
     bad = run("kv", tmp_path, "--target", "static:///10.0.0.5", "--insecure", "get", "k")
     assert bad.returncode == 1 and "Error: bad target 'static:///10.0.0.5'" in bad.stderr
     both = run("counter", tmp_path, "--target", "static:///127.0.0.1:7001", "--insecure", "--multiplex", "get", "k")
-    assert both.returncode == 2 and "--multiplex is for launched plugins" in both.stderr
+    assert both.returncode == 2 and "--multiplex with --target needs TLS" in both.stderr
 
 
 def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_path: Path) -> None:
