@@ -9,6 +9,7 @@ plugin instance and broker on the plugin side.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -39,13 +40,14 @@ from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
 class CounterReplica:
     """examples/counter/plugin.py in network mode, in its own folder (and its own TMPDIR, to watch sockets)."""
 
-    def __init__(self, folder: Path, certs: netcerts.CertSet, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, certs: netcerts.CertSet, extra: dict[str, str] | None = None,
+                 listen: str = "127.0.0.1:0") -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="nb-"))  # short: socket paths must stay under 108 bytes
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
         env.update({"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(self.tmp),
-                    "PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_CERT": str(certs.cert_file),
+                    "PLUGBAY_NETWORK_LISTEN": listen, "PLUGBAY_NETWORK_CERT": str(certs.cert_file),
                     "PLUGBAY_NETWORK_KEY": str(certs.key_file),
                     "PLUGBAY_NETWORK_CLIENT_CA": str(certs.client_ca_file), **(extra or {})})
         self.proc = subprocess.Popen([sys.executable, str(COUNTER / "plugin.py")], stdout=subprocess.PIPE,
@@ -249,6 +251,27 @@ def test_cert_rotation_keeps_serving(replicas: list[CounterReplica], certs: netc
         der = s.getpeercert(binary_form=True)
     from cryptography import x509
     assert x509.load_der_x509_certificate(der).serial_number == new.cert.serial_number
+
+
+def test_a_replica_that_comes_back_brokers_again(tmp_path: Path, certs: netcerts.CertSet) -> None:
+    rep = CounterReplica(tmp_path / "r1", certs)
+    address = rep.address
+    try:
+        with remote([rep], host_tls(certs), health_interval=0.2,
+                    grpc_options=[("grpc.initial_reconnect_backoff_ms", 100),
+                                  ("grpc.max_reconnect_backoff_ms", 300)]) as client:
+            client.dispense(PLUGIN_NAME).put("back", 1, Adder())
+            rep.proc.kill()
+            rep.stop()
+            rep.tmp.rmdir() if not list(rep.tmp.iterdir()) else shutil.rmtree(rep.tmp)  # kill -9 leaves them
+            rep = CounterReplica(tmp_path / "r1", certs, listen=address)  # same address, same files
+            assert wait_until(lambda: client.metrics()["healthy"] == 1)
+            # a new session, so a new plugin instance and a new broker for the next stub
+            client.dispense(PLUGIN_NAME).put("back", 1, Adder())
+        assert rep.value("back") == '{"Value":2}'
+    finally:
+        assert rep.stop()[0] == 0
+        rep.tmp.rmdir()
 
 
 def test_multiplex_option_needs_tls_and_a_brokering_plugin(tmp_path: Path, certs: netcerts.CertSet) -> None:

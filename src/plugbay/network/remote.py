@@ -131,8 +131,10 @@ _NO_BROKER = ("brokered connections (callbacks such as the counter example's Add
               " that multiplexes them (Discovery multiplex=true: a plugbay plugin served with TLS and"
               " NetworkServe(multiplex=True), the default); this one serves plain gRPC calls only. Serve it"
               " that way, or use a launched plugin (Client with cmd= or a runner)")
-_POOL_BROKER = ("a RemoteClient with several endpoints has one broker per endpoint: use the broker the"
-                " dispensed stub was built with (dispense() pins each stub to one endpoint and its broker)")
+_POOL_BROKER = ("a RemoteClient with brokered connections has one broker per endpoint: use the broker the"
+                " dispensed stub was built with (RemoteClient.dispense() pins each stub to one endpoint and"
+                " its broker; a Supervisor's stubs are spread over endpoints, so take brokered stubs from the"
+                " RemoteClient)")
 
 
 class RemoteClient(Client):
