@@ -29,6 +29,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.mux import AcceptedSession, MuxSession
@@ -54,6 +55,42 @@ class Instance:
 InstanceFactory = Callable[[MuxSession, str], Instance]  # (the session, a socket path to serve on)
 
 
+class FrontSession(Protocol):
+    """What the front keeps per yamux connection: ended once the host is gone; close() frees it."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+SessionFactory = Callable[[socket.socket, str], FrontSession]  # (the connection, a fresh socket path)
+
+
+class InstanceSession:
+    """serve()'s session: an AcceptedSession whose un-knocked streams reach its own plugin instance."""
+
+    def __init__(self, conn: socket.socket, path: str, make_instance: InstanceFactory) -> None:
+        self.mux = AcceptedSession(("unix", path))
+        self.instance = make_instance(self.mux, path)  # listening before the first stream is routed
+        self.mux.run(conn)
+
+    @property
+    def ended(self) -> bool:
+        return self.mux.ended
+
+    def close(self) -> None:
+        for what, step in (("instance", self.instance.close), ("session", self.mux.close)):
+            try:
+                step()
+            except Exception:
+                log.exception("stopping a host session's %s failed", what)
+
+
+def instance_sessions(make_instance: InstanceFactory) -> SessionFactory:
+    return lambda conn, path: InstanceSession(conn, path, make_instance)
+
+
 def route(first: bytes, grpc_target: tuple[str, str], mux_target: tuple[str, str]) -> tuple[str, str] | None:
     """Where a connection goes, by the first plaintext bytes: gRPC, a yamux session, or nowhere."""
     n = min(len(first), len(HTTP2_PREFACE))
@@ -68,9 +105,9 @@ class NetworkFront:
     """Owns the public listener (through the relay), the session listener and every session's instance."""
 
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
-                 make_instance: InstanceFactory, private_dir: str) -> None:
+                 make_session: SessionFactory, private_dir: str) -> None:
         self._dir = private_dir
-        self._make = make_instance
+        self._make = make_session
         self._grpc_target = grpc_target
         path = os.path.join(private_dir, "mux.sock")
         self._listener = open_listener("unix", path)
@@ -78,7 +115,7 @@ class NetworkFront:
         self._listener.settimeout(ACCEPT_POLL)
         self._mux_target = ("unix", path)
         self._lock = threading.Lock()
-        self._sessions: list[tuple[AcceptedSession, Instance]] = []
+        self._sessions: list[FrontSession] = []
         self._count = 0
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
@@ -125,19 +162,20 @@ class NetworkFront:
             self._count += 1
             number = self._count
         path = os.path.join(self._dir, f"s{number}.sock")
-        session = AcceptedSession(("unix", path))
-        instance = self._make(session, path)
+        session = self._make(conn, path)
         with self._lock:
-            self._sessions.append((session, instance))
-        session.run(conn)
+            self._sessions.append(session)
         log.debug("host session %d started (%d open)", number, self.sessions)
 
     def _reap(self, everything: bool = False) -> None:
         with self._lock:
-            done = [s for s in self._sessions if everything or s[0].ended]
+            done = [s for s in self._sessions if everything or s.ended]
             self._sessions = [s for s in self._sessions if s not in done]
-        for session, instance in done:
-            _stop(session, instance)
+        for session in done:
+            try:
+                session.close()
+            except Exception:
+                log.exception("stopping a host session failed")
 
     def close(self) -> None:
         """Stop accepting, end every session and its instance; the listeners' files go too."""
@@ -150,10 +188,3 @@ class NetworkFront:
         self._acceptor.join(timeout=5)
         self._reap(everything=True)
 
-
-def _stop(session: AcceptedSession, instance: Instance) -> None:
-    for what, step in (("instance", instance.close), ("session", session.close)):
-        try:
-            step()
-        except Exception:
-            log.exception("stopping a host session's %s failed", what)

@@ -43,7 +43,7 @@ import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
-from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront
+from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
 from plugbay.core.transport import certfiles
 from plugbay.core.transport.sockets import close_listener, listener_address, open_listener
 from plugbay.errors import ConfigError, TLSConfigError
@@ -121,8 +121,15 @@ def serve_front(server: grpc.Server, network: NetworkServe,
                 make_instance: InstanceFactory) -> tuple[str, str, list[Callable[[], None]]]:
     """Bind ``server`` (not started) privately behind the brokering front on ``network.listen``.
 
-    Returns (network, address, cleanups to run in reverse order on shutdown).
+    Each host session gets an instance from ``make_instance``. Returns (network,
+    address, cleanups to run in reverse order on shutdown).
     """
+    return serve_sessions(server, network, instance_sessions(make_instance))
+
+
+def serve_sessions(server: grpc.Server, network: NetworkServe,
+                   make_session: SessionFactory) -> tuple[str, str, list[Callable[[], None]]]:
+    """serve_front() with any per-session handler (the gateway splices sessions to its own children)."""
     certs = certfiles.front_certs(network.tls_files())
     target, kind = _target(network.listen)
     address = target[len("unix:"):] if kind == "unix" else target
@@ -141,7 +148,7 @@ def serve_front(server: grpc.Server, network: NetworkServe,
             raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
                               " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
                               " writable folder") from None
-        front = NetworkFront(listener, certs, ("unix", grpc_path), make_instance, private)
+        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private)
     except BaseException:
         close_listener(listener)
         cleanups[0]()
