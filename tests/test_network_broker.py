@@ -24,9 +24,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugbay import NetworkTLS, RemoteClient, RemoteConfig
+from plugbay import Gateway, GatewayConfig, NetworkTLS, RemoteClient, RemoteConfig
 from plugbay.core.protocol.handshake import parse_handshake_line
-from plugbay.errors import ConfigError, ProtocolMismatchError, RemoteTLSError
+from plugbay.errors import ConfigError, HandshakeTimeoutError, ProtocolMismatchError, RemoteTLSError
 from tests import netcerts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,3 +308,70 @@ def test_counter_example_host_does_a_brokered_put(replicas: list[CounterReplica]
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert replicas[0].value("ex") == '{"Value":7}'
+
+
+def _gateway_config(certs: netcerts.CertSet, folder: Path, **kw: object) -> GatewayConfig:
+    return GatewayConfig(cmd=[sys.executable, str(COUNTER / "plugin.py")], cookie=("BASIC_PLUGIN", "hello"),
+                         listen="127.0.0.1:0", cert_file=str(certs.cert_file), key_file=str(certs.key_file),
+                         client_ca_file=str(certs.client_ca_file), plugins=["counter"], cwd=str(folder),
+                         env={"PYTHONPATH": str(REPO / "src")}, **kw)  # type: ignore[arg-type]
+
+
+def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs: netcerts.CertSet) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    with Gateway(_gateway_config(certs, folder, multiplex=True)) as gw:
+        shared = gw.child_pid
+        target = [type("Rep", (), {"address": gw.address})()]  # remote() wants .address
+        with remote(target, host_tls(certs)) as c1, remote(target, host_tls(certs)) as c2:  # type: ignore[arg-type]
+            assert c1.multiplexed and c2.multiplexed
+            a1, a2 = Adder(), Adder(bonus=100)
+            c1.dispense(PLUGIN_NAME).put("g1", 2, a1)
+            c2.dispense(PLUGIN_NAME).put("g2", 2, a2)
+            assert (a1.calls, a2.calls) == (1, 1)
+            assert (folder / "kv_g1").read_text() == '{"Value":2}'
+            assert (folder / "kv_g2").read_text() == '{"Value":102}'
+            # each session has its own child, besides the shared one plain gRPC reaches
+            kids = {p for p in _children(os.getpid())} - {shared}
+            assert len([p for p in kids if p is not None]) >= 2
+            with grpc.secure_channel(gw.address, netcerts.channel_credentials(certs),
+                                     options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
+                assert counter_pb2_grpc.CounterStub(ch).Get(counter_pb2.GetRequest(key="g2"), timeout=10).value == 102
+        # the hosts left: their children are stopped
+        assert wait_until(lambda: _children(os.getpid()) == {shared}, timeout=15)
+    assert not list(Path(tempfile.gettempdir()).glob("plugbay-gwchild-*"))
+
+
+def test_the_gateway_refuses_multiplex_without_tls_or_a_multiplexing_child(tmp_path: Path,
+                                                                            certs: netcerts.CertSet) -> None:
+    with pytest.raises(ConfigError, match="only over TLS"):
+        Gateway(GatewayConfig(cmd=["x"], cookie=("A", "b"), insecure=True, multiplex=True))
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    # a child that cannot multiplex: go-plugin 1.0.1's KV plugin ignores PLUGIN_MULTIPLEX_GRPC
+    from tests import gobuild
+
+    if not gobuild.go_available():
+        pytest.skip(f"go-plugin's KV plugin cannot be built here: {gobuild.go_missing_reason()}")
+    kv = str(gobuild.build_go("kv_plugin"))
+    cfg = GatewayConfig(cmd=[kv], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                        cert_file=str(certs.cert_file), key_file=str(certs.key_file),
+                        client_ca_file=str(certs.client_ca_file), cwd=str(folder), multiplex=True)
+    with Gateway(cfg) as gw:
+        target = [type("Rep", (), {"address": gw.address})()]
+        with pytest.raises(HandshakeTimeoutError):  # every session is closed: the child cannot broker
+            remote(target, host_tls(certs), start_timeout=5).start()  # type: ignore[arg-type]
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found

@@ -66,6 +66,8 @@ class EndpointPool(CallChannel):
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()
         self.tls = tls
+        # gRPC's failure details tell TLS problems only when gRPC does the TLS (not through a connector's relay)
+        self.diagnose_tls = connector is None
         self.health_interval, self.health_timeout = health_interval, health_timeout
         self.unhealthy_after = unhealthy_after
         self.no_deadline_wait = no_deadline_wait
@@ -288,7 +290,7 @@ class EndpointPool(CallChannel):
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             self._health_fails[member.key] = fails
             before = member.healthy
-            member.tls_failure = None if ok else tls_failure(detail, tls=self.tls is not None)
+            member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(detail, tls=self.tls is not None)
             if ok:
                 member.healthy, member.health_detail = True, ""
             elif fails >= self.unhealthy_after or before is None:

@@ -124,11 +124,12 @@ def serve_front(server: grpc.Server, network: NetworkServe,
     Each host session gets an instance from ``make_instance``. Returns (network,
     address, cleanups to run in reverse order on shutdown).
     """
-    return serve_sessions(server, network, instance_sessions(make_instance))
+    kind, address, cleanups, _ = serve_sessions(server, network, instance_sessions(make_instance))
+    return kind, address, cleanups
 
 
-def serve_sessions(server: grpc.Server, network: NetworkServe,
-                   make_session: SessionFactory) -> tuple[str, str, list[Callable[[], None]]]:
+def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: SessionFactory
+                   ) -> tuple[str, str, list[Callable[[], None]], certfiles.CertFiles]:
     """serve_front() with any per-session handler (the gateway splices sessions to its own children)."""
     certs = certfiles.front_certs(network.tls_files())
     target, kind = _target(network.listen)
@@ -155,7 +156,7 @@ def serve_sessions(server: grpc.Server, network: NetworkServe,
         raise
     cleanups.append(front.close)
     bound_kind, bound = listener_address(listener)
-    return bound_kind, bound, cleanups
+    return bound_kind, bound, cleanups, certs
 
 
 def _target(listen: str) -> tuple[str, str]:
