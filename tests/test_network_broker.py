@@ -375,3 +375,29 @@ def _children(pid: int) -> set[int]:
             if int(fields[1]) == pid and fields[0] != "Z":
                 found.add(int(entry))
     return found
+
+
+def test_setup_errors_say_what_to_do(tmp_path: Path, certs: netcerts.CertSet,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from plugbay.network.gateway.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--insecure", "--multiplex", "--cookie", "A=b", "--", "x"], env={})
+    assert "--multiplex needs mutual TLS" in capsys.readouterr().err
+    # a client certificate with another certificate's key: the session's OpenSSL context refuses it
+    tls = host_tls(certs)
+    other = netcerts.issue(certs.client_ca, "other", server=False)
+    Path(tls.key_file or "").write_bytes(other.key_pem)
+    with pytest.raises(ConfigError, match="cannot be used together"):
+        tls.ssl_context()
+    # the private sockets of the front must fit the OS's limit
+    long_tmp = tmp_path / ("x" * 90)
+    long_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(long_tmp), "PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0",
+                "PLUGBAY_NETWORK_CERT": str(certs.cert_file), "PLUGBAY_NETWORK_KEY": str(certs.key_file),
+                "PLUGBAY_NETWORK_CLIENT_CA": str(certs.client_ca_file)})
+    out = subprocess.run([sys.executable, str(COUNTER / "plugin.py")], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "set TMPDIR to a short" in out.stderr, out.stderr[-2000:]
+    assert not list(long_tmp.iterdir())
