@@ -31,6 +31,7 @@ from plugbay.core.transport.mux import HostMux
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.secure import grpc_target
 from plugbay.core.transport.sockets import open_listener
+from plugbay.errors import BrokerError
 from plugbay.network.resolver import Endpoint
 
 _TLS_TIMEOUT = 10.0
@@ -72,6 +73,13 @@ class MuxEndpoint(grpc.Channel):  # type: ignore[misc]
             if broker is not None:
                 broker.close()
             assert self._mux is not None
+            # the broker's stream is opened once, without waiting: the session must be up first
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=_TLS_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
+                                  f" within {_TLS_TIMEOUT:g}s, so it has no broker; check that the plugin"
+                                  " runs there and dispense() again") from None
             self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
             return self._broker
 
