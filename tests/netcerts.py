@@ -116,7 +116,7 @@ def tls_refusal(address: str, ca: Issued, client: Issued | None, tmp: Path, tls1
     """Handshake with Python's ssl and read once; the TLS alert text the server answered with ('' if none).
 
     With TLS 1.3 the client finishes its side before the server checks the client certificate,
-    so the refusal arrives as an alert on the first read: that is what this returns.
+    so the refusal arrives on the first read (an alert, or grpcio's bare close): that is what this returns.
     """
     import socket
     import ssl
@@ -151,6 +151,10 @@ def assert_tls_refuses(address: str, certs: CertSet, tmp: Path) -> None:
     stranger = issue(make_ca("someone else"), "stranger", server=False)
     for client in (stranger, None):
         assert "SSL" in tls_refusal(address, certs.server_ca, client, tmp, tls12=True)
-        assert tls_refusal(address, certs.server_ca, client, tmp) == "closed without an alert"
+        # grpcio closes without an alert; OpenSSL (serve()'s brokering front) fails the handshake and
+        # closes, so the client sees its alert or the close while its own data is still unread
+        refusal = tls_refusal(address, certs.server_ca, client, tmp)
+        assert refusal == "closed without an alert" or "ALERT" in refusal.upper() or \
+            "EOF occurred in violation of protocol" in refusal, refusal
     assert tls_refusal(address, certs.server_ca, certs.client, tmp) == ""
     assert tls_refusal(address, certs.server_ca, certs.client, tmp, tls12=True) == ""

@@ -98,7 +98,7 @@ def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:
 
 def test_the_broker_is_refused_with_a_typed_error(replica: Replica) -> None:
     with connect(f"static:///{replica.address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True) as client:
-        with pytest.raises(BrokerError, match="not available with a remote plugin yet"):
+        with pytest.raises(BrokerError, match="need a remote plugin that multiplexes them"):
             client.broker.dial(1)
 
 
@@ -169,7 +169,7 @@ def test_example_hosts_check_their_network_flags(tmp_path: Path) -> None:
     bad = run("kv", tmp_path, "--target", "static:///10.0.0.5", "--insecure", "get", "k")
     assert bad.returncode == 1 and "Error: bad target 'static:///10.0.0.5'" in bad.stderr
     both = run("counter", tmp_path, "--target", "static:///127.0.0.1:7001", "--insecure", "--multiplex", "get", "k")
-    assert both.returncode == 2 and "--multiplex is for launched plugins" in both.stderr
+    assert both.returncode == 2 and "--multiplex with --target needs TLS" in both.stderr
 
 
 def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_pa
         get = run("counter", tmp_path, *flags, "get", "hello")
         assert (get.returncode, get.stdout) == (0, "7\n"), get.stderr
         put = run("counter", tmp_path, *flags, "put", "hello", "1")
-        assert put.returncode == 1 and "brokered connections" in put.stderr and "not available" in put.stderr
+        assert put.returncode == 1 and "brokered connections" in put.stderr and "serves plain gRPC calls only" in put.stderr
     finally:
         plugin.terminate()
         plugin.wait(10)

@@ -96,7 +96,7 @@ def test_kv_over_mtls_with_discovery_and_health(plugin: NetPlugin, certs: netcer
         assert kv.Get(kv_pb2.GetRequest(key="net"), timeout=10).value == b"served"
         assert (tmp_path / "kv_net").read_bytes() == b"served"
         desc = discovery_pb2_grpc.DiscoveryStub(ch).Describe(discovery_pb2.DescribeRequest(), timeout=10)
-        assert (desc.core_protocol, desc.protocol, desc.multiplex) == (1, "grpc", False)
+        assert (desc.core_protocol, desc.protocol, desc.multiplex) == (1, "grpc", True)  # brokering front
         assert [(v.version, list(v.plugins)) for v in desc.versions] == [(1, ["kv_grpc"])]
         assert desc.server.startswith("plugbay/")
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=10)

@@ -10,9 +10,12 @@
         --cert host.crt --key host.key --ca ca.crt get hello     # a plugin served on the network
 
 With --target, no plugin is launched: the host connects to a remote plugin
-(network mode, see docs/network-host.md). ``get`` works; ``put`` needs the
-broker (the plugin calls back into the host), which network mode does not
-carry yet, so it fails with a BrokerError saying so. Without --target,
+(network mode, see docs/network-host.md). ``put`` needs the broker (the plugin
+calls back into the host): it works when the plugin multiplexes brokered
+connections over TLS (the counter plugin served with PLUGBAY_NETWORK_*, see
+docs/network.md); a plugin that serves plain gRPC only (or --insecure) ends
+with a BrokerError saying so. ``--multiplex`` with --target insists on
+brokering (a plugin that cannot is an error at connect). Without --target,
 COUNTER_PLUGIN is a shell command, run with ``sh -c`` as the Go example does
 (so it may name go-plugin's own Go counter plugin). The plugin stores each key
 in the file ``kv_<key>`` in the current directory.
@@ -57,7 +60,7 @@ def make_client(args: argparse.Namespace, command: str | None) -> Client:
                                                     server_name=args.server_name)
         return RemoteClient(RemoteConfig(target=args.target, handshake=HANDSHAKE,
                                          plugins={PLUGIN_NAME: CounterPlugin()}, tls=tls, insecure=args.insecure,
-                                         dns_server=args.dns_server, name="counter"))
+                                         dns_server=args.dns_server, name="counter", multiplex=args.multiplex))
     config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
                           cmd=["sh", "-c", str(command)], auto_mtls=args.automtls,
                           multiplex_broker=args.multiplex, name="counter")
@@ -92,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--automtls is for launched plugins; a --target plugin uses --cert/--key/--ca")
         if not args.insecure and not (args.cert and args.key_file and args.ca):
             parser.error("--target needs --cert, --key and --ca (or --insecure for plaintext)")
-        if args.multiplex:
-            parser.error("--multiplex is for launched plugins; drop it with --target")
+        if args.multiplex and args.insecure:
+            parser.error("--multiplex with --target needs TLS (--cert/--key/--ca), not --insecure")
     elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server)):
         parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server go with --target")
     elif not command:

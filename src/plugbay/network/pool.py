@@ -51,7 +51,8 @@ class EndpointPool(CallChannel):
                  policy: str = "round_robin", outlier: OutlierPolicy | None = None,
                  health_interval: float = 1.0, health_timeout: float = 1.0, unhealthy_after: int = 2,
                  no_deadline_wait: float = 10.0, drain_timeout: float = 5.0,
-                 options: Sequence[tuple[str, Any]] = (), name: str = "plugin") -> None:
+                 options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
+                 connector: Callable[[Endpoint], grpc.Channel] | None = None) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
         if tls is None and not insecure:
@@ -65,6 +66,8 @@ class EndpointPool(CallChannel):
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()
         self.tls = tls
+        # gRPC's failure details tell TLS problems only when gRPC does the TLS (not through a connector's relay)
+        self.diagnose_tls = connector is None
         self.health_interval, self.health_timeout = health_interval, health_timeout
         self.unhealthy_after = unhealthy_after
         self.no_deadline_wait = no_deadline_wait
@@ -72,6 +75,7 @@ class EndpointPool(CallChannel):
         self._credentials = tls.credentials() if tls is not None else None
         self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
         self._resolver = resolver
+        self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
         self._cond = threading.Condition()
         self._members: dict[str, Member] = {}
         self._order: list[str] = []
@@ -121,6 +125,8 @@ class EndpointPool(CallChannel):
     # --- discovery --------------------------------------------------------------------
 
     def _dial(self, endpoint: Endpoint) -> grpc.Channel:
+        if self._connector is not None:
+            return self._connector(endpoint)
         target = grpc_target(endpoint.network, endpoint.address)
         if self._credentials is not None:
             return grpc.secure_channel(target, self._credentials, options=self._options)
@@ -284,7 +290,7 @@ class EndpointPool(CallChannel):
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             self._health_fails[member.key] = fails
             before = member.healthy
-            member.tls_failure = None if ok else tls_failure(detail, tls=self.tls is not None)
+            member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(detail, tls=self.tls is not None)
             if ok:
                 member.healthy, member.health_detail = True, ""
             elif fails >= self.unhealthy_after or before is None:
@@ -342,6 +348,18 @@ class EndpointPool(CallChannel):
     def pinned(self, key: str) -> grpc.Channel:
         """A channel whose calls always go to endpoint ``key`` (for brokered stubs)."""
         return PinnedChannel(self, key)
+
+    def channel_of(self, key: str) -> grpc.Channel | None:
+        """Endpoint ``key``'s own channel (None when it is not in the pool)."""
+        with self._cond:
+            member = self._members.get(key)
+            return member.channel if member is not None else None
+
+    def next_key(self) -> str | None:
+        """An available endpoint, in round-robin order (where to pin the next brokered stub)."""
+        with self._cond:
+            member = self._choose(time.monotonic(), set(), None)
+            return member.key if member is not None else None
 
     def any_key(self) -> str | None:
         with self._cond:

@@ -32,6 +32,7 @@ class EndpointPool(Protocol):
 
     name: str
     tls: NetworkTLS | None
+    diagnose_tls: bool
     no_deadline_wait: float
     resends: int
 
@@ -174,7 +175,7 @@ class PoolCallable:
                 pool.done(member, exc)
                 details = str(exc.details() or "")
                 meaning = tls_failure(details, tls=pool.tls is not None) \
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and pool.diagnose_tls else None
                 if not (_not_sent(exc) or meaning) or self._kind != "unary_unary":
                     raise
                 tried.add(member.key)

@@ -16,13 +16,21 @@ to offer the handshake's protocol_version, with a warning.
 
 Calls go through an EndpointPool (plugbay.network.pool) under the Client's
 usual ManagedChannel. ``kill()`` and ``close()`` only disconnect: the remote
-plugin is shared and outlives this host. Brokered connections (callbacks) are
-not available over the network yet: using the broker raises BrokerError.
+plugin is shared and outlives this host.
+
+Brokered connections (callbacks): when Discovery says ``multiplex`` (or
+``RemoteConfig(multiplex=True)`` insists), each endpoint is reached over ONE
+TLS connection carrying a yamux session (plugbay.network.muxconn): the main
+channel and every brokered connection are its streams, and the plugin gives
+the session its own plugin instance and broker. ``dispense()`` then pins each
+stub to one endpoint (round robin), with that endpoint's broker. Otherwise
+using the broker raises BrokerError.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,14 +54,19 @@ from plugbay.core.protocol.handshake import (
 from plugbay.errors import (
     BrokerError,
     ClientStateError,
+    ConfigError,
     HandshakeTimeoutError,
     NoEndpointsError,
     ProtocolMismatchError,
     RemoteTLSError,
+    UnknownPluginError,
     UnsupportedProtocolError,
 )
 from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.muxconn import MuxEndpoint
 from plugbay.network.pool import EndpointPool
+from plugbay.network.poolcalls import no_endpoints
+from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd
 from plugbay.network.targets import make_resolver, parse_target
 from plugbay.network.tls import NetworkTLS
@@ -83,6 +96,7 @@ class RemoteConfig:
     grpc_options: Sequence[tuple[str, Any]] = ()
     name: str | None = None
     logger: logging.Logger | None = None
+    multiplex: bool = False  # insist on brokered connections (else: when Discovery offers them)
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
@@ -97,13 +111,14 @@ class RemoteConfig:
 
 
 class NetworkBroker(GRPCBroker):
-    """The broker of a RemoteClient: brokered connections are not available over the network yet."""
+    """The broker of a RemoteClient as a whole: refused, saying why and what works instead."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(BrokerTransport(), "host")
+        self.why = why
 
     def _refuse(self) -> BrokerError:
-        return BrokerError(
-            "brokered connections (callbacks such as the counter example's AddHelper) are not available"
-            " with a remote plugin yet: network mode carries plain gRPC calls only. Use a launched plugin"
-            " (Client with cmd= or a runner) for plugins that need the broker")
+        return BrokerError(self.why)
 
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
         raise self._refuse()
@@ -112,15 +127,31 @@ class NetworkBroker(GRPCBroker):
         raise self._refuse()
 
 
+_NO_BROKER = ("brokered connections (callbacks such as the counter example's AddHelper) need a remote plugin"
+              " that multiplexes them (Discovery multiplex=true: a plugbay plugin served with TLS and"
+              " NetworkServe(multiplex=True), the default); this one serves plain gRPC calls only. Serve it"
+              " that way, or use a launched plugin (Client with cmd= or a runner)")
+_POOL_BROKER = ("a RemoteClient with brokered connections has one broker per endpoint: use the broker the"
+                " dispensed stub was built with (RemoteClient.dispense() pins each stub to one endpoint and"
+                " its broker; a Supervisor's stubs are spread over endpoints, so take brokered stubs from the"
+                " RemoteClient)")
+
+
 class RemoteClient(Client):
     """A Client whose plugin is a remote service: discovery instead of launch, disconnect instead of kill."""
 
     def __init__(self, config: RemoteConfig) -> None:
         self.remote = config
         self.target = parse_target(config.target)  # a bad target fails here, before anything runs
+        if config.multiplex and config.insecure:
+            raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
+                              " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
         super().__init__(config.client_config())
+        self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None
         self.description: discovery_pb2.DescribeResponse | None = None
+        self._mux_context: ssl.SSLContext | None = None
+        self._pinned: list[ManagedChannel] = []
 
     @property
     def pool(self) -> EndpointPool:
@@ -138,18 +169,74 @@ class RemoteClient(Client):
     def _start(self) -> None:
         cfg = self.remote
         deadline = time.monotonic() + cfg.start_timeout
-        resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
-                                 name=self.name, kubernetes=cfg.kubernetes)
-        self._pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
-                                  outlier=cfg.outlier, health_interval=cfg.health_interval,
-                                  health_timeout=cfg.health_timeout, options=cfg.grpc_options,
-                                  name=self.name)
-        self._pool.start()
+        self._pool = self._make_pool(None)
         answer = self._describe(self._pool, deadline)
         self._accept(self._handshake_info(answer))
+        if self._wants_broker(answer):
+            # Discovery ran over plain gRPC; now one yamux session per endpoint carries everything
+            self._pool.close()
+            self._pool = self._make_pool(self._connect_mux)
+            self._describe(self._pool, deadline)
+            self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
-        self._broker = NetworkBroker(BrokerTransport(), "host")
+        self._broker = NetworkBroker(_POOL_BROKER if self.multiplexed else _NO_BROKER)
+
+    def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None) -> EndpointPool:
+        cfg = self.remote
+        resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
+                                 name=self.name, kubernetes=cfg.kubernetes)
+        pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
+                            outlier=cfg.outlier, health_interval=cfg.health_interval,
+                            health_timeout=cfg.health_timeout, options=cfg.grpc_options,
+                            name=self.name, connector=connector)
+        try:
+            pool.start()
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def _wants_broker(self, answer: discovery_pb2.DescribeResponse | None) -> bool:
+        offered = answer is not None and answer.multiplex
+        if self.remote.multiplex and not offered:
+            raise ProtocolMismatchError(
+                f"RemoteConfig(multiplex=True) asks for brokered connections but remote plugin {self.name!r}"
+                f" at {self.target.text!r} does not multiplex them (Discovery says multiplex=false"
+                f"{' or is not served' if answer is None else ''}); serve it with plugbay's network mode over"
+                " TLS (NetworkServe(multiplex=True), the default), or drop multiplex=True")
+        if offered and self.remote.tls is None:
+            _log.warning("remote plugin %s offers brokered connections, but they need TLS; serving plain"
+                         " gRPC calls only (insecure=True)", self.name)
+            return False
+        return offered
+
+    def _connect_mux(self, endpoint: Endpoint) -> grpc.Channel:
+        tls = self.remote.tls
+        assert tls is not None
+        if self._mux_context is None:
+            self._mux_context = tls.ssl_context()
+        return MuxEndpoint(endpoint, self._mux_context, tls.server_name, self.remote.grpc_options)
+
+    def dispense(self, name: str) -> Any:
+        """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
+        with self._lock:
+            if self._killed:
+                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+            if not self._started:
+                self.start()
+            if not self.multiplexed:
+                return super().dispense(name)
+            plugins = self._versions[self.negotiated_version]
+            if name not in plugins:
+                raise UnknownPluginError(name, list(plugins))
+            key = self.pool.next_key()
+            endpoint = self.pool.channel_of(key) if key is not None else None
+            if key is None or not isinstance(endpoint, MuxEndpoint):
+                raise no_endpoints(self.pool, "no endpoint is available to pin a brokered stub to")
+            channel = ManagedChannel(self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            self._pinned.append(channel)
+            return plugins[name].grpc_client(endpoint.broker(), channel)
 
     def _describe(self, pool: EndpointPool, deadline: float) -> discovery_pb2.DescribeResponse | None:
         stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
@@ -208,6 +295,8 @@ class RemoteClient(Client):
         self._stop.set()
         if self._channel is not None:
             self._channel.detach()
+        for pinned in self._pinned:
+            pinned.detach()
         if self._broker is not None:
             self._broker.close()
         if self._pool is not None:

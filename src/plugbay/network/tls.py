@@ -9,6 +9,7 @@ certificate must carry (its SAN) when it differs from the dialed address.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,10 @@ _TLS_SIGNS = (
     ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"
                                " signed by the CA the plugin trusts"),
     ("SSLV3_ALERT_BAD_CERTIFICATE", "the plugin refused the host's certificate (cert_file)"),
+    # TLS 1.3: an OpenSSL server (serve()'s brokering front) refuses the client certificate just after the
+    # handshake; grpcio then fails to decrypt that alert
+    ("Unwrap failed (TSI_DATA_CORRUPTED)", "the plugin refused the host's certificate (cert_file signed by a"
+                                           " CA it does not trust, or no certificate given)"),
     ("TLSV1_ALERT", "the plugin refused the TLS handshake (check cert_file and the plugin's CA)"),
     ("Ssl handshake failed", "the TLS handshake failed"),
     ("Handshake failed", "the TLS handshake failed"),
@@ -64,6 +69,24 @@ class NetworkTLS:
         return grpc.ssl_channel_credentials(root_certificates=self._read("ca_file", self.ca_file),
                                             private_key=self._read("key_file", self.key_file),
                                             certificate_chain=self._read("cert_file", self.cert_file))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same files as an OpenSSL client context (the multiplexed connection's TLS relay)."""
+        ca = self._read("ca_file", self.ca_file)
+        assert ca is not None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=ca.decode())
+        if self.cert_file is not None and self.key_file is not None:
+            self._read("cert_file", self.cert_file)
+            self._read("key_file", self.key_file)
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"NetworkTLS cert_file {self.cert_file!r} and key_file {self.key_file!r}"
+                                  f" cannot be used together ({exc}); pass a certificate and its own key"
+                                  ) from exc
+        return ctx
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []

@@ -22,13 +22,20 @@ What changes against a plugin its host launched:
 * stdout/stderr are not captured (they are the container's log); the handshake
   line is still printed on stdout, with the bound address, for scripts and tests.
 
-Brokered connections are not reachable through a network listener yet (they
-need the multiplexed front); Discovery says ``multiplex=False``.
+Brokered connections: with TLS (and ``multiplex=True``, the default) the
+listener is serve()'s network front (plugbay.core.plugin.netmux): after TLS a
+connection is either plain gRPC (the HTTP/2 preface) or a yamux session from a
+host that wants brokering, which gets its own plugin instance; Discovery says
+``multiplex=True``. ``multiplex=False`` (PLUGBAY_NETWORK_MULTIPLEX=0) and
+``insecure`` serve plain gRPC only, TLS in grpcio, ``multiplex=False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +43,8 @@ import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
+from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
+from plugbay.core.transport.sockets import close_listener, listener_address, open_listener
 from plugbay.errors import ConfigError, TLSConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
@@ -46,6 +55,8 @@ ENV_CERT = "PLUGBAY_NETWORK_CERT"
 ENV_KEY = "PLUGBAY_NETWORK_KEY"
 ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
 ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
+ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
+_TRUE = ("1", "true", "True", "TRUE")
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,12 @@ class NetworkServe:
     client_ca_file: str | None = None
     insecure: bool = False
     allow_shutdown: bool = False
+    multiplex: bool = True  # brokered callbacks for hosts that open a yamux session (needs TLS)
+
+    @property
+    def brokering(self) -> bool:
+        """True when serve() puts the brokering front (netmux) on the listener."""
+        return self.multiplex and not self.insecure
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NetworkServe | None:
@@ -67,7 +84,8 @@ class NetworkServe:
             return None
         return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
                    client_ca_file=env.get(ENV_CLIENT_CA) or None,
-                   insecure=env.get(ENV_INSECURE, "") in ("1", "true", "True", "TRUE"))
+                   insecure=env.get(ENV_INSECURE, "") in _TRUE,
+                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE)
 
     def tls_files(self) -> certfiles.TLSFiles | None:
         given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
@@ -103,6 +121,50 @@ def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfile
         return "unix", target[len("unix:"):], certs
     host = target.rpartition(":")[0]
     return "tcp", f"{host}:{port}", certs
+
+
+def serve_front(server: grpc.Server, network: NetworkServe,
+                make_instance: InstanceFactory) -> tuple[str, str, list[Callable[[], None]]]:
+    """Bind ``server`` (not started) privately behind the brokering front on ``network.listen``.
+
+    Each host session gets an instance from ``make_instance``. Returns (network,
+    address, cleanups to run in reverse order on shutdown).
+    """
+    kind, address, cleanups, _ = serve_sessions(server, network, instance_sessions(make_instance))
+    return kind, address, cleanups
+
+
+def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: SessionFactory
+                   ) -> tuple[str, str, list[Callable[[], None]], certfiles.CertFiles]:
+    """serve_front() with any per-session handler (the gateway splices sessions to its own children)."""
+    from plugbay.core.transport import certfiles
+
+    certs = certfiles.front_certs(network.tls_files())
+    target, kind = _target(network.listen)
+    address = target[len("unix:"):] if kind == "unix" else target
+    try:
+        listener = open_listener(kind, address)
+    except OSError as exc:
+        raise ConfigError(f"couldn't listen on {network.listen!r}: {exc.strerror or exc}; free the port"
+                          " or choose another listen address") from None
+    private = tempfile.mkdtemp(prefix="plugbay-net-")
+    cleanups: list[Callable[[], None]] = [lambda: shutil.rmtree(private, ignore_errors=True)]
+    try:
+        grpc_path = os.path.join(private, "grpc.sock")
+        try:
+            server.add_insecure_port(f"unix:{grpc_path}")
+        except RuntimeError:
+            raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
+                              " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
+                              " writable folder") from None
+        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private)
+    except BaseException:
+        close_listener(listener)
+        cleanups[0]()
+        raise
+    cleanups.append(front.close)
+    bound_kind, bound = listener_address(listener)
+    return bound_kind, bound, cleanups, certs
 
 
 def _target(listen: str) -> tuple[str, str]:

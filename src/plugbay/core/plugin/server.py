@@ -58,8 +58,11 @@ from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
-from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery
+from plugbay.core.plugin.netmux import Instance
+from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, serve_front
 from plugbay.core.plugin.network import bind as bind_network
+from plugbay.core.transport.mux import MuxSession
+from plugbay.core.transport.sockets import unlink_quietly
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.plugin.logs import HclogHandler
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
@@ -181,6 +184,8 @@ class _PluginServer:
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
+        self._plugin_set: PluginSet = {}
+        self._version = 0
         self._old_signals: dict[int, Any] = {}
         self._closed = False
 
@@ -219,11 +224,17 @@ class _PluginServer:
             options.append(("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS))
         self.grpc = grpc.server(self.executor, options=options, interceptors=[self.gate])
         network = self.config.network
+        self._plugin_set, self._version = plugin_set, version
         if network is not None:
             own, peer_pem = None, None
-            kind, address, _ = bind_network(self.grpc, network)
-            self.listening = Listening(kind, address, False)
-            add_discovery(DiscoveryServicer([(version, sorted(plugin_set))]), self.grpc)
+            if network.brokering:
+                kind, address, cleanups = serve_front(self.grpc, network, self._session_instance)
+                self.listening = Listening(kind, address, False, _cleanups=cleanups)
+            else:
+                kind, address, _ = bind_network(self.grpc, network)
+                self.listening = Listening(kind, address, False)
+            add_discovery(DiscoveryServicer([(version, sorted(plugin_set))], multiplex=network.brokering),
+                          self.grpc)
         else:
             own, peer_pem, credentials, relay_ctx = self._tls()
             multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
@@ -233,20 +244,7 @@ class _PluginServer:
                                     socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
                                     multiplex=self.listening.multiplex, mux=self.listening.mux)
         self.broker = plugin_broker(self.grpc, transport)
-        add_health(self.health, self.grpc)
-        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(self._shutdown_asked), self.grpc)
-        add_stdio(StdioServicer(self.capture), self.grpc)
-        for name, plugin in plugin_set.items():
-            if not isinstance(plugin, GRPCPlugin):
-                raise ConfigError(f"{name!r} is not a GRPC-compatible plugin; make it a"
-                                  " plugbay.core.broker.plugin.GRPCPlugin subclass")
-            try:
-                plugin.grpc_server(self.broker, self.grpc)
-            except PlugbayError:
-                raise
-            except Exception as exc:
-                raise ConfigError(f"error registering {name!r}: {exc}") from exc
+        self._register(self.grpc, self.broker)
         self.grpc.start()
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
@@ -258,6 +256,41 @@ class _PluginServer:
         os.write(1, (info.to_line() + "\n").encode())
         if network is None:  # on the network stdout/stderr are the service's own log
             self.capture.start()
+
+    def _register(self, server: grpc.Server, broker: GRPCBroker) -> None:
+        """Health, controller, stdio and the plugins' own services on ``server``, brokering with ``broker``."""
+        add_health(self.health, server)
+        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
+            _Controller(self._shutdown_asked), server)
+        add_stdio(StdioServicer(self.capture), server)
+        for name, plugin in self._plugin_set.items():
+            if not isinstance(plugin, GRPCPlugin):
+                raise ConfigError(f"{name!r} is not a GRPC-compatible plugin; make it a"
+                                  " plugbay.core.broker.plugin.GRPCPlugin subclass")
+            try:
+                plugin.grpc_server(broker, server)
+            except PlugbayError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"error registering {name!r}: {exc}") from exc
+
+    def _session_instance(self, mux: MuxSession, path: str) -> Instance:
+        """A network host session's own plugin instance: a private server and a multiplexed broker."""
+        # each session's handlers are gated like the main server's, on a pool of its own
+        executor = ThreadPoolExecutor(max_workers=self.config.max_workers + RESERVED,
+                                      thread_name_prefix="plugbay-grpc-session")
+        server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options],
+                             interceptors=[HandlerGate(self.config.max_workers)])
+        broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
+        try:
+            self._register(server, broker)
+            add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
+            server.add_insecure_port(f"unix:{path}")
+            server.start()
+        except BaseException:
+            _stop_instance(server, broker, executor, path)
+            raise
+        return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, path))
 
     def _shutdown_asked(self) -> None:
         network = self.config.network
@@ -340,6 +373,13 @@ class _PluginServer:
         if self._restore_root_level:
             logging.getLogger().setLevel(logging.WARNING)
         self._log_stream.close()
+
+
+def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPoolExecutor, path: str) -> None:
+    broker.close()  # ends the broker stream first: a graceful stop waits for open streams
+    server.stop(0.5).wait(5)
+    executor.shutdown(wait=True, cancel_futures=True)
+    unlink_quietly(path)
 
 
 class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):

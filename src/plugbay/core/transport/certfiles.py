@@ -10,15 +10,21 @@ which grpcio calls on each new TLS handshake. Established connections keep the
 keys they were made with; new ones get the new files. A half-written or
 mismatched new set is logged and the previous set stays in use.
 
-This module holds the one decision "grpcio's TLS or our own": network mode
-always terminates TLS in grpcio (:func:`server_credentials`). grpcio cannot
-use P-521 keys, so such files are refused with a TLSConfigError up front.
+This module holds the one decision "grpcio's TLS or our own": a listener
+that serves plain gRPC only (the gateway, ``NetworkServe(multiplex=False)``)
+terminates TLS in grpcio (:func:`server_credentials`); serve()'s brokering
+front (plugbay.core.plugin.netmux) terminates it in OpenSSL through a TLSRelay
+whose context comes from :meth:`CertFiles.ssl_context` (rebuilt when the files
+change, the same checks and the same reload rules). grpcio cannot use P-521
+keys, so such files are refused with a TLSConfigError up front either way.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
+import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -116,6 +122,7 @@ class CertFiles:
         self.current = load(files)  # raises: the first set must be good
         self._stamps = self._all_stamps()
         self.reloads = 0
+        self._ctx: ssl.SSLContext | None = None
 
     def _all_stamps(self) -> tuple[tuple[str, int, int], ...] | None:
         try:
@@ -147,6 +154,21 @@ class CertFiles:
             log.info("TLS files reloaded (%s, %s, %s)", *(s[0] for s in stamps))
             return True
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """An OpenSSL server context for the current files (a TLSRelay's provider: one call per handshake).
+
+        Rebuilt when the files changed to a good new set; otherwise the one built last.
+        """
+        try:
+            changed = self.changed()
+        except Exception:
+            log.exception("checking the TLS files failed; keeping the current set")
+            changed = False
+        with self._lock:
+            if self._ctx is None or changed:
+                self._ctx = _context(self.current)
+            return self._ctx
+
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """grpcio's fetcher: a new configuration, or None to keep the current one."""
         try:
@@ -154,6 +176,32 @@ class CertFiles:
         except Exception:  # an exception here would fail the handshake; keep serving the old set
             log.exception("checking the TLS files failed; keeping the current set")
             return None
+
+
+def _context(loaded: LoadedTLS) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=loaded.client_ca_pem.decode())
+    ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2; a yamux host sends no ALPN
+    # ssl loads key material only from files: a private file for the blink of an eye
+    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(loaded.cert_pem + b"\n" + loaded.key_pem)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+    return ctx
+
+
+def front_certs(files: TLSFiles | None) -> CertFiles:
+    """The files of serve()'s brokering front (TLS in OpenSSL, see the module docstring)."""
+    if files is None:
+        raise TLSConfigError("network mode needs cert_file, key_file and client_ca_file (--cert, --key,"
+                             " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
+                             " trusted test network")
+    return CertFiles(files)
 
 
 def server_credentials(files: TLSFiles | None, insecure: bool) -> tuple[grpc.ServerCredentials | None,

@@ -175,13 +175,43 @@ class PluginFront(MuxSession):
         sockets.close_listener(self._listener)
 
 
-class HostMux(MuxSession):
-    """Host side: one connection to the plugin; the main channel dials ``local_address``."""
+class AcceptedSession(MuxSession):
+    """Plugin side of one accepted connection: network mode serves one such session per host.
 
-    def __init__(self, network: str, address: str, timeout: float = 10.0) -> None:
+    Un-knocked streams go to ``target`` (that host's own gRPC server). Build it,
+    give it to that server's broker, then ``run(conn)``; ``ended`` turns True
+    once the host is gone, and the owner then calls ``close()``.
+    """
+
+    def __init__(self, target: tuple[str, str]) -> None:
+        super().__init__("plugin-mux")
+        self.default_target = target
+
+    def run(self, conn: socket.socket) -> None:
+        """Serve the yamux session on ``conn`` (once the target listens: streams route at once)."""
+        conn.settimeout(None)
+        self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-net"))
+
+    @property
+    def ended(self) -> bool:
+        with self._lock:
+            return self._session is None or self._session.closed
+
+
+class HostMux(MuxSession):
+    """Host side: one connection to the plugin; the main channel dials ``local_address``.
+
+    ``max_redials`` bounds how often a lost connection is made again (None: each
+    time a stream is needed, which network mode uses: gRPC's reconnect backoff
+    paces it there).
+    """
+
+    def __init__(self, network: str, address: str, timeout: float = 10.0,
+                 max_redials: int | None = _MAX_REDIALS) -> None:
         super().__init__("host-mux")
         self._target = (network, address)
         self._timeout = timeout
+        self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
         self._attach(self._first_dial())
@@ -224,7 +254,7 @@ class HostMux(MuxSession):
         with self._lock:
             session = self._session
             redial = (not self._closed and session is not None and session.closed
-                      and self._redials < _MAX_REDIALS)
+                      and (self._max_redials is None or self._redials < self._max_redials))
             if redial:
                 self._redials += 1
         if redial:

@@ -15,6 +15,12 @@ ways through a poll loop, so an SSL object is never used from two threads.
 The TLS handshake has :data:`HANDSHAKE_TIMEOUT` seconds in total (not per
 read: a peer trickling bytes is cut off too); in ``terminate`` mode nothing is
 dialed for a peer before its handshake completed.
+
+For network mode the context may be a provider (called per handshake, so
+rotated files apply to new connections) and, terminating, the target may be a
+*router*: it sees the first plaintext bytes the peer sent after the handshake
+(within ``first_bytes_timeout``) and names where the connection goes (None:
+drop it). Those bytes are then delivered there first.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Union
 
 from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_listener, dial, listener_address,
                                              shutdown_and_join)
@@ -34,20 +41,25 @@ _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR  # a recv then returns data, EOF or the error
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has to complete the TLS handshake, in total
 
+Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
+ContextSource = Union[ssl.SSLContext, Callable[[], ssl.SSLContext]]
 
 
 class TLSRelay:
     """Copies bytes between plaintext and TLS connections until closed."""
 
-    def __init__(self, listener: socket.socket, target: tuple[str, str], context: ssl.SSLContext,
+    def __init__(self, listener: socket.socket, target: Target, context: ContextSource,
                  mode: Literal["originate", "terminate"], server_hostname: str = "localhost",
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, first_bytes_timeout: float = 5.0) -> None:
+        if callable(target) and mode != "terminate":
+            raise ValueError("a routing target needs mode='terminate'")
         self._listener = listener
         self._target = target
         self._ctx = context
         self._mode = mode
         self._hostname = server_hostname
         self._hs_timeout = handshake_timeout
+        self._first_timeout = first_bytes_timeout
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -81,27 +93,40 @@ class TLSRelay:
                 self._threads.add(thread)
             thread.start()
 
+    def _context(self) -> ssl.SSLContext:
+        return self._ctx() if callable(self._ctx) else self._ctx
+
     def _serve(self, accepted: socket.socket) -> None:
         tls: ssl.SSLSocket | None = None
         plain: socket.socket | None = None
+        first = b""
         try:
             deadline = time.monotonic() + self._hs_timeout
             if self._mode == "terminate":
-                tls = self._ctx.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+                tls = self._context().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
                 with self._lock:
                     self._conns.add(tls)
                 _handshake(tls, deadline, self._closed)  # the peer proves itself before we dial
-                plain = dial(*self._target, timeout=self._hs_timeout)
+                target = self._target
+                if callable(target):
+                    tls.settimeout(self._first_timeout)
+                    first = tls.recv(_CHUNK)
+                    chosen = target(first) if first else None
+                    if chosen is None:
+                        return
+                    target = chosen
+                plain = dial(*target, timeout=self._hs_timeout)
             else:
+                assert not callable(self._target)
                 plain = accepted
-                tls = self._ctx.wrap_socket(dial(*self._target, timeout=self._hs_timeout),
+                tls = self._context().wrap_socket(dial(*self._target, timeout=self._hs_timeout),
                                             server_hostname=self._hostname, do_handshake_on_connect=False)
                 with self._lock:
                     self._conns.add(tls)
                 _handshake(tls, deadline, self._closed)
             with self._lock:
                 self._conns.add(plain)
-            _pump(plain, tls, self._closed)
+            _pump(plain, tls, self._closed, first)
         except (OSError, ssl.SSLError):
             pass  # a failed peer handshake is the peer's problem; gRPC reports it on its side
         finally:
@@ -139,11 +164,11 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, closed: threading.Event) -> 
         poller.poll(min(remaining, ACCEPT_POLL) * 1000)
 
 
-def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event) -> None:
+def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event, first: bytes = b"") -> None:
     plain.setblocking(False)
     tls.setblocking(False)
     to_tls = bytearray()
-    to_plain = bytearray()
+    to_plain = bytearray(first)
     tls_chunk = b""  # an SSL write that must be retried with the same bytes
     plain_eof = tls_eof = False
     poller = select.poll()

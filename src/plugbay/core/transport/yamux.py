@@ -399,6 +399,44 @@ def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
         t.start()
 
 
+def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:
+    """Copy bytes both ways between streams of two sessions until both directions end.
+
+    A FIN is passed on as a FIN, a reset as a reset (a proxy between two yamux peers).
+    """
+    state = {"open": 2}
+
+    def copy(src: Stream, dst: Stream) -> None:
+        try:
+            while True:
+                data = src.read()
+                if not data:
+                    if src.done or not src._reset:
+                        dst.close_write()
+                    else:
+                        dst.reset()
+                    break
+                dst.write(data)
+                src.consumed(len(data))
+        except StreamClosed:
+            src.reset()
+            dst.reset()
+        finally:
+            with lock:
+                state["open"] -= 1
+                last = state["open"] == 0
+                threads.discard(threading.current_thread())
+            if last:
+                a.session.forget(a)
+                b.session.forget(b)
+
+    for src, dst in ((a, b), (b, a)):
+        t = threading.Thread(target=copy, args=(src, dst), name=f"plugbay-splice-{src.id}", daemon=True)
+        with lock:
+            threads.add(t)
+        t.start()
+
+
 def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:
     try:
         conn.shutdown(how)

@@ -47,6 +47,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    default=env.get(ENV_PREFIX + "INSECURE", "") in ("1", "true", "True", "TRUE"),
                    help="plaintext, no client authentication (trusted test networks only)")
+    p.add_argument("--multiplex", action="store_true",
+                   default=env.get(ENV_PREFIX + "MULTIPLEX", "") in ("1", "true", "True", "TRUE"),
+                   help="brokered callbacks: each host session gets its own child (the plugin must multiplex)")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
     return p
 
@@ -75,12 +78,14 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
     if not args.insecure and not all(tls):
         parser.error("mutual TLS needs --cert, --key and --client-ca (or PLUGBAY_GATEWAY_CERT/_KEY/_CLIENT_CA);"
                      " --insecure serves plaintext, for trusted test networks only")
+    if args.insecure and args.multiplex:
+        parser.error("--multiplex needs mutual TLS (--cert, --key, --client-ca); drop --insecure")
     if args.insecure and any(tls):
         parser.error("--insecure and --cert/--key/--client-ca exclude each other; drop --insecure to serve mTLS")
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
-                         start_timeout=args.start_timeout)
+                         start_timeout=args.start_timeout, multiplex=args.multiplex)
 
 
 def main(argv: list[str]) -> int:

@@ -12,11 +12,13 @@ serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
 
 * grpc.health.v1 "plugin" (and ""): SERVING while the child runs, else NOT_SERVING;
 * plugbay.network.v1.Discovery: the child's negotiated app protocol version with
-  the names given in ``plugins`` (empty when not given), multiplex=False;
+  the names given in ``plugins`` (empty when not given), ``multiplex`` as configured;
 * plugin.GRPCController.Shutdown: acknowledged and ignored (a shared service;
   stop the gateway with SIGTERM);
-* plugin.GRPCBroker.StartStream: FAILED_PRECONDITION: the child (go-plugin 1.0.x
-  behind a gateway) cannot multiplex brokered connections onto the network;
+* plugin.GRPCBroker.StartStream: FAILED_PRECONDITION on plain gRPC connections: the
+  shared child cannot give every host its own broker. With ``multiplex=True``
+  (a child that multiplexes, e.g. a plugbay plugin) a host that opens a yamux
+  session gets its own child, spliced (plugbay.network.gateway.sessions);
 * plugin.GRPCStdio.StreamStdio: an empty stream (the child's output is the gateway's log);
 
 and forwards every other call to the child (plugbay.network.gateway.forward).
@@ -27,8 +29,9 @@ UNAVAILABLE.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +48,21 @@ from plugbay._proto.plugin import (
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
-from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, bind, package_version
+from plugbay.core.plugin.network import (
+    DiscoveryServicer,
+    NetworkServe,
+    add_discovery,
+    bind,
+    package_version,
+    serve_sessions,
+)
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.resilience.supervisor import RestartPolicy
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 from plugbay.network.gateway.forward import Forwarder
+from plugbay.network.gateway.sessions import ChildSession
 from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
@@ -87,6 +98,8 @@ class GatewayConfig:
     # a Go child's P-521 certificate needs, but leaves the child's socket unauthenticated locally.
     child_mtls: bool = True
     logger: logging.Logger | None = None
+    # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
+    multiplex: bool = False
 
     def check(self) -> None:
         if not self.cmd or not self.cmd[0]:
@@ -96,6 +109,9 @@ class GatewayConfig:
         if not key or not value:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
+        if self.multiplex and self.insecure:
+            raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
+                              " --client-ca instead of --insecure")
         if not self.protocol_versions or any(int(v) < 1 for v in self.protocol_versions):
             raise ConfigError(f"protocol versions {list(self.protocol_versions)} are invalid; pass positive"
                               " integers, for example --protocol-versions 1,2")
@@ -113,7 +129,7 @@ class Gateway:
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
-        self.discovery = DiscoveryServicer([], server=f"plugbay-gateway/{package_version()} (go-plugin plugin"
+        self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=f"plugbay-gateway/{package_version()} (go-plugin plugin"
                                                       f" {config.cmd[0]})")
         self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down)
         self._closed = threading.Event()
@@ -123,6 +139,12 @@ class Gateway:
         self._address = ""
         self._lock = threading.Lock()
         self._started = False
+        self._front: list[Callable[[], None]] = []
+
+    def _session(self, conn: socket.socket, path: str) -> ChildSession:
+        cfg = self.config
+        return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
+                            start_timeout=cfg.start_timeout, logger=cfg.logger)
 
     # --- the child -----------------------------------------------------------------
 
@@ -198,7 +220,11 @@ class Gateway:
         grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), server)  # type: ignore[no-untyped-call]
         grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), server)  # type: ignore[no-untyped-call]
         server.add_generic_rpc_handlers((Forwarder(self.keeper.channel),))
-        _, self._address, self.certs = bind(server, self._network)  # TLS files checked before the child starts
+        # TLS files are checked before the child starts
+        if self.config.multiplex:
+            _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)
+        else:
+            _, self._address, self.certs = bind(server, self._network)
         try:
             self.keeper.start()
         except PlugbayError as exc:
@@ -219,6 +245,11 @@ class Gateway:
         self.health.close()
         if self._server is not None:
             self._server.stop(_STOP_GRACE).wait(_STOP_GRACE + 3)
+        while self._front:  # the brokering front: its sessions and their children
+            try:
+                self._front.pop()()
+            except Exception:
+                log.exception("gateway: closing the brokering front failed")
         self.keeper.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,190 @@
+"""serve()'s network front: TLS, then plain gRPC or a yamux session with its own plugin instance.
+
+go-plugin's broker is per client: one host, one plugin instance, one
+GRPCBroker. A network plugin is shared, so the front gives every host that
+wants brokered connections its own instance inside the shared process:
+
+* a TLSRelay (terminate) does mutual TLS with the provided files (a context
+  from plugbay.core.transport.certfiles, rebuilt when they change); an
+  ssl.SSLSocket must not be read and written from two threads, so yamux never
+  runs on it: the relay's one poll thread per connection carries plaintext;
+* the first bytes after TLS decide: the HTTP/2 client preface goes to the
+  shared gRPC server (plain gRPC, no broker: what network mode always served);
+  a yamux frame (version byte 0) goes to this module's private listener, where
+  the connection becomes a session (AcceptedSession) with a fresh private
+  gRPC server: the plugin's services against a fresh GRPCBroker(multiplex=True)
+  on that session, health, controller, Discovery. Un-knocked streams of the
+  session reach that server; knocked ones the brokered servers;
+* anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
+  TLS_TIMEOUT, is dropped; each connection has its own relay thread, so an
+  idle one never holds up another;
+* when a session ends, its instance (server, broker, sockets) is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from plugbay.core.transport.certfiles import CertFiles
+from plugbay.core.transport.mux import AcceptedSession, MuxSession
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.sockets import ACCEPT_POLL, close_listener, open_listener
+
+log = logging.getLogger("plugbay.server")
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+TLS_TIMEOUT = 5.0  # a connection that does not finish TLS within this is dropped
+FIRST_BYTES_TIMEOUT = 5.0  # ... or says nothing after it
+MAX_SESSIONS = 256  # brokering hosts at once; more are refused (each one costs an instance)
+
+
+@dataclass
+class Instance:
+    """One host's plugin instance: where its gRPC server listens, and how to stop it."""
+
+    address: tuple[str, str]
+    close: Callable[[], None]
+
+
+InstanceFactory = Callable[[MuxSession, str], Instance]  # (the session, a socket path to serve on)
+
+
+class FrontSession(Protocol):
+    """What the front keeps per yamux connection: ended once the host is gone; close() frees it."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+SessionFactory = Callable[[socket.socket, str], FrontSession]  # (the connection, a fresh socket path)
+
+
+class InstanceSession:
+    """serve()'s session: an AcceptedSession whose un-knocked streams reach its own plugin instance."""
+
+    def __init__(self, conn: socket.socket, path: str, make_instance: InstanceFactory) -> None:
+        self.mux = AcceptedSession(("unix", path))
+        self.instance = make_instance(self.mux, path)  # listening before the first stream is routed
+        self.mux.run(conn)
+
+    @property
+    def ended(self) -> bool:
+        return self.mux.ended
+
+    def close(self) -> None:
+        for what, step in (("instance", self.instance.close), ("session", self.mux.close)):
+            try:
+                step()
+            except Exception:
+                log.exception("stopping a host session's %s failed", what)
+
+
+def instance_sessions(make_instance: InstanceFactory) -> SessionFactory:
+    return lambda conn, path: InstanceSession(conn, path, make_instance)
+
+
+def route(first: bytes, grpc_target: tuple[str, str], mux_target: tuple[str, str]) -> tuple[str, str] | None:
+    """Where a connection goes, by the first plaintext bytes: gRPC, a yamux session, or nowhere."""
+    n = min(len(first), len(HTTP2_PREFACE))
+    if n and first[:n] == HTTP2_PREFACE[:n]:
+        return grpc_target
+    if first[:1] == b"\x00":
+        return mux_target
+    return None
+
+
+class NetworkFront:
+    """Owns the public listener (through the relay), the session listener and every session's instance."""
+
+    def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
+                 make_session: SessionFactory, private_dir: str) -> None:
+        self._dir = private_dir
+        self._make = make_session
+        self._grpc_target = grpc_target
+        path = os.path.join(private_dir, "mux.sock")
+        self._listener = open_listener("unix", path)
+        os.chmod(path, 0o600)
+        self._listener.settimeout(ACCEPT_POLL)
+        self._mux_target = ("unix", path)
+        self._lock = threading.Lock()
+        self._sessions: list[FrontSession] = []
+        self._count = 0
+        self._closed = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
+        self._acceptor.start()
+        try:
+            self._relay = TLSRelay(listener, self._route, certs.ssl_context, "terminate",
+                                   handshake_timeout=TLS_TIMEOUT, first_bytes_timeout=FIRST_BYTES_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+
+    def _route(self, first: bytes) -> tuple[str, str] | None:
+        return route(first, self._grpc_target, self._mux_target)
+
+    @property
+    def sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _accept(self) -> None:
+        try:
+            while not self._closed.is_set():
+                self._reap()
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                try:
+                    self._start_session(conn)
+                except Exception:
+                    log.exception("could not start a plugin instance for a new host session")
+                    conn.close()
+        finally:
+            close_listener(self._listener)
+
+    def _start_session(self, conn: socket.socket) -> None:
+        with self._lock:
+            if len(self._sessions) >= MAX_SESSIONS:
+                log.warning("refusing a brokering host: %d sessions are open already", MAX_SESSIONS)
+                conn.close()
+                return
+            self._count += 1
+            number = self._count
+        path = os.path.join(self._dir, f"s{number}.sock")
+        session = self._make(conn, path)
+        with self._lock:
+            self._sessions.append(session)
+        log.debug("host session %d started (%d open)", number, self.sessions)
+
+    def _reap(self, everything: bool = False) -> None:
+        with self._lock:
+            done = [s for s in self._sessions if everything or s.ended]
+            self._sessions = [s for s in self._sessions if s not in done]
+        for session in done:
+            try:
+                session.close()
+            except Exception:
+                log.exception("stopping a host session failed")
+
+    def close(self) -> None:
+        """Stop accepting, end every session and its instance; the listeners' files go too."""
+        if self._closed.is_set():
+            return
+        relay = getattr(self, "_relay", None)
+        if relay is not None:
+            relay.close()  # no new connections, and the running ones are cut
+        self._closed.set()
+        self._acceptor.join(timeout=5)
+        self._reap(everything=True)
+

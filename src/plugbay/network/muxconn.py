@@ -1,0 +1,120 @@
+"""One endpoint of a brokering remote plugin: ONE TLS connection carrying a yamux session.
+
+go-plugin's multiplexed broker, over the network: for each endpoint the host
+opens one TLS connection (a TLSRelay in originate mode: OpenSSL, one poll
+thread, so yamux never touches an ssl.SSLSocket from two threads) and runs a
+HostMux over it. The endpoint's main gRPC channel is a stream of that session;
+its GRPCBroker(multiplex=True) knocks for brokered streams in the same
+session, so the plugin instance serving this host (plugbay.core.plugin.netmux:
+one per session) reaches the host's brokered servers and the other way round.
+
+A lost connection is made again when gRPC reconnects (a new session: the
+plugin gives it a new instance), so ``broker()`` starts a new broker once the
+old one's stream ended.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.stream import host_broker
+from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.secure import grpc_target
+from plugbay.core.transport.sockets import open_listener
+from plugbay.errors import BrokerError
+from plugbay.network.resolver import Endpoint
+
+_TLS_TIMEOUT = 10.0
+
+
+class MuxEndpoint(grpc.Channel):  # type: ignore[misc]
+    """A grpc.Channel to one endpoint through its yamux session, plus that session's broker."""
+
+    def __init__(self, endpoint: Endpoint, context: ssl.SSLContext, server_name: str | None,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._broker: GRPCBroker | None = None
+        self._closed = False
+        self._dir = tempfile.mkdtemp(prefix="plugbay-netmux-")
+        self._relay: TLSRelay | None = None
+        self._mux: HostMux | None = None
+        try:
+            path = os.path.join(self._dir, "tls.sock")
+            listener = open_listener("unix", path)
+            os.chmod(path, 0o600)
+            host = server_name or endpoint.address.rpartition(":")[0].strip("[]")
+            self._relay = TLSRelay(listener, (endpoint.network, endpoint.address), context, "originate",
+                                   server_hostname=host, handshake_timeout=_TLS_TIMEOUT)
+            # the relay accepts at once and dials the plugin per connection: nothing blocks here
+            self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None)
+            local = self._mux.local_address
+            self._channel = grpc.insecure_channel(grpc_target(*local), options=list(options))
+        except BaseException:
+            self.close()
+            raise
+
+    def broker(self) -> GRPCBroker:
+        """This endpoint's broker (a new one when the session, and so the old broker's stream, was lost)."""
+        with self._lock:
+            broker = self._broker
+            if broker is not None and not broker.closed and broker.lost_reason is None:
+                return broker
+            if broker is not None:
+                broker.close()
+            assert self._mux is not None
+            # the broker's stream is opened once, without waiting: the session must be up first
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=_TLS_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
+                                  f" within {_TLS_TIMEOUT:g}s, so it has no broker; check that the plugin"
+                                  " runs there and dispense() again") from None
+            self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
+            return self._broker
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            broker, self._broker = self._broker, None
+        if broker is not None:
+            broker.close()
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            channel.close()
+        if self._mux is not None:
+            self._mux.close()
+        if self._relay is not None:
+            self._relay.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # grpc.Channel: the endpoint's main channel
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._channel.unsubscribe(callback)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)
