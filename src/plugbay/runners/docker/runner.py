@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import posixpath
 import shutil
-import stat
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import (ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError,
-                            ReattachError, RunnerError)
+from plugbay.errors import (ConfigError, ReattachError, RunnerError)
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
                                             check_runtime, clear_socket_dir, engine, engine_call, host_gid,
@@ -41,6 +37,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             socket_dir_unproven, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, tmpfs_mounts)
+from plugbay.runners.docker.checks import check_digest, find_image, socket_on_host
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.session import HOST_SESSION_ID, MANAGED, managed_labels, owner_name
 
@@ -157,9 +154,9 @@ class DockerRunner(Runner):
         from docker.errors import APIError
 
         client = self._client
-        image = self._find_image(client)
+        image = find_image(client, self.image)
         if self.digest is not None:
-            self._check_digest(image, self.digest)
+            check_digest(image, self.image, self.digest)
         if self.runtime:
             check_runtime(client, self.runtime)
         env = {**self.env, **spec.env}
@@ -237,26 +234,6 @@ class DockerRunner(Runner):
         except Exception:  # noqa: BLE001 - best effort after the engine failed
             return None
 
-    def _find_image(self, client: Any) -> Any:
-        from docker.errors import ImageNotFound
-
-        try:
-            return engine_call(lambda: client.images.get(self.image), "look up the image")
-        except ImageNotFound:
-            raise ImageNotFoundError(
-                f"image {self.image!r} is not on the Docker engine. Build it (the examples:"
-                " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
-                " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
-            ) from None
-
-    def _check_digest(self, image: Any, digest: str) -> None:
-        repo_digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d]
-        if digest != image.id and digest not in repo_digests:
-            raise ChecksumMismatchError(
-                f"image {self.image!r} is {image.id} (repo digests {repo_digests or 'none'}), not the pinned"
-                f" {digest}. The image was rebuilt or replaced; rebuild the trusted one or update the pin."
-            )
-
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
         if isinstance(secure, (list, tuple)) or secure.path is not None:
@@ -266,7 +243,7 @@ class DockerRunner(Runner):
                               " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
         client = engine()
         try:
-            self._check_digest(self._find_image(client), "sha256:" + secure.checksum.hex())
+            check_digest(find_image(client, self.image), self.image, "sha256:" + secure.checksum.hex())
         finally:
             client.close()
 
@@ -275,7 +252,7 @@ class DockerRunner(Runner):
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix":
             if network == "unix" and self._host_socket_dir:
-                return "unix", self._socket_on_host(address)
+                return "unix", socket_on_host(address, self._host_socket_dir, self.id)
             raise RunnerError(
                 f"the plugin in container {self.id[:12]} announced {network}:{address}, which the host cannot"
                 f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
@@ -290,36 +267,6 @@ class DockerRunner(Runner):
             f" {self.container_port} is published; make the plugin honour PLUGBAY_LISTEN"
             " (plugbay's serve() does) or set container_port= to the port it listens on."
         )
-
-    def _socket_on_host(self, address: str) -> str:
-        """The host path of a socket the container announced: a file directly in the mapped folder.
-
-        The path is normalised first; ``..``, sub-folders and anything that is
-        not a socket on the host side (a symlink the container made) are refused.
-        """
-        assert self._host_socket_dir is not None
-        norm = posixpath.normpath(address) if address.startswith("/") else ""
-        prefix = CONTAINER_SOCKET_DIR + "/"
-        name = norm[len(prefix):] if norm.startswith(prefix) else ""
-        why = None
-        if not name or "/" in name:
-            why = "it is not a file directly in"
-        else:
-            host = os.path.join(self._host_socket_dir, name)
-            try:
-                if not stat.S_ISSOCK(os.lstat(host).st_mode):
-                    why = "it is not a socket (a symlink or file the container made) in"
-            except FileNotFoundError:
-                pass  # not created yet: the dial reports it
-            except OSError as exc:
-                why = f"it cannot be checked ({exc.strerror}) in"
-            if why is None:
-                return host
-        raise MalformedHandshakeError(
-            f"unix|{address}",
-            f"the plugin in container {self.id[:12]} announced socket path {address!r}, but {why} the"
-            f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
-            f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == "unix" and network == "unix" and self._host_socket_dir and (

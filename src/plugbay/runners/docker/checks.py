@@ -1,0 +1,65 @@
+"""What the Docker runner checks before it trusts an image or an announced socket path."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from typing import Any
+
+from plugbay.errors import ChecksumMismatchError, ImageNotFoundError, MalformedHandshakeError
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine_call
+
+
+def find_image(client: Any, name: str) -> Any:
+    """The engine's image ``name``; plugbay never pulls, so a missing one says how to build it."""
+    from docker.errors import ImageNotFound
+
+    try:
+        return engine_call(lambda: client.images.get(name), "look up the image")
+    except ImageNotFound:
+        raise ImageNotFoundError(
+            f"image {name!r} is not on the Docker engine. Build it (the examples:"
+            " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
+            " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
+        ) from None
+
+
+def check_digest(image: Any, name: str, digest: str) -> None:
+    """ChecksumMismatchError unless ``image`` is the pinned ``digest`` (its id or a repo digest)."""
+    repo_digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d]
+    if digest != image.id and digest not in repo_digests:
+        raise ChecksumMismatchError(
+            f"image {name!r} is {image.id} (repo digests {repo_digests or 'none'}), not the pinned"
+            f" {digest}. The image was rebuilt or replaced; rebuild the trusted one or update the pin."
+        )
+
+
+def socket_on_host(address: str, host_socket_dir: str, container_id: str) -> str:
+    """The host path of a socket the container announced: a file directly in the mapped folder.
+
+    The path is normalised first; ``..``, sub-folders and anything that is
+    not a socket on the host side (a symlink the container made) are refused.
+    """
+    norm = posixpath.normpath(address) if address.startswith("/") else ""
+    prefix = CONTAINER_SOCKET_DIR + "/"
+    name = norm[len(prefix):] if norm.startswith(prefix) else ""
+    why = None
+    if not name or "/" in name:
+        why = "it is not a file directly in"
+    else:
+        host = os.path.join(host_socket_dir, name)
+        try:
+            if not stat.S_ISSOCK(os.lstat(host).st_mode):
+                why = "it is not a socket (a symlink or file the container made) in"
+        except FileNotFoundError:
+            pass  # not created yet: the dial reports it
+        except OSError as exc:
+            why = f"it cannot be checked ({exc.strerror}) in"
+        if why is None:
+            return host
+    raise MalformedHandshakeError(
+        f"unix|{address}",
+        f"the plugin in container {container_id[:12]} announced socket path {address!r}, but {why} the"
+        f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
+        f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
