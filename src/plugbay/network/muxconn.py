@@ -33,11 +33,12 @@ from plugbay.core.transport.secure import grpc_target
 from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
 from plugbay.network.resolver import Endpoint
+from plugbay.core.transport.channels import DelegatingChannel
 
 _TLS_TIMEOUT = 10.0
 
 
-class MuxEndpoint(grpc.Channel):  # type: ignore[misc]
+class MuxEndpoint(DelegatingChannel):
     """A grpc.Channel to one endpoint through its yamux session, plus that session's broker."""
 
     def __init__(self, endpoint: Endpoint, context: ssl.SSLContext, server_name: str | None,
@@ -99,22 +100,3 @@ class MuxEndpoint(grpc.Channel):  # type: ignore[misc]
         if self._relay is not None:
             self._relay.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    # grpc.Channel: the endpoint's main channel
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        self._channel.subscribe(callback, try_to_connect=try_to_connect)
-
-    def unsubscribe(self, callback: Any) -> None:
-        self._channel.unsubscribe(callback)
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.unary_unary(method, *args, **kwargs)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.unary_stream(method, *args, **kwargs)
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.stream_unary(method, *args, **kwargs)
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.stream_stream(method, *args, **kwargs)

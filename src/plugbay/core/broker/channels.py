@@ -8,13 +8,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.errors import ConfigError
+from plugbay.core.transport.channels import DelegatingChannel
 
 log = logging.getLogger("plugbay.broker")
 
@@ -27,7 +27,7 @@ class Served:
     cleanup: list[Callable[[], None]]
 
 
-class BrokeredChannel(grpc.Channel):  # type: ignore[misc]
+class BrokeredChannel(DelegatingChannel):
     """What dial() returns: a grpc.Channel that also frees the broker's resources for it on close().
 
     Closing it (or the broker) closes the gRPC channel and whatever carried it:
@@ -51,30 +51,6 @@ class BrokeredChannel(grpc.Channel):  # type: ignore[misc]
         for func in reversed(self._cleanup):
             func()
         self._untrack(self)
-
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        self._channel.subscribe(callback, try_to_connect=try_to_connect)
-
-    def unsubscribe(self, callback: Any) -> None:
-        self._channel.unsubscribe(callback)
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.unary_unary(method, *args, **kwargs)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.unary_stream(method, *args, **kwargs)
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.stream_unary(method, *args, **kwargs)
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._channel.stream_stream(method, *args, **kwargs)
-
-    def __enter__(self) -> BrokeredChannel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def share_socket(path: str) -> None:
