@@ -221,10 +221,7 @@ class RemoteClient(Client):
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
         with self._lock:
-            if self._killed:
-                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
-            if not self._started:
-                self.start()
+            self._start_for_dispense()
             if not self.multiplexed:
                 return super().dispense(name)
             plugins = self._versions[self.negotiated_version]

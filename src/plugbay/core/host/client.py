@@ -310,13 +310,17 @@ class Client:
 
     # --- use --------------------------------------------------------------------
 
+    def _start_for_dispense(self) -> None:
+        """Under the lock: refuse a killed Client, start one that was not started yet."""
+        if self._killed:
+            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+        if not self._started:
+            self.start()
+
     def dispense(self, name: str) -> Any:
         """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
         with self._lock:
-            if self._killed:
-                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
-            if not self._started:
-                self.start()
+            self._start_for_dispense()
             if name in self._dispensed:
                 return self._dispensed[name]
             plugins = self._versions[self.negotiated_version]
