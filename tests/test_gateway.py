@@ -17,7 +17,7 @@ import pytest
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay._proto.plugin import grpc_broker_pb2, grpc_broker_pb2_grpc, grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import GatewayError, TLSConfigError
 from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
 from plugbay.network.gateway.cli import main as gateway_main

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from plugbay.core.resilience.circuit import CircuitBreaker
     from plugbay.core.resilience.healthwatch import HealthWatcher
     from plugbay.core.resilience.retry import RetryPolicy, idempotent
-    from plugbay.core.resilience.supervisor import RestartPolicy, Supervisor, SupervisorEvent
+    from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
+    from plugbay.core.resilience.supervisor import Supervisor
     from plugbay.errors import (
         BrokerClosedError,
         BrokerError,

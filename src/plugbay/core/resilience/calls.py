@@ -50,6 +50,17 @@ def describe_error(exc: BaseException) -> str:
     return (f"{code.name}: {text}" if code is not None else text)[:300]
 
 
+def backoff_delay(initial: float, multiplier: float, cap: float, jitter: float, n: int,
+                  rand: Callable[[], float]) -> float:
+    """The sleep before try ``n + 1`` (n >= 1): exponential from ``initial``, capped, jittered down.
+
+    Each sleep is drawn from [(1 - jitter) * b, b], so callers that failed together do not
+    retry (or restart) in step.
+    """
+    base = min(cap, initial * multiplier ** max(0, n - 1))
+    return base * (1 - jitter * rand())
+
+
 def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None], Any]:
     """One call hook from layers, outermost first (e.g. retry, then the circuit breaker)."""
     ordered = list(layers)

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.resilience.calls import Attempt, status_of
+from plugbay.core.resilience.calls import Attempt, backoff_delay, status_of
 from plugbay.errors import ClientStateError, ConfigError
 
 _marked = threading.local()
@@ -106,8 +106,8 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """The sleep before retry number ``retry`` (1 = the second attempt)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
-        return base * (1 - self.jitter * self._rng.random())
+        return backoff_delay(self.initial_backoff, self.multiplier, self.max_backoff, self.jitter, retry,
+                             self._rng.random)
 
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ClientStateError) and not isinstance(exc, grpc.RpcError):

@@ -26,11 +26,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -49,43 +47,12 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.readygate import ReadyGate
 from plugbay.core.resilience.calls import CallLayer, chain
+from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 
 _log = logging.getLogger("plugbay.supervisor")
 
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """At most ``max_restarts`` restarts within any ``window`` seconds; backoff between tries."""
-
-    max_restarts: int = 5
-    window: float = 60.0
-    initial_backoff: float = 0.2
-    max_backoff: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.max_restarts < 0 or self.window <= 0 or self.initial_backoff < 0 or self.multiplier < 1:
-            raise ConfigError(f"invalid RestartPolicy {self}: max_restarts >= 0, window > 0,"
-                              " initial_backoff >= 0 and multiplier >= 1 are required")
-
-    def backoff(self, consecutive: int) -> float:
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, consecutive - 1))
-        return base * (1 - self.jitter * random.random())
-
-
-@dataclass(frozen=True)
-class SupervisorEvent:
-    """One thing that happened: kind is started, reattached, reattach_failed, failure, recovered,
-    restarting, restarted, restart_failed, gave_up or stopped."""
-
-    kind: str
-    detail: str
-    restarts: int
-    at: float  # time.time()
 
 
 class ClientMaker(Protocol):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import grpc
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import GatewayError, PlugbayError
 
 log = logging.getLogger("plugbay.gateway")

@@ -57,7 +57,7 @@ from plugbay.core.plugin.network import (
     serve_sessions,
 )
 from plugbay.core.protocol.handshake import HandshakeConfig
-from plugbay.core.resilience.supervisor import RestartPolicy
+from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
