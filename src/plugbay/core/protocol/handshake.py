@@ -145,8 +145,8 @@ class HandshakeInfo:
         if problem is not None:
             raise ConfigError(f"handshake facts name an address plugbay will not dial: {problem}")
         return cls(
-            core_version=int(data["core_version"]),
-            app_version=int(data["app_version"]),
+            core_version=_whole_number(data, "core_version"),
+            app_version=_whole_number(data, "app_version"),
             network=str(data["network"]),
             address=str(data["address"]),
             protocol=str(data.get("protocol", PROTOCOL_GRPC)),
@@ -156,6 +156,15 @@ class HandshakeInfo:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+def _whole_number(data: Mapping[str, Any], key: str) -> int:
+    """A version field of untrusted handshake facts: a JSON integer, nothing else (no 1.5, no Infinity)."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"handshake facts field {key!r} must be a whole number, got {value!r}; pass"
+                          " ReattachConfig.to_json() output")
+    return value
 
 
 def parse_handshake_line(line: str) -> HandshakeInfo:

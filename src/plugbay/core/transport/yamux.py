@@ -290,13 +290,15 @@ class Session:
                     payload = reader.read(length) if length else b""
                     if len(payload) < length:
                         break
-                    if not self._stream_frame(sid, flags, payload, None):
-                        # as hashicorp/yamux: a peer that ignores flow control ends the session,
-                        # instead of making this side buffer without bound
-                        reason = f"protocol error: stream {sid} received more than its window"
+                    problem = self._stream_frame(sid, flags, payload, None)
+                    if problem is not None:
+                        reason = f"protocol error: {problem}"
                         break
                 elif kind == WINDOW_UPDATE:
-                    self._stream_frame(sid, flags, None, length)
+                    problem = self._stream_frame(sid, flags, None, length)
+                    if problem is not None:
+                        reason = f"protocol error: {problem}"
+                        break
                 elif kind == PING:
                     if flags & SYN:
                         self._send(PING, ACK, 0, length)
@@ -320,14 +322,18 @@ class Session:
                 pass
             self._shutdown(reason)
 
-    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> bool:
+    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> str | None:
+        """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
         stream: Stream | None
         if flags & SYN:
             if (sid % 2 == 1) == self._client:
                 log.debug("yamux: peer opened stream %d of the wrong parity", sid)
-                return True
-            stream = Stream(self, sid)
+                return None
             with self._lock:
+                if sid in self._streams:
+                    # a second SYN would orphan the first stream's reader
+                    return f"stream {sid} opened twice"
+                stream = Stream(self, sid)
                 self._streams[sid] = stream
             # go's yamux closes the session when an opened stream is not acked in time
             self._send(WINDOW_UPDATE, ACK, sid, 0)
@@ -336,11 +342,13 @@ class Session:
             with self._lock:
                 stream = self._streams.get(sid)
             if stream is None:
-                return True  # a late frame for a stream we already dropped
-        if payload is not None:
-            return stream._data(payload, flags)
-        stream._window(delta or 0, flags)
-        return True
+                return None  # a late frame for a stream we already dropped
+        if payload is not None and not stream._data(payload, flags):
+            # a peer that ignores flow control must not make this side buffer without bound
+            return f"stream {sid} received more than its window"
+        if payload is None:
+            stream._window(delta or 0, flags)
+        return None
 
 
 def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
