@@ -65,7 +65,8 @@ def _gateway(mtls: bool, ctx: Context) -> Result:
 def _replica(cwd: str, certs: object) -> tuple[subprocess.Popen[bytes], str]:
     """The Python KV plugin served with NetworkServe (mTLS) on 127.0.0.1; (process, HOST:PORT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_"))}
-    env.update(PYTHONPATH=str(REPO / "src"), PLUGBAY_NETWORK_LISTEN="127.0.0.1:0",
+    # TMPDIR in the round's folder: a replica killed with -9 cannot remove its private socket folder
+    env.update(PYTHONPATH=str(REPO / "src"), TMPDIR=cwd, PLUGBAY_NETWORK_LISTEN="127.0.0.1:0",
                PLUGBAY_NETWORK_CERT=str(certs.cert_file), PLUGBAY_NETWORK_KEY=str(certs.key_file),  # type: ignore[attr-defined]
                PLUGBAY_NETWORK_CLIENT_CA=str(certs.client_ca_file))  # type: ignore[attr-defined]
     proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "kv" / "plugin.py")], cwd=cwd, env=env,
