@@ -36,6 +36,10 @@ def test_plugin_image_is_built_once_per_content(plugbay_docker: Any, tmp_path: P
     tag = "plugbay-images-test:latest"
     lines: list[str] = []
     try:
+        plugbay_docker.images.remove(tag, force=True)  # left by a run that was killed mid-test
+    except ImageNotFound:
+        pass
+    try:
         first = images.build_plugin_image(tag, plugin, ["python", "/plugin/main.py"], progress=lines.append,
                                           client=plugbay_docker)
         assert any("building" in line for line in lines)

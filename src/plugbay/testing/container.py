@@ -28,7 +28,8 @@ from plugbay.errors import HandshakeTimeoutError, PluginExitedError
 from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line)
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, prepare_socket_dir, transport_settings
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN,
+                                            mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
 
 
@@ -65,6 +66,10 @@ class PluginContainer(DockerContainer):
             self._socket_dir = tempfile.mkdtemp(prefix="plugbay-tc-")
             gid = prepare_socket_dir(self._socket_dir)
             self.with_volume_mapping(self._socket_dir, CONTAINER_SOCKET_DIR, "rw")
+            # what a reattach checks before it trusts the folder (as DockerRunner labels it);
+            # not "owned": stop() removes the folder, not the Client
+            extra["labels"].update({SOCKET_DIR: self._socket_dir, SOCKET_TOKEN: mark_socket_dir(self._socket_dir),
+                                    SOCKET_OWNED: "false"})
         # the same environment and engine arguments as DockerRunner's
         env, args = transport_settings(self.transport, self.container_port, gid)
         for key, value in env.items():
