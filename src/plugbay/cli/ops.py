@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Any
 
 import click
@@ -99,8 +98,10 @@ def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
 
 
 def _process(pid: int) -> dict[str, Any]:
-    stat = Path(f"/proc/{pid}/stat")
-    alive = stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    from plugbay.runners.session import proc_stat
+
+    fields = proc_stat(pid)  # one read: a process that ends in between is simply gone
+    alive = fields is not None and fields[0] not in ("Z", "X")
     return {"runner": "ProcessRunner", "id": str(pid), "name": str(pid), "image": None,
             "state": "running" if alive else "gone", "exit_code": None, "oom_killed": False, "signal": None,
             "restart_count": 0, "error": None if alive else "the process is gone; its exit code is known only"

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from plugbay.runners.session import HOST_SESSION_ID
+from plugbay.runners.session import HOST_SESSION_ID, proc_stat
 
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
 ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
@@ -25,12 +25,8 @@ ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 
 def stat_of(pid: int) -> tuple[int, int] | None:
     """(parent pid, start ticks) of a live process; None when gone or a zombie."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[1]), int(fields[19])
 
