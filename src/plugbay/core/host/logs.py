@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from plugbay.core.transport.lines import cap_line
 
-from plugbay.core.protocol.hclog import PREFIXES, parse_hclog
+from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_record, parse_hclog
 
 def plugin_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"plugbay.plugin.{name}")
@@ -49,7 +49,7 @@ class LogPump:
 
     def tail(self) -> list[str]:
         """The last stderr lines, hclog entries shown as "[LEVEL] message k=v"."""
-        return list(self._tail)
+        return [_tail_line(line) for line in list(self._tail)]
 
     def join(self, timeout: float = 5.0) -> bool:
         """Wait for every pumped stream to end; False if one is still open."""
@@ -68,13 +68,15 @@ class LogPump:
 
     def handle(self, line: str, stream: str = "stderr") -> None:
         line = cap_line(line)  # a Runner of another library may not bound its lines
-        base = {"plugin_name": self.name, "plugin_stream": stream}
-        parsed = parse_hclog(line)
-        if parsed is not None:
-            level, message, extra = parsed
+        found = hclog_entry(line)
+        if found is not None:
+            level, entry = found
             if stream == "stderr":
-                self._tail.append(f"[{logging.getLevelName(level)}] {message}")
-            self.logger.log(level, "%s", message, extra={**base, **extra})
+                self._tail.append(line)  # formatted by tail(): most lines are never shown
+            if self.logger.isEnabledFor(level):  # a plugin may log a line per call: skip what is dropped
+                message, extra = hclog_record(entry)
+                self.logger.log(level, "%s", message,
+                                extra={"plugin_name": self.name, "plugin_stream": stream, **extra})
             return
         if stream == "stderr":
             self._tail.append(line)
@@ -91,5 +93,12 @@ class LogPump:
                 self._in_panic = True
             if self._in_panic:
                 level = logging.ERROR
+        base = {"plugin_name": self.name, "plugin_stream": stream}
         self.logger.log(level, "%s", line, extra={**base, "plugin_module": "", "plugin_fields": {},
                                                   "plugin_timestamp": ""})
+
+
+def _tail_line(line: str) -> str:
+    """A kept stderr line as error messages show it: "[LEVEL] message k=v" for an hclog entry."""
+    parsed = parse_hclog(line)
+    return line if parsed is None else f"[{logging.getLevelName(parsed[0])}] {parsed[1]}"

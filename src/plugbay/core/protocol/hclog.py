@@ -21,6 +21,19 @@ _RESERVED = ("@level", "@message", "@module", "@timestamp", "@caller")
 
 def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
     """(level, message, extra) for an hclog JSON line, None for anything else."""
+    found = hclog_entry(line)
+    if found is None:
+        return None
+    return (found[0], *hclog_record(found[1]))
+
+
+def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
+    """(level, decoded object) for an hclog JSON line, None for anything else.
+
+    The cheap half of :func:`parse_hclog`: a host drops most plugin lines (a
+    debug line per call) at its logger's level, so the message is built only
+    for lines that are logged (:func:`hclog_record`).
+    """
     if not line.startswith("{"):
         return None
     try:
@@ -32,6 +45,11 @@ def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
     level = _LEVELS.get(str(entry.get("@level", "")).lower())
     if level is None:
         return None  # JSON, but not hclog's: go-plugin shows it verbatim
+    return level, entry
+
+
+def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The message (with its key=value pairs) and the logging ``extra`` of a decoded hclog entry."""
     fields = {k: v for k, v in entry.items() if k not in _RESERVED}
     extra = {
         "plugin_module": entry.get("@module", ""),
@@ -41,7 +59,7 @@ def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
     message = str(entry["@message"])
     if fields:
         message += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-    return level, message, extra
+    return message, extra
 
 
 def _fmt(value: Any) -> str:
