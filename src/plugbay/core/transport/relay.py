@@ -39,6 +39,7 @@ from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_list
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR  # a recv then returns data, EOF or the error
+_IDLE_MS = 500  # an idle pump wakes this often to notice close()
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has to complete the TLS handshake, in total
 
 Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
@@ -165,6 +166,14 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, closed: threading.Event) -> 
 
 
 def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event, first: bytes = b"") -> None:
+    """Move bytes both ways until a side ends, the relay closes, or a socket fails.
+
+    Each unary gRPC call crosses this loop twice (request, answer) and a Go peer
+    adds a ping round, so a wake-up must be cheap: one poll(), each ready side
+    read and written straight on, and TLS read record by record only while
+    OpenSSL holds decrypted bytes (``pending()``), never into a read that can
+    only fail with WANT_READ (a syscall and an exception per hop).
+    """
     plain.setblocking(False)
     tls.setblocking(False)
     to_tls = bytearray()
@@ -174,35 +183,40 @@ def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event, fir
     poller = select.poll()
     pfd, tfd = plain.fileno(), tls.fileno()
     registered = (-1, -1)
+    pollin, pollout = select.POLLIN, select.POLLOUT
     while not closed.is_set():
         if (plain_eof and not to_plain and not to_tls and not tls_chunk) or \
                 (tls_eof and not to_plain):
             return
-        want_plain = (select.POLLIN if not plain_eof and len(to_tls) < _CAP else 0) | \
-            (select.POLLOUT if to_plain else 0)
-        want_tls = (select.POLLIN if not tls_eof and len(to_plain) < _CAP else 0) | \
-            (select.POLLOUT if to_tls or tls_chunk else 0)
+        want_plain = (pollin if not plain_eof and len(to_tls) < _CAP else 0) | (pollout if to_plain else 0)
+        want_tls = (pollin if not tls_eof and len(to_plain) < _CAP else 0) | \
+            (pollout if to_tls or tls_chunk else 0)
         if registered != (want_plain, want_tls):
             poller.register(pfd, want_plain)
             poller.register(tfd, want_tls)
             registered = (want_plain, want_tls)
-        buffered = tls.pending() > 0 and len(to_plain) < _CAP
+        buffered = want_tls & pollin and tls.pending() > 0
         # Read only what poll reports ready: a recv on an idle socket costs a syscall and an exception.
-        ready = dict(poller.poll(0 if buffered else 500))
-        if ready.get(pfd, 0) & select.POLLNVAL or ready.get(tfd, 0) & select.POLLNVAL:
-            return  # a socket was closed under us (close())
-        if want_plain & select.POLLIN and ready.get(pfd, 0) & _READABLE:
+        plain_ready = tls_ready = 0
+        for fd, event in poller.poll(0 if buffered else _IDLE_MS):
+            if event & select.POLLNVAL:
+                return  # a socket was closed under us (close())
+            if fd == pfd:
+                plain_ready = event
+            else:
+                tls_ready = event
+        if want_plain & pollin and plain_ready & _READABLE:
             try:
                 data = plain.recv(_CHUNK)
-                if data:
-                    to_tls += data
-                else:
-                    plain_eof = True
             except BlockingIOError:
-                pass
+                data = None
             except OSError:
                 return
-        if want_tls & select.POLLIN and ready.get(tfd, 0) & _READABLE or buffered:
+            if data:
+                to_tls += data
+            elif data is not None:
+                plain_eof = True
+        if buffered or want_tls & pollin and tls_ready & _READABLE:
             try:
                 while len(to_plain) < _CAP:
                     data = tls.recv(_CHUNK)
@@ -210,6 +224,8 @@ def _pump(plain: socket.socket, tls: ssl.SSLSocket, closed: threading.Event, fir
                         tls_eof = True
                         break
                     to_plain += data
+                    if not tls.pending():
+                        break  # the record is drained; poll says when the next one arrives
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 pass
             except (OSError, ssl.SSLError):
