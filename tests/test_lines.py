@@ -35,6 +35,19 @@ def test_splitter_keeps_lines_whole_across_chunks() -> None:
         LineSplitter(limit=0)
 
 
+def test_splitter_whole_line_chunks_split_as_byte_by_byte_feeding_does() -> None:
+    # A chunk of whole lines takes one decode and one split; it must give what the
+    # careful path (here: one byte at a time) gives, bad UTF-8 and CRLF included.
+    chunks = [b"a\n", b"one\r\ntwo\n\n", b"\xe2\x82\n\xf0\x9f\x98\x80ok\r\n", b"\xff\xfe\r\r\n", b"\n",
+              "é€😀\n".encode(), b'{"@level":"debug","@message":"get"}\n' * 20]
+    for chunk in chunks:
+        slow = LineSplitter(limit=len(chunk))
+        careful = [line for i in range(len(chunk)) for line in slow.feed(chunk[i:i + 1])]
+        assert LineSplitter(limit=len(chunk)).feed(chunk) == careful
+    # past the limit the chunk is cut as before, even when it ends with a newline
+    assert LineSplitter(limit=4).feed(b"abcdefg\nhi\n") == ["abcd" + truncated_marker(3), "hi"]
+
+
 def test_splitter_cuts_long_lines_with_a_marker_and_holds_at_most_the_limit() -> None:
     s = LineSplitter(limit=10)
     out: list[str] = []

@@ -54,6 +54,22 @@ def test_hclog_levels_and_extra(capture: Capture) -> None:
     assert pump.tail()[-1] == '[ERROR] e err="disk full" n=3'
 
 
+def test_lines_below_the_loggers_level_are_dropped_but_kept_in_the_tail(capture: Capture) -> None:
+    logging.getLogger("plugbay.plugin.testplug").setLevel(logging.INFO)
+    pump = LogPump("testplug")
+    # Go's hclog writes @level first: such a line below INFO is dropped from a look at its level
+    go_debug = '{"@level":"debug","@message":"get","@module":"kv","@timestamp":"t","key":"bench"}'
+    for line in (go_debug, hclog("trace", "t"), hclog("info", "shown", n=1), '{"@level":"debug"}',
+                 '{"@level":"bogus","@message":"m"}'):
+        pump.handle(line)
+    got = [(r.levelno, r.getMessage()) for r in capture.records]
+    # the last two are not hclog: logged verbatim, as before
+    assert got == [(logging.INFO, "shown n=1"), (logging.INFO, '{"@level":"debug"}'),
+                   (logging.INFO, '{"@level":"bogus","@message":"m"}')]
+    assert pump.tail() == ["[DEBUG] get key=bench", "[TRACE] t", "[INFO] shown n=1", '{"@level":"debug"}',
+                           '{"@level":"bogus","@message":"m"}']
+
+
 def test_raw_lines_prefixes_and_panic(capture: Capture) -> None:
     pump = LogPump("testplug")
     for line in ["plain text", "[WARN] careful", "[DEBUG] detail", '{"not": "hclog"}',

@@ -10,6 +10,10 @@ logger as they are: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
 Go panic is an error; everything else is INFO. The last lines are kept for
 error messages (a plugin that dies before its handshake). A line longer than
 plugbay.core.transport.lines.MAX_LINE (64 KiB) is cut with a ``…[truncated N bytes]`` marker.
+
+A plugin may log a line per call (the Go KV example does): a line below the
+logger's level is dropped after a look at the level it opens with, without
+decoding it, and the tail formats its lines only when asked.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 from plugbay.core.transport.lines import cap_line
 
-from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_record, parse_hclog
+from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_level_hint, hclog_record, parse_hclog
 
 def plugin_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"plugbay.plugin.{name}")
@@ -68,6 +72,11 @@ class LogPump:
 
     def handle(self, line: str, stream: str = "stderr") -> None:
         line = cap_line(line)  # a Runner of another library may not bound its lines
+        hint = hclog_level_hint(line)
+        if hint is not None and not self.logger.isEnabledFor(hint):  # e.g. a Go plugin's debug line per call
+            if stream == "stderr":
+                self._tail.append(line)
+            return
         found = hclog_entry(line)
         if found is not None:
             level, entry = found

@@ -27,6 +27,21 @@ def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
     return (found[0], *hclog_record(found[1]))
 
 
+_LEVEL_OPENING = '{"@level":"'
+
+
+def hclog_level_hint(line: str) -> int | None:
+    """The level a line opening as Go's hclog JSON does (``{"@level":"debug",...``) claims, else None.
+
+    A look at the first key only, no decoding: enough to drop a line below the
+    logger's level without parsing it. None means "parse it to know".
+    """
+    if not line.startswith(_LEVEL_OPENING) or not line.endswith("}") or '"@message":' not in line:
+        return None
+    end = line.find('"', len(_LEVEL_OPENING))
+    return _LEVELS.get(line[len(_LEVEL_OPENING):end].lower()) if end > 0 else None
+
+
 def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
     """(level, decoded object) for an hclog JSON line, None for anything else.
 

@@ -51,6 +51,12 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         """The lines ``data`` finishes (without their newline; a trailing CR is dropped)."""
+        if not self._size and not self._dropped and len(data) <= self.limit and data.endswith(b"\n"):
+            # Whole lines, each within the limit (a log line per call): one decode and one split.
+            # b"\n" never occurs inside a UTF-8 sequence, so this decodes each line as _finish() would.
+            lines = data.decode("utf-8", "replace").split("\n")
+            lines.pop()
+            return [line[:-1] if line.endswith("\r") else line for line in lines]
         out: list[str] = []
         start = 0
         end = len(data)
