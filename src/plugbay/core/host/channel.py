@@ -251,11 +251,10 @@ class _Callable:
         self._cached: tuple[int, Any] | None = None
 
     def _target(self) -> Any:
-        owner = self._owner
         cached = self._cached
-        if cached is not None and cached[0] == owner.generation:
+        if cached is not None and cached[0] == self._owner._generation:
             return cached[1]  # if closed since, grpcio raises ValueError: translated by callers
-        self._cached = owner.new_call(self._kind, self._method, self._ser, self._de)
+        self._cached = self._owner.new_call(self._kind, self._method, self._ser, self._de)
         return self._cached[1]
 
     def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +268,8 @@ class _Callable:
 
 class _UnaryCallable(_Callable):
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        if self._owner.call_hook is None:  # no resilience layer: straight to the one try
+            return self._once(False, request, timeout, kwargs)
         return self._hooked(False, request, timeout, kwargs)
 
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -284,13 +285,13 @@ class _UnaryCallable(_Callable):
 
     def _once(self, with_call: bool, request: Any, timeout: float | None,
               kwargs: dict[str, Any]) -> Any:
-        kwargs = self._kwargs(timeout, kwargs)
+        kwargs["timeout"] = deadline = timeout if timeout is not None else self._owner.call_timeout
         started = time.monotonic()
         try:
             target = self._target()
             return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
-            raise self._fail(exc, started, kwargs["timeout"]) from exc
+            raise self._fail(exc, started, deadline) from exc
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
             raise self._owner.translate_value_error(exc) from exc
 
