@@ -27,12 +27,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, ReattachError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, environ, family, host_session, signal_all,
                                       sweep as sweep)
 from plugbay.runners.session import proc_stat, start_ticks
@@ -76,6 +77,7 @@ class ProcessRunner(Runner):
         self.splitters: list[LineSplitter] = []
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
+        self._followers: list[PipeFollower] = []
 
     # --- identity -------------------------------------------------------------
 
@@ -218,7 +220,32 @@ class ProcessRunner(Runner):
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
             pass
         self._stop.set()
+        for follower in self._followers:  # a grandchild may hold a pipe open: end the reading now
+            follower.stop()
         self._close_unread()
+
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        """Told by the kernel (a pidfd on the shared I/O loop), not by polling; polls where pidfds are missing."""
+        proc = self._proc
+        fd = pidfd(proc.pid) if proc is not None else None
+        if proc is None or fd is None:
+            return super().watch_exit(on_exit)
+        return watch_pid(fd, lambda: child_exit_code(proc, fd), on_exit)
+
+    def follow_output(self, on_line: Callable[[str, str], None],
+                      on_end: Callable[[str], None]) -> Joinable:
+        """Both pipes on the shared I/O loop: no thread of this plugin's own."""
+        proc = self._proc
+        if proc is None:
+            raise RunnerError("ProcessRunner.start() must run before its output is read")
+        with self._lock:
+            if self._iterating & {"stdout", "stderr"} or self._stop.is_set():
+                raise RunnerError("the plugin's stdout and stderr can be read by one reader only")
+            self._iterating.update(("stdout", "stderr"))
+        pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
+        followers, ends = follow_pipes(pipes, on_line, on_end, self._lock, self._tail, self.splitters)
+        self._followers.extend(followers)
+        return ends
 
     def reattach_data(self) -> dict[str, Any]:
         pid = self._proc.pid if self._proc is not None else 0
@@ -369,6 +396,15 @@ class AttachedProcess(AttachedRunner):
                 return None
             time.sleep(0.05)
         return UNKNOWN_EXIT_CODE
+
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        """A pidfd on the shared I/O loop (taken, then the pid proven still ours); polls without pidfds."""
+        fd = pidfd(self.pid)
+        if fd is not None and self._alive():
+            return watch_pid(fd, lambda: UNKNOWN_EXIT_CODE, on_exit)
+        if fd is not None:
+            os.close(fd)  # gone already (or the pid changed hands): the poller reports it at once
+        return super().watch_exit(on_exit)
 
     def kill(self, grace: float = 2.0) -> None:
         if not self._alive():
