@@ -268,7 +268,7 @@ class Client:
         peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
         self._broker = host_broker(self._conn.channel, BrokerTransport(
             tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
-            translator=runner, multiplex=self._mux is not None, mux=self._mux))
+            translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True)
         self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
                                   self.config.stderr_sink, self.name)
         # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
