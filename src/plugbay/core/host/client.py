@@ -69,6 +69,9 @@ def cleanup_clients() -> None:
 
 atexit.register(cleanup_clients)
 _SHUTDOWN_TIMEOUT = 2.0
+# No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
+# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
+_KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 
 class Client:
@@ -250,7 +253,7 @@ class Client:
             self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0))
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
-                          relay_dir=self._tmpdir, options=self.config.grpc_options)
+                          relay_dir=self._tmpdir, options=(_KEEP_CONNECTED, *self.config.grpc_options))
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)

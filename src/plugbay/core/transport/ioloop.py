@@ -218,6 +218,15 @@ def _drain(fd: int) -> None:
 _SHARED = IOLoop()
 
 
+def _forget_in_child() -> None:
+    """A forked child has no loop thread (nor its parent's plugins): start afresh there."""
+    global _SHARED
+    _SHARED = IOLoop()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def shared() -> IOLoop:
     """The host process's one loop."""
     return _SHARED
