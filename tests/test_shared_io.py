@@ -257,3 +257,25 @@ def test_the_loop_survives_a_failing_callback(caplog: pytest.LogCaptureFixture) 
         for fd in (bad_r, bad_w, good_r, good_w):
             os.close(fd)
     assert "plugbay-io-test" not in plugbay_threads()
+
+
+class _Upper(ProcessRunner):
+    """A subclass that rewrites its stdout lines: follow_output must honour the override."""
+
+    def stdout_lines(self):  # type: ignore[no-untyped-def]
+        return (line.upper() for line in super().stdout_lines())
+
+
+def test_a_subclass_overriding_its_line_streams_is_read_through_them() -> None:
+    from plugbay.runners.base import LaunchSpec
+
+    runner = _Upper([PY, "-c", "print('quiet')"])
+    runner.start(LaunchSpec(env={}))
+    lines: list[tuple[str, str]] = []
+    follow = runner.follow_output(lambda stream, line: lines.append((stream, line)), lambda stream: None)
+    try:
+        assert runner.wait(20) == 0
+        assert follow.join(10)
+    finally:
+        runner.kill(0)
+    assert lines == [("stdout", "QUIET")]

@@ -232,7 +232,14 @@ class ProcessRunner(Runner):
 
     def follow_output(self, on_line: Callable[[str, str], None],
                       on_end: Callable[[str], None]) -> Joinable:
-        """Both pipes on the shared I/O loop: no thread of this plugin's own."""
+        """Both pipes on the shared I/O loop: no thread of this plugin's own.
+
+        A subclass that overrides stdout_lines() or stderr_lines() is read through
+        them instead (the default: a thread per stream), so its override still applies.
+        """
+        cls = type(self)
+        if cls.stdout_lines is not ProcessRunner.stdout_lines or cls.stderr_lines is not ProcessRunner.stderr_lines:
+            return super().follow_output(on_line, on_end)
         proc = self._proc
         if proc is None:
             raise RunnerError("ProcessRunner.start() must run before its output is read")
