@@ -141,6 +141,8 @@ def test_a_reattached_host_with_a_sink_gets_output_again() -> None:
     first = Client(config(PROBE))
     try:
         first.start()
+        # the first host's ask to discard has been answered once its short stdio call is over
+        wait_for(lambda: "plugbay-stdio" not in " ".join(plugbay_threads()), "the first host's stdio call")
         first.dispense(PLUGIN_NAME).put("out", b"dropped\n")  # nobody reads: discarded
         second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                                      reattach=ReattachConfig.from_json(first.reattach_config().to_json()),
@@ -279,3 +281,20 @@ def test_a_subclass_overriding_its_line_streams_is_read_through_them() -> None:
     finally:
         runner.kill(0)
     assert lines == [("stdout", "QUIET")]
+
+
+def test_a_sinkless_reattached_host_does_not_take_the_output_from_a_reading_one() -> None:
+    got: list[bytes] = []
+    first = Client(config(PROBE, stdout_sink=got.append))
+    try:
+        first.start()
+        reattach = ReattachConfig.from_json(first.reattach_config().to_json())
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                 reattach=reattach, name="sinkless")) as second:
+            wait_for(lambda: "plugbay-stdio-sinkless" not in " ".join(plugbay_threads()),
+                     "the sinkless host's ask to discard to be answered")
+            second.dispense(PLUGIN_NAME).put("out", b"still read\n")
+            wait_for(lambda: b"still read\n" in b"".join(got), "the reading host to keep its output")
+            second.close()
+    finally:
+        first.kill()

@@ -10,7 +10,8 @@ host's single StreamStdio call receives the buffered chunks, then new ones as
 they come; a second caller takes the stream over (a re-attached host).
 A plugbay host with no sink asks to discard (STDIO_DISCARD_METADATA): the
 buffer is dropped and new output too, and the call ends at once, until a
-caller that reads comes (a re-attached host with a sink).
+caller that reads comes (a re-attached host with a sink); while such a caller
+reads, an ask to discard changes nothing.
 
 The plugin's *log* records do not go through here: like go-plugin, the server
 writes them to a duplicate of the original stderr taken before redirection.
@@ -53,6 +54,7 @@ class StdioCapture:
         self._dropped = 0
         self._overflowing = False
         self._discard = False  # the host has no sink: drop output instead of keeping it
+        self._reader: int | None = None  # the generation of the caller reading now
         self._eof = False  # the pump has finished: nothing more will be added
         self._generation = 0  # bumped by each StreamStdio caller; older callers stop
         self._saved: tuple[int, int] | None = None
@@ -150,20 +152,30 @@ class StdioCapture:
             self._log.warning("stdio buffer full: dropping the oldest output until the host reads it",
                               extra={"buffer_bytes": self._max})
 
-    def attach(self, discard: bool = False) -> int:
-        """Register a new StreamStdio caller; earlier callers stop receiving.
-
-        ``discard``: the caller reads nothing; drop what is kept and what comes.
-        """
+    def attach(self) -> int:
+        """Register a new StreamStdio caller; earlier callers stop receiving."""
         with self._cond:
-            self._discard = discard
-            if discard:
-                self._chunks.clear()
-                self._size = 0
-                self._overflowing = False
+            self._discard = False
             self._generation += 1
+            self._reader = self._generation
             self._cond.notify_all()
             return self._generation
+
+    def detach(self, generation: int) -> None:
+        """The caller of ``generation`` is gone."""
+        with self._cond:
+            if self._reader == generation:
+                self._reader = None
+
+    def discard(self) -> None:
+        """A caller that reads nothing: drop what is kept and what comes, unless a reader is attached."""
+        with self._cond:
+            if self._reader is not None:
+                return  # a host that reads (a re-attached one) keeps its stream
+            self._discard = True
+            self._chunks.clear()
+            self._size = 0
+            self._overflowing = False
 
     def wake(self) -> None:
         with self._cond:
@@ -198,19 +210,22 @@ class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
 
     def StreamStdio(self, request: object,
                     context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
-        discard = tuple(STDIO_DISCARD_METADATA) in {tuple(m) for m in context.invocation_metadata()}
-        generation = self._capture.attach(discard)
-        if discard:
+        if tuple(STDIO_DISCARD_METADATA) in {tuple(m) for m in context.invocation_metadata()}:
+            self._capture.discard()
             return  # the host has no sink: nothing to stream, and no reader to keep
+        generation = self._capture.attach()
         context.add_callback(self._capture.wake)  # a cancelled caller stops waiting at once
-        while context.is_active():
-            item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
-            if item is False:
-                return
-            if item is None or item is True:
-                continue
-            channel, data = item
-            yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+        try:
+            while context.is_active():
+                item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
+                if item is False:
+                    return
+                if item is None or item is True:
+                    continue
+                channel, data = item
+                yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+        finally:
+            self._capture.detach(generation)
 
 
 def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:
