@@ -7,6 +7,8 @@ instead of storing when the key names an output path:
   fd1/fd2  os.write(1|2, value) (below Python's buffers)
   sub      run `sh -c value` (a child process writing to the inherited fds)
   log      log value at INFO through Python logging
+  announce serve a grpc health server through the broker now (accept_and_serve); Get("announced")
+           then returns its broker id, for the host to dial whenever it opens its broker stream
 other keys are stored in memory; Get returns them.
 
 PROBE_VERSIONS="2,3"   serve under those app versions (versioned_plugins) instead of 1
@@ -42,6 +44,7 @@ log = logging.getLogger("probe")
 class ProbeKV:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
+        self.broker: GRPCBroker | None = None
 
     def put(self, key: str, value: bytes) -> None:
         text = value.decode()
@@ -57,11 +60,28 @@ class ProbeKV:
             subprocess.run(["sh", "-c", text], check=True, timeout=30)
         elif key == "log":
             log.info(text, extra={"probe": True})
+        elif key == "announce" and self.broker is not None:
+            from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+            from plugbay.core.plugin.health import HealthServicer
+
+            service_id = self.broker.next_id()
+            self.broker.accept_and_serve(service_id, lambda server: health_pb2_grpc.add_HealthServicer_to_server(
+                HealthServicer(), server))
+            self.data["announced"] = str(service_id).encode()
         else:
             self.data[key] = value
 
     def get(self, key: str) -> bytes:
         return self.data.get(key, b"")
+
+
+class BrokerProbePlugin(KVPlugin):
+    """The KV plugin that also hands the plugin's broker to ProbeKV (for "announce")."""
+
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        assert isinstance(self.impl, ProbeKV)
+        self.impl.broker = broker
+        super().grpc_server(broker, server)
 
 
 class RaisingPlugin(KVPlugin):
@@ -76,7 +96,7 @@ def main() -> None:
         object.__setattr__(handshake, "protocol_version", 1)
         object.__setattr__(handshake, "magic_cookie_key", "BASIC_PLUGIN")
         object.__setattr__(handshake, "magic_cookie_value", "")
-    plugin: Any = KVPlugin(ProbeKV())
+    plugin: Any = BrokerProbePlugin(ProbeKV())
     bad = os.environ.get("PROBE_BAD")
     if bad == "register":
         plugin = RaisingPlugin(ProbeKV())

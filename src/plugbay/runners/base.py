@@ -9,12 +9,78 @@ host can dial (a socket in a bind mount, a published port, a port-forward).
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from plugbay.errors import ConfigError
+
+_log = logging.getLogger("plugbay.runner")
+_EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Joinable(Protocol):
+    def join(self, timeout: float | None = None) -> bool: ...
+
+
+class _PollingExitWatch:
+    """The default exit watcher: a thread polling wait(); cancel() stops and joins it."""
+
+    def __init__(self, runner: AttachedRunner, on_exit: Callable[[int], None]) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(runner, on_exit),
+                                        name=f"plugbay-watch-{runner.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, runner: AttachedRunner, on_exit: Callable[[int], None]) -> None:
+        while not self._stop.is_set():
+            code = runner.wait(_EXIT_POLL)
+            if code is not None:
+                if not self._stop.is_set():
+                    on_exit(code)
+                return
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+
+class _ThreadedOutput:
+    """The default output follower: one thread per stream iterating the runner's line streams."""
+
+    def __init__(self, runner: Runner, on_line: Callable[[str, str], None],
+                 on_end: Callable[[str], None]) -> None:
+        self._threads = []
+        for stream, lines in (("stdout", runner.stdout_lines()), ("stderr", runner.stderr_lines())):
+            thread = threading.Thread(target=self._pump, args=(lines, stream, on_line, on_end),
+                                      name=f"plugbay-{stream}-{runner.name}", daemon=True)
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(lines: Iterator[str], stream: str, on_line: Callable[[str, str], None],
+              on_end: Callable[[str], None]) -> None:
+        try:
+            for line in lines:
+                on_line(stream, line)
+        except Exception as exc:  # a broken stream ends the pump, never the host
+            _log.debug("reading plugin %s failed: %s", stream, exc)
+        finally:
+            on_end(stream)
+
+    def join(self, timeout: float | None = None) -> bool:
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
 
 
 @dataclass(frozen=True)
@@ -91,6 +157,14 @@ class AttachedRunner(ABC):
         """
         return False
 
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        """Call ``on_exit(code)`` once, as soon as the plugin ends (from another thread); cancel() stops it.
+
+        The default polls wait() in a thread; a runner that can be told of the
+        exit (the process runner's pidfd) overrides it. ``on_exit`` must not block.
+        """
+        return _PollingExitWatch(self, on_exit)
+
     def detach(self) -> None:
         """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""
 
@@ -118,6 +192,18 @@ class Runner(AttachedRunner):
     @abstractmethod
     def stderr_lines(self) -> Iterator[str]:
         """The plugin's stderr, line by line, ending when the plugin ends or is killed."""
+
+    def follow_output(self, on_line: Callable[[str, str], None],
+                      on_end: Callable[[str], None]) -> Joinable:
+        """Hand every stdout and stderr line to ``on_line(stream, line)``, then ``on_end(stream)`` per stream.
+
+        Instead of stdout_lines()/stderr_lines() (each stream has one reader).
+        Callbacks come from another thread and must not block; the streams end
+        as their iterators do (the plugin ends or is killed); join() waits for
+        both. The default reads each stream in a thread; the process runner
+        reads every plugin's pipes on one shared thread.
+        """
+        return _ThreadedOutput(self, on_line, on_end)
 
     @abstractmethod
     def diagnose(self) -> str:

@@ -9,11 +9,11 @@ reaches everything it started (a ``sh -c`` wrapper and its child alike).
 first; the runner sends SIGTERM to the group, waits ``grace`` seconds, then
 SIGKILLs the group and reaps the child, so no zombie is left.
 
+Its stdout/stderr and its exit are watched on the host's one shared I/O
+thread (follow_output, watch_exit: a pidfd), not by threads of its own.
+
 A host that did not start the plugin can reattach by pid (see
-:class:`AttachedProcess`); it watches the pid through /proc. Reattach data is
-untrusted: the process is only signalled when plugbay can prove it started it
-for this plugin, by its start time and the random PLUGBAY_PLUGIN_ID that
-``start()`` put in its environment (read back from /proc/PID/environ).
+:class:`plugbay.runners.attached.AttachedProcess`, re-exported here).
 """
 
 from __future__ import annotations
@@ -25,24 +25,23 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from plugbay.core.transport.lines import LineSplitter
-from plugbay.errors import ConfigError, ReattachError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
-from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, environ, family, host_session, signal_all,
+from plugbay.errors import ConfigError, RunnerError
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
+from plugbay.runners.attached import REAP_TIMEOUT, _start_time
+from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
+from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner
+from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
                                       sweep as sweep)
-from plugbay.runners.session import proc_stat, start_ticks
+from plugbay.runners.session import proc_stat
 
 _POLL = 0.2
 _TAIL = 50
-_REAP_TIMEOUT = 10.0
-# Exit code reported for a reattached process: the host is not its parent, so
-# the real code is unknowable.
-UNKNOWN_EXIT_CODE = -1
 
 
 def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
@@ -76,6 +75,7 @@ class ProcessRunner(Runner):
         self.splitters: list[LineSplitter] = []
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
+        self._followers: list[PipeFollower] = []
 
     # --- identity -------------------------------------------------------------
 
@@ -214,11 +214,43 @@ class ProcessRunner(Runner):
         _signal_group(proc.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
         try:
-            proc.wait(_REAP_TIMEOUT)
+            proc.wait(REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
             pass
         self._stop.set()
+        for follower in self._followers:  # a grandchild may hold a pipe open: end the reading now
+            follower.stop()
         self._close_unread()
+
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        """Told by the kernel (a pidfd on the shared I/O loop), not by polling; polls where pidfds are missing."""
+        proc = self._proc
+        fd = pidfd(proc.pid) if proc is not None else None
+        if proc is None or fd is None:
+            return super().watch_exit(on_exit)
+        return watch_pid(fd, lambda: child_exit_code(proc, fd), on_exit)
+
+    def follow_output(self, on_line: Callable[[str, str], None],
+                      on_end: Callable[[str], None]) -> Joinable:
+        """Both pipes on the shared I/O loop: no thread of this plugin's own.
+
+        A subclass that overrides stdout_lines() or stderr_lines() is read through
+        them instead (the default: a thread per stream), so its override still applies.
+        """
+        cls = type(self)
+        if cls.stdout_lines is not ProcessRunner.stdout_lines or cls.stderr_lines is not ProcessRunner.stderr_lines:
+            return super().follow_output(on_line, on_end)
+        proc = self._proc
+        if proc is None:
+            raise RunnerError("ProcessRunner.start() must run before its output is read")
+        with self._lock:
+            if self._iterating & {"stdout", "stderr"} or self._stop.is_set():
+                raise RunnerError("the plugin's stdout and stderr can be read by one reader only")
+            self._iterating.update(("stdout", "stderr"))
+        pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
+        followers, ends = follow_pipes(pipes, on_line, on_end, self._lock, self._tail, self.splitters)
+        self._followers.extend(followers)
+        return ends
 
     def reattach_data(self) -> dict[str, Any]:
         pid = self._proc.pid if self._proc is not None else 0
@@ -303,132 +335,3 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _start_time(pid: int) -> int | None:
-    """The process start time in clock ticks: tells a pid from a reused one."""
-    ticks = start_ticks(pid)
-    return int(ticks) if ticks else None
-
-
-def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
-    """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
-    if start_time is None or not plugin_id:
-        return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
-    if _start_time(pid) != start_time:
-        return f"process {pid} started at another time than the plugin (its pid was reused)"
-    env = environ(pid)
-    if env is None:
-        return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
-    if env.get(ENV_PLUGIN_ID) != plugin_id:
-        return f"process {pid} does not carry {ENV_PLUGIN_ID}={plugin_id} in its environment"
-    return None
-
-
-def _proc_state(pid: int) -> str | None:
-    fields = proc_stat(pid)
-    return fields[0] if fields else None
-
-
-class AttachedProcess(AttachedRunner):
-    """A plugin process this host did not start (reattach by pid).
-
-    It is not our child, so its exit code is unknowable: wait() polls /proc and
-    returns UNKNOWN_EXIT_CODE once the process is gone.
-    """
-
-    def __init__(self, pid: int, start_time: int | None = None, name: str = "",
-                 plugin_id: str = "") -> None:
-        self.pid = pid
-        self._start_time = start_time
-        self._name = name or str(pid)
-        self.plugin_id = plugin_id
-
-    @property
-    def id(self) -> str:
-        return str(self.pid)
-
-    @property
-    def private_transport(self) -> bool:
-        return True  # a child process on this machine: go-plugin's own model
-
-    def _alive(self) -> bool:
-        try:  # if it happens to be our child after all (same process reattaching), reap it
-            os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        state = _proc_state(self.pid)
-        if state is None or state in ("Z", "X"):
-            return False
-        return self._start_time is None or _start_time(self.pid) == self._start_time
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._alive():
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-        return UNKNOWN_EXIT_CODE
-
-    def kill(self, grace: float = 2.0) -> None:
-        if not self._alive():
-            return
-        why = _unproven(self.pid, self._start_time, self.plugin_id)
-        if why is not None:  # checked again: the pid may have changed hands since reattach
-            raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
-                                " plugin it started; stop that process yourself if it is yours")
-        try:
-            group = self.pid if os.getpgid(self.pid) == self.pid else None
-        except ProcessLookupError:
-            return
-        strays = family(self.pid, self.plugin_id)  # proven above: its descendants and marked kin
-        if grace > 0:
-            self._signal(group, signal.SIGTERM)
-            signal_all(strays, signal.SIGTERM)
-            self.wait(grace)
-        if self._alive():
-            self._signal(group, signal.SIGKILL)
-            self.wait(_REAP_TIMEOUT)
-        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
-
-    def _signal(self, group: int | None, sig: int) -> None:
-        try:
-            if group is not None:
-                os.killpg(group, sig)
-            else:
-                os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def reattach_data(self) -> dict[str, Any]:
-        return {"kind": "ProcessRunner", "id": str(self.pid), "pid": self.pid, "name": self._name,
-                "start_time": self._start_time, "plugin_id": self.plugin_id}
-
-
-def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
-    pid, start = data.get("pid"), data.get("start_time")
-    if type(pid) is not int:
-        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
-    if pid <= 1:  # 0, -1 and negatives signal groups or every process; 1 is init
-        raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
-                            " Client.reattach_config().to_json() produced")
-    if start is not None and type(start) is not int:
-        raise ReattachError(f"reattach data's 'start_time' must be an integer, got {start!r}")
-    plugin_id = data.get("plugin_id")
-    runner = AttachedProcess(pid, start, str(data.get("name", "")),
-                             plugin_id if isinstance(plugin_id, str) else "")
-    if not runner._alive():
-        raise RunnerError(
-            f"cannot reattach: plugin process {pid} is no longer running (or its pid was reused);"
-            " start the plugin again"
-        )
-    why = _unproven(pid, start, runner.plugin_id)
-    if why is not None:
-        raise ReattachError(
-            f"cannot reattach to process {pid}: {why}, so plugbay cannot prove it started it for"
-            " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
-            " produced for a running plugin, or start the plugin again")
-    return runner
-
-
-register_reattacher("ProcessRunner", _reattach)

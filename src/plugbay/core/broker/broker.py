@@ -106,6 +106,7 @@ class GRPCBroker:
         self._cleanup: list[Callable[[], None]] = []
         self._threads: list[threading.Thread] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
+        self._opener: Callable[[], None] | None = None  # opens the stream on first use (lazy host)
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
         self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
@@ -115,6 +116,7 @@ class GRPCBroker:
 
     def next_id(self) -> int:
         """A fresh id for accept_and_serve (unique on this side; uint32 like go-plugin)."""
+        self._ensure_stream()  # the id goes to the other side, which will dial or announce it
         with self._cond:
             self._next = (self._next + 1) & 0xFFFFFFFF
             return self._next
@@ -122,6 +124,7 @@ class GRPCBroker:
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
         """Serve a new gRPC server for ``id``; returns once it listens. Runs until close()."""
         self._check_open()
+        self._ensure_stream()
         executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
                                       thread_name_prefix=f"plugbay-brokered-{id}")
         server = grpc.server(executor, options=CHANNEL_OPTIONS)
@@ -158,6 +161,7 @@ class GRPCBroker:
         BrokerClosedError when the broker stream is gone.
         """
         self._check_open()
+        self._ensure_stream()
         wait = self.dial_timeout if timeout is None else timeout
         if self.transport.multiplex:
             return self._dial_multiplexed(id, wait)
@@ -207,6 +211,27 @@ class GRPCBroker:
     # Called by the StartStream side (plugbay.core.broker.stream): one stream at a
     # time feeds receive() and drains the send queue it attached.
 
+    def open_stream_with(self, opener: Callable[[], None]) -> None:
+        """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True))."""
+        with self._cond:
+            self._opener = opener
+
+    def _ensure_stream(self) -> None:
+        with self._cond:
+            opener, self._opener = self._opener, None
+            if self._closed:
+                return
+        if opener is not None:  # until it attaches, what this side sends waits in the outbox
+            opener()
+
+    def set_call(self, call: Any) -> bool:
+        """Keep the host's StartStream call for close() to cancel; False if the broker closed already."""
+        with self._cond:
+            if self._closed:
+                return False
+            self.call = call
+            return True
+
     def start_reader(self, reader: threading.Thread) -> bool:
         """Start the stream's reader thread unless the broker is closed (close() joins it)."""
         with self._cond:  # close() joins _threads: never let it see an unstarted one
@@ -215,7 +240,6 @@ class GRPCBroker:
             self._threads.append(reader)
             reader.start()
             return True
-
 
     def attach_stream(self, send_q: queue.Queue[pb.ConnInfo | None]) -> None:
         with self._cond:

@@ -71,9 +71,24 @@ def plugin_broker(server: grpc.Server, transport: BrokerTransport,
 
 
 def host_broker(channel: grpc.Channel, transport: BrokerTransport,
-                dial_timeout: float = DEFAULT_DIAL_TIMEOUT) -> GRPCBroker:
-    """Host side: open the StartStream on ``channel`` and broker over it."""
+                dial_timeout: float = DEFAULT_DIAL_TIMEOUT, lazy: bool = False) -> GRPCBroker:
+    """Host side: open the StartStream on ``channel`` and broker over it.
+
+    ``lazy``: open it on the broker's first use (next_id, accept_and_serve,
+    dial) instead of now, so a plugin whose broker is never used costs the
+    host no stream and no threads. Nothing is lost meanwhile: the plugin
+    queues its announcements and knocks until the stream opens (plugbay's
+    outbox; go-plugin's Send waits for the stream).
+    """
     broker = GRPCBroker(transport, "host", dial_timeout)
+    if lazy:
+        broker.open_stream_with(lambda: _open_host_stream(broker, channel))
+    else:
+        _open_host_stream(broker, channel)
+    return broker
+
+
+def _open_host_stream(broker: GRPCBroker, channel: grpc.Channel) -> None:
     send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
 
     def requests() -> Iterator[pb.ConnInfo]:
@@ -86,7 +101,10 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
     # No deadline: the stream lives as long as the plugin (go-plugin does the same).
     stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
     call = stub.StartStream(requests(), timeout=None)
-    broker.call = call
+    if not broker.set_call(call):  # closed meanwhile
+        call.cancel()
+        send_q.put(None)
+        return
     broker.attach_stream(send_q)
 
     def receive() -> None:
@@ -103,5 +121,5 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
         broker.detach_stream(send_q, reason)
         send_q.put(None)
 
-    broker.start_reader(threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True))
-    return broker
+    if not broker.start_reader(threading.Thread(target=receive, name="plugbay-broker-recv", daemon=True)):
+        send_q.put(None)  # closed while opening: end the request iterator grpcio is reading

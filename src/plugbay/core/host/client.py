@@ -37,15 +37,16 @@ from plugbay.errors import (
     VersionMismatchError,
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.core.host.launch import launch_env, read_handshake, share_with_group
+from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
 from plugbay.core.host.logs import LogPump
+from plugbay.core.transport import ioloop
 from plugbay.core.transport.mux import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
+from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
@@ -68,6 +69,9 @@ def cleanup_clients() -> None:
 
 atexit.register(cleanup_clients)
 _SHUTDOWN_TIMEOUT = 2.0
+# No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
+# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
+_KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 
 class Client:
@@ -103,7 +107,8 @@ class Client:
         self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
-        self._threads: list[threading.Thread] = []
+        self._output: Joinable | None = None  # the runner's stdout/stderr follower
+        self._exit_watch: Cancellable | None = None
         self._stop = threading.Event()
         self._exit_code: int | None = None
         self._dispensed: dict[str, Any] = {}
@@ -210,9 +215,8 @@ class Client:
                              cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
                              multiplex=cfg.multiplex_broker)
             runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
-            self._logs.follow(runner.stderr_lines(), "stderr")
-            info = read_handshake(runner, self._logs, deadline, self.name, cfg.start_timeout,
-                                  self._threads)
+            feed, self._output = follow_output(runner, self._logs)
+            info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout)
         self._accept(info)
         self._connect(info, deadline)
 
@@ -249,7 +253,7 @@ class Client:
             self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0))
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
-                          relay_dir=self._tmpdir, options=self.config.grpc_options)
+                          relay_dir=self._tmpdir, options=(_KEEP_CONNECTED, *self.config.grpc_options))
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)
@@ -267,30 +271,23 @@ class Client:
         peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
         self._broker = host_broker(self._conn.channel, BrokerTransport(
             tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
-            translator=runner, multiplex=self._mux is not None, mux=self._mux))
+            translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True)
         self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
                                   self.config.stderr_sink, self.name)
-        watcher = threading.Thread(target=self._watch, name=f"plugbay-watch-{self.name}", daemon=True)
-        self._threads.append(watcher)
-        watcher.start()
+        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
+        self._exit_watch = runner.watch_exit(self._on_exit)
 
-    def _watch(self) -> None:
-        runner = self.runner
-        while not self._stop.is_set():
-            code = runner.wait(0.25)
-            if code is None:
-                continue
-            self._exit_code = code
-            if self._stop.is_set():
-                return
-            _log.warning("plugin %s exited with code %s", self.name, code)
-            # Fail calls still in flight now, whatever the transport (a published
-            # port may keep a dead plugin's connection open).
-            # Through the ManagedChannel, so no call object is built on the closed channel.
-            channel = self._channel
-            if channel is not None:
-                channel.close_current()
+    def _on_exit(self, code: int) -> None:
+        self._exit_code = code
+        if self._stop.is_set():
             return
+        _log.warning("plugin %s exited with code %s", self.name, code)
+        # Fail calls still in flight now, whatever the transport (a published
+        # port may keep a dead plugin's connection open).
+        # Through the ManagedChannel, so no call object is built on the closed channel.
+        channel = self._channel
+        if channel is not None:
+            channel.close_current()
 
     def _exit_probe(self, wait: float) -> str | None:
         code = self._exit_code
@@ -361,11 +358,13 @@ class Client:
             if self._channel is not None:
                 self._channel.begin_close()
             self._stop.set()
+            self._stop_exit_watch()
             self._close_rpc_streams()
             self._close_streams()
 
     def _teardown(self, graceful: bool) -> None:
         self._stop.set()
+        self._stop_exit_watch()
         runner = self._runner
         asked = False
         if runner is not None and self._exit_code is None and runner.wait(0) is not None:
@@ -393,6 +392,10 @@ class Client:
                 _log.warning("killing plugin %s failed: %s", self.name, exc)
         self._close_streams()
 
+    def _stop_exit_watch(self) -> None:
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()
+
     def _close_rpc_streams(self) -> None:
         if self._stdio is not None:
             self._stdio.close()
@@ -409,8 +412,9 @@ class Client:
             self._conn.close()
         if self._mux is not None:
             self._mux.close()
-        for thread in self._threads:
-            thread.join(5.0)
+        if self._output is not None:
+            self._output.join(5.0)
         self._logs.join(5.0)
+        ioloop.shared().join_idle()  # the last plugin gone: the shared I/O thread ends, joined
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)

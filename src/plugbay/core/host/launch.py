@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Iterable, Mapping
 
@@ -24,7 +23,7 @@ from plugbay.core.protocol.handshake import (
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport.sockets import give_to_group, group_id
-from plugbay.runners.base import Runner
+from plugbay.runners.base import Joinable, Runner
 
 _log = logging.getLogger("plugbay.client")
 _EOF = object()
@@ -58,31 +57,48 @@ def share_with_group(path: str, group: str | int) -> None:
                   0o770)
 
 
-def read_handshake(runner: Runner, logs: LogPump, deadline: float, name: str, start_timeout: float,
-                   threads: list[threading.Thread]) -> HandshakeInfo:
-    """Wait (bounded) for the first stdout line and parse it; later lines go to ``logs``.
+class OutputFeed:
+    """A runner's pushed output: the first stdout line is the handshake, every other line is logged."""
 
-    The reader thread is appended to ``threads`` for the caller to join.
-    """
-    lines: queue.Queue[object] = queue.Queue()
+    def __init__(self, logs: LogPump) -> None:
+        self.logs = logs
+        self.first: queue.Queue[object] = queue.Queue()
+        self._seen = False
+        logs.opened()
+        logs.opened()
 
-    def pump() -> None:
-        first = True
+    def on_line(self, stream: str, line: str) -> None:
+        if stream == "stdout" and not self._seen:
+            self._seen = True
+            self.first.put(line)
+        else:  # go-plugin keeps draining stdout; plugbay logs what comes
+            self.logs.handle(line, stream)
+
+    def on_end(self, stream: str) -> None:
         try:
-            for line in runner.stdout_lines():
-                if first:
-                    lines.put(line)
-                    first = False
-                else:  # go-plugin keeps draining stdout; plugbay logs what comes
-                    logs.handle(line, "stdout")
-        except Exception as exc:
-            _log.debug("reading plugin stdout failed: %s", exc)
+            if stream == "stdout":
+                self.first.put(_EOF)
         finally:
-            lines.put(_EOF)
+            self.logs.closed()
 
-    thread = threading.Thread(target=pump, name=f"plugbay-stdout-{name}", daemon=True)
-    threads.append(thread)
-    thread.start()
+
+def follow_output(runner: Runner, logs: LogPump) -> tuple[OutputFeed, Joinable]:
+    """Start taking ``runner``'s stdout and stderr (the process runner: on the shared I/O thread)."""
+    feed = OutputFeed(logs)
+    try:
+        follow = runner.follow_output(feed.on_line, feed.on_end)
+    except BaseException:
+        logs.closed()
+        logs.closed()
+        raise
+    return feed, follow
+
+
+def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
+                   start_timeout: float) -> HandshakeInfo:
+    """Wait (bounded) for the first stdout line ``feed`` receives and parse it."""
+    logs = feed.logs
+    lines = feed.first
     exited_at: float | None = None
     while True:
         now = time.monotonic()

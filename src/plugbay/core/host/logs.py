@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from plugbay.core.transport.lines import cap_line
@@ -32,7 +33,7 @@ def plugin_logger(name: str) -> logging.Logger:
 
 
 class LogPump:
-    """Reads line streams (stderr, stray stdout) in threads and logs each line."""
+    """Logs each line of a plugin's streams: pushed by a runner (opened/closed), or read by a thread (follow)."""
 
     def __init__(self, name: str, logger: logging.Logger | None = None,
                  raw_sink: Callable[[str], None] | None = None, tail: int = 50) -> None:
@@ -42,6 +43,18 @@ class LogPump:
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._threads: list[threading.Thread] = []
         self._in_panic = False
+        self._cond = threading.Condition()
+        self._open = 0  # pushed streams not ended yet (opened() minus closed())
+
+    def opened(self) -> None:
+        """A stream whose lines will be pushed to handle(); join() waits for its closed()."""
+        with self._cond:
+            self._open += 1
+
+    def closed(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify_all()
 
     def follow(self, lines: Iterator[str], stream: str = "stderr") -> threading.Thread:
         """Pump ``lines`` in a thread until they end. The thread is joined by join()."""
@@ -57,9 +70,11 @@ class LogPump:
 
     def join(self, timeout: float = 5.0) -> bool:
         """Wait for every pumped stream to end; False if one is still open."""
-        ok = True
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._open <= 0, timeout)
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
             ok = ok and not thread.is_alive()
         return ok
 

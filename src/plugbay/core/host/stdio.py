@@ -5,6 +5,12 @@ stdout/stderr writes into the ``plugin.GRPCStdio`` stream. The host reads it
 in one thread and hands every chunk, in order, to the matching sink; the
 default sink discards, as go-plugin's default does. Plugins that predate
 GRPCStdio (go-plugin 1.0.1) answer UNIMPLEMENTED, which is not an error.
+
+With no sink at all the host still opens the stream (a current go-plugin
+plugin blocks its writes until someone reads them), but asks the plugin to
+discard (STDIO_DISCARD_METADATA): a plugbay plugin then drops its output and
+ends the stream at once, so its reader thread ends too; a go-plugin plugin
+ignores the ask and is read (and discarded) for as long as it lives.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
+from plugbay.core.protocol.handshake import STDIO_DISCARD_METADATA
 
 Sink = Callable[[bytes], None]
 _log = logging.getLogger("plugbay.client")
@@ -41,7 +48,9 @@ class StdioReader:
         with self._lock:
             if self._closed:
                 return
-            call = self._stub.StreamStdio(empty_pb2.Empty())
+            discard = all(sink is None for sink in self._sinks.values())
+            call = self._stub.StreamStdio(empty_pb2.Empty(),
+                                          metadata=(STDIO_DISCARD_METADATA,) if discard else None)
             self._call = call
         try:
             for data in call:

@@ -8,6 +8,10 @@ buffer bounded in bytes: writers never block on a slow or absent host (when
 the buffer is full the oldest chunks are dropped and the loss is logged). The
 host's single StreamStdio call receives the buffered chunks, then new ones as
 they come; a second caller takes the stream over (a re-attached host).
+A plugbay host with no sink asks to discard (STDIO_DISCARD_METADATA): the
+buffer is dropped and new output too, and the call ends at once, until a
+caller that reads comes (a re-attached host with a sink); while such a caller
+reads, an ask to discard changes nothing.
 
 The plugin's *log* records do not go through here: like go-plugin, the server
 writes them to a duplicate of the original stderr taken before redirection.
@@ -26,6 +30,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
+from plugbay.core.protocol.handshake import STDIO_DISCARD_METADATA
 
 Channel = grpc_stdio_pb2.StdioData.Channel
 STDOUT = grpc_stdio_pb2.StdioData.STDOUT
@@ -48,6 +53,8 @@ class StdioCapture:
         self._size = 0
         self._dropped = 0
         self._overflowing = False
+        self._discard = False  # the host has no sink: drop output instead of keeping it
+        self._reader: int | None = None  # the generation of the caller reading now
         self._eof = False  # the pump has finished: nothing more will be added
         self._generation = 0  # bumped by each StreamStdio caller; older callers stop
         self._saved: tuple[int, int] | None = None
@@ -121,6 +128,8 @@ class StdioCapture:
     def _add(self, channel: Channel, data: bytes) -> None:
         dropped = 0
         with self._cond:
+            if self._discard:
+                return
             self._chunks.append((channel, data))
             self._size += len(data)
             while self._size > self._max:  # keep exactly the newest max bytes
@@ -146,9 +155,27 @@ class StdioCapture:
     def attach(self) -> int:
         """Register a new StreamStdio caller; earlier callers stop receiving."""
         with self._cond:
+            self._discard = False
             self._generation += 1
+            self._reader = self._generation
             self._cond.notify_all()
             return self._generation
+
+    def detach(self, generation: int) -> None:
+        """The caller of ``generation`` is gone."""
+        with self._cond:
+            if self._reader == generation:
+                self._reader = None
+
+    def discard(self) -> None:
+        """A caller that reads nothing: drop what is kept and what comes, unless a reader is attached."""
+        with self._cond:
+            if self._reader is not None:
+                return  # a host that reads (a re-attached one) keeps its stream
+            self._discard = True
+            self._chunks.clear()
+            self._size = 0
+            self._overflowing = False
 
     def wake(self) -> None:
         with self._cond:
@@ -183,16 +210,22 @@ class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
 
     def StreamStdio(self, request: object,
                     context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
+        if tuple(STDIO_DISCARD_METADATA) in {tuple(m) for m in context.invocation_metadata()}:
+            self._capture.discard()
+            return  # the host has no sink: nothing to stream, and no reader to keep
         generation = self._capture.attach()
         context.add_callback(self._capture.wake)  # a cancelled caller stops waiting at once
-        while context.is_active():
-            item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
-            if item is False:
-                return
-            if item is None or item is True:
-                continue
-            channel, data = item
-            yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+        try:
+            while context.is_active():
+                item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
+                if item is False:
+                    return
+                if item is None or item is True:
+                    continue
+                channel, data = item
+                yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+        finally:
+            self._capture.detach(generation)
 
 
 def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:

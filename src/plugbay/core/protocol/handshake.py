@@ -39,6 +39,9 @@ ENV_CLIENT_CERT = "PLUGIN_CLIENT_CERT"
 ENV_UNIX_SOCKET_DIR = "PLUGIN_UNIX_SOCKET_DIR"
 ENV_UNIX_SOCKET_GROUP = "PLUGIN_UNIX_SOCKET_GROUP"
 ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
+# Sent by a plugbay host that has no stdio sink on its StreamStdio call: a plugbay plugin then
+# drops its output and ends the stream (no reader needed); go-plugin plugins ignore it and stream.
+STDIO_DISCARD_METADATA = ("plugbay-stdio", "discard")
 
 PROTOCOL_GRPC = "grpc"
 PROTOCOL_NETRPC = "netrpc"

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from plugbay.core.host.launch import launch_env, read_handshake
+from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport.sockets import dial
@@ -100,9 +100,9 @@ class ChildSession:
                 return
             self._runner = runner
         runner.start(LaunchSpec(env=env, socket_dir=self._dir, labels={"plugbay.plugin": "gateway-session"}))
-        self._threads.append(self._logs.follow(runner.stderr_lines(), "stderr"))
-        info = read_handshake(runner, self._logs, time.monotonic() + self._start_timeout, "gateway-session",
-                              self._start_timeout, self._threads)
+        feed, _ = follow_output(runner, self._logs)  # ends with the runner; the LogPump's join waits for it
+        info = read_handshake(runner, feed, time.monotonic() + self._start_timeout, "gateway-session",
+                              self._start_timeout)
         if not info.multiplex:
             raise GatewayError(f"the plugin {self._cmd[0]!r} does not multiplex brokered connections (no"
                                " PLUGIN_MULTIPLEX_GRPC support: go-plugin 1.0.x); serve the gateway without"

@@ -1,0 +1,232 @@
+"""One selector thread for the whole host process: every plugin's pipes and exit, without a thread each.
+
+A host with many live plugins used to spend a thread per pipe and one per exit
+watcher on each. The shared loop ("plugbay-io") waits on all of their file
+descriptors at once (epoll through :mod:`selectors`) and runs a callback on
+the loop thread when one is readable. It starts on the first registration and
+stops, joined, when the last one is removed, so a host with no plugin left has
+no plugbay thread.
+
+Callbacks run on the loop thread, one at a time: they must not block (read
+what is there, hand it on). One that raises is logged and its registration is
+dropped; the loop goes on serving the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+from collections.abc import Callable
+
+_log = logging.getLogger("plugbay.io")
+_JOIN_TIMEOUT = 5.0
+
+Callback = Callable[[], None]
+Ready = Callable[[], "bool | None"]  # returns False to stop watching (end of file, done)
+
+
+class Registration:
+    """One watched file descriptor; cancel() stops watching it (idempotent, thread-safe)."""
+
+    def __init__(self, loop: IOLoop, fd: int, on_ready: Ready, on_cancel: Callback | None) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.on_ready = on_ready
+        self.on_cancel = on_cancel
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop watching; ``on_cancel`` runs on the loop thread. Never blocks on the loop."""
+        self.loop.remove(self)
+
+
+class IOLoop:
+    """The shared loop. Use :func:`shared`; a private instance is for tests of the loop itself."""
+
+    def __init__(self, name: str = "plugbay-io") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pending: list[tuple[str, Registration]] = []
+        self._live: set[Registration] = set()  # added and not cancelled, as callers see it
+        self._wake_w: int | None = None
+
+    # ------------------------------------------------------------- callers
+
+    def add(self, fd: int, on_ready: Ready, on_cancel: Callback | None = None) -> Registration:
+        """Call ``on_ready()`` on the loop thread whenever ``fd`` is readable, until cancelled.
+
+        ``on_ready`` returning False ends the registration as cancel() would.
+        ``on_cancel()`` runs on the loop thread once the registration is dropped
+        (after cancel(), or after on_ready raised); the fd is not closed here.
+        """
+        reg = Registration(self, fd, on_ready, on_cancel)
+        with self._lock:
+            self._live.add(reg)
+            self._pending.append(("add", reg))
+            if self._thread is None:
+                self._start()
+            else:
+                self._wake()
+        return reg
+
+    def remove(self, reg: Registration) -> None:
+        """Stop watching ``reg``; its on_cancel runs on the loop thread."""
+        with self._lock:
+            if reg not in self._live:
+                return
+            self._live.discard(reg)
+            self._pending.append(("remove", reg))
+            self._wake()
+
+    def join_idle(self, timeout: float = _JOIN_TIMEOUT) -> bool:
+        """Wait for the loop thread to end if nothing is registered any more; True if no thread is left.
+
+        Called by whoever removed the last registration, so a closed host keeps
+        no plugbay thread. A no-op on the loop thread itself.
+        """
+        with self._lock:
+            thread = self._thread if not self._live else None
+        if thread is None or thread is threading.current_thread():
+            return thread is None or not self._live
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+    @property
+    def registrations(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    # ------------------------------------------------------------- the loop
+
+    def _start(self) -> None:
+        """Under the lock: a new selector, wake pipe and thread."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self._wake_w = wake_w
+        thread = threading.Thread(target=self._run, args=(wake_r, wake_w), name=self.name, daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # already full of wake-ups: the loop will look
+
+    def _run(self, wake_r: int, wake_w: int) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(wake_r, selectors.EVENT_READ, None)
+        active: set[Registration] = set()
+        try:
+            while True:
+                if not self._apply(selector, active):
+                    return
+                for key, _ in selector.select():
+                    reg = key.data
+                    if reg is None:
+                        _drain(wake_r)
+                    elif reg in active:
+                        self._ready(selector, active, reg)
+        except Exception:  # pragma: no cover - a bug in the loop itself; never leave a silent dead loop
+            _log.exception("the shared I/O loop failed; plugins' output and exits are no longer watched")
+            for reg in list(active):
+                self._drop(selector, active, reg)
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                    self._wake_w = None
+            selector.close()
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _apply(self, selector: selectors.BaseSelector, active: set[Registration]) -> bool:
+        """Take the pending adds and removes; False when the loop should end (nothing left)."""
+        while True:
+            with self._lock:
+                pending, self._pending = self._pending, []
+                if not pending:
+                    if active or self._live:
+                        return True
+                    self._thread = None  # the next add() starts a fresh loop
+                    self._wake_w = None
+                    return False
+            for op, reg in pending:
+                if op == "add":
+                    try:
+                        selector.register(reg.fd, selectors.EVENT_READ, reg)
+                        active.add(reg)
+                    except (OSError, ValueError) as exc:
+                        _log.debug("cannot watch fd %s: %s", reg.fd, exc)
+                        self._finish(reg)
+                elif reg in active:  # "remove"
+                    self._drop(selector, active, reg)
+
+    def _ready(self, selector: selectors.BaseSelector, active: set[Registration], reg: Registration) -> None:
+        try:
+            keep = reg.on_ready()
+        except Exception:
+            _log.exception("a callback of the shared I/O loop failed; fd %s is no longer watched", reg.fd)
+            keep = False
+        if keep is False:
+            with self._lock:
+                self._live.discard(reg)
+            self._drop(selector, active, reg)
+
+    def _drop(self, selector: selectors.BaseSelector, active: set[Registration], reg: Registration) -> None:
+        active.discard(reg)
+        try:
+            selector.unregister(reg.fd)
+        except (KeyError, ValueError, OSError):
+            pass
+        self._finish(reg)
+
+    def _finish(self, reg: Registration) -> None:
+        with self._lock:
+            self._live.discard(reg)
+        if not reg.cancelled:
+            reg.cancelled = True
+            if reg.on_cancel is not None:
+                self._call(reg.on_cancel)
+
+    @staticmethod
+    def _call(func: Callback) -> None:
+        try:
+            func()
+        except Exception:
+            _log.exception("a callback of the shared I/O loop failed")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+_SHARED = IOLoop()
+
+
+def _forget_in_child() -> None:
+    """A forked child has no loop thread (nor its parent's plugins): start afresh there."""
+    global _SHARED
+    _SHARED = IOLoop()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def shared() -> IOLoop:
+    """The host process's one loop."""
+    return _SHARED

@@ -1,0 +1,165 @@
+"""Reattaching to a local plugin process by pid: this host did not start it, so it proves it first.
+
+Reattach data is untrusted: the process is only signalled when plugbay can
+prove it started it for this plugin, by its start time and the random
+PLUGBAY_PLUGIN_ID that ProcessRunner.start() put in its environment (read
+back from /proc/PID/environ). Its exit is heard through a pidfd on the shared
+I/O loop where the kernel has pidfds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
+from plugbay.runners.procio import pidfd, watch_pid
+from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, signal_all
+from plugbay.runners.session import proc_stat, start_ticks
+
+REAP_TIMEOUT = 10.0
+# Exit code reported for a reattached process: the host is not its parent, so
+# the real code is unknowable.
+UNKNOWN_EXIT_CODE = -1
+
+
+def _start_time(pid: int) -> int | None:
+    """The process start time in clock ticks: tells a pid from a reused one."""
+    ticks = start_ticks(pid)
+    return int(ticks) if ticks else None
+
+
+def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
+    """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
+    if start_time is None or not plugin_id:
+        return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
+    if _start_time(pid) != start_time:
+        return f"process {pid} started at another time than the plugin (its pid was reused)"
+    env = environ(pid)
+    if env is None:
+        return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
+    if env.get(ENV_PLUGIN_ID) != plugin_id:
+        return f"process {pid} does not carry {ENV_PLUGIN_ID}={plugin_id} in its environment"
+    return None
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
+
+
+class AttachedProcess(AttachedRunner):
+    """A plugin process this host did not start (reattach by pid).
+
+    It is not our child, so its exit code is unknowable: wait() polls /proc and
+    returns UNKNOWN_EXIT_CODE once the process is gone.
+    """
+
+    def __init__(self, pid: int, start_time: int | None = None, name: str = "",
+                 plugin_id: str = "") -> None:
+        self.pid = pid
+        self._start_time = start_time
+        self._name = name or str(pid)
+        self.plugin_id = plugin_id
+
+    @property
+    def id(self) -> str:
+        return str(self.pid)
+
+    @property
+    def private_transport(self) -> bool:
+        return True  # a child process on this machine: go-plugin's own model
+
+    def _alive(self) -> bool:
+        try:  # if it happens to be our child after all (same process reattaching), reap it
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        state = _proc_state(self.pid)
+        if state is None or state in ("Z", "X"):
+            return False
+        return self._start_time is None or _start_time(self.pid) == self._start_time
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        return UNKNOWN_EXIT_CODE
+
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        """A pidfd on the shared I/O loop (taken, then the pid proven still ours); polls without pidfds."""
+        fd = pidfd(self.pid)
+        if fd is not None and self._alive():
+            return watch_pid(fd, lambda: UNKNOWN_EXIT_CODE, on_exit)
+        if fd is not None:
+            os.close(fd)  # gone already (or the pid changed hands): the poller reports it at once
+        return super().watch_exit(on_exit)
+
+    def kill(self, grace: float = 2.0) -> None:
+        if not self._alive():
+            return
+        why = _unproven(self.pid, self._start_time, self.plugin_id)
+        if why is not None:  # checked again: the pid may have changed hands since reattach
+            raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
+                                " plugin it started; stop that process yourself if it is yours")
+        try:
+            group = self.pid if os.getpgid(self.pid) == self.pid else None
+        except ProcessLookupError:
+            return
+        strays = family(self.pid, self.plugin_id)  # proven above: its descendants and marked kin
+        if grace > 0:
+            self._signal(group, signal.SIGTERM)
+            signal_all(strays, signal.SIGTERM)
+            self.wait(grace)
+        if self._alive():
+            self._signal(group, signal.SIGKILL)
+            self.wait(REAP_TIMEOUT)
+        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
+
+    def _signal(self, group: int | None, sig: int) -> None:
+        try:
+            if group is not None:
+                os.killpg(group, sig)
+            else:
+                os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reattach_data(self) -> dict[str, Any]:
+        return {"kind": "ProcessRunner", "id": str(self.pid), "pid": self.pid, "name": self._name,
+                "start_time": self._start_time, "plugin_id": self.plugin_id}
+
+
+def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
+    pid, start = data.get("pid"), data.get("start_time")
+    if type(pid) is not int:
+        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
+    if pid <= 1:  # 0, -1 and negatives signal groups or every process; 1 is init
+        raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
+                            " Client.reattach_config().to_json() produced")
+    if start is not None and type(start) is not int:
+        raise ReattachError(f"reattach data's 'start_time' must be an integer, got {start!r}")
+    plugin_id = data.get("plugin_id")
+    runner = AttachedProcess(pid, start, str(data.get("name", "")),
+                             plugin_id if isinstance(plugin_id, str) else "")
+    if not runner._alive():
+        raise RunnerError(
+            f"cannot reattach: plugin process {pid} is no longer running (or its pid was reused);"
+            " start the plugin again"
+        )
+    why = _unproven(pid, start, runner.plugin_id)
+    if why is not None:
+        raise ReattachError(
+            f"cannot reattach to process {pid}: {why}, so plugbay cannot prove it started it for"
+            " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
+            " produced for a running plugin, or start the plugin again")
+    return runner
+
+
+register_reattacher("ProcessRunner", _reattach)

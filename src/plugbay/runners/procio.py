@@ -1,0 +1,228 @@
+"""A local plugin's pipes and exit, watched on the shared I/O loop (no thread per plugin).
+
+:class:`PipeFollower` reads one of the plugin's output pipes when the loop
+says it is readable, splits it into bounded lines (LineSplitter: 64 KiB cap)
+and hands each to a callback; at end of file, or when the runner stops it (a
+grandchild may hold the pipe open after a kill), it reads what is left,
+flushes the last unfinished line, closes the pipe and reports the end.
+
+:func:`watch_pid` tells a callback the moment a process ends, through a pidfd
+(Linux 5.3+), instead of polling its exit; it returns None where pidfds are
+not available so the caller can fall back to a polling thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Callable, MutableSequence, Mapping
+from typing import IO
+
+from plugbay.core.transport.ioloop import IOLoop, Registration, shared
+from plugbay.core.transport.lines import LineSplitter
+
+_log = logging.getLogger("plugbay.runner")
+_READ = 65536
+_FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
+
+
+class PipeFollower:
+    """One pipe on the loop: lines to ``on_line``, then ``on_end()`` once (on the loop thread)."""
+
+    def __init__(self, fd: int, splitter: LineSplitter, on_line: Callable[[str], None],
+                 on_end: Callable[[], None], close: Callable[[], None],
+                 loop: IOLoop | None = None) -> None:
+        self._fd = fd
+        self._splitter = splitter
+        self._on_line = on_line
+        self._on_end = on_end
+        self._close = close
+        self._ended = False
+        os.set_blocking(fd, False)
+        self._reg: Registration = (loop or shared()).add(fd, self._readable, self._finish)
+
+    def stop(self) -> None:
+        """Read what is there now, then end (the loop thread does it; returns at once)."""
+        self._reg.cancel()
+
+    def _readable(self) -> bool:
+        return self._read_once()  # False at EOF: the loop drops it and runs _finish
+
+    def _read_once(self) -> bool:
+        """Feed one chunk; False at end of file (or a broken pipe)."""
+        try:
+            chunk = os.read(self._fd, _READ)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            _log.debug("reading a plugin pipe failed: %s", exc)
+            return False
+        if not chunk:
+            return False
+        for line in self._splitter.feed(chunk):
+            self._deliver(line)
+        return True
+
+    def _deliver(self, line: str) -> None:
+        try:
+            self._on_line(line)
+        except Exception:  # a failing consumer must not stop the pipe being drained
+            _log.exception("handling a plugin output line failed")
+
+    def _finish(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for _ in range(_FINAL_READS):
+            try:
+                chunk = os.read(self._fd, _READ)
+            except OSError:
+                break
+            if not chunk:
+                break
+            for line in self._splitter.feed(chunk):
+                self._deliver(line)
+        for line in self._splitter.flush():
+            self._deliver(line)
+        self._close()
+        self._on_end()
+
+
+class OutputEnds:
+    """Counts a runner's followed streams down to zero; join() waits for that."""
+
+    def __init__(self, streams: int) -> None:
+        self._cond = threading.Condition()
+        self._open = streams
+
+    def ended(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._open <= 0, timeout)
+
+
+def follow_pipes(pipes: Mapping[str, IO[bytes] | None], on_line: Callable[[str, str], None],
+                 on_end: Callable[[str], None], lock: threading.Lock, tail: MutableSequence[str],
+                 splitters: list[LineSplitter]) -> tuple[list[PipeFollower], OutputEnds]:
+    """Follow each named pipe on the loop (a runner's follow_output); stderr lines also go to ``tail``.
+
+    Each pipe is closed (under ``lock``) once read to its end.
+    """
+    ends = OutputEnds(len(pipes))
+    followers = []
+    for which, pipe in pipes.items():
+        assert pipe is not None
+        splitter = LineSplitter()
+        splitters.append(splitter)
+        followers.append(PipeFollower(pipe.fileno(), splitter, _line_handler(which, on_line, tail),
+                                      _end_handler(which, on_end, ends), _closer(pipe, lock)))
+    return followers, ends
+
+
+def _line_handler(which: str, on_line: Callable[[str, str], None],
+                  tail: MutableSequence[str]) -> Callable[[str], None]:
+    def handle(line: str) -> None:
+        if which == "stderr":
+            tail.append(line)
+        on_line(which, line)
+    return handle
+
+
+def _end_handler(which: str, on_end: Callable[[str], None], ends: OutputEnds) -> Callable[[], None]:
+    def end() -> None:
+        try:
+            on_end(which)
+        finally:
+            ends.ended()
+    return end
+
+
+def _closer(pipe: IO[bytes], lock: threading.Lock) -> Callable[[], None]:
+    def close() -> None:
+        with lock:
+            pipe.close()
+    return close
+
+
+class ExitWatch:
+    """Stops watching a process's exit (idempotent); the callback will not run after cancel()."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+def pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``; None where the kernel or Python has none (or the pid is gone)."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.ESRCH, errno.EINVAL):
+            _log.debug("pidfd_open(%s) failed: %s", pid, exc)
+        return None
+    return fd
+
+
+def watch_pid(fd: int, exit_code: Callable[[], int], on_exit: Callable[[int], None],
+              loop: IOLoop | None = None) -> ExitWatch:
+    """Call ``on_exit(exit_code())`` on the loop thread once pidfd ``fd`` is readable (the process ended).
+
+    ``fd`` is owned from here on: closed when the watch ends or is cancelled.
+    """
+    state = {"fired": False, "cancelled": False}
+    lock = threading.Lock()
+
+    def ready() -> bool:
+        with lock:
+            if state["fired"] or state["cancelled"]:
+                return False
+            state["fired"] = True
+        try:
+            code = exit_code()
+        except Exception:  # never lose the exit itself
+            _log.debug("reading a plugin's exit code failed", exc_info=True)
+            code = -1
+        on_exit(code)
+        return False  # a pidfd stays readable: watch it no more
+
+    def cancel() -> None:
+        with lock:
+            state["cancelled"] = True
+        reg.cancel()
+
+    reg = (loop or shared()).add(fd, ready, lambda: os.close(fd))
+    return ExitWatch(cancel)
+
+
+def child_exit_code(proc: subprocess.Popen[bytes], fd: int) -> int:
+    """The exit code of a child whose pidfd became readable, in Popen's convention (-N: signal N).
+
+    Read with WNOWAIT so the child stays for Popen to reap (its wait() stays the one reaper);
+    then reaped here when no other thread is waiting on it right now.
+    """
+    code: int | None = proc.returncode
+    if code is None:
+        try:
+            info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (OSError, AttributeError):
+            info = None
+        if info is not None:
+            code = -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
+        proc.poll()  # reap now if we can; returncode then wins (it is the same figure)
+        if proc.returncode is not None:
+            code = proc.returncode
+    if code is None:
+        code = proc.wait(1.0)  # already reaped or a zombie: immediate
+    return code
