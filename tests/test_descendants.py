@@ -93,3 +93,32 @@ def test_sweep_ends_the_plugins_of_a_sigkilled_host_only() -> None:
         bystander.wait(10)
         if start is not None and stat_of(orphan) == start:
             os.kill(orphan, signal.SIGKILL)
+
+
+def test_family_since_skips_marked_processes_older_than_the_plugin() -> None:
+    """``since`` (the plugin's start ticks) bounds the scan: an older process is never its kin."""
+    import time
+
+    from plugbay.runners.proctree import family
+
+    marker = "since-test-" + os.urandom(4).hex()
+    env = {**os.environ, "PLUGBAY_PLUGIN_ID": marker}
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    try:
+        wait_until(lambda: stat_of(older.pid) is not None, 5)
+        time.sleep(0.05)  # start ticks are 10 ms apart
+        newer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+        try:
+            wait_until(lambda: stat_of(newer.pid) is not None, 5)
+            older_facts, newer_facts = stat_of(older.pid), stat_of(newer.pid)
+            assert older_facts is not None and newer_facts is not None
+            assert older_facts[1] < newer_facts[1]
+            assert set(family(None, marker)) >= {older.pid, newer.pid}
+            found = family(None, marker, since=newer_facts[1])
+            assert newer.pid in found and older.pid not in found
+        finally:
+            newer.kill()
+            newer.wait()
+    finally:
+        older.kill()
+        older.wait()

@@ -112,7 +112,7 @@ class AttachedProcess(AttachedRunner):
             group = self.pid if os.getpgid(self.pid) == self.pid else None
         except ProcessLookupError:
             return
-        strays = family(self.pid, self.plugin_id)  # proven above: its descendants and marked kin
+        strays = family(self.pid, self.plugin_id, self._start_time)  # proven above: its descendants and marked kin
         if grace > 0:
             self._signal(group, signal.SIGTERM)
             signal_all(strays, signal.SIGTERM)
@@ -120,7 +120,7 @@ class AttachedProcess(AttachedRunner):
         if self._alive():
             self._signal(group, signal.SIGKILL)
             self.wait(REAP_TIMEOUT)
-        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
+        signal_all({**strays, **family(None, self.plugin_id, self._start_time)}, signal.SIGKILL)
 
     def _signal(self, group: int | None, sig: int) -> None:
         try:

@@ -37,7 +37,7 @@ from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-ex
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
-                                      sweep as sweep)
+                                      stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
 
 _POLL = 0.2
@@ -73,6 +73,7 @@ class ProcessRunner(Runner):
         self._iterating: set[str] = set()
         # one per output stream read: each bounds its unfinished line (see core.transport.lines)
         self.splitters: list[LineSplitter] = []
+        self._start_ticks: int | None = None
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
         self._followers: list[PipeFollower] = []
@@ -177,6 +178,8 @@ class ProcessRunner(Runner):
             ) from exc
         finally:
             self._close_verified()
+        facts = stat_of(self._proc.pid)  # its start ticks bound kill()'s /proc scan (proctree.family)
+        self._start_ticks = facts[1] if facts is not None else None
 
     def has_exited(self) -> bool:
         if self._proc is None:
@@ -205,14 +208,14 @@ class ProcessRunner(Runner):
             return
         # Descendants that left the group (their own session) and orphans carrying
         # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
-        strays = family(proc.pid if proc.returncode is None else None, self.plugin_id)
+        strays = family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks)
         if proc.poll() is None and grace > 0:
             _signal_group(proc.pid, signal.SIGTERM)
             signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         # The leader may be gone while its children still hold the group.
         _signal_group(proc.pid, signal.SIGKILL)
-        signal_all({**strays, **family(None, self.plugin_id)}, signal.SIGKILL)
+        signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
         try:
             proc.wait(REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep

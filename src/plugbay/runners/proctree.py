@@ -55,16 +55,19 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def family(root: int | None, plugin_id: str) -> dict[int, int]:
+def family(root: int | None, plugin_id: str, since: int | None = None) -> dict[int, int]:
     """{pid: start ticks} of ``root``'s descendants and of every process marked with ``plugin_id``.
 
     Pass ``root=None`` once the plugin may have been reaped (its pid could be reused).
+    ``since`` is the plugin's start ticks: nothing older can be its descendant or
+    carry its id, so those processes' environments are never read (on a busy
+    machine that is most of /proc, and kill() pays it twice).
     """
     me = os.getpid()
     parents: dict[int, tuple[int, int]] = {}
     for pid in _pids():
         facts = stat_of(pid)
-        if facts is not None:
+        if facts is not None and (since is None or facts[1] >= since or pid == root):
             parents[pid] = facts
     found: dict[int, int] = {}
     frontier = [root] if root is not None else []
