@@ -431,3 +431,48 @@ def test_closing_a_dialed_channel_frees_its_relay(sockdir: str) -> None:
             check(ch, "h")  # a closed channel refuses calls
     finally:
         _close_pair(p)
+
+
+def test_register_may_only_add_services(pair: Pair) -> None:
+    from plugbay.errors import BrokerError
+
+    for misuse in (lambda s: s.add_insecure_port("unix:/tmp/x"), lambda s: s.start(),
+                   lambda s: s.stop(None), lambda s: s.add_secure_port("unix:/tmp/x", None),
+                   lambda s: s.wait_for_termination(1)):
+        with pytest.raises(BrokerError, match=r"called \w+\(\); the broker binds, starts and stops brokered"
+                                              r" servers itself, so register only adds services"):
+            pair.host.accept_and_serve(pair.host.next_id(), misuse)
+    sid = pair.host.next_id()
+    pair.host.accept_and_serve(sid, register("after-misuse"))
+    assert check(pair.plugin.dial(sid), "after-misuse") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_registered_method_handlers_alone_are_served(pair: Pair) -> None:
+    # the broker's servers are started before register runs; handlers given only as
+    # registered methods (which grpcio ignores on a started server) must still be served
+    servicer = _Named("registered-only")
+    handlers = {"Check": grpc.unary_unary_rpc_method_handler(
+        servicer.Check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)}
+    sid = pair.plugin.next_id()
+    pair.plugin.accept_and_serve(sid, lambda s: s.add_registered_method_handlers("grpc.health.v1.Health", handlers))
+    assert check(pair.host.dial(sid), "registered-only") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_each_id_gets_its_own_socket_freed_on_stop(pair: Pair, sockdir: str) -> None:
+    announced: set[str] = set()
+    for n in range(4):  # from the second call on, the server was started ahead of time
+        sid = pair.host.next_id()
+        pair.host.accept_and_serve(sid, register(f"call{n}"))
+        listed = [n for n in os.listdir(sockdir) if n != "main.sock"]
+        assert len(listed) == 1 and listed[0] not in announced
+        path = os.path.join(sockdir, listed[0])
+        announced.add(listed[0])
+        ch = pair.plugin.dial(sid)
+        assert check(ch, f"call{n}") == health_pb2.HealthCheckResponse.SERVING
+        pair.host.stop_serving(sid)
+        assert not os.path.exists(path)
+        with pytest.raises(grpc.RpcError):
+            check(ch, f"call{n}")  # the stopped server's connection is gone
+        ch.close()
+    assert [n for n in os.listdir(sockdir) if n != "main.sock"] == []  # spares stay private

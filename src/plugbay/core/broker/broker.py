@@ -30,17 +30,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
+from plugbay.core.broker.channels import BrokeredChannel, Served, stop_served
+from plugbay.core.broker.spares import Registrar, ServerSource
 from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.transport.mux import MuxSession, StreamBridge
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
+from plugbay.core.transport.secure import MutualTLS, private_socket
 from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.core.transport.yamux import Stream
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
@@ -49,7 +49,6 @@ log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
 _ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
-_SERVER_WORKERS = 16
 
 
 class AddressTranslator(Protocol):
@@ -110,6 +109,8 @@ class GRPCBroker:
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
         self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
                      if transport.tls is not None and transport.peer_cert_pem is not None else None)
+        self._servers = ServerSource(self._tls, self._private_dir_path,
+                                     None if transport.multiplex else self._public_path)
 
     # ------------------------------------------------------------- public API
 
@@ -120,23 +121,31 @@ class GRPCBroker:
             return self._next
 
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
-        """Serve a new gRPC server for ``id``; returns once it listens. Runs until close()."""
+        """Serve a new gRPC server for ``id``; returns once it listens. Runs until stop_serving(id) or close().
+
+        ``register`` adds the services to the (already started) server, e.g.
+        ``lambda s: add_FooServicer_to_server(servicer, s)``.
+        """
         self._check_open()
-        executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
-                                      thread_name_prefix=f"plugbay-brokered-{id}")
-        server = grpc.server(executor, options=CHANNEL_OPTIONS)
-        served = Served(id, server, executor, [])
+        served, path = self._servers.get()
+        served.id = id
         try:
-            register(server)
+            register(Registrar(served.server))
             if self.transport.multiplex:
-                self._serve_multiplexed(id, served)
+                self._serve_multiplexed(id, served, path)
             else:
-                self._serve_per_connection(id, served)
+                self._serve_per_connection(id, path)
         except BaseException:
             stop_served(served)
             raise
         with self._cond:
-            self._served.append(served)
+            closed = self._closed
+            if not closed:
+                self._served.append(served)
+        if closed:
+            stop_served(served)
+            raise BrokerClosedError("the broker closed while serving; start a new Client")
+        self._servers.refill()  # the next callback's server starts while this one runs
 
     def stop_serving(self, id: int) -> None:
         """Stop the server(s) accept_and_serve started for ``id`` and free their listeners.
@@ -148,7 +157,7 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            stop_served(served)
+            stop_served(served, grace=None)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.
@@ -186,6 +195,7 @@ class GRPCBroker:
             ch.close()
         for s in served:
             stop_served(s)
+        self._servers.close()
         for func in reversed(cleanup):
             func()
         for t in list(self._threads):
@@ -308,10 +318,7 @@ class GRPCBroker:
         folder = self.transport.socket_dir or tempfile.gettempdir()
         return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
 
-    def _serve_per_connection(self, id: int, served: Served) -> None:
-        path = self._public_path()
-        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
-        share_socket(path)
+    def _serve_per_connection(self, id: int, path: str) -> None:
         network, address = "unix", path
         if self.transport.translator is not None:
             network, address = self.transport.translator.host_to_plugin(network, address)
@@ -355,10 +362,8 @@ class GRPCBroker:
         assert mux is not None
         return mux
 
-    def _serve_multiplexed(self, id: int, served: Served) -> None:
+    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
         mux = self._mux()
-        path = private_socket(self._private_dir_path(), f"mux{id}")
-        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
         served.cleanup.append(lambda: mux.forget(id))
         mux.expect(id, ("unix", path))
         # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)

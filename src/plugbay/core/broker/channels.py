@@ -71,8 +71,13 @@ def share_socket(path: str) -> None:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 
-def stop_served(served: Served) -> None:
-    served.server.stop(grace=1.0).wait(timeout=10)
+def stop_served(served: Served, grace: float | None = 1.0) -> None:
+    """Stop a brokered server, free its sockets and join its workers.
+
+    ``grace=None`` cancels calls still running at once: what go-plugin's host
+    does (``Stop()``) once the call that needed the server returned.
+    """
+    served.server.stop(grace=grace).wait(timeout=10)
     for func in reversed(served.cleanup):
         func()
     served.executor.shutdown(wait=True)
