@@ -23,7 +23,12 @@ from typing import Any
 import grpc
 
 from plugbay.core.broker.channels import Served, share_socket, stop_served
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
+from plugbay.core.transport.secure import (
+    CHANNEL_OPTIONS,
+    MutualTLS,
+    private_socket,
+    serve_unix,
+)
 from plugbay.core.transport.sockets import unlink_quietly
 from plugbay.errors import BrokerError
 

@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable
 
 from plugbay.core.transport import admit, sockets
-from plugbay.core.transport.yamux import Session, Stream, StreamClosed, bridge
+from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
 
 log = logging.getLogger("plugbay.mux")
