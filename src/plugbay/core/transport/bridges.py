@@ -5,19 +5,23 @@ from __future__ import annotations
 import socket
 import threading
 
+from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import _CHUNK, Stream, StreamClosed
 
 
-def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
-           lock: threading.Lock) -> None:
-    """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end."""
+def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
+    """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end.
+
+    The two copy loops run on ``workers``; once those are closed, RuntimeError
+    (the stream is reset and ``conn`` closed).
+    """
     state = {"open": 2}
+    lock = threading.Lock()
 
     def finish() -> None:
         with lock:
             state["open"] -= 1
             last = state["open"] == 0
-            threads.discard(threading.current_thread())
         if last:
             stream.session.forget(stream)
             conn.close()
@@ -58,11 +62,19 @@ def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
         finally:
             finish()
 
-    for func, label in ((up, "up"), (down, "down")):
-        t = threading.Thread(target=func, name=f"plugbay-mux-{label}-{stream.id}", daemon=True)
-        with lock:
-            threads.add(t)
-        t.start()
+    try:
+        workers.run(up)
+    except RuntimeError:  # closed: nothing runs, nothing carries the stream
+        stream.reset()
+        conn.close()
+        raise
+    try:
+        workers.run(down)
+    except RuntimeError:
+        stream.reset()
+        _shut(conn)  # the up loop ends and, with this finish(), closes conn
+        finish()
+        raise
 
 
 def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:

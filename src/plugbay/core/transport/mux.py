@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport import admit, sockets
 from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
 
@@ -48,8 +49,7 @@ class MuxSession:
         self._closed = False
         self._targets: dict[int, tuple[str, str]] = {}
         self._knocks: deque[int] = deque()
-        self._threads: set[threading.Thread] = set()
-        self._tlock = threading.Lock()
+        self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops
         self.default_target: tuple[str, str] | None = None
         # held from knock to stream open, so the peer routes streams in knock order
         self.dial_lock = threading.Lock()
@@ -71,7 +71,10 @@ class MuxSession:
             log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
             stream.reset()
             return
-        bridge(stream, conn, self._threads, self._tlock)
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:  # closing: bridge reset the stream and closed conn
+            pass
 
     def expect(self, id: int, target: tuple[str, str]) -> None:
         with self._lock:
@@ -116,7 +119,10 @@ class MuxSession:
             raise BrokerClosedError(f"{exc}; restart the plugin") from exc
 
     def connect_local(self, conn: socket.socket, stream: Stream) -> None:
-        bridge(stream, conn, self._threads, self._tlock)
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:
+            raise BrokerClosedError(f"{self.name} is closed; restart the plugin") from None
 
     def close(self) -> None:
         with self._ready:
@@ -128,13 +134,7 @@ class MuxSession:
         if session is not None:
             session.close()
         self._close_extra()
-        for _ in range(3):
-            with self._tlock:
-                threads = list(self._threads)
-            if not threads:
-                break
-            for t in threads:
-                t.join(timeout=5)
+        self._workers.close()
 
     def _close_extra(self) -> None:
         pass
