@@ -24,6 +24,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             last = state["open"] == 0
         if last:
             stream.session.forget(stream)
+            stream.attach_sink(None)  # the session reader no longer sends to conn
             conn.close()
 
     def up() -> None:  # local -> peer
@@ -44,17 +45,24 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         finally:
             finish()
 
-    def down() -> None:  # peer -> local
+    def down() -> None:  # peer -> local: what the session reader could not send straight to conn
         try:
             while True:
-                data = stream.read()
+                data, returned = stream.take()
+                if returned:
+                    stream.consumed(returned)
+                if data is None:
+                    continue  # only window to return
                 if not data:
                     if stream.done or not stream._reset:
                         _shut(conn, socket.SHUT_WR)
                     else:
                         _shut(conn)
                     break
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                finally:
+                    stream.sent()
                 stream.consumed(len(data))
         except (OSError, StreamClosed):
             stream.reset()
@@ -62,9 +70,11 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         finally:
             finish()
 
+    stream.attach_sink(conn)
     try:
         workers.run(up)
     except RuntimeError:  # closed: nothing runs, nothing carries the stream
+        stream.attach_sink(None)
         stream.reset()
         conn.close()
         raise

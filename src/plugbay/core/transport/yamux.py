@@ -62,6 +62,11 @@ class Stream:
         self._local_fin = False
         self._reset = False
         self._flags = 0  # SYN or ACK, carried by our next frame
+        # a bridge's local socket: the session reader sends payloads straight to it while
+        # nothing is queued (one thread hand-off less per frame); see attach_sink()
+        self._sink: socket.socket | None = None
+        self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
+        self._direct = 0  # bytes sent straight to the sink, window not yet returned
 
     # called by the session's reader thread
     def _data(self, payload: bytes | bytearray, flags: int) -> bool:
@@ -70,12 +75,29 @@ class Stream:
             self._recv_window -= len(payload)
             if self._recv_window < 0:
                 return False
-            if payload:
-                self._buf.append(payload)
-                self._buffered += len(payload)
+            chunk: Chunk = payload
+            if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
+                sent = self._send_direct(chunk)
+                self._direct += sent
+                if sent:
+                    chunk = memoryview(chunk)[sent:]
+            if chunk:
+                self._buf.append(chunk)
+                self._buffered += len(chunk)
             self._flags_in(flags)
-            self._cond.notify_all()
+            if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
+                self._cond.notify_all()
         return True
+
+    def _send_direct(self, data: Chunk) -> int:
+        assert self._sink is not None
+        try:
+            return self._sink.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0  # the local side is not reading: the bridge sends it when it can
+        except OSError:
+            self._sink = None  # broken: the bridge finds out on its next send
+            return 0
 
     def _window(self, delta: int, flags: int) -> None:
         with self._cond:
@@ -106,18 +128,50 @@ class Stream:
                 self._cond.wait()
             if not self._buf:
                 return b""
-            data = self._buf.popleft()
-            if len(data) > limit:
-                view = memoryview(data)
-                self._buf.appendleft(view[limit:])
-                data = view[:limit]
-            elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
-                parts, size = [data], len(data)
-                while self._buf and size + len(self._buf[0]) <= limit:
-                    parts.append(self._buf.popleft())
-                    size += len(parts[-1])
-                data = b"".join(parts)
-            self._buffered -= len(data)
+            return self._pop(limit)
+
+    # a bridge's side: attach_sink(), then take() / sent() in a loop
+
+    def attach_sink(self, sink: socket.socket | None) -> None:
+        """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
+
+        The bridge owning ``sink`` must then read with take(), call sent()
+        after sending what take() gave it, and detach before closing ``sink``.
+        """
+        with self._cond:
+            self._sink = sink
+
+    def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
+        """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
+        with self._cond:
+            while (not self._buf and not self._remote_fin and not self._reset
+                   and self._direct < self._window_max // 2):
+                self._cond.wait()
+            direct, self._direct = self._direct, 0
+            if not self._buf:
+                return (b"" if self._remote_fin or self._reset else None), direct
+            self._sending = True
+            return self._pop(limit), direct
+
+    def sent(self) -> None:
+        """What take() gave is sent: the reader may send straight to the sink again."""
+        with self._cond:
+            self._sending = False
+
+    def _pop(self, limit: int) -> Chunk:
+        """The next up to ``limit`` queued bytes (called with the lock held, data queued)."""
+        data = self._buf.popleft()
+        if len(data) > limit:
+            view = memoryview(data)
+            self._buf.appendleft(view[limit:])
+            data = view[:limit]
+        elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
+            parts, size = [data], len(data)
+            while self._buf and size + len(self._buf[0]) <= limit:
+                parts.append(self._buf.popleft())
+                size += len(parts[-1])
+            data = b"".join(parts)
+        self._buffered -= len(data)
         return data
 
     def consumed(self, n: int) -> None:
