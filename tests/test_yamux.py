@@ -280,3 +280,32 @@ def test_connection_ending_inside_a_large_payload_ends_the_session() -> None:
     finally:
         session.close()
         b.close()
+
+
+def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
+    # the session reader sends straight to the bridged socket until it is full, then the
+    # bridge queues; a local reader that stalls and resumes must get every byte in order
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    try:
+        bridge(s, local, workers)
+        payload = bytes(range(256)) * (12 * 1024)  # 3 MiB: far more than the socket buffers
+        writer = threading.Thread(target=lambda: (c.write(payload), c.close_write()),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        writer.join(0.5)  # bounded: nobody reads far yet, so the writer must be held by the window
+        assert writer.is_alive()
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        s.reset()
+        workers.close()
