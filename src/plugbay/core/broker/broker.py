@@ -393,25 +393,35 @@ class GRPCBroker:
             pass
 
     def _knock_and_open(self, id: int, timeout: float) -> Stream:
-        mux = self._mux()
-        with mux.dial_lock:
+        with self._mux().dial_lock:
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
-            assert isinstance(ack, pb.ConnInfo)
-            if not ack.knock.ack:
-                raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
-                                  f" got {ack.knock}; the peer speaks a different broker protocol")
-            if ack.knock.error:
-                raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
-                                  " must call accept_and_serve with this id first")
-            return mux.open_stream()
+            return self._open_when_acked(id, timeout)
+
+    def _open_when_acked(self, id: int, timeout: float) -> Stream:
+        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
+        assert isinstance(ack, pb.ConnInfo)
+        if not ack.knock.ack:
+            raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
+                              f" got {ack.knock}; the peer speaks a different broker protocol")
+        if ack.knock.error:
+            raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
+                              " must call accept_and_serve with this id first")
+        return self._mux().open_stream()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
-        first = self._knock_and_open(id, timeout)
+        mux = self._mux()
         path = private_socket(self._private_dir_path(), f"dial{id}")
-        bridge = StreamBridge(self._mux(), path, first, lambda: self._knock_and_open(id, timeout),
-                              name=f"plugbay-mux-dial-{id}")
+        with mux.dial_lock:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            # the local listener gRPC dials is made while the knock travels
+            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
+                                  name=f"plugbay-mux-dial-{id}")
+            try:
+                bridge.set_first(self._open_when_acked(id, timeout))
+            except BaseException:
+                bridge.abandon()
+                raise
         with self._cond:  # started under the lock: close() must never join an unstarted thread
             self._threads[:] = [t for t in self._threads if t.is_alive()]
             self._threads.append(bridge.thread)  # close() joins it

@@ -289,23 +289,33 @@ def plugin_front(listener: socket.socket, target: tuple[str, str]) -> PluginFron
 class StreamBridge:
     """A private unix listener whose every connection rides one stream of the session.
 
-    The first connection gets ``first``; later ones (gRPC reconnects) get
-    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting.
+    The first connection gets ``first`` (or the stream given to ``set_first``
+    before the thread starts); later ones (gRPC reconnects) get
+    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting;
+    ``abandon()`` frees the listener of a bridge whose thread never started.
     """
 
-    def __init__(self, mux: MuxSession, path: str, first: Stream, next_stream: Callable[[], Stream],
+    def __init__(self, mux: MuxSession, path: str, first: Stream | None, next_stream: Callable[[], Stream],
                  name: str) -> None:
         try:
             self._listener = sockets.open_listener("unix", path)
         except BaseException:
-            first.reset()  # the stream would otherwise stay open on both sides
+            if first is not None:
+                first.reset()  # the stream would otherwise stay open on both sides
             raise
         self._listener.settimeout(_POLL)
         self._mux = mux
-        self._first = [first]
+        self._first = [first] if first is not None else []
         self._next = next_stream
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+
+    def set_first(self, first: Stream) -> None:
+        self._first = [first]
+
+    def abandon(self) -> None:
+        self.stop()
+        sockets.close_listener(self._listener)
 
     def _accept(self) -> None:
         try:
