@@ -476,3 +476,31 @@ def test_each_id_gets_its_own_socket_freed_on_stop(pair: Pair, sockdir: str) -> 
             check(ch, f"call{n}")  # the stopped server's connection is gone
         ch.close()
     assert [n for n in os.listdir(sockdir) if n != "main.sock"] == []  # spares stay private
+
+
+def test_sockets_in_a_setgid_folder_get_its_group(sockdir: str) -> None:
+    # a folder shared with a container user is setgid; a brokered socket (made ahead of
+    # time elsewhere and moved in) must carry the folder's group like one made there
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the folder to another group")
+    shared = os.path.join(sockdir, "shared")
+    os.mkdir(shared)
+    os.chown(shared, -1, 4242)
+    os.chmod(shared, 0o2770)
+    p = _make_pair(sockdir, BrokerTransport(socket_dir=sockdir), BrokerTransport(socket_dir=shared))
+    try:
+        for n in range(3):  # the first server is made on the spot, later ones ahead of time
+            sid = p.host.next_id()
+            p.host.accept_and_serve(sid, register(f"g{n}"))
+            (name,) = os.listdir(shared)
+            info = os.stat(os.path.join(shared, name))
+            assert info.st_gid == 4242 and stat.S_IMODE(info.st_mode) & 0o660 == 0o660
+            assert check(p.plugin.dial(sid), f"g{n}") == health_pb2.HealthCheckResponse.SERVING
+            p.host.stop_serving(sid)
+    finally:
+        _close_pair(p)
+        os.rmdir(shared)
+        if os.path.exists(os.path.join(sockdir, "main.sock")):
+            os.unlink(os.path.join(sockdir, "main.sock"))

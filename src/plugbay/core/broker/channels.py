@@ -65,8 +65,9 @@ def share_socket(path: str) -> None:
     try:
         if group:
             give_to_group(path, group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to a group name or gid"), 0o660)
-        elif os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
-            os.chmod(path, 0o660)  # sockets inherit a setgid folder's group
+        elif (folder := os.stat(os.path.dirname(path))).st_mode & stat.S_ISGID:
+            # a socket made there inherits the folder's group; one moved there (a spare) is given it
+            give_to_group(path, folder.st_gid, 0o660)
     except (OSError, ConfigError) as exc:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,10 +108,11 @@ class ServerSource:
     ``public_path`` (per-connection mode) names a fresh socket where the peer
     may dial: a server listens in ``private_dir()`` and its socket file is
     renamed there when it is used (a listening unix socket keeps listening
-    when renamed). Where the two folders are on different mounts (no rename),
-    servers are bound at the public path directly, and without spares.
-    Multiplexed servers (``public_path`` None) stay in the private folder.
-No spare is kept for a TLS relay (a Go peer's certificate).
+    when renamed) and given the folder's group as share_socket does. Where
+    the two folders are on different mounts (no rename), or a setgid folder's
+    group cannot be given, servers are bound at the public path directly, and
+    without spares. Multiplexed servers (``public_path`` None) stay in the
+    private folder. No spare is kept for a TLS relay (a Go peer's certificate).
     """
 
     def __init__(self, tls: MutualTLS | None, private_dir: Callable[[], str],
@@ -144,7 +146,12 @@ No spare is kept for a TLS relay (a Go peer's certificate).
             else:
                 served.cleanup.append(lambda: unlink_quietly(public))
                 share_socket(public)
-                return served, public
+                if _has_folder_group(public):
+                    return served, public
+                # a setgid folder's group (what a container user connects with) could not be given
+                log.debug("cannot give a moved brokered socket its folder's group; binding there directly")
+                self._renames = False
+                stop_served(served)
         served, path = build_server(self._tls, self._private_dir(), self._public_path())
         share_socket(path)
         return served, path
@@ -156,6 +163,12 @@ No spare is kept for a TLS relay (a Go peer's certificate).
 
     def close(self) -> None:
         self._spare.close()
+
+
+def _has_folder_group(path: str) -> bool:
+    """False when ``path`` sits in a setgid folder without that folder's group (sockets made there have it)."""
+    folder = os.stat(os.path.dirname(path))
+    return not folder.st_mode & stat.S_ISGID or os.stat(path).st_gid == folder.st_gid
 
 
 class SpareServer:
