@@ -157,7 +157,7 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            stop_served(served, grace=None)
+            stop_served(served, grace=None, reap=self._servers.reap)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.

@@ -72,8 +72,9 @@ def share_socket(path: str) -> None:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 
-def stop_served(served: Served, grace: float | None = 1.0) -> None:
-    """Stop a brokered server, free its sockets and join its workers.
+def stop_served(served: Served, grace: float | None = 1.0,
+                reap: Callable[[ThreadPoolExecutor], None] | None = None) -> None:
+    """Stop a brokered server, free its sockets and join its workers (or hand them to ``reap``).
 
     ``grace=None`` cancels calls still running at once: what go-plugin's host
     does (``Stop()``) once the call that needed the server returned.
@@ -81,4 +82,7 @@ def stop_served(served: Served, grace: float | None = 1.0) -> None:
     served.server.stop(grace=grace).wait(timeout=10)
     for func in reversed(served.cleanup):
         func()
-    served.executor.shutdown(wait=True)
+    if reap is not None:
+        reap(served.executor)
+    else:
+        served.executor.shutdown(wait=True)

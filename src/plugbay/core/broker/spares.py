@@ -161,6 +161,9 @@ class ServerSource:
         if self._renames and self._spares:
             self._spare.refill()
 
+    def reap(self, executor: ThreadPoolExecutor) -> None:
+        self._spare.reap(executor)
+
     def close(self) -> None:
         self._spare.close()
 
@@ -174,9 +177,10 @@ def _has_folder_group(path: str) -> bool:
 class SpareServer:
     """Holds at most one started, unused brokered server; ``refill()`` has the next one built.
 
-    One long-lived builder thread (started by the first refill) does the
+    One long-lived builder thread (started when first needed) does the
     building: starting a thread per build would cost the caller about what
-    a server start costs.
+    a server start costs. It also joins the worker threads of stopped
+    servers handed to ``reap()``, so stopping one does not wait for them.
     """
 
     def __init__(self, build: Callable[[], Built]) -> None:
@@ -185,6 +189,7 @@ class SpareServer:
         self._spare: Built | None = None
         self._builder: threading.Thread | None = None
         self._wanted = False
+        self._reaped: list[ThreadPoolExecutor] = []
         self._closed = False
 
     def take(self) -> Built | None:
@@ -198,30 +203,53 @@ class SpareServer:
             if self._closed or self._spare is not None or self._wanted:
                 return
             self._wanted = True
-            if self._builder is None:
-                self._builder = threading.Thread(target=self._run, name="plugbay-broker-spare", daemon=True)
-                self._builder.start()  # under the lock: close() never sees an unstarted thread
-            else:
-                self._cond.notify()
+            self._wake()
+
+    def reap(self, executor: ThreadPoolExecutor) -> None:
+        """Join a stopped server's workers in the background (at once once closed)."""
+        executor.shutdown(wait=False)
+        with self._cond:
+            if not self._closed:
+                self._reaped.append(executor)
+                self._wake()
+                return
+        executor.shutdown(wait=True)
+
+    def _wake(self) -> None:  # with the lock held
+        if self._builder is None:
+            self._builder = threading.Thread(target=self._run, name="plugbay-broker-spare", daemon=True)
+            self._builder.start()  # under the lock: close() never sees an unstarted thread
+        else:
+            self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._wanted and not self._closed:
+                while not self._wanted and not self._reaped and not self._closed:
                     self._cond.wait()
+                reaped, self._reaped = self._reaped, []
                 if self._closed:
-                    return
-            built: Built | None = None
-            try:
-                built = self._build()
-            except Exception as exc:  # accept_and_serve builds its own then, and reports the failure
-                log.debug("could not prepare a spare brokered server: %s", exc)
-            with self._cond:
-                self._wanted = False
-                if built is not None and not self._closed:
-                    self._spare, built = built, None
-            if built is not None:
-                stop_served(built[0])
+                    break
+                wanted = self._wanted
+            for executor in reaped:
+                executor.shutdown(wait=True)
+            if wanted:
+                self._build_one()
+        for executor in reaped:
+            executor.shutdown(wait=True)
+
+    def _build_one(self) -> None:
+        built: Built | None = None
+        try:
+            built = self._build()
+        except Exception as exc:  # accept_and_serve builds its own then, and reports the failure
+            log.debug("could not prepare a spare brokered server: %s", exc)
+        with self._cond:
+            self._wanted = False
+            if built is not None and not self._closed:
+                self._spare, built = built, None
+        if built is not None:
+            stop_served(built[0])
 
     def close(self) -> None:
         with self._cond:
@@ -231,5 +259,9 @@ class SpareServer:
             spare, self._spare = self._spare, None
         if builder is not None:
             builder.join(_JOIN)
+        with self._cond:
+            reaped, self._reaped = self._reaped, []
+        for executor in reaped:
+            executor.shutdown(wait=True)
         if spare is not None:
             stop_served(spare[0])
