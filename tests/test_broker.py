@@ -504,3 +504,26 @@ def test_sockets_in_a_setgid_folder_get_its_group(sockdir: str) -> None:
         os.rmdir(shared)
         if os.path.exists(os.path.join(sockdir, "main.sock")):
             os.unlink(os.path.join(sockdir, "main.sock"))
+
+
+def test_socket_folder_on_another_mount_binds_there_directly(sockdir: str) -> None:
+    # spares are started in a private folder and moved (hard-linked) into the socket
+    # folder; a folder on another file system (a bind mount, tmpfs) cannot take that,
+    # so servers are bound there directly, every call still reaching its own server
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temp folder")
+    other = tempfile.mkdtemp(prefix="bk", dir="/dev/shm")
+    p = _make_pair(sockdir, BrokerTransport(socket_dir=sockdir), BrokerTransport(socket_dir=other))
+    try:
+        for n in range(3):
+            sid = p.host.next_id()
+            p.host.accept_and_serve(sid, register(f"m{n}"))
+            assert len(os.listdir(other)) == 1
+            assert check(p.plugin.dial(sid), f"m{n}") == health_pb2.HealthCheckResponse.SERVING
+            p.host.stop_serving(sid)
+            assert os.listdir(other) == []
+    finally:
+        _close_pair(p)
+        os.rmdir(other)
+        if os.path.exists(os.path.join(sockdir, "main.sock")):
+            os.unlink(os.path.join(sockdir, "main.sock"))

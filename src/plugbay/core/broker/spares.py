@@ -31,12 +31,13 @@ from plugbay.core.transport.secure import (
     serve_unix,
 )
 from plugbay.core.transport.sockets import unlink_quietly
-from plugbay.errors import BrokerError
+from plugbay.errors import BrokerError, PlugbayError
 
 log = logging.getLogger("plugbay.broker")
 
 _JOIN = 10.0
 _SERVER_WORKERS = 16
+_FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EEXIST)  # this socket's problem only
 
 
 class Registrar(grpc.Server):  # type: ignore[misc]
@@ -107,12 +108,13 @@ class ServerSource:
 
     ``public_path`` (per-connection mode) names a fresh socket where the peer
     may dial: a server listens in ``private_dir()`` and its socket file is
-    renamed there when it is used (a listening unix socket keeps listening
-    when renamed) and given the folder's group as share_socket does. Where
-    the two folders are on different mounts (no rename), or a setgid folder's
-    group cannot be given, servers are bound at the public path directly, and
-    without spares. Multiplexed servers (``public_path`` None) stay in the
-    private folder. No spare is kept for a TLS relay (a Go peer's certificate).
+    moved there (linked, then unlinked) when it is used (a listening unix
+    socket listens on whatever path names it) and given the folder's group as
+    share_socket does. Where the two folders are on different mounts (no
+    link), or a setgid folder's group cannot be given, servers are bound at
+    the public path directly, and without spares. Multiplexed servers
+    (``public_path`` None) stay in the private folder. No spare is kept for a
+    TLS relay (a Go peer's certificate).
     """
 
     def __init__(self, tls: MutualTLS | None, private_dir: Callable[[], str],
@@ -137,14 +139,15 @@ class ServerSource:
             served, path = self._spare.take() or self._build_private()
             public = self._public_path()
             try:
-                os.rename(path, public)
+                os.link(path, public)  # unlike rename, never replaces a file already there
             except OSError as exc:  # bound directly below: a bad folder is reported from there
                 log.debug("cannot move a brokered socket to %s (%s); binding there directly", public, exc)
                 stop_served(served)
-                if exc.errno == errno.EXDEV:
+                if exc.errno not in _FOLDER_ERRORS:  # another mount, no hard links: stop trying
                     self._renames = False
             else:
                 served.cleanup.append(lambda: unlink_quietly(public))
+                unlink_quietly(path)
                 share_socket(public)
                 if _has_folder_group(public):
                     return served, public
@@ -242,7 +245,8 @@ class SpareServer:
         built: Built | None = None
         try:
             built = self._build()
-        except Exception as exc:  # accept_and_serve builds its own then, and reports the failure
+        except (PlugbayError, OSError, RuntimeError, ValueError) as exc:
+            # accept_and_serve then builds its own and reports the failure
             log.debug("could not prepare a spare brokered server: %s", exc)
         with self._cond:
             self._wanted = False
