@@ -431,3 +431,99 @@ def test_closing_a_dialed_channel_frees_its_relay(sockdir: str) -> None:
             check(ch, "h")  # a closed channel refuses calls
     finally:
         _close_pair(p)
+
+
+def test_register_may_only_add_services(pair: Pair) -> None:
+    from plugbay.errors import BrokerError
+
+    for misuse in (lambda s: s.add_insecure_port("unix:/tmp/x"), lambda s: s.start(),
+                   lambda s: s.stop(None), lambda s: s.add_secure_port("unix:/tmp/x", None),
+                   lambda s: s.wait_for_termination(1)):
+        with pytest.raises(BrokerError, match=r"called \w+\(\); the broker binds, starts and stops brokered"
+                                              r" servers itself, so register only adds services"):
+            pair.host.accept_and_serve(pair.host.next_id(), misuse)
+    sid = pair.host.next_id()
+    pair.host.accept_and_serve(sid, register("after-misuse"))
+    assert check(pair.plugin.dial(sid), "after-misuse") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_registered_method_handlers_alone_are_served(pair: Pair) -> None:
+    # the broker's servers are started before register runs; handlers given only as
+    # registered methods (which grpcio ignores on a started server) must still be served
+    servicer = _Named("registered-only")
+    handlers = {"Check": grpc.unary_unary_rpc_method_handler(
+        servicer.Check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)}
+    sid = pair.plugin.next_id()
+    pair.plugin.accept_and_serve(sid, lambda s: s.add_registered_method_handlers("grpc.health.v1.Health", handlers))
+    assert check(pair.host.dial(sid), "registered-only") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_each_id_gets_its_own_socket_freed_on_stop(pair: Pair, sockdir: str) -> None:
+    announced: set[str] = set()
+    for n in range(4):  # from the second call on, the server was started ahead of time
+        sid = pair.host.next_id()
+        pair.host.accept_and_serve(sid, register(f"call{n}"))
+        listed = [n for n in os.listdir(sockdir) if n != "main.sock"]
+        assert len(listed) == 1 and listed[0] not in announced
+        path = os.path.join(sockdir, listed[0])
+        announced.add(listed[0])
+        ch = pair.plugin.dial(sid)
+        assert check(ch, f"call{n}") == health_pb2.HealthCheckResponse.SERVING
+        pair.host.stop_serving(sid)
+        assert not os.path.exists(path)
+        with pytest.raises(grpc.RpcError):
+            check(ch, f"call{n}")  # the stopped server's connection is gone
+        ch.close()
+    assert [n for n in os.listdir(sockdir) if n != "main.sock"] == []  # spares stay private
+
+
+def test_sockets_in_a_setgid_folder_get_its_group(sockdir: str) -> None:
+    # a folder shared with a container user is setgid; a brokered socket (made ahead of
+    # time elsewhere and moved in) must carry the folder's group like one made there
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the folder to another group")
+    shared = os.path.join(sockdir, "shared")
+    os.mkdir(shared)
+    os.chown(shared, -1, 4242)
+    os.chmod(shared, 0o2770)
+    p = _make_pair(sockdir, BrokerTransport(socket_dir=sockdir), BrokerTransport(socket_dir=shared))
+    try:
+        for n in range(3):  # the first server is made on the spot, later ones ahead of time
+            sid = p.host.next_id()
+            p.host.accept_and_serve(sid, register(f"g{n}"))
+            (name,) = os.listdir(shared)
+            info = os.stat(os.path.join(shared, name))
+            assert info.st_gid == 4242 and stat.S_IMODE(info.st_mode) & 0o660 == 0o660
+            assert check(p.plugin.dial(sid), f"g{n}") == health_pb2.HealthCheckResponse.SERVING
+            p.host.stop_serving(sid)
+    finally:
+        _close_pair(p)
+        os.rmdir(shared)
+        if os.path.exists(os.path.join(sockdir, "main.sock")):
+            os.unlink(os.path.join(sockdir, "main.sock"))
+
+
+def test_socket_folder_on_another_mount_binds_there_directly(sockdir: str) -> None:
+    # spares are started in a private folder and moved (hard-linked) into the socket
+    # folder; a folder on another file system (a bind mount, tmpfs) cannot take that,
+    # so servers are bound there directly, every call still reaching its own server
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temp folder")
+    other = tempfile.mkdtemp(prefix="bk", dir="/dev/shm")
+    p = _make_pair(sockdir, BrokerTransport(socket_dir=sockdir), BrokerTransport(socket_dir=other))
+    try:
+        for n in range(3):
+            sid = p.host.next_id()
+            p.host.accept_and_serve(sid, register(f"m{n}"))
+            assert len(os.listdir(other)) == 1
+            assert check(p.plugin.dial(sid), f"m{n}") == health_pb2.HealthCheckResponse.SERVING
+            p.host.stop_serving(sid)
+            assert os.listdir(other) == []
+    finally:
+        _close_pair(p)
+        os.rmdir(other)
+        if os.path.exists(os.path.join(sockdir, "main.sock")):
+            os.unlink(os.path.join(sockdir, "main.sock"))

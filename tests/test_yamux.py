@@ -227,3 +227,85 @@ def test_interop_with_hashicorp_yamux(python_side: str, tmp_path: object) -> Non
         for n in os.listdir(d):
             os.unlink(os.path.join(d, n))
         os.rmdir(d)
+
+
+def test_receive_window_grows_once_the_reader_consumes(pair: Pair) -> None:
+    c, s = pair.open()
+    c.write(b"a" * WINDOW)  # the whole first window
+    first = read_exactly(s, WINDOW)  # consuming returns it, grown to MAX_WINDOW
+    assert first == b"a" * WINDOW
+    done = threading.Event()
+
+    def writer() -> None:
+        c.write(b"b" * yamux.MAX_WINDOW)  # fits the grown window: never blocks on the reader
+        done.set()
+
+    t = threading.Thread(target=writer, name="plugbay-test-writer", daemon=True)
+    t.start()
+    assert done.wait(10), "the sender could not use the grown window"
+    more = threading.Thread(target=lambda: c.write(b"c"), name="plugbay-test-writer", daemon=True)
+    more.start()
+    more.join(0.5)  # bounded: one byte past the grown window must wait for the reader
+    assert more.is_alive()
+    assert read_exactly(s, yamux.MAX_WINDOW + 1) == b"b" * yamux.MAX_WINDOW + b"c"
+    t.join(10)
+    more.join(10)
+
+
+def test_oversized_data_frame_ends_the_session_without_waiting_for_it() -> None:
+    a, b = socket.socketpair()
+    session = Session(a, client=False, on_stream=lambda s: None, name="t-big")
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        # a frame no window allows, payload never sent: the session must not wait for (or allocate) it
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 2**32 - 1))
+        session._reader.join(10)
+        assert session.closed and "more than its window" in session.close_reason
+    finally:
+        session.close()
+        b.close()
+
+
+def test_connection_ending_inside_a_large_payload_ends_the_session() -> None:
+    a, b = socket.socketpair()
+    streams: list[Stream] = []
+    session = Session(a, client=False, on_stream=streams.append, name="t-cut")
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 200_000) + b"q" * 70_000)
+        b.shutdown(socket.SHUT_WR)
+        session._reader.join(10)
+        assert session.closed and session.close_reason
+        assert streams and streams[0].read() == b""  # the cut frame is not delivered; the stream ends
+    finally:
+        session.close()
+        b.close()
+
+
+def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
+    # the session reader sends straight to the bridged socket until it is full, then the
+    # bridge queues; a local reader that stalls and resumes must get every byte in order
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    try:
+        bridge(s, local, workers)
+        payload = bytes(range(256)) * (12 * 1024)  # 3 MiB: far more than the socket buffers
+        writer = threading.Thread(target=lambda: (c.write(payload), c.close_write()),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        writer.join(0.5)  # bounded: nobody reads far yet, so the writer must be held by the window
+        assert writer.is_alive()
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        s.reset()
+        workers.close()

@@ -30,17 +30,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
+from plugbay.core.broker.channels import BrokeredChannel, Served, stop_served
+from plugbay.core.broker.spares import Registrar, ServerSource
 from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.transport.mux import MuxSession, StreamBridge
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
+from plugbay.core.transport.secure import MutualTLS, private_socket
 from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.core.transport.yamux import Stream
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
@@ -49,7 +49,6 @@ log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
 _ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
-_SERVER_WORKERS = 16
 
 
 class AddressTranslator(Protocol):
@@ -111,6 +110,8 @@ class GRPCBroker:
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
         self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
                      if transport.tls is not None and transport.peer_cert_pem is not None else None)
+        self._servers = ServerSource(self._tls, self._private_dir_path,
+                                     None if transport.multiplex else self._public_path)
 
     # ------------------------------------------------------------- public API
 
@@ -122,24 +123,32 @@ class GRPCBroker:
             return self._next
 
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
-        """Serve a new gRPC server for ``id``; returns once it listens. Runs until close()."""
+        """Serve a new gRPC server for ``id``; returns once it listens. Runs until stop_serving(id) or close().
+
+        ``register`` adds the services to the (already started) server, e.g.
+        ``lambda s: add_FooServicer_to_server(servicer, s)``.
+        """
         self._check_open()
         self._ensure_stream()
-        executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
-                                      thread_name_prefix=f"plugbay-brokered-{id}")
-        server = grpc.server(executor, options=CHANNEL_OPTIONS)
-        served = Served(id, server, executor, [])
+        served, path = self._servers.get()
+        served.id = id
         try:
-            register(server)
+            register(Registrar(served.server))
             if self.transport.multiplex:
-                self._serve_multiplexed(id, served)
+                self._serve_multiplexed(id, served, path)
             else:
-                self._serve_per_connection(id, served)
+                self._serve_per_connection(id, path)
         except BaseException:
             stop_served(served)
             raise
         with self._cond:
-            self._served.append(served)
+            closed = self._closed
+            if not closed:
+                self._served.append(served)
+        if closed:
+            stop_served(served)
+            raise BrokerClosedError("the broker closed while serving; start a new Client")
+        self._servers.refill()  # the next callback's server starts while this one runs
 
     def stop_serving(self, id: int) -> None:
         """Stop the server(s) accept_and_serve started for ``id`` and free their listeners.
@@ -151,7 +160,7 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            stop_served(served)
+            stop_served(served, grace=None, reap=self._servers.reap)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.
@@ -190,6 +199,7 @@ class GRPCBroker:
             ch.close()
         for s in served:
             stop_served(s)
+        self._servers.close()
         for func in reversed(cleanup):
             func()
         for t in list(self._threads):
@@ -332,10 +342,7 @@ class GRPCBroker:
         folder = self.transport.socket_dir or tempfile.gettempdir()
         return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
 
-    def _serve_per_connection(self, id: int, served: Served) -> None:
-        path = self._public_path()
-        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
-        share_socket(path)
+    def _serve_per_connection(self, id: int, path: str) -> None:
         network, address = "unix", path
         if self.transport.translator is not None:
             network, address = self.transport.translator.host_to_plugin(network, address)
@@ -379,10 +386,8 @@ class GRPCBroker:
         assert mux is not None
         return mux
 
-    def _serve_multiplexed(self, id: int, served: Served) -> None:
+    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
         mux = self._mux()
-        path = private_socket(self._private_dir_path(), f"mux{id}")
-        served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
         served.cleanup.append(lambda: mux.forget(id))
         mux.expect(id, ("unix", path))
         # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
@@ -412,25 +417,35 @@ class GRPCBroker:
             pass
 
     def _knock_and_open(self, id: int, timeout: float) -> Stream:
-        mux = self._mux()
-        with mux.dial_lock:
+        with self._mux().dial_lock:
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
-            assert isinstance(ack, pb.ConnInfo)
-            if not ack.knock.ack:
-                raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
-                                  f" got {ack.knock}; the peer speaks a different broker protocol")
-            if ack.knock.error:
-                raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
-                                  " must call accept_and_serve with this id first")
-            return mux.open_stream()
+            return self._open_when_acked(id, timeout)
+
+    def _open_when_acked(self, id: int, timeout: float) -> Stream:
+        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
+        assert isinstance(ack, pb.ConnInfo)
+        if not ack.knock.ack:
+            raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
+                              f" got {ack.knock}; the peer speaks a different broker protocol")
+        if ack.knock.error:
+            raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
+                              " must call accept_and_serve with this id first")
+        return self._mux().open_stream()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
-        first = self._knock_and_open(id, timeout)
+        mux = self._mux()
         path = private_socket(self._private_dir_path(), f"dial{id}")
-        bridge = StreamBridge(self._mux(), path, first, lambda: self._knock_and_open(id, timeout),
-                              name=f"plugbay-mux-dial-{id}")
+        with mux.dial_lock:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            # the local listener gRPC dials is made while the knock travels
+            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
+                                  name=f"plugbay-mux-dial-{id}")
+            try:
+                bridge.set_first(self._open_when_acked(id, timeout))
+            except BaseException:
+                bridge.abandon()
+                raise
         with self._cond:  # started under the lock: close() must never join an unstarted thread
             self._threads[:] = [t for t in self._threads if t.is_alive()]
             self._threads.append(bridge.thread)  # close() joins it

@@ -65,14 +65,24 @@ def share_socket(path: str) -> None:
     try:
         if group:
             give_to_group(path, group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to a group name or gid"), 0o660)
-        elif os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
-            os.chmod(path, 0o660)  # sockets inherit a setgid folder's group
+        elif (folder := os.stat(os.path.dirname(path))).st_mode & stat.S_ISGID:
+            # a socket made there inherits the folder's group; one moved there (a spare) is given it
+            give_to_group(path, folder.st_gid, 0o660)
     except (OSError, ConfigError) as exc:
         log.warning("could not make broker socket %s group-accessible: %s", path, exc)
 
 
-def stop_served(served: Served) -> None:
-    served.server.stop(grace=1.0).wait(timeout=10)
+def stop_served(served: Served, grace: float | None = 1.0,
+                reap: Callable[[ThreadPoolExecutor], None] | None = None) -> None:
+    """Stop a brokered server, free its sockets and join its workers (or hand them to ``reap``).
+
+    ``grace=None`` cancels calls still running at once: what go-plugin's host
+    does (``Stop()``) once the call that needed the server returned.
+    """
+    served.server.stop(grace=grace).wait(timeout=10)
     for func in reversed(served.cleanup):
         func()
-    served.executor.shutdown(wait=True)
+    if reap is not None:
+        reap(served.executor)
+    else:
+        served.executor.shutdown(wait=True)

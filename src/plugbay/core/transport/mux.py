@@ -25,7 +25,9 @@ from collections import deque
 from collections.abc import Callable
 
 from plugbay.core.transport import admit, sockets
-from plugbay.core.transport.yamux import Session, Stream, StreamClosed, bridge
+from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.workers import Workers
+from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
 
 log = logging.getLogger("plugbay.mux")
@@ -47,8 +49,7 @@ class MuxSession:
         self._closed = False
         self._targets: dict[int, tuple[str, str]] = {}
         self._knocks: deque[int] = deque()
-        self._threads: set[threading.Thread] = set()
-        self._tlock = threading.Lock()
+        self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops
         self.default_target: tuple[str, str] | None = None
         # held from knock to stream open, so the peer routes streams in knock order
         self.dial_lock = threading.Lock()
@@ -70,7 +71,10 @@ class MuxSession:
             log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
             stream.reset()
             return
-        bridge(stream, conn, self._threads, self._tlock)
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:  # closing: bridge reset the stream and closed conn
+            pass
 
     def expect(self, id: int, target: tuple[str, str]) -> None:
         with self._lock:
@@ -115,7 +119,10 @@ class MuxSession:
             raise BrokerClosedError(f"{exc}; restart the plugin") from exc
 
     def connect_local(self, conn: socket.socket, stream: Stream) -> None:
-        bridge(stream, conn, self._threads, self._tlock)
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:
+            raise BrokerClosedError(f"{self.name} is closed; restart the plugin") from None
 
     def close(self) -> None:
         with self._ready:
@@ -127,13 +134,7 @@ class MuxSession:
         if session is not None:
             session.close()
         self._close_extra()
-        for _ in range(3):
-            with self._tlock:
-                threads = list(self._threads)
-            if not threads:
-                break
-            for t in threads:
-                t.join(timeout=5)
+        self._workers.close()
 
     def _close_extra(self) -> None:
         pass
@@ -288,23 +289,33 @@ def plugin_front(listener: socket.socket, target: tuple[str, str]) -> PluginFron
 class StreamBridge:
     """A private unix listener whose every connection rides one stream of the session.
 
-    The first connection gets ``first``; later ones (gRPC reconnects) get
-    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting.
+    The first connection gets ``first`` (or the stream given to ``set_first``
+    before the thread starts); later ones (gRPC reconnects) get
+    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting;
+    ``abandon()`` frees the listener of a bridge whose thread never started.
     """
 
-    def __init__(self, mux: MuxSession, path: str, first: Stream, next_stream: Callable[[], Stream],
+    def __init__(self, mux: MuxSession, path: str, first: Stream | None, next_stream: Callable[[], Stream],
                  name: str) -> None:
         try:
             self._listener = sockets.open_listener("unix", path)
         except BaseException:
-            first.reset()  # the stream would otherwise stay open on both sides
+            if first is not None:
+                first.reset()  # the stream would otherwise stay open on both sides
             raise
         self._listener.settimeout(_POLL)
         self._mux = mux
-        self._first = [first]
+        self._first = [first] if first is not None else []
         self._next = next_stream
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+
+    def set_first(self, first: Stream) -> None:
+        self._first = [first]
+
+    def abandon(self) -> None:
+        self.stop()
+        sockets.close_listener(self._listener)
 
     def _accept(self) -> None:
         try:

@@ -19,7 +19,10 @@ import logging
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
+
+from plugbay.core.transport.frames import FrameReader, send_all
 
 log = logging.getLogger("plugbay.yamux")
 
@@ -27,7 +30,15 @@ _HDR = struct.Struct(">BBHII")
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8
 WINDOW = 256 * 1024
-_CHUNK = 64 * 1024
+# a bridge moves up to a window at a time: every chunk costs thread hand-offs, bytes are cheap
+_CHUNK = WINDOW
+# Once a stream's reader consumes, its receive window grows to this (as hashicorp/yamux
+# with a larger MaxStreamWindowSize): the sender keeps sending while the reader drains.
+# A stream nobody reads stays at WINDOW.
+MAX_WINDOW = 4 * WINDOW
+
+
+Chunk = bytes | bytearray | memoryview  # what a stream reads: its payloads as received, not copied
 
 
 class StreamClosed(Exception):
@@ -41,26 +52,52 @@ class Stream:
         self.session = session
         self.id = sid
         self._cond = threading.Condition()
-        self._buf = bytearray()
+        self._buf: deque[Chunk] = deque()  # received payloads, in order, not copied together
+        self._buffered = 0
         self._send_window = WINDOW
         self._recv_window = WINDOW  # what the peer may still send before our next window update
+        self._window_max = WINDOW  # our receive window: WINDOW, then MAX_WINDOW once data is consumed
         self._unacked = 0  # bytes consumed locally, not yet returned to the sender
         self._remote_fin = False
         self._local_fin = False
         self._reset = False
         self._flags = 0  # SYN or ACK, carried by our next frame
+        # a bridge's local socket: the session reader sends payloads straight to it while
+        # nothing is queued (one thread hand-off less per frame); see attach_sink()
+        self._sink: socket.socket | None = None
+        self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
+        self._direct = 0  # bytes sent straight to the sink, window not yet returned
 
     # called by the session's reader thread
-    def _data(self, payload: bytes, flags: int) -> bool:
+    def _data(self, payload: bytes | bytearray, flags: int) -> bool:
         """Take a DATA frame; False when it overruns the receive window (a protocol error)."""
         with self._cond:
             self._recv_window -= len(payload)
             if self._recv_window < 0:
                 return False
-            self._buf += payload
+            chunk: Chunk = payload
+            if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
+                sent = self._send_direct(chunk)
+                self._direct += sent
+                if sent:
+                    chunk = memoryview(chunk)[sent:]
+            if chunk:
+                self._buf.append(chunk)
+                self._buffered += len(chunk)
             self._flags_in(flags)
-            self._cond.notify_all()
+            if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
+                self._cond.notify_all()
         return True
+
+    def _send_direct(self, data: Chunk) -> int:
+        assert self._sink is not None
+        try:
+            return self._sink.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0  # the local side is not reading: the bridge sends it when it can
+        except OSError:
+            self._sink = None  # broken: the bridge finds out on its next send
+            return 0
 
     def _window(self, delta: int, flags: int) -> None:
         with self._cond:
@@ -83,29 +120,77 @@ class Stream:
         flags, self._flags = self._flags, 0
         return flags
 
-    def read(self, limit: int = _CHUNK) -> bytes:
-        """Up to ``limit`` bytes; b"" once the peer closed its side (or the stream reset)."""
+    def read(self, limit: int = _CHUNK) -> Chunk:
+        """Up to ``limit`` bytes (bytes-like, not copied where possible); b"" once the peer
+        closed its side (or the stream reset)."""
         with self._cond:
             while not self._buf and not self._remote_fin and not self._reset:
                 self._cond.wait()
-            data = bytes(self._buf[:limit])
-            del self._buf[:limit]
+            if not self._buf:
+                return b""
+            return self._pop(limit)
+
+    # a bridge's side: attach_sink(), then take() / sent() in a loop
+
+    def attach_sink(self, sink: socket.socket | None) -> None:
+        """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
+
+        The bridge owning ``sink`` must then read with take(), call sent()
+        after sending what take() gave it, and detach before closing ``sink``.
+        """
+        with self._cond:
+            self._sink = sink
+
+    def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
+        """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
+        with self._cond:
+            while (not self._buf and not self._remote_fin and not self._reset
+                   and self._direct < self._window_max // 2):
+                self._cond.wait()
+            direct, self._direct = self._direct, 0
+            if not self._buf:
+                return (b"" if self._remote_fin or self._reset else None), direct
+            self._sending = True
+            return self._pop(limit), direct
+
+    def sent(self) -> None:
+        """What take() gave is sent: the reader may send straight to the sink again."""
+        with self._cond:
+            self._sending = False
+
+    def _pop(self, limit: int) -> Chunk:
+        """The next up to ``limit`` queued bytes (called with the lock held, data queued)."""
+        data = self._buf.popleft()
+        if len(data) > limit:
+            view = memoryview(data)
+            self._buf.appendleft(view[limit:])
+            data = view[:limit]
+        elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
+            parts, size = [data], len(data)
+            while self._buf and size + len(self._buf[0]) <= limit:
+                parts.append(self._buf.popleft())
+                size += len(parts[-1])
+            data = b"".join(parts)
+        self._buffered -= len(data)
         return data
 
     def consumed(self, n: int) -> None:
         """Return ``n`` bytes of window to the sender once they left this process."""
         with self._cond:
             self._unacked += n
-            if self._unacked < WINDOW // 2 and self._buf:
+            if self._unacked < self._window_max // 2 and self._buffered:
                 return
             delta, self._unacked = self._unacked, 0
             if self._remote_fin or self._reset or delta == 0:
                 return
+            if self._window_max < MAX_WINDOW:
+                delta += MAX_WINDOW - self._window_max
+                self._window_max = MAX_WINDOW
             self._recv_window += delta
             flags = self._take_flags()
         self.session._send(WINDOW_UPDATE, flags, self.id, delta)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
             with self._cond:
@@ -141,7 +226,7 @@ class Stream:
     @property
     def done(self) -> bool:
         with self._cond:
-            return self._reset or (self._local_fin and self._remote_fin and not self._buf)
+            return self._reset or (self._local_fin and self._remote_fin and not self._buffered)
 
 
 class Session:
@@ -268,18 +353,17 @@ class Session:
                 if payload is None:
                     self._sock.sendall(header)
                 else:
-                    self._sock.sendall(header + bytes(payload))
+                    send_all(self._sock, header, payload)
             except OSError as exc:
                 raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
 
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"
-        reader = self._sock.makefile("rb", buffering=256 * 1024)
+        reader = FrameReader(self._sock, self._first)
+        self._first = b""
         try:
             while True:
-                header, self._first = self._first, b""
-                if len(header) < _HDR.size:
-                    header += reader.read(_HDR.size - len(header))
+                header = reader.read(_HDR.size)
                 if len(header) < _HDR.size:
                     break
                 version, kind, flags, sid, length = _HDR.unpack(header)
@@ -287,6 +371,9 @@ class Session:
                     reason = f"protocol error: yamux version {version}"
                     break
                 if kind == DATA:
+                    if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
+                        reason = f"protocol error: stream {sid} received more than its window"
+                        break
                     payload = reader.read(length) if length else b""
                     if len(payload) < length:
                         break
@@ -316,13 +403,10 @@ class Session:
         except (OSError, ValueError, StreamClosed) as exc:
             reason = f"connection error: {exc}"
         finally:
-            try:
-                reader.close()
-            except OSError:
-                pass
             self._shutdown(reason)
 
-    def _stream_frame(self, sid: int, flags: int, payload: bytes | None, delta: int | None) -> str | None:
+    def _stream_frame(self, sid: int, flags: int, payload: bytes | bytearray | None,
+                      delta: int | None) -> str | None:
         """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
         stream: Stream | None
         if flags & SYN:
@@ -349,104 +433,3 @@ class Session:
         if payload is None:
             stream._window(delta or 0, flags)
         return None
-
-
-def bridge(stream: Stream, conn: socket.socket, threads: set[threading.Thread],
-           lock: threading.Lock) -> None:
-    """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end."""
-    state = {"open": 2}
-
-    def finish() -> None:
-        with lock:
-            state["open"] -= 1
-            last = state["open"] == 0
-            threads.discard(threading.current_thread())
-        if last:
-            stream.session.forget(stream)
-            conn.close()
-
-    def up() -> None:  # local -> peer
-        try:
-            while True:
-                data = conn.recv(_CHUNK)
-                if not data:
-                    try:
-                        stream.close_write()
-                    except StreamClosed:
-                        pass
-                    break
-                stream.write(data)
-        except (OSError, StreamClosed):
-            stream.reset()
-            _shut(conn)
-        finally:
-            finish()
-
-    def down() -> None:  # peer -> local
-        try:
-            while True:
-                data = stream.read()
-                if not data:
-                    if stream.done or not stream._reset:
-                        _shut(conn, socket.SHUT_WR)
-                    else:
-                        _shut(conn)
-                    break
-                conn.sendall(data)
-                stream.consumed(len(data))
-        except (OSError, StreamClosed):
-            stream.reset()
-            _shut(conn)
-        finally:
-            finish()
-
-    for func, label in ((up, "up"), (down, "down")):
-        t = threading.Thread(target=func, name=f"plugbay-mux-{label}-{stream.id}", daemon=True)
-        with lock:
-            threads.add(t)
-        t.start()
-
-
-def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:
-    """Copy bytes both ways between streams of two sessions until both directions end.
-
-    A FIN is passed on as a FIN, a reset as a reset (a proxy between two yamux peers).
-    """
-    state = {"open": 2}
-
-    def copy(src: Stream, dst: Stream) -> None:
-        try:
-            while True:
-                data = src.read()
-                if not data:
-                    if src.done or not src._reset:
-                        dst.close_write()
-                    else:
-                        dst.reset()
-                    break
-                dst.write(data)
-                src.consumed(len(data))
-        except StreamClosed:
-            src.reset()
-            dst.reset()
-        finally:
-            with lock:
-                state["open"] -= 1
-                last = state["open"] == 0
-                threads.discard(threading.current_thread())
-            if last:
-                a.session.forget(a)
-                b.session.forget(b)
-
-    for src, dst in ((a, b), (b, a)):
-        t = threading.Thread(target=copy, args=(src, dst), name=f"plugbay-splice-{src.id}", daemon=True)
-        with lock:
-            threads.add(t)
-        t.start()
-
-
-def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:
-    try:
-        conn.shutdown(how)
-    except OSError:
-        pass

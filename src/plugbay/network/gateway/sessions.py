@@ -35,8 +35,9 @@ from collections.abc import Mapping, Sequence
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.transport.bridges import splice
 from plugbay.core.transport.sockets import dial
-from plugbay.core.transport.yamux import Session, Stream, StreamClosed, splice
+from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import GatewayError, PlugbayError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner

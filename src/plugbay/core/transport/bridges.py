@@ -1,0 +1,132 @@
+"""Copying a yamux stream to a local socket (what grpcio dials or serves) or to another stream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from plugbay.core.transport.workers import Workers
+from plugbay.core.transport.yamux import _CHUNK, Stream, StreamClosed
+
+
+def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
+    """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end.
+
+    The two copy loops run on ``workers``; once those are closed, RuntimeError
+    (the stream is reset and ``conn`` closed).
+    """
+    state = {"open": 2}
+    lock = threading.Lock()
+
+    def finish() -> None:
+        with lock:
+            state["open"] -= 1
+            last = state["open"] == 0
+        if last:
+            stream.session.forget(stream)
+            stream.attach_sink(None)  # the session reader no longer sends to conn
+            conn.close()
+
+    def up() -> None:  # local -> peer
+        buf = memoryview(bytearray(_CHUNK))  # reused: write() has sent it all when it returns
+        try:
+            while True:
+                n = conn.recv_into(buf)
+                if not n:
+                    try:
+                        stream.close_write()
+                    except StreamClosed:
+                        pass
+                    break
+                stream.write(buf[:n])
+        except (OSError, StreamClosed):
+            stream.reset()
+            _shut(conn)
+        finally:
+            finish()
+
+    def down() -> None:  # peer -> local: what the session reader could not send straight to conn
+        try:
+            while True:
+                data, returned = stream.take()
+                if returned:
+                    stream.consumed(returned)
+                if data is None:
+                    continue  # only window to return
+                if not data:
+                    if stream.done or not stream._reset:
+                        _shut(conn, socket.SHUT_WR)
+                    else:
+                        _shut(conn)
+                    break
+                try:
+                    conn.sendall(data)
+                finally:
+                    stream.sent()
+                stream.consumed(len(data))
+        except (OSError, StreamClosed):
+            stream.reset()
+            _shut(conn)
+        finally:
+            finish()
+
+    stream.attach_sink(conn)
+    try:
+        workers.run(up)
+    except RuntimeError:  # closed: nothing runs, nothing carries the stream
+        stream.attach_sink(None)
+        stream.reset()
+        conn.close()
+        raise
+    try:
+        workers.run(down)
+    except RuntimeError:
+        stream.reset()
+        _shut(conn)  # the up loop ends and, with this finish(), closes conn
+        finish()
+        raise
+
+
+def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:
+    """Copy bytes both ways between streams of two sessions until both directions end.
+
+    A FIN is passed on as a FIN, a reset as a reset (a proxy between two yamux peers).
+    """
+    state = {"open": 2}
+
+    def copy(src: Stream, dst: Stream) -> None:
+        try:
+            while True:
+                data = src.read()
+                if not data:
+                    if src.done or not src._reset:
+                        dst.close_write()
+                    else:
+                        dst.reset()
+                    break
+                dst.write(data)
+                src.consumed(len(data))
+        except StreamClosed:
+            src.reset()
+            dst.reset()
+        finally:
+            with lock:
+                state["open"] -= 1
+                last = state["open"] == 0
+                threads.discard(threading.current_thread())
+            if last:
+                a.session.forget(a)
+                b.session.forget(b)
+
+    for src, dst in ((a, b), (b, a)):
+        t = threading.Thread(target=copy, args=(src, dst), name=f"plugbay-splice-{src.id}", daemon=True)
+        with lock:
+            threads.add(t)
+        t.start()
+
+
+def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    try:
+        conn.shutdown(how)
+    except OSError:
+        pass

@@ -1,0 +1,75 @@
+"""Named threads kept for reuse by the copy loops of bridged streams.
+
+Every brokered callback over the multiplexed connection bridges a yamux
+stream on both sides, two copy loops each. Starting a thread waits until
+the new thread runs, so under load four thread starts per callback cost
+milliseconds, and on the host they would stall the session's reader. A
+``Workers`` hands a loop to an idle thread with a queue put and starts a
+thread only when none is idle; idle threads leave after ``idle`` seconds,
+and all of them once ``close()`` is called (which joins them).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+_IDLE = 30.0
+_JOIN = 5.0
+
+
+class Workers:
+    def __init__(self, name: str, idle: float = _IDLE) -> None:
+        self._name = name
+        self._idle_for = idle
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0  # workers waiting on _tasks and not yet promised a task
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    def run(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on an idle worker, or on a new one. Refused (RuntimeError) once closed."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} workers are closed")
+            if self._idle:
+                self._idle -= 1
+                self._tasks.put(task)
+                return
+            t = threading.Thread(target=self._work, args=(task,), name=self._name, daemon=True)
+            self._threads.add(t)
+            t.start()  # under the lock: close() never sees an unstarted thread
+
+    def _work(self, task: Callable[[], None] | None) -> None:
+        try:
+            while task is not None:
+                task()
+                task = None
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                try:
+                    task = self._tasks.get(timeout=self._idle_for)
+                except queue.Empty:
+                    with self._lock:
+                        if self._idle and self._tasks.empty():  # nobody was promised this worker
+                            self._idle -= 1
+                            return
+                    task = self._tasks.get()  # run() promised a task: it is on its way
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def close(self) -> None:
+        """Let idle workers go and wait for busy ones (their tasks must be ending)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+            threads = list(self._threads)
+        for _ in range(idle):
+            self._tasks.put(None)
+        for t in threads:
+            t.join(_JOIN)
