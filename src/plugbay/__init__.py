@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from plugbay.core.host.config import ClientConfig
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
-    from plugbay.core.plugin.network import NetworkServe
+    from plugbay.core.plugin.netconfig import NetworkServe
     from plugbay.core.plugin.server import ServeConfig, serve
     from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
     from plugbay.core.resilience.calls import install

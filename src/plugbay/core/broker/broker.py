@@ -32,18 +32,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
 from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.transport.mux import MuxSession, StreamBridge
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
 from plugbay.core.transport.secure import dial as secure_dial
-from plugbay.core.transport.yamux import Stream
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
+
+if TYPE_CHECKING:  # multiplexing only: loaded when a session exists (plugbay.core.transport.mux)
+    from plugbay.core.transport.mux import MuxSession
+    from plugbay.core.transport.yamux import Stream
 
 log = logging.getLogger("plugbay.broker")
 
@@ -402,6 +404,8 @@ class GRPCBroker:
             return mux.open_stream()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
+        from plugbay.core.transport.mux import StreamBridge  # loaded by the session's owner already
+
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         first = self._knock_and_open(id, timeout)
         path = private_socket(self._private_dir_path(), f"dial{id}")
