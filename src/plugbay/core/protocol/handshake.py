@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from plugbay.core.protocol.der import certificate_key
 from plugbay.errors import (
     ConfigError,
     MalformedHandshakeError,
@@ -220,10 +221,8 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
             cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
-        from cryptography import x509  # here: a plugin without AutoMTLS never loads cryptography
-
         try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
-            x509.load_der_x509_certificate(cert)
+            certificate_key(cert)  # its outline; the TLS handshake verifies the rest
         except ValueError:
             raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
     multiplex = False
