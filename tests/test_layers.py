@@ -220,14 +220,17 @@ def test_a_plugin_without_a_client_cert_never_loads_cryptography(tmp_path: Path)
     assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
 
 
-def test_a_plaintext_plugin_loads_no_relay_multiplexer_or_network_front(tmp_path: Path) -> None:
+def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_path: Path) -> None:
     # A plugin its host launches without AutoMTLS or multiplexing needs none of these; importing
     # them where they are used keeps its start close to a bare grpcio server's.
     loaded = _served_modules(tmp_path, None)
     assert "plugbay.core.plugin.server" in loaded
     unused = ("plugbay.core.transport.relay", "plugbay.core.transport.mux", "plugbay.core.transport.yamux",
               "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
-              "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2")
+              "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
+              # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection
+              "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
+              "plugbay.core.broker.channels", "plugbay.core.transport.channels")
     assert [m for m in unused if m in loaded] == []
 
 

@@ -37,14 +37,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.channels import BrokeredChannel, Served, share_socket, stop_served
-from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, private_socket, serve_unix
-from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
 
-if TYPE_CHECKING:  # multiplexing only: loaded when a session exists (plugbay.core.transport.mux)
+# Imported where used: a plugin that never brokers a connection (most) loads neither the
+# brokered servers' and channels' code nor TLS (plugbay.core.transport.secure), nor yamux.
+if TYPE_CHECKING:
+    from plugbay.core.broker.channels import BrokeredChannel, Served
+    from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.mux import MuxSession
+    from plugbay.core.transport.secure import MutualTLS
     from plugbay.core.transport.yamux import Stream
 
 log = logging.getLogger("plugbay.broker")
@@ -110,8 +111,11 @@ class GRPCBroker:
         self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
-        self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
-                     if transport.tls is not None and transport.peer_cert_pem is not None else None)
+        self._tls: MutualTLS | None = None
+        if transport.tls is not None and transport.peer_cert_pem is not None:
+            from plugbay.core.transport.secure import MutualTLS
+
+            self._tls = MutualTLS(transport.tls, transport.peer_cert_pem)
 
     # ------------------------------------------------------------- public API
 
@@ -123,6 +127,9 @@ class GRPCBroker:
 
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
         """Serve a new gRPC server for ``id``; returns once it listens. Runs until close()."""
+        from plugbay.core.broker.channels import Served
+        from plugbay.core.transport.secure import CHANNEL_OPTIONS
+
         self._check_open()
         executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS,
                                       thread_name_prefix=f"plugbay-brokered-{id}")
@@ -135,7 +142,7 @@ class GRPCBroker:
             else:
                 self._serve_per_connection(id, served)
         except BaseException:
-            stop_served(served)
+            served.stop()
             raise
         with self._cond:
             self._served.append(served)
@@ -150,7 +157,7 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            stop_served(served)
+            served.stop()
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.
@@ -187,7 +194,7 @@ class GRPCBroker:
         for ch in channels:
             ch.close()
         for s in served:
-            stop_served(s)
+            s.stop()
         for func in reversed(cleanup):
             func()
         for t in list(self._threads):
@@ -311,6 +318,9 @@ class GRPCBroker:
         return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
 
     def _serve_per_connection(self, id: int, served: Served) -> None:
+        from plugbay.core.broker.channels import share_socket
+        from plugbay.core.transport.secure import serve_unix
+
         path = self._public_path()
         served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
         share_socket(path)
@@ -322,6 +332,9 @@ class GRPCBroker:
     def _channel_to(self, network: str, address: str,
                     cleanup: list[Callable[[], None]] | None = None) -> grpc.Channel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
+        from plugbay.core.broker.channels import BrokeredChannel
+        from plugbay.core.transport.secure import dial as secure_dial
+
         undo = cleanup if cleanup is not None else []
         try:
             if network not in ("unix", "tcp"):
@@ -358,6 +371,8 @@ class GRPCBroker:
         return mux
 
     def _serve_multiplexed(self, id: int, served: Served) -> None:
+        from plugbay.core.transport.secure import private_socket, serve_unix
+
         mux = self._mux()
         path = private_socket(self._private_dir_path(), f"mux{id}")
         served.cleanup.extend(serve_unix(served.server, path, self._tls, self._private_dir_path()))
@@ -405,6 +420,7 @@ class GRPCBroker:
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         from plugbay.core.transport.mux import StreamBridge  # loaded by the session's owner already
+        from plugbay.core.transport.secure import private_socket
 
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         first = self._knock_and_open(id, timeout)

@@ -37,7 +37,6 @@ from typing import IO, TYPE_CHECKING, Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
@@ -65,9 +64,10 @@ from plugbay.core.plugin.stdio import add_to_server as add_stdio
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.netmux import Instance
+    from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.mux import MuxSession
 
-# Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.transport.secure) and the
+# Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.protocol.tls, .transport.secure) and the
 # multiplexer are imported where they are used: a plaintext plugin its host launches loads none of
 # them (tests/test_layers.py pins it), which keeps its start close to a bare grpcio server's.
 
@@ -314,6 +314,7 @@ class _PluginServer:
         client_cert = self.env.get(ENV_CLIENT_CERT, "")
         if not client_cert:
             return None, None, None, None
+        from plugbay.core.protocol import tls as tlsmod
         from plugbay.core.transport.secure import MutualTLS
 
         self.log.debug("configuring server automatic mTLS")
