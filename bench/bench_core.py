@@ -87,7 +87,8 @@ def _go_host_alone(automtls: bool, ctx: Context) -> Result:
     times = []
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
         line = f"1|1|unix|{os.path.join(cwd, 'none.sock')}|grpc|{cert}"
-        env = {**os.environ, "KV_PLUGIN": f"echo {shlex.quote(line)}"}
+        # the shell outlives the line a little: a plugin gone before its line is read is another error
+        env = {**os.environ, "KV_PLUGIN": f"echo {shlex.quote(line)}; exec sleep 0.3"}
         args = [host, "--timeout", "30s"] + (["--automtls"] if automtls else []) + ["bench", "1"]
         for _ in range(ctx.rounds):
             out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
