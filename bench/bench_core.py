@@ -6,13 +6,19 @@ relay ("relay-tls"); Python <-> Python uses grpcio's own TLS ("grpc-tls").
 The two "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) on
 the Go plugin and bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go
 host; the plugbay rows with the same Go peer show their ratio to them.
+The two "canned handshake" rows time the Go host alone (no plugin process: a
+shell prints a handshake line): with AutoMTLS that is the host's own P-521
+work, part of every AutoMTLS row's start that no plugin can remove.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +74,32 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
     return combine(rounds)
 
 
+def _go_host_alone(automtls: bool, ctx: Context) -> Result:
+    """kv_host's time to the handshake line when `sh -c echo` prints it (then its dial fails)."""
+    host = go_program(ctx, "kv_host")
+    if host is None:
+        return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
+    cert = ""
+    if automtls:  # the host checks the plugin's certificate at the handshake
+        from plugbay.core.protocol.tls import generate_cert
+
+        cert = base64.b64encode(generate_cert().cert_der).decode().rstrip("=")
+    times = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        line = f"1|1|unix|{os.path.join(cwd, 'none.sock')}|grpc|{cert}"
+        # the shell outlives the line a little: a plugin gone before its line is read is another error
+        env = {**os.environ, "KV_PLUGIN": f"echo {shlex.quote(line)}; exec sleep 0.3"}
+        args = [host, "--timeout", "30s"] + (["--automtls"] if automtls else []) + ["bench", "1"]
+        for _ in range(ctx.rounds):
+            out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+            found = re.search(r"start_ms=([\d.]+)", out.stderr)
+            if found is None:
+                raise RuntimeError(f"kv_host did not reach the handshake: {out.stdout}{out.stderr}")
+            times.append(float(found.group(1)))
+    return Result(metrics={"handshake ms": statistics.median(times)},
+                  note="go-plugin host reading a canned handshake line; no plugin process")
+
+
 def _bare_host(plugin_cmd: list[str], ctx: Context) -> Result:
     from floor import BareKV
 
@@ -98,6 +130,12 @@ def floor_cases() -> list[Case]:
             Case("Go", "bare grpcio", False, go_floor, key="floor-plugin")]
 
 
+def host_alone_cases() -> list[Case]:
+    """The Go host's own share of a start, plaintext and AutoMTLS (see the module docstring)."""
+    return [Case("Go", "none (canned handshake line)", m, lambda c, m=m: _go_host_alone(m, c), transport="sh -c echo")
+            for m in (False, True)]
+
+
 def cases(ctx: Context) -> list[Case]:
     out: list[Case] = []
     for automtls in (False, True):
@@ -124,4 +162,4 @@ def cases(ctx: Context) -> list[Case]:
                 Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
     ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
                                                        "Go/Go"].index(f"{c.host}/{c.plugin}")))
-    return floor_cases() + ordered
+    return floor_cases() + ordered + host_alone_cases()

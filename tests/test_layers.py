@@ -220,9 +220,26 @@ def test_a_plugin_without_a_client_cert_never_loads_cryptography(tmp_path: Path)
     assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
 
 
+def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_path: Path) -> None:
+    # A plugin its host launches without AutoMTLS or multiplexing needs none of these; importing
+    # them where they are used keeps its start close to a bare grpcio server's.
+    loaded = _served_modules(tmp_path, None)
+    assert "plugbay.core.plugin.server" in loaded
+    unused = ("plugbay.core.transport.relay", "plugbay.core.transport.mux", "plugbay.core.transport.yamux",
+              "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
+              "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
+              # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection
+              "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
+              "plugbay.core.broker.channels", "plugbay.core.transport.channels")
+    assert [m for m in unused if m in loaded] == []
+
+
 def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: Path) -> None:
     # The other side of the check above: the same probe does see cryptography when it is used.
     from plugbay.core.protocol.tls import generate_cert
 
     loaded = _served_modules(tmp_path, generate_cert().cert_pem.decode())
-    assert "cryptography.x509" in loaded
+    assert "cryptography.hazmat.primitives.asymmetric.ec" in loaded
+    # ...but only the key and the signature: the certificate is plugbay's own DER (core/protocol/der.py),
+    # so the x509 package (the bulk of cryptography's import) stays out
+    assert [m for m in loaded if m.startswith("cryptography.x509")] == []

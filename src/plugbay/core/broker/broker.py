@@ -31,19 +31,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.channels import BrokeredChannel, Served, stop_served
-from plugbay.core.broker.spares import Registrar, ServerSource
-from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.transport.mux import MuxSession, StreamBridge
-from plugbay.core.transport.secure import MutualTLS, private_socket
-from plugbay.core.transport.secure import dial as secure_dial
-from plugbay.core.transport.yamux import Stream
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
+
+# Imported where used: a plugin that never brokers a connection (most) loads neither the
+# brokered servers' and channels' code nor TLS (plugbay.core.transport.secure), nor yamux.
+if TYPE_CHECKING:
+    from plugbay.core.broker.channels import BrokeredChannel, Served
+    from plugbay.core.broker.spares import ServerSource
+    from plugbay.core.protocol import tls as tlsmod
+    from plugbay.core.transport.mux import MuxSession
+    from plugbay.core.transport.secure import MutualTLS
+    from plugbay.core.transport.yamux import Stream
 
 log = logging.getLogger("plugbay.broker")
 
@@ -108,10 +111,12 @@ class GRPCBroker:
         self._opener: Callable[[], None] | None = None  # opens the stream on first use (lazy host)
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
-        self._tls = (MutualTLS(transport.tls, transport.peer_cert_pem)
-                     if transport.tls is not None and transport.peer_cert_pem is not None else None)
-        self._servers = ServerSource(self._tls, self._private_dir_path,
-                                     None if transport.multiplex else self._public_path)
+        self._tls: MutualTLS | None = None
+        if transport.tls is not None and transport.peer_cert_pem is not None:
+            from plugbay.core.transport.secure import MutualTLS
+
+            self._tls = MutualTLS(transport.tls, transport.peer_cert_pem)
+        self._source: ServerSource | None = None  # made at the first accept_and_serve
 
     # ------------------------------------------------------------- public API
 
@@ -130,7 +135,9 @@ class GRPCBroker:
         """
         self._check_open()
         self._ensure_stream()
-        served, path = self._servers.get()
+        from plugbay.core.broker.spares import Registrar
+
+        served, path = self._servers().get()
         served.id = id
         try:
             register(Registrar(served.server))
@@ -139,16 +146,16 @@ class GRPCBroker:
             else:
                 self._serve_per_connection(id, path)
         except BaseException:
-            stop_served(served)
+            served.stop()
             raise
         with self._cond:
             closed = self._closed
             if not closed:
                 self._served.append(served)
         if closed:
-            stop_served(served)
+            served.stop()
             raise BrokerClosedError("the broker closed while serving; start a new Client")
-        self._servers.refill()  # the next callback's server starts while this one runs
+        self._servers().refill()  # the next callback's server starts while this one runs
 
     def stop_serving(self, id: int) -> None:
         """Stop the server(s) accept_and_serve started for ``id`` and free their listeners.
@@ -160,7 +167,9 @@ class GRPCBroker:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
         for served in mine:
-            stop_served(served, grace=None, reap=self._servers.reap)
+            from plugbay.core.broker.channels import stop_served
+
+            stop_served(served, grace=None, reap=self._servers().reap)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.
@@ -198,8 +207,9 @@ class GRPCBroker:
         for ch in channels:
             ch.close()
         for s in served:
-            stop_served(s)
-        self._servers.close()
+            s.stop()
+        if self._source is not None:
+            self._source.close()
         for func in reversed(cleanup):
             func()
         for t in list(self._threads):
@@ -332,6 +342,14 @@ class GRPCBroker:
 
     # ------------------------------------------------------- per-connection
 
+    def _servers(self) -> ServerSource:
+        if self._source is None:
+            from plugbay.core.broker.spares import ServerSource
+
+            self._source = ServerSource(self._tls, self._private_dir_path,
+                                        None if self.transport.multiplex else self._public_path)
+        return self._source
+
     def _private_dir_path(self) -> str:
         with self._cond:
             if self._private_dir is None:
@@ -351,6 +369,9 @@ class GRPCBroker:
     def _channel_to(self, network: str, address: str,
                     cleanup: list[Callable[[], None]] | None = None) -> grpc.Channel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
+        from plugbay.core.broker.channels import BrokeredChannel
+        from plugbay.core.transport.secure import dial as secure_dial
+
         undo = cleanup if cleanup is not None else []
         try:
             if network not in ("unix", "tcp"):
@@ -435,6 +456,9 @@ class GRPCBroker:
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         mux = self._mux()
+        from plugbay.core.transport.mux import StreamBridge  # loaded by the session's owner already
+        from plugbay.core.transport.secure import private_socket
+
         path = private_socket(self._private_dir_path(), f"dial{id}")
         with mux.dial_lock:
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))

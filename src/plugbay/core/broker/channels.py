@@ -26,6 +26,9 @@ class Served:
     executor: ThreadPoolExecutor
     cleanup: list[Callable[[], None]]
 
+    def stop(self) -> None:
+        stop_served(self)
+
 
 class BrokeredChannel(DelegatingChannel):
     """What dial() returns: a grpc.Channel that also frees the broker's resources for it on close().

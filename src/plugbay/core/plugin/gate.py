@@ -26,6 +26,7 @@ import grpc
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
 RESERVED = 16
 DEFAULT_MAX_WORKERS = 32
+_SEEN_MAX = 1024
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
@@ -36,11 +37,24 @@ class HandlerGate(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
+        # method -> (the handler grpcio found, what this gate returns for it): a call to a method seen
+        # before costs a lookup instead of a new handler and closure (this runs for every call)
+        self._seen: dict[str, tuple[Any, Any]] = {}
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or str(details.method).startswith(PLUGBAY_SERVICES):
-            return handler
+        if handler is None:
+            return None
+        method = details.method
+        seen = self._seen.get(method)
+        if seen is not None and seen[0] is handler:
+            return seen[1]
+        gated = handler if str(method).startswith(PLUGBAY_SERVICES) else self._gate(handler)
+        if len(self._seen) < _SEEN_MAX:  # bounded: a generic handler may answer any method name
+            self._seen[method] = (handler, gated)
+        return gated
+
+    def _gate(self, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)

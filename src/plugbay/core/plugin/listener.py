@@ -39,7 +39,6 @@ import grpc
 
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
-from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.sockets import give_to_group, group_id, listener_address, open_listener, unlink_quietly
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
@@ -146,6 +145,8 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         if relay_context is None and mux is None:
             result.network, result.address = _bind_grpc(server, endpoint, credentials, result)
             return result
+        from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
+
         private_dir = tempfile.mkdtemp(prefix="plugbay-grpc-")
         result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))

@@ -16,9 +16,10 @@ What changes against a plugin its host launched:
 * plugbay.network.v1.Discovery answers what the handshake line would have said;
 * GRPCController.Shutdown is acknowledged but ignored unless ``allow_shutdown``:
   the service is shared by many hosts; SIGTERM/SIGINT stop it;
-* ``NetworkServe.from_env`` turns an unmodified plugin into a network one:
-  serve() uses it when PLUGBAY_NETWORK_LISTEN is set (plus PLUGBAY_NETWORK_CERT,
-  PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA or PLUGBAY_NETWORK_INSECURE=1);
+* ``NetworkServe.from_env`` (plugbay.core.plugin.netconfig) turns an unmodified
+  plugin into a network one: serve() uses it when PLUGBAY_NETWORK_LISTEN is set
+  (plus PLUGBAY_NETWORK_CERT, PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA or
+  PLUGBAY_NETWORK_INSECURE=1);
 * stdout/stderr are not captured (they are the container's log); the handshake
   line is still printed on stdout, with the bound address, for scripts and tests.
 
@@ -35,71 +36,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
+from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
 from plugbay.core.transport.sockets import close_listener, listener_address, open_listener
-from plugbay.errors import ConfigError, TLSConfigError
+from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
     from plugbay.core.transport import certfiles
-
-ENV_LISTEN = "PLUGBAY_NETWORK_LISTEN"
-ENV_CERT = "PLUGBAY_NETWORK_CERT"
-ENV_KEY = "PLUGBAY_NETWORK_KEY"
-ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
-ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
-ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
-_TRUE = ("1", "true", "True", "TRUE")
-
-
-@dataclass(frozen=True)
-class NetworkServe:
-    """serve() on the network. Either all three TLS files, or ``insecure=True``."""
-
-    listen: str = "0.0.0.0:7001"
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None
-    insecure: bool = False
-    allow_shutdown: bool = False
-    multiplex: bool = True  # brokered callbacks for hosts that open a yamux session (needs TLS)
-
-    @property
-    def brokering(self) -> bool:
-        """True when serve() puts the brokering front (netmux) on the listener."""
-        return self.multiplex and not self.insecure
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> NetworkServe | None:
-        """The network config PLUGBAY_NETWORK_* describe, or None when PLUGBAY_NETWORK_LISTEN is unset."""
-        listen = env.get(ENV_LISTEN, "").strip()
-        if not listen:
-            return None
-        return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
-                   client_ca_file=env.get(ENV_CLIENT_CA) or None,
-                   insecure=env.get(ENV_INSECURE, "") in _TRUE,
-                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE)
-
-    def tls_files(self) -> certfiles.TLSFiles | None:
-        given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
-        if not given:
-            return None
-        if len(given) != 3:
-            raise TLSConfigError(
-                "network mode needs all three of cert_file, key_file and client_ca_file (got"
-                f" cert_file={self.cert_file!r}, key_file={self.key_file!r},"
-                f" client_ca_file={self.client_ca_file!r}); pass the missing ones")
-        assert self.cert_file and self.key_file and self.client_ca_file
-        from plugbay.core.transport import certfiles
-
-        return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
 
 
 def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfiles.CertFiles | None]:

@@ -32,16 +32,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
-from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
-from plugbay.core.transport.relay import HANDSHAKE_TIMEOUT
-from plugbay.core.transport.secure import MutualTLS
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
@@ -58,15 +55,21 @@ from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
-from plugbay.core.plugin.netmux import Instance
-from plugbay.core.plugin.network import DiscoveryServicer, NetworkServe, add_discovery, serve_front
-from plugbay.core.plugin.network import bind as bind_network
-from plugbay.core.transport.mux import MuxSession
-from plugbay.core.transport.sockets import unlink_quietly
+from plugbay.core.plugin.netconfig import NetworkServe
+from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.plugin.logs import HclogHandler
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
 from plugbay.core.plugin.stdio import add_to_server as add_stdio
+
+if TYPE_CHECKING:
+    from plugbay.core.plugin.netmux import Instance
+    from plugbay.core.protocol import tls as tlsmod
+    from plugbay.core.transport.mux import MuxSession
+
+# Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.protocol.tls, .transport.secure) and the
+# multiplexer are imported where they are used: a plaintext plugin its host launches loads none of
+# them (tests/test_layers.py pins it), which keeps its start close to a bare grpcio server's.
 
 COOKIE_MESSAGE = (
     "This binary is a plugin. These are not meant to be executed directly.\n"
@@ -226,6 +229,9 @@ class _PluginServer:
         network = self.config.network
         self._plugin_set, self._version = plugin_set, version
         if network is not None:
+            from plugbay.core.plugin.network import DiscoveryServicer, add_discovery, serve_front
+            from plugbay.core.plugin.network import bind as bind_network
+
             own, peer_pem = None, None
             if network.brokering:
                 kind, address, cleanups = serve_front(self.grpc, network, self._session_instance)
@@ -276,6 +282,9 @@ class _PluginServer:
 
     def _session_instance(self, mux: MuxSession, path: str) -> Instance:
         """A network host session's own plugin instance: a private server and a multiplexed broker."""
+        from plugbay.core.plugin.netmux import Instance
+        from plugbay.core.plugin.network import DiscoveryServicer, add_discovery
+
         # each session's handlers are gated like the main server's, on a pool of its own
         executor = ThreadPoolExecutor(max_workers=self.config.max_workers + RESERVED,
                                       thread_name_prefix="plugbay-grpc-session")
@@ -305,6 +314,9 @@ class _PluginServer:
         client_cert = self.env.get(ENV_CLIENT_CERT, "")
         if not client_cert:
             return None, None, None, None
+        from plugbay.core.protocol import tls as tlsmod
+        from plugbay.core.transport.secure import MutualTLS
+
         self.log.debug("configuring server automatic mTLS")
         peer_pem = client_cert.encode()
         try:

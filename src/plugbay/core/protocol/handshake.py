@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -78,6 +77,8 @@ def address_problem(network: str, address: str) -> str | None:
     if port is None or not 1 <= port <= 65535:
         return f"port {port_text!r} of tcp address {address!r} is not a number in 1-65535"
     if host.startswith("[") and host.endswith("]"):
+        import ipaddress  # host side, and only for [IPv6] addresses
+
         try:
             ipaddress.IPv6Address(host[1:-1])
             return None
@@ -223,10 +224,10 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
             cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
-        from cryptography import x509  # here: a plugin without AutoMTLS never loads cryptography
+        from plugbay.core.protocol.der import certificate_key  # only AutoMTLS needs it
 
         try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
-            x509.load_der_x509_certificate(cert)
+            certificate_key(cert)  # its outline; the TLS handshake verifies the rest
         except ValueError:
             raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
     multiplex = False

@@ -12,18 +12,19 @@ Python's ssl module (OpenSSL) instead; see plugbay.core.transport.relay.
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from plugbay.core.protocol import der
 from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
 # cryptography is imported where it is used: a plugin started without AutoMTLS never loads it
-# (it is the largest import of the plugin side; tests/test_layers.py checks it stays out).
+# (it is the largest import of the plugin side; tests/test_layers.py checks it stays out), and
+# with AutoMTLS only its ``ec`` module (the certificate itself is DER written by plugbay).
 
 HOSTNAME = "localhost"
 
@@ -44,77 +45,115 @@ class CertKey:
 
 
 def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
-    """A fresh self-signed certificate with go-plugin's AutoMTLS profile."""
-    import secrets
+    """A fresh self-signed certificate with go-plugin's AutoMTLS profile (ECDSA, SHA-256).
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    ``curve`` is P-256 by default; P-384 and P-521 are accepted too (tests use P-521
+    to stand in for a Go peer). Only cryptography's ``ec`` module is loaded: the
+    certificate is written with plugbay.core.protocol.der (see there why).
+    """
+    import os
+    import time
+
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(curve or ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "HashiCorp"),
-        x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME),
-    ])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(secrets.randbits(127) + 1)
-        .not_valid_before(now - datetime.timedelta(seconds=30))
-        .not_valid_after(now + datetime.timedelta(hours=262980))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                          data_encipherment=False, key_agreement=True, key_cert_sign=True,
-                          crl_sign=False, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    curve = curve or ec.SECP256R1()
+    curve_oid = next((o for o, name in der.CURVES.items() if name == curve.name), None)
+    if curve_oid is None:
+        raise ConfigError(f"AutoMTLS certificates use a NIST curve (P-256, P-384 or P-521), not {curve.name};"
+                          " pass ec.SECP256R1(), ec.SECP384R1() or ec.SECP521R1()")
+    key = ec.generate_private_key(curve)
+    size = (curve.key_size + 7) // 8
+    numbers = key.public_key().public_numbers()
+    point = b"\x04" + numbers.x.to_bytes(size, "big") + numbers.y.to_bytes(size, "big")
+    now = time.time()
+    name = der.seq(_name_part("2.5.4.10", "HashiCorp"), _name_part("2.5.4.3", HOSTNAME))
+    tbs = der.seq(
+        der.tlv(0xA0, der.integer(2)),  # v3
+        der.integer((int.from_bytes(os.urandom(16), "big") >> 1) + 1),  # positive, 127 bits at most
+        der.seq(der.oid(_ECDSA_SHA256)),
+        name,
+        der.seq(_time(now - 30), _time(now + 262980 * 3600)),  # go-plugin's validity
+        name,
+        der.seq(der.seq(der.oid(der.EC_PUBLIC_KEY), der.oid(curve_oid)), der.bit_string(point)),
+        der.tlv(0xA3, der.seq(
+            _extension("2.5.29.17", der.seq(der.tlv(0x82, HOSTNAME.encode()))),  # SAN dNSName
+            _extension("2.5.29.19", der.seq(der.tlv(der.BOOLEAN, b"\xff")), critical=True),  # CA
+            # digitalSignature, keyEncipherment, keyAgreement, keyCertSign (bits 0, 2, 4, 5)
+            _extension("2.5.29.15", der.bit_string(b"\xac", unused_bits=2), critical=True),
+            _extension("2.5.29.37", der.seq(der.oid("1.3.6.1.5.5.7.3.2"), der.oid("1.3.6.1.5.5.7.3.1"))),
+        )),
     )
-    return CertKey(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                          serialization.NoEncryption()),
-    )
+    signature = key.sign(tbs, _ecdsa_sha256())
+    cert = der.seq(tbs, der.seq(der.oid(_ECDSA_SHA256)), der.bit_string(signature))
+    secret = key.private_numbers().private_value.to_bytes(size, "big")
+    private = der.seq(der.integer(1), der.tlv(der.OCTET_STRING, secret),  # RFC 5915 ECPrivateKey
+                      der.tlv(0xA0, der.oid(curve_oid)), der.tlv(0xA1, der.bit_string(point)))
+    return CertKey(der.pem("CERTIFICATE", cert), der.pem("EC PRIVATE KEY", private))
+
+
+_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+
+
+def _ecdsa_sha256() -> ec.ECDSA:
+    """``ec.ECDSA(hashes.SHA256())`` without the import its constructor makes.
+
+    ECDSA's constructor loads cryptography's whole OpenSSL backend module (ciphers,
+    RSA padding...: ~10 ms of an AutoMTLS start) only to check that deterministic
+    signing is supported, which randomized ECDSA does not use. The subclass gives
+    the key what ``sign`` reads, the two public properties, and skips that check.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    class RandomizedECDSA(ec.ECDSA):
+        def __init__(self) -> None:  # no super().__init__(): see above
+            self._digest = hashes.SHA256()
+
+        @property
+        def algorithm(self) -> hashes.HashAlgorithm:
+            return self._digest
+
+        @property
+        def deterministic_signing(self) -> bool:
+            return False
+
+    return RandomizedECDSA()
+
+
+def _name_part(attribute: str, value: str) -> bytes:
+    return der.tlv(der.SET, der.seq(der.oid(attribute), der.tlv(der.UTF8_STRING, value.encode())))
+
+
+def _time(epoch: float) -> bytes:
+    """RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050."""
+    import time
+
+    moment = time.gmtime(epoch)
+    if moment.tm_year < 2050:
+        return der.tlv(der.UTC_TIME, time.strftime("%y%m%d%H%M%SZ", moment).encode())
+    return der.tlv(der.GENERALIZED_TIME, time.strftime("%Y%m%d%H%M%SZ", moment).encode())
+
+
+def _extension(extension_oid: str, value: bytes, critical: bool = False) -> bytes:
+    flag = der.tlv(der.BOOLEAN, b"\xff") if critical else b""
+    return der.seq(der.oid(extension_oid), flag, der.tlv(der.OCTET_STRING, value))
 
 
 def pem_to_der(pem: bytes) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    except ValueError as exc:
-        raise ConfigError(f"not a PEM certificate ({exc}); pass the PEM text of one certificate") from exc
+    """The DER bytes of a PEM certificate; ConfigError when it is not one."""
+    return der.pem_to_der(pem)
 
 
-def der_to_pem(der: bytes) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-    except ValueError as exc:
-        raise ConfigError(f"not a DER certificate ({exc}); pass the DER bytes of one certificate") from exc
+def der_to_pem(der_bytes: bytes) -> bytes:
+    """The PEM text of a DER certificate; ConfigError when it is not one."""
+    return der.der_to_pem(der_bytes)
 
 
 def grpc_can_use(cert_pem: bytes) -> bool:
     """Whether grpcio's own TLS can handshake with a peer holding this certificate."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = x509.load_pem_x509_certificate(cert_pem).public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.curve.name in _GRPC_CURVES
+    algorithm, curve = der.certificate_key(pem_to_der(cert_pem))
+    if algorithm == der.EC_PUBLIC_KEY:
+        return der.CURVES.get(curve or "") in _GRPC_CURVES
     return True
 
 

@@ -12,7 +12,7 @@ plaintext on a private unix socket and lets this relay speak TLS to the peer:
 
 One thread accepts; each connection gets one thread that moves bytes both
 ways through a poll loop, so an SSL object is never used from two threads.
-The TLS handshake has :data:`HANDSHAKE_TIMEOUT` seconds in total (not per
+The TLS handshake has :data:`HANDSHAKE_TIMEOUT` (plugbay.core.transport.sockets) seconds in total (not per
 read: a peer trickling bytes is cut off too); in ``terminate`` mode nothing is
 dialed for a peer before its handshake completed.
 
@@ -33,14 +33,13 @@ import time
 from collections.abc import Callable
 from typing import Literal, Union
 
-from plugbay.core.transport.sockets import (ACCEPT_POLL, accept_each, close_listener, dial, listener_address,
-                                             shutdown_and_join)
+from plugbay.core.transport.sockets import (ACCEPT_POLL, HANDSHAKE_TIMEOUT, accept_each, close_listener, dial,
+                                             listener_address, shutdown_and_join)
 
 _CHUNK = 64 * 1024
 _CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR  # a recv then returns data, EOF or the error
 _IDLE_MS = 500  # an idle pump wakes this often to notice close()
-HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has to complete the TLS handshake, in total
 
 Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
 ContextSource = Union[ssl.SSLContext, Callable[[], ssl.SSLContext]]

@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
-from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.sockets import open_listener, unlink_quietly
 from plugbay.errors import BrokerError, ConfigError
 
@@ -106,6 +105,8 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
         return SecureChannel(channel, "grpc-tls")
     if relay_dir is None:
         raise ConfigError("a TLS relay needs a private folder for its socket (relay_dir)")
+    from plugbay.core.transport.relay import TLSRelay  # only a Go peer's certificate needs it
+
     context = client_context(tls.own, tls.peer_pem)  # before the listener: a failure here leaks nothing
     path = private_socket(relay_dir, "relay")
     listener = open_listener("unix", path)
@@ -138,6 +139,8 @@ def serve_unix(server: grpc.Server, path: str, tls: MutualTLS | None, relay_dir:
     relay terminates TLS on ``path``. Returns the cleanups that free the sockets.
     """
     if tls is not None and tls.needs_relay:
+        from plugbay.core.transport.relay import TLSRelay
+
         private = private_socket(relay_dir, "grpc")
         bind_unix(server, private, None)
         server.start()

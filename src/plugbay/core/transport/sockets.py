@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from plugbay.errors import ConfigError
 
 ACCEPT_POLL = 0.2  # accept loops wake this often to notice that they were closed
+# Seconds a peer has to complete a TLS handshake, in total: the relay's bound, and grpcio's
+# server handshake bound in serve() (kept here so that a plaintext plugin need not load the relay).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def group_id(group: str | int, advice: str) -> int:

@@ -1,0 +1,68 @@
+"""NetworkServe: what serve() needs to know to run as a network service (plugbay.core.plugin.network).
+
+Kept apart from network.py so that serve() can read PLUGBAY_NETWORK_* without
+loading the network front (netmux, Discovery, the multiplexer): a plugin its
+host launches never needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from plugbay.errors import TLSConfigError
+
+if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
+    from plugbay.core.transport import certfiles
+
+ENV_LISTEN = "PLUGBAY_NETWORK_LISTEN"
+ENV_CERT = "PLUGBAY_NETWORK_CERT"
+ENV_KEY = "PLUGBAY_NETWORK_KEY"
+ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
+ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
+ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
+_TRUE = ("1", "true", "True", "TRUE")
+
+
+@dataclass(frozen=True)
+class NetworkServe:
+    """serve() on the network. Either all three TLS files, or ``insecure=True``."""
+
+    listen: str = "0.0.0.0:7001"
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    insecure: bool = False
+    allow_shutdown: bool = False
+    multiplex: bool = True  # brokered callbacks for hosts that open a yamux session (needs TLS)
+
+    @property
+    def brokering(self) -> bool:
+        """True when serve() puts the brokering front (netmux) on the listener."""
+        return self.multiplex and not self.insecure
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NetworkServe | None:
+        """The network config PLUGBAY_NETWORK_* describe, or None when PLUGBAY_NETWORK_LISTEN is unset."""
+        listen = env.get(ENV_LISTEN, "").strip()
+        if not listen:
+            return None
+        return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
+                   client_ca_file=env.get(ENV_CLIENT_CA) or None,
+                   insecure=env.get(ENV_INSECURE, "") in _TRUE,
+                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE)
+
+    def tls_files(self) -> certfiles.TLSFiles | None:
+        given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
+        if not given:
+            return None
+        if len(given) != 3:
+            raise TLSConfigError(
+                "network mode needs all three of cert_file, key_file and client_ca_file (got"
+                f" cert_file={self.cert_file!r}, key_file={self.key_file!r},"
+                f" client_ca_file={self.client_ca_file!r}); pass the missing ones")
+        assert self.cert_file and self.key_file and self.client_ca_file
+        from plugbay.core.transport import certfiles
+
+        return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
