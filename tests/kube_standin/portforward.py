@@ -116,6 +116,9 @@ class ForwardSession:
     def run(self, stop: threading.Event) -> None:
         conns: dict[int, socket.socket] = {}
         try:
+            # Go's net package (the API server, the kubelet) sets TCP_NODELAY on every TCP
+            # connection; without it our frames wait on the peer's delayed ACK (~40 ms).
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i, port in enumerate(self.ports):
                 header = struct.pack("<H", port)
                 self._send(OP_BINARY, bytes([2 * i]) + header)
@@ -127,6 +130,7 @@ class ForwardSession:
                         raise ConnectionRefusedError("port not published")
                     conns[i] = socket.create_connection(("127.0.0.1", target), timeout=5)
                     conns[i].settimeout(None)
+                    conns[i].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError as exc:
                     msg = (f"error forwarding port {port} to pod {self.pod_key}: failed to connect"
                            f" to localhost:{port} inside namespace: {exc}")

@@ -82,6 +82,7 @@ class PortForwarder:
                 if not ready:
                     continue
                 conn, _ = self._listener.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 return
             self._count += 1
