@@ -78,8 +78,9 @@ class FrameReader:
                 return out
             payload = self.buf[pos:pos + n]
             self.buf = self.buf[pos + n:]
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if mask and payload:
+                key = (mask * (n // 4 + 1))[:n]
+                payload = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
             if opcode == OP_CONT and self._partial is not None:
                 self._partial += payload
                 if fin:
