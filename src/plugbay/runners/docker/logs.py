@@ -3,9 +3,11 @@
 The engine's log API with ``follow`` ends when the container stops; closing
 the underlying HTTP response ends it sooner (the runner does that on kill).
 stdout and stderr are read as two separate log requests so each arrives
-demultiplexed and in order. Each request is made on its pump thread, so a
-start does not wait for two engine round trips; the log API replays from the
-first line, so nothing is lost by asking after the container started.
+demultiplexed and in order. Each request is made on its pump thread, so the
+two round trips overlap; the runner still waits until both are open
+(:meth:`wait_open`) before it goes on, so following starts as early as it
+would with one request after the other (a follower that starts late can miss
+lines in a log file the engine rotated under a flood).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ContainerLogStream:
         self._api, self._container_id = api, container_id
         self._stream: Any = None
         self._closing = False
+        self._opened = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"plugbay-docker-{which}-{container_id[:12]}",
                                         daemon=True)
         self._thread.start()
@@ -67,6 +70,8 @@ class ContainerLogStream:
             except Exception as exc:  # noqa: BLE001 - the engine refused or went away: the stream is empty
                 self.error = f"the engine's {self.which} log request failed: {exc}"
                 return
+            finally:
+                self._opened.set()
             for chunk in stream:
                 for line in self.splitter.feed(chunk):
                     self._push(line)
@@ -78,6 +83,10 @@ class ContainerLogStream:
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+
+    def wait_open(self, timeout: float) -> bool:
+        """Block (at most ``timeout``) until the log request is open or has failed."""
+        return self._opened.wait(timeout)
 
     def lines(self) -> Iterator[str]:
         with self._cond:

@@ -46,6 +46,7 @@ __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 TRANSPORTS = ("unix", "tcp")
 _log = logging.getLogger("plugbay.runners.docker")
 _DIAG_LINES = 10
+_LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
 class DockerRunner(Runner):
@@ -209,6 +210,8 @@ class DockerRunner(Runner):
         for which in ("stdout", "stderr"):
             self._pumps[which] = ContainerLogStream(client.api, self._container_id, which)
         self._watch_exit()
+        for pump in self._pumps.values():
+            pump.wait_open(_LOG_OPEN_WAIT)
 
     def _watch_exit(self) -> None:
         # One blocking wait request per container instead of polling: the
