@@ -78,8 +78,9 @@ class FrameReader:
                 return out
             payload = self.buf[pos:pos + n]
             self.buf = self.buf[pos + n:]
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if mask and payload:
+                key = (mask * (n // 4 + 1))[:n]
+                payload = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
             if opcode == OP_CONT and self._partial is not None:
                 self._partial += payload
                 if fin:
@@ -116,6 +117,9 @@ class ForwardSession:
     def run(self, stop: threading.Event) -> None:
         conns: dict[int, socket.socket] = {}
         try:
+            # Go's net package (the API server, the kubelet) sets TCP_NODELAY on every TCP
+            # connection; without it our frames wait on the peer's delayed ACK (~40 ms).
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i, port in enumerate(self.ports):
                 header = struct.pack("<H", port)
                 self._send(OP_BINARY, bytes([2 * i]) + header)
@@ -127,6 +131,7 @@ class ForwardSession:
                         raise ConnectionRefusedError("port not published")
                     conns[i] = socket.create_connection(("127.0.0.1", target), timeout=5)
                     conns[i].settimeout(None)
+                    conns[i].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError as exc:
                     msg = (f"error forwarding port {port} to pod {self.pod_key}: failed to connect"
                            f" to localhost:{port} inside namespace: {exc}")

@@ -59,6 +59,11 @@ def transport_settings(transport: str, container_port: int, gid: int | None) -> 
             {"ports": {f"{container_port}/tcp": ("127.0.0.1", None)}})
 
 
+# The API version each engine (by DOCKER_HOST) negotiated: one GET /version per
+# engine and process, not one per container start.
+_versions: dict[str, str] = {}
+
+
 def engine() -> Any:
     """A docker SDK client with the API version negotiated (the engine here is 20.10 / 1.41)."""
     try:
@@ -66,10 +71,13 @@ def engine() -> Any:
         from docker.errors import DockerException
     except ImportError as exc:  # pragma: no cover - the docker extra is not installed
         raise EngineUnavailableError("the docker SDK is missing: pip install 'plugbay[docker]'") from exc
+    host = os.environ.get("DOCKER_HOST", "")
     try:
-        return docker.from_env(version="auto")
+        client = docker.from_env(version=_versions.get(host, "auto"))
     except DockerException as exc:
         raise engine_unreachable(exc) from exc
+    _versions[host] = client.api.api_version
+    return client
 
 
 def engine_call(func: Callable[[], T], what: str) -> T:
@@ -95,6 +103,18 @@ def check_runtime(client: Any, runtime: str) -> None:
             " register it under \"runtimes\" in /etc/docker/daemon.json, then restart dockerd;"
             " or drop the runtime option."
         )
+
+
+def create_container(client: Any, args: dict[str, Any]) -> str:
+    """``client.containers.create(**args)`` minus the inspect the SDK makes after it; the new id.
+
+    The same arguments (and ``extra_create_args``) are understood: the SDK's own
+    conversion turns them into the create request.
+    """
+    from docker.models.containers import _create_container_args
+
+    create_args = _create_container_args({**args, "version": client.api.api_version})
+    return str(client.api.create_container(**create_args)["Id"])
 
 
 def published_port(container: Any, port: int) -> int:

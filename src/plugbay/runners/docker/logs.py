@@ -3,7 +3,11 @@
 The engine's log API with ``follow`` ends when the container stops; closing
 the underlying HTTP response ends it sooner (the runner does that on kill).
 stdout and stderr are read as two separate log requests so each arrives
-demultiplexed and in order.
+demultiplexed and in order. Each request is made on its pump thread, so the
+two round trips overlap; the runner still waits until both are open
+(:meth:`wait_open`) before it goes on, so following starts as early as it
+would with one request after the other (a follower that starts late can miss
+lines in a log file the engine rotated under a flood).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ class ContainerLogStream:
         self._done = False
         self._reader_taken = False
         self.splitter = LineSplitter()  # a line longer than MAX_LINE is cut with a marker
-        # follow=True: the request stays open until the container stops.
-        self._stream = api.logs(container_id, stdout=which == "stdout", stderr=which == "stderr",
-                                stream=True, follow=True)
+        self.error: str | None = None  # why the log request failed, for diagnosis
+        self._api, self._container_id = api, container_id
+        self._stream: Any = None
+        self._closing = False
+        self._opened = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"plugbay-docker-{which}-{container_id[:12]}",
                                         daemon=True)
         self._thread.start()
@@ -46,9 +52,27 @@ class ContainerLogStream:
             self._lines.append(line)
             self._cond.notify_all()
 
+    def _open(self) -> Any:
+        # follow=True: the request stays open until the container stops.
+        stream = self._api.logs(self._container_id, stdout=self.which == "stdout",
+                                stderr=self.which == "stderr", stream=True, follow=True)
+        with self._cond:
+            if not self._closing:
+                self._stream = stream
+                return stream
+        stream.close()  # close() came first: end the request made after it
+        return ()
+
     def _run(self) -> None:
         try:
-            for chunk in self._stream:
+            try:
+                stream = self._open()
+            except Exception as exc:  # noqa: BLE001 - the engine refused or went away: the stream is empty
+                self.error = f"the engine's {self.which} log request failed: {exc}"
+                return
+            finally:
+                self._opened.set()
+            for chunk in stream:
                 for line in self.splitter.feed(chunk):
                     self._push(line)
         except Exception:  # noqa: BLE001 - the stream was closed under us (kill) or the engine went away
@@ -59,6 +83,10 @@ class ContainerLogStream:
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+
+    def wait_open(self, timeout: float) -> bool:
+        """Block (at most ``timeout``) until the log request is open or has failed."""
+        return self._opened.wait(timeout)
 
     def lines(self) -> Iterator[str]:
         with self._cond:
@@ -88,9 +116,12 @@ class ContainerLogStream:
 
     def close(self, timeout: float = 5.0) -> None:
         """End the stream now (the container may still be running) and join the thread."""
-        if not self._done:
+        with self._cond:
+            self._closing = True
+            stream = self._stream
+        if not self._done and stream is not None:
             try:
-                self._stream.close()
+                stream.close()
             except Exception:  # noqa: BLE001 - closing a socket that is already gone
                 pass
         self._thread.join(timeout)

@@ -32,9 +32,9 @@ from typing import Any
 from plugbay.errors import (ConfigError, ReattachError, RunnerError)
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
-                                            check_runtime, clear_socket_dir, engine, engine_call, host_gid,
-                                            mark_socket_dir, parse_mount, prepare_socket_dir, published_port,
-                                            socket_dir_unproven, sweep, transport_settings)
+                                            check_runtime, clear_socket_dir, create_container, engine, engine_call,
+                                            host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
+                                            published_port, socket_dir_unproven, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, tmpfs_mounts)
 from plugbay.runners.docker.checks import check_digest, find_image, socket_on_host
@@ -46,6 +46,7 @@ __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 TRANSPORTS = ("unix", "tcp")
 _log = logging.getLogger("plugbay.runners.docker")
 _DIAG_LINES = 10
+_LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
 class DockerRunner(Runner):
@@ -196,19 +197,21 @@ class DockerRunner(Runner):
             args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
         args.update(self.extra_create_args)
         try:
-            container = engine_call(lambda: client.containers.create(**args), "create the container")
-            self._container_id = container.id
-            engine_call(container.start, "start the container")
+            self._container_id = engine_call(lambda: create_container(client, args), "create the container")
+            engine_call(lambda: client.api.start(self._container_id), "start the container")
         except APIError as exc:
             raise RunnerError(
                 f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."
                 " Check the image's entrypoint/command and the runner options (mounts, user, runtime)."
             ) from exc
         if self.transport == "tcp":
-            self._host_port = published_port(container, self.container_port)
+            container = client.containers.prepare_model({"Id": self._container_id})
+            self._host_port = published_port(container, self.container_port)  # the engine picked it at start
         for which in ("stdout", "stderr"):
             self._pumps[which] = ContainerLogStream(client.api, self._container_id, which)
         self._watch_exit()
+        for pump in self._pumps.values():
+            pump.wait_open(_LOG_OPEN_WAIT)
 
     def _watch_exit(self) -> None:
         # One blocking wait request per container instead of polling: the
@@ -378,6 +381,9 @@ class DockerRunner(Runner):
         for which in ("stderr", "stdout"):
             lines = self._last_lines(which)
             text += f"\n  last {which} lines:\n" + ("\n".join("    " + line for line in lines) or "    (none)")
+            pump = self._pumps.get(which)
+            if pump is not None and pump.error:
+                text += f"\n  ({pump.error})"
         return text
 
     def _last_lines(self, which: str) -> list[str]:

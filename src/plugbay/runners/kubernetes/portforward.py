@@ -1,9 +1,12 @@
 """A local 127.0.0.1 listener that port-forwards each connection to a pod through the API server.
 
-Each accepted connection opens its own port-forward WebSocket with the
-kubernetes client's ``kubernetes.stream.portforward`` and relays bytes both
-ways, so a dropped stream breaks only the connections on it and gRPC's next
-connection gets a fresh one. The client's ``portforward`` swaps
+Each accepted connection opens its own port-forward WebSocket (the
+v4.channel.k8s.io protocol: a data and an error channel per port, each opened
+by a frame carrying the port number) and one thread relays bytes both ways
+between the connection and the WebSocket's socket, framing them itself
+(wsframes.py). A dropped stream breaks only the connection on it, and gRPC's
+next connection gets a fresh one. The WebSocket is opened with the kubernetes
+client's ``stream`` (its auth, TLS and proxy settings); ``stream`` swaps
 ``api_client.call_api`` while it runs, so the forwarder owns a private
 ApiClient and opens streams one at a time.
 """
@@ -13,11 +16,17 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
+import struct
 import threading
+import time
 from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.runners.kubernetes.wsframes import (
+    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, client_frame,
+)
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
@@ -43,9 +52,7 @@ class PortForwarder:
         self._listener.listen(64)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         try:
-            probe = self._open().socket(port)  # fail now (403, pod gone) rather than on the first call
-            _drain_close(probe)
-            probe.close()
+            _close_stream(self._open(), FrameReader())  # fail now (403, pod gone) rather than on the first call
         except BaseException:
             self._listener.close()
             self._api_client.close()
@@ -54,14 +61,14 @@ class PortForwarder:
         self._acceptor.start()
 
     def _open(self) -> Any:
-        """One port-forward stream; returns the client's PortForward object."""
+        """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
         from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import portforward
+        from kubernetes.stream import stream
 
         with self._open_lock:
             try:
-                return portforward(self._api.connect_get_namespaced_pod_portforward, self.pod,
-                                   self.namespace, ports=str(self.port))
+                client = stream(self._api.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
+                                ports=str(self.port), _preload_content=False, binary=True)
             except ApiException as exc:
                 # The WebSocket handshake's HTTP status only survives in the reason text.
                 text = f"{exc.status} {exc.reason}"
@@ -74,6 +81,9 @@ class PortForwarder:
                 raise RunnerError(
                     f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: {exc.reason}."
                     " Check that the pod is Running (kubectl get pod) and listens on that port.") from exc
+        sock = client.sock.sock  # the websocket-client WebSocket's socket: from here on the frames are ours
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
@@ -82,6 +92,7 @@ class PortForwarder:
                 if not ready:
                     continue
                 conn, _ = self._listener.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 return
             self._count += 1
@@ -98,42 +109,66 @@ class PortForwarder:
 
     def _serve(self, conn: socket.socket) -> None:
         remote: Any = None
+        reader = FrameReader()
         try:
             try:
-                forward = self._open()
+                remote = self._open()
             except Exception as exc:
                 _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
-            remote = forward.socket(self.port)
-            self._relay(conn, remote)
-            error = forward.error(self.port)
+            error = self._relay(conn, remote, reader)
             if error:
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)
+        except (OSError, FrameError) as exc:
+            _log.debug("port-forward to %s/%s:%s ended: %s", self.namespace, self.pod, self.port, exc)
         finally:
             with self._lock:
                 self._socks.discard(conn)
             conn.close()
             if remote is not None:
-                # close() only cuts the local side; the client's end of the stream is
-                # ended here, in order, so its proxy thread sees EOF and not a reset
-                _drain_close(remote)
-                remote.close()
+                _close_stream(remote, reader)
 
-    def _relay(self, a: Any, b: Any) -> None:
-        peers = {a: b, b: a}
+    def _relay(self, conn: socket.socket, remote: Any, reader: FrameReader) -> str:
+        """Relay until either side ends (gRPC reconnects through a new stream); the error channel's text."""
+        opened = [False, False]  # has the data / error channel's port frame arrived
+        error = ""
+        peers = [conn, remote]
         while not self._closed.is_set():
-            ready, _, _ = select.select(list(peers), [], [], 0.5)
-            for s in ready:
-                try:
-                    data = s.recv(65536)
-                except OSError:
-                    data = b""
+            ready, _, _ = select.select(peers, [], [], 0.5)
+            if conn in ready:
+                data = conn.recv(65536)
                 if not data:
-                    return  # either side ended: end both (gRPC reconnects through a new stream)
-                try:
-                    peers[s].sendall(data)
-                except OSError:
-                    return
+                    return error
+                remote.sendall(client_frame(OP_BINARY, b"\x00" + data))
+            if remote not in ready:
+                continue
+            data = remote.recv(65536)
+            while isinstance(remote, ssl.SSLSocket) and remote.pending():
+                data += remote.recv(remote.pending())
+            if not data:
+                return error
+            for opcode, payload in reader.feed(data):
+                if opcode == OP_CLOSE:
+                    return error
+                if opcode == OP_PING:
+                    remote.sendall(client_frame(OP_PONG, payload))
+                if opcode != OP_BINARY or not payload:
+                    continue
+                channel, body = payload[0], payload[1:]
+                if channel > 1:
+                    raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
+                if not opened[channel]:
+                    opened[channel] = True
+                    if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
+                        raise FrameError(f"channel {channel} opened without port {self.port}")
+                    body = body[2:]
+                if channel == 1:
+                    error += body.decode(errors="replace")
+                    if error:
+                        return error  # the server ends the stream after its error
+                elif body:
+                    conn.sendall(body)
+        return error
 
     def close(self) -> None:
         self._closed.set()
@@ -145,13 +180,17 @@ class PortForwarder:
         self._api_client.close()
 
 
-def _drain_close(sock: Any) -> None:
-    """End our half first and read what is left, so the client's proxy sees EOF, not a reset."""
+def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:
+    """Send Close and read until the server's Close or EOF (RFC 6455 7.1.1), so neither side sees a reset."""
     try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(1.0)
-        for _ in range(64):
-            if not sock.recv(65536):
+        sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([sock], [], [], left)
+            data = sock.recv(65536) if ready else b""
+            if not data or any(op == OP_CLOSE for op, _ in reader.feed(data)):
                 break
-    except OSError:
+    except (OSError, FrameError):
         pass
+    finally:
+        sock.close()

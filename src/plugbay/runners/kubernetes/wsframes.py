@@ -1,0 +1,98 @@
+"""The RFC 6455 frames a port-forward stream needs: masked client frames out, server frames in.
+
+The port-forwarder relays each connection's bytes straight between its TCP
+socket and the WebSocket's socket in one thread, so it frames and parses here
+itself instead of going through the kubernetes client's proxy thread and the
+socket pair that proxy adds (one thread hop and two copies per direction).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+MAX_FRAME = 64 << 20  # a server frame larger than this is a broken stream, not data
+
+
+class FrameError(Exception):
+    """The server sent something that is not a WebSocket frame (the stream must end)."""
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final frame, masked as RFC 6455 5.3 requires of every client frame."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    mask = os.urandom(4)
+    return head + mask + _xor(payload, mask)
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Incremental parser of server frames; continuations are joined into one message."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._partial: bytearray | None = None
+        self._partial_op = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Whole messages (opcode, payload) completed by ``data``; the rest waits for more."""
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, at = b1 & 0x7F, pos + 2
+            if n == 126:
+                if len(buf) - at < 2:
+                    break
+                (n,), at = struct.unpack_from("!H", buf, at), at + 2
+            elif n == 127:
+                if len(buf) - at < 8:
+                    break
+                (n,), at = struct.unpack_from("!Q", buf, at), at + 8
+            if n > MAX_FRAME:
+                raise FrameError(f"a {n}-byte frame")
+            mask = b""
+            if b1 & 0x80:  # servers must not mask, but a masked frame is still readable
+                if len(buf) - at < 4:
+                    break
+                mask, at = bytes(buf[at:at + 4]), at + 4
+            if len(buf) - at < n:
+                break
+            payload = bytes(buf[at:at + n])
+            pos = at + n
+            if mask:
+                payload = _xor(payload, mask)
+            self._add(b0 & 0x80 != 0, b0 & 0x0F, payload, out)
+        del buf[:pos]
+        return out
+
+    def _add(self, fin: bool, opcode: int, payload: bytes, out: list[tuple[int, bytes]]) -> None:
+        if opcode >= OP_CLOSE:  # control frames may sit between a message's fragments
+            out.append((opcode, payload))
+        elif opcode == OP_CONT:
+            if self._partial is None:
+                raise FrameError("a continuation frame with no message to continue")
+            self._partial += payload
+            if fin:
+                out.append((self._partial_op, bytes(self._partial)))
+                self._partial = None
+        elif fin:
+            out.append((opcode, payload))
+        else:
+            self._partial, self._partial_op = bytearray(payload), opcode

@@ -1,0 +1,108 @@
+"""The Docker runner's short start path against the real engine: what it skips must not hide failures.
+
+A start reuses the API version negotiated with the same engine, opens the log
+streams on their pump threads, and creates without the SDK's follow-up
+inspect. An engine that goes away after the version was learned, or a log
+request the engine refuses, must still surface as clear errors.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.errors import EngineUnavailableError
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.logs import ContainerLogStream
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+BASE = "plugbay-base:bookworm"
+ENGINE = "/var/run/docker.sock"
+
+
+class EngineRelay:
+    """A unix socket that relays to the real engine's socket until closed (a stand-in DOCKER_HOST)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.path)
+        self._listener.listen(16)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self._listener], [], [], 0.1)[0]:
+                continue
+            conn, _ = self._listener.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(ENGINE)
+            self._socks += [conn, upstream]
+            t = threading.Thread(target=self._pipe, args=(conn, upstream), name="plugbay-test-engine-pipe")
+            self._threads.append(t)
+            t.start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        while not self._stop.is_set():
+            for s in select.select(list(peers), [], [], 0.1)[0]:
+                data = s.recv(65536)
+                if not data:
+                    return
+                peers[s].sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(5)
+        for t in self._threads:
+            t.join(5)
+        for s in self._socks:
+            s.close()
+        self._listener.close()
+
+
+def test_engine_gone_after_its_version_was_learned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not Path(ENGINE).is_socket():
+        pytest.skip(f"the engine is not on {ENGINE}")
+    relay = EngineRelay(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{relay.path}")
+    try:
+        runner = DockerRunner(BASE, entrypoint=["sleep", "30"])
+        runner.start(LaunchSpec(env={}))  # negotiates the API version through the relay
+        runner.kill(0)
+    finally:
+        relay.close()
+    with pytest.raises(EngineUnavailableError, match="cannot reach the Docker engine") as info:
+        DockerRunner(BASE, entrypoint=["sleep", "30"]).start(LaunchSpec(env={}))
+    assert "engine.sock" in str(info.value) and "DOCKER_HOST" in str(info.value)
+
+
+def test_a_refused_log_request_ends_the_stream_and_is_diagnosed(plugbay_docker: Any) -> None:
+    stream = ContainerLogStream(plugbay_docker.api, "plugbay-no-such-container", "stdout")
+    assert list(stream.lines()) == []  # ends, does not hang
+    stream.close()
+    assert stream.error is not None
+    assert "stdout log request failed" in stream.error and "plugbay-no-such-container" in stream.error
+
+
+def test_closing_a_log_stream_at_once_ends_its_request(plugbay_docker: Any) -> None:
+    runner = DockerRunner(BASE, entrypoint=["sh", "-c", "echo ready; exec sleep 30"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        early = ContainerLogStream(plugbay_docker.api, runner.id, "stdout")
+        early.close()  # very likely before its request was made: the request must still end
+        assert early.done
+        assert next(runner.stdout_lines()) == "ready"
+    finally:
+        runner.kill(0)
