@@ -111,8 +111,10 @@ def create_container(client: Any, args: dict[str, Any]) -> str:
     The same arguments (and ``extra_create_args``) are understood: the SDK's own
     conversion turns them into the create request.
     """
-    from docker.models.containers import _create_container_args
-
+    try:  # private to the SDK (docker 7.x): fall back to the public call if it moves
+        from docker.models.containers import _create_container_args
+    except ImportError:
+        return str(client.containers.create(**args).id)
     create_args = _create_container_args({**args, "version": client.api.api_version})
     return str(client.api.create_container(**create_args)["Id"])
 
