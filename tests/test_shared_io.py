@@ -298,3 +298,61 @@ def test_a_sinkless_reattached_host_does_not_take_the_output_from_a_reading_one(
             second.close()
     finally:
         first.kill()
+
+
+def test_the_broker_of_a_plugin_that_died_raises_a_typed_error_instead_of_crashing(tmp_path: Path) -> None:
+    """The lazily opened broker stream on a channel the exit watcher closed: a typed error, no SIGSEGV.
+
+    In a child interpreter: grpcio crashes the whole process when a stub is built on a closed
+    channel, which would take pytest down with it.
+    """
+    import subprocess
+
+    script = tmp_path / "dead_broker.py"
+    script.write_text(f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(REPO / "examples" / "kv")!r})
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import BrokerClosedError, Client, ClientConfig
+cfg = ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, cmd={PROBE!r})
+with Client(cfg) as client:
+    client.dispense(PLUGIN_NAME).put("k", b"v")
+    assert client.broker.call is None  # a plugbay plugin: the stream waits for first use
+    os.kill(int(client.runner.id), signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not client.exited and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.exited
+    for _ in range(2):
+        try:
+            client.broker.next_id()
+            client.broker.dial(1, timeout=1)
+        except BrokerClosedError as exc:
+            assert "new Client" in str(exc), exc
+        else:
+            raise SystemExit("no error from a dead plugin's broker")
+print("typed")
+""")
+    done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.strip().endswith("typed")
+
+
+def test_a_go_plugin_gets_its_broker_stream_when_dispensed() -> None:
+    """go-plugin's Send blocks until the host opened the stream: a Go plugin's is opened at dispense."""
+    from tests import gobuild
+
+    reason = gobuild.go_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    kv_plugin = str(gobuild.build_go("kv_plugin"))
+    with Client(config([kv_plugin])) as client:
+        client.start()
+        assert client.broker.call is None  # nothing can call plugin code before a dispense
+        kv = client.dispense(PLUGIN_NAME)
+        assert client.broker.call is not None
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+    with Client(config(PROBE)) as client:  # a plugbay plugin said it queues: still lazy
+        client.dispense(PLUGIN_NAME).put("k", b"v")
+        assert client.broker.call is None

@@ -236,6 +236,10 @@ class GRPCBroker:
         with self._cond:
             self._opener = opener
 
+    def open_stream(self) -> None:
+        """Open the host's broker stream now if it opens lazily (a no-op otherwise)."""
+        self._ensure_stream()
+
     def _ensure_stream(self) -> None:
         with self._cond:
             opener, self._opener = self._opener, None
@@ -271,6 +275,12 @@ class GRPCBroker:
             self._outbox.clear()
         if old is not None:
             old.put(None)
+
+    def mark_lost(self, reason: str) -> None:
+        """The stream could not be opened: what this side sends from now on fails with ``reason``."""
+        with self._cond:
+            self._lost = reason
+            self._cond.notify_all()
 
     def detach_stream(self, send_q: queue.Queue[pb.ConnInfo | None], reason: str) -> None:
         with self._cond:

@@ -10,12 +10,14 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, BrokerTransport, GRPCBroker
+from plugbay.errors import BrokerClosedError
 
 log = logging.getLogger("plugbay.broker")
 
@@ -81,14 +83,17 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
     outbox; go-plugin's Send waits for the stream).
     """
     broker = GRPCBroker(transport, "host", dial_timeout)
+    # Built now, on the open channel: a stub built after the exit watcher closed the
+    # channel crashes grpcio (a call on a closed channel's stub only raises ValueError).
+    stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
     if lazy:
-        broker.open_stream_with(lambda: _open_host_stream(broker, channel))
+        broker.open_stream_with(lambda: _open_host_stream(broker, stub))
     else:
-        _open_host_stream(broker, channel)
+        _open_host_stream(broker, stub)
     return broker
 
 
-def _open_host_stream(broker: GRPCBroker, channel: grpc.Channel) -> None:
+def _open_host_stream(broker: GRPCBroker, stub: Any) -> None:
     send_q: queue.Queue[pb.ConnInfo | None] = queue.Queue()
 
     def requests() -> Iterator[pb.ConnInfo]:
@@ -99,8 +104,12 @@ def _open_host_stream(broker: GRPCBroker, channel: grpc.Channel) -> None:
             yield item
 
     # No deadline: the stream lives as long as the plugin (go-plugin does the same).
-    stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.StartStream(requests(), timeout=None)
+    try:
+        call = stub.StartStream(requests(), timeout=None)
+    except ValueError as exc:  # grpcio: "Cannot invoke RPC on closed channel!"
+        broker.mark_lost(f"the connection to the plugin is closed ({exc})")
+        raise BrokerClosedError("the broker's connection to the plugin is closed (the plugin exited or"
+                                " the Client was closed); start a new Client") from None
     if not broker.set_call(call):  # closed meanwhile
         call.cancel()
         send_q.put(None)

@@ -106,6 +106,7 @@ class Client:
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
+        self._broker_queues = False  # the plugin said (health Check) it queues broker messages
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._output: Joinable | None = None  # the runner's stdout/stderr follower
         self._exit_watch: Cancellable | None = None
@@ -261,7 +262,7 @@ class Client:
         self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(  # type: ignore[no-untyped-call]
             self._conn.channel)
         remaining = max(deadline - time.monotonic(), 1.0)
-        wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
+        self._broker_queues = wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
                      name=self.name)
         code = runner.wait(0)
         if code is not None:
@@ -323,7 +324,13 @@ class Client:
             plugins = self._versions[self.negotiated_version]
             if name not in plugins:
                 raise UnknownPluginError(name, list(plugins))
-            stub = plugins[name].grpc_client(self.broker, self.channel)
+            broker = self.broker
+            if not self._dispensed and not self._broker_queues:
+                # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
+                # handler that announces a connection before the host touched its broker would
+                # hang. Dispensing is when plugin code can first be called, so open it now.
+                broker.open_stream()
+            stub = plugins[name].grpc_client(broker, self.channel)
             self._dispensed[name] = stub
             return stub
 

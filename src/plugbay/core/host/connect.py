@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay.core.protocol.tls import CertKey, der_to_pem
 from plugbay.core.transport.secure import MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
@@ -28,8 +29,12 @@ def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_
 
 
 def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugin",
-                 exited: Callable[[], bool] = lambda: False, name: str = "plugin") -> None:
-    """Block until the health service reports ``service`` SERVING (bounded by ``timeout``)."""
+                 exited: Callable[[], bool] = lambda: False, name: str = "plugin") -> bool:
+    """Block until the health service reports ``service`` SERVING (bounded by ``timeout``).
+
+    True when the answer said the plugin queues broker messages (BROKER_QUEUES_METADATA: plugbay's
+    serve()); False for any other plugin, or when it exited meanwhile.
+    """
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -43,10 +48,10 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                 " with AutoMTLS, check that both sides use the certificates from the handshake."
             )
         try:
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service),
-                              timeout=min(remaining, 2.0), wait_for_ready=True)
+            resp, call = stub.Check.with_call(health_pb2.HealthCheckRequest(service=service),
+                                              timeout=min(remaining, 2.0), wait_for_ready=True)
             if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                return
+                return tuple(BROKER_QUEUES_METADATA) in {tuple(m) for m in call.trailing_metadata() or ()}
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
@@ -57,6 +62,6 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                 except grpc.RpcError as probe:
                     last = f"{probe.code().name}: {probe.details()}"
         if exited():
-            return  # the caller reports the exit with the plugin's own output
+            return False  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)

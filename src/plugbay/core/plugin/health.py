@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
 SERVICE_NAME = "plugin"  # go-plugin's GRPCServiceName
@@ -26,10 +27,19 @@ _WATCH_POLL = 0.5  # how often a Watch notices that its caller went away
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
+    _trailer: tuple[tuple[str, str], ...] | None = None
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._status: dict[str, Status] = {"": SERVING, SERVICE_NAME: SERVING}
         self._closed = False
+
+    def announce_broker_queues(self) -> None:
+        """serve(): this plugin queues broker messages until the host opens the broker stream.
+
+        Each Check's trailing metadata then tells the host, which may open the stream lazily.
+        """
+        self._trailer = (BROKER_QUEUES_METADATA,)
 
     def set_status(self, service: str, status: Status) -> None:
         with self._cond:
@@ -51,6 +61,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         if status is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
             raise AssertionError("abort() raises")
+        if self._trailer is not None:
+            context.set_trailing_metadata(self._trailer)
         return health_pb2.HealthCheckResponse(status=status)
 
     def Watch(self, request: health_pb2.HealthCheckRequest,

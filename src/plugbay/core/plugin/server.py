@@ -181,6 +181,7 @@ class _PluginServer:
         self.log = self._setup_logging(config.logger)
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
+        self.health.announce_broker_queues()
         self.gate = HandlerGate(config.max_workers)
         self.executor = ThreadPoolExecutor(max_workers=config.max_workers + RESERVED,
                                            thread_name_prefix="plugbay-grpc")

@@ -41,6 +41,10 @@ ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
 # Sent by a plugbay host that has no stdio sink on its StreamStdio call: a plugbay plugin then
 # drops its output and ends the stream (no reader needed); go-plugin plugins ignore it and stream.
 STDIO_DISCARD_METADATA = ("plugbay-stdio", "discard")
+# A plugbay plugin's health Check answers with this trailing metadata: it queues broker messages
+# until the host opens the broker stream, so the host may open it on first use (a go-plugin
+# plugin's Send blocks until the stream exists, so its host opens it when plugin code can run).
+BROKER_QUEUES_METADATA = ("plugbay-broker", "queues")
 
 PROTOCOL_GRPC = "grpc"
 PROTOCOL_NETRPC = "netrpc"
