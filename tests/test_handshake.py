@@ -135,3 +135,17 @@ def test_generated_code_matches_protos() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts/genproto.py"), "--check"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_certificate_with_the_right_outline_but_junk_inside_is_malformed() -> None:
+    """The DER outline check reads the curve; OpenSSL then parses the whole certificate."""
+    import base64
+
+    from plugbay.core.protocol.der import certificate_key
+
+    der = bytearray(generate_cert().cert_der)
+    der[10] = 0  # inside the TBS: the outline (and the curve) still read fine
+    certificate_key(bytes(der))
+    line = "1|1|unix|/tmp/p.sock|grpc|" + base64.b64encode(bytes(der)).decode().rstrip("=")
+    with pytest.raises(errors.MalformedHandshakeError, match="not a DER X.509 certificate"):
+        parse_handshake_line(line)

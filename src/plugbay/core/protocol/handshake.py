@@ -228,11 +228,14 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
             cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
-        from plugbay.core.protocol.der import certificate_key  # only AutoMTLS needs it
+        import ssl
+
+        from plugbay.core.protocol.der import certificate_key  # only AutoMTLS needs these
 
         try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
-            certificate_key(cert)  # its outline; the TLS handshake verifies the rest
-        except ValueError:
+            certificate_key(cert)  # its outline (the curve the transport needs)
+            _openssl_parses(cert)  # and all of it, so junk inside a right outline fails here too
+        except (ValueError, ssl.SSLError):
             raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
     multiplex = False
     if len(parts) == 7:
@@ -268,3 +271,10 @@ def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[in
     if not common:
         raise VersionMismatchError(host, plugin)
     return max(common)
+
+
+def _openssl_parses(der: bytes) -> None:
+    """Raise ssl.SSLError unless OpenSSL reads ``der`` as a certificate (no cryptography import)."""
+    import ssl
+
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
