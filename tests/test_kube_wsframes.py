@@ -44,3 +44,37 @@ def test_a_continuation_without_a_message_is_an_error() -> None:
 def test_an_absurd_frame_length_is_an_error() -> None:
     with pytest.raises(FrameError, match="frame"):
         FrameReader().feed(bytes([0x80 | OP_BINARY, 127]) + struct.pack(">Q", 1 << 40))
+
+
+def test_continuations_cannot_grow_a_message_past_one_frames_limit() -> None:
+    from plugbay.runners.kubernetes.wsframes import MAX_FRAME
+
+    piece = b"x" * (1 << 20)
+    reader = FrameReader()
+    reader.feed(bytes([OP_BINARY, 127]) + struct.pack(">Q", len(piece)) + piece)  # FIN clear
+    with pytest.raises(FrameError, match="fragmented message"):
+        for _ in range(MAX_FRAME // len(piece) + 1):
+            reader.feed(bytes([OP_CONT, 127]) + struct.pack(">Q", len(piece)) + piece)
+
+
+@pytest.mark.parametrize("frame, why", [
+    (bytes([0x80 | OP_PING, 126]) + struct.pack(">H", 126) + b"p" * 126, "control frame"),
+    (bytes([OP_PING, 1]) + b"p", "control frame"),  # a control frame without FIN
+    (bytes([0x80 | 3, 1]) + b"?", "unknown opcode"),
+    (bytes([0x80 | 0x40 | OP_BINARY, 1]) + b"r", "reserved bits"),
+])
+def test_bad_frames_from_the_peer_are_errors(frame: bytes, why: str) -> None:
+    with pytest.raises(FrameError, match=why):
+        FrameReader().feed(frame)
+
+
+def test_a_new_message_inside_a_fragmented_one_is_an_error() -> None:
+    with pytest.raises(FrameError, match="before the fragmented one ended"):
+        FrameReader().feed(bytes([OP_BINARY, 1]) + b"a" + bytes([0x80 | OP_BINARY, 1]) + b"b")
+
+
+def test_the_rfc_6455_masked_hello_example_reads_as_hello() -> None:
+    """RFC 6455 section 5.7: an independent check of the unmasking (server side and ours)."""
+    example = bytes.fromhex("818537fa213d7f9f4d5158")
+    assert server.FrameReader().feed(example) == [(0x1, b"Hello")]
+    assert FrameReader().feed(example) == [(0x1, b"Hello")]

@@ -78,20 +78,30 @@ class FrameReader:
             pos = at + n
             if mask:
                 payload = _xor(payload, mask)
+            if b0 & 0x70:  # no extension was negotiated
+                raise FrameError("a frame with reserved bits set")
             self._add(b0 & 0x80 != 0, b0 & 0x0F, payload, out)
         del buf[:pos]
         return out
 
     def _add(self, fin: bool, opcode: int, payload: bytes, out: list[tuple[int, bytes]]) -> None:
         if opcode >= OP_CLOSE:  # control frames may sit between a message's fragments
+            if opcode not in (OP_CLOSE, OP_PING, OP_PONG) or not fin or len(payload) > 125:
+                raise FrameError(f"a bad control frame (opcode {opcode}, fin {fin}, {len(payload)} bytes)")
             out.append((opcode, payload))
         elif opcode == OP_CONT:
             if self._partial is None:
                 raise FrameError("a continuation frame with no message to continue")
+            if len(self._partial) + len(payload) > MAX_FRAME:  # fragments must not outgrow one frame
+                raise FrameError(f"a fragmented message over {MAX_FRAME} bytes")
             self._partial += payload
             if fin:
                 out.append((self._partial_op, bytes(self._partial)))
                 self._partial = None
+        elif opcode not in (OP_TEXT, OP_BINARY):
+            raise FrameError(f"an unknown opcode {opcode}")
+        elif self._partial is not None:
+            raise FrameError("a new message before the fragmented one ended")
         elif fin:
             out.append((opcode, payload))
         else:
