@@ -282,6 +282,16 @@ def test_forbidden_port_forward(standin: StandIn, started: KubernetesRunner) -> 
         started.plugin_to_host("tcp", "0.0.0.0:4000")
 
 
+def test_a_port_forward_subprotocol_other_than_v4_is_a_clear_error(standin: StandIn,
+                                                                  started: KubernetesRunner) -> None:
+    standin.portforward_protocol = "v5.channel.k8s.io"
+    try:  # the forwarder's start-up probe opens one stream and reads the answer
+        with pytest.raises(RunnerError, match="subprotocol 'v5.channel.k8s.io'.*v4.channel.k8s.io"):
+            started.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        standin.portforward_protocol = "v4.channel.k8s.io"
+
+
 def test_forbidden_watch(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811
     standin.deny("watch", "pods")
     runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)

@@ -322,7 +322,7 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept_key(self.headers["Sec-WebSocket-Key"]))
-        self.send_header("Sec-WebSocket-Protocol", PROTOCOL)
+        self.send_header("Sec-WebSocket-Protocol", standin.portforward_protocol)
         self.end_headers()
         self.wfile.flush()
         session = ForwardSession(self.connection, f"{ns}/{name}", ports, dict(box.published))
@@ -357,6 +357,7 @@ class StandIn:
         self.sessions: list[ForwardSession] = []
         self.denied: set[tuple[str, str]] = set()
         self.drop_next_data = 0
+        self.portforward_protocol = PROTOCOL  # what the port-forward upgrade answers (tests change it)
         self.stopping = threading.Event()
         self._server = _Server(self)
         self._thread: threading.Thread | None = None

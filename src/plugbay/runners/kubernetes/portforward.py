@@ -81,6 +81,13 @@ class PortForwarder:
                 raise RunnerError(
                     f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: {exc.reason}."
                     " Check that the pod is Running (kubectl get pod) and listens on that port.") from exc
+        chosen = getattr(client, "subprotocol", None)
+        if chosen != "v4.channel.k8s.io":  # our framing: v4's port prefix on each channel's first frame
+            client.close()
+            raise RunnerError(
+                f"port-forward to pod {self.namespace}/{self.pod}: the API server chose WebSocket"
+                f" subprotocol {chosen!r}; plugbay speaks v4.channel.k8s.io. Use a kube-apiserver that"
+                " offers it (every release since 1.4 does for port-forward) or the pod-IP transport.")
         sock = client.sock.sock  # the websocket-client WebSocket's socket: from here on the frames are ours
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
