@@ -356,3 +356,18 @@ def test_a_go_plugin_gets_its_broker_stream_when_dispensed() -> None:
     with Client(config(PROBE)) as client:  # a plugbay plugin said it queues: still lazy
         client.dispense(PLUGIN_NAME).put("k", b"v")
         assert client.broker.call is None
+
+
+def test_watching_a_reaped_plugin_reports_its_exit_without_a_pidfd_on_a_reused_pid() -> None:
+    from plugbay.runners.base import LaunchSpec
+
+    runner = ProcessRunner([PY, "-c", "raise SystemExit(3)"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert runner.wait(20) == 3  # reaped: its pid is free for another process now
+        codes: list[int] = []
+        watch = runner.watch_exit(codes.append)
+        wait_for(lambda: codes == [3], "the exit of a reaped plugin")
+        watch.cancel()
+    finally:
+        runner.kill(0)

@@ -228,7 +228,11 @@ class ProcessRunner(Runner):
     def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
         """Told by the kernel (a pidfd on the shared I/O loop), not by polling; polls where pidfds are missing."""
         proc = self._proc
-        fd = pidfd(proc.pid) if proc is not None else None
+        # Once reaped, its pid may name another process: no pidfd then (checked again after opening).
+        fd = pidfd(proc.pid) if proc is not None and proc.returncode is None else None
+        if fd is not None and proc is not None and proc.returncode is not None:
+            os.close(fd)
+            fd = None
         if proc is None or fd is None:
             return super().watch_exit(on_exit)
         return watch_pid(fd, lambda: child_exit_code(proc, fd), on_exit)
