@@ -56,11 +56,13 @@ class BrokeredChannel(DelegatingChannel):
         self._untrack(self)
 
 
-def share_socket(path: str) -> None:
+def share_socket(path: str, folder_path: str | None = None) -> None:
     """Let the socket folder's group connect, as go-plugin does with a socket group.
 
     A folder shared with a container user is setgid (sockets inherit its
-    group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly.
+    group); PLUGIN_UNIX_SOCKET_GROUP names the group explicitly. ``folder_path``:
+    the folder the socket is about to be linked into (a spare, shared before it
+    gets a name there).
     """
     import stat
 
@@ -68,7 +70,7 @@ def share_socket(path: str) -> None:
     try:
         if group:
             give_to_group(path, group_id(group, f"set {ENV_UNIX_SOCKET_GROUP} to a group name or gid"), 0o660)
-        elif (folder := os.stat(os.path.dirname(path))).st_mode & stat.S_ISGID:
+        elif (folder := os.stat(folder_path or os.path.dirname(path))).st_mode & stat.S_ISGID:
             # a socket made there inherits the folder's group; one moved there (a spare) is given it
             give_to_group(path, folder.st_gid, 0o660)
     except (OSError, ConfigError) as exc:

@@ -138,6 +138,9 @@ class ServerSource:
         if self._renames:
             served, path = self._spare.take() or self._build_private()
             public = self._public_path()
+            # its group and mode are set while only plugbay's private folder names it: nothing is
+            # done by name in the shared folder, where a container user could swap the name
+            share_socket(path, os.path.dirname(public))
             try:
                 os.link(path, public)  # unlike rename, never replaces a file already there
             except OSError as exc:  # bound directly below: a bad folder is reported from there
@@ -148,7 +151,6 @@ class ServerSource:
             else:
                 served.cleanup.append(lambda: unlink_quietly(public))
                 unlink_quietly(path)
-                share_socket(public)
                 if _has_folder_group(public):
                     return served, public
                 # a setgid folder's group (what a container user connects with) could not be given
@@ -174,7 +176,7 @@ class ServerSource:
 def _has_folder_group(path: str) -> bool:
     """False when ``path`` sits in a setgid folder without that folder's group (sockets made there have it)."""
     folder = os.stat(os.path.dirname(path))
-    return not folder.st_mode & stat.S_ISGID or os.stat(path).st_gid == folder.st_gid
+    return not folder.st_mode & stat.S_ISGID or os.lstat(path).st_gid == folder.st_gid
 
 
 class SpareServer:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
@@ -28,10 +30,23 @@ def group_id(group: str | int, advice: str) -> int:
 
 
 def give_to_group(path: str, gid: int, mode: int) -> None:
-    """Hand a socket (or its folder) to a group with ``mode``, as go-plugin's setGroupWritable does."""
-    if os.stat(path).st_gid != gid:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
+    """Hand a socket (or its folder) to a group with ``mode``, as go-plugin's setGroupWritable does.
+
+    Through an O_PATH handle on the name itself, never following a symlink: the
+    folder may be writable by a container user, who could swap the socket's name
+    for a link to one of the host's files between bind and chmod.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISSOCK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise OSError(errno.EPERM, f"{path} is not a socket or a folder; left alone")
+        handle = f"/proc/self/fd/{fd}"  # chown/chmod of the very inode opened above
+        if st.st_gid != gid:
+            os.chown(handle, -1, gid)
+        os.chmod(handle, mode)
+    finally:
+        os.close(fd)
 
 
 def unlink_quietly(path: str) -> None:
