@@ -10,19 +10,16 @@ temp dir. Every wait is bounded.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import shutil
-import signal
 import tempfile
 import threading
 import time
-import weakref
 from typing import Any
 
 import grpc
 
-from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
+from plugbay._proto.plugin import grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
@@ -38,7 +35,10 @@ from plugbay.errors import (
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
+from plugbay.core.host.live import LIVE
+from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.logs import LogPump
+from plugbay.core.host.stop import ask_shutdown, describe_exit
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.mux import HostMux
 from plugbay.core.transport.secure import SecureChannel
@@ -50,25 +50,6 @@ from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSp
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
-# Started, not yet killed: plugins run in their own session, so they would
-# outlive a host that exits without kill(). cleanup_clients() runs at exit.
-_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def cleanup_clients() -> None:
-    """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
-
-    Reattached clients only disconnect: their plugin was meant to outlive a host.
-    """
-    for client in list(_LIVE):
-        if client.config.reattach is None:
-            client.kill()
-        else:
-            client.close()
-
-
-atexit.register(cleanup_clients)
-_SHUTDOWN_TIMEOUT = 2.0
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
@@ -191,7 +172,7 @@ class Client:
                 self._teardown(graceful=False)
                 raise
             self._started = True
-            _LIVE.add(self)
+            LIVE.add(self)
 
     def _start(self) -> None:
         cfg = self.config
@@ -300,11 +281,7 @@ class Client:
         if not self._logs_drained:  # its last stderr lines may still be in the pipe
             self._logs.join(1.0)
             self._logs_drained = True
-        tail = "; ".join(self._logs.tail()[-5:])
-        how = f"it exited with code {code}"
-        if code < 0 and -code in signal.valid_signals():
-            how += f" (killed by {signal.Signals(-code).name})"
-        return how + (f" (last stderr: {tail})" if tail else "")
+        return describe_exit(code, self._logs.tail()[-5:])
 
     # --- use --------------------------------------------------------------------
 
@@ -346,7 +323,7 @@ class Client:
             if self._killed:
                 return
             self._killed = True
-            _LIVE.discard(self)
+            LIVE.discard(self)
             if self._channel is not None:
                 self._channel.begin_close()
             self._teardown(graceful=True)
@@ -361,7 +338,7 @@ class Client:
                     f"close() leaves a plugin running, which only a reattached Client may do; this"
                     f" Client started plugin {self.name!r}, so stop it with kill()")
             self._killed = True
-            _LIVE.discard(self)
+            LIVE.discard(self)
             if self._channel is not None:
                 self._channel.begin_close()
             self._stop.set()
@@ -380,15 +357,7 @@ class Client:
         # Shutdown): a graceful stop on the plugin side waits for open streams.
         self._close_rpc_streams()
         if graceful and self._controller is not None and self._exit_code is None:
-            try:
-                self._controller.Shutdown(grpc_controller_pb2.Empty(), timeout=_SHUTDOWN_TIMEOUT)
-                asked = True
-            except grpc.RpcError as exc:
-                # The plugin may close the connection before answering.
-                asked = exc.code() == grpc.StatusCode.UNAVAILABLE
-                _log.debug("Shutdown of plugin %s: %s", self.name, exc)
-            except ValueError:
-                pass  # channel already closed by the exit watcher
+            asked = ask_shutdown(self._controller, self.name)
         if runner is not None:
             if asked and runner.wait(self.config.kill_grace) is None:
                 _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",

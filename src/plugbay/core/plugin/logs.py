@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import threading
 from typing import IO, Any
 
@@ -65,3 +66,50 @@ class HclogHandler(logging.Handler):
                 self.stream.flush()
         except Exception:  # logging must never take the plugin down
             self.handleError(record)
+
+
+class PluginLogging:
+    """Where serve() sends log records, and how it puts logging back when it returns.
+
+    Log records must not end up in the captured stderr: they go to a duplicate
+    of the original fd 2, taken here, before the redirection.
+    """
+
+    def __init__(self, given: logging.Logger | None) -> None:
+        self._stream: IO[str] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
+                                          errors="backslashreplace")
+        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._restore_root_level = False
+        self.log = self._setup(given)
+
+    def _setup(self, given: logging.Logger | None) -> logging.Logger:
+        handler = HclogHandler(self._stream)
+        root = logging.getLogger()
+        ours = not root.handlers
+        if ours:  # logging is not configured: the plugin's own records go to the host too
+            self._add_handler(root, handler)
+            if root.level == logging.WARNING:  # untouched default: let info through
+                root.setLevel(logging.INFO)
+                self._restore_root_level = True
+        if given is not None:
+            if not given.hasHandlers():
+                self._add_handler(given, handler)
+            return given
+        log = logging.getLogger("plugbay.server")
+        if not log.hasHandlers():
+            self._add_handler(log, handler)
+        elif ours and log.level == logging.NOTSET:
+            log.setLevel(logging.DEBUG)  # like go-plugin's default logger; the host filters
+        return log
+
+    def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
+        logger.addHandler(handler)
+        self._handlers.append((logger, handler))
+
+    def close(self) -> None:
+        """Remove the handlers added, restore the root level, close the duplicate of fd 2."""
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+        if self._restore_root_level:
+            logging.getLogger().setLevel(logging.WARNING)
+        self._stream.close()

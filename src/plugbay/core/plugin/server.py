@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -58,7 +58,7 @@ from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bo
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
-from plugbay.core.plugin.logs import HclogHandler
+from plugbay.core.plugin.logs import PluginLogging
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
 from plugbay.core.plugin.stdio import add_to_server as add_stdio
 
@@ -174,11 +174,8 @@ class _PluginServer:
         self.config = config
         self.env = env
         self.stopped = threading.Event()
-        self._log_stream: IO[str] = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
-                                              errors="backslashreplace")
-        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
-        self._restore_root_level = False
-        self.log = self._setup_logging(config.logger)
+        self._logging = PluginLogging(config.logger)  # hclog JSON on the original fd 2 (core.plugin.logs)
+        self.log = self._logging.log
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
         self.health.announce_broker_queues()
@@ -192,32 +189,6 @@ class _PluginServer:
         self._version = 0
         self._old_signals: dict[int, Any] = {}
         self._closed = False
-
-    def _setup_logging(self, given: logging.Logger | None) -> logging.Logger:
-        # Log records must not end up in the captured stderr: they go to a
-        # duplicate of the original fd 2, taken before the redirection.
-        handler = HclogHandler(self._log_stream)
-        root = logging.getLogger()
-        ours = not root.handlers
-        if ours:  # logging is not configured: the plugin's own records go to the host too
-            self._add_handler(root, handler)
-            if root.level == logging.WARNING:  # untouched default: let info through
-                root.setLevel(logging.INFO)
-                self._restore_root_level = True
-        if given is not None:
-            if not given.hasHandlers():
-                self._add_handler(given, handler)
-            return given
-        log = logging.getLogger("plugbay.server")
-        if not log.hasHandlers():
-            self._add_handler(log, handler)
-        elif ours and log.level == logging.NOTSET:
-            log.setLevel(logging.DEBUG)  # like go-plugin's default logger; the host filters
-        return log
-
-    def _add_handler(self, logger: logging.Logger, handler: logging.Handler) -> None:
-        logger.addHandler(handler)
-        self._handlers.append((logger, handler))
 
     def start(self) -> None:
         # Handlers first: a SIGTERM during setup must still clean up (socket file included).
@@ -381,11 +352,7 @@ class _PluginServer:
                 step()
             except Exception:
                 self.log.exception("plugin shutdown: closing the %s failed", what)
-        for logger, handler in self._handlers:
-            logger.removeHandler(handler)
-        if self._restore_root_level:
-            logging.getLogger().setLevel(logging.WARNING)
-        self._log_stream.close()
+        self._logging.close()
 
 
 def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPoolExecutor, path: str) -> None:

@@ -24,12 +24,11 @@ RestartBudgetExhaustedError.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias
+from typing import Any
 
 import grpc
 
@@ -49,21 +48,12 @@ from plugbay.core.resilience.readygate import ReadyGate
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
+from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
+from plugbay.core.resilience.sources import ConfigSource, first_client, new_client
 
 _log = logging.getLogger("plugbay.supervisor")
 
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
-
-
-class ClientMaker(Protocol):
-    """A config that makes its own Client (a network RemoteConfig makes a RemoteClient)."""
-
-    name: str | None
-
-    def make_client(self) -> Client: ...
-
-
-ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
 
 
 class _SupervisedChannel(ManagedChannel):
@@ -184,7 +174,7 @@ class Supervisor:
             raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
         if self._channel is not None:
             return
-        client = self._first_client()
+        client = first_client(self._source, self._reattach, self._event)
         if not self._named:
             self.name = client.name
         self._channel = _SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
@@ -259,41 +249,6 @@ class Supervisor:
             self._event("stopped", "")
 
     # --- internals --------------------------------------------------------------------
-
-    def _config(self) -> ClientConfig | ClientMaker:
-        source = self._source
-        cfg = source if isinstance(source, ClientConfig) or hasattr(source, "make_client") else source()
-        if not isinstance(cfg, ClientConfig) and not hasattr(cfg, "make_client"):
-            raise ConfigError(f"the Supervisor's config factory returned {type(cfg).__name__}, not a ClientConfig")
-        return cfg  # type: ignore[return-value]
-
-    def _new_client(self) -> Client:
-        cfg = self._config()
-        return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
-
-    def _first_client(self) -> Client:
-        if self._reattach is not None:
-            base = self._config()
-            if not isinstance(base, ClientConfig):
-                raise ConfigError("reattach= needs a ClientConfig (a launched plugin); a remote plugin is"
-                                  " simply connected to again, so drop reattach=")
-            cfg = dataclasses.replace(base, cmd=None, runner=None, reattach=self._reattach)
-            client = Client(cfg)
-            try:
-                client.start()
-                self._event("reattached", f"to {self._reattach.handshake.address}")
-                return client
-            except Exception as exc:
-                client.kill()
-                self._event("reattach_failed", f"{type(exc).__name__}: {exc}")
-        client = self._new_client()
-        try:
-            client.start()
-        except BaseException:
-            client.kill()
-            raise
-        self._event("started", f"{client.handshake.network}:{client.handshake.address}")
-        return client
 
     def _adopt(self, client: Client) -> None:
         with self._cond:
@@ -385,7 +340,7 @@ class Supervisor:
             self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
             client: Client | None = None
             try:
-                client = self._starting = self._new_client()
+                client = self._starting = new_client(self._source)
                 if self._stop.is_set():
                     client.kill()
                     return

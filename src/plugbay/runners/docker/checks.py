@@ -7,8 +7,8 @@ import posixpath
 import stat
 from typing import Any
 
-from plugbay.errors import ChecksumMismatchError, ImageNotFoundError, MalformedHandshakeError
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine_call
+from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine, engine_call
 
 
 def find_image(client: Any, name: str) -> Any:
@@ -63,3 +63,17 @@ def socket_on_host(address: str, host_socket_dir: str, container_id: str) -> str
         f"the plugin in container {container_id[:12]} announced socket path {address!r}, but {why} the"
         f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
         f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
+
+
+def check_secure_image(name: str, secure: Any) -> None:
+    """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+    if isinstance(secure, (list, tuple)) or secure.path is not None:
+        raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
+    if secure.hash != "sha256":
+        raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
+                          " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
+    client = engine()
+    try:
+        check_digest(find_image(client, name), name, "sha256:" + secure.checksum.hex())
+    finally:
+        client.close()

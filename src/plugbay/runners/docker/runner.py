@@ -29,23 +29,25 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import (ConfigError, ReattachError, RunnerError)
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
                                             check_runtime, clear_socket_dir, create_container, engine, engine_call,
                                             host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
-                                            published_port, socket_dir_unproven, sweep, transport_settings)
+                                            published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, tmpfs_mounts)
-from plugbay.runners.docker.checks import check_digest, find_image, socket_on_host
+from plugbay.runners.docker.adopt import prove_container
+from plugbay.runners.docker.addresses import container_to_host, host_to_container
+from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
+from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
-from plugbay.runners.session import HOST_SESSION_ID, MANAGED, managed_labels, owner_name
+from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
 TRANSPORTS = ("unix", "tcp")
 _log = logging.getLogger("plugbay.runners.docker")
-_DIAG_LINES = 10
 _LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
@@ -239,47 +241,17 @@ class DockerRunner(Runner):
 
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
-        if isinstance(secure, (list, tuple)) or secure.path is not None:
-            raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
-        if secure.hash != "sha256":
-            raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
-                              " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
-        client = engine()
-        try:
-            check_digest(find_image(client, self.image), self.image, "sha256:" + secure.checksum.hex())
-        finally:
-            client.close()
+        check_secure_image(self.image, secure)
 
     # --- addresses --------------------------------------------------------------
 
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
-        if self.transport == "unix":
-            if network == "unix" and self._host_socket_dir:
-                return "unix", socket_on_host(address, self._host_socket_dir, self.id)
-            raise RunnerError(
-                f"the plugin in container {self.id[:12]} announced {network}:{address}, which the host cannot"
-                f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
-                " (PLUGIN_UNIX_SOCKET_DIR / TMPDIR). Use transport='tcp' for plugins that only listen on TCP."
-            )
-        if network == "tcp" and self._host_port is not None:
-            port = address.rsplit(":", 1)[-1]
-            if port == str(self.container_port):
-                return "tcp", f"127.0.0.1:{self._host_port}"
-        raise RunnerError(
-            f"the plugin in container {self.id[:12]} announced {network}:{address}, but only container port"
-            f" {self.container_port} is published; make the plugin honour PLUGBAY_LISTEN"
-            " (plugbay's serve() does) or set container_port= to the port it listens on."
-        )
+        return container_to_host(self.transport, network, address, host_socket_dir=self._host_socket_dir,
+                                 container_id=self.id, container_port=self.container_port,
+                                 host_port=self._host_port)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
-        if self.transport == "unix" and network == "unix" and self._host_socket_dir and (
-                address.startswith(self._host_socket_dir + "/")):
-            return "unix", CONTAINER_SOCKET_DIR + address[len(self._host_socket_dir):]
-        raise RunnerError(
-            f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks"
-            f" need the unix transport with the listener inside the socket folder {self._host_socket_dir},"
-            " or ClientConfig(multiplex_broker=True) with a plugin that can multiplex"
-        )
+        return host_to_container(self.transport, network, address, self._host_socket_dir)
 
     # --- wait / kill ----------------------------------------------------------------
 
@@ -366,36 +338,8 @@ class DockerRunner(Runner):
         return list(pump.tail) if pump else []
 
     def diagnose(self) -> str:
-        if not self._container_id:
-            return f"container for image {self.image!r} was never created"
         state = self._final_state if self._final_state is not None else self._inspect()
-        if state is None:
-            return f"container {self._container_id[:12]} ({self.image}) no longer exists"
-        parts = [f"container {self._container_id[:12]} ({self.image}): state {state.get('Status')}"]
-        if state.get("Status") in ("exited", "dead"):
-            parts.append(f"exit code {state.get('ExitCode')}")
-        parts.append(f"OOMKilled={bool(state.get('OOMKilled'))}")
-        if state.get("Error"):
-            parts.append(f"engine error: {state['Error']}")
-        text = ", ".join(parts)
-        for which in ("stderr", "stdout"):
-            lines = self._last_lines(which)
-            text += f"\n  last {which} lines:\n" + ("\n".join("    " + line for line in lines) or "    (none)")
-            pump = self._pumps.get(which)
-            if pump is not None and pump.error:
-                text += f"\n  ({pump.error})"
-        return text
-
-    def _last_lines(self, which: str) -> list[str]:
-        pump = self._pumps.get(which)
-        if pump is not None:
-            return list(pump.tail)[-_DIAG_LINES:]
-        try:
-            raw = self._client.api.logs(self._container_id, stdout=which == "stdout", stderr=which == "stderr",
-                                        tail=_DIAG_LINES)
-        except Exception:  # noqa: BLE001 - diagnosis is best effort
-            return []
-        return [str(line) for line in raw.decode("utf-8", "replace").splitlines()]
+        return describe_container(self._container_id, self.image, state, self._pumps, self._client)
 
     # --- reattach ----------------------------------------------------------------------
 
@@ -415,8 +359,6 @@ class DockerRunner(Runner):
         folder must be the one named in its labels, holding the marker plugbay wrote;
         otherwise ReattachError is raised and nothing is touched.
         """
-        from docker.errors import NotFound
-
         container_id = str(data.get("id") or "")
         if not container_id:
             raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
@@ -426,37 +368,17 @@ class DockerRunner(Runner):
         runner._client = engine()
         runner._container_id = container_id
         runner._attached = True
-        try:
-            container = engine_call(lambda: runner._client.containers.get(container_id), "find the container")
-        except NotFound:
-            runner._client.close()
-            raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
-                              " start the plugin again") from None
-        labels = dict(container.labels or {})
         socket_dir = data.get("host_socket_dir")
-        why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
-        if why is None and socket_dir is not None:
-            why = socket_dir_unproven(socket_dir, labels)
-        if why is not None:
-            runner._client.close()
-            runner._container_id = ""
-            raise ReattachError(
-                f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
-                " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
-                " that Client.reattach_config().to_json() produced for a running plugin")
-        runner._host_socket_dir = socket_dir
-        runner._owns_socket_dir = labels.get(SOCKET_OWNED) == "true"  # the labels say, not the data
-        if container.status != "running":
-            code = container.attrs["State"].get("ExitCode")
-            runner._client.close()
-            raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
-                              f" (exit code {code}); start the plugin again")
-        if runner.transport == "tcp":  # the engine says where it is published, not the data
-            try:
+        try:
+            container = prove_container(runner._client, container_id, socket_dir)
+            if runner.transport == "tcp":  # the engine says where it is published, not the data
                 runner._host_port = published_port(container, runner.container_port)
-            except BaseException:
-                runner._client.close()
-                raise
+        except BaseException:
+            runner._client.close()
+            raise
+        runner._host_socket_dir = socket_dir
+        # the labels say, not the data
+        runner._owns_socket_dir = dict(container.labels or {}).get(SOCKET_OWNED) == "true"
         runner._watch_exit()
         if not take_ownership:
             return runner

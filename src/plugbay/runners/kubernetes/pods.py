@@ -19,6 +19,7 @@ from plugbay.errors import (
     PluginExitedError,
     PodCrashLoopError,
     PodUnschedulableError,
+    RunnerError,
 )
 
 CONTAINER_NAME = "plugin"
@@ -227,6 +228,24 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
         out.append("last log lines:")
         out += ["  " + line for line in log_tail[-20:]]
     return "\n".join(out)
+
+
+def pod_address(pod: Json, port: int, pod_id: str) -> str:
+    """Where the host dials the pod's ``port`` in-cluster: the pod IP, or the node's IP for a hostPort."""
+    status = pod.get("status") or {}
+    # A hostPort on the container port means the pod is reached on its node's IP.
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for p in c.get("ports") or []:
+            if p.get("containerPort") == port and p.get("hostPort"):
+                return _join(p.get("hostIP") or status.get("hostIP", ""), int(p["hostPort"]))
+    ip = status.get("podIP")
+    if not ip:
+        raise RunnerError(f"pod {pod_id} has no IP yet (phase {phase(pod)}); it cannot be dialled")
+    return _join(ip, port)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format_event(ev: Json) -> str:

@@ -33,6 +33,7 @@ from plugbay.runners.kubernetes.api import api_message, call, default_namespace,
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
+from plugbay.runners.kubernetes.watch import PodWatch
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
@@ -82,18 +83,12 @@ class KubernetesRunner(Runner):
             "in-cluster" if from_sa else "port-forward")
         self.namespace = namespace or default_namespace(kubeconfig, context)
         self.pod_name = ""
-        self._cond = threading.Condition()
-        self._pod: dict[str, Any] | None = None
-        self._gone = False
-        self._stop = threading.Event()
-        self._watch: Any = None
-        self._watcher: threading.Thread | None = None
+        self._podwatch = PodWatch(self._api, self.namespace, self._read_pod)
         self._logs = PodLogs("")
         self._forwarders: dict[int, PortForwarder] = {}
         self._killed = False
         self._lock = threading.Lock()
         self._diagnosis: str | None = None
-        self._watch_error: BaseException | None = None
 
     # --- identity ------------------------------------------------------------
 
@@ -166,11 +161,11 @@ class KubernetesRunner(Runner):
 
     def _await_running(self, deadline: float) -> None:
         while True:
-            with self._cond:
-                pod, gone = self._pod, self._gone
+            with self._podwatch.cond:
+                pod, gone = self._podwatch.pod, self._podwatch.gone
                 if pod is not None and pods.is_running(pod):
                     return
-                watch_error = self._watch_error
+                watch_error = self._podwatch.error
             if watch_error is not None:
                 raise watch_error
             if gone:
@@ -187,8 +182,8 @@ class KubernetesRunner(Runner):
                     f"pod {self.id} did not reach Running within {self.start_timeout:.0f}s (phase"
                     f" {pods.phase(pod or {})}). Raise start_timeout for slow image pulls, or check the"
                     f" cluster.\n{self.diagnose()}")
-            with self._cond:
-                self._cond.wait(timeout=min(remaining, 1.0))
+            with self._podwatch.cond:
+                self._podwatch.cond.wait(timeout=min(remaining, 1.0))
 
     def _logs_tail(self) -> list[str]:
         if self._logs.tail:
@@ -202,56 +197,10 @@ class KubernetesRunner(Runner):
         except (ApiException, OSError, ValueError):
             return []
 
-    # --- the pod watch -------------------------------------------------------
+    # --- the pod watch (plugbay.runners.kubernetes.watch) -------------------
 
     def _start_watcher(self) -> None:
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_loop, name=f"plugbay-kwatch-{self.pod_name}")
-            self._watcher.start()
-
-    def _watch_loop(self) -> None:
-        from kubernetes import watch as watch_mod
-        from kubernetes.client.exceptions import ApiException
-
-        watch: Any = watch_mod
-
-        failures = 0
-        while not self._stop.is_set() and not self._gone:
-            w = watch.Watch()
-            self._watch = w
-            try:
-                for ev in w.stream(self._api.list_namespaced_pod, self.namespace, deserialize=False,
-                                   field_selector=f"metadata.name={self.pod_name}", timeout_seconds=10,
-                                   _request_timeout=(10, 30)):
-                    self._update(ev["object"], ev["type"] == "DELETED")
-                    if self._stop.is_set():
-                        break
-                failures = 0
-                if not self._stop.is_set() and not self._gone and self._read_pod() is None:
-                    self._update(None, True)
-            except ApiException as exc:
-                if exc.status == 403:
-                    self._watch_error = PermissionDeniedError(denied_message("watch", "pods", self.namespace))
-                    with self._cond:
-                        self._cond.notify_all()
-                    return
-                failures += 1
-            except Exception as exc:  # connection blips: retry a bounded number of times in a row
-                failures += 1
-                _log.debug("watching pod %s: %s", self.id, exc)
-            if failures >= 30:
-                _log.warning("giving up watching pod %s after %d failures", self.id, failures)
-                return
-            if failures:
-                self._stop.wait(min(0.2 * failures, 2.0))
-
-    def _update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
-        with self._cond:
-            if obj is not None:
-                self._pod = obj
-            if deleted:
-                self._gone = True
-            self._cond.notify_all()
+        self._podwatch.start(self.pod_name)
 
     # --- logs: handshake to stdout, everything else to stderr ----------------------
 
@@ -262,8 +211,9 @@ class KubernetesRunner(Runner):
 
     def _follow_logs(self) -> None:
         first = self._open_log(None)  # in the caller: a 403 or an unreachable API fails start()
-        self._logs.follow(first, self._open_log, lambda: not self._stop.is_set() and not self._gone
-                          and pods.is_running(self._pod or {}))
+        watched = self._podwatch
+        self._logs.follow(first, self._open_log, lambda: not watched.stop.is_set() and not watched.gone
+                          and pods.is_running(watched.pod or {}))
 
     def stdout_lines(self) -> Iterator[str]:
         return drain(self._logs.stdout)
@@ -289,17 +239,7 @@ class KubernetesRunner(Runner):
         return "tcp", fwd.address
 
     def _pod_address(self, port: int) -> str:
-        pod = self._pod or self._read_pod() or {}
-        status = pod.get("status") or {}
-        # A hostPort on the container port means the pod is reached on its node's IP.
-        for c in (pod.get("spec") or {}).get("containers") or []:
-            for p in c.get("ports") or []:
-                if p.get("containerPort") == port and p.get("hostPort"):
-                    return _join(p.get("hostIP") or status.get("hostIP", ""), int(p["hostPort"]))
-        ip = status.get("podIP")
-        if not ip:
-            raise RunnerError(f"pod {self.id} has no IP yet (phase {pods.phase(pod)}); it cannot be dialled")
-        return _join(ip, port)
+        return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         # A per-connection broker listens on the host's unix sockets, which no pod can
@@ -313,20 +253,7 @@ class KubernetesRunner(Runner):
 
     def wait(self, timeout: float | None = None) -> int | None:
         self._start_watcher()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                code = pods.exit_code(self._pod) if self._pod else None
-                if code is not None:
-                    return code
-                if self._gone:
-                    return -1  # deleted without a reported exit code
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                if self._watcher is None or not self._watcher.is_alive():
-                    return None if timeout is not None else -1
-                self._cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+        return self._podwatch.wait_exit(timeout)
 
     def kill(self, grace: float = 2.0) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -340,7 +267,7 @@ class KubernetesRunner(Runner):
             # End our port-forward streams before the pod goes, so each closes from our side
             # in order rather than under the client's proxy threads when the pod's port vanishes.
             self._close_forwarders()
-            if self.pod_name and not self._gone:
+            if self.pod_name and not self._podwatch.gone:
                 self._start_watcher()
                 try:
                     self._api.delete_namespaced_pod(self.pod_name, self.namespace,
@@ -353,23 +280,16 @@ class KubernetesRunner(Runner):
                     elif exc.status != 404:
                         error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
                     else:
-                        self._update(None, True)
-                if error is None:
-                    with self._cond:
-                        self._cond.wait_for(lambda: self._gone, timeout=grace + 30)
-                    if not self._gone:
-                        _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
+                        self._podwatch.update(None, True)
+                if error is None and not self._podwatch.wait_gone(grace + 30):
+                    _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
         finally:
             self._close()
         if error is not None:
             raise error
 
     def _close(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._watcher is not None:
-            self._watcher.join(timeout=15)
+        self._podwatch.close()
         self._logs.close()
         self._close_forwarders()
         if self._owns_client:
@@ -388,14 +308,14 @@ class KubernetesRunner(Runner):
     def diagnose(self) -> str:
         if self._diagnosis and self._killed:
             return self._diagnosis
-        pod = self._pod
+        pod = self._podwatch.pod
         if not self._killed:
             try:
                 pod = self._read_pod() or pod
             except RunnerError:
                 pass
         events = self._events() if not self._killed else []
-        return pods.describe(pod, self._gone, events, list(self._logs.tail))
+        return pods.describe(pod, self._podwatch.gone, events, list(self._logs.tail))
 
     # --- reattach ------------------------------------------------------------
 
@@ -421,7 +341,7 @@ class KubernetesRunner(Runner):
             raise ReattachError(f"cannot reattach to pod {runner.id}: it lacks plugbay's label plugbay.managed=true,"
                                 " so plugbay did not start it and leaves it alone. Pass the JSON that"
                                 " Client.reattach_config().to_json() produced for a running plugin")
-        runner._update(pod, False)
+        runner._podwatch.update(pod, False)
         runner._start_watcher()
         return runner
 
@@ -431,8 +351,4 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
 
 
 register_reattacher("KubernetesRunner", _reattach)
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

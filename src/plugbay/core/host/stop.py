@@ -1,0 +1,36 @@
+"""Ending a plugin: asking it to shut down (GRPCController.Shutdown) and saying how it exited."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import grpc
+
+from plugbay._proto.plugin import grpc_controller_pb2
+
+_log = logging.getLogger("plugbay.client")
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def ask_shutdown(controller: Any, name: str) -> bool:
+    """Ask the plugin to exit by itself; True when it took the request."""
+    try:
+        controller.Shutdown(grpc_controller_pb2.Empty(), timeout=SHUTDOWN_TIMEOUT)
+        return True
+    except grpc.RpcError as exc:
+        # The plugin may close the connection before answering.
+        _log.debug("Shutdown of plugin %s: %s", name, exc)
+        return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
+    except ValueError:
+        return False  # channel already closed by the exit watcher
+
+
+def describe_exit(code: int, tail: list[str]) -> str:
+    """How a plugin exited, for the error of a call it left: the code, its signal, its last stderr lines."""
+    how = f"it exited with code {code}"
+    if code < 0 and -code in signal.valid_signals():
+        how += f" (killed by {signal.Signals(-code).name})"
+    joined = "; ".join(tail)
+    return how + (f" (last stderr: {joined})" if joined else "")

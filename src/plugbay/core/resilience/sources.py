@@ -1,0 +1,71 @@
+"""Where a Supervisor's Clients come from: a ClientConfig, a ClientMaker, or a factory of either.
+
+A factory is called again for every restart, so it may return a different
+config each time (failover). The first Client may instead reattach to a plugin
+a previous host left running; when that fails, a fresh plugin is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol, TypeAlias
+
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.errors import ConfigError
+
+
+class ClientMaker(Protocol):
+    """A config that makes its own Client (a network RemoteConfig makes a RemoteClient)."""
+
+    name: str | None
+
+    def make_client(self) -> Client: ...
+
+
+ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
+
+
+def resolve_config(source: ConfigSource) -> ClientConfig | ClientMaker:
+    """The config to start from now (a factory is called each time)."""
+    cfg = source if isinstance(source, ClientConfig) or hasattr(source, "make_client") else source()
+    if not isinstance(cfg, ClientConfig) and not hasattr(cfg, "make_client"):
+        raise ConfigError(f"the Supervisor's config factory returned {type(cfg).__name__}, not a ClientConfig")
+    return cfg  # type: ignore[return-value]
+
+
+def new_client(source: ConfigSource) -> Client:
+    """A Client (not yet started) for a fresh plugin."""
+    cfg = resolve_config(source)
+    return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
+
+
+def first_client(source: ConfigSource, reattach: ReattachConfig | None,
+                 event: Callable[[str, str], None]) -> Client:
+    """The Supervisor's first, started Client: reattached if ``reattach`` works, else a fresh plugin.
+
+    ``event(kind, detail)`` records what happened; errors of the fresh start are raised as they are.
+    """
+    if reattach is not None:
+        base = resolve_config(source)
+        if not isinstance(base, ClientConfig):
+            raise ConfigError("reattach= needs a ClientConfig (a launched plugin); a remote plugin is"
+                              " simply connected to again, so drop reattach=")
+        cfg = dataclasses.replace(base, cmd=None, runner=None, reattach=reattach)
+        client = Client(cfg)
+        try:
+            client.start()
+            event("reattached", f"to {reattach.handshake.address}")
+            return client
+        except Exception as exc:
+            client.kill()
+            event("reattach_failed", f"{type(exc).__name__}: {exc}")
+    client = new_client(source)
+    try:
+        client.start()
+    except BaseException:
+        client.kill()
+        raise
+    event("started", f"{client.handshake.network}:{client.handshake.address}")
+    return client

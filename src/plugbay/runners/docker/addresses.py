@@ -1,0 +1,47 @@
+"""Address mapping for the Docker runner, between what a plugin in a container announces and what the host dials.
+
+unix: the socket folder is bind-mounted, so a socket path maps between the
+container's CONTAINER_SOCKET_DIR and the host's folder. tcp: only the
+published container port maps, to its 127.0.0.1 port; the container's own
+address is never dialled.
+"""
+
+from __future__ import annotations
+
+from plugbay.errors import RunnerError
+from plugbay.runners.docker.checks import socket_on_host
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
+
+
+def container_to_host(transport: str, network: str, address: str, *, host_socket_dir: str | None,
+                      container_id: str, container_port: int, host_port: int | None) -> tuple[str, str]:
+    """The host-dialable address of one the plugin announced; RunnerError when the host cannot reach it."""
+    if transport == "unix":
+        if network == "unix" and host_socket_dir:
+            return "unix", socket_on_host(address, host_socket_dir, container_id)
+        raise RunnerError(
+            f"the plugin in container {container_id[:12]} announced {network}:{address}, which the host cannot"
+            f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
+            " (PLUGIN_UNIX_SOCKET_DIR / TMPDIR). Use transport='tcp' for plugins that only listen on TCP."
+        )
+    if network == "tcp" and host_port is not None:
+        port = address.rsplit(":", 1)[-1]
+        if port == str(container_port):
+            return "tcp", f"127.0.0.1:{host_port}"
+    raise RunnerError(
+        f"the plugin in container {container_id[:12]} announced {network}:{address}, but only container port"
+        f" {container_port} is published; make the plugin honour PLUGBAY_LISTEN"
+        " (plugbay's serve() does) or set container_port= to the port it listens on."
+    )
+
+
+def host_to_container(transport: str, network: str, address: str, host_socket_dir: str | None) -> tuple[str, str]:
+    """The in-container path of a host listener in the socket folder; RunnerError for anything else."""
+    if transport == "unix" and network == "unix" and host_socket_dir and (
+            address.startswith(host_socket_dir + "/")):
+        return "unix", CONTAINER_SOCKET_DIR + address[len(host_socket_dir):]
+    raise RunnerError(
+        f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks"
+        f" need the unix transport with the listener inside the socket folder {host_socket_dir},"
+        " or ClientConfig(multiplex_broker=True) with a plugin that can multiplex"
+    )

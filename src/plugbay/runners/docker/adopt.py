@@ -1,0 +1,40 @@
+"""Reattach proof for the Docker runner: is the container in the reattach data one plugbay made?
+
+Reattach data is untrusted. The container must exist, carry plugbay's
+``plugbay.managed=true`` label and, when the data names a socket folder, be
+labelled with that folder and the marker plugbay wrote in it; otherwise nothing
+is touched (plugbay never stops or removes what it cannot prove it made).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugbay.errors import ReattachError, RunnerError
+from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
+from plugbay.runners.session import MANAGED
+
+
+def prove_container(client: Any, container_id: str, socket_dir: str | None) -> Any:
+    """The running container ``container_id``, once proven plugbay's; RunnerError/ReattachError otherwise."""
+    from docker.errors import NotFound
+
+    try:
+        container = engine_call(lambda: client.containers.get(container_id), "find the container")
+    except NotFound:
+        raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
+                          " start the plugin again") from None
+    labels = dict(container.labels or {})
+    why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
+    if why is None and socket_dir is not None:
+        why = socket_dir_unproven(socket_dir, labels)
+    if why is not None:
+        raise ReattachError(
+            f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
+            " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
+            " that Client.reattach_config().to_json() produced for a running plugin")
+    if container.status != "running":
+        code = container.attrs["State"].get("ExitCode")
+        raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
+                          f" (exit code {code}); start the plugin again")
+    return container
