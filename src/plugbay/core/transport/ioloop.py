@@ -18,6 +18,7 @@ import logging
 import os
 import selectors
 import threading
+import time
 from collections.abc import Callable
 
 _log = logging.getLogger("plugbay.io")
@@ -91,8 +92,15 @@ class IOLoop:
             thread = self._thread if not self._live else None
         if thread is None or thread is threading.current_thread():
             return thread is None or not self._live
-        thread.join(timeout)
-        return not thread.is_alive()
+        deadline = time.monotonic() + timeout
+        while thread.is_alive():  # in slices: a plugin registered meanwhile keeps it running
+            with self._lock:
+                if self._live or self._thread not in (thread, None):
+                    return False
+            if time.monotonic() >= deadline:
+                return False
+            thread.join(0.05)
+        return True
 
     @property
     def running(self) -> bool:
