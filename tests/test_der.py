@@ -131,3 +131,21 @@ def test_integers_keep_their_sign_bit_clear() -> None:
     assert der.integer(127) == b"\x02\x01\x7f"
     assert der.integer(128) == b"\x02\x02\x00\x80"
     assert der.integer(2**127) == b"\x02\x11\x00\x80" + b"\x00" * 15
+
+
+@pytest.mark.parametrize("hex_content, dotted", [
+    ("2a8648ce3d0201", "1.2.840.10045.2.1"),  # id-ecPublicKey
+    ("2b81040023", "1.3.132.0.35"),  # secp521r1
+    ("8837", "2.999"),  # X.690 8.19.5's example: a first subidentifier over 80
+])
+def test_oids_decode_as_x690_says(hex_content: str, dotted: str) -> None:
+    from plugbay.core.protocol.der import decode_oid
+
+    assert decode_oid(bytes.fromhex(hex_content)) == dotted
+
+
+def test_an_oid_cut_inside_a_subidentifier_is_malformed() -> None:
+    from plugbay.core.protocol.der import decode_oid
+
+    with pytest.raises(ValueError, match="inside a subidentifier"):
+        decode_oid(bytes.fromhex("551d91"))

@@ -68,6 +68,8 @@ def read(data: bytes, pos: int = 0) -> tuple[int, bytes, int]:
     if pos + 2 > len(data):
         raise ValueError("truncated element")
     tag, first = data[pos], data[pos + 1]
+    if tag & 0x1F == 0x1F:  # high tag numbers: no certificate field plugbay reads uses them
+        raise ValueError("a high-tag-number element")
     pos += 2
     if first & 0x80:
         count = first & 0x7F
@@ -92,14 +94,20 @@ def children(content: bytes) -> list[tuple[int, bytes]]:
 
 
 def decode_oid(content: bytes) -> str:
+    """X.690 8.19: base-128 subidentifiers; the first one holds the first two arcs."""
     if not content:
         raise ValueError("empty OID")
-    arcs, value = [content[0] // 40, content[0] % 40], 0
-    for byte in content[1:]:
+    subids: list[int] = []
+    value = 0
+    for byte in content:
         value = (value << 7) | (byte & 0x7F)
         if not byte & 0x80:
-            arcs.append(value)
+            subids.append(value)
             value = 0
+    if content[-1] & 0x80:
+        raise ValueError("an OID ending inside a subidentifier")
+    first = subids[0]
+    arcs = [min(first // 40, 2), first - 40 * min(first // 40, 2), *subids[1:]]
     return ".".join(map(str, arcs))
 
 
