@@ -13,7 +13,8 @@ from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 from plugbay import Client, ClientConfig, ReattachConfig, ReattachError, Supervisor  # noqa: I001
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.runners.base import LaunchSpec, reattach_runner
-from plugbay.runners.process import AttachedProcess, ProcessRunner, _start_time
+from plugbay.runners.attached import _start_time
+from plugbay.runners.process import AttachedProcess, ProcessRunner
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from typing import IO, Any
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
-from plugbay.runners.attached import REAP_TIMEOUT, _start_time
+from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
@@ -262,7 +262,7 @@ class ProcessRunner(Runner):
     def reattach_data(self) -> dict[str, Any]:
         pid = self._proc.pid if self._proc is not None else 0
         return {"kind": "ProcessRunner", "id": str(pid), "pid": pid, "name": self.name,
-                "start_time": _start_time(pid), "plugin_id": self.plugin_id}
+                "start_time": self._start_ticks, "plugin_id": self.plugin_id}  # recorded at spawn
 
     # --- output -----------------------------------------------------------------
 
