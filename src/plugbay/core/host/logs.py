@@ -21,8 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from plugbay.core.transport.lines import cap_line
 
@@ -33,7 +32,7 @@ def plugin_logger(name: str) -> logging.Logger:
 
 
 class LogPump:
-    """Logs each line of a plugin's streams: pushed by a runner (opened/closed), or read by a thread (follow)."""
+    """Logs each line of a plugin's streams, pushed by the runner's output follower (opened/handle/closed)."""
 
     def __init__(self, name: str, logger: logging.Logger | None = None,
                  raw_sink: Callable[[str], None] | None = None, tail: int = 50) -> None:
@@ -41,7 +40,6 @@ class LogPump:
         self.logger = logger or plugin_logger(name)
         self.raw_sink = raw_sink
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
-        self._threads: list[threading.Thread] = []
         self._in_panic = False
         self._cond = threading.Condition()
         self._open = 0  # pushed streams not ended yet (opened() minus closed())
@@ -56,34 +54,14 @@ class LogPump:
             self._open -= 1
             self._cond.notify_all()
 
-    def follow(self, lines: Iterator[str], stream: str = "stderr") -> threading.Thread:
-        """Pump ``lines`` in a thread until they end. The thread is joined by join()."""
-        thread = threading.Thread(target=self._run, args=(lines, stream),
-                                  name=f"plugbay-logs-{stream}-{self.name}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-        return thread
-
     def tail(self) -> list[str]:
         """The last stderr lines, hclog entries shown as "[LEVEL] message k=v"."""
         return [_tail_line(line) for line in list(self._tail)]
 
     def join(self, timeout: float = 5.0) -> bool:
         """Wait for every pumped stream to end; False if one is still open."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            ok = self._cond.wait_for(lambda: self._open <= 0, timeout)
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-            ok = ok and not thread.is_alive()
-        return ok
-
-    def _run(self, lines: Iterator[str], stream: str) -> None:
-        try:
-            for line in lines:
-                self.handle(line, stream)
-        except Exception:  # a broken stream ends the pump, never the host
-            self.logger.debug("reading plugin %s failed", stream, exc_info=True)
+            return self._cond.wait_for(lambda: self._open <= 0, timeout)
 
     def handle(self, line: str, stream: str = "stderr") -> None:
         line = cap_line(line)  # a Runner of another library may not bound its lines
