@@ -250,6 +250,8 @@ class SpareServer:
         except (PlugbayError, OSError, RuntimeError, ValueError) as exc:
             # accept_and_serve then builds its own and reports the failure
             log.debug("could not prepare a spare brokered server: %s", exc)
+        except Exception:  # a bug: said loudly, but the builder lives on and is not left "wanted"
+            log.warning("preparing a spare brokered server failed unexpectedly", exc_info=True)
         with self._cond:
             self._wanted = False
             if built is not None and not self._closed:

@@ -174,7 +174,7 @@ class IOLoop:
                     try:
                         selector.register(reg.fd, selectors.EVENT_READ, reg)
                         active.add(reg)
-                    except (OSError, ValueError) as exc:
+                    except (OSError, ValueError, KeyError) as exc:  # KeyError: an fd already watched
                         _log.debug("cannot watch fd %s: %s", reg.fd, exc)
                         self._finish(reg)
                 elif reg in active:  # "remove"
