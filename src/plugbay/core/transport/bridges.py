@@ -6,7 +6,7 @@ import socket
 import threading
 
 from plugbay.core.transport.workers import Workers
-from plugbay.core.transport.yamux import _CHUNK, Stream, StreamClosed
+from plugbay.core.transport.ystream import _CHUNK, Stream, StreamClosed
 
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
