@@ -46,13 +46,15 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             finish()
 
     def down() -> None:  # peer -> local: what the session reader could not send straight to conn
+        ended = True
         try:
             while True:
-                data, returned = stream.take()
+                data, returned = stream.drain()
                 if returned:
                     stream.consumed(returned)
-                if data is None:
-                    continue  # only window to return
+                if data is None:  # nothing more to do: the session reader wakes a new drain when there is
+                    ended = False
+                    return
                 if not data:
                     if stream.done or not stream._reset:
                         _shut(conn, socket.SHUT_WR)
@@ -68,23 +70,23 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             stream.reset()
             _shut(conn)
         finally:
+            if ended:
+                finish()
+
+    def wake() -> None:  # the down loop runs only while there is work (see Stream.attach_sink)
+        try:
+            workers.run(down)
+        except RuntimeError:  # closing: nothing carries the stream any more
+            _shut(conn)  # the up loop ends and, with this finish(), closes conn
             finish()
 
-    stream.attach_sink(conn)
     try:
         workers.run(up)
     except RuntimeError:  # closed: nothing runs, nothing carries the stream
-        stream.attach_sink(None)
         stream.reset()
         conn.close()
         raise
-    try:
-        workers.run(down)
-    except RuntimeError:
-        stream.reset()
-        _shut(conn)  # the up loop ends and, with this finish(), closes conn
-        finish()
-        raise
+    stream.attach_sink(conn, wake)
 
 
 def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 _HDR = struct.Struct(">BBHII")
@@ -66,6 +67,8 @@ class Stream:
         self._sink: socket.socket | None = None
         self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
         self._direct = 0  # bytes sent straight to the sink, window not yet returned
+        self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
+        self._draining = False  # the drain runs or is about to: no second one
 
     # called by the session's reader thread
     def _data(self, payload: bytes | bytearray, flags: int) -> bool:
@@ -88,7 +91,19 @@ class Stream:
                 self._return_direct()
             if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
                 self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
         return True
+
+    def _drain_needed(self) -> Callable[[], None] | None:
+        """The bridge's drain to start (after the lock is released), if it has work and is idle."""
+        if self._wake is None or self._draining:
+            return None
+        if self._buf or self._remote_fin or self._reset or self._direct >= self._window_max // 2:
+            self._draining = True
+            return self._wake
+        return None
 
     def _return_direct(self) -> None:
         """Return the window of bytes sent straight to the sink, if the session can send it
@@ -117,6 +132,9 @@ class Stream:
             self._send_window += delta
             self._flags_in(flags)
             self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
 
     def _flags_in(self, flags: int) -> None:
         if flags & FIN:
@@ -128,6 +146,9 @@ class Stream:
         with self._cond:
             self._reset = True
             self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
 
     def _take_flags(self) -> int:
         flags, self._flags = self._flags, 0
@@ -145,14 +166,21 @@ class Stream:
 
     # a bridge's side: attach_sink(), then take() / sent() in a loop
 
-    def attach_sink(self, sink: socket.socket | None) -> None:
+    def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None) -> None:
         """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
 
-        The bridge owning ``sink`` must then read with take(), call sent()
-        after sending what take() gave it, and detach before closing ``sink``.
+        The bridge owning ``sink`` must then read with take() (or, given
+        ``wake``, drain()), call sent() after sending what it got, and detach
+        before closing ``sink``. ``wake`` starts the bridge's drain when there
+        is work (bytes the sink did not take, the end of the stream, window to
+        return): no thread waits on a stream with nothing to do.
         """
         with self._cond:
             self._sink = sink
+            self._wake = wake if sink is not None else None
+            wake_now = self._drain_needed()
+        if wake_now is not None:
+            wake_now()
 
     def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
         """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
@@ -160,11 +188,23 @@ class Stream:
             while (not self._buf and not self._remote_fin and not self._reset
                    and self._direct < self._window_max // 2):
                 self._cond.wait()
-            direct, self._direct = self._direct, 0
-            if not self._buf:
-                return (b"" if self._remote_fin or self._reset else None), direct
-            self._sending = True
-            return self._pop(limit), direct
+            return self._take(limit)
+
+    def drain(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
+        """take() for a drain started by ``wake``: None means nothing to do, the drain ends
+        (the session reader wakes a new one when there is)."""
+        with self._cond:
+            got = self._take(limit)
+            if got[0] is None:
+                self._draining = False
+            return got
+
+    def _take(self, limit: int) -> tuple[Chunk | None, int]:
+        direct, self._direct = self._direct, 0
+        if not self._buf:
+            return (b"" if self._remote_fin or self._reset else None), direct
+        self._sending = True
+        return self._pop(limit), direct
 
     def sent(self) -> None:
         """What take() gave is sent: the reader may send straight to the sink again."""
@@ -231,6 +271,9 @@ class Stream:
                 return
             self._reset = True
             self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
         try:
             self.session._send(WINDOW_UPDATE, RST, self.id, 0)
         except StreamClosed:
