@@ -46,15 +46,15 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             finish()
 
     def down() -> None:  # peer -> local: what the session reader could not send straight to conn
-        ended = True
+        # started by the session reader at the first work (often only the end of the stream);
+        # once started it stays: a stream whose local reader lags keeps needing it
         try:
             while True:
-                data, returned = stream.drain()
+                data, returned = stream.take()
                 if returned:
                     stream.consumed(returned)
-                if data is None:  # nothing more to do: the session reader wakes a new drain when there is
-                    ended = False
-                    return
+                if data is None:
+                    continue  # only window to return
                 if not data:
                     if stream.done or not stream._reset:
                         _shut(conn, socket.SHUT_WR)
@@ -70,10 +70,9 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             stream.reset()
             _shut(conn)
         finally:
-            if ended:
-                finish()
+            finish()
 
-    def wake() -> None:  # the down loop runs only while there is work (see Stream.attach_sink)
+    def wake() -> None:  # the down loop starts once there is work (see Stream.attach_sink)
         try:
             workers.run(down)
         except RuntimeError:  # closing: nothing carries the stream any more

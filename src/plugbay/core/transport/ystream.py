@@ -68,7 +68,7 @@ class Stream:
         self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
         self._direct = 0  # bytes sent straight to the sink, window not yet returned
         self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
-        self._draining = False  # the drain runs or is about to: no second one
+        self._draining = False  # the drain was started: never a second one
 
     # called by the session's reader thread
     def _data(self, payload: bytes | bytearray, flags: int) -> bool:
@@ -97,7 +97,7 @@ class Stream:
         return True
 
     def _drain_needed(self) -> Callable[[], None] | None:
-        """The bridge's drain to start (after the lock is released), if it has work and is idle."""
+        """The bridge's drain to start (after the lock is released): once, at its first work."""
         if self._wake is None or self._draining:
             return None
         if self._buf or self._remote_fin or self._reset or self._direct >= self._window_max // 2:
@@ -169,11 +169,11 @@ class Stream:
     def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None) -> None:
         """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
 
-        The bridge owning ``sink`` must then read with take() (or, given
-        ``wake``, drain()), call sent() after sending what it got, and detach
-        before closing ``sink``. ``wake`` starts the bridge's drain when there
-        is work (bytes the sink did not take, the end of the stream, window to
-        return): no thread waits on a stream with nothing to do.
+        The bridge owning ``sink`` must then read with take(), call sent()
+        after sending what it got, and detach before closing ``sink``. Given
+        ``wake``, the session calls it once, at the first work for that loop
+        (bytes the sink did not take, the end of the stream, window to
+        return): a callback's stream needs no waiting thread until it ends.
         """
         with self._cond:
             self._sink = sink
@@ -189,15 +189,6 @@ class Stream:
                    and self._direct < self._window_max // 2):
                 self._cond.wait()
             return self._take(limit)
-
-    def drain(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
-        """take() for a drain started by ``wake``: None means nothing to do, the drain ends
-        (the session reader wakes a new one when there is)."""
-        with self._cond:
-            got = self._take(limit)
-            if got[0] is None:
-                self._draining = False
-            return got
 
     def _take(self, limit: int) -> tuple[Chunk | None, int]:
         direct, self._direct = self._direct, 0
