@@ -309,3 +309,31 @@ def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
         far.close()
         s.reset()
         workers.close()
+
+
+def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair) -> None:
+    # nothing calls take() here: the writer gets past its first window only if the session
+    # reader itself returns the window of the bytes it sent straight to the sink
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # takes every byte: nothing queues
+    total = 4 * WINDOW
+    try:
+        s.attach_sink(local)
+        writer = threading.Thread(target=lambda: [c.write(b"w" * 16384) for _ in range(total // 16384)],
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "the writer is stuck: no window came back"
+        far.settimeout(10)
+        got = bytearray()
+        while len(got) < total:
+            chunk = far.recv(1 << 20)
+            assert chunk
+            got += chunk
+        assert got == b"w" * total
+    finally:
+        s.attach_sink(None)
+        s.reset()
+        local.close()
+        far.close()

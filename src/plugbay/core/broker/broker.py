@@ -11,7 +11,8 @@ Both sides hold one long-lived ``plugin.GRPCBroker/StartStream`` bidi stream
   yamux streams inside the one connection to the plugin's announced address;
   the dialer *knocks* (``ConnInfo.knock``) so the other side routes its next
   incoming stream to the server of that id. The broker owns the knock
-  protocol; plugbay.core.transport.mux only routes and opens streams.
+  protocol (plugbay.core.broker.knock); plugbay.core.transport.mux only
+  routes and opens streams.
 
 AutoMTLS applies to brokered connections as in current go-plugin: the serving
 side presents its certificate and requires the peer's, the dialing side
@@ -36,7 +37,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, ConfigError
+from plugbay.core.broker.knock import Multiplexed
+from plugbay.errors import (
+    BrokerClosedError,
+    BrokerError,
+    BrokerTimeoutError,
+    ConfigError,
+)
 
 # Imported where used: a plugin that never brokers a connection (most) loads neither the
 # brokered servers' and channels' code nor TLS (plugbay.core.transport.secure), nor yamux.
@@ -44,9 +51,8 @@ if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.protocol import tls as tlsmod
-    from plugbay.core.transport.mux import MuxSession
+    from plugbay.core.transport.mux import MuxSession, StreamBridge
     from plugbay.core.transport.secure import MutualTLS
-    from plugbay.core.transport.yamux import Stream
 
 log = logging.getLogger("plugbay.broker")
 
@@ -82,7 +88,7 @@ class BrokerTransport:
     mux: MuxSession | None = None
 
 
-class GRPCBroker:
+class GRPCBroker(Multiplexed):
     """Brokers extra gRPC connections by id. Build it with plugin_broker() / host_broker()."""
 
     def __init__(self, transport: BrokerTransport, side: str,
@@ -111,6 +117,7 @@ class GRPCBroker:
         self._opener: Callable[[], None] | None = None  # opens the stream on first use (lazy host)
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
+        self._bridges: list[StreamBridge] = []  # multiplexed dials' local listeners
         self._tls: MutualTLS | None = None
         if transport.tls is not None and transport.peer_cert_pem is not None:
             from plugbay.core.transport.secure import MutualTLS
@@ -212,6 +219,7 @@ class GRPCBroker:
             self._source.close()
         for func in reversed(cleanup):
             func()
+        self._join_bridges()
         for t in list(self._threads):
             if t.ident is not None:  # started (threads are started under the lock)
                 t.join(timeout=10)
@@ -352,6 +360,9 @@ class GRPCBroker:
 
     # ------------------------------------------------------- per-connection
 
+    def _mux_session(self) -> MuxSession | None:
+        return self.transport.mux
+
     def _servers(self) -> ServerSource:
         if self._source is None:
             from plugbay.core.broker.spares import ServerSource
@@ -377,7 +388,7 @@ class GRPCBroker:
         self._send(pb.ConnInfo(service_id=id, network=network, address=address))
 
     def _channel_to(self, network: str, address: str,
-                    cleanup: list[Callable[[], None]] | None = None) -> grpc.Channel:
+                    cleanup: list[Callable[[], None]] | None = None) -> BrokeredChannel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
         from plugbay.core.broker.channels import BrokeredChannel
         from plugbay.core.transport.secure import dial as secure_dial
@@ -406,82 +417,3 @@ class GRPCBroker:
         with self._cond:
             if channel in self._channels:
                 self._channels.remove(channel)
-
-    # ----------------------------------------------------------- multiplexed
-    # Knock-and-open is serialised per side (go-plugin's dialMutex), so the peer
-    # routes streams in knock order; on the plugin side un-knocked streams go to
-    # the main gRPC server, on the host side they are refused.
-
-    def _mux(self) -> MuxSession:
-        mux = self.transport.mux
-        assert mux is not None
-        return mux
-
-    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
-        mux = self._mux()
-        served.cleanup.append(lambda: mux.forget(id))
-        mux.expect(id, ("unix", path))
-        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
-        with self._cond:
-            early = id in self._early_knocks
-            self._early_knocks.discard(id)
-        if early:
-            self._ack(id)
-
-    def _on_knock(self, msg: pb.ConnInfo) -> None:
-        mux = self.transport.mux
-        if mux is None:
-            self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
-                knock=True, ack=True, error="this side does not multiplex brokered connections")))
-            return
-        if not mux.serves(msg.service_id):
-            with self._cond:
-                self._early_knocks.add(msg.service_id)
-            return
-        self._ack(msg.service_id)
-
-    def _ack(self, id: int) -> None:
-        error = self._mux().accept_knock(id)
-        try:
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
-        except BrokerClosedError:
-            pass
-
-    def _knock_and_open(self, id: int, timeout: float) -> Stream:
-        with self._mux().dial_lock:
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            return self._open_when_acked(id, timeout)
-
-    def _open_when_acked(self, id: int, timeout: float) -> Stream:
-        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
-        assert isinstance(ack, pb.ConnInfo)
-        if not ack.knock.ack:
-            raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
-                              f" got {ack.knock}; the peer speaks a different broker protocol")
-        if ack.knock.error:
-            raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
-                              " must call accept_and_serve with this id first")
-        return self._mux().open_stream()
-
-    def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
-        # each connection the channel makes is one knocked stream (gRPC may reconnect)
-        mux = self._mux()
-        from plugbay.core.transport.mux import StreamBridge  # loaded by the session's owner already
-        from plugbay.core.transport.secure import private_socket
-
-        path = private_socket(self._private_dir_path(), f"dial{id}")
-        with mux.dial_lock:
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            # the local listener gRPC dials is made while the knock travels
-            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
-                                  name=f"plugbay-mux-dial-{id}")
-            try:
-                bridge.set_first(self._open_when_acked(id, timeout))
-            except BaseException:
-                bridge.abandon()
-                raise
-        with self._cond:  # started under the lock: close() must never join an unstarted thread
-            self._threads[:] = [t for t in self._threads if t.is_alive()]
-            self._threads.append(bridge.thread)  # close() joins it
-            bridge.thread.start()
-        return self._channel_to("unix", path, [bridge.stop])

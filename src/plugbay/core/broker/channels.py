@@ -45,6 +45,13 @@ class BrokeredChannel(DelegatingChannel):
         self._lock = threading.Lock()
         self._closed = False
 
+    def connect_now(self) -> None:
+        """Start connecting now rather than at the first call (best effort: grpcio's own channel only)."""
+        core = getattr(self._channel, "_channel", None)  # grpcio's cygrpc channel
+        check = getattr(core, "check_connectivity_state", None)
+        if check is not None:
+            check(True)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

@@ -6,7 +6,7 @@ import socket
 import threading
 
 from plugbay.core.transport.workers import Workers
-from plugbay.core.transport.yamux import _CHUNK, Stream, StreamClosed
+from plugbay.core.transport.ystream import _CHUNK, Stream, StreamClosed
 
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
@@ -46,6 +46,8 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             finish()
 
     def down() -> None:  # peer -> local: what the session reader could not send straight to conn
+        # started by the session reader at the first work (often only the end of the stream);
+        # once started it stays: a stream whose local reader lags keeps needing it
         try:
             while True:
                 data, returned = stream.take()
@@ -70,21 +72,20 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         finally:
             finish()
 
-    stream.attach_sink(conn)
+    def wake() -> None:  # the down loop starts once there is work (see Stream.attach_sink)
+        try:
+            workers.run(down)
+        except RuntimeError:  # closing: nothing carries the stream any more
+            _shut(conn)  # the up loop ends and, with this finish(), closes conn
+            finish()
+
     try:
         workers.run(up)
     except RuntimeError:  # closed: nothing runs, nothing carries the stream
-        stream.attach_sink(None)
         stream.reset()
         conn.close()
         raise
-    try:
-        workers.run(down)
-    except RuntimeError:
-        stream.reset()
-        _shut(conn)  # the up loop ends and, with this finish(), closes conn
-        finish()
-        raise
+    stream.attach_sink(conn, wake)
 
 
 def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:

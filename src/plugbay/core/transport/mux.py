@@ -289,10 +289,12 @@ def plugin_front(listener: socket.socket, target: tuple[str, str]) -> PluginFron
 class StreamBridge:
     """A private unix listener whose every connection rides one stream of the session.
 
-    The first connection gets ``first`` (or the stream given to ``set_first``
-    before the thread starts); later ones (gRPC reconnects) get
-    ``next_stream()``. Start ``thread``; ``stop()`` ends it without waiting;
-    ``abandon()`` frees the listener of a bridge whose thread never started.
+    The first connection gets ``first``, or waits for the stream given to
+    ``set_first`` (the dialer makes the listener and the channel while its
+    knock travels); later ones (gRPC reconnects) get ``next_stream()``.
+    ``start()`` runs the accept loop on the session's reused workers;
+    ``stop()`` ends it without waiting, ``join()`` waits for it;
+    ``abandon()`` frees the listener of a bridge that never started.
     """
 
     def __init__(self, mux: MuxSession, path: str, first: Stream | None, next_stream: Callable[[], Stream],
@@ -305,36 +307,78 @@ class StreamBridge:
             raise
         self._listener.settimeout(_POLL)
         self._mux = mux
+        self._cond = threading.Condition()
         self._first = [first] if first is not None else []
+        self._pending = first is None  # the first connection waits for set_first()
         self._next = next_stream
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, name=name, daemon=True)
+        self._done = threading.Event()
+        self.name = name
+
+    def start(self) -> None:
+        try:
+            self._mux._workers.run(self._accept)
+        except RuntimeError:
+            raise BrokerClosedError(f"{self._mux.name} is closed; restart the plugin") from None
 
     def set_first(self, first: Stream) -> None:
-        self._first = [first]
+        with self._cond:
+            if not self._stop.is_set():
+                self._first, self._pending = [first], False
+                self._cond.notify_all()
+                return
+        first.reset()  # stopped meanwhile: nobody will carry it
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout: float) -> None:
+        self._done.wait(timeout)
 
     def abandon(self) -> None:
         self.stop()
         sockets.close_listener(self._listener)
+        self._done.set()
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self._mux._closed
 
     def _accept(self) -> None:
         try:
-            for conn in sockets.accept_each(self._listener, self._stop.is_set):
+            for conn in sockets.accept_each(self._listener, self._stopped):
                 conn.settimeout(None)
+                with self._cond:
+                    while self._pending and not self._stop.is_set():
+                        self._cond.wait()
+                    first = self._first.pop() if self._first else None
+                    stopped = self._stop.is_set()
+                if stopped:
+                    conn.close()
+                    if first is not None:
+                        first.reset()
+                    break
                 try:
-                    stream = self._first.pop() if self._first else self._next()
+                    stream = first if first is not None else self._next()
                 except PlugbayError as exc:
-                    log.debug("%s: reconnect failed: %s", self.thread.name, exc)
+                    log.debug("%s: reconnect failed: %s", self.name, exc)
                     conn.close()
                     continue
-                self._mux.connect_local(conn, stream)
+                try:
+                    self._mux.connect_local(conn, stream)
+                except BrokerClosedError:
+                    break  # connect_local reset the stream and closed conn
         finally:
-            # this thread owns the listener: closing it under a blocked accept() could
+            # this loop owns the listener: closing it under a blocked accept() could
             # hand its fd number to someone else
             sockets.close_listener(self._listener)
+            self._done.set()
 
     def stop(self) -> None:
         # no join here: the channel's owner must not wait for the accept poll
-        self._stop.set()
-        for stream in self._first:
+        with self._cond:
+            self._stop.set()
+            first, self._first = self._first, []
+            self._cond.notify_all()
+        for stream in first:
             stream.reset()

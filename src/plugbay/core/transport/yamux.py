@@ -17,217 +17,32 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
-from collections import deque
 from collections.abc import Callable
 
 from plugbay.core.transport.frames import FrameReader, send_all
+from plugbay.core.transport.ystream import (
+    _CHUNK,
+    _HDR,
+    ACK,
+    DATA,
+    FIN,
+    GO_AWAY,
+    MAX_WINDOW,
+    PING,
+    RST,
+    SYN,
+    WINDOW,
+    WINDOW_UPDATE,
+    Chunk,
+    Stream,
+    StreamClosed,
+)
+
+__all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW", "WINDOW_UPDATE",
+           "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
 
 log = logging.getLogger("plugbay.yamux")
-
-_HDR = struct.Struct(">BBHII")
-DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
-SYN, ACK, FIN, RST = 1, 2, 4, 8
-WINDOW = 256 * 1024
-# a bridge moves up to a window at a time: every chunk costs thread hand-offs, bytes are cheap
-_CHUNK = WINDOW
-# Once a stream's reader consumes, its receive window grows to this (as hashicorp/yamux
-# with a larger MaxStreamWindowSize): the sender keeps sending while the reader drains.
-# A stream nobody reads stays at WINDOW.
-MAX_WINDOW = 4 * WINDOW
-
-
-Chunk = bytes | bytearray | memoryview  # what a stream reads: its payloads as received, not copied
-
-
-class StreamClosed(Exception):
-    pass
-
-
-class Stream:
-    """One yamux stream: blocking read/write with flow control."""
-
-    def __init__(self, session: Session, sid: int) -> None:
-        self.session = session
-        self.id = sid
-        self._cond = threading.Condition()
-        self._buf: deque[Chunk] = deque()  # received payloads, in order, not copied together
-        self._buffered = 0
-        self._send_window = WINDOW
-        self._recv_window = WINDOW  # what the peer may still send before our next window update
-        self._window_max = WINDOW  # our receive window: WINDOW, then MAX_WINDOW once data is consumed
-        self._unacked = 0  # bytes consumed locally, not yet returned to the sender
-        self._remote_fin = False
-        self._local_fin = False
-        self._reset = False
-        self._flags = 0  # SYN or ACK, carried by our next frame
-        # a bridge's local socket: the session reader sends payloads straight to it while
-        # nothing is queued (one thread hand-off less per frame); see attach_sink()
-        self._sink: socket.socket | None = None
-        self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
-        self._direct = 0  # bytes sent straight to the sink, window not yet returned
-
-    # called by the session's reader thread
-    def _data(self, payload: bytes | bytearray, flags: int) -> bool:
-        """Take a DATA frame; False when it overruns the receive window (a protocol error)."""
-        with self._cond:
-            self._recv_window -= len(payload)
-            if self._recv_window < 0:
-                return False
-            chunk: Chunk = payload
-            if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
-                sent = self._send_direct(chunk)
-                self._direct += sent
-                if sent:
-                    chunk = memoryview(chunk)[sent:]
-            if chunk:
-                self._buf.append(chunk)
-                self._buffered += len(chunk)
-            self._flags_in(flags)
-            if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
-                self._cond.notify_all()
-        return True
-
-    def _send_direct(self, data: Chunk) -> int:
-        assert self._sink is not None
-        try:
-            return self._sink.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return 0  # the local side is not reading: the bridge sends it when it can
-        except OSError:
-            self._sink = None  # broken: the bridge finds out on its next send
-            return 0
-
-    def _window(self, delta: int, flags: int) -> None:
-        with self._cond:
-            self._send_window += delta
-            self._flags_in(flags)
-            self._cond.notify_all()
-
-    def _flags_in(self, flags: int) -> None:
-        if flags & FIN:
-            self._remote_fin = True
-        if flags & RST:
-            self._reset = True
-
-    def _kill(self) -> None:
-        with self._cond:
-            self._reset = True
-            self._cond.notify_all()
-
-    def _take_flags(self) -> int:
-        flags, self._flags = self._flags, 0
-        return flags
-
-    def read(self, limit: int = _CHUNK) -> Chunk:
-        """Up to ``limit`` bytes (bytes-like, not copied where possible); b"" once the peer
-        closed its side (or the stream reset)."""
-        with self._cond:
-            while not self._buf and not self._remote_fin and not self._reset:
-                self._cond.wait()
-            if not self._buf:
-                return b""
-            return self._pop(limit)
-
-    # a bridge's side: attach_sink(), then take() / sent() in a loop
-
-    def attach_sink(self, sink: socket.socket | None) -> None:
-        """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
-
-        The bridge owning ``sink`` must then read with take(), call sent()
-        after sending what take() gave it, and detach before closing ``sink``.
-        """
-        with self._cond:
-            self._sink = sink
-
-    def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
-        """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
-        with self._cond:
-            while (not self._buf and not self._remote_fin and not self._reset
-                   and self._direct < self._window_max // 2):
-                self._cond.wait()
-            direct, self._direct = self._direct, 0
-            if not self._buf:
-                return (b"" if self._remote_fin or self._reset else None), direct
-            self._sending = True
-            return self._pop(limit), direct
-
-    def sent(self) -> None:
-        """What take() gave is sent: the reader may send straight to the sink again."""
-        with self._cond:
-            self._sending = False
-
-    def _pop(self, limit: int) -> Chunk:
-        """The next up to ``limit`` queued bytes (called with the lock held, data queued)."""
-        data = self._buf.popleft()
-        if len(data) > limit:
-            view = memoryview(data)
-            self._buf.appendleft(view[limit:])
-            data = view[:limit]
-        elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
-            parts, size = [data], len(data)
-            while self._buf and size + len(self._buf[0]) <= limit:
-                parts.append(self._buf.popleft())
-                size += len(parts[-1])
-            data = b"".join(parts)
-        self._buffered -= len(data)
-        return data
-
-    def consumed(self, n: int) -> None:
-        """Return ``n`` bytes of window to the sender once they left this process."""
-        with self._cond:
-            self._unacked += n
-            if self._unacked < self._window_max // 2 and self._buffered:
-                return
-            delta, self._unacked = self._unacked, 0
-            if self._remote_fin or self._reset or delta == 0:
-                return
-            if self._window_max < MAX_WINDOW:
-                delta += MAX_WINDOW - self._window_max
-                self._window_max = MAX_WINDOW
-            self._recv_window += delta
-            flags = self._take_flags()
-        self.session._send(WINDOW_UPDATE, flags, self.id, delta)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            with self._cond:
-                while self._send_window == 0 and not self._reset:
-                    self._cond.wait()
-                if self._reset or self._local_fin:
-                    raise StreamClosed(f"yamux stream {self.id} is closed")
-                n = min(len(view), self._send_window, _CHUNK)
-                self._send_window -= n
-                flags = self._take_flags()
-            self.session._send(DATA, flags, self.id, n, view[:n])
-            view = view[n:]
-
-    def close_write(self) -> None:
-        with self._cond:
-            if self._local_fin or self._reset:
-                return
-            self._local_fin = True
-            flags = self._take_flags() | FIN
-        self.session._send(WINDOW_UPDATE, flags, self.id, 0)
-
-    def reset(self) -> None:
-        with self._cond:
-            if self._reset:
-                return
-            self._reset = True
-            self._cond.notify_all()
-        try:
-            self.session._send(WINDOW_UPDATE, RST, self.id, 0)
-        except StreamClosed:
-            pass  # the whole session is gone, which resets every stream anyway
-
-    @property
-    def done(self) -> bool:
-        with self._cond:
-            return self._reset or (self._local_fin and self._remote_fin and not self._buffered)
-
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -356,6 +171,33 @@ class Session:
                     send_all(self._sock, header, payload)
             except OSError as exc:
                 raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+
+    def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
+        """Send a header-only frame if that does not wait for another writer or a full socket.
+
+        The reader thread uses it: were it to wait for the socket, the peer's reader
+        could wait for this side in turn, and neither would read any more.
+        """
+        if not self._wlock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed.is_set():
+                return False
+            header = _HDR.pack(0, kind, flags, sid, length)
+            try:
+                sent = self._sock.send(header, socket.MSG_DONTWAIT)
+            except OSError:
+                return False  # full (the bridge sends it later) or broken (the reader sees it)
+            if sent < len(header):
+                # a TCP buffer that filled inside the header (never a unix socket): the
+                # frame must be completed before any other
+                try:
+                    self._sock.sendall(header[sent:])
+                except OSError:
+                    pass  # the connection is broken: the reader ends the session
+            return True
+        finally:
+            self._wlock.release()
 
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"

@@ -1,0 +1,151 @@
+"""The multiplexed half of GRPCBroker: go-plugin's knock protocol over the broker stream.
+
+A dialer *knocks* (``ConnInfo.knock``) for an id; the side serving that id
+acknowledges, and routes the next yamux stream the dialer opens to that id's
+server. Knock-and-open is serialised per side (go-plugin's dialMutex), so the
+peer routes streams in knock order; on the plugin side un-knocked streams go
+to the main gRPC server, on the host side they are refused.
+
+While the knock travels, the dialer already makes what the stream will carry:
+the local listener gRPC dials, its accept loop (on the session's reused
+workers), and the gRPC channel, which starts connecting at once; its first
+bytes wait in the local socket until the acknowledged stream is bridged.
+The order on the wire is go-plugin's: knock, ack, then the stream's SYN.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from plugbay._proto.plugin import grpc_broker_pb2 as pb
+from plugbay.errors import BrokerClosedError, BrokerError
+
+if TYPE_CHECKING:
+    from plugbay.core.broker.channels import BrokeredChannel, Served
+    from plugbay.core.transport.mux import MuxSession, StreamBridge
+    from plugbay.core.transport.yamux import Stream
+
+_BRIDGE_JOIN = 10.0
+
+
+class Multiplexed:
+    """GRPCBroker's knock/ack and multiplexed serve/dial (a base class: it shares the broker's state)."""
+
+    _cond: threading.Condition
+    _acks: dict[int, pb.ConnInfo]
+    _early_knocks: set[int]
+    _bridges: list[StreamBridge]
+
+    # provided by GRPCBroker
+    def _mux_session(self) -> MuxSession | None:
+        raise NotImplementedError
+
+    def _send(self, msg: pb.ConnInfo) -> None:
+        raise NotImplementedError
+
+    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str) -> Any:
+        raise NotImplementedError
+
+    def _private_dir_path(self) -> str:
+        raise NotImplementedError
+
+    def _channel_to(self, network: str, address: str,
+                    cleanup: list[Callable[[], None]] | None = None) -> BrokeredChannel:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- serving
+
+    def _mux(self) -> MuxSession:
+        mux = self._mux_session()
+        assert mux is not None
+        return mux
+
+    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
+        mux = self._mux()
+        served.cleanup.append(lambda: mux.forget(id))
+        mux.expect(id, ("unix", path))
+        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
+        with self._cond:
+            early = id in self._early_knocks
+            self._early_knocks.discard(id)
+        if early:
+            self._ack(id)
+
+    def _on_knock(self, msg: pb.ConnInfo) -> None:
+        mux = self._mux_session()
+        if mux is None:
+            self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
+                knock=True, ack=True, error="this side does not multiplex brokered connections")))
+            return
+        if not mux.serves(msg.service_id):
+            with self._cond:
+                self._early_knocks.add(msg.service_id)
+            return
+        self._ack(msg.service_id)
+
+    def _ack(self, id: int) -> None:
+        error = self._mux().accept_knock(id)
+        try:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
+        except BrokerClosedError:
+            pass
+
+    # ------------------------------------------------------------- dialing
+
+    def _knock_and_open(self, id: int, timeout: float) -> Stream:
+        with self._mux().dial_lock:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            return self._open_when_acked(id, timeout)
+
+    def _open_when_acked(self, id: int, timeout: float) -> Stream:
+        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
+        assert isinstance(ack, pb.ConnInfo)
+        if not ack.knock.ack:
+            raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
+                              f" got {ack.knock}; the peer speaks a different broker protocol")
+        if ack.knock.error:
+            raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
+                              " must call accept_and_serve with this id first")
+        return self._mux().open_stream()
+
+    def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
+        # each connection the channel makes is one knocked stream (gRPC may reconnect)
+        mux = self._mux()
+        from plugbay.core.transport.mux import (
+            StreamBridge,  # loaded by the session's owner already
+        )
+        from plugbay.core.transport.secure import private_socket
+
+        path = private_socket(self._private_dir_path(), f"dial{id}")
+        with mux.dial_lock:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            # while the knock travels: the local listener, its accept loop and the channel
+            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
+                                  name=f"plugbay-mux-dial-{id}")
+            try:
+                bridge.start()
+            except BaseException:
+                bridge.abandon()
+                raise
+            channel = self._channel_to("unix", path, [bridge.stop])  # on failure it stops the bridge
+            try:
+                channel.connect_now()
+                bridge.set_first(self._open_when_acked(id, timeout))
+            except BaseException:
+                channel.close()
+                raise
+        with self._cond:  # close() joins the bridges' accept loops
+            self._bridges[:] = [b for b in self._bridges if not b.finished]
+            self._bridges.append(bridge)
+        return channel
+
+    def _join_bridges(self) -> None:
+        with self._cond:
+            bridges, self._bridges = self._bridges, []
+        for bridge in bridges:
+            bridge.stop()
+            bridge.join(_BRIDGE_JOIN)

@@ -1,0 +1,276 @@
+"""One yamux stream (hashicorp/yamux's flow control): the part of plugbay.core.transport.yamux a bridge reads.
+
+A stream buffers what its session's reader hands it, up to its receive
+window, and returns window to the sender as the bytes leave this process.
+Bridged to a local socket (attach_sink), the session reader sends payloads
+straight to that socket and, while it can without blocking, returns the
+window itself: no thread hand-off per frame or per window update.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+_HDR = struct.Struct(">BBHII")
+DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
+SYN, ACK, FIN, RST = 1, 2, 4, 8
+WINDOW = 256 * 1024
+# a bridge moves up to a window at a time: every chunk costs thread hand-offs, bytes are cheap
+_CHUNK = WINDOW
+# Once a stream's reader consumes, its receive window grows to this (as hashicorp/yamux
+# with a larger MaxStreamWindowSize): the sender keeps sending while the reader drains.
+# A stream nobody reads stays at WINDOW.
+MAX_WINDOW = 4 * WINDOW
+
+
+Chunk = bytes | bytearray | memoryview  # what a stream reads: its payloads as received, not copied
+
+
+class StreamClosed(Exception):
+    pass
+
+
+class Carrier(Protocol):
+    """What a stream needs of its session (plugbay.core.transport.yamux.Session)."""
+
+    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None: ...
+
+    def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
+
+    def forget(self, stream: Stream) -> None: ...
+
+
+class Stream:
+    """One yamux stream: blocking read/write with flow control."""
+
+    def __init__(self, session: Carrier, sid: int) -> None:
+        self.session = session
+        self.id = sid
+        self._cond = threading.Condition()
+        self._buf: deque[Chunk] = deque()  # received payloads, in order, not copied together
+        self._buffered = 0
+        self._send_window = WINDOW
+        self._recv_window = WINDOW  # what the peer may still send before our next window update
+        self._window_max = WINDOW  # our receive window: WINDOW, then MAX_WINDOW once data is consumed
+        self._unacked = 0  # bytes consumed locally, not yet returned to the sender
+        self._remote_fin = False
+        self._local_fin = False
+        self._reset = False
+        self._flags = 0  # SYN or ACK, carried by our next frame
+        # a bridge's local socket: the session reader sends payloads straight to it while
+        # nothing is queued (one thread hand-off less per frame); see attach_sink()
+        self._sink: socket.socket | None = None
+        self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
+        self._direct = 0  # bytes sent straight to the sink, window not yet returned
+        self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
+        self._draining = False  # the drain was started: never a second one
+
+    # called by the session's reader thread
+    def _data(self, payload: bytes | bytearray, flags: int) -> bool:
+        """Take a DATA frame; False when it overruns the receive window (a protocol error)."""
+        with self._cond:
+            self._recv_window -= len(payload)
+            if self._recv_window < 0:
+                return False
+            chunk: Chunk = payload
+            if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
+                sent = self._send_direct(chunk)
+                self._direct += sent
+                if sent:
+                    chunk = memoryview(chunk)[sent:]
+            if chunk:
+                self._buf.append(chunk)
+                self._buffered += len(chunk)
+            self._flags_in(flags)
+            if self._direct >= self._window_max // 2 and not self._buf:
+                self._return_direct()
+            if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
+                self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
+        return True
+
+    def _drain_needed(self) -> Callable[[], None] | None:
+        """The bridge's drain to start (after the lock is released): once, at its first work."""
+        if self._wake is None or self._draining:
+            return None
+        if self._buf or self._remote_fin or self._reset or self._direct >= self._window_max // 2:
+            self._draining = True
+            return self._wake
+        return None
+
+    def _return_direct(self) -> None:
+        """Return the window of bytes sent straight to the sink, if the session can send it
+        without waiting (the lock held; otherwise the bridge returns it with take())."""
+        if self._remote_fin or self._reset:
+            return
+        grow = MAX_WINDOW - self._window_max if self._window_max < MAX_WINDOW else 0
+        delta = self._direct + self._unacked + grow
+        if self.session._try_send(WINDOW_UPDATE, self._flags, self.id, delta):
+            self._direct = self._unacked = self._flags = 0
+            self._window_max += grow
+            self._recv_window += delta
+
+    def _send_direct(self, data: Chunk) -> int:
+        assert self._sink is not None
+        try:
+            return self._sink.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0  # the local side is not reading: the bridge sends it when it can
+        except OSError:
+            self._sink = None  # broken: the bridge finds out on its next send
+            return 0
+
+    def _window(self, delta: int, flags: int) -> None:
+        with self._cond:
+            self._send_window += delta
+            self._flags_in(flags)
+            self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
+
+    def _flags_in(self, flags: int) -> None:
+        if flags & FIN:
+            self._remote_fin = True
+        if flags & RST:
+            self._reset = True
+
+    def _kill(self) -> None:
+        with self._cond:
+            self._reset = True
+            self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
+
+    def _take_flags(self) -> int:
+        flags, self._flags = self._flags, 0
+        return flags
+
+    def read(self, limit: int = _CHUNK) -> Chunk:
+        """Up to ``limit`` bytes (bytes-like, not copied where possible); b"" once the peer
+        closed its side (or the stream reset)."""
+        with self._cond:
+            while not self._buf and not self._remote_fin and not self._reset:
+                self._cond.wait()
+            if not self._buf:
+                return b""
+            return self._pop(limit)
+
+    # a bridge's side: attach_sink(), then take() / sent() in a loop
+
+    def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None) -> None:
+        """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
+
+        The bridge owning ``sink`` must then read with take(), call sent()
+        after sending what it got, and detach before closing ``sink``. Given
+        ``wake``, the session calls it once, at the first work for that loop
+        (bytes the sink did not take, the end of the stream, window to
+        return): a callback's stream needs no waiting thread until it ends.
+        """
+        with self._cond:
+            self._sink = sink
+            self._wake = wake if sink is not None else None
+            wake_now = self._drain_needed()
+        if wake_now is not None:
+            wake_now()
+
+    def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
+        """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
+        with self._cond:
+            while (not self._buf and not self._remote_fin and not self._reset
+                   and self._direct < self._window_max // 2):
+                self._cond.wait()
+            return self._take(limit)
+
+    def _take(self, limit: int) -> tuple[Chunk | None, int]:
+        direct, self._direct = self._direct, 0
+        if not self._buf:
+            return (b"" if self._remote_fin or self._reset else None), direct
+        self._sending = True
+        return self._pop(limit), direct
+
+    def sent(self) -> None:
+        """What take() gave is sent: the reader may send straight to the sink again."""
+        with self._cond:
+            self._sending = False
+
+    def _pop(self, limit: int) -> Chunk:
+        """The next up to ``limit`` queued bytes (called with the lock held, data queued)."""
+        data = self._buf.popleft()
+        if len(data) > limit:
+            view = memoryview(data)
+            self._buf.appendleft(view[limit:])
+            data = view[:limit]
+        elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
+            parts, size = [data], len(data)
+            while self._buf and size + len(self._buf[0]) <= limit:
+                parts.append(self._buf.popleft())
+                size += len(parts[-1])
+            data = b"".join(parts)
+        self._buffered -= len(data)
+        return data
+
+    def consumed(self, n: int) -> None:
+        """Return ``n`` bytes of window to the sender once they left this process."""
+        with self._cond:
+            self._unacked += n
+            if self._unacked < self._window_max // 2 and self._buffered:
+                return
+            delta, self._unacked = self._unacked, 0
+            if self._remote_fin or self._reset or delta == 0:
+                return
+            if self._window_max < MAX_WINDOW:
+                delta += MAX_WINDOW - self._window_max
+                self._window_max = MAX_WINDOW
+            self._recv_window += delta
+            flags = self._take_flags()
+        self.session._send(WINDOW_UPDATE, flags, self.id, delta)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            with self._cond:
+                while self._send_window == 0 and not self._reset:
+                    self._cond.wait()
+                if self._reset or self._local_fin:
+                    raise StreamClosed(f"yamux stream {self.id} is closed")
+                n = min(len(view), self._send_window, _CHUNK)
+                self._send_window -= n
+                flags = self._take_flags()
+            self.session._send(DATA, flags, self.id, n, view[:n])
+            view = view[n:]
+
+    def close_write(self) -> None:
+        with self._cond:
+            if self._local_fin or self._reset:
+                return
+            self._local_fin = True
+            flags = self._take_flags() | FIN
+        self.session._send(WINDOW_UPDATE, flags, self.id, 0)
+
+    def reset(self) -> None:
+        with self._cond:
+            if self._reset:
+                return
+            self._reset = True
+            self._cond.notify_all()
+            wake = self._drain_needed()
+        if wake is not None:
+            wake()
+        try:
+            self.session._send(WINDOW_UPDATE, RST, self.id, 0)
+        except StreamClosed:
+            pass  # the whole session is gone, which resets every stream anyway
+
+    @property
+    def done(self) -> bool:
+        with self._cond:
+            return self._reset or (self._local_fin and self._remote_fin and not self._buffered)
