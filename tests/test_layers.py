@@ -153,6 +153,25 @@ def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> N
     assert banned == []
 
 
+def test_the_export_table_is_exactly_the_type_checking_imports() -> None:
+    # plugbay/__init__.py reads its TYPE_CHECKING block line by line (no ast at a plugin's start);
+    # what it reads must be what Python (and mypy) see there, every name resolving at run time.
+    import plugbay
+
+    tree = ast.parse((SRC / "plugbay" / "__init__.py").read_text())
+    expected: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module, ast.dump(imp)
+                expected.update((alias.asname or alias.name, imp.module) for alias in imp.names)
+    assert len(expected) > 40
+    assert plugbay._EXPORTS == expected
+    assert plugbay.__all__ == sorted(expected) + ["__version__"]
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        getattr(plugbay, "NoSuchName")
+
+
 @pytest.mark.parametrize("package", ["core", "core/protocol", "core/transport", "core/broker", "core/host",
                                      "core/plugin", "core/resilience", "runners", "runners/docker",
                                      "runners/kubernetes", "network"])

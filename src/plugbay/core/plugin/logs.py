@@ -16,7 +16,6 @@ line to a plain debug message.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import threading
 from typing import IO, Any
@@ -45,6 +44,8 @@ class HclogFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
+        import json  # at the first record (after the handshake line), not on the plugin's start path
+
         return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -255,11 +255,12 @@ class _PluginServer:
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
                              own.cert_der if own is not None else None, self.listening.multiplex)
-        self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
         # Straight to fd 1 (what the host reads), whatever sys.stdout has become.
         if sys.stdout is not None:
             sys.stdout.flush()
         os.write(1, (info.to_line() + "\n").encode())
+        # After the line: the host is waiting for it, not for this record (its JSON is built on the way).
+        self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
         if network is None:  # on the network stdout/stderr are the service's own log
             self.capture.start()
 
