@@ -251,6 +251,8 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
               "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
               "plugbay.core.broker.channels", "plugbay.core.transport.channels")
     assert [m for m in unused if m in loaded] == []
+    # nor the dataclasses machinery: the start path's value classes are plain (core/protocol/records.py)
+    assert "dataclasses" not in loaded
 
 
 def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ Every setup failure prints one clear message on stderr and exits with 1.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import os
 import signal
@@ -30,7 +30,6 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,6 +39,7 @@ from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
+from plugbay.core.protocol.records import Record
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
@@ -89,20 +89,27 @@ STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 SERVER_HANDSHAKE_TIMEOUT_MS = int(HANDSHAKE_TIMEOUT * 1000)
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(Record):
     """What serve() serves (go-plugin's ServeConfig)."""
 
-    handshake: HandshakeConfig
-    plugins: PluginSet | None = None
-    versioned_plugins: VersionedPlugins | None = None
-    grpc_server_options: Sequence[tuple[str, Any]] = ()
-    logger: logging.Logger | None = None
-    stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
-    # The plugin's own handlers that may run at once (each holds a thread); more are refused
-    # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
-    max_workers: int = DEFAULT_MAX_WORKERS
-    network: NetworkServe | None = None  # serve on the network over provided mTLS (plugin/network.py)
+    _fields = ("handshake", "plugins", "versioned_plugins", "grpc_server_options", "logger",
+               "stdio_buffer_bytes", "max_workers", "network")
+
+    def __init__(self, handshake: HandshakeConfig, plugins: PluginSet | None = None,
+                 versioned_plugins: VersionedPlugins | None = None,
+                 grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
+                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
+                 network: NetworkServe | None = None) -> None:
+        self.handshake = handshake
+        self.plugins = plugins
+        self.versioned_plugins = versioned_plugins
+        self.grpc_server_options = grpc_server_options
+        self.logger = logger
+        self.stdio_buffer_bytes = stdio_buffer_bytes  # captured output kept for the host, at most
+        # The plugin's own handlers that may run at once (each holds a thread); more are refused
+        # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+        self.max_workers = max_workers
+        self.network = network  # serve on the network over provided mTLS (plugin/network.py)
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
@@ -136,7 +143,8 @@ def serve(config: ServeConfig) -> None:
         except PlugbayError as exc:
             _fail(f"{exc}\n")
         if network is not None:
-            config = dataclasses.replace(config, network=network)
+            config = copy.copy(config)  # the caller's config stays as it was
+            config.network = network
     handshake = config.handshake
     if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
         _fail(MISCONFIGURED_MESSAGE)
