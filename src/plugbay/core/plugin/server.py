@@ -333,9 +333,12 @@ class _PluginServer:
         except ConfigError:
             raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
                               " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
+        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS (the relay). Its first
+        # SSLContext is made on a thread meanwhile cryptography loads and our certificate is signed.
+        context = None if tlsmod.grpc_can_use(peer_pem) else tlsmod.early_server_context()
         mutual = MutualTLS(tlsmod.generate_cert(), peer_pem)
-        if mutual.needs_relay:  # a go-plugin host's P-521 certificate: OpenSSL terminates TLS
-            return mutual.own, peer_pem, None, mutual.relay_server_context()
+        if context is not None:
+            return mutual.own, peer_pem, None, mutual.relay_server_context(context())
         return mutual.own, peer_pem, mutual.server_credentials(), None
 
     def _install_signals(self) -> None:

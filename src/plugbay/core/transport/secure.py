@@ -66,8 +66,9 @@ class MutualTLS:
         return grpc.ssl_channel_credentials(root_certificates=self.peer_pem, private_key=self.own.key_pem,
                                             certificate_chain=self.own.cert_pem)
 
-    def relay_server_context(self) -> ssl.SSLContext:
-        return server_context(self.own, self.peer_pem)
+    def relay_server_context(self, ctx: ssl.SSLContext | None = None) -> ssl.SSLContext:
+        """The relay's OpenSSL server context; ``ctx``: a fresh one to set up (tls.early_server_context)."""
+        return server_context(self.own, self.peer_pem, ctx)
 
 
 def private_socket(folder: str, stem: str) -> str:
