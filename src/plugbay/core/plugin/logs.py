@@ -56,7 +56,9 @@ class HclogHandler(logging.Handler):
         super().__init__(level)
         self.stream = stream
         self.setFormatter(HclogFormatter())
-        self._write_lock = threading.Lock()
+        # Reentrant: a signal handler (serve()'s SIGTERM) logs on the main thread, possibly while
+        # that thread is inside this very emit; a plain Lock deadlocked the plugin there.
+        self._write_lock = threading.RLock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
