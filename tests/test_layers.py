@@ -264,3 +264,5 @@ def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: 
     # ...but only the key and the signature: the certificate is plugbay's own DER (core/protocol/der.py),
     # so the x509 package (the bulk of cryptography's import) stays out
     assert [m for m in loaded if m.startswith("cryptography.x509")] == []
+    # and the AutoMTLS value classes (CertKey, MutualTLS, SecureChannel) are plain classes too
+    assert "dataclasses" not in loaded

@@ -267,7 +267,9 @@ class _PluginServer:
         if sys.stdout is not None:
             sys.stdout.flush()
         os.write(1, (info.to_line() + "\n").encode())
-        # After the line: the host is waiting for it, not for this record (its JSON is built on the way).
+        # After the line: the host is waiting for it, not for these records (json loads at the first).
+        if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
+            self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
         if network is None:  # on the network stdout/stderr are the service's own log
             self.capture.start()
@@ -326,7 +328,6 @@ class _PluginServer:
         from plugbay.core.protocol import tls as tlsmod
         from plugbay.core.transport.secure import MutualTLS
 
-        self.log.debug("configuring server automatic mTLS")
         peer_pem = client_cert.encode()
         try:
             tlsmod.pem_to_der(peer_pem)

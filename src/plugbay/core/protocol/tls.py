@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from plugbay.core.protocol import der
+from plugbay.core.protocol.records import Frozen
 from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,12 +33,15 @@ HOSTNAME = "localhost"
 _GRPC_CURVES = ("secp256r1", "secp384r1")
 
 
-@dataclass(frozen=True)
-class CertKey:
+class CertKey(Frozen):
     """A PEM certificate and its PEM private key."""
 
+    _fields = ("cert_pem", "key_pem")
     cert_pem: bytes
     key_pem: bytes
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
+        self._set(cert_pem=cert_pem, key_pem=key_pem)
 
     @property
     def cert_der(self) -> bytes:
