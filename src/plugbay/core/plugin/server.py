@@ -263,16 +263,18 @@ class _PluginServer:
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
                              own.cert_der if own is not None else None, self.listening.multiplex)
-        # Straight to fd 1 (what the host reads), whatever sys.stdout has become.
-        if sys.stdout is not None:
+        # Capture first, then the line on the original stdout: whatever the plugin prints once the
+        # host has the line (its first call can come at once) is captured, none of it on the host's
+        # handshake pipe. On the network stdout/stderr are the service's own log: no capture.
+        if network is None:
+            self.capture.start()
+        elif sys.stdout is not None:
             sys.stdout.flush()
-        os.write(1, (info.to_line() + "\n").encode())
+        os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
         # After the line: the host is waiting for it, not for these records (json loads at the first).
         if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
             self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
-        if network is None:  # on the network stdout/stderr are the service's own log
-            self.capture.start()
 
     def _register(self, server: grpc.Server, broker: GRPCBroker) -> None:
         """Health, controller, stdio and the plugins' own services on ``server``, brokering with ``broker``."""
