@@ -198,6 +198,7 @@ class _PluginServer:
         self._plugin_set: PluginSet = {}
         self._version = 0
         self._old_signals: dict[int, Any] = {}
+        self._signal_notes: list[tuple[int, str]] = []  # what the handlers saw, logged by wait()
         self._closed = False
 
     def _setup_logging(self, given: logging.Logger | None) -> logging.Logger:
@@ -351,24 +352,30 @@ class _PluginServer:
         self._old_signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._old_signals[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
+    # The signal handlers only note what to log: they run on the main thread between any two
+    # bytecodes, possibly inside a record being written or json's first import, so wait() logs it.
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self.log.debug("plugin received SIGTERM, stopping")
+        self._signal_notes.append((logging.DEBUG, "plugin received SIGTERM, stopping"))
         self.stop()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.env.get(ENV_LISTEN) or self.config.network is not None:
-            self.log.debug("plugin received SIGINT, stopping")
+            self._signal_notes.append((logging.DEBUG, "plugin received SIGINT, stopping"))
             self.stop()
         else:
-            self.log.log(5, "plugin received interrupt signal, ignoring")
+            self._signal_notes.append((5, "plugin received interrupt signal, ignoring"))
 
     def stop(self) -> None:
         self.stopped.set()
 
     def wait(self) -> None:
         # A timed wait keeps the main thread responsive to signals.
-        while not self.stopped.wait(0.5):
-            pass
+        while True:
+            stopped = self.stopped.wait(0.5)
+            while self._signal_notes:
+                self.log.log(*self._signal_notes.pop(0))
+            if stopped:
+                break
         self.log.debug("plugin server stopping")
 
     def close(self) -> None:
