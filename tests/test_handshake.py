@@ -149,3 +149,39 @@ def test_a_certificate_with_the_right_outline_but_junk_inside_is_malformed() -> 
     line = "1|1|unix|/tmp/p.sock|grpc|" + base64.b64encode(bytes(der)).decode().rstrip("=")
     with pytest.raises(errors.MalformedHandshakeError, match="not a DER X.509 certificate"):
         parse_handshake_line(line)
+
+
+def test_handshake_values_compare_print_hash_and_stay_frozen_like_dataclasses() -> None:
+    # HandshakeConfig/HandshakeInfo are plain classes (core/protocol/records.py), not dataclasses:
+    # equality, repr, hashing and immutability must still be what @dataclass(frozen=True) gave.
+    from plugbay import HandshakeConfig, NetworkServe
+    from plugbay.core.broker.broker import BrokerTransport
+
+    a = HandshakeConfig(1, "K", "V")
+    assert a == HandshakeConfig(protocol_version=1, magic_cookie_key="K", magic_cookie_value="V")
+    assert a != HandshakeConfig(2, "K", "V") and a != (1, "K", "V")
+    assert repr(a) == "HandshakeConfig(protocol_version=1, magic_cookie_key='K', magic_cookie_value='V')"
+    assert len({a, HandshakeConfig(1, "K", "V"), HandshakeConfig(2, "K", "V")}) == 2
+    with pytest.raises(AttributeError, match="HandshakeConfig is frozen"):
+        a.protocol_version = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen"):
+        del a.magic_cookie_key  # type: ignore[misc]
+    with pytest.raises(errors.ConfigError, match="non-empty magic_cookie_key"):
+        HandshakeConfig(1, "", "V")
+    with pytest.raises(errors.ConfigError, match="non-empty magic_cookie_key"):
+        a.replace(magic_cookie_value="")
+
+    info = HandshakeInfo(1, 2, "unix", "/tmp/x.sock")
+    assert (info.protocol, info.server_cert, info.multiplex, dict(info.extra)) == ("grpc", None, False, {})
+    moved = info.with_address("tcp", "127.0.0.1:4000")
+    assert (moved.network, moved.address, info.address) == ("tcp", "127.0.0.1:4000", "/tmp/x.sock")
+    assert moved == HandshakeInfo(1, 2, "tcp", "127.0.0.1:4000") and moved != info
+    assert repr(info).startswith("HandshakeInfo(core_version=1, app_version=2, network='unix',")
+    with pytest.raises(TypeError, match="no field"):
+        info.replace(port=1)
+
+    assert NetworkServe() == NetworkServe(listen="0.0.0.0:7001", multiplex=True)
+    assert NetworkServe(insecure=True).brokering is False
+    assert BrokerTransport() == BrokerTransport(multiplex=False)
+    with pytest.raises(AttributeError, match="frozen"):
+        BrokerTransport().multiplex = True  # type: ignore[misc]

@@ -153,6 +153,25 @@ def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> N
     assert banned == []
 
 
+def test_the_export_table_is_exactly_the_type_checking_imports() -> None:
+    # plugbay/__init__.py reads its TYPE_CHECKING block line by line (no ast at a plugin's start);
+    # what it reads must be what Python (and mypy) see there, every name resolving at run time.
+    import plugbay
+
+    tree = ast.parse((SRC / "plugbay" / "__init__.py").read_text())
+    expected: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module, ast.dump(imp)
+                expected.update((alias.asname or alias.name, imp.module) for alias in imp.names)
+    assert len(expected) > 40
+    assert plugbay._EXPORTS == expected
+    assert plugbay.__all__ == sorted(expected) + ["__version__"]
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        getattr(plugbay, "NoSuchName")
+
+
 @pytest.mark.parametrize("package", ["core", "core/protocol", "core/transport", "core/broker", "core/host",
                                      "core/plugin", "core/resilience", "runners", "runners/docker",
                                      "runners/kubernetes", "network"])
@@ -232,6 +251,8 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
               "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
               "plugbay.core.broker.channels", "plugbay.core.transport.channels")
     assert [m for m in unused if m in loaded] == []
+    # nor the dataclasses machinery: the start path's value classes are plain (core/protocol/records.py)
+    assert "dataclasses" not in loaded
 
 
 def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: Path) -> None:
@@ -243,3 +264,5 @@ def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: 
     # ...but only the key and the signature: the certificate is plugbay's own DER (core/protocol/der.py),
     # so the x509 package (the bulk of cryptography's import) stays out
     assert [m for m in loaded if m.startswith("cryptography.x509")] == []
+    # and the AutoMTLS value classes (CertKey, MutualTLS, SecureChannel) are plain classes too
+    assert "dataclasses" not in loaded

@@ -116,3 +116,40 @@ def test_parse_hclog_rejects_non_hclog() -> None:
     assert parse_hclog('{"@message": "m", "@level": "bogus"}') is None
     level, msg, extra = parse_hclog('{"@message": "m", "@level": "WARN"}') or (0, "", {})
     assert (level, msg, extra["plugin_fields"]) == (logging.WARNING, "m", {})
+
+
+_LOG_FROM_A_SIGNAL_HANDLER = r"""
+import logging, os, signal, sys
+from plugbay.core.plugin.logs import HclogHandler
+
+class Stream:
+    # the signal arrives while the handler is writing a record, as SIGTERM can in serve()
+    def __init__(self): self.lines, self.armed = [], True
+    def write(self, text):
+        if self.armed:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs on this thread, inside emit
+        self.lines.append(text)
+    def flush(self): pass
+
+stream = Stream()
+log = logging.getLogger("probe")
+log.addHandler(HclogHandler(stream))
+log.setLevel(logging.DEBUG)
+signal.signal(signal.SIGUSR1, lambda *_: log.debug("from the signal handler"))
+log.info("outer record")
+print(len(stream.lines), sum('"@message":"from the signal handler"' in l for l in stream.lines),
+      sum('"@message":"outer record"' in l for l in stream.lines))
+"""
+
+
+def test_a_record_logged_from_a_signal_handler_mid_write_does_not_deadlock() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src"
+    out = subprocess.run([sys.executable, "-c", _LOG_FROM_A_SIGNAL_HANDLER], capture_output=True, text=True,
+                         timeout=30, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "1", "1"]  # both records, each whole on its own line

@@ -45,8 +45,10 @@ def echo_server(tmp_path: Path) -> Iterator[str]:
 
 def _relay_pair(tmp_path: Path, echo: str, server: tls.CertKey, client: tls.CertKey,
                 client_trusts: bytes) -> tuple[tlsrelay.TLSRelay, tlsrelay.TLSRelay]:
+    # the terminating side's context made on a thread first, as serve() does behind the relay
+    early = tls.early_server_context()
     term = tlsrelay.TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo),
-                             tls.server_context(server, client.cert_pem), "terminate")
+                             tls.server_context(server, client.cert_pem, early()), "terminate")
     orig = tlsrelay.TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
                              tls.client_context(client, client_trusts), "originate")
     return term, orig

@@ -8,7 +8,6 @@ cheap and a plugin process never loads host-side, runner or resilience code.
 
 from __future__ import annotations
 
-import ast
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -79,15 +78,30 @@ if TYPE_CHECKING:
 
 
 def _export_table() -> dict[str, str]:
-    """name -> module, read from the TYPE_CHECKING imports above."""
+    """name -> module, read from the TYPE_CHECKING imports above.
+
+    Read line by line, not with ``ast``: parsing this file was ~1 ms of every
+    plugin's start. The block holds only ``from MODULE import NAMES`` statements
+    (parenthesized or not, ``as`` aliases allowed); tests/test_layers.py checks the
+    table against what ``ast`` sees.
+    """
     with open(__file__, encoding="utf-8") as f:  # not pathlib: a plugin may never need it (~8 ms)
-        tree = ast.parse(f.read())
+        text = f.read()
+    block = text[text.index("\nif TYPE_CHECKING:\n") + 19:]
     table: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            for imp in node.body:
-                if isinstance(imp, ast.ImportFrom) and imp.module:
-                    table.update((alias.asname or alias.name, imp.module) for alias in imp.names)
+    module = ""
+    for line in block.splitlines():
+        if line and not line.startswith(" "):
+            break  # the end of the block
+        if line.lstrip().startswith("#"):
+            continue
+        words = line.replace(",", " ").replace("(", " ").replace(")", " ").split()
+        if words[:1] == ["from"] and "import" in words:
+            module, words = words[1], words[words.index("import") + 1:]
+        for i, word in enumerate(words):
+            if word != "as" and (i == 0 or words[i - 1] != "as"):
+                alias = words[i + 2] if i + 2 < len(words) and words[i + 1] == "as" else word
+                table[alias] = module
     return table
 
 

@@ -31,13 +31,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
+from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     BrokerClosedError,
     BrokerError,
@@ -68,8 +68,7 @@ class AddressTranslator(Protocol):
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
 
 
-@dataclass(frozen=True)
-class BrokerTransport:
+class BrokerTransport(Frozen):
     """How brokered connections are made on this side.
 
     ``tls``: this side's AutoMTLS certificate (None: plaintext).
@@ -80,12 +79,19 @@ class BrokerTransport:
     ``mux``: the yamux session the Client/serve() built for multiplexing.
     """
 
-    tls: tlsmod.CertKey | None = None
-    peer_cert_pem: bytes | None = None
-    socket_dir: str | None = None
-    translator: AddressTranslator | None = None
-    multiplex: bool = False
-    mux: MuxSession | None = None
+    _fields = ("tls", "peer_cert_pem", "socket_dir", "translator", "multiplex", "mux")
+    tls: tlsmod.CertKey | None
+    peer_cert_pem: bytes | None
+    socket_dir: str | None
+    translator: AddressTranslator | None
+    multiplex: bool
+    mux: MuxSession | None
+
+    def __init__(self, tls: tlsmod.CertKey | None = None, peer_cert_pem: bytes | None = None,
+                 socket_dir: str | None = None, translator: AddressTranslator | None = None,
+                 multiplex: bool = False, mux: MuxSession | None = None) -> None:
+        self._set(tls=tls, peer_cert_pem=peer_cert_pem, socket_dir=socket_dir, translator=translator,
+                  multiplex=multiplex, mux=mux)
 
 
 class GRPCBroker(Multiplexed):

@@ -32,11 +32,11 @@ import ssl
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
 
+from plugbay.core.protocol.records import Record
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import give_to_group, group_id, listener_address, open_listener, unlink_quietly
@@ -44,26 +44,32 @@ from plugbay.core.transport.sockets import give_to_group, group_id, listener_add
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
 
-@dataclass
-class Endpoint:
+class Endpoint(Record):
     """An address to listen on: network "unix"/"tcp", and a path or HOST:PORT."""
 
-    network: str
-    address: str
-    port_range: tuple[int, int] | None = None  # tcp: try each port of the range
-    socket_group: str | None = None  # unix: chgrp to this and chmod 0660
-    owned_path: bool = False  # unix: we picked the name, so we remove the file
+    _fields = ("network", "address", "port_range", "socket_group", "owned_path")
+
+    def __init__(self, network: str, address: str, port_range: tuple[int, int] | None = None,
+                 socket_group: str | None = None, owned_path: bool = False) -> None:
+        self.network = network
+        self.address = address
+        self.port_range = port_range  # tcp: try each port of the range
+        self.socket_group = socket_group  # unix: chgrp to this and chmod 0660
+        self.owned_path = owned_path  # unix: we picked the name, so we remove the file
 
 
-@dataclass
-class Listening:
+class Listening(Record):
     """The announced address and everything to undo on shutdown."""
 
-    network: str
-    address: str
-    multiplex: bool
-    mux: Any = None  # the multiplexer front's session, for BrokerTransport.mux
-    _cleanups: list[Callable[[], None]] = field(default_factory=list)
+    _fields = ("network", "address", "multiplex", "mux", "_cleanups")
+
+    def __init__(self, network: str, address: str, multiplex: bool, mux: Any = None,
+                 _cleanups: list[Callable[[], None]] | None = None) -> None:
+        self.network = network
+        self.address = address
+        self.multiplex = multiplex
+        self.mux = mux  # the multiplexer front's session, for BrokerTransport.mux
+        self._cleanups: list[Callable[[], None]] = [] if _cleanups is None else _cleanups
 
     def close(self) -> None:
         while self._cleanups:

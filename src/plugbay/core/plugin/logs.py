@@ -16,7 +16,6 @@ line to a plain debug message.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import threading
@@ -46,6 +45,8 @@ class HclogFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
+        import json  # at the first record (after the handshake line), not on the plugin's start path
+
         return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -56,7 +57,9 @@ class HclogHandler(logging.Handler):
         super().__init__(level)
         self.stream = stream
         self.setFormatter(HclogFormatter())
-        self._write_lock = threading.Lock()
+        # Reentrant: a signal handler (serve()'s SIGTERM) logs on the main thread, possibly while
+        # that thread is inside this very emit; a plain Lock deadlocked the plugin there.
+        self._write_lock = threading.RLock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -8,9 +8,9 @@ host launches never needs them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from plugbay.core.protocol.records import Frozen
 from plugbay.errors import TLSConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
@@ -25,17 +25,23 @@ ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
 _TRUE = ("1", "true", "True", "TRUE")
 
 
-@dataclass(frozen=True)
-class NetworkServe:
+class NetworkServe(Frozen):
     """serve() on the network. Either all three TLS files, or ``insecure=True``."""
 
-    listen: str = "0.0.0.0:7001"
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None
-    insecure: bool = False
-    allow_shutdown: bool = False
-    multiplex: bool = True  # brokered callbacks for hosts that open a yamux session (needs TLS)
+    _fields = ("listen", "cert_file", "key_file", "client_ca_file", "insecure", "allow_shutdown", "multiplex")
+    listen: str
+    cert_file: str | None
+    key_file: str | None
+    client_ca_file: str | None
+    insecure: bool
+    allow_shutdown: bool
+    multiplex: bool  # brokered callbacks for hosts that open a yamux session (needs TLS)
+
+    def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
+                 client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
+                 multiplex: bool = True) -> None:
+        self._set(listen=listen, cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
+                  insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex)
 
     @property
     def brokering(self) -> bool:

@@ -22,7 +22,7 @@ Every setup failure prints one clear message on stderr and exits with 1.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import os
 import signal
@@ -30,7 +30,6 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +39,7 @@ from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
+from plugbay.core.protocol.records import Record
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
@@ -89,20 +89,27 @@ STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 SERVER_HANDSHAKE_TIMEOUT_MS = int(HANDSHAKE_TIMEOUT * 1000)
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(Record):
     """What serve() serves (go-plugin's ServeConfig)."""
 
-    handshake: HandshakeConfig
-    plugins: PluginSet | None = None
-    versioned_plugins: VersionedPlugins | None = None
-    grpc_server_options: Sequence[tuple[str, Any]] = ()
-    logger: logging.Logger | None = None
-    stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # captured output kept for the host, at most
-    # The plugin's own handlers that may run at once (each holds a thread); more are refused
-    # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
-    max_workers: int = DEFAULT_MAX_WORKERS
-    network: NetworkServe | None = None  # serve on the network over provided mTLS (plugin/network.py)
+    _fields = ("handshake", "plugins", "versioned_plugins", "grpc_server_options", "logger",
+               "stdio_buffer_bytes", "max_workers", "network")
+
+    def __init__(self, handshake: HandshakeConfig, plugins: PluginSet | None = None,
+                 versioned_plugins: VersionedPlugins | None = None,
+                 grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
+                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
+                 network: NetworkServe | None = None) -> None:
+        self.handshake = handshake
+        self.plugins = plugins
+        self.versioned_plugins = versioned_plugins
+        self.grpc_server_options = grpc_server_options
+        self.logger = logger
+        self.stdio_buffer_bytes = stdio_buffer_bytes  # captured output kept for the host, at most
+        # The plugin's own handlers that may run at once (each holds a thread); more are refused
+        # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+        self.max_workers = max_workers
+        self.network = network  # serve on the network over provided mTLS (plugin/network.py)
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
@@ -136,7 +143,8 @@ def serve(config: ServeConfig) -> None:
         except PlugbayError as exc:
             _fail(f"{exc}\n")
         if network is not None:
-            config = dataclasses.replace(config, network=network)
+            config = copy.copy(config)  # the caller's config stays as it was
+            config.network = network
     handshake = config.handshake
     if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
         _fail(MISCONFIGURED_MESSAGE)
@@ -188,6 +196,7 @@ class _PluginServer:
         self._plugin_set: PluginSet = {}
         self._version = 0
         self._old_signals: dict[int, Any] = {}
+        self._signal_notes: list[tuple[int, str]] = []  # what the handlers saw, logged by wait()
         self._closed = False
 
     def start(self) -> None:
@@ -227,13 +236,18 @@ class _PluginServer:
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
                              own.cert_der if own is not None else None, self.listening.multiplex)
-        self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
-        # Straight to fd 1 (what the host reads), whatever sys.stdout has become.
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        os.write(1, (info.to_line() + "\n").encode())
-        if network is None:  # on the network stdout/stderr are the service's own log
+        # Capture first, then the line on the original stdout: whatever the plugin prints once the
+        # host has the line (its first call can come at once) is captured, none of it on the host's
+        # handshake pipe. On the network stdout/stderr are the service's own log: no capture.
+        if network is None:
             self.capture.start()
+        elif sys.stdout is not None:
+            sys.stdout.flush()
+        os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
+        # After the line: the host is waiting for it, not for these records (json loads at the first).
+        if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
+            self.log.debug("configuring server automatic mTLS")
+        self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
 
     def _register(self, server: grpc.Server, broker: GRPCBroker) -> None:
         """Health, controller, stdio and the plugins' own services on ``server``, brokering with ``broker``."""
@@ -289,16 +303,18 @@ class _PluginServer:
         from plugbay.core.protocol import tls as tlsmod
         from plugbay.core.transport.secure import MutualTLS
 
-        self.log.debug("configuring server automatic mTLS")
         peer_pem = client_cert.encode()
         try:
             tlsmod.pem_to_der(peer_pem)
         except ConfigError:
             raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
                               " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
+        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS (the relay). Its first
+        # SSLContext is made on a thread meanwhile cryptography loads and our certificate is signed.
+        context = None if tlsmod.grpc_can_use(peer_pem) else tlsmod.early_server_context()
         mutual = MutualTLS(tlsmod.generate_cert(), peer_pem)
-        if mutual.needs_relay:  # a go-plugin host's P-521 certificate: OpenSSL terminates TLS
-            return mutual.own, peer_pem, None, mutual.relay_server_context()
+        if context is not None:
+            return mutual.own, peer_pem, None, mutual.relay_server_context(context())
         return mutual.own, peer_pem, mutual.server_credentials(), None
 
     def _install_signals(self) -> None:
@@ -308,24 +324,30 @@ class _PluginServer:
         self._old_signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._old_signals[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
+    # The signal handlers only note what to log: they run on the main thread between any two
+    # bytecodes, possibly inside a record being written or json's first import, so wait() logs it.
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self.log.debug("plugin received SIGTERM, stopping")
+        self._signal_notes.append((logging.DEBUG, "plugin received SIGTERM, stopping"))
         self.stop()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.env.get(ENV_LISTEN) or self.config.network is not None:
-            self.log.debug("plugin received SIGINT, stopping")
+            self._signal_notes.append((logging.DEBUG, "plugin received SIGINT, stopping"))
             self.stop()
         else:
-            self.log.log(5, "plugin received interrupt signal, ignoring")
+            self._signal_notes.append((5, "plugin received interrupt signal, ignoring"))
 
     def stop(self) -> None:
         self.stopped.set()
 
     def wait(self) -> None:
         # A timed wait keeps the main thread responsive to signals.
-        while not self.stopped.wait(0.5):
-            pass
+        while True:
+            stopped = self.stopped.wait(0.5)
+            while self._signal_notes:
+                self.log.log(*self._signal_notes.pop(0))
+            if stopped:
+                break
         self.log.debug("plugin server stopping")
 
     def close(self) -> None:

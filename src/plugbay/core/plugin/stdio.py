@@ -79,6 +79,11 @@ class StdioCapture:
         self._pump = threading.Thread(target=self._pump_loop, name="plugbay-stdio-pump", daemon=True)
         self._pump.start()
 
+    @property
+    def original_stdout(self) -> int:
+        """The process's stdout as it was before :meth:`start` (where the handshake line goes)."""
+        return self._saved[0] if self._saved is not None else 1
+
     def stop(self, drain_timeout: float = 1.0) -> None:
         """Give fds 1 and 2 back, read what is left in the pipes, end the streams."""
         if self._saved is None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     ConfigError,
     MalformedHandshakeError,
@@ -93,15 +92,17 @@ def address_problem(network: str, address: str) -> str | None:
     return f"host {host!r} of tcp address {address!r} is not a hostname, IPv4 or [IPv6] address"
 
 
-@dataclass(frozen=True)
-class HandshakeConfig:
+class HandshakeConfig(Frozen):
     """What host and plugin must agree on before they talk (go-plugin's HandshakeConfig)."""
 
+    _fields = ("protocol_version", "magic_cookie_key", "magic_cookie_value")
     protocol_version: int
     magic_cookie_key: str
     magic_cookie_value: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, protocol_version: int, magic_cookie_key: str, magic_cookie_value: str) -> None:
+        self._set(protocol_version=protocol_version, magic_cookie_key=magic_cookie_key,
+                  magic_cookie_value=magic_cookie_value)
         if not self.magic_cookie_key or not self.magic_cookie_value:
             raise ConfigError(
                 "HandshakeConfig needs a non-empty magic_cookie_key and magic_cookie_value;"
@@ -109,21 +110,29 @@ class HandshakeConfig:
             )
 
 
-@dataclass(frozen=True)
-class HandshakeInfo:
+class HandshakeInfo(Frozen):
     """The facts a plugin announces: where it listens and how to talk to it."""
 
+    _fields = ("core_version", "app_version", "network", "address", "protocol", "server_cert", "multiplex",
+               "extra")
     core_version: int
     app_version: int
     network: str
     address: str
-    protocol: str = PROTOCOL_GRPC
-    server_cert: bytes | None = None  # DER
-    multiplex: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
+    protocol: str
+    server_cert: bytes | None  # DER
+    multiplex: bool
+    extra: Mapping[str, str]
+
+    def __init__(self, core_version: int, app_version: int, network: str, address: str,
+                 protocol: str = PROTOCOL_GRPC, server_cert: bytes | None = None, multiplex: bool = False,
+                 extra: Mapping[str, str] | None = None) -> None:
+        self._set(core_version=core_version, app_version=app_version, network=network, address=address,
+                  protocol=protocol, server_cert=server_cert, multiplex=multiplex,
+                  extra={} if extra is None else extra)
 
     def with_address(self, network: str, address: str) -> HandshakeInfo:
-        return replace(self, network=network, address=address)
+        return self.replace(network=network, address=address)
 
     def to_line(self) -> str:
         cert = base64.b64encode(self.server_cert).decode().rstrip("=") if self.server_cert else ""
@@ -163,6 +172,8 @@ class HandshakeInfo:
         )
 
     def to_json(self) -> str:
+        import json  # here: a plugin process never writes one (~2 ms of its start)
+
         return json.dumps(self.to_dict())
 
 

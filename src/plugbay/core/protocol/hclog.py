@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -51,6 +50,8 @@ def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
     """
     if not line.startswith("{"):
         return None
+    import json  # here, not at the top: a plugin process only writes hclog (~2 ms of its start)
+
     try:
         entry = json.loads(line)
     except ValueError:
@@ -78,6 +79,8 @@ def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _fmt(value: Any) -> str:
+    import json
+
     text = value if isinstance(value, str) else json.dumps(value)
     return json.dumps(text) if (" " in text or not text) else text
 

@@ -13,10 +13,11 @@ Python's ssl module (OpenSSL) instead; see plugbay.core.transport.relay.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from plugbay.core.protocol import der
+from plugbay.core.protocol.records import Frozen
 from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,12 +33,15 @@ HOSTNAME = "localhost"
 _GRPC_CURVES = ("secp256r1", "secp384r1")
 
 
-@dataclass(frozen=True)
-class CertKey:
+class CertKey(Frozen):
     """A PEM certificate and its PEM private key."""
 
+    _fields = ("cert_pem", "key_pem")
     cert_pem: bytes
     key_pem: bytes
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
+        self._set(cert_pem=cert_pem, key_pem=key_pem)
 
     @property
     def cert_der(self) -> bytes:
@@ -157,15 +161,39 @@ def grpc_can_use(cert_pem: bytes) -> bool:
     return True
 
 
-def server_context(own: CertKey, client_ca_pem: bytes) -> ssl.SSLContext:
-    """OpenSSL server side of AutoMTLS: present ``own``, require a client cert signed by the CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def server_context(own: CertKey, client_ca_pem: bytes, ctx: ssl.SSLContext | None = None) -> ssl.SSLContext:
+    """OpenSSL server side of AutoMTLS: present ``own``, require a client cert signed by the CA.
+
+    ``ctx``: a fresh ``SSLContext(PROTOCOL_TLS_SERVER)`` to set up (see :func:`early_server_context`).
+    """
+    ctx = ctx if ctx is not None else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_chain(ctx, own)
     ctx.load_verify_locations(cadata=client_ca_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+def early_server_context() -> Callable[[], ssl.SSLContext]:
+    """Start making a bare server ``SSLContext`` on a thread; the returned call waits for it.
+
+    A process's first SSLContext costs 3-10 ms inside OpenSSL with the GIL released.
+    A plugin starting AutoMTLS behind the relay makes it while its main thread
+    imports cryptography and signs its certificate, instead of after.
+    """
+    import threading
+
+    made: list[ssl.SSLContext] = []
+    thread = threading.Thread(target=lambda: made.append(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)),
+                              name="plugbay-tls-context", daemon=True)
+    thread.start()
+
+    def result() -> ssl.SSLContext:
+        thread.join()
+        return made[0] if made else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    return result
 
 
 def client_context(own: CertKey, server_ca_pem: bytes) -> ssl.SSLContext:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from plugbay.core.protocol.records import Frozen, Record
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
 from plugbay.core.transport.sockets import open_listener, unlink_quietly
 from plugbay.errors import BrokerError, ConfigError
@@ -46,12 +46,15 @@ def grpc_target(network: str, address: str) -> str:
     raise ConfigError(f"unknown network {network!r} at {address!r}; go-plugin speaks 'unix' or 'tcp' only")
 
 
-@dataclass(frozen=True)
-class MutualTLS:
+class MutualTLS(Frozen):
     """This side's AutoMTLS certificate and the peer's, the only one trusted."""
 
+    _fields = ("own", "peer_pem")
     own: CertKey
     peer_pem: bytes
+
+    def __init__(self, own: CertKey, peer_pem: bytes) -> None:
+        self._set(own=own, peer_pem=peer_pem)
 
     @property
     def needs_relay(self) -> bool:
@@ -66,8 +69,9 @@ class MutualTLS:
         return grpc.ssl_channel_credentials(root_certificates=self.peer_pem, private_key=self.own.key_pem,
                                             certificate_chain=self.own.cert_pem)
 
-    def relay_server_context(self) -> ssl.SSLContext:
-        return server_context(self.own, self.peer_pem)
+    def relay_server_context(self, ctx: ssl.SSLContext | None = None) -> ssl.SSLContext:
+        """The relay's OpenSSL server context; ``ctx``: a fresh one to set up (tls.early_server_context)."""
+        return server_context(self.own, self.peer_pem, ctx)
 
 
 def private_socket(folder: str, stem: str) -> str:
@@ -75,13 +79,15 @@ def private_socket(folder: str, stem: str) -> str:
     return os.path.join(folder, f"{stem}-{os.urandom(4).hex()}.sock")
 
 
-@dataclass
-class SecureChannel:
+class SecureChannel(Record):
     """A dialed channel and what carries it; ``mode`` is 'plaintext', 'grpc-tls' or 'relay-tls'."""
 
-    channel: grpc.Channel
-    mode: str
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    _fields = ("channel", "mode", "cleanup")
+
+    def __init__(self, channel: grpc.Channel, mode: str, cleanup: list[Callable[[], None]] | None = None) -> None:
+        self.channel = channel
+        self.mode = mode
+        self.cleanup: list[Callable[[], None]] = [] if cleanup is None else cleanup
 
     def close(self) -> None:
         self.channel.close()
