@@ -322,3 +322,20 @@ def test_deployments_api_edges(standin: StandIn) -> None:  # noqa: F811
         standin.allow_all()
     assert [d["metadata"]["name"] for d in raw(standin, base)[1]["items"]] == ["web"]
     assert raw(standin, f"{base}/web", "DELETE")[0] == 200 and raw(standin, f"{base}/web")[0] == 404
+
+
+def test_separate_standin_serves_from_its_own_process_and_stops_with_stdin() -> None:
+    from tests.kube_standin.separate import SeparateStandIn
+
+    standin = SeparateStandIn(runtime="process").start()
+    proc = standin._proc
+    assert proc is not None and proc.pid != os.getpid()
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=standin.kubeconfig))
+        assert api.list_namespaced_pod("default").items == []
+        folder = os.path.dirname(standin.kubeconfig)
+    finally:
+        standin.stop()
+    assert proc.returncode == 0  # stopped by its stdin closing, not killed
+    assert standin.container_start_seconds() == []  # the process runtime starts no containers
+    assert not os.path.exists(folder)

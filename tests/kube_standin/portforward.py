@@ -180,19 +180,25 @@ class ForwardSession:
                     data = self.sock.recv(65536)
                     if not data:
                         return
-                    for opcode, payload in reader.feed(data):
-                        if opcode == OP_CLOSE:
-                            self._peer_closed = True
-                            return
-                        if opcode == OP_PING:
-                            self._send(OP_PONG, payload)
-                        elif opcode == OP_BINARY and payload:
-                            if self.drop_on_data:
-                                self.dropped.set()
+                    out: dict[int, list[bytes]] = {}  # per port, this read's bytes: one sendall each
+                    try:
+                        for opcode, payload in reader.feed(data):
+                            if opcode == OP_CLOSE:
+                                self._peer_closed = True
                                 return
-                            chan = payload[0]
-                            if chan % 2 == 0 and chan // 2 in conns:
-                                conns[chan // 2].sendall(payload[1:])
+                            if opcode == OP_PING:
+                                self._send(OP_PONG, payload)
+                            elif opcode == OP_BINARY and payload:
+                                if self.drop_on_data:
+                                    self.dropped.set()
+                                    return
+                                chan = payload[0]
+                                if chan % 2 == 0 and chan // 2 in conns:
+                                    out.setdefault(chan // 2, []).append(payload[1:])
+                    finally:
+                        if not self.dropped.is_set():
+                            for i, parts in out.items():
+                                conns[i].sendall(b"".join(parts))
                 else:
                     i = by_sock[s]
                     try:

@@ -154,27 +154,32 @@ class PortForwarder:
                 data += remote.recv(remote.pending())
             if not data:
                 return error
-            for opcode, payload in reader.feed(data):
-                if opcode == OP_CLOSE:
-                    return error
-                if opcode == OP_PING:
-                    remote.sendall(client_frame(OP_PONG, payload))
-                if opcode != OP_BINARY or not payload:
-                    continue
-                channel, body = payload[0], payload[1:]
-                if channel > 1:
-                    raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
-                if not opened[channel]:
-                    opened[channel] = True
-                    if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
-                        raise FrameError(f"channel {channel} opened without port {self.port}")
-                    body = body[2:]
-                if channel == 1:
-                    error += body.decode(errors="replace")
-                    if error:
-                        return error  # the server ends the stream after its error
-                elif body:
-                    conn.sendall(body)
+            out: list[bytes] = []  # the data frames of this read, sent to gRPC with one sendall
+            try:
+                for opcode, payload in reader.feed(data):
+                    if opcode == OP_CLOSE:
+                        return error
+                    if opcode == OP_PING:
+                        remote.sendall(client_frame(OP_PONG, payload))
+                    if opcode != OP_BINARY or not payload:
+                        continue
+                    channel, body = payload[0], payload[1:]
+                    if channel > 1:
+                        raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
+                    if not opened[channel]:
+                        opened[channel] = True
+                        if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
+                            raise FrameError(f"channel {channel} opened without port {self.port}")
+                        body = body[2:]
+                    if channel == 1:
+                        error += body.decode(errors="replace")
+                        if error:
+                            return error  # the server ends the stream after its error
+                    elif body:
+                        out.append(body)
+            finally:
+                if out:  # what came before a Close, an error or a bad frame is still delivered
+                    conn.sendall(out[0] if len(out) == 1 else b"".join(out))
         return error
 
     def close(self) -> None:
