@@ -42,14 +42,12 @@ class PipeFollower:
         self._close = close
         self._ended = False
         os.set_blocking(fd, False)
-        self._reg: Registration = (loop or shared()).add(fd, self._readable, self._finish)
+        # _read_once returns False at EOF: the loop then drops it and runs _finish
+        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish)
 
     def stop(self) -> None:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
         self._reg.cancel()
-
-    def _readable(self) -> bool:
-        return self._read_once()  # False at EOF: the loop drops it and runs _finish
 
     def _read_once(self) -> bool:
         """Feed one chunk; False at end of file (or a broken pipe)."""

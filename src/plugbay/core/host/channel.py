@@ -285,7 +285,7 @@ class _UnaryCallable(_Callable):
 
     def _once(self, with_call: bool, request: Any, timeout: float | None,
               kwargs: dict[str, Any]) -> Any:
-        kwargs["timeout"] = deadline = timeout if timeout is not None else self._owner.call_timeout
+        deadline = self._kwargs(timeout, kwargs)["timeout"]
         started = time.monotonic()
         try:
             target = self._target()

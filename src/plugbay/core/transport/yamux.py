@@ -65,16 +65,12 @@ class Session:
         self._next = 1 if client else 2
         self._closed = threading.Event()
         self.close_reason = ""
-        self._on_close: list[Callable[[], None]] = []
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
 
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
-
-    def on_close(self, func: Callable[[], None]) -> None:
-        self._on_close.append(func)
 
     def open(self) -> Stream:
         with self._lock:
@@ -156,8 +152,6 @@ class Session:
         self._sock.close()
         for stream in streams:
             stream._kill()
-        for func in self._on_close:
-            func()
 
     def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
         header = _HDR.pack(0, kind, flags, sid, length)
