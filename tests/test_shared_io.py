@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,10 +89,12 @@ def test_kill9_is_heard_at_once_and_fails_only_that_plugins_call() -> None:
         timer.start()
         try:
             # failed by the exit (a pidfd on the shared thread), not by the 60 s call timeout
-            with pytest.raises(PluginDiedError, match="SIGKILL|code -9"):
+            with pytest.raises(PluginDiedError, match="SIGKILL|code -9") as died:
                 kv.get("__hang__")
         finally:
             timer.join()
+        # a gone peer: UNAVAILABLE (a retry policy may retry), though plugbay cancelled the call
+        assert died.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
         assert victim.exited and victim.exit_code == -signal.SIGKILL
         other_kv.put("still", b"here")
         assert other_kv.get("still") == b"here" and not other.exited

@@ -60,6 +60,12 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
 class PluginDied(_TranslatedRpcError, PluginDiedError):
     """The plugin ended while the call was in flight (or before it started)."""
 
+    def code(self) -> grpc.StatusCode:
+        # UNAVAILABLE, as for any peer that is gone: the call may also have been CANCELLED by
+        # plugbay itself on hearing the exit (close_current), which retry policies must not
+        # mistake for a caller's cancel.
+        return grpc.StatusCode.UNAVAILABLE
+
 
 class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
