@@ -157,6 +157,17 @@ class AttachedRunner(ABC):
         """
         return False
 
+    @property
+    def exit_notice_time(self) -> float:
+        """Seconds this runner may take to learn the plugin ended after its connection broke.
+
+        A call that fails UNAVAILABLE waits up to this long for wait() before it
+        is reported as a live plugin being unreachable rather than a death. A
+        local process's exit is known at once; an engine or an API server
+        answers later, most of all on a loaded machine.
+        """
+        return 0.5
+
     def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
         """Call ``on_exit(code)`` once, as soon as the plugin ends (from another thread); cancel() stops it.
 

@@ -272,9 +272,10 @@ class Client:
             channel.close_current()
 
     def _exit_probe(self, wait: float) -> str | None:
+        """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
         code = self._exit_code
         if code is None and self._runner is not None:
-            code = self._runner.wait(wait)
+            code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
         if code is None:
             return None
         self._exit_code = code

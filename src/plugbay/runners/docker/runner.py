@@ -131,6 +131,12 @@ class DockerRunner(Runner):
         return self._container_id
 
     @property
+    def exit_notice_time(self) -> float:
+        # The engine answers the wait request once containerd has reported the
+        # exit and the state is written: well after the socket broke when loaded.
+        return 3.0
+
+    @property
     def private_transport(self) -> bool:
         return self.transport == "unix"  # tcp: a published port and a container network
 
