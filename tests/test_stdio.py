@@ -138,3 +138,36 @@ def test_go_101_plugin_without_grpc_stdio_is_tolerated(tmp_path: Path) -> None:
         assert kv.get("go") == b"again"
     assert out.data == b"" and err.data == b""
     assert c.exited
+
+
+_RACE = r"""
+import logging, os, sys
+from plugbay.core.plugin.stdio import STDOUT, StdioCapture
+capture = StdioCapture(logging.getLogger("t"))
+capture.start()
+out = capture.original_stdout
+results = []
+for round in range(200):
+    capture.discard()                      # a host without a sink
+    os.write(1, b"dropped%d\n" % round)    # written while discarding...
+    generation = capture.attach()          # ...then a host with a sink comes at once
+    got = capture.next_chunk(generation, 0.0, lambda: True)
+    results.append(got)
+    capture.detach(generation)
+leaked = [r for r in results if r]
+os.write(1, b"kept\n")
+generation = capture.attach()
+kept = capture.next_chunk(generation, 5.0, lambda: True)
+os.write(out, repr((len(leaked), kept == (STDOUT, b"kept\n"))).encode() + b"\n")
+capture.stop()
+"""
+
+
+def test_output_written_while_discarding_never_reaches_the_reader_that_comes_next() -> None:
+    # The pump thread may not have read the write yet when the reader arrives; what is
+    # still in the pipe was written before it came and is dropped, every time.
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(0, True)", done.stdout + done.stderr

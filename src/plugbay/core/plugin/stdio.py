@@ -61,6 +61,9 @@ class StdioCapture:
         self._readers: dict[int, Channel] = {}
         self._stop_pump = threading.Event()
         self._pump: threading.Thread | None = None
+        # Held from a pipe read until its chunk is kept or dropped, so a reader that
+        # ends discarding first drops what was written before it came (see attach).
+        self._read_lock = threading.Lock()
 
     def start(self) -> None:
         """Point fds 1 and 2 at pipes; everything written from now on is captured."""
@@ -73,6 +76,8 @@ class StdioCapture:
         os.close(out_w)
         os.close(err_w)
         self._readers = {out_r: STDOUT, err_r: STDERR}
+        for fd in self._readers:  # attach() drains them too: a read must never wait
+            os.set_blocking(fd, False)
         # A pipe makes sys.stdout block-buffered; line buffering keeps print()s timely.
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(line_buffering=True)
@@ -113,19 +118,23 @@ class StdioCapture:
         try:
             while open_fds and not self._stop_pump.is_set():
                 for fd, _ in poller.poll(_POLL_MS):
-                    try:
-                        data = os.read(fd, _READ)
-                    except OSError:
-                        data = b""
-                    if data:
-                        self._add(self._readers[fd], data)
-                    else:
+                    with self._read_lock:
+                        try:
+                            data = os.read(fd, _READ)
+                        except BlockingIOError:
+                            continue  # attach() took it first
+                        except OSError:
+                            data = b""
+                        if data:
+                            self._add(self._readers[fd], data)
+                    if not data:
                         poller.unregister(fd)
                         open_fds.discard(fd)
         finally:
-            for fd in self._readers:
-                os.close(fd)
-            self._readers = {}
+            with self._read_lock:
+                for fd in self._readers:
+                    os.close(fd)
+                self._readers = {}
             with self._cond:
                 self._eof = True
                 self._cond.notify_all()
@@ -158,7 +167,22 @@ class StdioCapture:
                               extra={"buffer_bytes": self._max})
 
     def attach(self) -> int:
-        """Register a new StreamStdio caller; earlier callers stop receiving."""
+        """Register a new StreamStdio caller; earlier callers stop receiving.
+
+        When output was being discarded, what is still in the pipes was written
+        before this caller came and is dropped too: without that, whether a
+        write made while discarding reaches the new reader would depend on how
+        soon the pump thread got to it.
+        """
+        with self._read_lock:
+            with self._cond:
+                discarding = self._discard
+            if discarding:
+                for fd in self._readers:
+                    _drain(fd)
+            return self._attach()
+
+    def _attach(self) -> int:
         with self._cond:
             self._discard = False
             self._generation += 1
@@ -235,6 +259,15 @@ class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
 
 def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:
     grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+def _drain(fd: int, max_reads: int = 64) -> None:
+    try:  # bounded: a writer that never pauses must not hold up the caller
+        for _ in range(max_reads):
+            if not os.read(fd, _READ):
+                return
+    except OSError:  # BlockingIOError: empty now
+        pass
 
 
 def _flush_std() -> None:
