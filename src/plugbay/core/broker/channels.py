@@ -85,16 +85,32 @@ def share_socket(path: str, folder_path: str | None = None) -> None:
 
 
 def stop_served(served: Served, grace: float | None = 1.0,
-                reap: Callable[[ThreadPoolExecutor], None] | None = None) -> None:
-    """Stop a brokered server, free its sockets and join its workers (or hand them to ``reap``).
+                reap: Callable[[Callable[[], None]], None] | None = None) -> None:
+    """Stop a brokered server, free its sockets and join its workers (or hand that to ``reap``).
 
     ``grace=None`` cancels calls still running at once: what go-plugin's host
-    does (``Stop()``) once the call that needed the server returned.
+    does (``Stop()``) once the call that needed the server returned. Its
+    listeners (and socket files, and a TLS relay) are gone and its calls
+    cancelled before this returns; with ``reap``, waiting for grpcio's
+    shutdown to complete and joining the workers happen in the background (a
+    callback's caller does not wait for them).
     """
-    served.server.stop(grace=grace).wait(timeout=10)
+    stopped = served.server.stop(grace=grace)
+    if grace is None:  # nothing left to finish: no name for a new peer to find
+        _free(served)
+
+    def finish() -> None:
+        stopped.wait(timeout=10)
+        if grace is not None:  # calls may still be finishing over a relay
+            _free(served)
+        served.executor.shutdown(wait=True)
+
+    if reap is not None:
+        reap(finish)
+    else:
+        finish()
+
+
+def _free(served: Served) -> None:
     for func in reversed(served.cleanup):
         func()
-    if reap is not None:
-        reap(served.executor)
-    else:
-        served.executor.shutdown(wait=True)

@@ -166,8 +166,8 @@ class ServerSource:
         if self._renames and self._spares:
             self._spare.refill()
 
-    def reap(self, executor: ThreadPoolExecutor) -> None:
-        self._spare.reap(executor)
+    def reap(self, finish: Callable[[], None]) -> None:
+        self._spare.reap(finish)
 
     def close(self) -> None:
         self._spare.close()
@@ -185,7 +185,7 @@ class SpareServer:
     One long-lived builder thread (started when first needed) does the
     building: starting a thread per build would cost the caller about what
     a server start costs. It also joins the worker threads of stopped
-    servers handed to ``reap()``, so stopping one does not wait for them.
+    servers handed to ``reap()`` and frees their sockets, so stopping one does not wait for that.
     """
 
     def __init__(self, build: Callable[[], Built]) -> None:
@@ -194,7 +194,7 @@ class SpareServer:
         self._spare: Built | None = None
         self._builder: threading.Thread | None = None
         self._wanted = False
-        self._reaped: list[ThreadPoolExecutor] = []
+        self._reaped: list[Callable[[], None]] = []
         self._closed = False
 
     def take(self) -> Built | None:
@@ -210,15 +210,14 @@ class SpareServer:
             self._wanted = True
             self._wake()
 
-    def reap(self, executor: ThreadPoolExecutor) -> None:
-        """Join a stopped server's workers in the background (at once once closed)."""
-        executor.shutdown(wait=False)
+    def reap(self, finish: Callable[[], None]) -> None:
+        """Run a stopped server's ``finish`` (wait, free, join) in the background (at once once closed)."""
         with self._cond:
             if not self._closed:
-                self._reaped.append(executor)
+                self._reaped.append(finish)
                 self._wake()
                 return
-        executor.shutdown(wait=True)
+        _finish(finish)
 
     def _wake(self) -> None:  # with the lock held
         if self._builder is None:
@@ -236,12 +235,12 @@ class SpareServer:
                 if self._closed:
                     break
                 wanted = self._wanted
-            for executor in reaped:
-                executor.shutdown(wait=True)
+            for finish in reaped:
+                _finish(finish)
             if wanted:
                 self._build_one()
-        for executor in reaped:
-            executor.shutdown(wait=True)
+        for finish in reaped:
+            _finish(finish)
 
     def _build_one(self) -> None:
         built: Built | None = None
@@ -269,7 +268,14 @@ class SpareServer:
             builder.join(_JOIN)
         with self._cond:
             reaped, self._reaped = self._reaped, []
-        for executor in reaped:
-            executor.shutdown(wait=True)
+        for finish in reaped:
+            _finish(finish)
         if spare is not None:
             stop_served(spare[0])
+
+
+def _finish(finish: Callable[[], None]) -> None:
+    try:
+        finish()
+    except Exception:  # a bug: said loudly, the other servers are still freed
+        log.warning("freeing a stopped brokered server failed", exc_info=True)
