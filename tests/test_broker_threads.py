@@ -185,3 +185,26 @@ def test_the_shared_loop_runs_while_leased_and_its_last_release_joins_it() -> No
     finally:
         third.release()
     assert "plugbay-aio-test" not in thread_names()
+
+
+def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(tmp_path: Path) -> None:
+    import grpc
+
+    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.broker.stream import host_broker
+    from plugbay.core.transport.secure import Redial
+
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'nobody.sock'}")
+    # credentials that are not grpc.ChannelCredentials: grpc.aio refuses to make the channel
+    broker = host_broker(channel, BrokerTransport(), lazy=True,
+                         redial=Redial(f"unix:{tmp_path / 'nobody.sock'}", "not credentials", ()))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BrokerClosedError, match="could not open the broker stream.*new Client"):
+            broker.next_id()
+        assert not aioloop.shared().running  # the failed opener's lease was given back
+        with pytest.raises(BrokerClosedError, match="could not be opened"):  # and it stays typed
+            broker.dial(1, timeout=5)
+    finally:
+        broker.close()
+        channel.close()
+    assert plugbay_threads() == []
