@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -94,6 +93,20 @@ class BrokerTransport(Frozen):
                   multiplex=multiplex, mux=mux)
 
 
+class Outbox(Protocol):
+    """Where this side's ConnInfo messages go for the stream to send (None ends the stream's requests)."""
+
+    def put(self, item: pb.ConnInfo | None) -> None: ...
+
+
+class Reader(Protocol):
+    """What reads the stream: a thread, or a task on the shared asyncio loop; close() joins it."""
+
+    def start(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
 class GRPCBroker(Multiplexed):
     """Brokers extra gRPC connections by id. Build it with plugin_broker() / host_broker()."""
 
@@ -112,13 +125,13 @@ class GRPCBroker(Multiplexed):
         self._announced: dict[int, tuple[pb.ConnInfo, float]] = {}
         self._acks: dict[int, pb.ConnInfo] = {}
         self._outbox: list[pb.ConnInfo] = []  # sent before the stream exists
-        self._send_q: queue.Queue[pb.ConnInfo | None] | None = None
+        self._send_q: Outbox | None = None
         self._lost: str | None = None
         self._closed = False
         self._served: list[Served] = []
         self._channels: list[BrokeredChannel] = []
         self._cleanup: list[Callable[[], None]] = []
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._opener: Callable[[], None] | None = None  # opens the stream on first use (lazy host)
         self._private_dir: str | None = None
@@ -226,9 +239,8 @@ class GRPCBroker(Multiplexed):
         for func in reversed(cleanup):
             func()
         self._join_bridges()
-        for t in list(self._threads):
-            if t.ident is not None:  # started (threads are started under the lock)
-                t.join(timeout=10)
+        for t in list(self._threads):  # started under the lock, so all of them are started
+            t.join(timeout=10)
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
 
@@ -270,8 +282,8 @@ class GRPCBroker(Multiplexed):
             self.call = call
             return True
 
-    def start_reader(self, reader: threading.Thread) -> bool:
-        """Start the stream's reader thread unless the broker is closed (close() joins it)."""
+    def start_reader(self, reader: Reader) -> bool:
+        """Start the stream's reader unless the broker is closed (close() joins it)."""
         with self._cond:  # close() joins _threads: never let it see an unstarted one
             if self._closed:
                 return False
@@ -279,7 +291,7 @@ class GRPCBroker(Multiplexed):
             reader.start()
             return True
 
-    def attach_stream(self, send_q: queue.Queue[pb.ConnInfo | None]) -> None:
+    def attach_stream(self, send_q: Outbox) -> None:
         with self._cond:
             old = self._send_q
             self._send_q = send_q
@@ -290,13 +302,26 @@ class GRPCBroker(Multiplexed):
         if old is not None:
             old.put(None)
 
+    def end_stream(self, reason: str) -> None:
+        """The other side is gone (its process exited): end the stream and fail what waits on it, now.
+
+        A connection that outlives its peer (a published port) would otherwise
+        keep the stream up; a stream not opened yet is not opened any more.
+        """
+        with self._cond:
+            call, self._opener = self.call, None
+            self._lost = reason
+            self._cond.notify_all()
+        if call is not None:
+            call.cancel()
+
     def mark_lost(self, reason: str) -> None:
         """The stream could not be opened: what this side sends from now on fails with ``reason``."""
         with self._cond:
             self._lost = reason
             self._cond.notify_all()
 
-    def detach_stream(self, send_q: queue.Queue[pb.ConnInfo | None], reason: str) -> None:
+    def detach_stream(self, send_q: Outbox, reason: str) -> None:
         with self._cond:
             if self._send_q is not send_q:
                 return  # a newer stream took over

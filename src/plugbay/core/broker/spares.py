@@ -3,9 +3,10 @@
 grpcio's server start (C-core listener set-up, its poll thread) and bind cost
 a millisecond or more, and go-plugin's bidirectional pattern pays them on
 every call: the host serves a fresh broker id for each call that needs a
-callback. A broker therefore keeps one *spare*: a server already bound to a
-fresh socket and started, with no services yet, built by a background thread
-while the previous callback runs. accept_and_serve takes it and registers the
+callback. The process therefore keeps one *spare* (for all its brokers, so
+many live plugins do not keep one each): a server already bound to a fresh
+socket and started, with no services yet, built by a background thread while
+the previous callback runs. accept_and_serve takes it and registers the
 services through a :class:`Registrar`; each id still gets its own server on
 its own socket, used for that id only and stopped with it, as in go-plugin.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -125,18 +128,23 @@ class ServerSource:
         self._renames = True
         # a relay (a Go peer's certificate) is a listener and threads of its own: none kept idle
         self._spares = tls is None or not tls.needs_relay
-        self._spare = SpareServer(self._build_private)
+        self._spare = join_spares()
+        self._left = False
 
-    def _build_private(self) -> Built:
-        private = self._private_dir()
-        return build_server(self._tls, private, private_socket(private, "spare" if self._public_path else "mux"))
+    def _build_private(self, private: str | None = None) -> Built:
+        """A server in ``private`` (default: this broker's private folder; a spare: the spares' folder)."""
+        folder = private if private is not None else self._private_dir()
+        return build_server(self._tls, folder, private_socket(folder, "spare" if self._public_path else "mux"))
+
+    def _take(self) -> Built | None:
+        return self._spare.take(self._tls) if self._spares else None
 
     def get(self) -> Built:
         """A started server with no services and the socket path to announce (or route to)."""
         if self._public_path is None:
-            return self._spare.take() or self._build_private()
+            return self._take() or self._build_private()
         if self._renames:
-            served, path = self._spare.take() or self._build_private()
+            served, path = self._take() or self._build_private()
             public = self._public_path()
             # its group and mode are set while only plugbay's private folder names it: nothing is
             # done by name in the shared folder, where a container user could swap the name
@@ -164,13 +172,15 @@ class ServerSource:
     def refill(self) -> None:
         """Have the next server started in the background (while the current one serves)."""
         if self._renames and self._spares:
-            self._spare.refill()
+            self._spare.refill(self._tls, self._build_private)
 
     def reap(self, finish: Callable[[], None]) -> None:
         self._spare.reap(finish)
 
     def close(self) -> None:
-        self._spare.close()
+        if not self._left:
+            self._left = True
+            self._spare.leave(self._tls)
 
 
 def _has_folder_group(path: str) -> bool:
@@ -180,34 +190,42 @@ def _has_folder_group(path: str) -> bool:
 
 
 class SpareServer:
-    """Holds at most one started, unused brokered server; ``refill()`` has the next one built.
+    """Holds at most one started, unused brokered server for the whole process; ``refill()`` has one built.
 
-    One long-lived builder thread (started when first needed) does the
-    building: starting a thread per build would cost the caller about what
-    a server start costs. It also joins the worker threads of stopped
-    servers handed to ``reap()`` and frees their sockets, so stopping one does not wait for that.
+    Shared by every broker of the process (a host with many live plugins keeps
+    one spare, not one each): a spare is keyed by the TLS it serves with, and
+    ``take(key)`` hands it only to a broker serving with the same (plaintext
+    brokers share it). One long-lived builder thread (started when first
+    needed) does the building: starting a thread per build would cost the
+    caller about what a server start costs. It also joins the worker threads
+    of stopped servers handed to ``reap()`` and frees their sockets, so stopping
+    one does not wait for that. Brokers hold it between :func:`join_spares` and ``leave()``; the last
+    to leave stops the spare, joins the builder and removes its folder.
     """
 
-    def __init__(self, build: Callable[[], Built]) -> None:
-        self._build = build
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._spare: Built | None = None
+        self._spare: tuple[MutualTLS | None, Built] | None = None
         self._builder: threading.Thread | None = None
-        self._wanted = False
+        self._wanted: tuple[MutualTLS | None, Callable[[str], Built]] | None = None
         self._reaped: list[Callable[[], None]] = []
         self._closed = False
+        self._users = 0
+        self._dir: str | None = None
 
-    def take(self) -> Built | None:
+    def take(self, key: MutualTLS | None) -> Built | None:
         with self._cond:
-            spare, self._spare = self._spare, None
+            if self._spare is None or self._spare[0] != key:
+                return None
+            spare, self._spare = self._spare[1], None
             return spare
 
-    def refill(self) -> None:
-        """Have a spare built unless one is there or on its way (a no-op once closed)."""
+    def refill(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
+        """Have a spare for ``key`` built (``build(folder)``) unless one is there or on its way."""
         with self._cond:
-            if self._closed or self._spare is not None or self._wanted:
+            if self._closed or self._wanted is not None or (self._spare is not None and self._spare[0] == key):
                 return
-            self._wanted = True
+            self._wanted = (key, build)
             self._wake()
 
     def reap(self, finish: Callable[[], None]) -> None:
@@ -222,14 +240,14 @@ class SpareServer:
     def _wake(self) -> None:  # with the lock held
         if self._builder is None:
             self._builder = threading.Thread(target=self._run, name="plugbay-broker-spare", daemon=True)
-            self._builder.start()  # under the lock: close() never sees an unstarted thread
+            self._builder.start()  # under the lock: leave() never sees an unstarted thread
         else:
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._wanted and not self._reaped and not self._closed:
+                while self._wanted is None and not self._reaped and not self._closed:
                     self._cond.wait()
                 reaped, self._reaped = self._reaped, []
                 if self._closed:
@@ -237,28 +255,55 @@ class SpareServer:
                 wanted = self._wanted
             for finish in reaped:
                 _finish(finish)
-            if wanted:
-                self._build_one()
+            if wanted is not None:
+                self._build_one(*wanted)
         for finish in reaped:
             _finish(finish)
 
-    def _build_one(self) -> None:
+    def _folder(self) -> str:
+        with self._cond:
+            if self._dir is None:
+                self._dir = tempfile.mkdtemp(prefix="plugbay-spares-")
+            return self._dir
+
+    def _build_one(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
         built: Built | None = None
         try:
-            built = self._build()
+            built = build(self._folder())
         except (PlugbayError, OSError, RuntimeError, ValueError) as exc:
             # accept_and_serve then builds its own and reports the failure
             log.debug("could not prepare a spare brokered server: %s", exc)
         except Exception:  # a bug: said loudly, but the builder lives on and is not left "wanted"
             log.warning("preparing a spare brokered server failed unexpectedly", exc_info=True)
+        old: Built | None = None
         with self._cond:
-            self._wanted = False
+            self._wanted = None
             if built is not None and not self._closed:
-                self._spare, built = built, None
-        if built is not None:
-            stop_served(built[0])
+                old = self._spare[1] if self._spare is not None else None  # another key's: replaced
+                self._spare, built = (key, built), None
+        for unused in (built, old):
+            if unused is not None:
+                stop_served(unused[0])
 
-    def close(self) -> None:
+    def leave(self, key: MutualTLS | None = None) -> None:
+        """One broker less (serving with ``key``: a spare kept for its certificate goes too).
+
+        The last one stops the spare, joins the builder and removes the folder.
+        """
+        global _SPARES
+        with _SPARES_LOCK:
+            self._users -= 1
+            last = self._users <= 0
+            if last and _SPARES is self:
+                _SPARES = None
+        if not last:
+            with self._cond:
+                mine = self._spare if key is not None and self._spare and self._spare[0] == key else None
+                if mine is not None:
+                    self._spare = None
+            if mine is not None:
+                stop_served(mine[1][0])
+            return
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -271,7 +316,32 @@ class SpareServer:
         for finish in reaped:
             _finish(finish)
         if spare is not None:
-            stop_served(spare[0])
+            stop_served(spare[1][0])
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_SPARES: SpareServer | None = None
+_SPARES_LOCK = threading.Lock()
+
+
+def join_spares() -> SpareServer:
+    """The process's spare server holder, for one more broker (which calls ``leave()`` when it closes)."""
+    global _SPARES
+    with _SPARES_LOCK:
+        if _SPARES is None:
+            _SPARES = SpareServer()
+        _SPARES._users += 1
+        return _SPARES
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of its parent's spares (nor its builder thread)."""
+    global _SPARES, _SPARES_LOCK
+    _SPARES, _SPARES_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _finish(finish: Callable[[], None]) -> None:

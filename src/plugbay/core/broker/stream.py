@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -18,6 +18,9 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, BrokerTransport, GRPCBroker
 from plugbay.errors import BrokerClosedError
+
+if TYPE_CHECKING:  # a plugin process does not load TLS code for this
+    from plugbay.core.transport.secure import Redial
 
 log = logging.getLogger("plugbay.broker")
 
@@ -73,7 +76,8 @@ def plugin_broker(server: grpc.Server, transport: BrokerTransport,
 
 
 def host_broker(channel: grpc.Channel, transport: BrokerTransport,
-                dial_timeout: float = DEFAULT_DIAL_TIMEOUT, lazy: bool = False) -> GRPCBroker:
+                dial_timeout: float = DEFAULT_DIAL_TIMEOUT, lazy: bool = False,
+                redial: Redial | None = None) -> GRPCBroker:
     """Host side: open the StartStream on ``channel`` and broker over it.
 
     ``lazy``: open it on the broker's first use (next_id, accept_and_serve,
@@ -81,8 +85,21 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
     host no stream and no threads. Nothing is lost meanwhile: the plugin
     queues its announcements and knocks until the stream opens (plugbay's
     outbox; go-plugin's Send waits for the stream).
+
+    ``redial``: how ``channel`` was dialed. Given, the stream runs on grpc.aio
+    on the process's shared loop (plugbay.core.broker.aiostream: no thread per
+    plugin) over its own connection dialed the same way; without it, on
+    ``channel`` with grpcio's sync API (three threads while it is open).
     """
     broker = GRPCBroker(transport, "host", dial_timeout)
+    if redial is not None:
+        from plugbay.core.broker.aiostream import open_aio_host_stream
+
+        if lazy:
+            broker.open_stream_with(lambda: open_aio_host_stream(broker, redial))
+        else:
+            open_aio_host_stream(broker, redial)
+        return broker
     # Built now, on the open channel: a stub built after the exit watcher closed the
     # channel crashes grpcio (a call on a closed channel's stub only raises ValueError).
     stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]

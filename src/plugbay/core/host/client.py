@@ -251,9 +251,13 @@ class Client:
             raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
                                     "It exited right after its handshake.")
         peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
+        # The stream runs on grpc.aio on the shared loop (no thread per plugin) over a second
+        # connection dialed like the first; multiplexed, a second connection would cost a bridged
+        # stream with copy threads, so it stays on the channel there.
         self._broker = host_broker(self._conn.channel, BrokerTransport(
             tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
-            translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True)
+            translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True,
+            redial=self._conn.redial if self._mux is None else None)
         self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
                                   self.config.stderr_sink, self.name)
         # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
@@ -270,6 +274,9 @@ class Client:
         channel = self._channel
         if channel is not None:
             channel.close_current()
+        broker = self._broker
+        if broker is not None:  # its stream has a connection of its own
+            broker.end_stream(f"plugin {self.name!r} exited with code {code}")
 
     def _exit_probe(self, wait: float) -> str | None:
         """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""

@@ -79,15 +79,40 @@ def private_socket(folder: str, stem: str) -> str:
     return os.path.join(folder, f"{stem}-{os.urandom(4).hex()}.sock")
 
 
+class Redial(Frozen):
+    """How a channel was dialed (target, credentials, options), to dial the same peer on grpc.aio.
+
+    ``credentials`` is None for plaintext (which includes the local socket of an
+    originating TLS relay: a second connection there is relayed like the first).
+    """
+
+    _fields = ("target", "credentials", "options")
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, Any], ...]
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None,
+                 options: Sequence[tuple[str, Any]]) -> None:
+        self._set(target=target, credentials=credentials, options=tuple(options))
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A grpc.aio channel to the same peer, secured the same way. Call it on the loop that will use it."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+
+
 class SecureChannel(Record):
     """A dialed channel and what carries it; ``mode`` is 'plaintext', 'grpc-tls' or 'relay-tls'."""
 
-    _fields = ("channel", "mode", "cleanup")
+    _fields = ("channel", "mode", "cleanup", "redial")
 
-    def __init__(self, channel: grpc.Channel, mode: str, cleanup: list[Callable[[], None]] | None = None) -> None:
+    def __init__(self, channel: grpc.Channel, mode: str, cleanup: list[Callable[[], None]] | None = None,
+                 redial: Redial | None = None) -> None:
         self.channel = channel
         self.mode = mode
         self.cleanup: list[Callable[[], None]] = [] if cleanup is None else cleanup
+        self.redial = redial
 
     def close(self) -> None:
         self.channel.close()
@@ -105,10 +130,12 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
     opts = [*CHANNEL_OPTIONS, *options]
     target = grpc_target(network, address)
     if tls is None:
-        return SecureChannel(grpc.insecure_channel(target, options=opts), "plaintext")
+        return SecureChannel(grpc.insecure_channel(target, options=opts), "plaintext",
+                             redial=Redial(target, None, opts))
     if not tls.needs_relay:
-        channel = grpc.secure_channel(target, tls.channel_credentials(), options=[*opts, *TLS_CHANNEL_OPTIONS])
-        return SecureChannel(channel, "grpc-tls")
+        creds, tls_opts = tls.channel_credentials(), [*opts, *TLS_CHANNEL_OPTIONS]
+        channel = grpc.secure_channel(target, creds, options=tls_opts)
+        return SecureChannel(channel, "grpc-tls", redial=Redial(target, creds, tls_opts))
     if relay_dir is None:
         raise ConfigError("a TLS relay needs a private folder for its socket (relay_dir)")
     from plugbay.core.transport.relay import TLSRelay  # only a Go peer's certificate needs it
@@ -118,12 +145,13 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
     listener = open_listener("unix", path)
     os.chmod(path, 0o600)
     relay = TLSRelay(listener, (network, address), context, "originate", server_hostname=HOSTNAME)
+    local = grpc_target("unix", path)
     try:
-        channel = grpc.insecure_channel(grpc_target("unix", path), options=opts)
+        channel = grpc.insecure_channel(local, options=opts)
     except BaseException:
         relay.close()
         raise
-    return SecureChannel(channel, "relay-tls", [relay.close])
+    return SecureChannel(channel, "relay-tls", [relay.close], Redial(local, None, opts))
 
 
 def bind_unix(server: grpc.Server, path: str, credentials: grpc.ServerCredentials | None) -> None:

@@ -1,0 +1,141 @@
+"""One asyncio event-loop thread for the whole host process, for long-lived gRPC streams on grpc.aio.
+
+grpcio's sync API spends two threads on every open bidirectional call (the
+channel's spin thread and the request-iterator consumer) and the reader a
+third; a host with many live plugins paid that for each one's broker stream.
+On grpc.aio the same streams cost no thread of their own: they all run on
+this loop ("plugbay-aio"), and grpcio adds one poller thread of its own for
+the process while any grpc.aio channel exists.
+
+Users hold a :class:`Lease`: the first :meth:`AioLoop.acquire` starts the
+thread, and the :meth:`Lease.release` of the last user stops the loop and
+joins the thread, so a host with no stream left has no plugbay thread. Work
+on the loop must not block: it is shared by every plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_log = logging.getLogger("plugbay.io")
+_JOIN_TIMEOUT = 10.0
+_T = TypeVar("_T")
+
+
+class Lease:
+    """One user's hold on the shared loop; run work there, release() once when done."""
+
+    def __init__(self, owner: AioLoop, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self.loop = loop
+        self._released = False
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        """Schedule ``coro`` on the loop; its result arrives in the returned future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call_soon(self, func: Callable[..., None], *args: Any) -> bool:
+        """Run ``func(*args)`` on the loop thread soon; False if the loop is gone (nothing runs)."""
+        try:
+            self.loop.call_soon_threadsafe(func, *args)
+            return True
+        except RuntimeError:  # closed: only after every lease was released
+            return False
+
+    def release(self) -> None:
+        """Give the loop back (idempotent); the last lease stops it and joins its thread."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._owner._release(self.loop)
+
+
+class AioLoop:
+    """The shared loop. Use :func:`shared`; a private instance is for tests of the loop itself."""
+
+    def __init__(self, name: str = "plugbay-aio") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._users = 0
+
+    def acquire(self) -> Lease:
+        """A lease on the running loop, starting its thread if this is the first user."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+                thread = threading.Thread(target=_run, args=(loop, started), name=self.name, daemon=True)
+                thread.start()
+                started.wait()  # the loop runs before anyone schedules on it
+                self._loop, self._thread = loop, thread
+            self._users += 1
+            return Lease(self, self._loop)
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if loop is not self._loop:
+                return  # a loop of before a fork
+            self._users -= 1
+            if self._users > 0:
+                return
+            thread = self._thread
+            self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():  # pragma: no cover - a user left blocking work on the loop
+                _log.warning("the shared asyncio loop thread did not end within %.0fs", _JOIN_TIMEOUT)
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+    @property
+    def users(self) -> int:
+        with self._lock:
+            return self._users
+
+
+def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(started.set)
+    try:
+        loop.run_forever()
+        leftover = asyncio.all_tasks(loop)  # every user waited for its own work; this is belt and braces
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    except Exception:  # pragma: no cover - a bug in a user's work; never leave a silent dead loop
+        _log.exception("the shared asyncio loop failed")
+    finally:
+        loop.close()
+
+
+_SHARED = AioLoop()
+
+
+def _forget_in_child() -> None:
+    """A forked child has no loop thread (nor its parent's streams): start afresh there."""
+    global _SHARED
+    _SHARED = AioLoop()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def shared() -> AioLoop:
+    """The host process's one asyncio loop."""
+    return _SHARED

@@ -1,0 +1,210 @@
+"""The host's brokers of go-plugin (Go) plugins cost no thread per plugin: their streams run on grpc.aio on
+one shared asyncio loop ("plugbay-aio", plus grpcio's one poller thread for the process), which starts
+with the first stream and is joined when the last Client closes, and the callback server started ahead
+of time is one for the process too.
+
+Real parts: go-plugin 1.0.1 Go plugins (tests/go/kv_plugin, tests/go/counter_plugin) as child
+processes, brokered callbacks into this host, a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from plugbay import BrokerClosedError, Client, ClientConfig
+from plugbay.core.transport import aioloop
+from tests.gobuild import build_go, go_missing_reason
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "kv"))
+sys.path.insert(0, str(ROOT / "examples" / "counter"))
+import counter_plugin_def as counter  # noqa: E402
+import kv_plugin_def as kv  # noqa: E402
+
+# grpcio's sync API: the channel spin thread and the request consumer of an open stream-stream call
+SYNC_STREAM_THREAD = " (_run)"
+POLLER = " (_poll_wrapper)"  # grpc.aio's completion-queue poller, one per process
+
+
+@pytest.fixture(scope="module")
+def go_plugins() -> dict[str, str]:
+    reason = go_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return {name: str(build_go(name)) for name in ("kv_plugin", "counter_plugin")}
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread())
+
+
+def kinds(names: list[str]) -> list[str]:
+    """Names without grpcio's running thread number ("Thread-7 (_run)" -> "(_run)")."""
+    return sorted(re.sub(r"^Thread-\d+ ", "", n) for n in names)
+
+
+def plugbay_threads() -> list[str]:
+    return [n for n in thread_names() if n.startswith("plugbay-")]
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: threads {thread_names()}")
+        time.sleep(0.05)
+
+
+def no_stdio_call() -> bool:  # each Client's short GRPCStdio call ends by itself (no sink)
+    return not any(n.startswith("plugbay-stdio") for n in thread_names())
+
+
+class Helper:
+    """The host's AddHelper: not plain addition, so the stored value proves this host answered."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def sum(self, a: int, b: int) -> int:
+        self.calls += 1
+        return a + b + 1000
+
+
+@contextmanager
+def kv_clients(plugin: str, n: int) -> Iterator[list[Client]]:
+    with ExitStack() as stack:
+        clients = [stack.enter_context(Client(ClientConfig(
+            handshake=kv.HANDSHAKE, plugins={kv.PLUGIN_NAME: kv.KVPlugin()}, cmd=[plugin], name=f"kv{i}")))
+            for i in range(n)]
+        yield clients
+
+
+def gained_by(plugin: str, n: int) -> list[str]:
+    """The threads the host gains with ``n`` live Go KV plugins, each dispensed and called."""
+    wait_for(no_stdio_call, "the stdio calls to end")
+    before = thread_names()
+    with kv_clients(plugin, n) as clients:
+        for client in clients:
+            store = client.dispense(kv.PLUGIN_NAME)  # a go-plugin plugin: the broker stream opens here
+            assert client.broker.call is not None
+            store.put(f"k-{client.name}", b"v")
+            assert store.get(f"k-{client.name}") == b"v"
+        wait_for(no_stdio_call, "the stdio calls to end")
+        gained = thread_names()
+        for name in before:
+            gained.remove(name)
+    return gained
+
+
+def test_live_go_plugins_brokers_share_one_loop_thread_whatever_their_number(
+        go_plugins: dict[str, str], in_tmp: Path) -> None:
+    assert plugbay_threads() == []
+    one = gained_by(go_plugins["kv_plugin"], 1)
+    ten = gained_by(go_plugins["kv_plugin"], 10)
+    # no thread per plugin: the same threads for 1 and 10 (the shared plugbay-io, plugbay-aio and
+    # grpcio's poller), where grpcio's sync stream spent three per plugin
+    assert kinds(ten) == kinds(one) == ["(_poll_wrapper)", "plugbay-aio", "plugbay-io"], (one, ten)
+    # the last Client closed joined both shared threads; grpcio's poller ends with its last channel
+    assert plugbay_threads() == [] and not aioloop.shared().running
+    wait_for(lambda: not any(n.endswith(POLLER) for n in thread_names()), "grpcio's poller to end")
+
+
+def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
+        go_plugins: dict[str, str], in_tmp: Path) -> None:
+    with ExitStack() as stack:
+        clients = [stack.enter_context(Client(ClientConfig(
+            handshake=counter.HANDSHAKE, plugins={counter.PLUGIN_NAME: counter.CounterPlugin()},
+            cmd=[go_plugins["counter_plugin"]], name=f"counter{i}"))) for i in range(3)]
+        stubs = [c.dispense(counter.PLUGIN_NAME) for c in clients]
+        helper = Helper()
+        for i, stub in enumerate(stubs):
+            stub.put(f"n{i}", 2, helper)  # the Go plugin dials the host's brokered AddHelper
+            assert stub.get(f"n{i}") == 1002
+        assert helper.calls == 3
+
+        def one_of_each() -> bool:  # the stopped callback servers' workers are joined in the background
+            found = kinds(thread_names())
+            return all(found.count(kind) == 1 for kind in found)
+
+        # the stream (plugbay-aio, grpcio's poller) and the spare callback server started ahead of
+        # time (its builder, its grpcio thread and worker) are one for the process, not one per plugin
+        wait_for(one_of_each, "one thread of each kind for the three plugins")
+        names = thread_names()
+        assert "plugbay-aio" in names and "plugbay-broker-recv" not in names
+        assert not [n for n in names if n.endswith(SYNC_STREAM_THREAD)], names
+
+        victim = clients[1]
+        os.kill(int(victim.runner.id), signal.SIGKILL)
+        wait_for(lambda: victim.exited, "the host to hear the kill")
+        for _ in range(2):  # typed, and again (no crash, no hang)
+            with pytest.raises(BrokerClosedError, match="new Client"):
+                stubs[1].put("n1", 1, helper)
+        with pytest.raises(BrokerClosedError, match="new Client"):
+            victim.broker.dial(1, timeout=5)
+        # the other plugins' brokers go on over the same loop
+        for i in (0, 2):
+            stubs[i].put(f"n{i}", 3, helper)
+            assert stubs[i].get(f"n{i}") == 2005
+        assert thread_names().count("plugbay-aio") == 1
+        victim.kill()
+        assert aioloop.shared().users == 2  # the killed Client's stream gave the loop back
+        stubs[0].put("n0", 1, helper)
+        assert stubs[0].get("n0") == 3006
+    assert plugbay_threads() == [] and not aioloop.shared().running
+
+
+def test_the_shared_loop_runs_while_leased_and_its_last_release_joins_it() -> None:
+    loop = aioloop.AioLoop("plugbay-aio-test")
+    first, second = loop.acquire(), loop.acquire()
+    assert first.loop is second.loop and loop.running and loop.users == 2
+
+    async def where() -> str:
+        return threading.current_thread().name
+
+    assert first.run(where()).result(10) == "plugbay-aio-test"
+    first.release()
+    first.release()  # idempotent: it does not take the other user's share
+    assert loop.running and second.run(where()).result(10) == "plugbay-aio-test"
+    thread = next(t for t in threading.enumerate() if t.name == "plugbay-aio-test")
+    second.release()
+    assert not thread.is_alive() and not loop.running  # joined by the last release
+    assert not second.call_soon(print)  # the loop is closed: nothing runs
+    third = loop.acquire()  # a new user starts a new loop
+    try:
+        assert third.loop is not first.loop and third.run(where()).result(10) == "plugbay-aio-test"
+    finally:
+        third.release()
+    assert "plugbay-aio-test" not in thread_names()
+
+
+def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(tmp_path: Path) -> None:
+    import grpc
+
+    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.broker.stream import host_broker
+    from plugbay.core.transport.secure import Redial
+
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'nobody.sock'}")
+    # credentials that are not grpc.ChannelCredentials: grpc.aio refuses to make the channel
+    broker = host_broker(channel, BrokerTransport(), lazy=True,
+                         redial=Redial(f"unix:{tmp_path / 'nobody.sock'}", "not credentials", ()))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BrokerClosedError, match="could not open the broker stream.*new Client"):
+            broker.next_id()
+        assert not aioloop.shared().running  # the failed opener's lease was given back
+        with pytest.raises(BrokerClosedError, match="could not be opened"):  # and it stays typed
+            broker.dial(1, timeout=5)
+    finally:
+        broker.close()
+        channel.close()
+    assert plugbay_threads() == []
