@@ -2,13 +2,15 @@
 
 The certificates themselves are checked field by field in test_der.py (both
 backends); here: which library is used, that a key and signature from one
-backend complete real TLS handshakes with the other's, and that whatever
-libcrypto cannot do leaves plugbay on cryptography instead of failing.
+backend complete real TLS handshakes with the other's, that whatever
+libcrypto cannot do leaves plugbay on cryptography instead of failing, and how
+the key reaches an SSLContext (an in-memory file, not a temp file).
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import os
 import socket
 import ssl
 import threading
@@ -45,6 +47,15 @@ def test_a_library_without_the_functions_or_not_there_is_refused() -> None:
     assert libc is not None
     assert libcrypto.open_lib(libc) is None  # loads, but has no OpenSSL_version_num / EC_KEY_*
     assert libcrypto.open_lib("/nonexistent/libcrypto.so.3") is None
+    # a library the process has not loaded is never loaded to be looked at
+    _lib()
+    folder = os.path.dirname(libcrypto.mapped_libcrypto()[0])
+    mapped = open("/proc/self/maps").read()
+    absent = next((os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                   if n.startswith("lib") and n.endswith(".so.1") and n not in mapped), None)
+    assert absent is not None, f"no shared library in {folder} that this process has not loaded"
+    assert libcrypto.open_lib(absent) is None
+    assert os.path.basename(absent) not in open("/proc/self/maps").read()
 
 
 @pytest.mark.parametrize("curve_oid", [P256, P521], ids=["p256", "p521"])
@@ -139,3 +150,15 @@ def test_certificates_of_either_backend_complete_a_mutual_tls_handshake(
         a.close()
         b.close()
     assert seen == [client_own.cert_der]
+
+
+def test_key_material_is_loaded_from_memory_and_bad_material_is_reported() -> None:
+    own = tls.generate_cert()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls._load_chain(ctx, own)  # through a memfd: no temp entry (the leak check would see one)
+    tls._load_chain_via_temp_file(ctx, own.cert_pem + own.key_pem)  # where there is no /proc
+    other = tls.generate_cert()
+    for load in (lambda: tls._load_chain(ctx, tls.CertKey(own.cert_pem, other.key_pem)),
+                 lambda: tls._load_chain_via_temp_file(ctx, own.cert_pem + other.key_pem)):
+        with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH|key values mismatch"):
+            load()

@@ -134,8 +134,8 @@ def mapped_libcrypto() -> list[str]:
 def open_lib(path: str) -> LibCrypto | None:
     """The libcrypto at ``path`` with every function declared, or None when it is not ssl's OpenSSL 1.1/3.x.
 
-    Call it with the soname or a path of a library already loaded (:func:`mapped_libcrypto`):
-    dlopen then just counts one more reference to it.
+    ``path`` is a soname or a path (:func:`mapped_libcrypto`) of a library this process has
+    already loaded: dlopen then just counts one more reference to it. Any other is refused.
     """
     import ctypes
 
@@ -158,9 +158,10 @@ def open_lib(path: str) -> LibCrypto | None:
         "ERR_clear_error": (None,),
     }
     try:
-        dll = ctypes.CDLL(path)
+        # RTLD_NOLOAD: only a library already in the process; never load a second OpenSSL into it
+        dll = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW | os.RTLD_LOCAL)
         functions = {name: ctypes.CFUNCTYPE(*proto)((name, dll)) for name, proto in prototypes.items()}
-    except (OSError, AttributeError):  # not loadable, or a function missing (OpenSSL 1.0, no-deprecated)
+    except (OSError, AttributeError):  # not loaded, or a function missing (OpenSSL 1.0, no-deprecated)
         return None
     if functions["OpenSSL_version_num"]() != ssl.OPENSSL_VERSION_NUMBER:
         return None  # another OpenSSL than the one ssl uses: leave it alone

@@ -239,14 +239,35 @@ def client_context(own: CertKey, server_ca_pem: bytes) -> ssl.SSLContext:
 
 
 def _load_chain(ctx: ssl.SSLContext, own: CertKey) -> None:
+    """Give ``ctx`` our certificate and key; ssl only loads key material from a file name."""
+    import os
+
+    pem = own.cert_pem + own.key_pem
+    # An in-memory file: the key never touches a disk, and no temp entry is made.
+    memfd_create = getattr(os, "memfd_create", None)  # Linux
+    if memfd_create is not None:
+        fd = memfd_create("plugbay-tls", os.MFD_CLOEXEC)
+        try:
+            if os.write(fd, pem) == len(pem):
+                ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+                return
+        except ssl.SSLError:
+            raise  # the key material itself is bad
+        except OSError:
+            pass  # no /proc here: a temp file then
+        finally:
+            os.close(fd)
+    _load_chain_via_temp_file(ctx, pem)
+
+
+def _load_chain_via_temp_file(ctx: ssl.SSLContext, pem: bytes) -> None:
     import os
     import tempfile
 
-    # ssl only loads key material from files; keep them for the blink of an eye.
-    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")
+    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")  # for the blink of an eye
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(own.cert_pem + own.key_pem)
+            f.write(pem)
         ctx.load_cert_chain(path)
     finally:
         os.unlink(path)
