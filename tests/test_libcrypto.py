@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -45,17 +46,17 @@ def test_the_library_used_is_the_one_ssl_loaded() -> None:
 def test_a_library_without_the_functions_or_not_there_is_refused() -> None:
     libc = ctypes.util.find_library("c")
     assert libc is not None
-    assert libcrypto.open_lib(libc) is None  # loads, but has no OpenSSL_version_num / EC_KEY_*
+    assert libcrypto.open_lib(libc) is None  # loaded, but has no OpenSSL_version_num / EC_KEY_*
     assert libcrypto.open_lib("/nonexistent/libcrypto.so.3") is None
     # a library the process has not loaded is never loaded to be looked at
     _lib()
     folder = os.path.dirname(libcrypto.mapped_libcrypto()[0])
-    mapped = open("/proc/self/maps").read()
+    mapped = Path("/proc/self/maps").read_text()
     absent = next((os.path.join(folder, n) for n in sorted(os.listdir(folder))
                    if n.startswith("lib") and n.endswith(".so.1") and n not in mapped), None)
     assert absent is not None, f"no shared library in {folder} that this process has not loaded"
     assert libcrypto.open_lib(absent) is None
-    assert os.path.basename(absent) not in open("/proc/self/maps").read()
+    assert os.path.basename(absent) not in Path("/proc/self/maps").read_text()
 
 
 @pytest.mark.parametrize("curve_oid", [P256, P521], ids=["p256", "p521"])
