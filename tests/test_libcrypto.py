@@ -163,3 +163,28 @@ def test_key_material_is_loaded_from_memory_and_bad_material_is_reported() -> No
                  lambda: tls._load_chain_via_temp_file(ctx, own.cert_pem + other.key_pem)):
         with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH|key values mismatch"):
             load()
+
+
+def test_threads_making_keys_at_once_each_get_their_own() -> None:
+    lib = _lib()
+    made: list[tls.CertKey] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(5):
+            own = tls.make_cert(P256, lib)
+            with lock:
+                made.append(own)
+
+    threads = [threading.Thread(target=work, name=f"plugbay-test-keys-{i}") for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(made) == 40 and len({own.key_pem for own in made}) == 40
+    for own in made:
+        cert = x509.load_pem_x509_certificate(own.cert_pem)
+        key = serialization.load_pem_private_key(own.key_pem, None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+        cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))

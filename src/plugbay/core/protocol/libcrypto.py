@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import os
 import ssl
-import threading
 from collections.abc import Callable
 from typing import Any
 
 _UNCOMPRESSED = 4  # POINT_CONVERSION_UNCOMPRESSED
 _SHA256_BYTES = 32
 
-_lock = threading.Lock()
-_found: list[LibCrypto | None] = []  # the one load() result, once looked for
+# load()'s result, once looked for. No lock: two threads racing both find the same library
+# (the first answer is kept), and a lock held across a fork() would hang the child here.
+_found: list[LibCrypto | None] = []
 
 
 class LibCrypto:
@@ -92,10 +92,9 @@ class LibCrypto:
 
 def load() -> LibCrypto | None:
     """ssl's own libcrypto (looked for once per process), or None when it cannot be used here."""
-    with _lock:
-        if not _found:
-            _found.append(_find())
-        return _found[0]
+    if not _found:
+        _found.append(_find())
+    return _found[0]
 
 
 def _find() -> LibCrypto | None:
