@@ -11,13 +11,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from plugbay.core.protocol import der, tls
+from plugbay.core.protocol import der, libcrypto, tls
 from plugbay.errors import ConfigError
 
 
+@pytest.mark.parametrize("backend", ["libcrypto", "cryptography"])
 @pytest.mark.parametrize("curve", [None, ec.SECP384R1(), ec.SECP521R1()], ids=["p256", "p384", "p521"])
-def test_generated_certificate_has_go_plugins_profile(curve: ec.EllipticCurve | None) -> None:
-    own = tls.generate_cert(curve)
+def test_generated_certificate_has_go_plugins_profile(curve: ec.EllipticCurve | None, backend: str) -> None:
+    # the key and signature come from ssl's own libcrypto, or from cryptography when that cannot be used
+    if backend == "libcrypto":
+        if not libcrypto.mapped_libcrypto():
+            pytest.skip("this Python's ssl has OpenSSL linked in statically: there is no libcrypto to call")
+        assert libcrypto.load() is not None
+        own = tls.generate_cert(curve)
+    else:
+        own = tls.make_cert(next(o for o, n in der.CURVES.items() if n == (curve or ec.SECP256R1()).name), None)
     cert = x509.load_pem_x509_certificate(own.cert_pem)
     key = serialization.load_pem_private_key(own.key_pem, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)

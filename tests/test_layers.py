@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -255,14 +256,38 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
     assert "dataclasses" not in loaded
 
 
-def test_a_plugin_given_a_client_cert_loads_cryptography_for_automtls(tmp_path: Path) -> None:
-    # The other side of the check above: the same probe does see cryptography when it is used.
+@pytest.mark.parametrize("curve", ["p256", "p521"])
+def test_a_plugin_given_a_client_cert_makes_its_key_with_ssls_libcrypto(tmp_path: Path, curve: str) -> None:
+    # AutoMTLS behind grpcio's TLS (a Python host's P-256 cert) and behind the relay (a Go host's
+    # P-521): the plugin's key and signature come from the libcrypto ssl already loaded, through
+    # ctypes (core/protocol/libcrypto.py); cryptography stays out of the plugin process.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from plugbay.core.protocol import libcrypto
     from plugbay.core.protocol.tls import generate_cert
 
-    loaded = _served_modules(tmp_path, generate_cert().cert_pem.decode())
-    assert "cryptography.hazmat.primitives.asymmetric.ec" in loaded
-    # ...but only the key and the signature: the certificate is plugbay's own DER (core/protocol/der.py),
-    # so the x509 package (the bulk of cryptography's import) stays out
-    assert [m for m in loaded if m.startswith("cryptography.x509")] == []
+    if not libcrypto.mapped_libcrypto():
+        pytest.skip("this Python's ssl has OpenSSL linked in statically: the plugin uses cryptography")
+    client = generate_cert(ec.SECP521R1() if curve == "p521" else None)
+    loaded = _served_modules(tmp_path, client.cert_pem.decode())
+    assert "plugbay.core.protocol.libcrypto" in loaded and "ctypes" in loaded
+    assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
+    assert ("plugbay.core.transport.relay" in loaded) == (curve == "p521")
     # and the AutoMTLS value classes (CertKey, MutualTLS, SecureChannel) are plain classes too
     assert "dataclasses" not in loaded
+
+
+def test_without_libcrypto_cryptography_makes_the_key_but_not_its_x509_package() -> None:
+    # The fallback (a Python with OpenSSL linked in statically): only cryptography's ``ec`` module;
+    # the certificate is plugbay's own DER (core/protocol/der.py), so the x509 package (the bulk
+    # of cryptography's import) stays out.
+    probe = ("import sys\n"
+             "from plugbay.core.protocol import der, tls\n"
+             "own = tls.make_cert('1.2.840.10045.3.1.7', None)\n"
+             "assert der.certificate_key(tls.pem_to_der(own.cert_pem))[1] == '1.2.840.10045.3.1.7'\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith(('cryptography', 'ctypes')))))\n")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(SRC)},
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert "cryptography.hazmat.primitives.asymmetric.ec" in out
+    assert [m for m in out if m.startswith("cryptography.x509")] == []
+    assert "ctypes" not in out  # nothing looked for libcrypto on this path

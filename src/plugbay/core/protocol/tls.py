@@ -23,9 +23,12 @@ from plugbay.errors import ConfigError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-# cryptography is imported where it is used: a plugin started without AutoMTLS never loads it
-# (it is the largest import of the plugin side; tests/test_layers.py checks it stays out), and
-# with AutoMTLS only its ``ec`` module (the certificate itself is DER written by plugbay).
+    from plugbay.core.protocol import libcrypto
+
+# cryptography is imported where it is used: a plugin never loads it (it is the largest import
+# of the plugin side; tests/test_layers.py checks it stays out) unless ssl's own libcrypto cannot
+# make the AutoMTLS key (core/protocol/libcrypto.py), and then only its ``ec`` module (the
+# certificate itself is DER written by plugbay).
 
 HOSTNAME = "localhost"
 
@@ -52,26 +55,44 @@ def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
     """A fresh self-signed certificate with go-plugin's AutoMTLS profile (ECDSA, SHA-256).
 
     ``curve`` is P-256 by default; P-384 and P-521 are accepted too (tests use P-521
-    to stand in for a Go peer). Only cryptography's ``ec`` module is loaded: the
-    certificate is written with plugbay.core.protocol.der (see there why).
+    to stand in for a Go peer). The key and the signature come from the OpenSSL
+    libcrypto ssl already loaded (core/protocol/libcrypto.py), else from
+    cryptography's ``ec`` module; the certificate is written with
+    plugbay.core.protocol.der (see there why).
     """
+    from plugbay.core.protocol import libcrypto
+
+    name = curve.name if curve is not None else "secp256r1"
+    curve_oid = next((o for o, n in der.CURVES.items() if n == name), None)
+    if curve_oid is None:
+        raise ConfigError(f"AutoMTLS certificates use a NIST curve (P-256, P-384 or P-521), not {name};"
+                          " pass ec.SECP256R1(), ec.SECP384R1() or ec.SECP521R1()")
+    return make_cert(curve_oid, libcrypto.load())
+
+
+def make_cert(curve_oid: str, lib: libcrypto.LibCrypto | None) -> CertKey:
+    """generate_cert's work on a named curve (an OID of der.CURVES): with ``lib``, else (or if it fails) cryptography."""
+    size = _FIELD_BYTES[der.CURVES[curve_oid]]
+
+    def tbs_for(point: bytes) -> bytes:
+        return _tbs(curve_oid, point)
+
+    made = lib.fresh_signed_key(curve_oid, size, tbs_for) if lib is not None else None
+    point, secret, tbs, signature = made if made is not None else _cryptography_key(curve_oid, size, tbs_for)
+    cert = der.seq(tbs, der.seq(der.oid(_ECDSA_SHA256)), der.bit_string(signature))
+    private = der.seq(der.integer(1), der.tlv(der.OCTET_STRING, secret),  # RFC 5915 ECPrivateKey
+                      der.tlv(0xA0, der.oid(curve_oid)), der.tlv(0xA1, der.bit_string(point)))
+    return CertKey(der.pem("CERTIFICATE", cert), der.pem("EC PRIVATE KEY", private))
+
+
+def _tbs(curve_oid: str, point: bytes) -> bytes:
+    """The TBSCertificate of go-plugin's AutoMTLS profile for the public ``point``."""
     import os
     import time
 
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    curve = curve or ec.SECP256R1()
-    curve_oid = next((o for o, name in der.CURVES.items() if name == curve.name), None)
-    if curve_oid is None:
-        raise ConfigError(f"AutoMTLS certificates use a NIST curve (P-256, P-384 or P-521), not {curve.name};"
-                          " pass ec.SECP256R1(), ec.SECP384R1() or ec.SECP521R1()")
-    key = ec.generate_private_key(curve)
-    size = (curve.key_size + 7) // 8
-    numbers = key.public_key().public_numbers()
-    point = b"\x04" + numbers.x.to_bytes(size, "big") + numbers.y.to_bytes(size, "big")
     now = time.time()
     name = der.seq(_name_part("2.5.4.10", "HashiCorp"), _name_part("2.5.4.3", HOSTNAME))
-    tbs = der.seq(
+    return der.seq(
         der.tlv(0xA0, der.integer(2)),  # v3
         der.integer((int.from_bytes(os.urandom(16), "big") >> 1) + 1),  # positive, 127 bits at most
         der.seq(der.oid(_ECDSA_SHA256)),
@@ -87,14 +108,24 @@ def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
             _extension("2.5.29.37", der.seq(der.oid("1.3.6.1.5.5.7.3.2"), der.oid("1.3.6.1.5.5.7.3.1"))),
         )),
     )
-    signature = key.sign(tbs, _ecdsa_sha256())
-    cert = der.seq(tbs, der.seq(der.oid(_ECDSA_SHA256)), der.bit_string(signature))
-    secret = key.private_numbers().private_value.to_bytes(size, "big")
-    private = der.seq(der.integer(1), der.tlv(der.OCTET_STRING, secret),  # RFC 5915 ECPrivateKey
-                      der.tlv(0xA0, der.oid(curve_oid)), der.tlv(0xA1, der.bit_string(point)))
-    return CertKey(der.pem("CERTIFICATE", cert), der.pem("EC PRIVATE KEY", private))
 
 
+def _cryptography_key(curve_oid: str, size: int,
+                      message_for: Callable[[bytes], bytes]) -> tuple[bytes, bytes, bytes, bytes]:
+    """LibCrypto.fresh_signed_key's result made with cryptography's ``ec`` module (the fallback)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curves: dict[str, Callable[[], ec.EllipticCurve]] = {
+        "secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1}
+    key = ec.generate_private_key(curves[der.CURVES[curve_oid]]())
+    numbers = key.public_key().public_numbers()
+    point = b"\x04" + numbers.x.to_bytes(size, "big") + numbers.y.to_bytes(size, "big")
+    message = message_for(point)
+    signature = key.sign(message, _ecdsa_sha256())
+    return point, key.private_numbers().private_value.to_bytes(size, "big"), message, signature
+
+
+_FIELD_BYTES = {"secp256r1": 32, "secp384r1": 48, "secp521r1": 66}
 _ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 
 
@@ -208,14 +239,35 @@ def client_context(own: CertKey, server_ca_pem: bytes) -> ssl.SSLContext:
 
 
 def _load_chain(ctx: ssl.SSLContext, own: CertKey) -> None:
+    """Give ``ctx`` our certificate and key; ssl only loads key material from a file name."""
+    import os
+
+    pem = own.cert_pem + own.key_pem
+    # An in-memory file: the key never touches a disk, and no temp entry is made.
+    memfd_create = getattr(os, "memfd_create", None)  # Linux
+    if memfd_create is not None:
+        fd = memfd_create("plugbay-tls", os.MFD_CLOEXEC)
+        try:
+            if os.write(fd, pem) == len(pem):
+                ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+                return
+        except ssl.SSLError:
+            raise  # the key material itself is bad
+        except OSError:
+            pass  # no /proc here: a temp file then
+        finally:
+            os.close(fd)
+    _load_chain_via_temp_file(ctx, pem)
+
+
+def _load_chain_via_temp_file(ctx: ssl.SSLContext, pem: bytes) -> None:
     import os
     import tempfile
 
-    # ssl only loads key material from files; keep them for the blink of an eye.
-    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")
+    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")  # for the blink of an eye
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(own.cert_pem + own.key_pem)
+            f.write(pem)
         ctx.load_cert_chain(path)
     finally:
         os.unlink(path)
