@@ -123,6 +123,10 @@ class PortForwarder:
             except Exception as exc:
                 _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
+            with self._lock:  # close() shuts it down too: a send the API server does not take must end
+                if self._closed.is_set():
+                    return
+                self._socks.add(remote)
             error = self._relay(conn, remote, reader)
             if error:
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)
@@ -131,6 +135,7 @@ class PortForwarder:
         finally:
             with self._lock:
                 self._socks.discard(conn)
+                self._socks.discard(remote)
             conn.close()
             if remote is not None:
                 _close_stream(remote, reader)
