@@ -205,7 +205,8 @@ class DockerRunner(Runner):
             args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
         args.update(self.extra_create_args)
         try:
-            self._container_id = engine_call(lambda: create_container(client, args), "create the container")
+            self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
+                                             "create the container")
             engine_call(lambda: client.api.start(self._container_id), "start the container")
         except APIError as exc:
             raise RunnerError(
