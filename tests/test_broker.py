@@ -427,8 +427,8 @@ def test_closing_a_dialed_channel_frees_its_relay(sockdir: str) -> None:
         assert p.plugin._channels == []
         p.host.stop_serving(sid)
         assert not any(t.name.startswith("plugbay-tlsrelay") for t in threading.enumerate())
-        with pytest.raises(ValueError):
-            check(ch, "h")  # a closed channel refuses calls
+        with pytest.raises(BrokerClosedError, match="closed"):
+            check(ch, "h")  # a closed channel refuses calls, typed
     finally:
         _close_pair(p)
 
@@ -527,3 +527,47 @@ def test_socket_folder_on_another_mount_binds_there_directly(sockdir: str) -> No
         os.rmdir(other)
         if os.path.exists(os.path.join(sockdir, "main.sock")):
             os.unlink(os.path.join(sockdir, "main.sock"))
+
+
+_STUB_AFTER_CLOSE = """
+import os, sys, tempfile, shutil
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+from plugbay.core.broker.broker import BrokerTransport
+from plugbay.core.broker.stream import host_broker, plugin_broker
+from plugbay.errors import BrokerClosedError
+
+tmp = tempfile.mkdtemp(prefix="bk", dir="/tmp")
+executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugbay-test-srv")
+server = grpc.server(executor)
+plugin = plugin_broker(server, BrokerTransport(socket_dir=tmp))
+server.add_insecure_port("unix:" + os.path.join(tmp, "main.sock"))
+server.start()
+main = grpc.insecure_channel("unix:" + os.path.join(tmp, "main.sock"))
+host = host_broker(main, BrokerTransport(socket_dir=tmp))
+sid = host.next_id()
+host.accept_and_serve(sid, lambda s: None)
+channel = plugin.dial(sid)
+plugin.close()  # e.g. the plugin shutting down while a handler still holds the channel
+try:
+    health_pb2_grpc.HealthStub(channel)  # go-plugin's pattern: a stub per call on the dialed conn
+    print("built")
+except BrokerClosedError as exc:
+    print("typed:", exc)
+host.close()
+main.close()
+server.stop(grace=None).wait(10)
+executor.shutdown(wait=True)
+shutil.rmtree(tmp, ignore_errors=True)
+"""
+
+
+def test_a_stub_on_a_closed_brokered_channel_is_a_typed_error_not_a_crash() -> None:
+    """grpcio crashes the process when a call factory is built on a closed channel: refuse it, typed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STUB_AFTER_CLOSE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"the process died with {done.returncode}: {done.stderr[-2000:]}"
+    assert "typed:" in done.stdout and "closed" in done.stdout and "Client" in done.stdout, done.stdout

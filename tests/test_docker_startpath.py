@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from plugbay.errors import EngineUnavailableError
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.docker.logs import ContainerLogStream
@@ -106,3 +106,33 @@ def test_closing_a_log_stream_at_once_ends_its_request(plugbay_docker: Any) -> N
         assert next(runner.stdout_lines()) == "ready"
     finally:
         runner.kill(0)
+
+
+def test_a_container_whose_logs_cannot_be_read_fails_start(plugbay_docker: Any) -> None:
+    """Its handshake line could never be read: start() says so now, not the Client's start_timeout later."""
+    runner = DockerRunner(BASE, entrypoint=["sh", "-c", "echo ready; exec sleep 30"],
+                          extra_create_args={"log_config": {"type": "none", "config": {}}})
+    try:
+        with pytest.raises(RunnerError, match="configured logging driver does not support reading") as info:
+            runner.start(LaunchSpec(env={}))
+    finally:
+        runner.kill(0)  # a no-op after a failed start; frees the container if start() wrongly succeeded
+    assert "log_config" in str(info.value)  # what to do
+    assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []  # removed again
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"no_such_option": 1}, "no_such_option"),  # the SDK: TypeError
+    ({"mem_limit": "lots"}, "lots"),  # the SDK: DockerException
+    ({"ports": "4000"}, "ports"),  # the SDK: AttributeError
+])
+def test_create_arguments_the_sdk_refuses_are_a_config_error(plugbay_docker: Any, extra: dict[str, Any],
+                                                             named: str) -> None:
+    runner = DockerRunner(BASE, entrypoint=["sleep", "30"], extra_create_args=extra)
+    try:
+        with pytest.raises(ConfigError, match="extra_create_args") as info:
+            runner.start(LaunchSpec(env={}))
+    finally:
+        runner.kill(0)
+    assert named in str(info.value)
+    assert plugbay_docker.containers.list(all=True, filters={"name": runner.container_name}) == []

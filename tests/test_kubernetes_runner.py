@@ -343,3 +343,30 @@ def test_option_and_address_errors(kubeconfig: str, started: KubernetesRunner) -
         started.host_to_plugin("unix", "/tmp/b.sock")
     with pytest.raises(RunnerError, match="already started"):
         started.start(SPEC)
+
+
+def test_detach_ends_a_forwarded_connection_whose_pod_stops_reading(started: KubernetesRunner) -> None:
+    """A connection stuck sending to the API server (the pod reads nothing) must not outlive detach()."""
+    import threading
+
+    _, address = started.plugin_to_host("tcp", "0.0.0.0:4000")
+    host, port = address.rsplit(":", 1)
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        conn.sendall(b"sleep 600\n")  # the pod's handler stops reading this connection
+        conn.settimeout(3.0)
+        chunk = b"x" * 65536
+        for _ in range(4096):  # bounded: 256 MiB at most; every buffer on the way fills far sooner
+            try:
+                conn.sendall(chunk)
+            except TimeoutError:
+                break  # nothing moves: the forwarder's thread is stuck sending to the API server
+        else:
+            pytest.fail("the forwarded connection took 256 MiB without the pod reading")
+        data = json.loads(json.dumps(started.reattach_data()))
+        started.detach()  # leaves the pod running (a reattached host's close)
+        stuck = [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]
+        assert stuck == [], f"detach() left port-forward threads running: {stuck}"
+        reattach_runner(data).kill(0)  # the pod goes now (the detached runner watches it no more)
+    finally:
+        conn.close()

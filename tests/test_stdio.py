@@ -171,3 +171,29 @@ def test_output_written_while_discarding_never_reaches_the_reader_that_comes_nex
     done = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(0, True)", done.stdout + done.stderr
+
+
+def test_a_stdio_reader_whose_channel_closed_first_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit watcher may close the channel before the reader's thread makes its call: no thread crash."""
+    import grpc
+
+    from plugbay.core.host.stdio import StdioReader
+    from plugbay.core.transport.channels import DelegatingChannel
+
+    class ClosedOnceStubbed(DelegatingChannel):
+        """A real channel that closes right after the stub's factories are built (as the plugin's exit would)."""
+
+        def __init__(self) -> None:
+            self._channel = grpc.insecure_channel("unix:/nonexistent/plugbay-stdio.sock")
+
+        def unary_stream(self, method: str, *args: object, **kwargs: object) -> object:
+            factory = self._channel.unary_stream(method, *args, **kwargs)
+            self._channel.close()
+            return factory
+
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    reader = StdioReader(ClosedOnceStubbed(), None, None, "closed-first")
+    reader.close()
+    assert crashed == []
+    assert reader.supported is None  # nothing was learned about the plugin

@@ -8,12 +8,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import give_to_group, group_id
-from plugbay.errors import ConfigError
+from plugbay.errors import BrokerClosedError, ConfigError
 from plugbay.core.transport.channels import DelegatingChannel
 
 log = logging.getLogger("plugbay.broker")
@@ -53,7 +54,7 @@ class BrokeredChannel(DelegatingChannel):
             check(True)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # after any call factory being built (see _open): grpcio crashes otherwise
             if self._closed:
                 return
             self._closed = True
@@ -61,6 +62,32 @@ class BrokeredChannel(DelegatingChannel):
         for func in reversed(self._cleanup):
             func()
         self._untrack(self)
+
+    # A call factory built on a closed grpcio channel crashes the process (SIGSEGV): a stub
+    # made on this channel after it, or its broker, closed gets a typed error instead.
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._open(method).unary_unary(method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._open(method).unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._open(method).stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._open(method).stream_stream(method, *args, **kwargs)
+
+    def _open(self, method: str) -> grpc.Channel:
+        """The gRPC channel, or BrokerClosedError once closed (the lock held)."""
+        if self._closed:
+            raise BrokerClosedError(
+                f"cannot call {method}: this brokered channel was closed (by close() or its broker's"
+                " Client ending); dial the broker id again on a live Client")
+        return self._channel
 
 
 def share_socket(path: str, folder_path: str | None = None) -> None:

@@ -49,8 +49,12 @@ class StdioReader:
             if self._closed:
                 return
             discard = all(sink is None for sink in self._sinks.values())
-            call = self._stub.StreamStdio(empty_pb2.Empty(),
-                                          metadata=(STDIO_DISCARD_METADATA,) if discard else None)
+            try:
+                call = self._stub.StreamStdio(empty_pb2.Empty(),
+                                              metadata=(STDIO_DISCARD_METADATA,) if discard else None)
+            except ValueError as exc:  # grpcio: the exit watcher closed the channel before this call
+                _log.debug("GRPCStdio not opened: %s", exc)
+                return
             self._call = call
         try:
             for data in call:

@@ -90,10 +90,15 @@ def close_listener(sock: socket.socket) -> None:
 
 def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threading.Thread],
                       timeout: float = 5.0) -> None:
-    """Wake every pump blocked on a socket, then wait for its thread."""
+    """Wake every pump blocked on a socket, then wait for its thread.
+
+    The raw socket is shut down (socket.socket.shutdown, also for an SSLSocket):
+    SSLSocket.shutdown drops its TLS object first, and a pump sending on it in
+    between would put plaintext on the wire.
+    """
     for sock in socks:
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
     for thread in threads:

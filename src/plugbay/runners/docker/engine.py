@@ -105,17 +105,29 @@ def check_runtime(client: Any, runtime: str) -> None:
         )
 
 
-def create_container(client: Any, args: dict[str, Any]) -> str:
+def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = ()) -> str:
     """``client.containers.create(**args)`` minus the inspect the SDK makes after it; the new id.
 
     The same arguments (and ``extra_create_args``) are understood: the SDK's own
-    conversion turns them into the create request.
+    conversion turns them into the create request. Arguments it cannot convert are
+    a ConfigError naming ``extra`` (the caller's extra_create_args keys).
     """
-    try:  # private to the SDK (docker 7.x): fall back to the public call if it moves
-        from docker.models.containers import _create_container_args
-    except ImportError:
-        return str(client.containers.create(**args).id)
-    create_args = _create_container_args({**args, "version": client.api.api_version})
+    from docker.errors import APIError, DockerException
+
+    try:
+        try:  # private to the SDK (docker 7.x): fall back to the public call if it moves
+            from docker.models.containers import _create_container_args
+        except ImportError:
+            return str(client.containers.create(**args).id)
+        create_args = _create_container_args({**args, "version": client.api.api_version})
+    except APIError:
+        raise  # the engine's answer: the caller words it
+    except (DockerException, TypeError, ValueError, AttributeError) as exc:
+        # the SDK's conversion of the arguments failed: an option or extra_create_args is not what it takes
+        raise ConfigError(
+            f"the docker SDK refused the container's create arguments ({type(exc).__name__}: {exc}); check"
+            f" the DockerRunner options and extra_create_args {sorted(extra)} (keyword arguments of docker's"
+            " containers.create, with the value types it documents)") from exc
     return str(client.api.create_container(**create_args)["Id"])
 
 

@@ -205,7 +205,8 @@ class DockerRunner(Runner):
             args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
         args.update(self.extra_create_args)
         try:
-            self._container_id = engine_call(lambda: create_container(client, args), "create the container")
+            self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
+                                             "create the container")
             engine_call(lambda: client.api.start(self._container_id), "start the container")
         except APIError as exc:
             raise RunnerError(
@@ -220,6 +221,12 @@ class DockerRunner(Runner):
         self._watch_exit()
         for pump in self._pumps.values():
             pump.wait_open(_LOG_OPEN_WAIT)
+        refused = next((pump.error for pump in self._pumps.values() if pump.error), None)
+        if refused is not None:  # the handshake line could never be read: fail now, not at start_timeout
+            raise RunnerError(
+                f"cannot read the output of container {self._container_id[:12]} ({self.image}): {refused}."
+                " plugbay reads the plugin's handshake line from the container's logs: keep a logging driver"
+                " the engine can read back (plugbay sets json-file; check log_config in extra_create_args)")
 
     def _watch_exit(self) -> None:
         # One blocking wait request per container instead of polling: the

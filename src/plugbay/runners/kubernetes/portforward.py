@@ -45,6 +45,7 @@ class PortForwarder:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._socks: set[Any] = set()
+        self._remotes: set[Any] = set()  # each connection's WebSocket to the API server (plain or TLS)
         self._threads: list[threading.Thread] = []
         self._count = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,6 +124,10 @@ class PortForwarder:
             except Exception as exc:
                 _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
+            with self._lock:  # close() shuts it down too: a send the API server does not take must end
+                if self._closed.is_set():
+                    return
+                self._remotes.add(remote)
             error = self._relay(conn, remote, reader)
             if error:
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)
@@ -131,6 +136,7 @@ class PortForwarder:
         finally:
             with self._lock:
                 self._socks.discard(conn)
+                self._remotes.discard(remote)
             conn.close()
             if remote is not None:
                 _close_stream(remote, reader)
@@ -188,6 +194,12 @@ class PortForwarder:
         self._listener.close()
         with self._lock:
             socks, threads = list(self._socks), list(self._threads)
+            remotes = list(self._remotes)
+        for remote in remotes:  # the raw socket's shutdown: SSLSocket.shutdown would drop TLS under a sender
+            try:
+                socket.socket.shutdown(remote, socket.SHUT_RDWR)
+            except OSError:
+                pass
         shutdown_and_join(socks, threads)
         self._api_client.close()
 
