@@ -157,3 +157,13 @@ def test_an_oid_cut_inside_a_subidentifier_is_malformed() -> None:
 
     with pytest.raises(ValueError, match="inside a subidentifier"):
         decode_oid(bytes.fromhex("551d91"))
+
+
+def test_an_oversized_oid_is_refused_before_it_is_decoded() -> None:
+    # a peer's certificate is untrusted: decoding one huge subidentifier costs time quadratic in
+    # its length (a 48 KB one took a second of CPU), so length is checked first
+    from plugbay.core.protocol.der import decode_oid
+
+    with pytest.raises(ValueError, match="at most 128"):
+        decode_oid(b"\xff" * 48_000 + b"\x01")
+    assert decode_oid(bytes.fromhex("2a8648ce3d030107")) == "1.2.840.10045.3.1.7"  # P-256's own

@@ -159,11 +159,16 @@ class ServerSource:
             else:
                 served.cleanup.append(lambda: unlink_quietly(public))
                 unlink_quietly(path)
-                if _has_folder_group(public):
+                try:
+                    grouped: bool | None = _has_folder_group(public)
+                except OSError:  # the name is gone already (the plugin shares the folder): bind anew
+                    grouped = None
+                if grouped:
                     return served, public
-                # a setgid folder's group (what a container user connects with) could not be given
-                log.debug("cannot give a moved brokered socket its folder's group; binding there directly")
-                self._renames = False
+                if grouped is False:
+                    # a setgid folder's group (what a container user connects with) could not be given
+                    log.debug("cannot give a moved brokered socket its folder's group; binding there directly")
+                    self._renames = False
                 stop_served(served)
         served, path = build_server(self._tls, self._private_dir(), self._public_path())
         share_socket(path)

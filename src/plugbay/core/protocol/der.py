@@ -93,10 +93,15 @@ def children(content: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+_MAX_OID = 128  # real ones are under 30 bytes (a UUID OID, 2.25.N, is about 20)
+
+
 def decode_oid(content: bytes) -> str:
     """X.690 8.19: base-128 subidentifiers; the first one holds the first two arcs."""
     if not content:
         raise ValueError("empty OID")
+    if len(content) > _MAX_OID:  # decoding is quadratic in a subidentifier's length
+        raise ValueError(f"an OID of {len(content)} bytes (at most {_MAX_OID})")
     subids: list[int] = []
     value = 0
     for byte in content:
