@@ -77,3 +77,23 @@ def ensure_network(client: Any, name: str) -> str:
             f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
             f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
     return name
+
+
+def hardened_args(runner: Any, image_user: str | None) -> dict[str, Any]:
+    """The create arguments a DockerRunner's limits and hardening options make (None ones left out)."""
+    security_opt = ["no-new-privileges:true"] if runner.no_new_privileges else []
+    args: dict[str, Any] = {"read_only": runner.read_only, "cap_drop": runner.cap_drop or None,
+                            "security_opt": security_opt or None}
+    for key, value in (("user", runner.user), ("runtime", runner.runtime), ("mem_limit", runner.mem_limit),
+                       ("nano_cpus", runner.nano_cpus), ("entrypoint", runner.entrypoint),
+                       ("command", runner.command),
+                       ("tmpfs", tmpfs_mounts(runner.writable_dirs, runner.tmpfs_size, runner.tmpfs,
+                                              runner.user or image_user) or None),
+                       ("pids_limit", runner.pids_limit)):
+        if value is not None:
+            args[key] = value
+    # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
+    args["log_config"] = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
+    if runner.mem_limit is not None:
+        args["memswap_limit"] = runner.mem_limit  # no swap: the limit is the limit
+    return args

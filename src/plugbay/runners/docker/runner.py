@@ -36,7 +36,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
-                                               cpus_to_nano, ensure_network, tmpfs_mounts)
+                                               cpus_to_nano, ensure_network, hardened_args, tmpfs_mounts)
 from plugbay.runners.docker.adopt import prove_container
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
@@ -187,22 +187,9 @@ class DockerRunner(Runner):
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                            SOCKET_OWNED: str(self._owns_socket_dir).lower()})
-        security_opt = ["no-new-privileges:true"] if self.no_new_privileges else []
         args.update(image=image.id, environment=env, labels=labels, name=self.container_name, mounts=mounts,
-                    read_only=self.read_only, cap_drop=self.cap_drop or None, security_opt=security_opt or None,
                     stdin_open=False, tty=False)
-        for key, value in (("user", self.user), ("runtime", self.runtime), ("mem_limit", self.mem_limit),
-                           ("nano_cpus", self.nano_cpus), ("entrypoint", self.entrypoint),
-                           ("command", self.command),
-                           ("tmpfs", tmpfs_mounts(self.writable_dirs, self.tmpfs_size, self.tmpfs,
-                                                  self.user or image.attrs["Config"].get("User")) or None),
-                           ("pids_limit", self.pids_limit)):
-            if value is not None:
-                args[key] = value
-        # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
-        args["log_config"] = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
-        if self.mem_limit is not None:
-            args.setdefault("memswap_limit", self.mem_limit)  # no swap: the limit is the limit
+        args.update(hardened_args(self, image.attrs["Config"].get("User")))
         args.update(self.extra_create_args)
         try:
             self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
