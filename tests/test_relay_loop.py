@@ -45,6 +45,48 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+# ---------------------------------------------------------------- the loop's additions the relay uses
+
+
+def test_the_loop_watches_writes_runs_timers_and_calls_from_other_threads() -> None:
+    loop = ioloop.IOLoop("plugbay-io-test")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    events: list[str] = []
+    filled = threading.Event()
+
+    def on_a() -> None:
+        assert reg.fired & ioloop.WRITE
+        try:
+            while True:
+                a.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        if not filled.is_set():
+            filled.set()
+            events.append("full")
+            reg.want(0)  # nothing until the timer asks again
+            loop.call_later(0.05, lambda: events.append("timer"))
+            dropped = loop.call_later(0.01, lambda: events.append("cancelled timer ran"))
+            dropped.cancel()
+
+    try:
+        reg = loop.add(a.fileno(), on_a, events=ioloop.WRITE)
+        wait_for(filled.is_set, "the socket to fill")
+        wait_for(lambda: "timer" in events, "the timer")
+        ran = threading.Event()
+        loop.call_soon(lambda: (events.append("soon"), ran.set()) and None)
+        wait_for(ran.is_set, "call_soon")
+        assert events == ["full", "timer", "soon"]  # no write callback while watching nothing
+        reg.cancel()
+        wait_for(lambda: not loop.running, "the idle loop to end")
+        assert loop.join_idle(5)
+    finally:
+        a.close()
+        b.close()
+    assert "plugbay-io-test" not in plugbay_threads()
+
+
 # ---------------------------------------------------------------- an echo server on one thread
 
 

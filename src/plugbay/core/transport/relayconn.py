@@ -246,6 +246,7 @@ class RelayConn:
             if tls.pending():
                 self._first()
         else:
+            reg.want(0)  # nothing is read from the peer until the plaintext side is connected
             self._stage = "dial"
             self._dial(self.s.target)
 
