@@ -285,6 +285,25 @@ def test_close_drops_connections_in_every_stage(tmp_path: Path, relay_pair: tupl
         sock.close()
 
 
+def test_a_target_named_by_host_name_is_looked_up_off_the_loop(tmp_path: Path) -> None:
+    echo = Echo(str(tmp_path / "echo.sock"))
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
+    term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
+                    tls.server_context(server, client.cert_pem), "terminate")
+    port = term.address[1].rsplit(":", 1)[1]
+    # "localhost" comes from the hosts file: getaddrinfo runs on a short-lived thread, joined by close()
+    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), ("tcp", f"localhost:{port}"),
+                    tls.client_context(client, server.cert_pem), "originate")
+    try:
+        payload = os.urandom(300_000)
+        assert _round_trip(orig.address[1], payload) == payload
+    finally:
+        orig.close()
+        term.close()
+        echo.close()
+    assert ioloop.shared().join_idle()
+
+
 # ---------------------------------------------------------------- real Go plugins with AutoMTLS
 
 _reason = gobuild.go_missing_reason()

@@ -63,13 +63,13 @@ class RelayConn:
         self._preg: Registration | None = None
         self._stage = "dial"  # dial -> handshake -> first (a router's first bytes) -> pump
         self._timer: Timer | None = None
-        self._dial_target: tuple[str, str] = ("", "")
         self.to_tls = bytearray()
         self.to_plain = bytearray()
         self._chunk = b""  # an SSL write to retry with the same bytes
         self._plain_eof = self._tls_eof = False
         self._read_wants_write = self._write_wants_read = False
         self._accepted: socket.socket | None = None
+        self._others: list[tuple[str, str]] = []  # a host name's further addresses
 
     def start(self, accepted: socket.socket) -> None:
         """Begin with a connection the relay accepted (its handshake deadline starts now)."""
@@ -137,7 +137,6 @@ class RelayConn:
 
     def _dial(self, target: tuple[str, str]) -> None:
         """Start a non-blocking connect to ``target``; _connected() follows when it is writable."""
-        self._dial_target = target
         network, address = target
         if network == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -147,7 +146,7 @@ class RelayConn:
                 err = 0
             except BlockingIOError:  # a full backlog: unix connect does not wait without blocking
                 sock.close()
-                self.s.loop.call_later(_RETRY_DIAL, lambda: self._guard(self._dial_again))
+                self.s.loop.call_later(_RETRY_DIAL, lambda: self._guard(lambda: self._dial(target)))
                 return
             except OSError:
                 sock.close()
@@ -164,6 +163,9 @@ class RelayConn:
             err = sock.connect_ex((host, int(port)))
             if err not in (0, errno.EINPROGRESS):
                 sock.close()
+                if self._others:
+                    self._dial(self._others.pop(0))
+                    return
                 raise OSError(err, f"cannot connect to {address}")
         self._raw = sock
         self._register_dialed(sock)
@@ -177,9 +179,16 @@ class RelayConn:
         def lookup() -> None:
             try:
                 found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-                ip = str(found[0][4][0])
-                resolved = ("tcp", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
-                setup.loop.call_soon(lambda: self._guard(lambda: self._dial(resolved)))
+                ips = [str(entry[4][0]) for entry in found]
+                addresses = [("tcp", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in ips]
+                if not addresses:
+                    raise ValueError("no address")
+
+                def dial_found() -> None:
+                    self._others = addresses[1:]  # tried in turn when one refuses, as create_connection does
+                    self._dial(addresses[0])
+
+                setup.loop.call_soon(lambda: self._guard(dial_found))
             except (OSError, IndexError, ValueError) as exc:
                 _log.debug("relay: cannot resolve %s: %s", host, exc)
                 setup.loop.call_soon(self.close)
@@ -197,9 +206,6 @@ class RelayConn:
             except Exception as exc:
                 self._fail(exc)
 
-    def _dial_again(self) -> None:
-        self._dial(self._dial_target)
-
     def _register_dialed(self, sock: socket.socket) -> None:
         loop = self.s.loop
         if self.s.mode == "originate":
@@ -211,6 +217,14 @@ class RelayConn:
         sock = self._raw
         assert sock is not None
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err and self._others:
+            self._raw = None
+            reg = self._treg if self.s.mode == "originate" else self._preg
+            if reg is not None:
+                reg.cancel()  # before the fd is closed
+            sock.close()
+            self._dial(self._others.pop(0))
+            return
         if err:
             raise OSError(err, "the relay's dial failed")
         self._raw = None
