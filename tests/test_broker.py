@@ -416,17 +416,22 @@ def test_next_id_unique_across_threads(pair: Pair) -> None:
 
 def test_closing_a_dialed_channel_frees_its_relay(sockdir: str) -> None:
     p = _tls_pair(sockdir, generate_cert(ec.SECP521R1()), generate_cert(ec.SECP521R1()))
+    from plugbay.core.transport import ioloop
+
     try:
+        before = ioloop.shared().registrations
         sid = p.host.next_id()
         p.host.accept_and_serve(sid, register("h"))
         ch = p.plugin.dial(sid)
         assert check(ch, "h") == health_pb2.HealthCheckResponse.SERVING
-        assert any(t.name.startswith("plugbay-tlsrelay") for t in threading.enumerate())
+        # both relays (serving and dialing side) and their connection live on the shared loop
+        assert ioloop.shared().registrations >= before + 4
+        assert not any(t.name.startswith("plugbay-tlsrelay") for t in threading.enumerate())
         ch.close()
         ch.close()  # idempotent
         assert p.plugin._channels == []
         p.host.stop_serving(sid)
-        assert not any(t.name.startswith("plugbay-tlsrelay") for t in threading.enumerate())
+        assert ioloop.shared().registrations == before
         with pytest.raises(BrokerClosedError, match="closed"):
             check(ch, "h")  # a closed channel refuses calls, typed
     finally:

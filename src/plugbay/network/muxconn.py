@@ -1,8 +1,8 @@
 """One endpoint of a brokering remote plugin: ONE TLS connection carrying a yamux session.
 
 go-plugin's multiplexed broker, over the network: for each endpoint the host
-opens one TLS connection (a TLSRelay in originate mode: OpenSSL, one poll
-thread, so yamux never touches an ssl.SSLSocket from two threads) and runs a
+opens one TLS connection (a TLSRelay in originate mode: OpenSSL, on the
+shared I/O loop, so yamux never touches an ssl.SSLSocket from two threads) and runs a
 HostMux over it. The endpoint's main gRPC channel is a stream of that session;
 its GRPCBroker(multiplex=True) knocks for brokered streams in the same
 session, so the plugin instance serving this host (plugbay.core.plugin.netmux:

@@ -7,7 +7,7 @@ wants brokered connections its own instance inside the shared process:
 * a TLSRelay (terminate) does mutual TLS with the provided files (a context
   from plugbay.core.transport.certfiles, rebuilt when they change); an
   ssl.SSLSocket must not be read and written from two threads, so yamux never
-  runs on it: the relay's one poll thread per connection carries plaintext;
+  runs on it: the relay (on the shared I/O loop) carries plaintext;
 * the first bytes after TLS decide: the HTTP/2 client preface goes to the
   shared gRPC server (plain gRPC, no broker: what network mode always served);
   a yamux frame (version byte 0) goes to this module's private listener, where
@@ -16,8 +16,8 @@ wants brokered connections its own instance inside the shared process:
   on that session, health, controller, Discovery. Un-knocked streams of the
   session reach that server; knocked ones the brokered servers;
 * anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
-  TLS_TIMEOUT, is dropped; each connection has its own relay thread, so an
-  idle one never holds up another;
+  TLS_TIMEOUT, is dropped; the relay's steps never wait, so an idle
+  connection never holds up another;
 * when a session ends, its instance (server, broker, sockets) is stopped.
 """
 

@@ -1,0 +1,400 @@
+"""One relayed connection as a state machine on the shared I/O loop: dial, TLS handshake, then pump.
+
+Every step is a non-blocking call made when the loop says a socket is ready,
+so a relayed connection costs no thread and a slow or silent peer holds up
+nobody: a dial or handshake that would wait registers interest and returns.
+Bytes are moved both ways through two bounded buffers (``CAP`` each): a side
+is not read while the buffer towards the other side is full, so a peer that
+stops reading stops its sender (backpressure) and memory stays bounded.
+
+A side's end of file is passed on once the bytes it sent were delivered
+(the connection then closes, as the thread-per-connection relay did). Any
+error closes this connection only. Everything here runs on the loop thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Union
+
+from plugbay.core.transport.ioloop import READ, WRITE, IOLoop, Registration, Timer
+
+_log = logging.getLogger("plugbay.relay")
+
+CHUNK = 64 * 1024
+CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
+_RETRY_DIAL = 0.02  # a unix listener with a full backlog: try again this much later (within the deadline)
+
+Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
+
+
+class Setup:
+    """What a relay gives each of its connections (one object per relay)."""
+
+    def __init__(self, loop: IOLoop, mode: str, target: Target, context: Callable[[], ssl.SSLContext],
+                 hostname: str, handshake_timeout: float, first_bytes_timeout: float,
+                 done: Callable[[RelayConn], None]) -> None:
+        self.loop = loop
+        self.mode = mode
+        self.target = target
+        self.context = context
+        self.hostname = hostname
+        self.handshake_timeout = handshake_timeout
+        self.first_bytes_timeout = first_bytes_timeout
+        self.done = done
+        self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
+
+
+class RelayConn:
+    """An accepted connection until both of its sockets are closed."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.s = setup
+        self.closed = False
+        self.tls: ssl.SSLSocket | None = None
+        self.plain: socket.socket | None = None
+        self._raw: socket.socket | None = None  # the dialed socket until it is connected
+        self._treg: Registration | None = None  # the TLS side's fd (the raw socket's while dialing)
+        self._preg: Registration | None = None
+        self._stage = "dial"  # dial -> handshake -> first (a router's first bytes) -> pump
+        self._timer: Timer | None = None
+        self.to_tls = bytearray()
+        self.to_plain = bytearray()
+        self._chunk = b""  # an SSL write to retry with the same bytes
+        self._plain_eof = self._tls_eof = False
+        self._read_wants_write = self._write_wants_read = False
+        self._accepted: socket.socket | None = None
+        self._others: list[tuple[str, str]] = []  # a host name's further addresses
+
+    def start(self, accepted: socket.socket) -> None:
+        """Begin with a connection the relay accepted (its handshake deadline starts now)."""
+        setup = self.s
+        self._accepted = accepted
+        self._timer = setup.loop.call_later(setup.handshake_timeout, self._timed_out)
+        try:
+            accepted.setblocking(False)
+            if setup.mode == "terminate":  # the peer proves itself before anything is dialed
+                self.tls = setup.context().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+                self._treg = setup.loop.add(self.tls.fileno(), self._on_tls, events=READ)
+                self._stage = "handshake"
+                self._handshake()
+            else:
+                self.plain = accepted
+                assert not callable(setup.target)
+                self._dial(setup.target)
+        except Exception as exc:
+            self._fail(exc)
+
+    # ------------------------------------------------------------ events
+
+    def _on_tls(self) -> None:
+        if self.closed:
+            return
+        assert self._treg is not None
+        fired = self._treg.fired
+        try:
+            if self._stage == "pump":
+                self._pump(fired, 0)
+            elif self._stage == "handshake":
+                self._handshake()
+            elif self._stage == "first":
+                self._first()
+            elif self._raw is not None and self.s.mode == "originate":  # dialing the TLS side
+                self._connected()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _on_plain(self) -> None:
+        if self.closed:
+            return
+        assert self._preg is not None
+        try:
+            if self._stage == "pump":
+                self._pump(0, self._preg.fired)
+            elif self._raw is not None:  # terminate: dialing the plaintext side
+                self._connected()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, (OSError, ssl.SSLError)):
+            _log.exception("relay connection failed; closing it", exc_info=exc)
+        # a failed peer (handshake, reset) is the peer's problem; gRPC reports it on its side
+        self.close()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.closed:
+            _log.debug("relay connection: no TLS handshake / first bytes in time (%s); closing it", self._stage)
+            self.close()
+
+    # ------------------------------------------------------------ dial
+
+    def _dial(self, target: tuple[str, str]) -> None:
+        """Start a non-blocking connect to ``target``; _connected() follows when it is writable."""
+        network, address = target
+        if network == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(address)
+                err = 0
+            except BlockingIOError:  # a full backlog: unix connect does not wait without blocking
+                sock.close()
+                self.s.loop.call_later(_RETRY_DIAL, lambda: self._guard(lambda: self._dial(target)))
+                return
+            except OSError:
+                sock.close()
+                raise
+        else:
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            if not _is_ip(host):
+                self._resolve(host, port)
+                return
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex((host, int(port)))
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                if self._others:
+                    self._dial(self._others.pop(0))
+                    return
+                raise OSError(err, f"cannot connect to {address}")
+        self._raw = sock
+        self._register_dialed(sock)
+        if err == 0:
+            self._connected()
+
+    def _resolve(self, host: str, port: str) -> None:
+        """A host name: looked up on a short-lived thread (getaddrinfo blocks), then dialed on the loop."""
+        setup = self.s
+
+        def lookup() -> None:
+            try:
+                found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                ips = [str(entry[4][0]) for entry in found]
+                addresses = [("tcp", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in ips]
+                if not addresses:
+                    raise ValueError("no address")
+
+                def dial_found() -> None:
+                    self._others = addresses[1:]  # tried in turn when one refuses, as create_connection does
+                    self._dial(addresses[0])
+
+                setup.loop.call_soon(lambda: self._guard(dial_found))
+            except (OSError, IndexError, ValueError) as exc:
+                _log.debug("relay: cannot resolve %s: %s", host, exc)
+                setup.loop.call_soon(self.close)
+            finally:
+                setup.loop.call_soon(lambda: setup.resolvers.discard(thread))
+
+        thread = threading.Thread(target=lookup, name="plugbay-tlsrelay-resolve", daemon=True)
+        setup.resolvers.add(thread)
+        thread.start()
+
+    def _guard(self, func: Callable[[], None]) -> None:
+        if not self.closed:
+            try:
+                func()
+            except Exception as exc:
+                self._fail(exc)
+
+    def _register_dialed(self, sock: socket.socket) -> None:
+        loop = self.s.loop
+        if self.s.mode == "originate":
+            self._treg = loop.add(sock.fileno(), self._on_tls, events=WRITE)
+        else:
+            self._preg = loop.add(sock.fileno(), self._on_plain, events=WRITE)
+
+    def _connected(self) -> None:
+        sock = self._raw
+        assert sock is not None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err and self._others:
+            self._raw = None
+            reg = self._treg if self.s.mode == "originate" else self._preg
+            if reg is not None:
+                reg.cancel()  # before the fd is closed
+            sock.close()
+            self._dial(self._others.pop(0))
+            return
+        if err:
+            raise OSError(err, "the relay's dial failed")
+        self._raw = None
+        if self.s.mode == "originate":  # the same fd goes on as the TLS socket
+            self.tls = self.s.context().wrap_socket(sock, server_hostname=self.s.hostname,
+                                                    do_handshake_on_connect=False)
+            self._stage = "handshake"
+            self._handshake()
+        else:
+            self.plain = sock
+            self._start_pump()
+
+    # ------------------------------------------------------------ TLS
+
+    def _handshake(self) -> None:
+        tls, reg = self.tls, self._treg
+        assert tls is not None and reg is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            reg.want(READ)
+            return
+        except ssl.SSLWantWriteError:
+            reg.want(WRITE)
+            return
+        if self.s.mode == "originate":
+            self._start_pump()
+        elif callable(self.s.target):
+            self._stage = "first"
+            self._timer_cancel()
+            self._timer = self.s.loop.call_later(self.s.first_bytes_timeout, self._timed_out)
+            reg.want(READ)
+            if tls.pending():
+                self._first()
+        else:
+            reg.want(0)  # nothing is read from the peer until the plaintext side is connected
+            self._stage = "dial"
+            self._dial(self.s.target)
+
+    def _first(self) -> None:
+        """A router's first bytes: whatever one read returns, as the threaded relay read them."""
+        tls = self.tls
+        assert tls is not None and callable(self.s.target)
+        try:
+            first = tls.recv(CHUNK)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:
+            assert self._treg is not None
+            self._treg.want(READ | WRITE)
+            return
+        chosen = self.s.target(first) if first else None
+        if chosen is None:
+            self.close()
+            return
+        self.to_plain += first
+        self._timer_cancel()
+        self._timer = self.s.loop.call_later(self.s.handshake_timeout, self._timed_out)  # bounds the dial
+        assert self._treg is not None
+        self._treg.want(0)  # nothing is read from the peer until the plaintext side is connected
+        self._stage = "dial"
+        self._dial(chosen)
+
+    # ------------------------------------------------------------ pump
+
+    def _start_pump(self) -> None:
+        self._timer_cancel()
+        self._stage = "pump"
+        assert self.plain is not None and self.tls is not None
+        if self._preg is None:
+            self._preg = self.s.loop.add(self.plain.fileno(), self._on_plain, events=READ)
+        self._pump(READ if self.tls.pending() else 0, WRITE if self.to_plain else 0)
+
+    def _pump(self, tls_fired: int, plain_fired: int) -> None:
+        """Move what can move without waiting, then watch for what is still wanted.
+
+        A wake-up must be cheap (each unary gRPC call crosses twice): only the
+        side that is ready is read, TLS record by record while OpenSSL holds
+        decrypted bytes (``pending()``: epoll cannot see those), and each
+        buffer is written straight on.
+        """
+        tls, plain = self.tls, self.plain
+        assert tls is not None and plain is not None
+        to_tls, to_plain = self.to_tls, self.to_plain
+        if plain_fired & READ and not self._plain_eof and len(to_tls) < CAP:
+            try:
+                data = plain.recv(CHUNK)
+                if data:
+                    to_tls += data
+                else:
+                    self._plain_eof = True
+            except (BlockingIOError, InterruptedError):
+                pass
+        while True:
+            if not self._tls_eof and len(to_plain) < CAP and (
+                    tls_fired & READ or (self._read_wants_write and tls_fired & WRITE) or tls.pending()):
+                self._read_wants_write = False
+                tls_fired = 0
+                try:
+                    while len(to_plain) < CAP:
+                        data = tls.recv(CHUNK)
+                        if not data:
+                            self._tls_eof = True
+                            break
+                        to_plain += data
+                        if not tls.pending():
+                            break  # the record is drained; epoll says when the next one arrives
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLWantWriteError:
+                    self._read_wants_write = True
+            if to_plain:
+                try:
+                    del to_plain[:plain.send(to_plain)]
+                except (BlockingIOError, InterruptedError):
+                    pass
+            # decrypted bytes epoll cannot see, and room for them now: read on
+            if not (len(to_plain) < CAP and not self._tls_eof and tls.pending()):
+                break
+        if to_tls or self._chunk:
+            self._write_wants_read = False
+            try:
+                while to_tls or self._chunk:
+                    if not self._chunk:
+                        self._chunk = bytes(to_tls[:CHUNK])
+                        del to_tls[:CHUNK]
+                    self._chunk = self._chunk[tls.send(self._chunk):]
+            except ssl.SSLWantWriteError:
+                pass
+            except ssl.SSLWantReadError:
+                self._write_wants_read = True
+        if (self._plain_eof and not to_tls and not self._chunk and not to_plain) or (self._tls_eof and not to_plain):
+            self.close()
+            return
+        assert self._treg is not None and self._preg is not None
+        self._preg.want((READ if not self._plain_eof and len(to_tls) < CAP else 0) | (WRITE if to_plain else 0))
+        self._treg.want((READ if (not self._tls_eof and len(to_plain) < CAP) or self._write_wants_read else 0)
+                        | (WRITE if ((to_tls or self._chunk) and not self._write_wants_read)
+                           or self._read_wants_write else 0))
+
+    # ------------------------------------------------------------ close
+
+    def _timer_cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Drop both sides now (loop thread). Registrations go before their fds are closed."""
+        if self.closed:
+            return
+        self.closed = True
+        self._timer_cancel()
+        for reg in (self._treg, self._preg):
+            if reg is not None:
+                reg.cancel()
+        for sock in (self.tls, self.plain, self._raw, self._accepted):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self.s.done(self)
+
+
+def _is_ip(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
