@@ -27,6 +27,7 @@ from plugbay.core.transport import yamux
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
+from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.mux import HostMux, PluginFront
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.transport.sockets import open_listener
@@ -112,9 +113,13 @@ def close_mux_pair(p: MuxPair) -> None:
     os.rmdir(p.dir)
 
 
-@pytest.fixture(params=["unix", "tcp"])
+@pytest.fixture(params=["unix", "tcp", "unix-eager"])
 def mpair(request: pytest.FixtureRequest) -> Iterator[MuxPair]:
-    p = make_mux_pair(request.param)
+    # eager: the plugin opens its brokered streams right after knocking (a plugbay host holds
+    # them until their knock arrives, plugbay.core.transport.held)
+    network, _, eager = request.param.partition("-")
+    p = make_mux_pair(network)
+    p.front.peer_holds = bool(eager)
     yield p
     close_mux_pair(p)
 
@@ -227,7 +232,9 @@ def test_automtls_multiplexed(curve: str) -> None:
 
 
 def test_yamux_refuses_unknocked_stream_on_host(mpair: MuxPair) -> None:
-    # the plugin opens a stream without knocking: the host resets it
+    # the plugin opens a stream without knocking: the host holds it for a knock a while
+    # (here 0.3 s), then resets it
+    mpair.hostmux._held = HeldStreams(hold=0.3)
     stream = mpair.front.open_stream()
     assert stream.read() == b""
     assert stream.done

@@ -325,6 +325,10 @@ def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs
         target = [type("Rep", (), {"address": gw.address})()]  # remote() wants .address
         with remote(target, host_tls(certs)) as c1, remote(target, host_tls(certs)) as c2:  # type: ignore[arg-type]
             assert c1.multiplexed and c2.multiplexed
+            # each host session's child is still starting: its first health check may time out,
+            # and dispense pins a stub to an endpoint that is healthy now
+            assert wait_until(lambda: c1.pool.metrics()["available"] >= 1 and c2.pool.metrics()["available"] >= 1,
+                              timeout=15)
             a1, a2 = Adder(), Adder(bonus=100)
             c1.dispense(PLUGIN_NAME).put("g1", 2, a1)
             c2.dispense(PLUGIN_NAME).put("g2", 2, a2)

@@ -10,7 +10,9 @@ While the knock travels, the dialer already makes what the stream will carry:
 the local listener gRPC dials, its accept loop (on the session's reused
 workers), and the gRPC channel, which starts connecting at once; its first
 bytes wait in the local socket until the acknowledged stream is bridged.
-The order on the wire is go-plugin's: knock, ack, then the stream's SYN.
+The order on the wire is go-plugin's: knock, ack, then the stream's SYN;
+towards a plugbay host that holds early streams (``MuxSession.peer_holds``,
+plugbay.core.transport.held) the SYN follows the knock without waiting.
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ class Multiplexed:
             return self._open_when_acked(id, timeout)
 
     def _open_when_acked(self, id: int, timeout: float) -> Stream:
+        self._wait_ack(id, timeout)
+        return self._mux().open_stream()
+
+    def _wait_ack(self, id: int, timeout: float) -> None:
         ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
         assert isinstance(ack, pb.ConnInfo)
         if not ack.knock.ack:
@@ -110,7 +116,6 @@ class Multiplexed:
         if ack.knock.error:
             raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
                               " must call accept_and_serve with this id first")
-        return self._mux().open_stream()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
@@ -133,8 +138,11 @@ class Multiplexed:
                 raise
             channel = self._channel_to("unix", path, [bridge.stop])  # on failure it stops the bridge
             try:
-                channel.connect_now()
-                bridge.set_first(self._open_when_acked(id, timeout))
+                if mux.peer_holds:
+                    self._open_eagerly(id, timeout, bridge, channel)
+                else:
+                    channel.connect_now()
+                    bridge.set_first(self._open_when_acked(id, timeout))
             except BaseException:
                 channel.close()
                 raise
@@ -142,6 +150,19 @@ class Multiplexed:
             self._bridges[:] = [b for b in self._bridges if not b.finished]
             self._bridges.append(bridge)
         return channel
+
+    def _open_eagerly(self, id: int, timeout: float, bridge: StreamBridge, channel: BrokeredChannel) -> None:
+        """Open the stream before the ack (the peer holds it for the knock): the gRPC handshake
+        travels while the knock does. The ack still decides whether dial() succeeds."""
+        stream = self._mux().open_stream()
+        bridge.set_first(stream)
+        channel.connect_now()
+        try:
+            self._wait_ack(id, timeout)
+        except BaseException:
+            # before the next knock (dial_lock): the peer must not route this stream to it
+            stream.reset()
+            raise
 
     def _join_bridges(self) -> None:
         with self._cond:

@@ -195,7 +195,7 @@ class Client:
             env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
                              socket_group=cfg.unix_socket_group,
                              cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
-                             multiplex=cfg.multiplex_broker)
+                             multiplex=cfg.multiplex_broker, holds_streams=True)
             runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
             feed, self._output = follow_output(runner, self._logs)
             info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout)

@@ -13,6 +13,7 @@ from plugbay.core.protocol.handshake import (
     ENV_MAX_PORT,
     ENV_MIN_PORT,
     ENV_MULTIPLEX_GRPC,
+    ENV_MUX_HOLDS_STREAMS,
     ENV_PROTOCOL_VERSIONS,
     ENV_UNIX_SOCKET_DIR,
     ENV_UNIX_SOCKET_GROUP,
@@ -33,8 +34,12 @@ _EXIT_LINGER = 1.0
 
 def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapping[str, str],
                socket_dir: str | None, cert: CertKey | None, min_port: int, max_port: int,
-               multiplex: bool, socket_group: str | int | None = None) -> dict[str, str]:
-    """The variables go-plugin's client sets; they override the caller's ``env``."""
+               multiplex: bool, socket_group: str | int | None = None,
+               holds_streams: bool = False) -> dict[str, str]:
+    """The variables go-plugin's client sets; they override the caller's ``env``.
+
+    ``holds_streams``: this host's multiplexed session holds streams opened before their
+    knock (HostMux does), so a plugbay plugin need not wait for the knock's ack."""
     out = dict(env)
     out[handshake.magic_cookie_key] = handshake.magic_cookie_value
     out[ENV_PROTOCOL_VERSIONS] = ",".join(str(v) for v in sorted(set(versions)))
@@ -48,6 +53,10 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
         out[ENV_CLIENT_CERT] = cert.cert_pem.decode()
     if multiplex:
         out[ENV_MULTIPLEX_GRPC] = "true"
+        if holds_streams:
+            out[ENV_MUX_HOLDS_STREAMS] = "1"
+        else:
+            out.pop(ENV_MUX_HOLDS_STREAMS, None)
     return out
 
 

@@ -44,6 +44,7 @@ from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
     ENV_MULTIPLEX_GRPC,
+    ENV_MUX_HOLDS_STREAMS,
     ENV_PROTOCOL_VERSIONS,
     ENV_UNIX_SOCKET_DIR,
     PROTOCOL_GRPC,
@@ -227,6 +228,8 @@ class _PluginServer:
             multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
             self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
                                     relay_context=relay_ctx, multiplex=multiplex_asked)
+            if self.listening.mux is not None and parse_bool(self.env.get(ENV_MUX_HOLDS_STREAMS, "")):
+                self.listening.mux.peer_holds = True  # knock and open at once (core/transport/held.py)
         transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
                                     socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
                                     multiplex=self.listening.multiplex, mux=self.listening.mux)

@@ -37,6 +37,9 @@ ENV_CLIENT_CERT = "PLUGIN_CLIENT_CERT"
 ENV_UNIX_SOCKET_DIR = "PLUGIN_UNIX_SOCKET_DIR"
 ENV_UNIX_SOCKET_GROUP = "PLUGIN_UNIX_SOCKET_GROUP"
 ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
+# Set by a plugbay host that multiplexes: it holds a brokered stream that arrives before its
+# knock, so a plugbay plugin may open the stream right after knocking (go-plugin ignores it).
+ENV_MUX_HOLDS_STREAMS = "PLUGBAY_MULTIPLEX_HOLDS_STREAMS"
 # Sent by a plugbay host that has no stdio sink on its StreamStdio call: a plugbay plugin then
 # drops its output and ends the stream (no reader needed); go-plugin plugins ignore it and stream.
 STDIO_DISCARD_METADATA = ("plugbay-stdio", "discard")

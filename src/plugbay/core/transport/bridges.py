@@ -6,7 +6,7 @@ import socket
 import threading
 
 from plugbay.core.transport.workers import Workers
-from plugbay.core.transport.ystream import _CHUNK, Stream, StreamClosed
+from plugbay.core.transport.ystream import _CHUNK, WINDOW, Stream, StreamClosed
 
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
@@ -17,6 +17,13 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
     """
     state = {"open": 2}
     lock = threading.Lock()
+    try:
+        # room for half a window in the local socket (the kernel doubles what it is told):
+        # the session reader then sends nearly every payload straight to it, and the down
+        # loop (a thread wake-up per payload) is needed only while gRPC's reader lags
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WINDOW)
+    except OSError:
+        pass  # the default buffer works too, with more hand-offs to the down loop
 
     def finish() -> None:
         with lock:

@@ -4,49 +4,84 @@ from __future__ import annotations
 
 import socket
 
-_READ = 256 * 1024  # a session reader's buffer refill
+_READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
+_SMALL = 16 * 1024  # ... and while it sends small frames (a fresh buffer per refill: keep it small)
 _DIRECT = 64 * 1024  # payloads this big are received straight into their own buffer
+# A payload at least this big is handed out as a view of the refill buffer it arrived in
+# (no copy); a smaller one is copied out, so a stream's queue of small payloads never pins
+# whole refill buffers (at most _READ / _SHARE times the bytes it holds).
+_SHARE = _READ // 4
 
 
 class FrameReader:
     """Reads exactly n bytes off the session's socket (fewer only at its end).
 
     Small reads (headers, small frames) come out of a buffer filled by large
-    recv calls; a large payload is received straight into its own buffer in
-    one call (MSG_WAITALL): one release of the GIL per frame, one copy.
+    recv calls, each into a fresh buffer that is never written again, so a
+    large payload found there is handed out as a view, not copied; a large
+    payload not yet received is received straight into its own buffer in one
+    call (MSG_WAITALL): one release of the GIL per frame, one copy.
     """
 
     def __init__(self, sock: socket.socket, first: bytes) -> None:
         self._sock = sock
-        self._buf = bytearray(first)
-        self._chunk = memoryview(bytearray(_READ))  # reused: no large allocation per recv
+        self._buf = memoryview(bytearray(first))  # the current refill; bytes from _pos on are unread
+        self._pos = 0
+        self._size = _SMALL  # the next refill's buffer: grows while recv fills it, shrinks when not
+        # _read_direct's buffer, reused while its payloads leave at once (recycle()): a large
+        # frame then costs no allocation and no zero-filling, just the recv
+        self._spare: bytearray | None = None
+        self._lent: bytearray | None = None
 
-    def read(self, n: int) -> bytes | bytearray:
-        buf = self._buf
-        while len(buf) < n:
-            if n - len(buf) >= _DIRECT:
+    def read(self, n: int) -> bytes | bytearray | memoryview:
+        self._lent = None  # recycle() frees only the buffer of the read just before it
+        have = len(self._buf) - self._pos
+        if have < n:
+            if n - have >= _DIRECT:
                 return self._read_direct(n)
-            got = self._sock.recv_into(self._chunk)
-            if not got:
-                break
-            buf += self._chunk[:got]
-        data = bytes(buf[:n])
-        del buf[:n]
-        return data
+            if not self._refill(n):
+                n = len(self._buf) - self._pos  # the connection ended: what is left
+        start, self._pos = self._pos, self._pos + n
+        if n >= _SHARE:
+            return self._buf[start:self._pos]
+        return bytes(self._buf[start:self._pos])
 
-    def _read_direct(self, n: int) -> bytearray:
-        out = bytearray(n)
-        have = len(self._buf)
-        out[:have] = self._buf
-        self._buf.clear()
-        with memoryview(out) as view:
-            while have < n:
-                got = self._sock.recv_into(view[have:], n - have, socket.MSG_WAITALL)
-                if not got:
-                    break
-                have += got
-        del out[have:]  # the connection ended inside the payload: the caller sees it short
-        return out
+    def _refill(self, n: int) -> bool:
+        """Move the unread bytes into a fresh buffer and receive until it holds ``n``."""
+        rest = self._buf[self._pos:]
+        buf = bytearray(max(self._size, n))
+        have = len(rest)
+        buf[:have] = rest
+        self._buf, self._pos = memoryview(buf), 0
+        while have < n:
+            space = len(self._buf) - have
+            got = self._sock.recv_into(self._buf[have:])
+            if not got:
+                self._buf = self._buf[:have]
+                return False
+            have += got
+            self._size = _READ if got == space else max(_SMALL, min(_READ, 2 * got))
+        self._buf = self._buf[:have]
+        return True
+
+    def _read_direct(self, n: int) -> bytearray | memoryview:
+        out = self._spare if self._spare is not None and len(self._spare) >= n else bytearray(n)
+        self._spare, self._lent = None, out
+        have = len(self._buf) - self._pos
+        out[:have] = self._buf[self._pos:]
+        self._buf, self._pos = memoryview(b""), 0
+        view = memoryview(out)
+        while have < n:
+            got = self._sock.recv_into(view[have:], n - have, socket.MSG_WAITALL)
+            if not got:
+                break  # the connection ended inside the payload: the caller sees it short
+            have += got
+        return view[:have]
+
+    def recycle(self) -> None:
+        """The last payload read is gone (nothing refers to it any more): reuse its buffer."""
+        if self._lent is not None:
+            self._spare, self._lent = self._lent, None
 
 
 def send_all(sock: socket.socket, header: bytes, payload: memoryview) -> None:

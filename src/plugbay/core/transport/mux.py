@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport import admit, sockets
 from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError, ConfigError, PlugbayError, TargetUnreachableError
@@ -53,6 +54,10 @@ class MuxSession:
         self.default_target: tuple[str, str] | None = None
         # held from knock to stream open, so the peer routes streams in knock order
         self.dial_lock = threading.Lock()
+        # this side may open a brokered stream right after its knock: the peer holds a
+        # stream that arrives before its knock (plugbay.core.transport.held)
+        self.peer_holds = False
+        self._held: HeldStreams | None = None  # this side holds such streams (a host)
 
     # -- routing of streams the peer opens (runs on the session reader thread)
 
@@ -60,10 +65,15 @@ class MuxSession:
         with self._lock:
             sid = self._knocks.popleft() if self._knocks else None
             target = self._targets.get(sid) if sid is not None else self.default_target
+            if sid is None and target is None and self._held is not None and self._held.hold(stream):
+                return  # its knock is on the way (an eager dialer)
         if target is None:
             log.debug("%s: refusing a stream nobody knocked for", self.name)
             stream.reset()
             return
+        self._route(stream, target, sid)
+
+    def _route(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
         try:
             conn = sockets.dial(*target, timeout=2.0)
             conn.settimeout(None)
@@ -91,9 +101,16 @@ class MuxSession:
     def accept_knock(self, id: int) -> str:
         """Route the peer's next stream to ``id``; an error text if nothing serves it."""
         with self._lock:
-            if id not in self._targets:
-                return f"no listener for id {id}"
-            self._knocks.append(id)
+            early = self._held.pop() if self._held is not None else None  # opened before its knock
+            target = self._targets.get(id)
+            if target is not None and early is None:
+                self._knocks.append(id)
+        if target is None:
+            if early is not None:
+                early.reset()  # the dialer resets it too, on hearing the error
+            return f"no listener for id {id}"
+        if early is not None:
+            self._route(early, target, id)
         return ""
 
     # -- opening streams
@@ -210,6 +227,7 @@ class HostMux(MuxSession):
     def __init__(self, network: str, address: str, timeout: float = 10.0,
                  max_redials: int | None = _MAX_REDIALS) -> None:
         super().__init__("host-mux")
+        self._held = HeldStreams()
         self._target = (network, address)
         self._timeout = timeout
         self._max_redials = max_redials
@@ -268,7 +286,12 @@ class HostMux(MuxSession):
                                         f" ({session.close_reason}) and cannot be made again: {exc}") from exc
 
     def _accept(self) -> None:
-        for conn in sockets.accept_each(self._listener, lambda: self._closed):
+        def closed() -> bool:
+            if self._held is not None:
+                self._held.expire()  # this loop's poll is the held streams' clock
+            return self._closed
+
+        for conn in sockets.accept_each(self._listener, closed):
             try:
                 conn.settimeout(None)
                 self.connect_local(conn, self.open_stream())
@@ -277,6 +300,8 @@ class HostMux(MuxSession):
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
+        if self._held is not None:
+            self._held.clear()
         self._listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -65,6 +65,7 @@ class Session:
         self._next = 1 if client else 2
         self._closed = threading.Event()
         self.close_reason = ""
+        self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
 
@@ -217,6 +218,9 @@ class Session:
                     if problem is not None:
                         reason = f"protocol error: {problem}"
                         break
+                    if not self._kept:
+                        del payload  # the last reference: its buffer is free for the next frame
+                        reader.recycle()
                 elif kind == WINDOW_UPDATE:
                     problem = self._stream_frame(sid, flags, None, length)
                     if problem is not None:
@@ -241,10 +245,11 @@ class Session:
         finally:
             self._shutdown(reason)
 
-    def _stream_frame(self, sid: int, flags: int, payload: bytes | bytearray | None,
+    def _stream_frame(self, sid: int, flags: int, payload: Chunk | None,
                       delta: int | None) -> str | None:
         """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
         stream: Stream | None
+        self._kept = False
         if flags & SYN:
             if (sid % 2 == 1) == self._client:
                 log.debug("yamux: peer opened stream %d of the wrong parity", sid)
@@ -263,9 +268,11 @@ class Session:
                 stream = self._streams.get(sid)
             if stream is None:
                 return None  # a late frame for a stream we already dropped
-        if payload is not None and not stream._data(payload, flags):
-            # a peer that ignores flow control must not make this side buffer without bound
-            return f"stream {sid} received more than its window"
+        if payload is not None:
+            ok, self._kept = stream._data(payload, flags)
+            if not ok:
+                # a peer that ignores flow control must not make this side buffer without bound
+                return f"stream {sid} received more than its window"
         if payload is None:
             stream._window(delta or 0, flags)
         return None

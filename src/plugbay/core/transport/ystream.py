@@ -71,19 +71,21 @@ class Stream:
         self._draining = False  # the drain was started: never a second one
 
     # called by the session's reader thread
-    def _data(self, payload: bytes | bytearray, flags: int) -> bool:
-        """Take a DATA frame; False when it overruns the receive window (a protocol error)."""
+    def _data(self, payload: Chunk, flags: int) -> tuple[bool, bool]:
+        """Take a DATA frame: (False when it overruns the receive window (a protocol error),
+        whether the stream keeps a reference to ``payload`` (some of it is queued))."""
         with self._cond:
             self._recv_window -= len(payload)
             if self._recv_window < 0:
-                return False
+                return False, False
             chunk: Chunk = payload
             if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
                 sent = self._send_direct(chunk)
                 self._direct += sent
                 if sent:
                     chunk = memoryview(chunk)[sent:]
-            if chunk:
+            kept = bool(chunk)
+            if kept:
                 self._buf.append(chunk)
                 self._buffered += len(chunk)
             self._flags_in(flags)
@@ -94,7 +96,7 @@ class Stream:
             wake = self._drain_needed()
         if wake is not None:
             wake()
-        return True
+        return True, kept
 
     def _drain_needed(self) -> Callable[[], None] | None:
         """The bridge's drain to start (after the lock is released): once, at its first work."""
