@@ -36,6 +36,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
+from plugbay.core.broker.wire import Outbox, Reader, StreamEnd
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     BrokerClosedError,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
-_ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
 
 
 class AddressTranslator(Protocol):
@@ -93,21 +93,7 @@ class BrokerTransport(Frozen):
                   multiplex=multiplex, mux=mux)
 
 
-class Outbox(Protocol):
-    """Where this side's ConnInfo messages go for the stream to send (None ends the stream's requests)."""
-
-    def put(self, item: pb.ConnInfo | None) -> None: ...
-
-
-class Reader(Protocol):
-    """What reads the stream: a thread, or a task on the shared asyncio loop; close() joins it."""
-
-    def start(self) -> None: ...
-
-    def join(self, timeout: float | None = None) -> None: ...
-
-
-class GRPCBroker(Multiplexed):
+class GRPCBroker(StreamEnd, Multiplexed):
     """Brokers extra gRPC connections by id. Build it with plugin_broker() / host_broker()."""
 
     def __init__(self, transport: BrokerTransport, side: str,
@@ -252,113 +238,6 @@ class GRPCBroker(Multiplexed):
     def lost_reason(self) -> str | None:
         """Why the broker stream ended, or None while it is up."""
         return self._lost
-
-    # ------------------------------------------------------- stream plumbing
-    # Called by the StartStream side (plugbay.core.broker.stream): one stream at a
-    # time feeds receive() and drains the send queue it attached.
-
-    def open_stream_with(self, opener: Callable[[], None]) -> None:
-        """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True))."""
-        with self._cond:
-            self._opener = opener
-
-    def open_stream(self) -> None:
-        """Open the host's broker stream now if it opens lazily (a no-op otherwise)."""
-        self._ensure_stream()
-
-    def _ensure_stream(self) -> None:
-        with self._cond:
-            opener, self._opener = self._opener, None
-            if self._closed:
-                return
-        if opener is not None:  # until it attaches, what this side sends waits in the outbox
-            opener()
-
-    def set_call(self, call: Any) -> bool:
-        """Keep the host's StartStream call for close() to cancel; False if the broker closed already."""
-        with self._cond:
-            if self._closed:
-                return False
-            self.call = call
-            return True
-
-    def start_reader(self, reader: Reader) -> bool:
-        """Start the stream's reader unless the broker is closed (close() joins it)."""
-        with self._cond:  # close() joins _threads: never let it see an unstarted one
-            if self._closed:
-                return False
-            self._threads.append(reader)
-            reader.start()
-            return True
-
-    def attach_stream(self, send_q: Outbox) -> None:
-        with self._cond:
-            old = self._send_q
-            self._send_q = send_q
-            self._lost = None
-            for msg in self._outbox:
-                send_q.put(msg)
-            self._outbox.clear()
-        if old is not None:
-            old.put(None)
-
-    def end_stream(self, reason: str) -> None:
-        """The other side is gone (its process exited): end the stream and fail what waits on it, now.
-
-        A connection that outlives its peer (a published port) would otherwise
-        keep the stream up; a stream not opened yet is not opened any more.
-        """
-        with self._cond:
-            call, self._opener = self.call, None
-            self._lost = reason
-            self._cond.notify_all()
-        if call is not None:
-            call.cancel()
-
-    def mark_lost(self, reason: str) -> None:
-        """The stream could not be opened: what this side sends from now on fails with ``reason``."""
-        with self._cond:
-            self._lost = reason
-            self._cond.notify_all()
-
-    def detach_stream(self, send_q: Outbox, reason: str) -> None:
-        with self._cond:
-            if self._send_q is not send_q:
-                return  # a newer stream took over
-            self._send_q = None
-            self._lost = reason
-            self._cond.notify_all()
-        log.debug("broker stream ended: %s", reason)
-
-    def _send(self, msg: pb.ConnInfo) -> None:
-        with self._cond:
-            if self._closed:
-                raise BrokerClosedError("the broker is closed; no more brokered connections can be made")
-            if self._send_q is None:
-                if self._lost is not None:
-                    raise BrokerClosedError(self._lost_message())
-                self._outbox.append(msg)
-                return
-            self._send_q.put(msg)
-
-    def receive(self, msg: pb.ConnInfo) -> None:
-        if msg.HasField("knock") and msg.knock.knock and not msg.knock.ack:
-            self._on_knock(msg)
-            return
-        now = time.monotonic()
-        with self._cond:
-            if msg.HasField("knock"):
-                self._acks[msg.service_id] = msg
-            else:
-                for key, (_, at) in list(self._announced.items()):
-                    if now - at > _ANNOUNCE_TTL:
-                        del self._announced[key]
-                self._announced[msg.service_id] = (msg, now)
-            self._cond.notify_all()
-
-    def _lost_message(self) -> str:
-        return (f"the broker stream to the other side ended ({self._lost}); the plugin or host"
-                " is gone or closed its broker. Restart the plugin (new Client) to broker again")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from plugbay.core.transport.yamux import Stream
 
 _BRIDGE_JOIN = 10.0
+# Knocks for ids not served yet, and acks nobody waits for, are kept at most this many: the
+# peer sends them, and a peer is not trusted to stay within what the other side asked for.
+MAX_UNCLAIMED = 1024
 
 
 class Multiplexed:
@@ -85,14 +88,23 @@ class Multiplexed:
             return
         if not mux.serves(msg.service_id):
             with self._cond:
-                self._early_knocks.add(msg.service_id)
+                kept = len(self._early_knocks) < MAX_UNCLAIMED
+                if kept:
+                    self._early_knocks.add(msg.service_id)
+            if not kept:
+                self._send_quietly(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
+                    knock=True, ack=True, error=f"more than {MAX_UNCLAIMED} knocks wait for ids not served;"
+                                                " call accept_and_serve before the other side dials")))
             return
         self._ack(msg.service_id)
 
     def _ack(self, id: int) -> None:
         error = self._mux().accept_knock(id)
+        self._send_quietly(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
+
+    def _send_quietly(self, msg: pb.ConnInfo) -> None:
         try:
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
+            self._send(msg)
         except BrokerClosedError:
             pass
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 from plugbay.core.transport.frames import FrameReader, send_all
+from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
     _HDR,
@@ -146,10 +147,7 @@ class Session:
             self._closed.set()
             streams = list(self._streams.values())
             self._streams.clear()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown_and_join([self._sock], [])  # the raw socket, never TLS first (see there)
         self._sock.close()
         for stream in streams:
             stream._kill()

@@ -1,0 +1,158 @@
+"""The broker's end of its StartStream: what the stream side (plugbay.core.broker.stream,
+aiostream) calls to attach, feed and detach it, and how messages wait for it.
+
+A base class of GRPCBroker sharing its state (like knock.Multiplexed): one
+stream at a time feeds receive() and drains the send queue it attached; what
+is sent before a stream exists waits in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from plugbay._proto.plugin import grpc_broker_pb2 as pb
+from plugbay.core.broker.knock import MAX_UNCLAIMED
+from plugbay.errors import BrokerClosedError
+
+log = logging.getLogger("plugbay.broker")
+
+_ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
+
+
+class Outbox(Protocol):
+    """Where this side's ConnInfo messages go for the stream to send (None ends the stream's requests)."""
+
+    def put(self, item: pb.ConnInfo | None) -> None: ...
+
+
+class Reader(Protocol):
+    """What reads the stream: a thread, or a task on the shared asyncio loop; close() joins it."""
+
+    def start(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+class StreamEnd:
+    """Attaching, sending on and receiving from the broker stream (GRPCBroker's state)."""
+
+    _cond: threading.Condition
+    _closed: bool
+    _opener: Callable[[], None] | None
+    _threads: list[Reader]
+    _send_q: Outbox | None
+    _lost: str | None
+    _outbox: list[pb.ConnInfo]
+    _acks: dict[int, pb.ConnInfo]
+    _announced: dict[int, tuple[pb.ConnInfo, float]]
+    call: Any
+    _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
+
+    def open_stream_with(self, opener: Callable[[], None]) -> None:
+        """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True))."""
+        with self._cond:
+            self._opener = opener
+
+    def open_stream(self) -> None:
+        """Open the host's broker stream now if it opens lazily (a no-op otherwise)."""
+        self._ensure_stream()
+
+    def _ensure_stream(self) -> None:
+        with self._cond:
+            opener, self._opener = self._opener, None
+            if self._closed:
+                return
+        if opener is not None:  # until it attaches, what this side sends waits in the outbox
+            opener()
+
+    def set_call(self, call: Any) -> bool:
+        """Keep the host's StartStream call for close() to cancel; False if the broker closed already."""
+        with self._cond:
+            if self._closed:
+                return False
+            self.call = call
+            return True
+
+    def start_reader(self, reader: Reader) -> bool:
+        """Start the stream's reader unless the broker is closed (close() joins it)."""
+        with self._cond:  # close() joins _threads: never let it see an unstarted one
+            if self._closed:
+                return False
+            self._threads.append(reader)
+            reader.start()
+            return True
+
+    def attach_stream(self, send_q: Outbox) -> None:
+        with self._cond:
+            old = self._send_q
+            self._send_q = send_q
+            self._lost = None
+            for msg in self._outbox:
+                send_q.put(msg)
+            self._outbox.clear()
+        if old is not None:
+            old.put(None)
+
+    def end_stream(self, reason: str) -> None:
+        """The other side is gone (its process exited): end the stream and fail what waits on it, now.
+
+        A connection that outlives its peer (a published port) would otherwise
+        keep the stream up; a stream not opened yet is not opened any more.
+        """
+        with self._cond:
+            call, self._opener = self.call, None
+            self._lost = reason
+            self._cond.notify_all()
+        if call is not None:
+            call.cancel()
+
+    def mark_lost(self, reason: str) -> None:
+        """The stream could not be opened: what this side sends from now on fails with ``reason``."""
+        with self._cond:
+            self._lost = reason
+            self._cond.notify_all()
+
+    def detach_stream(self, send_q: Outbox, reason: str) -> None:
+        with self._cond:
+            if self._send_q is not send_q:
+                return  # a newer stream took over
+            self._send_q = None
+            self._lost = reason
+            self._cond.notify_all()
+        log.debug("broker stream ended: %s", reason)
+
+    def _send(self, msg: pb.ConnInfo) -> None:
+        with self._cond:
+            if self._closed:
+                raise BrokerClosedError("the broker is closed; no more brokered connections can be made")
+            if self._send_q is None:
+                if self._lost is not None:
+                    raise BrokerClosedError(self._lost_message())
+                self._outbox.append(msg)
+                return
+            self._send_q.put(msg)
+
+    def receive(self, msg: pb.ConnInfo) -> None:
+        if msg.HasField("knock") and msg.knock.knock and not msg.knock.ack:
+            self._on_knock(msg)
+            return
+        now = time.monotonic()
+        with self._cond:
+            if msg.HasField("knock"):
+                self._acks[msg.service_id] = msg
+                if len(self._acks) > MAX_UNCLAIMED:  # the oldest: no dial waits that long
+                    del self._acks[next(iter(self._acks))]
+            else:
+                for key, (_, at) in list(self._announced.items()):
+                    if now - at > _ANNOUNCE_TTL:
+                        del self._announced[key]
+                self._announced[msg.service_id] = (msg, now)
+            self._cond.notify_all()
+
+    def _lost_message(self) -> str:
+        return (f"the broker stream to the other side ended ({self._lost}); the plugin or host"
+                " is gone or closed its broker. Restart the plugin (new Client) to broker again")
