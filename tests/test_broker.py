@@ -576,3 +576,14 @@ def test_a_stub_on_a_closed_brokered_channel_is_a_typed_error_not_a_crash() -> N
     done = subprocess.run([sys.executable, "-c", _STUB_AFTER_CLOSE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"the process died with {done.returncode}: {done.stderr[-2000:]}"
     assert "typed:" in done.stdout and "closed" in done.stdout and "Client" in done.stdout, done.stdout
+
+
+def test_a_closed_broker_makes_no_private_folder_close_would_miss(pair: Pair) -> None:
+    # a dial or accept_and_serve that raced close() past its own check must not create the folder
+    # after close() removed it (it would be left behind)
+    before = set(os.listdir(tempfile.gettempdir()))
+    pair.plugin.close()
+    with pytest.raises(BrokerClosedError, match="closed"):
+        pair.plugin._private_dir_path()
+    made = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("plugbay-broker-")} - before
+    assert made == set()

@@ -284,6 +284,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
     def _private_dir_path(self) -> str:
         with self._cond:
             if self._private_dir is None:
+                # a dial or serve racing close() must not make a folder close() already missed
+                self._check_open()
                 self._private_dir = tempfile.mkdtemp(prefix="plugbay-broker-")
             return self._private_dir
 
