@@ -165,27 +165,27 @@ def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
 
 
 def test_the_shared_loop_runs_while_leased_and_its_last_release_joins_it() -> None:
-    loop = aioloop.AioLoop("plugbay-aio-test")
+    loop = aioloop.AioLoop("plugbay-io-test")
     first, second = loop.acquire(), loop.acquire()
     assert first.loop is second.loop and loop.running and loop.users == 2
 
     async def where() -> str:
         return threading.current_thread().name
 
-    assert first.run(where()).result(10) == "plugbay-aio-test"
+    assert first.run(where()).result(10) == "plugbay-io-test"
     first.release()
     first.release()  # idempotent: it does not take the other user's share
-    assert loop.running and second.run(where()).result(10) == "plugbay-aio-test"
-    thread = next(t for t in threading.enumerate() if t.name == "plugbay-aio-test")
+    assert loop.running and second.run(where()).result(10) == "plugbay-io-test"
+    thread = next(t for t in threading.enumerate() if t.name == "plugbay-io-test")
     second.release()
     assert not thread.is_alive() and not loop.running  # joined by the last release
     assert not second.call_soon(print)  # the loop is closed: nothing runs
     third = loop.acquire()  # a new user starts a new loop
     try:
-        assert third.loop is not first.loop and third.run(where()).result(10) == "plugbay-aio-test"
+        assert third.loop is not first.loop and third.run(where()).result(10) == "plugbay-io-test"
     finally:
         third.release()
-    assert "plugbay-aio-test" not in thread_names()
+    assert "plugbay-io-test" not in thread_names()
 
 
 def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(tmp_path: Path) -> None:
