@@ -97,7 +97,7 @@ class AioLoop:
             thread = self._thread
             self._loop = self._thread = None
             if thread is threading.current_thread():  # released from a callback: join_idle() joins it
-                self._stopped.append(thread)
+                self._stopped = [t for t in self._stopped if t.is_alive()] + [thread]
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
