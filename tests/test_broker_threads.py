@@ -1,7 +1,7 @@
 """The host's brokers of go-plugin (Go) plugins cost no thread per plugin: their streams run on grpc.aio on
-one shared asyncio loop ("plugbay-aio", plus grpcio's one poller thread for the process), which starts
-with the first stream and is joined when the last Client closes, and the callback server started ahead
-of time is one for the process too.
+one shared asyncio loop ("plugbay-io", which also serves every plugin's pipes, exits and TLS relays,
+plus grpcio's one poller thread for the process), which starts with the first plugin and is joined when
+the last Client closes, and the callback server started ahead of time is one for the process too.
 
 Real parts: go-plugin 1.0.1 Go plugins (tests/go/kv_plugin, tests/go/counter_plugin) as child
 processes, brokered callbacks into this host, a real SIGKILL.
@@ -81,42 +81,43 @@ class Helper:
 
 
 @contextmanager
-def kv_clients(plugin: str, n: int) -> Iterator[list[Client]]:
+def kv_clients(plugin: str, n: int, auto_mtls: bool = False) -> Iterator[list[Client]]:
     with ExitStack() as stack:
         clients = [stack.enter_context(Client(ClientConfig(
-            handshake=kv.HANDSHAKE, plugins={kv.PLUGIN_NAME: kv.KVPlugin()}, cmd=[plugin], name=f"kv{i}")))
-            for i in range(n)]
+            handshake=kv.HANDSHAKE, plugins={kv.PLUGIN_NAME: kv.KVPlugin()}, cmd=[plugin], name=f"kv{i}",
+            auto_mtls=auto_mtls))) for i in range(n)]
         yield clients
 
 
-def gained_by(plugin: str, n: int) -> list[str]:
-    """The threads the host gains with ``n`` live Go KV plugins, each dispensed and called."""
+def gained_by(plugin: str, n: int, auto_mtls: bool) -> list[str]:
+    """The threads the host gains with ``n`` live Go KV plugins, each dispensed and given one Put."""
     wait_for(no_stdio_call, "the stdio calls to end")
     before = thread_names()
-    with kv_clients(plugin, n) as clients:
+    with kv_clients(plugin, n, auto_mtls) as clients:
         for client in clients:
             store = client.dispense(kv.PLUGIN_NAME)  # a go-plugin plugin: the broker stream opens here
             assert client.broker.call is not None
             store.put(f"k-{client.name}", b"v")
-            assert store.get(f"k-{client.name}") == b"v"
+            assert client.connection_mode == ("relay-tls" if auto_mtls else "plaintext")
         wait_for(no_stdio_call, "the stdio calls to end")
         gained = thread_names()
         for name in before:
             gained.remove(name)
+    # none left after close: the last Client joined the shared loop; grpcio's poller ends with its channel
+    assert plugbay_threads() == [] and not aioloop.shared().running
+    wait_for(lambda: thread_names() == before, "the threads of before the plugins")
     return gained
 
 
-def test_live_go_plugins_brokers_share_one_loop_thread_whatever_their_number(
-        go_plugins: dict[str, str], in_tmp: Path) -> None:
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+def test_live_go_plugins_cost_the_host_two_threads_whatever_their_number(
+        go_plugins: dict[str, str], in_tmp: Path, auto_mtls: bool) -> None:
     assert plugbay_threads() == []
-    one = gained_by(go_plugins["kv_plugin"], 1)
-    ten = gained_by(go_plugins["kv_plugin"], 10)
-    # no thread per plugin: the same threads for 1 and 10 (the shared plugbay-io, plugbay-aio and
-    # grpcio's poller), where grpcio's sync stream spent three per plugin
-    assert kinds(ten) == kinds(one) == ["(_poll_wrapper)", "plugbay-aio", "plugbay-io"], (one, ten)
-    # the last Client closed joined both shared threads; grpcio's poller ends with its last channel
-    assert plugbay_threads() == [] and not aioloop.shared().running
-    wait_for(lambda: not any(n.endswith(POLLER) for n in thread_names()), "grpcio's poller to end")
+    one = gained_by(go_plugins["kv_plugin"], 1, auto_mtls)
+    ten = gained_by(go_plugins["kv_plugin"], 10, auto_mtls)
+    # pipes, exits, TLS relays and broker streams all on the one shared loop thread, plus grpc.aio's
+    # poller: two threads for one plugin and the same two for ten (grpcio's sync stream spent three each)
+    assert kinds(one) == kinds(ten) == ["(_poll_wrapper)", "plugbay-io"], (one, ten)
 
 
 def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
@@ -136,11 +137,11 @@ def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
             found = kinds(thread_names())
             return all(found.count(kind) == 1 for kind in found)
 
-        # the stream (plugbay-aio, grpcio's poller) and the spare callback server started ahead of
+        # the stream (plugbay-io, grpcio's poller) and the spare callback server started ahead of
         # time (its builder, its grpcio thread and worker) are one for the process, not one per plugin
         wait_for(one_of_each, "one thread of each kind for the three plugins")
         names = thread_names()
-        assert "plugbay-aio" in names and "plugbay-broker-recv" not in names
+        assert "plugbay-io" in names and "plugbay-broker-recv" not in names
         assert not [n for n in names if n.endswith(SYNC_STREAM_THREAD)], names
 
         victim = clients[1]
@@ -155,36 +156,36 @@ def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
         for i in (0, 2):
             stubs[i].put(f"n{i}", 3, helper)
             assert stubs[i].get(f"n{i}") == 2005
-        assert thread_names().count("plugbay-aio") == 1
+        assert thread_names().count("plugbay-io") == 1
         victim.kill()
-        assert aioloop.shared().users == 2  # the killed Client's stream gave the loop back
+        assert aioloop.shared().users == 3  # 2 streams + the I/O loop: the killed Client's stream gave it back
         stubs[0].put("n0", 1, helper)
         assert stubs[0].get("n0") == 3006
     assert plugbay_threads() == [] and not aioloop.shared().running
 
 
 def test_the_shared_loop_runs_while_leased_and_its_last_release_joins_it() -> None:
-    loop = aioloop.AioLoop("plugbay-aio-test")
+    loop = aioloop.AioLoop("plugbay-io-test")
     first, second = loop.acquire(), loop.acquire()
     assert first.loop is second.loop and loop.running and loop.users == 2
 
     async def where() -> str:
         return threading.current_thread().name
 
-    assert first.run(where()).result(10) == "plugbay-aio-test"
+    assert first.run(where()).result(10) == "plugbay-io-test"
     first.release()
     first.release()  # idempotent: it does not take the other user's share
-    assert loop.running and second.run(where()).result(10) == "plugbay-aio-test"
-    thread = next(t for t in threading.enumerate() if t.name == "plugbay-aio-test")
+    assert loop.running and second.run(where()).result(10) == "plugbay-io-test"
+    thread = next(t for t in threading.enumerate() if t.name == "plugbay-io-test")
     second.release()
     assert not thread.is_alive() and not loop.running  # joined by the last release
     assert not second.call_soon(print)  # the loop is closed: nothing runs
     third = loop.acquire()  # a new user starts a new loop
     try:
-        assert third.loop is not first.loop and third.run(where()).result(10) == "plugbay-aio-test"
+        assert third.loop is not first.loop and third.run(where()).result(10) == "plugbay-io-test"
     finally:
         third.release()
-    assert "plugbay-aio-test" not in thread_names()
+    assert "plugbay-io-test" not in thread_names()
 
 
 def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
-"""One asyncio event-loop thread for the whole host process, for long-lived gRPC streams on grpc.aio.
+"""One asyncio event-loop thread for the whole host process: broker streams on grpc.aio and all plugin I/O.
 
 grpcio's sync API spends two threads on every open bidirectional call (the
 channel's spin thread and the request-iterator consumer) and the reader a
 third; a host with many live plugins paid that for each one's broker stream.
 On grpc.aio the same streams cost no thread of their own: they all run on
-this loop ("plugbay-aio"), and grpcio adds one poller thread of its own for
-the process while any grpc.aio channel exists.
+this loop ("plugbay-io"), and grpcio adds one poller thread of its own for
+the process while any grpc.aio channel exists. The shared I/O loop
+(plugbay.core.transport.ioloop: pipes, exits, TLS relays) is a user of the
+same thread, so a host has one plugbay thread whatever it runs.
 
 Users hold a :class:`Lease`: the first :meth:`AioLoop.acquire` starts the
 thread, and the :meth:`Lease.release` of the last user stops the loop and
@@ -20,6 +22,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -31,9 +34,10 @@ _T = TypeVar("_T")
 class Lease:
     """One user's hold on the shared loop; run work there, release() once when done."""
 
-    def __init__(self, owner: AioLoop, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, owner: AioLoop, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
         self._owner = owner
         self.loop = loop
+        self.thread = thread  # the loop's thread (callbacks run there)
         self._released = False
         self._lock = threading.Lock()
 
@@ -61,12 +65,13 @@ class Lease:
 class AioLoop:
     """The shared loop. Use :func:`shared`; a private instance is for tests of the loop itself."""
 
-    def __init__(self, name: str = "plugbay-aio") -> None:
+    def __init__(self, name: str = "plugbay-io") -> None:
         self.name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._users = 0
+        self._stopped: list[threading.Thread] = []  # stopped by a release on their own thread: not joined yet
 
     def acquire(self) -> Lease:
         """A lease on the running loop, starting its thread if this is the first user."""
@@ -78,8 +83,9 @@ class AioLoop:
                 thread.start()
                 started.wait()  # the loop runs before anyone schedules on it
                 self._loop, self._thread = loop, thread
+            assert self._thread is not None
             self._users += 1
-            return Lease(self, self._loop)
+            return Lease(self, self._loop, self._thread)
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -90,11 +96,36 @@ class AioLoop:
                 return
             thread = self._thread
             self._loop = self._thread = None
+            if thread is threading.current_thread():  # released from a callback: join_idle() joins it
+                self._stopped = [t for t in self._stopped if t.is_alive()] + [thread]
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
             if thread.is_alive():  # pragma: no cover - a user left blocking work on the loop
                 _log.warning("the shared asyncio loop thread did not end within %.0fs", _JOIN_TIMEOUT)
+
+    def join_idle(self, timeout: float = _JOIN_TIMEOUT) -> bool:
+        """Join the loop threads stopped by a release made on the loop itself; True if none is left running.
+
+        A no-op on such a thread itself (it ends once its callback returns).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            stopped = list(self._stopped)
+        for thread in stopped:
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            if not thread.is_alive():
+                with self._lock:
+                    if thread in self._stopped:
+                        self._stopped.remove(thread)
+        with self._lock:
+            return not any(t.is_alive() for t in self._stopped)
+
+    def on_loop(self) -> bool:
+        """True on the running loop's thread (inside a callback or a coroutine of it)."""
+        return self._thread is threading.current_thread()
 
     @property
     def running(self) -> bool:

@@ -1,11 +1,13 @@
-"""One selector thread for the whole host process: every plugin's pipes and exit, without a thread each.
+"""Every plugin's pipes, exits and TLS relays on the host's one loop thread, without a thread each.
 
 A host with many live plugins used to spend a thread per pipe and one per exit
-watcher on each. The shared loop ("plugbay-io") waits on all of their file
-descriptors at once (epoll through :mod:`selectors`) and runs a callback on
-the loop thread when one is readable. It starts on the first registration and
-stops, joined, when the last one is removed, so a host with no plugin left has
-no plugbay thread.
+watcher on each. The shared loop waits on all of their file descriptors at
+once and runs a callback on the loop thread when one is readable. It runs on
+the process's one asyncio loop (plugbay.core.transport.aioloop, thread
+"plugbay-io", which the host's grpc.aio broker streams share): the first
+registration takes a lease on it and the last one gone gives it back, so a
+host with no plugin left has no plugbay thread (:meth:`IOLoop.join_idle`
+joins it).
 
 Callbacks run on the loop thread, one at a time: they must not block (read
 what is there, hand it on). One that raises is logged and its registration is
@@ -13,20 +15,23 @@ dropped; the loop goes on serving the others.
 
 For sockets driven both ways (the OpenSSL relay), a registration may also
 watch write readiness and change what it watches (:meth:`Registration.want`,
-on the loop thread, no wake-up needed), and :meth:`IOLoop.call_later` /
+on the loop thread, applied at once), and :meth:`IOLoop.call_later` /
 :meth:`IOLoop.call_soon` run a function on the loop thread (timeouts, a
-close() asked from another thread).
+close() asked from another thread). A socket both readable and writable gets
+one callback per event (``fired`` says which).
 """
 
 from __future__ import annotations
 
 import logging
-import heapq
 import os
 import selectors
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+from plugbay.core.transport import aioloop
 
 _log = logging.getLogger("plugbay.io")
 _JOIN_TIMEOUT = 5.0
@@ -48,9 +53,9 @@ class Registration:
         self.on_cancel = on_cancel
         self.cancelled = False
         self.events = events  # READ | WRITE, or 0: registered, watching nothing for now
-        self.fired = 0  # during on_ready(): the events that fired
+        self.fired = 0  # during on_ready(): the event that fired
         self.added = False  # the loop took the add (loop thread only)
-        self.watched = False  # in the selector (with events != 0); loop thread only
+        self.watched = 0  # the events the asyncio loop watches for it (loop thread only)
 
     def cancel(self) -> None:
         """Stop watching; ``on_cancel`` runs on the loop thread. Never blocks on the loop."""
@@ -59,8 +64,8 @@ class Registration:
     def want(self, events: int) -> None:
         """Watch for ``events`` (READ | WRITE; 0: nothing until the next want) from now on.
 
-        Cheap on the loop thread (where callbacks run): the selector is changed
-        in place; from another thread it is queued like add().
+        Cheap on the loop thread (where callbacks run): applied in place; from
+        another thread it is queued like add().
         """
         if events != self.events:
             self.events = events
@@ -70,32 +75,38 @@ class Registration:
 class Timer:
     """A call_later() entry; cancel() before it is due and it does not run (loop thread only)."""
 
-    __slots__ = ("when", "func", "cancelled")
+    __slots__ = ("cancelled", "func", "handle", "when")
 
     def __init__(self, when: float, func: Callback) -> None:
         self.when = when
         self.func = func
         self.cancelled = False
+        self.handle: Any = None  # the asyncio TimerHandle
 
     def cancel(self) -> None:
         self.cancelled = True
-
-    def __lt__(self, other: Timer) -> bool:
-        return self.when < other.when
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 class IOLoop:
-    """The shared loop. Use :func:`shared`; a private instance is for tests of the loop itself."""
+    """The shared loop. Use :func:`shared`; a private instance (its own thread) is for tests of the loop itself."""
 
-    def __init__(self, name: str = "plugbay-io") -> None:
+    def __init__(self, name: str = "plugbay-io", aio: Callable[[], aioloop.AioLoop] | None = None) -> None:
         self.name = name
+        if aio is None:
+            private = aioloop.AioLoop(name)
+
+            def aio() -> aioloop.AioLoop:
+                return private
+        self._aio = aio  # looked up at each start: a forked child's shared loop is a new one
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pending: list[tuple[str, Registration | Callback]] = []
+        self._lease: aioloop.Lease | None = None  # held while anything is registered or queued
         self._live: set[Registration] = set()  # added and not cancelled, as callers see it
-        self._wake_w: int | None = None
-        self._selector: selectors.BaseSelector | None = None  # the running loop's (loop thread only)
-        self._timers: list[Timer] = []  # a heap (loop thread only)
+        self._queued = 0  # operations handed to the loop thread and not run yet
+        self._active: set[Registration] = set()  # loop thread only: the adds it took
+        self._fds: dict[int, Registration] = {}  # loop thread only
+        self._timers: set[Timer] = set()  # loop thread only
 
     # ------------------------------------------------------------- callers
 
@@ -111,11 +122,7 @@ class IOLoop:
         reg = Registration(self, fd, on_ready, on_cancel, events)
         with self._lock:
             self._live.add(reg)
-            self._pending.append(("add", reg))
-            if self._thread is None:
-                self._start()
-            else:
-                self._wake()
+            self._post(self._add, reg)
         return reg
 
     def remove(self, reg: Registration) -> None:
@@ -124,28 +131,21 @@ class IOLoop:
             if reg not in self._live:
                 return
             self._live.discard(reg)
-            self._pending.append(("remove", reg))
-            if not self.on_loop():
-                self._wake()  # the loop thread applies it before it selects again
+            self._post(self._remove, reg)
 
     def modify(self, reg: Registration) -> None:
-        """Apply ``reg.events`` to the selector (see Registration.want)."""
+        """Apply ``reg.events`` (see Registration.want)."""
         if self.on_loop():
             self._watch(reg)
             return
         with self._lock:
             if reg in self._live:
-                self._pending.append(("modify", reg))
-                self._wake()
+                self._post(self._watch, reg)
 
     def call_soon(self, func: Callback) -> None:
         """Run ``func()`` on the loop thread (starting the loop if none runs; it ends again when idle)."""
         with self._lock:
-            self._pending.append(("call", func))
-            if self._thread is None:
-                self._start()
-            elif not self.on_loop():
-                self._wake()
+            self._post(self._call, func)
 
     def call_later(self, delay: float, func: Callback) -> Timer:
         """Run ``func()`` on the loop thread in ``delay`` seconds. Loop thread only (from a callback).
@@ -153,181 +153,176 @@ class IOLoop:
         Timers do not keep the loop alive: pending ones are dropped when the
         last registration goes (their owners cancel them on close anyway).
         """
-        assert self.on_loop(), "call_later() is for the loop thread; use call_soon() from others"
+        lease = self._lease
+        assert lease is not None and self.on_loop(), "call_later() is for the loop thread; use call_soon()"
         timer = Timer(time.monotonic() + delay, func)
-        heapq.heappush(self._timers, timer)
+        timer.handle = lease.loop.call_later(delay, self._fire, timer)
+        self._timers.add(timer)
         return timer
 
     def on_loop(self) -> bool:
         """True on the loop thread (inside a callback)."""
-        return self._thread is threading.current_thread()
+        return self._aio().on_loop()
 
     def join_idle(self, timeout: float = _JOIN_TIMEOUT) -> bool:
         """Wait for the loop thread to end if nothing is registered any more; True if no thread is left.
 
         Called by whoever removed the last registration, so a closed host keeps
-        no plugbay thread. A no-op on the loop thread itself.
+        no plugbay thread. The thread stays while another user of the asyncio
+        loop (a broker stream) holds it: that is not this loop's (True then).
+        A no-op on the loop thread itself.
         """
-        with self._lock:
-            thread = self._thread if not self._live else None
-        if thread is None or thread is threading.current_thread():
-            return thread is None or not self._live
         deadline = time.monotonic() + timeout
-        while thread.is_alive():  # in slices: a plugin registered meanwhile keeps it running
+        if self.on_loop():
+            return not self.registrations
+        while True:  # in slices: a plugin registered meanwhile keeps it running
             with self._lock:
-                if self._live or self._thread not in (thread, None):
+                if self._live:
                     return False
+                if self._lease is None:
+                    break
             if time.monotonic() >= deadline:
                 return False
-            thread.join(0.05)
-        return True
+            time.sleep(0.005)
+        return self._aio().join_idle(max(deadline - time.monotonic(), 0.0))
 
     @property
     def running(self) -> bool:
+        """True while this loop holds the thread (something registered, or a call queued)."""
         with self._lock:
-            return self._thread is not None
+            return self._lease is not None
 
     @property
     def registrations(self) -> int:
         with self._lock:
             return len(self._live)
 
-    # ------------------------------------------------------------- the loop
+    # ------------------------------------------------------------- any thread, under the lock
 
-    def _start(self) -> None:
-        """Under the lock: a new selector, wake pipe and thread."""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        self._wake_w = wake_w
-        thread = threading.Thread(target=self._run, args=(wake_r, wake_w), name=self.name, daemon=True)
-        self._thread = thread
-        thread.start()
+    def _post(self, func: Callable[[Any], None], arg: Any) -> None:
+        """Run ``func(arg)`` on the loop thread, after what was posted before (taking the loop if idle)."""
+        lease = self._lease
+        if lease is None:
+            lease = self._lease = self._aio().acquire()
+        self._queued += 1
+        if lease.thread is threading.current_thread():
+            lease.loop.call_soon(self._run_posted, func, arg)
+        else:
+            lease.loop.call_soon_threadsafe(self._run_posted, func, arg)
 
-    def _wake(self) -> None:
-        if self._wake_w is not None:
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # already full of wake-ups: the loop will look
+    # ------------------------------------------------------------- the loop thread
 
-    def _run(self, wake_r: int, wake_w: int) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r, selectors.EVENT_READ, None)
-        self._selector = selector
-        self._timers = []
-        active: set[Registration] = set()
+    def _run_posted(self, func: Callable[[Any], None], arg: Any) -> None:
         try:
-            while True:
-                if not self._apply(selector, active):
-                    return
-                for key, fired in selector.select(self._run_timers()):
-                    reg = key.data
-                    if reg is None:
-                        _drain(wake_r)
-                    elif reg in active:
-                        reg.fired = fired
-                        self._ready(selector, active, reg)
-        except Exception:  # pragma: no cover - a bug in the loop itself; never leave a silent dead loop
-            _log.exception("the shared I/O loop failed; plugins' output and exits are no longer watched")
-            for reg in list(active):
-                self._drop(selector, active, reg)
+            func(arg)
         finally:
             with self._lock:
-                if self._thread is threading.current_thread():
-                    self._thread = None
-                    self._wake_w = None
-            if self._selector is selector:  # a new loop may have started meanwhile: its state stays
-                self._selector = None
-                self._timers = []
-            selector.close()
-            os.close(wake_r)
-            os.close(wake_w)
+                self._queued -= 1
+            self._settle()
 
-    def _apply(self, selector: selectors.BaseSelector, active: set[Registration]) -> bool:
-        """Take the pending adds and removes; False when the loop should end (nothing left)."""
-        while True:
-            with self._lock:
-                pending, self._pending = self._pending, []
-                if not pending:
-                    if active or self._live:
-                        return True
-                    self._thread = None  # the next add() starts a fresh loop
-                    self._wake_w = None
-                    return False
-            for op, item in pending:
-                if not isinstance(item, Registration):  # "call"
-                    self._call(item)
-                    continue
-                reg = item
-                if op == "add":
-                    try:
-                        if reg.events:
-                            selector.register(reg.fd, reg.events, reg)
-                            reg.watched = True
-                        active.add(reg)
-                        reg.added = True
-                    except (OSError, ValueError, KeyError) as exc:  # KeyError: an fd already watched
-                        _log.debug("cannot watch fd %s: %s", reg.fd, exc)
-                        self._finish(reg)
-                elif reg not in active:
-                    continue
-                elif op == "modify":
-                    self._watch(reg)
-                else:  # "remove"
-                    self._drop(selector, active, reg)
+    def _settle(self) -> None:
+        """Give the loop back once nothing is registered or queued (its timers are dropped)."""
+        with self._lock:
+            if self._queued or self._live or self._active or self._lease is None:
+                return
+            lease, self._lease = self._lease, None
+        timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
+        lease.release()  # the last user: the thread stops once this callback returns
+
+    def _add(self, reg: Registration) -> None:
+        if reg.fd in self._fds:
+            _log.debug("cannot watch fd %s: it is watched already", reg.fd)
+            self._finish(reg)
+            return
+        try:
+            self._apply(reg)
+        except (OSError, ValueError) as exc:
+            _log.debug("cannot watch fd %s: %s", reg.fd, exc)
+            self._unwatch(reg)
+            self._finish(reg)
+            return
+        self._active.add(reg)
+        self._fds[reg.fd] = reg
+        reg.added = True
+
+    def _remove(self, reg: Registration) -> None:
+        if reg in self._active:
+            self._drop(reg)
 
     def _watch(self, reg: Registration) -> None:
-        """On the loop thread: make the selector watch ``reg.events`` for ``reg``."""
-        selector = self._selector
-        if selector is None or reg.cancelled or not reg.added:
+        """On the loop thread: watch ``reg.events`` for ``reg``."""
+        if reg.cancelled or not reg.added:
             return  # not added yet: the add watches reg.events as they are then
         try:
-            if reg.events and reg.watched:
-                selector.modify(reg.fd, reg.events, reg)
-            elif reg.events:
-                selector.register(reg.fd, reg.events, reg)
-                reg.watched = True
-            elif reg.watched:
-                reg.watched = False
-                selector.unregister(reg.fd)
-        except (OSError, ValueError, KeyError) as exc:  # a closed fd: its owner is closing it
+            self._apply(reg)
+        except (OSError, ValueError) as exc:  # a closed fd: its owner is closing it
             _log.debug("cannot change what fd %s is watched for: %s", reg.fd, exc)
 
-    def _run_timers(self) -> float | None:
-        """Run the timers that are due; the seconds until the next one (None: no timer)."""
-        timers = self._timers
-        while timers:
-            first = timers[0]
-            if first.cancelled:
-                heapq.heappop(timers)
-                continue
-            wait = first.when - time.monotonic()
-            if wait > 0:
-                return wait
-            heapq.heappop(timers)
-            self._call(first.func)
-        return None
+    def _apply(self, reg: Registration) -> None:
+        loop = self._loop()
+        change = reg.events ^ reg.watched
+        if change & READ:
+            if reg.events & READ:
+                loop.add_reader(reg.fd, self._on_read, reg)
+            else:
+                loop.remove_reader(reg.fd)
+            reg.watched ^= READ
+        if change & WRITE:
+            if reg.events & WRITE:
+                loop.add_writer(reg.fd, self._on_write, reg)
+            else:
+                loop.remove_writer(reg.fd)
+            reg.watched ^= WRITE
 
-    def _ready(self, selector: selectors.BaseSelector, active: set[Registration], reg: Registration) -> None:
+    def _unwatch(self, reg: Registration) -> None:
+        loop = self._loop()
+        for bit, remove in ((READ, loop.remove_reader), (WRITE, loop.remove_writer)):
+            if reg.watched & bit:
+                try:
+                    remove(reg.fd)
+                except (OSError, ValueError):
+                    pass
+        reg.watched = 0
+
+    def _loop(self) -> Any:
+        lease = self._lease
+        assert lease is not None
+        return lease.loop
+
+    def _on_read(self, reg: Registration) -> None:
+        if reg in self._active:
+            reg.fired = READ
+            self._ready(reg)
+
+    def _on_write(self, reg: Registration) -> None:
+        if reg in self._active:
+            reg.fired = WRITE
+            self._ready(reg)
+
+    def _fire(self, timer: Timer) -> None:
+        self._timers.discard(timer)
+        if not timer.cancelled:
+            self._call(timer.func)
+
+    def _ready(self, reg: Registration) -> None:
         try:
             keep = reg.on_ready()
         except Exception:
             _log.exception("a callback of the shared I/O loop failed; fd %s is no longer watched", reg.fd)
             keep = False
-        if keep is False:
+        if keep is False and reg in self._active:
             with self._lock:
                 self._live.discard(reg)
-            self._drop(selector, active, reg)
+            self._drop(reg)
+            self._settle()
 
-    def _drop(self, selector: selectors.BaseSelector, active: set[Registration], reg: Registration) -> None:
-        active.discard(reg)
-        if reg.watched:
-            reg.watched = False
-            try:
-                selector.unregister(reg.fd)
-            except (KeyError, ValueError, OSError):
-                pass
+    def _drop(self, reg: Registration) -> None:
+        self._active.discard(reg)
+        if self._fds.get(reg.fd) is reg:
+            del self._fds[reg.fd]
+        self._unwatch(reg)
         self._finish(reg)
 
     def _finish(self, reg: Registration) -> None:
@@ -346,21 +341,13 @@ class IOLoop:
             _log.exception("a callback of the shared I/O loop failed")
 
 
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
-
-
-_SHARED = IOLoop()
+_SHARED = IOLoop(aio=aioloop.shared)
 
 
 def _forget_in_child() -> None:
     """A forked child has no loop thread (nor its parent's plugins): start afresh there."""
     global _SHARED
-    _SHARED = IOLoop()
+    _SHARED = IOLoop(aio=aioloop.shared)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
