@@ -14,8 +14,7 @@ import re
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from plugbay import BrokerClosedError, Client, ClientConfig
 from plugbay.core.transport import aioloop
 from tests.gobuild import build_go, go_missing_reason
+from tests.thread_util import plugbay_threads, thread_names, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "kv"))
@@ -44,25 +44,9 @@ def go_plugins() -> dict[str, str]:
     return {name: str(build_go(name)) for name in ("kv_plugin", "counter_plugin")}
 
 
-def thread_names() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread())
-
-
 def kinds(names: list[str]) -> list[str]:
     """Names without grpcio's running thread number ("Thread-7 (_run)" -> "(_run)")."""
     return sorted(re.sub(r"^Thread-\d+ ", "", n) for n in names)
-
-
-def plugbay_threads() -> list[str]:
-    return [n for n in thread_names() if n.startswith("plugbay-")]
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: threads {thread_names()}")
-        time.sleep(0.05)
 
 
 def no_stdio_call() -> bool:  # each Client's short GRPCStdio call ends by itself (no sink)

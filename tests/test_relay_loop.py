@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,18 +31,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig, PluginDiedError  # noqa: E402
-
-
-def plugbay_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("plugbay-") and t.is_alive())
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
 
 
 # ---------------------------------------------------------------- the loop's additions the relay uses

@@ -12,8 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -27,6 +25,7 @@ from plugbay import Client, ClientConfig, PluginDiedError, ProcessRunner, Reatta
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from plugbay.core.transport import ioloop  # noqa: E402
 from plugbay.core.transport.lines import MAX_LINE  # noqa: E402
+from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
 
 PY = sys.executable
 PROBE = [PY, str(REPO / "tests" / "plugins" / "probe.py")]
@@ -40,18 +39,6 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def config(cmd: list[str], **kw: object) -> ClientConfig:
     return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)  # type: ignore[arg-type]
-
-
-def plugbay_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("plugbay-") and t.is_alive())
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_live_plugins_share_one_io_thread_that_ends_with_the_last() -> None:

@@ -1,0 +1,23 @@
+"""Which threads a test's host holds, and waiting for that to change (the thread-count tests share these)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread())
+
+
+def plugbay_threads() -> list[str]:
+    return [name for name in thread_names() if name.startswith("plugbay-")]
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: threads {thread_names()}")
+        time.sleep(step)
