@@ -13,6 +13,7 @@ import base64
 import hashlib
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -111,6 +112,13 @@ class ForwardSession:
         """Fault injection: cut the stream as an API server restart or network blip would."""
         self.dropped.set()
 
+    def _recv(self) -> bytes:
+        """What the socket has; in TLS mode also what OpenSSL already decrypted (select cannot see it)."""
+        data = self.sock.recv(65536)
+        while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            data += self.sock.recv(self.sock.pending())
+        return data
+
     def _send(self, opcode: int, payload: bytes) -> None:
         self.sock.sendall(frame(opcode, payload))
 
@@ -166,7 +174,7 @@ class ForwardSession:
             readable, _, _ = select.select([self.sock], [], [], left)
             if not readable:
                 return
-            data = self.sock.recv(65536)
+            data = self._recv()
             if not data or any(op == OP_CLOSE for op, _ in self._reader.feed(data)):
                 return
 
@@ -177,7 +185,7 @@ class ForwardSession:
             readable, _, _ = select.select([self.sock, *by_sock], [], [], 0.2)
             for s in readable:
                 if s is self.sock:
-                    data = self.sock.recv(65536)
+                    data = self._recv()
                     if not data:
                         return
                     out: dict[int, list[bytes]] = {}  # per port, this read's bytes: one sendall each

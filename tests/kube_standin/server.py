@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,7 @@ from .runtime import DockerBackend, ProcessBackend, docker_available
 from .services import ServiceStore
 from .services_api import ROUTES as SERVICE_ROUTES
 from .services_api import ServiceRoutes
+from .tlscerts import ClusterCerts, make_cluster_certs
 
 TOKEN = "standin-token"
 USER = "system:serviceaccount:default:plugbay-host"
@@ -69,6 +71,17 @@ class _Server(ThreadingHTTPServer):
             self.standin.threads = [x for x in self.standin.threads if x.is_alive()]
             self.standin.threads.append(t)
         t.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):  # TLS mode: the handshake here, not in the accept loop
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except OSError:
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self.standin.lock:
@@ -208,6 +221,12 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         if not self._allowed("delete", "pods", ns, name):
             return
         grace = float(q.get("gracePeriodSeconds", body.get("gracePeriodSeconds", 30)))
+        uid = (body.get("preconditions") or {}).get("uid")
+        found = self.server.standin.store.get(ns, name)
+        if uid and found is not None and found["metadata"]["uid"] != uid:  # the API server's check
+            self._status(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, UID in object"
+                         f" meta: {found['metadata']['uid']}", kind="pods", name=name)
+            return
         pod = self.server.standin.store.delete(ns, name, grace)
         if pod is None:
             self._status(404, "NotFound", f'pods "{name}" not found', kind="pods", name=name)
@@ -342,7 +361,8 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
 class StandIn:
     """Start with ``StandIn().start()``; write a kubeconfig with :meth:`write_kubeconfig`."""
 
-    def __init__(self, runtime: str = "auto") -> None:
+    def __init__(self, runtime: str = "auto", tls: bool = False, client_certs: bool = False) -> None:
+        """``tls``: serve HTTPS with a throwaway CA; ``client_certs``: also require a client certificate."""
         if runtime == "auto":
             runtime = "docker" if docker_available() else "process"
         self.runtime = runtime
@@ -362,11 +382,18 @@ class StandIn:
         self._server = _Server(self)
         self._thread: threading.Thread | None = None
         self.kubeconfig_path: str | None = None
+        self._written: list[str] = []  # the kubeconfig and its certificate files
+        self.certs: ClusterCerts | None = None
+        self.client_certs = client_certs
+        if tls or client_certs:
+            self.certs = make_cluster_certs()
+            self._server.socket = _server_context(self.certs, client_certs).wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.certs else 'http'}://{host}:{port}"
 
     def start(self) -> StandIn:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -378,14 +405,28 @@ class StandIn:
         if path is None:
             fd, path = tempfile.mkstemp(prefix="plugbay-standin-kubeconfig-", suffix=".yaml")
             os.close(fd)
+        cluster: dict[str, Any] = {"server": self.url}
+        user: dict[str, Any] = {"token": TOKEN}
+        if self.certs is not None:  # files, not *-data: the kubeconfig loader would copy data to temp files
+            cluster["certificate-authority"] = self._write(path + ".ca.pem", self.certs.ca.cert)
+            if self.client_certs:
+                user["client-certificate"] = self._write(path + ".client.pem", self.certs.client.cert)
+                user["client-key"] = self._write(path + ".client-key.pem", self.certs.client.key)
         cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "standin",
-               "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-               "users": [{"name": "standin", "user": {"token": TOKEN}}],
+               "clusters": [{"name": "standin", "cluster": cluster}],
+               "users": [{"name": "standin", "user": user}],
                "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin",
                                                            "namespace": namespace}}]}
         with open(path, "w") as f:
             json.dump(cfg, f)  # JSON is YAML: kubeconfig loaders read it as is
         self.kubeconfig_path = path
+        self._written.append(path)
+        return path
+
+    def _write(self, path: str, data: bytes) -> str:
+        with open(path, "wb") as f:
+            f.write(data)
+        self._written.append(path)
         return path
 
     # --- fault knobs ---------------------------------------------------------
@@ -441,11 +482,26 @@ class StandIn:
             self._thread.join(timeout=10)
         self._server.server_close()
         self.store.backend.close()
-        if self.kubeconfig_path and os.path.exists(self.kubeconfig_path):
-            os.unlink(self.kubeconfig_path)
+        for path in self._written:
+            if os.path.exists(path):
+                os.unlink(path)
 
     def __enter__(self) -> StandIn:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _server_context(certs: ClusterCerts, client_certs: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="plugbay-standin-tls-") as folder:  # load_cert_chain reads files
+        cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        for path, data in ((cert, certs.server.cert), (key, certs.server.key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        ctx.load_cert_chain(cert, key)
+    if client_certs:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=certs.ca.cert.decode())
+    return ctx

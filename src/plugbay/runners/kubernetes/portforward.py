@@ -5,10 +5,10 @@ v4.channel.k8s.io protocol: a data and an error channel per port, each opened
 by a frame carrying the port number) and one thread relays bytes both ways
 between the connection and the WebSocket's socket, framing them itself
 (wsframes.py). A dropped stream breaks only the connection on it, and gRPC's
-next connection gets a fresh one. The WebSocket is opened with the kubernetes
-client's ``stream`` (its auth, TLS and proxy settings); ``stream`` swaps
-``api_client.call_api`` while it runs, so the forwarder owns a private
-ApiClient and opens streams one at a time.
+next connection gets a fresh one. The WebSocket's handshake is plugbay's own
+(wsupgrade.py: the kubernetes client Configuration's auth, TLS and proxy
+settings under one deadline), since the kubernetes client's ``stream`` gives
+the upgrade no timeout and an API server that never answers would hang start.
 """
 
 from __future__ import annotations
@@ -21,27 +21,31 @@ import struct
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
-from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.errors import PermissionDeniedError, PlugbayError, RunnerError
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.runners.kubernetes.wsframes import (
     OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, client_frame,
 )
+from plugbay.runners.kubernetes.wsupgrade import open_websocket
+
+V4_PROTOCOL = "v4.channel.k8s.io"
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
 
 class PortForwarder:
-    def __init__(self, configuration: Any, namespace: str, pod: str, port: int,
-                 denied_message: str) -> None:
-        from kubernetes import client as client_mod
+    """``timeout``: seconds each stream's connect, TLS and WebSocket upgrade may take together."""
 
-        client: Any = client_mod
-        self._api_client: Any = client.ApiClient(configuration=configuration)
-        self._api = client.CoreV1Api(self._api_client)
+    def __init__(self, configuration: Any, namespace: str, pod: str, port: int,
+                 denied_message: str, timeout: float = 30.0) -> None:
+        self._configuration = configuration
         self.namespace, self.pod, self.port = namespace, pod, port
+        self.timeout = timeout
         self._denied_message = denied_message
-        self._open_lock = threading.Lock()
+        self._path = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}"
+                      f"/portforward?ports={port}")
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._socks: set[Any] = set()
@@ -56,42 +60,34 @@ class PortForwarder:
             _close_stream(self._open(), FrameReader())  # fail now (403, pod gone) rather than on the first call
         except BaseException:
             self._listener.close()
-            self._api_client.close()
             raise
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"plugbay-kpf-{pod}-{port}")
         self._acceptor.start()
 
     def _open(self) -> Any:
         """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import stream
-
-        with self._open_lock:
-            try:
-                client = stream(self._api.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
-                                ports=str(self.port), _preload_content=False, binary=True)
-            except ApiException as exc:
-                # The WebSocket handshake's HTTP status only survives in the reason text.
-                text = f"{exc.status} {exc.reason}"
-                if exc.status == 403 or "403" in text:
-                    raise PermissionDeniedError(self._denied_message + f" (server said: {exc.reason})") from exc
-                if "Connection refused" in text or "timed out" in text:
-                    raise EngineUnavailableError(
-                        f"cannot reach the Kubernetes API to port-forward to pod {self.namespace}/{self.pod}:"
-                        f" {exc.reason}. Check that the API server in the kubeconfig is up.") from exc
-                raise RunnerError(
-                    f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: {exc.reason}."
-                    " Check that the pod is Running (kubectl get pod) and listens on that port.") from exc
-        chosen = getattr(client, "subprotocol", None)
-        if chosen != "v4.channel.k8s.io":  # our framing: v4's port prefix on each channel's first frame
-            client.close()
+        what = f"port-forward to pod {self.namespace}/{self.pod} port {self.port}"
+        sock, chosen = open_websocket(self._configuration, self._path, (V4_PROTOCOL,), self.timeout,
+                                      what, self._refused)
+        if chosen != V4_PROTOCOL:  # our framing: v4's port prefix on each channel's first frame
+            sock.close()
             raise RunnerError(
                 f"port-forward to pod {self.namespace}/{self.pod}: the API server chose WebSocket"
-                f" subprotocol {chosen!r}; plugbay speaks v4.channel.k8s.io. Use a kube-apiserver that"
+                f" subprotocol {chosen!r}; plugbay speaks {V4_PROTOCOL}. Use a kube-apiserver that"
                 " offers it (every release since 1.4 does for port-forward) or the pod-IP transport.")
-        sock = client.sock.sock  # the websocket-client WebSocket's socket: from here on the frames are ours
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+    def _refused(self, status: int, reason: str, message: str) -> PlugbayError:
+        if status == 403:
+            return PermissionDeniedError(self._denied_message + f" (server said: {message})")
+        if status == 401:
+            return PermissionDeniedError(
+                "the Kubernetes API rejected the host's credentials (401) on create pods/portforward;"
+                " refresh the kubeconfig's token or certificate")
+        return RunnerError(
+            f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: {status} {reason}:"
+            f" {message}. Check that the pod is Running (kubectl get pod) and listens on that port.")
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
@@ -201,7 +197,6 @@ class PortForwarder:
             except OSError:
                 pass
         shutdown_and_join(socks, threads)
-        self._api_client.close()
 
 
 def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:

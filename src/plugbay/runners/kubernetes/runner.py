@@ -83,6 +83,7 @@ class KubernetesRunner(Runner):
             "in-cluster" if from_sa else "port-forward")
         self.namespace = namespace or default_namespace(kubeconfig, context)
         self.pod_name = ""
+        self._uid = ""  # the pod's UID once created or attached: kill() deletes only that pod
         self._podwatch = PodWatch(self._api, self.namespace, self._read_pod)
         self._logs = PodLogs("")
         self._forwarders: dict[int, PortForwarder] = {}
@@ -150,7 +151,8 @@ class KubernetesRunner(Runner):
             manifest["metadata"]["ownerReferences"] = [ref]
         body = client.V1Pod.from_dict(manifest)
         deadline = time.monotonic() + self.start_timeout
-        self._call("create", "pods", self._api.create_namespaced_pod, self.namespace, body)
+        created = self._call("create", "pods", self._api.create_namespaced_pod, self.namespace, body)
+        self._uid = str(getattr(created.metadata, "uid", "") or "")
         try:
             self._start_watcher()
             self._await_running(deadline)
@@ -233,8 +235,11 @@ class KubernetesRunner(Runner):
         with self._lock:
             fwd = self._forwarders.get(port)
             if fwd is None:
+                # start_timeout also bounds each stream's connect + WebSocket upgrade: an API
+                # server that takes the connection and never answers fails start, not hangs it
                 fwd = PortForwarder(self._api_client.configuration, self.namespace, self.pod_name, port,
-                                    denied_message("create", "pods/portforward", self.namespace))
+                                    denied_message("create", "pods/portforward", self.namespace),
+                                    timeout=self.start_timeout)
                 self._forwarders[port] = fwd
         return "tcp", fwd.address
 
@@ -268,25 +273,57 @@ class KubernetesRunner(Runner):
             # in order rather than under the client's proxy threads when the pod's port vanishes.
             self._close_forwarders()
             if self.pod_name and not self._podwatch.gone:
-                self._start_watcher()
+                self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
                 try:
-                    self._api.delete_namespaced_pod(self.pod_name, self.namespace,
-                                                    # 0 would force-delete the object before the kubelet
-                                                    # stopped the container; 1 s keeps that confirmation
-                                                    grace_period_seconds=max(1, math.ceil(grace)))
+                    self._delete_pod(grace)
                 except ApiException as exc:
                     if exc.status == 403:
                         error = PermissionDeniedError(denied_message("delete", "pods", self.namespace))
+                    elif exc.status == 409:  # the UID precondition failed: the name is another pod's now
+                        error = RunnerError(
+                            f"pod {self.id} is no longer the pod plugbay started (its UID is not {self._uid});"
+                            " plugbay left it alone. If it is yours, delete it with kubectl delete pod")
+                        self._podwatch.update(None, True)
                     elif exc.status != 404:
                         error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
                     else:
                         self._podwatch.update(None, True)
-                if error is None and not self._podwatch.wait_gone(grace + 30):
+                if error is None and not self._await_gone(grace + 30):
                     _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
         finally:
             self._close()
         if error is not None:
             raise error
+
+    def _delete_pod(self, grace: float) -> None:
+        from kubernetes import client
+
+        # Only the pod this runner created or attached to (its UID): a pod that took its name since is left.
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=self._uid)) if self._uid else None
+        # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
+        self._api.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=max(1, math.ceil(grace)),
+                                        body=body)
+
+    def _await_gone(self, timeout: float) -> bool:
+        """Whether the pod is gone within ``timeout``: told by the watch, or read every 0.25 s without one.
+
+        The watch is closed after detach() (or ended by a 403 on watch): waiting on it
+        would sit out the whole timeout, so the pod is read instead.
+        """
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self._podwatch.watching():
+                if self._podwatch.wait_gone(min(left, 1.0)):
+                    return True
+                continue
+            try:
+                if self._read_pod() is None:
+                    self._podwatch.update(None, True)
+                    return True
+            except RunnerError as exc:
+                _log.debug("reading pod %s after its deletion: %s", self.id, exc)
+            time.sleep(min(left, 0.25))
+        return self._podwatch.gone
 
     def _close(self) -> None:
         self._podwatch.close()
@@ -296,6 +333,7 @@ class KubernetesRunner(Runner):
             self._api_client.close()
 
     def detach(self) -> None:
+        """Leave the pod running; kill() afterwards still deletes it (the one with the UID this runner saw)."""
         self._close()
 
     def _close_forwarders(self) -> None:
@@ -341,6 +379,7 @@ class KubernetesRunner(Runner):
             raise ReattachError(f"cannot reattach to pod {runner.id}: it lacks plugbay's label plugbay.managed=true,"
                                 " so plugbay did not start it and leaves it alone. Pass the JSON that"
                                 " Client.reattach_config().to_json() produced for a running plugin")
+        runner._uid = str((pod.get("metadata") or {}).get("uid") or "")
         runner._podwatch.update(pod, False)
         runner._start_watcher()
         return runner

@@ -109,6 +109,10 @@ class PodWatch:
                     return None if timeout is not None else -1
                 self.cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
 
+    def watching(self) -> bool:
+        """Whether the watch thread runs (not closed, not ended by a 403 or too many failures)."""
+        return self._thread is not None and self._thread.is_alive() and not self.stop.is_set()
+
     def wait_gone(self, timeout: float) -> bool:
         with self.cond:
             self.cond.wait_for(lambda: self.gone, timeout=timeout)
