@@ -173,7 +173,7 @@ BAD_ANSWERS = {
     "not-http": (lambda head: b"SSH-2.0-OpenSSH_9.2\r\n\r\n", RunnerError,
                  "answered the WebSocket upgrade with 'SSH-2.0-OpenSSH_9.2', which is not an HTTP/1.1 status"),
     "hang-up": (lambda head: b"", EngineUnavailableError,
-                "closed the connection before it answered the upgrade. Check that the cluster is up"),
+                "closed the connection before it answered the upgrade. Check that the cluster .*is up"),
 }
 
 
@@ -247,3 +247,112 @@ def test_tls_to_an_api_server_with_an_unknown_ca_is_a_typed_error(tls_standin: S
             runner.plugin_to_host("tcp", "0.0.0.0:4000")
     finally:
         runner.detach()
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 that tunnels to 127.0.0.1 ports only and records each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._run, name="plugbay-test-proxy")
+        self._accept.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._tunnel, args=(conn,), name="plugbay-test-proxy-conn")
+            self._threads.append(t)
+            t.start()
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        import select
+
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(1)):
+                head += chunk
+            text = head.decode("latin-1")
+            self.requests.append(text)
+            host, _, port = text.split(" ")[1].rpartition(":")
+            if host != "127.0.0.1":  # never dial anything but loopback
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                return
+            with socket.create_connection((host, int(port)), timeout=5) as up:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                conn.settimeout(None)
+                up.settimeout(None)
+                while not self._stop.is_set():
+                    ready, _, _ = select.select([conn, up], [], [], 0.2)
+                    for src in ready:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        (up if src is conn else conn).sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accept.join(timeout=10)
+        for t in self._threads:
+            t.join(timeout=10)
+        self._listener.close()
+
+
+def test_port_forward_through_an_http_proxy(tls_standin: StandIn, tmp_path: Path, testapp: str) -> None:  # noqa: F811
+    from kubernetes import config
+
+    from plugbay.runners.kubernetes.portforward import PortForwarder
+
+    kubeconfig = tls_standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60, address_mode="port-forward")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.plugin": "testapp"}))
+    proxy = ConnectProxy()
+    try:
+        assert next(runner.stdout_lines()) == HANDSHAKE
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        cfg.proxy = f"http://127.0.0.1:{proxy.port}"
+        cfg.proxy_headers = {"proxy-authorization": "Basic dTpw"}
+        fwd = PortForwarder(cfg, "default", runner.pod_name, 4000, "denied", timeout=10)
+        try:
+            host, port = fwd.address.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(b"via proxy\n")
+                assert conn.makefile("rb").readline() == b"echo: via proxy\n"
+        finally:
+            fwd.close()
+        api_port = tls_standin.url.rsplit(":", 1)[1]
+        assert proxy.requests and all(r.startswith(f"CONNECT 127.0.0.1:{api_port} HTTP/1.1\r\n")
+                                      and "proxy-authorization: Basic dTpw\r\n" in r for r in proxy.requests)
+    finally:
+        proxy.close()
+        runner.kill(0)
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "example.org,127.0.0.1", ""])
+def test_no_proxy_bypasses_the_proxy(no_proxy: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    server = RawServer(lambda head: switching(accept(key_of(head))))
+    runner = runner_for(f"http://127.0.0.1:{server.port}")
+    runner._api_client.configuration.proxy = f"http://127.0.0.1:{closed}"
+    runner._api_client.configuration.no_proxy = no_proxy
+    try:
+        if no_proxy:
+            assert runner.plugin_to_host("tcp", "0.0.0.0:4000")[1].startswith("127.0.0.1:")
+        else:
+            with pytest.raises(EngineUnavailableError, match="could not connect through the proxy to the Kubernetes"
+                                                             " API at http://127.0.0.1:.*Connection refused"):
+                runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()
+        server.close()

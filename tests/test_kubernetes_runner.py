@@ -370,3 +370,53 @@ def test_detach_ends_a_forwarded_connection_whose_pod_stops_reading(started: Kub
         reattach_runner(data).kill(0)  # the pod goes now (the detached runner watches it no more)
     finally:
         conn.close()
+
+
+def test_kill_after_detach_deletes_the_pod_and_sees_it_gone(kubeconfig: str, started: KubernetesRunner,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Like ProcessRunner/DockerRunner, kill() after detach() still ends the plugin: with no watch left
+    it reads the pod until it is gone, instead of sitting out the 30 s fallback and warning."""
+    name = started.pod_name
+    started.detach()
+    with caplog.at_level("WARNING", logger="plugbay.runners.kubernetes"):
+        started.kill(0)
+    assert name not in pods_of_session(kubeconfig)
+    assert "still exists" not in caplog.text
+    assert started.wait(0) in (0, -1)  # the runner knows the pod ended
+    started.kill(0)  # idempotent
+
+
+def test_kill_after_detach_leaves_a_pod_that_took_the_name(standin: StandIn, kubeconfig: str,
+                                                           started: KubernetesRunner) -> None:
+    """Only the pod this runner made (its UID) is deleted: a pod made since under the same name stays."""
+    name, api = started.pod_name, core(kubeconfig)
+    started.detach()
+    assert standin.delete_pod("default", name, grace=0)
+    gone_wait(api, name)
+    impostor = {"metadata": {"name": name, "labels": {"plugbay.managed": "true"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "plugin", "image": started.image}]}}
+    api.create_namespaced_pod("default", client.V1Pod.from_dict(impostor))
+    try:
+        with pytest.raises(RunnerError, match=rf"pod default/{name} is no longer the pod plugbay started"
+                                              r" \(its UID is not .+\); plugbay left it alone"):
+            started.kill(0)
+        assert api.read_namespaced_pod(name, "default").metadata.deletion_timestamp is None
+    finally:
+        api.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+        gone_wait(api, name)
+        api.api_client.close()
+
+
+def gone_wait(api: Any, name: str) -> None:
+    """Until the pod reads 404 (bounded: 120 reads 0.25 s apart)."""
+    import time
+
+    for _ in range(120):
+        try:
+            api.read_namespaced_pod(name, "default")
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(0.25)
+    pytest.fail(f"pod {name} still exists 30 s after its deletion")

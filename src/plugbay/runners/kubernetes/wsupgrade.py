@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -111,7 +112,7 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
     except OSError as exc:
         raise EngineUnavailableError(
             f"{what}: could not {step} the Kubernetes API at {host_url}: {exc}. Check that the"
-            " cluster is up and the kubeconfig points at it") from exc
+            " cluster (and the kubeconfig's proxy-url, if set) is up and the kubeconfig points at it") from exc
     finally:
         if sock is not None:
             sock.close()
@@ -156,9 +157,17 @@ def _proxy_for(configuration: Any, host_url: str) -> str | None:
     host = (urlsplit(host_url).hostname or "").lower()
     for entry in str(getattr(configuration, "no_proxy", None) or "").split(","):
         entry = entry.strip().lower().lstrip(".")
-        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry) or _in_network(host, entry))):
             return None
     return str(proxy)
+
+
+def _in_network(host: str, entry: str) -> bool:
+    """no_proxy's CIDR entries (10.0.0.0/8) for an API server addressed by IP."""
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
 
 
 def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
