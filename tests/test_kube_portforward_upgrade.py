@@ -356,3 +356,35 @@ def test_no_proxy_bypasses_the_proxy(no_proxy: str) -> None:
     finally:
         runner.detach()
         server.close()
+
+
+@pytest.mark.timeout(60)
+def test_detach_does_not_wait_for_a_port_forward_being_opened() -> None:
+    """The upgrade is answered only after detach() returned: detach cannot have waited for the opening."""
+    gate = threading.Event()
+    server = RawServer(lambda head: switching(accept(key_of(head))) if gate.wait(20) else None)
+    runner = runner_for(f"http://127.0.0.1:{server.port}", start_timeout=30)
+    errors: list[BaseException] = []
+
+    def open_forward() -> None:
+        try:
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+        except BaseException as exc:
+            errors.append(exc)
+
+    opener = threading.Thread(target=open_forward, name="plugbay-test-opener")
+    opener.start()
+    try:
+        for _ in range(200):  # bounded: until the upgrade request arrived
+            if server.requests:
+                break
+            threading.Event().wait(0.05)
+        assert server.requests, "the port-forward upgrade never reached the server"
+        runner.detach()
+    finally:
+        gate.set()
+        opener.join(timeout=30)
+        server.close()
+    assert len(errors) == 1 and isinstance(errors[0], RunnerError)
+    assert "was killed or detached while its port-forward opened; start a new runner" in str(errors[0])
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]

@@ -89,6 +89,8 @@ class KubernetesRunner(Runner):
         self._forwarders: dict[int, PortForwarder] = {}
         self._killed = False
         self._lock = threading.Lock()
+        self._opening = threading.Lock()  # held while a port-forward opens (up to start_timeout)
+        self._ended = False  # killed or detached: no new port-forwards
         self._diagnosis: str | None = None
 
     # --- identity ------------------------------------------------------------
@@ -232,15 +234,23 @@ class KubernetesRunner(Runner):
         port = int(address.rsplit(":", 1)[1])
         if self.address_mode == "in-cluster":
             return "tcp", self._pod_address(port)
-        with self._lock:
-            fwd = self._forwarders.get(port)
+        with self._opening:  # one forwarder per port; kill() and detach() never wait on this lock
+            with self._lock:
+                fwd = self._forwarders.get(port)
             if fwd is None:
                 # start_timeout also bounds each stream's connect + WebSocket upgrade: an API
                 # server that takes the connection and never answers fails start, not hangs it
                 fwd = PortForwarder(self._api_client.configuration, self.namespace, self.pod_name, port,
                                     denied_message("create", "pods/portforward", self.namespace),
                                     timeout=self.start_timeout)
-                self._forwarders[port] = fwd
+                with self._lock:
+                    ended = self._ended
+                    if not ended:
+                        self._forwarders[port] = fwd
+                if ended:
+                    fwd.close()
+                    raise RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
+                                      " opened; start a new runner (or reattach) to reach the plugin")
         return "tcp", fwd.address
 
     def _pod_address(self, port: int) -> str:
@@ -305,11 +315,8 @@ class KubernetesRunner(Runner):
                                         body=body)
 
     def _await_gone(self, timeout: float) -> bool:
-        """Whether the pod is gone within ``timeout``: told by the watch, or read every 0.25 s without one.
-
-        The watch is closed after detach() (or ended by a 403 on watch): waiting on it
-        would sit out the whole timeout, so the pod is read instead.
-        """
+        """Whether the pod is gone within ``timeout``: told by the watch, else (detach() closed it,
+        a 403 ended it) read every 0.25 s rather than sitting out the whole timeout."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             if self._podwatch.watching():
@@ -338,6 +345,7 @@ class KubernetesRunner(Runner):
 
     def _close_forwarders(self) -> None:
         with self._lock:
+            self._ended = True
             forwarders = list(self._forwarders.values())
             self._forwarders.clear()
         for fwd in forwarders:
