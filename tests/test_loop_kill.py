@@ -185,3 +185,32 @@ def test_close_from_a_loop_callback(handlers: list[tuple[logging.Logger, logging
             attached.dispense(PLUGIN_NAME)
         assert kv.get("k") == b"v"  # the plugin itself lives on: close() only disconnected
     assert not [t for t in plugbay_threads() if t.startswith("plugbay-close-")]
+
+
+def test_kill_from_a_stdio_sink() -> None:
+    # GRPCStdio sinks run on the plugin's own reader thread, not the loop: kill() runs there in
+    # place (it used to fail joining that very thread).
+    killed = threading.Event()
+    errors: list[BaseException] = []
+    holder: list[Client] = []
+
+    def sink(data: bytes) -> None:
+        if b"to-stdout" in data and not killed.is_set():
+            try:
+                holder[0].kill()
+            except BaseException as exc:
+                errors.append(exc)
+            killed.set()
+
+    with Client(config("printer", stdout_sink=sink)) as client:
+        holder.append(client)
+        pid = int(client.runner.id)
+        kv = client.dispense(PLUGIN_NAME)
+        try:
+            kv.get("__print__")
+        except Exception:  # the kill may cut the call short; either way is fine here
+            pass
+        assert killed.wait(_WAIT), "the plugin's stdout never reached the sink"
+        assert errors == []
+        assert client.exited
+        wait_for(lambda: gone(pid), "the plugin killed from its stdout sink to be reaped", _WAIT)

@@ -5,10 +5,8 @@ environment, reads the handshake line from the runner's stdout, maps and dials
 the announced address (AutoMTLS when asked), waits for the health service and
 opens the broker and GRPCStdio streams. ``kill()`` asks GRPCController.Shutdown,
 waits ``kill_grace``, forces the runner, and frees every thread, socket and
-temp dir. Every wait is bounded. Asked from the shared loop thread (a logging
-handler, a ``raw_log_sink``), kill() and close() return at once and a
-``plugbay-kill-<name>`` thread does the waiting: the loop must stay free to
-service the very pipes, exit and relay the shutdown waits for.
+temp dir. Every wait is bounded. Asked on the shared loop thread (a logging
+handler), kill() and close() return at once and a thread does it (LoopHandoff).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -39,11 +37,11 @@ from plugbay.errors import (
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
-from plugbay.core.host.live import LIVE, stop_elsewhere
+from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ask_shutdown, describe_exit
-from plugbay.core.transport import aioloop, ioloop
+from plugbay.core.transport import ioloop
 from plugbay.core.transport.mux import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
@@ -57,7 +55,7 @@ _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
-_STOPPER_JOIN = 10.0  # the stopper ran its teardown under the lock we held after it: only its exit is left
+_T = TypeVar("_T")
 
 
 class Client:
@@ -81,8 +79,7 @@ class Client:
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
-        self._stopper: threading.Thread | None = None  # finishing a kill()/close() asked on the loop thread
-        self._stopper_lock = threading.Lock()
+        self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs there
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
         self._require_tls = False
@@ -108,13 +105,11 @@ class Client:
 
     @property
     def handshake(self) -> HandshakeInfo:
-        info: HandshakeInfo = self._need(self._info, "handshake")
-        return info
+        return self._need(self._info, "handshake")
 
     @property
     def negotiated_version(self) -> int:
-        version: int = self._need(self._version, "negotiated_version")
-        return version
+        return self._need(self._version, "negotiated_version")
 
     @property
     def channel(self) -> grpc.Channel:
@@ -122,17 +117,15 @@ class Client:
 
     @property
     def runner(self) -> AttachedRunner:
-        runner: AttachedRunner = self._need(self._runner, "runner")
-        return runner
+        return self._need(self._runner, "runner")
 
     @property
     def broker(self) -> GRPCBroker:
-        broker: GRPCBroker = self._need(self._broker, "broker")
-        return broker
+        return self._need(self._broker, "broker")
 
     @property
     def exited(self) -> bool:
-        return self._exit_code is not None or self._killed or self._stopper is not None
+        return self._exit_code is not None or self._killed or self._handoff.thread is not None
 
     @property
     def exit_code(self) -> int | None:
@@ -141,13 +134,12 @@ class Client:
     @property
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
-        conn: SecureChannel = self._need(self._conn, "connection_mode")
-        return conn.mode
+        return self._need(self._conn, "connection_mode").mode
 
     def stderr_tail(self) -> list[str]:
         return self._logs.tail()
 
-    def _need(self, value: Any, what: str) -> Any:
+    def _need(self, value: _T | None, what: str) -> _T:
         if value is None:
             raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
         return value
@@ -168,7 +160,7 @@ class Client:
     def start(self) -> None:
         """Start (or reattach) and connect. Safe to call again; a killed Client cannot restart."""
         with self._lock:
-            if self._killed or self._stopper is not None:
+            if self._killed or self._handoff.thread is not None:
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
                 return
@@ -300,17 +292,10 @@ class Client:
 
     # --- use --------------------------------------------------------------------
 
-    def _start_for_dispense(self) -> None:
-        """Under the lock: refuse a killed Client, start one that was not started yet."""
-        if self._killed or self._stopper is not None:
-            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
-        if not self._started:
-            self.start()
-
     def dispense(self, name: str) -> Any:
         """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
         with self._lock:
-            self._start_for_dispense()
+            self.start()  # refuses a killed Client; a no-op once started
             if name in self._dispensed:
                 return self._dispensed[name]
             plugins = self._versions[self.negotiated_version]
@@ -333,35 +318,29 @@ class Client:
                               client_cert=self._cert, name=self.name)
 
     def kill(self) -> None:
-        """Shutdown, grace, force; then free everything. Idempotent and bounded.
+        """Shutdown, grace, force; then free everything. Idempotent, bounded; on the loop thread, see _end."""
+        self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
-        From a callback on the shared loop thread it returns at once: a
-        ``plugbay-kill-<name>`` thread does it (see :meth:`_stop_off_loop`).
-        """
-        if self._stop_off_loop("kill", self.kill):
+    def close(self) -> None:
+        """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
+        self._check_closable()
+        self._end("close", self.close, self._disconnect)
+
+    def _end(self, what: str, again: Callable[[], None], stop: Callable[[], None]) -> None:
+        """kill()/close(): ``stop()`` once, under the lock; on the shared loop thread (a logging
+        handler) it returns at once and ``plugbay-<what>-<name>`` does it (LoopHandoff)."""
+        if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
         with self._lock:
             if not self._killed:
+                if what == "close":
+                    self._check_closable()  # again: a start() may have finished meanwhile
                 self._killed = True
                 LIVE.discard(self)
                 if self._channel is not None:
                     self._channel.begin_close()
-                self._teardown(graceful=True)
-        self._join_stopper()
-
-    def close(self) -> None:
-        """Reattached clients: disconnect and free this host's resources, leave the plugin running.
-
-        From the shared loop thread it returns at once, like kill().
-        """
-        self._check_closable()
-        if self._stop_off_loop("close", self.close):
-            return
-        with self._lock:
-            if not self._killed:
-                self._check_closable()
-                self._close()
-        self._join_stopper()
+                stop()
+        self._handoff.join()  # one a loop callback started: all but done once we had the lock
 
     def _check_closable(self) -> None:
         if self.config.reattach is None and self._started and not self._killed:
@@ -369,34 +348,7 @@ class Client:
                 f"close() leaves a plugin running, which only a reattached Client may do; this"
                 f" Client started plugin {self.name!r}, so stop it with kill()")
 
-    def _stop_off_loop(self, what: str, stop: Callable[[], None]) -> bool:
-        """On the shared loop thread: start ``stop`` on a ``plugbay-<what>-<name>`` thread; True then.
-
-        The shutdown waits for the plugin's pipes, its exit, the broker stream and
-        the TLS relay, which the loop services: run there it would stall every
-        plugin's I/O for up to its timeouts (and one holding the Client's lock, a
-        start() waiting for its handshake line, would wait for the loop). The
-        thread is tracked: cleanup_clients() and any later kill()/close() wait for it.
-        """
-        if not aioloop.shared().on_loop():
-            return False
-        with self._stopper_lock:
-            if self._stopper is None and not self._killed:
-                self._stopper = stop_elsewhere(f"plugbay-{what}-{self.name}", stop)
-        return True
-
-    def _join_stopper(self) -> None:
-        """After a kill()/close() off the loop: wait for one a loop callback started (all but done now)."""
-        stopper = self._stopper
-        if stopper is not None and stopper is not threading.current_thread():
-            stopper.join(_STOPPER_JOIN)
-
-    def _close(self) -> None:
-        """close() under the lock."""
-        self._killed = True
-        LIVE.discard(self)
-        if self._channel is not None:
-            self._channel.begin_close()
+    def _disconnect(self) -> None:
         self._stop.set()
         self._stop_exit_watch()
         self._close_rpc_streams()

@@ -64,6 +64,40 @@ def join_stopping(timeout: float = _STOP_JOIN) -> bool:
     return not any(t.is_alive() for t in threads)
 
 
+class LoopHandoff:
+    """A Client's kill() or close() asked on the shared loop thread, done on a thread of its own.
+
+    The shutdown waits for the plugin's pipes, its exit, the broker stream and
+    the TLS relay, which the loop services: run there it would stall every
+    plugin's I/O for up to its timeouts (and, waiting for the Client's lock
+    held by a start() that waits on the loop for the handshake line, until
+    start_timeout). The thread is tracked: cleanup_clients() waits for it, and
+    so does the Client's next kill()/close() (:meth:`join`).
+    """
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self, name: str, stop: Callable[[], None], done: bool) -> bool:
+        """On the loop thread: run ``stop`` on a thread ``name`` (once, unless ``done``); True there.
+
+        False off the loop thread: the caller stops in place.
+        """
+        if not aioloop.shared().on_loop():
+            return False
+        with self._lock:
+            if self.thread is None and not done:
+                self.thread = stop_elsewhere(name, stop)
+        return True
+
+    def join(self, timeout: float = _STOP_JOIN) -> None:
+        """Wait for the handed-off stop (not from that thread itself)."""
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
 def cleanup_clients() -> None:
     """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
 
