@@ -42,7 +42,7 @@ from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-expo
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ask_shutdown, describe_exit
 from plugbay.core.transport import ioloop
-from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
