@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay import Client, ClientConfig, ClientStateError, PlugbayError, ReattachConfig  # noqa: E402
+from plugbay import Client, ClientConfig, ClientStateError, PlugbayError, ReattachConfig, Supervisor  # noqa: E402
 from plugbay.core.transport import ioloop  # noqa: E402
 from tests import gobuild  # noqa: E402
 from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
@@ -250,3 +250,18 @@ def test_kill_of_a_go_plugin_over_the_tls_relay_from_its_log_handler(
         wait_for(lambda: gone(pid), "the killed Go plugin's process to be reaped", _WAIT)
         victim.kill()
         assert not [t for t in plugbay_threads() if t.startswith("plugbay-kill-")]
+
+
+def test_supervisor_stop_from_a_log_handler(handlers: list[tuple[logging.Logger, logging.Handler]]) -> None:
+    # Supervisor.stop() joins its monitor thread and kills the Client: on the loop it hands off too.
+    with Supervisor(lambda: config("supervised"), health_interval=None) as sup:
+        pid = int(sup.client.runner.id)
+        on_log = attach(handlers, "supervised", OnRecord("warn line", sup.stop))
+        call_during_kill(lambda: sup.dispense(PLUGIN_NAME).get("__log__"))
+        assert on_log.done.wait(_WAIT)
+        assert on_log.thread == "plugbay-io" and on_log.error is None
+        assert loop_probe().wait(_WAIT), "the shared loop stayed blocked after stop() returned"
+        wait_for(lambda: sup.state == "stopped", "the supervisor to stop", _WAIT)
+        wait_for(lambda: gone(pid), "the supervised plugin's process to be reaped", _WAIT)
+        assert sup.restarts == 0  # stopped, not restarted
+    assert not [t for t in plugbay_threads() if t.startswith("plugbay-stop-")]
