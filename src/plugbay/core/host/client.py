@@ -79,7 +79,7 @@ class Client:
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
-        self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs there
+        self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
         self._require_tls = False
