@@ -246,6 +246,8 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
     loaded = _served_modules(tmp_path, None)
     assert "plugbay.core.plugin.server" in loaded
     unused = ("plugbay.core.transport.relay", "plugbay.core.transport.mux", "plugbay.core.transport.yamux",
+              "plugbay.core.transport.muxsession", "plugbay.core.transport.muxplugin",
+              "plugbay.core.transport.muxhost", "plugbay.core.transport.muxbridge",
               "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
               "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
               # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection

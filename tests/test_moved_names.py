@@ -12,6 +12,13 @@ MOVED = [
     ("plugbay.core.host.client", "cleanup_clients", "plugbay.core.host.live"),
     ("plugbay", "cleanup_clients", "plugbay.core.host.live"),
     ("plugbay.core.resilience.supervisor", "ClientMaker", "plugbay.core.resilience.sources"),
+    # the multiplexed connection, split by side (plugbay.core.transport.mux names them all)
+    ("plugbay.core.transport.mux", "MuxSession", "plugbay.core.transport.muxsession"),
+    ("plugbay.core.transport.mux", "PluginFront", "plugbay.core.transport.muxplugin"),
+    ("plugbay.core.transport.mux", "AcceptedSession", "plugbay.core.transport.muxplugin"),
+    ("plugbay.core.transport.mux", "plugin_front", "plugbay.core.transport.muxplugin"),
+    ("plugbay.core.transport.mux", "HostMux", "plugbay.core.transport.muxhost"),
+    ("plugbay.core.transport.mux", "StreamBridge", "plugbay.core.transport.muxbridge"),
 ]
 
 

@@ -7,7 +7,8 @@ Get/Put behave like examples/kv except for these keys on Get:
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
   __log__    log one record per level through Python logging, then return "logged"
 Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
-TRAP_WORKERS sets ServeConfig.max_workers.
+TRAP_WORKERS sets ServeConfig.max_workers; TRAP_SAY_FIRST="line" writes that line to stderr and
+waits half a second before serving (a plugin that logs before its handshake).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,10 @@ def main() -> None:
     versions = os.environ.get("TRAP_VERSIONS")
     workers: Any = os.environ.get("TRAP_WORKERS", "32")
     workers = int(workers) if workers.isdigit() else workers
+    first = os.environ.get("TRAP_SAY_FIRST")
+    if first:
+        print(first, file=sys.stderr, flush=True)
+        time.sleep(0.5)  # the host reads the line while it still waits for the handshake
     if versions:
         serve(ServeConfig(handshake=HANDSHAKE, max_workers=workers,
                           versioned_plugins={int(v): plugin for v in versions.split(",")}))

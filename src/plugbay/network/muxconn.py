@@ -27,7 +27,7 @@ import grpc
 
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
-from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.secure import grpc_target
 from plugbay.core.transport.sockets import open_listener

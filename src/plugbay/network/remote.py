@@ -221,7 +221,7 @@ class RemoteClient(Client):
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
         with self._lock:
-            self._start_for_dispense()
+            self.start()  # refuses a killed Client; a no-op once started
             if not self.multiplexed:
                 return super().dispense(name)
             plugins = self._versions[self.negotiated_version]

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.protocol import tls as tlsmod
-    from plugbay.core.transport.mux import MuxSession, StreamBridge
+    from plugbay.core.transport.muxbridge import StreamBridge
+    from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.secure import MutualTLS
 
 log = logging.getLogger("plugbay.broker")

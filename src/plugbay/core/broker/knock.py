@@ -28,7 +28,8 @@ from plugbay.errors import BrokerClosedError, BrokerError
 
 if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
-    from plugbay.core.transport.mux import MuxSession, StreamBridge
+    from plugbay.core.transport.muxbridge import StreamBridge
+    from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.yamux import Stream
 
 _BRIDGE_JOIN = 10.0
@@ -132,9 +133,8 @@ class Multiplexed:
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         mux = self._mux()
-        from plugbay.core.transport.mux import (
-            StreamBridge,  # loaded by the session's owner already
-        )
+        # imported here: the first multiplexed dial loads it
+        from plugbay.core.transport.muxbridge import StreamBridge
         from plugbay.core.transport.secure import private_socket
 
         path = private_socket(self._private_dir_path(), f"dial{id}")

@@ -5,7 +5,8 @@ environment, reads the handshake line from the runner's stdout, maps and dials
 the announced address (AutoMTLS when asked), waits for the health service and
 opens the broker and GRPCStdio streams. ``kill()`` asks GRPCController.Shutdown,
 waits ``kill_grace``, forces the runner, and frees every thread, socket and
-temp dir. Every wait is bounded.
+temp dir. Every wait is bounded. Asked on the shared loop thread (a logging
+handler), kill() and close() return at once and a thread does it (LoopHandoff).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -35,12 +37,12 @@ from plugbay.errors import (
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
-from plugbay.core.host.live import LIVE
+from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ask_shutdown, describe_exit
 from plugbay.core.transport import ioloop
-from plugbay.core.transport.mux import HostMux
+from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
@@ -53,6 +55,7 @@ _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
+_T = TypeVar("_T")
 
 
 class Client:
@@ -76,6 +79,7 @@ class Client:
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
+        self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
         self._require_tls = False
@@ -101,13 +105,11 @@ class Client:
 
     @property
     def handshake(self) -> HandshakeInfo:
-        info: HandshakeInfo = self._need(self._info, "handshake")
-        return info
+        return self._need(self._info, "handshake")
 
     @property
     def negotiated_version(self) -> int:
-        version: int = self._need(self._version, "negotiated_version")
-        return version
+        return self._need(self._version, "negotiated_version")
 
     @property
     def channel(self) -> grpc.Channel:
@@ -115,17 +117,15 @@ class Client:
 
     @property
     def runner(self) -> AttachedRunner:
-        runner: AttachedRunner = self._need(self._runner, "runner")
-        return runner
+        return self._need(self._runner, "runner")
 
     @property
     def broker(self) -> GRPCBroker:
-        broker: GRPCBroker = self._need(self._broker, "broker")
-        return broker
+        return self._need(self._broker, "broker")
 
     @property
     def exited(self) -> bool:
-        return self._exit_code is not None or self._killed
+        return self._exit_code is not None or self._killed or self._handoff.thread is not None
 
     @property
     def exit_code(self) -> int | None:
@@ -134,13 +134,12 @@ class Client:
     @property
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
-        conn: SecureChannel = self._need(self._conn, "connection_mode")
-        return conn.mode
+        return self._need(self._conn, "connection_mode").mode
 
     def stderr_tail(self) -> list[str]:
         return self._logs.tail()
 
-    def _need(self, value: Any, what: str) -> Any:
+    def _need(self, value: _T | None, what: str) -> _T:
         if value is None:
             raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
         return value
@@ -161,7 +160,7 @@ class Client:
     def start(self) -> None:
         """Start (or reattach) and connect. Safe to call again; a killed Client cannot restart."""
         with self._lock:
-            if self._killed:
+            if self._killed or self._handoff.thread is not None:
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
                 return
@@ -293,17 +292,10 @@ class Client:
 
     # --- use --------------------------------------------------------------------
 
-    def _start_for_dispense(self) -> None:
-        """Under the lock: refuse a killed Client, start one that was not started yet."""
-        if self._killed:
-            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
-        if not self._started:
-            self.start()
-
     def dispense(self, name: str) -> Any:
         """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
         with self._lock:
-            self._start_for_dispense()
+            self.start()  # refuses a killed Client; a no-op once started
             if name in self._dispensed:
                 return self._dispensed[name]
             plugins = self._versions[self.negotiated_version]
@@ -326,33 +318,41 @@ class Client:
                               client_cert=self._cert, name=self.name)
 
     def kill(self) -> None:
-        """Shutdown, grace, force; then free everything. Idempotent and bounded."""
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-            LIVE.discard(self)
-            if self._channel is not None:
-                self._channel.begin_close()
-            self._teardown(graceful=True)
+        """Shutdown, grace, force; then free everything. Idempotent, bounded; on the loop thread, see _end."""
+        self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
     def close(self) -> None:
         """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
+        self._check_closable()
+        self._end("close", self.close, self._disconnect)
+
+    def _end(self, what: str, again: Callable[[], None], stop: Callable[[], None]) -> None:
+        """kill()/close(): ``stop()`` once, under the lock; on the shared loop thread (a logging
+        handler) it returns at once and ``plugbay-<what>-<name>`` does it (LoopHandoff)."""
+        if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
+            return
         with self._lock:
-            if self._killed:
-                return
-            if self.config.reattach is None and self._started:
-                raise ClientStateError(
-                    f"close() leaves a plugin running, which only a reattached Client may do; this"
-                    f" Client started plugin {self.name!r}, so stop it with kill()")
-            self._killed = True
-            LIVE.discard(self)
-            if self._channel is not None:
-                self._channel.begin_close()
-            self._stop.set()
-            self._stop_exit_watch()
-            self._close_rpc_streams()
-            self._close_streams()
+            if not self._killed:
+                if what == "close":
+                    self._check_closable()  # again: a start() may have finished meanwhile
+                self._killed = True
+                LIVE.discard(self)
+                if self._channel is not None:
+                    self._channel.begin_close()
+                stop()
+        self._handoff.join()  # one a loop callback started: all but done once we had the lock
+
+    def _check_closable(self) -> None:
+        if self.config.reattach is None and self._started and not self._killed:
+            raise ClientStateError(
+                f"close() leaves a plugin running, which only a reattached Client may do; this"
+                f" Client started plugin {self.name!r}, so stop it with kill()")
+
+    def _disconnect(self) -> None:
+        self._stop.set()
+        self._stop_exit_watch()
+        self._close_rpc_streams()
+        self._close_streams()
 
     def _teardown(self, graceful: bool) -> None:
         self._stop.set()

@@ -79,4 +79,5 @@ class StdioReader:
             call = self._call
         if call is not None:
             call.cancel()  # type: ignore[attr-defined]
-        self._thread.join(timeout)
+        if self._thread is not threading.current_thread():  # a sink that kills the Client: ends on return
+            self._thread.join(timeout)

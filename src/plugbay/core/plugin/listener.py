@@ -189,7 +189,7 @@ class _Front(Protocol):
 def _multiplexer() -> Callable[[socket.socket, tuple[str, str]], _Front] | None:
     """The multiplexer front, when this build has one.
 
-    Seam for the multiplexed broker: ``plugbay.core.transport.mux.plugin_front(listener,
+    Seam for the multiplexed broker: ``plugbay.core.transport.muxplugin.plugin_front(listener,
     target)`` takes over the announced listening socket, serves go-plugin's
     multiplexed (yamux) session on it, forwards the main connection's streams
     to ``target`` (network, address) and returns the session object (with
@@ -198,7 +198,7 @@ def _multiplexer() -> Callable[[socket.socket, tuple[str, str]], _Front] | None:
     field), which a go-plugin host reports as ErrGRPCBrokerMuxNotSupported.
     """
     try:
-        from plugbay.core.transport import mux
+        from plugbay.core.transport import muxplugin as mux
     except ImportError:
         return None
     factory = getattr(mux, "plugin_front", None)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.mux import AcceptedSession, MuxSession
+from plugbay.core.transport.muxplugin import AcceptedSession
+from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.sockets import ACCEPT_POLL, close_listener, open_listener
 

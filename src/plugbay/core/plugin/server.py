@@ -66,7 +66,7 @@ from plugbay.core.plugin.stdio import add_to_server as add_stdio
 if TYPE_CHECKING:
     from plugbay.core.plugin.netmux import Instance
     from plugbay.core.protocol import tls as tlsmod
-    from plugbay.core.transport.mux import MuxSession
+    from plugbay.core.transport.muxsession import MuxSession
 
 # Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.protocol.tls, .transport.secure) and the
 # multiplexer are imported where they are used: a plaintext plugin its host launches loads none of

@@ -42,6 +42,7 @@ from plugbay.errors import (
     UnknownPluginError,
 )
 from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
+from plugbay.core.host.live import LoopHandoff
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.readygate import ReadyGate
@@ -106,6 +107,7 @@ class Supervisor:
         self._restart_times: collections.deque[float] = collections.deque()
         self._dispensed: dict[str, Any] = {}
         self._starting: Client | None = None
+        self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
         self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
         self.restarts = 0
         self.failures = 0
@@ -227,9 +229,15 @@ class Supervisor:
         return True
 
     def stop(self) -> None:
-        """Stop watching and kill the plugin. Idempotent."""
+        """Stop watching and kill the plugin. Idempotent.
+
+        On the shared loop thread (a plugin's log handler) it returns at once and
+        ``plugbay-stop-<name>`` does it, as Client.kill() does there.
+        """
         self._stop.set()
         self._wake.set()
+        if self._handoff.start(f"plugbay-stop-{self.name}", self.stop, self._state == STOPPED):
+            return
         starting = self._starting
         if starting is not None:  # a restart in progress: end its plugin so start() fails fast
             try:
@@ -247,6 +255,7 @@ class Supervisor:
             self._cond.notify_all()
         if was != STOPPED:
             self._event("stopped", "")
+        self._handoff.join()
 
     # --- internals --------------------------------------------------------------------
 

@@ -1,0 +1,120 @@
+"""The host side of the multiplexed connection: one connection to the plugin, redialed when lost.
+
+The host's main gRPC channel dials a private unix listener (``local_address``)
+whose every connection rides a new stream of the session; streams the plugin
+opens are refused unless a knock announced them (or they are held until it
+arrives: plugbay.core.transport.held).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+
+from plugbay.core.transport import sockets
+from plugbay.core.transport.held import HeldStreams
+from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
+from plugbay.core.transport.yamux import Session, Stream
+from plugbay.errors import (
+    BrokerClosedError,
+    ConfigError,
+    PlugbayError,
+    TargetUnreachableError,
+)
+
+_MAX_REDIALS = 20  # per host session: a flapping forward is reported, not retried forever
+
+log = logging.getLogger("plugbay.mux")
+
+
+class HostMux(MuxSession):
+    """Host side: one connection to the plugin; the main channel dials ``local_address``.
+
+    ``max_redials`` bounds how often a lost connection is made again (None: each
+    time a stream is needed, which network mode uses: gRPC's reconnect backoff
+    paces it there).
+    """
+
+    def __init__(self, network: str, address: str, timeout: float = 10.0,
+                 max_redials: int | None = _MAX_REDIALS) -> None:
+        super().__init__("host-mux")
+        self._held = HeldStreams()
+        self._target = (network, address)
+        self._timeout = timeout
+        self._max_redials = max_redials
+        self._redials = 0
+        self._redial_lock = threading.Lock()
+        self._attach(self._first_dial())
+        self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
+        path = os.path.join(self._dir, "main.sock")
+        self._listener = sockets.open_listener("unix", path)
+        os.chmod(path, 0o600)
+        self._listener.settimeout(POLL)
+        self.local_address = ("unix", path)
+        self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
+        self._acceptor.start()
+
+    def _first_dial(self) -> Session:
+        network, address = self._target
+        try:
+            return self._dial()
+        except ValueError:
+            raise ConfigError(f"{network} address {address!r} is not an address (want HOST:PORT or a"
+                              " unix socket path); check the address the plugin announced") from None
+        except OSError as exc:
+            raise TargetUnreachableError(
+                f"cannot connect to the plugin's multiplexed address {network}:{address}"
+                f" ({exc.strerror or exc}); check that the plugin is still running and listens"
+                " there, and that the address can be reached from this host (a container's port"
+                " published, a pod's port forwarded)") from None
+
+    def _dial(self) -> Session:
+        conn = sockets.dial(*self._target, self._timeout)
+        conn.settimeout(None)
+        return Session(conn, client=True, on_stream=self._on_stream, name="mux-host")
+
+    def open_stream(self, timeout: float = SESSION_WAIT) -> Stream:
+        # A forwarded port (kubectl port-forward, a proxy) may accept and then drop the
+        # connection; the plugin takes a new one once the old one is gone, so dial again.
+        with self._redial_lock:
+            self._redial_if_lost()
+        return super().open_stream(timeout)
+
+    def _redial_if_lost(self) -> None:
+        with self._lock:
+            session = self._session
+            redial = (not self._closed and session is not None and session.closed
+                      and (self._max_redials is None or self._redials < self._max_redials))
+            if redial:
+                self._redials += 1
+        if redial:
+            assert session is not None
+            log.debug("multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
+            try:
+                self._attach(self._dial())
+            except OSError as exc:
+                raise BrokerClosedError(f"the multiplexed connection to the plugin was lost"
+                                        f" ({session.close_reason}) and cannot be made again: {exc}") from exc
+
+    def _accept(self) -> None:
+        def closed() -> bool:
+            if self._held is not None:
+                self._held.expire()  # this loop's poll is the held streams' clock
+            return self._closed
+
+        for conn in sockets.accept_each(self._listener, closed):
+            try:
+                conn.settimeout(None)
+                self.connect_local(conn, self.open_stream())
+            except PlugbayError:
+                conn.close()
+
+    def _close_extra(self) -> None:
+        self._acceptor.join(timeout=5)
+        if self._held is not None:
+            self._held.clear()
+        self._listener.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""The core of one side of the multiplexed connection: routing the peer's streams, opening streams.
+
+go-plugin's internal/grpcmux. The broker (plugbay.core.broker) owns the knock
+protocol and tells a MuxSession, through ``expect``, ``forget``,
+``accept_knock``, ``open_stream`` and ``connect_local``, where the peer's next
+stream goes; a stream that arrives without a knock goes to ``default_target``
+(the plugin side: its main gRPC server) or is refused (the host side). The
+sides themselves: plugbay.core.transport.muxplugin and .muxhost.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from plugbay.core.transport import sockets
+from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.held import HeldStreams
+from plugbay.core.transport.workers import Workers
+from plugbay.core.transport.yamux import Session, Stream, StreamClosed
+from plugbay.errors import BrokerClosedError
+
+log = logging.getLogger("plugbay.mux")
+
+SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
+POLL = 0.2  # the accept loops' poll (how soon they see a close)
+
+
+class MuxSession:
+    """One side of the multiplexed connection: routes streams, opens streams."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._session: Session | None = None
+        self._closed = False
+        self._targets: dict[int, tuple[str, str]] = {}
+        self._knocks: deque[int] = deque()
+        self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops (and StreamBridge's accepts)
+        self.default_target: tuple[str, str] | None = None
+        # held from knock to stream open, so the peer routes streams in knock order
+        self.dial_lock = threading.Lock()
+        # this side may open a brokered stream right after its knock: the peer holds a
+        # stream that arrives before its knock (plugbay.core.transport.held)
+        self.peer_holds = False
+        self._held: HeldStreams | None = None  # this side holds such streams (a host)
+
+    # -- routing of streams the peer opens (runs on the session reader thread)
+
+    def _on_stream(self, stream: Stream) -> None:
+        with self._lock:
+            sid = self._knocks.popleft() if self._knocks else None
+            target = self._targets.get(sid) if sid is not None else self.default_target
+            if sid is None and target is None and self._held is not None and self._held.hold(stream):
+                return  # its knock is on the way (an eager dialer)
+        if target is None:
+            log.debug("%s: refusing a stream nobody knocked for", self.name)
+            stream.reset()
+            return
+        self._route(stream, target, sid)
+
+    def _route(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+        try:
+            conn = sockets.dial(*target, timeout=2.0)
+            conn.settimeout(None)
+        except OSError as exc:
+            log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
+            stream.reset()
+            return
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:  # closing: bridge reset the stream and closed conn
+            pass
+
+    def expect(self, id: int, target: tuple[str, str]) -> None:
+        with self._lock:
+            self._targets[id] = target
+
+    def forget(self, id: int) -> None:
+        with self._lock:
+            self._targets.pop(id, None)
+
+    def serves(self, id: int) -> bool:
+        with self._lock:
+            return id in self._targets
+
+    def accept_knock(self, id: int) -> str:
+        """Route the peer's next stream to ``id``; an error text if nothing serves it."""
+        with self._lock:
+            early = self._held.pop() if self._held is not None else None  # opened before its knock
+            target = self._targets.get(id)
+            if target is not None and early is None:
+                self._knocks.append(id)
+        if target is None:
+            if early is not None:
+                early.reset()  # the dialer resets it too, on hearing the error
+            return f"no listener for id {id}"
+        if early is not None:
+            self._route(early, target, id)
+        return ""
+
+    # -- opening streams
+
+    def _attach(self, session: Session) -> None:
+        with self._ready:
+            self._session = session
+            self._ready.notify_all()
+
+    def open_stream(self, timeout: float = SESSION_WAIT) -> Stream:
+        with self._ready:
+            if self._session is None or self._session.closed:
+                self._ready.wait_for(lambda: self._closed or (self._session is not None
+                                                              and not self._session.closed), timeout)
+            session = self._session
+            if self._closed or session is None or session.closed:
+                why = session.close_reason if session is not None else "never established"
+                raise BrokerClosedError(f"the multiplexed connection to the plugin is not up ({why});"
+                                        " the plugin or host is gone, restart the plugin")
+        try:
+            return session.open()
+        except StreamClosed as exc:
+            raise BrokerClosedError(f"{exc}; restart the plugin") from exc
+
+    def connect_local(self, conn: socket.socket, stream: Stream) -> None:
+        try:
+            bridge(stream, conn, self._workers)
+        except RuntimeError:
+            raise BrokerClosedError(f"{self.name} is closed; restart the plugin") from None
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        """Run ``task`` (an accept loop) on the session's reused workers; BrokerClosedError once closed."""
+        try:
+            self._workers.run(task)
+        except RuntimeError:
+            raise BrokerClosedError(f"{self.name} is closed; restart the plugin") from None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._ready:
+            if self._closed:
+                return
+            self._closed = True
+            session = self._session
+            self._ready.notify_all()
+        if session is not None:
+            session.close()
+        self._close_extra()
+        self._workers.close()
+
+    def _close_extra(self) -> None:
+        pass
