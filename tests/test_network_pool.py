@@ -26,7 +26,7 @@ from plugbay.network import connect
 
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
                   ("grpc.min_reconnect_backoff_ms", 100))
-SLACK = 0.5
+SLACK = 1.5  # a deadline is checked, not a speed: room for a loaded 2-core CI machine
 
 
 def free_port() -> int:
