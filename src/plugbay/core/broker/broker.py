@@ -182,7 +182,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
         for served in mine:
             from plugbay.core.broker.channels import stop_served
 
-            stop_served(served, grace=None, reap=self._servers().reap)
+            source = self._servers()
+            stop_served(served, grace=None, reap=source.reap, recycle=source.recycle)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         """A channel to the server the other side serves as ``id``.

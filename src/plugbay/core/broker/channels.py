@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ log = logging.getLogger("plugbay.broker")
 class Served:
     id: int
     server: grpc.Server
-    executor: ThreadPoolExecutor
+    executor: Executor
     cleanup: list[Callable[[], None]]
 
     def stop(self) -> None:
@@ -112,7 +112,8 @@ def share_socket(path: str, folder_path: str | None = None) -> None:
 
 
 def stop_served(served: Served, grace: float | None = 1.0,
-                reap: Callable[[Callable[[], None]], None] | None = None) -> None:
+                reap: Callable[[Callable[[], None]], None] | None = None,
+                recycle: Callable[[Executor], bool] | None = None) -> None:
     """Stop a brokered server, free its sockets and join its workers (or hand that to ``reap``).
 
     ``grace=None`` cancels calls still running at once: what go-plugin's host
@@ -120,17 +121,20 @@ def stop_served(served: Served, grace: float | None = 1.0,
     listeners (and socket files, and a TLS relay) are gone and its calls
     cancelled before this returns; with ``reap``, waiting for grpcio's
     shutdown to complete and joining the workers happen in the background (a
-    callback's caller does not wait for them).
+    callback's caller does not wait for them). ``recycle`` may take the
+    stopped server's worker pool, idle once the server has stopped, for a
+    later server (True: taken, not shut down here).
     """
     stopped = served.server.stop(grace=grace)
     if grace is None:  # nothing left to finish: no name for a new peer to find
         _free(served)
 
     def finish() -> None:
-        stopped.wait(timeout=10)
+        done = stopped.wait(timeout=10)
         if grace is not None:  # calls may still be finishing over a relay
             _free(served)
-        served.executor.shutdown(wait=True)
+        if not (done and recycle is not None and recycle(served.executor)):
+            served.executor.shutdown(wait=True)
 
     if reap is not None:
         reap(finish)

@@ -9,6 +9,11 @@ socket and started, with no services yet, built by a background thread while
 the previous callback runs. accept_and_serve takes it and registers the
 services through a :class:`Registrar`; each id still gets its own server on
 its own socket, used for that id only and stopped with it, as in go-plugin.
+
+A stopped server's worker pool (idle once grpcio's stop completed) is handed
+to the next server built rather than shut down and made anew: starting and
+joining its threads cost about what the callback itself does. A pool serves
+one server at a time, so each server keeps its own workers (and their limit).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from plugbay.core.broker.channels import Served, share_socket, stop_served
+from plugbay.core.broker.lanes import Lane, new_pool
 from plugbay.core.transport.secure import (
     CHANNEL_OPTIONS,
     MutualTLS,
@@ -39,7 +45,7 @@ from plugbay.errors import BrokerError, PlugbayError
 log = logging.getLogger("plugbay.broker")
 
 _JOIN = 10.0
-_SERVER_WORKERS = 16
+_IDLE_POOLS = 1  # stopped servers' worker pools kept for the next ones (one thread, as a spare had)
 _FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EEXIST)  # this socket's problem only
 
 
@@ -93,13 +99,21 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 Built = tuple[Served, str]  # a started server with no services and the unix socket path it listens on
 
 
-def build_server(tls: MutualTLS | None, private_dir: str, path: str) -> Built:
-    """A started gRPC server with no services listening on ``path`` (TLS as ``tls`` says)."""
-    executor = ThreadPoolExecutor(max_workers=_SERVER_WORKERS, thread_name_prefix="plugbay-brokered")
+def build_server(tls: MutualTLS | None, private_dir: str, path: str,
+                 pools: Callable[[], ThreadPoolExecutor | None] | None = None) -> Built:
+    """A started gRPC server with no services listening on ``path`` (TLS as ``tls`` says).
+
+    ``pools`` gives an idle worker pool a stopped server left (or None); without
+    it the server gets a new pool with a worker started for its first call.
+    """
+    if pools is None:
+        executor: Executor = new_pool()
+        executor.submit(int)  # a worker thread is there for the first call
+    else:
+        executor = Lane(pools)
     served = Served(0, grpc.server(executor, options=CHANNEL_OPTIONS), executor, [])
     try:
         served.cleanup.extend(serve_unix(served.server, path, tls, private_dir))
-        executor.submit(int)  # a worker thread is there for the first call
     except BaseException:
         stop_served(served)
         raise
@@ -134,7 +148,8 @@ class ServerSource:
     def _build_private(self, private: str | None = None) -> Built:
         """A server in ``private`` (default: this broker's private folder; a spare: the spares' folder)."""
         folder = private if private is not None else self._private_dir()
-        return build_server(self._tls, folder, private_socket(folder, "spare" if self._public_path else "mux"))
+        return build_server(self._tls, folder, private_socket(folder, "spare" if self._public_path else "mux"),
+                            self._spare.pool)
 
     def _take(self) -> Built | None:
         return self._spare.take(self._tls) if self._spares else None
@@ -170,7 +185,7 @@ class ServerSource:
                     log.debug("cannot give a moved brokered socket its folder's group; binding there directly")
                     self._renames = False
                 stop_served(served)
-        served, path = build_server(self._tls, self._private_dir(), self._public_path())
+        served, path = build_server(self._tls, self._private_dir(), self._public_path(), self._spare.pool)
         share_socket(path)
         return served, path
 
@@ -181,6 +196,10 @@ class ServerSource:
 
     def reap(self, finish: Callable[[], None]) -> None:
         self._spare.reap(finish)
+
+    def recycle(self, executor: Executor) -> bool:
+        """Keep a stopped server's idle worker pool for a later server (False: shut it down)."""
+        return self._spare.recycle(executor)
 
     def close(self) -> None:
         if not self._left:
@@ -217,6 +236,7 @@ class SpareServer:
         self._closed = False
         self._users = 0
         self._dir: str | None = None
+        self._pools: list[ThreadPoolExecutor] = []  # stopped servers' idle worker pools
 
     def take(self, key: MutualTLS | None) -> Built | None:
         with self._cond:
@@ -241,6 +261,31 @@ class SpareServer:
                 self._wake()
                 return
         _finish(finish)
+
+    def pool(self) -> ThreadPoolExecutor | None:
+        """An idle worker pool a stopped server left, or None (make a new one)."""
+        with self._cond:
+            return self._pools.pop() if self._pools else None
+
+    def recycle(self, executor: Executor) -> bool:
+        """Keep a stopped server's worker pool for a later one if nothing runs on it.
+
+        True: kept (or there was none); False: the caller shuts ``executor`` down.
+        """
+        if not isinstance(executor, Lane):
+            return False
+        with self._cond:  # never both locks at once: a lane asks for a pool holding its own
+            if self._closed or len(self._pools) >= _IDLE_POOLS:
+                return False
+        idle, pool = executor.release()
+        if pool is None:
+            return idle
+        with self._cond:
+            if not self._closed and len(self._pools) < _IDLE_POOLS:
+                self._pools.append(pool)
+                return True
+        pool.shutdown(wait=True)  # taken meanwhile: nothing runs on it, so this only joins
+        return True
 
     def _wake(self) -> None:  # with the lock held
         if self._builder is None:
@@ -320,6 +365,10 @@ class SpareServer:
             reaped, self._reaped = self._reaped, []
         for finish in reaped:
             _finish(finish)
+        with self._cond:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.shutdown(wait=True)
         if spare is not None:
             stop_served(spare[1][0])
         if self._dir is not None:
