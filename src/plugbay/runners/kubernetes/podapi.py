@@ -45,7 +45,11 @@ class PodApi:
                     _request_timeout=request_timeout(self.timeout), **kwargs)
 
     def create(self, body: Any) -> None:
-        created = self.call("create", "pods", self.api.create_namespaced_pod, self.namespace, body)
+        try:
+            created = self.call("create", "pods", self.api.create_namespaced_pod, self.namespace, body)
+        except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
+            raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
+                                         " deletes it by name, or plugbay's sweep does later") from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
 
     def read_pod(self) -> dict[str, Any] | None:

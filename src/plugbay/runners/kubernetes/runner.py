@@ -165,10 +165,12 @@ class KubernetesRunner(Runner):
                     raise failure
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                watch = self._podwatch
+                failing = f" The pod watch is failing ({watch.last_failure})." if watch.failures else ""
                 raise PodStartTimeoutError(
                     f"pod {self.id} did not reach Running within {self.start_timeout:.0f}s (phase"
                     f" {pods.phase(pod or {})}). Raise start_timeout for slow image pulls, or check the"
-                    f" cluster.\n{self.diagnose()}")
+                    f" cluster.{failing}\n{self.diagnose()}")
             with self._podwatch.cond:
                 self._podwatch.cond.wait(timeout=min(remaining, 1.0))
 

@@ -48,6 +48,7 @@ class PodWatch:
         self.error: BaseException | None = None  # why the watch ended for good (a 403)
         self._watch: Any = None
         self.failures = 0  # failed watches in a row (timeouts, blips): nonzero, the watch tells nothing now
+        self.last_failure = ""  # why the last watch failed, for a start timeout's message
         self._thread: threading.Thread | None = None
 
     @property
@@ -90,6 +91,7 @@ class PodWatch:
                 failures += 1
             except Exception as exc:  # connection blips: retry a bounded number of times in a row
                 failures += 1
+                self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("watching pod %s: %s", self.id, exc)
             self.failures = failures
             if failures >= 30:
