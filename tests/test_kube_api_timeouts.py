@@ -70,7 +70,8 @@ def test_start_and_kill_against_a_hung_api_server_fail_typed(hung: RawServer, tm
     runner = KubernetesRunner("plugbay-testapp:never-made", start_timeout=5, api_timeout=1, **conn)
     with pytest.raises(EngineUnavailableError,
                        match=rf"the Kubernetes API at {url} did not answer create pods within 1s .*"
-                             "raise the runner's api_timeout if it is only slow"):
+                             "raise the runner's api_timeout if it is only slow. Pod default/plugbay-.* may"
+                             " exist all the same: the runner's kill\\(\\) deletes it by name"):
         runner.start(SPEC)
     assert hung.requests[0].startswith(b"POST /api/v1/namespaces/default/pods HTTP/1.1")
     # kill() still tries the delete (the create may have gone through), and that is bounded too
@@ -81,6 +82,17 @@ def test_start_and_kill_against_a_hung_api_server_fail_typed(hung: RawServer, tm
     assert any(r.startswith(f"DELETE /api/v1/namespaces/default/pods/{runner.pod_name}".encode())
                for r in hung.requests)
     runner.kill(0)  # once is enough: a second kill does nothing
+
+
+@pytest.mark.timeout(120)
+def test_reattach_to_a_hung_api_server_fails_typed(hung: RawServer, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{hung.port}"
+    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456", "api_timeout": 1,
+            "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
+    with pytest.raises(EngineUnavailableError, match=f"at {url} did not answer get pods within 1s"):
+        KubernetesRunner.attach(data)
+    with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds, not 'soon'"):
+        KubernetesRunner.attach({**data, "api_timeout": "soon"})
 
 
 @pytest.mark.timeout(120)

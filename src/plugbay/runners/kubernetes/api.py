@@ -29,7 +29,7 @@ def request_timeout(api_timeout: float) -> tuple[float, float]:
 
 
 def check_api_timeout(api_timeout: float) -> float:
-    if not (isinstance(api_timeout, (int, float)) and 0 < api_timeout < float("inf")):
+    if isinstance(api_timeout, bool) or not (isinstance(api_timeout, (int, float)) and 0 < api_timeout < float("inf")):
         raise ConfigError(f"api_timeout must be a positive number of seconds, not {api_timeout!r}")
     return float(api_timeout)
 

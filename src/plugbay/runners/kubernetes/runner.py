@@ -322,7 +322,8 @@ class KubernetesRunner(Runner):
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "KubernetesRunner", "id": self.id, "namespace": self.namespace, "pod": self.pod_name,
                 "image": self.image, "container_port": self.container_port,
-                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context}
+                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context,
+                "api_timeout": self.api_timeout}
 
     @classmethod
     def attach(cls, data: Mapping[str, Any], api_client: Any = None) -> KubernetesRunner:
@@ -330,9 +331,14 @@ class KubernetesRunner(Runner):
         runner = cls(str(data.get("image", "?")), namespace=str(data["namespace"]),
                      container_port=int(data.get("container_port", 4000)),
                      address_mode=str(data.get("address_mode", "auto")), api_client=api_client,
-                     kubeconfig=data.get("kubeconfig"), context=data.get("context"))
+                     kubeconfig=data.get("kubeconfig"), context=data.get("context"),
+                     api_timeout=data.get("api_timeout"))
         runner.pod_name = str(data["pod"])
-        pod = runner._read_pod()
+        try:
+            pod = runner._read_pod()  # bounded by api_timeout: a silent API server fails the reattach
+        except BaseException:
+            runner._close()
+            raise
         if pod is None:
             runner._close()
             raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
