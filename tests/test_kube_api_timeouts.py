@@ -47,9 +47,10 @@ def hung(request: pytest.FixtureRequest) -> Iterator[RawServer]:
 
 
 def kubeconfig_for(url: str, path: Path) -> str:
+    cluster: dict[str, Any] = {"server": url, **({"insecure-skip-tls-verify": True} if url.startswith("https") else {})}
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": url}}],
+        "clusters": [{"name": "c", "cluster": cluster}],
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "default"}}]}))
     return str(path)
@@ -82,6 +83,20 @@ def test_start_and_kill_against_a_hung_api_server_fail_typed(hung: RawServer, tm
     assert any(r.startswith(f"DELETE /api/v1/namespaces/default/pods/{runner.pod_name}".encode())
                for r in hung.requests)
     runner.kill(0)  # once is enough: a second kill does nothing
+
+
+@pytest.mark.timeout(120)
+def test_a_tls_handshake_that_never_completes_is_bounded(tmp_path: Path) -> None:
+    server = RawServer(never)  # takes the TLS hello and never answers it
+    url = f"https://127.0.0.1:{server.port}"
+    try:
+        runner = KubernetesRunner("img", kubeconfig=kubeconfig_for(url, tmp_path / "kubeconfig"), api_timeout=1)
+        with pytest.raises(EngineUnavailableError, match=f"the Kubernetes API at {url} did not answer create pods"):
+            runner.start(SPEC)
+        with pytest.raises(EngineUnavailableError, match="did not answer delete pods"):
+            runner.kill(0)
+    finally:
+        server.close()
 
 
 @pytest.mark.timeout(120)
