@@ -8,7 +8,8 @@ for network mode Services (create/get/list/delete) with the EndpointSlices
 apps/v1 Deployments (create/get/list/scale/delete, deployments.py).
 Fault knobs: :meth:`StandIn.deny` (403 with a Kubernetes Status body),
 :meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host),
-:meth:`StandIn.expire_watches` (410 Gone for slice watches that resume).
+:meth:`StandIn.expire_watches` (410 Gone for slice watches that resume),
+:meth:`StandIn.stall` (take the request, never answer it: a hung API server).
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             return False
         with standin.lock:
             standin.calls[(verb, resource)] = standin.calls.get((verb, resource), 0) + 1
+        if (verb, resource) in standin.stalled:  # hung: no answer until unstalled or stopped (bounded)
+            standin.unstalled.wait(120)
+            self.close_connection = True
+            return False
         if (verb, resource) in standin.denied:
             group, _, sub = resource.partition("/")
             api_group = _GROUPS.get(group, "")
@@ -376,6 +381,8 @@ class StandIn:
         self.threads: list[threading.Thread] = []
         self.sessions: list[ForwardSession] = []
         self.denied: set[tuple[str, str]] = set()
+        self.stalled: set[tuple[str, str]] = set()
+        self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
         self.drop_next_data = 0
         self.portforward_protocol = PROTOCOL  # what the port-forward upgrade answers (tests change it)
         self.stopping = threading.Event()
@@ -437,6 +444,17 @@ class StandIn:
 
     def allow_all(self) -> None:
         self.denied.clear()
+        self.unstall()
+
+    def stall(self, verb: str, resource: str) -> None:
+        """Take (verb, resource) requests and never answer them, e.g. stall("delete", "pods")."""
+        self.unstalled.clear()
+        self.stalled.add((verb, resource))
+
+    def unstall(self) -> None:
+        """Answer again; the requests held so far end with their connection closed, unanswered."""
+        self.stalled.clear()
+        self.unstalled.set()
 
     def expire_watches(self) -> int:
         """End every EndpointSlice watch; resuming from an old resourceVersion then gets 410 Gone."""
@@ -463,6 +481,7 @@ class StandIn:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.unstall()
         with self.lock:
             for s in self.sessions:
                 s.drop()

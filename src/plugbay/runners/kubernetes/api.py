@@ -1,4 +1,14 @@
-"""Kubernetes API access for the pod runner: loading the client configuration, error text."""
+"""Kubernetes API access for the pod runner: loading the client configuration, timeouts, error text.
+
+The kubernetes client waits forever by default: an API server (or a proxy in
+front of it) that takes the connection and never answers would hang start,
+kill and sweeps for good. Every call plugbay makes passes ``_request_timeout``
+(connect, read) from :func:`request_timeout`; a timed-out call is an
+EngineUnavailableError that names the call and the setting to raise. On the
+clients plugbay builds itself a timed-out attempt is not retried (urllib3
+would repeat an idempotent one up to three times), so ``api_timeout`` bounds
+the connect and the wait for each answer of one call, not four of them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +16,36 @@ import json
 import os
 from typing import Any
 
-from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.rbac import denied_message
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+DEFAULT_API_TIMEOUT = 30.0  # seconds; the runner uses min(this, start_timeout) unless told
+
+
+def request_timeout(api_timeout: float) -> tuple[float, float]:
+    """``_request_timeout`` for one call: ``api_timeout`` to connect and again for each read of the answer."""
+    return (api_timeout, api_timeout)
+
+
+def check_api_timeout(api_timeout: float) -> float:
+    if isinstance(api_timeout, bool) or not (isinstance(api_timeout, (int, float)) and 0 < api_timeout < float("inf")):
+        raise ConfigError(f"api_timeout must be a positive number of seconds, not {api_timeout!r}")
+    return float(api_timeout)
+
+
+def _retries() -> Any:
+    """urllib3's default retries, except an attempt that timed out: that ends the call."""
+    from urllib3.util.retry import Retry
+
+    class NoTimeoutRetry(Retry):
+        def increment(self, method: Any = None, url: Any = None, response: Any = None, error: Any = None,
+                      _pool: Any = None, _stacktrace: Any = None) -> Any:
+            if error is not None and timed_out(error):
+                raise error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return NoTimeoutRetry(total=Retry.DEFAULT.total)
 
 
 def in_cluster() -> bool:
@@ -23,11 +59,13 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
 
     config: Any = config_mod
     try:
+        cfg: Any = type.__call__(client.Configuration)  # not a copy of the process-wide default
+        cfg.retries = _retries()  # set before the ApiClient: its connection pool takes them
         if kubeconfig is None and in_cluster():
-            cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg), True
-        return config.new_client_from_config(config_file=kubeconfig, context=context), False
+        return config.new_client_from_config(config_file=kubeconfig, context=context,
+                                             client_configuration=cfg), False
     except (config_mod.ConfigException, OSError) as exc:
         raise EngineUnavailableError(
             f"no usable Kubernetes configuration ({exc}). Pass kubeconfig= or api_client=, set"
@@ -62,7 +100,10 @@ def api_message(exc: Any) -> str:
 
 
 def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-    """``func(*args, **kwargs)`` against the API, its failures turned into plugbay's typed errors."""
+    """``func(*args, **kwargs)`` against the API, its failures turned into plugbay's typed errors.
+
+    Pass ``_request_timeout`` (see :func:`request_timeout`): without one the call may wait forever.
+    """
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -80,5 +121,26 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                           f" {exc.status} {api_message(exc)}") from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
+        if timed_out(exc):
+            raise EngineUnavailableError(timeout_message(host, f"{verb} {resource}", kwargs.get("_request_timeout"))
+                                         ) from exc
         raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a urllib3/socket failure is a timeout (urllib3 wraps a retried one in MaxRetryError)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, TimeoutError as Urllib3Timeout
+
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    # NewConnectionError (refused, no route) subclasses urllib3's ConnectTimeoutError: not a timeout here
+    return isinstance(exc, (Urllib3Timeout, TimeoutError)) and not isinstance(exc, NewConnectionError)
+
+
+def timeout_message(host: str, what: str, timeout: Any) -> str:
+    limit = timeout[1] if isinstance(timeout, tuple) else timeout
+    within = f" within {limit:g}s" if isinstance(limit, (int, float)) else ""
+    return (f"the Kubernetes API at {host} did not answer {what}{within} (it took the connection, or not,"
+            " but sent no answer in time). Check that the API server (and any proxy in front of it) is up"
+            " and not overloaded, or raise the runner's api_timeout if it is only slow")

@@ -49,8 +49,11 @@ def _chunks(resp: Any) -> Iterator[bytes]:
 
 
 class PodLogs:
-    def __init__(self, name: str) -> None:
+    """``api_timeout`` bounds each (re)open of the stream (podapi.PodApi.open_log), not its quiet spells."""
+
+    def __init__(self, name: str, api_timeout: float = 30.0) -> None:
         self.name = name
+        self.api_timeout = api_timeout
         self.stdout: queue.Queue[object] = queue.Queue()
         self.stderr: queue.Queue[object] = queue.Queue()
         self.tail: deque[str] = deque(maxlen=50)
@@ -102,8 +105,8 @@ class PodLogs:
                 resp.shutdown()  # unblocks the reader thread's socket read
             except Exception:
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        if self._thread is not None:  # a reopen still waiting for its answer's head waits up to 2 api_timeouts
+            self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
         else:
             self.stdout.put(_EOF)
             self.stderr.put(_EOF)

@@ -13,23 +13,18 @@ to :meth:`stdout_lines` and every other line to :meth:`stderr_lines` (the log pu
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import (
-    ConfigError,
-    PermissionDeniedError,
-    PodStartTimeoutError,
-    ReattachError,
-    RunnerError,
-)
+from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
 from plugbay.runners.session import managed_labels
-from plugbay.runners.kubernetes.api import api_message, call, default_namespace, in_cluster, load_api_client
+from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
+                                            load_api_client)
+from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
@@ -53,7 +48,7 @@ class KubernetesRunner(Runner):
                  context: str | None = None, start_timeout: float = 120.0, run_as_user: int | None = None,
                  writable_dirs: Sequence[str] = ("/tmp",), command: Sequence[str] | None = None,
                  args: Sequence[str] | None = None, host_id: str | None = None,
-                 owner_reference: bool = True) -> None:
+                 owner_reference: bool = True, api_timeout: float | None = None) -> None:
         if address_mode not in ADDRESS_MODES:
             raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {address_mode!r}")
         if pull_policy not in ("Always", "IfNotPresent", "Never"):
@@ -67,6 +62,9 @@ class KubernetesRunner(Runner):
                           writable_dirs=tuple(writable_dirs), command=command, args=args)
         self.container_port = container_port
         self.start_timeout = start_timeout
+        # each API call's connect and wait for an answer (log streams: until their head); see api.py
+        self.api_timeout = check_api_timeout(min(DEFAULT_API_TIMEOUT, start_timeout) if api_timeout is None
+                                             else api_timeout)
         self.host_id = owner.host_identity(host_id)
         self.owner_reference = owner_reference
         self._kubeconfig, self._context = kubeconfig, context
@@ -76,16 +74,12 @@ class KubernetesRunner(Runner):
         else:
             from_sa = in_cluster()
         self._api_client = api_client
-        from kubernetes import client
-
-        self._api: Any = client.CoreV1Api(api_client)
         self.address_mode = address_mode if address_mode != "auto" else (
             "in-cluster" if from_sa else "port-forward")
         self.namespace = namespace or default_namespace(kubeconfig, context)
-        self.pod_name = ""
-        self._uid = ""  # the pod's UID once created or attached: kill() deletes only that pod
-        self._podwatch = PodWatch(self._api, self.namespace, self._read_pod)
-        self._logs = PodLogs("")
+        self._pod = PodApi(api_client, self.namespace, self.api_timeout)  # pod_name and uid live there
+        self._podwatch = PodWatch(self._pod.api, self.namespace, self._read_pod, self.api_timeout)
+        self._logs = PodLogs("", self.api_timeout)
         self._forwarders: dict[int, PortForwarder] = {}
         self._killed = False
         self._lock = threading.Lock()
@@ -103,31 +97,21 @@ class KubernetesRunner(Runner):
     def id(self) -> str:
         return f"{self.namespace}/{self.pod_name}"
 
-    # --- API calls -----------------------------------------------------------
+    @property
+    def pod_name(self) -> str:
+        return self._pod.pod_name
 
-    def _call(self, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return call(self._api_client, self.namespace, verb, resource, func, *args, **kwargs)
+    @pod_name.setter
+    def pod_name(self, name: str) -> None:
+        self._pod.pod_name = name
+
+    # --- API calls (plugbay.runners.kubernetes.podapi: each bounded by api_timeout) --
 
     def _read_pod(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            obj = self._call("get", "pods", self._api.read_namespaced_pod, self.pod_name, self.namespace)
-        except RunnerError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
-                return None
-            raise
-        return dict(self._api_client.sanitize_for_serialization(obj))
+        return self._pod.read_pod()
 
     def _events(self) -> list[str]:
-        try:
-            found = self._call("list", "events", self._api.list_namespaced_event, self.namespace,
-                               field_selector=f"involvedObject.name={self.pod_name}")
-        except RunnerError as exc:
-            return [f"(events unavailable: {exc})"]
-        items = [self._api_client.sanitize_for_serialization(e) for e in found.items]
-        items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-        return [pods.format_event(e) for e in items]
+        return self._pod.events()
 
     # --- start ---------------------------------------------------------------
 
@@ -153,8 +137,7 @@ class KubernetesRunner(Runner):
             manifest["metadata"]["ownerReferences"] = [ref]
         body = client.V1Pod.from_dict(manifest)
         deadline = time.monotonic() + self.start_timeout
-        created = self._call("create", "pods", self._api.create_namespaced_pod, self.namespace, body)
-        self._uid = str(getattr(created.metadata, "uid", "") or "")
+        self._pod.create(body)
         try:
             self._start_watcher()
             self._await_running(deadline)
@@ -182,24 +165,17 @@ class KubernetesRunner(Runner):
                     raise failure
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                watch = self._podwatch
+                failing = f" The pod watch is failing ({watch.last_failure})." if watch.failures else ""
                 raise PodStartTimeoutError(
                     f"pod {self.id} did not reach Running within {self.start_timeout:.0f}s (phase"
                     f" {pods.phase(pod or {})}). Raise start_timeout for slow image pulls, or check the"
-                    f" cluster.\n{self.diagnose()}")
+                    f" cluster.{failing}\n{self.diagnose()}")
             with self._podwatch.cond:
                 self._podwatch.cond.wait(timeout=min(remaining, 1.0))
 
     def _logs_tail(self) -> list[str]:
-        if self._logs.tail:
-            return list(self._logs.tail)
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            text = self._api.read_namespaced_pod_log(self.pod_name, self.namespace,
-                                                     container=pods.CONTAINER_NAME, tail_lines=20)
-            return str(text).splitlines()
-        except (ApiException, OSError, ValueError):
-            return []
+        return list(self._logs.tail) if self._logs.tail else self._pod.logs_tail()
 
     # --- the pod watch (plugbay.runners.kubernetes.watch) -------------------
 
@@ -208,15 +184,10 @@ class KubernetesRunner(Runner):
 
     # --- logs: handshake to stdout, everything else to stderr ----------------------
 
-    def _open_log(self, tail_lines: int | None) -> Any:
-        return self._call("get", "pods/log", self._api.read_namespaced_pod_log, self.pod_name, self.namespace,
-                          container=pods.CONTAINER_NAME, follow=True, _preload_content=False,
-                          **({"tail_lines": tail_lines} if tail_lines is not None else {}))
-
     def _follow_logs(self) -> None:
-        first = self._open_log(None)  # in the caller: a 403 or an unreachable API fails start()
+        first = self._pod.open_log(None)  # in the caller: a 403 or an unreachable API fails start()
         watched = self._podwatch
-        self._logs.follow(first, self._open_log, lambda: not watched.stop.is_set() and not watched.gone
+        self._logs.follow(first, self._pod.open_log, lambda: not watched.stop.is_set() and not watched.gone
                           and pods.is_running(watched.pod or {}))
 
     def stdout_lines(self) -> Iterator[str]:
@@ -271,8 +242,7 @@ class KubernetesRunner(Runner):
         return self._podwatch.wait_exit(timeout)
 
     def kill(self, grace: float = 2.0) -> None:
-        from kubernetes.client.exceptions import ApiException
-
+        """Delete the pod and close up; every API call bounded by api_timeout, the close up done regardless."""
         with self._lock:
             if self._killed:
                 return
@@ -285,18 +255,11 @@ class KubernetesRunner(Runner):
             if self.pod_name and not self._podwatch.gone:
                 self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
                 try:
-                    self._delete_pod(grace)
-                except ApiException as exc:
-                    if exc.status == 403:
-                        error = PermissionDeniedError(denied_message("delete", "pods", self.namespace))
-                    elif exc.status == 409:  # the UID precondition failed: the name is another pod's now
-                        error = RunnerError(
-                            f"pod {self.id} is no longer the pod plugbay started (its UID is not {self._uid});"
-                            " plugbay left it alone. If it is yours, delete it with kubectl delete pod")
-                        self._podwatch.update(None, True)
-                    elif exc.status != 404:
-                        error = RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}")
-                    else:
+                    if not self._pod.delete(grace):
+                        self._podwatch.update(None, True)  # 404: already gone
+                except RunnerError as exc:
+                    error = exc
+                    if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
                         self._podwatch.update(None, True)
                 if error is None and not self._await_gone(grace + 30):
                     _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
@@ -304,15 +267,6 @@ class KubernetesRunner(Runner):
             self._close()
         if error is not None:
             raise error
-
-    def _delete_pod(self, grace: float) -> None:
-        from kubernetes import client
-
-        # Only the pod this runner created or attached to (its UID): a pod that took its name since is left.
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=self._uid)) if self._uid else None
-        # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
-        self._api.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=max(1, math.ceil(grace)),
-                                        body=body)
 
     def _await_gone(self, timeout: float) -> bool:
         """Whether the pod is gone within ``timeout``: told by the watch, else (detach() closed it,
@@ -368,7 +322,8 @@ class KubernetesRunner(Runner):
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "KubernetesRunner", "id": self.id, "namespace": self.namespace, "pod": self.pod_name,
                 "image": self.image, "container_port": self.container_port,
-                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context}
+                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context,
+                "api_timeout": self.api_timeout}
 
     @classmethod
     def attach(cls, data: Mapping[str, Any], api_client: Any = None) -> KubernetesRunner:
@@ -376,9 +331,14 @@ class KubernetesRunner(Runner):
         runner = cls(str(data.get("image", "?")), namespace=str(data["namespace"]),
                      container_port=int(data.get("container_port", 4000)),
                      address_mode=str(data.get("address_mode", "auto")), api_client=api_client,
-                     kubeconfig=data.get("kubeconfig"), context=data.get("context"))
+                     kubeconfig=data.get("kubeconfig"), context=data.get("context"),
+                     api_timeout=data.get("api_timeout"))
         runner.pod_name = str(data["pod"])
-        pod = runner._read_pod()
+        try:
+            pod = runner._read_pod()  # bounded by api_timeout: a silent API server fails the reattach
+        except BaseException:
+            runner._close()
+            raise
         if pod is None:
             runner._close()
             raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
@@ -387,7 +347,7 @@ class KubernetesRunner(Runner):
             raise ReattachError(f"cannot reattach to pod {runner.id}: it lacks plugbay's label plugbay.managed=true,"
                                 " so plugbay did not start it and leaves it alone. Pass the JSON that"
                                 " Client.reattach_config().to_json() produced for a running plugin")
-        runner._uid = str((pod.get("metadata") or {}).get("uid") or "")
+        runner._pod.uid = str((pod.get("metadata") or {}).get("uid") or "")
         runner._podwatch.update(pod, False)
         runner._start_watcher()
         return runner

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.runners.session import HOST, HOST_SESSION_ID, SESSION_START, managed_labels, session_alive
-from plugbay.runners.kubernetes.api import call, load_api_client
+from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, load_api_client,
+                                            request_timeout)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
           kubeconfig: str | None = None, grace: int = 0, dry_run: bool = False,
-          host_id: str | None = None) -> list[str]:
+          host_id: str | None = None, api_timeout: float = DEFAULT_API_TIMEOUT) -> list[str]:
     """Delete plugbay pods whose host session is gone; return their names.
 
     ``dry_run=True`` deletes nothing and returns the names it would delete.
@@ -23,9 +24,13 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     them. Without ``live_sessions`` a session is also gone when its host process
     (from this machine, per the pod's plugbay.host annotation) no longer runs;
     pods of other machines are left alone. This process's own pods are never deleted.
+
+    Each API call waits at most ``api_timeout`` seconds to connect and again for
+    its answer; an API server that does not answer is an EngineUnavailableError.
     """
     from kubernetes import client
 
+    timeout = request_timeout(check_api_timeout(api_timeout))
     own = api_client is None
     if api_client is None:
         api_client, _ = load_api_client(kubeconfig)
@@ -35,7 +40,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     removed: list[str] = []
     try:
         found = call(api_client, namespace, "list", "pods", api.list_namespaced_pod, namespace,
-                            label_selector="plugbay.managed=true")
+                            label_selector="plugbay.managed=true", _request_timeout=timeout)
         for pod in found.items:
             labels = pod.metadata.labels or {}
             session = labels.get("plugbay.session", "")
@@ -53,7 +58,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                     removed.append(pod.metadata.name)
                     continue
                 call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
-                            grace_period_seconds=grace)
+                            grace_period_seconds=grace, _request_timeout=timeout)
                 removed.append(pod.metadata.name)
     finally:
         if own:

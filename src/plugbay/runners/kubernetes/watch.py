@@ -5,10 +5,17 @@ re-opened every 10 s; a pod deleted between two watches is noticed by a read)
 so start, wait and kill wake the moment the pod changes instead of polling.
 Connection blips are retried a bounded number of times in a row; a 403 is kept
 as a PermissionDeniedError for the starting thread to raise.
+
+Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
+a quiet pod costs one re-watch per period, not a cut stream. The client side
+waits ``api_timeout`` to connect and for the answer's head, then up to
+WATCH_SECONDS + ``api_timeout`` between two reads of the stream: a server that
+stops answering mid-watch is noticed, and the watch opened again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -17,16 +24,20 @@ from typing import Any
 
 from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
+from plugbay.runners.kubernetes.api import request_timeout
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
+WATCH_SECONDS = 10  # the server ends each watch after this long; the loop opens the next
 
 
 class PodWatch:
     """The watched state of one pod; ``cond`` guards ``pod`` and ``gone`` and is notified on each change."""
 
-    def __init__(self, api: Any, namespace: str, read_pod: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, api: Any, namespace: str, read_pod: Callable[[], dict[str, Any] | None],
+                 api_timeout: float = 30.0) -> None:
         self._api = api
+        self.api_timeout = api_timeout
         self.namespace = namespace
         self._read_pod = read_pod
         self.pod_name = ""
@@ -36,6 +47,8 @@ class PodWatch:
         self.stop = threading.Event()
         self.error: BaseException | None = None  # why the watch ended for good (a 403)
         self._watch: Any = None
+        self.failures = 0  # failed watches in a row (timeouts, blips): nonzero, the watch tells nothing now
+        self.last_failure = ""  # why the last watch failed, for a start timeout's message
         self._thread: threading.Thread | None = None
 
     @property
@@ -54,14 +67,15 @@ class PodWatch:
 
         watch: Any = watch_mod
 
-        failures = 0
+        self.failures = failures = 0
+        list_pods = self._bounded_list()
         while not self.stop.is_set() and not self.gone:
             w = watch.Watch()
             self._watch = w
             try:
-                for ev in w.stream(self._api.list_namespaced_pod, self.namespace, deserialize=False,
-                                   field_selector=f"metadata.name={self.pod_name}", timeout_seconds=10,
-                                   _request_timeout=(10, 30)):
+                for ev in w.stream(list_pods, self.namespace, deserialize=False,
+                                   field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
+                                   _request_timeout=request_timeout(self.api_timeout)):
                     self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
@@ -77,12 +91,29 @@ class PodWatch:
                 failures += 1
             except Exception as exc:  # connection blips: retry a bounded number of times in a row
                 failures += 1
+                self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("watching pod %s: %s", self.id, exc)
+            self.failures = failures
             if failures >= 30:
                 _log.warning("giving up watching pod %s after %d failures", self.id, failures)
                 return
             if failures:
                 self.stop.wait(min(0.2 * failures, 2.0))
+
+    def _bounded_list(self) -> Callable[..., Any]:
+        """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch."""
+        func = self._api.list_namespaced_pod
+        between_reads = WATCH_SECONDS + self.api_timeout
+
+        @functools.wraps(func)  # the Watch reads the docstring for the watch argument and the item type
+        def opened(*args: Any, **kwargs: Any) -> Any:
+            resp = func(*args, **kwargs)
+            sock = getattr(getattr(resp, "connection", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(between_reads)
+            return resp
+
+        return opened
 
     def update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
         with self.cond:
@@ -110,8 +141,9 @@ class PodWatch:
                 self.cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
 
     def watching(self) -> bool:
-        """Whether the watch thread runs (not closed, not ended by a 403 or too many failures)."""
-        return self._thread is not None and self._thread.is_alive() and not self.stop.is_set()
+        """Whether the watch thread runs and its last watch worked (not closed, failing, or ended by a 403)."""
+        return (self._thread is not None and self._thread.is_alive() and not self.stop.is_set()
+                and self.failures == 0)
 
     def wait_gone(self, timeout: float) -> bool:
         with self.cond:
@@ -122,5 +154,5 @@ class PodWatch:
         self.stop.set()
         if self._watch is not None:
             self._watch.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        if self._thread is not None:  # a watch still waiting for its answer's head waits up to 2 api_timeouts
+            self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))

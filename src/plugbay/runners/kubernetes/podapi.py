@@ -1,0 +1,140 @@
+"""The Kubernetes runner's API calls on its one pod, each bounded in time.
+
+One-shot calls (create, read, delete, the events list, a log tail) pass
+``_request_timeout = (api_timeout, api_timeout)``: connect, then each read of
+the answer. The log stream that follows the plugin (follow=true) has the same
+bound on its connect and on the response's head, and none after it: a plugin
+may print nothing for hours, and that silence must not end its log. The socket
+gets TCP keepalive instead, so a peer that vanished (host down, network cut)
+still ends the stream; closing the runner shuts the socket down.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.runners.kubernetes import pods
+from plugbay.runners.kubernetes.api import api_message, call, request_timeout, timed_out, timeout_message
+from plugbay.runners.kubernetes.rbac import denied_message
+
+_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+
+
+class PodApi:
+    """``pod_name`` and ``uid`` are the runner's pod; ``timeout`` is its api_timeout."""
+
+    def __init__(self, api_client: Any, namespace: str, timeout: float) -> None:
+        from kubernetes import client
+
+        self.client = api_client
+        self.api: Any = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.timeout = timeout
+        self.pod_name = ""
+        self.uid = ""  # the pod's UID once created or attached: delete() deletes only that pod
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.pod_name}"
+
+    def call(self, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return call(self.client, self.namespace, verb, resource, func, *args,
+                    _request_timeout=request_timeout(self.timeout), **kwargs)
+
+    def create(self, body: Any) -> None:
+        try:
+            created = self.call("create", "pods", self.api.create_namespaced_pod, self.namespace, body)
+        except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
+            raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
+                                         " deletes it by name, or plugbay's sweep does later") from exc.__cause__
+        self.uid = str(getattr(created.metadata, "uid", "") or "")
+
+    def read_pod(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = self.call("get", "pods", self.api.read_namespaced_pod, self.pod_name, self.namespace)
+        except RunnerError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                return None
+            raise
+        return dict(self.client.sanitize_for_serialization(obj))
+
+    def events(self) -> list[str]:
+        try:
+            found = self.call("list", "events", self.api.list_namespaced_event, self.namespace,
+                              field_selector=f"involvedObject.name={self.pod_name}")
+        except RunnerError as exc:
+            return [f"(events unavailable: {exc})"]
+        items = [self.client.sanitize_for_serialization(e) for e in found.items]
+        items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return [pods.format_event(e) for e in items]
+
+    def logs_tail(self) -> list[str]:
+        try:
+            text = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
+                             container=pods.CONTAINER_NAME, tail_lines=20)
+            return str(text).splitlines()
+        except (RunnerError, ValueError):
+            return []
+
+    def open_log(self, tail_lines: int | None) -> Any:
+        """The plugin's log, followed: bounded until the answer's head, unbounded after it."""
+        resp = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
+                         container=pods.CONTAINER_NAME, follow=True, _preload_content=False,
+                         **({"tail_lines": tail_lines} if tail_lines is not None else {}))
+        quiet_ok(resp)
+        return resp
+
+    def delete(self, grace: float) -> bool:
+        """Delete the pod (only the one with our UID); False when it was already gone (404).
+
+        Every failure is a typed error saying the pod may still run; the caller still closes up.
+        """
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        # Only the pod this runner created or attached to (its UID): a pod that took its name since is left.
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=self.uid)) if self.uid else None
+        timeout = request_timeout(self.timeout)
+        try:
+            # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
+            self.api.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=max(1, math.ceil(grace)),
+                                           body=body, _request_timeout=timeout)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 403:
+                raise PermissionDeniedError(denied_message("delete", "pods", self.namespace)) from exc
+            if exc.status == 409:  # the UID precondition failed: the name is another pod's now
+                raise RunnerError(
+                    f"pod {self.id} is no longer the pod plugbay started (its UID is not {self.uid});"
+                    " plugbay left it alone. If it is yours, delete it with kubectl delete pod") from exc
+            raise RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}") from exc
+        except (HTTPError, OSError) as exc:
+            host = getattr(self.client.configuration, "host", "?")
+            why = timeout_message(host, f"delete pods ({self.id})", timeout) if timed_out(exc) else (
+                f"cannot reach the Kubernetes API at {host} to delete pod {self.id}: {exc}")
+            raise EngineUnavailableError(
+                f"{why}. The pod may still run: delete it with kubectl delete pod -n {self.namespace}"
+                f" {self.pod_name} once the API answers (or run plugbay's sweep)") from exc
+
+
+def quiet_ok(resp: Any) -> None:
+    """Lift the read timeout off a streamed response whose head arrived, and keep TCP keepalive on it."""
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    if sock is None:
+        return
+    sock.settimeout(None)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # keepalive is a help, not a need: the stream still ends when the runner closes it
