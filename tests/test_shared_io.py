@@ -339,9 +339,9 @@ def test_a_go_plugin_gets_its_broker_stream_when_dispensed() -> None:
     with Client(config([kv_plugin])) as client:
         client.start()
         assert client.broker.call is None  # nothing can call plugin code before a dispense
-        kv = client.dispense(PLUGIN_NAME)
-        assert client.broker.call is not None
+        kv = client.dispense(PLUGIN_NAME)  # starts opening it on the shared loop; not waited for
         kv.put("k", b"v")
+        wait_for(lambda: client.broker.call is not None, "the broker stream opened at dispense")
         assert kv.get("k") == b"v"
     with Client(config(PROBE)) as client:  # a plugbay plugin said it queues: still lazy
         client.dispense(PLUGIN_NAME).put("k", b"v")

@@ -313,8 +313,9 @@ class Client:
             if not self._dispensed and not self._broker_queues:
                 # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
                 # handler that announces a connection before the host touched its broker would
-                # hang. Dispensing is when plugin code can first be called, so open it now.
-                broker.open_stream()
+                # hang. Dispensing is when plugin code can first be called, so open it now; without
+                # waiting for it (it opens on the shared loop while the first call runs).
+                broker.open_stream(wait=False)
             stub = plugins[name].grpc_client(broker, self.channel)
             self._dispensed[name] = stub
             return stub
