@@ -343,6 +343,10 @@ def test_a_go_plugin_gets_its_broker_stream_when_dispensed() -> None:
         kv.put("k", b"v")
         wait_for(lambda: client.broker.call is not None, "the broker stream opened at dispense")
         assert kv.get("k") == b"v"
+    with Client(config([kv_plugin])) as client:  # no call at all: it opens by itself, shortly
+        client.dispense(PLUGIN_NAME)
+        wait_for(lambda: client.broker.call is not None, "the deferred broker stream to open uncalled")
+        assert client.broker.next_id() == 1  # and brokers
     with Client(config(PROBE)) as client:  # a plugbay plugin said it queues: still lazy
         client.dispense(PLUGIN_NAME).put("k", b"v")
         assert client.broker.call is None

@@ -150,20 +150,41 @@ class Opening:
     attached (or raises why it could not be), for a use that needs the stream.
     """
 
-    def __init__(self, broker: GRPCBroker, redial: Redial) -> None:
+    def __init__(self, broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> None:
         self._broker = broker
         self._redial = redial
+        self._delay = delay
         self._lease: aioloop.Lease | None = None
+        self._begun = False  # touched on the loop thread only
         self._done = threading.Event()
         self._error: BaseException | None = None
 
     def start(self) -> None:
-        """Schedule the opening on the shared loop (under the broker's lock: close() then joins it)."""
+        """Schedule the opening on the shared loop (under the broker's lock: close() then joins it).
+
+        With a ``delay`` it begins that much later unless hurry() comes first."""
         lease = self._lease = aioloop.shared().acquire()
-        lease.run(self._open())
+        if self._delay > 0:
+            lease.call_soon(self._begin_later)
+        else:
+            lease.call_soon(self._begin)
+
+    def hurry(self) -> None:
+        """Begin now if a delayed opening has not begun yet (thread-safe, idempotent)."""
+        if self._lease is not None and not self._done.is_set():
+            self._lease.call_soon(self._begin)
+
+    def _begin_later(self) -> None:
+        asyncio.get_running_loop().call_later(self._delay, self._begin)
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            asyncio.get_running_loop().create_task(self._open())
 
     def wait(self) -> None:
         """Block until the stream is attached; BrokerClosedError if it could not be made."""
+        self.hurry()
         if not self._done.wait(_OPEN_TIMEOUT):
             self._error = self._error or TimeoutError(f"not made within {_OPEN_TIMEOUT:g}s")
         if self._error is not None:
@@ -174,6 +195,7 @@ class Opening:
 
     def join(self, timeout: float | None = None) -> None:
         """close(): wait for the opening to end; a stream it made is joined as a reader of its own."""
+        self.hurry()  # a delayed one begins now, finds the broker closed and ends
         self._done.wait(_OPEN_TIMEOUT if timeout is None else timeout)
         if self._error is not None or not self._done.is_set():
             self._give_back()
@@ -203,10 +225,11 @@ class Opening:
         self._done.set()
 
 
-def open_aio_host_stream(broker: GRPCBroker, redial: Redial) -> Opening | None:
+def open_aio_host_stream(broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> Opening | None:
     """Start opening the host's StartStream for ``broker`` on the shared loop; returns at once.
 
-    None when the broker is closed already; otherwise the Opening (wait() for the stream).
+    None when the broker is closed already; otherwise the Opening (wait() for the stream,
+    hurry() to begin a delayed one now).
     """
-    opening = Opening(broker, redial)
+    opening = Opening(broker, redial, delay)
     return opening if broker.start_reader(opening) else None

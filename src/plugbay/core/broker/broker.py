@@ -119,7 +119,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._cleanup: list[Callable[[], None]] = []
         self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
-        self._opener: Callable[[], Opening | None] | None = None  # opens the stream on first use (lazy host)
+        self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
         self._opening: Opening | None = None  # a stream being opened on the shared loop
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve

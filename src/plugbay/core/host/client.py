@@ -53,6 +53,8 @@ _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
+# A go-plugin plugin's handler that brokers before the host did waits this long at most for the stream.
+_BROKER_DEFER = 0.05
 
 
 class Client:
@@ -313,9 +315,12 @@ class Client:
             if not self._dispensed and not self._broker_queues:
                 # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
                 # handler that announces a connection before the host touched its broker would
-                # hang. Dispensing is when plugin code can first be called, so open it now; without
-                # waiting for it (it opens on the shared loop while the first call runs).
-                broker.open_stream(wait=False)
+                # hang. Dispensing is when plugin code can first be called, so open it now: on the
+                # shared loop, once the first unary call returned (its Python work would slow that
+                # call down) or _BROKER_DEFER later, whichever comes first; a broker use opens it at once.
+                broker.open_stream(wait=False, delay=_BROKER_DEFER)
+                if self._channel is not None:
+                    self._channel.after_call = broker.hurry_stream
             stub = plugins[name].grpc_client(broker, self.channel)
             self._dispensed[name] = stub
             return stub
