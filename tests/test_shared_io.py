@@ -365,3 +365,27 @@ def test_watching_a_reaped_plugin_reports_its_exit_without_a_pidfd_on_a_reused_p
         watch.cancel()
     finally:
         runner.kill(0)
+
+
+def test_deferred_work_runs_once_on_the_loop_late_or_sooner_and_not_after_cancel() -> None:
+    import time as _time
+
+    from plugbay.core.transport import aioloop
+
+    loop = aioloop.AioLoop("plugbay-io-deferred")
+    ran: list[tuple[str, str]] = []
+    late = aioloop.Deferred(lambda: ran.append(("late", threading.current_thread().name)), 0.05, loop)
+    t0 = _time.monotonic()
+    wait_for(lambda: ran != [], "the deferred work to run by itself")
+    assert ran == [("late", "plugbay-io-deferred")] and _time.monotonic() - t0 >= 0.04
+    soon = aioloop.Deferred(lambda: ran.append(("soon", "")), 30.0, loop)
+    soon.now()
+    soon.now()
+    wait_for(lambda: len(ran) == 2, "now() to run it")
+    dropped = aioloop.Deferred(lambda: ran.append(("dropped", "")), 0.01, loop)
+    dropped.cancel()
+    late.cancel()  # after it ran: a no-op
+    _time.sleep(0.1)
+    assert [name for name, _ in ran] == ["late", "soon"]
+    wait_for(lambda: not loop.running, "every lease to be given back")
+    assert loop.join_idle()
