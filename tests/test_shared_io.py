@@ -118,6 +118,8 @@ def test_a_sinkless_host_lets_a_chatty_plugin_discard_instead_of_buffering(
     # a 64 KiB buffer: if nobody read and nobody discarded, it would overflow and say so
     with Client(config(PROBE, env={"PROBE_STDIO_MAX": "65536"})) as client:
         kv = client.dispense(PLUGIN_NAME)
+        # the ask travels on the host's own short GRPCStdio call, beside the calls: answered once it ended
+        wait_for(lambda: "plugbay-stdio" not in " ".join(plugbay_threads()), "the discard ask to be answered")
         for _ in range(8):
             kv.put("fd1", b"x" * 100_000)
         kv.put("k", b"v")
