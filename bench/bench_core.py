@@ -23,25 +23,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
-from common import REPO, Case, Context, Result, combine, go_program, python_host_round
+from common import REPO, Case, Context, Result, go_program, interleaved, python_host_round
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
 
 
-def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context) -> Result:
+def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context,
+                 floor: Callable[[str], float] | None = None) -> Result:
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
     from plugbay import ClientConfig
 
-    rounds = []
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(ctx.rounds):
+        def start(calls: int) -> Result:
             config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
                                   runner=_runner(plugin_cmd, cwd), call_timeout=ctx.call_timeout)
-            rounds.append(python_host_round(config, ctx.calls))
-    return combine(rounds)
+            return python_host_round(config, calls)
+
+        return interleaved(ctx, start, (lambda: floor(cwd)) if floor is not None else None)
 
 
 def _runner(cmd: list[str] | None, cwd: str) -> object:
@@ -51,7 +53,20 @@ def _runner(cmd: list[str] | None, cwd: str) -> object:
     return ProcessRunner(cmd, cwd=cwd)
 
 
-def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
+def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int, cwd: str, note: str) -> Result:
+    """One kv_host bench run: a start, the first Put, then ``calls`` Gets (at least one)."""
+    env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
+    args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(max(calls, 1))]
+    out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"kv_host bench failed ({out.returncode}): {out.stdout}{out.stderr}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Result(data["start_to_first_call_ms"], data["p50_us"], data["p99_us"],
+                  data["n"], data["calls_per_s"], note=note)
+
+
+def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
+             floor: Callable[[str], float] | None = None) -> Result:
     host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
@@ -60,18 +75,11 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
                                ", Go TLS" if automtls else "")
     if plugin_cmd == FLOOR_PLUGIN:
         note = "go-plugin host; bench/floor_kv_plugin.py"
-    rounds = []
-    env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
-    args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(ctx.calls)]
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(ctx.rounds):
-            out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
-            if out.returncode != 0:
-                raise RuntimeError(f"kv_host bench failed ({out.returncode}): {out.stdout}{out.stderr}")
-            data = json.loads(out.stdout.strip().splitlines()[-1])
-            rounds.append(Result(data["start_to_first_call_ms"], data["p50_us"], data["p99_us"],
-                                 data["n"], data["calls_per_s"], note=note))
-    return combine(rounds)
+        def start(calls: int) -> Result:
+            return _go_host_round(host, plugin_cmd, automtls, calls, cwd, note)
+
+        return interleaved(ctx, start, (lambda: floor(cwd)) if floor is not None else None)
 
 
 def _go_host_alone(automtls: bool, ctx: Context) -> Result:
@@ -90,7 +98,7 @@ def _go_host_alone(automtls: bool, ctx: Context) -> Result:
         # the shell outlives the line a little: a plugin gone before its line is read is another error
         env = {**os.environ, "KV_PLUGIN": f"echo {shlex.quote(line)}; exec sleep 0.3"}
         args = [host, "--timeout", "30s"] + (["--automtls"] if automtls else []) + ["bench", "1"]
-        for _ in range(ctx.rounds):
+        for _ in range(max(ctx.rounds, ctx.starts)):  # start-only: every start counts
             out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
             found = re.search(r"start_ms=([\d.]+)", out.stderr)
             if found is None:
@@ -100,18 +108,32 @@ def _go_host_alone(automtls: bool, ctx: Context) -> Result:
                   note="go-plugin host reading a canned handshake line; no plugin process")
 
 
-def _bare_host(plugin_cmd: list[str], ctx: Context) -> Result:
+def _bare_round(plugin_cmd: list[str], calls: int, cwd: str, ctx: Context) -> Result:
     from floor import BareKV
 
     from common import measure_kv
 
-    rounds = []
+    started = time.perf_counter()
+    with BareKV(plugin_cmd, cwd, ctx.call_timeout) as kv:
+        return measure_kv(kv, calls, started, note="bench/floor.py")
+
+
+def _bare_host(plugin_cmd: list[str], ctx: Context) -> Result:
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(ctx.rounds):
-            started = time.perf_counter()
-            with BareKV(plugin_cmd, cwd, ctx.call_timeout) as kv:
-                rounds.append(measure_kv(kv, ctx.calls, started, note="bench/floor.py"))
-    return combine(rounds)
+        return interleaved(ctx, lambda calls: _bare_round(plugin_cmd, calls, cwd, ctx))
+
+
+def _floor_start(c: Context, kind: str) -> Callable[[str], float] | None:
+    """One start of a floor row (start-to-first-call ms in a working directory), taken between a row's starts."""
+    if kind == "floor-host":
+        plugin = go_program(c, "kv_plugin")
+        if plugin is None:
+            return None
+        return lambda cwd: _bare_round([plugin], 0, cwd, c).start_to_first_call_ms
+    host = go_program(c, "kv_host")
+    if host is None:
+        return None
+    return lambda cwd: _go_host_round(host, FLOOR_PLUGIN, False, 0, cwd, "").start_to_first_call_ms
 
 
 def floor_cases() -> list[Case]:
@@ -143,10 +165,10 @@ def cases(ctx: Context) -> list[Case]:
             plugin = go_program(c, "kv_plugin")
             if plugin is None:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
-            return _python_host([plugin], m, c)
+            return _python_host([plugin], m, c, _floor_start(c, "floor-host"))
 
         def go_py(c: Context, m: bool = automtls) -> Result:
-            return _go_host(PY_PLUGIN, m, c)
+            return _go_host(PY_PLUGIN, m, c, _floor_start(c, "floor-plugin"))
 
         def py_py(c: Context, m: bool = automtls) -> Result:
             return _python_host(PY_PLUGIN, m, c)

@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import Any
 
-from common import Case, Context, Result, combine, python_host_round
+from common import Case, Context, Result, interleaved, python_host_round
 
 
 def _engine_reason() -> str | None:
@@ -49,46 +49,55 @@ def _image(ctx: Context, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _run_true(image: str) -> float:
+    """One ``docker run --rm --network none --entrypoint true IMAGE``, in ms."""
+    started = time.perf_counter()
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image],
+                   check=True, timeout=120, capture_output=True)
+    return (time.perf_counter() - started) * 1000
+
+
 def _docker_run_true(ctx: Context) -> Result:
     image = _image(ctx, "kv")
     if image is None:
         return Result(skipped=str(ctx.cache.get("docker:reason")))
-    times = []
-    for _ in range(ctx.rounds):
-        started = time.perf_counter()
-        subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image],
-                       check=True, timeout=120, capture_output=True)
-        times.append((time.perf_counter() - started) * 1000)
+    times = [_run_true(image) for _ in range(max(ctx.rounds, ctx.starts))]  # start-only: every start counts
     return Result(start_to_first_call_ms=statistics.median(times), note="docker run --rm IMAGE true (floor)")
 
 
 def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
     image = _image(ctx, name)
-    if image is None:
+    floor_image = _image(ctx, "kv")
+    if image is None or floor_image is None:
         return Result(skipped=str(ctx.cache.get("docker:reason")))
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
     from plugbay import ClientConfig
     from plugbay.runners.docker import DockerRunner
 
-    rounds = []
-    for _ in range(ctx.rounds):
+    def start(calls: int) -> Result:
         config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
-                                   runner=DockerRunner(image, transport=transport, writable_dirs=("/tmp", "/data")), call_timeout=ctx.call_timeout)
-        rounds.append(python_host_round(config, ctx.calls))
-    return combine(rounds)
+                                   runner=DockerRunner(image, transport=transport, writable_dirs=("/tmp", "/data")),
+                                   call_timeout=ctx.call_timeout)
+        return python_host_round(config, calls)
+
+    # a `docker run ... true` before each start: the ratio column's start is taken against those
+    return interleaved(ctx, start, lambda: _run_true(floor_image))
 
 
 def cases(ctx: Context) -> list[Case]:
     def row(name: str, transport: str, automtls: bool = False) -> Any:
         return lambda c: _plugin(c, name, transport, automtls)
 
+    floor = "docker-true"
     return [
-        Case("docker CLI", "none (true)", False, _docker_run_true, area="docker", transport="container"),
-        Case("Python", "Python (docker)", False, row("kv", "unix"), area="docker", transport="container, unix"),
+        Case("docker CLI", "none (true)", False, _docker_run_true, area="docker", transport="container", key=floor),
+        Case("Python", "Python (docker)", False, row("kv", "unix"), area="docker", transport="container, unix",
+             floor=floor),
         Case("Python", "Python (docker)", False, row("kv", "tcp"), area="docker",
-             transport="container, tcp 127.0.0.1"),
+             transport="container, tcp 127.0.0.1", floor=floor),
         Case("Python", "Python (docker)", True, row("kv", "unix", True), area="docker",
-             transport="container, unix"),
-        Case("Python", "Go (docker)", False, row("kv-go", "unix"), area="docker", transport="container, unix"),
+             transport="container, unix", floor=floor),
+        Case("Python", "Go (docker)", False, row("kv-go", "unix"), area="docker", transport="container, unix",
+             floor=floor),
     ]

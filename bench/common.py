@@ -24,7 +24,10 @@ for _p in (REPO / "src", REPO / "examples" / "kv", REPO):
 @dataclass
 class Context:
     calls: int = 500  # unary calls measured per round
-    rounds: int = 3  # plugin starts per case (start-to-first-call is their median)
+    rounds: int = 3  # plugin starts per case that also time --calls calls
+    # plugin starts per case for start-to-first-call (their median): the rounds, then start-only ones
+    # (start and the first call); rows that support it (core, docker) take them
+    starts: int = 9
     call_timeout: float = 30.0
     faults: int = 2  # injections per fault type (bench_faults)
     cache: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +44,9 @@ class Result:
     note: str = ""
     # further figures by name (e.g. "py threads/plugin"), compared with the floor row's own
     metrics: dict[str, float] = field(default_factory=dict)
+    # the floor row's start-to-first-call measured between this row's starts (median; 0: not
+    # measured): the ratio column's start is taken against it, so load drift between rows cancels
+    floor_start_ms: float = 0.0
 
 
 @dataclass
@@ -65,10 +71,16 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(p * (len(sorted_values) - 1) + 0.5))]
 
 
-def combine(rounds: Sequence[Result]) -> Result:
-    """Median start-to-first-call; call percentiles weighted by each round's calls."""
-    firsts = [r.start_to_first_call_ms for r in rounds]
+def combine(rounds: Sequence[Result], starts: Sequence[float] = (),
+            floor_starts: Sequence[float] = ()) -> Result:
+    """Median start-to-first-call; call percentiles weighted by each round's calls.
+
+    ``starts``: more start-to-first-call samples (start-only rounds) for the median;
+    ``floor_starts``: the floor's, measured between them (Result.floor_start_ms).
+    """
+    firsts = [r.start_to_first_call_ms for r in rounds] + list(starts)
     return Result(
+        floor_start_ms=statistics.median(floor_starts) if floor_starts else 0.0,
         start_to_first_call_ms=statistics.median(firsts),
         p50_us=statistics.median(r.p50_us for r in rounds),
         p99_us=max(r.p99_us for r in rounds),
@@ -108,6 +120,23 @@ def timed(calls: int, func: Callable[[], Any]) -> tuple[list[float], float]:
     total = time.perf_counter() - t0
     latencies.sort()
     return latencies, total
+
+
+def interleaved(ctx: Context, start: Callable[[int], Result],
+                floor: Callable[[], float] | None = None) -> Result:
+    """ctx.starts starts of a row (``start(calls)``: the first ctx.rounds time ctx.calls calls, the
+    rest 0), each after one start of its floor (``floor()``, in ms) when given; combined."""
+    rounds: list[Result] = []
+    starts: list[float] = []
+    floor_starts: list[float] = []
+    for n in range(max(ctx.rounds, ctx.starts)):
+        if floor is not None:
+            floor_starts.append(floor())
+        if n < ctx.rounds:
+            rounds.append(start(ctx.calls))
+        else:
+            starts.append(start(0).start_to_first_call_ms)
+    return combine(rounds, starts, floor_starts)
 
 
 def measure_kv(kv: Any, calls: int, started: float, note: str) -> Result:

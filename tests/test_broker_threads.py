@@ -80,7 +80,7 @@ def gained_by(plugin: str, n: int, auto_mtls: bool) -> list[str]:
     with kv_clients(plugin, n, auto_mtls) as clients:
         for client in clients:
             store = client.dispense(kv.PLUGIN_NAME)  # a go-plugin plugin: the broker stream opens here
-            assert client.broker.call is not None
+            wait_for(lambda: client.broker.call is not None, "the broker stream opened at dispense")
             store.put(f"k-{client.name}", b"v")
             assert client.connection_mode == ("relay-tls" if auto_mtls else "plaintext")
         wait_for(no_stdio_call, "the stdio calls to end")

@@ -153,3 +153,32 @@ def test_a_record_logged_from_a_signal_handler_mid_write_does_not_deadlock() -> 
                          timeout=30, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "1", "1"]  # both records, each whole on its own line
+
+
+def test_a_plugins_hclog_line_is_the_text_json_dumps_writes() -> None:
+    """hclog_json writes flat records itself (no json import at a plugin's first record): same text as json."""
+    import datetime
+    import decimal
+    import enum
+    import random
+
+    from plugbay.core.protocol.hclog import hclog_json
+
+    class Level(enum.IntEnum):
+        A = 1
+
+    class Name(str):
+        pass
+
+    values: list[object] = [
+        "", 'quote " and \\ backslash', "\x00\x01\x1f\x7f\u2028\u00e9\U0001F600", "line\nnext\r\t\b\f",
+        0, -5, 2**70, 1.5, -0.0, 1e300, 1e-7, float("nan"), float("inf"), float("-inf"), True, False, None,
+        Level.A, Name("x"), [1, "a"], (2,), {"k": [None]}, datetime.date(2020, 1, 2),
+        decimal.Decimal("1.1"), b"bytes", object]
+    rng = random.Random(13)
+    values += ["".join(chr(rng.choice([rng.randrange(0, 0x80), rng.randrange(0x80, 0x3000),
+                                       rng.randrange(0x10000, 0x10400)])) for _ in range(rng.randrange(12)))
+               for _ in range(500)]
+    for value in values:
+        entry = {"@level": "info", "@message": "m", "key": value, 'odd\n"key': value}
+        assert hclog_json(entry) == json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))

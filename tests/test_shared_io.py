@@ -118,6 +118,8 @@ def test_a_sinkless_host_lets_a_chatty_plugin_discard_instead_of_buffering(
     # a 64 KiB buffer: if nobody read and nobody discarded, it would overflow and say so
     with Client(config(PROBE, env={"PROBE_STDIO_MAX": "65536"})) as client:
         kv = client.dispense(PLUGIN_NAME)
+        # the ask travels on the host's own short GRPCStdio call, beside the calls: answered once it ended
+        wait_for(lambda: "plugbay-stdio" not in " ".join(plugbay_threads()), "the discard ask to be answered")
         for _ in range(8):
             kv.put("fd1", b"x" * 100_000)
         kv.put("k", b"v")
@@ -339,10 +341,14 @@ def test_a_go_plugin_gets_its_broker_stream_when_dispensed() -> None:
     with Client(config([kv_plugin])) as client:
         client.start()
         assert client.broker.call is None  # nothing can call plugin code before a dispense
-        kv = client.dispense(PLUGIN_NAME)
-        assert client.broker.call is not None
+        kv = client.dispense(PLUGIN_NAME)  # starts opening it on the shared loop; not waited for
         kv.put("k", b"v")
+        wait_for(lambda: client.broker.call is not None, "the broker stream opened at dispense")
         assert kv.get("k") == b"v"
+    with Client(config([kv_plugin])) as client:  # no call at all: it opens by itself, shortly
+        client.dispense(PLUGIN_NAME)
+        wait_for(lambda: client.broker.call is not None, "the deferred broker stream to open uncalled")
+        assert client.broker.next_id() == 1  # and brokers
     with Client(config(PROBE)) as client:  # a plugbay plugin said it queues: still lazy
         client.dispense(PLUGIN_NAME).put("k", b"v")
         assert client.broker.call is None
@@ -361,3 +367,27 @@ def test_watching_a_reaped_plugin_reports_its_exit_without_a_pidfd_on_a_reused_p
         watch.cancel()
     finally:
         runner.kill(0)
+
+
+def test_deferred_work_runs_once_on_the_loop_late_or_sooner_and_not_after_cancel() -> None:
+    import time as _time
+
+    from plugbay.core.transport import aioloop
+
+    loop = aioloop.AioLoop("plugbay-io-deferred")
+    ran: list[tuple[str, str]] = []
+    late = aioloop.Deferred(lambda: ran.append(("late", threading.current_thread().name)), 0.05, loop)
+    t0 = _time.monotonic()
+    wait_for(lambda: ran != [], "the deferred work to run by itself")
+    assert ran == [("late", "plugbay-io-deferred")] and _time.monotonic() - t0 >= 0.04
+    soon = aioloop.Deferred(lambda: ran.append(("soon", "")), 30.0, loop)
+    soon.now()
+    soon.now()
+    wait_for(lambda: len(ran) == 2, "now() to run it")
+    dropped = aioloop.Deferred(lambda: ran.append(("dropped", "")), 0.01, loop)
+    dropped.cancel()
+    late.cancel()  # after it ran: a no-op
+    _time.sleep(0.1)
+    assert [name for name, _ in ran] == ["late", "soon"]
+    wait_for(lambda: not loop.running, "every lease to be given back")
+    assert loop.join_idle()

@@ -86,14 +86,6 @@ class AioStream:
             log.warning("the broker stream did not end in time; giving the shared loop back anyway")
         self._lease.release()
 
-    def abort(self) -> None:
-        """For a stream whose reader never started (the broker closed meanwhile): end it and release."""
-        try:
-            self._lease.run(self._finish()).result(_END_TIMEOUT)
-        except Exception as exc:  # the loop is shared: report, never raise into close()
-            log.debug("ending an unused broker stream: %r", exc)
-        self._lease.release()
-
     # ------------------------------------------------------------- loop thread
 
     def _begin(self) -> None:
@@ -149,20 +141,95 @@ async def _open(redial: Redial) -> tuple[Any, Any, asyncio.Queue[pb.ConnInfo | N
     return channel, call, requests
 
 
-def open_aio_host_stream(broker: GRPCBroker, redial: Redial) -> None:
-    """Open the host's StartStream for ``broker`` on the shared loop (returns once the call is made)."""
-    lease = aioloop.shared().acquire()
-    try:
-        channel, call, requests = lease.run(_open(redial)).result(_OPEN_TIMEOUT)
-    except Exception as exc:
-        lease.release()
-        broker.mark_lost(f"the broker stream could not be opened: {exc!r}")
-        raise BrokerClosedError(f"could not open the broker stream to the plugin ({exc!r}); the plugin"
-                                " may have exited. Start a new Client") from exc
-    stream = AioStream(broker, lease, channel, call, requests)
-    if not broker.set_call(stream):  # closed meanwhile
-        stream.abort()
-        return
-    broker.attach_stream(stream.outbox)
-    if not broker.start_reader(stream):
-        stream.abort()
+class Opening:
+    """A StartStream being made on the loop; the loop attaches it to the broker once made.
+
+    GRPCBroker.start_reader() starts it (so close() joins it like a reader): the
+    caller is not held while the loop makes the grpc.aio channel and the call, and
+    what the broker sends meanwhile waits in its outbox. wait() blocks until it is
+    attached (or raises why it could not be), for a use that needs the stream.
+    """
+
+    def __init__(self, broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> None:
+        self._broker = broker
+        self._redial = redial
+        self._delay = delay
+        self._lease: aioloop.Lease | None = None
+        self._begun = False  # touched on the loop thread only
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        """Schedule the opening on the shared loop (under the broker's lock: close() then joins it).
+
+        With a ``delay`` it begins that much later unless hurry() comes first."""
+        lease = self._lease = aioloop.shared().acquire()
+        if self._delay > 0:
+            lease.call_soon(self._begin_later)
+        else:
+            lease.call_soon(self._begin)
+
+    def hurry(self) -> None:
+        """Begin now if a delayed opening has not begun yet (thread-safe, idempotent)."""
+        if self._lease is not None and not self._done.is_set():
+            self._lease.call_soon(self._begin)
+
+    def _begin_later(self) -> None:
+        asyncio.get_running_loop().call_later(self._delay, self._begin)
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            asyncio.get_running_loop().create_task(self._open())
+
+    def wait(self) -> None:
+        """Block until the stream is attached; BrokerClosedError if it could not be made."""
+        self.hurry()
+        if not self._done.wait(_OPEN_TIMEOUT):
+            self._error = self._error or TimeoutError(f"not made within {_OPEN_TIMEOUT:g}s")
+        if self._error is not None:
+            self._give_back()
+            exc = self._error
+            raise BrokerClosedError(f"could not open the broker stream to the plugin ({exc!r}); the plugin"
+                                    " may have exited. Start a new Client") from exc
+
+    def join(self, timeout: float | None = None) -> None:
+        """close(): wait for the opening to end; a stream it made is joined as a reader of its own."""
+        self.hurry()  # a delayed one begins now, finds the broker closed and ends
+        self._done.wait(_OPEN_TIMEOUT if timeout is None else timeout)
+        if self._error is not None or not self._done.is_set():
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._lease is not None:
+            self._lease.release()  # idempotent; from this thread, so the last user joins the loop
+
+    async def _open(self) -> None:
+        broker = self._broker
+        assert self._lease is not None
+        try:
+            channel, call, requests = await _open(self._redial)
+        except Exception as exc:
+            self._error = exc
+            broker.mark_lost(f"the broker stream could not be opened: {exc!r}")
+            self._done.set()
+            return
+        stream = AioStream(broker, self._lease, channel, call, requests)
+        attached = broker.set_call(stream)
+        if attached:
+            broker.attach_stream(stream.outbox)
+            attached = broker.start_reader(stream)
+        if not attached:  # closed meanwhile: end it here; join() gives the loop back
+            await stream._finish()
+            self._error = BrokerClosedError("the broker closed while its stream was being opened")
+        self._done.set()
+
+
+def open_aio_host_stream(broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> Opening | None:
+    """Start opening the host's StartStream for ``broker`` on the shared loop; returns at once.
+
+    None when the broker is closed already; otherwise the Opening (wait() for the stream,
+    hurry() to begin a delayed one now).
+    """
+    opening = Opening(broker, redial, delay)
+    return opening if broker.start_reader(opening) else None

@@ -36,7 +36,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
-from plugbay.core.broker.wire import Outbox, Reader, StreamEnd
+from plugbay.core.broker.wire import Opening, Outbox, Reader, StreamEnd
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     BrokerClosedError,
@@ -120,7 +120,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._cleanup: list[Callable[[], None]] = []
         self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
-        self._opener: Callable[[], None] | None = None  # opens the stream on first use (lazy host)
+        self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
+        self._opening: Opening | None = None  # a stream being opened on the shared loop
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
         self._bridges: list[StreamBridge] = []  # multiplexed dials' local listeners

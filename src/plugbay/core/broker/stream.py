@@ -95,16 +95,15 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
     if redial is not None:
         from plugbay.core.broker.aiostream import open_aio_host_stream
 
-        if lazy:
-            broker.open_stream_with(lambda: open_aio_host_stream(broker, redial))
-        else:
-            open_aio_host_stream(broker, redial)
+        broker.open_stream_with(lambda delay: open_aio_host_stream(broker, redial, delay))
+        if not lazy:
+            broker.open_stream()
         return broker
     # Built now, on the open channel: a stub built after the exit watcher closed the
     # channel crashes grpcio (a call on a closed channel's stub only raises ValueError).
     stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
     if lazy:
-        broker.open_stream_with(lambda: _open_host_stream(broker, stub))
+        broker.open_stream_with(lambda _delay: _open_host_stream(broker, stub))
     else:
         _open_host_stream(broker, stub)
     return broker

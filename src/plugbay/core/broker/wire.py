@@ -29,6 +29,14 @@ class Outbox(Protocol):
     def put(self, item: pb.ConnInfo | None) -> None: ...
 
 
+class Opening(Protocol):
+    """A stream being opened without blocking its opener (aiostream.Opening); wait() until it is attached."""
+
+    def wait(self) -> None: ...
+
+    def hurry(self) -> None: ...
+
+
 class Reader(Protocol):
     """What reads the stream: a thread, or a task on the shared asyncio loop; close() joins it."""
 
@@ -42,7 +50,8 @@ class StreamEnd:
 
     _cond: threading.Condition
     _closed: bool
-    _opener: Callable[[], None] | None
+    _opener: Callable[[float], Opening | None] | None
+    _opening: Opening | None
     _threads: list[Reader]
     _send_q: Outbox | None
     _lost: str | None
@@ -52,22 +61,47 @@ class StreamEnd:
     call: Any
     _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
 
-    def open_stream_with(self, opener: Callable[[], None]) -> None:
-        """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True))."""
+    def open_stream_with(self, opener: Callable[[float], Opening | None]) -> None:
+        """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True)).
+
+        ``opener(delay)`` either opens it before returning (None) or starts opening it
+        (``delay`` seconds later at most) and returns the Opening to wait on."""
         with self._cond:
             self._opener = opener
 
-    def open_stream(self) -> None:
-        """Open the host's broker stream now if it opens lazily (a no-op otherwise)."""
-        self._ensure_stream()
+    def open_stream(self, wait: bool = True, delay: float = 0.0) -> None:
+        """Open the host's broker stream now if it opens lazily (a no-op otherwise).
 
-    def _ensure_stream(self) -> None:
+        ``wait=False``: only start opening it where that does not block (the grpc.aio
+        stream opens on the shared loop meanwhile; what this side sends waits in the
+        outbox), beginning within ``delay`` seconds or at hurry_stream(); the next use
+        (next_id, accept_and_serve, dial) begins it at once and waits for it."""
         with self._cond:
             opener, self._opener = self._opener, None
             if self._closed:
                 return
+            opening = self._opening
         if opener is not None:  # until it attaches, what this side sends waits in the outbox
-            opener()
+            opening = opener(0.0 if wait else delay)
+            with self._cond:
+                self._opening = opening
+        if wait and opening is not None:
+            try:
+                opening.wait()
+            finally:
+                with self._cond:  # reported once; later uses see the broker's lost reason
+                    if self._opening is opening:
+                        self._opening = None
+
+    def hurry_stream(self) -> None:
+        """Begin a delayed opening (open_stream(wait=False, delay=...)) now; a no-op otherwise."""
+        with self._cond:
+            opening = self._opening
+        if opening is not None:
+            opening.hurry()
+
+    def _ensure_stream(self) -> None:
+        self.open_stream()
 
     def set_call(self, call: Any) -> bool:
         """Keep the host's StartStream call for close() to cancel; False if the broker closed already."""

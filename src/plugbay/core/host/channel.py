@@ -104,6 +104,9 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         self._exit_probe = exit_probe
         self._name = name
         self.call_hook: CallHook | None = None
+        # Run once, when the first unary call through this channel returns (or fails): work the
+        # owner keeps off that call's path (the broker stream's opening; see Client.dispense).
+        self.after_call: Callable[[], None] | None = None
 
     # --- owner's controls ---------------------------------------------------------
 
@@ -127,6 +130,12 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             self._closed = False
             self._generation += 1
         return old
+
+    def run_after_call(self) -> None:
+        with self._lock:
+            func, self.after_call = self.after_call, None
+        if func is not None:
+            func()
 
     def detach(self) -> grpc.Channel | None:
         with self._lock:
@@ -300,6 +309,9 @@ class _UnaryCallable(_Callable):
             raise self._fail(exc, started, deadline) from exc
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
             raise self._owner.translate_value_error(exc) from exc
+        finally:
+            if self._owner.after_call is not None:
+                self._owner.run_after_call()
 
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         try:

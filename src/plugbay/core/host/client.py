@@ -42,6 +42,7 @@ from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-expo
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ask_shutdown, describe_exit
 from plugbay.core.transport import ioloop
+from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
@@ -56,6 +57,10 @@ _log = logging.getLogger("plugbay.client")
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 _T = TypeVar("_T")
+# Work kept off the first call (the GRPCStdio reader; a Go plugin's broker stream) begins when it
+# returned or this long after start/dispense: a go-plugin handler that brokers before the host did
+# waits this long at most for the stream.
+_DEFER = 0.05
 
 
 class Client:
@@ -91,6 +96,7 @@ class Client:
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
+        self._stdio_start: Deferred | None = None
         self._broker_queues = False  # the plugin said (health Check) it queues broker messages
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._output: Joinable | None = None  # the runner's stdout/stderr follower
@@ -257,10 +263,24 @@ class Client:
             tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
             translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True,
             redial=self._conn.redial if self._mux is None else None)
+        # A plugbay plugin buffers its output until this stream asks (a full buffer drops and warns):
+        # read at once. A go-plugin plugin's stream starts after the first unary call returned, or
+        # _DEFER after now if none comes (its Python work would compete with that call for the GIL);
+        # meanwhile the plugin's writes fill its pipe (64 KiB) and only then wait.
+        defer = not self._broker_queues
         self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
-                                  self.config.stderr_sink, self.name)
+                                  self.config.stderr_sink, self.name, start=not defer)
+        if defer:
+            self._stdio_start = Deferred(self._stdio.start, _DEFER)
+        self._channel.after_call = self._after_first_call
         # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
         self._exit_watch = runner.watch_exit(self._on_exit)
+
+    def _after_first_call(self) -> None:
+        if self._stdio_start is not None:
+            self._stdio_start.now()
+        if self._broker is not None:
+            self._broker.hurry_stream()
 
     def _on_exit(self, code: int) -> None:
         self._exit_code = code
@@ -305,8 +325,10 @@ class Client:
             if not self._dispensed and not self._broker_queues:
                 # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
                 # handler that announces a connection before the host touched its broker would
-                # hang. Dispensing is when plugin code can first be called, so open it now.
-                broker.open_stream()
+                # hang. Dispensing is when plugin code can first be called, so open it now: on the
+                # shared loop, once the first unary call returned (its Python work would slow that
+                # call down) or _DEFER later, whichever comes first; a broker use opens it at once.
+                broker.open_stream(wait=False, delay=_DEFER)
             stub = plugins[name].grpc_client(broker, self.channel)
             self._dispensed[name] = stub
             return stub
@@ -381,6 +403,8 @@ class Client:
             self._exit_watch.cancel()
 
     def _close_rpc_streams(self) -> None:
+        if self._stdio_start is not None:
+            self._stdio_start.cancel()
         if self._stdio is not None:
             self._stdio.close()
         if self._broker is not None:

@@ -33,7 +33,7 @@ class StdioReader:
     """Reads StreamStdio until the plugin closes it or close() is called."""
 
     def __init__(self, channel: grpc.Channel, stdout_sink: Sink | None, stderr_sink: Sink | None,
-                 name: str = "plugin") -> None:
+                 name: str = "plugin", start: bool = True) -> None:
         self._stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
         self._sinks = {grpc_stdio_pb2.StdioData.STDOUT: stdout_sink,
                        grpc_stdio_pb2.StdioData.STDERR: stderr_sink}
@@ -42,7 +42,17 @@ class StdioReader:
         self._closed = False
         self.supported: bool | None = None  # None until the plugin answered
         self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
-        self._thread.start()
+        self._started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start reading (once); a no-op after close()."""
+        with self._lock:
+            if self._closed or self._started:
+                return
+            self._started = True
+            self._thread.start()
 
     def _run(self) -> None:
         with self._lock:
@@ -76,8 +86,9 @@ class StdioReader:
     def close(self, timeout: float = 5.0) -> None:
         with self._lock:
             self._closed = True
-            call = self._call
+            call, started = self._call, self._started
         if call is not None:
             call.cancel()  # type: ignore[attr-defined]
-        if self._thread is not threading.current_thread():  # a sink that kills the Client: ends on return
+        # a sink that kills the Client runs on this thread: it ends when the sink returns
+        if started and self._thread is not threading.current_thread():
             self._thread.join(timeout)

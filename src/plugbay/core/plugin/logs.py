@@ -21,7 +21,7 @@ import os
 import threading
 from typing import IO, Any
 
-from plugbay.core.protocol.hclog import hclog_level
+from plugbay.core.protocol.hclog import hclog_json, hclog_level
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -45,9 +45,7 @@ class HclogFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        import json  # at the first record (after the handshake line), not on the plugin's start path
-
-        return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
+        return hclog_json(entry)  # no json import for flat records (the first one meets the first call)
 
 
 class HclogHandler(logging.Handler):

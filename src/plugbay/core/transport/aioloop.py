@@ -155,6 +155,50 @@ def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         loop.close()
 
 
+class Deferred:
+    """``func()`` once, on the shared loop's thread: ``delay`` seconds from now, or sooner at now().
+
+    For work a caller keeps off a latency-critical moment without losing it
+    (a Client's GRPCStdio reader: after the first call, or shortly after the
+    start if no call comes). cancel() drops it if it has not run; the lease it
+    holds on the loop is given back once it ran or was cancelled.
+    """
+
+    def __init__(self, func: Callable[[], None], delay: float, loop: AioLoop | None = None) -> None:
+        self._func = func
+        self._delay = delay
+        self._lock = threading.Lock()
+        self._pending = True
+        self._lease = (loop or shared()).acquire()
+        self._lease.call_soon(self._arm)
+
+    def now(self) -> None:
+        """Run it on the loop thread now if it has not run yet (thread-safe)."""
+        if self._pending:
+            self._lease.call_soon(self._fire)
+
+    def cancel(self) -> None:
+        """Drop it if it has not run (it will not run after this returns)."""
+        with self._lock:
+            pending, self._pending = self._pending, False
+        if pending:
+            self._lease.release()
+
+    def _arm(self) -> None:
+        asyncio.get_running_loop().call_later(self._delay, self._fire)
+
+    def _fire(self) -> None:
+        with self._lock:  # held while func runs: cancel() after it waits for its end
+            if not self._pending:
+                return
+            self._pending = False
+            try:
+                self._func()
+            except Exception:
+                _log.exception("deferred work on the shared loop failed")
+        self._lease.release()
+
+
 _SHARED = AioLoop()
 
 
