@@ -25,6 +25,7 @@ from plugbay import Client, ClientConfig, PluginDiedError, ProcessRunner, Reatta
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from plugbay.core.transport import ioloop  # noqa: E402
 from plugbay.core.transport.lines import MAX_LINE  # noqa: E402
+from tests.resilience_util import wait_until  # noqa: E402
 from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
 
 PY = sys.executable
@@ -141,7 +142,13 @@ def test_a_reattached_host_with_a_sink_gets_output_again() -> None:
                                      stdout_sink=got.append))
         with second:
             wait_for(lambda: "plugbay-stdio" in " ".join(plugbay_threads()), "the reattached host's reader")
-            second.dispense(PLUGIN_NAME).put("out", b"kept\n")
+            kv = second.dispense(PLUGIN_NAME)
+            # output reaches the sink once the plugin has taken the new stream, a round trip after
+            # the reader started: write until it arrives (bounded) rather than guess that moment
+            for _ in range(100):
+                kv.put("out", b"kept\n")
+                if wait_until(lambda: b"kept\n" in b"".join(got), 0.1):
+                    break
             wait_for(lambda: b"kept\n" in b"".join(got), "the reattached host's output")
         assert b"dropped" not in b"".join(got)
     finally:
