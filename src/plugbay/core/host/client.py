@@ -22,8 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
-from plugbay.core.broker.stream import host_broker
+from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.core.host.connect import dial, wait_healthy
 from plugbay.errors import (
@@ -42,13 +41,13 @@ from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-expo
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ask_shutdown, describe_exit
 from plugbay.core.transport import ioloop
-from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
-from plugbay.core.protocol.tls import CertKey, der_to_pem, generate_cert
+from plugbay.core.host.streams import DEFER as _DEFER, open_streams
+from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.process import ProcessRunner
 
@@ -57,10 +56,6 @@ _log = logging.getLogger("plugbay.client")
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 _T = TypeVar("_T")
-# Work kept off the first call (the GRPCStdio reader; a Go plugin's broker stream) begins when it
-# returned or this long after start/dispense: a go-plugin handler that brokers before the host did
-# waits this long at most for the stream.
-_DEFER = 0.05
 
 
 class Client:
@@ -96,7 +91,6 @@ class Client:
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
-        self._stdio_start: Deferred | None = None
         self._broker_queues = False  # the plugin said (health Check) it queues broker messages
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._output: Joinable | None = None  # the runner's stdout/stderr follower
@@ -255,30 +249,15 @@ class Client:
             self._logs.join(2.0)
             raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
                                     "It exited right after its handshake.")
-        peer = der_to_pem(info.server_cert) if (self._cert and info.server_cert) else None
-        # The stream runs on grpc.aio on the shared loop (no thread per plugin) over a second
-        # connection dialed like the first; multiplexed, a second connection would cost a bridged
-        # stream with copy threads, so it stays on the channel there.
-        self._broker = host_broker(self._conn.channel, BrokerTransport(
-            tls=self._cert if peer else None, peer_cert_pem=peer, socket_dir=self._tmpdir,
-            translator=runner, multiplex=self._mux is not None, mux=self._mux), lazy=True,
-            redial=self._conn.redial if self._mux is None else None)
-        # A plugbay plugin buffers its output until this stream asks (a full buffer drops and warns):
-        # read at once. A go-plugin plugin's stream starts after the first unary call returned, or
-        # _DEFER after now if none comes (its Python work would compete with that call for the GIL);
-        # meanwhile the plugin's writes fill its pipe (64 KiB) and only then wait.
-        defer = not self._broker_queues
-        self._stdio = StdioReader(self._conn.channel, self.config.stdout_sink,
-                                  self.config.stderr_sink, self.name, start=not defer)
-        if defer:
-            self._stdio_start = Deferred(self._stdio.start, _DEFER)
+        self._broker, self._stdio = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux,
+                                                 self._broker_queues, self.config, self.name)
         self._channel.after_call = self._after_first_call
         # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
         self._exit_watch = runner.watch_exit(self._on_exit)
 
     def _after_first_call(self) -> None:
-        if self._stdio_start is not None:
-            self._stdio_start.now()
+        if self._stdio is not None:
+            self._stdio.hurry()
         if self._broker is not None:
             self._broker.hurry_stream()
 
@@ -403,8 +382,6 @@ class Client:
             self._exit_watch.cancel()
 
     def _close_rpc_streams(self) -> None:
-        if self._stdio_start is not None:
-            self._stdio_start.cancel()
         if self._stdio is not None:
             self._stdio.close()
         if self._broker is not None:

@@ -24,6 +24,7 @@ from google.protobuf import empty_pb2
 
 from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
 from plugbay.core.protocol.handshake import STDIO_DISCARD_METADATA
+from plugbay.core.transport.aioloop import Deferred
 
 Sink = Callable[[bytes], None]
 _log = logging.getLogger("plugbay.client")
@@ -33,7 +34,7 @@ class StdioReader:
     """Reads StreamStdio until the plugin closes it or close() is called."""
 
     def __init__(self, channel: grpc.Channel, stdout_sink: Sink | None, stderr_sink: Sink | None,
-                 name: str = "plugin", start: bool = True) -> None:
+                 name: str = "plugin", delay: float | None = None) -> None:
         self._stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
         self._sinks = {grpc_stdio_pb2.StdioData.STDOUT: stdout_sink,
                        grpc_stdio_pb2.StdioData.STDERR: stderr_sink}
@@ -43,8 +44,15 @@ class StdioReader:
         self.supported: bool | None = None  # None until the plugin answered
         self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
         self._started = False
-        if start:
+        # delay: start on the shared loop that long from now, or at hurry(), whichever comes first
+        self._deferred = Deferred(self.start, delay) if delay is not None else None
+        if self._deferred is None:
             self.start()
+
+    def hurry(self) -> None:
+        """Start a delayed reader now (on the shared loop); a no-op once started."""
+        if self._deferred is not None:
+            self._deferred.now()
 
     def start(self) -> None:
         """Start reading (once); a no-op after close()."""
@@ -84,6 +92,8 @@ class StdioReader:
                 _log.debug("GRPCStdio stream ended: %s", exc)
 
     def close(self, timeout: float = 5.0) -> None:
+        if self._deferred is not None:  # not under _lock: a deferred start() that runs takes it
+            self._deferred.cancel()
         with self._lock:
             self._closed = True
             call, started = self._call, self._started
