@@ -21,7 +21,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner, sweep
 from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
 from tests.kube_standin.server import StandIn
-from tests.test_kube_portforward_upgrade import RawServer
+from tests.test_kube_portforward_upgrade import RawServer, raw_serving
 
 pytestmark = pytest.mark.kubernetes
 HANDSHAKE = "1|1|tcp|0.0.0.0:4000|grpc"
@@ -39,11 +39,7 @@ def head_then_stall(head: bytes) -> bytes:
 
 @pytest.fixture(params=[never, head_then_stall], ids=["never-answers", "head-then-stalls"])
 def hung(request: pytest.FixtureRequest) -> Iterator[RawServer]:
-    server = RawServer(request.param)
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from raw_serving(request.param)
 
 
 def kubeconfig_for(url: str, path: Path) -> str:

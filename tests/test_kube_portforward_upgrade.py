@@ -88,13 +88,18 @@ class RawServer:
         self._listener.close()
 
 
-@pytest.fixture()
-def raw_server(request: pytest.FixtureRequest) -> Iterator[RawServer]:
-    server = RawServer(request.param)
+def raw_serving(answer: Answer) -> Iterator[RawServer]:
+    """A RawServer for a fixture: closed at the end whatever the test did."""
+    server = RawServer(answer)
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture()
+def raw_server(request: pytest.FixtureRequest) -> Iterator[RawServer]:
+    yield from raw_serving(request.param)
 
 
 def runner_for(url: str, start_timeout: float = 3.0) -> KubernetesRunner:
