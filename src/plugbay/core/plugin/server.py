@@ -372,17 +372,19 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
-        for what, step in steps:
-            try:
-                step()
-            except Exception:
-                self.log.exception("plugin shutdown: closing the %s failed", what)
-        # Our handlers stay until here: a second SIGTERM during the graceful stop is only noted
-        # instead of killing the plugin mid-stop with its socket file left behind.
-        for signum, old in self._old_signals.items():
-            signal.signal(signum, old)
-        self.stopping.close()
-        self._logging.close()
+        try:
+            for what, step in steps:
+                try:
+                    step()
+                except Exception:
+                    self.log.exception("plugin shutdown: closing the %s failed", what)
+        finally:
+            # Our handlers stay until here: a second SIGTERM during the graceful stop is only noted
+            # instead of killing the plugin mid-stop with its socket file left behind.
+            for signum, old in self._old_signals.items():
+                signal.signal(signum, old)
+            self.stopping.close()
+            self._logging.close()
 
 
 def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPoolExecutor, path: str) -> None:
