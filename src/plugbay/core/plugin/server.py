@@ -57,6 +57,7 @@ from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin.netconfig import NetworkServe
+from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
 from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.plugin.logs import PluginLogging
@@ -182,7 +183,7 @@ class _PluginServer:
     def __init__(self, config: ServeConfig, env: Mapping[str, str]) -> None:
         self.config = config
         self.env = env
-        self.stopped = threading.Event()
+        self.stopping = StopLatch()  # woken without a lock: see core/plugin/stopping.py
         self._logging = PluginLogging(config.logger)  # hclog JSON on the original fd 2 (core.plugin.logs)
         self.log = self._logging.log
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
@@ -327,26 +328,27 @@ class _PluginServer:
         self._old_signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._old_signals[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
-    # The signal handlers only note what to log: they run on the main thread between any two
-    # bytecodes, possibly inside a record being written or json's first import, so wait() logs it.
+    # The signal handlers only note what to log and wake wait(), taking no lock: they run on the
+    # main thread between any two bytecodes, possibly inside a record being written, json's first
+    # import or a lock's critical section; wait() logs the notes.
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self._signal_notes.append((logging.DEBUG, "plugin received SIGTERM, stopping"))
-        self.stop()
+        self.stopping.ask()
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.env.get(ENV_LISTEN) or self.config.network is not None:
             self._signal_notes.append((logging.DEBUG, "plugin received SIGINT, stopping"))
-            self.stop()
+            self.stopping.ask()
         else:
             self._signal_notes.append((5, "plugin received interrupt signal, ignoring"))
+            self.stopping.wake()
 
     def stop(self) -> None:
-        self.stopped.set()
+        self.stopping.stop()
 
     def wait(self) -> None:
-        # A timed wait keeps the main thread responsive to signals.
         while True:
-            stopped = self.stopped.wait(0.5)
+            stopped = self.stopping.wait_once()
             while self._signal_notes:
                 self.log.log(*self._signal_notes.pop(0))
             if stopped:
@@ -357,8 +359,6 @@ class _PluginServer:
         if self._closed:
             return
         self._closed = True
-        for signum, old in self._old_signals.items():
-            signal.signal(signum, old)
         grpc_server, broker, listening = self.grpc, self.broker, self.listening
         # Every step runs even when an earlier one fails: the socket must go either way.
         steps: list[tuple[str, Callable[[], object]]] = [
@@ -372,12 +372,19 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
-        for what, step in steps:
-            try:
-                step()
-            except Exception:
-                self.log.exception("plugin shutdown: closing the %s failed", what)
-        self._logging.close()
+        try:
+            for what, step in steps:
+                try:
+                    step()
+                except Exception:
+                    self.log.exception("plugin shutdown: closing the %s failed", what)
+        finally:
+            # Our handlers stay until here: a second SIGTERM during the graceful stop is only noted
+            # instead of killing the plugin mid-stop with its socket file left behind.
+            for signum, old in self._old_signals.items():
+                signal.signal(signum, old)
+            self.stopping.close()
+            self._logging.close()
 
 
 def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPoolExecutor, path: str) -> None:
