@@ -157,19 +157,20 @@ class Multiplexed:
         path = private_socket(self._private_dir_path(), f"dial{id}")
         with mux.dial_lock:
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            # towards a holding peer the stream goes right behind the knock (before the
-            # channel is made: that takes a while), so the peer routes it as the knock arrives
-            first, routed = self._open_eagerly() if mux.peer_holds else (None, None)
             # while the knock travels: the local listener, its accept loop and the channel
-            bridge = StreamBridge(mux, path, first, lambda: self._knock_and_open(id, timeout),
-                                  name=f"plugbay-mux-dial-{id}")  # resets first on failure
+            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
+                                  name=f"plugbay-mux-dial-{id}")
             try:
                 bridge.start()
             except BaseException:
                 bridge.abandon()
                 raise
             channel = self._channel_to("unix", path, [bridge.stop])  # on failure it stops the bridge
+            first, routed = None, None
             try:
+                if mux.peer_holds:
+                    first, routed = self._open_eagerly()
+                    bridge.set_first(first)
                 channel.connect_now()
                 if first is None:
                     bridge.set_first(self._open_when_acked(id, timeout))
