@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.host.launch import launch_env
 from plugbay.core.protocol.handshake import ENV_MUX_HOLDS_STREAMS, HandshakeConfig
 from plugbay.core.transport.held import LIMIT
@@ -90,6 +91,36 @@ def test_a_dial_that_timed_out_leaves_nothing_for_the_next_knock(pair: MuxPair) 
     pair.host.accept_and_serve(sid, register("after"))
     assert check(pair.plugin.dial(sid, timeout=10), "after") == SERVING
     assert pair.counter.accepted == 1
+
+
+def test_an_eager_dial_succeeds_on_the_first_bytes_of_its_stream_before_the_ack(pair: MuxPair) -> None:
+    # the host routes a held stream only for a knock it took, and its server speaks first: those
+    # bytes prove the knock, so the dial need not wait for the ack's trip over the broker stream
+    acks: list[pb.ConnInfo] = []
+    send = pair.host._send_quietly
+
+    def hold_acks(msg: pb.ConnInfo) -> None:
+        if msg.HasField("knock") and msg.knock.ack:
+            acks.append(msg)  # delivered by the test below, after the dial returned
+            return
+        send(msg)
+
+    pair.host._send_quietly = hold_acks  # type: ignore[method-assign]
+    sid = pair.host.next_id()
+    pair.host.accept_and_serve(sid, register("first-bytes"))
+    channel = pair.plugin.dial(sid, timeout=10)
+    assert check(channel, "first-bytes") == SERVING
+    assert [a.service_id for a in acks] == [sid] and not acks[0].knock.error
+    assert pair.plugin._late_acks == {sid}
+    for ack in acks:
+        send(ack)
+    # the late ack is dropped, not left for a later dial of the same id to take as its own
+    assert _wait(lambda: not pair.plugin._late_acks)
+    assert pair.plugin._acks == {}
+    pair.host._send_quietly = send  # type: ignore[method-assign]
+    again = pair.plugin.dial(sid, timeout=10)
+    assert check(again, "first-bytes") == SERVING
+    assert _wait(lambda: not pair.plugin._late_acks and not pair.plugin._acks)
 
 
 def test_launch_env_tells_plugins_only_when_multiplexing() -> None:

@@ -337,3 +337,41 @@ def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair
         s.reset()
         local.close()
         far.close()
+
+
+def test_large_frames_straddling_the_readers_buffer_are_delivered_whole_and_in_order() -> None:
+    # the reader passes the received part of a large frame on at once (no copy) and the rest
+    # after it: every byte must still arrive in order, a FIN only after the frame's last byte,
+    # and a SYN frame split so must open its stream once. All frames are queued before the
+    # session reads, so where they straddle its 256 KiB refills is fixed (frames.py's sizes)
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+    b.settimeout(10)
+    pattern = bytes(range(256)) * 1025
+
+    def frame(flags: int, sid: int, size: int, skew: int) -> bytes:
+        return struct.pack(">BBHII", 0, 0, flags, sid, size) + pattern[skew:skew + size]
+
+    sizes = {1: 200_000, 3: 50_000 + 212_144, 5: WINDOW}
+    b.sendall(struct.pack(">BBHII", 0, 0, 0, 0, 0)  # an empty frame: the reader's first refill is small
+              + frame(SYN, 1, 200_000, 1)  # received mostly straight into its own buffer
+              + frame(SYN, 3, 50_000, 3) + frame(yamux.FIN, 3, 212_144, 3 + 50_000)  # ends past the refill
+              + frame(SYN, 5, WINDOW, 5))  # opens a stream, ends past the next refill
+    streams: dict[int, Stream] = {}
+    opened = threading.Semaphore(0)
+
+    def on_stream(s: Stream) -> None:
+        streams[s.id] = s
+        opened.release()
+
+    session = Session(a, client=False, on_stream=on_stream, name="t-split")
+    try:
+        for _ in sizes:
+            assert opened.acquire(timeout=10)
+        for sid, size in sizes.items():
+            assert read_exactly(streams[sid], size) == pattern[sid:sid + size], sid
+        assert streams[3].read() == b"" and not streams[3]._reset  # its FIN, after the last byte
+        assert sorted(streams) == [1, 3, 5] and not session.closed
+    finally:
+        session.close()
+        b.close()

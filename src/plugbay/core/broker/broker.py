@@ -124,6 +124,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._opening: Opening | None = None  # a stream being opened on the shared loop
         self._private_dir: str | None = None
         self._early_knocks: set[int] = set()  # knocked before accept_and_serve
+        self._late_acks: set[int] = set()  # acks not waited for: the dialer's stream proved them
         self._bridges: list[StreamBridge] = []  # multiplexed dials' local listeners
         self._tls: MutualTLS | None = None
         if transport.tls is not None and transport.peer_cert_pem is not None:
@@ -247,12 +248,17 @@ class GRPCBroker(StreamEnd, Multiplexed):
             raise BrokerClosedError("the broker is closed (its Client was killed or the plugin"
                                     " shut down); start a new Client to broker connections")
 
-    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str) -> Any:
+    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str,
+                  instead: Callable[[], Any] | None = None) -> Any:
+        """Pop ``table[id]`` once it arrives; ``instead`` (called under the lock each time the
+        condition wakes) may answer first with what it returns when that is not None."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 if id in table:
                     return table.pop(id)
+                if instead is not None and (got := instead()) is not None:
+                    return got
                 if self._closed:
                     raise BrokerClosedError("the broker was closed while waiting for id"
                                             f" {id}; nothing to dial any more")

@@ -12,7 +12,9 @@ workers), and the gRPC channel, which starts connecting at once; its first
 bytes wait in the local socket until the acknowledged stream is bridged.
 The order on the wire is go-plugin's: knock, ack, then the stream's SYN;
 towards a plugbay host that holds early streams (``MuxSession.peer_holds``,
-plugbay.core.transport.held) the SYN follows the knock without waiting.
+plugbay.core.transport.held) the SYN follows the knock without waiting, and
+the dial succeeds at the ack or at the first bytes the host's server sends on
+that stream, whichever comes first (it fails only with the ack's error).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ _BRIDGE_JOIN = 10.0
 # Knocks for ids not served yet, and acks nobody waits for, are kept at most this many: the
 # peer sends them, and a peer is not trusted to stay within what the other side asked for.
 MAX_UNCLAIMED = 1024
+# What an eager dial takes for its ack once the peer's first bytes arrive on its stream: a
+# holding peer routes a held stream only for a knock it accepts (and resets it otherwise), and
+# the server there speaks first (HTTP/2 settings, a TLS server hello), so those bytes come a
+# broker-stream hop (two gRPC streaming thread hand-offs each way) before the ack does.
+_ROUTED = pb.ConnInfo(knock=pb.ConnInfo.Knock(knock=True, ack=True))
 
 
 class Multiplexed:
@@ -44,6 +51,7 @@ class Multiplexed:
     _cond: threading.Condition
     _acks: dict[int, pb.ConnInfo]
     _early_knocks: set[int]
+    _late_acks: set[int]
     _bridges: list[StreamBridge]
 
     # provided by GRPCBroker
@@ -53,7 +61,8 @@ class Multiplexed:
     def _send(self, msg: pb.ConnInfo) -> None:
         raise NotImplementedError
 
-    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str) -> Any:
+    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str,
+                  instead: Callable[[], Any] | None = None) -> Any:
         raise NotImplementedError
 
     def _private_dir_path(self) -> str:
@@ -120,8 +129,16 @@ class Multiplexed:
         self._wait_ack(id, timeout)
         return self._mux().open_stream()
 
-    def _wait_ack(self, id: int, timeout: float) -> None:
-        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement")
+    def _wait_ack(self, id: int, timeout: float, routed: threading.Event | None = None) -> None:
+        def proven() -> pb.ConnInfo | None:  # under self._cond
+            if routed is None or not routed.is_set():
+                return None
+            self._late_acks.add(id)  # the ack still comes: receive() drops it
+            if len(self._late_acks) > MAX_UNCLAIMED:
+                self._late_acks.pop()
+            return _ROUTED
+
+        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement", proven)
         assert isinstance(ack, pb.ConnInfo)
         if not ack.knock.ack:
             raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
@@ -149,13 +166,20 @@ class Multiplexed:
                 bridge.abandon()
                 raise
             channel = self._channel_to("unix", path, [bridge.stop])  # on failure it stops the bridge
+            first, routed = None, None
             try:
                 if mux.peer_holds:
-                    self._open_eagerly(id, timeout, bridge, channel)
-                else:
-                    channel.connect_now()
+                    first, routed = self._open_eagerly()
+                    bridge.set_first(first)
+                channel.connect_now()
+                if first is None:
                     bridge.set_first(self._open_when_acked(id, timeout))
+                else:
+                    self._wait_ack(id, timeout, routed)
             except BaseException:
+                if first is not None:
+                    # before the next knock (dial_lock): the peer must not route this stream to it
+                    first.reset()
                 channel.close()
                 raise
         with self._cond:  # close() joins the bridges' accept loops
@@ -163,18 +187,21 @@ class Multiplexed:
             self._bridges.append(bridge)
         return channel
 
-    def _open_eagerly(self, id: int, timeout: float, bridge: StreamBridge, channel: BrokeredChannel) -> None:
+    def _open_eagerly(self) -> tuple[Stream, threading.Event]:
         """Open the stream before the ack (the peer holds it for the knock): the gRPC handshake
-        travels while the knock does. The ack still decides whether dial() succeeds."""
+        travels while the knock does. The ack still decides whether dial() fails; the peer's
+        first bytes on the stream (it routed it: it took the knock) tell success as well, sooner
+        (the returned event is set then)."""
         stream = self._mux().open_stream()
-        bridge.set_first(stream)
-        channel.connect_now()
-        try:
-            self._wait_ack(id, timeout)
-        except BaseException:
-            # before the next knock (dial_lock): the peer must not route this stream to it
-            stream.reset()
-            raise
+        routed = threading.Event()
+
+        def on_data() -> None:  # the session reader: the peer routed the stream, so it took the knock
+            with self._cond:
+                routed.set()
+                self._cond.notify_all()
+
+        stream.on_first_data(on_data)
+        return stream, routed
 
     def _join_bridges(self) -> None:
         with self._cond:

@@ -57,6 +57,7 @@ class StreamEnd:
     _lost: str | None
     _outbox: list[pb.ConnInfo]
     _acks: dict[int, pb.ConnInfo]
+    _late_acks: set[int]
     _announced: dict[int, tuple[pb.ConnInfo, float]]
     call: Any
     _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
@@ -177,6 +178,9 @@ class StreamEnd:
         now = time.monotonic()
         with self._cond:
             if msg.HasField("knock"):
+                if msg.service_id in self._late_acks:  # its dial returned already (knock.py)
+                    self._late_acks.discard(msg.service_id)
+                    return
                 self._acks[msg.service_id] = msg
                 if len(self._acks) > MAX_UNCLAIMED:  # the oldest: no dial waits that long
                     del self._acks[next(iter(self._acks))]

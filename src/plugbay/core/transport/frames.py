@@ -46,6 +46,17 @@ class FrameReader:
             return self._buf[start:self._pos]
         return bytes(self._buf[start:self._pos])
 
+    def split(self, n: int) -> memoryview | None:
+        """The received part of an ``n``-byte payload, as a view, if it is large and incomplete
+        (None otherwise): the caller reads the rest with read() and passes the payload on in
+        two pieces, instead of read() moving the received part into one buffer with the rest."""
+        have = len(self._buf) - self._pos
+        if have >= n or have < _SHARE:
+            return None
+        head = self._buf[self._pos:]
+        self._buf, self._pos = memoryview(b""), 0
+        return head
+
     def _refill(self, n: int) -> bool:
         """Move the unread bytes into a fresh buffer and receive until it holds ``n``."""
         rest = self._buf[self._pos:]

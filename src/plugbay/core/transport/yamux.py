@@ -209,6 +209,15 @@ class Session:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason = f"protocol error: stream {sid} received more than its window"
                         break
+                    head = reader.split(length)  # received already: passed on as it is, not moved
+                    if head is not None:
+                        length -= len(head)
+                        problem = self._stream_frame(sid, flags & ~(FIN | RST), head, None)
+                        del head
+                        if problem is not None:
+                            reason = f"protocol error: {problem}"
+                            break
+                        flags &= ~(SYN | ACK)  # the frame's rest: the same stream's data
                     payload = reader.read(length) if length else b""
                     if len(payload) < length:
                         break

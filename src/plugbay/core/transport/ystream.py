@@ -69,6 +69,8 @@ class Stream:
         self._direct = 0  # bytes sent straight to the sink, window not yet returned
         self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
         self._draining = False  # the drain was started: never a second one
+        self._got_data = False  # a DATA payload arrived (see on_first_data)
+        self._on_data: Callable[[], None] | None = None
 
     # called by the session's reader thread
     def _data(self, payload: Chunk, flags: int) -> tuple[bool, bool]:
@@ -79,6 +81,9 @@ class Stream:
             if self._recv_window < 0:
                 return False, False
             chunk: Chunk = payload
+            first = self._on_data if payload else None
+            if payload:
+                self._got_data, self._on_data = True, None
             if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
                 sent = self._send_direct(chunk)
                 self._direct += sent
@@ -94,9 +99,21 @@ class Stream:
             if self._buf or flags & (FIN | RST) or self._direct >= self._window_max // 2:
                 self._cond.notify_all()
             wake = self._drain_needed()
+        if first is not None:
+            first()
         if wake is not None:
             wake()
         return True, kept
+
+    def on_first_data(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the peer sent a payload (now if it did already), on the session's
+        reader thread: it must not block. A peer's bytes on a stream prove it is routed somewhere."""
+        with self._cond:
+            now = self._got_data
+            if not now:
+                self._on_data = callback
+        if now:
+            callback()
 
     def _drain_needed(self) -> Callable[[], None] | None:
         """The bridge's drain to start (after the lock is released): once, at its first work."""
