@@ -172,6 +172,9 @@ BAD_ANSWERS = {
             r"rejected the host's credentials \(401\).*refresh the kubeconfig's token"),
     "not-http": (lambda head: b"SSH-2.0-OpenSSH_9.2\r\n\r\n", RunnerError,
                  "answered the WebSocket upgrade with 'SSH-2.0-OpenSSH_9.2', which is not an HTTP/1.1 status"),
+    # a status code of non-ASCII digits (str.isdigit() says yes to these, int() does not)
+    "latin1-digit-status": (lambda head: b"HTTP/1.1 \xb2\xb3\xb9 Weird\r\n\r\n", RunnerError,
+                            r"answered the WebSocket upgrade with 'HTTP/1.1 \xb2\xb3\xb9 Weird', which is not"),
     "hang-up": (lambda head: b"", EngineUnavailableError,
                 "closed the connection before it answered the upgrade. Check that the cluster .*is up"),
 }

@@ -207,7 +207,9 @@ def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[int, str, dict
         data += byte
     lines = data.decode("latin-1").split("\r\n")
     fields = lines[0].split(" ", 2)
-    if len(fields) < 2 or not fields[0].startswith("HTTP/1.") or not fields[1].isdigit():
+    # isascii(): str.isdigit() also says yes to latin-1's superscript digits, which int() refuses
+    if (len(fields) < 2 or not fields[0].startswith("HTTP/1.") or len(fields[1]) != 3
+            or not (fields[1].isascii() and fields[1].isdigit())):
         raise RunnerError(f"the Kubernetes API answered the WebSocket upgrade with {lines[0][:80]!r},"
                           " which is not an HTTP/1.1 status line; check the kubeconfig's server address")
     headers: dict[str, str] = {}
