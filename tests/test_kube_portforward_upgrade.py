@@ -175,6 +175,9 @@ BAD_ANSWERS = {
     # a status code of non-ASCII digits (str.isdigit() says yes to these, int() does not)
     "latin1-digit-status": (lambda head: b"HTTP/1.1 \xb2\xb3\xb9 Weird\r\n\r\n", RunnerError,
                             r"answered the WebSocket upgrade with 'HTTP/1.1 \xb2\xb3\xb9 Weird', which is not"),
+    # a refusal whose body nests deeper than Python's recursion limit: the reason is the message
+    "deep-json-body": (lambda head: (b"HTTP/1.1 500 Deep\r\nContent-Length: 60000\r\n\r\n" + b"[" * 60000),
+                       RunnerError, "port 4000 failed: 500 Deep: Deep. Check that the pod is Running"),
     "hang-up": (lambda head: b"", EngineUnavailableError,
                 "closed the connection before it answered the upgrade. Check that the cluster .*is up"),
 }

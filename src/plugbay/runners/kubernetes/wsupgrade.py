@@ -232,7 +232,7 @@ def _status_message(sock: socket.socket, headers: dict[str, str], deadline: _Dea
                 break
             body += chunk
         return str(json.loads(bytes(body)).get("message") or reason)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: a body nested too deep
         return reason
 
 
