@@ -394,3 +394,22 @@ def test_detach_does_not_wait_for_a_port_forward_being_opened() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RunnerError)
     assert "was killed or detached while its port-forward opened; start a new runner" in str(errors[0])
     assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("headers", [{"proxy-authorization": "Basic dTpw\r\nX-Injected: 1"},
+                                     {"X-Injected: 1\r\nproxy-authorization": "Basic dTpw"}])
+def test_a_line_break_in_proxy_headers_is_refused_before_the_proxy_sees_it(headers: dict[str, str]) -> None:
+    """Config values never become extra header lines in the CONNECT request (header injection)."""
+    proxy = RawServer(never)
+    runner = runner_for("http://127.0.0.1:1")  # never dialled: the proxy is asked to tunnel there
+    runner._api_client.configuration.proxy = f"http://127.0.0.1:{proxy.port}"
+    runner._api_client.configuration.proxy_headers = headers
+    try:
+        with pytest.raises(RunnerError, match="the kubeconfig's proxy headers contain a line break or a bad"
+                                              " header name; fix the proxy settings"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()
+        proxy.close()
+    assert not [r for r in proxy.requests if b"X-Injected" in r]

@@ -177,10 +177,10 @@ def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
     if parts.scheme != "http" or not parts.hostname:
         raise RunnerError(f"the kubeconfig's proxy {proxy!r} is not an http:// proxy; plugbay's port-forward"
                           " tunnels through HTTP proxies only (CONNECT). Use an http:// proxy or none")
+    extra = _proxy_header_lines(configuration)  # checked before anything is sent
     sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=deadline.seconds)
     try:
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        extra = [f"{k}: {v}" for k, v in (getattr(configuration, "proxy_headers", None) or {}).items()]
         deadline.arm(sock)
         sock.sendall("\r\n".join([f"CONNECT {target} HTTP/1.1", f"Host: {target}", *extra, "", ""]).encode())
         status, reason, _ = _read_head(sock, deadline)
@@ -191,6 +191,18 @@ def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
     except BaseException:
         sock.close()
         raise
+
+
+def _proxy_header_lines(configuration: Any) -> list[str]:
+    """The Configuration's proxy headers as lines; a value or name that would start a header of its own is refused."""
+    lines = []
+    for name, value in (getattr(configuration, "proxy_headers", None) or {}).items():
+        name, value = str(name), str(value)
+        if not name or any(c in name for c in "\r\n:\0 \t") or any(c in value for c in "\r\n\0"):
+            raise RunnerError("the kubeconfig's proxy headers contain a line break or a bad header name;"
+                              f" fix the proxy settings (header {name[:40]!r})")
+        lines.append(f"{name}: {value}")
+    return lines
 
 
 def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[int, str, dict[str, str]]:
