@@ -413,3 +413,29 @@ def test_a_line_break_in_proxy_headers_is_refused_before_the_proxy_sees_it(heade
         runner.detach()
         proxy.close()
     assert not [r for r in proxy.requests if b"X-Injected" in r]
+
+
+@pytest.mark.timeout(60)
+def test_close_ends_a_stream_whose_upgrade_is_still_unanswered() -> None:
+    """close() (kill, detach) must not leave a connection's thread and socket waiting out the upgrade's
+    start_timeout: the API server answers the probe, then takes the next upgrade and never answers it."""
+    answers = iter([True])
+    server = RawServer(lambda head: switching(accept(key_of(head))) if next(answers, False) else None)
+    runner = runner_for(f"http://127.0.0.1:{server.port}", start_timeout=50)
+    try:
+        _, address = runner.plugin_to_host("tcp", "0.0.0.0:4000")
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            for _ in range(200):  # bounded: until the connection's own upgrade reached the server
+                if len(server.requests) >= 2:
+                    break
+                threading.Event().wait(0.05)
+            assert len(server.requests) == 2, "the connection's upgrade never reached the server"
+            runner.detach()
+            left = [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]
+            assert not left, f"close() left {left} waiting for the upgrade's answer"
+            conn.settimeout(10)
+            assert conn.recv(1) == b""  # the host's connection was closed too
+    finally:
+        runner.detach()
+        server.close()

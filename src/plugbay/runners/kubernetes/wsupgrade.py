@@ -54,13 +54,17 @@ def accept_key(key: str) -> str:
 
 
 def open_websocket(configuration: Any, path: str, protocols: Sequence[str], timeout: float,
-                   what: str, refused: Refusal) -> tuple[socket.socket, str]:
+                   what: str, refused: Refusal,
+                   track: Callable[[socket.socket], None] | None = None) -> tuple[socket.socket, str]:
     """(the connected socket past the 101 answer, the subprotocol the server chose).
 
     ``path`` is the request path with its query; ``what`` names the stream for
     messages ("port-forward to pod ns/name port 4000"). A non-101 answer raises
     ``refused(status, reason, message)``; no answer within ``timeout`` seconds
     (connect, TLS and upgrade together) raises EngineUnavailableError.
+    ``track(sock)`` sees each socket the handshake waits on (the TCP one, then the
+    TLS one) so a closing owner can shut it down rather than wait out ``timeout``;
+    it may raise to stop the handshake.
     """
     host_url = str(configuration.host).rstrip("/")
     parts = urlsplit(host_url)
@@ -76,14 +80,25 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
         proxy = _proxy_for(configuration, host_url)
         if proxy is None:
             sock = socket.create_connection((host, port), timeout=timeout)
+            if track is not None:
+                track(sock)
         else:
             step = "connect through the proxy to"
-            sock = _connect_via_proxy(proxy, configuration, host, port, deadline)
+            sock = _connect_via_proxy(proxy, configuration, host, port, deadline, track)
         if tls:
             step = "complete the TLS handshake with"
             deadline.arm(sock)
-            sock = _tls_context(configuration).wrap_socket(
-                sock, server_hostname=configuration.tls_server_name or host)
+            context = _tls_context(configuration)
+            raw, sock = sock, None  # wrap_socket detaches the raw socket (and closes it if it fails)
+            try:
+                sock = context.wrap_socket(raw, server_hostname=configuration.tls_server_name or host,
+                                           do_handshake_on_connect=False)
+            finally:
+                if sock is None:
+                    raw.close()
+            if track is not None:
+                track(sock)
+            sock.do_handshake()
         step = "get an answer to the WebSocket upgrade from"
         key = base64.b64encode(os.urandom(16)).decode()
         authority = parts.netloc.rsplit("@", 1)[-1]
@@ -170,8 +185,8 @@ def _in_network(host: str, entry: str) -> bool:
         return False
 
 
-def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
-                       deadline: _Deadline) -> socket.socket:
+def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int, deadline: _Deadline,
+                       track: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A tunnel through an HTTP proxy (CONNECT), with the Configuration's proxy headers."""
     parts = urlsplit(proxy)
     if parts.scheme != "http" or not parts.hostname:
@@ -180,6 +195,8 @@ def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
     extra = _proxy_header_lines(configuration)  # checked before anything is sent
     sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=deadline.seconds)
     try:
+        if track is not None:
+            track(sock)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         deadline.arm(sock)
         sock.sendall("\r\n".join([f"CONNECT {target} HTTP/1.1", f"Host: {target}", *extra, "", ""]).encode())
