@@ -148,6 +148,15 @@ def test_an_api_timeout_too_large_for_a_socket_is_a_config_error(hung: RawServer
     assert not hung.requests  # refused before any call
 
 
+def test_a_bad_start_timeout_is_a_config_error() -> None:
+    """It bounds the port-forward upgrade's socket waits: NaN or 1e12 escaped there as ValueError/OverflowError."""
+    cfg = client.Configuration(host="http://127.0.0.1:9")
+    for bad in (0, -1.0, 1e12, float("inf"), float("nan"), True):
+        with pytest.raises(ConfigError, match=f"start_timeout must be a positive number of seconds up to 86400,"
+                                              f" not {bad}; pass e.g. start_timeout=120"):
+            KubernetesRunner("img", api_client=client.ApiClient(cfg), start_timeout=bad)
+
+
 def test_api_timeout_defaults_from_start_timeout() -> None:
     cfg = client.Configuration(host="http://127.0.0.1:9")
     assert KubernetesRunner("img", api_client=client.ApiClient(cfg)).api_timeout == 30
