@@ -439,3 +439,24 @@ def test_close_ends_a_stream_whose_upgrade_is_still_unanswered() -> None:
     finally:
         runner.detach()
         server.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "https://127.0.0.1:port"])
+def test_a_bad_port_in_the_api_address_is_a_typed_error(url: str) -> None:
+    runner = runner_for(url)
+    try:
+        with pytest.raises(RunnerError, match="is not an http\\(s\\) URL; fix the server field of the kubeconfig"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()
+
+
+def test_a_bad_port_in_the_proxy_address_is_a_typed_error() -> None:
+    runner = runner_for("http://127.0.0.1:1")
+    runner._api_client.configuration.proxy = "http://127.0.0.1:99999"
+    try:
+        with pytest.raises(RunnerError, match="the kubeconfig's proxy 'http://127.0.0.1:99999' is not an http://"
+                                              " proxy URL with a valid port; .* Use an http:// proxy or none"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()

@@ -68,11 +68,15 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
     """
     host_url = str(configuration.host).rstrip("/")
     parts = urlsplit(host_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        given_port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        given_port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or given_port == -1:
         raise RunnerError(f"{what}: the Kubernetes API address {host_url!r} is not an http(s) URL;"
                           " fix the server field of the kubeconfig's cluster")
     tls = parts.scheme == "https"
-    host, port = parts.hostname, parts.port or (443 if tls else 80)
+    host, port = parts.hostname, given_port or (443 if tls else 80)
     deadline = _Deadline(timeout)
     sock: socket.socket | None = None
     step = "connect to"
@@ -189,11 +193,16 @@ def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int, dea
                        track: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A tunnel through an HTTP proxy (CONNECT), with the Configuration's proxy headers."""
     parts = urlsplit(proxy)
-    if parts.scheme != "http" or not parts.hostname:
-        raise RunnerError(f"the kubeconfig's proxy {proxy!r} is not an http:// proxy; plugbay's port-forward"
-                          " tunnels through HTTP proxies only (CONNECT). Use an http:// proxy or none")
+    try:
+        proxy_port = parts.port or 80  # ValueError: not a number, or out of range
+    except ValueError:
+        proxy_port = -1
+    if parts.scheme != "http" or not parts.hostname or proxy_port == -1:
+        raise RunnerError(f"the kubeconfig's proxy {proxy!r} is not an http:// proxy URL with a valid port;"
+                          " plugbay's port-forward tunnels through HTTP proxies only (CONNECT). Use an"
+                          " http:// proxy or none")
     extra = _proxy_header_lines(configuration)  # checked before anything is sent
-    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=deadline.seconds)
+    sock = socket.create_connection((parts.hostname, proxy_port), timeout=deadline.seconds)
     try:
         if track is not None:
             track(sock)
