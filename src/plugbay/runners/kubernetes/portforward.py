@@ -131,8 +131,9 @@ class PortForwarder:
         try:
             try:
                 remote = self._open()
-            except Exception as exc:
-                _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
+            except Exception as exc:  # after close() this is close() ending the upgrade: no warning then
+                (_log.debug if self._closed.is_set() else _log.warning)(
+                    "port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
             with self._lock:  # close() shuts it down too: a send the API server does not take must end
                 if self._closed.is_set():
