@@ -126,6 +126,33 @@ def test_a_bad_api_timeout_is_a_config_error() -> None:
         sweep("default", api_client=client.ApiClient(cfg), api_timeout=0)
 
 
+@pytest.mark.timeout(60)
+def test_an_api_timeout_too_large_for_a_socket_is_a_config_error(hung: RawServer, tmp_path: Path) -> None:
+    """Reattach JSON is untrusted: a huge api_timeout must fail typed, not as the socket's OverflowError."""
+    url = f"http://127.0.0.1:{hung.port}"
+    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456",
+            "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
+    api_client = given_client(url)
+    try:
+        for huge in (1e12, 1e300):
+            with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds up to 3600"):
+                KubernetesRunner.attach({**data, "api_timeout": huge})
+            with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds up to 3600"):
+                sweep("default", api_client=api_client, api_timeout=huge)
+    finally:
+        api_client.close()
+    assert not hung.requests  # refused before any call
+
+
+def test_a_bad_start_timeout_is_a_config_error() -> None:
+    """It bounds the port-forward upgrade's socket waits: NaN or 1e12 escaped there as ValueError/OverflowError."""
+    cfg = client.Configuration(host="http://127.0.0.1:9")
+    for bad in (0, -1.0, 1e12, float("inf"), float("nan"), True):
+        with pytest.raises(ConfigError, match=f"start_timeout must be a positive number of seconds up to 86400,"
+                                              f" not {bad}; pass e.g. start_timeout=120"):
+            KubernetesRunner("img", api_client=client.ApiClient(cfg), start_timeout=bad)
+
+
 def test_api_timeout_defaults_from_start_timeout() -> None:
     cfg = client.Configuration(host="http://127.0.0.1:9")
     assert KubernetesRunner("img", api_client=client.ApiClient(cfg)).api_timeout == 30

@@ -177,6 +177,12 @@ BAD_ANSWERS = {
             r"rejected the host's credentials \(401\).*refresh the kubeconfig's token"),
     "not-http": (lambda head: b"SSH-2.0-OpenSSH_9.2\r\n\r\n", RunnerError,
                  "answered the WebSocket upgrade with 'SSH-2.0-OpenSSH_9.2', which is not an HTTP/1.1 status"),
+    # a status code of non-ASCII digits (str.isdigit() says yes to these, int() does not)
+    "latin1-digit-status": (lambda head: b"HTTP/1.1 \xb2\xb3\xb9 Weird\r\n\r\n", RunnerError,
+                            r"answered the WebSocket upgrade with 'HTTP/1.1 \xb2\xb3\xb9 Weird', which is not"),
+    # a refusal whose body nests deeper than Python's recursion limit: the reason is the message
+    "deep-json-body": (lambda head: (b"HTTP/1.1 500 Deep\r\nContent-Length: 60000\r\n\r\n" + b"[" * 60000),
+                       RunnerError, "port 4000 failed: 500 Deep: Deep. Check that the pod is Running"),
     "hang-up": (lambda head: b"", EngineUnavailableError,
                 "closed the connection before it answered the upgrade. Check that the cluster .*is up"),
 }
@@ -393,3 +399,71 @@ def test_detach_does_not_wait_for_a_port_forward_being_opened() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RunnerError)
     assert "was killed or detached while its port-forward opened; start a new runner" in str(errors[0])
     assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("headers", [{"proxy-authorization": "Basic dTpw\r\nX-Injected: 1"},
+                                     {"X-Injected: 1\r\nproxy-authorization": "Basic dTpw"}])
+def test_a_line_break_in_proxy_headers_is_refused_before_the_proxy_sees_it(headers: dict[str, str]) -> None:
+    """Config values never become extra header lines in the CONNECT request (header injection)."""
+    proxy = RawServer(never)
+    runner = runner_for("http://127.0.0.1:1")  # never dialled: the proxy is asked to tunnel there
+    runner._api_client.configuration.proxy = f"http://127.0.0.1:{proxy.port}"
+    runner._api_client.configuration.proxy_headers = headers
+    try:
+        with pytest.raises(RunnerError, match="the kubeconfig's proxy headers contain a line break or a bad"
+                                              " header name; fix the proxy settings"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()
+        proxy.close()
+    assert not [r for r in proxy.requests if b"X-Injected" in r]
+
+
+@pytest.mark.timeout(60)
+def test_close_ends_a_stream_whose_upgrade_is_still_unanswered(caplog: pytest.LogCaptureFixture) -> None:
+    """close() (kill, detach) must not leave a connection's thread and socket waiting out the upgrade's
+    start_timeout: the API server answers the probe, then takes the next upgrade and never answers it."""
+    answers = iter([True])
+    server = RawServer(lambda head: switching(accept(key_of(head))) if next(answers, False) else None)
+    runner = runner_for(f"http://127.0.0.1:{server.port}", start_timeout=50)
+    try:
+        _, address = runner.plugin_to_host("tcp", "0.0.0.0:4000")
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            for _ in range(200):  # bounded: until the connection's own upgrade reached the server
+                if len(server.requests) >= 2:
+                    break
+                threading.Event().wait(0.05)
+            assert len(server.requests) == 2, "the connection's upgrade never reached the server"
+            with caplog.at_level("WARNING", logger="plugbay.runners.kubernetes"):
+                runner.detach()
+            assert "failed" not in caplog.text  # ending the upgrade is close()'s doing, not a failure
+            left = [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf-")]
+            assert not left, f"close() left {left} waiting for the upgrade's answer"
+            conn.settimeout(10)
+            assert conn.recv(1) == b""  # the host's connection was closed too
+    finally:
+        runner.detach()
+        server.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "https://127.0.0.1:port"])
+def test_a_bad_port_in_the_api_address_is_a_typed_error(url: str) -> None:
+    runner = runner_for(url)
+    try:
+        with pytest.raises(RunnerError, match="is not an http\\(s\\) URL; fix the server field of the kubeconfig"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()
+
+
+def test_a_bad_port_in_the_proxy_address_is_a_typed_error() -> None:
+    runner = runner_for("http://127.0.0.1:1")
+    runner._api_client.configuration.proxy = "http://127.0.0.1:99999"
+    try:
+        with pytest.raises(RunnerError, match="the kubeconfig's proxy 'http://127.0.0.1:99999' is not an http://"
+                                              " proxy URL with a valid port; .* Use an http:// proxy or none"):
+            runner.plugin_to_host("tcp", "0.0.0.0:4000")
+    finally:
+        runner.detach()

@@ -21,6 +21,7 @@ from plugbay.runners.kubernetes.rbac import denied_message
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 DEFAULT_API_TIMEOUT = 30.0  # seconds; the runner uses min(this, start_timeout) unless told
+MAX_API_TIMEOUT = 3600.0  # an hour for one API call's answer is already no bound a caller would want
 
 
 def request_timeout(api_timeout: float) -> tuple[float, float]:
@@ -31,6 +32,10 @@ def request_timeout(api_timeout: float) -> tuple[float, float]:
 def check_api_timeout(api_timeout: float) -> float:
     if isinstance(api_timeout, bool) or not (isinstance(api_timeout, (int, float)) and 0 < api_timeout < float("inf")):
         raise ConfigError(f"api_timeout must be a positive number of seconds, not {api_timeout!r}")
+    if api_timeout > MAX_API_TIMEOUT:  # a socket refuses timeouts past time_t (OverflowError): say so typed
+        raise ConfigError(f"api_timeout must be a positive number of seconds up to {MAX_API_TIMEOUT:.0f},"
+                          f" not {api_timeout!r}; pass a smaller api_timeout (the default is"
+                          f" {DEFAULT_API_TIMEOUT:.0f})")
     return float(api_timeout)
 
 

@@ -49,6 +49,7 @@ class PortForwarder:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._socks: set[Any] = set()
+        self._opening: set[socket.socket] = set()  # streams' sockets still in their upgrade
         self._remotes: set[Any] = set()  # each connection's WebSocket to the API server (plain or TLS)
         self._threads: list[threading.Thread] = []
         self._count = 0
@@ -67,8 +68,21 @@ class PortForwarder:
     def _open(self) -> Any:
         """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
         what = f"port-forward to pod {self.namespace}/{self.pod} port {self.port}"
-        sock, chosen = open_websocket(self._configuration, self._path, (V4_PROTOCOL,), self.timeout,
-                                      what, self._refused)
+        mine: list[socket.socket] = []
+
+        def track(sock: socket.socket) -> None:  # close() shuts these down: no upgrade outlives it
+            with self._lock:
+                if self._closed.is_set():
+                    raise RunnerError(f"{what}: the port-forward was closed while this stream opened")
+                self._opening.add(sock)
+                mine.append(sock)
+
+        try:
+            sock, chosen = open_websocket(self._configuration, self._path, (V4_PROTOCOL,), self.timeout,
+                                          what, self._refused, track)
+        finally:
+            with self._lock:
+                self._opening.difference_update(mine)
         if chosen != V4_PROTOCOL:  # our framing: v4's port prefix on each channel's first frame
             sock.close()
             raise RunnerError(
@@ -117,8 +131,9 @@ class PortForwarder:
         try:
             try:
                 remote = self._open()
-            except Exception as exc:
-                _log.warning("port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
+            except Exception as exc:  # after close() this is close() ending the upgrade: no warning then
+                (_log.debug if self._closed.is_set() else _log.warning)(
+                    "port-forward to %s/%s:%s failed: %s", self.namespace, self.pod, self.port, exc)
                 return
             with self._lock:  # close() shuts it down too: a send the API server does not take must end
                 if self._closed.is_set():
@@ -190,7 +205,7 @@ class PortForwarder:
         self._listener.close()
         with self._lock:
             socks, threads = list(self._socks), list(self._threads)
-            remotes = list(self._remotes)
+            remotes = list(self._remotes) + list(self._opening)
         for remote in remotes:  # the raw socket's shutdown: SSLSocket.shutdown would drop TLS under a sender
             try:
                 socket.socket.shutdown(remote, socket.SHUT_RDWR)

@@ -30,6 +30,7 @@ from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
 from plugbay.runners.kubernetes.watch import PodWatch
 
+MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
 ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
@@ -61,7 +62,12 @@ class KubernetesRunner(Runner):
                           tolerations=tolerations, template=pod_template, run_as_user=run_as_user,
                           writable_dirs=tuple(writable_dirs), command=command, args=args)
         self.container_port = container_port
-        self.start_timeout = start_timeout
+        if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
+                                                   and 0 < start_timeout <= MAX_START_TIMEOUT):
+            # it also bounds each port-forward upgrade's socket waits, which refuse NaN and past time_t
+            raise ConfigError(f"start_timeout must be a positive number of seconds up to {MAX_START_TIMEOUT:.0f},"
+                              f" not {start_timeout!r}; pass e.g. start_timeout=120")
+        self.start_timeout = float(start_timeout)
         # each API call's connect and wait for an answer (log streams: until their head); see api.py
         self.api_timeout = check_api_timeout(min(DEFAULT_API_TIMEOUT, start_timeout) if api_timeout is None
                                              else api_timeout)

@@ -54,21 +54,29 @@ def accept_key(key: str) -> str:
 
 
 def open_websocket(configuration: Any, path: str, protocols: Sequence[str], timeout: float,
-                   what: str, refused: Refusal) -> tuple[socket.socket, str]:
+                   what: str, refused: Refusal,
+                   track: Callable[[socket.socket], None] | None = None) -> tuple[socket.socket, str]:
     """(the connected socket past the 101 answer, the subprotocol the server chose).
 
     ``path`` is the request path with its query; ``what`` names the stream for
     messages ("port-forward to pod ns/name port 4000"). A non-101 answer raises
     ``refused(status, reason, message)``; no answer within ``timeout`` seconds
     (connect, TLS and upgrade together) raises EngineUnavailableError.
+    ``track(sock)`` sees each socket the handshake waits on (the TCP one, then the
+    TLS one) so a closing owner can shut it down rather than wait out ``timeout``;
+    it may raise to stop the handshake.
     """
     host_url = str(configuration.host).rstrip("/")
     parts = urlsplit(host_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        given_port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        given_port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or given_port == -1:
         raise RunnerError(f"{what}: the Kubernetes API address {host_url!r} is not an http(s) URL;"
                           " fix the server field of the kubeconfig's cluster")
     tls = parts.scheme == "https"
-    host, port = parts.hostname, parts.port or (443 if tls else 80)
+    host, port = parts.hostname, given_port or (443 if tls else 80)
     deadline = _Deadline(timeout)
     sock: socket.socket | None = None
     step = "connect to"
@@ -76,14 +84,25 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
         proxy = _proxy_for(configuration, host_url)
         if proxy is None:
             sock = socket.create_connection((host, port), timeout=timeout)
+            if track is not None:
+                track(sock)
         else:
             step = "connect through the proxy to"
-            sock = _connect_via_proxy(proxy, configuration, host, port, deadline)
+            sock = _connect_via_proxy(proxy, configuration, host, port, deadline, track)
         if tls:
             step = "complete the TLS handshake with"
             deadline.arm(sock)
-            sock = _tls_context(configuration).wrap_socket(
-                sock, server_hostname=configuration.tls_server_name or host)
+            context = _tls_context(configuration)
+            raw, sock = sock, None  # wrap_socket detaches the raw socket (and closes it if it fails)
+            try:
+                sock = context.wrap_socket(raw, server_hostname=configuration.tls_server_name or host,
+                                           do_handshake_on_connect=False)
+            finally:
+                if sock is None:
+                    raw.close()
+            if track is not None:
+                track(sock)
+            sock.do_handshake()
         step = "get an answer to the WebSocket upgrade from"
         key = base64.b64encode(os.urandom(16)).decode()
         authority = parts.netloc.rsplit("@", 1)[-1]
@@ -170,17 +189,24 @@ def _in_network(host: str, entry: str) -> bool:
         return False
 
 
-def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
-                       deadline: _Deadline) -> socket.socket:
+def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int, deadline: _Deadline,
+                       track: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A tunnel through an HTTP proxy (CONNECT), with the Configuration's proxy headers."""
     parts = urlsplit(proxy)
-    if parts.scheme != "http" or not parts.hostname:
-        raise RunnerError(f"the kubeconfig's proxy {proxy!r} is not an http:// proxy; plugbay's port-forward"
-                          " tunnels through HTTP proxies only (CONNECT). Use an http:// proxy or none")
-    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=deadline.seconds)
     try:
+        proxy_port = parts.port or 80  # ValueError: not a number, or out of range
+    except ValueError:
+        proxy_port = -1
+    if parts.scheme != "http" or not parts.hostname or proxy_port == -1:
+        raise RunnerError(f"the kubeconfig's proxy {proxy!r} is not an http:// proxy URL with a valid port;"
+                          " plugbay's port-forward tunnels through HTTP proxies only (CONNECT). Use an"
+                          " http:// proxy or none")
+    extra = _proxy_header_lines(configuration)  # checked before anything is sent
+    sock = socket.create_connection((parts.hostname, proxy_port), timeout=deadline.seconds)
+    try:
+        if track is not None:
+            track(sock)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        extra = [f"{k}: {v}" for k, v in (getattr(configuration, "proxy_headers", None) or {}).items()]
         deadline.arm(sock)
         sock.sendall("\r\n".join([f"CONNECT {target} HTTP/1.1", f"Host: {target}", *extra, "", ""]).encode())
         status, reason, _ = _read_head(sock, deadline)
@@ -191,6 +217,18 @@ def _connect_via_proxy(proxy: str, configuration: Any, host: str, port: int,
     except BaseException:
         sock.close()
         raise
+
+
+def _proxy_header_lines(configuration: Any) -> list[str]:
+    """The Configuration's proxy headers as lines; a value or name that would start a header of its own is refused."""
+    lines = []
+    for name, value in (getattr(configuration, "proxy_headers", None) or {}).items():
+        name, value = str(name), str(value)
+        if not name or any(c in name for c in "\r\n:\0 \t") or any(c in value for c in "\r\n\0"):
+            raise RunnerError("the kubeconfig's proxy headers contain a line break or a bad header name;"
+                              f" fix the proxy settings (header {name[:40]!r})")
+        lines.append(f"{name}: {value}")
+    return lines
 
 
 def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[int, str, dict[str, str]]:
@@ -207,7 +245,9 @@ def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[int, str, dict
         data += byte
     lines = data.decode("latin-1").split("\r\n")
     fields = lines[0].split(" ", 2)
-    if len(fields) < 2 or not fields[0].startswith("HTTP/1.") or not fields[1].isdigit():
+    # isascii(): str.isdigit() also says yes to latin-1's superscript digits, which int() refuses
+    if (len(fields) < 2 or not fields[0].startswith("HTTP/1.") or len(fields[1]) != 3
+            or not (fields[1].isascii() and fields[1].isdigit())):
         raise RunnerError(f"the Kubernetes API answered the WebSocket upgrade with {lines[0][:80]!r},"
                           " which is not an HTTP/1.1 status line; check the kubeconfig's server address")
     headers: dict[str, str] = {}
@@ -230,7 +270,7 @@ def _status_message(sock: socket.socket, headers: dict[str, str], deadline: _Dea
                 break
             body += chunk
         return str(json.loads(bytes(body)).get("message") or reason)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: a body nested too deep
         return reason
 
 
