@@ -150,7 +150,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         """
         self._check_open()
         self._ensure_stream()
-        from plugbay.core.broker.spares import Registrar
+        from plugbay.core.broker.registrar import Registrar
 
         served, path = self._servers().get()
         served.id = id

@@ -25,9 +25,8 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
 
 import grpc
 
@@ -40,60 +39,13 @@ from plugbay.core.transport.secure import (
     serve_unix,
 )
 from plugbay.core.transport.sockets import unlink_quietly
-from plugbay.errors import BrokerError, PlugbayError
+from plugbay.errors import PlugbayError
 
 log = logging.getLogger("plugbay.broker")
 
 _JOIN = 10.0
 _IDLE_POOLS = 1  # stopped servers' worker pools kept for the next ones (one thread, as a spare had)
 _FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EEXIST)  # this socket's problem only
-
-
-class Registrar(grpc.Server):  # type: ignore[misc]
-    """What ``register`` gets in accept_and_serve: a started brokered server that takes services only.
-
-    grpcio takes generic handlers on a started server but ignores
-    registered-method handlers, so those are added as generic ones (what
-    generated ``add_*Servicer_to_server`` code also adds). Binding, starting
-    and stopping belong to the broker.
-    """
-
-    def __init__(self, server: grpc.Server) -> None:
-        self._server = server
-        self._services: set[str] = set()
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
-        handlers = tuple(generic_rpc_handlers)
-        for handler in handlers:
-            name = getattr(handler, "service_name", None)
-            if callable(name):
-                self._services.add(str(name()))
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        if service_name in self._services:
-            return  # generated code adds the same handlers generically first
-        self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, method_handlers),))
-
-    def _refuse(self, what: str) -> BrokerError:
-        return BrokerError(f"a brokered server's register callback called {what}(); the broker binds,"
-                           " starts and stops brokered servers itself, so register only adds services"
-                           " (add_*Servicer_to_server(servicer, server))")
-
-    def add_insecure_port(self, address: str) -> int:
-        raise self._refuse("add_insecure_port")
-
-    def add_secure_port(self, address: str, server_credentials: Any) -> int:
-        raise self._refuse("add_secure_port")
-
-    def start(self) -> None:
-        raise self._refuse("start")
-
-    def stop(self, grace: float | None) -> Any:
-        raise self._refuse("stop")
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        raise self._refuse("wait_for_termination")
 
 
 Built = tuple[Served, str]  # a started server with no services and the unix socket path it listens on
