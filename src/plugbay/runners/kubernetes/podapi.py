@@ -2,8 +2,10 @@
 
 One-shot calls (create, read, delete, the events list, a log tail) pass
 ``_request_timeout = (api_timeout, api_timeout)``: connect, then each read of
-the answer. The log stream that follows the plugin (follow=true) has the same
-bound on its connect and on the response's head, and none after it: a plugin
+the answer, and the whole call ends within ``api_timeout`` too (deadline.py):
+a server trickling its answer cannot hold it. The log stream that follows the
+plugin (follow=true) has the same bound until the response's head (in total),
+and none after it: a plugin
 may print nothing for hours, and that silence must not end its log. The socket
 gets TCP keepalive instead, so a peer that vanished (host down, network cut)
 still ends the stream; closing the runner shuts the socket down.
@@ -17,7 +19,8 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import api_message, call, request_timeout, timed_out, timeout_message
+from plugbay.runners.kubernetes.api import (api_message, call, request_timeout, timed_out, timeout_message,
+                                            within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -103,8 +106,8 @@ class PodApi:
         timeout = request_timeout(self.timeout)
         try:
             # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
-            self.api.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=max(1, math.ceil(grace)),
-                                           body=body, _request_timeout=timeout)
+            within_deadline(self.client, self.api.delete_namespaced_pod, self.pod_name, self.namespace,
+                            grace_period_seconds=max(1, math.ceil(grace)), body=body, _request_timeout=timeout)
             return True
         except ApiException as exc:
             if exc.status == 404:
