@@ -136,6 +136,8 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                 " refresh the kubeconfig's token or certificate") from exc
         raise RunnerError(f"Kubernetes API {verb} {resource} in {namespace!r} failed:"
                           f" {exc.status} {api_message(exc)}") from exc
+    except ValueError as exc:  # a 200 whose body is no Kubernetes object (JSONDecodeError, pydantic's error)
+        raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
         if timed_out(exc):
@@ -159,6 +161,14 @@ def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> An
             if deadline.expired and not isinstance(exc, ApiException):  # its sockets were shut: say why
                 raise TimeoutError(f"no whole answer within {limit:g}s") from exc
             raise
+
+
+def not_an_object(api_client: Any, what: str, exc: ValueError) -> str:
+    host = getattr(api_client.configuration, "host", "?")
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return (f"the Kubernetes API at {host} answered {what} with something that is not a Kubernetes object"
+            f" ({type(exc).__name__}: {first}). Check that the kubeconfig's server URL points at the API"
+            " server itself, not at a proxy or a web page")
 
 
 def timed_out(exc: BaseException) -> bool:

@@ -19,8 +19,8 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import (api_message, call, request_timeout, timed_out, timeout_message,
-                                            within_deadline)
+from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, request_timeout, timed_out,
+                                            timeout_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -53,6 +53,11 @@ class PodApi:
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
             raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
+        except RunnerError as exc:
+            if not isinstance(exc.__cause__, ValueError):
+                raise
+            raise RunnerError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
+                              " name, or plugbay's sweep does later") from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
 
     def read_pod(self) -> dict[str, Any] | None:
@@ -119,6 +124,9 @@ class PodApi:
                     f"pod {self.id} is no longer the pod plugbay started (its UID is not {self.uid});"
                     " plugbay left it alone. If it is yours, delete it with kubectl delete pod") from exc
             raise RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}") from exc
+        except ValueError as exc:  # the delete was answered 200, with a body that is no object
+            raise RunnerError(f"{not_an_object(self.client, f'delete pods ({self.id})', exc)}. The pod may still"
+                              f" run: check with kubectl get pod -n {self.namespace} {self.pod_name}") from exc
         except (HTTPError, OSError) as exc:
             host = getattr(self.client.configuration, "host", "?")
             why = timeout_message(host, f"delete pods ({self.id})", timeout) if timed_out(exc) else (
