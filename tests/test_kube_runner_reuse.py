@@ -22,14 +22,14 @@ pytestmark = pytest.mark.kubernetes
 SPEC = LaunchSpec(env={}, labels={"plugbay.plugin": "reuse"})
 
 
-def pod_names(standin: StandIn) -> set[str]:
-    return {p["metadata"]["name"] for p in standin.store.list("default", "", "")}
+def pod_names(server: StandIn) -> set[str]:
+    return {p["metadata"]["name"] for p in server.store.list("default", "", "")}
 
 
-def gone_soon(standin: StandIn, name: str) -> bool:
+def gone_soon(server: StandIn, name: str) -> bool:
     """Whether the pod is gone from the store within a bounded wait (its deletion has a grace period)."""
     for _ in range(120):
-        if standin.store.get("default", name) is None:
+        if server.store.get("default", name) is None:
             return True
         time.sleep(0.25)
     return False
@@ -70,7 +70,7 @@ def test_a_kill_during_the_create_leaves_no_pod(standin: StandIn, kubeconfig: st
     def start() -> None:
         try:
             runner.start(SPEC)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread to check
             failed.append(exc)
 
     standin.hold("create", "pods")
