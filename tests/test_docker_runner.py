@@ -490,3 +490,24 @@ def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -
         with pytest.raises(MalformedHandshakeError, match="/plugbay/sock/../../tmp/host-only.sock"):
             client.start()
         client.kill()
+
+
+@pytest.mark.parametrize("end", ["kill", "detach"])
+def test_start_after_kill_or_detach_is_refused(plugbay_docker: Any, end: str) -> None:
+    """Reused after kill() or detach(), a runner must not create a container its kill() would never remove."""
+    before = {c.id for c in plugbay_docker.containers.list(all=True)}
+    fresh = _runner()
+    getattr(fresh, end)()
+    with pytest.raises(RunnerError, match=f"DockerRunner for '{BASE}' was {end}ed?; a runner runs one container"
+                                          " once: make a new runner"):
+        fresh.start(LaunchSpec(env={}))
+    assert {c.id for c in plugbay_docker.containers.list(all=True)} == before
+    used = _runner()
+    used.start(LaunchSpec(env={}))
+    try:
+        getattr(used, end)()
+        with pytest.raises(RunnerError, match=f"was {end}ed?; a runner runs one container once"):
+            used.start(LaunchSpec(env={}))
+    finally:
+        used.kill(0)
+    assert {c.id for c in plugbay_docker.containers.list(all=True)} == before

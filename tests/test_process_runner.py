@@ -176,3 +176,28 @@ def test_misuse_of_a_runner_is_explained() -> None:
 def test_python_script_naming() -> None:
     assert ProcessRunner([PY, "examples/kv/plugin.py"]).name == "plugin"
     assert ProcessRunner(["sh", "-c", "x"]).name == "sh"
+
+
+@pytest.mark.parametrize("end", ["kill", "detach"])
+def test_start_after_kill_or_detach_is_refused(end: str, tmp_path: Path) -> None:
+    """A runner runs one plugin once: reused after kill() or detach() it must not start an unowned process."""
+    marker = tmp_path / "started"
+    script = f"open({str(marker)!r}, 'w').close()"
+    fresh = ProcessRunner([PY, "-c", script])
+    getattr(fresh, end)()  # before any start
+    with pytest.raises(RunnerError, match=rf"ProcessRunner for 'python.*' was {end}ed?; a runner runs one plugin"
+                                          " once: make a new runner"):
+        fresh.start(LaunchSpec(env={}))
+    assert not marker.exists()
+    used = ProcessRunner([PY, "-c", "import time; time.sleep(60)"])
+    used.start(LaunchSpec(env={}))
+    pid = used.pid
+    assert pid is not None
+    try:
+        getattr(used, end)()
+        with pytest.raises(RunnerError, match=f"was {end}ed?; a runner runs one plugin once"):
+            used.start(LaunchSpec(env={}))
+        assert used.pid == pid  # still the first process
+    finally:
+        used.kill(0)
+    assert not _alive(pid)

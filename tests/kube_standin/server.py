@@ -140,6 +140,9 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             return False
         with standin.lock:
             standin.calls[(verb, resource)] = standin.calls.get((verb, resource), 0) + 1
+        if (verb, resource) in standin.held:  # slow: answered normally once released (bounded)
+            standin.holding.set()
+            standin.released.wait(120)
         if (verb, resource) in standin.stalled:  # hung: no answer until unstalled or stopped (bounded)
             standin.unstalled.wait(120)
             self.close_connection = True
@@ -383,6 +386,9 @@ class StandIn:
         self.denied: set[tuple[str, str]] = set()
         self.stalled: set[tuple[str, str]] = set()
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
+        self.held: set[tuple[str, str]] = set()
+        self.holding = threading.Event()  # set: a held request arrived
+        self.released = threading.Event()  # set: the held requests go on and are answered
         self.drop_next_data = 0
         self.portforward_protocol = PROTOCOL  # what the port-forward upgrade answers (tests change it)
         self.stopping = threading.Event()
@@ -445,11 +451,22 @@ class StandIn:
     def allow_all(self) -> None:
         self.denied.clear()
         self.unstall()
+        self.release()
 
     def stall(self, verb: str, resource: str) -> None:
         """Take (verb, resource) requests and never answer them, e.g. stall("delete", "pods")."""
         self.unstalled.clear()
         self.stalled.add((verb, resource))
+
+    def hold(self, verb: str, resource: str) -> None:
+        """Take (verb, resource) requests and answer them only at release(): a slow API server."""
+        self.released.clear()
+        self.holding.clear()
+        self.held.add((verb, resource))
+
+    def release(self) -> None:
+        self.held.clear()
+        self.released.set()
 
     def unstall(self) -> None:
         """Answer again; the requests held so far end with their connection closed, unanswered."""
@@ -482,6 +499,7 @@ class StandIn:
     def stop(self) -> None:
         self.stopping.set()
         self.unstall()
+        self.release()
         with self.lock:
             for s in self.sessions:
                 s.drop()

@@ -77,6 +77,7 @@ class ProcessRunner(Runner):
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
         self._followers: list[PipeFollower] = []
+        self._ended = ""  # "killed" or "detached": start() refuses then (one runner, one plugin, once)
 
     # --- identity -------------------------------------------------------------
 
@@ -147,6 +148,11 @@ class ProcessRunner(Runner):
         self._verified.clear()
 
     def start(self, spec: LaunchSpec) -> None:
+        with self._lock:
+            ended = self._ended
+        if ended:
+            raise RunnerError(f"ProcessRunner for {self.name!r} was {ended}; a runner runs one plugin once:"
+                              " make a new runner")
         if self._proc is not None:
             raise RunnerError(f"ProcessRunner for {self.name!r} was already started; make a new runner")
         env: dict[str, str] = {} if self.skip_host_env else dict(os.environ)
@@ -180,6 +186,12 @@ class ProcessRunner(Runner):
             self._close_verified()
         facts = stat_of(self._proc.pid)  # its start ticks bound kill()'s /proc scan (proctree.family)
         self._start_ticks = facts[1] if facts is not None else None
+        with self._lock:
+            killed = self._ended == "killed"
+        if killed:  # a kill() from another thread found no process yet: end the one just started
+            self._stop_process(0)
+            raise RunnerError(f"ProcessRunner for {self.name!r} was killed while it started the plugin;"
+                              " plugbay stopped it again. Make a new runner to start the plugin")
 
     def has_exited(self) -> bool:
         if self._proc is None:
@@ -201,11 +213,23 @@ class ProcessRunner(Runner):
             return None
 
     def kill(self, grace: float = 2.0) -> None:
+        with self._lock:
+            self._ended = "killed"
         proc = self._proc
         if proc is None:
             self._stop.set()
             self._close_verified()
             return
+        self._stop_process(grace)
+
+    def detach(self) -> None:
+        """Leave the process running (kill() still stops it); start() refuses from now on."""
+        with self._lock:
+            self._ended = self._ended or "detached"
+
+    def _stop_process(self, grace: float) -> None:
+        proc = self._proc
+        assert proc is not None
         # Descendants that left the group (their own session) and orphans carrying
         # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
         strays = family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks)

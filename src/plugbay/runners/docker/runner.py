@@ -116,6 +116,7 @@ class DockerRunner(Runner):
         self._lock = threading.Lock()
         self._killed = False
         self._attached = False
+        self._detached = False  # detach() was called: start() refuses (kill() still removes the container)
         self._exited = threading.Event()
         self._exit_code: int | None = None
         self._waiter: threading.Thread | None = None
@@ -148,11 +149,19 @@ class DockerRunner(Runner):
     # --- start ----------------------------------------------------------------
 
     def start(self, spec: LaunchSpec) -> None:
-        if self._client is not None:
-            raise RunnerError(f"DockerRunner for {self.image!r} was already started; make a new runner")
+        with self._lock:
+            ended = "killed" if self._killed else "detached" if self._detached else ""
+        if ended or self._client is not None:
+            raise RunnerError(f"DockerRunner for {self.image!r} was {ended or 'already started'}; a runner runs"
+                              " one container once: make a new runner")
         self._client = engine()
         try:
             self._start(spec)
+            with self._lock:
+                killed = self._killed
+            if killed:  # a kill() from another thread came before the container existed: remove it now
+                raise RunnerError(f"DockerRunner for {self.image!r} was killed while it started the container;"
+                                  " plugbay removed it again. Make a new runner to start the plugin")
         except BaseException:
             with self._lock:
                 self._killed = True  # a later kill() has nothing left to do
@@ -273,6 +282,11 @@ class DockerRunner(Runner):
         if not self._exited.wait(None if timeout is None else max(timeout, 0)):
             return None
         return self._exit_code
+
+    def detach(self) -> None:
+        """Leave the container running (kill() still removes it); start() refuses from now on."""
+        with self._lock:
+            self._detached = True
 
     def kill(self, grace: float = 2.0) -> None:
         with self._lock:

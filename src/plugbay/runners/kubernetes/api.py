@@ -8,6 +8,9 @@ EngineUnavailableError that names the call and the setting to raise. On the
 clients plugbay builds itself a timed-out attempt is not retried (urllib3
 would repeat an idempotent one up to three times), so ``api_timeout`` bounds
 the connect and the wait for each answer of one call, not four of them.
+Beyond each socket read, :func:`call` bounds the whole call (connect, head
+and body; a stream until its head) by the same ``api_timeout``, so a server
+that trickles its answer a byte at a time cannot hold it either (deadline.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.runners.kubernetes.deadline import bounded
 from plugbay.runners.kubernetes.rbac import denied_message
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -25,8 +29,16 @@ MAX_API_TIMEOUT = 3600.0  # an hour for one API call's answer is already no boun
 
 
 def request_timeout(api_timeout: float) -> tuple[float, float]:
-    """``_request_timeout`` for one call: ``api_timeout`` to connect and again for each read of the answer."""
+    """``_request_timeout`` for one call: ``api_timeout`` to connect and again for each read of the answer.
+
+    :func:`call` also bounds the whole call by the read value (see deadline.py)."""
     return (api_timeout, api_timeout)
+
+
+def total_limit(timeout: Any) -> float | None:
+    """The whole call's deadline from a ``_request_timeout`` (a number, or (connect, read)); None: unbounded."""
+    limit = timeout[-1] if isinstance(timeout, tuple) and timeout else timeout
+    return float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None
 
 
 def check_api_timeout(api_timeout: float) -> float:
@@ -113,7 +125,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
     from urllib3.exceptions import HTTPError
 
     try:
-        return func(*args, **kwargs)
+        return within_deadline(api_client, func, *args, **kwargs)
     except ApiException as exc:
         if exc.status == 403:
             raise PermissionDeniedError(denied_message(verb, resource, namespace)
@@ -124,6 +136,8 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                 " refresh the kubeconfig's token or certificate") from exc
         raise RunnerError(f"Kubernetes API {verb} {resource} in {namespace!r} failed:"
                           f" {exc.status} {api_message(exc)}") from exc
+    except ValueError as exc:  # a 200 whose body is no Kubernetes object (JSONDecodeError, pydantic's error)
+        raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
         if timed_out(exc):
@@ -131,6 +145,30 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                                          ) from exc
         raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
+
+
+def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` ended by its ``_request_timeout`` in total; a late one raises TimeoutError."""
+    from kubernetes.client.exceptions import ApiException
+
+    limit = total_limit(kwargs.get("_request_timeout"))
+    if limit is None:
+        return func(*args, **kwargs)
+    with bounded(api_client, limit) as deadline:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if deadline.expired and not isinstance(exc, ApiException):  # its sockets were shut: say why
+                raise TimeoutError(f"no whole answer within {limit:g}s") from exc
+            raise
+
+
+def not_an_object(api_client: Any, what: str, exc: ValueError) -> str:
+    host = getattr(api_client.configuration, "host", "?")
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return (f"the Kubernetes API at {host} answered {what} with something that is not a Kubernetes object"
+            f" ({type(exc).__name__}: {first}). Check that the kubeconfig's server URL points at the API"
+            " server itself, not at a proxy or a web page")
 
 
 def timed_out(exc: BaseException) -> bool:

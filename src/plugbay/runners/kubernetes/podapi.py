@@ -2,8 +2,10 @@
 
 One-shot calls (create, read, delete, the events list, a log tail) pass
 ``_request_timeout = (api_timeout, api_timeout)``: connect, then each read of
-the answer. The log stream that follows the plugin (follow=true) has the same
-bound on its connect and on the response's head, and none after it: a plugin
+the answer, and the whole call ends within ``api_timeout`` too (deadline.py):
+a server trickling its answer cannot hold it. The log stream that follows the
+plugin (follow=true) has the same bound until the response's head (in total),
+and none after it: a plugin
 may print nothing for hours, and that silence must not end its log. The socket
 gets TCP keepalive instead, so a peer that vanished (host down, network cut)
 still ends the stream; closing the runner shuts the socket down.
@@ -17,7 +19,8 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import api_message, call, request_timeout, timed_out, timeout_message
+from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, request_timeout, timed_out,
+                                            timeout_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -50,6 +53,11 @@ class PodApi:
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
             raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
+        except RunnerError as exc:
+            if not isinstance(exc.__cause__, ValueError):
+                raise
+            raise RunnerError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
+                              " name, or plugbay's sweep does later") from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
 
     def read_pod(self) -> dict[str, Any] | None:
@@ -103,8 +111,8 @@ class PodApi:
         timeout = request_timeout(self.timeout)
         try:
             # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
-            self.api.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=max(1, math.ceil(grace)),
-                                           body=body, _request_timeout=timeout)
+            within_deadline(self.client, self.api.delete_namespaced_pod, self.pod_name, self.namespace,
+                            grace_period_seconds=max(1, math.ceil(grace)), body=body, _request_timeout=timeout)
             return True
         except ApiException as exc:
             if exc.status == 404:
@@ -116,6 +124,9 @@ class PodApi:
                     f"pod {self.id} is no longer the pod plugbay started (its UID is not {self.uid});"
                     " plugbay left it alone. If it is yours, delete it with kubectl delete pod") from exc
             raise RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}") from exc
+        except ValueError as exc:  # the delete was answered 200, with a body that is no object
+            raise RunnerError(f"{not_an_object(self.client, f'delete pods ({self.id})', exc)}. The pod may still"
+                              f" run: check with kubectl get pod -n {self.namespace} {self.pod_name}") from exc
         except (HTTPError, OSError) as exc:
             host = getattr(self.client.configuration, "host", "?")
             why = timeout_message(host, f"delete pods ({self.id})", timeout) if timed_out(exc) else (

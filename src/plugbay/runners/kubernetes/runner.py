@@ -122,15 +122,19 @@ class KubernetesRunner(Runner):
     # --- start ---------------------------------------------------------------
 
     def start(self, spec: LaunchSpec) -> None:
-        if self.pod_name:
-            raise RunnerError(f"runner for {self.image} already started pod {self.id}; make a new runner")
+        with self._lock:
+            if self._killed or self._ended:
+                raise RunnerError(f"runner for {self.image} was {'killed' if self._killed else 'detached'};"
+                                  " a runner runs one pod once: make a new runner")
+            if self.pod_name:
+                raise RunnerError(f"runner for {self.image} already started pod {self.id}; make a new runner")
+            self.pod_name = pods.pod_name_for(self.image)  # under the lock: a kill() from now on sees it
         from kubernetes import client
 
         env = {**self._opts["env"], **spec.env, "PLUGBAY_LISTEN": f"tcp:0.0.0.0:{self.container_port}"}
         managed = managed_labels()
         labels = {**self._opts["labels"], **spec.labels, **{k: v for k, v in managed.items()
                                                              if k != "plugbay.host"}}
-        self.pod_name = pods.pod_name_for(self.image)
         self._logs.name = self.pod_name
         if self.host_id:
             labels[owner.HOST_ID] = self.host_id
@@ -144,6 +148,7 @@ class KubernetesRunner(Runner):
         body = client.V1Pod.from_dict(manifest)
         deadline = time.monotonic() + self.start_timeout
         self._pod.create(body)
+        self._killed_while_creating()
         try:
             self._start_watcher()
             self._await_running(deadline)
@@ -151,6 +156,17 @@ class KubernetesRunner(Runner):
         except BaseException:
             self.kill(0)
             raise
+
+    def _killed_while_creating(self) -> None:
+        """A kill() during the create found no pod yet (404): delete the one the create made, by its UID."""
+        with self._lock:
+            killed = self._killed
+        if not killed:
+            return
+        self._pod.delete(0)  # its failure says the pod may still run and how to delete it
+        self._podwatch.update(None, True)
+        raise RunnerError(f"runner for pod {self.id} was killed while it created the pod; plugbay deleted the pod"
+                          f" (UID {self._pod.uid or '?'}). Make a new runner to start the plugin again")
 
     def _await_running(self, deadline: float) -> None:
         while True:

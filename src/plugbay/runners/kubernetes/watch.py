@@ -8,7 +8,8 @@ as a PermissionDeniedError for the starting thread to raise.
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
 a quiet pod costs one re-watch per period, not a cut stream. The client side
-waits ``api_timeout`` to connect and for the answer's head, then up to
+waits ``api_timeout`` to connect and for the answer's head (in total: a
+server trickling the head cannot hold it, see deadline.py), then up to
 WATCH_SECONDS + ``api_timeout`` between two reads of the stream: a server that
 stops answering mid-watch is noticed, and the watch opened again.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import request_timeout
+from plugbay.runners.kubernetes.api import request_timeout, within_deadline
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -107,7 +108,7 @@ class PodWatch:
 
         @functools.wraps(func)  # the Watch reads the docstring for the watch argument and the item type
         def opened(*args: Any, **kwargs: Any) -> Any:
-            resp = func(*args, **kwargs)
+            resp = within_deadline(self._api.api_client, func, *args, **kwargs)  # the head: in total too
             sock = getattr(getattr(resp, "connection", None), "sock", None)
             if sock is not None:
                 sock.settimeout(between_reads)

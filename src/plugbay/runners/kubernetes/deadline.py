@@ -1,0 +1,128 @@
+"""A total deadline on one Kubernetes API call, not only on each socket read.
+
+urllib3's timeouts bound the connect and each read of the answer (its
+``Timeout(total=...)`` too: it sets the socket's timeout once, from what is
+left when the answer starts). An API server (or a proxy) that sends a byte
+every half second would hold a call, and so start() or kill(), for as long as
+it trickles. :func:`bounded` arms a timer on the host's shared loop (no thread
+per call); when it fires it shuts down the sockets the call is using, which
+wakes the blocked read at once, and :attr:`Deadline.expired` tells the caller
+to report a timeout. A stream (``_preload_content=False``) is bounded until
+its answer's head: the timer is cancelled when the call returns it.
+
+The sockets are found through the connection classes of the ApiClient's pool
+manager: :func:`install` gives it pool classes whose connections tell the
+calling thread's Deadline when they connect or send a request. Outside
+:func:`bounded` they behave exactly as urllib3's own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from plugbay.core.transport.aioloop import Deferred
+
+_local = threading.local()
+_install_lock = threading.Lock()
+_MARK = "_plugbay_deadline"
+
+
+class DeadlineExceeded(TimeoutError):
+    """Raised into urllib3 when a call (or its retry) tries to use the network after its deadline passed."""
+
+
+class Deadline:
+    """One call's total time limit and the connections it used."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.expired = False
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+
+    def register(self, conn: Any) -> None:
+        with self._lock:
+            if self.expired:
+                raise DeadlineExceeded(f"the call's deadline of {self.limit:g}s passed")
+            if not any(c is conn for c in self._conns):
+                self._conns.append(conn)
+
+    def expire(self) -> None:
+        """Mark the call late and shut its sockets down (any thread; the shared loop's timer calls it)."""
+        with self._lock:
+            self.expired = True
+            conns = list(self._conns)
+        for conn in conns:
+            _shut(getattr(conn, "sock", None))
+
+
+def _shut(sock: Any) -> None:
+    # socket.socket.shutdown even on an SSLSocket: its own shutdown() drops the TLS object under the reader
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)  # TLS-in-TLS: the outer socket
+    if isinstance(raw, socket.socket):
+        try:
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed: the call has ended anyway
+
+
+def current() -> Deadline | None:
+    deadline: Deadline | None = getattr(_local, "deadline", None)
+    return deadline
+
+
+class _Tracked:
+    """Mixed into urllib3's connection classes: tell the thread's Deadline which connection the call uses."""
+
+    def connect(self) -> None:
+        deadline = current()
+        if deadline is not None:
+            deadline.register(self)
+        super().connect()  # type: ignore[misc]
+        if deadline is not None and deadline.expired:  # it fired while the socket was being made
+            _shut(getattr(self, "sock", None))
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = current()
+        if deadline is not None:
+            deadline.register(self)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+def install(api_client: Any) -> bool:
+    """Give ``api_client``'s pool manager connections that a Deadline can find (once; False if it has none)."""
+    pool_manager: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
+    classes = getattr(pool_manager, "pool_classes_by_scheme", None)
+    if not isinstance(classes, dict):
+        return False
+    with _install_lock:
+        if getattr(pool_manager, _MARK, False):
+            return True
+        tracked = {}
+        for scheme, pool_cls in classes.items():
+            conn_cls = type(f"Deadline{pool_cls.ConnectionCls.__name__}", (_Tracked, pool_cls.ConnectionCls), {})
+            tracked[scheme] = type(f"Deadline{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
+        # a new dict: urllib3's PoolManagers share the module's one by default
+        pool_manager.pool_classes_by_scheme = tracked
+        setattr(pool_manager, _MARK, True)
+        pool_manager.clear()  # pools made before this keep urllib3's classes; drop them (idle connections only)
+    return True
+
+
+@contextmanager
+def bounded(api_client: Any, limit: float) -> Iterator[Deadline]:
+    """The calls made in this block on this thread (with ``api_client``) end by ``limit`` seconds from now."""
+    install(api_client)
+    deadline = Deadline(limit)
+    outer = current()
+    _local.deadline = deadline
+    timer = Deferred(deadline.expire, limit)
+    try:
+        yield deadline
+    finally:
+        timer.cancel()  # it does not run after this: a connection back in the pool is left alone
+        _local.deadline = outer
