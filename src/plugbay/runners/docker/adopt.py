@@ -8,11 +8,21 @@ is touched (plugbay never stops or removes what it cannot prove it made).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from plugbay.errors import ReattachError, RunnerError
+from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
-from plugbay.runners.session import MANAGED
+from plugbay.runners.session import HOST_SESSION_ID, MANAGED, owner_name
+
+
+def reattach_id(data: Mapping[str, Any]) -> str:
+    """The container id the reattach data names (not yet proven plugbay's)."""
+    container_id = str(data.get("id") or "")
+    if not container_id:
+        raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
+                          " pass what Client.reattach_config() / runner.reattach_data() returned")
+    return container_id
 
 
 def prove_container(client: Any, container_id: str, socket_dir: str | None) -> Any:
@@ -38,3 +48,11 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
         raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                           f" (exit code {code}); start the plugin again")
     return container
+
+
+def claim(container: Any) -> None:
+    """Record this host as the container's owner, so a sweep does not take it from this host."""
+    try:
+        container.rename(owner_name(container.name, HOST_SESSION_ID))
+    except Exception:  # noqa: BLE001 - ownership marking is best effort
+        pass

@@ -37,12 +37,12 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, hardened_args, tmpfs_mounts)
-from plugbay.runners.docker.adopt import prove_container
+from plugbay.runners.docker.adopt import claim, prove_container, reattach_id
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
-from plugbay.runners.session import HOST_SESSION_ID, managed_labels, owner_name
+from plugbay.runners.session import managed_labels
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
@@ -373,10 +373,7 @@ class DockerRunner(Runner):
         folder must be the one named in its labels, holding the marker plugbay wrote;
         otherwise ReattachError is raised and nothing is touched.
         """
-        container_id = str(data.get("id") or "")
-        if not container_id:
-            raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
-                              " pass what Client.reattach_config() / runner.reattach_data() returned")
+        container_id = reattach_id(data)
         runner = cls(str(data.get("image") or "unknown"), transport=str(data.get("transport", "unix")),
                      container_port=int(data.get("container_port") or 4000))
         runner._client = engine()
@@ -394,13 +391,8 @@ class DockerRunner(Runner):
         # the labels say, not the data
         runner._owns_socket_dir = dict(container.labels or {}).get(SOCKET_OWNED) == "true"
         runner._watch_exit()
-        if not take_ownership:
-            return runner
-        # Record the new owner so a sweep does not take the container from this host.
-        try:
-            container.rename(owner_name(container.name, HOST_SESSION_ID))
-        except Exception:  # noqa: BLE001 - ownership marking is best effort
-            pass
+        if take_ownership:
+            claim(container)
         return runner
 
 
