@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, RunnerError
 
 _log = logging.getLogger("plugbay.runner")
 _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
@@ -182,6 +182,11 @@ class AttachedRunner(ABC):
     def reattach_data(self) -> dict[str, Any]:
         """JSON-serialisable facts that let another host process attach again."""
         return {"kind": type(self).__name__, "id": self.id}
+
+
+def reuse_refused(who: str, ended: str, thing: str) -> RunnerError:
+    """start() on a runner that was killed or detached: what it made then, nothing could end."""
+    return RunnerError(f"{who} was {ended}; a runner runs one {thing} once: make a new runner")
 
 
 class Runner(AttachedRunner):

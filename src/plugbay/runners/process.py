@@ -34,7 +34,7 @@ from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
 from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
-from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner
+from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, reuse_refused
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
                                       stat_of, sweep as sweep)
@@ -151,8 +151,7 @@ class ProcessRunner(Runner):
         with self._lock:
             ended = self._ended
         if ended:
-            raise RunnerError(f"ProcessRunner for {self.name!r} was {ended}; a runner runs one plugin once:"
-                              " make a new runner")
+            raise reuse_refused(f"ProcessRunner for {self.name!r}", ended, "plugin")
         if self._proc is not None:
             raise RunnerError(f"ProcessRunner for {self.name!r} was already started; make a new runner")
         env: dict[str, str] = {} if self.skip_host_env else dict(os.environ)

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
                                             check_runtime, clear_socket_dir, create_container, engine, engine_call,
                                             host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
@@ -152,8 +152,7 @@ class DockerRunner(Runner):
         with self._lock:
             ended = "killed" if self._killed else "detached" if self._detached else ""
         if ended or self._client is not None:
-            raise RunnerError(f"DockerRunner for {self.image!r} was {ended or 'already started'}; a runner runs"
-                              " one container once: make a new runner")
+            raise reuse_refused(f"DockerRunner for {self.image!r}", ended or "already started", "container")
         self._client = engine()
         try:
             self._start(spec)

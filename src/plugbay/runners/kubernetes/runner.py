@@ -20,7 +20,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
                                             load_api_client)
@@ -124,8 +124,7 @@ class KubernetesRunner(Runner):
     def start(self, spec: LaunchSpec) -> None:
         with self._lock:
             if self._killed or self._ended:
-                raise RunnerError(f"runner for {self.image} was {'killed' if self._killed else 'detached'};"
-                                  " a runner runs one pod once: make a new runner")
+                raise reuse_refused(f"runner for {self.image}", "killed" if self._killed else "detached", "pod")
             if self.pod_name:
                 raise RunnerError(f"runner for {self.image} already started pod {self.id}; make a new runner")
             self.pod_name = pods.pod_name_for(self.image)  # under the lock: a kill() from now on sees it
