@@ -127,6 +127,30 @@ def test_failing_calls_make_discovery_look_again_before_its_interval(dns: tuple[
         v6.stop()
 
 
+def test_an_endpoint_going_unhealthy_makes_discovery_look_again(dns: tuple[Zone, str]) -> None:
+    # No call fails here: the health watch alone sees the replica go, and that must ask DNS again too.
+    zone, server = dns
+    port = free_dual_port()
+    v4, v6 = Replica(f"127.0.0.1:{port}"), Replica(f"[::1]:{port}")
+    try:
+        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+        zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])
+        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0,
+                           name="kv-dns-health")
+        with RemoteClient(cfg) as client:
+            client.dispense(PLUGIN_NAME)
+            assert client.metrics()["known"] == 2
+            queries = zone.queries
+            zone.set(f"kv.{ZONE}", "A", [])
+            v4.kill9()
+            assert wait_until(lambda: client.metrics()["known"] == 1, 15), client.metrics()
+            assert zone.queries > queries
+    finally:
+        v4.stop()
+        v6.stop()
+
+
 def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:
     zone, server = dns
     a, b = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")

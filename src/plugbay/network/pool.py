@@ -239,10 +239,14 @@ class EndpointPool(CallChannel):
                                      code.name if code else error)
             self._cond.notify_all()
         if refresh:
-            again = getattr(self._resolver, "refresh", None)
-            if callable(again):
-                again()
+            self._look_again()
         self._log_if_changed()
+
+    def _look_again(self) -> None:
+        # A failing endpoint may have left the set: resolvers that poll look again now, not at their interval.
+        again = getattr(self._resolver, "refresh", None)
+        if callable(again):
+            again()
 
     # --- health and housekeeping ------------------------------------------------------------
 
@@ -295,10 +299,13 @@ class EndpointPool(CallChannel):
                 member.healthy, member.health_detail = True, ""
             elif fails >= self.unhealthy_after or before is None:
                 member.healthy, member.health_detail = False, detail
+            went_bad = before is not False and member.healthy is False
             if before != member.healthy:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
                           "SERVING" if member.healthy else "bad", detail)
                 self._cond.notify_all()
+        if went_bad:  # no call may fail toward it now, so failures alone would not ask discovery again
+            self._look_again()
         self._log_if_changed()
 
     # --- metrics --------------------------------------------------------------------------
