@@ -1,0 +1,88 @@
+"""ProcessRunner: a kill() from another thread meets start() at each point it can, every time.
+
+start() is held at a chosen point by its thread's trace function (tests/race_util.py), so
+the kill() lands there deterministically: while the launch (Popen) is still returning, the
+runner has no process yet and kill() only marks it; once the launch returned but start()
+has not, kill() stops the process itself. Either way start() must end with a RunnerError
+that says so, no process may be left, a later start() is refused and kill() again is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugbay.errors import RunnerError
+from plugbay.runners import proctree
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.process import ProcessRunner
+from tests.race_util import PauseAt, Starting, pid_alive, wait_for_file
+
+PY = sys.executable
+# Launched: writes its marker, then waits (bounded) before it would print anything.
+WAITER = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(30)"
+KILLED = (r"ProcessRunner for 'python[0-9.]*' was killed while it started the plugin; plugbay stopped it"
+          r" again\. Make a new runner to start the plugin")
+
+# Where start() is held when kill() comes: Popen.__init__ returning (the child runs, the runner
+# does not know it yet), or the first thing start() does once it holds the process.
+POINTS = {
+    "launch-returning": (subprocess.Popen.__init__.__code__, "return"),
+    "launched": (proctree.stat_of.__code__, "call"),  # not host_session()'s own look at the host
+}
+WHEN = {"launched": lambda frame: frame.f_locals.get("pid") != os.getpid()}
+
+
+def _check_refused_after(runner: ProcessRunner, marker: Path) -> None:
+    marker.unlink(missing_ok=True)
+    with pytest.raises(RunnerError, match="was killed; a runner runs one plugin once: make a new runner"):
+        runner.start(LaunchSpec(env={}))
+    runner.kill()  # again: harmless
+    runner.kill(0)
+    assert not marker.exists()  # the refused start launched nothing
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_kill_while_start_launches(point: str, tmp_path: Path) -> None:
+    marker = tmp_path / "launched"
+    runner = ProcessRunner([PY, "-c", WAITER, str(marker)])
+    pause = PauseAt(*POINTS[point], **({"when": WHEN[point]} if point in WHEN else {}))
+    starting = Starting(lambda: runner.start(LaunchSpec(env={}, socket_dir=str(tmp_path))), pause)
+    try:
+        pause.wait_reached()
+        child = pause.frame_locals.get("self") if point == "launch-returning" else None
+        pid = child.pid if isinstance(child, subprocess.Popen) else pause.frame_locals.get("pid")
+        assert isinstance(pid, int) and pid_alive(pid)
+        wait_for_file(marker)  # it really runs
+        runner.kill(grace=2.0)  # from this thread, while start() is held
+        if point == "launched":
+            assert not pid_alive(pid)  # kill() had the process: it stopped it at once
+    finally:
+        pause.release()
+    error = starting.outcome()
+    assert isinstance(error, RunnerError), error
+    assert pid is not None and not pid_alive(pid)  # start() stopped (and reaped) what it launched
+    assert runner.has_exited() and runner.wait(0) is not None
+    assert re.fullmatch(KILLED, str(error)), error
+    _check_refused_after(runner, marker)
+
+
+def test_kill_after_start_returned_while_the_plugin_waits(tmp_path: Path) -> None:
+    """The runner's part of "kill() while the host waits for the handshake line": start() is done."""
+    marker = tmp_path / "launched"
+    runner = ProcessRunner([PY, "-c", WAITER, str(marker)])
+    starting = Starting(lambda: runner.start(LaunchSpec(env={})))
+    assert starting.outcome() is None and starting.returned
+    wait_for_file(marker)
+    pid = runner.pid
+    assert pid is not None and pid_alive(pid)
+    lines = runner.stdout_lines()
+    runner.kill(grace=2.0)
+    assert list(lines) == []  # the reader ends: nothing was printed, the pipe is closed
+    assert not pid_alive(pid) and runner.wait(0) is not None
+    _check_refused_after(runner, marker)
