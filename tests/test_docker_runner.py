@@ -492,16 +492,21 @@ def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -
         client.kill()
 
 
+def _ours(docker: Any) -> set[str]:
+    """This test process's containers (others on a shared engine come and go meanwhile)."""
+    return {c["Id"] for c in docker.api.containers(all=True, filters={"label": f"plugbay.session={HOST_SESSION_ID}"})}
+
+
 @pytest.mark.parametrize("end", ["kill", "detach"])
 def test_start_after_kill_or_detach_is_refused(plugbay_docker: Any, end: str) -> None:
     """Reused after kill() or detach(), a runner must not create a container its kill() would never remove."""
-    before = {c.id for c in plugbay_docker.containers.list(all=True)}
+    before = _ours(plugbay_docker)
     fresh = _runner()
     getattr(fresh, end)()
     with pytest.raises(RunnerError, match=f"DockerRunner for '{BASE}' was {end}ed?; a runner runs one container"
                                           " once: make a new runner"):
         fresh.start(LaunchSpec(env={}))
-    assert {c.id for c in plugbay_docker.containers.list(all=True)} == before
+    assert _ours(plugbay_docker) == before
     used = _runner()
     used.start(LaunchSpec(env={}))
     try:
@@ -510,4 +515,4 @@ def test_start_after_kill_or_detach_is_refused(plugbay_docker: Any, end: str) ->
             used.start(LaunchSpec(env={}))
     finally:
         used.kill(0)
-    assert {c.id for c in plugbay_docker.containers.list(all=True)} == before
+    assert _ours(plugbay_docker) == before

@@ -8,9 +8,6 @@ request the engine refuses, must still surface as clear errors.
 
 from __future__ import annotations
 
-import select
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,56 +17,11 @@ from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.docker.logs import ContainerLogStream
+from tests.engine_relay import ENGINE, EngineRelay
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
 BASE = "plugbay-base:bookworm"
-ENGINE = "/var/run/docker.sock"
-
-
-class EngineRelay:
-    """A unix socket that relays to the real engine's socket until closed (a stand-in DOCKER_HOST)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self._listener = socket.socket(socket.AF_UNIX)
-        self._listener.bind(self.path)
-        self._listener.listen(16)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
-        self._acceptor.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self._listener], [], [], 0.1)[0]:
-                continue
-            conn, _ = self._listener.accept()
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(ENGINE)
-            self._socks += [conn, upstream]
-            t = threading.Thread(target=self._pipe, args=(conn, upstream), name="plugbay-test-engine-pipe")
-            self._threads.append(t)
-            t.start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        peers = {a: b, b: a}
-        while not self._stop.is_set():
-            for s in select.select(list(peers), [], [], 0.1)[0]:
-                data = s.recv(65536)
-                if not data:
-                    return
-                peers[s].sendall(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._acceptor.join(5)
-        for t in self._threads:
-            t.join(5)
-        for s in self._socks:
-            s.close()
-        self._listener.close()
 
 
 def test_engine_gone_after_its_version_was_learned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -189,6 +189,12 @@ def reuse_refused(who: str, ended: str, thing: str) -> RunnerError:
     return RunnerError(f"{who} was {ended}; a runner runs one {thing} once: make a new runner")
 
 
+def killed_while_starting(who: str, thing: str, undone: str) -> RunnerError:
+    """start() that a kill() from another thread met: what it had made is ended (``undone``) again."""
+    return RunnerError(f"{who} was killed while it started the {thing}; plugbay {undone} again."
+                       " Make a new runner to start the plugin")
+
+
 class Runner(AttachedRunner):
     """A plugin to be started. One Runner runs one plugin once."""
 

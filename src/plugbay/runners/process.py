@@ -34,7 +34,7 @@ from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
 from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
-from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, reuse_refused
+from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
                                       stat_of, sweep as sweep)
@@ -189,8 +189,7 @@ class ProcessRunner(Runner):
             killed = self._ended == "killed"
         if killed:  # a kill() from another thread found no process yet: end the one just started
             self._stop_process(0)
-            raise RunnerError(f"ProcessRunner for {self.name!r} was killed while it started the plugin;"
-                              " plugbay stopped it again. Make a new runner to start the plugin")
+            raise killed_while_starting(f"ProcessRunner for {self.name!r}", "plugin", "stopped it")
 
     def has_exited(self) -> bool:
         if self._proc is None:

@@ -30,7 +30,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError, RunnerError
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
+from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
+                                  reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
                                             check_runtime, clear_socket_dir, create_container, engine, engine_call,
                                             host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
@@ -158,14 +159,16 @@ class DockerRunner(Runner):
             self._start(spec)
             with self._lock:
                 killed = self._killed
-            if killed:  # a kill() from another thread came before the container existed: remove it now
-                raise RunnerError(f"DockerRunner for {self.image!r} was killed while it started the container;"
-                                  " plugbay removed it again. Make a new runner to start the plugin")
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
-                self._killed = True  # a later kill() has nothing left to do
+                killed, self._killed = self._killed, True  # a later kill() has nothing left to do
             self._cleanup(remove=True, grace=0)
+            if killed and isinstance(exc, Exception):  # the kill() removed what this step needed
+                raise killed_while_starting(f"DockerRunner for {self.image!r}", "container", "removed it") from exc
             raise
+        if killed:  # a kill() from another thread came before the container existed: remove it now
+            self._cleanup(remove=True, grace=0)
+            raise killed_while_starting(f"DockerRunner for {self.image!r}", "container", "removed it")
 
     def _start(self, spec: LaunchSpec) -> None:
         from docker.errors import APIError

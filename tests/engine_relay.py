@@ -1,0 +1,95 @@
+"""A stand-in DOCKER_HOST: a unix socket relaying to the real engine, able to hold one request.
+
+``hold(method, path)`` holds the next request whose request line matches (e.g. the
+container create, or its start) before the engine sees it: ``holding`` is set while
+it waits, ``release()`` lets it through. A runner's start() then waits on the engine
+at that point for as long as the test wants, the way the Kubernetes stand-in's
+hold()/release() hold a pod create. Nothing in the library knows about it.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import threading
+from pathlib import Path
+
+ENGINE = "/var/run/docker.sock"
+_HOLD_BOUND = 60.0  # a held request goes on by itself after this (a test that forgot release())
+
+
+class EngineRelay:
+    """A unix socket that relays to the real engine's socket until closed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(self.path)
+        self._listener.listen(16)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        self._held: re.Pattern[bytes] | None = None
+        self._hold_lock = threading.Lock()
+        self.holding = threading.Event()
+        self.held_line = ""
+        self._released = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
+        self._acceptor.start()
+
+    def hold(self, method: str, path_pattern: str) -> None:
+        """Hold the next request ``method`` on a path (after the API version) matching ``path_pattern``."""
+        self._released.clear()
+        self.holding.clear()
+        self._held = re.compile(rf"{method} /v[0-9.]+{path_pattern}[? ]".encode())
+
+    def release(self) -> None:
+        self._held = None
+        self._released.set()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self._listener], [], [], 0.1)[0]:
+                continue
+            conn, _ = self._listener.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(ENGINE)
+            self._socks += [conn, upstream]
+            t = threading.Thread(target=self._pipe, args=(conn, upstream), name="plugbay-test-engine-pipe")
+            self._threads.append(t)
+            t.start()
+
+    def _must_hold(self, data: bytes) -> bool:
+        with self._hold_lock:
+            held = self._held
+            if held is None or not held.match(data):
+                return False
+            self._held = None  # one request only
+            self.held_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        return True
+
+    def _pipe(self, conn: socket.socket, upstream: socket.socket) -> None:
+        peers = {conn: upstream, upstream: conn}
+        try:
+            while not self._stop.is_set():
+                for s in select.select(list(peers), [], [], 0.1)[0]:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if s is conn and self._must_hold(data):
+                        self.holding.set()
+                        self._released.wait(_HOLD_BOUND)
+                    peers[s].sendall(data)
+        except OSError:  # the runner closed its side (kill) while a request was held
+            return
+
+    def close(self) -> None:
+        self.release()
+        self._stop.set()
+        self._acceptor.join(5)
+        for t in self._threads:
+            t.join(5)
+        for s in self._socks:
+            s.close()
+        self._listener.close()

@@ -1,0 +1,149 @@
+"""DockerRunner: a kill() from another thread meets start() at each point it can, every time.
+
+The engine is reached through a relay (tests/engine_relay.py, a stand-in DOCKER_HOST)
+that holds one request: the container create (kill() finds no container yet) or the
+container start (kill() finds a created container and removes it). Once the container
+runs, start() is held by its thread's trace function while its log streams open
+(tests/race_util.py). The plugin writes a marker into its bind-mounted socket folder
+and then waits, so the test knows it was launched. Each time start() must end with a
+RunnerError that says it was killed, no container may be left, a later start() is
+refused and kill() again is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.errors import RunnerError
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.runner import DockerRunner as _Runner
+from tests.engine_relay import ENGINE, EngineRelay
+from tests.race_util import PauseAt, Starting, wait_for_file
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+BASE = "plugbay-base:bookworm"
+# Launched: writes its marker into the socket folder (bind-mounted from the test's), then waits.
+WAITER = ("import os, time; open(os.path.join(os.environ['PLUGIN_UNIX_SOCKET_DIR'], 'launched'), 'w').close();"
+          " time.sleep(30)")
+KILLED = (rf"DockerRunner for '{BASE}' was killed while it started the container; plugbay removed it again\."
+          r" Make a new runner to start the plugin")
+REFUSED = "was killed; a runner runs one container once: make a new runner"
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineRelay]:
+    if not Path(ENGINE).is_socket():
+        pytest.skip(f"the engine is not on {ENGINE}")
+    gate = EngineRelay(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{gate.path}")
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+def _containers(docker: Any, tag: str) -> list[str]:
+    return [c.id for c in docker.containers.list(all=True, filters={"label": f"plugbay.test-race={tag}"})]
+
+
+def _setup(tmp_path: Path) -> tuple[DockerRunner, LaunchSpec, Path, str]:
+    tag = uuid.uuid4().hex
+    folder = tmp_path / "sock"
+    folder.mkdir()
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", WAITER])
+    spec = LaunchSpec(env={}, socket_dir=str(folder), labels={"plugbay.test-race": tag})
+    return runner, spec, folder / "launched", tag
+
+
+def _check_after(runner: DockerRunner, spec: LaunchSpec, docker: Any, tag: str, error: BaseException | None) -> None:
+    assert isinstance(error, RunnerError), error
+    assert re.fullmatch(KILLED, str(error)), error
+    assert _containers(docker, tag) == []  # removed, not merely stopped
+    assert runner.wait(0) is None or runner.wait(0) is not None  # answers at once, whatever it knows
+    with pytest.raises(RunnerError, match=REFUSED):
+        runner.start(spec)
+    runner.kill()  # again: harmless
+    runner.kill(0)
+    assert _containers(docker, tag) == []  # the refused start created nothing
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("folder", ["given", "runner's own"])
+def test_kill_while_the_engine_creates_the_container(relay: EngineRelay, plugbay_docker: Any,
+                                                     tmp_path: Path, folder: str) -> None:
+    """kill() finds no container (its create is on its way); start() removes what the create made.
+
+    With no socket folder given, the runner made its own and kill() removes it at once: the
+    create then fails at the engine (its bind source is gone), and that too is reported as the kill.
+    """
+    runner, spec, marker, tag = _setup(tmp_path)
+    if folder != "given":
+        spec = LaunchSpec(env={}, labels=spec.labels)
+    relay.hold("POST", "/containers/create")
+    starting = Starting(lambda: runner.start(spec))
+    try:
+        assert relay.holding.wait(30), "the create never reached the engine"
+        runner.kill(grace=1.0)
+        assert _containers(plugbay_docker, tag) == []
+    finally:
+        relay.release()
+    _check_after(runner, spec, plugbay_docker, tag, starting.outcome(60))
+
+
+@pytest.mark.timeout(120)
+def test_kill_between_create_and_start(relay: EngineRelay, plugbay_docker: Any, tmp_path: Path) -> None:
+    """kill() removes the created container while its start is held; the start then finds none."""
+    runner, spec, marker, tag = _setup(tmp_path)
+    relay.hold("POST", "/containers/[0-9a-f]{64}/start")
+    starting = Starting(lambda: runner.start(spec))
+    try:
+        assert relay.holding.wait(30), "the start never reached the engine"
+        assert len(_containers(plugbay_docker, tag)) == 1  # created, not started
+        runner.kill(grace=1.0)
+        assert _containers(plugbay_docker, tag) == []  # kill() removed it though start() is not done
+    finally:
+        relay.release()
+    _check_after(runner, spec, plugbay_docker, tag, starting.outcome(60))
+    assert not marker.exists()  # it never ran
+
+
+@pytest.mark.timeout(120)
+def test_kill_while_the_log_streams_open(relay: EngineRelay, plugbay_docker: Any, tmp_path: Path) -> None:
+    """The container runs (its marker is there); start() is held before it watches the exit."""
+    runner, spec, marker, tag = _setup(tmp_path)
+    pause = PauseAt(_Runner._watch_exit.__code__, "call")
+    starting = Starting(lambda: runner.start(spec), pause)
+    try:
+        pause.wait_reached(60)
+        wait_for_file(marker)
+        assert len(_containers(plugbay_docker, tag)) == 1
+        runner.kill(grace=1.0)
+        assert _containers(plugbay_docker, tag) == []
+    finally:
+        pause.release()
+    _check_after(runner, spec, plugbay_docker, tag, starting.outcome(60))
+
+
+@pytest.mark.timeout(120)
+def test_kill_after_start_returned_while_the_plugin_waits(relay: EngineRelay, plugbay_docker: Any,
+                                                          tmp_path: Path) -> None:
+    """The runner's part of "kill() while the host waits for the handshake line": start() is done."""
+    runner, spec, marker, tag = _setup(tmp_path)
+    starting = Starting(lambda: runner.start(spec))
+    assert starting.outcome(60) is None and starting.returned
+    wait_for_file(marker)
+    lines = runner.stdout_lines()
+    runner.kill(grace=1.0)
+    assert list(lines) == []  # the reader ends: nothing was printed, the stream is closed
+    assert _containers(plugbay_docker, tag) == [] and runner.wait(0) is not None
+    with pytest.raises(RunnerError, match=REFUSED):
+        runner.start(spec)
+    runner.kill(0)
