@@ -39,7 +39,7 @@ from plugbay.core.host.launch import follow_output, launch_env, read_handshake, 
 from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.logs import LogPump
-from plugbay.core.host.stop import ask_shutdown, describe_exit
+from plugbay.core.host.stop import ask_shutdown, describe_exit, killed_while_starting
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
@@ -79,6 +79,8 @@ class Client:
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
+        self._starting: threading.Thread | None = None  # the thread in start(), holding the lock
+        self._kill_asked = False  # kill() came while another thread started: start() says so
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
@@ -164,12 +166,17 @@ class Client:
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
                 return
+            self._starting = threading.current_thread()
             try:
                 self._start()
-            except BaseException:
+            except BaseException as exc:
                 self._killed = True  # like go-plugin, a Client starts once
                 self._teardown(graceful=False)
+                if self._kill_asked and isinstance(exc, Exception):  # the kill() made this step fail
+                    raise killed_while_starting(self.name) from exc
                 raise
+            finally:
+                self._starting = None
             self._started = True
             LIVE.add(self)
 
@@ -332,6 +339,10 @@ class Client:
         handler) it returns at once and ``plugbay-<what>-<name>`` does it (LoopHandoff)."""
         if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
+        starting, runner = self._starting, self._runner
+        if what == "kill" and starting not in (None, threading.current_thread()) and runner is not None:
+            self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
+            runner.kill(self.config.kill_grace)
         with self._lock:
             if not self._killed:
                 if what == "close":

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
+from plugbay.errors import ClientStateError
 
 _log = logging.getLogger("plugbay.client")
 SHUTDOWN_TIMEOUT = 2.0
@@ -34,3 +35,9 @@ def describe_exit(code: int, tail: list[str]) -> str:
         how += f" (killed by {signal.Signals(-code).name})"
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")
+
+
+def killed_while_starting(name: str) -> ClientStateError:
+    """What start() raises when a kill() from another thread ended its plugin meanwhile."""
+    return ClientStateError(f"the client of plugin {name!r} was killed while it started the plugin; plugbay"
+                            " stopped the plugin. Make a new Client to start it again")
