@@ -9,6 +9,7 @@ that says so, no process may be left, a later start() is refused and kill() agai
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from plugbay import SecureConfig
 from plugbay.errors import RunnerError
 from plugbay.runners import proctree
 from plugbay.runners.base import LaunchSpec
@@ -26,7 +28,7 @@ from tests.race_util import PauseAt, Starting, pid_alive, wait_for_file
 PY = sys.executable
 # Launched: writes its marker, then waits (bounded) before it would print anything.
 WAITER = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(30)"
-KILLED = (r"ProcessRunner for 'python[0-9.]*' was killed while it started the plugin; plugbay stopped it"
+KILLED = (r"ProcessRunner for '(python[0-9.]*|plugin)' was killed while it started the plugin; plugbay stopped it"
           r" again\. Make a new runner to start the plugin")
 
 # Where start() is held when kill() comes: Popen.__init__ returning (the child runs, the runner
@@ -85,4 +87,34 @@ def test_kill_after_start_returned_while_the_plugin_waits(tmp_path: Path) -> Non
     runner.kill(grace=2.0)
     assert list(lines) == []  # the reader ends: nothing was printed, the pipe is closed
     assert not pid_alive(pid) and runner.wait(0) is not None
+    _check_refused_after(runner, marker)
+
+
+def test_kill_while_popen_runs_the_checked_copy(tmp_path: Path) -> None:
+    """With a SecureConfig, Popen runs the checked in-memory copy by its fd number; a kill() that
+    comes meanwhile must not close that fd (the number could then name another file when it runs)."""
+    script = tmp_path / "plugin.py"
+    script.write_text(WAITER)
+    marker = tmp_path / "launched"
+    runner = ProcessRunner([PY, str(script), str(marker)])
+    runner.check_secure_config(SecureConfig(hashlib.sha256(script.read_bytes()).digest(), path=str(script)))
+    pause = PauseAt(subprocess.Popen.__init__.__code__, "call")
+    starting = Starting(lambda: runner.start(LaunchSpec(env={})), pause)
+    try:
+        pause.wait_reached()
+        fds = tuple(pause.frame_locals.get("pass_fds") or ())
+        assert len(fds) == 1 and os.readlink(f"/proc/self/fd/{fds[0]}").startswith("/memfd:")
+        copy = os.fstat(fds[0]).st_ino
+        runner.kill(grace=2.0)
+        assert os.fstat(fds[0]).st_ino == copy  # still the checked copy Popen is about to pass on
+    finally:
+        pause.release()
+    error = starting.outcome()
+    assert isinstance(error, RunnerError) and re.fullmatch(KILLED, str(error)), error
+    pid = runner.pid
+    assert pid is not None and not pid_alive(pid)
+    try:  # start() closed it once the process had it (the number may hold something else by now)
+        assert os.fstat(fds[0]).st_ino != copy
+    except OSError:
+        pass
     _check_refused_after(runner, marker)

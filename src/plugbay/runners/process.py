@@ -148,8 +148,11 @@ class ProcessRunner(Runner):
         self._verified.clear()
 
     def start(self, spec: LaunchSpec) -> None:
+        verified: dict[int, int] = {}
         with self._lock:
             ended = self._ended
+            if not ended and self._proc is None:  # start() closes the checked copies: a kill() meanwhile must not
+                verified, self._verified = self._verified, {}  # (Popen runs them by fd number)
         if ended:
             raise reuse_refused(f"ProcessRunner for {self.name!r}", ended, "plugin")
         if self._proc is not None:
@@ -165,7 +168,7 @@ class ProcessRunner(Runner):
             env["TMPDIR"] = spec.socket_dir
         args = list(self.cmd)
         executable = None
-        for index, fd in self._verified.items():  # run the checked copies (check_secure_config)
+        for index, fd in verified.items():  # run the checked copies (check_secure_config)
             if index == 0:
                 executable = f"/proc/self/fd/{fd}"
             else:
@@ -174,7 +177,7 @@ class ProcessRunner(Runner):
             self._proc = subprocess.Popen(
                 args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
-                pass_fds=tuple(self._verified.values()),
+                pass_fds=tuple(verified.values()),
             )
         except OSError as exc:
             raise RunnerError(
@@ -182,7 +185,8 @@ class ProcessRunner(Runner):
                 " and the working directory."
             ) from exc
         finally:
-            self._close_verified()
+            for fd in verified.values():
+                os.close(fd)
         facts = stat_of(self._proc.pid)  # its start ticks bound kill()'s /proc scan (proctree.family)
         self._start_ticks = facts[1] if facts is not None else None
         with self._lock:
