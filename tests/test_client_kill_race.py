@@ -1,0 +1,198 @@
+"""Client.kill() from another thread while Client.start() runs ends that start() at once, every time.
+
+start() holds the Client's lock until the plugin answers or start_timeout passes; kill()
+stops the plugin first (the runner's kill() is safe during its start), so start() fails
+at once with a ClientStateError saying the client was killed, instead of kill() waiting
+for start_timeout and start() blaming a slow plugin. Each phase is made to happen every
+time: the launch held (trace / engine relay), the plugin launched and waiting before its
+handshake line (a marker file), the host connected but the plugin never answering its
+health check (the plugin writes the marker once the host's connection arrived).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay import Client, ClientConfig, HandshakeConfig
+from plugbay.errors import ClientStateError, RunnerError
+from plugbay.runners.base import LaunchSpec, Runner
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.process import ProcessRunner
+from tests.engine_relay import ENGINE, EngineRelay
+from tests.race_util import BOUND, PauseAt, Starting, pid_alive, wait_for_file
+
+PY = sys.executable
+HANDSHAKE = HandshakeConfig(1, "PLUGBAY_RACE", "race")
+START_TIMEOUT = 120.0  # far beyond every bounded wait here: start() must end by the kill, not by this
+KILLED = ("the client of plugin 'race' was killed while it started the plugin; plugbay stopped the plugin."
+          " Make a new Client to start it again")
+# Launched: writes its marker, then waits (bounded) before it would print its handshake line.
+BEFORE_LINE = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(60)"
+# Prints a handshake line for a socket it listens on, takes the host's connection, writes
+# its marker, and never answers: the host is connected and waits for the health check.
+SILENT = textwrap.dedent("""
+    import os, socket, sys, time
+    path = os.path.join(os.environ["PLUGIN_UNIX_SOCKET_DIR"], "silent.sock")
+    srv = socket.socket(socket.AF_UNIX); srv.bind(path); srv.listen(4)
+    print("1|1|unix|%s|grpc" % path, flush=True)
+    srv.settimeout(60)
+    conn, _ = srv.accept()
+    open(sys.argv[1], "w").close()
+    time.sleep(60)
+""")
+
+
+def _client(runner: Runner, **kwargs: Any) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={}, runner=runner, start_timeout=START_TIMEOUT,
+                               kill_grace=0.5, name="race", **kwargs))
+
+
+def _check_killed(client: Client, starting: Starting, runner: Runner) -> None:
+    error = starting.outcome(BOUND)
+    assert isinstance(error, ClientStateError) and str(error) == KILLED, error
+    assert isinstance(error.__cause__, Exception)  # what the kill() made fail, kept for the curious
+    assert client.exited
+    with pytest.raises(ClientStateError, match="was killed; make a new Client"):
+        client.start()
+    client.kill()  # again: harmless
+    with pytest.raises(RunnerError, match="was killed; a runner runs one .* once: make a new runner"):
+        runner.start(LaunchSpec(env={}))
+
+
+def _kill_meanwhile(client: Client, runner_kill: Any) -> Starting:
+    """client.kill() on a thread of its own, once it has told the runner (it then waits for start())."""
+    told = PauseAt(runner_kill.__code__, "return")
+    killing = Starting(client.kill, told)
+    told.wait_reached()
+    told.release()
+    return killing
+
+
+def test_kill_while_the_runner_launches(tmp_path: Path) -> None:
+    runner = ProcessRunner([PY, "-c", BEFORE_LINE, str(tmp_path / "launched")])
+    client = _client(runner)
+    pause = PauseAt(subprocess.Popen.__init__.__code__, "return")  # the child runs; the runner does not know
+    starting = Starting(client.start, pause)
+    try:
+        pause.wait_reached()
+        child = pause.frame_locals["self"]
+        assert isinstance(child, subprocess.Popen)
+        pid = child.pid
+        killing = _kill_meanwhile(client, ProcessRunner.kill)
+    finally:
+        pause.release()
+    assert killing.outcome() is None
+    _check_killed(client, starting, runner)
+    assert not pid_alive(pid)
+
+
+def test_kill_while_the_host_waits_for_the_handshake_line(tmp_path: Path) -> None:
+    marker = tmp_path / "launched"
+    runner = ProcessRunner([PY, "-c", BEFORE_LINE, str(marker)])
+    client = _client(runner)
+    starting = Starting(client.start)
+    wait_for_file(marker)
+    pid = runner.pid
+    assert pid is not None and pid_alive(pid)
+    client.kill()  # returns once start() has ended (it held the lock)
+    assert starting.ended(0)
+    assert not pid_alive(pid)
+    _check_killed(client, starting, runner)
+
+
+def test_kill_after_the_handshake_while_the_host_connects(tmp_path: Path) -> None:
+    marker = tmp_path / "connected"
+    runner = ProcessRunner([PY, "-c", SILENT, str(marker)])
+    client = _client(runner)
+    starting = Starting(client.start)
+    wait_for_file(marker)  # the host read the line and dialed: it waits for the health answer
+    pid = runner.pid
+    assert pid is not None
+    client.kill()
+    assert starting.ended(0) and not pid_alive(pid)
+    _check_killed(client, starting, runner)
+
+
+# --- the same through a DockerRunner -------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A parent for the Client's socket folder whose socket paths stay within 107 characters."""
+    with tempfile.TemporaryDirectory(prefix="race-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineRelay]:
+    if not Path(ENGINE).is_socket():
+        pytest.skip(f"the engine is not on {ENGINE}")
+    gate = EngineRelay(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{gate.path}")
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+def _containers(docker: Any, tag: str) -> list[str]:
+    return [c["Id"] for c in docker.api.containers(all=True, filters={"label": f"plugbay.test-race={tag}"})]
+
+
+def _docker_client(parent: Path, script: str) -> tuple[Client, DockerRunner, str]:
+    tag = uuid.uuid4().hex
+    marker = "os.path.join(os.environ['PLUGIN_UNIX_SOCKET_DIR'], 'launched')"
+    runner = DockerRunner("plugbay-base:bookworm", labels={"plugbay.test-race": tag},
+                          entrypoint=["python3", "-c", f"import os, sys; sys.argv[1:] = [{marker}]\n{script}"])
+    return _client(runner, unix_socket_temp_dir=str(parent)), runner, tag
+
+
+def _docker_marker(parent: Path) -> None:
+    """Until the container wrote its marker into the Client's socket folder (made under ``parent``)."""
+    deadline = time.monotonic() + BOUND
+    while not list(parent.glob("plugbay-*/launched")):
+        if time.monotonic() > deadline:
+            raise AssertionError("the container never wrote its marker")
+        time.sleep(0.05)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_docker_kill_while_the_engine_creates_the_container(relay: EngineRelay, plugbay_docker: Any,
+                                                            short_dir: Path) -> None:
+    client, runner, tag = _docker_client(short_dir, BEFORE_LINE)
+    relay.hold("POST", "/containers/create")
+    starting = Starting(client.start)
+    try:
+        assert relay.holding.wait(30), "the create never reached the engine"
+        killing = _kill_meanwhile(client, DockerRunner.kill)
+    finally:
+        relay.release()
+    assert killing.outcome(60) is None
+    _check_killed(client, starting, runner)
+    assert _containers(plugbay_docker, tag) == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("script", ["before the line", "silent"])
+def test_docker_kill_while_the_plugin_waits(relay: EngineRelay, plugbay_docker: Any, short_dir: Path,
+                                            script: str) -> None:
+    client, runner, tag = _docker_client(short_dir, BEFORE_LINE if script == "before the line" else SILENT)
+    starting = Starting(client.start)
+    _docker_marker(short_dir)
+    assert len(_containers(plugbay_docker, tag)) == 1
+    client.kill()
+    assert starting.ended(0)
+    _check_killed(client, starting, runner)
+    assert _containers(plugbay_docker, tag) == []
