@@ -146,11 +146,13 @@ def test_kill_asked_while_start_waits_for_the_handshake(
         handlers: list[tuple[logging.Logger, logging.Handler]]) -> None:
     # The plugin logs a line before its handshake: the handler's kill() runs on the loop while
     # start() holds the Client and waits on that loop for the handshake line. Waiting there for
-    # the Client would have starved start() until start_timeout (a HandshakeTimeoutError).
+    # the Client would have starved start() until start_timeout (a HandshakeTimeoutError); the
+    # handed-off kill() ends the plugin instead, and start() says it was killed.
     client = Client(config("early", env={"TRAP_SAY_FIRST": "[WARN] early bird"}, start_timeout=_WAIT))
     on_early = attach(handlers, "early", OnRecord("[WARN] early bird", client.kill))
     try:
-        client.start()  # the kill waits for the start to finish, then runs
+        with pytest.raises(ClientStateError, match="was killed while it started the plugin"):
+            client.start()
         assert on_early.done.wait(_WAIT)
         assert on_early.thread == "plugbay-io" and on_early.error is None
         pid = int(client.runner.id)
