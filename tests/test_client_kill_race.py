@@ -52,16 +52,24 @@ SILENT = textwrap.dedent("""
 """)
 
 
-def _client(runner: Runner, **kwargs: Any) -> Client:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A parent for the Client's socket folder whose socket paths stay within 107 characters."""
+    with tempfile.TemporaryDirectory(prefix="race-") as folder:
+        yield Path(folder)
+
+
+def _client(runner: Runner, parent: Path) -> Client:
     return Client(ClientConfig(handshake=HANDSHAKE, plugins={}, runner=runner, start_timeout=START_TIMEOUT,
-                               kill_grace=0.5, name="race", **kwargs))
+                               kill_grace=0.5, name="race", unix_socket_temp_dir=str(parent)))
 
 
-def _check_killed(client: Client, starting: Starting, runner: Runner) -> None:
+def _check_killed(client: Client, starting: Starting, runner: Runner, parent: Path) -> None:
     error = starting.outcome(BOUND)
     assert isinstance(error, ClientStateError) and str(error) == KILLED, error
     assert isinstance(error.__cause__, Exception)  # what the kill() made fail, kept for the curious
     assert client.exited
+    assert list(parent.iterdir()) == []  # the Client's socket folder (and any socket in it) is gone
     with pytest.raises(ClientStateError, match="was killed; make a new Client"):
         client.start()
     client.kill()  # again: harmless
@@ -78,9 +86,9 @@ def _kill_meanwhile(client: Client, runner_kill: Any) -> Starting:
     return killing
 
 
-def test_kill_while_the_runner_launches(tmp_path: Path) -> None:
+def test_kill_while_the_runner_launches(tmp_path: Path, short_dir: Path) -> None:
     runner = ProcessRunner([PY, "-c", BEFORE_LINE, str(tmp_path / "launched")])
-    client = _client(runner)
+    client = _client(runner, short_dir)
     pause = PauseAt(subprocess.Popen.__init__.__code__, "return")  # the child runs; the runner does not know
     starting = Starting(client.start, pause)
     try:
@@ -92,14 +100,14 @@ def test_kill_while_the_runner_launches(tmp_path: Path) -> None:
     finally:
         pause.release()
     assert killing.outcome() is None
-    _check_killed(client, starting, runner)
+    _check_killed(client, starting, runner, short_dir)
     assert not pid_alive(pid)
 
 
-def test_kill_while_the_host_waits_for_the_handshake_line(tmp_path: Path) -> None:
+def test_kill_while_the_host_waits_for_the_handshake_line(tmp_path: Path, short_dir: Path) -> None:
     marker = tmp_path / "launched"
     runner = ProcessRunner([PY, "-c", BEFORE_LINE, str(marker)])
-    client = _client(runner)
+    client = _client(runner, short_dir)
     starting = Starting(client.start)
     wait_for_file(marker)
     pid = runner.pid
@@ -107,30 +115,23 @@ def test_kill_while_the_host_waits_for_the_handshake_line(tmp_path: Path) -> Non
     client.kill()  # returns once start() has ended (it held the lock)
     assert starting.ended(0)
     assert not pid_alive(pid)
-    _check_killed(client, starting, runner)
+    _check_killed(client, starting, runner, short_dir)
 
 
-def test_kill_after_the_handshake_while_the_host_connects(tmp_path: Path) -> None:
+def test_kill_after_the_handshake_while_the_host_connects(tmp_path: Path, short_dir: Path) -> None:
     marker = tmp_path / "connected"
     runner = ProcessRunner([PY, "-c", SILENT, str(marker)])
-    client = _client(runner)
+    client = _client(runner, short_dir)
     starting = Starting(client.start)
     wait_for_file(marker)  # the host read the line and dialed: it waits for the health answer
     pid = runner.pid
     assert pid is not None
     client.kill()
     assert starting.ended(0) and not pid_alive(pid)
-    _check_killed(client, starting, runner)
+    _check_killed(client, starting, runner, short_dir)
 
 
 # --- the same through a DockerRunner -------------------------------------------------------------------
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A parent for the Client's socket folder whose socket paths stay within 107 characters."""
-    with tempfile.TemporaryDirectory(prefix="race-") as folder:
-        yield Path(folder)
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def _docker_client(parent: Path, script: str) -> tuple[Client, DockerRunner, str
     marker = "os.path.join(os.environ['PLUGIN_UNIX_SOCKET_DIR'], 'launched')"
     runner = DockerRunner("plugbay-base:bookworm", labels={"plugbay.test-race": tag},
                           entrypoint=["python3", "-c", f"import os, sys; sys.argv[1:] = [{marker}]\n{script}"])
-    return _client(runner, unix_socket_temp_dir=str(parent)), runner, tag
+    return _client(runner, parent), runner, tag
 
 
 def _docker_marker(parent: Path) -> None:
@@ -179,7 +180,7 @@ def test_docker_kill_while_the_engine_creates_the_container(relay: EngineRelay, 
     finally:
         relay.release()
     assert killing.outcome(60) is None
-    _check_killed(client, starting, runner)
+    _check_killed(client, starting, runner, short_dir)
     assert _containers(plugbay_docker, tag) == []
 
 
@@ -194,5 +195,5 @@ def test_docker_kill_while_the_plugin_waits(relay: EngineRelay, plugbay_docker: 
     assert len(_containers(plugbay_docker, tag)) == 1
     client.kill()
     assert starting.ended(0)
-    _check_killed(client, starting, runner)
+    _check_killed(client, starting, runner, short_dir)
     assert _containers(plugbay_docker, tag) == []
