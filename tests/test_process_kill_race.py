@@ -40,17 +40,36 @@ POINTS = {
 WHEN = {"launched": lambda frame: frame.f_locals.get("pid") != os.getpid()}
 
 
-def _check_refused_after(runner: ProcessRunner, marker: Path) -> None:
+@pytest.fixture
+def group_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every os.killpg() from now on (passed through): a stopped plugin's group must get none.
+
+    Its leader is reaped, so once the group is empty its pid may lead another process's group.
+    """
+    sent: list[tuple[int, int]] = []
+    real = os.killpg
+
+    def record(pgid: int, sig: int) -> None:
+        sent.append((pgid, sig))
+        real(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", record)
+    return sent
+
+
+def _check_refused_after(runner: ProcessRunner, marker: Path, group_signals: list[tuple[int, int]]) -> None:
     marker.unlink(missing_ok=True)
     with pytest.raises(RunnerError, match="was killed; a runner runs one plugin once: make a new runner"):
         runner.start(LaunchSpec(env={}))
+    group_signals.clear()
     runner.kill()  # again: harmless
     runner.kill(0)
+    assert group_signals == []  # no signal to a process group that may not be the plugin's any more
     assert not marker.exists()  # the refused start launched nothing
 
 
 @pytest.mark.parametrize("point", sorted(POINTS))
-def test_kill_while_start_launches(point: str, tmp_path: Path) -> None:
+def test_kill_while_start_launches(point: str, tmp_path: Path, group_signals: list[tuple[int, int]]) -> None:
     marker = tmp_path / "launched"
     runner = ProcessRunner([PY, "-c", WAITER, str(marker)])
     pause = PauseAt(*POINTS[point], **({"when": WHEN[point]} if point in WHEN else {}))
@@ -64,17 +83,21 @@ def test_kill_while_start_launches(point: str, tmp_path: Path) -> None:
         runner.kill(grace=2.0)  # from this thread, while start() is held
         if point == "launched":
             assert not pid_alive(pid)  # kill() had the process: it stopped it at once
+            group_signals.clear()
     finally:
         pause.release()
     error = starting.outcome()
+    if point == "launched":
+        assert group_signals == []  # start() found it stopped (and reaped): no signal to its old group
     assert isinstance(error, RunnerError), error
     assert pid is not None and not pid_alive(pid)  # start() stopped (and reaped) what it launched
     assert runner.has_exited() and runner.wait(0) is not None
     assert re.fullmatch(KILLED, str(error)), error
-    _check_refused_after(runner, marker)
+    _check_refused_after(runner, marker, group_signals)
 
 
-def test_kill_after_start_returned_while_the_plugin_waits(tmp_path: Path) -> None:
+def test_kill_after_start_returned_while_the_plugin_waits(tmp_path: Path,
+                                                          group_signals: list[tuple[int, int]]) -> None:
     """The runner's part of "kill() while the host waits for the handshake line": start() is done."""
     marker = tmp_path / "launched"
     runner = ProcessRunner([PY, "-c", WAITER, str(marker)])
@@ -87,10 +110,10 @@ def test_kill_after_start_returned_while_the_plugin_waits(tmp_path: Path) -> Non
     runner.kill(grace=2.0)
     assert list(lines) == []  # the reader ends: nothing was printed, the pipe is closed
     assert not pid_alive(pid) and runner.wait(0) is not None
-    _check_refused_after(runner, marker)
+    _check_refused_after(runner, marker, group_signals)
 
 
-def test_kill_while_popen_runs_the_checked_copy(tmp_path: Path) -> None:
+def test_kill_while_popen_runs_the_checked_copy(tmp_path: Path, group_signals: list[tuple[int, int]]) -> None:
     """With a SecureConfig, Popen runs the checked in-memory copy by its fd number; a kill() that
     comes meanwhile must not close that fd (the number could then name another file when it runs)."""
     script = tmp_path / "plugin.py"
@@ -117,4 +140,4 @@ def test_kill_while_popen_runs_the_checked_copy(tmp_path: Path) -> None:
         assert os.fstat(fds[0]).st_ino != copy
     except OSError:
         pass
-    _check_refused_after(runner, marker)
+    _check_refused_after(runner, marker, group_signals)

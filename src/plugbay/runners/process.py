@@ -239,8 +239,10 @@ class ProcessRunner(Runner):
             _signal_group(proc.pid, signal.SIGTERM)
             signal_all(strays, signal.SIGTERM)
             self.wait(grace)
-        # The leader may be gone while its children still hold the group.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # The leader may be gone while its children still hold the group (its pid is not reused
+        # then). Once a stop ended the group, that pid may lead another group: signal it no more.
+        if not self._stop.is_set():
+            _signal_group(proc.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
         try:
             proc.wait(REAP_TIMEOUT)
