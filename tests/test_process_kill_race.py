@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_kill_while_start_launches(point: str, tmp_path: Path, group_signals: li
     error = starting.outcome()
     if point == "launched":
         assert group_signals == []  # start() found it stopped (and reaped): no signal to its old group
+    else:  # start() stopped it: its whole group, not only what carries the plugin's marker
+        assert (pid, signal.SIGKILL) in group_signals
     assert isinstance(error, RunnerError), error
     assert pid is not None and not pid_alive(pid)  # start() stopped (and reaped) what it launched
     assert runner.has_exited() and runner.wait(0) is not None

@@ -78,6 +78,7 @@ class ProcessRunner(Runner):
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
         self._followers: list[PipeFollower] = []
         self._ended = ""  # "killed" or "detached": start() refuses then (one runner, one plugin, once)
+        self._group_ended = False  # a stop SIGKILLed the group and reaped its leader: never signal that pgid again
 
     # --- identity -------------------------------------------------------------
 
@@ -241,13 +242,14 @@ class ProcessRunner(Runner):
             self.wait(grace)
         # The leader may be gone while its children still hold the group (its pid is not reused
         # then). Once a stop ended the group, that pid may lead another group: signal it no more.
-        if not self._stop.is_set():
+        if not self._group_ended:
             _signal_group(proc.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
         try:
             proc.wait(REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
             pass
+        self._group_ended = True
         self._stop.set()
         for follower in self._followers:  # a grandchild may hold a pipe open: end the reading now
             follower.stop()
