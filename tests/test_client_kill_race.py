@@ -11,10 +11,12 @@ health check (the plugin writes the marker once the host's connection arrived).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,7 +115,7 @@ def test_kill_while_the_host_waits_for_the_handshake_line(tmp_path: Path, short_
     pid = runner.pid
     assert pid is not None and pid_alive(pid)
     client.kill()  # returns once start() has ended (it held the lock)
-    assert starting.ended(0)
+    assert starting.ended(BOUND)
     assert not pid_alive(pid)
     _check_killed(client, starting, runner, short_dir)
 
@@ -127,7 +129,43 @@ def test_kill_after_the_handshake_while_the_host_connects(tmp_path: Path, short_
     pid = runner.pid
     assert pid is not None
     client.kill()
-    assert starting.ended(0) and not pid_alive(pid)
+    assert starting.ended(BOUND) and not pid_alive(pid)
+    _check_killed(client, starting, runner, short_dir)
+
+
+class _KillOnHandshakeRecord(logging.Handler):
+    """Calls ``client.kill()`` from the thread that logs the handshake line: the one in start()."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+        self.thread: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.thread is None and record.getMessage().startswith("plugin race handshake:"):
+            self.thread = threading.current_thread()
+            self.client.kill()
+
+
+def test_kill_from_the_starting_thread_itself(tmp_path: Path, short_dir: Path) -> None:
+    """A log handler on the thread in start() asks kill(): start() must not go on with a torn-down Client."""
+    marker = tmp_path / "connected"
+    runner = ProcessRunner([PY, "-c", SILENT, str(marker)])
+    client = _client(runner, short_dir)
+    logger = logging.getLogger("plugbay.client")
+    handler, level = _KillOnHandshakeRecord(client), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        starting = Starting(client.start)
+        error = starting.outcome(BOUND)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.thread is not None and handler.thread.name == "plugbay-test-start"
+    assert isinstance(error, ClientStateError) and str(error) == KILLED, error
+    pid = runner.pid
+    assert pid is not None and not pid_alive(pid)
     _check_killed(client, starting, runner, short_dir)
 
 
@@ -194,6 +232,6 @@ def test_docker_kill_while_the_plugin_waits(relay: EngineRelay, plugbay_docker: 
     _docker_marker(short_dir)
     assert len(_containers(plugbay_docker, tag)) == 1
     client.kill()
-    assert starting.ended(0)
+    assert starting.ended(BOUND)
     _check_killed(client, starting, runner, short_dir)
     assert _containers(plugbay_docker, tag) == []

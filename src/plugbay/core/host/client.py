@@ -167,16 +167,20 @@ class Client:
             if self._started:
                 return
             self._starting = threading.current_thread()
+            failed: BaseException | None = None
             try:
                 self._start()
             except BaseException as exc:
-                self._killed = True  # like go-plugin, a Client starts once
-                self._teardown(graceful=False)
-                if self._kill_asked and isinstance(exc, Exception):  # the kill() made this step fail
-                    raise killed_while_starting(self.name) from exc
-                raise
+                failed = exc
             finally:
                 self._starting = None
+            if failed is not None or self._kill_asked:  # a kill() from this thread (a log handler) lands here too
+                self._killed = True  # like go-plugin, a Client starts once
+                self._teardown(graceful=False)
+                if self._kill_asked and (failed is None or isinstance(failed, Exception)):  # the kill() ended it
+                    raise killed_while_starting(self.name) from failed
+                assert failed is not None
+                raise failed
             self._started = True
             LIVE.add(self)
 
@@ -340,9 +344,15 @@ class Client:
         if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
         starting, runner = self._starting, self._runner
-        if what == "kill" and starting not in (None, threading.current_thread()) and runner is not None:
+        if what == "kill" and starting is not None:
             self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
-            runner.kill(self.config.kill_grace)
+            if runner is not None:
+                try:
+                    runner.kill(self.config.kill_grace)
+                except Exception as exc:  # start() kills it again as it fails, and says so
+                    _log.warning("killing plugin %s failed: %s", self.name, exc)
+            if starting is threading.current_thread():  # asked inside start() (a log handler):
+                return  # tearing down under it would leave it going on with a torn-down Client
         with self._lock:
             if not self._killed:
                 if what == "close":
