@@ -23,6 +23,7 @@ import pytest
 from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.logs import ContainerLogStream
 from tests.engine_relay import ENGINE, EngineRelay
 from tests.race_util import PauseAt, Starting, wait_for_file
 
@@ -145,3 +146,26 @@ def test_kill_after_start_returned_while_the_plugin_waits(relay: EngineRelay, pl
     with pytest.raises(RunnerError, match=REFUSED):
         runner.start(spec)
     runner.kill(0)
+
+
+@pytest.mark.timeout(120)
+def test_kill_while_start_adds_the_second_log_stream(relay: EngineRelay, plugbay_docker: Any,
+                                                     tmp_path: Path) -> None:
+    """kill() closes the log streams while start() adds the stderr one: kill() must not fail
+    ("dictionary changed size during iteration"), and start() still ends what it made."""
+    runner, spec, _marker, tag = _setup(tmp_path)
+    pause = PauseAt(ContainerLogStream.__init__.__code__, "return", lambda frame: frame.f_locals["which"] == "stderr")
+    starting = Starting(lambda: runner.start(spec), pause)
+    closing = PauseAt(ContainerLogStream.close.__code__, "call")  # kill() is in its loop over the streams
+    try:
+        pause.wait_reached(60)
+        killing = Starting(lambda: runner.kill(grace=1.0), closing)
+        closing.wait_reached()
+    finally:
+        pause.release()
+    try:
+        assert starting.ended(60)  # start() added the stderr stream meanwhile, saw the kill and cleaned up
+    finally:
+        closing.release()
+    assert killing.outcome(60) is None
+    _check_after(runner, spec, plugbay_docker, tag, starting.outcome(60))

@@ -323,7 +323,7 @@ class DockerRunner(Runner):
                                      " %s` or plugbay.runners.docker.sweep() once the engine answers",
                                      self._container_id[:12], exc, self._container_id[:12])
         finally:
-            for pump in self._pumps.values():
+            for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
                 pump.close()
             if self._waiter is not None:
                 self._waiter.join(10.0)
