@@ -267,3 +267,29 @@ def test_supervisor_stop_from_a_log_handler(handlers: list[tuple[logging.Logger,
         wait_for(lambda: gone(pid), "the supervised plugin's process to be reaped", _WAIT)
         assert sup.restarts == 0  # stopped, not restarted
     assert not [t for t in plugbay_threads() if t.startswith("plugbay-stop-")]
+
+
+def test_close_asked_inside_start_is_refused(handlers: list[tuple[logging.Logger, logging.Handler]]) -> None:
+    # A handler of plugbay.client runs on the thread in start(): a close() there used to
+    # disconnect the Client under that start() (its socket folder removed), so start() waited
+    # for start_timeout and blamed the plugin, or, connected anyway, left the plugin running
+    # with a Client that counted as closed. It is refused now, and start() goes on.
+    client = Client(config("inside", start_timeout=_WAIT))
+    on_line = OnRecord("plugin inside handshake:", client.close)
+    logger = logging.getLogger("plugbay.client")
+    handlers.append((logger, on_line))
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(on_line)
+    try:
+        client.start()
+        assert on_line.done.is_set() and on_line.thread == threading.current_thread().name
+        assert isinstance(on_line.error, ClientStateError), on_line.error
+        assert "Client.close() was asked inside start() of plugin 'inside'" in str(on_line.error)
+        assert "once start() has returned" in str(on_line.error)
+        pid = int(client.runner.id)
+        assert not client.exited and client.dispense(PLUGIN_NAME) is not None
+    finally:
+        logger.setLevel(level)
+        client.kill()
+    wait_for(lambda: gone(pid), "the plugin to end", _WAIT)

@@ -344,6 +344,9 @@ class Client:
         if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
         starting, runner = self._starting, self._runner
+        if what == "close" and starting is threading.current_thread():  # it would disconnect under start()
+            raise ClientStateError(f"Client.close() was asked inside start() of plugin {self.name!r} (a log handler on"
+                                   " the thread that starts it); call close() once start() has returned, or kill()")
         if what == "kill" and starting is not None:
             self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
             if runner is not None:
