@@ -144,3 +144,36 @@ def test_kill_while_popen_runs_the_checked_copy(tmp_path: Path, group_signals: l
     except OSError:
         pass
     _check_refused_after(runner, marker, group_signals)
+
+
+def _memfds() -> set[int]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:  # the listing's own fd is closed by now
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                found.add(int(fd))
+        except OSError:
+            pass
+    return found
+
+
+def test_kill_while_the_secure_config_is_checked(tmp_path: Path) -> None:
+    """A kill() while check_secure_config() makes the checked copy: the copy is closed once (no leak,
+    no double close) and the check says the runner was killed instead of handing start() a copy."""
+    script = tmp_path / "plugin.py"
+    script.write_text(WAITER)
+    runner = ProcessRunner([PY, str(script), str(tmp_path / "launched")])
+    before = _memfds()
+    config = SecureConfig(hashlib.sha256(script.read_bytes()).digest(), path=str(script))
+    pause = PauseAt(SecureConfig.verified_fd.__code__, "return")
+    checking = Starting(lambda: runner.check_secure_config(config), pause)
+    try:
+        pause.wait_reached()
+        runner.kill(grace=0)
+    finally:
+        pause.release()
+    error = checking.outcome()
+    assert isinstance(error, RunnerError) and "was killed; a runner runs one plugin once" in str(error), error
+    assert _memfds() == before
+    with pytest.raises(RunnerError, match="was killed"):
+        runner.start(LaunchSpec(env={}))

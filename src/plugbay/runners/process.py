@@ -114,16 +114,24 @@ class ProcessRunner(Runner):
         """
         configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]
         cwd = self.cwd or os.getcwd()
+        verified: dict[int, int] = {}  # published at the end: a kill() meanwhile closes only what it sees
         try:
             for config in configs:
                 index = self._cmd_index(config.path, cwd)
-                if index in self._verified:
+                if index in verified or index in self._verified:
                     raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
                 target = resolve_executable(self.cmd[0], self._path_env()) if index == 0 else \
                     os.path.join(cwd, self.cmd[index])
-                self._verified[index] = config.verified_fd(target)
+                verified[index] = config.verified_fd(target)
+            with self._lock:
+                ended = self._ended
+                if not ended:
+                    self._verified.update(verified)
+            if ended:
+                raise reuse_refused(f"ProcessRunner for {self.name!r}", ended, "plugin")
         except BaseException:
-            self._close_verified()
+            for fd in verified.values():
+                os.close(fd)
             raise
 
     def _path_env(self) -> Mapping[str, str] | None:
@@ -144,9 +152,10 @@ class ProcessRunner(Runner):
                           " command names: give path= as it is written in cmd (or None for the executable)")
 
     def _close_verified(self) -> None:
-        for fd in self._verified.values():
+        with self._lock:  # swapped out first: start() takes the dict the same way, so each fd closes once
+            verified, self._verified = self._verified, {}
+        for fd in verified.values():
             os.close(fd)
-        self._verified.clear()
 
     def start(self, spec: LaunchSpec) -> None:
         verified: dict[int, int] = {}
