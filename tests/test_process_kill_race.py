@@ -177,3 +177,36 @@ def test_kill_while_the_secure_config_is_checked(tmp_path: Path) -> None:
     assert _memfds() == before
     with pytest.raises(RunnerError, match="was killed"):
         runner.start(LaunchSpec(env={}))
+
+
+def _spawn_with_pid(pid: int, attempts: int = 20) -> subprocess.Popen[bytes] | None:
+    """A process in its own group that the kernel gave ``pid`` (the next pid after ns_last_pid)."""
+    for _ in range(attempts):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def test_kill_after_the_leader_was_reaped_leaves_a_reused_pid_alone(group_signals: list[tuple[int, int]]) -> None:
+    """The plugin exits and wait() reaps it; its group empties and the kernel hands its pid to a
+    stranger that leads its own group: a later kill() must not signal that group."""
+    if not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK):
+        pytest.skip("reusing a pid on purpose needs a writable /proc/sys/kernel/ns_last_pid (root)")
+    runner = ProcessRunner([PY, "-c", "pass"])
+    runner.start(LaunchSpec(env={}))
+    pid = runner.pid
+    assert pid is not None and runner.wait(30) == 0  # reaped by Popen.wait: the pid is free again
+    stranger = _spawn_with_pid(pid)
+    if stranger is None:
+        pytest.skip(f"pid {pid} was taken by another process 20 times running; the machine is too busy")
+    try:
+        runner.kill(grace=0)
+        assert stranger.poll() is None and (pid, signal.SIGKILL) not in group_signals, group_signals
+    finally:
+        stranger.kill()
+        stranger.wait()

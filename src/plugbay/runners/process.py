@@ -250,8 +250,9 @@ class ProcessRunner(Runner):
             signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         # The leader may be gone while its children still hold the group (its pid is not reused
-        # then). Once a stop ended the group, that pid may lead another group: signal it no more.
-        if not self._group_ended:
+        # then). Once a stop ended the group, or the reaped leader's pid names a process again
+        # (the group emptied and the pid was reused), that pid may lead another group: leave it.
+        if not self._group_ended and (proc.returncode is None or not os.path.exists(f"/proc/{proc.pid}")):
             _signal_group(proc.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
         try:
