@@ -95,6 +95,9 @@ class Client:
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._output: Joinable | None = None  # the runner's stdout/stderr follower
         self._exit_watch: Cancellable | None = None
+        self._exit_lock = threading.Lock()
+        self._connected = False  # _connect() finished: an exit from now on closes the channel
+        self._exit_told = False  # _on_exit() acted on the exit (once)
         self._stop = threading.Event()
         self._exit_code: int | None = None
         self._dispensed: dict[str, Any] = {}
@@ -196,7 +199,12 @@ class Client:
                              cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
                              multiplex=cfg.multiplex_broker, holds_streams=True)
             runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
-            feed, self._output = follow_output(runner, self._logs)
+            if isinstance(runner, ProcessRunner):
+                # A pidfd on the shared loop costs nothing while the plugin starts: taken now, its
+                # setup (and the loop thread's start) is off the path from the handshake to the first
+                # call (_on_exit waits for _connect). Its output is read here up to the handshake line.
+                self._exit_watch = runner.watch_exit(self._on_exit)
+            feed, self._output = follow_output(runner, self._logs, first_line_by=deadline)
             info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout)
         self._accept(info)
         self._connect(info, deadline)
@@ -252,8 +260,14 @@ class Client:
         self._broker, self._stdio = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux,
                                                  self._broker_queues, self.config, self.name)
         self._channel.after_call = self._after_first_call
-        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
-        self._exit_watch = runner.watch_exit(self._on_exit)
+        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread, taken at spawn).
+        if self._exit_watch is None:
+            self._exit_watch = runner.watch_exit(self._on_exit)
+        with self._exit_lock:
+            self._connected = True
+        code = self._exit_code
+        if code is not None:  # it ended while start() ran: as if told now
+            self._on_exit(code)
 
     def _after_first_call(self) -> None:
         if self._stdio is not None:
@@ -263,8 +277,10 @@ class Client:
 
     def _on_exit(self, code: int) -> None:
         self._exit_code = code
-        if self._stop.is_set():
-            return
+        with self._exit_lock:  # once, and not before start() connected: until then start() reports it
+            if self._stop.is_set() or not self._connected or self._exit_told:
+                return
+            self._exit_told = True
         _log.warning("plugin %s exited with code %s", self.name, code)
         # Fail calls still in flight now, whatever the transport (a published
         # port may keep a dead plugin's connection open).

@@ -91,11 +91,15 @@ class OutputFeed:
             self.logs.closed()
 
 
-def follow_output(runner: Runner, logs: LogPump) -> tuple[OutputFeed, Joinable]:
-    """Start taking ``runner``'s stdout and stderr (the process runner: on the shared I/O thread)."""
+def follow_output(runner: Runner, logs: LogPump,
+                  first_line_by: float | None = None) -> tuple[OutputFeed, Joinable]:
+    """Start taking ``runner``'s stdout and stderr (the process runner: on the shared I/O thread).
+
+    ``first_line_by``: the runner may read up to the handshake line here first (Runner.follow_output).
+    """
     feed = OutputFeed(logs)
     try:
-        follow = runner.follow_output(feed.on_line, feed.on_end)
+        follow = runner.follow_output(feed.on_line, feed.on_end, first_line_by)
     except BaseException:
         logs.closed()
         logs.closed()
