@@ -29,6 +29,7 @@ from plugbay.core.transport.lines import LineSplitter
 _log = logging.getLogger("plugbay.runner")
 _READ = 65536
 _SLICE = 0.2  # read_first_line looks at gone() this often while nothing comes
+_HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; more, and the loop reads
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
 
 
@@ -37,16 +38,23 @@ class PipeFollower:
 
     def __init__(self, fd: int, splitter: LineSplitter, on_line: Callable[[str], None],
                  on_end: Callable[[], None], close: Callable[[], None],
-                 loop: IOLoop | None = None) -> None:
+                 loop: IOLoop | None = None, held: list[str] | None = None) -> None:
         self._fd = fd
         self._splitter = splitter
         self._on_line = on_line
         self._on_end = on_end
         self._close = close
         self._ended = False
+        self._held = held or []  # lines read before (read_first_line): handed on first, on the loop
         os.set_blocking(fd, False)
         # _read_once returns False at EOF: the loop then drops it and runs _finish
-        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish)
+        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish,
+                                                         first=self._hand_held if self._held else None)
+
+    def _hand_held(self) -> None:
+        held, self._held = self._held, []
+        for line in held:
+            self._deliver(line)
 
     def stop(self) -> None:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
@@ -126,28 +134,34 @@ def follow_pipes(pipes: Mapping[str, IO[bytes] | None], on_line: Callable[[str, 
     handlers = {which: _line_handler(which, on_line, tail) for which in pipes}
     split = {which: LineSplitter() for which in pipes}
     splitters.extend(split.values())
+    held: dict[str, list[str]] = {which: [] for which in pipes}
     if first_line_by is not None and "stdout" in pipes:
         fds = {which: pipe.fileno() for which, pipe in pipes.items() if pipe is not None}
-        read_first_line(fds, split, handlers, first_line_by, gone)
+        read_first_line(fds, split, handlers["stdout"], held, first_line_by, gone)
     followers = []
     for which, pipe in pipes.items():
         assert pipe is not None
         followers.append(PipeFollower(pipe.fileno(), split[which], handlers[which],
-                                      _end_handler(which, on_end, ends), _closer(pipe, lock)))
+                                      _end_handler(which, on_end, ends), _closer(pipe, lock),
+                                      held=held[which]))
     return followers, ends
 
 
 def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter],
-                    handlers: Mapping[str, Callable[[str], None]], deadline: float,
+                    on_first: Callable[[str], None], held: Mapping[str, list[str]], deadline: float,
                     gone: Callable[[], bool]) -> None:
     """Read the pipes here until stdout gave a line, ended, ``gone()`` or ``deadline`` (time.monotonic()).
 
     The host waits for the handshake line anyway: reading it on the waiting thread spares the
     hop through the shared loop's thread (on a loaded machine, one more wait to be scheduled).
-    stderr is read meanwhile, so a plugin that logs a lot first never blocks on a full pipe.
-    An ended pipe is left for the loop to finish; unfinished lines stay in their splitters.
+    Only stdout's first line is handed on here (to ``on_first``); every other line read meanwhile
+    goes to ``held`` for the loop to hand on first, so log handlers still run on the loop thread
+    (one may kill the Client). stderr is read too, so a plugin that logs first never blocks on
+    a full pipe; past _HELD_MAX held, the loop takes over. An ended pipe is left for the loop
+    to finish; unfinished lines stay in their splitters.
     """
     names = {fd: which for which, fd in fds.items()}
+    kept = 0
     poller = select.poll()
     for fd in names:
         os.set_blocking(fd, False)
@@ -174,9 +188,13 @@ def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter
                     return
                 continue
             lines = splitters[which].feed(chunk)
-            for line in lines:
-                _deliver(handlers[which], line)
             if which == "stdout" and lines:
+                _deliver(on_first, lines[0])
+                held["stdout"].extend(lines[1:])
+                return
+            held[which].extend(lines)
+            kept += sum(len(line) for line in lines) + len(lines)
+            if kept > _HELD_MAX:  # a flood before the line: the loop reads (and logs) the rest
                 return
 
 
