@@ -22,6 +22,9 @@ from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, signal_all
 from plugbay.runners.session import proc_stat, start_ticks
 
 REAP_TIMEOUT = 10.0
+# Right after start() returns, /proc/PID/environ may still read empty (exec is setting up the
+# new program's stack): _unproven() looks again for up to this many 5 ms steps.
+_EXEC_TRIES = 10
 # Exit code reported for a reattached process: the host is not its parent, so
 # the real code is unknowable.
 UNKNOWN_EXIT_CODE = -1
@@ -40,6 +43,11 @@ def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
     if _start_time(pid) != start_time:
         return f"process {pid} started at another time than the plugin (its pid was reused)"
     env = environ(pid)
+    for _ in range(_EXEC_TRIES):  # just exec'd: the kernel shows its environment only once set up
+        if env != {}:
+            break
+        time.sleep(0.005)
+        env = environ(pid)
     if env is None:
         return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
     if env.get(ENV_PLUGIN_ID) != plugin_id:

@@ -215,15 +215,18 @@ class Runner(AttachedRunner):
     def stderr_lines(self) -> Iterator[str]:
         """The plugin's stderr, line by line, ending when the plugin ends or is killed."""
 
-    def follow_output(self, on_line: Callable[[str, str], None],
-                      on_end: Callable[[str], None]) -> Joinable:
+    def follow_output(self, on_line: Callable[[str, str], None], on_end: Callable[[str], None],
+                      first_line_by: float | None = None) -> Joinable:
         """Hand every stdout and stderr line to ``on_line(stream, line)``, then ``on_end(stream)`` per stream.
 
         Instead of stdout_lines()/stderr_lines() (each stream has one reader).
         Callbacks come from another thread and must not block; the streams end
         as their iterators do (the plugin ends or is killed); join() waits for
         both. The default reads each stream in a thread; the process runner
-        reads every plugin's pipes on one shared thread.
+        reads every plugin's pipes on one shared thread. ``first_line_by`` (a
+        time.monotonic() deadline) lets a runner first read, on the calling
+        thread, until stdout's first line (the process runner does); the
+        default ignores it.
         """
         return _ThreadedOutput(self, on_line, on_end)
 

@@ -2,8 +2,11 @@
 
 Mirrors go-plugin's ``cmdrunner``: the plugin gets the host's environment
 (unless ``skip_host_env``) plus the handshake variables, stdin from /dev/null,
-and its stdout/stderr as pipes. The process leads a new session so a force kill
-reaches everything it started (a ``sh -c`` wrapper and its child alike).
+and its stdout/stderr as pipes. The process leads a new process group so a force
+kill reaches everything it started (a ``sh -c`` wrapper and its child alike). A
+group, not a new session: on Linux a session is also a scheduler autogroup, and
+a plugin alone in a fresh one reached its handshake 1-4 ms later on a loaded
+machine (go-plugin's host leaves its plugins in its own session and group).
 
 ``kill(grace)`` is the force path: the Client asks GRPCController.Shutdown
 first; the runner sends SIGTERM to the group, waits ``grace`` seconds, then
@@ -186,7 +189,7 @@ class ProcessRunner(Runner):
         try:
             self._proc = subprocess.Popen(
                 args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
                 pass_fds=tuple(verified.values()),
             )
         except OSError as exc:
@@ -277,12 +280,14 @@ class ProcessRunner(Runner):
             return super().watch_exit(on_exit)
         return watch_pid(fd, lambda: child_exit_code(proc, fd), on_exit)
 
-    def follow_output(self, on_line: Callable[[str, str], None],
-                      on_end: Callable[[str], None]) -> Joinable:
+    def follow_output(self, on_line: Callable[[str, str], None], on_end: Callable[[str], None],
+                      first_line_by: float | None = None) -> Joinable:
         """Both pipes on the shared I/O loop: no thread of this plugin's own.
 
-        A subclass that overrides stdout_lines() or stderr_lines() is read through
-        them instead (the default: a thread per stream), so its override still applies.
+        ``first_line_by``: read here until stdout's first line (at most until then) before
+        handing the pipes to the loop (procio.read_first_line). A subclass that overrides
+        stdout_lines() or stderr_lines() is read through them instead (the default: a
+        thread per stream), so its override still applies.
         """
         cls = type(self)
         if cls.stdout_lines is not ProcessRunner.stdout_lines or cls.stderr_lines is not ProcessRunner.stderr_lines:
@@ -295,8 +300,12 @@ class ProcessRunner(Runner):
                 raise RunnerError("the plugin's stdout and stderr can be read by one reader only")
             self._iterating.update(("stdout", "stderr"))
         pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
-        followers, ends = follow_pipes(pipes, on_line, on_end, self._lock, self._tail, self.splitters)
+        followers, ends = follow_pipes(pipes, on_line, on_end, self._lock, self._tail, self.splitters,
+                                       first_line_by, lambda: self._stop.is_set() or self.has_exited())
         self._followers.extend(followers)
+        if self._stop.is_set():  # killed while the first line was read here: as _stop_process does
+            for follower in followers:
+                follower.stop()
         return ends
 
     def reattach_data(self) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import subprocess
 import threading
+import time
 from collections.abc import Callable, MutableSequence, Mapping
 from typing import IO
 
@@ -26,6 +28,8 @@ from plugbay.core.transport.lines import LineSplitter
 
 _log = logging.getLogger("plugbay.runner")
 _READ = 65536
+_SLICE = 0.2  # read_first_line looks at gone() this often while nothing comes
+_HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; more, and the loop reads
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
 
 
@@ -34,16 +38,23 @@ class PipeFollower:
 
     def __init__(self, fd: int, splitter: LineSplitter, on_line: Callable[[str], None],
                  on_end: Callable[[], None], close: Callable[[], None],
-                 loop: IOLoop | None = None) -> None:
+                 loop: IOLoop | None = None, held: list[str] | None = None) -> None:
         self._fd = fd
         self._splitter = splitter
         self._on_line = on_line
         self._on_end = on_end
         self._close = close
         self._ended = False
+        self._held = held or []  # lines read before (read_first_line): handed on first, on the loop
         os.set_blocking(fd, False)
         # _read_once returns False at EOF: the loop then drops it and runs _finish
-        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish)
+        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish,
+                                                         first=self._hand_held if self._held else None)
+
+    def _hand_held(self) -> None:
+        held, self._held = self._held, []
+        for line in held:
+            self._deliver(line)
 
     def stop(self) -> None:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
@@ -65,10 +76,7 @@ class PipeFollower:
         return True
 
     def _deliver(self, line: str) -> None:
-        try:
-            self._on_line(line)
-        except Exception:  # a failing consumer must not stop the pipe being drained
-            _log.exception("handling a plugin output line failed")
+        _deliver(self._on_line, line)
 
     def _finish(self) -> None:
         if self._ended:
@@ -87,6 +95,13 @@ class PipeFollower:
             self._deliver(line)
         self._close()
         self._on_end()
+
+
+def _deliver(on_line: Callable[[str], None], line: str) -> None:
+    try:
+        on_line(line)
+    except Exception:  # a failing consumer must not stop the pipe being drained
+        _log.exception("handling a plugin output line failed")
 
 
 class OutputEnds:
@@ -108,20 +123,79 @@ class OutputEnds:
 
 def follow_pipes(pipes: Mapping[str, IO[bytes] | None], on_line: Callable[[str, str], None],
                  on_end: Callable[[str], None], lock: threading.Lock, tail: MutableSequence[str],
-                 splitters: list[LineSplitter]) -> tuple[list[PipeFollower], OutputEnds]:
+                 splitters: list[LineSplitter], first_line_by: float | None = None,
+                 gone: Callable[[], bool] = lambda: False) -> tuple[list[PipeFollower], OutputEnds]:
     """Follow each named pipe on the loop (a runner's follow_output); stderr lines also go to ``tail``.
 
-    Each pipe is closed (under ``lock``) once read to its end.
+    Each pipe is closed (under ``lock``) once read to its end. ``first_line_by``: first read
+    here, on the calling thread, until stdout's first line (see read_first_line).
     """
     ends = OutputEnds(len(pipes))
+    handlers = {which: _line_handler(which, on_line, tail) for which in pipes}
+    split = {which: LineSplitter() for which in pipes}
+    splitters.extend(split.values())
+    held: dict[str, list[str]] = {which: [] for which in pipes}
+    if first_line_by is not None and "stdout" in pipes:
+        fds = {which: pipe.fileno() for which, pipe in pipes.items() if pipe is not None}
+        read_first_line(fds, split, handlers["stdout"], held, first_line_by, gone)
     followers = []
     for which, pipe in pipes.items():
         assert pipe is not None
-        splitter = LineSplitter()
-        splitters.append(splitter)
-        followers.append(PipeFollower(pipe.fileno(), splitter, _line_handler(which, on_line, tail),
-                                      _end_handler(which, on_end, ends), _closer(pipe, lock)))
+        followers.append(PipeFollower(pipe.fileno(), split[which], handlers[which],
+                                      _end_handler(which, on_end, ends), _closer(pipe, lock),
+                                      held=held[which]))
     return followers, ends
+
+
+def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter],
+                    on_first: Callable[[str], None], held: Mapping[str, list[str]], deadline: float,
+                    gone: Callable[[], bool]) -> None:
+    """Read the pipes here until stdout gave a line, ended, ``gone()`` or ``deadline`` (time.monotonic()).
+
+    The host waits for the handshake line anyway: reading it on the waiting thread spares the
+    hop through the shared loop's thread (on a loaded machine, one more wait to be scheduled).
+    Only stdout's first line is handed on here (to ``on_first``); every other line read meanwhile
+    goes to ``held`` for the loop to hand on first, so log handlers still run on the loop thread
+    (one may kill the Client). stderr is read too, so a plugin that logs first never blocks on
+    a full pipe; past _HELD_MAX held, the loop takes over. An ended pipe is left for the loop
+    to finish; unfinished lines stay in their splitters.
+    """
+    names = {fd: which for which, fd in fds.items()}
+    kept = 0
+    poller = select.poll()
+    for fd in names:
+        os.set_blocking(fd, False)
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+    while "stdout" in names.values():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        events = poller.poll(min(_SLICE, left) * 1000)
+        if not events and gone():  # e.g. a grandchild holds stdout open after the plugin died
+            return
+        for fd, _ in events:
+            try:
+                chunk = os.read(fd, _READ)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            which = names[fd]
+            if not chunk:  # the loop sees the end again and finishes the pipe
+                poller.unregister(fd)
+                del names[fd]
+                if which == "stdout":
+                    return
+                continue
+            lines = splitters[which].feed(chunk)
+            if which == "stdout" and lines:
+                _deliver(on_first, lines[0])
+                held["stdout"].extend(lines[1:])
+                return
+            held[which].extend(lines)
+            kept += sum(len(line) for line in lines) + len(lines)
+            if kept > _HELD_MAX:  # a flood before the line: the loop reads (and logs) the rest
+                return
 
 
 def _line_handler(which: str, on_line: Callable[[str, str], None],

@@ -45,10 +45,23 @@ def environ(pid: int) -> dict[str, str] | None:
     return out
 
 
+_HOST_SESSION: dict[int, str] = {}  # by pid: a forked child is another process with other ticks
+
+
 def host_session() -> str:
-    """This host's session marker: HOST_SESSION_ID plus its start ticks (a reused pid differs)."""
-    facts = stat_of(os.getpid())
-    return f"{HOST_SESSION_ID}.{facts[1] if facts else ''}"
+    """This host's session marker: HOST_SESSION_ID plus its start ticks (a reused pid differs).
+
+    Read once per process (every plugin start puts it in the environment; it never changes).
+    """
+    pid = os.getpid()
+    found = _HOST_SESSION.get(pid)
+    if found is None:
+        facts = stat_of(pid)
+        found = f"{HOST_SESSION_ID}.{facts[1] if facts else ''}"
+        if facts is not None:
+            _HOST_SESSION.clear()
+            _HOST_SESSION[pid] = found
+    return found
 
 
 def _pids() -> list[int]:

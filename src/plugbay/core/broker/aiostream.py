@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -162,8 +163,11 @@ class Opening:
     def start(self) -> None:
         """Schedule the opening on the shared loop (under the broker's lock: close() then joins it).
 
-        With a ``delay`` it begins that much later unless hurry() comes first."""
+        With a ``delay`` it begins that much later unless hurry() comes first; math.inf: only
+        at hurry() (or wait()), and nothing is posted to the loop now."""
         lease = self._lease = aioloop.shared().acquire()
+        if self._delay == math.inf:
+            return
         if self._delay > 0:
             lease.call_soon(self._begin_later)
         else:

@@ -75,7 +75,7 @@ class StreamEnd:
 
         ``wait=False``: only start opening it where that does not block (the grpc.aio
         stream opens on the shared loop meanwhile; what this side sends waits in the
-        outbox), beginning within ``delay`` seconds or at hurry_stream(); the next use
+        outbox), beginning within ``delay`` seconds (math.inf: not by itself) or at hurry_stream(); the next use
         (next_id, accept_and_serve, dial) begins it at once and waits for it."""
         with self._cond:
             opener, self._opener = self._opener, None

@@ -24,7 +24,7 @@ import grpc
 from plugbay._proto.plugin import grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
-from plugbay.core.host.connect import dial, wait_healthy
+from plugbay.core.host.connect import dial, start_connecting, wait_healthy
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
@@ -39,14 +39,14 @@ from plugbay.core.host.launch import follow_output, launch_env, read_handshake, 
 from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.logs import LogPump
-from plugbay.core.host.stop import ask_shutdown, describe_exit, killed_while_starting
+from plugbay.core.host.stop import ExitGate, ask_shutdown, describe_exit, killed_while_starting
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.stdio import StdioReader
-from plugbay.core.host.streams import DEFER as _DEFER, open_streams
+from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.process import ProcessRunner
@@ -93,10 +93,12 @@ class Client:
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
         self._stdio: StdioReader | None = None
+        self._kick: StreamKick | None = None  # begins the held stdio/broker streams
         self._broker_queues = False  # the plugin said (health Check) it queues broker messages
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
         self._output: Joinable | None = None  # the runner's stdout/stderr follower
         self._exit_watch: Cancellable | None = None
+        self._exit_gate = ExitGate()  # _on_exit acts once, after _connect (start() reports earlier exits)
         self._stop = threading.Event()
         self._exit_code: int | None = None
         self._dispensed: dict[str, Any] = {}
@@ -198,25 +200,22 @@ class Client:
         else:
             runner = self._runner
             assert isinstance(runner, Runner)
-            self._check_secure(runner)
+            if cfg.secure_config is not None:
+                runner.check_secure_config(cfg.secure_config)
             auto_mtls, self._require_tls = cfg.tls_policy(runner)
             if auto_mtls:
                 self._cert = generate_cert()  # fresh per client, as go-plugin does
             env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
-                             socket_group=cfg.unix_socket_group,
-                             cert=self._cert, min_port=cfg.min_port, max_port=cfg.max_port,
-                             multiplex=cfg.multiplex_broker, holds_streams=True)
+                             socket_group=cfg.unix_socket_group, cert=self._cert, min_port=cfg.min_port,
+                             max_port=cfg.max_port, multiplex=cfg.multiplex_broker, holds_streams=True)
             runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
-            feed, self._output = follow_output(runner, self._logs)
+            self._kick = StreamKick()  # armed while the plugin starts: see streams.StreamKick
+            if isinstance(runner, ProcessRunner):  # a pidfd: set up (and the loop started) while it starts
+                self._exit_watch = runner.watch_exit(self._on_exit)
+            feed, self._output = follow_output(runner, self._logs, first_line_by=deadline)  # no loop hop
             info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout)
         self._accept(info)
         self._connect(info, deadline)
-
-    def _check_secure(self, runner: Runner) -> None:
-        secure = self.config.secure_config
-        if secure is None:
-            return
-        runner.check_secure_config(secure)
 
     def _accept(self, info: HandshakeInfo) -> None:
         if info.app_version not in self._versions:
@@ -246,12 +245,17 @@ class Client:
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=(_KEEP_CONNECTED, *self.config.grpc_options))
+        start_connecting(self._conn.channel)  # grpcio's threads connect while this one builds the rest
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)
         # Built now: building a call object on a channel the exit watcher closed crashes grpcio.
         self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(  # type: ignore[no-untyped-call]
             self._conn.channel)
+        if self._kick is None:  # reattached: no spawn to arm it at
+            self._kick = StreamKick()
+        self._broker, self._stdio = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux,
+                                                 self.config, self.name)
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
                      name=self.name)
@@ -260,21 +264,18 @@ class Client:
             self._logs.join(2.0)
             raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
                                     "It exited right after its handshake.")
-        self._broker, self._stdio = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux,
-                                                 self._broker_queues, self.config, self.name)
-        self._channel.after_call = self._after_first_call
-        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread).
-        self._exit_watch = runner.watch_exit(self._on_exit)
-
-    def _after_first_call(self) -> None:
-        if self._stdio is not None:
-            self._stdio.hurry()
-        if self._broker is not None:
-            self._broker.hurry_stream()
+        self._kick.set_stdio(self._stdio, self._broker_queues)
+        self._channel.after_call = self._kick.now
+        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread, taken at spawn).
+        if self._exit_watch is None:
+            self._exit_watch = runner.watch_exit(self._on_exit)
+        self._exit_gate.open()
+        if self._exit_code is not None:  # it ended while start() ran: as if told now
+            self._on_exit(self._exit_code)
 
     def _on_exit(self, code: int) -> None:
         self._exit_code = code
-        if self._stop.is_set():
+        if self._stop.is_set() or not self._exit_gate.tell():
             return
         _log.warning("plugin %s exited with code %s", self.name, code)
         # Fail calls still in flight now, whatever the transport (a published
@@ -312,13 +313,13 @@ class Client:
             if name not in plugins:
                 raise UnknownPluginError(name, list(plugins))
             broker = self.broker
-            if not self._dispensed and not self._broker_queues:
+            if not self._dispensed and not self._broker_queues and self._kick is not None:
                 # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
                 # handler that announces a connection before the host touched its broker would
                 # hang. Dispensing is when plugin code can first be called, so open it now: on the
-                # shared loop, once the first unary call returned (its Python work would slow that
-                # call down) or _DEFER later, whichever comes first; a broker use opens it at once.
-                broker.open_stream(wait=False, delay=_DEFER)
+                # shared loop once the first call returned or DEFER after the spawn (StreamKick); a
+                # broker use opens it at once.
+                self._kick.open_broker(broker)
             stub = plugins[name].grpc_client(broker, self.channel)
             self._dispensed[name] = stub
             return stub
@@ -406,6 +407,8 @@ class Client:
             self._exit_watch.cancel()
 
     def _close_rpc_streams(self) -> None:
+        if self._kick is not None:
+            self._kick.cancel()
         if self._stdio is not None:
             self._stdio.close()
         if self._broker is not None:

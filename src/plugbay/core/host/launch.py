@@ -25,6 +25,7 @@ from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.runners.base import Joinable, Runner
+from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
 _EOF = object()
@@ -91,11 +92,19 @@ class OutputFeed:
             self.logs.closed()
 
 
-def follow_output(runner: Runner, logs: LogPump) -> tuple[OutputFeed, Joinable]:
-    """Start taking ``runner``'s stdout and stderr (the process runner: on the shared I/O thread)."""
+def follow_output(runner: Runner, logs: LogPump,
+                  first_line_by: float | None = None) -> tuple[OutputFeed, Joinable]:
+    """Start taking ``runner``'s stdout and stderr (the process runner: on the shared I/O thread).
+
+    ``first_line_by``: the runner may read up to the handshake line here first (Runner.follow_output).
+    """
     feed = OutputFeed(logs)
+    # A Runner subclass written before first_line_by may override follow_output(on_line, on_end).
+    takes = first_line_by is not None and type(runner).follow_output in (Runner.follow_output,
+                                                                        ProcessRunner.follow_output)
     try:
-        follow = runner.follow_output(feed.on_line, feed.on_end)
+        follow = (runner.follow_output(feed.on_line, feed.on_end, first_line_by) if takes else
+                  runner.follow_output(feed.on_line, feed.on_end))
     except BaseException:
         logs.closed()
         logs.closed()

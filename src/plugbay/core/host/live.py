@@ -1,4 +1,4 @@
-"""The Clients whose plugins run: plugins run in their own session, so they would
+"""The Clients whose plugins run: plugins run in their own process group, so they would
 outlive a host that exits without kill(). cleanup_clients() runs at exit.
 
 It also tracks the short-lived threads that finish a kill() or close() asked from

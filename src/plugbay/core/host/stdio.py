@@ -16,6 +16,7 @@ ignores the ask and is read (and discarded) for as long as it lives.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -44,9 +45,10 @@ class StdioReader:
         self.supported: bool | None = None  # None until the plugin answered
         self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
         self._started = False
-        # delay: start on the shared loop that long from now, or at hurry(), whichever comes first
-        self._deferred = Deferred(self.start, delay) if delay is not None else None
-        if self._deferred is None:
+        # delay: start on the shared loop that long from now, or at hurry(), whichever comes first;
+        # math.inf: only when start() is called (the Client's StreamKick does)
+        self._deferred = Deferred(self.start, delay) if delay is not None and delay != math.inf else None
+        if delay is None:
             self.start()
 
     def hurry(self) -> None:

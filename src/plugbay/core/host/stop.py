@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from typing import Any
 
 import grpc
@@ -41,3 +42,29 @@ def killed_while_starting(name: str) -> ClientStateError:
     """What start() raises when a kill() from another thread ended its plugin meanwhile."""
     return ClientStateError(f"the client of plugin {name!r} was killed while it started the plugin; plugbay"
                             " stopped the plugin. Make a new Client to start it again")
+
+
+class ExitGate:
+    """Lets a Client act on its plugin's exit once, and only once start() connected.
+
+    The exit watch is taken at spawn; an exit before the connection is start()'s to report
+    (with the plugin's output), so until open() tell() says no; open() is followed by a look
+    at the exit code, so an exit in between is acted on exactly once either way.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = False
+        self._told = False
+
+    def open(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def tell(self) -> bool:
+        """True for the one caller that acts on the exit; False before open() and after that one."""
+        with self._lock:
+            if not self._open or self._told:
+                return False
+            self._told = True
+            return True

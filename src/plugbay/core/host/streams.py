@@ -1,10 +1,13 @@
 """The Client's two long-lived RPC streams beside its calls: go-plugin's broker and GRPCStdio.
 
 Both are kept off the first call's path where the plugin allows it: their
-Python work would compete with that call for the GIL.
+Python work would compete with that call for the GIL (StreamKick begins them).
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
@@ -12,6 +15,7 @@ from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, der_to_pem
+from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import SecureChannel
 from plugbay.runners.base import AttachedRunner
@@ -20,12 +24,16 @@ from plugbay.runners.base import AttachedRunner
 # returned or this long after start/dispense: a go-plugin handler that brokers before the host did
 # waits this long at most for the stream.
 DEFER = 0.05
+# A stream that begins only when StreamKick (or, for the broker, a use of it) says so.
+HELD = math.inf
 
 
 def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None, socket_dir: str | None,
-                 runner: AttachedRunner, mux: HostMux | None, queues: bool, config: ClientConfig,
+                 runner: AttachedRunner, mux: HostMux | None, config: ClientConfig,
                  name: str) -> tuple[GRPCBroker, StdioReader]:
-    """The broker (its stream opens on first use) and the stdio reader (``queues``: a plugbay plugin)."""
+    """The broker (its stream opens on first use) and the stdio reader (held: see StreamKick.set_stdio).
+
+    Made while the connection is being set up, before the health check says who the plugin is."""
     peer = der_to_pem(info.server_cert) if (cert and info.server_cert) else None
     # The stream runs on grpc.aio on the shared loop (no thread per plugin) over a second
     # connection dialed like the first; multiplexed, a second connection would cost a bridged
@@ -34,10 +42,59 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
         tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir,
         translator=runner, multiplex=mux is not None, mux=mux), lazy=True,
         redial=conn.redial if mux is None else None)
-    # A plugbay plugin buffers its output until this stream asks (a full buffer drops and warns):
-    # read at once. A go-plugin plugin's stream starts after the first unary call returned, or
-    # DEFER after now if none comes; meanwhile the plugin's writes fill its pipe (64 KiB) and
-    # only then wait.
-    stdio = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name,
-                        delay=None if queues else DEFER)
+    stdio = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
     return broker, stdio
+
+
+class StreamKick:
+    """Begins a go-plugin plugin's held streams: once the first call returned, or DEFER after spawn.
+
+    One timer on the shared loop, armed when the plugin is spawned (while the host waits for its
+    handshake anyway) instead of one per stream after the handshake: nothing wakes the loop's
+    thread between the handshake line and the first call but that call's end (now()), so its
+    Python work never competes with the call for the GIL. A stream made after the kick fired
+    (a slow handshake, a late dispense) begins at once.
+    """
+
+    def __init__(self, delay: float = DEFER) -> None:
+        self._lock = threading.Lock()
+        self._fired = False
+        self._stdio: StdioReader | None = None
+        self._broker: GRPCBroker | None = None
+        self._deferred = Deferred(self._fire, delay)
+
+    def set_stdio(self, stdio: StdioReader, queues: bool) -> None:
+        """The reader (made with delay=HELD) to start: at the kick, or now for a plugin that ``queues``.
+
+        A plugbay plugin (it said so in its health answer) buffers its output until the stream
+        asks (a full buffer drops and warns): read at once. A go-plugin plugin's writes fill its
+        pipe (64 KiB) until the kick, and only then wait."""
+        with self._lock:
+            self._stdio, fired = stdio, self._fired
+        if fired or queues:
+            stdio.start()
+
+    def open_broker(self, broker: GRPCBroker) -> None:
+        """Make the broker's stream opening now and begin it at the kick (a use begins it sooner)."""
+        broker.open_stream(wait=False, delay=HELD)
+        with self._lock:
+            self._broker, fired = broker, self._fired
+        if fired:
+            broker.hurry_stream()
+
+    def now(self) -> None:
+        """Kick now (on the shared loop; thread-safe, a no-op once kicked)."""
+        self._deferred.now()
+
+    def cancel(self) -> None:
+        """Never kick (close and kill); waits for a kick running now to end."""
+        self._deferred.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            stdio, broker = self._stdio, self._broker
+        if stdio is not None:
+            stdio.start()
+        if broker is not None:
+            broker.hurry_stream()

@@ -4,8 +4,8 @@ grpcio binds one executor to a server, and a second server cannot share the
 plugin's port (or its one multiplexed connection), so health and the
 controller cannot get a pool of their own. Instead the executor has
 ``max_workers`` threads for the plugin's handlers plus ``RESERVED`` more, and
-this interceptor lets at most ``max_workers`` of the plugin's handlers run at
-once. A handler that outlives the host's deadline keeps its slot until it
+the gate lets at most ``max_workers`` of the plugin's handlers run at once
+(GatedServer wraps each handler the plugin registers). A handler that outlives the host's deadline keeps its slot until it
 returns; once every slot is taken, a new call to the plugin's services is
 refused at once with RESOURCE_EXHAUSTED (blocking it would hold one of the
 reserved threads). Health, GRPCController, GRPCStdio, GRPCBroker and (network
@@ -31,28 +31,16 @@ PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plug
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
 
-class HandlerGate(grpc.ServerInterceptor):  # type: ignore[misc]
+class HandlerGate:
     """Refuses a call to the plugin's services while ``limit`` of them are running."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
-        # method -> (the handler grpcio found, what this gate returns for it): a call to a method seen
-        # before costs a lookup instead of a new handler and closure (this runs for every call)
-        self._seen: dict[str, tuple[Any, Any]] = {}
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        seen = self._seen.get(method)
-        if seen is not None and seen[0] is handler:
-            return seen[1]
-        gated = handler if str(method).startswith(PLUGBAY_SERVICES) else self._gate(handler)
-        if len(self._seen) < _SEEN_MAX:  # bounded: a generic handler may answer any method name
-            self._seen[method] = (handler, gated)
-        return gated
+    def gated(self, method: str, handler: Any) -> Any:
+        """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass."""
+        return handler if method.startswith(PLUGBAY_SERVICES) else self._gate(handler)
 
     def _gate(self, handler: Any) -> Any:
         if handler.unary_unary is not None:
@@ -92,3 +80,62 @@ class HandlerGate(grpc.ServerInterceptor):  # type: ignore[misc]
             finally:
                 self._slots.release()
         return run
+
+
+class _GatedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A plugin's generic handler whose answers are gated (each method's once, then looked up)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, gate: HandlerGate) -> None:
+        self._inner = inner
+        self._gate = gate
+        # method -> (the handler it answered, the gated one): a bounded cache, as a generic
+        # handler may answer any method name
+        self._seen: dict[str, tuple[Any, Any]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method)
+        seen = self._seen.get(method)
+        if seen is not None and seen[0] is handler:
+            return seen[1]
+        gated = self._gate.gated(method, handler)
+        if len(self._seen) < _SEEN_MAX:
+            self._seen[method] = (handler, gated)
+        return gated
+
+
+class GatedServer(grpc.Server):  # type: ignore[misc]
+    """The server a plugin's grpc_server() registers on: each handler is gated as it is added.
+
+    Not a server interceptor: with one, grpcio runs its interceptor pipeline on every call (the
+    health checks and plugbay's streams too), about 30 us of a 0.8 ms KV Get on a loaded 2-core
+    machine. Everything else goes to the real server.
+    """
+
+    def __init__(self, server: grpc.Server, gate: HandlerGate) -> None:
+        self._server = server
+        self._gate = gate
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in generic_rpc_handlers))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return int(self._server.add_secure_port(address, server_credentials))
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float | None) -> Any:
+        return self._server.stop(grace)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout))

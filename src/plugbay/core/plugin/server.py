@@ -52,7 +52,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     parse_versions,
 )
-from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, HandlerGate
+from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, GatedServer, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -208,7 +208,7 @@ class _PluginServer:
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
         if not any(key == "grpc.server_handshake_timeout_ms" for key, _ in options):
             options.append(("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS))
-        self.grpc = grpc.server(self.executor, options=options, interceptors=[self.gate])
+        self.grpc = grpc.server(self.executor, options=options)
         network = self.config.network
         self._plugin_set, self._version = plugin_set, version
         if network is not None:
@@ -235,7 +235,7 @@ class _PluginServer:
                                     socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
                                     multiplex=self.listening.multiplex, mux=self.listening.mux)
         self.broker = plugin_broker(self.grpc, transport)
-        self._register(self.grpc, self.broker)
+        self._register(self.grpc, self.broker, self.gate)
         self.grpc.start()
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
@@ -253,8 +253,8 @@ class _PluginServer:
             self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
 
-    def _register(self, server: grpc.Server, broker: GRPCBroker) -> None:
-        """Health, controller, stdio and the plugins' own services on ``server``, brokering with ``broker``."""
+    def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate) -> None:
+        """Health, controller, stdio and the plugins' own services (behind ``gate``) on ``server``."""
         add_health(self.health, server)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
             _Controller(self._shutdown_asked), server)
@@ -264,7 +264,7 @@ class _PluginServer:
                 raise ConfigError(f"{name!r} is not a GRPC-compatible plugin; make it a"
                                   " plugbay.core.broker.plugin.GRPCPlugin subclass")
             try:
-                plugin.grpc_server(broker, server)
+                plugin.grpc_server(broker, GatedServer(server, gate))
             except PlugbayError:
                 raise
             except Exception as exc:
@@ -278,11 +278,10 @@ class _PluginServer:
         # each session's handlers are gated like the main server's, on a pool of its own
         executor = ThreadPoolExecutor(max_workers=self.config.max_workers + RESERVED,
                                       thread_name_prefix="plugbay-grpc-session")
-        server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options],
-                             interceptors=[HandlerGate(self.config.max_workers)])
+        server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options])
         broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
         try:
-            self._register(server, broker)
+            self._register(server, broker, HandlerGate(self.config.max_workers))
             add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
             server.add_insecure_port(f"unix:{path}")
             server.start()

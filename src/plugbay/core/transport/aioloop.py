@@ -78,10 +78,10 @@ class AioLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                started = threading.Event()
-                thread = threading.Thread(target=_run, args=(loop, started), name=self.name, daemon=True)
+                thread = threading.Thread(target=_run, args=(loop,), name=self.name, daemon=True)
+                # Not waited for: what is scheduled before run_forever() begins runs then (a
+                # plugin's start would wait here for the thread to be scheduled twice).
                 thread.start()
-                started.wait()  # the loop runs before anyone schedules on it
                 self._loop, self._thread = loop, thread
             assert self._thread is not None
             self._users += 1
@@ -138,9 +138,8 @@ class AioLoop:
             return self._users
 
 
-def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+def _run(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.set_event_loop(loop)
-    loop.call_soon(started.set)
     try:
         loop.run_forever()
         leftover = asyncio.all_tasks(loop)  # every user waited for its own work; this is belt and braces

@@ -56,6 +56,7 @@ class Registration:
         self.fired = 0  # during on_ready(): the event that fired
         self.added = False  # the loop took the add (loop thread only)
         self.watched = 0  # the events the asyncio loop watches for it (loop thread only)
+        self.first: Callback | None = None  # run as the loop takes the add (IOLoop.add)
 
     def cancel(self) -> None:
         """Stop watching; ``on_cancel`` runs on the loop thread. Never blocks on the loop."""
@@ -110,16 +111,19 @@ class IOLoop:
 
     # ------------------------------------------------------------- callers
 
-    def add(self, fd: int, on_ready: Ready, on_cancel: Callback | None = None, events: int = READ) -> Registration:
+    def add(self, fd: int, on_ready: Ready, on_cancel: Callback | None = None, events: int = READ,
+            first: Callback | None = None) -> Registration:
         """Call ``on_ready()`` on the loop thread whenever ``fd`` is readable (or ``events``), until cancelled.
 
         ``on_ready`` returning False ends the registration as cancel() would.
         ``on_cancel()`` runs on the loop thread once the registration is dropped
         (after cancel(), or after on_ready raised); the fd is not closed here.
         Whoever closes the fd calls cancel() first, so that a new fd with the
-        same number is never mistaken for it.
+        same number is never mistaken for it. ``first()`` runs on the loop
+        thread as it takes the add, before any ``on_ready()`` (no second post).
         """
         reg = Registration(self, fd, on_ready, on_cancel, events)
+        reg.first = first
         with self._lock:
             self._live.add(reg)
             self._post(self._add, reg)
@@ -232,6 +236,8 @@ class IOLoop:
         lease.release()  # the last user: the thread stops once this callback returns
 
     def _add(self, reg: Registration) -> None:
+        if reg.first is not None:
+            self._call(reg.first)
         if reg.fd in self._fds:
             _log.debug("cannot watch fd %s: it is watched already", reg.fd)
             self._finish(reg)

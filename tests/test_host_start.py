@@ -1,0 +1,147 @@
+"""A plugin's start on the host: the handshake line read on the starting thread, the process group,
+the held streams begun by one kick, the handler gate wrapping each registered handler.
+
+Real processes throughout (sh, tests/plugins/trap_kv.py, go-plugin's Go KV plugin).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.runners.base import LaunchSpec
+from tests.thread_util import wait_for
+
+PY = sys.executable
+TRAP = [PY, str(REPO / "tests" / "plugins" / "trap_kv.py")]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # trap_kv writes kv_<key> files in its cwd
+
+
+def config(cmd: list[str], **kw: object) -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)  # type: ignore[arg-type]
+
+
+def test_the_first_stdout_line_is_read_on_the_starting_thread_and_the_rest_on_the_loop() -> None:
+    script = "echo e1 >&2; echo e2 >&2; printf 'first\\nsecond\\n'; sleep 0.2; echo third; echo e3 >&2"
+    runner = ProcessRunner(["sh", "-c", script])
+    runner.start(LaunchSpec(env={}))
+    seen: list[tuple[str, str, str]] = []
+    ended: list[str] = []
+    try:
+        follow = runner.follow_output(lambda stream, line: seen.append((stream, line, threading.current_thread().name)),
+                                      ended.append, first_line_by=time.monotonic() + 10)
+        # it returned once stdout's first line came, handed on here; nothing else ran on this thread
+        assert seen[0] == ("stdout", "first", threading.current_thread().name)
+        assert follow.join(10)
+    finally:
+        runner.kill(0)
+    assert [(s, line) for s, line, _ in seen if s == "stdout"] == [("stdout", "first"), ("stdout", "second"),
+                                                                ("stdout", "third")]
+    assert [line for s, line, _ in seen if s == "stderr"] == ["e1", "e2", "e3"]
+    # read with the first line but held: a log handler never runs inside start() (it may kill the Client)
+    assert {thread for _, _, thread in seen[1:]} == {"plugbay-io"}
+    assert sorted(ended) == ["stderr", "stdout"]
+    assert runner.stderr_tail() == ["e1", "e2", "e3"]
+
+
+def test_a_plugin_flooding_stderr_before_its_handshake_still_starts() -> None:
+    # 3 MB of 1000-byte lines before the line: more than the pipe (64 KiB) and than is held (1 MiB)
+    flood = f"{shlex.quote(PY)} -c \"import sys; [sys.stderr.write('x' * 999 + '\\n') for _ in range(3000)]\""
+    cmd = ["sh", "-c", f"{flood}; exec {shlex.join(TRAP)}"]
+    with Client(config(cmd)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+        assert "x" * 999 in client.runner.stderr_tail()
+
+
+def test_the_plugin_leads_a_process_group_in_the_hosts_session() -> None:
+    # a group, so kill() reaches what it started; not a new session (a new scheduler autogroup)
+    runner = ProcessRunner(["sleep", "30"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert runner.pid is not None
+        assert os.getpgid(runner.pid) == runner.pid != os.getpgid(0)
+        assert os.getsid(runner.pid) == os.getsid(0)
+    finally:
+        runner.kill(0)
+    assert runner.wait(5) is not None
+
+
+def test_a_go_plugin_slower_than_the_kick_gets_its_streams_at_once() -> None:
+    """The kick (DEFER after the spawn) fires before a slow plugin's handshake: its streams begin as made."""
+    from tests import gobuild
+
+    reason = gobuild.go_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    kv_plugin = str(gobuild.build_go("kv_plugin"))
+    with Client(config(["sh", "-c", f"sleep 0.3; exec {shlex.quote(kv_plugin)}"])) as client:
+        assert client._stdio is not None
+        wait_for(lambda: client._stdio is not None and client._stdio.supported is False,
+                 "the stdio reader begun at start (go-plugin 1.0.1 answers UNIMPLEMENTED)")
+        client.dispense(PLUGIN_NAME)  # no call: the broker stream begins at once, the kick is past
+        wait_for(lambda: client.broker.call is not None, "the broker stream opened at dispense")
+        assert client.broker.next_id() == 1
+
+
+def test_the_handler_gate_wraps_what_a_plugin_registers_and_lets_health_pass() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+    from plugbay.core.plugin.gate import GatedServer, HandlerGate
+    from plugbay.core.plugin.health import HealthServicer
+    from plugbay.core.plugin.health import add_to_server as add_health
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowKV(kv_pb2_grpc.KVServicer):
+        def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
+            entered.set()
+            release.wait(10)
+            return kv_pb2.GetResponse(value=b"slow")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    kv_pb2_grpc.add_KVServicer_to_server(SlowKV(), GatedServer(server, HandlerGate(1)))
+    add_health(HealthServicer(), server)
+    path = Path("gate.sock").resolve()
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    channel = grpc.insecure_channel(f"unix:{path}")
+    try:
+        stub = kv_pb2_grpc.KVStub(channel)
+        first = stub.Get.future(kv_pb2.GetRequest(key="a"), timeout=10)
+        assert entered.wait(10)
+        with pytest.raises(grpc.RpcError) as refused:  # the one slot is taken: refused at once
+            stub.Get(kv_pb2.GetRequest(key="b"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "ServeConfig.max_workers" in str(refused.value.details())
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="plugin"),
+                                                            timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # plugbay's services pass
+        release.set()
+        assert first.result(10).value == b"slow"
+        assert stub.Get(kv_pb2.GetRequest(key="c"), timeout=10).value == b"slow"  # the slot is back
+    finally:
+        release.set()
+        channel.close()
+        server.stop(0).wait(5)
