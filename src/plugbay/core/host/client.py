@@ -12,7 +12,6 @@ handler), kill() and close() return at once and a thread does it (LoopHandoff).
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -37,18 +36,15 @@ from plugbay.errors import (
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
 from plugbay.core.host.live import LIVE, LoopHandoff
+from plugbay.core.host.parts import ClientParts
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
-from plugbay.core.host.logs import LogPump
-from plugbay.core.host.stop import ExitGate, ask_shutdown, describe_exit, killed_while_starting
-from plugbay.core.transport import ioloop
+from plugbay.core.host.stop import describe_exit, killed_while_starting
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.secure import SecureChannel
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.host.stdio import StdioReader
 from plugbay.core.host.streams import StreamKick, open_streams
-from plugbay.core.protocol.tls import CertKey, generate_cert
-from plugbay.runners.base import AttachedRunner, Cancellable, Joinable, LaunchSpec, Runner, reattach_runner
+from plugbay.core.protocol.tls import generate_cert
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
@@ -58,7 +54,7 @@ _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 _T = TypeVar("_T")
 
 
-class Client:
+class Client(ClientParts):
     """One plugin, from start to kill. Use as a context manager."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -69,41 +65,18 @@ class Client:
             raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
         if config.multiplex_broker and config.reattach is not None:
             raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
-        self.config = config
-        self._versions = config.versions()
-        self._runner: AttachedRunner | None = config.runner
+        runner: AttachedRunner | None = config.runner
         if config.cmd is not None:
-            self._runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
-        self.name: str = str(config.name or (config.reattach.name if config.reattach else
-                                             self._runner.name if self._runner else "plugin"))
+            runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
+        super().__init__(config, str(config.name or (config.reattach.name if config.reattach else
+                                                     runner.name if runner else "plugin")), runner)
+        self._versions = config.versions()
         self._lock = threading.RLock()
         self._started = False
         self._killed = False
         self._starting: threading.Thread | None = None  # the thread in start(), holding the lock
         self._kill_asked = False  # kill() came while another thread started: start() says so
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
-        self._tmpdir: str | None = None
-        self._cert: CertKey | None = None
-        self._require_tls = False
-        self._info: HandshakeInfo | None = None
-        self._announced: HandshakeInfo | None = None
-        self._version: int | None = None
-        self._conn: SecureChannel | None = None
-        self._channel: ManagedChannel | None = None
-        self._broker: GRPCBroker | None = None
-        self._mux: HostMux | None = None
-        self._stdio: StdioReader | None = None
-        self._kick: StreamKick | None = None  # begins the held stdio/broker streams
-        self._broker_queues = False  # the plugin said (health Check) it queues broker messages
-        self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
-        self._output: Joinable | None = None  # the runner's stdout/stderr follower
-        self._exit_watch: Cancellable | None = None
-        self._exit_gate = ExitGate()  # _on_exit acts once, after _connect (start() reports earlier exits)
-        self._stop = threading.Event()
-        self._exit_code: int | None = None
-        self._dispensed: dict[str, Any] = {}
-        self._controller: Any = None  # GRPCControllerStub, built while the channel is open
-        self._logs_drained = False
 
     # --- properties -------------------------------------------------------------
 
@@ -373,60 +346,3 @@ class Client:
             raise ClientStateError(
                 f"close() leaves a plugin running, which only a reattached Client may do; this"
                 f" Client started plugin {self.name!r}, so stop it with kill()")
-
-    def _disconnect(self) -> None:
-        self._stop.set()
-        self._stop_exit_watch()
-        self._close_rpc_streams()
-        self._close_streams()
-
-    def _teardown(self, graceful: bool) -> None:
-        self._stop.set()
-        self._stop_exit_watch()
-        runner = self._runner
-        asked = False
-        if runner is not None and self._exit_code is None and runner.wait(0) is not None:
-            graceful = False
-        # End our long-lived streams first (as go-plugin closes its broker before
-        # Shutdown): a graceful stop on the plugin side waits for open streams.
-        self._close_rpc_streams()
-        if graceful and self._controller is not None and self._exit_code is None:
-            asked = ask_shutdown(self._controller, self.name)
-        if runner is not None:
-            if asked and runner.wait(self.config.kill_grace) is None:
-                _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
-                             self.name, self.config.kill_grace)
-            try:
-                runner.kill(0 if asked else self.config.kill_grace)
-            except Exception as exc:
-                _log.warning("killing plugin %s failed: %s", self.name, exc)
-        self._close_streams()
-
-    def _stop_exit_watch(self) -> None:
-        if self._exit_watch is not None:
-            self._exit_watch.cancel()
-
-    def _close_rpc_streams(self) -> None:
-        if self._kick is not None:
-            self._kick.cancel()
-        if self._stdio is not None:
-            self._stdio.close()
-        if self._broker is not None:
-            try:
-                self._broker.close()
-            except Exception as exc:
-                _log.debug("closing broker: %s", exc)
-
-    def _close_streams(self) -> None:
-        if self._channel is not None:
-            self._channel.detach()
-        if self._conn is not None:
-            self._conn.close()
-        if self._mux is not None:
-            self._mux.close()
-        if self._output is not None:
-            self._output.join(5.0)
-        self._logs.join(5.0)
-        ioloop.shared().join_idle()  # the last plugin gone: the shared I/O thread ends, joined
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)

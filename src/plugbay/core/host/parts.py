@@ -1,0 +1,119 @@
+"""What a Client holds once it starts, and how it lets go of it.
+
+``kill()`` ends the plugin (``_teardown``: the long-lived streams first, then
+GRPCController.Shutdown, the grace, the runner), ``close()`` of a reattached
+Client only lets go (``_disconnect``); both then free the channel, the mux, the
+output followers, the shared I/O thread when it is the last user, and the
+socket folder. client.py holds the lifecycle around these.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from typing import Any
+
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.config import ClientConfig
+from plugbay.core.host.logs import LogPump
+from plugbay.core.host.stdio import StdioReader
+from plugbay.core.host.stop import ExitGate, ask_shutdown
+from plugbay.core.host.streams import StreamKick
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.core.protocol.tls import CertKey
+from plugbay.core.transport import ioloop
+from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.secure import SecureChannel
+from plugbay.runners.base import AttachedRunner, Cancellable, Joinable
+
+_log = logging.getLogger("plugbay.client")
+
+
+class ClientParts:
+    """The pieces of one started plugin's connection (None until start() makes them)."""
+
+    def __init__(self, config: ClientConfig, name: str, runner: AttachedRunner | None) -> None:
+        self.config = config
+        self.name = name
+        self._runner = runner
+        self._tmpdir: str | None = None
+        self._cert: CertKey | None = None
+        self._require_tls = False
+        self._info: HandshakeInfo | None = None
+        self._announced: HandshakeInfo | None = None
+        self._version: int | None = None
+        self._conn: SecureChannel | None = None
+        self._channel: ManagedChannel | None = None
+        self._broker: GRPCBroker | None = None
+        self._mux: HostMux | None = None
+        self._stdio: StdioReader | None = None
+        self._kick: StreamKick | None = None  # begins the held stdio/broker streams
+        self._broker_queues = False  # the plugin said (health Check) it queues broker messages
+        self._logs = LogPump(self.name, config.logger, config.raw_log_sink)
+        self._output: Joinable | None = None  # the runner's stdout/stderr follower
+        self._exit_watch: Cancellable | None = None
+        self._exit_gate = ExitGate()  # _on_exit acts once, after _connect (start() reports earlier exits)
+        self._stop = threading.Event()
+        self._exit_code: int | None = None
+        self._dispensed: dict[str, Any] = {}
+        self._controller: Any = None  # GRPCControllerStub, built while the channel is open
+        self._logs_drained = False
+
+    def _disconnect(self) -> None:
+        self._stop.set()
+        self._stop_exit_watch()
+        self._close_rpc_streams()
+        self._close_streams()
+
+    def _teardown(self, graceful: bool) -> None:
+        self._stop.set()
+        self._stop_exit_watch()
+        runner = self._runner
+        asked = False
+        if runner is not None and self._exit_code is None and runner.wait(0) is not None:
+            graceful = False
+        # End our long-lived streams first (as go-plugin closes its broker before
+        # Shutdown): a graceful stop on the plugin side waits for open streams.
+        self._close_rpc_streams()
+        if graceful and self._controller is not None and self._exit_code is None:
+            asked = ask_shutdown(self._controller, self.name)
+        if runner is not None:
+            if asked and runner.wait(self.config.kill_grace) is None:
+                _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
+                             self.name, self.config.kill_grace)
+            try:
+                runner.kill(0 if asked else self.config.kill_grace)
+            except Exception as exc:
+                _log.warning("killing plugin %s failed: %s", self.name, exc)
+        self._close_streams()
+
+    def _stop_exit_watch(self) -> None:
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()
+
+    def _close_rpc_streams(self) -> None:
+        if self._kick is not None:
+            self._kick.cancel()
+        if self._stdio is not None:
+            self._stdio.close()
+        if self._broker is not None:
+            try:
+                self._broker.close()
+            except Exception as exc:
+                _log.debug("closing broker: %s", exc)
+
+    def _close_streams(self) -> None:
+        if self._channel is not None:
+            self._channel.detach()
+        if self._conn is not None:
+            self._conn.close()
+        if self._mux is not None:
+            self._mux.close()
+        if self._output is not None:
+            self._output.join(5.0)
+        self._logs.join(5.0)
+        ioloop.shared().join_idle()  # the last plugin gone: the shared I/O thread ends, joined
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
