@@ -251,7 +251,8 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
               "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
               "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
               # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection
-              "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
+              "plugbay.core.plugin.automtls", "plugbay.core.transport.secure", "plugbay.core.protocol.tls",
+              "plugbay.core.protocol.der",
               "plugbay.core.broker.channels", "plugbay.core.transport.channels")
     assert [m for m in unused if m in loaded] == []
     # nor the dataclasses machinery: the start path's value classes are plain (core/protocol/records.py)
