@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
@@ -84,6 +83,7 @@ MISCONFIGURED_MESSAGE = (
     "this as a bug.\n"
 )
 
+CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 # grpcio closes a connection that has not completed TLS (and, in plaintext, the HTTP/2
 # preface and SETTINGS) within this; its default is 120 s, which let never-speaking
@@ -264,8 +264,7 @@ class _PluginServer:
     def _register(self, server: grpc.Server, broker: GRPCBroker) -> None:
         """Health, controller, stdio and the plugins' own services on ``server``, brokering with ``broker``."""
         add_health(self.health, server)
-        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(self._shutdown_asked), server)
+        add_controller(server, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), server)
         for name, plugin in self._plugin_set.items():
             if not isinstance(plugin, GRPCPlugin):
@@ -380,12 +379,13 @@ def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPool
     unlink_quietly(path)
 
 
-class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):
-    def __init__(self, stop: Any) -> None:
-        self._stop = stop
+def add_controller(server: grpc.Server, stop: Callable[[], None]) -> None:
+    """plugin.GRPCController: Shutdown (Empty -> Empty) needs no generated code, so none is loaded."""
 
-    def Shutdown(self, request: grpc_controller_pb2.Empty,
-                 context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
-        # The reply goes out before the server stops: stop() only wakes serve().
-        self._stop()
-        return grpc_controller_pb2.Empty()
+    def shutdown(request: bytes, context: grpc.ServicerContext) -> bytes:
+        stop()  # the reply goes out before the server stops: stop() only wakes serve()
+        return b""  # an encoded plugin.Empty
+
+    handlers = {"Shutdown": grpc.unary_unary_rpc_method_handler(shutdown)}  # bytes in and out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROLLER, handlers),))
+    server.add_registered_method_handlers(CONTROLLER, handlers)
