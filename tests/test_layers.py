@@ -251,8 +251,12 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
               "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
               "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
               # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection
-              "plugbay.core.transport.secure", "plugbay.core.protocol.tls", "plugbay.core.protocol.der",
-              "plugbay.core.broker.channels", "plugbay.core.transport.channels")
+              "plugbay.core.plugin.automtls", "plugbay.core.transport.secure", "plugbay.core.protocol.tls",
+              "plugbay.core.protocol.der",
+              "plugbay.core.broker.channels", "plugbay.core.transport.channels",
+              # generated code of the services a go-plugin host may never call: loaded at their first call
+              "plugbay._proto.grpc.health.v1.health_pb2", "plugbay._proto.plugin.grpc_controller_pb2",
+              "plugbay._proto.plugin.grpc_stdio_pb2", "google.protobuf.empty_pb2")
     assert [m for m in unused if m in loaded] == []
     # nor the dataclasses machinery: the start path's value classes are plain (core/protocol/records.py)
     assert "dataclasses" not in loaded

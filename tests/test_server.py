@@ -46,6 +46,18 @@ def test_empty_cookie_in_config_is_a_misconfiguration(plugins: list[PluginProc])
     assert err.startswith("Misconfigured ServeConfig given to serve this plugin: no magic cookie")
 
 
+def test_the_plugin_sides_status_and_channel_numbers_are_the_generated_enums() -> None:
+    # core/plugin/health.py and stdio.py name them without importing the generated code (it loads at
+    # the first Check/StreamStdio call): they must stay the protos' numbers.
+    from plugbay._proto.plugin import grpc_stdio_pb2
+    from plugbay.core.plugin import health, stdio
+
+    response = health_pb2.HealthCheckResponse
+    assert (health.SERVING, health.NOT_SERVING, health.SERVICE_UNKNOWN) == (
+        response.SERVING, response.NOT_SERVING, response.SERVICE_UNKNOWN)
+    assert (stdio.STDOUT, stdio.STDERR) == (grpc_stdio_pb2.StdioData.STDOUT, grpc_stdio_pb2.StdioData.STDERR)
+
+
 def test_unix_socket_by_default_then_shutdown_exits_0_and_removes_it(plugins: list[PluginProc]) -> None:
     p = start(plugins)
     line = p.handshake_line()

@@ -3,30 +3,38 @@
 go-plugin's host pings the plugin with Check(service="plugin"); a Go host
 fails its Ping() without it. Watch streams the status and ends when the
 server shuts down, so a graceful stop never waits on a watcher.
+
+The generated health code is imported at the first call, not at the start: a
+go-plugin host may never check (go-plugin 1.0.1 pings only when asked to), and
+its import (the proto file's descriptors, four packages) came before every
+plugin's handshake line.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+if TYPE_CHECKING:
+    from plugbay._proto.grpc.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 SERVICE_NAME = "plugin"  # go-plugin's GRPCServiceName
+SERVICE = "grpc.health.v1.Health"
 
-Status = health_pb2.HealthCheckResponse.ServingStatus
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+Status = int  # grpc.health.v1 HealthCheckResponse.ServingStatus; tests/test_server.py checks the values
+SERVING = 1
+NOT_SERVING = 2
+SERVICE_UNKNOWN = 3
 
 _WATCH_POLL = 0.5  # how often a Watch notices that its caller went away
 
 
-class HealthServicer(health_pb2_grpc.HealthServicer):
+class HealthServicer:
     _trailer: tuple[tuple[str, str], ...] | None = None
 
     def __init__(self) -> None:
@@ -54,8 +62,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             self._closed = True
             self._cond.notify_all()
 
-    def Check(self, request: health_pb2.HealthCheckRequest,
-              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+    def Check(self, request: HealthCheckRequest, context: grpc.ServicerContext) -> HealthCheckResponse:
         with self._cond:
             status = self._status.get(request.service)
         if status is None:
@@ -63,10 +70,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             raise AssertionError("abort() raises")
         if self._trailer is not None:
             context.set_trailing_metadata(self._trailer)
-        return health_pb2.HealthCheckResponse(status=status)
+        return _response(status)
 
-    def Watch(self, request: health_pb2.HealthCheckRequest,
-              context: grpc.ServicerContext) -> Iterator[health_pb2.HealthCheckResponse]:
+    def Watch(self, request: HealthCheckRequest,
+              context: grpc.ServicerContext) -> Iterator[HealthCheckResponse]:
         last: Status | None = None
         while context.is_active():
             with self._cond:
@@ -77,10 +84,35 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                     continue
             if status != last:
                 last = status
-                yield health_pb2.HealthCheckResponse(status=status)
+                yield _response(status)
             if closed:
                 return
 
 
 def add_to_server(servicer: HealthServicer, server: grpc.Server) -> None:
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    """What the generated ``add_HealthServicer_to_server`` does, its message classes loaded at first use."""
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, request_deserializer=_request,
+                                                     response_serializer=_serialize),
+        "Watch": grpc.unary_stream_rpc_method_handler(servicer.Watch, request_deserializer=_request,
+                                                      response_serializer=_serialize),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _request(data: bytes) -> HealthCheckRequest:
+    from plugbay._proto.grpc.health.v1 import health_pb2
+
+    request: HealthCheckRequest = health_pb2.HealthCheckRequest.FromString(data)
+    return request
+
+
+def _response(status: Status) -> HealthCheckResponse:
+    from plugbay._proto.grpc.health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse(status=status)  # type: ignore[arg-type]  # the enum's int
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())

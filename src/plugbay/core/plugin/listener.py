@@ -138,12 +138,12 @@ def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
 
 
 def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerCredentials | None,
-           relay_context: ssl.SSLContext | None, multiplex: bool) -> Listening:
+           relay_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None, multiplex: bool) -> Listening:
     """Bind ``server`` (not started yet) and any fronts; return the announced address.
 
     ``multiplex`` is what the host asked for; ``Listening.multiplex`` says
     whether a multiplexer front is actually in place (announced in the
-    handshake's 7th field).
+    handshake's 7th field). ``relay_context`` may be a provider the relay calls per connection.
     """
     mux = _multiplexer() if multiplex else None
     result = Listening("", "", mux is not None)

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
@@ -65,11 +64,11 @@ from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioS
 from plugbay.core.plugin.stdio import add_to_server as add_stdio
 
 if TYPE_CHECKING:
+    from plugbay.core.plugin.automtls import ServerTLS
     from plugbay.core.plugin.netmux import Instance
-    from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.muxsession import MuxSession
 
-# Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.protocol.tls, .transport.secure) and the
+# Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.plugin.automtls) and the
 # multiplexer are imported where they are used: a plaintext plugin its host launches loads none of
 # them (tests/test_layers.py pins it), which keeps its start close to a bare grpcio server's.
 
@@ -84,6 +83,7 @@ MISCONFIGURED_MESSAGE = (
     "this as a bug.\n"
 )
 
+CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 # grpcio closes a connection that has not completed TLS (and, in plaintext, the HTTP/2
 # preface and SETTINGS) within this; its default is 120 s, which let never-speaking
@@ -211,6 +211,7 @@ class _PluginServer:
         self.grpc = grpc.server(self.executor, options=options)
         network = self.config.network
         self._plugin_set, self._version = plugin_set, version
+        tls: ServerTLS | None = None
         if network is not None:
             from plugbay.core.plugin.network import DiscoveryServicer, add_discovery, serve_front
             from plugbay.core.plugin.network import bind as bind_network
@@ -225,10 +226,15 @@ class _PluginServer:
             add_discovery(DiscoveryServicer([(version, sorted(plugin_set))], multiplex=network.brokering),
                           self.grpc)
         else:
-            own, peer_pem, credentials, relay_ctx = self._tls()
+            if self.env.get(ENV_CLIENT_CERT):  # the host asked for AutoMTLS
+                from plugbay.core.plugin.automtls import server_tls
+
+                tls = server_tls(self.env)
+            own, peer_pem = (tls.own, tls.peer_pem) if tls is not None else (None, None)
             multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
-            self.listening = listen(self.grpc, plan_endpoint(self.env), credentials=credentials,
-                                    relay_context=relay_ctx, multiplex=multiplex_asked)
+            self.listening = listen(self.grpc, plan_endpoint(self.env), multiplex=multiplex_asked,
+                                    credentials=tls.credentials if tls is not None else None,
+                                    relay_context=tls.relay if tls is not None else None)
             if self.listening.mux is not None and parse_bool(self.env.get(ENV_MUX_HOLDS_STREAMS, "")):
                 self.listening.mux.peer_holds = True  # knock and open at once (core/transport/held.py)
         transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
@@ -237,6 +243,8 @@ class _PluginServer:
         self.broker = plugin_broker(self.grpc, transport)
         self._register(self.grpc, self.broker, self.gate)
         self.grpc.start()
+        if tls is not None:
+            tls.ready()  # the relay's context, set up on a thread meanwhile
         info = HandshakeInfo(CORE_PROTOCOL_VERSION, version, self.listening.network,
                              self.listening.address, PROTOCOL_GRPC,
                              own.cert_der if own is not None else None, self.listening.multiplex)
@@ -256,8 +264,7 @@ class _PluginServer:
     def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate) -> None:
         """Health, controller, stdio and the plugins' own services (behind ``gate``) on ``server``."""
         add_health(self.health, server)
-        grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(self._shutdown_asked), server)
+        add_controller(server, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), server)
         for name, plugin in self._plugin_set.items():
             if not isinstance(plugin, GRPCPlugin):
@@ -297,28 +304,6 @@ class _PluginServer:
                              " (NetworkServe.allow_shutdown=False); stop it with SIGTERM")
             return
         self.stop()
-
-    def _tls(self) -> tuple[tlsmod.CertKey | None, bytes | None, grpc.ServerCredentials | None,
-                            Any]:
-        client_cert = self.env.get(ENV_CLIENT_CERT, "")
-        if not client_cert:
-            return None, None, None, None
-        from plugbay.core.protocol import tls as tlsmod
-        from plugbay.core.transport.secure import MutualTLS
-
-        peer_pem = client_cert.encode()
-        try:
-            tlsmod.pem_to_der(peer_pem)
-        except ConfigError:
-            raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
-                              " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
-        # A go-plugin host's P-521 certificate: OpenSSL terminates TLS (the relay). Its first
-        # SSLContext is made on a thread meanwhile cryptography loads and our certificate is signed.
-        context = None if tlsmod.grpc_can_use(peer_pem) else tlsmod.early_server_context()
-        mutual = MutualTLS(tlsmod.generate_cert(), peer_pem)
-        if context is not None:
-            return mutual.own, peer_pem, None, mutual.relay_server_context(context())
-        return mutual.own, peer_pem, mutual.server_credentials(), None
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -393,12 +378,13 @@ def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPool
     unlink_quietly(path)
 
 
-class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):
-    def __init__(self, stop: Any) -> None:
-        self._stop = stop
+def add_controller(server: grpc.Server, stop: Callable[[], None]) -> None:
+    """plugin.GRPCController: Shutdown (Empty -> Empty) needs no generated code, so none is loaded."""
 
-    def Shutdown(self, request: grpc_controller_pb2.Empty,
-                 context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
-        # The reply goes out before the server stops: stop() only wakes serve().
-        self._stop()
-        return grpc_controller_pb2.Empty()
+    def shutdown(request: bytes, context: grpc.ServicerContext) -> bytes:
+        stop()  # the reply goes out before the server stops: stop() only wakes serve()
+        return b""  # an encoded plugin.Empty
+
+    handlers = {"Shutdown": grpc.unary_unary_rpc_method_handler(shutdown)}  # bytes in and out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROLLER, handlers),))
+    server.add_registered_method_handlers(CONTROLLER, handlers)

@@ -26,15 +26,22 @@ import select
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
-from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
 from plugbay.core.protocol.handshake import STDIO_DISCARD_METADATA
 
-Channel = grpc_stdio_pb2.StdioData.Channel
-STDOUT = grpc_stdio_pb2.StdioData.STDOUT
-STDERR = grpc_stdio_pb2.StdioData.STDERR
+if TYPE_CHECKING:
+    from plugbay._proto.plugin.grpc_stdio_pb2 import StdioData
+
+# The generated GRPCStdio code is imported at the stream's first message: a go-plugin host before
+# 1.3 never calls StreamStdio, a plugbay host calls it after its first call, and the import (with
+# google.protobuf.empty_pb2) came before every plugin's handshake line.
+SERVICE = "plugin.GRPCStdio"
+Channel = int  # plugin.StdioData.Channel; tests/test_server.py checks the values
+STDOUT = 1
+STDERR = 2
 
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _READ = 64 * 1024
@@ -233,15 +240,17 @@ class StdioCapture:
                     return None
 
 
-class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
+class StdioServicer:
     def __init__(self, capture: StdioCapture) -> None:
         self._capture = capture
 
     def StreamStdio(self, request: object,
-                    context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
+                    context: grpc.ServicerContext) -> Iterator[StdioData]:
         if tuple(STDIO_DISCARD_METADATA) in {tuple(m) for m in context.invocation_metadata()}:
             self._capture.discard()
             return  # the host has no sink: nothing to stream, and no reader to keep
+        from plugbay._proto.plugin.grpc_stdio_pb2 import StdioData
+
         generation = self._capture.attach()
         context.add_callback(self._capture.wake)  # a cancelled caller stops waiting at once
         try:
@@ -252,13 +261,21 @@ class StdioServicer(grpc_stdio_pb2_grpc.GRPCStdioServicer):
                 if item is None or item is True:
                     continue
                 channel, data = item
-                yield grpc_stdio_pb2.StdioData(channel=channel, data=data)
+                yield StdioData(channel=channel, data=data)  # type: ignore[arg-type]  # the enum's int
         finally:
             self._capture.detach(generation)
 
 
 def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:
-    grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    """What the generated ``add_GRPCStdioServicer_to_server`` does; the request (an Empty) is not decoded."""
+    handlers = {"StreamStdio": grpc.unary_stream_rpc_method_handler(
+        servicer.StreamStdio, request_deserializer=None, response_serializer=_serialize)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _serialize(message: StdioData) -> bytes:
+    return bytes(message.SerializeToString())
 
 
 def _drain(fd: int, max_reads: int = 64) -> None:

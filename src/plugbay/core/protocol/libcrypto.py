@@ -159,9 +159,14 @@ def open_lib(path: str) -> LibCrypto | None:
     try:
         # RTLD_NOLOAD: only a library already in the process; never load a second OpenSSL into it
         dll = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW | os.RTLD_LOCAL)
-        functions = {name: ctypes.CFUNCTYPE(*proto)((name, dll)) for name, proto in prototypes.items()}
+        functions = {name: getattr(dll, name) for name in prototypes}
     except (OSError, AttributeError):  # not loaded, or a function missing (OpenSSL 1.0, no-deprecated)
         return None
+    # Prototypes set on the library's own function objects: a CFUNCTYPE per signature would make
+    # a ctypes class each (~0.1 ms apiece), which is most of what declaring them costs.
+    for name, (restype, *argtypes) in prototypes.items():
+        functions[name].restype = restype
+        functions[name].argtypes = argtypes
     if functions["OpenSSL_version_num"]() != ssl.OPENSSL_VERSION_NUMBER:
         return None  # another OpenSSL than the one ssl uses: leave it alone
     return LibCrypto(functions)
