@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from plugbay.runners.kubernetes.wsframes import (
-    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, FrameError, FrameReader, client_frame,
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, FrameError, FrameReader, MaskKeys, client_frame,
 )
 from tests.kube_standin import portforward as server
 
@@ -19,6 +19,45 @@ def test_client_frames_are_masked_and_read_by_the_server(size: int) -> None:
     assert data[1] & 0x80  # RFC 6455 5.3: every client frame is masked
     reader = server.FrameReader()
     assert reader.feed(data) == [(OP_BINARY, b"\x00" + payload)]
+
+
+def test_pooled_masking_keys_are_fresh_and_frames_with_them_read_back() -> None:
+    keys = MaskKeys()
+    taken = [keys.take() for _ in range(3000)]  # crosses two refills of the 4 KiB pool
+    assert all(len(k) == 4 for k in taken)
+    assert len(set(taken)) > 2990  # random 32-bit keys: a handful of repeats at most, never a fixed key
+    payload = b"\x00" + bytes(range(200))
+    for key in taken[1020:1030]:  # around the first refill
+        data = client_frame(OP_BINARY, payload, key)
+        assert data[4:8] == key and data[8:] != payload  # RFC 6455 5.3: the key is sent and applied
+        assert server.FrameReader().feed(data) == [(OP_BINARY, payload)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 124, 125, 126, 65535, 65536])
+def test_one_whole_frame_per_read_gives_its_payload_as_the_general_path_does(size: int) -> None:
+    payload = bytes(i % 253 for i in range(size))
+    whole = server.frame(OP_BINARY, payload)
+    assert FrameReader().feed(whole) == [(OP_BINARY, payload)]
+    split = FrameReader()  # the same bytes in two reads take the buffered path
+    assert split.feed(whole[:1]) == [] and split.feed(whole[1:]) == [(OP_BINARY, payload)]
+    reader = FrameReader()  # a frame plus the start of the next: the first whole, the rest kept
+    assert reader.feed(whole + whole[:1]) == [(OP_BINARY, payload)]
+    assert reader.feed(whole[1:]) == [(OP_BINARY, payload)]
+    masked = client_frame(OP_BINARY, payload)  # a masked frame is still read (and unmasked)
+    assert FrameReader().feed(masked) == [(OP_BINARY, payload)]
+
+
+def test_a_whole_binary_frame_inside_a_fragmented_message_is_still_an_error() -> None:
+    reader = FrameReader()
+    assert reader.feed(bytes([OP_BINARY, 1]) + b"a") == []  # a first fragment (FIN clear)
+    with pytest.raises(FrameError, match="before the fragmented one ended"):
+        reader.feed(server.frame(OP_BINARY, b"b"))
+
+
+def test_the_stand_ins_reader_takes_whole_masked_frames_of_any_size() -> None:
+    for size in (0, 1, 121, 125, 126, 70_000):
+        payload = bytes(i % 249 for i in range(size))
+        assert server.FrameReader().feed(client_frame(OP_BINARY, payload)) == [(OP_BINARY, payload)]
 
 
 def test_server_frames_split_anywhere_and_fragmented() -> None:

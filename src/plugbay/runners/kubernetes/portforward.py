@@ -26,7 +26,7 @@ from urllib.parse import quote
 from plugbay.errors import PermissionDeniedError, PlugbayError, RunnerError
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.runners.kubernetes.wsframes import (
-    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, client_frame,
+    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, MaskKeys, client_frame,
 )
 from plugbay.runners.kubernetes.wsupgrade import open_websocket
 
@@ -157,17 +157,19 @@ class PortForwarder:
         opened = [False, False]  # has the data / error channel's port frame arrived
         error = ""
         peers = [conn, remote]
+        tls = isinstance(remote, ssl.SSLSocket)
+        masks = MaskKeys()
         while not self._closed.is_set():
             ready, _, _ = select.select(peers, [], [], 0.5)
             if conn in ready:
                 data = conn.recv(65536)
                 if not data:
                     return error
-                remote.sendall(client_frame(OP_BINARY, b"\x00" + data))
+                remote.sendall(client_frame(OP_BINARY, b"\x00" + data, masks.take()))
             if remote not in ready:
                 continue
             data = remote.recv(65536)
-            while isinstance(remote, ssl.SSLSocket) and remote.pending():
+            while tls and remote.pending():
                 data += remote.recv(remote.pending())
             if not data:
                 return error
@@ -177,7 +179,7 @@ class PortForwarder:
                     if opcode == OP_CLOSE:
                         return error
                     if opcode == OP_PING:
-                        remote.sendall(client_frame(OP_PONG, payload))
+                        remote.sendall(client_frame(OP_PONG, payload, masks.take()))
                     if opcode != OP_BINARY or not payload:
                         continue
                     channel, body = payload[0], payload[1:]

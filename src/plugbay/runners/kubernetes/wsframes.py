@@ -12,6 +12,7 @@ import os
 import struct
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+_FIN_BINARY = 0x80 | OP_BINARY
 MAX_FRAME = 64 << 20  # a server frame larger than this is a broken stream, not data
 
 
@@ -19,8 +20,30 @@ class FrameError(Exception):
     """The server sent something that is not a WebSocket frame (the stream must end)."""
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One final frame, masked as RFC 6455 5.3 requires of every client frame."""
+class MaskKeys:
+    """Masking keys from the OS's strong random source (RFC 6455 10.3), read 4 KiB at a time.
+
+    One getrandom() per 1,024 frames instead of one per frame; each key is still
+    fresh urandom bytes that no earlier frame reveals.
+    """
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        at = self._at
+        if at + 4 > len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        self._at = at + 4
+        return self._pool[at:at + 4]
+
+
+def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final frame, masked as RFC 6455 5.3 requires of every client frame.
+
+    ``mask``: the 4-byte key (MaskKeys.take()); a fresh os.urandom(4) when None.
+    """
     n = len(payload)
     if n < 126:
         head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
@@ -28,7 +51,8 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
         head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    mask = os.urandom(4)
+    if mask is None:
+        mask = os.urandom(4)
     return head + mask + _xor(payload, mask)
 
 
@@ -51,6 +75,16 @@ class FrameReader:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Whole messages (opcode, payload) completed by ``data``; the rest waits for more."""
         buf = self._buf
+        if not buf and self._partial is None and len(data) >= 2 and data[0] == _FIN_BINARY:
+            # the relay's usual read: exactly one final, unmasked binary frame (RSV bits clear):
+            # its payload is sliced out once instead of going through the buffer
+            n, at = data[1], 2  # the mask bit is the length byte's top bit: a masked frame is >= 128 here
+            if n == 126 and len(data) >= 4:
+                n, at = (data[2] << 8) | data[3], 4
+            elif n > 126:
+                n = -1  # masked, or a 64-bit length: the general path below
+            if len(data) == at + n:
+                return [(OP_BINARY, bytes(data[at:]))]
         buf += data
         out: list[tuple[int, bytes]] = []
         pos = 0
