@@ -142,8 +142,17 @@ class DockerBox:
                         finished_at=st.get("FinishedAt"), error=st.get("Error") or "")
 
     def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]:
-        stream = self._container.logs(stdout=True, stderr=True, stream=True, follow=follow,
-                                      tail="all" if tail is None else tail)
+        import docker
+
+        # A client of its own: a followed stream closed from another thread (a pod delete) went back
+        # to the shared client's pool with a closed socket, and the next request failed on it.
+        client = docker.from_env(version=self._container.client.api.api_version, timeout=60)
+        try:
+            stream = client.api.logs(self._container.id, stdout=True, stderr=True, stream=True, follow=follow,
+                                     tail="all" if tail is None else tail)
+        except BaseException:
+            client.close()
+            raise
         with self._lock:
             self._streams.append(stream)
         try:
@@ -156,6 +165,7 @@ class DockerBox:
                 stream.close()
             except Exception:
                 pass
+            client.close()
 
     def restart(self) -> None:
         self._container.start()
