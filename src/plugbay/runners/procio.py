@@ -166,13 +166,17 @@ def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter
     for fd in names:
         os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN | select.POLLHUP)
+    look_at = time.monotonic() + _SLICE
     while "stdout" in names.values():
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             return
+        if now >= look_at:  # every _SLICE even while stderr keeps coming (a grandchild that logs on)
+            look_at = now + _SLICE
+            if gone():  # e.g. a grandchild holds stdout open after the plugin died
+                return
         events = poller.poll(min(_SLICE, left) * 1000)
-        if not events and gone():  # e.g. a grandchild holds stdout open after the plugin died
-            return
         for fd, _ in events:
             try:
                 chunk = os.read(fd, _READ)
