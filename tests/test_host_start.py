@@ -159,3 +159,18 @@ def test_a_plugin_that_exits_while_a_grandchild_keeps_logging_is_reported_as_exi
     finally:
         client.kill()
     assert info.value.exit_code == 3
+
+
+def test_a_slow_starts_stderr_lines_reach_the_handlers_before_its_handshake_line() -> None:
+    # a plugin that logs, then takes seconds to print its line: its log lines are handed on
+    # while it starts (log handlers may act on them), not held until the line comes
+    runner = ProcessRunner(["sh", "-c", "echo loading >&2; sleep 4; echo first"])
+    runner.start(LaunchSpec(env={}))
+    seen: list[tuple[str, str]] = []
+    try:
+        follow = runner.follow_output(lambda stream, line: seen.append((stream, line)), lambda _: None,
+                                      first_line_by=time.monotonic() + 30)
+        assert follow.join(10)
+    finally:
+        runner.kill(0)
+    assert seen == [("stderr", "loading"), ("stdout", "first")]
