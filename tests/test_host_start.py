@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
 from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import PluginExitedError
 from plugbay.runners.base import LaunchSpec
 from tests.thread_util import wait_for
 
@@ -145,3 +146,31 @@ def test_the_handler_gate_wraps_what_a_plugin_registers_and_lets_health_pass() -
         release.set()
         channel.close()
         server.stop(0).wait(5)
+
+
+def test_a_plugin_that_exits_while_a_grandchild_keeps_logging_is_reported_as_exited() -> None:
+    # the grandchild holds stdout open and writes stderr every 50 ms (bounded: 20 s at most); the
+    # exit must be noticed while stderr keeps the pipes busy, not only after start_timeout
+    cmd = ["sh", "-c", "(for i in $(seq 400); do echo still here >&2; sleep 0.05; done) & exit 3"]
+    client = Client(config(cmd, start_timeout=15.0))
+    try:
+        with pytest.raises(PluginExitedError) as info:
+            client.start()
+    finally:
+        client.kill()
+    assert info.value.exit_code == 3
+
+
+def test_a_slow_starts_stderr_lines_reach_the_handlers_before_its_handshake_line() -> None:
+    # a plugin that logs, then takes seconds to print its line: its log lines are handed on
+    # while it starts (log handlers may act on them), not held until the line comes
+    runner = ProcessRunner(["sh", "-c", "echo loading >&2; sleep 4; echo first"])
+    runner.start(LaunchSpec(env={}))
+    seen: list[tuple[str, str]] = []
+    try:
+        follow = runner.follow_output(lambda stream, line: seen.append((stream, line)), lambda _: None,
+                                      first_line_by=time.monotonic() + 30)
+        assert follow.join(10)
+    finally:
+        runner.kill(0)
+    assert seen == [("stderr", "loading"), ("stdout", "first")]

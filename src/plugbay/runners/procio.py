@@ -30,6 +30,7 @@ _log = logging.getLogger("plugbay.runner")
 _READ = 65536
 _SLICE = 0.2  # read_first_line looks at gone() this often while nothing comes
 _HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; more, and the loop reads
+_HELD_FOR = 1.0  # seconds a line read_first_line holds may wait; then the loop reads (a slow start's logs)
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
 
 
@@ -157,7 +158,8 @@ def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter
     Only stdout's first line is handed on here (to ``on_first``); every other line read meanwhile
     goes to ``held`` for the loop to hand on first, so log handlers still run on the loop thread
     (one may kill the Client). stderr is read too, so a plugin that logs first never blocks on
-    a full pipe; past _HELD_MAX held, the loop takes over. An ended pipe is left for the loop
+    a full pipe; past _HELD_MAX held, or _HELD_FOR after a line was first held (a slow start's
+    log lines must not wait for its handshake), the loop takes over. An ended pipe is left for the loop
     to finish; unfinished lines stay in their splitters.
     """
     names = {fd: which for which, fd in fds.items()}
@@ -166,13 +168,18 @@ def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter
     for fd in names:
         os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN | select.POLLHUP)
+    look_at = time.monotonic() + _SLICE
+    hand_at: float | None = None  # once a line is held: when the loop must take over
     while "stdout" in names.values():
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = (deadline if hand_at is None else min(deadline, hand_at)) - now
         if left <= 0:
             return
+        if now >= look_at:  # every _SLICE even while stderr keeps coming (a grandchild that logs on)
+            look_at = now + _SLICE
+            if gone():  # e.g. a grandchild holds stdout open after the plugin died
+                return
         events = poller.poll(min(_SLICE, left) * 1000)
-        if not events and gone():  # e.g. a grandchild holds stdout open after the plugin died
-            return
         for fd, _ in events:
             try:
                 chunk = os.read(fd, _READ)
@@ -193,6 +200,8 @@ def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter
                 held["stdout"].extend(lines[1:])
                 return
             held[which].extend(lines)
+            if lines and hand_at is None:  # a slow start's log lines reach the loop's handlers soon
+                hand_at = time.monotonic() + _HELD_FOR
             kept += sum(len(line) for line in lines) + len(lines)
             if kept > _HELD_MAX:  # a flood before the line: the loop reads (and logs) the rest
                 return
