@@ -341,3 +341,36 @@ def test_automtls_with_a_go_hosts_p521_cert_uses_openssl(plugins: list[PluginPro
 def test_bad_client_cert_is_refused(plugins: list[PluginProc]) -> None:
     err = refused(plugins, {**COOKIE, "PLUGIN_CLIENT_CERT": "not a certificate"})
     assert "PLUGIN_CLIENT_CERT does not hold a PEM certificate" in err
+
+
+def test_a_failed_start_with_automtls_leaves_no_tls_context_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoMTLS for a go-plugin host (its P-521 certificate: the OpenSSL relay) sets up its context on
+    a thread; a start that fails after that (here a bad listen address) must not leave it behind."""
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from plugbay import HandshakeConfig, ServeConfig
+    from plugbay.core.plugin.server import _PluginServer
+    from plugbay.core.transport.secure import MutualTLS
+    from plugbay.errors import ConfigError
+
+    real = MutualTLS.relay_server_context
+
+    def slow(self: MutualTLS, ctx: object) -> object:  # a loaded machine: the thread outlives the failure
+        time.sleep(0.5)
+        return real(self, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MutualTLS, "relay_server_context", slow)
+
+    host = tlsmod.generate_cert(ec.SECP521R1())
+    env = {"PLUGIN_CLIENT_CERT": host.cert_pem.decode(), "PLUGBAY_LISTEN": "nowhere"}
+    server = _PluginServer(ServeConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}), env)
+    try:
+        with pytest.raises(ConfigError, match="PLUGBAY_LISTEN='nowhere' is not a listen address"):
+            server.start()
+        assert server.tls is not None and server.tls.relay is not None  # the relay path was taken
+    finally:
+        server.close()
+    assert [t.name for t in threading.enumerate() if t.name == "plugbay-tls-context"] == []

@@ -48,6 +48,11 @@ class ServerTLS:
         if self.relay is not None:
             self.relay()
 
+    def settle(self) -> None:
+        """serve() failed before ready(): wait for the context's thread to end (its outcome unused)."""
+        if self.relay is not None:
+            self.relay.settle()
+
 
 def server_tls(env: Mapping[str, str]) -> ServerTLS | None:
     """AutoMTLS for this plugin when the host asked for it (PLUGIN_CLIENT_CERT), else None."""
@@ -104,6 +109,9 @@ class _RelayContext:
                 self._made.append(self._mutual.relay_server_context(ctx))
         except BaseException as exc:  # noqa: BLE001  (raised again by __call__, on the caller's thread)
             self._failed.append(exc)
+
+    def settle(self) -> None:
+        self._thread.join()  # configured or abandoned by now: it has no more than OpenSSL's work left
 
     def __call__(self) -> ssl.SSLContext:
         self._thread.join()

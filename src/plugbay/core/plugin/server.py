@@ -195,6 +195,7 @@ class _PluginServer:
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
+        self.tls: ServerTLS | None = None
         self._plugin_set: PluginSet = {}
         self._version = 0
         self._old_signals: dict[int, Any] = {}
@@ -229,7 +230,7 @@ class _PluginServer:
             if self.env.get(ENV_CLIENT_CERT):  # the host asked for AutoMTLS
                 from plugbay.core.plugin.automtls import server_tls
 
-                tls = server_tls(self.env)
+                tls = self.tls = server_tls(self.env)  # close() waits for its context thread
             own, peer_pem = (tls.own, tls.peer_pem) if tls is not None else (None, None)
             multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
             self.listening = listen(self.grpc, plan_endpoint(self.env), multiplex=multiplex_asked,
@@ -356,6 +357,8 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
+        if self.tls is not None:
+            steps.append(("AutoMTLS context thread", self.tls.settle))
         try:
             for what, step in steps:
                 try:
