@@ -357,6 +357,8 @@ class Supervisor:
             except Exception as exc:
                 if client is not None:
                     client.kill()
+                if self._stop.is_set():  # stop() ended this start: the plugin did not fail
+                    return
                 self.last_failure = f"restart failed: {type(exc).__name__}: {exc}"
                 self._event("restart_failed", self.last_failure)
                 continue
