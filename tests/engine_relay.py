@@ -13,7 +13,10 @@ import re
 import select
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ENGINE = "/var/run/docker.sock"
 _HOLD_BOUND = 60.0  # a held request goes on by itself after this (a test that forgot release())
@@ -93,3 +96,15 @@ class EngineRelay:
         for s in self._socks:
             s.close()
         self._listener.close()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineRelay]:
+    if not Path(ENGINE).is_socket():
+        pytest.skip(f"the engine is not on {ENGINE}")
+    gate = EngineRelay(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{gate.path}")
+    try:
+        yield gate
+    finally:
+        gate.close()

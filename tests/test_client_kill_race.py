@@ -30,7 +30,7 @@ from plugbay.errors import ClientStateError, RunnerError
 from plugbay.runners.base import LaunchSpec, Runner
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.process import ProcessRunner
-from tests.engine_relay import ENGINE, EngineRelay
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.race_util import BOUND, PauseAt, Starting, pid_alive, wait_for_file
 
 PY = sys.executable
@@ -170,18 +170,6 @@ def test_kill_from_the_starting_thread_itself(tmp_path: Path, short_dir: Path) -
 
 
 # --- the same through a DockerRunner -------------------------------------------------------------------
-
-
-@pytest.fixture
-def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineRelay]:
-    if not Path(ENGINE).is_socket():
-        pytest.skip(f"the engine is not on {ENGINE}")
-    gate = EngineRelay(tmp_path / "engine.sock")
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{gate.path}")
-    try:
-        yield gate
-    finally:
-        gate.close()
 
 
 def _containers(docker: Any, tag: str) -> list[str]:

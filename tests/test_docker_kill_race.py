@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.docker.logs import ContainerLogStream
-from tests.engine_relay import ENGINE, EngineRelay
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.race_util import PauseAt, Starting, wait_for_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -36,18 +35,6 @@ WAITER = ("import os, time; open(os.path.join(os.environ['PLUGIN_UNIX_SOCKET_DIR
 KILLED = (rf"DockerRunner for '{BASE}' was killed while it started the container; plugbay removed it again\."
           r" Make a new runner to start the plugin")
 REFUSED = "was killed; a runner runs one container once: make a new runner"
-
-
-@pytest.fixture
-def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineRelay]:
-    if not Path(ENGINE).is_socket():
-        pytest.skip(f"the engine is not on {ENGINE}")
-    gate = EngineRelay(tmp_path / "engine.sock")
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{gate.path}")
-    try:
-        yield gate
-    finally:
-        gate.close()
 
 
 def _containers(docker: Any, tag: str) -> list[str]:

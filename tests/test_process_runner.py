@@ -14,16 +14,12 @@ import pytest
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.process import UNKNOWN_EXIT_CODE, ProcessRunner, resolve_executable
+from tests.race_util import pid_alive
 
 PY = sys.executable
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+_alive = pid_alive  # a zombie or a gone process is not alive
 
 
 def test_lines_env_cwd_and_exit_code(tmp_path: Path) -> None:
