@@ -8,33 +8,17 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples" / "kv"))
-from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-
-from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay import Client, ProcessRunner
 from plugbay.errors import PluginExitedError
 from plugbay.runners.base import LaunchSpec
 from tests.thread_util import wait_for
-
-PY = sys.executable
-TRAP = [PY, str(REPO / "tests" / "plugins" / "trap_kv.py")]
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # trap_kv writes kv_<key> files in its cwd
-
-
-def config(cmd: list[str], **kw: object) -> ClientConfig:
-    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)  # type: ignore[arg-type]
+from tests.trap_kv_util import PLUGIN_NAME, PY, TRAP, _in_tmp, config  # noqa: F401  (_in_tmp: an autouse fixture)
 
 
 def test_the_first_stdout_line_is_read_on_the_starting_thread_and_the_rest_on_the_loop() -> None:

@@ -7,6 +7,7 @@ A and an AAAA record name two real endpoints; SRV records name ports on
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -105,50 +106,46 @@ def test_a_and_aaaa_records_added_and_removed_change_the_pool(dns: tuple[Zone, s
         v6.stop()
 
 
-def test_failing_calls_make_discovery_look_again_before_its_interval(dns: tuple[Zone, str]) -> None:
-    zone, server = dns
+@contextlib.contextmanager
+def _v4_and_v6_replicas(zone: Zone, server: str, name: str) -> Iterator[tuple[RemoteClient, Replica, Replica]]:
+    """A client of kv.plugbay.test (DNS asked again only every 600 s) and its two replicas, one per family."""
     port = free_dual_port()
     v4, v6 = Replica(f"127.0.0.1:{port}"), Replica(f"[::1]:{port}")
     try:
         zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
         zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])
         cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0, name="kv-dns")
+                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0, name=name)
         with RemoteClient(cfg) as client:
-            kv = client.dispense(PLUGIN_NAME)
-            assert client.metrics()["known"] == 2
-            zone.set(f"kv.{ZONE}", "A", [])
-            v4.kill9()
-            for _ in range(6):  # the failures toward the dead replica ask DNS again at once
-                assert kv.get("__pid__") == str(v6.proc.pid).encode()
-            assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
+            yield client, v4, v6
     finally:
         v4.stop()
         v6.stop()
+
+
+def test_failing_calls_make_discovery_look_again_before_its_interval(dns: tuple[Zone, str]) -> None:
+    zone, server = dns
+    with _v4_and_v6_replicas(zone, server, "kv-dns") as (client, v4, v6):
+        kv = client.dispense(PLUGIN_NAME)
+        assert client.metrics()["known"] == 2
+        zone.set(f"kv.{ZONE}", "A", [])
+        v4.kill9()
+        for _ in range(6):  # the failures toward the dead replica ask DNS again at once
+            assert kv.get("__pid__") == str(v6.proc.pid).encode()
+        assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
 
 
 def test_an_endpoint_going_unhealthy_makes_discovery_look_again(dns: tuple[Zone, str]) -> None:
     # No call fails here: the health watch alone sees the replica go, and that must ask DNS again too.
     zone, server = dns
-    port = free_dual_port()
-    v4, v6 = Replica(f"127.0.0.1:{port}"), Replica(f"[::1]:{port}")
-    try:
-        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
-        zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])
-        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0,
-                           name="kv-dns-health")
-        with RemoteClient(cfg) as client:
-            client.dispense(PLUGIN_NAME)
-            assert client.metrics()["known"] == 2
-            queries = zone.queries
-            zone.set(f"kv.{ZONE}", "A", [])
-            v4.kill9()
-            assert wait_until(lambda: client.metrics()["known"] == 1, 15), client.metrics()
-            assert zone.queries > queries
-    finally:
-        v4.stop()
-        v6.stop()
+    with _v4_and_v6_replicas(zone, server, "kv-dns-health") as (client, v4, _):
+        client.dispense(PLUGIN_NAME)
+        assert client.metrics()["known"] == 2
+        queries = zone.queries
+        zone.set(f"kv.{ZONE}", "A", [])
+        v4.kill9()
+        assert wait_until(lambda: client.metrics()["known"] == 1, 15), client.metrics()
+        assert zone.queries > queries
 
 
 def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:

@@ -27,19 +27,9 @@ from plugbay.core.transport import ioloop  # noqa: E402
 from plugbay.core.transport.lines import MAX_LINE  # noqa: E402
 from tests.resilience_util import wait_until  # noqa: E402
 from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
+from tests.trap_kv_util import PY, TRAP, _in_tmp, config  # noqa: E402, F401  (_in_tmp: an autouse fixture)
 
-PY = sys.executable
 PROBE = [PY, str(REPO / "tests" / "plugins" / "probe.py")]
-TRAP = [PY, str(REPO / "tests" / "plugins" / "trap_kv.py")]
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # trap_kv writes kv_<key> files in its cwd
-
-
-def config(cmd: list[str], **kw: object) -> ClientConfig:
-    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)  # type: ignore[arg-type]
 
 
 def test_live_plugins_share_one_io_thread_that_ends_with_the_last() -> None:
