@@ -343,6 +343,24 @@ def test_bad_client_cert_is_refused(plugins: list[PluginProc]) -> None:
     assert "PLUGIN_CLIENT_CERT does not hold a PEM certificate" in err
 
 
+def test_a_client_cert_openssl_cannot_load_is_a_typed_refusal(plugins: list[PluginProc]) -> None:
+    """A go-plugin host's P-521 certificate goes to OpenSSL (the relay's context, made on a thread).
+    One whose outer DER frames parse but whose serial number is mistagged passes plugbay's own check
+    and is refused by OpenSSL: serve() must say so as a ConfigError, not leak ssl.SSLError."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    der = bytearray(tlsmod.pem_to_der(tlsmod.generate_cert(ec.SECP521R1()).cert_pem))
+    serial = der.index(b"\x02", 8)  # tbsCertificate: its optional [0] version, then the serial INTEGER
+    der[serial] = 0x04
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE-----\n"
+    assert not tlsmod.grpc_can_use(pem)  # plugbay's framing check accepts it: the relay path runs
+    err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_CLIENT_CERT": pem.decode()})
+    assert err.startswith("PLUGIN_CLIENT_CERT holds a certificate OpenSSL cannot load"), err
+    assert "Traceback" not in err
+
+
 def test_a_failed_start_with_automtls_leaves_no_tls_context_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """AutoMTLS for a go-plugin host (its P-521 certificate: the OpenSSL relay) sets up its context on
     a thread; a start that fails after that (here a bad listen address) must not leave it behind."""

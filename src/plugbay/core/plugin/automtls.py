@@ -107,6 +107,10 @@ class _RelayContext:
             self._given.wait()
             if self._mutual is not None:
                 self._made.append(self._mutual.relay_server_context(ctx))
+        except ssl.SSLError as exc:  # our own key loads: OpenSSL refused the host's certificate
+            self._failed.append(ConfigError(
+                f"{ENV_CLIENT_CERT} holds a certificate OpenSSL cannot load ({exc.reason or exc}); the host"
+                " must pass its own AutoMTLS certificate there, unaltered (or leave it unset for plaintext)"))
         except BaseException as exc:  # noqa: BLE001  (raised again by __call__, on the caller's thread)
             self._failed.append(exc)
 
