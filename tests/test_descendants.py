@@ -95,6 +95,45 @@ def test_sweep_ends_the_plugins_of_a_sigkilled_host_only() -> None:
             os.kill(orphan, signal.SIGKILL)
 
 
+DAEMONIZING_HOST = textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from plugbay.runners.base import LaunchSpec
+    from plugbay.runners.process import ProcessRunner
+    from plugbay.runners import session
+    parent = session.HOST_SESSION_ID  # the parent's identity is made before the fork
+    if os.fork():
+        os._exit(0)  # the classic daemon: the parent exits, the child carries on as the host
+    runner = ProcessRunner(["sleep", "60"])
+    runner.start(LaunchSpec(env={}))
+    print(json.dumps({"parent": parent, "session": session.HOST_SESSION_ID, "host": os.getpid(),
+                      "pid": runner.pid}), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_forked_host_is_its_own_session_and_its_plugins_survive_its_parent() -> None:
+    launcher = subprocess.Popen([PY, "-c", DAEMONIZING_HOST, str(REPO / "src")], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    facts = json.loads(launcher.stdout.readline())
+    launcher.stdout.close()
+    assert launcher.wait(10) == 0
+    daemon, plugin = facts["host"], facts["pid"]
+    plugin_start = stat_of(plugin)
+    try:
+        assert facts["session"] != facts["parent"] and facts["session"].startswith(f"{daemon}-")
+        # its parent is gone, the forked host is not: a sweep must leave the host's plugin alone
+        assert plugin not in sweep() and stat_of(plugin) == plugin_start
+        os.kill(daemon, signal.SIGKILL)
+        assert wait_until(lambda: _gone(daemon), 5)
+        assert plugin in sweep()  # now its host is gone
+        assert wait_until(lambda: _gone(plugin), 5)
+    finally:
+        for pid, start in ((daemon, None), (plugin, plugin_start)):
+            if stat_of(pid) is not None and (start is None or stat_of(pid) == start):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_family_since_skips_marked_processes_older_than_the_plugin() -> None:
     """``since`` (the plugin's start ticks) bounds the scan: an older process is never its kin."""
     import time

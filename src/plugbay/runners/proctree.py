@@ -17,7 +17,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from plugbay.runners.session import HOST_SESSION_ID, proc_stat
+from plugbay.runners.session import host_session_id, host_session_start, proc_stat
 
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
 ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
@@ -45,23 +45,9 @@ def environ(pid: int) -> dict[str, str] | None:
     return out
 
 
-_HOST_SESSION: dict[int, str] = {}  # by pid: a forked child is another process with other ticks
-
-
 def host_session() -> str:
-    """This host's session marker: HOST_SESSION_ID plus its start ticks (a reused pid differs).
-
-    Read once per process (every plugin start puts it in the environment; it never changes).
-    """
-    pid = os.getpid()
-    found = _HOST_SESSION.get(pid)
-    if found is None:
-        facts = stat_of(pid)
-        found = f"{HOST_SESSION_ID}.{facts[1] if facts else ''}"
-        if facts is not None:
-            _HOST_SESSION.clear()
-            _HOST_SESSION[pid] = found
-    return found
+    """This host's session marker: its session id plus its start ticks (a reused pid differs)."""
+    return f"{host_session_id()}.{host_session_start()}"
 
 
 def _pids() -> list[int]:
@@ -127,7 +113,7 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     A process is swept only if its environment carries plugbay's
     ``PLUGBAY_HOST_SESSION`` marker, and that session is not this process's and
     its host no longer runs (same pid *and* start time). With ``live_sessions``
-    (``HOST_SESSION_ID`` values), every session not listed counts as gone.
+    (``host_session_id()`` values), every session not listed counts as gone.
     Processes of other users, whose environment cannot be read, are left alone.
     """
     live = set(live_sessions) if live_sessions is not None else None

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
-
-# Identifies this host process on everything it starts (container labels, pod
-# labels), so a sweep can tell plugins whose host is gone from live ones.
-HOST_SESSION_ID = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+from typing import Any
 
 MANAGED = "plugbay.managed"
 SESSION = "plugbay.session"
@@ -51,16 +49,55 @@ def start_ticks(pid: int) -> str:
     return fields[19] if fields else ""
 
 
-_SESSION_START = start_ticks(os.getpid())
+# This host process's (session id, start ticks), made at first use. A forked child makes its own:
+# with its parent's, a sweep would take the child's plugins for the parent's once the parent exits
+# (a daemon's fork, a pre-forking server's workers).
+_identity: tuple[str, str] | None = None
+_identity_lock = threading.Lock()
+
+
+def _forget_identity() -> None:
+    global _identity, _identity_lock
+    _identity, _identity_lock = None, threading.Lock()  # the parent's lock may be held by a thread not copied
+
+
+os.register_at_fork(after_in_child=_forget_identity)
+
+
+def _own_identity() -> tuple[str, str]:
+    global _identity
+    with _identity_lock:
+        if _identity is None:
+            pid = os.getpid()
+            _identity = (f"{pid}-{uuid.uuid4().hex[:12]}", start_ticks(pid))
+        return _identity
+
+
+def host_session_id() -> str:
+    """Identifies this host process on everything it starts (container and pod labels, process markers)."""
+    return _own_identity()[0]
+
+
+def host_session_start() -> str:
+    """This host process's start, in clock ticks since boot (with its pid it tells a reused pid apart)."""
+    return _own_identity()[1]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HOST_SESSION_ID":  # the name earlier releases exported: always this process's id
+        return host_session_id()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def managed_labels() -> dict[str, str]:
-    return {MANAGED: "true", SESSION: HOST_SESSION_ID, SESSION_START: _SESSION_START, HOST: socket.gethostname()}
+    session, start = _own_identity()
+    return {MANAGED: "true", SESSION: session, SESSION_START: start, HOST: socket.gethostname()}
 
 
 def owner_name(name: str, session: str) -> str:
     base = name.split(_OWNER_MARK, 1)[0]
-    return f"{base}{_OWNER_MARK}{session}.{_SESSION_START if session == HOST_SESSION_ID else ''}"
+    own, start = _own_identity()
+    return f"{base}{_OWNER_MARK}{session}.{start if session == own else ''}"
 
 
 def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:

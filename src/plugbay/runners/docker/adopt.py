@@ -13,7 +13,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
-from plugbay.runners.session import HOST_SESSION_ID, MANAGED, owner_name
+from plugbay.runners.session import MANAGED, host_session_id, owner_name
 
 
 def reattach_id(data: Mapping[str, Any]) -> str:
@@ -53,6 +53,6 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
 def claim(container: Any) -> None:
     """Record this host as the container's owner, so a sweep does not take it from this host."""
     try:
-        container.rename(owner_name(container.name, HOST_SESSION_ID))
+        container.rename(owner_name(container.name, host_session_id()))
     except Exception:  # noqa: BLE001 - ownership marking is best effort
         pass

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.core.transport.sockets import give_to_group, group_id
-from plugbay.runners.session import HOST, HOST_SESSION_ID, MANAGED, owner_of, session_alive
+from plugbay.runners.session import HOST, MANAGED, host_session_id, owner_of, session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -264,7 +264,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     own = client is None
     client = client or engine()
     live = set(live_sessions) if live_sessions is not None else None
-    here = socket.gethostname()
+    here, own_session = socket.gethostname(), host_session_id()
     removed: list[str] = []
     try:
         found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}),
@@ -272,7 +272,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
         for container in found:
             labels = container.labels or {}
             session, start = owner_of(container.name, labels)
-            if session == HOST_SESSION_ID:
+            if session == own_session:
                 continue
             if live is not None:
                 gone = session not in live

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from plugbay.runners.session import HOST, HOST_SESSION_ID, SESSION_START, managed_labels, session_alive
+from plugbay.runners.session import HOST, SESSION_START, host_session_id, managed_labels, session_alive
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, load_api_client,
                                             request_timeout)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
@@ -35,7 +35,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     if api_client is None:
         api_client, _ = load_api_client(kubeconfig)
     api: Any = client.CoreV1Api(api_client)
-    here = managed_labels()[HOST]
+    here, own_session = managed_labels()[HOST], host_session_id()
     identity = host_identity(host_id)
     removed: list[str] = []
     try:
@@ -44,7 +44,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
         for pod in found.items:
             labels = pod.metadata.labels or {}
             session = labels.get("plugbay.session", "")
-            if session == HOST_SESSION_ID:
+            if session == own_session:
                 continue
             if identity is not None and labels.get(HOST_ID) == identity:
                 gone = True  # this host's identity, another session: a run before a restart
