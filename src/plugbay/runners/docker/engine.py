@@ -10,6 +10,7 @@ start time) runs on this machine.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import stat
@@ -129,6 +130,37 @@ def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = (
             f" the DockerRunner options and extra_create_args {sorted(extra)} (keyword arguments of docker's"
             " containers.create, with the value types it documents)") from exc
     return str(client.api.create_container(**create_args)["Id"])
+
+
+def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
+                  inspect: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stop a container (thawed first: a frozen one ignores SIGTERM) and remove it; its last State.
+
+    A failing engine gets a forced removal as the last resort, and a warning saying how to
+    remove the container by hand if even that fails.
+    """
+    from docker.errors import DockerException, NotFound
+
+    final: dict[str, Any] | None = None  # known once it has stopped
+    try:
+        state = inspect() or {}
+        if state.get("Paused"):
+            api.unpause(container_id)
+        if state.get("Running"):
+            api.stop(container_id, timeout=max(0, math.ceil(grace)))
+        final = inspect() or state or None
+        if remove:
+            api.remove_container(container_id, force=True, v=True)
+    except NotFound:
+        pass
+    except DockerException:
+        try:
+            api.remove_container(container_id, force=True, v=True)
+        except DockerException as exc:
+            _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
+                         " %s` or plugbay.runners.docker.sweep() once the engine answers",
+                         container_id[:12], exc, container_id[:12])
+    return final
 
 
 def published_port(container: Any, port: int) -> int:

@@ -20,8 +20,6 @@ hosts that are gone.
 
 from __future__ import annotations
 
-import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -33,8 +31,8 @@ from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
-                                            check_runtime, clear_socket_dir, create_container, engine, engine_call,
-                                            host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
+                                            check_runtime, clear_socket_dir, create_container, end_container, engine,
+                                            engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, ensure_network, hardened_args, tmpfs_mounts)
@@ -48,7 +46,6 @@ from plugbay.runners.session import managed_labels
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
 TRANSPORTS = ("unix", "tcp")
-_log = logging.getLogger("plugbay.runners.docker")
 _LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
@@ -298,30 +295,11 @@ class DockerRunner(Runner):
         self._cleanup(remove=True, grace=grace)
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:
-        from docker.errors import DockerException, NotFound
-
         client = self._client
         try:
             if client is not None and self._container_id:
-                api = client.api
-                try:
-                    state = self._inspect() or {}
-                    if state.get("Paused"):  # a frozen container ignores SIGTERM until thawed
-                        api.unpause(self._container_id)
-                    if state.get("Running"):
-                        api.stop(self._container_id, timeout=max(0, math.ceil(grace)))
-                    self._final_state = self._inspect() or state or self._final_state
-                    if remove:
-                        api.remove_container(self._container_id, force=True, v=True)
-                except NotFound:
-                    pass
-                except DockerException:
-                    try:  # last resort: force removal kills whatever state it is in
-                        api.remove_container(self._container_id, force=True, v=True)
-                    except DockerException as exc:
-                        _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
-                                     " %s` or plugbay.runners.docker.sweep() once the engine answers",
-                                     self._container_id[:12], exc, self._container_id[:12])
+                self._final_state = end_container(client.api, self._container_id, grace=grace, remove=remove,
+                                                  inspect=self._inspect) or self._final_state
         finally:
             for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
                 pump.close()
