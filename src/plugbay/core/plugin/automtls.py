@@ -48,6 +48,16 @@ class ServerTLS:
         if self.relay is not None:
             self.relay()
 
+    def check_peer(self) -> None:
+        """Raise ConfigError if OpenSSL cannot load the host's certificate.
+
+        grpcio's own TLS reports such a certificate only as a failed bind: serve() asks this then.
+        """
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=self.peer_pem.decode())
+        except ssl.SSLError as exc:
+            raise _unloadable(exc) from None
+
     def settle(self) -> None:
         """serve() failed before ready(): wait for the context's thread to end (its outcome unused)."""
         if self.relay is not None:
@@ -81,6 +91,11 @@ def server_tls(env: Mapping[str, str]) -> ServerTLS | None:
     return ServerTLS(mutual.own, peer_pem, None, relay)
 
 
+def _unloadable(exc: ssl.SSLError) -> ConfigError:
+    return ConfigError(f"{ENV_CLIENT_CERT} holds a certificate OpenSSL cannot load ({exc.reason or exc}); the host"
+                       " must pass its own AutoMTLS certificate there, unaltered (or leave it unset for plaintext)")
+
+
 class _RelayContext:
     """A server ``SSLContext`` made and set up on a thread; calling it waits for it."""
 
@@ -108,9 +123,7 @@ class _RelayContext:
             if self._mutual is not None:
                 self._made.append(self._mutual.relay_server_context(ctx))
         except ssl.SSLError as exc:  # our own key loads: OpenSSL refused the host's certificate
-            self._failed.append(ConfigError(
-                f"{ENV_CLIENT_CERT} holds a certificate OpenSSL cannot load ({exc.reason or exc}); the host"
-                " must pass its own AutoMTLS certificate there, unaltered (or leave it unset for plaintext)"))
+            self._failed.append(_unloadable(exc))
         except BaseException as exc:  # noqa: BLE001  (raised again by __call__, on the caller's thread)
             self._failed.append(exc)
 

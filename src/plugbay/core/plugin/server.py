@@ -233,9 +233,14 @@ class _PluginServer:
                 tls = self.tls = server_tls(self.env)  # close() waits for its context thread
             own, peer_pem = (tls.own, tls.peer_pem) if tls is not None else (None, None)
             multiplex_asked = parse_bool(self.env.get(ENV_MULTIPLEX_GRPC, ""))
-            self.listening = listen(self.grpc, plan_endpoint(self.env), multiplex=multiplex_asked,
-                                    credentials=tls.credentials if tls is not None else None,
-                                    relay_context=tls.relay if tls is not None else None)
+            try:
+                self.listening = listen(self.grpc, plan_endpoint(self.env), multiplex=multiplex_asked,
+                                        credentials=tls.credentials if tls is not None else None,
+                                        relay_context=tls.relay if tls is not None else None)
+            except ConfigError:
+                if tls is not None and tls.credentials is not None:
+                    tls.check_peer()  # grpcio's TLS refuses a certificate it cannot load as a failed bind
+                raise
             if self.listening.mux is not None and parse_bool(self.env.get(ENV_MUX_HOLDS_STREAMS, "")):
                 self.listening.mux.peer_holds = True  # knock and open at once (core/transport/held.py)
         transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
