@@ -375,3 +375,39 @@ def test_large_frames_straddling_the_readers_buffer_are_delivered_whole_and_in_o
     finally:
         session.close()
         b.close()
+
+
+def test_payloads_a_stream_still_queues_survive_the_readers_next_refills() -> None:
+    # payloads of 64 KiB and more are views of the reader's refill buffer; the reader reuses
+    # that buffer only once no such view is alive, so bytes a stream has not read yet must come
+    # out intact after many later refills (here: small frames of another stream)
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+    b.settimeout(10)
+    pattern = bytes(range(251)) * 2000  # a period that no frame size below divides
+
+    def frame(flags: int, sid: int, size: int, skew: int) -> bytes:
+        return struct.pack(">BBHII", 0, 0, flags, sid, size) + pattern[skew:skew + size]
+
+    big = [frame(SYN if i == 0 else 0, 1, 70_000, 7 * i) for i in range(3)]  # 210,000 bytes: in the window
+    small = [frame(SYN if i == 0 else 0, 3, 1_000, i) for i in range(200)]
+    streams: dict[int, Stream] = {}
+    opened = threading.Semaphore(0)
+
+    def on_stream(s: Stream) -> None:
+        streams[s.id] = s
+        opened.release()
+
+    session = Session(a, client=False, on_stream=on_stream, name="t-reuse")
+    try:
+        b.sendall(b"".join(big))
+        assert opened.acquire(timeout=10)
+        for i in range(0, 200, 20):  # in bursts: the reader refills many times meanwhile
+            b.sendall(b"".join(small[i:i + 20]))
+        assert opened.acquire(timeout=10)
+        assert read_exactly(streams[3], 200_000) == b"".join(pattern[i:i + 1_000] for i in range(200))
+        assert read_exactly(streams[1], 210_000) == b"".join(pattern[7 * i:7 * i + 70_000] for i in range(3))
+        assert not session.closed
+    finally:
+        session.close()
+        b.close()

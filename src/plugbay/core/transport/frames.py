@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 _READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
-_SMALL = 16 * 1024  # ... and while it sends small frames (a fresh buffer per refill: keep it small)
+_SMALL = 16 * 1024  # ... and while it sends small frames (a buffer a queued payload pins: keep it small)
 _DIRECT = 64 * 1024  # payloads this big are received straight into their own buffer
 # A payload at least this big is handed out as a view of the refill buffer it arrived in
 # (no copy); a smaller one is copied out, so a stream's queue of small payloads never pins
@@ -17,8 +17,9 @@ class FrameReader:
     """Reads exactly n bytes off the session's socket (fewer only at its end).
 
     Small reads (headers, small frames) come out of a buffer filled by large
-    recv calls, each into a fresh buffer that is never written again, so a
-    large payload found there is handed out as a view, not copied; a large
+    recv calls; a large payload found there is handed out as a view, not
+    copied, and the buffer is written again only once no such view is alive
+    (a fresh buffer per refill cost page faults and zero-filling); a large
     payload not yet received is received straight into its own buffer in one
     call (MSG_WAITALL): one release of the GIL per frame, one copy.
     """
@@ -26,6 +27,7 @@ class FrameReader:
     def __init__(self, sock: socket.socket, first: bytes) -> None:
         self._sock = sock
         self._buf = memoryview(bytearray(first))  # the current refill; bytes from _pos on are unread
+        self._raw: bytearray | None = None  # the refill buffer _buf views (reused once no payload view is alive)
         self._pos = 0
         self._size = _SMALL  # the next refill's buffer: grows while recv fills it, shrinks when not
         # _read_direct's buffer, reused while its payloads leave at once (recycle()): a large
@@ -58,9 +60,13 @@ class FrameReader:
         return head
 
     def _refill(self, n: int) -> bool:
-        """Move the unread bytes into a fresh buffer and receive until it holds ``n``."""
-        rest = self._buf[self._pos:]
-        buf = bytearray(max(self._size, n))
+        """Move the unread bytes into a buffer no payload refers to and receive until it holds ``n``."""
+        rest = bytes(self._buf[self._pos:])  # short: a partial header or small frame (split() takes more)
+        self._buf = memoryview(b"")  # our own view: gone, so _reusable sees only the payloads'
+        size = max(self._size, n)
+        buf = self._raw
+        if buf is None or len(buf) < size or not _reusable(buf):
+            buf = self._raw = bytearray(size)  # fresh (zero-filled, page faults) only when it must be
         have = len(rest)
         buf[:have] = rest
         self._buf, self._pos = memoryview(buf), 0
@@ -93,6 +99,20 @@ class FrameReader:
         """The last payload read is gone (nothing refers to it any more): reuse its buffer."""
         if self._lent is not None:
             self._spare, self._lent = self._lent, None
+
+
+def _reusable(buf: bytearray) -> bool:
+    """Whether no view of ``buf`` is alive (a stream may still queue a payload handed out as one).
+
+    A bytearray refuses to change size while any buffer export of it lives:
+    the one exact test Python offers.
+    """
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    del buf[-1]
+    return True
 
 
 def send_all(sock: socket.socket, header: bytes, payload: memoryview) -> None:
