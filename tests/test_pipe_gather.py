@@ -1,4 +1,4 @@
-"""A plugin pipe that gave a few whole lines rests a moment before the next read (procio.PipeFollower).
+"""A plugin pipe that gives whole lines in quick succession rests a moment between reads (procio.PipeFollower).
 
 The loop thread reads a chatty plugin's lines (one per call) in gathered chunks instead of waking per
 line. What must still hold: every line arrives, in order; a pipe that went quiet is watched again; a
@@ -106,9 +106,10 @@ def test_stop_or_the_end_while_resting_reads_the_rest_and_ends_once(how: str) ->
     r, w = os.pipe()
     follow = _Follow(r)
     try:
-        os.write(w, b"first\n")  # the read of it begins a rest
-        wait_for(lambda: follow.lines == ["first"], "the first line", step=0.001)
-        os.write(w, b"second\nunfinished")  # written during the rest
+        for line in ("first", "second"):  # two reads in quick succession: the second begins a rest
+            os.write(w, f"{line}\n".encode())
+            wait_for(lambda line=line: follow.lines[-1:] == [line], line, step=0.001)
+        os.write(w, b"third\nunfinished")  # written during the rest
         if how == "stop":
             follow.follower.stop()
         else:
@@ -117,7 +118,7 @@ def test_stop_or_the_end_while_resting_reads_the_rest_and_ends_once(how: str) ->
     finally:
         if how == "stop":
             os.close(w)
-    assert follow.lines == ["first", "second", "unfinished"] and follow.closed.is_set()
+    assert follow.lines == ["first", "second", "third", "unfinished"] and follow.closed.is_set()
     threading.Event().wait(0.05)  # a rest's timer, had it survived, would have fired by now
     assert follow.ends == 1
     follow.finish()

@@ -8,10 +8,11 @@ flushes the last unfinished line, closes the pipe and reports the end.
 
 A plugin may write a line per call (the Go KV example logs each Get before it
 answers). Woken per line, the loop thread would take the GIL just as the
-answer reaches the calling thread. So after a small read of whole lines the
-pipe is not watched for _GATHER seconds; then it is read once more (the lines
-written meanwhile, in one chunk) and watched again only when it was empty. A
-flood (a full chunk) or an unfinished line is read on at once.
+answer reaches the calling thread. So a pipe that gave whole lines twice
+within _GATHER seconds is not watched for _GATHER seconds; then it is read
+once more (the lines written meanwhile, in one chunk) and watched again only
+when it was empty. A line after a quiet spell is read at once, and so are a
+flood (a full chunk) and an unfinished line.
 
 :func:`watch_pid` tells a callback the moment a process ends, through a pidfd
 (Linux 5.3+), instead of polling its exit; it returns None where pidfds are
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import select
 import subprocess
@@ -39,7 +41,7 @@ _SLICE = 0.2  # read_first_line looks at gone() this often while nothing comes
 _HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; more, and the loop reads
 _HELD_FOR = 1.0  # seconds a line read_first_line holds may wait; then the loop reads (a slow start's logs)
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
-_GATHER = 0.005  # seconds a pipe that gave a few whole lines rests before the next read (see above)
+_GATHER = 0.005  # seconds a chatty pipe rests before the next read (see above)
 
 
 class PipeFollower:
@@ -56,6 +58,7 @@ class PipeFollower:
         self._ended = False
         self._loop = loop or shared()
         self._rest: Timer | None = None  # pending while the pipe rests (loop thread only)
+        self._last_read = -math.inf  # time.monotonic() of the last read that gave lines
         self._held = held or []  # lines read before (read_first_line): handed on first, on the loop
         os.set_blocking(fd, False)
         # _read_once returns False at EOF: the loop then drops it and runs _finish
@@ -71,8 +74,8 @@ class PipeFollower:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
         self._reg.cancel()
 
-    def _read_once(self) -> bool:
-        """Feed one chunk; False at end of file (or a broken pipe)."""
+    def _read_once(self, rested: bool = False) -> bool:
+        """Feed one chunk; False at end of file (or a broken pipe). ``rested``: the rest's timer reads."""
         try:
             chunk = os.read(self._fd, _READ)
         except BlockingIOError:
@@ -85,8 +88,11 @@ class PipeFollower:
         lines = self._splitter.feed(chunk)
         for line in lines:
             self._deliver(line)
-        if lines and len(chunk) < _READ and not self._splitter.buffered:
-            self._rest_a_while()
+        if lines:
+            now, last = time.monotonic(), self._last_read
+            self._last_read = now
+            if (rested or now - last < _GATHER) and len(chunk) < _READ and not self._splitter.buffered:
+                self._rest_a_while()
         return True
 
     def _rest_a_while(self) -> None:
@@ -100,7 +106,7 @@ class PipeFollower:
         if self._ended or self._reg.cancelled:
             return
         try:
-            if self._read_once():
+            if self._read_once(rested=True):
                 if self._rest is None:  # empty, a flood or an unfinished line: wait for the loop
                     self._reg.want(READ)
                 return
