@@ -6,6 +6,14 @@ and hands each to a callback; at end of file, or when the runner stops it (a
 grandchild may hold the pipe open after a kill), it reads what is left,
 flushes the last unfinished line, closes the pipe and reports the end.
 
+A plugin may write a line per call (the Go KV example logs each Get before it
+answers). Woken per line, the loop thread would take the GIL just as the
+answer reaches the calling thread. So a pipe that gave whole lines twice
+within _GATHER seconds is not watched for _GATHER seconds; then it is read
+once more (the lines written meanwhile, in one chunk) and watched again only
+when it was empty. A line after a quiet spell is read at once, and so are a
+flood (a full chunk) and an unfinished line.
+
 :func:`watch_pid` tells a callback the moment a process ends, through a pidfd
 (Linux 5.3+), instead of polling its exit; it returns None where pidfds are
 not available so the caller can fall back to a polling thread.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import select
 import subprocess
@@ -23,7 +32,7 @@ import time
 from collections.abc import Callable, MutableSequence, Mapping
 from typing import IO
 
-from plugbay.core.transport.ioloop import IOLoop, Registration, shared
+from plugbay.core.transport.ioloop import READ, IOLoop, Registration, Timer, shared
 from plugbay.core.transport.lines import LineSplitter
 
 _log = logging.getLogger("plugbay.runner")
@@ -32,6 +41,7 @@ _SLICE = 0.2  # read_first_line looks at gone() this often while nothing comes
 _HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; more, and the loop reads
 _HELD_FOR = 1.0  # seconds a line read_first_line holds may wait; then the loop reads (a slow start's logs)
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
+_GATHER = 0.005  # seconds a chatty pipe rests before the next read (see above)
 
 
 class PipeFollower:
@@ -46,11 +56,14 @@ class PipeFollower:
         self._on_end = on_end
         self._close = close
         self._ended = False
+        self._loop = loop or shared()
+        self._rest: Timer | None = None  # pending while the pipe rests (loop thread only)
+        self._last_read = -math.inf  # time.monotonic() of the last read that gave lines
         self._held = held or []  # lines read before (read_first_line): handed on first, on the loop
         os.set_blocking(fd, False)
         # _read_once returns False at EOF: the loop then drops it and runs _finish
-        self._reg: Registration = (loop or shared()).add(fd, self._read_once, self._finish,
-                                                         first=self._hand_held if self._held else None)
+        self._reg: Registration = self._loop.add(fd, self._read_once, self._finish,
+                                                 first=self._hand_held if self._held else None)
 
     def _hand_held(self) -> None:
         held, self._held = self._held, []
@@ -61,8 +74,8 @@ class PipeFollower:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
         self._reg.cancel()
 
-    def _read_once(self) -> bool:
-        """Feed one chunk; False at end of file (or a broken pipe)."""
+    def _read_once(self, rested: bool = False) -> bool:
+        """Feed one chunk; False at end of file (or a broken pipe). ``rested``: the rest's timer reads."""
         try:
             chunk = os.read(self._fd, _READ)
         except BlockingIOError:
@@ -72,9 +85,34 @@ class PipeFollower:
             return False
         if not chunk:
             return False
-        for line in self._splitter.feed(chunk):
+        lines = self._splitter.feed(chunk)
+        for line in lines:
             self._deliver(line)
+        if lines:
+            now, last = time.monotonic(), self._last_read
+            self._last_read = now
+            if (rested or now - last < _GATHER) and len(chunk) < _READ and not self._splitter.buffered:
+                self._rest_a_while()
         return True
+
+    def _rest_a_while(self) -> None:
+        if self._rest is None:  # watched: stop watching until the timer's read
+            self._reg.want(0)
+        self._rest = self._loop.call_later(_GATHER, self._rested)
+
+    def _rested(self) -> None:
+        """The timer: read what came meanwhile; watch the pipe again only once it is empty."""
+        self._rest = None
+        if self._ended or self._reg.cancelled:
+            return
+        try:
+            if self._read_once(rested=True):
+                if self._rest is None:  # empty, a flood or an unfinished line: wait for the loop
+                    self._reg.want(READ)
+                return
+        except Exception:  # never leave the pipe unwatched: end it as the loop would
+            _log.exception("reading a plugin pipe failed")
+        self._reg.cancel()  # end of file: the loop drops it and runs _finish
 
     def _deliver(self, line: str) -> None:
         _deliver(self._on_line, line)
@@ -83,6 +121,9 @@ class PipeFollower:
         if self._ended:
             return
         self._ended = True
+        if self._rest is not None:
+            self._rest.cancel()
+            self._rest = None
         for _ in range(_FINAL_READS):
             try:
                 chunk = os.read(self._fd, _READ)

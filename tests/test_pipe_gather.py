@@ -1,0 +1,124 @@
+"""A plugin pipe that gives whole lines in quick succession rests a moment between reads (procio.PipeFollower).
+
+The loop thread reads a chatty plugin's lines (one per call) in gathered chunks instead of waking per
+line. What must still hold: every line arrives, in order; a pipe that went quiet is watched again; a
+flood is read on without resting; the end of the pipe (or stop()) during a rest still reads the rest,
+closes the pipe and reports the end once.
+
+Real pipes, written by real child processes or by the test, read on a private loop thread.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from plugbay.core.transport import ioloop
+from plugbay.core.transport.lines import LineSplitter
+from plugbay.runners.procio import PipeFollower
+from tests.thread_util import plugbay_threads, wait_for
+
+
+class _Follow:
+    """A PipeFollower on a private loop, recording what it hands on."""
+
+    def __init__(self, fd: int) -> None:
+        self.loop = ioloop.IOLoop("plugbay-io-gather")
+        self.lines: list[str] = []
+        self.ends = 0
+        self.closed = threading.Event()
+        self.fd = fd
+        self.follower = PipeFollower(fd, LineSplitter(), self.lines.append, self._ended, self._close,
+                                     loop=self.loop)
+
+    def _ended(self) -> None:
+        self.ends += 1
+
+    def _close(self) -> None:
+        os.close(self.fd)
+        self.closed.set()
+
+    def finish(self) -> None:
+        wait_for(lambda: not self.loop.running, "the idle loop to end")
+        assert self.loop.join_idle(5)
+        assert "plugbay-io-gather" not in plugbay_threads()
+
+
+def _child(script: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def test_lines_written_one_by_one_all_arrive_in_order_and_the_end_is_reported_once() -> None:
+    proc = _child("import sys, time\nfor i in range(300):\n"
+                  "    sys.stdout.write(f'line {i}\\n'); sys.stdout.flush(); time.sleep(0.0005 * (i % 3))")
+    assert proc.stdout is not None
+    follow = _Follow(os.dup(proc.stdout.fileno()))
+    proc.stdout.close()
+    try:
+        assert proc.wait(30) == 0
+        wait_for(lambda: follow.ends == 1, "the end of the pipe")
+        assert follow.lines == [f"line {i}" for i in range(300)]
+        assert follow.closed.is_set() and follow.ends == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    follow.finish()
+
+
+def test_a_pipe_that_went_quiet_is_watched_again() -> None:
+    r, w = os.pipe()
+    follow = _Follow(r)
+    try:
+        for n in range(5):  # each write finds the pipe watched again after its quiet spell
+            os.write(w, f"after a pause {n}\n".encode())
+            wait_for(lambda n=n: len(follow.lines) == n + 1, f"line {n}", step=0.02)
+            threading.Event().wait(0.05)
+        os.write(w, b"a\nb\n")
+        wait_for(lambda: follow.lines[-2:] == ["a", "b"], "a two-line write")
+    finally:
+        os.close(w)
+    wait_for(lambda: follow.ends == 1, "the end after the writer closed")
+    assert follow.lines == [f"after a pause {n}" for n in range(5)] + ["a", "b"]
+    follow.finish()
+
+
+def test_a_flood_is_read_through_whole() -> None:
+    proc = _child("import sys\nfor i in range(20000):\n    sys.stdout.write(f'{i:08d}' * 12 + '\\n')\n")
+    assert proc.stdout is not None
+    follow = _Follow(os.dup(proc.stdout.fileno()))
+    proc.stdout.close()
+    try:
+        assert proc.wait(30) == 0
+        wait_for(lambda: follow.ends == 1, "the end of the flood")
+        assert follow.lines == [f"{i:08d}" * 12 for i in range(20000)]
+    finally:
+        proc.kill()
+        proc.wait()
+    follow.finish()
+
+
+@pytest.mark.parametrize("how", ["stop", "end"])
+def test_stop_or_the_end_while_resting_reads_the_rest_and_ends_once(how: str) -> None:
+    r, w = os.pipe()
+    follow = _Follow(r)
+    try:
+        for line in ("first", "second"):  # two reads in quick succession: the second begins a rest
+            os.write(w, f"{line}\n".encode())
+            wait_for(lambda line=line: follow.lines[-1:] == [line], line, step=0.001)
+        os.write(w, b"third\nunfinished")  # written during the rest
+        if how == "stop":
+            follow.follower.stop()
+        else:
+            os.close(w)
+        wait_for(lambda: follow.ends == 1, "the end")
+    finally:
+        if how == "stop":
+            os.close(w)
+    assert follow.lines == ["first", "second", "third", "unfinished"] and follow.closed.is_set()
+    threading.Event().wait(0.05)  # a rest's timer, had it survived, would have fired by now
+    assert follow.ends == 1
+    follow.finish()
