@@ -36,7 +36,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
-from plugbay.core.broker.wire import Opening, Outbox, Reader, StreamEnd
+from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     BrokerClosedError,
@@ -50,6 +50,7 @@ from plugbay.errors import (
 if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.broker.spares import ServerSource
+    from plugbay.core.broker.wire import Opening, Outbox, Reader
     from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.muxbridge import StreamBridge
     from plugbay.core.transport.muxsession import MuxSession

@@ -32,7 +32,7 @@ import ssl
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -182,8 +182,11 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
     return result
 
 
-class _Front(Protocol):
-    def close(self) -> None: ...
+if TYPE_CHECKING:  # types only: a Protocol class is costly to create at every plugin start
+    from typing import Protocol
+
+    class _Front(Protocol):
+        def close(self) -> None: ...
 
 
 def _multiplexer() -> Callable[[socket.socket, tuple[str, str]], _Front] | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -54,7 +53,8 @@ PROTOCOL_NETRPC = "netrpc"
 # go-plugin only looks at field 6 when it is longer than this; shorter values
 # are treated as "no certificate".
 _MIN_CERT_FIELD = 50
-_HOSTNAME = re.compile(r"[A-Za-z0-9._-]+")
+# the characters of a hostname; a str check, not a regex: compiling one was ~0.5M instructions of every start
+_HOSTNAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
 def _number(text: str) -> int | None:
@@ -90,7 +90,7 @@ def address_problem(network: str, address: str) -> str | None:
             return None
         except ValueError:
             pass
-    elif _HOSTNAME.fullmatch(host) and host.isascii():
+    elif host.isascii() and not host.strip(_HOSTNAME_CHARS):  # host is not empty here
         return None
     return f"host {host!r} of tcp address {address!r} is not a hostname, IPv4 or [IPv6] address"
 
