@@ -38,6 +38,7 @@ class EngineRelay:
         self.holding = threading.Event()
         self.held_line = ""
         self._released = threading.Event()
+        self._cut = False
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
         self._acceptor.start()
 
@@ -49,6 +50,15 @@ class EngineRelay:
 
     def release(self) -> None:
         self._held = None
+        self._released.set()
+
+    def cut(self) -> None:
+        """Drop the held request's connection instead of passing it on, and take no new ones
+        (the engine went away in the middle of that request)."""
+        self._cut = True
+        self._stop.set()
+        self._acceptor.join(5)
+        self._listener.close()  # a new connection is refused at once
         self._released.set()
 
     def _accept(self) -> None:
@@ -83,6 +93,9 @@ class EngineRelay:
                     if s is conn and self._must_hold(data):
                         self.holding.set()
                         self._released.wait(_HOLD_BOUND)
+                        if self._cut:
+                            conn.close()
+                            return
                     peers[s].sendall(data)
         except OSError:  # the runner closed its side (kill) while a request was held
             return

@@ -96,3 +96,29 @@ def test_sweep_by_host_identity_survives_a_host_restart(kubeconfig: str, testapp
         api.api_client.close()
     with pytest.raises(ConfigError, match="not a valid label value"):
         KubernetesRunner(testapp, kubeconfig=kubeconfig, host_id="bad id!")
+
+
+SIBLING_SWEEP = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from plugbay.runners.kubernetes import sweep
+print(json.dumps(sweep("default", kubeconfig=sys.argv[2], host_id=sys.argv[3], dry_run=True)))
+"""
+
+
+def test_sweep_by_host_identity_spares_a_live_sibling_session(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    """Two live hosts of one identity (a pre-forking server's workers: a forked process is a session
+    of its own, with the pod's POD_UID): one's sweep must not take the other's pods for leftovers."""
+    import json
+    import subprocess
+
+    identity = f"host-{uuid.uuid4().hex[:8]}"
+    live = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60, host_id=identity)
+    live.start(SPEC)
+    try:
+        out = subprocess.run([sys.executable, "-c", SIBLING_SWEEP, str(REPO / "src"), kubeconfig, identity],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        assert json.loads(out) == []  # this process (its sibling) still runs: its pod is not a leftover
+        assert live.wait(0) is None
+    finally:
+        live.kill(0)

@@ -133,22 +133,25 @@ def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = (
 
 
 def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
-                  inspect: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Stop a container (thawed first: a frozen one ignores SIGTERM) and remove it; its last State.
+                  inspect: Callable[[], dict[str, Any] | None],
+                  stopped: Callable[[dict[str, Any]], None]) -> None:
+    """Stop a container (thawed first: a frozen one ignores SIGTERM) and remove it.
 
-    A failing engine gets a forced removal as the last resort, and a warning saying how to
-    remove the container by hand if even that fails.
+    ``stopped`` gets its last State once it has stopped, before the removal: an engine lost
+    in the removal leaves the caller that state. A failing engine gets a forced removal as the
+    last resort, and a warning saying how to remove the container by hand if even that fails.
     """
     from docker.errors import DockerException, NotFound
 
-    final: dict[str, Any] | None = None  # known once it has stopped
     try:
         state = inspect() or {}
         if state.get("Paused"):
             api.unpause(container_id)
         if state.get("Running"):
             api.stop(container_id, timeout=max(0, math.ceil(grace)))
-        final = inspect() or state or None
+        final = inspect() or state
+        if final:
+            stopped(final)
         if remove:
             api.remove_container(container_id, force=True, v=True)
     except NotFound:
@@ -160,7 +163,6 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
             _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
                          " %s` or plugbay.runners.docker.sweep() once the engine answers",
                          container_id[:12], exc, container_id[:12])
-    return final
 
 
 def published_port(container: Any, port: int) -> int:

@@ -298,8 +298,8 @@ class DockerRunner(Runner):
         client = self._client
         try:
             if client is not None and self._container_id:
-                self._final_state = end_container(client.api, self._container_id, grace=grace, remove=remove,
-                                                  inspect=self._inspect) or self._final_state
+                end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
+                              stopped=self._keep_final_state)
         finally:
             for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
                 pump.close()
@@ -311,6 +311,9 @@ class DockerRunner(Runner):
                 clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
             if client is not None:
                 client.close()
+
+    def _keep_final_state(self, state: dict[str, Any]) -> None:
+        self._final_state = state  # set before the removal, as diagnose() and the exit waiter read it
 
     # --- output / diagnosis ----------------------------------------------------------
 

@@ -21,7 +21,8 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     With a host identity (``host_id``, else PLUGBAY_HOST_ID, else the host pod's
     POD_UID: see plugbay.runners.kubernetes.owner), the pods labelled with that
     identity by any other session are gone: an earlier run of this host left
-    them. Without ``live_sessions`` a session is also gone when its host process
+    them (unless that session's process still runs on this machine: a forked
+    worker of this host is a session of its own). Without ``live_sessions`` a session is also gone when its host process
     (from this machine, per the pod's plugbay.host annotation) no longer runs;
     pods of other machines are left alone. This process's own pods are never deleted.
 
@@ -46,13 +47,16 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
             session = labels.get("plugbay.session", "")
             if session == own_session:
                 continue
+            host = (pod.metadata.annotations or {}).get("plugbay.host")
+            running = host == here and session_alive(session, labels.get(SESSION_START, ""))
             if identity is not None and labels.get(HOST_ID) == identity:
-                gone = True  # this host's identity, another session: a run before a restart
+                # this host's identity, another session: a run before a restart, unless that session
+                # still runs here (a forked worker of this host is a session of its own)
+                gone = not running
             elif live_sessions is not None:
                 gone = session not in live_sessions
             else:
-                host = (pod.metadata.annotations or {}).get("plugbay.host")
-                gone = host == here and not session_alive(session, labels.get(SESSION_START, ""))
+                gone = host == here and not running
             if gone and not pod.metadata.deletion_timestamp:
                 if dry_run:
                     removed.append(pod.metadata.name)
