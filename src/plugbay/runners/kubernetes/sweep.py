@@ -22,9 +22,10 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     POD_UID: see plugbay.runners.kubernetes.owner), the pods labelled with that
     identity by any other session are gone: an earlier run of this host left
     them (unless that session's process still runs on this machine: a forked
-    worker of this host is a session of its own). Without ``live_sessions`` a session is also gone when its host process
-    (from this machine, per the pod's plugbay.host annotation) no longer runs;
-    pods of other machines are left alone. This process's own pods are never deleted.
+    worker of this host is a session of its own). Without ``live_sessions`` a
+    session is also gone when its host process (from this machine, per the pod's
+    plugbay.host annotation) no longer runs; pods of other machines are left
+    alone. This process's own pods are never deleted.
 
     Each API call waits at most ``api_timeout`` seconds to connect and again for
     its answer; an API server that does not answer is an EngineUnavailableError.
