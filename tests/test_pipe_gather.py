@@ -10,10 +10,12 @@ Real pipes, written by real child processes or by the test, read on a private lo
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import threading
+import weakref
 
 import pytest
 
@@ -122,3 +124,44 @@ def test_stop_or_the_end_while_resting_reads_the_rest_and_ends_once(how: str) ->
     threading.Event().wait(0.05)  # a rest's timer, had it survived, would have fired by now
     assert follow.ends == 1
     follow.finish()
+
+
+def test_a_pipe_that_ends_while_resting_is_let_go_while_the_loop_lives_on() -> None:
+    """The cancelled rest timer must not keep the ended follower (and its line handler's owner) alive."""
+    keep_r, keep_w = os.pipe()
+    loop = ioloop.IOLoop("plugbay-io-gather")
+    keeper = loop.add(keep_r, lambda: True)  # another plugin's pipe: the loop stays in use throughout
+    owners = []
+    try:
+        for _ in range(5):
+            r, w = os.pipe()
+
+            class Owner:  # what a line handler keeps alive (a Client, in a host)
+                def __init__(self) -> None:
+                    self.lines: list[str] = []
+                    self.ended = threading.Event()
+
+                def line(self, line: str) -> None:
+                    self.lines.append(line)
+
+                def end(self) -> None:
+                    self.ended.set()
+
+            owner = Owner()
+            follower = PipeFollower(r, LineSplitter(), owner.line, owner.end,
+                                    lambda r=r: os.close(r), loop=loop)
+            for line in ("first", "second"):  # two reads in quick succession: a rest, most often
+                os.write(w, f"{line}\n".encode())
+                wait_for(lambda line=line, owner=owner: owner.lines[-1:] == [line], line, step=0.001)
+            follower.stop()
+            wait_for(owner.ended.is_set, "the end")
+            os.close(w)
+            owners.append(weakref.ref(owner))
+            del owner, follower
+        wait_for(lambda: (gc.collect(), all(ref() is None for ref in owners))[1], "the ended followers to be freed", timeout=2)
+    finally:
+        keeper.cancel()
+        wait_for(lambda: not loop.running, "the idle loop to end")
+        os.close(keep_r)
+        os.close(keep_w)
+    assert loop.join_idle(5)
