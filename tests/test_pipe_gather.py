@@ -21,7 +21,9 @@ import pytest
 
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.lines import LineSplitter
+from plugbay.runners.base import LaunchSpec
 from plugbay.runners.procio import PipeFollower
+from plugbay.runners.process import ProcessRunner
 from tests.thread_util import plugbay_threads, wait_for
 
 
@@ -165,3 +167,23 @@ def test_a_pipe_that_ends_while_resting_is_let_go_while_the_loop_lives_on() -> N
         os.close(keep_r)
         os.close(keep_w)
     assert loop.join_idle(5)
+
+
+def test_a_plugin_that_dies_right_after_chatty_lines_has_them_read_before_its_exit_is_told() -> None:
+    """The exit notice (a pidfd on the same loop) must not overtake the lines a resting pipe holds."""
+    script = ("import os, time\nfor i in range(6):\n    os.write(2, f'chatter {i}\\n'.encode()); time.sleep(0.001)\n"
+              "os.write(2, b'last words\\n')\nos._exit(3)\n")
+    for _ in range(20):  # the pipe rests after two quick lines; the exit comes within the rest most often
+        runner = ProcessRunner([sys.executable, "-c", script])
+        runner.start(LaunchSpec(env={}))
+        told: list[tuple[int, list[str]]] = []
+        try:
+            watch = runner.watch_exit(lambda code: told.append((code, runner.stderr_tail())))
+            ends = runner.follow_output(lambda which, line: None, lambda which: None)
+            wait_for(lambda: bool(told), "the exit notice", step=0.005)
+            code, tail = told[0]
+            assert code == 3 and tail[-1:] == ["last words"], tail
+            assert ends.join(10)
+            watch.cancel()
+        finally:
+            runner.kill(0)

@@ -74,6 +74,18 @@ class PipeFollower:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
         self._reg.cancel()
 
+    def catch_up(self) -> None:
+        """On the loop thread: read what the pipe holds now, resting or not.
+
+        For the plugin's exit notice: its last lines are in the pipe by then, and a
+        resting pipe would hand them on up to _GATHER after the exit was told.
+        """
+        if not self._reg.added:  # the loop has not taken the pipe yet (its held lines come first)
+            return
+        if self._rest is not None:
+            self._rest.cancel()
+        self._rested()
+
     def _read_once(self, rested: bool = False) -> bool:
         """Feed one chunk; False at end of file (or a broken pipe). ``rested``: the rest's timer reads."""
         try:
