@@ -187,3 +187,37 @@ def test_a_plugin_that_dies_right_after_chatty_lines_has_them_read_before_its_ex
             watch.cancel()
         finally:
             runner.kill(0)
+
+
+class _CountingLoop(ioloop.IOLoop):
+    """A private loop that counts the rests its followers take (each rest is one call_later)."""
+
+    rests = 0
+
+    def call_later(self, delay: float, func: ioloop.Callback) -> ioloop.Timer:
+        self.rests += 1
+        return super().call_later(delay, func)
+
+
+def test_a_flood_of_small_writes_is_not_held_back_by_rests() -> None:
+    """Small writes leave a full pipe short of a full chunk: a rest per pipeful would block the writer."""
+    lines = 80_000  # 8 MB in 100-byte writes, as fast as the child can
+    proc = _child(f"import os\nline = b'x' * 99 + b'\\n'\nfor i in range({lines}): os.write(1, line)\n")
+    assert proc.stdout is not None
+    fd = os.dup(proc.stdout.fileno())
+    proc.stdout.close()
+    loop = _CountingLoop("plugbay-io-gather")
+    got: list[str] = []
+    ended = threading.Event()
+    PipeFollower(fd, LineSplitter(), got.append, ended.set, lambda: os.close(fd), loop=loop)
+    try:
+        assert proc.wait(60) == 0
+        wait_for(ended.is_set, "the end of the flood")
+        assert len(got) == lines
+        # a rest per pipeful (about 64000 bytes of such writes) would be 125 or more
+        assert loop.rests <= lines * 100 // (4 * 65536), loop.rests
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not loop.running, "the idle loop to end")
+    assert loop.join_idle(5)
