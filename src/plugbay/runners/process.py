@@ -278,7 +278,13 @@ class ProcessRunner(Runner):
             fd = None
         if proc is None or fd is None:
             return super().watch_exit(on_exit)
-        return watch_pid(fd, lambda: child_exit_code(proc, fd), on_exit)
+        followers = self._followers
+
+        def exited(code: int) -> None:  # on the loop thread, as the followers' reads
+            for follower in list(followers):  # its last lines before its exit is told
+                follower.catch_up()
+            on_exit(code)
+        return watch_pid(fd, lambda: child_exit_code(proc, fd), exited)
 
     def follow_output(self, on_line: Callable[[str, str], None], on_end: Callable[[str], None],
                       first_line_by: float | None = None) -> Joinable:

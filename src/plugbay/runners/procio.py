@@ -11,8 +11,11 @@ answers). Woken per line, the loop thread would take the GIL just as the
 answer reaches the calling thread. So a pipe that gave whole lines twice
 within _GATHER seconds is not watched for _GATHER seconds; then it is read
 once more (the lines written meanwhile, in one chunk) and watched again only
-when it was empty. A line after a quiet spell is read at once, and so are a
-flood (a full chunk) and an unfinished line.
+when it was empty. A line after a quiet spell is read at once, and so is an
+unfinished line. A flood is read at once for _CALM: a read of _FLOOD bytes or
+more tells one (a writer blocked on a full pipe: small writes do not fill its
+pages, so a full 64 KiB pipe may hold little more than half that), and a rest
+then would hold the plugin's writes back.
 
 :func:`watch_pid` tells a callback the moment a process ends, through a pidfd
 (Linux 5.3+), instead of polling its exit; it returns None where pidfds are
@@ -42,6 +45,8 @@ _HELD_MAX = 1 << 20  # characters read_first_line holds for the loop at most; mo
 _HELD_FOR = 1.0  # seconds a line read_first_line holds may wait; then the loop reads (a slow start's logs)
 _FINAL_READS = 16  # at most 1 MiB read after a stop: a flooding grandchild must not hold the loop
 _GATHER = 0.005  # seconds a chatty pipe rests before the next read (see above)
+_FLOOD = _READ // 2  # bytes in one read that tell a flood (see above)
+_CALM = 0.1  # seconds a flooded pipe is read at once before it may rest again
 
 
 class PipeFollower:
@@ -59,6 +64,7 @@ class PipeFollower:
         self._loop = loop or shared()
         self._rest: Timer | None = None  # pending while the pipe rests (loop thread only)
         self._last_read = -math.inf  # time.monotonic() of the last read that gave lines
+        self._flood_until = -math.inf  # no rest before this time.monotonic() (a flood was read)
         self._held = held or []  # lines read before (read_first_line): handed on first, on the loop
         os.set_blocking(fd, False)
         # _read_once returns False at EOF: the loop then drops it and runs _finish
@@ -73,6 +79,18 @@ class PipeFollower:
     def stop(self) -> None:
         """Read what is there now, then end (the loop thread does it; returns at once)."""
         self._reg.cancel()
+
+    def catch_up(self) -> None:
+        """On the loop thread: read what the pipe holds now, resting or not.
+
+        For the plugin's exit notice: its last lines are in the pipe by then, and a
+        resting pipe would hand them on up to _GATHER after the exit was told.
+        """
+        if not self._reg.added:  # the loop has not taken the pipe yet (its held lines come first)
+            return
+        if self._rest is not None:
+            self._rest.cancel()
+        self._rested()
 
     def _read_once(self, rested: bool = False) -> bool:
         """Feed one chunk; False at end of file (or a broken pipe). ``rested``: the rest's timer reads."""
@@ -91,7 +109,9 @@ class PipeFollower:
         if lines:
             now, last = time.monotonic(), self._last_read
             self._last_read = now
-            if (rested or now - last < _GATHER) and len(chunk) < _READ and not self._splitter.buffered:
+            if len(chunk) >= _FLOOD:
+                self._flood_until = now + _CALM
+            elif (rested or now - last < _GATHER) and now >= self._flood_until and not self._splitter.buffered:
                 self._rest_a_while()
         return True
 

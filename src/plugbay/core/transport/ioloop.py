@@ -74,20 +74,27 @@ class Registration:
 
 
 class Timer:
-    """A call_later() entry; cancel() before it is due and it does not run (loop thread only)."""
+    """A call_later() entry; cancel() before it is due and it does not run (loop thread only).
 
-    __slots__ = ("cancelled", "func", "handle", "when")
+    cancel() also lets go of it (and of what ``func`` holds): the loop may live on
+    for other registrations long after its owner ended.
+    """
 
-    def __init__(self, when: float, func: Callback) -> None:
+    __slots__ = ("cancelled", "func", "handle", "owner", "when")
+
+    def __init__(self, when: float, func: Callback, owner: IOLoop | None = None) -> None:
         self.when = when
         self.func = func
         self.cancelled = False
         self.handle: Any = None  # the asyncio TimerHandle
+        self.owner = owner
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.handle is not None:
             self.handle.cancel()
+        if self.owner is not None:
+            self.owner._timers.discard(self)
 
 
 class IOLoop:
@@ -159,7 +166,7 @@ class IOLoop:
         """
         lease = self._lease
         assert lease is not None and self.on_loop(), "call_later() is for the loop thread; use call_soon()"
-        timer = Timer(time.monotonic() + delay, func)
+        timer = Timer(time.monotonic() + delay, func, self)
         timer.handle = lease.loop.call_later(delay, self._fire, timer)
         self._timers.add(timer)
         return timer
