@@ -134,6 +134,13 @@ def test_a_forked_host_is_its_own_session_and_its_plugins_survive_its_parent() -
                 os.kill(pid, signal.SIGKILL)
 
 
+def _execed(pid: int, marker: str) -> bool:
+    """The child has exec'd with its own environment (between fork and exec /proc shows the parent's)."""
+    from plugbay.runners.proctree import environ
+
+    return (environ(pid) or {}).get("PLUGBAY_PLUGIN_ID") == marker
+
+
 def test_family_since_skips_marked_processes_older_than_the_plugin() -> None:
     """``since`` (the plugin's start ticks) bounds the scan: an older process is never its kin."""
     import time
@@ -144,11 +151,11 @@ def test_family_since_skips_marked_processes_older_than_the_plugin() -> None:
     env = {**os.environ, "PLUGBAY_PLUGIN_ID": marker}
     older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
     try:
-        wait_until(lambda: stat_of(older.pid) is not None, 5)
+        assert wait_until(lambda: _execed(older.pid, marker), 5)
         time.sleep(0.05)  # start ticks are 10 ms apart
         newer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
         try:
-            wait_until(lambda: stat_of(newer.pid) is not None, 5)
+            assert wait_until(lambda: _execed(newer.pid, marker), 5)
             older_facts, newer_facts = stat_of(older.pid), stat_of(newer.pid)
             assert older_facts is not None and newer_facts is not None
             assert older_facts[1] < newer_facts[1]
