@@ -56,20 +56,26 @@ def _child(script: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
-def test_lines_written_one_by_one_all_arrive_in_order_and_the_end_is_reported_once() -> None:
-    proc = _child("import sys, time\nfor i in range(300):\n"
-                  "    sys.stdout.write(f'line {i}\\n'); sys.stdout.flush(); time.sleep(0.0005 * (i % 3))")
+def _followed_to_the_end(script: str) -> _Follow:
+    """Follow the stdout of a child running ``script`` until it exited 0 and its pipe ended."""
+    proc = _child(script)
     assert proc.stdout is not None
     follow = _Follow(os.dup(proc.stdout.fileno()))
     proc.stdout.close()
     try:
         assert proc.wait(30) == 0
         wait_for(lambda: follow.ends == 1, "the end of the pipe")
-        assert follow.lines == [f"line {i}" for i in range(300)]
-        assert follow.closed.is_set() and follow.ends == 1
     finally:
         proc.kill()
         proc.wait()
+    return follow
+
+
+def test_lines_written_one_by_one_all_arrive_in_order_and_the_end_is_reported_once() -> None:
+    follow = _followed_to_the_end("import sys, time\nfor i in range(300):\n"
+                                  "    sys.stdout.write(f'line {i}\\n'); sys.stdout.flush(); time.sleep(0.0005 * (i % 3))")
+    assert follow.lines == [f"line {i}" for i in range(300)]
+    assert follow.closed.is_set() and follow.ends == 1
     follow.finish()
 
 
@@ -91,17 +97,8 @@ def test_a_pipe_that_went_quiet_is_watched_again() -> None:
 
 
 def test_a_flood_is_read_through_whole() -> None:
-    proc = _child("import sys\nfor i in range(20000):\n    sys.stdout.write(f'{i:08d}' * 12 + '\\n')\n")
-    assert proc.stdout is not None
-    follow = _Follow(os.dup(proc.stdout.fileno()))
-    proc.stdout.close()
-    try:
-        assert proc.wait(30) == 0
-        wait_for(lambda: follow.ends == 1, "the end of the flood")
-        assert follow.lines == [f"{i:08d}" * 12 for i in range(20000)]
-    finally:
-        proc.kill()
-        proc.wait()
+    follow = _followed_to_the_end("import sys\nfor i in range(20000):\n    sys.stdout.write(f'{i:08d}' * 12 + '\\n')\n")
+    assert follow.lines == [f"{i:08d}" * 12 for i in range(20000)]
     follow.finish()
 
 

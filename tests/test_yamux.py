@@ -339,6 +339,28 @@ def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair
         far.close()
 
 
+def raw_frame(pattern: bytes, flags: int, sid: int, size: int, skew: int) -> bytes:
+    """A data frame for stream ``sid`` carrying ``pattern[skew:skew + size]``, written by hand."""
+    return struct.pack(">BBHII", 0, 0, flags, sid, size) + pattern[skew:skew + size]
+
+
+class Accepting:
+    """A server session on ``sock`` that records the streams the peer opens, by id."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.streams: dict[int, Stream] = {}
+        self._opened = threading.Semaphore(0)
+        self.session = Session(sock, client=False, on_stream=self._on_stream, name=name)
+
+    def _on_stream(self, s: Stream) -> None:
+        self.streams[s.id] = s
+        self._opened.release()
+
+    def opened(self) -> bool:
+        """One more stream was opened (within 10 s)."""
+        return self._opened.acquire(timeout=10)
+
+
 def test_large_frames_straddling_the_readers_buffer_are_delivered_whole_and_in_order() -> None:
     # the reader passes the received part of a large frame on at once (no copy) and the rest
     # after it: every byte must still arrive in order, a FIN only after the frame's last byte,
@@ -350,24 +372,18 @@ def test_large_frames_straddling_the_readers_buffer_are_delivered_whole_and_in_o
     pattern = bytes(range(256)) * 1025
 
     def frame(flags: int, sid: int, size: int, skew: int) -> bytes:
-        return struct.pack(">BBHII", 0, 0, flags, sid, size) + pattern[skew:skew + size]
+        return raw_frame(pattern, flags, sid, size, skew)
 
     sizes = {1: 200_000, 3: 50_000 + 212_144, 5: WINDOW}
     b.sendall(struct.pack(">BBHII", 0, 0, 0, 0, 0)  # an empty frame: the reader's first refill is small
               + frame(SYN, 1, 200_000, 1)  # received mostly straight into its own buffer
               + frame(SYN, 3, 50_000, 3) + frame(yamux.FIN, 3, 212_144, 3 + 50_000)  # ends past the refill
               + frame(SYN, 5, WINDOW, 5))  # opens a stream, ends past the next refill
-    streams: dict[int, Stream] = {}
-    opened = threading.Semaphore(0)
-
-    def on_stream(s: Stream) -> None:
-        streams[s.id] = s
-        opened.release()
-
-    session = Session(a, client=False, on_stream=on_stream, name="t-split")
+    accepting = Accepting(a, "t-split")
+    session, streams = accepting.session, accepting.streams
     try:
         for _ in sizes:
-            assert opened.acquire(timeout=10)
+            assert accepting.opened()
         for sid, size in sizes.items():
             assert read_exactly(streams[sid], size) == pattern[sid:sid + size], sid
         assert streams[3].read() == b"" and not streams[3]._reset  # its FIN, after the last byte
@@ -386,25 +402,16 @@ def test_payloads_a_stream_still_queues_survive_the_readers_next_refills() -> No
     b.settimeout(10)
     pattern = bytes(range(251)) * 2000  # a period that no frame size below divides
 
-    def frame(flags: int, sid: int, size: int, skew: int) -> bytes:
-        return struct.pack(">BBHII", 0, 0, flags, sid, size) + pattern[skew:skew + size]
-
-    big = [frame(SYN if i == 0 else 0, 1, 70_000, 7 * i) for i in range(3)]  # 210,000 bytes: in the window
-    small = [frame(SYN if i == 0 else 0, 3, 1_000, i) for i in range(200)]
-    streams: dict[int, Stream] = {}
-    opened = threading.Semaphore(0)
-
-    def on_stream(s: Stream) -> None:
-        streams[s.id] = s
-        opened.release()
-
-    session = Session(a, client=False, on_stream=on_stream, name="t-reuse")
+    big = [raw_frame(pattern, SYN if i == 0 else 0, 1, 70_000, 7 * i) for i in range(3)]  # 210,000 bytes
+    small = [raw_frame(pattern, SYN if i == 0 else 0, 3, 1_000, i) for i in range(200)]
+    accepting = Accepting(a, "t-reuse")
+    session, streams = accepting.session, accepting.streams
     try:
-        b.sendall(b"".join(big))
-        assert opened.acquire(timeout=10)
+        b.sendall(b"".join(big))  # in the window
+        assert accepting.opened()
         for i in range(0, 200, 20):  # in bursts: the reader refills many times meanwhile
             b.sendall(b"".join(small[i:i + 20]))
-        assert opened.acquire(timeout=10)
+        assert accepting.opened()
         assert read_exactly(streams[3], 200_000) == b"".join(pattern[i:i + 1_000] for i in range(200))
         assert read_exactly(streams[1], 210_000) == b"".join(pattern[7 * i:7 * i + 70_000] for i in range(3))
         assert not session.closed
