@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.resilience_util import PLUGIN_NAME, faulty_config
+from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
 from plugbay import Client, PluginDiedError  # noqa: I001
 from plugbay.core.resilience.healthwatch import SERVING, UNREACHABLE, HealthWatcher
@@ -36,6 +36,15 @@ def test_the_last_stderr_line_of_a_plugin_that_died_is_in_the_error(tmp_path: Pa
         with Client(faulty_config(tmp_path)) as client:
             with pytest.raises(PluginDiedError, match=r"exited with code 9.*dying now"):
                 client.dispense(PLUGIN_NAME).get("__die__")
+
+
+def test_once_the_runner_tells_the_exit_the_stderr_tail_has_the_last_lines(tmp_path: Path) -> None:
+    """The Supervisor's failure message polls runner.wait(0), which can beat the pipe follower's rest."""
+    for _ in range(8):
+        with Client(faulty_config(tmp_path)) as client:
+            assert client.dispense(PLUGIN_NAME).get("__die_chatty__") == b"dying soon"
+            assert wait_until(lambda: client.runner.wait(0) is not None, 10, step=0.0002)  # as a monitor polls
+            assert client.stderr_tail()[-1:] == ["[WARNING] last words"], client.stderr_tail()
 
 
 @pytest.mark.usefixtures("cpu_load")

@@ -11,6 +11,7 @@ Get("__pid__")            this process's pid
 Get("__tag__")            the RESILIENCE_TAG environment variable
 Get("__sleep__")          sleep 1.5 s, then answer b"slept"
 Get("__die__")            log "dying now" (the host's stderr tail), exit(9) in the middle of the call
+Get("__die_chatty__")     answer, then log 6 quick lines and "last words" and exit(9), 0.1 s later
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
                           then answer b"survived"
 Get of a missing key      NOT_FOUND (an application error)
@@ -41,6 +42,17 @@ from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer  # n
 from plugbay.core.broker.plugin import GRPCPlugin  # noqa: E402
 
 _HEALTH: list[HealthServicer] = []
+
+
+def _die_chatty() -> None:
+    time.sleep(0.1)
+    log = logging.getLogger("resilience_kv")  # fd 2 is the GRPCStdio stream: log records are the host's stderr
+    for line in [f"chatter {i}" for i in range(6)] + ["last words"]:
+        log.warning(line)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        time.sleep(0.001)
+    os._exit(9)
 
 
 class _RecordingHealth(HealthServicer):
@@ -83,6 +95,9 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os._exit(9)
+        if key == "__die_chatty__":  # quick lines make the host's pipe follower rest: the exit comes in the rest
+            threading.Thread(target=_die_chatty, daemon=True).start()
+            return kv_pb2.GetResponse(value=b"dying soon")
         if key == "__die_once__":
             marker = Path("died")
             if not marker.exists():

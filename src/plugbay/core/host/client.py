@@ -114,7 +114,15 @@ class Client(ClientParts):
         return self._need(self._conn, "connection_mode").mode
 
     def stderr_tail(self) -> list[str]:
+        """The last stderr lines; once the plugin has ended, they include its last ones."""
+        if self._runner is not None and (self._exit_code is not None or self._runner.wait(0) is not None):
+            self._drain_logs()  # an exit can be seen before a resting pipe is read through
         return self._logs.tail()
+
+    def _drain_logs(self) -> None:
+        if not self._logs_drained:  # its last stderr lines may still be in the pipe
+            self._logs.join(1.0)
+            self._logs_drained = True
 
     def _need(self, value: _T | None, what: str) -> _T:
         if value is None:
@@ -269,9 +277,7 @@ class Client(ClientParts):
         if code is None:
             return None
         self._exit_code = code
-        if not self._logs_drained:  # its last stderr lines may still be in the pipe
-            self._logs.join(1.0)
-            self._logs_drained = True
+        self._drain_logs()
         return describe_exit(code, self._logs.tail()[-5:])
 
     # --- use --------------------------------------------------------------------
