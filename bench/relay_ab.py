@@ -6,10 +6,10 @@ Two Go KV plugins with AutoMTLS start in one host process, the first relayed
 by OLD's RelayConn and the second by NEW's; calls then alternate between them
 in blocks of --block. Both versions share the process, the I/O loop and the
 moments they run in, so load drift (several people share this machine's two
-cores) hits both alike. Still, an A/A run (one file against itself) differed by
-2% to 11% at p50 at load 8 to 11 (separate runs: up to 20%): run it with the
-files swapped too, next to an A/A run, and trust only what holds in all of them.
-Prints one JSON line.
+cores) hits both alike. Still, the second client ran ~3% slower at p50 in most
+runs whichever file it had, and A/A runs (one file against itself) differed by
+2% to 11% at load 6 to 11: run both orders several times, next to an A/A run,
+and trust only what holds in all of them. Prints one JSON line.
 A file may import only what the tree's relayconn.py may (its own module name
 does not matter). Every loop is bounded by --calls.
 """
