@@ -29,9 +29,9 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.errors import BrokerClosedError, BrokerError
 
 if TYPE_CHECKING:
-    from plugbay.core.broker.channels import BrokeredChannel, Served
+    from plugbay.core.broker.channels import BrokeredChannel
     from plugbay.core.transport.muxbridge import StreamBridge
-    from plugbay.core.transport.muxsession import MuxSession
+    from plugbay.core.transport.muxsession import MuxSession, Target
     from plugbay.core.transport.yamux import Stream
 
 _BRIDGE_JOIN = 10.0
@@ -79,10 +79,11 @@ class Multiplexed:
         assert mux is not None
         return mux
 
-    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
+    def _serve_multiplexed(self, id: int, target: Target, cleanup: list[Callable[[], None]]) -> None:
+        """Route ``id``'s knocked streams to ``target``; ``cleanup`` (run when it stops) forgets it."""
         mux = self._mux()
-        served.cleanup.append(lambda: mux.forget(id))
-        mux.expect(id, ("unix", path))
+        cleanup.append(lambda: mux.forget(id))
+        mux.expect(id, target)
         # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
         with self._cond:
             early = id in self._early_knocks
