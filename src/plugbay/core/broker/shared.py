@@ -213,11 +213,7 @@ class SharedServer:
             conns, tenant.conns = tenant.conns, {}
             for name in conns.values():
                 self._peers.pop(_PEER + name, None)
-        for conn in conns:  # the bridge sees both ends close; grpcio cancels the calls on it
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:  # closed already
-                pass
+        _shut_all(conns)  # after the names are gone: a call still on its way is refused, not misrouted
 
     # -- users
 
@@ -240,6 +236,15 @@ class SharedServer:
         self._server.stop(None).wait(_JOIN)
         self._pool.shutdown(wait=True)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _shut_all(conns: Iterable[socket.socket]) -> None:
+    """Shut stopped connections: their bridges see both ends close, grpcio cancels their calls."""
+    for conn in conns:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed already
+            pass
 
 
 _SHARED: SharedServer | None = None
