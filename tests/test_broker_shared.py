@@ -16,6 +16,7 @@ import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.broker import shared
+from plugbay.core.protocol.tls import generate_cert
 from tests.race_util import PauseAt, Starting
 from tests.test_broker_mux import MuxPair, close_mux_pair, make_mux_pair
 
@@ -49,9 +50,11 @@ def check(channel: grpc.Channel, name: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
 
 
-@pytest.fixture
-def mpair() -> Iterator[MuxPair]:
-    p = make_mux_pair("unix")
+@pytest.fixture(params=["plain", "automtls"])
+def mpair(request: pytest.FixtureRequest) -> Iterator[MuxPair]:
+    # AutoMTLS with P-256 certificates (grpcio's own TLS): a shared server for the certificate pair
+    certs = (generate_cert(), generate_cert()) if request.param == "automtls" else (None, None)
+    p = make_mux_pair("unix", *certs)
     yield p
     close_mux_pair(p)
 
@@ -129,7 +132,7 @@ def test_the_last_broker_stops_the_shared_server(mpair: MuxPair) -> None:
     sid = mpair.host.next_id()
     mpair.host.accept_and_serve(sid, serving(Recorder("x")))
     server = mpair.host._shared
-    assert server is not None and shared._SHARED is server
+    assert server is not None and server in shared._SHARED.values()
     mpair.host.close()
-    assert shared._SHARED is None  # the only user left: stopped, its socket folder removed
+    assert server not in shared._SHARED.values()  # the only user left: stopped, its socket folder removed
     assert not any(t.name.startswith("plugbay-brokered") for t in threading.enumerate())

@@ -134,7 +134,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
             self._tls = MutualTLS(transport.tls, transport.peer_cert_pem)
         self._source: ServerSource | None = None  # made at the first accept_and_serve
-        self._shared: SharedServer | None = None  # plaintext multiplexed ids: the process's one server
+        self._shared: SharedServer | None = None  # multiplexed ids' shared server (not a TLS relay's)
         self._tenants: list[tuple[int, Tenant]] = []
 
     # ------------------------------------------------------------- public API
@@ -154,7 +154,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         """
         self._check_open()
         self._ensure_stream()
-        if self.transport.multiplex and self._tls is None:
+        if self.transport.multiplex and (self._tls is None or not self._tls.needs_relay):
             self._serve_shared(id, register)
             return
         from plugbay.core.broker.registrar import Registrar
@@ -319,13 +319,13 @@ class GRPCBroker(StreamEnd, Multiplexed):
         return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
 
     def _serve_shared(self, id: int, register: Callable[[grpc.Server], None]) -> None:
-        """Serve multiplexed ``id`` on the process's shared plaintext server (plugbay.core.broker.shared)."""
+        """Serve multiplexed ``id`` on a shared server (plugbay.core.broker.shared); not over a TLS relay."""
         from plugbay.core.broker.shared import join_shared
 
         with self._cond:
             self._check_open()
             if self._shared is None:
-                self._shared = join_shared()
+                self._shared = join_shared(self._tls)
             shared = self._shared
         tenant = shared.open(register)
         with self._cond:

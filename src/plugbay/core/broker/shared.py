@@ -1,8 +1,9 @@
-"""One long-lived brokered gRPC server for the process's multiplexed plaintext broker ids.
+"""Long-lived brokered gRPC servers for multiplexed broker ids: one for the process's plaintext ones.
 
 A multiplexed broker used to start a grpcio server for every id and stop it
 after the call; building and stopping one costs more CPU than the callback.
-Here every such id is served by one grpcio server (on a socket in a folder
+Here every such id is served by one grpcio server (one for all plaintext
+brokers, one per AutoMTLS certificate pair as its TLS port is bound to it; on a socket in a folder
 only this process can enter): each yamux stream routed to an id is connected
 to it from a socket bound to a fresh abstract-namespace name, which grpcio
 reports as the call's peer, so each call goes to the services of the id whose
@@ -29,7 +30,7 @@ from typing import Any, cast
 import grpc
 
 from plugbay.core.broker.lanes import new_pool
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, bind_unix, private_socket
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, bind_unix, private_socket
 
 log = logging.getLogger("plugbay.broker")
 
@@ -135,9 +136,10 @@ def _wrap(owner: SharedServer, details: grpc.HandlerCallDetails, req_stream: boo
 
 
 class SharedServer:
-    """The process's plaintext multiplexed brokered server; brokers hold it between :func:`join_shared` and ``leave()``."""
+    """A multiplexed brokered server shared by ids; brokers hold it between :func:`join_shared` and ``leave()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: MutualTLS | None = None, key: _Key = None) -> None:
+        self._key = key
         self._lock = threading.Lock()
         self._tenants: set[Tenant] = set()
         self._peers: dict[str, Tenant] = {}
@@ -147,7 +149,7 @@ class SharedServer:
         self._pool = new_pool()
         self._server = grpc.server(self._pool, handlers=(_Dispatch(self),), options=CHANNEL_OPTIONS)
         try:
-            bind_unix(self._server, self._path, None)
+            bind_unix(self._server, self._path, tls.server_credentials() if tls is not None else None)
             self._server.start()
         except BaseException:
             self._finish()
@@ -219,13 +221,12 @@ class SharedServer:
 
     def leave(self) -> None:
         """One broker less; the last stops the server and removes its socket folder."""
-        global _SHARED
         with _SHARED_LOCK:
             self._users -= 1
             if self._users > 0:
                 return
-            if _SHARED is self:
-                _SHARED = None
+            if _SHARED.get(self._key) is self:
+                del _SHARED[self._key]
         with self._lock:
             tenants = list(self._tenants)
         for tenant in tenants:
@@ -247,23 +248,26 @@ def _shut_all(conns: Iterable[socket.socket]) -> None:
             pass
 
 
-_SHARED: SharedServer | None = None
+_Key = tuple[bytes, bytes] | None  # (own certificate, peer certificate); None: plaintext
+_SHARED: dict[_Key, SharedServer] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def join_shared() -> SharedServer:
-    """The process's shared brokered server, for one more broker (which calls ``leave()`` when it closes)."""
-    global _SHARED
+def join_shared(tls: MutualTLS | None = None) -> SharedServer:
+    """The shared brokered server for ``tls`` (one for all plaintext brokers; one per AutoMTLS
+    certificate pair, which its TLS port is bound to), for one more broker (which calls ``leave()``)."""
+    key = None if tls is None else (tls.own.cert_pem, tls.peer_pem)
     with _SHARED_LOCK:
-        if _SHARED is None:
-            _SHARED = SharedServer()
-        _SHARED._users += 1
-        return _SHARED
+        server = _SHARED.get(key)
+        if server is None:
+            server = _SHARED[key] = SharedServer(tls, key)
+        server._users += 1
+        return server
 
 
 def _forget_in_child() -> None:
     global _SHARED, _SHARED_LOCK
-    _SHARED, _SHARED_LOCK = None, threading.Lock()
+    _SHARED, _SHARED_LOCK = {}, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
