@@ -30,13 +30,13 @@ class Recorder(health_pb2_grpc.HealthServicer):
         self.name = name
         self.calls = 0
 
-    def Check(self, request, context):  # noqa: N802
+    def Check(self, request, context):
         self.calls += 1
         if request.service != self.name:
             context.abort(grpc.StatusCode.NOT_FOUND, f"I am {self.name}")
         return health_pb2.HealthCheckResponse(status=SERVING)
 
-    def Watch(self, request, context):  # noqa: N802
+    def Watch(self, request, context):
         self.calls += 1
         for _ in range(3):
             yield health_pb2.HealthCheckResponse(status=SERVING)

@@ -30,7 +30,12 @@ from typing import Any, cast
 import grpc
 
 from plugbay.core.broker.lanes import new_pool
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, bind_unix, private_socket
+from plugbay.core.transport.secure import (
+    CHANNEL_OPTIONS,
+    MutualTLS,
+    bind_unix,
+    private_socket,
+)
 
 log = logging.getLogger("plugbay.broker")
 
