@@ -136,3 +136,26 @@ def test_the_last_broker_stops_the_shared_server(mpair: MuxPair) -> None:
     mpair.host.close()
     assert server not in shared._SHARED.values()  # the only user left: stopped, its socket folder removed
     assert not any(t.name.startswith("plugbay-brokered") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("automtls", [False, True], ids=["plain", "automtls"])
+def test_two_brokers_serving_the_same_id_number_each_reach_their_own(automtls: bool) -> None:
+    """Ids are per broker: two hosts' id 1 on shared servers (one plaintext server for both,
+    or one per certificate pair on one worker pool) are two services."""
+    pairs = [make_mux_pair("unix", *((generate_cert(), generate_cert()) if automtls else (None, None)))
+             for _ in range(2)]
+    try:
+        servicers = [Recorder("one"), Recorder("two")]
+        for p, servicer in zip(pairs, servicers):
+            assert p.host.next_id() == 1
+            p.host.accept_and_serve(1, serving(servicer))
+        assert (pairs[0].host._shared is pairs[1].host._shared) == (not automtls)
+        assert check(pairs[0].plugin.dial(1), "one") == SERVING
+        assert check(pairs[1].plugin.dial(1), "two") == SERVING
+        assert [s.calls for s in servicers] == [1, 1]
+        pairs[0].host.stop_serving(1)
+        assert check(pairs[1].plugin.dial(1), "two") == SERVING  # the other broker's id 1 lives on
+    finally:
+        for p in pairs:
+            close_mux_pair(p)
+    assert shared._SHARED == {} and shared._POOL is None

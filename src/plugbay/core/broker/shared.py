@@ -25,6 +25,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import grpc
@@ -151,8 +152,13 @@ class SharedServer:
         self._users = 0
         self._dir = tempfile.mkdtemp(prefix="plugbay-shared-")
         self._path = private_socket(self._dir, "grpc")
-        self._pool = new_pool()
-        self._server = grpc.server(self._pool, handlers=(_Dispatch(self),), options=CHANNEL_OPTIONS)
+        self._pool = _take_pool()
+        try:
+            self._server = grpc.server(self._pool, handlers=(_Dispatch(self),), options=CHANNEL_OPTIONS)
+        except BaseException:
+            _give_pool()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         try:
             bind_unix(self._server, self._path, tls.server_credentials() if tls is not None else None)
             self._server.start()
@@ -240,7 +246,7 @@ class SharedServer:
 
     def _finish(self) -> None:
         self._server.stop(None).wait(_JOIN)
-        self._pool.shutdown(wait=True)
+        _give_pool()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -251,6 +257,36 @@ def _shut_all(conns: Iterable[socket.socket]) -> None:
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:  # closed already
             pass
+
+
+# One worker pool for every shared server: a server per AutoMTLS certificate pair adds its grpcio
+# thread only. Its threads start as concurrent calls need them; the cap is far above what the
+# per-id servers' 16 each gave a few live ids, as all ids of all brokers share it.
+_SHARED_WORKERS = 256
+_POOL: ThreadPoolExecutor | None = None
+_POOL_USERS = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _take_pool() -> ThreadPoolExecutor:
+    global _POOL, _POOL_USERS
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = new_pool(_SHARED_WORKERS)
+        _POOL_USERS += 1
+        return _POOL
+
+
+def _give_pool() -> None:
+    """A stopped server gives the pool back; the last joins its workers."""
+    global _POOL, _POOL_USERS
+    with _POOL_LOCK:
+        _POOL_USERS -= 1
+        pool = _POOL if _POOL_USERS <= 0 else None
+        if pool is not None:
+            _POOL = None
+    if pool is not None:
+        pool.shutdown(wait=True)
 
 
 _Key = tuple[bytes, bytes] | None  # (own certificate, peer certificate); None: plaintext
@@ -271,8 +307,9 @@ def join_shared(tls: MutualTLS | None = None) -> SharedServer:
 
 
 def _forget_in_child() -> None:
-    global _SHARED, _SHARED_LOCK
+    global _SHARED, _SHARED_LOCK, _POOL, _POOL_USERS, _POOL_LOCK
     _SHARED, _SHARED_LOCK = {}, threading.Lock()
+    _POOL, _POOL_USERS, _POOL_LOCK = None, 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
