@@ -99,15 +99,16 @@ def load() -> LibCrypto | None:
 
 def _find() -> LibCrypto | None:
     # By its soname first: the dynamic linker hands back the library _ssl already loaded (no
-    # file search); the version check in open_lib makes sure it is that one. Else every libcrypto
-    # actually mapped into the process.
+    # file search); the version check in open_lib makes sure it is that one. Only if that fails,
+    # every libcrypto actually mapped into the process (reading /proc/self/maps costs ~1 ms).
     major, minor = ssl.OPENSSL_VERSION_INFO[:2]
     soname = f"libcrypto.so.{major}" if major >= 3 else f"libcrypto.so.{major}.{minor}"
-    for path in [soname, *(p for p in mapped_libcrypto() if p != soname)]:
+    lib = open_lib(soname)
+    for path in mapped_libcrypto() if lib is None else ():
         lib = open_lib(path)
         if lib is not None:
-            return lib
-    return None
+            break
+    return lib
 
 
 def mapped_libcrypto() -> list[str]:
