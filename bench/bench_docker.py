@@ -65,6 +65,45 @@ def _docker_run_true(ctx: Context) -> Result:
     return Result(start_to_first_call_ms=statistics.median(times), note="docker run --rm IMAGE true (floor)")
 
 
+def _run_started(image: str, network: tuple[str, ...]) -> float:
+    """One ``docker run -d ... --entrypoint sleep IMAGE 60`` (returns once started), in ms; removed untimed."""
+    started = time.perf_counter()
+    done = subprocess.run(["docker", "run", "-d", *network, "--entrypoint", "sleep", image, "60"],
+                          check=True, timeout=120, capture_output=True, text=True)
+    took = (time.perf_counter() - started) * 1000
+    subprocess.run(["docker", "rm", "-f", done.stdout.strip()], check=True, timeout=120, capture_output=True)
+    return took
+
+
+def _docker_network_start(ctx: Context) -> Result:
+    """The engine's own price, at start, of what the tcp transport asks: the isolated network and a port.
+
+    ``docker run -d`` (it returns once the container runs) with plugbay's isolated network and a
+    port published on 127.0.0.1, against the same with ``--network none`` taken between them (this
+    row's floor): the difference is the engine's work for a user-defined bridge (the endpoint, the
+    embedded DNS it sets up in the container, the port mapping and its proxy), which a tcp plugin
+    row pays on top of what the unix one does. Removal is not timed (a plugin row's is not either).
+    """
+    image = _image(ctx, "kv")
+    if image is None:
+        return Result(skipped=str(ctx.cache.get("docker:reason")))
+    from plugbay.runners.docker.engine import engine
+    from plugbay.runners.docker.hardening import ISOLATED_NETWORK, ensure_network
+
+    client = engine()
+    try:
+        network = ensure_network(client, ISOLATED_NETWORK)
+    finally:
+        client.close()
+    times: list[float] = []
+    floor_starts: list[float] = []
+    for _ in range(max(ctx.rounds, ctx.starts)):
+        floor_starts.append(_run_started(image, ("--network", "none")))
+        times.append(_run_started(image, ("--network", network, "--publish", "127.0.0.1::4000")))
+    return Result(start_to_first_call_ms=statistics.median(times), floor_start_ms=statistics.median(floor_starts),
+                  note="docker run -d: isolated network + port vs --network none (engine only)")
+
+
 def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
     image = _image(ctx, name)
     floor_image = _image(ctx, "kv")
@@ -92,6 +131,8 @@ def cases(ctx: Context) -> list[Case]:
     floor = "docker-true"
     return [
         Case("docker CLI", "none (true)", False, _docker_run_true, area="docker", transport="container", key=floor),
+        Case("docker CLI", "none (sleep)", False, _docker_network_start, area="docker",
+             transport="container, tcp 127.0.0.1", floor=floor),
         Case("Python", "Python (docker)", False, row("kv", "unix"), area="docker", transport="container, unix",
              floor=floor),
         Case("Python", "Python (docker)", False, row("kv", "tcp"), area="docker",

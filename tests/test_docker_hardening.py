@@ -116,6 +116,51 @@ def test_a_foreign_network_of_that_name_is_refused(plugbay_docker: Any) -> None:
         net.remove()
 
 
+def _start_on(name: str) -> DockerRunner:
+    runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "30"])
+    try:
+        runner.start(LaunchSpec(env={}))
+    except BaseException:
+        runner.kill()
+        raise
+    return runner
+
+
+def test_a_network_removed_since_it_was_verified_is_made_again(plugbay_docker: Any) -> None:
+    # The network's id is verified once per process; a start after its removal must not fail on the stale id.
+    name = f"plugbay-test-again-{os.getpid()}"
+    try:
+        first = _start_on(name)
+        first.kill()
+        gone = plugbay_docker.networks.get(name)
+        gone.remove()
+        second = _start_on(name)
+        try:
+            attrs = plugbay_docker.api.inspect_container(second.id)["NetworkSettings"]["Networks"]
+            assert list(attrs) == [name] and attrs[name]["NetworkID"] != gone.id
+            net = plugbay_docker.networks.get(name).attrs
+            assert net["Options"][ICC_OPTION] == "false" and net["Labels"]["plugbay.managed"] == "true"
+        finally:
+            second.kill()
+    finally:
+        for net in plugbay_docker.networks.list(names=[name]):
+            net.remove()
+
+
+def test_a_foreign_network_swapped_in_after_verification_is_refused(plugbay_docker: Any) -> None:
+    name = f"plugbay-test-swap-{os.getpid()}"
+    try:
+        _start_on(name).kill()
+        plugbay_docker.networks.get(name).remove()
+        plugbay_docker.networks.create(name, driver="bridge")  # same name, icc on, no plugbay label
+        with pytest.raises(RunnerError, match=rf"network '{name}' exists but was not created by plugbay"):
+            _start_on(name)
+        assert not plugbay_docker.containers.list(all=True, filters={"network": name})
+    finally:
+        for net in plugbay_docker.networks.list(names=[name]):
+            net.remove()
+
+
 def test_bad_limit_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="give cpus= or nano_cpus=, not both"):
         DockerRunner(BASE, cpus=1, nano_cpus=10)

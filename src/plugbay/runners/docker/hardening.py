@@ -10,6 +10,7 @@ another. The network is created on first use, labelled, and reused.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +24,10 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 DEFAULT_PIDS_LIMIT = 256
 DEFAULT_TMPFS_SIZE = "64m"
 _create_lock = threading.Lock()
+# (DOCKER_HOST, name) -> id of the network ensure_network() verified: a network's labels and options
+# cannot change, so each start reuses the id instead of asking the engine again; a network removed
+# (or made anew by someone else) since has another id or none, which the engine then refuses.
+_verified: dict[tuple[str, str], str] = {}
 
 
 def tmpfs_mounts(writable_dirs: Sequence[str], size: str, extra: Mapping[str, str],
@@ -55,8 +60,27 @@ def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:
     return int(cpus * 1_000_000_000)
 
 
+def network_id(client: Any, name: str, *, again: bool = False) -> str:
+    """The id of the isolated bridge ``name`` (ensure_network()), verified once per engine and process.
+
+    ``again``: the id known is stale (the engine no longer has that network): verify anew.
+    Creating by id keeps a network swapped in under the same name from being joined unverified.
+    """
+    key = (os.environ.get("DOCKER_HOST", ""), name)
+    known = None if again else _verified.get(key)
+    if known is None:
+        known = _verified[key] = ensure_network(client, name)
+    return known
+
+
+def stale_network(exc: Any, args: Mapping[str, Any]) -> bool:
+    """Whether the engine refused a container because the network id it was created with is gone."""
+    network = args.get("network")
+    return bool(network) and getattr(exc, "status_code", None) == 404 and f"network {network} not found" in str(exc)
+
+
 def ensure_network(client: Any, name: str) -> str:
-    """The isolated bridge ``name``: reused when plugbay made it, created when missing."""
+    """The id of the isolated bridge ``name``: reused when plugbay made it, created when missing."""
     from docker.errors import APIError, NotFound
 
     with _create_lock:
@@ -76,7 +100,7 @@ def ensure_network(client: Any, name: str) -> str:
             f"Docker network {name!r} exists but was not created by plugbay with inter-container"
             f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
             f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
-    return name
+    return str(net.id)
 
 
 def hardened_args(runner: Any, image_user: str | None) -> dict[str, Any]:

@@ -35,7 +35,8 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
-                                               cpus_to_nano, ensure_network, hardened_args, tmpfs_mounts)
+                                               cpus_to_nano, hardened_args, network_id, stale_network,
+                                               tmpfs_mounts)
 from plugbay.runners.docker.adopt import claim, prove_container, reattach_id
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
@@ -190,7 +191,7 @@ class DockerRunner(Runner):
         transport_env, args = transport_settings(self.transport, self.container_port, gid)
         env.update(transport_env)
         if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
-            args["network"] = ensure_network(client, self.network)
+            args["network"] = network_id(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
@@ -200,9 +201,16 @@ class DockerRunner(Runner):
         args.update(hardened_args(self, image.attrs["Config"].get("User")))
         args.update(self.extra_create_args)
         try:
-            self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
-                                             "create the container")
-            engine_call(lambda: client.api.start(self._container_id), "start the container")
+            try:
+                self._create_and_start(args)
+            except APIError as exc:
+                if not stale_network(exc, args):
+                    raise
+                # the network verified by an earlier start is gone: the container goes, and once more
+                if self._container_id:
+                    engine_call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
+                args["network"] = network_id(client, str(self.network), again=True)
+                self._create_and_start(args)
         except APIError as exc:
             raise RunnerError(
                 f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."
@@ -222,6 +230,12 @@ class DockerRunner(Runner):
                 f"cannot read the output of container {self._container_id[:12]} ({self.image}): {refused}."
                 " plugbay reads the plugin's handshake line from the container's logs: keep a logging driver"
                 " the engine can read back (plugbay sets json-file; check log_config in extra_create_args)")
+
+    def _create_and_start(self, args: dict[str, Any]) -> None:
+        client = self._client
+        self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
+                                         "create the container")
+        engine_call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:
         # One blocking wait request per container instead of polling: the
