@@ -311,6 +311,34 @@ def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
         workers.close()
 
 
+@pytest.mark.parametrize("spliced", [True, False])
+def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, spliced: bool) -> None:
+    # local -> peer: a plain blocking socket pair is spliced (the kernel moves the bytes, framed by
+    # the window); a local socket with a timeout is copied through a buffer: both exact, in order
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    assert pair.server.can_splice
+    local, far = socket.socketpair()
+    if not spliced:
+        local.settimeout(30)
+    workers = Workers("plugbay-test-copy")
+    payload = bytes(range(251)) * (16 * 1024)  # ~4 MiB: many windows and pipe fills, odd-sized
+    try:
+        bridge(s, local, workers)
+        writer = threading.Thread(target=lambda: (far.sendall(payload), far.shutdown(socket.SHUT_WR)),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        got = read_exactly(c, len(payload) + 1)  # + 1: the FIN must follow the last byte
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        c.reset()
+        workers.close()
+
+
 def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair) -> None:
     # nothing calls take() here: the writer gets past its first window only if the session
     # reader itself returns the window of the bytes it sent straight to the sink

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import threading
 
@@ -35,21 +37,33 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             conn.close()
 
     def up() -> None:  # local -> peer
-        buf = memoryview(bytearray(_CHUNK))  # reused: write() has sent it all when it returns
+        pipe = _pipe() if stream.session.can_splice and conn.gettimeout() is None else None
+        buf = memoryview(bytearray(_CHUNK)) if pipe is None else None  # reused: write() sent it all
         try:
             while True:
-                n = conn.recv_into(buf)
+                if pipe is not None:  # the kernel moves the bytes: no copy into and out of this process
+                    n = os.splice(conn.fileno(), pipe[1], pipe[2])
+                else:
+                    assert buf is not None
+                    n = conn.recv_into(buf)
                 if not n:
                     try:
                         stream.close_write()
                     except StreamClosed:
                         pass
                     break
-                stream.write(buf[:n])
+                if pipe is not None:
+                    stream.write_piped(pipe[0], n)
+                else:
+                    assert buf is not None
+                    stream.write(buf[:n])
         except (OSError, StreamClosed):
             stream.reset()
             _shut(conn)
         finally:
+            if pipe is not None:
+                os.close(pipe[0])
+                os.close(pipe[1])
             finish()
 
     def down() -> None:  # peer -> local: what the session reader could not send straight to conn
@@ -131,6 +145,19 @@ def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading
         with lock:
             threads.add(t)
         t.start()
+
+
+def _pipe() -> tuple[int, int, int] | None:
+    """A pipe for splicing a bridge's bytes (read end, write end, how much one splice moves), or None."""
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _CHUNK)
+    except OSError:  # over the user's pipe quota: the default size moves less per frame
+        size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    return r, w, min(size, _CHUNK)
 
 
 def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:

@@ -16,6 +16,7 @@ growing buffers.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -44,6 +45,7 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
            "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
 
 log = logging.getLogger("plugbay.yamux")
+_SPLICE = hasattr(os, "splice")  # Linux
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -162,6 +164,29 @@ class Session:
                     self._sock.sendall(header)
                 else:
                     send_all(self._sock, header, payload)
+            except OSError as exc:
+                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+
+    @property
+    def can_splice(self) -> bool:
+        """Whether payloads may move into the socket straight from a pipe (a plain blocking socket;
+        never TLS, whose bytes are not the payload's)."""
+        return _SPLICE and type(self._sock) is socket.socket and self._sock.gettimeout() is None
+
+    def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None:
+        """A DATA frame whose ``length``-byte payload waits in ``pipe``: moved by the kernel, not copied
+        through this process (splice(2)); the frame is whole on the wire or the session is broken."""
+        header = _HDR.pack(0, DATA, flags, sid, length)
+        with self._wlock:
+            if self._closed.is_set():
+                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+            try:
+                self._sock.sendall(header, socket.MSG_MORE)
+                while length:  # the fd asked for each time (a closed socket's is -1)
+                    moved = os.splice(pipe, self._sock.fileno(), length)
+                    if not moved:
+                        raise OSError("the pipe ended inside a frame")
+                    length -= moved
             except OSError as exc:
                 raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
 

@@ -42,6 +42,11 @@ class Carrier(Protocol):
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
 
+    @property
+    def can_splice(self) -> bool: ...
+
+    def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None: ...
+
     def forget(self, stream: Stream) -> None: ...
 
 
@@ -266,6 +271,20 @@ class Stream:
                 flags = self._take_flags()
             self.session._send(DATA, flags, self.id, n, view[:n])
             view = view[n:]
+
+    def write_piped(self, pipe: int, n: int) -> None:
+        """Send the ``n`` bytes waiting in ``pipe`` (see Session._send_piped), in frames the window allows."""
+        while n:
+            with self._cond:
+                while self._send_window == 0 and not self._reset:
+                    self._cond.wait()
+                if self._reset or self._local_fin:
+                    raise StreamClosed(f"yamux stream {self.id} is closed")
+                k = min(n, self._send_window)
+                self._send_window -= k
+                flags = self._take_flags()
+            self.session._send_piped(flags, self.id, k, pipe)
+            n -= k
 
     def close_write(self) -> None:
         with self._cond:
