@@ -313,8 +313,9 @@ def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
 
 @pytest.mark.parametrize("spliced", [True, False])
 def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, spliced: bool) -> None:
-    # local -> peer: a plain blocking socket pair is spliced (the kernel moves the bytes, framed by
-    # the window); a local socket with a timeout is copied through a buffer: both exact, in order
+    # local -> peer: a plain blocking socket pair carrying bulk is spliced (the kernel moves the
+    # bytes, framed by the window); a local socket with a timeout is copied through a buffer:
+    # both exact, in order
     from plugbay.core.transport.bridges import bridge
     from plugbay.core.transport.workers import Workers
 

@@ -10,6 +10,8 @@ import threading
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.ystream import _CHUNK, WINDOW, Stream, StreamClosed
 
+_BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
+
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
     """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end.
@@ -37,14 +39,18 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             conn.close()
 
     def up() -> None:  # local -> peer
-        pipe = _pipe() if stream.session.can_splice and conn.gettimeout() is None else None
-        buf = memoryview(bytearray(_CHUNK)) if pipe is None else None  # reused: write() sent it all
+        # bulk bytes are spliced (the kernel moves them from conn through a pipe into the
+        # session's socket, no copy into or out of this process); small ones (calls, window
+        # updates) keep one recv and one send each, and a connection that never carries
+        # bulk never makes a pipe
+        bulk = stream.session.can_splice and conn.gettimeout() is None
+        pipe: tuple[int, int, int] | None = None
+        buf = memoryview(bytearray(_CHUNK))  # reused: write() has sent it all when it returns
         try:
             while True:
-                if pipe is not None:  # the kernel moves the bytes: no copy into and out of this process
+                if pipe is not None:
                     n = os.splice(conn.fileno(), pipe[1], pipe[2])
                 else:
-                    assert buf is not None
                     n = conn.recv_into(buf)
                 if not n:
                     try:
@@ -54,9 +60,10 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
                     break
                 if pipe is not None:
                     stream.write_piped(pipe[0], n)
-                else:
-                    assert buf is not None
-                    stream.write(buf[:n])
+                    continue
+                stream.write(buf[:n])
+                if bulk and n >= _BULK:
+                    pipe, bulk = _pipe(), False
         except (OSError, StreamClosed):
             stream.reset()
             _shut(conn)
