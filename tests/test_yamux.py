@@ -340,6 +340,42 @@ def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, s
         workers.close()
 
 
+def test_bridge_carries_mixed_small_and_large_frames_from_the_peer_in_order(pair: Pair) -> None:
+    # peer -> local: large payloads are spliced by the session reader into the bridged socket
+    # (headers and small payloads between them read exactly, never ahead); small ones are copied
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    sizes = [70_000, 12, 200_001, 5, 300, 65_536, 9, 131_072] * 6 + [17] * 12 + [250_000] * 4
+    pattern = bytes(range(253)) * 1024
+    payload = b"".join(pattern[i % 251:i % 251 + n] for i, n in enumerate(sizes))
+    try:
+        bridge(s, local, workers)
+
+        def write() -> None:
+            at = 0
+            for n in sizes:
+                c.write(payload[at:at + n])
+                at += n
+            c.close_write()
+
+        writer = threading.Thread(target=write, name="plugbay-test-writer", daemon=True)
+        writer.start()
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        s.reset()
+        workers.close()
+
+
 def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair) -> None:
     # nothing calls take() here: the writer gets past its first window only if the session
     # reader itself returns the window of the bytes it sent straight to the sink

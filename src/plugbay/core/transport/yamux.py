@@ -21,7 +21,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, send_all
+from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
@@ -37,6 +37,7 @@ from plugbay.core.transport.ystream import (
     WINDOW,
     WINDOW_UPDATE,
     Chunk,
+    Piped,
     Stream,
     StreamClosed,
 )
@@ -46,6 +47,7 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
 
 log = logging.getLogger("plugbay.yamux")
 _SPLICE = hasattr(os, "splice")  # Linux
+_SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -68,6 +70,7 @@ class Session:
         self._next = 1 if client else 2
         self._closed = threading.Event()
         self.close_reason = ""
+        self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
@@ -223,7 +226,7 @@ class Session:
         self._first = b""
         try:
             while True:
-                header = reader.read(_HDR.size)
+                header = reader.header(_HDR.size)
                 if len(header) < _HDR.size:
                     break
                 version, kind, flags, sid, length = _HDR.unpack(header)
@@ -234,6 +237,13 @@ class Session:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason = f"protocol error: stream {sid} received more than its window"
                         break
+                    if length >= _SPLICE_MIN and not reader.buffered() and self._splices_to(sid, flags):
+                        problem = self._splice_frame(sid, flags, length)
+                        if problem is not None:
+                            reason = problem
+                            break
+                        reader.spliced()
+                        continue
                     head = reader.split(length)  # received already: passed on as it is, not moved
                     if head is not None:
                         length -= len(head)
@@ -276,8 +286,45 @@ class Session:
             reason = f"connection error: {exc}"
         finally:
             self._shutdown(reason)
+            if self._pipe is not None:
+                os.close(self._pipe[0])
+                os.close(self._pipe[1])
 
-    def _stream_frame(self, sid: int, flags: int, payload: Chunk | None,
+    def _splices_to(self, sid: int, flags: int) -> bool:
+        """Whether a large payload for ``sid`` goes from the socket to its stream's sink by splice(2)."""
+        if flags & SYN or not self.can_splice:
+            return False
+        with self._lock:
+            stream = self._streams.get(sid)
+        if stream is None or not stream.splices:
+            return False
+        if self._pipe is None:
+            self._pipe = pipe_for_splicing()
+        return self._pipe is not None
+
+    def _splice_frame(self, sid: int, flags: int, length: int) -> str | None:
+        """Move a payload off the socket through the reader's pipe, a pipe-full at a time (an error text)."""
+        assert self._pipe is not None
+        read_end, write_end, size = self._pipe
+        while length:
+            try:
+                moved = os.splice(self._sock.fileno(), write_end, min(length, size))
+            except OSError as exc:
+                return f"connection error: {exc}"
+            if not moved:
+                return "the peer closed the connection inside a payload"
+            length -= moved
+            last = flags if not length else flags & ~(FIN | RST)
+            piped = Piped(read_end, moved)
+            problem = self._stream_frame(sid, last, piped, None)
+            if piped.n:  # a stream that was gone, or refused it: the pipe must be empty again
+                piped.read(piped.n)
+            if problem is not None:
+                return f"protocol error: {problem}"
+            flags &= ~(SYN | ACK)
+        return None
+
+    def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                       delta: int | None) -> str | None:
         """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
         stream: Stream | None
