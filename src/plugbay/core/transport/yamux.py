@@ -4,7 +4,9 @@ go-plugin's multiplexed broker runs a yamux session over the one connection
 to the plugin's announced address; the main gRPC connection and every
 brokered connection are streams of it. grpcio cannot speak over a Python
 object, so each stream is *bridged*: bytes flow between the stream and a
-plain local unix-socket connection that gRPC dials or serves on.
+plain local unix-socket connection that gRPC dials or serves on. Bulk bytes
+cross a bridge by splice(2) where both sockets are plain (never TLS): the
+kernel moves them through a pipe, and this process copies only the headers.
 
 Frame: version(0) type flags(2) stream-id(4) length(4), big endian.
 Types: Data, WindowUpdate, Ping, GoAway. Flags: SYN, ACK, FIN, RST. Client
