@@ -282,6 +282,47 @@ def test_connection_ending_inside_a_large_payload_ends_the_session() -> None:
         b.close()
 
 
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_bad_payload_spliced_to_a_bridge_ends_the_session(cut: bool) -> None:
+    # a bridged stream's large payloads are spliced straight off the socket; a peer that
+    # overruns the window there, or stops inside such a payload, still ends the session,
+    # and the local side sees only the bytes of whole frames
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    a, b = socket.socketpair()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    accepting = Accepting(a, "t-splice")
+    session = accepting.session
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        assert accepting.opened()
+        bridge(accepting.streams[1], local, workers)
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"a" * 100_000)  # whole: the peer sends in bulk
+        if cut:
+            b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 150_000) + b"b" * 70_000)
+            b.shutdown(socket.SHUT_WR)
+        else:  # 100_000 + 200_000 > the 256 KiB window: refused at its header, unread
+            try:
+                b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 200_000) + b"b" * 200_000)
+            except BrokenPipeError:
+                pass  # the session ended before taking it all
+        session._reader.join(10)
+        assert session.closed
+        assert ("more than its window" in session.close_reason) != cut
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert bytes(got[:100_000]) == b"a" * 100_000 and len(got) <= 100_000 + (70_000 if cut else 0)
+    finally:
+        session.close()
+        b.close()
+        far.close()
+        workers.close()
+
+
 def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
     # the session reader sends straight to the bridged socket until it is full, then the
     # bridge queues; a local reader that stalls and resumes must get every byte in order

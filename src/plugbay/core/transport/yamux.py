@@ -239,8 +239,9 @@ class Session:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason = f"protocol error: stream {sid} received more than its window"
                         break
-                    if length >= _SPLICE_MIN and not reader.buffered() and self._splices_to(sid, flags):
-                        problem = self._splice_frame(sid, flags, length)
+                    spliced = self._splices_to(sid, flags) if length >= _SPLICE_MIN and not reader.buffered() else None
+                    if spliced is not None:
+                        problem = self._splice_frame(spliced, flags, length)
                         if problem is not None:
                             reason = problem
                             break
@@ -292,22 +293,25 @@ class Session:
                 os.close(self._pipe[0])
                 os.close(self._pipe[1])
 
-    def _splices_to(self, sid: int, flags: int) -> bool:
-        """Whether a large payload for ``sid`` goes from the socket to its stream's sink by splice(2)."""
+    def _splices_to(self, sid: int, flags: int) -> Stream | None:
+        """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
         if flags & SYN or not self.can_splice:
-            return False
+            return None
         with self._lock:
             stream = self._streams.get(sid)
         if stream is None or not stream.splices:
-            return False
+            return None
         if self._pipe is None:
             self._pipe = pipe_for_splicing()
-        return self._pipe is not None
+        return stream if self._pipe is not None else None
 
-    def _splice_frame(self, sid: int, flags: int, length: int) -> str | None:
+    def _splice_frame(self, stream: Stream, flags: int, length: int) -> str | None:
         """Move a payload off the socket through the reader's pipe, a pipe-full at a time (an error text)."""
         assert self._pipe is not None
         read_end, write_end, size = self._pipe
+        sid = stream.id
+        if length > stream.receive_window:  # as hashicorp/yamux: the whole frame must fit, checked first
+            return f"protocol error: stream {sid} received more than its window"
         while length:
             try:
                 moved = os.splice(self._sock.fileno(), write_end, min(length, size))

@@ -174,6 +174,12 @@ class Stream:
             self._recv_window += delta
 
     @property
+    def receive_window(self) -> int:
+        """What the peer may still send before our next window update."""
+        with self._cond:
+            return self._recv_window
+
+    @property
     def splices(self) -> bool:
         """Whether the session reader may splice this stream's payloads (a hint: _data decides)."""
         return self._splice_sink
