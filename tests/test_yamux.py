@@ -282,6 +282,47 @@ def test_connection_ending_inside_a_large_payload_ends_the_session() -> None:
         b.close()
 
 
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_bad_payload_spliced_to_a_bridge_ends_the_session(cut: bool) -> None:
+    # a bridged stream's large payloads are spliced straight off the socket; a peer that
+    # overruns the window there, or stops inside such a payload, still ends the session,
+    # and the local side sees only the bytes of whole frames
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    a, b = socket.socketpair()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    accepting = Accepting(a, "t-splice")
+    session = accepting.session
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        assert accepting.opened()
+        bridge(accepting.streams[1], local, workers)
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"a" * 100_000)  # whole: the peer sends in bulk
+        if cut:
+            b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 150_000) + b"b" * 70_000)
+            b.shutdown(socket.SHUT_WR)
+        else:  # 100_000 + 200_000 > the 256 KiB window: refused at its header, unread
+            try:
+                b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 200_000) + b"b" * 200_000)
+            except BrokenPipeError:
+                pass  # the session ended before taking it all
+        session._reader.join(10)
+        assert session.closed
+        assert ("more than its window" in session.close_reason) != cut
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert bytes(got[:100_000]) == b"a" * 100_000 and len(got) <= 100_000 + (70_000 if cut else 0)
+    finally:
+        session.close()
+        b.close()
+        far.close()
+        workers.close()
+
+
 def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
     # the session reader sends straight to the bridged socket until it is full, then the
     # bridge queues; a local reader that stalls and resumes must get every byte in order
@@ -299,6 +340,71 @@ def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
         writer.start()
         writer.join(0.5)  # bounded: nobody reads far yet, so the writer must be held by the window
         assert writer.is_alive()
+        far.settimeout(10)
+        got = bytearray()
+        while chunk := far.recv(1 << 20):
+            got += chunk
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        s.reset()
+        workers.close()
+
+
+@pytest.mark.parametrize("spliced", [True, False])
+def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, spliced: bool) -> None:
+    # local -> peer: a plain blocking socket pair carrying bulk is spliced (the kernel moves the
+    # bytes, framed by the window); a local socket with a timeout is copied through a buffer:
+    # both exact, in order
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    assert pair.server.can_splice
+    local, far = socket.socketpair()
+    if not spliced:
+        local.settimeout(30)
+    workers = Workers("plugbay-test-copy")
+    payload = bytes(range(251)) * (16 * 1024)  # ~4 MiB: many windows and pipe fills, odd-sized
+    try:
+        bridge(s, local, workers)
+        writer = threading.Thread(target=lambda: (far.sendall(payload), far.shutdown(socket.SHUT_WR)),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        got = read_exactly(c, len(payload) + 1)  # + 1: the FIN must follow the last byte
+        assert len(got) == len(payload) and got == payload
+        writer.join(10)
+    finally:
+        far.close()
+        c.reset()
+        workers.close()
+
+
+def test_bridge_carries_mixed_small_and_large_frames_from_the_peer_in_order(pair: Pair) -> None:
+    # peer -> local: large payloads are spliced by the session reader into the bridged socket
+    # (headers and small payloads between them read exactly, never ahead); small ones are copied
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    sizes = [70_000, 12, 200_001, 5, 300, 65_536, 9, 131_072] * 6 + [17] * 12 + [250_000] * 4
+    pattern = bytes(range(253)) * 1024
+    payload = b"".join(pattern[i % 251:i % 251 + n] for i, n in enumerate(sizes))
+    try:
+        bridge(s, local, workers)
+
+        def write() -> None:
+            at = 0
+            for n in sizes:
+                c.write(payload[at:at + n])
+                at += n
+            c.close_write()
+
+        writer = threading.Thread(target=write, name="plugbay-test-writer", daemon=True)
+        writer.start()
         far.settimeout(10)
         got = bytearray()
         while chunk := far.recv(1 << 20):

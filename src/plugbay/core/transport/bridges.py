@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import threading
 
+from plugbay.core.transport.frames import pipe_for_splicing
 from plugbay.core.transport.workers import Workers
-from plugbay.core.transport.ystream import _CHUNK, WINDOW, Stream, StreamClosed
+from plugbay.core.transport.ystream import _CHUNK, WINDOW, Chunk, Stream, StreamClosed
+
+_BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
 
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
@@ -17,6 +22,10 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
     """
     state = {"open": 2}
     lock = threading.Lock()
+    # a plain blocking local socket carries bulk by splice(2) both ways; the session reader,
+    # which must never wait on it, makes its fd non-blocking once it splices into it (the
+    # loops below then wait for it themselves: poll)
+    plain = stream.session.can_splice and conn.gettimeout() is None
     try:
         # room for half a window in the local socket (the kernel doubles what it is told):
         # the session reader then sends nearly every payload straight to it, and the down
@@ -35,21 +44,42 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             conn.close()
 
     def up() -> None:  # local -> peer
+        # bulk bytes are spliced (the kernel moves them from conn through a pipe into the
+        # session's socket, no copy into or out of this process); small ones (calls, window
+        # updates) keep one recv and one send each, and a connection that never carries
+        # bulk never makes a pipe
+        bulk = plain
+        pipe: tuple[int, int, int] | None = None
         buf = memoryview(bytearray(_CHUNK))  # reused: write() has sent it all when it returns
         try:
             while True:
-                n = conn.recv_into(buf)
+                try:
+                    if pipe is not None:
+                        n = os.splice(conn.fileno(), pipe[1], pipe[2])
+                    else:
+                        n = conn.recv_into(buf)
+                except BlockingIOError:
+                    _wait(conn, select.POLLIN)
+                    continue
                 if not n:
                     try:
                         stream.close_write()
                     except StreamClosed:
                         pass
                     break
+                if pipe is not None:
+                    stream.write_piped(pipe[0], n)
+                    continue
                 stream.write(buf[:n])
+                if bulk and n >= _BULK:
+                    pipe, bulk = pipe_for_splicing(), False
         except (OSError, StreamClosed):
             stream.reset()
             _shut(conn)
         finally:
+            if pipe is not None:
+                os.close(pipe[0])
+                os.close(pipe[1])
             finish()
 
     def down() -> None:  # peer -> local: what the session reader could not send straight to conn
@@ -69,7 +99,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
                         _shut(conn)
                     break
                 try:
-                    conn.sendall(data)
+                    _send_all(conn, data)
                 finally:
                     stream.sent()
                 stream.consumed(len(data))
@@ -92,7 +122,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         stream.reset()
         conn.close()
         raise
-    stream.attach_sink(conn, wake)
+    stream.attach_sink(conn, wake, splice=plain)
 
 
 def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:
@@ -131,6 +161,23 @@ def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading
         with lock:
             threads.add(t)
         t.start()
+
+
+def _send_all(conn: socket.socket, data: Chunk) -> None:
+    """sendall() that also waits on a non-blocking socket (see bridge())."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[conn.send(view):]
+        except BlockingIOError:
+            _wait(conn, select.POLLOUT)
+
+
+def _wait(conn: socket.socket, event: int) -> None:
+    """Until ``conn`` is ready for ``event`` (or shut down, or broken: the next call says which)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), event)
+    poller.poll()
 
 
 def _shut(conn: socket.socket, how: int = socket.SHUT_RDWR) -> None:

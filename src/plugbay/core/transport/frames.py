@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 
 _READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
@@ -11,6 +13,8 @@ _DIRECT = 64 * 1024  # payloads this big are received straight into their own bu
 # (no copy); a smaller one is copied out, so a stream's queue of small payloads never pins
 # whole refill buffers (at most _READ / _SHARE times the bytes it holds).
 _SHARE = _READ // 4
+_BULK_SMALL = 8  # small payloads in a row after which a bulk peer is read ahead again
+_PIPE = 256 * 1024  # a splicing pipe's size: a bridge chunk, a window
 
 
 class FrameReader:
@@ -34,6 +38,36 @@ class FrameReader:
         # frame then costs no allocation and no zero-filling, just the recv
         self._spare: bytearray | None = None
         self._lent: bytearray | None = None
+        # the peer sends large frames: headers and small payloads are read exactly (not ahead),
+        # so a large payload is still in the socket when its header is read (spliced onwards,
+        # or received whole); _small counts the small payloads since the last large one
+        self._bulk = False
+        self._small = 0
+
+    def header(self, n: int) -> bytes | bytearray | memoryview:
+        """The next ``n`` header bytes (exactly those while the peer sends in bulk)."""
+        if self._bulk and self._pos == len(self._buf):
+            return self._read_exact(n)
+        return self.read(n)
+
+    def _read_exact(self, n: int) -> bytes | bytearray:
+        out = bytearray(n)
+        view = memoryview(out)
+        have = 0
+        while have < n:
+            got = self._sock.recv_into(view[have:], n - have, socket.MSG_WAITALL)
+            if not got:
+                return out[:have]
+            have += got
+        return out
+
+    def buffered(self) -> int:
+        """Bytes received ahead of what was read."""
+        return len(self._buf) - self._pos
+
+    def spliced(self) -> None:
+        """A payload was taken off the socket by splice(2) (a large one: the peer sends in bulk)."""
+        self._bulk, self._small = True, 0
 
     def read(self, n: int) -> bytes | bytearray | memoryview:
         self._lent = None  # recycle() frees only the buffer of the read just before it
@@ -41,6 +75,10 @@ class FrameReader:
         if have < n:
             if n - have >= _DIRECT:
                 return self._read_direct(n)
+            if self._bulk and not have and self._small < _BULK_SMALL:
+                self._small += 1
+                return self._read_exact(n)
+            self._bulk = False  # small frames only: read ahead again, many per recv
             if not self._refill(n):
                 n = len(self._buf) - self._pos  # the connection ended: what is left
         start, self._pos = self._pos, self._pos + n
@@ -84,6 +122,7 @@ class FrameReader:
     def _read_direct(self, n: int) -> bytearray | memoryview:
         out = self._spare if self._spare is not None and len(self._spare) >= n else bytearray(n)
         self._spare, self._lent = None, out
+        self._bulk, self._small = True, 0
         have = len(self._buf) - self._pos
         out[:have] = self._buf[self._pos:]
         self._buf, self._pos = memoryview(b""), 0
@@ -123,3 +162,16 @@ def send_all(sock: socket.socket, header: bytes, payload: memoryview) -> None:
         sent = len(header)
     if sent - len(header) < len(payload):
         sock.sendall(payload[sent - len(header):])
+
+
+def pipe_for_splicing() -> tuple[int, int, int] | None:
+    """A pipe for splicing bytes between sockets (read end, write end, how much one splice moves), or None."""
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE)
+    except OSError:  # over the user's pipe quota: the default size moves less per frame
+        size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    return r, w, min(size, _PIPE)

@@ -4,7 +4,9 @@ go-plugin's multiplexed broker runs a yamux session over the one connection
 to the plugin's announced address; the main gRPC connection and every
 brokered connection are streams of it. grpcio cannot speak over a Python
 object, so each stream is *bridged*: bytes flow between the stream and a
-plain local unix-socket connection that gRPC dials or serves on.
+plain local unix-socket connection that gRPC dials or serves on. Bulk bytes
+cross a bridge by splice(2) where both sockets are plain (never TLS): the
+kernel moves them through a pipe, and this process copies only the headers.
 
 Frame: version(0) type flags(2) stream-id(4) length(4), big endian.
 Types: Data, WindowUpdate, Ping, GoAway. Flags: SYN, ACK, FIN, RST. Client
@@ -16,11 +18,12 @@ growing buffers.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, send_all
+from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
@@ -36,6 +39,7 @@ from plugbay.core.transport.ystream import (
     WINDOW,
     WINDOW_UPDATE,
     Chunk,
+    Piped,
     Stream,
     StreamClosed,
 )
@@ -44,6 +48,8 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
            "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
 
 log = logging.getLogger("plugbay.yamux")
+_SPLICE = hasattr(os, "splice")  # Linux
+_SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -66,6 +72,7 @@ class Session:
         self._next = 1 if client else 2
         self._closed = threading.Event()
         self.close_reason = ""
+        self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
@@ -165,6 +172,29 @@ class Session:
             except OSError as exc:
                 raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
 
+    @property
+    def can_splice(self) -> bool:
+        """Whether payloads may move into the socket straight from a pipe (a plain blocking socket;
+        never TLS, whose bytes are not the payload's)."""
+        return _SPLICE and type(self._sock) is socket.socket and self._sock.gettimeout() is None
+
+    def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None:
+        """A DATA frame whose ``length``-byte payload waits in ``pipe``: moved by the kernel, not copied
+        through this process (splice(2)); the frame is whole on the wire or the session is broken."""
+        header = _HDR.pack(0, DATA, flags, sid, length)
+        with self._wlock:
+            if self._closed.is_set():
+                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+            try:
+                self._sock.sendall(header, socket.MSG_MORE)
+                while length:  # the fd asked for each time (a closed socket's is -1)
+                    moved = os.splice(pipe, self._sock.fileno(), length)
+                    if not moved:
+                        raise OSError("the pipe ended inside a frame")
+                    length -= moved
+            except OSError as exc:
+                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
         """Send a header-only frame if that does not wait for another writer or a full socket.
 
@@ -198,7 +228,7 @@ class Session:
         self._first = b""
         try:
             while True:
-                header = reader.read(_HDR.size)
+                header = reader.header(_HDR.size)
                 if len(header) < _HDR.size:
                     break
                 version, kind, flags, sid, length = _HDR.unpack(header)
@@ -209,6 +239,14 @@ class Session:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason = f"protocol error: stream {sid} received more than its window"
                         break
+                    spliced = self._splices_to(sid, flags) if length >= _SPLICE_MIN and not reader.buffered() else None
+                    if spliced is not None:
+                        problem = self._splice_frame(spliced, flags, length)
+                        if problem is not None:
+                            reason = problem
+                            break
+                        reader.spliced()
+                        continue
                     head = reader.split(length)  # received already: passed on as it is, not moved
                     if head is not None:
                         length -= len(head)
@@ -251,8 +289,48 @@ class Session:
             reason = f"connection error: {exc}"
         finally:
             self._shutdown(reason)
+            if self._pipe is not None:
+                os.close(self._pipe[0])
+                os.close(self._pipe[1])
 
-    def _stream_frame(self, sid: int, flags: int, payload: Chunk | None,
+    def _splices_to(self, sid: int, flags: int) -> Stream | None:
+        """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
+        if flags & SYN or not self.can_splice:
+            return None
+        with self._lock:
+            stream = self._streams.get(sid)
+        if stream is None or not stream.splices:
+            return None
+        if self._pipe is None:
+            self._pipe = pipe_for_splicing()
+        return stream if self._pipe is not None else None
+
+    def _splice_frame(self, stream: Stream, flags: int, length: int) -> str | None:
+        """Move a payload off the socket through the reader's pipe, a pipe-full at a time (an error text)."""
+        assert self._pipe is not None
+        read_end, write_end, size = self._pipe
+        sid = stream.id
+        if length > stream.receive_window:  # as hashicorp/yamux: the whole frame must fit, checked first
+            return f"protocol error: stream {sid} received more than its window"
+        while length:
+            try:
+                moved = os.splice(self._sock.fileno(), write_end, min(length, size))
+            except OSError as exc:
+                return f"connection error: {exc}"
+            if not moved:
+                return "the peer closed the connection inside a payload"
+            length -= moved
+            last = flags if not length else flags & ~(FIN | RST)
+            piped = Piped(read_end, moved)
+            problem = self._stream_frame(sid, last, piped, None)
+            if piped.n:  # a stream that was gone, or refused it: the pipe must be empty again
+                piped.read(piped.n)
+            if problem is not None:
+                return f"protocol error: {problem}"
+            flags &= ~(SYN | ACK)
+        return None
+
+    def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                       delta: int | None) -> str | None:
         """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
         stream: Stream | None

@@ -9,6 +9,7 @@ window itself: no thread hand-off per frame or per window update.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -31,6 +32,29 @@ MAX_WINDOW = 4 * WINDOW
 Chunk = bytes | bytearray | memoryview  # what a stream reads: its payloads as received, not copied
 
 
+class Piped:
+    """A payload the session reader spliced off its socket into ``pipe`` (``n`` bytes wait there)."""
+
+    def __init__(self, pipe: int, n: int) -> None:
+        self.pipe = pipe
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def read(self, n: int) -> bytearray:
+        """The next ``n`` bytes out of the pipe (copied into this process: a sink that cannot take them)."""
+        out = bytearray(n)
+        view, have = memoryview(out), 0
+        while have < n:
+            got = os.readv(self.pipe, [view[have:]])
+            if not got:
+                raise OSError("the pipe ended inside a payload")
+            have += got
+        self.n -= n
+        return out
+
+
 class StreamClosed(Exception):
     pass
 
@@ -41,6 +65,11 @@ class Carrier(Protocol):
     def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None: ...
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
+
+    @property
+    def can_splice(self) -> bool: ...
+
+    def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None: ...
 
     def forget(self, stream: Stream) -> None: ...
 
@@ -65,6 +94,9 @@ class Stream:
         # a bridge's local socket: the session reader sends payloads straight to it while
         # nothing is queued (one thread hand-off less per frame); see attach_sink()
         self._sink: socket.socket | None = None
+        # the bridge lets the reader splice into the sink, whose fd it then makes non-blocking
+        self._splice_sink = False
+        self._sink_unblocked = False
         self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
         self._direct = 0  # bytes sent straight to the sink, window not yet returned
         self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
@@ -73,18 +105,23 @@ class Stream:
         self._on_data: Callable[[], None] | None = None
 
     # called by the session's reader thread
-    def _data(self, payload: Chunk, flags: int) -> tuple[bool, bool]:
+    def _data(self, payload: Chunk | Piped, flags: int) -> tuple[bool, bool]:
         """Take a DATA frame: (False when it overruns the receive window (a protocol error),
         whether the stream keeps a reference to ``payload`` (some of it is queued))."""
         with self._cond:
             self._recv_window -= len(payload)
             if self._recv_window < 0:
                 return False, False
-            chunk: Chunk = payload
             first = self._on_data if payload else None
             if payload:
                 self._got_data, self._on_data = True, None
-            if chunk and self._sink is not None and not self._buf and not self._sending and not self._reset:
+            chunk: Chunk
+            if isinstance(payload, Piped):
+                chunk = self._from_pipe(payload)
+            else:
+                chunk = payload
+            if (chunk and not isinstance(payload, Piped) and self._sink is not None and not self._buf
+                    and not self._sending and not self._reset):
                 sent = self._send_direct(chunk)
                 self._direct += sent
                 if sent:
@@ -136,6 +173,33 @@ class Stream:
             self._window_max += grow
             self._recv_window += delta
 
+    @property
+    def receive_window(self) -> int:
+        """What the peer may still send before our next window update."""
+        with self._cond:
+            return self._recv_window
+
+    @property
+    def splices(self) -> bool:
+        """Whether the session reader may splice this stream's payloads (a hint: _data decides)."""
+        return self._splice_sink
+
+    def _from_pipe(self, payload: Piped) -> Chunk:
+        """Splice what the sink takes now straight from the pipe; the rest comes out to be queued."""
+        if self._sink is not None and self._splice_sink and not self._buf and not self._sending and not self._reset:
+            try:
+                if not self._sink_unblocked:  # the fd only: the bridge's loops wait on it themselves
+                    os.set_blocking(self._sink.fileno(), False)
+                    self._sink_unblocked = True
+                sent = os.splice(payload.pipe, self._sink.fileno(), payload.n)
+            except BlockingIOError:
+                sent = 0  # the local side is not reading: the bridge sends it when it can
+            except OSError:
+                sent, self._sink = 0, None  # broken: the bridge finds out on its next send
+            self._direct += sent
+            payload.n -= sent
+        return payload.read(payload.n) if payload.n else b""
+
     def _send_direct(self, data: Chunk) -> int:
         assert self._sink is not None
         try:
@@ -185,7 +249,8 @@ class Stream:
 
     # a bridge's side: attach_sink(), then take() / sent() in a loop
 
-    def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None) -> None:
+    def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None,
+                    splice: bool = False) -> None:
         """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
 
         The bridge owning ``sink`` must then read with take(), call sent()
@@ -193,9 +258,14 @@ class Stream:
         ``wake``, the session calls it once, at the first work for that loop
         (bytes the sink did not take, the end of the stream, window to
         return): a callback's stream needs no waiting thread until it ends.
+        With ``splice``, the reader may also splice payloads into ``sink``,
+        making its fd non-blocking for that: the bridge's own calls on it
+        must then wait for it themselves on BlockingIOError.
         """
         with self._cond:
             self._sink = sink
+            self._splice_sink = splice and sink is not None
+            self._sink_unblocked = False
             self._wake = wake if sink is not None else None
             wake_now = self._drain_needed()
         if wake_now is not None:
@@ -266,6 +336,20 @@ class Stream:
                 flags = self._take_flags()
             self.session._send(DATA, flags, self.id, n, view[:n])
             view = view[n:]
+
+    def write_piped(self, pipe: int, n: int) -> None:
+        """Send the ``n`` bytes waiting in ``pipe`` (see Session._send_piped), in frames the window allows."""
+        while n:
+            with self._cond:
+                while self._send_window == 0 and not self._reset:
+                    self._cond.wait()
+                if self._reset or self._local_fin:
+                    raise StreamClosed(f"yamux stream {self.id} is closed")
+                k = min(n, self._send_window)
+                self._send_window -= k
+                flags = self._take_flags()
+            self.session._send_piped(flags, self.id, k, pipe)
+            n -= k
 
     def close_write(self) -> None:
         with self._cond:
