@@ -49,7 +49,6 @@ from plugbay.errors import (
 # brokered servers' and channels' code nor TLS (plugbay.core.transport.secure), nor yamux.
 if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
-    from plugbay.core.broker.shared import SharedServer, Tenant
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.broker.wire import Opening, Outbox, Reader
     from plugbay.core.protocol import tls as tlsmod
@@ -134,8 +133,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
             self._tls = MutualTLS(transport.tls, transport.peer_cert_pem)
         self._source: ServerSource | None = None  # made at the first accept_and_serve
-        self._shared: SharedServer | None = None  # multiplexed ids' shared server (not a TLS relay's)
-        self._tenants: list[tuple[int, Tenant]] = []
 
     # ------------------------------------------------------------- public API
 
@@ -154,9 +151,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
         """
         self._check_open()
         self._ensure_stream()
-        if self.transport.multiplex and (self._tls is None or not self._tls.needs_relay):
-            self._serve_shared(id, register)
-            return
         from plugbay.core.broker.registrar import Registrar
 
         served, path = self._servers().get()
@@ -164,7 +158,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         try:
             register(Registrar(served.server))
             if self.transport.multiplex:
-                self._serve_multiplexed(id, ("unix", path), served.cleanup)
+                self._serve_multiplexed(id, served, path)
             else:
                 self._serve_per_connection(id, path)
         except BaseException:
@@ -188,10 +182,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
         with self._cond:
             mine = [s for s in self._served if s.id == id]
             self._served = [s for s in self._served if s.id != id]
-            tenants = [t for i, t in self._tenants if i == id]
-            self._tenants = [(i, t) for i, t in self._tenants if i != id]
-        for tenant in tenants:
-            tenant.stop()
         for served in mine:
             from plugbay.core.broker.channels import stop_served
 
@@ -226,7 +216,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
             served, self._served = self._served, []
             channels, self._channels = self._channels, []
             cleanup, self._cleanup = self._cleanup, []
-            tenants, self._tenants = self._tenants, []
             send_q = self._send_q
         if send_q is not None:
             send_q.put(None)
@@ -236,10 +225,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
             ch.close()
         for s in served:
             s.stop()
-        for _, tenant in tenants:
-            tenant.stop()
-        if self._shared is not None:
-            self._shared.leave()
         if self._source is not None:
             self._source.close()
         for func in reversed(cleanup):
@@ -317,25 +302,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
     def _public_path(self) -> str:
         folder = self.transport.socket_dir or tempfile.gettempdir()
         return os.path.join(folder, f"plugin{os.urandom(5).hex()}")
-
-    def _serve_shared(self, id: int, register: Callable[[grpc.Server], None]) -> None:
-        """Serve multiplexed ``id`` on a shared server (plugbay.core.broker.shared); not over a TLS relay."""
-        from plugbay.core.broker.shared import join_shared
-
-        with self._cond:
-            self._check_open()
-            if self._shared is None:
-                self._shared = join_shared(self._tls)
-            shared = self._shared
-        tenant = shared.open(register)
-        with self._cond:
-            closed = self._closed
-            if not closed:
-                self._tenants.append((id, tenant))
-        if closed:
-            tenant.stop()
-            raise BrokerClosedError("the broker closed while serving; start a new Client")
-        self._serve_multiplexed(id, tenant.connect, tenant.cleanup)
 
     def _serve_per_connection(self, id: int, path: str) -> None:
         network, address = "unix", path

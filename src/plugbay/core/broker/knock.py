@@ -29,9 +29,9 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.errors import BrokerClosedError, BrokerError
 
 if TYPE_CHECKING:
-    from plugbay.core.broker.channels import BrokeredChannel
+    from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.transport.muxbridge import StreamBridge
-    from plugbay.core.transport.muxsession import MuxSession, Target
+    from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.yamux import Stream
 
 _BRIDGE_JOIN = 10.0
@@ -79,14 +79,12 @@ class Multiplexed:
         assert mux is not None
         return mux
 
-    def _serve_multiplexed(self, id: int, target: Target, cleanup: list[Callable[[], None]]) -> None:
-        """Route ``id``'s knocked streams to ``target``; ``cleanup`` (run when it stops) forgets it."""
+    def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
         mux = self._mux()
-        cleanup.append(lambda: mux.forget(id))
-        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it);
-        # under the lock _on_knock checks serves() with, so a knock is either early or seen served
+        served.cleanup.append(lambda: mux.forget(id))
+        mux.expect(id, ("unix", path))
+        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
         with self._cond:
-            mux.expect(id, target)
             early = id in self._early_knocks
             self._early_knocks.discard(id)
         if early:
@@ -98,12 +96,11 @@ class Multiplexed:
             self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
                 knock=True, ack=True, error="this side does not multiplex brokered connections")))
             return
-        with self._cond:
-            early = not mux.serves(msg.service_id)
-            kept = len(self._early_knocks) < MAX_UNCLAIMED
-            if early and kept:
-                self._early_knocks.add(msg.service_id)
-        if early:
+        if not mux.serves(msg.service_id):
+            with self._cond:
+                kept = len(self._early_knocks) < MAX_UNCLAIMED
+                if kept:
+                    self._early_knocks.add(msg.service_id)
             if not kept:
                 self._send_quietly(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
                     knock=True, ack=True, error=f"more than {MAX_UNCLAIMED} knocks wait for ids not served;"

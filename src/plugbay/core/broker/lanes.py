@@ -70,6 +70,6 @@ class Lane(Executor):
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def new_pool(workers: int = _SERVER_WORKERS) -> ThreadPoolExecutor:
-    """A brokered server's worker pool: up to ``workers`` calls at once (threads start as calls need them)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plugbay-brokered")
+def new_pool() -> ThreadPoolExecutor:
+    """A brokered server's worker pool: up to _SERVER_WORKERS calls at once."""
+    return ThreadPoolExecutor(max_workers=_SERVER_WORKERS, thread_name_prefix="plugbay-brokered")

@@ -28,9 +28,6 @@ log = logging.getLogger("plugbay.mux")
 SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 POLL = 0.2  # the accept loops' poll (how soon they see a close)
 
-# where an id's streams go: an address to dial, or what makes the connection (a shared brokered server's)
-Target = tuple[str, str] | Callable[[], socket.socket]
-
 
 class MuxSession:
     """One side of the multiplexed connection: routes streams, opens streams."""
@@ -41,7 +38,7 @@ class MuxSession:
         self._ready = threading.Condition(self._lock)
         self._session: Session | None = None
         self._closed = False
-        self._targets: dict[int, Target] = {}
+        self._targets: dict[int, tuple[str, str]] = {}
         self._knocks: deque[int] = deque()
         self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops (and StreamBridge's accepts)
         self.default_target: tuple[str, str] | None = None
@@ -66,9 +63,9 @@ class MuxSession:
             return
         self._route(stream, target, sid)
 
-    def _route(self, stream: Stream, target: Target, sid: int | None) -> None:
+    def _route(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
         try:
-            conn = target() if callable(target) else sockets.dial(*target, timeout=2.0)
+            conn = sockets.dial(*target, timeout=2.0)
             conn.settimeout(None)
         except OSError as exc:
             log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
@@ -79,7 +76,7 @@ class MuxSession:
         except RuntimeError:  # closing: bridge reset the stream and closed conn
             pass
 
-    def expect(self, id: int, target: Target) -> None:
+    def expect(self, id: int, target: tuple[str, str]) -> None:
         with self._lock:
             self._targets[id] = target
 
