@@ -30,6 +30,8 @@ from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
 from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.mux import HostMux, PluginFront
 from plugbay.core.protocol.tls import CertKey, generate_cert
+from plugbay.core.transport.muxsession import MuxSession
+from tests.race_util import PauseAt
 from plugbay.core.transport.sockets import open_listener
 from tests.test_broker import check, register
 
@@ -176,6 +178,31 @@ def test_knock_before_accept_is_answered(mpair: MuxPair) -> None:
     mpair.host.accept_and_serve(sid, register("late"))
     t.join(20)
     assert out == [SERVING]
+
+
+def test_a_knock_seen_unserved_while_accept_and_serve_runs_is_still_answered(mpair: MuxPair) -> None:
+    """The knock's serves() and accept_and_serve's early check must not interleave (an unanswered knock)."""
+    sid = mpair.host.next_id()
+    acks: list[int] = []
+    ack = mpair.host._ack
+    mpair.host._ack = lambda id: (acks.append(id), ack(id))  # type: ignore[method-assign]
+    held = PauseAt(MuxSession.serves.__code__, "return")
+
+    def knock() -> None:
+        held.install()
+        mpair.host._on_knock(pb.ConnInfo(service_id=sid, knock=pb.ConnInfo.Knock(knock=True)))
+
+    knocker = threading.Thread(target=knock, name="plugbay-test-knock")
+    knocker.start()
+    held.wait_reached()  # the knock found the id not served yet
+    server = threading.Thread(target=mpair.host.accept_and_serve, args=(sid, register("late")),
+                              name="plugbay-test-serve")
+    server.start()
+    server.join(0.5)  # done unless it waits for the knock to decide
+    held.release()
+    knocker.join(10)
+    server.join(10)
+    assert acks == [sid] and sid not in mpair.host._early_knocks
 
 
 def test_unknown_id_times_out(mpair: MuxPair) -> None:

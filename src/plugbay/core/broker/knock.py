@@ -82,9 +82,10 @@ class Multiplexed:
     def _serve_multiplexed(self, id: int, served: Served, path: str) -> None:
         mux = self._mux()
         served.cleanup.append(lambda: mux.forget(id))
-        mux.expect(id, ("unix", path))
-        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it)
+        # a knock that came before this accept_and_serve is answered now (go-plugin buffers it);
+        # under the lock _on_knock checks serves() with, so a knock is either early or seen served
         with self._cond:
+            mux.expect(id, ("unix", path))
             early = id in self._early_knocks
             self._early_knocks.discard(id)
         if early:
@@ -96,11 +97,12 @@ class Multiplexed:
             self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
                 knock=True, ack=True, error="this side does not multiplex brokered connections")))
             return
-        if not mux.serves(msg.service_id):
-            with self._cond:
-                kept = len(self._early_knocks) < MAX_UNCLAIMED
-                if kept:
-                    self._early_knocks.add(msg.service_id)
+        with self._cond:
+            early = not mux.serves(msg.service_id)
+            kept = len(self._early_knocks) < MAX_UNCLAIMED
+            if early and kept:
+                self._early_knocks.add(msg.service_id)
+        if early:
             if not kept:
                 self._send_quietly(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
                     knock=True, ack=True, error=f"more than {MAX_UNCLAIMED} knocks wait for ids not served;"
