@@ -120,7 +120,7 @@ class Client(ClientParts):
         Not waited for on the shared loop thread (a log handler): only that loop ends the streams.
         """
         runner = self._runner
-        if (runner is not None and not ioloop.shared().on_loop()
+        if (self._output is not None and runner is not None and not ioloop.shared().on_loop()  # started, followed
                 and (self._exit_code is not None or runner.wait(0) is not None)):
             self._drain_logs()  # an exit can be seen before a resting pipe is read through
         return self._logs.tail()
