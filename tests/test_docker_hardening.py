@@ -161,6 +161,26 @@ def test_a_foreign_network_swapped_in_after_verification_is_refused(plugbay_dock
             net.remove()
 
 
+@pytest.mark.parametrize(("transport", "network"), [("tcp", ISOLATED_NETWORK), ("unix", None)])
+def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_docker: Any, transport: str,
+                                                                       network: str | None) -> None:
+    # Only the isolated network's own (stale) id is verified anew: the caller's choice is not replaced
+    # (it was: the container ran on the isolated network, or with network=None on a new one called "None").
+    missing = f"plugbay-test-missing-{os.getpid()}"
+    before = {n.name for n in plugbay_docker.networks.list()} | {ISOLATED_NETWORK}  # tcp verifies it first
+    runner = DockerRunner(BASE, transport=transport, network=network, entrypoint=["sleep", "30"],
+                          extra_create_args={"network": missing})
+    try:
+        with pytest.raises(RunnerError, match=rf"network {missing} not found"):
+            runner.start(LaunchSpec(env={}))
+    finally:
+        runner.kill()
+        made = {n.name for n in plugbay_docker.networks.list()} - before
+        for name in made:  # (networks.list(names=[]) would list them all)
+            plugbay_docker.networks.get(name).remove()
+    assert not made
+
+
 def test_bad_limit_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="give cpus= or nano_cpus=, not both"):
         DockerRunner(BASE, cpus=1, nano_cpus=10)

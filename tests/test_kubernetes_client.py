@@ -46,6 +46,19 @@ def test_kv_round_trip(kubeconfig: str, kvtrap: str, mode: str, auto_mtls: bool)
     assert pod and runner.diagnose().startswith(f"pod default/{pod}")
 
 
+def test_the_stderr_tail_asked_before_start_leaves_the_runner_alone(kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    # stderr_tail() looked at runner.wait(0) before start(): the runner's pod watch began on no pod name,
+    # and start() never watched the real pod (a PodStartTimeoutError, then a kill waiting out its grace).
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE, start_timeout=20)
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                 start_timeout=20))
+    assert client.stderr_tail() == []
+    with client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+
+
 def test_reattach_from_another_client(kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
     runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE)
     first = kv_client(runner)

@@ -39,6 +39,7 @@ from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.parts import ClientParts
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.stop import describe_exit, killed_while_starting
+from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
@@ -114,8 +115,13 @@ class Client(ClientParts):
         return self._need(self._conn, "connection_mode").mode
 
     def stderr_tail(self) -> list[str]:
-        """The last stderr lines; once the plugin has ended, they include its last ones."""
-        if self._runner is not None and (self._exit_code is not None or self._runner.wait(0) is not None):
+        """The last stderr lines; once the plugin has ended, they include its last ones.
+
+        Not waited for on the shared loop thread (a log handler): only that loop ends the streams.
+        """
+        runner = self._runner
+        if (self._output is not None and runner is not None and not ioloop.shared().on_loop()  # started, followed
+                and (self._exit_code is not None or runner.wait(0) is not None)):
             self._drain_logs()  # an exit can be seen before a resting pipe is read through
         return self._logs.tail()
 

@@ -190,8 +190,9 @@ class DockerRunner(Runner):
             mounts.append(bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR))
         transport_env, args = transport_settings(self.transport, self.container_port, gid)
         env.update(transport_env)
+        isolated = None  # the isolated network's verified id, if the container joins it
         if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
-            args["network"] = network_id(client, self.network)
+            args["network"] = isolated = network_id(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels()}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
@@ -204,8 +205,8 @@ class DockerRunner(Runner):
             try:
                 self._create_and_start(args)
             except APIError as exc:
-                if not stale_network(exc, args):
-                    raise
+                if isolated is None or args.get("network") != isolated or not stale_network(exc, args):
+                    raise  # not our verified id (extra_create_args chose the network): the caller's to fix
                 # the network verified by an earlier start is gone: the container goes, and once more
                 if self._container_id:
                     engine_call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
