@@ -155,8 +155,7 @@ class Session:
             streams = list(self._streams.values())
             self._streams.clear()
         shutdown_and_join([self._sock], [])  # the raw socket, never TLS first (see there)
-        self._sock.close()
-        for stream in streams:
+        for stream in streams:  # the reader closes the socket (see _read_loop)
             stream._kill()
 
     def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
@@ -288,10 +287,17 @@ class Session:
         except (OSError, ValueError, StreamClosed) as exc:
             reason = f"connection error: {exc}"
         finally:
-            self._shutdown(reason)
-            if self._pipe is not None:
-                os.close(self._pipe[0])
-                os.close(self._pipe[1])
+            try:
+                self._shutdown(reason)
+            finally:
+                # closed here only, by the thread that reads it, under the send lock: splices name
+                # the socket by its descriptor number, which a close elsewhere could give to a new
+                # socket while one of them is about to use it (its bytes read, or written, there)
+                with self._wlock:
+                    self._sock.close()
+                if self._pipe is not None:
+                    os.close(self._pipe[0])
+                    os.close(self._pipe[1])
 
     def _splices_to(self, sid: int, flags: int) -> Stream | None:
         """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
