@@ -666,3 +666,32 @@ def test_a_session_closed_under_a_spliced_send_never_writes_to_a_reused_descript
             s.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_spliced_frame_cut_short_ends_the_session(pair: Pair) -> None:
+    # a frame's header is on the wire before its payload is spliced after it; if the splice
+    # fails part way (here: the pipe holds half the payload and ends), nothing may follow that
+    # header on the wire as if the frame were whole: the session must end, the peer's streams
+    # must never get bytes of other frames as payload
+    import os
+
+    c, s = pair.open()
+    c2, s2 = pair.open()
+    r, w = os.pipe()
+    try:
+        os.write(w, b"h" * 30_000)
+        os.close(w)
+        with pytest.raises(StreamClosed):
+            c.write_piped(r, 60_000)
+        try:
+            c2.write(b"x" * 40_000)  # would complete the cut frame on the wire
+            c2.close_write()
+        except StreamClosed:
+            pass
+        s2_got = read_exactly(s2, 40_001)
+        assert not s2_got or s2_got == b"x" * 40_000
+        got = read_exactly(s, 60_001)
+        assert b"x" not in got, "another stream's frame was taken as the cut frame's payload"
+        assert pair.client.closed
+    finally:
+        os.close(r)

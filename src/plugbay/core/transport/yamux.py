@@ -186,13 +186,19 @@ class Session:
                 raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
             try:
                 self._sock.sendall(header, socket.MSG_MORE)
-                while length:  # the fd asked for each time (a closed socket's is -1)
+                while length:
                     moved = os.splice(pipe, self._sock.fileno(), length)
                     if not moved:
                         raise OSError("the pipe ended inside a frame")
                     length -= moved
             except OSError as exc:
-                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+                # part of the frame may be out: no other frame may follow it (still under the lock)
+                shutdown_and_join([self._sock], [])
+                failed = exc
+            else:
+                return
+        self._shutdown(f"connection error: a frame was cut short: {failed}")
+        raise StreamClosed(f"the multiplexed connection failed: {failed}") from failed
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
         """Send a header-only frame if that does not wait for another writer or a full socket.
