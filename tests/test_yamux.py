@@ -524,3 +524,174 @@ def test_payloads_a_stream_still_queues_survive_the_readers_next_refills() -> No
     finally:
         session.close()
         b.close()
+
+
+def test_a_session_closed_under_its_readers_splice_never_reads_a_reused_descriptor() -> None:
+    # the session reader splices by descriptor number; a close() from another thread must not
+    # free that number while the reader may still use it: a socket opened meanwhile (which the
+    # kernel gives the lowest free number) would have its bytes taken into the closed session.
+    # The reader is held (its profile hook) at its splice call, arguments made, the number read.
+    import os
+    import sys
+    from types import FrameType
+    from typing import Any
+
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    reached, go = threading.Event(), threading.Event()
+
+    def hold(frame: FrameType, event: str, arg: Any) -> None:
+        if threading.current_thread().name != "plugbay-t-reuse-read":
+            sys.setprofile(None)
+        elif event == "c_call" and arg is os.splice and frame.f_code.co_name == "_splice_frame":
+            sys.setprofile(None)
+            reached.set()
+            go.wait(30)
+
+    a, b = socket.socketpair()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    threading.setprofile(hold)
+    try:
+        accepting = Accepting(a, "t-reuse")
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    session, number = accepting.session, a.fileno()
+    closer = threading.Thread(target=lambda: session.abort("closed by the test"), name="plugbay-test-closer")
+    others: list[socket.socket] = []
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
+        assert accepting.opened()
+        bridge(accepting.streams[1], local, workers)
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"a" * 100_000)  # whole: the peer sends in bulk
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"b" * 50_000)  # spliced: the reader is held
+        assert reached.wait(10)
+        closer.start()
+        for _ in range(50):  # bounded: until the session let go of its socket, if it does now
+            if session.closed and a.fileno() == -1:
+                break
+            threading.Event().wait(0.01 if not session.closed else 0.02)
+        for _ in range(4):
+            others += socket.socketpair()
+        victim = next((s for s in others if s.fileno() == number), None)
+        for s in others:  # every new socket's peer sends: the victim (if any) has bytes waiting
+            if s is not victim:
+                s.sendall(b"not the session's")
+        go.set()
+        closer.join(10)
+        assert session.closed
+        if victim is not None:
+            victim.settimeout(2)
+            try:
+                waiting = victim.recv(100)
+            except TimeoutError:
+                waiting = b""
+            assert waiting == b"not the session's", "the closed session's reader took another socket's bytes"
+        assert victim is None, f"descriptor {number} was handed out while the session's reader could still use it"
+    finally:
+        go.set()
+        if closer.is_alive() or not closer.ident:
+            session.close()
+        closer.join(10)
+        for s in others:
+            s.close()
+        b.close()
+        far.close()
+        workers.close()
+
+
+def test_a_session_closed_under_a_spliced_send_never_writes_to_a_reused_descriptor(pair: Pair) -> None:
+    # the writer side of the test above: a bridge sending a spliced frame names the session's
+    # socket by number too; held at that splice (header sent, number read), the session is
+    # aborted elsewhere and sockets are opened: none may get that number, none may get its bytes
+    import os
+    import sys
+    from types import FrameType
+    from typing import Any
+
+    reached, go = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def hold(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and arg is os.splice and frame.f_code.co_name == "_send_piped":
+            sys.setprofile(None)
+            reached.set()
+            go.wait(30)
+
+    c, _ = pair.open()
+    number = pair.client._sock.fileno()
+    r, w = os.pipe()
+    os.write(w, b"s" * 60_000)
+
+    def send() -> None:
+        sys.setprofile(hold)
+        try:
+            c.write_piped(r, 60_000)
+        except StreamClosed as exc:
+            failed.append(exc)
+        finally:
+            sys.setprofile(None)
+
+    sender = threading.Thread(target=send, name="plugbay-test-sender")
+    closer = threading.Thread(target=lambda: pair.client.abort("closed by the test"), name="plugbay-test-closer")
+    others: list[socket.socket] = []
+    try:
+        sender.start()
+        assert reached.wait(10)
+        closer.start()
+        for _ in range(50):  # bounded: until the session let go of its socket, if it does now
+            if pair.client.closed and pair.client._sock.fileno() == -1:
+                break
+            threading.Event().wait(0.01 if not pair.client.closed else 0.02)
+        for _ in range(4):
+            others += socket.socketpair()
+        go.set()
+        sender.join(10)
+        closer.join(10)
+        for s in others:
+            s.settimeout(0.2)
+            try:
+                assert not s.recv(100), "a spliced frame went to another socket"
+            except TimeoutError:
+                pass
+        assert number not in [s.fileno() for s in others], \
+            f"descriptor {number} was handed out while a sender could still use it"
+        assert failed and pair.client.closed  # the frame could not be sent: the session is gone
+    finally:
+        go.set()
+        sender.join(10)
+        closer.join(10)
+        for s in others:
+            s.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_spliced_frame_cut_short_ends_the_session(pair: Pair) -> None:
+    # a frame's header is on the wire before its payload is spliced after it; if the splice
+    # fails part way (here: the pipe holds half the payload and ends), nothing may follow that
+    # header on the wire as if the frame were whole: the session must end, the peer's streams
+    # must never get bytes of other frames as payload
+    import os
+
+    c, s = pair.open()
+    c2, s2 = pair.open()
+    r, w = os.pipe()
+    try:
+        os.write(w, b"h" * 30_000)
+        os.close(w)
+        with pytest.raises(StreamClosed):
+            c.write_piped(r, 60_000)
+        try:
+            c2.write(b"x" * 40_000)  # would complete the cut frame on the wire
+            c2.close_write()
+        except StreamClosed:
+            pass
+        s2_got = read_exactly(s2, 40_001)
+        assert not s2_got or s2_got == b"x" * 40_000
+        got = read_exactly(s, 60_001)
+        assert b"x" not in got, "another stream's frame was taken as the cut frame's payload"
+        assert pair.client.closed
+    finally:
+        os.close(r)

@@ -155,8 +155,7 @@ class Session:
             streams = list(self._streams.values())
             self._streams.clear()
         shutdown_and_join([self._sock], [])  # the raw socket, never TLS first (see there)
-        self._sock.close()
-        for stream in streams:
+        for stream in streams:  # the reader closes the socket (see _read_loop)
             stream._kill()
 
     def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
@@ -187,13 +186,19 @@ class Session:
                 raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
             try:
                 self._sock.sendall(header, socket.MSG_MORE)
-                while length:  # the fd asked for each time (a closed socket's is -1)
+                while length:
                     moved = os.splice(pipe, self._sock.fileno(), length)
                     if not moved:
                         raise OSError("the pipe ended inside a frame")
                     length -= moved
             except OSError as exc:
-                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
+                # part of the frame may be out: no other frame may follow it (still under the lock)
+                shutdown_and_join([self._sock], [])
+                failed = exc
+            else:
+                return
+        self._shutdown(f"connection error: a frame was cut short: {failed}")
+        raise StreamClosed(f"the multiplexed connection failed: {failed}") from failed
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
         """Send a header-only frame if that does not wait for another writer or a full socket.
@@ -288,10 +293,17 @@ class Session:
         except (OSError, ValueError, StreamClosed) as exc:
             reason = f"connection error: {exc}"
         finally:
-            self._shutdown(reason)
-            if self._pipe is not None:
-                os.close(self._pipe[0])
-                os.close(self._pipe[1])
+            try:
+                self._shutdown(reason)
+            finally:
+                # closed here only, by the thread that reads it, under the send lock: splices name
+                # the socket by its descriptor number, which a close elsewhere could give to a new
+                # socket while one of them is about to use it (its bytes read, or written, there)
+                with self._wlock:
+                    self._sock.close()
+                if self._pipe is not None:
+                    os.close(self._pipe[0])
+                    os.close(self._pipe[1])
 
     def _splices_to(self, sid: int, flags: int) -> Stream | None:
         """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
