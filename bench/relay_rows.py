@@ -13,9 +13,11 @@ gives the medians over the rounds. Every loop is bounded by --rounds and --calls
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +39,7 @@ def _core(ctx: Context) -> tuple[str, str, Callable[[bool], Result]]:
     if plugin is None:
         raise SystemExit(f"no Go plugin: {ctx.cache.get('go:reason')}")
     cwd = tempfile.mkdtemp(prefix="plugbay-bench-")
+    atexit.register(shutil.rmtree, cwd, True)  # the plugin's kv_* files
 
     def row(tls: bool) -> Result:
         config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=tls,
