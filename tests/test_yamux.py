@@ -695,3 +695,43 @@ def test_a_spliced_frame_cut_short_ends_the_session(pair: Pair) -> None:
         assert pair.client.closed
     finally:
         os.close(r)
+
+
+def _stuck_writer(session: Session) -> tuple[Stream, threading.Thread]:
+    """A stream whose writer is blocked in a big write, on a session whose peer never reads."""
+    stream = session.open()
+    writer = threading.Thread(target=lambda: _write_ignoring_close(stream, b"x" * 200_000),
+                              name="plugbay-test-writer", daemon=True)
+    writer.start()
+    for _ in range(1000):  # the writer holds the send lock once the socket is full
+        if session._wlock.locked():
+            break
+        threading.Event().wait(0.01)
+    assert session._wlock.locked()
+    return stream, writer
+
+
+def _write_ignoring_close(stream: Stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+    except StreamClosed:
+        pass
+
+
+def test_close_ends_while_a_writer_is_stuck_on_a_peer_that_never_reads() -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-stuck")
+    try:
+        _, writer = _stuck_writer(session)
+        closer = threading.Thread(target=session.close, name="plugbay-test-close", daemon=True)
+        closer.start()
+        closer.join(10)  # a hang guard, not a timing: close() waits a bounded while for its GoAway
+        assert not closer.is_alive(), "close() hangs behind the stuck writer"
+        assert session.closed
+        writer.join(10)
+        assert not writer.is_alive()
+    finally:
+        session.abort("test over")
+        b.close()

@@ -21,9 +21,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all
+from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
@@ -50,6 +51,7 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
 log = logging.getLogger("plugbay.yamux")
 _SPLICE = hasattr(os, "splice")  # Linux
 _SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
+_CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck on a peer that does not read)
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -132,10 +134,17 @@ class Session:
     def close(self, reason: str = "closed") -> None:
         if self._closed.is_set():
             return
-        try:
-            self._send(GO_AWAY, 0, 0, 0)
-        except (OSError, StreamClosed):
-            pass  # the peer is already gone: nothing to tell it
+        # the GoAway is a courtesy: a writer stuck on a peer that does not read holds the send
+        # lock, and the socket may be full; past the wait, the connection just ends (as abort())
+        deadline = time.monotonic() + _CLOSE_WAIT
+        if self._wlock.acquire(timeout=_CLOSE_WAIT):
+            try:
+                if not self._closed.is_set():
+                    send_within(self._sock, _HDR.pack(0, GO_AWAY, 0, 0, 0), deadline)
+            except OSError:
+                pass  # the peer is already gone: nothing to tell it
+            finally:
+                self._wlock.release()
         self._shutdown(reason)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)
