@@ -735,3 +735,37 @@ def test_close_ends_while_a_writer_is_stuck_on_a_peer_that_never_reads() -> None
     finally:
         session.abort("test over")
         b.close()
+
+
+def test_a_ping_waits_for_room_on_a_socket_full_for_a_moment() -> None:
+    # bulk traffic fills the session's socket for a while; a ping then is late, not failed
+    # (a failed ping makes a plugin give its live session up for another host connection)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-full")
+    try:
+        _ping_on_a_full_socket(session, a, b)
+    finally:
+        session.abort("test over")
+        b.close()
+
+
+def _ping_on_a_full_socket(session: Session, a: socket.socket, b: socket.socket) -> None:
+    stale_ack = struct.pack(">BBHII", 0, PING, ACK, 0, 0xFFFF)  # harmless: answers no ping
+    while True:
+        try:
+            a.send(stale_ack, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    answered: list[bool] = []
+    pinger = threading.Thread(target=lambda: answered.append(session.ping(10)), name="plugbay-test-ping")
+    pinger.start()
+    pinger.join(0.3)
+    assert not answered, "the ping gave up on a socket that was full only for a moment"
+    peer = Session(b, client=False, on_stream=lambda s: s.reset(), name="t-full-peer")  # reads it all now
+    try:
+        pinger.join(15)
+        assert answered == [True]
+    finally:
+        peer.abort("test over")

@@ -113,15 +113,20 @@ class Session:
             pid, answered = self._ping_id, threading.Event()
             self._pings[pid] = answered
         try:
+            deadline = time.monotonic() + timeout
             if not self._wlock.acquire(timeout=timeout):
                 return False  # a writer is stuck on a full connection
-            try:
-                header = _HDR.pack(0, PING, SYN, 0, pid)
-                sent = self._sock.send(header, socket.MSG_DONTWAIT)
+            header = _HDR.pack(0, PING, SYN, 0, pid)
+            try:  # a socket full for a moment (bulk traffic) is waited for, up to the deadline
+                sent = 0 if self._closed.is_set() else send_within(self._sock, header, deadline)
+                if 0 < sent < len(header):  # half a frame is out: no other frame may follow it
+                    shutdown_and_join([self._sock], [])
             except OSError:
                 return False
             finally:
                 self._wlock.release()
+            if 0 < sent < len(header):
+                self._shutdown("connection error: a ping was cut short")
             return sent == len(header) and answered.wait(timeout)
         finally:
             with self._lock:
