@@ -769,3 +769,35 @@ def _ping_on_a_full_socket(session: Session, a: socket.socket, b: socket.socket)
         assert answered == [True]
     finally:
         peer.abort("test over")
+
+
+def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> None:
+    # the local side neither reads (the drain waits to send) nor writes (the up loop waits to
+    # receive): only the session ending can end both loops, by shutting the local socket
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    try:
+        bridge(s, local, workers)
+        writer = threading.Thread(target=lambda: _write_ignoring_close(c, b"y" * (3 << 20)),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        writer.join(0.5)  # bounded: nobody reads far, so the writer is held by the window
+        assert writer.is_alive()
+        pair.server.abort("the test ends the session")
+        far.settimeout(10)  # a hang guard: far sees the end once the bridge's loops end
+        while far.recv(1 << 20):
+            pass
+        for _ in range(1000):  # both loops ended: the last one closed the local socket
+            if local.fileno() == -1:
+                break
+            threading.Event().wait(0.01)
+        assert local.fileno() == -1
+        pair.client.abort("test over")
+        writer.join(10)
+    finally:
+        far.close()
+        workers.close()
