@@ -24,7 +24,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all, send_within
+from plugbay.core.transport.frames import (
+    FrameReader,
+    pipe_for_splicing,
+    send_all,
+    send_within,
+)
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
