@@ -305,3 +305,50 @@ def test_a_peer_flooding_knocks_and_acks_cannot_grow_the_broker_without_bound(mp
     sid = host.next_id()
     host.accept_and_serve(sid, register("after-flood"))
     assert check(mpair.plugin.dial(sid), "after-flood") == SERVING
+
+
+def test_a_busy_session_whose_socket_is_full_keeps_the_plugin(tmp_path: object) -> None:
+    # the host's session carries a stream and its socket is full for a moment (bulk traffic);
+    # a second host connection's ping then waits for room: the live session keeps the plugin
+    import struct
+    import time
+
+    d = str(tmp_path)
+    target = open_listener("unix", os.path.join(d, "target.sock"))  # the stream's local end: held
+    front = PluginFront(open_listener("unix", os.path.join(d, "plugin.sock")),
+                        ("unix", os.path.join(d, "target.sock")))
+    host = socket.socket(socket.AF_UNIX)
+    host.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    intruder = socket.socket(socket.AF_UNIX)
+    held: list[socket.socket] = []
+    host_session: yamux.Session | None = None
+    try:
+        host.connect(front.address[1])
+        host.sendall(struct.pack(">BBHII", 0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
+        target.settimeout(10)
+        held.append(target.accept()[0])  # the plugin routed stream 1: its session is live and busy
+        session = front._session
+        assert session is not None and session.open_streams == 1
+        stale_ack = struct.pack(">BBHII", 0, yamux.PING, yamux.ACK, 0, 0xFFFF)  # answers no ping
+        while True:  # the plugin's socket to the host is full (the host reads later)
+            try:
+                session._sock.send(stale_ack, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        intruder.settimeout(10)
+        intruder.connect(front.address[1])
+        intruder.sendall(struct.pack(">BBHII", 0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
+        time.sleep(0.5)  # the plugin pings its host now, on the full socket; then the host reads
+        host_session = yamux.Session(host, client=True, on_stream=lambda s: s.reset(), name="t-host")
+        assert intruder.recv(1) == b""  # refused (a hang guard: 10 s)
+        assert front._session is session and not session.closed
+    finally:
+        intruder.close()
+        if host_session is not None:
+            host_session.abort("test over")
+        else:
+            host.close()
+        front.close()
+        for conn in held:
+            conn.close()
+        target.close()

@@ -695,3 +695,109 @@ def test_a_spliced_frame_cut_short_ends_the_session(pair: Pair) -> None:
         assert pair.client.closed
     finally:
         os.close(r)
+
+
+def _stuck_writer(session: Session) -> tuple[Stream, threading.Thread]:
+    """A stream whose writer is blocked in a big write, on a session whose peer never reads."""
+    stream = session.open()
+    writer = threading.Thread(target=lambda: _write_ignoring_close(stream, b"x" * 200_000),
+                              name="plugbay-test-writer", daemon=True)
+    writer.start()
+    for _ in range(1000):  # the writer holds the send lock once the socket is full
+        if session._wlock.locked():
+            break
+        threading.Event().wait(0.01)
+    assert session._wlock.locked()
+    return stream, writer
+
+
+def _write_ignoring_close(stream: Stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+    except StreamClosed:
+        pass
+
+
+def test_close_ends_while_a_writer_is_stuck_on_a_peer_that_never_reads() -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-stuck")
+    try:
+        _, writer = _stuck_writer(session)
+        closer = threading.Thread(target=session.close, name="plugbay-test-close", daemon=True)
+        closer.start()
+        closer.join(10)  # a hang guard, not a timing: close() waits a bounded while for its GoAway
+        assert not closer.is_alive(), "close() hangs behind the stuck writer"
+        assert session.closed
+        writer.join(10)
+        assert not writer.is_alive()
+    finally:
+        session.abort("test over")
+        b.close()
+
+
+def test_a_ping_waits_for_room_on_a_socket_full_for_a_moment() -> None:
+    # bulk traffic fills the session's socket for a while; a ping then is late, not failed
+    # (a failed ping makes a plugin give its live session up for another host connection)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-full")
+    try:
+        _ping_on_a_full_socket(session, a, b)
+    finally:
+        session.abort("test over")
+        b.close()
+
+
+def _ping_on_a_full_socket(session: Session, a: socket.socket, b: socket.socket) -> None:
+    stale_ack = struct.pack(">BBHII", 0, PING, ACK, 0, 0xFFFF)  # harmless: answers no ping
+    while True:
+        try:
+            a.send(stale_ack, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    answered: list[bool] = []
+    pinger = threading.Thread(target=lambda: answered.append(session.ping(10)), name="plugbay-test-ping")
+    pinger.start()
+    pinger.join(0.3)
+    assert not answered, "the ping gave up on a socket that was full only for a moment"
+    peer = Session(b, client=False, on_stream=lambda s: s.reset(), name="t-full-peer")  # reads it all now
+    try:
+        pinger.join(15)
+        assert answered == [True]
+    finally:
+        peer.abort("test over")
+
+
+def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> None:
+    # the local side neither reads (the drain waits to send) nor writes (the up loop waits to
+    # receive): only the session ending can end both loops, by shutting the local socket
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    try:
+        bridge(s, local, workers)
+        writer = threading.Thread(target=lambda: _write_ignoring_close(c, b"y" * (3 << 20)),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        writer.join(0.5)  # bounded: nobody reads far, so the writer is held by the window
+        assert writer.is_alive()
+        pair.server.abort("the test ends the session")
+        far.settimeout(10)  # a hang guard: far sees the end once the bridge's loops end
+        while far.recv(1 << 20):
+            pass
+        for _ in range(1000):  # both loops ended: the last one closed the local socket
+            if local.fileno() == -1:
+                break
+            threading.Event().wait(0.01)
+        assert local.fileno() == -1
+        pair.client.abort("test over")
+        writer.join(10)
+    finally:
+        far.close()
+        workers.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
+import time
 
 _READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
 _SMALL = 16 * 1024  # ... and while it sends small frames (a buffer a queued payload pins: keep it small)
@@ -162,6 +164,27 @@ def send_all(sock: socket.socket, header: bytes, payload: memoryview) -> None:
         sent = len(header)
     if sent - len(header) < len(payload):
         sock.sendall(payload[sent - len(header):])
+
+
+def send_within(sock: socket.socket, data: bytes, deadline: float) -> int:
+    """Send ``data``, waiting for room no later than ``deadline`` (time.monotonic()); the bytes sent.
+
+    A full socket is waited for with poll(), not a socket timeout: the socket stays
+    blocking for the thread that reads it. OSError if the connection is broken.
+    """
+    sent = 0
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    while sent < len(data):
+        try:
+            sent += sock.send(data[sent:], socket.MSG_DONTWAIT)
+            continue
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            break
+    return sent
 
 
 def pipe_for_splicing() -> tuple[int, int, int] | None:

@@ -21,9 +21,15 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, pipe_for_splicing, send_all
+from plugbay.core.transport.frames import (
+    FrameReader,
+    pipe_for_splicing,
+    send_all,
+    send_within,
+)
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import (
     _CHUNK,
@@ -50,6 +56,7 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
 log = logging.getLogger("plugbay.yamux")
 _SPLICE = hasattr(os, "splice")  # Linux
 _SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
+_CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck on a peer that does not read)
 
 class Session:
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -111,15 +118,20 @@ class Session:
             pid, answered = self._ping_id, threading.Event()
             self._pings[pid] = answered
         try:
+            deadline = time.monotonic() + timeout
             if not self._wlock.acquire(timeout=timeout):
                 return False  # a writer is stuck on a full connection
-            try:
-                header = _HDR.pack(0, PING, SYN, 0, pid)
-                sent = self._sock.send(header, socket.MSG_DONTWAIT)
+            header = _HDR.pack(0, PING, SYN, 0, pid)
+            try:  # a socket full for a moment (bulk traffic) is waited for, up to the deadline
+                sent = 0 if self._closed.is_set() else send_within(self._sock, header, deadline)
+                if 0 < sent < len(header):  # half a frame is out: no other frame may follow it
+                    shutdown_and_join([self._sock], [])
             except OSError:
                 return False
             finally:
                 self._wlock.release()
+            if 0 < sent < len(header):
+                self._shutdown("connection error: a ping was cut short")
             return sent == len(header) and answered.wait(timeout)
         finally:
             with self._lock:
@@ -132,10 +144,17 @@ class Session:
     def close(self, reason: str = "closed") -> None:
         if self._closed.is_set():
             return
-        try:
-            self._send(GO_AWAY, 0, 0, 0)
-        except (OSError, StreamClosed):
-            pass  # the peer is already gone: nothing to tell it
+        # the GoAway is a courtesy: a writer stuck on a peer that does not read holds the send
+        # lock, and the socket may be full; past the wait, the connection just ends (as abort())
+        deadline = time.monotonic() + _CLOSE_WAIT
+        if self._wlock.acquire(timeout=_CLOSE_WAIT):
+            try:
+                if not self._closed.is_set():
+                    send_within(self._sock, _HDR.pack(0, GO_AWAY, 0, 0, 0), deadline)
+            except OSError:
+                pass  # the peer is already gone: nothing to tell it
+            finally:
+                self._wlock.release()
         self._shutdown(reason)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)

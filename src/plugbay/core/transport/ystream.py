@@ -94,6 +94,7 @@ class Stream:
         # a bridge's local socket: the session reader sends payloads straight to it while
         # nothing is queued (one thread hand-off less per frame); see attach_sink()
         self._sink: socket.socket | None = None
+        self._local: socket.socket | None = None  # the bridge's socket, kept while attached (see _kill)
         # the bridge lets the reader splice into the sink, whose fd it then makes non-blocking
         self._splice_sink = False
         self._sink_unblocked = False
@@ -230,6 +231,11 @@ class Stream:
             self._reset = True
             self._cond.notify_all()
             wake = self._drain_needed()
+            if self._local is not None:  # the bridge's loops may wait on it, not on the stream
+                try:  # under the lock: the bridge detaches before it closes the socket
+                    self._local.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if wake is not None:
             wake()
 
@@ -263,7 +269,7 @@ class Stream:
         must then wait for it themselves on BlockingIOError.
         """
         with self._cond:
-            self._sink = sink
+            self._sink = self._local = sink
             self._splice_sink = splice and sink is not None
             self._sink_unblocked = False
             self._wake = wake if sink is not None else None
