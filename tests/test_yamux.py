@@ -801,3 +801,64 @@ def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> No
     finally:
         far.close()
         workers.close()
+
+
+class _ShortSocket(socket.socket):
+    """A real socket whose non-blocking sends of a GoAway get 5 bytes out, then find it full (a
+    TCP buffer that fills inside a header); everything else is sent as usual."""
+
+    cut = threading.Event()
+
+    def send(self, data: object, flags: int = 0) -> int:  # type: ignore[override]
+        if flags & socket.MSG_DONTWAIT and self.cut.is_set():
+            raise BlockingIOError  # full from now on, for a sender that does not wait
+        if flags & socket.MSG_DONTWAIT and bytes(data)[1:2] == bytes([yamux.GO_AWAY]):  # type: ignore[call-overload]
+            self.cut.set()
+            return super().send(bytes(data)[:5], flags)  # type: ignore[call-overload]
+        return super().send(data, flags)  # type: ignore[call-overload]
+
+
+def test_a_goaway_cut_short_by_close_is_followed_by_no_other_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() gives up on a GoAway whose header is half out; a writer waiting for the send lock
+    # must not then put its frame right after that half header (the peer would read a frame
+    # made of both), even if it gets the lock before close() ends the session
+    from tests.race_util import PauseAt
+
+    monkeypatch.setattr(yamux, "_CLOSE_WAIT", 0.3)
+    a, far = socket.socketpair()
+    sock = _ShortSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=a.detach())
+    session = Session(sock, client=True, on_stream=lambda s: s.reset(), name="t-short")
+    stream = session.open()
+    pause = PauseAt(Session._shutdown.__code__, "call")
+    failed: list[BaseException] = []
+
+    def closing() -> None:
+        pause.install()
+        session.close()
+
+    def writing() -> None:
+        try:
+            stream.write(b"z")
+        except StreamClosed as exc:
+            failed.append(exc)
+
+    closer = threading.Thread(target=closing, name="plugbay-test-close", daemon=True)
+    writer = threading.Thread(target=writing, name="plugbay-test-writer", daemon=True)
+    try:
+        closer.start()
+        assert _ShortSocket.cut.wait(10)
+        writer.start()  # waits for the send lock close() holds
+        pause.wait_reached()  # close() gave up on the GoAway, the session not yet ended
+        writer.join(10)
+        assert not writer.is_alive()
+    finally:
+        pause.release()
+        closer.join(10)
+        _ShortSocket.cut.clear()
+    far.settimeout(10)
+    wire = b""
+    while chunk := far.recv(1 << 16):
+        wire += chunk
+    far.close()
+    assert wire[12:] == struct.pack(">BBHII", 0, yamux.GO_AWAY, 0, 0, 0)[:5]  # the half header, then nothing
+    assert failed  # the writer was told the session ended

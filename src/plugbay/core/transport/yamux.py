@@ -149,8 +149,9 @@ class Session:
         deadline = time.monotonic() + _CLOSE_WAIT
         if self._wlock.acquire(timeout=_CLOSE_WAIT):
             try:
-                if not self._closed.is_set():
-                    send_within(self._sock, _HDR.pack(0, GO_AWAY, 0, 0, 0), deadline)
+                header = _HDR.pack(0, GO_AWAY, 0, 0, 0)
+                if not self._closed.is_set() and send_within(self._sock, header, deadline) < len(header):
+                    shutdown_and_join([self._sock], [])  # half a frame may be out: none may follow it
             except OSError:
                 pass  # the peer is already gone: nothing to tell it
             finally:
