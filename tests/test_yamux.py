@@ -862,3 +862,37 @@ def test_a_goaway_cut_short_by_close_is_followed_by_no_other_frame(monkeypatch: 
     far.close()
     assert wire[12:] == struct.pack(">BBHII", 0, yamux.GO_AWAY, 0, 0, 0)[:5]  # the half header, then nothing
     assert failed  # the writer was told the session ended
+
+
+def test_a_ping_that_waited_for_room_gets_no_more_than_its_timeout_for_the_answer() -> None:
+    # ping(timeout) never takes longer than timeout: time spent waiting for room on a full
+    # socket counts against the answer's wait (an answer later than that is no answer)
+    import time
+
+    a, far = socket.socketpair()
+    junk = b"j" * 65536
+    filled = 0
+    while True:  # the socket full before the session starts: its ping must wait for room
+        try:
+            filled += a.send(junk, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-pingwait")
+    result: list[bool] = []
+    started = time.monotonic()
+    pinger = threading.Thread(target=lambda: result.append(session.ping(2.0)), name="plugbay-test-ping")
+    try:
+        pinger.start()
+        threading.Event().wait(1.0)  # the ping waits for room meanwhile
+        far.settimeout(10)
+        wire = b""
+        while len(wire) < filled + 12:  # the junk, then the ping's header
+            wire += far.recv(1 << 20)
+        pid = struct.unpack(">BBHII", wire[filled:filled + 12])[4]
+        threading.Event().wait(max(0.0, started + 2.6 - time.monotonic()))  # past the ping's timeout
+        far.sendall(struct.pack(">BBHII", 0, PING, ACK, 0, pid))
+        pinger.join(10)
+        assert result == [False]
+    finally:
+        session.abort("test over")
+        far.close()

@@ -132,7 +132,7 @@ class Session:
                 self._wlock.release()
             if 0 < sent < len(header):
                 self._shutdown("connection error: a ping was cut short")
-            return sent == len(header) and answered.wait(timeout)
+            return sent == len(header) and answered.wait(max(0.0, deadline - time.monotonic()))
         finally:
             with self._lock:
                 self._pings.pop(pid, None)
