@@ -803,6 +803,50 @@ def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> No
         workers.close()
 
 
+def test_a_dying_session_still_delivers_what_it_received_to_the_bridged_local_side(pair: Pair) -> None:
+    # as hashicorp/yamux after a force-close: bytes already received are still read out
+    import fcntl
+    import sys
+    import termios
+
+    from plugbay.core.transport.bridges import bridge
+    from plugbay.core.transport.workers import Workers
+
+    def unread(sock: socket.socket) -> int:
+        buf = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder)
+
+    c, s = pair.open()
+    local, far = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    try:
+        bridge(s, local, workers)
+        writer = threading.Thread(target=lambda: _write_ignoring_close(c, b"y" * (3 << 20)),
+                                  name="plugbay-test-writer", daemon=True)
+        writer.start()
+        seen = (-1, -1)
+        for _ in range(200):  # bounded: until the window holds the writer and nothing moves
+            threading.Event().wait(0.05)
+            now = (unread(far), s._buffered)
+            if now == seen:
+                break
+            seen = now
+        in_far, queued = seen
+        assert queued > 0, "nothing was left queued in the stream: the test shows nothing"
+        pair.server.abort("the test ends the session")
+        far.settimeout(10)  # a hang guard
+        got = 0
+        while chunk := far.recv(1 << 20):
+            got += len(chunk)
+        assert got >= in_far + queued, (got, in_far, queued)
+        pair.client.abort("test over")
+        writer.join(10)
+    finally:
+        far.close()
+        workers.close()
+
+
 class _ShortSocket(socket.socket):
     """A real socket whose non-blocking sends of a GoAway get 5 bytes out, then find it full (a
     TCP buffer that fills inside a header); everything else is sent as usual."""

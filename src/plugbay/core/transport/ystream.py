@@ -231,9 +231,9 @@ class Stream:
             self._reset = True
             self._cond.notify_all()
             wake = self._drain_needed()
-            if self._local is not None:  # the bridge's loops may wait on it, not on the stream
-                try:  # under the lock: the bridge detaches before it closes the socket
-                    self._local.shutdown(socket.SHUT_RDWR)
+            if self._local is not None:  # the up loop may wait to receive from it, not on the stream
+                try:  # under the lock: the bridge detaches before it closes the socket; reading only:
+                    self._local.shutdown(socket.SHUT_RD)  # what was received still goes out to it
                 except OSError:
                     pass
         if wake is not None:
