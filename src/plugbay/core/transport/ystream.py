@@ -332,30 +332,27 @@ class Stream:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
-            with self._cond:
-                while self._send_window == 0 and not self._reset:
-                    self._cond.wait()
-                if self._reset or self._local_fin:
-                    raise StreamClosed(f"yamux stream {self.id} is closed")
-                n = min(len(view), self._send_window, _CHUNK)
-                self._send_window -= n
-                flags = self._take_flags()
+            n, flags = self._take_window(min(len(view), _CHUNK))
             self.session._send(DATA, flags, self.id, n, view[:n])
             view = view[n:]
 
     def write_piped(self, pipe: int, n: int) -> None:
         """Send the ``n`` bytes waiting in ``pipe`` (see Session._send_piped), in frames the window allows."""
         while n:
-            with self._cond:
-                while self._send_window == 0 and not self._reset:
-                    self._cond.wait()
-                if self._reset or self._local_fin:
-                    raise StreamClosed(f"yamux stream {self.id} is closed")
-                k = min(n, self._send_window)
-                self._send_window -= k
-                flags = self._take_flags()
+            k, flags = self._take_window(n)
             self.session._send_piped(flags, self.id, k, pipe)
             n -= k
+
+    def _take_window(self, wanted: int) -> tuple[int, int]:
+        """Up to ``wanted`` bytes of send window, waited for, and the flags the frame carries."""
+        with self._cond:
+            while self._send_window == 0 and not self._reset:
+                self._cond.wait()
+            if self._reset or self._local_fin:
+                raise StreamClosed(f"yamux stream {self.id} is closed")
+            n = min(wanted, self._send_window)
+            self._send_window -= n
+            return n, self._take_flags()
 
     def close_write(self) -> None:
         with self._cond:
