@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from plugbay.core.transport import yamux
+from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import ACK, PING, SYN, WINDOW, WINDOW_UPDATE, Session, Stream, StreamClosed
 
 
@@ -56,6 +58,30 @@ def read_exactly(s: Stream, n: int) -> bytes:
         out += data
         s.consumed(len(data))
     return bytes(out)
+
+
+class BridgeEnds:
+    """A bridged stream's local socket pair: ``local`` is the bridge's, ``far`` the test's end."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.local, self.far = socket.socketpair()
+        self.local.settimeout(timeout)
+        self.workers = Workers("plugbay-test-copy")
+
+    def bridge(self, stream: Stream) -> None:
+        bridge(stream, self.local, self.workers)
+
+    def received(self) -> bytes:
+        """All ``far`` gets until the bridge ends its side (10 s without a byte: a hang guard)."""
+        self.far.settimeout(10)
+        got = bytearray()
+        while chunk := self.far.recv(1 << 20):
+            got += chunk
+        return bytes(got)
+
+    def close(self) -> None:
+        self.far.close()
+        self.workers.close()
 
 
 def test_round_trip_and_half_close(pair: Pair) -> None:
@@ -287,18 +313,14 @@ def test_a_bad_payload_spliced_to_a_bridge_ends_the_session(cut: bool) -> None:
     # a bridged stream's large payloads are spliced straight off the socket; a peer that
     # overruns the window there, or stops inside such a payload, still ends the session,
     # and the local side sees only the bytes of whole frames
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     a, b = socket.socketpair()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
     accepting = Accepting(a, "t-splice")
     session = accepting.session
     try:
         b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
         assert accepting.opened()
-        bridge(accepting.streams[1], local, workers)
+        ends.bridge(accepting.streams[1])
         b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"a" * 100_000)  # whole: the peer sends in bulk
         if cut:
             b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 150_000) + b"b" * 70_000)
@@ -311,45 +333,33 @@ def test_a_bad_payload_spliced_to_a_bridge_ends_the_session(cut: bool) -> None:
         session._reader.join(10)
         assert session.closed
         assert ("more than its window" in session.close_reason) != cut
-        far.settimeout(10)
-        got = bytearray()
-        while chunk := far.recv(1 << 20):
-            got += chunk
-        assert bytes(got[:100_000]) == b"a" * 100_000 and len(got) <= 100_000 + (70_000 if cut else 0)
+        got = ends.received()
+        assert got[:100_000] == b"a" * 100_000 and len(got) <= 100_000 + (70_000 if cut else 0)
     finally:
         session.close()
         b.close()
-        far.close()
-        workers.close()
+        ends.close()
 
 
 def test_bridge_keeps_order_when_the_local_side_stalls(pair: Pair) -> None:
     # the session reader sends straight to the bridged socket until it is full, then the
     # bridge queues; a local reader that stalls and resumes must get every byte in order
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     c, s = pair.open()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
     try:
-        bridge(s, local, workers)
+        ends.bridge(s)
         payload = bytes(range(256)) * (12 * 1024)  # 3 MiB: far more than the socket buffers
         writer = threading.Thread(target=lambda: (c.write(payload), c.close_write()),
                                   name="plugbay-test-writer", daemon=True)
         writer.start()
         writer.join(0.5)  # bounded: nobody reads far yet, so the writer must be held by the window
         assert writer.is_alive()
-        far.settimeout(10)
-        got = bytearray()
-        while chunk := far.recv(1 << 20):
-            got += chunk
+        got = ends.received()
         assert len(got) == len(payload) and got == payload
         writer.join(10)
     finally:
-        far.close()
         s.reset()
-        workers.close()
+        ends.close()
 
 
 @pytest.mark.parametrize("spliced", [True, False])
@@ -357,18 +367,13 @@ def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, s
     # local -> peer: a plain blocking socket pair carrying bulk is spliced (the kernel moves the
     # bytes, framed by the window); a local socket with a timeout is copied through a buffer:
     # both exact, in order
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     c, s = pair.open()
     assert pair.server.can_splice
-    local, far = socket.socketpair()
-    if not spliced:
-        local.settimeout(30)
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds(timeout=None if spliced else 30)
+    far = ends.far
     payload = bytes(range(251)) * (16 * 1024)  # ~4 MiB: many windows and pipe fills, odd-sized
     try:
-        bridge(s, local, workers)
+        ends.bridge(s)
         writer = threading.Thread(target=lambda: (far.sendall(payload), far.shutdown(socket.SHUT_WR)),
                                   name="plugbay-test-writer", daemon=True)
         writer.start()
@@ -376,25 +381,20 @@ def test_bridge_carries_local_bytes_to_the_peer_whole_and_in_order(pair: Pair, s
         assert len(got) == len(payload) and got == payload
         writer.join(10)
     finally:
-        far.close()
         c.reset()
-        workers.close()
+        ends.close()
 
 
 def test_bridge_carries_mixed_small_and_large_frames_from_the_peer_in_order(pair: Pair) -> None:
     # peer -> local: large payloads are spliced by the session reader into the bridged socket
     # (headers and small payloads between them read exactly, never ahead); small ones are copied
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     c, s = pair.open()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
     sizes = [70_000, 12, 200_001, 5, 300, 65_536, 9, 131_072] * 6 + [17] * 12 + [250_000] * 4
     pattern = bytes(range(253)) * 1024
     payload = b"".join(pattern[i % 251:i % 251 + n] for i, n in enumerate(sizes))
     try:
-        bridge(s, local, workers)
+        ends.bridge(s)
 
         def write() -> None:
             at = 0
@@ -405,16 +405,12 @@ def test_bridge_carries_mixed_small_and_large_frames_from_the_peer_in_order(pair
 
         writer = threading.Thread(target=write, name="plugbay-test-writer", daemon=True)
         writer.start()
-        far.settimeout(10)
-        got = bytearray()
-        while chunk := far.recv(1 << 20):
-            got += chunk
+        got = ends.received()
         assert len(got) == len(payload) and got == payload
         writer.join(10)
     finally:
-        far.close()
         s.reset()
-        workers.close()
+        ends.close()
 
 
 def test_session_reader_returns_the_window_of_what_it_sends_to_a_sink(pair: Pair) -> None:
@@ -536,9 +532,6 @@ def test_a_session_closed_under_its_readers_splice_never_reads_a_reused_descript
     from types import FrameType
     from typing import Any
 
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     reached, go = threading.Event(), threading.Event()
 
     def hold(frame: FrameType, event: str, arg: Any) -> None:
@@ -550,8 +543,7 @@ def test_a_session_closed_under_its_readers_splice_never_reads_a_reused_descript
             go.wait(30)
 
     a, b = socket.socketpair()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
     threading.setprofile(hold)
     try:
         accepting = Accepting(a, "t-reuse")
@@ -563,7 +555,7 @@ def test_a_session_closed_under_its_readers_splice_never_reads_a_reused_descript
     try:
         b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0))
         assert accepting.opened()
-        bridge(accepting.streams[1], local, workers)
+        ends.bridge(accepting.streams[1])
         b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"a" * 100_000)  # whole: the peer sends in bulk
         b.sendall(struct.pack(">BBHII", 0, 0, 0, 1, 100_000) + b"b" * 50_000)  # spliced: the reader is held
         assert reached.wait(10)
@@ -597,8 +589,7 @@ def test_a_session_closed_under_its_readers_splice_never_reads_a_reused_descript
         for s in others:
             s.close()
         b.close()
-        far.close()
-        workers.close()
+        ends.close()
 
 
 def test_a_session_closed_under_a_spliced_send_never_writes_to_a_reused_descriptor(pair: Pair) -> None:
@@ -774,23 +765,18 @@ def _ping_on_a_full_socket(session: Session, a: socket.socket, b: socket.socket)
 def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> None:
     # the local side neither reads (the drain waits to send) nor writes (the up loop waits to
     # receive): only the session ending can end both loops, by shutting the local socket
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     c, s = pair.open()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
+    local = ends.local
     try:
-        bridge(s, local, workers)
+        ends.bridge(s)
         writer = threading.Thread(target=lambda: _write_ignoring_close(c, b"y" * (3 << 20)),
                                   name="plugbay-test-writer", daemon=True)
         writer.start()
         writer.join(0.5)  # bounded: nobody reads far, so the writer is held by the window
         assert writer.is_alive()
         pair.server.abort("the test ends the session")
-        far.settimeout(10)  # a hang guard: far sees the end once the bridge's loops end
-        while far.recv(1 << 20):
-            pass
+        ends.received()  # far sees the end once the bridge's loops end
         for _ in range(1000):  # both loops ended: the last one closed the local socket
             if local.fileno() == -1:
                 break
@@ -799,8 +785,7 @@ def test_a_dying_session_ends_the_bridge_of_an_idle_local_side(pair: Pair) -> No
         pair.client.abort("test over")
         writer.join(10)
     finally:
-        far.close()
-        workers.close()
+        ends.close()
 
 
 def test_a_dying_session_still_delivers_what_it_received_to_the_bridged_local_side(pair: Pair) -> None:
@@ -809,42 +794,34 @@ def test_a_dying_session_still_delivers_what_it_received_to_the_bridged_local_si
     import sys
     import termios
 
-    from plugbay.core.transport.bridges import bridge
-    from plugbay.core.transport.workers import Workers
-
     def unread(sock: socket.socket) -> int:
         buf = bytearray(4)
         fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
         return int.from_bytes(buf, sys.byteorder)
 
     c, s = pair.open()
-    local, far = socket.socketpair()
-    workers = Workers("plugbay-test-copy")
+    ends = BridgeEnds()
     try:
-        bridge(s, local, workers)
+        ends.bridge(s)
         writer = threading.Thread(target=lambda: _write_ignoring_close(c, b"y" * (3 << 20)),
                                   name="plugbay-test-writer", daemon=True)
         writer.start()
         seen = (-1, -1)
         for _ in range(200):  # bounded: until the window holds the writer and nothing moves
             threading.Event().wait(0.05)
-            now = (unread(far), s._buffered)
+            now = (unread(ends.far), s._buffered)
             if now == seen:
                 break
             seen = now
         in_far, queued = seen
         assert queued > 0, "nothing was left queued in the stream: the test shows nothing"
         pair.server.abort("the test ends the session")
-        far.settimeout(10)  # a hang guard
-        got = 0
-        while chunk := far.recv(1 << 20):
-            got += len(chunk)
+        got = len(ends.received())
         assert got >= in_far + queued, (got, in_far, queued)
         pair.client.abort("test over")
         writer.join(10)
     finally:
-        far.close()
-        workers.close()
+        ends.close()
 
 
 class _ShortSocket(socket.socket):
