@@ -121,8 +121,7 @@ class Stream:
                 chunk = self._from_pipe(payload)
             else:
                 chunk = payload
-            if (chunk and not isinstance(payload, Piped) and self._sink is not None and not self._buf
-                    and not self._sending and not self._reset):
+            if chunk and not isinstance(payload, Piped) and self._free_sink() is not None:
                 sent = self._send_direct(chunk)
                 self._direct += sent
                 if sent:
@@ -187,12 +186,13 @@ class Stream:
 
     def _from_pipe(self, payload: Piped) -> Chunk:
         """Splice what the sink takes now straight from the pipe; the rest comes out to be queued."""
-        if self._sink is not None and self._splice_sink and not self._buf and not self._sending and not self._reset:
+        sink = self._free_sink() if self._splice_sink else None
+        if sink is not None:
             try:
                 if not self._sink_unblocked:  # the fd only: the bridge's loops wait on it themselves
-                    os.set_blocking(self._sink.fileno(), False)
+                    os.set_blocking(sink.fileno(), False)
                     self._sink_unblocked = True
-                sent = os.splice(payload.pipe, self._sink.fileno(), payload.n)
+                sent = os.splice(payload.pipe, sink.fileno(), payload.n)
             except BlockingIOError:
                 sent = 0  # the local side is not reading: the bridge sends it when it can
             except OSError:
@@ -200,6 +200,10 @@ class Stream:
             self._direct += sent
             payload.n -= sent
         return payload.read(payload.n) if payload.n else b""
+
+    def _free_sink(self) -> socket.socket | None:
+        """The sink, if a payload may go straight to it now (nothing queued or being sent before it)."""
+        return None if self._buf or self._sending or self._reset else self._sink
 
     def _send_direct(self, data: Chunk) -> int:
         assert self._sink is not None
