@@ -98,6 +98,25 @@ def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex:
     return result
 
 
+def _bare_host(ctx: Context, plugin_cmd: list[str]) -> Result:
+    """The floor: bench/floor_broker.py's bare grpcio host, timed like _python_host."""
+    from floor_broker import BareCounter
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(ctx.rounds):
+            started = time.perf_counter()
+            with BareCounter(plugin_cmd, cwd, ctx.call_timeout) as counter:
+                counter.put("bench", 1)
+                first = (time.perf_counter() - started) * 1000
+                puts, total = timed(ctx.calls, lambda: counter.put("bench", 1))
+            rounds.append(Result(first, percentile(puts, 0.5), percentile(puts, 0.99), ctx.calls,
+                                 ctx.calls / total if total else 0.0))
+    result = combine(rounds)
+    result.note = "p50/p99 = Put + callback; bench/floor_broker.py (a grpc.server per call)"
+    return result
+
+
 def _go_host(ctx: Context, plugin_cmd: list[str]) -> Result:
     host = go_program(ctx, "counter_host")
     if host is None:
@@ -241,6 +260,12 @@ def cases(ctx: Context) -> list[Case]:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
         return _python_host(c, [plugin], False, False)
 
+    def bare_go(c: Context) -> Result:
+        plugin = go_program(c, "counter_plugin")
+        if plugin is None:
+            return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+        return _bare_host(c, [plugin])
+
     def go_py(c: Context) -> Result:
         return _go_host(c, PY_COUNTER)
 
@@ -250,7 +275,10 @@ def cases(ctx: Context) -> list[Case]:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
         return _go_host(c, [plugin])
 
-    out += [Case("Python", "Go", False, py_go, area="broker", transport="process, per-connection"),
+    out += [Case("bare grpcio", "Go", False, bare_go, area="broker", transport="process, per-connection",
+                 key="floor-broker"),
+            Case("Python", "Go", False, py_go, area="broker", transport="process, per-connection",
+                 floor="floor-broker"),
             Case("Go", "Python", False, go_py, area="broker", transport="process, per-connection"),
             Case("Go", "Go", False, go_go, area="broker", transport="process, per-connection")]
     return out

@@ -1,0 +1,123 @@
+"""The floor for a brokered callback: a bare grpcio host of go-plugin's counter plugin, no plugbay.
+
+``BareCounter`` does what go-plugin's own host does for each ``Put``, in the
+plainest grpcio: it opens the ``GRPCBroker.StartStream`` stream once, and per
+call takes the next broker id, builds and starts a ``grpc.server`` (a fresh
+thread pool) with AddHelper on a fresh unix socket, announces the socket as a
+``ConnInfo`` on the stream, calls ``Put`` (the plugin dials the id and calls
+``Sum`` back) and stops the server (``stop(None)``, as go-plugin's ``Stop()``).
+Nothing else: no spare servers, no health check, no TLS. ConnInfo is encoded
+by hand (three fields), so not even plugbay's generated code is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "counter"))
+from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402  (the example's generated code)
+
+ENV = {"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MIN_PORT": "10000",
+       "PLUGIN_MAX_PORT": "25000"}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def conn_info(service_id: int, network: str, address: str) -> bytes:
+    """plugin.ConnInfo{service_id, network, address} in protobuf's wire format."""
+    net, addr = network.encode(), address.encode()
+    return (b"\x08" + _varint(service_id) + b"\x12" + _varint(len(net)) + net
+            + b"\x1a" + _varint(len(addr)) + addr)
+
+
+class _Adder(counter_pb2_grpc.AddHelperServicer):
+    def Sum(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return counter_pb2.SumResponse(r=request.a + request.b)
+
+
+class BareCounter:
+    """One plugin process, one channel, one broker stream; a grpc.server per brokered call."""
+
+    def __init__(self, cmd: list[str], cwd: str, timeout: float = 30.0) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV}, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        parts = line.split("|")
+        if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
+        self.timeout = timeout
+        self.dir = tempfile.mkdtemp(prefix="plugbay-bench-floor-")
+        self.channel = grpc.insecure_channel(f"unix:{parts[3]}")
+        self._stub = counter_pb2_grpc.CounterStub(self.channel)
+        self._shutdown = self.channel.unary_unary("/plugin.GRPCController/Shutdown")
+        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        start_stream = self.channel.stream_stream("/plugin.GRPCBroker/StartStream")
+        self._stream = start_stream(self._announcements())
+        self._next_id = 0
+
+    def _announcements(self) -> Iterator[bytes]:
+        while (msg := self._outbox.get()) is not None:
+            yield msg
+
+    def put(self, key: str, value: int) -> None:
+        self._next_id += 1
+        sid = self._next_id
+        path = os.path.join(self.dir, f"{sid}.sock")
+        pool = ThreadPoolExecutor(max_workers=4)
+        server = grpc.server(pool)
+        counter_pb2_grpc.add_AddHelperServicer_to_server(_Adder(), server)
+        server.add_insecure_port(f"unix:{path}")
+        server.start()
+        self._outbox.put(conn_info(sid, "unix", path))
+        try:
+            self._stub.Put(counter_pb2.PutRequest(add_server=sid, key=key, value=value), timeout=self.timeout)
+        finally:
+            server.stop(None)
+            pool.shutdown(wait=False)
+
+    def get(self, key: str) -> int:
+        return int(self._stub.Get(counter_pb2.GetRequest(key=key), timeout=self.timeout).value)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        try:
+            self._shutdown(b"", timeout=2)
+        except grpc.RpcError:
+            pass
+        self._stream.cancel()
+        self.channel.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> BareCounter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
