@@ -75,6 +75,11 @@ class TLSRelay:
         return listener_address(self._listener)
 
     @property
+    def resumed(self) -> int:
+        """Originate: connections whose handshake resumed the peer's earlier session (plugbay.core.transport.tlsresume)."""
+        return self._setup.resumption.resumed
+
+    @property
     def connections(self) -> int:
         """Relayed connections open now (dialing, in their handshake or pumping)."""
         return len(self._conns)

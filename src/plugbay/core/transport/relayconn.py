@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Union
 
 from plugbay.core.transport.ioloop import READ, WRITE, IOLoop, Registration, Timer
+from plugbay.core.transport.tlsresume import Resumption
 
 _log = logging.getLogger("plugbay.relay")
 
@@ -48,6 +49,7 @@ class Setup:
         self.first_bytes_timeout = first_bytes_timeout
         self.done = done
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
+        self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
 
 
 class RelayConn:
@@ -70,6 +72,7 @@ class RelayConn:
         self._read_wants_write = self._write_wants_read = False
         self._accepted: socket.socket | None = None
         self._others: list[tuple[str, str]] = []  # a host name's further addresses
+        self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
 
     def start(self, accepted: socket.socket) -> None:
         """Begin with a connection the relay accepted (its handshake deadline starts now)."""
@@ -229,8 +232,9 @@ class RelayConn:
             raise OSError(err, "the relay's dial failed")
         self._raw = None
         if self.s.mode == "originate":  # the same fd goes on as the TLS socket
-            self.tls = self.s.context().wrap_socket(sock, server_hostname=self.s.hostname,
-                                                    do_handshake_on_connect=False)
+            context = self.s.context()
+            self.tls = context.wrap_socket(sock, server_hostname=self.s.hostname, do_handshake_on_connect=False,
+                                           session=self.s.resumption.offer(context))
             self._stage = "handshake"
             self._handshake()
         else:
@@ -251,6 +255,8 @@ class RelayConn:
             reg.want(WRITE)
             return
         if self.s.mode == "originate":
+            self.s.resumption.handshaken(tls)
+            self._ticket_wanted = True
             self._start_pump()
         elif callable(self.s.target):
             self._stage = "first"
@@ -330,6 +336,8 @@ class RelayConn:
                             self._tls_eof = True
                             break
                         to_plain += data
+                        if self._ticket_wanted:
+                            self._ticket_wanted = not self.s.resumption.keep(tls)
                         if not tls.pending():
                             break  # the record is drained; epoll says when the next one arrives
                 except ssl.SSLWantReadError:
