@@ -27,8 +27,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 
-from common import REPO, Case, Context, Result, combine, go_program, percentile, timed
+from common import REPO, Case, Context, Result, combine, go_program, interleaved, percentile, timed
 
 COUNTER = REPO / "examples" / "counter"
 STREAMING = REPO / "examples" / "streaming"
@@ -67,15 +68,16 @@ def _stream_mb_s(cmd: list[str], automtls: bool, multiplex: bool, runner_cwd: st
     return got / took / 1e6
 
 
-def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex: bool) -> Result:
+def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex: bool,
+                 floor: bool = False) -> Result:
+    """plugbay's host; with ``floor``, a round of bench/floor_broker.py's bare host before each of its rounds."""
     from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin
 
     from plugbay import Client, ClientConfig, ProcessRunner
 
-    rounds = []
     gets: list[float] = []
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(ctx.rounds):
+        def one(calls: int) -> Result:
             config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, auto_mtls=automtls,
                                   multiplex_broker=multiplex, runner=ProcessRunner(plugin_cmd, cwd=cwd),
                                   call_timeout=ctx.call_timeout)
@@ -84,37 +86,38 @@ def _python_host(ctx: Context, plugin_cmd: list[str], automtls: bool, multiplex:
                 counter = client.dispense(PLUGIN_NAME)
                 counter.put("bench", 1, _Adder())
                 first = (time.perf_counter() - started) * 1000
-                puts, total = timed(ctx.calls, lambda: counter.put("bench", 1, _Adder()))
-                g, _ = timed(ctx.calls, lambda: counter.get("bench"))
-                gets += g
-            rounds.append(Result(first, percentile(puts, 0.5), percentile(puts, 0.99), ctx.calls,
-                                 ctx.calls / total if total else 0.0))
+                puts, total = timed(calls, lambda: counter.put("bench", 1, _Adder()))
+                g, _ = timed(calls, lambda: counter.get("bench"))
+                gets.extend(g)
+            return Result(first, percentile(puts, 0.5), percentile(puts, 0.99), calls,
+                          calls / total if total else 0.0)
+
+        result = interleaved(replace(ctx, starts=ctx.rounds), one,
+                             (lambda calls: _bare_round(ctx, plugin_cmd, calls, cwd)) if floor else None)
         gets.sort()
         note = f"p50/p99 = Put + callback; plain Get p50 {percentile(gets, 0.5):.0f} us"
         if plugin_cmd == PY_COUNTER:
             note += f"; stream {_stream_mb_s(PY_STREAMER, automtls, multiplex, cwd):.0f} MB/s"
-    result = combine(rounds)
     result.note = note
     return result
 
 
-def _bare_host(ctx: Context, plugin_cmd: list[str]) -> Result:
-    """The floor: bench/floor_broker.py's bare grpcio host, timed like _python_host."""
+def _bare_round(ctx: Context, plugin_cmd: list[str], calls: int, cwd: str) -> Result:
+    """One round of the floor: bench/floor_broker.py's bare grpcio host, timed like _python_host."""
     from floor_broker import BareCounter
 
-    rounds = []
+    started = time.perf_counter()
+    with BareCounter(plugin_cmd, cwd, ctx.call_timeout) as counter:
+        counter.put("bench", 1)
+        first = (time.perf_counter() - started) * 1000
+        puts, total = timed(calls, lambda: counter.put("bench", 1))
+    return Result(first, percentile(puts, 0.5), percentile(puts, 0.99), calls, calls / total if total else 0.0,
+                  note="p50/p99 = Put + callback; bench/floor_broker.py (a grpc.server per call)")
+
+
+def _bare_host(ctx: Context, plugin_cmd: list[str]) -> Result:
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(ctx.rounds):
-            started = time.perf_counter()
-            with BareCounter(plugin_cmd, cwd, ctx.call_timeout) as counter:
-                counter.put("bench", 1)
-                first = (time.perf_counter() - started) * 1000
-                puts, total = timed(ctx.calls, lambda: counter.put("bench", 1))
-            rounds.append(Result(first, percentile(puts, 0.5), percentile(puts, 0.99), ctx.calls,
-                                 ctx.calls / total if total else 0.0))
-    result = combine(rounds)
-    result.note = "p50/p99 = Put + callback; bench/floor_broker.py (a grpc.server per call)"
-    return result
+        return interleaved(replace(ctx, starts=ctx.rounds), lambda calls: _bare_round(ctx, plugin_cmd, calls, cwd))
 
 
 def _go_host(ctx: Context, plugin_cmd: list[str]) -> Result:
@@ -258,7 +261,7 @@ def cases(ctx: Context) -> list[Case]:
         plugin = go_program(c, "counter_plugin")
         if plugin is None:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
-        return _python_host(c, [plugin], False, False)
+        return _python_host(c, [plugin], False, False, floor=True)
 
     def bare_go(c: Context) -> Result:
         plugin = go_program(c, "counter_plugin")

@@ -3,9 +3,11 @@
 Go programs are go-plugin 1.0.1 (tests/go/kv_host in bench mode, tests/go/kv_plugin).
 Under AutoMTLS a Go peer's P-521 certificate forces plugbay onto its OpenSSL
 relay ("relay-tls"); Python <-> Python uses grpcio's own TLS ("grpc-tls").
-The two "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) on
-the Go plugin and bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go
-host; the plugbay rows with the same Go peer show their ratio to them.
+The three "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) on
+the Go plugin, plain and with AutoMTLS through bench/floor_relay.py (the least
+relay a Python host can use: a thread per connection, stdlib ssl), and
+bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go host; the plugbay
+rows with the same Go peer show their ratio to them.
 The two "canned handshake" rows time the Go host alone (no plugin process: a
 shell prints a handshake line): with AutoMTLS that is the host's own P-521
 work, part of every AutoMTLS row's start that no plugin can remove.
@@ -32,7 +34,7 @@ FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
 
 
 def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context,
-                 floor: Callable[[str], float] | None = None) -> Result:
+                 floor: Callable[[str, int], Result] | None = None) -> Result:
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
     from plugbay import ClientConfig
@@ -43,7 +45,7 @@ def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context,
                                   runner=_runner(plugin_cmd, cwd), call_timeout=ctx.call_timeout)
             return python_host_round(config, calls)
 
-        return interleaved(ctx, start, (lambda: floor(cwd)) if floor is not None else None)
+        return interleaved(ctx, start, (lambda calls: floor(cwd, calls)) if floor is not None else None)
 
 
 def _runner(cmd: list[str] | None, cwd: str) -> object:
@@ -66,7 +68,7 @@ def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int,
 
 
 def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
-             floor: Callable[[str], float] | None = None) -> Result:
+             floor: Callable[[str, int], Result] | None = None) -> Result:
     host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
@@ -79,7 +81,7 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
         def start(calls: int) -> Result:
             return _go_host_round(host, plugin_cmd, automtls, calls, cwd, note)
 
-        return interleaved(ctx, start, (lambda: floor(cwd)) if floor is not None else None)
+        return interleaved(ctx, start, (lambda calls: floor(cwd, calls)) if floor is not None else None)
 
 
 def _go_host_alone(automtls: bool, ctx: Context) -> Result:
@@ -108,32 +110,35 @@ def _go_host_alone(automtls: bool, ctx: Context) -> Result:
                   note="go-plugin host reading a canned handshake line; no plugin process")
 
 
-def _bare_round(plugin_cmd: list[str], calls: int, cwd: str, ctx: Context) -> Result:
+def _bare_round(plugin_cmd: list[str], calls: int, cwd: str, ctx: Context, automtls: bool = False) -> Result:
     from floor import BareKV
 
     from common import measure_kv
 
     started = time.perf_counter()
-    with BareKV(plugin_cmd, cwd, ctx.call_timeout) as kv:
-        return measure_kv(kv, calls, started, note="bench/floor.py")
+    with BareKV(plugin_cmd, cwd, ctx.call_timeout, automtls) as kv:
+        return measure_kv(kv, calls, started,
+                          note="bench/floor.py + floor_relay.py (a relay thread per connection)" if automtls
+                          else "bench/floor.py")
 
 
-def _bare_host(plugin_cmd: list[str], ctx: Context) -> Result:
+def _bare_host(plugin_cmd: list[str], ctx: Context, automtls: bool = False) -> Result:
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        return interleaved(ctx, lambda calls: _bare_round(plugin_cmd, calls, cwd, ctx))
+        return interleaved(ctx, lambda calls: _bare_round(plugin_cmd, calls, cwd, ctx, automtls))
 
 
-def _floor_start(c: Context, kind: str) -> Callable[[str], float] | None:
-    """One start of a floor row (start-to-first-call ms in a working directory), taken between a row's starts."""
-    if kind == "floor-host":
+def _floor_round(c: Context, kind: str) -> Callable[[str, int], Result] | None:
+    """One round of a floor row (in a working directory, timing ``calls`` calls), taken between a row's."""
+    if kind in ("floor-host", "floor-host-tls"):
         plugin = go_program(c, "kv_plugin")
         if plugin is None:
             return None
-        return lambda cwd: _bare_round([plugin], 0, cwd, c).start_to_first_call_ms
+        tls = kind == "floor-host-tls"
+        return lambda cwd, calls: _bare_round([plugin], calls, cwd, c, tls)
     host = go_program(c, "kv_host")
     if host is None:
         return None
-    return lambda cwd: _go_host_round(host, FLOOR_PLUGIN, False, 0, cwd, "").start_to_first_call_ms
+    return lambda cwd, calls: _go_host_round(host, FLOOR_PLUGIN, False, calls, cwd, "")
 
 
 def floor_cases() -> list[Case]:
@@ -142,13 +147,14 @@ def floor_cases() -> list[Case]:
     def go_floor(c: Context) -> Result:
         return _go_host(FLOOR_PLUGIN, False, c)
 
-    def floor_go(c: Context) -> Result:
+    def floor_go(c: Context, m: bool = False) -> Result:
         plugin = go_program(c, "kv_plugin")
         if plugin is None:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
-        return _bare_host([plugin], c)
+        return _bare_host([plugin], c, m)
 
     return [Case("bare grpcio", "Go", False, floor_go, key="floor-host"),
+            Case("bare grpcio", "Go", True, lambda c: floor_go(c, True), key="floor-host-tls"),
             Case("Go", "bare grpcio", False, go_floor, key="floor-plugin")]
 
 
@@ -165,10 +171,10 @@ def cases(ctx: Context) -> list[Case]:
             plugin = go_program(c, "kv_plugin")
             if plugin is None:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
-            return _python_host([plugin], m, c, _floor_start(c, "floor-host"))
+            return _python_host([plugin], m, c, _floor_round(c, "floor-host-tls" if m else "floor-host"))
 
         def go_py(c: Context, m: bool = automtls) -> Result:
-            return _go_host(PY_PLUGIN, m, c, _floor_start(c, "floor-plugin"))
+            return _go_host(PY_PLUGIN, m, c, _floor_round(c, "floor-plugin"))
 
         def py_py(c: Context, m: bool = automtls) -> Result:
             return _python_host(PY_PLUGIN, m, c)
@@ -179,7 +185,7 @@ def cases(ctx: Context) -> list[Case]:
                 return Result(skipped=f"Go: {c.cache.get('go:reason')}")
             return _go_host([plugin], m, c)
 
-        out += [Case("Python", "Go", automtls, py_go, floor="floor-host"),
+        out += [Case("Python", "Go", automtls, py_go, floor="floor-host-tls" if automtls else "floor-host"),
                 Case("Go", "Python", automtls, go_py, floor="floor-plugin"),
                 Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
     ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",

@@ -121,7 +121,7 @@ def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
         return python_host_round(config, calls)
 
     # a `docker run ... true` before each start: the ratio column's start is taken against those
-    return interleaved(ctx, start, lambda: _run_true(floor_image))
+    return interleaved(ctx, start, lambda calls: Result(start_to_first_call_ms=_run_true(floor_image)))
 
 
 def cases(ctx: Context) -> list[Case]:

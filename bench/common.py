@@ -47,6 +47,11 @@ class Result:
     # the floor row's start-to-first-call measured between this row's starts (median; 0: not
     # measured): the ratio column's start is taken against it, so load drift between rows cancels
     floor_start_ms: float = 0.0
+    # the floor's timed rounds taken between this row's (combined as this row's are; 0: not
+    # measured): the ratio column's p50, p99 and calls/s are taken against them
+    floor_p50_us: float = 0.0
+    floor_p99_us: float = 0.0
+    floor_calls_per_s: float = 0.0
 
 
 @dataclass
@@ -72,15 +77,18 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 def combine(rounds: Sequence[Result], starts: Sequence[float] = (),
-            floor_starts: Sequence[float] = ()) -> Result:
-    """Median start-to-first-call; call percentiles weighted by each round's calls.
+            floor_starts: Sequence[float] = (), floor_rounds: Sequence[Result] = ()) -> Result:
+    """Median start-to-first-call, median p50 and calls/s, the highest round's p99.
 
     ``starts``: more start-to-first-call samples (start-only rounds) for the median;
-    ``floor_starts``: the floor's, measured between them (Result.floor_start_ms).
+    ``floor_starts``: the floor's, measured between them (Result.floor_start_ms);
+    ``floor_rounds``: the floor's timed rounds, measured between this row's (Result.floor_*).
     """
     firsts = [r.start_to_first_call_ms for r in rounds] + list(starts)
+    floor = combine(floor_rounds) if floor_rounds else Result()
     return Result(
         floor_start_ms=statistics.median(floor_starts) if floor_starts else 0.0,
+        floor_p50_us=floor.p50_us, floor_p99_us=floor.p99_us, floor_calls_per_s=floor.calls_per_s,
         start_to_first_call_ms=statistics.median(firsts),
         p50_us=statistics.median(r.p50_us for r in rounds),
         p99_us=max(r.p99_us for r in rounds),
@@ -123,20 +131,29 @@ def timed(calls: int, func: Callable[[], Any]) -> tuple[list[float], float]:
 
 
 def interleaved(ctx: Context, start: Callable[[int], Result],
-                floor: Callable[[], float] | None = None) -> Result:
+                floor: Callable[[int], Result] | None = None) -> Result:
     """ctx.starts starts of a row (``start(calls)``: the first ctx.rounds time ctx.calls calls, the
-    rest 0), each after one start of its floor (``floor()``, in ms) when given; combined."""
+    rest 0), each after one round of its floor (``floor(calls)``, the same calls) when given; combined.
+
+    A shared machine's load drifts between rows: the floor measured between this row's own
+    rounds sees the same load, so the ratio column compares like with like.
+    """
     rounds: list[Result] = []
     starts: list[float] = []
     floor_starts: list[float] = []
+    floor_rounds: list[Result] = []
     for n in range(max(ctx.rounds, ctx.starts)):
+        calls = ctx.calls if n < ctx.rounds else 0
         if floor is not None:
-            floor_starts.append(floor())
-        if n < ctx.rounds:
-            rounds.append(start(ctx.calls))
+            got = floor(calls)
+            floor_starts.append(got.start_to_first_call_ms)
+            if calls and got.calls:
+                floor_rounds.append(got)
+        if calls:
+            rounds.append(start(calls))
         else:
             starts.append(start(0).start_to_first_call_ms)
-    return combine(rounds, starts, floor_starts)
+    return combine(rounds, starts, floor_starts, floor_rounds)
 
 
 def measure_kv(kv: Any, calls: int, started: float, note: str) -> Result:

@@ -4,14 +4,19 @@
 reads the go-plugin handshake line from its stdout, opens one grpcio channel to
 the unix socket it names and offers ``put``/``get`` like the example's KVClient.
 ``close`` calls GRPCController.Shutdown and waits for the exit (SIGKILL after
-5 s). Nothing else: no stderr relay, no health check, no broker, no TLS.
+5 s). Nothing else: no stderr relay, no health check, no broker. With
+``automtls`` it sends a host certificate as go-plugin's host does and dials
+the plugin through bench/floor_relay.py's minimal TLS relay (grpcio's TLS
+cannot take the Go plugin's P-521 certificate).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +32,14 @@ ENV = {"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MIN_POR
 class BareKV:
     """One plugin process and one channel, the least a Python host can do."""
 
-    def __init__(self, cmd: list[str], cwd: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV}, stdin=subprocess.DEVNULL,
+    def __init__(self, cmd: list[str], cwd: str, timeout: float = 30.0, automtls: bool = False) -> None:
+        env = {**os.environ, **ENV}
+        if automtls:
+            from floor_relay import host_certificate
+
+            cert, key = host_certificate()
+            env["PLUGIN_CLIENT_CERT"] = cert.decode()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
@@ -38,7 +49,20 @@ class BareKV:
             self.proc.wait()
             raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(f"unix:{parts[3]}")
+        self.relay: Any = None
+        self.folder = ""
+        target = parts[3]
+        if automtls:
+            from floor_relay import BareRelay, plugin_certificate_pem
+
+            if len(parts) < 6 or not parts[5]:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"no plugin certificate in handshake line {line!r} from {cmd}")
+            self.folder = tempfile.mkdtemp(prefix="plugbay-bench-relay-")
+            self.relay = BareRelay(target, plugin_certificate_pem(parts[5]), cert, key, self.folder)
+            target = self.relay.path
+        self.channel = grpc.insecure_channel(f"unix:{target}")
         self._stub = kv_pb2_grpc.KVStub(self.channel)
         self._shutdown = self.channel.unary_unary("/plugin.GRPCController/Shutdown")
 
@@ -54,6 +78,8 @@ class BareKV:
         except grpc.RpcError:
             pass
         self.channel.close()
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -61,6 +87,8 @@ class BareKV:
             self.proc.wait()
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> BareKV:
         return self

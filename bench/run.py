@@ -83,8 +83,10 @@ def ratios(case: Case, result: Result, rows: list[tuple[Case, Result]]) -> str:
     if result.start_to_first_call_ms and floor_start:
         out.append(f"start {result.start_to_first_call_ms - floor_start:+.0f}ms"
                    f" {result.start_to_first_call_ms / floor_start:.2f}x")
-    pairs = [("p50", result.p50_us, floor.p50_us), ("p99", result.p99_us, floor.p99_us),
-             ("calls/s", result.calls_per_s, floor.calls_per_s)]
+    # the floor's rounds taken between this row's (if it took them), else the floor row's own
+    pairs = [("p50", result.p50_us, result.floor_p50_us or floor.p50_us),
+             ("p99", result.p99_us, result.floor_p99_us or floor.p99_us),
+             ("calls/s", result.calls_per_s, result.floor_calls_per_s or floor.calls_per_s)]
     pairs += [(k, v, floor.metrics[k]) for k, v in result.metrics.items() if k in floor.metrics]
     out += [f"{name} {mine / ref:.2f}x" for name, mine, ref in pairs if mine and ref]
     return ", ".join(out)

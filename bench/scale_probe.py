@@ -13,7 +13,6 @@ A fresh process keeps earlier rows' allocations out of the RSS figure.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import threading

@@ -1,0 +1,125 @@
+"""The floor for AutoMTLS to a Go plugin from Python: the least relay a bare grpcio host can use.
+
+grpcio's TLS cannot verify go-plugin's P-521 certificate, so any Python host
+of a Go plugin with AutoMTLS needs a TLS hop outside grpcio. ``BareRelay`` is
+the plainest one: a unix listener for the grpcio channel and, per accepted
+connection, its own thread that dials the plugin, wraps that socket in the
+standard library's TLS (the host's certificate, the plugin's as the only
+trusted one) and copies bytes both ways with ``select``. No shared loop, no
+backpressure bounds, no deadlines: what plugbay's relay adds to this is what
+its row shows over this one. The host certificate is made with cryptography
+in go-plugin's client profile (P-256 here, which go-plugin accepts).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import select
+import socket
+import ssl
+import threading
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def host_certificate() -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): a self-signed CA certificate as go-plugin's host makes one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "HashiCorp"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(seconds=30)).not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def plugin_certificate_pem(field: str) -> str:
+    """The handshake line's sixth field (base64 DER, go-plugin leaves off the padding) as PEM."""
+    return ssl.DER_cert_to_PEM_cert(base64.b64decode(field + "=" * (-len(field) % 4)))
+
+
+class BareRelay:
+    """A unix listener at ``path``; each connection is relayed over TLS to ``target`` on its own thread."""
+
+    def __init__(self, target: str, plugin_pem: str, cert_pem: bytes, key_pem: bytes, folder: str) -> None:
+        cert_file, key_file = os.path.join(folder, "host.crt"), os.path.join(folder, "host.key")
+        with open(cert_file, "wb") as f:
+            f.write(cert_pem)
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(key_pem)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.context.load_verify_locations(cadata=plugin_pem)
+        self.context.load_cert_chain(cert_file, key_file)
+        self.context.set_alpn_protocols(["h2"])
+        self.target = target
+        self.path = os.path.join(folder, "relay.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(16)
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, name="bare-relay-accept")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                plain, _ = self._listener.accept()
+            except OSError:
+                return  # close() shut the listener
+            thread = threading.Thread(target=self._pump, args=(plain,), name="bare-relay")
+            with self._lock:
+                self._open.append(plain)
+                self._threads.append(thread)
+            thread.start()
+
+    def _pump(self, plain: socket.socket) -> None:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            raw.connect(self.target)
+            tls = self.context.wrap_socket(raw, server_hostname="localhost")
+        except OSError:
+            raw.close()
+            plain.close()
+            return
+        with tls, plain:
+            try:
+                while True:
+                    ready = [tls] if tls.pending() else select.select([plain, tls], [], [])[0]
+                    for sock in ready:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        (tls if sock is plain else plain).sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._threads[0].join(5)  # no connection is taken after this
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            threads = list(self._threads)
+        for thread in threads[1:]:
+            thread.join(5)
