@@ -197,3 +197,38 @@ def test_a_stdio_reader_whose_channel_closed_first_ends_quietly(monkeypatch: pyt
     reader.close()
     assert crashed == []
     assert reader.supported is None  # nothing was learned about the plugin
+
+
+LASTING = [sys.executable, str(REPO / "tests" / "plugins" / "lasting_stdio.py")]
+
+
+def _stdio_state(kv: KVPlugin) -> tuple[int, int]:
+    sent, open_ = kv.get("__stdio__").split()  # type: ignore[attr-defined]
+    return int(sent), int(open_)
+
+
+@pytest.mark.parametrize("sink", [False, True], ids=["no-sink", "sink"])
+def test_a_stream_kept_for_the_plugins_life_is_read_and_without_a_sink_costs_no_thread(
+        sink: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """go-plugin >= 1.4 keeps GRPCStdio open whatever the host asks: it must be read for the plugin's
+    life (its writes block otherwise); with no sink that happens on the shared loop, with no thread."""
+    monkeypatch.chdir(tmp_path)
+    out = Sink()
+    before = set(threading.enumerate())
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=LASTING,
+                             stdout_sink=out if sink else None)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+        # 200 chunks of 4 KiB: far past HTTP/2's 64 KiB window, so the host kept reading
+        wait_for(lambda: _stdio_state(kv)[0] > 200, "the host to read the lasting stream")
+        assert _stdio_state(kv)[1] == 1  # still open
+        gained = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+        readers = [n for n in gained if n.startswith("plugbay-stdio") or "channel_spin" in n]
+        if sink:  # the user's sink runs on the reader's own thread, never on the shared loop
+            assert readers and len(out.data) > 200 * 4096 - 4096, gained
+        else:
+            assert readers == [], gained
+    # close() ended the stream: no thread, process or socket is left (the leak check says so too)
+    assert not [t for t in threading.enumerate() if t not in before and t.is_alive()
+                and (t.name.startswith("plugbay-stdio") or "channel_spin" in t.name)]

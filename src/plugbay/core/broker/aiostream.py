@@ -4,7 +4,7 @@ On grpcio's sync API an open StartStream costs the host three threads for
 as long as the plugin lives (the channel's spin thread, the request-iterator
 consumer and a reader). Here the call runs on the shared asyncio loop
 (plugbay.core.transport.aioloop) over a grpc.aio channel dialed like the
-Client's own (its :class:`~plugbay.core.transport.secure.Redial`: same
+Client's own (its :class:`~plugbay.core.transport.secure.AioChannelShare`: same
 target, credentials and options), and GRPCBroker's blocking side talks to it
 through thread-safe hand-offs: what the broker sends is put on the call's
 request queue with ``call_soon_threadsafe``; what arrives is handed to
@@ -29,7 +29,7 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.transport import aioloop
-from plugbay.core.transport.secure import Redial
+from plugbay.core.transport.secure import AioChannelShare
 from plugbay.errors import BrokerClosedError
 
 log = logging.getLogger("plugbay.broker")
@@ -60,11 +60,11 @@ async def _request_stream(requests: asyncio.Queue[pb.ConnInfo | None]) -> AsyncI
 class AioStream:
     """The host's StartStream on the shared loop: the broker's ``call`` (cancel) and its reader (start, join)."""
 
-    def __init__(self, broker: GRPCBroker, lease: aioloop.Lease, channel: Any, call: Any,
+    def __init__(self, broker: GRPCBroker, lease: aioloop.Lease, share: AioChannelShare, call: Any,
                  requests: asyncio.Queue[pb.ConnInfo | None]) -> None:
         self._broker = broker
         self._lease = lease
-        self._channel = channel  # grpc.aio objects: touched on the loop thread only
+        self._share: AioChannelShare | None = share  # grpc.aio objects: touched on the loop thread only
         self._call = call
         self._requests = requests
         self.outbox = _Outbox(lease, requests)
@@ -115,31 +115,31 @@ class AioStream:
             await self._finish()
 
     async def _finish(self) -> None:
-        """Cancel the call, close the channel and drop them (a freed grpc.aio channel lets grpcio's poller end)."""
-        channel, call, self._channel, self._call = self._channel, self._call, None, None
+        """Cancel the call, give the channel back and drop them (a freed grpc.aio channel lets grpcio's poller end)."""
+        share, call, self._share, self._call = self._share, self._call, None, None
         self._requests.put_nowait(None)
         try:
             if call is not None:
                 call.cancel()
-            if channel is not None:
-                await channel.close()
+            if share is not None:
+                await share.release()
         except Exception as exc:
             log.debug("closing the broker's grpc.aio channel: %r", exc)
         finally:
             self._ended.set()
 
 
-async def _open(redial: Redial) -> tuple[Any, Any, asyncio.Queue[pb.ConnInfo | None]]:
-    channel = redial.aio_channel()
+async def _open(share: AioChannelShare) -> tuple[Any, asyncio.Queue[pb.ConnInfo | None]]:
+    channel = share.acquire()
     requests: asyncio.Queue[pb.ConnInfo | None] = asyncio.Queue()
     try:
         stub = pb_grpc.GRPCBrokerStub(channel)  # type: ignore[no-untyped-call]
         # No deadline: the stream lives as long as the plugin (go-plugin does the same).
         call = stub.StartStream(_request_stream(requests), timeout=None)
     except BaseException:
-        await channel.close()
+        await share.release()
         raise
-    return channel, call, requests
+    return call, requests
 
 
 class Opening:
@@ -151,9 +151,9 @@ class Opening:
     attached (or raises why it could not be), for a use that needs the stream.
     """
 
-    def __init__(self, broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> None:
+    def __init__(self, broker: GRPCBroker, share: AioChannelShare, delay: float = 0.0) -> None:
         self._broker = broker
-        self._redial = redial
+        self._share = share
         self._delay = delay
         self._lease: aioloop.Lease | None = None
         self._begun = False  # touched on the loop thread only
@@ -212,13 +212,13 @@ class Opening:
         broker = self._broker
         assert self._lease is not None
         try:
-            channel, call, requests = await _open(self._redial)
+            call, requests = await _open(self._share)
         except Exception as exc:
             self._error = exc
             broker.mark_lost(f"the broker stream could not be opened: {exc!r}")
             self._done.set()
             return
-        stream = AioStream(broker, self._lease, channel, call, requests)
+        stream = AioStream(broker, self._lease, self._share, call, requests)
         attached = broker.set_call(stream)
         if attached:
             broker.attach_stream(stream.outbox)
@@ -229,11 +229,11 @@ class Opening:
         self._done.set()
 
 
-def open_aio_host_stream(broker: GRPCBroker, redial: Redial, delay: float = 0.0) -> Opening | None:
+def open_aio_host_stream(broker: GRPCBroker, share: AioChannelShare, delay: float = 0.0) -> Opening | None:
     """Start opening the host's StartStream for ``broker`` on the shared loop; returns at once.
 
     None when the broker is closed already; otherwise the Opening (wait() for the stream,
     hurry() to begin a delayed one now).
     """
-    opening = Opening(broker, redial, delay)
+    opening = Opening(broker, share, delay)
     return opening if broker.start_reader(opening) else None

@@ -20,7 +20,7 @@ from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, BrokerTransport, GR
 from plugbay.errors import BrokerClosedError
 
 if TYPE_CHECKING:  # a plugin process does not load TLS code for this
-    from plugbay.core.transport.secure import Redial
+    from plugbay.core.transport.secure import AioChannelShare, Redial
 
 log = logging.getLogger("plugbay.broker")
 
@@ -77,7 +77,7 @@ def plugin_broker(server: grpc.Server, transport: BrokerTransport,
 
 def host_broker(channel: grpc.Channel, transport: BrokerTransport,
                 dial_timeout: float = DEFAULT_DIAL_TIMEOUT, lazy: bool = False,
-                redial: Redial | None = None) -> GRPCBroker:
+                redial: Redial | AioChannelShare | None = None) -> GRPCBroker:
     """Host side: open the StartStream on ``channel`` and broker over it.
 
     ``lazy``: open it on the broker's first use (next_id, accept_and_serve,
@@ -88,14 +88,17 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
 
     ``redial``: how ``channel`` was dialed. Given, the stream runs on grpc.aio
     on the process's shared loop (plugbay.core.broker.aiostream: no thread per
-    plugin) over its own connection dialed the same way; without it, on
+    plugin) over a second connection dialed the same way (an AioChannelShare:
+    the one the Client's other aio streams ride too); without it, on
     ``channel`` with grpcio's sync API (three threads while it is open).
     """
     broker = GRPCBroker(transport, "host", dial_timeout)
     if redial is not None:
         from plugbay.core.broker.aiostream import open_aio_host_stream
+        from plugbay.core.transport.secure import AioChannelShare
 
-        broker.open_stream_with(lambda delay: open_aio_host_stream(broker, redial, delay))
+        share = redial if isinstance(redial, AioChannelShare) else AioChannelShare(redial)
+        broker.open_stream_with(lambda delay: open_aio_host_stream(broker, share, delay))
         if not lazy:
             broker.open_stream()
         return broker

@@ -241,8 +241,9 @@ class Client(ClientParts):
             self._conn.channel)
         if self._kick is None:  # reattached: no spawn to arm it at
             self._kick = StreamKick()
-        self._broker, self._stdio = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux,
-                                                 self.config, self.name)
+        streams = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux, self.config,
+                               self.name)
+        self._broker = streams.broker
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
                      name=self.name)
@@ -251,6 +252,7 @@ class Client(ClientParts):
             self._logs.join(2.0)
             raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
                                     "It exited right after its handshake.")
+        self._stdio = streams.stdio_for(self._broker_queues)
         self._kick.set_stdio(self._stdio, self._broker_queues)
         self._channel.after_call = self._kick.now
         # Told of the exit at once (the process runner: a pidfd on the shared I/O thread, taken at spawn).

@@ -18,9 +18,8 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.logs import LogPump
-from plugbay.core.host.stdio import StdioReader
 from plugbay.core.host.stop import ExitGate, ask_shutdown
-from plugbay.core.host.streams import StreamKick
+from plugbay.core.host.streams import Stdio, StreamKick
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport import ioloop
@@ -48,7 +47,7 @@ class ClientParts:
         self._channel: ManagedChannel | None = None
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
-        self._stdio: StdioReader | None = None
+        self._stdio: Stdio | None = None
         self._kick: StreamKick | None = None  # begins the held stdio/broker streams
         self._broker_queues = False  # the plugin said (health Check) it queues broker messages
         self._logs = LogPump(self.name, config.logger, config.raw_log_sink)

@@ -10,11 +10,15 @@ With no sink at all the host still opens the stream (a current go-plugin
 plugin blocks its writes until someone reads them), but asks the plugin to
 discard (STDIO_DISCARD_METADATA): a plugbay plugin then drops its output and
 ends the stream at once, so its reader thread ends too; a go-plugin plugin
-ignores the ask and is read (and discarded) for as long as it lives.
+ignores the ask and is read (and discarded) for as long as it lives. For such
+a plugin the Client uses :class:`AioStdio`: the stream runs on the shared
+loop beside the broker's, on the same second connection, and costs no thread
+(a reader thread and grpcio's spin thread for the plugin's whole life before).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -25,7 +29,9 @@ from google.protobuf import empty_pb2
 
 from plugbay._proto.plugin import grpc_stdio_pb2, grpc_stdio_pb2_grpc
 from plugbay.core.protocol.handshake import STDIO_DISCARD_METADATA
+from plugbay.core.transport import aioloop
 from plugbay.core.transport.aioloop import Deferred
+from plugbay.core.transport.secure import AioChannelShare
 
 Sink = Callable[[bytes], None]
 _log = logging.getLogger("plugbay.client")
@@ -104,3 +110,81 @@ class StdioReader:
         # a sink that kills the Client runs on this thread: it ends when the sink returns
         if started and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+
+class AioStdio:
+    """GRPCStdio read and discarded on the shared loop, over the Client's AioChannelShare: no thread.
+
+    For a Client with no sink (nothing of the user's runs on the loop): start(),
+    close() and ``supported`` as :class:`StdioReader` has them.
+    """
+
+    def __init__(self, share: AioChannelShare, name: str = "plugin") -> None:
+        self._share = share
+        self.name = name
+        self.supported: bool | None = None  # None until the plugin answered
+        self._lock = threading.Lock()
+        self._closed = False
+        self._lease: aioloop.Lease | None = None
+        self._call: grpc.aio.Call | None = None  # loop thread only
+        self._done = threading.Event()
+
+    def hurry(self) -> None:
+        """StdioReader's; a held AioStdio begins at start() only."""
+
+    def start(self) -> None:
+        """Start reading on the shared loop (once); a no-op after close()."""
+        with self._lock:
+            if self._closed or self._lease is not None:
+                return
+            self._lease = lease = aioloop.shared().acquire()
+        if not lease.call_soon(self._begin):
+            self._done.set()
+
+    def _begin(self) -> None:
+        asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            if self._closed:
+                return
+            channel = self._share.acquire()
+            try:
+                stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
+                # No deadline: a go-plugin plugin keeps the stream for its life.
+                self._call = call = stub.StreamStdio(empty_pb2.Empty(), metadata=(STDIO_DISCARD_METADATA,),
+                                                     timeout=None)
+                async for _ in call:
+                    self.supported = True
+            except asyncio.CancelledError:
+                pass
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    self.supported = False
+                    _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
+                elif code != grpc.StatusCode.CANCELLED:
+                    _log.debug("GRPCStdio stream ended: %s", exc)
+            finally:
+                self._call = None
+                await self._share.release()
+        except Exception:  # never a silent dead task on the shared loop
+            _log.exception("GRPCStdio reader failed")
+        finally:
+            self._done.set()
+            if self._lease is not None:  # an ended stream (go-plugin 1.0.1 has none) holds no loop
+                self._lease.release()
+
+    def _cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            lease = self._lease
+        if lease is None:
+            return
+        if lease.call_soon(self._cancel) and not aioloop.shared().on_loop():
+            self._done.wait(timeout)  # on the loop itself it ends once this callback returns
+        lease.release()

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Union
 
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig
-from plugbay.core.host.stdio import StdioReader
+from plugbay.core.host.stdio import AioStdio, StdioReader
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, der_to_pem
 from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.secure import SecureChannel
+from plugbay.core.transport.secure import AioChannelShare, SecureChannel
 from plugbay.runners.base import AttachedRunner
 
 # Work kept off the first call (the GRPCStdio reader; a Go plugin's broker stream) begins when it
@@ -28,22 +29,42 @@ DEFER = 0.05
 HELD = math.inf
 
 
+Stdio = Union[StdioReader, AioStdio]
+
+
+class Streams:
+    """What open_streams() made: the broker and the two ways to read GRPCStdio (see stdio_for)."""
+
+    def __init__(self, broker: GRPCBroker, reader: StdioReader, aio: AioStdio | None) -> None:
+        self.broker = broker
+        self._reader = reader
+        self._aio = aio
+
+    def stdio_for(self, queues: bool) -> Stdio:
+        """The reader to hold for a plugin that ``queues`` (a plugbay plugin) or not (a go-plugin one).
+
+        A go-plugin plugin keeps its stream for its life: with no sink, read it on the loop
+        (no thread). A plugbay plugin asked to discard ends it at once: the main channel's
+        short call then costs no second connection on the way to its first call."""
+        return self._aio if self._aio is not None and not queues else self._reader
+
+
 def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None, socket_dir: str | None,
-                 runner: AttachedRunner, mux: HostMux | None, config: ClientConfig,
-                 name: str) -> tuple[GRPCBroker, StdioReader]:
-    """The broker (its stream opens on first use) and the stdio reader (held: see StreamKick.set_stdio).
+                 runner: AttachedRunner, mux: HostMux | None, config: ClientConfig, name: str) -> Streams:
+    """The broker (its stream opens on first use) and the stdio readers (held: see StreamKick.set_stdio).
 
     Made while the connection is being set up, before the health check says who the plugin is."""
     peer = der_to_pem(info.server_cert) if (cert and info.server_cert) else None
     # The stream runs on grpc.aio on the shared loop (no thread per plugin) over a second
     # connection dialed like the first; multiplexed, a second connection would cost a bridged
     # stream with copy threads, so it stays on the channel there.
+    share = AioChannelShare(conn.redial) if mux is None and conn.redial is not None else None
     broker = host_broker(conn.channel, BrokerTransport(
         tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir,
-        translator=runner, multiplex=mux is not None, mux=mux), lazy=True,
-        redial=conn.redial if mux is None else None)
-    stdio = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
-    return broker, stdio
+        translator=runner, multiplex=mux is not None, mux=mux), lazy=True, redial=share)
+    reader = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
+    sinkless = config.stdout_sink is None and config.stderr_sink is None
+    return Streams(broker, reader, AioStdio(share, name) if share is not None and sinkless else None)
 
 
 class StreamKick:
@@ -59,11 +80,11 @@ class StreamKick:
     def __init__(self, delay: float = DEFER) -> None:
         self._lock = threading.Lock()
         self._fired = False
-        self._stdio: StdioReader | None = None
+        self._stdio: Stdio | None = None
         self._broker: GRPCBroker | None = None
         self._deferred = Deferred(self._fire, delay)
 
-    def set_stdio(self, stdio: StdioReader, queues: bool) -> None:
+    def set_stdio(self, stdio: Stdio, queues: bool) -> None:
         """The reader (made with delay=HELD) to start: at the kick, or now for a plugin that ``queues``.
 
         A plugbay plugin (it said so in its health answer) buffers its output until the stream

@@ -76,7 +76,7 @@ class TLSRelay:
 
     @property
     def resumed(self) -> int:
-        """Originate: connections whose handshake resumed the peer's earlier session (plugbay.core.transport.tlsresume)."""
+        """Originate: connections whose handshake resumed the peer's earlier session (see tlsresume)."""
         return self._setup.resumption.resumed
 
     @property

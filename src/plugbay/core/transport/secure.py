@@ -102,6 +102,32 @@ class Redial(Frozen):
         return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
 
 
+class AioChannelShare:
+    """One grpc.aio channel to a Redial's peer for the streams beside a Client's calls (loop thread only).
+
+    The broker stream and GRPCStdio ride one second connection (go-plugin's host
+    keeps every stream on its one connection; grpcio's sync and aio stacks cannot
+    share one): the first :meth:`acquire` dials it, the last :meth:`release` closes it.
+    """
+
+    def __init__(self, redial: Redial) -> None:
+        self.redial = redial
+        self._channel: grpc.aio.Channel | None = None
+        self._users = 0
+
+    def acquire(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = self.redial.aio_channel()
+        self._users += 1
+        return self._channel
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+
 class SecureChannel(Record):
     """A dialed channel and what carries it; ``mode`` is 'plaintext', 'grpc-tls' or 'relay-tls'."""
 
