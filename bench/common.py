@@ -143,14 +143,14 @@ def interleaved(ctx: Context, start: Callable[[int], Result],
     floor_starts: list[float] = []
     floor_rounds: list[Result] = []
     for n in range(max(ctx.rounds, ctx.starts)):
-        calls = ctx.calls if n < ctx.rounds else 0
+        with_calls = n < ctx.rounds
         if floor is not None:
-            got = floor(calls)
+            got = floor(ctx.calls if with_calls else 0)
             floor_starts.append(got.start_to_first_call_ms)
-            if calls and got.calls:
+            if with_calls:
                 floor_rounds.append(got)
-        if calls:
-            rounds.append(start(calls))
+        if with_calls:
+            rounds.append(start(ctx.calls))
         else:
             starts.append(start(0).start_to_first_call_ms)
     return combine(rounds, starts, floor_starts, floor_rounds)

@@ -41,27 +41,27 @@ class BareKV:
             env["PLUGIN_CLIENT_CERT"] = cert.decode()
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        parts = line.split("|")
-        if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
-        self.timeout = timeout
         self.relay: Any = None
         self.folder = ""
-        target = parts[3]
-        if automtls:
-            from floor_relay import BareRelay, plugin_certificate_pem
+        try:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline().decode().strip()
+            parts = line.split("|")
+            if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
+                raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
+            self.timeout = timeout
+            target = parts[3]
+            if automtls:
+                from floor_relay import BareRelay, plugin_certificate_pem
 
-            if len(parts) < 6 or not parts[5]:
-                self.proc.kill()
-                self.proc.wait()
-                raise RuntimeError(f"no plugin certificate in handshake line {line!r} from {cmd}")
-            self.folder = tempfile.mkdtemp(prefix="plugbay-bench-relay-")
-            self.relay = BareRelay(target, plugin_certificate_pem(parts[5]), cert, key, self.folder)
-            target = self.relay.path
+                if len(parts) < 6 or not parts[5]:
+                    raise RuntimeError(f"no plugin certificate in handshake line {line!r} from {cmd}")
+                self.folder = tempfile.mkdtemp(prefix="plugbay-bench-relay-")
+                self.relay = BareRelay(target, plugin_certificate_pem(parts[5]), cert, key, self.folder)
+                target = self.relay.path
+        except BaseException:
+            self._end_process()
+            raise
         self.channel = grpc.insecure_channel(f"unix:{target}")
         self._stub = kv_pb2_grpc.KVStub(self.channel)
         self._shutdown = self.channel.unary_unary("/plugin.GRPCController/Shutdown")
@@ -78,10 +78,14 @@ class BareKV:
         except grpc.RpcError:
             pass
         self.channel.close()
+        self._end_process(wait=5)
+
+    def _end_process(self, wait: float = 0) -> None:
+        """Stop the relay, wait ``wait`` s for the plugin's exit (then kill it), free its pipe and folder."""
         if self.relay is not None:
             self.relay.close()
         try:
-            self.proc.wait(5)
+            self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -65,6 +65,7 @@ class BareCounter:
         if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
             self.proc.kill()
             self.proc.wait()
+            self.proc.stdout.close()
             raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
         self.timeout = timeout
         self.dir = tempfile.mkdtemp(prefix="plugbay-bench-floor-")

@@ -74,7 +74,7 @@ class BareRelay:
         self._listener.listen(16)
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, name="bare-relay-accept")]
+        self._threads = [threading.Thread(target=self._accept, name="bare-relay-accept", daemon=True)]
         self._threads[0].start()
 
     def _accept(self) -> None:
@@ -83,7 +83,7 @@ class BareRelay:
                 plain, _ = self._listener.accept()
             except OSError:
                 return  # close() shut the listener
-            thread = threading.Thread(target=self._pump, args=(plain,), name="bare-relay")
+            thread = threading.Thread(target=self._pump, args=(plain,), name="bare-relay", daemon=True)
             with self._lock:
                 self._open.append(plain)
                 self._threads.append(thread)
@@ -91,9 +91,11 @@ class BareRelay:
 
     def _pump(self, plain: socket.socket) -> None:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(10)  # the dial and the handshake only
         try:
             raw.connect(self.target)
             tls = self.context.wrap_socket(raw, server_hostname="localhost")
+            tls.settimeout(None)
         except OSError:
             raw.close()
             plain.close()

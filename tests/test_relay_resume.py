@@ -21,6 +21,7 @@ from plugbay.core.protocol import tls
 from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, parse_handshake_line
 from plugbay.core.transport import ioloop, sockets
 from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.tlsresume import Resumption
 from tests import gobuild
 from tests.test_relay_loop import Echo, _round_trip
 
@@ -130,3 +131,38 @@ def test_the_second_connection_to_a_go_plugin_resumes(tmp_path: Path) -> None:
         assert proc.stdout is not None
         proc.stdout.close()
     assert ioloop.shared().join_idle()
+
+
+def test_a_peer_that_sends_no_ticket_is_asked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a session costs ~0.2 ms on the shared loop: once per relay when the peer gives none."""
+    looks: list[int] = []
+    keep = Resumption.keep
+    monkeypatch.setattr(Resumption, "keep", lambda self, t: (looks.append(1), keep(self, t))[1])
+    echo = Echo(str(tmp_path / "echo.sock"))
+    server, client = tls.generate_cert(), tls.generate_cert()
+    term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
+                    tls.server_context(server, client.cert_pem), "terminate")  # plugbay's: no tickets
+    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
+                    tls.client_context(client, server.cert_pem), "originate")
+    try:
+        payloads = [os.urandom(1_000_000 + i) for i in range(3)]
+        assert [_round_trip(orig.address[1], p) for p in payloads] == payloads
+        assert orig.resumed == 0 and len(looks) == 1
+    finally:
+        orig.close()
+        term.close()
+        echo.close()
+    assert ioloop.shared().join_idle()
+
+
+def test_a_session_that_cannot_be_read_turns_resumption_off_and_the_connection_goes_on() -> None:
+    class Unreadable:  # CPython's session copy fails so for a session over 0xFF00 bytes of DER
+        context = None
+
+        @property
+        def session(self) -> None:
+            raise ValueError("i2d() failed")
+
+    resumption = Resumption()
+    resumption.keep(Unreadable())  # type: ignore[arg-type]
+    assert resumption.off and resumption.offer(None) is None  # type: ignore[arg-type]

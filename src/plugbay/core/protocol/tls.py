@@ -203,9 +203,9 @@ def server_context(own: CertKey, client_ca_pem: bytes, ctx: ssl.SSLContext | Non
     ctx.load_verify_locations(cadata=client_ca_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["h2"])
-    # No TLS 1.3 session tickets: a go-plugin host never resumes, and plugbay's host resumes
-    # only through its relay, which dials Go plugins (a plugbay plugin's P-256 certificate is
-    # served by grpcio); OpenSSL would make two per handshake (~1 ms) before the first call.
+    # No TLS 1.3 session tickets: a go-plugin host never resumes, and plugbay resumes only
+    # through an originating relay, which dials Go peers (a plugbay plugin's P-256 certificate
+    # is served by grpcio); OpenSSL would make two per handshake (~1 ms) before the first call.
     ctx.num_tickets = 0
     return ctx
 

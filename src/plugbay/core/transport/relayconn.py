@@ -255,8 +255,7 @@ class RelayConn:
             reg.want(WRITE)
             return
         if self.s.mode == "originate":
-            self.s.resumption.handshaken(tls)
-            self._ticket_wanted = True
+            self._ticket_wanted = self.s.resumption.handshaken(tls)
             self._start_pump()
         elif callable(self.s.target):
             self._stage = "first"
@@ -336,8 +335,9 @@ class RelayConn:
                             self._tls_eof = True
                             break
                         to_plain += data
-                        if self._ticket_wanted:
-                            self._ticket_wanted = not self.s.resumption.keep(tls)
+                        if self._ticket_wanted:  # TLS 1.3: the peer's ticket came before its data
+                            self._ticket_wanted = False
+                            self.s.resumption.keep(tls)
                         if not tls.pending():
                             break  # the record is drained; epoll says when the next one arrives
                 except ssl.SSLWantReadError:

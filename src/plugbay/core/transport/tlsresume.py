@@ -7,10 +7,14 @@ costs the loop thread ~1.5 ms of OpenSSL work and the plugin as much again
 (its signature), while other plugins' bytes wait on that thread; resuming the
 session the peer handed out costs a third of that and no signature.
 
-Only a session from a verified handshake with this relay's context is kept,
-and it is offered only to that context: a peer proves it is the same one by
-resuming (only it can read its ticket), and a peer that cannot resume gets a
-full handshake, verified as ever. The newest ticket replaces the older one.
+Only a session from a verified full handshake with this relay's context is
+kept, and it is offered only to that context: a peer proves it is the same one
+by resuming (only it can read its ticket), and a peer that cannot resume gets
+a full handshake, verified as ever. Reading a session is not free (CPython
+copies it through DER, ~0.2 ms): each full handshake looks once, where the
+ticket has arrived (TLS 1.2: in the handshake; TLS 1.3: before the first
+data), and a peer that sends none, or a session that cannot be read, turns
+resumption off for the relay.
 """
 
 from __future__ import annotations
@@ -19,26 +23,38 @@ import ssl
 
 
 class Resumption:
-    """The newest session one relay's peer gave it (loop thread only)."""
+    """The session one relay's peer gave it (loop thread only)."""
 
     def __init__(self) -> None:
         self._context: ssl.SSLContext | None = None
         self._session: ssl.SSLSession | None = None
+        self.off = False  # the peer sends no tickets, or its session could not be read
         self.resumed = 0  # handshakes that resumed a kept session
 
     def offer(self, context: ssl.SSLContext) -> ssl.SSLSession | None:
         """The session to offer on a new connection made with ``context`` (None: a full handshake)."""
         return self._session if context is self._context else None
 
-    def handshaken(self, tls: ssl.SSLSocket) -> None:
+    def handshaken(self, tls: ssl.SSLSocket) -> bool:
+        """Count a resumed handshake; True when the caller should call keep() with the first data."""
         if tls.session_reused:
             self.resumed += 1
-
-    def keep(self, tls: ssl.SSLSocket) -> bool:
-        """Keep the connection's session once it holds a ticket (TLS 1.3 sends it after the
-        handshake, read with the first bytes); True when kept, so the caller stops asking."""
-        session = tls.session
-        if session is None or not session.has_ticket:
+            return False  # the kept session did it: reading it back again costs, and gains nothing
+        if self.off:
             return False
-        self._context, self._session = tls.context, session
+        if tls.version() != "TLSv1.3":  # the ticket, if any, came with the handshake
+            self.keep(tls)
+            return False
         return True
+
+    def keep(self, tls: ssl.SSLSocket) -> None:
+        """Keep the connection's session if it holds a ticket, once per full handshake."""
+        try:
+            session = tls.session
+            ticket = session is not None and session.has_ticket
+        except (ValueError, ssl.SSLError, MemoryError):  # e.g. too big for CPython's DER copy
+            session, ticket = None, False
+        if not ticket:
+            self.off = True
+            return
+        self._context, self._session = tls.context, session
