@@ -22,6 +22,7 @@ import pytest
 
 from plugbay import BrokerClosedError, Client, ClientConfig
 from plugbay.core.transport import aioloop
+from plugbay.core.transport.secure import Redial
 from tests.gobuild import build_go, go_missing_reason
 from tests.thread_util import plugbay_threads, thread_names, wait_for  # noqa: E402
 
@@ -146,7 +147,9 @@ def test_brokered_callbacks_to_many_go_plugins_and_a_kill9_mid_stream(
             assert stubs[i].get(f"n{i}") == 2005
         assert thread_names().count("plugbay-io") == 1
         victim.kill()
-        assert aioloop.shared().users == 3  # 2 streams + the I/O loop: the killed Client's stream gave it back
+        # the two live Clients' broker streams and GRPCStdio readers (each keeps its hold on its
+        # connection), and the I/O loop: the killed Client's gave theirs back
+        assert aioloop.shared().users == 5
         stubs[0].put("n0", 1, helper)
         assert stubs[0].get("n0") == 3006
     assert plugbay_threads() == [] and not aioloop.shared().running
@@ -197,3 +200,20 @@ def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(t
         broker.close()
         channel.close()
     assert plugbay_threads() == []
+
+
+def test_a_go_plugin_without_grpc_stdio_costs_one_second_connection(
+        go_plugins: dict[str, str], in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """go-plugin 1.0.1 answers GRPCStdio with UNIMPLEMENTED; the connection that asked stays for the
+    broker stream, opened later at the first dispense, instead of being closed and dialed again."""
+    dials: list[str] = []
+    dial = Redial.aio_channel
+    monkeypatch.setattr(Redial, "aio_channel", lambda self: (dials.append(self.target), dial(self))[1])
+    with Client(ClientConfig(handshake=counter.HANDSHAKE, plugins={counter.PLUGIN_NAME: counter.CounterPlugin()},
+                             cmd=[go_plugins["counter_plugin"]])) as client:
+        wait_for(lambda: getattr(client._stdio, "supported", None) is False, "GRPCStdio's UNIMPLEMENTED")
+        stub = client.dispense(counter.PLUGIN_NAME)
+        helper = Helper()
+        stub.put("n", 2, helper)  # the broker stream: the plugin dials the host's AddHelper
+        assert helper.calls == 1 and len(dials) == 1, dials
+    assert plugbay_threads() == [] and not aioloop.shared().running

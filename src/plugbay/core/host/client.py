@@ -43,6 +43,7 @@ from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.stdio import AioStdio
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
@@ -276,6 +277,9 @@ class Client(ClientParts):
         broker = self._broker
         if broker is not None:  # its stream has a connection of its own
             broker.end_stream(f"plugin {self.name!r} exited with code {code}")
+        stdio = self._stdio
+        if isinstance(stdio, AioStdio):  # it shares that connection
+            stdio.cancel()
 
     def _exit_probe(self, wait: float) -> str | None:
         """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""

@@ -116,7 +116,11 @@ class AioStdio:
     """GRPCStdio read and discarded on the shared loop, over the Client's AioChannelShare: no thread.
 
     For a Client with no sink (nothing of the user's runs on the loop): start(),
-    close() and ``supported`` as :class:`StdioReader` has them.
+    close() and ``supported`` as :class:`StdioReader` has them, and cancel() for
+    the plugin's exit. It keeps its hold on the shared channel until close() or
+    cancel(), even after a plugin without GRPCStdio (go-plugin < 1.4) said so: the
+    broker stream, opened at the first dispense, then rides the same connection
+    instead of dialing it again.
     """
 
     def __init__(self, share: AioChannelShare, name: str = "plugin") -> None:
@@ -126,65 +130,91 @@ class AioStdio:
         self._lock = threading.Lock()
         self._closed = False
         self._lease: aioloop.Lease | None = None
-        self._call: grpc.aio.Call | None = None  # loop thread only
-        self._done = threading.Event()
+        self._call: grpc.aio.Call | None = None  # loop thread only, as the two below
+        self._holding = False  # a hold on the shared channel to give back
+        self._reading = False
+        self._freed = threading.Event()  # nothing held on the loop any more
 
     def hurry(self) -> None:
         """StdioReader's; a held AioStdio begins at start() only."""
 
     def start(self) -> None:
-        """Start reading on the shared loop (once); a no-op after close()."""
+        """Start reading on the shared loop (once); a no-op after close() or cancel()."""
         with self._lock:
             if self._closed or self._lease is not None:
                 return
             self._lease = lease = aioloop.shared().acquire()
         if not lease.call_soon(self._begin):
-            self._done.set()
+            self._freed.set()
+            lease.release()
 
-    def _begin(self) -> None:
-        asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            if self._closed:
-                return
-            channel = self._share.acquire()
-            try:
-                stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
-                # No deadline: a go-plugin plugin keeps the stream for its life.
-                self._call = call = stub.StreamStdio(empty_pb2.Empty(), metadata=(STDIO_DISCARD_METADATA,),
-                                                     timeout=None)
-                async for _ in call:
-                    self.supported = True
-            except asyncio.CancelledError:
-                pass
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                if code == grpc.StatusCode.UNIMPLEMENTED:
-                    self.supported = False
-                    _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
-                elif code != grpc.StatusCode.CANCELLED:
-                    _log.debug("GRPCStdio stream ended: %s", exc)
-            finally:
-                self._call = None
-                await self._share.release()
-        except Exception:  # never a silent dead task on the shared loop
-            _log.exception("GRPCStdio reader failed")
-        finally:
-            self._done.set()
-            if self._lease is not None:  # an ended stream (go-plugin 1.0.1 has none) holds no loop
-                self._lease.release()
-
-    def _cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-
-    def close(self, timeout: float = 5.0) -> None:
+    def cancel(self) -> None:
+        """End the stream and free the channel (the plugin exited); no wait, from any thread."""
         with self._lock:
             self._closed = True
             lease = self._lease
+        if lease is not None and not lease.call_soon(self._end):
+            self._freed.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.cancel()
+        with self._lock:
+            lease = self._lease
         if lease is None:
             return
-        if lease.call_soon(self._cancel) and not aioloop.shared().on_loop():
-            self._done.wait(timeout)  # on the loop itself it ends once this callback returns
+        if not aioloop.shared().on_loop():  # on the loop itself it ends once this callback returns
+            self._freed.wait(timeout)
         lease.release()
+
+    # ------------------------------------------------------------- loop thread
+
+    def _begin(self) -> None:
+        self._reading = True
+        asyncio.get_running_loop().create_task(self._read())
+
+    def _end(self) -> None:
+        if self._call is not None:
+            self._call.cancel()  # _read() ends and gives the channel back
+        elif not self._reading:
+            asyncio.get_running_loop().create_task(self._give_back())
+
+    async def _read(self) -> None:
+        try:
+            if not self._closed:
+                channel = self._share.acquire()
+                self._holding = True
+                await self._stream(channel)
+        except Exception:  # never a silent dead task on the shared loop
+            _log.exception("GRPCStdio reader failed")
+        finally:
+            self._reading = False
+            if self._closed:  # else the hold stays for the broker stream, until close() or cancel()
+                await self._give_back()
+
+    async def _stream(self, channel: grpc.aio.Channel) -> None:
+        try:
+            stub = grpc_stdio_pb2_grpc.GRPCStdioStub(channel)  # type: ignore[no-untyped-call]
+            # No deadline: a go-plugin plugin keeps the stream for its life.
+            self._call = call = stub.StreamStdio(empty_pb2.Empty(), metadata=(STDIO_DISCARD_METADATA,),
+                                                 timeout=None)
+            async for _ in call:
+                self.supported = True
+        except asyncio.CancelledError:
+            pass
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self.supported = False
+                _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
+            elif code != grpc.StatusCode.CANCELLED:
+                _log.debug("GRPCStdio stream ended: %s", exc)
+        finally:
+            self._call = None
+
+    async def _give_back(self) -> None:
+        try:
+            if self._holding:
+                self._holding = False
+                await self._share.release()
+        finally:
+            self._freed.set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Union
 
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
@@ -29,7 +28,7 @@ DEFER = 0.05
 HELD = math.inf
 
 
-Stdio = Union[StdioReader, AioStdio]
+Stdio = StdioReader | AioStdio
 
 
 class Streams:

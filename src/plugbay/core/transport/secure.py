@@ -122,6 +122,7 @@ class AioChannelShare:
         return self._channel
 
     async def release(self) -> None:
+        assert self._users > 0, "released more often than acquired"
         self._users -= 1
         if self._users == 0 and self._channel is not None:
             channel, self._channel = self._channel, None
