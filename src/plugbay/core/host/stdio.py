@@ -130,9 +130,11 @@ class AioStdio:
         self._lock = threading.Lock()
         self._closed = False
         self._lease: aioloop.Lease | None = None
-        self._call: grpc.aio.Call | None = None  # loop thread only, as the two below
+        self._release_when_freed = False  # close() on the loop: the loop gives the lease back
+        self._call: grpc.aio.Call | None = None  # loop thread only, as the three below
         self._holding = False  # a hold on the shared channel to give back
         self._reading = False
+        self._giving = False
         self._freed = threading.Event()  # nothing held on the loop any more
 
     def hurry(self) -> None:
@@ -157,14 +159,19 @@ class AioStdio:
             self._freed.set()
 
     def close(self, timeout: float = 5.0) -> None:
-        self.cancel()
+        on_loop = aioloop.shared().on_loop()
         with self._lock:
+            self._closed = True
+            self._release_when_freed = on_loop
             lease = self._lease
         if lease is None:
             return
-        if not aioloop.shared().on_loop():  # on the loop itself it ends once this callback returns
+        if not lease.call_soon(self._end):
+            self._freed.set()
+            lease.release()
+        elif not on_loop:  # on the loop itself the lease goes back once the channel is given back
             self._freed.wait(timeout)
-        lease.release()
+            lease.release()
 
     # ------------------------------------------------------------- loop thread
 
@@ -173,10 +180,16 @@ class AioStdio:
         asyncio.get_running_loop().create_task(self._read())
 
     def _end(self) -> None:
+        """Stop reading and give the channel back: whoever holds it last frees it (idempotent)."""
         if self._call is not None:
             self._call.cancel()  # _read() ends and gives the channel back
-        elif not self._reading:
+        elif self._reading or self._giving:
+            pass  # they end in _give_back()
+        elif self._holding:
+            self._giving = True
             asyncio.get_running_loop().create_task(self._give_back())
+        else:
+            self._freed_now()
 
     async def _read(self) -> None:
         try:
@@ -212,9 +225,18 @@ class AioStdio:
             self._call = None
 
     async def _give_back(self) -> None:
+        self._giving = True
         try:
             if self._holding:
                 self._holding = False
                 await self._share.release()
+        except Exception as exc:
+            _log.debug("closing the GRPCStdio reader's grpc.aio channel: %r", exc)
         finally:
-            self._freed.set()
+            self._giving = False
+            self._freed_now()
+
+    def _freed_now(self) -> None:
+        self._freed.set()
+        if self._release_when_freed and self._lease is not None:
+            self._lease.release()
