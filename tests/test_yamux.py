@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -917,3 +918,46 @@ def test_a_ping_that_waited_for_room_gets_no_more_than_its_timeout_for_the_answe
     finally:
         session.abort("test over")
         far.close()
+
+
+def test_an_empty_data_frame_between_two_large_ones_leaves_a_queued_payload_intact() -> None:
+    # a large payload a stream still queues lives in the reader's buffer; an empty DATA frame (legal:
+    # a SYN may ride one) reads nothing, so it must not free that buffer for the next large payload
+    a, b = socket.socketpair()
+    b.settimeout(10)
+    size = 200 * 1024
+    accepting = Accepting(a, "t-empty")
+    session, streams = accepting.session, accepting.streams
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0) + struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 3, 0))
+        assert accepting.opened() and accepting.opened()
+        for sid, fill in ((1, b"A"), (3, b"")):  # stream 1's payload stays queued: nobody reads it yet
+            b.sendall(struct.pack(">BBHII", 0, 0, 0, sid, len(fill) * size))
+            time.sleep(0.1)  # the header alone first: the payload is then received into a buffer of its own
+            b.sendall(fill * size)
+            time.sleep(0.1)
+        b.sendall(struct.pack(">BBHII", 0, 0, 0, 3, size))
+        time.sleep(0.1)
+        b.sendall(b"B" * size)
+        assert read_exactly(streams[3], size) == b"B" * size
+        assert read_exactly(streams[1], size) == b"A" * size
+        assert not session.closed
+    finally:
+        session.close()
+        b.close()
+
+
+@pytest.mark.parametrize("sid", [0, 2], ids=["stream-0", "the-server's-parity"])
+def test_a_stream_opened_by_the_wrong_side_ends_the_session(sid: int) -> None:
+    a, b = socket.socketpair()
+    b.settimeout(10)
+    accepting = Accepting(a, "t-wrong-side")  # the server side: the peer (client) opens odd ids only
+    try:
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, sid, 0) + struct.pack(">BBHII", 0, 0, 0, sid, 5)
+                  + b"hello")
+        accepting.session._reader.join(10)
+        assert accepting.session.closed and "opened by the wrong side" in accepting.session.close_reason
+        assert not accepting.streams  # nothing was routed, nothing delivered
+    finally:
+        accepting.session.close()
+        b.close()

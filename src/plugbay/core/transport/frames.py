@@ -48,6 +48,7 @@ class FrameReader:
 
     def header(self, n: int) -> bytes | bytearray | memoryview:
         """The next ``n`` header bytes (exactly those while the peer sends in bulk)."""
+        self._lent = None  # a new frame: the last payload's buffer is its stream's now, or recycled
         if self._bulk and self._pos == len(self._buf):
             return self._read_exact(n)
         return self.read(n)

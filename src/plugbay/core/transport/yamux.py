@@ -288,7 +288,7 @@ class Session:
                     if problem is not None:
                         reason = f"protocol error: {problem}"
                         break
-                    if not self._kept:
+                    if length and not self._kept:  # an empty frame read nothing: nothing to recycle
                         del payload  # the last reference: its buffer is free for the next frame
                         reader.recycle()
                 elif kind == WINDOW_UPDATE:
@@ -368,9 +368,8 @@ class Session:
         stream: Stream | None
         self._kept = False
         if flags & SYN:
-            if (sid % 2 == 1) == self._client:
-                log.debug("yamux: peer opened stream %d of the wrong parity", sid)
-                return None
+            if sid == 0 or (sid % 2 == 1) == self._client:  # ids are the opener's by parity; 0 is the session's
+                return f"stream {sid} opened by the wrong side"
             with self._lock:
                 if sid in self._streams:
                     # a second SYN would orphan the first stream's reader
