@@ -6,11 +6,12 @@ checked against hashicorp/yamux's format (version 0, big-endian header).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -929,7 +930,8 @@ def test_an_empty_data_frame_between_two_large_ones_leaves_a_queued_payload_inta
     accepting = Accepting(a, "t-empty")
     session, streams = accepting.session, accepting.streams
     try:
-        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0) + struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 3, 0))
+        b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0)
+                  + struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 3, 0))
         assert accepting.opened() and accepting.opened()
         for sid, fill in ((1, b"A"), (3, b"")):  # stream 1's payload stays queued: nobody reads it yet
             b.sendall(struct.pack(">BBHII", 0, 0, 0, sid, len(fill) * size))
@@ -961,3 +963,61 @@ def test_a_stream_opened_by_the_wrong_side_ends_the_session(sid: int) -> None:
     finally:
         accepting.session.close()
         b.close()
+
+
+def test_two_sessions_writing_in_bulk_both_ways_while_opening_streams_never_lock_up() -> None:
+    # each reader acks the streams the peer opens; were it to wait for its send lock (held by a
+    # writer blocked on the peer, whose reader waits the same way) neither side would read again
+    a, b = socket.socketpair()
+    stop = threading.Event()
+    progress = {"bulk-a": 0, "bulk-b": 0, "open-a": 0, "open-b": 0}
+    threads: list[threading.Thread] = []
+
+    def start(target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name="plugbay-test-load", daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    def drained(stream: Stream) -> None:
+        def drain() -> None:
+            with contextlib.suppress(StreamClosed):
+                while data := stream.read():
+                    stream.consumed(len(data))
+        start(drain)
+
+    sides = {"a": Session(a, client=True, on_stream=drained, name="t-a"),
+             "b": Session(b, client=False, on_stream=drained, name="t-b")}
+
+    def bulk(tag: str) -> None:
+        stream = sides[tag].open()
+        with contextlib.suppress(StreamClosed):
+            while not stop.is_set():
+                stream.write(b"x" * (256 * 1024))
+                progress["bulk-" + tag] += 1
+
+    def opener(tag: str) -> None:
+        with contextlib.suppress(StreamClosed):
+            while not stop.is_set():
+                stream = sides[tag].open()
+                stream.write(b"hi")
+                stream.close_write()
+                progress["open-" + tag] += 1
+
+    try:
+        for tag in sides:
+            for _ in range(2):
+                start(lambda t=tag: bulk(t))  # type: ignore[misc]
+            start(lambda t=tag: opener(t))  # type: ignore[misc]
+        time.sleep(3)  # the lock-up came within 4 s, most often within 1
+        for _ in range(2):
+            before = dict(progress)
+            time.sleep(1)
+            stalled = [k for k in progress if progress[k] == before[k]]
+            assert not stalled, (stalled, progress)
+    finally:
+        stop.set()
+        for session in sides.values():
+            session.abort("test over")
+        for thread in threads:
+            thread.join(10)
+    assert not any(t.is_alive() for t in threads)

@@ -6,6 +6,7 @@ import fcntl
 import os
 import select
 import socket
+import threading
 import time
 
 _READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
@@ -199,3 +200,56 @@ def pipe_for_splicing() -> tuple[int, int, int] | None:
     except OSError:  # over the user's pipe quota: the default size moves less per frame
         size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
     return r, w, min(size, _PIPE)
+
+
+class LateControl:
+    """Header-only frames the session reader could not send at once, sent by a short-lived thread.
+
+    The reader must never wait to write: were it to wait for the send lock or a full socket
+    while the peer's reader waited for this side in turn (two plugbay sessions writing in
+    bulk both ways), neither would read again. What it cannot send without waiting (a new
+    stream's ACK, a ping's answer, a refused stream's RST) goes here, and one thread at a
+    time sends it under the send lock as any writer does, then ends.
+    """
+
+    def __init__(self, sock: socket.socket, wlock: threading.Lock, closed: threading.Event, name: str) -> None:
+        self._sock = sock
+        self._wlock = wlock
+        self._closed = closed
+        self._name = name
+        self._lock = threading.Lock()
+        self._queued: list[bytes] = []
+        self._sender: threading.Thread | None = None
+
+    def send(self, header: bytes) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._queued.append(header)
+            if self._sender is not None:
+                return  # the running sender takes it
+            self._sender = sender = threading.Thread(target=self._run, name=f"plugbay-{self._name}-late",
+                                                     daemon=True)
+        sender.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queued or self._closed.is_set():
+                    self._queued.clear()
+                    self._sender = None
+                    return
+                batch = b"".join(self._queued)
+                self._queued.clear()
+            try:
+                with self._wlock:
+                    if not self._closed.is_set():
+                        self._sock.sendall(batch)
+            except OSError:
+                pass  # the connection is broken: the reader ends the session
+
+    def join(self, timeout: float) -> None:
+        with self._lock:
+            sender = self._sender
+        if sender is not None and sender is not threading.current_thread():
+            sender.join(timeout)

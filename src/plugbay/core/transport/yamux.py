@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.frames import (
     FrameReader,
+    LateControl,
     pipe_for_splicing,
     send_all,
     send_within,
@@ -81,6 +82,7 @@ class Session:
         self.close_reason = ""
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
+        self._late = LateControl(sock, self._wlock, self._closed, name)  # what the reader cannot send at once
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
 
@@ -247,6 +249,17 @@ class Session:
         finally:
             self._wlock.release()
 
+    def _send_rst(self, sid: int) -> None:
+        if threading.current_thread() is self._reader:  # e.g. on_stream refusing a stream: no waiting
+            self._control(WINDOW_UPDATE, RST, sid, 0)
+        else:
+            self._send(WINDOW_UPDATE, RST, sid, 0)
+
+    def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
+        """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
+        if not self._try_send(kind, flags, sid, length):
+            self._late.send(_HDR.pack(0, kind, flags, sid, length))
+
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"
         reader = FrameReader(self._sock, self._first)
@@ -298,7 +311,7 @@ class Session:
                         break
                 elif kind == PING:
                     if flags & SYN:
-                        self._send(PING, ACK, 0, length)
+                        self._control(PING, ACK, 0, length)
                     elif flags & ACK:
                         with self._lock:
                             answered = self._pings.get(length)
@@ -319,6 +332,7 @@ class Session:
                 # closed here only, by the thread that reads it, under the send lock: splices name
                 # the socket by its descriptor number, which a close elsewhere could give to a new
                 # socket while one of them is about to use it (its bytes read, or written, there)
+                self._late.join(10)  # its send fails at once on the shut socket
                 with self._wlock:
                     self._sock.close()
                 if self._pipe is not None:
@@ -377,7 +391,7 @@ class Session:
                 stream = Stream(self, sid)
                 self._streams[sid] = stream
             # go's yamux closes the session when an opened stream is not acked in time
-            self._send(WINDOW_UPDATE, ACK, sid, 0)
+            self._control(WINDOW_UPDATE, ACK, sid, 0)
             self._on_stream(stream)
         else:
             with self._lock:

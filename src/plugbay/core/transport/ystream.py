@@ -66,6 +66,8 @@ class Carrier(Protocol):
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
 
+    def _send_rst(self, sid: int) -> None: ...
+
     @property
     def can_splice(self) -> bool: ...
 
@@ -376,7 +378,7 @@ class Stream:
         if wake is not None:
             wake()
         try:
-            self.session._send(WINDOW_UPDATE, RST, self.id, 0)
+            self.session._send_rst(self.id)
         except StreamClosed:
             pass  # the whole session is gone, which resets every stream anyway
 
