@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 
+from plugbay.core.transport.sockets import shutdown_and_join
+
 _READ = 256 * 1024  # a session reader's buffer refill, while the peer sends in bulk
 _SMALL = 16 * 1024  # ... and while it sends small frames (a buffer a queued payload pins: keep it small)
 _DIRECT = 64 * 1024  # payloads this big are received straight into their own buffer
@@ -230,7 +232,17 @@ class LateControl:
                 return  # the running sender takes it
             self._sender = sender = threading.Thread(target=self._run, name=f"plugbay-{self._name}-late",
                                                      daemon=True)
-        sender.start()
+        try:
+            sender.start()
+        except RuntimeError:  # no thread to be had: what is queued goes with the next try
+            with self._lock:
+                self._sender = None
+            raise
+
+    def pending(self) -> bool:
+        """Whether a sender runs: a later header must follow what it holds, never overtake it."""
+        with self._lock:
+            return self._sender is not None
 
     def _run(self) -> None:
         while True:
@@ -241,15 +253,15 @@ class LateControl:
                     return
                 batch = b"".join(self._queued)
                 self._queued.clear()
-            try:
-                with self._wlock:
+            with self._wlock:
+                try:
                     if not self._closed.is_set():
                         self._sock.sendall(batch)
-            except OSError:
-                pass  # the connection is broken: the reader ends the session
+                except OSError:  # part of the batch may be out: no frame may follow it
+                    shutdown_and_join([self._sock], [])
 
     def join(self, timeout: float) -> None:
         with self._lock:
             sender = self._sender
-        if sender is not None and sender is not threading.current_thread():
+        if sender is not None and sender is not threading.current_thread() and sender.is_alive():
             sender.join(timeout)

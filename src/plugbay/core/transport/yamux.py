@@ -257,7 +257,7 @@ class Session:
 
     def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
         """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
-        if not self._try_send(kind, flags, sid, length):
+        if self._late.pending() or not self._try_send(kind, flags, sid, length):  # the reader's frames in order
             self._late.send(_HDR.pack(0, kind, flags, sid, length))
 
     def _read_loop(self) -> None:
