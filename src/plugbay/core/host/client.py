@@ -43,7 +43,6 @@ from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.host.stdio import AioStdio
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
@@ -278,7 +277,7 @@ class Client(ClientParts):
         if broker is not None:  # its stream has a connection of its own
             broker.end_stream(f"plugin {self.name!r} exited with code {code}")
         stdio = self._stdio
-        if isinstance(stdio, AioStdio):  # it shares that connection
+        if stdio is not None:  # on the loop, it shares the broker stream's connection
             stdio.cancel()
 
     def _exit_probe(self, wait: float) -> str | None:

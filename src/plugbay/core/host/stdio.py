@@ -92,24 +92,37 @@ class StdioReader:
                     except Exception:
                         _log.warning("GRPCStdio sink raised; output dropped", exc_info=True)
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.UNIMPLEMENTED:
+            if _unimplemented(exc):
                 self.supported = False
-                _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
-            elif code != grpc.StatusCode.CANCELLED:
-                _log.debug("GRPCStdio stream ended: %s", exc)
+
+    def cancel(self) -> None:
+        """End the stream (the plugin exited); no wait. The reader thread then ends by itself."""
+        with self._lock:
+            self._closed = True  # a start() after this is a no-op
+            call = self._call
+        if call is not None:
+            call.cancel()  # type: ignore[attr-defined]
 
     def close(self, timeout: float = 5.0) -> None:
         if self._deferred is not None:  # not under _lock: a deferred start() that runs takes it
             self._deferred.cancel()
+        self.cancel()
         with self._lock:
-            self._closed = True
-            call, started = self._call, self._started
-        if call is not None:
-            call.cancel()  # type: ignore[attr-defined]
+            started = self._started
         # a sink that kills the Client runs on this thread: it ends when the sink returns
         if started and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+
+def _unimplemented(exc: grpc.RpcError) -> bool:
+    """How a GRPCStdio stream ended (logged): True when the plugin does not serve it at all."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
+        return True
+    if code != grpc.StatusCode.CANCELLED:
+        _log.debug("GRPCStdio stream ended: %s", exc)
+    return False
 
 
 class AioStdio:
@@ -215,12 +228,8 @@ class AioStdio:
         except asyncio.CancelledError:
             pass
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code == grpc.StatusCode.UNIMPLEMENTED:
+            if _unimplemented(exc):
                 self.supported = False
-                _log.debug("plugin does not serve GRPCStdio (go-plugin < 1.4); stdio not streamed")
-            elif code != grpc.StatusCode.CANCELLED:
-                _log.debug("GRPCStdio stream ended: %s", exc)
         finally:
             self._call = None
 
