@@ -29,6 +29,30 @@ ENV = {"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MIN_POR
        "PLUGIN_MAX_PORT": "25000"}
 
 
+def launch(cmd: list[str], cwd: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Start a go-plugin plugin and read its handshake line (unix, grpc): the process and the line's fields."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    parts = line.split("|")
+    if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
+        end(proc)
+        raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
+    return proc, parts
+
+
+def end(proc: subprocess.Popen[bytes], wait: float = 0) -> None:
+    """Wait ``wait`` s for the plugin's exit (then kill it) and close its pipe."""
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
 class BareKV:
     """One plugin process and one channel, the least a Python host can do."""
 
@@ -39,29 +63,23 @@ class BareKV:
 
             cert, key = host_certificate()
             env["PLUGIN_CLIENT_CERT"] = cert.decode()
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc, parts = launch(cmd, cwd, env)
+        self.timeout = timeout
         self.relay: Any = None
         self.folder = ""
-        try:
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline().decode().strip()
-            parts = line.split("|")
-            if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
-                raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
-            self.timeout = timeout
-            target = parts[3]
-            if automtls:
-                from floor_relay import BareRelay, plugin_certificate_pem
+        target = parts[3]
+        if automtls:
+            from floor_relay import BareRelay, plugin_certificate_pem
 
+            try:
                 if len(parts) < 6 or not parts[5]:
-                    raise RuntimeError(f"no plugin certificate in handshake line {line!r} from {cmd}")
+                    raise RuntimeError(f"no plugin certificate in handshake line {'|'.join(parts)!r} from {cmd}")
                 self.folder = tempfile.mkdtemp(prefix="plugbay-bench-relay-")
                 self.relay = BareRelay(target, plugin_certificate_pem(parts[5]), cert, key, self.folder)
-                target = self.relay.path
-        except BaseException:
-            self._end_process()
-            raise
+            except BaseException:
+                self._end_process()
+                raise
+            target = self.relay.path
         self.channel = grpc.insecure_channel(f"unix:{target}")
         self._stub = kv_pb2_grpc.KVStub(self.channel)
         self._shutdown = self.channel.unary_unary("/plugin.GRPCController/Shutdown")
@@ -84,13 +102,7 @@ class BareKV:
         """Stop the relay, wait ``wait`` s for the plugin's exit (then kill it), free its pipe and folder."""
         if self.relay is not None:
             self.relay.close()
-        try:
-            self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        end(self.proc, wait)
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 

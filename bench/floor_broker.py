@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,9 +26,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "counter"))
 from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402  (the example's generated code)
+from floor import ENV, end, launch  # noqa: E402  (the bare host's launch and end of a plugin)
 
-ENV = {"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MIN_PORT": "10000",
-       "PLUGIN_MAX_PORT": "25000"}
 
 
 def _varint(n: int) -> bytes:
@@ -57,16 +55,7 @@ class BareCounter:
     """One plugin process, one channel, one broker stream; a grpc.server per brokered call."""
 
     def __init__(self, cmd: list[str], cwd: str, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV}, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        parts = line.split("|")
-        if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stdout.close()
-            raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
+        self.proc, parts = launch(cmd, cwd, {**os.environ, **ENV})
         self.timeout = timeout
         self.dir = tempfile.mkdtemp(prefix="plugbay-bench-floor-")
         self.channel = grpc.insecure_channel(f"unix:{parts[3]}")
@@ -108,13 +97,7 @@ class BareCounter:
             pass
         self._stream.cancel()
         self.channel.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        end(self.proc, 5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> BareCounter:

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def _raw(func):  # type: ignore[no-untyped-def]
     return grpc.unary_unary_rpc_method_handler(func, request_deserializer=None, response_serializer=None)
 
 
-def main() -> None:
+def main(kv: kv_pb2_grpc.KVServicer | None = None,
+         register: Callable[[grpc.Server], None] | None = None) -> None:
+    """Serve ``kv`` (default: files ``kv_<key>``) and what ``register`` adds, until Shutdown or SIGTERM."""
     if os.environ.get("BASIC_PLUGIN") != "hello":
         sys.stderr.write("This binary is a plugin; run it from a host.\n")
         raise SystemExit(1)
@@ -51,7 +54,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = grpc.server(ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
-    kv_pb2_grpc.add_KVServicer_to_server(_KV(), server)
+    kv_pb2_grpc.add_KVServicer_to_server(kv or _KV(), server)
+    if register is not None:
+        register(server)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
             "Check": _raw(lambda req, ctx: b"\x08\x01")}),  # status: SERVING
