@@ -12,6 +12,8 @@ import os
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from plugbay.core.protocol import tls
 from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, parse_handshake_line
 from plugbay.core.transport import ioloop, sockets
-from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.relay import ContextSource, TLSRelay
 from plugbay.core.transport.tlsresume import Resumption
 from tests import gobuild
 from tests.test_relay_loop import Echo, _round_trip
@@ -34,40 +36,39 @@ def _ticketing(own: tls.CertKey, client_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
-def test_later_connections_resume_and_carry_their_bytes(tmp_path: Path) -> None:
+@contextmanager
+def _echo_relayed(tmp_path: Path, server: ssl.SSLContext, client: ContextSource) -> Iterator[TLSRelay]:
+    """An echo server behind a terminating relay (``server``), dialed by an originating one (``client``)."""
     echo = Echo(str(tmp_path / "echo.sock"))
-    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert()
     term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
-                    _ticketing(server, client.cert_pem), "terminate")
-    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
-                    tls.client_context(client, server.cert_pem), "originate")
+                    server, "terminate")
+    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address, client,
+                    "originate")
     try:
-        payloads = [os.urandom(100_000 + i) for i in range(3)]
-        assert [_round_trip(orig.address[1], p) for p in payloads] == payloads
-        assert orig.resumed == 2  # the first connection's handshake was full, the next two resumed
+        yield orig
     finally:
         orig.close()
         term.close()
         echo.close()
     assert ioloop.shared().join_idle()
+
+
+def test_later_connections_resume_and_carry_their_bytes(tmp_path: Path) -> None:
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert()
+    with _echo_relayed(tmp_path, _ticketing(server, client.cert_pem),
+                       tls.client_context(client, server.cert_pem)) as orig:
+        payloads = [os.urandom(100_000 + i) for i in range(3)]
+        assert [_round_trip(orig.address[1], p) for p in payloads] == payloads
+        assert orig.resumed == 2  # the first connection's handshake was full, the next two resumed
 
 
 def test_a_new_context_is_not_offered_an_old_session(tmp_path: Path) -> None:
     """Network mode's provider makes a new context when the files rotate: its first dial is a full handshake."""
-    echo = Echo(str(tmp_path / "echo.sock"))
     server, client = tls.generate_cert(), tls.generate_cert()
-    term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
-                    _ticketing(server, client.cert_pem), "terminate")
-    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
-                    lambda: tls.client_context(client, server.cert_pem), "originate")
-    try:
+    with _echo_relayed(tmp_path, _ticketing(server, client.cert_pem),
+                       lambda: tls.client_context(client, server.cert_pem)) as orig:
         assert [_round_trip(orig.address[1], b"x" * 1000) for _ in range(3)] == [b"x" * 1000] * 3
         assert orig.resumed == 0
-    finally:
-        orig.close()
-        term.close()
-        echo.close()
-    assert ioloop.shared().join_idle()
 
 
 def test_a_different_peer_at_the_same_address_still_has_to_prove_itself(tmp_path: Path) -> None:
@@ -138,21 +139,12 @@ def test_a_peer_that_sends_no_ticket_is_asked_once(tmp_path: Path, monkeypatch: 
     looks: list[int] = []
     keep = Resumption.keep
     monkeypatch.setattr(Resumption, "keep", lambda self, t: (looks.append(1), keep(self, t))[1])
-    echo = Echo(str(tmp_path / "echo.sock"))
     server, client = tls.generate_cert(), tls.generate_cert()
-    term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
-                    tls.server_context(server, client.cert_pem), "terminate")  # plugbay's: no tickets
-    orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
-                    tls.client_context(client, server.cert_pem), "originate")
-    try:
+    with _echo_relayed(tmp_path, tls.server_context(server, client.cert_pem),  # plugbay's: no tickets
+                       tls.client_context(client, server.cert_pem)) as orig:
         payloads = [os.urandom(1_000_000 + i) for i in range(3)]
         assert [_round_trip(orig.address[1], p) for p in payloads] == payloads
         assert orig.resumed == 0 and len(looks) == 1
-    finally:
-        orig.close()
-        term.close()
-        echo.close()
-    assert ioloop.shared().join_idle()
 
 
 def test_a_session_that_cannot_be_read_turns_resumption_off_and_the_connection_goes_on() -> None:
