@@ -136,9 +136,8 @@ class AioStdio:
     instead of dialing it again.
     """
 
-    def __init__(self, share: AioChannelShare, name: str = "plugin") -> None:
+    def __init__(self, share: AioChannelShare) -> None:
         self._share = share
-        self.name = name
         self.supported: bool | None = None  # None until the plugin answered
         self._lock = threading.Lock()
         self._closed = False
@@ -149,9 +148,6 @@ class AioStdio:
         self._reading = False
         self._giving = False
         self._freed = threading.Event()  # nothing held on the loop any more
-
-    def hurry(self) -> None:
-        """StdioReader's; a held AioStdio begins at start() only."""
 
     def start(self) -> None:
         """Start reading on the shared loop (once); a no-op after close() or cancel()."""

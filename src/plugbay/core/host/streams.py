@@ -63,7 +63,7 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
         translator=runner, multiplex=mux is not None, mux=mux), lazy=True, redial=share)
     reader = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
     sinkless = config.stdout_sink is None and config.stderr_sink is None
-    return Streams(broker, reader, AioStdio(share, name) if share is not None and sinkless else None)
+    return Streams(broker, reader, AioStdio(share) if share is not None and sinkless else None)
 
 
 class StreamKick:
