@@ -97,9 +97,13 @@ def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restar
     a, b = replicas(f"127.0.0.1:{port}"), replicas()
     outlier = OutlierPolicy(consecutive_failures=3, base_ejection_time=1.0, max_ejection_time=5.0)
     caplog.set_level(logging.INFO, logger="plugbay.network")
-    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier)) as client:
+    # health is checked every second here: the calls, not a health check, must find the death
+    # first (a check that found it first left the endpoint out before any call could fail on it)
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier,
+                             health_interval=1.0)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
+        assert wait_until(lambda: all(e["healthy"] for e in client.metrics()["endpoints"].values()), 10)
         a.kill9()
         for _ in range(20):  # every call is resent to the live replica: none fails, none waits long
             result, took = timed(kv, "__pid__", 2.0)

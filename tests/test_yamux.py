@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.resilience_util import wait_until
+
 from plugbay.core.transport import yamux
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.workers import Workers
@@ -962,6 +964,35 @@ def test_a_stream_opened_by_the_wrong_side_ends_the_session(sid: int) -> None:
         assert not accepting.streams  # nothing was routed, nothing delivered
     finally:
         accepting.session.close()
+        b.close()
+
+
+def test_a_stream_the_peer_opened_just_as_the_session_ended_is_ended_too() -> None:
+    # the reader still holds frames it read before the session ended; a stream it opened from
+    # them after the end was never reset, and whoever read it (a bridge, a drain) waited forever
+    a, b = socket.socketpair()
+    handed: list[Stream] = []
+    sessions: list[Session] = []
+
+    def on_stream(stream: Stream) -> None:
+        handed.append(stream)
+        if len(handed) == 1:  # hold the reader until the session has ended under it
+            deadline = time.monotonic() + 10
+            while not (sessions and sessions[0].closed) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    b.sendall(struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 1, 0) + struct.pack(">BBHII", 0, WINDOW_UPDATE, SYN, 3, 0))
+    session = Session(a, client=False, on_stream=on_stream, name="t-late-syn")
+    sessions.append(session)
+    try:
+        assert wait_until(lambda: len(handed) >= 1, 10)
+        session.abort("test over")
+        assert not session._reader.is_alive()
+        for stream in handed:  # each one a reader of it would see end, at once
+            assert stream.done, stream.id
+            assert stream.read() == b""
+    finally:
+        session.abort("test over")
         b.close()
 
 

@@ -385,6 +385,9 @@ class Session:
             if sid == 0 or (sid % 2 == 1) == self._client:  # ids are the opener's by parity; 0 is the session's
                 return f"stream {sid} opened by the wrong side"
             with self._lock:
+                if self._closed.is_set():
+                    # a frame read before the session ended: its stream would never be reset
+                    return None
                 if sid in self._streams:
                     # a second SYN would orphan the first stream's reader
                     return f"stream {sid} opened twice"
