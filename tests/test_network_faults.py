@@ -98,6 +98,29 @@ def test_partition_mid_call_fires_the_deadline_and_retries_succeed_after_the_lin
         assert retries and set(retries) <= {"CallTimeout", "Unavailable"}
 
 
+def test_a_multiplexed_connection_silent_in_a_partition_is_dropped_by_keepalive_and_dialed_again(
+        ns: NetNS, tmp_path: Path) -> None:
+    # the partition drops packets without a word: without the keepalive the session would look
+    # open until TCP gave up (minutes), and calls would keep going into it
+    with Client(net_config(ns, tmp_path, multiplex_broker=True, mux_keepalive=(0.5, 0.5))) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        mux = client._mux
+        assert mux is not None
+        first = mux._session
+        assert first is not None and not first.closed
+        ns.partition()
+        try:
+            assert wait_until(lambda: first.closed, 15), "the keepalive never dropped the silent connection"
+            assert "keepalive" in first.close_reason, first.close_reason
+        finally:
+            ns.heal()
+        install(client, retry=RetryPolicy(max_attempts=40, per_attempt_timeout=1.0, overall_timeout=30,
+                                          initial_backoff=0.1, max_backoff=0.5, methods=["Get"]))
+        assert kv.get("k") == b"v"  # over a new connection: the plugin took it (as go-plugin's would)
+        assert mux._session is not first and mux._session is not None and not mux._session.closed
+
+
 def test_reset_connections_fail_and_retries_succeed_once_accepted(ns: NetNS, tmp_path: Path) -> None:
     if not ns.iptables_works():
         pytest.skip("iptables does not work inside the test's network namespace")

@@ -27,6 +27,7 @@ import grpc
 
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.secure import grpc_target
@@ -42,7 +43,7 @@ class MuxEndpoint(DelegatingChannel):
     """A grpc.Channel to one endpoint through its yamux session, plus that session's broker."""
 
     def __init__(self, endpoint: Endpoint, context: ssl.SSLContext, server_name: str | None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+                 options: Sequence[tuple[str, Any]] = (), keepalive: Keepalive | None = None) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._broker: GRPCBroker | None = None
@@ -58,7 +59,7 @@ class MuxEndpoint(DelegatingChannel):
             self._relay = TLSRelay(listener, (endpoint.network, endpoint.address), context, "originate",
                                    server_hostname=host, handshake_timeout=_TLS_TIMEOUT)
             # the relay accepts at once and dials the plugin per connection: nothing blocks here
-            self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None)
+            self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None, keepalive=keepalive)
             local = self._mux.local_address
             self._channel = grpc.insecure_channel(grpc_target(*local), options=list(options))
         except BaseException:

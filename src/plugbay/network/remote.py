@@ -51,6 +51,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     negotiate_version,
 )
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import (
     BrokerError,
     ClientStateError,
@@ -97,6 +98,7 @@ class RemoteConfig:
     name: str | None = None
     logger: logging.Logger | None = None
     multiplex: bool = False  # insist on brokered connections (else: when Discovery offers them)
+    mux_keepalive: tuple[float, float] = (30.0, 10.0)  # as ClientConfig's, for each endpoint's session
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
@@ -146,6 +148,7 @@ class RemoteClient(Client):
         if config.multiplex and config.insecure:
             raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                               " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
+        Keepalive(*config.mux_keepalive)  # a bad figure fails here, before anything runs
         super().__init__(config.client_config())
         self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None
@@ -216,7 +219,8 @@ class RemoteClient(Client):
         assert tls is not None
         if self._mux_context is None:
             self._mux_context = tls.ssl_context()
-        return MuxEndpoint(endpoint, self._mux_context, tls.server_name, self.remote.grpc_options)
+        return MuxEndpoint(endpoint, self._mux_context, tls.server_name, self.remote.grpc_options,
+                           keepalive=Keepalive(*self.remote.mux_keepalive))
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""

@@ -40,6 +40,7 @@ from plugbay.core.host.parts import ClientParts
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.stop import describe_exit, killed_while_starting
 from plugbay.core.transport import ioloop
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
@@ -66,6 +67,7 @@ class Client(ClientParts):
             raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
         if config.multiplex_broker and config.reattach is not None:
             raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
+        self._keepalive = Keepalive(*config.mux_keepalive)  # checked now, before a plugin runs
         runner: AttachedRunner | None = config.runner
         if config.cmd is not None:
             runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
@@ -228,7 +230,8 @@ class Client(ClientParts):
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).
-            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0))
+            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0),
+                                keepalive=self._keepalive)
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=(_KEEP_CONNECTED, *self.config.grpc_options))

@@ -37,6 +37,9 @@ class ClientConfig:
     min_port: int = 10000
     max_port: int = 25000
     multiplex_broker: bool = False
+    # multiplex_broker's one connection: pinged after this many seconds without a frame, and dropped
+    # (the next call dials again) when nothing answers within the second figure; go's yamux: 30, 10
+    mux_keepalive: tuple[float, float] = (30.0, 10.0)
     secure_config: SecureConfig | Sequence[SecureConfig] | None = None
     logger: logging.Logger | None = None
     stdout_sink: Sink | None = None

@@ -13,9 +13,11 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 
 from plugbay.core.transport import sockets
 from plugbay.core.transport.held import HeldStreams
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
 from plugbay.core.transport.yamux import Session, Stream
 from plugbay.errors import (
@@ -39,8 +41,9 @@ class HostMux(MuxSession):
     """
 
     def __init__(self, network: str, address: str, timeout: float = 10.0,
-                 max_redials: int | None = _MAX_REDIALS) -> None:
+                 max_redials: int | None = _MAX_REDIALS, keepalive: Keepalive | None = None) -> None:
         super().__init__("host-mux")
+        self._keepalive = keepalive or Keepalive()
         self._held = HeldStreams()
         self._target = (network, address)
         self._timeout = timeout
@@ -102,7 +105,8 @@ class HostMux(MuxSession):
     def _accept(self) -> None:
         def closed() -> bool:
             if self._held is not None:
-                self._held.expire()  # this loop's poll is the held streams' clock
+                self._held.expire()  # this loop's poll is the held streams' clock, and the keepalive's
+            self._keepalive.tick(self._session, time.monotonic())
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):

@@ -82,6 +82,7 @@ class Session:
         self.close_reason = ""
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
+        self.heard = 0  # frames read so far: a keepalive's sign of life (plugbay.core.transport.keepalive)
         self._late = LateControl(sock, self._wlock, self._closed, name)  # what the reader cannot send at once
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
@@ -138,6 +139,18 @@ class Session:
         finally:
             with self._lock:
                 self._pings.pop(pid, None)
+
+    def ping_nowait(self) -> None:
+        """Send a ping without waiting for the socket or another writer; its answer shows in ``heard``."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+            pid = self._ping_id
+        try:
+            self._control(PING, SYN, 0, pid)
+        except RuntimeError:
+            pass  # no thread for a late send: the keepalive's timeout decides
 
     def forget(self, stream: Stream) -> None:
         with self._lock:
@@ -269,6 +282,7 @@ class Session:
                 header = reader.header(_HDR.size)
                 if len(header) < _HDR.size:
                     break
+                self.heard += 1
                 version, kind, flags, sid, length = _HDR.unpack(header)
                 if version != 0:
                     reason = f"protocol error: yamux version {version}"

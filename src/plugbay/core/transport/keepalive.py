@@ -1,0 +1,73 @@
+"""The multiplexed connection's keepalive: hashicorp/yamux's, driven by its owner's poll.
+
+A peer that vanished without a FIN or RST (a partition that outlasts TCP's
+patience, a host that lost power, a NAT that forgot the flow) leaves a yamux
+session that looks open: calls written into it wait for their deadlines, and
+a writer blocked on a full socket waits for good. So a session that has been
+quiet for ``interval`` is pinged, and one from which nothing at all arrives
+within ``timeout`` of that ping is aborted: its streams end, writers blocked on
+it are released, and the next stream dials a new connection. Any frame counts
+as a sign of life, so a busy session is never pinged.
+
+go's yamux pings every 30 s and gives up after its 10 s write timeout; these
+are the defaults here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from plugbay.errors import ConfigError
+
+log = logging.getLogger("plugbay.mux")
+
+INTERVAL = 30.0
+TIMEOUT = 10.0
+
+
+class Pingable(Protocol):
+    """What the keepalive needs of a session (plugbay.core.transport.yamux.Session)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def heard(self) -> int: ...
+
+    def ping_nowait(self) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+
+class Keepalive:
+    """Watches one session at a time; ``tick`` is called by a loop that polls anyway (never blocks
+    longer than an abort)."""
+
+    def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT) -> None:
+        if not (interval > 0 and timeout > 0):
+            raise ConfigError(f"mux_keepalive ({interval!r}, {timeout!r}): both figures must be > 0 seconds"
+                              " (the quiet time before a ping, the wait for anything to arrive after it)")
+        self.interval, self.timeout = interval, timeout
+        self._session: Pingable | None = None
+        self._heard = 0
+        self._since = 0.0  # when the last frame was seen to arrive (at a tick's resolution)
+        self._pinged: float | None = None  # when the outstanding ping went out
+
+    def tick(self, session: Pingable | None, now: float) -> None:
+        if session is None or session.closed:
+            return
+        heard = session.heard
+        if session is not self._session or heard != self._heard:
+            self._session, self._heard, self._since, self._pinged = session, heard, now, None
+            return
+        if self._pinged is None:
+            if now - self._since >= self.interval:
+                session.ping_nowait()
+                self._pinged = now
+            return
+        if now - self._pinged >= self.timeout:
+            reason = (f"keepalive: nothing arrived from the peer for {now - self._since:.1f} s, not even the"
+                      f" answer to a ping sent {now - self._pinged:.1f} s ago; the connection is taken as gone")
+            log.warning("multiplexed connection: %s", reason)
+            session.abort(reason)

@@ -1,0 +1,139 @@
+"""The multiplexed connection's keepalive against real TCP connections on loopback.
+
+A silent peer is a real socket that is never read or written (a hung plugin,
+or the far side of a partition: TCP says nothing either way). The netns case,
+a real partition, is in tests/test_network_faults.py. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.resilience_util import HANDSHAKE, PLUGINS, PY, wait_until
+
+from plugbay import Client, ClientConfig, ConfigError, RemoteClient, RemoteConfig
+from plugbay.core.transport.keepalive import Keepalive
+from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.yamux import Session, Stream, StreamClosed
+
+
+@pytest.fixture()
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def ticking(keepalive: Keepalive, session: Session, until: float) -> None:
+    """Drive ``keepalive`` as an owner's poll would, until the session ends or ``until`` s pass."""
+    deadline = time.monotonic() + until
+    while not session.closed and time.monotonic() < deadline:
+        keepalive.tick(session, time.monotonic())
+        time.sleep(0.05)
+
+
+def echo(stream: Stream) -> None:
+    def run() -> None:
+        with contextlib.suppress(StreamClosed):
+            while data := stream.read():
+                stream.consumed(len(data))
+                stream.write(bytes(data))
+            stream.close_write()
+    threading.Thread(target=run, name="plugbay-test-echo", daemon=True).start()
+
+
+def test_a_session_whose_peer_went_silent_is_dropped_and_a_writer_stuck_on_it_released(
+        listener: socket.socket) -> None:
+    conn = socket.create_connection(listener.getsockname(), timeout=10)
+    conn.settimeout(None)
+    silent, _ = listener.accept()  # never read, never written
+    session = Session(conn, client=True, on_stream=lambda s: s.reset(), name="t-silent")
+    outcome: list[BaseException | None] = []
+
+    def write_until_stuck() -> None:
+        # each stream's first window (256 KiB) goes out without waiting for the peer: 16 MiB
+        # overfills loopback's socket buffers, so the writer ends up stuck in the socket send
+        try:
+            for _ in range(64):
+                session.open().write(b"x" * (256 * 1024))
+            outcome.append(None)
+        except StreamClosed as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write_until_stuck, name="plugbay-test-writer", daemon=True)
+    writer.start()
+    try:
+        ticking(Keepalive(interval=0.3, timeout=0.3), session, until=15)
+        assert session.closed, "the keepalive never gave up on a peer that answers nothing"
+        assert "keepalive" in session.close_reason and "ping" in session.close_reason
+        writer.join(10)
+        assert not writer.is_alive()
+        assert outcome and isinstance(outcome[0], StreamClosed), outcome
+    finally:
+        session.abort("test over")
+        silent.close()
+        writer.join(10)
+
+
+def test_a_quiet_live_peer_is_pinged_and_kept() -> None:
+    a, b = socket.socketpair()
+    ours = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-quiet")
+    theirs = Session(b, client=False, on_stream=lambda s: s.reset(), name="t-quiet-peer")
+    try:
+        ticking(Keepalive(interval=0.2, timeout=0.5), ours, until=2.0)
+        assert not ours.closed, ours.close_reason
+        assert theirs.heard >= 3 and ours.heard >= 3  # pings went out, and each was answered
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_host_side_drops_a_silent_connection_and_the_next_stream_dials_a_new_one(
+        listener: socket.socket) -> None:
+    address = "%s:%d" % listener.getsockname()
+    mux = HostMux("tcp", address, timeout=5, keepalive=Keepalive(interval=0.2, timeout=0.3))
+    live: list[Session] = []
+    try:
+        silent, _ = listener.accept()
+        first = mux._session
+        assert first is not None
+        assert wait_until(lambda: first.closed, 10), "the host side kept a connection nothing answers on"
+        assert "keepalive" in first.close_reason
+
+        def serve_second() -> None:
+            conn, _ = listener.accept()
+            live.append(Session(conn, client=False, on_stream=echo, name="t-second"))
+
+        server = threading.Thread(target=serve_second, name="plugbay-test-accept", daemon=True)
+        server.start()
+        stream = mux.open_stream()  # dials again: the plugin answers on a new connection
+        server.join(10)
+        stream.write(b"hello")
+        stream.close_write()
+        assert stream.read() == b"hello"
+        time.sleep(1.0)  # several keepalive periods: a peer that answers is kept
+        assert mux._session is not first and not mux._session.closed  # type: ignore[union-attr]
+    finally:
+        mux.close()
+        silent.close()
+        for session in live:
+            session.close()
+
+
+@pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0)])
+def test_bad_keepalive_figures_fail_before_anything_runs(figures: tuple[float, float]) -> None:
+    with pytest.raises(ConfigError, match="mux_keepalive"):
+        Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, "-c", "raise SystemExit(9)"],
+                            multiplex_broker=True, mux_keepalive=figures))
+    with pytest.raises(ConfigError, match="mux_keepalive"):
+        RemoteClient(RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS,
+                                  insecure=True, mux_keepalive=figures))
