@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import grpc
 import pytest
 
 from plugbay import Gateway, GatewayConfig, NetworkTLS, RemoteClient, RemoteConfig
+from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.errors import ConfigError, HandshakeTimeoutError, ProtocolMismatchError, RemoteTLSError
 from tests import netcerts
@@ -206,6 +208,80 @@ def test_an_idle_connection_does_not_block_a_new_host(replicas: list[CounterRepl
     finally:
         silent.close()
         quiet.close()
+
+
+def _silent_host(address: str, certs: netcerts.CertSet) -> ssl.SSLSocket:
+    """A brokering host that opens its yamux session (a ping), then neither reads nor writes again."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
+    pem = certs.dir / "silent.pem"
+    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
+    ctx.load_cert_chain(str(pem))
+    sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5), server_hostname="localhost")
+    sock.sendall(struct.pack(">BBHII", 0, 2, 1, 0, 7))  # yamux PING SYN: the front opens a session
+    return sock
+
+
+def _frames_until_closed(sock: ssl.SSLSocket, timeout: float) -> list[tuple[int, int]]:
+    """(type, flags) of every yamux frame the plugin sent, read once it gave up on us (bounded)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(4096):  # a timeout raises: the plugin kept the silent session
+        data += chunk
+    frames = []
+    while len(data) >= 12:
+        _, kind, flags, _, length = struct.unpack(">BBHII", data[:12])
+        frames.append((kind, flags))
+        data = data[12 + (length if kind == 0 else 0):]
+    return frames
+
+
+def test_a_brokering_host_that_went_silent_is_dropped_and_its_instance_stopped(
+        tmp_path: Path, certs: netcerts.CertSet) -> None:
+    rep = CounterReplica(tmp_path / "ka", certs, extra={"PLUGBAY_NETWORK_KEEPALIVE": "0.3,0.3"})
+    try:
+        with remote([rep], host_tls(certs)) as client:  # a live host: it answers the plugin's pings
+            counter = client.dispense(PLUGIN_NAME)
+            counter.put("live", 1, Adder())
+            assert rep.session_sockets() == ["s1.sock"]
+            silent = _silent_host(rep.address, certs)
+            try:
+                frames = _frames_until_closed(silent, timeout=15)
+            finally:
+                silent.close()
+            assert (2, 2) in frames and (2, 1) in frames  # our ping answered, then the plugin's own unanswered
+            assert wait_until(lambda: rep.session_sockets() == ["s1.sock"])  # the silent host's instance went
+            time.sleep(1.5)  # a few keepalive periods: the live host is pinged, answers, and stays
+            counter.put("live", 1, Adder())
+            assert rep.session_sockets() == ["s1.sock"] and rep.value("live") == '{"Value":2}'
+    finally:
+        code, err = rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)
+    assert code == 0, err
+
+
+def test_the_gateway_drops_a_brokering_host_that_went_silent_and_stops_its_child(
+        tmp_path: Path, certs: netcerts.CertSet) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    with Gateway(_gateway_config(certs, folder, multiplex=True, keepalive=(0.3, 0.3))) as gw:
+        shared = gw.child_pid
+        silent = _silent_host(gw.address, certs)
+        try:
+            assert wait_until(lambda: len(_children(os.getpid()) - {shared}) >= 1, timeout=15)  # its own child
+            frames = _frames_until_closed(silent, timeout=20)
+        finally:
+            silent.close()
+        assert (2, 1) in frames  # the gateway pinged the silent host before dropping it
+        assert wait_until(lambda: _children(os.getpid()) == {shared}, timeout=15)
+
+
+@pytest.mark.parametrize("value", ["30", "a,b", "1,2,3"])
+def test_a_bad_keepalive_setting_says_what_to_set(value: str) -> None:
+    env = {"PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_KEEPALIVE": value}
+    with pytest.raises(ConfigError, match="PLUGBAY_NETWORK_KEEPALIVE=.*INTERVAL,TIMEOUT"):
+        NetworkServe.from_env(env)
+    assert NetworkServe.from_env({**env, "PLUGBAY_NETWORK_KEEPALIVE": " 5,2 "}).keepalive == (5.0, 2.0)  # type: ignore[union-attr]
 
 
 def test_untrusted_hosts_are_refused(replicas: list[CounterReplica], certs: netcerts.CertSet,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from plugbay.core.protocol.records import Frozen
-from plugbay.errors import TLSConfigError
+from plugbay.errors import ConfigError, TLSConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
     from plugbay.core.transport import certfiles
@@ -22,13 +22,15 @@ ENV_KEY = "PLUGBAY_NETWORK_KEY"
 ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
 ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
 ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
+ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT" in seconds
 _TRUE = ("1", "true", "True", "TRUE")
 
 
 class NetworkServe(Frozen):
     """serve() on the network. Either all three TLS files, or ``insecure=True``."""
 
-    _fields = ("listen", "cert_file", "key_file", "client_ca_file", "insecure", "allow_shutdown", "multiplex")
+    _fields = ("listen", "cert_file", "key_file", "client_ca_file", "insecure", "allow_shutdown", "multiplex",
+               "keepalive")
     listen: str
     cert_file: str | None
     key_file: str | None
@@ -36,12 +38,16 @@ class NetworkServe(Frozen):
     insecure: bool
     allow_shutdown: bool
     multiplex: bool  # brokered callbacks for hosts that open a yamux session (needs TLS)
+    # a brokering host's session: pinged after this many quiet seconds, dropped (its plugin
+    # instance stopped) when nothing answers within the second figure; go's yamux: 30, 10
+    keepalive: tuple[float, float]
 
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
-                 multiplex: bool = True) -> None:
+                 multiplex: bool = True, keepalive: tuple[float, float] = (30.0, 10.0)) -> None:
         self._set(listen=listen, cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
-                  insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex)
+                  insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
+                  keepalive=tuple(keepalive))
 
     @property
     def brokering(self) -> bool:
@@ -57,7 +63,8 @@ class NetworkServe(Frozen):
         return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
                    client_ca_file=env.get(ENV_CLIENT_CA) or None,
                    insecure=env.get(ENV_INSECURE, "") in _TRUE,
-                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE)
+                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE,
+                   keepalive=keepalive_figures(env.get(ENV_KEEPALIVE, ""), ENV_KEEPALIVE))
 
     def tls_files(self) -> certfiles.TLSFiles | None:
         given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
@@ -72,3 +79,16 @@ class NetworkServe(Frozen):
         from plugbay.core.transport import certfiles
 
         return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
+
+
+def keepalive_figures(text: str, setting: str) -> tuple[float, float]:
+    """``INTERVAL,TIMEOUT`` (seconds) from a setting's text; empty: go's yamux figures (30, 10)."""
+    if not text.strip():
+        return (30.0, 10.0)
+    try:
+        interval, timeout = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{setting}={text.strip()!r} is not INTERVAL,TIMEOUT in seconds; set it like '30,10'"
+                          " (ping a brokering host's quiet session after 30 s, drop it when nothing answers"
+                          " within 10 s) or unset it for those defaults") from None
+    return interval, timeout

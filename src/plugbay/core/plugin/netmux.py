@@ -18,7 +18,10 @@ wants brokered connections its own instance inside the shared process:
 * anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
   TLS_TIMEOUT, is dropped; the relay's steps never wait, so an idle
   connection never holds up another;
-* when a session ends, its instance (server, broker, sockets) is stopped.
+* when a session ends, its instance (server, broker, sockets) is stopped; a
+  host that went silent (no FIN, no RST: a partition, a sleeping laptop) is
+  found by the keepalive (plugbay.core.transport.keepalive), so its instance
+  does not stay, holding one of MAX_SESSIONS, for good.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.transport.certfiles import CertFiles
+from plugbay.core.transport.keepalive import INTERVAL, TIMEOUT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
@@ -62,6 +67,9 @@ class FrontSession(Protocol):
     @property
     def ended(self) -> bool: ...
 
+    def host_session(self) -> Pingable | None:
+        """The yamux session with the remote host (what the keepalive watches), once there is one."""
+
     def close(self) -> None: ...
 
 
@@ -79,6 +87,9 @@ class InstanceSession:
     @property
     def ended(self) -> bool:
         return self.mux.ended
+
+    def host_session(self) -> Pingable | None:
+        return self.mux.session
 
     def close(self) -> None:
         for what, step in (("instance", self.instance.close), ("session", self.mux.close)):
@@ -106,7 +117,10 @@ class NetworkFront:
     """Owns the public listener (through the relay), the session listener and every session's instance."""
 
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
-                 make_session: SessionFactory, private_dir: str) -> None:
+                 make_session: SessionFactory, private_dir: str,
+                 keepalive: tuple[float, float] = (INTERVAL, TIMEOUT)) -> None:
+        Keepalive(*keepalive, what="NetworkServe keepalive")  # a bad figure fails before anything runs
+        self._keepalive_figures = keepalive
         self._dir = private_dir
         self._make = make_session
         self._grpc_target = grpc_target
@@ -117,6 +131,7 @@ class NetworkFront:
         self._mux_target = ("unix", path)
         self._lock = threading.Lock()
         self._sessions: list[FrontSession] = []
+        self._keepalives: dict[FrontSession, Keepalive] = {}  # one per session, ticked by the accept loop
         self._count = 0
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
@@ -166,12 +181,21 @@ class NetworkFront:
         session = self._make(conn, path)
         with self._lock:
             self._sessions.append(session)
+            self._keepalives[session] = Keepalive(*self._keepalive_figures)
         log.debug("host session %d started (%d open)", number, self.sessions)
 
     def _reap(self, everything: bool = False) -> None:
+        if not everything:
+            now = time.monotonic()
+            with self._lock:
+                watched = list(self._keepalives.items())
+            for session, keepalive in watched:  # a silent host's session is aborted: ended below
+                keepalive.tick(session.host_session(), now)
         with self._lock:
             done = [s for s in self._sessions if everything or s.ended]
             self._sessions = [s for s in self._sessions if s not in done]
+            for session in done:
+                self._keepalives.pop(session, None)
         for session in done:
             try:
                 session.close()

@@ -107,7 +107,7 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
             raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
                               " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
                               " writable folder") from None
-        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private)
+        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private, network.keepalive)
     except BaseException:
         close_listener(listener)
         cleanups[0]()

@@ -10,7 +10,9 @@ it are released, and the next stream dials a new connection. Any frame counts
 as a sign of life, so a busy session is never pinged.
 
 go's yamux pings every 30 s and gives up after its 10 s write timeout; these
-are the defaults here too.
+are the defaults here too. Both ends keep it: a host drops a plugin that went
+silent (plugbay.core.transport.muxhost), and a network plugin drops a host that
+did, freeing that host's plugin instance (plugbay.core.plugin.netmux).
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ class Keepalive:
     """Watches one session at a time; ``tick`` is called by a loop that polls anyway (never blocks
     longer than an abort)."""
 
-    def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT) -> None:
+    def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive") -> None:
         if not (interval > 0 and timeout > 0):
-            raise ConfigError(f"mux_keepalive ({interval!r}, {timeout!r}): both figures must be > 0 seconds"
+            raise ConfigError(f"{what} ({interval!r}, {timeout!r}): both figures must be > 0 seconds"
                               " (the quiet time before a ping, the wait for anything to arrive after it)")
         self.interval, self.timeout = interval, timeout
         self._session: Pingable | None = None

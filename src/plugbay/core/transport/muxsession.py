@@ -105,6 +105,11 @@ class MuxSession:
 
     # -- opening streams
 
+    @property
+    def session(self) -> Session | None:
+        """The current yamux session (None before the first)."""
+        return self._session
+
     def _attach(self, session: Session) -> None:
         with self._ready:
             self._session = session

@@ -22,7 +22,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from plugbay.errors import PlugbayError
+from plugbay.core.plugin.netconfig import keepalive_figures
+from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.gateway import Gateway, GatewayConfig
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
@@ -51,6 +52,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=env.get(ENV_PREFIX + "MULTIPLEX", "") in ("1", "true", "True", "TRUE"),
                    help="brokered callbacks: each host session gets its own child (the plugin must multiplex)")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
+    p.add_argument("--keepalive", default=default("KEEPALIVE", "30,10"), metavar="INTERVAL,TIMEOUT",
+                   help="ping a brokering host's session after INTERVAL quiet seconds; drop it (and stop its"
+                        " child) when nothing answers within TIMEOUT (default 30,10)")
     return p
 
 
@@ -82,10 +86,14 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         parser.error("--multiplex needs mutual TLS (--cert, --key, --client-ca); drop --insecure")
     if args.insecure and any(tls):
         parser.error("--insecure and --cert/--key/--client-ca exclude each other; drop --insecure to serve mTLS")
+    try:
+        keepalive = keepalive_figures(str(args.keepalive), "--keepalive")
+    except ConfigError as exc:
+        parser.error(str(exc))
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
-                         start_timeout=args.start_timeout, multiplex=args.multiplex)
+                         start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive)
 
 
 def main(argv: list[str]) -> int:

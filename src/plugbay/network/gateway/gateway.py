@@ -59,6 +59,7 @@ from plugbay.core.plugin.network import (
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.certfiles import CertFiles
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 from plugbay.network.gateway.forward import Forwarder
@@ -100,6 +101,9 @@ class GatewayConfig:
     logger: logging.Logger | None = None
     # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
     multiplex: bool = False
+    # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when
+    # nothing answers within [1] (as NetworkServe's)
+    keepalive: tuple[float, float] = (30.0, 10.0)
 
     def check(self) -> None:
         if not self.cmd or not self.cmd[0]:
@@ -109,6 +113,7 @@ class GatewayConfig:
         if not key or not value:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
+        Keepalive(*self.keepalive, what="GatewayConfig keepalive")  # both figures > 0
         if self.multiplex and self.insecure:
             raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
                               " --client-ca instead of --insecure")
@@ -124,7 +129,8 @@ class Gateway:
         config.check()
         self.config = config
         self._network = NetworkServe(listen=config.listen, cert_file=config.cert_file, key_file=config.key_file,
-                                     client_ca_file=config.client_ca_file, insecure=config.insecure)
+                                     client_ca_file=config.client_ca_file, insecure=config.insecure,
+                                     keepalive=config.keepalive)
         self._network.tls_files()  # all-or-none check before anything starts
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)

@@ -82,6 +82,11 @@ class ChildSession:
             sessions = (self._remote, self._child)
         return any(s is not None and s.closed for s in sessions)
 
+    def host_session(self) -> Session | None:
+        """The remote host's session (the front's keepalive watches it; the child's is local)."""
+        with self._lock:
+            return self._remote
+
     def _start(self) -> None:
         try:
             self._launch()
