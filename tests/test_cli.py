@@ -331,13 +331,20 @@ def test_reattached_plugin_turns_unhealthy(tmp_path: Path) -> None:
 
 def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
     cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'trap_kv.py'}"
-    with running(["--cmd", cmd, "--cookie", COOKIE, "--kill-grace", "120"], tmp_path) as run:
+    mark = tmp_path / "hanging"
+    with running(["--cmd", cmd, "--cookie", COOKIE, "--kill-grace", "120"], tmp_path,
+                 env=cli_env(TRAP_HANG_MARK=str(mark))) as run:
         pid = int(run.config()["runner"]["pid"])
         hang = subprocess.Popen([PY, "-m", "plugbay", "call", run.target, "/proto.KV/Get", '{"key": "__hang__"}',
                                  "--proto", str(KV_PROTO), "--timeout", "120"], env=cli_env(), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
-            time.sleep(1.0)  # the call is in flight: a graceful stop waits for it
+            # the call is in flight (the plugin says so; a loaded machine takes seconds to get there):
+            # a graceful stop waits for it
+            deadline = time.monotonic() + 60
+            while not mark.exists() and hang.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert mark.exists(), "the __hang__ call never reached the plugin"
             run.proc.send_signal(signal.SIGINT)
             time.sleep(1.0)
             assert run.proc.poll() is None  # still stopping gracefully

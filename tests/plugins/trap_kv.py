@@ -1,7 +1,8 @@
 """A Python KV plugin (plugbay.serve) with trap keys, for host-side error paths.
 
 Get/Put behave like examples/kv except for these keys on Get:
-  __hang__   sleep until the call is cancelled (at most 60 s)
+  __hang__   sleep until the call is cancelled (at most 60 s); with TRAP_HANG_MARK=PATH, create
+             that file first (a test then knows the call is in flight)
   __die__    the process exits (code 9) in the middle of the call
   __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
@@ -40,6 +41,9 @@ class TrapKV:
 
     def get(self, key: str) -> bytes:
         if key == "__hang__":
+            mark = os.environ.get("TRAP_HANG_MARK")
+            if mark:
+                Path(mark).touch()
             threading.Event().wait(60)
             return b"woke"
         if key == "__die__":
