@@ -304,7 +304,7 @@ def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytes
     assert gateway_main(["--cookie", "A=b", "--keepalive", "30", *tls, "--", kv_bin]) == 2
     assert "--keepalive='30' is not INTERVAL,TIMEOUT" in capsys.readouterr().err
     assert gateway_main(["--cookie", "A=b", "--keepalive", "0,10", *tls, "--", kv_bin]) == 1
-    assert "GatewayConfig keepalive (0.0, 10.0): both figures must be > 0" in capsys.readouterr().err
+    assert "GatewayConfig keepalive (0.0, 10.0): both figures must be numbers > 0" in capsys.readouterr().err
     bad = ["--cert", str(certs.key_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
     assert gateway_main(["--cookie", "A=b", "--listen", "127.0.0.1:0", *bad, "--", kv_bin]) == 1
     assert "holds no PEM certificate" in capsys.readouterr().err

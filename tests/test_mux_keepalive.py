@@ -129,7 +129,124 @@ def test_the_host_side_drops_a_silent_connection_and_the_next_stream_dials_a_new
             session.close()
 
 
-@pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0)])
+def test_a_connection_arriving_while_a_writer_is_stuck_does_not_stop_the_keepalive(
+        listener: socket.socket) -> None:
+    # the host's accept loop ticks the keepalive; were it to open the new connection's stream
+    # itself, it would wait behind the stuck writer for good, and nothing would end the session
+    address = "%s:%d" % listener.getsockname()
+    mux = HostMux("tcp", address, timeout=5, keepalive=Keepalive(interval=0.3, timeout=0.3))
+    silent, _ = listener.accept()
+    first = mux.session
+    assert first is not None
+    outcome: list[BaseException | None] = []
+
+    def write_until_stuck() -> None:
+        try:
+            for _ in range(64):
+                first.open().write(b"x" * (256 * 1024))
+            outcome.append(None)
+        except StreamClosed as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write_until_stuck, name="plugbay-test-writer", daemon=True)
+    local = socket.socket(socket.AF_UNIX)
+    try:
+        writer.start()
+        time.sleep(0.1)  # the writer gets going (it fills the socket within the keepalive's 0.6 s)
+        local.connect(mux.local_address[1])  # e.g. gRPC reconnecting: its stream waits behind the writer
+        assert wait_until(lambda: first.closed, 15), "the keepalive stopped while a stream waited to open"
+        assert "keepalive" in first.close_reason
+        writer.join(10)
+        assert not writer.is_alive() and outcome and isinstance(outcome[0], StreamClosed), outcome
+    finally:
+        local.close()
+        mux.close()
+        silent.close()
+        writer.join(10)
+
+
+def test_working_connections_lost_again_and_again_are_always_dialed_again(listener: socket.socket) -> None:
+    # the redial cap (20) is for a forward that accepts and drops at once; a connection that
+    # worked and was lost (a keepalive drop, a restarted proxy) does not count towards it
+    address = "%s:%d" % listener.getsockname()
+    peers: list[Session] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            peers.append(Session(conn, client=False, on_stream=echo, name="t-peer"))
+
+    server = threading.Thread(target=serve, name="plugbay-test-accept", daemon=True)
+    server.start()
+    mux = HostMux("tcp", address, timeout=5)
+    try:
+        for round in range(25):
+            stream = mux.open_stream()
+            stream.write(b"round %d" % round)
+            stream.close_write()
+            assert stream.read() == b"round %d" % round
+            session = mux.session
+            assert session is not None
+            session.abort("test: the connection is lost")
+    finally:
+        mux.close()
+        stop.set()
+        server.join(10)
+        for peer in peers:
+            peer.close()
+
+
+def test_a_dial_that_outlasts_close_leaves_no_session_behind(listener: socket.socket) -> None:
+    address = "%s:%d" % listener.getsockname()
+    mux = HostMux("tcp", address, timeout=5)
+    peer, _ = listener.accept()
+    dial = mux._dial
+    dialing = threading.Event()
+
+    def slow_dial() -> Session:
+        dialing.set()
+        time.sleep(1.0)  # close() runs meanwhile
+        return dial()
+
+    mux._dial = slow_dial  # type: ignore[method-assign]
+    first = mux.session
+    assert first is not None
+    first.abort("test: lost")
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            mux.open_stream()
+        except Exception as exc:
+            errors.append(exc)
+
+    opener = threading.Thread(target=open_one, name="plugbay-test-open", daemon=True)
+    late: socket.socket | None = None
+    try:
+        opener.start()
+        assert dialing.wait(10)
+        mux.close()
+        late, _ = listener.accept()  # the slow dial arrives after close()
+        opener.join(10)
+        assert not opener.is_alive()
+        assert mux.session is first, "a session made after close() was kept"
+        late.settimeout(10)
+        assert late.recv(1) == b""  # and the connection it made was ended
+    finally:
+        mux.close()
+        peer.close()
+        if late is not None:
+            late.close()
+        opener.join(10)
+
+
+@pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0), (30.0,), 30.0,
+                                     (True, True), ("30", 10), (30, 10, 5)])
 def test_bad_keepalive_figures_fail_before_anything_runs(figures: tuple[float, float]) -> None:
     with pytest.raises(ConfigError, match="mux_keepalive"):
         Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, "-c", "raise SystemExit(9)"],

@@ -148,7 +148,7 @@ class RemoteClient(Client):
         if config.multiplex and config.insecure:
             raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                               " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
-        Keepalive(*config.mux_keepalive)  # a bad figure fails here, before anything runs
+        Keepalive.of(config.mux_keepalive, "mux_keepalive")  # a bad figure fails here, before anything runs
         super().__init__(config.client_config())
         self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None
@@ -220,7 +220,7 @@ class RemoteClient(Client):
         if self._mux_context is None:
             self._mux_context = tls.ssl_context()
         return MuxEndpoint(endpoint, self._mux_context, tls.server_name, self.remote.grpc_options,
-                           keepalive=Keepalive(*self.remote.mux_keepalive))
+                           keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"))
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""

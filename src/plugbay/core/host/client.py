@@ -67,7 +67,7 @@ class Client(ClientParts):
             raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
         if config.multiplex_broker and config.reattach is not None:
             raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
-        self._keepalive = Keepalive(*config.mux_keepalive)  # checked now, before a plugin runs
+        self._keepalive = Keepalive.of(config.mux_keepalive, "mux_keepalive")  # checked now, before a plugin runs
         runner: AttachedRunner | None = config.runner
         if config.cmd is not None:
             runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)

@@ -47,7 +47,7 @@ class NetworkServe(Frozen):
                  multiplex: bool = True, keepalive: tuple[float, float] = (30.0, 10.0)) -> None:
         self._set(listen=listen, cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
-                  keepalive=tuple(keepalive))
+                  keepalive=tuple(keepalive) if isinstance(keepalive, (tuple, list)) else keepalive)
 
     @property
     def brokering(self) -> bool:

@@ -119,7 +119,7 @@ class NetworkFront:
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
                  make_session: SessionFactory, private_dir: str,
                  keepalive: tuple[float, float] = (INTERVAL, TIMEOUT)) -> None:
-        Keepalive(*keepalive, what="NetworkServe keepalive")  # a bad figure fails before anything runs
+        Keepalive.of(keepalive, "NetworkServe keepalive")  # a bad figure fails before anything runs
         self._keepalive_figures = keepalive
         self._dir = private_dir
         self._make = make_session
@@ -181,7 +181,7 @@ class NetworkFront:
         session = self._make(conn, path)
         with self._lock:
             self._sessions.append(session)
-            self._keepalives[session] = Keepalive(*self._keepalive_figures)
+            self._keepalives[session] = Keepalive.of(self._keepalive_figures, "NetworkServe keepalive")
         log.debug("host session %d started (%d open)", number, self.sessions)
 
     def _reap(self, everything: bool = False) -> None:

@@ -47,14 +47,24 @@ class Keepalive:
     longer than an abort)."""
 
     def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive") -> None:
-        if not (interval > 0 and timeout > 0):
-            raise ConfigError(f"{what} ({interval!r}, {timeout!r}): both figures must be > 0 seconds"
-                              " (the quiet time before a ping, the wait for anything to arrive after it)")
-        self.interval, self.timeout = interval, timeout
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (interval, timeout)):
+            raise ConfigError(f"{what} ({interval!r}, {timeout!r}): both figures must be numbers > 0 (seconds:"
+                              " the quiet time before a ping, the wait for anything to arrive after it;"
+                              " math.inf as the first turns the keepalive off)")
+        self.interval, self.timeout = float(interval), float(timeout)
         self._session: Pingable | None = None
         self._heard = 0
         self._since = 0.0  # when the last frame was seen to arrive (at a tick's resolution)
         self._pinged: float | None = None  # when the outstanding ping went out
+        self._overdue = False  # the timeout passed at the last tick; the next one decides
+
+    @classmethod
+    def of(cls, figures: object, what: str) -> Keepalive:
+        """A Keepalive from a config's ``(INTERVAL, TIMEOUT)``; ConfigError naming ``what`` otherwise."""
+        if not isinstance(figures, (tuple, list)) or len(figures) != 2:
+            raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT) in seconds, for example (30.0, 10.0);"
+                              f" got {figures!r}")
+        return cls(figures[0], figures[1], what)
 
     def tick(self, session: Pingable | None, now: float) -> None:
         if session is None or session.closed:
@@ -62,6 +72,7 @@ class Keepalive:
         heard = session.heard
         if session is not self._session or heard != self._heard:
             self._session, self._heard, self._since, self._pinged = session, heard, now, None
+            self._overdue = False
             return
         if self._pinged is None:
             if now - self._since >= self.interval:
@@ -69,6 +80,11 @@ class Keepalive:
                 self._pinged = now
             return
         if now - self._pinged >= self.timeout:
+            if not self._overdue:
+                # one more poll first: after a stall of this whole process (a paused VM, a long
+                # GIL hold) the answer may be read already but not counted yet by the reader
+                self._overdue = True
+                return
             reason = (f"keepalive: nothing arrived from the peer for {now - self._since:.1f} s, not even the"
                       f" answer to a ping sent {now - self._pinged:.1f} s ago; the connection is taken as gone")
             log.warning("multiplexed connection: %s", reason)

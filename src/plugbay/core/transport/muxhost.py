@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -89,6 +90,8 @@ class HostMux(MuxSession):
     def _redial_if_lost(self) -> None:
         with self._lock:
             session = self._session
+            if session is not None and session.closed and session.heard:
+                self._redials = 0  # the peer spoke on it: a working connection was lost, not a flapping one
             redial = (not self._closed and session is not None and session.closed
                       and (self._max_redials is None or self._redials < self._max_redials))
             if redial:
@@ -110,11 +113,19 @@ class HostMux(MuxSession):
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):
+            # opening its stream may wait (a writer stuck on a full socket holds the send lock):
+            # a worker waits, never this loop, which must keep the keepalive ticking
             try:
-                conn.settimeout(None)
-                self.connect_local(conn, self.open_stream())
+                self.spawn(lambda conn=conn: self._connect(conn))  # type: ignore[misc]
             except PlugbayError:
                 conn.close()
+
+    def _connect(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(None)
+            self.connect_local(conn, self.open_stream())
+        except (PlugbayError, OSError):
+            conn.close()
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)

@@ -112,8 +112,12 @@ class MuxSession:
 
     def _attach(self, session: Session) -> None:
         with self._ready:
-            self._session = session
-            self._ready.notify_all()
+            late = self._closed  # a dial that outlasted close(): nothing would ever end this session
+            if not late:
+                self._session = session
+                self._ready.notify_all()
+        if late:
+            session.abort("the multiplexed connection was closed while it was being made")
 
     def open_stream(self, timeout: float = SESSION_WAIT) -> Stream:
         with self._ready:

@@ -141,14 +141,18 @@ class Session:
                 self._pings.pop(pid, None)
 
     def ping_nowait(self) -> None:
-        """Send a ping without waiting for the socket or another writer; its answer shows in ``heard``."""
+        """Send a ping without waiting for the socket or another writer; its answer shows in ``heard``.
+
+        A short-lived sender thread takes it (LateControl): a header cut short by a full
+        socket must be finished before any other frame, and that may wait.
+        """
         with self._lock:
             if self._closed.is_set():
                 return
             self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
             pid = self._ping_id
         try:
-            self._control(PING, SYN, 0, pid)
+            self._late.send(_HDR.pack(0, PING, SYN, 0, pid))
         except RuntimeError:
             pass  # no thread for a late send: the keepalive's timeout decides
 

@@ -113,7 +113,7 @@ class GatewayConfig:
         if not key or not value:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
-        Keepalive(*self.keepalive, what="GatewayConfig keepalive")  # both figures > 0
+        Keepalive.of(self.keepalive, "GatewayConfig keepalive")  # both figures > 0
         if self.multiplex and self.insecure:
             raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
                               " --client-ca instead of --insecure")
