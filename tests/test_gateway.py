@@ -18,7 +18,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay._proto.plugin import grpc_broker_pb2, grpc_broker_pb2_grpc, grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.resilience.restart import RestartPolicy
-from plugbay.errors import GatewayError, TLSConfigError
+from plugbay.errors import ConfigError, GatewayError, TLSConfigError
 from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
 from plugbay.network.gateway.cli import main as gateway_main
 from tests import gobuild, netcerts
@@ -303,8 +303,10 @@ def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytes
     assert "integers" in capsys.readouterr().err
     assert gateway_main(["--cookie", "A=b", "--keepalive", "30", *tls, "--", kv_bin]) == 2
     assert "--keepalive='30' is not INTERVAL,TIMEOUT" in capsys.readouterr().err
-    assert gateway_main(["--cookie", "A=b", "--keepalive", "0,10", *tls, "--", kv_bin]) == 1
-    assert "GatewayConfig keepalive (0.0, 10.0): both figures must be numbers > 0" in capsys.readouterr().err
+    assert gateway_main(["--cookie", "A=b", "--keepalive", "0,10", *tls, "--", kv_bin]) == 2
+    assert "--keepalive='0,10' is not INTERVAL,TIMEOUT in seconds, both > 0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="GatewayConfig keepalive"):
+        Gateway(GatewayConfig(cmd=[kv_bin], cookie=("A", "b"), insecure=True, keepalive=(30.0, 0.0)))
     bad = ["--cert", str(certs.key_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
     assert gateway_main(["--cookie", "A=b", "--listen", "127.0.0.1:0", *bad, "--", kv_bin]) == 1
     assert "holds no PEM certificate" in capsys.readouterr().err

@@ -12,14 +12,17 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.resilience_util import HANDSHAKE, PLUGINS, PY, wait_until
 
-from plugbay import Client, ClientConfig, ConfigError, RemoteClient, RemoteConfig
+from plugbay import BrokerClosedError, Client, ClientConfig, ConfigError, RemoteClient, RemoteConfig
+from plugbay.core.transport import sockets
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.muxplugin import PluginFront
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 
 
@@ -134,16 +137,18 @@ def test_a_connection_arriving_while_a_writer_is_stuck_does_not_stop_the_keepali
     # the host's accept loop ticks the keepalive; were it to open the new connection's stream
     # itself, it would wait behind the stuck writer for good, and nothing would end the session
     address = "%s:%d" % listener.getsockname()
-    mux = HostMux("tcp", address, timeout=5, keepalive=Keepalive(interval=0.3, timeout=0.3))
+    mux = HostMux("tcp", address, timeout=5, keepalive=Keepalive(interval=1.0, timeout=0.5))
     silent, _ = listener.accept()
     first = mux.session
     assert first is not None
     outcome: list[BaseException | None] = []
+    opened = [0]
 
     def write_until_stuck() -> None:
         try:
-            for _ in range(64):
+            for _ in range(256):
                 first.open().write(b"x" * (256 * 1024))
+                opened[0] += 1
             outcome.append(None)
         except StreamClosed as exc:
             outcome.append(exc)
@@ -152,7 +157,13 @@ def test_a_connection_arriving_while_a_writer_is_stuck_does_not_stop_the_keepali
     local = socket.socket(socket.AF_UNIX)
     try:
         writer.start()
-        time.sleep(0.1)  # the writer gets going (it fills the socket within the keepalive's 0.6 s)
+        # the writer is stuck once it stops opening streams (the socket full, the peer silent)
+        last, still_since = -1, time.monotonic()
+        while time.monotonic() - still_since < 0.3 and not outcome:
+            if opened[0] != last:
+                last, still_since = opened[0], time.monotonic()
+            time.sleep(0.02)
+        assert not outcome and not first.closed, "the writer never got stuck (64 MiB fitted in the socket?)"
         local.connect(mux.local_address[1])  # e.g. gRPC reconnecting: its stream waits behind the writer
         assert wait_until(lambda: first.closed, 15), "the keepalive stopped while a stream waited to open"
         assert "keepalive" in first.close_reason
@@ -243,6 +254,82 @@ def test_a_dial_that_outlasts_close_leaves_no_session_behind(listener: socket.so
         if late is not None:
             late.close()
         opener.join(10)
+
+
+def _accepting(listener: socket.socket, name: str, hits: list[str]) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            hits.append(name)
+            conn.close()
+    thread = threading.Thread(target=run, name="plugbay-test-accept", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_knock_taken_on_a_lost_connection_does_not_route_the_next_connections_stream(tmp_path: Path) -> None:
+    # the plugin took a knock, then the host's connection was dropped (say, by the keepalive)
+    # before the knocked stream came: the new connection's first stream is the main channel's
+    hits: list[str] = []
+    listeners = {name: sockets.open_listener("unix", str(tmp_path / name)) for name in ("main", "brokered", "front")}
+    for name in ("main", "brokered"):
+        listeners[name].settimeout(10)
+    accepts = [_accepting(listeners[name], name, hits) for name in ("main", "brokered")]
+    front = PluginFront(listeners["front"], ("unix", str(tmp_path / "main")))
+    front.expect(7, ("unix", str(tmp_path / "brokered")))
+    hosts: list[Session] = []
+
+    def host() -> Session:
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(tmp_path / "front"))
+        hosts.append(Session(conn, client=True, on_stream=lambda s: s.reset(), name="t-host"))
+        return hosts[-1]
+
+    try:
+        first = host()
+        assert first.ping(5)
+        assert front.accept_knock(7) == ""
+        first.abort("test: lost")
+        assert wait_until(lambda: front.session is not None and front.session.closed, 10)
+        second = host()
+        assert second.ping(5) and front.session is not None and not front.session.closed
+        second.open().write(b"PRI")
+        assert wait_until(lambda: hits, 10)
+        assert hits == ["main"], hits
+    finally:
+        front.close()
+        for session in hosts:
+            session.abort("test over")
+        for listener in listeners.values():
+            listener.close()
+        for thread in accepts:
+            thread.join(10)
+
+
+def test_a_knocked_stream_is_never_opened_on_a_connection_the_knock_did_not_go_over(
+        listener: socket.socket) -> None:
+    address = "%s:%d" % listener.getsockname()
+    mux = HostMux("tcp", address, timeout=5)
+    peers: list[Session] = []
+    try:
+        peers.append(Session(listener.accept()[0], client=False, on_stream=echo, name="t-peer"))
+        knocked_on = mux.session
+        assert knocked_on is not None
+        knocked_on.abort("test: lost after the knock")
+        with pytest.raises(BrokerClosedError, match="between the knock and its stream"):
+            mux.open_stream(on=knocked_on)
+        assert mux.session is knocked_on  # no new connection was made for it
+        threading.Thread(target=lambda: peers.append(Session(listener.accept()[0], client=False, on_stream=echo,
+                                                             name="t-peer2")), daemon=True).start()
+        replaced = mux.open_stream()  # a main-channel stream dials again
+        assert mux.session is not knocked_on
+        replaced.close_write()
+        with pytest.raises(BrokerClosedError, match="between the knock and its stream"):
+            mux.open_stream(on=knocked_on)
+    finally:
+        mux.close()
+        for peer in peers:
+            peer.close()
 
 
 @pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0), (30.0,), 30.0,

@@ -217,16 +217,27 @@ def _silent_host(address: str, certs: netcerts.CertSet) -> ssl.SSLSocket:
     pem = certs.dir / "silent.pem"
     pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
     ctx.load_cert_chain(str(pem))
-    sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5), server_hostname="localhost")
-    sock.sendall(struct.pack(">BBHII", 0, 2, 1, 0, 7))  # yamux PING SYN: the front opens a session
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(struct.pack(">BBHII", 0, 2, 1, 0, 7))  # yamux PING SYN: the front opens a session
+    except BaseException:
+        raw.close()
+        raise
     return sock
 
 
 def _frames_until_closed(sock: ssl.SSLSocket, timeout: float) -> list[tuple[int, int]]:
     """(type, flags) of every yamux frame the plugin sent, read once it gave up on us (bounded)."""
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     data = b""
-    while chunk := sock.recv(4096):  # a timeout raises: the plugin kept the silent session
+    while True:  # past the deadline: the plugin kept the silent session
+        left = deadline - time.monotonic()
+        assert left > 0, f"the plugin kept a silent host's session for {timeout} s"
+        sock.settimeout(left)
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
         data += chunk
     frames = []
     while len(data) >= 12:
@@ -238,7 +249,8 @@ def _frames_until_closed(sock: ssl.SSLSocket, timeout: float) -> list[tuple[int,
 
 def test_a_brokering_host_that_went_silent_is_dropped_and_its_instance_stopped(
         tmp_path: Path, certs: netcerts.CertSet) -> None:
-    rep = CounterReplica(tmp_path / "ka", certs, extra={"PLUGBAY_NETWORK_KEEPALIVE": "0.3,0.3"})
+    # pings after 0.3 quiet seconds; 2 s for an answer: ample for the live host, quick for the test
+    rep = CounterReplica(tmp_path / "ka", certs, extra={"PLUGBAY_NETWORK_KEEPALIVE": "0.3,2"})
     try:
         with remote([rep], host_tls(certs)) as client:  # a live host: it answers the plugin's pings
             counter = client.dispense(PLUGIN_NAME)
@@ -251,7 +263,7 @@ def test_a_brokering_host_that_went_silent_is_dropped_and_its_instance_stopped(
                 silent.close()
             assert (2, 2) in frames and (2, 1) in frames  # our ping answered, then the plugin's own unanswered
             assert wait_until(lambda: rep.session_sockets() == ["s1.sock"])  # the silent host's instance went
-            time.sleep(1.5)  # a few keepalive periods: the live host is pinged, answers, and stays
+            time.sleep(1.5)  # several keepalive periods: the live host is pinged, answers, and stays
             counter.put("live", 1, Adder())
             assert rep.session_sockets() == ["s1.sock"] and rep.value("live") == '{"Value":2}'
     finally:
@@ -264,7 +276,7 @@ def test_the_gateway_drops_a_brokering_host_that_went_silent_and_stops_its_child
         tmp_path: Path, certs: netcerts.CertSet) -> None:
     folder = tmp_path / "gw"
     folder.mkdir()
-    with Gateway(_gateway_config(certs, folder, multiplex=True, keepalive=(0.3, 0.3))) as gw:
+    with Gateway(_gateway_config(certs, folder, multiplex=True, keepalive=(0.3, 2.0))) as gw:
         shared = gw.child_pid
         silent = _silent_host(gw.address, certs)
         try:
@@ -276,11 +288,13 @@ def test_the_gateway_drops_a_brokering_host_that_went_silent_and_stops_its_child
         assert wait_until(lambda: _children(os.getpid()) == {shared}, timeout=15)
 
 
-@pytest.mark.parametrize("value", ["30", "a,b", "1,2,3"])
+@pytest.mark.parametrize("value", ["30", "a,b", "1,2,3", "0,10", "30,-1", "nan,1"])
 def test_a_bad_keepalive_setting_says_what_to_set(value: str) -> None:
     env = {"PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_KEEPALIVE": value}
     with pytest.raises(ConfigError, match="PLUGBAY_NETWORK_KEEPALIVE=.*INTERVAL,TIMEOUT"):
         NetworkServe.from_env(env)
+    with pytest.raises(ConfigError, match="NetworkServe keepalive"):
+        NetworkServe(keepalive=(30.0, 0.0))
     assert NetworkServe.from_env({**env, "PLUGBAY_NETWORK_KEEPALIVE": " 5,2 "}).keepalive == (5.0, 2.0)  # type: ignore[union-attr]
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.transport.muxbridge import StreamBridge
     from plugbay.core.transport.muxsession import MuxSession
-    from plugbay.core.transport.yamux import Stream
+    from plugbay.core.transport.yamux import Session, Stream
 
 _BRIDGE_JOIN = 10.0
 # Knocks for ids not served yet, and acks nobody waits for, are kept at most this many: the
@@ -123,13 +123,15 @@ class Multiplexed:
     # ------------------------------------------------------------- dialing
 
     def _knock_and_open(self, id: int, timeout: float) -> Stream:
-        with self._mux().dial_lock:
+        mux = self._mux()
+        with mux.dial_lock:
+            session = mux.session  # the knock's stream must follow it on the same connection
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-            return self._open_when_acked(id, timeout)
+            return self._open_when_acked(id, timeout, session)
 
-    def _open_when_acked(self, id: int, timeout: float) -> Stream:
+    def _open_when_acked(self, id: int, timeout: float, session: Session | None) -> Stream:
         self._wait_ack(id, timeout)
-        return self._mux().open_stream()
+        return self._mux().open_stream(on=session)
 
     def _wait_ack(self, id: int, timeout: float, routed: threading.Event | None = None) -> None:
         def proven() -> pb.ConnInfo | None:  # under self._cond
@@ -158,6 +160,7 @@ class Multiplexed:
 
         path = private_socket(self._private_dir_path(), f"dial{id}")
         with mux.dial_lock:
+            session = mux.session  # the knock's stream must follow it on the same connection
             self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
             # while the knock travels: the local listener, its accept loop and the channel
             bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
@@ -171,11 +174,11 @@ class Multiplexed:
             first, routed = None, None
             try:
                 if mux.peer_holds:
-                    first, routed = self._open_eagerly()
+                    first, routed = self._open_eagerly(session)
                     bridge.set_first(first)
                 channel.connect_now()
                 if first is None:
-                    bridge.set_first(self._open_when_acked(id, timeout))
+                    bridge.set_first(self._open_when_acked(id, timeout, session))
                 else:
                     self._wait_ack(id, timeout, routed)
             except BaseException:
@@ -189,12 +192,12 @@ class Multiplexed:
             self._bridges.append(bridge)
         return channel
 
-    def _open_eagerly(self) -> tuple[Stream, threading.Event]:
+    def _open_eagerly(self, session: Session | None) -> tuple[Stream, threading.Event]:
         """Open the stream before the ack (the peer holds it for the knock): the gRPC handshake
         travels while the knock does. The ack still decides whether dial() fails; the peer's
         first bytes on the stream (it routed it: it took the knock) tell success as well, sooner
         (the returned event is set then)."""
-        stream = self._mux().open_stream()
+        stream = self._mux().open_stream(on=session)
         routed = threading.Event()
 
         def on_data() -> None:  # the session reader: the peer routed the stream, so it took the knock

@@ -45,9 +45,13 @@ class NetworkServe(Frozen):
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
                  multiplex: bool = True, keepalive: tuple[float, float] = (30.0, 10.0)) -> None:
+        if keepalive != (30.0, 10.0):  # imported only then: serve() reads this class at every start
+            from plugbay.core.transport.keepalive import Keepalive
+
+            Keepalive.of(keepalive, "NetworkServe keepalive")
         self._set(listen=listen, cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
-                  keepalive=tuple(keepalive) if isinstance(keepalive, (tuple, list)) else keepalive)
+                  keepalive=(float(keepalive[0]), float(keepalive[1])))
 
     @property
     def brokering(self) -> bool:
@@ -88,7 +92,9 @@ def keepalive_figures(text: str, setting: str) -> tuple[float, float]:
     try:
         interval, timeout = (float(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"{setting}={text.strip()!r} is not INTERVAL,TIMEOUT in seconds; set it like '30,10'"
-                          " (ping a brokering host's quiet session after 30 s, drop it when nothing answers"
-                          " within 10 s) or unset it for those defaults") from None
+        interval = timeout = -1.0
+    if not (interval > 0 and timeout > 0):
+        raise ConfigError(f"{setting}={text.strip()!r} is not INTERVAL,TIMEOUT in seconds, both > 0; set it"
+                          " like '30,10' (ping a brokering host's quiet session after 30 s, drop it when"
+                          " nothing answers within 10 s; 'inf,10' turns that off)")
     return interval, timeout

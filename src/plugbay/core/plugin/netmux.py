@@ -180,8 +180,13 @@ class NetworkFront:
         path = os.path.join(self._dir, f"s{number}.sock")
         session = self._make(conn, path)
         with self._lock:
-            self._sessions.append(session)
-            self._keepalives[session] = Keepalive.of(self._keepalive_figures, "NetworkServe keepalive")
+            closing = self._closed.is_set()  # close() reaped everything while this one was made
+            if not closing:
+                self._sessions.append(session)
+                self._keepalives[session] = Keepalive.of(self._keepalive_figures, "NetworkServe keepalive")
+        if closing:
+            session.close()
+            return
         log.debug("host session %d started (%d open)", number, self.sessions)
 
     def _reap(self, everything: bool = False) -> None:
@@ -190,7 +195,10 @@ class NetworkFront:
             with self._lock:
                 watched = list(self._keepalives.items())
             for session, keepalive in watched:  # a silent host's session is aborted: ended below
-                keepalive.tick(session.host_session(), now)
+                try:
+                    keepalive.tick(session.host_session(), now)
+                except Exception:  # never the end of this loop: it admits every brokering host
+                    log.exception("the keepalive check of a host session failed")
         with self._lock:
             done = [s for s in self._sessions if everything or s.ended]
             self._sessions = [s for s in self._sessions if s not in done]

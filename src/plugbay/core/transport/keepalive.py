@@ -26,6 +26,7 @@ log = logging.getLogger("plugbay.mux")
 
 INTERVAL = 30.0
 TIMEOUT = 10.0
+GRACE = 0.2  # past the timeout, the reader gets this long (at least one poll) to count an answer
 
 
 class Pingable(Protocol):
@@ -39,7 +40,7 @@ class Pingable(Protocol):
 
     def ping_nowait(self) -> None: ...
 
-    def abort(self, reason: str) -> None: ...
+    def abort(self, reason: str, join: bool = True) -> None: ...
 
 
 class Keepalive:
@@ -56,7 +57,7 @@ class Keepalive:
         self._heard = 0
         self._since = 0.0  # when the last frame was seen to arrive (at a tick's resolution)
         self._pinged: float | None = None  # when the outstanding ping went out
-        self._overdue = False  # the timeout passed at the last tick; the next one decides
+        self._overdue: float | None = None  # when a tick first found the timeout passed
 
     @classmethod
     def of(cls, figures: object, what: str) -> Keepalive:
@@ -72,7 +73,7 @@ class Keepalive:
         heard = session.heard
         if session is not self._session or heard != self._heard:
             self._session, self._heard, self._since, self._pinged = session, heard, now, None
-            self._overdue = False
+            self._overdue = None
             return
         if self._pinged is None:
             if now - self._since >= self.interval:
@@ -80,12 +81,13 @@ class Keepalive:
                 self._pinged = now
             return
         if now - self._pinged >= self.timeout:
-            if not self._overdue:
-                # one more poll first: after a stall of this whole process (a paused VM, a long
+            if self._overdue is None or now - self._overdue < GRACE:
+                # a while longer first: after a stall of this whole process (a paused VM, a long
                 # GIL hold) the answer may be read already but not counted yet by the reader
-                self._overdue = True
+                if self._overdue is None:
+                    self._overdue = now
                 return
             reason = (f"keepalive: nothing arrived from the peer for {now - self._since:.1f} s, not even the"
                       f" answer to a ping sent {now - self._pinged:.1f} s ago; the connection is taken as gone")
             log.warning("multiplexed connection: %s", reason)
-            session.abort(reason)
+            session.abort(reason, join=False)  # its reader closes the socket; the caller's loop goes on

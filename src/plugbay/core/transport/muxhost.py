@@ -80,18 +80,20 @@ class HostMux(MuxSession):
         conn.settimeout(None)
         return Session(conn, client=True, on_stream=self._on_stream, name="mux-host")
 
-    def open_stream(self, timeout: float = SESSION_WAIT) -> Stream:
+    def open_stream(self, timeout: float = SESSION_WAIT, on: Session | None = None) -> Stream:
         # A forwarded port (kubectl port-forward, a proxy) may accept and then drop the
-        # connection; the plugin takes a new one once the old one is gone, so dial again.
-        with self._redial_lock:
-            self._redial_if_lost()
-        return super().open_stream(timeout)
+        # connection; the plugin takes a new one once the old one is gone, so dial again
+        # (never for a knocked stream: its knock is lost with the old connection).
+        if on is None:
+            with self._redial_lock:
+                self._redial_if_lost()
+        return super().open_stream(timeout, on)
 
     def _redial_if_lost(self) -> None:
         with self._lock:
             session = self._session
-            if session is not None and session.closed and session.heard:
-                self._redials = 0  # the peer spoke on it: a working connection was lost, not a flapping one
+            if session is not None and session.closed and session.answered:
+                self._redials = 0  # a yamux peer answered on it: a working connection was lost, not a flapping one
             redial = (not self._closed and session is not None and session.closed
                       and (self._max_redials is None or self._redials < self._max_redials))
             if redial:
@@ -109,7 +111,10 @@ class HostMux(MuxSession):
         def closed() -> bool:
             if self._held is not None:
                 self._held.expire()  # this loop's poll is the held streams' clock, and the keepalive's
-            self._keepalive.tick(self._session, time.monotonic())
+            try:
+                self._keepalive.tick(self._session, time.monotonic())
+            except Exception:  # never the end of this loop: it accepts the main channel's connections
+                log.exception("multiplexed connection: the keepalive check failed")
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):

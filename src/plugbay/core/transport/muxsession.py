@@ -111,15 +111,35 @@ class MuxSession:
         return self._session
 
     def _attach(self, session: Session) -> None:
+        held: HeldStreams | None = None
         with self._ready:
             late = self._closed  # a dial that outlasted close(): nothing would ever end this session
             if not late:
+                if self._session is not None:
+                    # knocks and held streams were the old connection's: on the new one, the
+                    # peer's next stream (a main-channel reconnect) would go to a brokered server
+                    self._knocks.clear()
+                    held = self._held
                 self._session = session
                 self._ready.notify_all()
+        if held is not None:
+            held.clear()
         if late:
             session.abort("the multiplexed connection was closed while it was being made")
 
-    def open_stream(self, timeout: float = SESSION_WAIT) -> Stream:
+    def open_stream(self, timeout: float = SESSION_WAIT, on: Session | None = None) -> Stream:
+        """A new stream to the peer. ``on``: only on that session (a knocked stream: the knock
+        went over it), BrokerClosedError if it was replaced or lost meanwhile."""
+        if on is not None:
+            with self._ready:
+                current = self._session
+            if current is not on or on.closed:
+                raise BrokerClosedError("the multiplexed connection was lost between the knock and its stream"
+                                        f" ({on.close_reason or 'replaced'}); dial again")
+            try:
+                return on.open()
+            except StreamClosed as exc:
+                raise BrokerClosedError(f"{exc}; dial again") from exc
         with self._ready:
             if self._session is None or self._session.closed:
                 self._ready.wait_for(lambda: self._closed or (self._session is not None

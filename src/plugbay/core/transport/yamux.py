@@ -83,6 +83,7 @@ class Session:
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
         self.heard = 0  # frames read so far: a keepalive's sign of life (plugbay.core.transport.keepalive)
+        self.answered = False  # an ACK arrived (of a stream or a ping): a yamux peer is really there
         self._late = LateControl(sock, self._wlock, self._closed, name)  # what the reader cannot send at once
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         self._reader.start()
@@ -179,10 +180,11 @@ class Session:
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)
 
-    def abort(self, reason: str) -> None:
-        """Drop the connection without a GoAway (the peer may not be reading)."""
+    def abort(self, reason: str, join: bool = True) -> None:
+        """Drop the connection without a GoAway (the peer may not be reading); ``join``: wait
+        (bounded) for the reader thread to end, which closes the socket."""
         self._shutdown(reason)
-        if threading.current_thread() is not self._reader:
+        if join and threading.current_thread() is not self._reader:
             self._reader.join(timeout=10)
 
     def _shutdown(self, reason: str) -> None:
@@ -286,11 +288,13 @@ class Session:
                 header = reader.header(_HDR.size)
                 if len(header) < _HDR.size:
                     break
-                self.heard += 1
                 version, kind, flags, sid, length = _HDR.unpack(header)
                 if version != 0:
                     reason = f"protocol error: yamux version {version}"
                     break
+                self.heard += 1
+                if flags & ACK:
+                    self.answered = True
                 if kind == DATA:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason = f"protocol error: stream {sid} received more than its window"
