@@ -327,6 +327,10 @@ def test_a_busy_session_whose_socket_is_full_keeps_the_plugin(tmp_path: object) 
         host.sendall(struct.pack(">BBHII", 0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
         target.settimeout(10)
         held.append(target.accept()[0])  # the plugin routed stream 1: its session is live and busy
+        # the session's reader routes its first stream before the front stores the session
+        deadline = time.monotonic() + 10
+        while front._session is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         session = front._session
         assert session is not None and session.open_streams == 1
         stale_ack = struct.pack(">BBHII", 0, yamux.PING, yamux.ACK, 0, 0xFFFF)  # answers no ping
@@ -338,7 +342,12 @@ def test_a_busy_session_whose_socket_is_full_keeps_the_plugin(tmp_path: object) 
         intruder.settimeout(10)
         intruder.connect(front.address[1])
         intruder.sendall(struct.pack(">BBHII", 0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
-        time.sleep(0.5)  # the plugin pings its host now, on the full socket; then the host reads
+        # the plugin pings its host now, on the full socket (2 s to get it out and answered)
+        deadline = time.monotonic() + 10
+        while not session._pings and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert session._pings, "the plugin never pinged its host about the second connection"
+        time.sleep(0.1)  # the ping waits for room; then the host reads
         host_session = yamux.Session(host, client=True, on_stream=lambda s: s.reset(), name="t-host")
         assert intruder.recv(1) == b""  # refused (a hang guard: 10 s)
         assert front._session is session and not session.closed
