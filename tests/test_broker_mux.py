@@ -307,6 +307,30 @@ def test_a_peer_flooding_knocks_and_acks_cannot_grow_the_broker_without_bound(mp
     assert check(mpair.plugin.dial(sid), "after-flood") == SERVING
 
 
+def test_a_dial_whose_connection_is_replaced_between_knock_and_stream_fails_instead_of_misrouting() -> None:
+    # the knock went over the first connection; its stream may not go over the next one (the
+    # plugin would route it to its main server, and the dial would "succeed" to the wrong place)
+    p = make_mux_pair("unix")
+    try:
+        b = p.plugin.next_id()
+        p.plugin.accept_and_serve(b, register("plugin-side"))
+        wait_ack = p.host._wait_ack
+
+        def lost_after_the_ack(*args: object, **kw: object) -> None:
+            wait_ack(*args, **kw)  # type: ignore[arg-type]
+            first = p.hostmux.session
+            assert first is not None
+            first.abort("test: lost between the knock and its stream")
+            p.hostmux.open_stream().reset()  # the main channel dials again meanwhile
+            assert p.hostmux.session is not first
+
+        p.host._wait_ack = lost_after_the_ack  # type: ignore[method-assign]
+        with pytest.raises(BrokerClosedError, match="between the knock and its stream"):
+            p.host.dial(b, timeout=5)
+    finally:
+        close_mux_pair(p)
+
+
 def test_a_busy_session_whose_socket_is_full_keeps_the_plugin(tmp_path: object) -> None:
     # the host's session carries a stream and its socket is full for a moment (bulk traffic);
     # a second host connection's ping then waits for room: the live session keeps the plugin

@@ -65,10 +65,14 @@ class HeldStreams:
             return sum(1 for s, _ in self._streams if not s.done)
 
     def clear(self) -> None:
+        for stream in self.drain():
+            stream.reset()
+
+    def drain(self) -> list[Stream]:
+        """Take every held stream out (the caller resets them, outside its own locks)."""
         with self._lock:
             streams, self._streams = [s for s, _ in self._streams], deque()
-        for stream in streams:
-            stream.reset()
+        return streams
 
     def _drop_dead(self) -> None:
         while self._streams and self._streams[0][0].done:

@@ -47,7 +47,7 @@ class PluginFront(MuxSession):
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-plugin",
-                                 first=first))
+                                 first=first, start=False))
             if old is not None and not old.closed:
                 log.info("a new multiplexed host connection replaced an idle or unresponsive one")
                 old.abort("replaced by a newer host connection")
@@ -72,7 +72,7 @@ class AcceptedSession(MuxSession):
     def run(self, conn: socket.socket) -> None:
         """Serve the yamux session on ``conn`` (once the target listens: streams route at once)."""
         conn.settimeout(None)
-        self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-net"))
+        self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-net", start=False))
 
     @property
     def ended(self) -> bool:

@@ -111,7 +111,9 @@ class MuxSession:
         return self._session
 
     def _attach(self, session: Session) -> None:
-        held: HeldStreams | None = None
+        """Put ``session`` (made with ``start=False``) in place, then start it: its first stream
+        is routed only once the old connection's knocks are gone."""
+        stale: list[Stream] = []
         with self._ready:
             late = self._closed  # a dial that outlasted close(): nothing would ever end this session
             if not late:
@@ -119,11 +121,13 @@ class MuxSession:
                     # knocks and held streams were the old connection's: on the new one, the
                     # peer's next stream (a main-channel reconnect) would go to a brokered server
                     self._knocks.clear()
-                    held = self._held
+                    if self._held is not None:
+                        stale = self._held.drain()
                 self._session = session
                 self._ready.notify_all()
-        if held is not None:
-            held.clear()
+        session.start()
+        for stream in stale:
+            stream.reset()
         if late:
             session.abort("the multiplexed connection was closed while it was being made")
 

@@ -67,7 +67,7 @@ class Session:
     """
 
     def __init__(self, sock: socket.socket, *, client: bool, on_stream: Callable[[Stream], None],
-                 name: str = "mux", first: bytes = b"") -> None:
+                 name: str = "mux", first: bytes = b"", start: bool = True) -> None:
         self._sock = sock
         self._first = first  # bytes already read off ``sock`` (an admission check's first header)
         self._pings: dict[int, threading.Event] = {}
@@ -86,6 +86,12 @@ class Session:
         self.answered = False  # an ACK arrived (of a stream or a ping): a yamux peer is really there
         self._late = LateControl(sock, self._wlock, self._closed, name)  # what the reader cannot send at once
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
+        if start:
+            self._reader.start()
+
+    def start(self) -> None:
+        """Start reading (a session made with ``start=False``: its owner first put it in place, so
+        that the peer's first stream is routed knowing it)."""
         self._reader.start()
 
     @property
@@ -163,6 +169,8 @@ class Session:
 
     def close(self, reason: str = "closed") -> None:
         if self._closed.is_set():
+            if threading.current_thread() is not self._reader and self._reader.is_alive():
+                self._reader.join(timeout=10)  # ended by abort(join=False): its owner now waits for it
             return
         # the GoAway is a courtesy: a writer stuck on a peer that does not read holds the send
         # lock, and the socket may be full; past the wait, the connection just ends (as abort())
