@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from plugbay import BrokerClosedError, Client, ClientConfig, ConfigError, Remote
 from plugbay.core.transport import sockets
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.muxplugin import PluginFront
+from plugbay.core.transport.muxplugin import AcceptedSession, PluginFront
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 
 
@@ -338,6 +339,39 @@ def test_a_knocked_stream_is_never_opened_on_a_connection_the_knock_did_not_go_o
             accept.join(15)
         for peer in peers:
             peer.close()
+
+
+def test_closing_while_a_new_connection_is_being_put_in_place_ends_everything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() met a session that was in place but not reading yet, and failed half-way
+    a, b = socket.socketpair()
+    mux = AcceptedSession(("unix", "/nonexistent/plugbay-test.sock"))
+    start = Session.start
+    in_start = threading.Event()
+
+    def slow_start(self: Session) -> None:
+        in_start.set()
+        time.sleep(0.3)  # the window close() used to fall into
+        start(self)
+
+    monkeypatch.setattr(Session, "start", slow_start)
+    runner = threading.Thread(target=lambda: mux.run(a), name="plugbay-test-run", daemon=True)
+    try:
+        runner.start()
+        assert in_start.wait(10)
+        mux.close()  # raised RuntimeError (a reader joined before it started), leaving the rest open
+        runner.join(10)
+        assert mux.closed and mux.ended
+        assert mux.session is not None and mux.session.closed
+        b.settimeout(10)  # the connection was ended: a GoAway at most, then EOF (a hang guard: 10 s)
+        said = b""
+        while chunk := b.recv(4096):
+            said += chunk
+        assert said in (b"", struct.pack(">BBHII", 0, 3, 0, 0, 0)), said
+    finally:
+        mux.close()
+        runner.join(10)
+        b.close()
 
 
 @pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0), (30.0,), 30.0,

@@ -123,13 +123,16 @@ class MuxSession:
                     self._knocks.clear()
                     if self._held is not None:
                         stale = self._held.drain()
+                # started before anyone can see it (close() joins its reader); its first
+                # _on_stream waits for this lock, so it routes with the old knocks gone
+                session.start()
                 self._session = session
                 self._ready.notify_all()
-        session.start()
+        if late:
+            session.start()
+            session.abort("the multiplexed connection was closed while it was being made")
         for stream in stale:
             stream.reset()
-        if late:
-            session.abort("the multiplexed connection was closed while it was being made")
 
     def open_stream(self, timeout: float = SESSION_WAIT, on: Session | None = None) -> Stream:
         """A new stream to the peer. ``on``: only on that session (a knocked stream: the knock

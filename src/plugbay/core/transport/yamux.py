@@ -92,7 +92,12 @@ class Session:
     def start(self) -> None:
         """Start reading (a session made with ``start=False``: its owner first put it in place, so
         that the peer's first stream is routed knowing it)."""
-        self._reader.start()
+        try:
+            self._reader.start()
+        except RuntimeError:  # no thread to be had: nothing would ever close the socket
+            self._shutdown("no thread to read the connection")
+            self._sock.close()
+            raise
 
     @property
     def closed(self) -> bool:
