@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,25 @@ def echo(stream: Stream) -> None:
                 stream.write(bytes(data))
             stream.close_write()
     threading.Thread(target=run, name="plugbay-test-echo", daemon=True).start()
+
+
+def accepting(listener: socket.socket, stop: threading.Event,
+              take: Callable[[socket.socket], None]) -> threading.Thread:
+    """Hand each connection ``listener`` gets to ``take``, until ``stop`` (or the listener closes)."""
+    listener.settimeout(0.1)
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            take(conn)
+    thread = threading.Thread(target=run, name="plugbay-test-accept", daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_session_whose_peer_went_silent_is_dropped_and_a_writer_stuck_on_it_released(
@@ -185,17 +204,8 @@ def test_working_connections_lost_again_and_again_are_always_dialed_again(listen
     peers: list[Session] = []
     stop = threading.Event()
 
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            peers.append(Session(conn, client=False, on_stream=echo, name="t-peer"))
-
-    server = threading.Thread(target=serve, name="plugbay-test-accept", daemon=True)
-    server.start()
+    server = accepting(listener, stop, lambda conn: peers.append(Session(conn, client=False, on_stream=echo,
+                                                                           name="t-peer")))
     mux = HostMux("tcp", address, timeout=5)
     try:
         for round in range(25):
@@ -258,23 +268,6 @@ def test_a_dial_that_outlasts_close_leaves_no_session_behind(listener: socket.so
         opener.join(10)
 
 
-def _accepting(listener: socket.socket, name: str, hits: list[str], stop: threading.Event) -> threading.Thread:
-    """Count ``name`` in ``hits`` for each connection ``listener`` gets, until ``stop``."""
-    listener.settimeout(0.1)
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            hits.append(name)
-            conn.close()
-    thread = threading.Thread(target=run, name="plugbay-test-accept", daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_knock_taken_on_a_lost_connection_does_not_route_the_next_connections_stream(tmp_path: Path) -> None:
     # the plugin took a knock, then the host's connection was dropped (say, by the keepalive)
     # before the knocked stream came: the new connection's first stream (opened at once, as a
@@ -282,7 +275,8 @@ def test_a_knock_taken_on_a_lost_connection_does_not_route_the_next_connections_
     hits: list[str] = []
     stop = threading.Event()
     listeners = {name: sockets.open_listener("unix", str(tmp_path / name)) for name in ("main", "brokered", "front")}
-    accepts = [_accepting(listeners[name], name, hits, stop) for name in ("main", "brokered")]
+    accepts = [accepting(listeners[name], stop, lambda conn, name=name: (hits.append(name), conn.close()))
+               for name in ("main", "brokered")]
     front = PluginFront(listeners["front"], ("unix", str(tmp_path / "main")))
     front.expect(7, ("unix", str(tmp_path / "brokered")))
     hosts: list[Session] = []

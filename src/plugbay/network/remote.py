@@ -51,7 +51,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     negotiate_version,
 )
-from plugbay.core.transport.keepalive import Keepalive
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import (
     BrokerError,
     ClientStateError,
@@ -98,7 +98,7 @@ class RemoteConfig:
     name: str | None = None
     logger: logging.Logger | None = None
     multiplex: bool = False  # insist on brokered connections (else: when Discovery offers them)
-    mux_keepalive: tuple[float, float] = (30.0, 10.0)  # as ClientConfig's, for each endpoint's session
+    mux_keepalive: tuple[float, float] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""

@@ -12,6 +12,7 @@ from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.secure import SecureConfig
 from plugbay.core.host.stdio import Sink
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from plugbay.errors import ConfigError
 from plugbay.runners.base import AttachedRunner, Runner
 
@@ -39,7 +40,7 @@ class ClientConfig:
     multiplex_broker: bool = False
     # multiplex_broker's one connection: pinged after this many seconds without a frame, and dropped
     # (the next call dials again) when nothing answers within the second figure; go's yamux: 30, 10
-    mux_keepalive: tuple[float, float] = (30.0, 10.0)
+    mux_keepalive: tuple[float, float] = DEFAULT_KEEPALIVE
     secure_config: SecureConfig | Sequence[SecureConfig] | None = None
     logger: logging.Logger | None = None
     stdout_sink: Sink | None = None

@@ -24,6 +24,9 @@ ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
 ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
 ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT" in seconds
 _TRUE = ("1", "true", "True", "TRUE")
+# go's yamux figures, as plugbay.core.transport.keepalive.DEFAULT (not imported: serve() loads this
+# module at every start, and the keepalive only when brokering)
+_KEEPALIVE = (30.0, 10.0)
 
 
 class NetworkServe(Frozen):
@@ -44,8 +47,8 @@ class NetworkServe(Frozen):
 
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
-                 multiplex: bool = True, keepalive: tuple[float, float] = (30.0, 10.0)) -> None:
-        if keepalive != (30.0, 10.0):  # imported only then: serve() reads this class at every start
+                 multiplex: bool = True, keepalive: tuple[float, float] = _KEEPALIVE) -> None:
+        if keepalive != _KEEPALIVE:  # imported only then: serve() reads this class at every start
             from plugbay.core.transport.keepalive import Keepalive
 
             Keepalive.of(keepalive, "NetworkServe keepalive")
@@ -88,7 +91,7 @@ class NetworkServe(Frozen):
 def keepalive_figures(text: str, setting: str) -> tuple[float, float]:
     """``INTERVAL,TIMEOUT`` (seconds) from a setting's text; empty: go's yamux figures (30, 10)."""
     if not text.strip():
-        return (30.0, 10.0)
+        return _KEEPALIVE
     try:
         interval, timeout = (float(part) for part in text.split(","))
     except ValueError:

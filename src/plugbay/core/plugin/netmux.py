@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.keepalive import INTERVAL, TIMEOUT, Keepalive, Pingable
+from plugbay.core.transport.keepalive import DEFAULT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
@@ -118,9 +118,8 @@ class NetworkFront:
 
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
                  make_session: SessionFactory, private_dir: str,
-                 keepalive: tuple[float, float] = (INTERVAL, TIMEOUT)) -> None:
-        Keepalive.of(keepalive, "NetworkServe keepalive")  # a bad figure fails before anything runs
-        self._keepalive_figures = keepalive
+                 keepalive: tuple[float, float] = DEFAULT) -> None:
+        self._keepalive_figures = keepalive  # checked by NetworkServe, which serve() reads them from
         self._dir = private_dir
         self._make = make_session
         self._grpc_target = grpc_target

@@ -26,6 +26,7 @@ log = logging.getLogger("plugbay.mux")
 
 INTERVAL = 30.0
 TIMEOUT = 10.0
+DEFAULT = (INTERVAL, TIMEOUT)  # what every config's keepalive figures default to
 GRACE = 0.2  # past the timeout, the reader gets this long (at least one poll) to count an answer
 
 

@@ -59,7 +59,7 @@ from plugbay.core.plugin.network import (
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.keepalive import Keepalive
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 from plugbay.network.gateway.forward import Forwarder
@@ -103,7 +103,7 @@ class GatewayConfig:
     multiplex: bool = False
     # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when
     # nothing answers within [1] (as NetworkServe's)
-    keepalive: tuple[float, float] = (30.0, 10.0)
+    keepalive: tuple[float, float] = DEFAULT_KEEPALIVE
 
     def check(self) -> None:
         if not self.cmd or not self.cmd[0]:
