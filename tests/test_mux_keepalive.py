@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,15 @@ import pytest
 
 from tests.resilience_util import HANDSHAKE, PLUGINS, PY, wait_until
 
-from plugbay import BrokerClosedError, Client, ClientConfig, ConfigError, RemoteClient, RemoteConfig
+from plugbay import (
+    BrokerClosedError,
+    Client,
+    ClientConfig,
+    ConfigError,
+    RemoteClient,
+    RemoteConfig,
+    TargetUnreachableError,
+)
 from plugbay.core.transport import sockets
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
@@ -222,6 +231,41 @@ def test_working_connections_lost_again_and_again_are_always_dialed_again(listen
         server.join(10)
         for peer in peers:
             peer.close()
+
+
+def _mux_folders() -> set[str]:
+    return {entry.name for entry in Path(tempfile.gettempdir()).glob("plugbay-mux-*")}
+
+
+def test_a_host_mux_that_cannot_dial_leaves_no_folder_or_listener() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        address = "%s:%d" % closed.getsockname()  # nothing listens there once closed
+    before = _mux_folders()
+    with pytest.raises(TargetUnreachableError, match="check that the plugin is still running"):
+        HostMux("tcp", address, timeout=5)
+    assert _mux_folders() == before
+
+
+def test_a_host_mux_that_fails_after_its_dial_ends_the_session_it_made(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    start = threading.Thread.start
+
+    def failing_start(thread: threading.Thread) -> None:
+        if thread.name == "plugbay-mux-main":
+            raise RuntimeError("test: can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    address = "%s:%d" % listener.getsockname()
+    before = _mux_folders()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        HostMux("tcp", address, timeout=5)
+    peer, _ = listener.accept()
+    with peer:
+        peer.settimeout(10)
+        while peer.recv(4096):  # a go-away frame may come first
+            pass
+    assert _mux_folders() == before
 
 
 def test_a_dial_that_outlasts_close_leaves_no_session_behind(listener: socket.socket) -> None:

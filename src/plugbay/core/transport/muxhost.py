@@ -51,15 +51,34 @@ class HostMux(MuxSession):
         self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
-        self._attach(self._first_dial())
+        # the private folder and listener come before the dial, so a failure at any step
+        # undoes all that the earlier steps made (a folder, a listener, a started session)
         self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
-        path = os.path.join(self._dir, "main.sock")
-        self._listener = sockets.open_listener("unix", path)
-        os.chmod(path, 0o600)
-        self._listener.settimeout(POLL)
-        self.local_address = ("unix", path)
-        self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
-        self._acceptor.start()
+        try:
+            path = os.path.join(self._dir, "main.sock")
+            self._listener = sockets.open_listener("unix", path)
+            try:
+                os.chmod(path, 0o600)
+                self._listener.settimeout(POLL)
+                self.local_address = ("unix", path)
+                self._attach(self._first_dial())
+                self._acceptor = threading.Thread(target=self._accept, name="plugbay-mux-main", daemon=True)
+                self._acceptor.start()
+            except BaseException:
+                self._listener.close()
+                raise
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        with self._ready:
+            self._closed = True
+            session = self._session
+        if session is not None:
+            session.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self._workers.close()
 
     def _first_dial(self) -> Session:
         network, address = self._target
