@@ -12,10 +12,11 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,9 +144,11 @@ def relay_pair(tmp_path: Path) -> Iterator[tuple[TLSRelay, TLSRelay]]:
     echo = Echo(str(tmp_path / "echo.sock"))
     server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
     term = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
-                    tls.server_context(server, client.cert_pem), "terminate", handshake_timeout=2.0)
+                    tls.server_context(server, client.cert_pem), "terminate", handshake_timeout=2.0,
+                    drain_timeout=0.5)
+    # a short drain timeout: a peer that holds back while both sides are open is never cut off
     orig = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), term.address,
-                    tls.client_context(client, server.cert_pem), "originate")
+                    tls.client_context(client, server.cert_pem), "originate", drain_timeout=0.5)
     try:
         yield term, orig
     finally:
@@ -251,6 +254,113 @@ def test_a_tls_server_that_never_answers_times_out_and_others_are_served(
     finally:
         mute.close()
         sockets.close_listener(silent)
+
+
+class TLSPeer:
+    """A TLS server (real OpenSSL, on a thread) for one connection, with small socket buffers so a
+    peer that does not read makes the relay hold bytes; ``behave`` decides what it does after the
+    handshake, until ``stop``."""
+
+    def __init__(self, behave: Callable[[ssl.SSLSocket, threading.Event], None]) -> None:
+        self.server, self.client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert(ec.SECP521R1())
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # the accepted one's
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.listener.settimeout(30)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._behave = behave
+        self._thread = threading.Thread(target=self._run, name="plugbay-test-tlspeer", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, str]:
+        return ("tcp", "%s:%d" % self.listener.getsockname())
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+            conn.settimeout(30)
+            with tls.server_context(self.server, self.client.cert_pem).wrap_socket(conn, server_side=True) as peer:
+                self._behave(peer, self.stop)
+        except BaseException as exc:  # reported by close()
+            self.errors.append(exc)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the TLS peer is still running"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.join(30)
+
+
+def _fill(sock: socket.socket, block: bytes, idle: float = 1.0) -> int:
+    """Write ``block`` over and over, never reading, until nothing moves for ``idle`` s (64 MB at most)."""
+    sock.setblocking(False)
+    written, idle_since = 0, time.monotonic()
+    while written < 64 * 1024 * 1024 and time.monotonic() - idle_since < idle:
+        try:
+            written += sock.send(block)
+            idle_since = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return written
+
+
+def test_a_silent_tls_peer_is_dropped_once_the_plaintext_side_hung_up(tmp_path: Path) -> None:
+    # a partition while the host was writing: its bytes fill every buffer up to the relay's cap,
+    # then the host gives up (the keepalive) and closes; the relay must not wait for TCP's minutes
+    peer = TLSPeer(lambda conn, stop: stop.wait(60) and None)  # handshakes, then never reads
+    relay = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), peer.address,
+                     tls.client_context(peer.client, peer.server.cert_pem), "originate", drain_timeout=0.5)
+    try:
+        host = sockets.dial("unix", relay.address[1], timeout=10)
+        with host:
+            written = _fill(host, os.urandom(65536))
+            assert written >= relayconn.CAP, "the relay never held bytes back"
+            assert relay.connections == 1
+        wait_for(lambda: relay.connections == 0, "the relay to drop the connection to its silent peer",
+                 timeout=15)
+    finally:
+        relay.close()
+        peer.close()
+    assert ioloop.shared().join_idle()
+
+
+def test_a_tls_peer_that_reads_in_bursts_gets_every_byte_after_the_hang_up(tmp_path: Path) -> None:
+    # all of it fits in the socket buffers and the relay's cap, so the host has hung up long before
+    # the peer read it all: the relay holds bytes for its drain check at every pause
+    payload = os.urandom(4_500_000)
+    got = bytearray()
+
+    def bursts(conn: ssl.SSLSocket, stop: threading.Event) -> None:
+        deadline = time.monotonic() + 60
+        while len(got) < len(payload) and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.3)  # a pause well under the drain timeout: the bytes keep moving
+            burst = len(got) + 500_000
+            while len(got) < burst:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                got.extend(chunk)
+
+    peer = TLSPeer(bursts)
+    relay = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), peer.address,
+                     tls.client_context(peer.client, peer.server.cert_pem), "originate", drain_timeout=1.0)
+    try:
+        with sockets.dial("unix", relay.address[1], timeout=10) as host:
+            host.sendall(payload)
+        peer.join(90)
+        assert peer.errors == []
+        assert len(got) == len(payload) and bytes(got) == payload
+        wait_for(lambda: relay.connections == 0, "the relay to close the delivered connection")
+    finally:
+        relay.close()
+        peer.close()
+    assert ioloop.shared().join_idle()
 
 
 def test_close_drops_connections_in_every_stage(tmp_path: Path, relay_pair: tuple[TLSRelay, TLSRelay]) -> None:

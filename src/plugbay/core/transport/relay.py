@@ -17,9 +17,11 @@ relay), one non-blocking step per readiness event
 (plugbay.core.transport.relayconn), so an SSL object is only ever used from
 that one thread and a hundred live Go plugins cost no thread each. Nothing on
 the loop waits: a slow or silent peer only holds its own connection.
-The TLS handshake has :data:`HANDSHAKE_TIMEOUT` (plugbay.core.transport.sockets) seconds in total (not per
-read: a peer trickling bytes is cut off too); in ``terminate`` mode nothing is
-dialed for a peer before its handshake completed.
+Once one side has ended, what it sent must keep moving: ``drain_timeout``
+seconds without progress close the connection (the other peer is gone).
+The TLS handshake has :data:`HANDSHAKE_TIMEOUT` (plugbay.core.transport.sockets)
+seconds in total (not per read: a peer trickling bytes is cut off too); in
+``terminate`` mode nothing is dialed for a peer before its handshake completed.
 
 For network mode the context may be a provider (called per handshake, so
 rotated files apply to new connections) and, terminating, the target may be a
@@ -50,6 +52,7 @@ _log = logging.getLogger("plugbay.relay")
 _ACCEPTS_PER_WAKE = 64  # then the loop serves the others before accepting more
 _ACCEPT_PAUSE = 0.1  # out of file descriptors: stop accepting this long instead of spinning
 _CLOSE_WAIT = 5.0
+DRAIN_TIMEOUT = 10.0  # as the multiplexed connection's keepalive timeout: a peer this silent is gone
 
 
 class TLSRelay:
@@ -58,7 +61,7 @@ class TLSRelay:
     def __init__(self, listener: socket.socket, target: Target, context: ContextSource,
                  mode: Literal["originate", "terminate"], server_hostname: str = "localhost",
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, first_bytes_timeout: float = 5.0,
-                 loop: IOLoop | None = None) -> None:
+                 loop: IOLoop | None = None, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         if callable(target) and mode != "terminate":
             raise ValueError("a routing target needs mode='terminate'")
         self._listener = listener
@@ -66,7 +69,8 @@ class TLSRelay:
         self._closed = False
         self._conns: set[RelayConn] = set()  # loop thread only
         self._setup = Setup(self._loop, mode, target, context if callable(context) else (lambda: context),
-                            server_hostname, handshake_timeout, first_bytes_timeout, self._conns.discard)
+                            server_hostname, handshake_timeout, first_bytes_timeout, self._conns.discard,
+                            drain_timeout)
         listener.setblocking(False)
         self._reg: Registration = self._loop.add(listener.fileno(), self._accept)
 

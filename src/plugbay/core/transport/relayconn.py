@@ -8,16 +8,26 @@ is not read while the buffer towards the other side is full, so a peer that
 stops reading stops its sender (backpressure) and memory stays bounded.
 
 A side's end of file is passed on once the bytes it sent were delivered
-(the connection then closes, as the thread-per-connection relay did). Any
-error closes this connection only. Everything here runs on the loop thread.
+(the connection then closes, as the thread-per-connection relay did). Bytes
+must keep moving meanwhile: when one side has ended (its end of file read, or
+its hang-up seen while it is not read because the buffer is full) and no byte
+moved either way for ``drain_timeout`` seconds, the other side is taken for
+gone (a partition, a dead host: TCP would say so only minutes later) and the
+connection is closed. A live peer that holds back (both sides open) is never
+cut off. Any error closes this connection only. Everything here runs on the
+loop thread.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import select
 import socket
 import ssl
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from typing import Union
@@ -29,6 +39,7 @@ _log = logging.getLogger("plugbay.relay")
 
 CHUNK = 64 * 1024
 CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
 _RETRY_DIAL = 0.02  # a unix listener with a full backlog: try again this much later (within the deadline)
 
 Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
@@ -39,7 +50,7 @@ class Setup:
 
     def __init__(self, loop: IOLoop, mode: str, target: Target, context: Callable[[], ssl.SSLContext],
                  hostname: str, handshake_timeout: float, first_bytes_timeout: float,
-                 done: Callable[[RelayConn], None]) -> None:
+                 done: Callable[[RelayConn], None], drain_timeout: float) -> None:
         self.loop = loop
         self.mode = mode
         self.target = target
@@ -47,6 +58,7 @@ class Setup:
         self.hostname = hostname
         self.handshake_timeout = handshake_timeout
         self.first_bytes_timeout = first_bytes_timeout
+        self.drain_timeout = drain_timeout
         self.done = done
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
@@ -73,6 +85,8 @@ class RelayConn:
         self._accepted: socket.socket | None = None
         self._others: list[tuple[str, str]] = []  # a host name's further addresses
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
+        self.delivered = 0  # bytes handed to either socket
+        self._moved_at = 0  # _moved() at the last drain check
 
     def start(self, accepted: socket.socket) -> None:
         """Begin with a connection the relay accepted (its handshake deadline starts now)."""
@@ -346,7 +360,9 @@ class RelayConn:
                     self._read_wants_write = True
             if to_plain:
                 try:
-                    del to_plain[:plain.send(to_plain)]
+                    sent = plain.send(to_plain)
+                    del to_plain[:sent]
+                    self.delivered += sent
                 except (BlockingIOError, InterruptedError):
                     pass
             # decrypted bytes epoll cannot see, and room for them now: read on
@@ -359,7 +375,9 @@ class RelayConn:
                     if not self._chunk:
                         self._chunk = bytes(to_tls[:CHUNK])
                         del to_tls[:CHUNK]
-                    self._chunk = self._chunk[tls.send(self._chunk):]
+                    sent = tls.send(self._chunk)
+                    self._chunk = self._chunk[sent:]
+                    self.delivered += sent
             except ssl.SSLWantWriteError:
                 pass
             except ssl.SSLWantReadError:
@@ -367,11 +385,34 @@ class RelayConn:
         if (self._plain_eof and not to_tls and not self._chunk and not to_plain) or (self._tls_eof and not to_plain):
             self.close()
             return
+        if self._timer is None and (to_tls or self._chunk or to_plain):
+            self._moved_at = self._moved()
+            self._timer = self.s.loop.call_later(self.s.drain_timeout, self._drain_check)
         assert self._treg is not None and self._preg is not None
         self._preg.want((READ if not self._plain_eof and len(to_tls) < CAP else 0) | (WRITE if to_plain else 0))
         self._treg.want((READ if (not self._tls_eof and len(to_plain) < CAP) or self._write_wants_read else 0)
                         | (WRITE if ((to_tls or self._chunk) and not self._write_wants_read)
                            or self._read_wants_write else 0))
+
+    def _drain_check(self) -> None:
+        """Bytes were waiting ``drain_timeout`` ago: close if none moved since and a side has ended."""
+        self._timer = None
+        if self.closed or not (self.to_tls or self._chunk or self.to_plain):
+            return  # the next pump with bytes waiting checks again
+        moved = self._moved()
+        if moved == self._moved_at and (
+                self._plain_eof or self._tls_eof or _hung_up(self.plain) or _hung_up(self.tls)):
+            _log.debug("relay connection: a side has ended and no byte moved in %gs; closing it",
+                       self.s.drain_timeout)
+            self.close()
+            return
+        self._moved_at = moved
+        self._timer = self.s.loop.call_later(self.s.drain_timeout, self._drain_check)
+
+    def _moved(self) -> int:
+        """Bytes the peers took: handed to the sockets, less what their kernels still hold unsent or
+        unacknowledged (a slow reader behind megabytes of socket buffers takes them all the same)."""
+        return self.delivered - _unsent(self.tls) - _unsent(self.plain)
 
     # ------------------------------------------------------------ close
 
@@ -396,6 +437,25 @@ class RelayConn:
                 except OSError:
                     pass
         self.s.done(self)
+
+
+def _hung_up(sock: socket.socket | None) -> bool:
+    """The peer shut its side or the socket failed (seen without reading what is buffered)."""
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _unsent(sock: socket.socket | None) -> int:
+    """Bytes in the socket's send queue its peer has not acknowledged (Linux; 0 where unknown)."""
+    if sock is None or _OUTQ is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 def _is_ip(host: str) -> bool:
