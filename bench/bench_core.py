@@ -6,8 +6,10 @@ relay ("relay-tls"); Python <-> Python uses grpcio's own TLS ("grpc-tls").
 The three "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) on
 the Go plugin, plain and with AutoMTLS through bench/floor_relay.py (the least
 relay a Python host can use: a thread per connection, stdlib ssl), and
-bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go host; the plugbay
-rows with the same Go peer show their ratio to them.
+bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go host, plain and
+with AutoMTLS (its certificate made with cryptography, served behind
+floor_relay.py's BareTerminator); the plugbay rows with the same Go peer show
+their ratio to them.
 The two "canned handshake" rows time the Go host alone (no plugin process: a
 shell prints a handshake line): with AutoMTLS that is the host's own P-521
 work, part of every AutoMTLS row's start that no plugin can remove.
@@ -76,7 +78,7 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
     note = "go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls and python_plugin else
                                ", Go TLS" if automtls else "")
     if plugin_cmd == FLOOR_PLUGIN:
-        note = "go-plugin host; bench/floor_kv_plugin.py"
+        note = "go-plugin host; bench/floor_kv_plugin.py" + (" + BareTerminator (floor_relay.py)" if automtls else "")
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
         def start(calls: int) -> Result:
             return _go_host_round(host, plugin_cmd, automtls, calls, cwd, note)
@@ -138,14 +140,15 @@ def _floor_round(c: Context, kind: str) -> Callable[[str, int], Result] | None:
     host = go_program(c, "kv_host")
     if host is None:
         return None
-    return lambda cwd, calls: _go_host_round(host, FLOOR_PLUGIN, False, calls, cwd, "")
+    tls = kind == "floor-plugin-tls"
+    return lambda cwd, calls: _go_host_round(host, FLOOR_PLUGIN, tls, calls, cwd, "")
 
 
 def floor_cases() -> list[Case]:
     """The reference rows: bare grpcio on the Python side, the same Go peer and the same work."""
 
-    def go_floor(c: Context) -> Result:
-        return _go_host(FLOOR_PLUGIN, False, c)
+    def go_floor(c: Context, m: bool = False) -> Result:
+        return _go_host(FLOOR_PLUGIN, m, c)
 
     def floor_go(c: Context, m: bool = False) -> Result:
         plugin = go_program(c, "kv_plugin")
@@ -155,7 +158,8 @@ def floor_cases() -> list[Case]:
 
     return [Case("bare grpcio", "Go", False, floor_go, key="floor-host"),
             Case("bare grpcio", "Go", True, lambda c: floor_go(c, True), key="floor-host-tls"),
-            Case("Go", "bare grpcio", False, go_floor, key="floor-plugin")]
+            Case("Go", "bare grpcio", False, go_floor, key="floor-plugin"),
+            Case("Go", "bare grpcio", True, lambda c: go_floor(c, True), key="floor-plugin-tls")]
 
 
 def host_alone_cases() -> list[Case]:
@@ -174,7 +178,7 @@ def cases(ctx: Context) -> list[Case]:
             return _python_host([plugin], m, c, _floor_round(c, "floor-host-tls" if m else "floor-host"))
 
         def go_py(c: Context, m: bool = automtls) -> Result:
-            return _go_host(PY_PLUGIN, m, c, _floor_round(c, "floor-plugin"))
+            return _go_host(PY_PLUGIN, m, c, _floor_round(c, "floor-plugin-tls" if m else "floor-plugin"))
 
         def py_py(c: Context, m: bool = automtls) -> Result:
             return _python_host(PY_PLUGIN, m, c)
@@ -186,7 +190,7 @@ def cases(ctx: Context) -> list[Case]:
             return _go_host([plugin], m, c)
 
         out += [Case("Python", "Go", automtls, py_go, floor="floor-host-tls" if automtls else "floor-host"),
-                Case("Go", "Python", automtls, go_py, floor="floor-plugin"),
+                Case("Go", "Python", automtls, go_py, floor="floor-plugin-tls" if automtls else "floor-plugin"),
                 Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
     ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
                                                        "Go/Go"].index(f"{c.host}/{c.plugin}")))

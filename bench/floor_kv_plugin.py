@@ -4,15 +4,21 @@ It does what examples/kv/plugin.py does for a go-plugin host, and nothing else:
 check the magic cookie, serve proto.KV (files ``kv_<key>`` in the working
 directory, like the example), grpc.health.v1 and plugin.GRPCController on a
 unix socket, print the go-plugin handshake line, and exit on Shutdown or
-SIGTERM. No AutoMTLS (grpcio cannot take a go-plugin host's P-521 certificate;
-the floor is the plaintext path), no broker, no stdio capture, no logging.
+SIGTERM. With AutoMTLS (the host's certificate in PLUGIN_CLIENT_CERT) it makes
+its own certificate with cryptography and serves behind bench/floor_relay.py's
+BareTerminator (grpcio cannot take a go-plugin host's P-521 certificate, so a
+bare grpcio plugin needs a TLS hop of its own). No broker, no stdio capture, no
+logging.
 The bench runs it under the Go host (tests/go/kv_host) next to the plugbay plugin.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -67,16 +73,24 @@ def main(kv: kv_pb2_grpc.KVServicer | None = None,
     path = os.path.join(tmp, "plugin.sock")
     server.add_insecure_port(f"unix:{path}")
     server.start()
-    os.write(1, f"1|1|unix|{path}|grpc|\n".encode())
+    relay, announced, cert = None, path, ""
+    host_pem = os.environ.get("PLUGIN_CLIENT_CERT", "")
+    if host_pem:
+        from floor_relay import BareTerminator, host_certificate
+
+        cert_pem, key_pem = host_certificate()
+        relay = BareTerminator(path, host_pem, cert_pem, key_pem, tmp)
+        announced = relay.path
+        cert = base64.b64encode(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).decode().rstrip("=")
+    os.write(1, f"1|1|unix|{announced}|grpc|{cert}\n".encode())
     try:
         while not stopped.wait(0.5):
             pass
     finally:
+        if relay is not None:
+            relay.close()
         server.stop(1).wait(3)
-        for p in (path,):
-            if os.path.exists(p):
-                os.unlink(p)
-        os.rmdir(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The floor for AutoMTLS to a Go plugin from Python: the least relay a bare grpcio host can use.
+"""The floor for AutoMTLS with a Go peer from Python: the least relay a bare grpcio program can use.
 
 grpcio's TLS cannot verify go-plugin's P-521 certificate, so any Python host
 of a Go plugin with AutoMTLS needs a TLS hop outside grpcio. ``BareRelay`` is
@@ -9,6 +9,11 @@ trusted one) and copies bytes both ways with ``select``. No shared loop, no
 backpressure bounds, no deadlines: what plugbay's relay adds to this is what
 its row shows over this one. The host certificate is made with cryptography
 in go-plugin's client profile (P-256 here, which go-plugin accepts).
+
+``BareTerminator`` is the same on the plugin side (bench/floor_kv_plugin.py
+under a go-plugin host with AutoMTLS): per connection a thread runs the TLS
+server handshake (the plugin's certificate, the host's as the only trusted
+one) and copies bytes to the plaintext gRPC server's unix socket.
 """
 
 from __future__ import annotations
@@ -57,14 +62,14 @@ def plugin_certificate_pem(field: str) -> str:
 class BareRelay:
     """A unix listener at ``path``; each connection is relayed over TLS to ``target`` on its own thread."""
 
-    def __init__(self, target: str, plugin_pem: str, cert_pem: bytes, key_pem: bytes, folder: str) -> None:
-        cert_file, key_file = os.path.join(folder, "host.crt"), os.path.join(folder, "host.key")
+    def __init__(self, target: str, peer_pem: str, cert_pem: bytes, key_pem: bytes, folder: str) -> None:
+        cert_file, key_file = os.path.join(folder, "own.crt"), os.path.join(folder, "own.key")
         with open(cert_file, "wb") as f:
             f.write(cert_pem)
         with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(key_pem)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.context.load_verify_locations(cadata=plugin_pem)
+        self.context = self._context()
+        self.context.load_verify_locations(cadata=peer_pem)  # the peer's certificate is the only one trusted
         self.context.load_cert_chain(cert_file, key_file)
         self.context.set_alpn_protocols(["h2"])
         self.target = target
@@ -76,6 +81,9 @@ class BareRelay:
         self._open: list[socket.socket] = []
         self._threads = [threading.Thread(target=self._accept, name="bare-relay-accept", daemon=True)]
         self._threads[0].start()
+
+    def _context(self) -> ssl.SSLContext:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
     def _accept(self) -> None:
         while True:
@@ -100,17 +108,7 @@ class BareRelay:
             raw.close()
             plain.close()
             return
-        with tls, plain:
-            try:
-                while True:
-                    ready = [tls] if tls.pending() else select.select([plain, tls], [], [])[0]
-                    for sock in ready:
-                        data = sock.recv(65536)
-                        if not data:
-                            return
-                        (tls if sock is plain else plain).sendall(data)
-            except OSError:
-                return
+        _copy(tls, plain)
 
     def close(self) -> None:
         self._listener.shutdown(socket.SHUT_RDWR)
@@ -125,3 +123,40 @@ class BareRelay:
             threads = list(self._threads)
         for thread in threads[1:]:
             thread.join(5)
+
+
+class BareTerminator(BareRelay):
+    """A unix listener at ``path``; each connection's TLS is ended on its own thread, then copied to ``target``."""
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _pump(self, accepted: socket.socket) -> None:
+        accepted.settimeout(10)  # the handshake and the dial only
+        plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            tls = self.context.wrap_socket(accepted, server_side=True)
+            tls.settimeout(None)
+            plain.connect(self.target)
+        except OSError:
+            plain.close()
+            accepted.close()
+            return
+        _copy(tls, plain)
+
+
+def _copy(tls: ssl.SSLSocket, plain: socket.socket) -> None:
+    """Both ways until either side ends (select; the TLS side's decrypted leftovers first)."""
+    with tls, plain:
+        try:
+            while True:
+                ready = [tls] if tls.pending() else select.select([plain, tls], [], [])[0]
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (tls if sock is plain else plain).sendall(data)
+        except OSError:
+            return
