@@ -267,6 +267,71 @@ def test_yamux_refuses_unknocked_stream_on_host(mpair: MuxPair) -> None:
     assert stream.done
 
 
+def test_a_routed_stream_whose_target_is_slow_to_accept_holds_up_no_other_stream(tmp_path: object) -> None:
+    # the host routes a knocked stream to its brokered server: a server whose backlog is full
+    # (busy, stalled) is waited for on a worker, not on the session's reader, which the
+    # session's every other stream needs
+    pair = make_mux_pair("unix")
+    d = tempfile.mkdtemp(prefix="bkslow", dir="/tmp")
+    stuck = socket.socket(socket.AF_UNIX)
+    good = socket.socket(socket.AF_UNIX)
+    fillers: list[socket.socket] = []
+    try:
+        stuck.bind(os.path.join(d, "stuck.sock"))
+        stuck.listen(0)
+        stuck.settimeout(10)
+        for _ in range(64):  # fill its backlog: a further connect waits
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(os.path.join(d, "stuck.sock"))
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the backlog never filled")
+        good.bind(os.path.join(d, "good.sock"))
+        good.listen(4)
+        good.settimeout(10)
+        pair.hostmux.expect(1, ("unix", os.path.join(d, "stuck.sock")))
+        pair.hostmux.expect(2, ("unix", os.path.join(d, "good.sock")))
+        assert pair.hostmux.accept_knock(1) == "" and pair.hostmux.accept_knock(2) == ""
+        slow, fast = pair.front.open_stream(), pair.front.open_stream()
+        slow.write(b"slow")
+        fast.write(b"fast")
+        conn, _ = good.accept()
+        with conn:
+            conn.settimeout(10)
+            assert conn.recv(4) == b"fast"
+            conn.sendall(b"FAST")
+            assert bytes(fast.read()) == b"FAST"
+        assert not slow.done, "the slow target's stream was given up before the other one was served"
+        for filler in fillers:  # room in the backlog: the waiting dial goes through
+            filler.close()
+        for _ in range(len(fillers) + 2):  # the fillers' connections end at once; then the routed one
+            conn, _ = stuck.accept()
+            with conn:
+                conn.settimeout(10)
+                try:
+                    first = conn.recv(4)
+                except ConnectionResetError:
+                    continue
+                if first:
+                    assert first == b"slow"
+                    conn.sendall(b"SLOW")
+                    assert bytes(slow.read()) == b"SLOW"
+                    break
+        else:
+            pytest.fail("the slow target's stream never arrived")
+    finally:
+        for sock in (stuck, good, *fillers):
+            sock.close()
+        close_mux_pair(pair)
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+
+
 def test_closing_a_dialed_channel_frees_its_bridge(mpair: MuxPair) -> None:
     sid = mpair.host.next_id()
     mpair.host.accept_and_serve(sid, register("h"))

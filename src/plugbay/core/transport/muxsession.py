@@ -27,6 +27,7 @@ log = logging.getLogger("plugbay.mux")
 
 SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 POLL = 0.2  # the accept loops' poll (how soon they see a close)
+_ROUTE_DIAL = 2.0  # a routed stream's local target that does not take the connection by then is gone
 
 
 class MuxSession:
@@ -64,13 +65,35 @@ class MuxSession:
         self._route(stream, target, sid)
 
     def _route(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+        # on the session's reader: a dial that would wait (a listener with a full backlog, a
+        # tcp target) waits on a worker, so the session's other streams are never held up
         try:
-            conn = sockets.dial(*target, timeout=2.0)
+            conn = sockets.dial_now(*target)
+        except OSError as exc:
+            self._unreachable(stream, target, sid, exc)
+            return
+        if conn is not None:
+            self._bridge(stream, conn)
+            return
+        try:
+            self.spawn(lambda: self._route_waiting(stream, target, sid))
+        except BrokerClosedError:
+            stream.reset()
+
+    def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+        try:
+            conn = sockets.dial(*target, timeout=_ROUTE_DIAL)
             conn.settimeout(None)
         except OSError as exc:
-            log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
-            stream.reset()
+            self._unreachable(stream, target, sid, exc)
             return
+        self._bridge(stream, conn)
+
+    def _unreachable(self, stream: Stream, target: tuple[str, str], sid: int | None, exc: OSError) -> None:
+        log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
+        stream.reset()
+
+    def _bridge(self, stream: Stream, conn: socket.socket) -> None:
         try:
             bridge(stream, conn, self._workers)
         except RuntimeError:  # closing: bridge reset the stream and closed conn

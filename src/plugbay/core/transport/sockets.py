@@ -7,11 +7,13 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from plugbay.errors import ConfigError
 
 ACCEPT_POLL = 0.2  # accept loops wake this often to notice that they were closed
+_BUSY_RETRY = 0.01  # a unix listener with a full backlog: dial again this much later
 # Seconds a peer has to complete a TLS handshake, in total: the relay's bound, and grpcio's
 # server handshake bound in serve() (kept here so that a plaintext plugin need not load the relay).
 HANDSHAKE_TIMEOUT = 10.0
@@ -122,16 +124,45 @@ def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator
         yield conn
 
 
+def dial_now(network: str, address: str) -> socket.socket | None:
+    """A unix connection made without waiting (blocking from then on); None when it would wait
+    (a full backlog) or ``network`` is not unix (tcp takes a round trip). OSError: refused, absent."""
+    if network != "unix":
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(address)
+    except BlockingIOError:
+        sock.close()
+        return None
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(True)
+    return sock
+
+
 def dial(network: str, address: str, timeout: float) -> socket.socket:
+    """A connection, made within ``timeout`` seconds (the socket keeps that timeout)."""
     if network == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        # a full backlog fails a unix connect at once (EAGAIN) rather than waiting as tcp's
+        # does: the listener is busy, not gone, so try again until the timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address)
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_BUSY_RETRY)
+            except OSError:
+                sock.close()
+                raise
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

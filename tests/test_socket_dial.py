@@ -1,0 +1,88 @@
+"""sockets.dial and dial_now against a unix listener whose backlog is full (a busy server, not a gone one)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay.core.transport import sockets
+
+
+@pytest.fixture()
+def busy(tmp_path: Path) -> Iterator[tuple[str, socket.socket, list[socket.socket]]]:
+    """A unix listener that does not accept, its backlog filled by connections of ours."""
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    listener.settimeout(10)
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(path)
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the backlog never filled")
+        yield path, listener, fillers
+    finally:
+        for sock in (listener, *fillers):
+            sock.close()
+
+
+def test_a_dial_to_a_full_backlog_waits_for_room(busy: tuple[str, socket.socket, list[socket.socket]]) -> None:
+    path, listener, _ = busy
+    assert sockets.dial_now("unix", path) is None  # it would wait: the caller waits elsewhere
+    made: list[socket.socket] = []
+    failed: list[BaseException] = []
+
+    def dial() -> None:
+        try:
+            made.append(sockets.dial("unix", path, timeout=10))
+        except OSError as exc:
+            failed.append(exc)
+
+    dialer = threading.Thread(target=dial, name="plugbay-test-dial")
+    accepted: list[socket.socket] = []
+    dialer.start()
+    try:
+        threading.Event().wait(0.3)
+        assert dialer.is_alive() and not made and not failed, "the dial gave up on a busy listener"
+        accepted += [listener.accept()[0] for _ in range(2)]  # room in the backlog
+        dialer.join(10)
+        assert not dialer.is_alive() and failed == [] and len(made) == 1
+    finally:
+        dialer.join(10)
+        for sock in (*made, *accepted):
+            sock.close()
+
+
+def test_a_dial_to_a_full_backlog_gives_up_at_its_timeout(
+        busy: tuple[str, socket.socket, list[socket.socket]]) -> None:
+    path, _, _ = busy
+    with pytest.raises(BlockingIOError):
+        sockets.dial("unix", path, timeout=0.3)
+
+
+def test_dial_now_connects_at_once_or_says_why_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "open.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        conn = sockets.dial_now("unix", path)
+        assert conn is not None
+        with conn:
+            assert conn.gettimeout() is None  # blocking from then on
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        sockets.dial_now("unix", path)
+    assert sockets.dial_now("tcp", "127.0.0.1:1") is None  # tcp takes a round trip: never here
