@@ -75,15 +75,15 @@ def main(kv: kv_pb2_grpc.KVServicer | None = None,
     server.start()
     relay, announced, cert = None, path, ""
     host_pem = os.environ.get("PLUGIN_CLIENT_CERT", "")
-    if host_pem:
-        from floor_relay import BareTerminator, host_certificate
-
-        cert_pem, key_pem = host_certificate()
-        relay = BareTerminator(path, host_pem, cert_pem, key_pem, tmp)
-        announced = relay.path
-        cert = base64.b64encode(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).decode().rstrip("=")
-    os.write(1, f"1|1|unix|{announced}|grpc|{cert}\n".encode())
     try:
+        if host_pem:
+            from floor_relay import BareTerminator, host_certificate
+
+            cert_pem, key_pem = host_certificate()
+            relay = BareTerminator(path, host_pem, cert_pem, key_pem, tmp)
+            announced = relay.path
+            cert = base64.b64encode(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).decode().rstrip("=")
+        os.write(1, f"1|1|unix|{announced}|grpc|{cert}\n".encode())
         while not stopped.wait(0.5):
             pass
     finally:

@@ -136,14 +136,16 @@ class BareTerminator(BareRelay):
     def _pump(self, accepted: socket.socket) -> None:
         accepted.settimeout(10)  # the handshake and the dial only
         plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tls: socket.socket = accepted
         try:
-            tls = self.context.wrap_socket(accepted, server_side=True)
+            tls = self.context.wrap_socket(accepted, server_side=True)  # takes over accepted's descriptor
             tls.settimeout(None)
             plain.connect(self.target)
         except OSError:
             plain.close()
-            accepted.close()
+            tls.close()
             return
+        assert isinstance(tls, ssl.SSLSocket)
         _copy(tls, plain)
 
 

@@ -246,6 +246,21 @@ def test_a_host_mux_that_cannot_dial_leaves_no_folder_or_listener() -> None:
     assert _mux_folders() == before
 
 
+def test_a_host_mux_that_cannot_listen_says_so_and_dials_nothing(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_room(network: str, address: str) -> socket.socket:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sockets, "open_listener", no_room)
+    before = _mux_folders()
+    with pytest.raises(ConfigError, match="point TMPDIR at a short, writable folder"):
+        HostMux("tcp", "%s:%d" % listener.getsockname(), timeout=5)
+    assert _mux_folders() == before
+    listener.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        listener.accept()  # the plugin was never dialed
+
+
 def test_a_host_mux_that_fails_after_its_dial_ends_the_session_it_made(
         listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     start = threading.Thread.start

@@ -330,32 +330,44 @@ def test_a_silent_tls_peer_is_dropped_once_the_plaintext_side_hung_up(tmp_path: 
     assert ioloop.shared().join_idle()
 
 
-def test_a_tls_peer_that_reads_in_bursts_gets_every_byte_after_the_hang_up(tmp_path: Path) -> None:
-    # all of it fits in the socket buffers and the relay's cap, so the host has hung up long before
-    # the peer read it all: the relay holds bytes for its drain check at every pause
-    payload = os.urandom(4_500_000)
+def test_a_slow_tls_peer_behind_full_socket_buffers_gets_every_byte_after_the_hang_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the peer reads a little at a time: the kernel's send queue shrinks, but it frees room for the
+    # relay's own buffer only every megabyte or so, so for seconds no byte is handed to the socket.
+    # That is progress all the same: only a peer that takes nothing is dropped.
+    payload = os.urandom(4_500_000)  # fits the buffers: the host hangs up long before the peer has read it
     got = bytearray()
+    checks_after_the_end: list[int] = []
+    check = relayconn.RelayConn._drain_check
 
-    def bursts(conn: ssl.SSLSocket, stop: threading.Event) -> None:
+    def counting(conn: relayconn.RelayConn) -> None:
+        if conn._plain_eof or relayconn._hung_up(conn.plain):
+            checks_after_the_end.append(len(conn.to_tls))
+        check(conn)
+
+    monkeypatch.setattr(relayconn.RelayConn, "_drain_check", counting)
+
+    def slowly(conn: ssl.SSLSocket, stop: threading.Event) -> None:
         deadline = time.monotonic() + 60
         while len(got) < len(payload) and time.monotonic() < deadline and not stop.is_set():
-            time.sleep(0.3)  # a pause well under the drain timeout: the bytes keep moving
-            burst = len(got) + 500_000
-            while len(got) < burst:
+            time.sleep(0.1)  # several reads per drain timeout, each well under a third of the queue
+            step = len(got) + 100_000
+            while len(got) < step:
                 chunk = conn.recv(65536)
                 if not chunk:
                     return
                 got.extend(chunk)
 
-    peer = TLSPeer(bursts)
+    peer = TLSPeer(slowly)
     relay = TLSRelay(sockets.open_listener("unix", str(tmp_path / "orig.sock")), peer.address,
-                     tls.client_context(peer.client, peer.server.cert_pem), "originate", drain_timeout=1.0)
+                     tls.client_context(peer.client, peer.server.cert_pem), "originate", drain_timeout=0.5)
     try:
         with sockets.dial("unix", relay.address[1], timeout=10) as host:
             host.sendall(payload)
         peer.join(90)
         assert peer.errors == []
         assert len(got) == len(payload) and bytes(got) == payload
+        assert [held for held in checks_after_the_end if held], "no drain check ran with bytes held after the hang-up"
         wait_for(lambda: relay.connections == 0, "the relay to close the delivered connection")
     finally:
         relay.close()

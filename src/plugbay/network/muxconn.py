@@ -29,7 +29,7 @@ from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.relay import DRAIN_TIMEOUT, TLSRelay
 from plugbay.core.transport.secure import grpc_target
 from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
@@ -56,8 +56,10 @@ class MuxEndpoint(DelegatingChannel):
             listener = open_listener("unix", path)
             os.chmod(path, 0o600)
             host = server_name or endpoint.address.rpartition(":")[0].strip("[]")
+            # the relay gives a silent peer as long as the keepalive does
             self._relay = TLSRelay(listener, (endpoint.network, endpoint.address), context, "originate",
-                                   server_hostname=host, handshake_timeout=_TLS_TIMEOUT)
+                                   server_hostname=host, handshake_timeout=_TLS_TIMEOUT,
+                                   drain_timeout=keepalive.timeout if keepalive is not None else DRAIN_TIMEOUT)
             # the relay accepts at once and dials the plugin per connection: nothing blocks here
             self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None, keepalive=keepalive)
             local = self._mux.local_address

@@ -53,10 +53,18 @@ class HostMux(MuxSession):
         self._redial_lock = threading.Lock()
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
-        self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
+        try:
+            self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
+        except OSError as exc:
+            raise ConfigError(f"cannot make the multiplexed connection's private folder ({exc});"
+                              " point TMPDIR at a writable folder") from None
         try:
             path = os.path.join(self._dir, "main.sock")
-            self._listener = sockets.open_listener("unix", path)
+            try:
+                self._listener = sockets.open_listener("unix", path)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {path} for the multiplexed connection ({exc});"
+                                  " point TMPDIR at a short, writable folder") from None
             try:
                 os.chmod(path, 0o600)
                 self._listener.settimeout(POLL)
@@ -77,6 +85,8 @@ class HostMux(MuxSession):
             session = self._session
         if session is not None:
             session.close()
+        if self._held is not None:
+            self._held.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
         self._workers.close()
 

@@ -52,7 +52,7 @@ _log = logging.getLogger("plugbay.relay")
 _ACCEPTS_PER_WAKE = 64  # then the loop serves the others before accepting more
 _ACCEPT_PAUSE = 0.1  # out of file descriptors: stop accepting this long instead of spinning
 _CLOSE_WAIT = 5.0
-DRAIN_TIMEOUT = 10.0  # as the multiplexed connection's keepalive timeout: a peer this silent is gone
+DRAIN_TIMEOUT = 10.0  # the multiplexed connection's keepalive timeout's default: a peer this silent is gone
 
 
 class TLSRelay:
@@ -64,6 +64,8 @@ class TLSRelay:
                  loop: IOLoop | None = None, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         if callable(target) and mode != "terminate":
             raise ValueError("a routing target needs mode='terminate'")
+        if not drain_timeout > 0:
+            raise ValueError(f"drain_timeout must be a positive number of seconds, got {drain_timeout!r}")
         self._listener = listener
         self._loop = loop or shared()
         self._closed = False

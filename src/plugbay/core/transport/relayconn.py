@@ -9,13 +9,13 @@ stops reading stops its sender (backpressure) and memory stays bounded.
 
 A side's end of file is passed on once the bytes it sent were delivered
 (the connection then closes, as the thread-per-connection relay did). Bytes
-must keep moving meanwhile: when one side has ended (its end of file read, or
-its hang-up seen while it is not read because the buffer is full) and no byte
-moved either way for ``drain_timeout`` seconds, the other side is taken for
-gone (a partition, a dead host: TCP would say so only minutes later) and the
-connection is closed. A live peer that holds back (both sides open) is never
-cut off. Any error closes this connection only. Everything here runs on the
-loop thread.
+must keep moving meanwhile: when one side has ended or half-closed (its end of
+file read, or its hang-up seen while it is not read because the buffer is
+full) and no byte moved either way for ``drain_timeout`` seconds, the other
+side is taken for gone (a partition, a dead host: TCP would say so only
+minutes later) and the connection is closed. A peer that holds back while
+neither side has ended is never cut off. Any error closes this connection
+only. Everything here runs on the loop thread.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class RelayConn:
         self._others: list[tuple[str, str]] = []  # a host name's further addresses
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
         self.delivered = 0  # bytes handed to either socket
-        self._moved_at = 0  # _moved() at the last drain check
+        self._last: tuple[int, int, int] = (0, 0, 0)  # _progress() at the last drain check
 
     def start(self, accepted: socket.socket) -> None:
         """Begin with a connection the relay accepted (its handshake deadline starts now)."""
@@ -386,8 +386,8 @@ class RelayConn:
             self.close()
             return
         if self._timer is None and (to_tls or self._chunk or to_plain):
-            self._moved_at = self._moved()
-            self._timer = self.s.loop.call_later(self.s.drain_timeout, self._drain_check)
+            self._last = self._progress()
+            self._timer = self.s.loop.call_later(self.s.drain_timeout, lambda: self._guard(self._drain_check))
         assert self._treg is not None and self._preg is not None
         self._preg.want((READ if not self._plain_eof and len(to_tls) < CAP else 0) | (WRITE if to_plain else 0))
         self._treg.want((READ if (not self._tls_eof and len(to_plain) < CAP) or self._write_wants_read else 0)
@@ -397,22 +397,23 @@ class RelayConn:
     def _drain_check(self) -> None:
         """Bytes were waiting ``drain_timeout`` ago: close if none moved since and a side has ended."""
         self._timer = None
-        if self.closed or not (self.to_tls or self._chunk or self.to_plain):
+        if not (self.to_tls or self._chunk or self.to_plain):
             return  # the next pump with bytes waiting checks again
-        moved = self._moved()
-        if moved == self._moved_at and (
-                self._plain_eof or self._tls_eof or _hung_up(self.plain) or _hung_up(self.tls)):
+        now, last = self._progress(), self._last
+        # moved: handed to a socket, or taken from a socket's send queue by its peer (a slow
+        # reader behind megabytes of socket buffers frees no room for a while, but takes bytes)
+        moved = now[0] > last[0] or now[1] < last[1] or now[2] < last[2]
+        if not moved and (self._plain_eof or self._tls_eof or _hung_up(self.plain) or _hung_up(self.tls)):
             _log.debug("relay connection: a side has ended and no byte moved in %gs; closing it",
                        self.s.drain_timeout)
             self.close()
             return
-        self._moved_at = moved
-        self._timer = self.s.loop.call_later(self.s.drain_timeout, self._drain_check)
+        self._last = now
+        self._timer = self.s.loop.call_later(self.s.drain_timeout, lambda: self._guard(self._drain_check))
 
-    def _moved(self) -> int:
-        """Bytes the peers took: handed to the sockets, less what their kernels still hold unsent or
-        unacknowledged (a slow reader behind megabytes of socket buffers takes them all the same)."""
-        return self.delivered - _unsent(self.tls) - _unsent(self.plain)
+    def _progress(self) -> tuple[int, int, int]:
+        """(bytes handed to the sockets, the TLS and the plain socket's unsent or unacknowledged bytes)."""
+        return self.delivered, _unsent(self.tls), _unsent(self.plain)
 
     # ------------------------------------------------------------ close
 

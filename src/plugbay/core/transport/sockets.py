@@ -61,17 +61,23 @@ def unlink_quietly(path: str) -> None:
 
 def open_listener(network: str, address: str) -> socket.socket:
     """Bind a listening socket; tcp addresses are host:port (port 0 picks one)."""
+    bind_to: str | tuple[str, int]
     if network == "unix":
+        bind_to = address
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address)
     elif network == "tcp":
         host, _, port = address.rpartition(":")
-        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        bind_to = (host.strip("[]"), int(port))
+        sock = socket.socket(socket.AF_INET6 if ":" in bind_to[0] else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), int(port)))
     else:
         raise ConfigError(f"unknown network {network!r}; use 'unix' or 'tcp'")
-    sock.listen(socket.SOMAXCONN)  # the system's backlog: a burst of connections must not be refused
+    try:
+        sock.bind(bind_to)
+        sock.listen(socket.SOMAXCONN)  # the system's backlog: a burst of connections must not be refused
+    except BaseException:
+        sock.close()  # a path too long, a port taken: no descriptor is left behind
+        raise
     return sock
 
 
