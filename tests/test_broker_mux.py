@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
 from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.mux import HostMux, PluginFront
 from plugbay.core.protocol.tls import CertKey, generate_cert
+from plugbay.core.transport import muxsession
 from plugbay.core.transport.muxsession import MuxSession
 from tests.race_util import PauseAt
 from plugbay.core.transport.sockets import open_listener
@@ -267,29 +270,121 @@ def test_yamux_refuses_unknocked_stream_on_host(mpair: MuxPair) -> None:
     assert stream.done
 
 
-def test_a_routed_stream_whose_target_is_slow_to_accept_holds_up_no_other_stream(tmp_path: object) -> None:
+class Stalled:
+    """A unix listener whose backlog our own connections fill: a further connect must wait."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, "stuck.sock")
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(self.path)
+        self.listener.listen(0)
+        self.listener.settimeout(10)
+        self.fillers: list[socket.socket] = []
+        for _ in range(64):
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            self.fillers.append(filler)
+            try:
+                filler.connect(self.path)
+            except BlockingIOError:
+                return
+        pytest.fail("the backlog never filled")
+
+    def close(self) -> None:
+        for sock in (self.listener, *self.fillers):
+            sock.close()
+
+
+@pytest.fixture
+def stalled_pair(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[MuxPair, Stalled]]:
+    monkeypatch.setattr(muxsession, "_ROUTE_DIAL", 30.0)  # however loaded the machine, the dial still waits
+    pair = make_mux_pair("unix")
+    d = tempfile.mkdtemp(prefix="bkslow", dir="/tmp")
+    stalled: Stalled | None = None
+    try:
+        stalled = Stalled(d)
+        yield pair, stalled
+    finally:
+        if stalled is not None:
+            stalled.close()
+        close_mux_pair(pair)
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+
+
+def test_close_does_not_wait_for_a_routed_stream_whose_target_is_stalled(
+        stalled_pair: tuple[MuxPair, Stalled]) -> None:
+    pair, stalled = stalled_pair
+    pair.hostmux.expect(1, ("unix", stalled.path))
+    assert pair.hostmux.accept_knock(1) == ""
+    waiting = pair.front.open_stream()
+    waiting.write(b"x")
+    assert wait_for_workers(pair.hostmux), "the routed dial never went to a worker"
+    started = time.monotonic()
+    pair.hostmux.close()
+    assert time.monotonic() - started < 3, "close() waited for the stalled dial"  # its workers are joined for 5 s
+    assert waiting.read() == b"" and waiting.done
+
+
+def test_a_stream_reset_while_its_dial_waits_is_never_connected(stalled_pair: tuple[MuxPair, Stalled]) -> None:
+    pair, stalled = stalled_pair
+    pair.hostmux.expect(1, ("unix", stalled.path))
+    assert pair.hostmux.accept_knock(1) == ""
+    gone = pair.front.open_stream()
+    gone.write(b"x")
+    assert wait_for_workers(pair.hostmux), "the routed dial never went to a worker"
+    session = pair.hostmux.session
+    assert session is not None
+    host_side = session._streams[gone.id]
+    gone.reset()
+    for _ in range(250):
+        if host_side.done:
+            break
+        threading.Event().wait(0.02)
+    assert host_side.done, "the host never saw the reset"
+    for filler in stalled.fillers:
+        filler.close()  # room in the backlog: the dial could go through now
+    stalled.listener.settimeout(0.5)
+    arrived = []
+    for _ in range(len(stalled.fillers) + 2):
+        try:
+            conn, _ = stalled.listener.accept()
+        except socket.timeout:
+            break
+        with conn:
+            conn.settimeout(2)
+            try:
+                arrived.append(conn.recv(1))
+            except (ConnectionResetError, socket.timeout):
+                pass
+    assert b"x" not in arrived, "a reset stream was connected to its target"
+
+
+def wait_for_workers(mux: MuxSession) -> bool:
+    """True once a worker of ``mux`` waits in a routed stream's dial (bounded: 5 s)."""
+    for _ in range(250):
+        frames = sys._current_frames()
+        for thread in list(mux._workers._threads):
+            frame = frames.get(thread.ident or -1)
+            while frame is not None:
+                if frame.f_code.co_name == "_route_waiting":
+                    return True
+                frame = frame.f_back
+        threading.Event().wait(0.02)
+    return False
+
+
+def test_a_routed_stream_whose_target_is_slow_to_accept_holds_up_no_other_stream(
+        stalled_pair: tuple[MuxPair, Stalled]) -> None:
     # the host routes a knocked stream to its brokered server: a server whose backlog is full
     # (busy, stalled) is waited for on a worker, not on the session's reader, which the
     # session's every other stream needs
-    pair = make_mux_pair("unix")
-    d = tempfile.mkdtemp(prefix="bkslow", dir="/tmp")
-    stuck = socket.socket(socket.AF_UNIX)
+    pair, stalled_target = stalled_pair
+    d = os.path.dirname(stalled_target.path)
+    stuck, fillers = stalled_target.listener, stalled_target.fillers
     good = socket.socket(socket.AF_UNIX)
-    fillers: list[socket.socket] = []
     try:
-        stuck.bind(os.path.join(d, "stuck.sock"))
-        stuck.listen(0)
-        stuck.settimeout(10)
-        for _ in range(64):  # fill its backlog: a further connect waits
-            filler = socket.socket(socket.AF_UNIX)
-            filler.setblocking(False)
-            fillers.append(filler)
-            try:
-                filler.connect(os.path.join(d, "stuck.sock"))
-            except BlockingIOError:
-                break
-        else:
-            pytest.fail("the backlog never filled")
         good.bind(os.path.join(d, "good.sock"))
         good.listen(4)
         good.settimeout(10)
@@ -324,12 +419,7 @@ def test_a_routed_stream_whose_target_is_slow_to_accept_holds_up_no_other_stream
         else:
             pytest.fail("the slow target's stream never arrived")
     finally:
-        for sock in (stuck, good, *fillers):
-            sock.close()
-        close_mux_pair(pair)
-        for name in os.listdir(d):
-            os.unlink(os.path.join(d, name))
-        os.rmdir(d)
+        good.close()
 
 
 def test_closing_a_dialed_channel_frees_its_bridge(mpair: MuxPair) -> None:

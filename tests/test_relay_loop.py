@@ -375,6 +375,35 @@ def test_a_slow_tls_peer_behind_full_socket_buffers_gets_every_byte_after_the_ha
     assert ioloop.shared().join_idle()
 
 
+def test_a_drain_timeout_that_is_not_positive_is_refused(tmp_path: Path) -> None:
+    for bad in (0, -1.0, float("nan")):
+        listener = sockets.open_listener("unix", str(tmp_path / "r.sock"))
+        try:
+            with pytest.raises(ValueError, match="drain_timeout must be a positive number"):
+                TLSRelay(listener, ("unix", "/nowhere"), ssl.create_default_context(), "originate",
+                         drain_timeout=bad)
+        finally:
+            sockets.close_listener(listener)
+
+
+def test_a_brokering_endpoints_relay_gives_a_silent_peer_the_keepalives_timeout(tmp_path: Path) -> None:
+    from plugbay.core.transport.keepalive import Keepalive
+    from plugbay.network.muxconn import MuxEndpoint
+    from plugbay.network.resolver import Endpoint
+
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        address = "%s:%d" % gone.getsockname()  # nothing listens there once closed: the relay's dial fails
+    peer = tls.generate_cert(ec.SECP521R1())
+    for keepalive, expected in ((Keepalive(1.0, 3.5), 3.5), (None, 10.0)):
+        endpoint = MuxEndpoint(Endpoint("tcp", address), tls.client_context(peer, peer.cert_pem), "localhost",
+                               keepalive=keepalive)
+        try:
+            assert endpoint._relay is not None and endpoint._relay._setup.drain_timeout == expected
+        finally:
+            endpoint.close()
+    assert ioloop.shared().join_idle()
+
+
 def test_close_drops_connections_in_every_stage(tmp_path: Path, relay_pair: tuple[TLSRelay, TLSRelay]) -> None:
     term, orig = relay_pair
     raw_host, raw_port = term.address[1].rsplit(":", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,8 +70,20 @@ def test_a_dial_to_a_full_backlog_waits_for_room(busy: tuple[str, socket.socket,
 def test_a_dial_to_a_full_backlog_gives_up_at_its_timeout(
         busy: tuple[str, socket.socket, list[socket.socket]]) -> None:
     path, _, _ = busy
+    started = time.monotonic()
     with pytest.raises(BlockingIOError):
         sockets.dial("unix", path, timeout=0.3)
+    assert time.monotonic() - started < 5, "the dial outlived its timeout by far"
+
+
+def test_a_listener_that_cannot_bind_leaves_no_descriptor(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError):
+            sockets.open_listener("unix", str(tmp_path / ("x" * 200)))  # longer than a unix socket path
+        with pytest.raises(OSError):
+            sockets.open_listener("unix", str(tmp_path / "absent" / "s.sock"))
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 def test_dial_now_connects_at_once_or_says_why_not(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ arrives: plugbay.core.transport.held).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -28,6 +29,9 @@ from plugbay.errors import (
     TargetUnreachableError,
 )
 
+# what TMPDIR can be blamed for (a path too long for a unix socket has no errno)
+_FOLDER_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOENT, errno.ENAMETOOLONG,
+                  errno.ENOTDIR, errno.EDQUOT}
 _MAX_REDIALS = 20  # per host session: a flapping forward is reported, not retried forever
 
 log = logging.getLogger("plugbay.mux")
@@ -56,6 +60,8 @@ class HostMux(MuxSession):
         try:
             self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
         except OSError as exc:
+            if exc.errno not in _FOLDER_ERRORS:
+                raise
             raise ConfigError(f"cannot make the multiplexed connection's private folder ({exc});"
                               " point TMPDIR at a writable folder") from None
         try:
@@ -63,6 +69,8 @@ class HostMux(MuxSession):
             try:
                 self._listener = sockets.open_listener("unix", path)
             except OSError as exc:
+                if exc.errno is not None and exc.errno not in _FOLDER_ERRORS:
+                    raise  # out of descriptors, of memory: not the folder's fault
                 raise ConfigError(f"cannot listen on {path} for the multiplexed connection ({exc});"
                                   " point TMPDIR at a short, writable folder") from None
             try:

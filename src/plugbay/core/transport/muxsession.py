@@ -10,9 +10,11 @@ sides themselves: plugbay.core.transport.muxplugin and .muxhost.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -28,6 +30,7 @@ log = logging.getLogger("plugbay.mux")
 SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 POLL = 0.2  # the accept loops' poll (how soon they see a close)
 _ROUTE_DIAL = 2.0  # a routed stream's local target that does not take the connection by then is gone
+_ROUTE_RETRY = 0.01  # its backlog is full: dial again this much later
 
 
 class MuxSession:
@@ -69,7 +72,7 @@ class MuxSession:
         # tcp target) waits on a worker, so the session's other streams are never held up
         try:
             conn = sockets.dial_now(*target)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # refused, gone, a path no socket can have
             self._unreachable(stream, target, sid, exc)
             return
         if conn is not None:
@@ -81,15 +84,31 @@ class MuxSession:
             stream.reset()
 
     def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+        """A worker's dial for _route, given up when the session closes or the stream ends meanwhile."""
+        deadline = time.monotonic() + _ROUTE_DIAL
         try:
-            conn = sockets.dial(*target, timeout=_ROUTE_DIAL)
-            conn.settimeout(None)
-        except OSError as exc:
+            if target[0] != "unix":  # one connect, its round trip bounded by the deadline
+                conn = sockets.dial(*target, timeout=_ROUTE_DIAL)
+                conn.settimeout(None)
+            else:  # a full backlog: try again until the deadline, watching for close() meanwhile
+                while (found := sockets.dial_now(*target)) is None:
+                    if self._closed or stream.done:
+                        stream.reset()
+                        return
+                    if time.monotonic() >= deadline:
+                        raise BlockingIOError(errno.EAGAIN, "the listener's backlog stayed full")
+                    time.sleep(_ROUTE_RETRY)
+                conn = found
+        except Exception as exc:  # OSError, or a malformed address: the stream ends either way
             self._unreachable(stream, target, sid, exc)
+            return
+        if self._closed or stream.done:  # closed or reset while the dial waited: nothing to carry
+            conn.close()
+            stream.reset()
             return
         self._bridge(stream, conn)
 
-    def _unreachable(self, stream: Stream, target: tuple[str, str], sid: int | None, exc: OSError) -> None:
+    def _unreachable(self, stream: Stream, target: tuple[str, str], sid: int | None, exc: Exception) -> None:
         log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
         stream.reset()
 

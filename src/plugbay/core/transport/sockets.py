@@ -149,12 +149,12 @@ def dial_now(network: str, address: str) -> socket.socket | None:
     return sock
 
 
-def dial(network: str, address: str, timeout: float) -> socket.socket:
-    """A connection, made within ``timeout`` seconds (the socket keeps that timeout)."""
+def dial(network: str, address: str, timeout: float | None) -> socket.socket:
+    """A connection, made within ``timeout`` seconds (None: blocking); the socket keeps that timeout."""
     if network == "unix":
-        # a full backlog fails a unix connect at once (EAGAIN) rather than waiting as tcp's
-        # does: the listener is busy, not gone, so try again until the timeout
-        deadline = time.monotonic() + timeout
+        # a full backlog fails a unix connect with a timeout at once (EAGAIN) rather than waiting
+        # as tcp's does: the listener is busy, not gone, so try again until the timeout
+        deadline = time.monotonic() + (timeout if timeout is not None else 0.0)
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -163,7 +163,7 @@ def dial(network: str, address: str, timeout: float) -> socket.socket:
                 return sock
             except BlockingIOError:
                 sock.close()
-                if time.monotonic() >= deadline:
+                if timeout is None or time.monotonic() >= deadline:
                     raise
                 time.sleep(_BUSY_RETRY)
             except OSError:
