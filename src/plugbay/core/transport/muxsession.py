@@ -10,7 +10,6 @@ sides themselves: plugbay.core.transport.muxplugin and .muxhost.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import threading
@@ -30,7 +29,6 @@ log = logging.getLogger("plugbay.mux")
 SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 POLL = 0.2  # the accept loops' poll (how soon they see a close)
 _ROUTE_DIAL = 2.0  # a routed stream's local target that does not take the connection by then is gone
-_ROUTE_RETRY = 0.01  # its backlog is full: dial again this much later
 
 
 class MuxSession:
@@ -85,25 +83,17 @@ class MuxSession:
 
     def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
         """A worker's dial for _route, given up when the session closes or the stream ends meanwhile."""
-        deadline = time.monotonic() + _ROUTE_DIAL
+        def given_up() -> bool:
+            return self._closed or stream.done
+
         try:
-            if target[0] != "unix":  # one connect, its round trip bounded by the deadline
-                conn = sockets.dial(*target, timeout=_ROUTE_DIAL)
-                conn.settimeout(None)
-            else:  # a full backlog: try again until the deadline, watching for close() meanwhile
-                while (found := sockets.dial_now(*target)) is None:
-                    if self._closed or stream.done:
-                        stream.reset()
-                        return
-                    if time.monotonic() >= deadline:
-                        raise BlockingIOError(errno.EAGAIN, "the listener's backlog stayed full")
-                    time.sleep(_ROUTE_RETRY)
-                conn = found
+            conn = sockets.dial_until(*target, time.monotonic() + _ROUTE_DIAL, given_up)
         except Exception as exc:  # OSError, or a malformed address: the stream ends either way
             self._unreachable(stream, target, sid, exc)
             return
-        if self._closed or stream.done:  # closed or reset while the dial waited: nothing to carry
-            conn.close()
+        if conn is None or given_up():  # closed or reset while the dial waited: nothing to carry
+            if conn is not None:
+                conn.close()
             stream.reset()
             return
         self._bridge(stream, conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import stat
 import threading
@@ -14,6 +15,7 @@ from plugbay.errors import ConfigError
 
 ACCEPT_POLL = 0.2  # accept loops wake this often to notice that they were closed
 _BUSY_RETRY = 0.01  # a unix listener with a full backlog: dial again this much later
+_WAIT_SLICE_MS = 50  # dial_until asks whether to give up this often while a tcp connect waits
 # Seconds a peer has to complete a TLS handshake, in total: the relay's bound, and grpcio's
 # server handshake bound in serve() (kept here so that a plaintext plugin need not load the relay).
 HANDSHAKE_TIMEOUT = 10.0
@@ -147,6 +149,45 @@ def dial_now(network: str, address: str) -> socket.socket | None:
         raise
     sock.setblocking(True)
     return sock
+
+
+def dial_until(network: str, address: str, deadline: float,
+               given_up: Callable[[], bool]) -> socket.socket | None:
+    """A blocking connection made by ``deadline`` (time.monotonic()); None as soon as ``given_up()``
+    says so (it is asked every few milliseconds while the connect waits). OSError on failure,
+    TimeoutError at the deadline."""
+    if network == "unix":  # a full backlog: try again (a unix connect does not wait by itself)
+        while (conn := dial_now(network, address)) is None:
+            if given_up():
+                return None
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"the listener at {address} kept its backlog full")
+            time.sleep(_BUSY_RETRY)
+        return conn
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        err = sock.connect_ex((host, int(port)))
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT)
+            while not poller.poll(_WAIT_SLICE_MS):
+                if given_up():
+                    sock.close()
+                    return None
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(errno.ETIMEDOUT, f"no answer from {address} in time")
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"cannot connect to {address}: {os.strerror(err)}")
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def dial(network: str, address: str, timeout: float | None) -> socket.socket:
