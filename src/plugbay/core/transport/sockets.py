@@ -193,23 +193,20 @@ def dial_until(network: str, address: str, deadline: float,
 def dial(network: str, address: str, timeout: float | None) -> socket.socket:
     """A connection, made within ``timeout`` seconds (None: blocking); the socket keeps that timeout."""
     if network == "unix":
-        # a full backlog fails a unix connect with a timeout at once (EAGAIN) rather than waiting
-        # as tcp's does: the listener is busy, not gone, so try again until the timeout
-        deadline = time.monotonic() + (timeout if timeout is not None else 0.0)
-        while True:
+        if timeout is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
             try:
                 sock.connect(address)
-                return sock
-            except BlockingIOError:
-                sock.close()
-                if timeout is None or time.monotonic() >= deadline:
-                    raise
-                time.sleep(_BUSY_RETRY)
             except OSError:
                 sock.close()
                 raise
+            return sock
+        # a full backlog fails a non-waiting unix connect at once rather than waiting as tcp's
+        # does: the listener is busy, not gone, so dial_until tries again until the timeout
+        conn = dial_until(network, address, time.monotonic() + timeout, lambda: False)
+        assert conn is not None
+        conn.settimeout(timeout)
+        return conn
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
