@@ -313,14 +313,20 @@ def stalled_pair(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[MuxPair, Sta
         os.rmdir(d)
 
 
+def _route_to_stalled(pair: MuxPair, stalled: Stalled) -> yamux.Stream:
+    """A knocked stream from the plugin, with a byte on it, whose host-side dial waits on a worker."""
+    pair.hostmux.expect(1, ("unix", stalled.path))
+    assert pair.hostmux.accept_knock(1) == ""
+    stream = pair.front.open_stream()
+    stream.write(b"x")
+    assert wait_for_workers(pair.hostmux), "the routed dial never went to a worker"
+    return stream
+
+
 def test_close_does_not_wait_for_a_routed_stream_whose_target_is_stalled(
         stalled_pair: tuple[MuxPair, Stalled]) -> None:
     pair, stalled = stalled_pair
-    pair.hostmux.expect(1, ("unix", stalled.path))
-    assert pair.hostmux.accept_knock(1) == ""
-    waiting = pair.front.open_stream()
-    waiting.write(b"x")
-    assert wait_for_workers(pair.hostmux), "the routed dial never went to a worker"
+    waiting = _route_to_stalled(pair, stalled)
     started = time.monotonic()
     pair.hostmux.close()
     assert time.monotonic() - started < 3, "close() waited for the stalled dial"  # its workers are joined for 5 s
@@ -329,11 +335,7 @@ def test_close_does_not_wait_for_a_routed_stream_whose_target_is_stalled(
 
 def test_a_stream_reset_while_its_dial_waits_is_never_connected(stalled_pair: tuple[MuxPair, Stalled]) -> None:
     pair, stalled = stalled_pair
-    pair.hostmux.expect(1, ("unix", stalled.path))
-    assert pair.hostmux.accept_knock(1) == ""
-    gone = pair.front.open_stream()
-    gone.write(b"x")
-    assert wait_for_workers(pair.hostmux), "the routed dial never went to a worker"
+    gone = _route_to_stalled(pair, stalled)
     session = pair.hostmux.session
     assert session is not None
     host_side = session._streams[gone.id]

@@ -67,16 +67,10 @@ def echo(stream: Stream) -> None:
 def accepting(listener: socket.socket, stop: threading.Event,
               take: Callable[[socket.socket], None]) -> threading.Thread:
     """Hand each connection ``listener`` gets to ``take``, until ``stop`` (or the listener closes)."""
-    listener.settimeout(0.1)
+    listener.settimeout(0.1)  # accept_each's poll: how soon it sees ``stop``
 
     def run() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for conn in sockets.accept_each(listener, stop.is_set):
             take(conn)
     thread = threading.Thread(target=run, name="plugbay-test-accept", daemon=True)
     thread.start()
