@@ -255,6 +255,26 @@ def test_a_host_mux_that_cannot_listen_says_so_and_dials_nothing(
         listener.accept()  # the plugin was never dialed
 
 
+def test_a_host_mux_without_a_writable_tmpdir_says_so_and_other_os_errors_stay_os_errors(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = "%s:%d" % listener.getsockname()
+
+    def refused(prefix: str) -> str:
+        raise PermissionError(13, "Permission denied", "/unwritable")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(ConfigError, match=r"private folder .*Permission denied.*point TMPDIR at a writable folder"):
+        HostMux("tcp", address, timeout=5)
+
+    def exhausted(prefix: str) -> str:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", exhausted)
+    with pytest.raises(OSError, match="Too many open files") as raised:
+        HostMux("tcp", address, timeout=5)
+    assert not isinstance(raised.value, ConfigError)
+
+
 def test_a_host_mux_that_fails_after_its_dial_ends_the_session_it_made(
         listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     start = threading.Thread.start
