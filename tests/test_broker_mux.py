@@ -363,6 +363,53 @@ def test_a_stream_reset_while_its_dial_waits_is_never_connected(stalled_pair: tu
     assert b"x" not in arrived, "a reset stream was connected to its target"
 
 
+def test_routed_streams_waiting_on_a_stalled_target_are_capped(
+        stalled_pair: tuple[MuxPair, Stalled], monkeypatch: pytest.MonkeyPatch) -> None:
+    # each waiting dial holds a worker thread: past the cap the peer's new stream is reset at once
+    # (as yamux's accept backlog), and a stream that stops waiting frees its place
+    monkeypatch.setattr(muxsession, "ROUTE_WAITING_MAX", 2)
+    pair, stalled = stalled_pair
+    first, second = _route_to_stalled(pair, stalled), _route_to_stalled(pair, stalled)
+    assert _waiting_dials(pair.hostmux, 2), "two routed dials should wait on workers"
+    refused = _knocked_stream(pair, stalled)
+    for _ in range(250):  # the reset comes at once; the dial it would get waits 30 s (stalled_pair)
+        if refused.done:
+            break
+        threading.Event().wait(0.02)
+    assert refused.done and refused.read() == b"", "a stream past the cap was not reset"
+    assert not first.done and not second.done, "the cap ended streams that were already waiting"
+    assert _waiting_dials(pair.hostmux, 2)
+    first.reset()  # its dial gives up: the place is free again
+    assert _waiting_dials(pair.hostmux, 1)
+    third = _knocked_stream(pair, stalled)
+    assert _waiting_dials(pair.hostmux, 2), "a freed place was not given to the next stream"
+    assert not third.done
+
+
+def _knocked_stream(pair: MuxPair, stalled: Stalled) -> yamux.Stream:
+    pair.hostmux.expect(1, ("unix", stalled.path))
+    assert pair.hostmux.accept_knock(1) == ""
+    stream = pair.front.open_stream()
+    stream.write(b"x")
+    return stream
+
+
+def _waiting_dials(mux: MuxSession, count: int) -> bool:
+    """True once exactly ``count`` workers of ``mux`` wait in a routed stream's dial (bounded: 5 s)."""
+    for _ in range(250):
+        frames = sys._current_frames()
+        waiting = 0
+        for thread in list(mux._workers._threads):
+            frame = frames.get(thread.ident or -1)
+            while frame is not None and frame.f_code.co_name != "_route_waiting":
+                frame = frame.f_back
+            waiting += frame is not None
+        if waiting == count:
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
 def wait_for_workers(mux: MuxSession) -> bool:
     """True once a worker of ``mux`` waits in a routed stream's dial (bounded: 5 s)."""
     for _ in range(250):

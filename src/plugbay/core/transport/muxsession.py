@@ -29,6 +29,10 @@ log = logging.getLogger("plugbay.mux")
 SESSION_WAIT = 5.0  # go-plugin waits 5 s for the session to be established
 POLL = 0.2  # the accept loops' poll (how soon they see a close)
 _ROUTE_DIAL = 2.0  # a routed stream's local target that does not take the connection by then is gone
+# Routed streams whose dial may wait on a worker at once; past this the peer's new stream is reset,
+# as hashicorp/yamux resets a stream past its AcceptBacklog (256): each waiting dial holds a thread
+# for up to _ROUTE_DIAL, and the peer decides how many streams it opens.
+ROUTE_WAITING_MAX = 256
 
 
 class MuxSession:
@@ -42,6 +46,7 @@ class MuxSession:
         self._closed = False
         self._targets: dict[int, tuple[str, str]] = {}
         self._knocks: deque[int] = deque()
+        self._waiting = 0  # routed dials on workers now (ROUTE_WAITING_MAX)
         self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops (and StreamBridge's accepts)
         self.default_target: tuple[str, str] | None = None
         # held from knock to stream open, so the peer routes streams in knock order
@@ -76,10 +81,25 @@ class MuxSession:
         if conn is not None:
             self._bridge(stream, conn)
             return
+        with self._lock:
+            full = self._waiting >= ROUTE_WAITING_MAX
+            if not full:
+                self._waiting += 1
+        if full:
+            log.warning("%s: refusing a stream for broker id %s: %d streams already wait for their local"
+                        " target to take a connection (%s is not accepting)", self.name, sid,
+                        ROUTE_WAITING_MAX, target)
+            stream.reset()
+            return
         try:
             self.spawn(lambda: self._route_waiting(stream, target, sid))
         except BrokerClosedError:
+            self._done_waiting()
             stream.reset()
+
+    def _done_waiting(self) -> None:
+        with self._lock:
+            self._waiting -= 1
 
     def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
         """A worker's dial for _route, given up when the session closes or the stream ends meanwhile."""
@@ -91,6 +111,8 @@ class MuxSession:
         except Exception as exc:  # OSError, or a malformed address: the stream ends either way
             self._unreachable(stream, target, sid, exc)
             return
+        finally:
+            self._done_waiting()
         if conn is None or given_up():  # closed or reset while the dial waited: nothing to carry
             if conn is not None:
                 conn.close()
