@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -206,6 +207,60 @@ def test_a_knock_seen_unserved_while_accept_and_serve_runs_is_still_answered(mpa
     knocker.join(10)
     server.join(10)
     assert acks == [sid] and sid not in mpair.host._early_knocks
+
+
+def test_a_main_channel_connection_never_opens_between_a_knock_and_its_stream() -> None:
+    # the plugin routes its next stream by the knock it was sent; a main-channel connection the
+    # host opens meanwhile (gRPC reconnecting) must wait, or it reaches the brokered server and
+    # the dial's stream the main one
+    p = make_mux_pair("unix")
+    dialed: list[grpc.Channel] = []
+    failed: list[BaseException] = []
+    statuses: list[grpc.StatusCode] = []
+    # a connection of its own (grpcio would share the main channel's otherwise)
+    second = grpc.insecure_channel(f"unix:{p.hostmux.local_address[1]}",
+                                   options=[("grpc.use_local_subchannel_pool", 1)])
+    pause = PauseAt(GRPCBroker._open_when_acked.__code__, "call")
+    try:
+        sid = p.plugin.next_id()
+        p.plugin.accept_and_serve(sid, register("brokered"))
+
+        def dial() -> None:
+            pause.install()
+            try:
+                dialed.append(p.host.dial(sid))
+            except BaseException as exc:  # noqa: BLE001 - checked on the test's thread
+                failed.append(exc)
+
+        def main_call() -> None:  # the main server serves no health: UNIMPLEMENTED is its answer
+            try:
+                check(second, "brokered")
+                statuses.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                statuses.append(exc.code())
+
+        dialer = threading.Thread(target=dial, name="plugbay-test-dial")
+        dialer.start()
+        pause.wait_reached()  # knock sent, dial_lock held, the stream not opened yet
+        for _ in range(250):
+            if p.front._knocks:
+                break
+            threading.Event().wait(0.02)
+        assert p.front._knocks == deque([sid]), "the plugin never took the knock"
+        caller = threading.Thread(target=main_call, name="plugbay-test-main")
+        caller.start()
+        caller.join(1.0)  # a connection opened now would take the knock at once
+        assert p.front._knocks == deque([sid]), "a main-channel stream took the brokered dial's knock"
+        pause.release()
+        dialer.join(10)
+        caller.join(15)
+        assert not failed and len(dialed) == 1
+        assert check(dialed[0], "brokered") == SERVING
+        assert statuses == [grpc.StatusCode.UNIMPLEMENTED], "the main-channel connection reached the brokered server"
+    finally:
+        pause.release()
+        second.close()
+        close_mux_pair(p)
 
 
 def test_unknown_id_times_out(mpair: MuxPair) -> None:

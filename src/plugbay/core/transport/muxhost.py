@@ -165,7 +165,12 @@ class HostMux(MuxSession):
     def _connect(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(None)
-            self.connect_local(conn, self.open_stream())
+            # never between a brokered dial's knock and its stream: the plugin routes its next
+            # stream by that knock, and this one (a main-channel connection) would reach the
+            # brokered server, and the dial's the main one (go-plugin's host has that race)
+            with self.dial_lock:
+                stream = self.open_stream()
+            self.connect_local(conn, stream)
         except (PlugbayError, OSError):
             conn.close()
 
