@@ -1,7 +1,8 @@
 """plugbay: HashiCorp go-plugin's plugin model for Python, over processes, containers and pods.
 
 The public names are the imports in the ``TYPE_CHECKING`` block below: that
-block is the one export table. At run time each name is imported on first use
+block is the one export table (each ``Name as Name``: an explicit re-export, which
+type checkers in strict mode require). At run time each name is imported on first use
 (the table is read from this file's own source), so ``import plugbay`` stays
 cheap and a plugin process never loads host-side, runner or resilience code.
 """
@@ -14,67 +15,71 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from plugbay.core.broker.broker import GRPCBroker
-    from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
-    from plugbay.core.host.client import Client, cleanup_clients
-    from plugbay.core.host.config import ClientConfig
-    from plugbay.core.host.reattach import ReattachConfig
-    from plugbay.core.host.secure import SecureConfig
-    from plugbay.core.plugin.netconfig import NetworkServe
-    from plugbay.core.plugin.server import ServeConfig, serve
-    from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
-    from plugbay.core.resilience.calls import install
-    from plugbay.core.resilience.circuit import CircuitBreaker
-    from plugbay.core.resilience.healthwatch import HealthWatcher
-    from plugbay.core.resilience.retry import RetryPolicy, idempotent
-    from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
-    from plugbay.core.resilience.supervisor import Supervisor
-    from plugbay.errors import (
-        BrokerClosedError,
-        BrokerError,
-        BrokerTimeoutError,
-        CallFailedError,
-        CallTimeoutError,
-        ChecksumMismatchError,
-        CircuitOpenError,
-        ClientStateError,
-        ConfigError,
-        DiscoveryError,
-        EngineUnavailableError,
-        GatewayError,
-        HandshakeError,
-        HandshakeTimeoutError,
-        ImageNotFoundError,
-        MagicCookieError,
-        MalformedHandshakeError,
-        NetworkError,
-        NoEndpointsError,
-        PermissionDeniedError,
-        PlugbayError,
-        PluginDiedError,
-        PluginExitedError,
-        PluginUnavailableError,
-        PodCrashLoopError,
-        PodStartTimeoutError,
-        PodUnschedulableError,
-        ProtocolMismatchError,
-        RemoteTLSError,
-        ReattachError,
-        RestartBudgetExhaustedError,
-        RunnerError,
-        TLSConfigError,
-        TargetUnreachableError,
-        TLSRequiredError,
-        UnknownPluginError,
-        UnsupportedProtocolError,
-        VersionMismatchError,
+    from plugbay.core.broker.broker import GRPCBroker as GRPCBroker
+    from plugbay.core.broker.plugin import (
+        GRPCPlugin as GRPCPlugin,
+        PluginSet as PluginSet,
+        VersionedPlugins as VersionedPlugins,
     )
-    from plugbay.network.ejection import OutlierPolicy
-    from plugbay.network.remote import RemoteClient, RemoteConfig
-    from plugbay.network.tls import NetworkTLS
-    from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
-    from plugbay.network.gateway.gateway import Gateway, GatewayConfig
-    from plugbay.runners.process import ProcessRunner
+    from plugbay.core.host.client import Client as Client, cleanup_clients as cleanup_clients
+    from plugbay.core.host.config import ClientConfig as ClientConfig
+    from plugbay.core.host.reattach import ReattachConfig as ReattachConfig
+    from plugbay.core.host.secure import SecureConfig as SecureConfig
+    from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe
+    from plugbay.core.plugin.server import ServeConfig as ServeConfig, serve as serve
+    from plugbay.core.protocol.handshake import HandshakeConfig as HandshakeConfig, HandshakeInfo as HandshakeInfo
+    from plugbay.core.resilience.calls import install as install
+    from plugbay.core.resilience.circuit import CircuitBreaker as CircuitBreaker
+    from plugbay.core.resilience.healthwatch import HealthWatcher as HealthWatcher
+    from plugbay.core.resilience.retry import RetryPolicy as RetryPolicy, idempotent as idempotent
+    from plugbay.core.resilience.restart import RestartPolicy as RestartPolicy, SupervisorEvent as SupervisorEvent
+    from plugbay.core.resilience.supervisor import Supervisor as Supervisor
+    from plugbay.errors import (
+        BrokerClosedError as BrokerClosedError,
+        BrokerError as BrokerError,
+        BrokerTimeoutError as BrokerTimeoutError,
+        CallFailedError as CallFailedError,
+        CallTimeoutError as CallTimeoutError,
+        ChecksumMismatchError as ChecksumMismatchError,
+        CircuitOpenError as CircuitOpenError,
+        ClientStateError as ClientStateError,
+        ConfigError as ConfigError,
+        DiscoveryError as DiscoveryError,
+        EngineUnavailableError as EngineUnavailableError,
+        GatewayError as GatewayError,
+        HandshakeError as HandshakeError,
+        HandshakeTimeoutError as HandshakeTimeoutError,
+        ImageNotFoundError as ImageNotFoundError,
+        MagicCookieError as MagicCookieError,
+        MalformedHandshakeError as MalformedHandshakeError,
+        NetworkError as NetworkError,
+        NoEndpointsError as NoEndpointsError,
+        PermissionDeniedError as PermissionDeniedError,
+        PlugbayError as PlugbayError,
+        PluginDiedError as PluginDiedError,
+        PluginExitedError as PluginExitedError,
+        PluginUnavailableError as PluginUnavailableError,
+        PodCrashLoopError as PodCrashLoopError,
+        PodStartTimeoutError as PodStartTimeoutError,
+        PodUnschedulableError as PodUnschedulableError,
+        ProtocolMismatchError as ProtocolMismatchError,
+        RemoteTLSError as RemoteTLSError,
+        ReattachError as ReattachError,
+        RestartBudgetExhaustedError as RestartBudgetExhaustedError,
+        RunnerError as RunnerError,
+        TLSConfigError as TLSConfigError,
+        TargetUnreachableError as TargetUnreachableError,
+        TLSRequiredError as TLSRequiredError,
+        UnknownPluginError as UnknownPluginError,
+        UnsupportedProtocolError as UnsupportedProtocolError,
+        VersionMismatchError as VersionMismatchError,
+    )
+    from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
+    from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig
+    from plugbay.network.tls import NetworkTLS as NetworkTLS
+    from plugbay.runners.base import AttachedRunner as AttachedRunner, LaunchSpec as LaunchSpec, Runner as Runner
+    from plugbay.network.gateway.gateway import Gateway as Gateway, GatewayConfig as GatewayConfig
+    from plugbay.runners.process import ProcessRunner as ProcessRunner
 
 
 def _export_table() -> dict[str, str]:

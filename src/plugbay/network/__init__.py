@@ -8,7 +8,15 @@ ejection.py) and NetworkTLS (tls.py). The serving side is plugbay.core.plugin.ne
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see (explicit re-exports); at run time __getattr__ imports each on use
+    from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
+    from plugbay.network.pool import EndpointPool as EndpointPool
+    from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig, connect as connect
+    from plugbay.network.resolver import Endpoint as Endpoint
+    from plugbay.network.targets import Target as Target, parse_target as parse_target
+    from plugbay.network.tls import NetworkTLS as NetworkTLS
 
 _NAMES = {
     "connect": "plugbay.network.remote",
