@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def test_mtls_with_the_provided_files_works(tls_replica: Replica, pki: dict[str,
     ("client cert from another CA", "refused"),
     ("server not signed by the CA given", "not signed by the CA given"),
     ("plaintext to a TLS server", "may want TLS"),
+    ("server_name the certificate does not carry", "does not name server_name"),
 ])
 def test_wrong_tls_setups_fail_with_a_typed_error(tls_replica: Replica, pki: dict[str, str], case: str,
                                                   expected: str) -> None:
@@ -58,13 +60,17 @@ def test_wrong_tls_setups_fail_with_a_typed_error(tls_replica: Replica, pki: dic
     elif case == "server not signed by the CA given":
         cfg = config(target, tls=NetworkTLS(pki["client"], pki["client_key"], pki["rogue_ca"],
                                             server_name=SERVER_NAME))
+    elif case == "server_name the certificate does not carry":
+        cfg = config(target, tls=NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name="other.test"))
     else:
         cfg = config(target, insecure=True)
+    started = time.monotonic()
     with pytest.raises(RemoteTLSError) as err:
         with RemoteClient(cfg):
             pass
     assert f"TLS with remote plugin 'kv-tls' at tcp:{tls_replica.address} failed" in str(err.value)
     assert expected in str(err.value)
+    assert time.monotonic() - started < 8, "a TLS failure waited out start_timeout (10 s) instead of failing at once"
 
 
 def test_tls_to_a_plaintext_plugin_is_a_typed_error(pki: dict[str, str]) -> None:

@@ -21,6 +21,9 @@ _TLS_SIGNS = (
     ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
                                   " or it does not name server_name"),
     ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
+    # grpcio's own check of the peer's name (its SAN) against server_name
+    ("Hostname Verification Check failed", "the plugin's certificate does not name server_name: pass the name"
+                                           " its subjectAltName carries, or serve it with one naming server_name"),
     ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
     ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"
