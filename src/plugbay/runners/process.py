@@ -63,8 +63,9 @@ class ProcessRunner(Runner):
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False) -> None:
-        if not cmd or not all(isinstance(part, str) for part in cmd):
-            raise ConfigError(f"ProcessRunner needs a non-empty list of strings as cmd, got {cmd!r}")
+        if isinstance(cmd, (str, bytes)) or not cmd or not all(isinstance(part, str) for part in cmd):
+            raise ConfigError(f"ProcessRunner needs a non-empty list of strings as cmd, such as"
+                              f" [sys.executable, 'plugin.py'] (not one command line), got {cmd!r}")
         self.cmd = list(cmd)
         self.env = dict(env or {})
         self.cwd = os.fspath(cwd) if cwd is not None else None

@@ -60,11 +60,12 @@ class Client(ClientParts):
     """One plugin, from start to kill. Use as a context manager."""
 
     def __init__(self, config: ClientConfig) -> None:
+        if not isinstance(config, ClientConfig):
+            raise ConfigError(f"Client takes a ClientConfig, got {type(config).__name__}")
+        config.check()
         sources = [x for x in (config.runner, config.cmd, config.reattach) if x is not None]
         if len(sources) != 1:
             raise ConfigError("ClientConfig needs exactly one of runner=, cmd= or reattach=")
-        if config.min_port > config.max_port:
-            raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
         if config.multiplex_broker and config.reattach is not None:
             raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
         self._keepalive = Keepalive.of(config.mux_keepalive, "mux_keepalive")  # checked now, before a plugin runs
@@ -167,7 +168,12 @@ class Client(ClientParts):
                 self._starting = None
             if failed is not None or self._kill_asked:  # a kill() from this thread (a log handler) lands here too
                 self._killed = True  # like go-plugin, a Client starts once
-                self._teardown(graceful=False)
+                if self.config.reattach is not None and not self._kill_asked:
+                    # a failed reattach leaves the plugin alone: another host may still use it, and
+                    # a plugin that did not answer here is not proven to be the one reattach names
+                    self._disconnect()
+                else:
+                    self._teardown(graceful=False)
                 if self._kill_asked and (failed is None or isinstance(failed, Exception)):  # the kill() ended it
                     raise killed_while_starting(self.name) from failed
                 assert failed is not None
@@ -178,7 +184,12 @@ class Client(ClientParts):
     def _start(self) -> None:
         cfg = self.config
         deadline = time.monotonic() + cfg.start_timeout
-        self._tmpdir = tempfile.mkdtemp(prefix="plugbay-", dir=cfg.unix_socket_temp_dir)
+        try:
+            self._tmpdir = tempfile.mkdtemp(prefix="plugbay-", dir=cfg.unix_socket_temp_dir)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            where = cfg.unix_socket_temp_dir or tempfile.gettempdir()
+            raise ConfigError(f"cannot make the plugin's private folder in {where!r} ({exc.strerror}); set"
+                              " unix_socket_temp_dir (or TMPDIR) to a folder this process may write") from exc
         if cfg.unix_socket_group is not None:
             share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:

@@ -55,6 +55,15 @@ class ClientConfig:
     unix_socket_group: str | int | None = None
     unix_socket_temp_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """ConfigError naming the first field that cannot work (Client() checks again: fields may change)."""
+        from plugbay.core.host.configcheck import check_client_config
+
+        check_client_config(self)
+
     def tls_policy(self, runner: AttachedRunner, has_cert: bool | None = None) -> tuple[bool, bool]:
         """(use AutoMTLS, require TLS) for ``runner``; ``has_cert``: a reattach's stored cert."""
         private = runner.private_transport

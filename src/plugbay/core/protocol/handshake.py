@@ -104,6 +104,11 @@ class HandshakeConfig(Frozen):
     magic_cookie_value: str
 
     def __init__(self, protocol_version: int, magic_cookie_key: str, magic_cookie_value: str) -> None:
+        if isinstance(protocol_version, bool) or not isinstance(protocol_version, int) or protocol_version < 0:
+            raise ConfigError(f"HandshakeConfig.protocol_version must be a whole number (go-plugin's uint) such"
+                              f" as 1, got {protocol_version!r}")
+        if not isinstance(magic_cookie_key, str) or not isinstance(magic_cookie_value, str):
+            raise ConfigError("HandshakeConfig's magic_cookie_key and magic_cookie_value must be strings")
         self._set(protocol_version=protocol_version, magic_cookie_key=magic_cookie_key,
                   magic_cookie_value=magic_cookie_value)
         if not self.magic_cookie_key or not self.magic_cookie_value:

@@ -1,0 +1,137 @@
+"""ClientConfig's checks: a wrong value is a ConfigError saying what to pass, before any plugin starts.
+
+Without them most mistakes surfaced late (often after the plugin was launched) as an
+AttributeError or TypeError from deep inside, or not at all (a str logger broke every
+log line; a dict of gRPC options failed in grpcio's Cython).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from plugbay.core.broker.plugin import GRPCPlugin
+from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plugbay.core.host.config import ClientConfig
+
+
+def check_client_config(config: ClientConfig) -> None:
+    """Raise ConfigError naming the first field of ``config`` that cannot work."""
+    from plugbay.core.host.reattach import ReattachConfig
+    from plugbay.core.host.secure import SecureConfig
+    from plugbay.runners.base import AttachedRunner
+
+    if not isinstance(config.handshake, HandshakeConfig):
+        raise ConfigError(f"ClientConfig.handshake must be a HandshakeConfig, got {_kind(config.handshake)};"
+                          " pass HandshakeConfig(protocol_version, magic_cookie_key, magic_cookie_value)")
+    if config.plugins is not None:
+        check_plugin_set(config.plugins, "ClientConfig.plugins")
+    if config.versioned_plugins is not None:
+        if not isinstance(config.versioned_plugins, Mapping):
+            raise ConfigError("ClientConfig.versioned_plugins must be a dict of protocol version (int) -> plugin"
+                              f" set, got {_kind(config.versioned_plugins)}")
+        for version, plugins in config.versioned_plugins.items():
+            if not _is_int(version) or version < 0:
+                raise ConfigError(f"ClientConfig.versioned_plugins has key {version!r}: keys are protocol"
+                                  " versions, integers such as 1 or 2")
+            check_plugin_set(plugins, f"ClientConfig.versioned_plugins[{version}]")
+    if config.runner is not None and not isinstance(config.runner, AttachedRunner):
+        raise ConfigError(f"ClientConfig.runner must be a Runner (ProcessRunner, DockerRunner, KubernetesRunner),"
+                          f" got {_kind(config.runner)}")
+    if config.cmd is not None:
+        check_cmd(config.cmd, "ClientConfig.cmd")
+    if config.reattach is not None:
+        if not isinstance(config.reattach, ReattachConfig):
+            raise ConfigError(f"ClientConfig.reattach must be a ReattachConfig, got {_kind(config.reattach)};"
+                              " pass ReattachConfig.from_json(text)")
+        if config.reattach.handshake.multiplex:
+            raise ConfigError("this reattach config is of a plugin with a multiplexed broker (its host set"
+                              " multiplex_broker=True), which cannot be reattached (as in go-plugin); start"
+                              " the plugin without multiplex_broker to reattach to it")
+    for name in ("auto_mtls", "require_tls"):
+        if getattr(config, name) is not None and not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"ClientConfig.{name} must be True, False or None, got {getattr(config, name)!r}")
+    for name in ("multiplex_broker", "skip_host_env"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"ClientConfig.{name} must be True or False, got {getattr(config, name)!r}")
+    _seconds(config.start_timeout, "start_timeout", zero=False)
+    if config.call_timeout is not None:
+        _seconds(config.call_timeout, "call_timeout (None: no deadline)", zero=False)
+    _seconds(config.kill_grace, "kill_grace", zero=True)
+    for name in ("min_port", "max_port"):
+        port = getattr(config, name)
+        if not _is_int(port) or not 1 <= port <= 65535:
+            raise ConfigError(f"ClientConfig.{name} must be a port number (1-65535), got {port!r}")
+    if config.min_port > config.max_port:
+        raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
+    secure = config.secure_config
+    if secure is not None and not isinstance(secure, SecureConfig) and not (
+            isinstance(secure, Sequence) and all(isinstance(s, SecureConfig) for s in secure)):
+        raise ConfigError(f"ClientConfig.secure_config must be a SecureConfig (or a list of them), got {_kind(secure)};"
+                          " pass SecureConfig.of_file(path) or SecureConfig(checksum, 'sha256')")
+    if config.logger is not None and not isinstance(config.logger, (logging.Logger, logging.LoggerAdapter)):
+        raise ConfigError(f"ClientConfig.logger must be a logging.Logger, got {_kind(config.logger)};"
+                          " pass logging.getLogger(name)")
+    for name in ("stdout_sink", "stderr_sink", "raw_log_sink"):
+        if getattr(config, name) is not None and not callable(getattr(config, name)):
+            raise ConfigError(f"ClientConfig.{name} must be a callable, got {_kind(getattr(config, name))}")
+    if not isinstance(config.env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in config.env.items()):
+        raise ConfigError("ClientConfig.env must be a dict of str -> str (the plugin's extra environment)")
+    if config.name is not None and (not isinstance(config.name, str) or not config.name):
+        raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
+    options = config.grpc_options
+    if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence) or not all(
+            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in options):
+        raise ConfigError("ClientConfig.grpc_options must be a list of (name, value) pairs, such as"
+                          f" [('grpc.max_receive_message_length', 16 << 20)]; got {_kind(options)}")
+    group = config.unix_socket_group
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+        raise ConfigError(f"ClientConfig.unix_socket_group must be a group name or gid, got {group!r}")
+    if config.unix_socket_temp_dir is not None and not isinstance(config.unix_socket_temp_dir, str):
+        raise ConfigError("ClientConfig.unix_socket_temp_dir must be a folder path (str), got"
+                          f" {_kind(config.unix_socket_temp_dir)}")
+
+
+def check_plugin_set(plugins: Any, where: str) -> None:
+    """``plugins`` must map names to GRPCPlugin instances (ConfigError naming ``where`` otherwise)."""
+    if not isinstance(plugins, Mapping):
+        raise ConfigError(f"{where} must be a dict of plugin name -> GRPCPlugin instance, such as"
+                          f" {{'kv': KVPlugin()}}; got {_kind(plugins)}")
+    for name, plugin in plugins.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where} has key {name!r}: plugin names are non-empty strings")
+        if isinstance(plugin, type):
+            raise ConfigError(f"{where}[{name!r}] is the class {plugin.__name__}: pass an instance,"
+                              f" {plugin.__name__}()")
+        if not isinstance(plugin, GRPCPlugin):
+            raise ConfigError(f"{where}[{name!r}] is {_kind(plugin)}, not a GRPC-compatible plugin; make it a"
+                              " plugbay.GRPCPlugin subclass instance")
+
+
+def check_cmd(cmd: Any, where: str) -> None:
+    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd or not all(
+            isinstance(arg, str) for arg in cmd):
+        raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
+                          f" (not one command line); got {cmd!r}")
+
+
+def _seconds(value: Any, name: str, zero: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value >= 0 if zero else value > 0)
+    if not ok:
+        raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'},"
+                          f" got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, bytes, int, float)) else type(value).__name__

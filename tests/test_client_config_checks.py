@@ -1,0 +1,128 @@
+"""A wrong ClientConfig (or HandshakeConfig, or ProcessRunner cmd) is a ConfigError saying what to pass,
+raised before any plugin starts; a reattach that fails leaves the plugin it named running."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import (  # noqa: E402
+    Client,
+    ClientConfig,
+    ConfigError,
+    HandshakeConfig,
+    HandshakeInfo,
+    PlugbayError,
+    ProcessRunner,
+    ReattachConfig,
+)
+
+KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
+PLUGINS = {PLUGIN_NAME: KVPlugin()}
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"handshake": (1, "BASIC_PLUGIN", "hello")}, "handshake must be a HandshakeConfig"),
+    ({"plugins": [KVPlugin()]}, "plugins must be a dict of plugin name -> GRPCPlugin instance"),
+    ({"plugins": {PLUGIN_NAME: object()}}, "not a GRPC-compatible plugin"),
+    ({"plugins": {PLUGIN_NAME: KVPlugin}}, "is the class KVPlugin: pass an instance, KVPlugin()"),
+    ({"versioned_plugins": {"x": PLUGINS}}, "keys are protocol versions"),
+    ({"cmd": "python plugin.py"}, "not one command line"),
+    ({"cmd": []}, "non-empty list of strings"),
+    ({"runner": "process"}, "runner must be a Runner"),
+    ({"secure_config": b"\0" * 32}, "secure_config must be a SecureConfig"),
+    ({"start_timeout": "5"}, "start_timeout must be a number of seconds > 0"),
+    ({"start_timeout": -1}, "start_timeout must be a number of seconds > 0"),
+    ({"start_timeout": float("inf")}, "start_timeout must be a number of seconds > 0"),
+    ({"call_timeout": 0}, "call_timeout (None: no deadline) must be a number of seconds > 0"),
+    ({"kill_grace": -0.5}, "kill_grace must be a number of seconds >= 0"),
+    ({"env": {"A": 1}}, "env must be a dict of str -> str"),
+    ({"grpc_options": {"grpc.x": 1}}, "grpc_options must be a list of (name, value) pairs"),
+    ({"logger": "mylog"}, "logger must be a logging.Logger"),
+    ({"min_port": 70000, "max_port": 80000}, "min_port must be a port number (1-65535)"),
+    ({"min_port": 30000, "max_port": 20000}, "min_port 30000 is above max_port 20000"),
+    ({"auto_mtls": "yes"}, "auto_mtls must be True, False or None"),
+    ({"multiplex_broker": 1}, "multiplex_broker must be True or False"),
+    ({"stdout_sink": "out.txt"}, "stdout_sink must be a callable"),
+    ({"name": ""}, "name must be a non-empty str or None"),
+])
+def test_a_wrong_field_is_a_config_error_naming_it(changes: dict[str, Any], says: str) -> None:
+    fields: dict[str, Any] = {"handshake": HANDSHAKE, "plugins": PLUGINS, "cmd": KV, **changes}
+    with pytest.raises(ConfigError) as err:
+        ClientConfig(**fields)
+    assert says in str(err.value)
+
+
+def test_a_field_changed_after_construction_is_checked_by_client() -> None:
+    config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV)
+    config.logger = "mylog"  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="logger must be a logging.Logger"):
+        Client(config)
+    with pytest.raises(ConfigError, match="Client takes a ClientConfig"):
+        Client({"handshake": HANDSHAKE})  # type: ignore[arg-type]
+
+
+def test_right_values_pass() -> None:
+    ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV, start_timeout=5, call_timeout=None, kill_grace=0,
+                 env={"A": "1"}, grpc_options=[("grpc.max_receive_message_length", 1 << 20)],
+                 logger=logging.getLogger("x"), versioned_plugins={2: PLUGINS}, unix_socket_group=0,
+                 stdout_sink=lambda data: None, min_port=1, max_port=65535)
+
+
+@pytest.mark.parametrize("version", ["1", -1, True, 1.0])
+def test_handshake_protocol_version_must_be_a_whole_number(version: Any) -> None:
+    with pytest.raises(ConfigError, match="protocol_version must be a whole number"):
+        HandshakeConfig(version, "BASIC_PLUGIN", "hello")
+
+
+def test_a_command_line_string_is_not_a_cmd() -> None:
+    with pytest.raises(ConfigError, match="not one command line"):
+        ProcessRunner("python plugin.py")  # type: ignore[arg-type]
+
+
+def test_a_missing_socket_folder_is_a_config_error_before_the_plugin_starts(tmp_path: Path) -> None:
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV,
+                                 unix_socket_temp_dir=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="set unix_socket_temp_dir"):
+        client.start()
+    assert client.runner.pid is None  # never launched
+
+
+def test_a_multiplexed_plugins_reattach_config_is_refused() -> None:
+    info = HandshakeInfo(1, 1, "unix", "/x", multiplex=True)
+    with pytest.raises(ConfigError, match="multiplexed broker .* cannot be reattached"):
+        ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=ReattachConfig(handshake=info))
+
+
+def test_a_failed_reattach_leaves_the_plugin_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the KV plugin writes kv_<key> files in its cwd
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV))
+    try:
+        first.start()
+        kv = first.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        pid = first.runner.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # it answers nobody: the reattach's start times out
+        try:
+            second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=1.0,
+                                         reattach=first.reattach_config()))
+            with pytest.raises(PlugbayError):
+                second.start()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert first.runner.wait(0) is None, "the failed reattach killed the plugin"
+        assert kv.get("k") == b"v"
+    finally:
+        first.kill()
