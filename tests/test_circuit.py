@@ -161,9 +161,29 @@ def test_open_circuit_stops_retries_at_once(tmp_path: Path) -> None:
         install(client, breaker=b, retry=RetryPolicy(max_attempts=10, initial_backoff=0.01,
                                                      all_idempotent=True,
                                                      on_retry=lambda m, n, e, s: retried.append(n)))
-        with pytest.raises(CircuitOpen):
+        with pytest.raises(CircuitOpen) as err:
             kv.get("k")
         assert retried == [1, 2]  # two failures opened it; the third try was refused
+        # a call failure like any other: a grpc.RpcError, UNAVAILABLE (not sent)
+        assert isinstance(err.value, grpc.RpcError) and err.value.code() == grpc.StatusCode.UNAVAILABLE
         install(client)
         assert kv.get("__calls__") == b"2"
         kv.put("__fail__", b"0")
+
+
+def test_a_default_named_breaker_takes_the_clients_name(tmp_path: Path) -> None:
+    b = CircuitBreaker(failure_threshold=1, window=60, open_for=60)
+    with Client(faulty_config(tmp_path, name="kv-faulty")) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        kv.put("__fail__", b"1")
+        install(client, breaker=b)
+        with pytest.raises(grpc.RpcError):
+            kv.get("k")
+        with pytest.raises(CircuitOpen) as err:
+            kv.get("k")
+    assert "circuit of plugin 'kv-faulty' is open" in str(err.value)
+    named = CircuitBreaker(name="mine")
+    with Client(faulty_config(tmp_path, name="kv-faulty")) as client:
+        install(client, breaker=named)
+    assert named.name == "mine"  # a name given is kept

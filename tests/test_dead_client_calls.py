@@ -27,9 +27,14 @@ def test_every_call_kind_on_a_killed_plugin_fails_typed_without_crashing(
     assert lines[-1] == "ok"
     for kind in KINDS:
         mine = [line for line in lines if line.startswith(kind + ":")]
-        assert len(mine) == 4, (kind, lines)
+        assert len(mine) == (8 if mode == "client" else 4), (kind, lines)  # client: also after kill()
     for line in lines[:-1]:
         # PluginDiedError names the plugin and its exit; ClientStateError says to start anew
         assert ("PluginDiedError" in line and "killed by SIGKILL" in line and "start a new Client" in line) \
             or ("ClientStateError" in line and "start a new Client" in line) \
             or ("RestartBudgetExhaustedError" in line), line
+        # every call failure is also a grpc.RpcError: UNAVAILABLE for a dead plugin, CANCELLED after kill()
+        if "PluginDiedError" in line:
+            assert ": rpc=UNAVAILABLE:" in line, line
+        elif "ClientStateError" in line:
+            assert ": rpc=CANCELLED:" in line or ": rpc=UNAVAILABLE:" in line, line

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "examples" / "streaming"))
 
@@ -82,9 +83,23 @@ def one_round(i: int, supervised: bool) -> None:
                 thunk()
             except EXPECTED as exc:
                 typed = next(cls for cls in EXPECTED if isinstance(exc, cls))
-                print(f"{kind}: {typed.__name__}: {exc}", flush=True)
+                print(f"{kind}: {typed.__name__}: {_rpc(exc)}: {exc}", flush=True)
             else:
                 raise SystemExit(f"{kind}: a call on a dead plugin succeeded")
+    if not supervised:  # and on a killed Client (the with block killed it)
+        for kind, thunk in thunks:
+            try:
+                thunk()
+            except EXPECTED as exc:  # the plugin died before kill(): PluginDiedError still
+                typed = next(cls for cls in EXPECTED if isinstance(exc, cls))
+                print(f"{kind}: {typed.__name__}: {_rpc(exc)}: {exc}", flush=True)
+            else:
+                raise SystemExit(f"{kind}: a call on a killed Client succeeded")
+
+
+def _rpc(exc: BaseException) -> str:
+    """rpc=CODE when the error is also a grpc.RpcError (every call failure should be), else not-rpc."""
+    return f"rpc={exc.code().name}" if isinstance(exc, grpc.RpcError) else "not-rpc"
 
 
 def cfg_factory(cfg: ClientConfig) -> Any:

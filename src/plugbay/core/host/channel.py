@@ -9,8 +9,8 @@ it sets none. Failures are translated:
 * DEADLINE_EXCEEDED -> :class:`CallTimeout` (a CallTimeoutError)
 * UNAVAILABLE / CANCELLED while the plugin has exited -> :class:`PluginDied`
   (a PluginDiedError)
-* a call after the Client was killed -> ClientStateError
-* a call after the plugin died and its connection was closed -> PluginDiedError
+* a call after the Client was killed -> ClientStateError (CANCELLED)
+* a call after the plugin died and its connection was closed -> PluginDiedError (UNAVAILABLE)
 
 No call on a closed connection reaches grpcio: building a registered method's
 call object on a closed ``grpc.Channel`` crashes the process (SIGSEGV in
@@ -41,11 +41,12 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
     """
 
     def __init__(self, message: str, original: grpc.RpcError | None,
-                 code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
+                 code: grpc.StatusCode = grpc.StatusCode.UNKNOWN, sent: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.original = original
         self._code = code
+        self.sent = sent  # False: refused before anything reached the plugin (safe to send again)
 
     def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
         return self.message
@@ -114,9 +115,8 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
     def current(self) -> grpc.Channel:
         channel = self._channel
         if channel is None:
-            raise ClientStateError(
-                f"the client of plugin {self._name!r} was killed; start a new Client to call it again"
-            )
+            raise ClientClosed(f"the client of plugin {self._name!r} was killed; start a new Client to call it"
+                               " again", None, grpc.StatusCode.CANCELLED, sent=False)
         return channel
 
     @property
@@ -205,13 +205,15 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 " start a new Client to call it again")
 
     def translate_closed(self) -> BaseException:
+        """A call made after the channel was closed: a typed error that is also a grpc.RpcError, as
+        every call failure is (CANCELLED: the Client was killed; UNAVAILABLE: the plugin is gone)."""
         if self._closing and not self._died_first:
-            return ClientStateError(self._killed_message())
+            return ClientClosed(self._killed_message(), None, grpc.StatusCode.CANCELLED, sent=False)
         if self._exit_probe is not None:
             why = self._exit_probe(0.0)
             if why is not None:
-                return PluginDiedError(f"plugin {self._name!r} is gone: {why}; start a new Client")
-        return ClientStateError(self._killed_message())
+                return PluginDied(f"plugin {self._name!r} is gone: {why}; start a new Client", None, sent=False)
+        return ClientClosed(self._killed_message(), None, grpc.StatusCode.CANCELLED, sent=False)
 
     def translate_value_error(self, exc: ValueError) -> BaseException:
         """grpcio's ValueError for a call on a closed channel, as a typed error."""

@@ -40,14 +40,23 @@ DEFAULT_FAILURE_CODES = frozenset({
 })
 
 
-class CircuitOpen(CircuitOpenError):
-    """Raised instead of calling; ``retry_in`` seconds until a probe is let through."""
+class CircuitOpen(CircuitOpenError, grpc.RpcError):  # type: ignore[misc]
+    """Raised instead of calling; ``retry_in`` seconds until a probe is let through.
+
+    Also a grpc.RpcError (UNAVAILABLE: the call was not sent), as every call failure is.
+    """
 
     def __init__(self, message: str, name: str, retry_in: float, last_failure: str) -> None:
         super().__init__(message)
         self.name = name
         self.retry_in = retry_in
         self.last_failure = last_failure
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return str(self)
 
 
 class CircuitBreaker:

@@ -76,9 +76,9 @@ class ReadyGate:
             try:
                 return attempt(remaining)
             except (ClientStateError, PluginDiedError) as exc:
-                # Not an RpcError: raised before anything was sent (the plugin's connection was
-                # already closed), so it is safe to send again once the plugin is back.
-                if isinstance(exc, grpc.RpcError) or not sup.changed_since(generation, 2.0):
+                # Refused before anything was sent (the plugin's connection was already closed:
+                # ``sent`` False), so it is safe to send again once the plugin is back.
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(generation, 2.0):
                     raise
         raise CallTimeout(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
                           " try; check the Supervisor's events for why it keeps failing", None,

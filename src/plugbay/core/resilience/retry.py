@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from plugbay.core.resilience.calls import Attempt, backoff_delay, status_of
-from plugbay.errors import ClientStateError, ConfigError
+from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError
 
 _marked = threading.local()
 
@@ -110,8 +110,10 @@ class RetryPolicy:
                              self._rng.random)
 
     def retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, ClientStateError) and not isinstance(exc, grpc.RpcError):
+        if isinstance(exc, ClientStateError) and getattr(exc, "original", None) is None:
             return False  # the Client was killed: nothing will answer (an in-flight failure goes by its code)
+        if isinstance(exc, CircuitOpenError):
+            return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
