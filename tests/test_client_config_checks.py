@@ -126,3 +126,15 @@ def test_a_failed_reattach_leaves_the_plugin_running(tmp_path: Path, monkeypatch
         assert kv.get("k") == b"v"
     finally:
         first.kill()
+
+
+def test_a_wrong_serve_config_plugin_set_is_a_config_error() -> None:
+    from plugbay import ServeConfig
+
+    with pytest.raises(ConfigError, match="ServeConfig.plugins must be a dict of plugin name"):
+        ServeConfig(HANDSHAKE, plugins=[KVPlugin()])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="is the class KVPlugin: pass an instance"):
+        ServeConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="keys are protocol versions"):
+        ServeConfig(HANDSHAKE, versioned_plugins={"1": PLUGINS})  # type: ignore[dict-item]
+    ServeConfig(HANDSHAKE, plugins=PLUGINS, versioned_plugins={2: PLUGINS})

@@ -288,7 +288,7 @@ def test_registration_error(plugins: list[PluginProc]) -> None:
 
 def test_not_a_grpc_plugin(plugins: list[PluginProc]) -> None:
     err = refused(plugins, {**COOKIE, "PROBE_BAD": "notgrpc"})
-    assert "'kv_grpc' is not a GRPC-compatible plugin" in err
+    assert "'kv_grpc'] (object) is not a GRPC-compatible plugin" in err
 
 
 def test_automtls_with_grpcio_tls(plugins: list[PluginProc]) -> None:

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from plugbay.errors import ConfigError
+
 if TYPE_CHECKING:
     import grpc
 
@@ -31,3 +33,31 @@ class GRPCPlugin(ABC):
 
 PluginSet = Mapping[str, GRPCPlugin]
 VersionedPlugins = Mapping[int, PluginSet]
+
+
+def check_plugin_set(plugins: Any, where: str) -> None:
+    """``plugins`` must map names to GRPCPlugin instances: ConfigError naming ``where`` otherwise
+    (host and plugin side alike, before anything starts)."""
+    if not isinstance(plugins, Mapping):
+        raise ConfigError(f"{where} must be a dict of plugin name -> GRPCPlugin instance, such as"
+                          f" {{'kv': KVPlugin()}}; got {type(plugins).__name__}")
+    for name, plugin in plugins.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where} has key {name!r}: plugin names are non-empty strings")
+        if isinstance(plugin, type):
+            raise ConfigError(f"{where}[{name!r}] is the class {plugin.__name__}: pass an instance,"
+                              f" {plugin.__name__}()")
+        if not isinstance(plugin, GRPCPlugin):
+            raise ConfigError(f"{where}[{name!r}] ({type(plugin).__name__}) is not a GRPC-compatible plugin;"
+                              " make it a plugbay.GRPCPlugin subclass instance")
+
+
+def check_versioned_plugins(versioned: Any, where: str) -> None:
+    """``versioned`` must map protocol versions (whole numbers) to plugin sets (ConfigError otherwise)."""
+    if not isinstance(versioned, Mapping):
+        raise ConfigError(f"{where} must be a dict of protocol version (int) -> plugin set, got"
+                          f" {type(versioned).__name__}")
+    for version, plugins in versioned.items():
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ConfigError(f"{where} has key {version!r}: keys are protocol versions, integers such as 1 or 2")
+        check_plugin_set(plugins, f"{where}[{version}]")

@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from plugbay.core.broker.plugin import GRPCPlugin
+from plugbay.core.broker.plugin import check_plugin_set, check_versioned_plugins
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.errors import ConfigError
 
-if TYPE_CHECKING:
-    from plugbay.core.host.config import ClientConfig
 
-
-def check_client_config(config: ClientConfig) -> None:
-    """Raise ConfigError naming the first field of ``config`` that cannot work."""
+def check_client_config(config: Any) -> None:
+    """Raise ConfigError naming the first field of ``config`` (a ClientConfig, which calls this) that
+    cannot work."""
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
     from plugbay.runners.base import AttachedRunner
@@ -32,14 +30,7 @@ def check_client_config(config: ClientConfig) -> None:
     if config.plugins is not None:
         check_plugin_set(config.plugins, "ClientConfig.plugins")
     if config.versioned_plugins is not None:
-        if not isinstance(config.versioned_plugins, Mapping):
-            raise ConfigError("ClientConfig.versioned_plugins must be a dict of protocol version (int) -> plugin"
-                              f" set, got {_kind(config.versioned_plugins)}")
-        for version, plugins in config.versioned_plugins.items():
-            if not _is_int(version) or version < 0:
-                raise ConfigError(f"ClientConfig.versioned_plugins has key {version!r}: keys are protocol"
-                                  " versions, integers such as 1 or 2")
-            check_plugin_set(plugins, f"ClientConfig.versioned_plugins[{version}]")
+        check_versioned_plugins(config.versioned_plugins, "ClientConfig.versioned_plugins")
     if config.runner is not None and not isinstance(config.runner, AttachedRunner):
         raise ConfigError(f"ClientConfig.runner must be a Runner (ProcessRunner, DockerRunner, KubernetesRunner),"
                           f" got {_kind(config.runner)}")
@@ -96,22 +87,6 @@ def check_client_config(config: ClientConfig) -> None:
     if config.unix_socket_temp_dir is not None and not isinstance(config.unix_socket_temp_dir, str):
         raise ConfigError("ClientConfig.unix_socket_temp_dir must be a folder path (str), got"
                           f" {_kind(config.unix_socket_temp_dir)}")
-
-
-def check_plugin_set(plugins: Any, where: str) -> None:
-    """``plugins`` must map names to GRPCPlugin instances (ConfigError naming ``where`` otherwise)."""
-    if not isinstance(plugins, Mapping):
-        raise ConfigError(f"{where} must be a dict of plugin name -> GRPCPlugin instance, such as"
-                          f" {{'kv': KVPlugin()}}; got {_kind(plugins)}")
-    for name, plugin in plugins.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where} has key {name!r}: plugin names are non-empty strings")
-        if isinstance(plugin, type):
-            raise ConfigError(f"{where}[{name!r}] is the class {plugin.__name__}: pass an instance,"
-                              f" {plugin.__name__}()")
-        if not isinstance(plugin, GRPCPlugin):
-            raise ConfigError(f"{where}[{name!r}] is {_kind(plugin)}, not a GRPC-compatible plugin; make it a"
-                              " plugbay.GRPCPlugin subclass instance")
 
 
 def check_cmd(cmd: Any, where: str) -> None:

@@ -58,7 +58,13 @@ from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bo
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
-from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
+from plugbay.core.broker.plugin import (
+    GRPCPlugin,
+    PluginSet,
+    VersionedPlugins,
+    check_plugin_set,
+    check_versioned_plugins,
+)
 from plugbay.core.plugin.logs import PluginLogging
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
 from plugbay.core.plugin.stdio import add_to_server as add_stdio
@@ -102,6 +108,10 @@ class ServeConfig(Record):
                  grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
                  stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
                  network: NetworkServe | None = None) -> None:
+        if plugins is not None:
+            check_plugin_set(plugins, "ServeConfig.plugins")
+        if versioned_plugins is not None:
+            check_versioned_plugins(versioned_plugins, "ServeConfig.versioned_plugins")
         self.handshake = handshake
         self.plugins = plugins
         self.versioned_plugins = versioned_plugins
