@@ -138,3 +138,22 @@ def test_a_wrong_serve_config_plugin_set_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="keys are protocol versions"):
         ServeConfig(HANDSHAKE, versioned_plugins={"1": PLUGINS})  # type: ignore[dict-item]
     ServeConfig(HANDSHAKE, plugins=PLUGINS, versioned_plugins={2: PLUGINS})
+
+
+def test_ctrl_c_during_kill_still_stops_the_plugin(tmp_path: Path) -> None:
+    import subprocess
+
+    host = REPO / "tests" / "plugins" / "ctrlc_kill_host.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, str(host)], capture_output=True, text=True, timeout=60, env=env,
+                         cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    pids = [int(line[4:]) for line in lines if line.startswith("pid=")]
+    try:
+        assert "alive=False" in lines, out.stdout + out.stderr[-2000:]
+    finally:
+        for pid in pids:  # never leave it behind, whatever the outcome
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -369,8 +369,25 @@ class Client(ClientParts):
                 LIVE.discard(self)
                 if self._channel is not None:
                     self._channel.begin_close()
-                stop()
+                try:
+                    stop()
+                except BaseException:
+                    # Ctrl-C in the graceful part (Shutdown, the grace wait): nothing would stop
+                    # the plugin later (this Client counts as killed, and the plugin has its own
+                    # process group, so the interrupt never reached it): force it now
+                    self._force_stop(what == "kill")
+                    raise
         self._handoff.join()  # one a loop callback started: all but done once we had the lock
+
+    def _force_stop(self, kill: bool) -> None:
+        runner = self._runner
+        try:
+            if kill and runner is not None:
+                runner.kill(0)
+        except Exception as exc:
+            _log.warning("killing plugin %s failed: %s", self.name, exc)
+        finally:
+            self._close_streams()
 
     def _check_closable(self) -> None:
         if self.config.reattach is None and self._started and not self._killed:
