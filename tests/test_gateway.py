@@ -308,5 +308,7 @@ def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytes
     with pytest.raises(ConfigError, match="GatewayConfig keepalive"):
         Gateway(GatewayConfig(cmd=[kv_bin], cookie=("A", "b"), insecure=True, keepalive=(30.0, 0.0)))
     bad = ["--cert", str(certs.key_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
-    assert gateway_main(["--cookie", "A=b", "--listen", "127.0.0.1:0", *bad, "--", kv_bin]) == 1
+    assert gateway_main(["--cookie", "A=b", "--listen", "127.0.0.1:0", *bad, "--", kv_bin]) == 2
     assert "holds no PEM certificate" in capsys.readouterr().err
+    assert gateway_main(["--cookie", "A=b", "--listen", "nope", "--insecure", "--", kv_bin]) == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err

@@ -126,6 +126,9 @@ def main(argv: list[str]) -> int:
             return 0
         finally:
             gateway.stop()
+    except ConfigError as exc:  # the arguments cannot work (an address, a TLS file): as a usage error
+        print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except PlugbayError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
         return 1
