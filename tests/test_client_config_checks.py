@@ -17,7 +17,10 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
+import grpc  # noqa: E402
+
 from plugbay import (  # noqa: E402
+    CircuitBreaker,
     Client,
     ClientConfig,
     ConfigError,
@@ -26,6 +29,9 @@ from plugbay import (  # noqa: E402
     PlugbayError,
     ProcessRunner,
     ReattachConfig,
+    RestartPolicy,
+    RetryPolicy,
+    Supervisor,
 )
 
 KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
@@ -157,3 +163,30 @@ def test_ctrl_c_during_kill_still_stops_the_plugin(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: RetryPolicy(methods="Get"), "methods must be a list of method names"),
+    (lambda: RetryPolicy(retry_on={"UNAVAILABLE"}), "use grpc.StatusCode.UNAVAILABLE"),
+    (lambda: RetryPolicy(max_attempts="3"), "max_attempts must be a whole number"),
+    (lambda: RetryPolicy(jitter=5), "jitter must be >= 0 and <= 1"),
+    (lambda: RetryPolicy(per_attempt_timeout=0), "per_attempt_timeout (or None) must be > 0"),
+    (lambda: CircuitBreaker(failure_threshold="5"), "failure_threshold must be a whole number"),
+    (lambda: CircuitBreaker(failure_codes={"UNAVAILABLE"}), "use grpc.StatusCode.UNAVAILABLE"),
+    (lambda: CircuitBreaker(window=float("nan")), "window must be a number"),
+    (lambda: RestartPolicy(jitter=5), "jitter must be >= 0 and <= 1"),
+    (lambda: RestartPolicy(initial_backoff=10, max_backoff=1), "max_backoff (1) must be >= initial_backoff (10)"),
+    (lambda: RestartPolicy(max_restarts=1.5), "max_restarts must be a whole number"),
+    (lambda: Supervisor("notaconfig"), "Supervisor takes a ClientConfig"),
+])
+def test_resilience_settings_of_the_wrong_kind_are_config_errors(make: Any, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert says in str(err.value)
+
+
+def test_resilience_settings_of_the_right_kind_pass() -> None:
+    RetryPolicy(methods=["Get", "/proto.KV/*"], retry_on={grpc.StatusCode.UNAVAILABLE}, max_attempts=2,
+                per_attempt_timeout=1, overall_timeout=2.5)
+    CircuitBreaker(failure_threshold=2, window=1, open_for=0.5, failure_codes=frozenset({grpc.StatusCode.INTERNAL}))
+    RestartPolicy(max_restarts=0, initial_backoff=0, max_backoff=0)

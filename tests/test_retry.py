@@ -134,9 +134,9 @@ def test_backoff_grows_caps_and_jitters() -> None:
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_attempts": 0}, "max_attempts must be >= 1 (got 0)"),
-    ({"jitter": 2.0}, "jitter must be within [0, 1] (got 2.0)"),
-    ({"per_attempt_timeout": 0.0}, "per_attempt_timeout must be > 0 or None (got 0.0)"),
-    ({"multiplier": 0.5}, "multiplier >= 1"),
+    ({"jitter": 2.0}, "jitter must be >= 0 and <= 1 (got 2.0)"),
+    ({"per_attempt_timeout": 0.0}, "per_attempt_timeout (or None) must be > 0 (got 0.0)"),
+    ({"multiplier": 0.5}, "multiplier must be >= 1 (got 0.5)"),
 ])
 def test_bad_policy_is_refused_with_the_reason(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -186,7 +186,7 @@ def test_bad_configurations_are_refused(tmp_path: Path) -> None:
         cfg = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=client.reattach_config())
         with pytest.raises(ConfigError, match="as Supervisor\\(reattach=...\\)"):
             Supervisor(cfg)
-    with pytest.raises(ConfigError, match="max_restarts >= 0"):
+    with pytest.raises(ConfigError, match="max_restarts must be >= 0"):
         RestartPolicy(max_restarts=-1)
     with pytest.raises(ConfigError, match=r"unhealthy_grace must be >= 0 \(got -1\)"):
         Supervisor(lambda: faulty_config(tmp_path), unhealthy_grace=-1)

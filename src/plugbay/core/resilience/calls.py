@@ -89,3 +89,31 @@ def install(target: Any, *, retry: CallLayer | None = None, breaker: CallLayer |
         breaker.name = owner  # type: ignore[attr-defined]  # the default name: its messages name this plugin
     layers: list[CallLayer] = [x for x in (retry, breaker) if x is not None]
     channel.call_hook = chain(layers) if layers else None
+
+
+def number_problem(value: Any, name: str, minimum: float, *, above: bool = False, whole: bool = False,
+                   maximum: float | None = None) -> str | None:
+    """What is wrong with ``value`` as setting ``name`` (None: nothing), for the resilience
+    layers' constructors: a str or bool where a number belongs, NaN, or out of range."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+        return f"{name} must be {'a whole number' if whole else 'a number'} (got {value!r})"
+    if value < minimum or (above and value == minimum) or (maximum is not None and value > maximum):
+        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+        if maximum is not None:
+            bound += f" and <= {maximum:g}"
+        return f"{name} must be {bound} (got {value!r})"
+    return None
+
+
+def status_codes_problem(codes: Any, name: str) -> str | None:
+    """None when ``codes`` is a collection of grpc.StatusCode members (names such as "UNAVAILABLE"
+    would silently never match)."""
+    if isinstance(codes, (str, bytes)) or not isinstance(codes, (set, frozenset, list, tuple)):
+        return f"{name} must be a set of grpc.StatusCode members, such as {{grpc.StatusCode.UNAVAILABLE}}"
+    wrong = [c for c in codes if not isinstance(c, grpc.StatusCode)]
+    if wrong:
+        return (f"{name} holds {wrong[0]!r}, not a grpc.StatusCode: use grpc.StatusCode.{wrong[0]}"
+                if isinstance(wrong[0], str) else f"{name} holds {wrong[0]!r}, not a grpc.StatusCode")
+    return None
+

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from plugbay.errors import CircuitOpenError, ConfigError, PluginDiedError
-from plugbay.core.resilience.calls import Attempt, describe_error, status_of
+from plugbay.core.resilience.calls import Attempt, describe_error, number_problem, status_codes_problem, status_of
 
 _log = logging.getLogger("plugbay.circuit")
 
@@ -67,10 +67,15 @@ class CircuitBreaker:
                  failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
                  on_change: Callable[[str, str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if failure_threshold < 1 or window <= 0 or open_for <= 0:
-            raise ConfigError(
-                f"invalid CircuitBreaker: failure_threshold must be >= 1 (got {failure_threshold}),"
-                f" window and open_for > 0 (got {window}, {open_for})")
+        problems = [p for p in (
+            number_problem(failure_threshold, "failure_threshold", 1, whole=True),
+            number_problem(window, "window", 0, above=True),
+            number_problem(open_for, "open_for", 0, above=True),
+            status_codes_problem(failure_codes, "failure_codes"),
+            None if on_change is None or callable(on_change) else "on_change must be a callable or None",
+        ) if p is not None]
+        if problems:
+            raise ConfigError("invalid CircuitBreaker: " + "; ".join(problems))
         self.failure_threshold = failure_threshold
         self.window = window
         self.open_for = open_for

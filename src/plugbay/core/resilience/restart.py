@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from plugbay.core.resilience.calls import backoff_delay
+from plugbay.core.resilience.calls import backoff_delay, number_problem
 from plugbay.errors import ConfigError
 
 
@@ -21,9 +21,18 @@ class RestartPolicy:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.max_restarts < 0 or self.window <= 0 or self.initial_backoff < 0 or self.multiplier < 1:
-            raise ConfigError(f"invalid RestartPolicy {self}: max_restarts >= 0, window > 0,"
-                              " initial_backoff >= 0 and multiplier >= 1 are required")
+        problems = [p for p in (
+            number_problem(self.max_restarts, "max_restarts", 0, whole=True),
+            number_problem(self.window, "window", 0, above=True),
+            number_problem(self.initial_backoff, "initial_backoff", 0),
+            number_problem(self.max_backoff, "max_backoff", 0),
+            number_problem(self.multiplier, "multiplier", 1),
+            number_problem(self.jitter, "jitter", 0, maximum=1),
+        ) if p is not None]
+        if not problems and self.max_backoff < self.initial_backoff:
+            problems.append(f"max_backoff ({self.max_backoff}) must be >= initial_backoff ({self.initial_backoff})")
+        if problems:
+            raise ConfigError(f"invalid RestartPolicy: {'; '.join(problems)}")
 
     def backoff(self, consecutive: int) -> float:
         return backoff_delay(self.initial_backoff, self.multiplier, self.max_backoff, self.jitter,

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.resilience.calls import Attempt, backoff_delay, status_of
+from plugbay.core.resilience.calls import Attempt, backoff_delay, number_problem, status_codes_problem, status_of
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError
 
 _marked = threading.local()
@@ -83,17 +83,23 @@ class RetryPolicy:
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_attempts < 1:
-            problems.append(f"max_attempts must be >= 1 (got {self.max_attempts})")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
-            problems.append("backoffs must be >= 0 and multiplier >= 1")
-        if not 0 <= self.jitter <= 1:
-            problems.append(f"jitter must be within [0, 1] (got {self.jitter})")
-        for name in ("per_attempt_timeout", "overall_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                problems.append(f"{name} must be > 0 or None (got {value})")
+        problems = [p for p in (
+            number_problem(self.max_attempts, "max_attempts", 1, whole=True),
+            number_problem(self.initial_backoff, "initial_backoff", 0),
+            number_problem(self.max_backoff, "max_backoff", 0),
+            number_problem(self.multiplier, "multiplier", 1),
+            number_problem(self.jitter, "jitter", 0, maximum=1),
+            *(number_problem(getattr(self, name), f"{name} (or None)", 0, above=True)
+              for name in ("per_attempt_timeout", "overall_timeout") if getattr(self, name) is not None),
+            status_codes_problem(self.retry_on, "retry_on"),
+        ) if p is not None]
+        if isinstance(self.methods, (str, bytes)) or not all(isinstance(m, str) for m in self.methods):
+            problems.append(f"methods must be a list of method names or patterns, such as ['Get', '/proto.KV/*']"
+                            f" (got {self.methods!r})")
+        if not isinstance(self.all_idempotent, bool):
+            problems.append(f"all_idempotent must be True or False (got {self.all_idempotent!r})")
+        if self.on_retry is not None and not callable(self.on_retry):
+            problems.append("on_retry must be a callable(method, attempt, error, sleep) or None")
         if problems:
             raise ConfigError("invalid RetryPolicy: " + "; ".join(problems))
         self.retry_on = frozenset(self.retry_on)

@@ -75,6 +75,10 @@ class Supervisor:
                  health_timeout: float = 2.0, unhealthy_grace: float = 4.0,
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
+        if not isinstance(config, ClientConfig) and not callable(config) and not hasattr(config, "make_client"):
+            raise ConfigError(f"Supervisor takes a ClientConfig, a RemoteConfig or a factory returning one, got"
+                              f" {type(config).__name__}: Supervisor(ClientConfig(...)) or"
+                              " Supervisor(lambda: ClientConfig(...))")
         if isinstance(config, ClientConfig) and config.runner is not None:
             raise ConfigError("a Runner instance runs its plugin only once, so a Supervisor cannot restart"
                               " it; pass a factory instead: Supervisor(lambda: ClientConfig(...,"
