@@ -190,3 +190,10 @@ def test_resilience_settings_of_the_right_kind_pass() -> None:
                 per_attempt_timeout=1, overall_timeout=2.5)
     CircuitBreaker(failure_threshold=2, window=1, open_for=0.5, failure_codes=frozenset({grpc.StatusCode.INTERNAL}))
     RestartPolicy(max_restarts=0, initial_backoff=0, max_backoff=0)
+
+
+def test_secure_config_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    from plugbay import SecureConfig
+
+    with pytest.raises(ConfigError, match="SecureConfig.of_file cannot read"):
+        SecureConfig.of_file(str(tmp_path / "missing"))

@@ -50,7 +50,11 @@ class SecureConfig:
 
         ``check_path`` is set as :attr:`path` (the file's name in ``cmd``; None: the executable).
         """
-        return cls(_digest(path, hash), hash, check_path)
+        try:
+            return cls(_digest(path, hash), hash, check_path)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise ConfigError(f"SecureConfig.of_file cannot read {path!r} ({exc.strerror}); pass the path of"
+                              " the plugin file whose checksum to accept") from exc
 
     def check(self, path: str) -> None:
         """Raise ChecksumMismatchError unless ``path`` hashes to ``checksum``."""
