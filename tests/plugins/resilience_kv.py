@@ -4,6 +4,7 @@ It serves the KV example's service (cookie BASIC_PLUGIN=hello, plugin kv_grpc)
 with an in-memory store, plus control keys:
 
 Put("__fail__", b"N")     the next N Gets of other keys abort with UNAVAILABLE
+Put("__fail_text__", b"T") those aborts say T (default "injected failure")
 Put("__slow__", b"N")     the next N Gets of other keys sleep 10 s first (a stuck call)
 Put("__health__", b"S")   set health service "plugin" to S (SERVING | NOT_SERVING)
 Get("__calls__")          how many Gets of other keys arrived (failed ones included)
@@ -78,6 +79,7 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
         self.fail = 0
         self.slow = 0
         self.calls = 0
+        self.fail_text = "injected failure"
 
     def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
         key = request.key
@@ -111,7 +113,7 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             self.fail -= fail
             self.slow -= slow
         if fail:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.fail_text)
         if slow:
             deadline = time.monotonic() + 10
             while context.is_active() and time.monotonic() < deadline:
@@ -123,6 +125,8 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
     def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.Empty:
         if request.key == "__fail__":
             self.fail = int(request.value)
+        elif request.key == "__fail_text__":
+            self.fail_text = request.value.decode()
         elif request.key == "__slow__":
             self.slow = int(request.value)
         elif request.key == "__health__":

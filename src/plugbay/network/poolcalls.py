@@ -1,11 +1,14 @@
 """The pool's multicallables: pick an endpoint per call, resend calls that never left, type the failures.
 
-A unary call that fails before it was sent (UNAVAILABLE saying the connection
-could not be made, or the endpoint's channel closed under it) goes to another
-endpoint within the same deadline; once every endpoint was tried the call
-waits briefly and tries again, until its deadline. A call that may have
-reached the plugin is never resent here (a RetryPolicy decides that). TLS
-failures become RemoteTLSError; no endpoint at all becomes NoEndpointsError.
+A unary call that provably failed before it was sent (gRPC's picker found no
+connection: UNAVAILABLE "failed to connect to all addresses" while the
+endpoint's channel is in TRANSIENT_FAILURE; or the endpoint's channel closed
+under it) goes to another endpoint within the same deadline; once every
+endpoint was tried the call waits briefly and tries again, until its deadline.
+A call that may have reached the plugin is never resent here (a RetryPolicy
+decides that): a status the plugin sent, whatever its text, and a stream broken
+in flight ("Stream removed", "Socket closed") end the call. TLS failures found
+while connecting become RemoteTLSError; no endpoint at all becomes NoEndpointsError.
 Both are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 """
 
@@ -45,9 +48,12 @@ class EndpointPool(Protocol):
 
     def endpoint_keys(self) -> list[str]: ...
 
-_NOT_SENT = ("failed to connect", "connection refused", "connections to all backends failing",
-             "no route to host", "network is unreachable", "dns resolution failed",
-             "failed to create secure", "handshake")
+# How gRPC's load-balancing picker words a call it failed before giving it a stream (no connection).
+# The wording alone proves nothing (a plugin may relay such a status from its own backend), so the
+# endpoint's channel must also be in TRANSIENT_FAILURE: a status from the plugin needs a READY connection.
+_SETUP_FAILURES = ("failed to connect to all addresses", "connections to all backends failing",
+                   "dns resolution failed", "empty address list")
+_TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
 
 
 class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -93,11 +99,27 @@ def tls_error(pool: EndpointPool, member: Member, meaning: str, details: str) ->
         grpc.StatusCode.UNAVAILABLE, details)
 
 
-def _not_sent(exc: grpc.RpcError) -> bool:
+def _channel_failing(channel: Any) -> bool:
+    """Whether the endpoint's gRPC channel is in TRANSIENT_FAILURE now (False when that cannot be told)."""
+    for _ in range(4):  # grpc.Channel -> cygrpc.Channel, possibly behind a delegating channel (muxconn)
+        check = getattr(channel, "check_connectivity_state", None)
+        if callable(check):
+            try:
+                return bool(check(False) == _TRANSIENT_FAILURE)
+            except Exception:  # closed meanwhile: nothing proves the call stayed here
+                return False
+        channel = getattr(channel, "_channel", None)
+        if channel is None:
+            return False
+    return False
+
+
+def not_sent(exc: grpc.RpcError, channel: Any) -> bool:
+    """True only when the call provably never reached the plugin (failed while connecting)."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return False
     details = str(exc.details() or "").lower()
-    return any(sign in details for sign in _NOT_SENT)
+    return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
 
 
 class PoolCallable:
@@ -173,11 +195,10 @@ class PoolCallable:
                 result = (target.with_call if with_call else target)(request, timeout=remaining, **kwargs)
             except grpc.RpcError as exc:
                 pool.done(member, exc)
-                details = str(exc.details() or "")
-                meaning = tls_failure(details, tls=pool.tls is not None) \
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and pool.diagnose_tls else None
-                if not (_not_sent(exc) or meaning) or self._kind != "unary_unary":
+                if self._kind != "unary_unary" or not not_sent(exc, member.channel):
                     raise
+                details = str(exc.details() or "")
+                meaning = tls_failure(details, tls=pool.tls is not None) if pool.diagnose_tls else None
                 tried.add(member.key)
                 last = f"{member.key}: {details}"
                 if meaning is not None and self._all_tried(tried):

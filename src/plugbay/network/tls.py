@@ -100,10 +100,13 @@ def tls_failure(details: str, *, tls: bool) -> str | None:
     for sign, meaning in _TLS_SIGNS:
         if sign.lower() in details.lower():
             return meaning
-    if tls and "failed to connect" in details and ("Socket closed" in details or "Connection reset" in details):
+    # A closed socket means TLS trouble only while connecting ("failed to connect ..."): a connection
+    # that drops in the middle of a call ("Stream removed (Socket closed)") is a plugin that went away.
+    closed = "failed to connect" in details and ("Socket closed" in details or "Connection reset" in details)
+    if tls and closed:
         return ("the plugin closed the connection during the TLS handshake: it refused the host's"
                 " certificate (cert_file signed by a CA it does not trust, or no certificate given)")
-    if not tls and ("Socket closed" in details or "Connection reset" in details or
-                    "Received http2 header with status" in details or "protocol error" in details.lower()):
+    if not tls and (closed or "Received http2 header with status" in details
+                    or "protocol error" in details.lower()):
         return "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
     return None
