@@ -153,11 +153,16 @@ class PoolCallable:
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._unary(True, request, timeout, kwargs)
 
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        # waiting for an endpoint spent part of the caller's timeout: the call gets only what is left
+        return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        pick_until, _ = self._deadline(timeout)
+        pick_until, deadline = self._deadline(timeout)
         member = self._pool.pick(pick_until, set(), self._pin)
         try:
-            fut = self._on(member).future(request, timeout=timeout, **kwargs)
+            fut = self._on(member).future(request, timeout=self._remaining(deadline), **kwargs)
         except BaseException as exc:
             self._pool.done(member, exc)
             raise
@@ -165,10 +170,10 @@ class PoolCallable:
         return fut
 
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
-        pick_until, _ = self._deadline(timeout)
+        pick_until, deadline = self._deadline(timeout)
         member = self._pool.pick(pick_until, set(), self._pin)
         try:
-            call = self._on(member)(request, timeout=timeout, **kwargs)
+            call = self._on(member)(request, timeout=self._remaining(deadline), **kwargs)
         except BaseException as exc:
             self._pool.done(member, exc)
             raise
@@ -189,10 +194,10 @@ class PoolCallable:
                     raise
                 raise no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc),
                                    last=last) from None
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 target = self._on(member)
-                result = (target.with_call if with_call else target)(request, timeout=remaining, **kwargs)
+                result = (target.with_call if with_call else target)(request, timeout=self._remaining(deadline),
+                                                                     **kwargs)
             except grpc.RpcError as exc:
                 pool.done(member, exc)
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel):
