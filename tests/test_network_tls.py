@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, make_pki
 
@@ -94,3 +99,36 @@ def test_unreadable_or_non_pem_files_are_config_errors(tmp_path: Path, pki: dict
         NetworkTLS(pki["client"], pki["client_key"], str(junk)).credentials()
     with pytest.raises(ConfigError, match="cert_file and key_file together"):
         NetworkTLS(pki["client"], None, pki["ca"])
+
+
+def _expired_server_cert(pki: dict[str, str], folder: Path) -> tuple[str, str]:
+    """A server certificate from the test CA, naming SERVER_NAME, that expired yesterday."""
+    ca_key = serialization.load_pem_private_key(Path(pki["ca"]).with_suffix(".key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired server")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (folder / "expired.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "expired.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    return str(folder / "expired.crt"), str(folder / "expired.key")
+
+
+def test_an_expired_plugin_certificate_is_named_as_expired(pki: dict[str, str], tmp_path: Path) -> None:
+    cert, key = _expired_server_cert(pki, tmp_path)
+    replica = Replica("127.0.0.1:0", env={"NET_KV_CERT": cert, "NET_KV_KEY": key, "NET_KV_CA": pki["ca"]})
+    try:
+        tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+        with pytest.raises(RemoteTLSError) as err:
+            with RemoteClient(config(f"static:///{replica.address}", tls=tls)):
+                pass
+        assert "certificate has expired" in str(err.value)
+        assert "not signed by the CA given" not in str(err.value)
+    finally:
+        replica.stop()

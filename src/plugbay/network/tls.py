@@ -18,6 +18,13 @@ from plugbay.errors import ConfigError
 
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
+    # OpenSSL's verify reasons first: they come after CERTIFICATE_VERIFY_FAILED in the same details
+    ("certificate has expired", "the plugin's certificate has expired: renew it (cert-manager or the plugin's"
+                                " operator), and check that this host's clock is right"),
+    ("certificate is not yet valid", "the plugin's certificate is not valid yet: check this host's clock and"
+                                     " the certificate's notBefore"),
+    ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "the plugin refused the host's certificate (cert_file) as expired:"
+                                        " renew it"),
     ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
                                   " or it does not name server_name"),
     ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
