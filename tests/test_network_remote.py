@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.resilience_util import wait_until
 from plugbay import (
     BrokerError,
     CallTimeoutError,
+    ClientStateError,
     HandshakeTimeoutError,
     NoEndpointsError,
     RemoteClient,
@@ -216,3 +218,34 @@ def test_supervisor_does_not_reconnect_when_one_of_several_replicas_dies() -> No
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("how", ["kill", "close"])
+def test_kill_during_start_ends_the_start_at_once(how: str) -> None:
+    port = free_port()  # nothing listens there: start() waits for an endpoint that never comes
+    client = RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                                       insecure=True, start_timeout=15.0, health_interval=0.2, name="kv-killed"))
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            client.start()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert wait_until(lambda: client._pool is not None, 5)
+        time.sleep(0.5)  # well into the wait for an endpoint
+        asked = time.monotonic()
+        getattr(client, how)()
+        took = time.monotonic() - asked
+    finally:
+        starter.join(20)
+    assert not starter.is_alive()
+    assert took < 5.0, f"{how}() waited {took:.1f}s: start_timeout (15 s) was waited out"
+    assert isinstance(outcome[0], ClientStateError) and "killed while it started" in str(outcome[0]), outcome
+    with pytest.raises(ClientStateError):
+        client.start()

@@ -95,8 +95,14 @@ class EndpointPool(CallChannel):
     def start(self) -> EndpointPool:
         """Ask the resolver for the first set (raises its typed error) and start checking health."""
         self._resolver.start(self._on_change)
-        self._thread = threading.Thread(target=self._run, name=f"plugbay-pool-{self.name}", daemon=True)
-        self._thread.start()
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._thread = threading.Thread(target=self._run, name=f"plugbay-pool-{self.name}", daemon=True)
+                self._thread.start()
+        if closed:  # close() came while discovery started (a kill): the resolver may have started after it
+            self._resolver.close()
+            raise no_endpoints(self, "the pool was closed while it started (the client was killed)", closed=True)
         return self
 
     def close(self) -> None:

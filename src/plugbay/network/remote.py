@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -172,14 +173,12 @@ class RemoteClient(Client):
     def _start(self) -> None:
         cfg = self.remote
         deadline = time.monotonic() + cfg.start_timeout
-        self._pool = self._make_pool(None)
-        answer = self._describe(self._pool, deadline)
+        answer = self._describe(self._make_pool(None), deadline)
         self._accept(self._handshake_info(answer))
         if self._wants_broker(answer):
             # Discovery ran over plain gRPC; now one yamux session per endpoint carries everything
-            self._pool.close()
-            self._pool = self._make_pool(self._connect_mux)
-            self._describe(self._pool, deadline)
+            self.pool.close()
+            self._describe(self._make_pool(self._connect_mux), deadline)
             self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
@@ -193,12 +192,30 @@ class RemoteClient(Client):
                             outlier=cfg.outlier, health_interval=cfg.health_interval,
                             health_timeout=cfg.health_timeout, options=cfg.grpc_options,
                             name=self.name, connector=connector)
+        self._pool = pool  # before it starts: a kill() from another thread closes it (see kill)
         try:
+            self._stop_if_killed()
             pool.start()
         except BaseException:
             pool.close()
             raise
         return pool
+
+    def _stop_if_killed(self) -> None:
+        if self._kill_asked:
+            raise ClientStateError(f"remote client {self.name!r} was killed while it started")
+
+    def kill(self) -> None:
+        """Disconnect; from another thread during start(), that start() ends now (not at start_timeout)."""
+        starting = self._starting
+        if starting is not None and starting is not threading.current_thread():
+            # start() holds the Client's lock while it waits for an endpoint; closing its pool wakes
+            # that wait, so the kill does not have to wait out start_timeout for the lock
+            self._kill_asked = True
+            pool = self._pool
+            if pool is not None:
+                pool.close()
+        super().kill()
 
     def _wants_broker(self, answer: discovery_pb2.DescribeResponse | None) -> bool:
         offered = answer is not None and answer.multiplex
@@ -243,6 +260,7 @@ class RemoteClient(Client):
         stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
         last = "no answer yet"
         while True:
+            self._stop_if_killed()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise HandshakeTimeoutError(
@@ -256,6 +274,7 @@ class RemoteClient(Client):
             except RemoteTLSError:
                 raise
             except NoEndpointsError as exc:
+                self._stop_if_killed()  # the kill closed the pool: not an endpoint problem
                 details = getattr(exc, "details", None)
                 last = str(details() if callable(details) else exc)
             except grpc.RpcError as exc:
