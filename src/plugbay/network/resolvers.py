@@ -95,10 +95,11 @@ class DNSResolver:
                         host = rr.to_text()
                         addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
                         out.append(Endpoint("tcp", addr, name=self.host))
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, OSError) as exc:
+        except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
             raise DiscoveryError(
-                f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed: {exc}."
-                " Check that the DNS server is reachable, or pass dns_server='IP:PORT'") from exc
+                f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
+                f" {type(exc).__name__}: {exc}. Check that the DNS server is reachable and serves that name,"
+                " or pass dns_server='IP:PORT'") from exc
         return sorted(set(out), key=lambda e: e.key)
 
     def _srv_target(self, target: str, port: int, priority: int, weight: int) -> list[Endpoint]:
@@ -141,9 +142,16 @@ class DNSResolver:
             except DiscoveryError as exc:
                 _log.warning("%s; keeping the %d endpoint(s) known", exc, len(self._last or []))
                 continue
+            except Exception:  # whatever it was, discovery must not freeze: the next period asks again
+                _log.exception("DNS lookup of %r failed unexpectedly; keeping the %d endpoint(s) known",
+                               self.host, len(self._last or []))
+                continue
             if found != self._last:
                 self._last = found
-                on_change(list(found))
+                try:
+                    on_change(list(found))
+                except Exception:
+                    _log.exception("the endpoint pool of %s failed to take DNS's new set", self._name)
 
     def close(self) -> None:
         self._stop.set()

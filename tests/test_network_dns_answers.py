@@ -1,0 +1,93 @@
+"""DNS answers that are not plain records, against a real DNS server (dnslib) on 127.0.0.1.
+
+Odd response codes are typed errors and never stop the refresh thread. No
+query leaves loopback: every resolver gets dns_server=.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from tests.resilience_util import wait_until
+
+from plugbay import DiscoveryError
+from plugbay.network.resolver import Endpoint
+from plugbay.network.resolvers import DNSResolver
+
+ZONE = "plugbay.test."
+
+
+class OddZone(BaseResolver):  # type: ignore[misc]
+    """A zone whose answers the test sets: records per (name, type), or a response code for every query."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[RR]] = {}
+        self.rcode: int | None = None
+        self.lock = threading.Lock()
+        self.queries = 0
+
+    def set(self, name: str, kind: str, rdatas: Sequence[object]) -> None:
+        with self.lock:
+            self.records[(name, kind)] = [RR(name, getattr(QTYPE, kind), rdata=r, ttl=1) for r in rdatas]
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        reply = request.reply()
+        with self.lock:
+            self.queries += 1
+            if self.rcode is not None:
+                reply.header.rcode = self.rcode
+                return reply
+            rrs = list(self.records.get((str(request.q.qname), QTYPE[request.q.qtype]), []))
+        for rr in rrs:
+            reply.add_answer(rr)
+        return reply
+
+
+@pytest.fixture()
+def dns() -> Iterator[tuple[OddZone, str]]:
+    zone = OddZone()
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
+    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
+    thread.start()
+    try:
+        yield zone, f"127.0.0.1:{server.server.server_address[1]}"
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("rcode", ["YXDOMAIN", "REFUSED"])
+def test_an_odd_response_code_is_a_discovery_error(dns: tuple[OddZone, str], rcode: str) -> None:
+    zone, server = dns
+    zone.rcode = getattr(RCODE, rcode)
+    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, timeout=1.0)
+    with pytest.raises(DiscoveryError) as err:
+        resolver.start(lambda eps: None)
+    assert "DNS lookup of 'kv.plugbay.test' (A/AAAA)" in str(err.value)
+    assert "Check that the DNS server is reachable and serves that name" in str(err.value)
+
+
+def test_an_odd_answer_does_not_stop_discovery(dns: tuple[OddZone, str]) -> None:
+    zone, server = dns
+    zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, refresh=0.1, timeout=1.0)
+    seen: list[list[Endpoint]] = []
+    resolver.start(lambda eps: seen.append(list(eps)))
+    try:
+        assert [e.key for e in seen[0]] == ["tcp:127.0.0.1:7001"]
+        queries = zone.queries
+        zone.rcode = RCODE.YXDOMAIN  # the refresh thread meets it a few times...
+        assert wait_until(lambda: zone.queries >= queries + 3, 10)
+        with zone.lock:
+            zone.rcode = None
+        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.2")])  # ...and still sees the next change
+        assert wait_until(lambda: [e.key for e in seen[-1]] == ["tcp:127.0.0.2:7001"], 10), seen
+        assert len(seen) == 2  # the odd answers kept the last set (no empty set in between)
+    finally:
+        resolver.close()
