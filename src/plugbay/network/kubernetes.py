@@ -172,8 +172,11 @@ class EndpointSliceResolver:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop the watch and free the API client. Safe on the watch thread (from a callback)."""
         self._stop.set()
         thread = self._thread
+        if thread is threading.current_thread():  # a callback closed us: the watch loop ends when it returns
+            thread = None
         while thread is not None and thread.is_alive():
             watch = self._watch
             if watch is not None:
@@ -310,9 +313,14 @@ class EndpointSliceResolver:
             elif kind in ("ADDED", "MODIFIED"):
                 self._slices[str(meta["name"])] = obj
             self._report()
+            if self._stop.is_set():  # the callback closed us: do not wait for another event
+                break
 
     def _close_client(self) -> None:
-        if self._owns_client and self._api_client is not None:
-            self._api_client.close()
-            self._api_client = None
-            self._api = None
+        with self._lock:  # close() and a failing start() may both get here
+            api_client = self._api_client if self._owns_client else None
+            if api_client is not None:
+                self._api_client = None
+                self._api = None
+        if api_client is not None:
+            api_client.close()

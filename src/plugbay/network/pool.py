@@ -113,16 +113,18 @@ class EndpointPool(CallChannel):
             self._closed = True
             self._cond.notify_all()
         self._stop.set()
-        self._resolver.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10.0)
-        with self._cond:
-            members = list(self._members.values()) + self._draining
-            self._members.clear()
-            self._order.clear()
-            self._draining.clear()
-        for member in members:
-            member.channel.close()
+        try:
+            self._resolver.close()
+        finally:  # a resolver that fails to close must not leave the channels open
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(10.0)
+            with self._cond:
+                members = list(self._members.values()) + self._draining
+                self._members.clear()
+                self._order.clear()
+                self._draining.clear()
+            for member in members:
+                member.channel.close()
 
     @property
     def closed(self) -> bool:

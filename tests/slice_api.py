@@ -1,0 +1,98 @@
+"""A loopback HTTP stand-in for the one Kubernetes API the EndpointSlice resolver uses.
+
+GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices answers ``list_body``
+(or holds the request unanswered while ``hang_lists`` is set); with watch=true it
+streams the events the test puts in ``events`` (None ends the stream). Every
+request is counted per kind. Real sockets on 127.0.0.1; nothing else is served.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+def slice_of(name: str, addresses: list[str], port: int = 4000, service: str = "kv") -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}, "resourceVersion": "1"},
+            "addressType": "IPv4", "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+
+
+class SliceAPI:
+    def __init__(self) -> None:
+        self.list_body: Any = {"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
+                               "metadata": {"resourceVersion": "1"}, "items": []}
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.hang_lists = threading.Event()
+        self.lists = 0
+        self.watches = 0
+        self._closing = threading.Event()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if "watch=true" in self.path:
+                    api.watches += 1
+                    self._watch()
+                    return
+                api.lists += 1
+                while api.hang_lists.is_set() and not api._closing.is_set():
+                    api._closing.wait(0.05)
+                if api._closing.is_set():
+                    self.close_connection = True  # hang up: the client's read ends now
+                    return
+                body = api.list_body if isinstance(api.list_body, bytes) else json.dumps(api.list_body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _watch(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.flush()
+                while not api._closing.is_set():
+                    try:
+                        event = api.events.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    if event is None:
+                        break
+                    line = json.dumps(event).encode() + b"\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-slice-api")
+        self._thread.start()
+
+    def kubeconfig(self, path: Path) -> str:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": self.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "default"}}]}))
+        return str(path)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)

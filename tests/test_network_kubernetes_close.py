@@ -1,0 +1,91 @@
+"""The EndpointSlice resolver's edges against a loopback HTTP stand-in of the API (tests/slice_api.py):
+closed from its own watch thread, closed during a relist the API server holds, and malformed answers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.resilience_util import wait_until
+from tests.slice_api import SliceAPI, slice_of
+
+from plugbay.network.kubernetes import EndpointSliceResolver
+from plugbay.network.pool import EndpointPool
+
+pytestmark = pytest.mark.kubernetes
+
+
+@pytest.fixture()
+def api() -> Iterator[SliceAPI]:
+    server = SliceAPI()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _watch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("plugbay-endpointslices-")]
+
+
+def test_the_pool_closed_from_a_callback_on_the_watch_thread_closes_everything(api: SliceAPI,
+                                                                                tmp_path: Path) -> None:
+    api.list_body["items"] = [slice_of("kv-a", ["127.0.0.1"], port=1)]
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    pool = EndpointPool(resolver, insecure=True, health_interval=30.0, name="kv-k8s")
+    failures: list[BaseException] = []
+    closed_on: list[str] = []
+
+    def on_state(state: Any) -> None:  # a subscriber that gives up on the first change discovery reports
+        if threading.current_thread().name.startswith("plugbay-endpointslices-") and not closed_on:
+            closed_on.append(threading.current_thread().name)
+            try:
+                pool.close()
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                failures.append(exc)
+
+    try:
+        pool.start()
+        assert pool.metrics()["known"] == 1
+        pool.subscribe(on_state)
+        assert wait_until(lambda: api.watches >= 1, 10)
+        api.events.put({"type": "ADDED", "object": slice_of("kv-b", ["127.0.0.2"], port=1)})
+        assert wait_until(lambda: bool(closed_on), 10)
+        assert failures == [], failures
+        assert pool.closed and pool.metrics()["known"] == 0  # every channel closed
+        assert resolver._api_client is None  # and the API client too
+        assert wait_until(lambda: not _watch_threads(), 10), _watch_threads()
+    finally:
+        pool.close()
+        resolver.close()
+
+
+class _FailingClose:
+    """A resolver whose close() fails (as the Kubernetes one did on its own thread)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def start(self, on_change: Any) -> None:
+        from plugbay.network.resolver import Endpoint
+
+        on_change([Endpoint("tcp", self.address)])
+
+    def close(self) -> None:
+        raise RuntimeError("resolver close failed")
+
+
+def test_the_pool_closes_its_channels_even_when_the_resolver_fails_to_close() -> None:
+    pool = EndpointPool(_FailingClose("127.0.0.1:1"), insecure=True, health_interval=30.0, name="kv-fail")
+    pool.start()
+    channel = pool.channel_of("tcp:127.0.0.1:1")
+    assert channel is not None
+    with pytest.raises(RuntimeError, match="resolver close failed"):
+        pool.close()
+    assert pool.metrics()["known"] == 0
+    with pytest.raises(ValueError, match="closed channel"):  # grpc's own word for a channel closed
+        channel.unary_unary("/x.Y/Z")(b"", timeout=1.0)
