@@ -4,6 +4,7 @@ closed from its own watch thread, closed during a relist the API server holds, a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,27 @@ def test_the_pool_closed_from_a_callback_on_the_watch_thread_closes_everything(a
     finally:
         pool.close()
         resolver.close()
+
+
+def test_close_during_a_relist_the_api_server_holds_returns_soon(api: SliceAPI, tmp_path: Path) -> None:
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    try:
+        resolver.start(lambda eps: None)
+        assert wait_until(lambda: api.watches >= 1, 10)
+        api.hang_lists.set()
+        # the API server no longer has the watch's version: the resolver lists again, which the server holds
+        api.events.put({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                  "message": "too old"}})
+        assert wait_until(lambda: api.lists >= 2, 15), (api.lists, api.watches)
+        time.sleep(0.3)  # into the held list
+        started = time.monotonic()
+        resolver.close()
+        took = time.monotonic() - started
+        assert took < 5.0, f"close() waited {took:.1f}s for a list the API server held (read timeout 30 s)"
+    finally:
+        api.close()  # the held list ends: the thread, told to stop, ends with it
+        resolver.close()
+    assert wait_until(lambda: not _watch_threads(), 15), _watch_threads()
 
 
 class _FailingClose:

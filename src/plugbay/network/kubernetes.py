@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
 MAX_BACKOFF = 10.0
+_CLOSE_WAIT = 2.0  # close() waits this long for the watch thread, then leaves it to end on its own
 
 
 class _Gone(Exception):
@@ -172,16 +174,22 @@ class EndpointSliceResolver:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the watch and free the API client. Safe on the watch thread (from a callback)."""
+        """Stop the watch and free the API client. Bounded: see _CLOSE_WAIT. Safe on the watch thread."""
         self._stop.set()
         thread = self._thread
         if thread is threading.current_thread():  # a callback closed us: the watch loop ends when it returns
             thread = None
-        while thread is not None and thread.is_alive():
+        give_up = time.monotonic() + _CLOSE_WAIT
+        while thread is not None and thread.is_alive() and time.monotonic() < give_up:
             watch = self._watch
             if watch is not None:
                 watch.stop()  # shuts the socket of a read in progress down
             thread.join(timeout=0.2)
+        if thread is not None and thread.is_alive():
+            # A list in progress cannot be interrupted: the (daemon) thread ends when it returns, as it
+            # sees _stop; waiting here could take the list's whole read timeout, retries included.
+            _log.info("%s: a list request is still in progress; its thread ends when the request does",
+                      self.target)
         self._close_client()
 
     def __enter__(self) -> EndpointSliceResolver:
