@@ -14,6 +14,7 @@ import pytest
 from tests.resilience_util import wait_until
 from tests.slice_api import SliceAPI, slice_of
 
+from plugbay.errors import DiscoveryError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.pool import EndpointPool
 
@@ -84,6 +85,22 @@ def test_close_during_a_relist_the_api_server_holds_returns_soon(api: SliceAPI, 
         api.close()  # the held list ends: the thread, told to stop, ends with it
         resolver.close()
     assert wait_until(lambda: not _watch_threads(), 15), _watch_threads()
+
+
+@pytest.mark.parametrize("bad", [
+    {"addressType": "IPv4", "endpoints": [{"conditions": {"ready": True}}]},  # an endpoint without addresses
+    {"endpoints": [{"addresses": ["10.0.0.1"]}]},  # no addressType
+    {"addressType": "IPv4", "endpoints": ["10.0.0.1"]},  # an endpoint that is no object
+])
+def test_a_malformed_endpointslice_is_a_discovery_error(api: SliceAPI, tmp_path: Path, bad: dict[str, Any]) -> None:
+    api.list_body["items"] = [{"metadata": {"name": "kv-x"}, **bad}]
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    with pytest.raises(DiscoveryError) as err:
+        resolver.start(lambda eps: None)
+    text = str(err.value)
+    assert f"the Kubernetes API at {api.url} answered list endpointslices with something that is not" in text
+    assert "kubernetes:///default/kv:grpc" in text
+    assert not _watch_threads()
 
 
 class _FailingClose:

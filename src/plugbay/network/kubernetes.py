@@ -26,6 +26,7 @@ from typing import Any
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
+    DiscoveryError,
     EngineUnavailableError,
     PermissionDeniedError,
     RunnerError,
@@ -230,14 +231,26 @@ class EndpointSliceResolver:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        api, api_client = self._api, self._api_client
+        if api is None or api_client is None:
+            raise DiscoveryError(f"the resolver for {self.target} was closed; make a new one")
         try:
-            found = self._api.list_namespaced_endpoint_slice(
+            found = api.list_namespaced_endpoint_slice(
                 self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}", _request_timeout=(10, 30))
+            data = api_client.sanitize_for_serialization(found)
+            slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
         except (ApiException, HTTPError, OSError) as exc:
             raise self._error("list", exc) from exc
-        data = self._api_client.sanitize_for_serialization(found)
+        except Exception as exc:  # the client's models refused the answer (pydantic), or it has no shape
+            host = getattr(getattr(api_client, "configuration", None), "host", "?")
+            raise DiscoveryError(
+                f"the Kubernetes API at {host} answered list endpointslices with something that is not"
+                f" valid EndpointSlices ({type(exc).__name__}: {str(exc)[:300]}), so {self.target} cannot"
+                " be discovered. Check that the kubeconfig's server URL points at the API server itself"
+                " (not a proxy or a web page), and the Service's EndpointSlices (kubectl get endpointslices"
+                f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)") from exc
         self.lists += 1
-        self._slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
+        self._slices = slices
         self._rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
         self._report()
 
@@ -273,7 +286,7 @@ class EndpointSliceResolver:
                     self._rv = None
                     continue
                 self.last_error = self._error("watch", exc)
-            except RunnerError as exc:
+            except (RunnerError, DiscoveryError) as exc:
                 self.last_error = exc
             except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
                 if self._stop.is_set():
