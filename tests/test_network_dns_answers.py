@@ -1,16 +1,19 @@
 """DNS answers that are not plain records, against a real DNS server (dnslib) on 127.0.0.1.
 
-Odd response codes are typed errors and never stop the refresh thread. No
-query leaves loopback: every resolver gets dns_server=.
+Odd response codes are typed errors and never stop the refresh thread; SRV
+records are read as RFC 2782 says (target "." = no service, port 0 = no port,
+the lowest priority serves); an answer too large is capped. No query leaves
+loopback: every resolver gets dns_server=.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SRV, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from tests.resilience_util import wait_until
@@ -91,3 +94,40 @@ def test_an_odd_answer_does_not_stop_discovery(dns: tuple[OddZone, str]) -> None
         assert len(seen) == 2  # the odd answers kept the last set (no empty set in between)
     finally:
         resolver.close()
+
+
+def _keys(server: str, name: str, **kw: object) -> list[str]:
+    resolver = DNSResolver(name, 7001, dns_server=server, timeout=1.0, **kw)  # type: ignore[arg-type]
+    seen: list[list[Endpoint]] = []
+    resolver.start(lambda eps: seen.append(list(eps)))
+    resolver.close()
+    return [e.key for e in seen[0]]
+
+
+def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[OddZone, str]) -> None:
+    zone, server = dns
+    zone.set(f"kv-a.{ZONE}", "A", [A("127.0.0.1")])
+    zone.set(f"kv-b.{ZONE}", "A", [A("127.0.0.2")])
+    zone.set(".", "A", [A("127.0.0.9")])  # were "." looked up as a name, it would become an endpoint
+    # port 0 is no port; the backup (priority 20) gets no calls while a priority-10 target resolves
+    zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, 7001, f"kv-a.{ZONE}"), SRV(10, 5, 0, f"kv-a.{ZONE}"),
+                                        SRV(20, 5, 7002, f"kv-b.{ZONE}")])
+    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.1:7001"]
+    # the primaries gone from DNS (their name has no address): the backup serves
+    zone.set(f"kv-a.{ZONE}", "A", [])
+    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.2:7002"]
+    zone.set(f"_none._tcp.{ZONE}", "SRV", [SRV(0, 0, 0, ".")])  # "decidedly not available at this domain"
+    assert _keys(server, "_none._tcp.plugbay.test", srv=True) == []
+
+
+def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[OddZone, str],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    zone, server = dns
+    zone.set(f"many.{ZONE}", "A", [A(f"127.0.1.{i}") for i in range(1, 9)])
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    keys = _keys(server, "many.plugbay.test", max_endpoints=5)
+    assert keys == [f"tcp:127.0.1.{i}:7001" for i in range(1, 6)]
+    assert "DNS answered 8 endpoints for 'many.plugbay.test'; using the first 5" in caplog.text
+    from plugbay.network.resolvers import MAX_ENDPOINTS
+
+    assert MAX_ENDPOINTS == 256  # the documented default (docs/network-host.md)

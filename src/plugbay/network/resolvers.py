@@ -24,6 +24,9 @@ from plugbay.network.resolver import Endpoint, OnChange
 
 _log = logging.getLogger("plugbay.network")
 _MIN_GAP = 0.2  # refresh() on failures: at most this often
+# Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard, a
+# misconfigured zone) must not turn into thousands of them. The first ones by address are kept.
+MAX_ENDPOINTS = 256
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
@@ -48,7 +51,8 @@ class DNSResolver:
     """A/AAAA (``name`` + ``port``) or SRV (``srv=True``) records, re-resolved periodically."""
 
     def __init__(self, host: str, port: int = 0, *, srv: bool = False, dns_server: str | None = None,
-                 refresh: float = 30.0, timeout: float = 2.0, name: str = "plugin") -> None:
+                 refresh: float = 30.0, timeout: float = 2.0, name: str = "plugin",
+                 max_endpoints: int = MAX_ENDPOINTS) -> None:
         if refresh <= 0:
             raise ConfigError(f"the DNS refresh interval must be > 0 seconds (got {refresh})")
         self.host, self.port, self.srv, self.refresh_every = host, port, srv, refresh
@@ -71,6 +75,8 @@ class DNSResolver:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: list[Endpoint] | None = None
+        self.max_endpoints = max_endpoints
+        self._capped_at: int | None = None  # the answer size last warned about
         self.lookups = 0
 
     def _server_text(self) -> str:
@@ -87,22 +93,53 @@ class DNSResolver:
                     answer = self._resolver.resolve(self.host, kind, search=False)
                 except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                     continue
+                if kind == "SRV":
+                    out.extend(self._srv_endpoints(list(answer)))
+                    continue
                 for rr in answer:
-                    if kind == "SRV":
-                        target = str(rr.target).rstrip(".")
-                        out.extend(self._srv_target(target, int(rr.port), int(rr.priority), int(rr.weight)))
-                    else:
-                        host = rr.to_text()
-                        addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-                        out.append(Endpoint("tcp", addr, name=self.host))
+                    host = rr.to_text()
+                    addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                    out.append(Endpoint("tcp", addr, name=self.host))
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
             raise DiscoveryError(
                 f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
                 f" {type(exc).__name__}: {exc}. Check that the DNS server is reachable and serves that name,"
                 " or pass dns_server='IP:PORT'") from exc
-        return sorted(set(out), key=lambda e: e.key)
+        return self._capped(sorted(set(out), key=lambda e: e.key))
 
-    def _srv_target(self, target: str, port: int, priority: int, weight: int) -> list[Endpoint]:
+    def _capped(self, found: list[Endpoint]) -> list[Endpoint]:
+        if len(found) <= self.max_endpoints:
+            self._capped_at = None
+            return found
+        if self._capped_at != len(found):
+            self._capped_at = len(found)
+            _log.warning("DNS answered %d endpoints for %r; using the first %d by address (each endpoint is a"
+                         " connection with its own health checks). Serve fewer records, or split the plugin"
+                         " into several names", len(found), self.host, self.max_endpoints)
+        return found[:self.max_endpoints]
+
+    def _srv_endpoints(self, records: list[object]) -> list[Endpoint]:
+        """SRV per RFC 2782: target "." means no service; port 0 is no port; the lowest priority serves.
+
+        Weights are not used (the pool balances by its own policy). Targets of a higher priority
+        number are backups: used only when no target of a lower one yields an endpoint.
+        """
+        by_priority: dict[int, list[Endpoint]] = {}
+        for rr in records:
+            target = str(getattr(rr, "target")).rstrip(".")
+            port, priority = int(getattr(rr, "port")), int(getattr(rr, "priority"))
+            if not target or not 0 < port < 65536:
+                if target:
+                    _log.warning("DNS SRV record of %r names %s with port %d; skipping it (no such port)",
+                                 self.host, target, port)
+                continue
+            by_priority.setdefault(priority, []).extend(self._srv_target(target, port))
+        for priority in sorted(by_priority):
+            if by_priority[priority]:
+                return by_priority[priority]
+        return []
+
+    def _srv_target(self, target: str, port: int) -> list[Endpoint]:
         try:
             ipaddress.ip_address(target)
             return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
