@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 from dnslib import QTYPE, RCODE, RR, SRV, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
+from tests.net_util import HANDSHAKE, PLUGINS
 from tests.resilience_util import wait_until
 
-from plugbay import DiscoveryError
+from plugbay import DiscoveryError, HandshakeTimeoutError, RemoteClient, RemoteConfig
 from plugbay.network.resolver import Endpoint
 from plugbay.network.resolvers import DNSResolver
 
@@ -131,3 +133,38 @@ def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[O
     from plugbay.network.resolvers import MAX_ENDPOINTS
 
     assert MAX_ENDPOINTS == 256  # the documented default (docs/network-host.md)
+
+
+class SlowZone(OddZone):
+    """Answers every query after ``delay`` seconds."""
+
+    delay = 0.4
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        time.sleep(self.delay)
+        return super().resolve(request, handler)
+
+
+def test_start_timeout_covers_discovery() -> None:
+    zone = SlowZone()
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
+    thread = threading.Thread(target=server.server.serve_forever, name="test-slow-dns", daemon=True)
+    thread.start()
+    try:
+        targets = [SRV(10, 5, 7001, f"kv-{i}.{ZONE}") for i in range(8)]  # 1 + 16 queries of 0.4 s each
+        zone.set(f"_kv._tcp.{ZONE}", "SRV", targets)
+        for i in range(8):
+            zone.set(f"kv-{i}.{ZONE}", "A", [A(f"127.0.0.{i + 1}")])
+        cfg = RemoteConfig(target="dns+srv:///_kv._tcp.plugbay.test", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=f"127.0.0.1:{server.server.server_address[1]}",
+                           start_timeout=1.0, name="kv-slow-dns")
+        started = time.monotonic()
+        with pytest.raises(HandshakeTimeoutError) as err:
+            RemoteClient(cfg).start()
+        took = time.monotonic() - started
+        assert took < 3.0, f"start() took {took:.1f}s with start_timeout=1.0 (the lookups ran to their end)"
+        assert "did not finish within start_timeout (1.0s)" in str(err.value)
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,19 @@ def test_the_pool_closes_its_channels_even_when_the_resolver_fails_to_close() ->
     assert pool.metrics()["known"] == 0
     with pytest.raises(ValueError, match="closed channel"):  # grpc's own word for a channel closed
         channel.unary_unary("/x.Y/Z")(b"", timeout=1.0)
+
+
+def test_start_timeout_covers_the_first_list(api: SliceAPI, tmp_path: Path) -> None:
+    from plugbay import PlugbayError, RemoteClient, RemoteConfig
+    from tests.net_util import HANDSHAKE, PLUGINS
+
+    api.hang_lists.set()  # the API server holds the list (its read timeout is 30 s)
+    cfg = RemoteConfig(target="kubernetes:///default/kv:grpc", handshake=HANDSHAKE, plugins=PLUGINS,
+                       insecure=True, kubernetes={"kubeconfig": api.kubeconfig(tmp_path / "kc")},
+                       start_timeout=1.0, name="kv-slow-api")
+    started = time.monotonic()
+    with pytest.raises(PlugbayError) as err:
+        RemoteClient(cfg).start()
+    took = time.monotonic() - started
+    assert took < 5.0, f"start() took {took:.1f}s with start_timeout=1.0: {err.value}"
+    api.hang_lists.clear()

@@ -153,7 +153,8 @@ class EndpointSliceResolver:
 
     # --- Resolver protocol ---------------------------------------------------------
 
-    def start(self, on_change: OnChange) -> None:
+    def start(self, on_change: OnChange, *, deadline: float | None = None) -> None:
+        """List the slices (by ``deadline``, a time.monotonic() value, when given), then watch them."""
         with self._lock:
             if self._on_change is not None or self._stop.is_set():
                 raise ClientStateError(f"the resolver for {self.target} was already started or closed;"
@@ -165,7 +166,7 @@ class EndpointSliceResolver:
             from kubernetes import client
 
             self._api = client.DiscoveryV1Api(self._api_client)
-            self._relist()
+            self._relist(deadline)
         except BaseException:
             self._close_client()
             self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed
@@ -227,16 +228,21 @@ class EndpointSliceResolver:
             f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
             " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
 
-    def _relist(self) -> None:
+    def _relist(self, deadline: float | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
+
+        timeout: tuple[float, float] = (10, 30)
+        if deadline is not None:  # start()'s caller has only start_timeout for all of discovery
+            left = max(deadline - time.monotonic(), 0.1)
+            timeout = (min(10.0, left), min(30.0, left))
 
         api, api_client = self._api, self._api_client
         if api is None or api_client is None:
             raise DiscoveryError(f"the resolver for {self.target} was closed; make a new one")
         try:
             found = api.list_namespaced_endpoint_slice(
-                self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}", _request_timeout=(10, 30))
+                self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}", _request_timeout=timeout)
             data = api_client.sanitize_for_serialization(found)
             slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
         except (ApiException, HTTPError, OSError) as exc:

@@ -21,6 +21,7 @@ they were dispensed). ``metrics()`` is a snapshot; changes are logged on the
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -92,9 +93,15 @@ class EndpointPool(CallChannel):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> EndpointPool:
-        """Ask the resolver for the first set (raises its typed error) and start checking health."""
-        self._resolver.start(self._on_change)
+    def start(self, deadline: float | None = None) -> EndpointPool:
+        """Ask the resolver for the first set (raises its typed error) and start checking health.
+
+        ``deadline`` (time.monotonic()) bounds the first lookup, for resolvers whose start() takes one.
+        """
+        if deadline is not None and "deadline" in inspect.signature(self._resolver.start).parameters:
+            self._resolver.start(self._on_change, deadline=deadline)  # type: ignore[call-arg]
+        else:
+            self._resolver.start(self._on_change)
         with self._cond:
             closed = self._closed
             if not closed:

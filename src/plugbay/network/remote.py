@@ -57,6 +57,7 @@ from plugbay.errors import (
     BrokerError,
     ClientStateError,
     ConfigError,
+    DiscoveryError,
     HandshakeTimeoutError,
     NoEndpointsError,
     ProtocolMismatchError,
@@ -173,18 +174,18 @@ class RemoteClient(Client):
     def _start(self) -> None:
         cfg = self.remote
         deadline = time.monotonic() + cfg.start_timeout
-        answer = self._describe(self._make_pool(None), deadline)
+        answer = self._describe(self._make_pool(None, deadline), deadline)
         self._accept(self._handshake_info(answer))
         if self._wants_broker(answer):
             # Discovery ran over plain gRPC; now one yamux session per endpoint carries everything
             self.pool.close()
-            self._describe(self._make_pool(self._connect_mux), deadline)
+            self._describe(self._make_pool(self._connect_mux, deadline), deadline)
             self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
         self._broker = NetworkBroker(_POOL_BROKER if self.multiplexed else _NO_BROKER)
 
-    def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None) -> EndpointPool:
+    def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
         cfg = self.remote
         resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
                                  name=self.name, kubernetes=cfg.kubernetes)
@@ -195,7 +196,15 @@ class RemoteClient(Client):
         self._pool = pool  # before it starts: a kill() from another thread closes it (see kill)
         try:
             self._stop_if_killed()
-            pool.start()
+            pool.start(deadline)
+        except DiscoveryError as exc:
+            pool.close()
+            if time.monotonic() < deadline or isinstance(exc, NoEndpointsError):
+                raise
+            raise HandshakeTimeoutError(
+                f"discovery of remote plugin {self.name!r} at {self.target.text!r} did not finish within"
+                f" start_timeout ({self.remote.start_timeout:.1f}s): {exc}. Check that the discovery source"
+                " (DNS server, Kubernetes API) answers quickly, or raise start_timeout") from exc
         except BaseException:
             pool.close()
             raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 
 import dns.exception
 import dns.resolver
@@ -69,6 +70,8 @@ class DNSResolver:
             self._resolver.nameservers = [ip]
             self._resolver.port = dns_port
         self._resolver.lifetime = timeout
+        self.timeout = timeout
+        self._deadline: float | None = None  # start()'s: the caller's start_timeout covers discovery too
         self._resolver.cache = None
         self._name = name
         self._stop = threading.Event()
@@ -90,7 +93,7 @@ class DNSResolver:
         try:
             for kind in kinds:
                 try:
-                    answer = self._resolver.resolve(self.host, kind, search=False)
+                    answer = self._resolver.resolve(self.host, kind, search=False, lifetime=self._lifetime())
                 except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                     continue
                 if kind == "SRV":
@@ -149,7 +152,7 @@ class DNSResolver:
         found = []
         for kind in ("A", "AAAA"):
             try:
-                for rr in self._resolver.resolve(target, kind, search=False):
+                for rr in self._resolver.resolve(target, kind, search=False, lifetime=self._lifetime()):
                     host = rr.to_text()
                     found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                                           name=target))
@@ -157,8 +160,23 @@ class DNSResolver:
                 continue
         return found
 
-    def start(self, on_change: OnChange) -> None:
-        self._last = self.resolve()
+    def _lifetime(self) -> float:
+        """How long one query may take: ``timeout``, or less when start()'s deadline is nearer."""
+        if self._deadline is None:
+            return self.timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise DiscoveryError(f"DNS lookup of {self.host!r} at {self._server_text()} did not finish in the"
+                                 " time start() had (start_timeout); check that the DNS server answers quickly")
+        return min(self.timeout, left)
+
+    def start(self, on_change: OnChange, *, deadline: float | None = None) -> None:
+        """The first lookup (all its queries end by ``deadline``, a time.monotonic() value), then the thread."""
+        self._deadline = deadline
+        try:
+            self._last = self.resolve()
+        finally:
+            self._deadline = None
         on_change(list(self._last))
         self._thread = threading.Thread(target=self._run, args=(on_change,), daemon=True,
                                         name=f"plugbay-dns-{self._name}")
