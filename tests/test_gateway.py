@@ -18,7 +18,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay._proto.plugin import grpc_broker_pb2, grpc_broker_pb2_grpc, grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.resilience.restart import RestartPolicy
-from plugbay.errors import ConfigError, GatewayError, TLSConfigError
+from plugbay.errors import ClientStateError, ConfigError, GatewayError, TLSConfigError
 from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
 from plugbay.network.gateway.cli import main as gateway_main
 from tests import gobuild, netcerts
@@ -232,6 +232,22 @@ def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts
         Gateway(bad).start()
     with pytest.raises(TLSConfigError, match="all three"):
         Gateway(GatewayConfig(cmd=[kv_bin], cookie=COOKIE, cert_file=str(certs.cert_file)))
+
+
+def test_a_failed_or_stopped_gateway_refuses_to_start_again(misbehave_bin: str, kv_bin: str,
+                                                           certs: netcerts.CertSet, in_tmp: Path) -> None:
+    failed = Gateway(config(misbehave_bin, certs, env={"MISBEHAVE_MODE": "exit"}))
+    with pytest.raises(GatewayError):
+        failed.start()
+    with pytest.raises(ClientStateError, match="failed to start and was torn down; make a new Gateway"):
+        failed.start()
+    with pytest.raises(ClientStateError, match="failed to start, so it serves no address"):
+        failed.address  # noqa: B018 - the property is what is tested
+    stopped = Gateway(config(kv_bin, certs))
+    stopped.start()
+    stopped.stop()
+    with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+        stopped.start()
 
 
 # --- the command line, as a real process -------------------------------------------------

@@ -145,6 +145,7 @@ class Gateway:
         self._address = ""
         self._lock = threading.Lock()
         self._started = False
+        self._start_failed = False
         self._front: list[Callable[[], None]] = []
 
     def _session(self, conn: socket.socket, path: str) -> ChildSession:
@@ -177,6 +178,9 @@ class Gateway:
     @property
     def address(self) -> str:
         """The bound listen address, HOST:PORT (the real port when ``listen`` asked for port 0)."""
+        if self._start_failed:  # bound, but torn down again: nothing is served there
+            raise ClientStateError("this Gateway failed to start, so it serves no address; make a new Gateway"
+                                   " (see the error start() raised)")
         if not self._address:
             raise ClientStateError("Gateway.address is only known after start(); call start() first")
         return self._address
@@ -202,14 +206,18 @@ class Gateway:
     def start(self) -> None:
         """Start the child, then listen. Typed errors (and nothing left running) on failure."""
         with self._lock:
-            if self._started:
-                return
+            # closed first: a failed start also set _started, and must not pass for a running gateway
+            if self._start_failed:
+                raise ClientStateError("this Gateway failed to start and was torn down; make a new Gateway")
             if self._closed.is_set():
                 raise ClientStateError("this Gateway was stopped; make a new one")
+            if self._started:
+                return
             self._started = True
             try:
                 self._start()
             except BaseException:
+                self._start_failed = True
                 self._teardown()
                 raise
 
