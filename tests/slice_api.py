@@ -1,7 +1,8 @@
 """A loopback HTTP stand-in for the one Kubernetes API the EndpointSlice resolver uses.
 
 GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices answers ``list_body``
-(or holds the request unanswered while ``hang_lists`` is set); with watch=true it
+(or ``list_status`` with a Status body, or holds the request unanswered while
+``hang_lists`` is set); with watch=true it
 streams the events the test puts in ``events`` (None ends the stream). Every
 request is counted per kind. Real sockets on 127.0.0.1; nothing else is served.
 """
@@ -28,6 +29,7 @@ class SliceAPI:
                                "metadata": {"resourceVersion": "1"}, "items": []}
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.hang_lists = threading.Event()
+        self.list_status = 200
         self.lists = 0
         self.watches = 0
         self._closing = threading.Event()
@@ -51,7 +53,11 @@ class SliceAPI:
                     self.close_connection = True  # hang up: the client's read ends now
                     return
                 body = api.list_body if isinstance(api.list_body, bytes) else json.dumps(api.list_body).encode()
-                self.send_response(200)
+                if api.list_status != 200:  # a Status, as the API server words a refusal
+                    body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "code": api.list_status, "message": f"endpointslices.discovery.k8s.io"
+                                       f" is refused here ({api.list_status})"}).encode()
+                self.send_response(api.list_status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

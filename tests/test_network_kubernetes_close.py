@@ -132,7 +132,7 @@ def test_the_pool_closes_its_channels_even_when_the_resolver_fails_to_close() ->
 
 
 def test_start_timeout_covers_the_first_list(api: SliceAPI, tmp_path: Path) -> None:
-    from plugbay import PlugbayError, RemoteClient, RemoteConfig
+    from plugbay import HandshakeTimeoutError, RemoteClient, RemoteConfig
     from tests.net_util import HANDSHAKE, PLUGINS
 
     api.hang_lists.set()  # the API server holds the list (its read timeout is 30 s)
@@ -140,8 +140,41 @@ def test_start_timeout_covers_the_first_list(api: SliceAPI, tmp_path: Path) -> N
                        insecure=True, kubernetes={"kubeconfig": api.kubeconfig(tmp_path / "kc")},
                        start_timeout=1.0, name="kv-slow-api")
     started = time.monotonic()
-    with pytest.raises(PlugbayError) as err:
+    with pytest.raises(HandshakeTimeoutError) as err:
         RemoteClient(cfg).start()
     took = time.monotonic() - started
     assert took < 5.0, f"start() took {took:.1f}s with start_timeout=1.0: {err.value}"
+    assert "did not finish within start_timeout (1.0s)" in str(err.value)
     api.hang_lists.clear()
+
+
+@pytest.mark.parametrize("status, kind, words", [
+    (403, "DiscoveryPermissionError", 'API group "discovery.k8s.io"'),
+    (401, "DiscoveryPermissionError", "refresh the kubeconfig's token"),
+    (404, "DiscoveryError", "needs Kubernetes 1.21 or later"),
+    (500, "DiscoveryError", "Kubernetes API list endpointslices in 'default' failed: 500"),
+])
+def test_api_refusals_are_discovery_errors(api: SliceAPI, tmp_path: Path, status: int, kind: str,
+                                           words: str) -> None:
+    import plugbay
+
+    api.list_status = status
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    with pytest.raises(plugbay.DiscoveryError) as err:
+        resolver.start(lambda eps: None)
+    assert type(err.value).__name__ == kind and words in str(err.value)
+    if status in (401, 403):  # still what a runner's permission trouble is, for code that catches that
+        assert isinstance(err.value, plugbay.PermissionDeniedError)
+
+
+def test_an_unreachable_api_or_no_kubeconfig_is_a_discovery_error(tmp_path: Path) -> None:
+    import plugbay
+
+    gone = SliceAPI()
+    kubeconfig = gone.kubeconfig(tmp_path / "kc")
+    gone.close()  # nobody listens there now
+    for kw in ({"kubeconfig": kubeconfig}, {"kubeconfig": str(tmp_path / "missing")}):
+        with pytest.raises(plugbay.DiscoveryUnavailableError) as err:
+            EndpointSliceResolver("default", "kv", "grpc", **kw).start(lambda eps: None)  # type: ignore[arg-type]
+        assert isinstance(err.value, plugbay.DiscoveryError) and isinstance(err.value, plugbay.EngineUnavailableError)
+        assert "kubernetes:///default/kv:grpc" in str(err.value)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
         ClientStateError as ClientStateError,
         ConfigError as ConfigError,
         DiscoveryError as DiscoveryError,
+        DiscoveryPermissionError as DiscoveryPermissionError,
+        DiscoveryUnavailableError as DiscoveryUnavailableError,
         EngineUnavailableError as EngineUnavailableError,
         GatewayError as GatewayError,
         HandshakeError as HandshakeError,

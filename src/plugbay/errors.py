@@ -236,6 +236,14 @@ class DiscoveryError(NetworkError):
     """A target's discovery source (DNS, Kubernetes, the plugin's Discovery service) failed."""
 
 
+class DiscoveryPermissionError(DiscoveryError, PermissionDeniedError):
+    """Discovery was refused for want of a permission (kubernetes:///: RBAC on EndpointSlices, or 401)."""
+
+
+class DiscoveryUnavailableError(DiscoveryError, EngineUnavailableError):
+    """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig)."""
+
+
 class NoEndpointsError(DiscoveryError, TimeoutError):
     """No endpoint of a remote plugin could take the call before its deadline.
 

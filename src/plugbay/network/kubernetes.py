@@ -27,9 +27,9 @@ from plugbay.errors import (
     ClientStateError,
     ConfigError,
     DiscoveryError,
+    DiscoveryPermissionError,
+    DiscoveryUnavailableError,
     EngineUnavailableError,
-    PermissionDeniedError,
-    RunnerError,
 )
 from plugbay.network.resolver import Endpoint, OnChange
 from plugbay.runners.kubernetes.api import api_message, load_api_client
@@ -162,7 +162,10 @@ class EndpointSliceResolver:
             self._on_change = on_change
         try:
             if self._api_client is None:
-                self._api_client, _ = load_api_client(self._kubeconfig, self._context)
+                try:
+                    self._api_client, _ = load_api_client(self._kubeconfig, self._context)
+                except EngineUnavailableError as exc:
+                    raise DiscoveryUnavailableError(f"{exc} ({self.target} cannot be discovered)") from exc
             from kubernetes import client
 
             self._api = client.DiscoveryV1Api(self._api_client)
@@ -202,29 +205,29 @@ class EndpointSliceResolver:
 
     # --- API calls -----------------------------------------------------------------
 
-    def _error(self, verb: str, exc: BaseException) -> RunnerError:
+    def _error(self, verb: str, exc: BaseException) -> DiscoveryError:
         from kubernetes.client.exceptions import ApiException
 
         if isinstance(exc, ApiException):
             if exc.status == 403:
-                return PermissionDeniedError(
+                return DiscoveryPermissionError(
                     f"the Kubernetes API refused to {verb} endpointslices in namespace {self.namespace!r}"
                     f" (403 Forbidden), so {self.target} cannot be discovered. The host's service account or"
                     " user needs a Role in that namespace granting in API group \"discovery.k8s.io\":"
                     f" {discovery_rbac_summary()} (charts/plugbay adds it with network.enabled or"
                     f" rbac.discovery). Server said: {api_message(exc)}")
             if exc.status == 401:
-                return PermissionDeniedError(
+                return DiscoveryPermissionError(
                     f"the Kubernetes API rejected the host's credentials (401) on {verb} endpointslices;"
                     " refresh the kubeconfig's token or certificate")
             if exc.status == 404:
-                return RunnerError(
+                return DiscoveryError(
                     f"the Kubernetes API does not serve discovery.k8s.io/v1 endpointslices ({api_message(exc)});"
                     f" {self.target} needs Kubernetes 1.21 or later")
-            return RunnerError(f"Kubernetes API {verb} endpointslices in {self.namespace!r} failed:"
+            return DiscoveryError(f"Kubernetes API {verb} endpointslices in {self.namespace!r} failed:"
                                f" {exc.status} {api_message(exc)}")
         host = getattr(getattr(self._api_client, "configuration", None), "host", "?")
-        return EngineUnavailableError(
+        return DiscoveryUnavailableError(
             f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
             " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
 
@@ -292,7 +295,7 @@ class EndpointSliceResolver:
                     self._rv = None
                     continue
                 self.last_error = self._error("watch", exc)
-            except (RunnerError, DiscoveryError) as exc:
+            except DiscoveryError as exc:
                 self.last_error = exc
             except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
                 if self._stop.is_set():
@@ -301,7 +304,7 @@ class EndpointSliceResolver:
             except Exception as exc:  # e.g. an object the client cannot read: log it, list again
                 if self._stop.is_set():
                     break
-                self.last_error = RunnerError(f"watching endpointslices for {self.target} failed: {exc!r};"
+                self.last_error = DiscoveryError(f"watching endpointslices for {self.target} failed: {exc!r};"
                                               " listing them again")
                 self._rv = None
             failures += 1
@@ -330,7 +333,7 @@ class EndpointSliceResolver:
             if kind == "ERROR":  # a Status the client did not raise
                 if obj.get("code") == 410:
                     raise _Gone()
-                raise RunnerError(f"the endpointslices watch failed: {obj.get('message') or obj}")
+                raise DiscoveryError(f"the endpointslices watch failed: {obj.get('message') or obj}")
             if meta.get("resourceVersion"):
                 self._rv = str(meta["resourceVersion"])
             if kind == "BOOKMARK" or not meta.get("name"):
