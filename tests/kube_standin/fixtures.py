@@ -27,9 +27,11 @@ def standin() -> Iterator[StandIn]:
 
 
 @pytest.fixture()
-def kubeconfig(standin: StandIn, tmp_path: Path) -> Iterator[str]:
-    """A real kubeconfig file for the stand-in; knobs are reset after each test."""
+def kubeconfig(standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real kubeconfig file for the stand-in, also $KUBECONFIG (a reattach uses the host's own
+    configuration, never the one its data names); knobs are reset after each test."""
     path = standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
+    monkeypatch.setenv("KUBECONFIG", path)
     yield path
     standin.allow_all()
     standin.store.start_delay = 0.0

@@ -116,7 +116,11 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
         if kind == "DockerRunner":
             return _docker(str(data.get("id") or ""))
         if kind == "KubernetesRunner":
-            return _pod(str(data.get("namespace")), str(data.get("pod")), kubeconfig or data.get("kubeconfig"))
+            from plugbay.runners.kubernetes.api import reattach_kubeconfig
+
+            # never load the kubeconfig the JSON names: its exec: plugin would run (--kubeconfig is the user's)
+            chosen = kubeconfig or reattach_kubeconfig(data.get("kubeconfig"), None)[0]
+            return _pod(str(data.get("namespace")), str(data.get("pod")), chosen)
         if kind == "ProcessRunner":
             return _process(int(data.get("pid") or 0))
         raise ConfigError(f"reattach config of unknown runner kind {kind!r}; plugbay diagnose knows"

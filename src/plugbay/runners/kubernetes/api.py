@@ -89,6 +89,62 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
             " KUBECONFIG, or run the host in a pod with a service account.") from exc
 
 
+def host_kubeconfig() -> str | None:
+    """The kubeconfig this host loads unasked (as load_api_client(None)): None in-cluster, else
+    $KUBECONFIG, else ~/.kube/config (read now: the client library reads $KUBECONFIG once, at import)."""
+    if in_cluster():
+        return None
+    return os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
+def _same_paths(a: str, b: str) -> bool:
+    def norm(value: str) -> list[str]:
+        return [os.path.realpath(os.path.expanduser(p)) for p in value.split(os.pathsep) if p]
+    return norm(a) == norm(b)
+
+
+def _active_context(kubeconfig: str | None) -> str | None:
+    if kubeconfig is None:
+        return None
+    try:
+        from kubernetes import config as config_mod
+
+        config: Any = config_mod
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # parses only: runs no plugin
+        return str((active or {}).get("name") or "") or None
+    except Exception:
+        return None
+
+
+def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None = None,
+                        context: str | None = None) -> tuple[str | None, str | None]:
+    """The (kubeconfig, context) a reattach may load: the caller's, else this host's own.
+
+    Reattach data is untrusted, and loading a kubeconfig runs its ``exec:`` credential
+    plugin: a file or context the data names is never loaded, only compared with what
+    this host would use; a different one is a ReattachError saying how to point the host at it.
+    """
+    from plugbay.errors import ReattachError
+
+    for key, value in (("kubeconfig", named), ("context", named_context)):
+        if value is not None and not isinstance(value, str):
+            raise ReattachError(f"reattach data's {key} must be a string or null, not {type(value).__name__};"
+                                " pass the JSON that Client.reattach_config().to_json() produced")
+    own = kubeconfig if kubeconfig is not None else host_kubeconfig()
+    if named is not None and (own is None or not _same_paths(named, own)):
+        uses = "its in-cluster service account" if own is None else f"kubeconfig {own!r}"
+        raise ReattachError(
+            f"the reattach data names kubeconfig {named!r}, but this host uses {uses}; plugbay loads no"
+            " kubeconfig that reattach data names (its exec: plugin would run before anything is checked)."
+            f" Set KUBECONFIG={named} for this host if you trust that file, or reattach from a host that uses it")
+    if context is None and named_context is not None and named_context != _active_context(own):
+        raise ReattachError(
+            f"the reattach data names Kubernetes context {named_context!r}, which is not this host's current"
+            f" context; make it current (kubectl config use-context {named_context}) if you trust it, then"
+            " reattach again")
+    return own, context if context is not None else named_context
+
+
 def default_namespace(kubeconfig: str | None, context: str | None) -> str:
     """The namespace of the pod's service account in-cluster, else of the kubeconfig context."""
     if in_cluster():

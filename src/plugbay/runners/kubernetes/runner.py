@@ -23,7 +23,7 @@ from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
-                                            load_api_client)
+                                            load_api_client, reattach_kubeconfig)
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
@@ -347,14 +347,20 @@ class KubernetesRunner(Runner):
                 "api_timeout": self.api_timeout}
 
     @classmethod
-    def attach(cls, data: Mapping[str, Any], api_client: Any = None) -> KubernetesRunner:
-        """A runner for a pod another host started (reattach by namespace/pod name)."""
-        runner = cls(str(data.get("image", "?")), namespace=str(data["namespace"]),
-                     container_port=int(data.get("container_port", 4000)),
-                     address_mode=str(data.get("address_mode", "auto")), api_client=api_client,
-                     kubeconfig=data.get("kubeconfig"), context=data.get("context"),
-                     api_timeout=data.get("api_timeout"))
-        runner.pod_name = str(data["pod"])
+    def attach(cls, data: Mapping[str, Any], api_client: Any = None, *, kubeconfig: str | None = None,
+               context: str | None = None) -> KubernetesRunner:
+        """A runner for a pod another host started (reattach by namespace/pod name).
+
+        The API is reached with ``api_client``, else ``kubeconfig``/``context``, else this host's
+        own configuration: never with a kubeconfig the (untrusted) data names (see reattach_kubeconfig)."""
+        fields = _reattach_fields(data)
+        if api_client is None:
+            kubeconfig, context = reattach_kubeconfig(data.get("kubeconfig"), data.get("context"), kubeconfig,
+                                                      context)
+        runner = cls(fields["image"], namespace=fields["namespace"], container_port=fields["container_port"],
+                     address_mode=fields["address_mode"], api_client=api_client, kubeconfig=kubeconfig,
+                     context=context, api_timeout=data.get("api_timeout"))
+        runner.pod_name = fields["pod"]
         try:
             pod = runner._read_pod()  # bounded by api_timeout: a silent API server fails the reattach
         except BaseException:
@@ -372,6 +378,27 @@ class KubernetesRunner(Runner):
         runner._podwatch.update(pod, False)
         runner._start_watcher()
         return runner
+
+
+def _reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The reattach data's pod facts, checked: it is untrusted input, so a wrong one is a ReattachError."""
+    def bad(what: str) -> ReattachError:
+        return ReattachError(f"reattach data for a pod needs {what}; pass the JSON that"
+                             " Client.reattach_config().to_json() produced")
+    fields: dict[str, Any] = {}
+    for key in ("namespace", "pod"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise bad(f"{key!r} as a non-empty string, not {value!r}")
+        fields[key] = value
+    port = data.get("container_port", 4000)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise bad(f"'container_port' as a TCP port (1-65535), not {port!r}")
+    mode = data.get("address_mode", "auto")
+    if mode not in ADDRESS_MODES:
+        raise bad(f"'address_mode' as one of {ADDRESS_MODES}, not {mode!r}")
+    fields.update(image=str(data.get("image", "?")), container_port=port, address_mode=mode)
+    return fields
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
