@@ -76,6 +76,49 @@ def test_reattach_from_another_client(kubeconfig: str, kvtrap: str) -> None:  # 
         first.kill()
 
 
+HOST_RETURNS = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig
+from plugbay.runners.kubernetes import KubernetesRunner
+runner = KubernetesRunner(sys.argv[2], kubeconfig=sys.argv[1], writable_dirs=("/tmp", "/data"))
+c = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner, start_timeout=60))
+c.start()
+c.dispense(PLUGIN_NAME).put("k", b"v")
+print(runner.pod_name, flush=True)
+"""
+
+
+def test_a_host_returning_from_main_without_kill_exits_and_deletes_its_pod(kubeconfig: str,  # noqa: F811
+                                                                           kvtrap: str) -> None:  # noqa: F811
+    import os
+    import subprocess
+
+    from kubernetes import client as k8s, config
+
+    proc = subprocess.Popen([sys.executable, "-c", HOST_RETURNS, kubeconfig, kvtrap, str(REPO / "examples" / "kv")],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        pod = (proc.stdout.readline() if proc.stdout else "").strip()
+        assert pod, "the host did not start its pod"
+        assert proc.wait(45) == 0  # exits: no pod-runner thread holds the interpreter before atexit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+    api = k8s.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    try:
+        names = [p.metadata.name for p in api.list_namespaced_pod("default").items]
+        if pod and pod in names:  # clean up what the failed host left
+            api.delete_namespaced_pod(pod, "default", grace_period_seconds=0)
+        assert pod not in names, "cleanup_clients() at exit did not delete the pod"
+    finally:
+        api.api_client.close()
+
+
 def test_crash_before_handshake(kubeconfig: str, testapp: str) -> None:  # noqa: F811
     runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, env={"APP_MODE": "crash"})
     with pytest.raises(PluginExitedError, match="crashed on purpose") as info:

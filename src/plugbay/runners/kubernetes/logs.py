@@ -64,7 +64,7 @@ class PodLogs:
     def follow(self, first: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
         """Read ``first`` (an open follow=true response) in a thread; ``reopen(tail_lines)`` reconnects."""
         self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running),
-                                        name=f"plugbay-klog-{self.name}")
+                                        name=f"plugbay-klog-{self.name}", daemon=True)
         self._thread.start()
 
     def _loop(self, resp: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:

@@ -62,7 +62,8 @@ class PortForwarder:
         except BaseException:
             self._listener.close()
             raise
-        self._acceptor = threading.Thread(target=self._accept_loop, name=f"plugbay-kpf-{pod}-{port}")
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"plugbay-kpf-{pod}-{port}",
+                                          daemon=True)
         self._acceptor.start()
 
     def _open(self) -> Any:
@@ -115,7 +116,7 @@ class PortForwarder:
                 return
             self._count += 1
             t = threading.Thread(target=self._serve, args=(conn,),
-                                 name=f"plugbay-kpf-conn-{self.pod}-{self._count}")
+                                 name=f"plugbay-kpf-conn-{self.pod}-{self._count}", daemon=True)
             with self._lock:
                 if self._closed.is_set():
                     conn.close()

@@ -59,7 +59,9 @@ class PodWatch:
     def start(self, pod_name: str) -> None:
         if self._thread is None:
             self.pod_name = pod_name
-            self._thread = threading.Thread(target=self._loop, name=f"plugbay-kwatch-{pod_name}")
+            # daemon, as all the pod runner's threads: Python joins non-daemon threads before atexit,
+            # so a host returning from main without kill() would hang and never delete its pods
+            self._thread = threading.Thread(target=self._loop, name=f"plugbay-kwatch-{pod_name}", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
