@@ -61,6 +61,14 @@ class EngineRelay:
         self._listener.close()  # a new connection is refused at once
         self._released.set()
 
+    def drop_connections(self) -> None:
+        """Break every open connection (the engine restarted, a proxy timed them out); new ones go on."""
+        for s in list(self._socks):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _accept(self) -> None:
         while not self._stop.is_set():
             if not select.select([self._listener], [], [], 0.1)[0]:

@@ -76,6 +76,35 @@ def test_reattach_from_another_client(kubeconfig: str, kvtrap: str) -> None:  # 
         first.kill()
 
 
+def _pod_threads(pod: str) -> list[str]:
+    return sorted(t.name for t in threading.enumerate()
+                  if t.name.startswith((f"plugbay-kpf-{pod}-", f"plugbay-kwatch-{pod}", f"plugbay-klog-{pod}")))
+
+
+def test_close_of_a_reattached_client_lets_go_of_its_port_forward_and_watch(kubeconfig: str,  # noqa: F811
+                                                                            kvtrap: str) -> None:  # noqa: F811
+    from plugbay import ReattachConfig
+
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode="port-forward", writable_dirs=WRITABLE)
+    first = kv_client(runner)
+    try:
+        first.dispense(PLUGIN_NAME).put("k", b"v")
+        before = _pod_threads(runner.pod_name)
+        saved = ReattachConfig.from_json(first.reattach_config().to_json())
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, reattach=saved))
+        second.start()
+        assert second.dispense(PLUGIN_NAME).get("k") == b"v"
+        assert len(_pod_threads(runner.pod_name)) > len(before)
+        second.close()
+        deadline = time.monotonic() + 10
+        while _pod_threads(runner.pod_name) != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _pod_threads(runner.pod_name) == before, "the closed client still forwards into the pod"
+        assert first.dispense(PLUGIN_NAME).get("k") == b"v"  # the pod runs on
+    finally:
+        first.kill()
+
+
 HOST_RETURNS = """
 import sys
 sys.path.insert(0, sys.argv[3])

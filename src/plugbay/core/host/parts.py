@@ -64,6 +64,12 @@ class ClientParts:
         self._stop.set()
         self._stop_exit_watch()
         self._close_rpc_streams()
+        if self._runner is not None:
+            # the runner's watchers, port-forwards and engine clients are this host's: they go, the plugin stays
+            try:
+                self._runner.detach()
+            except Exception as exc:
+                _log.warning("letting go of plugin %s's runner failed: %s", self.name, exc)
         self._close_streams()
 
     def _teardown(self, graceful: bool) -> None:

@@ -42,6 +42,7 @@ from plugbay.runners.docker.addresses import container_to_host, host_to_containe
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.waiter import ExitWaiter
 from plugbay.runners.session import managed_labels
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -116,9 +117,7 @@ class DockerRunner(Runner):
         self._killed = False
         self._attached = False
         self._detached = False  # detach() was called: start() refuses (kill() still removes the container)
-        self._exited = threading.Event()
-        self._exit_code: int | None = None
-        self._waiter: threading.Thread | None = None
+        self._waiter: ExitWaiter | None = None
 
     # --- identity -------------------------------------------------------------
 
@@ -239,28 +238,8 @@ class DockerRunner(Runner):
         engine_call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:
-        # One blocking wait request per container instead of polling: the
-        # Client asks wait(0) often, and the engine answers the moment it ends.
-        def run() -> None:
-            code = -1
-            try:
-                code = int(self._client.api.wait(self._container_id, timeout=None).get("StatusCode", -1))
-            except Exception:  # noqa: BLE001 - removed (kill) or the engine went away
-                state = self._final_state or self._inspect_quietly()
-                code = int(state.get("ExitCode", -1)) if state else -1
-            finally:
-                self._exit_code = code
-                self._exited.set()
-
-        self._waiter = threading.Thread(target=run, name=f"plugbay-docker-wait-{self._container_id[:12]}",
-                                        daemon=True)
+        self._waiter = ExitWaiter(self._container_id, self._inspect, lambda: self._final_state)
         self._waiter.start()
-
-    def _inspect_quietly(self) -> dict[str, Any] | None:
-        try:
-            return self._inspect()
-        except Exception:  # noqa: BLE001 - best effort after the engine failed
-            return None
 
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
@@ -293,20 +272,29 @@ class DockerRunner(Runner):
     def wait(self, timeout: float | None = None) -> int | None:
         if self._waiter is None:
             return None
-        if not self._exited.wait(None if timeout is None else max(timeout, 0)):
-            return None
-        return self._exit_code
+        return self._waiter.wait(timeout)
 
     def detach(self) -> None:
-        """Leave the container running (kill() still removes it); start() refuses from now on."""
+        """Leave the container running and free what this host holds for it (the exit watch, log
+        pumps, engine client); start() refuses from now on, kill() still removes the container."""
         with self._lock:
             self._detached = True
+            client, self._client = self._client, None
+        if self._waiter is not None:
+            self._waiter.stop()
+        for pump in list(self._pumps.values()):
+            pump.close()
+        if client is not None:
+            client.close()
 
     def kill(self, grace: float = 2.0) -> None:
         with self._lock:
             if self._killed:
                 return
             self._killed = True
+            reopen = self._detached and self._container_id and self._client is None
+        if reopen:  # detach() closed the engine client
+            self._client = engine()
         self._cleanup(remove=True, grace=grace)
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:

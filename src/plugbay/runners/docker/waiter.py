@@ -1,0 +1,137 @@
+"""The Docker runner's exit watch: one blocking wait request per container, not polling.
+
+The Client asks wait(0) often, and the engine answers a wait request the moment
+the container ends. The request can also end without an exit: the engine's
+connection dropped (a restart with live-restore, a proxy's idle timeout). An
+inspect then says whether the container still runs: if so the wait is made again
+(with a growing pause while the engine does not answer at all), and an exit is
+reported only once the engine says the container is not running, or is gone,
+or after ``_MAX_FAILURES`` failed tries in a row (its exit code unknown then).
+
+The waiter has an engine client of its own, and :meth:`ExitWaiter.stop` shuts
+the wait request's socket, so a host that lets go of the container (detach)
+keeps no thread and no connection for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE
+from plugbay.runners.docker.engine import engine
+
+_log = logging.getLogger("plugbay.runners.docker")
+_MAX_FAILURES = 12  # about a minute of pauses (0.25 s doubling, at most 8 s) with no wait answered
+_MAX_PAUSE = 8.0
+
+
+class ExitWaiter:
+    """Waits for one container's exit in a daemon thread; :meth:`wait` reads the result."""
+
+    def __init__(self, container_id: str, inspect: Callable[[], dict[str, Any] | None],
+                 final_state: Callable[[], dict[str, Any] | None]) -> None:
+        self._id = container_id
+        self._inspect = inspect  # the container's State; None: the engine says it is gone
+        self._final_state = final_state  # kept by kill() before it removed the container
+        self._exited = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: Any = None
+        self._client: Any = None
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name=f"plugbay-docker-wait-{container_id[:12]}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._client = engine()
+        self._thread.start()
+
+    def wait(self, timeout: float | None) -> int | None:
+        if not self._exited.wait(None if timeout is None else max(timeout, 0)):
+            return None
+        return self.exit_code
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the watch without an exit (the host lets the container go): its request and client too."""
+        self._stopped.set()
+        with self._lock:
+            sock = self._sock
+        _shut(sock)
+        self.join(timeout)
+
+    def _run(self) -> None:
+        code, failures = UNKNOWN_EXIT_CODE, 0
+        try:
+            while not self._stopped.is_set():
+                try:
+                    code = self._wait_once()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the request broke: ask the engine what that means
+                    if self._stopped.is_set():
+                        return
+                    ended, code = self._ended()
+                    if ended:
+                        break
+                    failures += 1
+                    if failures >= _MAX_FAILURES:
+                        _log.warning("container %s: the engine answered no wait request in %d tries (%s);"
+                                     " its exit code is unknown", self._id[:12], failures, exc)
+                        break
+                    self._stopped.wait(min(_MAX_PAUSE, 0.25 * 2 ** (failures - 1)))
+            if not self._stopped.is_set():
+                self.exit_code = code
+                self._exited.set()
+        finally:
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    def _wait_once(self) -> int:
+        api = self._client.api
+        # streamed: the engine sends the head at once, so the socket is known while the wait blocks
+        response = api._post(api._url("/containers/{0}/wait", self._id), stream=True, timeout=None)
+        try:
+            with self._lock:
+                self._sock = api._get_raw_response_socket(response)  # raises for an error status
+            if self._stopped.is_set():
+                _shut(self._sock)
+            return int(response.json().get("StatusCode", UNKNOWN_EXIT_CODE))
+        finally:
+            with self._lock:
+                self._sock = None
+            response.close()
+
+    def _ended(self) -> tuple[bool, int]:
+        """(whether the container no longer runs, its exit code) after a wait request broke."""
+        state = self._final_state()
+        if state is None:
+            try:
+                state = self._inspect()
+            except Exception as exc:  # noqa: BLE001 - the engine does not answer either: try again later
+                _log.debug("inspecting container %s after its wait broke: %s", self._id[:12], exc)
+                return False, UNKNOWN_EXIT_CODE
+            if state is None:  # removed: no exit code left to read
+                return True, UNKNOWN_EXIT_CODE
+        if state.get("Running"):
+            return False, UNKNOWN_EXIT_CODE
+        return True, int(state.get("ExitCode", UNKNOWN_EXIT_CODE))
+
+
+def _shut(sock: Any) -> None:
+    """Wake a read blocked on ``sock`` (a socket, the SocketIO around one, or an ssh channel)."""
+    raw = getattr(sock, "_sock", sock)
+    try:
+        if hasattr(raw, "shutdown"):
+            raw.shutdown(socket.SHUT_RDWR)
+        elif hasattr(raw, "close"):
+            raw.close()
+    except OSError:
+        pass

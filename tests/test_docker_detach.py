@@ -1,0 +1,77 @@
+"""A Docker container's exit watch: a host that lets go of it frees it, and an engine blip is no exit.
+
+A reattached Client's close() detaches its runner: the blocking wait request's thread
+and the engine clients go (the container keeps running). A wait request that breaks
+because the engine connection dropped (tests/engine_relay.py cuts it) is not the
+container's exit: the runner asks again, and reports an exit only once the container ended.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+BASE = "plugbay-base:bookworm"
+
+
+def _waiters(container_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"plugbay-docker-wait-{container_id[:12]}"]
+
+
+def test_close_of_a_reattached_client_frees_its_exit_watch(plugbay_image: Any) -> None:
+    plugins = {PLUGIN_NAME: KVPlugin()}
+    runner = DockerRunner(plugbay_image("kv"), transport="tcp", writable_dirs=("/tmp", "/data"))
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=plugins, runner=runner))
+    first.start()
+    try:
+        saved = ReattachConfig.from_json(first.reattach_config().to_json())
+        for _ in range(3):
+            other = Client(ClientConfig(handshake=HANDSHAKE, plugins=plugins, reattach=saved))
+            other.start()
+            other.dispense(PLUGIN_NAME).put("k", b"v")
+            attached = other.runner
+            other.close()
+            assert attached.wait(0) is None  # let go of, not exited
+        assert len(_waiters(runner.id)) == 1, "each closed reattach left its wait request's thread"
+        assert runner.wait(0) is None
+        assert first.dispense(PLUGIN_NAME).get("k") == b"v"  # the container still runs
+    finally:
+        first.kill()
+    assert not _waiters(runner.id)
+
+
+def test_a_dropped_engine_connection_is_not_the_containers_exit(relay: EngineRelay,  # noqa: F811
+                                                               plugbay_docker: Any) -> None:
+    tag = uuid.uuid4().hex
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", "import time; time.sleep(60)"], transport="tcp")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.test-detach": tag}))
+    try:
+        assert runner.wait(0.5) is None
+        relay.drop_connections()
+        time.sleep(1.5)  # the broken wait request has been dealt with
+        assert plugbay_docker.containers.get(runner.id).status == "running"
+        assert runner.wait(1) is None, "the runner reported an exit of a container that still runs"
+        plugbay_docker.api.kill(runner.id)  # now it really ends: the renewed wait says so
+        assert runner.wait(15) == 137
+    finally:
+        runner.kill(0)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
+            found.remove(force=True, v=True)
