@@ -28,6 +28,7 @@ _EXEC_TRIES = 10
 # Exit code reported for a reattached process: the host is not its parent, so
 # the real code is unknowable.
 UNKNOWN_EXIT_CODE = -1
+PID_MAX = 1 << 22  # Linux's PID_MAX_LIMIT: a larger pid is no process's (and overflows os.kill)
 
 
 def _start_time(pid: int) -> int | None:
@@ -73,6 +74,7 @@ class AttachedProcess(AttachedRunner):
         self._start_time = start_time
         self._name = name or str(pid)
         self.plugin_id = plugin_id
+        self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
 
     @property
     def id(self) -> str:
@@ -83,10 +85,8 @@ class AttachedProcess(AttachedRunner):
         return True  # a child process on this machine: go-plugin's own model
 
     def _alive(self) -> bool:
-        try:  # if it happens to be our child after all (same process reattaching), reap it
-            os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        # No waitpid here: the pid comes from untrusted data, and if it is a child of this host
+        # its Popen owns the exit status (a zombie reads as gone all the same).
         state = _proc_state(self.pid)
         if state is None or state in ("Z", "X"):
             return False
@@ -111,6 +111,8 @@ class AttachedProcess(AttachedRunner):
 
     def kill(self, grace: float = 2.0) -> None:
         if not self._alive():
+            if self.proven:  # the leader is gone, not its group or orphans carrying the proven plugin id
+                signal_all(family(None, self.plugin_id, self._start_time), signal.SIGKILL)
             return
         why = _unproven(self.pid, self._start_time, self.plugin_id)
         if why is not None:  # checked again: the pid may have changed hands since reattach
@@ -148,7 +150,7 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
     pid, start = data.get("pid"), data.get("start_time")
     if type(pid) is not int:
         raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
-    if pid <= 1:  # 0, -1 and negatives signal groups or every process; 1 is init
+    if not 1 < pid <= PID_MAX:  # 0, -1 and negatives signal groups or every process; 1 is init
         raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
                             " Client.reattach_config().to_json() produced")
     if start is not None and type(start) is not int:
@@ -167,6 +169,7 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
             f"cannot reattach to process {pid}: {why}, so plugbay cannot prove it started it for"
             " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
             " produced for a running plugin, or start the plugin again")
+    runner.proven = True
     return runner
 
 

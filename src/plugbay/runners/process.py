@@ -194,6 +194,9 @@ class ProcessRunner(Runner):
                 pass_fds=tuple(verified.values()),
             )
         except OSError as exc:
+            if verified:  # the checked copies close below: a second start() would run the unchecked file
+                with self._lock:
+                    self._ended = self._ended or "used for a start that failed (its checked copy is closed)"
             raise RunnerError(
                 f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
                 " and the working directory."
@@ -212,6 +215,8 @@ class ProcessRunner(Runner):
     def has_exited(self) -> bool:
         if self._proc is None:
             return False
+        if self._proc.returncode is not None:  # reaped: its pid may be another process's by now
+            return True
         # /proc shows a zombie at once, while wait(0) may report "running" when another
         # thread is polling the same child at that moment.
         fields = proc_stat(self._proc.pid)

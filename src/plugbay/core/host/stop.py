@@ -11,6 +11,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
 from plugbay.errors import ClientStateError
+from plugbay.runners.process import UNKNOWN_EXIT_CODE
 
 _log = logging.getLogger("plugbay.client")
 SHUTDOWN_TIMEOUT = 2.0
@@ -32,7 +33,9 @@ def ask_shutdown(controller: Any, name: str) -> bool:
 def describe_exit(code: int, tail: list[str]) -> str:
     """How a plugin exited, for the error of a call it left: the code, its signal, its last stderr lines."""
     how = f"it exited with code {code}"
-    if code < 0 and -code in signal.valid_signals():
+    if code == UNKNOWN_EXIT_CODE:  # a runner that cannot read the code (not its parent, the engine lost it)
+        how += " (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
+    elif code < 0 and -code in signal.valid_signals():
         how += f" (killed by {signal.Signals(-code).name})"
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")

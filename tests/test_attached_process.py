@@ -1,0 +1,126 @@
+"""Local plugin processes: a reattached one (pid from untrusted JSON) and the ProcessRunner's edges.
+
+Real processes throughout: a host's own zombie child named by reattach JSON, a plugin whose
+leader died while its helpers run on, a reattached plugin's unknown exit code, a pid reused
+after the plugin was reaped, and a SecureConfig-checked start that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.resilience_util import PLUGIN_NAME, PLUGINS, HANDSHAKE, faulty_config, wait_until
+
+from plugbay import Client, ClientConfig, PluginDiedError, ReattachError  # noqa: I001
+from plugbay.core.host.secure import SecureConfig
+from plugbay.errors import RunnerError
+from plugbay.runners.base import LaunchSpec, reattach_runner
+from plugbay.runners.process import ProcessRunner
+from plugbay.runners.proctree import family
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_reattach_json_naming_a_zombie_child_does_not_steal_its_exit_status() -> None:
+    child = subprocess.Popen(["sh", "-c", "exit 3"])
+    assert wait_until(lambda: not _running(child.pid), 5)  # a zombie child of this host now
+    with pytest.raises((ReattachError, RunnerError)):
+        reattach_runner({"kind": "ProcessRunner", "pid": child.pid, "start_time": 1, "plugin_id": "x"})
+    assert child.wait(5) == 3, "the reattach reaped the host's child and took its exit status"
+
+
+@pytest.mark.parametrize("pid", [2 ** 31, 2 ** 40, 10 ** 30])
+def test_a_pid_no_process_can_have_is_a_reattach_error(pid: int) -> None:
+    with pytest.raises(ReattachError, match=f"names pid {pid}, which is no plugin's"):
+        reattach_runner({"kind": "ProcessRunner", "pid": pid, "start_time": 1, "plugin_id": "x"})
+
+
+def test_a_reattached_kill_ends_the_plugins_helpers_when_its_leader_is_gone() -> None:
+    runner = ProcessRunner(["sh", "-c", "setsid sleep 300 & sleep 300"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert wait_until(lambda: len(family(runner.pid, runner.plugin_id)) >= 2, 5)
+        attached = reattach_runner(runner.reattach_data())  # as a second host would
+        helpers = list(family(runner.pid, runner.plugin_id))
+        os.kill(runner.pid, signal.SIGKILL)
+        assert runner.wait(5) == -signal.SIGKILL
+        attached.kill(0)
+        assert wait_until(lambda: not any(_running(p) for p in helpers), 5), \
+            "the plugin's helpers (its group, marked with its plugin id) outlived the kill"
+    finally:
+        runner.kill(0)
+
+
+def test_a_reattached_plugins_unknown_exit_is_not_called_sighup(tmp_path: Path) -> None:
+    first = Client(faulty_config(tmp_path))
+    first.start()
+    try:
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=first.reattach_config()))
+        second.start()
+        kv = second.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        os.kill(first.runner.pid, signal.SIGKILL)
+        assert wait_until(lambda: second.exited, 10)
+        with pytest.raises(PluginDiedError) as raised:
+            kv.get("k")
+        assert "exit code is unknown" in str(raised.value) and "(killed by SIGHUP)" not in str(raised.value)
+        second.close()
+    finally:
+        first.kill()
+
+
+def test_has_exited_stays_true_once_reaped_even_when_the_pid_is_reused() -> None:
+    last_pid = Path("/proc/sys/kernel/ns_last_pid")
+    if not os.access(last_pid, os.W_OK):
+        pytest.skip("cannot choose the next pid (/proc/sys/kernel/ns_last_pid is not writable)")
+    runner = ProcessRunner(["sh", "-c", "exit 7"])
+    runner.start(LaunchSpec(env={}))
+    assert runner.wait(5) == 7
+    pid, other = runner.pid, None
+    try:
+        for _ in range(50):
+            last_pid.write_text(str(pid - 1))
+            other = subprocess.Popen(["sleep", "30"])
+            if other.pid == pid:
+                break
+            other.kill()
+            other.wait()
+            other = None
+        if other is None:
+            pytest.skip("could not hand the plugin's pid to another process")
+        assert runner.has_exited(), "a reaped plugin whose pid another process took reads as running"
+    finally:
+        runner.kill(0)
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_a_checked_start_that_failed_cannot_be_retried_with_the_unchecked_file(tmp_path: Path) -> None:
+    plugin = tmp_path / "plug.sh"
+    plugin.write_text("#!/bin/sh\necho checked\n")
+    plugin.chmod(0o755)
+    runner = ProcessRunner([str(plugin)], cwd=str(tmp_path / "missing"))
+    runner.check_secure_config(SecureConfig(hashlib.sha256(plugin.read_bytes()).digest()))
+    with pytest.raises(RunnerError, match="cannot start plugin"):
+        runner.start(LaunchSpec(env={}))
+    plugin.write_text("#!/bin/sh\necho unchecked\n")  # replaced after the check
+    (tmp_path / "missing").mkdir()
+    try:
+        with pytest.raises(RunnerError, match="start that failed.*make a new runner"):
+            runner.start(LaunchSpec(env={}))
+        assert runner.wait(0) is None
+    finally:
+        runner.kill(0)
