@@ -156,10 +156,10 @@ def test_certificates_of_either_backend_complete_a_mutual_tls_handshake(
 def test_key_material_is_loaded_from_memory_and_bad_material_is_reported() -> None:
     own = tls.generate_cert()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls._load_chain(ctx, own)  # through a memfd: no temp entry (the leak check would see one)
+    tls.load_chain(ctx, own)  # through a memfd: no temp entry (the leak check would see one)
     tls._load_chain_via_temp_file(ctx, own.cert_pem + own.key_pem)  # where there is no /proc
     other = tls.generate_cert()
-    for load in (lambda: tls._load_chain(ctx, tls.CertKey(own.cert_pem, other.key_pem)),
+    for load in (lambda: tls.load_chain(ctx, tls.CertKey(own.cert_pem, other.key_pem)),
                  lambda: tls._load_chain_via_temp_file(ctx, own.cert_pem + other.key_pem)):
         with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH|key values mismatch"):
             load()

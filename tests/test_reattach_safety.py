@@ -10,7 +10,7 @@ import pytest
 
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
-from plugbay import Client, ClientConfig, ReattachConfig, ReattachError, Supervisor  # noqa: I001
+from plugbay import Client, ClientConfig, ConfigError, ReattachConfig, ReattachError, Supervisor  # noqa: I001
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.attached import _start_time
@@ -82,3 +82,32 @@ def test_a_proven_plugin_is_reattached_and_killed() -> None:
         assert runner.wait(5) is not None
     finally:
         runner.kill(0)
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("key_pem", "garbage"),
+    ("cert_pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+    ("key_pem", "other"),  # a real key, not the certificate's
+])
+def test_a_client_cert_that_is_no_certificate_and_key_is_refused_at_once(tmp_path: Path, field: str,
+                                                                         bad: str) -> None:
+    import json
+    import time
+
+    from plugbay.core.protocol.tls import generate_cert
+
+    first = Client(faulty_config(tmp_path, auto_mtls=True))
+    first.start()
+    try:
+        data = json.loads(first.reattach_config().to_json())
+        data["client_cert"][field] = generate_cert().key_pem.decode() if bad == "other" else bad
+        began = time.monotonic()
+        with pytest.raises(ConfigError, match="client_cert is not a usable certificate and matching private"
+                                              " key.*to_json\\(\\) produced"):
+            second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
+                                         reattach=ReattachConfig.from_dict(data)))
+            second.start()  # the old code got here and waited out start_timeout
+        assert time.monotonic() - began < 2
+        assert first.runner.wait(0) is None
+    finally:
+        first.kill()

@@ -55,17 +55,17 @@ class ReattachConfig:
         try:
             info = HandshakeInfo.from_dict(data["handshake"])
             cert = data.get("client_cert")
-            return cls(
-                handshake=info,
-                runner=dict(data.get("runner") or {}),
-                client_cert=CertKey(cert["cert_pem"].encode(), cert["key_pem"].encode()) if cert else None,
-                name=str(data.get("name", "plugin")),
-            )
+            client_cert = CertKey(cert["cert_pem"].encode(), cert["key_pem"].encode()) if cert else None
+            runner = dict(data.get("runner") or {})
+            name = str(data.get("name", "plugin"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(
                 f"not a plugbay reattach config ({type(exc).__name__}: {exc}); pass the JSON that"
                 " Client.reattach_config().to_json() produced"
             ) from exc
+        if client_cert is not None:
+            _check_cert_key(client_cert)
+        return cls(handshake=info, runner=runner, client_cert=client_cert, name=name)
 
     @classmethod
     def from_json(cls, text: str) -> ReattachConfig:
@@ -79,3 +79,18 @@ class ReattachConfig:
         if not isinstance(data, dict):
             raise ConfigError("reattach config JSON must be an object; pass ReattachConfig.to_json() output")
         return cls.from_dict(data)
+
+
+def _check_cert_key(cert: CertKey) -> None:
+    """The AutoMTLS certificate and key must load as a pair: garbage would only show up as a
+    handshake that never completes (a HandshakeTimeoutError after the whole start_timeout)."""
+    import ssl
+
+    from plugbay.core.protocol.tls import load_chain
+
+    try:
+        load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"the reattach config's client_cert is not a usable certificate and matching private key"
+            f" ({exc}); pass the JSON that Client.reattach_config().to_json() produced, unedited") from exc

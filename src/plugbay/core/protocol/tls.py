@@ -199,7 +199,7 @@ def server_context(own: CertKey, client_ca_pem: bytes, ctx: ssl.SSLContext | Non
     """
     ctx = ctx if ctx is not None else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(ctx, own)
+    load_chain(ctx, own)
     ctx.load_verify_locations(cadata=client_ca_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["h2"])
@@ -235,14 +235,14 @@ def client_context(own: CertKey, server_ca_pem: bytes) -> ssl.SSLContext:
     """OpenSSL client side of AutoMTLS: present ``own``, trust only the server's cert."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(ctx, own)
+    load_chain(ctx, own)
     ctx.load_verify_locations(cadata=server_ca_pem.decode())
     ctx.check_hostname = True
     ctx.set_alpn_protocols(["h2"])
     return ctx
 
 
-def _load_chain(ctx: ssl.SSLContext, own: CertKey) -> None:
+def load_chain(ctx: ssl.SSLContext, own: CertKey) -> None:
     """Give ``ctx`` our certificate and key; ssl only loads key material from a file name."""
     import os
 
