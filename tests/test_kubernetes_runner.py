@@ -420,3 +420,51 @@ def gone_wait(api: Any, name: str) -> None:
             raise
         time.sleep(0.25)
     pytest.fail(f"pod {name} still exists 30 s after its deletion")
+
+
+def test_wait_before_start_does_not_blind_the_later_start(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=30)
+    try:
+        assert runner.wait(0) is None  # no pod yet
+        runner.start(SPEC)  # its watch follows the pod it made, not the empty name wait() saw
+        assert next(runner.stdout_lines()) == HANDSHAKE
+        assert runner.wait(0) is None
+    finally:
+        runner.kill(0)
+
+
+def test_a_client_failing_before_the_pod_exists_ends_at_once(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    import time
+
+    from plugbay import Client, ClientConfig
+    from plugbay.core.host.secure import SecureConfig
+    from plugbay.core.protocol.handshake import HandshakeConfig
+
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    began = time.monotonic()
+    with pytest.raises(ConfigError):  # this runner cannot check a SecureConfig: refused before any pod
+        Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}, runner=runner,
+                            secure_config=SecureConfig(bytes(32)))).start()
+    assert time.monotonic() - began < 5, "the teardown of a runner that never started waited out a watch"
+
+
+def test_a_pod_create_refused_as_a_name_clash_leaves_the_other_pod_alone(
+        kubeconfig: str, started: KubernetesRunner, testapp: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from plugbay.runners.kubernetes import pods
+
+    taken = started.pod_name
+    monkeypatch.setattr(pods, "pod_name_for", lambda image: taken)  # the clash made certain
+    other = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=30)
+    with pytest.raises(RunnerError, match="409|already exists"):
+        other.start(SPEC)
+    other.kill(0)
+    assert core(kubeconfig).read_namespaced_pod(taken, "default").metadata.uid == started._pod.uid
+    _, address = started.plugin_to_host("tcp", "0.0.0.0:4000")
+    assert talk(address, "still here") == "echo: still here"
+
+
+def test_pod_names_carry_48_random_bits() -> None:
+    from plugbay.runners.kubernetes import pods
+
+    name = pods.pod_name_for("registry.example.com/team/" + "x" * 80 + ":1")
+    assert len(name) <= 63 and len(name.rsplit("-", 1)[1]) == 12

@@ -55,6 +55,9 @@ class PodApi:
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
         except RunnerError as exc:
             if not isinstance(exc.__cause__, ValueError):
+                # refused (409 AlreadyExists, 403, 422...): no pod of ours has this name, so a kill()
+                # must not delete it by name, it may be another runner's
+                self.pod_name = ""
                 raise
             raise RunnerError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
                               " name, or plugbay's sweep does later") from exc.__cause__

@@ -34,7 +34,7 @@ Json = dict[str, Any]
 def pod_name_for(image: str) -> str:
     base = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
     base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40] or "plugin"
-    return f"plugbay-{base}-{secrets.token_hex(3)}"
+    return f"plugbay-{base}-{secrets.token_hex(6)}"  # 48 random bits: names of live pods should not meet
 
 
 def label_value(value: str) -> str:

@@ -259,6 +259,8 @@ class KubernetesRunner(Runner):
     # --- wait, kill, diagnose --------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> int | None:
+        if not self.pod_name:  # no pod yet: a watch started now would watch no name, and never the pod
+            return None
         self._start_watcher()
         return self._podwatch.wait_exit(timeout)
 
