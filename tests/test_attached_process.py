@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -124,3 +125,44 @@ def test_a_checked_start_that_failed_cannot_be_retried_with_the_unchecked_file(t
         assert runner.wait(0) is None
     finally:
         runner.kill(0)
+
+
+HOST_CRASHES = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig
+c = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=[sys.executable, sys.argv[2]]))
+c.start()
+print(c.reattach_config().to_json(), flush=True)
+os._exit(0)
+"""
+SWEEP = "from plugbay.runners.process import sweep; print(sweep())"
+
+
+def test_sweep_spares_a_plugin_a_live_host_reattached_to(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    from plugbay import ReattachConfig
+    from tests.resilience_util import KV_EXAMPLE, REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", HOST_CRASHES, str(REPO / "examples" / "kv"), KV_EXAMPLE],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    saved = ReattachConfig.from_json(out.stdout.strip().splitlines()[-1])
+    pid = int(saved.runner["pid"])
+    adopter = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=saved))
+    try:
+        adopter.start()
+        kv = adopter.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        swept = subprocess.run([sys.executable, "-c", SWEEP], capture_output=True, text=True, timeout=60, env=env)
+        assert pid not in json.loads(swept.stdout.strip() or "[]"), "another host's sweep killed the adopted plugin"
+        assert kv.get("k") == b"v"
+    finally:
+        adopter.kill()
+        shutil.rmtree(os.path.dirname(saved.handshake.address), ignore_errors=True)  # the crashed host's
+    assert wait_until(lambda: not _running(pid), 10)
+    from plugbay.runners.proctree import _claims_dir
+    assert not (_claims_dir() / str(saved.runner["plugin_id"])).exists(), "the kill left its claim behind"

@@ -18,7 +18,7 @@ from typing import Any
 from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.procio import pidfd, watch_pid
-from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, signal_all
+from plugbay.runners.proctree import ENV_PLUGIN_ID, claim, environ, family, release, signal_all
 from plugbay.runners.session import proc_stat, start_ticks
 
 REAP_TIMEOUT = 10.0
@@ -109,7 +109,17 @@ class AttachedProcess(AttachedRunner):
             os.close(fd)  # gone already (or the pid changed hands): the poller reports it at once
         return super().watch_exit(on_exit)
 
+    def detach(self) -> None:
+        if self.proven:
+            release(self.plugin_id)
+
     def kill(self, grace: float = 2.0) -> None:
+        try:
+            self._kill(grace)
+        finally:
+            self.detach()
+
+    def _kill(self, grace: float) -> None:
         if not self._alive():
             if self.proven:  # the leader is gone, not its group or orphans carrying the proven plugin id
                 signal_all(family(None, self.plugin_id, self._start_time), signal.SIGKILL)
@@ -170,6 +180,7 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
             " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
             " produced for a running plugin, or start the plugin again")
     runner.proven = True
+    claim(runner.plugin_id)  # sweep() spares a plugin a live host adopted
     return runner
 
 

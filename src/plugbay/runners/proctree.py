@@ -13,7 +13,9 @@ processes that carry the marker in ``/proc/PID/environ`` are ever signalled.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -97,6 +99,11 @@ def signal_all(procs: dict[int, int], sig: int) -> None:
             pass
 
 
+def _gone(marker: str, live: set[str] | None) -> bool:
+    session = marker.rpartition(".")[0]
+    return session not in live if live is not None else not _session_alive(marker)
+
+
 def _session_alive(marker: str) -> bool:
     session, _, start = marker.rpartition(".")
     try:
@@ -107,6 +114,70 @@ def _session_alive(marker: str) -> bool:
     return facts is not None and str(facts[1]) == start
 
 
+# Adoption records: a host that reattached to a process plugin (proven by its plugin id) writes a
+# claim named by that id holding its own session marker; sweep() spares the plugin while the claimant
+# runs. The folder is per user (0700, refused if not ours) at a fixed place, so any host finds it.
+_CLAIM_NAME = re.compile(r"[0-9a-f]{32}")
+
+
+def _claims_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(base) / f"plugbay-claims-{os.getuid()}"
+
+
+def _private(folder: Path) -> bool:
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def claim(plugin_id: str) -> None:
+    """Record this host as the adopter of process plugin ``plugin_id`` (best effort)."""
+    if not _CLAIM_NAME.fullmatch(plugin_id):
+        return
+    folder = _claims_dir()
+    for _ in range(3):  # another host may remove the emptied folder meanwhile
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if not _private(folder):
+                return  # someone else's folder: no claim rather than one others could forge or read
+            tmp = folder / f".{plugin_id}.{os.getpid()}"
+            tmp.write_text(host_session())
+            os.replace(tmp, folder / plugin_id)
+            return
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
+def release(plugin_id: str) -> None:
+    """Drop this host's claim on ``plugin_id`` (kill or detach), and the folder once empty."""
+    if not _CLAIM_NAME.fullmatch(plugin_id):
+        return
+    folder = _claims_dir()
+    path = folder / plugin_id
+    try:
+        if path.read_text() == host_session():
+            path.unlink()
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _claimant(plugin_id: str) -> str | None:
+    """The session marker of the host that claimed ``plugin_id``, if any."""
+    folder = _claims_dir()
+    if not _CLAIM_NAME.fullmatch(plugin_id) or not _private(folder):
+        return None
+    try:
+        return (folder / plugin_id).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     """SIGKILL process plugins (and their children) whose host session is gone; return their pids.
 
@@ -114,6 +185,8 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     ``PLUGBAY_HOST_SESSION`` marker, and that session is not this process's and
     its host no longer runs (same pid *and* start time). With ``live_sessions``
     (``host_session_id()`` values), every session not listed counts as gone.
+    A plugin another host reattached to (its claim, see :func:`claim`) is spared
+    while that host's session is not gone.
     Processes of other users, whose environment cannot be read, are left alone.
     """
     live = set(live_sessions) if live_sessions is not None else None
@@ -126,8 +199,10 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         marker = env.get(ENV_HOST_SESSION) if env else None
         if not marker or marker == mine:
             continue
-        session = marker.rpartition(".")[0]
-        gone = session not in live if live is not None else not _session_alive(marker)
+        gone = _gone(marker, live)
+        adopter = _claimant(env.get(ENV_PLUGIN_ID, "")) if gone and env else None
+        if adopter is not None and (adopter == mine or not _gone(adopter, live)):
+            continue  # a live host reattached to it
         facts = stat_of(pid)
         if gone and facts is not None:
             doomed[pid] = facts[1]
