@@ -65,8 +65,11 @@ def socket_on_host(address: str, host_socket_dir: str, container_id: str) -> str
         f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
 
 
-def check_secure_image(name: str, secure: Any) -> None:
-    """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
+def check_secure_image(name: str, secure: Any) -> str:
+    """SecureConfig for images: its sha256 checksum is the image id (or a repo digest).
+
+    Returns the checked image's id: the runner creates its container from that id, as the
+    name may point at another image by the time it starts."""
     if isinstance(secure, (list, tuple)) or secure.path is not None:
         raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
     if secure.hash != "sha256":
@@ -74,6 +77,8 @@ def check_secure_image(name: str, secure: Any) -> None:
                           " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
     client = engine()
     try:
-        check_digest(find_image(client, name), name, "sha256:" + secure.checksum.hex())
+        image = find_image(client, name)
+        check_digest(image, name, "sha256:" + secure.checksum.hex())
+        return str(image.id)
     finally:
         client.close()

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
@@ -118,6 +118,7 @@ class DockerRunner(Runner):
         self._attached = False
         self._detached = False  # detach() was called: start() refuses (kill() still removes the container)
         self._waiter: ExitWaiter | None = None
+        self._verified_image = ""  # the image id check_secure_config() proved
 
     # --- identity -------------------------------------------------------------
 
@@ -171,7 +172,8 @@ class DockerRunner(Runner):
         from docker.errors import APIError
 
         client = self._client
-        image = find_image(client, self.image)
+        # the id SecureConfig checked, not the name again: a retag meanwhile must not change what runs
+        image = find_image(client, self._verified_image or self.image)
         if self.digest is not None:
             check_digest(image, self.image, self.digest)
         if self.runtime:
@@ -243,7 +245,7 @@ class DockerRunner(Runner):
 
     def check_secure_config(self, secure: Any) -> None:
         """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
-        check_secure_image(self.image, secure)
+        self._verified_image = check_secure_image(self.image, secure)
 
     # --- addresses --------------------------------------------------------------
 
@@ -360,14 +362,20 @@ class DockerRunner(Runner):
         otherwise ReattachError is raised and nothing is touched.
         """
         container_id = reattach_id(data)
-        runner = cls(str(data.get("image") or "unknown"), transport=str(data.get("transport", "unix")),
-                     container_port=int(data.get("container_port") or 4000))
+        transport, port = data.get("transport", "unix"), data.get("container_port") or 4000
+        if transport not in TRANSPORTS or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ReattachError(f"reattach data for a container needs 'transport' in {TRANSPORTS} and"
+                                f" 'container_port' a TCP port (1-65535), not {transport!r} and {port!r}; pass"
+                                " the JSON that Client.reattach_config().to_json() produced")
+        runner = cls(str(data.get("image") or "unknown"), transport=transport, container_port=port)
         runner._client = engine()
         runner._container_id = container_id
         runner._attached = True
         socket_dir = data.get("host_socket_dir")
         try:
             container = prove_container(runner._client, container_id, socket_dir)
+            # by id from here on: the data may name it, and claim() renames it (kill() would find nothing)
+            runner._container_id = container.id
             if runner.transport == "tcp":  # the engine says where it is published, not the data
                 runner._host_port = published_port(container, runner.container_port)
         except BaseException:

@@ -1,0 +1,60 @@
+"""What a DockerRunner runs and removes is what it proved: the checked image, the proven container.
+
+Real engine: an image name retagged between SecureConfig's check and the start, a
+reattach naming the container by its name (which claim() renames), and malformed
+reattach data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from plugbay.core.host.secure import SecureConfig
+from plugbay.errors import ReattachError
+from plugbay.runners.base import LaunchSpec, reattach_runner
+from plugbay.runners.docker import DockerRunner
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+BASE = "plugbay-base:bookworm"
+SLEEP = ["python3", "-c", "import time; time.sleep(60)"]
+
+
+def test_the_image_secure_config_checked_is_the_one_that_runs(plugbay_docker: Any, plugbay_image: Any) -> None:
+    name = f"plugbay-test-checked:{uuid.uuid4().hex[:12]}"
+    trusted = plugbay_docker.images.get(BASE)
+    other = plugbay_docker.images.get(plugbay_image("kv"))
+    assert trusted.id != other.id
+    trusted.tag(name)
+    runner = DockerRunner(name, entrypoint=SLEEP, transport="tcp")
+    try:
+        runner.check_secure_config(SecureConfig(bytes.fromhex(trusted.id.split(":", 1)[1])))
+        other.tag(name)  # the name moves to another image after the check
+        runner.start(LaunchSpec(env={}))
+        assert plugbay_docker.api.inspect_container(runner.id)["Image"] == trusted.id
+    finally:
+        runner.kill(0)
+        plugbay_docker.images.remove(name)
+
+
+def test_a_container_reattached_by_name_is_still_removed_by_kill(plugbay_docker: Any) -> None:
+    runner = DockerRunner(BASE, entrypoint=SLEEP, transport="tcp")
+    runner.start(LaunchSpec(env={}))
+    try:
+        data = {**runner.reattach_data(), "id": runner.container_name}
+        attached = reattach_runner(data)  # claims it: the container is renamed
+        assert attached.id == runner.id
+        attached.kill(0)
+        assert not plugbay_docker.containers.list(all=True, filters={"id": runner.id}), \
+            "the container outlived the kill of the runner that attached to it by name"
+    finally:
+        runner.kill(0)
+
+
+@pytest.mark.parametrize("extra", [{"container_port": "abc"}, {"container_port": 1.5},
+                                   {"container_port": 70000}, {"transport": "udp"}])
+def test_malformed_container_reattach_data_is_a_reattach_error(extra: dict[str, object]) -> None:
+    with pytest.raises(ReattachError, match="'container_port' a TCP port"):
+        reattach_runner({"kind": "DockerRunner", "id": "x", "transport": "tcp", **extra})
