@@ -73,6 +73,7 @@ class OutputFeed:
     def __init__(self, logs: LogPump) -> None:
         self.logs = logs
         self.first: queue.Queue[object] = queue.Queue()
+        self.made_at = time.monotonic()  # right after runner.start(): read_handshake() tells its time apart
         self._seen = False
         logs.opened()
         logs.opened()
@@ -118,8 +119,18 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
     logs = feed.logs
     lines = feed.first
     exited_at: float | None = None
+    # runner.start() (an engine's container create, a pod create) ran before: bounded by the engine's
+    # own timeouts, not start_timeout, so a slow one must not be blamed on the plugin
+    in_runner_start = feed.made_at - (deadline - start_timeout)
     while True:
         now = time.monotonic()
+        if now >= deadline and in_runner_start >= start_timeout * 0.9:
+            runner.kill(0)
+            raise HandshakeTimeoutError(
+                f"starting plugin {name!r} took {in_runner_start:.1f}s in {type(runner).__name__}.start()"
+                " (creating and starting its process, container or pod), leaving too little of start_timeout"
+                f" ({start_timeout:.1f}s) for its handshake line, so it was killed. Check that the engine or"
+                f" cluster answers promptly, or raise start_timeout.\n{runner.diagnose()}")
         if now >= deadline:
             runner.kill(0)
             raise HandshakeTimeoutError(
