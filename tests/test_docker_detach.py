@@ -75,3 +75,26 @@ def test_a_dropped_engine_connection_is_not_the_containers_exit(relay: EngineRel
         runner.kill(0)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
             found.remove(force=True, v=True)
+
+
+def test_a_dropped_engine_connection_does_not_end_the_containers_output(relay: EngineRelay,  # noqa: F811
+                                                                       plugbay_docker: Any) -> None:
+    tag = uuid.uuid4().hex
+    counter = "import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.1)"
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", counter], transport="tcp")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.test-detach": tag}))
+    try:
+        lines = runner.stdout_lines()
+        assert int(next(lines)) >= 0
+        relay.drop_connections()
+        time.sleep(0.5)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.extend(int(line) for line, _ in zip(lines, range(40))),
+                                  daemon=True)
+        reader.start()
+        reader.join(30)
+        assert len(got) == 40, f"the output ended when the engine connection dropped (got {got})"
+    finally:
+        runner.kill(0)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
+            found.remove(force=True, v=True)

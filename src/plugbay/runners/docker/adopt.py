@@ -25,6 +25,16 @@ def reattach_id(data: Mapping[str, Any]) -> str:
     return container_id
 
 
+def reattach_transport(data: Mapping[str, Any], transports: tuple[str, ...]) -> tuple[str, int]:
+    """The reattach data's (transport, container_port), checked: it is untrusted input."""
+    transport, port = data.get("transport", "unix"), data.get("container_port") or 4000
+    if transport not in transports or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ReattachError(f"reattach data for a container needs 'transport' in {transports} and"
+                            f" 'container_port' a TCP port (1-65535), not {transport!r} and {port!r}; pass"
+                            " the JSON that Client.reattach_config().to_json() produced")
+    return str(transport), port
+
+
 def prove_container(client: Any, container_id: str, socket_dir: str | None) -> Any:
     """The running container ``container_id``, once proven plugbay's; RunnerError/ReattachError otherwise."""
     from docker.errors import NotFound

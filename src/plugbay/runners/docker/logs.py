@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter
@@ -24,12 +25,14 @@ from plugbay.errors import RunnerError
 # Beyond this the oldest unread lines are dropped so memory stays bounded.
 MAX_BUFFERED = 10_000
 TAIL = 50
+_REOPENS = 12  # tries in a row to reopen a stream that broke while the container runs (pauses 0.25-8 s)
 
 
 class ContainerLogStream:
     """Reads one of a container's log streams into lines on a plugbay-* thread."""
 
-    def __init__(self, api: Any, container_id: str, which: str) -> None:
+    def __init__(self, api: Any, container_id: str, which: str,
+                 running: Callable[[], bool | None] | None = None) -> None:
         self.which = which
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
         self._lines: collections.deque[str] = collections.deque(maxlen=MAX_BUFFERED)
@@ -39,6 +42,11 @@ class ContainerLogStream:
         self.splitter = LineSplitter()  # a line longer than MAX_LINE is cut with a marker
         self.error: str | None = None  # why the log request failed, for diagnosis
         self._api, self._container_id = api, container_id
+        # whether the container still runs (None: the engine does not say): a stream that broke
+        # while it runs (engine connection dropped) is reopened from where it ended
+        self._running = running
+        self._close_asked = threading.Event()
+        self._last_chunk = 0.0
         self._stream: Any = None
         self._closing = False
         self._opened = threading.Event()
@@ -52,10 +60,11 @@ class ContainerLogStream:
             self._lines.append(line)
             self._cond.notify_all()
 
-    def _open(self) -> Any:
+    def _open(self, since: float | None = None) -> Any:
         # follow=True: the request stays open until the container stops.
+        extra = {"since": since} if since else {}
         stream = self._api.logs(self._container_id, stdout=self.which == "stdout",
-                                stderr=self.which == "stderr", stream=True, follow=True)
+                                stderr=self.which == "stderr", stream=True, follow=True, **extra)
         with self._cond:
             if not self._closing:
                 self._stream = stream
@@ -72,17 +81,52 @@ class ContainerLogStream:
                 return
             finally:
                 self._opened.set()
-            for chunk in stream:
-                for line in self.splitter.feed(chunk):
-                    self._push(line)
-        except Exception:  # noqa: BLE001 - the stream was closed under us (kill) or the engine went away
-            pass
+            self._follow(stream)
         finally:
             for line in self.splitter.flush():
                 self._push(line)
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+
+    def _follow(self, stream: Any) -> None:
+        failures = 0
+        while True:
+            try:
+                for chunk in stream:
+                    self._last_chunk = time.time()
+                    failures = 0
+                    for line in self.splitter.feed(chunk):
+                        self._push(line)
+            except Exception:  # noqa: BLE001 - closed under us (kill), or the engine connection dropped
+                pass
+            with self._cond:
+                self._stream = None
+                if self._closing:
+                    return
+            while True:
+                if self._running is None or failures >= _REOPENS:
+                    return
+                running = self._still_running()
+                if running is False:
+                    return  # the container ended: so did its log
+                failures += 1
+                if self._close_asked.wait(min(8.0, 0.25 * 2 ** (failures - 1))):
+                    return
+                if running is None:
+                    continue  # the engine does not answer yet
+                try:
+                    # the engine's since= counts in its clock; lines of the last chunk's second may repeat
+                    stream = self._open(since=self._last_chunk or None)
+                    break
+                except Exception:  # noqa: BLE001 - the engine is still away: try again
+                    continue
+
+    def _still_running(self) -> bool | None:
+        try:
+            return self._running() if self._running is not None else False
+        except Exception:  # noqa: BLE001 - the engine does not answer
+            return None
 
     def wait_open(self, timeout: float) -> bool:
         """Block (at most ``timeout``) until the log request is open or has failed."""
@@ -116,6 +160,7 @@ class ContainerLogStream:
 
     def close(self, timeout: float = 5.0) -> None:
         """End the stream now (the container may still be running) and join the thread."""
+        self._close_asked.set()
         with self._cond:
             self._closing = True
             stream = self._stream

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
@@ -37,7 +37,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                cpus_to_nano, hardened_args, network_id, stale_network,
                                                tmpfs_mounts)
-from plugbay.runners.docker.adopt import claim, prove_container, reattach_id
+from plugbay.runners.docker.adopt import claim, prove_container, reattach_id, reattach_transport
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
@@ -222,7 +222,7 @@ class DockerRunner(Runner):
             container = client.containers.prepare_model({"Id": self._container_id})
             self._host_port = published_port(container, self.container_port)  # the engine picked it at start
         for which in ("stdout", "stderr"):
-            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which)
+            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which, self._running)
         self._watch_exit()
         for pump in self._pumps.values():
             pump.wait_open(_LOG_OPEN_WAIT)
@@ -270,6 +270,14 @@ class DockerRunner(Runner):
         except NotFound:
             return None
         return state
+
+    def _running(self) -> bool | None:
+        """Whether the container still runs, for a log pump whose stream broke (None: cannot tell)."""
+        with self._lock:
+            if self._killed or self._detached:
+                return False
+        state = self._inspect()
+        return bool(state and state.get("Running"))
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._waiter is None:
@@ -362,11 +370,7 @@ class DockerRunner(Runner):
         otherwise ReattachError is raised and nothing is touched.
         """
         container_id = reattach_id(data)
-        transport, port = data.get("transport", "unix"), data.get("container_port") or 4000
-        if transport not in TRANSPORTS or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ReattachError(f"reattach data for a container needs 'transport' in {TRANSPORTS} and"
-                                f" 'container_port' a TCP port (1-65535), not {transport!r} and {port!r}; pass"
-                                " the JSON that Client.reattach_config().to_json() produced")
+        transport, port = reattach_transport(data, TRANSPORTS)
         runner = cls(str(data.get("image") or "unknown"), transport=transport, container_port=port)
         runner._client = engine()
         runner._container_id = container_id
