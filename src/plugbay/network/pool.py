@@ -94,17 +94,13 @@ class EndpointPool(CallChannel):
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self, deadline: float | None = None) -> EndpointPool:
-        """Ask the resolver for the first set (raises its typed error) and start checking health.
-
-        ``deadline`` (time.monotonic()) bounds the first lookup, for resolvers whose start() takes one.
-        """
+        """Ask the resolver for the first set (by ``deadline``, if its start() takes one); check health."""
         if deadline is not None and "deadline" in inspect.signature(self._resolver.start).parameters:
             self._resolver.start(self._on_change, deadline=deadline)  # type: ignore[call-arg]
         else:
             self._resolver.start(self._on_change)
         with self._cond:
-            closed = self._closed
-            if not closed:
+            if not (closed := self._closed):
                 self._thread = threading.Thread(target=self._run, name=f"plugbay-pool-{self.name}", daemon=True)
                 self._thread.start()
         if closed:  # close() came while discovery started (a kill): the resolver may have started after it
