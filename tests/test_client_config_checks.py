@@ -197,3 +197,17 @@ def test_secure_config_of_a_missing_file_is_a_config_error(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match="SecureConfig.of_file cannot read"):
         SecureConfig.of_file(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"container_port": 0}, "container_port must be a port number (1-65535)"),
+    ({"container_port": 70000}, "container_port must be a port number (1-65535)"),
+    ({"container_port": "4000"}, "container_port must be a port number (1-65535)"),
+    ({"user": 1000}, "user must be a str such as '1000'"),
+])
+def test_docker_runner_settings_are_checked_when_made(kw: dict[str, Any], says: str) -> None:
+    from plugbay.runners.docker import DockerRunner
+
+    with pytest.raises(ConfigError) as err:
+        DockerRunner("plugbay-kv:latest", **kw)
+    assert says in str(err.value)
