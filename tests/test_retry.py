@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.resilience_util import PLUGIN_NAME, faulty_config  # also puts examples/kv on sys.path
+from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until  # also puts examples/kv on sys.path
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
-from plugbay import CallTimeoutError, Client, ConfigError, RetryPolicy, idempotent  # noqa: E402
+from plugbay import CallTimeoutError, Client, ConfigError, PluginDiedError, RetryPolicy, idempotent  # noqa: E402
 from plugbay.core.resilience.calls import install  # noqa: E402
 
 
@@ -160,3 +160,22 @@ def test_a_calls_own_timeout_is_its_overall_deadline(client: Client) -> None:
     assert "the overall deadline leaves no time for another try" in "\n".join(err.value.__notes__)
     install(client)
     kv.put("__slow__", b"0")
+
+
+def test_a_call_refused_because_the_plugin_is_gone_is_not_retried(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    retried: list[int] = []
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        install(client, retry=RetryPolicy(max_attempts=5, initial_backoff=0.2, all_idempotent=True,
+                                          on_retry=lambda m, n, e, s: retried.append(n)))
+        os.kill(client.runner.pid, signal.SIGKILL)
+        assert client.runner.wait(10) is not None
+        assert wait_until(lambda: client.exited, 10)  # the exit watch closed the connection
+        with pytest.raises(PluginDiedError) as err:
+            kv.get("k")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert retried == [], "a plugin that is gone was asked again"

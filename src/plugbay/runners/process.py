@@ -58,14 +58,20 @@ def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
     return os.path.abspath(found)
 
 
+def check_cmd(cmd: Any, where: str) -> None:
+    """A plugin command is a non-empty list of strings: ConfigError naming ``where`` otherwise."""
+    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd or not all(
+            isinstance(part, str) for part in cmd):
+        raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
+                          f" (not one command line), got {cmd!r}")
+
+
 class ProcessRunner(Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False) -> None:
-        if isinstance(cmd, (str, bytes)) or not cmd or not all(isinstance(part, str) for part in cmd):
-            raise ConfigError(f"ProcessRunner needs a non-empty list of strings as cmd, such as"
-                              f" [sys.executable, 'plugin.py'] (not one command line), got {cmd!r}")
+        check_cmd(cmd, "ProcessRunner cmd")
         self.cmd = list(cmd)
         self.env = dict(env or {})
         self.cwd = os.fspath(cwd) if cwd is not None else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ def check_client_config(config: Any) -> None:
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
     from plugbay.runners.base import AttachedRunner
+    from plugbay.runners.process import check_cmd
 
     if not isinstance(config.handshake, HandshakeConfig):
         raise ConfigError(f"ClientConfig.handshake must be a HandshakeConfig, got {_kind(config.handshake)};"
@@ -62,7 +65,8 @@ def check_client_config(config: Any) -> None:
         raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
     secure = config.secure_config
     if secure is not None and not isinstance(secure, SecureConfig) and not (
-            isinstance(secure, Sequence) and all(isinstance(s, SecureConfig) for s in secure)):
+            isinstance(secure, Sequence) and not isinstance(secure, (str, bytes)) and secure
+            and all(isinstance(s, SecureConfig) for s in secure)):
         raise ConfigError(f"ClientConfig.secure_config must be a SecureConfig (or a list of them), got {_kind(secure)};"
                           " pass SecureConfig.of_file(path) or SecureConfig(checksum, 'sha256')")
     if config.logger is not None and not isinstance(config.logger, (logging.Logger, logging.LoggerAdapter)):
@@ -78,27 +82,20 @@ def check_client_config(config: Any) -> None:
         raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
     options = config.grpc_options
     if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence) or not all(
-            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in options):
+            isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], (str, bytes)) for o in options):
         raise ConfigError("ClientConfig.grpc_options must be a list of (name, value) pairs, such as"
                           f" [('grpc.max_receive_message_length', 16 << 20)]; got {_kind(options)}")
     group = config.unix_socket_group
     if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
         raise ConfigError(f"ClientConfig.unix_socket_group must be a group name or gid, got {group!r}")
-    if config.unix_socket_temp_dir is not None and not isinstance(config.unix_socket_temp_dir, str):
-        raise ConfigError("ClientConfig.unix_socket_temp_dir must be a folder path (str), got"
+    if config.unix_socket_temp_dir is not None and not isinstance(config.unix_socket_temp_dir, (str, os.PathLike)):
+        raise ConfigError("ClientConfig.unix_socket_temp_dir must be a folder path, got"
                           f" {_kind(config.unix_socket_temp_dir)}")
 
 
-def check_cmd(cmd: Any, where: str) -> None:
-    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd or not all(
-            isinstance(arg, str) for arg in cmd):
-        raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
-                          f" (not one command line); got {cmd!r}")
-
-
 def _seconds(value: Any, name: str, zero: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
-        value >= 0 if zero else value > 0)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)) and (
+        float(value) >= 0 if zero else float(value) > 0)
     if not ok:
         raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'},"
                           f" got {value!r}")

@@ -7,6 +7,7 @@ are :class:`CallLayer` objects chained into that one hook.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -95,10 +96,11 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
                    maximum: float | None = None) -> str | None:
     """What is wrong with ``value`` as setting ``name`` (None: nothing), for the resilience
     layers' constructors: a str or bool where a number belongs, NaN, or out of range."""
-    kinds = (int,) if whole else (int, float)
+    kinds = (numbers.Integral,) if whole else (numbers.Real,)
     if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
         return f"{name} must be {'a whole number' if whole else 'a number'} (got {value!r})"
-    if value < minimum or (above and value == minimum) or (maximum is not None and value > maximum):
+    number = float(value)
+    if number < minimum or (above and number == minimum) or (maximum is not None and number > maximum):
         bound = f"> {minimum:g}" if above else f">= {minimum:g}"
         if maximum is not None:
             bound += f" and <= {maximum:g}"
@@ -109,7 +111,7 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
 def status_codes_problem(codes: Any, name: str) -> str | None:
     """None when ``codes`` is a collection of grpc.StatusCode members (names such as "UNAVAILABLE"
     would silently never match)."""
-    if isinstance(codes, (str, bytes)) or not isinstance(codes, (set, frozenset, list, tuple)):
+    if isinstance(codes, (str, bytes, grpc.StatusCode)) or not isinstance(codes, Iterable):
         return f"{name} must be a set of grpc.StatusCode members, such as {{grpc.StatusCode.UNAVAILABLE}}"
     wrong = [c for c in codes if not isinstance(c, grpc.StatusCode)]
     if wrong:

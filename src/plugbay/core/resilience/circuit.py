@@ -20,7 +20,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -67,6 +67,8 @@ class CircuitBreaker:
                  failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
                  on_change: Callable[[str, str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(failure_codes, Iterable) and not isinstance(failure_codes, (str, bytes)):
+            failure_codes = frozenset(failure_codes)  # once: a generator is read here
         problems = [p for p in (
             number_problem(failure_threshold, "failure_threshold", 1, whole=True),
             number_problem(window, "window", 0, above=True),

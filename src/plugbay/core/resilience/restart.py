@@ -29,8 +29,6 @@ class RestartPolicy:
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
         ) if p is not None]
-        if not problems and self.max_backoff < self.initial_backoff:
-            problems.append(f"max_backoff ({self.max_backoff}) must be >= initial_backoff ({self.initial_backoff})")
         if problems:
             raise ConfigError(f"invalid RestartPolicy: {'; '.join(problems)}")
 

@@ -22,14 +22,14 @@ import fnmatch
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from plugbay.core.resilience.calls import Attempt, backoff_delay, number_problem, status_codes_problem, status_of
-from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError
+from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError
 
 _marked = threading.local()
 
@@ -83,6 +83,8 @@ class RetryPolicy:
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.retry_on, Iterable) and not isinstance(self.retry_on, (str, bytes)):
+            self.retry_on = frozenset(self.retry_on)  # once: a generator is read here, not checked empty
         problems = [p for p in (
             number_problem(self.max_attempts, "max_attempts", 1, whole=True),
             number_problem(self.initial_backoff, "initial_backoff", 0),
@@ -118,6 +120,8 @@ class RetryPolicy:
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ClientStateError) and getattr(exc, "original", None) is None:
             return False  # the Client was killed: nothing will answer (an in-flight failure goes by its code)
+        if isinstance(exc, PluginDiedError) and getattr(exc, "sent", True) is False:
+            return False  # refused on a plugin already gone: a retry meets the same (a Supervisor resends it)
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
         return status_of(exc) in self.retry_on

@@ -77,10 +77,15 @@ class ExitWaiter:
                 except Exception as exc:  # noqa: BLE001 - the request broke: ask the engine what that means
                     if self._stopped.is_set():
                         return
-                    ended, code = self._ended()
+                    ended, code, answered = self._ended()
                     if ended:
                         break
-                    failures += 1
+                    # the engine said it runs: a broken request (a proxy's idle timeout, a
+                    # live-restore), not an engine gone; count only tries it did not answer
+                    failures = 0 if answered else failures + 1
+                    if answered:
+                        self._stopped.wait(0.25)
+                        continue
                     if failures >= _MAX_FAILURES:
                         _log.warning("container %s: the engine answered no wait request in %d tries (%s);"
                                      " its exit code is unknown", self._id[:12], failures, exc)
@@ -109,20 +114,21 @@ class ExitWaiter:
                 self._sock = None
             response.close()
 
-    def _ended(self) -> tuple[bool, int]:
-        """(whether the container no longer runs, its exit code) after a wait request broke."""
+    def _ended(self) -> tuple[bool, int, bool]:
+        """(whether the container no longer runs, its exit code, whether the engine answered)
+        after a wait request broke."""
         state = self._final_state()
         if state is None:
             try:
                 state = self._inspect()
             except Exception as exc:  # noqa: BLE001 - the engine does not answer either: try again later
                 _log.debug("inspecting container %s after its wait broke: %s", self._id[:12], exc)
-                return False, UNKNOWN_EXIT_CODE
+                return False, UNKNOWN_EXIT_CODE, False
             if state is None:  # removed: no exit code left to read
-                return True, UNKNOWN_EXIT_CODE
+                return True, UNKNOWN_EXIT_CODE, True
         if state.get("Running"):
-            return False, UNKNOWN_EXIT_CODE
-        return True, int(state.get("ExitCode", UNKNOWN_EXIT_CODE))
+            return False, UNKNOWN_EXIT_CODE, True
+        return True, int(state.get("ExitCode", UNKNOWN_EXIT_CODE)), True
 
 
 def _shut(sock: Any) -> None:
