@@ -249,8 +249,14 @@ def test_a_main_channel_connection_never_opens_between_a_knock_and_its_stream() 
         assert p.front._knocks == deque([sid]), "the plugin never took the knock"
         caller = threading.Thread(target=main_call, name="plugbay-test-main")
         caller.start()
-        caller.join(1.0)  # a connection opened now would take the knock at once
+        # the host accepted the connection and its worker waits for the dial to finish (or, without
+        # the lock, its stream took the knock at once)
+        for _ in range(500):
+            if not p.front._knocks or _in_function(p.hostmux, "_connect"):
+                break
+            threading.Event().wait(0.01)
         assert p.front._knocks == deque([sid]), "a main-channel stream took the brokered dial's knock"
+        assert _in_function(p.hostmux, "_connect"), "the main-channel connection never reached the host"
         pause.release()
         dialer.join(10)
         caller.join(15)
@@ -447,6 +453,18 @@ def _knocked_stream(pair: MuxPair, stalled: Stalled) -> yamux.Stream:
     stream = pair.front.open_stream()
     stream.write(b"x")
     return stream
+
+
+def _in_function(mux: MuxSession, name: str) -> bool:
+    """Whether a worker of ``mux`` is inside function ``name`` now."""
+    frames = sys._current_frames()
+    for thread in list(mux._workers._threads):
+        frame = frames.get(thread.ident or -1)
+        while frame is not None:
+            if frame.f_code.co_name == name:
+                return True
+            frame = frame.f_back
+    return False
 
 
 def _waiting_dials(mux: MuxSession, count: int) -> bool:

@@ -126,6 +126,14 @@ class HostMux(MuxSession):
                 self._redial_if_lost()
         return super().open_stream(timeout, on)
 
+    def wait_session(self, timeout: float = SESSION_WAIT) -> None:
+        """Until a session is up (dialing again if it was lost), or ``timeout``: open_stream then opens at once."""
+        with self._redial_lock:
+            self._redial_if_lost()
+        with self._ready:
+            self._ready.wait_for(lambda: self._closed or (self._session is not None and not self._session.closed),
+                                 timeout)
+
     def _redial_if_lost(self) -> None:
         with self._lock:
             session = self._session
@@ -168,6 +176,7 @@ class HostMux(MuxSession):
             # never between a brokered dial's knock and its stream: the plugin routes its next
             # stream by that knock, and this one (a main-channel connection) would reach the
             # brokered server, and the dial's the main one (go-plugin's host has that race)
+            self.wait_session()  # redial or wait for the session first: dials must not queue behind that
             with self.dial_lock:
                 stream = self.open_stream()
             self.connect_local(conn, stream)
