@@ -153,14 +153,18 @@ def test_sweep_spares_a_plugin_a_live_host_reattached_to(tmp_path: Path) -> None
     saved = ReattachConfig.from_json(out.stdout.strip().splitlines()[-1])
     pid = int(saved.runner["pid"])
     adopter = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=saved))
+    other = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=saved))
     try:
         adopter.start()
+        other.start()
+        other.close()  # a second adopter lets go: the first one's claim still stands
         kv = adopter.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         swept = subprocess.run([sys.executable, "-c", SWEEP], capture_output=True, text=True, timeout=60, env=env)
         assert pid not in json.loads(swept.stdout.strip() or "[]"), "another host's sweep killed the adopted plugin"
         assert kv.get("k") == b"v"
     finally:
+        other.close()
         adopter.kill()
         shutil.rmtree(os.path.dirname(saved.handshake.address), ignore_errors=True)  # the crashed host's
     assert wait_until(lambda: not _running(pid), 10)

@@ -75,6 +75,7 @@ class AttachedProcess(AttachedRunner):
         self._name = name or str(pid)
         self.plugin_id = plugin_id
         self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
+        self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
 
     @property
     def id(self) -> str:
@@ -110,8 +111,9 @@ class AttachedProcess(AttachedRunner):
         return super().watch_exit(on_exit)
 
     def detach(self) -> None:
-        if self.proven:
-            release(self.plugin_id)
+        claimed, self._claim = self._claim, None
+        if self.proven and claimed is not None:
+            release(self.plugin_id, claimed)
 
     def kill(self, grace: float = 2.0) -> None:
         try:
@@ -180,7 +182,7 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
             " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
             " produced for a running plugin, or start the plugin again")
     runner.proven = True
-    claim(runner.plugin_id)  # sweep() spares a plugin a live host adopted
+    runner._claim = claim(runner.plugin_id)  # sweep() spares a plugin a live host adopted
     return runner
 
 

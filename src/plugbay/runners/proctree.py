@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import stat
 from collections.abc import Iterable
@@ -115,8 +116,10 @@ def _session_alive(marker: str) -> bool:
 
 
 # Adoption records: a host that reattached to a process plugin (proven by its plugin id) writes a
-# claim named by that id holding its own session marker; sweep() spares the plugin while the claimant
-# runs. The folder is per user (0700, refused if not ours) at a fixed place, so any host finds it.
+# claim of its own in a folder named by that id, holding its session marker; sweep() spares the plugin
+# while any claimant runs, and removes the claims of those gone. One file per claim: two adopters (or
+# two Clients of one host) each release only their own. The folder is per user (0700, refused if not
+# ours) at a fixed place, so any host finds it.
 _CLAIM_NAME = re.compile(r"[0-9a-f]{32}")
 
 
@@ -133,49 +136,67 @@ def _private(folder: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
-def claim(plugin_id: str) -> None:
-    """Record this host as the adopter of process plugin ``plugin_id`` (best effort)."""
+def claim(plugin_id: str) -> str | None:
+    """Record this host as an adopter of process plugin ``plugin_id`` (best effort); the claim's
+    name, for :func:`release`."""
     if not _CLAIM_NAME.fullmatch(plugin_id):
-        return
-    folder = _claims_dir()
-    for _ in range(3):  # another host may remove the emptied folder meanwhile
+        return None
+    root = _claims_dir()
+    name = f"{os.getpid()}-{secrets.token_hex(8)}"
+    for _ in range(3):  # another host may remove an emptied folder meanwhile
         try:
+            root.mkdir(mode=0o700, exist_ok=True)
+            if not _private(root):
+                return None  # someone else's folder: no claim rather than one others could forge or read
+            folder = root / plugin_id
             folder.mkdir(mode=0o700, exist_ok=True)
-            if not _private(folder):
-                return  # someone else's folder: no claim rather than one others could forge or read
-            tmp = folder / f".{plugin_id}.{os.getpid()}"
+            tmp = folder / f".{name}"
             tmp.write_text(host_session())
-            os.replace(tmp, folder / plugin_id)
-            return
+            os.replace(tmp, folder / name)
+            return name
         except FileNotFoundError:
             continue
         except OSError:
-            return
+            return None
+    return None
 
 
-def release(plugin_id: str) -> None:
-    """Drop this host's claim on ``plugin_id`` (kill or detach), and the folder once empty."""
-    if not _CLAIM_NAME.fullmatch(plugin_id):
+def release(plugin_id: str, name: str | None) -> None:
+    """Drop one claim on ``plugin_id`` (kill or detach), and its folders once empty."""
+    if not _CLAIM_NAME.fullmatch(plugin_id) or not name or "/" in name or name.startswith("."):
         return
-    folder = _claims_dir()
-    path = folder / plugin_id
+    root = _claims_dir()
+    for path in (root / plugin_id / name, root / plugin_id, root):
+        try:
+            path.unlink() if path.name == name else path.rmdir()
+        except OSError:
+            pass
+
+
+def _claimants(plugin_id: str) -> dict[Path, str]:
+    """The claims on ``plugin_id``: file -> the session marker of the host that made it."""
+    root = _claims_dir()
+    if not _CLAIM_NAME.fullmatch(plugin_id) or not _private(root):
+        return {}
+    found: dict[Path, str] = {}
     try:
-        if path.read_text() == host_session():
-            path.unlink()
-        folder.rmdir()
+        for path in (root / plugin_id).iterdir():
+            if not path.name.startswith("."):
+                found[path] = path.read_text().strip()
     except OSError:
         pass
+    return found
 
 
-def _claimant(plugin_id: str) -> str | None:
-    """The session marker of the host that claimed ``plugin_id``, if any."""
-    folder = _claims_dir()
-    if not _CLAIM_NAME.fullmatch(plugin_id) or not _private(folder):
-        return None
-    try:
-        return (folder / plugin_id).read_text().strip() or None
-    except OSError:
-        return None
+def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
+    """Whether a running host claims ``plugin_id``; the claims of hosts gone are removed."""
+    adopted = False
+    for path, session in _claimants(plugin_id).items():
+        if session == mine or (session and not _gone(session, live)):
+            adopted = True
+        else:
+            release(plugin_id, path.name)
+    return adopted
 
 
 def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
@@ -200,8 +221,7 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         if not marker or marker == mine:
             continue
         gone = _gone(marker, live)
-        adopter = _claimant(env.get(ENV_PLUGIN_ID, "")) if gone and env else None
-        if adopter is not None and (adopter == mine or not _gone(adopter, live)):
+        if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine):
             continue  # a live host reattached to it
         facts = stat_of(pid)
         if gone and facts is not None:
