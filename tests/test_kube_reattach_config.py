@@ -54,14 +54,20 @@ def test_a_kubeconfig_named_by_reattach_json_is_not_loaded(tmp_path: Path, monke
     assert not marker.exists(), "the exec plugin of the kubeconfig the reattach JSON named ran"
 
 
-def test_a_context_named_by_reattach_json_must_be_the_hosts_current_one(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_context_named_by_reattach_json_must_be_one_of_the_hosts_own(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.runners.kubernetes.api import reattach_kubeconfig
+
     marker = tmp_path / "ran"
     own = _kubeconfig(tmp_path / "own.yaml", marker, contexts=("safe", "other"))
     monkeypatch.setenv("KUBECONFIG", own)
-    with pytest.raises(ReattachError, match="context 'other', which is not this host's current.*use-context other"):
-        reattach_runner(_data(kubeconfig=own, context="other"))
+    with pytest.raises(ReattachError, match="context 'elsewhere', which this host's kubeconfig .* does not have"):
+        reattach_runner(_data(kubeconfig=own, context="elsewhere"))
     assert not marker.exists()
+    # a context of the host's own (trusted) kubeconfig is used, current or not: a runner made with
+    # context="other" while "safe" is current reattaches
+    assert reattach_kubeconfig(own, "other") == (own, "other")
+    assert not marker.exists()  # only parsed
     with pytest.raises(ReattachError, match="kubeconfig must be a string or null"):
         reattach_runner(_data(kubeconfig=["x"]))
 

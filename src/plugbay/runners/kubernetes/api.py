@@ -103,17 +103,18 @@ def _same_paths(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def _active_context(kubeconfig: str | None) -> str | None:
+def _contexts(kubeconfig: str | None) -> set[str]:
+    """The context names in ``kubeconfig`` (this host's own file)."""
     if kubeconfig is None:
-        return None
+        return set()
     try:
         from kubernetes import config as config_mod
 
         config: Any = config_mod
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # parses only: runs no plugin
-        return str((active or {}).get("name") or "") or None
+        contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)  # parses only: runs no plugin
+        return {str(c.get("name")) for c in contexts or [] if c.get("name")}
     except Exception:
-        return None
+        return set()
 
 
 def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None = None,
@@ -137,11 +138,13 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
             f"the reattach data names kubeconfig {named!r}, but this host uses {uses}; plugbay loads no"
             " kubeconfig that reattach data names (its exec: plugin would run before anything is checked)."
             f" Set KUBECONFIG={named} for this host if you trust that file, or reattach from a host that uses it")
-    if context is None and named_context is not None and named_context != _active_context(own):
+    # a context of this host's own kubeconfig is this host's own setting (the file is trusted), whichever
+    # is current: a runner made with context="prod" while "dev" is current reattaches
+    if context is None and named_context is not None and named_context not in _contexts(own):
+        where = "its in-cluster service account" if own is None else f"kubeconfig {own!r}"
         raise ReattachError(
-            f"the reattach data names Kubernetes context {named_context!r}, which is not this host's current"
-            f" context; make it current (kubectl config use-context {named_context}) if you trust it, then"
-            " reattach again")
+            f"the reattach data names Kubernetes context {named_context!r}, which this host's {where} does"
+            " not have; reattach from a host whose kubeconfig has that context")
     return own, context if context is not None else named_context
 
 
