@@ -98,3 +98,22 @@ def test_a_dropped_engine_connection_does_not_end_the_containers_output(relay: E
         runner.kill(0)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
             found.remove(force=True, v=True)
+
+
+def test_force_kill_removes_the_container_after_a_kill_cut_short(plugbay_docker: Any) -> None:
+    # Ctrl-C inside kill()'s grace wait leaves the runner counted as killed with the container
+    # still there; the Client then calls force_kill(), which must not be a no-op like a second kill()
+    tag = uuid.uuid4().hex
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", "import time; time.sleep(60)"], transport="tcp")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.test-detach": tag}))
+    try:
+        with runner._lock:
+            runner._killed = True  # where an interrupted kill() leaves it
+        runner.kill(0)
+        assert plugbay_docker.containers.get(runner.id).status == "running"  # the guard: nothing done
+        runner.force_kill()
+        assert not plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"})
+    finally:
+        runner.force_kill()
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
+            found.remove(force=True, v=True)

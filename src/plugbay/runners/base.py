@@ -138,6 +138,11 @@ class AttachedRunner(ABC):
     def kill(self, grace: float = 2.0) -> None:
         """Stop the plugin (after ``grace`` seconds, by force) and free what it held. Idempotent."""
 
+    def force_kill(self) -> None:
+        """Stop the plugin now, also when a kill() was cut short (Ctrl-C in its grace wait) and
+        counts as done; runners whose kill() is guarded by that override it."""
+        self.kill(0)
+
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         """Map an address the plugin announced to one the host can dial."""
         return network, address

@@ -382,10 +382,10 @@ class Client(ClientParts):
     def _force_stop(self, kill: bool) -> None:
         runner = self._runner
         try:
-            if kill and runner is not None:
-                runner.kill(0)
+            if runner is not None:
+                runner.force_kill() if kill else runner.detach()
         except Exception as exc:
-            _log.warning("killing plugin %s failed: %s", self.name, exc)
+            _log.warning("stopping plugin %s failed: %s", self.name, exc)
         finally:
             self._close_streams()
 

@@ -311,6 +311,13 @@ class DockerRunner(Runner):
             self._client = engine()
         self._cleanup(remove=True, grace=grace)
 
+    def force_kill(self) -> None:
+        with self._lock:
+            self._killed = True
+        if self._client is None and self._container_id:
+            self._client = engine()
+        self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
+
     def _cleanup(self, *, remove: bool, grace: float) -> None:
         client = self._client
         try:
