@@ -2,7 +2,7 @@
 
 Odd response codes are typed errors and never stop the refresh thread; SRV
 records are read as RFC 2782 says (target "." = no service, port 0 = no port,
-the lowest priority serves); an answer too large is capped. No query leaves
+lower priorities first); an answer too large is capped. No query leaves
 loopback: every resolver gets dns_server=.
 """
 
@@ -111,11 +111,12 @@ def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[OddZone, str]) -> None
     zone.set(f"kv-a.{ZONE}", "A", [A("127.0.0.1")])
     zone.set(f"kv-b.{ZONE}", "A", [A("127.0.0.2")])
     zone.set(".", "A", [A("127.0.0.9")])  # were "." looked up as a name, it would become an endpoint
-    # port 0 is no port; the backup (priority 20) gets no calls while a priority-10 target resolves
-    zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, 7001, f"kv-a.{ZONE}"), SRV(10, 5, 0, f"kv-a.{ZONE}"),
-                                        SRV(20, 5, 7002, f"kv-b.{ZONE}")])
-    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.1:7001"]
-    # the primaries gone from DNS (their name has no address): the backup serves
+    # port 0 is no port; every target is an endpoint, lower priorities first (a backup listed last
+    # is what pick_first fails over to when the primaries are down)
+    zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(20, 5, 7002, f"kv-b.{ZONE}"), SRV(10, 5, 7001, f"kv-a.{ZONE}"),
+                                        SRV(10, 5, 0, f"kv-a.{ZONE}")])
+    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.1:7001", "tcp:127.0.0.2:7002"]
+    # the primaries gone from DNS (their name has no address): the backup alone
     zone.set(f"kv-a.{ZONE}", "A", [])
     assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.2:7002"]
     zone.set(f"_none._tcp.{ZONE}", "SRV", [SRV(0, 0, 0, ".")])  # "decidedly not available at this domain"

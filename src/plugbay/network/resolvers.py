@@ -122,10 +122,12 @@ class DNSResolver:
         return found[:self.max_endpoints]
 
     def _srv_endpoints(self, records: list[object]) -> list[Endpoint]:
-        """SRV per RFC 2782: target "." means no service; port 0 is no port; the lowest priority serves.
+        """SRV per RFC 2782: target "." means no service; port 0 is no port; lower priorities first.
 
-        Weights are not used (the pool balances by its own policy). Targets of a higher priority
-        number are backups: used only when no target of a lower one yields an endpoint.
+        Every target is an endpoint, in priority order: the pool's health checks and ejection,
+        not DNS, tell which one is reachable (RFC 2782's "lowest priority it can reach"), so
+        policy="pick_first" serves the lowest priority and fails over to the next, and
+        round_robin spreads calls over all. Weights are not used.
         """
         by_priority: dict[int, list[Endpoint]] = {}
         for rr in records:
@@ -137,10 +139,7 @@ class DNSResolver:
                                  self.host, target, port)
                 continue
             by_priority.setdefault(priority, []).extend(self._srv_target(target, port))
-        for priority in sorted(by_priority):
-            if by_priority[priority]:
-                return by_priority[priority]
-        return []
+        return [endpoint for priority in sorted(by_priority) for endpoint in by_priority[priority]]
 
     def _srv_target(self, target: str, port: int) -> list[Endpoint]:
         try:
