@@ -20,6 +20,7 @@ from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
+from plugbay.runners.docker.waiter import reconnect_pause
 
 # Lines buffered for a reader that is slower than the plugin (or absent).
 # Beyond this the oldest unread lines are dropped so memory stays bounded.
@@ -111,7 +112,7 @@ class ContainerLogStream:
                 if running is False:
                     return  # the container ended: so did its log
                 failures += 1
-                if self._close_asked.wait(min(8.0, 0.25 * 2 ** (failures - 1))):
+                if self._close_asked.wait(reconnect_pause(failures)):
                     return
                 if running is None:
                     continue  # the engine does not answer yet

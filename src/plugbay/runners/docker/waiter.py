@@ -29,6 +29,11 @@ _MAX_FAILURES = 12  # about a minute of pauses (0.25 s doubling, at most 8 s) wi
 _MAX_PAUSE = 8.0
 
 
+def reconnect_pause(failures: int) -> float:
+    """The pause before engine request number ``failures + 1`` after ``failures`` in a row broke."""
+    return min(_MAX_PAUSE, 0.25 * 2.0 ** (failures - 1))
+
+
 class ExitWaiter:
     """Waits for one container's exit in a daemon thread; :meth:`wait` reads the result."""
 
@@ -90,7 +95,7 @@ class ExitWaiter:
                         _log.warning("container %s: the engine answered no wait request in %d tries (%s);"
                                      " its exit code is unknown", self._id[:12], failures, exc)
                         break
-                    self._stopped.wait(min(_MAX_PAUSE, 0.25 * 2 ** (failures - 1)))
+                    self._stopped.wait(reconnect_pause(failures))
             if not self._stopped.is_set():
                 self.exit_code = code
                 self._exited.set()
