@@ -170,3 +170,26 @@ def test_sweep_spares_a_plugin_a_live_host_reattached_to(tmp_path: Path) -> None
     assert wait_until(lambda: not _running(pid), 10)
     from plugbay.runners.proctree import _claims_dir
     assert not (_claims_dir() / str(saved.runner["plugin_id"])).exists(), "the kill left its claim behind"
+
+
+def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.runners import proctree
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    plugin_id = "ab" * 16
+    name = proctree.claim(plugin_id)
+    assert name is not None
+    # an entry that cannot be read as a claim (or a claim released between listing and reading)
+    # must not hide the live one, or sweep() would kill an adopted plugin
+    (proctree._claims_dir() / plugin_id / "0-odd").mkdir()
+    assert list(proctree._claimants(plugin_id).values()) == [proctree.host_session()]
+    assert proctree._adopted(plugin_id, None, "another-session")
+    ended = "cd" * 16
+    assert proctree.claim(ended) is not None
+    proctree._forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
+    assert not (proctree._claims_dir() / ended).exists()
+    assert (proctree._claims_dir() / plugin_id / name).exists()
+    (proctree._claims_dir() / plugin_id / "0-odd").rmdir()
+    proctree.release(plugin_id, name)
+    assert not proctree._claims_dir().exists(), "the last release left the claims folder behind"

@@ -108,17 +108,17 @@ def _keys(server: str, name: str, **kw: object) -> list[str]:
 
 def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[OddZone, str]) -> None:
     zone, server = dns
-    zone.set(f"kv-a.{ZONE}", "A", [A("127.0.0.1")])
-    zone.set(f"kv-b.{ZONE}", "A", [A("127.0.0.2")])
+    zone.set(f"kv-a.{ZONE}", "A", [A("127.0.0.2")])  # the primary sorts after the backup by address
+    zone.set(f"kv-b.{ZONE}", "A", [A("127.0.0.1")])
     zone.set(".", "A", [A("127.0.0.9")])  # were "." looked up as a name, it would become an endpoint
     # port 0 is no port; every target is an endpoint, lower priorities first (a backup listed last
     # is what pick_first fails over to when the primaries are down)
     zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(20, 5, 7002, f"kv-b.{ZONE}"), SRV(10, 5, 7001, f"kv-a.{ZONE}"),
                                         SRV(10, 5, 0, f"kv-a.{ZONE}")])
-    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.1:7001", "tcp:127.0.0.2:7002"]
+    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.2:7001", "tcp:127.0.0.1:7002"]
     # the primaries gone from DNS (their name has no address): the backup alone
     zone.set(f"kv-a.{ZONE}", "A", [])
-    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.2:7002"]
+    assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.1:7002"]
     zone.set(f"_none._tcp.{ZONE}", "SRV", [SRV(0, 0, 0, ".")])  # "decidedly not available at this domain"
     assert _keys(server, "_none._tcp.plugbay.test", srv=True) == []
 

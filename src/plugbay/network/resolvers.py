@@ -108,6 +108,8 @@ class DNSResolver:
                 f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
                 f" {type(exc).__name__}: {exc}. Check that the DNS server is reachable and serves that name,"
                 " or pass dns_server='IP:PORT'") from exc
+        if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
+            return self._capped(list(dict.fromkeys(out)))
         return self._capped(sorted(set(out), key=lambda e: e.key))
 
     def _capped(self, found: list[Endpoint]) -> list[Endpoint]:

@@ -151,8 +151,12 @@ def claim(plugin_id: str) -> str | None:
             folder = root / plugin_id
             folder.mkdir(mode=0o700, exist_ok=True)
             tmp = folder / f".{name}"
-            tmp.write_text(host_session())
-            os.replace(tmp, folder / name)
+            try:
+                tmp.write_text(host_session())
+                os.replace(tmp, folder / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # no half-written claim left behind (a full disk, say)
+                raise
             return name
         except FileNotFoundError:
             continue
@@ -180,12 +184,36 @@ def _claimants(plugin_id: str) -> dict[Path, str]:
         return {}
     found: dict[Path, str] = {}
     try:
-        for path in (root / plugin_id).iterdir():
-            if not path.name.startswith("."):
-                found[path] = path.read_text().strip()
+        paths = list((root / plugin_id).iterdir())
     except OSError:
-        pass
+        return found
+    for path in paths:
+        if path.name.startswith("."):
+            continue
+        try:  # one claim released meanwhile (by its host, or by another sweep) hides no other
+            found[path] = path.read_text().strip()
+        except OSError:
+            continue
     return found
+
+
+def _forget_claims_of_ended(running: set[str]) -> None:
+    """Remove the claims on plugins no running process carries any more (their adopters never
+    released them: a crash), and claims left half-written."""
+    root = _claims_dir()
+    if not _private(root):
+        return
+    try:
+        folders = [f for f in root.iterdir() if _CLAIM_NAME.fullmatch(f.name) and f.name not in running]
+    except OSError:
+        return
+    for folder in folders:
+        try:
+            for path in folder.iterdir():
+                path.unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:
+            continue
 
 
 def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
@@ -213,10 +241,13 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     live = set(live_sessions) if live_sessions is not None else None
     mine = host_session()
     doomed: dict[int, int] = {}
+    running: set[str] = set()  # plugin ids of live processes: the claims of the others are moot
     for pid in _pids():
         if pid == os.getpid():
             continue
         env = environ(pid)
+        if env and env.get(ENV_PLUGIN_ID):
+            running.add(env[ENV_PLUGIN_ID])
         marker = env.get(ENV_HOST_SESSION) if env else None
         if not marker or marker == mine:
             continue
@@ -227,4 +258,5 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         if gone and facts is not None:
             doomed[pid] = facts[1]
     signal_all(doomed, signal.SIGKILL)
+    _forget_claims_of_ended(running)
     return sorted(doomed)
