@@ -252,11 +252,11 @@ def test_a_main_channel_connection_never_opens_between_a_knock_and_its_stream() 
         # the host accepted the connection and its worker waits for the dial to finish (or, without
         # the lock, its stream took the knock at once)
         for _ in range(500):
-            if not p.front._knocks or _in_function(p.hostmux, "_connect"):
+            if not p.front._knocks or _blocked_in(p.hostmux, "_connect"):
                 break
             threading.Event().wait(0.01)
         assert p.front._knocks == deque([sid]), "a main-channel stream took the brokered dial's knock"
-        assert _in_function(p.hostmux, "_connect"), "the main-channel connection never reached the host"
+        assert _blocked_in(p.hostmux, "_connect"), "the main-channel connection never waited for the dial"
         pause.release()
         dialer.join(10)
         caller.join(15)
@@ -455,16 +455,12 @@ def _knocked_stream(pair: MuxPair, stalled: Stalled) -> yamux.Stream:
     return stream
 
 
-def _in_function(mux: MuxSession, name: str) -> bool:
-    """Whether a worker of ``mux`` is inside function ``name`` now."""
+def _blocked_in(mux: MuxSession, name: str) -> bool:
+    """Whether a worker of ``mux`` waits in function ``name`` itself now (its innermost Python frame:
+    blocked on a lock that function takes, not in something it called)."""
     frames = sys._current_frames()
-    for thread in list(mux._workers._threads):
-        frame = frames.get(thread.ident or -1)
-        while frame is not None:
-            if frame.f_code.co_name == name:
-                return True
-            frame = frame.f_back
-    return False
+    return any((frame := frames.get(thread.ident or -1)) is not None and frame.f_code.co_name == name
+               for thread in list(mux._workers._threads))
 
 
 def _waiting_dials(mux: MuxSession, count: int) -> bool:

@@ -85,7 +85,9 @@ def test_right_values_pass(tmp_path: Path) -> None:
 
     ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV, unix_socket_temp_dir=tmp_path,  # a PathLike
                  grpc_options=[["grpc.primary_user_agent", "x"], (b"grpc.max_receive_message_length", 10)],
-                 start_timeout=Fraction(3), logger=logging.LoggerAdapter(logging.getLogger("x"), {}))
+                 start_timeout=3, logger=logging.LoggerAdapter(logging.getLogger("x"), {}))
+    with pytest.raises(ConfigError, match="start_timeout must be a number of seconds"):
+        ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV, start_timeout=Fraction(3))  # no wait takes it
     ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV, start_timeout=5, call_timeout=None, kill_grace=0,
                  env={"A": "1"}, grpc_options=[("grpc.max_receive_message_length", 1 << 20)],
                  logger=logging.getLogger("x"), versioned_plugins={2: PLUGINS}, unix_socket_group=0,
@@ -182,6 +184,9 @@ def test_ctrl_c_during_kill_still_stops_the_plugin(tmp_path: Path) -> None:
     (lambda: CircuitBreaker(window=float("nan")), "window must be a number"),
     (lambda: RestartPolicy(jitter=5), "jitter must be >= 0 and <= 1"),
     (lambda: RestartPolicy(max_restarts=1.5), "max_restarts must be a whole number"),
+    (lambda: RetryPolicy(max_attempts=10 ** 400), "max_attempts is too large"),
+    (lambda: RetryPolicy(retry_on=[[grpc.StatusCode.UNAVAILABLE]]), "retry_on holds"),
+    (lambda: CircuitBreaker(failure_codes=[[grpc.StatusCode.UNAVAILABLE]]), "failure_codes holds"),
     (lambda: Supervisor("notaconfig"), "Supervisor takes a ClientConfig"),
 ])
 def test_resilience_settings_of_the_wrong_kind_are_config_errors(make: Any, says: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from plugbay.runners.docker import waiter as waiter_module
 from plugbay.runners.docker.waiter import ExitWaiter
 
 
@@ -24,7 +27,9 @@ class _Broken(ExitWaiter):
         self._thread.start()
 
 
-def test_a_running_container_whose_wait_keeps_breaking_is_not_reported_exited() -> None:
+def test_a_running_container_whose_wait_keeps_breaking_is_not_reported_exited(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiter_module, "reconnect_pause", lambda failures: 0.01)  # the pauses grow to 8 s
     waiter = _Broken(breaks=14)  # more than the 12 tries in a row the engine may leave unanswered
     waiter.start()
     try:

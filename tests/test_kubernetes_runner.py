@@ -468,3 +468,20 @@ def test_pod_names_carry_48_random_bits() -> None:
 
     name = pods.pod_name_for("registry.example.com/team/" + "x" * 80 + ":1")
     assert len(name) <= 63 and len(name.rsplit("-", 1)[1]) == 12
+
+
+def test_force_kill_deletes_the_pod_after_a_kill_cut_short(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    # Ctrl-C inside kill() leaves the runner counted as killed with its pod still there; the
+    # Client then calls force_kill(), which must not be a no-op like a second kill()
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+    runner.start(SPEC)
+    try:
+        name = runner.pod_name
+        with runner._lock:
+            runner._killed = True  # where an interrupted kill() leaves it
+        runner.kill(0)
+        assert name in pods_of_session(kubeconfig)  # the guard: nothing done
+        runner.force_kill()
+        assert name not in pods_of_session(kubeconfig)
+    finally:
+        runner.force_kill()

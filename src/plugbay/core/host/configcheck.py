@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -94,11 +93,19 @@ def check_client_config(config: Any) -> None:
 
 
 def _seconds(value: Any, name: str, zero: bool) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)) and (
-        float(value) >= 0 if zero else float(value) > 0)
+    # int or float only: the waits that take these (Event.wait, settimeout, "%.1f") refuse a Fraction
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) and (
+        value >= 0 if zero else value > 0)
     if not ok:
         raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'},"
                           f" got {value!r}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too big for a float
+        return False
 
 
 def _is_int(value: Any) -> bool:

@@ -7,7 +7,6 @@ are :class:`CallLayer` objects chained into that one hook.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -96,10 +95,13 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
                    maximum: float | None = None) -> str | None:
     """What is wrong with ``value`` as setting ``name`` (None: nothing), for the resilience
     layers' constructors: a str or bool where a number belongs, NaN, or out of range."""
-    kinds = (numbers.Integral,) if whole else (numbers.Real,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+    # int or float only: the waits that use these refuse a Fraction or a Decimal
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value != value:
         return f"{name} must be {'a whole number' if whole else 'a number'} (got {value!r})"
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return f"{name} is too large (got {value!r})"
     if number < minimum or (above and number == minimum) or (maximum is not None and number > maximum):
         bound = f"> {minimum:g}" if above else f">= {minimum:g}"
         if maximum is not None:

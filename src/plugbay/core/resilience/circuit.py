@@ -68,7 +68,10 @@ class CircuitBreaker:
                  on_change: Callable[[str, str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(failure_codes, Iterable) and not isinstance(failure_codes, (str, bytes)):
-            failure_codes = frozenset(failure_codes)  # once: a generator is read here
+            try:
+                failure_codes = frozenset(failure_codes)  # once: a generator is read here
+            except TypeError:  # unhashable members: status_codes_problem below names them
+                failure_codes = list(failure_codes)  # type: ignore[assignment]
         problems = [p for p in (
             number_problem(failure_threshold, "failure_threshold", 1, whole=True),
             number_problem(window, "window", 0, above=True),

@@ -84,7 +84,10 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if isinstance(self.retry_on, Iterable) and not isinstance(self.retry_on, (str, bytes)):
-            self.retry_on = frozenset(self.retry_on)  # once: a generator is read here, not checked empty
+            try:
+                self.retry_on = frozenset(self.retry_on)  # once: a generator is read here, not checked empty
+            except TypeError:  # unhashable members: status_codes_problem below names them
+                self.retry_on = list(self.retry_on)  # type: ignore[assignment]
         problems = [p for p in (
             number_problem(self.max_attempts, "max_attempts", 1, whole=True),
             number_problem(self.initial_backoff, "initial_backoff", 0),

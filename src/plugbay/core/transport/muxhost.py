@@ -178,7 +178,7 @@ class HostMux(MuxSession):
             # brokered server, and the dial's the main one (go-plugin's host has that race)
             self.wait_session()  # redial or wait for the session first: dials must not queue behind that
             with self.dial_lock:
-                stream = self.open_stream()
+                stream = self.open_stream(timeout=0.0)  # not up by now: fail, do not wait again under the lock
             self.connect_local(conn, stream)
         except (PlugbayError, OSError):
             conn.close()

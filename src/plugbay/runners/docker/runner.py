@@ -314,8 +314,8 @@ class DockerRunner(Runner):
     def force_kill(self) -> None:
         with self._lock:
             self._killed = True
-        if self._client is None and self._container_id:
-            self._client = engine()
+        if self._container_id:
+            self._client = engine()  # a fresh one: a cut-short kill() may have closed the last
         self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:

@@ -73,7 +73,7 @@ class ExitWaiter:
         self.join(timeout)
 
     def _run(self) -> None:
-        code, failures = UNKNOWN_EXIT_CODE, 0
+        code, failures, answered_in_a_row = UNKNOWN_EXIT_CODE, 0, 0
         try:
             while not self._stopped.is_set():
                 try:
@@ -88,9 +88,14 @@ class ExitWaiter:
                     # the engine said it runs: a broken request (a proxy's idle timeout, a
                     # live-restore), not an engine gone; count only tries it did not answer
                     failures = 0 if answered else failures + 1
-                    if answered:
-                        self._stopped.wait(0.25)
+                    if answered:  # never an exit while it runs; but no busy loop on a wait refused at once
+                        answered_in_a_row += 1
+                        if answered_in_a_row == _MAX_FAILURES:
+                            _log.warning("container %s runs, but %d wait requests in a row broke (%s); still"
+                                         " watching it", self._id[:12], answered_in_a_row, exc)
+                        self._stopped.wait(reconnect_pause(answered_in_a_row))
                         continue
+                    answered_in_a_row = 0
                     if failures >= _MAX_FAILURES:
                         _log.warning("container %s: the engine answered no wait request in %d tries (%s);"
                                      " its exit code is unknown", self._id[:12], failures, exc)

@@ -141,7 +141,7 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
     # a context of this host's own kubeconfig is this host's own setting (the file is trusted), whichever
     # is current: a runner made with context="prod" while "dev" is current reattaches
     if context is None and named_context is not None and named_context not in _contexts(own):
-        where = "its in-cluster service account" if own is None else f"kubeconfig {own!r}"
+        where = "in-cluster service account" if own is None else f"kubeconfig {own!r}"
         raise ReattachError(
             f"the reattach data names Kubernetes context {named_context!r}, which this host's {where} does"
             " not have; reattach from a host whose kubeconfig has that context")

@@ -270,6 +270,14 @@ class KubernetesRunner(Runner):
             if self._killed:
                 return
             self._killed = True
+        self._delete_pod(grace)
+
+    def force_kill(self) -> None:
+        with self._lock:
+            self._killed = True
+        self._delete_pod(0)  # again if a kill() was cut short (Ctrl-C): the pod must not outlive the host
+
+    def _delete_pod(self, grace: float) -> None:
         error: BaseException | None = None
         try:
             # End our port-forward streams before the pod goes, so each closes from our side
