@@ -174,7 +174,9 @@ def test_a_call_refused_because_the_plugin_is_gone_is_not_retried(tmp_path: Path
                                           on_retry=lambda m, n, e, s: retried.append(n)))
         os.kill(client.runner.pid, signal.SIGKILL)
         assert client.runner.wait(10) is not None
-        assert wait_until(lambda: client.exited, 10)  # the exit watch closed the connection
+        # the exit watch closes the channel just after it marks the Client exited: a call made
+        # in between fails in flight (sent, so retried); wait for the close itself
+        assert wait_until(lambda: client.channel._closed, 10)
         with pytest.raises(PluginDiedError) as err:
             kv.get("k")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
