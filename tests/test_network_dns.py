@@ -9,60 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import AAAA, SRV, A
 
+from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import wait_until
 
 from plugbay import DiscoveryError, RemoteClient, RemoteConfig
 from plugbay.network.resolvers import DNSResolver
 
-ZONE = "plugbay.test."
-
-
-class Zone(BaseResolver):  # type: ignore[misc]
-    """A mutable zone: name -> list of RRs."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], list[RR]] = {}
-        self.lock = threading.Lock()
-        self.queries = 0
-
-    def set(self, name: str, kind: str, rdatas: list[object]) -> None:
-        with self.lock:
-            self.records[(name, kind)] = [RR(name, getattr(QTYPE, kind), rdata=r, ttl=1) for r in rdatas]
-
-    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
-        reply = request.reply()
-        name, kind = str(request.q.qname), QTYPE[request.q.qtype]
-        with self.lock:
-            self.queries += 1
-            rrs = list(self.records.get((name, kind), []))
-            known = any(n == name for n, _ in self.records)
-        for rr in rrs:
-            reply.add_answer(rr)
-        if not rrs and not known:
-            reply.header.rcode = RCODE.NXDOMAIN
-        return reply
-
-
 @pytest.fixture()
 def dns() -> Iterator[tuple[Zone, str]]:
     zone = Zone()
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
-    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
-    thread.start()
-    try:
-        yield zone, f"127.0.0.1:{server.server.server_address[1]}"
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(10)
+    with serving(zone) as address:
+        yield zone, address
 
 
 def free_dual_port() -> int:

@@ -9,14 +9,13 @@ loopback: every resolver gets dns_server=.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, SRV, A, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import RCODE, SRV, A, DNSRecord
 
+from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGINS
 from tests.resilience_util import wait_until
 
@@ -24,51 +23,15 @@ from plugbay import DiscoveryError, HandshakeTimeoutError, RemoteClient, RemoteC
 from plugbay.network.resolver import Endpoint
 from plugbay.network.resolvers import DNSResolver
 
-ZONE = "plugbay.test."
-
-
-class OddZone(BaseResolver):  # type: ignore[misc]
-    """A zone whose answers the test sets: records per (name, type), or a response code for every query."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], list[RR]] = {}
-        self.rcode: int | None = None
-        self.lock = threading.Lock()
-        self.queries = 0
-
-    def set(self, name: str, kind: str, rdatas: Sequence[object]) -> None:
-        with self.lock:
-            self.records[(name, kind)] = [RR(name, getattr(QTYPE, kind), rdata=r, ttl=1) for r in rdatas]
-
-    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
-        reply = request.reply()
-        with self.lock:
-            self.queries += 1
-            if self.rcode is not None:
-                reply.header.rcode = self.rcode
-                return reply
-            rrs = list(self.records.get((str(request.q.qname), QTYPE[request.q.qtype]), []))
-        for rr in rrs:
-            reply.add_answer(rr)
-        return reply
-
-
 @pytest.fixture()
-def dns() -> Iterator[tuple[OddZone, str]]:
-    zone = OddZone()
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
-    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
-    thread.start()
-    try:
-        yield zone, f"127.0.0.1:{server.server.server_address[1]}"
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(10)
+def dns() -> Iterator[tuple[Zone, str]]:
+    zone = Zone()
+    with serving(zone) as address:
+        yield zone, address
 
 
 @pytest.mark.parametrize("rcode", ["YXDOMAIN", "REFUSED"])
-def test_an_odd_response_code_is_a_discovery_error(dns: tuple[OddZone, str], rcode: str) -> None:
+def test_an_odd_response_code_is_a_discovery_error(dns: tuple[Zone, str], rcode: str) -> None:
     zone, server = dns
     zone.rcode = getattr(RCODE, rcode)
     resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, timeout=1.0)
@@ -78,7 +41,7 @@ def test_an_odd_response_code_is_a_discovery_error(dns: tuple[OddZone, str], rco
     assert "Check that the DNS server is reachable and serves that name" in str(err.value)
 
 
-def test_an_odd_answer_does_not_stop_discovery(dns: tuple[OddZone, str]) -> None:
+def test_an_odd_answer_does_not_stop_discovery(dns: tuple[Zone, str]) -> None:
     zone, server = dns
     zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
     resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, refresh=0.1, timeout=1.0)
@@ -106,7 +69,7 @@ def _keys(server: str, name: str, **kw: object) -> list[str]:
     return [e.key for e in seen[0]]
 
 
-def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[OddZone, str]) -> None:
+def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[Zone, str]) -> None:
     zone, server = dns
     zone.set(f"kv-a.{ZONE}", "A", [A("127.0.0.2")])  # the primary sorts after the backup by address
     zone.set(f"kv-b.{ZONE}", "A", [A("127.0.0.1")])
@@ -123,7 +86,7 @@ def test_srv_records_are_read_as_rfc_2782_says(dns: tuple[OddZone, str]) -> None
     assert _keys(server, "_none._tcp.plugbay.test", srv=True) == []
 
 
-def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[OddZone, str],
+def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[Zone, str],
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     zone, server = dns
     zone.set(f"many.{ZONE}", "A", [A(f"127.0.1.{i}") for i in range(1, 9)])
@@ -136,7 +99,7 @@ def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[O
     assert MAX_ENDPOINTS == 256  # the documented default (docs/network-host.md)
 
 
-class SlowZone(OddZone):
+class SlowZone(Zone):
     """Answers every query after ``delay`` seconds."""
 
     delay = 0.4
@@ -148,16 +111,13 @@ class SlowZone(OddZone):
 
 def test_start_timeout_covers_discovery() -> None:
     zone = SlowZone()
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
-    thread = threading.Thread(target=server.server.serve_forever, name="test-slow-dns", daemon=True)
-    thread.start()
-    try:
+    with serving(zone) as server:
         targets = [SRV(10, 5, 7001, f"kv-{i}.{ZONE}") for i in range(8)]  # 1 + 16 queries of 0.4 s each
         zone.set(f"_kv._tcp.{ZONE}", "SRV", targets)
         for i in range(8):
             zone.set(f"kv-{i}.{ZONE}", "A", [A(f"127.0.0.{i + 1}")])
         cfg = RemoteConfig(target="dns+srv:///_kv._tcp.plugbay.test", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=f"127.0.0.1:{server.server.server_address[1]}",
+                           insecure=True, dns_server=server,
                            start_timeout=1.0, name="kv-slow-dns")
         started = time.monotonic()
         with pytest.raises(HandshakeTimeoutError) as err:
@@ -165,7 +125,3 @@ def test_start_timeout_covers_discovery() -> None:
         took = time.monotonic() - started
         assert took < 3.0, f"start() took {took:.1f}s with start_timeout=1.0 (the lookups ran to their end)"
         assert "did not finish within start_timeout (1.0s)" in str(err.value)
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(10)

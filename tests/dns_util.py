@@ -1,0 +1,61 @@
+"""A real DNS server (dnslib) on 127.0.0.1 whose zone the test sets, for the discovery tests.
+
+No query leaves loopback: the resolvers under test get ``dns_server=`` the address
+:func:`serving` yields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+from dnslib import QTYPE, RCODE, RR, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+ZONE = "plugbay.test."
+
+
+class Zone(BaseResolver):  # type: ignore[misc]
+    """A mutable zone: records per (name, type); a name it never heard of is NXDOMAIN. ``rcode``, when
+    set, answers every query with that response code instead."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[RR]] = {}
+        self.rcode: int | None = None
+        self.lock = threading.Lock()
+        self.queries = 0
+
+    def set(self, name: str, kind: str, rdatas: Sequence[object]) -> None:
+        with self.lock:
+            self.records[(name, kind)] = [RR(name, getattr(QTYPE, kind), rdata=r, ttl=1) for r in rdatas]
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        reply = request.reply()
+        name, kind = str(request.q.qname), QTYPE[request.q.qtype]
+        with self.lock:
+            self.queries += 1
+            if self.rcode is not None:
+                reply.header.rcode = self.rcode
+                return reply
+            rrs = list(self.records.get((name, kind), []))
+            known = any(n == name for n, _ in self.records)
+        for rr in rrs:
+            reply.add_answer(rr)
+        if not rrs and not known:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
+@contextlib.contextmanager
+def serving(zone: Zone) -> Iterator[str]:
+    """Serve ``zone`` on 127.0.0.1 (a free UDP/TCP port); yields "127.0.0.1:PORT", stops it after."""
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
+    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server.server_address[1]}"
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(10)
