@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plugbay.core.broker.plugin import check_plugin_set, check_versioned_plugins
-from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.protocol.handshake import HandshakeConfig, is_tcp_port
 from plugbay.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def check_client_config(config: Any) -> None:
     _seconds(config.kill_grace, "kill_grace", zero=True)
     for name in ("min_port", "max_port"):
         port = getattr(config, name)
-        if not _is_int(port) or not 1 <= port <= 65535:
+        if not is_tcp_port(port):
             raise ConfigError(f"ClientConfig.{name} must be a port number (1-65535), got {port!r}")
     if config.min_port > config.max_port:
         raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
@@ -106,10 +106,6 @@ def _finite(value: float) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too big for a float
         return False
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _kind(value: Any) -> str:

@@ -59,7 +59,6 @@ from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
 from plugbay.core.broker.plugin import (
-    GRPCPlugin,
     PluginSet,
     VersionedPlugins,
     check_plugin_set,
@@ -282,10 +281,8 @@ class _PluginServer:
         add_health(self.health, server)
         add_controller(server, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), server)
+        check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change
         for name, plugin in self._plugin_set.items():
-            if not isinstance(plugin, GRPCPlugin):
-                raise ConfigError(f"{name!r} is not a GRPC-compatible plugin; make it a"
-                                  " plugbay.core.broker.plugin.GRPCPlugin subclass")
             try:
                 plugin.grpc_server(broker, GatedServer(server, gate))
             except PlugbayError:

@@ -62,6 +62,11 @@ def _number(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+def is_tcp_port(value: object) -> bool:
+    """Whether ``value`` is a TCP port number (an int 1-65535, not a bool): settings and reattach data."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
 def address_problem(network: str, address: str) -> str | None:
     """Why ``address`` is no dialable ``network`` address (None: it is), checked strictly.
 

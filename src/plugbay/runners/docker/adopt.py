@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
 from plugbay.runners.session import MANAGED, host_session_id, owner_name
@@ -28,7 +29,7 @@ def reattach_id(data: Mapping[str, Any]) -> str:
 def reattach_transport(data: Mapping[str, Any], transports: tuple[str, ...]) -> tuple[str, int]:
     """The reattach data's (transport, container_port), checked: it is untrusted input."""
     transport, port = data.get("transport", "unix"), data.get("container_port") or 4000
-    if transport not in transports or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+    if transport not in transports or not is_tcp_port(port):
         raise ReattachError(f"reattach data for a container needs 'transport' in {transports} and"
                             f" 'container_port' a TCP port (1-65535), not {transport!r} and {port!r}; pass"
                             " the JSON that Client.reattach_config().to_json() produced")

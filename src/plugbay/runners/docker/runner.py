@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
@@ -81,7 +82,7 @@ class DockerRunner(Runner):
             digest = pinned
         if digest is not None and not digest.startswith("sha256:"):
             raise ConfigError(f"image digest must look like 'sha256:<hex>', got {digest!r}")
-        if isinstance(container_port, bool) or not isinstance(container_port, int) or not 1 <= container_port <= 65535:
+        if not is_tcp_port(container_port):
             raise ConfigError(f"DockerRunner container_port must be a port number (1-65535), got {container_port!r}")
         if user is not None and not isinstance(user, str):
             raise ConfigError(f"DockerRunner user must be a str such as '1000' or '1000:1000', got {user!r}")

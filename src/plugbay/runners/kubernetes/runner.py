@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
@@ -402,7 +403,7 @@ def _reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             raise bad(f"{key!r} as a non-empty string, not {value!r}")
         fields[key] = value
     port = data.get("container_port", 4000)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+    if not is_tcp_port(port):
         raise bad(f"'container_port' as a TCP port (1-65535), not {port!r}")
     mode = data.get("address_mode", "auto")
     if mode not in ADDRESS_MODES:
