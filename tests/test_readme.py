@@ -46,8 +46,9 @@ def _docker_up() -> bool:
 
 
 def test_the_readme_has_the_examples_this_test_expects() -> None:
-    kinds = [("plugin" if "serve(" in c else "docker" if "DockerRunner" in c else "host") for c in PYTHON]
-    assert kinds == ["host", "plugin", "docker"], kinds
+    kinds = [("plugin" if "serve(" in c else "docker" if "DockerRunner" in c else
+              "async host" if "AsyncClient" in c else "host") for c in PYTHON]
+    assert kinds == ["host", "async host", "plugin", "docker"], kinds
 
 
 def test_host_example_prints_the_value(tmp_path: Path) -> None:
@@ -57,9 +58,16 @@ def test_host_example_prints_the_value(tmp_path: Path) -> None:
     assert (tmp_path / "kv_hello").read_bytes() == b"world"
 
 
+def test_async_host_example_prints_the_values(tmp_path: Path) -> None:
+    result = _run([sys.executable, "-c", PYTHON[1]], _scratch(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[b'async world', b'async world', b'async world']"
+    assert (tmp_path / "kv_hello").read_bytes() == b"async world"
+
+
 def test_plugin_example_serves_a_host(tmp_path: Path) -> None:
     scratch = _scratch(tmp_path)
-    (scratch / "memkv.py").write_text(PYTHON[1])
+    (scratch / "memkv.py").write_text(PYTHON[2])
     env = {**os.environ, "KV_PLUGIN": f"{sys.executable} memkv.py"}
     put = _run([sys.executable, "examples/kv/host.py", "--automtls", "put", "a", "b"], scratch, env)
     assert put.returncode == 0, put.stdout + put.stderr
@@ -88,7 +96,7 @@ def test_shell_example_round_trips_through_the_kv_host(tmp_path: Path) -> None:
 def test_docker_example(tmp_path: Path) -> None:
     if not _docker_up():
         pytest.skip("no Docker engine answers on this machine (scripts/setup starts one)")
-    result = _run([sys.executable, "-c", PYTHON[2]], _scratch(tmp_path))
+    result = _run([sys.executable, "-c", PYTHON[3]], _scratch(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "b'in a container'"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for kvproto
 
@@ -44,6 +45,19 @@ class KVClient:
         self._stub.Put(kv_pb2.PutRequest(key=key, value=value))
 
 
+class AsyncKVClient:
+    """Host side under AsyncClient: the same calls, awaited."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = kv_pb2_grpc.KVStub(channel)
+
+    async def get(self, key: str) -> bytes:
+        return bytes((await self._stub.Get(kv_pb2.GetRequest(key=key))).value)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._stub.Put(kv_pb2.PutRequest(key=key, value=value))
+
+
 class _KVServicer(kv_pb2_grpc.KVServicer):
     def __init__(self, impl: KV) -> None:
         self._impl = impl
@@ -74,3 +88,6 @@ class KVPlugin(GRPCPlugin):
 
     def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
         return KVClient(channel)
+
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+        return AsyncKVClient(channel)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for streamingproto
 
@@ -110,6 +111,24 @@ class StreamerClient:
         return self.stub.GetStats(streaming_pb2.StatsRequest(), timeout=10)
 
 
+class AsyncStreamerClient:
+    """Host side under AsyncClient: the same streams on grpc.aio (``async for`` them)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = streaming_pb2_grpc.StreamerStub(channel)
+
+    def generate(self, count: int, size: int, timeout: float | None = None) -> Any:
+        return self.stub.Generate(streaming_pb2.GenerateRequest(count=count, size=size), timeout=timeout)
+
+    def echo(self, chunks: AsyncIterator[streaming_pb2.Chunk] | Iterator[streaming_pb2.Chunk] | None = None,
+             timeout: float | None = None) -> Any:
+        """Without ``chunks``, write() them to the call and done_writing() at the end."""
+        return self.stub.Echo(chunks, timeout=timeout)
+
+    async def stats(self) -> streaming_pb2.Stats:
+        return await self.stub.GetStats(streaming_pb2.StatsRequest(), timeout=10)
+
+
 class StreamerPlugin(GRPCPlugin):
     def __init__(self, impl: StreamerServicer | None = None) -> None:
         self.impl = impl
@@ -119,3 +138,6 @@ class StreamerPlugin(GRPCPlugin):
 
     def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
         return StreamerClient(channel)
+
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+        return AsyncStreamerClient(channel)

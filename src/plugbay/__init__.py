@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         PluginSet as PluginSet,
         VersionedPlugins as VersionedPlugins,
     )
+    from plugbay.core.host.aioclient import AsyncClient as AsyncClient
     from plugbay.core.host.client import Client as Client, cleanup_clients as cleanup_clients
     from plugbay.core.host.config import ClientConfig as ClientConfig
     from plugbay.core.host.reattach import ReattachConfig as ReattachConfig

@@ -15,6 +15,7 @@ from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:
     import grpc
+    import grpc.aio
 
     from plugbay.core.broker.broker import GRPCBroker
 
@@ -29,6 +30,16 @@ class GRPCPlugin(ABC):
     @abstractmethod
     def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
         """Host side: return what dispense() hands the user, built on ``channel``."""
+
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+        """Host side under AsyncClient: what its dispense() hands the user, built on a grpc.aio ``channel``.
+
+        Only plugins used with AsyncClient need it; a generated stub takes the channel as is.
+        """
+        raise ConfigError(
+            f"{type(self).__name__} has no grpc_client_async(), which AsyncClient.dispense() needs; define it"
+            " to build your async stub on the grpc.aio channel it gets (a generated stub takes that channel"
+            " as is), or build the generated stub on AsyncClient.channel yourself")
 
 
 PluginSet = Mapping[str, GRPCPlugin]

@@ -71,6 +71,11 @@ class PluginDied(_TranslatedRpcError, PluginDiedError):
 class CallTimeout(_TranslatedRpcError, CallTimeoutError):
     """The call ran past its deadline."""
 
+    def code(self) -> grpc.StatusCode:
+        # DEADLINE_EXCEEDED even when a Go server's own deadline answered first (UNKNOWN "context
+        # deadline exceeded"): retry policies and breakers count timeouts by this code
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
 
 class Unavailable(_TranslatedRpcError, PluginUnavailableError):
     """The plugin could not be reached for the call, though it still runs."""
@@ -108,6 +113,9 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         # Run once, when the first unary call through this channel returns (or fails): work the
         # owner keeps off that call's path (the broker stream's opening; see Client.dispense).
         self.after_call: Callable[[], None] | None = None
+        # Told (on any thread) when close_current() closes the connection: a grpc.aio twin of
+        # this channel (AsyncClient) closes its own on its loop.
+        self.on_close_current: list[Callable[[], None]] = []
 
     # --- owner's controls ---------------------------------------------------------
 
@@ -158,6 +166,13 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             channel = self._channel
             if channel is not None:
                 channel.close()
+        for func in list(self.on_close_current):
+            func()
+
+    def check_open(self) -> None:
+        """Raise the typed error a call gets once the connection was closed (killed, or the plugin died)."""
+        if self._closed or self._closing:
+            raise self.translate_closed()
 
     def new_call(self, kind: str, method: str, ser: Any, de: Any) -> tuple[int, Any]:
         """Build a call object on the current channel: (generation, multicallable).
@@ -165,8 +180,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         Under the lock, so the channel cannot be closed while grpcio builds it.
         """
         with self._lock:
-            if self._closed or self._closing:
-                raise self.translate_closed()
+            self.check_open()
             factory = getattr(self.current, kind)
             return self._generation, factory(method, request_serializer=ser,
                                              response_deserializer=de, _registered_method=True)

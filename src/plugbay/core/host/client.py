@@ -22,6 +22,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2_grpc
 from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.plugin import GRPCPlugin
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.core.host.connect import dial, start_connecting, wait_healthy
 from plugbay.errors import (
@@ -42,6 +43,7 @@ from plugbay.core.host.stop import describe_exit, killed_while_starting
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.secure import Redial
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
@@ -81,6 +83,7 @@ class Client(ClientParts):
         self._starting: threading.Thread | None = None  # the thread in start(), holding the lock
         self._kill_asked = False  # kill() came while another thread started: start() says so
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
+        self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
 
     # --- properties -------------------------------------------------------------
 
@@ -116,6 +119,12 @@ class Client(ClientParts):
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
         return self._need(self._conn, "connection_mode").mode
+
+    def redial(self) -> Redial:
+        """How the channel was dialed, to dial the same plugin again on grpc.aio (AsyncClient)."""
+        redial = self._need(self._conn, "redial").redial
+        assert redial is not None, "every dialed channel records its Redial"
+        return redial
 
     def stderr_tail(self) -> list[str]:
         """The last stderr lines; once the plugin has ended, they include its last ones.
@@ -313,20 +322,27 @@ class Client(ClientParts):
             self.start()  # refuses a killed Client; a no-op once started
             if name in self._dispensed:
                 return self._dispensed[name]
+            stub = self.plugin_for(name).grpc_client(self.broker, self.channel)
+            self._dispensed[name] = stub
+            return stub
+
+    def plugin_for(self, name: str) -> GRPCPlugin:
+        """The definition of plugin ``name`` in the negotiated version (started; dispense's checks)."""
+        with self._lock:
+            self.start()  # refuses a killed Client; a no-op once started
             plugins = self._versions[self.negotiated_version]
             if name not in plugins:
                 raise UnknownPluginError(name, list(plugins))
             broker = self.broker
-            if not self._dispensed and not self._broker_queues and self._kick is not None:
+            if not self._broker_opened and not self._broker_queues and self._kick is not None:
                 # go-plugin opens the broker stream at once and its plugins' Send waits for it: a
                 # handler that announces a connection before the host touched its broker would
                 # hang. Dispensing is when plugin code can first be called, so open it now: on the
                 # shared loop once the first call returned or DEFER after the spawn (StreamKick); a
                 # broker use opens it at once.
                 self._kick.open_broker(broker)
-            stub = plugins[name].grpc_client(broker, self.channel)
-            self._dispensed[name] = stub
-            return stub
+            self._broker_opened = True
+            return plugins[name]
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""

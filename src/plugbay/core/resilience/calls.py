@@ -83,7 +83,8 @@ def install(target: Any, *, retry: CallLayer | None = None, breaker: CallLayer |
     """
     channel = target if isinstance(target, ManagedChannel) else getattr(target, "channel", None)
     if not isinstance(channel, ManagedChannel):
-        raise ConfigError(f"install() needs a started Client or a ManagedChannel, got {type(target).__name__}")
+        raise ConfigError(f"install() needs a started Client or a ManagedChannel, got {type(target).__name__}"
+                          " (an AsyncClient's calls have no retry or breaker layers yet)")
     owner = getattr(target, "name", None)
     if breaker is not None and getattr(breaker, "name", None) == "plugin" and isinstance(owner, str) and owner:
         breaker.name = owner  # type: ignore[attr-defined]  # the default name: its messages name this plugin

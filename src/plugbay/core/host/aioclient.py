@@ -1,0 +1,169 @@
+"""The host side for asyncio: a Client whose calls run on grpc.aio, on the caller's event loop.
+
+Everything but the calls' I/O is the sync :class:`~plugbay.core.host.client.Client`:
+the same config and checks, runner, handshake, AutoMTLS, broker, stdio, exit
+watch and kill. Its blocking steps (start, kill, close: launching a container,
+a kill's grace) run on the loop's default executor, so the event loop never
+waits on them. The stubs that ``dispense()`` returns are built on a grpc.aio
+channel to the same plugin, dialed the way the sync channel was, and fail with
+the same typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.host.aiochannel import AioManagedChannel
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.client import Client
+from plugbay.core.host.config import ClientConfig
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.errors import ClientStateError
+
+
+class AsyncClient:
+    """One plugin, from start to kill, for asyncio code. Use as ``async with AsyncClient(config) as client:``."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._client = Client(config)  # every check of the config happens here, before a plugin starts
+        self._channel: AioManagedChannel | None = None
+        self._dispensed: dict[str, Any] = {}
+        self._ending = False
+
+    # --- properties -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._client.name
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._client.config
+
+    @property
+    def sync_client(self) -> Client:
+        """The sync Client underneath (its broker, runner and reattach data are this client's)."""
+        return self._client
+
+    @property
+    def channel(self) -> AioManagedChannel:
+        """The grpc.aio channel (default deadline, typed failures) that dispensed stubs use."""
+        if self._channel is None:
+            raise ClientStateError(f"AsyncClient.channel of plugin {self.name!r} is only available after"
+                                   " start(); await start() first")
+        return self._channel
+
+    @property
+    def broker(self) -> GRPCBroker:
+        return self._client.broker
+
+    @property
+    def handshake(self) -> HandshakeInfo:
+        return self._client.handshake
+
+    @property
+    def negotiated_version(self) -> int:
+        return self._client.negotiated_version
+
+    @property
+    def connection_mode(self) -> str:
+        return self._client.connection_mode
+
+    @property
+    def exited(self) -> bool:
+        return self._client.exited
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._client.exit_code
+
+    def stderr_tail(self) -> list[str]:
+        return self._client.stderr_tail()
+
+    def reattach_config(self) -> ReattachConfig:
+        return self._client.reattach_config()
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        try:
+            await self.start()
+        except BaseException:
+            await self.kill()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
+    async def start(self) -> None:
+        """Start (or reattach) and connect; safe to await again. Cancelled, it stops the plugin."""
+        if self._ending:
+            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
+        if self._channel is not None:
+            return
+        loop = asyncio.get_running_loop()
+        starting = loop.run_in_executor(None, self._client.start)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The thread goes on starting: have the Client kill what it starts (kill() during
+            # start() does), and let start() fail on its own before the cancel goes on.
+            await _to_end(loop.run_in_executor(None, self._client.kill))
+            try:
+                await _to_end(starting)
+            except Exception:  # killed while starting: the cancel is the news
+                pass
+            raise
+        if self._channel is None:  # two start()s at once: the first one builds it
+            managed = self._client.channel
+            assert isinstance(managed, ManagedChannel)
+            redial = self._client.redial()
+            self._channel = AioManagedChannel(redial.aio_channel(), managed, loop)
+
+    async def dispense(self, name: str) -> Any:
+        """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""
+        await self.start()
+        if name in self._dispensed:
+            return self._dispensed[name]
+        # dispense's checks and the broker stream's opening take the Client's lock, which a
+        # kill in progress holds for its grace: not on the event loop
+        plugin = await asyncio.get_running_loop().run_in_executor(None, self._client.plugin_for, name)
+        stub = plugin.grpc_client_async(self._client.broker, self.channel)
+        self._dispensed[name] = stub
+        return stub
+
+    async def kill(self) -> None:
+        """Shutdown, grace, force, then free everything (the sync ``kill()``). Idempotent; not cut
+        short by a cancel, which it passes on once the plugin is stopped."""
+        await self._end(self._client.kill)
+
+    async def close(self) -> None:
+        """Reattached clients: disconnect and leave the plugin running (the sync ``close()``)."""
+        await self._end(self._client.close)
+
+    async def _end(self, stop: Callable[[], None]) -> None:
+        cancelled = await _to_end(asyncio.get_running_loop().run_in_executor(None, stop))
+        self._ending = True
+        channel = self._channel
+        if channel is not None:
+            await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
+        if cancelled:
+            raise asyncio.CancelledError()
+
+
+async def _to_end(future: asyncio.Future[Any]) -> bool:
+    """Await ``future`` to its end through any cancels (its error is raised); True if a cancel came."""
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(future)
+            return cancelled
+        except asyncio.CancelledError:
+            if future.cancelled():  # the executor itself is going away: nothing left to wait for
+                return True
+            cancelled = True

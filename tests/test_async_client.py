@@ -1,0 +1,334 @@
+"""AsyncClient: the host side on asyncio, against real plugins (the Python examples, go-plugin 1.0.1 Go ones).
+
+Each test runs its own event loop (asyncio.run), so the loop's executor threads
+end with the test; every wait is bounded by asyncio.wait_for as a hang guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from tests import gobuild
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
+from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
+from streamingproto import streaming_pb2  # noqa: E402
+
+from plugbay import (  # noqa: E402
+    AsyncClient,
+    Client,
+    CallTimeoutError,
+    ClientConfig,
+    ClientStateError,
+    ConfigError,
+    GRPCBroker,
+    GRPCPlugin,
+    PluginDiedError,
+    ProcessRunner,
+    UnknownPluginError,
+)
+
+KV_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
+GUARD = 60.0  # no test step may take longer: a hang fails instead of stalling the run
+_T = TypeVar("_T")
+
+
+def run(coro: Awaitable[_T]) -> _T:
+    async def guarded() -> _T:
+        return await asyncio.wait_for(coro, GUARD)
+    return asyncio.run(guarded())
+
+
+def kv_config(cmd: list[str], **kw: Any) -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)
+
+
+def go_binary(name: str) -> str:
+    reason = gobuild.go_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return str(gobuild.build_go(name))
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the KV plugins store kv_<key> files in their working folder
+
+
+@pytest.mark.parametrize("plugin, options, mode", [
+    ("python", {}, "plaintext"),
+    ("python", {"auto_mtls": True}, "grpc-tls"),
+    ("python", {"multiplex_broker": True}, "plaintext"),
+    ("go", {"auto_mtls": True}, "relay-tls"),  # go-plugin's P-521 certificate: the OpenSSL relay
+])
+def test_kv_calls_in_every_connection_mode(plugin: str, options: dict[str, Any], mode: str,
+                                           tmp_path: Path) -> None:
+    cmd = KV_PLUGIN if plugin == "python" else [go_binary("kv_plugin")]
+
+    async def main() -> list[bytes]:
+        async with AsyncClient(kv_config(cmd, **options)) as client:
+            assert client.connection_mode == mode
+            kv = await client.dispense(PLUGIN_NAME)
+            assert await client.dispense(PLUGIN_NAME) is kv
+            await kv.put("hello", b"world")
+            # many calls in flight at once on the one event loop
+            return list(await asyncio.gather(*(kv.get("hello") for _ in range(50))))
+
+    assert run(main()) == [b"world"] * 50
+    assert (tmp_path / "kv_hello").read_bytes().startswith(b"world")  # the plugin really stored it
+
+
+def test_an_error_from_the_plugin_reaches_the_caller_as_it_was_sent() -> None:
+    async def main() -> grpc.RpcError:
+        async with AsyncClient(kv_config(KV_PLUGIN)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            with pytest.raises(grpc.RpcError) as caught:
+                await kv.get("never-stored")
+            with pytest.raises(UnknownPluginError):
+                await client.dispense("no-such-plugin")
+            return caught.value
+
+    err = run(main())
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "put one first" in str(err.details())
+
+
+def test_a_plugin_dying_in_a_call_is_a_plugin_died_error() -> None:
+    misbehave = go_binary("misbehave")
+
+    async def main() -> None:
+        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"})
+        async with AsyncClient(config) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            with pytest.raises(PluginDiedError) as caught:
+                await kv.get("__die__")
+            assert isinstance(caught.value, grpc.RpcError) and caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "code 7" in str(caught.value)
+            assert client.exited and client.exit_code == 7
+            with pytest.raises(PluginDiedError) as again:  # refused at once now, typed the same
+                await kv.get("hello")
+            assert again.value.sent is False
+
+    run(main())
+
+
+def test_the_default_deadline_applies_and_the_loop_keeps_running_meanwhile() -> None:
+    misbehave = go_binary("misbehave")
+
+    async def main() -> int:
+        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"},
+                           call_timeout=0.5)
+        async with AsyncClient(config) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                for _ in range(1000):
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            with pytest.raises(CallTimeoutError) as caught:
+                await kv.get("__hang__")
+            ticker.cancel()
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await kv.get("__log__") == b"logged"  # the plugin still serves
+            return ticks
+
+    assert run(main()) >= 10  # the hung call never held the event loop
+
+
+def test_a_plugin_killed_from_outside_fails_the_next_call_typed() -> None:
+    async def main() -> None:
+        async with AsyncClient(kv_config(KV_PLUGIN)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("a", b"1")
+            runner = client.sync_client.runner
+            assert isinstance(runner, ProcessRunner) and runner.pid is not None
+            os.kill(runner.pid, signal.SIGKILL)
+            for _ in range(200):  # the exit watch closes the channels; bounded
+                if client.exited:
+                    break
+                await asyncio.sleep(0.02)
+            with pytest.raises(PluginDiedError) as caught:
+                await kv.get("a")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "SIGKILL" in str(caught.value)
+
+    run(main())
+
+
+def test_calls_dispense_and_start_after_kill_are_refused() -> None:
+    async def main() -> None:
+        client = AsyncClient(kv_config(KV_PLUGIN))
+        await client.start()
+        kv = await client.dispense(PLUGIN_NAME)
+        pid = client.sync_client.runner.reattach_data()["pid"]
+        await client.kill()
+        await client.kill()  # idempotent
+        assert gone(int(pid))
+        with pytest.raises(ClientStateError) as caught:
+            await kv.get("a")
+        assert isinstance(caught.value, grpc.RpcError) and caught.value.code() == grpc.StatusCode.CANCELLED
+        with pytest.raises(ClientStateError):
+            await client.dispense(PLUGIN_NAME)
+        with pytest.raises(ClientStateError):
+            await client.start()
+
+    run(main())
+
+
+def test_kill_during_calls_fails_them_as_killed() -> None:
+    misbehave = go_binary("misbehave")
+
+    async def main() -> None:
+        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"},
+                           kill_grace=1.0)
+        client = AsyncClient(config)
+        await client.start()
+        kv = await client.dispense(PLUGIN_NAME)
+        hung = asyncio.create_task(kv.get("__hang__"))
+        await asyncio.sleep(0.3)
+        await client.kill()
+        with pytest.raises(ClientStateError) as caught:
+            await hung
+        # what the connection's end looked like to the call (as on the sync side), typed as a kill
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert "was killed" in str(caught.value)
+
+    run(main())
+
+
+def test_cancelling_start_stops_the_plugin_it_launched() -> None:
+    misbehave = go_binary("misbehave")
+    runner = ProcessRunner([misbehave], env={"MISBEHAVE_MODE": "silent", "MISBEHAVE_MAX_SECONDS": "60"})
+
+    async def main() -> float:
+        client = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                          start_timeout=30))
+        starting = asyncio.create_task(client.start())
+        for _ in range(250):  # until the plugin runs (it never prints its handshake line)
+            if runner.pid is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert runner.pid is not None
+        began = time.monotonic()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert gone(runner.pid)
+        with pytest.raises(ClientStateError):
+            await client.start()
+        return time.monotonic() - began
+
+    assert run(main()) < 20  # hang guard: it did not wait out start_timeout (30 s)
+
+
+def test_cancelling_kill_still_stops_the_plugin() -> None:
+    async def main() -> None:
+        client = AsyncClient(kv_config(KV_PLUGIN))
+        await client.start()
+        pid = int(client.sync_client.runner.reattach_data()["pid"])
+        killing = asyncio.create_task(client.kill())
+        await asyncio.sleep(0)
+        killing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await killing
+        assert gone(pid) and client.exited
+
+    run(main())
+
+
+def test_streams_on_grpc_aio() -> None:
+    async def main() -> None:
+        config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                              cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")],
+                              auto_mtls=True)
+        async with AsyncClient(config) as client:
+            streamer = await client.dispense(STREAMER)
+            sizes = [len(chunk.data) async for chunk in streamer.generate(5, 1000)]
+            assert sizes == [1000] * 5
+
+            async def chunks() -> AsyncIterator[streaming_pb2.Chunk]:
+                for i in range(3):
+                    yield streaming_pb2.Chunk(data=bytes([i]) * 10)
+
+            echoed = [chunk.data async for chunk in streamer.echo(chunks())]
+            assert echoed == [bytes([i]) * 10 for i in range(3)]
+            call = streamer.echo()  # the write/read side of a bidirectional call
+            await call.write(streaming_pb2.Chunk(data=b"x"))
+            assert (await call.read()).data == b"x"
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            stats = await streamer.stats()
+            assert stats.produced >= 5 and stats.echoed >= 4
+
+    run(main())
+
+
+class _SyncOnly(GRPCPlugin):
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        KVPlugin().grpc_server(broker, server)
+
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+        return KVPlugin().grpc_client(broker, channel)
+
+
+def test_a_plugin_without_an_async_client_says_what_to_define() -> None:
+    async def main() -> None:
+        config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: _SyncOnly()}, cmd=KV_PLUGIN)
+        async with AsyncClient(config) as client:
+            with pytest.raises(ConfigError, match="grpc_client_async"):
+                await client.dispense(PLUGIN_NAME)
+            # the channel still serves a generated stub built by hand
+            from kvproto import kv_pb2, kv_pb2_grpc
+            stub = kv_pb2_grpc.KVStub(client.channel)
+            await stub.Put(kv_pb2.PutRequest(key="k", value=b"v"))
+            assert (await stub.Get(kv_pb2.GetRequest(key="k"))).value == b"v"
+
+    run(main())
+
+
+def test_a_bad_config_fails_before_anything_starts() -> None:
+    with pytest.raises(ConfigError):
+        AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}))  # no cmd/runner
+
+
+def test_reattach_and_close_leave_the_plugin_to_its_owner() -> None:
+    async def main() -> None:
+        with Client(kv_config(KV_PLUGIN)) as owner:
+            owner.dispense(PLUGIN_NAME).put("shared", b"both")
+            attached = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                                reattach=owner.reattach_config()))
+            async with asyncio.timeout(GUARD):
+                await attached.start()
+                kv = await attached.dispense(PLUGIN_NAME)
+                assert await kv.get("shared") == b"both"
+                await attached.close()
+            assert owner.dispense(PLUGIN_NAME).get("shared") == b"both"  # still running, still served
+            with pytest.raises(ClientStateError):
+                await kv.get("shared")
+
+    run(main())
