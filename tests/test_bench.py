@@ -20,7 +20,7 @@ def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     areas = {row["area"] for row in rows}
-    assert {"core", "broker", "docker", "kubernetes", "resilience", "scale", "faults"} <= areas, areas
+    assert {"core", "async", "broker", "docker", "kubernetes", "resilience", "scale", "faults"} <= areas, areas
     fault_rows = [row for row in rows if row.get("table") == "extra"]
     assert {row["fault"] for row in fault_rows} >= {"kill9-python", "sigstop", "hang", "host-kill"}, fault_rows
     for row in fault_rows:
