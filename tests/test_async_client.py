@@ -10,7 +10,9 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ sys.path.insert(0, str(REPO / "examples" / "streaming"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
 from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
-from streamingproto import streaming_pb2  # noqa: E402
+from streamingproto import streaming_pb2, streaming_pb2_grpc  # noqa: E402
 
 from plugbay import (  # noqa: E402
     AsyncClient,
@@ -332,3 +334,172 @@ def test_reattach_and_close_leave_the_plugin_to_its_owner() -> None:
                 await kv.get("shared")
 
     run(main())
+
+
+def test_cancelling_a_reattach_start_leaves_the_plugin_to_its_owner() -> None:
+    with Client(kv_config(KV_PLUGIN)) as owner:
+        owner.dispense(PLUGIN_NAME).put("shared", b"kept")
+        runner = owner.runner
+        assert isinstance(runner, ProcessRunner) and runner.pid is not None
+        os.kill(runner.pid, signal.SIGSTOP)  # it cannot answer the reattaching host's health check
+        try:
+            attached = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                                reattach=owner.reattach_config(), start_timeout=20))
+
+            async def main() -> None:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(attached.start(), 1.0)
+
+            run(main())
+            assert runner.wait(0) is None  # not killed: it is the owner's
+        finally:
+            os.kill(runner.pid, signal.SIGCONT)
+        assert owner.dispense(PLUGIN_NAME).get("shared") == b"kept"
+
+
+def test_judging_a_dead_plugins_call_never_stalls_the_event_loop() -> None:
+    # a child of the plugin keeps its stderr pipe open after the plugin is gone: reading its last
+    # lines waits (up to a second) for a pipe that does not end; not on the loop
+    cmd = ["sh", "-c", f"sleep 20 & exec {sys.executable} {REPO / 'examples' / 'kv' / 'plugin.py'}"]
+
+    async def main() -> float:
+        async with AsyncClient(kv_config(cmd)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("a", b"1")
+            runner = client.sync_client.runner
+            assert isinstance(runner, ProcessRunner) and runner.pid is not None
+            os.kill(runner.pid, signal.SIGKILL)
+            for _ in range(200):
+                if client.exited:
+                    break
+                await asyncio.sleep(0.02)
+            stall = 0.0
+            running = True
+
+            async def watch() -> None:
+                nonlocal stall
+                while running:
+                    before = time.monotonic()
+                    await asyncio.sleep(0.005)
+                    stall = max(stall, time.monotonic() - before)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.05)
+            with pytest.raises(PluginDiedError):
+                await kv.get("a")
+            assert isinstance(await client.stderr_tail(), list)
+            running = False
+            await watcher
+            return stall
+
+    assert run(main()) < 0.6  # the pipe wait (1 s) happened off the loop
+
+
+def test_writes_to_a_stream_that_ended_under_them_are_typed() -> None:
+    async def main() -> None:
+        config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                              cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
+        client = AsyncClient(config)
+        await client.start()
+        streamer = await client.dispense(STREAMER)
+        alive = streamer.echo()
+        await alive.write(streaming_pb2.Chunk(data=b"x"))
+        assert (await alive.read()).data == b"x"
+        runner = client.sync_client.runner
+        assert isinstance(runner, ProcessRunner) and runner.pid is not None
+        os.kill(runner.pid, signal.SIGKILL)
+        with pytest.raises(PluginDiedError):
+            for _ in range(200):  # bounded: the exit ends the call within moments
+                await alive.write(streaming_pb2.Chunk(data=b"y"))
+                await asyncio.sleep(0.02)
+        await client.kill()
+        with pytest.raises(grpc.RpcError):
+            await streamer.echo().write(streaming_pb2.Chunk(data=b"z"))
+        with pytest.raises((ClientStateError, PluginDiedError)):
+            await client.channel.channel_ready()
+
+    run(main())
+
+
+def test_the_client_belongs_to_the_loop_that_started_it() -> None:
+    client = AsyncClient(kv_config(KV_PLUGIN))
+
+    async def first() -> Any:
+        await client.start()
+        kv = await client.dispense(PLUGIN_NAME)
+        await kv.put("a", b"1")
+        return kv
+
+    kv = run(first())
+    pid = int(client.sync_client.runner.reattach_data()["pid"])
+
+    async def second() -> None:
+        with pytest.raises(ClientStateError, match="event loop that started it") as caught:
+            await kv.get("a")
+        assert isinstance(caught.value, grpc.RpcError)
+        await client.kill()  # from this loop too: no error, the plugin stops
+
+    run(second())
+    assert gone(pid)
+
+
+def test_cancelling_start_works_when_the_loops_executor_is_busy() -> None:
+    misbehave = go_binary("misbehave")
+    runner = ProcessRunner([misbehave], env={"MISBEHAVE_MODE": "silent", "MISBEHAVE_MAX_SECONDS": "60"})
+    release = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        busy = loop.run_in_executor(None, release.wait, GUARD)  # the user's own work holds the executor
+        client = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                          start_timeout=40))
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.start(), 1.0)
+            assert runner.pid is not None and gone(runner.pid)
+        finally:
+            release.set()
+            await busy
+
+    began = time.monotonic()
+    run(main())
+    assert time.monotonic() - began < 20  # hang guard: not start_timeout (40 s)
+
+
+def test_stream_calls_take_grpcs_own_argument_forms() -> None:
+    async def main() -> None:
+        config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                              cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
+        async with AsyncClient(config) as client:
+            stub = (await client.dispense(STREAMER)).stub
+            chunks = [streaming_pb2.Chunk(data=b"a"), streaming_pb2.Chunk(data=b"b")]
+            assert [c.data async for c in stub.Echo(request_iterator=iter(chunks))] == [b"a", b"b"]
+            assert [c.data async for c in stub.Echo(iter(chunks), 5)] == [b"a", b"b"]
+            # the sync Client's channel takes the same forms
+            sync_stub = streaming_pb2_grpc.StreamerStub(client.sync_client.channel)
+            got = await asyncio.to_thread(lambda: [c.data for c in sync_stub.Echo(request_iterator=iter(chunks))])
+            assert got == [b"a", b"b"]
+
+    run(main())
+
+
+def test_only_a_deadline_answer_that_came_late_is_a_timeout() -> None:
+    # shared by both sides (ManagedChannel.translate): an answer that arrived just past the
+    # deadline is what the plugin said, unless it is a Go server's own "context deadline exceeded"
+    from plugbay.core.host.channel import ManagedChannel
+
+    def answer(code: grpc.StatusCode, details: str) -> grpc.RpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+    managed = ManagedChannel(grpc.insecure_channel("unix:/nonexistent"), 1.0, name="p")
+    try:
+        late = answer(grpc.StatusCode.NOT_FOUND, "no value stored")
+        assert managed.translate(late, past_deadline=True) is late
+        go_deadline = managed.translate(answer(grpc.StatusCode.UNKNOWN, "context deadline exceeded"), True)
+        assert isinstance(go_deadline, CallTimeoutError)
+        assert go_deadline.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        other = answer(grpc.StatusCode.UNKNOWN, "handler panicked")
+        assert managed.translate(other, past_deadline=True) is other
+    finally:
+        managed.current.close()

@@ -5,35 +5,44 @@ killed, a deadline passed) and the state it is judged by stay in the sync
 :class:`~plugbay.core.host.channel.ManagedChannel` the Client owns, so a
 call fails the same way on either side. The grpc.aio channel is a second
 connection to the plugin, dialed like the first (``Redial``), bound to the
-event loop that made it.
+event loop that made it. Judging a failure may wait (for the exit status, for
+the plugin's last stderr lines): that runs on the owner's executor, never on
+the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
-from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.channel import ManagedChannel, _TranslatedRpcError
+from plugbay.errors import ClientStateError
 
+_T = TypeVar("_T")
 # Failures whose meaning may need the plugin's exit status, which can take the exit probe a
-# moment to see (a socket closes a few milliseconds before the exit is visible): judged on a
-# worker thread, never on the caller's event loop.
+# moment to see (a socket closes a few milliseconds before the exit is visible).
 _MAY_MEAN_EXIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+class WrongLoop(_TranslatedRpcError, ClientStateError):
+    """A call from another event loop than the one that started the AsyncClient."""
 
 
 class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel proxy: the Client's default deadline and typed failures on every call."""
 
-    def __init__(self, inner: grpc.aio.Channel, managed: ManagedChannel,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, inner: grpc.aio.Channel, managed: ManagedChannel, loop: asyncio.AbstractEventLoop,
+                 executor: Executor | None = None) -> None:
         self._inner = inner
         self._managed = managed
         self._loop = loop
-        self._closing: asyncio.Task[None] | None = None
+        self._executor = executor
+        self._closing: asyncio.Future[None] | None = None
         managed.on_close_current.append(self._close_soon)
 
     # --- owner's controls ---------------------------------------------------------
@@ -45,51 +54,75 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         except RuntimeError:  # the loop is closed: its channel went with it
             pass
 
-    def _start_close(self) -> asyncio.Task[None]:
+    def _start_close(self) -> asyncio.Future[None]:
         if self._closing is None:
-            self._closing = self._loop.create_task(self._inner.close())
+            self._closing = asyncio.ensure_future(self._inner.close(), loop=self._loop)
         return self._closing
 
     async def aclose(self) -> None:
         """Close the connection (AsyncClient.kill/close); later calls fail typed."""
         if self._close_soon in self._managed.on_close_current:
             self._managed.on_close_current.remove(self._close_soon)
-        await self._start_close()
+        if asyncio.get_running_loop() is self._loop:
+            await self._start_close()
+        elif not self._loop.is_closed() and self._loop.is_running():  # the loop of its calls, in another thread
+            closing = asyncio.run_coroutine_threadsafe(self._inner.close(), self._loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(closing), 5.0)
+            except (asyncio.TimeoutError, RuntimeError):
+                pass  # that loop is stuck or ending: the connection ends with it
+        # else: its loop has ended, and the connection with it
+
+    async def offload(self, func: Callable[..., _T], *args: Any) -> _T:
+        """``func(*args)`` off the event loop (it may wait on the plugin's exit or its output)."""
+        loop = asyncio.get_running_loop()
+        try:
+            done = loop.run_in_executor(self._executor, func, *args)
+        except RuntimeError:  # the owner's executor was shut down (after kill): the loop's own
+            done = loop.run_in_executor(None, func, *args)
+        return await done
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
-        code = exc.code() if hasattr(exc, "code") else None
-        if code in _MAY_MEAN_EXIT:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, self._managed.translate, exc, past_deadline)
+        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may wait
+            return await self.offload(self._managed.translate, exc, past_deadline)
         return self._managed.translate(exc, past_deadline)
 
-    def refused(self) -> BaseException | None:
-        """The typed error for a call on a closed connection, or None while it is open."""
+    async def closed_error(self) -> BaseException:
+        """The typed error of a call on the closed connection (the plugin died, or the Client ended)."""
+        return await self.offload(self._managed.translate_closed)
+
+    def is_refusing(self) -> bool:
+        """The connection was closed (killed, or the plugin died): calls get closed_error()."""
+        return self._managed.refuses_calls() or self._closing is not None
+
+    def check_loop(self) -> None:
         try:
-            self._managed.check_open()
-        except BaseException as exc:  # the typed error to raise
-            return exc
-        if self._closing is not None:
-            return self._managed.translate_closed()
-        return None
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is not self._loop:
+            raise WrongLoop(
+                "this AsyncClient's calls run on the event loop that started it; call from a coroutine on that"
+                " loop (one AsyncClient per event loop; a sync Client serves any thread)", None,
+                grpc.StatusCode.FAILED_PRECONDITION, sent=False)
 
     # --- grpc.aio.Channel ------------------------------------------------------------
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:
-        return _AioCallable(self, self._inner.unary_unary, method, request_serializer, response_deserializer)
+        return _AioUnaryRequest(self, self._inner.unary_unary, method, request_serializer, response_deserializer)
 
     def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
-        return _AioCallable(self, self._inner.unary_stream, method, request_serializer, response_deserializer)
+        return _AioUnaryRequest(self, self._inner.unary_stream, method, request_serializer, response_deserializer)
 
     def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
-        return _AioCallable(self, self._inner.stream_unary, method, request_serializer, response_deserializer)
+        return _AioStreamRequest(self, self._inner.stream_unary, method, request_serializer, response_deserializer)
 
     def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                       _registered_method: bool | None = False) -> Any:
-        return _AioCallable(self, self._inner.stream_stream, method, request_serializer, response_deserializer)
+        return _AioStreamRequest(self, self._inner.stream_stream, method, request_serializer, response_deserializer)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._inner.get_state(try_to_connect)
@@ -98,7 +131,13 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         await self._inner.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
-        await self._inner.channel_ready()
+        self.check_loop()
+        if self.is_refusing():
+            raise await self.closed_error()
+        try:
+            await self._inner.channel_ready()
+        except grpc.aio.UsageError:  # closed meanwhile
+            raise await self.closed_error() from None
 
     async def close(self, grace: float | None = None) -> None:
         """User stubs do not own the connection; the AsyncClient closes it in kill()."""
@@ -118,18 +157,28 @@ class _AioCallable:
         self._target = factory(method, request_serializer=ser, response_deserializer=de,
                                _registered_method=True)
 
-    def __call__(self, request: Any = None, *, timeout: float | None = None, **kwargs: Any) -> _AioCall:
+    def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
-        refused = owner.refused()
-        if refused is not None:
-            raise refused
+        owner.check_loop()
+        if owner.is_refusing():
+            return _RefusedCall(owner)  # its error is judged off the loop, when awaited
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
             call = self._target(request, timeout=timeout, **kwargs)
-        except grpc.aio.UsageError as exc:  # closed under us between the check and the call
-            raise owner._managed.translate_closed() from exc
+        except grpc.aio.UsageError:  # closed under us between the check and the call
+            return _RefusedCall(owner)
         return _AioCall(call, owner, timeout)
+
+
+class _AioUnaryRequest(_AioCallable):
+    def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._call(request, timeout, kwargs)
+
+
+class _AioStreamRequest(_AioCallable):
+    def __call__(self, request_iterator: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._call(request_iterator, timeout, kwargs)
 
 
 class _AioCall:
@@ -183,6 +232,8 @@ class _AioCall:
             raise await self._translated(exc) from exc
         except asyncio.CancelledError:
             raise await self._cancelled() from None
+        except asyncio.InvalidStateError:  # grpc.aio: "RPC already finished"
+            raise await self._ended() from None
 
     async def done_writing(self) -> None:
         try:
@@ -191,6 +242,17 @@ class _AioCall:
             raise await self._translated(exc) from exc
         except asyncio.CancelledError:
             raise await self._cancelled() from None
+
+    async def _ended(self) -> BaseException:
+        """A write to a call that had ended: how it ended (typed), or the misuse it is when it ended well."""
+        code = await self._call.code()
+        if code == grpc.StatusCode.OK:
+            return asyncio.InvalidStateError("the call had already finished (OK) when write() was asked")
+        if code == grpc.StatusCode.CANCELLED and self._call.cancelled():
+            return await self._cancelled()
+        ended = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                     details=await self._call.details())
+        return await self._translated(ended)
 
     async def _cancelled(self) -> BaseException:
         """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or
@@ -208,3 +270,41 @@ class _AioCall:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+class _RefusedCall:
+    """A call on the closed connection: nothing was sent; awaiting or reading it raises the typed error."""
+
+    def __init__(self, owner: AioManagedChannel) -> None:
+        self._owner = owner
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._raise().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _raise(self) -> Any:
+        raise await self._owner.closed_error()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        raise await self._owner.closed_error()
+        yield  # an async generator
+
+    async def read(self) -> Any:
+        return await self._raise()
+
+    async def write(self, request: Any) -> None:
+        await self._raise()
+
+    async def done_writing(self) -> None:
+        await self._raise()
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True

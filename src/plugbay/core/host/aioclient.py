@@ -3,17 +3,20 @@
 Everything but the calls' I/O is the sync :class:`~plugbay.core.host.client.Client`:
 the same config and checks, runner, handshake, AutoMTLS, broker, stdio, exit
 watch and kill. Its blocking steps (start, kill, close: launching a container,
-a kill's grace) run on the loop's default executor, so the event loop never
-waits on them. The stubs that ``dispense()`` returns are built on a grpc.aio
-channel to the same plugin, dialed the way the sync channel was, and fail with
-the same typed errors.
+a kill's grace; judging a failure by the plugin's exit) run on a small executor
+of its own (threads ``plugbay-async-<name>``, gone after kill), so the event loop
+never waits on them and a busy default executor cannot hold up a kill. The
+stubs that ``dispense()`` returns are built on a grpc.aio channel to the same
+plugin, dialed the way the sync channel was, bound to the event loop that
+started the client, and fail with the same typed errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel
@@ -24,12 +27,16 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import ClientStateError
 
+_T = TypeVar("_T")
+
 
 class AsyncClient:
     """One plugin, from start to kill, for asyncio code. Use as ``async with AsyncClient(config) as client:``."""
 
     def __init__(self, config: ClientConfig) -> None:
         self._client = Client(config)  # every check of the config happens here, before a plugin starts
+        # start, a kill that cancels it, kill/close, and failures judged meanwhile: never more at once
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-async-{self._client.name}")
         self._channel: AioManagedChannel | None = None
         self._dispensed: dict[str, Any] = {}
         self._ending = False
@@ -81,8 +88,9 @@ class AsyncClient:
     def exit_code(self) -> int | None:
         return self._client.exit_code
 
-    def stderr_tail(self) -> list[str]:
-        return self._client.stderr_tail()
+    async def stderr_tail(self) -> list[str]:
+        """The last stderr lines (once the plugin has ended, its last ones: that may wait for its pipe)."""
+        return await self._offload(self._client.stderr_tail)
 
     def reattach_config(self) -> ReattachConfig:
         return self._client.reattach_config()
@@ -107,13 +115,17 @@ class AsyncClient:
         if self._channel is not None:
             return
         loop = asyncio.get_running_loop()
-        starting = loop.run_in_executor(None, self._client.start)
+        starting = self._submit(self._client.start)
         try:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
-            # The thread goes on starting: have the Client kill what it starts (kill() during
-            # start() does), and let start() fail on its own before the cancel goes on.
-            await _to_end(loop.run_in_executor(None, self._client.kill))
+            # The thread goes on starting: have the Client kill what it launched (kill() during
+            # start() does) or, reattaching, let go of a plugin that is not ours to stop; and
+            # let start() fail on its own before the cancel goes on.
+            if self.config.reattach is not None:
+                self._client.abandon_start()
+            else:
+                await _to_end(self._submit(self._client.kill))
             try:
                 await _to_end(starting)
             except Exception:  # killed while starting: the cancel is the news
@@ -123,7 +135,7 @@ class AsyncClient:
             managed = self._client.channel
             assert isinstance(managed, ManagedChannel)
             redial = self._client.redial()
-            self._channel = AioManagedChannel(redial.aio_channel(), managed, loop)
+            self._channel = AioManagedChannel(redial.aio_channel(), managed, loop, self._executor)
 
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""
@@ -132,7 +144,7 @@ class AsyncClient:
             return self._dispensed[name]
         # dispense's checks and the broker stream's opening take the Client's lock, which a
         # kill in progress holds for its grace: not on the event loop
-        plugin = await asyncio.get_running_loop().run_in_executor(None, self._client.plugin_for, name)
+        plugin = await self._offload(self._client.plugin_for, name)
         stub = plugin.grpc_client_async(self._client.broker, self.channel)
         self._dispensed[name] = stub
         return stub
@@ -147,13 +159,25 @@ class AsyncClient:
         await self._end(self._client.close)
 
     async def _end(self, stop: Callable[[], None]) -> None:
-        cancelled = await _to_end(asyncio.get_running_loop().run_in_executor(None, stop))
+        cancelled = await _to_end(self._submit(stop))
         self._ending = True
         channel = self._channel
         if channel is not None:
             await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
+        self._executor.shutdown(wait=False)  # its idle threads end now; later work uses the loop's executor
         if cancelled:
             raise asyncio.CancelledError()
+
+    def _submit(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``func(*args)`` on this client's executor (once it is shut down, after kill: the loop's)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return loop.run_in_executor(self._executor, func, *args)
+        except RuntimeError:  # shut down
+            return loop.run_in_executor(None, func, *args)
+
+    async def _offload(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await self._submit(func, *args)
 
 
 async def _to_end(future: asyncio.Future[Any]) -> bool:

@@ -169,6 +169,10 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         for func in list(self.on_close_current):
             func()
 
+    def refuses_calls(self) -> bool:
+        """The connection was closed (killed, or the plugin died): calls get translate_closed()."""
+        return self._closed or self._closing
+
     def check_open(self) -> None:
         """Raise the typed error a call gets once the connection was closed (killed, or the plugin died)."""
         if self._closed or self._closing:
@@ -190,9 +194,11 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
-        # A Go server may answer UNKNOWN "context deadline exceeded" a moment
-        # before the client's own deadline fires: past the deadline is a timeout.
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED or past_deadline:
+        # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the
+        # client's own deadline fires: that is a timeout. Any other answer that came late
+        # (NOT_FOUND, an exit) is still what the plugin said.
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                past_deadline and code == grpc.StatusCode.UNKNOWN and "deadline" in str(details).lower()):
             return CallTimeout(
                 f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
                 " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
@@ -288,6 +294,12 @@ class _Callable:
         self._cached = self._owner.new_call(self._kind, self._method, self._ser, self._de)
         return self._cached[1]
 
+    def _request(self, request: Any, kwargs: dict[str, Any]) -> Any:
+        """A request stream may come as grpcio names it (``request_iterator=``), as generated stubs allow."""
+        if self._kind.startswith("stream_") and "request_iterator" in kwargs:
+            return kwargs.pop("request_iterator")
+        return request
+
     def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
         return kwargs
@@ -298,13 +310,14 @@ class _Callable:
 
 
 class _UnaryCallable(_Callable):
-    def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        request = self._request(request, kwargs)
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._once(False, request, timeout, kwargs)
         return self._hooked(False, request, timeout, kwargs)
 
-    def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self._hooked(True, request, timeout, kwargs)
+    def with_call(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._hooked(True, self._request(request, kwargs), timeout, kwargs)
 
     def _hooked(self, with_call: bool, request: Any, timeout: float | None,
                 kwargs: dict[str, Any]) -> Any:
@@ -329,7 +342,8 @@ class _UnaryCallable(_Callable):
             if self._owner.after_call is not None:
                 self._owner.run_after_call()
 
-    def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        request = self._request(request, kwargs)
         try:
             return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
                                       self._owner)
@@ -338,7 +352,8 @@ class _UnaryCallable(_Callable):
 
 
 class _StreamingCallable(_Callable):
-    def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        request = self._request(request, kwargs)
         try:
             call = self._target()(request, **self._kwargs(timeout, kwargs))
         except ValueError as exc:

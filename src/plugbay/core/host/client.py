@@ -84,6 +84,7 @@ class Client(ClientParts):
         self._kill_asked = False  # kill() came while another thread started: start() says so
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
+        self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
 
     # --- properties -------------------------------------------------------------
 
@@ -268,8 +269,11 @@ class Client(ClientParts):
                                self.name)
         self._broker = streams.broker
         remaining = max(deadline - time.monotonic(), 1.0)
-        self._broker_queues = wait_healthy(self._conn.channel, remaining, exited=lambda: runner.wait(0) is not None,
-                     name=self.name)
+        self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,
+                                           exited=lambda: self._abandoned or runner.wait(0) is not None)
+        if self._abandoned:
+            raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (its AsyncClient's start()"
+                                   " was cancelled); make a new client to try again")
         code = runner.wait(0)
         if code is not None:
             self._logs.join(2.0)
@@ -343,6 +347,11 @@ class Client(ClientParts):
                 self._kick.open_broker(broker)
             self._broker_opened = True
             return plugins[name]
+
+    def abandon_start(self) -> None:
+        """A start() in progress on another thread ends at its next check and lets go of the plugin
+        without stopping it (a reattached plugin is not this host's to stop). For AsyncClient."""
+        self._abandoned = True
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""
