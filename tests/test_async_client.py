@@ -243,6 +243,11 @@ def test_cancelling_start_stops_the_plugin_it_launched() -> None:
         assert gone(runner.pid)
         with pytest.raises(ClientStateError):
             await client.start()
+        for _ in range(100):  # the client's own threads end with the failed start (bounded wait)
+            if not any(t.name.startswith(f"plugbay-async-{client.name}") for t in threading.enumerate()):
+                break
+            await asyncio.sleep(0.02)
+        assert not any(t.name.startswith(f"plugbay-async-{client.name}") for t in threading.enumerate())
         return time.monotonic() - began
 
     assert run(main()) < 20  # hang guard: it did not wait out start_timeout (30 s)

@@ -130,12 +130,20 @@ class AsyncClient:
                 await _to_end(starting)
             except Exception:  # killed while starting: the cancel is the news
                 pass
+            self._start_failed()
+            raise
+        except BaseException:
+            self._start_failed()  # the Client freed what it made; it cannot start again
             raise
         if self._channel is None:  # two start()s at once: the first one builds it
             managed = self._client.channel
             assert isinstance(managed, ManagedChannel)
             redial = self._client.redial()
             self._channel = AioManagedChannel(redial.aio_channel(), managed, loop, self._executor)
+
+    def _start_failed(self) -> None:
+        self._ending = True
+        self._executor.shutdown(wait=False)  # its idle threads end now; a later kill() uses the loop's executor
 
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -40,10 +40,8 @@ from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.parts import ClientParts
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
 from plugbay.core.host.stop import describe_exit, killed_while_starting
-from plugbay.core.transport import ioloop
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.secure import Redial
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
@@ -55,7 +53,6 @@ _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
-_T = TypeVar("_T")
 
 
 class Client(ClientParts):
@@ -120,33 +117,6 @@ class Client(ClientParts):
     def connection_mode(self) -> str:
         """'plaintext', 'grpc-tls' (grpcio's TLS) or 'relay-tls' (OpenSSL relay)."""
         return self._need(self._conn, "connection_mode").mode
-
-    def redial(self) -> Redial:
-        """How the channel was dialed, to dial the same plugin again on grpc.aio (AsyncClient)."""
-        redial = self._need(self._conn, "redial").redial
-        assert redial is not None, "every dialed channel records its Redial"
-        return redial
-
-    def stderr_tail(self) -> list[str]:
-        """The last stderr lines; once the plugin has ended, they include its last ones.
-
-        Not waited for on the shared loop thread (a log handler): only that loop ends the streams.
-        """
-        runner = self._runner
-        if (self._output is not None and runner is not None and not ioloop.shared().on_loop()  # started, followed
-                and (self._exit_code is not None or runner.wait(0) is not None)):
-            self._drain_logs()  # an exit can be seen before a resting pipe is read through
-        return self._logs.tail()
-
-    def _drain_logs(self) -> None:
-        if not self._logs_drained:  # its last stderr lines may still be in the pipe
-            self._logs.join(1.0)
-            self._logs_drained = True
-
-    def _need(self, value: _T | None, what: str) -> _T:
-        if value is None:
-            raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
-        return value
 
     # --- lifecycle --------------------------------------------------------------
 

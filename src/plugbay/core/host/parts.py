@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.channel import ManagedChannel
@@ -24,10 +24,12 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport import ioloop
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.secure import SecureChannel
+from plugbay.core.transport.secure import Redial, SecureChannel
+from plugbay.errors import ClientStateError
 from plugbay.runners.base import AttachedRunner, Cancellable, Joinable
 
 _log = logging.getLogger("plugbay.client")
+_T = TypeVar("_T")
 
 
 class ClientParts:
@@ -59,6 +61,33 @@ class ClientParts:
         self._dispensed: dict[str, Any] = {}
         self._controller: Any = None  # GRPCControllerStub, built while the channel is open
         self._logs_drained = False
+
+    def redial(self) -> Redial:
+        """How the channel was dialed, to dial the same plugin again on grpc.aio (AsyncClient)."""
+        redial = self._need(self._conn, "redial").redial
+        assert redial is not None, "every dialed channel records its Redial"
+        return redial
+
+    def stderr_tail(self) -> list[str]:
+        """The last stderr lines; once the plugin has ended, they include its last ones.
+
+        Not waited for on the shared loop thread (a log handler): only that loop ends the streams.
+        """
+        runner = self._runner
+        if (self._output is not None and runner is not None and not ioloop.shared().on_loop()  # started, followed
+                and (self._exit_code is not None or runner.wait(0) is not None)):
+            self._drain_logs()  # an exit can be seen before a resting pipe is read through
+        return self._logs.tail()
+
+    def _drain_logs(self) -> None:
+        if not self._logs_drained:  # its last stderr lines may still be in the pipe
+            self._logs.join(1.0)
+            self._logs_drained = True
+
+    def _need(self, value: _T | None, what: str) -> _T:
+        if value is None:
+            raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
+        return value
 
     def _disconnect(self) -> None:
         self._stop.set()
