@@ -5,7 +5,8 @@
 1. Python host -> Python KV plugin (a local process), then again with AutoMTLS.
 2. Python host -> go-plugin's KV plugin written in Go (built from Debian's
    go-plugin sources) with AutoMTLS, when Go is installed.
-3. The Python KV plugin in a Docker container, when a Docker engine is up.
+3. The same from asyncio (AsyncClient): calls awaited, several at once.
+4. The Python KV plugin in a Docker container, when a Docker engine is up.
 
 Each step prints what it does; the demo exits 0 when every step that could
 run succeeded (steps whose parts are missing say so and are skipped).
@@ -13,6 +14,7 @@ run succeeded (steps whose parts are missing say so and are skipped).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -26,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay import Client, ClientConfig  # noqa: E402
+from plugbay import AsyncClient, Client, ClientConfig  # noqa: E402
 from plugbay import Runner  # noqa: E402
 
 PLUGINS = {PLUGIN_NAME: KVPlugin()}
@@ -51,6 +53,24 @@ def kv_session(title: str, config: ClientConfig) -> None:
         value = kv.get("greeting")
         say(f"   get greeting -> {value.decode()!r}")
         assert value == f"hello from {title}".encode()
+    say(f"   killed and cleaned up ({time.monotonic() - started:.2f}s in all)")
+
+
+def kv_session_async(title: str, config: ClientConfig) -> None:
+    say(f"\n== {title}")
+    started = time.monotonic()
+
+    async def session() -> None:
+        async with AsyncClient(config) as client:
+            say(f"   started {client.name!r}; connection: {client.connection_mode}")
+            kv = await client.dispense(PLUGIN_NAME)
+            keys = [f"async-{n}" for n in range(3)]
+            await asyncio.gather(*(kv.put(key, f"{key} from asyncio".encode()) for key in keys))
+            values = await asyncio.gather(*(kv.get(key) for key in keys))
+            say(f"   3 puts and 3 gets at once -> {[v.decode() for v in values]!r}")
+            assert values == [f"{key} from asyncio".encode() for key in keys]
+
+    asyncio.run(session())
     say(f"   killed and cleaned up ({time.monotonic() - started:.2f}s in all)")
 
 
@@ -98,6 +118,9 @@ def main() -> int:
         if binary is not None:
             kv_session("Python host -> Go plugin (go-plugin 1.0.1), AutoMTLS",
                        ClientConfig(HANDSHAKE, plugins=PLUGINS, cmd=[binary], auto_mtls=True))
+        kv_session_async("Python host on asyncio -> " + ("Go" if binary else "Python") + " plugin, AutoMTLS",
+                         ClientConfig(HANDSHAKE, plugins=PLUGINS, cmd=[binary] if binary else [python, plugin_py],
+                                      auto_mtls=True))
         runner = docker_runner()
         if runner is not None:
             kv_session("Python host -> Python plugin in a Docker container",

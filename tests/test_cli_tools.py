@@ -83,4 +83,5 @@ def test_demo_runs_the_readme_demo(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "plugbay demo: HashiCorp go-plugin's KV example" in out.stdout
     assert "get greeting -> 'hello from Python host -> Python plugin'" in out.stdout
+    assert "3 puts and 3 gets at once -> ['async-0 from asyncio', 'async-1 from asyncio'," in out.stdout
     assert "demo finished" in out.stdout
