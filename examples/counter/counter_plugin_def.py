@@ -9,11 +9,13 @@ plugin dials that id to add numbers, a call back into its host.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for counterproto
 
@@ -76,6 +78,29 @@ class CounterClient:
 # --- plugin side ------------------------------------------------------------
 
 
+class AsyncCounterClient:
+    """Host side under AsyncClient: the same calls, awaited. The helper is served as in CounterClient
+    (a brokered gRPC server on its own threads: its ``sum`` is a plain function); the broker's
+    blocking steps run off the event loop."""
+
+    def __init__(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> None:
+        self._broker = broker
+        self._stub = counter_pb2_grpc.CounterStub(channel)
+
+    async def get(self, key: str) -> int:
+        return int((await self._stub.Get(counter_pb2.GetRequest(key=key))).value)
+
+    async def put(self, key: str, value: int, helper: AddHelper) -> None:
+        sid = self._broker.next_id()
+        servicer = _AddHelperServicer(helper)
+        await asyncio.to_thread(self._broker.accept_and_serve, sid,
+                                lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server))
+        try:
+            await self._stub.Put(counter_pb2.PutRequest(add_server=sid, key=key, value=value))
+        finally:
+            await asyncio.to_thread(self._broker.stop_serving, sid)
+
+
 class _AddHelperClient:
     def __init__(self, channel: grpc.Channel) -> None:
         self._stub = counter_pb2_grpc.AddHelperStub(channel)
@@ -118,3 +143,6 @@ class CounterPlugin(GRPCPlugin):
 
     def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
         return CounterClient(broker, channel)
+
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+        return AsyncCounterClient(broker, channel)
