@@ -40,6 +40,7 @@ from plugbay import (  # noqa: E402
     ConfigError,
     GRPCBroker,
     GRPCPlugin,
+    PlugbayError,
     PluginDiedError,
     ProcessRunner,
     UnknownPluginError,
@@ -539,3 +540,143 @@ def test_brokered_callbacks_from_an_async_host(plugin: str, multiplex: bool, aut
 
     assert run(main()) == 16
     assert calls == [(0, 3), (3, 4)]  # each answer came from this host's helper
+
+
+def _async_threads(client: AsyncClient) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(f"plugbay-async-") and client.name in t.name]
+
+
+async def _until_no_threads(client: AsyncClient) -> list[str]:
+    for _ in range(100):  # idle executor threads end moments after their shutdown (bounded wait)
+        if not _async_threads(client):
+            break
+        await asyncio.sleep(0.02)
+    return _async_threads(client)
+
+
+def test_many_tasks_share_one_start_and_a_cancel_or_kill_ends_it_at_once() -> None:
+    misbehave = go_binary("misbehave")
+
+    def silent_client() -> tuple[AsyncClient, ProcessRunner]:
+        runner = ProcessRunner([misbehave], env={"MISBEHAVE_MODE": "silent", "MISBEHAVE_MAX_SECONDS": "60"})
+        return AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                        start_timeout=40)), runner
+
+    async def wait_pid(runner: ProcessRunner) -> int:
+        for _ in range(250):
+            if runner.pid is not None:
+                return runner.pid
+            await asyncio.sleep(0.02)
+        raise AssertionError("the plugin never started")
+
+    async def main() -> None:
+        client, runner = silent_client()
+        starts = [asyncio.create_task(client.start()) for _ in range(6)]
+        pid = await wait_pid(runner)
+        for task in starts:
+            task.cancel()
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+        assert gone(pid) and not await _until_no_threads(client)
+
+        client, runner = silent_client()
+        dispensers = [asyncio.create_task(client.dispense(PLUGIN_NAME)) for _ in range(6)]
+        pid = await wait_pid(runner)
+        await client.kill()
+        results = await asyncio.gather(*dispensers, return_exceptions=True)
+        assert all(isinstance(r, ClientStateError) for r in results), results
+        assert gone(pid) and not await _until_no_threads(client)
+
+    began = time.monotonic()
+    run(main())
+    assert time.monotonic() - began < 20  # hang guard: neither waited out start_timeout (40 s)
+
+
+def test_a_cancelled_reattach_start_never_stops_the_owners_plugin_whenever_it_lands() -> None:
+    with Client(kv_config(KV_PLUGIN)) as owner:
+        owner.dispense(PLUGIN_NAME).put("shared", b"kept")
+        for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3):
+            attached = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                                reattach=owner.reattach_config()))
+
+            async def main(client: AsyncClient = attached, after: float = delay) -> None:
+                starting = asyncio.create_task(client.start())
+                await asyncio.sleep(after)
+                starting.cancel()
+                try:
+                    await starting
+                except asyncio.CancelledError:
+                    pass
+                else:  # it had finished before the cancel: let go as a host would
+                    await client.close()
+                assert not await _until_no_threads(client)
+
+            run(main())
+            assert attached.exited  # let go of (not left connected) ...
+            assert owner.runner.wait(0) is None  # ... and the owner's plugin still runs
+            assert owner.dispense(PLUGIN_NAME).get("shared") == b"kept"
+
+
+def test_close_from_another_loop_types_the_calls_it_ends() -> None:
+    misbehave = go_binary("misbehave")
+    config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"})
+    with Client(config) as owner:
+        attached = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                            reattach=owner.reattach_config()))
+        calling = threading.Event()
+        outcome: list[BaseException] = []
+
+        async def first_loop() -> None:
+            await attached.start()
+            kv = await attached.dispense(PLUGIN_NAME)
+            hung = asyncio.create_task(kv.get("__hang__"))
+            await asyncio.sleep(0.2)
+            calling.set()
+            try:
+                await asyncio.wait_for(hung, 15)
+            except BaseException as exc:  # noqa: BLE001 - what the call ended with is the finding
+                outcome.append(exc)
+
+        thread = threading.Thread(target=lambda: asyncio.run(first_loop()), name="test-first-loop")
+        thread.start()
+        try:
+            assert calling.wait(15)
+            run(attached.close())  # from this thread's own loop
+        finally:
+            thread.join(20)
+        assert len(outcome) == 1 and isinstance(outcome[0], ClientStateError), outcome
+        assert owner.runner.wait(0) is None  # close() let go; the owner's plugin runs on
+
+
+def test_a_write_after_done_writing_is_refused_at_once() -> None:
+    async def main() -> None:
+        config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                              cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")],
+                              call_timeout=30)
+        async with AsyncClient(config) as client:
+            call = (await client.dispense(STREAMER)).echo()
+            await call.write(streaming_pb2.Chunk(data=b"a"))
+            await call.done_writing()
+            with pytest.raises(asyncio.InvalidStateError):
+                await asyncio.wait_for(call.write(streaming_pb2.Chunk(data=b"b")), 5)
+            assert (await call.read()).data == b"a"
+
+    run(main())
+
+
+def test_after_a_failed_start_the_client_says_why() -> None:
+    misbehave = go_binary("misbehave")
+
+    async def main() -> None:
+        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "line", "MISBEHAVE_LINE": "not|a|handshake"})
+        client = AsyncClient(config)
+        with pytest.raises(PlugbayError) as first:
+            await client.start()
+        assert not isinstance(first.value, ClientStateError)
+        with pytest.raises(ClientStateError, match="start failed.*make a new AsyncClient"):
+            await client.dispense(PLUGIN_NAME)
+        with pytest.raises(ClientStateError, match="start failed"):
+            client.channel
+        assert not await _until_no_threads(client)
+
+    run(main())

@@ -66,12 +66,16 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         if asyncio.get_running_loop() is self._loop:
             await self._start_close()
         elif not self._loop.is_closed() and self._loop.is_running():  # the loop of its calls, in another thread
-            closing = asyncio.run_coroutine_threadsafe(self._inner.close(), self._loop)
+            closing = asyncio.run_coroutine_threadsafe(self._close_here(), self._loop)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(closing), 5.0)
             except (asyncio.TimeoutError, RuntimeError):
                 pass  # that loop is stuck or ending: the connection ends with it
         # else: its loop has ended, and the connection with it
+
+    async def _close_here(self) -> None:
+        """On the channel's own loop: marked as closing first, so its calls' local cancels are typed."""
+        await self._start_close()
 
     async def offload(self, func: Callable[..., _T], *args: Any) -> _T:
         """``func(*args)`` off the event loop (it may wait on the plugin's exit or its output)."""
@@ -232,8 +236,10 @@ class _AioCall:
             raise await self._translated(exc) from exc
         except asyncio.CancelledError:
             raise await self._cancelled() from None
-        except asyncio.InvalidStateError:  # grpc.aio: "RPC already finished"
-            raise await self._ended() from None
+        except asyncio.InvalidStateError:
+            if not self._call.done():  # a write after done_writing(): the caller's own misuse
+                raise
+            raise await self._ended() from None  # grpc.aio: "RPC already finished": how it ended
 
     async def done_writing(self) -> None:
         try:

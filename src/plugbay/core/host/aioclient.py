@@ -35,11 +35,15 @@ class AsyncClient:
 
     def __init__(self, config: ClientConfig) -> None:
         self._client = Client(config)  # every check of the config happens here, before a plugin starts
-        # start, a kill that cancels it, kill/close, and failures judged meanwhile: never more at once
+        # start, dispense's checks, stderr_tail and failures judged off the loop ...
         self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-async-{self._client.name}")
+        # ... and kill/close on one of their own, which nothing can queue ahead of
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-stop-{self._client.name}")
+        self._starting: asyncio.Future[None] | None = None
         self._channel: AioManagedChannel | None = None
         self._dispensed: dict[str, Any] = {}
         self._ending = False
+        self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
 
     # --- properties -------------------------------------------------------------
 
@@ -60,6 +64,7 @@ class AsyncClient:
     def channel(self) -> AioManagedChannel:
         """The grpc.aio channel (default deadline, typed failures) that dispensed stubs use."""
         if self._channel is None:
+            self._check_usable()
             raise ClientStateError(f"AsyncClient.channel of plugin {self.name!r} is only available after"
                                    " start(); await start() first")
         return self._channel
@@ -90,7 +95,7 @@ class AsyncClient:
 
     async def stderr_tail(self) -> list[str]:
         """The last stderr lines (once the plugin has ended, its last ones: that may wait for its pipe)."""
-        return await self._offload(self._client.stderr_tail)
+        return await self._work_on(self._client.stderr_tail)
 
     def reattach_config(self) -> ReattachConfig:
         return self._client.reattach_config()
@@ -101,7 +106,8 @@ class AsyncClient:
         try:
             await self.start()
         except BaseException:
-            await self.kill()
+            # a reattached plugin is another host's: let go of it; a launched one ends with us
+            await (self.close() if self.config.reattach is not None else self.kill())
             raise
         return self
 
@@ -109,41 +115,64 @@ class AsyncClient:
         await self.kill()
 
     async def start(self) -> None:
-        """Start (or reattach) and connect; safe to await again. Cancelled, it stops the plugin."""
-        if self._ending:
-            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
+        """Start (or reattach) and connect; safe to await again, from several tasks at once.
+
+        The task that began the start owns it: cancelled, it kills the plugin it launched (a
+        reattach lets go instead) before the cancel goes on. Another task's cancel ends only its wait.
+        """
+        self._check_usable()
         if self._channel is not None:
             return
-        loop = asyncio.get_running_loop()
-        starting = self._submit(self._client.start)
+        if self._starting is not None:  # another task is starting it: wait with it
+            await asyncio.shield(self._starting)
+            return
+        self._starting = asyncio.ensure_future(self._start_and_connect())
         try:
-            await asyncio.shield(starting)
+            await asyncio.shield(self._starting)
         except asyncio.CancelledError:
-            # The thread goes on starting: have the Client kill what it launched (kill() during
-            # start() does) or, reattaching, let go of a plugin that is not ours to stop; and
-            # let start() fail on its own before the cancel goes on.
-            if self.config.reattach is not None:
-                self._client.abandon_start()
-            else:
-                await _to_end(self._submit(self._client.kill))
-            try:
-                await _to_end(starting)
-            except Exception:  # killed while starting: the cancel is the news
-                pass
-            self._start_failed()
+            await self._stop_cancelled_start(self._starting)
+            self._start_failed("its start() was cancelled")
             raise
-        except BaseException:
-            self._start_failed()  # the Client freed what it made; it cannot start again
+        except BaseException as exc:
+            self._start_failed(f"its start failed: {exc}")  # the Client freed what it made
             raise
-        if self._channel is None:  # two start()s at once: the first one builds it
-            managed = self._client.channel
-            assert isinstance(managed, ManagedChannel)
-            redial = self._client.redial()
-            self._channel = AioManagedChannel(redial.aio_channel(), managed, loop, self._executor)
 
-    def _start_failed(self) -> None:
+    async def _start_and_connect(self) -> None:
+        await self._work_on(self._client.start)
+        managed = self._client.channel
+        assert isinstance(managed, ManagedChannel)
+        self._channel = AioManagedChannel(self._client.redial().aio_channel(), managed,
+                                          asyncio.get_running_loop(), self._executor)
+
+    async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
+        """The thread goes on starting: have the Client kill what it launched (kill() during start()
+        does) or, reattaching, let go of a plugin that is not ours to stop; wait for start() to end."""
+        reattach = self.config.reattach is not None
+        if reattach:
+            self._client.abandon_start()
+        else:
+            await _to_end(self._stop_on(self._client.kill))
+        try:
+            await _to_end(starting)
+        except Exception:  # killed while starting: the cancel is the news
+            return
+        # it had connected before the cancel came: undo that too
+        if reattach:
+            await _to_end(self._stop_on(self._client.close))
+        if self._channel is not None:
+            await asyncio.shield(self._channel.aclose())
+
+    def _start_failed(self, why: str) -> None:
+        self._failed = why
         self._ending = True
-        self._executor.shutdown(wait=False)  # its idle threads end now; a later kill() uses the loop's executor
+        self._shutdown_threads()
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise ClientStateError(f"the client of plugin {self.name!r} cannot be used: {self._failed};"
+                                   " make a new AsyncClient")
+        if self._ending:
+            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
 
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""
@@ -152,14 +181,14 @@ class AsyncClient:
             return self._dispensed[name]
         # dispense's checks and the broker stream's opening take the Client's lock, which a
         # kill in progress holds for its grace: not on the event loop
-        plugin = await self._offload(self._client.plugin_for, name)
+        plugin = await self._work_on(self._client.plugin_for, name)
         stub = plugin.grpc_client_async(self._client.broker, self.channel)
         self._dispensed[name] = stub
         return stub
 
     async def kill(self) -> None:
-        """Shutdown, grace, force, then free everything (the sync ``kill()``). Idempotent; not cut
-        short by a cancel, which it passes on once the plugin is stopped."""
+        """Shutdown, grace, force, then free everything (the sync ``kill()``). Idempotent; once begun,
+        not cut short by a cancel, which it passes on once the plugin is stopped."""
         await self._end(self._client.kill)
 
     async def close(self) -> None:
@@ -167,25 +196,35 @@ class AsyncClient:
         await self._end(self._client.close)
 
     async def _end(self, stop: Callable[[], None]) -> None:
-        cancelled = await _to_end(self._submit(stop))
+        cancelled = await _to_end(self._stop_on(stop))  # stop's own error (close() of a launched plugin): raised
         self._ending = True
+        self._shutdown_threads()  # before the last await: a cancel there leaves no thread behind
         channel = self._channel
         if channel is not None:
             await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
-        self._executor.shutdown(wait=False)  # its idle threads end now; later work uses the loop's executor
         if cancelled:
             raise asyncio.CancelledError()
 
-    def _submit(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-        """``func(*args)`` on this client's executor (once it is shut down, after kill: the loop's)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return loop.run_in_executor(self._executor, func, *args)
-        except RuntimeError:  # shut down
-            return loop.run_in_executor(None, func, *args)
+    def _shutdown_threads(self) -> None:
+        """Idle threads end now; later work (a stderr_tail, a second kill) uses the loop's executor."""
+        self._executor.shutdown(wait=False)
+        self._stopper.shutdown(wait=False)
 
-    async def _offload(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await self._submit(func, *args)
+    def _work_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        return _submit(self._executor, func, *args)
+
+    def _stop_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Kill and close on a thread of their own: never queued behind a start or dispense."""
+        return _submit(self._stopper, func, *args)
+
+
+def _submit(executor: ThreadPoolExecutor, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """``func(*args)`` on ``executor`` (once it is shut down, after kill: the loop's own)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return loop.run_in_executor(executor, func, *args)
+    except RuntimeError:  # shut down
+        return loop.run_in_executor(None, func, *args)
 
 
 async def _to_end(future: asyncio.Future[Any]) -> bool:
