@@ -587,3 +587,24 @@ def test_a_closed_broker_makes_no_private_folder_close_would_miss(pair: Pair) ->
         pair.plugin._private_dir_path()
     made = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("plugbay-broker-")} - before
     assert made == set()
+
+
+def test_unclaimed_announcements_are_capped_oldest_first() -> None:
+    """A peer announcing ids nobody dials cannot grow the table without bound (nor make each
+    announcement scan it): past MAX_UNCLAIMED the oldest go, the newest stay claimable."""
+    from plugbay._proto.plugin import grpc_broker_pb2 as pb
+    from plugbay.core.broker.knock import MAX_UNCLAIMED
+
+    broker = GRPCBroker(BrokerTransport(), "plugin")
+    try:
+        count = MAX_UNCLAIMED * 3
+        for sid in range(1, count + 1):
+            broker.receive(pb.ConnInfo(service_id=sid, network="unix", address=f"/nonexistent/{sid}"))
+        assert len(broker._announced) == MAX_UNCLAIMED
+        assert broker._wait_announcement(count, 1.0).address == f"/nonexistent/{count}"  # the newest stays
+        with pytest.raises(BrokerTimeoutError):
+            broker._wait_announcement(1, 0.05)  # the oldest went
+        broker.receive(pb.ConnInfo(service_id=count - 5, network="unix", address="/again"))  # re-announced
+        assert list(broker._announced)[-1] == count - 5
+    finally:
+        broker.close()

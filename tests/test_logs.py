@@ -179,6 +179,25 @@ def test_a_plugins_hclog_line_is_the_text_json_dumps_writes() -> None:
     values += ["".join(chr(rng.choice([rng.randrange(0, 0x80), rng.randrange(0x80, 0x3000),
                                        rng.randrange(0x10000, 0x10400)])) for _ in range(rng.randrange(12)))
                for _ in range(500)]
+    spelled = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}  # JSON has no NaN: hosts would drop the line
+
+    def finite(value: object) -> object:
+        return spelled.get(repr(value), value) if isinstance(value, float) else value
+
     for value in values:
         entry = {"@level": "info", "@message": "m", "key": value, 'odd\n"key': value}
-        assert hclog_json(entry) == json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
+        expected = {k: finite(v) for k, v in entry.items()}
+        assert hclog_json(entry) == json.dumps(expected, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_record_with_nan_or_infinity_stays_valid_json() -> None:
+    """A Go host parses each line as strict JSON; NaN and infinities (flat or nested) are written as strings."""
+    from plugbay.core.protocol.hclog import hclog_json
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    entry = {"@level": "error", "@message": "m", "ratio": float("nan"), "top": float("inf"),
+             "nested": {"low": [float("-inf"), 1.5]}}
+    decoded = json.loads(hclog_json(entry), parse_constant=refuse)
+    assert decoded["ratio"] == "NaN" and decoded["top"] == "+Inf" and decoded["nested"] == {"low": ["-Inf", 1.5]}

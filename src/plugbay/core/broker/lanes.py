@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any
+
+from plugbay.core.transport.workers import DaemonPool
 
 _SERVER_WORKERS = 16
 
@@ -27,10 +29,10 @@ class Lane(Executor):
     one server at a time (each server keeps its own workers and their limit).
     """
 
-    def __init__(self, pools: Callable[[], ThreadPoolExecutor | None]) -> None:
+    def __init__(self, pools: Callable[[], DaemonPool | None]) -> None:
         self._pools = pools
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonPool | None = None
         self._busy = 0
         self._shut = False
 
@@ -54,7 +56,7 @@ class Lane(Executor):
         with self._lock:
             self._busy -= 1
 
-    def release(self) -> tuple[bool, ThreadPoolExecutor | None]:
+    def release(self) -> tuple[bool, DaemonPool | None]:
         """(False, None) while a call runs on it; else (True, its pool or None) and the lane takes no more work."""
         with self._lock:
             if self._busy:
@@ -70,6 +72,6 @@ class Lane(Executor):
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def new_pool() -> ThreadPoolExecutor:
+def new_pool() -> DaemonPool:
     """A brokered server's worker pool: up to _SERVER_WORKERS calls at once."""
-    return ThreadPoolExecutor(max_workers=_SERVER_WORKERS, thread_name_prefix="plugbay-brokered")
+    return DaemonPool(_SERVER_WORKERS, "plugbay-brokered")

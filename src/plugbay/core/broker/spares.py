@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import grpc
 
@@ -39,6 +39,7 @@ from plugbay.core.transport.secure import (
     serve_unix,
 )
 from plugbay.core.transport.sockets import unlink_quietly
+from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import PlugbayError
 
 log = logging.getLogger("plugbay.broker")
@@ -52,7 +53,7 @@ Built = tuple[Served, str]  # a started server with no services and the unix soc
 
 
 def build_server(tls: MutualTLS | None, private_dir: str, path: str,
-                 pools: Callable[[], ThreadPoolExecutor | None] | None = None) -> Built:
+                 pools: Callable[[], DaemonPool | None] | None = None) -> Built:
     """A started gRPC server with no services listening on ``path`` (TLS as ``tls`` says).
 
     ``pools`` gives an idle worker pool a stopped server left (or None); without
@@ -188,7 +189,7 @@ class SpareServer:
         self._closed = False
         self._users = 0
         self._dir: str | None = None
-        self._pools: list[ThreadPoolExecutor] = []  # stopped servers' idle worker pools
+        self._pools: list[DaemonPool] = []  # stopped servers' idle worker pools
 
     def take(self, key: MutualTLS | None) -> Built | None:
         with self._cond:
@@ -214,7 +215,7 @@ class SpareServer:
                 return
         _finish(finish)
 
-    def pool(self) -> ThreadPoolExecutor | None:
+    def pool(self) -> DaemonPool | None:
         """An idle worker pool a stopped server left, or None (make a new one)."""
         with self._cond:
             return self._pools.pop() if self._pools else None

@@ -188,10 +188,17 @@ class StreamEnd:
                 if len(self._acks) > MAX_UNCLAIMED:  # the oldest: no dial waits that long
                     del self._acks[next(iter(self._acks))]
             else:
-                for key, (_, at) in list(self._announced.items()):
-                    if now - at > _ANNOUNCE_TTL:
-                        del self._announced[key]
-                self._announced[msg.service_id] = (msg, now)
+                # oldest first (a re-announced id moves to the end): drop from the front what has
+                # waited past the TTL, and past MAX_UNCLAIMED the oldest; each message does O(1)
+                # work however many wait (a full scan per message made a flood quadratic)
+                announced = self._announced
+                announced.pop(msg.service_id, None)
+                while announced:
+                    oldest = next(iter(announced))
+                    if now - announced[oldest][1] <= _ANNOUNCE_TTL and len(announced) < MAX_UNCLAIMED:
+                        break
+                    del announced[oldest]
+                announced[msg.service_id] = (msg, now)
             self._cond.notify_all()
 
     def _lost_message(self) -> str:

@@ -25,6 +25,8 @@ import grpc
 # Threads kept for plugbay's own services: the GRPCStdio and broker streams,
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
 RESERVED = 16
+# Of those, the most that health Watch streams (each holding its thread while open) may take.
+MAX_WATCHES = 4
 DEFAULT_MAX_WORKERS = 32
 _SEEN_MAX = 1024
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",

@@ -13,7 +13,7 @@ plugin's handshake line.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -89,16 +89,39 @@ class HealthServicer:
                 return
 
 
-def add_to_server(servicer: HealthServicer, server: grpc.Server) -> None:
-    """What the generated ``add_HealthServicer_to_server`` does, its message classes loaded at first use."""
+def add_to_server(servicer: HealthServicer, server: grpc.Server, watches: int | None = None) -> None:
+    """What the generated ``add_HealthServicer_to_server`` does, its message classes loaded at first use.
+
+    ``watches``: at most that many Watch streams at once on this server. Each holds one of the
+    server's threads for as long as it is open, and those threads are the ones that must answer
+    Check and Shutdown; a Watch past the cap is refused with RESOURCE_EXHAUSTED.
+    """
+    watch = servicer.Watch if watches is None else _capped(servicer.Watch, watches)
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, request_deserializer=_request,
                                                      response_serializer=_serialize),
-        "Watch": grpc.unary_stream_rpc_method_handler(servicer.Watch, request_deserializer=_request,
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, request_deserializer=_request,
                                                       response_serializer=_serialize),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _capped(watch: Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator[HealthCheckResponse]],
+            limit: int) -> Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator[HealthCheckResponse]]:
+    slots = threading.BoundedSemaphore(limit)
+
+    def capped(request: HealthCheckRequest, context: grpc.ServicerContext) -> Iterator[HealthCheckResponse]:
+        if not slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"this plugin already serves {limit} health Watch streams; close one, or poll"
+                          " with Check")
+        try:
+            yield from watch(request, context)
+        finally:
+            slots.release()
+
+    return capped
 
 
 def _request(data: bytes) -> HealthCheckRequest:

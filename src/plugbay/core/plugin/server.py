@@ -29,7 +29,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -51,13 +50,14 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     parse_versions,
 )
-from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, RESERVED, GatedServer, HandlerGate
+from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, MAX_WATCHES, RESERVED, GatedServer, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
+from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import (
     PluginSet,
     VersionedPlugins,
@@ -165,6 +165,10 @@ def serve(config: ServeConfig) -> None:
     if not isinstance(config.max_workers, int) or config.max_workers < 1:
         _fail(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
               f" once), got {config.max_workers!r}; fix the plugin's ServeConfig\n")
+    size = config.stdio_buffer_bytes
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        _fail(f"ServeConfig.stdio_buffer_bytes must be a whole number of bytes, 0 or more (the output kept"
+              f" until the host reads it), got {size!r}; fix the plugin's ServeConfig\n")
     server = _PluginServer(config, env)
     try:
         server.start()
@@ -199,8 +203,7 @@ class _PluginServer:
         self.health = HealthServicer()
         self.health.announce_broker_queues()
         self.gate = HandlerGate(config.max_workers)
-        self.executor = ThreadPoolExecutor(max_workers=config.max_workers + RESERVED,
-                                           thread_name_prefix="plugbay-grpc")
+        self.executor = DaemonPool(config.max_workers + RESERVED, "plugbay-grpc")  # see DaemonPool: exits promptly
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
@@ -278,7 +281,7 @@ class _PluginServer:
 
     def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate) -> None:
         """Health, controller, stdio and the plugins' own services (behind ``gate``) on ``server``."""
-        add_health(self.health, server)
+        add_health(self.health, server, watches=MAX_WATCHES)  # a server's threads answer Check and Shutdown
         add_controller(server, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), server)
         check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change
@@ -296,8 +299,7 @@ class _PluginServer:
         from plugbay.core.plugin.network import DiscoveryServicer, add_discovery
 
         # each session's handlers are gated like the main server's, on a pool of its own
-        executor = ThreadPoolExecutor(max_workers=self.config.max_workers + RESERVED,
-                                      thread_name_prefix="plugbay-grpc-session")
+        executor = DaemonPool(self.config.max_workers + RESERVED, "plugbay-grpc-session")
         server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options])
         broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
         try:
@@ -362,10 +364,10 @@ class _PluginServer:
             ("health", self.health.close),
             ("stdio", self.capture.stop),  # gives fds 1 and 2 back and ends the StdioStream
         ]
+        if broker is not None:  # ends the broker stream first: the graceful stop waits for open streams
+            steps.append(("broker", broker.close))
         if grpc_server is not None:
             steps.append(("grpc server", lambda: grpc_server.stop(STOP_GRACE).wait(STOP_GRACE + 3)))
-        if broker is not None:
-            steps.append(("broker", broker.close))
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
@@ -386,10 +388,12 @@ class _PluginServer:
             self._logging.close()
 
 
-def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: ThreadPoolExecutor, path: str) -> None:
+def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, path: str) -> None:
     broker.close()  # ends the broker stream first: a graceful stop waits for open streams
     server.stop(0.5).wait(5)
-    executor.shutdown(wait=True, cancel_futures=True)
+    # not waited for: a handler the departed host left running (stuck, sleeping) ends on its own;
+    # waiting here held up the admission of every new host (sessions are reaped on that thread)
+    executor.shutdown(wait=False, cancel_futures=True)
     unlink_quietly(path)
 
 

@@ -119,9 +119,26 @@ def hclog_json(entry: dict[str, Any]) -> str:
         if encoded is None or type(key) is not str:
             import json
 
-            return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
+            try:
+                return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # NaN or an infinity inside: JSON has no spelling for them (hosts drop the line)
+                return json.dumps(_finite(entry), default=str, ensure_ascii=False, separators=(",", ":"))
         parts.append(f'"{key.translate(_ESCAPES)}":{encoded}')
     return "{" + ",".join(parts) + "}"
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}  # as strings, as Go's strconv spells them
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity inside it written as a string."""
+    if isinstance(value, float) and float.__repr__(value) in _NON_FINITE:
+        return _NON_FINITE[float.__repr__(value)]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _scalar(value: Any) -> str | None:
@@ -136,7 +153,9 @@ def _scalar(value: Any) -> str | None:
         return int.__repr__(value)
     if kind is float:
         text = float.__repr__(value)
-        return text if _FLOAT_OK.issuperset(text) else None  # nan, inf: json's own spelling
+        if _FLOAT_OK.issuperset(text):
+            return text
+        return f'"{_NON_FINITE.get(text, text)}"' if text in _NON_FINITE else None  # JSON has no NaN
     if isinstance(value, (list, tuple, dict, str, int, float)):
         return None  # containers and subclasses: json decides
     return f'"{str(value).translate(_ESCAPES)}"'  # default=str

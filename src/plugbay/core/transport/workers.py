@@ -14,6 +14,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
 
 _IDLE = 30.0
 _JOIN = 5.0
@@ -73,3 +75,73 @@ class Workers:
             self._tasks.put(None)
         for t in threads:
             t.join(_JOIN)
+
+
+class DaemonPool(Executor):
+    """concurrent.futures.ThreadPoolExecutor's work (the same growth and idle reuse) on daemon threads.
+
+    A gRPC server's handlers run here. ThreadPoolExecutor's threads are joined when the interpreter
+    exits, so a plugin whose handler was still running (stuck, or sleeping) after Shutdown or
+    SIGTERM did not exit until it returned, and its host killed it instead. A Go plugin exits when
+    Serve returns, whatever its goroutines do; these threads let a Python plugin do the same.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max = max_workers
+        self._prefix = thread_name_prefix
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...],
+                                             dict[str, Any]] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one count per worker waiting for work
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future[Any] = Future()
+            self._queue.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+                thread = threading.Thread(target=self._work, name=f"{self._prefix}_{len(self._threads)}",
+                                          daemon=True)
+                thread.start()
+                self._threads.add(thread)
+            return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            threads = list(self._threads)
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
