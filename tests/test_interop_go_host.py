@@ -108,3 +108,47 @@ def test_no_common_version_is_reported_by_the_go_host(tmp_path: Path, sockets: P
     assert code == 1
     # the plugin answered its lowest version; go-plugin's client names the mismatch
     assert "Incompatible API version with plugin. Plugin version: 2, Client versions: [1]" in out
+
+
+def _read_only_mounts() -> str | None:
+    """None when this process may make a mount namespace with a read-only bind mount, else why not."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="ro") as folder:
+        try:
+            done = subprocess.run(["unshare", "--mount", "sh", "-c",
+                                   f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"no unshare here: {exc}"
+        return None if done.returncode == 0 else f"no read-only bind mounts here: {done.stderr.strip()[:120]}"
+
+
+@pytest.mark.parametrize("automtls", [False, True], ids=["plain", "automtls"])
+def test_a_read_only_temp_dir_is_fine_with_a_socket_dir(tmp_path: Path, automtls: bool) -> None:
+    """A container's case: no writable temp dir, PLUGIN_UNIX_SOCKET_DIR writable. With a Go host's AutoMTLS
+    the plugin fronts its socket with a TLS relay, whose private folder went to the temp dir (a traceback)."""
+    reason = _read_only_mounts()
+    if reason is not None:
+        pytest.skip(reason)
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm for a writable socket folder outside /tmp")
+    work = tmp_path / "work"  # the plugin's cwd: read-only too (tempfile falls back to it)
+    work.mkdir()
+    sockets = tempfile.mkdtemp(prefix="pbsock", dir="/dev/shm")
+    try:
+        cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(PROBE))}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_", "PROBE_"))}
+        env.update({"KV_PLUGIN": cmd, "TMPDIR": "/tmp", "PLUGIN_UNIX_SOCKET_DIR": sockets})
+        flags = "--automtls " if automtls else ""
+        # every temp dir Python would fall back to is read-only for the host and its plugin
+        script = ("for d in /tmp /var/tmp; do mount --bind $d $d && mount -o remount,bind,ro $d || exit 97; done && "
+                  f"exec {shlex.quote(str(build_go('kv_host')))} --timeout 60s {flags}put k v")
+        done = run_program("unshare", ["--mount", "sh", "-c", script], env=env, cwd=work, timeout=90)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert not os.listdir(sockets)  # the plugin's sockets and folders were made there, and removed
+    finally:
+        import shutil
+
+        shutil.rmtree(sockets, ignore_errors=True)

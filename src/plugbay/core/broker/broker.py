@@ -38,6 +38,7 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.records import Frozen
+from plugbay.core.transport.sockets import private_folder_root
 from plugbay.errors import (
     BrokerClosedError,
     BrokerError,
@@ -296,7 +297,9 @@ class GRPCBroker(StreamEnd, Multiplexed):
             if self._private_dir is None:
                 # a dial or serve racing close() must not make a folder close() already missed
                 self._check_open()
-                self._private_dir = tempfile.mkdtemp(prefix="plugbay-broker-")
+                # beside the sockets the host asked for (PLUGIN_UNIX_SOCKET_DIR): the temp dir may be read-only
+                self._private_dir = tempfile.mkdtemp(prefix="plugbay-broker-",
+                                                     dir=private_folder_root(self.transport.socket_dir))
             return self._private_dir
 
     def _public_path(self) -> str:

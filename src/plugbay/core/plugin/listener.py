@@ -39,7 +39,14 @@ import grpc
 from plugbay.core.protocol.records import Record
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
-from plugbay.core.transport.sockets import give_to_group, group_id, listener_address, open_listener, unlink_quietly
+from plugbay.core.transport.sockets import (
+    give_to_group,
+    group_id,
+    listener_address,
+    open_listener,
+    private_folder_root,
+    unlink_quietly,
+)
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
@@ -138,12 +145,15 @@ def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
 
 
 def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerCredentials | None,
-           relay_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None, multiplex: bool) -> Listening:
+           relay_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None, multiplex: bool,
+           folder: str | None = None) -> Listening:
     """Bind ``server`` (not started yet) and any fronts; return the announced address.
 
     ``multiplex`` is what the host asked for; ``Listening.multiplex`` says
     whether a multiplexer front is actually in place (announced in the
     handshake's 7th field). ``relay_context`` may be a provider the relay calls per connection.
+    ``folder``: where a front's private socket folder goes (the host's PLUGIN_UNIX_SOCKET_DIR;
+    None: the temp dir), so a plugin whose temp dir is read-only still starts.
     """
     mux = _multiplexer() if multiplex else None
     result = Listening("", "", mux is not None)
@@ -153,7 +163,7 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
             return result
         from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
 
-        private_dir = tempfile.mkdtemp(prefix="plugbay-grpc-")
+        private_dir = tempfile.mkdtemp(prefix="plugbay-grpc-", dir=private_folder_root(folder))
         result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))
         if credentials is None:

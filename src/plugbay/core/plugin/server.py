@@ -175,6 +175,10 @@ def serve(config: ServeConfig) -> None:
     except PlugbayError as exc:
         server.close()
         _fail(f"{exc}\n")
+    except OSError as exc:  # a folder or socket this machine refused: one line for the host, not a traceback
+        server.close()
+        _fail(f"plugin setup failed: {exc}. Check that {ENV_UNIX_SOCKET_DIR} (or TMPDIR) names a folder"
+              " this plugin may write, and the plugin's file and port limits\n")
     except BaseException:
         server.close()
         raise
@@ -248,7 +252,8 @@ class _PluginServer:
             try:
                 self.listening = listen(self.grpc, plan_endpoint(self.env), multiplex=multiplex_asked,
                                         credentials=tls.credentials if tls is not None else None,
-                                        relay_context=tls.relay if tls is not None else None)
+                                        relay_context=tls.relay if tls is not None else None,
+                                        folder=self.env.get(ENV_UNIX_SOCKET_DIR) or None)
             except ConfigError:
                 if tls is not None and tls.credentials is not None:
                     tls.check_peer()  # grpcio's TLS refuses a certificate it cannot load as a failed bind

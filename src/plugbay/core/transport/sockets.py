@@ -211,3 +211,19 @@ def dial(network: str, address: str, timeout: float | None) -> socket.socket:
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def private_folder_root(socket_dir: str | None) -> str | None:
+    """Where to make a private socket folder: None (the temp dir) while there is a usable one; else
+    the host's socket folder (PLUGIN_UNIX_SOCKET_DIR) when this side can write there, as in a
+    container whose temp dirs are read-only. (Reached over TCP, that folder may not exist.)"""
+    import tempfile
+
+    try:
+        tempfile.gettempdir()
+        return None
+    except FileNotFoundError:  # "No usable temporary directory found"
+        pass
+    if socket_dir and os.path.isdir(socket_dir) and os.access(socket_dir, os.W_OK | os.X_OK):
+        return socket_dir
+    return None
