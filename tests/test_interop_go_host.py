@@ -102,6 +102,23 @@ def test_plugin_logs_reach_go_hclog_as_structured_entries(tmp_path: Path, socket
     assert "key=logged" in entry and "@module=kv" in entry and "bytes=1" in entry
 
 
+def test_the_programs_own_stderr_logging_and_thread_crashes_reach_the_go_hosts_log(tmp_path: Path,
+                                                                                  sockets: Path) -> None:
+    # as a Go plugin's log package and panics do: only what is written to stderr itself after the
+    # handshake goes to GRPCStdio (which go-plugin 1.0.1's host never reads)
+    host = GoHost(tmp_path, sockets, plugin=PROBE, env={"PROBE_BASICCONFIG": "1"})
+    code, out, err = host.run("-v", "put", "log", "the-programs-own-record")
+    assert code == 0, out + err
+    assert "probe-handler INFO the-programs-own-record" in err, err
+    # a thread's end by an exception: an error record (plugbay's hclog, when logging is not the program's)
+    host = GoHost(tmp_path, sockets, plugin=PROBE)
+    code, out, err = host.run("-v", "put", "crash", "a-thread-went-down")
+    assert code == 0, out + err
+    entry = next((x for x in err.splitlines() if "unhandled exception in thread probe-crash" in x), None)
+    assert entry is not None and "[ERROR]" in entry, err
+    assert "RuntimeError: a-thread-went-down" in err  # the traceback travels in the record
+
+
 def test_no_common_version_is_reported_by_the_go_host(tmp_path: Path, sockets: Path) -> None:
     host = GoHost(tmp_path, sockets, plugin=PROBE, env={"PROBE_VERSIONS": "2,3"})
     code, out, err = host.run("get", "k")

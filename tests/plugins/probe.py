@@ -7,6 +7,7 @@ instead of storing when the key names an output path:
   fd1/fd2  os.write(1|2, value) (below Python's buffers)
   sub      run `sh -c value` (a child process writing to the inherited fds)
   log      log value at INFO through Python logging
+  crash    raise RuntimeError(value) in a new thread (an exception that ends a thread)
   announce serve a grpc health server through the broker now (accept_and_serve); Get("announced")
            then returns its broker id, for the host to dial whenever it opens its broker stream
 other keys are stored in memory; Get returns them.
@@ -16,6 +17,7 @@ PROBE_MISCONFIGURED=1  a handshake config with an empty cookie value
 PROBE_BAD=register     the plugin's grpc_server raises
 PROBE_BAD=notgrpc      the plugin set holds an object that is not a GRPCPlugin
 PROBE_STDIO_MAX=N      keep at most N bytes of captured output
+PROBE_BASICCONFIG=1    logging.basicConfig() (a stderr handler of the program's own) before serve()
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,10 @@ class ProbeKV:
             subprocess.run(["sh", "-c", text], check=True, timeout=30)
         elif key == "log":
             log.info(text, extra={"probe": True})
+        elif key == "crash":
+            crashing = threading.Thread(target=_raise, args=(text,), name="probe-crash")
+            crashing.start()
+            crashing.join(5)
         elif key == "announce" and self.broker is not None:
             from plugbay._proto.grpc.health.v1 import health_pb2_grpc
             from plugbay.core.plugin.health import HealthServicer
@@ -107,9 +114,15 @@ def main() -> None:
     if versions:
         config = ServeConfig(handshake=handshake,
                              versioned_plugins={int(v): {PLUGIN_NAME: plugin} for v in versions.split(",")})
+    if os.environ.get("PROBE_BASICCONFIG"):  # the program configured logging itself, to stderr
+        logging.basicConfig(level=logging.INFO, format="probe-handler %(levelname)s %(message)s")
     if os.environ.get("PROBE_STDIO_MAX"):
         config.stdio_buffer_bytes = int(os.environ["PROBE_STDIO_MAX"])
     serve(config)
+
+
+def _raise(text: str) -> None:
+    raise RuntimeError(text)
 
 
 if __name__ == "__main__":

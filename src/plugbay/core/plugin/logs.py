@@ -82,6 +82,38 @@ class PluginLogging:
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
         self._restore_root_level = False
         self.log = self._setup(given)
+        self._moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._old_thread_hook: Any = None
+        self._faulthandler = False
+
+    def keep_stderr_writers(self) -> None:
+        """Once fd 2 is captured: what the program set up to write to stderr before serve() keeps
+        writing to the host's log, as a Go plugin's ``log`` package and panics do (only os.Stderr
+        is swapped there). Its logging StreamHandlers and faulthandler move to the original fd 2,
+        and an exception that ends a thread is logged as an error record there."""
+        import faulthandler
+        import sys
+
+        loggers = [logging.getLogger()] + [x for x in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(x, logging.Logger)]
+        ours = {id(h) for _, h in self._handlers}
+        for logger in loggers:
+            for handler in logger.handlers:
+                if (type(handler) is logging.StreamHandler and id(handler) not in ours
+                        and handler.stream in (sys.stderr, sys.__stderr__)):
+                    self._moved.append((handler, handler.setStream(self._stream)))
+        if faulthandler.is_enabled():
+            faulthandler.enable(file=self._stream)
+            self._faulthandler = True
+        self._old_thread_hook = threading.excepthook
+        threading.excepthook = self._thread_died
+
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        error = args.exc_value if args.exc_value is not None else args.exc_type()
+        self.log.error("unhandled exception in thread %s", name, exc_info=(args.exc_type, error, args.exc_traceback))
 
     def _setup(self, given: logging.Logger | None) -> logging.Logger:
         handler = HclogHandler(self._stream)
@@ -108,7 +140,17 @@ class PluginLogging:
         self._handlers.append((logger, handler))
 
     def close(self) -> None:
-        """Remove the handlers added, restore the root level, close the duplicate of fd 2."""
+        """Remove the handlers added, restore the root level and the moved writers, close the duplicate of fd 2."""
+        import faulthandler
+        import sys
+
+        for moved, old in self._moved:
+            if moved.stream is self._stream:
+                moved.setStream(old)
+        if self._faulthandler:
+            faulthandler.enable(file=sys.stderr)
+        if self._old_thread_hook is not None and threading.excepthook == self._thread_died:
+            threading.excepthook = self._old_thread_hook
         for logger, handler in self._handlers:
             logger.removeHandler(handler)
         if self._restore_root_level:

@@ -276,6 +276,7 @@ class _PluginServer:
         # handshake pipe. On the network stdout/stderr are the service's own log: no capture.
         if network is None:
             self.capture.start()
+            self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
         elif sys.stdout is not None:
             sys.stdout.flush()
         os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
