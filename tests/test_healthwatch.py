@@ -104,3 +104,46 @@ def test_falls_back_to_check_when_watch_is_unimplemented(tmp_path: Path) -> None
             kv.put("__health__", b"NOT_SERVING")
             assert w.wait_for(NOT_SERVING, 10)
     assert [h[2] for h in w.history] == [SERVING, NOT_SERVING]
+
+
+def test_several_watchers_of_one_plugin_never_see_it_unreachable(tmp_path: Path) -> None:
+    """The plugin caps its health Watch streams; watchers reopening at each interval must still fit, and
+    one past the cap polls Check instead of reporting a healthy plugin unreachable."""
+    import time
+
+    events: list[tuple[int, str, str]] = []
+    lock = threading.Lock()
+    with Client(faulty_config(tmp_path)) as client:
+        client.dispense(PLUGIN_NAME)
+        watchers = []
+        for i in range(6):  # more than the plugin's cap (4)
+            def changed(old: str, new: str, why: str, i: int = i) -> None:
+                with lock:
+                    events.append((i, new, why))
+            watchers.append(HealthWatcher(client.channel, interval=0.3, timeout=0.3, on_change=changed,
+                                          name=f"w{i}").start())
+        try:
+            time.sleep(4.0)  # a dozen reopenings each
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+        states = [w.state for w in watchers]
+    assert not [e for e in events if e[1] != "SERVING"], events
+    assert states == ["SERVING"] * 6
+
+
+def test_a_watch_frees_its_place_when_its_call_ends(tmp_path: Path) -> None:
+    """Three watchers reopening at each interval stay on Watch: an ended stream's place is free at
+    once (it was held until the plugin's next poll, so reopenings overlapped and hit the cap)."""
+    import time
+
+    with Client(faulty_config(tmp_path)) as client:
+        client.dispense(PLUGIN_NAME)
+        watchers = [HealthWatcher(client.channel, interval=0.2, timeout=0.2, name=f"w{i}").start() for i in range(3)]
+        try:
+            time.sleep(4.0)
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+    assert [w.mode for w in watchers] == ["watch"] * 3
+    assert [w.state for w in watchers] == ["SERVING"] * 3

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +204,47 @@ def test_a_record_with_nan_or_infinity_stays_valid_json() -> None:
              "nested": {"low": [float("-inf"), 1.5]}}
     decoded = json.loads(hclog_json(entry), parse_constant=refuse)
     assert decoded["ratio"] == "NaN" and decoded["top"] == "+Inf" and decoded["nested"] == {"low": ["-Inf", 1.5]}
+
+
+def test_serve_keeps_the_programs_own_thread_hook_and_faulthandler_file(tmp_path: Path) -> None:
+    """keep_stderr_writers() follows stderr only: a thread excepthook or a faulthandler file the
+    program chose itself stays as it was (checked in a child that really crashes)."""
+    dump = tmp_path / "faults.txt"
+    marker = tmp_path / "hook.txt"
+    script = f"""
+import faulthandler, sys, threading
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent / "src")!r})
+from plugbay.core.plugin.logs import PluginLogging
+out = open({str(dump)!r}, "w")
+faulthandler.enable(file=out)
+def own_hook(args):
+    open({str(marker)!r}, "w").write(f"own hook saw {{args.exc_value}}")
+threading.excepthook = own_hook
+logging_ = PluginLogging(None)
+logging_.keep_stderr_writers()
+assert threading.excepthook is own_hook
+t = threading.Thread(target=lambda: 1 / 0)
+t.start(); t.join()
+faulthandler._sigsegv()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0  # it crashed, as asked
+    assert "Fatal Python error" in dump.read_text(), done.stderr  # the program's own file got the dump
+    assert marker.read_text() == "own hook saw division by zero"
+
+
+def test_a_thread_ending_by_an_exception_is_logged_and_the_default_hook_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from plugbay.core.plugin.logs import PluginLogging
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # pytest has its own meanwhile
+    before = threading.excepthook
+    plugin_logging = PluginLogging(None)
+    try:
+        plugin_logging.keep_stderr_writers()
+        assert threading.excepthook is not before  # plugbay's: an error record on the original stderr
+    finally:
+        plugin_logging.close()
+    assert threading.excepthook is before

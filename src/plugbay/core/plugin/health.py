@@ -62,6 +62,11 @@ class HealthServicer:
             self._closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake the Watch streams now (one of them ended: it leaves its wait at once)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def Check(self, request: HealthCheckRequest, context: grpc.ServicerContext) -> HealthCheckResponse:
         with self._cond:
             status = self._status.get(request.service)
@@ -96,7 +101,7 @@ def add_to_server(servicer: HealthServicer, server: grpc.Server, watches: int | 
     server's threads for as long as it is open, and those threads are the ones that must answer
     Check and Shutdown; a Watch past the cap is refused with RESOURCE_EXHAUSTED.
     """
-    watch = servicer.Watch if watches is None else _capped(servicer.Watch, watches)
+    watch = servicer.Watch if watches is None else _capped(servicer, watches)
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, request_deserializer=_request,
                                                      response_serializer=_serialize),
@@ -107,8 +112,8 @@ def add_to_server(servicer: HealthServicer, server: grpc.Server, watches: int | 
     server.add_registered_method_handlers(SERVICE, handlers)
 
 
-def _capped(watch: Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator[HealthCheckResponse]],
-            limit: int) -> Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator[HealthCheckResponse]]:
+def _capped(servicer: HealthServicer, limit: int
+            ) -> Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator[HealthCheckResponse]]:
     slots = threading.BoundedSemaphore(limit)
 
     def capped(request: HealthCheckRequest, context: grpc.ServicerContext) -> Iterator[HealthCheckResponse]:
@@ -116,10 +121,18 @@ def _capped(watch: Callable[[HealthCheckRequest, grpc.ServicerContext], Iterator
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"this plugin already serves {limit} health Watch streams; close one, or poll"
                           " with Check")
+        freed = threading.Lock()
+
+        def free() -> None:  # once, as soon as the call ends (a watcher reopening at once finds its place)
+            if freed.acquire(blocking=False):
+                slots.release()
+                servicer.wake()  # the stream's wait ends now, not at its next poll
+
+        context.add_callback(free)
         try:
-            yield from watch(request, context)
+            yield from servicer.Watch(request, context)
         finally:
-            slots.release()
+            free()
 
     return capped
 

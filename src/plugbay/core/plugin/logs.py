@@ -94,19 +94,23 @@ class PluginLogging:
         import faulthandler
         import sys
 
-        loggers = [logging.getLogger()] + [x for x in logging.Logger.manager.loggerDict.values()
-                                           if isinstance(x, logging.Logger)]
+        with getattr(logging, "_lock", threading.RLock()):  # logging's own: another thread may add a logger
+            known = list(logging.Logger.manager.loggerDict.values())
+        loggers = [logging.getLogger()] + [x for x in known if isinstance(x, logging.Logger)]
         ours = {id(h) for _, h in self._handlers}
         for logger in loggers:
             for handler in logger.handlers:
                 if (type(handler) is logging.StreamHandler and id(handler) not in ours
                         and handler.stream in (sys.stderr, sys.__stderr__)):
                     self._moved.append((handler, handler.setStream(self._stream)))
-        if faulthandler.is_enabled():
+        # faulthandler on stderr from the start (PYTHONFAULTHANDLER, -X faulthandler): follow it to
+        # the original fd 2; one the program pointed at a file of its own is left where it is
+        if faulthandler.is_enabled() and (os.environ.get("PYTHONFAULTHANDLER") or "faulthandler" in sys._xoptions):
             faulthandler.enable(file=self._stream)
             self._faulthandler = True
-        self._old_thread_hook = threading.excepthook
-        threading.excepthook = self._thread_died
+        if threading.excepthook is threading.__excepthook__:  # a hook of the program's own stays
+            self._old_thread_hook = threading.excepthook
+            threading.excepthook = self._thread_died
 
     def _thread_died(self, args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:

@@ -157,8 +157,10 @@ class HealthWatcher:
                 if self._stop.is_set():
                     return
                 code = status_of(exc)
-                if code == grpc.StatusCode.UNIMPLEMENTED and self.mode == "watch":
-                    _log.debug("plugin %s does not implement health Watch; polling Check", self.name)
+                if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED) and self.mode == "watch":
+                    # no Watch, or no room for another (plugbay caps them): the plugin answers Check
+                    _log.debug("plugin %s serves no health Watch for us (%s); polling Check", self.name,
+                               code.name if code is not None else "")
                     self.mode = "check"
                     continue
                 if code == grpc.StatusCode.NOT_FOUND:
