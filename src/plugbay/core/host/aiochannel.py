@@ -13,7 +13,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -27,6 +27,15 @@ _T = TypeVar("_T")
 # Failures whose meaning may need the plugin's exit status, which can take the exit probe a
 # moment to see (a socket closes a few milliseconds before the exit is visible).
 _MAY_MEAN_EXIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def off_loop(executor: Executor | None, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """``func(*args)`` on ``executor``; once that is shut down (its owner was killed), on the loop's own."""
+    loop = asyncio.get_running_loop()
+    try:
+        return loop.run_in_executor(executor, func, *args)
+    except RuntimeError:  # cannot schedule new futures after shutdown
+        return loop.run_in_executor(None, func, *args)
 
 
 class WrongLoop(_TranslatedRpcError, ClientStateError):
@@ -79,12 +88,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def offload(self, func: Callable[..., _T], *args: Any) -> _T:
         """``func(*args)`` off the event loop (it may wait on the plugin's exit or its output)."""
-        loop = asyncio.get_running_loop()
-        try:
-            done = loop.run_in_executor(self._executor, func, *args)
-        except RuntimeError:  # the owner's executor was shut down (after kill): the loop's own
-            done = loop.run_in_executor(None, func, *args)
-        return await done
+        return await off_loop(self._executor, func, *args)
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
         if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may wait
@@ -200,13 +204,18 @@ class _AioCall:
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _result(self) -> Any:
+    async def _step(self, step: Awaitable[_T]) -> _T:
+        """Await one step of the call (its result, a read, a write), its failures typed."""
         try:
-            return await self._call
+            return await step
         except grpc.RpcError as exc:
             raise await self._translated(exc) from exc
         except asyncio.CancelledError:
             raise await self._cancelled() from None
+
+    async def _result(self) -> Any:
+        try:
+            return await self._step(self._call)
         finally:
             managed = self._owner._managed
             if managed.after_call is not None:
@@ -222,32 +231,18 @@ class _AioCall:
             raise await self._cancelled() from None
 
     async def read(self) -> Any:
-        try:
-            return await self._call.read()
-        except grpc.RpcError as exc:
-            raise await self._translated(exc) from exc
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
+        return await self._step(self._call.read())
 
     async def write(self, request: Any) -> None:
         try:
-            await self._call.write(request)
-        except grpc.RpcError as exc:
-            raise await self._translated(exc) from exc
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
+            await self._step(self._call.write(request))
         except asyncio.InvalidStateError:
             if not self._call.done():  # a write after done_writing(): the caller's own misuse
                 raise
             raise await self._ended() from None  # grpc.aio: "RPC already finished": how it ended
 
     async def done_writing(self) -> None:
-        try:
-            await self._call.done_writing()
-        except grpc.RpcError as exc:
-            raise await self._translated(exc) from exc
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
+        await self._step(self._call.done_writing())
 
     async def _ended(self) -> BaseException:
         """A write to a call that had ended: how it ended (typed), or the misuse it is when it ended well."""

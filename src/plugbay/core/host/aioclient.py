@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.core.host.aiochannel import AioManagedChannel
+from plugbay.core.host.aiochannel import AioManagedChannel, off_loop
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
@@ -211,20 +211,11 @@ class AsyncClient:
         self._stopper.shutdown(wait=False)
 
     def _work_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-        return _submit(self._executor, func, *args)
+        return off_loop(self._executor, func, *args)
 
     def _stop_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Kill and close on a thread of their own: never queued behind a start or dispense."""
-        return _submit(self._stopper, func, *args)
-
-
-def _submit(executor: ThreadPoolExecutor, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-    """``func(*args)`` on ``executor`` (once it is shut down, after kill: the loop's own)."""
-    loop = asyncio.get_running_loop()
-    try:
-        return loop.run_in_executor(executor, func, *args)
-    except RuntimeError:  # shut down
-        return loop.run_in_executor(None, func, *args)
+        return off_loop(self._stopper, func, *args)
 
 
 async def _to_end(future: asyncio.Future[Any]) -> bool:

@@ -175,7 +175,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
 
     def check_open(self) -> None:
         """Raise the typed error a call gets once the connection was closed (killed, or the plugin died)."""
-        if self._closed or self._closing:
+        if self.refuses_calls():
             raise self.translate_closed()
 
     def new_call(self, kind: str, method: str, ser: Any, de: Any) -> tuple[int, Any]:
