@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,15 @@ def wait_for_file(path: Path, timeout: float = BOUND) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"the plugin never wrote its marker {path} within {timeout}s")
         time.sleep(0.02)
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether no process has ``pid`` any more (exited and reaped; a zombie is still there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from tests import gobuild
+from tests.race_util import pid_gone
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -61,19 +62,16 @@ def kv_config(cmd: list[str], **kw: Any) -> ClientConfig:
     return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=cmd, **kw)
 
 
+def misbehave_kv(binary: str, **kw: Any) -> ClientConfig:
+    """go-plugin's misbehaving Go KV plugin (trap keys __die__, __hang__, __log__), at most 60 s alive."""
+    return kv_config([binary], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"}, **kw)
+
+
 def go_binary(name: str) -> str:
     reason = gobuild.go_missing_reason()
     if reason is not None:
         pytest.skip(reason)
     return str(gobuild.build_go(name))
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +120,7 @@ def test_a_plugin_dying_in_a_call_is_a_plugin_died_error() -> None:
     misbehave = go_binary("misbehave")
 
     async def main() -> None:
-        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"})
+        config = misbehave_kv(misbehave)
         async with AsyncClient(config) as client:
             kv = await client.dispense(PLUGIN_NAME)
             with pytest.raises(PluginDiedError) as caught:
@@ -141,8 +139,7 @@ def test_the_default_deadline_applies_and_the_loop_keeps_running_meanwhile() -> 
     misbehave = go_binary("misbehave")
 
     async def main() -> int:
-        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"},
-                           call_timeout=0.5)
+        config = misbehave_kv(misbehave, call_timeout=0.5)
         async with AsyncClient(config) as client:
             kv = await client.dispense(PLUGIN_NAME)
             ticks = 0
@@ -191,7 +188,7 @@ def test_calls_dispense_and_start_after_kill_are_refused() -> None:
         pid = client.sync_client.runner.reattach_data()["pid"]
         await client.kill()
         await client.kill()  # idempotent
-        assert gone(int(pid))
+        assert pid_gone(int(pid))
         with pytest.raises(ClientStateError) as caught:
             await kv.get("a")
         assert isinstance(caught.value, grpc.RpcError) and caught.value.code() == grpc.StatusCode.CANCELLED
@@ -207,8 +204,7 @@ def test_kill_during_calls_fails_them_as_killed() -> None:
     misbehave = go_binary("misbehave")
 
     async def main() -> None:
-        config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"},
-                           kill_grace=1.0)
+        config = misbehave_kv(misbehave, kill_grace=1.0)
         client = AsyncClient(config)
         await client.start()
         kv = await client.dispense(PLUGIN_NAME)
@@ -241,7 +237,7 @@ def test_cancelling_start_stops_the_plugin_it_launched() -> None:
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
-        assert gone(runner.pid)
+        assert pid_gone(runner.pid)
         with pytest.raises(ClientStateError):
             await client.start()
         for _ in range(100):  # the client's own threads end with the failed start (bounded wait)
@@ -264,7 +260,7 @@ def test_cancelling_kill_still_stops_the_plugin() -> None:
         killing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await killing
-        assert gone(pid) and client.exited
+        assert pid_gone(pid) and client.exited
 
     run(main())
 
@@ -446,7 +442,7 @@ def test_the_client_belongs_to_the_loop_that_started_it() -> None:
         await client.kill()  # from this loop too: no error, the plugin stops
 
     run(second())
-    assert gone(pid)
+    assert pid_gone(pid)
 
 
 def test_cancelling_start_works_when_the_loops_executor_is_busy() -> None:
@@ -463,7 +459,7 @@ def test_cancelling_start_works_when_the_loops_executor_is_busy() -> None:
         try:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(client.start(), 1.0)
-            assert runner.pid is not None and gone(runner.pid)
+            assert runner.pid is not None and pid_gone(runner.pid)
         finally:
             release.set()
             await busy
@@ -577,7 +573,7 @@ def test_many_tasks_share_one_start_and_a_cancel_or_kill_ends_it_at_once() -> No
             task.cancel()
         results = await asyncio.gather(*starts, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-        assert gone(pid) and not await _until_no_threads(client)
+        assert pid_gone(pid) and not await _until_no_threads(client)
 
         client, runner = silent_client()
         dispensers = [asyncio.create_task(client.dispense(PLUGIN_NAME)) for _ in range(6)]
@@ -585,7 +581,7 @@ def test_many_tasks_share_one_start_and_a_cancel_or_kill_ends_it_at_once() -> No
         await client.kill()
         results = await asyncio.gather(*dispensers, return_exceptions=True)
         assert all(isinstance(r, ClientStateError) for r in results), results
-        assert gone(pid) and not await _until_no_threads(client)
+        assert pid_gone(pid) and not await _until_no_threads(client)
 
     began = time.monotonic()
     run(main())
@@ -619,7 +615,7 @@ def test_a_cancelled_reattach_start_never_stops_the_owners_plugin_whenever_it_la
 
 def test_close_from_another_loop_types_the_calls_it_ends() -> None:
     misbehave = go_binary("misbehave")
-    config = kv_config([misbehave], env={"MISBEHAVE_MODE": "kv", "MISBEHAVE_MAX_SECONDS": "60"})
+    config = misbehave_kv(misbehave)
     with Client(config) as owner:
         attached = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                                             reattach=owner.reattach_config()))

@@ -11,7 +11,6 @@ from ever reading its handshake line). These tests run real plugin processes
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from plugbay import Client, ClientConfig, ClientStateError, PlugbayError, ReattachConfig, Supervisor  # noqa: E402
 from plugbay.core.transport import ioloop  # noqa: E402
 from tests import gobuild  # noqa: E402
+from tests.race_util import pid_gone  # noqa: E402
 from tests.thread_util import plugbay_threads, wait_for  # noqa: E402
 
 TRAP = [sys.executable, str(REPO / "tests" / "plugins" / "trap_kv.py")]
@@ -83,14 +83,6 @@ def attach(added: list[tuple[logging.Logger, logging.Handler]], name: str, handl
     return handler
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def call_during_kill(call: Callable[[], object]) -> None:
     """A call whose log line kills its plugin: it may finish first, or fail typed (the Client is closing)."""
     try:
@@ -136,7 +128,7 @@ def test_kill_from_a_log_handler_returns_and_the_loop_keeps_serving_others(
         assert kv.get("__log__") == b"logged"
         assert on_bystander.done.wait(_WAIT), "the bystander's log lines stopped flowing"
 
-        wait_for(lambda: gone(pid), "the killed plugin's process to be reaped", _WAIT)
+        wait_for(lambda: pid_gone(pid), "the killed plugin's process to be reaped", _WAIT)
         victim.kill()  # off the loop: waits for the kill the handler started, then it is a no-op
         assert not [t for t in plugbay_threads() if t.startswith("plugbay-kill-")]
     assert bystander.exited
@@ -156,7 +148,7 @@ def test_kill_asked_while_start_waits_for_the_handshake(
         assert on_early.done.wait(_WAIT)
         assert on_early.thread == "plugbay-io" and on_early.error is None
         pid = int(client.runner.id)
-        wait_for(lambda: gone(pid), "the plugin killed from its own log line to be reaped", _WAIT)
+        wait_for(lambda: pid_gone(pid), "the plugin killed from its own log line to be reaped", _WAIT)
     finally:
         client.kill()
     assert client.exited
@@ -221,7 +213,7 @@ def test_kill_from_a_stdio_sink() -> None:
         assert killed.wait(_WAIT), "the plugin's stdout never reached the sink"
         assert errors == []
         assert client.exited
-        wait_for(lambda: gone(pid), "the plugin killed from its stdout sink to be reaped", _WAIT)
+        wait_for(lambda: pid_gone(pid), "the plugin killed from its stdout sink to be reaped", _WAIT)
 
 
 @pytest.mark.go
@@ -249,7 +241,7 @@ def test_kill_of_a_go_plugin_over_the_tls_relay_from_its_log_handler(
         assert loop_probe().wait(_WAIT), "the shared loop stayed blocked after kill() returned"
         kv.put("still", b"here")  # across the same loop's relay
         assert kv.get("still") == b"here"
-        wait_for(lambda: gone(pid), "the killed Go plugin's process to be reaped", _WAIT)
+        wait_for(lambda: pid_gone(pid), "the killed Go plugin's process to be reaped", _WAIT)
         victim.kill()
         assert not [t for t in plugbay_threads() if t.startswith("plugbay-kill-")]
 
@@ -264,7 +256,7 @@ def test_supervisor_stop_from_a_log_handler(handlers: list[tuple[logging.Logger,
         assert on_log.thread == "plugbay-io" and on_log.error is None
         assert loop_probe().wait(_WAIT), "the shared loop stayed blocked after stop() returned"
         wait_for(lambda: sup.state == "stopped", "the supervisor to stop", _WAIT)
-        wait_for(lambda: gone(pid), "the supervised plugin's process to be reaped", _WAIT)
+        wait_for(lambda: pid_gone(pid), "the supervised plugin's process to be reaped", _WAIT)
         assert sup.restarts == 0  # stopped, not restarted
     assert not [t for t in plugbay_threads() if t.startswith("plugbay-stop-")]
 
@@ -292,4 +284,4 @@ def test_close_asked_inside_start_is_refused(handlers: list[tuple[logging.Logger
     finally:
         logger.setLevel(level)
         client.kill()
-    wait_for(lambda: gone(pid), "the plugin to end", _WAIT)
+    wait_for(lambda: pid_gone(pid), "the plugin to end", _WAIT)
