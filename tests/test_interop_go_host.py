@@ -141,31 +141,46 @@ def _read_only_mounts() -> str | None:
         return None if done.returncode == 0 else f"no read-only bind mounts here: {done.stderr.strip()[:120]}"
 
 
+def _run_with_read_only_temp_dirs(work: Path, extra_env: dict[str, str], *args: str) -> tuple[int, str]:
+    """kv_host (and so its plugin, tests/plugins/probe.py) where /tmp and /var/tmp are read-only."""
+    reason = _read_only_mounts()
+    if reason is not None:
+        pytest.skip(reason)
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(PROBE))}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_", "PROBE_"))}
+    env.update({"KV_PLUGIN": cmd, "TMPDIR": "/tmp", **extra_env})
+    # every temp dir Python would fall back to is read-only for the host and its plugin
+    script = ("for d in /tmp /var/tmp; do mount --bind $d $d && mount -o remount,bind,ro $d || exit 97; done && "
+              f"exec {shlex.quote(str(build_go('kv_host')))} --timeout 60s {' '.join(args)}")
+    done = run_program("unshare", ["--mount", "sh", "-c", script], env=env, cwd=work, timeout=90)
+    return done.returncode, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("automtls", [False, True], ids=["plain", "automtls"])
 def test_a_read_only_temp_dir_is_fine_with_a_socket_dir(tmp_path: Path, automtls: bool) -> None:
     """A container's case: no writable temp dir, PLUGIN_UNIX_SOCKET_DIR writable. With a Go host's AutoMTLS
     the plugin fronts its socket with a TLS relay, whose private folder went to the temp dir (a traceback)."""
-    reason = _read_only_mounts()
-    if reason is not None:
-        pytest.skip(reason)
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm for a writable socket folder outside /tmp")
     work = tmp_path / "work"  # the plugin's cwd: read-only too (tempfile falls back to it)
     work.mkdir()
     sockets = tempfile.mkdtemp(prefix="pbsock", dir="/dev/shm")
     try:
-        cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(PROBE))}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_", "PROBE_"))}
-        env.update({"KV_PLUGIN": cmd, "TMPDIR": "/tmp", "PLUGIN_UNIX_SOCKET_DIR": sockets})
-        flags = "--automtls " if automtls else ""
-        # every temp dir Python would fall back to is read-only for the host and its plugin
-        script = ("for d in /tmp /var/tmp; do mount --bind $d $d && mount -o remount,bind,ro $d || exit 97; done && "
-                  f"exec {shlex.quote(str(build_go('kv_host')))} --timeout 60s {flags}put k v")
-        done = run_program("unshare", ["--mount", "sh", "-c", script], env=env, cwd=work, timeout=90)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "Traceback" not in done.stderr
+        flags = ["--automtls"] if automtls else []
+        code, output = _run_with_read_only_temp_dirs(work, {"PLUGIN_UNIX_SOCKET_DIR": sockets}, *flags, "put", "k", "v")
+        assert code == 0, output
+        assert "Traceback" not in output
         assert not os.listdir(sockets)  # the plugin's sockets and folders were made there, and removed
     finally:
         import shutil
 
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_no_writable_folder_at_all_is_one_line_saying_what_to_check(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    code, output = _run_with_read_only_temp_dirs(work, {}, "-v", "put", "k", "v")
+    assert code != 0
+    assert "plugin setup failed" in output and "PLUGIN_UNIX_SOCKET_DIR (or TMPDIR)" in output, output
+    assert "Traceback" not in output
