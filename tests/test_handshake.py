@@ -92,6 +92,16 @@ def test_reattach_handshake_facts_are_checked_too() -> None:
         HandshakeInfo.from_dict({"core_version": 1, "app_version": 1, "network": "unix", "address": "rel"})
 
 
+def test_a_reattach_server_cert_that_is_not_base64_is_a_config_error() -> None:
+    # a loose base64 decode turned ":" into an empty certificate, which then read back as no certificate
+    base = {"core_version": 1, "app_version": 1, "network": "unix", "address": "/tmp/x.sock"}
+    for bad in (":", "!!!!", "QQ", 5, ["QQ=="]):
+        with pytest.raises(errors.ConfigError, match="'server_cert' must be the plugin certificate in base64"):
+            HandshakeInfo.from_dict({**base, "server_cert": bad})
+    assert HandshakeInfo.from_dict({**base, "server_cert": ""}).server_cert is None
+    assert HandshakeInfo.from_dict({**base, "server_cert": "QUJD"}).server_cert == b"ABC"
+
+
 def test_core_protocol_mismatch() -> None:
     with pytest.raises(errors.ProtocolMismatchError, match="core API version"):
         parse_handshake_line("2|1|tcp|127.0.0.1:1|grpc")

@@ -180,7 +180,7 @@ class HandshakeInfo(Frozen):
             network=str(data["network"]),
             address=str(data["address"]),
             protocol=str(data.get("protocol", PROTOCOL_GRPC)),
-            server_cert=base64.b64decode(cert) if cert else None,
+            server_cert=_server_cert(cert) if cert not in (None, "") else None,
             multiplex=bool(data.get("multiplex", False)),
         )
 
@@ -188,6 +188,18 @@ class HandshakeInfo(Frozen):
         import json  # here: a plugin process never writes one (~2 ms of its start)
 
         return json.dumps(self.to_dict())
+
+
+def _server_cert(value: Any) -> bytes:
+    """The base64 DER certificate of untrusted handshake facts (to_dict's form): strict, and never empty."""
+    try:
+        der = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except ValueError:
+        der = b""
+    if not der:
+        raise ConfigError(f"handshake facts field 'server_cert' must be the plugin certificate in base64 (or null),"
+                          f" got {value!r:.80}; pass ReattachConfig.to_json() output")
+    return der
 
 
 def _whole_number(data: Mapping[str, Any], key: str) -> int:
