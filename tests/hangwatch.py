@@ -45,10 +45,12 @@ class _Watch:
                 if due:
                     self.test = None  # once per test
             if due and main is not None:
+                handled = callable(signal.getsignal(signal.SIGALRM))  # SIG_DFL would end the process
                 os.write(self.fd, f"\n+++ {nodeid} outlived its timeout by {NUDGE:.0f} s: every thread's"
-                                  " stack, then SIGALRM to the main thread +++\n".encode())
+                                  f" stack{', then SIGALRM to the main thread' if handled else ''} +++\n".encode())
                 faulthandler.dump_traceback(file=self.fd, all_threads=True)
-                signal.pthread_kill(main, signal.SIGALRM)
+                if handled:
+                    signal.pthread_kill(main, signal.SIGALRM)
 
 
 _watch: _Watch | None = None
