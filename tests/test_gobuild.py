@@ -277,8 +277,8 @@ def test_misbehave_trap_keys(tmp_path: Path, sockdir: str) -> None:
 
 
 def test_misbehave_hang_and_linger_are_ended_by_the_host(tmp_path: Path, sockdir: str) -> None:
-    rc, _, err = _kv(tmp_path, sockdir, "--timeout", "2s", "get", "__hang__", plugin="misbehave")
-    assert rc == 3 and "kv_host: timed out after 2s" in err and "hanging during a call" in err
+    rc, out, err = _kv(tmp_path, sockdir, "--timeout", "2s", "get", "__hang__", plugin="misbehave")
+    assert rc == 3 and "kv_host: timed out after 2s" in err and "hanging during a call" in err, (rc, out, err)
     rc, out, err = _kv(tmp_path, sockdir, "put", "x", "y", plugin="misbehave", MISBEHAVE_MODE="linger")
     assert rc == 0, (out, err)
     assert "lingering instead of exiting" in err and "kv_host: kill graceful=false" in err

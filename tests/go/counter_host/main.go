@@ -111,8 +111,7 @@ func main() {
 	host := hostutil.NewHost("counter_host", "COUNTER_PLUGIN", *verbose)
 	host.Watchdog(*timeout)
 	if err := run(host, args, *autoMTLS); err != nil {
-		fmt.Println("Error:", err.Error())
-		os.Exit(1)
+		host.Fail("Error: " + err.Error())
 	}
 }
 

@@ -59,8 +59,7 @@ func main() {
 	host := hostutil.NewHost("kv_host", "KV_PLUGIN", *verbose)
 	host.Watchdog(*timeout)
 	if err := run(host, args, *autoMTLS); err != nil {
-		fmt.Printf("error: %v\n", err)
-		os.Exit(1)
+		host.Fail(fmt.Sprintf("error: %v", err))
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,9 +30,10 @@ var Handshake = plugin.HandshakeConfig{
 // process group: dash forks rather than execs, and go-plugin 1.0.1's forced kill only hits `sh`,
 // after which Kill would wait for the plugin forever. The group lets us end the plugin as well.
 type Host struct {
-	Prog string
-	Cmd  *exec.Cmd
-	Sink *LogSink
+	Prog     string
+	Cmd      *exec.Cmd
+	Sink     *LogSink
+	timedOut atomic.Bool
 }
 
 // NewHost prepares the plugin command from the environment variable envVar.
@@ -57,10 +59,21 @@ func (h *Host) killGroup() {
 // Watchdog ends the plugin's group and exits with code 3 once d has passed.
 func (h *Host) Watchdog(d time.Duration) {
 	time.AfterFunc(d, func() {
-		h.killGroup()
+		h.timedOut.Store(true) // before the kill: the call the kill ends must not exit first (see Fail)
 		fmt.Fprintf(os.Stderr, "%s: timed out after %s\n", h.Prog, d)
+		h.killGroup()
 		os.Exit(3)
 	})
+}
+
+// Fail prints the run's error on stdout and exits with code 1, unless the watchdog fired: the
+// error is then the kill's doing, and the watchdog's exit (code 3) is the one to report.
+func (h *Host) Fail(line string) {
+	if h.timedOut.Load() {
+		select {}
+	}
+	fmt.Println(line)
+	os.Exit(1)
 }
 
 // Kill runs client.Kill (GRPCController.Shutdown, 2 s grace, forced kill), makes sure nothing of
