@@ -68,8 +68,9 @@ def test_health_watch_streams_cannot_starve_check_and_shutdown(plugins: list[Plu
 
 def test_shutdown_with_the_broker_stream_open_does_not_wait_out_the_grace(plugins: list[PluginProc]) -> None:
     # go-plugin's host kills a plugin 2 s after Shutdown; the graceful stop (1.5 s) waited for the
-    # broker stream, which only the broker's close ended, and that came after the stop
-    p = start(plugins)
+    # broker stream, which only the broker's close ended, and that came after the stop. A 10 s grace
+    # here: a stop that waits for the stream shows plainly, however slow the machine
+    p = start(plugins, {"PROBE_STOP_GRACE": "10"})
     ch = p.channel(p.handshake())
     outbox: queue.Queue[grpc_broker_pb2.ConnInfo | None] = queue.Queue()
 
@@ -89,7 +90,7 @@ def test_shutdown_with_the_broker_stream_open_does_not_wait_out_the_grace(plugin
         outbox.put(None)
         stream.cancel()
     assert code == 0, err
-    assert took < 1.2, f"exit {took:.2f}s after Shutdown: the stop waited for the broker stream"
+    assert took < 5, f"exit {took:.2f}s after Shutdown: the stop waited for the broker stream"
 
 
 @pytest.mark.parametrize("size", ["-1"])

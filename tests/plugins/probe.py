@@ -18,6 +18,7 @@ PROBE_BAD=register     the plugin's grpc_server raises
 PROBE_BAD=notgrpc      the plugin set holds an object that is not a GRPCPlugin
 PROBE_STDIO_MAX=N      keep at most N bytes of captured output
 PROBE_BASICCONFIG=1    logging.basicConfig() (a stderr handler of the program's own) before serve()
+PROBE_STOP_GRACE=S     the graceful stop's grace (server.STOP_GRACE) in seconds: a stop that waits it out shows
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="probe-handler %(levelname)s %(message)s")
     if os.environ.get("PROBE_STDIO_MAX"):
         config.stdio_buffer_bytes = int(os.environ["PROBE_STDIO_MAX"])
+    if os.environ.get("PROBE_STOP_GRACE"):
+        import plugbay.core.plugin.server as plugin_server
+
+        plugin_server.STOP_GRACE = float(os.environ["PROBE_STOP_GRACE"])
     serve(config)
 
 
