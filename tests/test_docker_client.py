@@ -115,7 +115,8 @@ def test_container_exiting_before_handshake(plugbay_image: Any) -> None:
 
 def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:
     runner = DockerRunner(plugbay_image("kv"), entrypoint=["sleep", "60"])
-    with pytest.raises(HandshakeTimeoutError, match="handshake line within"):
+    # "handshake line within", or "too little ... for its handshake line" when a slow engine took 90% of the 3 s
+    with pytest.raises(HandshakeTimeoutError, match="handshake line"):
         with Client(_config(runner, start_timeout=3)):
             pass
     assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []

@@ -115,7 +115,7 @@ def test_a_quiet_live_peer_is_pinged_and_kept() -> None:
     ours = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-quiet")
     theirs = Session(b, client=False, on_stream=lambda s: s.reset(), name="t-quiet-peer")
     try:
-        ticking(Keepalive(interval=0.2, timeout=0.5), ours, until=2.0)
+        ticking(Keepalive(interval=0.2, timeout=2.0), ours, until=2.0)  # a loaded machine answers late, not never
         assert not ours.closed, ours.close_reason
         assert theirs.heard >= 3 and ours.heard >= 3  # pings went out, and each was answered
     finally:

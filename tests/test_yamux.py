@@ -904,8 +904,13 @@ def test_a_ping_that_waited_for_room_gets_no_more_than_its_timeout_for_the_answe
             break
     session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-pingwait")
     result: list[bool] = []
-    started = time.monotonic()
-    pinger = threading.Thread(target=lambda: result.append(session.ping(2.0)), name="plugbay-test-ping")
+    began: list[float] = []
+
+    def ping() -> None:
+        began.append(time.monotonic())  # here, not before the thread starts: a late thread would move the timeout
+        result.append(session.ping(2.0))
+
+    pinger = threading.Thread(target=ping, name="plugbay-test-ping")
     try:
         pinger.start()
         threading.Event().wait(1.0)  # the ping waits for room meanwhile
@@ -914,7 +919,7 @@ def test_a_ping_that_waited_for_room_gets_no_more_than_its_timeout_for_the_answe
         while len(wire) < filled + 12:  # the junk, then the ping's header
             wire += far.recv(1 << 20)
         pid = struct.unpack(">BBHII", wire[filled:filled + 12])[4]
-        threading.Event().wait(max(0.0, started + 2.6 - time.monotonic()))  # past the ping's timeout
+        threading.Event().wait(max(0.0, began[0] + 2.6 - time.monotonic()))  # past the ping's timeout
         far.sendall(struct.pack(">BBHII", 0, PING, ACK, 0, pid))
         pinger.join(10)
         assert result == [False]
