@@ -91,3 +91,29 @@ def test_the_wait_is_the_runners_own_and_no_longer(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     error = _hung_call_killed(0.2)
     assert isinstance(error, PluginUnavailableError) and not isinstance(error, PluginDiedError), error
+
+
+class UntoldRunner(ProcessRunner):
+    """Never tells of the exit by itself: only the Client's probe of a failed call learns of it."""
+
+    def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
+        return AttachedRunner.watch_exit(self, lambda code: None)
+
+
+def test_once_a_failed_call_learned_of_the_exit_later_calls_are_refused_unsent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # client.exited said True while the channel stayed open until the exit watch closed it: a call
+    # made in between was sent to the dead plugin and reported as dying "during the call"
+    monkeypatch.chdir(tmp_path)
+    runner = UntoldRunner(TRAP)
+    config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner, call_timeout=10)
+    with Client(config) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        os.kill(int(runner.id), signal.SIGKILL)
+        with pytest.raises(PluginDiedError) as first:
+            kv.get("k")
+        assert client.exited and first.value.sent is not False
+        with pytest.raises(PluginDiedError) as again:
+            kv.get("k")
+        assert again.value.sent is False and "is gone" in str(again.value), again.value

@@ -169,6 +169,12 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         for func in list(self.on_close_current):
             func()
 
+    def refuse_calls(self) -> None:
+        """The plugin is known to have exited: new calls are refused unsent from now on, before
+        close_current() closes the channel. No lock: the exit probe may run under it (check_open)."""
+        self._closed = True
+        self._generation += 1  # call objects cached for the open channel are built again: refused
+
     def refuses_calls(self) -> bool:
         """The connection was closed (killed, or the plugin died): calls get translate_closed()."""
         return self._closed or self._closing

@@ -260,9 +260,11 @@ class Client(ClientParts):
             self._on_exit(self._exit_code)
 
     def _on_exit(self, code: int) -> None:
-        self._exit_code = code
         if self._stop.is_set() or not self._exit_gate.tell():
+            self._exit_code = code
             return
+        self._refuse_calls()  # before exited reads True: a call made after it is never sent
+        self._exit_code = code
         _log.warning("plugin %s exited with code %s", self.name, code)
         # Fail calls still in flight now, whatever the transport (a published
         # port may keep a dead plugin's connection open).
@@ -277,6 +279,11 @@ class Client(ClientParts):
         if stdio is not None:  # on the loop, it shares the broker stream's connection
             stdio.cancel()
 
+    def _refuse_calls(self) -> None:
+        channel = self._channel
+        if channel is not None:
+            channel.refuse_calls()
+
     def _exit_probe(self, wait: float) -> str | None:
         """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
         code = self._exit_code
@@ -284,6 +291,8 @@ class Client(ClientParts):
             code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
         if code is None:
             return None
+        if self._exit_code is None and self._exit_gate.is_open:  # learned here before the exit watch
+            self._refuse_calls()
         self._exit_code = code
         self._drain_logs()
         return describe_exit(code, self._logs.tail()[-5:])

@@ -64,6 +64,11 @@ class ExitGate:
         with self._lock:
             self._open = True
 
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open
+
     def tell(self) -> bool:
         """True for the one caller that acts on the exit; False before open() and after that one."""
         with self._lock:
