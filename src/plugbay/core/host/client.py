@@ -263,8 +263,7 @@ class Client(ClientParts):
         if self._stop.is_set() or not self._exit_gate.tell():
             self._exit_code = code
             return
-        self._refuse_calls()  # before exited reads True: a call made after it is never sent
-        self._exit_code = code
+        self._learned_exit(code, refuse=True)
         _log.warning("plugin %s exited with code %s", self.name, code)
         # Fail calls still in flight now, whatever the transport (a published
         # port may keep a dead plugin's connection open).
@@ -279,10 +278,13 @@ class Client(ClientParts):
         if stdio is not None:  # on the loop, it shares the broker stream's connection
             stdio.cancel()
 
-    def _refuse_calls(self) -> None:
+    def _learned_exit(self, code: int, refuse: bool) -> None:
+        """Publish the exit code; ``refuse``: mark the channel refusing first, so a call made once
+        ``exited`` reads True is never sent (the mark takes no lock: the probe runs under the channel's)."""
         channel = self._channel
-        if channel is not None:
+        if refuse and channel is not None:
             channel.refuse_calls()
+        self._exit_code = code
 
     def _exit_probe(self, wait: float) -> str | None:
         """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
@@ -291,9 +293,8 @@ class Client(ClientParts):
             code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
         if code is None:
             return None
-        if self._exit_code is None and self._exit_gate.is_open:  # learned here before the exit watch
-            self._refuse_calls()
-        self._exit_code = code
+        # learned here before the exit watch: refused as the watch would
+        self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
         self._drain_logs()
         return describe_exit(code, self._logs.tail()[-5:])
 
