@@ -168,6 +168,43 @@ def host_alone_cases() -> list[Case]:
             for m in (False, True)]
 
 
+def _relay_tail(c: Context) -> Result:
+    """The relay's cost on its own: AutoMTLS (relay-tls) rounds alternating with plaintext ones.
+
+    One row's p99 is the highest of its rounds' and the rows run minutes apart, so the two core
+    rows' p99 ratio mostly measures the machine. Here the relay and plaintext rounds alternate,
+    max(5, ctx.rounds) of each; the figures are their medians, the ratios the medians of the
+    rounds' own ratios.
+    """
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay import ClientConfig
+
+    plugin = go_program(c, "kv_plugin")
+    if plugin is None:
+        return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+    plain: list[Result] = []
+    relay: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(max(5, c.rounds)):
+            for tls, into in ((False, plain), (True, relay)):
+                config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=tls,
+                                      runner=_runner([plugin], cwd), call_timeout=c.call_timeout)
+                into.append(python_host_round(config, c.calls))
+    med = statistics.median
+    return Result(
+        start_to_first_call_ms=med(r.start_to_first_call_ms for r in relay),
+        p50_us=med(r.p50_us for r in relay), p99_us=med(r.p99_us for r in relay),
+        calls=sum(r.calls for r in relay), calls_per_s=med(r.calls_per_s for r in relay),
+        floor_start_ms=med(r.start_to_first_call_ms for r in plain),
+        floor_p50_us=med(r.p50_us for r in plain), floor_p99_us=med(r.p99_us for r in plain),
+        floor_calls_per_s=med(r.calls_per_s for r in plain),
+        metrics={"relay/plain p50 x": med(r.p50_us / p.p50_us for r, p in zip(relay, plain)),
+                 "relay/plain p99 x": med(r.p99_us / p.p99_us for r, p in zip(relay, plain))},
+        note=f"medians of {len(relay)} relay-tls rounds; ratio column: against the plaintext"
+             " rounds alternating with them (not a bare grpcio floor)")
+
+
 def cases(ctx: Context) -> list[Case]:
     out: list[Case] = []
     for automtls in (False, True):
@@ -194,4 +231,5 @@ def cases(ctx: Context) -> list[Case]:
                 Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
     ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
                                                        "Go/Go"].index(f"{c.host}/{c.plugin}")))
-    return floor_cases() + ordered + host_alone_cases()
+    tail = Case("Python", "Go", True, _relay_tail, transport="process, unix, vs plaintext", floor="floor-host")
+    return floor_cases() + ordered + [tail] + host_alone_cases()
