@@ -175,6 +175,55 @@ def test_output_written_while_discarding_never_reaches_the_reader_that_comes_nex
     assert done.stdout.strip() == "(0, True)", done.stdout + done.stderr
 
 
+_PUMP_ERROR = r"""
+import logging, os, sys, time
+from plugbay.core.plugin.stdio import STDOUT, StdioCapture
+capture = StdioCapture(logging.getLogger("t"))
+real_add = capture._add
+failed = []
+def add_failing_once(channel, data):
+    if not failed:
+        failed.append(len(data))
+        raise RuntimeError("injected")
+    real_add(channel, data)
+capture._add = add_failing_once
+capture.start()
+out = capture.original_stdout
+os.write(1, b"lost\n")
+deadline = time.monotonic() + 10
+while not failed and time.monotonic() < deadline:
+    time.sleep(0.01)
+generation = capture.attach()
+# far more than a pipe holds: the writes go on only while the pump drains fd 1
+os.set_blocking(1, False)
+written, deadline = 0, time.monotonic() + 20
+while written < 4 << 20 and time.monotonic() < deadline:
+    try:
+        written += os.write(1, b"x" * 65536)
+    except BlockingIOError:
+        time.sleep(0.005)
+os.set_blocking(1, True)
+os.write(1, b"after\n")
+seen, deadline = b"", time.monotonic() + 10
+while not seen.endswith(b"after\n") and time.monotonic() < deadline:
+    got = capture.next_chunk(generation, 0.5, lambda: True)
+    if isinstance(got, tuple):
+        seen = (seen + got[1])[-64:]
+os.write(out, repr((len(failed), written >= 4 << 20, seen.endswith(b"after\n"))).encode() + b"\n")
+capture.stop()
+"""
+
+
+def test_the_capture_pump_goes_on_after_an_unexpected_error() -> None:
+    # A pump thread that ended left the program's fds 1 and 2 on pipes nobody read: its writes
+    # blocked once a pipe was full, or failed with EPIPE once the pump closed its ends.
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _PUMP_ERROR], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, True, True)", done.stdout + done.stderr
+
+
 def test_a_stdio_reader_whose_channel_closed_first_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exit watcher may close the channel before the reader's thread makes its call: no thread crash."""
     import grpc

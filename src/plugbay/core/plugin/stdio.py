@@ -133,7 +133,7 @@ class StdioCapture:
                         except OSError:
                             data = b""
                         if data:
-                            self._add(self._readers[fd], data)
+                            self._keep(self._readers[fd], data)
                     if not data:
                         poller.unregister(fd)
                         open_fds.discard(fd)
@@ -145,6 +145,13 @@ class StdioCapture:
             with self._cond:
                 self._eof = True
                 self._cond.notify_all()
+
+    def _keep(self, channel: Channel, data: bytes) -> None:
+        try:
+            self._add(channel, data)
+        except Exception:  # noqa: BLE001 - the pump must go on: a pump that ended would leave the
+            # program's writes to fds 1 and 2 blocked on a full pipe, or failing once it closed them
+            self._log.exception("captured output lost (%d bytes); capture goes on", len(data))
 
     def _add(self, channel: Channel, data: bytes) -> None:
         dropped = 0
