@@ -145,7 +145,7 @@ def test_bad_policy_is_refused_with_the_reason(kwargs: dict[str, float], message
 
 
 def test_install_needs_a_client_or_managed_channel() -> None:
-    with pytest.raises(ConfigError, match="needs a started Client or a ManagedChannel, got object"):
+    with pytest.raises(ConfigError, match="needs a started Client or AsyncClient, or a ManagedChannel, got object"):
         install(object(), retry=RetryPolicy())
 
 

@@ -13,7 +13,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -52,6 +52,10 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._loop = loop
         self._executor = executor
         self._closing: asyncio.Future[None] | None = None
+        # The resilience layers' seam (plugbay.core.resilience.calls.install): each unary-unary
+        # call runs through it as one or more tries, as on the sync ManagedChannel.
+        self.call_hook: Callable[[str, Callable[[float | None], Awaitable[Any]], float | None],
+                                 Awaitable[Any]] | None = None
         managed.on_close_current.append(self._close_soon)
 
     # --- owner's controls ---------------------------------------------------------
@@ -118,7 +122,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:
-        return _AioUnaryRequest(self, self._inner.unary_unary, method, request_serializer, response_deserializer)
+        return _AioUnaryUnary(self, self._inner.unary_unary, method, request_serializer, response_deserializer)
 
     def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
@@ -182,6 +186,59 @@ class _AioCallable:
 class _AioUnaryRequest(_AioCallable):
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._call(request, timeout, kwargs)
+
+
+class _AioUnaryUnary(_AioUnaryRequest):
+    def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any) -> None:
+        super().__init__(owner, factory, method, ser, de)
+        self._method = method
+
+    def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        if self._owner.call_hook is None:  # no resilience layer: straight to the one try
+            return self._call(request, timeout, kwargs)
+        self._owner.check_loop()
+        return _HookedCall(self._hooked(request, timeout, kwargs))
+
+    async def _hooked(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
+        hook = self._owner.call_hook
+        if hook is None:  # removed since the call was made
+            return await self._call(request, timeout, kwargs)
+        # timeout is the caller's (None: none given); attempt(None) gets the default deadline
+        return await hook(self._method, lambda t: self._once(request, t, kwargs), timeout)
+
+    async def _once(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
+        return await self._call(request, timeout, dict(kwargs))
+
+
+class _HookedCall:
+    """A unary call run through resilience layers. Like a grpc.aio call it runs from the moment it is
+    made (as a task), is awaited for its response and can be cancelled; each try is a call of its
+    own, so there is no one call's metadata, code or details."""
+
+    def __init__(self, run: Coroutine[Any, Any, Any]) -> None:
+        self._task = asyncio.ensure_future(run)
+        self._task.add_done_callback(_retrieved)  # a call nobody awaits fails quietly, as grpc.aio's does
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._task.__await__()
+
+    def cancel(self) -> bool:
+        return self._task.cancel()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"with retry or circuit-breaker layers installed, an AsyncClient unary call is"
+                             f" awaited for its response (each try is a call of its own), so it has no {name!r}")
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _AioStreamRequest(_AioCallable):

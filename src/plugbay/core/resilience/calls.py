@@ -2,12 +2,14 @@
 
 A Client's ManagedChannel runs each unary-unary call through ``call_hook``;
 resilience layers (RetryPolicy, CircuitBreaker, the Supervisor's ready gate)
-are :class:`CallLayer` objects chained into that one hook.
+are :class:`CallLayer` objects chained into that one hook. An AsyncClient's
+channel has the same seam for coroutines: RetryPolicy and CircuitBreaker are
+also :class:`AsyncCallLayer` objects, and install() takes either client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
@@ -16,12 +18,19 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.errors import ConfigError, PlugbayError
 
 Attempt = Callable[[float | None], Any]
+AsyncAttempt = Callable[[float | None], Awaitable[Any]]
 
 
 class CallLayer(Protocol):
     """One layer of the call hook: run ``attempt`` (maybe several times) within ``timeout``."""
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any: ...
+
+
+class AsyncCallLayer(Protocol):
+    """A :class:`CallLayer` for an AsyncClient's calls: ``attempt`` and the layer are coroutines."""
+
+    async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any: ...
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode | None:
@@ -75,21 +84,53 @@ def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None],
     return hook
 
 
-def install(target: Any, *, retry: CallLayer | None = None, breaker: CallLayer | None = None) -> None:
-    """Apply ``retry`` and ``breaker`` to every unary call on a Client's (or ManagedChannel's) channel.
+def chain_async(layers: Iterable[AsyncCallLayer]) -> Callable[[str, AsyncAttempt, float | None], Awaitable[Any]]:
+    """:func:`chain` for an AsyncClient's calls."""
+    ordered = list(layers)
+
+    async def hook(method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
+        async def at(i: int, t: float | None) -> Any:
+            if i == len(ordered):
+                return await attempt(t)
+            return await ordered[i].run_async(method, lambda t2: at(i + 1, t2), t)
+        return await at(0, timeout)
+
+    return hook
+
+
+def install(target: Any, *, retry: Any = None, breaker: Any = None) -> None:
+    """Apply ``retry`` and ``breaker`` to every unary call on a Client's (or ManagedChannel's) channel,
+    or on a started AsyncClient's (or its AioManagedChannel's).
 
     Retry is the outer layer, so each attempt passes the breaker: an open
     breaker ends the retries at once with CircuitOpenError. Pass neither to remove.
+    Layers are :class:`CallLayer` objects (and :class:`AsyncCallLayer` ones for an AsyncClient).
     """
-    channel = target if isinstance(target, ManagedChannel) else getattr(target, "channel", None)
-    if not isinstance(channel, ManagedChannel):
-        raise ConfigError(f"install() needs a started Client or a ManagedChannel, got {type(target).__name__}"
-                          " (an AsyncClient's calls have no retry or breaker layers yet)")
+    from plugbay.core.host.aiochannel import AioManagedChannel
+
+    if isinstance(target, (ManagedChannel, AioManagedChannel)):
+        channel: Any = target
+    else:
+        try:
+            channel = getattr(target, "channel", None)
+        except PlugbayError as exc:  # an AsyncClient not started yet says so
+            raise ConfigError(f"install() needs a started client: {exc}") from None
+    if not isinstance(channel, (ManagedChannel, AioManagedChannel)):
+        raise ConfigError(f"install() needs a started Client or AsyncClient, or a ManagedChannel, got"
+                          f" {type(target).__name__}")
+    layers = [x for x in (retry, breaker) if x is not None]
+    wanted = "run_async" if isinstance(channel, AioManagedChannel) else "run"
+    for layer in layers:
+        if not callable(getattr(layer, wanted, None)):
+            raise ConfigError(f"install(): {type(layer).__name__} is not a call layer for this client (it has no"
+                              f" {wanted}() method); pass a RetryPolicy, a CircuitBreaker or your own layer")
     owner = getattr(target, "name", None)
     if breaker is not None and getattr(breaker, "name", None) == "plugin" and isinstance(owner, str) and owner:
-        breaker.name = owner  # type: ignore[attr-defined]  # the default name: its messages name this plugin
-    layers: list[CallLayer] = [x for x in (retry, breaker) if x is not None]
-    channel.call_hook = chain(layers) if layers else None
+        breaker.name = owner  # the default name: its messages name this plugin
+    if isinstance(channel, AioManagedChannel):
+        channel.call_hook = chain_async(layers) if layers else None
+    else:
+        channel.call_hook = chain(layers) if layers else None
 
 
 def number_problem(value: Any, name: str, minimum: float, *, above: bool = False, whole: bool = False,

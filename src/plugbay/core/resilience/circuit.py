@@ -26,7 +26,8 @@ from typing import Any
 import grpc
 
 from plugbay.errors import CircuitOpenError, ConfigError, PluginDiedError
-from plugbay.core.resilience.calls import Attempt, describe_error, number_problem, status_codes_problem, status_of
+from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error, number_problem,
+                                          status_codes_problem, status_of)
 
 _log = logging.getLogger("plugbay.circuit")
 
@@ -216,14 +217,35 @@ class CircuitBreaker:
         try:
             result = attempt(timeout)
         except Exception as exc:
-            if self.is_failure(exc):
-                self.record_failure(f"{method}: {describe_error(exc)}")
-            else:
-                self.record_success()
+            self._record(method, exc)
             raise
         except BaseException:  # interrupted: the probe slot must not stay taken
-            with self._lock:
-                self._probing = False
+            self._release_probe()
             raise
         self.record_success()
         return result
+
+    async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
+        """:meth:`run` for an AsyncClient's calls (a cancelled call, like an interrupted one, records nothing)."""
+        if not self.allow():
+            raise self.open_error()
+        try:
+            result = await attempt(timeout)
+        except Exception as exc:
+            self._record(method, exc)
+            raise
+        except BaseException:
+            self._release_probe()
+            raise
+        self.record_success()
+        return result
+
+    def _record(self, method: str, exc: Exception) -> None:
+        if self.is_failure(exc):
+            self.record_failure(f"{method}: {describe_error(exc)}")
+        else:
+            self.record_success()
+
+    def _release_probe(self) -> None:
+        with self._lock:
+            self._probing = False

@@ -12,15 +12,17 @@ bare method name), calls made inside ``with idempotent():``, or every call when
     kv = client.dispense("kv_grpc")   # every stub on the Client's channel now retries Get
 
 The last error is raised unchanged (CallTimeoutError, PluginDiedError, the
-grpc.RpcError ...) with a note saying how many attempts were made.
+grpc.RpcError ...) with a note saying how many attempts were made. The same
+policy serves an AsyncClient (``run_async``: its sleeps are the event loop's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import fnmatch
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,25 +30,26 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.resilience.calls import Attempt, backoff_delay, number_problem, status_codes_problem, status_of
+from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem,
+                                          status_codes_problem, status_of)
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError
 
-_marked = threading.local()
+# A context variable, not a thread-local: each thread and each asyncio task has its own.
+_marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
 
 
 @contextlib.contextmanager
 def idempotent() -> Iterator[None]:
-    """Mark the unary calls made by this thread inside the block as safe to retry."""
-    depth = getattr(_marked, "depth", 0)
-    _marked.depth = depth + 1
+    """Mark the unary calls made inside the block, by this thread or asyncio task, as safe to retry."""
+    token = _marked.set(_marked.get() + 1)
     try:
         yield
     finally:
-        _marked.depth = depth
+        _marked.reset(token)
 
 
 def _is_marked() -> bool:
-    return bool(getattr(_marked, "depth", 0))
+    return _marked.get() > 0
 
 
 DEFAULT_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -130,26 +133,55 @@ class RetryPolicy:
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
-        overall = timeout if timeout is not None else self.overall_timeout
-        deadline = None if overall is None else time.monotonic() + overall
-        tries = self.max_attempts if self.is_idempotent(method) else 1
+        tries, deadline = self._plan(method, timeout)
         n = 0
         while True:
             n += 1
-            remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                return attempt(_min_opt(remaining, self.per_attempt_timeout))
+                return attempt(self._attempt_timeout(deadline))
             except Exception as exc:
-                if n >= tries or not self.retryable(exc):
-                    _note(exc, n, tries)
+                sleep = self._after_failure(method, exc, n, tries, deadline)
+                if sleep is None:
                     raise
-                sleep = self.backoff(n)
-                if deadline is not None and time.monotonic() + sleep >= deadline - 0.001:
-                    _note(exc, n, tries, "the overall deadline leaves no time for another try")
-                    raise
-                if self.on_retry is not None:
-                    self.on_retry(method, n, exc, sleep)
                 time.sleep(sleep)
+
+    async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
+        """:meth:`run` for an AsyncClient's calls: the same decisions, the sleeps on the event loop."""
+        tries, deadline = self._plan(method, timeout)
+        n = 0
+        while True:
+            n += 1
+            try:
+                return await attempt(self._attempt_timeout(deadline))
+            except Exception as exc:
+                sleep = self._after_failure(method, exc, n, tries, deadline)
+                if sleep is None:
+                    raise
+                await asyncio.sleep(sleep)
+
+    def _plan(self, method: str, timeout: float | None) -> tuple[int, float | None]:
+        """How many tries the call gets, and its overall deadline (monotonic; None: none)."""
+        overall = timeout if timeout is not None else self.overall_timeout
+        deadline = None if overall is None else time.monotonic() + overall
+        return (self.max_attempts if self.is_idempotent(method) else 1), deadline
+
+    def _attempt_timeout(self, deadline: float | None) -> float | None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        return _min_opt(remaining, self.per_attempt_timeout)
+
+    def _after_failure(self, method: str, exc: Exception, n: int, tries: int,
+                       deadline: float | None) -> float | None:
+        """The sleep before try ``n + 1``, or None to give up (``exc`` then carries a note why)."""
+        if n >= tries or not self.retryable(exc):
+            _note(exc, n, tries)
+            return None
+        sleep = self.backoff(n)
+        if deadline is not None and time.monotonic() + sleep >= deadline - 0.001:
+            _note(exc, n, tries, "the overall deadline leaves no time for another try")
+            return None
+        if self.on_retry is not None:
+            self.on_retry(method, n, exc, sleep)
+        return sleep
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:
