@@ -10,7 +10,7 @@ also :class:`AsyncCallLayer` objects, and install() takes either client.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 
@@ -98,7 +98,8 @@ def chain_async(layers: Iterable[AsyncCallLayer]) -> Callable[[str, AsyncAttempt
     return hook
 
 
-def install(target: Any, *, retry: Any = None, breaker: Any = None) -> None:
+def install(target: Any, *, retry: CallLayer | AsyncCallLayer | None = None,
+            breaker: CallLayer | AsyncCallLayer | None = None) -> None:
     """Apply ``retry`` and ``breaker`` to every unary call on a Client's (or ManagedChannel's) channel,
     or on a started AsyncClient's (or its AioManagedChannel's).
 
@@ -126,11 +127,11 @@ def install(target: Any, *, retry: Any = None, breaker: Any = None) -> None:
                               f" {wanted}() method); pass a RetryPolicy, a CircuitBreaker or your own layer")
     owner = getattr(target, "name", None)
     if breaker is not None and getattr(breaker, "name", None) == "plugin" and isinstance(owner, str) and owner:
-        breaker.name = owner  # the default name: its messages name this plugin
+        breaker.name = owner  # type: ignore[union-attr]  # the default name: its messages name this plugin
     if isinstance(channel, AioManagedChannel):
-        channel.call_hook = chain_async(layers) if layers else None
+        channel.call_hook = chain_async(cast(list[AsyncCallLayer], layers)) if layers else None
     else:
-        channel.call_hook = chain(layers) if layers else None
+        channel.call_hook = chain(cast(list[CallLayer], layers)) if layers else None
 
 
 def number_problem(value: Any, name: str, minimum: float, *, above: bool = False, whole: bool = False,
