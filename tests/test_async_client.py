@@ -265,6 +265,43 @@ def test_cancelling_kill_still_stops_the_plugin() -> None:
     run(main())
 
 
+def test_a_kill_task_cancelled_before_its_first_step_still_stops_the_plugin() -> None:
+    # kill() was a coroutine function: a task cancelled before its first step never ran it, and
+    # the plugin, its threads and the grpc.aio channel were left behind
+    async def main() -> None:
+        client = AsyncClient(kv_config(KV_PLUGIN))
+        await client.start()
+        pid = int(client.sync_client.runner.reattach_data()["pid"])
+        channel = client.channel
+        killing = asyncio.ensure_future(client.kill())
+        killing.cancel()  # before the task's first step: its coroutine never runs
+        with pytest.raises(asyncio.CancelledError):
+            await killing
+
+        def threads() -> list[str]:
+            return [t.name for t in threading.enumerate() if t.name.startswith(f"plugbay-async-{client.name}")]
+
+        for _ in range(500):  # the kill goes on on its own thread (bounded wait)
+            if pid_gone(pid) and not threads() and channel._closing is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert pid_gone(pid) and client.exited
+        assert threads() == [] and channel._closing is not None
+        await channel._closing
+        with pytest.raises(ClientStateError, match="was killed"):
+            await client.dispense(PLUGIN_NAME)
+
+    run(main())
+
+
+def test_kill_made_before_a_loop_runs_begins_when_awaited() -> None:
+    client = AsyncClient(kv_config(KV_PLUGIN))
+    run(client.start())
+    pid = int(client.sync_client.runner.reattach_data()["pid"])
+    asyncio.run(client.kill())  # the coroutine is made before asyncio.run's loop exists
+    assert pid_gone(pid) and client.exited
+
+
 def test_streams_on_grpc_aio() -> None:
     async def main() -> None:
         config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},

@@ -56,12 +56,12 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         # call runs through it as one or more tries, as on the sync ManagedChannel.
         self.call_hook: Callable[[str, Callable[[float | None], Awaitable[Any]], float | None],
                                  Awaitable[Any]] | None = None
-        managed.on_close_current.append(self._close_soon)
+        managed.on_close_current.append(self.close_soon)
 
     # --- owner's controls ---------------------------------------------------------
 
-    def _close_soon(self) -> None:
-        """The plugin died (any thread): fail calls in flight now, as the sync channel does."""
+    def close_soon(self) -> None:
+        """The plugin died or was stopped (any thread): fail calls in flight now, as the sync channel does."""
         try:
             self._loop.call_soon_threadsafe(self._start_close)
         except RuntimeError:  # the loop is closed: its channel went with it
@@ -74,8 +74,8 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def aclose(self) -> None:
         """Close the connection (AsyncClient.kill/close); later calls fail typed."""
-        if self._close_soon in self._managed.on_close_current:
-            self._managed.on_close_current.remove(self._close_soon)
+        if self.close_soon in self._managed.on_close_current:
+            self._managed.on_close_current.remove(self.close_soon)
         if asyncio.get_running_loop() is self._loop:
             await self._start_close()
         elif not self._loop.is_closed() and self._loop.is_running():  # the loop of its calls, in another thread
