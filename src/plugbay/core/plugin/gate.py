@@ -16,6 +16,8 @@ so it cannot reserve anything for health.)
 
 from __future__ import annotations
 
+import inspect  # loaded by grpcio already
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,8 +43,15 @@ class HandlerGate:
         self._slots = threading.BoundedSemaphore(limit)
 
     def gated(self, method: str, handler: Any) -> Any:
-        """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass."""
-        return handler if method.startswith(PLUGBAY_SERVICES) else self._gate(handler)
+        """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass.
+        An ``async def`` handler runs on the plugin's handler loop (aiohandlers.py)."""
+        if method.startswith(PLUGBAY_SERVICES):
+            return handler
+        if _is_async(handler):
+            from plugbay.core.plugin.aiohandlers import LOOP, sync_handler
+
+            handler = sync_handler(method, handler, LOOP)
+        return self._gate(handler)
 
     def _gate(self, handler: Any) -> Any:
         if handler.unary_unary is not None:
@@ -82,6 +91,18 @@ class HandlerGate:
             finally:
                 self._slots.release()
         return run
+
+
+def _is_async(handler: Any) -> bool:
+    behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+def stop_async_handlers() -> None:
+    """End the async handlers' loop, if one ran (the server has stopped)."""
+    module = sys.modules.get("plugbay.core.plugin.aiohandlers")
+    if module is not None:
+        module.LOOP.stop()
 
 
 class _GatedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]

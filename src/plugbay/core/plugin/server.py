@@ -50,7 +50,8 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     parse_versions,
 )
-from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS, MAX_WATCHES, RESERVED, GatedServer, HandlerGate
+from plugbay.core.plugin.gate import (DEFAULT_MAX_WORKERS, MAX_WATCHES, RESERVED, GatedServer, HandlerGate,
+                                      stop_async_handlers)
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -377,6 +378,7 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
+        steps.append(("asyncio handlers' loop", stop_async_handlers))
         if self.tls is not None:
             steps.append(("AutoMTLS context thread", self.tls.settle))
         try:

@@ -1,0 +1,127 @@
+"""Plugins whose servicers are asyncio code (``async def`` handlers), for tests/test_async_servicers.py.
+
+    async_plugins.py kv         the KV service (drop-in for go-plugin's KV plugin): keys in files
+                                kv_<key> in the working folder, as examples/kv/plugin.py; control keys:
+                                Get("__loop__")   the handler loop's thread name and loop id
+                                Get("__hold__")   waits (an asyncio.Event) until a Get("__release__") comes
+                                Get("__cancelled__") how many handlers saw their call cancelled
+    async_plugins.py streamer   the streaming example's service: Generate an async generator,
+                                Echo over an async iterator of requests, GetStats a coroutine;
+                                GetStats' ``cancelled`` counts Generate's generators closed
+    async_plugins.py bad-stream a server stream written as a coroutine (grpc.aio's context.write style):
+                                refused when registered, so serve() fails
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+sys.path.insert(0, str(REPO / "src"))
+
+import grpc  # noqa: E402
+from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV_NAME  # noqa: E402
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
+from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE, PLUGIN_NAME as STREAM_NAME  # noqa: E402
+from streamingproto import streaming_pb2, streaming_pb2_grpc  # noqa: E402
+
+from plugbay import GRPCBroker, GRPCPlugin, ServeConfig, serve  # noqa: E402
+
+
+class AsyncKV(kv_pb2_grpc.KVServicer):
+    def __init__(self) -> None:
+        self.release: asyncio.Event | None = None  # made on the handler loop
+        self.cancelled = 0
+
+    async def Get(self, request: kv_pb2.GetRequest, context: Any) -> kv_pb2.GetResponse:
+        if request.key == "__loop__":
+            loop = asyncio.get_running_loop()
+            return kv_pb2.GetResponse(value=f"{threading.current_thread().name} {id(loop)}".encode())
+        if request.key == "__cancelled__":
+            return kv_pb2.GetResponse(value=str(self.cancelled).encode())
+        if request.key == "__release__":
+            if self.release is not None:
+                self.release.set()
+            return kv_pb2.GetResponse(value=b"released")
+        if request.key == "__hold__":
+            if self.release is None or self.release.is_set():
+                self.release = asyncio.Event()  # shared across calls: one loop serves them all
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return kv_pb2.GetResponse(value=b"held")
+        await asyncio.sleep(0)  # a real await point between the read and the answer
+        path = Path(f"kv_{request.key}")
+        if not path.exists():
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no value stored for key {request.key!r}")
+        return kv_pb2.GetResponse(value=path.read_bytes())
+
+    async def Put(self, request: kv_pb2.PutRequest, context: Any) -> kv_pb2.Empty:
+        await asyncio.sleep(0)
+        Path(f"kv_{request.key}").write_bytes(request.value)
+        return kv_pb2.Empty()
+
+
+class AsyncStreamer(streaming_pb2_grpc.StreamerServicer):
+    def __init__(self) -> None:
+        self.produced = self.echoed = self.closed = 0
+
+    async def Generate(self, request: streaming_pb2.GenerateRequest, context: Any) -> Any:
+        try:
+            for seq in range(request.count):
+                await asyncio.sleep(0)
+                self.produced += 1
+                yield streaming_pb2.Chunk(seq=seq, data=b"x" * request.size)
+        finally:
+            self.closed += 1
+
+    async def Echo(self, request_iterator: Any, context: Any) -> Any:
+        async for chunk in request_iterator:
+            self.echoed += 1
+            yield chunk
+
+    async def GetStats(self, request: streaming_pb2.StatsRequest, context: Any) -> streaming_pb2.Stats:
+        return streaming_pb2.Stats(produced=self.produced, echoed=self.echoed, cancelled=self.closed)
+
+
+class CoroutineStream(AsyncStreamer):
+    async def Generate(self, request: streaming_pb2.GenerateRequest, context: Any) -> None:  # type: ignore[override]
+        await context.write(streaming_pb2.Chunk(seq=0))
+
+
+class _Plugin(GRPCPlugin):
+    def __init__(self, add: Any, servicer: Any) -> None:
+        self._add = add
+        self._servicer = servicer
+
+    def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        self._add(self._servicer, server)
+
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+        raise NotImplementedError("the plugin side only")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["kv"]:
+        serve(ServeConfig(handshake=KV_HANDSHAKE,
+                          plugins={KV_NAME: _Plugin(kv_pb2_grpc.add_KVServicer_to_server, AsyncKV())}))
+    elif sys.argv[1:] == ["streamer"]:
+        serve(ServeConfig(handshake=STREAM_HANDSHAKE, plugins={
+            STREAM_NAME: _Plugin(streaming_pb2_grpc.add_StreamerServicer_to_server, AsyncStreamer())}))
+    elif sys.argv[1:] == ["bad-stream"]:
+        serve(ServeConfig(handshake=STREAM_HANDSHAKE, plugins={
+            STREAM_NAME: _Plugin(streaming_pb2_grpc.add_StreamerServicer_to_server, CoroutineStream())}))
+    else:
+        sys.exit("usage: async_plugins.py kv|streamer|bad-stream")
+
+
+if __name__ == "__main__":
+    main()

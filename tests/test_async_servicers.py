@@ -1,0 +1,113 @@
+"""asyncio servicers on the plugin side: ``async def`` handlers (tests/plugins/async_plugins.py) served by
+plugbay's plugin server, driven by a plugbay host and by go-plugin 1.0.1's Go host (tests/go/kv_host)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests import gobuild
+from tests.resilience_util import wait_until  # also puts examples/kv on sys.path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
+from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
+from kvproto import kv_pb2  # noqa: E402
+from streamingproto import streaming_pb2  # noqa: E402
+
+from plugbay import CallTimeoutError, Client, ClientConfig, PluginExitedError, ProcessRunner  # noqa: E402
+
+PLUGINS = str(REPO / "tests" / "plugins" / "async_plugins.py")
+
+
+def kv_client(cwd: Path) -> Client:
+    runner = ProcessRunner([sys.executable, PLUGINS, "kv"], cwd=cwd)
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                               call_timeout=20.0))
+
+
+def stream_config(mode: str) -> ClientConfig:
+    return ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                        cmd=[sys.executable, PLUGINS, mode], call_timeout=20.0)
+
+
+def test_async_handlers_answer_on_one_shared_loop(tmp_path: Path) -> None:
+    with kv_client(tmp_path) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("greeting", b"hello")
+        assert kv.get("greeting") == b"hello"
+        assert (tmp_path / "kv_greeting").read_bytes() == b"hello"
+        first, second = kv.get("__loop__").decode(), kv.get("__loop__").decode()
+        assert first == second and first.startswith("plugbay-aio-handlers ")
+        with pytest.raises(grpc.RpcError) as err:  # `await context.abort(...)`, as under grpc.aio
+            kv.get("missing")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "'missing'" in str(err.value.details())
+        # calls run at once on the loop: a held call waits for an asyncio.Event another call sets
+        held: list[bytes] = []
+        waiter = threading.Thread(target=lambda: held.append(kv.get("__hold__")))
+        waiter.start()
+        try:
+            assert wait_until(lambda: kv.get("__release__") == b"released" and held, 10.0, step=0.1)
+        finally:
+            waiter.join(20)
+        assert held == [b"held"]
+
+
+def test_a_call_that_ends_early_cancels_its_coroutine(tmp_path: Path) -> None:
+    with kv_client(tmp_path) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(CallTimeoutError):
+            kv._stub.Get(kv_pb2.GetRequest(key="__hold__"), timeout=0.5)  # nobody releases it
+        assert wait_until(lambda: kv.get("__cancelled__") == b"1", 10.0, step=0.1)
+        kv.put("after", b"ok")  # the loop goes on serving
+        assert kv.get("after") == b"ok"
+
+
+def test_async_generators_stream_both_ways_and_a_cancelled_stream_closes_its_generator() -> None:
+    with Client(stream_config("streamer")) as client:
+        streamer = client.dispense(STREAMER)
+        assert [c.seq for c in streamer.generate(50, 10)] == list(range(50))
+        echoed = [c.data for c in streamer.echo(iter([streaming_pb2.Chunk(data=bytes([i])) for i in range(5)]))]
+        assert echoed == [bytes([i]) for i in range(5)]
+        before = streamer.stats()
+        assert before.produced == 50 and before.echoed == 5 and before.cancelled == 1  # ran to its end
+        call = streamer.generate(1_000_000, 10)
+        assert [next(call).seq for _ in range(3)] == [0, 1, 2]
+        call.cancel()
+        assert wait_until(lambda: streamer.stats().cancelled == 2, 10.0, step=0.1)
+        assert streamer.stats().produced < 1_000_000
+
+
+def test_a_server_stream_written_as_a_coroutine_is_refused_with_what_to_do() -> None:
+    with pytest.raises(PluginExitedError) as err:
+        with Client(stream_config("bad-stream")):
+            pass
+    text = str(err.value) + "\n".join(err.value.stderr_tail)
+    assert "must be an async generator" in text and "yield each response" in text, text
+
+
+_go = gobuild.go_missing_reason()
+
+
+@pytest.mark.go
+@pytest.mark.skipif(_go is not None, reason=_go or "")
+def test_go_plugin_host_drives_an_async_python_plugin(tmp_path: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="ah") as sockets:  # short: a unix socket path fits
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+        env.update({"KV_PLUGIN": f"{shlex.quote(sys.executable)} {shlex.quote(PLUGINS)} kv", "TMPDIR": sockets})
+        for args in (["put", "greeting", "hello from go"], ["get", "greeting"]):
+            done = gobuild.run_program(gobuild.build_go("kv_host"), ["--timeout", "60s", *args], env=env,
+                                       cwd=tmp_path, timeout=90)
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert "hello from go" in done.stdout
+        assert (tmp_path / "kv_greeting").read_bytes() == b"hello from go"
