@@ -19,6 +19,11 @@ MOVED = [
     ("plugbay.core.transport.mux", "plugin_front", "plugbay.core.transport.muxplugin"),
     ("plugbay.core.transport.mux", "HostMux", "plugbay.core.transport.muxhost"),
     ("plugbay.core.transport.mux", "StreamBridge", "plugbay.core.transport.muxbridge"),
+    # the channel's typed call errors, in a module of their own (the ~400-line rule)
+    ("plugbay.core.host.channel", "CallTimeout", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "ClientClosed", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "PluginDied", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "Unavailable", "plugbay.core.host.callerrors"),
 ]
 
 
