@@ -24,6 +24,10 @@ MOVED = [
     ("plugbay.core.host.channel", "ClientClosed", "plugbay.core.host.callerrors"),
     ("plugbay.core.host.channel", "PluginDied", "plugbay.core.host.callerrors"),
     ("plugbay.core.host.channel", "Unavailable", "plugbay.core.host.callerrors"),
+    # what serve() serves, in a module of its own (the ~400-line rule)
+    ("plugbay.core.plugin.server", "ServeConfig", "plugbay.core.plugin.serveconfig"),
+    ("plugbay.core.plugin.server", "protocol_version", "plugbay.core.plugin.serveconfig"),
+    ("plugbay", "ServeConfig", "plugbay.core.plugin.serveconfig"),
 ]
 
 
