@@ -19,6 +19,15 @@ MOVED = [
     ("plugbay.core.transport.mux", "plugin_front", "plugbay.core.transport.muxplugin"),
     ("plugbay.core.transport.mux", "HostMux", "plugbay.core.transport.muxhost"),
     ("plugbay.core.transport.mux", "StreamBridge", "plugbay.core.transport.muxbridge"),
+    # the channel's typed call errors, in a module of their own (the ~400-line rule)
+    ("plugbay.core.host.channel", "CallTimeout", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "ClientClosed", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "PluginDied", "plugbay.core.host.callerrors"),
+    ("plugbay.core.host.channel", "Unavailable", "plugbay.core.host.callerrors"),
+    # what serve() serves, in a module of its own (the ~400-line rule)
+    ("plugbay.core.plugin.server", "ServeConfig", "plugbay.core.plugin.serveconfig"),
+    ("plugbay.core.plugin.server", "protocol_version", "plugbay.core.plugin.serveconfig"),
+    ("plugbay", "ServeConfig", "plugbay.core.plugin.serveconfig"),
 ]
 
 

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from plugbay.core.host.channel import ManagedChannel, _TranslatedRpcError
+from plugbay.core.host.callerrors import _TranslatedRpcError
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")

@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +37,16 @@ import grpc
 from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
-from plugbay.core.protocol.records import Record
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
     ENV_MULTIPLEX_GRPC,
     ENV_MUX_HOLDS_STREAMS,
-    ENV_PROTOCOL_VERSIONS,
     ENV_UNIX_SOCKET_DIR,
     PROTOCOL_GRPC,
-    HandshakeConfig,
     HandshakeInfo,
-    parse_versions,
 )
-from plugbay.core.plugin.gate import (DEFAULT_MAX_WORKERS, MAX_WATCHES, RESERVED, GatedServer, HandlerGate,
-                                      stop_async_handlers)
+from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, GatedServer, HandlerGate, stop_async_handlers
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -59,14 +54,11 @@ from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
 from plugbay.core.transport.workers import DaemonPool
-from plugbay.core.broker.plugin import (
-    PluginSet,
-    VersionedPlugins,
-    check_plugin_set,
-    check_versioned_plugins,
-)
+from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
-from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES, StdioCapture, StdioServicer
+from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
+from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
+from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
 from plugbay.core.plugin.stdio import add_to_server as add_stdio
 
 if TYPE_CHECKING:
@@ -95,55 +87,6 @@ STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 # preface and SETTINGS) within this; its default is 120 s, which let never-speaking
 # connections pile up. Same bound as the OpenSSL relay's (core/transport/relay.py).
 SERVER_HANDSHAKE_TIMEOUT_MS = int(HANDSHAKE_TIMEOUT * 1000)
-
-
-class ServeConfig(Record):
-    """What serve() serves (go-plugin's ServeConfig)."""
-
-    _fields = ("handshake", "plugins", "versioned_plugins", "grpc_server_options", "logger",
-               "stdio_buffer_bytes", "max_workers", "network")
-
-    def __init__(self, handshake: HandshakeConfig, plugins: PluginSet | None = None,
-                 versioned_plugins: VersionedPlugins | None = None,
-                 grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
-                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
-                 network: NetworkServe | None = None) -> None:
-        if plugins is not None:
-            check_plugin_set(plugins, "ServeConfig.plugins")
-        if versioned_plugins is not None:
-            check_versioned_plugins(versioned_plugins, "ServeConfig.versioned_plugins")
-        self.handshake = handshake
-        self.plugins = plugins
-        self.versioned_plugins = versioned_plugins
-        self.grpc_server_options = grpc_server_options
-        self.logger = logger
-        self.stdio_buffer_bytes = stdio_buffer_bytes  # captured output kept for the host, at most
-        # The plugin's own handlers that may run at once (each holds a thread); more are refused
-        # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
-        self.max_workers = max_workers
-        self.network = network  # serve on the network over provided mTLS (plugin/network.py)
-
-
-def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
-    """go-plugin's protocolVersion(): the highest version both sides know.
-
-    ``plugins`` counts as the set for ``handshake.protocol_version``. With no
-    common version the *lowest* one is returned, so that the host, which has
-    both lists, reports the mismatch (as go-plugin does).
-    """
-    host_versions = set(parse_versions(env.get(ENV_PROTOCOL_VERSIONS, "")))
-    sets: dict[int, PluginSet] = dict(config.versioned_plugins or {})
-    if config.plugins is not None:
-        sets[config.handshake.protocol_version] = config.plugins
-    if not sets:
-        return config.handshake.protocol_version, {}
-    if config.network is not None and not host_versions:
-        return max(sets), sets[max(sets)]  # no host told us its versions: offer the newest
-    for version in sorted(sets, reverse=True):
-        if version in host_versions:
-            return version, sets[version]
-    lowest = min(sets)
-    return lowest, sets[lowest]
 
 
 def serve(config: ServeConfig) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import ClientStateError, PluginDiedError
-from plugbay.core.host.channel import CallTimeout
+from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import Attempt
 

@@ -20,7 +20,6 @@ only. Everything here runs on the loop thread.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import select
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from typing import Union
 
 from plugbay.core.transport.ioloop import READ, WRITE, IOLoop, Registration, Timer
+from plugbay.core.transport.relaydial import Dialing
 from plugbay.core.transport.tlsresume import Resumption
 
 _log = logging.getLogger("plugbay.relay")
@@ -40,7 +40,6 @@ _log = logging.getLogger("plugbay.relay")
 CHUNK = 64 * 1024
 CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
-_RETRY_DIAL = 0.02  # a unix listener with a full backlog: try again this much later (within the deadline)
 
 Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
 
@@ -64,8 +63,10 @@ class Setup:
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
 
 
-class RelayConn:
+class RelayConn(Dialing):
     """An accepted connection until both of its sockets are closed."""
+
+    s: Setup  # the whole of it here: Dialing is typed with the part it uses (DialSetup)
 
     def __init__(self, setup: Setup) -> None:
         self.s = setup
@@ -149,111 +150,6 @@ class RelayConn:
         if not self.closed:
             _log.debug("relay connection: no TLS handshake / first bytes in time (%s); closing it", self._stage)
             self.close()
-
-    # ------------------------------------------------------------ dial
-
-    def _dial(self, target: tuple[str, str]) -> None:
-        """Start a non-blocking connect to ``target``; _connected() follows when it is writable."""
-        network, address = target
-        if network == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.connect(address)
-                err = 0
-            except BlockingIOError:  # a full backlog: unix connect does not wait without blocking
-                sock.close()
-                self.s.loop.call_later(_RETRY_DIAL, lambda: self._guard(lambda: self._dial(target)))
-                return
-            except OSError:
-                sock.close()
-                raise
-        else:
-            host, _, port = address.rpartition(":")
-            host = host.strip("[]")
-            if not _is_ip(host):
-                self._resolve(host, port)
-                return
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex((host, int(port)))
-            if err not in (0, errno.EINPROGRESS):
-                sock.close()
-                if self._others:
-                    self._dial(self._others.pop(0))
-                    return
-                raise OSError(err, f"cannot connect to {address}")
-        self._raw = sock
-        self._register_dialed(sock)
-        if err == 0:
-            self._connected()
-
-    def _resolve(self, host: str, port: str) -> None:
-        """A host name: looked up on a short-lived thread (getaddrinfo blocks), then dialed on the loop."""
-        setup = self.s
-
-        def lookup() -> None:
-            try:
-                found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-                ips = [str(entry[4][0]) for entry in found]
-                addresses = [("tcp", f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") for ip in ips]
-                if not addresses:
-                    raise ValueError("no address")
-
-                def dial_found() -> None:
-                    self._others = addresses[1:]  # tried in turn when one refuses, as create_connection does
-                    self._dial(addresses[0])
-
-                setup.loop.call_soon(lambda: self._guard(dial_found))
-            except (OSError, IndexError, ValueError) as exc:
-                _log.debug("relay: cannot resolve %s: %s", host, exc)
-                setup.loop.call_soon(self.close)
-            finally:
-                setup.loop.call_soon(lambda: setup.resolvers.discard(thread))
-
-        thread = threading.Thread(target=lookup, name="plugbay-tlsrelay-resolve", daemon=True)
-        setup.resolvers.add(thread)
-        thread.start()
-
-    def _guard(self, func: Callable[[], None]) -> None:
-        if not self.closed:
-            try:
-                func()
-            except Exception as exc:
-                self._fail(exc)
-
-    def _register_dialed(self, sock: socket.socket) -> None:
-        loop = self.s.loop
-        if self.s.mode == "originate":
-            self._treg = loop.add(sock.fileno(), self._on_tls, events=WRITE)
-        else:
-            self._preg = loop.add(sock.fileno(), self._on_plain, events=WRITE)
-
-    def _connected(self) -> None:
-        sock = self._raw
-        assert sock is not None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err and self._others:
-            self._raw = None
-            reg = self._treg if self.s.mode == "originate" else self._preg
-            if reg is not None:
-                reg.cancel()  # before the fd is closed
-            sock.close()
-            self._dial(self._others.pop(0))
-            return
-        if err:
-            raise OSError(err, "the relay's dial failed")
-        self._raw = None
-        if self.s.mode == "originate":  # the same fd goes on as the TLS socket
-            context = self.s.context()
-            self.tls = context.wrap_socket(sock, server_hostname=self.s.hostname, do_handshake_on_connect=False,
-                                           session=self.s.resumption.offer(context))
-            self._stage = "handshake"
-            self._handshake()
-        else:
-            self.plain = sock
-            self._start_pump()
 
     # ------------------------------------------------------------ TLS
 
@@ -457,13 +353,3 @@ def _unsent(sock: socket.socket | None) -> int:
         return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0])
     except OSError:
         return 0
-
-
-def _is_ip(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except OSError:
-            pass
-    return False

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from plugbay.core.transport.frames import (
     FrameReader,
     LateControl,
-    pipe_for_splicing,
     send_all,
     send_within,
 )
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.core.transport.ysplice import Splicing
 from plugbay.core.transport.ystream import (
     _CHUNK,
     _HDR,
@@ -55,11 +55,10 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
            "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
 
 log = logging.getLogger("plugbay.yamux")
-_SPLICE = hasattr(os, "splice")  # Linux
 _SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
 _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck on a peer that does not read)
 
-class Session:
+class Session(Splicing):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
 
     ``on_stream`` runs on the reader thread, so routing decisions follow the
@@ -225,35 +224,6 @@ class Session:
             except OSError as exc:
                 raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
 
-    @property
-    def can_splice(self) -> bool:
-        """Whether payloads may move into the socket straight from a pipe (a plain blocking socket;
-        never TLS, whose bytes are not the payload's)."""
-        return _SPLICE and type(self._sock) is socket.socket and self._sock.gettimeout() is None
-
-    def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None:
-        """A DATA frame whose ``length``-byte payload waits in ``pipe``: moved by the kernel, not copied
-        through this process (splice(2)); the frame is whole on the wire or the session is broken."""
-        header = _HDR.pack(0, DATA, flags, sid, length)
-        with self._wlock:
-            if self._closed.is_set():
-                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
-            try:
-                self._sock.sendall(header, socket.MSG_MORE)
-                while length:
-                    moved = os.splice(pipe, self._sock.fileno(), length)
-                    if not moved:
-                        raise OSError("the pipe ended inside a frame")
-                    length -= moved
-            except OSError as exc:
-                # part of the frame may be out: no other frame may follow it (still under the lock)
-                shutdown_and_join([self._sock], [])
-                failed = exc
-            else:
-                return
-        self._shutdown(f"connection error: a frame was cut short: {failed}")
-        raise StreamClosed(f"the multiplexed connection failed: {failed}") from failed
-
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
         """Send a header-only frame if that does not wait for another writer or a full socket.
 
@@ -373,43 +343,6 @@ class Session:
                 if self._pipe is not None:
                     os.close(self._pipe[0])
                     os.close(self._pipe[1])
-
-    def _splices_to(self, sid: int, flags: int) -> Stream | None:
-        """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
-        if flags & SYN or not self.can_splice:
-            return None
-        with self._lock:
-            stream = self._streams.get(sid)
-        if stream is None or not stream.splices:
-            return None
-        if self._pipe is None:
-            self._pipe = pipe_for_splicing()
-        return stream if self._pipe is not None else None
-
-    def _splice_frame(self, stream: Stream, flags: int, length: int) -> str | None:
-        """Move a payload off the socket through the reader's pipe, a pipe-full at a time (an error text)."""
-        assert self._pipe is not None
-        read_end, write_end, size = self._pipe
-        sid = stream.id
-        if length > stream.receive_window:  # as hashicorp/yamux: the whole frame must fit, checked first
-            return f"protocol error: stream {sid} received more than its window"
-        while length:
-            try:
-                moved = os.splice(self._sock.fileno(), write_end, min(length, size))
-            except OSError as exc:
-                return f"connection error: {exc}"
-            if not moved:
-                return "the peer closed the connection inside a payload"
-            length -= moved
-            last = flags if not length else flags & ~(FIN | RST)
-            piped = Piped(read_end, moved)
-            problem = self._stream_frame(sid, last, piped, None)
-            if piped.n:  # a stream that was gone, or refused it: the pipe must be empty again
-                piped.read(piped.n)
-            if problem is not None:
-                return f"protocol error: {problem}"
-            flags &= ~(SYN | ACK)
-        return None
 
     def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                       delta: int | None) -> str | None:

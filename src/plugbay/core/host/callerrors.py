@@ -1,0 +1,63 @@
+"""The typed errors a call through a ManagedChannel (plugbay.core.host.channel) raises.
+
+Each is also a ``grpc.RpcError`` answering ``code()`` and ``details()``, so code
+that catches gRPC errors keeps working.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError, PluginUnavailableError
+
+
+class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
+    """A typed call error that still answers code() and details() like the grpc.RpcError it replaces.
+
+    ``original`` is None for a failure plugbay decided itself (a call that waited out its
+    deadline for a restart); then ``code`` is what the call would have seen.
+    """
+
+    def __init__(self, message: str, original: grpc.RpcError | None,
+                 code: grpc.StatusCode = grpc.StatusCode.UNKNOWN, sent: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.original = original
+        self._code = code
+        self.sent = sent  # False: refused before anything reached the plugin (safe to send again)
+
+    def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
+        return self.message
+
+    def code(self) -> grpc.StatusCode:
+        return self.original.code() if self.original is not None else self._code
+
+    def details(self) -> str:
+        return str(self.original.details()) if self.original is not None else self.message
+
+
+class PluginDied(_TranslatedRpcError, PluginDiedError):
+    """The plugin ended while the call was in flight (or before it started)."""
+
+    def code(self) -> grpc.StatusCode:
+        # UNAVAILABLE, as for any peer that is gone: the call may also have been CANCELLED by
+        # plugbay itself on hearing the exit (close_current), which retry policies must not
+        # mistake for a caller's cancel.
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class CallTimeout(_TranslatedRpcError, CallTimeoutError):
+    """The call ran past its deadline."""
+
+    def code(self) -> grpc.StatusCode:
+        # DEADLINE_EXCEEDED even when a Go server's own deadline answered first (UNKNOWN "context
+        # deadline exceeded"): retry policies and breakers count timeouts by this code
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(_TranslatedRpcError, PluginUnavailableError):
+    """The plugin could not be reached for the call, though it still runs."""
+
+
+class ClientClosed(_TranslatedRpcError, ClientStateError):
+    """The call failed because its Client was being killed or closed."""

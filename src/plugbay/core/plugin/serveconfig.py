@@ -1,0 +1,69 @@
+"""What serve() serves: ServeConfig (go-plugin's ServeConfig) and protocol_version(), which of its
+plugin sets a host gets (plugbay.core.plugin.server serves them)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugbay.core.broker.plugin import (
+    PluginSet,
+    VersionedPlugins,
+    check_plugin_set,
+    check_versioned_plugins,
+)
+from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
+from plugbay.core.plugin.netconfig import NetworkServe
+from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
+from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, parse_versions
+from plugbay.core.protocol.records import Record
+
+
+class ServeConfig(Record):
+    """What serve() serves (go-plugin's ServeConfig)."""
+
+    _fields = ("handshake", "plugins", "versioned_plugins", "grpc_server_options", "logger",
+               "stdio_buffer_bytes", "max_workers", "network")
+
+    def __init__(self, handshake: HandshakeConfig, plugins: PluginSet | None = None,
+                 versioned_plugins: VersionedPlugins | None = None,
+                 grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
+                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
+                 network: NetworkServe | None = None) -> None:
+        if plugins is not None:
+            check_plugin_set(plugins, "ServeConfig.plugins")
+        if versioned_plugins is not None:
+            check_versioned_plugins(versioned_plugins, "ServeConfig.versioned_plugins")
+        self.handshake = handshake
+        self.plugins = plugins
+        self.versioned_plugins = versioned_plugins
+        self.grpc_server_options = grpc_server_options
+        self.logger = logger
+        self.stdio_buffer_bytes = stdio_buffer_bytes  # captured output kept for the host, at most
+        # The plugin's own handlers that may run at once (each holds a thread); more are refused
+        # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+        self.max_workers = max_workers
+        self.network = network  # serve on the network over provided mTLS (plugin/network.py)
+
+
+def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:
+    """go-plugin's protocolVersion(): the highest version both sides know.
+
+    ``plugins`` counts as the set for ``handshake.protocol_version``. With no
+    common version the *lowest* one is returned, so that the host, which has
+    both lists, reports the mismatch (as go-plugin does).
+    """
+    host_versions = set(parse_versions(env.get(ENV_PROTOCOL_VERSIONS, "")))
+    sets: dict[int, PluginSet] = dict(config.versioned_plugins or {})
+    if config.plugins is not None:
+        sets[config.handshake.protocol_version] = config.plugins
+    if not sets:
+        return config.handshake.protocol_version, {}
+    if config.network is not None and not host_versions:
+        return max(sets), sets[max(sets)]  # no host told us its versions: offer the newest
+    for version in sorted(sets, reverse=True):
+        if version in host_versions:
+            return version, sets[version]
+    lowest = min(sets)
+    return lowest, sets[lowest]
