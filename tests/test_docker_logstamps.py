@@ -7,9 +7,14 @@ with one timestamp), and malformed ones, since the log is input from outside.
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
+from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.logstamps import EntryStamps, parse_stamp, split_entry
 
 T0 = 1796175945 * 10**9  # 2026-12-02T01:45:45Z
@@ -115,3 +120,63 @@ def test_without_a_timestamp_seen_a_reopen_drops_nothing() -> None:
     stamps.reopened()
     assert stamps.take(entry(T0, b"a\n")) == b"a\n"
 
+
+class _Stream:
+    def __init__(self, entries: list[bytes], breaks: bool) -> None:
+        self._entries, self._breaks = entries, breaks
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._entries
+        if self._breaks:
+            raise ConnectionResetError("the engine connection dropped")
+        self.closed.wait(10)  # follow: open until the stream is closed
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _Api:
+    """Two log requests: the first breaks after three entries, the second replays from ``since``."""
+
+    def __init__(self, log: list[bytes]) -> None:
+        self.log, self.calls = log, []  # type: list[bytes], list[dict[str, Any]]
+        self.streams: list[_Stream] = []
+
+    def logs(self, container: str, **kwargs: Any) -> _Stream:
+        self.calls.append(kwargs)
+        since = kwargs.get("since")
+        if since is None:
+            stream = _Stream(self.log[:3], breaks=True)
+        else:
+            stream = _Stream([e for e in self.log if (split_entry(e)[0] or since * 1e9) >= since * 1e9], breaks=False)
+        self.streams.append(stream)
+        return stream
+
+
+def test_a_reopened_stream_passes_each_line_on_once_and_malformed_entries_as_they_are() -> None:
+    log = [entry(T0, b"one\n"), entry(T0 + 10, b"two-"), entry(T0 + 10, b"and-more\n"), entry(T0 + 10, b"three\n"),
+           b"not stamped\n", entry(T0 + 20, b"four\n")]
+    api = _Api(log)
+    stream = ContainerLogStream(api, "c0ffee", "stdout", running=lambda: True)
+    try:
+        got, lines = [], stream.lines()
+        for line in lines:
+            got.append(line)
+            if line == "four":
+                break
+    finally:
+        stream.close()
+    assert got == ["one", "two-and-more", "three", "not stamped", "four"]
+    assert [c["timestamps"] for c in api.calls] == [True, True]
+    assert "since" not in api.calls[0] and api.calls[1]["since"] * 1e9 <= T0 + 10
+
+
+def test_a_tty_log_is_read_without_timestamps() -> None:
+    api = _Api([b"a\n", b"b\n", b"c\n", b"d\n"])
+    stream = ContainerLogStream(api, "c0ffee", "stdout", running=lambda: False, tty=True)
+    try:
+        assert list(stream.lines()) == ["a", "b", "c"]
+    finally:
+        stream.close()
+    assert api.calls == [{"stdout": True, "stderr": False, "stream": True, "follow": True, "timestamps": False}]
