@@ -8,6 +8,7 @@ container's exit: the runner asks again, and reports an exit only once the conta
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -96,6 +97,40 @@ def test_a_dropped_engine_connection_does_not_end_the_containers_output(relay: E
         assert len(got) == 40, f"the output ended when the engine connection dropped (got {got})"
     finally:
         runner.kill(0)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
+            found.remove(force=True, v=True)
+
+
+def test_a_reopened_output_repeats_no_line_and_loses_none(relay: EngineRelay,  # noqa: F811
+                                                         plugbay_docker: Any) -> None:
+    # A flood the engine takes in faster than the host reads it, so the connection drops with lines
+    # logged but not yet sent; the container runs on, so the log is reopened
+    tag, total = uuid.uuid4().hex, 20_000
+    burst = ("import time\n"
+             f"for i in range({total}):\n"
+             "    print(i, flush=True)\n"
+             "time.sleep(60)")
+    runner = DockerRunner(BASE, entrypoint=["python3", "-c", burst], transport="tcp")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.test-detach": tag}))
+    got: list[int] = []
+
+    reader = threading.Thread(target=lambda: got.extend(int(line) for line in runner.stdout_lines()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < total // 3 and reader.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        relay.drop_connections()
+        while total - 1 not in got and reader.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a line repeated after the last one would have come by now
+        assert total - 1 in got, f"the output stopped after {len(got)} lines (last {got[-3:]})"
+        repeated = sorted(n for n, seen in collections.Counter(got).items() if seen > 1)
+        lost = sorted(set(range(total)) - set(got))
+        assert got == list(range(total)), f"repeated {repeated[:20]}, lost {lost[:20]} of {total}"
+    finally:
+        runner.kill(0)
+        reader.join(10)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
             found.remove(force=True, v=True)
 

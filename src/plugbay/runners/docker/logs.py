@@ -8,6 +8,13 @@ two round trips overlap; the runner still waits until both are open
 (:meth:`wait_open`) before it goes on, so following starts as early as it
 would with one request after the other (a follower that starts late can miss
 lines in a log file the engine rotated under a flood).
+
+A stream that breaks while the container runs (the engine connection dropped)
+is asked for again from the engine timestamp of the last entry it had, and the
+replayed entries are dropped (see logstamps). A TTY container's log is one byte
+stream with no entry boundaries to find the timestamps by: it is read without
+them and asked for again from the host's time of the last chunk, which can
+repeat or lose lines of that moment.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
+from plugbay.runners.docker.logstamps import EntryStamps
 from plugbay.runners.docker.waiter import reconnect_pause
 
 # Lines buffered for a reader that is slower than the plugin (or absent).
@@ -33,7 +41,7 @@ class ContainerLogStream:
     """Reads one of a container's log streams into lines on a plugbay-* thread."""
 
     def __init__(self, api: Any, container_id: str, which: str,
-                 running: Callable[[], bool | None] | None = None) -> None:
+                 running: Callable[[], bool | None] | None = None, tty: bool = False) -> None:
         self.which = which
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
         self._lines: collections.deque[str] = collections.deque(maxlen=MAX_BUFFERED)
@@ -47,7 +55,8 @@ class ContainerLogStream:
         # while it runs (engine connection dropped) is reopened from where it ended
         self._running = running
         self._close_asked = threading.Event()
-        self._last_chunk = 0.0
+        self._stamps = None if tty else EntryStamps()
+        self._last_chunk = 0.0  # host time, for a TTY log only
         self._stream: Any = None
         self._closing = False
         self._opened = threading.Event()
@@ -65,7 +74,8 @@ class ContainerLogStream:
         # follow=True: the request stays open until the container stops.
         extra = {"since": since} if since else {}
         stream = self._api.logs(self._container_id, stdout=self.which == "stdout",
-                                stderr=self.which == "stderr", stream=True, follow=True, **extra)
+                                stderr=self.which == "stderr", stream=True, follow=True,
+                                timestamps=self._stamps is not None, **extra)
         with self._cond:
             if not self._closing:
                 self._stream = stream
@@ -95,8 +105,11 @@ class ContainerLogStream:
         while True:
             try:
                 for chunk in stream:
-                    self._last_chunk = time.time()
                     failures = 0
+                    if self._stamps is None:
+                        self._last_chunk = time.time()
+                    elif (chunk := self._stamps.take(chunk)) is None:
+                        continue  # a reopened log's replay of an entry passed on before
                     for line in self.splitter.feed(chunk):
                         self._push(line)
             except Exception:  # noqa: BLE001 - closed under us (kill), or the engine connection dropped
@@ -117,8 +130,11 @@ class ContainerLogStream:
                 if running is None:
                     continue  # the engine does not answer yet
                 try:
-                    # the engine's since= counts in its clock; lines of the last chunk's second may repeat
-                    stream = self._open(since=self._last_chunk or None)
+                    if self._stamps is None:
+                        stream = self._open(since=self._last_chunk or None)
+                    else:
+                        stream = self._open(since=self._stamps.since())
+                        self._stamps.reopened()
                     break
                 except Exception:  # noqa: BLE001 - the engine is still away: try again
                     continue

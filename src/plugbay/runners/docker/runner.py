@@ -227,7 +227,8 @@ class DockerRunner(Runner):
             container = client.containers.prepare_model({"Id": self._container_id})
             self._host_port = published_port(container, self.container_port)  # the engine picked it at start
         for which in ("stdout", "stderr"):
-            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which, self._running)
+            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which, self._running,
+                                                     tty=bool(args.get("tty")))
         self._watch_exit()
         for pump in self._pumps.values():
             pump.wait_open(_LOG_OPEN_WAIT)
