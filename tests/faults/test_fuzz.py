@@ -185,6 +185,9 @@ def _feed(data: bytes, errors: list[BaseException]) -> None:
                 break
         assert session.closed, "the yamux session did not end after the peer's bytes stopped"
         assert session.close_reason
+        # closed is set first, then the streams are ended (on the reader thread, which ends after)
+        session._reader.join(5)
+        assert not session._reader.is_alive(), "the yamux reader thread did not end with the session"
         for stream in streams:
             # ended (reset, or closed by the peer) so a read cannot wait; what arrived before the end
             # may still be read, as Go's yamux gives it, then EOF
