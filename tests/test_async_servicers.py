@@ -8,6 +8,7 @@ import shlex
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO / "examples" / "streaming"))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
-from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
+from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerClient, StreamerPlugin  # noqa: E402
 from kvproto import kv_pb2  # noqa: E402
 from streamingproto import streaming_pb2  # noqa: E402
 
@@ -86,6 +87,41 @@ def test_async_generators_stream_both_ways_and_a_cancelled_stream_closes_its_gen
         call.cancel()
         assert wait_until(lambda: streamer.stats().cancelled == 2, 10.0, step=0.1)
         assert streamer.stats().produced < 1_000_000
+
+
+def test_request_streams_left_open_do_not_starve_each_other() -> None:
+    # Each open stream's next read holds a thread until its host sends again: reads on the loop's
+    # default executor (a handful of threads) left the streams past the first few unanswered.
+    streams = 24  # within the gate's 32 (ServeConfig.max_workers)
+    barrier = threading.Barrier(streams)
+    got: list[bytes] = []
+    failed: list[BaseException] = []
+
+    def one(streamer: StreamerClient, n: int) -> None:
+        echoed = threading.Event()
+
+        def requests() -> Iterator[streaming_pb2.Chunk]:
+            yield streaming_pb2.Chunk(data=bytes([n]))
+            echoed.wait(20)
+            barrier.wait(20)  # every stream is open, each waiting for its next request to be read
+
+        try:
+            for chunk in streamer.echo(requests(), timeout=30):
+                got.append(chunk.data)
+                echoed.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failed.append(exc)
+            barrier.abort()
+
+    with Client(stream_config("streamer")) as client:
+        streamer = client.dispense(STREAMER)
+        threads = [threading.Thread(target=one, args=(streamer, n)) for n in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert not failed, failed[0]
+        assert sorted(got) == [bytes([n]) for n in range(streams)]
 
 
 def test_a_server_stream_written_as_a_coroutine_is_refused_with_what_to_do() -> None:

@@ -32,6 +32,13 @@ from plugbay.errors import ConfigError
 _END = object()
 
 
+# A blocking read of a request stream holds a thread until the host sends its next message; the
+# loop's default executor (a handful of threads) would let a few idle streams starve the rest.
+# The gate bounds the calls (max_workers), so this only has to be past any sensible max_workers:
+# threads are made as reads need them.
+_READERS = 1024
+
+
 class HandlerLoop:
     """The event loop of the plugin's async handlers, started with the first one's call."""
 
@@ -39,6 +46,14 @@ class HandlerLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def readers(self) -> concurrent.futures.Executor:
+        """Where request streams are read: a thread per stream being read."""
+        with self._lock:
+            if self._readers is None:
+                self._readers = concurrent.futures.ThreadPoolExecutor(_READERS, "plugbay-aio-reads")
+            return self._readers
 
     def get(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -62,6 +77,9 @@ class HandlerLoop:
         """End the loop (the server has stopped: no handler runs any more); joins its thread."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+            readers, self._readers = self._readers, None
+        if readers is not None:  # a read still waiting ends with the call's stream
+            readers.shutdown(wait=False, cancel_futures=True)
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)
@@ -94,7 +112,7 @@ def sync_handler(method: str, handler: Any, loop: HandlerLoop) -> Any:
 def _unary(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool) -> Callable[..., Any]:
     def run(request: Any, context: grpc.ServicerContext) -> Any:
         aloop = loop.get()
-        arg = _requests(request, aloop) if streams_in else request
+        arg = _requests(request, aloop, loop.readers()) if streams_in else request
         future = asyncio.run_coroutine_threadsafe(behavior(arg, context), aloop)
         context.add_callback(future.cancel)  # the call ended early: so does its coroutine (no-op once done)
         try:
@@ -107,7 +125,7 @@ def _unary(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool) ->
 def _streaming(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool) -> Callable[..., Any]:
     def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         aloop = loop.get()
-        responses = behavior(_requests(request, aloop) if streams_in else request, context)
+        responses = behavior(_requests(request, aloop, loop.readers()) if streams_in else request, context)
         current: list[concurrent.futures.Future[Any]] = []
         context.add_callback(lambda: current and current[-1].cancel())
         try:
@@ -138,10 +156,11 @@ async def _next(responses: AsyncIterator[Any]) -> Any:
         return _END
 
 
-async def _requests(requests: Iterator[Any], loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
+async def _requests(requests: Iterator[Any], loop: asyncio.AbstractEventLoop,
+                    readers: concurrent.futures.Executor) -> AsyncIterator[Any]:
     """The call's request stream for a coroutine: each blocking read on a thread off the loop."""
     while True:
-        item = await loop.run_in_executor(None, next, requests, _END)
+        item = await loop.run_in_executor(readers, next, requests, _END)
         if item is _END:
             return
         yield item
