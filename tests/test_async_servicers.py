@@ -3,11 +3,13 @@ plugbay's plugin server, driven by a plugbay host and by go-plugin 1.0.1's Go ho
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,8 +69,9 @@ def test_async_handlers_answer_on_one_shared_loop(tmp_path: Path) -> None:
 def test_a_call_that_ends_early_cancels_its_coroutine(tmp_path: Path) -> None:
     with kv_client(tmp_path) as client:
         kv = client.dispense(PLUGIN_NAME)
+        kv.put("warm", b"1")  # the handler loop runs: the deadline below is the hold's alone
         with pytest.raises(CallTimeoutError):
-            kv._stub.Get(kv_pb2.GetRequest(key="__hold__"), timeout=0.5)  # nobody releases it
+            kv._stub.Get(kv_pb2.GetRequest(key="__hold__"), timeout=1.0)  # nobody releases it
         assert wait_until(lambda: kv.get("__cancelled__") == b"1", 10.0, step=0.1)
         kv.put("after", b"ok")  # the loop goes on serving
         assert kv.get("after") == b"ok"
@@ -147,3 +150,106 @@ def test_go_plugin_host_drives_an_async_python_plugin(tmp_path: Path) -> None:
             assert done.returncode == 0, done.stdout + done.stderr
         assert "hello from go" in done.stdout
         assert (tmp_path / "kv_greeting").read_bytes() == b"hello from go"
+
+
+class _Hang:
+    """A coroutine that waits until cancelled, then takes 0.3 s (awaiting) to clean up."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, float] = {}
+
+    async def run(self, request: object = None, context: object = None) -> bytes:
+        self.events["started"] = time.monotonic()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.events["cancelled"] = time.monotonic()
+            await asyncio.sleep(0.3)
+            self.events["cleaned"] = time.monotonic()
+            raise
+        return b""
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["hook-in-time", "call-ended-before-the-hook"])
+def test_a_call_cut_short_cancels_its_coroutine_and_its_thread_waits_for_the_cleanup(
+        late: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cancel freed the gRPC thread before the coroutine's cleanup ran; and grpcio neither runs nor
+    # keeps a callback added after the call ended, so such a coroutine ran on, holding its thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plugbay.core.plugin.aiohandlers import HandlerLoop, sync_handler
+
+    loop = HandlerLoop()
+    if late:
+        real_get = loop.get
+
+        def late_get() -> asyncio.AbstractEventLoop:
+            time.sleep(0.8)  # a loaded machine: the deadline passes before the handler sets its hook
+            return real_get()
+
+        monkeypatch.setattr(loop, "get", late_get)
+    hang = _Hang()
+    wrapped = sync_handler("/t.S/Hang", grpc.unary_unary_rpc_method_handler(hang.run), loop)
+    returned: dict[str, float] = {}
+
+    def timed(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return wrapped.unary_unary(request, context)  # type: ignore[no-any-return]
+        finally:
+            returned["at"] = time.monotonic()
+
+    server = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="test-grpc"))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.S", {"Hang": grpc.unary_unary_rpc_method_handler(timed)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary("/t.S/Hang")(b"", timeout=0.5)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: "at" in returned, 10.0), "the handler's thread still waits for its coroutine"
+        if "started" in hang.events:  # (cancelled before its first step, it never ran: nothing to clean up)
+            assert "cleaned" in hang.events, hang.events
+            assert returned["at"] >= hang.events["cleaned"]  # the thread waited for the coroutine's end
+        else:
+            assert late, "the coroutine never ran although the call was live when it began"
+    finally:
+        server.stop(0).wait(5)
+        loop.stop()
+
+
+def test_stopping_the_handler_loop_cancels_what_runs_and_lets_it_clean_up() -> None:
+    import concurrent.futures
+
+    from plugbay.core.plugin.aiohandlers import HandlerLoop, _OnLoop
+
+    loop = HandlerLoop()
+    hang = _Hang()
+    call = _OnLoop(hang.run(), loop.get())
+    assert wait_until(lambda: "started" in hang.events, 5.0)
+    loop.stop(timeout=3.0)
+    assert "cleaned" in hang.events, hang.events  # not "Task was destroyed but it is pending"
+    with pytest.raises(concurrent.futures.CancelledError):
+        call.done.result(1)
+
+
+def test_a_generic_only_registration_is_checked_when_it_is_registered() -> None:
+    # stubs from grpcio-tools before 1.62 (and hand-written handler tables) register generic handlers
+    # only: the refusal came at the first call (UNKNOWN to the host) instead of at serve()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plugbay import ConfigError
+    from plugbay.core.plugin.gate import GatedServer, HandlerGate
+
+    async def written_with_context_write(request: bytes, context: object) -> None:
+        pass
+
+    server = grpc.server(ThreadPoolExecutor(1, thread_name_prefix="test-grpc"))
+    try:
+        gated = GatedServer(server, HandlerGate(2))
+        with pytest.raises(ConfigError, match="must be an async generator"):
+            gated.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                "t.S", {"Gen": grpc.unary_stream_rpc_method_handler(written_with_context_write)}),))
+    finally:
+        server.stop(0)

@@ -22,7 +22,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -82,8 +82,63 @@ class HandlerLoop:
             readers.shutdown(wait=False, cancel_futures=True)
         if loop is None or thread is None:
             return
+        # coroutines still running (their calls cut short by the server's stop) are cancelled and
+        # given the time left to run their cleanup, as are async generators not yet closed
+        draining = asyncio.run_coroutine_threadsafe(_drain(timeout), loop)
+        try:
+            draining.result(timeout + 1.0)
+        except Exception:  # noqa: BLE001 - a cleanup that hangs: the loop ends without it
+            pass
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
+
+
+async def _drain(timeout: float) -> None:
+    here = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not here]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+class _OnLoop:
+    """A coroutine run as a task on the handler loop. ``done`` settles when the task has ended, so
+    a call cut short waits for its coroutine's cleanup (max_workers bounds the coroutines, too)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(self._begin, coro)
+        except RuntimeError:  # the loop ended (the plugin is stopping)
+            coro.close()
+            raise
+
+    def _begin(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._task = self._loop.create_task(coro)
+        self._task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.done.set_exception(concurrent.futures.CancelledError())
+        elif task.exception() is not None:
+            self.done.set_exception(task.exception())
+        else:
+            self.done.set_result(task.result())
+
+    def cancel(self) -> None:
+        """Any thread; after _begin, as the loop runs its callbacks in order."""
+        try:
+            self._loop.call_soon_threadsafe(self._cancel)
+        except RuntimeError:  # the loop ended: its tasks with it
+            pass
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 LOOP = HandlerLoop()  # one for the plugin process; gate.stop_async_handlers() ends it
@@ -113,10 +168,11 @@ def _unary(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool) ->
     def run(request: Any, context: grpc.ServicerContext) -> Any:
         aloop = loop.get()
         arg = _requests(request, aloop, loop.readers()) if streams_in else request
-        future = asyncio.run_coroutine_threadsafe(behavior(arg, context), aloop)
-        context.add_callback(future.cancel)  # the call ended early: so does its coroutine (no-op once done)
+        call = _OnLoop(behavior(arg, context), aloop)
+        if not context.add_callback(call.cancel):  # the call had ended already: it is never told
+            call.cancel()
         try:
-            return future.result()
+            return call.done.result()
         except concurrent.futures.CancelledError:
             context.abort(grpc.StatusCode.CANCELLED, "the call ended before its handler did")
     return run
@@ -126,24 +182,37 @@ def _streaming(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool
     def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         aloop = loop.get()
         responses = behavior(_requests(request, aloop, loop.readers()) if streams_in else request, context)
-        current: list[concurrent.futures.Future[Any]] = []
-        context.add_callback(lambda: current and current[-1].cancel())
+        ended = threading.Event()
+        current: list[_OnLoop] = []
+
+        def cut_short() -> None:
+            ended.set()
+            if current:
+                current[-1].cancel()
+
+        if not context.add_callback(cut_short):  # the call had ended already: it is never told
+            ended.set()
         try:
-            while True:
-                step = asyncio.run_coroutine_threadsafe(_next(responses), aloop)
+            while not ended.is_set():
+                step = _OnLoop(_next(responses), aloop)
                 current[:] = [step]
+                if ended.is_set():  # cut short before the step was current
+                    step.cancel()
                 try:
-                    item = step.result()
+                    item = step.done.result()
                 except concurrent.futures.CancelledError:
-                    return  # the call ended early
+                    return
                 if item is _END:
                     return
                 yield item
         finally:
-            # the call ended (or was cancelled) before the generator did: run its finally blocks
-            closing = asyncio.run_coroutine_threadsafe(responses.aclose(), aloop)
+            # the call ended (or was cut short) before the generator did: run its finally blocks
             try:
-                closing.result(5.0)
+                closing = _OnLoop(responses.aclose(), aloop)
+            except RuntimeError:  # the loop ended, and closed its generators as it did
+                return
+            try:
+                closing.done.result(5.0)
             except Exception:  # noqa: BLE001 - its cleanup failed or hung: the call is over anyway
                 closing.cancel()
     return run

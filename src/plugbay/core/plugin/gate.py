@@ -142,7 +142,15 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
         self._gate = gate
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in generic_rpc_handlers))
+        handlers = tuple(generic_rpc_handlers)
+        for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
+            table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
+            name = getattr(handler, "service_name", None)
+            if isinstance(table, dict) and callable(name):
+                for method, one in table.items():
+                    if _is_async(one):
+                        self._gate.gated(f"/{name()}/{method}", one)
+        self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         self._server.add_registered_method_handlers(
