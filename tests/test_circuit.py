@@ -187,3 +187,40 @@ def test_a_default_named_breaker_takes_the_clients_name(tmp_path: Path) -> None:
     with Client(faulty_config(tmp_path, name="kv-faulty")) as client:
         install(client, breaker=named)
     assert named.name == "mine"  # a name given is kept
+
+
+def test_a_cancelled_call_that_is_not_the_probe_leaves_the_probe_slot_taken() -> None:
+    # A call let through while closed, cancelled while half-open, freed the slot of the probe that
+    # another call held, so a second probe ran beside it.
+    import asyncio
+
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
+
+    async def main() -> None:
+        hold = asyncio.Event()
+        started: list[str] = []
+
+        def waiting(name: str):  # type: ignore[no-untyped-def]
+            async def attempt(timeout: float | None) -> str:
+                started.append(name)
+                await hold.wait()
+                return name
+            return attempt
+
+        older = asyncio.ensure_future(b.run_async("/m", waiting("older"), None))  # let through while closed
+        await asyncio.sleep(0)
+        b.trip("test")
+        clock.now += 5
+        probe = asyncio.ensure_future(b.run_async("/m", waiting("probe"), None))
+        await asyncio.sleep(0)
+        assert started == ["older", "probe"] and b.state == HALF_OPEN
+        older.cancel()
+        await asyncio.gather(older, return_exceptions=True)
+        with pytest.raises(CircuitOpen, match="a probe call is already in flight"):
+            await asyncio.wait_for(b.run_async("/m", waiting("third"), None), 5)  # admitted: it would wait
+        hold.set()
+        assert await asyncio.wait_for(probe, 10) == "probe"
+        assert b.state == CLOSED
+
+    asyncio.run(main())

@@ -143,15 +143,19 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Take permission for one call; False when it must fail fast."""
+        return self._admit() is not None
+
+    def _admit(self) -> str | None:
+        """Permission for one call: "probe" (half-open's one probe), "call" (closed), or None."""
         with self._lock:
             state = self._current()
-            allowed = state == CLOSED or (state == HALF_OPEN and not self._probing)
-            if state == HALF_OPEN and allowed:
-                self._probing = True
-            if not allowed:
+            kind = "call" if state == CLOSED else None
+            if state == HALF_OPEN and not self._probing:
+                self._probing, kind = True, "probe"
+            if kind is None:
                 self.rejected_count += 1
         self._notify()
-        return allowed
+        return kind
 
     def record_success(self) -> None:
         with self._lock:
@@ -212,30 +216,34 @@ class CircuitBreaker:
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         """The call-hook layer: refuse, or call and record the outcome."""
-        if not self.allow():
+        kind = self._admit()
+        if kind is None:
             raise self.open_error()
         try:
             result = attempt(timeout)
         except Exception as exc:
             self._record(method, exc)
             raise
-        except BaseException:  # interrupted: the probe slot must not stay taken
-            self._release_probe()
+        except BaseException:  # interrupted: the probe slot must not stay taken (only the probe holds it)
+            if kind == "probe":
+                self._release_probe()
             raise
         self.record_success()
         return result
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """:meth:`run` for an AsyncClient's calls (a cancelled call, like an interrupted one, records nothing)."""
-        if not self.allow():
+        kind = self._admit()
+        if kind is None:
             raise self.open_error()
         try:
             result = await attempt(timeout)
         except Exception as exc:
             self._record(method, exc)
             raise
-        except BaseException:
-            self._release_probe()
+        except BaseException:  # a cancel: routine on asyncio, so only the probe's frees the probe slot
+            if kind == "probe":
+                self._release_probe()
             raise
         self.record_success()
         return result
