@@ -28,6 +28,9 @@ MOVED = [
     ("plugbay.core.plugin.server", "ServeConfig", "plugbay.core.plugin.serveconfig"),
     ("plugbay.core.plugin.server", "protocol_version", "plugbay.core.plugin.serveconfig"),
     ("plugbay", "ServeConfig", "plugbay.core.plugin.serveconfig"),
+    # the plugin command's check and executable lookup, in a module of their own (the ~400-line rule)
+    ("plugbay.runners.process", "check_cmd", "plugbay.runners.command"),
+    ("plugbay.runners.process", "resolve_executable", "plugbay.runners.command"),
 ]
 
 

@@ -31,22 +31,21 @@ from typing import Any
 
 import grpc
 
-from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
-from plugbay.network.tls import NetworkTLS, tls_failure
+from plugbay.network.poolhealth import PoolHealth
+from plugbay.network.tls import NetworkTLS
 
 _log = logging.getLogger("plugbay.network")
 POLICIES = ("round_robin", "pick_first")
-_HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
 
 
-class EndpointPool(CallChannel):
-    """See the module docstring."""
+class EndpointPool(PoolHealth, CallChannel):
+    """See the module docstring. Its health checks and housekeeping: poolhealth.PoolHealth."""
 
     def __init__(self, resolver: Resolver, *, tls: NetworkTLS | None = None, insecure: bool = False,
                  policy: str = "round_robin", outlier: OutlierPolicy | None = None,
@@ -258,66 +257,6 @@ class EndpointPool(CallChannel):
         again = getattr(self._resolver, "refresh", None)
         if callable(again):
             again()
-
-    # --- health and housekeeping ------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            with self._cond:
-                members = list(self._members.values())
-                for member in members:
-                    if member.outlier.tick(self.outlier, now):
-                        _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
-                        self._cond.notify_all()
-                for member in list(self._draining):
-                    if member.inflight <= 0 or now - (member.draining_since or now) >= self.drain_timeout:
-                        self._draining.remove(member)
-                        member.channel.close()
-            for member in members:
-                self._check(member)
-            self._log_if_changed()
-            self._stop.wait(self.health_interval)
-
-    def _check(self, member: Member) -> None:
-        if member.checking or member.draining_since is not None:
-            return
-        member.checking = True
-        try:
-            future = member.health_stub.Check.future(_HEALTH_REQ, timeout=self.health_timeout)
-        except ValueError:  # the channel was closed meanwhile
-            member.checking = False
-            return
-        future.add_done_callback(lambda f: self._checked(member, f))
-
-    def _checked(self, member: Member, future: Any) -> None:
-        member.checking = False
-        try:
-            status = future.result().status
-            ok, detail = status == health_pb2.HealthCheckResponse.SERVING, \
-                health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-        except grpc.RpcError as exc:
-            ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
-            detail = f"{exc.code().name}: {exc.details()}"
-        except Exception as exc:  # cancelled on close
-            ok, detail = False, type(exc).__name__
-        with self._cond:
-            fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
-            self._health_fails[member.key] = fails
-            before = member.healthy
-            member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(detail, tls=self.tls is not None)
-            if ok:
-                member.healthy, member.health_detail = True, ""
-            elif fails >= self.unhealthy_after or before is None:
-                member.healthy, member.health_detail = False, detail
-            went_bad = before is not False and member.healthy is False
-            if before != member.healthy:
-                _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
-                          "SERVING" if member.healthy else "bad", detail)
-                self._cond.notify_all()
-        if went_bad:  # no call may fail toward it now, so failures alone would not ask discovery again
-            self._look_again()
-        self._log_if_changed()
 
     # --- metrics --------------------------------------------------------------------------
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import collections
 import os
-import select
-import shutil
 import signal
 import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any
+from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
@@ -38,35 +36,18 @@ from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # r
 from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
+from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
+from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
+from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
                                       stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
 
-_POLL = 0.2
 _TAIL = 50
 
 
-def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
-    """cmd[0] as the OS will run it: a path, or the first match on PATH."""
-    if os.sep in cmd0:
-        return os.path.abspath(cmd0)
-    path = (env or os.environ).get("PATH", os.defpath)
-    found = shutil.which(cmd0, path=path)
-    if found is None:
-        raise ConfigError(f"plugin command {cmd0!r} is not on PATH ({path}); give its full path")
-    return os.path.abspath(found)
-
-
-def check_cmd(cmd: Any, where: str) -> None:
-    """A plugin command is a non-empty list of strings: ConfigError naming ``where`` otherwise."""
-    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd or not all(
-            isinstance(part, str) for part in cmd):
-        raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
-                          f" (not one command line), got {cmd!r}")
-
-
-class ProcessRunner(Runner):
+class ProcessRunner(ProcessLines, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -331,7 +312,7 @@ class ProcessRunner(Runner):
         return {"kind": "ProcessRunner", "id": str(pid), "pid": pid, "name": self.name,
                 "start_time": self._start_ticks, "plugin_id": self.plugin_id}  # recorded at spawn
 
-    # --- output -----------------------------------------------------------------
+    # --- output (the pipe reads: proclines.ProcessLines) --------------------------
 
     def stdout_lines(self) -> Iterator[str]:
         return self._lines("stdout")
@@ -351,57 +332,6 @@ class ProcessRunner(Runner):
 
     def stderr_tail(self) -> list[str]:
         return list(self._tail)
-
-    def _lines(self, which: str) -> Iterator[str]:
-        proc = self._proc
-        if proc is None:
-            raise RunnerError("ProcessRunner.start() must run before its output is read")
-        pipe: IO[bytes] | None = proc.stdout if which == "stdout" else proc.stderr
-        assert pipe is not None
-        with self._lock:
-            if which in self._iterating or pipe.closed:
-                raise RunnerError(f"the plugin's {which} can be read by one reader only")
-            self._iterating.add(which)
-        return self._read_lines(pipe, which == "stderr")
-
-    def _read_lines(self, pipe: IO[bytes], keep_tail: bool) -> Iterator[str]:
-        # poll() with a timeout instead of a blocking read: a grandchild that
-        # escaped the process group could hold the pipe open forever, and kill()
-        # must be able to end this iterator.
-        fd = pipe.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        splitter = LineSplitter()
-        self.splitters.append(splitter)
-        try:
-            while True:
-                if not poller.poll(_POLL * 1000):
-                    if self._stop.is_set():
-                        break
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                for line in splitter.feed(chunk):
-                    if keep_tail:
-                        self._tail.append(line)
-                    yield line
-            for line in splitter.flush():
-                if keep_tail:
-                    self._tail.append(line)
-                yield line
-        finally:
-            with self._lock:
-                pipe.close()
-
-    def _close_unread(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        with self._lock:
-            for which, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-                if pipe is not None and which not in self._iterating and not pipe.closed:
-                    pipe.close()
 
 
 def _signal_group(pid: int, sig: int) -> None:

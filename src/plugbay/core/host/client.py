@@ -36,10 +36,10 @@ from plugbay.errors import (
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
+from plugbay.core.host.exitnotice import ExitNotice
 from plugbay.core.host.live import LIVE, LoopHandoff
-from plugbay.core.host.parts import ClientParts
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
-from plugbay.core.host.stop import describe_exit, killed_while_starting
+from plugbay.core.host.stop import killed_while_starting
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.host.reattach import ReattachConfig
@@ -55,7 +55,7 @@ _log = logging.getLogger("plugbay.client")
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 
-class Client(ClientParts):
+class Client(ExitNotice):
     """One plugin, from start to kill. Use as a context manager."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -258,45 +258,6 @@ class Client(ClientParts):
         self._exit_gate.open()
         if self._exit_code is not None:  # it ended while start() ran: as if told now
             self._on_exit(self._exit_code)
-
-    def _on_exit(self, code: int) -> None:
-        if self._stop.is_set() or not self._exit_gate.tell():
-            self._exit_code = code
-            return
-        self._learned_exit(code, refuse=True)
-        _log.warning("plugin %s exited with code %s", self.name, code)
-        # Fail calls still in flight now, whatever the transport (a published
-        # port may keep a dead plugin's connection open).
-        # Through the ManagedChannel, so no call object is built on the closed channel.
-        channel = self._channel
-        if channel is not None:
-            channel.close_current()
-        broker = self._broker
-        if broker is not None:  # its stream has a connection of its own
-            broker.end_stream(f"plugin {self.name!r} exited with code {code}")
-        stdio = self._stdio
-        if stdio is not None:  # on the loop, it shares the broker stream's connection
-            stdio.cancel()
-
-    def _learned_exit(self, code: int, refuse: bool) -> None:
-        """Publish the exit code; ``refuse``: mark the channel refusing first, so a call made once
-        ``exited`` reads True is never sent (the mark takes no lock: the probe runs under the channel's)."""
-        channel = self._channel
-        if refuse and channel is not None:
-            channel.refuse_calls()
-        self._exit_code = code
-
-    def _exit_probe(self, wait: float) -> str | None:
-        """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
-        code = self._exit_code
-        if code is None and self._runner is not None:
-            code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
-        if code is None:
-            return None
-        # learned here before the exit watch: refused as the watch would
-        self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
-        self._drain_logs()
-        return describe_exit(code, self._logs.tail()[-5:])
 
     # --- use --------------------------------------------------------------------
 

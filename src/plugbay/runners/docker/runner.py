@@ -20,7 +20,6 @@ hosts that are gone.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 import uuid
@@ -32,7 +31,7 @@ from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
-                                            check_runtime, clear_socket_dir, create_container, end_container, engine,
+                                            check_runtime, create_container, engine,
                                             engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
@@ -43,6 +42,7 @@ from plugbay.runners.docker.addresses import container_to_host, host_to_containe
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.teardown import ContainerTeardown
 from plugbay.runners.docker.waiter import ExitWaiter
 from plugbay.runners.session import managed_labels
 
@@ -52,7 +52,7 @@ TRANSPORTS = ("unix", "tcp")
 _LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
-class DockerRunner(Runner):
+class DockerRunner(ContainerTeardown, Runner):
     """Runs a plugin image as a container. One instance runs the plugin once.
 
     Secure defaults: every capability dropped, no-new-privileges, a read-only root
@@ -263,7 +263,7 @@ class DockerRunner(Runner):
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         return host_to_container(self.transport, network, address, self._host_socket_dir)
 
-    # --- wait / kill ----------------------------------------------------------------
+    # --- wait / kill (detach, kill, force_kill: teardown.ContainerTeardown) ------------
 
     def _inspect(self) -> dict[str, Any] | None:
         from docker.errors import NotFound
@@ -289,57 +289,6 @@ class DockerRunner(Runner):
         if self._waiter is None:
             return None
         return self._waiter.wait(timeout)
-
-    def detach(self) -> None:
-        """Leave the container running and free what this host holds for it (the exit watch, log
-        pumps, engine client); start() refuses from now on, kill() still removes the container."""
-        with self._lock:
-            self._detached = True
-            client, self._client = self._client, None
-        if self._waiter is not None:
-            self._waiter.stop()
-        for pump in list(self._pumps.values()):
-            pump.close()
-        if client is not None:
-            client.close()
-
-    def kill(self, grace: float = 2.0) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-            reopen = self._detached and self._container_id and self._client is None
-        if reopen:  # detach() closed the engine client
-            self._client = engine()
-        self._cleanup(remove=True, grace=grace)
-
-    def force_kill(self) -> None:
-        with self._lock:
-            self._killed = True
-        if self._container_id:
-            self._client = engine()  # a fresh one: a cut-short kill() may have closed the last
-        self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
-
-    def _cleanup(self, *, remove: bool, grace: float) -> None:
-        client = self._client
-        try:
-            if client is not None and self._container_id:
-                end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
-                              stopped=self._keep_final_state)
-        finally:
-            for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
-                pump.close()
-            if self._waiter is not None:
-                self._waiter.join(10.0)
-            if self._owns_socket_dir and self._host_socket_dir and not self._attached:
-                shutil.rmtree(self._host_socket_dir, ignore_errors=True)
-            elif self._attached and self._host_socket_dir:
-                clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
-            if client is not None:
-                client.close()
-
-    def _keep_final_state(self, state: dict[str, Any]) -> None:
-        self._final_state = state  # set before the removal, as diagnose() and the exit waiter read it
 
     # --- output / diagnosis ----------------------------------------------------------
 

@@ -12,7 +12,6 @@ to :meth:`stdout_lines` and every other line to :meth:`stderr_lines` (the log pu
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,15 +28,15 @@ from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
+from plugbay.runners.kubernetes.teardown import PodTeardown
 from plugbay.runners.kubernetes.watch import PodWatch
 
 MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
-_log = logging.getLogger("plugbay.runners.kubernetes")
 
 ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
 
 
-class KubernetesRunner(Runner):
+class KubernetesRunner(PodTeardown, Runner):
     """Runs a plugin image as a pod. One runner, one pod."""
 
     def __init__(self, image: str, *, namespace: str | None = None, pull_policy: str = "IfNotPresent",
@@ -257,7 +256,7 @@ class KubernetesRunner(Runner):
             " to a pod need ClientConfig(multiplex_broker=True), which carries them over the plugin's"
             " own connection (go-plugin 1.0.1 plugins cannot multiplex)")
 
-    # --- wait, kill, diagnose --------------------------------------------------
+    # --- wait, kill, diagnose (the pod's deletion and close up: teardown.PodTeardown) --
 
     def wait(self, timeout: float | None = None) -> int | None:
         if not self.pod_name:  # no pod yet: a watch started now would watch no name, and never the pod
@@ -278,64 +277,9 @@ class KubernetesRunner(Runner):
             self._killed = True
         self._delete_pod(0)  # again if a kill() was cut short (Ctrl-C): the pod must not outlive the host
 
-    def _delete_pod(self, grace: float) -> None:
-        error: BaseException | None = None
-        try:
-            # End our port-forward streams before the pod goes, so each closes from our side
-            # in order rather than under the client's proxy threads when the pod's port vanishes.
-            self._close_forwarders()
-            if self.pod_name and not self._podwatch.gone:
-                self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
-                try:
-                    if not self._pod.delete(grace):
-                        self._podwatch.update(None, True)  # 404: already gone
-                except RunnerError as exc:
-                    error = exc
-                    if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
-                        self._podwatch.update(None, True)
-                if error is None and not self._await_gone(grace + 30):
-                    _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
-        finally:
-            self._close()
-        if error is not None:
-            raise error
-
-    def _await_gone(self, timeout: float) -> bool:
-        """Whether the pod is gone within ``timeout``: told by the watch, else (detach() closed it,
-        a 403 ended it) read every 0.25 s rather than sitting out the whole timeout."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if self._podwatch.watching():
-                if self._podwatch.wait_gone(min(left, 1.0)):
-                    return True
-                continue
-            try:
-                if self._read_pod() is None:
-                    self._podwatch.update(None, True)
-                    return True
-            except RunnerError as exc:
-                _log.debug("reading pod %s after its deletion: %s", self.id, exc)
-            time.sleep(min(left, 0.25))
-        return self._podwatch.gone
-
-    def _close(self) -> None:
-        self._podwatch.close()
-        self._logs.close()
-        self._close_forwarders()
-        if self._owns_client:
-            self._api_client.close()
-
     def detach(self) -> None:
         """Leave the pod running; kill() afterwards still deletes it (the one with the UID this runner saw)."""
         self._close()
-
-    def _close_forwarders(self) -> None:
-        with self._lock:
-            self._ended = True
-            forwarders = list(self._forwarders.values())
-            self._forwarders.clear()
-        for fwd in forwarders:
-            fwd.close()
 
     def diagnose(self) -> str:
         if self._diagnosis and self._killed:

@@ -1,0 +1,54 @@
+"""ExitNotice, the Client's base above ClientParts: how the Client learns that its plugin exited
+(the exit watch's callback, and the probe a broken call asks) and what it does then."""
+
+from __future__ import annotations
+
+import logging
+
+from plugbay.core.host.parts import ClientParts
+from plugbay.core.host.stop import describe_exit
+
+_log = logging.getLogger("plugbay.client")
+
+
+class ExitNotice(ClientParts):
+    """The plugin's exit as the Client hears of it."""
+
+    def _on_exit(self, code: int) -> None:
+        if self._stop.is_set() or not self._exit_gate.tell():
+            self._exit_code = code
+            return
+        self._learned_exit(code, refuse=True)
+        _log.warning("plugin %s exited with code %s", self.name, code)
+        # Fail calls still in flight now, whatever the transport (a published
+        # port may keep a dead plugin's connection open).
+        # Through the ManagedChannel, so no call object is built on the closed channel.
+        channel = self._channel
+        if channel is not None:
+            channel.close_current()
+        broker = self._broker
+        if broker is not None:  # its stream has a connection of its own
+            broker.end_stream(f"plugin {self.name!r} exited with code {code}")
+        stdio = self._stdio
+        if stdio is not None:  # on the loop, it shares the broker stream's connection
+            stdio.cancel()
+
+    def _learned_exit(self, code: int, refuse: bool) -> None:
+        """Publish the exit code; ``refuse``: mark the channel refusing first, so a call made once
+        ``exited`` reads True is never sent (the mark takes no lock: the probe runs under the channel's)."""
+        channel = self._channel
+        if refuse and channel is not None:
+            channel.refuse_calls()
+        self._exit_code = code
+
+    def _exit_probe(self, wait: float) -> str | None:
+        """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
+        code = self._exit_code
+        if code is None and self._runner is not None:
+            code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
+        if code is None:
+            return None
+        # learned here before the exit watch: refused as the watch would
+        self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
+        self._drain_logs()
+        return describe_exit(code, self._logs.tail()[-5:])

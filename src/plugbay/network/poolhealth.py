@@ -1,0 +1,100 @@
+"""PoolHealth, a base of EndpointPool: the pool's thread, which checks each endpoint's health
+(grpc.health.v1 Check on service "plugin"), returns ejected endpoints and closes drained ones."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from plugbay._proto.grpc.health.v1 import health_pb2
+from plugbay.network.channelbase import Member
+from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.tls import NetworkTLS, tls_failure
+
+_log = logging.getLogger("plugbay.network")
+_HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
+
+
+class PoolHealth:
+    """Health and housekeeping; EndpointPool sets the attributes."""
+
+    name: str
+    outlier: OutlierPolicy
+    tls: NetworkTLS | None
+    diagnose_tls: bool
+    health_interval: float
+    health_timeout: float
+    unhealthy_after: int
+    drain_timeout: float
+    _cond: threading.Condition
+    _stop: threading.Event
+    _members: dict[str, Member]
+    _draining: list[Member]
+    _health_fails: dict[str, int]
+
+    if TYPE_CHECKING:  # EndpointPool's
+        def _log_if_changed(self) -> None: ...
+
+        def _look_again(self) -> None: ...
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._cond:
+                members = list(self._members.values())
+                for member in members:
+                    if member.outlier.tick(self.outlier, now):
+                        _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
+                        self._cond.notify_all()
+                for member in list(self._draining):
+                    if member.inflight <= 0 or now - (member.draining_since or now) >= self.drain_timeout:
+                        self._draining.remove(member)
+                        member.channel.close()
+            for member in members:
+                self._check(member)
+            self._log_if_changed()
+            self._stop.wait(self.health_interval)
+
+    def _check(self, member: Member) -> None:
+        if member.checking or member.draining_since is not None:
+            return
+        member.checking = True
+        try:
+            future = member.health_stub.Check.future(_HEALTH_REQ, timeout=self.health_timeout)
+        except ValueError:  # the channel was closed meanwhile
+            member.checking = False
+            return
+        future.add_done_callback(lambda f: self._checked(member, f))
+
+    def _checked(self, member: Member, future: Any) -> None:
+        member.checking = False
+        try:
+            status = future.result().status
+            ok, detail = status == health_pb2.HealthCheckResponse.SERVING, \
+                health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as exc:
+            ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
+            detail = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # cancelled on close
+            ok, detail = False, type(exc).__name__
+        with self._cond:
+            fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
+            self._health_fails[member.key] = fails
+            before = member.healthy
+            member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(detail, tls=self.tls is not None)
+            if ok:
+                member.healthy, member.health_detail = True, ""
+            elif fails >= self.unhealthy_after or before is None:
+                member.healthy, member.health_detail = False, detail
+            went_bad = before is not False and member.healthy is False
+            if before != member.healthy:
+                _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
+                          "SERVING" if member.healthy else "bad", detail)
+                self._cond.notify_all()
+        if went_bad:  # no call may fail toward it now, so failures alone would not ask discovery again
+            self._look_again()
+        self._log_if_changed()

@@ -1,0 +1,82 @@
+"""ContainerTeardown, a base of DockerRunner: how it stops and removes its container, or
+leaves it running (detach), and frees what this host holds for it."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from typing import TYPE_CHECKING, Any
+
+from plugbay.runners.docker.engine import clear_socket_dir, end_container, engine
+from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.waiter import ExitWaiter
+
+
+class ContainerTeardown:
+    """detach(), kill(), force_kill() and their close up; DockerRunner sets the attributes."""
+
+    _lock: threading.Lock
+    _killed: bool
+    _detached: bool
+    _attached: bool
+    _client: Any
+    _container_id: str
+    _host_socket_dir: str | None
+    _owns_socket_dir: bool
+    _pumps: dict[str, ContainerLogStream]
+    _waiter: ExitWaiter | None
+    _final_state: dict[str, Any] | None
+
+    if TYPE_CHECKING:  # DockerRunner's
+        def _inspect(self) -> dict[str, Any] | None: ...
+
+    def detach(self) -> None:
+        """Leave the container running and free what this host holds for it (the exit watch, log
+        pumps, engine client); start() refuses from now on, kill() still removes the container."""
+        with self._lock:
+            self._detached = True
+            client, self._client = self._client, None
+        if self._waiter is not None:
+            self._waiter.stop()
+        for pump in list(self._pumps.values()):
+            pump.close()
+        if client is not None:
+            client.close()
+
+    def kill(self, grace: float = 2.0) -> None:
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+            reopen = self._detached and self._container_id and self._client is None
+        if reopen:  # detach() closed the engine client
+            self._client = engine()
+        self._cleanup(remove=True, grace=grace)
+
+    def force_kill(self) -> None:
+        with self._lock:
+            self._killed = True
+        if self._container_id:
+            self._client = engine()  # a fresh one: a cut-short kill() may have closed the last
+        self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
+
+    def _cleanup(self, *, remove: bool, grace: float) -> None:
+        client = self._client
+        try:
+            if client is not None and self._container_id:
+                end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
+                              stopped=self._keep_final_state)
+        finally:
+            for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
+                pump.close()
+            if self._waiter is not None:
+                self._waiter.join(10.0)
+            if self._owns_socket_dir and self._host_socket_dir and not self._attached:
+                shutil.rmtree(self._host_socket_dir, ignore_errors=True)
+            elif self._attached and self._host_socket_dir:
+                clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
+            if client is not None:
+                client.close()
+
+    def _keep_final_state(self, state: dict[str, Any]) -> None:
+        self._final_state = state  # set before the removal, as diagnose() and the exit waiter read it

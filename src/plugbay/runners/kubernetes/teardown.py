@@ -1,0 +1,96 @@
+"""PodTeardown, a base of KubernetesRunner: how it deletes its pod and lets go of what it holds
+(the watch, the log stream, the port-forwards, the API client)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from plugbay.errors import RunnerError
+from plugbay.runners.kubernetes.logs import PodLogs
+from plugbay.runners.kubernetes.podapi import PodApi
+from plugbay.runners.kubernetes.portforward import PortForwarder
+from plugbay.runners.kubernetes.watch import PodWatch
+
+_log = logging.getLogger("plugbay.runners.kubernetes")
+
+
+class PodTeardown:
+    """The pod's deletion and the runner's close up; KubernetesRunner sets the attributes."""
+
+    _lock: threading.Lock
+    _ended: bool
+    _forwarders: dict[int, PortForwarder]
+    _pod: PodApi
+    _podwatch: PodWatch
+    _logs: PodLogs
+    _owns_client: bool
+    _api_client: Any
+
+    if TYPE_CHECKING:  # KubernetesRunner's
+        @property
+        def pod_name(self) -> str: ...
+
+        @property
+        def id(self) -> str: ...
+
+        def _read_pod(self) -> dict[str, Any] | None: ...
+
+        def _start_watcher(self) -> None: ...
+
+    def _delete_pod(self, grace: float) -> None:
+        error: BaseException | None = None
+        try:
+            # End our port-forward streams before the pod goes, so each closes from our side
+            # in order rather than under the client's proxy threads when the pod's port vanishes.
+            self._close_forwarders()
+            if self.pod_name and not self._podwatch.gone:
+                self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
+                try:
+                    if not self._pod.delete(grace):
+                        self._podwatch.update(None, True)  # 404: already gone
+                except RunnerError as exc:
+                    error = exc
+                    if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
+                        self._podwatch.update(None, True)
+                if error is None and not self._await_gone(grace + 30):
+                    _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
+        finally:
+            self._close()
+        if error is not None:
+            raise error
+
+    def _await_gone(self, timeout: float) -> bool:
+        """Whether the pod is gone within ``timeout``: told by the watch, else (detach() closed it,
+        a 403 ended it) read every 0.25 s rather than sitting out the whole timeout."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self._podwatch.watching():
+                if self._podwatch.wait_gone(min(left, 1.0)):
+                    return True
+                continue
+            try:
+                if self._read_pod() is None:
+                    self._podwatch.update(None, True)
+                    return True
+            except RunnerError as exc:
+                _log.debug("reading pod %s after its deletion: %s", self.id, exc)
+            time.sleep(min(left, 0.25))
+        return self._podwatch.gone
+
+    def _close(self) -> None:
+        self._podwatch.close()
+        self._logs.close()
+        self._close_forwarders()
+        if self._owns_client:
+            self._api_client.close()
+
+    def _close_forwarders(self) -> None:
+        with self._lock:
+            self._ended = True
+            forwarders = list(self._forwarders.values())
+            self._forwarders.clear()
+        for fwd in forwarders:
+            fwd.close()

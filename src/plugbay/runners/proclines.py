@@ -1,0 +1,79 @@
+"""ProcessLines, a base of ProcessRunner: its stdout/stderr pipes read line by line in the
+reader's own thread (stdout_lines(), stderr_lines()), and the unread pipes closed on a stop."""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import IO
+
+from plugbay.core.transport.lines import LineSplitter
+from plugbay.errors import RunnerError
+
+_POLL = 0.2
+
+
+class ProcessLines:
+    """The pipe reads; ProcessRunner sets the attributes."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _lock: threading.Lock
+    _stop: threading.Event
+    _iterating: set[str]
+    _tail: collections.deque[str]
+    splitters: list[LineSplitter]
+
+    def _lines(self, which: str) -> Iterator[str]:
+        proc = self._proc
+        if proc is None:
+            raise RunnerError("ProcessRunner.start() must run before its output is read")
+        pipe: IO[bytes] | None = proc.stdout if which == "stdout" else proc.stderr
+        assert pipe is not None
+        with self._lock:
+            if which in self._iterating or pipe.closed:
+                raise RunnerError(f"the plugin's {which} can be read by one reader only")
+            self._iterating.add(which)
+        return self._read_lines(pipe, which == "stderr")
+
+    def _read_lines(self, pipe: IO[bytes], keep_tail: bool) -> Iterator[str]:
+        # poll() with a timeout instead of a blocking read: a grandchild that
+        # escaped the process group could hold the pipe open forever, and kill()
+        # must be able to end this iterator.
+        fd = pipe.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        splitter = LineSplitter()
+        self.splitters.append(splitter)
+        try:
+            while True:
+                if not poller.poll(_POLL * 1000):
+                    if self._stop.is_set():
+                        break
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                for line in splitter.feed(chunk):
+                    if keep_tail:
+                        self._tail.append(line)
+                    yield line
+            for line in splitter.flush():
+                if keep_tail:
+                    self._tail.append(line)
+                yield line
+        finally:
+            with self._lock:
+                pipe.close()
+
+    def _close_unread(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        with self._lock:
+            for which, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                if pipe is not None and which not in self._iterating and not pipe.closed:
+                    pipe.close()
