@@ -279,7 +279,8 @@ def test_a_kill_task_cancelled_before_its_first_step_still_stops_the_plugin() ->
             await killing
 
         def threads() -> list[str]:
-            return [t.name for t in threading.enumerate() if t.name.startswith(f"plugbay-async-{client.name}")]
+            return [t.name for t in threading.enumerate()
+                    if t.name.startswith((f"plugbay-async-{client.name}", f"plugbay-async-stop-{client.name}"))]
 
         for _ in range(500):  # the kill goes on on its own thread (bounded wait)
             if pid_gone(pid) and not threads() and channel._closing is not None:
@@ -294,12 +295,25 @@ def test_a_kill_task_cancelled_before_its_first_step_still_stops_the_plugin() ->
     run(main())
 
 
-def test_kill_made_before_a_loop_runs_begins_when_awaited() -> None:
+def test_kill_begins_when_called_and_may_be_awaited_on_another_loop() -> None:
+    # it began on the loop it was called on and could only be awaited there: awaited on another
+    # loop (or made before asyncio.run's loop existed), it failed or began late
     client = AsyncClient(kv_config(KV_PLUGIN))
     run(client.start())
     pid = int(client.sync_client.runner.reattach_data()["pid"])
-    asyncio.run(client.kill())  # the coroutine is made before asyncio.run's loop exists
+
+    async def made_here() -> Any:
+        return client.kill()
+
+    killing = run(made_here())  # made on this loop, which then ends
+    for _ in range(500):  # it began when made (bounded wait)
+        if pid_gone(pid):
+            break
+        time.sleep(0.02)
     assert pid_gone(pid) and client.exited
+    asyncio.run(killing)  # awaited on another loop: the stop's result, then the client's end
+    with pytest.raises(ClientStateError, match="was killed"):
+        run(client.dispense(PLUGIN_NAME))
 
 
 def test_streams_on_grpc_aio() -> None:

@@ -14,6 +14,7 @@ started the client, and fail with the same typed errors.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -187,30 +188,29 @@ class AsyncClient:
         return stub
 
     def kill(self) -> Coroutine[Any, Any, None]:
-        """Shutdown, grace, force, then free everything (the sync ``kill()``); await the result.
-        Idempotent. Called on an event loop, it begins at once, so a task cancelled before its first
-        step still stops the plugin; once begun, a cancel does not cut it short but is passed on once
-        the plugin is stopped."""
+        """Shutdown, grace, force, then free everything (the sync ``kill()``); await the result, on
+        any event loop. Idempotent. It begins when called, so a task cancelled before its first step
+        still stops the plugin; once begun, a cancel does not cut it short but is passed on once the
+        plugin is stopped."""
         return self._end(self._client.kill, self._begin(self._client.kill))
 
     def close(self) -> Coroutine[Any, Any, None]:
         """Reattached clients: disconnect and leave the plugin running (the sync ``close()``); await
-        the result. Begins at once, as kill() does."""
+        the result. Begins when called, as kill() does."""
         return self._end(self._client.close, self._begin(self._client.close))
 
-    def _begin(self, stop: Callable[[], None]) -> asyncio.Future[None] | None:
-        """``stop`` under way on its thread now, when called on a running loop (else when awaited:
-        ``asyncio.run(client.kill())`` makes the coroutine before the loop runs)."""
+    def _begin(self, stop: Callable[[], None]) -> concurrent.futures.Future[None] | None:
+        """``stop`` under way on the stop thread now, bound to no event loop: whichever loop awaits
+        the result (or none: ``asyncio.run(client.kill())`` makes it before its loop runs)."""
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+            begun = self._stopper.submit(stop)
+        except RuntimeError:  # the stop thread is gone (the client ended): the await runs the stop
             return None
-        begun = self._stop_on(stop)
         begun.add_done_callback(self._after_stop)
         return begun
 
-    def _after_stop(self, stop: asyncio.Future[None]) -> None:
-        """What _end() does once the stop is done, done here too (on the loop, first): a kill() whose
+    def _after_stop(self, stop: concurrent.futures.Future[None]) -> None:
+        """What _end() does once the stop is done, done here too (on the stop thread): a kill() whose
         coroutine never ran (its task was cancelled before its first step) must still free everything."""
         if stop.cancelled() or stop.exception() is not None:
             return  # _end raises it; the client stays as it was
@@ -219,9 +219,9 @@ class AsyncClient:
         if self._channel is not None:
             self._channel.close_soon()  # on its own loop (thread-safe); _end's aclose() awaits the same close
 
-    async def _end(self, stop: Callable[[], None], begun: asyncio.Future[None] | None) -> None:
+    async def _end(self, stop: Callable[[], None], begun: concurrent.futures.Future[None] | None) -> None:
         # stop's own error (close() of a launched plugin) is raised
-        cancelled = await _to_end(begun if begun is not None else self._stop_on(stop))
+        cancelled = await _to_end(asyncio.wrap_future(begun) if begun is not None else self._stop_on(stop))
         self._ending = True
         self._shutdown_threads()  # before the last await: a cancel there leaves no thread behind
         channel = self._channel
