@@ -253,3 +253,30 @@ def test_a_generic_only_registration_is_checked_when_it_is_registered() -> None:
                 "t.S", {"Gen": grpc.unary_stream_rpc_method_handler(written_with_context_write)}),))
     finally:
         server.stop(0)
+
+
+def test_a_handler_raising_system_exit_fails_its_call_and_the_loop_serves_on(tmp_path: Path) -> None:
+    # asyncio lets a SystemExit out of run_forever(): the shared loop ended, that call's thread waited
+    # for good, and every later async call failed ("Event loop is closed")
+    with kv_client(tmp_path) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        with pytest.raises(grpc.RpcError) as err:
+            kv._stub.Get(kv_pb2.GetRequest(key="__system_exit__"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value
+        assert kv.get("k") == b"v"
+        assert kv.get("__loop__").decode().startswith("plugbay-aio-handlers ")
+
+
+def test_blocking_work_of_a_coroutine_does_not_keep_the_plugin_from_exiting(tmp_path: Path) -> None:
+    # asyncio.to_thread ran on a ThreadPoolExecutor, whose threads the interpreter waits for at exit:
+    # the plugin outlived Shutdown until its host killed it
+    client = kv_client(tmp_path)
+    runner = client.config.runner
+    assert isinstance(runner, ProcessRunner)
+    with client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(CallTimeoutError):
+            kv._stub.Get(kv_pb2.GetRequest(key="__block__"), timeout=1.0)
+    code = runner.wait(0)
+    assert code == 0, f"the plugin was killed ({code}) instead of exiting on its own after Shutdown"

@@ -5,6 +5,8 @@
                                 Get("__loop__")   the handler loop's thread name and loop id
                                 Get("__hold__")   waits (an asyncio.Event) until a Get("__release__") comes
                                 Get("__cancelled__") how many handlers saw their call cancelled
+                                Get("__system_exit__") raises SystemExit in the coroutine
+                                Get("__block__")  30 s of asyncio.to_thread(time.sleep) (blocking work)
     async_plugins.py streamer   the streaming example's service: Generate an async generator,
                                 Echo over an async iterator of requests, GetStats a coroutine;
                                 GetStats' ``cancelled`` counts Generate's generators closed
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,11 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
         if request.key == "__loop__":
             loop = asyncio.get_running_loop()
             return kv_pb2.GetResponse(value=f"{threading.current_thread().name} {id(loop)}".encode())
+        if request.key == "__system_exit__":
+            raise SystemExit(7)  # in a coroutine on the loop every handler shares
+        if request.key == "__block__":
+            await asyncio.to_thread(time.sleep, 30)  # blocking work, still running at Shutdown
+            return kv_pb2.GetResponse(value=b"unblocked")
         if request.key == "__cancelled__":
             return kv_pb2.GetResponse(value=str(self.cancelled).encode())
         if request.key == "__release__":

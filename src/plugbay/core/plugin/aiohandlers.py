@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import ConfigError
 
 _END = object()
@@ -37,6 +38,26 @@ _END = object()
 # The gate bounds the calls (max_workers), so this only has to be past any sensible max_workers:
 # threads are made as reads need them.
 _READERS = 1024
+# asyncio.to_thread and run_in_executor(None, ...): the blocking work of the plugin's coroutines
+_BLOCKING = 32
+
+
+class _DaemonDefault(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor on daemon threads. asyncio takes only a ThreadPoolExecutor
+    there, whose threads the interpreter waits for at exit: a handler's ``to_thread`` work still
+    running after SIGTERM or Shutdown kept the plugin alive until its host killed it (the sync
+    handlers run on a DaemonPool for the same reason). Its work goes to a DaemonPool."""
+
+    def __init__(self, pool: DaemonPool) -> None:
+        super().__init__(max_workers=1)  # makes no thread: submit() is the pool's
+        self._pool = pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        super().shutdown(wait=False)
 
 
 class HandlerLoop:
@@ -46,31 +67,34 @@ class HandlerLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._readers: DaemonPool | None = None
 
     def readers(self) -> concurrent.futures.Executor:
-        """Where request streams are read: a thread per stream being read."""
+        """Where request streams are read: a daemon thread per stream being read (see _READERS)."""
         with self._lock:
             if self._readers is None:
-                self._readers = concurrent.futures.ThreadPoolExecutor(_READERS, "plugbay-aio-reads")
+                self._readers = DaemonPool(_READERS, "plugbay-aio-reads")
             return self._readers
 
     def get(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
+                loop.set_default_executor(_DaemonDefault(DaemonPool(_BLOCKING, "plugbay-aio-blocking")))
                 self._thread = threading.Thread(target=self._run, args=(loop,), name="plugbay-aio-handlers",
                                                 daemon=True)
                 self._thread.start()
                 self._loop = loop
             return self._loop
 
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         asyncio.set_event_loop(loop)
         try:
             loop.run_forever()
         finally:
+            with self._lock:  # ended by other means than stop(): the next call makes a new loop
+                if self._loop is loop:
+                    self._loop, self._thread = None, None
             loop.close()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -84,12 +108,14 @@ class HandlerLoop:
             return
         # coroutines still running (their calls cut short by the server's stop) are cancelled and
         # given the time left to run their cleanup, as are async generators not yet closed
-        draining = asyncio.run_coroutine_threadsafe(_drain(timeout), loop)
         try:
-            draining.result(timeout + 1.0)
-        except Exception:  # noqa: BLE001 - a cleanup that hangs: the loop ends without it
-            pass
-        loop.call_soon_threadsafe(loop.stop)
+            asyncio.run_coroutine_threadsafe(_drain(timeout), loop).result(timeout + 1.0)
+            loop.call_soon_threadsafe(loop.stop)
+        except Exception:  # noqa: BLE001 - a cleanup that hangs, or a loop already closed: it ends without
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass
         thread.join(timeout)
 
 
@@ -118,8 +144,9 @@ class _OnLoop:
             raise
 
     def _begin(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self._task = self._loop.create_task(coro)
-        self._task.add_done_callback(self._settle)
+        self._task = self._loop.create_task(_contained(coro))
+        self._task.add_done_callback(lambda task: (coro.close(), self._settle(task)))  # (a task cancelled
+        # before its first step never started coro: closed, it warns of no "never awaited")
 
     def _settle(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -208,14 +235,26 @@ def _streaming(behavior: Callable[..., Any], loop: HandlerLoop, streams_in: bool
         finally:
             # the call ended (or was cut short) before the generator did: run its finally blocks
             try:
-                closing = _OnLoop(responses.aclose(), aloop)
+                closing: _OnLoop | None = _OnLoop(responses.aclose(), aloop)
             except RuntimeError:  # the loop ended, and closed its generators as it did
-                return
-            try:
-                closing.done.result(5.0)
-            except Exception:  # noqa: BLE001 - its cleanup failed or hung: the call is over anyway
-                closing.cancel()
+                closing = None
+            if closing is not None:
+                try:
+                    closing.done.result(5.0)
+                except Exception:  # noqa: BLE001 - its cleanup failed or hung: the call is over anyway
+                    closing.cancel()
     return run
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``, with a SystemExit (or another BaseException but a cancel) it raises made an error of
+    its call: asyncio lets those out of run_forever(), which would end the loop every handler shares."""
+    try:
+        return await coro
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        raise RuntimeError(f"the plugin's handler raised {type(exc).__name__}: {exc}") from exc
 
 
 async def _next(responses: AsyncIterator[Any]) -> Any:
