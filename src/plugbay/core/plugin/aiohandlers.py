@@ -145,10 +145,11 @@ class _OnLoop:
 
     def _begin(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._task = self._loop.create_task(_contained(coro))
-        self._task.add_done_callback(lambda task: (coro.close(), self._settle(task)))  # (a task cancelled
-        # before its first step never started coro: closed, it warns of no "never awaited")
+        self._task.add_done_callback(self._settle)
+        self._coro = coro
 
     def _settle(self, task: asyncio.Task[Any]) -> None:
+        self._coro.close()  # a task cancelled before its first step never started it: no "never awaited"
         if task.cancelled():
             self.done.set_exception(concurrent.futures.CancelledError())
         elif task.exception() is not None:
