@@ -144,9 +144,9 @@ class _OnLoop:
             raise
 
     def _begin(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
         self._task = self._loop.create_task(_contained(coro))
         self._task.add_done_callback(self._settle)
-        self._coro = coro
 
     def _settle(self, task: asyncio.Task[Any]) -> None:
         self._coro.close()  # a task cancelled before its first step never started it: no "never awaited"
