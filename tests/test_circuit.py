@@ -224,3 +224,86 @@ def test_a_cancelled_call_that_is_not_the_probe_leaves_the_probe_slot_taken() ->
         assert b.state == CLOSED
 
     asyncio.run(main())
+
+
+def test_only_the_current_probe_moves_or_frees_a_half_open_circuit() -> None:
+    # A probe of an earlier half-open phase, cancelled, freed the current probe's slot; and a call
+    # let through while closed that failed while half-open reopened the circuit under the probe
+    import asyncio
+
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
+
+    async def main() -> None:
+        gates = {name: asyncio.Event() for name in ("older", "p", "q", "r")}
+        outcome: dict[str, BaseException | None] = {}
+
+        def attempt(name: str):  # type: ignore[no-untyped-def]
+            async def run(timeout: float | None) -> str:
+                await gates[name].wait()
+                failure = outcome.get(name)
+                if failure is not None:
+                    raise failure
+                return name
+            return run
+
+        older = asyncio.ensure_future(b.run_async("/m", attempt("older"), None))  # let through while closed
+        await asyncio.sleep(0)
+        b.trip("test")
+        clock.now += 5
+        p = asyncio.ensure_future(b.run_async("/m", attempt("p"), None))  # the first half-open phase's probe
+        await asyncio.sleep(0)
+        b.trip("again")  # e.g. the health watcher
+        clock.now += 5
+        q = asyncio.ensure_future(b.run_async("/m", attempt("q"), None))  # the current probe
+        await asyncio.sleep(0)
+        assert b.state == HALF_OPEN
+        p.cancel()
+        await asyncio.gather(p, return_exceptions=True)
+        with pytest.raises(CircuitOpen, match="a probe call is already in flight"):
+            await asyncio.wait_for(b.run_async("/m", attempt("r"), None), 5)
+        outcome["older"] = grpc.RpcError()  # a failure from before the probe...
+        outcome["older"].code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        gates["older"].set()
+        await asyncio.gather(older, return_exceptions=True)
+        assert b.state == HALF_OPEN  # ...does not reopen the circuit under the probe
+        gates["q"].set()
+        assert await asyncio.wait_for(q, 10) == "q"
+        assert b.state == CLOSED
+
+    asyncio.run(main())
+
+
+def test_a_call_from_before_the_probe_does_not_decide_for_it() -> None:
+    import asyncio
+
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
+
+    async def main() -> None:
+        older_go, probe_go = asyncio.Event(), asyncio.Event()
+
+        async def older(timeout: float | None) -> str:
+            await older_go.wait()
+            error = grpc.RpcError()
+            error.code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            raise error
+
+        async def probe(timeout: float | None) -> str:
+            await probe_go.wait()
+            return "probe"
+
+        first = asyncio.ensure_future(b.run_async("/m", older, None))  # let through while closed
+        await asyncio.sleep(0)
+        b.trip("test")
+        clock.now += 5
+        second = asyncio.ensure_future(b.run_async("/m", probe, None))
+        await asyncio.sleep(0)
+        older_go.set()
+        await asyncio.gather(first, return_exceptions=True)
+        assert b.state == HALF_OPEN and "UNAVAILABLE" in b.last_failure  # noted, but the probe decides
+        probe_go.set()
+        assert await asyncio.wait_for(second, 10) == "probe"
+        assert b.state == CLOSED
+
+    asyncio.run(main())

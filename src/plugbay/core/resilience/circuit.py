@@ -35,6 +35,8 @@ CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
 
+_CALL = object()  # the ticket of a call let through while the circuit is closed
+
 DEFAULT_FAILURE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -93,7 +95,7 @@ class CircuitBreaker:
         self._state = CLOSED
         self._failures: collections.deque[float] = collections.deque()
         self._opened_at = 0.0
-        self._probing = False
+        self._probe: object | None = None  # the ticket of the half-open circuit's one probe in flight
         self._last_failure = ""
         self._pending: list[tuple[str, str, str]] = []
         self.opened_count = 0  # how often it opened (metrics)
@@ -120,11 +122,11 @@ class CircuitBreaker:
         old, self._state = self._state, new
         if new == OPEN:
             self._opened_at = self._clock()
-            self._probing = False
+            self._probe = None
             self.opened_count += 1
         if new == CLOSED:
             self._failures.clear()
-            self._probing = False
+            self._probe = None
         if old != new:
             self._pending.append((old, new, reason))
 
@@ -145,38 +147,66 @@ class CircuitBreaker:
         """Take permission for one call; False when it must fail fast."""
         return self._admit() is not None
 
-    def _admit(self) -> str | None:
-        """Permission for one call: "probe" (half-open's one probe), "call" (closed), or None."""
+    def _admit(self) -> object | None:
+        """Permission for one call, as a ticket: the probe's own while half-open, _CALL while
+        closed; None when the call must fail fast."""
+        ticket: object | None = None
         with self._lock:
             state = self._current()
-            kind = "call" if state == CLOSED else None
-            if state == HALF_OPEN and not self._probing:
-                self._probing, kind = True, "probe"
-            if kind is None:
+            if state == CLOSED:
+                ticket = _CALL
+            elif state == HALF_OPEN and self._probe is None:
+                ticket = self._probe = object()
+            if ticket is None:
                 self.rejected_count += 1
         self._notify()
-        return kind
+        return ticket
 
     def record_success(self) -> None:
         with self._lock:
-            if self._state == HALF_OPEN:
-                self._move(CLOSED, "the probe call succeeded")
+            self._succeeded()
         self._notify()
 
     def record_failure(self, reason: str) -> None:
         with self._lock:
-            now = self._clock()
-            self._last_failure = reason
-            if self._state == HALF_OPEN:
-                self._move(OPEN, f"the probe call failed: {reason}")
-            elif self._state == CLOSED:
-                self._failures.append(now)
-                while self._failures and now - self._failures[0] > self.window:
-                    self._failures.popleft()
-                if len(self._failures) >= self.failure_threshold:
-                    self._move(OPEN, f"{len(self._failures)} failures within {self.window:g}s,"
-                                     f" last: {reason}")
+            self._failed(reason)
         self._notify()
+
+    def _succeeded(self) -> None:  # with the lock held
+        if self._state == HALF_OPEN:
+            self._move(CLOSED, "the probe call succeeded")
+
+    def _failed(self, reason: str) -> None:  # with the lock held
+        now = self._clock()
+        self._last_failure = reason
+        if self._state == HALF_OPEN:
+            self._move(OPEN, f"the probe call failed: {reason}")
+        elif self._state == CLOSED:
+            self._failures.append(now)
+            while self._failures and now - self._failures[0] > self.window:
+                self._failures.popleft()
+            if len(self._failures) >= self.failure_threshold:
+                self._move(OPEN, f"{len(self._failures)} failures within {self.window:g}s,"
+                                 f" last: {reason}")
+
+    def _outcome(self, ticket: object, failure: str | None) -> None:
+        """A call's outcome (``failure``: why it failed; None: it succeeded). While half-open only
+        the current probe's moves the circuit: a call let through before it brings older news."""
+        with self._lock:
+            if self._state == HALF_OPEN and ticket is not self._probe:
+                if failure is not None:
+                    self._last_failure = failure
+            elif failure is None:
+                self._succeeded()
+            else:
+                self._failed(failure)
+        self._notify()
+
+    def _release(self, ticket: object) -> None:
+        """An interrupted call (a cancel, on asyncio): the probe slot is freed if it held it."""
+        with self._lock:
+            if ticket is self._probe:
+                self._probe = None
 
     def trip(self, reason: str) -> None:
         """Open now (e.g. the health watcher saw the plugin stop serving)."""
@@ -216,44 +246,36 @@ class CircuitBreaker:
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         """The call-hook layer: refuse, or call and record the outcome."""
-        kind = self._admit()
-        if kind is None:
+        ticket = self._admit()
+        if ticket is None:
             raise self.open_error()
         try:
             result = attempt(timeout)
         except Exception as exc:
-            self._record(method, exc)
+            self._outcome(ticket, self._failure(method, exc))
             raise
-        except BaseException:  # interrupted: the probe slot must not stay taken (only the probe holds it)
-            if kind == "probe":
-                self._release_probe()
+        except BaseException:  # interrupted: the probe slot must not stay taken
+            self._release(ticket)
             raise
-        self.record_success()
+        self._outcome(ticket, None)
         return result
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """:meth:`run` for an AsyncClient's calls (a cancelled call, like an interrupted one, records nothing)."""
-        kind = self._admit()
-        if kind is None:
+        ticket = self._admit()
+        if ticket is None:
             raise self.open_error()
         try:
             result = await attempt(timeout)
         except Exception as exc:
-            self._record(method, exc)
+            self._outcome(ticket, self._failure(method, exc))
             raise
-        except BaseException:  # a cancel: routine on asyncio, so only the probe's frees the probe slot
-            if kind == "probe":
-                self._release_probe()
+        except BaseException:  # a cancel
+            self._release(ticket)
             raise
-        self.record_success()
+        self._outcome(ticket, None)
         return result
 
-    def _record(self, method: str, exc: Exception) -> None:
-        if self.is_failure(exc):
-            self.record_failure(f"{method}: {describe_error(exc)}")
-        else:
-            self.record_success()
-
-    def _release_probe(self) -> None:
-        with self._lock:
-            self._probing = False
+    def _failure(self, method: str, exc: Exception) -> str | None:
+        """What a failed call counts as: why it failed, or None (an application error proves the plugin answers)."""
+        return f"{method}: {describe_error(exc)}" if self.is_failure(exc) else None
