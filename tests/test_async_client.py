@@ -316,6 +316,30 @@ def test_kill_begins_when_called_and_may_be_awaited_on_another_loop() -> None:
         run(client.dispense(PLUGIN_NAME))
 
 
+def test_a_kill_that_ends_the_client_as_its_start_finishes_leaves_nothing_connected() -> None:
+    # start() built the grpc.aio channel after the kill had ended the client, returned success on a
+    # killed client, and nothing closed that channel
+    async def main() -> None:
+        client = AsyncClient(kv_config(KV_PLUGIN))
+        real_start = client.sync_client.start
+
+        def start_then_killed() -> None:
+            real_start()
+            client.kill().close()  # a kill() made now (its coroutine never awaited): it runs on the stop thread
+            for _ in range(500):  # bounded: until it has ended the client
+                if client._ending:
+                    break
+                time.sleep(0.02)
+
+        client._client.start = start_then_killed  # type: ignore[method-assign]
+        with pytest.raises(ClientStateError, match="killed while it started"):
+            await client.start()
+        assert client._channel is None or client._channel._closing is not None
+        assert client.exited
+
+    run(main())
+
+
 def test_streams_on_grpc_aio() -> None:
     async def main() -> None:
         config = ClientConfig(handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
