@@ -198,7 +198,10 @@ def test_a_call_cut_short_cancels_its_coroutine_and_its_thread_waits_for_the_cle
         finally:
             returned["at"] = time.monotonic()
 
-    server = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="test-grpc"))
+    # grpc.server does not shut its executor down: an idle pool's threads would end whenever the
+    # garbage collector got to it, in the middle of a later test that counts threads
+    pool = ThreadPoolExecutor(2, thread_name_prefix="test-grpc")
+    server = grpc.server(pool)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "t.S", {"Hang": grpc.unary_unary_rpc_method_handler(timed)}),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -216,6 +219,7 @@ def test_a_call_cut_short_cancels_its_coroutine_and_its_thread_waits_for_the_cle
             assert late, "the coroutine never ran although the call was live when it began"
     finally:
         server.stop(0).wait(5)
+        pool.shutdown(wait=True)
         loop.stop()
 
 
@@ -245,14 +249,16 @@ def test_a_generic_only_registration_is_checked_when_it_is_registered() -> None:
     async def written_with_context_write(request: bytes, context: object) -> None:
         pass
 
-    server = grpc.server(ThreadPoolExecutor(1, thread_name_prefix="test-grpc"))
+    pool = ThreadPoolExecutor(1, thread_name_prefix="test-grpc")
+    server = grpc.server(pool)
     try:
         gated = GatedServer(server, HandlerGate(2))
         with pytest.raises(ConfigError, match="must be an async generator"):
             gated.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
                 "t.S", {"Gen": grpc.unary_stream_rpc_method_handler(written_with_context_write)}),))
     finally:
-        server.stop(0)
+        server.stop(0).wait(5)
+        pool.shutdown(wait=True)
 
 
 def test_a_handler_raising_system_exit_fails_its_call_and_the_loop_serves_on(tmp_path: Path) -> None:
