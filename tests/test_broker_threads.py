@@ -9,6 +9,7 @@ processes, brokered callbacks into this host, a real SIGKILL.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -74,8 +75,16 @@ def kv_clients(plugin: str, n: int, auto_mtls: bool = False) -> Iterator[list[Cl
         yield clients
 
 
+def no_poller() -> bool:
+    return not any(POLLER in name for name in thread_names())
+
+
 def gained_by(plugin: str, n: int, auto_mtls: bool) -> list[str]:
     """The threads the host gains with ``n`` live Go KV plugins, each dispensed and given one Put."""
+    # grpc.aio's poller lives until its last channel is freed, and earlier tests' closed channels may
+    # wait in reference cycles for the garbage collector: then the plugins below would not gain it
+    gc.collect()
+    wait_for(no_poller, "grpc.aio's poller of earlier tests' channels to end")
     wait_for(no_stdio_call, "the stdio calls to end")
     before = thread_names()
     with kv_clients(plugin, n, auto_mtls) as clients:
