@@ -21,7 +21,8 @@ from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
-from plugbay import ClientStateError, ConfigError, NoEndpointsError, OutlierPolicy, RemoteClient, RemoteConfig
+from plugbay import (ClientStateError, ConfigError, NoEndpointsError, OutlierPolicy, PluginUnavailableError,
+                     RemoteClient, RemoteConfig)
 from plugbay.network import connect
 
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
@@ -105,10 +106,19 @@ def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restar
         kv.put("k", b"v")
         assert wait_until(lambda: all(e["healthy"] for e in client.metrics()["endpoints"].values()), 10)
         a.kill9()
-        for _ in range(20):  # every call is resent to the live replica: none fails, none waits long
+        results = []
+        for _ in range(20):  # calls go on at the live replica, none waits long
             result, took = timed(kv, "__pid__", 2.0)
-            assert result == str(b.proc.pid).encode(), result
+            results.append(result)
             assert took < 2.0 + SLACK
+        # A call made before the host's connection saw the dead peer's close is written to that
+        # connection and breaks in flight ("Stream removed"): the host cannot tell it from a call the
+        # plugin received, so the pool does not resend it; it fails typed. At most that first one:
+        # every call after it is resent from the dead endpoint to the live one.
+        first, rest = results[0], results[1:]
+        assert first == str(b.proc.pid).encode() or (
+            isinstance(first, PluginUnavailableError) and "may not have received" in str(first)), first
+        assert rest == [str(b.proc.pid).encode()] * len(rest), rest
         key = f"tcp:{a.address}"
         assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is False, 10)
         snap = client.metrics()
