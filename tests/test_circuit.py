@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -189,37 +192,56 @@ def test_a_default_named_breaker_takes_the_clients_name(tmp_path: Path) -> None:
     assert named.name == "mine"  # a name given is kept
 
 
+class Held:
+    """run_async attempts that wait until released, then answer their name (or fail UNAVAILABLE)."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def attempt(self, name: str, fail: bool = False) -> Callable[[float | None], Awaitable[str]]:
+        gate = self._gates.setdefault(name, asyncio.Event())
+
+        async def run(timeout: float | None) -> str:
+            self.started.append(name)
+            await gate.wait()
+            if fail:
+                error = grpc.RpcError()
+                error.code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                raise error
+            return name
+        return run
+
+    def release(self, name: str) -> None:
+        self._gates.setdefault(name, asyncio.Event()).set()
+
+
+async def start_then_trip(b: CircuitBreaker, clock: Clock, attempt: Any) -> asyncio.Future[Any]:
+    """Start a call, then trip the circuit and let its open interval pass (the next call is a probe)."""
+    call = asyncio.ensure_future(b.run_async("/m", attempt, None))
+    await asyncio.sleep(0)
+    b.trip("test")
+    clock.now += 5
+    return call
+
+
 def test_a_cancelled_call_that_is_not_the_probe_leaves_the_probe_slot_taken() -> None:
     # A call let through while closed, cancelled while half-open, freed the slot of the probe that
     # another call held, so a second probe ran beside it.
-    import asyncio
-
     clock = Clock()
     b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
 
     async def main() -> None:
-        hold = asyncio.Event()
-        started: list[str] = []
-
-        def waiting(name: str):  # type: ignore[no-untyped-def]
-            async def attempt(timeout: float | None) -> str:
-                started.append(name)
-                await hold.wait()
-                return name
-            return attempt
-
-        older = asyncio.ensure_future(b.run_async("/m", waiting("older"), None))  # let through while closed
+        held = Held()
+        older = await start_then_trip(b, clock, held.attempt("older"))  # let through while closed
+        probe = asyncio.ensure_future(b.run_async("/m", held.attempt("probe"), None))
         await asyncio.sleep(0)
-        b.trip("test")
-        clock.now += 5
-        probe = asyncio.ensure_future(b.run_async("/m", waiting("probe"), None))
-        await asyncio.sleep(0)
-        assert started == ["older", "probe"] and b.state == HALF_OPEN
+        assert held.started == ["older", "probe"] and b.state == HALF_OPEN
         older.cancel()
         await asyncio.gather(older, return_exceptions=True)
         with pytest.raises(CircuitOpen, match="a probe call is already in flight"):
-            await asyncio.wait_for(b.run_async("/m", waiting("third"), None), 5)  # admitted: it would wait
-        hold.set()
+            await asyncio.wait_for(b.run_async("/m", held.attempt("third"), None), 5)  # admitted: it would wait
+        held.release("probe")
         assert await asyncio.wait_for(probe, 10) == "probe"
         assert b.state == CLOSED
 
@@ -229,45 +251,24 @@ def test_a_cancelled_call_that_is_not_the_probe_leaves_the_probe_slot_taken() ->
 def test_only_the_current_probe_moves_or_frees_a_half_open_circuit() -> None:
     # A probe of an earlier half-open phase, cancelled, freed the current probe's slot; and a call
     # let through while closed that failed while half-open reopened the circuit under the probe
-    import asyncio
-
     clock = Clock()
     b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
 
     async def main() -> None:
-        gates = {name: asyncio.Event() for name in ("older", "p", "q", "r")}
-        outcome: dict[str, BaseException | None] = {}
-
-        def attempt(name: str):  # type: ignore[no-untyped-def]
-            async def run(timeout: float | None) -> str:
-                await gates[name].wait()
-                failure = outcome.get(name)
-                if failure is not None:
-                    raise failure
-                return name
-            return run
-
-        older = asyncio.ensure_future(b.run_async("/m", attempt("older"), None))  # let through while closed
-        await asyncio.sleep(0)
-        b.trip("test")
-        clock.now += 5
-        p = asyncio.ensure_future(b.run_async("/m", attempt("p"), None))  # the first half-open phase's probe
-        await asyncio.sleep(0)
-        b.trip("again")  # e.g. the health watcher
-        clock.now += 5
-        q = asyncio.ensure_future(b.run_async("/m", attempt("q"), None))  # the current probe
+        held = Held()
+        older = await start_then_trip(b, clock, held.attempt("older", fail=True))  # while closed
+        p = await start_then_trip(b, clock, held.attempt("p"))  # the first half-open phase's probe
+        q = asyncio.ensure_future(b.run_async("/m", held.attempt("q"), None))  # the current probe
         await asyncio.sleep(0)
         assert b.state == HALF_OPEN
         p.cancel()
         await asyncio.gather(p, return_exceptions=True)
         with pytest.raises(CircuitOpen, match="a probe call is already in flight"):
-            await asyncio.wait_for(b.run_async("/m", attempt("r"), None), 5)
-        outcome["older"] = grpc.RpcError()  # a failure from before the probe...
-        outcome["older"].code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-        gates["older"].set()
+            await asyncio.wait_for(b.run_async("/m", held.attempt("r"), None), 5)
+        held.release("older")  # a failure from before the probe...
         await asyncio.gather(older, return_exceptions=True)
         assert b.state == HALF_OPEN  # ...does not reopen the circuit under the probe
-        gates["q"].set()
+        held.release("q")
         assert await asyncio.wait_for(q, 10) == "q"
         assert b.state == CLOSED
 
@@ -275,34 +276,18 @@ def test_only_the_current_probe_moves_or_frees_a_half_open_circuit() -> None:
 
 
 def test_a_call_from_before_the_probe_does_not_decide_for_it() -> None:
-    import asyncio
-
     clock = Clock()
     b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
 
     async def main() -> None:
-        older_go, probe_go = asyncio.Event(), asyncio.Event()
-
-        async def older(timeout: float | None) -> str:
-            await older_go.wait()
-            error = grpc.RpcError()
-            error.code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-            raise error
-
-        async def probe(timeout: float | None) -> str:
-            await probe_go.wait()
-            return "probe"
-
-        first = asyncio.ensure_future(b.run_async("/m", older, None))  # let through while closed
+        held = Held()
+        first = await start_then_trip(b, clock, held.attempt("older", fail=True))  # while closed
+        second = asyncio.ensure_future(b.run_async("/m", held.attempt("probe"), None))
         await asyncio.sleep(0)
-        b.trip("test")
-        clock.now += 5
-        second = asyncio.ensure_future(b.run_async("/m", probe, None))
-        await asyncio.sleep(0)
-        older_go.set()
+        held.release("older")
         await asyncio.gather(first, return_exceptions=True)
         assert b.state == HALF_OPEN and "UNAVAILABLE" in b.last_failure  # noted, but the probe decides
-        probe_go.set()
+        held.release("probe")
         assert await asyncio.wait_for(second, 10) == "probe"
         assert b.state == CLOSED
 
