@@ -37,17 +37,22 @@ FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
 
 def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context,
                  floor: Callable[[str, int], Result] | None = None) -> Result:
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        def start(calls: int) -> Result:
+            return _python_round(plugin_cmd, automtls, cwd, ctx, calls)
+
+        return interleaved(ctx, start, (lambda calls: floor(cwd, calls)) if floor is not None else None)
+
+
+def _python_round(plugin_cmd: list[str] | None, automtls: bool, cwd: str, ctx: Context, calls: int) -> Result:
+    """One plugbay Client start of the KV plugin in ``cwd``, then ``calls`` timed Gets."""
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
     from plugbay import ClientConfig
 
-    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        def start(calls: int) -> Result:
-            config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
-                                  runner=_runner(plugin_cmd, cwd), call_timeout=ctx.call_timeout)
-            return python_host_round(config, calls)
-
-        return interleaved(ctx, start, (lambda calls: floor(cwd, calls)) if floor is not None else None)
+    config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
+                          runner=_runner(plugin_cmd, cwd), call_timeout=ctx.call_timeout)
+    return python_host_round(config, calls)
 
 
 def _runner(cmd: list[str] | None, cwd: str) -> object:
@@ -176,10 +181,6 @@ def _relay_tail(c: Context) -> Result:
     max(5, ctx.rounds) of each; the figures are their medians, the ratios the medians of the
     rounds' own ratios.
     """
-    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
-
-    from plugbay import ClientConfig
-
     plugin = go_program(c, "kv_plugin")
     if plugin is None:
         return Result(skipped=f"Go: {c.cache.get('go:reason')}")
@@ -188,9 +189,7 @@ def _relay_tail(c: Context) -> Result:
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
         for _ in range(max(5, c.rounds)):
             for tls, into in ((False, plain), (True, relay)):
-                config = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=tls,
-                                      runner=_runner([plugin], cwd), call_timeout=c.call_timeout)
-                into.append(python_host_round(config, c.calls))
+                into.append(_python_round([plugin], tls, cwd, c, c.calls))
     med = statistics.median
     return Result(
         start_to_first_call_ms=med(r.start_to_first_call_ms for r in relay),
