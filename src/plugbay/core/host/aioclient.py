@@ -172,8 +172,7 @@ class AsyncClient:
 
     def _start_failed(self, why: str) -> None:
         self._failed = why
-        self._ending = True
-        self._shutdown_threads()
+        self._end_use()
 
     def _check_usable(self) -> None:
         if self._failed is not None:
@@ -221,24 +220,24 @@ class AsyncClient:
         coroutine never ran (its task was cancelled before its first step) must still free everything."""
         if stop.cancelled() or stop.exception() is not None:
             return  # _end raises it; the client stays as it was
-        self._ending = True
-        self._shutdown_threads()
+        self._end_use()
         if self._channel is not None:
             self._channel.close_soon()  # on its own loop (thread-safe); _end's aclose() awaits the same close
 
     async def _end(self, stop: Callable[[], None], begun: concurrent.futures.Future[None] | None) -> None:
         # stop's own error (close() of a launched plugin) is raised
         cancelled = await _to_end(asyncio.wrap_future(begun) if begun is not None else self._stop_on(stop))
-        self._ending = True
-        self._shutdown_threads()  # before the last await: a cancel there leaves no thread behind
+        self._end_use()  # before the last await: a cancel there leaves no thread behind
         channel = self._channel
         if channel is not None:
             await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
         if cancelled:
             raise asyncio.CancelledError()
 
-    def _shutdown_threads(self) -> None:
-        """Idle threads end now; later work (a stderr_tail, a second kill) uses the loop's executor."""
+    def _end_use(self) -> None:
+        """The client is used no more (refused from now on), and its idle threads end now; later
+        work (a stderr_tail, a second kill) uses the loop's executor."""
+        self._ending = True
         self._executor.shutdown(wait=False)
         self._stopper.shutdown(wait=False)
 
