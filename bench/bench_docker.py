@@ -6,6 +6,10 @@ from that image. The plugin rows add the plugin's own start, the handshake read
 from the log stream and the first call; their unary latency shows what the
 transport costs (unix socket in a bind mount vs a port published on 127.0.0.1
 through docker-proxy).
+
+A bare grpcio KV plugin (bench/floor_kv_plugin.py) in the same base image is the
+floor of a Python plugin in a container: the last row alternates its starts with
+the plugbay plugin's, so the difference is what plugbay itself adds in Docker.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from common import Case, Context, Result, interleaved, python_host_round
@@ -45,6 +51,32 @@ def _image(ctx: Context, name: str) -> str | None:
             except Exception as exc:  # noqa: BLE001 - a failed build is a skipped row
                 ctx.cache[key] = None
                 ctx.cache["docker:reason"] = f"image {name}: {str(exc).splitlines()[0][:60]}"
+    value = ctx.cache[key]
+    return value if isinstance(value, str) else None
+
+
+_BARE_TAG = "plugbay-bench-floor-kv:latest"
+
+
+def _bare_image(ctx: Context) -> str | None:
+    """The bare grpcio KV plugin (no plugbay imported) in the same base image as the plugbay one."""
+    key = "docker:image:bare"
+    if key not in ctx.cache:
+        ctx.cache[key] = None
+        if _image(ctx, "kv") is not None:  # the engine is up and the base image builds
+            bench = Path(__file__).resolve().parent
+            try:
+                from plugbay import images
+
+                with tempfile.TemporaryDirectory(prefix="plugbay-bench-floor-") as tmp:
+                    shutil.copy2(bench / "floor_kv_plugin.py", tmp)
+                    shutil.copytree(bench.parent / "examples" / "kv" / "kvproto", Path(tmp) / "kvproto",
+                                    ignore=shutil.ignore_patterns("__pycache__"))
+                    images.build_plugin_image(_BARE_TAG, Path(tmp), ["python", "/plugin/floor_kv_plugin.py"],
+                                              progress=lambda _line: None)
+                ctx.cache[key] = _BARE_TAG
+            except Exception as exc:  # noqa: BLE001 - a failed build is a skipped row
+                ctx.cache["docker:reason"] = f"image {_BARE_TAG}: {str(exc).splitlines()[0][:60]}"
     value = ctx.cache[key]
     return value if isinstance(value, str) else None
 
@@ -104,24 +136,38 @@ def _docker_network_start(ctx: Context) -> Result:
                   note="docker run -d: isolated network + port vs --network none (engine only)")
 
 
-def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
-    image = _image(ctx, name)
-    floor_image = _image(ctx, "kv")
-    if image is None or floor_image is None:
-        return Result(skipped=str(ctx.cache.get("docker:reason")))
+def _docker_round(ctx: Context, image: str, transport: str, automtls: bool, calls: int) -> Result:
+    """Start ``image`` with a plugbay Client on a DockerRunner, then time ``calls`` KV calls."""
     from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 
     from plugbay import ClientConfig
     from plugbay.runners.docker import DockerRunner
 
-    def start(calls: int) -> Result:
-        config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
-                                   runner=DockerRunner(image, transport=transport, writable_dirs=("/tmp", "/data")),
-                                   call_timeout=ctx.call_timeout)
-        return python_host_round(config, calls)
+    config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, auto_mtls=automtls,
+                               runner=DockerRunner(image, transport=transport, writable_dirs=("/tmp", "/data")),
+                               call_timeout=ctx.call_timeout)
+    return python_host_round(config, calls)
 
+
+def _plugin(ctx: Context, name: str, transport: str, automtls: bool) -> Result:
+    image = _image(ctx, name) if name != "bare" else _bare_image(ctx)
+    floor_image = _image(ctx, "kv")
+    if image is None or floor_image is None:
+        return Result(skipped=str(ctx.cache.get("docker:reason")))
     # a `docker run ... true` before each start: the ratio column's start is taken against those
-    return interleaved(ctx, start, lambda calls: Result(start_to_first_call_ms=_run_true(floor_image)))
+    return interleaved(ctx, lambda calls: _docker_round(ctx, image, transport, automtls, calls),
+                       lambda calls: Result(start_to_first_call_ms=_run_true(floor_image)))
+
+
+def _plugin_vs_bare(ctx: Context) -> Result:
+    image, bare = _image(ctx, "kv"), _bare_image(ctx)
+    if image is None or bare is None:
+        return Result(skipped=str(ctx.cache.get("docker:reason")))
+    # a bare grpcio plugin's start before each plugbay start, on the same runner and image base
+    result = interleaved(ctx, lambda calls: _docker_round(ctx, image, "unix", False, calls),
+                         lambda calls: _docker_round(ctx, bare, "unix", False, calls))
+    result.note = "alternating with the bare grpcio plugin's rounds"
+    return result
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -141,4 +187,8 @@ def cases(ctx: Context) -> list[Case]:
              transport="container, unix", floor=floor),
         Case("Python", "Go (docker)", False, row("kv-go", "unix"), area="docker", transport="container, unix",
              floor=floor),
+        Case("Python", "bare grpcio (docker)", False, row("bare", "unix"), area="docker",
+             transport="container, unix", key="docker-bare", floor=floor),
+        Case("Python", "Python (docker)", False, _plugin_vs_bare, area="docker", transport="container, unix",
+             floor="docker-bare"),
     ]

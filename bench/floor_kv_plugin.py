@@ -70,7 +70,10 @@ def main(kv: kv_pb2_grpc.KVServicer | None = None,
             "Shutdown": _raw(lambda req, ctx: (stopped.set(), b"")[1])}),
     ))
     tmp = tempfile.mkdtemp(prefix="plugin")
-    path = os.path.join(tmp, "plugin.sock")
+    # like go-plugin since 1.5: the socket directly in PLUGIN_UNIX_SOCKET_DIR when the host names one
+    # (a container's bind-mounted folder), else in a temp folder of its own
+    sock_dir = os.environ.get("PLUGIN_UNIX_SOCKET_DIR")
+    path = os.path.join(sock_dir, os.path.basename(tmp) + ".sock") if sock_dir else os.path.join(tmp, "plugin.sock")
     server.add_insecure_port(f"unix:{path}")
     server.start()
     relay, announced, cert = None, path, ""
@@ -91,6 +94,11 @@ def main(kv: kv_pb2_grpc.KVServicer | None = None,
             relay.close()
         server.stop(1).wait(3)
         shutil.rmtree(tmp, ignore_errors=True)
+        if sock_dir:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
