@@ -76,6 +76,52 @@ def test_reattach_from_another_client(kubeconfig: str, kvtrap: str) -> None:  # 
         first.kill()
 
 
+def test_reattach_with_a_kubeconfig_of_the_hosts_choosing(kubeconfig: str, kvtrap: str, tmp_path: Path,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A host whose own configuration is another kubeconfig reaches the pod's cluster with
+    # ReattachConfig's attach, as go-plugin's ReattachFunc; the kubeconfig the JSON names is never loaded.
+    import functools
+
+    from plugbay import ReattachConfig, ReattachError
+
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE)
+    first = kv_client(runner)
+    try:
+        first.dispense(PLUGIN_NAME).put("k", b"v")
+        saved = first.reattach_config().to_json()
+        other = tmp_path / "other.yaml"
+        other.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+        monkeypatch.setenv("KUBECONFIG", str(other))
+        refused = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                      reattach=ReattachConfig.from_json(saved), start_timeout=10))
+        with pytest.raises(ReattachError, match="attach=functools.partial"):
+            refused.start()
+        refused.close()
+        attach = functools.partial(KubernetesRunner.attach, kubeconfig=kubeconfig)
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                     reattach=ReattachConfig.from_json(saved, attach=attach)))
+        with second:
+            assert second.dispense(PLUGIN_NAME).get("k") == b"v"
+        assert runner.wait(30) is not None  # the second client shut the pod's plugin down
+    finally:
+        first.kill()
+
+
+def test_an_attach_that_returns_no_runner_is_a_config_error() -> None:
+    from plugbay import ConfigError, ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+
+    info = HandshakeInfo(1, 1, "tcp", "127.0.0.1:1", "grpc")
+    config = ReattachConfig(handshake=info, runner={"kind": "KubernetesRunner"}, attach=lambda data: dict(data))
+    assert config == ReattachConfig(handshake=info, runner={"kind": "KubernetesRunner"})  # attach: not compared
+    assert "attach" not in config.to_dict()
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, reattach=config,
+                                 start_timeout=5))
+    with pytest.raises(ConfigError, match="returned dict, not a runner"):
+        client.start()
+    client.close()
+
+
 def _pod_threads(pod: str) -> list[str]:
     return sorted(t.name for t in threading.enumerate()
                   if t.name.startswith((f"plugbay-kpf-{pod}-", f"plugbay-kwatch-{pod}", f"plugbay-klog-{pod}")))

@@ -46,7 +46,7 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
@@ -173,7 +173,7 @@ class Client(ExitNotice):
         if cfg.unix_socket_group is not None:
             share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:
-            self._runner = reattach_runner(cfg.reattach.runner)
+            self._runner = cfg.reattach.attached_runner()
             self._cert = cfg.reattach.client_cert
             _, self._require_tls = cfg.tls_policy(self._runner, has_cert=self._cert is not None)
             info = cfg.reattach.handshake

@@ -5,6 +5,12 @@ the runner's reattach_data() (pid, container id, pod) and, with AutoMTLS, the
 client certificate and key the plugin trusts. It is JSON so it can be passed
 through an environment variable or a file, like go-plugin's ReattachConfig.
 The AutoMTLS key is a secret: store the JSON where only the host can read it.
+
+``attach`` is how this host reaches the runner the JSON names, as go-plugin's
+ReattachConfig.ReattachFunc: the runner kind's own ``attach`` with this host's
+defaults unless given (e.g. ``functools.partial(KubernetesRunner.attach,
+kubeconfig=...)`` for a host that reaches the pod's cluster with a kubeconfig of its
+own). It is this host's setting, never part of the JSON.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
+
+if TYPE_CHECKING:
+    from plugbay.runners.base import AttachedRunner, ReattachFunc
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,20 @@ class ReattachConfig:
     runner: Mapping[str, Any] = field(default_factory=dict)
     client_cert: CertKey | None = None
     name: str = "plugin"
+    attach: ReattachFunc | None = field(default=None, compare=False, repr=False)
+
+    def attached_runner(self) -> AttachedRunner:
+        """The running plugin's runner, from ``attach`` (else its kind's own) given ``runner``."""
+        from plugbay.runners.base import AttachedRunner, reattach_runner
+
+        if self.attach is None:
+            return reattach_runner(self.runner)
+        got = self.attach(self.runner)
+        if not isinstance(got, AttachedRunner):
+            raise ConfigError(
+                f"ReattachConfig.attach returned {type(got).__name__}, not a runner; it must return the"
+                " runner of the running plugin, e.g. functools.partial(KubernetesRunner.attach, kubeconfig=...)")
+        return got
 
     @property
     def protocol(self) -> str:
@@ -51,7 +74,7 @@ class ReattachConfig:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ReattachConfig:
+    def from_dict(cls, data: Mapping[str, Any], *, attach: ReattachFunc | None = None) -> ReattachConfig:
         try:
             info = HandshakeInfo.from_dict(data["handshake"])
             cert = data.get("client_cert")
@@ -65,10 +88,10 @@ class ReattachConfig:
             ) from exc
         if client_cert is not None:
             _check_cert_key(client_cert)
-        return cls(handshake=info, runner=runner, client_cert=client_cert, name=name)
+        return cls(handshake=info, runner=runner, client_cert=client_cert, name=name, attach=attach)
 
     @classmethod
-    def from_json(cls, text: str) -> ReattachConfig:
+    def from_json(cls, text: str, *, attach: ReattachFunc | None = None) -> ReattachConfig:
         try:
             data = json.loads(text)
         except ValueError as exc:
@@ -78,7 +101,7 @@ class ReattachConfig:
                               " pass ReattachConfig.to_json() output") from None
         if not isinstance(data, dict):
             raise ConfigError("reattach config JSON must be an object; pass ReattachConfig.to_json() output")
-        return cls.from_dict(data)
+        return cls.from_dict(data, attach=attach)
 
 
 def _check_cert_key(cert: CertKey) -> None:

@@ -137,14 +137,17 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
         raise ReattachError(
             f"the reattach data names kubeconfig {named!r}, but this host uses {uses}; plugbay loads no"
             " kubeconfig that reattach data names (its exec: plugin would run before anything is checked)."
-            f" Set KUBECONFIG={named} for this host if you trust that file, or reattach from a host that uses it")
+            f" Set KUBECONFIG={named} for this host if you trust that file, or pass ReattachConfig.from_json(..."
+            f", attach=functools.partial(KubernetesRunner.attach, kubeconfig={named!r})), or reattach from a host"
+            " that uses it")
     # a context of this host's own kubeconfig is this host's own setting (the file is trusted), whichever
     # is current: a runner made with context="prod" while "dev" is current reattaches
     if context is None and named_context is not None and named_context not in _contexts(own):
         where = "in-cluster service account" if own is None else f"kubeconfig {own!r}"
         raise ReattachError(
             f"the reattach data names Kubernetes context {named_context!r}, which this host's {where} does"
-            " not have; reattach from a host whose kubeconfig has that context")
+            " not have; reattach from a host whose kubeconfig has that context, or pass ReattachConfig.from_json("
+            "..., attach=functools.partial(KubernetesRunner.attach, kubeconfig=..., context=...)) with one of yours")
     return own, context if context is not None else named_context
 
 
