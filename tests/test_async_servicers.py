@@ -177,9 +177,10 @@ def test_a_call_cut_short_cancels_its_coroutine_and_its_thread_waits_for_the_cle
     # keeps a callback added after the call ended, so such a coroutine ran on, holding its thread.
     from concurrent.futures import ThreadPoolExecutor
 
-    from plugbay.core.plugin.aiohandlers import HandlerLoop, sync_handler
+    from plugbay.core.transport.aiohandlers import HandlerLoop, sync_handler
 
     loop = HandlerLoop()
+    release = loop.hold()
     if late:
         real_get = loop.get
 
@@ -220,19 +221,20 @@ def test_a_call_cut_short_cancels_its_coroutine_and_its_thread_waits_for_the_cle
     finally:
         server.stop(0).wait(5)
         pool.shutdown(wait=True)
-        loop.stop()
+        release()
 
 
 def test_stopping_the_handler_loop_cancels_what_runs_and_lets_it_clean_up() -> None:
     import concurrent.futures
 
-    from plugbay.core.plugin.aiohandlers import HandlerLoop, _OnLoop
+    from plugbay.core.transport.aiohandlers import HandlerLoop, _OnLoop
 
     loop = HandlerLoop()
+    release = loop.hold()
     hang = _Hang()
     call = _OnLoop(hang.run(), loop.get())
     assert wait_until(lambda: "started" in hang.events, 5.0)
-    loop.stop(timeout=3.0)
+    release()  # the last holder: the loop ends
     assert "cleaned" in hang.events, hang.events  # not "Task was destroyed but it is pending"
     with pytest.raises(concurrent.futures.CancelledError):
         call.done.result(1)

@@ -31,6 +31,10 @@ MOVED = [
     # the plugin command's check and executable lookup, in a module of their own (the ~400-line rule)
     ("plugbay.runners.process", "check_cmd", "plugbay.runners.command"),
     ("plugbay.runners.process", "resolve_executable", "plugbay.runners.command"),
+    # asyncio servicers' loop, shared with brokered servers (a lower layer)
+    ("plugbay.core.plugin.aiohandlers", "HandlerLoop", "plugbay.core.transport.aiohandlers"),
+    ("plugbay.core.plugin.aiohandlers", "LOOP", "plugbay.core.transport.aiohandlers"),
+    ("plugbay.core.plugin.aiohandlers", "sync_handler", "plugbay.core.transport.aiohandlers"),
 ]
 
 

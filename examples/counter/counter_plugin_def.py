@@ -10,6 +10,7 @@ plugin dials that id to add numbers, a call back into its host.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,12 @@ class AddHelper(Protocol):
     def sum(self, a: int, b: int) -> int: ...
 
 
+class AsyncAddHelper(Protocol):
+    """The same, written for asyncio: served as an asyncio servicer (see _helper_servicer)."""
+
+    async def sum(self, a: int, b: int) -> int: ...
+
+
 class Counter(Protocol):
     """What a counter implementation offers (go-plugin's shared.Counter)."""
 
@@ -53,6 +60,22 @@ class _AddHelperServicer(counter_pb2_grpc.AddHelperServicer):
         return counter_pb2.SumResponse(r=self._impl.sum(request.a, request.b))
 
 
+class _AsyncAddHelperServicer(counter_pb2_grpc.AddHelperServicer):
+    def __init__(self, impl: AsyncAddHelper) -> None:
+        self._impl = impl
+
+    async def Sum(self, request: counter_pb2.SumRequest, context: Any) -> counter_pb2.SumResponse:
+        return counter_pb2.SumResponse(r=await self._impl.sum(request.a, request.b))
+
+
+def _helper_servicer(helper: AddHelper | AsyncAddHelper) -> counter_pb2_grpc.AddHelperServicer:
+    # an `async def sum` is served as an asyncio servicer: plugbay runs it on an event loop (the
+    # AsyncClient's own when put() passes its loop to accept_and_serve, else plugbay's)
+    if inspect.iscoroutinefunction(helper.sum):
+        return _AsyncAddHelperServicer(helper)  # type: ignore[arg-type]
+    return _AddHelperServicer(helper)  # type: ignore[arg-type]
+
+
 class CounterClient:
     """Host side: what dispense("counter") returns."""
 
@@ -63,10 +86,10 @@ class CounterClient:
     def get(self, key: str) -> int:
         return int(self._stub.Get(counter_pb2.GetRequest(key=key)).value)
 
-    def put(self, key: str, value: int, helper: AddHelper) -> None:
+    def put(self, key: str, value: int, helper: AddHelper | AsyncAddHelper) -> None:
         # serve the helper on a brokered connection for the length of this call
         sid = self._broker.next_id()
-        servicer = _AddHelperServicer(helper)
+        servicer = _helper_servicer(helper)
         self._broker.accept_and_serve(
             sid, lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server))
         try:
@@ -80,8 +103,8 @@ class CounterClient:
 
 class AsyncCounterClient:
     """Host side under AsyncClient: the same calls, awaited. The helper is served as in CounterClient
-    (a brokered gRPC server on its own threads: its ``sum`` is a plain function); the broker's
-    blocking steps run off the event loop."""
+    (a brokered gRPC server on its own threads); an ``async def sum`` runs on the event loop that
+    awaits put(). The broker's blocking steps run off the event loop."""
 
     def __init__(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> None:
         self._broker = broker
@@ -90,11 +113,12 @@ class AsyncCounterClient:
     async def get(self, key: str) -> int:
         return int((await self._stub.Get(counter_pb2.GetRequest(key=key))).value)
 
-    async def put(self, key: str, value: int, helper: AddHelper) -> None:
+    async def put(self, key: str, value: int, helper: AddHelper | AsyncAddHelper) -> None:
         sid = self._broker.next_id()
-        servicer = _AddHelperServicer(helper)
+        servicer = _helper_servicer(helper)
         await asyncio.to_thread(self._broker.accept_and_serve, sid,
-                                lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server))
+                                lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server),
+                                loop=asyncio.get_running_loop())
         try:
             await self._stub.Put(counter_pb2.PutRequest(add_server=sid, key=key, value=value))
         finally:

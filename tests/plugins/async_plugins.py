@@ -7,6 +7,9 @@
                                 Get("__cancelled__") how many handlers saw their call cancelled
                                 Get("__system_exit__") raises SystemExit in the coroutine
                                 Get("__block__")  30 s of asyncio.to_thread(time.sleep) (blocking work)
+                                Get("__helper__") serves an asyncio AddHelper (the counter example's
+                                                  service: Sum answers a*b here) on a new broker id,
+                                                  returned as the value
     async_plugins.py streamer   the streaming example's service: Generate an async generator,
                                 Echo over an async iterator of requests, GetStats a coroutine;
                                 GetStats' ``cancelled`` counts Generate's generators closed
@@ -26,10 +29,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "kv"))
 sys.path.insert(0, str(REPO / "examples" / "streaming"))
+sys.path.insert(0, str(REPO / "examples" / "counter"))
 sys.path.insert(0, str(REPO / "src"))
 
 import grpc  # noqa: E402
 from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV_NAME  # noqa: E402
+from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
 from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE, PLUGIN_NAME as STREAM_NAME  # noqa: E402
 from streamingproto import streaming_pb2, streaming_pb2_grpc  # noqa: E402
@@ -37,10 +42,17 @@ from streamingproto import streaming_pb2, streaming_pb2_grpc  # noqa: E402
 from plugbay import GRPCBroker, GRPCPlugin, ServeConfig, serve  # noqa: E402
 
 
+class AsyncMultiplier(counter_pb2_grpc.AddHelperServicer):
+    async def Sum(self, request: counter_pb2.SumRequest, context: Any) -> counter_pb2.SumResponse:
+        await asyncio.sleep(0)
+        return counter_pb2.SumResponse(r=request.a * request.b)
+
+
 class AsyncKV(kv_pb2_grpc.KVServicer):
     def __init__(self) -> None:
         self.release: asyncio.Event | None = None  # made on the handler loop
         self.cancelled = 0
+        self.broker: GRPCBroker | None = None
 
     async def Get(self, request: kv_pb2.GetRequest, context: Any) -> kv_pb2.GetResponse:
         if request.key == "__loop__":
@@ -51,6 +63,11 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
         if request.key == "__block__":
             await asyncio.to_thread(time.sleep, 30)  # blocking work, still running at Shutdown
             return kv_pb2.GetResponse(value=b"unblocked")
+        if request.key == "__helper__" and self.broker is not None:
+            broker, sid = self.broker, self.broker.next_id()
+            await asyncio.to_thread(broker.accept_and_serve, sid,
+                                    lambda s: counter_pb2_grpc.add_AddHelperServicer_to_server(AsyncMultiplier(), s))
+            return kv_pb2.GetResponse(value=str(sid).encode())
         if request.key == "__cancelled__":
             return kv_pb2.GetResponse(value=str(self.cancelled).encode())
         if request.key == "__release__":
@@ -111,6 +128,8 @@ class _Plugin(GRPCPlugin):
         self._servicer = servicer
 
     def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
+        if hasattr(self._servicer, "broker"):
+            self._servicer.broker = broker
         self._add(self._servicer, server)
 
     def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:

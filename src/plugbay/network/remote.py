@@ -124,7 +124,7 @@ class NetworkBroker(GRPCBroker):
     def _refuse(self) -> BrokerError:
         return BrokerError(self.why)
 
-    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
+    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *, loop: Any = None) -> None:
         raise self._refuse()
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:

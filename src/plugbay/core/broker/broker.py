@@ -49,10 +49,13 @@ from plugbay.errors import (
 # Imported where used: a plugin that never brokers a connection (most) loads neither the
 # brokered servers' and channels' code nor TLS (plugbay.core.transport.secure), nor yamux.
 if TYPE_CHECKING:
+    import asyncio
+
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.broker.wire import Opening, Outbox, Reader
     from plugbay.core.protocol import tls as tlsmod
+    from plugbay.core.transport.aiohandlers import LoopSource
     from plugbay.core.transport.muxbridge import StreamBridge
     from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.secure import MutualTLS
@@ -120,6 +123,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._served: list[Served] = []
         self._channels: list[BrokeredChannel] = []
         self._cleanup: list[Callable[[], None]] = []
+        self._holds_loop = False  # the asyncio handler loop (see _hold_handler_loop)
         self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
@@ -144,11 +148,14 @@ class GRPCBroker(StreamEnd, Multiplexed):
             self._next = (self._next + 1) & 0xFFFFFFFF
             return self._next
 
-    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None]) -> None:
+    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *,
+                         loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Serve a new gRPC server for ``id``; returns once it listens. Runs until stop_serving(id) or close().
 
         ``register`` adds the services to the (already started) server, e.g.
-        ``lambda s: add_FooServicer_to_server(servicer, s)``.
+        ``lambda s: add_FooServicer_to_server(servicer, s)``. An asyncio servicer's ``async def``
+        methods run on ``loop`` when given (an AsyncClient host passes its running loop, so they
+        share its objects), else on plugbay's own asyncio handler loop (one per process).
         """
         self._check_open()
         self._ensure_stream()
@@ -157,7 +164,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         served, path = self._servers().get()
         served.id = id
         try:
-            register(Registrar(served.server))
+            register(Registrar(served.server, lambda: self._handler_loop(served, loop)))
             if self.transport.multiplex:
                 self._serve_multiplexed(id, served, path)
             else:
@@ -173,6 +180,21 @@ class GRPCBroker(StreamEnd, Multiplexed):
             served.stop()
             raise BrokerClosedError("the broker closed while serving; start a new Client")
         self._servers().refill()  # the next callback's server starts while this one runs
+
+    def _handler_loop(self, served: Served, loop: asyncio.AbstractEventLoop | None) -> LoopSource:
+        """Where ``served``'s async handlers run. plugbay's own loop is held until close() (once per
+        broker: a callback server per call must not restart it); a caller's, until ``served`` stops."""
+        from plugbay.core.transport.aiohandlers import LOOP, CallerLoop
+
+        if loop is not None:
+            caller = CallerLoop(loop, LOOP)
+            served.cleanup.append(caller.release)
+            return caller
+        with self._cond:
+            if not self._closed and not self._holds_loop:
+                self._holds_loop = True
+                self._cleanup.append(LOOP.hold())
+        return LOOP
 
     def stop_serving(self, id: int) -> None:
         """Stop the server(s) accept_and_serve started for ``id`` and free their listeners.

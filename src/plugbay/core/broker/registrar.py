@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from plugbay.core.transport.handlerkind import is_async
 from plugbay.errors import BrokerError
+
+if TYPE_CHECKING:
+    from plugbay.core.transport.aiohandlers import LoopSource
 
 
 class Registrar(grpc.Server):  # type: ignore[misc]
@@ -17,19 +21,40 @@ class Registrar(grpc.Server):  # type: ignore[misc]
     registered-method handlers, so those are added as generic ones (what
     generated ``add_*Servicer_to_server`` code also adds). Binding, starting
     and stopping belong to the broker.
+
+    ``async def`` handlers (an asyncio servicer) run on the loop ``handler_loop()`` gives
+    (plugbay.core.transport.aiohandlers), asked for when the first one is registered.
     """
 
-    def __init__(self, server: grpc.Server) -> None:
+    def __init__(self, server: grpc.Server, handler_loop: Callable[[], LoopSource]) -> None:
         self._server = server
         self._services: set[str] = set()
+        self._handler_loop = handler_loop
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
-        handlers = tuple(generic_rpc_handlers)
+        handlers = tuple(self._runnable(h) for h in generic_rpc_handlers)
         for handler in handlers:
             name = getattr(handler, "service_name", None)
             if callable(name):
                 self._services.add(str(name()))
         self._server.add_generic_rpc_handlers(handlers)
+
+    def _runnable(self, handler: Any) -> Any:
+        """``handler``, with a table of methods (generated code's) holding async ones adapted to the
+        sync server; any other generic handler adapts what it answers, call by call."""
+        table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
+        name = getattr(handler, "service_name", None)
+        if isinstance(table, dict) and callable(name):
+            if not any(is_async(one) for one in table.values()):
+                return handler
+            from plugbay.core.transport.aiohandlers import sync_handler
+
+            service, source = str(name()), self._handler_loop()
+            # the table's keys are full paths ("/pkg.Service/Method") in grpcio's handler
+            adapted = {_method(service, key): sync_handler(f"/{service}/{_method(service, key)}", one, source)
+                       for key, one in table.items()}
+            return grpc.method_handlers_generic_handler(service, adapted)
+        return _Adapting(handler, self._handler_loop)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         if service_name in self._services:
@@ -55,3 +80,32 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         raise self._refuse("wait_for_termination")
+
+
+def _method(service: str, key: str) -> str:
+    return key[len(service) + 2:] if key.startswith(f"/{service}/") else key
+
+
+class _Adapting(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A hand-written generic handler on a brokered server: an async handler it answers runs on the
+    handler loop (adapted once per method it answers, then looked up)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, handler_loop: Callable[[], LoopSource]) -> None:
+        self._inner = inner
+        self._handler_loop = handler_loop
+        self._seen: dict[str, tuple[Any, Any]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None or not is_async(handler):
+            return handler
+        method = str(handler_call_details.method)
+        seen = self._seen.get(method)
+        if seen is not None and seen[0] is handler:
+            return seen[1]
+        from plugbay.core.transport.aiohandlers import sync_handler
+
+        adapted = sync_handler(method, handler, self._handler_loop())
+        if len(self._seen) < 1024:  # a generic handler may answer any method name
+            self._seen[method] = (handler, adapted)
+        return adapted

@@ -5,10 +5,10 @@ plugin's port (or its one multiplexed connection), so health and the
 controller cannot get a pool of their own. Instead the executor has
 ``max_workers`` threads for the plugin's handlers plus ``RESERVED`` more, and
 the gate lets at most ``max_workers`` of the plugin's handlers run at once
-(GatedServer wraps each handler the plugin registers). A handler that outlives the host's deadline keeps its slot until it
-returns; once every slot is taken, a new call to the plugin's services is
-refused at once with RESOURCE_EXHAUSTED (blocking it would hold one of the
-reserved threads). Health, GRPCController, GRPCStdio, GRPCBroker and (network
+(GatedServer wraps each handler the plugin registers). A handler that outlives
+the host's deadline keeps its slot until it returns; once every slot is taken,
+a new call to the plugin's services is refused at once with RESOURCE_EXHAUSTED
+(blocking it would hold one of the reserved threads). Health, GRPCController, GRPCStdio, GRPCBroker and (network
 mode) Discovery pass the gate, so the host's health checks and Shutdown answer whatever the plugin's
 handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike,
 so it cannot reserve anything for health.)
@@ -16,13 +16,13 @@ so it cannot reserve anything for health.)
 
 from __future__ import annotations
 
-import inspect  # loaded by grpcio already
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+
+from plugbay.core.transport.handlerkind import is_async
 
 # Threads kept for plugbay's own services: the GRPCStdio and broker streams,
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
@@ -41,17 +41,32 @@ class HandlerGate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._release: Callable[[], None] | None = None  # the asyncio handlers' loop, held for this server
+        self._closed = False
 
     def gated(self, method: str, handler: Any) -> Any:
         """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass.
-        An ``async def`` handler runs on the plugin's handler loop (aiohandlers.py)."""
+        An ``async def`` handler runs on the process's handler loop (transport/aiohandlers.py), which
+        this gate holds until close()."""
         if method.startswith(PLUGBAY_SERVICES):
             return handler
-        if _is_async(handler):
-            from plugbay.core.plugin.aiohandlers import LOOP, sync_handler
+        if is_async(handler):
+            from plugbay.core.transport.aiohandlers import LOOP, sync_handler
 
             handler = sync_handler(method, handler, LOOP)
+            with self._lock:
+                if self._release is None and not self._closed:
+                    self._release = LOOP.hold()
         return self._gate(handler)
+
+    def close(self) -> None:
+        """The server has stopped: let go of the asyncio handlers' loop (the last holder ends it)."""
+        with self._lock:
+            self._closed = True
+            release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def _gate(self, handler: Any) -> Any:
         if handler.unary_unary is not None:
@@ -91,18 +106,6 @@ class HandlerGate:
             finally:
                 self._slots.release()
         return run
-
-
-def _is_async(handler: Any) -> bool:
-    behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
-    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-
-
-def stop_async_handlers() -> None:
-    """End the async handlers' loop, if one ran (the server has stopped)."""
-    module = sys.modules.get("plugbay.core.plugin.aiohandlers")
-    if module is not None:
-        module.LOOP.stop()
 
 
 class _GatedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -147,9 +150,9 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
             table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
             name = getattr(handler, "service_name", None)
             if isinstance(table, dict) and callable(name):
-                for method, one in table.items():
-                    if _is_async(one):
-                        self._gate.gated(f"/{name()}/{method}", one)
+                for key, one in table.items():  # keys are full paths ("/pkg.Service/Method") in grpcio's
+                    if is_async(one):
+                        self._gate.gated(key if key.startswith("/") else f"/{name()}/{key}", one)
         self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ from plugbay.core.protocol.handshake import (
     PROTOCOL_GRPC,
     HandshakeInfo,
 )
-from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, GatedServer, HandlerGate, stop_async_handlers
+from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, GatedServer, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -252,15 +252,16 @@ class _PluginServer:
         executor = DaemonPool(self.config.max_workers + RESERVED, "plugbay-grpc-session")
         server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options])
         broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
+        gate = HandlerGate(self.config.max_workers)
         try:
-            self._register(server, broker, HandlerGate(self.config.max_workers))
+            self._register(server, broker, gate)
             add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
             server.add_insecure_port(f"unix:{path}")
             server.start()
         except BaseException:
-            _stop_instance(server, broker, executor, path)
+            _stop_instance(server, broker, executor, gate, path)
             raise
-        return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, path))
+        return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, path))
 
     def _shutdown_asked(self) -> None:
         network = self.config.network
@@ -321,7 +322,7 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
-        steps.append(("asyncio handlers' loop", stop_async_handlers))
+        steps.append(("asyncio handlers' loop", self.gate.close))
         if self.tls is not None:
             steps.append(("AutoMTLS context thread", self.tls.settle))
         try:
@@ -339,12 +340,14 @@ class _PluginServer:
             self._logging.close()
 
 
-def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, path: str) -> None:
+def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, gate: HandlerGate,
+                   path: str) -> None:
     broker.close()  # ends the broker stream first: a graceful stop waits for open streams
     server.stop(0.5).wait(5)
     # not waited for: a handler the departed host left running (stuck, sleeping) ends on its own;
     # waiting here held up the admission of every new host (sessions are reaped on that thread)
     executor.shutdown(wait=False, cancel_futures=True)
+    gate.close()
     unlink_quietly(path)
 
 

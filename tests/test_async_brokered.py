@@ -1,0 +1,223 @@
+"""asyncio servicers on brokered servers, on either side, against real plugins (Python and go-plugin's Go).
+
+A brokered server (GRPCBroker.accept_and_serve) is a sync grpcio server like the plugin's own; an
+``async def`` servicer registered on it runs on plugbay's asyncio handler loop, or on the loop the
+caller passes (an AsyncClient host's own). Before, grpcio called the coroutine function and tried to
+send the coroutine object as the answer: the plugin's callback failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests import gobuild
+from tests.resilience_util import wait_until  # also puts examples/kv on sys.path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "counter"))
+PLUGINS = str(REPO / "tests" / "plugins" / "async_plugins.py")
+
+from counter_plugin_def import HANDSHAKE as COUNTER_HANDSHAKE  # noqa: E402
+from counter_plugin_def import PLUGIN_NAME as COUNTER, CounterPlugin  # noqa: E402
+from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import AsyncClient, Client, ClientConfig, ProcessRunner  # noqa: E402
+
+GUARD = 60.0  # no asyncio test step may take longer: a hang fails instead of stalling the run
+
+
+def _counter_cmd(plugin: str) -> list[str]:
+    if plugin == "python":
+        return [sys.executable, str(REPO / "examples" / "counter" / "plugin.py")]
+    reason = gobuild.go_missing_reason()
+    if reason is not None:
+        pytest.skip(f"go-plugin's Go counter plugin cannot be built here: {reason}")
+    return [str(gobuild.build_go("counter_plugin"))]
+
+
+def _loop_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("plugbay-aio-handlers", "plugbay-aio-reads"))]
+
+
+class _AsyncAdder:
+    """An ``async def sum`` helper: where each call ran (thread, running loop)."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, asyncio.AbstractEventLoop]] = []
+
+    async def sum(self, a: int, b: int) -> int:
+        await asyncio.sleep(0)  # a real await point on whichever loop runs it
+        self.ran.append((threading.current_thread().name, asyncio.get_running_loop()))
+        return a + b
+
+
+@pytest.mark.parametrize("plugin", ["python", "go"])
+def test_a_sync_host_serves_an_async_helper_on_plugbays_loop(plugin: str, tmp_path: Path) -> None:
+    adder = _AsyncAdder()
+    config = ClientConfig(handshake=COUNTER_HANDSHAKE, plugins={COUNTER: CounterPlugin()},
+                          runner=ProcessRunner(_counter_cmd(plugin), cwd=tmp_path), call_timeout=20.0)
+    with Client(config) as client:
+        counter = client.dispense(COUNTER)
+        counter.put("k", 3, adder)  # the plugin calls back into this host's AddHelper: 0 + 3
+        counter.put("k", 4, adder)  # 3 + 4
+        assert counter.get("k") == 7
+        assert [name for name, _ in adder.ran] == ["plugbay-aio-handlers"] * 2
+        assert adder.ran[0][1] is adder.ran[1][1]  # one loop for every callback, not one per call
+    # the broker held the loop until the client closed; nothing else holds it
+    assert wait_until(lambda: not _loop_threads(), 5.0), _loop_threads()
+
+
+@pytest.mark.parametrize("plugin", ["python", "go"])
+def test_an_async_host_serves_an_async_helper_on_its_own_loop(plugin: str, tmp_path: Path) -> None:
+    adder = _AsyncAdder()
+
+    async def main() -> tuple[int, asyncio.AbstractEventLoop]:
+        config = ClientConfig(handshake=COUNTER_HANDSHAKE, plugins={COUNTER: CounterPlugin()},
+                              runner=ProcessRunner(_counter_cmd(plugin), cwd=tmp_path), call_timeout=20.0)
+        async with AsyncClient(config) as client:
+            counter = await client.dispense(COUNTER)
+            await counter.put("k", 5, adder)
+            await counter.put("k", 6, adder)
+            return int(await counter.get("k")), asyncio.get_running_loop()
+
+    async def guarded() -> tuple[int, asyncio.AbstractEventLoop]:
+        return await asyncio.wait_for(main(), GUARD)
+
+    value, loop = asyncio.run(guarded())
+    assert value == 11
+    # on the loop that awaited put(), so the helper may use that loop's objects (locks, clients)
+    assert [ran_on for _, ran_on in adder.ran] == [loop, loop]
+    assert wait_until(lambda: not _loop_threads(), 5.0), _loop_threads()
+
+
+def test_a_plugin_serves_an_async_servicer_on_a_brokered_server(tmp_path: Path) -> None:
+    runner = ProcessRunner([sys.executable, PLUGINS, "kv"], cwd=tmp_path)
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                             call_timeout=20.0)) as client:
+        sid = int(client.dispense(PLUGIN_NAME).get("__helper__"))  # the plugin serves AddHelper on it
+        channel = client.broker.dial(sid)
+        try:
+            helper = counter_pb2_grpc.AddHelperStub(channel)
+            answers = [helper.Sum(counter_pb2.SumRequest(a=a, b=7), timeout=20).r for a in (2, 3)]
+        finally:
+            channel.close()
+    assert answers == [14, 21]  # the async Sum answered: a*b
+
+
+class _Waits:
+    """A coroutine handler that waits until told, noting whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    async def run(self, request: bytes, context: Any) -> bytes:
+        self.started.set()
+        await asyncio.Event().wait()
+        return b""
+
+
+def _serve_one(handler: Any) -> tuple[grpc.Server, ThreadPoolExecutor, str]:
+    pool = ThreadPoolExecutor(2, thread_name_prefix="test-grpc")
+    server = grpc.server(pool)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {"Call": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, pool, f"127.0.0.1:{port}"
+
+
+def test_a_call_on_a_callers_loop_that_stops_is_refused_instead_of_waiting_forever() -> None:
+    # The host's loop ended (asyncio.run returned) while a callback's coroutine waited on it: nothing
+    # would ever run the coroutine or its cancel, so the call's gRPC thread waited for good.
+    from plugbay.core.transport.aiohandlers import CallerLoop, HandlerLoop, sync_handler
+
+    user = asyncio.new_event_loop()
+    thread = threading.Thread(target=user.run_forever, name="test-user-loop")
+    thread.start()
+    source = CallerLoop(user, HandlerLoop())
+    waits = _Waits()
+    returned = threading.Event()
+    wrapped = sync_handler("/t.S/Call", grpc.unary_unary_rpc_method_handler(waits.run), source)
+
+    def timed(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return wrapped.unary_unary(request, context)  # type: ignore[no-any-return]
+        finally:
+            returned.set()
+
+    server, pool, address = _serve_one(grpc.unary_unary_rpc_method_handler(timed))
+    try:
+        with grpc.insecure_channel(address) as channel:
+            call = channel.unary_unary("/t.S/Call").future(b"", timeout=30)
+            assert waits.started.wait(10)
+            user.call_soon_threadsafe(user.stop)
+            thread.join(5)
+            with pytest.raises(grpc.RpcError) as err:
+                call.result(timeout=15)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert returned.wait(5), "the handler's thread still waits on a loop that no longer runs"
+    finally:
+        if thread.is_alive():
+            user.call_soon_threadsafe(user.stop)
+            thread.join(5)
+        for task in asyncio.all_tasks(user):  # what the stopped loop still holds settles here
+            task.cancel()
+        user.run_until_complete(asyncio.sleep(0.1))
+        server.stop(0).wait(5)
+        pool.shutdown(wait=True)
+        source.release()
+        user.close()
+
+
+def test_a_call_after_the_last_holder_let_go_is_refused_as_unavailable() -> None:
+    from plugbay.core.transport.aiohandlers import HandlerLoop, sync_handler
+
+    loop = HandlerLoop()
+    release = loop.hold()
+    waits = _Waits()
+    wrapped = sync_handler("/t.S/Call", grpc.unary_unary_rpc_method_handler(waits.run), loop)
+    release()  # the server stopped; a call that raced its stop comes after
+    server, pool, address = _serve_one(wrapped)
+    try:
+        started = time.monotonic()
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary("/t.S/Call")(b"", timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert "stopping" in str(err.value.details())
+        assert time.monotonic() - started < 5
+        assert not waits.started.is_set()
+        assert not _loop_threads()  # no loop was started for it (nothing would end it)
+    finally:
+        server.stop(0).wait(5)
+        pool.shutdown(wait=True)
+
+
+def test_the_handler_loop_ends_with_its_last_holder_and_starts_again_for_a_new_one() -> None:
+    from plugbay.core.transport.aiohandlers import HandlerLoop
+
+    loop = HandlerLoop()
+    first, second = loop.hold(), loop.hold()
+    one = loop.get()
+    first()
+    first()  # a second release of the same hold changes nothing
+    assert loop.get() is one and one.is_running()
+    second()
+    assert wait_until(lambda: one.is_closed(), 5.0)
+    with pytest.raises(RuntimeError, match="no server holds"):
+        loop.get()
+    third = loop.hold()
+    try:
+        assert loop.get() is not one
+    finally:
+        third()
+    assert wait_until(lambda: not _loop_threads(), 5.0), _loop_threads()
