@@ -72,6 +72,25 @@ def test_a_context_named_by_reattach_json_must_be_one_of_the_hosts_own(tmp_path:
         reattach_runner(_data(kubeconfig=["x"]))
 
 
+def test_a_kubeconfig_the_caller_passes_is_used_whatever_the_json_names(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # KubernetesRunner.attach(data, kubeconfig=mine) (ReattachConfig's attach): the caller chose the file,
+    # so the other host's path in the JSON is neither loaded nor compared with it
+    from plugbay.runners.kubernetes.api import reattach_kubeconfig
+
+    marker = tmp_path / "ran"
+    theirs = _kubeconfig(tmp_path / "theirs.yaml", marker)
+    mine = _kubeconfig(tmp_path / "mine.yaml", marker, contexts=("c", "prod"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "default.yaml"))
+    assert reattach_kubeconfig(theirs, None, mine) == (mine, None)
+    assert reattach_kubeconfig(theirs, "prod", mine) == (mine, "prod")  # a context of the caller's file
+    with pytest.raises(ReattachError, match="context 'elsewhere'"):
+        reattach_kubeconfig(theirs, "elsewhere", mine)
+    with pytest.raises(ReattachError, match="names kubeconfig .*theirs.yaml"):  # the host's default is compared
+        reattach_kubeconfig(theirs, None)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("data, problem", [
     ({"kind": "KubernetesRunner", "pod": "p"}, "'namespace' as a non-empty string"),
     (_data(container_port="x"), "'container_port' as a TCP port"),

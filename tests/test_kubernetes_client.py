@@ -97,7 +97,9 @@ def test_reattach_with_a_kubeconfig_of_the_hosts_choosing(kubeconfig: str, kvtra
         with pytest.raises(ReattachError, match="attach=functools.partial"):
             refused.start()
         refused.close()
-        attach = functools.partial(KubernetesRunner.attach, kubeconfig=kubeconfig)
+        mine = tmp_path / "mine.yaml"  # this host's own file for the pod's cluster, at a path of its own
+        mine.write_text(Path(kubeconfig).read_text())
+        attach = functools.partial(KubernetesRunner.attach, kubeconfig=str(mine))
         second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                                      reattach=ReattachConfig.from_json(saved, attach=attach)))
         with second:

@@ -132,14 +132,16 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
             raise ReattachError(f"reattach data's {key} must be a string or null, not {type(value).__name__};"
                                 " pass the JSON that Client.reattach_config().to_json() produced")
     own = kubeconfig if kubeconfig is not None else host_kubeconfig()
-    if named is not None and (own is None or not _same_paths(named, own)):
+    # a kubeconfig the caller passed is its own choice for this reattach (the named file is never
+    # loaded): only a host's default is compared with the one the data names
+    if named is not None and kubeconfig is None and (own is None or not _same_paths(named, own)):
         uses = "its in-cluster service account" if own is None else f"kubeconfig {own!r}"
         raise ReattachError(
             f"the reattach data names kubeconfig {named!r}, but this host uses {uses}; plugbay loads no"
             " kubeconfig that reattach data names (its exec: plugin would run before anything is checked)."
             f" Set KUBECONFIG={named} for this host if you trust that file, or pass ReattachConfig.from_json(..."
-            f", attach=functools.partial(KubernetesRunner.attach, kubeconfig={named!r})), or reattach from a host"
-            " that uses it")
+            ", attach=functools.partial(KubernetesRunner.attach, kubeconfig=...)) with this host's kubeconfig for"
+            " that cluster, or reattach from a host that uses it")
     # a context of this host's own kubeconfig is this host's own setting (the file is trusted), whichever
     # is current: a runner made with context="prod" while "dev" is current reattaches
     if context is None and named_context is not None and named_context not in _contexts(own):
