@@ -306,6 +306,41 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
             pass
 
 
+def test_sweep_clears_only_a_socket_folder_proven_to_be_plugbays(plugbay_docker: Any, tmp_path: Path) -> None:
+    # A container's labels are untrusted: one naming another program's folder made sweep() delete the
+    # live sockets there. Only a folder holding the marker plugbay wrote for that container is cleared.
+    from plugbay.runners.docker.engine import SOCKET_DIR, SOCKET_MARKER, SOCKET_TOKEN
+
+    folders = {name: tmp_path / name for name in ("theirs", "ours")}
+    listeners = []
+    for name, folder in folders.items():
+        folder.mkdir()
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(folder / "service.sock"))
+        listeners.append(listener)
+    (folders["ours"] / SOCKET_MARKER).write_text("token-ours")
+    strays = []
+    try:
+        for name, token in (("theirs", "forged"), ("ours", "token-ours")):
+            labels = {**managed_labels(), "plugbay.session": f"1-gone{name}", "plugbay.host": socket.gethostname(),
+                      SOCKET_DIR: str(folders[name]), SOCKET_TOKEN: token}
+            strays.append(plugbay_docker.containers.create(BASE, ["true"], labels=labels, network_mode="none"))
+        others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
+            all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonetheirs", "1-goneours"}
+        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])
+        assert {c.id for c in strays} <= set(removed)
+        assert os.listdir(folders["theirs"]) == ["service.sock"], "sweep deleted another program's socket"
+        assert not folders["ours"].exists()  # plugbay's own folder: its sockets, marker and the folder go
+    finally:
+        for listener in listeners:
+            listener.close()
+        for stray in strays:
+            try:
+                stray.remove(force=True)
+            except NotFound:  # swept, as expected
+                pass
+
+
 CRASHING_HOST = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, sys.argv[1])

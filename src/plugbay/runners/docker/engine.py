@@ -327,7 +327,13 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 continue
             removed.append(container.id)
             if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
-                clear_socket_dir(labels[SOCKET_DIR])
+                # labels are untrusted: only a folder holding the marker plugbay wrote for this container
+                unproven = socket_dir_unproven(labels[SOCKET_DIR], labels)
+                if unproven is None:
+                    clear_socket_dir(labels[SOCKET_DIR])
+                else:
+                    _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
+                                 container.short_id, unproven)
     finally:
         if own:
             client.close()
