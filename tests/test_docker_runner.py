@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ def test_unix_transport_non_root_user(plugbay_docker: Any) -> None:
         network, address = _handshake(runner)
         assert (network, address) == ("unix", f"{CONTAINER_SOCKET_DIR}/plugin.sock")
         host_net, host_addr = runner.plugin_to_host(network, address)
-        assert host_net == "unix" and host_addr.endswith("/plugin.sock") and os.path.exists(host_addr)
+        host_dir = runner.reattach_data()["host_socket_dir"]
+        # dialled through the runner's handle on the socket it checked (the folder is the container's)
+        assert host_net == "unix" and host_addr.startswith("/proc/self/fd/")
+        assert os.path.samefile(host_addr, os.path.join(host_dir, "plugin.sock"))
         seen = _ask(host_net, host_addr)
         assert seen["uid"] == 10001
         gid = int(seen["env"]["PLUGIN_UNIX_SOCKET_GROUP"])
@@ -112,7 +116,6 @@ def test_unix_transport_non_root_user(plugbay_docker: Any) -> None:
         assert attrs["Config"]["Labels"]["plugbay.session"] == HOST_SESSION_ID
         assert attrs["Config"]["Labels"]["plugbay.managed"] == "true"
         assert next(iter(runner.stderr_lines())) == "echo: serving"
-        host_dir = os.path.dirname(host_addr)
         assert runner.wait(0) is None
     finally:
         runner.kill()
@@ -150,7 +153,9 @@ def test_unix_transport_refuses_addresses_outside_the_socket_folder() -> None:
             runner.plugin_to_host("unix", "/tmp/elsewhere.sock")
         with pytest.raises(RunnerError, match="transport='tcp'"):
             runner.plugin_to_host("tcp", "127.0.0.1:1234")
-        host_side = runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/broker.sock")[1]
+        with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/broker.sock', but it does not exist"):
+            runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/broker.sock")  # announced before it listens
+        host_side = os.path.join(runner.reattach_data()["host_socket_dir"], "broker.sock")  # a host listener's
         assert runner.host_to_plugin("unix", host_side) == ("unix", f"{CONTAINER_SOCKET_DIR}/broker.sock")
     finally:
         runner.kill()
@@ -423,7 +428,7 @@ def test_socket_group_follows_the_client_setting() -> None:
         seen = _ask("unix", host_addr)
         gid = grp.getgrnam(group).gr_gid
         assert seen["env"]["PLUGIN_UNIX_SOCKET_GROUP"] == str(gid) and gid in seen["groups"]
-        assert os.stat(os.path.dirname(host_addr)).st_gid == gid
+        assert os.stat(runner.reattach_data()["host_socket_dir"]).st_gid == gid
     finally:
         runner.kill()
     with pytest.raises(ConfigError, match="not a group on this host"):
@@ -506,7 +511,7 @@ def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -
         runner.start(LaunchSpec(env={}))
         try:
             host_side = runner.plugin_to_host(*_handshake(runner))[1]
-            folder = os.path.dirname(host_side)
+            folder = runner.reattach_data()["host_socket_dir"]
             # normalised, and inside: fine
             assert runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/x/../plugin.sock")[1] == host_side
             bad = [f"{CONTAINER_SOCKET_DIR}/../../{outside}", f"{CONTAINER_SOCKET_DIR}/..",
@@ -525,6 +530,68 @@ def test_announced_socket_paths_cannot_leave_the_socket_folder(tmp_path: Path) -
         with pytest.raises(MalformedHandshakeError, match="/plugbay/sock/../../tmp/host-only.sock"):
             client.start()
         client.kill()
+
+
+LATE_LINK = ("print('1|1|unix|/plugbay/sock/late.sock|grpc', flush=True); import os, time; time.sleep(1);"
+             " os.symlink(os.environ['DECOY'], '/plugbay/sock/late.sock'); time.sleep(60)")
+
+
+class _Decoy:
+    """A host socket plugbay did not make (say, the Docker engine's), counting who connects to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.hits = path, 0
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(str(path))
+        self._listener.listen(8)
+        self._listener.setblocking(False)
+
+    def count(self) -> int:
+        for _ in range(64):  # bounded: drains what is queued
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            self.hits += 1
+        return self.hits
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_the_host_dials_the_socket_it_checked_whatever_the_container_puts_there_later(tmp_path: Path) -> None:
+    # The socket folder is the container's to write in: a path checked when announced could be a
+    # symlink to any host socket by the time the host dialled it (or redialled it), and a path that
+    # did not exist yet was let through unchecked.
+    from plugbay import Client, ClientConfig, HandshakeConfig
+
+    decoy = _Decoy(tmp_path / "decoy.sock")
+    try:
+        runner = _runner()
+        runner.start(LaunchSpec(env={}))
+        try:
+            dial = runner.plugin_to_host(*_handshake(runner))[1]
+            folder = runner.reattach_data()["host_socket_dir"]
+            # what a container can do once its socket was checked: move it away, leave a symlink
+            os.rename(os.path.join(folder, "plugin.sock"), os.path.join(folder, "moved.sock"))
+            os.symlink(decoy.path, os.path.join(folder, "plugin.sock"))
+            assert _ask("unix", dial)["uid"] == 0  # still the plugin's own socket
+            assert decoy.count() == 0
+            with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/plugin.sock', but it is not a socket"):
+                runner.plugin_to_host("unix", f"{CONTAINER_SOCKET_DIR}/plugin.sock")
+        finally:
+            runner.kill(0)
+        late = _runner(entrypoint=["python3", "-c", LATE_LINK], env={"DECOY": str(decoy.path)})
+        client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}, start_timeout=30,
+                                     runner=late))
+        with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/late.sock', but it does not exist"):
+            client.start()
+        client.kill()
+        time.sleep(1.5)  # past the container's symlink: nothing may dial it now either
+        assert decoy.count() == 0, "the host dialled a socket the container pointed it at"
+    finally:
+        decoy.close()
 
 
 def _ours(docker: Any) -> set[str]:

@@ -11,14 +11,17 @@ from __future__ import annotations
 from plugbay.errors import RunnerError
 from plugbay.runners.docker.checks import socket_on_host
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
+from plugbay.runners.docker.sockethandles import SocketHandles
 
 
 def container_to_host(transport: str, network: str, address: str, *, host_socket_dir: str | None,
-                      container_id: str, container_port: int, host_port: int | None) -> tuple[str, str]:
-    """The host-dialable address of one the plugin announced; RunnerError when the host cannot reach it."""
+                      container_id: str, container_port: int, host_port: int | None,
+                      handles: SocketHandles) -> tuple[str, str]:
+    """The host-dialable address of one the plugin announced; RunnerError when the host cannot reach it.
+    A unix socket is dialled through a handle on it (``/proc/self/fd/N``, see sockethandles)."""
     if transport == "unix":
         if network == "unix" and host_socket_dir:
-            return "unix", socket_on_host(address, host_socket_dir, container_id)
+            return "unix", socket_on_host(address, host_socket_dir, container_id, handles)
         raise RunnerError(
             f"the plugin in container {container_id[:12]} announced {network}:{address}, which the host cannot"
             f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"

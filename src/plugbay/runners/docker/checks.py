@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 from typing import Any
 
 from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine, engine_call
+from plugbay.runners.docker.sockethandles import SocketHandles, Unusable
 
 
 def find_image(client: Any, name: str) -> Any:
@@ -35,29 +35,22 @@ def check_digest(image: Any, name: str, digest: str) -> None:
         )
 
 
-def socket_on_host(address: str, host_socket_dir: str, container_id: str) -> str:
-    """The host path of a socket the container announced: a file directly in the mapped folder.
+def socket_on_host(address: str, host_socket_dir: str, container_id: str, handles: SocketHandles) -> str:
+    """The path the host dials for a socket the container announced: a socket directly in the mapped
+    folder, held open by ``handles`` (see sockethandles: the container may swap the file later).
 
-    The path is normalised first; ``..``, sub-folders and anything that is
-    not a socket on the host side (a symlink the container made) are refused.
+    The path is normalised first; ``..``, sub-folders, a missing file and anything that is not a
+    socket on the host side (a symlink the container made) are refused.
     """
     norm = posixpath.normpath(address) if address.startswith("/") else ""
     prefix = CONTAINER_SOCKET_DIR + "/"
     name = norm[len(prefix):] if norm.startswith(prefix) else ""
-    why = None
-    if not name or "/" in name:
-        why = "it is not a file directly in"
-    else:
-        host = os.path.join(host_socket_dir, name)
+    why = "it is not a file directly in"
+    if name and "/" not in name:
         try:
-            if not stat.S_ISSOCK(os.lstat(host).st_mode):
-                why = "it is not a socket (a symlink or file the container made) in"
-        except FileNotFoundError:
-            pass  # not created yet: the dial reports it
-        except OSError as exc:
-            why = f"it cannot be checked ({exc.strerror}) in"
-        if why is None:
-            return host
+            return handles.dial_path(os.path.join(host_socket_dir, name))
+        except Unusable as exc:
+            why = str(exc)
     raise MalformedHandshakeError(
         f"unix|{address}",
         f"the plugin in container {container_id[:12]} announced socket path {address!r}, but {why} the"

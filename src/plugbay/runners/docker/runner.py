@@ -42,6 +42,7 @@ from plugbay.runners.docker.addresses import container_to_host, host_to_containe
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
 from plugbay.runners.docker.waiter import ExitWaiter
 from plugbay.runners.session import managed_labels
@@ -113,6 +114,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._client: Any = None
         self._container_id = ""
         self._host_socket_dir: str | None = None
+        self._socket_handles = SocketHandles()  # what the host dials: see sockethandles
         self._owns_socket_dir = False
         self._socket_token = ""
         self._host_port: int | None = None
@@ -258,7 +260,7 @@ class DockerRunner(ContainerTeardown, Runner):
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         return container_to_host(self.transport, network, address, host_socket_dir=self._host_socket_dir,
                                  container_id=self.id, container_port=self.container_port,
-                                 host_port=self._host_port)
+                                 host_port=self._host_port, handles=self._socket_handles)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         return host_to_container(self.transport, network, address, self._host_socket_dir)

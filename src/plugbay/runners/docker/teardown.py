@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugbay.runners.docker.engine import clear_socket_dir, end_container, engine
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.waiter import ExitWaiter
 
 
@@ -22,6 +23,7 @@ class ContainerTeardown:
     _client: Any
     _container_id: str
     _host_socket_dir: str | None
+    _socket_handles: SocketHandles
     _owns_socket_dir: bool
     _pumps: dict[str, ContainerLogStream]
     _waiter: ExitWaiter | None
@@ -42,6 +44,7 @@ class ContainerTeardown:
             pump.close()
         if client is not None:
             client.close()
+        self._socket_handles.close()
 
     def kill(self, grace: float = 2.0) -> None:
         with self._lock:
@@ -71,6 +74,7 @@ class ContainerTeardown:
                 pump.close()
             if self._waiter is not None:
                 self._waiter.join(10.0)
+            self._socket_handles.close()
             if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
             elif self._attached and self._host_socket_dir:
