@@ -36,10 +36,16 @@ PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plug
 
 
 class HandlerGate:
-    """Refuses a call to the plugin's services while ``limit`` of them are running."""
+    """Refuses a call to the plugin's services while ``limit`` of them are running.
 
-    def __init__(self, limit: int) -> None:
+    ``refusal``: the RESOURCE_EXHAUSTED details, for a server whose limit is set elsewhere than
+    ServeConfig.max_workers (the gateway's)."""
+
+    def __init__(self, limit: int, refusal: str | None = None) -> None:
         self.limit = limit
+        self._refusal = refusal or (
+            f"the plugin is already running {limit} calls (ServeConfig.max_workers); earlier calls have"
+            " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._release: Callable[[], None] | None = None  # the asyncio handlers' loop, held for this server
@@ -84,10 +90,7 @@ class HandlerGate:
 
     def _enter(self, context: grpc.ServicerContext) -> None:
         if not self._slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"the plugin is already running {self.limit} calls (ServeConfig.max_workers);"
-                          " earlier calls have not returned. Retry later; handlers that outlive their"
-                          " deadline should check context.is_active()")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
 
     def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:

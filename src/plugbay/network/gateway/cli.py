@@ -4,7 +4,8 @@
         --client-ca ca.crt --cookie BASIC_PLUGIN=hello --plugins kv_grpc -- ./kv-plugin
 
 Every flag also reads an environment variable (PLUGBAY_GATEWAY_LISTEN, _CERT, _KEY,
-_CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1), which is how the
+_CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1, _MULTIPLEX=1, _KEEPALIVE,
+_MAX_CALLS), which is how the
 container image (Dockerfile.plugin, target ``gateway``) is configured. Once
 serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM and SIGINT stop it
 (child included) with exit code 0; it exits 1 when the plugin cannot be started or
@@ -24,7 +25,7 @@ from types import FrameType
 
 from plugbay.core.plugin.netconfig import keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
-from plugbay.network.gateway.gateway import Gateway, GatewayConfig
+from plugbay.network.gateway.gateway import DEFAULT_MAX_CALLS, Gateway, GatewayConfig
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
 
@@ -55,6 +56,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--keepalive", default=default("KEEPALIVE", "30,10"), metavar="INTERVAL,TIMEOUT",
                    help="ping a brokering host's session after INTERVAL quiet seconds; drop it (and stop its"
                         " child) when nothing answers within TIMEOUT (default 30,10)")
+    p.add_argument("--max-calls", default=default("MAX_CALLS", str(DEFAULT_MAX_CALLS)), metavar="N",
+                   help="forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED, so health"
+                        f" checks always answer (default {DEFAULT_MAX_CALLS})")
     return p
 
 
@@ -90,10 +94,17 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         keepalive = keepalive_figures(str(args.keepalive), "--keepalive")
     except ConfigError as exc:
         parser.error(str(exc))
+    try:
+        max_calls = int(str(args.max_calls))
+    except ValueError:
+        max_calls = 0
+    if max_calls < 1:
+        parser.error(f"--max-calls must be a positive integer, the forwarded calls at once (got {args.max_calls!r})")
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
-                         start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive)
+                         start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
+                         max_calls=max_calls)
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,8 @@ response, so the child (which does know) answers it correctly. Requests and
 responses are never decoded (identity (de)serializers). Forwarded: the
 caller's metadata (without transport headers), the deadline (what is left of
 it), cancellation (either way), the child's initial and trailing metadata, its
-status code and details.
+status code and details. Forwarded calls pass a HandlerGate, so they can never
+take the threads the gateway's own services (health, Discovery) answer on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 from collections.abc import Callable, Iterator
 
 import grpc
+
+from plugbay.core.plugin.gate import HandlerGate
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -40,15 +43,16 @@ def _forwardable(key: str) -> bool:
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """grpc generic handler: any method outside OWN_SERVICES is forwarded to the child's channel."""
 
-    def __init__(self, source: ChannelSource) -> None:
+    def __init__(self, source: ChannelSource, gate: HandlerGate) -> None:
         self._source = source
+        self._gate = gate
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = str(handler_call_details.method)
         if method.startswith(OWN_SERVICES):
             return None
-        return grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: self._forward(method, requests, context))
+        return self._gate.gated(method, grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: self._forward(method, requests, context)))
 
     def _forward(self, method: str, requests: Iterator[bytes],
                  context: grpc.ServicerContext) -> Iterator[bytes]:

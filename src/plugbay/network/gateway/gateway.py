@@ -21,7 +21,9 @@ serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
   session gets its own child, spliced (plugbay.network.gateway.sessions);
 * plugin.GRPCStdio.StreamStdio: an empty stream (the child's output is the gateway's log);
 
-and forwards every other call to the child (plugbay.network.gateway.forward).
+and forwards every other call to the child (plugbay.network.gateway.forward), at most
+``max_calls`` at once: the server's executor has RESERVED more threads, kept for the
+services above, as serve()'s gate keeps them (plugbay.core.plugin.gate).
 While the child restarts (plugbay.network.gateway.child) calls fail fast with
 UNAVAILABLE.
 """
@@ -46,6 +48,7 @@ from plugbay._proto.plugin import (
     grpc_stdio_pb2_grpc,
 )
 from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, HandlerGate
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.network import (
@@ -73,6 +76,9 @@ BROKER_REFUSAL = (
     " plugin that cannot carry brokered (callback) connections over the network. Use plugins without"
     " brokered callbacks through the gateway, or serve a plugbay plugin with NetworkServe"
 )
+# Forwarded calls at once: with RESERVED more threads for the gateway's own services, the 64
+# threads the gateway always had.
+DEFAULT_MAX_CALLS = 48
 _MAX_MSG = 2**31 - 1
 _STOP_GRACE = 2.0
 
@@ -104,6 +110,9 @@ class GatewayConfig:
     # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when
     # nothing answers within [1] (as NetworkServe's)
     keepalive: tuple[float, float] = DEFAULT_KEEPALIVE
+    # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
+    # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
+    max_calls: int = DEFAULT_MAX_CALLS
 
     def check(self) -> None:
         if not self.cmd or not self.cmd[0]:
@@ -117,6 +126,9 @@ class GatewayConfig:
         if self.multiplex and self.insecure:
             raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
                               " --client-ca instead of --insecure")
+        if isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int) or self.max_calls < 1:
+            raise ConfigError(f"the gateway's max_calls must be a positive int (forwarded calls at once), got"
+                              f" {self.max_calls!r}; pass for example --max-calls {DEFAULT_MAX_CALLS}")
         if not self.protocol_versions or any(int(v) < 1 for v in self.protocol_versions):
             raise ConfigError(f"protocol versions {list(self.protocol_versions)} are invalid; pass positive"
                               " integers, for example --protocol-versions 1,2")
@@ -135,8 +147,8 @@ class Gateway:
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
-        self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=f"plugbay-gateway/{package_version()} (go-plugin plugin"
-                                                      f" {config.cmd[0]})")
+        self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=(
+            f"plugbay-gateway/{package_version()} (go-plugin plugin {config.cmd[0]})"))
         self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down)
         self._closed = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -222,18 +234,23 @@ class Gateway:
                 raise
 
     def _start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="plugbay-gateway-rpc")
+        cap = self.config.max_calls
+        self._executor = ThreadPoolExecutor(max_workers=cap + RESERVED, thread_name_prefix="plugbay-gateway-rpc")
+        gate = HandlerGate(cap, refusal=(
+            f"the gateway is already forwarding {cap} calls to its plugin (--max-calls,"
+            " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
+            " with a higher --max-calls"))
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_MSG),
             ("grpc.max_receive_message_length", _MAX_MSG)])
         self._server = server
-        add_health(self.health, server)
+        add_health(self.health, server, watches=MAX_WATCHES)  # Watch streams hold reserved threads
         add_discovery(self.discovery, server)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
             _Controller(), server)
         grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), server)  # type: ignore[no-untyped-call]
         grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), server)  # type: ignore[no-untyped-call]
-        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel),))
+        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate),))
         # TLS files are checked before the child starts
         if self.config.multiplex:
             _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)

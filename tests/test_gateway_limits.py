@@ -1,0 +1,107 @@
+"""The gateway under load, in front of a plain-grpcio child (tests/plugins/gateway_child.py),
+reached over plaintext gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay.errors import ConfigError
+from plugbay.network.gateway import Gateway, GatewayConfig
+from plugbay.network.gateway.cli import parse
+
+CHILD = Path(__file__).resolve().parent / "plugins" / "gateway_child.py"
+
+
+def config(**kw: object) -> GatewayConfig:
+    return GatewayConfig(cmd=[sys.executable, str(CHILD)], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
+                         insecure=True, child_mtls=False, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    with Gateway(config()) as gw:
+        yield gw
+
+
+def _health(channel: grpc.Channel) -> int:
+    request = health_pb2.HealthCheckRequest(service="plugin")
+    return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+
+def _fill(channel: grpc.Channel, count: int, refusals: int) -> list[grpc.Future]:
+    """``count`` held calls, once ``refusals`` of them were refused (or 20 s passed)."""
+    hold = channel.unary_unary("/gwchild.S/Hold")
+    calls = [hold.future(b"", timeout=60) for _ in range(count)]
+    deadline = time.monotonic() + 20
+    while sum(call.done() for call in calls) < refusals and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return calls
+
+
+def test_busy_forwarded_calls_leave_health_and_discovery_answering(gateway: Gateway) -> None:
+    cap = 48  # GatewayConfig.max_calls's default
+    with grpc.insecure_channel(gateway.address) as ch:
+        assert ch.unary_unary("/gwchild.S/Fast")(b"", timeout=10) == b"fast"
+        calls = _fill(ch, cap + 16, 16)  # the gateway used to have 64 threads for everything
+        try:
+            refused = [call for call in calls if call.done()]
+            assert len(refused) == 16, f"{len(refused)} of {cap + 16} calls ended while the rest were held"
+            for call in refused:
+                assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "--max-calls" in str(call.details()) and f"{cap} calls" in str(call.details())
+            # the host's health checks still answer, so the gateway stays in its pools' rotation
+            assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+            desc = discovery_pb2_grpc.DiscoveryStub(ch).Describe(discovery_pb2.DescribeRequest(), timeout=5)
+            assert desc.server.startswith("plugbay-gateway/")
+            with pytest.raises(grpc.RpcError) as over:
+                ch.unary_unary("/gwchild.S/Fast")(b"", timeout=5)
+            assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            for call in calls:
+                call.cancel()
+        # the held calls' slots come back once they end
+        deadline = time.monotonic() + 20
+        answer = b""
+        while answer != b"fast" and time.monotonic() < deadline:
+            try:
+                answer = ch.unary_unary("/gwchild.S/Fast")(b"", timeout=5)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                time.sleep(0.1)
+        assert answer == b"fast"
+    assert gateway.config.max_calls == cap
+
+
+def test_max_calls_is_the_configured_cap() -> None:
+    with Gateway(config(max_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
+        calls = _fill(ch, 3, 1)
+        try:
+            assert [call.done() for call in calls].count(True) == 1
+            refused = next(call for call in calls if call.done())
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 calls" in str(refused.details())
+            assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+def test_max_calls_from_the_command_line_and_checked() -> None:
+    base = ["--cookie", "A=b", "--insecure"]
+    assert parse([*base, "--", "x"], env={}).max_calls == 48
+    assert parse([*base, "--max-calls", "7", "--", "x"], env={}).max_calls == 7
+    assert parse([*base, "--", "x"], env={"PLUGBAY_GATEWAY_MAX_CALLS": "9"}).max_calls == 9
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SystemExit):
+            parse([*base, "--max-calls", bad, "--", "x"], env={})
+    for value in (0, True, 2.5):
+        with pytest.raises(ConfigError, match="max_calls"):
+            Gateway(config(max_calls=value))
