@@ -1,4 +1,4 @@
-"""The gateway under load, in front of a plain-grpcio child (tests/plugins/gateway_child.py),
+"""The gateway under load and with rich errors, in front of a plain-grpcio child (tests/plugins/gateway_child.py),
 reached over plaintext gRPC on 127.0.0.1."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from plugbay.network.gateway import Gateway, GatewayConfig
 from plugbay.network.gateway.cli import parse
 
 CHILD = Path(__file__).resolve().parent / "plugins" / "gateway_child.py"
+# what the child sends as grpc-status-details-bin (a serialized google.rpc.Status)
+DETAILS = b"\x08\x03\x12\x03bad"
 
 
 def config(**kw: object) -> GatewayConfig:
@@ -105,3 +107,14 @@ def test_max_calls_from_the_command_line_and_checked() -> None:
     for value in (0, True, 2.5):
         with pytest.raises(ConfigError, match="max_calls"):
             Gateway(config(max_calls=value))
+
+
+def test_rich_error_details_reach_the_host(gateway: Gateway) -> None:
+    with grpc.insecure_channel(gateway.address) as ch, pytest.raises(grpc.RpcError) as failed:
+        ch.unary_unary("/gwchild.S/Rich")(b"", timeout=10)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failed.value.details() == "bad"
+    # Go's status.WithDetails travels in grpc-status-details-bin; hosts decode it from the trailers
+    trailers = dict(failed.value.trailing_metadata() or ())
+    assert trailers.get("grpc-status-details-bin") == DETAILS
+    assert trailers.get("x-app") == "kept"

@@ -6,9 +6,10 @@ stream-stream: on the wire a unary call is a stream with one request and one
 response, so the child (which does know) answers it correctly. Requests and
 responses are never decoded (identity (de)serializers). Forwarded: the
 caller's metadata (without transport headers), the deadline (what is left of
-it), cancellation (either way), the child's initial and trailing metadata, its
-status code and details. Forwarded calls pass a HandlerGate, so they can never
-take the threads the gateway's own services (health, Discovery) answer on.
+it), cancellation (either way), the child's initial and trailing metadata
+(with its rich error details, grpc-status-details-bin), its status code and
+details. Forwarded calls pass a HandlerGate, so they can never take the
+threads the gateway's own services (health, Discovery) answer on.
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ _NO_DEADLINE = 10 * 365 * 24 * 3600.0  # grpcio reports "no deadline" as a far-f
 ChannelSource = Callable[[], "tuple[grpc.Channel | None, str]"]
 
 
+# The one grpc- trailer that is the application's: rich error details (a google.rpc.Status, as Go's
+# status.WithDetails sends them), which grpcio passes on when a servicer sets it as trailing metadata.
+STATUS_DETAILS = "grpc-status-details-bin"
+
+
 def _forwardable(key: str) -> bool:
     return not (key.startswith((":", "grpc-")) or key in ("user-agent", "content-type", "te"))
+
+
+def _forwardable_trailer(key: str) -> bool:
+    return key == STATUS_DETAILS or _forwardable(key)
 
 
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -84,7 +94,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             pass  # the status below says what happened
         trailing = call.trailing_metadata()
         if trailing:
-            context.set_trailing_metadata(tuple((k, v) for k, v in trailing if _forwardable(k)))
+            context.set_trailing_metadata(tuple((k, v) for k, v in trailing if _forwardable_trailer(k)))
         code = call.code()
         if code == grpc.StatusCode.OK:
             return
