@@ -118,3 +118,22 @@ def test_rich_error_details_reach_the_host(gateway: Gateway) -> None:
     trailers = dict(failed.value.trailing_metadata() or ())
     assert trailers.get("grpc-status-details-bin") == DETAILS
     assert trailers.get("x-app") == "kept"
+
+
+def test_stdio_streams_of_many_hosts_leave_health_answering() -> None:
+    # every go-plugin >= 1.4 host opens GRPCStdio and keeps it open for as long as it is attached
+    with Gateway(config(max_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
+        calls = _fill(ch, 2, 0)
+        stdio = ch.unary_stream("/plugin.GRPCStdio/StreamStdio")
+        streams = [stdio(b"", timeout=60) for _ in range(20)]
+        try:
+            deadline = time.monotonic() + 10
+            while sum(s.done() for s in streams) < 16 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ended = [s for s in streams if s.done()]
+            assert len(ended) == 16, f"{len(ended)} of 20 stdio streams ended at once"
+            assert all(s.code() == grpc.StatusCode.OK for s in ended)  # an empty stream: nothing to say
+            assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for call in [*calls, *streams]:
+                call.cancel()

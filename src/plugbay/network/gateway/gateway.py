@@ -79,6 +79,8 @@ BROKER_REFUSAL = (
 # Forwarded calls at once: with RESERVED more threads for the gateway's own services, the 64
 # threads the gateway always had.
 DEFAULT_MAX_CALLS = 48
+# GRPCStdio streams held open at once (as MAX_WATCHES for health Watch streams)
+_HELD_STDIO = 4
 _MAX_MSG = 2**31 - 1
 _STOP_GRACE = 2.0
 
@@ -300,10 +302,20 @@ class _NoBroker(grpc_broker_pb2_grpc.GRPCBrokerServicer):
 
 
 class _Stdio(grpc_stdio_pb2_grpc.GRPCStdioServicer):
+    """Empty streams. Every attached go-plugin host keeps one open, each holding one of the
+    RESERVED threads, so past _HELD_STDIO of them a stream ends at once (still empty, status OK:
+    go-plugin's and plugbay's readers just stop) rather than take the threads health answers on."""
+
     def __init__(self, closed: threading.Event) -> None:
         self._closed = closed
+        self._slots = threading.BoundedSemaphore(_HELD_STDIO)
 
     def StreamStdio(self, request: object, context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
-        while context.is_active() and not self._closed.wait(0.5):
-            pass
+        if not self._slots.acquire(blocking=False):
+            return
+        try:
+            while context.is_active() and not self._closed.wait(0.5):
+                pass
+        finally:
+            self._slots.release()
         yield from ()
