@@ -33,6 +33,7 @@ from plugbay.errors import (
 )
 from plugbay.network.resolver import Endpoint, OnChange
 from plugbay.runners.kubernetes.api import api_message, load_api_client
+from plugbay.runners.kubernetes.deadline import Deadline, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -43,6 +44,7 @@ _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAM
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
 MAX_BACKOFF = 10.0
 _CLOSE_WAIT = 2.0  # close() waits this long for the watch thread, then leaves it to end on its own
+LIST_CONNECT, LIST_TIMEOUT = 10.0, 30.0  # one list: to connect, and for its whole answer (not each read)
 
 
 class _Gone(Exception):
@@ -142,6 +144,7 @@ class EndpointSliceResolver:
         self._reported: list[Endpoint] | None = None
         self._stop = threading.Event()
         self._watch: Any = None
+        self._listing: Deadline | None = None  # the list in progress: close() ends it by shutting its sockets
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_error: BaseException | None = None  # the watch loop's latest failure (it retries)
@@ -181,21 +184,27 @@ class EndpointSliceResolver:
     def close(self) -> None:
         """Stop the watch and free the API client. Bounded: see _CLOSE_WAIT. Safe on the watch thread."""
         self._stop.set()
+        self._interrupt()  # a list in progress (start()'s on another thread, or the watch's) ends now
         thread = self._thread
         if thread is threading.current_thread():  # a callback closed us: the watch loop ends when it returns
             thread = None
         give_up = time.monotonic() + _CLOSE_WAIT
         while thread is not None and thread.is_alive() and time.monotonic() < give_up:
-            watch = self._watch
-            if watch is not None:
-                watch.stop()  # shuts the socket of a read in progress down
+            self._interrupt()
             thread.join(timeout=0.2)
         if thread is not None and thread.is_alive():
-            # A list in progress cannot be interrupted: the (daemon) thread ends when it returns, as it
-            # sees _stop; waiting here could take the list's whole read timeout, retries included.
-            _log.info("%s: a list request is still in progress; its thread ends when the request does",
+            _log.info("%s: the watch thread has not ended yet; it ends on its own, as it sees the close",
                       self.target)
         self._close_client()
+
+    def _interrupt(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.stop()  # shuts the socket of a read in progress down
+        with self._lock:
+            listing = self._listing
+        if listing is not None:
+            listing.expire()  # likewise for a list: its read wakes at once, not at its timeout
 
     def __enter__(self) -> EndpointSliceResolver:
         return self
@@ -231,37 +240,70 @@ class EndpointSliceResolver:
             f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
             " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
 
+    def _closed_error(self) -> DiscoveryError:
+        return DiscoveryError(f"the resolver for {self.target} was closed; make a new one")
+
+    def _set_listing(self, listing: Deadline | None) -> None:
+        with self._lock:
+            self._listing = listing
+        if listing is not None and self._stop.is_set():  # closed before _interrupt() could see this list
+            listing.expire()
+
     def _relist(self, deadline: float | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        timeout: tuple[float, float] = (10, 30)
+        connect, limit = LIST_CONNECT, LIST_TIMEOUT
         if deadline is not None:  # start()'s caller has only start_timeout for all of discovery
             left = max(deadline - time.monotonic(), 0.1)
-            timeout = (min(10.0, left), min(30.0, left))
+            connect, limit = min(connect, left), min(limit, left)
 
         api, api_client = self._api, self._api_client
         if api is None or api_client is None:
-            raise DiscoveryError(f"the resolver for {self.target} was closed; make a new one")
+            raise self._closed_error()
+        listing: Deadline | None = None
         try:
-            found = api.list_namespaced_endpoint_slice(
-                self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}", _request_timeout=timeout)
+            # bounded in total, not only per read: an API server trickling its answer cannot hold the list
+            with bounded(api_client, limit) as listing:
+                self._set_listing(listing)
+                try:
+                    found = api.list_namespaced_endpoint_slice(
+                        self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}",
+                        _request_timeout=(connect, limit))
+                finally:
+                    self._set_listing(None)
             data = api_client.sanitize_for_serialization(found)
             slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
-        except (ApiException, HTTPError, OSError) as exc:
-            raise self._error("list", exc) from exc
-        except Exception as exc:  # the client's models refused the answer (pydantic), or it has no shape
-            host = getattr(getattr(api_client, "configuration", None), "host", "?")
-            raise DiscoveryError(
-                f"the Kubernetes API at {host} answered list endpointslices with something that is not"
-                f" valid EndpointSlices ({type(exc).__name__}: {str(exc)[:300]}), so {self.target} cannot"
-                " be discovered. Check that the kubeconfig's server URL points at the API server itself"
-                " (not a proxy or a web page), and the Service's EndpointSlices (kubectl get endpointslices"
-                f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)") from exc
+        except Exception as exc:
+            if self._stop.is_set():  # close() cut the list short: that is no trouble of the API server's
+                raise self._closed_error() from exc
+            if listing is not None and listing.expired and not isinstance(exc, ApiException):
+                raise self._late(limit, limit < LIST_TIMEOUT) from exc
+            if isinstance(exc, (ApiException, HTTPError, OSError)):
+                raise self._error("list", exc) from exc
+            raise self._malformed(api_client, exc) from exc
         self.lists += 1
         self._slices = slices
         self._rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
         self._report()
+
+    def _late(self, limit: float, starting: bool) -> DiscoveryUnavailableError:
+        host = getattr(getattr(self._api_client, "configuration", None), "host", "?")
+        return DiscoveryUnavailableError(
+            f"the Kubernetes API at {host} did not answer list endpointslices within {limit:.1f}s"
+            f"{' (what was left of start_timeout)' if starting else ''}, so {self.target} cannot be discovered."
+            " Check that the API server (and any proxy in front of it) is up and not overloaded"
+            + (", or raise start_timeout if it is only slow" if starting else ""))
+
+    def _malformed(self, api_client: Any, exc: Exception) -> DiscoveryError:
+        """The client's models refused the answer (pydantic), or it has no shape."""
+        host = getattr(getattr(api_client, "configuration", None), "host", "?")
+        return DiscoveryError(
+            f"the Kubernetes API at {host} answered list endpointslices with something that is not"
+            f" valid EndpointSlices ({type(exc).__name__}: {str(exc)[:300]}), so {self.target} cannot"
+            " be discovered. Check that the kubeconfig's server URL points at the API server itself"
+            " (not a proxy or a web page), and the Service's EndpointSlices (kubectl get endpointslices"
+            f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)")
 
     def _report(self) -> None:
         endpoints = endpoints_from_slices(self._slices.values(), self.port)
@@ -296,6 +338,8 @@ class EndpointSliceResolver:
                     continue
                 self.last_error = self._error("watch", exc)
             except DiscoveryError as exc:
+                if self._stop.is_set():  # close() ended a list in progress
+                    break
                 self.last_error = exc
             except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
                 if self._stop.is_set():

@@ -199,6 +199,7 @@ class RemoteClient(Client):
             pool.start(deadline)
         except DiscoveryError as exc:
             pool.close()
+            self._stop_if_killed()  # the kill ended discovery: say so, not what the cut-short list said
             if time.monotonic() < deadline or isinstance(exc, NoEndpointsError):
                 raise
             raise HandshakeTimeoutError(
