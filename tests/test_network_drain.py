@@ -85,3 +85,25 @@ def test_a_unix_target_reaches_a_sidecar_socket(tmp_path: Path) -> None:
             assert kv.get("k") == b"v"
     finally:
         rep.stop()
+
+
+def test_cancelled_futures_end_their_calls_so_a_leaving_endpoint_closes() -> None:
+    rep = Replica("127.0.0.1:0")
+    ep = Endpoint("tcp", rep.address)
+    resolver = PushResolver([ep])
+    pool = EndpointPool(resolver, insecure=True, health_interval=0.2, drain_timeout=60.0, name="kv-cancel")
+    try:
+        pool.start()
+        get = kv_pb2_grpc.KVStub(pool).Get
+        for _ in range(3):
+            future = get.future(kv_pb2.GetRequest(key="__sleep__"), timeout=30.0)
+            assert wait_until(lambda: pool.metrics()["endpoints"][ep.key]["inflight"] >= 1, 5)
+            assert future.cancel()
+        # a cancelled call is over: it must not stay counted as in flight
+        assert wait_until(lambda: pool.metrics()["endpoints"][ep.key]["inflight"] == 0, 5)
+        resolver.push([])
+        # nothing in flight, so it closes now, not after drain_timeout (60 s)
+        assert wait_until(lambda: pool.metrics()["draining"] == 0, 5)
+    finally:
+        pool.close()
+        rep.stop()

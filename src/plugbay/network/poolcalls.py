@@ -166,7 +166,8 @@ class PoolCallable:
         except BaseException as exc:
             self._pool.done(member, exc)
             raise
-        fut.add_done_callback(lambda f: self._pool.done(member, f.exception()))
+        # a future the caller cancelled has no exception to ask for (asking raises): the call just ended
+        fut.add_done_callback(lambda f: self._pool.done(member, None if f.cancelled() else f.exception()))
         return fut
 
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
