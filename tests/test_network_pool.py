@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -247,3 +248,27 @@ def test_no_more_than_max_ejection_percent_are_ejected_at_once(replicas: Callabl
             assert type(result).__name__ == "CallTimeout" and took < 0.3 + SLACK
         snap = client.metrics()
         assert snap["ejected"] == 1 and snap["ejections"] == 1, snap  # half of two: the other stays in
+
+
+def test_a_refusing_endpoint_is_tried_again_while_another_is_merely_unhealthy(
+        replicas: Callable[..., Replica]) -> None:
+    port, nobody = free_port(), free_port()
+    a = replicas(f"127.0.0.1:{port}")
+    # health every second: the restarting endpoint stays pickable, so the call itself finds it refusing
+    with RemoteClient(remote(f"static:///{a.address},127.0.0.1:{nobody}", health_interval=1.0,
+                             call_timeout=15.0)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        assert kv.get("__pid__") == str(a.proc.pid).encode()
+        assert wait_until(lambda: client.metrics()["endpoints"][f"tcp:127.0.0.1:{nobody}"]["healthy"] is False, 10)
+        a.stop()  # restarts on its port: refuses now, is back in a moment
+        back: list[Replica] = []
+        restart = threading.Thread(target=lambda: back.append(replicas(f"127.0.0.1:{port}")),
+                                   name="plugbay-test-restart")
+        restart.start()
+        try:
+            # tried once and refused, it must be tried again within the deadline, not left out
+            # because the other endpoint (unhealthy, never tried) keeps "every endpoint tried" false
+            result = kv.get("__pid__")
+        finally:
+            restart.join(30)
+        assert back and result == str(back[0].proc.pid).encode()

@@ -277,9 +277,11 @@ class EndpointPool(PoolHealth, CallChannel):
                     "draining": len(self._draining), "ejections": self.ejections_total,
                     "resends": self.resends, "endpoints": endpoints}
 
-    def endpoint_keys(self) -> list[str]:
+    def pickable_keys(self) -> list[str]:
+        """The endpoints a call may go to now (not unhealthy, ejected, draining or terminating)."""
+        now = time.monotonic()
         with self._cond:
-            return list(self._members)
+            return [key for key, m in self._members.items() if m.pickable(now)]
 
     def _log_if_changed(self) -> None:
         now = time.monotonic()

@@ -46,7 +46,7 @@ class EndpointPool(Protocol):
 
     def done(self, member: Any, error: BaseException | None) -> None: ...
 
-    def endpoint_keys(self) -> list[str]: ...
+    def pickable_keys(self) -> list[str]: ...
 
 # How gRPC's load-balancing picker words a call it failed before giving it a stream (no connection).
 # The wording alone proves nothing (a plugin may relay such a status from its own backend), so the
@@ -232,7 +232,9 @@ class PoolCallable:
     def _all_tried(self, tried: set[str]) -> bool:
         if self._pin is not None:
             return True
-        return all(key in tried for key in self._pool.endpoint_keys())
+        # only endpoints a call could go to now: one that is unhealthy or ejected will never be tried,
+        # and counting it would keep the refusing ones excluded until the deadline
+        return all(key in tried for key in self._pool.pickable_keys())
 
 
 def _call_error(call: Any) -> BaseException | None:
