@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from dnslib import RCODE, SRV, A, DNSRecord
+from dnslib import QTYPE, RCODE, SRV, A, DNSRecord
 
 from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGINS
@@ -39,6 +39,38 @@ def test_an_odd_response_code_is_a_discovery_error(dns: tuple[Zone, str], rcode:
         resolver.start(lambda eps: None)
     assert "DNS lookup of 'kv.plugbay.test' (A/AAAA)" in str(err.value)
     assert "Check that the DNS server is reachable and serves that name" in str(err.value)
+
+
+class PartlyBroken(Zone):
+    """Answers SERVFAIL to the (name, type) queries in ``broken``, the rest as the zone says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: set[tuple[str, str]] = set()
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        if (str(request.q.qname), QTYPE[request.q.qtype]) in self.broken:
+            reply = request.reply()
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        return super().resolve(request, handler)
+
+
+def test_one_failing_query_keeps_the_records_the_others_found() -> None:
+    zone = PartlyBroken()
+    zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+    zone.broken.add((f"kv.{ZONE}", "AAAA"))  # a resolver that fails AAAA (as some filtering ones do)
+    zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 1, 7001, f"good.{ZONE}"), SRV(20, 1, 7002, f"bad.{ZONE}")])
+    zone.set(f"good.{ZONE}", "A", [A("127.0.0.2")])
+    zone.broken.add((f"bad.{ZONE}", "A"))
+    with serving(zone) as server:
+        assert _keys(server, "kv.plugbay.test") == ["tcp:127.0.0.1:7001"]
+        assert _keys(server, "_kv._tcp.plugbay.test", srv=True) == ["tcp:127.0.0.2:7001"]
+        # nothing came back but failures: still a typed error, not an empty set
+        zone.broken |= {(f"kv.{ZONE}", "A"), (f"good.{ZONE}", "A"), (f"good.{ZONE}", "AAAA")}
+        for name, srv in (("kv.plugbay.test", False), ("_kv._tcp.plugbay.test", True)):
+            with pytest.raises(DiscoveryError, match="SERVFAIL.*Check that the DNS server is reachable"):
+                _keys(server, name, srv=srv)
 
 
 def test_an_odd_answer_does_not_stop_discovery(dns: tuple[Zone, str]) -> None:

@@ -7,7 +7,8 @@ takes a nameserver with a port (``dns_server="127.0.0.1:5353"``), reads
 resolv.conf by default, and does SRV. A :class:`DNSResolver` re-resolves every
 ``refresh`` seconds and soon after :meth:`DNSResolver.refresh` (the pool calls
 it when calls fail); a lookup that errs keeps the last set, while an empty
-answer (NXDOMAIN, no records) empties it.
+answer (NXDOMAIN, no records) empties it. A lookup where some queries failed
+and others found records uses those records.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ipaddress
 import logging
 import threading
 import time
+from typing import Any
 
 import dns.exception
 import dns.resolver
@@ -86,31 +88,48 @@ class DNSResolver:
         return self.dns_server or ",".join(str(s) for s in self._resolver.nameservers)
 
     def resolve(self) -> list[Endpoint]:
-        """One lookup. DiscoveryError when the DNS server cannot be asked; [] when the name has no records."""
+        """One lookup. DiscoveryError when nothing came back but failures; [] when the name has no records.
+
+        Like gRPC's and Go's resolvers, the answers that came back are used when another query failed
+        (an AAAA a filtering resolver refuses, one SRV target's address): only a lookup that found
+        nothing and met a failure is an error, since its empty set may be the failure's doing.
+        """
         self.lookups += 1
         out: list[Endpoint] = []
+        failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
-        try:
-            for kind in kinds:
-                try:
-                    answer = self._resolver.resolve(self.host, kind, search=False, lifetime=self._lifetime())
-                except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                    continue
-                if kind == "SRV":
-                    out.extend(self._srv_endpoints(list(answer)))
-                    continue
-                for rr in answer:
-                    host = rr.to_text()
-                    addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-                    out.append(Endpoint("tcp", addr, name=self.host))
-        except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
+        for kind in kinds:
+            answer = self._ask(self.host, kind, failed)
+            if kind == "SRV":
+                out.extend(self._srv_endpoints(answer, failed))
+                continue
+            for rr in answer:
+                host = rr.to_text()
+                addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                out.append(Endpoint("tcp", addr, name=self.host))
+        if failed and not out:
             raise DiscoveryError(
                 f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
-                f" {type(exc).__name__}: {exc}. Check that the DNS server is reachable and serves that name,"
-                " or pass dns_server='IP:PORT'") from exc
+                f" {'; '.join(failed)}. Check that the DNS server is reachable and serves that name,"
+                " or pass dns_server='IP:PORT'")
+        if failed:
+            _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
+                         self.host, self._server_text(), "; ".join(failed), len(out))
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
             return self._capped(list(dict.fromkeys(out)))
         return self._capped(sorted(set(out), key=lambda e: e.key))
+
+    def _ask(self, name: str, kind: str, failed: list[str]) -> list[Any]:
+        """One query's records ([] for none); a failure is noted in ``failed`` and answers [] too."""
+        lifetime = self._lifetime()  # start()'s deadline gone: the whole lookup ends here
+        try:
+            return list(self._resolver.resolve(name, kind, search=False, lifetime=lifetime))
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
+            failed.append(f"{name} {kind}: {type(exc).__name__}: {exc}")
+            self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
+            return []
 
     def _capped(self, found: list[Endpoint]) -> list[Endpoint]:
         if len(found) <= self.max_endpoints:
@@ -123,7 +142,7 @@ class DNSResolver:
                          " into several names", len(found), self.host, self.max_endpoints)
         return found[:self.max_endpoints]
 
-    def _srv_endpoints(self, records: list[object]) -> list[Endpoint]:
+    def _srv_endpoints(self, records: list[object], failed: list[str]) -> list[Endpoint]:
         """SRV per RFC 2782: target "." means no service; port 0 is no port; lower priorities first.
 
         Every target is an endpoint, in priority order: the pool's health checks and ejection,
@@ -140,10 +159,10 @@ class DNSResolver:
                     _log.warning("DNS SRV record of %r names %s with port %d; skipping it (no such port)",
                                  self.host, target, port)
                 continue
-            by_priority.setdefault(priority, []).extend(self._srv_target(target, port))
+            by_priority.setdefault(priority, []).extend(self._srv_target(target, port, failed))
         return [endpoint for priority in sorted(by_priority) for endpoint in by_priority[priority]]
 
-    def _srv_target(self, target: str, port: int) -> list[Endpoint]:
+    def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:
         try:
             ipaddress.ip_address(target)
             return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
@@ -152,13 +171,9 @@ class DNSResolver:
             pass
         found = []
         for kind in ("A", "AAAA"):
-            try:
-                for rr in self._resolver.resolve(target, kind, search=False, lifetime=self._lifetime()):
-                    host = rr.to_text()
-                    found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                                          name=target))
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                continue
+            for rr in self._ask(target, kind, failed):
+                host = rr.to_text()
+                found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", name=target))
         return found
 
     def _lifetime(self) -> float:
