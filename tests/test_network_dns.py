@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -150,3 +151,26 @@ def test_a_name_without_records_resolves_to_no_endpoints(dns: tuple[Zone, str]) 
     resolver.start(lambda eps: seen.append(len(eps)))
     resolver.close()
     assert seen == [0] and zone.queries >= 1
+
+
+def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_wait(
+        dns: tuple[Zone, str]) -> None:
+    # a deployment and its host rolling out together: the record is not there yet when start() asks
+    zone, server = dns
+    zone.set(f"other.{ZONE}", "A", [A("127.0.0.9")])  # the zone answers; kv has no record yet
+    rep = Replica("127.0.0.1:0")
+    try:
+        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{rep.port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, start_timeout=15.0, name="kv-dns-late")
+        client = RemoteClient(cfg)  # dns_refresh is its default, 30 s: longer than start_timeout
+        later = threading.Timer(0.5, lambda: zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")]))
+        later.start()
+        try:
+            client.start()  # waits for an endpoint; the empty answer must not stand until dns_refresh
+            kv = client.dispense(PLUGIN_NAME)
+            assert kv.get("__pid__") == str(rep.proc.pid).encode()
+        finally:
+            later.join(5)
+            client.kill()
+    finally:
+        rep.stop()

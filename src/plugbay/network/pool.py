@@ -189,6 +189,11 @@ class EndpointPool(PoolHealth, CallChannel):
                     raise tls_broken
                 if now >= deadline:
                     raise no_endpoints(self, self._why_none(exclude, pin))
+                if not self._members:
+                    # an empty answer (a record not published yet) would otherwise stand until the
+                    # resolver's interval (dns_refresh, 30 s): ask again while a call waits; the
+                    # resolver spaces its lookups (refresh() only flags it; the lock is reentrant)
+                    self._look_again()
                 self._cond.wait(min(deadline - now, 0.1))
 
     def _choose(self, now: float, exclude: set[str], pin: str | None) -> Member | None:
