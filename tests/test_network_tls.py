@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, make_pki
 
-from plugbay import ConfigError, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
+from plugbay import ConfigError, HandshakeTimeoutError, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,9 @@ def tls_replica(pki: dict[str, str]) -> Iterator[Replica]:
 
 
 def config(target: str, **kw: object) -> RemoteConfig:
-    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10.0,
-                        name="kv-tls", **kw)  # type: ignore[arg-type]
+    kw.setdefault("start_timeout", 10.0)
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, name="kv-tls",
+                        **kw)  # type: ignore[arg-type]
 
 
 def test_mtls_with_the_provided_files_works(tls_replica: Replica, pki: dict[str, str]) -> None:
@@ -132,3 +135,86 @@ def test_an_expired_plugin_certificate_is_named_as_expired(pki: dict[str, str], 
         assert "not signed by the CA given" not in str(err.value)
     finally:
         replica.stop()
+
+
+class ClosingProxy:
+    """A TCP proxy (a sidecar, an L4 balancer) whose backend is down until ``open_at``: until then it
+    accepts each connection and closes it at once, as such proxies do, then forwards to ``backend``."""
+
+    def __init__(self, backend: str, open_at: float) -> None:
+        self.backend, self.open_at = backend, open_at
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, name="tls-test-proxy")]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        for _ in range(100000):  # bounded: each turn waits up to 0.1 s
+            if self.stopped.is_set():
+                return
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            if time.monotonic() < self.open_at:
+                client.close()
+                continue
+            host, _, port = self.backend.rpartition(":")
+            server = socket.create_connection((host, int(port)), timeout=5)
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                thread = threading.Thread(target=self._pipe, args=(a, b), name="tls-test-pipe")
+                self.threads.append(thread)
+                thread.start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self.threads:
+            thread.join(5)
+        for s in [self.listener, *self.socks]:
+            s.close()
+
+
+def test_a_connection_cut_short_during_the_tls_handshake_is_retried_within_the_deadline(
+        tls_replica: Replica, pki: dict[str, str]) -> None:
+    tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+    # the proxy's backend is back after 1.5 s: a closed socket is no proof of a TLS failure
+    proxy = ClosingProxy(tls_replica.address, time.monotonic() + 1.5)
+    try:
+        with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=15.0)) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("k", b"v")
+            assert kv.get("k") == b"v"
+    finally:
+        proxy.stop()
+    # a backend that never comes back: the deadline ends it, and the error says the handshake was cut short
+    proxy = ClosingProxy(tls_replica.address, time.monotonic() + 3600)
+    try:
+        with pytest.raises(HandshakeTimeoutError) as err:
+            with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=3.0)):
+                pass
+        assert "the TLS handshake was cut short" in str(err.value)
+    finally:
+        proxy.stop()

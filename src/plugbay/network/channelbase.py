@@ -32,7 +32,9 @@ class Member:
         self.inflight = 0
         self.draining_since: float | None = None
         self.checking = False
-        self.tls_failure: str | None = None  # what the last health check said about TLS
+        self.tls_failure: str | None = None  # what the last health check or TLS probe said about TLS
+        self.tls_suspect = False  # its connection closed during setup: a TLS probe is to tell why
+        self.probed_at: float | None = None
 
     def pickable(self, now: float) -> bool:
         ep = self.endpoint

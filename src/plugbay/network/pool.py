@@ -83,6 +83,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self._rr = itertools.count()
         self._health_fails: dict[str, int] = {}
         self._stop = threading.Event()
+        self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
@@ -115,6 +116,7 @@ class EndpointPool(PoolHealth, CallChannel):
             self._closed = True
             self._cond.notify_all()
         self._stop.set()
+        self._kick.set()
         try:
             self._resolver.close()
         finally:  # a resolver that fails to close must not leave the channels open

@@ -8,7 +8,10 @@ endpoint was tried the call waits briefly and tries again, until its deadline.
 A call that may have reached the plugin is never resent here (a RetryPolicy
 decides that): a status the plugin sent, whatever its text, and a stream broken
 in flight ("Stream removed", "Socket closed") end the call. TLS failures found
-while connecting become RemoteTLSError; no endpoint at all becomes NoEndpointsError.
+while connecting become RemoteTLSError; a connection closed during setup does only
+when a TLS probe proves the plugin refused this host (plugbay.network.tlsprobe),
+else the call retries and, at its deadline, says the handshake was cut short.
+No endpoint at all becomes NoEndpointsError.
 Both are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 """
 
@@ -20,7 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import NetworkTLS, tls_failure
+from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
 
 
 class Member(Protocol):
@@ -45,6 +48,8 @@ class EndpointPool(Protocol):
     def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
 
     def done(self, member: Any, error: BaseException | None) -> None: ...
+
+    def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
 
     def pickable_keys(self) -> list[str]: ...
 
@@ -204,9 +209,8 @@ class PoolCallable:
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel):
                     raise
                 details = str(exc.details() or "")
-                meaning = tls_failure(details, tls=pool.tls is not None) if pool.diagnose_tls else None
+                meaning, last = self._diagnose(member, details, pick_until)
                 tried.add(member.key)
-                last = f"{member.key}: {details}"
                 if meaning is not None and self._all_tried(tried):
                     raise tls_error(pool, member, meaning, details) from exc
                 pool.resends += 1
@@ -228,6 +232,18 @@ class PoolCallable:
                 raise
             pool.done(member, None)
             return result
+
+    def _diagnose(self, member: Member, details: str, pick_until: float) -> tuple[str | None, str]:
+        """What a failure before sending meant for TLS (None: nothing definite), and how to report it."""
+        pool = self._pool
+        if not pool.diagnose_tls:
+            return None, f"{member.key}: {details}"
+        meaning = tls_failure(details, tls=pool.tls is not None)
+        if meaning is not None or not cut_short(details):
+            return meaning, f"{member.key}: {details}"
+        # "Socket closed" is a refused certificate or a proxy whose backend is down: only a probe tells
+        meaning = pool.tls_verdict(member, min(max(pick_until - time.monotonic(), 0.05), 1.0))
+        return meaning, f"{member.key}: {cut_short_note(pool.tls is not None)} (gRPC said: {details})"
 
     def _all_tried(self, tried: set[str]) -> bool:
         if self._pin is not None:

@@ -1,5 +1,7 @@
 """PoolHealth, a base of EndpointPool: the pool's thread, which checks each endpoint's health
-(grpc.health.v1 Check on service "plugin"), returns ejected endpoints and closes drained ones."""
+(grpc.health.v1 Check on service "plugin"), returns ejected endpoints, closes drained ones, and
+probes endpoints whose connection closed during setup (plugbay.network.tlsprobe) to tell a refused
+TLS certificate, which fails calls at once, from a connection merely cut short, which calls retry."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.tls import NetworkTLS, tls_failure
+from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
+from plugbay.network.tlsprobe import probe
 
 _log = logging.getLogger("plugbay.network")
 _HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
+_PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
 
 
 class PoolHealth:
@@ -32,6 +36,7 @@ class PoolHealth:
     drain_timeout: float
     _cond: threading.Condition
     _stop: threading.Event
+    _kick: threading.Event  # set when an endpoint turned suspect, so that it is probed now
     _members: dict[str, Member]
     _draining: list[Member]
     _health_fails: dict[str, int]
@@ -57,7 +62,33 @@ class PoolHealth:
             for member in members:
                 self._check(member)
             self._log_if_changed()
-            self._stop.wait(self.health_interval)
+            self._probe_suspects()
+            end = time.monotonic() + self.health_interval
+            while not self._stop.is_set() and self._kick.wait(max(end - time.monotonic(), 0)):
+                self._kick.clear()
+                self._probe_suspects()
+
+    def _probe_suspects(self) -> None:
+        with self._cond:
+            suspects = [m for m in self._members.values() if m.tls_suspect]
+        for member in suspects:
+            if self._stop.is_set():
+                return
+            self.tls_verdict(member, self.health_timeout)
+
+    def tls_verdict(self, member: Member, timeout: float) -> str | None:
+        """A TLS probe's verdict on ``member`` (None: nothing definite), probing at most every _PROBE_GAP."""
+        with self._cond:
+            now = time.monotonic()
+            if member.probed_at is not None and now - member.probed_at < _PROBE_GAP:
+                return member.tls_failure
+            member.probed_at = now
+        verdict = probe(member.endpoint, self.tls, timeout)
+        with self._cond:
+            member.tls_failure = verdict
+            if verdict is not None:
+                self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool._tls_broken)
+        return verdict
 
     def _check(self, member: Member) -> None:
         if member.checking or member.draining_since is not None:
@@ -81,11 +112,17 @@ class PoolHealth:
             detail = f"{exc.code().name}: {exc.details()}"
         except Exception as exc:  # cancelled on close
             ok, detail = False, type(exc).__name__
+        suspect = not ok and self.diagnose_tls and cut_short(detail)
+        if suspect:
+            detail += f" ({cut_short_note(self.tls is not None)})"
         with self._cond:
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             self._health_fails[member.key] = fails
             before = member.healthy
-            member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(detail, tls=self.tls is not None)
+            member.tls_suspect = suspect
+            if not suspect:  # a suspect keeps its last probe's verdict until the next probe
+                member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(
+                    detail, tls=self.tls is not None)
             if ok:
                 member.healthy, member.health_detail = True, ""
             elif fails >= self.unhealthy_after or before is None:
@@ -95,6 +132,8 @@ class PoolHealth:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
                           "SERVING" if member.healthy else "bad", detail)
                 self._cond.notify_all()
+        if suspect:
+            self._kick.set()
         if went_bad:  # no call may fail toward it now, so failures alone would not ask discovery again
             self._look_again()
         self._log_if_changed()

@@ -43,8 +43,8 @@ _TLS_SIGNS = (
     ("TLSV1_ALERT", "the plugin refused the TLS handshake (check cert_file and the plugin's CA)"),
     ("Ssl handshake failed", "the TLS handshake failed"),
     ("Handshake failed", "the TLS handshake failed"),
-    ("handshake", "the TLS handshake failed"),
 )
+_GENERIC = ("Ssl handshake failed", "Handshake failed")
 
 
 @dataclass(frozen=True)
@@ -103,17 +103,33 @@ class NetworkTLS:
 
 
 def tls_failure(details: str, *, tls: bool) -> str | None:
-    """What went wrong with TLS, judging by a failed call's details; None when it is not TLS."""
+    """What went wrong with TLS, judging by a failed call's details; None when they show no definite sign.
+
+    A connection closed during setup is no definite sign (see :func:`cut_short`): plugbay.network.tlsprobe
+    tells a refused certificate from a proxy whose backend is down.
+    """
     for sign, meaning in _TLS_SIGNS:
-        if sign.lower() in details.lower():
+        # gRPC's generic "handshake failed" also wraps a connection that merely closed under it
+        if sign.lower() in details.lower() and not (sign in _GENERIC and cut_short(details)):
             return meaning
-    # A closed socket means TLS trouble only while connecting ("failed to connect ..."): a connection
-    # that drops in the middle of a call ("Stream removed (Socket closed)") is a plugin that went away.
-    closed = "failed to connect" in details and ("Socket closed" in details or "Connection reset" in details)
-    if tls and closed:
-        return ("the plugin closed the connection during the TLS handshake: it refused the host's"
-                " certificate (cert_file signed by a CA it does not trust, or no certificate given)")
-    if not tls and (closed or "Received http2 header with status" in details
-                    or "protocol error" in details.lower()):
-        return "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
+    if not tls and ("Received http2 header with status" in details or "protocol error" in details.lower()):
+        return WANTS_TLS
     return None
+
+
+WANTS_TLS = "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
+# How gRPC words a connection closed or reset under its setup (TLS handshake or HTTP/2 preface)
+_CUT_SHORT = ("Socket closed", "Connection reset", "Handshake read failed", "Handshake write failed",
+              "Broken pipe")
+
+
+def cut_short(details: str) -> bool:
+    """Whether the connection closed while gRPC set it up (not in the middle of a call)."""
+    return "failed to connect" in details and any(sign in details for sign in _CUT_SHORT)
+
+
+def cut_short_note(tls: bool) -> str:
+    if tls:
+        return ("the TLS handshake was cut short: the connection closed before it finished (a proxy whose"
+                " backend is down, or a plugin restarting)")
+    return "the connection was closed during setup (a proxy whose backend is down, or a plugin restarting)"

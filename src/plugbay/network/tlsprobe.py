@@ -1,0 +1,102 @@
+"""Tell a refused TLS handshake from a connection that was merely cut short.
+
+When a connection closes during gRPC's setup, gRPC's details say only "Socket
+closed" (or "Handshake read failed"): a plugin that refused this host's
+certificate (gRPC's TLS 1.3 servers close without an alert once they have seen
+it) reads the same as a proxy whose backend is down or a plugin restarting.
+Only the first is worth failing a call at once. :func:`probe` makes one TLS
+handshake of its own with the endpoint to find definite signs; anything less
+than definite answers None, and the call goes on retrying within its deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+from plugbay.network.resolver import Endpoint
+from plugbay.network.tls import WANTS_TLS, NetworkTLS, tls_failure
+
+REFUSED_CERT = ("the plugin closed the connection right after the TLS handshake, having seen the host's"
+                " certificate: it refused it (cert_file signed by a CA it does not trust, or no certificate"
+                " given)")
+
+
+def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
+    if endpoint.network == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(endpoint.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    host, _, port = endpoint.address.rpartition(":")
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+
+def _context(tls: NetworkTLS | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # The plugin's certificate is gRPC's to judge (it says so plainly when it fails); the probe asks
+    # only what the plugin makes of this host's certificate, or whether it speaks TLS at all.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+def _alert(exc: ssl.SSLError) -> bool:
+    """Whether the peer sent a TLS alert (it speaks TLS and said no), not a bare close."""
+    return "ALERT" in str(exc.reason or "").upper() or "alert" in str(exc).lower()
+
+
+def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | None:
+    """What a closed connection during setup meant, from one handshake of our own; None when not definite.
+
+    With ``tls``: a TLS alert, or a close straight after a completed handshake (the plugin read this
+    host's certificate and hung up), is a refusal. Without: a peer that answers a TLS handshake wants
+    TLS. A connection refused, reset or closed before the handshake finished proves nothing.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        ctx = _context(tls)
+        sock = _connect(endpoint, timeout)
+    except (OSError, ValueError):
+        return None
+    try:
+        conn = ctx.wrap_socket(sock, server_hostname=(tls.server_name if tls else None) or "plugbay-probe",
+                               do_handshake_on_connect=False)
+    except (OSError, ValueError):
+        sock.close()
+        return None
+    with conn:
+        return _verdict(conn, tls, deadline)
+
+
+def _verdict(conn: ssl.SSLSocket, tls: NetworkTLS | None, deadline: float) -> str | None:
+    try:
+        conn.do_handshake()
+    except ssl.SSLError as exc:
+        if not _alert(exc):
+            return None  # EOF or a non-TLS answer mid-handshake: gRPC's own details say the rest
+        return (tls_failure(str(exc), tls=True) or REFUSED_CERT) if tls is not None else WANTS_TLS
+    except OSError:
+        return None
+    if tls is None:
+        return WANTS_TLS  # it finished a TLS handshake: it is a TLS server
+    conn.settimeout(max(deadline - time.monotonic(), 0.05))
+    try:
+        first = conn.recv(1)
+    except ssl.SSLEOFError:
+        return REFUSED_CERT
+    except ssl.SSLError as exc:
+        return (tls_failure(str(exc), tls=True) or REFUSED_CERT) if _alert(exc) else None
+    except (ConnectionResetError, BrokenPipeError):
+        return REFUSED_CERT
+    except OSError:  # quiet until the timeout: it kept the connection, so it took the certificate
+        return None
+    return REFUSED_CERT if first == b"" else None
