@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,16 @@ class Registrar(grpc.Server):  # type: ignore[misc]
     def __init__(self, server: grpc.Server, handler_loop: Callable[[], LoopSource]) -> None:
         self._server = server
         self._services: set[str] = set()
-        self._handler_loop = handler_loop
+        self._make_loop = handler_loop
+        self._loop: LoopSource | None = None
+        self._lock = threading.Lock()
+
+    def _handler_loop(self) -> LoopSource:
+        # one source (and one hold on the process loop) per server, however many handlers ask
+        with self._lock:
+            if self._loop is None:
+                self._loop = self._make_loop()
+            return self._loop
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         handlers = tuple(self._runnable(h) for h in generic_rpc_handlers)
