@@ -221,3 +221,90 @@ def test_the_handler_loop_ends_with_its_last_holder_and_starts_again_for_a_new_o
     finally:
         third()
     assert wait_until(lambda: not _loop_threads(), 5.0), _loop_threads()
+
+
+def test_a_hand_written_generic_handler_takes_one_hold_however_many_calls() -> None:
+    # A generic handler that builds its method handler in service() (as grpc's docs write one) missed
+    # the adapter's cache on every call: each call made a new loop source, with a hold on the process
+    # loop and a clean-up entry kept until the server stopped.
+    import shutil
+    import tempfile
+
+    from plugbay._proto.grpc.health.v1 import health_pb2
+    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.transport.aiohandlers import LOOP
+    from tests.test_broker import _close_pair, _make_pair
+
+    async def check(request: Any, context: Any) -> Any:
+        await asyncio.sleep(0)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    class Dynamic(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            if details.method != "/grpc.health.v1.Health/Check":
+                return None
+            return grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
+
+    user = asyncio.new_event_loop()
+    thread = threading.Thread(target=user.run_forever, name="test-user-loop")
+    thread.start()
+    folder = tempfile.mkdtemp(prefix="bk", dir="/tmp")  # short: unix socket paths stay under 108 bytes
+    pair = _make_pair(folder, BrokerTransport(socket_dir=folder), BrokerTransport(socket_dir=folder))
+    try:
+        sid = pair.host.next_id()
+        pair.host.accept_and_serve(sid, lambda s: s.add_generic_rpc_handlers((Dynamic(),)), loop=user)
+        channel = pair.plugin.dial(sid)
+        call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                   response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        for _ in range(50):
+            assert call(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert LOOP._holds == 1  # the one server's, not one per call
+        channel.close()
+    finally:
+        _close_pair(pair)
+        user.call_soon_threadsafe(user.stop)
+        thread.join(5)
+        user.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert LOOP._holds == 0
+
+
+@pytest.mark.parametrize("plugin", ["python", "go"])
+def test_a_helper_coroutine_that_kills_its_own_client_does_not_deadlock(plugin: str, tmp_path: Path) -> None:
+    # The kill stops the brokered server, whose stop waits for its gRPC thread; that thread waited for
+    # the coroutine, which waited for the kill: it hung for good (a sync helper's kill ended in ~1 s).
+    config = ClientConfig(handshake=COUNTER_HANDSHAKE, plugins={COUNTER: CounterPlugin()},
+                          runner=ProcessRunner(_counter_cmd(plugin), cwd=tmp_path), call_timeout=20.0)
+    client = Client(config)
+    killed = threading.Event()
+
+    class KillsItsClient:
+        async def sum(self, a: int, b: int) -> int:
+            client.kill()  # blocks this loop's thread until the kill is done
+            killed.set()
+            return a + b
+
+    try:
+        client.start()
+        counter = client.dispense(COUNTER)
+        outcome: list[BaseException | None] = []
+
+        def put() -> None:
+            try:
+                counter.put("k", 1, KillsItsClient())
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the call ends however the kill ends it
+                outcome.append(exc)
+
+        caller = threading.Thread(target=put, name="test-put")
+        caller.start()
+        assert killed.wait(30), "the kill inside the helper never finished"
+        caller.join(30)
+        assert not caller.is_alive()
+        assert client.runner.wait(10) is not None  # the plugin is stopped, not orphaned
+    finally:
+        client.kill()
+    assert wait_until(lambda: not _loop_threads(), 10.0), _loop_threads()

@@ -48,6 +48,8 @@ _READERS = 1024
 _BLOCKING = 32
 # how often a call waiting on a loop it does not own (CallerLoop) checks that the loop still runs
 _ALIVE_CHECK = 0.5
+# how long a call cut short waits for its coroutine's cleanup before its thread goes
+_CLEANUP_WAIT = 2.0
 
 
 class _DaemonDefault(concurrent.futures.ThreadPoolExecutor):
@@ -217,10 +219,13 @@ class LoopGone(RuntimeError):
 
 class _OnLoop:
     """A coroutine run as a task on the handler loop. ``done`` settles when the task has ended, so
-    a call cut short waits for its coroutine's cleanup (max_workers bounds the coroutines, too)."""
+    a call cut short waits for its coroutine's cleanup (max_workers bounds the coroutines, too),
+    for _CLEANUP_WAIT at most: the coroutine may be what the waiting ends (a handler that kills
+    its own client waits for the server's stop, which waits for this thread)."""
 
     def __init__(self, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._cut_at: float | None = None  # when the call was cut short (cancel())
         self._task: asyncio.Task[Any] | None = None
         self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
@@ -253,11 +258,16 @@ class _OnLoop:
             except concurrent.futures.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+                cut_at = self._cut_at
+                if cut_at is not None and time.monotonic() - cut_at >= _CLEANUP_WAIT:
+                    raise concurrent.futures.CancelledError() from None  # its cleanup goes on, unwaited
                 if not source.alive(self._loop):
                     raise LoopGone("the event loop the handler ran on stopped before it ended") from None
 
     def cancel(self) -> None:
         """Any thread; after _begin, as the loop runs its callbacks in order."""
+        if self._cut_at is None:
+            self._cut_at = time.monotonic()
         try:
             self._loop.call_soon_threadsafe(self._cancel)
         except RuntimeError:  # the loop ended: its tasks with it
