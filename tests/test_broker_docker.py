@@ -117,3 +117,49 @@ def test_go_101_plugin_in_a_container_calls_back_through_the_bind_mount(go_count
         counter.put("g", 4, rec)
         assert counter.get("g") == 7 and rec.calls == [(0, 3), (3, 4)]
         assert _stored(plugbay_docker, client, "g") == {"Value": 7}
+
+
+def test_each_brokered_dial_into_a_container_lets_go_of_its_socket_handle(tmp_path: Path) -> None:
+    # The host dials a container's sockets through handles it holds (see runners/docker/sockethandles);
+    # a brokered channel's handle stayed open after the channel closed, so a long-lived host ran out
+    # of them (and of fds) after a few hundred callbacks.
+    import os
+
+    sys.path.insert(0, str(REPO / "examples" / "kv"))
+    from counterproto import counter_pb2, counter_pb2_grpc
+    from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
+
+    class Raw(KVPlugin):
+        def grpc_client(self, broker: Any, channel: Any) -> Any:
+            return broker, channel
+
+    runner = DockerRunner("plugbay-kv:latest", entrypoint=["python3", "/repo/tests/plugins/async_plugins.py", "kv"],
+                          mounts=[f"{REPO}:/repo:ro"], writable_dirs=("/tmp", "/data"),
+                          env={"PYTHONDONTWRITEBYTECODE": "1"})
+    client = Client(ClientConfig(handshake=KV_HANDSHAKE, plugins={KV: Raw()}, runner=runner, call_timeout=20.0))
+
+    def handles() -> int:
+        folder = runner.reattach_data()["host_socket_dir"]
+        held = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held += os.readlink(f"/proc/self/fd/{fd}").startswith(folder + "/")
+            except OSError:  # closed meanwhile
+                pass
+        return held
+
+    with client:
+        broker, channel = client.dispense(KV)
+        from kvproto import kv_pb2, kv_pb2_grpc
+
+        kv = kv_pb2_grpc.KVStub(channel)
+        before = handles()
+        for _ in range(30):
+            sid = int(kv.Get(kv_pb2.GetRequest(key="__helper__"), timeout=20).value)
+            brokered = broker.dial(sid)
+            try:
+                helper = counter_pb2_grpc.AddHelperStub(brokered)
+                assert helper.Sum(counter_pb2.SumRequest(a=3, b=4), timeout=20).r == 12
+            finally:
+                brokered.close()
+        assert handles() == before  # the plugin's own socket's handle only

@@ -151,6 +151,10 @@ class AttachedRunner(ABC):
         """Map a host address to one the plugin can dial (brokered callbacks)."""
         return network, address
 
+    def release_address(self, network: str, address: str) -> None:
+        """The host dials ``address`` (a plugin_to_host() answer) no more: a brokered channel to it
+        closed. A runner that holds something for each mapped address frees it here."""
+
     @property
     def private_transport(self) -> bool:
         """Whether the host reaches the plugin only through its private folder (a unix socket).

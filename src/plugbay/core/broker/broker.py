@@ -72,6 +72,8 @@ class AddressTranslator(Protocol):
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
 
+    def release_address(self, network: str, address: str) -> None: ...
+
 
 class BrokerTransport(Frozen):
     """How brokered connections are made on this side.
@@ -225,9 +227,12 @@ class GRPCBroker(StreamEnd, Multiplexed):
             return self._dial_multiplexed(id, wait)
         info = self._wait_announcement(id, wait)
         network, address = info.network, info.address
-        if self.transport.translator is not None:
-            network, address = self.transport.translator.plugin_to_host(network, address)
-        return self._channel_to(network, address)
+        translator = self.transport.translator
+        if translator is None:
+            return self._channel_to(network, address)
+        network, address = translator.plugin_to_host(network, address)
+        # what the runner holds for this address (a Docker socket's handle) goes with the channel
+        return self._channel_to(network, address, [lambda: translator.release_address(network, address)])
 
     def close(self) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads."""

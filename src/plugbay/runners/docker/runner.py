@@ -265,6 +265,10 @@ class DockerRunner(ContainerTeardown, Runner):
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         return host_to_container(self.transport, network, address, self._host_socket_dir)
 
+    def release_address(self, network: str, address: str) -> None:
+        if network == "unix":
+            self._socket_handles.release(address)
+
     # --- wait / kill (detach, kill, force_kill: teardown.ContainerTeardown) ------------
 
     def _inspect(self) -> dict[str, Any] | None:
