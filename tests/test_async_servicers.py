@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,3 +289,42 @@ def test_blocking_work_of_a_coroutine_does_not_keep_the_plugin_from_exiting(tmp_
             kv._stub.Get(kv_pb2.GetRequest(key="__block__"), timeout=1.0)
     code = runner.wait(0)
     assert code == 0, f"the plugin was killed ({code}) instead of exiting on its own after Shutdown"
+
+
+def test_a_cut_short_server_stream_waits_for_its_generators_cleanup_two_seconds_at_most() -> None:
+    # The generator's aclose() was waited on for 5 s while the documented bound is 2 s (the thread and
+    # its gate slot stay held meanwhile).
+    from plugbay.core.transport.aiohandlers import HandlerLoop, sync_handler
+
+    class Context:
+        def __init__(self) -> None:
+            self.callbacks: list[Any] = []
+
+        def add_callback(self, callback: Any) -> bool:
+            self.callbacks.append(callback)
+            return True
+
+        def abort(self, code: Any, details: str) -> None:
+            raise RuntimeError(f"abort {code} {details}")
+
+    async def stream(request: bytes, context: Any) -> Any:
+        try:
+            yield b"one"
+            yield b"two"
+        finally:
+            await asyncio.sleep(10)  # a slow cleanup (closing a remote resource, say)
+
+    loop = HandlerLoop()
+    release = loop.hold()
+    try:
+        wrapped = sync_handler("/x.S/Stream", grpc.unary_stream_rpc_method_handler(stream), loop)
+        context = Context()
+        responses = wrapped.unary_stream(b"", context)
+        assert next(responses) == b"one"
+        for callback in context.callbacks:  # the caller cancels: grpcio runs the context's callbacks
+            callback()
+        started = time.monotonic()
+        assert list(responses) == []
+        assert time.monotonic() - started < 4.0  # 2 s and the poll's half second, not 5 s
+    finally:
+        release()

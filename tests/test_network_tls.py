@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -139,10 +140,11 @@ def test_an_expired_plugin_certificate_is_named_as_expired(pki: dict[str, str], 
 
 class ClosingProxy:
     """A TCP proxy (a sidecar, an L4 balancer) whose backend is down until ``open_at``: until then it
-    accepts each connection and closes it at once, as such proxies do, then forwards to ``backend``."""
+    accepts each connection and closes it at once, as such proxies do, then forwards to ``backend``.
+    With ``terminate`` (a server SSLContext) it ends TLS itself first (stunnel, haproxy with ssl)."""
 
-    def __init__(self, backend: str, open_at: float) -> None:
-        self.backend, self.open_at = backend, open_at
+    def __init__(self, backend: str, open_at: float, terminate: ssl.SSLContext | None = None) -> None:
+        self.backend, self.open_at, self.terminate = backend, open_at, terminate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
@@ -157,6 +159,10 @@ class ClosingProxy:
                 return
             try:
                 client, _ = self.listener.accept()
+                if self.terminate is not None:
+                    client.settimeout(5)
+                    client = self.terminate.wrap_socket(client, server_side=True)
+                    client.settimeout(None)
             except OSError:
                 continue
             if time.monotonic() < self.open_at:
@@ -218,3 +224,63 @@ def test_a_connection_cut_short_during_the_tls_handshake_is_retried_within_the_d
         assert "the TLS handshake was cut short" in str(err.value)
     finally:
         proxy.stop()
+
+
+def test_a_tls_terminating_proxy_without_its_backend_is_retried_not_taken_for_a_refusal(
+        pki: dict[str, str]) -> None:
+    # The proxy takes the host's certificate, finishes the handshake and closes (its backend is down),
+    # as gRPC's TLS 1.3 server closes when it refuses a certificate: that close alone is no refusal.
+    backend = Replica("127.0.0.1:0")  # plaintext behind the proxy
+    terminate = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    terminate.load_cert_chain(pki["server"], pki["server_key"])
+    terminate.load_verify_locations(pki["ca"])
+    terminate.verify_mode = ssl.CERT_REQUIRED
+    terminate.set_alpn_protocols(["h2"])
+    proxy = ClosingProxy(backend.address, time.monotonic() + 1.5, terminate=terminate)
+    tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+    try:
+        with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=15.0)) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("k", b"v")
+            assert kv.get("k") == b"v"
+    finally:
+        proxy.stop()
+        backend.stop()
+
+
+def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal() -> None:
+    # plugbay's brokering TLS front drops a connection that says nothing for 5 s: a probe that waited
+    # longer read that idle close as a refused certificate.
+    from plugbay.network.resolver import Endpoint
+    from plugbay.network.tlsprobe import probe
+    from tests.net_util import make_pki as pki_in
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="plugbay-probe-") as folder:
+        files = pki_in(Path(folder))
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(files["server"], files["server_key"])
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+
+        def serve_one() -> None:
+            try:
+                conn, _ = listener.accept()
+                with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                    time.sleep(1.0)  # idle: then it hangs up, as an idle timeout does
+                    tls_conn.close()
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=serve_one, name="test-idle-tls")
+        thread.start()
+        try:
+            tls = NetworkTLS(files["client"], files["client_key"], files["ca"], server_name=SERVER_NAME)
+            endpoint = Endpoint("tcp", f"127.0.0.1:{listener.getsockname()[1]}")
+            started = time.monotonic()
+            assert probe(endpoint, tls, 3.0) is None
+            assert time.monotonic() - started < 2.0  # it does not wait out the timeout either
+        finally:
+            thread.join(10)
+            listener.close()

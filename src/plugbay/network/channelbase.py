@@ -35,6 +35,8 @@ class Member:
         self.tls_failure: str | None = None  # what the last health check or TLS probe said about TLS
         self.tls_suspect = False  # its connection closed during setup: a TLS probe is to tell why
         self.probed_at: float | None = None
+        self.tls_proven = False  # a health check answered over TLS: it takes this host's certificate
+        self.closing_since: float | None = None  # first probe that saw a close right after the handshake
 
     def pickable(self, now: float) -> bool:
         ep = self.endpoint

@@ -16,11 +16,14 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
-from plugbay.network.tlsprobe import probe
+from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe
 
 _log = logging.getLogger("plugbay.network")
 _HEALTH_REQ = health_pb2.HealthCheckRequest(service="plugin")
 _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
+# a new endpoint closing right after each TLS handshake for this long refused the certificate, most likely
+# (a TLS proxy's backend that is down only briefly is back by then)
+_CLOSES_PROVE = 3.0
 
 
 class PoolHealth:
@@ -85,10 +88,25 @@ class PoolHealth:
             member.probed_at = now
         verdict = probe(member.endpoint, self.tls, timeout)
         with self._cond:
+            if verdict == CLOSED_AFTER_HANDSHAKE:
+                verdict = self._weigh_close(member)
+            else:
+                member.closing_since = None
             member.tls_failure = verdict
             if verdict is not None:
                 self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool._tls_broken)
         return verdict
+
+    def _weigh_close(self, member: Member) -> str | None:
+        """A close right after the handshake: a refused certificate, or a TLS proxy without its backend.
+        An endpoint that took this host's certificate before, or one that has not kept doing it for
+        _CLOSES_PROVE, is retried; a new one that keeps doing it refused the certificate, most likely."""
+        now = time.monotonic()
+        if member.tls_proven:
+            return None
+        if member.closing_since is None:
+            member.closing_since = now
+        return CLOSED_AFTER_HANDSHAKE if now - member.closing_since >= _CLOSES_PROVE else None
 
     def _check(self, member: Member) -> None:
         if member.checking or member.draining_since is not None:
@@ -125,6 +143,7 @@ class PoolHealth:
                     detail, tls=self.tls is not None)
             if ok:
                 member.healthy, member.health_detail = True, ""
+                member.tls_proven, member.closing_since = True, None  # it took this host's certificate
             elif fails >= self.unhealthy_after or before is None:
                 member.healthy, member.health_detail = False, detail
             went_bad = before is not False and member.healthy is False

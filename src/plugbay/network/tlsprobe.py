@@ -18,9 +18,16 @@ import time
 from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import WANTS_TLS, NetworkTLS, tls_failure
 
-REFUSED_CERT = ("the plugin closed the connection right after the TLS handshake, having seen the host's"
-                " certificate: it refused it (cert_file signed by a CA it does not trust, or no certificate"
-                " given)")
+REFUSED_CERT = ("the plugin answered the host's certificate with a TLS alert: it refused it (cert_file signed"
+                " by a CA it does not trust, or no certificate given)")
+# Not definite on its own: gRPC's TLS 1.3 servers close so when they refuse a certificate, and so does a
+# TLS-terminating proxy whose backend is down. The pool decides (poolhealth.tls_verdict).
+CLOSED_AFTER_HANDSHAKE = (
+    "the plugin closed the connection right after each TLS handshake, having seen the host's certificate:"
+    " it most likely refused it (cert_file signed by a CA it does not trust, or no certificate given); if a"
+    " TLS-terminating proxy sits in front of it, that proxy's backend may be down instead")
+# a close this soon after the handshake is an answer to it; a later one is a server's idle timeout
+_PROMPT = 0.5
 
 
 def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
@@ -55,11 +62,11 @@ def _alert(exc: ssl.SSLError) -> bool:
 
 
 def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | None:
-    """What a closed connection during setup meant, from one handshake of our own; None when not definite.
+    """What a closed connection during setup meant, from one handshake of our own; None when nothing.
 
-    With ``tls``: a TLS alert, or a close straight after a completed handshake (the plugin read this
-    host's certificate and hung up), is a refusal. Without: a peer that answers a TLS handshake wants
-    TLS. A connection refused, reset or closed before the handshake finished proves nothing.
+    With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
+    CLOSED_AFTER_HANDSHAKE, which the caller weighs. Without: a peer that answers a TLS handshake
+    wants TLS. A connection refused, reset or closed before the handshake finished proves nothing.
     """
     deadline = time.monotonic() + timeout
     try:
@@ -88,15 +95,15 @@ def _verdict(conn: ssl.SSLSocket, tls: NetworkTLS | None, deadline: float) -> st
         return None
     if tls is None:
         return WANTS_TLS  # it finished a TLS handshake: it is a TLS server
-    conn.settimeout(max(deadline - time.monotonic(), 0.05))
+    conn.settimeout(max(min(deadline - time.monotonic(), _PROMPT), 0.05))
     try:
         first = conn.recv(1)
     except ssl.SSLEOFError:
-        return REFUSED_CERT
+        return CLOSED_AFTER_HANDSHAKE
     except ssl.SSLError as exc:
         return (tls_failure(str(exc), tls=True) or REFUSED_CERT) if _alert(exc) else None
     except (ConnectionResetError, BrokenPipeError):
-        return REFUSED_CERT
-    except OSError:  # quiet until the timeout: it kept the connection, so it took the certificate
+        return CLOSED_AFTER_HANDSHAKE
+    except OSError:  # quiet for _PROMPT: it kept the connection, so it took the certificate
         return None
-    return REFUSED_CERT if first == b"" else None
+    return CLOSED_AFTER_HANDSHAKE if first == b"" else None

@@ -376,7 +376,7 @@ def _streaming(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool)
                 closing = None
             if closing is not None:
                 try:
-                    closing.result(loop, 5.0)
+                    closing.result(loop, _CLEANUP_WAIT)
                 except Exception:  # noqa: BLE001 - its cleanup failed or hung: the call is over anyway
                     closing.cancel()
     return run
