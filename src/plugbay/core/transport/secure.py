@@ -155,6 +155,11 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
     the peer's certificate calls for the relay).
     """
     opts = [*CHANNEL_OPTIONS, *options]
+    if network == "unix" and address.startswith("/proc/self/fd/"):
+        # a handle on a container's socket (runners/docker/sockethandles): once released, its number
+        # names the next handle, and grpcio's process-wide subchannels would hand a channel to the new
+        # target the open connection to the old socket; connections of its own
+        opts.append(("grpc.use_local_subchannel_pool", 1))
     target = grpc_target(network, address)
     if tls is None:
         return SecureChannel(grpc.insecure_channel(target, options=opts), "plaintext",
