@@ -284,3 +284,15 @@ def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal() -> None:
         finally:
             thread.join(10)
             listener.close()
+
+
+def test_a_refused_certificate_is_named_even_when_the_deadline_comes_first(tls_replica: Replica,
+                                                                            pki: dict[str, str]) -> None:
+    # Before a close after each handshake counts as a refusal (3 s), a short start_timeout ran out
+    # with "the TLS handshake was cut short ... a proxy whose backend is down": the probe had seen
+    # more than that, and the message never named the certificate.
+    tls = NetworkTLS(pki["rogue_client"], pki["rogue_client_key"], pki["ca"], server_name=SERVER_NAME)
+    with pytest.raises((HandshakeTimeoutError, RemoteTLSError)) as err:
+        with RemoteClient(config(f"static:///{tls_replica.address}", tls=tls, start_timeout=2.0)):
+            pass
+    assert "most likely refused it" in str(err.value)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
+from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
 
 
 class Member(Protocol):
@@ -50,6 +50,8 @@ class EndpointPool(Protocol):
     def done(self, member: Any, error: BaseException | None) -> None: ...
 
     def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
+
+    def cut_short_detail(self, member: Any) -> str: ...
 
     def pickable_keys(self) -> list[str]: ...
 
@@ -243,7 +245,7 @@ class PoolCallable:
             return meaning, f"{member.key}: {details}"
         # "Socket closed" is a refused certificate or a proxy whose backend is down: only a probe tells
         meaning = pool.tls_verdict(member, min(max(pick_until - time.monotonic(), 0.05), 1.0))
-        return meaning, f"{member.key}: {cut_short_note(pool.tls is not None)} (gRPC said: {details})"
+        return meaning, f"{member.key}: {pool.cut_short_detail(member)} (gRPC said: {details})"
 
     def _all_tried(self, tried: set[str]) -> bool:
         if self._pin is not None:

@@ -102,11 +102,18 @@ class PoolHealth:
         An endpoint that took this host's certificate before, or one that has not kept doing it for
         _CLOSES_PROVE, is retried; a new one that keeps doing it refused the certificate, most likely."""
         now = time.monotonic()
+        if member.closing_since is None:
+            member.closing_since = now  # also on a proven one: its calls' final errors name the refusal
         if member.tls_proven:
             return None
-        if member.closing_since is None:
-            member.closing_since = now
         return CLOSED_AFTER_HANDSHAKE if now - member.closing_since >= _CLOSES_PROVE else None
+
+    def cut_short_detail(self, member: Member) -> str:
+        """Why a connection closed during setup, for an error: a close after each handshake names the
+        likely refused certificate (a call still waits out its deadline while that is not definite)."""
+        with self._cond:
+            closing = member.closing_since is not None
+        return CLOSED_AFTER_HANDSHAKE if closing else cut_short_note(self.tls is not None)
 
     def _check(self, member: Member) -> None:
         if member.checking or member.draining_since is not None:
@@ -132,7 +139,7 @@ class PoolHealth:
             ok, detail = False, type(exc).__name__
         suspect = not ok and self.diagnose_tls and cut_short(detail)
         if suspect:
-            detail += f" ({cut_short_note(self.tls is not None)})"
+            detail += f" ({self.cut_short_detail(member)})"
         with self._cond:
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             self._health_fails[member.key] = fails
