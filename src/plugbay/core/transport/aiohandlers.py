@@ -1,23 +1,14 @@
 """asyncio servicers on plugbay's sync gRPC servers: ``async def`` handlers run on one event loop.
 
-A servicer may write its methods as grpc.aio's are written: coroutines for unary answers,
-async generators for server streams, an async iterator of requests for client streams. The
-generated ``add_*Servicer_to_server`` code registers them unchanged; the server that takes
-them (the plugin's gate, plugbay.core.plugin.gate, and a brokered server's registrar,
-plugbay.core.broker.registrar) hands each such handler here, and it runs on one event loop
-shared by every async handler of the process, in a thread of its own
-("plugbay-aio-handlers"), while the call's gRPC thread waits for its result. So the
-coroutines share one loop (its locks, queues and clients work across calls), and the
-servers stay the sync grpcio ones that plugbay's own services (health, broker, stdio,
-controller) run on.
-
-Each server with an async handler holds the loop (HandlerLoop.hold) until it stops; the loop
-ends when the last hold is released, and a call that comes after that is refused
-(UNAVAILABLE). The context is grpcio's sync ServicerContext: ``context.abort()`` raises at
-once, so ``await context.abort(...)`` works as under grpc.aio, and ``time_remaining()``,
-``is_active()`` and metadata work too. A call that ends early (cancelled by the caller, past
-its deadline) cancels its coroutine. A server stream is an async generator (grpc.aio's other
-style, ``await context.write()``, needs grpc.aio's context and is refused when registered).
+Coroutines for unary answers, async generators for server streams and an async iterator of
+requests for client streams, registered by the generated code unchanged. The server that takes
+them (plugbay.core.plugin.gate, plugbay.core.broker.registrar) hands each one here; it runs on
+one loop shared by the process's async handlers, in a thread of its own
+("plugbay-aio-handlers"), or on a caller's loop (CallerLoop), while the call's gRPC thread
+waits for it. Each server with an async handler holds the loop until it stops; the last
+release ends it, and a later call is refused (UNAVAILABLE). The context is grpcio's sync one:
+``await context.abort(...)`` works as under grpc.aio. A call that ends early cancels its
+coroutine; ``await context.write()`` needs grpc.aio's context and is refused when registered.
 """
 
 from __future__ import annotations
