@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay.core.transport.handlerkind import is_async
+from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 from plugbay.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -52,19 +52,21 @@ class Registrar(grpc.Server):  # type: ignore[misc]
     def _runnable(self, handler: Any) -> Any:
         """``handler``, with a table of methods (generated code's) holding async ones adapted to the
         sync server; any other generic handler adapts what it answers, call by call."""
-        table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
-        name = getattr(handler, "service_name", None)
-        if isinstance(table, dict) and callable(name):
-            if not any(is_async(one) for one in table.values()):
-                return handler
-            from plugbay.core.transport.aiohandlers import sync_handler
+        service = method_table(handler)
+        if service is None:
+            return Transformed(handler, self._adapted)
+        name, table = service
+        if not any(is_async(one) for one in table.values()):
+            return handler
+        return grpc.method_handlers_generic_handler(
+            name, {path.rsplit("/", 1)[1]: self._adapted(path, one) for path, one in table.items()})
 
-            service, source = str(name()), self._handler_loop()
-            # the table's keys are full paths ("/pkg.Service/Method") in grpcio's handler
-            adapted = {_method(service, key): sync_handler(f"/{service}/{_method(service, key)}", one, source)
-                       for key, one in table.items()}
-            return grpc.method_handlers_generic_handler(service, adapted)
-        return _Adapting(handler, self._handler_loop)
+    def _adapted(self, method: str, handler: Any) -> Any:
+        if not is_async(handler):
+            return handler
+        from plugbay.core.transport.aiohandlers import sync_handler
+
+        return sync_handler(method, handler, self._handler_loop())
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         if service_name in self._services:
@@ -90,32 +92,3 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         raise self._refuse("wait_for_termination")
-
-
-def _method(service: str, key: str) -> str:
-    return key[len(service) + 2:] if key.startswith(f"/{service}/") else key
-
-
-class _Adapting(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """A hand-written generic handler on a brokered server: an async handler it answers runs on the
-    handler loop (adapted once per method it answers, then looked up)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, handler_loop: Callable[[], LoopSource]) -> None:
-        self._inner = inner
-        self._handler_loop = handler_loop
-        self._seen: dict[str, tuple[Any, Any]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = self._inner.service(handler_call_details)
-        if handler is None or not is_async(handler):
-            return handler
-        method = str(handler_call_details.method)
-        seen = self._seen.get(method)
-        if seen is not None and seen[0] is handler:
-            return seen[1]
-        from plugbay.core.transport.aiohandlers import sync_handler
-
-        adapted = sync_handler(method, handler, self._handler_loop())
-        if len(self._seen) < 1024:  # a generic handler may answer any method name
-            self._seen[method] = (handler, adapted)
-        return adapted

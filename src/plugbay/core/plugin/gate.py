@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.transport.handlerkind import is_async
+from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 
 # Threads kept for plugbay's own services: the GRPCStdio and broker streams,
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
@@ -30,7 +30,6 @@ RESERVED = 16
 # Of those, the most that health Watch streams (each holding its thread while open) may take.
 MAX_WATCHES = 4
 DEFAULT_MAX_WORKERS = 32
-_SEEN_MAX = 1024
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
@@ -111,30 +110,6 @@ class HandlerGate:
         return run
 
 
-class _GatedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """A plugin's generic handler whose answers are gated (each method's once, then looked up)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, gate: HandlerGate) -> None:
-        self._inner = inner
-        self._gate = gate
-        # method -> (the handler it answered, the gated one): a bounded cache, as a generic
-        # handler may answer any method name
-        self._seen: dict[str, tuple[Any, Any]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method = str(handler_call_details.method)
-        seen = self._seen.get(method)
-        if seen is not None and seen[0] is handler:
-            return seen[1]
-        gated = self._gate.gated(method, handler)
-        if len(self._seen) < _SEEN_MAX:
-            self._seen[method] = (handler, gated)
-        return gated
-
-
 class GatedServer(grpc.Server):  # type: ignore[misc]
     """The server a plugin's grpc_server() registers on: each handler is gated as it is added.
 
@@ -150,13 +125,11 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
         handlers = tuple(generic_rpc_handlers)
         for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
-            table = getattr(handler, "_method_handlers", None)  # grpc.method_handlers_generic_handler's
-            name = getattr(handler, "service_name", None)
-            if isinstance(table, dict) and callable(name):
-                for key, one in table.items():  # keys are full paths ("/pkg.Service/Method") in grpcio's
-                    if is_async(one):
-                        self._gate.gated(key if key.startswith("/") else f"/{name()}/{key}", one)
-        self._server.add_generic_rpc_handlers(tuple(_GatedGeneric(h, self._gate) for h in handlers))
+            service = method_table(handler)
+            for path, one in (service[1] if service else {}).items():
+                if is_async(one):
+                    self._gate.gated(path, one)
+        self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         self._server.add_registered_method_handlers(
