@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,8 +81,11 @@ def test_close_during_a_relist_the_api_server_holds_returns_soon(api: SliceAPI, 
         resolver.close()
         took = time.monotonic() - started
         assert took < 5.0, f"close() waited {took:.1f}s for a list the API server held (read timeout 30 s)"
+        # not only close() returns: the watch thread's list ends with it (it ran out its 30 s before)
+        assert wait_until(lambda: not _watch_threads(), 5.0), _watch_threads()
+        assert resolver.last_error is None or "was closed" not in str(resolver.last_error)
     finally:
-        api.close()  # the held list ends: the thread, told to stop, ends with it
+        api.close()
         resolver.close()
     assert wait_until(lambda: not _watch_threads(), 15), _watch_threads()
 

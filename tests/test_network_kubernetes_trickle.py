@@ -3,7 +3,8 @@ byte at a time (tests/test_kube_api_deadline.py's TrickleServer: 160 bytes, one 
 
 Per-read timeouts never fire there, so the list must be bounded in total: start() fails typed near its
 start_timeout, and a kill()/close() from another thread ends a list in progress at once (kill()'s
-promise: "that start() ends now"), on start()'s thread and on the watch thread alike. The bounds asserted
+promise: "that start() ends now"; the watch thread's case is in tests/test_network_kubernetes_close.py).
+The bounds asserted
 are far below the trickle's 40 s: they tell "ended near its deadline" from "read the whole trickle".
 """
 
@@ -21,22 +22,12 @@ from plugbay.errors import DiscoveryError, DiscoveryUnavailableError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from tests.net_util import HANDSHAKE, PLUGINS
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI
-from tests.test_kube_api_deadline import TrickleServer, ended_early
+from tests.test_kube_api_deadline import TrickleServer, ended_early, trickle  # noqa: F401 (a fixture)
 from tests.test_kube_api_timeouts import kubeconfig_for
 
 pytestmark = pytest.mark.kubernetes
 LIST = "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector"
 PROMPT = 5.0  # seconds: "at once" on a loaded machine, still far from the trickle's 40 s
-
-
-@pytest.fixture(params=["body", "head"])
-def trickle(request: pytest.FixtureRequest) -> Iterator[TrickleServer]:
-    server = TrickleServer(request.param)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture()
@@ -52,19 +43,32 @@ def _watch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("plugbay-endpointslices-")]
 
 
-def _in_thread(func: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:
+def _cut_short(server: TrickleServer, start: Callable[[], object],
+               stop: Callable[[], object]) -> tuple[float, float, list[BaseException | None]]:
+    """``start()`` on a thread of its own, ``stop()`` from this one once the list trickles: how long
+    stop() took, how long start() went on after it was asked, and how start() ended."""
     outcome: list[BaseException | None] = []
 
     def run() -> None:
         try:
-            func()
+            start()
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             outcome.append(exc)
 
-    thread = threading.Thread(target=run, name="test-trickle-start")
-    thread.start()
-    return thread, outcome
+    starter = threading.Thread(target=run, name="test-trickle-start")
+    starter.start()
+    try:
+        assert wait_until(lambda: bool(server.requests), 10), "the list never reached the API server"
+        time.sleep(0.5)  # into the trickle
+        asked = time.monotonic()
+        stop()
+        took = time.monotonic() - asked
+        starter.join(PROMPT)
+        ended = time.monotonic() - asked
+    finally:
+        starter.join(60)
+    return took, ended, outcome
 
 
 @pytest.mark.timeout(120)
@@ -112,17 +116,7 @@ def test_kill_during_start_ends_the_list_at_once(body_trickle: TrickleServer, tm
     client = RemoteClient(RemoteConfig(target="kubernetes:///default/kv:7001", handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=60.0, name="kv-trickle-killed",
                                        kubernetes={"kubeconfig": kubeconfig_for(url, tmp_path / "kc")}))
-    starter, outcome = _in_thread(client.start)
-    try:
-        assert wait_until(lambda: bool(body_trickle.requests), 10), "the list never reached the API server"
-        time.sleep(0.5)  # into the trickle
-        asked = time.monotonic()
-        getattr(client, how)()
-        took = time.monotonic() - asked
-        starter.join(PROMPT)
-        ended = time.monotonic() - asked
-    finally:
-        starter.join(60)
+    took, ended, outcome = _cut_short(body_trickle, client.start, getattr(client, how))
     assert took < PROMPT, f"{how}() took {took:.1f}s during a list the API server trickles"
     assert ended < PROMPT, f"start() went on for {ended:.1f}s after {how}()"
     assert isinstance(outcome[0], ClientStateError) and "killed while it started" in str(outcome[0]), outcome
@@ -134,44 +128,10 @@ def test_kill_during_start_ends_the_list_at_once(body_trickle: TrickleServer, tm
 def test_resolver_close_from_another_thread_ends_its_start(body_trickle: TrickleServer, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{body_trickle.port}"
     resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig_for(url, tmp_path / "kc"))
-    starter, outcome = _in_thread(lambda: resolver.start(lambda eps: None))  # no deadline: 30 s in total
-    try:
-        assert wait_until(lambda: bool(body_trickle.requests), 10), "the list never reached the API server"
-        time.sleep(0.5)
-        asked = time.monotonic()
-        resolver.close()
-        took = time.monotonic() - asked
-        starter.join(PROMPT)
-        ended = time.monotonic() - asked
-    finally:
-        starter.join(60)
+    # no deadline: 30 s in total
+    took, ended, outcome = _cut_short(body_trickle, lambda: resolver.start(lambda eps: None), resolver.close)
     assert took < PROMPT and ended < PROMPT, (took, ended)
     assert isinstance(outcome[0], DiscoveryError) and "was closed" in str(outcome[0]), outcome
     assert resolver._api_client is None
     ended_early(body_trickle, LIST)
     assert not _watch_threads()
-
-
-@pytest.mark.timeout(120)
-def test_close_ends_a_relist_the_api_server_holds_on_the_watch_thread(tmp_path: Path) -> None:
-    """Not only does close() return: the watch thread's list ends with it (before, it ran out its 30 s)."""
-    api = SliceAPI()
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
-    try:
-        resolver.start(lambda eps: None)
-        assert wait_until(lambda: api.watches >= 1, 10)
-        api.hang_lists.set()
-        api.events.put({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                                  "message": "too old"}})
-        assert wait_until(lambda: api.lists >= 2, 15), (api.lists, api.watches)
-        time.sleep(0.3)  # into the held list
-        asked = time.monotonic()
-        resolver.close()
-        assert wait_until(lambda: not _watch_threads(), PROMPT), _watch_threads()
-        took = time.monotonic() - asked
-        assert took < PROMPT, took
-        assert resolver.last_error is None or "was closed" not in str(resolver.last_error)
-    finally:
-        resolver.close()
-        api.close()
-    assert wait_until(lambda: not _watch_threads(), 15), _watch_threads()

@@ -203,16 +203,21 @@ class ClosingProxy:
             s.close()
 
 
+def _round_trip_through(proxy: ClosingProxy, tls: NetworkTLS) -> None:
+    """A Put and a Get through ``proxy``, whose backend comes back within the 15 s start_timeout."""
+    with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=15.0)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+
+
 def test_a_connection_cut_short_during_the_tls_handshake_is_retried_within_the_deadline(
         tls_replica: Replica, pki: dict[str, str]) -> None:
     tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
     # the proxy's backend is back after 1.5 s: a closed socket is no proof of a TLS failure
     proxy = ClosingProxy(tls_replica.address, time.monotonic() + 1.5)
     try:
-        with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=15.0)) as client:
-            kv = client.dispense(PLUGIN_NAME)
-            kv.put("k", b"v")
-            assert kv.get("k") == b"v"
+        _round_trip_through(proxy, tls)
     finally:
         proxy.stop()
     # a backend that never comes back: the deadline ends it, and the error says the handshake was cut short
@@ -239,51 +244,43 @@ def test_a_tls_terminating_proxy_without_its_backend_is_retried_not_taken_for_a_
     proxy = ClosingProxy(backend.address, time.monotonic() + 1.5, terminate=terminate)
     tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
     try:
-        with RemoteClient(config(f"static:///{proxy.address}", tls=tls, start_timeout=15.0)) as client:
-            kv = client.dispense(PLUGIN_NAME)
-            kv.put("k", b"v")
-            assert kv.get("k") == b"v"
+        _round_trip_through(proxy, tls)
     finally:
         proxy.stop()
         backend.stop()
 
 
-def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal() -> None:
+def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal(pki: dict[str, str]) -> None:
     # plugbay's brokering TLS front drops a connection that says nothing for 5 s: a probe that waited
     # longer read that idle close as a refused certificate.
     from plugbay.network.resolver import Endpoint
     from plugbay.network.tlsprobe import probe
-    from tests.net_util import make_pki as pki_in
 
-    import tempfile
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
 
-    with tempfile.TemporaryDirectory(prefix="plugbay-probe-") as folder:
-        files = pki_in(Path(folder))
-        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_ctx.load_cert_chain(files["server"], files["server_key"])
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.settimeout(10)
-
-        def serve_one() -> None:
-            try:
-                conn, _ = listener.accept()
-                with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-                    time.sleep(1.0)  # idle: then it hangs up, as an idle timeout does
-                    tls_conn.close()
-            except OSError:
-                pass
-
-        thread = threading.Thread(target=serve_one, name="test-idle-tls")
-        thread.start()
+    def serve_one() -> None:
         try:
-            tls = NetworkTLS(files["client"], files["client_key"], files["ca"], server_name=SERVER_NAME)
-            endpoint = Endpoint("tcp", f"127.0.0.1:{listener.getsockname()[1]}")
-            started = time.monotonic()
-            assert probe(endpoint, tls, 3.0) is None
-            assert time.monotonic() - started < 2.0  # it does not wait out the timeout either
-        finally:
-            thread.join(10)
-            listener.close()
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                time.sleep(1.0)  # idle: then it hangs up, as an idle timeout does
+                tls_conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve_one, name="test-idle-tls")
+    thread.start()
+    try:
+        tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
+        endpoint = Endpoint("tcp", f"127.0.0.1:{listener.getsockname()[1]}")
+        started = time.monotonic()
+        assert probe(endpoint, tls, 3.0) is None
+        assert time.monotonic() - started < 2.0  # it does not wait out the timeout either
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def test_a_refused_certificate_is_named_even_when_the_deadline_comes_first(tls_replica: Replica,
