@@ -5,16 +5,18 @@ closed" (or "Handshake read failed"): a plugin that refused this host's
 certificate (gRPC's TLS 1.3 servers close without an alert once they have seen
 it) reads the same as a proxy whose backend is down or a plugin restarting.
 Only the first is worth failing a call at once. :func:`probe` makes one TLS
-handshake of its own with the endpoint to find definite signs; anything less
-than definite answers None, and the call goes on retrying within its deadline.
+handshake of its own with the endpoint: a TLS alert is definite, a close right
+after the handshake is CLOSED_AFTER_HANDSHAKE for the pool to weigh
+(poolhealth), and anything else answers None, so the call goes on retrying
+within its deadline.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 
+from plugbay.core.transport.sockets import dial
 from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import WANTS_TLS, NetworkTLS, tls_failure
 
@@ -28,20 +30,6 @@ CLOSED_AFTER_HANDSHAKE = (
     " TLS-terminating proxy sits in front of it, that proxy's backend may be down instead")
 # a close this soon after the handshake is an answer to it; a later one is a server's idle timeout
 _PROMPT = 0.5
-
-
-def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
-    if endpoint.network == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(endpoint.address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    host, _, port = endpoint.address.rpartition(":")
-    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
 
 
 def _context(tls: NetworkTLS | None) -> ssl.SSLContext:
@@ -71,7 +59,7 @@ def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | N
     deadline = time.monotonic() + timeout
     try:
         ctx = _context(tls)
-        sock = _connect(endpoint, timeout)
+        sock = dial(endpoint.network, endpoint.address, timeout)
     except (OSError, ValueError):
         return None
     try:
