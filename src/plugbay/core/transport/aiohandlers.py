@@ -74,7 +74,7 @@ class HandlerLoop:
 
     def hold(self) -> Callable[[], None]:
         """Keep the loop for a server with async handlers; call what this returns (once is enough)
-        when that server has stopped. The last release ends the loop (see stop())."""
+        when that server has stopped. The last release ends the loop and joins its thread."""
         with self._lock:
             self._holds += 1
         released = threading.Event()
@@ -126,12 +126,6 @@ class HandlerLoop:
                 if self._loop is loop:
                     self._loop, self._thread = None, None
             loop.close()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """End the loop now, whoever holds it (the process's servers have stopped); joins its thread."""
-        with self._lock:
-            taken = self._take()
-        self._finish(*taken, timeout=timeout)
 
     def _take(self) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None, DaemonPool | None]:
         # under the lock: a hold and a call right after this get a new loop, not this one
