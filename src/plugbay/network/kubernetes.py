@@ -32,7 +32,7 @@ from plugbay.errors import (
     EngineUnavailableError,
 )
 from plugbay.network.resolver import Endpoint, OnChange
-from plugbay.runners.kubernetes.api import api_message, load_api_client
+from plugbay.runners.kubernetes.api import api_host, api_message, load_api_client
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
@@ -235,7 +235,7 @@ class EndpointSliceResolver:
                     f" {self.target} needs Kubernetes 1.21 or later")
             return DiscoveryError(f"Kubernetes API {verb} endpointslices in {self.namespace!r} failed:"
                                f" {exc.status} {api_message(exc)}")
-        host = getattr(getattr(self._api_client, "configuration", None), "host", "?")
+        host = api_host(self._api_client)
         return DiscoveryUnavailableError(
             f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
             " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
@@ -288,7 +288,7 @@ class EndpointSliceResolver:
         self._report()
 
     def _late(self, limit: float, starting: bool) -> DiscoveryUnavailableError:
-        host = getattr(getattr(self._api_client, "configuration", None), "host", "?")
+        host = api_host(self._api_client)
         return DiscoveryUnavailableError(
             f"the Kubernetes API at {host} did not answer list endpointslices within {limit:.1f}s"
             f"{' (what was left of start_timeout)' if starting else ''}, so {self.target} cannot be discovered."
@@ -297,7 +297,7 @@ class EndpointSliceResolver:
 
     def _malformed(self, api_client: Any, exc: Exception) -> DiscoveryError:
         """The client's models refused the answer (pydantic), or it has no shape."""
-        host = getattr(getattr(api_client, "configuration", None), "host", "?")
+        host = api_host(api_client)
         return DiscoveryError(
             f"the Kubernetes API at {host} answered list endpointslices with something that is not"
             f" valid EndpointSlices ({type(exc).__name__}: {str(exc)[:300]}), so {self.target} cannot"

@@ -180,6 +180,11 @@ def api_message(exc: Any) -> str:
         return str(exc.reason)
 
 
+def api_host(api_client: Any) -> str:
+    """The API server's URL an ApiClient talks to, for messages ("?" when it has none)."""
+    return str(getattr(getattr(api_client, "configuration", None), "host", "?"))
+
+
 def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
     """``func(*args, **kwargs)`` against the API, its failures turned into plugbay's typed errors.
 
