@@ -308,3 +308,16 @@ def test_a_helper_coroutine_that_kills_its_own_client_does_not_deadlock(plugin: 
     finally:
         client.kill()
     assert wait_until(lambda: not _loop_threads(), 10.0), _loop_threads()
+
+
+def test_a_callers_loop_that_is_closed_is_refused_with_a_runtime_error() -> None:
+    from plugbay.core.transport.aiohandlers import CallerLoop, HandlerLoop
+
+    user = asyncio.new_event_loop()
+    user.close()
+    source = CallerLoop(user, HandlerLoop())
+    try:
+        with pytest.raises(RuntimeError, match="event loop this server's async handlers run on is closed"):
+            source.get()
+    finally:
+        source.release()

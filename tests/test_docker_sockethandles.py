@@ -80,3 +80,29 @@ def test_handles_are_counted_per_user_and_refuse_what_is_not_a_socket() -> None:
             handles.close()
             server.stop(None).wait(5)
             pool.shutdown(wait=True)
+
+
+def test_a_plugin_that_has_the_host_hold_too_many_sockets_is_refused_with_what_to_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from plugbay.runners.docker import sockethandles
+
+    monkeypatch.setattr(sockethandles, "LIMIT", 3)
+    with tempfile.TemporaryDirectory(prefix="plugbay-h-", dir="/tmp") as folder:
+        listeners = []
+        handles = SocketHandles()
+        try:
+            for n in range(4):
+                listener = socket.socket(socket.AF_UNIX)
+                listener.bind(os.path.join(folder, f"{n}.sock"))
+                listeners.append(listener)
+            held = [handles.dial_path(os.path.join(folder, f"{n}.sock")) for n in range(3)]
+            with pytest.raises(RunnerError, match="hold 3 of its sockets open at once.*close brokered channels"):
+                handles.dial_path(os.path.join(folder, "3.sock"))
+            handles.release(held[0])  # a channel closed: room for one more
+            assert handles.dial_path(os.path.join(folder, "3.sock")).startswith("/proc/self/fd/")
+        finally:
+            handles.close()
+            for listener in listeners:
+                listener.close()
