@@ -250,6 +250,26 @@ def test_no_more_than_max_ejection_percent_are_ejected_at_once(replicas: Callabl
         assert snap["ejected"] == 1 and snap["ejections"] == 1, snap  # half of two: the other stays in
 
 
+def test_a_lone_ejected_endpoint_that_passes_its_health_checks_still_gets_calls(
+        replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    outlier = OutlierPolicy(consecutive_failures=1, base_ejection_time=30.0)
+    with RemoteClient(remote(f"static:///{a.address}", outlier=outlier, call_timeout=0.5)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        kv.put("__slow__", b"1")  # one stuck Get: a timeout, which ejects the only endpoint for 30 s
+        result, took = timed(kv, "k", 0.5)
+        assert type(result).__name__ == "CallTimeout" and took < 0.5 + SLACK, result
+        snap = client.metrics()
+        assert snap["ejected"] == 1 and snap["available"] == 1, snap  # ejected, yet calls may go there
+        key = f"tcp:{a.address}"
+        picks = snap["endpoints"][key]["picks"]
+        assert [kv.get("k") for _ in range(3)] == [b"v"] * 3  # not NoEndpointsError for 30 s
+        snap = client.metrics()
+        assert snap["endpoints"][key]["ejected"] and snap["endpoints"][key]["picks"] == picks + 3, snap
+        pinned = kv_pb2_grpc.KVStub(client.pool.pinned(key))
+        assert pinned.Get(kv_pb2.GetRequest(key="k"), timeout=2.0).value == b"v"
+
 def test_a_refusing_endpoint_is_tried_again_while_another_is_merely_unhealthy(
         replicas: Callable[..., Replica]) -> None:
     port, nobody = free_port(), free_port()

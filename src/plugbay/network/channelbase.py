@@ -38,10 +38,10 @@ class Member:
         self.tls_proven = False  # a health check answered over TLS: it takes this host's certificate
         self.closing_since: float | None = None  # first probe that saw a close right after the handshake
 
-    def pickable(self, now: float) -> bool:
+    def pickable(self, now: float, ejected_too: bool = False) -> bool:
         ep = self.endpoint
         return (self.draining_since is None and ep.ready and not ep.terminating
-                and self.healthy is not False and not self.outlier.ejected(now))
+                and self.healthy is not False and (ejected_too or not self.outlier.ejected(now)))
 
 
 class CallChannel(grpc.Channel):  # type: ignore[misc]

@@ -198,12 +198,23 @@ class EndpointPool(PoolHealth, CallChannel):
                     self._look_again()
                 self._cond.wait(min(deadline - now, 0.1))
 
+    def _available(self, now: float) -> list[Member]:
+        """The endpoints calls may go to now, in discovery's order.
+
+        Ejection only steers calls to the other endpoints: when it has taken out every
+        one that passes its health checks (a lone replica after a burst of timeouts),
+        calls go to those rather than fail for the whole ejection time (Envoy's panic
+        routing). An unhealthy, draining or terminating endpoint is never one of them.
+        """
+        members = [self._members[k] for k in self._order if k in self._members]
+        ready = [m for m in members if m.pickable(now)]
+        return ready or [m for m in members if m.pickable(now, ejected_too=True)]
+
     def _choose(self, now: float, exclude: set[str], pin: str | None) -> Member | None:
-        if pin is not None:
+        if pin is not None:  # a pinned stub has no other endpoint to be steered to
             member = self._members.get(pin)
-            return member if member is not None and member.pickable(now) else None
-        ready = [self._members[k] for k in self._order if k in self._members and k not in exclude
-                 and self._members[k].pickable(now)]
+            return member if member is not None and member.pickable(now, ejected_too=True) else None
+        ready = [m for m in self._available(now) if m.key not in exclude]
         if not ready:
             return None
         if self.policy == "pick_first":
@@ -220,7 +231,7 @@ class EndpointPool(PoolHealth, CallChannel):
 
     def _why_none(self, exclude: set[str], pin: str | None) -> str:
         if pin is not None:
-            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy or ejected"
+            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating"
         if not self._members:
             return "discovery reports no endpoints"
         now = time.monotonic()
@@ -280,15 +291,15 @@ class EndpointPool(PoolHealth, CallChannel):
             return {"known": len(endpoints),
                     "healthy": sum(1 for e in endpoints.values() if e["healthy"]),
                     "ejected": sum(1 for e in endpoints.values() if e["ejected"]),
-                    "available": sum(1 for m in self._members.values() if m.pickable(now)),
+                    "available": len(self._available(now)),
                     "draining": len(self._draining), "ejections": self.ejections_total,
                     "resends": self.resends, "endpoints": endpoints}
 
     def pickable_keys(self) -> list[str]:
-        """The endpoints a call may go to now (not unhealthy, ejected, draining or terminating)."""
+        """The endpoints a call may go to now (see _available)."""
         now = time.monotonic()
         with self._cond:
-            return [key for key, m in self._members.items() if m.pickable(now)]
+            return [m.key for m in self._available(now)]
 
     def _log_if_changed(self) -> None:
         now = time.monotonic()
@@ -300,7 +311,7 @@ class EndpointPool(PoolHealth, CallChannel):
                 return
             self._last_summary = summary
             subscribers = list(self._subscribers)
-            available = any(m.pickable(now) for m in members)
+            available = bool(self._available(now))
         _log.info("pool %s: %d endpoint(s) known, %d healthy, %d ejected", self.name, *summary)
         state = grpc.ChannelConnectivity.READY if available else grpc.ChannelConnectivity.TRANSIENT_FAILURE
         for callback in subscribers:
@@ -330,8 +341,7 @@ class EndpointPool(PoolHealth, CallChannel):
     def any_key(self) -> str | None:
         with self._cond:
             now = time.monotonic()
-            return next((k for k in self._order if k in self._members and self._members[k].pickable(now)),
-                        None)
+            return next((m.key for m in self._available(now)), None)
 
     def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
         return PoolCallable(self, kind, method, ser, de)
