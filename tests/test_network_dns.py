@@ -174,3 +174,33 @@ def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_
             client.kill()
     finally:
         rep.stop()
+
+
+def test_lookups_asked_while_calls_wait_on_an_empty_answer_are_spaced_out(dns: tuple[Zone, str]) -> None:
+    # every wait of a waiting start() or call asks discovery again: the resolver must not turn that into
+    # five lookups a second for as long as the record is missing, and must still find it when it appears
+    zone, server = dns
+    zone.set(f"other.{ZONE}", "A", [A("127.0.0.9")])
+    rep = Replica("127.0.0.1:0")
+    asked: list[int] = []
+
+    def publish() -> None:
+        asked.append(zone.queries)
+        zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
+
+    try:
+        cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{rep.port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, start_timeout=20.0, name="kv-dns-spaced")
+        client = RemoteClient(cfg)
+        later = threading.Timer(4.0, publish)
+        later.start()
+        try:
+            client.start()
+            assert client.dispense(PLUGIN_NAME).get("__pid__") == str(rep.proc.pid).encode()
+        finally:
+            later.join(10)
+            client.kill()
+    finally:
+        rep.stop()
+    # A and AAAA per lookup: the first, then ones 0.2, 0.4, 0.8, 1.6 and 2 s apart (at 0.2 s apart: 40 queries)
+    assert asked and 2 <= asked[0] <= 14, asked

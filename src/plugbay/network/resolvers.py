@@ -6,9 +6,11 @@ individual endpoints it must health-check, eject and count; and dnspython
 takes a nameserver with a port (``dns_server="127.0.0.1:5353"``), reads
 resolv.conf by default, and does SRV. A :class:`DNSResolver` re-resolves every
 ``refresh`` seconds and soon after :meth:`DNSResolver.refresh` (the pool calls
-it when calls fail); a lookup that errs keeps the last set, while an empty
-answer (NXDOMAIN, no records) empties it. A lookup where some queries failed
-and others found records uses those records.
+it when calls fail, and while calls wait on an empty set; such lookups are spaced
+0.2 s apart, and further, up to 2 s, while they find nothing new); a lookup
+that errs keeps the last set, while an empty answer (NXDOMAIN, no records)
+empties it. A lookup where some queries failed and others found records uses
+those records.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from plugbay.network.resolver import Endpoint, OnChange
 
 _log = logging.getLogger("plugbay.network")
 _MIN_GAP = 0.2  # refresh() on failures: at most this often
+# ...and, while such lookups find nothing new (calls waiting on an empty answer ask at every wait),
+# ever less often, up to this: a record that appears is still found within it, and a host that
+# waits asks its DNS server about once every 2 s, not 5 times a second
+_MAX_GAP = 2.0
 # Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard, a
 # misconfigured zone) must not turn into thousands of them. The first ones by address are kept.
 MAX_ENDPOINTS = 256
@@ -203,11 +209,14 @@ class DNSResolver:
         self._wake.set()
 
     def _run(self, on_change: OnChange) -> None:
+        gap = _MIN_GAP
         while not self._stop.is_set():
-            self._wake.wait(self.refresh_every)
-            if self._stop.wait(_MIN_GAP):
+            asked = self._wake.wait(self.refresh_every)
+            if self._stop.wait(gap):
                 return
             self._wake.clear()
+            # asked again and nothing new (or a failure): space the next asked lookup further
+            gap = min(gap * 2, _MAX_GAP, self.refresh_every) if asked else _MIN_GAP
             try:
                 found = self.resolve()
             except DiscoveryError as exc:
@@ -218,6 +227,7 @@ class DNSResolver:
                                self.host, len(self._last or []))
                 continue
             if found != self._last:
+                gap = _MIN_GAP
                 self._last = found
                 try:
                     on_change(list(found))
