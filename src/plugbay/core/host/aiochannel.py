@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.callerrors import _TranslatedRpcError
-from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.channel import CORE_SEND_FAILED, ManagedChannel
 from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")
@@ -96,7 +96,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return await off_loop(self._executor, func, *args)
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
-        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may wait
+        if exc.code() in _MAY_MEAN_EXIT or str(exc.details()).startswith(CORE_SEND_FAILED):  # the exit probe may wait
             return await self.offload(self._managed.translate, exc, past_deadline)
         return self._managed.translate(exc, past_deadline)
 
