@@ -115,10 +115,14 @@ def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterRe
         rep.tmp.rmdir()
 
 
-def remote(reps: list[CounterReplica], tls: NetworkTLS, **kw: object) -> RemoteClient:
+def counter_config(reps: list[CounterReplica], tls: NetworkTLS, **kw: object) -> RemoteConfig:
     target = "static:///" + ",".join(r.address for r in reps)
-    return RemoteClient(RemoteConfig(target=target, handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                                     tls=tls, name="counter", **{"start_timeout": 20, **kw}))  # type: ignore[arg-type]
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                        tls=tls, name="counter", **{"start_timeout": 20, **kw})  # type: ignore[arg-type]
+
+
+def remote(reps: list[CounterReplica], tls: NetworkTLS, **kw: object) -> RemoteClient:
+    return RemoteClient(counter_config(reps, tls, **kw))
 
 
 def wait_until(check: object, timeout: float = 10.0) -> bool:

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         UnsupportedProtocolError as UnsupportedProtocolError,
         VersionMismatchError as VersionMismatchError,
     )
+    from plugbay.network.aioremote import AsyncRemoteClient as AsyncRemoteClient
     from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
     from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig
     from plugbay.network.tls import NetworkTLS as NetworkTLS

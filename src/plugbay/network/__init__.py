@@ -1,7 +1,8 @@
 """Network mode: plugins as shared remote services, found by discovery and reached over provided mTLS.
 
 Imports: every core layer (host, plugin, resilience) and plugbay.runners; nothing imports it back.
-The host side: :func:`connect` / :class:`RemoteClient` (remote.py), the target syntax (targets.py),
+The host side: :func:`connect` / :class:`RemoteClient` (remote.py; AsyncRemoteClient for asyncio,
+aioremote.py and aiopool.py), the target syntax (targets.py),
 resolvers (static.py, resolvers.py for DNS), the endpoint pool (pool.py, channelbase.py, poolcalls.py,
 ejection.py) and NetworkTLS (tls.py). The serving side is plugbay.core.plugin.network and gateway/.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see (explicit re-exports); at run time __getattr__ imports each on use
+    from plugbay.network.aioremote import AsyncRemoteClient as AsyncRemoteClient
     from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
     from plugbay.network.pool import EndpointPool as EndpointPool
     from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig, connect as connect
@@ -22,6 +24,7 @@ _NAMES = {
     "connect": "plugbay.network.remote",
     "RemoteClient": "plugbay.network.remote",
     "RemoteConfig": "plugbay.network.remote",
+    "AsyncRemoteClient": "plugbay.network.aioremote",
     "NetworkTLS": "plugbay.network.tls",
     "OutlierPolicy": "plugbay.network.ejection",
     "EndpointPool": "plugbay.network.pool",

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+from plugbay.core.transport.secure import Redial
 from plugbay.network.ejection import EjectionState
 from plugbay.network.poolcalls import PoolCallable
 from plugbay.network.resolver import Endpoint
@@ -19,10 +20,11 @@ from plugbay.network.resolver import Endpoint
 class Member:
     """One endpoint: its channel, health, outlier state and counters."""
 
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel, redial: Redial | None = None) -> None:
         self.endpoint = endpoint
         self.key = endpoint.key
         self.channel = channel
+        self.redial = redial  # how to dial it again on grpc.aio (AsyncRemoteClient): None where that cannot be
         self.health_stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
         self.healthy: bool | None = None  # None: not checked yet
         self.health_detail = ""

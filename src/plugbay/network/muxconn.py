@@ -30,7 +30,7 @@ from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.relay import DRAIN_TIMEOUT, TLSRelay
-from plugbay.core.transport.secure import grpc_target
+from plugbay.core.transport.secure import Redial, grpc_target
 from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
 from plugbay.network.resolver import Endpoint
@@ -64,6 +64,7 @@ class MuxEndpoint(DelegatingChannel):
             self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None, keepalive=keepalive)
             local = self._mux.local_address
             self._channel = grpc.insecure_channel(grpc_target(*local), options=list(options))
+            self.redial = Redial(grpc_target(*local), None, list(options))  # an AsyncRemoteClient's way in
         except BaseException:
             self.close()
             raise

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.transport.secure import CHANNEL_OPTIONS, grpc_target
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
@@ -90,6 +90,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self._last_summary: tuple[int, int, int] | None = None
         self.ejections_total = 0
         self.resends = 0
+        self.generation = 0  # counts discovery's changes: an asyncio twin's channels follow them (aiopool)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -136,13 +137,15 @@ class EndpointPool(PoolHealth, CallChannel):
 
     # --- discovery --------------------------------------------------------------------
 
-    def _dial(self, endpoint: Endpoint) -> grpc.Channel:
+    def _dial(self, endpoint: Endpoint) -> Member:
         if self._connector is not None:
-            return self._connector(endpoint)
+            channel = self._connector(endpoint)
+            return Member(endpoint, channel, getattr(channel, "redial", None))
         target = grpc_target(endpoint.network, endpoint.address)
+        redial = Redial(target, self._credentials, self._options)
         if self._credentials is not None:
-            return grpc.secure_channel(target, self._credentials, options=self._options)
-        return grpc.insecure_channel(target, options=self._options)
+            return Member(endpoint, grpc.secure_channel(target, self._credentials, options=self._options), redial)
+        return Member(endpoint, grpc.insecure_channel(target, options=self._options), redial)
 
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
         now = time.monotonic()
@@ -156,13 +159,14 @@ class EndpointPool(PoolHealth, CallChannel):
             for key, ep in wanted.items():
                 member = self._members.get(key)
                 if member is None:
-                    self._members[key] = Member(ep, self._dial(ep))
+                    self._members[key] = self._dial(ep)
                     _log.info("pool %s: endpoint %s joined", self.name, key)
                 elif member.endpoint != ep:
                     if ep.terminating and not member.endpoint.terminating:
                         _log.info("pool %s: endpoint %s is terminating; draining it", self.name, key)
                     member.endpoint = ep
             self._order = list(wanted)
+            self.generation += 1
             self._cond.notify_all()
         self._log_if_changed()
 
@@ -178,25 +182,39 @@ class EndpointPool(PoolHealth, CallChannel):
         """An endpoint for one call; waits until ``deadline`` for one, else NoEndpointsError."""
         with self._cond:
             while True:
-                if self._closed:
-                    raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
-                now = time.monotonic()
-                member = self._choose(now, exclude, pin)
+                member = self.try_pick(deadline, exclude, pin)
                 if member is not None:
-                    member.picks += 1
-                    member.inflight += 1
                     return member
-                tls_broken = self._tls_broken(pin)
-                if tls_broken is not None:
-                    raise tls_broken
-                if now >= deadline:
-                    raise no_endpoints(self, self._why_none(exclude, pin))
-                if not self._members:
-                    # an empty answer (a record not published yet) would otherwise stand until the
-                    # resolver's interval (dns_refresh, 30 s): ask again while a call waits; the
-                    # resolver spaces its lookups (refresh() only flags it; the lock is reentrant)
-                    self._look_again()
-                self._cond.wait(min(deadline - now, 0.1))
+                self._cond.wait(min(deadline - time.monotonic(), 0.1))
+
+    def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member | None:
+        """An endpoint for one call now, or None to wait and ask again; raises what the wait cannot
+        change (the pool closed, TLS refused everywhere) and NoEndpointsError once ``deadline`` passed."""
+        with self._cond:
+            if self._closed:
+                raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
+            now = time.monotonic()
+            member = self._choose(now, exclude, pin)
+            if member is not None:
+                member.picks += 1
+                member.inflight += 1
+                return member
+            tls_broken = self._tls_broken(pin)
+            if tls_broken is not None:
+                raise tls_broken
+            if now >= deadline:
+                raise no_endpoints(self, self._why_none(exclude, pin))
+            if not self._members:
+                # an empty answer (a record not published yet) would otherwise stand until the
+                # resolver's interval (dns_refresh, 30 s): ask again while a call waits; the
+                # resolver spaces its lookups (refresh() only flags it; the lock is reentrant)
+                self._look_again()
+            return None
+
+    def member(self, key: str) -> Member | None:
+        """The endpoint ``key`` as the pool knows it now (None: gone)."""
+        with self._cond:
+            return self._members.get(key)
 
     def _available(self, now: float) -> list[Member]:
         """The endpoints calls may go to now, in discovery's order.

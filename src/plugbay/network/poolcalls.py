@@ -47,6 +47,8 @@ class EndpointPool(Protocol):
 
     def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
 
+    def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
+
     def done(self, member: Any, error: BaseException | None) -> None: ...
 
     def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
@@ -146,7 +148,7 @@ class PoolCallable:
         return factory(self._method, request_serializer=self._ser, response_deserializer=self._de,
                        _registered_method=True)
 
-    def _deadline(self, timeout: float | None) -> tuple[float, float | None]:
+    def deadline(self, timeout: float | None) -> tuple[float, float | None]:
         now = time.monotonic()
         if timeout is None:
             return now + self._pool.no_deadline_wait, None
@@ -161,15 +163,15 @@ class PoolCallable:
         return self._unary(True, request, timeout, kwargs)
 
     @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
+    def remaining(deadline: float | None) -> float | None:
         # waiting for an endpoint spent part of the caller's timeout: the call gets only what is left
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        pick_until, deadline = self._deadline(timeout)
+        pick_until, deadline = self.deadline(timeout)
         member = self._pool.pick(pick_until, set(), self._pin)
         try:
-            fut = self._on(member).future(request, timeout=self._remaining(deadline), **kwargs)
+            fut = self._on(member).future(request, timeout=self.remaining(deadline), **kwargs)
         except BaseException as exc:
             self._pool.done(member, exc)
             raise
@@ -178,10 +180,10 @@ class PoolCallable:
         return fut
 
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
-        pick_until, deadline = self._deadline(timeout)
+        pick_until, deadline = self.deadline(timeout)
         member = self._pool.pick(pick_until, set(), self._pin)
         try:
-            call = self._on(member)(request, timeout=self._remaining(deadline), **kwargs)
+            call = self._on(member)(request, timeout=self.remaining(deadline), **kwargs)
         except BaseException as exc:
             self._pool.done(member, exc)
             raise
@@ -190,7 +192,7 @@ class PoolCallable:
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pool = self._pool
-        pick_until, deadline = self._deadline(timeout)
+        pick_until, deadline = self.deadline(timeout)
         tried: set[str] = set()
         last = ""
         pause = 0.05
@@ -204,23 +206,15 @@ class PoolCallable:
                                    last=last) from None
             try:
                 target = self._on(member)
-                result = (target.with_call if with_call else target)(request, timeout=self._remaining(deadline),
+                result = (target.with_call if with_call else target)(request, timeout=self.remaining(deadline),
                                                                      **kwargs)
             except grpc.RpcError as exc:
                 pool.done(member, exc)
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel):
                     raise
-                details = str(exc.details() or "")
-                meaning, last = self._diagnose(member, details, pick_until)
-                tried.add(member.key)
-                if meaning is not None and self._all_tried(tried):
-                    raise tls_error(pool, member, meaning, details) from exc
-                pool.resends += 1
-                if self._all_tried(tried):
-                    tried.clear()  # every endpoint refused: wait a moment, then go round again
-                    if time.monotonic() + pause >= pick_until:
-                        raise no_endpoints(pool, "every endpoint refused the connection", last=last) from exc
-                    time.sleep(pause)
+                last, wait = self.refused(member, exc, tried, pick_until, pause)
+                if wait:
+                    time.sleep(wait)
                     pause = min(pause * 2, 0.5)
                 continue
             except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
@@ -234,6 +228,24 @@ class PoolCallable:
                 raise
             pool.done(member, None)
             return result
+
+    def refused(self, member: Member, exc: grpc.RpcError, tried: set[str], pick_until: float,
+                pause: float) -> tuple[str, float]:
+        """A unary call that never left ``member``: (how to report it, how long to wait before the next
+        try); raises when no try is left. May wait for a TLS probe (up to 1 s): asyncio runs it off the loop."""
+        pool = self._pool
+        details = str(exc.details() or "")
+        meaning, last = self._diagnose(member, details, pick_until)
+        tried.add(member.key)
+        if meaning is not None and self._all_tried(tried):
+            raise tls_error(pool, member, meaning, details) from exc
+        pool.resends += 1
+        if not self._all_tried(tried):
+            return last, 0.0
+        tried.clear()  # every endpoint refused: wait a moment, then go round again
+        if time.monotonic() + pause >= pick_until:
+            raise no_endpoints(pool, "every endpoint refused the connection", last=last) from exc
+        return last, pause
 
     def _diagnose(self, member: Member, details: str, pick_until: float) -> tuple[str | None, str]:
         """What a failure before sending meant for TLS (None: nothing definite), and how to report it."""

@@ -255,6 +255,16 @@ class RemoteClient(Client):
             self.start()  # refuses a killed Client; a no-op once started
             if not self.multiplexed:
                 return super().dispense(name)
+            plugin, key, broker = self.pin(name)
+            channel = ManagedChannel(self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            self._pinned.append(channel)
+            return plugin.grpc_client(broker, channel)
+
+    def pin(self, name: str) -> tuple[Any, str, GRPCBroker]:
+        """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to (round
+        robin) and that endpoint's broker (which may wait for the endpoint's session to come up)."""
+        with self._lock:
+            self.start()
             plugins = self._versions[self.negotiated_version]
             if name not in plugins:
                 raise UnknownPluginError(name, list(plugins))
@@ -262,9 +272,7 @@ class RemoteClient(Client):
             endpoint = self.pool.channel_of(key) if key is not None else None
             if key is None or not isinstance(endpoint, MuxEndpoint):
                 raise no_endpoints(self.pool, "no endpoint is available to pin a brokered stub to")
-            channel = ManagedChannel(self.pool.pinned(key), self.config.call_timeout, None, self.name)
-            self._pinned.append(channel)
-            return plugins[name].grpc_client(endpoint.broker(), channel)
+            return plugins[name], key, endpoint.broker()
 
     def _describe(self, pool: EndpointPool, deadline: float) -> discovery_pb2.DescribeResponse | None:
         stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]

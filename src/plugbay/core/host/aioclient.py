@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import grpc.aio
+
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel, off_loop
 from plugbay.core.host.channel import ManagedChannel
@@ -36,13 +38,17 @@ class AsyncClient:
     """One plugin, from start to kill, for asyncio code. Use as ``async with AsyncClient(config) as client:``."""
 
     def __init__(self, config: ClientConfig) -> None:
-        self._client = Client(config)  # every check of the config happens here, before a plugin starts
+        self._setup(Client(config))  # every check of the config happens there, before a plugin starts
+
+    def _setup(self, client: Client) -> None:
+        self._client = client
         # start, dispense's checks, stderr_tail and failures judged off the loop ...
-        self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-async-{self._client.name}")
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-async-{client.name}")
         # ... and kill/close on one of their own, which nothing can queue ahead of
-        self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-stop-{self._client.name}")
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-stop-{client.name}")
         self._starting: asyncio.Future[None] | None = None
         self._channel: AioManagedChannel | None = None
+        self._more_channels: list[AioManagedChannel] = []  # beside the main one (AsyncRemoteClient's pins)
         self._dispensed: dict[str, Any] = {}
         self._ending = False
         self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
@@ -145,12 +151,15 @@ class AsyncClient:
             raise killed_while_starting(self.name)
         managed = self._client.channel
         assert isinstance(managed, ManagedChannel)
-        channel = AioManagedChannel(self._client.redial().aio_channel(), managed,
-                                    asyncio.get_running_loop(), self._executor)
+        channel = AioManagedChannel(self._aio_channel(), managed, asyncio.get_running_loop(), self._executor)
         self._channel = channel
         if self._ending:  # ... or just now: the stop thread's _after_stop may have looked before this channel
             await asyncio.shield(channel.aclose())
             raise killed_while_starting(self.name)
+
+    def _aio_channel(self) -> grpc.aio.Channel:
+        """The grpc.aio channel under the calls (on the loop): a second connection, dialed like the first."""
+        return self._client.redial().aio_channel()
 
     async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
         """The thread goes on starting: have the Client kill what it launched (kill() during start()
@@ -221,18 +230,20 @@ class AsyncClient:
         if stop.cancelled() or stop.exception() is not None:
             return  # _end raises it; the client stays as it was
         self._end_use()
-        if self._channel is not None:
-            self._channel.close_soon()  # on its own loop (thread-safe); _end's aclose() awaits the same close
+        for channel in self._channels():
+            channel.close_soon()  # on its own loop (thread-safe); _end's aclose() awaits the same close
 
     async def _end(self, stop: Callable[[], None], begun: concurrent.futures.Future[None] | None) -> None:
         # stop's own error (close() of a launched plugin) is raised
         cancelled = await _to_end(asyncio.wrap_future(begun) if begun is not None else self._stop_on(stop))
         self._end_use()  # before the last await: a cancel there leaves no thread behind
-        channel = self._channel
-        if channel is not None:
+        for channel in reversed(self._channels()):  # the main one last: it owns the connections
             await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
         if cancelled:
             raise asyncio.CancelledError()
+
+    def _channels(self) -> list[AioManagedChannel]:
+        return ([self._channel] if self._channel is not None else []) + list(self._more_channels)
 
     def _end_use(self) -> None:
         """The client is used no more (refused from now on), and its idle threads end now; later

@@ -1,0 +1,258 @@
+"""AsyncRemoteClient against real KV replicas on loopback, and the counter example's brokered callbacks
+over mTLS: calls spread, fail over, wait within their deadline, stream, and a kill leaves nothing behind.
+
+Every request loop is bounded in count; no timing assertions beyond "no call outlives its deadline".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests import netcerts
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
+
+from plugbay import (AsyncRemoteClient, ClientStateError, NoEndpointsError, OutlierPolicy, PluginUnavailableError,
+                     RemoteConfig)
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
+                  ("grpc.min_reconnect_backoff_ms", 100))
+SLACK = 1.5  # a deadline is checked, not a speed: room for a loaded 2-core CI machine
+
+
+@pytest.fixture()
+def replicas() -> Iterator[Callable[..., Replica]]:
+    started: list[Replica] = []
+
+    def start(listen: str = "127.0.0.1:0") -> Replica:
+        replica = Replica(listen)
+        started.append(replica)
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def remote(target: str, **kw: Any) -> RemoteConfig:
+    kw.setdefault("call_timeout", 2.0)
+    kw.setdefault("health_interval", 0.2)
+    kw.setdefault("health_timeout", 0.5)
+    return RemoteConfig(target=target, handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                        grpc_options=FAST_RECONNECT, name="kv-aio", **kw)
+
+
+def aio_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("plugbay-async", "plugbay-pool"))]
+
+
+def test_calls_spread_over_replicas_fail_over_from_a_dead_one_and_kill_ends_everything(
+        replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    pid_a, pid_b = str(a.proc.pid).encode(), str(b.proc.pid).encode()
+    outlier = OutlierPolicy(consecutive_failures=3, base_ejection_time=1.0, max_ejection_time=5.0)
+
+    async def main() -> None:
+        client = AsyncRemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier,
+                                          health_interval=1.0))
+        async with client:
+            kv = await client.dispense(PLUGIN_NAME)
+            assert {await kv.get("__pid__") for _ in range(6)} == {pid_a, pid_b}
+            assert sum(e["picks"] for e in client.metrics()["endpoints"].values()) >= 6
+            await kv.put("k", b"v")
+            a.kill9()
+            results: list[Any] = []
+            for _ in range(12):  # calls go on at the live replica
+                started = time.monotonic()
+                try:
+                    results.append(await kv.get("__pid__"))
+                except PluginUnavailableError as exc:
+                    results.append(exc)
+                assert time.monotonic() - started < 2.0 + SLACK
+            # at most the first call was written to the connection before it saw the close (see the
+            # sync pool's test): every later one never left the dead endpoint and went to the live one
+            assert results[1:] == [pid_b] * 11, results
+            assert client.metrics()["resends"] >= 1
+        assert not aio_threads(), aio_threads()
+        with pytest.raises(ClientStateError, match="make a new AsyncClient"):
+            await client.dispense(PLUGIN_NAME)
+
+    asyncio.run(main())
+
+
+def test_a_call_waits_for_an_endpoint_within_its_deadline_then_fails_typed_and_the_loop_stays_free(
+        replicas: Callable[..., Replica]) -> None:
+    port_holder = replicas()
+    address = port_holder.address
+
+    async def main() -> None:
+        async with AsyncRemoteClient(remote(f"static:///{address}", call_timeout=1.0)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("k", b"v")
+            port_holder.kill9()
+            ticks = 0
+
+            async def tick() -> None:  # the loop must keep running while the call waits
+                nonlocal ticks
+                for _ in range(200):
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.ensure_future(tick())
+            started = time.monotonic()
+            with pytest.raises(NoEndpointsError) as err:
+                await kv.get("k")
+            assert time.monotonic() - started < 1.0 + SLACK
+            assert "no endpoint of remote plugin 'kv-aio' could take the call" in str(err.value)
+            assert ticks >= 10, ticks
+            ticker.cancel()
+            back = Replica(address)  # the replica comes back on its port: calls reach it again
+            try:
+                result: Any = None
+                for _ in range(30):
+                    try:
+                        result = await kv.get("__pid__")
+                        break
+                    except PluginUnavailableError:
+                        await asyncio.sleep(0.2)
+                assert result == str(back.proc.pid).encode()
+            finally:
+                back.stop()
+
+    asyncio.run(main())
+
+
+def test_a_lone_ejected_endpoint_still_gets_async_calls_and_streams_go_through_the_pool(
+        replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    outlier = OutlierPolicy(consecutive_failures=1, base_ejection_time=30.0)
+
+    async def main() -> None:
+        async with AsyncRemoteClient(remote(f"static:///{a.address}", outlier=outlier, call_timeout=0.5)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("k", b"v")
+            await kv.put("__slow__", b"1")
+            with pytest.raises(Exception) as err:
+                await kv.get("k")
+            assert type(err.value).__name__ == "CallTimeout", err.value
+            assert client.metrics()["ejected"] == 1
+            assert [await kv.get("k") for _ in range(3)] == [b"v"] * 3
+            # a server stream (health Watch) rides the pool's channel too, with the same bookkeeping
+            key = f"tcp:{a.address}"
+            picks = client.metrics()["endpoints"][key]["picks"]
+            watch = health_pb2_grpc.HealthStub(client.channel).Watch(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service="plugin"), timeout=5.0)
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+            snap = client.metrics()["endpoints"][key]
+            assert snap["picks"] == picks + 1
+            assert wait_until(lambda: client.metrics()["endpoints"][key]["inflight"] == 0, 5)
+
+    asyncio.run(main())
+
+
+def test_a_call_from_another_event_loop_or_after_kill_is_refused_typed(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+    holder: dict[str, Any] = {}
+
+    async def first() -> None:
+        client = AsyncRemoteClient(remote(f"static:///{a.address}"))
+        await client.start()
+        holder["client"], holder["kv"] = client, await client.dispense(PLUGIN_NAME)
+        assert await holder["kv"].get("__pid__") == str(a.proc.pid).encode()
+
+    async def second() -> None:
+        with pytest.raises(ClientStateError, match="event loop that started it"):
+            await holder["kv"].get("k")
+        await holder["client"].kill()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert not aio_threads(), aio_threads()
+
+
+# --- brokered callbacks (the counter example over mTLS) ------------------------------------------
+
+def test_brokered_put_with_an_async_helper_on_each_replica(tmp_path: Path) -> None:
+    from tests.test_network_broker import PLUGIN_NAME as COUNTER, CounterReplica, counter_config, host_tls
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    reps = [CounterReplica(tmp_path / name, certs) for name in ("a", "b")]
+    seen: list[str] = []
+
+    class AsyncAdder:
+        async def sum(self, a: int, b: int) -> int:
+            seen.append("loop" if asyncio.get_running_loop() is loop else "elsewhere")
+            return a + b
+
+    async def main() -> None:
+        async with AsyncRemoteClient(counter_config(reps, host_tls(certs))) as client:
+            assert client.remote_client.multiplexed
+            first, second = await client.dispense(COUNTER), await client.dispense(COUNTER)  # round robin
+            await first.put("n", 5, AsyncAdder())
+            await second.put("n", 7, AsyncAdder())
+            assert sorted((reps[0].value("n"), reps[1].value("n"))) == ['{"Value":5}', '{"Value":7}']
+            assert await first.get("n") + await second.get("n") == 12
+
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()
+        assert seen == ["loop", "loop"]
+    finally:
+        for rep in reps:
+            code, err = rep.stop()
+            assert code == 0, err[-2000:]
+            rep.tmp.rmdir()
+
+
+def test_an_endpoint_that_leaves_discovery_has_its_grpc_aio_connection_closed(
+        replicas: Callable[..., Replica]) -> None:
+    # discovery drops an endpoint: its grpc.aio connection closes once its calls end (no socket left open)
+    a, b = replicas(), replicas()
+
+    async def main() -> None:
+        async with AsyncRemoteClient(remote(f"static:///{a.address},{b.address}")) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            for _ in range(4):
+                await kv.get("__pid__")
+            endpoints = client._endpoints
+            assert endpoints is not None and len(endpoints._channels) == 2
+            pool = client.remote_client.pool
+            pool._on_change([m.endpoint for m in pool._members.values() if m.key == f"tcp:{b.address}"])
+            for _ in range(4):
+                assert await kv.get("__pid__") == str(b.proc.pid).encode()
+            assert list(endpoints._channels) == [f"tcp:{b.address}"]
+            for _ in range(50):
+                if not endpoints._retiring:
+                    break
+                await asyncio.sleep(0.1)
+            assert not endpoints._retiring
+
+    asyncio.run(main())
+
+
+def test_grpc_status_of_an_application_error_passes_through(replicas: Callable[..., Replica]) -> None:
+    a = replicas()
+
+    async def main() -> None:
+        async with AsyncRemoteClient(remote(f"static:///{a.address}")) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            with pytest.raises(grpc.RpcError) as err:
+                await kv.get("missing-key")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert client.metrics()["ejections"] == 0
+
+    asyncio.run(main())
