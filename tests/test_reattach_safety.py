@@ -111,3 +111,72 @@ def test_a_client_cert_that_is_no_certificate_and_key_is_refused_at_once(tmp_pat
         assert first.runner.wait(0) is None
     finally:
         first.kill()
+
+
+def test_a_reattach_whose_address_is_not_the_proven_plugins_dials_nothing(tmp_path: Path) -> None:
+    # The JSON's pid and plugin id are real, its address another server's: that server (started by hand,
+    # not by plugbay) must get no call, and above all not the kill's Shutdown.
+    import os
+    import sys
+
+    from tests.resilience_util import FAULTY, PY
+
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MIN_PORT": "10000",
+                "PLUGIN_MAX_PORT": "25000", "PLUGIN_UNIX_SOCKET_DIR": str(other_dir),
+                "PYTHONPATH": os.pathsep.join(sys.path)})
+    other = subprocess.Popen([PY, FAULTY], env=env, cwd=other_dir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert other.stdout is not None
+        line = other.stdout.readline().decode()
+        _, _, network, address = line.split("|")[:4]
+        with Client(faulty_config(tmp_path)) as owner:
+            owner.dispense(PLUGIN_NAME).put("a", b"1")
+            data = owner.reattach_config()
+            forged = ReattachConfig(handshake=data.handshake.with_address(network, address), runner=data.runner)
+            thief = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=forged))
+            with pytest.raises(ReattachError, match=rf"names {network} address .* does not listen there"):
+                thief.start()
+            thief.close()
+            # the real address of the same JSON is the plugin's own: that reattach works
+            with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=data)) as again:
+                assert again.dispense(PLUGIN_NAME).get("a") == b"1"
+                again.close()
+        assert other.poll() is None, "the server the forged JSON named was stopped"
+    finally:
+        other.kill()
+        other.wait(10)
+
+
+def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from plugbay.runners.listeners import listens_on
+
+    me = [os.getpid()]
+    with socket.socket() as tcp, socket.socket(socket.AF_INET6) as tcp6, \
+            socket.socket(socket.AF_UNIX) as unix, socket.socket() as idle:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        tcp6.bind(("::1", 0))
+        tcp6.listen()
+        unix.bind(str(tmp_path / "s.sock"))
+        unix.listen()
+        idle.bind(("127.0.0.1", 0))  # bound, not listening
+        port, port6, idle_port = tcp.getsockname()[1], tcp6.getsockname()[1], idle.getsockname()[1]
+        assert listens_on(me, "tcp", f"127.0.0.1:{port}")
+        assert listens_on(me, "tcp", f"[::1]:{port6}")
+        assert listens_on(me, "unix", str(tmp_path / "s.sock"))
+        assert not listens_on(me, "tcp", f"127.0.0.1:{idle_port}")
+        assert not listens_on(me, "tcp", f"127.0.0.2:{port}")  # bound to 127.0.0.1 only
+        assert not listens_on(me, "unix", str(tmp_path / "other.sock"))
+        assert not listens_on(me, "tcp", "not-an-address")
+        with subprocess.Popen(["sleep", "30"]) as sleeper:  # listens nowhere: holds none of these sockets
+            try:
+                assert not listens_on([sleeper.pid], "tcp", f"127.0.0.1:{port}")
+                assert not listens_on([sleeper.pid], "unix", str(tmp_path / "s.sock"))
+            finally:
+                sleeper.kill()

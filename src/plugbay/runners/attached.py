@@ -3,7 +3,8 @@
 Reattach data is untrusted: the process is only signalled when plugbay can
 prove it started it for this plugin, by its start time and the random
 PLUGBAY_PLUGIN_ID that ProcessRunner.start() put in its environment (read
-back from /proc/PID/environ). Its exit is heard through a pidfd on the shared
+back from /proc/PID/environ), and an address is only dialed once that process
+is shown to listen there (plugbay.runners.listeners). Its exit is heard through a pidfd on the shared
 I/O loop where the kernel has pidfds.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
+from plugbay.runners.listeners import listens_on
 from plugbay.runners.procio import pidfd, watch_pid
 from plugbay.runners.proctree import ENV_PLUGIN_ID, claim, environ, family, release, signal_all
 from plugbay.runners.session import proc_stat, start_ticks
@@ -76,6 +78,7 @@ class AttachedProcess(AttachedRunner):
         self.plugin_id = plugin_id
         self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
         self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
+        self._listening: set[tuple[str, str]] = set()  # addresses proven to be the plugin's (plugin_to_host)
 
     @property
     def id(self) -> str:
@@ -109,6 +112,23 @@ class AttachedProcess(AttachedRunner):
         if fd is not None:
             os.close(fd)  # gone already (or the pid changed hands): the poller reports it at once
         return super().watch_exit(on_exit)
+
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        """The address, once the proven process is shown to listen there (reattach data names it,
+        untrusted: dialing it unproven could reach, and at kill() shut down, any local server)."""
+        if (network, address) in self._listening:
+            return network, address
+        if not self.proven or not self._alive():
+            raise ReattachError(f"not dialing {network} address {address!r}: process {self.pid} is not the"
+                                " proven plugin (any more); start the plugin again")
+        if not listens_on([self.pid], network, address) and not listens_on(
+                family(self.pid, self.plugin_id, self._start_time), network, address):
+            raise ReattachError(
+                f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"
+                " listen there, so plugbay does not dial it (it would reach another server). Pass the JSON"
+                " that Client.reattach_config().to_json() produced for this plugin, or start it again")
+        self._listening.add((network, address))
+        return network, address
 
     def detach(self) -> None:
         claimed, self._claim = self._claim, None
