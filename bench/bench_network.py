@@ -1,6 +1,10 @@
 """The network rows: a Python grpcio host -> go-plugin's Go KV plugin through the gateway (plaintext and
 provided mTLS), and -> the Python KV plugin served with NetworkServe (mTLS), all on 127.0.0.1.
 
+The pool rows put one NetworkServe replica behind ``static:///`` and compare a RemoteClient
+(multiplexed, as Discovery offers, and with ``brokered=False``) with a bare grpcio channel to the
+same replica, and an AsyncRemoteClient with a bare grpc.aio channel, their rounds alternating.
+
 Start-to-first-call runs from starting the gateway (its child's start included) or the plugin
 process to the first Put answered over the network; compare with the core rows (process runner,
 unix socket), which have no network hop and no second gRPC leg.
@@ -13,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from common import REPO, Case, Context, Result, combine, go_program, measure_kv
+from common import REPO, Case, Context, Result, combine, go_program, interleaved, measure_kv
 
 from plugbay.core.protocol.handshake import parse_handshake_line
 
@@ -102,24 +107,92 @@ def _serve_round(ctx: Context, cwd: str) -> Result:
         _end(proc)
 
 
-def _failover_round(ctx: Context, cwd: str) -> Result:
-    """Two replicas behind static:///; kill -9 one; time from the kill to the first answered Get."""
-    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+def _host_tls(cwd: str, certs: object) -> object:
+    """The host's NetworkTLS for ``certs`` (files written in ``cwd``)."""
+    from plugbay.network import NetworkTLS
 
-    from plugbay.network import NetworkTLS, connect
-
-    certs = _certs(cwd)
     host_files = Path(cwd) / "host"
     host_files.mkdir(exist_ok=True)
     (host_files / "c.pem").write_bytes(certs.client.cert_pem)  # type: ignore[attr-defined]
     (host_files / "k.pem").write_bytes(certs.client.key_pem)  # type: ignore[attr-defined]
     (host_files / "ca.pem").write_bytes(certs.server_ca.cert_pem)  # type: ignore[attr-defined]
+    return NetworkTLS(str(host_files / "c.pem"), str(host_files / "k.pem"), str(host_files / "ca.pem"),
+                      server_name="localhost")
+
+
+def _pool_round(kind: str, calls: int, cwd: str) -> Result:
+    """One NetworkServe replica (mTLS), then the same calls through ``kind``: "bare" (a grpcio channel),
+    "remote" (RemoteClient, static:///), "bare-aio" (a grpc.aio channel) or "async" (AsyncRemoteClient)."""
+    import asyncio
+
+    from bench_async import _measure
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVClient, KVPlugin
+
+    from plugbay import AsyncRemoteClient, RemoteConfig
+    from plugbay.network import connect
+
+    certs = _certs(cwd)
+    started = time.perf_counter()
+    proc, address = _replica(cwd, certs)
+    plugins = {PLUGIN_NAME: KVPlugin()}
+    try:
+        if kind == "bare":
+            with _channel(address, certs) as ch:
+                return measure_kv(KVClient(ch), calls, started, note="bare grpcio channel")
+        if kind in ("remote", "remote-plain"):
+            plain = kind == "remote-plain"
+            with connect(f"static:///{address}", handshake=HANDSHAKE, plugins=plugins, tls=_host_tls(cwd, certs),
+                         call_timeout=10.0, brokered=not plain) as client:
+                return measure_kv(client.dispense(PLUGIN_NAME), calls, started,
+                                  note="endpoint pool, plain gRPC" if plain else "endpoint pool, yamux in TLS")
+
+        async def main() -> Result:
+            if kind == "bare-aio":
+                import grpc.aio
+                from kvproto import kv_pb2, kv_pb2_grpc
+
+                from tests import netcerts
+
+                creds = netcerts.channel_credentials(certs)  # type: ignore[arg-type]
+                async with grpc.aio.secure_channel(address, creds, options=[
+                        ("grpc.ssl_target_name_override", "localhost")]) as channel:
+                    stub = kv_pb2_grpc.KVStub(channel)
+                    return await _measure(
+                        lambda: stub.Put(kv_pb2.PutRequest(key="bench", value=b"value"), timeout=10),
+                        lambda: stub.Get(kv_pb2.GetRequest(key="bench"), timeout=10), calls, started)
+            config = RemoteConfig(target=f"static:///{address}", handshake=HANDSHAKE, plugins=plugins,
+                                  tls=_host_tls(cwd, certs), call_timeout=10.0)  # type: ignore[arg-type]
+            async with AsyncRemoteClient(config) as client:
+                kv = await client.dispense(PLUGIN_NAME)
+                return await _measure(lambda: kv.put("bench", b"value"), lambda: kv.get("bench"), calls, started)
+
+        result = asyncio.run(main())
+        result.note = "bare grpc.aio channel" if kind == "bare-aio" else "endpoint pool on grpc.aio"
+        return result
+    finally:
+        _end(proc)
+
+
+def _pool(kind: str, floor: str | None) -> Callable[[Context], Result]:
+    def run(ctx: Context) -> Result:
+        with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+            return interleaved(ctx, lambda calls: _pool_round(kind, calls, cwd),
+                               (lambda calls: _pool_round(floor, calls, cwd)) if floor else None)
+    return run
+
+
+def _failover_round(ctx: Context, cwd: str) -> Result:
+    """Two replicas behind static:///; kill -9 one; time from the kill to the first answered Get."""
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay.network import connect
+
+    certs = _certs(cwd)
     replicas = [_replica(cwd, certs) for _ in range(2)]
     try:
-        tls = NetworkTLS(str(host_files / "c.pem"), str(host_files / "k.pem"), str(host_files / "ca.pem"),
-                         server_name="localhost")
+        tls = _host_tls(cwd, certs)
         target = "static:///" + ",".join(address for _, address in replicas)
-        with connect(target, handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, tls=tls,
+        with connect(target, handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, tls=tls,  # type: ignore[arg-type]
                      call_timeout=5.0) as client:
             kv = client.dispense(PLUGIN_NAME)
             kv.put("bench", b"value")
@@ -162,4 +235,14 @@ def cases(ctx: Context) -> list[Case]:
         Case("Python", "Python (NetworkServe)", True, _serve, area="network", transport="tcp mTLS"),
         Case("Python", "2 Python replicas (failover)", True, _failover, area="network",
              transport="static:///, tcp mTLS"),
+        Case("bare grpcio", "Python (NetworkServe)", True, _pool("bare", None), area="network",
+             transport="tcp mTLS", key="floor-net"),
+        Case("Python (RemoteClient)", "Python (NetworkServe)", True, _pool("remote", "bare"), area="network",
+             transport="static:///, tcp mTLS, multiplexed", floor="floor-net"),
+        Case("Python (RemoteClient)", "Python (NetworkServe)", True, _pool("remote-plain", "bare"), area="network",
+             transport="static:///, tcp mTLS, brokered=False", floor="floor-net"),
+        Case("bare grpc.aio", "Python (NetworkServe)", True, _pool("bare-aio", None), area="network",
+             transport="tcp mTLS", key="floor-net-aio"),
+        Case("Python (AsyncRemoteClient)", "Python (NetworkServe)", True, _pool("async", "bare-aio"),
+             area="network", transport="static:///, tcp mTLS", floor="floor-net-aio"),
     ]

@@ -153,6 +153,22 @@ def test_brokered_put_works_on_both_replicas(replicas: list[CounterReplica], cer
     assert wait_until(lambda: all(not r.session_sockets() for r in replicas))
 
 
+def test_brokered_false_declines_brokered_connections_for_plain_grpc(replicas: list[CounterReplica],
+                                                                      certs: netcerts.CertSet) -> None:
+    # a host that never brokers can skip the yamux session (and its TLS relay) on every call
+    with remote(replicas, host_tls(certs), brokered=False) as client:
+        assert client.handshake.multiplex and not client.multiplexed  # offered, declined
+        counter = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as answered:  # the plugin answered over plain gRPC
+            counter.get("nothing-yet")
+        assert answered.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(Exception, match=r"RemoteConfig\(brokered=False\).*drop brokered=False"):
+            counter.put("n", 1, Adder())
+        assert all(not r.session_sockets() for r in replicas)  # no host session was opened anywhere
+    with pytest.raises(ConfigError, match="pass one of the two"):
+        remote(replicas, host_tls(certs), brokered=False, multiplex=True)
+
+
 def test_each_host_session_has_its_own_broker(replicas: list[CounterReplica], certs: netcerts.CertSet) -> None:
     one = replicas[:1]
     with remote(one, host_tls(certs)) as c1, remote(one, host_tls(certs)) as c2:

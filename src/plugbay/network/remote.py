@@ -19,7 +19,8 @@ usual ManagedChannel. ``kill()`` and ``close()`` only disconnect: the remote
 plugin is shared and outlives this host.
 
 Brokered connections (callbacks): when Discovery says ``multiplex`` (or
-``RemoteConfig(multiplex=True)`` insists), each endpoint is reached over ONE
+``RemoteConfig(multiplex=True)`` insists; ``brokered=False`` declines them),
+each endpoint is reached over ONE
 TLS connection carrying a yamux session (plugbay.network.muxconn): the main
 channel and every brokered connection are its streams, and the plugin gives
 the session its own plugin instance and broker. ``dispense()`` then pins each
@@ -100,6 +101,9 @@ class RemoteConfig:
     name: str | None = None
     logger: logging.Logger | None = None
     multiplex: bool = False  # insist on brokered connections (else: when Discovery offers them)
+    # False: decline brokered connections even when offered (plain gRPC per endpoint: calls skip the yamux
+    # session and its TLS relay, about 0.2 ms each, and the broker is refused)
+    brokered: bool = True
     mux_keepalive: tuple[float, float] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
 
     def client_config(self) -> ClientConfig:
@@ -131,6 +135,9 @@ class NetworkBroker(GRPCBroker):
         raise self._refuse()
 
 
+_NO_BROKER_ASKED = ("this RemoteClient was made with RemoteConfig(brokered=False), which reaches the plugin over"
+                    " plain gRPC without brokered connections (callbacks such as the counter example's"
+                    " AddHelper); drop brokered=False to use them")
 _NO_BROKER = ("brokered connections (callbacks such as the counter example's AddHelper) need a remote plugin"
               " that multiplexes them (Discovery multiplex=true: a plugbay plugin served with TLS and"
               " NetworkServe(multiplex=True), the default); this one serves plain gRPC calls only. Serve it"
@@ -147,6 +154,9 @@ class RemoteClient(Client):
     def __init__(self, config: RemoteConfig) -> None:
         self.remote = config
         self.target = parse_target(config.target)  # a bad target fails here, before anything runs
+        if config.multiplex and not config.brokered:
+            raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
+                              " declines them; pass one of the two")
         if config.multiplex and config.insecure:
             raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                               " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
@@ -183,7 +193,8 @@ class RemoteClient(Client):
             self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
-        self._broker = NetworkBroker(_POOL_BROKER if self.multiplexed else _NO_BROKER)
+        self._broker = NetworkBroker(_POOL_BROKER if self.multiplexed else
+                                     _NO_BROKER_ASKED if not cfg.brokered else _NO_BROKER)
 
     def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
         cfg = self.remote
@@ -229,6 +240,8 @@ class RemoteClient(Client):
 
     def _wants_broker(self, answer: discovery_pb2.DescribeResponse | None) -> bool:
         offered = answer is not None and answer.multiplex
+        if not self.remote.brokered:
+            return False
         if self.remote.multiplex and not offered:
             raise ProtocolMismatchError(
                 f"RemoteConfig(multiplex=True) asks for brokered connections but remote plugin {self.name!r}"
