@@ -137,3 +137,29 @@ def test_stdio_streams_of_many_hosts_leave_health_answering() -> None:
         finally:
             for call in [*calls, *streams]:
                 call.cancel()
+
+
+def test_a_request_message_over_max_message_is_refused_before_it_is_forwarded() -> None:
+    with Gateway(config(max_message=1 << 20)) as gw, grpc.insecure_channel(gw.address) as ch:
+        fast = ch.unary_unary("/gwchild.S/Fast")
+        assert fast(b"x" * (1 << 19), timeout=10) == b"fast"
+        with pytest.raises(grpc.RpcError) as refused:
+            fast(b"x" * (2 << 20), timeout=10)  # the child would take it (its limit is 4 MiB)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in str(refused.value.details())
+        assert str(1 << 20) in str(refused.value.details())
+        assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_max_message_defaults_to_go_plugins_4_mib_and_is_checked() -> None:
+    base = ["--cookie", "A=b", "--insecure"]
+    assert config().max_message == 4 << 20
+    assert parse([*base, "--", "x"], env={}).max_message == 4 << 20
+    assert parse([*base, "--max-message", "1024", "--", "x"], env={}).max_message == 1024
+    assert parse([*base, "--", "x"], env={"PLUGBAY_GATEWAY_MAX_MESSAGE": "2048"}).max_message == 2048
+    for bad in ("0", "-1", "4MiB"):
+        with pytest.raises(SystemExit):
+            parse([*base, "--max-message", bad, "--", "x"], env={})
+    for value in (0, True, 2.5):
+        with pytest.raises(ConfigError, match="max_message"):
+            Gateway(config(max_message=value))

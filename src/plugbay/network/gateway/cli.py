@@ -5,7 +5,7 @@
 
 Every flag also reads an environment variable (PLUGBAY_GATEWAY_LISTEN, _CERT, _KEY,
 _CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1, _MULTIPLEX=1, _KEEPALIVE,
-_MAX_CALLS), which is how the
+_MAX_CALLS, _MAX_MESSAGE), which is how the
 container image (Dockerfile.plugin, target ``gateway``) is configured. Once
 serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM and SIGINT stop it
 (child included) with exit code 0; it exits 1 when the plugin cannot be started or
@@ -25,7 +25,7 @@ from types import FrameType
 
 from plugbay.core.plugin.netconfig import keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
-from plugbay.network.gateway.gateway import DEFAULT_MAX_CALLS, Gateway, GatewayConfig
+from plugbay.network.gateway.gateway import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, Gateway, GatewayConfig
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
 
@@ -59,6 +59,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--max-calls", default=default("MAX_CALLS", str(DEFAULT_MAX_CALLS)), metavar="N",
                    help="forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED, so health"
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")
+    p.add_argument("--max-message", default=default("MAX_MESSAGE", str(DEFAULT_MAX_MESSAGE)), metavar="BYTES",
+                   help="largest request message forwarded; a larger one is refused with RESOURCE_EXHAUSTED"
+                        f" before the gateway buffers it (default {DEFAULT_MAX_MESSAGE}, 4 MiB, as go-plugin's)")
     return p
 
 
@@ -100,11 +103,18 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         max_calls = 0
     if max_calls < 1:
         parser.error(f"--max-calls must be a positive integer, the forwarded calls at once (got {args.max_calls!r})")
+    try:
+        max_message = int(str(args.max_message))
+    except ValueError:
+        max_message = 0
+    if max_message < 1:
+        parser.error(f"--max-message must be a positive integer, the bytes of one request message (got"
+                     f" {args.max_message!r}), for example --max-message {DEFAULT_MAX_MESSAGE}")
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
-                         max_calls=max_calls)
+                         max_calls=max_calls, max_message=max_message)
 
 
 def main(argv: list[str]) -> int:

@@ -81,7 +81,11 @@ BROKER_REFUSAL = (
 DEFAULT_MAX_CALLS = 48
 # GRPCStdio streams held open at once (as MAX_WATCHES for health Watch streams)
 _HELD_STDIO = 4
-_MAX_MSG = 2**31 - 1
+# A forwarded request message is received whole before it is passed on, so this bounds the memory one
+# call costs the gateway. go-plugin's (gRPC-Go's) servers refuse more than 4 MiB anyway.
+DEFAULT_MAX_MESSAGE = 4 << 20
+# Responses come from the child, which bounds them itself.
+_MAX_SEND = 2**31 - 1
 _STOP_GRACE = 2.0
 
 
@@ -115,6 +119,9 @@ class GatewayConfig:
     # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
     max_calls: int = DEFAULT_MAX_CALLS
+    # bytes of one forwarded request message, at most; a larger one is refused with RESOURCE_EXHAUSTED
+    # before it is buffered
+    max_message: int = DEFAULT_MAX_MESSAGE
 
     def check(self) -> None:
         if not self.cmd or not self.cmd[0]:
@@ -131,6 +138,9 @@ class GatewayConfig:
         if isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int) or self.max_calls < 1:
             raise ConfigError(f"the gateway's max_calls must be a positive int (forwarded calls at once), got"
                               f" {self.max_calls!r}; pass for example --max-calls {DEFAULT_MAX_CALLS}")
+        if isinstance(self.max_message, bool) or not isinstance(self.max_message, int) or self.max_message < 1:
+            raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message),"
+                              f" got {self.max_message!r}; pass for example --max-message {DEFAULT_MAX_MESSAGE}")
         if not self.protocol_versions or any(int(v) < 1 for v in self.protocol_versions):
             raise ConfigError(f"protocol versions {list(self.protocol_versions)} are invalid; pass positive"
                               " integers, for example --protocol-versions 1,2")
@@ -243,8 +253,8 @@ class Gateway:
             " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
             " with a higher --max-calls"))
         server = grpc.server(self._executor, options=[
-            ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_MSG),
-            ("grpc.max_receive_message_length", _MAX_MSG)])
+            ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
+            ("grpc.max_receive_message_length", self.config.max_message)])
         self._server = server
         add_health(self.health, server, watches=MAX_WATCHES)  # Watch streams hold reserved threads
         add_discovery(self.discovery, server)
