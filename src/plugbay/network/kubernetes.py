@@ -309,11 +309,13 @@ class EndpointSliceResolver:
         endpoints = endpoints_from_slices(self._slices.values(), self.port)
         if endpoints == self._reported or self._on_change is None:
             return
-        self._reported = endpoints
         try:
             self._on_change(list(endpoints))
         except Exception:  # the pool's trouble must not end discovery
-            _log.exception("%s: the endpoint callback failed", self.target)
+            _log.exception("%s: the endpoint callback failed; the set is handed over again at the next"
+                           " change or list", self.target)
+            return
+        self._reported = endpoints  # only once taken: the same set after a failure is handed over again
 
     # --- the watch thread ----------------------------------------------------------
 

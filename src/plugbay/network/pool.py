@@ -148,27 +148,43 @@ class EndpointPool(PoolHealth, CallChannel):
         return Member(endpoint, grpc.insecure_channel(target, options=self._options), redial)
 
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
-        now = time.monotonic()
-        with self._cond:
-            if self._closed:
-                return
-            wanted = {ep.key: ep for ep in endpoints}
-            for key in list(self._members):
-                if key not in wanted:
-                    self._drain(self._members.pop(key), now, "left discovery")
-            for key, ep in wanted.items():
-                member = self._members.get(key)
-                if member is None:
-                    self._members[key] = self._dial(ep)
-                    _log.info("pool %s: endpoint %s joined", self.name, key)
-                elif member.endpoint != ep:
-                    if ep.terminating and not member.endpoint.terminating:
-                        _log.info("pool %s: endpoint %s is terminating; draining it", self.name, key)
-                    member.endpoint = ep
-            self._order = list(wanted)
-            self.generation += 1
-            self._cond.notify_all()
+        wanted = {ep.key: ep for ep in endpoints}
+        built: dict[str, Member] = {}
+        try:
+            while True:
+                with self._cond:
+                    if self._closed:
+                        break
+                    new = [ep for key, ep in wanted.items() if key not in self._members and key not in built]
+                    if not new:
+                        self._apply(wanted, built)
+                        break
+                # Every new channel is built before the pool changes: when one fails, the pool keeps
+                # its previous set whole and the resolver hands the same answer over again later.
+                for ep in new:
+                    built[ep.key] = self._dial(ep)
+        finally:
+            for member in built.values():  # not taken: a failure, or the pool closed meanwhile
+                member.channel.close()
         self._log_if_changed()
+
+    def _apply(self, wanted: dict[str, Endpoint], built: dict[str, Member]) -> None:
+        now = time.monotonic()
+        for key in list(self._members):
+            if key not in wanted:
+                self._drain(self._members.pop(key), now, "left discovery")
+        for key, ep in wanted.items():
+            member = self._members.get(key)
+            if member is None:
+                self._members[key] = built.pop(key)
+                _log.info("pool %s: endpoint %s joined", self.name, key)
+            elif member.endpoint != ep:
+                if ep.terminating and not member.endpoint.terminating:
+                    _log.info("pool %s: endpoint %s is terminating; draining it", self.name, key)
+                member.endpoint = ep
+        self._order = list(wanted)
+        self.generation += 1
+        self._cond.notify_all()
 
     def _drain(self, member: Member, now: float, why: str) -> None:
         _log.info("pool %s: endpoint %s %s; closing it once its %d call(s) end", self.name, member.key, why,

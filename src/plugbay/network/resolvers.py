@@ -196,10 +196,11 @@ class DNSResolver:
         """The first lookup (all its queries end by ``deadline``, a time.monotonic() value), then the thread."""
         self._deadline = deadline
         try:
-            self._last = self.resolve()
+            found = self.resolve()
         finally:
             self._deadline = None
-        on_change(list(self._last))
+        on_change(list(found))
+        self._last = found  # only once taken: an answer the pool failed to take is handed over again
         self._thread = threading.Thread(target=self._run, args=(on_change,), daemon=True,
                                         name=f"plugbay-dns-{self._name}")
         self._thread.start()
@@ -228,11 +229,13 @@ class DNSResolver:
                 continue
             if found != self._last:
                 gap = _MIN_GAP
-                self._last = found
                 try:
                     on_change(list(found))
                 except Exception:
-                    _log.exception("the endpoint pool of %s failed to take DNS's new set", self._name)
+                    _log.exception("the endpoint pool of %s failed to take DNS's new set; it is handed over"
+                                   " again after the next lookup", self._name)
+                    continue
+                self._last = found
 
     def close(self) -> None:
         self._stop.set()
