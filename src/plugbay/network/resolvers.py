@@ -10,7 +10,8 @@ it when calls fail, and while calls wait on an empty set; such lookups are space
 0.2 s apart, and further, up to 2 s, while they find nothing new); a lookup
 that errs keeps the last set, while an empty answer (NXDOMAIN, no records)
 empties it. A lookup where some queries failed and others found records uses
-those records.
+those records. close() ends a lookup under way after the query in flight, and a
+lookup in the background ends (as a failure) once its time budget is spent.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _MAX_GAP = 2.0
 # Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard, a
 # misconfigured zone) must not turn into thousands of them. The first ones by address are kept.
 MAX_ENDPOINTS = 256
+# A lookup in the background ends after this many query timeouts (or the refresh interval, when
+# longer): an SRV answer with many unanswering targets (two queries each) must not keep the thread
+# from the next period for minutes.
+_LOOKUP_QUERIES = 5
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
@@ -79,7 +84,8 @@ class DNSResolver:
             self._resolver.port = dns_port
         self._resolver.lifetime = timeout
         self.timeout = timeout
-        self._deadline: float | None = None  # start()'s: the caller's start_timeout covers discovery too
+        self._deadline: float | None = None  # when the lookup under way must end (start(): start_timeout's)
+        self._budget = ""  # what that deadline is, for its error
         self._resolver.cache = None
         self._name = name
         self._stop = threading.Event()
@@ -183,18 +189,21 @@ class DNSResolver:
         return found
 
     def _lifetime(self) -> float:
-        """How long one query may take: ``timeout``, or less when start()'s deadline is nearer."""
+        """How long one query may take: ``timeout``, or less when the lookup's deadline is nearer.
+        Also where a lookup ends once close() was called (a kill during start(), a client's close)."""
+        if self._stop.is_set():
+            raise DiscoveryError(f"DNS lookup of {self.host!r} ended: discovery was closed")
         if self._deadline is None:
             return self.timeout
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise DiscoveryError(f"DNS lookup of {self.host!r} at {self._server_text()} did not finish in the"
-                                 " time start() had (start_timeout); check that the DNS server answers quickly")
+            raise DiscoveryError(f"DNS lookup of {self.host!r} at {self._server_text()} did not finish in"
+                                 f" {self._budget}; check that the DNS server answers quickly")
         return min(self.timeout, left)
 
     def start(self, on_change: OnChange, *, deadline: float | None = None) -> None:
         """The first lookup (all its queries end by ``deadline``, a time.monotonic() value), then the thread."""
-        self._deadline = deadline
+        self._deadline, self._budget = deadline, "the time start() had (start_timeout)"
         try:
             found = self.resolve()
         finally:
@@ -218,15 +227,21 @@ class DNSResolver:
             self._wake.clear()
             # asked again and nothing new (or a failure): space the next asked lookup further
             gap = min(gap * 2, _MAX_GAP, self.refresh_every) if asked else _MIN_GAP
+            budget = max(_LOOKUP_QUERIES * self.timeout, self.refresh_every)
+            self._deadline, self._budget = time.monotonic() + budget, f"{budget:g}s"
             try:
                 found = self.resolve()
             except DiscoveryError as exc:
+                if self._stop.is_set():
+                    return
                 _log.warning("%s; keeping the %d endpoint(s) known", exc, len(self._last or []))
                 continue
             except Exception:  # whatever it was, discovery must not freeze: the next period asks again
                 _log.exception("DNS lookup of %r failed unexpectedly; keeping the %d endpoint(s) known",
                                self.host, len(self._last or []))
                 continue
+            finally:
+                self._deadline = None
             if found != self._last:
                 gap = _MIN_GAP
                 try:
