@@ -8,6 +8,7 @@ plugin instance and broker on the plugin side.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -184,7 +185,8 @@ def test_each_host_session_has_its_own_broker(replicas: list[CounterReplica], ce
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=puts, args=(s1, "k1", a1)), threading.Thread(target=puts, args=(s2, "k2", a2))]
+        threads = [threading.Thread(target=puts, args=(s1, "k1", a1)),
+                   threading.Thread(target=puts, args=(s2, "k2", a2))]
         for t in threads:
             t.start()
         for t in threads:
@@ -427,7 +429,9 @@ def _gateway_config(certs: netcerts.CertSet, folder: Path, **kw: object) -> Gate
                          env={"PYTHONPATH": str(REPO / "src")}, **kw)  # type: ignore[arg-type]
 
 
-def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs: netcerts.CertSet) -> None:
+def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs: netcerts.CertSet,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
     folder = tmp_path / "gw"
     folder.mkdir()
     with Gateway(_gateway_config(certs, folder, multiplex=True)) as gw:
@@ -435,6 +439,8 @@ def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs
         target = [type("Rep", (), {"address": gw.address})()]  # remote() wants .address
         with remote(target, host_tls(certs)) as c1, remote(target, host_tls(certs)) as c2:  # type: ignore[arg-type]
             assert c1.multiplexed and c2.multiplexed
+            # the gateway answered Discovery; the sessions' children do not serve it, as expected
+            assert "does not serve plugbay.network.v1.Discovery" not in caplog.text
             # each host session's child is still starting: its first health check may time out,
             # and dispense pins a stub to an endpoint that is healthy now
             assert wait_until(lambda: c1.pool.metrics()["available"] >= 1 and c2.pool.metrics()["available"] >= 1,

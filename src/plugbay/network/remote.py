@@ -189,7 +189,9 @@ class RemoteClient(Client):
         if self._wants_broker(answer):
             # Discovery ran over plain gRPC; now one yamux session per endpoint carries everything
             self.pool.close()
-            self._describe(self._make_pool(self._connect_mux, deadline), deadline)
+            # through the gateway the sessions reach a launched child, which has no Discovery (the
+            # gateway answered it above): UNIMPLEMENTED there is expected, not worth a warning
+            self._describe(self._make_pool(self._connect_mux, deadline), deadline, answered=True)
             self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
@@ -287,7 +289,8 @@ class RemoteClient(Client):
                 raise no_endpoints(self.pool, "no endpoint is available to pin a brokered stub to")
             return plugins[name], key, endpoint.broker()
 
-    def _describe(self, pool: EndpointPool, deadline: float) -> discovery_pb2.DescribeResponse | None:
+    def _describe(self, pool: EndpointPool, deadline: float,
+                  answered: bool = False) -> discovery_pb2.DescribeResponse | None:
         stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
         last = "no answer yet"
         while True:
@@ -310,6 +313,8 @@ class RemoteClient(Client):
                 last = str(details() if callable(details) else exc)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    if answered:
+                        return None
                     _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"
                                  " app protocol version %d (the handshake's)", self.name,
                                  self.remote.handshake.protocol_version)
