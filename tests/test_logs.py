@@ -248,3 +248,29 @@ def test_a_thread_ending_by_an_exception_is_logged_and_the_default_hook_comes_ba
     finally:
         plugin_logging.close()
     assert threading.excepthook is before
+
+
+def test_a_deeply_nested_json_line_is_plain_text() -> None:
+    line = '{"@level":"info","@message":"x","a":' + "[" * 5000 + "]" * 5000 + "}"
+    assert parse_hclog(line) is None
+    pump = LogPump("testplug")
+    pump.handle(line)
+    assert pump.tail() == [line]
+
+
+def test_a_failed_start_after_a_deeply_nested_stderr_line_raises_a_plugbay_error(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay import Client, ClientConfig, PlugbayError
+
+    script = tmp_path / "nested.py"
+    script.write_text("import sys\nsys.stderr.write('{\"@level\":\"info\",\"@message\":\"x\",\"a\":'"
+                      " + '[' * 5000 + ']' * 5000 + '}\\n')\nsys.exit(1)\n")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                 cmd=[sys.executable, str(script)], start_timeout=20))
+    try:
+        with pytest.raises(PlugbayError):
+            client.start()
+    finally:
+        client.kill()

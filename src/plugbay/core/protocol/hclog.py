@@ -54,7 +54,7 @@ def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
 
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # a line nested deeper than the parser's recursion: plain text
         return None
     if not isinstance(entry, dict) or "@message" not in entry:
         return None
