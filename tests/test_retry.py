@@ -14,6 +14,7 @@ from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
 from plugbay import CallTimeoutError, Client, ConfigError, PluginDiedError, RetryPolicy, idempotent  # noqa: E402
 from plugbay.core.resilience.calls import install  # noqa: E402
+from plugbay.core.resilience.restart import RestartPolicy  # noqa: E402
 
 
 @pytest.fixture()
@@ -130,6 +131,14 @@ def test_backoff_grows_caps_and_jitters() -> None:
         assert all(base * 0.5 <= v <= base for v in values)
         assert len(set(values)) > 1  # jittered
     assert RetryPolicy(jitter=0.0).backoff(2) == pytest.approx(0.2)
+
+
+def test_backoff_after_thousands_of_failures_is_the_cap() -> None:
+    for n in (1025, 5000, 10**9):
+        assert RetryPolicy(max_attempts=10**9 + 1, jitter=0.0, max_backoff=2.0).backoff(n) == 2.0
+        assert RestartPolicy(jitter=0.0, max_backoff=10.0, multiplier=10).backoff(n) == 10.0
+    assert RestartPolicy(jitter=0.0, initial_backoff=0.0).backoff(5000) == 0.0
+    assert RestartPolicy(jitter=0.0, multiplier=1.0).backoff(5000) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -9,6 +9,7 @@ also :class:`AsyncCallLayer` objects, and install() takes either client.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -66,7 +67,14 @@ def backoff_delay(initial: float, multiplier: float, cap: float, jitter: float, 
     Each sleep is drawn from [(1 - jitter) * b, b], so callers that failed together do not
     retry (or restart) in step.
     """
-    base = min(cap, initial * multiplier ** max(0, n - 1))
+    base = min(cap, initial)
+    if n > 1 and multiplier > 1 and 0 < base < cap:
+        # Growth stops at the cap: beyond it multiplier ** (n - 1) only overflows (a long run of failures).
+        steps = (math.log(cap) - math.log(initial)) / math.log(multiplier)
+        try:
+            base = cap if steps < n - 1 else min(cap, initial * float(multiplier) ** (n - 1))
+        except OverflowError:  # an infinite cap
+            base = cap
     return base * (1 - jitter * rand())
 
 
