@@ -132,6 +132,9 @@ class Supervisor:
         self.raise_if_failed()
         client = self._client
         if client is None:
+            if self._state == RESTARTING:
+                raise ClientStateError(f"the Supervisor of {self.name!r} is restarting the plugin; wait_running()"
+                                       " first")
             raise ClientStateError(f"Supervisor of {self.name!r} is not running; call start() first")
         return client
 
@@ -279,10 +282,11 @@ class Supervisor:
             self.breaker.reset("the plugin was (re)started")
 
     def _drop_current(self) -> None:
-        watcher, self._watcher = self._watcher, None
+        with self._cond:
+            watcher, self._watcher = self._watcher, None
+            client, self._client = self._client, None
         if watcher is not None:
             watcher.stop()
-        client = self._client
         if client is not None:
             client.kill()
 

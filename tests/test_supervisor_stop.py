@@ -1,0 +1,47 @@
+"""Supervisor.stop() at awkward moments, and what it leaves, against real plugin processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
+
+from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy, Supervisor  # noqa: E402
+from plugbay.core.resilience.supervisor import RESTARTING  # noqa: E402
+
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_current_client_is_none_while_restarting_and_after_stop(tmp_path: Path) -> None:
+    configs = iter(["good"])
+
+    def factory() -> ClientConfig:
+        if next(configs, "slow") == "good":
+            return faulty_config(tmp_path)
+        # never prints a handshake: the Supervisor stays restarting until stop()
+        return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=120,
+                            runner=ProcessRunner([PY, "-c", "import time; time.sleep(120)"]))
+
+    with Supervisor(factory, restart=FAST, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        old = sup.current_client
+        assert old is not None
+        os.kill(int(kv.get("__pid__")), signal.SIGKILL)
+        assert wait_until(lambda: sup.state == RESTARTING, 20)
+        assert sup.current_client is None
+        with pytest.raises(ClientStateError, match="is restarting the plugin; wait_running"):
+            sup.client  # noqa: B018
+    assert sup.current_client is None
+    assert old.exited
