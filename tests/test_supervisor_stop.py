@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
+from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
 from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy, Supervisor  # noqa: E402
-from plugbay.core.resilience.supervisor import RESTARTING  # noqa: E402
+from plugbay.core.resilience.supervisor import RESTARTING, STOPPED  # noqa: E402
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 
@@ -45,3 +46,36 @@ def test_current_client_is_none_while_restarting_and_after_stop(tmp_path: Path) 
             sup.client  # noqa: B018
     assert sup.current_client is None
     assert old.exited
+
+
+def test_stop_while_start_starts_the_first_plugin_ends_it_and_start_says_so(tmp_path: Path) -> None:
+    # sleeps before serving, so that stop() comes while start() waits for the handshake
+    runner = ProcessRunner([PY, "-c", f"import runpy, time; time.sleep(1.0); runpy.run_path({FAULTY!r},"
+                                      " run_name='__main__')"], cwd=tmp_path)
+    sup = Supervisor(lambda: ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30),
+                     restart=FAST, health_interval=None)
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            sup.start()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    try:
+        assert wait_until(lambda: runner.pid is not None, 20)
+        pid = runner.pid
+        assert pid is not None
+        sup.stop()
+        thread.join(40)
+        assert not thread.is_alive()
+        assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
+        assert "was stopped while it started the plugin" in str(failed[0])
+        assert sup.state == STOPPED
+        assert sup.current_client is None
+        assert wait_until(lambda: _gone(pid), 10), "the plugin started for a stopped Supervisor still runs"
+    finally:
+        sup.stop()
+        thread.join(40)

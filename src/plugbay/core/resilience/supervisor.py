@@ -189,7 +189,10 @@ class Supervisor:
         self._channel = _SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
         layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
         self._channel.call_hook = chain([*layers, ReadyGate(self)])
-        self._adopt(client)
+        if not self._adopt(client):  # stop() came while it started: nothing else will end this plugin
+            client.kill()
+            raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped while it started the"
+                                   " plugin; make a new one")
         self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -266,8 +269,13 @@ class Supervisor:
 
     # --- internals --------------------------------------------------------------------
 
-    def _adopt(self, client: Client) -> None:
+    def _adopt(self, client: Client) -> bool:
+        """Make ``client`` the current one; False (and nothing done) once stop() was asked."""
         with self._cond:
+            # Checked under the lock _drop_current takes: either stop() finds this client and kills
+            # it, or this sees the stop and the caller does.
+            if self._stop.is_set():
+                return False
             self._client = client
             assert self._channel is not None
             self._channel.replace(client.channel)
@@ -280,6 +288,7 @@ class Supervisor:
             self._cond.notify_all()
         if self.breaker is not None:
             self.breaker.reset("the plugin was (re)started")
+        return True
 
     def _drop_current(self) -> None:
         with self._cond:
@@ -372,10 +381,9 @@ class Supervisor:
                 continue
             finally:
                 self._starting = None
-            if self._stop.is_set():
+            if not self._adopt(client):
                 client.kill()
                 return
-            self._adopt(client)
             self._event("restarted", f"{client.handshake.network}:{client.handshake.address}")
             return
 
