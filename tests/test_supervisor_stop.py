@@ -11,7 +11,10 @@ import pytest
 
 from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
+
 from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy, Supervisor  # noqa: E402
+from plugbay.core.resilience.restart import SupervisorEvent  # noqa: E402
 from plugbay.core.resilience.supervisor import RESTARTING, STOPPED  # noqa: E402
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -79,3 +82,24 @@ def test_stop_while_start_starts_the_first_plugin_ends_it_and_start_says_so(tmp_
     finally:
         sup.stop()
         thread.join(40)
+
+
+def test_stop_from_the_failure_event_leaves_it_stopped(tmp_path: Path) -> None:
+    box: list[Supervisor] = []
+
+    def on_event(event: SupervisorEvent) -> None:
+        if event.kind == "failure":
+            box[0].stop()
+
+    sup = Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None, on_event=on_event)
+    box.append(sup)
+    with sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        os.kill(int(kv.get("__pid__")), signal.SIGKILL)
+        assert wait_until(lambda: any(e.kind == "stopped" for e in sup.events), 20)
+        assert wait_until(lambda: sup._thread is not None and not sup._thread.is_alive(), 10)
+        assert sup.state == STOPPED, [e.kind for e in sup.events]
+        assert "restarting" not in [e.kind for e in sup.events]
+        with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+            kv_pb2_grpc.KVStub(sup.channel).Get(kv_pb2.GetRequest(key="k"), timeout=10)
+        assert sup.wait_running(5) is False

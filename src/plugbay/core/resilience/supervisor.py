@@ -346,6 +346,8 @@ class Supervisor:
         self.last_failure = reason
         self._event("failure", reason)
         with self._cond:
+            if self._stop.is_set():  # stop() from on_event: it ended everything and said STOPPED
+                return
             self._state = RESTARTING
             self._cond.notify_all()
         self._drop_current()
