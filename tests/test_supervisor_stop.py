@@ -1,10 +1,13 @@
-"""Supervisor.stop() at awkward moments, and what it leaves, against real plugin processes."""
+"""Supervisor.stop() at awkward moments, and a host that exits without it, against real plugin processes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy
 from plugbay.core.resilience.restart import SupervisorEvent  # noqa: E402
 from plugbay.core.resilience.supervisor import RESTARTING, STOPPED  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 
 
@@ -103,3 +107,45 @@ def test_stop_from_the_failure_event_leaves_it_stopped(tmp_path: Path) -> None:
         with pytest.raises(ClientStateError, match="was stopped; make a new one"):
             kv_pb2_grpc.KVStub(sup.channel).Get(kv_pb2.GetRequest(key="k"), timeout=10)
         assert sup.wait_running(5) is False
+
+
+_HOST = """
+import atexit, sys, time
+atexit.register(time.sleep, 4.0)  # other exit work of the host, run after plugbay's cleanup
+sys.path[:0] = [{repo!r}, {src!r}]
+from tests.resilience_util import faulty_config
+from plugbay import RestartPolicy, Supervisor
+from pathlib import Path
+sup = Supervisor(lambda: faulty_config(Path({cwd!r}), env={{"RESILIENCE_TAG": {tag!r}}}),
+                 restart=RestartPolicy(initial_backoff=0.01, max_backoff=0.01), health_interval=None,
+                 on_event=lambda e: print("event", e.kind, flush=True))
+sup.start()
+print("pid", sup.current_client.runner.pid, flush=True)
+"""
+
+
+def _tagged(tag: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"RESILIENCE_TAG={tag}".encode() in environ.split(b"\0") and not _gone(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_host_exiting_without_stop_leaves_no_restarted_plugin(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    script = _HOST.format(repo=str(REPO), src=str(REPO / "src"), cwd=str(tmp_path), tag=tag)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "event started" in done.stdout, done.stdout
+        assert "event restarting" not in done.stdout, done.stdout
+        assert wait_until(lambda: not _tagged(tag), 5), f"plugins outlived their host: {_tagged(tag)}"
+    finally:
+        for pid in _tagged(tag):
+            os.kill(pid, signal.SIGKILL)

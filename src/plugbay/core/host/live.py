@@ -31,8 +31,17 @@ class _LiveClient(Protocol):
     def close(self) -> None: ...
 
 
+class _Restarter(Protocol):
+    """What the exit cleanup needs of something that restarts plugins (a Supervisor)."""
+
+    def halt(self) -> None: ...
+
+
 # Started, not yet killed.
 LIVE: weakref.WeakSet[_LiveClient] = weakref.WeakSet()
+# Started Supervisors, not yet stopped: halted before the Clients are killed, or one would start
+# the plugin the cleanup just killed again, and nothing would end that one.
+RESTARTERS: weakref.WeakSet[_Restarter] = weakref.WeakSet()
 _STOPPING: set[threading.Thread] = set()
 _stopping_lock = threading.Lock()
 
@@ -104,7 +113,10 @@ def cleanup_clients() -> None:
     Reattached clients only disconnect: their plugin was meant to outlive a host.
     A kill() asked from a loop callback and still running elsewhere is waited for
     (not when this itself runs on the loop thread: it then only starts the kills).
+    Supervisors stop restarting first; their Clients then end as every other one.
     """
+    for restarter in list(RESTARTERS):
+        restarter.halt()
     for client in list(LIVE):
         if client.config.reattach is None:
             client.kill()

@@ -42,7 +42,8 @@ from plugbay.errors import (
     UnknownPluginError,
 )
 from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
-from plugbay.core.host.live import LoopHandoff
+from plugbay.core.host.live import RESTARTERS, LoopHandoff
+from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.readygate import ReadyGate
@@ -195,6 +196,7 @@ class Supervisor:
                                    " plugin; make a new one")
         self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
                                         daemon=True)
+        RESTARTERS.add(self)
         self._thread.start()
 
     def dispense(self, name: str) -> Any:
@@ -248,14 +250,8 @@ class Supervisor:
         self._wake.set()
         if self._handoff.start(f"plugbay-stop-{self.name}", self.stop, self._state == STOPPED):
             return
-        starting = self._starting
-        if starting is not None:  # a restart in progress: end its plugin so start() fails fast
-            try:
-                starting.runner.kill(0)
-            except Exception as exc:
-                _log.debug("stopping the plugin being started: %s", exc)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(30.0)
+        self.halt()
+        RESTARTERS.discard(self)
         self._drop_current()
         if self._channel is not None:
             self._channel.detach()
@@ -266,6 +262,25 @@ class Supervisor:
         if was != STOPPED:
             self._event("stopped", "")
         self._handoff.join()
+
+    def halt(self) -> None:
+        """Stop watching and restarting, leaving the current plugin as it is.
+
+        cleanup_clients() (at interpreter exit) does this before it ends the Clients,
+        so no Supervisor starts again a plugin the cleanup just killed. stop() does more.
+        """
+        self._stop.set()
+        self._wake.set()
+        if aioloop.shared().on_loop():
+            return  # the monitor's start waits on this loop; it ends by itself, adopting nothing
+        starting = self._starting
+        if starting is not None:  # a restart in progress: end its plugin so start() fails fast
+            try:
+                starting.runner.kill(0)
+            except Exception as exc:
+                _log.debug("stopping the plugin being started: %s", exc)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30.0)
 
     # --- internals --------------------------------------------------------------------
 
