@@ -12,6 +12,8 @@ health check (the plugin writes the marker once the host's connection arrived).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,19 +21,20 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugbay import Client, ClientConfig, HandshakeConfig
+from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
 from plugbay.errors import ClientStateError, RunnerError
-from plugbay.runners.base import LaunchSpec, Runner
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, reattach_runner
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.process import ProcessRunner
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.race_util import BOUND, PauseAt, Starting, pid_alive, wait_for_file
+from tests.resilience_util import HANDSHAKE as KV_HANDSHAKE, PLUGINS as KV_PLUGINS, faulty_config, wait_until
 
 PY = sys.executable
 HANDSHAKE = HandshakeConfig(1, "PLUGBAY_RACE", "race")
@@ -167,6 +170,43 @@ def test_kill_from_the_starting_thread_itself(tmp_path: Path, short_dir: Path) -
     pid = runner.pid
     assert pid is not None and not pid_alive(pid)
     _check_killed(client, starting, runner, short_dir)
+
+
+def test_kill_while_a_reattaching_start_still_attaches(tmp_path: Path, short_dir: Path) -> None:
+    """kill() before the attach made the runner: nothing to signal yet, but start() must not wait for
+    the (stopped, never answering) plugin's health check until start_timeout."""
+    first = Client(faulty_config(tmp_path))
+    first.start()
+    pid = first.runner.pid
+    assert pid is not None
+    attaching, go = threading.Event(), threading.Event()
+
+    def attach(data: Mapping[str, Any]) -> AttachedRunner:  # an engine round trip still under way
+        attaching.set()
+        go.wait(BOUND)
+        return reattach_runner(data)
+
+    saved = ReattachConfig.from_json(first.reattach_config().to_json(), attach=attach)
+    client = Client(ClientConfig(handshake=KV_HANDSHAKE, plugins=KV_PLUGINS, reattach=saved,
+                                 start_timeout=START_TIMEOUT, kill_grace=0.5, name="race",
+                                 unix_socket_temp_dir=str(short_dir)))
+    os.kill(pid, signal.SIGSTOP)  # it would never answer the health check
+    try:
+        starting = Starting(client.start)
+        assert attaching.wait(BOUND)
+        killing = Starting(client.kill)
+        assert wait_until(lambda: client._kill_asked, BOUND)
+        go.set()
+        assert killing.outcome(BOUND) is None
+        error = starting.outcome(BOUND)
+        assert isinstance(error, ClientStateError) and str(error) == KILLED, error
+        assert not pid_alive(pid)
+    finally:
+        go.set()
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+        client.kill()
+        first.kill()
 
 
 # --- the same through a DockerRunner -------------------------------------------------------------------

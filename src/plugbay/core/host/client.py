@@ -174,6 +174,8 @@ class Client(ExitNotice):
             share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:
             self._runner = cfg.reattach.attached_runner()
+            if self._kill_asked:  # kill() came while it attached, before there was a plugin to end
+                raise ClientStateError(f"kill() was asked while plugin {self.name!r} was being attached")
             self._cert = cfg.reattach.client_cert
             _, self._require_tls = cfg.tls_policy(self._runner, has_cert=self._cert is not None)
             info = cfg.reattach.handshake
@@ -240,7 +242,8 @@ class Client(ExitNotice):
         self._broker = streams.broker
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,
-                                           exited=lambda: self._abandoned or runner.wait(0) is not None)
+                                           exited=lambda: self._abandoned or self._kill_asked
+                                           or runner.wait(0) is not None)
         if self._abandoned:
             raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (its AsyncClient's start()"
                                    " was cancelled); make a new client to try again")
@@ -249,6 +252,8 @@ class Client(ExitNotice):
             self._logs.join(2.0)
             raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
                                     "It exited right after its handshake.")
+        if self._kill_asked:  # a reattached plugin kill() could not reach yet: start() ends it
+            raise ClientStateError(f"kill() was asked while plugin {self.name!r} was connecting")
         self._stdio = streams.stdio_for(self._broker_queues)
         self._kick.set_stdio(self._stdio, self._broker_queues)
         self._channel.after_call = self._kick.now
