@@ -20,6 +20,7 @@ from collections.abc import Callable
 import grpc
 
 from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.live import RESTARTERS
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import GatewayError, PlugbayError
 
@@ -50,8 +51,15 @@ class ChildKeeper:
         """Start the first child (errors are raised here, typed), then keep it running."""
         client = self._start_client()
         self._thread = threading.Thread(target=self._keep, name="plugbay-gateway-keeper", daemon=True)
+        RESTARTERS.add(self)  # at interpreter exit: halted before the child is killed, so it is not restarted
         self._thread.start()
         return client
+
+    def halt(self) -> None:
+        """Stop restarting (the child stays as it is); close() does more."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
     def channel(self) -> tuple[grpc.Channel | None, str]:
         with self._lock:
@@ -117,9 +125,8 @@ class ChildKeeper:
                 log.warning("gateway: restarting the plugin failed: %s", exc)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.halt()
+        RESTARTERS.discard(self)
         with self._lock:
             client, self._client, self._why = self._client, None, "the gateway is stopping"
         if client is not None:
