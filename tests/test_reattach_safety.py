@@ -180,3 +180,87 @@ def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path:
                 assert not listens_on([sleeper.pid], "unix", str(tmp_path / "s.sock"))
             finally:
                 sleeper.kill()
+
+
+_SERVER = r'''
+import os, socket, sys, time
+kind, where = sys.argv[1], sys.argv[2]
+if kind == "unix":
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(where)
+elif kind == "tcp6only":
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::", int(where)))
+else:
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(where)))
+s.listen()
+print("ok", flush=True)
+time.sleep(60)
+'''
+
+
+def _server(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    import sys
+
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", _SERVER, *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ok":
+        proc.kill()
+        proc.wait(10)
+        pytest.skip(f"could not start a listener with {prefix or args}")
+    return proc
+
+
+def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from plugbay.runners.listeners import listens_on
+
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        # a path with a space is the plugin's whole path, not the text before the space
+        spaced = tmp_path / "my plugins"
+        spaced.mkdir()
+        plugin = _server("unix", str(spaced / "kv.sock"))
+        procs.append(plugin)
+        assert listens_on([plugin.pid], "unix", str(spaced / "kv.sock"))
+        assert not listens_on([plugin.pid], "unix", str(tmp_path / "my"))
+        # a relative path means another file to the host than to the plugin: refused
+        assert not listens_on([plugin.pid], "unix", os.path.relpath(spaced / "kv.sock"))
+        # a symlink to the plugin's socket is proven, and dialed as resolved then
+        link = tmp_path / "link.sock"
+        link.symlink_to(spaced / "kv.sock")
+        runner = AttachedProcess(plugin.pid, name="plugin")
+        runner.proven = True
+        assert runner.plugin_to_host("unix", str(link)) == ("unix", str(spaced / "kv.sock"))
+        link.unlink()
+        link.symlink_to(tmp_path / "elsewhere.sock")  # re-pointed: the proven dial does not follow it
+        assert runner.plugin_to_host("unix", str(link)) == ("unix", str(spaced / "kv.sock"))
+        # an IPv6-only wildcard listener does not prove 127.0.0.1:P, which another process holds
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        v6 = _server("tcp6only", port)
+        procs.append(v6)
+        other = _server("tcp", port)
+        procs.append(other)
+        assert listens_on([other.pid], "tcp", f"127.0.0.1:{port}")
+        assert not listens_on([v6.pid], "tcp", f"127.0.0.1:{port}")
+        with pytest.raises(ReattachError, match="does not listen there"):
+            attached = AttachedProcess(v6.pid, name="plugin")
+            attached.proven = True
+            attached.plugin_to_host("tcp", f"127.0.0.1:{port}")
+        # a listener in another network namespace: its 127.0.0.1 is not this host's
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        apart = _server("tcp", port, prefix=("unshare", "-n"))
+        procs.append(apart)
+        assert not listens_on([apart.pid], "tcp", f"127.0.0.1:{port}")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)

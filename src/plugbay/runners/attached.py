@@ -78,7 +78,7 @@ class AttachedProcess(AttachedRunner):
         self.plugin_id = plugin_id
         self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
         self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
-        self._listening: set[tuple[str, str]] = set()  # addresses proven to be the plugin's (plugin_to_host)
+        self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
 
     @property
     def id(self) -> str:
@@ -116,8 +116,9 @@ class AttachedProcess(AttachedRunner):
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         """The address, once the proven process is shown to listen there (reattach data names it,
         untrusted: dialing it unproven could reach, and at kill() shut down, any local server)."""
-        if (network, address) in self._listening:
-            return network, address
+        proven = self._listening.get((network, address))
+        if proven is not None:
+            return network, proven
         if not self.proven or not self._alive():
             raise ReattachError(f"not dialing {network} address {address!r}: process {self.pid} is not the"
                                 " proven plugin (any more); start the plugin again")
@@ -127,8 +128,10 @@ class AttachedProcess(AttachedRunner):
                 f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"
                 " listen there, so plugbay does not dial it (it would reach another server). Pass the JSON"
                 " that Client.reattach_config().to_json() produced for this plugin, or start it again")
-        self._listening.add((network, address))
-        return network, address
+        # dialed as resolved now: a symlink re-pointed later cannot send the next dial elsewhere
+        dial = os.path.realpath(address) if network == "unix" else address
+        self._listening[(network, address)] = dial
+        return network, dial
 
     def detach(self) -> None:
         claimed, self._claim = self._claim, None

@@ -4,10 +4,11 @@ Reattach data is untrusted. The pid it names is proven (start time, plugbay's
 plugin id in its environment: plugbay.runners.attached), but the address beside
 it is only text: a host that dialed it could send Puts, and at kill() the
 controller's Shutdown, to any server on this machine. So the address is dialed
-only when the proven process (or one of its own children) holds a listening
-socket bound to it: a socket inode among its open files (/proc/PID/fd) that the
-kernel's table of listeners (/proc/PID/net/unix, tcp, tcp6: the process's own
-network namespace) shows listening there.
+only when the proven process (or one of its own children), in this host's
+network and mount namespaces, holds every socket a connection there would reach:
+socket inodes among its open files (/proc/PID/fd) that the kernel's tables of
+listeners (/proc/PID/net/unix, tcp, tcp6) show listening on that absolute path,
+or on that address and port (the most specific binding wins, as in the kernel).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Iterable
 
 _UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags column
 _TCP_LISTEN = "0A"
-_WILDCARDS = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -47,15 +47,28 @@ def _lines(path: str) -> list[list[str]]:
         return []
 
 
-def unix_listeners(pid: int, path: str) -> set[int]:
-    """Inodes of unix sockets listening on ``path``, as process ``pid``'s namespace lists them."""
-    wanted = {path, os.path.realpath(path)}
-    found: set[int] = set()
-    for fields in _lines(f"/proc/{pid}/net/unix"):
-        # Num RefCount Protocol Flags Type St Inode [Path]
-        if len(fields) >= 8 and int(fields[3], 16) & _UNIX_LISTENING and fields[7] in wanted:
-            found.add(int(fields[6]))
+def _unix_table(pid: int) -> list[tuple[int, str]]:
+    """(inode, path) of the listening unix sockets in process ``pid``'s namespace (paths may hold spaces)."""
+    found: list[tuple[int, str]] = []
+    try:
+        with open(f"/proc/{pid}/net/unix", encoding="utf-8", errors="surrogateescape") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return found
+    for row in rows:
+        # Num RefCount Protocol Flags Type St Inode [Path]: the path is the rest of the line
+        fields = row.split(None, 7)
+        if len(fields) == 8 and int(fields[3], 16) & _UNIX_LISTENING:
+            found.append((int(fields[6]), fields[7]))
     return found
+
+
+def unix_listeners(pid: int, path: str) -> set[int]:
+    """Inodes of unix sockets listening on ``path`` (absolute; symlinks resolved), in ``pid``'s namespace."""
+    if not path.startswith("/"):
+        return set()  # relative to which folder? The plugin's and the host's may differ
+    wanted = {path, os.path.realpath(path)}
+    return {inode for inode, bound in _unix_table(pid) if bound in wanted}
 
 
 def _hex_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
@@ -67,16 +80,21 @@ def _hex_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
 
 
 def tcp_listeners(pid: int, address: str) -> set[int]:
-    """Inodes of TCP sockets listening on ``address`` ("HOST:PORT", "[V6]:PORT"), or on its port on every
-    address, as process ``pid``'s namespace lists them."""
+    """Inodes of the TCP sockets a connection to ``address`` ("HOST:PORT", "[V6]:PORT") would reach, as
+    process ``pid``'s namespace lists them: those bound to that very address if any is, else those
+    bound to the port on every address of its family (IPv4 also reaches an IPv6 "::" listener,
+    unless it is IPv6-only, which /proc does not show: then it counts only with no IPv4 listener)."""
     host, _, port_text = address.rpartition(":")
     try:
         want_ip = ipaddress.ip_address(host.strip("[]"))
         want_port = int(port_text)
     except ValueError:
         return set()
-    mapped = want_ip.ipv4_mapped if isinstance(want_ip, ipaddress.IPv6Address) else None
-    found: set[int] = set()
+    if isinstance(want_ip, ipaddress.IPv6Address) and want_ip.ipv4_mapped is not None:
+        want_ip = want_ip.ipv4_mapped
+    exact: set[int] = set()
+    same_family: set[int] = set()
+    dual: set[int] = set()
     for table in ("tcp", "tcp6"):
         for fields in _lines(f"/proc/{pid}/net/{table}"):
             # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
@@ -86,14 +104,32 @@ def tcp_listeners(pid: int, address: str) -> set[int]:
                 ip, port = _hex_address(fields[1])
             except ValueError:
                 continue
-            if port == want_port and (ip in (want_ip, mapped) or ip in _WILDCARDS):
-                found.add(int(fields[9]))
-    return found
+            if port != want_port:
+                continue
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            inode = int(fields[9])
+            if ip == want_ip:
+                exact.add(inode)
+            elif ip.is_unspecified and ip.version == want_ip.version:
+                same_family.add(inode)
+            elif ip.is_unspecified and want_ip.version == 4:
+                dual.add(inode)  # "::" without IPV6_V6ONLY takes IPv4 too
+    return exact or same_family or dual
+
+
+def _same_namespaces(pid: int) -> bool:
+    """Whether ``pid`` sees this process's network and mounts: an address means the same thing to both."""
+    try:
+        return all(os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
+                   for ns in ("net", "mnt"))
+    except OSError:
+        return False
 
 
 def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
-    """Whether one of ``pids`` holds a socket listening on ``network`` ``address``."""
-    pids = list(pids)
+    """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach."""
+    pids = [pid for pid in pids if _same_namespaces(pid)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
     held: set[int] = set()
@@ -107,4 +143,4 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         listening = tcp_listeners(pids[0], address)
     else:
         return False
-    return bool(held & listening)
+    return bool(listening) and listening <= held  # every socket a dial could reach is the plugin's
