@@ -21,13 +21,25 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.callerrors import _TranslatedRpcError
-from plugbay.core.host.channel import CORE_SEND_FAILED, ManagedChannel
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")
 # Failures whose meaning may need the plugin's exit status, which can take the exit probe a
 # moment to see (a socket closes a few milliseconds before the exit is visible).
 _MAY_MEAN_EXIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# grpc.aio's own status for a message it could not send because the connection failed under the write
+# (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
+_SEND_FAILED = "Internal error from Core"
+
+
+def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
+    """A write's failure: grpc.aio's local INTERNAL for a send the connection failed under is a lost
+    connection (UNAVAILABLE, judged by the plugin's exit); anything else stays what it is."""
+    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _SEND_FAILED:
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                    details=f"{_SEND_FAILED}: the connection failed under a write")
+    return exc
 
 
 def off_loop(executor: Executor | None, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
@@ -96,7 +108,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return await off_loop(self._executor, func, *args)
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
-        if exc.code() in _MAY_MEAN_EXIT or str(exc.details()).startswith(CORE_SEND_FAILED):  # the exit probe may wait
+        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may wait
             return await self.offload(self._managed.translate, exc, past_deadline)
         return self._managed.translate(exc, past_deadline)
 
@@ -262,12 +274,12 @@ class _AioCall:
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _step(self, step: Awaitable[_T]) -> _T:
+    async def _step(self, step: Awaitable[_T], sending: bool = False) -> _T:
         """Await one step of the call (its result, a read, a write), its failures typed."""
         try:
             return await step
         except grpc.RpcError as exc:
-            raise await self._translated(exc) from exc
+            raise await self._translated(lost_send(exc) if sending else exc) from exc
         except asyncio.CancelledError:
             raise await self._cancelled() from None
 
@@ -293,14 +305,14 @@ class _AioCall:
 
     async def write(self, request: Any) -> None:
         try:
-            await self._step(self._call.write(request))
+            await self._step(self._call.write(request), sending=True)
         except asyncio.InvalidStateError:
             if not self._call.done():  # a write after done_writing(): the caller's own misuse
                 raise
             raise await self._ended() from None  # grpc.aio: "RPC already finished": how it ended
 
     async def done_writing(self) -> None:
-        await self._step(self._call.done_writing())
+        await self._step(self._call.done_writing(), sending=True)
 
     async def _ended(self) -> BaseException:
         """A write to a call that had ended: how it ended (typed), or the misuse it is when it ended well."""

@@ -49,11 +49,6 @@ CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
 ExitProbe = Callable[[float], "str | None"]
 
 
-# grpc.aio's words for a message it could not send because the connection failed under the write (a
-# plugin that died mid-stream): a transport failure, not an INTERNAL status from the plugin
-CORE_SEND_FAILED = "Internal error from Core"
-
-
 class ManagedChannel(grpc.Channel):  # type: ignore[misc]
     """A grpc.Channel proxy: default deadline, error translation, replaceable target."""
 
@@ -159,8 +154,6 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
-        if code == grpc.StatusCode.INTERNAL and str(details).startswith(CORE_SEND_FAILED):
-            code = grpc.StatusCode.UNAVAILABLE  # the connection failed under a write: judged as a lost one
         # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the
         # client's own deadline fires: that is a timeout. Any other answer that came late
         # (NOT_FOUND, an exit) is still what the plugin said.
