@@ -218,6 +218,55 @@ def test_brokered_put_with_an_async_helper_on_each_replica(tmp_path: Path) -> No
             rep.tmp.rmdir()
 
 
+class Counting:
+    """A call layer that only records which methods ran through it."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def run_async(self, method: str, attempt: Any, timeout: float | None) -> Any:
+        self.seen.append(method.rsplit("/", 1)[-1])
+        return await attempt(timeout)
+
+    def run(self, method: str, attempt: Any, timeout: float | None) -> Any:
+        self.seen.append(method.rsplit("/", 1)[-1])
+        return attempt(timeout)
+
+
+def test_installed_layers_run_the_calls_of_brokered_stubs_too(tmp_path: Path) -> None:
+    from plugbay import RemoteClient, install
+    from tests.test_network_broker import PLUGIN_NAME as COUNTER, CounterReplica, counter_config, host_tls
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    reps = [CounterReplica(tmp_path / "a", certs)]
+
+    class AsyncAdder:
+        async def sum(self, a: int, b: int) -> int:
+            return a + b
+
+    async def main() -> None:
+        async with AsyncRemoteClient(counter_config(reps, host_tls(certs))) as client:
+            layer = Counting()
+            stub = await client.dispense(COUNTER)  # dispensed before install(): the layer still applies
+            install(client, retry=layer)  # type: ignore[arg-type]
+            await stub.put("n", 5, AsyncAdder())
+            assert await stub.get("n") == 5
+            assert layer.seen == ["Put", "Get"]
+
+    try:
+        asyncio.run(main())
+        with RemoteClient(counter_config(reps, host_tls(certs))) as sync:
+            layer = Counting()
+            install(sync, retry=layer)  # type: ignore[arg-type]
+            assert sync.dispense(COUNTER).get("n") == 5
+            assert layer.seen == ["Get"]
+    finally:
+        for rep in reps:
+            code, err = rep.stop()
+            assert code == 0, err[-2000:]
+            rep.tmp.rmdir()
+
+
 def test_an_endpoint_that_leaves_discovery_has_its_grpc_aio_connection_closed(
         replicas: Callable[..., Replica]) -> None:
     # discovery drops an endpoint: its grpc.aio connection closes once its calls end (no socket left open)

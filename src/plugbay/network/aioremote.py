@@ -30,6 +30,22 @@ from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.remote import RemoteClient, RemoteConfig
 
 
+class _PinnedAioChannel(AioManagedChannel):
+    """A brokered stub's channel: the layers installed on the client's main channel run its calls too."""
+
+    def __init__(self, main: AioManagedChannel, *args: Any) -> None:
+        self._main = main
+        super().__init__(*args)
+
+    @property
+    def call_hook(self) -> Any:
+        return self._main.call_hook
+
+    @call_hook.setter
+    def call_hook(self, hook: Any) -> None:
+        pass  # the main channel's, always (install() sets that one)
+
+
 class AsyncRemoteClient(AsyncClient):
     """A plugin served on the network, for asyncio code. See the module docstring."""
 
@@ -69,7 +85,7 @@ class AsyncRemoteClient(AsyncClient):
                                    " AsyncRemoteClient")
         managed = client.channel
         assert isinstance(managed, ManagedChannel)
-        pinned = AioManagedChannel(AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
+        pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
                                    asyncio.get_running_loop(), self._executor)
         self._more_channels.append(pinned)
         return plugin.grpc_client_async(broker, pinned)

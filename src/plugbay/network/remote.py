@@ -148,6 +148,23 @@ _POOL_BROKER = ("a RemoteClient with brokered connections has one broker per end
                 " RemoteClient)")
 
 
+class PinnedChannel(ManagedChannel):
+    """A brokered stub's channel (pinned to one endpoint): the resilience layers installed on the
+    client's main channel (plugbay.install) run its calls too, whenever they were installed."""
+
+    def __init__(self, main: ManagedChannel, *args: Any) -> None:
+        self._main = main
+        super().__init__(*args)
+
+    @property
+    def call_hook(self) -> Any:
+        return self._main.call_hook
+
+    @call_hook.setter
+    def call_hook(self, hook: Any) -> None:
+        pass  # the main channel's, always (install() sets that one)
+
+
 class RemoteClient(Client):
     """A Client whose plugin is a remote service: discovery instead of launch, disconnect instead of kill."""
 
@@ -271,7 +288,9 @@ class RemoteClient(Client):
             if not self.multiplexed:
                 return super().dispense(name)
             plugin, key, broker = self.pin(name)
-            channel = ManagedChannel(self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            main = self._channel
+            assert main is not None
+            channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
             self._pinned.append(channel)
             return plugin.grpc_client(broker, channel)
 
