@@ -156,8 +156,20 @@ def test_a_lone_ejected_endpoint_still_gets_async_calls_and_streams_go_through_t
             first = await watch.read()
             assert first.status == health_pb2.HealthCheckResponse.SERVING
             watch.cancel()
+            # the call objects answer grpc.aio's questions: callbacks, deadline, connection, status
+            call = health_pb2_grpc.HealthStub(client.channel).Check(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service="plugin"), timeout=5.0)
+            ended: list[Any] = []
+            call.add_done_callback(ended.append)
+            await call.wait_for_connection()
+            remaining = call.time_remaining()
+            assert remaining is None or 0 < remaining <= 5.0
+            assert (await call).status == health_pb2.HealthCheckResponse.SERVING
+            assert await call.code() == grpc.StatusCode.OK
+            await asyncio.sleep(0)
+            assert len(ended) == 1
             snap = client.metrics()["endpoints"][key]
-            assert snap["picks"] == picks + 1
+            assert snap["picks"] == picks + 2  # the Watch and the Check
             assert wait_until(lambda: client.metrics()["endpoints"][key]["inflight"] == 0, 5)
 
     asyncio.run(main())
@@ -281,9 +293,13 @@ def test_an_endpoint_that_leaves_discovery_has_its_grpc_aio_connection_closed(
             assert endpoints is not None and len(endpoints._channels) == 2
             pool = client.remote_client.pool
             pool._on_change([m.endpoint for m in pool._members.values() if m.key == f"tcp:{b.address}"])
+            for _ in range(30):  # closed without any further call coming
+                if list(endpoints._channels) == [f"tcp:{b.address}"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert list(endpoints._channels) == [f"tcp:{b.address}"]
             for _ in range(4):
                 assert await kv.get("__pid__") == str(b.proc.pid).encode()
-            assert list(endpoints._channels) == [f"tcp:{b.address}"]
             for _ in range(50):
                 if not endpoints._retiring:
                     break

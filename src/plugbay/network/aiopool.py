@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from plugbay.errors import ConfigError, NoEndpointsError
+from plugbay.errors import ConfigError
+from plugbay.network.aiopoolcalls import WAIT, StreamCall, UnaryCall
 from plugbay.network.channelbase import Member
 from plugbay.network.pool import EndpointPool
-from plugbay.network.poolcalls import NoEndpoints, PoolCallable, no_endpoints, not_sent
+from plugbay.network.poolcalls import PoolCallable
 
-_WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
+_PRUNE_EVERY = 0.5  # how often the connections follow discovery's changes when no call comes
 
 
 class AioEndpoints:
@@ -38,6 +38,7 @@ class AioEndpoints:
         self._channels: dict[str, tuple[Member, grpc.aio.Channel]] = {}
         self._retiring: set[asyncio.Future[None]] = set()
         self._generation = -1
+        self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
         self.closed = False
 
     def channel(self, member: Member) -> grpc.aio.Channel:
@@ -54,8 +55,20 @@ class AioEndpoints:
             raise ConfigError(f"endpoint {member.key} of remote plugin {self.pool.name!r} cannot be dialed on"
                               " grpc.aio; use the sync RemoteClient for it")
         channel = member.redial.aio_channel()
+        if self.pool.member(member.key) is not member:  # it left since it was picked: this call only
+            self._retire(channel)
+            return channel
         self._channels[member.key] = (member, channel)
+        if self._watch is None:
+            self._watch = asyncio.ensure_future(self._watch_pool())
         return channel
+
+    async def _watch_pool(self) -> None:
+        """Close the connections of endpoints that left, whether or not calls still come."""
+        while not self.closed:
+            await asyncio.sleep(_PRUNE_EVERY)
+            if self._generation != self.pool.generation and not self.closed:
+                self._prune()
 
     def existing(self, member: Member) -> grpc.aio.Channel | None:
         """``member``'s channel, if it has one now (never dials)."""
@@ -78,6 +91,8 @@ class AioEndpoints:
     async def close(self) -> None:
         """Close every connection now (calls in flight are cancelled). Idempotent."""
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         channels = [channel for _, channel in self._channels.values()]
         self._channels.clear()
         await asyncio.gather(*(channel.close() for channel in channels), *self._retiring,
@@ -121,13 +136,13 @@ class AioPoolChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         while self.get_state() == last_observed_state:
-            await asyncio.sleep(_WAIT * 2)
+            await asyncio.sleep(WAIT * 2)
 
     async def channel_ready(self) -> None:
         while (state := self.get_state()) != grpc.ChannelConnectivity.READY:
             if state == grpc.ChannelConnectivity.SHUTDOWN:
                 raise grpc.aio.UsageError("the client's channels are closed")
-            await asyncio.sleep(_WAIT * 2)
+            await asyncio.sleep(WAIT * 2)
 
     async def close(self, grace: float | None = None) -> None:
         if self._owner:
@@ -172,221 +187,4 @@ class AioPoolCallable:
             member: Member | None = pool.try_pick(pick_until, tried, self.channel.pin)
             if member is not None:
                 return member
-            await asyncio.sleep(min(_WAIT, max(pick_until - time.monotonic(), 0.0)))
-
-
-class UnaryCall:
-    """A unary call through the pool: it runs from the moment it is made (as a task), may go to a second
-    endpoint when the first provably never got it, and is awaited for its response. Its metadata, code
-    and details are those of its last try."""
-
-    def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
-                 kwargs: dict[str, Any]) -> None:
-        self._callable = callable
-        self._call: Any = None  # the try under way, or the last one
-        self._task = asyncio.ensure_future(self._run(request, timeout, kwargs))
-        self._task.add_done_callback(_retrieved)  # a call nobody awaits fails quietly, as grpc.aio's does
-
-    async def _run(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
-        rules, pool = self._callable.rules, self._callable.channel.pool
-        pick_until, deadline = rules.deadline(timeout)
-        tried: set[str] = set()
-        last = ""
-        pause = 0.05
-        while True:
-            try:
-                member = await self._callable.pick(pick_until, tried)
-            except NoEndpointsError as exc:
-                if not tried or pool.closed:
-                    raise
-                raise no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc),
-                                   last=last) from None
-            try:
-                self._call = self._callable.start(member, request, rules.remaining(deadline), kwargs)
-                result = await self._call
-            except grpc.RpcError as exc:
-                pool.done(member, exc)
-                if not not_sent(exc, self._callable.channel.endpoints.existing(member)):
-                    raise
-                # the verdict may wait for a TLS probe (up to 1 s): not on the loop
-                last, wait = await asyncio.get_running_loop().run_in_executor(
-                    None, rules.refused, member, exc, tried, pick_until, pause)
-                if wait:
-                    await asyncio.sleep(wait)
-                    pause = min(pause * 2, 0.5)
-                continue
-            except grpc.aio.UsageError:  # the client was killed under the call
-                pool.done(member, None)
-                raise no_endpoints(pool, "the client was killed or closed", closed=True) from None
-            except BaseException as exc:
-                pool.done(member, exc)
-                raise
-            pool.done(member, None)
-            return result
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._task.__await__()
-
-    def cancel(self) -> bool:
-        return self._task.cancel()
-
-    def cancelled(self) -> bool:
-        return self._task.cancelled()
-
-    def done(self) -> bool:
-        return self._task.done()
-
-    async def _ended(self) -> BaseException | None:
-        try:
-            await asyncio.shield(self._task)
-        except BaseException as exc:  # noqa: BLE001 (how it ended is what the caller asks)
-            return exc
-        return None
-
-    async def code(self) -> grpc.StatusCode:
-        error = await self._ended()
-        if self._call is not None and not isinstance(error, NoEndpointsError):
-            return await self._call.code()
-        if isinstance(error, grpc.RpcError):
-            code: grpc.StatusCode = error.code()
-            return code
-        return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.OK
-
-    async def details(self) -> str:
-        error = await self._ended()
-        if self._call is not None and not isinstance(error, NoEndpointsError):
-            return str(await self._call.details())
-        return str(error.details()) if isinstance(error, grpc.RpcError) else ""
-
-    async def initial_metadata(self) -> Any:
-        await self._ended()
-        return await self._call.initial_metadata() if self._call is not None else grpc.aio.Metadata()
-
-    async def trailing_metadata(self) -> Any:
-        await self._ended()
-        return await self._call.trailing_metadata() if self._call is not None else grpc.aio.Metadata()
-
-
-class StreamCall:
-    """A streaming call through the pool, on the endpoint picked when it is made; when none is available
-    then, the call waits for one (within its deadline) as a task, and its steps wait for that."""
-
-    def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
-                 kwargs: dict[str, Any]) -> None:
-        self._callable = callable
-        self._call: Any = None
-        self._ready: asyncio.Future[None] | None = None
-        pick_until, deadline = callable.rules.deadline(timeout)
-        member: Member | None = None
-        failed: BaseException | None = None
-        try:
-            member = callable.channel.pool.try_pick(pick_until, set(), callable.channel.pin)
-        except grpc.RpcError as exc:  # no endpoint, TLS refused: raised when awaited, as grpc.aio does
-            failed = exc
-        if member is not None:
-            self._begin(member, request, deadline, kwargs)
-        else:
-            self._ready = asyncio.ensure_future(self._later(failed, pick_until, request, deadline, kwargs))
-            self._ready.add_done_callback(_retrieved)
-
-    async def _later(self, failed: BaseException | None, pick_until: float, request: Any, deadline: float | None,
-                     kwargs: dict[str, Any]) -> None:
-        if failed is not None:
-            raise failed
-        self._begin(await self._callable.pick(pick_until, set()), request, deadline, kwargs)
-
-    def _begin(self, member: Member, request: Any, deadline: float | None, kwargs: dict[str, Any]) -> None:
-        pool = self._callable.channel.pool
-        try:
-            self._call = self._callable.start(member, request, self._callable.rules.remaining(deadline), kwargs)
-        except BaseException as exc:
-            pool.done(member, exc)
-            raise
-        self._call.add_done_callback(lambda call: _report(pool, member, call))
-
-    async def _started(self) -> Any:
-        if self._ready is not None:
-            await self._ready
-        return self._call
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._response().__await__()
-
-    async def _response(self) -> Any:
-        return await (await self._started())
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        async for item in await self._started():
-            yield item
-
-    async def read(self) -> Any:
-        return await (await self._started()).read()
-
-    async def write(self, request: Any) -> None:
-        await (await self._started()).write(request)
-
-    async def done_writing(self) -> None:
-        await (await self._started()).done_writing()
-
-    def cancel(self) -> bool:
-        if self._call is not None:
-            return bool(self._call.cancel())
-        return self._ready is not None and self._ready.cancel()
-
-    def cancelled(self) -> bool:
-        if self._call is not None:
-            return bool(self._call.cancelled())
-        return self._ready is not None and self._ready.cancelled()
-
-    def done(self) -> bool:
-        if self._call is not None:
-            return bool(self._call.done())
-        return self._ready is None or self._ready.done()
-
-    async def _failed(self) -> BaseException | None:
-        try:
-            await self._started()
-        except BaseException as exc:  # noqa: BLE001 (the wait for an endpoint is how it ended)
-            return exc
-        return None
-
-    async def code(self) -> grpc.StatusCode:
-        error = await self._failed()
-        if error is None:
-            return await self._call.code()
-        return error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.CANCELLED
-
-    async def details(self) -> str:
-        error = await self._failed()
-        if error is None:
-            return str(await self._call.details())
-        return str(error.details()) if isinstance(error, grpc.RpcError) else ""
-
-    async def initial_metadata(self) -> Any:
-        return await self._call.initial_metadata() if await self._failed() is None else grpc.aio.Metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await self._call.trailing_metadata() if await self._failed() is None else grpc.aio.Metadata()
-
-
-def _report(pool: EndpointPool, member: Member, call: Any) -> None:
-    """A stream ended: tell the pool how (its code, read once the call is done, on the loop)."""
-    if call.cancelled():
-        pool.done(member, None)
-        return
-
-    async def report() -> None:
-        code, details = await call.code(), await call.details()
-        error = None if code == grpc.StatusCode.OK else grpc.aio.AioRpcError(
-            code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
-        pool.done(member, error)
-
-    asyncio.ensure_future(report()).add_done_callback(_retrieved)
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+            await asyncio.sleep(min(WAIT, max(pick_until - time.monotonic(), 0.0)))
