@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
 from plugbay.errors import NoEndpointsError
 from plugbay.network.channelbase import Member
-from plugbay.network.poolcalls import EndpointPool, NoEndpoints, no_endpoints, not_sent
-
-if TYPE_CHECKING:
-    from plugbay.network.aiopool import AioPoolCallable
+from plugbay.network.poolcalls import EndpointPool, NoEndpoints, PoolCallable, no_endpoints, not_sent
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
+
+
+class AioPoolCallable(Protocol):
+    """What a call needs of its method (plugbay.network.aiopool.AioPoolCallable; a Protocol: no import circle)."""
+
+    rules: PoolCallable
+    channel: Any  # the AioPoolChannel: its pool, endpoints and pin
+
+    def start(self, member: Member, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any: ...
+
+    async def pick(self, pick_until: float, tried: set[str]) -> Member: ...
 
 
 class UnaryCall:
