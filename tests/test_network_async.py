@@ -321,3 +321,18 @@ def test_grpc_status_of_an_application_error_passes_through(replicas: Callable[.
             assert client.metrics()["ejections"] == 0
 
     asyncio.run(main())
+
+
+def test_an_async_supervisor_takes_a_remote_config(replicas: Callable[..., Replica]) -> None:
+    from plugbay import AsyncSupervisor
+
+    a, b = replicas(), replicas()
+
+    async def main() -> None:
+        async with AsyncSupervisor(remote(f"static:///{a.address},{b.address}"), health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            assert {await kv.get("__pid__") for _ in range(6)} == {str(r.proc.pid).encode() for r in (a, b)}
+
+    asyncio.run(main())
+    assert wait_until(lambda: not aio_threads(), 5), aio_threads()
+

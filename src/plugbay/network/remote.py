@@ -294,6 +294,13 @@ class RemoteClient(Client):
             self._pinned.append(channel)
             return plugin.grpc_client(broker, channel)
 
+    def aio_channel(self) -> Any:
+        """The pool on grpc.aio (plugbay.network.aiopool), on the loop that will use it: what an
+        AsyncSupervisor's calls go through while this client is its current one."""
+        from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
+
+        return AioPoolChannel(AioEndpoints(self.pool))
+
     def pin(self, name: str) -> tuple[Any, str, GRPCBroker]:
         """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to (round
         robin) and that endpoint's broker (which may wait for the endpoint's session to come up)."""

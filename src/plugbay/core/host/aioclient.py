@@ -159,7 +159,8 @@ class AsyncClient:
 
     def _aio_channel(self) -> grpc.aio.Channel:
         """The grpc.aio channel under the calls (on the loop): a second connection, dialed like the first."""
-        return self._client.redial().aio_channel()
+        channel: grpc.aio.Channel = self._client.aio_channel()
+        return channel
 
     async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
         """The thread goes on starting: have the Client kill what it launched (kill() during start()

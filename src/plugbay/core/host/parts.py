@@ -68,6 +68,10 @@ class ClientParts:
         assert redial is not None, "every dialed channel records its Redial"
         return redial
 
+    def aio_channel(self) -> Any:
+        """A new grpc.aio channel to the same plugin, dialed as the first (on the loop that will use it)."""
+        return self.redial().aio_channel()
+
     def stderr_tail(self) -> list[str]:
         """The last stderr lines; once the plugin has ended, they include its last ones.
 

@@ -9,7 +9,9 @@ the RetryPolicy's decision, since only it knows whether the call may be repeated
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -17,7 +19,7 @@ import grpc
 from plugbay.errors import ClientStateError, PluginDiedError
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.client import Client
-from plugbay.core.resilience.calls import Attempt
+from plugbay.core.resilience.calls import AsyncAttempt, Attempt
 
 
 
@@ -80,19 +82,62 @@ class ReadyGate:
                 # ``sent`` False), so it is safe to send again once the plugin is back.
                 if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(generation, 2.0):
                     raise
-        raise CallTimeout(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
-                          " try; check the Supervisor's events for why it keeps failing", None,
-                          grpc.StatusCode.DEADLINE_EXCEEDED)
+        raise _restarting_on_every_try(sup, method)
 
     def _wait_running(self, method: str, remaining: float | None, total: float | None) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
-        if sup.wait_running(limit):
-            return
-        sup.raise_if_failed()
-        if sup.state == "stopped":
-            raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
-        raise CallTimeout(
-            f"call {method} to plugin {sup.name!r} waited {total or limit:.1f}s for the Supervisor to restart the"
-            f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
-            " or check the plugin's logs and the Supervisor's events", None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        if not sup.wait_running(limit):
+            raise _not_running(sup, method, total or limit)
+
+    async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
+        """run() for an AsyncSupervisor's calls: the same rules; its waits poll, never block the loop."""
+        sup = self._sup
+        if timeout is None:
+            timeout = sup.call_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(sup.max_restarts + 2):
+            limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not await _polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
+                    or sup.state == "stopped":
+                raise _not_running(sup, method, timeout or limit)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            generation = sup.channel_generation()
+            client = sup.current_client
+            if client is not None and _gone(client) and await _polled(
+                    lambda: sup.changed_since(generation, 0.0), 5.0):
+                continue
+            try:
+                return await attempt(remaining)
+            except (ClientStateError, PluginDiedError) as exc:
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await _polled(
+                        lambda: sup.changed_since(generation, 0.0), 2.0):
+                    raise
+        raise _restarting_on_every_try(sup, method)
+
+
+async def _polled(check: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``check()`` (which must not block) comes true within ``timeout``, asked every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _restarting_on_every_try(sup: Restarter, method: str) -> CallTimeout:
+    return CallTimeout(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
+                       " try; check the Supervisor's events for why it keeps failing", None,
+                       grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _not_running(sup: Restarter, method: str, waited: float) -> BaseException:
+    """Why a call that waited for the plugin to run gave up (raised here when the budget is spent)."""
+    sup.raise_if_failed()
+    if sup.state == "stopped":
+        return ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+    return CallTimeout(
+        f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the Supervisor to restart the"
+        f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
+        " or check the plugin's logs and the Supervisor's events", None, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -1,0 +1,302 @@
+"""AsyncSupervisor: the Supervisor for asyncio code, its stubs on grpc.aio on the caller's event loop.
+
+    async with AsyncSupervisor(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[...]),
+                               retry=RetryPolicy(methods=["Get"])) as sup:
+        kv = await sup.dispense("kv_grpc")     # the plugin definition's grpc_client_async() stub
+        await kv.put("a", b"1")                # keeps working across restarts
+
+Everything but the calls' I/O is the sync :class:`Supervisor`'s, as AsyncClient's is the
+sync Client's: its thread watches the plugin and restarts it, with the same policy,
+events, reattach and failover. The stubs are built on one grpc.aio channel that follows
+the current Client: each call goes to that Client's own grpc.aio connection (made when a
+call first needs it, closed once a restart replaced its Client), with the Client's typed
+errors. The layers run on the event loop: ``retry`` and ``breaker`` (as AsyncCallLayers),
+then the ready gate, which holds a call while the plugin restarts (within its deadline)
+and sends again a call that never left a dead plugin. Blocking steps (start, stop) run
+on threads of their own, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from plugbay.core.host.aiochannel import AioManagedChannel, off_loop
+from plugbay.core.host.callerrors import ClientClosed
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.client import Client
+from plugbay.core.resilience.calls import AsyncCallLayer, chain_async
+from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.resilience.readygate import ReadyGate
+from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
+from plugbay.core.resilience.retry import RetryPolicy
+from plugbay.core.resilience.sources import ConfigSource
+from plugbay.core.resilience.supervisor import Supervisor
+from plugbay.errors import ClientStateError, UnknownPluginError
+
+
+class AsyncSupervisor:
+    """Keeps one plugin running, for asyncio code. See the module docstring.
+
+    Takes what :class:`Supervisor` takes (a ClientConfig, a RemoteConfig or a factory).
+    Use it as ``async with AsyncSupervisor(...) as sup:``; one event loop per supervisor."""
+
+    def __init__(self, config: ConfigSource, *, restart: RestartPolicy | None = None,
+                 retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
+                 reattach: Any = None, health_interval: float | None = 2.0, health_timeout: float = 2.0,
+                 unhealthy_grace: float = 4.0, on_event: Callable[[SupervisorEvent], None] | None = None,
+                 name: str | None = None) -> None:
+        self._on_event = on_event
+        # the breaker also goes to the sync Supervisor: it is reset there when a new plugin is adopted
+        self._sup = Supervisor(config, restart=restart, breaker=breaker, reattach=reattach,
+                               health_interval=health_interval, health_timeout=health_timeout,
+                               unhealthy_grace=unhealthy_grace, on_event=self._event, name=name)
+        self.retry, self.breaker = retry, breaker
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix=f"plugbay-async-sup-{self._sup.name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._switch: _FollowingChannel | None = None
+        self._channel: AioManagedChannel | None = None
+        self._dispensed: dict[str, Any] = {}
+
+    # --- what the sync Supervisor knows ------------------------------------------------
+
+    @property
+    def sync_supervisor(self) -> Supervisor:
+        """The sync Supervisor underneath (its thread restarts the plugin)."""
+        return self._sup
+
+    @property
+    def name(self) -> str:
+        return self._sup.name
+
+    @property
+    def state(self) -> str:
+        return self._sup.state
+
+    @property
+    def events(self) -> list[SupervisorEvent]:
+        return list(self._sup.events)
+
+    @property
+    def current_client(self) -> Client | None:
+        return self._sup.current_client
+
+    def metrics(self) -> dict[str, Any]:
+        return self._sup.metrics()
+
+    @property
+    def channel(self) -> AioManagedChannel:
+        """The grpc.aio channel the stubs use: it follows the plugin across restarts."""
+        if self._channel is None:
+            raise ClientStateError(f"AsyncSupervisor of {self.name!r} is not started; await start() first")
+        return self._channel
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncSupervisor:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start (or reattach to) the plugin, off the loop; errors of this first start are raised."""
+        if self._channel is not None:
+            return
+        await off_loop(self._executor, self._sup.start)
+        if self._channel is not None:  # another task started it meanwhile
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._switch = _FollowingChannel(self._sup, loop, self._executor)
+        managed = self._sup.channel
+        assert isinstance(managed, ManagedChannel)
+        channel = AioManagedChannel(self._switch, managed, loop, self._executor)
+        layers: list[AsyncCallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
+        channel.call_hook = chain_async([*layers, ReadyGate(self._sup)])
+        self._channel = channel
+
+    async def wait_running(self, timeout: float) -> bool:
+        """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent)."""
+        return await off_loop(self._executor, self._sup.wait_running, timeout)
+
+    async def dispense(self, name: str) -> Any:
+        """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Brokered
+        callbacks stay bound to the broker of the Client current when it was dispensed."""
+        channel = self.channel
+        if name in self._dispensed:
+            return self._dispensed[name]
+        plugin, broker = await off_loop(self._executor, self._plugin_and_broker, name)
+        stub = plugin.grpc_client_async(broker, channel)
+        self._dispensed[name] = stub
+        return stub
+
+    def _plugin_and_broker(self, name: str) -> tuple[Any, Any]:
+        client = self._sup.client  # raises while restarting or after giving up, saying so
+        plugins = client.config.versions()[client.negotiated_version]
+        if name not in plugins:
+            raise UnknownPluginError(name, list(plugins))
+        return plugins[name], client.broker
+
+    async def stop(self) -> None:
+        """Stop watching, kill the plugin and close the connections. Idempotent."""
+        stopping = off_loop(None, self._sup.stop)  # not the executor: a start may hold it
+        try:
+            await asyncio.shield(stopping)
+        finally:
+            self._executor.shutdown(wait=False)
+            if self._channel is not None:
+                await asyncio.shield(self._channel.aclose())
+            if self._switch is not None:
+                await asyncio.shield(self._switch.close())
+
+    def _event(self, event: SupervisorEvent) -> None:
+        """On the Supervisor's thread: pass it on; a replaced Client's connection closes on the loop."""
+        if self._on_event is not None:
+            self._on_event(event)
+        loop, switch = self._loop, self._switch
+        if loop is not None and switch is not None and event.kind in ("failure", "restarted", "stopped"):
+            try:
+                loop.call_soon_threadsafe(switch.follow)
+            except RuntimeError:  # the loop is closed: its connections went with it
+                pass
+
+
+class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A grpc.aio channel whose calls go to the Supervisor's current Client (used on the loop only)."""
+
+    def __init__(self, sup: Supervisor, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        self._sup = sup
+        self._loop = loop
+        self._executor = executor
+        self._held: tuple[Client, AioManagedChannel] | None = None
+        self._closing: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def current(self) -> AioManagedChannel | None:
+        """The current Client's grpc.aio channel (dialed now if new); None while it restarts."""
+        client = self._sup.current_client
+        if client is None or self._closed:
+            return None
+        held = self._held
+        if held is not None and held[0] is client:
+            return held[1]
+        self.follow()
+        managed = client.channel
+        assert isinstance(managed, ManagedChannel)
+        channel = AioManagedChannel(client.aio_channel(), managed, self._loop, self._executor)
+        self._held = (client, channel)
+        return channel
+
+    def follow(self) -> None:
+        """Close the connection of a Client the Supervisor replaced (its calls end, typed)."""
+        held = self._held
+        if held is not None and held[0] is not self._sup.current_client:
+            self._held = None
+            closing = asyncio.ensure_future(held[1].aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def close(self, grace: float | None = None) -> None:
+        self._closed = True
+        held, self._held = self._held, None
+        if held is not None:
+            await held[1].aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _callable(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        def call(request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+            channel = self.current()
+            if channel is None:  # restarting: nothing was sent; the ready gate waits for the successor
+                return _Refused(ClientClosed(
+                    f"the plugin of Supervisor {self._sup.name!r} is being restarted", None,
+                    grpc.StatusCode.UNAVAILABLE, sent=False))
+            return getattr(channel, kind)(method, ser, de)(request, timeout=timeout, **kwargs)
+        return call
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> Any:
+        return self._callable("unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return self._callable("unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return self._callable("stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> Any:
+        return self._callable("stream_stream", method, request_serializer, response_deserializer)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        channel = self.current()
+        if channel is None:
+            return grpc.ChannelConnectivity.SHUTDOWN if self._closed else grpc.ChannelConnectivity.CONNECTING
+        return channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self.get_state() == last_observed_state:
+            await asyncio.sleep(0.1)
+
+    async def channel_ready(self) -> None:
+        while (channel := self.current()) is None:
+            if self._closed:
+                raise ClientStateError(f"the Supervisor of plugin {self._sup.name!r} was stopped")
+            await asyncio.sleep(0.05)
+        await channel.channel_ready()
+
+    async def __aenter__(self) -> _FollowingChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Refused:
+    """A call refused before anything was sent: awaiting, iterating, reading or writing raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self._error = error
+
+    def __await__(self) -> Any:
+        return self._raise().__await__()
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _raise(self) -> Any:
+        raise self._error
+
+    async def _iterate(self) -> Any:
+        raise self._error
+        yield  # an async generator
+
+    async def read(self) -> Any:
+        return await self._raise()
+
+    async def write(self, request: Any) -> None:
+        await self._raise()
+
+    async def done_writing(self) -> None:
+        await self._raise()
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
