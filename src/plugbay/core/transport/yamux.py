@@ -169,7 +169,8 @@ class Session(Splicing):
 
     def forget(self, stream: Stream) -> None:
         with self._lock:
-            self._streams.pop(stream.id, None)
+            if self._streams.get(stream.id) is stream:  # not a later stream the peer gave the same id
+                del self._streams[stream.id]
 
     def close(self, reason: str = "closed") -> None:
         if self._closed.is_set():
@@ -376,4 +377,6 @@ class Session(Splicing):
                 return f"stream {sid} received more than its window"
         if payload is None:
             stream._window(delta or 0, flags)
+        if flags & RST or (flags & FIN and stream._local_fin):
+            self.forget(stream)  # reset or closed both ways: later frames are dropped (as hashicorp/yamux)
         return None

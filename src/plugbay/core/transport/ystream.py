@@ -112,6 +112,9 @@ class Stream:
         """Take a DATA frame: (False when it overruns the receive window (a protocol error),
         whether the stream keeps a reference to ``payload`` (some of it is queued))."""
         with self._cond:
+            if self._reset:
+                # as hashicorp/yamux, which drops a reset stream: its frames in flight are discarded
+                return True, False
             self._recv_window -= len(payload)
             if self._recv_window < 0:
                 return False, False
@@ -367,6 +370,8 @@ class Stream:
             self._local_fin = True
             flags = self._take_flags() | FIN
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
+        if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
+            self.session.forget(self)
 
     def reset(self) -> None:
         with self._cond:
@@ -381,6 +386,9 @@ class Stream:
             self.session._send_rst(self.id)
         except StreamClosed:
             pass  # the whole session is gone, which resets every stream anyway
+        # no frame of it matters any more: kept, a refused stream the peer still sends on
+        # would buffer up to its window, and the session would track it for good
+        self.session.forget(self)
 
     @property
     def done(self) -> bool:

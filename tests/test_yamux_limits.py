@@ -1,0 +1,116 @@
+"""What a yamux peer can make a Session hold: reset streams, unanswered pings, open streams.
+
+A raw peer (a socketpair end the test writes hashicorp/yamux frames to) against a
+real Session; whatever the peer sends, the Session's memory and streams stay bounded.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.resilience_util import wait_until
+
+from plugbay.core.transport.yamux import (
+    ACK,
+    DATA,
+    PING,
+    RST,
+    SYN,
+    WINDOW,
+    WINDOW_UPDATE,
+    Session,
+    Stream,
+)
+
+_HDR = struct.Struct(">BBHII")
+
+
+class RawPeer:
+    """A client-side peer speaking raw frames to a server Session; ``drain`` reads what it answers."""
+
+    def __init__(self, on_stream: object, drain: bool = True) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.accepted: list[Stream] = []
+        self.frames: list[tuple[int, int, int, int]] = []
+        self._lock = threading.Lock()
+        self.session = Session(theirs, client=False, on_stream=on_stream, name="t-limits")  # type: ignore[arg-type]
+        self._reader: threading.Thread | None = None
+        if drain:
+            self._reader = threading.Thread(target=self._drain, daemon=True)
+            self._reader.start()
+
+    def _drain(self) -> None:
+        buf = b""
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= _HDR.size:
+                    _, kind, flags, sid, length = _HDR.unpack(buf[:_HDR.size])
+                    size = _HDR.size + (length if kind == DATA else 0)
+                    if len(buf) < size:
+                        break
+                    buf = buf[size:]
+                    with self._lock:
+                        self.frames.append((kind, flags, sid, length))
+        except OSError:
+            pass
+
+    def resets(self) -> set[int]:
+        with self._lock:
+            return {sid for kind, flags, sid, _ in self.frames if kind == WINDOW_UPDATE and flags & RST}
+
+    def send(self, kind: int, flags: int, sid: int, payload: bytes = b"", length: int | None = None) -> None:
+        self.sock.sendall(_HDR.pack(0, kind, flags, sid, len(payload) if length is None else length) + payload)
+
+    def close(self) -> None:
+        self.session.close()
+        self.sock.close()
+        if self._reader is not None:
+            self._reader.join(10)
+
+
+@pytest.fixture
+def refusing() -> Iterator[RawPeer]:
+    peer = RawPeer(lambda s: s.reset())
+    yield peer
+    peer.close()
+
+
+def test_a_refused_stream_is_dropped_and_its_data_discarded(refusing: RawPeer) -> None:
+    # hashicorp/yamux forgets a stream it reset and drops frames for it; kept, every stream the
+    # peer opens and fills would hold a window's worth (256 KiB) here for good
+    for i in range(20):
+        sid = 2 * i + 1
+        refusing.send(WINDOW_UPDATE, SYN, sid)
+        refusing.send(DATA, 0, sid, b"x" * WINDOW)
+    assert wait_until(lambda: len(refusing.resets()) == 20, 10)
+    refusing.send(PING, SYN, 0, length=7)  # after all the data: answered once the reader read it
+    assert wait_until(lambda: (PING, ACK, 0, 7) in refusing.frames, 10)
+    session = refusing.session
+    assert not session.closed, session.close_reason
+    assert session.open_streams == 0
+    assert not session._streams
+
+
+def test_a_stream_the_peer_resets_is_dropped_and_later_data_for_it_ignored() -> None:
+    peer = RawPeer(lambda s: peer.accepted.append(s))
+    try:
+        peer.send(WINDOW_UPDATE, SYN, 1)
+        assert wait_until(lambda: len(peer.accepted) == 1, 10)
+        peer.send(WINDOW_UPDATE, RST, 1)
+        peer.send(DATA, 0, 1, b"late")  # in flight when the reset left: nobody reads it
+        peer.send(PING, SYN, 0, length=9)
+        assert wait_until(lambda: (PING, ACK, 0, 9) in peer.frames, 10)
+        stream = peer.accepted[0]
+        assert stream.done and stream.read() == b""
+        assert not peer.session._streams and not peer.session.closed
+    finally:
+        peer.close()
