@@ -15,6 +15,7 @@ import pytest
 
 from tests.resilience_util import wait_until
 
+from plugbay.core.transport import yamux
 from plugbay.core.transport.yamux import (
     ACK,
     DATA,
@@ -112,5 +113,43 @@ def test_a_stream_the_peer_resets_is_dropped_and_later_data_for_it_ignored() -> 
         stream = peer.accepted[0]
         assert stream.done and stream.read() == b""
         assert not peer.session._streams and not peer.session.closed
+    finally:
+        peer.close()
+
+
+def test_answers_to_pings_a_peer_never_reads_stay_bounded() -> None:
+    # a peer flooding pings while reading nothing: each answer waited in memory for a socket
+    # that never drains; now a few wait and the rest are dropped, as hashicorp/yamux does
+    peer = RawPeer(lambda s: s.reset(), drain=False)
+    try:
+        batch = b"".join(_HDR.pack(0, PING, SYN, 0, i) for i in range(10000))
+        for _ in range(30):  # 300,000 pings: far more answers than the socket buffers hold
+            peer.sock.sendall(batch)
+        peer.send(WINDOW_UPDATE, SYN, 1)  # the last frame: read once the pings are
+        assert wait_until(lambda: peer.session.heard >= 300001, 60)
+        late = peer.session._late
+        with late._lock:
+            queued = len(late._queued)
+        assert queued <= 64, queued
+        assert not peer.session.closed, peer.session.close_reason
+    finally:
+        peer.close()
+
+
+def test_a_peer_that_never_reads_what_its_frames_need_answered_ends_the_session(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamux, "LATE_MAX", 100)
+    monkeypatch.setattr("plugbay.core.transport.frames.LATE_MAX", 100)
+    peer = RawPeer(lambda s: s.reset(), drain=False)
+    try:
+        # each stream gets an ACK and a RST that cannot be sent: the socket is full of pongs first
+        peer.sock.sendall(b"".join(_HDR.pack(0, PING, SYN, 0, i) for i in range(100000)))
+        try:
+            for i in range(200):
+                peer.send(WINDOW_UPDATE, SYN, 2 * i + 1)
+        except OSError:
+            pass  # ended already
+        assert wait_until(lambda: peer.session.closed, 30)
+        assert "does not read" in peer.session.close_reason
     finally:
         peer.close()

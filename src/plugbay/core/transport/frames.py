@@ -204,6 +204,14 @@ def pipe_for_splicing() -> tuple[int, int, int] | None:
     return r, w, min(size, _PIPE)
 
 
+# Headers the reader may have waiting for a peer that does not read. Every one answers a frame
+# of the peer's (a stream it opened or we refused, a ping), so past this the peer makes this
+# side queue without bound: the session ends.
+LATE_MAX = 16384
+# hashicorp/yamux drops a ping's answer its sender cannot take at once: a few wait, no more
+_PING_ANSWERS = 16
+
+
 class LateControl:
     """Header-only frames the session reader could not send at once, sent by a short-lived thread.
 
@@ -221,15 +229,22 @@ class LateControl:
         self._name = name
         self._lock = threading.Lock()
         self._queued: list[bytes] = []
+        self._pings = 0  # ping answers among _queued
         self._sender: threading.Thread | None = None
 
-    def send(self, header: bytes) -> None:
+    def send(self, header: bytes, ping_answer: bool = False) -> bool:
+        """Queue ``header``; False (nothing queued) once LATE_MAX wait: the caller ends the session."""
         with self._lock:
             if self._closed.is_set():
-                return
+                return True
+            if ping_answer and self._pings >= _PING_ANSWERS:
+                return True  # dropped: its pinger learns the connection is slow, as it is
+            if len(self._queued) >= LATE_MAX:
+                return False
             self._queued.append(header)
+            self._pings += ping_answer
             if self._sender is not None:
-                return  # the running sender takes it
+                return True  # the running sender takes it
             self._sender = sender = threading.Thread(target=self._run, name=f"plugbay-{self._name}-late",
                                                      daemon=True)
         try:
@@ -238,6 +253,7 @@ class LateControl:
             with self._lock:
                 self._sender = None
             raise
+        return True
 
     def pending(self) -> bool:
         """Whether a sender runs: a later header must follow what it holds, never overtake it."""
@@ -249,10 +265,12 @@ class LateControl:
             with self._lock:
                 if not self._queued or self._closed.is_set():
                     self._queued.clear()
+                    self._pings = 0
                     self._sender = None
                     return
                 batch = b"".join(self._queued)
                 self._queued.clear()
+                self._pings = 0
             with self._wlock:
                 try:
                     if not self._closed.is_set():

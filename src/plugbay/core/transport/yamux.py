@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from plugbay.core.transport.frames import (
+    LATE_MAX,
     FrameReader,
     LateControl,
     send_all,
@@ -261,7 +262,8 @@ class Session(Splicing):
     def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
         """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
         if self._late.pending() or not self._try_send(kind, flags, sid, length):  # the reader's frames in order
-            self._late.send(_HDR.pack(0, kind, flags, sid, length))
+            if not self._late.send(_HDR.pack(0, kind, flags, sid, length), ping_answer=kind == PING):
+                self._shutdown(f"protocol error: the peer does not read the {LATE_MAX} frames that answer its own")
 
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"
