@@ -1019,6 +1019,7 @@ def test_two_sessions_writing_in_bulk_both_ways_while_opening_streams_never_lock
             with contextlib.suppress(StreamClosed):
                 while data := stream.read():
                     stream.consumed(len(data))
+                stream.close_write()  # ended both ways: the session drops it (MAX_STREAMS counts open ones)
         start(drain)
 
     sides = {"a": Session(a, client=True, on_stream=drained, name="t-a"),

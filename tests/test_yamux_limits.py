@@ -19,6 +19,7 @@ from plugbay.core.transport import yamux
 from plugbay.core.transport.yamux import (
     ACK,
     DATA,
+    MAX_STREAMS,
     PING,
     RST,
     SYN,
@@ -151,5 +152,28 @@ def test_a_peer_that_never_reads_what_its_frames_need_answered_ends_the_session(
             pass  # ended already
         assert wait_until(lambda: peer.session.closed, 30)
         assert "does not read" in peer.session.close_reason
+    finally:
+        peer.close()
+
+
+def test_streams_past_the_cap_are_reset_and_the_rest_keep_working() -> None:
+    peer = RawPeer(lambda s: peer.accepted.append(s))
+    try:
+        extra = 50
+        peer.sock.sendall(b"".join(_HDR.pack(0, WINDOW_UPDATE, SYN, 2 * i + 1, 0)
+                                   for i in range(MAX_STREAMS + extra)))
+        refused = {2 * i + 1 for i in range(MAX_STREAMS, MAX_STREAMS + extra)}
+        assert wait_until(lambda: peer.resets() >= refused, 20)
+        assert len(peer.accepted) == MAX_STREAMS
+        assert peer.session.open_streams == MAX_STREAMS
+        # data for a refused stream is dropped, not a protocol error
+        peer.send(DATA, 0, min(refused), b"ignored")
+        # a stream that ends makes room for the next
+        peer.accepted[0].reset()
+        late = 2 * (MAX_STREAMS + extra) + 1
+        peer.send(WINDOW_UPDATE, SYN, late)
+        assert wait_until(lambda: len(peer.accepted) == MAX_STREAMS + 1, 10)
+        assert peer.accepted[-1].id == late and late not in peer.resets()
+        assert not peer.session.closed, peer.session.close_reason
     finally:
         peer.close()

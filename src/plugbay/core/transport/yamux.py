@@ -58,6 +58,11 @@ __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", 
 log = logging.getLogger("plugbay.yamux")
 _SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
 _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck on a peer that does not read)
+# Streams the peer may have open at once in one session; its SYNs past this are reset (RST), as
+# hashicorp/yamux resets a stream past its AcceptBacklog (256). Each open stream costs threads
+# (a bridge's or a splice's copy loops), and the peer decides how many it opens.
+MAX_STREAMS = 512
+_PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked for this often at most
 
 class Session(Splicing):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -78,6 +83,8 @@ class Session(Splicing):
         self._lock = threading.Lock()
         self._streams: dict[int, Stream] = {}
         self._next = 1 if client else 2
+        self._next_prune = 0.0  # see _admits
+        self._refusing = False  # the peer reached MAX_STREAMS (logged once)
         self._closed = threading.Event()
         self.close_reason = ""
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
@@ -347,6 +354,26 @@ class Session(Splicing):
                     os.close(self._pipe[0])
                     os.close(self._pipe[1])
 
+    def _admits(self) -> bool:
+        """Whether the peer may open one more stream (MAX_STREAMS; under self._lock)."""
+        if len(self._streams) < MAX_STREAMS:
+            return True
+        theirs = [s for sid, s in self._streams.items() if (sid % 2 == 1) != self._client]
+        now = time.monotonic()
+        if len(theirs) >= MAX_STREAMS and now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY  # a flood at the cap costs no scan per SYN
+            for stream in theirs:
+                if stream.done:  # ended, not yet forgotten by its owner
+                    self._streams.pop(stream.id, None)
+            theirs = [s for s in theirs if s.id in self._streams]
+        if len(theirs) < MAX_STREAMS:
+            return True
+        if not self._refusing:
+            self._refusing = True
+            log.warning("%s: the peer has %d streams open, the most one session may; resetting its new"
+                        " ones until some end", self._reader.name, MAX_STREAMS)
+        return False
+
     def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                       delta: int | None) -> str | None:
         """Deliver a frame to its stream; a protocol error ends the session (as hashicorp/yamux)."""
@@ -362,8 +389,12 @@ class Session(Splicing):
                 if sid in self._streams:
                     # a second SYN would orphan the first stream's reader
                     return f"stream {sid} opened twice"
-                stream = Stream(self, sid)
-                self._streams[sid] = stream
+                stream = Stream(self, sid) if self._admits() else None
+                if stream is not None:
+                    self._streams[sid] = stream
+            if stream is None:
+                self._control(WINDOW_UPDATE, RST, sid, 0)  # its later frames find no stream: dropped
+                return None
             # go's yamux closes the session when an opened stream is not acked in time
             self._control(WINDOW_UPDATE, ACK, sid, 0)
             self._on_stream(stream)
