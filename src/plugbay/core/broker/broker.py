@@ -131,7 +131,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
         self._opening: Opening | None = None  # a stream being opened on the shared loop
         self._private_dir: str | None = None
-        self._early_knocks: set[int] = set()  # knocked before accept_and_serve
+        self._early_knocks: dict[int, float] = {}  # knocked before accept_and_serve: when, oldest first
         self._late_acks: set[int] = set()  # acks not waited for: the dialer's stream proved them
         self._bridges: list[StreamBridge] = []  # multiplexed dials' local listeners
         self._tls: MutualTLS | None = None

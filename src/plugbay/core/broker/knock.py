@@ -20,6 +20,7 @@ that stream, whichever comes first (it fails only with the ack's error).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,8 @@ class Multiplexed:
 
     _cond: threading.Condition
     _acks: dict[int, pb.ConnInfo]
-    _early_knocks: set[int]
+    _early_knocks: dict[int, float]
+    dial_timeout: float
     _late_acks: set[int]
     _bridges: list[StreamBridge]
 
@@ -86,10 +88,11 @@ class Multiplexed:
         # under the lock _on_knock checks serves() with, so a knock is either early or seen served
         with self._cond:
             mux.expect(id, ("unix", path))
-            early = id in self._early_knocks
-            self._early_knocks.discard(id)
-        if early:
-            self._ack(id)
+            knocked = self._early_knocks.pop(id, None)
+        # a knock older than a dial waits for its ack is its dialer's no more: acked, it would route
+        # the peer's next stream (another id's) here
+        if knocked is not None and time.monotonic() - knocked <= self.dial_timeout:
+            self._ack(id, late=True)
 
     def _on_knock(self, msg: pb.ConnInfo) -> None:
         mux = self._mux_session()
@@ -97,11 +100,17 @@ class Multiplexed:
             self._send(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
                 knock=True, ack=True, error="this side does not multiplex brokered connections")))
             return
+        mux.knocked()
+        now = time.monotonic()
         with self._cond:
             early = not mux.serves(msg.service_id)
-            kept = len(self._early_knocks) < MAX_UNCLAIMED
+            knocks = self._early_knocks
+            while knocks and now - knocks[next(iter(knocks))] > self.dial_timeout:  # oldest first
+                del knocks[next(iter(knocks))]
+            knocks.pop(msg.service_id, None)  # a knock again: its time is the new one's
+            kept = len(knocks) < MAX_UNCLAIMED
             if early and kept:
-                self._early_knocks.add(msg.service_id)
+                knocks[msg.service_id] = now
         if early:
             if not kept:
                 self._send_quietly(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
@@ -110,8 +119,10 @@ class Multiplexed:
             return
         self._ack(msg.service_id)
 
-    def _ack(self, id: int) -> None:
-        error = self._mux().accept_knock(id)
+    def _ack(self, id: int, late: bool = False) -> None:
+        from plugbay.core.transport.muxsession import KNOCK_TTL  # loaded with the session already
+
+        error = self._mux().accept_knock(id, max(self.dial_timeout, KNOCK_TTL), late)
         self._send_quietly(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
 
     def _send_quietly(self, msg: pb.ConnInfo) -> None:

@@ -33,6 +33,10 @@ _ROUTE_DIAL = 2.0  # a routed stream's local target that does not take the conne
 # as hashicorp/yamux resets a stream past its AcceptBacklog (256): each waiting dial holds a thread
 # for up to _ROUTE_DIAL, and the peer decides how many streams it opens.
 ROUTE_WAITING_MAX = 256
+# An acked knock whose stream has not come by then is dropped: its dialer (which waits this long
+# for the ack, as go-plugin's, from before it was sent) gave up and opens nothing; kept, it would
+# take the peer's next stream, knocked for another id.
+KNOCK_TTL = 5.0
 
 
 class MuxSession:
@@ -45,7 +49,7 @@ class MuxSession:
         self._session: Session | None = None
         self._closed = False
         self._targets: dict[int, tuple[str, str]] = {}
-        self._knocks: deque[int] = deque()
+        self._knocks: deque[tuple[int, float]] = deque()  # (id, until when its stream is awaited)
         self._waiting = 0  # routed dials on workers now (ROUTE_WAITING_MAX)
         self._workers = Workers("plugbay-mux-copy")  # the bridges' copy loops (and StreamBridge's accepts)
         self.default_target: tuple[str, str] | None = None
@@ -60,7 +64,11 @@ class MuxSession:
 
     def _on_stream(self, stream: Stream) -> None:
         with self._lock:
-            sid = self._knocks.popleft() if self._knocks else None
+            now = time.monotonic()
+            while self._knocks and self._knocks[0][1] < now:
+                log.debug("%s: dropping the knock for broker id %s: its stream never came", self.name,
+                          self._knocks.popleft()[0])
+            sid = self._knocks.popleft()[0] if self._knocks else None
             target = self._targets.get(sid) if sid is not None else self.default_target
             if sid is None and target is None and self._held is not None and self._held.hold(stream):
                 return  # its knock is on the way (an eager dialer)
@@ -130,6 +138,13 @@ class MuxSession:
         except RuntimeError:  # closing: bridge reset the stream and closed conn
             pass
 
+    def knocked(self) -> None:
+        """The peer knocked: the knocks before it are done. Its dialer knocks only once its last
+        knock's stream is open or given up (go-plugin's dialMutex), and that stream's SYN came
+        before this knock on the connection, so a knock still queued was given up."""
+        with self._lock:
+            self._knocks.clear()
+
     def expect(self, id: int, target: tuple[str, str]) -> None:
         with self._lock:
             self._targets[id] = target
@@ -142,18 +157,26 @@ class MuxSession:
         with self._lock:
             return id in self._targets
 
-    def accept_knock(self, id: int) -> str:
-        """Route the peer's next stream to ``id``; an error text if nothing serves it."""
+    def accept_knock(self, id: int, ttl: float = KNOCK_TTL, late: bool = False) -> str:
+        """Route the peer's next stream (opened within ``ttl``) to ``id``; an error text if nothing serves it.
+
+        ``late``: a knock that came before ``id`` was served, answered only now.
+        """
         with self._lock:
-            early = self._held.pop() if self._held is not None else None  # opened before its knock
+            if self._held is None:
+                early = None
+            elif late:  # a stream reset while held is this knock's, its dialer gone: taken, not routed
+                early = self._held.pop_dead()
+            else:
+                early = self._held.pop()  # opened before its knock
             target = self._targets.get(id)
             if target is not None and early is None:
-                self._knocks.append(id)
+                self._knocks.append((id, time.monotonic() + ttl))
         if target is None:
             if early is not None:
                 early.reset()  # the dialer resets it too, on hearing the error
             return f"no listener for id {id}"
-        if early is not None:
+        if early is not None and not early.done:
             self._route(early, target, id)
         return ""
 
