@@ -560,19 +560,16 @@ def test_closing_a_dialed_channel_frees_its_bridge(mpair: MuxPair) -> None:
 
 
 def test_a_peer_flooding_knocks_and_acks_cannot_grow_the_broker_without_bound(mpair: MuxPair) -> None:
-    # knocks for ids nobody serves, and acks nobody asked for, come from the peer: kept up to a cap,
-    # then refused (a knock answered with an error ack) or dropped oldest first (acks)
+    # knocks for ids nobody serves, and acks nobody asked for, come from the peer: a knock ends
+    # the ones before it (the peer knocks once its last knock is done), acks are dropped oldest first
     from plugbay.core.broker.knock import MAX_UNCLAIMED
 
     host = mpair.host
     for i in range(MAX_UNCLAIMED + 50):
         host.receive(pb.ConnInfo(service_id=100_000 + i, knock=pb.ConnInfo.Knock(knock=True)))
         host.receive(pb.ConnInfo(service_id=200_000 + i, knock=pb.ConnInfo.Knock(knock=True, ack=True)))
-    assert len(host._early_knocks) == MAX_UNCLAIMED
+    assert list(host._early_knocks) == [100_000 + MAX_UNCLAIMED + 49]
     assert len(host._acks) == MAX_UNCLAIMED and 200_000 not in host._acks
-    # the refused knocks were answered: the peer's dials of those ids fail with the reason, not a timeout
-    with pytest.raises(BrokerError, match="knocks wait for ids not served"):
-        mpair.plugin._wait_ack(100_000 + MAX_UNCLAIMED + 49, 10.0)
     # and brokering still works
     sid = host.next_id()
     host.accept_and_serve(sid, register("after-flood"))

@@ -104,18 +104,11 @@ class Multiplexed:
         now = time.monotonic()
         with self._cond:
             early = not mux.serves(msg.service_id)
-            knocks = self._early_knocks
-            while knocks and now - knocks[next(iter(knocks))] > self.dial_timeout:  # oldest first
-                del knocks[next(iter(knocks))]
-            knocks.pop(msg.service_id, None)  # a knock again: its time is the new one's
-            kept = len(knocks) < MAX_UNCLAIMED
-            if early and kept:
-                knocks[msg.service_id] = now
+            # the knocks before this one are done too (see MuxSession.knocked): at most one waits
+            self._early_knocks.clear()
+            if early:
+                self._early_knocks[msg.service_id] = now
         if early:
-            if not kept:
-                self._send_quietly(pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
-                    knock=True, ack=True, error=f"more than {MAX_UNCLAIMED} knocks wait for ids not served;"
-                                                " call accept_and_serve before the other side dials")))
             return
         self._ack(msg.service_id)
 

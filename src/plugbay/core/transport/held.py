@@ -49,10 +49,10 @@ class HeldStreams:
             self._drop_dead()
             return self._streams.popleft()[0] if self._streams else None
 
-    def pop_dead(self) -> Stream | None:
-        """The oldest held stream if the peer already reset it (its dialer gave up on its knock)."""
+    def pop_oldest(self) -> Stream | None:
+        """The oldest held stream, even one the peer reset (its dialer gave up on its knock)."""
         with self._lock:
-            return self._streams.popleft()[0] if self._streams and self._streams[0][0].done else None
+            return self._streams.popleft()[0] if self._streams else None
 
     def expire(self) -> None:
         """Reset streams whose knock did not come in time."""

@@ -165,8 +165,8 @@ class MuxSession:
         with self._lock:
             if self._held is None:
                 early = None
-            elif late:  # a stream reset while held is this knock's, its dialer gone: taken, not routed
-                early = self._held.pop_dead()
+            elif late:  # its stream came first, even one reset since (its dialer gave up): taken
+                early = self._held.pop_oldest()
             else:
                 early = self._held.pop()  # opened before its knock
             target = self._targets.get(id)
