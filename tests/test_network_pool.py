@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
@@ -292,3 +293,22 @@ def test_a_refusing_endpoint_is_tried_again_while_another_is_merely_unhealthy(
         finally:
             restart.join(30)
         assert back and result == str(back[0].proc.pid).encode()
+
+
+def test_streams_that_run_to_their_deadline_do_not_count_against_the_endpoint(
+        replicas: Callable[..., Replica]) -> None:
+    # a health watch (a Supervisor's) ends by its deadline on purpose, every interval: no failure
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    a = replicas()
+    outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=30.0)
+    with RemoteClient(remote(f"static:///{a.address}", outlier=outlier)) as client:
+        stub = health_pb2_grpc.HealthStub(client.pool)  # type: ignore[no-untyped-call]
+        for _ in range(4):
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=0.3)
+            with pytest.raises(grpc.RpcError) as ended:
+                for _answer in watch:
+                    pass
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        snap = client.metrics()
+        assert snap["ejections"] == 0 and snap["endpoints"][f"tcp:{a.address}"]["failures"] == 0, snap

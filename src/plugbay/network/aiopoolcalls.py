@@ -263,7 +263,8 @@ def _report(pool: EndpointPool, member: Member, call: Any) -> None:
 
     async def report() -> None:
         code, details = await call.code(), await call.details()
-        error = None if code == grpc.StatusCode.OK else grpc.aio.AioRpcError(
+        # a stream that ran to its deadline was bounded by its caller (a watch): no fault of the endpoint
+        error = None if code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) else grpc.aio.AioRpcError(
             code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
         pool.done(member, error)
 

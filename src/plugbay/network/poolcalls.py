@@ -272,6 +272,6 @@ def _call_error(call: Any) -> BaseException | None:
         code = call.code()
     except Exception:
         return None
-    if code is None or code == grpc.StatusCode.OK:
-        return None
+    if code is None or code == grpc.StatusCode.OK or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return None  # a stream that ran to its deadline was bounded by its caller (a watch): no fault
     return _TypedRpcError(str(call.details()), code, str(call.details()))
