@@ -253,6 +253,19 @@ def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -
             attached = AttachedProcess(v6.pid, name="plugin")
             attached.proven = True
             attached.plugin_to_host("tcp", f"127.0.0.1:{port}")
+        # a wildcard listener proves this machine's addresses, never another host's
+        with socket.socket() as wild:
+            wild.bind(("0.0.0.0", 0))
+            wild.listen()
+            wild_port = wild.getsockname()[1]
+            assert listens_on([os.getpid()], "tcp", f"127.0.0.1:{wild_port}")
+            assert not listens_on([os.getpid()], "tcp", f"192.0.2.10:{wild_port}")  # TEST-NET-1: not ours
+        # another server's socket renamed onto the plugin's path: the table still names the path, the
+        # listener behind it is not the plugin's
+        other_unix = _server("unix", str(tmp_path / "other.sock"))
+        procs.append(other_unix)
+        os.replace(tmp_path / "other.sock", spaced / "kv.sock")
+        assert not listens_on([plugin.pid], "unix", str(spaced / "kv.sock"))
         # a listener in another network namespace: its 127.0.0.1 is not this host's
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

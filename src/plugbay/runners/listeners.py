@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import struct
 from collections.abc import Iterable
 
 _UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags column
@@ -115,7 +117,35 @@ def tcp_listeners(pid: int, address: str) -> set[int]:
                 same_family.add(inode)
             elif ip.is_unspecified and want_ip.version == 4:
                 dual.add(inode)  # "::" without IPV6_V6ONLY takes IPv4 too
-    return exact or same_family or dual
+    if exact:
+        return exact
+    # a wildcard listener takes only what reaches this machine: another host's address is not it
+    return (same_family or dual) if _is_local(want_ip) else set()
+
+
+def _is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is one of this namespace's own addresses (the kernel lets a socket bind to it)."""
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+def unix_peer_pid(path: str) -> int | None:
+    """The pid that listens on the unix socket now at ``path`` (SO_PEERCRED of a connection made and
+    closed at once), or None: the table names the path a socket was bound to, not the one there now."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(path)
+            pid, _, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except OSError:
+        return None
+    return int(pid)
 
 
 def _same_namespaces(pid: int) -> bool:
@@ -139,6 +169,8 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         return False
     if network == "unix":
         listening = unix_listeners(pids[0], address)
+        if listening and unix_peer_pid(address) not in pids:  # another socket renamed onto the path
+            return False
     elif network == "tcp":
         listening = tcp_listeners(pids[0], address)
     else:
