@@ -128,3 +128,46 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "b'1' running"
+
+
+def test_two_concurrent_starts_start_one_plugin_and_a_stopped_one_stays_stopped(tmp_path: Path) -> None:
+    import uuid
+
+    from tests.test_supervisor_stop import _tagged
+
+    tag = uuid.uuid4().hex
+
+    async def main() -> None:
+        sup = AsyncSupervisor(lambda: faulty_config(tmp_path, env={"RESILIENCE_TAG": tag}), restart=FAST,
+                              health_interval=None)
+        try:
+            await asyncio.gather(sup.start(), sup.start())
+            assert len(_tagged(tag)) == 1, _tagged(tag)
+        finally:
+            await sup.stop()
+        assert wait_until(lambda: not _tagged(tag), 10), _tagged(tag)
+        with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+            await sup.start()
+        with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+            await sup.dispense(PLUGIN_NAME)
+
+    try:
+        asyncio.run(main())
+    finally:
+        for pid in _tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_channel_ready_raises_once_the_restart_budget_is_spent(tmp_path: Path) -> None:
+    from plugbay import RestartBudgetExhaustedError
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), health_interval=None,
+                                   restart=RestartPolicy(max_restarts=0, initial_backoff=0.01)) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            os.kill(int(await kv.get("__pid__")), signal.SIGKILL)
+            assert await asyncio.to_thread(wait_until, lambda: sup.state == "failed", 10), sup.events
+            with pytest.raises(RestartBudgetExhaustedError):
+                await asyncio.wait_for(sup.channel.channel_ready(), 10)
+
+    asyncio.run(main())

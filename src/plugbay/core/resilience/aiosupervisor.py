@@ -62,6 +62,8 @@ class AsyncSupervisor:
         self._switch: _FollowingChannel | None = None
         self._channel: AioManagedChannel | None = None
         self._dispensed: dict[str, Any] = {}
+        self._starting: asyncio.Future[None] | None = None
+        self._stopped = False
 
     # --- what the sync Supervisor knows ------------------------------------------------
 
@@ -110,12 +112,21 @@ class AsyncSupervisor:
         await self.stop()
 
     async def start(self) -> None:
-        """Start (or reattach to) the plugin, off the loop; errors of this first start are raised."""
+        """Start (or reattach to) the plugin, off the loop; errors of this first start are raised.
+        Safe to await again, from several tasks at once: one start, which the others wait for."""
+        self._check_not_stopped()
         if self._channel is not None:
             return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    def _check_not_stopped(self) -> None:
+        if self._stopped:
+            raise ClientStateError(f"the AsyncSupervisor of plugin {self.name!r} was stopped; make a new one")
+
+    async def _start(self) -> None:
         await off_loop(self._executor, self._sup.start)
-        if self._channel is not None:  # another task started it meanwhile
-            return
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._switch = _FollowingChannel(self._sup, loop, self._executor)
@@ -133,6 +144,7 @@ class AsyncSupervisor:
     async def dispense(self, name: str) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Brokered
         callbacks stay bound to the broker of the Client current when it was dispensed."""
+        self._check_not_stopped()
         channel = self.channel
         if name in self._dispensed:
             return self._dispensed[name]
@@ -150,6 +162,7 @@ class AsyncSupervisor:
 
     async def stop(self) -> None:
         """Stop watching, kill the plugin and close the connections. Idempotent."""
+        self._stopped = True
         stopping = off_loop(None, self._sup.stop)  # not the executor: a start may hold it
         try:
             await asyncio.shield(stopping)
@@ -165,7 +178,7 @@ class AsyncSupervisor:
         if self._on_event is not None:
             self._on_event(event)
         loop, switch = self._loop, self._switch
-        if loop is not None and switch is not None and event.kind in ("failure", "restarted", "stopped"):
+        if loop is not None and switch is not None and event.kind in ("failure", "restarted", "stopped", "gave_up"):
             try:
                 loop.call_soon_threadsafe(switch.follow)
             except RuntimeError:  # the loop is closed: its connections went with it
@@ -243,16 +256,18 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         channel = self.current()
         if channel is None:
-            return grpc.ChannelConnectivity.SHUTDOWN if self._closed else grpc.ChannelConnectivity.CONNECTING
+            ended = self._closed or self._sup.state in ("failed", "stopped")
+            return grpc.ChannelConnectivity.SHUTDOWN if ended else grpc.ChannelConnectivity.CONNECTING
         return channel.get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        while self.get_state() == last_observed_state:
+        while self.get_state() == last_observed_state != grpc.ChannelConnectivity.SHUTDOWN:
             await asyncio.sleep(0.1)
 
     async def channel_ready(self) -> None:
         while (channel := self.current()) is None:
-            if self._closed:
+            self._sup.raise_if_failed()  # the restart budget is spent: no plugin will come
+            if self._closed or self._sup.state == "stopped":
                 raise ClientStateError(f"the Supervisor of plugin {self._sup.name!r} was stopped")
             await asyncio.sleep(0.05)
         await channel.channel_ready()

@@ -101,6 +101,7 @@ class Supervisor:
         self._named = name is not None
         self.name = name or (config.name if isinstance(config, ClientConfig) and config.name else "plugin")
         self._cond = threading.Condition()
+        self._start_lock = threading.Lock()  # one start() at a time: a second would start a second plugin
         self._state = STARTING
         self._client: Client | None = None
         self._watcher: HealthWatcher | None = None
@@ -179,7 +180,12 @@ class Supervisor:
         self.stop()
 
     def start(self) -> None:
-        """Start (or reattach to) the plugin; errors of this first start are raised as they are."""
+        """Start (or reattach to) the plugin; errors of this first start are raised as they are.
+        From several threads at once: one start, which the others wait for."""
+        with self._start_lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._state == STOPPED:
             raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
         if self._channel is not None:
