@@ -188,7 +188,7 @@ def test_a_knock_seen_unserved_while_accept_and_serve_runs_is_still_answered(mpa
     sid = mpair.host.next_id()
     acks: list[int] = []
     ack = mpair.host._ack
-    mpair.host._ack = lambda id, late=False: (acks.append(id), ack(id, late))  # type: ignore[method-assign]
+    mpair.host._ack = lambda id, knocked_at=None: (acks.append(id), ack(id, knocked_at))  # type: ignore[method-assign]
     held = PauseAt(MuxSession.serves.__code__, "return")
 
     def knock() -> None:

@@ -48,3 +48,62 @@ def test_a_knock_older_than_a_dial_waits_is_not_answered_when_its_id_is_served()
         assert check(p.plugin.dial(a), "helper-a") == SERVING
     finally:
         close_mux_pair(p)
+
+
+def test_a_main_channel_connection_after_a_host_dial_timed_out_reaches_the_main_server() -> None:
+    # the host gave up dialing a (its own timeout, shorter than the plugin's dial_timeout); the plugin
+    # serves a later and answers the knock: the host takes that route itself, so its next main-channel
+    # connection (gRPC reconnecting) still reaches the plugin's main server, not helper-a
+    import grpc
+
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    p = make_mux_pair("unix")
+    try:
+        a = p.plugin.next_id()
+        with pytest.raises(BrokerTimeoutError):
+            p.host.dial(a, timeout=0.5)
+        p.plugin.accept_and_serve(a, register("helper-a"))
+        deadline = time.monotonic() + 5
+        while p.front._knocks and time.monotonic() < deadline:  # the host consumes the route
+            time.sleep(0.02)
+        second = grpc.insecure_channel(f"unix:{p.hostmux.local_address[1]}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            with pytest.raises(grpc.RpcError) as answered:  # the main server has no health for helper-a
+                health_pb2_grpc.HealthStub(second).Check(  # type: ignore[no-untyped-call]
+                    health_pb2.HealthCheckRequest(service="helper-a"), timeout=5)
+            assert answered.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            second.close()
+        assert check(p.host.dial(a), "helper-a") == SERVING  # and a dial of a works as ever
+    finally:
+        close_mux_pair(p)
+
+
+def test_an_eager_dial_after_one_that_timed_out_never_reaches_the_first_ids_server() -> None:
+    # the plugin opens its stream right after its knock (the host holds it): a late answer to the
+    # first knock takes only a stream held right after that knock, never the next dial's
+    import threading
+
+    p = make_mux_pair("unix")
+    p.front.peer_holds = True
+    try:
+        wrong = 0
+        for i in range(40):  # bounded: a round takes about 0.2 s; the race needs a few of them
+            x, y = p.host.next_id(), p.host.next_id()
+            p.host.accept_and_serve(y, register(f"h{y}"))
+            with pytest.raises(BrokerTimeoutError):
+                p.plugin.dial(x, timeout=0.15)
+            late = threading.Thread(target=p.host.accept_and_serve, args=(x, register(f"h{x}")))
+            got: list[object] = []
+            dialing = threading.Thread(target=lambda: got.append(check(p.plugin.dial(y, timeout=3), f"h{y}")))
+            dialing.start()
+            time.sleep(i % 5 / 1000)  # the late serve lands at various points of the dial of y
+            late.start()  # races the dial of y, as the host serving x late would
+            dialing.join(10)
+            late.join(10)
+            wrong += got != [SERVING]
+        assert wrong == 0
+    finally:
+        close_mux_pair(p)

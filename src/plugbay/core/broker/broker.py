@@ -133,6 +133,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._private_dir: str | None = None
         self._early_knocks: dict[int, float] = {}  # knocked before accept_and_serve: when, oldest first
         self._late_acks: set[int] = set()  # acks not waited for: the dialer's stream proved them
+        self._gave_up: set[int] = set()  # knocks whose dial timed out (knock.py _take_route)
         self._bridges: list[StreamBridge] = []  # multiplexed dials' local listeners
         self._tls: MutualTLS | None = None
         if transport.tls is not None and transport.peer_cert_pem is not None:

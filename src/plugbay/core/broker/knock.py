@@ -19,6 +19,7 @@ that stream, whichever comes first (it fails only with the ack's error).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.errors import BrokerClosedError, BrokerError
+from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, PlugbayError
 
 if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.yamux import Session, Stream
 
+log = logging.getLogger("plugbay.broker")
 _BRIDGE_JOIN = 10.0
 # Knocks for ids not served yet, and acks nobody waits for, are kept at most this many: the
 # peer sends them, and a peer is not trusted to stay within what the other side asked for.
@@ -54,6 +56,7 @@ class Multiplexed:
     _early_knocks: dict[int, float]
     dial_timeout: float
     _late_acks: set[int]
+    _gave_up: set[int]  # ids whose knock's ack we stopped waiting for (see _take_route)
     _bridges: list[StreamBridge]
 
     # provided by GRPCBroker
@@ -92,7 +95,7 @@ class Multiplexed:
         # a knock older than a dial waits for its ack is its dialer's no more: acked, it would route
         # the peer's next stream (another id's) here
         if knocked is not None and time.monotonic() - knocked <= self.dial_timeout:
-            self._ack(id, late=True)
+            self._ack(id, knocked_at=knocked)
 
     def _on_knock(self, msg: pb.ConnInfo) -> None:
         mux = self._mux_session()
@@ -112,10 +115,10 @@ class Multiplexed:
             return
         self._ack(msg.service_id)
 
-    def _ack(self, id: int, late: bool = False) -> None:
+    def _ack(self, id: int, knocked_at: float | None = None) -> None:
         from plugbay.core.transport.muxsession import KNOCK_TTL  # loaded with the session already
 
-        error = self._mux().accept_knock(id, max(self.dial_timeout, KNOCK_TTL), late)
+        error = self._mux().accept_knock(id, max(self.dial_timeout, KNOCK_TTL), knocked_at)
         self._send_quietly(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True, ack=True, error=error)))
 
     def _send_quietly(self, msg: pb.ConnInfo) -> None:
@@ -130,8 +133,13 @@ class Multiplexed:
         mux = self._mux()
         with mux.dial_lock:
             session = mux.session  # the knock's stream must follow it on the same connection
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            self._knock(id)
             return self._open_when_acked(id, timeout, session)
+
+    def _knock(self, id: int) -> None:
+        with self._cond:  # an ack for ``id`` from now on is this knock's, even after a dial that gave up
+            self._gave_up.discard(id)
+        self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
 
     def _open_when_acked(self, id: int, timeout: float, session: Session | None) -> Stream:
         self._wait_ack(id, timeout)
@@ -146,7 +154,14 @@ class Multiplexed:
                 self._late_acks.pop()
             return _ROUTED
 
-        ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement", proven)
+        try:
+            ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement", proven)
+        except BrokerTimeoutError:
+            with self._cond:  # its ack may still come: the peer would route our next stream to id
+                self._gave_up.add(id)
+                if len(self._gave_up) > MAX_UNCLAIMED:
+                    self._gave_up.pop()
+            raise
         assert isinstance(ack, pb.ConnInfo)
         if not ack.knock.ack:
             raise BrokerError(f"handshake failed for multiplexing on id {id}: expected knock and ack,"
@@ -154,6 +169,21 @@ class Multiplexed:
         if ack.knock.error:
             raise BrokerError(f"failed to knock for broker id {id}: {ack.knock.error}; the other side"
                               " must call accept_and_serve with this id first")
+
+    def _take_route(self, id: int) -> None:
+        """A knock we gave up on was acked after all: the peer routes our next stream to ``id``.
+        Open one now and reset it, so that route takes nothing else (a main-channel reconnect).
+        Not while a dial is under way: its knock ended ours at the peer. Not with a peer that
+        holds eager streams: it took the stream our dial reset."""
+        mux = self._mux_session()
+        if mux is None or mux.peer_holds or mux.session is None or not mux.dial_lock.acquire(blocking=False):
+            return
+        try:
+            mux.open_stream(timeout=0.5, on=mux.session).reset()
+        except PlugbayError as exc:
+            log.debug("broker: taking the route of broker id %s: %s", id, exc)
+        finally:
+            mux.dial_lock.release()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
@@ -165,7 +195,7 @@ class Multiplexed:
         path = private_socket(self._private_dir_path(), f"dial{id}")
         with mux.dial_lock:
             session = mux.session  # the knock's stream must follow it on the same connection
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+            self._knock(id)
             # while the knock travels: the local listener, its accept loop and the channel
             bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
                                   name=f"plugbay-mux-dial-{id}")

@@ -61,9 +61,11 @@ class StreamEnd:
     _outbox: list[pb.ConnInfo]
     _acks: dict[int, pb.ConnInfo]
     _late_acks: set[int]
+    _gave_up: set[int]
     _announced: dict[int, tuple[pb.ConnInfo, float]]
     call: Any
     _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
+    _take_route: Callable[[int], None]  # knock.Multiplexed's
 
     def open_stream_with(self, opener: Callable[[float], Opening | None]) -> None:
         """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True)).
@@ -179,12 +181,17 @@ class StreamEnd:
             self._on_knock(msg)
             return
         now = time.monotonic()
+        routed: bool | None = None
         with self._cond:
             if msg.HasField("knock"):
                 if msg.service_id in self._late_acks:  # its dial returned already (knock.py)
                     self._late_acks.discard(msg.service_id)
                     return
-                self._acks[msg.service_id] = msg
+                if msg.service_id in self._gave_up:  # its dial timed out: nothing waits for it
+                    self._gave_up.discard(msg.service_id)
+                    routed = not msg.knock.error
+                else:
+                    self._acks[msg.service_id] = msg
                 if len(self._acks) > MAX_UNCLAIMED:  # the oldest: no dial waits that long
                     del self._acks[next(iter(self._acks))]
             else:
@@ -200,6 +207,8 @@ class StreamEnd:
                     del announced[oldest]
                 announced[msg.service_id] = (msg, now)
             self._cond.notify_all()
+        if routed:
+            self._take_route(msg.service_id)
 
     def _lost_message(self) -> str:
         return (f"the broker stream to the other side ended ({self._lost}); the plugin or host"

@@ -49,10 +49,13 @@ class HeldStreams:
             self._drop_dead()
             return self._streams.popleft()[0] if self._streams else None
 
-    def pop_oldest(self) -> Stream | None:
-        """The oldest held stream, even one the peer reset (its dialer gave up on its knock)."""
+    def pop_oldest(self, held_by: float) -> Stream | None:
+        """The oldest held stream, even one the peer reset (its dialer gave up on its knock), if it
+        was held by ``held_by`` (a time.monotonic() value); a later one is a later knock's."""
         with self._lock:
-            return self._streams.popleft()[0] if self._streams else None
+            if not self._streams or self._streams[0][1] - self._hold > held_by:
+                return None
+            return self._streams.popleft()[0]
 
     def expire(self) -> None:
         """Reset streams whose knock did not come in time."""

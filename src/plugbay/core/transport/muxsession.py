@@ -37,6 +37,9 @@ ROUTE_WAITING_MAX = 256
 # for the ack, as go-plugin's, from before it was sent) gave up and opens nothing; kept, it would
 # take the peer's next stream, knocked for another id.
 KNOCK_TTL = 5.0
+# An eager dialer's stream follows its knock at once (the same connection, a frame later); one
+# held this much after the knock is a later dial's (this dial timed out, its stream gone).
+_EAGER_SLACK = 0.1
 
 
 class MuxSession:
@@ -157,16 +160,20 @@ class MuxSession:
         with self._lock:
             return id in self._targets
 
-    def accept_knock(self, id: int, ttl: float = KNOCK_TTL, late: bool = False) -> str:
+    def accept_knock(self, id: int, ttl: float = KNOCK_TTL, knocked_at: float | None = None) -> str:
         """Route the peer's next stream (opened within ``ttl``) to ``id``; an error text if nothing serves it.
 
-        ``late``: a knock that came before ``id`` was served, answered only now.
+        ``knocked_at``: a knock that came then, before ``id`` was served, answered only now.
         """
         with self._lock:
             if self._held is None:
                 early = None
-            elif late:  # its stream came first, even one reset since (its dialer gave up): taken
-                early = self._held.pop_oldest()
+            elif knocked_at is not None:
+                # an eager dialer opens its stream right after its knock: the stream held then is
+                # its own, even one reset since (it gave up); one held later is a later dial's
+                early = self._held.pop_oldest(knocked_at + _EAGER_SLACK)
+                if early is None:
+                    return f"the dial of id {id} gave up before it was served; dial again"
             else:
                 early = self._held.pop()  # opened before its knock
             target = self._targets.get(id)
