@@ -10,9 +10,10 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
+from plugbay.core.host.aiochannel import TaskCall, retrieved
 from plugbay.errors import NoEndpointsError
 from plugbay.network.channelbase import Member
-from plugbay.network.poolcalls import EndpointPool, NoEndpoints, PoolCallable, no_endpoints, not_sent
+from plugbay.network.poolcalls import EndpointPool, PoolCallable, no_endpoints, not_sent, out_of_tries
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
 
@@ -28,7 +29,7 @@ class AioPoolCallable(Protocol):
     async def pick(self, pick_until: float, tried: set[str]) -> Member: ...
 
 
-class UnaryCall:
+class UnaryCall(TaskCall):
     """A unary call through the pool: it runs from the moment it is made (as a task), may go to a second
     endpoint when the first provably never got it, and is awaited for its response. Its metadata, code
     and details are those of its last try."""
@@ -37,8 +38,7 @@ class UnaryCall:
                  kwargs: dict[str, Any]) -> None:
         self._callable = callable
         self._call: Any = None  # the try under way, or the last one
-        self._task = asyncio.ensure_future(self._run(request, timeout, kwargs))
-        self._task.add_done_callback(_retrieved)  # a call nobody awaits fails quietly, as grpc.aio's does
+        super().__init__(self._run(request, timeout, kwargs))
 
     async def _run(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         rules, pool = self._callable.rules, self._callable.channel.pool
@@ -50,10 +50,7 @@ class UnaryCall:
             try:
                 member = await self._callable.pick(pick_until, tried)
             except NoEndpointsError as exc:
-                if not tried or pool.closed:
-                    raise
-                raise no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc),
-                                   last=last) from None
+                raise out_of_tries(pool, exc, tried, last) from None
             try:
                 self._call = self._callable.start(member, request, rules.remaining(deadline), kwargs)
                 result = await self._call
@@ -76,21 +73,6 @@ class UnaryCall:
                 raise
             pool.done(member, None)
             return result
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._task.__await__()
-
-    def cancel(self) -> bool:
-        return self._task.cancel()
-
-    def cancelled(self) -> bool:
-        return self._task.cancelled()
-
-    def done(self) -> bool:
-        return self._task.done()
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._task.add_done_callback(lambda _: callback(self))
 
     def time_remaining(self) -> float | None:
         return self._call.time_remaining() if self._call is not None else None
@@ -152,7 +134,7 @@ class StreamCall:
             self._begin(member, request, deadline, kwargs)
         else:
             self._ready = asyncio.ensure_future(self._later(failed, pick_until, request, deadline, kwargs))
-            self._ready.add_done_callback(_retrieved)
+            self._ready.add_done_callback(retrieved)
 
     async def _later(self, failed: BaseException | None, pick_until: float, request: Any, deadline: float | None,
                      kwargs: dict[str, Any]) -> None:
@@ -268,9 +250,5 @@ def _report(pool: EndpointPool, member: Member, call: Any) -> None:
             code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
         pool.done(member, error)
 
-    asyncio.ensure_future(report()).add_done_callback(_retrieved)
+    asyncio.ensure_future(report()).add_done_callback(retrieved)
 
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -101,6 +101,14 @@ def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: st
         " pool.metrics() shows each endpoint's state", grpc.StatusCode.UNAVAILABLE, why + extra)
 
 
+def out_of_tries(pool: EndpointPool, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
+    """What a unary call raises when no endpoint is left to pick: after tries that never left, the
+    wait's verdict with the last of their failures; else the pool's own error as it is."""
+    if not tried or pool.closed:
+        return exc
+    return no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc), last=last)
+
+
 def tls_error(pool: EndpointPool, member: Member, meaning: str, details: str) -> RemoteTLSFailure:
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details})."
@@ -200,10 +208,7 @@ class PoolCallable:
             try:
                 member = pool.pick(pick_until, tried, self._pin)
             except NoEndpointsError as exc:
-                if not tried or pool.closed:
-                    raise
-                raise no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc),
-                                   last=last) from None
+                raise out_of_tries(pool, exc, tried, last) from None
             try:
                 target = self._on(member)
                 result = (target.with_call if with_call else target)(request, timeout=self.remaining(deadline),

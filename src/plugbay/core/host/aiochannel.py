@@ -186,13 +186,13 @@ class _AioCallable:
         owner = self._owner
         owner.check_loop()
         if owner.is_refusing():
-            return _RefusedCall(owner)  # its error is judged off the loop, when awaited
+            return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
             call = self._target(request, timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
-            return _RefusedCall(owner)
+            return RefusedCall(owner.closed_error)
         return _AioCall(call, owner, timeout)
 
 
@@ -223,14 +223,14 @@ class _AioUnaryUnary(_AioUnaryRequest):
         return await self._call(request, timeout, dict(kwargs))
 
 
-class _HookedCall:
-    """A unary call run through resilience layers. Like a grpc.aio call it runs from the moment it is
-    made (as a task), is awaited for its response and can be cancelled; each try is a call of its
-    own, so there is no one call's metadata, code or details."""
+class TaskCall:
+    """A unary call that runs as a task from the moment it is made, as a grpc.aio call does: awaited
+    for its response, cancelled, asked whether it is done (a resilience layer's tries, a network
+    pool's failover)."""
 
     def __init__(self, run: Coroutine[Any, Any, Any]) -> None:
         self._task = asyncio.ensure_future(run)
-        self._task.add_done_callback(_retrieved)  # a call nobody awaits fails quietly, as grpc.aio's does
+        self._task.add_done_callback(retrieved)  # a call nobody awaits fails quietly, as grpc.aio's does
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._task.__await__()
@@ -244,12 +244,21 @@ class _HookedCall:
     def done(self) -> bool:
         return self._task.done()
 
+    def add_done_callback(self, callback: Any) -> None:
+        self._task.add_done_callback(lambda _: callback(self))
+
+
+class _HookedCall(TaskCall):
+    """A unary call run through resilience layers; each try is a call of its own, so there is no one
+    call's metadata, code or details."""
+
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"with retry or circuit-breaker layers installed, an AsyncClient unary call is"
                              f" awaited for its response (each try is a call of its own), so it has no {name!r}")
 
 
-def _retrieved(task: asyncio.Future[Any]) -> None:
+def retrieved(task: asyncio.Future[Any]) -> None:
+    """A done callback: asks a finished task's exception, so asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
 
@@ -343,11 +352,12 @@ class _AioCall:
         return getattr(self._call, name)
 
 
-class _RefusedCall:
-    """A call on the closed connection: nothing was sent; awaiting or reading it raises the typed error."""
+class RefusedCall:
+    """A call refused before anything was sent: awaiting, iterating, reading or writing it raises
+    ``error``'s result."""
 
-    def __init__(self, owner: AioManagedChannel) -> None:
-        self._owner = owner
+    def __init__(self, error: Callable[[], Awaitable[BaseException]]) -> None:
+        self._error = error
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._raise().__await__()
@@ -356,10 +366,10 @@ class _RefusedCall:
         return self._iterate()
 
     async def _raise(self) -> Any:
-        raise await self._owner.closed_error()
+        raise await self._error()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        raise await self._owner.closed_error()
+        raise await self._error()
         yield  # an async generator
 
     async def read(self) -> Any:

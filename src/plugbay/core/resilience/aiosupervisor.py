@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import AioManagedChannel, off_loop
+from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, off_loop
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -231,11 +231,13 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
         def call(request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
             channel = self.current()
             if channel is None:  # restarting: nothing was sent; the ready gate waits for the successor
-                return _Refused(ClientClosed(
-                    f"the plugin of Supervisor {self._sup.name!r} is being restarted", None,
-                    grpc.StatusCode.UNAVAILABLE, sent=False))
+                return RefusedCall(self._restarting)
             return getattr(channel, kind)(method, ser, de)(request, timeout=timeout, **kwargs)
         return call
+
+    async def _restarting(self) -> BaseException:
+        return ClientClosed(f"the plugin of Supervisor {self._sup.name!r} is being restarted", None,
+                            grpc.StatusCode.UNAVAILABLE, sent=False)
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:
@@ -278,40 +280,3 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-
-class _Refused:
-    """A call refused before anything was sent: awaiting, iterating, reading or writing raises ``error``."""
-
-    def __init__(self, error: BaseException) -> None:
-        self._error = error
-
-    def __await__(self) -> Any:
-        return self._raise().__await__()
-
-    def __aiter__(self) -> Any:
-        return self._iterate()
-
-    async def _raise(self) -> Any:
-        raise self._error
-
-    async def _iterate(self) -> Any:
-        raise self._error
-        yield  # an async generator
-
-    async def read(self) -> Any:
-        return await self._raise()
-
-    async def write(self, request: Any) -> None:
-        await self._raise()
-
-    async def done_writing(self) -> None:
-        await self._raise()
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
