@@ -27,23 +27,11 @@ from plugbay.core.host.aioclient import AsyncClient
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
-from plugbay.network.remote import RemoteClient, RemoteConfig
+from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
 
-class _PinnedAioChannel(AioManagedChannel):
-    """A brokered stub's channel: the layers installed on the client's main channel run its calls too."""
-
-    def __init__(self, main: AioManagedChannel, *args: Any) -> None:
-        self._main = main
-        super().__init__(*args)
-
-    @property
-    def call_hook(self) -> Any:
-        return self._main.call_hook
-
-    @call_hook.setter
-    def call_hook(self, hook: Any) -> None:
-        pass  # the main channel's, always (install() sets that one)
+class _PinnedAioChannel(MainHook, AioManagedChannel):
+    """A brokered stub's channel on the AsyncRemoteClient."""
 
 
 class AsyncRemoteClient(AsyncClient):

@@ -148,11 +148,11 @@ _POOL_BROKER = ("a RemoteClient with brokered connections has one broker per end
                 " RemoteClient)")
 
 
-class PinnedChannel(ManagedChannel):
-    """A brokered stub's channel (pinned to one endpoint): the resilience layers installed on the
-    client's main channel (plugbay.install) run its calls too, whenever they were installed."""
+class MainHook:
+    """For a brokered stub's channel (pinned to one endpoint), sync or grpc.aio: the resilience layers
+    installed on the client's main channel (plugbay.install) run its calls too, whenever installed."""
 
-    def __init__(self, main: ManagedChannel, *args: Any) -> None:
+    def __init__(self, main: Any, *args: Any) -> None:
         self._main = main
         super().__init__(*args)
 
@@ -163,6 +163,10 @@ class PinnedChannel(ManagedChannel):
     @call_hook.setter
     def call_hook(self, hook: Any) -> None:
         pass  # the main channel's, always (install() sets that one)
+
+
+class PinnedChannel(MainHook, ManagedChannel):
+    """A brokered stub's channel on the sync RemoteClient."""
 
 
 class RemoteClient(Client):
