@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +19,11 @@ import pytest
 from tests import netcerts
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import wait_until
+from tests.test_network_pool import FAST_RECONNECT, SLACK, replicas  # noqa: F401 (replicas: a fixture)
 
 from plugbay import (AsyncRemoteClient, ClientStateError, NoEndpointsError, OutlierPolicy, PluginUnavailableError,
                      RemoteConfig)
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-
-FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
-                  ("grpc.min_reconnect_backoff_ms", 100))
-SLACK = 1.5  # a deadline is checked, not a speed: room for a loaded 2-core CI machine
-
-
-@pytest.fixture()
-def replicas() -> Iterator[Callable[..., Replica]]:
-    started: list[Replica] = []
-
-    def start(listen: str = "127.0.0.1:0") -> Replica:
-        replica = Replica(listen)
-        started.append(replica)
-        return replica
-
-    try:
-        yield start
-    finally:
-        for replica in started:
-            replica.stop()
-
 
 def remote(target: str, **kw: Any) -> RemoteConfig:
     kw.setdefault("call_timeout", 2.0)
