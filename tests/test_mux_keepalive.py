@@ -259,14 +259,14 @@ def test_a_host_mux_without_a_writable_tmpdir_says_so_and_other_os_errors_stay_o
         listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     address = "%s:%d" % listener.getsockname()
 
-    def refused(prefix: str) -> str:
+    def refused(prefix: str, dir: str | None = None) -> str:
         raise PermissionError(13, "Permission denied", "/unwritable")
 
     monkeypatch.setattr(tempfile, "mkdtemp", refused)
     with pytest.raises(ConfigError, match=r"private folder .*Permission denied.*point TMPDIR at a writable folder"):
         HostMux("tcp", address, timeout=5)
 
-    def exhausted(prefix: str) -> str:
+    def exhausted(prefix: str, dir: str | None = None) -> str:
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(tempfile, "mkdtemp", exhausted)

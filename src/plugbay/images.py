@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 from plugbay.runners.docker.engine import engine, engine_unreachable
 
@@ -173,7 +174,8 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
                               " run `apt-get install debootstrap` (scripts/setup does), then retry")
         mirror = apt_mirror()
         progress(f"building {BASE_IMAGE} with debootstrap from {mirror} (a few minutes, once)")
-        root = Path(tempfile.mkdtemp(prefix="plugbay-rootfs-", dir="/var/tmp"))
+        folder = Path(make_tempdir("plugbay-rootfs-", dir="/var/tmp"))  # marked for sweeps; the root inside
+        root = folder / "rootfs"
         try:
             _stream(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
                      SUITE, str(root), mirror], progress, what="debootstrap")
@@ -186,7 +188,7 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
                     tar.stdout.close()
                 tar.wait()
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
         image_id = str(client.images.get(BASE_IMAGE).id)
         progress(f"{BASE_IMAGE} ready ({image_id[:19]})")
         return image_id

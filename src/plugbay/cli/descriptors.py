@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
 
@@ -34,7 +34,7 @@ def from_protos(files: Sequence[str], include: Sequence[str] = ()) -> Services:
         raise ConfigError("--proto needs grpcio-tools; install plugbay[cli]") from None
     from google.protobuf import descriptor_pb2, descriptor_pool
 
-    tmp = tempfile.mkdtemp(prefix="plugbay-proto-")
+    tmp = make_tempdir("plugbay-proto-")
     try:
         out = os.path.join(tmp, "set.pb")
         args = ["protoc", f"--descriptor_set_out={out}", "--include_imports",

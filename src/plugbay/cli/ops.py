@@ -171,20 +171,29 @@ def diagnose(what: str, kubeconfig: str | None, as_json: bool) -> int:
 
 @click.command(epilog="""\b
 Examples:
-  plugbay sweep --docker --dry-run
+  plugbay sweep --dry-run
+  plugbay sweep --temp --temp-dir /run/plugins
   plugbay sweep --kubernetes --namespace plugins --kubeconfig ~/.kube/config""")
-@click.option("--docker", "docker_", is_flag=True, help="Sweep Docker containers (the default).")
+@click.option("--docker", "docker_", is_flag=True, help="Sweep Docker containers.")
 @click.option("--kubernetes", is_flag=True, help="Sweep Kubernetes pods.")
+@click.option("--temp", is_flag=True, help="Sweep plugbay's temp folders (and the sockets in them).")
 @click.option("--namespace", default="default", show_default=True, help="With --kubernetes.")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
+@click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="With --temp: a folder to look in (repeatable; default: the temp dir and /var/tmp).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], kubernetes: [...], "
-              "count, dry_run}.")
-def sweep(docker_: bool, kubernetes: bool, namespace: str, kubeconfig: str | None, dry_run: bool,
-          as_json: bool) -> int:
-    """Remove (or list) plugin containers/pods whose host process is gone on this machine."""
+              "temp: [...], count, dry_run}.")
+def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfig: str | None,
+          temp_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
+    """Remove (or list) what plugbay hosts that are gone left behind on this machine.
+
+    Without --docker, --kubernetes or --temp: Docker containers and temp folders.
+    A temp folder goes only once the process that made it is gone and no
+    socket in it answers (a plugin left running for a reattach keeps its folder).
+    """
     found: dict[str, list[str]] = {}
-    if docker_ or not kubernetes:
+    if docker_ or not (kubernetes or temp):
         from plugbay.runners.docker import sweep as docker_sweep
 
         found["docker"] = docker_sweep(dry_run=dry_run)
@@ -192,10 +201,20 @@ def sweep(docker_: bool, kubernetes: bool, namespace: str, kubeconfig: str | Non
         from plugbay.runners.kubernetes import sweep as kube_sweep
 
         found["kubernetes"] = kube_sweep(namespace, kubeconfig=kubeconfig, dry_run=dry_run)
+    if temp or not (docker_ or kubernetes):  # after the runners': a container's socket folder goes with it
+        from plugbay.core.transport.tempdirs import sweep_tempdirs
+
+        found["temp"] = sweep_tempdirs(temp_dirs or None, dry_run=dry_run)
     count = sum(len(v) for v in found.values())
     if as_json:
         output.emit_json({**found, "count": count, "dry_run": dry_run})
         return output.OK
+    verb = "would remove" if dry_run else "removed"
+    for where, ids in found.items():
+        for ident in ids:
+            output.say(f"{where} {ident[:12] if where == 'docker' else ident}")
+    output.say(f"{verb} {count}", style="bold")
+    return output.OK
     verb = "would remove" if dry_run else "removed"
     for where, ids in found.items():
         for ident in ids:

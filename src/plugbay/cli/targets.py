@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
 
 _RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker", "KubernetesRunner": "plugbay.runners.kubernetes"}
@@ -145,7 +145,7 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
 
     runner = attach_runner(dict(config.runner))
     info = config.handshake
-    relay_dir = tempfile.mkdtemp(prefix="plugbay-cli-")
+    relay_dir = make_tempdir("plugbay-cli-")
     try:
         network, address = runner.plugin_to_host(info.network, info.address)
         conn = dial(network, address, tls=config.client_cert, server_cert_der=info.server_cert,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
 from plugbay.network.resolver import Endpoint
 from plugbay.core.transport.channels import DelegatingChannel
+from plugbay.core.transport.tempdirs import make_tempdir
 
 _TLS_TIMEOUT = 10.0
 
@@ -48,7 +48,7 @@ class MuxEndpoint(DelegatingChannel):
         self._lock = threading.Lock()
         self._broker: GRPCBroker | None = None
         self._closed = False
-        self._dir = tempfile.mkdtemp(prefix="plugbay-netmux-")
+        self._dir = make_tempdir("plugbay-netmux-")
         self._relay: TLSRelay | None = None
         self._mux: HostMux | None = None
         try:

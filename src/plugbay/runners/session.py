@@ -13,40 +13,14 @@ import threading
 import uuid
 from typing import Any
 
+from plugbay.core.transport.tempdirs import proc_stat as proc_stat  # where runners have imported it from
+from plugbay.core.transport.tempdirs import start_ticks as start_ticks
+
 MANAGED = "plugbay.managed"
 SESSION = "plugbay.session"
 SESSION_START = "plugbay.session-start"
 HOST = "plugbay.host"
 _OWNER_MARK = "_owner_"
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None if it is gone.
-
-    One raw read of a few hundred bytes, no text-file machinery: a plugin's start reads two
-    of these and its kill() scans all of /proc (about 4x faster than Path.read_text).
-    """
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 8192)  # 52 numeric fields and a 16-byte name: well under 2 KiB
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # the command name is in parentheses and may itself hold spaces and parentheses
-    end = data.rfind(b")")
-    if end < 0:
-        return None
-    return data[end + 2:].decode("ascii", "replace").split()
-
-
-def start_ticks(pid: int) -> str:
-    """When a process started, in clock ticks since boot: tells a pid from a reused one ("" if gone)."""
-    fields = proc_stat(pid)
-    return fields[19] if fields else ""
 
 
 # This host process's (session id, start ticks), made at first use. A forked child makes its own:

@@ -17,7 +17,6 @@ typed errors are the same as with DockerRunner.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from plugbay.errors import HandshakeTimeoutError, PluginExitedError
 from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line)
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
@@ -63,7 +63,7 @@ class PluginContainer(DockerContainer):
                                  "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
         gid: int | None = None
         if self.transport == "unix":
-            self._socket_dir = tempfile.mkdtemp(prefix="plugbay-tc-")
+            self._socket_dir = make_tempdir("plugbay-tc-")
             gid = prepare_socket_dir(self._socket_dir)
             self.with_volume_mapping(self._socket_dir, CONTAINER_SOCKET_DIR, "rw")
             # what a reattach checks before it trusts the folder (as DockerRunner labels it);

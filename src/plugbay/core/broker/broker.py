@@ -39,6 +39,7 @@ from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.records import Frozen
 from plugbay.core.transport.sockets import private_folder_root
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import (
     BrokerClosedError,
     BrokerError,
@@ -326,7 +327,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 # a dial or serve racing close() must not make a folder close() already missed
                 self._check_open()
                 # beside the sockets the host asked for (PLUGIN_UNIX_SOCKET_DIR): the temp dir may be read-only
-                self._private_dir = tempfile.mkdtemp(prefix="plugbay-broker-",
+                self._private_dir = make_tempdir("plugbay-broker-",
                                                      dir=private_folder_root(self.transport.socket_dir))
             return self._private_dir
 

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -39,6 +38,7 @@ from plugbay.core.transport.secure import (
     serve_unix,
 )
 from plugbay.core.transport.sockets import unlink_quietly
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import PlugbayError
 
@@ -266,7 +266,7 @@ class SpareServer:
     def _folder(self) -> str:
         with self._cond:
             if self._dir is None:
-                self._dir = tempfile.mkdtemp(prefix="plugbay-spares-")
+                self._dir = make_tempdir("plugbay-spares-")
             return self._dir
 
     def _build_one(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:

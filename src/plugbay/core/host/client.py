@@ -46,6 +46,7 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
 from plugbay.runners.process import ProcessRunner
 
@@ -165,7 +166,7 @@ class Client(ExitNotice):
         cfg = self.config
         deadline = time.monotonic() + cfg.start_timeout
         try:
-            self._tmpdir = tempfile.mkdtemp(prefix="plugbay-", dir=cfg.unix_socket_temp_dir)
+            self._tmpdir = make_tempdir("plugbay-", dir=cfg.unix_socket_temp_dir)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             where = cfg.unix_socket_temp_dir or tempfile.gettempdir()
             raise ConfigError(f"cannot make the plugin's private folder in {where!r} ({exc.strerror}); set"

@@ -47,6 +47,7 @@ from plugbay.core.transport.sockets import (
     private_folder_root,
     unlink_quietly,
 )
+from plugbay.core.transport.tempdirs import make_tempdir
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
@@ -163,7 +164,7 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
             return result
         from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
 
-        private_dir = tempfile.mkdtemp(prefix="plugbay-grpc-", dir=private_folder_root(folder))
+        private_dir = make_tempdir("plugbay-grpc-", dir=private_folder_root(folder))
         result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))
         if credentials is None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,7 @@ from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
 from plugbay.core.transport.sockets import close_listener, listener_address, open_listener
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
@@ -97,7 +97,7 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
     except OSError as exc:
         raise ConfigError(f"couldn't listen on {network.listen!r}: {exc.strerror or exc}; free the port"
                           " or choose another listen address") from None
-    private = tempfile.mkdtemp(prefix="plugbay-net-")
+    private = make_tempdir("plugbay-net-")
     cleanups: list[Callable[[], None]] = [lambda: shutil.rmtree(private, ignore_errors=True)]
     try:
         grpc_path = os.path.join(private, "grpc.sock")

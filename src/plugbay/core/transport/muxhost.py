@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 
@@ -21,6 +20,7 @@ from plugbay.core.transport import sockets
 from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream
 from plugbay.errors import (
     BrokerClosedError,
@@ -58,7 +58,7 @@ class HostMux(MuxSession):
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
         try:
-            self._dir = tempfile.mkdtemp(prefix="plugbay-mux-")
+            self._dir = make_tempdir("plugbay-mux-")
         except OSError as exc:
             if exc.errno not in _FOLDER_ERRORS:
                 raise

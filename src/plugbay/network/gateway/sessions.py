@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport.bridges import splice
 from plugbay.core.transport.sockets import dial
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import GatewayError, PlugbayError
 from plugbay.runners.base import LaunchSpec
@@ -69,7 +69,7 @@ class ChildSession:
         self._remote: Session | None = None
         self._failed = False
         self._closed = False
-        self._dir = tempfile.mkdtemp(prefix="plugbay-gwchild-")
+        self._dir = make_tempdir("plugbay-gwchild-")
         os.chmod(self._dir, 0o700)
         self._starter = threading.Thread(target=self._start, name="plugbay-gateway-session", daemon=True)
         self._starter.start()

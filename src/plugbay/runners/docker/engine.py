@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.core.transport.tempdirs import MARKER as OWNER_MARKER
 from plugbay.runners.session import HOST, MANAGED, host_session_id, owner_of, session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
@@ -265,7 +266,7 @@ def socket_dir_unproven(path: Any, labels: dict[str, str]) -> str | None:
 
 
 def clear_socket_dir(path: str) -> None:
-    # Only sockets, plugbay's marker and an empty folder are removed: the folder
+    # Only sockets, plugbay's markers and an empty folder are removed: the folder
     # may be a caller's, and anything else in it is not ours to delete.
     folder = Path(path)
     if not folder.is_dir():
@@ -273,7 +274,7 @@ def clear_socket_dir(path: str) -> None:
     for entry in folder.iterdir():
         try:
             mode = entry.lstat().st_mode
-            if stat.S_ISSOCK(mode) or (entry.name == SOCKET_MARKER and stat.S_ISREG(mode)):
+            if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
                 entry.unlink()
         except OSError:
             pass

@@ -20,13 +20,13 @@ hosts that are gone.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.handshake import is_tcp_port
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
@@ -190,7 +190,7 @@ class DockerRunner(ContainerTeardown, Runner):
         gid: int | None = None
         mounts = list(self.mounts)
         if self.transport == "unix":
-            self._host_socket_dir = spec.socket_dir or tempfile.mkdtemp(prefix="plugbay-docker-")
+            self._host_socket_dir = spec.socket_dir or make_tempdir("plugbay-docker-")
             self._owns_socket_dir = spec.socket_dir is None
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))

@@ -1,0 +1,219 @@
+"""plugbay's private temp folders, each marked with the process that made it.
+
+A process killed with SIGKILL runs no cleanup, so its folders (and the
+sockets in them) stay in the temp dir. Each folder plugbay makes holds a small
+marker naming its maker: boot, pid namespace, pid and start time. A sweep
+removes a folder only when it can prove all of it: the name is plugbay's, this
+user owns the folder and the marker, the maker is gone (another boot, or no
+process with that pid and start time in this pid namespace), and no socket in
+it still answers (a plugin a crashed host left running, waiting to be
+reattached, keeps its folder).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Iterable
+
+PREFIX = "plugbay-"
+MARKER = ".plugbay-owner"
+_MAGIC = "plugbay-owner 1"
+_MAX_MARKER = 512
+_MAX_ENTRIES = 4096  # a folder holding more is not one of ours as made: left alone
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if it is gone.
+
+    One raw read of a few hundred bytes, no text-file machinery: a plugin's start reads two
+    of these and its kill() scans all of /proc (about 4x faster than Path.read_text).
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 8192)  # 52 numeric fields and a 16-byte name: well under 2 KiB
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # the command name is in parentheses and may itself hold spaces and parentheses
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    return data[end + 2:].decode("ascii", "replace").split()
+
+
+def start_ticks(pid: int) -> str:
+    """When a process started, in clock ticks since boot: tells a pid from a reused one ("" if gone)."""
+    fields = proc_stat(pid)
+    return fields[19] if fields else ""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+_boot = ""
+
+
+def _owner_line() -> str:
+    """This process, as the marker names it (read anew after a fork: the pid differs)."""
+    global _boot
+    if not _boot:
+        _boot = _boot_id()
+    pid = os.getpid()
+    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'}\n"
+
+
+def make_tempdir(prefix: str, dir: str | None = None) -> str:
+    """``tempfile.mkdtemp`` for plugbay's folders (``prefix`` starts with ``plugbay-``), marked with its maker.
+
+    Raises what ``mkdtemp`` raises. A marker that cannot be written only leaves the
+    folder out of later sweeps.
+    """
+    path = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    try:
+        fd = os.open(os.path.join(path, MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return path
+    try:
+        os.write(fd, _owner_line().encode("ascii"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+def _maker_gone(line: str) -> bool:
+    """Whether the marker's process is proven gone (False: alive, or cannot tell)."""
+    parts = line.split()
+    if len(parts) != 6 or " ".join(parts[:2]) != _MAGIC or not parts[4].isdigit():
+        return False
+    boot, namespace, pid, ticks = parts[2], parts[3], int(parts[4]), parts[5]
+    current_boot = _boot_id()
+    if boot != "-" and current_boot and boot != current_boot:
+        return True  # every process of an earlier boot has ended
+    if boot == "-" or boot != current_boot or namespace == "-" or namespace != _pid_namespace():
+        return False  # a pid of another namespace (a container's) says nothing here
+    if ticks == "-":
+        return False
+    return start_ticks(pid) != ticks
+
+
+def _read_marker(folder_fd: int) -> str | None:
+    try:
+        fd = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return None
+        return os.read(fd, _MAX_MARKER).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _socket_answers(path: str) -> bool:
+    """Whether a unix socket at ``path`` accepts a connection (anything but 'nobody there' counts as yes)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        sock.close()
+    return True
+
+
+def _in_use(path: str, depth: int = 0) -> bool:
+    """Whether a socket in ``path`` (or a folder in it, two levels down) still answers."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return True
+    if len(entries) > _MAX_ENTRIES:
+        return True
+    for entry in entries:
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue
+        if stat.S_ISSOCK(mode) and _socket_answers(entry.path):
+            return True
+        if stat.S_ISDIR(mode) and (depth >= 2 or _in_use(entry.path, depth + 1)):
+            return True
+    return False
+
+
+def _stale(path: str) -> bool:
+    """Whether ``path`` is a plugbay folder proven left behind (see the module's rules)."""
+    try:
+        folder_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(folder_fd).st_uid != os.geteuid():
+            return False
+        line = _read_marker(folder_fd)
+    finally:
+        os.close(folder_fd)
+    return line is not None and _maker_gone(line) and not _in_use(path)
+
+
+def default_roots() -> list[str]:
+    """Where plugbay makes its folders unless told otherwise: the temp dir (and /var/tmp, for image builds)."""
+    roots = [tempfile.gettempdir(), "/var/tmp"]
+    return [r for i, r in enumerate(roots) if os.path.isdir(r) and r not in roots[:i]]
+
+
+def sweep_tempdirs(roots: Iterable[str] | None = None, *, dry_run: bool = False) -> list[str]:
+    """Remove plugbay's temp folders whose maker is gone; return their paths.
+
+    ``roots``: the folders to look in (default :func:`default_roots`; a host
+    with ``unix_socket_temp_dir`` set adds it). ``dry_run=True`` removes nothing
+    and returns what it would remove. This process's own folders are never removed.
+    """
+    removed: list[str] = []
+    for root in default_roots() if roots is None else roots:
+        try:
+            names = sorted(name for name in os.listdir(root) if name.startswith(PREFIX))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(root, name)
+            if not _stale(path):
+                continue
+            if not dry_run:
+                try:
+                    shutil.rmtree(path)  # never follows a symlink: the folder was checked not to be one
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    if os.path.lexists(path):
+                        continue
+            removed.append(path)
+    return removed
