@@ -16,11 +16,20 @@ from typing import Any, Protocol
 
 import grpc
 
-from plugbay.errors import ClientStateError, PluginDiedError
+from plugbay.errors import ClientStateError, PlugbayError, PluginDiedError
 from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt
 
+
+class SupervisedChannel(ManagedChannel):
+    """The stubs' channel; the underlying one is the current Client's ManagedChannel."""
+
+    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        if isinstance(exc, PlugbayError):
+            return exc  # the Client's channel already said what happened
+        return super().translate(exc, past_deadline)
 
 
 def _gone(client: Client) -> bool:

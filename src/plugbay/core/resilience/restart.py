@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import random
+import time
 from dataclasses import dataclass
 
 from plugbay.core.resilience.calls import backoff_delay, number_problem
@@ -46,3 +48,22 @@ class SupervisorEvent:
     detail: str
     restarts: int
     at: float  # time.time()
+
+
+class RestartBudget:
+    """The restarts made within a policy's window: the oldest drop out as the window moves on."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def spent(self, policy: RestartPolicy) -> bool:
+        now = time.monotonic()
+        while self._times and now - self._times[0] > policy.window:
+            self._times.popleft()
+        return len(self._times) >= policy.max_restarts
+
+    def record(self) -> None:
+        self._times.append(time.monotonic())
+
+    def __len__(self) -> int:
+        return len(self._times)

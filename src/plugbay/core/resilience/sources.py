@@ -27,6 +27,29 @@ class ClientMaker(Protocol):
 ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
 
 
+def check_source(config: object, unhealthy_grace: float) -> None:
+    """Refuse, with what to pass instead, a config a Supervisor could not restart from."""
+    if not isinstance(config, ClientConfig) and not callable(config) and not hasattr(config, "make_client"):
+        raise ConfigError(f"Supervisor takes a ClientConfig, a RemoteConfig or a factory returning one, got"
+                          f" {type(config).__name__}: Supervisor(ClientConfig(...)) or"
+                          " Supervisor(lambda: ClientConfig(...))")
+    if isinstance(config, ClientConfig) and config.runner is not None:
+        raise ConfigError("a Runner instance runs its plugin only once, so a Supervisor cannot restart"
+                          " it; pass a factory instead: Supervisor(lambda: ClientConfig(...,"
+                          " runner=DockerRunner(...)))")
+    if isinstance(config, ClientConfig) and config.reattach is not None:
+        raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
+                          " a restart needs cmd= or runner= to start a fresh plugin")
+    if unhealthy_grace < 0:
+        raise ConfigError(f"unhealthy_grace must be >= 0 (got {unhealthy_grace})")
+
+
+def stderr_note(client: Client) -> str:
+    """The plugin's last stderr lines, as a note for a failure's reason ("" when it wrote none)."""
+    tail = "; ".join(client.stderr_tail()[-3:])
+    return f" (last stderr: {tail})" if tail else ""
+
+
 def resolve_config(source: ConfigSource) -> ClientConfig | ClientMaker:
     """The config to start from now (a factory is called each time)."""
     cfg = source if isinstance(source, ClientConfig) or hasattr(source, "make_client") else source()

@@ -36,8 +36,6 @@ from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import (
     ClientStateError,
-    ConfigError,
-    PlugbayError,
     RestartBudgetExhaustedError,
     UnknownPluginError,
 )
@@ -45,26 +43,16 @@ from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.resilience.readygate import ReadyGate
+from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel
 from plugbay.core.resilience.calls import CallLayer, chain
-from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
+from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
-from plugbay.core.resilience.sources import ConfigSource, first_client, new_client
+from plugbay.core.resilience.sources import ConfigSource, check_source, first_client, new_client, stderr_note
 
 _log = logging.getLogger("plugbay.supervisor")
 
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
-
-
-class _SupervisedChannel(ManagedChannel):
-    """The stubs' channel; the underlying one is the current Client's ManagedChannel."""
-
-    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
-        if isinstance(exc, PlugbayError):
-            return exc  # the Client's channel already said what happened
-        return super().translate(exc, past_deadline)
 
 
 class Supervisor:
@@ -76,19 +64,7 @@ class Supervisor:
                  health_timeout: float = 2.0, unhealthy_grace: float = 4.0,
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
-        if not isinstance(config, ClientConfig) and not callable(config) and not hasattr(config, "make_client"):
-            raise ConfigError(f"Supervisor takes a ClientConfig, a RemoteConfig or a factory returning one, got"
-                              f" {type(config).__name__}: Supervisor(ClientConfig(...)) or"
-                              " Supervisor(lambda: ClientConfig(...))")
-        if isinstance(config, ClientConfig) and config.runner is not None:
-            raise ConfigError("a Runner instance runs its plugin only once, so a Supervisor cannot restart"
-                              " it; pass a factory instead: Supervisor(lambda: ClientConfig(...,"
-                              " runner=DockerRunner(...)))")
-        if isinstance(config, ClientConfig) and config.reattach is not None:
-            raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
-                              " a restart needs cmd= or runner= to start a fresh plugin")
-        if unhealthy_grace < 0:
-            raise ConfigError(f"unhealthy_grace must be >= 0 (got {unhealthy_grace})")
+        check_source(config, unhealthy_grace)
         self._source = config
         self.restart_policy = restart or RestartPolicy()
         self.retry = retry
@@ -105,12 +81,12 @@ class Supervisor:
         self._state = STARTING
         self._client: Client | None = None
         self._watcher: HealthWatcher | None = None
-        self._channel: _SupervisedChannel | None = None
+        self._channel: SupervisedChannel | None = None
         self._fatal: RestartBudgetExhaustedError | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._restart_times: collections.deque[float] = collections.deque()
+        self._budget = RestartBudget()
         self._dispensed: dict[str, Any] = {}
         self._starting: Client | None = None
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
@@ -193,7 +169,7 @@ class Supervisor:
         client = first_client(self._source, self._reattach, self._event)
         if not self._named:
             self.name = client.name
-        self._channel = _SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
+        self._channel = SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
         layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
         self._channel.call_hook = chain([*layers, ReadyGate(self)])
         if not self._adopt(client):  # stop() came while it started: nothing else will end this plugin
@@ -349,7 +325,7 @@ class Supervisor:
             reason = None
             code = client.runner.wait(0)
             if code is not None or client.exited:
-                reason = f"the plugin exited with code {code}" + _tail(client)
+                reason = f"the plugin exited with code {code}" + stderr_note(client)
             elif watcher is not None and watcher.state not in (SERVING, UNKNOWN):
                 now = time.monotonic()
                 unhealthy_since = unhealthy_since if unhealthy_since is not None else now
@@ -375,16 +351,13 @@ class Supervisor:
         policy = self.restart_policy
         consecutive = 0
         while not self._stop.is_set():
-            now = time.monotonic()
-            while self._restart_times and now - self._restart_times[0] > policy.window:
-                self._restart_times.popleft()
-            if len(self._restart_times) >= policy.max_restarts:
+            if self._budget.spent(policy):
                 self._give_up()
                 return
             consecutive += 1
             if self._stop.wait(policy.backoff(consecutive)):
                 return
-            self._restart_times.append(time.monotonic())
+            self._budget.record()
             self.restarts += 1
             self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
             client: Client | None = None
@@ -412,7 +385,7 @@ class Supervisor:
 
     def _give_up(self) -> None:
         policy = self.restart_policy
-        self._fatal = RestartBudgetExhaustedError(self.name, len(self._restart_times), policy.window,
+        self._fatal = RestartBudgetExhaustedError(self.name, len(self._budget), policy.window,
                                                   self.last_failure or "unknown")
         with self._cond:
             self._state = FAILED
@@ -420,7 +393,3 @@ class Supervisor:
             self._cond.notify_all()
         self._event("gave_up", str(self._fatal))
 
-
-def _tail(client: Client) -> str:
-    tail = "; ".join(client.stderr_tail()[-3:])
-    return f" (last stderr: {tail})" if tail else ""
