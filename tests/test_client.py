@@ -548,3 +548,23 @@ def test_close_is_for_reattached_clients_only() -> None:
         with pytest.raises(ClientStateError):
             reattached.dispense(PLUGIN_NAME)
         assert client.dispense(PLUGIN_NAME).get("__env__")  # the plugin still runs
+
+
+def test_kill_tears_down_even_when_saying_why_the_plugin_ended_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kill() first reads why the plugin ended (its last stderr lines: the plugin's to write); a
+    # failure there must not skip the teardown, or the plugin and its folder outlive the Client
+    client = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+    client.start()
+    folder, pid = client._tmpdir, client.reattach_config().runner["pid"]
+    assert folder is not None and Path(folder).is_dir()
+    channel = client._channel
+    assert channel is not None
+
+    def failing() -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(channel, "begin_close", failing)
+    with pytest.raises(RecursionError):
+        client.kill()
+    assert not Path(folder).exists()
+    assert client.runner.wait(10) is not None, f"plugin {pid} still runs"

@@ -274,3 +274,80 @@ def test_a_failed_start_after_a_deeply_nested_stderr_line_raises_a_plugbay_error
             client.start()
     finally:
         client.kill()
+
+
+def _nested_field_line(depth: int) -> str:
+    return '{"@level":"error","@message":"m","k":' + "[" * depth + "]" * depth + "}"
+
+
+def test_a_field_nested_just_under_the_parsers_limit_is_shown_not_raised() -> None:
+    # json.loads takes a little more nesting than json.dumps: a field loads took must not make
+    # re-encoding it for the message raise (a plugin's stderr line is the plugin's to write)
+    shown = 0
+    for depth in range(900, 1000):
+        parsed = parse_hclog(_nested_field_line(depth))
+        if parsed is not None:
+            shown += 1
+            assert parsed[1].startswith("m k=")
+        pump = LogPump("testplug")
+        pump.handle(_nested_field_line(depth))
+        assert len(pump.tail()) == 1
+    assert shown  # some depths parse: the case is really met
+
+
+_DYING_KV = """
+import logging, os, sys
+sys.path.insert(0, {kv!r})
+import plugin as kvp
+from plugbay import ServeConfig, serve
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+class Dying(kvp.FileKV):
+    def put(self, key, value):
+        # the plugin's log stream (fd 2 itself is captured for GRPCStdio): where hclog lines go
+        log = next(h.stream for h in logging.getLogger().handlers if hasattr(h, "stream"))
+        for depth in range(944, 994):
+            os.write(log.fileno(), ({line!r} % ("[" * depth + "]" * depth)).encode())
+        os._exit(3)
+
+serve(ServeConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin(Dying())}}))
+"""
+
+# The host runs in a process of its own: where json.loads takes a nesting and json.dumps does not
+# depends on the stack already in use, and a plain script's is the one users have.
+_HOST = """
+import logging, os, sys
+sys.path.insert(0, {kv!r})
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig, PlugbayError
+logging.getLogger("plugbay").setLevel(logging.CRITICAL)
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}},
+                             cmd=[sys.executable, {plugin!r}], start_timeout=20))
+client.start()
+folder = client._tmpdir
+try:
+    client.dispense(PLUGIN_NAME).put("a", b"b")
+    print("call returned")
+except PlugbayError as exc:
+    print("call typed", type(exc).__name__)
+except BaseException as exc:
+    print("call untyped", type(exc).__name__)
+try:
+    client.kill()
+    print("kill returned")
+except BaseException as exc:
+    print("kill raised", type(exc).__name__)
+    client.kill()
+print("folder left", os.path.exists(folder))
+"""
+
+
+def test_a_plugin_dying_after_deeply_nested_stderr_lines_fails_the_call_typed_and_is_cleaned_up(
+        tmp_path: Path) -> None:
+    kv = Path(__file__).resolve().parent.parent / "examples" / "kv"
+    plugin = tmp_path / "dying.py"
+    plugin.write_text(_DYING_KV.format(kv=str(kv), line='{"@level":"error","@message":"m","k":%s}\n'))
+    host = subprocess.run([sys.executable, "-c", _HOST.format(kv=str(kv), plugin=str(plugin))], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert host.stdout.splitlines() == ["call typed PluginDied", "kill returned", "folder left False"], (
+        host.stdout + host.stderr[-2000:])

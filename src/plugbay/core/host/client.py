@@ -339,9 +339,9 @@ class Client(ExitNotice):
                     self._check_closable()  # again: a start() may have finished meanwhile
                 self._killed = True
                 LIVE.discard(self)
-                if self._channel is not None:
-                    self._channel.begin_close()
                 try:
+                    if self._channel is not None:  # may read the plugin's last stderr lines: theirs to make fail
+                        self._channel.begin_close()
                     stop()
                 except BaseException:
                     # Ctrl-C in the graceful part (Shutdown, the grace wait): nothing would stop

@@ -81,7 +81,10 @@ def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def _fmt(value: Any) -> str:
     import json
 
-    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        text = value if isinstance(value, str) else json.dumps(value)
+    except (RecursionError, ValueError):  # nested just under what json.loads took: dumps gives up sooner
+        text = "<a value nested too deep to show>"
     return json.dumps(text) if (" " in text or not text) else text
 
 
