@@ -216,3 +216,21 @@ def test_lingering_plugin_is_force_killed(misbehave: str, caplog: pytest.LogCapt
     # it ignored Shutdown, so after kill_grace it was killed, not waited for (MISBEHAVE_MAX_SECONDS)
     assert runner.wait(0) == -signal.SIGKILL
     assert any("did not exit within 0.5s of Shutdown; killing it" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_a_percent_in_the_hosts_socket_folder_reaches_the_go_plugin(kv_plugin: str, auto_mtls: bool) -> None:
+    # the Go plugin binds the path as it is, and announces it so; grpcio would percent-decode
+    # '%41' into 'A' when dialing (a TMPDIR or unix_socket_temp_dir named so is the host's to choose)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gp-") as parent:
+        folder = Path(parent) / "h%41"
+        folder.mkdir()
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[kv_plugin], auto_mtls=auto_mtls,
+                                 unix_socket_temp_dir=str(folder))) as client:
+            assert client.handshake.address.startswith(str(folder) + "/")
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("pct", b"v")
+            assert kv.get("pct") == b"v"
+        assert list(folder.iterdir()) == []

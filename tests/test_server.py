@@ -17,6 +17,7 @@ from plugbay.core.protocol import tls as tlsmod
 from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
 from plugbay.core.plugin.server import COOKIE_MESSAGE, MISCONFIGURED_MESSAGE
 from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.secure import grpc_target
 from plugbay.core.transport.sockets import open_listener
 from tests.serverproc import (  # noqa: F401  (plugins is a fixture)
     COOKIE,
@@ -395,3 +396,71 @@ def test_a_failed_start_with_automtls_leaves_no_tls_context_thread(monkeypatch: 
     finally:
         server.close()
     assert [t.name for t in threading.enumerate() if t.name == "plugbay-tls-context"] == []
+
+
+def test_a_percent_in_the_socket_folder_is_bound_where_it_is_announced(plugins: list[PluginProc]) -> None:
+    # grpcio percent-decodes unix: targets: unencoded, '%41' would bind in a folder named 'A' instead
+    with tempfile.TemporaryDirectory(prefix="pc-") as parent:
+        folder, decoded = Path(parent) / "s%41", Path(parent) / "sA"
+        folder.mkdir()
+        decoded.mkdir()
+        p = start(plugins, {"PLUGIN_UNIX_SOCKET_DIR": str(folder)})
+        info = p.handshake()
+        assert info.network == "unix" and os.path.dirname(info.address) == str(folder)
+        assert Path(info.address).is_socket() and list(decoded.iterdir()) == []
+        channel = grpc.insecure_channel(grpc_target("unix", info.address))  # dialed encoded too
+        p.channels.append(channel)
+        assert health(channel) == health_pb2.HealthCheckResponse.SERVING
+        shutdown(channel)
+        assert p.finish()[0] == 0
+        assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("front", [False, True], ids=["plain-grpc", "brokering-tls-front"])
+def test_network_mode_on_a_unix_path_refuses_a_live_socket_and_reuses_a_stale_one(
+        plugins: list[PluginProc], front: bool) -> None:
+    from tests.netcerts import write_set
+
+    with tempfile.TemporaryDirectory(prefix="nu-") as parent:
+        path = os.path.join(parent, "svc.sock")
+        if front:
+            certs = write_set(Path(parent) / "tls")
+            env = {"PLUGBAY_NETWORK_CERT": str(certs.cert_file), "PLUGBAY_NETWORK_KEY": str(certs.key_file),
+                   "PLUGBAY_NETWORK_CLIENT_CA": str(certs.client_ca_file)}
+        else:
+            env = {"PLUGBAY_NETWORK_INSECURE": "1"}
+        env["PLUGBAY_NETWORK_LISTEN"] = f"unix:{path}"
+        other = socket.socket(socket.AF_UNIX)
+        try:
+            other.bind(path)
+            other.listen(1)
+            inode = os.stat(path).st_ino
+            err = refused(plugins, {**COOKIE, **env})
+            assert f"couldn't listen on unix socket {path}: another process is listening there" in err
+            assert os.stat(path).st_ino == inode  # the other server keeps its path
+        finally:
+            other.close()  # its file stays, nobody listens: what a crashed plugin leaves
+        p = start(plugins, env)
+        info = p.handshake()
+        assert (info.network, info.address) == ("unix", path)
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)  # the stale file was replaced by the plugin's live socket
+        finally:
+            probe.close()
+        p.proc.terminate()
+        assert p.finish()[0] == 0
+
+
+def test_a_host_certificate_the_grpc_library_refuses_is_named_as_the_cause(plugins: list[PluginProc]) -> None:
+    # OpenSSL takes it (junk digits in its validity); grpcio refuses it only as the port is added,
+    # with "Failed to bind": the message must point at the certificate too, not only the address
+    from plugbay.core.protocol import der
+
+    cert = bytearray(tlsmod.generate_cert().cert_der)
+    at = cert.index(0x17)  # the first UTCTime
+    cert[at + 2:at + 4] = b"ZZ"
+    der.certificate_key(bytes(cert))  # its outline still parses
+    err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1",
+                            "PLUGIN_CLIENT_CERT": der.pem("CERTIFICATE", bytes(cert)).decode()})
+    assert "check the host's certificate in PLUGIN_CLIENT_CERT" in err

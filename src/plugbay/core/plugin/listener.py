@@ -40,11 +40,13 @@ from plugbay.core.protocol.records import Record
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import (
+    check_unix_path,
     give_to_group,
     group_id,
     listener_address,
     open_listener,
     private_folder_root,
+    unix_target,
     unlink_quietly,
 )
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -168,9 +170,9 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))
         if credentials is None:
-            server.add_insecure_port(f"unix:{target[1]}")
+            server.add_insecure_port(unix_target(target[1]))
         else:
-            server.add_secure_port(f"unix:{target[1]}", credentials)
+            server.add_secure_port(unix_target(target[1]), credentials)
         sock = _bind_socket(endpoint, result)
         result.network, result.address = listener_address(sock)
         if mux is not None and relay_context is not None:
@@ -229,9 +231,10 @@ def _bind_grpc(server: grpc.Server, endpoint: Endpoint, credentials: grpc.Server
     if endpoint.network == "unix":
         _check_unix_path(endpoint.address)
         try:
-            add(f"unix:{endpoint.address}")
+            add(unix_target(endpoint.address))
         except RuntimeError as exc:
-            raise ConfigError(f"couldn't listen on unix socket {endpoint.address}: {exc}") from None
+            raise ConfigError(f"couldn't listen on unix socket {endpoint.address}: {exc}"
+                              f"{_TLS_HINT if credentials is not None else ''}") from None
         _own_unix(endpoint, result)
         return "unix", endpoint.address
     host, _, port_text = endpoint.address.rpartition(":")
@@ -242,7 +245,10 @@ def _bind_grpc(server: grpc.Server, endpoint: Endpoint, credentials: grpc.Server
             continue
         if bound:
             return "tcp", f"{host}:{bound}"
-    raise _bind_error(endpoint)
+    error = _bind_error(endpoint)
+    if credentials is not None:
+        error.args = (error.args[0] + _TLS_HINT,)
+    raise error
 
 
 def _bind_socket(endpoint: Endpoint, result: Listening) -> socket.socket:
@@ -280,6 +286,12 @@ def _candidate_ports(endpoint: Endpoint, host: str, port: int) -> Iterator[int]:
         yield candidate
 
 
+# grpcio refuses a certificate OpenSSL took (junk in its validity, say) only as the port is added,
+# and says "Failed to bind" (go-plugin: "client cert provided but failed to parse")
+_TLS_HINT = ("; if the address is fine, the TLS setup was refused: check the host's certificate in"
+             " PLUGIN_CLIENT_CERT (one the gRPC library cannot load)")
+
+
 def _bind_error(endpoint: Endpoint) -> ConfigError:
     if endpoint.port_range is not None:
         low, high = endpoint.port_range
@@ -290,27 +302,7 @@ def _bind_error(endpoint: Endpoint) -> ConfigError:
 
 
 def _check_unix_path(path: str) -> None:
-    if len(os.fsencode(path)) > 107:
-        raise ConfigError(f"unix socket path {path!r} is longer than the 107 bytes the OS allows;"
-                          f" set {ENV_UNIX_SOCKET_DIR} (or TMPDIR) to a shorter directory")
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"couldn't listen on unix socket {path}: a file that is not a socket is"
-                          " there; remove it or choose another path")
-    probe = socket.socket(socket.AF_UNIX)
-    probe.settimeout(2)
-    try:
-        probe.connect(path)
-    except OSError:
-        unlink_quietly(path)  # left by a process that is gone (a crashed plugin in a fixed-path setup)
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"couldn't listen on unix socket {path}: another process is listening there;"
-                      " stop it or choose another path")
+    check_unix_path(path, f"set {ENV_UNIX_SOCKET_DIR} (or TMPDIR) to a shorter directory")
 
 
 def _own_unix(endpoint: Endpoint, result: Listening) -> None:

@@ -44,7 +44,13 @@ from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
-from plugbay.core.transport.sockets import close_listener, listener_address, open_listener
+from plugbay.core.transport.sockets import (
+    check_unix_path,
+    close_listener,
+    listener_address,
+    open_listener,
+    unix_target,
+)
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError
 
@@ -62,13 +68,17 @@ def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfile
                           " to serve mutual TLS)")
     creds, certs = certfiles.server_credentials(files, network.insecure)
     target, kind = _target(network.listen)
+    if kind == "unix":
+        path = target[len("unix:"):]
+        check_unix_path(path, "choose a shorter path")
+        target = unix_target(path)
     try:
         port = server.add_insecure_port(target) if creds is None else server.add_secure_port(target, creds)
     except RuntimeError as exc:
         raise ConfigError(f"couldn't listen on {network.listen!r}: {exc}; free the port or choose"
                           " another listen address") from None
     if kind == "unix":
-        return "unix", target[len("unix:"):], certs
+        return "unix", path, certs
     host = target.rpartition(":")[0]
     return "tcp", f"{host}:{port}", certs
 
@@ -92,6 +102,8 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
     certs = certfiles.front_certs(network.tls_files())
     target, kind = _target(network.listen)
     address = target[len("unix:"):] if kind == "unix" else target
+    if kind == "unix":
+        check_unix_path(address, "choose a shorter path")
     try:
         listener = open_listener(kind, address)
     except OSError as exc:
@@ -102,7 +114,7 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
     try:
         grpc_path = os.path.join(private, "grpc.sock")
         try:
-            server.add_insecure_port(f"unix:{grpc_path}")
+            server.add_insecure_port(unix_target(grpc_path))
         except RuntimeError:
             raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
                               " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"

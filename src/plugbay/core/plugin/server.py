@@ -52,7 +52,7 @@ from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
-from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unlink_quietly
+from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unix_target, unlink_quietly
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
@@ -256,7 +256,7 @@ class _PluginServer:
         try:
             self._register(server, broker, gate)
             add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
-            server.add_insecure_port(f"unix:{path}")
+            server.add_insecure_port(unix_target(path))
             server.start()
         except BaseException:
             _stop_instance(server, broker, executor, gate, path)

@@ -70,16 +70,16 @@ def is_tcp_port(value: object) -> bool:
 def address_problem(network: str, address: str) -> str | None:
     """Why ``address`` is no dialable ``network`` address (None: it is), checked strictly.
 
-    unix: an absolute path with no control characters (grpc truncates at NUL)
-    and no '%' (grpc percent-decodes unix targets); a relative path would
+    unix: an absolute path with no control characters (grpc truncates at NUL;
+    a '%' is dialed percent-encoded, see sockets.unix_target); a relative path would
     resolve against the host's working folder. tcp: HOST:PORT with a port in
     1-65535 and a hostname, IPv4 or [IPv6] host.
     """
     if network == "unix":
         if not address.startswith("/"):
             return f"unix socket path {address!r} is not absolute"
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address) or "%" in address:
-            return f"unix socket path {address!r} holds a control character or '%'"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+            return f"unix socket path {address!r} holds a control character"
         return None
     host, sep, port_text = address.rpartition(":")
     port = _number(port_text)

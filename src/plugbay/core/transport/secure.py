@@ -21,7 +21,7 @@ import grpc
 
 from plugbay.core.protocol.records import Frozen, Record
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
-from plugbay.core.transport.sockets import open_listener, unlink_quietly
+from plugbay.core.transport.sockets import open_listener, unix_target, unlink_quietly
 from plugbay.errors import BrokerError, ConfigError
 
 # go-plugin lifts gRPC's message size limits to math.MaxInt32 on both sides.
@@ -40,7 +40,7 @@ TLS_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 def grpc_target(network: str, address: str) -> str:
     """A grpcio target for a (network, address) pair; unix paths are made absolute."""
     if network == "unix":
-        return "unix:" + os.path.abspath(address)
+        return unix_target(os.path.abspath(address))
     if network == "tcp":
         return address
     raise ConfigError(f"unknown network {network!r} at {address!r}; go-plugin speaks 'unix' or 'tcp' only")
@@ -188,7 +188,7 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
 
 def bind_unix(server: grpc.Server, path: str, credentials: grpc.ServerCredentials | None) -> None:
     """Add a unix-socket port to a gRPC server, or say why it cannot listen there."""
-    target = f"unix:{path}"
+    target = unix_target(path)
     try:
         bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
     except RuntimeError:  # grpcio >= 1.4x raises instead of returning 0

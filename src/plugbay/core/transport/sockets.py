@@ -53,6 +53,41 @@ def give_to_group(path: str, gid: int, mode: int) -> None:
         os.close(fd)
 
 
+def check_unix_path(path: str, shorter: str) -> None:
+    """Make ready to listen at ``path``: refuse a path too long (``shorter`` says what to do), a
+    file that is not a socket, or a socket another process listens on; remove a socket no one
+    listens on any more (left by a process that is gone: a crashed plugin in a fixed-path setup).
+
+    grpcio would bind over a live socket without a word, taking the path from its server.
+    """
+    if len(os.fsencode(path)) > 107:
+        raise ConfigError(f"unix socket path {path!r} is longer than the 107 bytes the OS allows; {shorter}")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"couldn't listen on unix socket {path}: a file that is not a socket is"
+                          " there; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except OSError:
+        unlink_quietly(path)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"couldn't listen on unix socket {path}: another process is listening there;"
+                      " stop it or choose another path")
+
+
+def unix_target(path: str) -> str:
+    """The grpcio target (to bind or dial) for a unix socket at ``path``: grpcio percent-decodes
+    ``unix:`` targets, so a '%' in the path (a folder named so, a TMPDIR) is written %25."""
+    return "unix:" + path.replace("%", "%25")
+
+
 def unlink_quietly(path: str) -> None:
     """Remove a socket file that may already be gone."""
     try:
