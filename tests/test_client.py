@@ -568,3 +568,27 @@ def test_kill_tears_down_even_when_saying_why_the_plugin_ended_fails(monkeypatch
         client.kill()
     assert not Path(folder).exists()
     assert client.runner.wait(10) is not None, f"plugin {pid} still runs"
+
+
+def test_a_plugin_ended_by_a_real_time_signal_fails_calls_typed_and_is_described() -> None:
+    # SIGRTMIN..SIGRTMAX are valid signals with no name in signal.Signals: describing such an
+    # exit raised ValueError from calls, diagnose() and kill() (which then skipped its teardown)
+    import os
+    import signal
+
+    client = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+    client.start()
+    folder = client._tmpdir
+    assert folder is not None
+    try:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        pid = client.reattach_config().runner["pid"]
+        os.kill(pid, signal.SIGRTMIN + 6)
+        assert client.runner.wait(10) == -(signal.SIGRTMIN + 6)
+        with pytest.raises(PluginDiedError, match=r"killed by SIGRTMIN\+6"):
+            kv.get("a")
+        assert "killed by SIGRTMIN+6" in client.runner.diagnose()  # type: ignore[attr-defined]
+    finally:
+        client.kill()
+    assert not Path(folder).exists()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import click
 
 from plugbay.cli import output
 from plugbay.cli.targets import load_reattach
+from plugbay.core.protocol.exits import signal_name
 from plugbay.errors import ConfigError, RunnerError
 
 _LOG_LINES = 20
@@ -18,11 +18,7 @@ def _signal_name(code: int | None) -> str | None:
     """The signal an exit code stands for: 128+N (containers, shells) or -N (a child process)."""
     if code is None:
         return None
-    num = code - 128 if code > 128 else -code if code < 0 else 0
-    try:
-        return signal.Signals(num).name if num > 0 else None
-    except ValueError:
-        return None
+    return signal_name(code - 128 if code > 128 else -code if code < 0 else 0)
 
 
 def _docker(container_id: str) -> dict[str, Any]:

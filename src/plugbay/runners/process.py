@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.exits import signal_name
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
@@ -325,8 +326,8 @@ class ProcessRunner(ProcessLines, Runner):
             return f"plugin {self.name!r} was never started"
         code = self._proc.poll()
         state = "still running" if code is None else f"exited with code {code}"
-        if code is not None and code < 0:
-            state += f" (killed by {signal.Signals(-code).name})"
+        if code is not None and code < 0 and signal_name(-code):
+            state += f" (killed by {signal_name(-code)})"
         lines = "\n".join("    " + line for line in list(self._tail)[-10:]) or "    (none)"
         return f"process {self._proc.pid} ({' '.join(self.cmd)}) {state}; last stderr lines:\n{lines}"
 

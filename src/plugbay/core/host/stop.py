@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from typing import Any
 
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
+from plugbay.core.protocol.exits import signal_name
 from plugbay.errors import ClientStateError
 from plugbay.runners.process import UNKNOWN_EXIT_CODE
 
@@ -35,8 +35,8 @@ def describe_exit(code: int, tail: list[str]) -> str:
     how = f"it exited with code {code}"
     if code == UNKNOWN_EXIT_CODE:  # a runner that cannot read the code (not its parent, the engine lost it)
         how += " (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
-    elif code < 0 and -code in signal.valid_signals():
-        how += f" (killed by {signal.Signals(-code).name})"
+    elif code < 0 and signal_name(-code):
+        how += f" (killed by {signal_name(-code)})"
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")
 

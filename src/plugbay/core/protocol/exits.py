@@ -1,0 +1,20 @@
+"""What a process's exit code says: the signal that ended it, by name."""
+
+from __future__ import annotations
+
+import signal
+
+
+def signal_name(num: int) -> str | None:
+    """The name of signal ``num`` ("SIGKILL", "SIGRTMIN+6"), or None when it is no signal here.
+
+    The real-time signals (SIGRTMIN..SIGRTMAX) are valid signals without a name of their own in
+    ``signal.Signals``: a process ended by one must still be described, not make the description fail.
+    """
+    if num <= 0 or num not in signal.valid_signals():
+        return None
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        low = getattr(signal, "SIGRTMIN", 0)
+        return f"SIGRTMIN+{num - low}" if low and num >= low else f"signal {num}"
