@@ -168,8 +168,9 @@ def test_sweep_spares_a_plugin_a_live_host_reattached_to(tmp_path: Path) -> None
         adopter.kill()
         shutil.rmtree(os.path.dirname(saved.handshake.address), ignore_errors=True)  # the crashed host's
     assert wait_until(lambda: not _running(pid), 10)
-    from plugbay.runners.proctree import _claims_dir
-    assert not (_claims_dir() / str(saved.runner["plugin_id"])).exists(), "the kill left its claim behind"
+    from plugbay.runners.proctree import _claims_roots
+    for root in _claims_roots():
+        assert not (root / str(saved.runner["plugin_id"])).exists(), "the kill left its claim behind"
 
 
 def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
@@ -182,14 +183,41 @@ def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
     assert name is not None
     # an entry that cannot be read as a claim (or a claim released between listing and reading)
     # must not hide the live one, or sweep() would kill an adopted plugin
-    (proctree._claims_dir() / plugin_id / "0-odd").mkdir()
-    assert list(proctree._claimants(plugin_id).values()) == [proctree.host_session()]
+    roots = proctree._claims_roots(written=True)
+    assert roots[0] == tmp_path / f"plugbay-claims-{os.getuid()}" and len(roots) == 2  # and /tmp's
+    (roots[0] / plugin_id / "0-odd").mkdir()
+    assert set(proctree._claimants(plugin_id).values()) == {proctree.host_session()}
     assert proctree._adopted(plugin_id, None, "another-session")
     ended = "cd" * 16
     assert proctree.claim(ended) is not None
     proctree._forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
-    assert not (proctree._claims_dir() / ended).exists()
-    assert (proctree._claims_dir() / plugin_id / name).exists()
-    (proctree._claims_dir() / plugin_id / "0-odd").rmdir()
+    for root in roots:
+        assert not (root / ended).exists()
+        assert (root / plugin_id / name).exists()
+    (roots[0] / plugin_id / "0-odd").rmdir()
     proctree.release(plugin_id, name)
-    assert not proctree._claims_dir().exists(), "the last release left the claims folder behind"
+    assert not roots[0].exists(), "the last release left the claims folder behind"
+    assert not (roots[1] / plugin_id).exists()
+
+
+def test_a_sweep_without_the_adopters_xdg_runtime_dir_still_finds_its_claim(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cron or a system service sweeps with another XDG_RUNTIME_DIR (or none) than the login
+    # session of the host that reattached: its claim must be found all the same
+    from plugbay.runners import proctree
+
+    plugin_id = "ef" * 16
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
+    (tmp_path / "session").mkdir(mode=0o700)
+    name = proctree.claim(plugin_id)
+    assert name is not None
+    try:
+        for env in ({"XDG_RUNTIME_DIR": str(tmp_path / "elsewhere")}, {}):
+            monkeypatch.delenv("XDG_RUNTIME_DIR")
+            for key, value in env.items():
+                monkeypatch.setenv(key, value)
+            assert proctree._adopted(plugin_id, None, "another-session"), env
+    finally:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
+        proctree.release(plugin_id, name)
+    assert not (tmp_path / "session" / f"plugbay-claims-{os.getuid()}").exists()

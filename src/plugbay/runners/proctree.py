@@ -123,9 +123,24 @@ def _session_alive(marker: str) -> bool:
 _CLAIM_NAME = re.compile(r"[0-9a-f]{32}")
 
 
-def _claims_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return Path(base) / f"plugbay-claims-{os.getuid()}"
+def _claims_roots(written: bool = False) -> list[Path]:
+    """Where claims are written (``written``: under XDG_RUNTIME_DIR if set, and under /tmp), or
+    may be found (also the login runtime folder, /run/user/UID).
+
+    A sweep run from cron or a system service has another XDG_RUNTIME_DIR (or none) than the
+    host that claimed a plugin from its login session: a claim only under the host's would not
+    be found, and the plugin a live host uses would be killed. /tmp is the folder both see;
+    the XDG copy stands when another user made /tmp's first (a claim is only made in a 0700
+    folder of this user).
+    """
+    uid = os.getuid()
+    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"] + ([] if written else [f"/run/user/{uid}"])
+    roots: list[Path] = []
+    for base in bases:
+        root = Path(base) / f"plugbay-claims-{uid}"
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def _private(folder: Path) -> bool:
@@ -141,13 +156,17 @@ def claim(plugin_id: str) -> str | None:
     name, for :func:`release`."""
     if not _CLAIM_NAME.fullmatch(plugin_id):
         return None
-    root = _claims_dir()
     name = f"{os.getpid()}-{secrets.token_hex(8)}"
+    made = [root for root in _claims_roots(written=True) if _write_claim(root, plugin_id, name)]
+    return name if made else None
+
+
+def _write_claim(root: Path, plugin_id: str, name: str) -> bool:
     for _ in range(3):  # another host may remove an emptied folder meanwhile
         try:
             root.mkdir(mode=0o700, exist_ok=True)
             if not _private(root):
-                return None  # someone else's folder: no claim rather than one others could forge or read
+                return False  # someone else's folder: no claim rather than one others could forge or read
             folder = root / plugin_id
             folder.mkdir(mode=0o700, exist_ok=True)
             tmp = folder / f".{name}"
@@ -157,36 +176,43 @@ def claim(plugin_id: str) -> str | None:
             except BaseException:
                 tmp.unlink(missing_ok=True)  # no half-written claim left behind (a full disk, say)
                 raise
-            return name
+            return True
         except FileNotFoundError:
             continue
         except OSError:
-            return None
-    return None
+            return False
+    return False
 
 
 def release(plugin_id: str, name: str | None) -> None:
     """Drop one claim on ``plugin_id`` (kill or detach), and its folders once empty."""
     if not _CLAIM_NAME.fullmatch(plugin_id) or not name or "/" in name or name.startswith("."):
         return
-    root = _claims_dir()
-    for path in (root / plugin_id / name, root / plugin_id, root):
+    for root in _claims_roots(written=True):
+        _drop(root / plugin_id / name)
+
+
+def _drop(claim_file: Path) -> None:
+    """Remove one claim file, and its plugin's folder and the claims folder once empty."""
+    for path in (claim_file, claim_file.parent, claim_file.parent.parent):
         try:
-            path.unlink() if path.name == name else path.rmdir()
+            path.unlink() if path == claim_file else path.rmdir()
         except OSError:
             pass
 
 
 def _claimants(plugin_id: str) -> dict[Path, str]:
     """The claims on ``plugin_id``: file -> the session marker of the host that made it."""
-    root = _claims_dir()
-    if not _CLAIM_NAME.fullmatch(plugin_id) or not _private(root):
-        return {}
     found: dict[Path, str] = {}
-    try:
-        paths = list((root / plugin_id).iterdir())
-    except OSError:
+    if not _CLAIM_NAME.fullmatch(plugin_id):
         return found
+    paths: list[Path] = []
+    for root in _claims_roots():
+        if _private(root):
+            try:
+                paths.extend((root / plugin_id).iterdir())
+            except OSError:
+                continue
     for path in paths:
         if path.name.startswith("."):
             continue
@@ -200,13 +226,13 @@ def _claimants(plugin_id: str) -> dict[Path, str]:
 def _forget_claims_of_ended(running: set[str]) -> None:
     """Remove the claims on plugins no running process carries any more (their adopters never
     released them: a crash), and claims left half-written."""
-    root = _claims_dir()
-    if not _private(root):
-        return
-    try:
-        folders = [f for f in root.iterdir() if _CLAIM_NAME.fullmatch(f.name) and f.name not in running]
-    except OSError:
-        return
+    folders: list[Path] = []
+    for root in _claims_roots():
+        if _private(root):
+            try:
+                folders.extend(f for f in root.iterdir() if _CLAIM_NAME.fullmatch(f.name) and f.name not in running)
+            except OSError:
+                continue
     for folder in folders:
         try:
             for path in folder.iterdir():
@@ -223,7 +249,7 @@ def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
         if session == mine or (session and not _gone(session, live)):
             adopted = True
         else:
-            release(plugin_id, path.name)
+            _drop(path)
     return adopted
 
 
