@@ -263,3 +263,31 @@ def test_docker_kill_while_the_plugin_waits(relay: EngineRelay, plugbay_docker: 
     assert starting.ended(BOUND)
     _check_killed(client, starting, runner, short_dir)
     assert _containers(plugbay_docker, tag) == []
+
+
+_EXITING_HOST = textwrap.dedent("""
+    import sys, threading, time
+    from plugbay import Client, ClientConfig, HandshakeConfig
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "PLUGBAY_RACE", "race"), plugins={}, name="race",
+                                 cmd=[sys.executable, "-c", "import time; time.sleep(60)"], start_timeout=120,
+                                 unix_socket_temp_dir=sys.argv[1]))
+    threading.Thread(target=client.start, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while client._runner is None or getattr(client._runner, "pid", None) is None:
+        if time.monotonic() > deadline:
+            sys.exit("the plugin never started")
+        time.sleep(0.02)
+    print(client._runner.pid, flush=True)  # then the host exits, start() still waiting for the handshake
+""")
+
+
+def test_a_host_exiting_while_a_daemon_thread_starts_a_client_kills_its_plugin(short_dir: Path) -> None:
+    host = subprocess.run([PY, "-c", _EXITING_HOST, str(short_dir)], capture_output=True, text=True, timeout=150)
+    assert host.returncode == 0, host.stderr[-2000:]
+    pid = int(host.stdout.split()[0])
+    try:
+        assert not pid_alive(pid), "the plugin outlived its host"
+        assert list(short_dir.iterdir()) == []  # nor its private folder
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

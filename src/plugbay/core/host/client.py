@@ -140,6 +140,7 @@ class Client(ExitNotice):
             if self._started:
                 return
             self._starting = threading.current_thread()
+            LIVE.add(self)  # a host that exits meanwhile (start() on a daemon thread) kills this plugin too
             failed: BaseException | None = None
             try:
                 self._start()
@@ -148,6 +149,7 @@ class Client(ExitNotice):
             finally:
                 self._starting = None
             if failed is not None or self._kill_asked:  # a kill() from this thread (a log handler) lands here too
+                LIVE.discard(self)
                 self._killed = True  # like go-plugin, a Client starts once
                 if self.config.reattach is not None and not self._kill_asked:
                     # a failed reattach leaves the plugin alone: another host may still use it, and
@@ -160,7 +162,6 @@ class Client(ExitNotice):
                 assert failed is not None
                 raise failed
             self._started = True
-            LIVE.add(self)
 
     def _start(self) -> None:
         cfg = self.config
