@@ -161,6 +161,16 @@ def test_run_failures(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "No such option" in usage.stderr
 
 
+def test_configuration_mistakes_exit_2_with_one_line_before_anything_starts(tmp_path: Path) -> None:
+    quote = plugbay("run", "--cmd", f"{PY} '{KV_PLUGIN}", "--cookie", COOKIE, cwd=tmp_path, timeout=60)
+    assert quote.returncode == 2 and quote.stderr.count("error:") == 1 and "balance its quotes" in quote.stderr
+    marker = tmp_path / "started"  # the plugin command would make it: it must never run
+    nowhere = plugbay("run", "--cmd", f"touch {marker}", "--cookie", COOKIE, "--reattach-out",
+                      str(tmp_path / "missing" / "kv.json"), cwd=tmp_path, timeout=60)
+    assert nowhere.returncode == 2 and "give a file in an existing, writable folder" in nowhere.stderr
+    assert not marker.exists()
+
+
 def test_plugin_that_exits_while_running(tmp_path: Path) -> None:
     with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--multiplex"], tmp_path) as run:
         pid = int(run.config()["runner"]["pid"])
@@ -201,7 +211,7 @@ def test_health_not_serving_and_usage(not_serving: str) -> None:
     bad = plugbay("health", "dns-ish")
     assert bad.returncode == 2 and "is not a target" in bad.stderr
     several = plugbay("health", "static:///127.0.0.1:1,127.0.0.1:2", "--insecure", "--timeout", "1")
-    assert several.returncode == 3 and "UNREACHABLE" in several.stdout  # asks the first replica
+    assert several.returncode == 2 and "names 2 endpoints" in several.stderr  # a probe asks one replica
     bad_port = plugbay("health", "static:///127.0.0.1:http", "--insecure")
     assert bad_port.returncode == 2 and "static:///" in bad_port.stderr
     refused = plugbay("health", "static:///127.0.0.1:1", "--insecure", "--timeout", "1")

@@ -56,7 +56,10 @@ def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None,
     if cmd:
         from plugbay.runners.process import ProcessRunner
 
-        argv = shlex.split(cmd)
+        try:
+            argv = shlex.split(cmd)
+        except ValueError as exc:  # an unbalanced quote
+            raise ConfigError(f"--cmd {cmd!r} cannot be split into words ({exc}); balance its quotes") from None
         if not argv:
             raise ConfigError("--cmd is empty; give the plugin's command line")
         return ProcessRunner(argv), "process"
@@ -150,6 +153,10 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
     versions = _parse_versions(protocol_versions)
     runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable)
     out = Path(reattach_out) if reattach_out else None
+    if out is not None and (out.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK)):
+        # checked before the plugin starts: found only after, the plugin would start for nothing
+        raise ConfigError(f"--reattach-out {out}: cannot write a file there; give a file in an existing,"
+                          " writable folder")
     config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
                           runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
                           start_timeout=start_timeout, kill_grace=kill_grace,

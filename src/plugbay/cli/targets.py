@@ -106,6 +106,9 @@ def _network_target(target: str, tls: Tls) -> Reached:
                           " like static:///HOST:PORT, dns:///NAME:PORT, kubernetes:///NS/SERVICE:PORT,"
                           " unix:///PATH")
     parsed = parse_target(target)
+    if parsed.scheme == "static" and len(parsed.endpoints) > 1:
+        raise ConfigError(f"{target!r} names {len(parsed.endpoints)} endpoints; info, call and health talk to one"
+                          " replica: name one, static:///HOST:PORT")
     if tls.insecure and (tls.ca or tls.cert or tls.key):
         raise ConfigError("--insecure and --ca/--cert/--key exclude each other; pick one")
     if not tls.insecure and not tls.ca:
