@@ -608,3 +608,19 @@ def test_unclaimed_announcements_are_capped_oldest_first() -> None:
         assert list(broker._announced)[-1] == count - 5
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("network, address, why", [
+    ("unix", "plugin.sock", "is not absolute"),
+    ("unix", "/tmp/a\x00b", "holds a control character"),
+    ("tcp", "127.0.0.1:0", "port '0'"),
+    ("tcp", "a b:80", "host 'a b'"),
+])
+def test_an_announced_address_is_checked_as_strictly_as_a_handshake_address(
+        pair: Pair, network: str, address: str, why: str) -> None:
+    from plugbay._proto.plugin import grpc_broker_pb2 as pb
+    from plugbay.errors import BrokerError
+
+    pair.host.receive(pb.ConnInfo(service_id=4, network=network, address=address))
+    with pytest.raises(BrokerError, match=f"broker id 4 was announced at an address plugbay will not dial: .*{why}"):
+        pair.host.dial(4)

@@ -37,6 +37,7 @@ import grpc
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
+from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.protocol.records import Frozen
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -229,6 +230,9 @@ class GRPCBroker(StreamEnd, Multiplexed):
             return self._dial_multiplexed(id, wait)
         info = self._wait_announcement(id, wait)
         network, address = info.network, info.address
+        problem = address_problem(network, address) if network in ("unix", "tcp") else None
+        if problem is not None:  # the other side's word, checked as strictly as a handshake address
+            raise BrokerError(f"broker id {id} was announced at an address plugbay will not dial: {problem}")
         translator = self.transport.translator
         if translator is None:
             return self._channel_to(network, address)
