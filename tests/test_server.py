@@ -14,7 +14,7 @@ import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.protocol import tls as tlsmod
-from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
+from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line, parse_versions
 from plugbay.core.plugin.server import COOKIE_MESSAGE, MISCONFIGURED_MESSAGE
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.secure import grpc_target
@@ -259,9 +259,16 @@ def test_version_negotiation(plugins: list[PluginProc], host: str, expected: int
         kv.Put(kv_pb2.PutRequest(key="x", value=b"y"), timeout=10)
 
 
-def test_non_numeric_versions_are_refused(plugins: list[PluginProc]) -> None:
-    err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1,two"})
-    assert "PLUGIN_PROTOCOL_VERSIONS holds 'two', which is not a version number" in err
+def test_non_numeric_versions_are_skipped_with_go_plugins_message(plugins: list[PluginProc]) -> None:
+    # go-plugin's server skips a piece it cannot read ("server sent invalid plugin version") and
+    # serves the versions it could: a Go host sees the same from a Python plugin
+    p = start(plugins, {"PLUGIN_PROTOCOL_VERSIONS": "1,two,\u0662"})
+    info = p.handshake()
+    assert info.app_version == 1
+    shutdown(p.channel(info))
+    code, err = p.finish()
+    assert code == 0
+    assert "server sent invalid plugin version 'two'" in err and "invalid plugin version '\u0662'" in err
 
 
 def test_protocol_version_follows_go_plugin() -> None:
@@ -278,8 +285,9 @@ def test_protocol_version_follows_go_plugin() -> None:
     assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "2,3"}) == (1, {"kv": a})
     assert protocol_version(config, {}) == (1, {"kv": a})
     assert protocol_version(ServeConfig(HANDSHAKE), {"PLUGIN_PROTOCOL_VERSIONS": "1"}) == (1, {})
+    assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "x,4"}) == (4, {"kv": c})  # 'x' skipped
     with pytest.raises(ConfigError, match="'x', which is not a version number"):
-        protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "x"})
+        parse_versions("x")  # the host's own settings stay strict
 
 
 def test_registration_error(plugins: list[PluginProc]) -> None:

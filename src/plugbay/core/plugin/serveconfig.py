@@ -4,6 +4,7 @@ plugin sets a host gets (plugbay.core.plugin.server serves them)."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from plugbay.core.broker.plugin import (
 from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
-from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, parse_versions
+from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, read_versions
 from plugbay.core.protocol.records import Record
 
 
@@ -54,7 +55,10 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
     common version the *lowest* one is returned, so that the host, which has
     both lists, reports the mismatch (as go-plugin does).
     """
-    host_versions = set(parse_versions(env.get(ENV_PROTOCOL_VERSIONS, "")))
+    versions, bad = read_versions(env.get(ENV_PROTOCOL_VERSIONS, ""))
+    for piece in bad:
+        sys.stderr.write(f"server sent invalid plugin version {piece!r}\n")  # go-plugin's words; then skipped
+    host_versions = set(versions)
     sets: dict[int, PluginSet] = dict(config.versioned_plugins or {})
     if config.plugins is not None:
         sets[config.handshake.protocol_version] = config.plugins

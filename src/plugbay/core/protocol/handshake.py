@@ -283,20 +283,32 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
 
 
 def parse_versions(value: str) -> list[int]:
-    """Parse PLUGIN_PROTOCOL_VERSIONS ("1,2,3")."""
+    """Parse PLUGIN_PROTOCOL_VERSIONS ("1,2,3"); a piece that is no version number is a ConfigError."""
+    out, bad = read_versions(value)
+    if bad:
+        raise ConfigError(f"{ENV_PROTOCOL_VERSIONS} holds {bad[0]!r}, which is not a version number;"
+                          " set it to comma-separated integers such as '1,2'")
+    return out
+
+
+def read_versions(value: str) -> tuple[list[int], list[str]]:
+    """PLUGIN_PROTOCOL_VERSIONS' version numbers, and the pieces that are none.
+
+    A plugin skips those pieces, as go-plugin's server does ("server sent invalid plugin
+    version"), and serves the versions it could read.
+    """
     out: list[int] = []
+    bad: list[str] = []
     for piece in value.split(","):
         piece = piece.strip()
         if not piece:
             continue
-        try:
-            out.append(int(piece))
-        except ValueError:
-            raise ConfigError(
-                f"{ENV_PROTOCOL_VERSIONS} holds {piece!r}, which is not a version number;"
-                " set it to comma-separated integers such as '1,2'"
-            ) from None
-    return out
+        number = _number(piece)
+        if number is None:
+            bad.append(piece)
+        else:
+            out.append(number)
+    return out, bad
 
 
 def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[int]) -> int:
