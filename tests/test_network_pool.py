@@ -312,3 +312,33 @@ def test_streams_that_run_to_their_deadline_do_not_count_against_the_endpoint(
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         snap = client.metrics()
         assert snap["ejections"] == 0 and snap["endpoints"][f"tcp:{a.address}"]["failures"] == 0, snap
+
+
+def test_future_calls_fail_over_from_a_dead_endpoint_as_blocking_calls_do(
+        replicas: Callable[..., Replica]) -> None:
+    a, b = replicas(), replicas()
+    # health every 30 s: the calls, not a health check, meet the dead endpoint
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", health_interval=30.0,
+                             call_timeout=10.0)) as client:
+        stub = kv_pb2_grpc.KVStub(client.channel)
+        get = stub.Get  # type: ignore[attr-defined]
+        pids = {get.future(kv_pb2.GetRequest(key="__pid__"), timeout=10).result(timeout=20).value for _ in range(4)}
+        assert pids == {str(r.proc.pid).encode() for r in (a, b)}  # both endpoints connected
+        a.kill9()
+        time.sleep(1.0)  # the host's connection to it sees the close and cannot reconnect
+        futures = [get.future(kv_pb2.GetRequest(key="__pid__"), timeout=10) for _ in range(10)]
+        done: list[Any] = []
+        futures[-1].add_done_callback(done.append)
+        results = [f.result(timeout=20).value for f in futures]
+        assert results == [str(b.proc.pid).encode()] * 10, results
+        assert client.metrics()["resends"] >= 1
+        assert wait_until(lambda: len(done) == 1, 5)
+        last = futures[-1]
+        assert last.done() and not last.running() and last.exception() is None
+        assert last.code() == grpc.StatusCode.OK and not last.cancel()
+
+        slow = get.future(kv_pb2.GetRequest(key="__sleep__"), timeout=10)
+        assert slow.cancel()
+        assert slow.cancelled() and slow.done()
+        with pytest.raises(grpc.FutureCancelledError):
+            slow.result(timeout=5)

@@ -176,16 +176,15 @@ class PoolCallable:
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        pick_until, deadline = self.deadline(timeout)
-        member = self._pool.pick(pick_until, set(), self._pin)
-        try:
-            fut = self._on(member).future(request, timeout=self.remaining(deadline), **kwargs)
-        except BaseException as exc:
-            self._pool.done(member, exc)
-            raise
-        # a future the caller cancelled has no exception to ask for (asking raises): the call just ended
-        fut.add_done_callback(lambda f: self._pool.done(member, None if f.cancelled() else f.exception()))
-        return fut
+        from plugbay.network.poolfuture import FailoverFuture  # only callers of future() load it
+
+        return FailoverFuture(self, request, timeout, kwargs).start()
+
+    def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool:
+        return not_sent(exc, channel)
+
+    def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
+        return out_of_tries(self._pool, exc, tried, last)
 
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pick_until, deadline = self.deadline(timeout)

@@ -1,0 +1,227 @@
+"""A unary future() through the pool that fails over as a blocking call does.
+
+A call that provably never left its endpoint (refused while connecting, or
+its channel closed under it) is sent to another endpoint within the same
+deadline; any other outcome is the caller's. The failover runs on a
+short-lived thread of its own, started only when a try was refused: it may
+wait for an endpoint or a TLS probe, which gRPC's callback thread must not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from plugbay.errors import NoEndpointsError
+
+
+class Tries(Protocol):
+    """What the future needs of its multicallable (plugbay.network.poolcalls.PoolCallable)."""
+
+    _pool: Any
+    _pin: str | None
+
+    def _on(self, member: Any) -> Any: ...
+
+    def deadline(self, timeout: float | None) -> tuple[float, float | None]: ...
+
+    def remaining(self, deadline: float | None) -> float | None: ...
+
+    def refused(self, member: Any, exc: grpc.RpcError, tried: set[str], pick_until: float,
+                pause: float) -> tuple[str, float]: ...
+
+    def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool: ...
+
+    def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
+
+
+class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """grpc.Future and grpc.Call of the current try; the outcome is the last try's."""
+
+    def __init__(self, owner: Tries, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> None:
+        self._owner = owner
+        self._request = request
+        self._kwargs = kwargs
+        self._pick_until, self._deadline = owner.deadline(timeout)
+        self._tried: set[str] = set()
+        self._last = ""
+        self._pause = 0.05
+        self._cond = threading.Condition()
+        self._inner: Any = None
+        self._outcome: tuple[Any, BaseException | None] | None = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    # --- the tries ----------------------------------------------------------------------
+
+    def start(self) -> FailoverFuture:
+        """The first try, on the caller's thread (it waits for an endpoint, as a blocking call would)."""
+        self._next_try(blocking_errors=True)
+        return self
+
+    def _next_try(self, blocking_errors: bool = False) -> None:
+        pool, owner = self._owner._pool, self._owner
+        while True:
+            try:
+                member = pool.pick(self._pick_until, self._tried, owner._pin)
+            except NoEndpointsError as exc:
+                error = owner.out_of_tries(exc, self._tried, self._last)
+                if blocking_errors:
+                    raise error from None
+                self._finish(None, error)
+                return
+            try:
+                inner = owner._on(member).future(self._request, timeout=owner.remaining(self._deadline),
+                                                 **self._kwargs)
+            except ValueError as exc:  # the endpoint's channel closed under the call: not sent
+                pool.done(member, None)
+                if "closed channel" not in str(exc):
+                    raise
+                self._tried.add(member.key)
+                continue
+            except BaseException as exc:
+                pool.done(member, exc)
+                raise
+            with self._cond:
+                self._inner = inner
+                cancelled = self._cancelled
+            if cancelled:
+                inner.cancel()
+            inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
+            return
+
+    def _tried_on(self, member: Any, inner: Any) -> None:
+        pool = self._owner._pool
+        if inner.cancelled():
+            pool.done(member, None)
+            self._finish(None, None)
+            return
+        error = inner.exception()
+        pool.done(member, error)
+        if error is None:
+            self._finish(inner.result(), None)
+        elif isinstance(error, grpc.RpcError) and not self._cancelled and self._owner.never_sent(error, member.channel):
+            threading.Thread(target=self._fail_over, args=(member, error), daemon=True,
+                             name=f"plugbay-failover-{pool.name}").start()
+        else:
+            self._finish(None, error)
+
+    def _fail_over(self, member: Any, error: grpc.RpcError) -> None:
+        try:
+            self._last, wait = self._owner.refused(member, error, self._tried, self._pick_until, self._pause)
+            if wait:
+                time.sleep(wait)
+                self._pause = min(self._pause * 2, 0.5)
+            if self._cancelled:
+                self._finish(None, None)
+                return
+            self._next_try()
+        except BaseException as exc:
+            self._finish(None, exc)
+
+    def _finish(self, response: Any, error: BaseException | None) -> None:
+        with self._cond:
+            if self._outcome is not None:
+                return
+            self._outcome = (response, error)
+            callbacks, self._callbacks = self._callbacks, []
+            self._cond.notify_all()
+        for callback in callbacks:
+            callback(self)
+
+    # --- grpc.Future ----------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        with self._cond:
+            if self._outcome is not None:
+                return False
+            self._cancelled = True
+            inner = self._inner
+        if inner is not None:
+            inner.cancel()  # its own end still reports to the pool (see _tried_on)
+        self._finish(None, None)  # cancelled at once, as gRPC's own futures are
+        return True
+
+    def cancelled(self) -> bool:
+        with self._cond:
+            return self._cancelled and self._outcome is not None
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def done(self) -> bool:
+        with self._cond:
+            return self._outcome is not None
+
+    def _wait(self, timeout: float | None) -> tuple[Any, BaseException | None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._outcome is not None, timeout):
+                raise grpc.FutureTimeoutError()
+            assert self._outcome is not None
+            if self._cancelled:
+                raise grpc.FutureCancelledError()
+            return self._outcome
+
+    def result(self, timeout: float | None = None) -> Any:
+        response, error = self._wait(timeout)
+        if error is not None:
+            raise error
+        return response
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._wait(timeout)[1]
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        return None if error is None else error.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if self._outcome is None:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # --- grpc.Call (of the last try; a failure of the pool's own has no try behind it) ------------
+
+    def _call_or_error(self) -> tuple[Any, BaseException | None]:
+        with self._cond:
+            error = self._outcome[1] if self._outcome is not None else None
+            return self._inner, error
+
+    def code(self) -> grpc.StatusCode | None:
+        inner, error = self._call_or_error()
+        if isinstance(error, grpc.RpcError):
+            return error.code()
+        return None if inner is None else inner.code()
+
+    def details(self) -> str | None:
+        inner, error = self._call_or_error()
+        if isinstance(error, grpc.RpcError):
+            return error.details()  # type: ignore[no-any-return]
+        return None if inner is None else inner.details()
+
+    def initial_metadata(self) -> Any:
+        inner, _ = self._call_or_error()
+        return None if inner is None else inner.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        inner, _ = self._call_or_error()
+        return None if inner is None else inner.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return not self.done()
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._cond:
+            if self._outcome is not None:
+                return False
+            self._callbacks.append(lambda _future: callback())
+            return True
