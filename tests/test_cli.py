@@ -210,6 +210,8 @@ def test_health_not_serving_and_usage(not_serving: str) -> None:
     assert need_tls.returncode == 2 and "--insecure" in need_tls.stderr
     bad = plugbay("health", "dns-ish")
     assert bad.returncode == 2 and "is not a target" in bad.stderr
+    missing = plugbay("health", "unix:///nonexistent/plugin.sock", "--insecure", "--timeout", "30")
+    assert missing.returncode == 3 and "no socket at /nonexistent/plugin.sock" in missing.stdout
     several = plugbay("health", "static:///127.0.0.1:1,127.0.0.1:2", "--insecure", "--timeout", "1")
     assert several.returncode == 2 and "names 2 endpoints" in several.stderr  # a probe asks one replica
     bad_port = plugbay("health", "static:///127.0.0.1:http", "--insecure")

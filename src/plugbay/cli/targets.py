@@ -122,6 +122,10 @@ def _network_target(target: str, tls: Tls) -> Reached:
         raise TargetUnreachableError(f"{target!r} names no ready endpoint (discovery found {len(found)});"
                                      " check that the plugin's replicas run and are ready")
     endpoint = ready[0]
+    if endpoint.network == "unix" and not Path(endpoint.address).is_socket():
+        # said now, not after the whole --timeout of a channel that can never connect
+        raise TargetUnreachableError(f"{target!r}: no socket at {endpoint.address}; check the path, and that"
+                                     " the plugin runs")
     address = grpc_target(endpoint.network, endpoint.address)
     facts: dict[str, Any] = {"network": endpoint.network, "address": endpoint.address, "endpoints": len(ready)}
     if tls.insecure:
