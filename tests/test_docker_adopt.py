@@ -58,3 +58,76 @@ def test_a_container_reattached_by_name_is_still_removed_by_kill(plugbay_docker:
 def test_malformed_container_reattach_data_is_a_reattach_error(extra: dict[str, object]) -> None:
     with pytest.raises(ReattachError, match="'container_port' a TCP port"):
         reattach_runner({"kind": "DockerRunner", "id": "x", "transport": "tcp", **extra})
+
+
+@pytest.fixture
+def labelled_image(plugbay_docker: Any) -> Any:
+    """An image (no container) carrying plugbay's label, as anyone may build one."""
+    import io
+
+    name = f"plugbay-test-labelled:{uuid.uuid4().hex[:12]}"
+    dockerfile = io.BytesIO(f"FROM {BASE}\nLABEL plugbay.managed=true\n".encode())
+    plugbay_docker.images.build(fileobj=dockerfile, tag=name, rm=True, pull=False)
+    yield name
+    plugbay_docker.images.remove(name, force=True)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_a_reattach_id_that_walks_to_another_engine_endpoint_is_refused(labelled_image: str, transport: str) -> None:
+    """The id goes into the engine request's path: '../' must not inspect an image instead of a container."""
+    for bad in (f"x/../../images/{labelled_image}", "x/../../networks/bridge", "-x", "a b", "x?all=1"):
+        with pytest.raises(ReattachError, match="neither a container id .* nor a container name"):
+            DockerRunner.attach({"id": bad, "transport": transport}, take_ownership=False)
+
+
+class _NotAContainerEngine:
+    """A DOCKER_HOST on a unix socket whose answer to a container inspect lacks the container's State."""
+
+    def __init__(self, path: str) -> None:
+        import http.server
+        import json
+        import socketserver
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.endswith("/version"):
+                    body: dict[str, Any] = {"ApiVersion": "1.41", "Version": "20.10.0"}
+                else:
+                    body = {"Id": "f" * 64, "Config": {"Labels": {"plugbay.managed": "true"}}}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+            def get_request(self) -> Any:
+                request, _ = super().get_request()
+                return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port) client address
+
+        self.server = Server(path, Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_an_engine_answer_that_is_no_container_is_a_reattach_error(tmp_path: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _NotAContainerEngine(str(tmp_path / "engine.sock"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'engine.sock'}")
+    try:
+        with pytest.raises(ReattachError, match="the engine's answer for it is not a container's"):
+            DockerRunner.attach({"id": "f" * 64, "transport": "tcp"}, take_ownership=False)
+    finally:
+        engine.close()

@@ -8,6 +8,7 @@ is touched (plugbay never stops or removes what it cannot prove it made).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,10 @@ from plugbay.errors import ConfigError, ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
 from plugbay.runners.session import MANAGED, host_session_id, owner_name
 
+# what the engine takes as a container's id (12-64 hex) or name: the id goes into the request's path,
+# so a '/' in untrusted data would reach other endpoints ('x/../../images/NAME' inspects an image)
+_CONTAINER_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+
 
 def reattach_id(data: Mapping[str, Any]) -> str:
     """The container id the reattach data names (not yet proven plugbay's)."""
@@ -23,6 +28,10 @@ def reattach_id(data: Mapping[str, Any]) -> str:
     if not container_id:
         raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
                           " pass what Client.reattach_config() / runner.reattach_data() returned")
+    if not isinstance(data.get("id"), str) or not _CONTAINER_REF.fullmatch(container_id):
+        raise ReattachError(f"reattach data names container {container_id[:80]!r}, which is neither a container id"
+                            " (12-64 hex digits) nor a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); pass the JSON"
+                            " that Client.reattach_config().to_json() produced")
     return container_id
 
 
@@ -45,7 +54,7 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
     except NotFound:
         raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
                           " start the plugin again") from None
-    labels = dict(container.labels or {})
+    labels = _container_labels(container, container_id)
     why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
     if why is None and socket_dir is not None:
         why = socket_dir_unproven(socket_dir, labels)
@@ -55,10 +64,24 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
             " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
             " that Client.reattach_config().to_json() produced for a running plugin")
     if container.status != "running":
-        code = container.attrs["State"].get("ExitCode")
+        code = container.attrs["State"].get("ExitCode")  # a dict: _container_labels checked it
         raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                           f" (exit code {code}); start the plugin again")
     return container
+
+
+def _container_labels(container: Any, container_id: str) -> dict[str, str]:
+    """The labels of what the engine answered, once it is shaped as a container's inspect (else ReattachError):
+    the SDK would fail on a missing part with a bare KeyError, mid-way through the proof."""
+    attrs = container.attrs if isinstance(container.attrs, dict) else {}
+    state, config = attrs.get("State"), attrs.get("Config")
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    if not (isinstance(attrs.get("Id"), str) and isinstance(state, dict) and isinstance(state.get("Status"), str)
+            and isinstance(config, dict) and isinstance(labels, (dict, type(None)))):
+        raise ReattachError(f"cannot reattach to container {container_id[:12]}: the engine's answer for it is not"
+                            " a container's (no Id, State or Config.Labels), so plugbay leaves it alone. Pass the"
+                            " JSON that Client.reattach_config().to_json() produced for a running plugin")
+    return {str(k): str(v) for k, v in (labels or {}).items()}
 
 
 def claim(container: Any) -> None:
