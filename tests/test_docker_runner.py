@@ -397,6 +397,9 @@ def test_reattached_container_is_owned_by_the_new_host(plugbay_docker: Any) -> N
     try:
         attached = reattach_runner(facts["reattach"])
         assert attached.id == facts["id"] and attached.wait(0) is None
+        # still the first host's until the reattach is known to hold (a Client calls adopted() then)
+        assert facts["id"] in sweep(dry_run=True)
+        attached.adopted()
         assert sweep() == []  # the dead first host's container now belongs to this live session
         attached.kill()
         assert attached.wait(5) is not None

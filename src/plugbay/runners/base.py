@@ -188,6 +188,11 @@ class AttachedRunner(ABC):
     def detach(self) -> None:
         """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""
 
+    def adopted(self) -> None:
+        """A Client reattached through this runner and the plugin answered: record this host as its owner
+        where the runner keeps one (a container's name, for sweeps). Only now: a reattach that failed (or a
+        host killed while reattaching) must leave the plugin its live owner's. Best effort; default: nothing."""
+
     def reattach_data(self) -> dict[str, Any]:
         """JSON-serialisable facts that let another host process attach again."""
         return {"kind": type(self).__name__, "id": self.id}

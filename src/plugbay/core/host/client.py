@@ -161,6 +161,11 @@ class Client(ExitNotice):
                     raise killed_while_starting(self.name) from failed
                 assert failed is not None
                 raise failed
+            if self.config.reattach is not None and self._runner is not None:
+                try:
+                    self._runner.adopted()
+                except Exception as exc:  # the plugin is reached all the same: only a sweep's view is off
+                    _log.warning("recording this host as the owner of plugin %s failed: %s", self.name, exc)
             self._started = True
 
     def _start(self) -> None:

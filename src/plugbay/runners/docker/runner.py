@@ -127,6 +127,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._detached = False  # detach() was called: start() refuses (kill() still removes the container)
         self._waiter: ExitWaiter | None = None
         self._verified_image = ""  # the image id check_secure_config() proved
+        self._adopt: Any = None  # the container attach() proved, claimed once adopted() says the reattach held
 
     # --- identity -------------------------------------------------------------
 
@@ -334,6 +335,8 @@ class DockerRunner(ContainerTeardown, Runner):
 
         ``take_ownership=False`` only looks (plugbay health/info/call): the
         container stays its starting host's, so a sweep still spares it while that host lives.
+        Otherwise this host becomes its owner once :meth:`adopted` is called (a Client calls it when
+        the reattach succeeded), not here: a reattach that fails leaves it its starting host's.
         The data is untrusted: the container must carry plugbay's labels, and a socket
         folder must be the one named in its labels, holding the marker plugbay wrote;
         otherwise ReattachError is raised and nothing is touched.
@@ -358,9 +361,15 @@ class DockerRunner(ContainerTeardown, Runner):
         # the labels say, not the data
         runner._owns_socket_dir = dict(container.labels or {}).get(SOCKET_OWNED) == "true"
         runner._watch_exit()
-        if take_ownership:
-            claim(container)
+        runner._adopt = container if take_ownership else None
         return runner
+
+    def adopted(self) -> None:
+        container, self._adopt = self._adopt, None
+        with self._lock:
+            ended = self._killed or self._detached
+        if container is not None and not ended:  # detached: a close() came first, nothing to own
+            claim(container)
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:

@@ -1,0 +1,79 @@
+"""A Docker reattach takes the container over (its name records the new owner for sweeps) only once it held.
+
+A reattach that fails (here: the JSON's app version is not the host's) must leave the container its
+live owner's: were it renamed to the failing host's session, a sweep after that host ended would
+remove a container whose starting host still runs. The failing host is another process, which
+then exits, as the real case; sweep runs with dry_run only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner, sweep
+from plugbay.runners.session import host_session_id
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+SLEEP = ["python3", "-c", "import time; time.sleep(60)"]
+
+FAILING_HOST = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1] + "/src"]
+    from plugbay import Client, ClientConfig, HandshakeConfig
+    from plugbay.core.host.reattach import ReattachConfig
+    from plugbay.errors import VersionMismatchError
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), plugins={}, start_timeout=10,
+                                 reattach=ReattachConfig.from_json(sys.stdin.read())))
+    try:
+        client.start()
+    except VersionMismatchError:
+        print("failed as expected")
+""")
+
+
+def test_a_failed_reattach_leaves_the_container_its_live_owners(plugbay_docker: Any) -> None:
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=SLEEP, transport="tcp")
+    runner.start(LaunchSpec(env={}))
+    try:
+        name = plugbay_docker.containers.get(runner.id).name
+        text = json.dumps({"handshake": {"core_version": 1, "app_version": 99, "network": "tcp",
+                                         "address": "127.0.0.1:4000", "protocol": "grpc"},
+                           "runner": runner.reattach_data()})
+        other = subprocess.run([sys.executable, "-c", FAILING_HOST, str(REPO)], input=text, capture_output=True,
+                               text=True, timeout=120)
+        assert other.stdout.strip() == "failed as expected", other.stderr
+        assert plugbay_docker.containers.get(runner.id).name == name, "the failed reattach took the container"
+        assert runner.id not in sweep(dry_run=True), "a sweep would remove the container of a live host"
+    finally:
+        runner.kill(0)
+
+
+def test_a_reattach_that_held_makes_this_host_the_owner(plugbay_docker: Any, plugbay_image: Any) -> None:
+    plugins = {PLUGIN_NAME: KVPlugin()}
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=plugins,
+                                runner=DockerRunner(plugbay_image("kv"), transport="tcp",
+                                                    writable_dirs=("/tmp", "/data"))))
+    first.start()
+    try:
+        saved = ReattachConfig.from_json(first.reattach_config().to_json())
+        other = Client(ClientConfig(handshake=HANDSHAKE, plugins=plugins, reattach=saved))
+        other.start()
+        other.close()
+        name = plugbay_docker.containers.get(first.runner.id).name
+        assert f"_owner_{host_session_id()}." in name, name
+    finally:
+        first.kill()
