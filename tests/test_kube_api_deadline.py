@@ -144,11 +144,11 @@ def test_start_and_kill_end_within_api_timeout_against_a_trickling_server(trickl
 def test_reattach_ends_within_api_timeout_against_a_trickling_server(trickle: TrickleServer, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{trickle.port}"
-    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456", "api_timeout": 1,
+    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456",
             "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
     monkeypatch.setenv("KUBECONFIG", data["kubeconfig"])  # a reattach uses this host's own kubeconfig
     with pytest.raises(EngineUnavailableError, match=f"at {url} did not answer get pods within 1s"):
-        KubernetesRunner.attach(data)
+        KubernetesRunner.attach(data, api_timeout=1)
     ended_early(trickle, "GET /api/v1/namespaces/default/pods/plugbay-x-123456 ")
 
 

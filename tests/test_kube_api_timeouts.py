@@ -99,13 +99,13 @@ def test_a_tls_handshake_that_never_completes_is_bounded(tmp_path: Path) -> None
 def test_reattach_to_a_hung_api_server_fails_typed(hung: RawServer, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{hung.port}"
-    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456", "api_timeout": 1,
+    data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456",
             "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
     monkeypatch.setenv("KUBECONFIG", data["kubeconfig"])  # a reattach uses this host's own kubeconfig
     with pytest.raises(EngineUnavailableError, match=f"at {url} did not answer get pods within 1s"):
-        KubernetesRunner.attach(data)
+        KubernetesRunner.attach(data, api_timeout=1)
     with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds, not 'soon'"):
-        KubernetesRunner.attach({**data, "api_timeout": "soon"})
+        KubernetesRunner.attach(data, api_timeout="soon")  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(120)
@@ -131,7 +131,7 @@ def test_a_bad_api_timeout_is_a_config_error() -> None:
 @pytest.mark.timeout(60)
 def test_an_api_timeout_too_large_for_a_socket_is_a_config_error(hung: RawServer, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reattach JSON is untrusted: a huge api_timeout must fail typed, not as the socket's OverflowError."""
+    """A huge api_timeout must fail typed, not as the socket's OverflowError."""
     url = f"http://127.0.0.1:{hung.port}"
     data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456",
             "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
@@ -140,7 +140,7 @@ def test_an_api_timeout_too_large_for_a_socket_is_a_config_error(hung: RawServer
     try:
         for huge in (1e12, 1e300):
             with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds up to 3600"):
-                KubernetesRunner.attach({**data, "api_timeout": huge})
+                KubernetesRunner.attach(data, api_timeout=huge)
             with pytest.raises(ConfigError, match="api_timeout must be a positive number of seconds up to 3600"):
                 sweep("default", api_client=api_client, api_timeout=huge)
     finally:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -274,6 +277,29 @@ def register_reattacher(kind: str, func: ReattachFunc) -> None:
 # plugbay's own runner kinds, imported on first reattach so no caller has to import them first.
 _BUILT_IN = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker.runner",
              "KubernetesRunner": "plugbay.runners.kubernetes.runner"}
+
+
+# The deadline of the Client start that is reattaching on this thread: a runner's attach is bounded by
+# it, never by a time the (untrusted) reattach data names. Passed around the ReattachFunc signature,
+# which callers supply (functools.partial(KubernetesRunner.attach, ...)).
+_attach_deadline: ContextVar[float | None] = ContextVar("plugbay_attach_deadline", default=None)
+
+
+@contextmanager
+def attaching_until(deadline: float | None) -> Iterator[None]:
+    """Reattaches on this thread within the block are part of a start that ends at ``deadline``
+    (time.monotonic(); None: of no Client's start)."""
+    token = _attach_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _attach_deadline.reset(token)
+
+
+def attach_time_left() -> float | None:
+    """Seconds left of the Client start this reattach is part of (None: no Client's, e.g. a direct attach())."""
+    deadline = _attach_deadline.get()
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:

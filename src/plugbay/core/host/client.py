@@ -180,7 +180,7 @@ class Client(ExitNotice):
         if cfg.unix_socket_group is not None:
             share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:
-            self._runner = cfg.reattach.attached_runner()
+            self._runner = cfg.reattach.attached_runner(deadline)
             if self._kill_asked:  # kill() came while it attached, before there was a plugin to end
                 raise ClientStateError(f"kill() was asked while plugin {self.name!r} was being attached")
             self._cert = cfg.reattach.client_cert

@@ -36,13 +36,13 @@ class ReattachConfig:
     name: str = "plugin"
     attach: ReattachFunc | None = field(default=None, compare=False, repr=False)
 
-    def attached_runner(self) -> AttachedRunner:
-        """The running plugin's runner, from ``attach`` (else its kind's own) given ``runner``."""
-        from plugbay.runners.base import AttachedRunner, reattach_runner
+    def attached_runner(self, deadline: float | None = None) -> AttachedRunner:
+        """The running plugin's runner, from ``attach`` (else its kind's own) given ``runner``; the attach
+        ends by ``deadline`` (time.monotonic(): the Client's start_timeout) where the runner can bound it."""
+        from plugbay.runners.base import AttachedRunner, attaching_until, reattach_runner
 
-        if self.attach is None:
-            return reattach_runner(self.runner)
-        got = self.attach(self.runner)
+        with attaching_until(deadline):
+            got = reattach_runner(self.runner) if self.attach is None else self.attach(self.runner)
         if not isinstance(got, AttachedRunner):
             raise ConfigError(
                 f"ReattachConfig.attach returned {type(got).__name__}, not a runner; it must return the"

@@ -20,7 +20,8 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, register_reattacher, reuse_refused
+from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, register_reattacher,
+                                  reuse_refused)
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
                                             load_api_client, reattach_kubeconfig)
@@ -298,29 +299,39 @@ class KubernetesRunner(PodTeardown, Runner):
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "KubernetesRunner", "id": self.id, "namespace": self.namespace, "pod": self.pod_name,
                 "image": self.image, "container_port": self.container_port,
-                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context,
-                "api_timeout": self.api_timeout}
+                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context}
 
     @classmethod
     def attach(cls, data: Mapping[str, Any], api_client: Any = None, *, kubeconfig: str | None = None,
-               context: str | None = None) -> KubernetesRunner:
+               context: str | None = None, start_timeout: float | None = None,
+               api_timeout: float | None = None) -> KubernetesRunner:
         """A runner for a pod another host started (reattach by namespace/pod name).
 
         The API is reached with ``api_client``, else ``kubeconfig``/``context``, else this host's
-        own configuration: never with a kubeconfig the (untrusted) data names (see reattach_kubeconfig)."""
+        own configuration: never with a kubeconfig the (untrusted) data names (see reattach_kubeconfig).
+        The timeouts are this host's too, never the data's: ``start_timeout`` (bounding port-forward
+        opens) defaults to what is left of the reattaching Client's start_timeout, ``api_timeout`` to
+        min(30 s, start_timeout) as for a new runner, and the pod is read within both."""
         fields = _reattach_fields(data)
         if api_client is None:
             kubeconfig, context = reattach_kubeconfig(data.get("kubeconfig"), data.get("context"), kubeconfig,
                                                       context)
+        left = attach_time_left()
+        if start_timeout is None:
+            start_timeout = 120.0 if left is None else min(max(left, 0.1), MAX_START_TIMEOUT)
         runner = cls(fields["image"], namespace=fields["namespace"], container_port=fields["container_port"],
                      address_mode=fields["address_mode"], api_client=api_client, kubeconfig=kubeconfig,
-                     context=context, api_timeout=data.get("api_timeout"))
+                     context=context, start_timeout=start_timeout, api_timeout=api_timeout)
         runner.pod_name = fields["pod"]
+        # the Client's start bounds this read also when the host chose a longer api_timeout
+        runner._pod.timeout = min(runner.api_timeout, max(left, 0.1)) if left is not None else runner.api_timeout
         try:
-            pod = runner._read_pod()  # bounded by api_timeout: a silent API server fails the reattach
+            pod = runner._read_pod()  # a silent API server fails the reattach
         except BaseException:
             runner._close()
             raise
+        finally:
+            runner._pod.timeout = runner.api_timeout  # kill() and the rest: the runner's own bound
         if pod is None:
             runner._close()
             raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
