@@ -282,6 +282,25 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
     return HandshakeInfo(core, app, network, address, protocol, cert, multiplex)
 
 
+def is_handshake_line(line: str) -> bool:
+    """Whether ``line`` is a plugin's handshake line: one parse_handshake_line() takes, or one it refuses
+    only for the core version or protocol (netrpc), so that the host raises that error at once.
+
+    For a stream mixing the handshake with log lines (a pod's log). Another core version's line is
+    told by the fields after the versions, checked as core version 1's.
+    """
+    core, _, rest = line.strip().partition("|")
+    if _number(core) is None:
+        return False
+    try:
+        parse_handshake_line(f"{CORE_PROTOCOL_VERSION}|{rest}")
+    except MalformedHandshakeError:
+        return False
+    except (ProtocolMismatchError, UnsupportedProtocolError):
+        pass
+    return True
+
+
 def parse_versions(value: str) -> list[int]:
     """Parse PLUGIN_PROTOCOL_VERSIONS ("1,2,3"); a piece that is no version number is a ConfigError."""
     out, bad = read_versions(value)

@@ -1,7 +1,8 @@
 """A pod's log stream split in two: the handshake line to stdout, every other line to stderr.
 
-Pod logs merge the container's stdout and stderr, so the one line that parses
-as a go-plugin handshake is the plugin's stdout; the rest (hclog JSON, plain
+Pod logs merge the container's stdout and stderr, so the one line that is a
+go-plugin handshake line (handshake.is_handshake_line: also one of a core version or
+protocol plugbay refuses, so the host says so at once) is the plugin's stdout; the rest (hclog JSON, plain
 lines) is fed to the host's log pump. A broken stream is reopened (bounded)
 while the pod still runs, without repeating lines already read.
 """
@@ -17,21 +18,11 @@ from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter, split_lines
 from plugbay.errors import RunnerError
-from plugbay.core.protocol.handshake import parse_handshake_line
+from plugbay.core.protocol.handshake import is_handshake_line
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 _EOF = object()
 _REOPENS = 5
-
-
-def is_handshake(line: str) -> bool:
-    if line.count("|") < 4:
-        return False
-    try:
-        parse_handshake_line(line)
-        return True
-    except Exception:
-        return False
 
 
 def drain(q: queue.Queue[object]) -> Iterator[str]:
@@ -76,7 +67,7 @@ class PodLogs:
                 self.splitters.append(splitter)
                 try:
                     for line in split_lines(_chunks(resp), splitter=splitter):
-                        if not handshake_seen and is_handshake(line):
+                        if not handshake_seen and is_handshake_line(line):
                             handshake_seen = True
                             self.stdout.put(line)
                         else:
