@@ -20,6 +20,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 import grpc  # noqa: E402
 
 from plugbay import (  # noqa: E402
+    AsyncSupervisor,
     CircuitBreaker,
     Client,
     ClientConfig,
@@ -36,6 +37,10 @@ from plugbay import (  # noqa: E402
 
 KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 PLUGINS = {PLUGIN_NAME: KVPlugin()}
+
+
+def _config() -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV)
 
 
 @pytest.mark.parametrize("changes, says", [
@@ -188,6 +193,14 @@ def test_ctrl_c_during_kill_still_stops_the_plugin(tmp_path: Path) -> None:
     (lambda: RetryPolicy(retry_on=[[grpc.StatusCode.UNAVAILABLE]]), "retry_on holds"),
     (lambda: CircuitBreaker(failure_codes=[[grpc.StatusCode.UNAVAILABLE]]), "failure_codes holds"),
     (lambda: Supervisor("notaconfig"), "Supervisor takes a ClientConfig"),
+    # a policy of the wrong kind would be accepted, then fail every call and never restart
+    (lambda: Supervisor(_config(), restart=3), "Supervisor(restart=...) takes a RestartPolicy"),
+    (lambda: Supervisor(_config(), restart={"max_restarts": 5}), "takes a RestartPolicy, got dict"),
+    (lambda: Supervisor(_config(), retry=3), "Supervisor(retry=...): int is not a call layer"),
+    (lambda: Supervisor(_config(), breaker="x"), "Supervisor(breaker=...) takes a CircuitBreaker"),
+    (lambda: AsyncSupervisor(_config(), restart=3), "AsyncSupervisor(restart=...) takes a RestartPolicy"),
+    (lambda: AsyncSupervisor(_config(), retry=3), "it has no run_async() method"),
+    (lambda: AsyncSupervisor(_config(), breaker="x"), "AsyncSupervisor(breaker=...) takes a CircuitBreaker"),
 ])
 def test_resilience_settings_of_the_wrong_kind_are_config_errors(make: Any, says: str) -> None:
     with pytest.raises(ConfigError) as err:

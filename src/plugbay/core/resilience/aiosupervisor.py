@@ -35,7 +35,7 @@ from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.readygate import ReadyGate
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
-from plugbay.core.resilience.sources import ConfigSource
+from plugbay.core.resilience.sources import ConfigSource, check_policies
 from plugbay.core.resilience.supervisor import Supervisor
 from plugbay.errors import ClientStateError, UnknownPluginError
 
@@ -51,11 +51,13 @@ class AsyncSupervisor:
                  reattach: Any = None, health_interval: float | None = 2.0, health_timeout: float = 2.0,
                  unhealthy_grace: float = 4.0, on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
+        check_policies(restart, retry, breaker, "run_async", "AsyncSupervisor")
         self._on_event = on_event
-        # the breaker also goes to the sync Supervisor: it is reset there when a new plugin is adopted
-        self._sup = Supervisor(config, restart=restart, breaker=breaker, reattach=reattach,
+        self._sup = Supervisor(config, restart=restart, reattach=reattach,
                                health_interval=health_interval, health_timeout=health_timeout,
                                unhealthy_grace=unhealthy_grace, on_event=self._event, name=name)
+        # the breaker also goes to the sync Supervisor: it is reset there when a new plugin is adopted
+        self._sup.breaker = breaker
         self.retry, self.breaker = retry, breaker
         self._executor = ThreadPoolExecutor(2, thread_name_prefix=f"plugbay-async-sup-{self._sup.name}")
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -130,9 +130,9 @@ def install(target: Any, *, retry: CallLayer | AsyncCallLayer | None = None,
     layers = [x for x in (retry, breaker) if x is not None]
     wanted = "run_async" if isinstance(channel, AioManagedChannel) else "run"
     for layer in layers:
-        if not callable(getattr(layer, wanted, None)):
-            raise ConfigError(f"install(): {type(layer).__name__} is not a call layer for this client (it has no"
-                              f" {wanted}() method); pass a RetryPolicy, a CircuitBreaker or your own layer")
+        problem = layer_problem(layer, wanted)
+        if problem is not None:
+            raise ConfigError(f"install(): {problem}")
     owner = getattr(target, "name", None)
     if breaker is not None and getattr(breaker, "name", None) == "plugin" and isinstance(owner, str) and owner:
         breaker.name = owner  # type: ignore[union-attr]  # the default name: its messages name this plugin
@@ -140,6 +140,15 @@ def install(target: Any, *, retry: CallLayer | AsyncCallLayer | None = None,
         channel.call_hook = chain_async(cast(list[AsyncCallLayer], layers)) if layers else None
     else:
         channel.call_hook = chain(cast(list[CallLayer], layers)) if layers else None
+
+
+def layer_problem(layer: object, wanted: str) -> str | None:
+    """What is wrong with ``layer`` as a call layer whose ``wanted`` method ("run" or "run_async")
+    will be called (None: nothing)."""
+    if callable(getattr(layer, wanted, None)):
+        return None
+    return (f"{type(layer).__name__} is not a call layer for this client (it has no {wanted}() method);"
+            " pass a RetryPolicy, a CircuitBreaker or your own layer")
 
 
 def number_problem(value: Any, name: str, minimum: float, *, above: bool = False, whole: bool = False,

@@ -13,6 +13,9 @@ from typing import Protocol, TypeAlias
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.resilience.calls import layer_problem
+from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import ConfigError
 
 
@@ -42,6 +45,20 @@ def check_source(config: object, unhealthy_grace: float) -> None:
                           " a restart needs cmd= or runner= to start a fresh plugin")
     if unhealthy_grace < 0:
         raise ConfigError(f"unhealthy_grace must be >= 0 (got {unhealthy_grace})")
+
+
+def check_policies(restart: object, retry: object, breaker: object, wanted: str, owner: str) -> None:
+    """Refuse what is not a policy where a (Async)Supervisor takes one: it would be accepted and fail
+    at every call, or leave a dead plugin unrestarted. ``wanted`` is the call layers' method."""
+    if restart is not None and not isinstance(restart, RestartPolicy):
+        raise ConfigError(f"{owner}(restart=...) takes a RestartPolicy, got {type(restart).__name__}: pass"
+                          f" restart=RestartPolicy(max_restarts=5, window=60), or leave it out for the default")
+    problem = None if retry is None else layer_problem(retry, wanted)
+    if problem is not None:
+        raise ConfigError(f"{owner}(retry=...): {problem}, such as RetryPolicy(methods=[...])")
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise ConfigError(f"{owner}(breaker=...) takes a CircuitBreaker, got {type(breaker).__name__}: pass"
+                          " breaker=CircuitBreaker(failure_threshold=5), or leave it out")
 
 
 def stderr_note(client: Client) -> str:

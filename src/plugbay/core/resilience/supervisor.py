@@ -48,7 +48,8 @@ from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
-from plugbay.core.resilience.sources import ConfigSource, check_source, first_client, new_client, stderr_note
+from plugbay.core.resilience.sources import (ConfigSource, check_policies, check_source, first_client, new_client,
+                                             stderr_note)
 
 _log = logging.getLogger("plugbay.supervisor")
 
@@ -65,6 +66,7 @@ class Supervisor:
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
         check_source(config, unhealthy_grace)
+        check_policies(restart, retry, breaker, "run", "Supervisor")
         self._source = config
         self.restart_policy = restart or RestartPolicy()
         self.retry = retry
