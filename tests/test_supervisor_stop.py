@@ -16,9 +16,9 @@ from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, f
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
-from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy, Supervisor  # noqa: E402
+from plugbay import ClientConfig, ClientStateError, ProcessRunner, RestartPolicy, RunnerError, Supervisor  # noqa: E402
 from plugbay.core.resilience.restart import SupervisorEvent  # noqa: E402
-from plugbay.core.resilience.supervisor import RESTARTING, STOPPED  # noqa: E402
+from plugbay.core.resilience.supervisor import FAILED, RESTARTING, RUNNING, STOPPED  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -149,3 +149,30 @@ def test_a_host_exiting_without_stop_leaves_no_restarted_plugin(tmp_path: Path) 
     finally:
         for pid in _tagged(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_failed_first_start_is_reported_and_a_stopped_one_says_it_was_stopped(tmp_path: Path) -> None:
+    configs = iter(["missing"])
+
+    def factory() -> ClientConfig:
+        if next(configs, "good") == "missing":
+            return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[str(tmp_path / "no-such-plugin")])
+        return faulty_config(tmp_path)
+
+    sup = Supervisor(factory, health_interval=None)
+    with pytest.raises(RunnerError):
+        sup.start()
+    metrics = sup.metrics()
+    assert sup.state == metrics["state"] == FAILED
+    assert metrics["failures"] == 1 and "start failed: RunnerError" in (metrics["last_failure"] or "")
+    assert [e.kind for e in sup.events] == ["start_failed"]
+    with pytest.raises(ClientStateError, match=r"failed to start its plugin .*call start\(\) again"):
+        sup.client  # noqa: B018
+    sup.start()  # the cause is gone: a second start works
+    try:
+        assert sup.state == RUNNING
+        sup.dispense(PLUGIN_NAME).put("k", b"v")
+    finally:
+        sup.stop()
+    with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+        sup.client  # noqa: B018

@@ -41,8 +41,8 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class SupervisorEvent:
-    """One thing that happened: kind is started, reattached, reattach_failed, failure, recovered,
-    restarting, restarted, restart_failed, gave_up or stopped."""
+    """One thing that happened: kind is started, start_failed, reattached, reattach_failed, failure,
+    recovered, restarting, restarted, restart_failed, gave_up or stopped."""
 
     kind: str
     detail: str

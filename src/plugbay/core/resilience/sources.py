@@ -1,4 +1,5 @@
-"""Where a Supervisor's Clients come from: a ClientConfig, a ClientMaker, or a factory of either.
+"""Where a Supervisor's Clients come from (a ClientConfig, a ClientMaker, or a factory of either),
+the checks of its settings, and when a running one counts as failed.
 
 A factory is called again for every restart, so it may return a different
 config each time (failover). The first Client may instead reattach to a plugin
@@ -8,6 +9,7 @@ a previous host left running; when that fails, a fresh plugin is started.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeAlias
 
@@ -15,8 +17,9 @@ from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.calls import layer_problem
 from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
 from plugbay.core.resilience.restart import RestartPolicy
-from plugbay.errors import ConfigError
+from plugbay.errors import ClientStateError, ConfigError
 
 
 class ClientMaker(Protocol):
@@ -61,10 +64,49 @@ def check_policies(restart: object, retry: object, breaker: object, wanted: str,
                           " breaker=CircuitBreaker(failure_threshold=5), or leave it out")
 
 
+def not_running(name: str, state: str, last_failure: str | None) -> ClientStateError:
+    """The error for asking a Supervisor in ``state`` for its Client when it has none."""
+    if state == "restarting":
+        return ClientStateError(f"the Supervisor of {name!r} is restarting the plugin; wait_running() first")
+    if state == "stopped":
+        return ClientStateError(f"the Supervisor of {name!r} was stopped; make a new one")
+    if state == "failed":
+        return ClientStateError(f"the Supervisor of {name!r} failed to start its plugin ({last_failure});"
+                                " fix that and call start() again")
+    return ClientStateError(f"Supervisor of {name!r} is not running; call start() first")
+
+
 def stderr_note(client: Client) -> str:
     """The plugin's last stderr lines, as a note for a failure's reason ("" when it wrote none)."""
     tail = "; ".join(client.stderr_tail()[-3:])
     return f" (last stderr: {tail})" if tail else ""
+
+
+class FailureCheck:
+    """Whether a running plugin has failed: it exited, or its health stayed bad for a grace period
+    (a short blip, back to SERVING within it, is reported as ``recovered`` and restarts nothing)."""
+
+    def __init__(self, event: Callable[[str, str], None]) -> None:
+        self._event = event
+        self._unhealthy_since: float | None = None
+
+    def failure(self, client: Client, watcher: HealthWatcher | None, grace: float) -> str | None:
+        """Why ``client``'s plugin counts as failed now, or None."""
+        reason = None
+        code = client.runner.wait(0)
+        if code is not None or client.exited:
+            reason = f"the plugin exited with code {code}" + stderr_note(client)
+        elif watcher is not None and watcher.state not in (SERVING, UNKNOWN):
+            now = time.monotonic()
+            since = self._unhealthy_since = self._unhealthy_since if self._unhealthy_since is not None else now
+            if now - since >= grace:
+                reason = f"health {watcher.state} for {now - since:.1f}s ({watcher.detail})"
+        elif self._unhealthy_since is not None:
+            self._unhealthy_since = None
+            self._event("recovered", "health is SERVING again; no restart needed")
+        if reason is not None:
+            self._unhealthy_since = None
+        return reason
 
 
 def resolve_config(source: ConfigSource) -> ClientConfig | ClientMaker:

@@ -39,7 +39,7 @@ from plugbay.errors import (
     RestartBudgetExhaustedError,
     UnknownPluginError,
 )
-from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
+from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
@@ -48,8 +48,8 @@ from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
-from plugbay.core.resilience.sources import (ConfigSource, check_policies, check_source, first_client, new_client,
-                                             stderr_note)
+from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_source, first_client,
+                                             new_client, not_running)
 
 _log = logging.getLogger("plugbay.supervisor")
 
@@ -112,10 +112,7 @@ class Supervisor:
         self.raise_if_failed()
         client = self._client
         if client is None:
-            if self._state == RESTARTING:
-                raise ClientStateError(f"the Supervisor of {self.name!r} is restarting the plugin; wait_running()"
-                                       " first")
-            raise ClientStateError(f"Supervisor of {self.name!r} is not running; call start() first")
+            raise not_running(self.name, self._state, self.last_failure)
         return client
 
     @property
@@ -168,7 +165,13 @@ class Supervisor:
             raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
         if self._channel is not None:
             return
-        client = first_client(self._source, self._reattach, self._event)
+        with self._cond:
+            self._state = STARTING if self._state == FAILED else self._state  # not over a stop()'s STOPPED
+        try:
+            client = first_client(self._source, self._reattach, self._event)
+        except BaseException as exc:
+            self._start_failed(exc)
+            raise
         if not self._named:
             self.name = client.name
         self._channel = SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
@@ -315,29 +318,17 @@ class Supervisor:
                 _log.exception("Supervisor on_event callback failed")
 
     def _monitor(self) -> None:
-        unhealthy_since: float | None = None
+        check = FailureCheck(self._event)
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
             if self._stop.is_set():
                 return
-            client, watcher = self._client, self._watcher
+            client = self._client
             if client is None:
                 return
-            reason = None
-            code = client.runner.wait(0)
-            if code is not None or client.exited:
-                reason = f"the plugin exited with code {code}" + stderr_note(client)
-            elif watcher is not None and watcher.state not in (SERVING, UNKNOWN):
-                now = time.monotonic()
-                unhealthy_since = unhealthy_since if unhealthy_since is not None else now
-                if now - unhealthy_since >= self.unhealthy_grace:
-                    reason = f"health {watcher.state} for {now - unhealthy_since:.1f}s ({watcher.detail})"
-            elif unhealthy_since is not None:
-                unhealthy_since = None
-                self._event("recovered", "health is SERVING again; no restart needed")
+            reason = check.failure(client, self._watcher, self.unhealthy_grace)
             if reason is not None:
-                unhealthy_since = None
                 self._recover(reason)
 
     def _recover(self, reason: str) -> None:
@@ -384,6 +375,17 @@ class Supervisor:
                 return
             self._event("restarted", f"{client.handshake.network}:{client.handshake.address}")
             return
+
+    def _start_failed(self, exc: BaseException) -> None:
+        """The first start failed: say so in state and metrics (start() may be called again)."""
+        with self._cond:
+            if self._state == STOPPED:  # stop() during the start ended it: the plugin did not fail
+                return
+            self._state = FAILED
+            self.failures += 1
+            self.last_failure = f"start failed: {type(exc).__name__}: {exc}"
+            self._cond.notify_all()
+        self._event("start_failed", self.last_failure)
 
     def _give_up(self) -> None:
         policy = self.restart_policy
