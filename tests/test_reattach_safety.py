@@ -63,6 +63,21 @@ def test_reattach_refuses_pids_that_signal_groups_or_init(pid: int, tmp_path: Pa
         reattach_runner({"kind": "ProcessRunner", "pid": pid, "start_time": 1, "plugin_id": "x"})
 
 
+@pytest.mark.parametrize("as_json", ['"{pid}"', "{pid}.0", "true", "null"])
+def test_a_pid_of_the_wrong_type_is_a_reattach_error(as_json: str, bystander: subprocess.Popen[bytes],
+                                                   tmp_path: Path) -> None:
+    text = _reattach(bystander.pid, tmp_path, start_time=_start_time(bystander.pid)).to_json()
+    forged = text.replace(f'"pid": {bystander.pid}', '"pid": ' + as_json.format(pid=bystander.pid))
+    assert forged != text
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=ReattachConfig.from_json(forged)))
+    try:
+        with pytest.raises(ReattachError, match="needs an integer 'pid'"):
+            client.start()
+    finally:
+        client.kill()
+    assert bystander.poll() is None
+
+
 def test_attached_kill_checks_the_marker_again(bystander: subprocess.Popen[bytes]) -> None:
     attached = AttachedProcess(bystander.pid, _start_time(bystander.pid), "sleep", "not-its-id")
     with pytest.raises(ReattachError, match=rf"not killing process {bystander.pid}: .*does not carry"

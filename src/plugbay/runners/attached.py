@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
 from plugbay.runners.procio import pidfd, watch_pid
@@ -184,7 +184,8 @@ class AttachedProcess(AttachedRunner):
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
     pid, start = data.get("pid"), data.get("start_time")
     if type(pid) is not int:
-        raise ConfigError(f"ProcessRunner reattach data needs an integer 'pid', got {dict(data)!r}")
+        raise ReattachError(f"ProcessRunner reattach data needs an integer 'pid', got {pid!r}; pass the JSON"
+                            " that Client.reattach_config().to_json() produced")
     if not 1 < pid <= PID_MAX:  # 0, -1 and negatives signal groups or every process; 1 is init
         raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
                             " Client.reattach_config().to_json() produced")
