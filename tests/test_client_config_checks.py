@@ -60,6 +60,11 @@ def _config() -> ClientConfig:
     ({"call_timeout": 0}, "call_timeout (None: no deadline) must be a number of seconds > 0"),
     ({"kill_grace": -0.5}, "kill_grace must be a number of seconds >= 0"),
     ({"env": {"A": 1}}, "env must be a dict of str -> str"),
+    # what execve cannot carry: Popen raised a bare ValueError from start()
+    ({"env": {"A=B": "1"}}, "environment variable name 'A=B' holds '='"),
+    ({"env": {"": "1"}}, "environment variable name '' is empty"),
+    ({"env": {"A": "x\0y"}}, "the value of environment variable 'A' holds a NUL byte"),
+    ({"cmd": [sys.executable, "plug\0in.py"]}, "ClientConfig.cmd holds a NUL byte"),
     ({"grpc_options": {"grpc.x": 1}}, "grpc_options must be a list of (name, value) pairs"),
     ({"logger": "mylog"}, "logger must be a logging.Logger"),
     ({"min_port": 70000, "max_port": 80000}, "min_port must be a port number (1-65535)"),
@@ -103,6 +108,42 @@ def test_right_values_pass(tmp_path: Path) -> None:
 def test_handshake_protocol_version_must_be_a_whole_number(version: Any) -> None:
     with pytest.raises(ConfigError, match="protocol_version must be a whole number"):
         HandshakeConfig(version, "BASIC_PLUGIN", "hello")
+
+
+@pytest.mark.parametrize("key, value", [("K=V", "x"), ("K\0", "x"), ("K", "x\0")])
+def test_a_magic_cookie_the_environment_cannot_carry_is_a_config_error(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match="magic cookie is passed to the plugin as an environment variable"):
+        HandshakeConfig(1, key, value)
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"cmd": ["tr\0ue"]}, "ProcessRunner cmd holds a NUL byte"),
+    ({"env": {"A=B": "1"}}, "ProcessRunner env cannot be the plugin's environment"),
+    ({"cwd": "a\0"}, "ProcessRunner cwd holds a NUL byte"),
+])
+def test_a_process_runner_the_os_cannot_start_is_a_config_error(kw: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        ProcessRunner(**{"cmd": KV, **kw})
+
+
+def test_a_launch_env_the_os_refuses_is_a_runner_error() -> None:
+    from plugbay import RunnerError
+    from plugbay.runners.base import LaunchSpec
+
+    runner = ProcessRunner(KV)
+    try:
+        with pytest.raises(RunnerError, match="illegal environment variable name.*'=' from environment names"):
+            runner.start(LaunchSpec(env={"A=B": "1"}))
+        assert runner.pid is None
+    finally:
+        runner.kill(0)
+
+
+def test_an_env_changed_after_construction_is_refused_by_start() -> None:
+    config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV)
+    config.env = {"A=B": "1"}
+    with pytest.raises(ConfigError, match="environment variable name 'A=B'"):
+        Client(config).start()
 
 
 def test_a_command_line_string_is_not_a_cmd() -> None:

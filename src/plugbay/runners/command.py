@@ -1,4 +1,5 @@
-"""A plugin command: its check (a non-empty list of strings) and its executable as the OS will run it."""
+"""A plugin command: its checks (a non-empty list of strings, an environment the OS can take) and its
+executable as the OS will run it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.handshake import env_problem
 from plugbay.errors import ConfigError
 
 
@@ -27,3 +29,16 @@ def check_cmd(cmd: Any, where: str) -> None:
             isinstance(part, str) for part in cmd):
         raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
                           f" (not one command line), got {cmd!r}")
+    if any("\0" in part for part in cmd):
+        raise ConfigError(f"{where} holds a NUL byte, which no command line can carry: {cmd!r}; remove it")
+
+
+def check_env(env: Any, where: str) -> None:
+    """A plugin's extra environment is a dict of str -> str the OS can take: ConfigError naming ``where``."""
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError(f"{where} must be a dict of str -> str (the plugin's extra environment)")
+    for key, value in env.items():
+        problem = env_problem(key, value)
+        if problem is not None:
+            raise ConfigError(f"{where} cannot be the plugin's environment: its {problem}; rename or drop that"
+                              " entry")

@@ -38,6 +38,7 @@ from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
+from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
@@ -54,9 +55,12 @@ class ProcessRunner(ProcessLines, Runner):
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False) -> None:
         check_cmd(cmd, "ProcessRunner cmd")
+        check_env(env or {}, "ProcessRunner env")
         self.cmd = list(cmd)
         self.env = dict(env or {})
         self.cwd = os.fspath(cwd) if cwd is not None else None
+        if isinstance(self.cwd, str) and "\0" in self.cwd:
+            raise ConfigError(f"ProcessRunner cwd holds a NUL byte, which no folder path can: {self.cwd!r}")
         self.skip_host_env = skip_host_env
         self._proc: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
@@ -181,14 +185,16 @@ class ProcessRunner(ProcessLines, Runner):
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
                 pass_fds=tuple(verified.values()),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if verified:  # the checked copies close below: a second start() would run the unchecked file
                 with self._lock:
                     self._ended = self._ended or "used for a start that failed (its checked copy is closed)"
-            raise RunnerError(
-                f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
-                " and the working directory."
-            ) from exc
+            # ValueError: what the OS cannot take (a NUL byte, an '=' in an environment name), e.g. in a
+            # LaunchSpec's env, which no config check saw
+            hint = ("Remove NUL bytes from the command, folder and environment, and '=' from environment"
+                    " names." if isinstance(exc, ValueError) else
+                    "Check the path, the executable bit and the working directory.")
+            raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. {hint}") from exc
         finally:
             for fd in verified.values():
                 os.close(fd)

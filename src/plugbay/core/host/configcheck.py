@@ -24,7 +24,7 @@ def check_client_config(config: Any) -> None:
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
     from plugbay.runners.base import AttachedRunner
-    from plugbay.runners.process import check_cmd
+    from plugbay.runners.process import check_cmd, check_env
 
     if not isinstance(config.handshake, HandshakeConfig):
         raise ConfigError(f"ClientConfig.handshake must be a HandshakeConfig, got {_kind(config.handshake)};"
@@ -74,9 +74,7 @@ def check_client_config(config: Any) -> None:
     for name in ("stdout_sink", "stderr_sink", "raw_log_sink"):
         if getattr(config, name) is not None and not callable(getattr(config, name)):
             raise ConfigError(f"ClientConfig.{name} must be a callable, got {_kind(getattr(config, name))}")
-    if not isinstance(config.env, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in config.env.items()):
-        raise ConfigError("ClientConfig.env must be a dict of str -> str (the plugin's extra environment)")
+    check_env(config.env, "ClientConfig.env")
     if config.name is not None and (not isinstance(config.name, str) or not config.name):
         raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
     options = config.grpc_options

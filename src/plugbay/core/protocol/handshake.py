@@ -100,6 +100,21 @@ def address_problem(network: str, address: str) -> str | None:
     return f"host {host!r} of tcp address {address!r} is not a hostname, IPv4 or [IPv6] address"
 
 
+def env_problem(key: str, value: str) -> str | None:
+    """What an environment entry ``key=value`` holds that no process environment can carry (None:
+    nothing): execve takes NUL-terminated "key=value" strings, so a name cannot be empty or hold
+    '=' and neither part can hold a NUL byte."""
+    if not key:
+        return "environment variable name '' is empty"
+    if "\0" in key:
+        return f"environment variable name {key!r} holds a NUL byte"
+    if "=" in key:
+        return f"environment variable name {key!r} holds '='"
+    if "\0" in value:
+        return f"the value of environment variable {key!r} holds a NUL byte"
+    return None
+
+
 class HandshakeConfig(Frozen):
     """What host and plugin must agree on before they talk (go-plugin's HandshakeConfig)."""
 
@@ -121,6 +136,10 @@ class HandshakeConfig(Frozen):
                 "HandshakeConfig needs a non-empty magic_cookie_key and magic_cookie_value;"
                 " pick a unique pair and use it on both host and plugin"
             )
+        problem = env_problem(magic_cookie_key, magic_cookie_value)
+        if problem is not None:  # the host passes the cookie to the plugin in its environment
+            raise ConfigError(f"HandshakeConfig's magic cookie is passed to the plugin as an environment variable,"
+                              f" but its {problem}; pick a cookie key and value without them")
 
 
 class HandshakeInfo(Frozen):
