@@ -85,14 +85,37 @@ def test_follows_a_channel_source_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"interval": 0}, "interval and timeout must be > 0 (got 0, 2.0)"),
-    ({"timeout": -1}, "interval and timeout must be > 0 (got 2.0, -1)"),
+    ({"interval": 0}, "interval must be > 0 (got 0)"),
+    ({"timeout": -1}, "timeout must be > 0 (got -1)"),
+    ({"interval": "2"}, "interval must be a number (got '2')"),
     ({"mode": "poll"}, "mode must be 'watch' or 'check' (got 'poll')"),
+    # these were accepted: the thread died (service) or reported UNREACHABLE forever (channel)
+    ({"channel": None}, "channel must be a Client's channel (client.channel) or a function returning one"),
+    ({"channel": "localhost:1234"}, "channel must be a Client's channel"),
+    ({"service": 3}, "service must be a str such as 'plugin' (got 3)"),
+    ({"on_change": 3}, "on_change must be a function (old, new, detail) or None, got int"),
+    ({"breaker": "x"}, "breaker must be a CircuitBreaker or None, got str"),
 ])
 def test_bad_settings_are_refused(kw: dict[str, object], message: str) -> None:
+    kw = {"channel": lambda: None, **kw}
     with pytest.raises(ConfigError) as err:
-        HealthWatcher(lambda: None, **kw)  # type: ignore[arg-type]
+        HealthWatcher(**kw)  # type: ignore[arg-type]
     assert message in str(err.value)
+    assert not any(t.name.startswith("plugbay-health") for t in threading.enumerate())
+
+
+def test_wait_for_a_state_that_does_not_exist_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    with Client(faulty_config(tmp_path)) as client:
+        with HealthWatcher(client.channel, interval=0.2) as w:
+            assert w.wait_for(SERVING, 10)
+            started = time.monotonic()
+            with pytest.raises(ConfigError, match="'serving' is no health state; use one of SERVING, NOT_SERVING"):
+                w.wait_for("serving", 5)  # lower case: it never matched, and waited the whole timeout
+            with pytest.raises(ConfigError, match="'OK' is no health state"):
+                w.wait_for({SERVING, "OK"}, 5)
+            assert time.monotonic() - started < 1
 
 
 def test_falls_back_to_check_when_watch_is_unimplemented(tmp_path: Path) -> None:

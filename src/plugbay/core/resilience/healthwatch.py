@@ -28,7 +28,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.errors import ConfigError
-from plugbay.core.resilience.calls import describe_error, status_of
+from plugbay.core.resilience.calls import describe_error, number_problem, status_of
 
 _log = logging.getLogger("plugbay.health")
 
@@ -37,6 +37,7 @@ NOT_SERVING = "NOT_SERVING"
 SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 UNKNOWN = "UNKNOWN"
 UNREACHABLE = "UNREACHABLE"
+STATES = (SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN, UNREACHABLE)
 
 ChannelSource: TypeAlias = "grpc.Channel | Callable[[], grpc.Channel]"
 
@@ -48,10 +49,21 @@ class HealthWatcher:
                  timeout: float = 2.0, mode: str = "watch",
                  on_change: Callable[[str, str, str], None] | None = None,
                  breaker: CircuitBreaker | None = None, name: str = "plugin") -> None:
-        if interval <= 0 or timeout <= 0:
-            raise ConfigError(f"HealthWatcher interval and timeout must be > 0 (got {interval}, {timeout})")
-        if mode not in ("watch", "check"):
-            raise ConfigError(f"HealthWatcher mode must be 'watch' or 'check' (got {mode!r})")
+        problems = [p for p in (
+            None if isinstance(channel, grpc.Channel) or callable(channel) else
+            f"channel must be a Client's channel (client.channel) or a function returning one, got"
+            f" {type(channel).__name__}",
+            None if isinstance(service, str) else f"service must be a str such as 'plugin' (got {service!r})",
+            number_problem(interval, "interval", 0, above=True),
+            number_problem(timeout, "timeout", 0, above=True),
+            None if mode in ("watch", "check") else f"mode must be 'watch' or 'check' (got {mode!r})",
+            None if on_change is None or callable(on_change) else
+            f"on_change must be a function (old, new, detail) or None, got {type(on_change).__name__}",
+            None if breaker is None or isinstance(breaker, CircuitBreaker) else
+            f"breaker must be a CircuitBreaker or None, got {type(breaker).__name__}",
+        ) if p is not None]
+        if problems:
+            raise ConfigError(f"invalid HealthWatcher: {'; '.join(problems)}")
         self._source = channel
         self.service = service
         self.interval = interval
@@ -107,6 +119,10 @@ class HealthWatcher:
     def wait_for(self, states: str | set[str], timeout: float) -> bool:
         """Block until the state is one of ``states`` (bounded); True when it is."""
         wanted = {states} if isinstance(states, str) else set(states)
+        unknown = sorted(map(repr, wanted - set(STATES)))
+        if unknown:  # a typo such as "serving" would never match: wait_for would just time out
+            raise ConfigError(f"HealthWatcher.wait_for(): {', '.join(unknown)} is no health state; use one of"
+                              f" {', '.join(STATES)}")
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._state not in wanted:
