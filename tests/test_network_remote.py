@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica
 from tests.resilience_util import wait_until
 
 from plugbay import (
+    AsyncRemoteClient,
     BrokerError,
     CallTimeoutError,
     ClientStateError,
+    ConfigError,
     HandshakeTimeoutError,
     NoEndpointsError,
     RemoteClient,
@@ -87,6 +90,20 @@ def test_a_plugin_without_discovery_is_assumed_to_speak_the_handshake_version(
         assert "does not serve plugbay.network.v1.Discovery" in caplog.text
     finally:
         rep.stop()
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: RemoteClient(None), "RemoteClient takes a RemoteConfig, got NoneType"),  # type: ignore[arg-type]
+    (lambda: AsyncRemoteClient(None), "RemoteClient takes a RemoteConfig, got NoneType"),  # type: ignore[arg-type]
+    (lambda: RemoteClient(RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS,
+                                       tls=3)), "RemoteConfig.tls must be a NetworkTLS or None, got int"),  # type: ignore[arg-type]
+    (lambda: RemoteClient(RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS,
+                                       insecure=True, outlier=3)),  # type: ignore[arg-type]
+     "RemoteConfig.outlier must be an OutlierPolicy or None, got int"),
+])
+def test_a_wrong_remote_option_is_a_config_error_when_the_client_is_made(make: Any, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        make()  # they raised AttributeError, from start() for tls= and outlier=
 
 
 def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:
@@ -190,7 +207,8 @@ def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_pa
         get = run("counter", tmp_path, *flags, "get", "hello")
         assert (get.returncode, get.stdout) == (0, "7\n"), get.stderr
         put = run("counter", tmp_path, *flags, "put", "hello", "1")
-        assert put.returncode == 1 and "brokered connections" in put.stderr and "serves plain gRPC calls only" in put.stderr
+        assert put.returncode == 1 and "brokered connections" in put.stderr
+        assert "serves plain gRPC calls only" in put.stderr
     finally:
         plugin.terminate()
         plugin.wait(10)

@@ -72,6 +72,7 @@ from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd
+from plugbay.network.remotecheck import check_remote
 from plugbay.network.targets import make_resolver, parse_target
 from plugbay.network.tls import NetworkTLS
 
@@ -173,15 +174,12 @@ class RemoteClient(Client):
     """A Client whose plugin is a remote service: discovery instead of launch, disconnect instead of kill."""
 
     def __init__(self, config: RemoteConfig) -> None:
+        if not isinstance(config, RemoteConfig):
+            raise ConfigError(f"RemoteClient takes a RemoteConfig, got {type(config).__name__}; pass"
+                              " RemoteClient(RemoteConfig(target=..., handshake=...)) or use connect(target, ...)")
         self.remote = config
         self.target = parse_target(config.target)  # a bad target fails here, before anything runs
-        if config.multiplex and not config.brokered:
-            raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
-                              " declines them; pass one of the two")
-        if config.multiplex and config.insecure:
-            raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
-                              " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
-        Keepalive.of(config.mux_keepalive, "mux_keepalive")  # a bad figure fails here, before anything runs
+        check_remote(config)
         super().__init__(config.client_config())
         self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None
