@@ -47,6 +47,14 @@ def test_empty_cookie_in_config_is_a_misconfiguration(plugins: list[PluginProc])
     assert err.startswith("Misconfigured ServeConfig given to serve this plugin: no magic cookie")
 
 
+@pytest.mark.parametrize("config", [None, {"handshake": None}])
+def test_serve_refuses_what_is_not_a_serve_config(config: object) -> None:
+    from plugbay import ConfigError, serve
+
+    with pytest.raises(ConfigError, match=r"serve\(\) takes a ServeConfig, got .*; pass serve\(ServeConfig\("):
+        serve(config)  # type: ignore[arg-type]  # it raised AttributeError
+
+
 def test_the_plugin_sides_status_and_channel_numbers_are_the_generated_enums() -> None:
     # core/plugin/health.py and stdio.py name them without importing the generated code (it loads at
     # the first Check/StreamStdio call): they must stay the protos' numbers.

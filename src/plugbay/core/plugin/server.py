@@ -91,6 +91,9 @@ SERVER_HANDSHAKE_TIMEOUT_MS = int(HANDSHAKE_TIMEOUT * 1000)
 
 def serve(config: ServeConfig) -> None:
     """Serve the plugins until the host shuts us down. Exits the process (1) on setup errors."""
+    if not isinstance(config, ServeConfig):  # a mistake in the plugin's code: raised, with its traceback
+        raise ConfigError(f"serve() takes a ServeConfig, got {type(config).__name__}; pass"
+                          " serve(ServeConfig(handshake=HANDSHAKE, plugins={...}))")
     env = dict(os.environ)
     if config.network is None:
         try:
