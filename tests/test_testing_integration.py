@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from plugbay.errors import HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError
 from plugbay.testing import PluginContainer
 
 pytestmark = [pytest.mark.docker]
@@ -73,11 +73,11 @@ def test_plugin_container_that_exits_is_reported_and_removed(plugbay_image: Any,
 def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay_docker: Any) -> None:
     from plugbay.runners.session import HOST_SESSION_ID
 
-    with pytest.raises(ValueError, match="transport must be 'tcp' or 'unix', got 'udp'"):
+    with pytest.raises(ConfigError, match="transport must be 'tcp' or 'unix', got 'udp'"):
         PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="udp")
     idle = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS)
     try:
-        with pytest.raises(RuntimeError, match=r"PluginContainer.start\(\) must run before connecting"):
+        with pytest.raises(ClientStateError, match=r"PluginContainer.reattach_config\(\) needs the plugin started"):
             idle.reattach_config()
     finally:
         idle.get_docker_client().client.close()

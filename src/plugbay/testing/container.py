@@ -23,8 +23,8 @@ from typing import Any
 from testcontainers.core.container import DockerContainer
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import HandshakeTimeoutError, PluginExitedError
-from plugbay.core.protocol.handshake import (ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line)
+from plugbay.errors import ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError
+from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -40,8 +40,11 @@ class PluginContainer(DockerContainer):
                  versioned_plugins: VersionedPlugins | None = None, transport: str = "tcp",
                  container_port: int = 4000, start_timeout: float = 60.0,
                  call_timeout: float | None = 30.0, **kwargs: Any) -> None:
+        if not isinstance(handshake, HandshakeConfig):
+            raise ConfigError(f"PluginContainer's handshake must be a HandshakeConfig, got {type(handshake).__name__};"
+                              " pass the plugin's HandshakeConfig(protocol_version, cookie_key, cookie_value)")
         if transport not in ("tcp", "unix"):
-            raise ValueError(f"transport must be 'tcp' or 'unix', got {transport!r}")
+            raise ConfigError(f"PluginContainer's transport must be 'tcp' or 'unix', got {transport!r}")
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
         super().__init__(image, **kwargs)
         self.handshake_config = handshake
@@ -108,8 +111,8 @@ class PluginContainer(DockerContainer):
 
     def reattach_config(self) -> ReattachConfig:
         """How a plugbay Client reaches this container (the Docker runner's reattach data)."""
-        if self.handshake is None:
-            raise RuntimeError("PluginContainer.start() must run before connecting to it")
+        self._need_started("reattach_config")
+        assert self.handshake is not None
         runner: dict[str, Any] = {"kind": "DockerRunner", "id": self.get_container_id(), "image": self.image,
                                   "transport": self.transport, "container_port": self.container_port,
                                   "host_socket_dir": self._socket_dir, "owns_socket_dir": False}
@@ -119,6 +122,7 @@ class PluginContainer(DockerContainer):
 
     def get_client(self) -> Client:
         """The connected plugbay Client of this plugin (one per container; stop() kills it)."""
+        self._need_started("get_client")
         if self._client is None:
             client = Client(ClientConfig(handshake=self.handshake_config, plugins=self.plugins,
                                          versioned_plugins=self.versioned_plugins, reattach=self.reattach_config(),
@@ -129,7 +133,13 @@ class PluginContainer(DockerContainer):
 
     def dispense(self, name: str) -> Any:
         """The stub of plugin ``name``, through get_client()."""
+        self._need_started("dispense")
         return self.get_client().dispense(name)
+
+    def _need_started(self, what: str) -> None:
+        if self.handshake is None:
+            raise ClientStateError(f"PluginContainer.{what}() needs the plugin started: call start() first, or"
+                                   " use it as `with PluginContainer(...) as plugin:`")
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         from docker.errors import NotFound

@@ -1,0 +1,44 @@
+"""plugbay.testing.PluginContainer's wrong arguments and wrong call order are typed plugbay errors.
+
+No container is started: these fail before Docker is asked anything (the client is made with a fixed
+API version, which docker-py does not negotiate with the engine).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import ClientStateError, ConfigError  # noqa: E402
+
+pytest.importorskip("testcontainers")
+from plugbay.testing import PluginContainer  # noqa: E402
+
+PLUGINS = {PLUGIN_NAME: KVPlugin(None)}  # type: ignore[arg-type]
+NO_ENGINE = {"docker_client_kw": {"version": "1.41"}}
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"transport": "udp"}, "PluginContainer's transport must be 'tcp' or 'unix', got 'udp'"),
+    ({"handshake": None}, "PluginContainer's handshake must be a HandshakeConfig, got NoneType"),
+])
+def test_a_wrong_argument_is_a_config_error(kw: dict[str, Any], says: str) -> None:
+    args: dict[str, Any] = {"handshake": HANDSHAKE, **kw}
+    with pytest.raises(ConfigError, match=says):  # a bare ValueError / AttributeError before
+        PluginContainer("plugbay-kv:latest", plugins=PLUGINS, **args, **NO_ENGINE)
+
+
+@pytest.mark.parametrize("call", ["get_client", "dispense", "reattach_config"])
+def test_connecting_before_start_is_a_client_state_error(call: str) -> None:
+    container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)
+    args = (PLUGIN_NAME,) if call == "dispense" else ()
+    with pytest.raises(ClientStateError, match=rf"PluginContainer.{call}\(\) needs the plugin started: call start"):
+        getattr(container, call)(*args)  # a bare RuntimeError before
