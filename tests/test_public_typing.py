@@ -3,11 +3,14 @@
 The package ships py.typed. Its top-level names are imported lazily at run time
 (plugbay/__init__.py's export table), so they must also be explicit re-exports for
 mypy --strict (no implicit re-export), or every ``from plugbay import Client`` in a
-strictly checked program is an error.
+strictly checked program is an error. A ``with`` block gives the class it was opened
+on (a RemoteClient, a subclass), and the documented examples type-check.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +38,82 @@ def test_every_public_name_type_checks_under_mypy_strict(tmp_path: Path) -> None
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Success" in out.stdout
+
+
+# Each `with` must give what it was opened on: a RemoteClient's metrics(), a subclass's own methods
+# (__enter__ said Client, AsyncClient, Supervisor...).
+CONTEXTS = '''
+from typing import Any
+
+from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, Client, ClientConfig, HandshakeConfig,
+                     HealthWatcher, RemoteClient, RemoteConfig, Supervisor)
+from plugbay.network import connect
+from plugbay.testing import PluginContainer
+
+HANDSHAKE = HandshakeConfig(1, "K", "V")
+
+
+class MyClient(Client):
+    def mine(self) -> int: return 1
+
+
+class MyAsyncClient(AsyncClient):
+    def mine(self) -> int: return 1
+
+
+class MySupervisor(Supervisor):
+    def mine(self) -> int: return 1
+
+
+class MyAsyncSupervisor(AsyncSupervisor):
+    def mine(self) -> int: return 1
+
+
+class MyWatcher(HealthWatcher):
+    def mine(self) -> int: return 1
+
+
+class MyContainer(PluginContainer):
+    def mine(self) -> int: return 1
+
+
+def sync(config: ClientConfig, remote: RemoteConfig) -> list[Any]:
+    out: list[Any] = []
+    with RemoteClient(remote) as client:
+        out.append(client.metrics())
+    with connect("static:///127.0.0.1:1", handshake=HANDSHAKE) as connected:
+        out.append(connected.metrics())
+    with MyClient(config) as mine, MySupervisor(config) as sup, MyWatcher(mine.channel) as watcher:
+        out += [mine.mine(), sup.mine(), watcher.mine(), watcher.start().mine()]
+    with MyContainer("plugbay-kv:latest", HANDSHAKE) as container:
+        out += [container.mine(), container.start().mine()]
+    return out
+
+
+async def asynchronous(config: ClientConfig, remote: RemoteConfig) -> list[Any]:
+    async with AsyncRemoteClient(remote) as client:
+        metrics = client.metrics()
+    async with MyAsyncClient(config) as mine, MyAsyncSupervisor(config) as sup:
+        return [metrics, mine.mine(), sup.mine()]
+'''
+
+
+def _mypy(tmp_path: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    # the examples' own modules are the user's, not under test: seen as Any
+    (tmp_path / "mypy.ini").write_text("[mypy]\nstrict = True\n[mypy-kv_plugin_def,kvproto.*]\nfollow_imports = skip\n"
+                                       "ignore_missing_imports = True\n")
+    # the plugbay under test (an installed one may be another checkout)
+    env = {**os.environ, "MYPYPATH": str(Path(plugbay.__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), *files],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_with_gives_the_class_it_was_opened_on_and_the_docs_examples_type_check(tmp_path: Path) -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs" / "resilience.md"
+    section = docs.read_text().split("### Supervised plugins", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert example is not None
+    out = _mypy(tmp_path, {"contexts.py": CONTEXTS, "supervised_example.py": example.group(1)})
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -254,3 +254,23 @@ def test_stop_during_a_restart_ends_the_plugin_being_started(tmp_path: Path) -> 
     assert sup.current_client is None
     with pytest.raises(ClientStateError, match="was stopped; make a new one"):
         sup.start()
+
+
+def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "resilience.md").read_text().split("### Supervised plugins", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code is not None
+    for name in ("examples", "src"):  # the KV plugin writes kv_<key> files: not into the checkout
+        (tmp_path / name).symlink_to(root / name)
+    done = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "b'1'" in lines and "supervisor: restarted" in done.stdout, done.stdout
+    assert any("'state': 'running', 'restarts': 1, 'failures': 1" in line for line in lines), done.stdout

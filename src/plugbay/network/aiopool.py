@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import grpc.aio
@@ -148,7 +148,7 @@ class AioPoolChannel(grpc.aio.Channel):  # type: ignore[misc]
         if self._owner:
             await self.endpoints.close()
 
-    async def __aenter__(self) -> AioPoolChannel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from plugbay.errors import (
     ClientStateError,
@@ -206,7 +206,7 @@ class EndpointSliceResolver:
         if listing is not None:
             listing.expire()  # likewise for a list: its read wakes at once, not at its timeout
 
-    def __enter__(self) -> EndpointSliceResolver:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

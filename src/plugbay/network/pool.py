@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -390,7 +390,7 @@ class EndpointPool(PoolHealth, CallChannel):
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
 
-    def __enter__(self) -> EndpointPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,10 @@ pytest plugin (entry point ``plugbay``) adds the fixtures ``plugin_process``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type checker sees the class (with its methods), not __getattr__'s Any
+    from plugbay.testing.container import PluginContainer as PluginContainer
 
 __all__ = ["PluginContainer"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Any
+from typing import Any, Self
 
 from testcontainers.core.container import DockerContainer
 
@@ -82,7 +82,7 @@ class PluginContainer(DockerContainer):
         self.ports.update(args.pop("ports", {}))
         self._kwargs = {**extra, **args, **self._kwargs}
 
-    def start(self) -> PluginContainer:
+    def start(self) -> Self:
         try:
             super().start()
             self.handshake = self._read_handshake()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -167,7 +167,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
     async def close(self, grace: float | None = None) -> None:
         """User stubs do not own the connection; the AsyncClient closes it in kill()."""
 
-    async def __aenter__(self) -> AioManagedChannel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc.aio
 
@@ -110,7 +110,7 @@ class AsyncClient:
 
     # --- lifecycle --------------------------------------------------------------
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:

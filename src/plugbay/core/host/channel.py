@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -231,7 +231,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
     def close(self) -> None:
         """User stubs do not own the connection; the Client closes it in kill()."""
 
-    def __enter__(self) -> ManagedChannel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -121,7 +121,7 @@ class Client(ExitNotice):
 
     # --- lifecycle --------------------------------------------------------------
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:

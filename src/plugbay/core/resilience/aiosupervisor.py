@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import grpc.aio
@@ -102,7 +102,7 @@ class AsyncSupervisor:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    async def __aenter__(self) -> AsyncSupervisor:
+    async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:

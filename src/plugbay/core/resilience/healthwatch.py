@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import grpc
 
@@ -90,7 +90,7 @@ class HealthWatcher:
     def detail(self) -> str:
         return self._detail
 
-    def start(self) -> HealthWatcher:
+    def start(self) -> Self:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"plugbay-health-{self.name}",
                                             daemon=True)
@@ -110,7 +110,7 @@ class HealthWatcher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def __enter__(self) -> HealthWatcher:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

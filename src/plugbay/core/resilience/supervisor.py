@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -143,7 +143,7 @@ class Supervisor:
     def reattach_config(self) -> ReattachConfig:
         return self.client.reattach_config()
 
-    def __enter__(self) -> Supervisor:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:

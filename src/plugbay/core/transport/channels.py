@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -33,7 +33,7 @@ class DelegatingChannel(grpc.Channel):  # type: ignore[misc]
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._channel.stream_stream(method, *args, **kwargs)
 
-    def __enter__(self) -> DelegatingChannel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
