@@ -176,3 +176,35 @@ def test_a_failed_first_start_is_reported_and_a_stopped_one_says_it_was_stopped(
         sup.stop()
     with pytest.raises(ClientStateError, match="was stopped; make a new one"):
         sup.client  # noqa: B018
+
+
+def test_stop_during_a_first_start_that_waits_long_ends_that_plugin_at_once(tmp_path: Path) -> None:
+    # the plugin would take a minute to serve: stop() must end it now, not once its handshake comes
+    runner = ProcessRunner([PY, "-c", f"import runpy, time; time.sleep(60); runpy.run_path({FAULTY!r},"
+                                      " run_name='__main__')"], cwd=tmp_path)
+    events: list[str] = []
+    sup = Supervisor(lambda: ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=120),
+                     restart=FAST, health_interval=None, on_event=lambda e: events.append(e.kind))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            sup.start()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    try:
+        assert wait_until(lambda: runner.pid is not None, 20)
+        pid = runner.pid
+        assert pid is not None
+        sup.stop()
+        thread.join(20)  # far below the minute the plugin would take
+        assert not thread.is_alive(), "start() waited for the handshake of a plugin stop() should have ended"
+        assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
+        assert _gone(pid)
+        assert sup.state == STOPPED and events == ["stopped"]
+    finally:
+        sup.stop()
+        thread.join(120)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import collections
+import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from plugbay.core.resilience.calls import backoff_delay, number_problem
 from plugbay.errors import ConfigError
+
+_log = logging.getLogger("plugbay.supervisor")
+_WARNINGS = ("failure", "start_failed", "restart_failed", "gave_up")
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,16 @@ class RestartBudget:
 
     def __len__(self) -> int:
         return len(self._times)
+
+
+def record_event(events: collections.deque[SupervisorEvent], on_event: Callable[[SupervisorEvent], None] | None,
+                 event: SupervisorEvent, name: str) -> None:
+    """Keep ``event`` in ``events``, log it, and tell ``on_event`` (whose own failure is only logged)."""
+    events.append(event)
+    log = _log.warning if event.kind in _WARNINGS else _log.info
+    log("supervisor of plugin %s: %s %s", name, event.kind, event.detail)
+    if on_event is not None:
+        try:
+            on_event(event)
+        except Exception:
+            _log.exception("Supervisor on_event callback failed")

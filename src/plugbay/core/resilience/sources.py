@@ -76,6 +76,11 @@ def not_running(name: str, state: str, last_failure: str | None) -> ClientStateE
     return ClientStateError(f"Supervisor of {name!r} is not running; call start() first")
 
 
+def stopped_while_starting(name: str) -> ClientStateError:
+    return ClientStateError(f"the Supervisor of plugin {name!r} was stopped while it started the plugin;"
+                            " make a new one")
+
+
 def stderr_note(client: Client) -> str:
     """The plugin's last stderr lines, as a note for a failure's reason ("" when it wrote none)."""
     tail = "; ".join(client.stderr_tail()[-3:])
@@ -123,11 +128,13 @@ def new_client(source: ConfigSource) -> Client:
     return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
 
 
-def first_client(source: ConfigSource, reattach: ReattachConfig | None,
-                 event: Callable[[str, str], None]) -> Client:
+def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: Callable[[str, str], None],
+                 starting: Callable[[Client | None], None] = lambda client: None) -> Client:
     """The Supervisor's first, started Client: reattached if ``reattach`` works, else a fresh plugin.
 
     ``event(kind, detail)`` records what happened; errors of the fresh start are raised as they are.
+    ``starting(client)`` is told of each Client before its start (and ``None`` after), so that a stop
+    meanwhile can end it; it may raise to refuse the start.
     """
     if reattach is not None:
         base = resolve_config(source)
@@ -137,7 +144,7 @@ def first_client(source: ConfigSource, reattach: ReattachConfig | None,
         cfg = dataclasses.replace(base, cmd=None, runner=None, reattach=reattach)
         client = Client(cfg)
         try:
-            client.start()
+            _start(client, starting)
             event("reattached", f"to {reattach.handshake.address}")
             return client
         except Exception as exc:
@@ -145,9 +152,17 @@ def first_client(source: ConfigSource, reattach: ReattachConfig | None,
             event("reattach_failed", f"{type(exc).__name__}: {exc}")
     client = new_client(source)
     try:
-        client.start()
+        _start(client, starting)
     except BaseException:
         client.kill()
         raise
     event("started", f"{client.handshake.network}:{client.handshake.address}")
     return client
+
+
+def _start(client: Client, starting: Callable[[Client | None], None]) -> None:
+    starting(client)
+    try:
+        client.start()
+    finally:
+        starting(None)

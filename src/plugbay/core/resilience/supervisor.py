@@ -45,11 +45,11 @@ from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel
 from plugbay.core.resilience.calls import CallLayer, chain
-from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent
+from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
 from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_source, first_client,
-                                             new_client, not_running)
+                                             new_client, not_running, stopped_while_starting)
 
 _log = logging.getLogger("plugbay.supervisor")
 
@@ -168,8 +168,10 @@ class Supervisor:
         with self._cond:
             self._state = STARTING if self._state == FAILED else self._state  # not over a stop()'s STOPPED
         try:
-            client = first_client(self._source, self._reattach, self._event)
+            client = first_client(self._source, self._reattach, self._event, self._first_starting)
         except BaseException as exc:
+            if self._stop.is_set():  # stop() ended this start: the plugin did not fail
+                raise stopped_while_starting(self.name) from exc
             self._start_failed(exc)
             raise
         if not self._named:
@@ -179,8 +181,7 @@ class Supervisor:
         self._channel.call_hook = chain([*layers, ReadyGate(self)])
         if not self._adopt(client):  # stop() came while it started: nothing else will end this plugin
             client.kill()
-            raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped while it started the"
-                                   " plugin; make a new one")
+            raise stopped_while_starting(self.name)
         self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
                                         daemon=True)
         RESTARTERS.add(self)
@@ -260,10 +261,11 @@ class Supervisor:
         self._wake.set()
         if aioloop.shared().on_loop():
             return  # the monitor's start waits on this loop; it ends by itself, adopting nothing
-        starting = self._starting
-        if starting is not None:  # a restart in progress: end its plugin so start() fails fast
+        with self._cond:  # see _first_starting
+            starting = self._starting
+        if starting is not None:  # a start in progress: end its plugin so start() fails fast
             try:
-                starting.runner.kill(0)
+                starting.kill()  # also before its runner exists: the start then gives up
             except Exception as exc:
                 _log.debug("stopping the plugin being started: %s", exc)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -307,15 +309,7 @@ class Supervisor:
             raise self._fatal
 
     def _event(self, kind: str, detail: str) -> None:
-        event = SupervisorEvent(kind, detail, self.restarts, time.time())
-        self.events.append(event)
-        log = _log.warning if kind in ("failure", "restart_failed", "gave_up") else _log.info
-        log("supervisor of plugin %s: %s %s", self.name, kind, detail)
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception:
-                _log.exception("Supervisor on_event callback failed")
+        record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
 
     def _monitor(self) -> None:
         check = FailureCheck(self._event)
@@ -376,10 +370,16 @@ class Supervisor:
             self._event("restarted", f"{client.handshake.network}:{client.handshake.address}")
             return
 
+    def _first_starting(self, client: Client | None) -> None:
+        with self._cond:  # with halt()'s read: a stop either sees this client, or is seen here
+            if client is not None and self._stop.is_set():
+                raise stopped_while_starting(self.name)
+            self._starting = client
+
     def _start_failed(self, exc: BaseException) -> None:
         """The first start failed: say so in state and metrics (start() may be called again)."""
         with self._cond:
-            if self._state == STOPPED:  # stop() during the start ended it: the plugin did not fail
+            if self._stop.is_set():  # stop() came meanwhile: it says STOPPED
                 return
             self._state = FAILED
             self.failures += 1
