@@ -328,6 +328,11 @@ def test_future_calls_fail_over_from_a_dead_endpoint_as_blocking_calls_do(
         time.sleep(1.0)  # the host's connection to it sees the close and cannot reconnect
         futures = [get.future(kv_pb2.GetRequest(key="__pid__"), timeout=10) for _ in range(10)]
         done: list[Any] = []
+
+        def failing(_: Any) -> None:
+            raise RuntimeError("a caller's callback that fails")
+
+        futures[-1].add_done_callback(failing)  # logged; the next one still runs, as with gRPC's own
         futures[-1].add_done_callback(done.append)
         results = [f.result(timeout=20).value for f in futures]
         assert results == [str(b.proc.pid).encode()] * 10, results
@@ -342,3 +347,28 @@ def test_future_calls_fail_over_from_a_dead_endpoint_as_blocking_calls_do(
         assert slow.cancelled() and slow.done()
         with pytest.raises(grpc.FutureCancelledError):
             slow.result(timeout=5)
+
+
+def test_cancelling_a_future_that_waits_to_fail_over_ends_its_wait_at_once() -> None:
+    from plugbay.network.pool import EndpointPool
+    from plugbay.network.resolver import Endpoint
+    from tests.test_network_drain import PushResolver
+
+    nobody = free_port()  # refuses every connection: each try fails before it was sent
+    pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{nobody}")]), insecure=True,
+                        health_interval=0.2, options=FAST_RECONNECT, name="kv-cancel-wait")
+    try:
+        pool.start()
+        future = pool.unary_unary("/proto.KV/Get").future(b"", timeout=30)
+        assert wait_until(lambda: any(t.name == "plugbay-failover-kv-cancel-wait" for t in threading.enumerate()),
+                          10), "the try was not refused and sent on"
+        key = f"tcp:127.0.0.1:{nobody}"
+        assert wait_until(lambda: pool.metrics()["endpoints"][key]["healthy"] is False, 10)
+        time.sleep(1.0)  # past its pauses between tries: it now waits for an endpoint to pick
+        picks = sum(e["picks"] for e in pool.metrics()["endpoints"].values())
+        assert future.cancel() and future.cancelled()
+        assert wait_until(lambda: not any(t.name == "plugbay-failover-kv-cancel-wait"
+                                          for t in threading.enumerate()), 2), "the failover went on waiting"
+        assert sum(e["picks"] for e in pool.metrics()["endpoints"].values()) == picks  # no try after the cancel
+    finally:
+        pool.close()

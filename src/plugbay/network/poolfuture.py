@@ -9,6 +9,7 @@ wait for an endpoint or a TLS probe, which gRPC's callback thread must not.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import NoEndpointsError
+
+_log = logging.getLogger("plugbay.network")
 
 
 class Tries(Protocol):
@@ -67,12 +70,14 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         pool, owner = self._owner._pool, self._owner
         while True:
             try:
-                member = pool.pick(self._pick_until, self._tried, owner._pin)
+                member = pool.pick(self._pick_until, self._tried, owner._pin) if blocking_errors else self._pick()
             except NoEndpointsError as exc:
                 error = owner.out_of_tries(exc, self._tried, self._last)
                 if blocking_errors:
                     raise error from None
                 self._finish(None, error)
+                return
+            if member is None:  # cancelled while it waited for an endpoint
                 return
             try:
                 inner = owner._on(member).future(self._request, timeout=owner.remaining(self._deadline),
@@ -94,6 +99,17 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
             return
 
+    def _pick(self) -> Any:
+        """An endpoint for the next try, waiting for one as pool.pick() does, but not past a cancel()."""
+        pool = self._owner._pool
+        while True:
+            member = pool.try_pick(self._pick_until, self._tried, self._owner._pin)
+            if member is not None:
+                return member
+            with self._cond:  # cancel() wakes it (see _finish)
+                if self._cond.wait_for(lambda: self._cancelled, 0.05):
+                    return None
+
     def _tried_on(self, member: Any, inner: Any) -> None:
         pool = self._owner._pool
         if inner.cancelled():
@@ -114,12 +130,11 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         try:
             self._last, wait = self._owner.refused(member, error, self._tried, self._pick_until, self._pause)
             if wait:
-                time.sleep(wait)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._cancelled, wait)
                 self._pause = min(self._pause * 2, 0.5)
-            if self._cancelled:
-                self._finish(None, None)
-                return
-            self._next_try()
+            if not self._cancelled:
+                self._next_try()
         except BaseException as exc:
             self._finish(None, exc)
 
@@ -131,7 +146,7 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             callbacks, self._callbacks = self._callbacks, []
             self._cond.notify_all()
         for callback in callbacks:
-            callback(self)
+            _run(callback, self)
 
     # --- grpc.Future ----------------------------------------------------------------------
 
@@ -184,7 +199,7 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             if self._outcome is None:
                 self._callbacks.append(fn)
                 return
-        fn(self)
+        _run(fn, self)
 
     # --- grpc.Call (of the last try; a failure of the pool's own has no try behind it) ------------
 
@@ -225,3 +240,11 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 return False
             self._callbacks.append(lambda _future: callback())
             return True
+
+
+def _run(callback: Callable[[Any], None], future: FailoverFuture) -> None:
+    """One done callback; its failure is logged and the others still run (as gRPC's own futures do)."""
+    try:
+        callback(future)
+    except Exception:
+        _log.exception("a done callback of a call to remote plugin %s failed", future._owner._pool.name)
