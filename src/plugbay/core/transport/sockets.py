@@ -69,17 +69,28 @@ def check_unix_path(path: str, shorter: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"couldn't listen on unix socket {path}: a file that is not a socket is"
                           " there; remove it or choose another path")
-    probe = socket.socket(socket.AF_UNIX)
-    probe.settimeout(2)
-    try:
-        probe.connect(path)
-    except OSError:
+    if not socket_answers(path):
         unlink_quietly(path)
         return
-    finally:
-        probe.close()
     raise ConfigError(f"couldn't listen on unix socket {path}: another process is listening there;"
                       " stop it or choose another path")
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a unix socket at ``path`` has a listener: only "refused" or "gone" say no.
+
+    A live listener whose backlog is full answers EAGAIN to a connect, and one stopped
+    (SIGSTOP) still queues it: neither is a socket left behind.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        sock.close()
+    return True
 
 
 def unix_target(path: str) -> str:

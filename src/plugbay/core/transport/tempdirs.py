@@ -12,13 +12,13 @@ reattached, keeps its folder).
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import socket
 import stat
 import tempfile
 from collections.abc import Iterable
+
+from plugbay.core.transport.sockets import socket_answers
 
 PREFIX = "plugbay-"
 MARKER = ".plugbay-owner"
@@ -136,19 +136,6 @@ def _read_marker(folder_fd: int) -> str | None:
         os.close(fd)
 
 
-def _socket_answers(path: str) -> bool:
-    """Whether a unix socket at ``path`` accepts a connection (anything but 'nobody there' counts as yes)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    finally:
-        sock.close()
-    return True
-
-
 def _in_use(path: str, depth: int = 0) -> bool:
     """Whether a socket in ``path`` (or a folder in it, two levels down) still answers."""
     try:
@@ -162,7 +149,7 @@ def _in_use(path: str, depth: int = 0) -> bool:
             mode = entry.stat(follow_symlinks=False).st_mode
         except OSError:
             continue
-        if stat.S_ISSOCK(mode) and _socket_answers(entry.path):
+        if stat.S_ISSOCK(mode) and socket_answers(entry.path):
             return True
         if stat.S_ISDIR(mode) and (depth >= 2 or _in_use(entry.path, depth + 1)):
             return True
