@@ -11,6 +11,7 @@ health check (the plugin writes the marker once the host's connection arrived).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -291,3 +292,40 @@ def test_a_host_exiting_while_a_daemon_thread_starts_a_client_kills_its_plugin(s
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+_EXITING_REATTACH_HOST = textwrap.dedent("""
+    import json, sys, threading, time
+    from plugbay import Client, ClientConfig, HandshakeConfig, ReattachConfig
+    from plugbay.core.protocol.handshake import parse_handshake_line
+    reattach = ReattachConfig(handshake=parse_handshake_line(sys.argv[1]), runner=json.loads(sys.argv[2]))
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "PLUGBAY_RACE", "race"), plugins={}, name="race",
+                                 reattach=reattach, start_timeout=120))
+    threading.Thread(target=client.start, daemon=True).start()
+    time.sleep(1.0)  # the start waits on a plugin that accepts but never answers; the host exits
+""")
+
+
+def test_a_host_exiting_while_a_daemon_thread_reattaches_does_not_wait_for_that_start(short_dir: Path) -> None:
+    # a reattach leaves its plugin running when its host ends: the exit has nothing to wait for
+    from plugbay.runners.session import start_ticks
+
+    path = short_dir / "plugin.sock"
+    plugin_id = uuid.uuid4().hex
+    code = (f"import socket, time; s = socket.socket(socket.AF_UNIX); s.bind({str(path)!r}); s.listen(16);"
+            " time.sleep(120)")
+    silent = subprocess.Popen([PY, "-c", code], env={**os.environ, "PLUGBAY_PLUGIN_ID": plugin_id})
+    try:
+        assert wait_until(path.exists, 10)
+        runner = {"kind": "ProcessRunner", "id": str(silent.pid), "pid": silent.pid, "name": "race",
+                  "start_time": int(start_ticks(silent.pid)), "plugin_id": plugin_id}
+        started = time.monotonic()
+        host = subprocess.run([PY, "-c", _EXITING_REATTACH_HOST, f"1|1|unix|{path}|grpc", json.dumps(runner)],
+                              capture_output=True, text=True, timeout=150)
+        took = time.monotonic() - started
+        assert host.returncode == 0, host.stderr[-2000:]
+        assert took < 60, f"the host's exit waited {took:.0f} s for a reattaching start"
+        assert silent.poll() is None  # and left the plugin it reattached to running
+    finally:
+        silent.kill()
+        silent.wait(10)

@@ -140,7 +140,7 @@ class Client(ExitNotice):
             if self._started:
                 return
             self._starting = threading.current_thread()
-            LIVE.add(self)  # a host that exits meanwhile (start() on a daemon thread) kills this plugin too
+            LIVE.add(self)  # a host that exits meanwhile (start() on a daemon thread) ends this start too
             failed: BaseException | None = None
             try:
                 self._start()
@@ -252,8 +252,9 @@ class Client(ExitNotice):
                                            exited=lambda: self._abandoned or self._kill_asked
                                            or runner.wait(0) is not None)
         if self._abandoned:
-            raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (its AsyncClient's start()"
-                                   " was cancelled); make a new client to try again")
+            raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (close() came while it"
+                                   " reattached, or its AsyncClient's start() was cancelled); make a new client"
+                                   " to try again")
         code = runner.wait(0)
         if code is not None:
             self._logs.join(2.0)
@@ -330,6 +331,8 @@ class Client(ExitNotice):
         if what == "close" and starting is threading.current_thread():  # it would disconnect under start()
             raise ClientStateError(f"Client.close() was asked inside start() of plugin {self.name!r} (a log handler on"
                                    " the thread that starts it); call close() once start() has returned, or kill()")
+        if what == "close" and starting is not None and self.config.reattach is not None:
+            self._abandoned = True  # the start gives up waiting on the plugin, and leaves it running
         if what == "kill" and starting is not None:
             self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
             if runner is not None:
