@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,8 +141,13 @@ def test_only_proven_folders_are_removed(tmp_path: Path) -> None:
         os.chown(others[0], 65534, 65534)
         os.chown(others[1] / MARKER, 65534, 65534)
 
+    other_host = _made_by_a_gone_process(tmp_path)
+    fields = (other_host / MARKER).read_text().split()
+    fields[6] = "another-machine"  # a temp dir shared with another machine: its processes are not seen here
+    (other_host / MARKER).write_text(" ".join(fields) + "\n")
+
     assert sorted(sweep_tempdirs([str(tmp_path)])) == sorted([str(gone), str(earlier_boot)])
-    for path in (mine, unmarked, not_ours, symlinked, forged, other_ns, marker_link, *others):
+    for path in (mine, unmarked, not_ours, symlinked, forged, other_ns, marker_link, other_host, *others):
         assert path.exists(), path
     assert (unmarked / symlinked.resolve().name).exists()  # not followed through the link
     os.unlink(mine / MARKER)
@@ -184,3 +190,38 @@ def test_folders_are_made_private_and_marked(tmp_path: Path, prefix: str) -> Non
     fields = (path / MARKER).read_text().split()
     assert fields[:2] == ["plugbay-owner", "1"] and int(fields[4]) == os.getpid()
     assert (path / MARKER).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sweeper_whose_proc_is_of_another_pid_namespace_removes_nothing(short_dir: Path) -> None:
+    # the maker lives in a pid namespace of its own; a sweeper that entered it but kept the host's
+    # /proc (nsenter -p without -m) would read the maker's pid as some host process's
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs util-linux's unshare and nsenter")
+    make = (f"import time; from plugbay.core.transport.tempdirs import make_tempdir;"
+            f" print(make_tempdir('plugbay-t-', dir={str(short_dir)!r}), flush=True); time.sleep(60)")
+    outer = subprocess.Popen(["unshare", "-pf", "--kill-child", "--mount-proc", sys.executable, "-c", make],
+                             stdout=subprocess.PIPE, text=True, env=cli_env())
+    maker: list[str] = []
+    try:
+        assert outer.stdout is not None
+        folder = outer.stdout.readline().strip()
+        if not folder:
+            pytest.skip("unshare cannot make a pid namespace here (no privilege)")
+        maker = subprocess.run(["pgrep", "-P", str(outer.pid)], capture_output=True, text=True).stdout.split()
+        assert maker, "the maker process was not found"
+        sweep = ("from plugbay.core.transport.tempdirs import sweep_tempdirs;"
+                 f" print(sweep_tempdirs([{str(short_dir)!r}]))")
+        for command in ([sys.executable, "-c", sweep],  # from the host
+                        ["nsenter", "-t", maker[0], "-p", sys.executable, "-c", sweep]):  # host /proc, maker's ns
+            swept = subprocess.run(command, capture_output=True, text=True, timeout=60, env=cli_env())
+            assert swept.returncode == 0, swept.stderr
+            assert swept.stdout.strip() == "[]", (command, swept.stdout)
+            assert os.path.isdir(folder)
+    finally:
+        for pid in maker:  # pid 1 of its namespace: --kill-child ends it with unshare, and so does this
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        outer.kill()
+        outer.wait(30)

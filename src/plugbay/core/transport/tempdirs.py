@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -80,7 +81,8 @@ def _owner_line() -> str:
     if not _boot:
         _boot = _boot_id()
     pid = os.getpid()
-    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'}\n"
+    host = "".join(c for c in socket.gethostname() if c.isprintable() and not c.isspace()) or "-"
+    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {host}\n"
 
 
 def make_tempdir(prefix: str, dir: str | None = None) -> str:
@@ -107,9 +109,13 @@ def make_tempdir(prefix: str, dir: str | None = None) -> str:
 def _maker_gone(line: str) -> bool:
     """Whether the marker's process is proven gone (False: alive, or cannot tell)."""
     parts = line.split()
-    if len(parts) != 6 or " ".join(parts[:2]) != _MAGIC or not parts[4].isdigit():
+    if len(parts) != 7 or " ".join(parts[:2]) != _MAGIC or not parts[4].isdigit():
         return False
-    boot, namespace, pid, ticks = parts[2], parts[3], int(parts[4]), parts[5]
+    boot, namespace, pid, ticks, host = parts[2], parts[3], int(parts[4]), parts[5], parts[6]
+    if host != socket.gethostname():
+        return False  # a temp dir shared with another machine (NFS): its processes are not seen here
+    if not _own_proc():
+        return False  # a /proc of another pid namespace than this process's: its pids say nothing here
     current_boot = _boot_id()
     if boot != "-" and current_boot and boot != current_boot:
         return True  # every process of an earlier boot has ended
@@ -118,6 +124,14 @@ def _maker_gone(line: str) -> bool:
     if ticks == "-":
         return False
     return start_ticks(pid) != ticks
+
+
+def _own_proc() -> bool:
+    """Whether /proc shows this process's pid namespace (``nsenter -p`` without a /proc of its own does not)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 def _read_marker(folder_fd: int) -> str | None:
@@ -156,19 +170,23 @@ def _in_use(path: str, depth: int = 0) -> bool:
     return False
 
 
-def _stale(path: str) -> bool:
-    """Whether ``path`` is a plugbay folder proven left behind (see the module's rules)."""
+def _stale(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of ``path`` when it is a plugbay folder proven left behind (see the module's
+    rules), else None."""
     try:
         folder_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
-        if os.fstat(folder_fd).st_uid != os.geteuid():
-            return False
+        info = os.fstat(folder_fd)
+        if info.st_uid != os.geteuid():
+            return None
         line = _read_marker(folder_fd)
     finally:
         os.close(folder_fd)
-    return line is not None and _maker_gone(line) and not _in_use(path)
+    if line is None or not _maker_gone(line) or _in_use(path):
+        return None
+    return info.st_dev, info.st_ino
 
 
 def default_roots() -> list[str]:
@@ -192,7 +210,14 @@ def sweep_tempdirs(roots: Iterable[str] | None = None, *, dry_run: bool = False)
             continue
         for name in names:
             path = os.path.join(root, name)
-            if not _stale(path):
+            checked = _stale(path)
+            if checked is None:
+                continue
+            try:  # the same folder still: not one swapped in under its name since (a writable root)
+                now = os.lstat(path)
+            except OSError:
+                continue
+            if (now.st_dev, now.st_ino) != checked or not stat.S_ISDIR(now.st_mode):
                 continue
             if not dry_run:
                 try:
