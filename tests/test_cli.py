@@ -169,6 +169,12 @@ def test_configuration_mistakes_exit_2_with_one_line_before_anything_starts(tmp_
                       str(tmp_path / "missing" / "kv.json"), cwd=tmp_path, timeout=60)
     assert nowhere.returncode == 2 and "give a file in an existing, writable folder" in nowhere.stderr
     assert not marker.exists()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it to write would block until a reader came
+    piped = plugbay("run", "--cmd", f"touch {marker}", "--cookie", COOKIE, "--reattach-out", str(fifo),
+                    cwd=tmp_path, timeout=60)
+    assert piped.returncode == 2 and "is not a regular file" in piped.stderr
+    assert not marker.exists() and fifo.exists()
 
 
 def test_plugin_that_exits_while_running(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,24 @@ def _parse_versions(text: str) -> list[int]:
     if not versions or any(v < 1 for v in versions):
         raise ConfigError(f"--protocol-versions {text!r} must be positive integers separated by commas, e.g. 1,2")
     return versions
+
+
+def _check_reattach_out(out: Path) -> None:
+    """Refuse a --reattach-out this run could not write (or should not replace) as a regular file."""
+    try:
+        existing = os.lstat(out)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise ConfigError(f"--reattach-out {out}: {exc.strerror}; give a file in an existing, writable folder")
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise ConfigError(f"--reattach-out {out} is not a regular file (a folder, link, pipe or device);"
+                          " give a file path")
+    if existing is not None and not os.access(out, os.W_OK):
+        raise ConfigError(f"--reattach-out {out} exists and is not writable; give another file")
+    if existing is None and not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--reattach-out {out}: cannot write a file there; give a file in an existing,"
+                          " writable folder")
 
 
 def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
@@ -153,10 +172,8 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
     versions = _parse_versions(protocol_versions)
     runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable)
     out = Path(reattach_out) if reattach_out else None
-    if out is not None and (out.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK)):
-        # checked before the plugin starts: found only after, the plugin would start for nothing
-        raise ConfigError(f"--reattach-out {out}: cannot write a file there; give a file in an existing,"
-                          " writable folder")
+    if out is not None:  # checked before the plugin starts: found only after, it would start for nothing
+        _check_reattach_out(out)
     config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
                           runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
                           start_timeout=start_timeout, kill_grace=kill_grace,
@@ -165,6 +182,7 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
         _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
                      " info/call/health reach it only through a network target")
     client = Client(config)
+    written = False
     with _Interrupts() as interrupts:
         interrupts.runner = runner
         started = time.monotonic()
@@ -173,7 +191,8 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
             interrupts.started = True
             reattach = client.reattach_config()
             if out is not None:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+                written = True  # from here on the file is this run's: removed when it ends
                 with os.fdopen(fd, "w") as f:
                     f.write(reattach.to_json())
             _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
@@ -188,7 +207,7 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
             return output.OK
         finally:
             client.kill()
-            if out is not None:
+            if out is not None and written:
                 out.unlink(missing_ok=True)
             if interrupts.stop.is_set():
                 output.say("plugin stopped; nothing left behind", style="green")
