@@ -8,11 +8,15 @@ after the plugin was reaped, and a SecureConfig-checked start that failed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +28,8 @@ from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.process import ProcessRunner
 from plugbay.runners.proctree import family
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _running(pid: int) -> bool:
@@ -184,7 +190,7 @@ def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
     # an entry that cannot be read as a claim (or a claim released between listing and reading)
     # must not hide the live one, or sweep() would kill an adopted plugin
     roots = proctree._claims_roots(written=True)
-    assert roots[0] == tmp_path / f"plugbay-claims-{os.getuid()}" and len(roots) == 2  # and /tmp's
+    assert roots[0] == tmp_path / f"plugbay-claims-{os.getuid()}" and len(roots) == 3  # and /tmp's, ~/.cache's
     (roots[0] / plugin_id / "0-odd").mkdir()
     assert set(proctree._claimants(plugin_id).values()) == {proctree.host_session()}
     assert proctree._adopted(plugin_id, None, "another-session")
@@ -197,7 +203,7 @@ def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
     (roots[0] / plugin_id / "0-odd").rmdir()
     proctree.release(plugin_id, name)
     assert not roots[0].exists(), "the last release left the claims folder behind"
-    assert not (roots[1] / plugin_id).exists()
+    assert not (roots[1] / plugin_id).exists() and not (roots[2] / plugin_id).exists()
 
 
 def test_a_sweep_without_the_adopters_xdg_runtime_dir_still_finds_its_claim(
@@ -221,3 +227,73 @@ def test_a_sweep_without_the_adopters_xdg_runtime_dir_still_finds_its_claim(
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
         proctree.release(plugin_id, name)
     assert not (tmp_path / "session" / f"plugbay-claims-{os.getuid()}").exists()
+
+
+_OTHER_USER = 4242  # no such user here: only these tests' processes run as it
+_ADOPTER = """
+import os, secrets, subprocess, sys, time
+from plugbay.runners import proctree
+plugin_id = secrets.token_hex(16)
+env = {**os.environ, "PLUGBAY_PLUGIN_ID": plugin_id, "PLUGBAY_HOST_SESSION": "999999-deadbeef.12345"}  # host gone
+plugin = subprocess.Popen(["sleep", "60"], env=env)
+name = proctree.claim(plugin_id)  # this live process reattached to it
+print(plugin.pid, name, flush=True)
+sys.stdin.readline()  # the sweep runs now
+print(plugin.poll() is None, flush=True)
+plugin.kill()
+plugin.wait()
+proctree.release(plugin_id, name)
+"""
+_SWEEP = """
+import json, sys
+from plugbay.runners import proctree
+proctree._pids = lambda: [int(sys.argv[1])]  # never any other process than the test's own plugin
+proctree._forget_claims_of_ended = lambda running: None
+print(json.dumps(proctree.sweep()))
+"""
+
+
+def _as_other_user(command: list[str], **kw: Any) -> subprocess.Popen[str]:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and util-linux's setpriv to run a process as another user")
+    return subprocess.Popen(["setpriv", "--reuid", str(_OTHER_USER), "--regid", str(_OTHER_USER), "--clear-groups",
+                             *command], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kw)
+
+
+@pytest.mark.parametrize("case", ["root-sweeps", "tmp-folder-taken"])
+def test_another_users_adopted_plugin_survives_a_sweep(case: str) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # a service's: no login session
+    home = Path(tempfile.mkdtemp(prefix="home-", dir="/tmp"))  # not in the tests' 0700 folders: the user enters it
+    os.chown(home, _OTHER_USER, _OTHER_USER)
+    env = {**base, "HOME": str(home), "PYTHONPATH": str(REPO / "src")}
+    taken = Path(f"/tmp/plugbay-claims-{_OTHER_USER}")
+    if case == "tmp-folder-taken":  # a third user made the /tmp claims folder's name first
+        taken.mkdir(mode=0o755)
+        os.chown(taken, _OTHER_USER + 1, _OTHER_USER + 1)
+    adopter = _as_other_user([sys.executable, "-c", _ADOPTER], env=env, cwd=home)
+    pid_text = ""
+    try:
+        assert adopter.stdout is not None and adopter.stdin is not None
+        pid_text, name = adopter.stdout.readline().split()
+        assert name != "None", "the adopter could record no claim"
+        sweep = [sys.executable, "-c", _SWEEP, pid_text]
+        if case == "root-sweeps":  # as root: it sees every user's plugins, and must look for their claims
+            swept = subprocess.run(sweep, capture_output=True, text=True, timeout=60, env=env)
+        else:  # the same user, from another process (cron)
+            other = _as_other_user(sweep, env=env, cwd=home)
+            out, _ = other.communicate(timeout=60)
+            swept = subprocess.CompletedProcess(sweep, other.returncode, out, "")
+        assert swept.returncode == 0, swept.stderr
+        assert json.loads(swept.stdout) == [], "the sweep killed a plugin a live host had reattached to"
+        adopter.stdin.write("\n")
+        adopter.stdin.flush()
+        assert adopter.stdout.readline().strip() == "True"
+        assert adopter.wait(30) == 0
+    finally:
+        adopter.kill()
+        adopter.wait(30)
+        if pid_text and _running(int(pid_text)):  # its plugin, when the test failed before it ended it
+            os.kill(int(pid_text), signal.SIGKILL)
+        shutil.rmtree(taken, ignore_errors=True)
+        shutil.rmtree(f"/tmp/plugbay-claims-{_OTHER_USER}", ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)

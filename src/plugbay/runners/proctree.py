@@ -12,7 +12,9 @@ processes that carry the marker in ``/proc/PID/environ`` are ever signalled.
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
 import re
 import secrets
 import signal
@@ -21,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from plugbay.runners.session import host_session_id, host_session_start, proc_stat
+
+_log = logging.getLogger("plugbay.runners")
 
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
 ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
@@ -123,18 +127,21 @@ def _session_alive(marker: str) -> bool:
 _CLAIM_NAME = re.compile(r"[0-9a-f]{32}")
 
 
-def _claims_roots(written: bool = False) -> list[Path]:
-    """Where claims are written (``written``: under XDG_RUNTIME_DIR if set, and under /tmp), or
-    may be found (also the login runtime folder, /run/user/UID).
+def _claims_roots(written: bool = False, uid: int | None = None) -> list[Path]:
+    """Where user ``uid``'s claims are written (``written``: under XDG_RUNTIME_DIR when this user's
+    and set, under /tmp, and in the user's ~/.cache), or may be found (also the login runtime
+    folder, /run/user/UID).
 
     A sweep run from cron or a system service has another XDG_RUNTIME_DIR (or none) than the
-    host that claimed a plugin from its login session: a claim only under the host's would not
-    be found, and the plugin a live host uses would be killed. /tmp is the folder both see;
-    the XDG copy stands when another user made /tmp's first (a claim is only made in a 0700
-    folder of this user).
+    host that claimed a plugin from its login session, and one run as root sees every user's
+    plugins: a claim only under the host's XDG_RUNTIME_DIR would not be found, and the plugin a
+    live host uses would be killed. /tmp is the folder all see; another user can take its name
+    first (a claim is only made in a 0700 folder of the user's), so the home copy stands then.
     """
-    uid = os.getuid()
-    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"] + ([] if written else [f"/run/user/{uid}"])
+    own = uid is None or uid == os.getuid()
+    uid = os.getuid() if uid is None else uid
+    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp"] if own else []
+    bases += ["/tmp", *_home_cache(uid)] + ([] if written else [f"/run/user/{uid}"])
     roots: list[Path] = []
     for base in bases:
         root = Path(base) / f"plugbay-claims-{uid}"
@@ -143,12 +150,21 @@ def _claims_roots(written: bool = False) -> list[Path]:
     return roots
 
 
-def _private(folder: Path) -> bool:
+def _home_cache(uid: int) -> list[str]:
+    try:
+        home = pwd.getpwuid(uid).pw_dir
+    except (KeyError, OSError):  # a user without a passwd entry (a container's): its own HOME, if this is it
+        home = os.environ.get("HOME", "") if uid == os.getuid() else ""
+    return [os.path.join(home, ".cache")] if home and home != "/" and os.path.isabs(home) else []
+
+
+def _private(folder: Path, uid: int | None = None) -> bool:
     try:
         st = os.lstat(folder)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    owner = os.getuid() if uid is None else uid
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == owner and not st.st_mode & 0o077
 
 
 def claim(plugin_id: str) -> str | None:
@@ -158,12 +174,18 @@ def claim(plugin_id: str) -> str | None:
         return None
     name = f"{os.getpid()}-{secrets.token_hex(8)}"
     made = [root for root in _claims_roots(written=True) if _write_claim(root, plugin_id, name)]
+    if not made:
+        _log.warning("no claim on plugin %s could be recorded (no private claims folder of this user under"
+                     " %s): a sweep may end it while this host uses it", plugin_id,
+                     ", ".join(str(root) for root in _claims_roots(written=True)))
     return name if made else None
 
 
 def _write_claim(root: Path, plugin_id: str, name: str) -> bool:
     for _ in range(3):  # another host may remove an emptied folder meanwhile
         try:
+            if not root.parent.is_dir():  # ~/.cache may not exist yet
+                root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             root.mkdir(mode=0o700, exist_ok=True)
             if not _private(root):
                 return False  # someone else's folder: no claim rather than one others could forge or read
@@ -201,14 +223,15 @@ def _drop(claim_file: Path) -> None:
             pass
 
 
-def _claimants(plugin_id: str) -> dict[Path, str]:
-    """The claims on ``plugin_id``: file -> the session marker of the host that made it."""
+def _claimants(plugin_id: str, uid: int | None = None) -> dict[Path, str]:
+    """The claims on ``plugin_id`` (a plugin of user ``uid``; None: this one's): file -> the session
+    marker of the host that made it."""
     found: dict[Path, str] = {}
     if not _CLAIM_NAME.fullmatch(plugin_id):
         return found
     paths: list[Path] = []
-    for root in _claims_roots():
-        if _private(root):
+    for root in _claims_roots(uid=uid):
+        if _private(root, uid):
             try:
                 paths.extend((root / plugin_id).iterdir())
             except OSError:
@@ -242,15 +265,24 @@ def _forget_claims_of_ended(running: set[str]) -> None:
             continue
 
 
-def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
-    """Whether a running host claims ``plugin_id``; the claims of hosts gone are removed."""
+def _adopted(plugin_id: str, live: set[str] | None, mine: str, uid: int | None = None) -> bool:
+    """Whether a running host claims ``plugin_id`` (a plugin of user ``uid``); the claims of hosts
+    gone are removed."""
     adopted = False
-    for path, session in _claimants(plugin_id).items():
+    for path, session in _claimants(plugin_id, uid).items():
         if session == mine or (session and not _gone(session, live)):
             adopted = True
         else:
             _drop(path)
     return adopted
+
+
+def _owner(pid: int) -> int | None:
+    """The user a process runs as (its claims are that user's: a sweep as root sees every user's plugins)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
@@ -278,7 +310,7 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         if not marker or marker == mine:
             continue
         gone = _gone(marker, live)
-        if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine):
+        if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine, _owner(pid)):
             continue  # a live host reattached to it
         facts = stat_of(pid)
         if gone and facts is not None:
