@@ -55,6 +55,10 @@ def test_no_docker_engine(tmp_path: Path) -> None:
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
     swept = plugbay("sweep", "--docker", "--dry-run", env=DEAD_DOCKER)
     assert swept.returncode == 3 and "Docker" in swept.stderr
+    # not asked for by name, the engine is skipped with a word, and the temp folders still swept
+    default = plugbay("sweep", "--dry-run", "--json", env=DEAD_DOCKER)
+    assert default.returncode == 0 and "docker skipped" in default.stderr
+    assert "temp" in json.loads(default.stdout) and "docker" not in json.loads(default.stdout)
     diag = plugbay("diagnose", "docker:0123456789ab", env=DEAD_DOCKER)
     assert diag.returncode == 3
 

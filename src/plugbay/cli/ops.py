@@ -9,7 +9,7 @@ import click
 from plugbay.cli import output
 from plugbay.cli.targets import load_reattach
 from plugbay.core.protocol.exits import signal_name
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 
 _LOG_LINES = 20
 
@@ -192,7 +192,13 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     if docker_ or not (kubernetes or temp):
         from plugbay.runners.docker import sweep as docker_sweep
 
-        found["docker"] = docker_sweep(dry_run=dry_run)
+        try:
+            found["docker"] = docker_sweep(dry_run=dry_run)
+        except EngineUnavailableError as exc:
+            if docker_:
+                raise
+            # not asked for by name: the temp folders are still swept, and the engine's absence said
+            output.error(f"docker skipped: {output.one_line(str(exc))}")
     if kubernetes:
         from plugbay.runners.kubernetes import sweep as kube_sweep
 
