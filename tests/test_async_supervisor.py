@@ -171,3 +171,34 @@ def test_channel_ready_raises_once_the_restart_budget_is_spent(tmp_path: Path) -
                 await asyncio.wait_for(sup.channel.channel_ready(), 10)
 
     asyncio.run(main())
+
+
+def test_a_failed_start_may_be_awaited_again_and_then_starts(tmp_path: Path) -> None:
+    # as Supervisor.start() may be called again once its cause is fixed
+    from plugbay import ClientConfig, PluginExitedError, ProcessRunner
+
+    from tests.resilience_util import HANDSHAKE, PLUGINS
+
+    attempts: list[int] = []
+
+    def factory() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:  # the first plugin exits before its handshake
+            return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=20,
+                                runner=ProcessRunner([PY, "-c", "import sys; sys.exit(3)"]))
+        return faulty_config(tmp_path)
+
+    async def main() -> None:
+        sup = AsyncSupervisor(factory, restart=FAST, health_interval=None)
+        try:
+            with pytest.raises(PluginExitedError):
+                await sup.start()
+            await sup.start()  # tried again, not answered with the first start's error
+            kv = await sup.dispense(PLUGIN_NAME)
+            await kv.put("k", b"v")
+            assert await kv.get("k") == b"v"
+        finally:
+            await sup.stop()
+
+    asyncio.run(main())
+    assert len(attempts) == 2

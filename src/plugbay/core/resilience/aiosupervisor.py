@@ -121,7 +121,13 @@ class AsyncSupervisor:
             return
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
+            self._starting.add_done_callback(self._forget_failed_start)
         await asyncio.shield(self._starting)
+
+    def _forget_failed_start(self, start: asyncio.Future[None]) -> None:
+        # a failed start may be tried again, as Supervisor.start() may: not answered with its error
+        if (start.cancelled() or start.exception() is not None) and self._starting is start:
+            self._starting = None
 
     def _check_not_stopped(self) -> None:
         if self._stopped:
