@@ -310,15 +310,16 @@ class KubernetesRunner(PodTeardown, Runner):
         The API is reached with ``api_client``, else ``kubeconfig``/``context``, else this host's
         own configuration: never with a kubeconfig the (untrusted) data names (see reattach_kubeconfig).
         The timeouts are this host's too, never the data's: ``start_timeout`` (bounding port-forward
-        opens) defaults to what is left of the reattaching Client's start_timeout, ``api_timeout`` to
-        min(30 s, start_timeout) as for a new runner, and the pod is read within both."""
+        opens) and ``api_timeout`` default as for a new runner, and the pod is read within what is
+        left of the reattaching Client's start_timeout as well. (Not derived from that time left: a
+        reattach late in its start would leave kill() and later port-forwards a bound of a moment.)"""
         fields = _reattach_fields(data)
         if api_client is None:
             kubeconfig, context = reattach_kubeconfig(data.get("kubeconfig"), data.get("context"), kubeconfig,
                                                       context)
         left = attach_time_left()
         if start_timeout is None:
-            start_timeout = 120.0 if left is None else min(max(left, 0.1), MAX_START_TIMEOUT)
+            start_timeout = 120.0
         runner = cls(fields["image"], namespace=fields["namespace"], container_port=fields["container_port"],
                      address_mode=fields["address_mode"], api_client=api_client, kubeconfig=kubeconfig,
                      context=context, start_timeout=start_timeout, api_timeout=api_timeout)
