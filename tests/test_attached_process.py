@@ -297,3 +297,36 @@ def test_another_users_adopted_plugin_survives_a_sweep(case: str) -> None:
         shutil.rmtree(taken, ignore_errors=True)
         shutil.rmtree(f"/tmp/plugbay-claims-{_OTHER_USER}", ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_root_sweep_never_reads_another_users_claims_folder(tmp_path: Path) -> None:
+    # another user's folder could hold a link to root's files (a sweep would delete them as stale
+    # claims) or a pipe (a sweep would hang reading it): a sweep leaves other users' plugins alone
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the case is a sweep run as root")
+    import secrets
+
+    from plugbay.runners import proctree
+
+    plugin_id = secrets.token_hex(16)
+    precious = tmp_path / "root-only"
+    precious.mkdir(mode=0o700)
+    (precious / "important.conf").write_text("keep")
+    folder = Path(f"/tmp/plugbay-claims-{_OTHER_USER}")
+    folder.mkdir(mode=0o700)
+    os.symlink(precious, folder / plugin_id)
+    os.mkfifo(folder / ("ab" * 16))
+    os.chown(folder, _OTHER_USER, _OTHER_USER)
+    env = {**os.environ, "PLUGBAY_PLUGIN_ID": plugin_id, "PLUGBAY_HOST_SESSION": "999999-deadbeef.12345"}
+    plugin = _as_other_user(["sleep", "60"], env=env, cwd="/")
+    try:
+        assert wait_until(lambda: (proctree.environ(plugin.pid) or {}).get("PLUGBAY_PLUGIN_ID") == plugin_id, 10)
+        swept = subprocess.run([sys.executable, "-c", _SWEEP, str(plugin.pid)], capture_output=True, text=True,
+                               timeout=60)
+        assert swept.returncode == 0, swept.stderr
+        assert json.loads(swept.stdout) == [] and plugin.poll() is None  # theirs to sweep
+        assert (precious / "important.conf").read_text() == "keep"
+    finally:
+        plugin.kill()
+        plugin.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -127,21 +127,19 @@ def _session_alive(marker: str) -> bool:
 _CLAIM_NAME = re.compile(r"[0-9a-f]{32}")
 
 
-def _claims_roots(written: bool = False, uid: int | None = None) -> list[Path]:
-    """Where user ``uid``'s claims are written (``written``: under XDG_RUNTIME_DIR when this user's
-    and set, under /tmp, and in the user's ~/.cache), or may be found (also the login runtime
-    folder, /run/user/UID).
+def _claims_roots(written: bool = False) -> list[Path]:
+    """Where this user's claims are written (``written``: under XDG_RUNTIME_DIR if set, under /tmp,
+    and in the user's ~/.cache), or may be found (also the login runtime folder, /run/user/UID).
 
     A sweep run from cron or a system service has another XDG_RUNTIME_DIR (or none) than the
-    host that claimed a plugin from its login session, and one run as root sees every user's
-    plugins: a claim only under the host's XDG_RUNTIME_DIR would not be found, and the plugin a
-    live host uses would be killed. /tmp is the folder all see; another user can take its name
-    first (a claim is only made in a 0700 folder of the user's), so the home copy stands then.
+    host that claimed a plugin from its login session: a claim only under the host's would not
+    be found, and the plugin a live host uses would be killed. /tmp is the folder all see; another
+    user can take its name first (a claim is only made in a 0700 folder of this user's), so the
+    home copy stands then.
     """
-    own = uid is None or uid == os.getuid()
-    uid = os.getuid() if uid is None else uid
-    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp"] if own else []
-    bases += ["/tmp", *_home_cache(uid)] + ([] if written else [f"/run/user/{uid}"])
+    uid = os.getuid()
+    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp", *_home_cache(uid)]
+    bases += [] if written else [f"/run/user/{uid}"]
     roots: list[Path] = []
     for base in bases:
         root = Path(base) / f"plugbay-claims-{uid}"
@@ -153,18 +151,17 @@ def _claims_roots(written: bool = False, uid: int | None = None) -> list[Path]:
 def _home_cache(uid: int) -> list[str]:
     try:
         home = pwd.getpwuid(uid).pw_dir
-    except (KeyError, OSError):  # a user without a passwd entry (a container's): its own HOME, if this is it
-        home = os.environ.get("HOME", "") if uid == os.getuid() else ""
+    except (KeyError, OSError):  # a user without a passwd entry (a container's): its HOME
+        home = os.environ.get("HOME", "")
     return [os.path.join(home, ".cache")] if home and home != "/" and os.path.isabs(home) else []
 
 
-def _private(folder: Path, uid: int | None = None) -> bool:
+def _private(folder: Path) -> bool:
     try:
         st = os.lstat(folder)
     except OSError:
         return False
-    owner = os.getuid() if uid is None else uid
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == owner and not st.st_mode & 0o077
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def claim(plugin_id: str) -> str | None:
@@ -223,15 +220,14 @@ def _drop(claim_file: Path) -> None:
             pass
 
 
-def _claimants(plugin_id: str, uid: int | None = None) -> dict[Path, str]:
-    """The claims on ``plugin_id`` (a plugin of user ``uid``; None: this one's): file -> the session
-    marker of the host that made it."""
+def _claimants(plugin_id: str) -> dict[Path, str]:
+    """The claims on ``plugin_id``: file -> the session marker of the host that made it."""
     found: dict[Path, str] = {}
     if not _CLAIM_NAME.fullmatch(plugin_id):
         return found
     paths: list[Path] = []
-    for root in _claims_roots(uid=uid):
-        if _private(root, uid):
+    for root in _claims_roots():
+        if _private(root):
             try:
                 paths.extend((root / plugin_id).iterdir())
             except OSError:
@@ -265,11 +261,10 @@ def _forget_claims_of_ended(running: set[str]) -> None:
             continue
 
 
-def _adopted(plugin_id: str, live: set[str] | None, mine: str, uid: int | None = None) -> bool:
-    """Whether a running host claims ``plugin_id`` (a plugin of user ``uid``); the claims of hosts
-    gone are removed."""
+def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
+    """Whether a running host claims ``plugin_id``; the claims of hosts gone are removed."""
     adopted = False
-    for path, session in _claimants(plugin_id, uid).items():
+    for path, session in _claimants(plugin_id).items():
         if session == mine or (session and not _gone(session, live)):
             adopted = True
         else:
@@ -278,7 +273,6 @@ def _adopted(plugin_id: str, live: set[str] | None, mine: str, uid: int | None =
 
 
 def _owner(pid: int) -> int | None:
-    """The user a process runs as (its claims are that user's: a sweep as root sees every user's plugins)."""
     try:
         return os.stat(f"/proc/{pid}").st_uid
     except OSError:
@@ -294,23 +288,26 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     (``host_session_id()`` values), every session not listed counts as gone.
     A plugin another host reattached to (its claim, see :func:`claim`) is spared
     while that host's session is not gone.
-    Processes of other users, whose environment cannot be read, are left alone.
+    Only this user's processes are swept: another user's plugin may be claimed by a host of
+    theirs in folders this process must not trust (as root it could read them, and be led to
+    delete or hang on what they hold), so it is theirs to sweep.
     """
     live = set(live_sessions) if live_sessions is not None else None
     mine = host_session()
     doomed: dict[int, int] = {}
     running: set[str] = set()  # plugin ids of live processes: the claims of the others are moot
+    me = os.geteuid()
     for pid in _pids():
         if pid == os.getpid():
             continue
         env = environ(pid)
         if env and env.get(ENV_PLUGIN_ID):
-            running.add(env[ENV_PLUGIN_ID])
+            running.add(env[ENV_PLUGIN_ID])  # another user's too: a claim of this user's on it stands
         marker = env.get(ENV_HOST_SESSION) if env else None
-        if not marker or marker == mine:
+        if not marker or marker == mine or _owner(pid) != me:
             continue
         gone = _gone(marker, live)
-        if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine, _owner(pid)):
+        if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine):
             continue  # a live host reattached to it
         facts = stat_of(pid)
         if gone and facts is not None:
