@@ -208,3 +208,41 @@ def test_stop_during_a_first_start_that_waits_long_ends_that_plugin_at_once(tmp_
     finally:
         sup.stop()
         thread.join(120)
+
+
+def test_stop_during_a_reattaching_first_start_leaves_the_other_hosts_plugin_running(tmp_path: Path) -> None:
+    import time
+
+    from plugbay import Client, ReattachConfig
+
+    owner = Client(faulty_config(tmp_path))  # another host's plugin, not answering for now (stopped)
+    owner.start()
+    try:
+        saved = owner.reattach_config()
+        pid = saved.runner["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        sup = Supervisor(lambda: faulty_config(tmp_path), reattach=ReattachConfig.from_json(saved.to_json()),
+                         health_interval=None)
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                sup.start()
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=start)
+        thread.start()
+        time.sleep(1.0)  # it reattaches, waiting for the stopped plugin to answer
+        sup.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
+        assert [e.kind for e in sup.events] == ["stopped"]
+        os.kill(pid, signal.SIGCONT)
+        assert not _gone(pid) and not owner.exited  # never adopted here: not this Supervisor's to end
+        kv = owner.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+    finally:
+        os.kill(owner.reattach_config().runner["pid"], signal.SIGCONT)
+        owner.kill()

@@ -129,12 +129,14 @@ def new_client(source: ConfigSource) -> Client:
 
 
 def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: Callable[[str, str], None],
-                 starting: Callable[[Client | None], None] = lambda client: None) -> Client:
+                 starting: Callable[[Client | None], None] = lambda client: None,
+                 stopped: Callable[[], bool] = lambda: False) -> Client:
     """The Supervisor's first, started Client: reattached if ``reattach`` works, else a fresh plugin.
 
     ``event(kind, detail)`` records what happened; errors of the fresh start are raised as they are.
     ``starting(client)`` is told of each Client before its start (and ``None`` after), so that a stop
-    meanwhile can end it; it may raise to refuse the start.
+    meanwhile can end it; it may raise to refuse the start. Once ``stopped()``, a failed reattach
+    is raised as it is: no fresh plugin follows it.
     """
     if reattach is not None:
         base = resolve_config(source)
@@ -148,7 +150,9 @@ def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: C
             event("reattached", f"to {reattach.handshake.address}")
             return client
         except Exception as exc:
-            client.kill()
+            client.close()  # the plugin stays: it was not proven to answer this host, another may use it
+            if stopped():
+                raise
             event("reattach_failed", f"{type(exc).__name__}: {exc}")
     client = new_client(source)
     try:

@@ -168,7 +168,7 @@ class Supervisor:
         with self._cond:
             self._state = STARTING if self._state == FAILED else self._state  # not over a stop()'s STOPPED
         try:
-            client = first_client(self._source, self._reattach, self._event, self._first_starting)
+            client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set)
         except BaseException as exc:
             if self._stop.is_set():  # stop() ended this start: the plugin did not fail
                 raise stopped_while_starting(self.name) from exc
@@ -263,9 +263,9 @@ class Supervisor:
             return  # the monitor's start waits on this loop; it ends by itself, adopting nothing
         with self._cond:  # see _first_starting
             starting = self._starting
-        if starting is not None:  # a start in progress: end its plugin so start() fails fast
+        if starting is not None:  # a start in progress ends now (a reattach's plugin is left running)
             try:
-                starting.kill()  # also before its runner exists: the start then gives up
+                starting.close() if starting.config.reattach is not None else starting.kill()
             except Exception as exc:
                 _log.debug("stopping the plugin being started: %s", exc)
         if self._thread is not None and self._thread is not threading.current_thread():
