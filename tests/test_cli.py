@@ -175,6 +175,13 @@ def test_configuration_mistakes_exit_2_with_one_line_before_anything_starts(tmp_
                     cwd=tmp_path, timeout=60)
     assert piped.returncode == 2 and "is not a regular file" in piped.stderr
     assert not marker.exists() and fifo.exists()
+    kept = tmp_path / "kept.json"
+    kept.write_text("the user's")
+    kept.chmod(0o444)  # read-only, also to root (who could write it)
+    read_only = plugbay("run", "--cmd", f"touch {marker}", "--cookie", COOKIE, "--reattach-out", str(kept),
+                        cwd=tmp_path, timeout=60)
+    assert read_only.returncode == 2 and "is read-only" in read_only.stderr
+    assert not marker.exists() and kept.read_text() == "the user's"
 
 
 def test_plugin_that_exits_while_running(tmp_path: Path) -> None:

@@ -60,8 +60,9 @@ def _check_reattach_out(out: Path) -> None:
     if existing is not None and not stat.S_ISREG(existing.st_mode):
         raise ConfigError(f"--reattach-out {out} is not a regular file (a folder, link, pipe or device);"
                           " give a file path")
-    if existing is not None and not os.access(out, os.W_OK):
-        raise ConfigError(f"--reattach-out {out} exists and is not writable; give another file")
+    # the mode bits too: root may write any file, and would replace (then remove) a read-only one
+    if existing is not None and (not os.access(out, os.W_OK) or not existing.st_mode & 0o222):
+        raise ConfigError(f"--reattach-out {out} exists and is read-only; give another file")
     if existing is None and not os.access(out.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--reattach-out {out}: cannot write a file there; give a file in an existing,"
                           " writable folder")
