@@ -382,3 +382,15 @@ def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
     assert not run.reattach.exists()
     assert hang.returncode in (1, 3)  # the call in flight fails once the plugin is gone
+
+
+def test_an_existing_reattach_out_file_is_replaced_by_a_private_one(tmp_path: Path) -> None:
+    # it holds the AutoMTLS key: an existing 0644 file kept its mode, and showed the key to everyone
+    existing = tmp_path / "reattach.json"
+    existing.write_text("an older run's")
+    existing.chmod(0o644)
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--automtls"], tmp_path) as run:
+        assert "PRIVATE KEY" in run.reattach.read_text()
+        assert run.reattach.stat().st_mode & 0o777 == 0o600
+    assert not existing.exists()  # this run wrote it, so this run removes it
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".plugbay-reattach-")] == []

@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,6 +61,9 @@ def _check_reattach_out(out: Path) -> None:
     if existing is not None and not stat.S_ISREG(existing.st_mode):
         raise ConfigError(f"--reattach-out {out} is not a regular file (a folder, link, pipe or device);"
                           " give a file path")
+    if existing is not None and existing.st_uid != os.geteuid():
+        raise ConfigError(f"--reattach-out {out} belongs to another user (it would hold the AutoMTLS key);"
+                          " give a file of your own")
     # the mode bits too: root may write any file, and would replace (then remove) a read-only one
     if existing is not None and (not os.access(out, os.W_OK) or not existing.st_mode & 0o222):
         raise ConfigError(f"--reattach-out {out} exists and is read-only; give another file")
@@ -192,10 +196,16 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
             interrupts.started = True
             reattach = client.reattach_config()
             if out is not None:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+                # a new 0600 file moved into place: an existing file's mode (0644) would show the key
+                fd, made = tempfile.mkstemp(prefix=".plugbay-reattach-", dir=out.parent)
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(reattach.to_json())
+                    os.replace(made, out)
+                except BaseException:
+                    os.unlink(made)
+                    raise
                 written = True  # from here on the file is this run's: removed when it ends
-                with os.fdopen(fd, "w") as f:
-                    f.write(reattach.to_json())
             _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
             while not interrupts.stop.is_set():
                 if client.exited or client.runner.wait(0) is not None:

@@ -107,6 +107,9 @@ class LoopHandoff:
             thread.join(timeout)
 
 
+_STARTS_JOIN = 2.0
+
+
 def cleanup_clients() -> None:
     """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
 
@@ -117,11 +120,19 @@ def cleanup_clients() -> None:
     """
     for restarter in list(RESTARTERS):
         restarter.halt()
-    for client in list(LIVE):
+    clients = list(LIVE)
+    # threads still starting a Client: ended here, they raise; given a moment to finish doing so,
+    # as at interpreter exit a daemon thread still writing its traceback aborts the interpreter
+    starting = [t for t in (getattr(c, "_starting", None) for c in clients)
+                if isinstance(t, threading.Thread) and t is not threading.current_thread()]
+    for client in clients:
         if client.config.reattach is None:
             client.kill()
         else:
             client.close()
+    deadline = time.monotonic() + _STARTS_JOIN
+    for thread in starting:
+        thread.join(max(deadline - time.monotonic(), 0.0))
     if not aioloop.shared().on_loop():
         join_stopping()
 

@@ -92,6 +92,7 @@ class KubernetesRunner(PodTeardown, Runner):
         self._lock = threading.Lock()
         self._opening = threading.Lock()  # held while a port-forward opens (up to start_timeout)
         self._ended = False  # killed or detached: no new port-forwards
+        self._after_start: float | None = None  # a reattach's start_timeout once the Client's start is over
         self._diagnosis: str | None = None
 
     # --- identity ------------------------------------------------------------
@@ -246,6 +247,15 @@ class KubernetesRunner(PodTeardown, Runner):
                                       " opened; start a new runner (or reattach) to reach the plugin")
         return "tcp", fwd.address
 
+    def adopted(self) -> None:
+        """The reattaching Client started: port-forward opens from now on have the runner's own bound."""
+        later, self._after_start = self._after_start, None
+        if later is not None:
+            self.start_timeout = later
+            with self._lock:
+                for fwd in self._forwarders.values():
+                    fwd.timeout = later
+
     def _pod_address(self, port: int) -> str:
         return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id)
 
@@ -310,9 +320,9 @@ class KubernetesRunner(PodTeardown, Runner):
         The API is reached with ``api_client``, else ``kubeconfig``/``context``, else this host's
         own configuration: never with a kubeconfig the (untrusted) data names (see reattach_kubeconfig).
         The timeouts are this host's too, never the data's: ``start_timeout`` (bounding port-forward
-        opens) and ``api_timeout`` default as for a new runner, and the pod is read within what is
-        left of the reattaching Client's start_timeout as well. (Not derived from that time left: a
-        reattach late in its start would leave kill() and later port-forwards a bound of a moment.)"""
+        opens) and ``api_timeout`` default as for a new runner. While the reattaching Client starts,
+        what is left of its start_timeout bounds the pod's read and the port-forward's opens as well;
+        once it started (:meth:`adopted`), later opens and kill() have the runner's own bounds."""
         fields = _reattach_fields(data)
         if api_client is None:
             kubeconfig, context = reattach_kubeconfig(data.get("kubeconfig"), data.get("context"), kubeconfig,
@@ -324,6 +334,8 @@ class KubernetesRunner(PodTeardown, Runner):
                      address_mode=fields["address_mode"], api_client=api_client, kubeconfig=kubeconfig,
                      context=context, start_timeout=start_timeout, api_timeout=api_timeout)
         runner.pod_name = fields["pod"]
+        if left is not None:
+            runner._after_start, runner.start_timeout = runner.start_timeout, min(max(left, 0.1), start_timeout)
         # the Client's start bounds this read also when the host chose a longer api_timeout
         runner._pod.timeout = min(runner.api_timeout, max(left, 0.1)) if left is not None else runner.api_timeout
         try:
