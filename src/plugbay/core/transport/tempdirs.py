@@ -2,12 +2,12 @@
 
 A process killed with SIGKILL runs no cleanup, so its folders (and the
 sockets in them) stay in the temp dir. Each folder plugbay makes holds a small
-marker naming its maker: boot, pid namespace, pid and start time. A sweep
-removes a folder only when it can prove all of it: the name is plugbay's, this
-user owns the folder and the marker, the maker is gone (another boot, or no
-process with that pid and start time in this pid namespace), and no socket in
-it still answers (a plugin a crashed host left running, waiting to be
-reattached, keeps its folder).
+marker naming its maker: boot, pid namespace, pid, start time and machine. A
+sweep removes a folder only when it can prove all of it: the name is plugbay's,
+this user owns the folder and the marker, the maker is gone (an earlier boot of
+this machine, or no process with that pid and start time in this pid namespace,
+read through a /proc of that namespace), and no socket in it still answers (a
+plugin a crashed host left running, waiting to be reattached, keeps its folder).
 """
 
 from __future__ import annotations
