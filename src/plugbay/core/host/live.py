@@ -111,7 +111,7 @@ _STARTS_JOIN = 2.0
 
 
 def cleanup_clients() -> None:
-    """Kill every started Client (go-plugin's CleanupClients); runs at interpreter exit too.
+    """Kill every started or starting Client (go-plugin's CleanupClients); runs at interpreter exit too.
 
     Reattached clients only disconnect: their plugin was meant to outlive a host.
     A kill() asked from a loop callback and still running elsewhere is waited for
