@@ -183,6 +183,26 @@ def test_knock_before_accept_is_answered(mpair: MuxPair) -> None:
     assert out == [SERVING]
 
 
+def test_a_knock_long_before_accept_is_answered(mpair: MuxPair) -> None:
+    # the knock surely arrives first: a peer that opens its stream only once answered (go-plugin's
+    # dialer, the non-eager pairs here) must get its stream routed, not "gave up before it was served"
+    sid = mpair.host.next_id()
+    out: list[object] = []
+
+    def dialer() -> None:
+        try:
+            out.append(check(mpair.plugin.dial(sid, timeout=10), "late"))
+        except Exception as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=dialer, name="plugbay-test-dialer")
+    t.start()
+    time.sleep(0.5)
+    mpair.host.accept_and_serve(sid, register("late"))
+    t.join(20)
+    assert out == [SERVING]
+
+
 def test_a_knock_seen_unserved_while_accept_and_serve_runs_is_still_answered(mpair: MuxPair) -> None:
     """The knock's serves() and accept_and_serve's early check must not interleave (an unanswered knock)."""
     sid = mpair.host.next_id()

@@ -62,6 +62,7 @@ class MuxSession:
         # stream that arrives before its knock (plugbay.core.transport.held)
         self.peer_holds = False
         self._held: HeldStreams | None = None  # this side holds such streams (a host)
+        self._eager_peer = False  # the peer has opened a stream before its knock was answered
 
     # -- routing of streams the peer opens (runs on the session reader thread)
 
@@ -74,6 +75,7 @@ class MuxSession:
             sid = self._knocks.popleft()[0] if self._knocks else None
             target = self._targets.get(sid) if sid is not None else self.default_target
             if sid is None and target is None and self._held is not None and self._held.hold(stream):
+                self._eager_peer = True
                 return  # its knock is on the way (an eager dialer)
         if target is None:
             log.debug("%s: refusing a stream nobody knocked for", self.name)
@@ -172,8 +174,9 @@ class MuxSession:
                 # an eager dialer opens its stream right after its knock: the stream held then is
                 # its own, even one reset since (it gave up); one held later is a later dial's
                 early = self._held.pop_oldest(knocked_at + _EAGER_SLACK)
-                if early is None:
+                if early is None and self._eager_peer:
                     return f"the dial of id {id} gave up before it was served; dial again"
+                # a peer that opens its stream only once answered (go-plugin's): routed below
             else:
                 early = self._held.pop()  # opened before its knock
             target = self._targets.get(id)
