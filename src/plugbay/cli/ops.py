@@ -217,9 +217,3 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
             output.say(f"{where} {ident[:12] if where == 'docker' else ident}")
     output.say(f"{verb} {count}", style="bold")
     return output.OK
-    verb = "would remove" if dry_run else "removed"
-    for where, ids in found.items():
-        for ident in ids:
-            output.say(f"{where} {ident[:12] if where == 'docker' else ident}")
-    output.say(f"{verb} {count}", style="bold")
-    return output.OK
