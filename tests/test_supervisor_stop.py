@@ -32,6 +32,21 @@ def _gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
+def _start_in_thread(sup: Supervisor) -> tuple[threading.Thread, list[BaseException]]:
+    """sup.start() on a thread of its own (the test stops it meanwhile); what it raised lands in the list."""
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            sup.start()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread, failed
+
+
 def test_current_client_is_none_while_restarting_and_after_stop(tmp_path: Path) -> None:
     configs = iter(["good"])
 
@@ -61,16 +76,7 @@ def test_stop_while_start_starts_the_first_plugin_ends_it_and_start_says_so(tmp_
                                       " run_name='__main__')"], cwd=tmp_path)
     sup = Supervisor(lambda: ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30),
                      restart=FAST, health_interval=None)
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            sup.start()
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=start)
-    thread.start()
+    thread, failed = _start_in_thread(sup)
     try:
         assert wait_until(lambda: runner.pid is not None, 20)
         pid = runner.pid
@@ -185,16 +191,7 @@ def test_stop_during_a_first_start_that_waits_long_ends_that_plugin_at_once(tmp_
     events: list[str] = []
     sup = Supervisor(lambda: ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=120),
                      restart=FAST, health_interval=None, on_event=lambda e: events.append(e.kind))
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            sup.start()
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=start)
-    thread.start()
+    thread, failed = _start_in_thread(sup)
     try:
         assert wait_until(lambda: runner.pid is not None, 20)
         pid = runner.pid
@@ -223,16 +220,7 @@ def test_stop_during_a_reattaching_first_start_leaves_the_other_hosts_plugin_run
         os.kill(pid, signal.SIGSTOP)
         sup = Supervisor(lambda: faulty_config(tmp_path), reattach=ReattachConfig.from_json(saved.to_json()),
                          health_interval=None)
-        failed: list[BaseException] = []
-
-        def start() -> None:
-            try:
-                sup.start()
-            except BaseException as exc:
-                failed.append(exc)
-
-        thread = threading.Thread(target=start)
-        thread.start()
+        thread, failed = _start_in_thread(sup)
         time.sleep(1.0)  # it reattaches, waiting for the stopped plugin to answer
         sup.stop()
         thread.join(30)
