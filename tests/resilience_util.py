@@ -37,6 +37,23 @@ def faulty_config(cwd: Path, *, cmd: list[str] | None = None, env: Mapping[str, 
     return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, **kw)
 
 
+def run_resilience_doc_example(tmp_path: Path, heading: str) -> subprocess.CompletedProcess[str]:
+    """The first Python block after ``heading`` in docs/resilience.md, run as written (in tmp_path:
+    the KV plugin writes kv_<key> files, not into the checkout); asserts it exited 0."""
+    import re
+
+    text = (REPO / "docs" / "resilience.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index(heading):], flags=re.S)
+    assert code is not None
+    for name in ("examples", "src"):
+        (tmp_path / name).symlink_to(REPO / name)
+    done = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes (bounded)."""
     deadline = time.monotonic() + timeout

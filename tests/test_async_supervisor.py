@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.resilience_util import FAULTY, PLUGIN_NAME, PY, faulty_config, wait_until
+from tests.resilience_util import FAULTY, PLUGIN_NAME, PY, faulty_config, run_resilience_doc_example, wait_until
 
 from plugbay import (AsyncSupervisor, ClientStateError, PluginDiedError, RestartPolicy, RetryPolicy,
                      UnknownPluginError)
@@ -112,21 +112,7 @@ def test_the_loop_stays_free_while_a_call_waits_for_a_slow_restart(tmp_path: Pat
 
 
 def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "docs" / "resilience.md").read_text()
-    section = text[text.index("#### `AsyncSupervisor`"):]
-    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
-    assert code is not None
-    for name in ("examples", "src"):  # the KV plugin writes kv_<key> files: not into the checkout
-        (tmp_path / name).symlink_to(root / name)
-    done = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": str(root / "src")})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_resilience_doc_example(tmp_path, "#### `AsyncSupervisor`")
     assert done.stdout.strip() == "b'1' running"
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
+from tests.resilience_util import (HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, run_resilience_doc_example,
+                                   wait_until)
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
@@ -257,20 +258,7 @@ def test_stop_during_a_restart_ends_the_plugin_being_started(tmp_path: Path) -> 
 
 
 def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    section = (root / "docs" / "resilience.md").read_text().split("### Supervised plugins", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
-    assert code is not None
-    for name in ("examples", "src"):  # the KV plugin writes kv_<key> files: not into the checkout
-        (tmp_path / name).symlink_to(root / name)
-    done = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": str(root / "src")})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_resilience_doc_example(tmp_path, "### Supervised plugins")
     lines = done.stdout.splitlines()
     assert "b'1'" in lines and "supervisor: restarted" in done.stdout, done.stdout
     assert any("'state': 'running', 'restarts': 1, 'failures': 1" in line for line in lines), done.stdout
