@@ -143,6 +143,14 @@ def test_gone_plugin_is_unreachable_and_diagnosed(tmp_path: Path) -> None:
     assert call.returncode == 3 and "start the plugin again" in call.stderr
     diag = plugbay("diagnose", saved)  # inline JSON
     assert diag.returncode == 0 and "state: gone" in diag.stdout
+    # the JSON is untrusted: its pid may now be another process's, or not a pid at all
+    data = json.loads(saved)
+    data["runner"]["pid"] = os.getpid()
+    reused = plugbay("diagnose", json.dumps(data))
+    assert reused.returncode == 0 and "state: gone" in reused.stdout and "started later" in reused.stdout
+    data["runner"]["pid"] = "x"
+    bad = plugbay("diagnose", json.dumps(data))
+    assert bad.returncode == 2 and "integer 'pid'" in bad.stderr and "unexpected" not in bad.stderr
 
 
 def test_run_failures(tmp_path: Path) -> None:

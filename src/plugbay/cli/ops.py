@@ -93,15 +93,20 @@ def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
         api_client.close()
 
 
-def _process(pid: int) -> dict[str, Any]:
+def _process(pid: int, start: int | None = None) -> dict[str, Any]:
     from plugbay.runners.session import proc_stat
 
     fields = proc_stat(pid)  # one read: a process that ends in between is simply gone
     alive = fields is not None and fields[0] not in ("Z", "X")
+    error = None if alive else ("the process is gone; its exit code is known only to the host that started"
+                                " it (its log shows it)")
+    # a reattach config's start time tells the plugin from a later process given its pid
+    if alive and fields is not None and start is not None and (len(fields) < 20 or fields[19] != str(start)):
+        alive, error = False, (f"the plugin is gone: pid {pid} now belongs to a process started later;"
+                               " the plugin's exit code is known only to the host that started it")
     return {"runner": "ProcessRunner", "id": str(pid), "name": str(pid), "image": None,
             "state": "running" if alive else "gone", "exit_code": None, "oom_killed": False, "signal": None,
-            "restart_count": 0, "error": None if alive else "the process is gone; its exit code is known only"
-            " to the host that started it (its log shows it)", "events": [], "conditions": [], "last_log_lines": []}
+            "restart_count": 0, "error": error, "events": [], "conditions": [], "last_log_lines": []}
 
 
 def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
@@ -118,7 +123,9 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
             chosen = kubeconfig or reattach_kubeconfig(data.get("kubeconfig"), None)[0]
             return _pod(str(data.get("namespace")), str(data.get("pod")), chosen)
         if kind == "ProcessRunner":
-            return _process(int(data.get("pid") or 0))
+            from plugbay.runners.attached import checked_pid
+
+            return _process(*checked_pid(data))
         raise ConfigError(f"reattach config of unknown runner kind {kind!r}; plugbay diagnose knows"
                           " DockerRunner, KubernetesRunner and ProcessRunner")
     kind, sep, ident = arg.partition(":")

@@ -181,7 +181,8 @@ class AttachedProcess(AttachedRunner):
                 "start_time": self._start_time, "plugin_id": self.plugin_id}
 
 
-def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
+def checked_pid(data: Mapping[str, Any]) -> tuple[int, int | None]:
+    """Reattach data's (pid, start_time), refused unless they could name a plugin process."""
     pid, start = data.get("pid"), data.get("start_time")
     if type(pid) is not int:
         raise ReattachError(f"ProcessRunner reattach data needs an integer 'pid', got {pid!r}; pass the JSON"
@@ -191,6 +192,11 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
                             " Client.reattach_config().to_json() produced")
     if start is not None and type(start) is not int:
         raise ReattachError(f"reattach data's 'start_time' must be an integer, got {start!r}")
+    return pid, start
+
+
+def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
+    pid, start = checked_pid(data)
     plugin_id = data.get("plugin_id")
     runner = AttachedProcess(pid, start, str(data.get("name", "")),
                              plugin_id if isinstance(plugin_id, str) else "")
