@@ -77,16 +77,30 @@ def test_static_resolver_reports_its_set_before_start_returns() -> None:
     assert seen == [["127.0.0.1:1", "127.0.0.1:2"]]
 
 
-def test_kubernetes_target_without_the_kubernetes_resolver_is_a_config_error() -> None:
-    import importlib.util
+def test_kubernetes_parts_without_the_kubernetes_client_say_how_to_get_it() -> None:
+    import subprocess
+    import sys
 
-    target = parse_target("kubernetes:///plugins/kv:7001")
-    if importlib.util.find_spec("plugbay.network.kubernetes") is not None:
-        pytest.skip("the Kubernetes resolver is installed here; its own tests cover it")
-    with pytest.raises(ConfigError) as err:
-        make_resolver(target)
-    assert "needs Kubernetes discovery (plugbay.network.kubernetes)" in str(err.value)
-    assert "use a static:/// or dns:/// target" in str(err.value)
+    # the client is an extra: without it a kubernetes:/// target, the pod runner and its sweep
+    # each say to install it (they raised a bare ModuleNotFoundError, the target only at start())
+    code = (
+        "import sys; sys.modules['kubernetes'] = None\n"  # as if the kubernetes client were not installed
+        "from plugbay.network.targets import make_resolver, parse_target\n"
+        "from plugbay.runners.kubernetes import KubernetesRunner, sweep\n"
+        "for make in (lambda: make_resolver(parse_target('kubernetes:///plugins/kv:7001')),\n"
+        "             lambda: KubernetesRunner('img'), lambda: sweep('default', dry_run=True)):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    target, runner, swept = out.stdout.splitlines()
+    assert target.startswith("ConfigError target 'kubernetes:///plugins/kv:7001' needs Kubernetes discovery")
+    assert "pip install 'plugbay[kubernetes]'" in target and "use a static:/// or dns:/// target" in target
+    for line in (runner, swept):
+        assert line == "EngineUnavailableError the Kubernetes client is missing: pip install 'plugbay[kubernetes]'"
 
 
 def test_static_targets_need_no_dns_library_and_dns_targets_say_how_to_get_one() -> None:

@@ -46,11 +46,13 @@ def _docker(container_id: str) -> dict[str, Any]:
 
 
 def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
+    from plugbay.runners.kubernetes.api import api_message, load_api_client, require_client
+
+    require_client()
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     from plugbay.runners.kubernetes import pods
-    from plugbay.runners.kubernetes.api import api_message, load_api_client
 
     api_client, _ = load_api_client(kubeconfig)
     try:

@@ -159,13 +159,14 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
         return DNSResolver(target.host, target.port, srv=target.scheme == "dns+srv",
                            dns_server=dns_server, refresh=refresh, name=name)
     try:
+        importlib.import_module("kubernetes")  # the client: an extra, needed once the resolver starts
         module = importlib.import_module("plugbay.network.kubernetes")
         factory = getattr(module, "EndpointSliceResolver")
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"target {target.text!r} needs Kubernetes discovery (plugbay.network.kubernetes), which is not"
-            f" available here ({exc}); install plugbay with the kubernetes extra, or use a static:/// or"
-            " dns:/// target") from exc
+            f" available here ({exc}); install plugbay with the kubernetes extra (pip install"
+            " 'plugbay[kubernetes]'), or use a static:/// or dns:/// target") from exc
     resolver: Resolver = factory(namespace=target.namespace, service=target.service,
                                  port=target.port_name, **dict(kubernetes or {}))
     return resolver

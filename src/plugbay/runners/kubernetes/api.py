@@ -69,8 +69,18 @@ def in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SA_TOKEN)
 
 
+def require_client() -> None:
+    """The Kubernetes client is an extra: its absence is said with how to install it."""
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError as exc:
+        raise EngineUnavailableError("the Kubernetes client is missing: pip install 'plugbay[kubernetes]'"
+                                     ) from exc
+
+
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, bool]:
     """(ApiClient, loaded from the in-cluster service account?)."""
+    require_client()
     from kubernetes import client
     from kubernetes import config as config_mod
 

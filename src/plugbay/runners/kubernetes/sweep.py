@@ -7,7 +7,7 @@ from typing import Any
 
 from plugbay.runners.session import HOST, SESSION_START, host_session_id, managed_labels, session_alive
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, load_api_client,
-                                            request_timeout)
+                                            request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
@@ -30,6 +30,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     Each API call waits at most ``api_timeout`` seconds to connect and again for
     its answer; an API server that does not answer is an EngineUnavailableError.
     """
+    require_client()
     from kubernetes import client
 
     timeout = request_timeout(check_api_timeout(api_timeout))
