@@ -348,6 +348,14 @@ def test_python_m_and_threads_untouched() -> None:
     assert threading.active_count() >= 1
 
 
+def test_without_the_cli_extra_the_command_says_how_to_get_it() -> None:
+    # click is the cli extra: without it `plugbay` said nothing useful (a ModuleNotFoundError at import)
+    code = "import sys; sys.modules['click'] = None; from plugbay.cli import main; sys.exit(main(['info']))"
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert out.returncode == 2
+    assert out.stderr == "error: the plugbay command needs its extra: pip install 'plugbay[cli]'\n"
+
+
 def test_reattached_plugin_turns_unhealthy(tmp_path: Path) -> None:
     cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'resilience_kv.py'}"
     with running(["--cmd", cmd, "--cookie", COOKIE], tmp_path) as run:

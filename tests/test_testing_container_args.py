@@ -42,3 +42,20 @@ def test_connecting_before_start_is_a_client_state_error(call: str) -> None:
     args = (PLUGIN_NAME,) if call == "dispense" else ()
     with pytest.raises(ClientStateError, match=rf"PluginContainer.{call}\(\) needs the plugin started: call start"):
         getattr(container, call)(*args)  # a bare RuntimeError before
+
+
+@pytest.mark.parametrize("missing", ["testcontainers", "docker"])
+def test_without_the_testing_extra_the_container_says_how_to_get_it(missing: str) -> None:
+    import subprocess
+
+    # the pytest plugin loads plugbay.testing in every run; the container needs the testing extra,
+    # and without it `from plugbay.testing import PluginContainer` raised a bare ModuleNotFoundError
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
+            "try:\n"
+            "    from plugbay.testing import PluginContainer\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ConfigError plugbay.testing.PluginContainer needs testcontainers and the docker")
+    assert out.stdout.rstrip().endswith("pip install 'plugbay[testing]'")

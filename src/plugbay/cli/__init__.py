@@ -24,10 +24,10 @@ from collections.abc import Sequence
 
 try:
     import click
-except ImportError:  # pragma: no cover - the cli extra is missing
+except ImportError:  # the cli extra is missing: main() says how to get it
     click = None  # type: ignore[assignment]
-
-from plugbay.cli import output
+else:
+    from plugbay.cli import output  # draws with click
 
 _STATE = {"debug": False}
 
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script ``plugbay`` (and ``python -m plugbay``): returns the exit code."""
     if click is None:
         print("error: the plugbay command needs its extra: pip install 'plugbay[cli]'", file=sys.stderr)
-        return output.USAGE
+        return 2  # output.USAGE (output itself needs click)
     args = list(sys.argv[1:] if argv is None else argv)
     _STATE["debug"] = False  # the group's callback sets it
     first = next((n for n, arg in enumerate(args) if not arg.startswith("-")), None)

@@ -20,7 +20,14 @@ def __getattr__(name: str) -> Any:
     # Lazy: the pytest plugin loads this package in every pytest run, and
     # testcontainers (the `testing` extra) may not be installed.
     if name == "PluginContainer":
-        from plugbay.testing.container import PluginContainer
+        try:
+            from plugbay.testing.container import PluginContainer
+        except ImportError as exc:
+            if exc.name is None or exc.name.partition(".")[0] not in ("testcontainers", "docker"):
+                raise
+            from plugbay.errors import ConfigError
 
+            raise ConfigError(f"plugbay.testing.PluginContainer needs testcontainers and the docker SDK ({exc});"
+                              " pip install 'plugbay[testing]'") from exc
         return PluginContainer
     raise AttributeError(name)
