@@ -210,6 +210,58 @@ def test_kill_while_a_reattaching_start_still_attaches(tmp_path: Path, short_dir
         first.kill()
 
 
+def _before_noting(start_code: Any) -> PauseAt:
+    """Holds start() where it holds the Client's lock but has not yet noted itself as starting."""
+    return PauseAt(threading.current_thread.__code__, "call",
+                   when=lambda frame: frame.f_back is not None and frame.f_back.f_code is start_code)
+
+
+def test_kill_in_the_instant_start_took_the_lock_but_had_not_noted_itself(tmp_path: Path, short_dir: Path) -> None:
+    runner = ProcessRunner([PY, "-c", BEFORE_LINE, str(tmp_path / "launched")])
+    client = _client(runner, short_dir)
+    pause = _before_noting(Client.start.__code__)
+    starting = Starting(client.start, pause)
+    try:
+        pause.wait_reached()
+        killing = Starting(client.kill)  # finds no start noted, so it waits for the lock...
+        time.sleep(0.5)  # (lets it get there; were it later, it would see the start and pass all the same)
+    finally:
+        pause.release()
+    # ...and must still end that start, not wait its start_timeout (120 s) for the lock
+    assert killing.outcome(BOUND) is None
+    _check_killed(client, starting, runner, short_dir)
+
+
+def test_close_in_the_instant_a_reattaching_start_had_not_noted_itself(tmp_path: Path, short_dir: Path) -> None:
+    first = Client(faulty_config(tmp_path))
+    first.start()
+    pid = first.runner.pid
+    assert pid is not None
+    saved = ReattachConfig.from_json(first.reattach_config().to_json())
+    client = Client(ClientConfig(handshake=KV_HANDSHAKE, plugins=KV_PLUGINS, reattach=saved,
+                                 start_timeout=START_TIMEOUT, kill_grace=0.5, name="race",
+                                 unix_socket_temp_dir=str(short_dir)))
+    os.kill(pid, signal.SIGSTOP)  # it would never answer the health check
+    pause = _before_noting(Client.start.__code__)
+    try:
+        starting = Starting(client.start, pause)
+        try:
+            pause.wait_reached()
+            closing = Starting(client.close)
+            time.sleep(0.5)
+        finally:
+            pause.release()
+        assert closing.outcome(BOUND) is None  # it used to wait for the lock until start_timeout
+        error = starting.outcome(BOUND)
+        assert isinstance(error, ClientStateError) and "was abandoned (close() came while it reattached" in str(error)
+        assert pid_alive(pid)  # a reattached plugin is left running
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+        client.kill()
+        first.kill()
+
+
 # --- the same through a DockerRunner -------------------------------------------------------------------
 
 

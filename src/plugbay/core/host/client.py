@@ -53,6 +53,9 @@ from plugbay.runners.process import ProcessRunner
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
+# kill()/close() waiting for start()'s lock look this often for a start() that took the lock just
+# before it noted itself (the first look missed it): that start is ended as any other
+_LOCK_LOOK = 0.05
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 
@@ -327,22 +330,18 @@ class Client(ExitNotice):
         handler) it returns at once and ``plugbay-<what>-<name>`` does it (LoopHandoff)."""
         if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
-        starting, runner = self._starting, self._runner
+        starting = self._starting
         if what == "close" and starting is threading.current_thread():  # it would disconnect under start()
             raise ClientStateError(f"Client.close() was asked inside start() of plugin {self.name!r} (a log handler on"
                                    " the thread that starts it); call close() once start() has returned, or kill()")
-        if what == "close" and starting is not None and self.config.reattach is not None:
-            self._abandoned = True  # the start gives up waiting on the plugin, and leaves it running
-        if what == "kill" and starting is not None:
-            self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
-            if runner is not None:
-                try:
-                    runner.kill(self.config.kill_grace)
-                except Exception as exc:  # start() kills it again as it fails, and says so
-                    _log.warning("killing plugin %s failed: %s", self.name, exc)
-            if starting is threading.current_thread():  # asked inside start() (a log handler):
-                return  # tearing down under it would leave it going on with a torn-down Client
-        with self._lock:
+        if starting is not None and self._end_start(what, starting):
+            return
+        while not self._lock.acquire(timeout=_LOCK_LOOK):
+            # a start() that had taken the lock but not yet noted itself: end it as any other
+            if starting is None and self._starting is not None:
+                starting = self._starting
+                self._end_start(what, starting)
+        try:
             if not self._killed:
                 if what == "close":
                     self._check_closable()  # again: a start() may have finished meanwhile
@@ -358,7 +357,26 @@ class Client(ExitNotice):
                     # process group, so the interrupt never reached it): force it now
                     self._force_stop(what == "kill")
                     raise
+        finally:
+            self._lock.release()
         self._handoff.join()  # one a loop callback started: all but done once we had the lock
+
+    def _end_start(self, what: str, starting: threading.Thread) -> bool:
+        """Make the start() on ``starting`` end soon; True when kill() was asked inside it (return at once)."""
+        if what == "close" and self.config.reattach is not None:
+            self._abandoned = True  # the start gives up waiting on the plugin, and leaves it running
+        if what != "kill":
+            return False
+        self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
+        runner = self._runner
+        if runner is not None:
+            try:
+                runner.kill(self.config.kill_grace)
+            except Exception as exc:  # start() kills it again as it fails, and says so
+                _log.warning("killing plugin %s failed: %s", self.name, exc)
+        # asked inside start() (a log handler): tearing down under it would leave it going on with a
+        # torn-down Client
+        return starting is threading.current_thread()
 
     def _force_stop(self, kill: bool) -> None:
         runner = self._runner
