@@ -1058,3 +1058,44 @@ def test_two_sessions_writing_in_bulk_both_ways_while_opening_streams_never_lock
         for thread in threads:
             thread.join(10)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_bytes_after_the_local_side_closed_end_a_stream_closed_both_ways_without_a_reset(pair: Pair) -> None:
+    # a TLS peer says goodbye (close_notify) and closes after the local side has gone: hashicorp/yamux
+    # has dropped the stream once FINs crossed, and logged the reset that used to follow as a frame
+    # for a missing stream
+    c, s = pair.open()
+    resets: list[int] = []
+    send_rst = pair.server._send_rst
+    pair.server._send_rst = lambda sid: (resets.append(sid), send_rst(sid))  # type: ignore[method-assign]
+    ends = BridgeEnds()
+    try:
+        ends.bridge(s)
+        ends.far.close()  # the local side (grpcio) is gone: the bridge sends its FIN
+        assert c.read() == b""
+        c.write(b"g" * 24)
+        c.close_write()
+        deadline = time.monotonic() + 10
+        while ends.local.fileno() != -1 and time.monotonic() < deadline:  # the bridge ends: it closes its end
+            time.sleep(0.01)
+        assert ends.local.fileno() == -1, "the bridge never ended"
+        assert resets == [] and not s._reset
+    finally:
+        ends.close()
+
+
+def test_bytes_after_the_local_side_closed_still_reset_a_stream_the_peer_keeps_open(pair: Pair) -> None:
+    # the peer goes on sending to a local side that is gone: it must learn (a reset), not block
+    c, s = pair.open()
+    ends = BridgeEnds()
+    try:
+        ends.bridge(s)
+        ends.far.close()
+        assert c.read() == b""
+        c.write(b"g" * 24)  # and no FIN: the bridge gives up waiting for one and resets
+        deadline = time.monotonic() + 10
+        while not c._reset and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c._reset, "the peer was never told the bytes it sends go nowhere"
+    finally:
+        ends.close()

@@ -12,6 +12,8 @@ from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.ystream import _CHUNK, WINDOW, Chunk, Stream, StreamClosed
 
 _BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
+# how long a bridge whose local side is gone waits for both FINs before it resets the stream
+_QUIET_END = 1.0
 
 
 def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
@@ -88,10 +90,9 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         try:
             while True:
                 data, returned = stream.take()
-                if returned:
-                    stream.consumed(returned)
                 if data is None:
-                    continue  # only window to return
+                    stream.consumed(returned)  # only window to return
+                    continue
                 if not data:
                     if stream.done or not stream._reset:
                         _shut(conn, socket.SHUT_WR)
@@ -100,9 +101,15 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
                     break
                 try:
                     _send_all(conn, data)
+                except OSError:
+                    if not _ended_both_ways(stream):
+                        raise
+                    # the peer's last bytes (a TLS close_notify) had no reader left: dropped, and
+                    # no window returned (a frame the peer, done with the stream, would not know)
+                    break
                 finally:
                     stream.sent()
-                stream.consumed(len(data))
+                stream.consumed(returned + len(data))
         except (OSError, StreamClosed):
             stream.reset()
             _shut(conn)
@@ -161,6 +168,17 @@ def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading
         with lock:
             threads.add(t)
         t.start()
+
+
+def _ended_both_ways(stream: Stream) -> bool:
+    """Whether, the local side gone, the stream ends with a FIN each way (soon: _QUIET_END).
+
+    Then bytes the local side can no longer take need no reset: hashicorp/yamux has dropped a
+    stream closed both ways, and logs a reset that comes after as a frame for a missing stream.
+    """
+    with stream._cond:
+        stream._cond.wait_for(lambda: (stream._local_fin and stream._remote_fin) or stream._reset, _QUIET_END)
+        return stream._local_fin and stream._remote_fin and not stream._reset
 
 
 def _send_all(conn: socket.socket, data: Chunk) -> None:
