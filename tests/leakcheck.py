@@ -2,10 +2,15 @@
 
 After every test module and at the end of the session this checks, for this
 pytest process only (other test runs on the machine are left alone):
-processes descended from pytest, threads named plugbay-*, entries in the
-session's private TMPDIR (plugin socket dirs, temp files), Docker
-containers labelled with this process's host session id, and new untracked
-files in the checkout (a plugin run with the checkout as its working folder).
+processes descended from pytest, and processes that carry this run's mark in
+their environment though no longer descended from it (orphans: their parent
+exited first), threads named plugbay-*, entries in the session's private
+TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
+process's host session id, reattach claims this process made and did not
+release, and new or newly changed files in the checkout (a plugin run with
+the checkout as its working folder). At the end of the session, once every
+fixture is gone, it also checks this process's open pipes and sockets
+against those it had at the start.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,15 +32,33 @@ _SESSION_TMP = Path(f"/tmp/plugbay-test-{os.getpid()}")
 _IGNORED_TMP = ("pytest-of-",)
 _REPO = Path(__file__).resolve().parent.parent
 _UNTRACKED_AT_START: set[str] = set()
+# inherited by every process this run starts (unless a test gives it a clean environment): one
+# still running but no longer descended from pytest is an orphan this run left
+_RUN_MARK_NAME = "LEAKCHECK_RUN"
+_RUN_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
+_FDS_AT_START: dict[int, str] = {}
 
 
 def _untracked() -> set[str]:
+    """Untracked files, and tracked ones changed since HEAD (``M path``), in the checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(_REPO), "ls-files", "--others", "--exclude-standard"],
+        out = subprocess.run(["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=all"],
                              capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return set()
-    return set(out.splitlines())
+    return {line[3:] if line.startswith("??") else f"M {line[3:]}" for line in out.splitlines()}
+
+
+def _pipes_and_sockets() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue  # the listing's own descriptor, or one closed meanwhile
+        if target.startswith(("pipe:", "socket:")):
+            found[int(entry)] = target
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,7 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = str(_SESSION_TMP)
     tempfile.tempdir = str(_SESSION_TMP)
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    os.environ[_RUN_MARK_NAME] = _RUN_MARK
     _UNTRACKED_AT_START.update(_untracked())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _FDS_AT_START.update(_pipes_and_sockets())  # once every plugin configured (hangwatch keeps a stderr)
 
 
 def _descendants(root: int) -> list[tuple[int, str]]:
@@ -69,18 +99,51 @@ def _descendants(root: int) -> list[tuple[int, str]]:
     return out
 
 
+def _orphans(known: set[int]) -> list[str]:
+    """Processes with this run's mark that are neither pytest nor descended from it."""
+    mark = f"{_RUN_MARK_NAME}={_RUN_MARK}".encode()
+    out: list[str] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in known:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            name = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        out.append(f"orphaned process {entry} ({name})")
+    return out
+
+
+def _claims() -> list[str]:
+    """Reattach claims this process made (named PID-...) and did not release."""
+    from plugbay.runners.proctree import _claims_roots
+
+    prefix = f"{os.getpid()}-"
+    return [f"reattach claim {path}" for root in _claims_roots() for path in root.glob(f"*/{prefix}*")]
+
+
 def find_leaks() -> list[str]:
     leaks: list[str] = []
     procs = _descendants(os.getpid())
     leaks += [f"process {pid} ({name})" for pid, name in procs]
+    leaks += _orphans({os.getpid(), *(pid for pid, _ in procs)})
+    leaks += _claims()
     leaks += [f"thread {t.name}" for t in threading.enumerate()
               if t.name.startswith("plugbay-") and t.is_alive()]
     if _SESSION_TMP.exists():
         leaks += [f"temp entry {p}" for p in _SESSION_TMP.iterdir()
                   if not p.name.startswith(_IGNORED_TMP)]
     leaks += _docker_leaks()
-    leaks += [f"new untracked file in the checkout: {f}" for f in sorted(_untracked() - _UNTRACKED_AT_START)]
+    leaks += [f"new or changed file in the checkout: {f}" for f in sorted(_untracked() - _UNTRACKED_AT_START)]
     return leaks
+
+
+def _fd_leaks() -> list[str]:
+    return [f"open descriptor {fd} ({target})" for fd, target in sorted(_pipes_and_sockets().items())
+            if _FDS_AT_START.get(fd) != target]
 
 
 def _docker_leaks() -> list[str]:
@@ -101,13 +164,13 @@ def _docker_leaks() -> list[str]:
         return [] if "Connection" in type(exc).__name__ or "connect" in str(exc).lower() else [f"docker check failed: {exc}"]
 
 
-def _settled_leaks() -> list[str]:
+def _settled_leaks(find: Callable[[], list[str]] = find_leaks) -> list[str]:
     # Killed processes and joined threads can take a moment to disappear.
     deadline = time.monotonic() + 10
-    leaks = find_leaks()
+    leaks = find()
     while leaks and time.monotonic() < deadline:
         time.sleep(0.2)
-        leaks = find_leaks()
+        leaks = find()
     return leaks
 
 
@@ -122,10 +185,10 @@ def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    leaks = _settled_leaks()
+    leaks = _settled_leaks(lambda: find_leaks() + _fd_leaks())
     if leaks:
         print("\nplugbay leak check: the test session left resources behind:\n  " + "\n  ".join(leaks))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
-        print("\nplugbay leak check: no process, thread, temp entry or container left behind")
+        print("\nplugbay leak check: no process, thread, temp entry, container, claim or descriptor left behind")
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
