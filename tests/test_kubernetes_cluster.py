@@ -113,10 +113,6 @@ def test_pod_deleted_under_the_host() -> None:
         api.api_client.close()
 
 
-def test_port_forward_dropped_mid_call() -> None:
-    pytest.skip("a real API server's port-forward streams cannot be cut from a test; the stand-in covers it")
-
-
 @pytest.mark.skipif(not os.environ.get("PLUGBAY_KUBE_DENIED_KUBECONFIG"),
                     reason="PLUGBAY_KUBE_DENIED_KUBECONFIG is not set: no credentials lacking the Role")
 def test_forbidden() -> None:
