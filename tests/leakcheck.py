@@ -190,5 +190,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print("\nplugbay leak check: the test session left resources behind:\n  " + "\n  ".join(leaks))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     else:
-        print("\nplugbay leak check: no process, thread, temp entry, container, claim or descriptor left behind")
+        print("\nplugbay leak check: no process, thread, temp entry, container, claim or descriptor"
+              " left behind")
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
