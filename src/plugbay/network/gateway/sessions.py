@@ -149,11 +149,14 @@ class ChildSession:
                 return
             self._closed = True
             runner, sessions = self._runner, (self._remote, self._child)
+        # the child first (SIGTERM, then after the grace SIGKILL; this also ends a handshake still
+        # being waited for): a go-plugin child whose connection ended before it did logs that as
+        # an ERROR ("grpc server error=EOF"), and its session ends with it all the same
+        if runner is not None:
+            runner.kill(_KILL_GRACE)
         for session in sessions:
             if session is not None:
                 session.close()
-        if runner is not None:
-            runner.kill(_KILL_GRACE)  # also ends a handshake still being waited for
         self._starter.join(timeout=self._start_timeout + 5)
         if self._remote is None:
             self._conn.close()
