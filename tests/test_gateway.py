@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -223,9 +224,16 @@ def test_gives_up_when_the_child_keeps_dying(misbehave_bin: str, certs: netcerts
 
 
 def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    failing = config(misbehave_bin, certs, env={"MISBEHAVE_MODE": "exit"})
+    failing.listen = f"127.0.0.1:{port}"
     with pytest.raises(GatewayError, match="could not start its plugin") as info:
-        Gateway(config(misbehave_bin, certs, env={"MISBEHAVE_MODE": "exit"})).start()
+        Gateway(failing).start()
     assert "exited with code 3" in str(info.value)
+    with socket.socket() as again:  # the failed start's listen port is free again (it stayed bound)
+        again.bind(("127.0.0.1", port))
     bad = config(kv_bin, certs)
     bad.key_file = str(in_tmp / "nope.key")
     with pytest.raises(TLSConfigError, match="does not exist"):

@@ -165,6 +165,7 @@ class Gateway:
         self._closed = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.Server | None = None
+        self._serving = False  # the server was started (its bound port is released only by a stop)
         self.certs: CertFiles | None = None
         self._address = ""
         self._lock = threading.Lock()
@@ -273,6 +274,7 @@ class Gateway:
         except PlugbayError as exc:
             raise GatewayError(f"the gateway could not start its plugin {list(self.config.cmd)}: {exc}") from exc
         server.start()
+        self._serving = True
         log.info("gateway: serving plugin %s on %s (%s)", self.config.cmd[0], self._address,
                  "PLAINTEXT" if self.config.insecure else "mutual TLS")
 
@@ -287,7 +289,13 @@ class Gateway:
         self._closed.set()
         self.health.close()
         if self._server is not None:
-            self._server.stop(_STOP_GRACE).wait(_STOP_GRACE + 3)
+            grace = _STOP_GRACE
+            if not self._serving:
+                # grpcio's stop() of a server never started does nothing: its bound listen port stayed
+                # open for the life of the process (a failed start's). Started to be stopped at once.
+                self._server.start()
+                grace = 0
+            self._server.stop(grace).wait(grace + 3)
         while self._front:  # the brokering front: its sessions and their children
             try:
                 self._front.pop()()
