@@ -37,6 +37,7 @@ _UNTRACKED_AT_START: set[str] = set()
 _RUN_MARK_NAME = "LEAKCHECK_RUN"
 _RUN_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 _FDS_AT_START: dict[int, str] = {}
+_FD_MODULE: dict[tuple[int, str], str] = {}  # a pipe or socket -> the test module it first stayed open after
 
 
 def _untracked() -> set[str]:
@@ -142,8 +143,8 @@ def find_leaks() -> list[str]:
 
 
 def _fd_leaks() -> list[str]:
-    return [f"open descriptor {fd} ({target})" for fd, target in sorted(_pipes_and_sockets().items())
-            if _FDS_AT_START.get(fd) != target]
+    return [f"open descriptor {fd} ({target}, open since {_FD_MODULE.get((fd, target), 'the session end')})"
+            for fd, target in sorted(_pipes_and_sockets().items()) if _FDS_AT_START.get(fd) != target]
 
 
 def _docker_leaks() -> list[str]:
@@ -176,7 +177,13 @@ def _settled_leaks(find: Callable[[], list[str]] = find_leaks) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
+    before = _pipes_and_sockets()
     yield
+    # a module's broader fixtures (a session's Docker client) may hold some until the session ends:
+    # which module they came from is told only if they outlive it
+    for fd, target in _pipes_and_sockets().items():
+        if before.get(fd) != target:
+            _FD_MODULE.setdefault((fd, target), request.module.__name__)
     leaks = _settled_leaks()
     _UNTRACKED_AT_START.update(_untracked())  # report a stray file once, not after every module
     if leaks:
