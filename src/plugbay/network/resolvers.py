@@ -35,7 +35,9 @@ _MIN_GAP = 0.2  # refresh() on failures: at most this often
 # waits asks its DNS server about once every 2 s, not 5 times a second
 _MAX_GAP = 2.0
 # Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard, a
-# misconfigured zone) must not turn into thousands of them. The first ones by address are kept.
+# misconfigured zone) must not turn into thousands of them. A/AAAA keep the first ones by address;
+# SRV the first in priority order, and its further targets are not even looked up (two queries each:
+# a thousand targets would spend start()'s time, and every refresh's budget, before the cap applied).
 MAX_ENDPOINTS = 256
 # A lookup in the background ends after this many query timeouts (or the refresh interval, when
 # longer): an SRV answer with many unanswering targets (two queries each) must not keep the thread
@@ -110,10 +112,12 @@ class DNSResolver:
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
+        srv_targets: int | None = None
         for kind in kinds:
             answer = self._ask(self.host, kind, failed)
             if kind == "SRV":
-                out.extend(self._srv_endpoints(answer, failed))
+                found, srv_targets = self._srv_endpoints(answer, failed)
+                out.extend(found)
                 continue
             for rr in answer:
                 host = rr.to_text()
@@ -128,7 +132,7 @@ class DNSResolver:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
-            return self._capped(list(dict.fromkeys(out)))
+            return self._capped(out, srv_targets)
         return self._capped(sorted(set(out), key=lambda e: e.key))
 
     def _ask(self, name: str, kind: str, failed: list[str]) -> list[Any]:
@@ -143,26 +147,37 @@ class DNSResolver:
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
-    def _capped(self, found: list[Endpoint]) -> list[Endpoint]:
-        if len(found) <= self.max_endpoints:
+    def _capped(self, found: list[Endpoint], srv_targets: int | None = None) -> list[Endpoint]:
+        """At most max_endpoints; ``srv_targets``: an SRV answer's target count, when the cap applied to it."""
+        if len(found) <= self.max_endpoints and srv_targets is None:
             self._capped_at = None
             return found
-        if self._capped_at != len(found):
-            self._capped_at = len(found)
-            _log.warning("DNS answered %d endpoints for %r; using the first %d by address (each endpoint is a"
-                         " connection with its own health checks). Serve fewer records, or split the plugin"
-                         " into several names", len(found), self.host, self.max_endpoints)
+        answered = len(found) if srv_targets is None else srv_targets
+        if self._capped_at != answered:
+            self._capped_at = answered
+            if srv_targets is None:
+                said = f"DNS answered {answered} endpoints for {self.host!r}; using the first {self.max_endpoints}" \
+                       " by address"
+            else:
+                said = f"DNS SRV answer for {self.host!r} names {answered} targets; using the first" \
+                       f" {self.max_endpoints} endpoints in priority order, without looking up the further targets"
+            _log.warning("%s: each endpoint is a connection with its own health checks. Serve fewer records,"
+                         " or split the plugin into several names", said)
         return found[:self.max_endpoints]
 
-    def _srv_endpoints(self, records: list[object], failed: list[str]) -> list[Endpoint]:
+    def _srv_endpoints(self, records: list[object], failed: list[str]) -> tuple[list[Endpoint], int | None]:
         """SRV per RFC 2782: target "." means no service; port 0 is no port; lower priorities first.
 
         Every target is an endpoint, in priority order: the pool's health checks and ejection,
         not DNS, tell which one is reachable (RFC 2782's "lowest priority it can reach"), so
         policy="pick_first" serves the lowest priority and fails over to the next, and
-        round_robin spreads calls over all. Weights are not used.
+        round_robin spreads calls over all. Within a priority, heavier weights come first, then
+        by name: the same answer in another order (a server rotating it) gives the same set.
+
+        Targets are looked up in that order until max_endpoints are found; the count of the answer's
+        targets comes back too when the cap applies (else None), for the warning.
         """
-        by_priority: dict[int, list[Endpoint]] = {}
+        targets: set[tuple[int, int, str, int]] = set()
         for rr in records:
             target = str(getattr(rr, "target")).rstrip(".")
             port, priority = int(getattr(rr, "port")), int(getattr(rr, "priority"))
@@ -171,8 +186,13 @@ class DNSResolver:
                     _log.warning("DNS SRV record of %r names %s with port %d; skipping it (no such port)",
                                  self.host, target, port)
                 continue
-            by_priority.setdefault(priority, []).extend(self._srv_target(target, port, failed))
-        return [endpoint for priority in sorted(by_priority) for endpoint in by_priority[priority]]
+            targets.add((priority, -int(getattr(rr, "weight")), target, port))
+        found: dict[Endpoint, None] = {}  # in order, without duplicates
+        for _, _, target, port in sorted(targets):
+            if len(found) >= self.max_endpoints:
+                return list(found), len(targets)
+            found.update(dict.fromkeys(self._srv_target(target, port, failed)))
+        return list(found), (len(targets) if len(found) > self.max_endpoints else None)
 
     def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:
         try:
