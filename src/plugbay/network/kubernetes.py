@@ -15,12 +15,10 @@ the host must run where pod IPs route, i.e. in the cluster.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from plugbay.errors import (
@@ -31,7 +29,8 @@ from plugbay.errors import (
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
-from plugbay.network.resolver import Endpoint, OnChange
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
+from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
 from plugbay.runners.kubernetes.api import api_host, api_message, load_api_client
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
@@ -40,8 +39,6 @@ _log = logging.getLogger("plugbay.network.kubernetes")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
 MAX_BACKOFF = 10.0
 _CLOSE_WAIT = 2.0  # close() waits this long for the watch thread, then leaves it to end on its own
 LIST_CONNECT, LIST_TIMEOUT = 10.0, 30.0  # one list: to connect, and for its whole answer (not each read)
@@ -49,74 +46,6 @@ LIST_CONNECT, LIST_TIMEOUT = 10.0, 30.0  # one list: to connect, and for its who
 
 class _Gone(Exception):
     """The watch's resourceVersion is no longer kept by the API server: list again."""
-
-
-def _parse_port(port: int | str) -> int | str:
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)
-    if isinstance(port, bool) or not isinstance(port, (int, str)):
-        raise ConfigError(f"port must be a port number or name, not {port!r}")
-    if isinstance(port, int):
-        if not 0 < port < 65536:
-            raise ConfigError(f"port must be a TCP port (1-65535) or a port name, not {port}")
-        return port
-    if not _PORT_NAME.match(port) or "--" in port or not re.search("[a-z]", port):
-        raise ConfigError(f"port {port!r} is not a Kubernetes port name (at most 15 lowercase letters,"
-                          " digits and single '-', with a letter); use the Service port's name or a number")
-    return port
-
-
-def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | None:
-    for p in ports:
-        if (p.get("protocol") or "TCP") != "TCP" or not isinstance(p.get("port"), int):
-            continue
-        if (p.get("name") or "") == want if isinstance(want, str) else p["port"] == want:
-            return int(p["port"]) if 0 < p["port"] < 65536 else None
-    return None
-
-
-def _address(kind: str, host: str, port: int) -> str | None:
-    """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted)."""
-    if kind in ("IPv4", "IPv6"):
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        if ip.version != (4 if kind == "IPv4" else 6):
-            return None
-        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-    if kind == "FQDN" and _HOSTNAME.match(host):
-        return f"{host}:{port}"
-    return None
-
-
-def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str) -> list[Endpoint]:
-    """The endpoints of ``port`` in EndpointSlice objects (API JSON), one per address, sorted.
-
-    Kubernetes' conditions map as: ready (absent means ready) -> ``ready``;
-    terminating -> ``terminating`` and never ready. An address listed twice (two
-    slices during a change) counts once, ready if either says so.
-    """
-    found: dict[str, Endpoint] = {}
-    for slc in slices:
-        number = _slice_port(slc.get("ports") or [], port)
-        if number is None:
-            continue
-        for ep in slc.get("endpoints") or []:
-            addresses = ep.get("addresses") or []
-            address = _address(str(slc.get("addressType")), str(addresses[0]), number) if addresses else None
-            if address is None:
-                continue
-            cond = ep.get("conditions") or {}
-            terminating = cond.get("terminating") is True
-            ready = cond.get("ready") is not False and not terminating
-            ref = ep.get("targetRef") or {}
-            endpoint = Endpoint("tcp", address, ready=ready, terminating=terminating,
-                                name=str(ref.get("name") or ep.get("hostname") or ""))
-            seen = found.get(endpoint.key)
-            if seen is None or (endpoint.ready and not seen.ready):
-                found[endpoint.key] = endpoint
-    return sorted(found.values(), key=lambda e: e.key)
 
 
 class EndpointSliceResolver:
@@ -128,12 +57,12 @@ class EndpointSliceResolver:
 
     def __init__(self, namespace: str, service: str, port: int | str, *, api_client: Any = None,
                  kubeconfig: str | None = None, context: str | None = None,
-                 watch_timeout: int = 240) -> None:
+                 watch_timeout: int = 240, max_endpoints: int = MAX_ENDPOINTS) -> None:
         for what, value in (("namespace", namespace), ("service", service)):
             if not isinstance(value, str) or not _DNS_LABEL.match(value):
                 raise ConfigError(f"{what} {value!r} is not a Kubernetes name (a DNS label: at most 63"
                                   " lowercase letters, digits and '-')")
-        self.namespace, self.service, self.port = namespace, service, _parse_port(port)
+        self.namespace, self.service, self.port = namespace, service, parse_port(port)
         self.watch_timeout = watch_timeout
         self._api_client, self._owns_client = api_client, api_client is None
         self._kubeconfig, self._context = kubeconfig, context
@@ -142,6 +71,8 @@ class EndpointSliceResolver:
         self._slices: dict[str, dict[str, Any]] = {}
         self._rv: str | None = None
         self._reported: list[Endpoint] | None = None
+        self.max_endpoints = max_endpoints
+        self._capped_at: int | None = None  # the endpoint count last warned about
         self._stop = threading.Event()
         self._watch: Any = None
         self._listing: Deadline | None = None  # the list in progress: close() ends it by shutting its sockets
@@ -306,7 +237,7 @@ class EndpointSliceResolver:
             f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)")
 
     def _report(self) -> None:
-        endpoints = endpoints_from_slices(self._slices.values(), self.port)
+        endpoints = self._capped(endpoints_from_slices(self._slices.values(), self.port))
         if endpoints == self._reported or self._on_change is None:
             return
         try:
@@ -316,6 +247,18 @@ class EndpointSliceResolver:
                            " change or list", self.target)
             return
         self._reported = endpoints  # only once taken: the same set after a failure is handed over again
+
+    def _capped(self, endpoints: list[Endpoint]) -> list[Endpoint]:
+        if len(endpoints) <= self.max_endpoints:
+            self._capped_at = None
+            return endpoints
+        if self._capped_at != len(endpoints):  # once per size, not at every watch event
+            self._capped_at = len(endpoints)
+            _log.warning("%s: the EndpointSlices list %d endpoints; using %d of them (ready ones first, then by"
+                         " address): each endpoint is a connection with its own health checks. Serve the plugin"
+                         " from fewer pods, or split it over several Services", self.target, len(endpoints),
+                         self.max_endpoints)
+        return keep_at_most(endpoints, self.max_endpoints)
 
     # --- the watch thread ----------------------------------------------------------
 

@@ -37,6 +37,11 @@ class Endpoint:
 
 OnChange = Callable[[Sequence[Endpoint]], None]
 
+# Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard DNS
+# record, a misconfigured zone, a Service of thousands of pods) must not turn into thousands of them.
+# Every discovery source keeps at most this many (which ones: see each resolver).
+MAX_ENDPOINTS = 256
+
 
 class Resolver(Protocol):
     """A source of endpoints. ``start`` reports the first set before it returns (or raises a

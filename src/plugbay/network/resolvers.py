@@ -26,19 +26,18 @@ import dns.exception
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
-from plugbay.network.resolver import Endpoint, OnChange
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
 
 _log = logging.getLogger("plugbay.network")
+__all__ = ["MAX_ENDPOINTS", "DNSResolver", "parse_dns_server"]
 _MIN_GAP = 0.2  # refresh() on failures: at most this often
 # ...and, while such lookups find nothing new (calls waiting on an empty answer ask at every wait),
 # ever less often, up to this: a record that appears is still found within it, and a host that
 # waits asks its DNS server about once every 2 s, not 5 times a second
 _MAX_GAP = 2.0
-# Each endpoint costs a channel and a health check per interval: a runaway answer (a wildcard, a
-# misconfigured zone) must not turn into thousands of them. A/AAAA keep the first ones by address;
-# SRV the first in priority order, and its further targets are not even looked up (two queries each:
-# a thousand targets would spend start()'s time, and every refresh's budget, before the cap applied).
-MAX_ENDPOINTS = 256
+# At most MAX_ENDPOINTS endpoints: A/AAAA keep the first ones by address; SRV the first in priority
+# order, and its further targets are not even looked up (two queries each: a thousand targets would
+# spend start()'s time, and every refresh's budget, before the cap applied).
 # A lookup in the background ends after this many query timeouts (or the refresh interval, when
 # longer): an SRV answer with many unanswering targets (two queries each) must not keep the thread
 # from the next period for minutes.

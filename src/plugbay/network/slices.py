@@ -1,0 +1,97 @@
+"""EndpointSlice objects (API JSON) -> endpoints: the parsing half of Kubernetes discovery.
+
+The API server's text is checked, not trusted: an address that does not match its
+slice's addressType, or a port that is not TCP, yields no endpoint. No API calls here
+(see plugbay.network.kubernetes for the list and watch).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import ConfigError
+from plugbay.network.resolver import Endpoint
+
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
+
+
+def parse_port(port: int | str) -> int | str:
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise ConfigError(f"port must be a port number or name, not {port!r}")
+    if isinstance(port, int):
+        if not 0 < port < 65536:
+            raise ConfigError(f"port must be a TCP port (1-65535) or a port name, not {port}")
+        return port
+    if not _PORT_NAME.match(port) or "--" in port or not re.search("[a-z]", port):
+        raise ConfigError(f"port {port!r} is not a Kubernetes port name (at most 15 lowercase letters,"
+                          " digits and single '-', with a letter); use the Service port's name or a number")
+    return port
+
+
+def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | None:
+    for p in ports:
+        if (p.get("protocol") or "TCP") != "TCP" or not isinstance(p.get("port"), int):
+            continue
+        if (p.get("name") or "") == want if isinstance(want, str) else p["port"] == want:
+            return int(p["port"]) if 0 < p["port"] < 65536 else None
+    return None
+
+
+def _address(kind: str, host: str, port: int) -> str | None:
+    """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted)."""
+    if kind in ("IPv4", "IPv6"):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if ip.version != (4 if kind == "IPv4" else 6):
+            return None
+        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    if kind == "FQDN" and _HOSTNAME.match(host):
+        return f"{host}:{port}"
+    return None
+
+
+def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str) -> list[Endpoint]:
+    """The endpoints of ``port`` in EndpointSlice objects (API JSON), one per address, sorted.
+
+    Kubernetes' conditions map as: ready (absent means ready) -> ``ready``;
+    terminating -> ``terminating`` and never ready. An address listed twice (two
+    slices during a change) counts once, ready if either says so.
+    """
+    found: dict[str, Endpoint] = {}
+    for slc in slices:
+        number = _slice_port(slc.get("ports") or [], port)
+        if number is None:
+            continue
+        for ep in slc.get("endpoints") or []:
+            addresses = ep.get("addresses") or []
+            address = _address(str(slc.get("addressType")), str(addresses[0]), number) if addresses else None
+            if address is None:
+                continue
+            cond = ep.get("conditions") or {}
+            terminating = cond.get("terminating") is True
+            ready = cond.get("ready") is not False and not terminating
+            ref = ep.get("targetRef") or {}
+            endpoint = Endpoint("tcp", address, ready=ready, terminating=terminating,
+                                name=str(ref.get("name") or ep.get("hostname") or ""))
+            seen = found.get(endpoint.key)
+            if seen is None or (endpoint.ready and not seen.ready):
+                found[endpoint.key] = endpoint
+    return sorted(found.values(), key=lambda e: e.key)
+
+
+def keep_at_most(endpoints: Sequence[Endpoint], limit: int) -> list[Endpoint]:
+    """The ``limit`` endpoints to keep when there are more, in address order.
+
+    Ready ones are kept first, then those not ready yet (they may become ready), then terminating
+    ones (they get no new calls); by address within each, so the same slices always keep the same set.
+    """
+    ranked = sorted(endpoints, key=lambda e: (not e.ready, e.terminating, e.key))
+    return sorted(ranked[:limit], key=lambda e: e.key)
