@@ -39,6 +39,7 @@ class ChildKeeper:
         self._on_down = on_down
         self._lock = threading.Lock()
         self._client: Client | None = None
+        self._starting: Client | None = None  # the child being started: close() kills it, not waits it out
         self._why = "starting"
         self._stop = threading.Event()
         self.failed = threading.Event()
@@ -77,11 +78,24 @@ class ChildKeeper:
 
     def _start_client(self) -> Client:
         client = Client(self._make_config())
-        client.start()  # a failed start kills what it made
+        stopped = GatewayError("the gateway was stopped while its plugin started")
+        with self._lock:
+            if self._stop.is_set():
+                raise stopped
+            self._starting = client
+        try:
+            client.start()  # a failed start kills what it made
+        except PlugbayError as exc:
+            if self._stop.is_set():  # close() killed it: that is the stop, not a plugin failure
+                raise stopped from exc
+            raise
+        finally:
+            with self._lock:
+                self._starting = None
         with self._lock:
             if self._stop.is_set():
                 client.kill()
-                raise GatewayError("the gateway was stopped while its plugin started")
+                raise stopped
             self._client, self._why = client, ""
         self._on_up(client)
         return client
@@ -122,9 +136,18 @@ class ChildKeeper:
                 self.restarts += 1
                 log.info("gateway: plugin restarted (%d restart(s) so far)", self.restarts)
             except PlugbayError as exc:
+                if self._stop.is_set():
+                    return
                 log.warning("gateway: restarting the plugin failed: %s", exc)
 
     def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            starting = self._starting
+        if starting is not None:
+            # a restart under way would hold the keeper (and halt()'s join) until start_timeout;
+            # kill() ends that start() at once
+            starting.kill()
         self.halt()
         RESTARTERS.discard(self)
         with self._lock:

@@ -1,0 +1,107 @@
+"""Stopping a gateway (stop(), or SIGTERM to the command) while its keeper restarts a child that hangs
+before its handshake line ends that restart at once: the stop does not wait out start_timeout, and the
+hanging child does not outlive the gateway. Real Go KV plugin (go-plugin 1.0.1) as the first child."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.network.gateway import Gateway, GatewayConfig
+from tests import gobuild
+from tests.race_util import Starting, pid_alive, wait_for_file
+from tests.resilience_util import wait_until
+
+_reason = gobuild.go_missing_reason()
+pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 120.0  # an unfixed stop waits this out: far beyond every bound below
+BOUND = 20.0
+
+
+@pytest.fixture(scope="module")
+def kv_bin() -> str:
+    return str(gobuild.build_go("kv_plugin"))
+
+
+def _child_script(folder: Path, kv_bin: str) -> tuple[Path, Path, Path]:
+    """A child that runs the KV plugin the first time, and hangs before its handshake line after."""
+    once, first, hang = folder / "started-once", folder / "first.pid", folder / "hang.pid"
+    script = folder / "child.sh"
+    script.write_text(f"#!/bin/sh\nif [ ! -e {once} ]; then touch {once}; echo $$ > {first}; exec {kv_bin}; fi\n"
+                      f"echo $$ > {hang}\nexec sleep 300\n")
+    script.chmod(0o755)
+    return script, first, hang
+
+
+def _keepers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "plugbay-gateway-keeper"]
+
+
+def test_stop_during_a_restart_ends_it_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
+    script, _, hang_file = _child_script(tmp_path, kv_bin)
+    policy = RestartPolicy(max_restarts=10, window=60, initial_backoff=0.05, max_backoff=0.1)
+    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                               insecure=True, start_timeout=START_TIMEOUT, restart=policy))
+    hang = None
+    try:
+        gw.start()
+        first = gw.child_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for_file(hang_file, BOUND)  # the keeper restarted it, and that start now waits for its handshake
+        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+        hang = int(hang_file.read_text())
+        stopping = Starting(gw.stop)
+        assert stopping.ended(BOUND), f"gateway.stop() did not return within {BOUND}s (start_timeout {START_TIMEOUT})"
+        assert stopping.error is None, stopping.error
+        assert wait_until(lambda: not _keepers(), BOUND), _keepers()
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived stop()"
+        assert gw.keeper.client is None
+    finally:
+        gw.stop()
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
+
+
+def test_sigterm_during_a_restart_ends_the_command_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
+    script, first_file, hang_file = _child_script(tmp_path, kv_bin)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
+         "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", str(int(START_TIMEOUT)), "--", str(script)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hang = None
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:  # the first child is up once the gateway listens
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(BOUND), "the gateway printed nothing"
+        assert proc.stdout.readline().startswith(b"listening tcp 127.0.0.1:")
+        os.kill(int(first_file.read_text()), signal.SIGKILL)
+        wait_for_file(hang_file, BOUND)
+        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+        hang = int(hang_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the gateway did not exit within {BOUND}s of SIGTERM (start_timeout"
+                                 f" {START_TIMEOUT:g}s)") from None
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
