@@ -289,6 +289,55 @@ def test_an_endpoint_that_leaves_discovery_has_its_grpc_aio_connection_closed(
     asyncio.run(main())
 
 
+def test_close_cancels_the_calls_of_a_connection_still_draining_as_the_sync_close_does(
+        replicas: Callable[..., Replica]) -> None:
+    # calls stuck on A (10 s each in the plugin); A leaves discovery, so its connection drains (up to
+    # drain_timeout, set long); close() then means "now": the stuck calls are cancelled, not waited for
+    a, b = replicas(), replicas()
+    with grpc.insecure_channel(a.address) as direct:
+        kv_a = PLUGINS[PLUGIN_NAME].grpc_client(None, direct)
+        kv_a.put("x", b"from-a")
+        kv_a.put("__slow__", b"4")
+
+        async def main() -> list[object]:
+            client = AsyncRemoteClient(remote(f"static:///{a.address},{b.address}", call_timeout=60.0))
+            await client.start()
+            try:
+                kv = await client.dispense(PLUGIN_NAME)
+
+                async def get() -> object:
+                    try:
+                        return await kv.get("x")
+                    except grpc.RpcError as exc:
+                        return exc.code()
+
+                calls = [asyncio.ensure_future(get()) for _ in range(4)]
+                for _ in range(200):  # until each call has either ended (on B: NOT_FOUND) or reached A
+                    arrived = int(await asyncio.to_thread(kv_a.get, "__calls__"))
+                    if arrived + sum(c.done() for c in calls) == len(calls):
+                        break
+                    await asyncio.sleep(0.05)
+                stuck = [c for c in calls if not c.done()]
+                assert stuck, "no call reached A"
+                pool = client.remote_client.pool
+                pool.drain_timeout = 60.0  # far longer than the stuck calls (10 s): an unfixed close waits them out
+                pool._on_change([m.endpoint for m in pool._members.values() if m.key == f"tcp:{b.address}"])
+                endpoints = client._endpoints
+                assert endpoints is not None
+                for _ in range(100):  # the watch retires A's connection
+                    if endpoints._retiring:
+                        break
+                    await asyncio.sleep(0.05)
+                assert endpoints._retiring
+            finally:
+                await asyncio.wait_for(client.close(), 30)
+            return await asyncio.wait_for(asyncio.gather(*stuck), 30)
+
+        outcomes = asyncio.run(main())
+    # cancelled by the close (a value would mean close() waited until the plugin answered)
+    assert outcomes and all(o == grpc.StatusCode.CANCELLED for o in outcomes), outcomes
+
+
 def test_grpc_status_of_an_application_error_passes_through(replicas: Callable[..., Replica]) -> None:
     a = replicas()
 

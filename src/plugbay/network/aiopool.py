@@ -7,7 +7,7 @@ threads), and what a failure means is decided by the code the sync calls use
 on either side. Each endpoint gets a grpc.aio channel of its own, dialed like
 its sync channel (``Member.redial``), when a call first picks it; once
 discovery drops the endpoint, that channel closes when its calls end (at most
-the pool's ``drain_timeout`` later). A unary call that never left an endpoint
+the pool's ``drain_timeout`` later, or at once when the client is closed). A unary call that never left an endpoint
 goes to another within its deadline; a stream goes to the endpoint picked when
 it is made (waiting for one, within its deadline, without blocking the loop).
 """
@@ -37,6 +37,7 @@ class AioEndpoints:
         self.pool = pool
         self._channels: dict[str, tuple[Member, grpc.aio.Channel]] = {}
         self._retiring: set[asyncio.Future[None]] = set()
+        self._calls: set[Any] = set()  # grpc.aio calls in flight on these channels (see close())
         self._generation = -1
         self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
         self.closed = False
@@ -70,6 +71,11 @@ class AioEndpoints:
             if self._generation != self.pool.generation and not self.closed:
                 self._prune()
 
+    def started(self, call: Any) -> None:
+        """Note a grpc.aio call made on one of these channels, until it is done."""
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
     def existing(self, member: Member) -> grpc.aio.Channel | None:
         """``member``'s channel, if it has one now (never dials)."""
         held = self._channels.get(member.key)
@@ -95,6 +101,10 @@ class AioEndpoints:
             self._watch.cancel()
         channels = [channel for _, channel in self._channels.values()]
         self._channels.clear()
+        # a draining connection's close waits (up to drain_timeout) for its calls: cancelled, they end
+        # now, as the sync client's do (grpc.aio's close() of a channel already closing does nothing)
+        for call in list(self._calls):
+            call.cancel()
         await asyncio.gather(*(channel.close() for channel in channels), *self._retiring,
                              return_exceptions=True)
 
@@ -178,7 +188,9 @@ class AioPoolCallable:
         factory = getattr(self.channel.endpoints.channel(member), self.kind)
         target = factory(self._method, request_serializer=self._ser, response_deserializer=self._de,
                          _registered_method=True)
-        return target(request, timeout=timeout, **kwargs)
+        call = target(request, timeout=timeout, **kwargs)
+        self.channel.endpoints.started(call)
+        return call
 
     async def pick(self, pick_until: float, tried: set[str]) -> Member:
         """An endpoint, waited for within ``pick_until`` without blocking the loop (the pool's errors)."""
