@@ -107,3 +107,21 @@ def test_cancelled_futures_end_their_calls_so_a_leaving_endpoint_closes() -> Non
     finally:
         pool.close()
         rep.stop()
+
+
+def test_endpoints_that_leave_leave_no_health_bookkeeping_behind(tmp_path: Path) -> None:
+    # rollouts: each a fresh set of endpoints (pod IPs that never come back) whose health checks fail
+    resolver = PushResolver([])
+    pool = EndpointPool(resolver, insecure=True, health_interval=0.05, health_timeout=0.5, name="kv-churn")
+    try:
+        pool.start()
+        for rollout in range(5):
+            endpoints = [Endpoint("unix", str(tmp_path / f"gone-{rollout}-{i}.sock")) for i in range(4)]
+            resolver.push(endpoints)
+            assert wait_until(lambda: all(e["healthy"] is False for e in pool.metrics()["endpoints"].values()), 10)
+            assert set(pool._health_fails) <= {e.key for e in endpoints}, len(pool._health_fails)
+        resolver.push([])
+        assert wait_until(lambda: pool.metrics()["draining"] == 0, 10)
+        assert pool._health_fails == {}  # 20 were counted; the endpoints gone, their counts are too
+    finally:
+        pool.close()

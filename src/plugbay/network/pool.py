@@ -126,6 +126,7 @@ class EndpointPool(PoolHealth, CallChannel):
             with self._cond:
                 members = list(self._members.values()) + self._draining
                 self._members.clear()
+                self._health_fails.clear()
                 self._order.clear()
                 self._draining.clear()
             for member in members:
@@ -191,6 +192,7 @@ class EndpointPool(PoolHealth, CallChannel):
                   member.inflight)
         member.draining_since = now
         self._draining.append(member)
+        self._health_fails.pop(member.key, None)  # keyed by address: a pool under churn would keep them all
 
     # --- picking (used by poolcalls) ------------------------------------------------------
 

@@ -142,7 +142,8 @@ class PoolHealth:
             detail += f" ({self.cut_short_detail(member)})"
         with self._cond:
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
-            self._health_fails[member.key] = fails
+            if self._members.get(member.key) is member:  # one that left meanwhile is counted no more
+                self._health_fails[member.key] = fails
             before = member.healthy
             member.tls_suspect = suspect
             if not suspect:  # a suspect keeps its last probe's verdict until the next probe
