@@ -93,6 +93,32 @@ def test_restart_budget_exhausted_raises_a_typed_error(tmp_path: Path) -> None:
         assert kinds(sup)[-1] == "gave_up"
 
 
+def _depth(exc: BaseException) -> int:
+    tb, depth = exc.__traceback__, 0
+    while tb is not None:
+        tb, depth = tb.tb_next, depth + 1
+    return depth
+
+
+def test_after_the_budget_is_spent_each_call_gets_an_error_of_its_own(tmp_path: Path) -> None:
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, methods=["Get"])
+    with Supervisor(lambda: faulty_config(tmp_path), restart=RestartPolicy(max_restarts=0), retry=retry,
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kill_plugin(kv)
+        assert wait_until(lambda: sup.state == FAILED, 20)
+        errors: list[RestartBudgetExhaustedError] = []
+        for _ in range(20):
+            with pytest.raises(RestartBudgetExhaustedError) as err:
+                kv.get("k")
+            errors.append(err.value)
+        # one shared object would gather every call's traceback frames and retry notes
+        assert len({id(e) for e in errors}) == len(errors)
+        assert all(len(getattr(e, "__notes__", [])) <= 1 for e in errors)
+        assert _depth(errors[-1]) == _depth(errors[0])
+        assert str(errors[-1]) == str(errors[0]) and "failed again after 0 restart(s)" in str(errors[0])
+
+
 def test_a_call_in_flight_when_the_plugin_dies_fails_unless_retry_allows_it(tmp_path: Path) -> None:
     with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
         kv = sup.dispense(PLUGIN_NAME)

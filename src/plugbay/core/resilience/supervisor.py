@@ -305,8 +305,9 @@ class Supervisor:
 
     def raise_if_failed(self) -> None:
         """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
-        if self._fatal is not None:
-            raise self._fatal
+        if (fatal := self._fatal) is not None:
+            # A new error each time: one shared object would gather every call's frames and notes.
+            raise RestartBudgetExhaustedError(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
 
     def _event(self, kind: str, detail: str) -> None:
         record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
