@@ -188,3 +188,37 @@ def test_a_failed_start_may_be_awaited_again_and_then_starts(tmp_path: Path) -> 
 
     asyncio.run(main())
     assert len(attempts) == 2
+
+
+def test_a_cancelled_start_stops_the_supervisor_and_the_plugin_it_was_starting(tmp_path: Path) -> None:
+    # as AsyncClient's cancelled start kills what it launched: nothing is left running or supervised
+    import uuid
+
+    from tests.race_util import wait_for_file
+    from tests.test_supervisor_stop import _tagged
+
+    tag, marker = uuid.uuid4().hex, tmp_path / "launched"
+    slow = ["sh", "-c", f"touch {marker}; sleep 2; exec {PY} {FAULTY}"]
+
+    async def main() -> None:
+        sup = AsyncSupervisor(lambda: faulty_config(tmp_path, cmd=slow, env={"RESILIENCE_TAG": tag}),
+                              restart=FAST, health_interval=0.2)
+        try:
+            starting = asyncio.ensure_future(sup.start())
+            await asyncio.to_thread(wait_for_file, marker)
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+            assert sup.state == "stopped" and sup.current_client is None, sup.events
+            with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+                await sup.start()
+        finally:
+            await sup.stop()
+
+    try:
+        asyncio.run(main())
+        assert wait_until(lambda: not _tagged(tag), 10), _tagged(tag)
+        assert wait_until(lambda: not sup_threads(), 10), sup_threads()
+    finally:
+        for pid in _tagged(tag):
+            os.kill(pid, signal.SIGKILL)

@@ -27,6 +27,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, off_loop
+from plugbay.core.host.aioclient import _to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -115,14 +116,31 @@ class AsyncSupervisor:
 
     async def start(self) -> None:
         """Start (or reattach to) the plugin, off the loop; errors of this first start are raised.
-        Safe to await again, from several tasks at once: one start, which the others wait for."""
+        Safe to await again, from several tasks at once: one start, which the others wait for.
+
+        The task that began the start owns it: cancelled, it stops the AsyncSupervisor (and the
+        plugin being started) before the cancel goes on, as AsyncClient's does. Another task's
+        cancel ends only its own wait."""
         self._check_not_stopped()
         if self._channel is not None:
             return
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._start())
-            self._starting.add_done_callback(self._forget_failed_start)
-        await asyncio.shield(self._starting)
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+            return
+        self._starting = starting = asyncio.ensure_future(self._start())
+        starting.add_done_callback(self._forget_failed_start)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The start goes on in its thread: left alone, it would run and supervise a plugin nobody holds.
+            await _to_end(asyncio.ensure_future(self._stop_cancelled_start(starting)))
+            raise
+
+    async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
+        self._stopped = True
+        await off_loop(None, self._sup.stop)  # ends the plugin being started, or the one it adopted
+        await asyncio.wait([starting])  # its error (stopped while starting) was taken by _forget_failed_start
+        await self.stop()  # and now the channels the start may have made before the stop
 
     def _forget_failed_start(self, start: asyncio.Future[None]) -> None:
         # a failed start may be tried again, as Supervisor.start() may: not answered with its error
