@@ -222,3 +222,20 @@ def test_a_cancelled_start_stops_the_supervisor_and_the_plugin_it_was_starting(t
     finally:
         for pid in _tagged(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_install_refuses_an_async_supervisor_and_its_channel(tmp_path: Path) -> None:
+    from plugbay import CircuitBreaker, ConfigError, install
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            for target in (sup, sup.channel):
+                with pytest.raises(ConfigError, match="pass retry= and breaker= to the Supervisor"):
+                    install(target, breaker=CircuitBreaker())
+            kv = await sup.dispense(PLUGIN_NAME)
+            first = int(await kv.get("__pid__"))
+            os.kill(first, signal.SIGKILL)
+            await asyncio.to_thread(wait_until, lambda: sup.current_client is None, 10)
+            assert int(await kv.get("__pid__")) != first  # the ready gate held the call for the successor
+
+    asyncio.run(main())

@@ -206,6 +206,21 @@ def test_breaker_is_reset_by_a_restart(tmp_path: Path) -> None:
         assert kv.get("__tag__") == b""
 
 
+def test_install_refuses_a_supervisor_and_its_calls_still_wait_for_a_restart(tmp_path: Path) -> None:
+    from plugbay import install
+
+    refused = "does not take a Supervisor.*pass retry= and breaker= to the Supervisor"
+    with pytest.raises(ConfigError, match=refused):
+        install(Supervisor(lambda: faulty_config(tmp_path)), breaker=CircuitBreaker())  # not started yet
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+        for target in (sup, sup.channel):
+            with pytest.raises(ConfigError, match=refused):
+                install(target, retry=RetryPolicy(methods=["Get"]), breaker=CircuitBreaker())
+        kv = sup.dispense(PLUGIN_NAME)
+        first = kill_plugin(kv)
+        assert int(kv.get("__pid__")) != first  # the ready gate is still there: the call waited for the restart
+
+
 def test_bad_configurations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="runs its plugin only once.*pass a factory"):
         Supervisor(faulty_config(tmp_path))

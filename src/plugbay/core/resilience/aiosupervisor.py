@@ -47,6 +47,8 @@ class AsyncSupervisor:
     Takes what :class:`Supervisor` takes (a ClientConfig, a RemoteConfig or a factory).
     Use it as ``async with AsyncSupervisor(...) as sup:``; one event loop per supervisor."""
 
+    ready_gated = True  # install() refuses it: retry= and breaker= go outside its ReadyGate
+
     def __init__(self, config: ConfigSource, *, restart: RestartPolicy | None = None,
                  retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
                  reattach: Any = None, health_interval: float | None = 2.0, health_timeout: float = 2.0,

@@ -114,9 +114,11 @@ def install(target: Any, *, retry: CallLayer | AsyncCallLayer | None = None,
     Retry is the outer layer, so each attempt passes the breaker: an open
     breaker ends the retries at once with CircuitOpenError. Pass neither to remove.
     Layers are :class:`CallLayer` objects (and :class:`AsyncCallLayer` ones for an AsyncClient).
+    A Supervisor takes them as its own retry= and breaker= (install() refuses it).
     """
     from plugbay.core.host.aiochannel import AioManagedChannel
 
+    _refuse_supervised(target)
     if isinstance(target, (ManagedChannel, AioManagedChannel)):
         channel: Any = target
     else:
@@ -140,6 +142,18 @@ def install(target: Any, *, retry: CallLayer | AsyncCallLayer | None = None,
         channel.call_hook = chain_async(cast(list[AsyncCallLayer], layers)) if layers else None
     else:
         channel.call_hook = chain(cast(list[CallLayer], layers)) if layers else None
+
+
+def _refuse_supervised(target: Any) -> None:
+    """A Supervisor's channel has its ready gate as its hook: replacing that would make calls made
+    during a restart fail at once instead of waiting for the new plugin. (They mark themselves
+    ``ready_gated``: this module is below the Supervisor's.)"""
+    from plugbay.core.host.aiochannel import AioManagedChannel
+
+    managed = target._managed if isinstance(target, AioManagedChannel) else target
+    if getattr(target, "ready_gated", False) or getattr(managed, "ready_gated", False):
+        raise ConfigError("install() does not take a Supervisor, an AsyncSupervisor or their channels: pass"
+                          " retry= and breaker= to the Supervisor itself, which keeps them outside its ready gate")
 
 
 def layer_problem(layer: object, wanted: str) -> str | None:

@@ -26,6 +26,8 @@ from plugbay.core.resilience.calls import AsyncAttempt, Attempt
 class SupervisedChannel(ManagedChannel):
     """The stubs' channel; the underlying one is the current Client's ManagedChannel."""
 
+    ready_gated = True  # its hook is the ReadyGate: install() must not replace it
+
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
         if isinstance(exc, PlugbayError):
             return exc  # the Client's channel already said what happened

@@ -34,11 +34,7 @@ import grpc
 
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import (
-    ClientStateError,
-    RestartBudgetExhaustedError,
-    UnknownPluginError,
-)
+from plugbay.errors import ClientStateError, RestartBudgetExhaustedError, UnknownPluginError
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
@@ -58,6 +54,7 @@ STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restart
 
 class Supervisor:
     """Keeps one plugin running. See the module docstring."""
+    ready_gated = True  # install() refuses it: retry= and breaker= go outside its ReadyGate
 
     def __init__(self, config: ConfigSource, *, restart: RestartPolicy | None = None,
                  retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
@@ -304,9 +301,9 @@ class Supervisor:
             client.kill()
 
     def raise_if_failed(self) -> None:
-        """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
+        """Raise RestartBudgetExhaustedError once the Supervisor has given up: a new one each time,
+        as one shared object would gather every call's traceback frames and notes."""
         if (fatal := self._fatal) is not None:
-            # A new error each time: one shared object would gather every call's frames and notes.
             raise RestartBudgetExhaustedError(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
 
     def _event(self, kind: str, detail: str) -> None:
