@@ -84,6 +84,28 @@ def test_follows_a_channel_source_and_stops_cleanly(tmp_path: Path) -> None:
         assert not any(t.name == "plugbay-health-plugin" and t.is_alive() for t in threading.enumerate())
 
 
+def _health_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"plugbay-health-{name}" and t.is_alive()]
+
+
+def test_stop_in_check_mode_cancels_a_check_the_plugin_does_not_answer(tmp_path: Path) -> None:
+    import time
+
+    with Client(faulty_config(tmp_path)) as client:
+        pid = int(client.dispense(PLUGIN_NAME).get("__pid__"))
+        w = HealthWatcher(client.channel, interval=0.2, timeout=60.0, mode="check", name="hung").start()
+        try:
+            assert w.wait_for(SERVING, 10)
+            os.kill(pid, signal.SIGSTOP)  # the plugin stops answering: the next Check hangs up to its timeout
+            time.sleep(1.0)  # several intervals: a Check is now in flight
+            w.stop(timeout=30.0)
+            # stop() joined the thread: it cancelled the Check rather than waiting out its 60 s
+            assert not _health_threads("hung")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            w.stop()
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"interval": 0}, "interval must be > 0 (got 0)"),
     ({"timeout": -1}, "timeout must be > 0 (got -1)"),

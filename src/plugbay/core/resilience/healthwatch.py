@@ -167,8 +167,7 @@ class HealthWatcher:
                 if self.mode == "watch":
                     self._watch_once(stub, request)
                     continue
-                resp = stub.Check(request, timeout=self.timeout)
-                self._report(_status_name(resp.status))
+                self._check_once(stub, request)
             except Exception as exc:  # RpcError, a killed Client, a closed channel
                 if self._stop.is_set():
                     return
@@ -184,6 +183,19 @@ class HealthWatcher:
                 else:
                     self._report(UNREACHABLE, describe_error(exc))
             self._stop.wait(self.interval)
+
+    def _check_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
+        # as a future kept in self._call, so that stop() cancels a Check a plugin does not answer
+        call = stub.Check.future(request, timeout=self.timeout)
+        self._call = call
+        try:
+            if self._stop.is_set():
+                call.cancel()
+                return
+            resp = call.result()
+        finally:
+            self._call = None
+        self._report(_status_name(resp.status))
 
     def _watch_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
         got_answer = False
