@@ -106,6 +106,19 @@ def test_stop_in_check_mode_cancels_a_check_the_plugin_does_not_answer(tmp_path:
             w.stop()
 
 
+def test_a_stopped_watcher_cannot_be_started_again(tmp_path: Path) -> None:
+    from plugbay import ClientStateError
+
+    with Client(faulty_config(tmp_path)) as client:
+        w = HealthWatcher(client.channel, interval=0.2, name="again").start()
+        assert w.wait_for(SERVING, 10)
+        w.stop()
+        # its thread ended for good: started again it would have watched nothing, saying nothing
+        with pytest.raises(ClientStateError, match="a stopped HealthWatcher cannot be started again; make a new one"):
+            w.start()
+        assert not _health_threads("again")
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"interval": 0}, "interval must be > 0 (got 0)"),
     ({"timeout": -1}, "timeout must be > 0 (got -1)"),

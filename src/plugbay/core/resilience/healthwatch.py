@@ -27,7 +27,7 @@ import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.resilience.circuit import CircuitBreaker
-from plugbay.errors import ConfigError
+from plugbay.errors import ClientStateError, ConfigError
 from plugbay.core.resilience.calls import describe_error, number_problem, status_of
 
 _log = logging.getLogger("plugbay.health")
@@ -91,6 +91,8 @@ class HealthWatcher:
         return self._detail
 
     def start(self) -> Self:
+        if self._stop.is_set():  # its thread ended for good: a second one would watch nothing
+            raise ClientStateError("a stopped HealthWatcher cannot be started again; make a new one")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"plugbay-health-{self.name}",
                                             daemon=True)
