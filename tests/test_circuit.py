@@ -107,6 +107,16 @@ def test_open_error_says_when_and_what_to_check() -> None:
     assert "a probe call is already in flight" in str(b.open_error())
 
 
+def test_reading_the_state_or_the_open_error_reports_the_move_to_half_open() -> None:
+    for read in (lambda b: b.state, lambda b: b.open_error()):
+        clock = Clock()
+        b, changes = breaker(clock)
+        b.trip("health watcher: NOT_SERVING")
+        clock.now += 5
+        read(b)  # what Supervisor.metrics() does: the move it makes is told to on_change at once
+        assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN)]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"failure_threshold": 0}, "failure_threshold must be >= 1 (got 0)"),
     ({"window": 0}, "window must be > 0 (got 0)"),

@@ -106,7 +106,9 @@ class CircuitBreaker:
     @property
     def state(self) -> str:
         with self._lock:
-            return self._current()
+            state = self._current()
+        self._notify()  # reading it may be what moved it open -> half_open
+        return state
 
     @property
     def last_failure(self) -> str:
@@ -235,6 +237,7 @@ class CircuitBreaker:
             state = self._current()
             retry_in = max(0.0, self.open_for - (self._clock() - self._opened_at))
             last = self._last_failure or "unknown"
+        self._notify()
         at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_in)
         when = ("a probe call is already in flight; retry when it completes" if state == HALF_OPEN
                 else f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)")
