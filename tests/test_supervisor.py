@@ -221,6 +221,29 @@ def test_install_refuses_a_supervisor_and_its_calls_still_wait_for_a_restart(tmp
         assert int(kv.get("__pid__")) != first  # the ready gate is still there: the call waited for the restart
 
 
+def test_a_probe_that_meets_a_supervisor_that_gave_up_or_stopped_does_not_close_the_circuit(tmp_path: Path) -> None:
+    now = [1000.0]
+    breaker = CircuitBreaker(failure_threshold=1, window=60, open_for=5, name="kv", clock=lambda: now[0])
+
+    def probe_twice(kv: object, error: type[Exception]) -> None:
+        breaker.trip("UNAVAILABLE: the plugin is gone")
+        now[0] += 5
+        for _ in range(2):  # the probe: no plugin answered, so it neither closes nor keeps its slot
+            with pytest.raises(error):
+                kv.get("k")  # type: ignore[attr-defined]
+            assert breaker.state == "half_open"
+
+    with Supervisor(lambda: faulty_config(tmp_path), restart=RestartPolicy(max_restarts=0), breaker=breaker,
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kill_plugin(kv)
+        assert wait_until(lambda: sup.state == FAILED, 20)
+        probe_twice(kv, RestartBudgetExhaustedError)
+    with Supervisor(lambda: faulty_config(tmp_path), breaker=breaker, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+    probe_twice(kv, ClientStateError)  # stopped
+
+
 def test_bad_configurations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="runs its plugin only once.*pass a factory"):
         Supervisor(faulty_config(tmp_path))

@@ -9,7 +9,9 @@ half_open  exactly one probe call passes; its success closes the circuit, its
            failure opens it again. Other calls meanwhile fail fast.
 
 Application errors (NOT_FOUND, INVALID_ARGUMENT ...) prove the plugin answers,
-so they count as successes. A HealthWatcher may ``trip()`` and ``reset()`` it.
+so they count as successes. plugbay errors without a gRPC status (a Supervisor that
+gave up or was stopped) say nothing of the plugin: they count as neither.
+A HealthWatcher may ``trip()`` and ``reset()`` it.
 Thread-safe; state changes are reported to ``on_change(old, new, reason)``.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.errors import CircuitOpenError, ConfigError, PluginDiedError
+from plugbay.errors import CircuitOpenError, ConfigError, PlugbayError, PluginDiedError
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error, number_problem,
                                           status_codes_problem, status_of)
 
@@ -255,7 +257,7 @@ class CircuitBreaker:
         try:
             result = attempt(timeout)
         except Exception as exc:
-            self._outcome(ticket, self._failure(method, exc))
+            self._settle(ticket, method, exc)
             raise
         except BaseException:  # interrupted: the probe slot must not stay taken
             self._release(ticket)
@@ -271,13 +273,21 @@ class CircuitBreaker:
         try:
             result = await attempt(timeout)
         except Exception as exc:
-            self._outcome(ticket, self._failure(method, exc))
+            self._settle(ticket, method, exc)
             raise
         except BaseException:  # a cancel
             self._release(ticket)
             raise
         self._outcome(ticket, None)
         return result
+
+    def _settle(self, ticket: object, method: str, exc: Exception) -> None:
+        if isinstance(exc, PlugbayError) and not isinstance(exc, PluginDiedError) and status_of(exc) is None:
+            # No plugin answered or failed to (a Supervisor that gave up or was stopped): no news of
+            # it, so neither a success that closes the circuit nor a failure; a probe frees its slot.
+            self._release(ticket)
+        else:
+            self._outcome(ticket, self._failure(method, exc))
 
     def _failure(self, method: str, exc: Exception) -> str | None:
         """What a failed call counts as: why it failed, or None (an application error proves the plugin answers)."""
