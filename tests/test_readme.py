@@ -115,3 +115,22 @@ def test_network_section_runs_as_written(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["network", "network"]
     assert (scratch / "kv_hello").read_bytes() == b"network"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a markdown file's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", markdown, flags=re.M)}
+
+
+def test_host_side_doc_names_the_async_supervisor_and_remote_client_and_its_links_resolve() -> None:
+    import plugbay
+
+    text = (ROOT / "docs" / "host-side.md").read_text()
+    flat = " ".join(text.split())
+    # it said the Supervisor and the network clients were sync only, when both have asyncio ones
+    assert "sync only" not in flat
+    for name in ("AsyncSupervisor", "AsyncRemoteClient"):
+        assert f"`{name}`" in flat and hasattr(plugbay, name), name
+    for target, anchor in re.findall(r"\]\(([\w\-]+\.md)#([\w\-]+)\)", text):
+        assert anchor in _anchors((ROOT / "docs" / target).read_text()), f"{target}#{anchor}"
