@@ -239,3 +239,25 @@ def test_install_refuses_an_async_supervisor_and_its_channel(tmp_path: Path) -> 
             assert int(await kv.get("__pid__")) != first  # the ready gate held the call for the successor
 
     asyncio.run(main())
+
+
+def test_after_the_budget_is_spent_each_async_call_gets_an_error_of_its_own(tmp_path: Path) -> None:
+    from plugbay import RestartBudgetExhaustedError
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), health_interval=None,
+                                   retry=RetryPolicy(methods=["Get"], max_attempts=3, initial_backoff=0.01),
+                                   restart=RestartPolicy(max_restarts=0, initial_backoff=0.01)) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            os.kill(int(await kv.get("__pid__")), signal.SIGKILL)
+            assert await asyncio.to_thread(wait_until, lambda: sup.state == "failed", 10), sup.events
+            errors = []
+            for _ in range(20):
+                with pytest.raises(RestartBudgetExhaustedError) as err:
+                    await kv.get("k")
+                errors.append(err.value)
+            # one shared object would gather every call's traceback frames and retry notes
+            assert len({id(e) for e in errors}) == len(errors)
+            assert all(len(getattr(e, "__notes__", [])) <= 1 for e in errors)
+
+    asyncio.run(main())
