@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.resilience_util import PLUGIN_NAME, faulty_config
+from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
 from plugbay import CircuitBreaker, CircuitOpenError, Client, ConfigError, RetryPolicy  # noqa: E402
 from plugbay.core.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitOpen  # noqa: E402
@@ -302,3 +302,52 @@ def test_a_call_from_before_the_probe_does_not_decide_for_it() -> None:
         assert b.state == CLOSED
 
     asyncio.run(main())
+
+
+def test_futures_pass_the_breaker_an_open_circuit_refuses_them_unsent(tmp_path: Path) -> None:
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    b = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="kv")
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        stub = kv_pb2_grpc.KVStub(client.channel)
+        kv.put("k", b"v")
+        kv.put("__fail__", b"2")
+        install(client, breaker=b)
+        for _ in range(2):  # a future's failures count as a blocking call's do
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Get.future(kv_pb2.GetRequest(key="k")).result(timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert b.state == OPEN
+        future = stub.Get.future(kv_pb2.GetRequest(key="k"))
+        with pytest.raises(CircuitOpenError) as refused:
+            future.result(timeout=30)
+        assert isinstance(future.exception(), CircuitOpen) and future.code() == grpc.StatusCode.UNAVAILABLE
+        assert "circuit of plugin 'kv' is open, so the call was not sent" in str(refused.value)
+        assert b.rejected_count == 1
+        install(client)
+        assert kv.get("__calls__") == b"2"  # the refused future never reached the plugin
+
+
+def test_a_cancelled_future_frees_the_probe_slot_it_held(tmp_path: Path) -> None:
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, window=60, open_for=5, name="kv", clock=clock)
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        stub = kv_pb2_grpc.KVStub(client.channel)
+        kv.put("k", b"v")
+        kv.put("__slow__", b"1")  # the probe hangs
+        install(client, breaker=b)
+        b.trip("test")
+        clock.now += 5
+        probe = stub.Get.future(kv_pb2.GetRequest(key="k"), timeout=30)
+        install(client)
+        assert wait_until(lambda: kv.get("__calls__") == b"1", 10), "the probe never reached the plugin"
+        assert b.state == HALF_OPEN and not b.allow()  # the future holds the one probe slot
+        assert probe.cancel() and probe.cancelled()
+        with pytest.raises(grpc.FutureCancelledError):
+            probe.result(timeout=1)
+        assert wait_until(b.allow, 10), "the cancelled probe kept the slot"
+        assert b.state == HALF_OPEN  # an interrupted probe decides nothing

@@ -190,3 +190,32 @@ def test_a_call_refused_because_the_plugin_is_gone_is_not_retried(tmp_path: Path
             kv.get("k")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert retried == [], "a plugin that is gone was asked again"
+
+
+def test_a_future_goes_through_the_policy_as_a_blocking_call_does(client: Client) -> None:
+    import threading
+
+    stub = kv_pb2_grpc.KVStub(client.channel)
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"2")
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, methods=["Get"]))
+    ended = threading.Event()
+    future = stub.Get.future(kv_pb2.GetRequest(key="k"))
+    future.add_done_callback(lambda f: ended.set())
+    assert future.result(timeout=30).value == b"v"  # two injected UNAVAILABLEs, resent
+    assert ended.wait(10) and future.code() == grpc.StatusCode.OK
+    assert calls(client) - before == 3
+    # the last try's failure is the future's, with the policy's note, as a blocking call's is
+    kv.put("__fail__", b"5")
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, methods=["Get"]))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Get.future(kv_pb2.GetRequest(key="k")).result(timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "gave up after 3 of 3 attempt(s)" in "\n".join(err.value.__notes__)
+    kv.put("__fail__", b"0")
+    # without layers a future is gRPC's own: no thread of plugbay's runs it
+    install(client)
+    plain = stub.Get.future(kv_pb2.GetRequest(key="k"))
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-call-")]
+    assert plain.result(timeout=30).value == b"v"

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.resilience_util import (HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, run_resilience_doc_example,
@@ -326,3 +327,15 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert "b'1'" in lines and "supervisor: restarted" in done.stdout, done.stdout
     assert any("'state': 'running', 'restarts': 1, 'failures': 1" in line for line in lines), done.stdout
+
+
+def test_a_future_made_during_a_restart_waits_for_it_as_a_blocking_call_does(tmp_path: Path) -> None:
+    slow = RestartPolicy(max_restarts=3, window=120, initial_backoff=1.5, max_backoff=1.5, jitter=0)
+    with Supervisor(lambda: faulty_config(tmp_path), restart=slow, health_interval=0.3) as sup:
+        stub = kv_pb2_grpc.KVStub(sup.channel)
+        first = kill_plugin(sup.dispense(PLUGIN_NAME))
+        assert wait_until(lambda: sup.state == "restarting", 10), kinds(sup)
+        future = stub.Get.future(kv_pb2.GetRequest(key="__pid__"), timeout=30)
+        second = int(future.result(timeout=60).value)  # sent to the plugin's successor
+        assert second != first and sup.restarts == 1
+        assert future.done() and future.code() == grpc.StatusCode.OK

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
+from plugbay.core.host.callfuture import CallFuture
 from plugbay.errors import NoEndpointsError
 
 _log = logging.getLogger("plugbay.network")
@@ -42,10 +42,11 @@ class Tries(Protocol):
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
 
 
-class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+class FailoverFuture(CallFuture):
     """grpc.Future and grpc.Call of the current try; the outcome is the last try's."""
 
     def __init__(self, owner: Tries, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> None:
+        super().__init__(_log, f"remote plugin {owner._pool.name}")
         self._owner = owner
         self._request = request
         self._kwargs = kwargs
@@ -53,11 +54,6 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         self._tried: set[str] = set()
         self._last = ""
         self._pause = 0.05
-        self._cond = threading.Condition()
-        self._inner: Any = None
-        self._outcome: tuple[Any, BaseException | None] | None = None
-        self._cancelled = False
-        self._callbacks: list[Callable[[Any], None]] = []
 
     # --- the tries ----------------------------------------------------------------------
 
@@ -91,11 +87,7 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             except BaseException as exc:
                 pool.done(member, exc)
                 raise
-            with self._cond:
-                self._inner = inner
-                cancelled = self._cancelled
-            if cancelled:
-                inner.cancel()
+            self._set_inner(inner)  # cancelled with this future: its end still reports to the pool
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
             return
 
@@ -138,113 +130,7 @@ class FailoverFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         except BaseException as exc:
             self._finish(None, exc)
 
-    def _finish(self, response: Any, error: BaseException | None) -> None:
-        with self._cond:
-            if self._outcome is not None:
-                return
-            self._outcome = (response, error)
-            callbacks, self._callbacks = self._callbacks, []
-            self._cond.notify_all()
-        for callback in callbacks:
-            _run(callback, self)
-
-    # --- grpc.Future ----------------------------------------------------------------------
-
-    def cancel(self) -> bool:
-        with self._cond:
-            if self._outcome is not None:
-                return False
-            self._cancelled = True
-            inner = self._inner
-        if inner is not None:
-            inner.cancel()  # its own end still reports to the pool (see _tried_on)
-        self._finish(None, None)  # cancelled at once, as gRPC's own futures are
-        return True
-
-    def cancelled(self) -> bool:
-        with self._cond:
-            return self._cancelled and self._outcome is not None
-
-    def running(self) -> bool:
-        return not self.done()
-
-    def done(self) -> bool:
-        with self._cond:
-            return self._outcome is not None
-
-    def _wait(self, timeout: float | None) -> tuple[Any, BaseException | None]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._outcome is not None, timeout):
-                raise grpc.FutureTimeoutError()
-            assert self._outcome is not None
-            if self._cancelled:
-                raise grpc.FutureCancelledError()
-            return self._outcome
-
-    def result(self, timeout: float | None = None) -> Any:
-        response, error = self._wait(timeout)
-        if error is not None:
-            raise error
-        return response
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._wait(timeout)[1]
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        error = self.exception(timeout)
-        return None if error is None else error.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._cond:
-            if self._outcome is None:
-                self._callbacks.append(fn)
-                return
-        _run(fn, self)
-
-    # --- grpc.Call (of the last try; a failure of the pool's own has no try behind it) ------------
-
-    def _call_or_error(self) -> tuple[Any, BaseException | None]:
-        with self._cond:
-            error = self._outcome[1] if self._outcome is not None else None
-            return self._inner, error
-
-    def code(self) -> grpc.StatusCode | None:
-        inner, error = self._call_or_error()
-        if isinstance(error, grpc.RpcError):
-            return error.code()
-        return None if inner is None else inner.code()
-
-    def details(self) -> str | None:
-        inner, error = self._call_or_error()
-        if isinstance(error, grpc.RpcError):
-            return error.details()  # type: ignore[no-any-return]
-        return None if inner is None else inner.details()
-
-    def initial_metadata(self) -> Any:
-        inner, _ = self._call_or_error()
-        return None if inner is None else inner.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        inner, _ = self._call_or_error()
-        return None if inner is None else inner.trailing_metadata()
-
-    def is_active(self) -> bool:
-        return not self.done()
+    # --- grpc.Call: the call's own deadline, not the current try's -----------------------------
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._cond:
-            if self._outcome is not None:
-                return False
-            self._callbacks.append(lambda _future: callback())
-            return True
-
-
-def _run(callback: Callable[[Any], None], future: FailoverFuture) -> None:
-    """One done callback; its failure is logged and the others still run (as gRPC's own futures do)."""
-    try:
-        callback(future)
-    except Exception:
-        _log.exception("a done callback of a call to remote plugin %s failed", future._owner._pool.name)

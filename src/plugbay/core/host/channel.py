@@ -304,11 +304,38 @@ class _UnaryCallable(_Callable):
 
     def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request = self._request(request, kwargs)
+        hook = self._owner.call_hook
+        if hook is not None and self._kind == "unary_unary":  # through the layers, as a blocking call
+            from plugbay.core.host.callfuture import HookedFuture  # only hooked futures load it
+
+            return HookedFuture(hook, self._method, self._owner._name,
+                                lambda t: self._try_future(request, t, dict(kwargs)), timeout).start()
         try:
             return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
                                       self._owner)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             raise self._owner.translate_value_error(exc) from exc
+
+    def _try_future(self, request: Any, timeout: float | None,
+                    kwargs: dict[str, Any]) -> tuple[Any, Callable[[], Any]]:
+        """One try of a hooked future: its gRPC future, and a wait for its response that fails as _once()'s
+        call does."""
+        deadline = self._kwargs(timeout, kwargs)["timeout"]
+        started = time.monotonic()
+        try:
+            inner = self._target().future(request, **kwargs)
+        except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
+            raise self._owner.translate_value_error(exc) from exc
+
+        def wait() -> Any:
+            try:
+                return inner.result()
+            except grpc.RpcError as exc:
+                raise self._fail(exc, started, deadline) from exc
+            finally:
+                if self._owner.after_call is not None:
+                    self._owner.run_after_call()
+        return inner, wait
 
 
 class _StreamingCallable(_Callable):

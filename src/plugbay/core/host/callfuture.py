@@ -1,0 +1,208 @@
+"""Unary futures that are more than one gRPC try, as the blocking call is.
+
+:class:`CallFuture` is what such a future shows its caller: grpc.Future, and
+grpc.Call of the current (at the end, the last) try. cancel() ends it at once,
+as gRPC's own futures do, and a done callback that fails is logged while the
+others still run. :class:`HookedFuture` runs a Client's call layers (retry, a
+circuit breaker, a Supervisor's ready gate) around its tries; a network pool's
+failover (plugbay.network.poolfuture) is the other kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+_log = logging.getLogger("plugbay.client")
+
+
+class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """grpc.Future and grpc.Call of the current try; the outcome is set once, by _finish()."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what  # "plugin 'kv'": for the log line of a failed done callback
+        self._cond = threading.Condition()
+        self._inner: Any = None
+        self._outcome: tuple[Any, BaseException | None] | None = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def _set_inner(self, inner: Any) -> bool:
+        """Make ``inner`` the current try; False, and ``inner`` cancelled, when this future was cancelled."""
+        with self._cond:
+            self._inner = inner
+            cancelled = self._cancelled
+        if cancelled:
+            inner.cancel()
+        return not cancelled
+
+    def _finish(self, response: Any, error: BaseException | None) -> None:
+        with self._cond:
+            if self._outcome is not None:
+                return
+            self._outcome = (response, error)
+            callbacks, self._callbacks = self._callbacks, []
+            self._cond.notify_all()
+        for callback in callbacks:
+            self._run(callback)
+
+    def _run(self, callback: Callable[[Any], None]) -> None:
+        """One done callback; its failure is logged and the others still run (as gRPC's own futures do)."""
+        try:
+            callback(self)
+        except Exception:
+            self._log.exception("a done callback of a call to %s failed", self._what)
+
+    # --- grpc.Future ----------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        with self._cond:
+            if self._outcome is not None:
+                return False
+            self._cancelled = True
+            inner = self._inner
+        if inner is not None:
+            inner.cancel()
+        self._finish(None, None)  # cancelled at once, as gRPC's own futures are
+        return True
+
+    def cancelled(self) -> bool:
+        with self._cond:
+            return self._cancelled and self._outcome is not None
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def done(self) -> bool:
+        with self._cond:
+            return self._outcome is not None
+
+    def _wait(self, timeout: float | None) -> tuple[Any, BaseException | None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._outcome is not None, timeout):
+                raise grpc.FutureTimeoutError()
+            assert self._outcome is not None
+            if self._cancelled:
+                raise grpc.FutureCancelledError()
+            return self._outcome
+
+    def result(self, timeout: float | None = None) -> Any:
+        response, error = self._wait(timeout)
+        if error is not None:
+            raise error
+        return response
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._wait(timeout)[1]
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        return None if error is None else error.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if self._outcome is None:
+                self._callbacks.append(fn)
+                return
+        self._run(fn)
+
+    # --- grpc.Call (of the last try; a failure of plugbay's own has no try behind it) ------------
+
+    def _call_or_error(self) -> tuple[Any, BaseException | None]:
+        with self._cond:
+            error = self._outcome[1] if self._outcome is not None else None
+            return self._inner, error
+
+    def code(self) -> grpc.StatusCode | None:
+        inner, error = self._call_or_error()
+        if isinstance(error, grpc.RpcError):
+            return error.code()
+        return None if inner is None else inner.code()
+
+    def details(self) -> str | None:
+        inner, error = self._call_or_error()
+        if isinstance(error, grpc.RpcError):
+            return error.details()  # type: ignore[no-any-return]
+        return None if inner is None else inner.details()
+
+    def initial_metadata(self) -> Any:
+        inner, _ = self._call_or_error()
+        return None if inner is None else inner.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        inner, _ = self._call_or_error()
+        return None if inner is None else inner.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return not self.done()
+
+    def time_remaining(self) -> float | None:
+        inner, _ = self._call_or_error()
+        return None if inner is None or self.done() else inner.time_remaining()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._cond:
+            if self._outcome is not None:
+                return False
+            self._callbacks.append(lambda _future: callback())
+            return True
+
+
+# One try of a hooked call: start it (its gRPC future), and wait for its response (errors translated).
+TryStarter = Callable[["float | None"], tuple[Any, Callable[[], Any]]]
+
+
+class _Cancelled(BaseException):
+    """Ends the layers' run once the future was cancelled: not an Exception, so a retry does not
+    retry it and a circuit breaker counts it as an interrupted call (its probe slot freed)."""
+
+
+class HookedFuture(CallFuture):
+    """A unary future() run through the channel's call hook, as the blocking call is.
+
+    The layers block (a retry's backoff, a wait for a restarting plugin), which
+    neither the caller of future() nor gRPC's callback thread may, so the hook
+    runs on a short-lived thread of the future's own; each try is a gRPC future,
+    which cancel() cancels.
+    """
+
+    def __init__(self, hook: Callable[[str, Callable[[float | None], Any], float | None], Any], method: str,
+                 name: str, start_try: TryStarter, timeout: float | None) -> None:
+        super().__init__(_log, f"plugin {name!r}")
+        self._hook = hook
+        self._method = method
+        self._name = name
+        self._start_try = start_try
+        self._timeout = timeout
+
+    def start(self) -> HookedFuture:
+        threading.Thread(target=self._run_hook, daemon=True, name=f"plugbay-call-{self._name}").start()
+        return self
+
+    def _run_hook(self) -> None:
+        try:
+            response = self._hook(self._method, self._attempt, self._timeout)
+        except _Cancelled:
+            self._finish(None, None)  # already finished by cancel(): a no-op
+        except BaseException as exc:
+            self._finish(None, exc)
+        else:
+            self._finish(response, None)
+
+    def _attempt(self, timeout: float | None) -> Any:
+        if self._cancelled:
+            raise _Cancelled()
+        inner, wait = self._start_try(timeout)
+        if not self._set_inner(inner):
+            raise _Cancelled()
+        try:
+            return wait()
+        except Exception:
+            if self._cancelled:  # the try ended because of cancel(): no failure of the plugin's
+                raise _Cancelled() from None
+            raise
