@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.errors import GatewayError
 from plugbay.network.gateway import Gateway, GatewayConfig
 from tests import gobuild
 from tests.race_util import Starting, pid_alive, wait_for_file
@@ -103,5 +104,95 @@ def test_sigterm_during_a_restart_ends_the_command_and_the_hanging_child(kv_bin:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
+
+
+def _hanging_script(folder: Path) -> tuple[Path, Path]:
+    """A child that hangs before its handshake line from the first start on."""
+    hang = folder / "hang.pid"
+    script = folder / "hang.sh"
+    script.write_text(f"#!/bin/sh\necho $$ > {hang}\nexec sleep 300\n")
+    script.chmod(0o755)
+    return script, hang
+
+
+def test_stop_during_the_first_start_ends_it_and_the_hanging_child(tmp_path: Path) -> None:
+    # start() holds the gateway's lock until its first child answers: stop() used to wait for that
+    # lock until start_timeout (and start() then failed as if the plugin had)
+    script, hang_file = _hanging_script(tmp_path)
+    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                               insecure=True, start_timeout=START_TIMEOUT))
+    starting = Starting(gw.start)
+    hang = None
+    try:
+        wait_for_file(hang_file, BOUND)
+        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+        hang = int(hang_file.read_text())
+        stopping = Starting(gw.stop)
+        assert stopping.ended(BOUND), f"gateway.stop() did not return within {BOUND}s (start_timeout {START_TIMEOUT})"
+        assert stopping.error is None, stopping.error
+        error = starting.outcome(BOUND)
+        assert isinstance(error, GatewayError) and "stopped" in str(error), error
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived stop()"
+    finally:
+        gw.stop()
+        starting.ended(BOUND)
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
+
+
+def test_sigterm_during_the_first_start_exits_0_and_ends_the_hanging_child(tmp_path: Path) -> None:
+    script, hang_file = _hanging_script(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
+         "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", str(int(START_TIMEOUT)), "--", str(script)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hang = None
+    try:
+        wait_for_file(hang_file, BOUND)
+        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+        hang = int(hang_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the gateway did not exit within {BOUND}s of SIGTERM (start_timeout"
+                                 f" {START_TIMEOUT:g}s)") from None
+        assert proc.returncode == 0, err.decode()[-2000:]  # a stop, as documented (it exited 1)
+        assert b"listening" not in out and b"error" not in err
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
+
+
+def test_cleanup_clients_during_a_restart_ends_it_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
+    # what an exiting interpreter runs: it halted the keeper with a 30 s join while the restart waited
+    from plugbay import cleanup_clients
+
+    script, _, hang_file = _child_script(tmp_path, kv_bin)
+    policy = RestartPolicy(max_restarts=10, window=60, initial_backoff=0.05, max_backoff=0.1)
+    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                               insecure=True, start_timeout=START_TIMEOUT, restart=policy))
+    hang = None
+    try:
+        gw.start()
+        first = gw.child_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for_file(hang_file, BOUND)
+        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+        hang = int(hang_file.read_text())
+        cleaning = Starting(cleanup_clients)
+        assert cleaning.ended(BOUND), f"cleanup_clients() did not return within {BOUND}s"
+        assert cleaning.error is None, cleaning.error
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the cleanup"
+    finally:
+        gw.stop()
         if hang is not None and pid_alive(hang):
             os.kill(hang, signal.SIGKILL)

@@ -57,10 +57,20 @@ class ChildKeeper:
         return client
 
     def halt(self) -> None:
-        """Stop restarting (the child stays as it is); close() does more."""
-        self._stop.set()
+        """Stop restarting (a running child stays as it is); close() does more."""
+        self.abort_start()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+    def abort_start(self) -> None:
+        """Stop restarting, and end a child still being started (no lock of the gateway's is taken)."""
+        self._stop.set()
+        with self._lock:
+            starting = self._starting
+        if starting is not None:
+            # its start() would hold the keeper (and so halt()'s join, the gateway's start() and an
+            # exiting interpreter) until start_timeout; kill() ends that start() at once
+            starting.kill()
 
     def channel(self) -> tuple[grpc.Channel | None, str]:
         with self._lock:
@@ -141,13 +151,6 @@ class ChildKeeper:
                 log.warning("gateway: restarting the plugin failed: %s", exc)
 
     def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            starting = self._starting
-        if starting is not None:
-            # a restart under way would hold the keeper (and halt()'s join) until start_timeout;
-            # kill() ends that start() at once
-            starting.kill()
         self.halt()
         RESTARTERS.discard(self)
         with self._lock:

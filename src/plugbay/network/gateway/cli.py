@@ -28,6 +28,7 @@ from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.gateway import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, Gateway, GatewayConfig
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
+_START_JOIN = 10.0  # a stopped start ends at once (its child is killed); this only bounds the wait
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -117,6 +118,38 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
                          max_calls=max_calls, max_message=max_message)
 
 
+def _start_unless_stopped(gateway: Gateway, stop: threading.Event) -> bool:
+    """gateway.start() (its errors raised here), or False once ``stop`` is set while it runs.
+
+    The start runs on a thread of its own: the signal handler only sets ``stop``, and this
+    thread then stops the gateway, which ends a child still starting at once (a start waits
+    up to --start-timeout for its child, as long as a pod's default termination grace).
+    """
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            gateway.start()
+        except BaseException as exc:  # raised on the caller's thread below
+            failed.append(exc)
+        finally:
+            done.set()
+
+    starter = threading.Thread(target=run, name="plugbay-gateway-start", daemon=True)
+    starter.start()
+    while not done.wait(0.1):
+        if stop.is_set():
+            gateway.stop()
+            starter.join(_START_JOIN)
+            return False
+    if failed:
+        if stop.is_set():
+            return False
+        raise failed[0]
+    return True
+
+
 def main(argv: list[str]) -> int:
     """Run the gateway until SIGTERM/SIGINT. Returns the process exit code."""
     try:
@@ -138,7 +171,8 @@ def main(argv: list[str]) -> int:
     try:
         gateway = Gateway(config)
         try:
-            gateway.start()
+            if not _start_unless_stopped(gateway, stop):
+                return 0  # SIGTERM/SIGINT while the plugin started: a stop, not a failure
             print(f"listening tcp {gateway.address}", flush=True)
             while not stop.wait(0.5):
                 if gateway.failed.is_set():

@@ -280,6 +280,9 @@ class Gateway:
 
     def stop(self) -> None:
         """Stop listening (in-flight calls get a short grace), then stop the child. Idempotent."""
+        # a start() holds the lock until its child answers: a child still starting is ended first, so
+        # that start() fails now (it was stopped) and this stop does not wait out start_timeout
+        self.keeper.abort_start()
         with self._lock:
             if self._closed.is_set():
                 return
