@@ -54,7 +54,8 @@ def test_a_thousand_targets_cost_the_lookups_of_the_endpoints_kept(caplog: pytes
     assert len(seen[0]) == MAX_ENDPOINTS
     # one SRV query, then A and AAAA for each target until 256 endpoints are found (it was 2001)
     assert zone.queries <= 2 * MAX_ENDPOINTS + 3, zone.queries
-    assert f"names 1000 targets; using the first {MAX_ENDPOINTS} endpoints in priority order" in caplog.text
+    assert (f"names 1000 target(s); using the first {MAX_ENDPOINTS} endpoints in priority order, without"
+            f" looking up the last {1000 - MAX_ENDPOINTS} target(s)") in caplog.text
 
 
 def test_targets_are_taken_in_priority_then_weight_order_and_the_rest_not_looked_up() -> None:
@@ -96,3 +97,27 @@ def test_a_slow_server_with_a_large_answer_still_starts_and_refreshes() -> None:
             assert first.isdisjoint(e.key for e in seen[1])
         finally:
             resolver.close()
+
+
+def test_a_targets_rotated_records_give_the_same_order_and_the_warning_tells_no_skipped_target(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a server that rotates a target's A records (round-robin DNS) moved pick_first, and changed
+    # the capped set, at every refresh; a cap crossed inside the last target skips no target
+    zone = CountingZone()
+    zone.set(NAME, "SRV", [SRV(10, 1, 7001, f"t.{ZONE}")])
+    zone.set(f"t.{ZONE}", "A", [A("127.0.0.2"), A("127.0.0.1"), A("127.0.0.3")])
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    with serving(zone) as server:
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0, max_endpoints=2)
+        seen: list[list[Endpoint]] = []
+        try:
+            resolver.start(lambda eps: seen.append(list(eps)))
+            zone.set(f"t.{ZONE}", "A", [A("127.0.0.3"), A("127.0.0.1"), A("127.0.0.2")])
+            lookups = resolver.lookups
+            resolver.refresh()
+            assert wait_until(lambda: resolver.lookups > lookups, 10)
+        finally:
+            resolver.close()
+    assert [[e.key for e in s] for s in seen] == [["tcp:127.0.0.1:7001", "tcp:127.0.0.2:7001"]]  # no change told
+    assert "names 1 target(s); using the first 2 endpoints in priority order: each" in caplog.text
+    assert "without looking up" not in caplog.text

@@ -94,7 +94,7 @@ class DNSResolver:
         self._thread: threading.Thread | None = None
         self._last: list[Endpoint] | None = None
         self.max_endpoints = max_endpoints
-        self._capped_at: int | None = None  # the answer size last warned about
+        self._capped_at: tuple[int, ...] | None = None  # the answer size last warned about
         self.lookups = 0
 
     def _server_text(self) -> str:
@@ -111,11 +111,11 @@ class DNSResolver:
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
-        srv_targets: int | None = None
+        srv: tuple[int, int] | None = None
         for kind in kinds:
             answer = self._ask(self.host, kind, failed)
             if kind == "SRV":
-                found, srv_targets = self._srv_endpoints(answer, failed)
+                found, srv = self._srv_endpoints(answer, failed)
                 out.extend(found)
                 continue
             for rr in answer:
@@ -131,7 +131,7 @@ class DNSResolver:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
-            return self._capped(out, srv_targets)
+            return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
 
     def _ask(self, name: str, kind: str, failed: list[str]) -> list[Any]:
@@ -146,25 +146,27 @@ class DNSResolver:
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
-    def _capped(self, found: list[Endpoint], srv_targets: int | None = None) -> list[Endpoint]:
-        """At most max_endpoints; ``srv_targets``: an SRV answer's target count, when the cap applied to it."""
-        if len(found) <= self.max_endpoints and srv_targets is None:
+    def _capped(self, found: list[Endpoint], srv: tuple[int, int] | None = None) -> list[Endpoint]:
+        """At most max_endpoints; ``srv``: an SRV answer's (target count, targets not looked up)."""
+        if len(found) <= self.max_endpoints and not (srv and srv[1]):
             self._capped_at = None
             return found
-        answered = len(found) if srv_targets is None else srv_targets
-        if self._capped_at != answered:
-            self._capped_at = answered
-            if srv_targets is None:
-                said = f"DNS answered {answered} endpoints for {self.host!r}; using the first {self.max_endpoints}" \
-                       " by address"
+        seen = (len(found), *(srv or ()))
+        if self._capped_at != seen:
+            self._capped_at = seen
+            if srv is None:
+                said = f"DNS answered {len(found)} endpoints for {self.host!r}; using the first" \
+                       f" {self.max_endpoints} by address"
             else:
-                said = f"DNS SRV answer for {self.host!r} names {answered} targets; using the first" \
-                       f" {self.max_endpoints} endpoints in priority order, without looking up the further targets"
+                said = f"DNS SRV answer for {self.host!r} names {srv[0]} target(s); using the first" \
+                       f" {self.max_endpoints} endpoints in priority order"
+                if srv[1]:
+                    said += f", without looking up the last {srv[1]} target(s)"
             _log.warning("%s: each endpoint is a connection with its own health checks. Serve fewer records,"
                          " or split the plugin into several names", said)
         return found[:self.max_endpoints]
 
-    def _srv_endpoints(self, records: list[object], failed: list[str]) -> tuple[list[Endpoint], int | None]:
+    def _srv_endpoints(self, records: list[object], failed: list[str]) -> tuple[list[Endpoint], tuple[int, int]]:
         """SRV per RFC 2782: target "." means no service; port 0 is no port; lower priorities first.
 
         Every target is an endpoint, in priority order: the pool's health checks and ejection,
@@ -173,8 +175,8 @@ class DNSResolver:
         round_robin spreads calls over all. Within a priority, heavier weights come first, then
         by name: the same answer in another order (a server rotating it) gives the same set.
 
-        Targets are looked up in that order until max_endpoints are found; the count of the answer's
-        targets comes back too when the cap applies (else None), for the warning.
+        Targets are looked up in that order until max_endpoints are found; the answer's target
+        count and how many were not looked up come back too, for the warning.
         """
         targets: set[tuple[int, int, str, int]] = set()
         for rr in records:
@@ -187,11 +189,12 @@ class DNSResolver:
                 continue
             targets.add((priority, -int(getattr(rr, "weight")), target, port))
         found: dict[Endpoint, None] = {}  # in order, without duplicates
-        for _, _, target, port in sorted(targets):
+        ordered = sorted(targets)
+        for n, (_, _, target, port) in enumerate(ordered):
             if len(found) >= self.max_endpoints:
-                return list(found), len(targets)
+                return list(found), (len(ordered), len(ordered) - n)
             found.update(dict.fromkeys(self._srv_target(target, port, failed)))
-        return list(found), (len(targets) if len(found) > self.max_endpoints else None)
+        return list(found), (len(ordered), 0)
 
     def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:
         try:
@@ -205,7 +208,9 @@ class DNSResolver:
             for rr in self._ask(target, kind, failed):
                 host = rr.to_text()
                 found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", name=target))
-        return found
+        # by address: a server that rotates a target's records (round-robin DNS) must not move
+        # pick_first, or the capped set, at every refresh
+        return sorted(set(found), key=lambda e: e.key)
 
     def _lifetime(self) -> float:
         """How long one query may take: ``timeout``, or less when the lookup's deadline is nearer.
