@@ -352,6 +352,7 @@ def test_future_calls_fail_over_from_a_dead_endpoint_as_blocking_calls_do(
 def test_cancelling_a_future_that_waits_to_fail_over_ends_its_wait_at_once() -> None:
     from plugbay.network.pool import EndpointPool
     from plugbay.network.resolver import Endpoint
+    from tests.race_util import Starting
     from tests.test_network_drain import PushResolver
 
     nobody = free_port()  # refuses every connection: each try fails before it was sent
@@ -359,16 +360,55 @@ def test_cancelling_a_future_that_waits_to_fail_over_ends_its_wait_at_once() -> 
                         health_interval=0.2, options=FAST_RECONNECT, name="kv-cancel-wait")
     try:
         pool.start()
-        future = pool.unary_unary("/proto.KV/Get").future(b"", timeout=30)
-        assert wait_until(lambda: any(t.name == "plugbay-failover-kv-cancel-wait" for t in threading.enumerate()),
-                          10), "the try was not refused and sent on"
+        # started on a thread of its own, as a hooked future's is: the first try may already find the
+        # endpoint unhealthy and wait for it (future() would then hold its caller until the deadline)
+        future = pool.unary_unary("/proto.KV/Get").unstarted_future(b"", timeout=30)
+        starting = Starting(lambda: future.start(cancellable=True))
         key = f"tcp:127.0.0.1:{nobody}"
         assert wait_until(lambda: pool.metrics()["endpoints"][key]["healthy"] is False, 10)
         time.sleep(1.0)  # past its pauses between tries: it now waits for an endpoint to pick
         picks = sum(e["picks"] for e in pool.metrics()["endpoints"].values())
         assert future.cancel() and future.cancelled()
+        assert starting.ended(2), "the first try went on waiting for an endpoint"
         assert wait_until(lambda: not any(t.name == "plugbay-failover-kv-cancel-wait"
                                           for t in threading.enumerate()), 2), "the failover went on waiting"
         assert sum(e["picks"] for e in pool.metrics()["endpoints"].values()) == picks  # no try after the cancel
     finally:
         pool.close()
+
+
+def test_a_cancelled_hooked_future_waiting_for_an_endpoint_is_never_sent(tmp_path: Any) -> None:
+    # with a call layer installed the future's first try runs on its own thread; the pool's wait for
+    # an endpoint did not see a cancel(), and the Put was sent (and applied) once the replica came up
+    from plugbay import CircuitBreaker
+    from plugbay.core.host.channel import ManagedChannel
+    from plugbay.core.resilience.calls import install
+    from plugbay.network.pool import EndpointPool
+    from plugbay.network.resolver import Endpoint
+    from tests.test_network_drain import PushResolver
+
+    port = free_port()
+    key = f"tcp:127.0.0.1:{port}"
+    pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{port}")]), insecure=True,
+                        health_interval=0.2, options=FAST_RECONNECT, name="kv-cancel-hooked")
+    replica = None
+    try:
+        pool.start()
+        assert wait_until(lambda: pool.metrics()["endpoints"][key]["healthy"] is False, 10)
+        channel = ManagedChannel(pool, 30.0, None, "kv-cancel-hooked")
+        install(channel, breaker=CircuitBreaker())
+        stub = kv_pb2_grpc.KVStub(channel)
+        future = stub.Put.future(kv_pb2.PutRequest(key="cancelled", value=b"sent after cancel"), timeout=20)
+        assert wait_until(lambda: any(t.name == "plugbay-call-kv-cancel-hooked" for t in threading.enumerate()), 10)
+        assert future.cancel() and future.cancelled()
+        assert wait_until(lambda: not any(t.name == "plugbay-call-kv-cancel-hooked"
+                                          for t in threading.enumerate()), 5), "its try went on waiting for an endpoint"
+        replica = Replica(f"127.0.0.1:{port}", cwd=tmp_path)
+        install(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Get(kv_pb2.GetRequest(key="cancelled"), timeout=20)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the cancelled Put never reached the plugin
+    finally:
+        pool.close()
+        if replica is not None:
+            replica.stop()

@@ -192,6 +192,23 @@ def test_a_call_refused_because_the_plugin_is_gone_is_not_retried(tmp_path: Path
     assert retried == [], "a plugin that is gone was asked again"
 
 
+def test_a_hooked_futures_status_and_deadline_are_the_calls_not_a_tries(client: Client) -> None:
+    # grpc.Call's code() and details() wait for the call's end; a retried try's UNAVAILABLE is not
+    # the call's status, and time_remaining() is the call's (it said None while no try was in flight)
+    stub = kv_pb2_grpc.KVStub(client.channel)
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.3, max_backoff=0.3, methods=["Get"]))
+    future = stub.Get.future(kv_pb2.GetRequest(key="k"), timeout=30)
+    remaining = future.time_remaining()
+    assert remaining is not None and 0 < remaining <= 30
+    assert future.code() == grpc.StatusCode.OK
+    assert future.result(timeout=0).value == b"v"
+    cancelled = stub.Get.future(kv_pb2.GetRequest(key="k"), timeout=30)
+    cancelled.cancel()
+    assert cancelled.code() == grpc.StatusCode.CANCELLED and cancelled.cancelled()
+
+
 def test_a_future_goes_through_the_policy_as_a_blocking_call_does(client: Client) -> None:
     import threading
 

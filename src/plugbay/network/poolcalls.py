@@ -180,6 +180,12 @@ class PoolCallable:
 
         return FailoverFuture(self, request, timeout, kwargs).start()
 
+    def unstarted_future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """The future of future(), not started: a hooked future registers it for cancel() first."""
+        from plugbay.network.poolfuture import FailoverFuture
+
+        return FailoverFuture(self, request, timeout, kwargs)
+
     def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool:
         return not_sent(exc, channel)
 

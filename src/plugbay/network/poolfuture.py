@@ -57,16 +57,17 @@ class FailoverFuture(CallFuture):
 
     # --- the tries ----------------------------------------------------------------------
 
-    def start(self) -> FailoverFuture:
-        """The first try, on the caller's thread (it waits for an endpoint, as a blocking call would)."""
-        self._next_try(blocking_errors=True)
+    def start(self, cancellable: bool = False) -> FailoverFuture:
+        """The first try, on the caller's thread (it waits for an endpoint, as a blocking call would;
+        ``cancellable``: the future is known to someone who may cancel() that wait)."""
+        self._next_try(blocking_errors=True, cancellable=cancellable)
         return self
 
-    def _next_try(self, blocking_errors: bool = False) -> None:
+    def _next_try(self, blocking_errors: bool = False, cancellable: bool = True) -> None:
         pool, owner = self._owner._pool, self._owner
         while True:
             try:
-                member = pool.pick(self._pick_until, self._tried, owner._pin) if blocking_errors else self._pick()
+                member = (self._pick() if cancellable else pool.pick(self._pick_until, self._tried, owner._pin))
             except NoEndpointsError as exc:
                 error = owner.out_of_tries(exc, self._tried, self._last)
                 if blocking_errors:
@@ -74,6 +75,9 @@ class FailoverFuture(CallFuture):
                 self._finish(None, error)
                 return
             if member is None:  # cancelled while it waited for an endpoint
+                return
+            if self._cancelled:  # cancelled as it got one: never sent
+                pool.done(member, None)
                 return
             try:
                 inner = owner._on(member).future(self._request, timeout=owner.remaining(self._deadline),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -118,14 +119,26 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             error = self._outcome[1] if self._outcome is not None else None
             return self._inner, error
 
+    def _ended(self) -> tuple[Any, BaseException | None, bool]:
+        """(last try, error, cancelled) once the call has ended: code() and details() wait for it, as
+        gRPC's do (a try's own status, say a retried UNAVAILABLE, is not the call's)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._outcome is not None)
+            assert self._outcome is not None
+            return self._inner, self._outcome[1], self._cancelled
+
     def code(self) -> grpc.StatusCode | None:
-        inner, error = self._call_or_error()
+        inner, error, cancelled = self._ended()
+        if cancelled:
+            return grpc.StatusCode.CANCELLED
         if isinstance(error, grpc.RpcError):
             return error.code()
         return None if inner is None else inner.code()
 
     def details(self) -> str | None:
-        inner, error = self._call_or_error()
+        inner, error, cancelled = self._ended()
+        if cancelled:
+            return "Locally cancelled by application!"  # gRPC's own words for a cancelled call
         if isinstance(error, grpc.RpcError):
             return error.details()  # type: ignore[no-any-return]
         return None if inner is None else inner.details()
@@ -153,8 +166,10 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             return True
 
 
-# One try of a hooked call: start it (its gRPC future), and wait for its response (errors translated).
-TryStarter = Callable[["float | None"], tuple[Any, Callable[[], Any]]]
+# One try of a hooked call: start it, handing its future to ``register`` before anything may block (False:
+# the future was cancelled meanwhile, the try is not to be sent), and a wait for its response (errors
+# translated as the blocking call's).
+TryStarter = Callable[["float | None", Callable[[Any], bool]], Callable[[], Any]]
 
 
 class _Cancelled(BaseException):
@@ -172,13 +187,15 @@ class HookedFuture(CallFuture):
     """
 
     def __init__(self, hook: Callable[[str, Callable[[float | None], Any], float | None], Any], method: str,
-                 name: str, start_try: TryStarter, timeout: float | None) -> None:
+                 name: str, start_try: TryStarter, timeout: float | None, deadline_in: float | None) -> None:
         super().__init__(_log, f"plugin {name!r}")
         self._hook = hook
         self._method = method
         self._name = name
         self._start_try = start_try
         self._timeout = timeout
+        # the call's own deadline (its timeout, else the channel's call_timeout), not a try's
+        self._deadline = None if deadline_in is None else time.monotonic() + deadline_in
 
     def start(self) -> HookedFuture:
         threading.Thread(target=self._run_hook, daemon=True, name=f"plugbay-call-{self._name}").start()
@@ -194,11 +211,16 @@ class HookedFuture(CallFuture):
         else:
             self._finish(response, None)
 
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
     def _attempt(self, timeout: float | None) -> Any:
         if self._cancelled:
             raise _Cancelled()
-        inner, wait = self._start_try(timeout)
-        if not self._set_inner(inner):
+        # registered before it may block (a pool's try waits for an endpoint): a cancel() meanwhile
+        # then reaches it, and it is never sent
+        wait = self._start_try(timeout, self._set_inner)
+        if self._cancelled:
             raise _Cancelled()
         try:
             return wait()

@@ -309,21 +309,30 @@ class _UnaryCallable(_Callable):
             from plugbay.core.host.callfuture import HookedFuture  # only hooked futures load it
 
             return HookedFuture(hook, self._method, self._owner._name,
-                                lambda t: self._try_future(request, t, dict(kwargs)), timeout).start()
+                                lambda t, register: self._try_future(request, t, dict(kwargs), register), timeout,
+                                timeout if timeout is not None else self._owner.call_timeout).start()
         try:
             return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
                                       self._owner)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             raise self._owner.translate_value_error(exc) from exc
 
-    def _try_future(self, request: Any, timeout: float | None,
-                    kwargs: dict[str, Any]) -> tuple[Any, Callable[[], Any]]:
-        """One try of a hooked future: its gRPC future, and a wait for its response that fails as _once()'s
-        call does."""
+    def _try_future(self, request: Any, timeout: float | None, kwargs: dict[str, Any],
+                    register: Callable[[Any], bool]) -> Callable[[], Any]:
+        """One try of a hooked future, its future given to ``register``; a wait for its response that
+        fails as _once()'s call does."""
         deadline = self._kwargs(timeout, kwargs)["timeout"]
         started = time.monotonic()
+        target = self._target()
         try:
-            inner = self._target().future(request, **kwargs)
+            unstarted = getattr(target, "unstarted_future", None)  # a pool's: it may wait for an endpoint
+            if unstarted is not None:
+                inner = unstarted(request, **kwargs)
+                if register(inner):  # not cancelled meanwhile: only then may it be sent
+                    inner.start(cancellable=True)
+            else:
+                inner = target.future(request, **kwargs)
+                register(inner)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             raise self._owner.translate_value_error(exc) from exc
 
@@ -335,7 +344,7 @@ class _UnaryCallable(_Callable):
             finally:
                 if self._owner.after_call is not None:
                     self._owner.run_after_call()
-        return inner, wait
+        return wait
 
 
 class _StreamingCallable(_Callable):
