@@ -101,15 +101,18 @@ def _descendants(root: int) -> list[tuple[int, str]]:
 
 
 def _orphans(known: set[int]) -> list[str]:
-    """Processes with this run's mark that are neither pytest nor descended from it."""
-    mark = f"{_RUN_MARK_NAME}={_RUN_MARK}".encode()
+    """Processes with this run's mark, or this process's plugbay host session (a plugin started with
+    a clean environment has only that), that are neither pytest nor descended from it."""
+    from plugbay.runners.proctree import ENV_HOST_SESSION, host_session
+
+    marks = {f"{_RUN_MARK_NAME}={_RUN_MARK}".encode(), f"{ENV_HOST_SESSION}={host_session()}".encode()}
     out: list[str] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in known:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if mark not in f.read().split(b"\0"):
+                if marks.isdisjoint(f.read().split(b"\0")):
                     continue
             name = Path(f"/proc/{entry}/comm").read_text().strip()
         except OSError:
@@ -119,11 +122,19 @@ def _orphans(known: set[int]) -> list[str]:
 
 
 def _claims() -> list[str]:
-    """Reattach claims this process made (named PID-...) and did not release."""
-    from plugbay.runners.proctree import _claims_roots
+    """Reattach claims this process made (named PID-..., holding its host session) and did not release."""
+    from plugbay.runners.proctree import _claims_roots, host_session
 
-    prefix = f"{os.getpid()}-"
-    return [f"reattach claim {path}" for root in _claims_roots() for path in root.glob(f"*/{prefix}*")]
+    mine = host_session()
+    found: list[str] = []
+    for root in _claims_roots():
+        for path in root.glob(f"*/{os.getpid()}-*"):
+            try:
+                if path.read_text().strip() == mine:  # not a stale one of an earlier process with this pid
+                    found.append(f"reattach claim {path}")
+            except OSError:
+                continue
+    return found
 
 
 def find_leaks() -> list[str]:
