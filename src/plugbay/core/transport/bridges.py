@@ -90,8 +90,12 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         try:
             while True:
                 data, returned = stream.take()
+                if data is None or (returned and not stream._local_fin):
+                    # window returned at once keeps a bulk sender going; once the local side has
+                    # finished it waits for the send (a peer done with the stream would not know it)
+                    stream.consumed(returned)
+                    returned = 0
                 if data is None:
-                    stream.consumed(returned)  # only window to return
                     continue
                 if not data:
                     if stream.done or not stream._reset:
