@@ -169,14 +169,14 @@ class AsyncClient:
         if reattach:
             self._client.abandon_start()
         else:
-            await _to_end(self._stop_on(self._client.kill))
+            await to_end(self._stop_on(self._client.kill))
         try:
-            await _to_end(starting)
+            await to_end(starting)
         except Exception:  # killed while starting: the cancel is the news
             return
         # it had connected before the cancel came: undo that too
         if reattach:
-            await _to_end(self._stop_on(self._client.close))
+            await to_end(self._stop_on(self._client.close))
         if self._channel is not None:
             await asyncio.shield(self._channel.aclose())
 
@@ -236,7 +236,7 @@ class AsyncClient:
 
     async def _end(self, stop: Callable[[], None], begun: concurrent.futures.Future[None] | None) -> None:
         # stop's own error (close() of a launched plugin) is raised
-        cancelled = await _to_end(asyncio.wrap_future(begun) if begun is not None else self._stop_on(stop))
+        cancelled = await to_end(asyncio.wrap_future(begun) if begun is not None else self._stop_on(stop))
         self._end_use()  # before the last await: a cancel there leaves no thread behind
         for channel in reversed(self._channels()):  # the main one last: it owns the connections
             await asyncio.shield(channel.aclose())  # after the stop: calls in flight failed as killed
@@ -261,7 +261,7 @@ class AsyncClient:
         return off_loop(self._stopper, func, *args)
 
 
-async def _to_end(future: asyncio.Future[Any]) -> bool:
+async def to_end(future: asyncio.Future[Any]) -> bool:
     """Await ``future`` to its end through any cancels (its error is raised); True if a cancel came."""
     cancelled = False
     while True:

@@ -51,11 +51,11 @@ from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
-# No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
-# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 # kill()/close() waiting for start()'s lock look this often for a start() that took the lock just
 # before it noted itself (the first look missed it): that start is ended as any other
 _LOCK_LOOK = 0.05
+# No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
+# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 

@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, off_loop
-from plugbay.core.host.aioclient import _to_end
+from plugbay.core.host.aioclient import to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -135,7 +135,7 @@ class AsyncSupervisor:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
             # The start goes on in its thread: left alone, it would run and supervise a plugin nobody holds.
-            await _to_end(asyncio.ensure_future(self._stop_cancelled_start(starting)))
+            await to_end(asyncio.ensure_future(self._stop_cancelled_start(starting)))
             raise
 
     async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
