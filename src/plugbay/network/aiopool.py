@@ -7,9 +7,10 @@ threads), and what a failure means is decided by the code the sync calls use
 on either side. Each endpoint gets a grpc.aio channel of its own, dialed like
 its sync channel (``Member.redial``), when a call first picks it; once
 discovery drops the endpoint, that channel closes when its calls end (at most
-the pool's ``drain_timeout`` later, or at once when the client is closed). A unary call that never left an endpoint
-goes to another within its deadline; a stream goes to the endpoint picked when
-it is made (waiting for one, within its deadline, without blocking the loop).
+the pool's ``drain_timeout`` later, or at once when the client is closed). A
+unary call that never left an endpoint goes to another within its deadline; a
+stream goes to the endpoint picked when it is made (waiting for one, within its
+deadline, without blocking the loop).
 """
 
 from __future__ import annotations
