@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_re
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0  # an unfixed stop waits this out: far beyond every bound below
 BOUND = 20.0
+STALL_BOUND = 8.0  # far above a stop that runs at once, far below one that waits out the loop's joins
 
 
 @pytest.fixture(scope="module")
@@ -194,5 +195,46 @@ def test_cleanup_clients_during_a_restart_ends_it_and_the_hanging_child(kv_bin: 
         assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the cleanup"
     finally:
         gw.stop()
+        if hang is not None and pid_alive(hang):
+            os.kill(hang, signal.SIGKILL)
+
+
+def test_stop_from_a_log_handler_during_the_first_start_returns_and_ends_the_start(tmp_path: Path) -> None:
+    # GatewayConfig.logger's handlers run on the shared plugbay-io loop thread: a stop() there waited
+    # for start()'s lock while start() waited on that very loop (its child's pipes), until timeouts
+    import logging
+
+    hang_file = tmp_path / "hang.pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\necho $$ > {hang_file}\necho 'about to hang' >&2\nexec sleep 300\n")
+    script.chmod(0o755)
+    logger = logging.getLogger("test-gateway-stop-in-handler")
+    stopped = threading.Event()
+
+    class StopOnLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "about to hang" in record.getMessage() and not stopped.is_set():
+                gw.stop()
+                stopped.set()
+
+    handler = StopOnLine()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                               insecure=True, start_timeout=START_TIMEOUT, logger=logger))
+    starting = Starting(gw.start)
+    hang = None
+    try:
+        # a few seconds' bound, not BOUND: the stalled loop let the old stop() return after its
+        # joins' timeouts (about 18 s), not never
+        assert stopped.wait(STALL_BOUND), "stop() in the handler did not return"
+        error = starting.outcome(STALL_BOUND)
+        assert isinstance(error, GatewayError) and "stopped" in str(error), error
+        hang = int(hang_file.read_text())
+        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived stop()"
+    finally:
+        logger.removeHandler(handler)
+        gw.stop()
+        starting.ended(BOUND)
         if hang is not None and pid_alive(hang):
             os.kill(hang, signal.SIGKILL)

@@ -48,6 +48,7 @@ from plugbay._proto.plugin import (
     grpc_stdio_pb2_grpc,
 )
 from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.live import LoopHandoff
 from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, HandlerGate
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
@@ -169,6 +170,7 @@ class Gateway:
         self.certs: CertFiles | None = None
         self._address = ""
         self._lock = threading.Lock()
+        self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on its own thread
         self._started = False
         self._start_failed = False
         self._front: list[Callable[[], None]] = []
@@ -283,6 +285,14 @@ class Gateway:
         # a start() holds the lock until its child answers: a child still starting is ended first, so
         # that start() fails now (it was stopped) and this stop does not wait out start_timeout
         self.keeper.abort_start()
+        # asked on the shared loop thread (a logging handler): the teardown waits on that loop (the
+        # child's pipes, its exit), so it runs on a thread of its own, as a Client's kill() does there
+        if self._handoff.start("plugbay-gateway-stop", self._stop, self._closed.is_set()):
+            return
+        self._stop()
+        self._handoff.join()
+
+    def _stop(self) -> None:
         with self._lock:
             if self._closed.is_set():
                 return
