@@ -412,3 +412,35 @@ def test_a_cancelled_hooked_future_waiting_for_an_endpoint_is_never_sent(tmp_pat
         pool.close()
         if replica is not None:
             replica.stop()
+
+
+def test_a_hooked_future_that_failed_before_any_try_tells_its_status_at_once(tmp_path: Any) -> None:
+    # an argument grpc refuses (metadata that is not text) fails the try before it is sent: code() and
+    # details() waited for that never-started try for good
+    from plugbay import CircuitBreaker
+    from plugbay.core.host.channel import ManagedChannel
+    from plugbay.core.resilience.calls import install
+    from tests.race_util import Starting
+
+    from plugbay.network.pool import EndpointPool
+    from plugbay.network.resolver import Endpoint
+    from tests.test_network_drain import PushResolver
+
+    port = free_port()
+    replica = Replica(f"127.0.0.1:{port}", cwd=tmp_path)
+    pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{port}")]), insecure=True,
+                        options=FAST_RECONNECT, name="kv-bad-arg")
+    try:
+        pool.start()
+        channel = ManagedChannel(pool, 30.0, None, "kv-bad-arg")
+        install(channel, breaker=CircuitBreaker())
+        future = kv_pb2_grpc.KVStub(channel).Get.future(kv_pb2.GetRequest(key="k"), timeout=20,
+                                                         metadata=[("x-n", 1)])
+        with pytest.raises(TypeError):
+            future.result(timeout=20)
+        asking = Starting(lambda: (future.code(), future.details()))
+        assert asking.ended(5), "code()/details() waited for a try that never started"
+        assert future.code() == grpc.StatusCode.UNKNOWN and "TypeError" in (future.details() or "")
+    finally:
+        pool.close()
+        replica.stop()

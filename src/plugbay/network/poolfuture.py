@@ -60,7 +60,11 @@ class FailoverFuture(CallFuture):
     def start(self, cancellable: bool = False) -> FailoverFuture:
         """The first try, on the caller's thread (it waits for an endpoint, as a blocking call would;
         ``cancellable``: the future is known to someone who may cancel() that wait)."""
-        self._next_try(blocking_errors=True, cancellable=cancellable)
+        try:
+            self._next_try(blocking_errors=True, cancellable=cancellable)
+        except BaseException as exc:
+            self._finish(None, exc)  # ended: nothing that holds it (a hooked future) waits on it for good
+            raise
         return self
 
     def _next_try(self, blocking_errors: bool = False, cancellable: bool = True) -> None:

@@ -133,6 +133,8 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             return grpc.StatusCode.CANCELLED
         if isinstance(error, grpc.RpcError):
             return error.code()
+        if error is not None:  # not a call's failure (a bad argument): no try of it to ask
+            return grpc.StatusCode.UNKNOWN
         return None if inner is None else inner.code()
 
     def details(self) -> str | None:
@@ -141,6 +143,8 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             return "Locally cancelled by application!"  # gRPC's own words for a cancelled call
         if isinstance(error, grpc.RpcError):
             return error.details()  # type: ignore[no-any-return]
+        if error is not None:
+            return f"{type(error).__name__}: {error}"
         return None if inner is None else inner.details()
 
     def initial_metadata(self) -> Any:
@@ -187,15 +191,15 @@ class HookedFuture(CallFuture):
     """
 
     def __init__(self, hook: Callable[[str, Callable[[float | None], Any], float | None], Any], method: str,
-                 name: str, start_try: TryStarter, timeout: float | None, deadline_in: float | None) -> None:
+                 name: str, start_try: TryStarter, timeout: float | None) -> None:
         super().__init__(_log, f"plugin {name!r}")
         self._hook = hook
         self._method = method
         self._name = name
         self._start_try = start_try
         self._timeout = timeout
-        # the call's own deadline (its timeout, else the channel's call_timeout), not a try's
-        self._deadline = None if deadline_in is None else time.monotonic() + deadline_in
+        # the call's own deadline, when future() was given one (the layers' deadline for all tries)
+        self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def start(self) -> HookedFuture:
         threading.Thread(target=self._run_hook, daemon=True, name=f"plugbay-call-{self._name}").start()
@@ -212,7 +216,9 @@ class HookedFuture(CallFuture):
             self._finish(response, None)
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+        if self._deadline is None:  # no deadline for the whole call: the try in flight's, if one is
+            return super().time_remaining()
+        return max(self._deadline - time.monotonic(), 0.0)
 
     def _attempt(self, timeout: float | None) -> Any:
         if self._cancelled:

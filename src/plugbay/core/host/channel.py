@@ -309,8 +309,8 @@ class _UnaryCallable(_Callable):
             from plugbay.core.host.callfuture import HookedFuture  # only hooked futures load it
 
             return HookedFuture(hook, self._method, self._owner._name,
-                                lambda t, register: self._try_future(request, t, dict(kwargs), register), timeout,
-                                timeout if timeout is not None else self._owner.call_timeout).start()
+                                lambda t, register: self._try_future(request, t, dict(kwargs), register),
+                                timeout).start()
         try:
             return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
                                       self._owner)
