@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,91 +47,120 @@ def _child_script(folder: Path, kv_bin: str) -> tuple[Path, Path, Path]:
     return script, first, hang
 
 
+def _hanging_script(folder: Path, says: str = "") -> tuple[Path, Path]:
+    """A child that hangs before its handshake line from the first start on (saying ``says`` on stderr)."""
+    hang = folder / "hang.pid"
+    script = folder / "hang.sh"
+    said = f"echo '{says}' >&2\n" if says else ""
+    script.write_text(f"#!/bin/sh\necho $$ > {hang}\n{said}exec sleep 300\n")
+    script.chmod(0o755)
+    return script, hang
+
+
+def _config(script: Path, **kw: object) -> GatewayConfig:
+    return GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
+                         insecure=True, start_timeout=START_TIMEOUT, **kw)  # type: ignore[arg-type]
+
+
+def _hang_pid(hang_file: Path) -> int:
+    """The hanging child's pid, once it wrote it (its start now waits for a handshake line)."""
+    wait_for_file(hang_file, BOUND)
+    assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
+    return int(hang_file.read_text())
+
+
+def _kill_if_alive(pid: int | None) -> None:
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _keepers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "plugbay-gateway-keeper"]
 
 
-def test_stop_during_a_restart_ends_it_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
+@contextmanager
+def _restarting_a_hanging_child(kv_bin: str, tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
+    """A started gateway whose first child was killed, and the restarted child that hangs."""
     script, _, hang_file = _child_script(tmp_path, kv_bin)
     policy = RestartPolicy(max_restarts=10, window=60, initial_backoff=0.05, max_backoff=0.1)
-    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
-                               insecure=True, start_timeout=START_TIMEOUT, restart=policy))
+    gw = Gateway(_config(script, restart=policy))
     hang = None
     try:
         gw.start()
         first = gw.child_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        wait_for_file(hang_file, BOUND)  # the keeper restarted it, and that start now waits for its handshake
-        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
-        hang = int(hang_file.read_text())
+        hang = _hang_pid(hang_file)  # the keeper restarted it, and that start now waits for its handshake
+        yield gw, hang
+    finally:
+        gw.stop()
+        _kill_if_alive(hang)
+
+
+@contextmanager
+def _command(script: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The gateway command serving ``script``, ended whatever the test does."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
+         "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", str(int(START_TIMEOUT)), "--", str(script)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def _sigterm(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """SIGTERM to the command, and its output once it exited (within BOUND, or the test fails)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the gateway did not exit within {BOUND}s of SIGTERM (start_timeout"
+                             f" {START_TIMEOUT:g}s)") from None
+
+
+def test_stop_during_a_restart_ends_it_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
+    with _restarting_a_hanging_child(kv_bin, tmp_path) as (gw, hang):
         stopping = Starting(gw.stop)
         assert stopping.ended(BOUND), f"gateway.stop() did not return within {BOUND}s (start_timeout {START_TIMEOUT})"
         assert stopping.error is None, stopping.error
         assert wait_until(lambda: not _keepers(), BOUND), _keepers()
         assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived stop()"
         assert gw.keeper.client is None
-    finally:
-        gw.stop()
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
 
 
 def test_sigterm_during_a_restart_ends_the_command_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
     script, first_file, hang_file = _child_script(tmp_path, kv_bin)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
-         "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", str(int(START_TIMEOUT)), "--", str(script)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     hang = None
     try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:  # the first child is up once the gateway listens
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(BOUND), "the gateway printed nothing"
-        assert proc.stdout.readline().startswith(b"listening tcp 127.0.0.1:")
-        os.kill(int(first_file.read_text()), signal.SIGKILL)
-        wait_for_file(hang_file, BOUND)
-        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
-        hang = int(hang_file.read_text())
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=BOUND)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the gateway did not exit within {BOUND}s of SIGTERM (start_timeout"
-                                 f" {START_TIMEOUT:g}s)") from None
-        assert proc.returncode == 0, err.decode()[-2000:]
-        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
+        with _command(script, tmp_path) as proc:
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as sel:  # the first child is up once the gateway listens
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                assert sel.select(BOUND), "the gateway printed nothing"
+            assert proc.stdout.readline().startswith(b"listening tcp 127.0.0.1:")
+            os.kill(int(first_file.read_text()), signal.SIGKILL)
+            hang = _hang_pid(hang_file)
+            _, err = _sigterm(proc)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
-
-
-def _hanging_script(folder: Path) -> tuple[Path, Path]:
-    """A child that hangs before its handshake line from the first start on."""
-    hang = folder / "hang.pid"
-    script = folder / "hang.sh"
-    script.write_text(f"#!/bin/sh\necho $$ > {hang}\nexec sleep 300\n")
-    script.chmod(0o755)
-    return script, hang
+        _kill_if_alive(hang)
 
 
 def test_stop_during_the_first_start_ends_it_and_the_hanging_child(tmp_path: Path) -> None:
     # start() holds the gateway's lock until its first child answers: stop() used to wait for that
     # lock until start_timeout (and start() then failed as if the plugin had)
     script, hang_file = _hanging_script(tmp_path)
-    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
-                               insecure=True, start_timeout=START_TIMEOUT))
+    gw = Gateway(_config(script))
     starting = Starting(gw.start)
     hang = None
     try:
-        wait_for_file(hang_file, BOUND)
-        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
-        hang = int(hang_file.read_text())
+        hang = _hang_pid(hang_file)
         stopping = Starting(gw.stop)
         assert stopping.ended(BOUND), f"gateway.stop() did not return within {BOUND}s (start_timeout {START_TIMEOUT})"
         assert stopping.error is None, stopping.error
@@ -139,64 +170,32 @@ def test_stop_during_the_first_start_ends_it_and_the_hanging_child(tmp_path: Pat
     finally:
         gw.stop()
         starting.ended(BOUND)
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
+        _kill_if_alive(hang)
 
 
 def test_sigterm_during_the_first_start_exits_0_and_ends_the_hanging_child(tmp_path: Path) -> None:
     script, hang_file = _hanging_script(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
-         "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", str(int(START_TIMEOUT)), "--", str(script)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     hang = None
     try:
-        wait_for_file(hang_file, BOUND)
-        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
-        hang = int(hang_file.read_text())
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=BOUND)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the gateway did not exit within {BOUND}s of SIGTERM (start_timeout"
-                                 f" {START_TIMEOUT:g}s)") from None
-        assert proc.returncode == 0, err.decode()[-2000:]  # a stop, as documented (it exited 1)
-        assert b"listening" not in out and b"error" not in err
-        assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
+        with _command(script, tmp_path) as proc:
+            hang = _hang_pid(hang_file)
+            out, err = _sigterm(proc)
+            assert proc.returncode == 0, err.decode()[-2000:]  # a stop, as documented (it exited 1)
+            assert b"listening" not in out and b"error" not in err
+            assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
+        _kill_if_alive(hang)
 
 
 def test_cleanup_clients_during_a_restart_ends_it_and_the_hanging_child(kv_bin: str, tmp_path: Path) -> None:
     # what an exiting interpreter runs: it halted the keeper with a 30 s join while the restart waited
     from plugbay import cleanup_clients
 
-    script, _, hang_file = _child_script(tmp_path, kv_bin)
-    policy = RestartPolicy(max_restarts=10, window=60, initial_backoff=0.05, max_backoff=0.1)
-    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
-                               insecure=True, start_timeout=START_TIMEOUT, restart=policy))
-    hang = None
-    try:
-        gw.start()
-        first = gw.child_pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        wait_for_file(hang_file, BOUND)
-        assert wait_until(lambda: hang_file.read_text().strip().isdigit(), BOUND)
-        hang = int(hang_file.read_text())
+    with _restarting_a_hanging_child(kv_bin, tmp_path) as (_, hang):
         cleaning = Starting(cleanup_clients)
         assert cleaning.ended(BOUND), f"cleanup_clients() did not return within {BOUND}s"
         assert cleaning.error is None, cleaning.error
         assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the cleanup"
-    finally:
-        gw.stop()
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
 
 
 def test_stop_from_a_log_handler_during_the_first_start_returns_and_ends_the_start(tmp_path: Path) -> None:
@@ -204,10 +203,7 @@ def test_stop_from_a_log_handler_during_the_first_start_returns_and_ends_the_sta
     # for start()'s lock while start() waited on that very loop (its child's pipes), until timeouts
     import logging
 
-    hang_file = tmp_path / "hang.pid"
-    script = tmp_path / "hang.sh"
-    script.write_text(f"#!/bin/sh\necho $$ > {hang_file}\necho 'about to hang' >&2\nexec sleep 300\n")
-    script.chmod(0o755)
+    script, hang_file = _hanging_script(tmp_path, says="about to hang")
     logger = logging.getLogger("test-gateway-stop-in-handler")
     stopped = threading.Event()
 
@@ -220,8 +216,7 @@ def test_stop_from_a_log_handler_during_the_first_start_returns_and_ends_the_sta
     handler = StopOnLine()
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    gw = Gateway(GatewayConfig(cmd=[str(script)], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
-                               insecure=True, start_timeout=START_TIMEOUT, logger=logger))
+    gw = Gateway(_config(script, logger=logger))
     starting = Starting(gw.start)
     hang = None
     try:
@@ -236,5 +231,4 @@ def test_stop_from_a_log_handler_during_the_first_start_returns_and_ends_the_sta
         logger.removeHandler(handler)
         gw.stop()
         starting.ended(BOUND)
-        if hang is not None and pid_alive(hang):
-            os.kill(hang, signal.SIGKILL)
+        _kill_if_alive(hang)
