@@ -13,8 +13,11 @@ import json
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def slice_of(name: str, addresses: list[str], port: int = 4000, service: str = "kv") -> dict[str, Any]:
@@ -102,3 +105,13 @@ class SliceAPI:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(10)
+
+
+@pytest.fixture()
+def api() -> Iterator[SliceAPI]:
+    """A SliceAPI for one test (import it: ``from tests.slice_api import api``)."""
+    server = SliceAPI()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -5,7 +5,6 @@ is handed over again by discovery, and the pool keeps its previous set whole mea
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from dnslib import SRV
 
 from tests.dns_util import ZONE, Zone, serving
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI, slice_of
+from tests.slice_api import SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.pool import EndpointPool
@@ -102,15 +101,6 @@ def test_a_set_with_an_endpoint_that_cannot_be_dialed_leaves_the_pool_as_it_was(
         assert set(pool.metrics()["endpoints"]) == {"tcp:127.0.0.1:2", "tcp:127.0.0.1:3"}
     finally:
         pool.close()
-
-
-@pytest.fixture()
-def api() -> Iterator[SliceAPI]:
-    server = SliceAPI()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.mark.kubernetes

@@ -6,28 +6,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI, slice_of
+from tests.slice_api import SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture()
-def api() -> Iterator[SliceAPI]:
-    server = SliceAPI()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _addresses(block: int, count: int) -> list[str]:

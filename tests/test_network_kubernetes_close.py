@@ -5,29 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI, slice_of
+from tests.slice_api import SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 
 from plugbay.errors import DiscoveryError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.pool import EndpointPool
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture()
-def api() -> Iterator[SliceAPI]:
-    server = SliceAPI()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _watch_threads() -> list[threading.Thread]:
