@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.procs import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 GO_SOURCES = REPO / "tests" / "go"
 # Shared Go packages, importable by the programs as plugbay.test/<dir name>.
@@ -305,7 +307,7 @@ def run_program(
     except subprocess.TimeoutExpired:
         # the test hosts start their plugin in a process group of its own (hostutil.NewHost): found
         # before the host dies (its plugin is then orphaned), and ended with it
-        groups = {_group_of(pid) for pid in _descendants(proc.pid)} - {None, proc.pid}
+        groups = {_group_of(pid) for pid, _ in descendants(proc.pid)} - {None, proc.pid}
         _kill_group(proc.pid)
         for group in groups:
             assert group is not None
@@ -319,23 +321,6 @@ def run_program(
         # A host that exits leaves no plugin behind, except after a crash: reap the group anyway.
         _kill_group(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
-    found, frontier = [], [root]
-    while frontier:
-        kids = children.get(frontier.pop(), [])
-        found += kids
-        frontier += kids
-    return found
 
 
 def _group_of(pid: int) -> int | None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import descendants
+
 _SESSION_TMP = Path(f"/tmp/plugbay-test-{os.getpid()}")
 # pytest's own tmp_path folders live here too and are cleaned by pytest.
 _IGNORED_TMP = ("pytest-of-",)
@@ -75,31 +77,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _FDS_AT_START.update(_pipes_and_sockets())  # once every plugin configured (hangwatch keeps a stderr)
 
 
-def _descendants(root: int) -> list[tuple[int, str]]:
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        pid = int(entry)
-        # the command name is in parentheses and may itself hold spaces
-        names[pid] = stat[stat.index("(") + 1:stat.rindex(")")]
-        parents[pid] = int(stat[stat.rindex(")") + 2:].split()[1])
-    out: list[tuple[int, str]] = []
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent:
-                out.append((pid, names[pid]))
-                frontier.append(pid)
-    return out
-
-
 def _orphans(known: set[int]) -> list[str]:
     """Processes with this run's mark, or this process's plugbay host session (a plugin started with
     a clean environment has only that), that are neither pytest nor descended from it."""
@@ -139,7 +116,7 @@ def _claims() -> list[str]:
 
 def find_leaks() -> list[str]:
     leaks: list[str] = []
-    procs = _descendants(os.getpid())
+    procs = descendants(os.getpid())
     leaks += [f"process {pid} ({name})" for pid, name in procs]
     leaks += _orphans({os.getpid(), *(pid for pid, _ in procs)})
     leaks += _claims()

@@ -22,7 +22,7 @@ from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, TLSConfigError
 from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
 from plugbay.network.gateway.cli import main as gateway_main
-from tests import gobuild, netcerts
+from tests import gobuild, netcerts, procs
 
 _reason = gobuild.go_missing_reason()
 pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
@@ -273,19 +273,6 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
         sel.close()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_and_stops_on_signal(kv_bin: str, certs: netcerts.CertSet, tmp_path: Path, sig: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -299,7 +286,7 @@ def test_cli_serves_and_stops_on_signal(kv_bin: str, certs: netcerts.CertSet, tm
         address = line.split()[-1]
         with secure(certs, address) as ch:
             kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key="cli", value=b"ok"), timeout=10)
-        children = _children(proc.pid)
+        children = procs.children(proc.pid)
         assert children, "the plugin should run as the gateway's child"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)

@@ -30,7 +30,7 @@ from plugbay import Gateway, GatewayConfig, NetworkTLS, RemoteClient, RemoteConf
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.errors import ConfigError, HandshakeTimeoutError, ProtocolMismatchError, RemoteTLSError
-from tests import netcerts
+from tests import netcerts, procs
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTER = REPO / "examples" / "counter"
@@ -302,12 +302,12 @@ def test_the_gateway_drops_a_brokering_host_that_went_silent_and_stops_its_child
         shared = gw.child_pid
         silent = _silent_host(gw.address, certs)
         try:
-            assert wait_until(lambda: len(_children(os.getpid()) - {shared}) >= 1, timeout=15)  # its own child
+            assert wait_until(lambda: len(_live_children() - {shared}) >= 1, timeout=15)  # its own child
             frames = _frames_until_closed(silent, timeout=20)
         finally:
             silent.close()
         assert (2, 1) in frames  # the gateway pinged the silent host before dropping it
-        assert wait_until(lambda: _children(os.getpid()) == {shared}, timeout=15)
+        assert wait_until(lambda: _live_children() == {shared}, timeout=15)
 
 
 @pytest.mark.parametrize("value", ["30", "a,b", "1,2,3", "0,10", "30,-1", "nan,1"])
@@ -452,13 +452,13 @@ def test_the_gateway_brokers_with_a_child_per_host_session(tmp_path: Path, certs
             assert (folder / "kv_g1").read_text() == '{"Value":2}'
             assert (folder / "kv_g2").read_text() == '{"Value":102}'
             # each session has its own child, besides the shared one plain gRPC reaches
-            kids = {p for p in _children(os.getpid())} - {shared}
+            kids = {p for p in _live_children()} - {shared}
             assert len([p for p in kids if p is not None]) >= 2
             with grpc.secure_channel(gw.address, netcerts.channel_credentials(certs),
                                      options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
                 assert counter_pb2_grpc.CounterStub(ch).Get(counter_pb2.GetRequest(key="g2"), timeout=10).value == 102
         # the hosts left: their children are stopped
-        assert wait_until(lambda: _children(os.getpid()) == {shared}, timeout=15)
+        assert wait_until(lambda: _live_children() == {shared}, timeout=15)
     assert not list(Path(tempfile.gettempdir()).glob("plugbay-gwchild-*"))
 
 
@@ -481,20 +481,6 @@ def test_the_gateway_refuses_multiplex_without_tls_or_a_multiplexing_child(tmp_p
         target = [type("Rep", (), {"address": gw.address})()]
         with pytest.raises(HandshakeTimeoutError):  # every session is closed: the child cannot broker
             remote(target, host_tls(certs), start_timeout=5).start()  # type: ignore[arg-type]
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
-    return found
 
 
 def test_setup_errors_say_what_to_do(tmp_path: Path, certs: netcerts.CertSet,
@@ -521,3 +507,7 @@ def test_setup_errors_say_what_to_do(tmp_path: Path, certs: netcerts.CertSet,
                          text=True, timeout=30)
     assert out.returncode == 1 and "set TMPDIR to a short" in out.stderr, out.stderr[-2000:]
     assert not list(long_tmp.iterdir())
+
+
+def _live_children() -> set[int]:
+    return set(procs.children(os.getpid(), zombies=False))

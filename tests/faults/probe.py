@@ -129,9 +129,9 @@ def check_writes(caller: Caller, acked: dict[str, bytes], budget: float = 15.0) 
 
 
 def descendants(root: int) -> set[tuple[int, str]]:
-    from tests.leakcheck import _descendants
+    from tests import procs
 
-    return {(pid, name) for pid, name in _descendants(root)}
+    return set(procs.descendants(root))
 
 
 def _fds() -> dict[str, str]:
