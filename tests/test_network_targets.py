@@ -78,9 +78,6 @@ def test_static_resolver_reports_its_set_before_start_returns() -> None:
 
 
 def test_kubernetes_parts_without_the_kubernetes_client_say_how_to_get_it() -> None:
-    import subprocess
-    import sys
-
     # the client is an extra: without it a kubernetes:/// target, the pod runner and its sweep
     # each say to install it (they raised a bare ModuleNotFoundError, the target only at start())
     code = (
@@ -94,9 +91,7 @@ def test_kubernetes_parts_without_the_kubernetes_client_say_how_to_get_it() -> N
         "    except Exception as exc:\n"
         "        print(type(exc).__name__, exc)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    target, runner, swept = out.stdout.splitlines()
+    target, runner, swept = _without(code).splitlines()
     assert target.startswith("ConfigError target 'kubernetes:///plugins/kv:7001' needs Kubernetes discovery")
     assert "pip install 'plugbay[kubernetes]'" in target and "use a static:/// or dns:/// target" in target
     for line in (runner, swept):
@@ -104,9 +99,6 @@ def test_kubernetes_parts_without_the_kubernetes_client_say_how_to_get_it() -> N
 
 
 def test_static_targets_need_no_dns_library_and_dns_targets_say_how_to_get_one() -> None:
-    import subprocess
-    import sys
-
     code = (
         "import sys; sys.modules['dns'] = None\n"  # as if dnspython were not installed
         "from plugbay.network.targets import make_resolver, parse_target\n"
@@ -116,7 +108,16 @@ def test_static_targets_need_no_dns_library_and_dns_targets_say_how_to_get_one()
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
+    out = _without(code)
+    assert out.startswith("ConfigError target 'dns:///kv.example.internal:7001' needs DNS lookups")
+    assert "pip install 'plugbay[network]'" in out
+
+
+def _without(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (which hides an extra from itself first)."""
+    import subprocess
+    import sys
+
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ConfigError target 'dns:///kv.example.internal:7001' needs DNS lookups")
-    assert "pip install 'plugbay[network]'" in out.stdout
+    return out.stdout

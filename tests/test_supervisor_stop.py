@@ -32,6 +32,14 @@ def _gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
+def _launched_pid(runner: ProcessRunner) -> int:
+    """The plugin's pid once the runner launched it (the start now waits for its handshake)."""
+    assert wait_until(lambda: runner.pid is not None, 20)
+    pid = runner.pid
+    assert pid is not None
+    return pid
+
+
 def _start_in_thread(sup: Supervisor) -> tuple[threading.Thread, list[BaseException]]:
     """sup.start() on a thread of its own (the test stops it meanwhile); what it raised lands in the list."""
     failed: list[BaseException] = []
@@ -78,9 +86,7 @@ def test_stop_while_start_starts_the_first_plugin_ends_it_and_start_says_so(tmp_
                      restart=FAST, health_interval=None)
     thread, failed = _start_in_thread(sup)
     try:
-        assert wait_until(lambda: runner.pid is not None, 20)
-        pid = runner.pid
-        assert pid is not None
+        pid = _launched_pid(runner)
         sup.stop()
         thread.join(40)
         assert not thread.is_alive()
@@ -193,9 +199,7 @@ def test_stop_during_a_first_start_that_waits_long_ends_that_plugin_at_once(tmp_
                      restart=FAST, health_interval=None, on_event=lambda e: events.append(e.kind))
     thread, failed = _start_in_thread(sup)
     try:
-        assert wait_until(lambda: runner.pid is not None, 20)
-        pid = runner.pid
-        assert pid is not None
+        pid = _launched_pid(runner)
         sup.stop()
         thread.join(20)  # far below the minute the plugin would take
         assert not thread.is_alive(), "start() waited for the handshake of a plugin stop() should have ended"
