@@ -487,27 +487,11 @@ def test_a_live_socket_with_a_full_backlog_is_not_taken_for_a_stale_one() -> Non
     from plugbay.core.transport.sockets import check_unix_path
     from plugbay.errors import ConfigError
 
+    from tests.busy_socket import busy_listener
+
     with tempfile.TemporaryDirectory(prefix="bk-") as folder:
         path = os.path.join(folder, "busy.sock")
-        listener = socket.socket(socket.AF_UNIX)
-        queued: list[socket.socket] = []
-        try:
-            listener.bind(path)
-            listener.listen(0)
-            for _ in range(64):  # fill the accept queue: the next connect gets EAGAIN
-                probe = socket.socket(socket.AF_UNIX)
-                probe.setblocking(False)
-                queued.append(probe)
-                try:
-                    probe.connect(path)
-                except BlockingIOError:
-                    break
-            else:
-                pytest.fail("the listener's backlog never filled")
+        with busy_listener(path):
             with pytest.raises(ConfigError, match="another process is listening there"):
                 check_unix_path(path, "choose a shorter path")
             assert os.path.exists(path)
-        finally:
-            for probe in queued:
-                probe.close()
-            listener.close()

@@ -12,32 +12,15 @@ from pathlib import Path
 import pytest
 
 from plugbay.core.transport import sockets
+from tests.busy_socket import busy_listener
 
 
 @pytest.fixture()
 def busy(tmp_path: Path) -> Iterator[tuple[str, socket.socket, list[socket.socket]]]:
     """A unix listener that does not accept, its backlog filled by connections of ours."""
     path = str(tmp_path / "busy.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(0)
-    listener.settimeout(10)
-    fillers: list[socket.socket] = []
-    try:
-        for _ in range(64):
-            filler = socket.socket(socket.AF_UNIX)
-            filler.setblocking(False)
-            fillers.append(filler)
-            try:
-                filler.connect(path)
-            except BlockingIOError:
-                break
-        else:
-            pytest.fail("the backlog never filled")
+    with busy_listener(path) as (listener, fillers):
         yield path, listener, fillers
-    finally:
-        for sock in (listener, *fillers):
-            sock.close()
 
 
 def test_a_dial_to_a_full_backlog_waits_for_room(busy: tuple[str, socket.socket, list[socket.socket]]) -> None:
