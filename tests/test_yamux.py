@@ -1075,10 +1075,8 @@ def test_bytes_after_the_local_side_closed_end_a_stream_closed_both_ways_without
         assert c.read() == b""
         c.write(b"g" * 24)
         c.close_write()
-        deadline = time.monotonic() + 10
-        while ends.local.fileno() != -1 and time.monotonic() < deadline:  # the bridge ends: it closes its end
-            time.sleep(0.01)
-        assert ends.local.fileno() == -1, "the bridge never ended"
+        # the bridge ends: it closes its end
+        assert wait_until(lambda: ends.local.fileno() == -1, 10, step=0.01), "the bridge never ended"
         assert resets == [] and not s._reset
     finally:
         ends.close()
@@ -1093,9 +1091,6 @@ def test_bytes_after_the_local_side_closed_still_reset_a_stream_the_peer_keeps_o
         ends.far.close()
         assert c.read() == b""
         c.write(b"g" * 24)  # and no FIN: the bridge gives up waiting for one and resets
-        deadline = time.monotonic() + 10
-        while not c._reset and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert c._reset, "the peer was never told the bytes it sends go nowhere"
+        assert wait_until(lambda: c._reset, 10, step=0.01), "the peer was never told the bytes it sends go nowhere"
     finally:
         ends.close()
