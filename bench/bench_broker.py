@@ -9,7 +9,10 @@ streaming throughput of the streaming example (server stream, 256 KiB
 chunks) over the same kind of connection.
 
 Rows: per-connection and multiplexed, +/- AutoMTLS, Python <-> Python, and
-the go-plugin 1.0.1 counter programs in per-connection plain mode.
+the go-plugin 1.0.1 counter programs in per-connection plain mode, the bare
+grpcio host (bench/floor_broker.py, the floor), and that host with every
+server started ahead of the timed calls: the lower bound of any grpcio host,
+which a host cannot reach while it starts a server per brokered call.
 
 The yamux rows time one stream carrying YAMUX_BYTES over a unix socket (what a
 multiplexed broker's connections ride on): plugbay's Python yamux
@@ -113,6 +116,25 @@ def _bare_round(ctx: Context, plugin_cmd: list[str], calls: int, cwd: str) -> Re
         puts, total = timed(calls, lambda: counter.put("bench", 1))
     return Result(first, percentile(puts, 0.5), percentile(puts, 0.99), calls, calls / total if total else 0.0,
                   note="p50/p99 = Put + callback; bench/floor_broker.py (a grpc.server per call)")
+
+
+def _ahead_round(ctx: Context, plugin_cmd: list[str], calls: int, cwd: str) -> Result:
+    """One round of the lower bound: floor_broker's host with its servers started ahead, untimed."""
+    from floor_broker import BareCounter
+
+    started = time.perf_counter()
+    with BareCounter(plugin_cmd, cwd, ctx.call_timeout) as counter:
+        counter.put("bench", 1)
+        first = (time.perf_counter() - started) * 1000
+        puts = sorted(counter.timed_ahead(calls))
+    return Result(first, percentile(puts, 0.5), percentile(puts, 0.99), calls, calls / (sum(puts) / 1e6),
+                  note="p50/p99 = Put + callback, every id's grpc.server started before the timed calls and"
+                       " stopped after them: the lower bound of a grpcio host (calls/s: timed calls only)")
+
+
+def _ahead_host(ctx: Context, plugin_cmd: list[str]) -> Result:
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        return interleaved(replace(ctx, starts=ctx.rounds), lambda calls: _ahead_round(ctx, plugin_cmd, calls, cwd))
 
 
 def _bare_host(ctx: Context, plugin_cmd: list[str]) -> Result:
@@ -269,6 +291,12 @@ def cases(ctx: Context) -> list[Case]:
             return Result(skipped=f"Go: {c.cache.get('go:reason')}")
         return _bare_host(c, [plugin])
 
+    def ahead_go(c: Context) -> Result:
+        plugin = go_program(c, "counter_plugin")
+        if plugin is None:
+            return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+        return _ahead_host(c, [plugin])
+
     def go_py(c: Context) -> Result:
         return _go_host(c, PY_COUNTER)
 
@@ -282,6 +310,8 @@ def cases(ctx: Context) -> list[Case]:
                  key="floor-broker"),
             Case("Python", "Go", False, py_go, area="broker", transport="process, per-connection",
                  floor="floor-broker"),
+            Case("bare grpcio (servers started ahead)", "Go", False, ahead_go, area="broker",
+                 transport="process, per-connection"),
             Case("Go", "Python", False, go_py, area="broker", transport="process, per-connection"),
             Case("Go", "Go", False, go_go, area="broker", transport="process, per-connection")]
     return out
