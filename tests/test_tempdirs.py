@@ -154,6 +154,32 @@ def test_only_proven_folders_are_removed(tmp_path: Path) -> None:
     os.rmdir(mine)
 
 
+@pytest.mark.parametrize("host", ["build host", "h\u00f4te", "tab\there"])
+def test_a_machine_name_with_spaces_or_non_ascii_is_marked_and_matched(tmp_path: Path, host: str) -> None:
+    # the marker's last field is the machine's name: one written from a name with a space or a
+    # non-ASCII letter must be written at all, and read back as this machine's
+    patched = f"import socket; socket.gethostname = lambda: {host!r}; "
+    made = subprocess.run([sys.executable, "-c", patched + "import sys; from plugbay.core.transport.tempdirs import "
+                           "make_tempdir; print(make_tempdir('plugbay-t-', dir=sys.argv[1]))", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=cli_env())
+    assert made.returncode == 0, made.stderr
+    folder = made.stdout.strip()
+    assert (Path(folder) / MARKER).read_text().isascii()
+    swept = subprocess.run([sys.executable, "-c", patched + "import sys; from plugbay.core.transport.tempdirs import "
+                            "sweep_tempdirs; print(sweep_tempdirs([sys.argv[1]]))", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60, env=cli_env())
+    assert swept.returncode == 0 and swept.stdout.strip() == repr([folder]), swept.stderr
+    # a name that is not this one escaped (spaces dropped, non-ASCII raw) is not taken for this machine
+    other = _made_by_a_gone_process(tmp_path)
+    fields = (other / MARKER).read_text().split()
+    fields[6] = host.replace(" ", "")
+    (other / MARKER).write_text(" ".join(fields) + "\n")
+    again = subprocess.run([sys.executable, "-c", patched + "import sys; from plugbay.core.transport.tempdirs import "
+                            "sweep_tempdirs; print(sweep_tempdirs([sys.argv[1]]))", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60, env=cli_env())
+    assert again.returncode == 0 and again.stdout.strip() == "[]", again.stderr
+
+
 def test_a_listening_socket_keeps_its_folder_until_it_closes(short_dir: Path) -> None:
     tmp_path = short_dir
     folder = _made_by_a_gone_process(tmp_path)

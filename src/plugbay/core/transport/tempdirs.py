@@ -81,8 +81,13 @@ def _owner_line() -> str:
     if not _boot:
         _boot = _boot_id()
     pid = os.getpid()
-    host = "".join(c for c in socket.gethostname() if c.isprintable() and not c.isspace()) or "-"
-    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {host}\n"
+    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {_host_name()}\n"
+
+
+def _host_name() -> str:
+    """This machine's name as the marker's last field: ASCII without spaces, each name its own (escaped,
+    not dropped: two machines whose names differ only in what was dropped would pass for one)."""
+    return socket.gethostname().encode("unicode_escape").decode("ascii").replace(" ", "\\x20") or "-"
 
 
 def make_tempdir(prefix: str, dir: str | None = None) -> str:
@@ -112,7 +117,7 @@ def _maker_gone(line: str) -> bool:
     if len(parts) != 7 or " ".join(parts[:2]) != _MAGIC or not parts[4].isdigit():
         return False
     boot, namespace, pid, ticks, host = parts[2], parts[3], int(parts[4]), parts[5], parts[6]
-    if host != socket.gethostname():
+    if host != _host_name():
         return False  # a temp dir shared with another machine (NFS): its processes are not seen here
     if not _own_proc():
         return False  # a /proc of another pid namespace than this process's: its pids say nothing here
