@@ -41,7 +41,7 @@ from typing import Any, Callable
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -55,7 +55,6 @@ from plugbay.core.protocol.handshake import (
 )
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import (
-    BrokerError,
     ClientStateError,
     ConfigError,
     DiscoveryError,
@@ -68,6 +67,7 @@ from plugbay.errors import (
 )
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint
+from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
@@ -117,36 +117,6 @@ class RemoteConfig:
     def make_client(self) -> RemoteClient:
         """A new RemoteClient (what a Supervisor calls on each (re)connect)."""
         return RemoteClient(self)
-
-
-class NetworkBroker(GRPCBroker):
-    """The broker of a RemoteClient as a whole: refused, saying why and what works instead."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(BrokerTransport(), "host")
-        self.why = why
-
-    def _refuse(self) -> BrokerError:
-        return BrokerError(self.why)
-
-    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *, loop: Any = None) -> None:
-        raise self._refuse()
-
-    def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
-        raise self._refuse()
-
-
-_NO_BROKER_ASKED = ("this RemoteClient was made with RemoteConfig(brokered=False), which reaches the plugin over"
-                    " plain gRPC without brokered connections (callbacks such as the counter example's"
-                    " AddHelper); drop brokered=False to use them")
-_NO_BROKER = ("brokered connections (callbacks such as the counter example's AddHelper) need a remote plugin"
-              " that multiplexes them (Discovery multiplex=true: a plugbay plugin served with TLS and"
-              " NetworkServe(multiplex=True), the default); this one serves plain gRPC calls only. Serve it"
-              " that way, or use a launched plugin (Client with cmd= or a runner)")
-_POOL_BROKER = ("a RemoteClient with brokered connections has one broker per endpoint: use the broker the"
-                " dispensed stub was built with (RemoteClient.dispense() pins each stub to one endpoint and"
-                " its broker; a Supervisor's stubs are spread over endpoints, so take brokered stubs from the"
-                " RemoteClient)")
 
 
 class MainHook:
@@ -214,8 +184,8 @@ class RemoteClient(Client):
             self.multiplexed = True
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
-        self._broker = NetworkBroker(_POOL_BROKER if self.multiplexed else
-                                     _NO_BROKER_ASKED if not cfg.brokered else _NO_BROKER)
+        self._broker = NetworkBroker(POOL_BROKER if self.multiplexed else
+                                     NO_BROKER_ASKED if not cfg.brokered else NO_BROKER)
 
     def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
         cfg = self.remote
