@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 
 from common import REPO, Case, Context, Result, combine, go_program, interleaved, percentile, timed
+from floor import first_line
 
 COUNTER = REPO / "examples" / "counter"
 STREAMING = REPO / "examples" / "streaming"
@@ -174,7 +175,7 @@ def _yamux_round(ctx: Context, pump: str, sink: str) -> float:
         if sink == "go":
             sink_proc = subprocess.Popen([prog, "sink", "unix", path, size], stdout=subprocess.PIPE,
                                          text=True)
-            assert sink_proc.stdout is not None and sink_proc.stdout.readline().strip() == "listening"
+            assert first_line(sink_proc).strip() == "listening"
             try:
                 if pump == "go":
                     out = subprocess.run([prog, "pump", "unix", path, size], capture_output=True, text=True,

@@ -13,10 +13,12 @@ cannot take the Go plugin's P-521 certificate).
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,32 @@ def launch(cmd: list[str], cwd: str, env: dict[str, str]) -> tuple[subprocess.Po
     """Start a go-plugin plugin and read its handshake line (unix, grpc): the process and the line's fields."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
+    try:
+        line = first_line(proc).strip()
+    except BaseException:
+        end(proc)
+        raise
     parts = line.split("|")
     if len(parts) < 5 or parts[2] != "unix" or parts[4] != "grpc":
         end(proc)
         raise RuntimeError(f"unexpected handshake line {line!r} from {cmd}")
     return proc, parts
+
+
+def first_line(proc: subprocess.Popen[Any], timeout: float = 30.0) -> str:
+    """The first line ``proc`` prints on stdout, waited for at most ``timeout`` s (RuntimeError after:
+    a plugin alive but silent must not hang the bench). Read from the pipe itself, unbuffered."""
+    assert proc.stdout is not None
+    fd, got, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RuntimeError(f"no handshake line from {proc.args} within {timeout:.0f} s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        got += chunk
+    return got.split(b"\n", 1)[0].decode(errors="replace")
 
 
 def end(proc: subprocess.Popen[bytes], wait: float = 0) -> None:
