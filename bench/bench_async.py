@@ -9,7 +9,8 @@ the "16 tasks calls/s" figure). Plaintext only: AutoMTLS with a Go plugin
 goes through the OpenSSL relay, which the sync rows measure.
 
 A second floor row holds one more grpc.aio stream open on an event loop in
-another thread while it calls, as an AsyncClient's process does (plugbay's I/O
+another thread while it calls (opened after its first call, so its start is
+the floor's own work), as an AsyncClient's process does (plugbay's I/O
 thread carries the plugin's broker and stdio streams on grpc.aio): grpc.aio
 wakes every loop it is bound to for each completion, so a second loop costs
 the calling one even when idle. That share of AsyncClient's distance is grpc's.
@@ -32,11 +33,14 @@ TASKS = 16
 
 
 async def _measure(put: Callable[[], Awaitable[Any]], get: Callable[[], Awaitable[Any]], calls: int,
-                   started: float) -> Result:
+                   started: float, before_calls: Callable[[], None] | None = None) -> Result:
+    """The first call (a Put, timed from ``started``), then ``before_calls()`` untimed, then the timed Gets."""
     await put()
     first = time.perf_counter() - started
     if not calls:
         return Result(first * 1000)
+    if before_calls is not None:
+        before_calls()
     latencies = []
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -88,23 +92,27 @@ def _bare_round(plugin: str, calls: int, cwd: str, timeout: float, second_loop: 
     async def main() -> Result:
         started = time.perf_counter()
         proc, parts = launch([plugin], cwd, {**os.environ, **ENV})
-        other: tuple[threading.Thread, threading.Event] | None = None
-        try:
+        other: list[tuple[threading.Thread, threading.Event]] = []
+
+        def hold_second_loop() -> None:  # after the first call: the row's start is the floor's own
             if second_loop:
-                other = _second_loop(f"unix:{parts[3]}")
+                other.append(_second_loop(f"unix:{parts[3]}"))
+
+        try:
             async with grpc.aio.insecure_channel(f"unix:{parts[3]}") as channel:
                 stub = kv_pb2_grpc.KVStub(channel)
                 result = await _measure(
                     lambda: stub.Put(kv_pb2.PutRequest(key="bench", value=b"value"), timeout=timeout),
-                    lambda: stub.Get(kv_pb2.GetRequest(key="bench"), timeout=timeout), calls, started)
+                    lambda: stub.Get(kv_pb2.GetRequest(key="bench"), timeout=timeout), calls, started,
+                    hold_second_loop)
                 try:
                     await channel.unary_unary("/plugin.GRPCController/Shutdown")(b"", timeout=2)
                 except grpc.RpcError:
                     pass
         finally:
-            if other is not None:
-                other[1].set()
-                other[0].join(10)
+            for thread, stop in other:
+                stop.set()
+                thread.join(10)
             end(proc, 5)
         result.note = "bare grpc.aio" + (", a second loop holding a stream" if second_loop else "")
         return result

@@ -7,8 +7,8 @@ The three "bare grpcio" rows are the floor: bench/floor.py (a bare grpcio host) 
 the Go plugin, plain and with AutoMTLS through bench/floor_relay.py (the least
 relay a Python host can use: a thread per connection, stdlib ssl), and
 bench/floor_kv_plugin.py (a bare grpcio plugin) under the Go host, plain and
-with AutoMTLS (its certificate made with cryptography, served behind
-floor_relay.py's BareTerminator); the plugbay rows with the same Go peer show
+with AutoMTLS (its certificate made ahead of the timed starts, a lower bound,
+served behind floor_relay.py's BareTerminator); the plugbay rows with the same Go peer show
 their ratio to them.
 The two "canned handshake" rows time the Go host alone (no plugin process: a
 shell prints a handshake line): with AutoMTLS that is the host's own P-521
@@ -65,6 +65,13 @@ def _runner(cmd: list[str] | None, cwd: str) -> object:
 def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int, cwd: str, note: str) -> Result:
     """One kv_host bench run: a start, the first Put, then ``calls`` Gets (at least one)."""
     env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
+    if plugin_cmd == FLOOR_PLUGIN and automtls:  # go-plugin's host passes its environment on
+        from floor_relay import CERT_DIR_ENV, made_ahead
+
+        folder = os.path.join(cwd, "floor-cert")
+        os.makedirs(folder, exist_ok=True)
+        made_ahead(folder)  # before the timed start: the floor plugin only reads it
+        env[CERT_DIR_ENV] = folder
     args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(max(calls, 1))]
     out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:

@@ -26,7 +26,7 @@ class Context:
     calls: int = 500  # unary calls measured per round
     rounds: int = 3  # plugin starts per case that also time --calls calls
     # plugin starts per case for start-to-first-call (their median): the rounds, then start-only ones
-    # (start and the first call); rows that support it (core, docker) take them
+    # (start and the first call); rows that support it (core, docker, async, network pool) take them
     starts: int = 9
     call_timeout: float = 30.0
     faults: int = 2  # injections per fault type (bench_faults)
@@ -48,10 +48,11 @@ class Result:
     # measured): the ratio column's start is taken against it, so load drift between rows cancels
     floor_start_ms: float = 0.0
     # the floor's timed rounds taken between this row's (combined as this row's are; 0: not
-    # measured): the ratio column's p50, p99 and calls/s are taken against them
+    # measured): the ratio column's p50, p99, calls/s and named figures are taken against them
     floor_p50_us: float = 0.0
     floor_p99_us: float = 0.0
     floor_calls_per_s: float = 0.0
+    floor_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +90,7 @@ def combine(rounds: Sequence[Result], starts: Sequence[float] = (),
     return Result(
         floor_start_ms=statistics.median(floor_starts) if floor_starts else 0.0,
         floor_p50_us=floor.p50_us, floor_p99_us=floor.p99_us, floor_calls_per_s=floor.calls_per_s,
+        floor_metrics=floor.metrics,
         start_to_first_call_ms=statistics.median(firsts),
         p50_us=statistics.median(r.p50_us for r in rounds),
         p99_us=max(r.p99_us for r in rounds),

@@ -4,8 +4,9 @@ It does what examples/kv/plugin.py does for a go-plugin host, and nothing else:
 check the magic cookie, serve proto.KV (files ``kv_<key>`` in the working
 directory, like the example), grpc.health.v1 and plugin.GRPCController on a
 unix socket, print the go-plugin handshake line, and exit on Shutdown or
-SIGTERM. With AutoMTLS (the host's certificate in PLUGIN_CLIENT_CERT) it makes
-its own certificate with cryptography and serves behind bench/floor_relay.py's
+SIGTERM. With AutoMTLS (the host's certificate in PLUGIN_CLIENT_CERT) it reads
+the certificate made ahead in $FLOOR_CERT_DIR (the bench sets it: a lower bound,
+no key generation), else makes its own with cryptography, and serves behind bench/floor_relay.py's
 BareTerminator (grpcio cannot take a go-plugin host's P-521 certificate, so a
 bare grpcio plugin needs a TLS hop of its own). No broker, no stdio capture, no
 logging.
@@ -80,9 +81,10 @@ def main(kv: kv_pb2_grpc.KVServicer | None = None,
     host_pem = os.environ.get("PLUGIN_CLIENT_CERT", "")
     try:
         if host_pem:
-            from floor_relay import BareTerminator, host_certificate
+            from floor_relay import CERT_DIR_ENV, BareTerminator, host_certificate, made_ahead
 
-            cert_pem, key_pem = host_certificate()
+            ahead = os.environ.get(CERT_DIR_ENV)
+            cert_pem, key_pem = made_ahead(ahead) if ahead else host_certificate()
             relay = BareTerminator(path, host_pem, cert_pem, key_pem, tmp)
             announced = relay.path
             cert = base64.b64encode(ssl.PEM_cert_to_DER_cert(cert_pem.decode())).decode().rstrip("=")

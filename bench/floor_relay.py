@@ -8,7 +8,8 @@ standard library's TLS (the host's certificate, the plugin's as the only
 trusted one) and copies bytes both ways with ``select``. No shared loop, no
 backpressure bounds, no deadlines: what plugbay's relay adds to this is what
 its row shows over this one. The host certificate is made with cryptography
-in go-plugin's client profile (P-256 here, which go-plugin accepts).
+in go-plugin's client profile (P-256 here, which go-plugin accepts); the
+bare plugin's is made ahead of its starts (see made_ahead).
 
 ``BareTerminator`` is the same on the plugin side (bench/floor_kv_plugin.py
 under a go-plugin host with AutoMTLS): per connection a thread runs the TLS
@@ -26,14 +27,17 @@ import socket
 import ssl
 import threading
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+CERT_DIR_ENV = "FLOOR_CERT_DIR"  # a folder with a certificate made ahead (cert.pem, key.pem): see made_ahead()
 
 
 def host_certificate() -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM): a self-signed CA certificate as go-plugin's host makes one."""
+    # imported here: a floor plugin given a certificate made ahead never loads cryptography
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "HashiCorp"),
                       x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -52,6 +56,25 @@ def host_certificate() -> tuple[bytes, bytes]:
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()))
+
+
+def made_ahead(folder: str) -> tuple[bytes, bytes]:
+    """The certificate and key in ``folder`` (cert.pem, key.pem), made there once if missing.
+
+    The bare plugin's AutoMTLS start reads these rather than making its own: building one with
+    cryptography costs ~50 ms (mostly its import), against ~6 ms for plugbay's plugin, which
+    would make the floor slower than what it is the floor of. Reading one made ahead costs
+    next to nothing, so the floor is a lower bound (a start with no key generation at all).
+    """
+    cert_file, key_file = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    if not os.path.exists(key_file):
+        cert_pem, key_pem = host_certificate()
+        with open(cert_file, "wb") as f:
+            f.write(cert_pem)
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(key_pem)
+    with open(cert_file, "rb") as c, open(key_file, "rb") as k:
+        return c.read(), k.read()
 
 
 def plugin_certificate_pem(field: str) -> str:

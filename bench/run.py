@@ -87,7 +87,8 @@ def ratios(case: Case, result: Result, rows: list[tuple[Case, Result]]) -> str:
     pairs = [("p50", result.p50_us, result.floor_p50_us or floor.p50_us),
              ("p99", result.p99_us, result.floor_p99_us or floor.p99_us),
              ("calls/s", result.calls_per_s, result.floor_calls_per_s or floor.calls_per_s)]
-    pairs += [(k, v, floor.metrics[k]) for k, v in result.metrics.items() if k in floor.metrics]
+    pairs += [(k, v, result.floor_metrics.get(k) or floor.metrics[k]) for k, v in result.metrics.items()
+              if k in result.floor_metrics or k in floor.metrics]
     out += [f"{name} {mine / ref:.2f}x" for name, mine, ref in pairs if mine and ref]
     return ", ".join(out)
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         " (default 3)")
     parser.add_argument("--starts", type=int, default=9,
                         help="plugin starts per row for start->1st call, the rounds included (default 9;"
-                             " the extra ones are start-only; core and docker rows)")
+                             " the extra ones are start-only; the core, docker, async and network pool rows)")
     parser.add_argument("--only", action="append", default=[], help="run only this area (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     parser.add_argument("--faults", type=int, default=2,
@@ -180,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
               f" start->1st call over max({args.rounds}, {args.starts}) starts;"
               f" {machine()}; took {time.monotonic() - started:.0f}s\n")
         print(table(rows))
-        print("\nstart->1st call: launch, handshake, connect, health check and one Put (median of the"
-              " starts); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert;"
-              " plugbay / floor: this row's figures over its bare-grpcio reference row's (same run; core"
-              " and docker: the start against the floor's starts taken between this row's).")
+        print("\nstart->1st call: launch, handshake, connect and one Put (median of the starts; plugbay's"
+              " Client also makes its health check there, bare grpcio floors and go-plugin's Go host make"
+              " none); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert;"
+              " plugbay / floor: this row's figures over its bare-grpcio reference row's (same run; where"
+              " the row took its floor's rounds between its own, against those).")
         for text in extras:
             print("\n" + text)
     return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
