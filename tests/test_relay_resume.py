@@ -21,11 +21,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from plugbay.core.protocol import tls
 from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, parse_handshake_line
-from plugbay.core.transport import ioloop, sockets
+from plugbay.core.transport import ioloop, sockets, tlsresume
 from plugbay.core.transport.relay import ContextSource, TLSRelay
 from plugbay.core.transport.tlsresume import Resumption
 from tests import gobuild
 from tests.test_relay_loop import Echo, _round_trip
+
+@pytest.fixture(autouse=True)
+def _sessions_read_safely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumption as on a Python whose session getter does not leak (3.12.8+, 3.13.1+): what these
+    tests check; on this one it is off (test_no_session_is_read_where_reading_one_leaks)."""
+    monkeypatch.setattr(tlsresume, "SESSION_READ_LEAKS", False)
+
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 
@@ -158,3 +165,18 @@ def test_a_session_that_cannot_be_read_turns_resumption_off_and_the_connection_g
     resumption = Resumption()
     resumption.keep(Unreadable())  # type: ignore[arg-type]
     assert resumption.off and resumption.offer(None) is None  # type: ignore[arg-type]
+
+
+def test_no_session_is_read_where_reading_one_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPython before 3.12.8 (and 3.13.0) leaks a copy of the session at each read of
+    # SSLSocket.session: there every connection makes a full handshake, and no session is read
+    monkeypatch.setattr(tlsresume, "SESSION_READ_LEAKS", True)
+    looks: list[int] = []
+    keep = Resumption.keep
+    monkeypatch.setattr(Resumption, "keep", lambda self, t: (looks.append(1), keep(self, t))[1])
+    server, client = tls.generate_cert(ec.SECP521R1()), tls.generate_cert()
+    with _echo_relayed(tmp_path, _ticketing(server, client.cert_pem),  # a peer that sends tickets
+                       tls.client_context(client, server.cert_pem)) as orig:
+        payloads = [os.urandom(100_000 + i) for i in range(3)]
+        assert [_round_trip(orig.address[1], p) for p in payloads] == payloads
+        assert orig.resumed == 0 and looks == []

@@ -15,11 +15,21 @@ copies it through DER, ~0.2 ms): each full handshake looks once, where the
 ticket has arrived (TLS 1.2: in the handshake; TLS 1.3: before the first
 data), and a peer that sends none, or a session that cannot be read, turns
 resumption off for the relay.
+
+Where CPython leaks a copy of the session at each read of ``SSLSocket.session``
+(:data:`SESSION_READ_LEAKS`), resumption is off from the start: ~7 KB per full
+handshake would grow a long-lived host that restarts Go plugins, or redials,
+without bound, which a full handshake's CPU does not.
 """
 
 from __future__ import annotations
 
 import ssl
+import sys
+
+# python/cpython#116810: the getter duplicated the session and never freed the copy; fixed in
+# 3.12.8 and 3.13.1 (3.11 and earlier were never fixed)
+SESSION_READ_LEAKS = sys.version_info < (3, 12, 8) or (3, 13) <= sys.version_info < (3, 13, 1)
 
 
 class Resumption:
@@ -28,7 +38,8 @@ class Resumption:
     def __init__(self) -> None:
         self._context: ssl.SSLContext | None = None
         self._session: ssl.SSLSession | None = None
-        self.off = False  # the peer sends no tickets, or its session could not be read
+        # the peer sends no tickets, its session could not be read, or reading it would leak
+        self.off = SESSION_READ_LEAKS
         self.resumed = 0  # handshakes that resumed a kept session
 
     def offer(self, context: ssl.SSLContext) -> ssl.SSLSession | None:
