@@ -35,3 +35,59 @@ def test_a_real_socket_gets_the_group_and_mode(tmp_path: Path) -> None:
         give_to_group(str(path), os.getgid(), 0o660)
         st = os.lstat(path)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+
+
+class _SwapOnFolderCheck:
+    """The listener module's ``os``, with a folder user's swap of the fresh socket for a symlink made
+    at the very moment the listener looks at the folder (between bind and the mode change)."""
+
+    def __init__(self, folder: Path, victim: Path) -> None:
+        self._folder, self._victim = str(folder), victim
+        self.swapped = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def stat(self, path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if path == self._folder:
+            for name in os.listdir(path):
+                sock = os.path.join(path, name)
+                if stat.S_ISSOCK(os.lstat(sock).st_mode):
+                    os.unlink(sock)
+                    os.symlink(self._victim, sock)
+                    self.swapped += 1
+        return os.stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("through_relay", [False, True], ids=["grpc-binds", "front-binds"])
+def test_plugin_socket_swapped_for_a_symlink_in_a_setgid_folder_is_refused_and_its_target_left_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through_relay: bool) -> None:
+    import ssl
+    from concurrent import futures
+
+    import grpc
+
+    from plugbay.core.plugin import listener
+    from plugbay.errors import ConfigError
+
+    victim = tmp_path / "host-file"
+    victim.write_text("the plugin user's")
+    victim.chmod(0o600)
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o2770)  # PLUGIN_UNIX_SOCKET_DIR shared with a container user's group
+    endpoint = listener.plan_endpoint({"PLUGIN_UNIX_SOCKET_DIR": str(folder)})
+    swap = _SwapOnFolderCheck(folder, victim)
+    monkeypatch.setattr(listener, "os", swap)
+    relay_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if through_relay else None
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    try:
+        with pytest.raises(ConfigError, match="group-writable.*not a socket or a folder"):
+            listener.listen(server, endpoint, credentials=None, relay_context=relay_context, multiplex=False,
+                            folder=str(tmp_path))
+    finally:
+        server.start()  # grpcio frees a port it bound only once its server ran
+        server.stop(0).wait()
+    assert swap.swapped == 1
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert victim.read_text() == "the plugin user's"

@@ -258,7 +258,11 @@ def _bind_socket(endpoint: Endpoint, result: Listening) -> socket.socket:
             sock = open_listener("unix", endpoint.address)
         except OSError as exc:
             raise ConfigError(f"couldn't listen on unix socket {endpoint.address}: {exc}") from None
-        _own_unix(endpoint, result)
+        try:
+            _own_unix(endpoint, result)
+        except BaseException:
+            sock.close()
+            raise
         return sock
     host, _, port_text = endpoint.address.rpartition(":")
     for port in _candidate_ports(endpoint, host, int(port_text)):
@@ -311,10 +315,15 @@ def _own_unix(endpoint: Endpoint, result: Listening) -> None:
         result._cleanups.append(lambda: unlink_quietly(path))
     if endpoint.socket_group:
         _set_group_writable(path, endpoint.socket_group)
-    elif os.stat(os.path.dirname(path) or ".").st_mode & stat.S_ISGID:
+    elif (folder := os.stat(os.path.dirname(path) or ".")).st_mode & stat.S_ISGID:
         # A setgid folder shared with another user (a container's): the socket
-        # inherited the folder's group, which must be able to connect too.
-        os.chmod(path, 0o660)
+        # inherited the folder's group, which must be able to connect too. That
+        # user can write in the folder and swap the socket's name for a symlink
+        # before this runs: never follow the name, refuse what is not a socket.
+        try:
+            give_to_group(path, folder.st_gid, 0o660)
+        except OSError as exc:
+            raise ConfigError(f"couldn't make unix socket {path} group-writable in its setgid folder: {exc}") from None
 
 
 def _set_group_writable(path: str, group: str) -> None:
