@@ -355,9 +355,13 @@ def test_automtls_with_a_go_hosts_p521_cert_uses_openssl(plugins: list[PluginPro
     assert not os.path.exists(info.address)
 
 
-def test_bad_client_cert_is_refused(plugins: list[PluginProc]) -> None:
-    err = refused(plugins, {**COOKIE, "PLUGIN_CLIENT_CERT": "not a certificate"})
-    assert "PLUGIN_CLIENT_CERT does not hold a PEM certificate" in err
+@pytest.mark.parametrize("value", ["not a certificate", "abc\udcff"], ids=["text", "undecodable-bytes"])
+def test_bad_client_cert_is_refused(plugins: list[PluginProc], value: str) -> None:
+    """"abc\udcff" reaches the plugin as the bytes abc\xff (os.environ keeps what is not UTF-8 as
+    surrogates): the same typed refusal, no traceback."""
+    err = refused(plugins, {**COOKIE, "PLUGIN_CLIENT_CERT": value})
+    assert "PLUGIN_CLIENT_CERT does not hold a PEM certificate" in err.splitlines()[-1], err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("curve", ["P-256", "P-521"])

@@ -72,10 +72,10 @@ def server_tls(env: Mapping[str, str]) -> ServerTLS | None:
     from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport import secure
 
-    peer_pem = client_cert.encode()
     try:
+        peer_pem = client_cert.encode()  # undecodable bytes in the environment are surrogates: no str encodes them
         tlsmod.pem_to_der(peer_pem)
-    except ConfigError:
+    except (ConfigError, UnicodeEncodeError):
         raise ConfigError(f"{ENV_CLIENT_CERT} does not hold a PEM certificate; the host must pass"
                           " its AutoMTLS certificate there (or leave it unset for plaintext)") from None
     relay = None if tlsmod.grpc_can_use(peer_pem) else _RelayContext()  # starts at once: see above
