@@ -21,7 +21,14 @@ Once one side has ended, what it sent must keep moving: ``drain_timeout``
 seconds without progress close the connection (the other peer is gone).
 The TLS handshake has :data:`HANDSHAKE_TIMEOUT` (plugbay.core.transport.sockets)
 seconds in total (not per read: a peer trickling bytes is cut off too); in
-``terminate`` mode nothing is dialed for a peer before its handshake completed.
+``terminate`` mode nothing is dialed for a peer before its handshake completed,
+and at most :data:`MAX_HANDSHAKING` accepted connections may be in their
+handshake at once (the oldest is dropped for a new one, as the multiplexed
+listener's admission does): anyone who can reach the address can connect
+before proving anything, and idle connections must not take every file
+descriptor from the hosts that can prove themselves. Established connections
+are not counted. ``originate`` accepts only the host's own gRPC channel on a
+private socket, so it has no cap.
 
 For network mode the context may be a provider (called per handshake, so
 rotated files apply to new connections) and, terminating, the target may be a
@@ -52,6 +59,7 @@ _log = logging.getLogger("plugbay.relay")
 _ACCEPTS_PER_WAKE = 64  # then the loop serves the others before accepting more
 _ACCEPT_PAUSE = 0.1  # out of file descriptors: stop accepting this long instead of spinning
 _CLOSE_WAIT = 5.0
+MAX_HANDSHAKING = 128  # terminate: connections in their TLS handshake at once, per relay (admit.MAX_PENDING's twin)
 DRAIN_TIMEOUT = 10.0  # the multiplexed connection's keepalive timeout's default: a peer this silent is gone
 
 
@@ -136,7 +144,18 @@ class TLSRelay:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             relayed = RelayConn(self._setup)
             self._conns.add(relayed)
+            if self._setup.mode == "terminate":
+                self._admit(relayed)
             relayed.start(conn)
+
+    def _admit(self, relayed: RelayConn) -> None:
+        """Count a connection as handshaking (it leaves on its handshake or close), dropping the oldest past the cap."""
+        handshaking = self._setup.handshaking
+        if len(handshaking) >= MAX_HANDSHAKING:
+            # debug only: a flood must not flood the log too
+            _log.debug("TLS relay: %d connections in their handshake; dropping the oldest", len(handshaking))
+            next(iter(handshaking)).close()
+        handshaking[relayed] = None
 
     def _resume(self) -> None:
         if not self._closed:

@@ -59,6 +59,8 @@ class Setup:
         self.first_bytes_timeout = first_bytes_timeout
         self.drain_timeout = drain_timeout
         self.done = done
+        # terminate: connections accepted and not yet through their TLS handshake, oldest first (the relay caps them)
+        self.handshaking: dict[RelayConn, None] = {}
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
 
@@ -164,6 +166,7 @@ class RelayConn(Dialing):
         except ssl.SSLWantWriteError:
             reg.want(WRITE)
             return
+        self.s.handshaking.pop(self, None)
         if self.s.mode == "originate":
             self._ticket_wanted = self.s.resumption.handshaken(tls)
             self._start_pump()
@@ -333,6 +336,7 @@ class RelayConn(Dialing):
                     sock.close()
                 except OSError:
                     pass
+        self.s.handshaking.pop(self, None)
         self.s.done(self)
 
 
