@@ -262,6 +262,31 @@ def test_network_mode_deploys_the_plugin_behind_a_service(renderer: Path, tmp_pa
         host["spec"]["template"]["spec"]["volumes"]
 
 
+def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The plugin container and the folders it can write: emptyDir mounts, as a read-only root leaves no other."""
+    pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-plugin")
+               )["spec"]["template"]["spec"]
+    (plugin,) = pod["containers"]
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    return plugin, [m["mountPath"] for m in plugin["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
+
+
+def test_the_plugin_can_write_its_working_folder(renderer: Path, tmp_path: Path) -> None:
+    # docs/kubernetes.md's example (the KV plugin stores kv_<key> in its working folder, which is the
+    # image's WORKDIR) with the default values: the root is read-only, the WORKDIR and /tmp are not.
+    workdir = re.findall(r"^WORKDIR (\S+)$", (REPO / "Dockerfile.plugin").read_text(), re.M)[-1]
+    plugin, writable = writable_mounts(render(renderer, tmp_path, NETWORK_VALUES, release="kv"))
+    assert plugin["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "workingDir" not in plugin
+    assert workdir in writable and "/tmp" in writable
+    # writableDirs is the whole list: a plugin that writes elsewhere names its folders
+    values = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "writableDirs": ["/tmp", "/var/cache/kv"]}}
+    docs = render(renderer, tmp_path, values)
+    assert writable_mounts(docs)[1] == ["/tmp", "/var/cache/kv"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
 def test_serve_mode_and_an_existing_secret(renderer: Path, tmp_path: Path) -> None:
     docs = kinds_of(render(renderer, tmp_path, SERVE_VALUES))
     assert not [k for k in docs if k[0] in ("Secret", "NetworkPolicy")]  # given by name; policy off
@@ -304,6 +329,9 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
      "network.command \\(the plugin the gateway runs\\) is required"),
     ({"network": {"enabled": True, "image": {"repository": "x"}, "mode": "serve"}},
      r"network.tls.crt \(or network.tls.secretName\) is required .*openssl or cert-manager recipe"),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                  "tls": {"secretName": "s"}, "writableDirs": ["data"]}},
+     'network.writableDirs entries must be absolute paths, not "data"'),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
     ({"host": {"enabled": True, "image": {"repository": "h"}}, "sidecar": {"enabled": True}},
      "sidecar.image.repository is required when sidecar.enabled"),
