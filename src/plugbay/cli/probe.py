@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
     from plugbay.cli import descriptors
 
     tls, timeout = _tls(kw), kw["timeout"]
+    _json_object(request)
     services = descriptors.from_protos(protos, proto_paths) if protos else None
     with reach(kw["target"], tls) as reached:
         if services is None:
@@ -209,6 +211,21 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
             raise _call_error(exc, method) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+
+
+def _json_object(request: str) -> None:
+    """A request message is a JSON object: protobuf's parser would take an array as an empty message."""
+    try:
+        value = json.loads(request)
+    except ValueError:
+        return  # not JSON at all: json_format says where, naming the message type
+    if not isinstance(value, dict):
+        raise ConfigError(f"request must be a JSON object, not {_JSON_KINDS.get(type(value), 'that')}:"
+                          f" write it as protobuf JSON, e.g. '{{\"field\": \"value\"}}' ('{{}}' for no fields)")
 
 
 def _call_error(exc: grpc.RpcError, method: str) -> Exception:

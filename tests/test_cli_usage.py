@@ -1,0 +1,32 @@
+"""Usage the plugbay command refuses (exit 2, one line naming what to do) instead of doing something
+else than asked, and `run --json` keeping stdout to its one JSON document: real plugins, real commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.cli_util import KV_PLUGIN, KV_PROTO, plugbay, running
+
+KV_CMD = f"{sys.executable} {KV_PLUGIN}"
+COOKIE = "BASIC_PLUGIN=hello"
+
+
+def refused(out: Any, *named: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for part in named:
+        assert part in out.stderr, out.stderr
+
+
+def test_call_request_must_be_a_json_object(tmp_path: Path) -> None:
+    # protobuf's JSON parser takes an array as an empty message: the KV plugin would store kv_ here
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE], tmp_path) as run:
+        for request, kind in (("[]", "an array"), ('"x"', "a string"), ("3", "a number"), ("null", "null")):
+            out = plugbay("call", run.target, "/proto.KV/Put", request, "--proto", str(KV_PROTO))
+            refused(out, "request must be a JSON object", f"not {kind}")
+        assert not (tmp_path / "kv_").exists()
+        put = plugbay("call", run.target, "/proto.KV/Put", '{"key": "k", "value": "aGk="}', "--proto", str(KV_PROTO))
+        assert put.returncode == 0, put.stderr
+    assert (tmp_path / "kv_k").read_bytes() == b"hi"
