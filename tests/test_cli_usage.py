@@ -3,6 +3,7 @@ else than asked, and `run --json` keeping stdout to its one JSON document: real 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,3 +31,14 @@ def test_call_request_must_be_a_json_object(tmp_path: Path) -> None:
         put = plugbay("call", run.target, "/proto.KV/Put", '{"key": "k", "value": "aGk="}', "--proto", str(KV_PROTO))
         assert put.returncode == 0, put.stderr
     assert (tmp_path / "kv_k").read_bytes() == b"hi"
+
+
+def test_run_json_prints_one_document_and_status_on_stderr(tmp_path: Path) -> None:
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--json"], tmp_path) as run:
+        code = run.interrupt()
+        stdout, stderr = run.stdout, run.stderr  # taken before running() collects the ended run again
+    assert code == 0, stderr
+    facts = json.loads(stdout)  # the whole of stdout
+    assert facts["runner"] == "process" and facts["reattach_file"] == str(run.reattach)
+    assert "stopping the plugin (Ctrl-C again to kill it at once)" in stderr
+    assert "plugin stopped; nothing left behind" in stderr

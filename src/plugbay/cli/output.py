@@ -63,6 +63,16 @@ def say(text: str = "", *, style: str | None = None) -> None:
         click.echo(text)
 
 
+def say_status(text: str, *, style: str | None = None, as_json: bool = False) -> None:
+    """A status line: on stdout like say(), but on stderr with --json, whose stdout is the JSON document alone."""
+    if not as_json:
+        say(text, style=style)
+    elif style and color_enabled(sys.stderr):
+        console(stderr=True).print(text, style=style, markup=False, soft_wrap=True)
+    else:
+        click.echo(text, err=True)
+
+
 def facts(pairs: list[tuple[str, Any]]) -> None:
     """``key: value`` lines (aligned and coloured on a terminal)."""
     width = max((len(k) for k, _ in pairs), default=0)

@@ -104,7 +104,8 @@ def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None,
 class _Interrupts:
     """First SIGINT/SIGTERM: stop gracefully. Second: kill the plugin at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
         self.stop = threading.Event()
         self.count = 0
         self.runner: Any = None
@@ -126,9 +127,10 @@ class _Interrupts:
         if not self.started and self.count == 1:
             raise KeyboardInterrupt  # still starting: start() tears down what it made
         if self.count == 1:
-            output.say("stopping the plugin (Ctrl-C again to kill it at once)", style="yellow")
+            output.say_status("stopping the plugin (Ctrl-C again to kill it at once)", style="yellow",
+                              as_json=self.as_json)
             return
-        output.say("killing the plugin", style="bold red")
+        output.say_status("killing the plugin", style="bold red", as_json=self.as_json)
         if self.runner is not None:
             try:
                 self.runner.kill(0)
@@ -163,8 +165,8 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
 def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str, ...], pod: str | None,
-        namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool, multiplex: bool,
-        reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
+        namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool,
+        multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
     The reattach config (for plugbay info/call/health/diagnose, or a host's
@@ -188,7 +190,7 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
                      " info/call/health reach it only through a network target")
     client = Client(config)
     written = False
-    with _Interrupts() as interrupts:
+    with _Interrupts(as_json) as interrupts:
         interrupts.runner = runner
         started = time.monotonic()
         try:
@@ -221,7 +223,7 @@ def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str,
             if out is not None and written:
                 out.unlink(missing_ok=True)
             if interrupts.stop.is_set():
-                output.say("plugin stopped; nothing left behind", style="green")
+                output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
 
 
 def _diagnose(client: Any) -> str:
