@@ -42,3 +42,13 @@ def test_run_json_prints_one_document_and_status_on_stderr(tmp_path: Path) -> No
     assert facts["runner"] == "process" and facts["reattach_file"] == str(run.reattach)
     assert "stopping the plugin (Ctrl-C again to kill it at once)" in stderr
     assert "plugin stopped; nothing left behind" in stderr
+
+
+def test_a_multiplexed_plugins_reattach_config_is_refused(tmp_path: Path) -> None:
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--multiplex"], tmp_path) as run:
+        assert run.config()["handshake"]["multiplex"] is True
+        for args in (["health"], ["info"], ["call", "/proto.KV/Get", '{"key": "a"}', "--proto", str(KV_PROTO)]):
+            # --timeout 1: without the check the dial waits it out and says the plugin does not answer (exit 3)
+            out = plugbay(args[0], run.target, *args[1:], "--timeout", "1")
+            refused(out, "multiplexed broker", "without --multiplex")
+        assert run.proc.poll() is None  # the plugin runs on

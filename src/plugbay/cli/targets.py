@@ -30,7 +30,8 @@ import grpc
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
 
-_RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker", "KubernetesRunner": "plugbay.runners.kubernetes"}
+_RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker",
+                   "KubernetesRunner": "plugbay.runners.kubernetes"}
 
 
 @dataclass
@@ -148,6 +149,11 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
         finally:
             reached.channel.close()
         return
+    if config.handshake.multiplex:
+        # its multiplexed connection takes no second client: a dial would wait out the whole --timeout
+        raise ConfigError("this reattach config is of a plugin run with a multiplexed broker (plugbay run"
+                          " --multiplex, or multiplex_broker=True), which cannot be reattached (as in go-plugin);"
+                          " run it without --multiplex to use info, call and health on its reattach config")
     from plugbay.core.host.connect import dial
 
     runner = attach_runner(dict(config.runner))
