@@ -52,3 +52,12 @@ def test_a_multiplexed_plugins_reattach_config_is_refused(tmp_path: Path) -> Non
             out = plugbay(args[0], run.target, *args[1:], "--timeout", "1")
             refused(out, "multiplexed broker", "without --multiplex")
         assert run.proc.poll() is None  # the plugin runs on
+
+
+def test_gateway_start_timeout_is_checked_before_it_listens() -> None:
+    for bad in ("-1", "nan", "0", "inf"):
+        out = plugbay("gateway", "--cookie", COOKIE, "--insecure", "--listen", "127.0.0.1:0", "--start-timeout", bad,
+                      "--", sys.executable, str(KV_PLUGIN))
+        assert out.returncode == 2, (bad, out.stderr)
+        assert "--start-timeout must be a positive number of seconds" in out.stderr, out.stderr
+        assert "listening" not in out.stdout

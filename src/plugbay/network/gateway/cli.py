@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -94,6 +95,9 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         parser.error("--multiplex needs mutual TLS (--cert, --key, --client-ca); drop --insecure")
     if args.insecure and any(tls):
         parser.error("--insecure and --cert/--key/--client-ca exclude each other; drop --insecure to serve mTLS")
+    if not math.isfinite(args.start_timeout) or args.start_timeout <= 0:
+        parser.error(f"--start-timeout must be a positive number of seconds, the time the plugin has to start"
+                     f" (got {args.start_timeout!r}), for example --start-timeout 30")
     try:
         keepalive = keepalive_figures(str(args.keepalive), "--keepalive")
     except ConfigError as exc:
