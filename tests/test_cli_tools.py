@@ -48,6 +48,10 @@ def test_images_build_usage_and_no_engine() -> None:
     assert half.returncode == 2 and "--entry" in half.stderr
     dead = plugbay("images", "build", "kv", env=cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock"))
     assert dead.returncode == 3 and dead.stderr.startswith("error: ")
+    # --entry and --tag name your own image: without --plugin-dir they would be ignored for the kv image
+    for args, flag in ((["--entry", "python /plugin/plugin.py"], "--entry"), (["kv", "--tag", "mine:1"], "--tag")):
+        alone = plugbay("images", "build", *args, env=cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock"))
+        assert alone.returncode == 2 and f"error: {flag} needs --plugin-dir FOLDER" in alone.stderr, alone.stderr
 
 
 def test_bench_json_rows_with_units_and_plot(tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from tests.cli_util import KV_PLUGIN, KV_PROTO, plugbay, running
+import pytest
+
+from tests.cli_util import KV_PLUGIN, KV_PROTO, cli_env, plugbay, running
 
 KV_CMD = f"{sys.executable} {KV_PLUGIN}"
 COOKIE = "BASIC_PLUGIN=hello"
@@ -61,3 +64,55 @@ def test_gateway_start_timeout_is_checked_before_it_listens() -> None:
         assert out.returncode == 2, (bad, out.stderr)
         assert "--start-timeout must be a positive number of seconds" in out.stderr, out.stderr
         assert "listening" not in out.stdout
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--cmd", "true", "--transport", "tcp"], "--transport tcp needs --image IMAGE"),
+    (["--cmd", "true", "--transport", "unix"], "--transport unix needs --image IMAGE"),
+    (["--cmd", "true", "--writable", "/data"], "--writable needs --image IMAGE or --pod IMAGE"),
+    (["--cmd", "true", "--namespace", "plugins"], "--namespace needs --pod IMAGE"),
+    (["--cmd", "true", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig needs --pod IMAGE"),
+    (["--image", "plugbay-kv:latest", "--namespace", "plugins"], "--namespace needs --pod IMAGE"),
+    (["--pod", "plugbay-kv:latest", "--transport", "tcp"], "--transport tcp needs --image IMAGE"),
+])
+def test_run_refuses_options_of_another_runner(tmp_path: Path, args: list[str], named: str) -> None:
+    # DOCKER_HOST and KUBECONFIG lead nowhere and `true` exits at once: the refusal comes before any of
+    # them is asked, and without it the run fails some other way rather than hang
+    env = cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock", KUBECONFIG="/nonexistent/kubeconfig")
+    out = plugbay("run", *args, "--cookie", COOKIE, env=env, cwd=tmp_path)
+    refused(out, named)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_pod_gets_the_writable_folders(tmp_path: Path) -> None:
+    from tests.kube_standin import StandIn
+
+    server = StandIn(runtime="process").start()
+    pods: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def created(kind: str, pod: dict[str, Any]) -> None:
+        if kind == "ADDED":
+            with lock:
+                pods.append(pod)
+
+    server.store.listeners.append(created)
+    try:
+        kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        # the process stand-in cannot run an image without a command: the start fails, the pod was made
+        out = plugbay("run", "--pod", "no-engine/kv:1", "--writable", "/data", "--kubeconfig", kubeconfig,
+                      "--namespace", "default", "--start-timeout", "5", "--cookie", COOKIE, cwd=tmp_path)
+        assert out.returncode != 0
+        with lock:
+            (pod,) = pods
+        spec = pod["spec"]
+        empty = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        mounts = [m["mountPath"] for m in spec["containers"][0]["volumeMounts"] if m["name"] in empty]
+        assert mounts == ["/tmp", "/data"]
+        relative = plugbay("run", "--pod", "no-engine/kv:1", "--writable", "data", "--kubeconfig", kubeconfig,
+                           "--cookie", COOKIE, cwd=tmp_path)
+        refused(relative, "--writable 'data' must be an absolute path")
+        with lock:
+            assert len(pods) == 1
+    finally:
+        server.stop()

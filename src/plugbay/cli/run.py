@@ -72,11 +72,21 @@ def _check_reattach_out(out: Path) -> None:
                           " writable folder")
 
 
-def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None, namespace: str | None,
+def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str | None, namespace: str | None,
             kubeconfig: str | None, writable: tuple[str, ...] = ()) -> tuple[Any, str]:
     chosen = [x for x in (cmd, image, pod) if x]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --cmd 'COMMAND', --image IMAGE or --pod IMAGE")
+    # an option of another runner would be ignored: the plugin would run otherwise than asked
+    if transport is not None and not image:
+        raise ConfigError(f"--transport {transport} needs --image IMAGE: only a Docker container has a transport"
+                          " to choose")
+    if writable and not (image or pod):
+        raise ConfigError("--writable needs --image IMAGE or --pod IMAGE: a local process (--cmd) has no"
+                          " read-only root")
+    for flag, value in (("--namespace", namespace), ("--kubeconfig", kubeconfig)):
+        if value is not None and not pod:
+            raise ConfigError(f"{flag} needs --pod IMAGE: it only applies to a Kubernetes pod")
     if cmd:
         from plugbay.runners.process import ProcessRunner
 
@@ -92,13 +102,17 @@ def _runner(cmd: str | None, image: str | None, transport: str, pod: str | None,
             from plugbay.runners.docker import DockerRunner
         except ImportError:
             raise ConfigError("--image needs the Docker SDK; install plugbay[docker]") from None
-        return DockerRunner(image, transport=transport, writable_dirs=("/tmp", *writable)), "docker"
+        return DockerRunner(image, transport=transport or "unix", writable_dirs=("/tmp", *writable)), "docker"
     try:
         from plugbay.runners.kubernetes import KubernetesRunner
     except ImportError:
         raise ConfigError("--pod needs the Kubernetes client; install plugbay[kubernetes]") from None
     assert pod is not None
-    return KubernetesRunner(pod, namespace=namespace, kubeconfig=kubeconfig), "kubernetes"
+    bad = [d for d in writable if not d.startswith("/")]
+    if bad:
+        raise ConfigError(f"--writable {bad[0]!r} must be an absolute path in the container, e.g. /data")
+    return KubernetesRunner(pod, namespace=namespace, kubeconfig=kubeconfig,
+                            writable_dirs=("/tmp", *writable)), "kubernetes"
 
 
 class _Interrupts:
@@ -146,8 +160,8 @@ Examples:
 Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice kills it.""")
 @click.option("--cmd", help="Run the plugin as a local process: its shell-style command line.")
 @click.option("--image", help="Run the plugin image in a Docker container.")
-@click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
-              help="With --image: a bind-mounted unix socket or a port published on 127.0.0.1.")
+@click.option("--transport", type=click.Choice(["unix", "tcp"]),
+              help="With --image: a bind-mounted unix socket (the default) or a port published on 127.0.0.1.")
 @click.option("--writable", multiple=True, metavar="DIR",
               help="With --image or --pod: a writable folder (tmpfs) besides /tmp on the read-only root;"
                    " repeat for more.")
@@ -164,7 +178,7 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--kill-grace", type=click.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
-def run(cmd: str | None, image: str | None, transport: str, writable: tuple[str, ...], pod: str | None,
+def run(cmd: str | None, image: str | None, transport: str | None, writable: tuple[str, ...], pod: str | None,
         namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool,
         multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.

@@ -65,6 +65,11 @@ def build(names: tuple[str, ...], plugin_dir: str | None, entry: str | None, tag
 
     if plugin_dir and (not entry or not tag):
         raise ConfigError("--plugin-dir needs --entry 'COMMAND' and --tag NAME:TAG too")
+    for flag, value in (("--entry", entry), ("--tag", tag)):
+        if value is not None and not plugin_dir:
+            # the example images have their own entry and tag: building them instead would ignore it
+            raise ConfigError(f"{flag} needs --plugin-dir FOLDER: it names your own plugin image (the example"
+                              " images have fixed tags and entries)")
     if plugin_dir and names:
         raise ConfigError("give example names or --plugin-dir, not both")
     for name in names:
@@ -105,8 +110,9 @@ class _Progress:
         if self.live:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[last]}"),
-                                 TimeElapsedColumn(), console=output.console(stderr=True), transient=False)
+            self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
+                                 TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+                                 console=output.console(stderr=True), transient=False)
             self._bar.__enter__()
         return self
 
