@@ -54,6 +54,16 @@ def test_images_build_usage_and_no_engine() -> None:
         assert alone.returncode == 2 and f"error: {flag} needs --plugin-dir FOLDER" in alone.stderr, alone.stderr
 
 
+def test_bench_help_and_only_name_every_area() -> None:
+    areas = sorted(p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py"))
+    assert {"core", "async", "faults", "network", "scale"} <= set(areas)
+    shown = " ".join(plugbay("bench", "--help", env=cli_env(COLUMNS="200")).stdout.split())
+    assert f"Run one area ({', '.join(areas)})." in shown
+    unknown = plugbay("bench", "--only", "nope")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == f"error: --only 'nope' is not a benchmark area; choose from {', '.join(areas)}"
+
+
 def test_bench_json_rows_with_units_and_plot(tmp_path: Path) -> None:
     rows_file, png = tmp_path / "rows.jsonl", tmp_path / "bench.png"
     out = plugbay("bench", "--only", "core", "--calls", "5", "--rounds", "1", "--json", str(rows_file),
@@ -66,7 +76,7 @@ def test_bench_json_rows_with_units_and_plot(tmp_path: Path) -> None:
     assert "area\thost -> plugin" in out.stdout  # plain table in a pipe
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = plugbay("bench", "--only", "nosuch", "--calls", "1", "--rounds", "1", timeout=120, cwd=tmp_path)
-    assert bad.returncode == 1 and "produced no rows" in bad.stderr
+    assert bad.returncode == 2 and "'nosuch' is not a benchmark area" in bad.stderr  # refused before it runs
 
 
 def test_bench_and_demo_outside_a_checkout(tmp_path: Path) -> None:

@@ -147,11 +147,17 @@ class _Progress:
 # --- bench ---------------------------------------------------------------------------------
 
 
+def _bench_areas() -> list[str]:
+    """The areas bench/run.py runs: one per bench/bench_<area>.py (none without the checkout)."""
+    return sorted(p.stem.removeprefix("bench_") for p in (checkout() / "bench").glob("bench_*.py"))
+
+
 @click.command(epilog="""\b
 Examples:
   plugbay bench --only core --calls 200
   plugbay bench --json rows.jsonl --plot bench.png""")
-@click.option("--only", multiple=True, help="Run one area (core, broker, docker, kubernetes, resilience). Repeatable.")
+@click.option("--only", multiple=True, help=f"Run one area ({', '.join(_bench_areas()) or 'bench/bench_<area>.py'})."
+              " Repeatable.")
 @click.option("--calls", type=click.IntRange(1, 1_000_000), default=500, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
@@ -161,6 +167,9 @@ Examples:
 def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None, plot: str | None) -> int:
     """Run the benchmark (bench/run.py of the source checkout) and print its table."""
     script = _checkout_file("bench/run.py", "plugbay bench")
+    unknown = [area for area in only if area not in _bench_areas()]
+    if unknown:
+        raise ConfigError(f"--only {unknown[0]!r} is not a benchmark area; choose from {', '.join(_bench_areas())}")
     if plot:
         try:
             import matplotlib  # noqa: F401
