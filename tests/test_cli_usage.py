@@ -116,3 +116,9 @@ def test_run_pod_gets_the_writable_folders(tmp_path: Path) -> None:
             assert len(pods) == 1
     finally:
         server.stop()
+
+
+def test_health_names_a_missing_host() -> None:
+    for target in ("static:///:7000", "dns:///:80"):
+        out = plugbay("health", target, "--insecure")
+        refused(out, f"{target[target.index(':///') + 4:]!r} lacks the HOST before :PORT")

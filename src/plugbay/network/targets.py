@@ -76,8 +76,10 @@ def split_host_port(text: str, part: str) -> tuple[str, int]:
             raise _bad(text, repr(part), f"has {host!r} in brackets, which is not an IPv6 address") from None
         return host, parse_port(text, repr(part), port)
     host, sep, port = part.rpartition(":")
-    if not sep or not host:
+    if not sep:
         raise _bad(text, repr(part), "lacks the :PORT (HOST:PORT)")
+    if not host:
+        raise _bad(text, repr(part), "lacks the HOST before :PORT (HOST:PORT, e.g. 127.0.0.1:7000)")
     if ":" in host:
         raise _bad(text, repr(part), "looks like an IPv6 address; write it in brackets: [ADDR]:PORT")
     if not valid_hostname(host):
