@@ -67,6 +67,7 @@ def test_pod_spec_has_labels_env_and_secure_defaults(kubeconfig: str, testapp: s
         resources={"limits": {"memory": "256Mi", "cpu": "500m"}},
         tolerations=[{"key": "plugins", "operator": "Exists", "effect": "NoSchedule"}],
         node_selector={"kubernetes.io/os": "linux"}, service_account="plugin-sa",
+        writable_dirs=("/tmp", "/data", "/tmp"),  # a folder named twice is mounted once
         pod_template={"metadata": {"annotations": {"team/owner": "me"}},
                       "spec": {"containers": [{"name": "x", "env": [{"name": "FROM_TEMPLATE", "value": "t"}],
                                                "securityContext": {"runAsUser": 10001}}]}})
@@ -93,10 +94,46 @@ def test_pod_spec_has_labels_env_and_secure_defaults(kubeconfig: str, testapp: s
         assert spec.restart_policy == "Never" and spec.service_account_name == "plugin-sa"
         assert spec.node_selector == {"kubernetes.io/os": "linux"}
         assert spec.tolerations[0].key == "plugins"
-        assert [v.empty_dir is not None for v in spec.volumes] == [True]
-        assert c.volume_mounts[0].mount_path == "/tmp"
+        assert [v.empty_dir is not None for v in spec.volumes] == [True, True]
+        assert [m.mount_path for m in c.volume_mounts] == ["/tmp", "/data"]
     finally:
         runner.kill(0)
+
+
+def _sockets_to(port: int) -> int:
+    """This process's open TCP connections to 127.0.0.1:``port`` (from /proc, no garbage collection first)."""
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+    found = 0
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            remote, inode = fields[2], fields[9]
+            if int(remote.split(":")[1], 16) == port and f"socket:[{inode}]" in mine:
+                found += 1
+    return found
+
+
+def test_a_killed_runner_leaves_no_api_connection_open(kubeconfig: str, testapp: str,  # noqa: F811
+                                                        standin: StandIn) -> None:  # noqa: F811
+    # the followed log holds a connection of its own, which ApiClient.close() leaves to the garbage
+    # collector: kill() closes it, and every other connection its client made
+    import gc
+
+    from urllib.parse import urlparse
+
+    port = urlparse(standin.url).port
+    assert port is not None
+    gc.disable()  # what is left open must be closed by kill(), not found later by the collector
+    try:
+        runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
+        runner.start(SPEC)
+        assert next(runner.stdout_lines()) == HANDSHAKE
+        assert _sockets_to(port) >= 1  # the log is followed over one
+        runner.kill(1)
+        assert _sockets_to(port) == 0
+    finally:
+        gc.enable()
 
 
 def test_handshake_is_picked_out_of_the_merged_log(kubeconfig: str, testapp: str) -> None:  # noqa: F811
@@ -335,6 +372,8 @@ def test_option_and_address_errors(kubeconfig: str, started: KubernetesRunner) -
         KubernetesRunner("x", kubeconfig=kubeconfig, pull_policy="Sometimes")
     with pytest.raises(ConfigError, match="container_port"):
         KubernetesRunner("x", kubeconfig=kubeconfig, container_port=0)
+    with pytest.raises(ConfigError, match="writable_dirs must be absolute paths"):
+        KubernetesRunner("x", kubeconfig=kubeconfig, writable_dirs=("/tmp", "data"))
     with pytest.raises(EngineUnavailableError, match="no usable Kubernetes configuration"):
         KubernetesRunner("x", kubeconfig="/nonexistent/kubeconfig")
     with pytest.raises(ConfigError, match="must listen on TCP"):

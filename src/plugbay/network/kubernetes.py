@@ -32,7 +32,7 @@ from plugbay.errors import (
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
 from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
 from plugbay.runners.kubernetes.api import api_host, api_message, load_api_client
-from plugbay.runners.kubernetes.deadline import Deadline, bounded
+from plugbay.runners.kubernetes.deadline import Deadline, bounded, close_connections
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -343,3 +343,4 @@ class EndpointSliceResolver:
                 self._api = None
         if api_client is not None:
             api_client.close()
+            close_connections(api_client)  # a watch's, which close() leaves to the GC

@@ -57,11 +57,16 @@ class KubernetesRunner(PodTeardown, Runner):
             raise ConfigError(f"pull_policy must be Always, IfNotPresent or Never, not {pull_policy!r}")
         if not 0 < container_port < 65536:
             raise ConfigError(f"container_port must be a TCP port (1-65535), not {container_port}")
+        # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
+        writable_dirs = tuple(dict.fromkeys([writable_dirs] if isinstance(writable_dirs, str) else writable_dirs))
+        if any(not isinstance(d, str) or not d.startswith("/") for d in writable_dirs):
+            raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
+                              f" not {writable_dirs!r}")
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
                           resources=resources, service_account=service_account, node_selector=node_selector,
                           tolerations=tolerations, template=pod_template, run_as_user=run_as_user,
-                          writable_dirs=tuple(writable_dirs), command=command, args=args)
+                          writable_dirs=writable_dirs, command=command, args=args)
         self.container_port = container_port
         if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
                                                    and 0 < start_timeout <= MAX_START_TIMEOUT):

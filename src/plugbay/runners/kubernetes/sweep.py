@@ -9,6 +9,7 @@ from plugbay.runners.session import HOST, SESSION_START, host_session_id, manage
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
+from plugbay.runners.kubernetes.deadline import close_connections
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
@@ -69,4 +70,5 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     finally:
         if own:
             api_client.close()
+            close_connections(api_client)
     return removed
