@@ -317,6 +317,11 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     shared = {"name": "plugbay-socket", "mountPath": "/run/kv/"}
     assert shared in host["volumeMounts"] and shared in plugin["volumeMounts"]
     assert {"name": "plugbay-socket", "emptyDir": {}} in pod["volumes"]
+    # read-only root: the image's working folder (the KV example stores its files there) is an emptyDir
+    workdir = re.findall(r"^WORKDIR (\S+)$", (REPO / "Dockerfile.plugin").read_text(), re.M)[-1]
+    assert plugin["securityContext"]["readOnlyRootFilesystem"] is True
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert {workdir, "/tmp"} <= {m["mountPath"] for m in plugin["volumeMounts"] if m["name"] in empty}
 
 
 @pytest.mark.parametrize("values, message", [
@@ -333,6 +338,9 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
                   "tls": {"secretName": "s"}, "writableDirs": ["data"]}},
      'network.writableDirs entries must be absolute paths, not "data"'),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
+    ({"host": {"enabled": True, "image": {"repository": "h"}},
+      "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["data"]}},
+     'sidecar.writableDirs entries must be absolute paths, not "data"'),
     ({"host": {"enabled": True, "image": {"repository": "h"}}, "sidecar": {"enabled": True}},
      "sidecar.image.repository is required when sidecar.enabled"),
 ])
