@@ -24,13 +24,13 @@ from plugbay.core.plugin.gate import HandlerGate
 log = logging.getLogger("plugbay.gateway")
 
 # Services the gateway answers itself; everything else goes to the child.
-OWN_SERVICES = (
-    "/grpc.health.v1.Health/",
-    "/plugin.GRPCController/",
-    "/plugin.GRPCBroker/",
-    "/plugin.GRPCStdio/",
-    "/plugbay.network.v1.Discovery/",
-)
+OWN_SERVICES = frozenset((
+    "grpc.health.v1.Health",
+    "plugin.GRPCController",
+    "plugin.GRPCBroker",
+    "plugin.GRPCStdio",
+    "plugbay.network.v1.Discovery",
+))
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0  # grpcio reports "no deadline" as a far-future one
 
 # (channel to the child, or None and why not)
@@ -42,6 +42,22 @@ ChannelSource = Callable[[], "tuple[grpc.Channel | None, str]"]
 STATUS_DETAILS = "grpc-status-details-bin"
 
 
+def split_method(path: str) -> tuple[str, str] | None:
+    """(service, method) of a well-formed method path, "/service/method"; None for any other.
+
+    The child must never see a path the gateway did not check as it will be read: grpc-go drops one
+    leading '/' if there is one and splits the rest at its last '/', so "plugin.GRPCController/Shutdown"
+    (no leading '/') or "plugin.GRPCBroker/StartStream" would reach the child's own services. Only the
+    one form every client sends is forwarded; its service is compared exactly, as grpc-go does.
+    """
+    if not path.startswith("/"):
+        return None
+    service, _, method = path[1:].partition("/")
+    if not service or not method or "/" in method:
+        return None
+    return service, method
+
+
 def _forwardable(key: str) -> bool:
     return not (key.startswith((":", "grpc-")) or key in ("user-agent", "content-type", "te"))
 
@@ -51,7 +67,10 @@ def _forwardable_trailer(key: str) -> bool:
 
 
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """grpc generic handler: any method outside OWN_SERVICES is forwarded to the child's channel."""
+    """grpc generic handler: a well-formed method outside OWN_SERVICES is forwarded to the child's channel.
+
+    Any other path gets no handler, so grpcio answers UNIMPLEMENTED without the child seeing it.
+    """
 
     def __init__(self, source: ChannelSource, gate: HandlerGate) -> None:
         self._source = source
@@ -59,7 +78,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = str(handler_call_details.method)
-        if method.startswith(OWN_SERVICES):
+        parts = split_method(method)
+        if parts is None or parts[0] in OWN_SERVICES:
             return None
         return self._gate.gated(method, grpc.stream_stream_rpc_method_handler(
             lambda requests, context: self._forward(method, requests, context)))
