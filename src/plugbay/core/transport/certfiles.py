@@ -8,7 +8,8 @@ files are re-read when their resolved path, size or mtime changes:
 :class:`CertFiles` is the fetcher of ``grpc.dynamic_ssl_server_credentials``,
 which grpcio calls on each new TLS handshake. Established connections keep the
 keys they were made with; new ones get the new files. A half-written or
-mismatched new set is logged and the previous set stays in use.
+mismatched new set is logged once and the previous set stays in use; it is
+tried again only when the files change again.
 
 This module holds the one decision "grpcio's TLS or our own": a listener
 that serves plain gRPC only (the gateway, ``NetworkServe(multiplex=False)``)
@@ -121,6 +122,10 @@ class CertFiles:
         self._lock = threading.Lock()
         self.current = load(files)  # raises: the first set must be good
         self._stamps = self._all_stamps()
+        # the stamps of a set that did not load: the provider runs per accepted connection (on the
+        # shared I/O loop for the brokering front), so it is not read, parsed nor warned about again
+        # until the files change once more
+        self._failed: tuple[tuple[str, int, int], ...] | None = None
         self.reloads = 0
         self._ctx: ssl.SSLContext | None = None
 
@@ -139,14 +144,20 @@ class CertFiles:
         """Reload when the files changed; True when a new good set is now current."""
         with self._lock:
             stamps = self._all_stamps()
-            if stamps is None or stamps == self._stamps:
+            if stamps is None or stamps == self._stamps or stamps == self._failed:
                 return False
             try:
                 loaded = load(self.files)
             except TLSConfigError as exc:
-                log.warning("TLS files changed but the new set is not usable yet, keeping the old one: %s", exc)
+                self._failed = stamps
+                log.warning("TLS files changed but the new set is not usable yet, keeping the old one"
+                            " until they change again: %s", exc)
                 return False
+            except Exception:
+                self._failed = stamps  # the caller logs it: once, too
+                raise
             self._stamps = stamps
+            self._failed = None
             if loaded == self.current:
                 return False
             self.current = loaded

@@ -1,0 +1,107 @@
+"""Provided TLS files behind serve()'s brokering front (CertFiles.ssl_context as a TLSRelay's provider, one
+call per accepted connection): an unusable set on disk is read and warned about once, not per connection,
+and the good set that follows is taken for the next handshake."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from plugbay.core.transport import certfiles, sockets
+from plugbay.core.transport.relay import TLSRelay
+from tests import netcerts
+
+FLOOD = 200
+
+
+@pytest.fixture
+def echo(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "echo.sock")
+    listener = sockets.open_listener("unix", path)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, name="plugbay-test-echo", daemon=True)
+    thread.start()
+    yield path
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    thread.join(timeout=10)
+
+
+def _host_port(relay: TLSRelay) -> tuple[str, int]:
+    host, _, port = relay.address[1].rpartition(":")
+    return host, int(port)
+
+
+def _served_serial(relay: TLSRelay, certs: netcerts.CertSet) -> int:
+    """A full mTLS handshake and an echoed byte; the serial of the certificate the server presented."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=certs.server_ca.cert_pem.decode())
+    pem = certs.dir / "client.pem"
+    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
+    ctx.load_cert_chain(str(pem))
+    with socket.create_connection(_host_port(relay), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+        conn.sendall(b"x")
+        assert conn.recv(1) == b"x"
+        der = conn.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo: str,
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
+    provider = certfiles.CertFiles(files)
+    loads: list[certfiles.TLSFiles] = []
+    real_load = certfiles.load
+
+    def counted(f: certfiles.TLSFiles) -> certfiles.LoadedTLS:
+        loads.append(f)
+        return real_load(f)
+
+    monkeypatch.setattr(certfiles, "load", counted)
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo), provider.ssl_context,
+                     "terminate")
+    try:
+        first = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number
+        assert _served_serial(relay, certs) == first
+        # a rotation half done: the certificate half-written in place, then the new key beside it
+        full = certs.cert_file.read_bytes()
+        certs.cert_file.write_bytes(full[: len(full) // 2])
+        new = netcerts.issue(certs.server_ca, "localhost", server=True)
+        certs.key_file.write_bytes(new.key_pem)
+        caplog.set_level(logging.WARNING, logger="plugbay.network.tls")
+        for _ in range(FLOOD):  # connects that never finish a handshake, each one accepted
+            socket.create_connection(_host_port(relay), timeout=10).close()
+        # accepted after the flood, so every flooding connection met the provider before it; the old set serves
+        assert _served_serial(relay, certs) == first
+        warned = [r for r in caplog.records if "not usable yet" in r.getMessage()]
+        assert len(warned) == 1, len(warned)
+        assert len(loads) == 1
+        # the rotation completes: the next handshake gets the new set
+        certs.cert_file.write_bytes(new.cert_pem + certs.server_ca.cert_pem)
+        assert _served_serial(relay, certs) == new.cert.serial_number
+        assert provider.reloads == 1 and len(loads) == 2
+        assert len([r for r in caplog.records if "not usable yet" in r.getMessage()]) == 1
+    finally:
+        relay.close()
+
