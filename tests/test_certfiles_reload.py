@@ -105,3 +105,20 @@ def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo: str
     finally:
         relay.close()
 
+
+
+def test_a_client_ca_file_with_other_text_around_its_pem_still_serves(tmp_path: Path, echo: str) -> None:
+    # text outside a PEM block is allowed (openssl x509 -text output, a comment in another encoding);
+    # the stdlib's TLS takes the CAs as str, so such bytes must not reach it
+    certs = netcerts.write_set(tmp_path / "tls")
+    pem = certs.client_ca_file.read_bytes()
+    certs.client_ca_file.write_bytes(b"Issuer: caf\xe9 \xff\xfe\n" + pem + b"\n# trailing note \xe9\n")
+    files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
+    provider = certfiles.CertFiles(files)
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo), provider.ssl_context,
+                     "terminate")
+    try:
+        first = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number
+        assert _served_serial(relay, certs) == first
+    finally:
+        relay.close()

@@ -105,7 +105,10 @@ def load(files: TLSFiles) -> LoadedTLS:
         raise TLSConfigError(f"the key in {files.key_file!r} does not belong to the certificate in"
                              f" {files.cert_file!r}; pass the key the certificate was issued for (rotate"
                              " both files together)")
-    return LoadedTLS(cert_pem, key_pem, ca_pem)
+    # the CAs as parsed, not the file: text around its PEM blocks (comments, another encoding's bytes)
+    # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
+    ca_clean = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
+    return LoadedTLS(cert_pem, key_pem, ca_clean)
 
 
 def _stamp(path: str) -> tuple[str, int, int]:
