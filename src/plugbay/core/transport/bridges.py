@@ -6,21 +6,27 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
 
 from plugbay.core.transport.frames import pipe_for_splicing
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.ystream import _CHUNK, WINDOW, Chunk, Stream, StreamClosed
 
 _BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
+# the up loop's first buffer: a stream that never carries bulk (most; and every one a peer opens
+# only to hold) never pays for the big one, which is zero-filled, so resident, when made
+_FIRST_BUF = 16 * 1024
 # how long a bridge whose local side is gone waits for both FINs before it resets the stream
 _QUIET_END = 1.0
 
 
-def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
+def bridge(stream: Stream, conn: socket.socket, workers: Workers,
+           done: Callable[[], None] = lambda: None) -> None:
     """Copy bytes between ``stream`` and the local socket ``conn`` until both sides end.
 
     The two copy loops run on ``workers``; once those are closed, RuntimeError
-    (the stream is reset and ``conn`` closed).
+    (the stream is reset and ``conn`` closed). ``done`` runs once, when the
+    bridge has ended (conn closed), or before that RuntimeError.
     """
     state = {"open": 2}
     lock = threading.Lock()
@@ -44,6 +50,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
             stream.session.forget(stream)
             stream.attach_sink(None)  # the session reader no longer sends to conn
             conn.close()
+            done()
 
     def up() -> None:  # local -> peer
         # bulk bytes are spliced (the kernel moves them from conn through a pipe into the
@@ -52,7 +59,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
         # bulk never makes a pipe
         bulk = plain
         pipe: tuple[int, int, int] | None = None
-        buf = memoryview(bytearray(_CHUNK))  # reused: write() has sent it all when it returns
+        buf = memoryview(bytearray(_FIRST_BUF))  # reused: write() has sent it all when it returns
         try:
             while True:
                 try:
@@ -73,6 +80,8 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
                     stream.write_piped(pipe[0], n)
                     continue
                 stream.write(buf[:n])
+                if n == len(buf) < _CHUNK:  # filled: more is coming, in reads as big as a window
+                    buf = memoryview(bytearray(_CHUNK))
                 if bulk and n >= _BULK:
                     pipe, bulk = pipe_for_splicing(), False
         except (OSError, StreamClosed):
@@ -132,14 +141,17 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers) -> None:
     except RuntimeError:  # closed: nothing runs, nothing carries the stream
         stream.reset()
         conn.close()
+        done()
         raise
     stream.attach_sink(conn, wake, splice=plain)
 
 
-def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock) -> None:
+def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock,
+           done: Callable[[], None] = lambda: None) -> None:
     """Copy bytes both ways between streams of two sessions until both directions end.
 
     A FIN is passed on as a FIN, a reset as a reset (a proxy between two yamux peers).
+    ``done`` runs once, when both directions have ended.
     """
     state = {"open": 2}
 
@@ -166,6 +178,7 @@ def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading
             if last:
                 a.session.forget(a)
                 b.session.forget(b)
+                done()
 
     for src, dst in ((a, b), (b, a)):
         t = threading.Thread(target=copy, args=(src, dst), name=f"plugbay-splice-{src.id}", daemon=True)

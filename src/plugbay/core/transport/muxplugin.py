@@ -14,6 +14,7 @@ import threading
 
 from plugbay.core.transport import admit, sockets
 from plugbay.core.transport.muxsession import POLL, MuxSession
+from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.yamux import Session
 
 _PING_WAIT = 2.0  # a held session that does not answer a ping this fast is given up for a new host
@@ -62,12 +63,15 @@ class AcceptedSession(MuxSession):
 
     Un-knocked streams go to ``target`` (that host's own gRPC server). Build it,
     give it to that server's broker, then ``run(conn)``; ``ended`` turns True
-    once the host is gone, and the owner then calls ``close()``.
+    once the host is gone, and the owner then calls ``close()``. The streams
+    the host opens count against the process's bound (streamcap): any holder
+    of a client certificate may open sessions.
     """
 
     def __init__(self, target: tuple[str, str]) -> None:
         super().__init__("plugin-mux")
         self.default_target = target
+        self._share = Share()
 
     def run(self, conn: socket.socket) -> None:
         """Serve the yamux session on ``conn`` (once the target listens: streams route at once)."""

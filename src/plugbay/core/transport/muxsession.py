@@ -20,6 +20,7 @@ from collections.abc import Callable
 from plugbay.core.transport import sockets
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.held import HeldStreams
+from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError
@@ -63,6 +64,7 @@ class MuxSession:
         self.peer_holds = False
         self._held: HeldStreams | None = None  # this side holds such streams (a host)
         self._eager_peer = False  # the peer has opened a stream before its knock was answered
+        self._share: Share | None = None  # counts the peer's routed streams (network mode: streamcap)
 
     # -- routing of streams the peer opens (runs on the session reader thread)
 
@@ -81,18 +83,31 @@ class MuxSession:
             log.debug("%s: refusing a stream nobody knocked for", self.name)
             stream.reset()
             return
-        self._route(stream, target, sid)
+        share = self._share
+        if share is None:
+            self._route(stream, target, sid)
+        elif share.take():
+            self._route(stream, target, sid, share.give)
+        else:
+            if not share.refusing:  # once per run of refusals: a flood must not flood the log
+                share.refusing = True
+                log.warning("%s: resetting the peer's new streams until some end: %s", self.name,
+                            share.why_refused())
+            stream.reset()
 
-    def _route(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+    def _route(self, stream: Stream, target: tuple[str, str], sid: int | None,
+               done: Callable[[], None] = lambda: None) -> None:
+        """Bridge ``stream`` to ``target``; ``done`` runs once, when nothing carries it any more."""
         # on the session's reader: a dial that would wait (a listener with a full backlog, a
         # tcp target) waits on a worker, so the session's other streams are never held up
         try:
             conn = sockets.dial_now(*target)
         except (OSError, ValueError) as exc:  # refused, gone, a path no socket can have
             self._unreachable(stream, target, sid, exc)
+            done()
             return
         if conn is not None:
-            self._bridge(stream, conn)
+            self._bridge(stream, conn, done)
             return
         with self._lock:
             full = self._waiting >= ROUTE_WAITING_MAX
@@ -103,18 +118,21 @@ class MuxSession:
                         " target to take a connection (%s is not accepting)", self.name, sid,
                         ROUTE_WAITING_MAX, target)
             stream.reset()
+            done()
             return
         try:
-            self.spawn(lambda: self._route_waiting(stream, target, sid))
+            self.spawn(lambda: self._route_waiting(stream, target, sid, done))
         except BrokerClosedError:
             self._done_waiting()
             stream.reset()
+            done()
 
     def _done_waiting(self) -> None:
         with self._lock:
             self._waiting -= 1
 
-    def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None) -> None:
+    def _route_waiting(self, stream: Stream, target: tuple[str, str], sid: int | None,
+                       done: Callable[[], None]) -> None:
         """A worker's dial for _route, given up when the session closes or the stream ends meanwhile."""
         def given_up() -> bool:
             return self._closed or stream.done
@@ -123,6 +141,7 @@ class MuxSession:
             conn = sockets.dial_until(*target, time.monotonic() + _ROUTE_DIAL, given_up)
         except Exception as exc:  # OSError, or a malformed address: the stream ends either way
             self._unreachable(stream, target, sid, exc)
+            done()
             return
         finally:
             self._done_waiting()
@@ -130,17 +149,18 @@ class MuxSession:
             if conn is not None:
                 conn.close()
             stream.reset()
+            done()
             return
-        self._bridge(stream, conn)
+        self._bridge(stream, conn, done)
 
     def _unreachable(self, stream: Stream, target: tuple[str, str], sid: int | None, exc: Exception) -> None:
         log.warning("%s: cannot reach %s for broker id %s: %s", self.name, target, sid, exc)
         stream.reset()
 
-    def _bridge(self, stream: Stream, conn: socket.socket) -> None:
+    def _bridge(self, stream: Stream, conn: socket.socket, done: Callable[[], None]) -> None:
         try:
-            bridge(stream, conn, self._workers)
-        except RuntimeError:  # closing: bridge reset the stream and closed conn
+            bridge(stream, conn, self._workers, done)
+        except RuntimeError:  # closing: bridge reset the stream, closed conn and ran done
             pass
 
     def knocked(self) -> None:

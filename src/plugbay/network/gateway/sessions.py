@@ -29,13 +29,14 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport.bridges import splice
 from plugbay.core.transport.sockets import dial
+from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
 from plugbay.errors import GatewayError, PlugbayError
@@ -69,6 +70,7 @@ class ChildSession:
         self._remote: Session | None = None
         self._failed = False
         self._closed = False
+        self._share = Share()  # the remote host's streams, two splice threads each (streamcap)
         self._dir = make_tempdir("plugbay-gwchild-")
         os.chmod(self._dir, 0o700)
         self._starter = threading.Thread(target=self._start, name="plugbay-gateway-session", daemon=True)
@@ -128,20 +130,29 @@ class ChildSession:
 
     # Both run on their session's reader thread, in the order the streams arrive.
     def _from_remote(self, stream: Stream) -> None:
-        self._pair(stream, self._child)
+        share = self._share
+        if not share.take():
+            if not share.refusing:  # once per run of refusals: a flood must not flood the log
+                share.refusing = True
+                log.warning("gateway: resetting a brokering host's new streams until some end: %s",
+                            share.why_refused())
+            stream.reset()
+            return
+        self._pair(stream, self._child, share.give)
 
     def _from_child(self, stream: Stream) -> None:
         self._pair(stream, self._remote)
 
-    def _pair(self, stream: Stream, other: Session | None) -> None:
+    def _pair(self, stream: Stream, other: Session | None, done: Callable[[], None] = lambda: None) -> None:
         try:
             if other is None:
                 raise StreamClosed("the other side is not up")
             twin = other.open()
         except StreamClosed:
             stream.reset()
+            done()
             return
-        splice(stream, twin, self._splices, self._tlock)
+        splice(stream, twin, self._splices, self._tlock, done)
 
     def close(self) -> None:
         with self._lock:
