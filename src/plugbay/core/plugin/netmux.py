@@ -40,6 +40,7 @@ from plugbay.core.transport.keepalive import DEFAULT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
+from plugbay.core.transport.relayconn import RelayConn
 from plugbay.core.transport.sockets import ACCEPT_POLL, close_listener, open_listener
 
 log = logging.getLogger("plugbay.server")
@@ -48,6 +49,10 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_TIMEOUT = 5.0  # a connection that does not finish TLS within this is dropped
 FIRST_BYTES_TIMEOUT = 5.0  # ... or says nothing after it
 MAX_SESSIONS = 256  # brokering hosts at once; more are refused (each one costs an instance)
+# ... from one peer address (not per certificate: the replicas of a Deployment share one); one
+# peer with a valid certificate could otherwise hold every slot with idle sessions
+MAX_PEER_SESSIONS = 32
+REFUSAL_LOG_EVERY = 60.0  # a peer's refused sessions are logged at most once this often
 
 
 @dataclass
@@ -132,6 +137,9 @@ class NetworkFront:
         self._sessions: list[FrontSession] = []
         self._keepalives: dict[FrontSession, Keepalive] = {}  # one per session, ticked by the accept loop
         self._count = 0
+        self._per_peer: dict[str, int] = {}  # sessions routed per peer address, until their connection closes
+        self._logged: dict[str, float] = {}  # when a peer's refusal was last logged
+        self._full_logged = -REFUSAL_LOG_EVERY  # ... and the last refusal at MAX_SESSIONS
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
         self._acceptor.start()
@@ -142,8 +150,41 @@ class NetworkFront:
             self.close()
             raise
 
-    def _route(self, first: bytes) -> tuple[str, str] | None:
-        return route(first, self._grpc_target, self._mux_target)
+    def _route(self, first: bytes, conn: RelayConn) -> tuple[str, str] | None:
+        # on the I/O loop: a session's TLS connection lives as long as the session, so it is
+        # counted against its peer from here until that connection closes
+        target = route(first, self._grpc_target, self._mux_target)
+        if target != self._mux_target:
+            return target
+        peer = conn.peer
+        with self._lock:
+            held = self._per_peer.get(peer, 0)
+            if held < MAX_PEER_SESSIONS:
+                self._per_peer[peer] = held + 1
+        if held >= MAX_PEER_SESSIONS:
+            self._refused(peer)
+            return None
+        conn.on_close(lambda: self._peer_gone(peer))
+        return target
+
+    def _peer_gone(self, peer: str) -> None:
+        with self._lock:
+            held = self._per_peer.pop(peer) - 1
+            if held:
+                self._per_peer[peer] = held
+
+    def _refused(self, peer: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for old in [p for p, at in self._logged.items() if now - at >= REFUSAL_LOG_EVERY]:
+                del self._logged[old]  # bounded by the peers refused within the interval
+            quiet = peer in self._logged
+            if not quiet:
+                self._logged[peer] = now
+        if not quiet:
+            log.warning("refusing brokering sessions from %s: it has %d open, the most one peer address may"
+                        " (MAX_PEER_SESSIONS; logged once per %gs)", peer or "a local peer", MAX_PEER_SESSIONS,
+                        REFUSAL_LOG_EVERY)
 
     @property
     def sessions(self) -> int:
@@ -171,7 +212,12 @@ class NetworkFront:
     def _start_session(self, conn: socket.socket) -> None:
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:
-                log.warning("refusing a brokering host: %d sessions are open already", MAX_SESSIONS)
+                now = time.monotonic()
+                loud = now >= self._full_logged + REFUSAL_LOG_EVERY
+                if loud:
+                    self._full_logged = now
+                    log.warning("refusing brokering hosts: %d sessions are open already, the most this process"
+                                " may (MAX_SESSIONS; logged once per %gs)", MAX_SESSIONS, REFUSAL_LOG_EVERY)
                 conn.close()
                 return
             self._count += 1

@@ -33,8 +33,9 @@ private socket, so it has no cap.
 For network mode the context may be a provider (called per handshake, so
 rotated files apply to new connections) and, terminating, the target may be a
 *router*: it sees the first plaintext bytes the peer sent after the handshake
-(within ``first_bytes_timeout``) and names where the connection goes (None:
-drop it). Those bytes are then delivered there first.
+(within ``first_bytes_timeout``) and the connection (its peer's address, and
+``on_close`` for what the router counts per peer until it closes), and names
+where the connection goes (None: drop it). Those bytes are then delivered there first.
 """
 
 from __future__ import annotations

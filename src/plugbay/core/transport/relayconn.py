@@ -41,7 +41,8 @@ CHUNK = 64 * 1024
 CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
 
-Target = Union[tuple[str, str], Callable[[bytes], Union[tuple[str, str], None]]]
+# a router sees the first bytes and the connection (its peer's address; on_close to free what it counts)
+Target = Union[tuple[str, str], Callable[[bytes, "RelayConn"], Union[tuple[str, str], None]]]
 
 
 class Setup:
@@ -90,6 +91,15 @@ class RelayConn(Dialing):
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
         self.delivered = 0  # bytes handed to either socket
         self._last: tuple[int, int, int] = (0, 0, 0)  # _progress() at the last drain check
+        self.peer = ""  # the accepted peer's IP address ("" for a unix socket)
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (on the loop thread) when this connection closes; at once if it has."""
+        if self.closed:
+            fn()
+        else:
+            self._closers.append(fn)
 
     def start(self, accepted: socket.socket) -> None:
         """Begin with a connection the relay accepted (its handshake deadline starts now)."""
@@ -97,6 +107,8 @@ class RelayConn(Dialing):
         self._accepted = accepted
         self._timer = setup.loop.call_later(setup.handshake_timeout, self._timed_out)
         try:
+            if accepted.family in (socket.AF_INET, socket.AF_INET6):
+                self.peer = accepted.getpeername()[0]
             accepted.setblocking(False)
             if setup.mode == "terminate":  # the peer proves itself before anything is dialed
                 self.tls = setup.context().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
@@ -194,7 +206,7 @@ class RelayConn(Dialing):
             assert self._treg is not None
             self._treg.want(READ | WRITE)
             return
-        chosen = self.s.target(first) if first else None
+        chosen = self.s.target(first, self) if first else None
         if chosen is None:
             self.close()
             return
@@ -338,6 +350,12 @@ class RelayConn(Dialing):
                     pass
         self.s.handshaking.pop(self, None)
         self.s.done(self)
+        closers, self._closers = self._closers, []
+        for fn in closers:
+            try:
+                fn()
+            except Exception:
+                _log.exception("a relay connection's close hook failed")
 
 
 def _hung_up(sock: socket.socket | None) -> bool:

@@ -1,0 +1,62 @@
+"""One peer address may hold at most netmux.MAX_PEER_SESSIONS brokering sessions of a network plugin.
+
+The front's cap (MAX_SESSIONS) is per process: one peer with a valid client
+certificate opening that many idle sessions (one ping each keeps them alive)
+refused every other host's session. Now each peer address has its own cap (not
+per certificate: replicas of a Deployment share one); its sessions past it are
+dropped, logged once per interval, while another address still gets a session
+and the peer gets one again once one of its own ends. The plugin is the
+unmodified KV example in network mode, the per-peer cap lowered in its process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import netcerts
+from tests.netflood import LoweredPlugin, peer, ping, until_pong
+
+CAP = 4
+
+
+def test_sessions_past_a_peers_cap_are_refused_and_another_address_still_gets_one(tmp_path: Path) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    plugin = LoweredPlugin(tmp_path, certs, {"plugbay.core.plugin.netmux": {"MAX_PEER_SESSIONS": CAP}})
+    held = []
+    try:
+        for n in range(CAP):
+            s = peer(plugin.address, certs, "127.0.0.1")
+            held.append(s)
+            s.sendall(ping(n + 1))
+            assert until_pong(s, n + 1) == set(), n
+        for n in range(3):  # past the cap: dropped (the plugin closes the connection, no answer)
+            s = peer(plugin.address, certs, "127.0.0.1")
+            try:
+                s.sendall(ping(50 + n))
+                assert until_pong(s, 50 + n) is None, n
+            finally:
+                s.close()
+        other = peer(plugin.address, certs, "127.0.0.2")  # another host, the same certificate
+        try:
+            other.sendall(ping(60))
+            assert until_pong(other, 60) == set()
+        finally:
+            other.close()
+        # one of the peer's sessions ends: it gets a new one (bounded wait for the close to be seen)
+        held.pop().close()
+        for attempt in range(200):
+            s = peer(plugin.address, certs, "127.0.0.1")
+            s.sendall(ping(70))
+            if until_pong(s, 70) is not None:
+                held.append(s)
+                break
+            s.close()
+        else:
+            raise AssertionError("the peer never got a session back after one of its own ended")
+    finally:
+        for s in held:
+            s.close()
+        code, err = plugin.stop()
+    assert code == 0, err
+    refusals = [line for line in err.splitlines() if "refusing brokering sessions from 127.0.0.1" in line]
+    assert len(refusals) == 1, err  # three refused, logged once
