@@ -11,13 +11,12 @@ import os
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests import netcerts
-from tests.test_network_serve import KV_PLUGIN, REPO, NetPlugin, tls_env
+from tests.test_network_serve import KV_PLUGIN, NetPlugin, tls_env
 
 HDR = struct.Struct(">BBHII")
 DATA, WINDOW_UPDATE, PING = 0, 1, 2
@@ -38,19 +37,7 @@ class LoweredPlugin(NetPlugin):
         sets = "\n".join(f"import {mod}\n" + "".join(f"{mod}.{k} = {v!r}\n" for k, v in consts.items())
                          for mod, consts in lowered.items())
         code = _RUN.format(sets=sets, folder=str(KV_PLUGIN.parent), script=str(KV_PLUGIN))
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
-        full.update(tls_env(certs))
-        full["PYTHONPATH"] = str(REPO / "src")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=full, cwd=cwd)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line:
-            self.proc.wait(10)
-            assert self.proc.stderr is not None
-            raise AssertionError(f"plugin exited: {self.proc.stderr.read().decode()}")
-        from plugbay.core.protocol.handshake import parse_handshake_line
-        self.info = parse_handshake_line(line)
+        super().__init__(cwd, tls_env(certs), [sys.executable, "-c", code])
 
 
 def peer(address: str, certs: netcerts.CertSet, source: str = "") -> ssl.SSLSocket:
@@ -95,18 +82,26 @@ def until_pong(sock: ssl.SSLSocket, opaque: int, timeout: float = 30) -> set[int
             return None
         if not chunk:
             return None
-        data += chunk
-        while len(data) >= HDR.size:
-            _, kind, flags, sid, length = HDR.unpack(data[:HDR.size])
-            size = HDR.size + (length if kind == DATA else 0)
-            if len(data) < size:
-                break
-            data = data[size:]
+        got, data = split_frames(data + chunk)
+        for kind, flags, sid, length in got:
             if kind == WINDOW_UPDATE and flags & RST:
                 resets.add(sid)
             elif kind == PING and flags & ACK and length == opaque:
                 return resets
     raise AssertionError(f"no answer to ping {opaque} within {timeout}s")
+
+
+def split_frames(data: bytes) -> tuple[list[tuple[int, int, int, int]], bytes]:
+    """The whole yamux frames at the start of ``data`` as (type, flags, stream id, length), and the rest."""
+    frames = []
+    while len(data) >= HDR.size:
+        _, kind, flags, sid, length = HDR.unpack(data[:HDR.size])
+        size = HDR.size + (length if kind == DATA else 0)
+        if len(data) < size:
+            break
+        data = data[size:]
+        frames.append((kind, flags, sid, length))
+    return frames, data
 
 
 def proc_counts(pid: int) -> tuple[int, int]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,31 +15,9 @@ from cryptography import x509
 from plugbay.core.transport import certfiles, sockets
 from plugbay.core.transport.relay import TLSRelay
 from tests import netcerts
+from tests.test_tlsrelay import echo_server  # noqa: F401  (the fixture)
 
 FLOOD = 200
-
-
-@pytest.fixture
-def echo(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "echo.sock")
-    listener = sockets.open_listener("unix", path)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    thread = threading.Thread(target=serve, name="plugbay-test-echo", daemon=True)
-    thread.start()
-    yield path
-    listener.shutdown(socket.SHUT_RDWR)
-    listener.close()
-    thread.join(timeout=10)
 
 
 def _host_port(relay: TLSRelay) -> tuple[str, int]:
@@ -65,7 +41,7 @@ def _served_serial(relay: TLSRelay, certs: netcerts.CertSet) -> int:
         return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo: str,
+def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo_server: str,
                                                         caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     certs = netcerts.write_set(tmp_path / "tls")
@@ -79,7 +55,7 @@ def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo: str
         return real_load(f)
 
     monkeypatch.setattr(certfiles, "load", counted)
-    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo), provider.ssl_context,
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server), provider.ssl_context,
                      "terminate")
     try:
         first = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number
@@ -107,7 +83,7 @@ def test_an_unusable_set_is_read_and_warned_about_once(tmp_path: Path, echo: str
 
 
 
-def test_a_client_ca_file_with_other_text_around_its_pem_still_serves(tmp_path: Path, echo: str) -> None:
+def test_a_client_ca_file_with_other_text_around_its_pem_still_serves(tmp_path: Path, echo_server: str) -> None:
     # text outside a PEM block is allowed (openssl x509 -text output, a comment in another encoding);
     # the stdlib's TLS takes the CAs as str, so such bytes must not reach it
     certs = netcerts.write_set(tmp_path / "tls")
@@ -115,7 +91,7 @@ def test_a_client_ca_file_with_other_text_around_its_pem_still_serves(tmp_path: 
     certs.client_ca_file.write_bytes(b"Issuer: caf\xe9 \xff\xfe\n" + pem + b"\n# trailing note \xe9\n")
     files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
     provider = certfiles.CertFiles(files)
-    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo), provider.ssl_context,
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server), provider.ssl_context,
                      "terminate")
     try:
         first = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number

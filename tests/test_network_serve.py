@@ -36,11 +36,11 @@ from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
 class NetPlugin:
     """examples/kv/plugin.py with PLUGBAY_NETWORK_* set; the address comes from its handshake line."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], argv: list[str] | None = None) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
         full.update(env)
         full["PYTHONPATH"] = str(REPO / "src")
-        self.proc = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv or [sys.executable, str(KV_PLUGIN)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=full, cwd=cwd)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

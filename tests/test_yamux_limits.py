@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.netflood import split_frames
 from tests.resilience_util import wait_until
 
 from plugbay.core.transport import yamux
@@ -53,15 +54,9 @@ class RawPeer:
                 data = self.sock.recv(65536)
                 if not data:
                     return
-                buf += data
-                while len(buf) >= _HDR.size:
-                    _, kind, flags, sid, length = _HDR.unpack(buf[:_HDR.size])
-                    size = _HDR.size + (length if kind == DATA else 0)
-                    if len(buf) < size:
-                        break
-                    buf = buf[size:]
-                    with self._lock:
-                        self.frames.append((kind, flags, sid, length))
+                got, buf = split_frames(buf + data)
+                with self._lock:
+                    self.frames.extend(got)
         except OSError:
             pass
 
