@@ -36,6 +36,46 @@ def test_call_request_must_be_a_json_object(tmp_path: Path) -> None:
     assert (tmp_path / "kv_k").read_bytes() == b"hi"
 
 
+_WRAPPERS_PROTO = """syntax = "proto3";
+package rv;
+import "google/protobuf/wrappers.proto";
+import "google/protobuf/struct.proto";
+service Echo {
+  rpc Say(google.protobuf.StringValue) returns (google.protobuf.StringValue);
+  rpc Tags(google.protobuf.ListValue) returns (google.protobuf.ListValue);
+}
+"""
+
+
+def test_call_takes_the_json_of_well_known_types_that_is_not_an_object(tmp_path: Path) -> None:
+    # protobuf JSON writes a StringValue as a string and a ListValue as an array
+    from concurrent import futures
+
+    import grpc
+    from google.protobuf import struct_pb2, wrappers_pb2
+
+    def handler(kind: Any, answer: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(answer, request_deserializer=kind.FromString,
+                                                   response_serializer=lambda m: m.SerializeToString())
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rv.Echo", {
+        "Say": handler(wrappers_pb2.StringValue, lambda r, c: wrappers_pb2.StringValue(value="echo:" + r.value)),
+        "Tags": handler(struct_pb2.ListValue, lambda r, c: r)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    proto = tmp_path / "rv_echo.proto"
+    proto.write_text(_WRAPPERS_PROTO)
+    try:
+        target = f"static:///127.0.0.1:{port}"
+        said = plugbay("call", target, "/rv.Echo/Say", '"hello"', "--proto", str(proto), "--insecure")
+        assert (said.returncode, said.stdout.strip()) == (0, '"echo:hello"'), said.stderr
+        tags = plugbay("call", target, "/rv.Echo/Tags", '["a", 1]', "--proto", str(proto), "--insecure")
+        assert (tags.returncode, json.loads(tags.stdout)) == (0, ["a", 1]), tags.stderr
+    finally:
+        server.stop(None).wait()
+
+
 def test_run_json_prints_one_document_and_status_on_stderr(tmp_path: Path) -> None:
     with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--json"], tmp_path) as run:
         code = run.interrupt()

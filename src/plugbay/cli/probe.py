@@ -187,7 +187,6 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
     from plugbay.cli import descriptors
 
     tls, timeout = _tls(kw), kw["timeout"]
-    _json_object(request)
     services = descriptors.from_protos(protos, proto_paths) if protos else None
     with reach(kw["target"], tls) as reached:
         if services is None:
@@ -196,6 +195,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
                 raise ConfigError("the plugin offers no server reflection; pass --proto FILE with the"
                                   " service's definition")
         desc = descriptors.find_method(services, method)
+        _json_object(request, desc.input_type.full_name)
         req_cls = message_factory.GetMessageClass(desc.input_type)
         resp_cls = message_factory.GetMessageClass(desc.output_type)
         try:
@@ -217,8 +217,11 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
                type(None): "null"}
 
 
-def _json_object(request: str) -> None:
-    """A request message is a JSON object: protobuf's parser would take an array as an empty message."""
+def _json_object(request: str, type_name: str) -> None:
+    """A request message is a JSON object: protobuf's parser would take an array as an empty message.
+    Not so the well-known types, whose JSON is a string, number or array (StringValue, ListValue...)."""
+    if type_name.startswith("google.protobuf."):
+        return  # json_format checks their JSON shape itself
     try:
         value = json.loads(request)
     except ValueError:
