@@ -287,6 +287,24 @@ def test_the_plugin_can_write_its_working_folder(renderer: Path, tmp_path: Path)
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+@pytest.mark.parametrize("values", [
+    {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "socketDir": "/data"}},  # writable already
+    {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "writableDirs": ["/data", "/tmp", "/data"]}},
+    {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "writableDirs": ["/tmp", "/data", "/tmp"]}},
+], ids=["sidecar-socket-in-data", "sidecar-repeats", "network-repeats"])
+def test_a_folder_is_mounted_once_however_often_it_is_named(renderer: Path, tmp_path: Path,
+                                                             values: dict[str, Any]) -> None:
+    # the API refuses a container with two mounts at one path (the schema check does not see it)
+    pods = [d["spec"]["template"]["spec"] for d in render(renderer, tmp_path, values) if d["kind"] == "Deployment"]
+    for pod in pods:
+        for container in pod["containers"]:
+            paths = [m["mountPath"].rstrip("/") for m in container.get("volumeMounts", [])]
+            assert len(paths) == len(set(paths)), (container["name"], paths)
+            assert "/data" in paths or container["name"] == "host", (container["name"], paths)
+        names = [v["name"] for v in pod["volumes"]]
+        assert len(names) == len(set(names)), names
+
+
 def test_serve_mode_and_an_existing_secret(renderer: Path, tmp_path: Path) -> None:
     docs = kinds_of(render(renderer, tmp_path, SERVE_VALUES))
     assert not [k for k in docs if k[0] in ("Secret", "NetworkPolicy")]  # given by name; policy off
@@ -337,6 +355,9 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
                   "tls": {"secretName": "s"}, "writableDirs": ["data"]}},
      'network.writableDirs entries must be absolute paths, not "data"'),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                  "tls": {"secretName": "s"}, "writableDirs": ["/etc/plugbay/tls/"]}},
+     "network.writableDirs cannot hold /etc/plugbay/tls"),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["data"]}},
