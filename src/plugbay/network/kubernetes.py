@@ -31,8 +31,8 @@ from plugbay.errors import (
 )
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
 from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
-from plugbay.runners.kubernetes.api import api_host, api_message, load_api_client
-from plugbay.runners.kubernetes.deadline import Deadline, bounded, close_connections
+from plugbay.runners.kubernetes.api import api_host, api_message, close_client, load_api_client
+from plugbay.runners.kubernetes.deadline import Deadline, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -342,5 +342,4 @@ class EndpointSliceResolver:
                 self._api_client = None
                 self._api = None
         if api_client is not None:
-            api_client.close()
-            close_connections(api_client)  # a watch's, which close() leaves to the GC
+            close_client(api_client)

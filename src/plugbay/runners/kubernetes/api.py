@@ -190,6 +190,28 @@ def api_message(exc: Any) -> str:
         return str(exc.reason)
 
 
+def close_client(api_client: Any) -> None:
+    """Close an ApiClient plugbay made, and its connections.
+
+    ``ApiClient.close()`` clears its pool manager, and urllib3 2's ``PoolManager.clear()`` drops the
+    pools without closing them: their idle connections (a followed log's, released when it ended)
+    stay open until the garbage collector runs. Each pool is closed first: its idle connections at
+    once, and one still in a call on another thread (a start() being killed) when that call is done,
+    so the call itself is not cut short.
+    """
+    pools = getattr(getattr(getattr(api_client, "rest_client", None), "pool_manager", None), "pools", None)
+    try:
+        held = [pools[key] for key in list(pools.keys())] if pools is not None else []
+    except (KeyError, TypeError, AttributeError):  # not urllib3's container: close() does what it can
+        held = []
+    for pool in held:
+        try:
+            pool.close()
+        except Exception:  # noqa: BLE001 - closing what is left: one that fails is closed enough
+            pass
+    api_client.close()
+
+
 def api_host(api_client: Any) -> str:
     """The API server's URL an ApiClient talks to, for messages ("?" when it has none)."""
     return str(getattr(getattr(api_client, "configuration", None), "host", "?"))

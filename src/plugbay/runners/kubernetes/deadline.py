@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -77,17 +76,12 @@ def current() -> Deadline | None:
 
 
 class _Tracked:
-    """Mixed into urllib3's connection classes: tell the thread's Deadline which connection the call uses,
-    and keep the open ones findable for :func:`close_connections`."""
-
-    _made: weakref.WeakSet[Any]  # per installed class (one ApiClient's pools): its connections still alive
+    """Mixed into urllib3's connection classes: tell the thread's Deadline which connection the call uses."""
 
     def connect(self) -> None:
         deadline = current()
         if deadline is not None:
             deadline.register(self)
-        with _install_lock:
-            type(self)._made.add(self)
         super().connect()  # type: ignore[misc]
         if deadline is not None and deadline.expired:  # it fired while the socket was being made
             _shut(getattr(self, "sock", None))
@@ -110,32 +104,13 @@ def install(api_client: Any) -> bool:
             return True
         tracked = {}
         for scheme, pool_cls in classes.items():
-            conn_cls = type(f"Deadline{pool_cls.ConnectionCls.__name__}", (_Tracked, pool_cls.ConnectionCls),
-                            {"_made": weakref.WeakSet()})
+            conn_cls = type(f"Deadline{pool_cls.ConnectionCls.__name__}", (_Tracked, pool_cls.ConnectionCls), {})
             tracked[scheme] = type(f"Deadline{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
         # a new dict: urllib3's PoolManagers share the module's one by default
         pool_manager.pool_classes_by_scheme = tracked
         setattr(pool_manager, _MARK, True)
         pool_manager.clear()  # pools made before this keep urllib3's classes; drop them (idle connections only)
     return True
-
-
-def close_connections(api_client: Any) -> None:
-    """Close every connection ``api_client``'s pools made that is still open. ``ApiClient.close()`` closes
-    only the pools' idle ones: a streamed answer (a followed log) or a call cut short holds its connection,
-    and its socket, until the garbage collector finds it. For a client plugbay made, after its close()."""
-    pool_manager: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
-    classes = getattr(pool_manager, "pool_classes_by_scheme", None)
-    if not isinstance(classes, dict) or not getattr(pool_manager, _MARK, False):
-        return
-    for pool_cls in classes.values():
-        with _install_lock:
-            conns = list(getattr(pool_cls.ConnectionCls, "_made", ()))
-        for conn in conns:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing what is left: one that fails is closed enough
-                pass
 
 
 @contextmanager

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.runners.session import HOST, SESSION_START, host_session_id, managed_labels, session_alive
-from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, load_api_client,
+from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
-from plugbay.runners.kubernetes.deadline import close_connections
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
@@ -69,6 +68,5 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 removed.append(pod.metadata.name)
     finally:
         if own:
-            api_client.close()
-            close_connections(api_client)
+            close_client(api_client)
     return removed

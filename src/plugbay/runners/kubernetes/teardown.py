@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from plugbay.errors import RunnerError
-from plugbay.runners.kubernetes.deadline import close_connections
+from plugbay.runners.kubernetes.api import close_client
 from plugbay.runners.kubernetes.logs import PodLogs
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.portforward import PortForwarder
@@ -86,8 +86,7 @@ class PodTeardown:
         self._logs.close()
         self._close_forwarders()
         if self._owns_client:
-            self._api_client.close()
-            close_connections(self._api_client)  # a followed log's, which close() leaves to the GC
+            close_client(self._api_client)
 
     def _close_forwarders(self) -> None:
         with self._lock:
