@@ -98,3 +98,25 @@ def test_a_client_ca_file_with_other_text_around_its_pem_still_serves(tmp_path: 
         assert _served_serial(relay, certs) == first
     finally:
         relay.close()
+
+
+def test_a_set_that_could_not_be_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a rotation met while the process is out of descriptors says nothing of the files: the next
+    # handshake reads them again (only a set whose content is wrong waits for the next change)
+    import errno
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    provider = certfiles.CertFiles(certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file),
+                                                      str(certs.client_ca_file)))
+    new = netcerts.issue(certs.server_ca, "localhost", server=True)
+    certs.key_file.write_bytes(new.key_pem)
+    certs.cert_file.write_bytes(new.cert_pem + certs.server_ca.cert_pem)
+
+    def out_of_descriptors(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(certfiles, "open", out_of_descriptors, raising=False)
+    assert provider.changed() is False and provider.reloads == 0
+    monkeypatch.undo()
+    assert provider.changed() is True and provider.reloads == 1
+    assert provider.current.cert_pem.startswith(new.cert_pem)

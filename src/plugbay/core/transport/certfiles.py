@@ -9,7 +9,8 @@ files are re-read when their resolved path, size or mtime changes:
 which grpcio calls on each new TLS handshake. Established connections keep the
 keys they were made with; new ones get the new files. A half-written or
 mismatched new set is logged once and the previous set stays in use; it is
-tried again only when the files change again.
+tried again only when the files change again (files that could not be read at
+all are tried again at the next handshake: that says nothing of their content).
 
 This module holds the one decision "grpcio's TLS or our own": a listener
 that serves plain gRPC only (the gateway, ``NetworkServe(multiplex=False)``)
@@ -62,8 +63,12 @@ def _read(path: str, what: str, flag: str) -> bytes:
         raise TLSConfigError(f"the {what} file {path!r} does not exist; pass the PEM file with {flag}"
                              " (in Kubernetes: mount the TLS Secret there)") from None
     except OSError as exc:
-        raise TLSConfigError(f"cannot read the {what} file {path!r}: {exc.strerror}; make it readable"
-                             " by this process's user") from None
+        raise _Unreadable(f"cannot read the {what} file {path!r}: {exc.strerror}; make it readable"
+                          " by this process's user") from None
+
+
+class _Unreadable(TLSConfigError):
+    """A file that could not be read, which says nothing of its content (out of descriptors, say)."""
 
 
 def load(files: TLSFiles) -> LoadedTLS:
@@ -129,6 +134,7 @@ class CertFiles:
         # shared I/O loop for the brokering front), so it is not read, parsed nor warned about again
         # until the files change once more
         self._failed: tuple[tuple[str, int, int], ...] | None = None
+        self._unread: tuple[tuple[str, int, int], ...] | None = None  # a change whose read failed, warned of
         self.reloads = 0
         self._ctx: ssl.SSLContext | None = None
 
@@ -151,6 +157,11 @@ class CertFiles:
                 return False
             try:
                 loaded = load(self.files)
+            except _Unreadable as exc:  # tried again at the next handshake; said once per change
+                if self._unread != stamps:
+                    self._unread = stamps
+                    log.warning("TLS files changed but could not be read, keeping the old ones: %s", exc)
+                return False
             except TLSConfigError as exc:
                 self._failed = stamps
                 log.warning("TLS files changed but the new set is not usable yet, keeping the old one"
