@@ -67,3 +67,41 @@ def test_idle_unauthenticated_connections_are_capped_and_a_valid_host_still_call
         code, err = plugin.stop()
     assert code == 0, err
     assert "Too many open files" not in err and "cannot accept" not in err, err
+
+
+def test_a_flood_from_one_address_drops_its_own_connections_not_a_slower_hosts(tmp_path: Path) -> None:
+    # a distant host's handshake takes a round trip or two: one address flooding idle connects past the
+    # cap in that time must evict its own, not the host's (here: connected first, handshaking last)
+    import ssl
+
+    from plugbay.core.transport import certfiles, sockets
+    from plugbay.core.transport.relay import TLSRelay
+    from tests.test_certfiles_reload import _served_serial
+    from tests.test_relay_loop import Echo
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    provider = certfiles.CertFiles(certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file),
+                                                      str(certs.client_ca_file)))
+    echo = Echo(str(tmp_path / "echo.sock"))
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", str(tmp_path / "echo.sock")),
+                     provider.ssl_context, "terminate")
+    port = int(relay.address[1].rpartition(":")[2])
+    idle: list[socket.socket] = []
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=certs.server_ca.cert_pem.decode())
+        pem = certs.dir / "host.pem"
+        pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
+        ctx.load_cert_chain(str(pem))
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0))
+        for _ in range(FLOOD):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        _served_serial(relay, certs)  # accepted after the flood: the relay has seen every connect before it
+        with ctx.wrap_socket(slow, server_hostname="localhost") as tls:  # its handshake only now
+            tls.sendall(b"x")
+            assert tls.recv(1) == b"x"
+    finally:
+        for s in idle:
+            s.close()
+        relay.close()
+        echo.close()

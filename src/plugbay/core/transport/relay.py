@@ -23,8 +23,8 @@ The TLS handshake has :data:`HANDSHAKE_TIMEOUT` (plugbay.core.transport.sockets)
 seconds in total (not per read: a peer trickling bytes is cut off too); in
 ``terminate`` mode nothing is dialed for a peer before its handshake completed,
 and at most :data:`MAX_HANDSHAKING` accepted connections may be in their
-handshake at once (the oldest is dropped for a new one, as the multiplexed
-listener's admission does): anyone who can reach the address can connect
+handshake at once (for a new one, the oldest of the peer address holding the
+most is dropped, so a flood from one address evicts its own): anyone who can reach the address can connect
 before proving anything, and idle connections must not take every file
 descriptor from the hosts that can prove themselves. Established connections
 are not counted. ``originate`` accepts only the host's own gRPC channel on a
@@ -45,6 +45,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal, Union
 
@@ -132,7 +133,7 @@ class TLSRelay:
             if self._closed:
                 return
             try:
-                conn, _ = self._listener.accept()
+                conn, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -144,18 +145,25 @@ class TLSRelay:
             if conn.family != socket.AF_UNIX:  # small gRPC frames must not wait for Nagle's algorithm
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             relayed = RelayConn(self._setup)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                relayed.peer = addr[0]
             self._conns.add(relayed)
             if self._setup.mode == "terminate":
                 self._admit(relayed)
             relayed.start(conn)
 
     def _admit(self, relayed: RelayConn) -> None:
-        """Count a connection as handshaking (it leaves on its handshake or close), dropping the oldest past the cap."""
+        """Count a connection as handshaking (it leaves on its handshake or close); past the cap, drop the
+        oldest of the peer address holding the most. A flood from one address then evicts its own
+        connections, not a distant host's whose handshake takes a round trip or two."""
         handshaking = self._setup.handshaking
         if len(handshaking) >= MAX_HANDSHAKING:
+            held = Counter(conn.peer for conn in handshaking)
+            most = max(held, key=held.__getitem__)  # the first of equals: the one with the oldest
             # debug only: a flood must not flood the log too
-            _log.debug("TLS relay: %d connections in their handshake; dropping the oldest", len(handshaking))
-            next(iter(handshaking)).close()
+            _log.debug("TLS relay: %d connections in their handshake; dropping %s's oldest", len(handshaking),
+                       most or "a local peer")
+            next(conn for conn in handshaking if conn.peer == most).close()
         handshaking[relayed] = None
 
     def _resume(self) -> None:
