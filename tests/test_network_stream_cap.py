@@ -100,3 +100,45 @@ def test_one_peer_flooding_sessions_with_streams_holds_threads_and_descriptors_u
         code, err = plugin.stop()
     assert code == 0, err
     assert "Too many open files" not in err, err
+
+
+def test_one_peer_address_gets_a_share_of_the_process_streams_across_its_sessions(tmp_path: Path) -> None:
+    # one peer address with a few sessions under MAX_PEER_SESSIONS, each under the session cap, took
+    # the whole process's budget: another host's streams were reset. Its sessions now share one budget.
+    certs = netcerts.write_set(tmp_path / "tls")
+    total, per_session, per_peer = 12, 4, 6
+    plugin = LoweredPlugin(tmp_path, certs, {"plugbay.core.transport.streamcap": {
+        "MAX_CARRIED": total, "MAX_SESSION_CARRIED": per_session, "MAX_PEER_CARRIED": per_peer}})
+    flooder, other = "127.0.0.2", "127.0.0.3"
+    socks = []
+    try:
+        carried = 0
+        for n in range(3):  # 4, then the 2 the peer has left, then none
+            s = peer(plugin.address, certs, flooder)
+            socks.append(s)
+            s.sendall(syns(1, per_session) + ping(100 + n))
+            accepted = min(per_session, per_peer - carried)
+            assert until_pong(s, 100 + n) == {1 + 2 * i for i in range(accepted, per_session)}, n
+            carried += accepted
+        s = peer(plugin.address, certs, other)  # the process has room: another address is carried
+        socks.append(s)
+        s.sendall(syns(1, per_session) + ping(200))
+        assert until_pong(s, 200) == set()
+        # an ended session gives its slots back to its peer (bounded wait for the plugin to see the end)
+        socks.pop(0).close()
+        for attempt in range(200):
+            s = peer(plugin.address, certs, flooder)
+            socks.append(s)
+            s.sendall(syns(1, 1) + ping(7))
+            resets = until_pong(s, 7)
+            socks.pop().close()
+            if resets == set():
+                break
+        else:
+            raise AssertionError("the ended session's streams were never given back to its peer")
+    finally:
+        for s in socks:
+            s.close()
+        code, err = plugin.stop()
+    assert code == 0, err
+    assert f"the sessions from {flooder} carry {per_peer} streams it opened" in err, err

@@ -15,6 +15,10 @@ wants brokered connections its own instance inside the shared process:
   gRPC server: the plugin's services against a fresh GRPCBroker(multiplex=True)
   on that session, health, controller, Discovery. Un-knocked streams of the
   session reach that server; knocked ones the brokered servers;
+* the relay sends a yamux connection's session a token of TOKEN_SIZE bytes
+  ahead of the peer's bytes (the private listener cannot see who dialed the
+  relay), so the session knows its peer's address: the streams all sessions
+  from one address carry share a budget (plugbay.core.transport.streamcap);
 * anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
   TLS_TIMEOUT, is dropped; the relay's steps never wait, so an idle
   connection never holds up another;
@@ -53,6 +57,8 @@ MAX_SESSIONS = 256  # brokering hosts at once; more are refused (each one costs 
 # peer with a valid certificate could otherwise hold every slot with idle sessions
 MAX_PEER_SESSIONS = 32
 REFUSAL_LOG_EVERY = 60.0  # a peer's refused sessions are logged at most once this often
+TOKEN_SIZE = 16  # what the relay sends ahead of a session's bytes: which routed connection (so, peer) it is
+TOKEN_TIMEOUT = 2.0  # the relay sends it as its dial connects; a connection without one is closed
 
 
 @dataclass
@@ -78,14 +84,15 @@ class FrontSession(Protocol):
     def close(self) -> None: ...
 
 
-SessionFactory = Callable[[socket.socket, str], FrontSession]  # (the connection, a fresh socket path)
+# (the connection, a fresh socket path, the peer's IP address: "" for a unix socket)
+SessionFactory = Callable[[socket.socket, str, str], FrontSession]
 
 
 class InstanceSession:
     """serve()'s session: an AcceptedSession whose un-knocked streams reach its own plugin instance."""
 
-    def __init__(self, conn: socket.socket, path: str, make_instance: InstanceFactory) -> None:
-        self.mux = AcceptedSession(("unix", path))
+    def __init__(self, conn: socket.socket, path: str, peer: str, make_instance: InstanceFactory) -> None:
+        self.mux = AcceptedSession(("unix", path), peer)
         self.instance = make_instance(self.mux, path)  # listening before the first stream is routed
         self.mux.run(conn)
 
@@ -105,7 +112,7 @@ class InstanceSession:
 
 
 def instance_sessions(make_instance: InstanceFactory) -> SessionFactory:
-    return lambda conn, path: InstanceSession(conn, path, make_instance)
+    return lambda conn, path, peer: InstanceSession(conn, path, peer, make_instance)
 
 
 def route(first: bytes, grpc_target: tuple[str, str], mux_target: tuple[str, str]) -> tuple[str, str] | None:
@@ -138,6 +145,7 @@ class NetworkFront:
         self._keepalives: dict[FrontSession, Keepalive] = {}  # one per session, ticked by the accept loop
         self._count = 0
         self._per_peer: dict[str, int] = {}  # sessions routed per peer address, until their connection closes
+        self._tokens: dict[bytes, str] = {}  # routed connections' tokens -> peer, until accepted or closed
         self._logged: dict[str, float] = {}  # when a peer's refusal was last logged
         self._full_logged = -REFUSAL_LOG_EVERY  # ... and the last refusal at MAX_SESSIONS
         self._closed = threading.Event()
@@ -157,18 +165,24 @@ class NetworkFront:
         if target != self._mux_target:
             return target
         peer = conn.peer
+        token = b""
         with self._lock:
             held = self._per_peer.get(peer, 0)
             if held < MAX_PEER_SESSIONS:
                 self._per_peer[peer] = held + 1
+                while not token or token in self._tokens:
+                    token = os.urandom(TOKEN_SIZE)
+                self._tokens[token] = peer
         if held >= MAX_PEER_SESSIONS:
             self._refused(peer)
             return None
-        conn.on_close(lambda: self._peer_gone(peer))
+        conn.preamble = token
+        conn.on_close(lambda: self._peer_gone(peer, token))
         return target
 
-    def _peer_gone(self, peer: str) -> None:
+    def _peer_gone(self, peer: str, token: bytes) -> None:
         with self._lock:
+            self._tokens.pop(token, None)  # never accepted
             held = self._per_peer.pop(peer) - 1
             if held:
                 self._per_peer[peer] = held
@@ -209,7 +223,27 @@ class NetworkFront:
         finally:
             close_listener(self._listener)
 
+    def _peer_of(self, conn: socket.socket) -> str | None:
+        """The peer address whose routed connection this is, by the token the relay sent first."""
+        token = b""
+        conn.settimeout(TOKEN_TIMEOUT)
+        try:
+            while len(token) < TOKEN_SIZE:
+                got = conn.recv(TOKEN_SIZE - len(token))  # never past it: the rest is the session's
+                if not got:
+                    break
+                token += got
+        except OSError:
+            pass
+        with self._lock:
+            return self._tokens.pop(token, None) if len(token) == TOKEN_SIZE else None
+
     def _start_session(self, conn: socket.socket) -> None:
+        peer = self._peer_of(conn)
+        if peer is None:
+            log.debug("closing a connection to the session listener that no routed peer made")
+            conn.close()
+            return
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:
                 now = time.monotonic()
@@ -223,7 +257,7 @@ class NetworkFront:
             self._count += 1
             number = self._count
         path = os.path.join(self._dir, f"s{number}.sock")
-        session = self._make(conn, path)
+        session = self._make(conn, path, peer)
         with self._lock:
             closing = self._closed.is_set()  # close() reaped everything while this one was made
             if not closing:

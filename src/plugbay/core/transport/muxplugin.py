@@ -64,14 +64,15 @@ class AcceptedSession(MuxSession):
     Un-knocked streams go to ``target`` (that host's own gRPC server). Build it,
     give it to that server's broker, then ``run(conn)``; ``ended`` turns True
     once the host is gone, and the owner then calls ``close()``. The streams
-    the host opens count against the process's bound (streamcap): any holder
+    the host opens count against the process's bounds (streamcap), and those
+    of all sessions from ``peer`` (its address) against that peer's: any holder
     of a client certificate may open sessions.
     """
 
-    def __init__(self, target: tuple[str, str]) -> None:
+    def __init__(self, target: tuple[str, str], peer: str | None = None) -> None:
         super().__init__("plugin-mux")
         self.default_target = target
-        self._share = Share()
+        self._share = Share(peer)
 
     def run(self, conn: socket.socket) -> None:
         """Serve the yamux session on ``conn`` (once the target listens: streams route at once)."""

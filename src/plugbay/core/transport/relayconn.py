@@ -41,7 +41,8 @@ CHUNK = 64 * 1024
 CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
 
-# a router sees the first bytes and the connection (its peer's address; on_close to free what it counts)
+# a router sees the first bytes and the connection (its peer's address; on_close to free what it counts;
+# preamble to tell the target which connection this is)
 Target = Union[tuple[str, str], Callable[[bytes, "RelayConn"], Union[tuple[str, str], None]]]
 
 
@@ -93,6 +94,7 @@ class RelayConn(Dialing):
         self._last: tuple[int, int, int] = (0, 0, 0)  # _progress() at the last drain check
         self.peer = ""  # the accepted peer's IP address ("" for a unix socket)
         self._closers: list[Callable[[], None]] = []
+        self.preamble = b""  # a router's bytes sent ahead of the peer's on the plaintext side (who it is)
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (on the loop thread) when this connection closes; at once if it has."""
@@ -210,7 +212,7 @@ class RelayConn(Dialing):
         if chosen is None:
             self.close()
             return
-        self.to_plain += first
+        self.to_plain += self.preamble + first
         self._timer_cancel()
         self._timer = self.s.loop.call_later(self.s.handshake_timeout, self._timed_out)  # bounds the dial
         assert self._treg is not None

@@ -175,10 +175,10 @@ class Gateway:
         self._start_failed = False
         self._front: list[Callable[[], None]] = []
 
-    def _session(self, conn: socket.socket, path: str) -> ChildSession:
+    def _session(self, conn: socket.socket, path: str, peer: str) -> ChildSession:
         cfg = self.config
         return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
-                            start_timeout=cfg.start_timeout, logger=cfg.logger)
+                            start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer)
 
     # --- the child -----------------------------------------------------------------
 

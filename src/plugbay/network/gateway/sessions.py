@@ -52,7 +52,7 @@ class ChildSession:
 
     def __init__(self, conn: socket.socket, cmd: Sequence[str], cookie: tuple[str, str],
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, peer: str | None = None) -> None:
         self._conn = conn
         self._cmd = list(cmd)
         self._cookie = cookie
@@ -70,7 +70,8 @@ class ChildSession:
         self._remote: Session | None = None
         self._failed = False
         self._closed = False
-        self._share = Share()  # the remote host's streams, two splice threads each (streamcap)
+        # the remote host's streams, two splice threads each; with all sessions from its address (streamcap)
+        self._share = Share(peer)
         self._dir = make_tempdir("plugbay-gwchild-")
         os.chmod(self._dir, 0o700)
         self._starter = threading.Thread(target=self._start, name="plugbay-gateway-session", daemon=True)
