@@ -13,6 +13,7 @@ import ssl
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests import netcerts
@@ -89,6 +90,24 @@ def until_pong(sock: ssl.SSLSocket, opaque: int, timeout: float = 30) -> set[int
             elif kind == PING and flags & ACK and length == opaque:
                 return resets
     raise AssertionError(f"no answer to ping {opaque} within {timeout}s")
+
+
+def session_until(address: str, certs: netcerts.CertSet, frames: bytes, opaque: int,
+                  wanted: Callable[[set[int] | None], bool], what: str, source: str = "",
+                  attempts: int = 200) -> ssl.SSLSocket:
+    """A new session that sends ``frames`` and ping ``opaque``, made again until ``wanted`` takes its answer
+    (until_pong's): the plugin frees an ended session's slots a moment after the end. The socket, open."""
+    for _ in range(attempts):
+        sock = peer(address, certs, source)
+        try:
+            sock.sendall(frames + ping(opaque))
+            if wanted(until_pong(sock, opaque)):
+                return sock
+        except BaseException:
+            sock.close()
+            raise
+        sock.close()
+    raise AssertionError(f"{what} (not in {attempts} new sessions)")
 
 
 def split_frames(data: bytes) -> tuple[list[tuple[int, int, int, int]], bytes]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests import netcerts
-from tests.netflood import LoweredPlugin, peer, ping, until_pong
+from tests.netflood import LoweredPlugin, peer, ping, session_until, until_pong
 
 CAP = 4
 
@@ -44,15 +44,8 @@ def test_sessions_past_a_peers_cap_are_refused_and_another_address_still_gets_on
             other.close()
         # one of the peer's sessions ends: it gets a new one (bounded wait for the close to be seen)
         held.pop().close()
-        for attempt in range(200):
-            s = peer(plugin.address, certs, "127.0.0.1")
-            s.sendall(ping(70))
-            if until_pong(s, 70) is not None:
-                held.append(s)
-                break
-            s.close()
-        else:
-            raise AssertionError("the peer never got a session back after one of its own ended")
+        held.append(session_until(plugin.address, certs, b"", 70, lambda answer: answer is not None,
+                                  "the peer never got a session back after one of its own ended", "127.0.0.1"))
     finally:
         for s in held:
             s.close()

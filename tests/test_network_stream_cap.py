@@ -17,7 +17,7 @@ from pathlib import Path
 from plugbay.core.transport import streamcap
 from plugbay.core.transport.yamux import MAX_STREAMS
 from tests import netcerts
-from tests.netflood import LoweredPlugin, peer, ping, proc_counts, syns, until_pong
+from tests.netflood import LoweredPlugin, peer, ping, proc_counts, session_until, syns, until_pong
 from tests.test_network_serve import kv_pb2, kv_pb2_grpc, secure
 
 MARGIN = 40  # the well-behaved host's call, grpc's own threads, slack
@@ -53,16 +53,8 @@ def test_streams_past_the_session_and_process_caps_are_reset_and_freed_when_a_se
         # a session that ends gives its streams back: a new one is carried again (bounded wait for
         # the plugin to notice the end and close the bridges)
         socks.pop(0).close()
-        for attempt in range(200):
-            s = peer(plugin.address, certs)
-            socks.append(s)
-            s.sendall(syns(1, 1) + ping(7))
-            resets = until_pong(s, 7)
-            if resets == set():
-                break
-            socks.pop().close()
-        else:
-            raise AssertionError("the ended session's streams were never given back")
+        socks.append(session_until(plugin.address, certs, syns(1, 1), 7, lambda resets: resets == set(),
+                                   "the ended session's streams were never given back"))
     finally:
         for s in socks:
             s.close()
@@ -126,16 +118,8 @@ def test_one_peer_address_gets_a_share_of_the_process_streams_across_its_session
         assert until_pong(s, 200) == set()
         # an ended session gives its slots back to its peer (bounded wait for the plugin to see the end)
         socks.pop(0).close()
-        for attempt in range(200):
-            s = peer(plugin.address, certs, flooder)
-            socks.append(s)
-            s.sendall(syns(1, 1) + ping(7))
-            resets = until_pong(s, 7)
-            socks.pop().close()
-            if resets == set():
-                break
-        else:
-            raise AssertionError("the ended session's streams were never given back to its peer")
+        session_until(plugin.address, certs, syns(1, 1), 7, lambda resets: resets == set(),
+                      "the ended session's streams were never given back to its peer", flooder).close()
     finally:
         for s in socks:
             s.close()
