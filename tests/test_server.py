@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -478,7 +479,11 @@ def test_a_host_certificate_the_grpc_library_refuses_is_named_as_the_cause(plugi
     from plugbay.core.protocol import der
 
     cert = bytearray(tlsmod.generate_cert().cert_der)
-    at = cert.index(0x17)  # the first UTCTime
+    # the first UTCTime (tag 0x17, 13 bytes, digits and Z): not merely the first 0x17 byte, which a
+    # random serial number holds in one certificate of about sixteen
+    found = re.search(rb"\x17\x0d[0-9]{12}Z", cert)
+    assert found is not None
+    at = found.start()
     cert[at + 2:at + 4] = b"ZZ"
     der.certificate_key(bytes(cert))  # its outline still parses
     err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1",
