@@ -89,10 +89,8 @@ class MuxSession:
         elif share.take():
             self._route(stream, target, sid, share.give)
         else:
-            if not share.refusing:  # once per run of refusals: a flood must not flood the log
-                share.refusing = True
-                log.warning("%s: resetting the peer's new streams until some end: %s", self.name,
-                            share.why_refused())
+            if (why := share.first_refusal()) is not None:
+                log.warning("%s: resetting the peer's new streams until some end: %s", self.name, why)
             stream.reset()
 
     def _route(self, stream: Stream, target: tuple[str, str], sid: int | None,

@@ -38,7 +38,7 @@ class Share:
     def __init__(self, peer: str | None = None) -> None:
         self._held = 0
         self._peer = peer
-        self.refusing = False  # the owner logs the first refusal of a run only
+        self._refusing = False  # a run of refusals is under way (told once: first_refusal)
 
     def take(self) -> bool:
         global _carried
@@ -51,7 +51,7 @@ class Share:
             _carried += 1
             if peer is not None:
                 _peers[peer] = _peers.get(peer, 0) + 1
-            self.refusing = False
+            self._refusing = False
             return True
 
     def give(self) -> None:
@@ -65,8 +65,13 @@ class Share:
                 if left:
                     _peers[peer] = left
 
-    def why_refused(self) -> str:
+    def first_refusal(self) -> str | None:
+        """Why take() refused, the first time in a run of refusals; None after (a flood must not flood
+        the log). The run ends at the next stream taken."""
         with _lock:
+            if self._refusing:
+                return None
+            self._refusing = True
             if self._held >= MAX_SESSION_CARRIED:
                 return f"this session carries {self._held} streams it opened, the most one session may"
             peer = self._peer

@@ -133,10 +133,8 @@ class ChildSession:
     def _from_remote(self, stream: Stream) -> None:
         share = self._share
         if not share.take():
-            if not share.refusing:  # once per run of refusals: a flood must not flood the log
-                share.refusing = True
-                log.warning("gateway: resetting a brokering host's new streams until some end: %s",
-                            share.why_refused())
+            if (why := share.first_refusal()) is not None:
+                log.warning("gateway: resetting a brokering host's new streams until some end: %s", why)
             stream.reset()
             return
         self._pair(stream, self._child, share.give)
