@@ -146,8 +146,7 @@ class NetworkFront:
         self._count = 0
         self._per_peer: dict[str, int] = {}  # sessions routed per peer address, until their connection closes
         self._tokens: dict[bytes, str] = {}  # routed connections' tokens -> peer, until accepted or closed
-        self._logged: dict[str, float] = {}  # when a peer's refusal was last logged
-        self._full_logged = -REFUSAL_LOG_EVERY  # ... and the last refusal at MAX_SESSIONS
+        self._logged: dict[str | None, float] = {}  # when a peer's refusal (None: at MAX_SESSIONS) was last logged
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
         self._acceptor.start()
@@ -187,15 +186,21 @@ class NetworkFront:
             if held:
                 self._per_peer[peer] = held
 
-    def _refused(self, peer: str) -> None:
+    def _log_due(self, key: str | None) -> bool:
+        """(The lock held.) Whether a refusal of ``key`` (a peer address; None: the process's cap) is to
+        be logged: at most once per REFUSAL_LOG_EVERY."""
         now = time.monotonic()
+        for old in [k for k, at in self._logged.items() if now - at >= REFUSAL_LOG_EVERY]:
+            del self._logged[old]  # bounded by the peers refused within the interval
+        if key in self._logged:
+            return False
+        self._logged[key] = now
+        return True
+
+    def _refused(self, peer: str) -> None:
         with self._lock:
-            for old in [p for p, at in self._logged.items() if now - at >= REFUSAL_LOG_EVERY]:
-                del self._logged[old]  # bounded by the peers refused within the interval
-            quiet = peer in self._logged
-            if not quiet:
-                self._logged[peer] = now
-        if not quiet:
+            due = self._log_due(peer)
+        if due:
             log.warning("refusing brokering sessions from %s: it has %d open, the most one peer address may"
                         " (MAX_PEER_SESSIONS; logged once per %gs)", peer or "a local peer", MAX_PEER_SESSIONS,
                         REFUSAL_LOG_EVERY)
@@ -246,10 +251,7 @@ class NetworkFront:
             return
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:
-                now = time.monotonic()
-                loud = now >= self._full_logged + REFUSAL_LOG_EVERY
-                if loud:
-                    self._full_logged = now
+                if self._log_due(None):
                     log.warning("refusing brokering hosts: %d sessions are open already, the most this process"
                                 " may (MAX_SESSIONS; logged once per %gs)", MAX_SESSIONS, REFUSAL_LOG_EVERY)
                 conn.close()
