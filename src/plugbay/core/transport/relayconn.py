@@ -92,7 +92,7 @@ class RelayConn(Dialing):
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
         self.delivered = 0  # bytes handed to either socket
         self._last: tuple[int, int, int] = (0, 0, 0)  # _progress() at the last drain check
-        self.peer = ""  # the accepted peer's IP address ("" for a unix socket)
+        self.peer = ""  # the accepted peer's IP address, as the relay accepted it ("" for a unix socket)
         self._closers: list[Callable[[], None]] = []
         self.preamble = b""  # a router's bytes sent ahead of the peer's on the plaintext side (who it is)
 
@@ -109,8 +109,6 @@ class RelayConn(Dialing):
         self._accepted = accepted
         self._timer = setup.loop.call_later(setup.handshake_timeout, self._timed_out)
         try:
-            if accepted.family in (socket.AF_INET, socket.AF_INET6):
-                self.peer = accepted.getpeername()[0]
             accepted.setblocking(False)
             if setup.mode == "terminate":  # the peer proves itself before anything is dialed
                 self.tls = setup.context().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
