@@ -167,9 +167,10 @@ Examples:
 def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None, plot: str | None) -> int:
     """Run the benchmark (bench/run.py of the source checkout) and print its table."""
     script = _checkout_file("bench/run.py", "plugbay bench")
-    unknown = [area for area in only if area not in _bench_areas()]
+    areas = _bench_areas()
+    unknown = [area for area in only if area not in areas]
     if unknown:
-        raise ConfigError(f"--only {unknown[0]!r} is not a benchmark area; choose from {', '.join(_bench_areas())}")
+        raise ConfigError(f"--only {unknown[0]!r} is not a benchmark area; choose from {', '.join(areas)}")
     if plot:
         try:
             import matplotlib  # noqa: F401
