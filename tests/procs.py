@@ -1,5 +1,6 @@
 """This machine's process tree, read from /proc: who descends from whom (the leak check, the Go
-test hosts' run_program and the tests that look for a plugin's children use it)."""
+test hosts' run_program and the tests that look for a plugin's children use it); and this
+process's own TCP connections to a port (the Kubernetes API client tests)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,16 @@ def descendants(root: int) -> list[tuple[int, str]]:
                 out.append((pid, name))
                 frontier.append(pid)
     return out
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to 127.0.0.1:``port`` (from /proc, no garbage collection first)."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in list(table)[1:]]
+    return sum(1 for r in rows if int(r[2].split(":")[1], 16) == port and f"socket:[{r[9]}]" in mine)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import http.server
 import json
-import os
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import urllib3.connection
 from kubernetes import client
 
 from plugbay.runners.kubernetes import api
+from tests.procs import connections_to
 
 pytestmark = pytest.mark.kubernetes
 
@@ -70,27 +70,14 @@ def api_client() -> Iterator[tuple[Any, int]]:
         thread.join(10)
 
 
-def _sockets_to(port: int) -> int:
-    """This process's open TCP connections to 127.0.0.1:``port`` (from /proc, no garbage collection first)."""
-    mine = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            continue
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in list(table)[1:]]
-    return sum(1 for r in rows if int(r[2].split(":")[1], 16) == port and f"socket:[{r[9]}]" in mine)
-
-
 def test_idle_connections_are_closed_with_the_client(api_client: tuple[Any, int]) -> None:
     made, port = api_client
     gc.disable()  # what is left open must be closed by close_client, not found later by the collector
     try:
         client.CoreV1Api(made).list_namespaced_pod("default", _request_timeout=5)
-        assert _sockets_to(port) == 1  # back in its pool, idle
+        assert connections_to(port) == 1  # back in its pool, idle
         api.close_client(made)
-        assert _sockets_to(port) == 0
+        assert connections_to(port) == 0
     finally:
         gc.enable()
 

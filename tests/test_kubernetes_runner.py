@@ -27,6 +27,7 @@ from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.kubernetes import RBAC_RULES, KubernetesRunner, sweep
 from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
 from tests.kube_standin.server import StandIn
+from tests.procs import connections_to
 
 pytestmark = pytest.mark.kubernetes
 HANDSHAKE = "1|1|tcp|0.0.0.0:4000|grpc"
@@ -100,20 +101,6 @@ def test_pod_spec_has_labels_env_and_secure_defaults(kubeconfig: str, testapp: s
         runner.kill(0)
 
 
-def _sockets_to(port: int) -> int:
-    """This process's open TCP connections to 127.0.0.1:``port`` (from /proc, no garbage collection first)."""
-    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.exists(f"/proc/self/fd/{fd}")}
-    found = 0
-    with open("/proc/net/tcp") as table:
-        for line in list(table)[1:]:
-            fields = line.split()
-            remote, inode = fields[2], fields[9]
-            if int(remote.split(":")[1], 16) == port and f"socket:[{inode}]" in mine:
-                found += 1
-    return found
-
-
 def test_a_killed_runner_leaves_no_api_connection_open(kubeconfig: str, testapp: str,  # noqa: F811
                                                         standin: StandIn) -> None:  # noqa: F811
     # the followed log holds a connection of its own, which ApiClient.close() leaves to the garbage
@@ -129,9 +116,9 @@ def test_a_killed_runner_leaves_no_api_connection_open(kubeconfig: str, testapp:
         runner = KubernetesRunner(testapp, kubeconfig=kubeconfig)
         runner.start(SPEC)
         assert next(runner.stdout_lines()) == HANDSHAKE
-        assert _sockets_to(port) >= 1  # the log is followed over one
+        assert connections_to(port) >= 1  # the log is followed over one
         runner.kill(1)
-        assert _sockets_to(port) == 0
+        assert connections_to(port) == 0
     finally:
         gc.enable()
 
