@@ -112,6 +112,19 @@ def channel_credentials(certs: CertSet, client: Issued | None = None):  # type: 
                                         certificate_chain=who.cert_pem)
 
 
+def client_context(certs: CertSet, client: Issued | None = None):  # type: ignore[no-untyped-def]
+    """An OpenSSL client context trusting the set's server CA, presenting ``client`` (default: the set's
+    client certificate), for raw TLS connections to a plugin (server name: localhost)."""
+    import ssl
+
+    who = client if client is not None else certs.client
+    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
+    pem = certs.dir / f"client-{who.cert.serial_number}.pem"  # ssl loads a chain only from a file
+    pem.write_bytes(who.cert_pem + who.key_pem)
+    ctx.load_cert_chain(str(pem))
+    return ctx
+
+
 def tls_refusal(address: str, ca: Issued, client: Issued | None, tmp: Path, tls12: bool = False) -> str:
     """Handshake with Python's ssl and read once; the TLS alert text the server answered with ('' if none).
 

@@ -44,10 +44,7 @@ class LoweredPlugin(NetPlugin):
 def peer(address: str, certs: netcerts.CertSet, source: str = "") -> ssl.SSLSocket:
     """A TLS connection with the valid client certificate, from ``source`` (an address of this machine)."""
     host, _, port = address.rpartition(":")
-    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
-    pem = certs.dir / "peer.pem"
-    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-    ctx.load_cert_chain(str(pem))
+    ctx = netcerts.client_context(certs)
     raw = socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0) if source else None)
     try:
         return ctx.wrap_socket(raw, server_hostname="localhost")

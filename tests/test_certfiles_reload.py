@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,7 @@ def _host_port(relay: TLSRelay) -> tuple[str, int]:
 
 def _served_serial(relay: TLSRelay, certs: netcerts.CertSet) -> int:
     """A full mTLS handshake and an echoed byte; the serial of the certificate the server presented."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cadata=certs.server_ca.cert_pem.decode())
-    pem = certs.dir / "client.pem"
-    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-    ctx.load_cert_chain(str(pem))
+    ctx = netcerts.client_context(certs)
     with socket.create_connection(_host_port(relay), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as conn:
         conn.sendall(b"x")

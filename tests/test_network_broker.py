@@ -210,11 +210,8 @@ def test_an_idle_connection_does_not_block_a_new_host(replicas: list[CounterRepl
                                                       certs: netcerts.CertSet) -> None:
     host, _, port = replicas[0].address.rpartition(":")
     silent = socket.create_connection((host, int(port)), timeout=5)  # never speaks TLS
-    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
+    ctx = netcerts.client_context(certs)
     quiet_raw = socket.create_connection((host, int(port)), timeout=5)
-    pem = certs.dir / "probe.pem"
-    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-    ctx.load_cert_chain(str(pem))
     quiet = ctx.wrap_socket(quiet_raw, server_hostname="localhost")  # TLS done, then nothing
     try:
         started = time.monotonic()
@@ -235,10 +232,7 @@ def test_an_idle_connection_does_not_block_a_new_host(replicas: list[CounterRepl
 def _silent_host(address: str, certs: netcerts.CertSet) -> ssl.SSLSocket:
     """A brokering host that opens its yamux session (a ping), then neither reads nor writes again."""
     host, _, port = address.rpartition(":")
-    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
-    pem = certs.dir / "silent.pem"
-    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-    ctx.load_cert_chain(str(pem))
+    ctx = netcerts.client_context(certs)
     raw = socket.create_connection((host, int(port)), timeout=5)
     try:
         sock = ctx.wrap_socket(raw, server_hostname="localhost")
@@ -326,10 +320,7 @@ def test_untrusted_hosts_are_refused(replicas: list[CounterReplica], certs: netc
     with pytest.raises(RemoteTLSError, match="refused the host's certificate"):
         remote(replicas[:1], host_tls(certs, stranger), start_timeout=5).start()
     # a yamux frame right after a handshake with a stranger's certificate never reaches a session
-    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
-    pem = tmp_path / "stranger.pem"
-    pem.write_bytes(stranger.cert_pem + stranger.key_pem)
-    ctx.load_cert_chain(str(pem))
+    ctx = netcerts.client_context(certs, stranger)
     host, _, port = replicas[0].address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         with pytest.raises((ssl.SSLError, OSError)):
@@ -355,10 +346,7 @@ def test_cert_rotation_keeps_serving(replicas: list[CounterReplica], certs: netc
         stub.put("r", 1, Adder())  # the established session keeps working
     assert rep[0].value("r") == '{"Value":3}'
     host, _, port = rep[0].address.rpartition(":")
-    pem = certs.dir / "probe.pem"
-    pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-    ctx = ssl.create_default_context(cadata=certs.server_ca.cert_pem.decode())
-    ctx.load_cert_chain(str(pem))
+    ctx = netcerts.client_context(certs)
     with ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5), server_hostname="localhost") as s:
         der = s.getpeercert(binary_form=True)
     from cryptography import x509

@@ -72,7 +72,6 @@ def test_idle_unauthenticated_connections_are_capped_and_a_valid_host_still_call
 def test_a_flood_from_one_address_drops_its_own_connections_not_a_slower_hosts(tmp_path: Path) -> None:
     # a distant host's handshake takes a round trip or two: one address flooding idle connects past the
     # cap in that time must evict its own, not the host's (here: connected first, handshaking last)
-    import ssl
 
     from plugbay.core.transport import certfiles, sockets
     from plugbay.core.transport.relay import TLSRelay
@@ -88,11 +87,7 @@ def test_a_flood_from_one_address_drops_its_own_connections_not_a_slower_hosts(t
     port = int(relay.address[1].rpartition(":")[2])
     idle: list[socket.socket] = []
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=certs.server_ca.cert_pem.decode())
-        pem = certs.dir / "host.pem"
-        pem.write_bytes(certs.client.cert_pem + certs.client.key_pem)
-        ctx.load_cert_chain(str(pem))
+        ctx = netcerts.client_context(certs)
         slow = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=("127.0.0.2", 0))
         for _ in range(FLOOD):
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
