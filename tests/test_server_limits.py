@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,3 +136,61 @@ def _ignore_errors(call: Callable[[], object]) -> None:
         call()
     except grpc.RpcError:  # the plugin stops under it: how the call ends is not the point
         pass
+
+
+@pytest.mark.parametrize("how", ["shutdown", "sigterm"])
+def test_stop_exits_while_a_brokered_handler_still_runs_and_leaves_no_files(plugins: list[PluginProc],
+                                                                              tmp_path: Path, how: str) -> None:
+    # the brokered server's workers were joined on close: a handler still running held the plugin
+    # (here for the handler's 20 s, in general forever), and the host's kill then left the socket
+    # file and the broker's temp folders behind
+    folder = tempfile.mkdtemp(prefix="pb-")  # short: brokered socket paths must fit sun_path
+    pidfile = tmp_path / "sleeper.pid"
+    outbox: queue.Queue[grpc_broker_pb2.ConnInfo | None] = queue.Queue()
+
+    def requests() -> Iterator[grpc_broker_pb2.ConnInfo]:
+        while (item := outbox.get(timeout=60)) is not None:
+            yield item
+
+    p = start(plugins, {"PLUGIN_UNIX_SOCKET_DIR": folder, "TMPDIR": folder})
+    ch = p.channel(p.handshake())
+    stream = grpc_broker_pb2_grpc.GRPCBrokerStub(ch).StartStream(requests(), timeout=60)
+    running: threading.Thread | None = None
+    try:
+        kv = kv_pb2_grpc.KVStub(ch)
+        kv.Put(kv_pb2.PutRequest(key="announce-kv", value=b""), timeout=10)
+        service_id = int(kv.Get(kv_pb2.GetRequest(key="announced"), timeout=10).value)
+        info = next(stream)
+        assert info.service_id == service_id
+        p.channels.append(brokered_channel := grpc.insecure_channel(f"unix:{info.address}"))
+        brokered = kv_pb2_grpc.KVStub(brokered_channel)
+        running = threading.Thread(target=_ignore_errors, args=(lambda: brokered.Put(
+            kv_pb2.PutRequest(key="sub", value=f"echo $$ > {pidfile}; exec sleep 20".encode()), timeout=60),),
+            name="test-long-brokered-call")
+        running.start()
+        for _ in range(100):  # the brokered handler is running (bounded wait)
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.05)
+        asked = time.monotonic()
+        if how == "shutdown":
+            shutdown(ch)
+        else:
+            p.proc.send_signal(signal.SIGTERM)
+        code, err = p.finish(timeout=30)
+        took = time.monotonic() - asked
+        left = sorted(os.listdir(folder))
+    finally:
+        outbox.put(None)
+        stream.cancel()
+        if pidfile.exists() and pidfile.read_text().strip():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)  # the handler's own child
+            except ProcessLookupError:
+                pass
+        if running is not None:
+            running.join(30)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert code == 0, err
+    assert took < 6, f"exit {took:.1f}s after the stop: the process waited for the brokered handler"
+    assert left == [], f"left behind in the socket folder: {left}"

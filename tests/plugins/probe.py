@@ -10,6 +10,7 @@ instead of storing when the key names an output path:
   crash    raise RuntimeError(value) in a new thread (an exception that ends a thread)
   announce serve a grpc health server through the broker now (accept_and_serve); Get("announced")
            then returns its broker id, for the host to dial whenever it opens its broker stream
+  announce-kv  the same with this KV service (so a brokered call can run "sub" and block)
 other keys are stored in memory; Get returns them.
 
 PROBE_VERSIONS="2,3"   serve under those app versions (versioned_plugins) instead of 1
@@ -75,6 +76,14 @@ class ProbeKV:
             service_id = self.broker.next_id()
             self.broker.accept_and_serve(service_id, lambda server: health_pb2_grpc.add_HealthServicer_to_server(
                 HealthServicer(), server))
+            self.data["announced"] = str(service_id).encode()
+        elif key == "announce-kv" and self.broker is not None:
+            from kv_plugin_def import _KVServicer
+            from kvproto import kv_pb2_grpc
+
+            service_id = self.broker.next_id()
+            self.broker.accept_and_serve(service_id, lambda server: kv_pb2_grpc.add_KVServicer_to_server(
+                _KVServicer(self), server))
             self.data["announced"] = str(service_id).encode()
         else:
             self.data[key] = value

@@ -240,8 +240,14 @@ class GRPCBroker(StreamEnd, Multiplexed):
         # what the runner holds for this address (a Docker socket's handle) goes with the channel
         return self._channel_to(network, address, [lambda: translator.release_address(network, address)])
 
-    def close(self) -> None:
-        """End the stream, stop every brokered server and channel, free sockets and threads."""
+    def close(self, *, wait: bool = True) -> None:
+        """End the stream, stop every brokered server and channel, free sockets and threads.
+
+        ``wait=False`` (a plugin process stopping): calls still running on brokered servers are
+        cancelled and their worker threads, like the stream's reader, are not joined. A handler
+        that does not return (stuck, sleeping) otherwise kept the plugin process alive until its
+        host killed it; a Go plugin exits when Serve returns, whatever its goroutines do.
+        """
         with self._cond:
             if self._closed:
                 return
@@ -257,14 +263,19 @@ class GRPCBroker(StreamEnd, Multiplexed):
             self.call.cancel()
         for ch in channels:
             ch.close()
-        for s in served:
+        if served and not wait:
+            from plugbay.core.broker.channels import abandon_served
+
+            for s in served:
+                abandon_served(s)
+        for s in served if wait else ():
             s.stop()
         if self._source is not None:
-            self._source.close()
+            self._source.close(wait=wait)
         for func in reversed(cleanup):
             func()
         self._join_bridges()
-        for t in list(self._threads):  # started under the lock, so all of them are started
+        for t in list(self._threads) if wait else ():  # started under the lock, so all of them are started
             t.join(timeout=10)
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)

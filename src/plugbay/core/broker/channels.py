@@ -142,6 +142,17 @@ def stop_served(served: Served, grace: float | None = 1.0,
         finish()
 
 
+def abandon_served(served: Served) -> None:
+    """Stop a brokered server at once, free its sockets and leave its workers to end on their own.
+
+    For a process that is exiting: its calls are cancelled, and a handler that does not return
+    runs on a daemon thread (a DaemonPool's) that the exit does not wait for.
+    """
+    served.server.stop(grace=None)
+    _free(served)
+    served.executor.shutdown(wait=False, cancel_futures=True)
+
+
 def _free(served: Served) -> None:
     for func in reversed(served.cleanup):
         func()

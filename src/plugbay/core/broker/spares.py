@@ -45,6 +45,7 @@ from plugbay.errors import PlugbayError
 log = logging.getLogger("plugbay.broker")
 
 _JOIN = 10.0
+_EXIT_JOIN = 1.0  # the builder, when the process exits: a spare being built ends in milliseconds
 _IDLE_POOLS = 1  # stopped servers' worker pools kept for the next ones (one thread, as a spare had)
 _FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EEXIST)  # this socket's problem only
 
@@ -154,10 +155,10 @@ class ServerSource:
         """Keep a stopped server's idle worker pool for a later server (False: shut it down)."""
         return self._spare.recycle(executor)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if not self._left:
             self._left = True
-            self._spare.leave(self._tls)
+            self._spare.leave(self._tls, wait=wait)
 
 
 def _has_folder_group(path: str) -> bool:
@@ -288,10 +289,11 @@ class SpareServer:
             if unused is not None:
                 stop_served(unused[0])
 
-    def leave(self, key: MutualTLS | None = None) -> None:
+    def leave(self, key: MutualTLS | None = None, wait: bool = True) -> None:
         """One broker less (serving with ``key``: a spare kept for its certificate goes too).
 
-        The last one stops the spare, joins the builder and removes the folder.
+        The last one stops the spare, joins the builder and removes the folder. ``wait=False``
+        (the process is exiting): stopped servers' workers still running are not joined.
         """
         global _SPARES
         with _SPARES_LOCK:
@@ -312,20 +314,20 @@ class SpareServer:
             self._cond.notify()
             builder = self._builder
             spare, self._spare = self._spare, None
+        if spare is not None:
+            stop_served(spare[1][0])  # no calls ever ran on it: nothing to wait for
+        if self._dir is not None:  # before any wait: a process killed meanwhile leaves no folder
+            shutil.rmtree(self._dir, ignore_errors=True)
+        # the builder may be joining a stopped server's stuck workers (a reaped finish)
         if builder is not None:
-            builder.join(_JOIN)
+            builder.join(_JOIN if wait else _EXIT_JOIN)
         with self._cond:
             reaped, self._reaped = self._reaped, []
-        for finish in reaped:
-            _finish(finish)
-        with self._cond:
             pools, self._pools = self._pools, []
+        for finish in reaped if wait else ():  # their sockets were freed as they stopped (grace None)
+            _finish(finish)
         for pool in pools:
-            pool.shutdown(wait=True)
-        if spare is not None:
-            stop_served(spare[1][0])
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            pool.shutdown(wait=wait)
 
 
 _SPARES: SpareServer | None = None

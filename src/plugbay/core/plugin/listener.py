@@ -80,13 +80,27 @@ class Listening(Record):
         self.multiplex = multiplex
         self.mux = mux  # the multiplexer front's session, for BrokerTransport.mux
         self._cleanups: list[Callable[[], None]] = [] if _cleanups is None else _cleanups
+        self._names: list[Callable[[], None]] = []  # remove the socket file and private folder
+
+    def remove_names(self) -> None:
+        """Remove the socket file and private folder now; what listens on them serves on until close().
+
+        A stopping plugin does this before anything that may wait: its host kills it when the
+        stop takes long, and a killed process removes nothing.
+        """
+        _run_all(self._names)
 
     def close(self) -> None:
-        while self._cleanups:
-            try:
-                self._cleanups.pop()()
-            except OSError:
-                pass
+        _run_all(self._cleanups)
+        _run_all(self._names)
+
+
+def _run_all(cleanups: list[Callable[[], None]]) -> None:
+    while cleanups:
+        try:
+            cleanups.pop()()
+        except OSError:
+            pass
 
 
 def parse_bool(value: str) -> bool:
@@ -167,7 +181,7 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
 
         private_dir = make_tempdir("plugbay-grpc-", dir=private_folder_root(folder))
-        result._cleanups.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
+        result._names.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))
         if credentials is None:
             server.add_insecure_port(unix_target(target[1]))
@@ -312,7 +326,7 @@ def _check_unix_path(path: str) -> None:
 def _own_unix(endpoint: Endpoint, result: Listening) -> None:
     path = endpoint.address
     if endpoint.owned_path:
-        result._cleanups.append(lambda: unlink_quietly(path))
+        result._names.append(lambda: unlink_quietly(path))
     if endpoint.socket_group:
         _set_group_writable(path, endpoint.socket_group)
     elif (folder := os.stat(os.path.dirname(path) or ".")).st_mode & stat.S_ISGID:

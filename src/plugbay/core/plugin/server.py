@@ -318,8 +318,11 @@ class _PluginServer:
             ("health", self.health.close),
             ("stdio", self.capture.stop),  # gives fds 1 and 2 back and ends the StdioStream
         ]
+        if listening is not None:  # before anything that may wait: a host's kill leaves them otherwise
+            steps.append(("socket file", listening.remove_names))
         if broker is not None:  # ends the broker stream first: the graceful stop waits for open streams
-            steps.append(("broker", broker.close))
+            # brokered handlers still running are left to the process's exit, as the main server's are
+            steps.append(("broker", lambda: broker.close(wait=False)))
         if grpc_server is not None:
             steps.append(("grpc server", lambda: grpc_server.stop(STOP_GRACE).wait(STOP_GRACE + 3)))
         if listening is not None:
@@ -345,7 +348,8 @@ class _PluginServer:
 
 def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, gate: HandlerGate,
                    path: str) -> None:
-    broker.close()  # ends the broker stream first: a graceful stop waits for open streams
+    # ends the broker stream first (a graceful stop waits for open streams); not waited for, as below
+    broker.close(wait=False)
     server.stop(0.5).wait(5)
     # not waited for: a handler the departed host left running (stuck, sleeping) ends on its own;
     # waiting here held up the admission of every new host (sessions are reaped on that thread)
