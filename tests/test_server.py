@@ -177,6 +177,35 @@ def test_tcp_within_port_range(plugins: list[PluginProc]) -> None:
     assert p.finish()[0] == 0
 
 
+def _port_in_time_wait() -> int:
+    """A port whose last connection this side closed first: TIME_WAIT holds it for about a minute."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the killed plugin's (grpcio's)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the listening side closes first: its end waits out TIME_WAIT
+            client.recv(1)
+    return port
+
+
+def test_port_range_port_in_time_wait_is_used(plugins: list[PluginProc]) -> None:
+    # a plugin killed while its host was connected leaves its port so; the restarted plugin must
+    # get it again, as grpcio's and Go's listeners (SO_REUSEADDR) do: the free-port probe refused it
+    port = _port_in_time_wait()
+    p = start(plugins, {"PLUGBAY_LISTEN": "tcp", "PLUGIN_MIN_PORT": str(port), "PLUGIN_MAX_PORT": str(port)})
+    line = p.handshake_line()
+    assert line, p.finish()[1]
+    info = parse_handshake_line(line)
+    assert info.address == f"127.0.0.1:{port}"
+    ch = p.channel(info)
+    assert health(ch) == health_pb2.HealthCheckResponse.SERVING
+    shutdown(ch)
+    assert p.finish()[0] == 0
+
+
 def test_port_range_exhausted(plugins: list[PluginProc]) -> None:
     base, held = _busy_ports(2)
     try:

@@ -295,6 +295,8 @@ def _candidate_ports(endpoint: Endpoint, host: str, port: int) -> Iterator[int]:
     # Probe with a plain socket first so grpcio does not log a bind error per busy port.
     for candidate in range(low, high + 1):
         probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # as grpcio's and Go's listeners: a port a killed plugin's connection left in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), candidate))
         except OSError:
