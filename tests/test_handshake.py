@@ -12,9 +12,11 @@ from plugbay import errors
 from plugbay.core.protocol.handshake import (
     HandshakeConfig,
     HandshakeInfo,
+    is_handshake_line,
     negotiate_version,
     parse_handshake_line,
     parse_versions,
+    read_versions,
 )
 from plugbay.core.protocol.tls import generate_cert
 
@@ -89,7 +91,8 @@ def test_strict_addresses_that_are_fine() -> None:
 
 
 def test_reattach_handshake_facts_are_checked_too() -> None:
-    with pytest.raises(errors.ConfigError, match="address plugbay will not dial: unix socket path 'rel' is not absolute"):
+    with pytest.raises(errors.ConfigError,
+                       match="address plugbay will not dial: unix socket path 'rel' is not absolute"):
         HandshakeInfo.from_dict({"core_version": 1, "app_version": 1, "network": "unix", "address": "rel"})
 
 
@@ -196,3 +199,19 @@ def test_handshake_values_compare_print_hash_and_stay_frozen_like_dataclasses() 
     assert BrokerTransport() == BrokerTransport(multiplex=False)
     with pytest.raises(AttributeError, match="frozen"):
         BrokerTransport().multiplex = True  # type: ignore[misc]
+
+
+def test_numbers_too_long_for_int_are_no_numbers_not_a_value_error() -> None:
+    # int() refuses more than 4300 digits with a bare ValueError (CPython's limit): the host's start
+    # raised it instead of a HandshakeError, and a plugin failed on such a PLUGIN_PROTOCOL_VERSIONS piece
+    big = "9" * 5000
+    for line, needle in ((big + "|1|unix|/tmp/x|grpc", "core protocol version"),
+                         ("1|" + big + "|unix|/tmp/x|grpc", "app protocol version"),
+                         ("1|1|tcp|127.0.0.1:" + big + "|grpc", "of tcp address")):
+        with pytest.raises(errors.MalformedHandshakeError, match=needle):
+            parse_handshake_line(line)
+    assert not is_handshake_line(big + "|x")
+    assert not is_handshake_line("1|" + big + "|unix|/tmp/x|grpc")
+    assert read_versions("1," + big) == ([1], [big])  # skipped, as go-plugin's server does
+    with pytest.raises(errors.ConfigError, match="not a version number"):
+        parse_versions("1," + big)

@@ -57,9 +57,12 @@ _MIN_CERT_FIELD = 50
 _HOSTNAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
+_MAX_DIGITS = 20  # more than any 64-bit number (Go's Atoi refuses those); int() raises past 4300
+
+
 def _number(text: str) -> int | None:
     """ASCII digits only: int() would take '١', '1_0', ' 1' and '+1' too."""
-    return int(text) if text.isascii() and text.isdigit() else None
+    return int(text) if len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit() else None
 
 
 def is_tcp_port(value: object) -> bool:
