@@ -278,6 +278,22 @@ def test_unix_path_too_long(plugins: list[PluginProc]) -> None:
     assert "longer than the 107 bytes the OS allows" in err
 
 
+def test_a_socket_folder_too_long_for_the_fronts_private_socket_is_a_clear_refusal(
+        plugins: list[PluginProc]) -> None:
+    # the announced socket fits, the multiplexer's private .../plugbay-grpc-XXXXXXXX/grpc.sock did not:
+    # serve() died with grpcio's RuntimeError traceback
+    with tempfile.TemporaryDirectory(prefix="ln-") as top:
+        folder = os.path.join(top, "d" * (80 - len(top) - 1))
+        os.mkdir(folder)
+        err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MULTIPLEX_GRPC": "true",
+                                "PLUGIN_UNIX_SOCKET_DIR": folder, "TMPDIR": folder}, script=KV_PLUGIN)
+        left = os.listdir(folder)
+    assert "Traceback" not in err, err
+    assert "longer than the 107 bytes the OS allows" in err
+    assert "set PLUGIN_UNIX_SOCKET_DIR (or TMPDIR) to a shorter directory" in err
+    assert left == []
+
+
 def test_multiplex_field_only_when_asked(plugins: list[PluginProc]) -> None:
     plain = start(plugins).handshake_line()
     assert len(plain.split("|")) == 6

@@ -183,6 +183,7 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         private_dir = make_tempdir("plugbay-grpc-", dir=private_folder_root(folder))
         result._names.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         target = ("unix", os.path.join(private_dir, "grpc.sock"))
+        _check_unix_path(target[1])  # longer than the announced one: grpcio's refusal is a bare RuntimeError
         if credentials is None:
             server.add_insecure_port(unix_target(target[1]))
         else:
@@ -191,7 +192,9 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         result.network, result.address = listener_address(sock)
         if mux is not None and relay_context is not None:
             # go-plugin runs TLS inside the multiplexed streams: mux -> relay -> gRPC.
-            relay_sock = open_listener("unix", os.path.join(private_dir, "tls.sock"))
+            relay_path = os.path.join(private_dir, "tls.sock")
+            _check_unix_path(relay_path)
+            relay_sock = open_listener("unix", relay_path)
             relay = TLSRelay(relay_sock, target, relay_context, mode="terminate")
             result._cleanups.append(relay.close)
             target = listener_address(relay_sock)
