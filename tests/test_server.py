@@ -273,6 +273,16 @@ def test_bad_plugbay_listen(plugins: list[PluginProc], value: str) -> None:
     assert f"PLUGBAY_LISTEN={value!r} is not a listen address; use 'tcp:HOST:PORT'" in err
 
 
+@pytest.mark.parametrize("value", ["unix:rel.sock", "unix:./sub/p.sock", "unix:~/p.sock"])
+def test_plugbay_listen_relative_unix_path_is_refused(plugins: list[PluginProc], tmp_path: Path,
+                                                      value: str) -> None:
+    # it was bound and announced, and the host then refused the line (a handshake's unix path is absolute)
+    err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": value}, cwd=tmp_path)
+    assert f"PLUGBAY_LISTEN={value!r} names a relative unix socket path" in err
+    assert "give an absolute path" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_unix_path_too_long(plugins: list[PluginProc]) -> None:
     err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": "unix:/tmp/" + "x" * 120})
     assert "longer than the 107 bytes the OS allows" in err

@@ -136,6 +136,10 @@ def _parse_override(value: str, env: Mapping[str, str]) -> Endpoint:
         if sep and host and port.isdigit() and int(port) < 65536:
             return Endpoint("tcp", f"{host}:{int(port)}")
     if kind == "unix" and rest:
+        if not os.path.isabs(rest):  # a handshake's unix path is absolute: the host refused the line
+            raise ConfigError(f"{ENV_LISTEN}={value!r} names a relative unix socket path, which the host"
+                              " cannot dial (it runs in another folder); give an absolute path such as"
+                              " 'unix:/run/plugin/plugin.sock'")
         return Endpoint("unix", rest, socket_group=env.get(ENV_UNIX_SOCKET_GROUP) or None, owned_path=True)
     raise ConfigError(
         f"{ENV_LISTEN}={value!r} is not a listen address; use 'tcp:HOST:PORT' (for example"
