@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,21 @@ def test_numbers_too_long_for_int_are_no_numbers_not_a_value_error() -> None:
     assert read_versions("1," + big) == ([1], [big])  # skipped, as go-plugin's server does
     with pytest.raises(errors.ConfigError, match="not a version number"):
         parse_versions("1," + big)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"multiplex": "false"}, "'multiplex' must be true or false, got 'false'"),  # bool("false") read as True
+    ({"multiplex": 1}, "'multiplex' must be true or false, got 1"),
+    ({"core_version": 2}, "'core_version' is 2; plugbay speaks core protocol 1 only"),
+    ({"app_version": -5}, "'app_version' must be 0 or more, got -5"),
+    ({"protocol": "netrpc"}, "'protocol' must be 'grpc'"),
+    ({"protocol": 5}, "'protocol' must be 'grpc'"),
+    ({"network": "udp", "address": "whatever"}, "'network' must be 'tcp' or 'unix', got 'udp'"),
+])
+def test_reattach_facts_are_refused_where_a_handshake_line_would_be(over: dict[str, object], needle: str) -> None:
+    base = {"core_version": 1, "app_version": 1, "network": "unix", "address": "/tmp/x.sock", "protocol": "grpc",
+            "server_cert": None, "multiplex": False}
+    with pytest.raises(errors.ConfigError, match=re.escape(needle)):
+        HandshakeInfo.from_dict({**base, **over})
+    assert HandshakeInfo.from_dict(base).multiplex is False
+    assert HandshakeInfo.from_dict({**base, "multiplex": True}).multiplex is True

@@ -191,19 +191,39 @@ class HandshakeInfo(Frozen):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HandshakeInfo:
+        """Untrusted handshake facts (to_dict's form), checked as parse_handshake_line checks a line."""
         cert = data.get("server_cert")
         network, address = str(data["network"]), str(data["address"])
-        problem = address_problem(network, address) if network in ("tcp", "unix") else None
+        if network not in ("tcp", "unix"):
+            raise ConfigError(f"handshake facts field 'network' must be 'tcp' or 'unix', got {network!r:.80};"
+                              " pass ReattachConfig.to_json() output")
+        problem = address_problem(network, address)
         if problem is not None:
             raise ConfigError(f"handshake facts name an address plugbay will not dial: {problem}")
+        core = _whole_number(data, "core_version")
+        if core != CORE_PROTOCOL_VERSION:
+            raise ConfigError(f"handshake facts field 'core_version' is {core}; plugbay speaks core protocol"
+                              f" {CORE_PROTOCOL_VERSION} only. Pass ReattachConfig.to_json() output")
+        app = _whole_number(data, "app_version")
+        if app < 0:
+            raise ConfigError(f"handshake facts field 'app_version' must be 0 or more, got {app};"
+                              " pass ReattachConfig.to_json() output")
+        protocol = data.get("protocol", PROTOCOL_GRPC)
+        if protocol != PROTOCOL_GRPC:  # netrpc included: only Go speaks it
+            raise ConfigError(f"handshake facts field 'protocol' must be {PROTOCOL_GRPC!r} (plugbay speaks"
+                              f" gRPC only), got {protocol!r:.80}; pass ReattachConfig.to_json() output")
+        multiplex = data.get("multiplex", False)
+        if not isinstance(multiplex, bool):  # bool("false") is True
+            raise ConfigError(f"handshake facts field 'multiplex' must be true or false, got {multiplex!r:.80};"
+                              " pass ReattachConfig.to_json() output")
         return cls(
-            core_version=_whole_number(data, "core_version"),
-            app_version=_whole_number(data, "app_version"),
-            network=str(data["network"]),
-            address=str(data["address"]),
-            protocol=str(data.get("protocol", PROTOCOL_GRPC)),
+            core_version=core,
+            app_version=app,
+            network=network,
+            address=address,
+            protocol=protocol,
             server_cert=_server_cert(cert) if cert not in (None, "") else None,
-            multiplex=bool(data.get("multiplex", False)),
+            multiplex=multiplex,
         )
 
     def to_json(self) -> str:
