@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from plugbay.core.broker.channels import share_socket
-from plugbay.core.transport.sockets import give_to_group
+from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.errors import ConfigError
+from tests.serverproc import COOKIE, KV_PLUGIN, PluginProc, plugins, refused  # noqa: F401  (a fixture)
 
 
 def test_a_symlink_in_place_of_the_socket_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
@@ -91,3 +93,25 @@ def test_plugin_socket_swapped_for_a_symlink_in_a_setgid_folder_is_refused_and_i
     assert swap.swapped == 1
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert victim.read_text() == "the plugin user's"
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0662", "99999999999", "4294967295", "\uff11", "9" * 5000])
+def test_a_socket_group_that_is_no_ascii_gid_in_range_is_a_config_error(value: str) -> None:
+    # str.isdigit took Arabic-Indic digits as gid 12, and an out-of-range gid raised OverflowError at chown
+    with pytest.raises(ConfigError, match="advice"):
+        group_id(value, "advice")
+
+
+def test_socket_group_gids_in_range_are_taken() -> None:
+    assert group_id("0", "advice") == 0
+    assert group_id("4294967294", "advice") == 2**32 - 2
+    assert group_id(str(os.getgid()), "advice") == os.getgid()
+
+
+def test_a_plugin_given_an_out_of_range_socket_group_refuses_in_one_line(plugins: list[PluginProc],
+                                                                         tmp_path: Path) -> None:
+    err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_UNIX_SOCKET_DIR": str(tmp_path),
+                            "PLUGIN_UNIX_SOCKET_GROUP": "99999999999"}, script=KV_PLUGIN)
+    assert "Traceback" not in err, err
+    assert "'99999999999'" in err and "PLUGIN_UNIX_SOCKET_GROUP" in err
+    assert os.listdir(tmp_path) == []

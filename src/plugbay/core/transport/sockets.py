@@ -19,18 +19,24 @@ _WAIT_SLICE_MS = 50  # dial_until asks whether to give up this often while a tcp
 # Seconds a peer has to complete a TLS handshake, in total: the relay's bound, and grpcio's
 # server handshake bound in serve() (kept here so that a plaintext plugin need not load the relay).
 HANDSHAKE_TIMEOUT = 10.0
+_MAX_GID = 2**32 - 2
 
 
 def group_id(group: str | int, advice: str) -> int:
     """A host group, by name or numeric gid, as a gid (ConfigError with ``advice`` when there is none)."""
-    if isinstance(group, int) or group.isdigit():
+    # ASCII digits only (str.isdigit takes '١٢' too); -1 (2**32-1) means "leave the group" to chown
+    if isinstance(group, int) or (group.isascii() and group.isdigit()):
+        # length first: int() raises ValueError past 4300 digits
+        if isinstance(group, bool) or len(str(group)) > 10 or not 0 <= int(group) <= _MAX_GID:
+            raise ConfigError(f"gid {group!r} is outside 0..{_MAX_GID}; {advice}")
         return int(group)
     import grp
 
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise ConfigError(f"failed to find gid from {group!r}: {group!r} is not a group on this host; {advice}") from None
+        raise ConfigError(f"failed to find gid from {group!r}: {group!r} is not a group on this host;"
+                          f" {advice}") from None
 
 
 def give_to_group(path: str, gid: int, mode: int) -> None:
