@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from plugbay import Client, ProcessRunner
-from plugbay.errors import PluginExitedError
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import PluginExitedError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from tests.thread_util import wait_for
-from tests.trap_kv_util import PLUGIN_NAME, PY, TRAP, _in_tmp, config  # noqa: F401  (_in_tmp: an autouse fixture)
+from tests.trap_kv_util import HANDSHAKE, PLUGIN_NAME, PY, TRAP, KVPlugin, _in_tmp, config  # noqa: F401  (_in_tmp: an autouse fixture)
 
 
 def test_the_first_stdout_line_is_read_on_the_starting_thread_and_the_rest_on_the_loop() -> None:
@@ -158,3 +158,30 @@ def test_a_slow_starts_stderr_lines_reach_the_handlers_before_its_handshake_line
     finally:
         runner.kill(0)
     assert seen == [("stderr", "loading"), ("stdout", "first")]
+
+
+def test_a_runner_another_client_started_is_refused_and_left_alone() -> None:
+    # the same runner handed to a second Client: its start is refused before it touches the runner,
+    # and its failure must not kill the first Client's plugin
+    runner = ProcessRunner(TRAP)
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner)) as first:
+        kv = first.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner))
+        with pytest.raises(RunnerError, match="make a new runner"):
+            second.start()
+        second.kill()  # nor does a kill() of the Client that never started it
+        assert runner.wait(0.5) is None and not first.exited
+        assert kv.get("k") == b"v"
+
+
+def test_a_runner_started_by_hand_is_refused_and_left_alone() -> None:
+    runner = ProcessRunner(["sleep", "30"])
+    runner.start(LaunchSpec(env={}))
+    try:
+        client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner))
+        with pytest.raises(RunnerError, match="already started.*make a new runner"):
+            client.start()
+        assert runner.wait(0.3) is None
+    finally:
+        runner.kill(0)

@@ -35,7 +35,7 @@ from plugbay.errors import (
     VersionMismatchError,
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group
+from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group, take_runner
 from plugbay.core.host.exitnotice import ExitNotice
 from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
@@ -174,6 +174,12 @@ class Client(ExitNotice):
     def _start(self) -> None:
         cfg = self.config
         deadline = time.monotonic() + cfg.start_timeout
+        if cfg.reattach is None:
+            assert isinstance(self._runner, Runner)
+            take_runner(self._runner, self.name)
+            self._owns_runner = True
+            if self._kill_asked:  # kill() came before this Client owned the runner: it could not end it
+                raise ClientStateError(f"kill() was asked while plugin {self.name!r} was starting")
         try:
             self._tmpdir = make_tempdir("plugbay-", dir=cfg.unix_socket_temp_dir)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
@@ -184,6 +190,7 @@ class Client(ExitNotice):
             share_with_group(self._tmpdir, cfg.unix_socket_group)
         if cfg.reattach is not None:
             self._runner = cfg.reattach.attached_runner(deadline)
+            self._owns_runner = True
             if self._kill_asked:  # kill() came while it attached, before there was a plugin to end
                 raise ClientStateError(f"kill() was asked while plugin {self.name!r} was being attached")
             self._cert = cfg.reattach.client_cert
@@ -368,7 +375,7 @@ class Client(ExitNotice):
         if what != "kill":
             return False
         self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
-        runner = self._runner
+        runner = self._own_runner()
         if runner is not None:
             try:
                 runner.kill(self.config.kill_grace)
@@ -379,7 +386,7 @@ class Client(ExitNotice):
         return starting is threading.current_thread()
 
     def _force_stop(self, kill: bool) -> None:
-        runner = self._runner
+        runner = self._own_runner()
         try:
             if runner is not None:
                 runner.force_kill() if kill else runner.detach()

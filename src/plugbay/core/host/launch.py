@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import HandshakeError, HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import HandshakeError, HandshakeTimeoutError, PluginExitedError, RunnerError
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -31,6 +33,10 @@ _log = logging.getLogger("plugbay.client")
 _EOF = object()
 # After the plugin exited, how long to keep waiting for a line it may have printed.
 _EXIT_LINGER = 1.0
+# The runners Clients took (by id; an entry goes with its runner). A runner runs one plugin once: a
+# second Client handed one must be refused before it touches it, as its failure would end the other's plugin.
+_TAKEN: weakref.WeakValueDictionary[int, Runner] = weakref.WeakValueDictionary()
+_TAKEN_LOCK = threading.Lock()
 
 
 def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapping[str, str],
@@ -59,6 +65,20 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
         else:
             out.pop(ENV_MUX_HOLDS_STREAMS, None)
     return out
+
+
+def take_runner(runner: Runner, name: str) -> None:
+    """Mark ``runner`` as this Client's, or raise RunnerError (touching nothing) when another Client took
+    it or it was started by hand (what plugbay's own runners show; others refuse in start())."""
+    with _TAKEN_LOCK:
+        taken = _TAKEN.get(id(runner)) is runner
+        started = isinstance(runner, ProcessRunner) and runner.pid is not None
+        if not taken and not started:
+            _TAKEN[id(runner)] = runner
+            return
+    raise RunnerError(f"the {type(runner).__name__} of plugin {name!r} was already"
+                      f" {'given to another Client' if taken else 'started'} (one runner runs one plugin once,"
+                      " for one Client), so this Client left it alone; make a new runner for each Client")
 
 
 def share_with_group(path: str, group: str | int) -> None:

@@ -39,6 +39,9 @@ class ClientParts:
         self.config = config
         self.name = name
         self._runner = runner
+        # this Client may stop and let go of _runner: it took it for its start, or reattached through it
+        # (a runner= another Client runs is not; nor is any before start() took it)
+        self._owns_runner = False
         self._tmpdir: str | None = None
         self._cert: CertKey | None = None
         self._require_tls = False
@@ -93,14 +96,18 @@ class ClientParts:
             raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
         return value
 
+    def _own_runner(self) -> AttachedRunner | None:
+        return self._runner if self._owns_runner else None
+
     def _disconnect(self) -> None:
         self._stop.set()
         self._stop_exit_watch()
         self._close_rpc_streams()
-        if self._runner is not None:
+        runner = self._own_runner()
+        if runner is not None:
             # the runner's watchers, port-forwards and engine clients are this host's: they go, the plugin stays
             try:
-                self._runner.detach()
+                runner.detach()
             except Exception as exc:
                 _log.warning("letting go of plugin %s's runner failed: %s", self.name, exc)
         self._close_streams()
@@ -108,7 +115,7 @@ class ClientParts:
     def _teardown(self, graceful: bool) -> None:
         self._stop.set()
         self._stop_exit_watch()
-        runner = self._runner
+        runner = self._own_runner()
         asked = False
         if runner is not None and self._exit_code is None and runner.wait(0) is not None:
             graceful = False
