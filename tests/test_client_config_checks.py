@@ -188,6 +188,28 @@ def test_a_failed_reattach_leaves_the_plugin_running(tmp_path: Path, monkeypatch
         first.kill()
 
 
+def test_a_running_plugins_runner_as_runner_is_a_config_error_and_left_running(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.runners.base import reattach_runner
+
+    monkeypatch.chdir(tmp_path)  # the KV plugin writes kv_<key> files in its cwd
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV)) as first:
+        kv = first.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        attached = reattach_runner(first.reattach_config().runner)  # the running plugin, an AttachedRunner
+        try:
+            with pytest.raises(ConfigError, match=r"runner= .*reattach=ReattachConfig"):
+                ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=attached)  # type: ignore[arg-type]
+            config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV)
+            config.cmd, config.runner = None, attached  # type: ignore[assignment]
+            with pytest.raises(ConfigError, match=r"runner= .*reattach=ReattachConfig"):
+                Client(config)
+        finally:
+            attached.detach()  # lets go of its reattach claim
+        assert first.runner.wait(0.3) is None, "the refused config ended the running plugin"
+        assert kv.get("k") == b"v"
+
+
 def test_a_wrong_serve_config_plugin_set_is_a_config_error() -> None:
     from plugbay import ServeConfig
 

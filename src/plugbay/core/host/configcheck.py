@@ -23,7 +23,7 @@ def check_client_config(config: Any) -> None:
     cannot work."""
     from plugbay.core.host.reattach import ReattachConfig
     from plugbay.core.host.secure import SecureConfig
-    from plugbay.runners.base import AttachedRunner
+    from plugbay.runners.base import AttachedRunner, Runner
     from plugbay.runners.process import check_cmd, check_env
 
     if not isinstance(config.handshake, HandshakeConfig):
@@ -33,7 +33,12 @@ def check_client_config(config: Any) -> None:
         check_plugin_set(config.plugins, "ClientConfig.plugins")
     if config.versioned_plugins is not None:
         check_versioned_plugins(config.versioned_plugins, "ClientConfig.versioned_plugins")
-    if config.runner is not None and not isinstance(config.runner, AttachedRunner):
+    if isinstance(config.runner, AttachedRunner) and not isinstance(config.runner, Runner):
+        # a running plugin (reattach_runner(), AttachedProcess): runner= starts one, and a failed start ends its runner
+        raise ConfigError(f"ClientConfig.runner= takes a Runner that starts a plugin; {type(config.runner).__name__} is"
+                          " a running plugin's: to use that plugin, pass reattach=ReattachConfig(...) (another"
+                          " Client's reattach_config(), or ReattachConfig.from_json(text)) instead of runner=")
+    if config.runner is not None and not isinstance(config.runner, Runner):
         raise ConfigError(f"ClientConfig.runner must be a Runner (ProcessRunner, DockerRunner, KubernetesRunner),"
                           f" got {_kind(config.runner)}")
     if config.cmd is not None:
