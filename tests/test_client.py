@@ -472,6 +472,25 @@ def _group_and_temp_dir(parent: Path) -> None:
         Client(config(unix_socket_group="no-such-group-xyz")).start()
 
 
+def test_a_relative_socket_temp_dir_is_made_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="sk-"))  # short: unix socket paths are limited to 107 bytes
+    try:
+        monkeypatch.chdir(parent)
+        (parent / "rel").mkdir()
+        with Client(config(unix_socket_temp_dir="rel")) as client:
+            env = json.loads(client.dispense(PLUGIN_NAME).get("__env__"))
+            # the plugin may run in another folder (and a Go plugin resolves it against its own)
+            assert Path(env["PLUGIN_UNIX_SOCKET_DIR"]).parent == parent / "rel"
+            os.chdir("/")  # the host moves on while the plugin runs: kill() still finds the folder
+        assert list((parent / "rel").iterdir()) == []
+    finally:
+        shutil.rmtree(parent)
+
+
 def test_a_host_that_exits_without_kill_still_stops_its_plugin(tmp_path: Path) -> None:
     script = tmp_path / "host.py"
     script.write_text(

@@ -93,10 +93,12 @@ def _host_name() -> str:
 def make_tempdir(prefix: str, dir: str | None = None) -> str:
     """``tempfile.mkdtemp`` for plugbay's folders (``prefix`` starts with ``plugbay-``), marked with its maker.
 
-    Raises what ``mkdtemp`` raises. A marker that cannot be written only leaves the
+    Returns an absolute path. Raises what ``mkdtemp`` raises. A marker that cannot be written only leaves the
     folder out of later sweeps.
     """
-    path = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    # absolute: the path goes to a plugin in another folder (a Go plugin resolves it against its own),
+    # and rmtree() at the end would look in whatever folder the host moved to meanwhile
+    path = tempfile.mkdtemp(prefix=prefix, dir=None if dir is None else os.path.abspath(dir))
     try:
         fd = os.open(os.path.join(path, MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
