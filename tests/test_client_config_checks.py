@@ -159,6 +159,25 @@ def test_a_missing_socket_folder_is_a_config_error_before_the_plugin_starts(tmp_
     assert client.runner.pid is None  # never launched
 
 
+@pytest.mark.parametrize("name, says", [
+    ("x" * 300, "File name too long"),  # mkdtemp's OSError (ENAMETOOLONG) escaped start() untyped
+    # the plugin failed to listen, after it was launched
+    ("d" * 100, "107 bytes a unix socket path may have; set ClientConfig.unix_socket_temp_dir"),
+])
+def test_a_socket_folder_too_long_is_a_config_error_before_the_plugin_starts(tmp_path: Path, name: str,
+                                                                            says: str) -> None:
+    folder = tmp_path / name
+    makeable = len(name) < 255
+    if makeable:
+        folder.mkdir()
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=KV, unix_socket_temp_dir=str(folder)))
+    with pytest.raises(ConfigError, match="unix_socket_temp_dir") as err:
+        client.start()
+    assert says in str(err.value)
+    assert client.runner.pid is None  # never launched
+    assert not makeable or list(folder.iterdir()) == []
+
+
 def test_a_multiplexed_plugins_reattach_config_is_refused() -> None:
     info = HandshakeInfo(1, 1, "unix", "/x", multiplex=True)
     with pytest.raises(ConfigError, match="multiplexed broker .* cannot be reattached"):

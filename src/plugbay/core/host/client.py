@@ -12,7 +12,6 @@ handler), kill() and close() return at once and a thread does it (LoopHandoff).
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from plugbay.errors import (
     VersionMismatchError,
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.core.host.launch import follow_output, launch_env, read_handshake, share_with_group, take_runner
+from plugbay.core.host.launch import follow_output, launch_env, private_folder, read_handshake, take_runner
 from plugbay.core.host.exitnotice import ExitNotice
 from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
@@ -46,7 +45,6 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
-from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
 from plugbay.runners.process import ProcessRunner
 
@@ -180,14 +178,8 @@ class Client(ExitNotice):
             self._owns_runner = True
             if self._kill_asked:  # kill() came before this Client owned the runner: it could not end it
                 raise ClientStateError(f"kill() was asked while plugin {self.name!r} was starting")
-        try:
-            self._tmpdir = make_tempdir("plugbay-", dir=cfg.unix_socket_temp_dir)
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            where = cfg.unix_socket_temp_dir or tempfile.gettempdir()
-            raise ConfigError(f"cannot make the plugin's private folder in {where!r} ({exc.strerror}); set"
-                              " unix_socket_temp_dir (or TMPDIR) to a folder this process may write") from exc
-        if cfg.unix_socket_group is not None:
-            share_with_group(self._tmpdir, cfg.unix_socket_group)
+        launched_socket = cfg.reattach is None and self.runner.private_transport  # the plugin listens in there
+        self._tmpdir = private_folder(cfg.unix_socket_temp_dir, cfg.unix_socket_group, launched_socket)
         if cfg.reattach is not None:
             self._runner = cfg.reattach.attached_runner(deadline)
             self._owns_runner = True

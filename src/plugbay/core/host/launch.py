@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import HandshakeError, HandshakeTimeoutError, PluginExitedError, RunnerError
+from plugbay.errors import ConfigError, HandshakeError, HandshakeTimeoutError, PluginExitedError, RunnerError
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -26,6 +29,7 @@ from plugbay.core.protocol.handshake import (
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport.sockets import give_to_group, group_id
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.base import Joinable, Runner
 from plugbay.runners.process import ProcessRunner
 
@@ -37,6 +41,11 @@ _EXIT_LINGER = 1.0
 # second Client handed one must be refused before it touches it, as its failure would end the other's plugin.
 _TAKEN: weakref.WeakValueDictionary[int, Runner] = weakref.WeakValueDictionary()
 _TAKEN_LOCK = threading.Lock()
+# A unix socket path holds at most 107 bytes; the plugin names its socket in the private folder
+# (plugbay's "/plugin" and 8 characters, go-plugin's "/plugin" and up to 10 digits): leave it 20
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME_ROOM = 20
+_FOLDER_NAME = len("/plugbay-12345678")  # what make_tempdir adds to the parent
 
 
 def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapping[str, str],
@@ -79,6 +88,32 @@ def take_runner(runner: Runner, name: str) -> None:
     raise RunnerError(f"the {type(runner).__name__} of plugin {name!r} was already"
                       f" {'given to another Client' if taken else 'started'} (one runner runs one plugin once,"
                       " for one Client), so this Client left it alone; make a new runner for each Client")
+
+
+def private_folder(parent: str | None, group: str | int | None, plugin_sockets: bool) -> str:
+    """Make the plugin's private socket folder in ``parent`` (None: the temp dir), or raise a ConfigError
+    saying what to change. ``plugin_sockets``: a plugin to be launched makes its socket there."""
+    try:
+        path = make_tempdir("plugbay-", dir=parent)
+    except OSError as exc:
+        where = parent or tempfile.gettempdir()
+        raise ConfigError(f"cannot make the plugin's private folder in {where!r} ({exc.strerror or exc}); set"
+                          " unix_socket_temp_dir (or TMPDIR) to a short folder this process may write") from exc
+    try:
+        needs = len(os.fsencode(path)) + _SOCKET_NAME_ROOM
+        if plugin_sockets and needs > _SOCKET_PATH_MAX:
+            # the plugin would fail to listen only once launched, with an error about its own variables
+            longest = _SOCKET_PATH_MAX - _SOCKET_NAME_ROOM - _FOLDER_NAME
+            raise ConfigError(f"the plugin's socket in its private folder in {os.path.dirname(path)!r} would be"
+                              f" about {needs} bytes long, over the {_SOCKET_PATH_MAX} bytes"
+                              " a unix socket path may have; set ClientConfig.unix_socket_temp_dir (or TMPDIR)"
+                              f" to a folder whose path has at most {longest} bytes")
+        if group is not None:
+            share_with_group(path, group)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
 
 
 def share_with_group(path: str, group: str | int) -> None:
