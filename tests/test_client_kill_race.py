@@ -262,6 +262,36 @@ def test_close_in_the_instant_a_reattaching_start_had_not_noted_itself(tmp_path:
         first.kill()
 
 
+@pytest.mark.parametrize("noted", [True, False])
+def test_close_of_a_client_that_starts_its_plugin_is_refused_at_once(tmp_path: Path, short_dir: Path,
+                                                                    noted: bool) -> None:
+    # close() leaves a plugin running: a Client that starts its own would refuse it once started, so
+    # it refuses now, not after waiting for the lock until the start ends (up to start_timeout)
+    marker = tmp_path / "launched"
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={}, runner=ProcessRunner([PY, "-c", BEFORE_LINE,
+                                                                                        str(marker)]),
+                                 start_timeout=6.0, name="race", unix_socket_temp_dir=str(short_dir)))
+    pause = None if noted else _before_noting(Client.start.__code__)
+    starting = Starting(client.start, pause)
+    try:
+        if pause is None:
+            wait_for_file(marker)
+            closing = Starting(client.close)
+        else:
+            pause.wait_reached()
+            closing = Starting(client.close)  # finds no start noted, so it waits for the lock...
+            time.sleep(0.5)
+            pause.release()  # ... and looks again while it waits
+        error = closing.outcome(3.0)
+        assert isinstance(error, ClientStateError) and "stop it with kill()" in str(error), error
+        assert not client.exited  # the start goes on
+    finally:
+        if pause is not None:
+            pause.release()
+        client.kill()
+    assert isinstance(starting.outcome(BOUND), ClientStateError)
+
+
 # --- the same through a DockerRunner -------------------------------------------------------------------
 
 

@@ -362,7 +362,9 @@ class Client(ExitNotice):
 
     def _end_start(self, what: str, starting: threading.Thread) -> bool:
         """Make the start() on ``starting`` end soon; True when kill() was asked inside it (return at once)."""
-        if what == "close" and self.config.reattach is not None:
+        if what == "close" and self.config.reattach is None:  # what start() launches is this Client's to kill:
+            self._check_closable(starting=True)  # refused now, not once the start ended (up to start_timeout)
+        elif what == "close":
             self._abandoned = True  # the start gives up waiting on the plugin, and leaves it running
         if what != "kill":
             return False
@@ -387,8 +389,8 @@ class Client(ExitNotice):
         finally:
             self._close_streams()
 
-    def _check_closable(self) -> None:
-        if self.config.reattach is None and self._started and not self._killed:
+    def _check_closable(self, starting: bool = False) -> None:
+        if self.config.reattach is None and (self._started or starting) and not self._killed:
             raise ClientStateError(
                 f"close() leaves a plugin running, which only a reattached Client may do; this"
-                f" Client started plugin {self.name!r}, so stop it with kill()")
+                f" Client {'is starting' if starting else 'started'} plugin {self.name!r}, so stop it with kill()")
