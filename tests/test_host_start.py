@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
-from plugbay.errors import PluginExitedError, RunnerError
+from plugbay.errors import ClientStateError, MalformedHandshakeError, PluginExitedError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from tests.thread_util import wait_for
 from tests.trap_kv_util import HANDSHAKE, PLUGIN_NAME, PY, TRAP, KVPlugin, _in_tmp, config  # noqa: F401  (_in_tmp: an autouse fixture)
@@ -185,3 +185,33 @@ def test_a_runner_started_by_hand_is_refused_and_left_alone() -> None:
         assert runner.wait(0.3) is None
     finally:
         runner.kill(0)
+
+
+def test_a_second_start_after_a_failed_one_says_the_start_failed() -> None:
+    client = Client(config(["sh", "-c", "echo hello world; sleep 30"], start_timeout=10))
+    with pytest.raises(MalformedHandshakeError):
+        client.start()
+    with pytest.raises(ClientStateError, match=r"failed \(MalformedHandshakeError\).*make a new Client") as err:
+        client.start()
+    assert "killed" not in str(err.value)  # nobody killed it
+
+
+def test_a_plugin_exiting_right_after_its_handshake_is_told_so_once() -> None:
+    misbehave = str(Path(TRAP[1]).parent / "misbehave.py")
+    with pytest.raises(PluginExitedError) as info:
+        with Client(config([PY, misbehave, "line-exit", "1|1|unix|/nonexistent/plugin.sock|grpc"], start_timeout=30)):
+            pass
+    said = str(info.value)
+    assert "exited with code 6 after printing its handshake line" in said
+    assert "before completing the handshake" not in said
+
+
+def test_a_huge_handshake_line_makes_a_short_message() -> None:
+    script = ("import sys, time; sys.stdout.write('1|1|unix|' + 'a' * 10_000_000 + '|grpc\\n');"
+              " sys.stdout.flush(); time.sleep(30)")
+    with pytest.raises(MalformedHandshakeError) as info:
+        with Client(config([PY, "-c", script], start_timeout=30)):
+            pass
+    said = str(info.value)
+    assert len(said) < 1500, len(said)
+    assert said.startswith("malformed handshake line '1|1|unix|aaa") and "is not absolute" in said

@@ -30,16 +30,16 @@ class MagicCookieError(HandshakeError):
 
 
 class PluginExitedError(HandshakeError):
-    """The plugin stopped before it printed its handshake line."""
+    """The plugin stopped before it printed its handshake line (or right after it: ``when``)."""
 
     def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
-                 detail: str = "") -> None:
+                 detail: str = "", when: str = "before completing the handshake") -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         tail = "\n".join("    " + line for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
-            f"plugin {name!r} exited with code {exit_code} before completing the handshake."
+            f"plugin {name!r} exited with code {exit_code} {when}."
             f" Its last stderr lines:\n{tail}{extra}\n"
             "Check that the command is a go-plugin plugin, that it serves with the same"
             " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
@@ -55,11 +55,20 @@ class MalformedHandshakeError(HandshakeError):
 
     def __init__(self, line: str, reason: str) -> None:
         self.line = line
+        # a plugin may print megabytes on that line, and the reason may quote a field of it
         super().__init__(
-            f"malformed handshake line {line!r}: {reason}. go-plugin expects "
+            f"malformed handshake line {_clip(repr(line))}: {_clip(reason)}. go-plugin expects "
             "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
             " first stdout line; make sure the plugin prints nothing to stdout before serving."
         )
+
+
+def _clip(text: str, keep: int = 300) -> str:
+    """``text`` with its middle cut to ``keep`` characters in all (both ends say the most)."""
+    if len(text) <= keep:
+        return text
+    half = keep // 2
+    return f"{text[:half]}...({len(text) - 2 * half} characters cut)...{text[-half:]}"
 
 
 class TLSRequiredError(HandshakeError):

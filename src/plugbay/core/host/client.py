@@ -84,6 +84,7 @@ class Client(ExitNotice):
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
         self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
+        self._failed: str | None = None  # the error that ended a start() no kill() ended
 
     # --- properties -------------------------------------------------------------
 
@@ -136,6 +137,9 @@ class Client(ExitNotice):
     def start(self) -> None:
         """Start (or reattach) and connect. Safe to call again; a killed Client cannot restart."""
         with self._lock:
+            if self._failed is not None:  # nobody killed it
+                raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a Client starts"
+                                       " once: make a new Client")
             if self._killed or self._handoff.thread is not None:
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
@@ -152,6 +156,8 @@ class Client(ExitNotice):
             if failed is not None or self._kill_asked:  # a kill() from this thread (a log handler) lands here too
                 LIVE.discard(self)
                 self._killed = True  # like go-plugin, a Client starts once
+                if not self._kill_asked:
+                    self._failed = type(failed).__name__
                 if self.config.reattach is not None and not self._kill_asked:
                     # a failed reattach leaves the plugin alone: another host may still use it, and
                     # a plugin that did not answer here is not proven to be the one reattach names
@@ -260,8 +266,9 @@ class Client(ExitNotice):
         code = runner.wait(0)
         if code is not None:
             self._logs.join(2.0)
-            raise PluginExitedError(self.name, code, self._logs.tail()[-20:],
-                                    "It exited right after its handshake.")
+            raise PluginExitedError(self.name, code, self._logs.tail()[-20:], "It exited right after its handshake:"
+                                    " it stopped serving (or never served) the address it announced.",
+                                    when="after printing its handshake line, while the host connected")
         if self._kill_asked:  # a reattached plugin kill() could not reach yet: start() ends it
             raise ClientStateError(f"kill() was asked while plugin {self.name!r} was connecting")
         self._stdio = streams.stdio_for(self._broker_queues)
