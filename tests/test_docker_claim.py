@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,30 @@ def test_a_reattach_that_held_makes_this_host_the_owner(plugbay_docker: Any, plu
         assert f"_owner_{host_session_id()}." in name, name
     finally:
         first.kill()
+
+
+def test_a_name_the_user_chose_is_no_ownership_claim() -> None:
+    """Only the exact suffix owner_name() writes names an owner: a user's name with '_owner_' in it is not one."""
+    from plugbay.errors import ConfigError
+    from plugbay.runners.session import SESSION, SESSION_START, owner_name, owner_of
+
+    labels = {SESSION: "123-0123456789ab", SESSION_START: "456"}
+    for name in ("billing_owner_team", "a_owner_1-0123456789ab.77-extra", "x_owner_1-0123456789ab.7.8",
+                 "x_owner_1-0123456789ab"):
+        assert owner_of(name, labels) == ("123-0123456789ab", "456"), name
+    claimed = owner_name("plugbay-abc", host_session_id())
+    assert owner_of(claimed, labels) == (host_session_id(), claimed.rsplit(".", 1)[1])
+    assert owner_name(claimed, "9-0123456789ab") == "plugbay-abc_owner_9-0123456789ab."  # the claim is replaced
+    assert owner_of("x_owner_9-0123456789ab.", labels) == ("9-0123456789ab", "")
+    with pytest.raises(ConfigError, match="_owner_"):
+        DockerRunner("plugbay-base:bookworm", name="billing_owner_team")
+
+
+def test_a_sweep_spares_a_live_hosts_container_whatever_its_name(plugbay_docker: Any) -> None:
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=SLEEP, name=f"fx-billing-{uuid.uuid4().hex[:8]}")
+    runner.start(LaunchSpec(env={}))
+    try:  # a name the engine or an older release gave, with '_owner_' that owner_name() did not write
+        plugbay_docker.containers.get(runner.id).rename(f"fx-billing_owner_team-{uuid.uuid4().hex[:8]}")
+        assert runner.id not in sweep(dry_run=True), "a sweep would remove the container of a live host"
+    finally:
+        runner.kill(0)

@@ -8,6 +8,7 @@ is gone from live ones, and nothing is removed that another host still owns.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import uuid
@@ -21,6 +22,9 @@ SESSION = "plugbay.session"
 SESSION_START = "plugbay.session-start"
 HOST = "plugbay.host"
 _OWNER_MARK = "_owner_"
+# Exactly what owner_name() appends (session "<pid>-<12 hex>", then "." and the start ticks or nothing),
+# anchored at the end: any other "_owner_" in a name is the user's or the engine's, not an ownership claim.
+_OWNER_SUFFIX = re.compile(_OWNER_MARK + r"(\d+-[0-9a-f]{12})\.(\d*)\Z")
 
 
 # This host process's (session id, start ticks), made at first use. A forked child makes its own:
@@ -69,16 +73,18 @@ def managed_labels() -> dict[str, str]:
 
 
 def owner_name(name: str, session: str) -> str:
-    base = name.split(_OWNER_MARK, 1)[0]
+    """``name`` with its owner suffix (another host's claim replaced) naming ``session`` as the owner."""
+    claim = _OWNER_SUFFIX.search(name)
+    base = name[:claim.start()] if claim else name
     own, start = _own_identity()
     return f"{base}{_OWNER_MARK}{session}.{start if session == own else ''}"
 
 
 def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
-    """(session, start ticks) of the host that owns a container."""
-    if _OWNER_MARK in name:
-        session, _, start = name.split(_OWNER_MARK, 1)[1].partition(".")
-        return session, start
+    """(session, start ticks) of the host that owns a container: a claim owner_name() wrote, else its labels."""
+    claim = _OWNER_SUFFIX.search(name)
+    if claim:
+        return claim.group(1), claim.group(2)
     return labels.get(SESSION, ""), labels.get(SESSION_START, "")
 
 

@@ -86,6 +86,9 @@ class DockerRunner(ContainerTeardown, Runner):
             raise ConfigError(f"image digest must look like 'sha256:<hex>', got {digest!r}")
         if not is_tcp_port(container_port):
             raise ConfigError(f"DockerRunner container_port must be a port number (1-65535), got {container_port!r}")
+        if name and "_owner_" in name:  # sweeps read "_owner_<session>" in a name as the host that owns it
+            raise ConfigError(f"DockerRunner name {name!r} contains '_owner_', which plugbay keeps for the owner"
+                              " a reattach records in the name; choose a name without it")
         if user is not None and not isinstance(user, str):
             raise ConfigError(f"DockerRunner user must be a str such as '1000' or '1000:1000', got {user!r}")
         self.image = image
