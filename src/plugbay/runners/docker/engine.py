@@ -166,13 +166,19 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
                          container_id[:12], exc, container_id[:12])
 
 
-def published_port(container: Any, port: int) -> int:
-    """The 127.0.0.1 host port a container port is published on."""
+def published_port(container: Any, port: int) -> int | None:
+    """The 127.0.0.1 host port a container port is published on; None once the container stopped.
+
+    The engine drops a stopped container's port bindings: for a plugin that exited at once its exit
+    (code, stderr, via the runner's wait and diagnose) is the failure to report, not a missing port.
+    """
     container.reload()
     bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
     for binding in bindings:
         if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
             return int(binding["HostPort"])
+    if not (container.attrs.get("State") or {}).get("Running", True):
+        return None
     raise RunnerError(f"container port {port} was not published on 127.0.0.1"
                       f" (bindings: {bindings}); is the container's network mode host or none?")
 
