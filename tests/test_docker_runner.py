@@ -231,6 +231,14 @@ def test_missing_image_says_how_to_build_it() -> None:
     assert "plugbay never pulls" in str(info.value)
 
 
+@pytest.mark.parametrize("image", ["fx-MyPlugin:latest", "fx-kv:1.0 "])
+def test_a_malformed_image_reference_is_a_config_error(image: str) -> None:
+    with pytest.raises(ConfigError, match="malformed.*lowercase.*no spaces"):
+        DockerRunner(image).start(LaunchSpec(env={}))
+    with pytest.raises(ConfigError, match="malformed"):
+        DockerRunner(image).check_secure_config(SecureConfig(bytes(32)))
+
+
 def test_unknown_runtime_is_reported_clearly() -> None:
     runner = _runner(runtime="runsc")
     with pytest.raises(RunnerError, match="no runtime 'runsc'") as info:

@@ -13,7 +13,7 @@ from plugbay.runners.docker.sockethandles import SocketHandles, Unusable
 
 def find_image(client: Any, name: str) -> Any:
     """The engine's image ``name``; plugbay never pulls, so a missing one says how to build it."""
-    from docker.errors import ImageNotFound
+    from docker.errors import APIError, ImageNotFound
 
     try:
         return engine_call(lambda: client.images.get(name), "look up the image")
@@ -22,6 +22,13 @@ def find_image(client: Any, name: str) -> Any:
             f"image {name!r} is not on the Docker engine. Build it (the examples:"
             " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
             " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
+        ) from None
+    except APIError as exc:
+        if exc.status_code != 400:  # 400 is the engine refusing the reference itself, before any lookup
+            raise
+        raise ConfigError(
+            f"image reference {name!r} is malformed (the engine says: {exc.explanation or exc}). An image"
+            " reference is [registry/]name[:tag] in lowercase, with no spaces: e.g. 'plugbay-kv:latest'"
         ) from None
 
 
