@@ -9,6 +9,7 @@ container's exit: the runner asks again, and reports an exit only once the conta
 from __future__ import annotations
 
 import collections
+import shutil
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.runners.base import LaunchSpec
+from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.docker import DockerRunner
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 
@@ -152,3 +153,47 @@ def test_force_kill_removes_the_container_after_a_kill_cut_short(plugbay_docker:
         runner.force_kill()
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
             found.remove(force=True, v=True)
+
+
+@pytest.mark.parametrize("proof", ["kept", "marker replaced"])
+def test_a_reattached_kill_removes_the_socket_folder_its_runner_made(tmp_path: Path, proof: str) -> None:
+    # the plugin's TMPDIR is its socket folder: any temp file it writes there is the folder's
+    script = "echo data > /plugbay/sock/cache.tmp; exec sleep 60"
+    runner = DockerRunner(BASE, entrypoint=["sh", "-c", script])
+    runner.start(LaunchSpec(env={}))
+    data = runner.reattach_data()
+    folder = Path(data["host_socket_dir"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (folder / "cache.tmp").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        runner.detach()
+        attached = reattach_runner(data)
+        attached.adopted()
+        if proof == "marker replaced":  # no longer provably plugbay's folder: only sockets and markers go
+            (folder / ".plugbay-socket-dir").write_text("another token")
+        attached.kill(0)
+        if proof == "kept":
+            assert not folder.exists(), f"left behind: {sorted(p.name for p in folder.iterdir())}"
+        else:
+            assert sorted(p.name for p in folder.iterdir()) == ["cache.tmp"]
+    finally:
+        runner.kill(0)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_reattached_kill_leaves_a_socket_folder_the_caller_gave(tmp_path: Path) -> None:
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "callers.txt").write_text("not plugbay's")
+    runner = DockerRunner(BASE, entrypoint=["sleep", "60"])
+    runner.start(LaunchSpec(env={}, socket_dir=str(given)))
+    data = runner.reattach_data()
+    runner.detach()
+    try:
+        attached = reattach_runner(data)
+        attached.adopted()
+        attached.kill(0)
+        assert sorted(p.name for p in given.iterdir()) == ["callers.txt"]
+    finally:
+        runner.kill(0)

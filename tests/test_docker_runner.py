@@ -389,8 +389,11 @@ def test_sweep_removes_containers_of_a_crashed_host(plugbay_docker: Any) -> None
     try:
         orphan = plugbay_docker.containers.get(facts["id"])
         assert orphan.status == "running" and orphan.labels["plugbay.session"] == facts["session"]
+        folder = Path(facts["reattach"]["host_socket_dir"])
+        (folder / "cache.tmp").write_text("a file the plugin left in its TMPDIR")
         removed = sweep()
         assert facts["id"] in removed and mine.id not in removed
+        assert not folder.exists(), "the socket folder the crashed host's runner made was left behind"
         left = plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"})
         assert left == []
         assert sweep() == []  # nothing more to do; live sessions are left alone

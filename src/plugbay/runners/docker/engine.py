@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import socket
 import stat
 import uuid
@@ -34,6 +35,7 @@ SOCKET_DIR = "plugbay.socket-dir"
 SOCKET_TOKEN = "plugbay.socket-token"  # the content of the marker file plugbay wrote there
 SOCKET_OWNED = "plugbay.socket-owned"  # "true": the runner made the folder (its kill removes it)
 SOCKET_MARKER = ".plugbay-socket-dir"
+SOCKET_DIR_PREFIX = "plugbay-docker-"  # the runner's own socket folders: make_tempdir(SOCKET_DIR_PREFIX)
 
 T = TypeVar("T")
 
@@ -290,6 +292,22 @@ def clear_socket_dir(path: str) -> None:
         pass
 
 
+def end_socket_dir(path: str, labels: dict[str, str]) -> str | None:
+    """Free the socket folder of a removed container; why it is not proven plugbay's, if it is not (then untouched).
+
+    A folder the runner made (label SOCKET_OWNED, plugbay's folder name) goes whole, as the plugin's
+    TMPDIR may hold its temp files; any other (a caller's) keeps all but sockets and plugbay's markers.
+    """
+    unproven = socket_dir_unproven(path, labels)
+    if unproven is not None:
+        return unproven
+    if labels.get(SOCKET_OWNED) == "true" and os.path.basename(path).startswith(SOCKET_DIR_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)  # refuses a symlink swapped in for the folder; follows none inside
+    else:
+        clear_socket_dir(path)
+    return None
+
+
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
@@ -335,10 +353,8 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
             removed.append(container.id)
             if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
                 # labels are untrusted: only a folder holding the marker plugbay wrote for this container
-                unproven = socket_dir_unproven(labels[SOCKET_DIR], labels)
-                if unproven is None:
-                    clear_socket_dir(labels[SOCKET_DIR])
-                else:
+                unproven = end_socket_dir(labels[SOCKET_DIR], labels)
+                if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
     finally:

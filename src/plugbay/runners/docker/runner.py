@@ -30,8 +30,8 @@ from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
-from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, bind_mount,
-                                            check_runtime, create_container, engine,
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_DIR_PREFIX, SOCKET_OWNED,
+                                            SOCKET_TOKEN, bind_mount, check_runtime, create_container, engine,
                                             engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
@@ -194,7 +194,7 @@ class DockerRunner(ContainerTeardown, Runner):
         gid: int | None = None
         mounts = list(self.mounts)
         if self.transport == "unix":
-            self._host_socket_dir = spec.socket_dir or make_tempdir("plugbay-docker-")
+            self._host_socket_dir = spec.socket_dir or make_tempdir(SOCKET_DIR_PREFIX)
             self._owns_socket_dir = spec.socket_dir is None
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
@@ -361,8 +361,8 @@ class DockerRunner(ContainerTeardown, Runner):
             runner._client.close()
             raise
         runner._host_socket_dir = socket_dir
-        # the labels say, not the data
-        runner._owns_socket_dir = dict(container.labels or {}).get(SOCKET_OWNED) == "true"
+        labels = dict(container.labels or {})  # they say, not the data; kill() proves the folder by the token again
+        runner._owns_socket_dir, runner._socket_token = labels.get(SOCKET_OWNED) == "true", labels.get(SOCKET_TOKEN, "")
         runner._watch_exit()
         runner._adopt = container if take_ownership else None
         return runner

@@ -7,7 +7,8 @@ import shutil
 import threading
 from typing import TYPE_CHECKING, Any
 
-from plugbay.runners.docker.engine import clear_socket_dir, end_container, engine
+from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, clear_socket_dir, end_container,
+                                            end_socket_dir, engine)
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.waiter import ExitWaiter
@@ -25,6 +26,7 @@ class ContainerTeardown:
     _host_socket_dir: str | None
     _socket_handles: SocketHandles
     _owns_socket_dir: bool
+    _socket_token: str
     _pumps: dict[str, ContainerLogStream]
     _waiter: ExitWaiter | None
     _final_state: dict[str, Any] | None
@@ -77,8 +79,11 @@ class ContainerTeardown:
             self._socket_handles.close()
             if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
-            elif self._attached and self._host_socket_dir:
-                clear_socket_dir(self._host_socket_dir)  # its first host is gone and left it behind
+            elif self._attached and self._host_socket_dir:  # its first host is gone and left it behind
+                labels = {SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
+                          SOCKET_OWNED: str(self._owns_socket_dir).lower()}
+                if end_socket_dir(self._host_socket_dir, labels) is not None:
+                    clear_socket_dir(self._host_socket_dir)  # the proof of attach() no longer holds: only ours go
             if client is not None:
                 client.close()
 
