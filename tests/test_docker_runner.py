@@ -203,6 +203,20 @@ def test_every_option_is_applied(plugbay_docker: Any, tmp_path: Path) -> None:
     assert attrs["Name"] == f"/plugbay-opts-{os.getpid()}"
 
 
+def test_stop_timeout_is_the_containers_and_the_kill_default(plugbay_docker: Any) -> None:
+    runner = DockerRunner(BASE, entrypoint=["sleep", "60"], stop_timeout=4.5)  # pid 1: SIGTERM does not end it
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert _inspect(plugbay_docker, runner)["Config"]["StopTimeout"] == 5  # whole seconds, rounded up
+    finally:
+        started = time.monotonic()
+        runner.kill()
+    assert time.monotonic() - started >= 4.4  # not kill()'s own default of 2 s
+    for bad in (-1, "5", float("nan")):
+        with pytest.raises(ConfigError, match="stop_timeout"):
+            DockerRunner(BASE, stop_timeout=bad)  # type: ignore[arg-type]
+
+
 def test_digest_pin_and_secure_config(plugbay_docker: Any) -> None:
     image_id = plugbay_docker.images.get(BASE).id
     for runner in (_runner(digest=image_id), DockerRunner(f"{BASE}@{image_id}", entrypoint=["python3", "-c", ECHO])):

@@ -123,7 +123,11 @@ def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = (
             from docker.models.containers import _create_container_args
         except ImportError:
             return str(client.containers.create(**args).id)
-        create_args = _create_container_args({**args, "version": client.api.api_version})
+        # the SDK's containers.create() has no stop_timeout (its create request has): added past the conversion
+        create_args = _create_container_args({**{k: v for k, v in args.items() if k != "stop_timeout"},
+                                              "version": client.api.api_version})
+        if args.get("stop_timeout") is not None:
+            create_args["stop_timeout"] = args["stop_timeout"]
     except APIError:
         raise  # the engine's answer: the caller words it
     except (DockerException, TypeError, ValueError, AttributeError) as exc:

@@ -10,6 +10,7 @@ another. The network is created on first use, labelled, and reused.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,13 @@ def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:
     if not cpus > 0:
         raise ConfigError(f"cpus must be a positive number of CPUs (e.g. 0.5), got {cpus!r}")
     return int(cpus * 1_000_000_000)
+
+
+def checked_stop_timeout(stop_timeout: float | None) -> float | None:
+    if stop_timeout is not None and (isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float))
+                                     or not 0 <= stop_timeout < 2**31):
+        raise ConfigError(f"DockerRunner stop_timeout must be seconds (a number >= 0) or None, got {stop_timeout!r}")
+    return stop_timeout
 
 
 def network_id(client: Any, name: str, *, again: bool = False) -> str:
@@ -113,7 +121,9 @@ def hardened_args(runner: Any, image_user: str | None) -> dict[str, Any]:
                        ("command", runner.command),
                        ("tmpfs", tmpfs_mounts(runner.writable_dirs, runner.tmpfs_size, runner.tmpfs,
                                               runner.user or image_user) or None),
-                       ("pids_limit", runner.pids_limit)):
+                       ("pids_limit", runner.pids_limit),
+                       # the engine's StopTimeout is whole seconds: rounded up, never shorter than asked
+                       ("stop_timeout", None if runner.stop_timeout is None else math.ceil(runner.stop_timeout))):
         if value is not None:
             args[key] = value
     # Bounded logs: the engine keeps a long-running plugin's stderr on disk.

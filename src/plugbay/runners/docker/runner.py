@@ -35,8 +35,8 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
                                             published_port, sweep, transport_settings)
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
-                                               cpus_to_nano, hardened_args, network_id, stale_network,
-                                               tmpfs_mounts)
+                                               checked_stop_timeout, cpus_to_nano, hardened_args, network_id,
+                                               stale_network, tmpfs_mounts)
 from plugbay.runners.docker.adopt import claim, prove_container, reattach_id, reattach_transport
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
@@ -59,6 +59,11 @@ class DockerRunner(ContainerTeardown, Runner):
     Secure defaults: every capability dropped, no-new-privileges, a read-only root
     with tmpfs ``writable_dirs`` (``/tmp``), a pids limit, and for ``tcp`` the
     isolated network (see plugbay.runners.docker.hardening); each is an option.
+
+    ``stop_timeout`` (seconds, None: the engine's 10 s and kill()'s 2 s) is how long a stop waits
+    after SIGTERM before SIGKILL: the container's StopTimeout (``docker stop``, an engine shutdown,
+    rounded up to whole seconds) and the grace of ``kill()`` called without one. A Client passes
+    its ``kill_grace`` to kill(), which then wins.
     """
 
     def __init__(self, image: str, *, transport: str = "unix", user: str | None = None,
@@ -114,6 +119,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self.container_port = container_port
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
         self.socket_gid = socket_gid
+        self.stop_timeout = checked_stop_timeout(stop_timeout)
         self.extra_create_args = dict(extra_create_args or {})
         self._client: Any = None
         self._container_id = ""

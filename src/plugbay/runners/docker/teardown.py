@@ -27,6 +27,7 @@ class ContainerTeardown:
     _socket_handles: SocketHandles
     _owns_socket_dir: bool
     _socket_token: str
+    stop_timeout: float | None
     _pumps: dict[str, ContainerLogStream]
     _waiter: ExitWaiter | None
     _final_state: dict[str, Any] | None
@@ -48,7 +49,11 @@ class ContainerTeardown:
             client.close()
         self._socket_handles.close()
 
-    def kill(self, grace: float = 2.0) -> None:
+    def kill(self, grace: float | None = None) -> None:
+        """Stop the container (SIGTERM, SIGKILL after ``grace`` seconds: by default the runner's
+        stop_timeout, else 2) and remove it. Idempotent."""
+        if grace is None:
+            grace = 2.0 if self.stop_timeout is None else self.stop_timeout
         with self._lock:
             if self._killed:
                 return
