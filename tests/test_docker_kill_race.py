@@ -12,7 +12,9 @@ refused and kill() again is harmless.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -156,3 +158,71 @@ def test_kill_while_start_adds_the_second_log_stream(relay: EngineRelay, plugbay
         closing.release()
     assert killing.outcome(60) is None
     _check_after(runner, spec, plugbay_docker, tag, starting.outcome(60))
+
+
+class _RemovedElsewhere:
+    """An engine API whose container another thread's kill() is removing: each removal is refused with
+    the engine's 409 "removal ... already in progress" until that removal is done (inspect: gone)."""
+
+    def __init__(self) -> None:
+        self.inspects = 0
+
+    def inspect(self) -> dict[str, Any] | None:
+        self.inspects += 1
+        return {"Status": "removing", "Running": False} if self.inspects < 3 else None
+
+    def remove_container(self, container_id: str, **_kwargs: Any) -> None:
+        import requests
+        from docker.errors import APIError
+
+        response = requests.Response()
+        response.status_code = 409
+        raise APIError("409 Client Error: Conflict", response=response,
+                       explanation=f"removal of container {container_id} is already in progress")
+
+
+def test_a_removal_already_in_progress_is_no_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """start()'s clean-up and a kill() from another thread may both remove the container: the one the
+    engine answers 409 "already in progress" waits for the other's removal and warns of nothing."""
+    from plugbay.runners.docker.engine import end_container
+
+    api = _RemovedElsewhere()
+    with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"):
+        end_container(api, "c0ffee" * 10 + "c0ff", grace=0, remove=True, inspect=api.inspect,
+                      stopped=lambda state: None)
+    assert caplog.records == [], [r.getMessage() for r in caplog.records]
+    assert api.inspects >= 3  # it returned once the container was gone, not at once
+
+
+@pytest.mark.timeout(120)
+def test_two_removals_of_one_container_at_once_warn_of_nothing(plugbay_docker: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from plugbay.runners.docker.engine import end_container
+
+    for _ in range(4):
+        container = plugbay_docker.containers.run(BASE, ["sleep", "60"], detach=True, network_mode="none",
+                                                  name=f"fx-race-{uuid.uuid4().hex[:8]}")
+        barrier = threading.Barrier(2)
+
+        def remove() -> None:
+            barrier.wait()
+            end_container(plugbay_docker.api, container.id, grace=0, remove=True, stopped=lambda state: None,
+                          inspect=lambda: _state(plugbay_docker, container.id))
+
+        with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"):
+            threads = [threading.Thread(target=remove) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        assert plugbay_docker.containers.list(all=True, filters={"id": container.id}) == []
+    assert caplog.records == [], [r.getMessage() for r in caplog.records]
+
+
+def _state(docker: Any, container_id: str) -> dict[str, Any] | None:
+    from docker.errors import NotFound
+
+    try:
+        return dict(docker.api.inspect_container(container_id)["State"])
+    except NotFound:
+        return None

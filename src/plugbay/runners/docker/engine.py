@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,6 +38,7 @@ SOCKET_OWNED = "plugbay.socket-owned"  # "true": the runner made the folder (its
 SOCKET_MARKER = ".plugbay-socket-dir"
 SOCKET_DIR_PREFIX = "plugbay-docker-"  # the runner's own socket folders: make_tempdir(SOCKET_DIR_PREFIX)
 
+_REMOVAL_WAIT = 10.0  # for another caller's removal of a container to finish
 T = TypeVar("T")
 
 
@@ -163,13 +165,33 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
             api.remove_container(container_id, force=True, v=True)
     except NotFound:
         pass
-    except DockerException:
+    except DockerException as exc:
+        if _removed_elsewhere(exc, inspect):
+            return
         try:
             api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            pass
         except DockerException as exc:
+            if _removed_elsewhere(exc, inspect):
+                return
             _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
                          " %s` or plugbay.runners.docker.sweep() once the engine answers",
                          container_id[:12], exc, container_id[:12])
+
+
+def _removed_elsewhere(exc: BaseException, inspect: Callable[[], dict[str, Any] | None]) -> bool:
+    """Whether the engine refused because another caller (start()'s clean-up and a kill() both end the
+    container) is removing it already; if so, once that removal is done (bounded), as ours would be."""
+    if getattr(exc, "status_code", None) != 409 or "already in progress" not in str(exc):
+        return False
+    deadline = time.monotonic() + _REMOVAL_WAIT
+    try:
+        while inspect() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the other removal's result is that caller's to report
+        pass
+    return True
 
 
 def published_port(container: Any, port: int) -> int | None:
