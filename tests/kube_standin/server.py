@@ -9,7 +9,8 @@ apps/v1 Deployments (create/get/list/scale/delete, deployments.py).
 Fault knobs: :meth:`StandIn.deny` (403 with a Kubernetes Status body),
 :meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host),
 :meth:`StandIn.expire_watches` (410 Gone for slice watches that resume),
-:meth:`StandIn.stall` (take the request, never answer it: a hung API server).
+:meth:`StandIn.stall` (take the request, never answer it: a hung API server),
+:meth:`StandIn.fail` (answer 500 at once: an API server failing fast).
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         if (verb, resource) in standin.stalled:  # hung: no answer until unstalled or stopped (bounded)
             standin.unstalled.wait(120)
             self.close_connection = True
+            return False
+        if (verb, resource) in standin.failing:
+            self._status(500, "InternalError", f"the stand-in fails {verb} {resource} (test knob)")
             return False
         if (verb, resource) in standin.denied:
             group, _, sub = resource.partition("/")
@@ -385,6 +389,7 @@ class StandIn:
         self.sessions: list[ForwardSession] = []
         self.denied: set[tuple[str, str]] = set()
         self.stalled: set[tuple[str, str]] = set()
+        self.failing: set[tuple[str, str]] = set()
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
         self.held: set[tuple[str, str]] = set()
         self.holding = threading.Event()  # set: a held request arrived
@@ -450,6 +455,7 @@ class StandIn:
 
     def allow_all(self) -> None:
         self.denied.clear()
+        self.failing.clear()
         self.unstall()
         self.release()
 
@@ -457,6 +463,15 @@ class StandIn:
         """Take (verb, resource) requests and never answer them, e.g. stall("delete", "pods")."""
         self.unstalled.clear()
         self.stalled.add((verb, resource))
+
+    def fail(self, verb: str, resource: str) -> None:
+        """Answer (verb, resource) with 500 InternalError at once (allow_all() ends it); failing pod
+        watches also ends the open ones, as an API server going down does."""
+        self.failing.add((verb, resource))
+        if (verb, resource) == ("watch", "pods"):
+            with self.store.lock:
+                for w in self.store.watchers:
+                    w.events.put(None)
 
     def hold(self, verb: str, resource: str) -> None:
         """Take (verb, resource) requests and answer them only at release(): a slow API server."""

@@ -3,8 +3,10 @@
 A plugbay-kwatch-<pod> thread follows a watch on the one pod (field-selected,
 re-opened every 10 s; a pod deleted between two watches is noticed by a read)
 so start, wait and kill wake the moment the pod changes instead of polling.
-Connection blips are retried a bounded number of times in a row; a 403 is kept
-as a PermissionDeniedError for the starting thread to raise.
+Failed watches (connection blips, an API outage) are retried with a capped
+backoff for as long as the runner is not closed: a watch that gave up would
+never see the plugin's exit. A 403 is kept as a PermissionDeniedError for the
+starting thread to raise.
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
 a quiet pod costs one re-watch per period, not a cut stream. The client side
@@ -30,6 +32,9 @@ from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 WATCH_SECONDS = 10  # the server ends each watch after this long; the loop opens the next
+BACKOFF_STEP = 0.2  # the pause after n failed watches in a row: n steps, up to MAX_BACKOFF
+MAX_BACKOFF = 2.0
+FAILURES_WARNED = 30  # failed watches in a row before a warning (the watch keeps retrying until closed)
 
 
 class PodWatch:
@@ -92,16 +97,17 @@ class PodWatch:
                         self.cond.notify_all()
                     return
                 failures += 1
-            except Exception as exc:  # connection blips: retry a bounded number of times in a row
+                self.last_failure = f"{exc.status} {exc.reason}"
+            except Exception as exc:  # connection blips and outages: retried until the runner is closed
                 failures += 1
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("watching pod %s: %s", self.id, exc)
             self.failures = failures
-            if failures >= 30:
-                _log.warning("giving up watching pod %s after %d failures", self.id, failures)
-                return
+            if failures == FAILURES_WARNED:  # once per outage; the watch goes on: giving up would blind wait()
+                _log.warning("watching pod %s failed %d times in a row (%s); still retrying", self.id, failures,
+                             self.last_failure or "API error")
             if failures:
-                self.stop.wait(min(0.2 * failures, 2.0))
+                self.stop.wait(min(BACKOFF_STEP * failures, MAX_BACKOFF))
 
     def _bounded_list(self) -> Callable[..., Any]:
         """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch."""

@@ -1,0 +1,92 @@
+"""The pod runner's watch on its pod when the API server fails: it must keep (or get back) sight of the pod.
+
+The pods are local processes on the Kubernetes stand-in (no engine needed); its fault knobs make
+the API fail watches, and the watch's backoff is shortened (its stop event) to keep outages short.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from plugbay.runners.base import LaunchSpec  # noqa: E402
+from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
+from tests.kube_standin.server import StandIn  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StandIn]:
+    standin = StandIn(runtime="process").start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture()
+def kubeconfig(server: StandIn, tmp_path: Path) -> Iterator[str]:
+    yield server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
+    server.allow_all()
+
+
+class _QuickEvent(threading.Event):
+    """A stop event whose timed waits (the backoff between failed watches) last 10 ms at most."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(None if timeout is None else min(timeout, 0.01))
+
+
+def _runner(kubeconfig: str, program: str, **kwargs: object) -> KubernetesRunner:
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", program],
+                              start_timeout=20, **kwargs)  # type: ignore[arg-type]
+    runner.start(LaunchSpec(env={}))
+    return runner
+
+
+def _until(check: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(90)
+def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: StandIn, kubeconfig: str,
+                                                                     tmp_path: Path) -> None:
+    """The watch gave up for good after 30 failed watches in a row: wait() then never saw the exit."""
+    flag = tmp_path / "exit-now"
+    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
+                     api_timeout=2)
+    try:
+        watch = runner._podwatch
+        watch.stop = _QuickEvent()
+        server.fail("watch", "pods")
+        assert _until(lambda: watch.failures >= 40, 10), f"only {watch.failures} failed watches"
+        server.allow_all()
+        flag.touch()
+        assert runner.wait(15) == 0
+    finally:
+        runner.kill(0)
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_during_an_outage_ends_the_watch_promptly(server: StandIn, kubeconfig: str) -> None:
+    runner = _runner(kubeconfig, "import time; time.sleep(60)", api_timeout=2)
+    watch = runner._podwatch
+    server.fail("watch", "pods")
+    assert _until(lambda: watch.failures >= 3, 20)
+    started = time.monotonic()
+    runner.kill(0)
+    assert time.monotonic() - started < 10
+    assert watch._thread is not None and not watch._thread.is_alive()
