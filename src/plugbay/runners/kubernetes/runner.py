@@ -121,7 +121,11 @@ class KubernetesRunner(PodTeardown, Runner):
     # --- API calls (plugbay.runners.kubernetes.podapi: each bounded by api_timeout) --
 
     def _read_pod(self) -> dict[str, Any] | None:
-        return self._pod.read_pod()
+        """The runner's pod; None once gone, also when a pod with another UID took its name."""
+        pod = self._pod.read_pod()
+        if pod is not None and self._pod.uid and (pod.get("metadata") or {}).get("uid") != self._pod.uid:
+            return None
+        return pod
 
     def _events(self) -> list[str]:
         return self._pod.events()
@@ -208,6 +212,7 @@ class KubernetesRunner(PodTeardown, Runner):
     # --- the pod watch (plugbay.runners.kubernetes.watch) -------------------
 
     def _start_watcher(self) -> None:
+        self._podwatch.uid = self._pod.uid
         self._podwatch.start(self.pod_name)
 
     # --- logs: handshake to stdout, everything else to stderr ----------------------
@@ -262,6 +267,8 @@ class KubernetesRunner(PodTeardown, Runner):
                     fwd.timeout = later
 
     def _pod_address(self, port: int) -> str:
+        if self._podwatch.gone:  # its last IP may be another pod's by now
+            raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's): it cannot be dialled")
         return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:

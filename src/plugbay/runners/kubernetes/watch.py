@@ -47,6 +47,7 @@ class PodWatch:
         self.namespace = namespace
         self._read_pod = read_pod
         self.pod_name = ""
+        self.uid = ""  # the runner's pod (once known): a pod of that name with another UID is not it
         self.cond = threading.Condition()
         self.pod: dict[str, Any] | None = None
         self.gone = False
@@ -88,8 +89,10 @@ class PodWatch:
                     if self.stop.is_set():
                         break
                 failures = 0
-                if not self.stop.is_set() and not self.gone and self._read_pod() is None:
-                    self.update(None, True)
+                if not self.stop.is_set() and not self.gone:
+                    pod = self._read_pod()
+                    if pod is None or self.foreign(pod):
+                        self.update(None, True)
             except ApiException as exc:
                 if exc.status == 403:
                     self.error = PermissionDeniedError(denied_message("watch", "pods", self.namespace))
@@ -124,7 +127,14 @@ class PodWatch:
 
         return opened
 
+    def foreign(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` is another pod than the runner's: one that took its name once it was deleted."""
+        uid = (obj.get("metadata") or {}).get("uid")
+        return bool(self.uid) and uid != self.uid
+
     def update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
+        if obj is not None and self.foreign(obj):  # the runner's pod is gone; the stranger is never ours
+            obj, deleted = None, True
         with self.cond:
             if obj is not None:
                 self.pod = obj
