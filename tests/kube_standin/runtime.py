@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .podlogs import stamp_now
+
 
 class ImageMissing(Exception):
     """The image is not on the engine (the stand-in never pulls: no registry here)."""
@@ -68,7 +70,10 @@ class Box(Protocol):
     published: dict[int, int]
 
     def state(self) -> BoxState: ...
-    def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]: ...
+    def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]:
+        """The log with each line stamped (RFC3339Nano and a space), as the kubelet keeps it."""
+        ...
+
     def restart(self) -> None: ...
     def stop(self, grace: float) -> None: ...
     def remove(self) -> None: ...
@@ -149,7 +154,7 @@ class DockerBox:
         client = docker.from_env(version=self._container.client.api.api_version, timeout=60)
         try:
             stream = client.api.logs(self._container.id, stdout=True, stderr=True, stream=True, follow=follow,
-                                     tail="all" if tail is None else tail)
+                                     tail="all" if tail is None else tail, timestamps=True)
         except BaseException:
             client.close()
             raise
@@ -309,6 +314,21 @@ class ProcessBox:
         self._started = _now()
         self._finished: str | None = None
         self._closed = threading.Event()
+        self._pumped = threading.Event()  # the process's output is all in the log file
+        self._pump = threading.Thread(target=self._stamp_lines, name="plugbay-standin-logpump", daemon=True)
+        self._pump.start()
+
+    def _stamp_lines(self) -> None:
+        """Copy the process's output to the log file, each line stamped when it came (the kubelet's way)."""
+        assert self._proc.stdout is not None
+        try:
+            with open(self._log_path, "ab") as log:
+                for line in iter(self._proc.stdout.readline, b""):
+                    log.write(stamp_now() + b" " + line)
+                    log.flush()
+        finally:
+            self._proc.stdout.close()
+            self._pumped.set()
 
     def state(self) -> BoxState:
         code = self._proc.poll()
@@ -334,6 +354,7 @@ class ProcessBox:
                     yield chunk
                     continue
                 if self._proc.poll() is not None:
+                    self._pumped.wait(1.0)  # a child holding the pipe keeps it open: not the log's end
                     rest = f.read()
                     if rest:
                         yield rest
@@ -358,6 +379,7 @@ class ProcessBox:
     def remove(self) -> None:
         self.stop(0)
         self._closed.set()
+        self._pump.join(timeout=5)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
@@ -387,9 +409,9 @@ class ProcessBackend:
             env[key] = value
         workdir = tempfile.mkdtemp(prefix="plugbay-standin-")
         log_path = os.path.join(workdir, "log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        open(log_path, "wb").close()
+        proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         # The process announces its host port (it cannot bind 4000 for every pod): forward that too.
         published.update({host_port: host_port for host_port in list(published.values())})
         return ProcessBox(proc, log_path, workdir, published)

@@ -10,7 +10,9 @@ Fault knobs: :meth:`StandIn.deny` (403 with a Kubernetes Status body),
 :meth:`StandIn.drop_portforwards`, :meth:`StandIn.delete_pod` (under the host),
 :meth:`StandIn.expire_watches` (410 Gone for slice watches that resume),
 :meth:`StandIn.stall` (take the request, never answer it: a hung API server),
-:meth:`StandIn.fail` (answer 500 at once: an API server failing fast).
+:meth:`StandIn.fail` (answer 500 at once: an API server failing fast),
+:meth:`StandIn.cut_logs` (break the pod log streams). Pod logs honour timestamps,
+sinceSeconds and sinceTime (whole seconds) as the API does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 
 from .deployments import ROUTES as DEPLOYMENT_ROUTES
 from .deployments import DeploymentRoutes, DeploymentStore
+from .podlogs import log_lines, log_since
 from .pods import PodStore, Watcher
 from .portforward import PROTOCOL, ForwardSession, accept_key
 from .runtime import DockerBackend, ProcessBackend, docker_available
@@ -307,15 +310,22 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             return
         follow = q.get("follow") in ("true", "1")
         tail = int(q["tailLines"]) if "tailLines" in q else None
+        since = log_since(q)
+        standin = self.server.standin
+        with standin.lock:
+            standin.log_conns.add(self.connection)
         try:
             self._start_stream("text/plain")
-            for chunk in box.logs(follow, tail):
-                if self.server.standin.stopping.is_set():
+            for chunk in log_lines(box.logs(follow, tail), q.get("timestamps") in ("true", "1"), since):
+                if standin.stopping.is_set():
                     break
                 self._chunk(chunk)
             self._end_stream()
         except OSError:
             self.close_connection = True
+        finally:
+            with standin.lock:
+                standin.log_conns.discard(self.connection)
 
     def _get_events(self, ns: str, q: dict[str, str]) -> None:
         if not self._allowed("list", "events", ns):
@@ -390,6 +400,7 @@ class StandIn:
         self.denied: set[tuple[str, str]] = set()
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
+        self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
         self.held: set[tuple[str, str]] = set()
         self.holding = threading.Event()  # set: a held request arrived
@@ -487,6 +498,17 @@ class StandIn:
         """Answer again; the requests held so far end with their connection closed, unanswered."""
         self.stalled.clear()
         self.unstalled.set()
+
+    def cut_logs(self) -> int:
+        """Break every pod log stream being served, as a dropped connection would."""
+        with self.lock:
+            conns = list(self.log_conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(conns)
 
     def expire_watches(self) -> int:
         """End every EndpointSlice watch; resuming from an old resourceVersion then gets 410 Gone."""

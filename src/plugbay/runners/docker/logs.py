@@ -27,7 +27,7 @@ from typing import Any
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
-from plugbay.runners.docker.logstamps import EntryStamps
+from plugbay.runners.logstamps import EntryStamps
 from plugbay.runners.docker.waiter import reconnect_pause
 
 # Lines buffered for a reader that is slower than the plugin (or absent).

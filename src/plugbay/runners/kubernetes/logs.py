@@ -3,14 +3,24 @@
 Pod logs merge the container's stdout and stderr, so the one line that is a
 go-plugin handshake line (handshake.is_handshake_line: also one of a core version or
 protocol plugbay refuses, so the host says so at once) is the plugin's stdout; the rest (hclog JSON, plain
-lines) is fed to the host's log pump. A broken stream is reopened (bounded)
-while the pod still runs, without repeating lines already read.
+lines) is fed to the host's log pump.
+
+A broken stream is reopened (bounded) while the pod still runs, from a little
+before the last line read: the log is asked for with timestamps, and the
+reopen's replay of lines already passed on is dropped by their timestamps
+(plugbay.runners.logstamps). Reopening at the log's end instead lost every line
+printed while the stream was down, the handshake line too. The Python client has
+no sinceTime (the API's OpenAPI leaves it out), so the reopen asks for
+sinceSeconds: the time since that line came, measured here (no clock skew with
+the kubelet), plus SINCE_MARGIN for the line's way from the kubelet to the host.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import time
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,10 +29,12 @@ from typing import Any
 from plugbay.core.transport.lines import LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
+from plugbay.runners.logstamps import EntryStamps
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 _EOF = object()
 _REOPENS = 5
+SINCE_MARGIN = 5  # seconds added to a reopen's sinceSeconds: replayed lines are dropped, missed ones are lost
 
 
 def drain(q: queue.Queue[object]) -> Iterator[str]:
@@ -52,21 +64,30 @@ class PodLogs:
         self._thread: threading.Thread | None = None
         self.splitters: list[LineSplitter] = []
 
-    def follow(self, first: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
-        """Read ``first`` (an open follow=true response) in a thread; ``reopen(tail_lines)`` reconnects."""
+    def follow(self, first: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
+        """Read ``first`` (an open follow=true, timestamps=true response) in a thread; ``reopen(since_seconds)``
+        reconnects (None: from the log's start)."""
         self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running),
                                         name=f"plugbay-klog-{self.name}", daemon=True)
         self._thread.start()
 
-    def _loop(self, resp: Any, reopen: Callable[[int], Any], still_running: Callable[[], bool]) -> None:
+    def _loop(self, resp: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
         handshake_seen = False
+        stamps = EntryStamps()
+        last_read = 0.0  # monotonic time of the last stamped line passed on
         try:
             for _attempt in range(_REOPENS):
                 self._resp = resp
                 splitter = LineSplitter()  # bounded lines; a broken stream's partial line ends there
                 self.splitters.append(splitter)
                 try:
-                    for line in split_lines(_chunks(resp), splitter=splitter):
+                    for stamped in split_lines(_chunks(resp), splitter=splitter):
+                        data = stamps.take(stamped.encode("utf-8"))
+                        if data is None:
+                            continue  # a reopened log's replay of a line passed on before
+                        if stamps.last is not None:
+                            last_read = time.monotonic()
+                        line = data.decode("utf-8")
                         if not handshake_seen and is_handshake_line(line):
                             handshake_seen = True
                             self.stdout.put(line)
@@ -80,11 +101,14 @@ class PodLogs:
                 # The stream ends when the container does, or when the connection broke.
                 if not still_running():
                     return
+                since = None if stamps.last is None else (
+                    math.ceil(time.monotonic() - last_read) + SINCE_MARGIN)
                 try:
-                    resp = reopen(0)  # no lines already read again
+                    resp = reopen(since)
                 except RunnerError as exc:
                     _log.debug("reopening the log of pod %s: %s", self.name, exc)
                     return
+                stamps.reopened()
         finally:
             self.stdout.put(_EOF)
             self.stderr.put(_EOF)

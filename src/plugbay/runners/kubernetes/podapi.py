@@ -92,11 +92,12 @@ class PodApi:
         except (RunnerError, ValueError):
             return []
 
-    def open_log(self, tail_lines: int | None) -> Any:
-        """The plugin's log, followed: bounded until the answer's head, unbounded after it."""
+    def open_log(self, since_seconds: int | None) -> Any:
+        """The plugin's log, followed, each line stamped (logs.PodLogs takes the stamps off): bounded until
+        the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen)."""
         resp = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
-                         container=pods.CONTAINER_NAME, follow=True, _preload_content=False,
-                         **({"tail_lines": tail_lines} if tail_lines is not None else {}))
+                         container=pods.CONTAINER_NAME, follow=True, timestamps=True, _preload_content=False,
+                         **({"since_seconds": since_seconds} if since_seconds is not None else {}))
         quiet_ok(resp)
         return resp
 
