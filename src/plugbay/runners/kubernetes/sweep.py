@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from plugbay.errors import RunnerError
 from plugbay.runners.session import HOST, SESSION_START, host_session_id, managed_labels, session_alive
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
@@ -63,10 +64,27 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 if dry_run:
                     removed.append(pod.metadata.name)
                     continue
-                call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
-                            grace_period_seconds=grace, _request_timeout=timeout)
-                removed.append(pod.metadata.name)
+                if _delete_listed(api_client, api, namespace, pod, grace, timeout):
+                    removed.append(pod.metadata.name)
     finally:
         if own:
             close_client(api_client)
     return removed
+
+
+def _delete_listed(api_client: Any, api: Any, namespace: str, pod: Any, grace: int, timeout: Any) -> bool:
+    """Delete the pod the list saw (its UID as a precondition); False when it is gone or not it any more."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    # By name alone, a pod that took the name since the list (not plugbay's, maybe) would be deleted
+    body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.metadata.uid)) \
+        if pod.metadata.uid else None
+    try:
+        call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
+             grace_period_seconds=grace, body=body, _request_timeout=timeout)
+    except RunnerError as exc:
+        if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (404, 409):
+            return False  # 409: the UID precondition failed, the name is another pod's now
+        raise
+    return True
