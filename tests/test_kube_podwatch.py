@@ -131,3 +131,56 @@ def test_a_pod_that_took_the_plugin_pods_name_is_not_taken_for_it(server: StandI
             api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
         except client.ApiException:
             pass
+
+
+@pytest.mark.timeout(30)
+def test_pod_watches_that_end_at_once_with_no_event_are_backed_off() -> None:
+    """Such a watch counted as a good one: a hot loop of watch and read requests, never a failure."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from plugbay.runners.kubernetes.watch import PodWatch
+
+    counts = {"watch": 0, "read": 0}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+           "status": {"phase": "Running"}}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            watch = "watch=true" in self.path
+            counts["watch" if watch else "read"] += 1
+            body = b"" if watch else json.dumps(pod).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    serving = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name="test-podwatch-api")
+    serving.start()
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{srv.server_address[1]}"
+    api_client = client.ApiClient(cfg)
+    api = client.CoreV1Api(api_client)
+    watch = PodWatch(api, "default", lambda: api_client.sanitize_for_serialization(
+        api.read_namespaced_pod("p", "default")), api_timeout=5)
+    try:
+        watch.start("p")
+        time.sleep(1.5)
+        assert counts["watch"] <= 10, counts  # backoff 0.2, 0.4, 0.6 s...
+        assert watch.failures > 0 and "no event" in watch.last_failure
+    finally:
+        watch.close()
+        srv.shutdown()
+        srv.server_close()
+        serving.join(10)
+        api_client.close()

@@ -170,3 +170,24 @@ def test_an_unreachable_api_or_no_kubeconfig_is_a_discovery_error(tmp_path: Path
             EndpointSliceResolver("default", "kv", "grpc", **kw).start(lambda eps: None)  # type: ignore[arg-type]
         assert isinstance(err.value, plugbay.DiscoveryError) and isinstance(err.value, plugbay.EngineUnavailableError)
         assert "kubernetes:///default/kv:grpc" in str(err.value)
+
+
+class _EndsAtOnce:
+    """Watch events as SliceAPI takes them: every watch ends at once, with no event (a proxy cutting them)."""
+
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_watches_that_end_at_once_with_no_event_are_backed_off(api: SliceAPI, tmp_path: Path) -> None:
+    """Such a watch counted as a good one: the resolver watched again at once, a hot loop of requests."""
+    api.list_body["items"] = [slice_of("kv-a", ["10.0.0.1"])]
+    api.events = _EndsAtOnce()  # type: ignore[assignment]
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver.start(lambda endpoints: None)
+    try:
+        time.sleep(1.5)
+        assert api.watches <= 6  # backoff 0.2, 0.4, 0.8 s...
+        assert isinstance(resolver.last_error, DiscoveryError) and "no event" in str(resolver.last_error)
+    finally:
+        resolver.close()

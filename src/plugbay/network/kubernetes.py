@@ -271,9 +271,18 @@ class EndpointSliceResolver:
             try:
                 if self._rv is None:
                     self._relist()
-                self._watch_once()
-                failures = 0
-                continue
+                started = time.monotonic()
+                events = self._watch_once()
+                took = time.monotonic() - started
+                if self._stop.is_set():
+                    break
+                if events or took >= self.watch_timeout / 2:
+                    failures = 0
+                    continue
+                # ended long before its timeoutSeconds with nothing in it: re-watching at once would spin
+                self.last_error = DiscoveryError(
+                    f"the endpointslices watch for {self.target} ended after {took:.1f}s with no event, long"
+                    f" before its {self.watch_timeout}s; the API server (or a proxy in front of it) cuts it short")
             except _Gone:
                 self._rv = None
                 continue
@@ -301,20 +310,23 @@ class EndpointSliceResolver:
             _log.warning("%s: %s (retrying in %.1fs)", self.target, self.last_error, delay)
             self._stop.wait(delay)
 
-    def _watch_once(self) -> None:
+    def _watch_once(self) -> int:
+        """One watch, until its end; how many events it had (bookmarks too)."""
         from kubernetes import watch as watch_mod
 
         module: Any = watch_mod
         watch: Any = module.Watch()
         self._watch = watch
         if self._stop.is_set():
-            return
+            return 0
         stream = watch.stream(self._api.list_namespaced_endpoint_slice, self.namespace,
                               label_selector=f"{SERVICE_NAME_LABEL}={self.service}",
                               resource_version=self._rv, allow_watch_bookmarks=True,
                               timeout_seconds=self.watch_timeout,
                               _request_timeout=(10, self.watch_timeout + 30))
+        events = 0
         for event in stream:
+            events += 1
             if self._stop.is_set():
                 break
             kind, obj = event.get("type"), event.get("raw_object") or {}
@@ -334,6 +346,7 @@ class EndpointSliceResolver:
             self._report()
             if self._stop.is_set():  # the callback closed us: do not wait for another event
                 break
+        return events
 
     def _close_client(self) -> None:
         with self._lock:  # close() and a failing start() may both get here

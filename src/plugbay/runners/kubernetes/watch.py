@@ -81,14 +81,21 @@ class PodWatch:
         while not self.stop.is_set() and not self.gone:
             w = watch.Watch()
             self._watch = w
+            started, events = time.monotonic(), 0
             try:
                 for ev in w.stream(list_pods, self.namespace, deserialize=False,
                                    field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
                                    _request_timeout=request_timeout(self.api_timeout)):
+                    events += 1
                     self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
-                failures = 0
+                if events or time.monotonic() - started >= WATCH_SECONDS / 2:
+                    failures = 0
+                else:  # ended long before its timeoutSeconds with nothing in it: re-watching at once would spin
+                    failures += 1
+                    self.last_failure = (f"the watch ended after {time.monotonic() - started:.1f}s with no event,"
+                                         f" long before its {WATCH_SECONDS}s")
                 if not self.stop.is_set() and not self.gone:
                     pod = self._read_pod()
                     if pod is None or self.foreign(pod):
