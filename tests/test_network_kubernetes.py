@@ -300,6 +300,14 @@ def test_slice_contents_map_to_endpoints() -> None:
     assert endpoints_from_slices(slices, "dns") == [] and endpoints_from_slices(slices, 53) == []
 
 
+def test_a_slice_port_that_is_a_boolean_is_no_port() -> None:
+    """JSON true is a Python int (bool): it was read as port 1."""
+    slices = [{"addressType": "IPv4", "ports": [{"name": "grpc", "port": True, "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": True}}]}]
+    assert endpoints_from_slices(slices, "grpc") == []
+    assert endpoints_from_slices(slices, 1) == []
+
+
 def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn, kubeconfig: str,  # noqa: F811
                                                                 kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
     """charts/plugbay's network-mode Deployment and Service, applied as rendered: the target the chart

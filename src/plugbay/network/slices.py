@@ -36,7 +36,9 @@ def parse_port(port: int | str) -> int | str:
 
 def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | None:
     for p in ports:
-        if (p.get("protocol") or "TCP") != "TCP" or not isinstance(p.get("port"), int):
+        # JSON true is a Python int: a bool is no port (not port 1)
+        if (p.get("protocol") or "TCP") != "TCP" or isinstance(p.get("port"), bool) \
+                or not isinstance(p.get("port"), int):
             continue
         if (p.get("name") or "") == want if isinstance(want, str) else p["port"] == want:
             return int(p["port"]) if 0 < p["port"] < 65536 else None
