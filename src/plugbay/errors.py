@@ -55,9 +55,10 @@ class MalformedHandshakeError(HandshakeError):
 
     def __init__(self, line: str, reason: str) -> None:
         self.line = line
-        # a plugin may print megabytes on that line, and the reason may quote a field of it
+        # a plugin may print megabytes on that line, and the reason may quote a field of it; the
+        # reason keeps more, as it also carries long socket paths and what to do about them
         super().__init__(
-            f"malformed handshake line {_clip(repr(line))}: {_clip(reason)}. go-plugin expects "
+            f"malformed handshake line {_clip(repr(line))}: {_clip(reason, 800)}. go-plugin expects "
             "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
             " first stdout line; make sure the plugin prints nothing to stdout before serving."
         )
