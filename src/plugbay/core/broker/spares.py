@@ -266,6 +266,8 @@ class SpareServer:
 
     def _folder(self) -> str:
         with self._cond:
+            if self._closed:  # leave() has removed the folder or is removing it: none made after that
+                raise OSError(errno.ESHUTDOWN, "the spare servers' folder is gone: the last broker left")
             if self._dir is None:
                 self._dir = make_tempdir("plugbay-spares-")
             return self._dir
@@ -310,21 +312,27 @@ class SpareServer:
                 stop_served(mine[1][0])
             return
         with self._cond:
-            self._closed = True
+            self._closed = True  # from here _folder() makes no folder: the one read below is the last
             self._cond.notify()
             builder = self._builder
             spare, self._spare = self._spare, None
+            folder = self._dir
         if spare is not None:
             stop_served(spare[1][0])  # no calls ever ran on it: nothing to wait for
-        if self._dir is not None:  # before any wait: a process killed meanwhile leaves no folder
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if folder is not None:  # before any wait: a process killed meanwhile leaves no folder
+            shutil.rmtree(folder, ignore_errors=True)
         # the builder may be joining a stopped server's stuck workers (a reaped finish)
         if builder is not None:
             builder.join(_JOIN if wait else _EXIT_JOIN)
+        if folder is not None and os.path.lexists(folder):  # a spare being built bound a socket during rmtree
+            shutil.rmtree(folder, ignore_errors=True)
         with self._cond:
-            reaped, self._reaped = self._reaped, []
+            if wait or builder is None or not builder.is_alive():
+                reaped, self._reaped = self._reaped, []
+            else:  # the builder, still joining a stuck server's workers, runs these next, then ends
+                reaped = []
             pools, self._pools = self._pools, []
-        for finish in reaped if wait else ():  # their sockets were freed as they stopped (grace None)
+        for finish in reaped:
             _finish(finish)
         for pool in pools:
             pool.shutdown(wait=wait)
