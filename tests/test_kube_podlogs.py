@@ -9,8 +9,6 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,34 +18,12 @@ pytest.importorskip("kubernetes")
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.podlogs import log_lines, log_since, stamp_now, stamp_ns  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
+from tests.thread_util import until  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
 HANDSHAKE = "1|1|tcp|127.0.0.1:4000|grpc"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandIn]:
-    standin = StandIn(runtime="process").start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
-
-
-@pytest.fixture()
-def kubeconfig(server: StandIn, tmp_path: Path) -> Iterator[str]:
-    yield server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
-    server.allow_all()
-
-
-def _until(check: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.timeout(60)
@@ -64,14 +40,14 @@ def test_lines_printed_while_the_log_stream_was_down_are_not_lost(server: StandI
     out: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [out.put(line) for line in runner.stdout_lines()], daemon=True).start()
     try:
-        assert _until(lambda: "log line" in runner._logs.tail, 10)
+        assert until(lambda: "log line" in runner._logs.tail, 10)
         server.hold("get", "pods/log")  # the reopen is answered only once the handshake is in the log
         assert server.cut_logs() == 1
         assert server.holding.wait(10)
         flag.touch()
         box = server.store.box("default", runner.pod_name)
         assert box is not None
-        assert _until(lambda: HANDSHAKE.encode() in b"".join(box.logs(False, None)), 10)
+        assert until(lambda: HANDSHAKE.encode() in b"".join(box.logs(False, None)), 10)
         server.release()
         assert out.get(timeout=10) == HANDSHAKE
         assert list(runner._logs.tail) == ["log line"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,11 @@ pytest.importorskip("kubernetes")
 from plugbay.errors import RunnerError  # noqa: E402
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
+from tests.thread_util import until  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StandIn]:
-    standin = StandIn(runtime="process").start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
-
-
-@pytest.fixture()
-def kubeconfig(server: StandIn, tmp_path: Path) -> Iterator[str]:
-    yield server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
-    server.allow_all()
 
 
 class _QuickEvent(threading.Event):
@@ -53,15 +39,6 @@ def _runner(kubeconfig: str, program: str, **kwargs: object) -> KubernetesRunner
     return runner
 
 
-def _until(check: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.timeout(90)
 def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: StandIn, kubeconfig: str,
                                                                      tmp_path: Path) -> None:
@@ -73,7 +50,7 @@ def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: Sta
         watch = runner._podwatch
         watch.stop = _QuickEvent()
         server.fail("watch", "pods")
-        assert _until(lambda: watch.failures >= 40, 10), f"only {watch.failures} failed watches"
+        assert until(lambda: watch.failures >= 40, 10), f"only {watch.failures} failed watches"
         server.allow_all()
         flag.touch()
         assert runner.wait(15) == 0
@@ -86,7 +63,7 @@ def test_a_kill_during_an_outage_ends_the_watch_promptly(server: StandIn, kubeco
     runner = _runner(kubeconfig, "import time; time.sleep(60)", api_timeout=2)
     watch = runner._podwatch
     server.fail("watch", "pods")
-    assert _until(lambda: watch.failures >= 3, 20)
+    assert until(lambda: watch.failures >= 3, 20)
     started = time.monotonic()
     runner.kill(0)
     assert time.monotonic() - started < 10
@@ -105,13 +82,13 @@ def test_a_pod_that_took_the_plugin_pods_name_is_not_taken_for_it(server: StandI
     try:
         mine = runner._pod.uid
         server.fail("watch", "pods")
-        assert _until(lambda: runner._podwatch.failures >= 1, 10)
+        assert until(lambda: runner._podwatch.failures >= 1, 10)
         server.delete_pod("default", runner.pod_name, 0)
-        assert _until(lambda: server.store.get("default", runner.pod_name) is None, 10)
+        assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
         other = api.create_namespaced_pod("default", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
             "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": sleeper}]}})
-        assert _until(lambda: (server.store.get("default", runner.pod_name) or {}).get("status", {})
+        assert until(lambda: (server.store.get("default", runner.pod_name) or {}).get("status", {})
                       .get("podIP"), 10)
         server.allow_all()
         assert runner.wait(10) == -1  # the plugin's pod is gone

@@ -15,6 +15,16 @@ def plugbay_threads() -> list[str]:
     return [name for name in thread_names() if name.startswith("plugbay-")]
 
 
+def until(check: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
+    """Whether ``check()`` came true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return False
+
+
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

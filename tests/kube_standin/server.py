@@ -503,11 +503,7 @@ class StandIn:
         """Break every pod log stream being served, as a dropped connection would."""
         with self.lock:
             conns = list(self.log_conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut_down(conns)
         return len(conns)
 
     def expire_watches(self) -> int:
@@ -545,11 +541,7 @@ class StandIn:
         self._server.shutdown()
         with self.lock:
             conns = list(self.conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut_down(conns)
         for t in list(self.threads):
             t.join(timeout=15)
         if self._thread is not None:
@@ -579,3 +571,12 @@ def _server_context(certs: ClusterCerts, client_certs: bool) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cadata=certs.ca.cert.decode())
     return ctx
+
+
+def _shut_down(conns: list[socket.socket]) -> None:
+    """Break each connection (both ways), as a dropped network link would; one already gone is skipped."""
+    for conn in conns:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
