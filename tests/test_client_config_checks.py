@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -177,37 +176,6 @@ def test_a_socket_folder_too_long_is_a_config_error_before_the_plugin_starts(tmp
     assert says in str(err.value)
     assert client.runner.pid is None  # never launched
     assert not makeable or list(folder.iterdir()) == []
-
-
-@pytest.mark.parametrize("multiplex", [False, True])
-def test_the_longest_socket_folder_accepted_works_for_a_brokered_callback(multiplex: bool) -> None:
-    # the plugin's TMPDIR is its host's private folder: under one that passed the check, a multiplexed
-    # Python plugin failed to start (its multiplexer's socket) or its first brokered dial failed
-    import tempfile
-
-    sys.path.insert(0, str(REPO / "examples" / "counter"))
-    from counter_plugin_def import HANDSHAKE as COUNTER, PLUGIN_NAME as COUNTER_NAME, CounterPlugin
-
-    class Adder:
-        def sum(self, a: int, b: int) -> int:
-            return a + b
-
-    top = tempfile.mkdtemp(prefix="lf-", dir="/tmp")
-    try:
-        parent = os.path.join(top, "p" * (107 - 20 - len("/plugbay-12345678") - len(top) - 1))
-        os.mkdir(parent)
-        # the counter keeps its sums in files kv_<key> in its working folder
-        runner = ProcessRunner([sys.executable, str(REPO / "examples" / "counter" / "plugin.py")], cwd=top)
-        with Client(ClientConfig(handshake=COUNTER, plugins={COUNTER_NAME: CounterPlugin()}, runner=runner,
-                                 unix_socket_temp_dir=parent, multiplex_broker=multiplex)) as client:
-            assert client.handshake.address.startswith(parent + "/plugbay-")
-            counter = client.dispense(COUNTER_NAME)
-            counter.put("k", 3, Adder())
-            counter.put("k", 4, Adder())
-            assert counter.get("k") == 7
-        assert os.listdir(parent) == []
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_a_multiplexed_plugins_reattach_config_is_refused() -> None:

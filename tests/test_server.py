@@ -288,28 +288,20 @@ def test_unix_path_too_long(plugins: list[PluginProc]) -> None:
     assert "longer than the 107 bytes the OS allows" in err
 
 
-def test_a_temp_folder_too_long_for_the_private_sockets_gives_way_to_tmp(plugins: list[PluginProc]) -> None:
+def test_a_socket_folder_too_long_for_the_fronts_private_socket_is_a_clear_refusal(
+        plugins: list[PluginProc]) -> None:
     # the announced socket fits, the multiplexer's private .../plugbay-grpc-XXXXXXXX/grpc.sock did not:
-    # serve() died (grpcio's RuntimeError, later a ConfigError), and a host's multiplexed brokered dial
-    # under such a folder failed; the private folders now go to /tmp, which is short and writable here
-    def tmp_private() -> set[str]:
-        return {n for n in os.listdir("/tmp") if n.startswith(("plugbay-grpc-", "plugbay-broker-"))}
-
-    before = tmp_private()
+    # serve() died with grpcio's RuntimeError traceback
     with tempfile.TemporaryDirectory(prefix="ln-") as top:
         folder = os.path.join(top, "d" * (80 - len(top) - 1))
         os.mkdir(folder)
-        p = start(plugins, {"PLUGIN_MULTIPLEX_GRPC": "true", "PLUGIN_UNIX_SOCKET_DIR": folder, "TMPDIR": folder},
-                  script=KV_PLUGIN)
-        info = p.handshake()
-        assert info.multiplex and os.path.dirname(info.address) == folder
-        made = tmp_private() - before
-        assert len(made) == 1, made  # the multiplexer's private folder, in /tmp
-        p.proc.terminate()
-        code, err = p.finish()
-        assert code == 0, err
-        assert os.listdir(folder) == []
-    assert not made & tmp_private()
+        err = refused(plugins, {**COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_MULTIPLEX_GRPC": "true",
+                                "PLUGIN_UNIX_SOCKET_DIR": folder, "TMPDIR": folder}, script=KV_PLUGIN)
+        left = os.listdir(folder)
+    assert "Traceback" not in err, err
+    assert "longer than the 107 bytes the OS allows" in err
+    assert "set PLUGIN_UNIX_SOCKET_DIR (or TMPDIR) to a shorter directory" in err
+    assert left == []
 
 
 def test_multiplex_field_only_when_asked(plugins: list[PluginProc]) -> None:

@@ -265,32 +265,17 @@ def dial(network: str, address: str, timeout: float | None) -> socket.socket:
     return sock
 
 
-# A unix socket path holds at most 107 bytes; under a private folder root go the folder
-# ("/plugbay-broker-" and 8) and the longest socket name made in it ("/dial<id>-<8 hex>.sock")
-_SUN_PATH_MAX = 107
-_PRIVATE_ROOM = 56
-
-
 def private_folder_root(socket_dir: str | None) -> str | None:
     """Where to make a private socket folder: None (the temp dir) while there is a usable one; else
     the host's socket folder (PLUGIN_UNIX_SOCKET_DIR) when this side can write there, as in a
-    container whose temp dirs are read-only. (Reached over TCP, that folder may not exist.)
-
-    A temp dir too long for the sockets made under it (a host sets a plugin's TMPDIR to its own
-    private folder, itself in a long unix_socket_temp_dir) gives way to /tmp when that is writable:
-    the sockets there listened, where under the temp dir the plugin failed to start, or its first
-    multiplexed brokered dial failed."""
+    container whose temp dirs are read-only. (Reached over TCP, that folder may not exist.)"""
     import tempfile
 
     try:
-        temp = tempfile.gettempdir()
+        tempfile.gettempdir()
+        return None
     except FileNotFoundError:  # "No usable temporary directory found"
-        temp = None
-    if temp is not None:
-        if len(os.fsencode(temp)) + _PRIVATE_ROOM <= _SUN_PATH_MAX:
-            return None
-        short = "/tmp"
-        return short if os.path.isdir(short) and os.access(short, os.W_OK | os.X_OK) else None
+        pass
     if socket_dir and os.path.isdir(socket_dir) and os.access(socket_dir, os.W_OK | os.X_OK):
         return socket_dir
     return None
