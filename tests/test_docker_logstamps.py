@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from plugbay.runners.docker.logs import ContainerLogStream
-from plugbay.runners.docker.logstamps import EntryStamps, parse_stamp, split_entry
+from plugbay.runners.logstamps import EntryStamps, parse_stamp, split_entry
 
 T0 = 1796175945 * 10**9  # 2026-12-02T01:45:45Z
 
