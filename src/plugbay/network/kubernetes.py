@@ -31,7 +31,7 @@ from plugbay.errors import (
 )
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
 from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
-from plugbay.runners.kubernetes.api import api_host, api_message, close_client, load_api_client
+from plugbay.runners.kubernetes.api import api_host, api_message, close_client, load_api_client, watch_cut_short
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
@@ -276,10 +276,9 @@ class EndpointSliceResolver:
                 took = time.monotonic() - started
                 if self._stop.is_set():
                     break
-                if events or took >= self.watch_timeout / 2:
+                if not watch_cut_short(events, took, self.watch_timeout):
                     failures = 0
                     continue
-                # ended long before its timeoutSeconds with nothing in it: re-watching at once would spin
                 self.last_error = DiscoveryError(
                     f"the endpointslices watch for {self.target} ended after {took:.1f}s with no event, long"
                     f" before its {self.watch_timeout}s; the API server (or a proxy in front of it) cuts it short")

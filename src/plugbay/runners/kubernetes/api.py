@@ -288,3 +288,9 @@ def timeout_message(host: str, what: str, timeout: Any) -> str:
     return (f"the Kubernetes API at {host} did not answer {what}{within} (it took the connection, or not,"
             " but sent no answer in time). Check that the API server (and any proxy in front of it) is up"
             " and not overloaded, or raise the runner's api_timeout if it is only slow")
+
+
+def watch_cut_short(events: int, took: float, timeout: float) -> bool:
+    """Whether a watch ended with no event in under half its timeoutSeconds: the API server (or a
+    proxy in front of it) cuts watches short, so watching again at once would spin; count a failure."""
+    return not events and took < timeout / 2

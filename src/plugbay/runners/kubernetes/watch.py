@@ -27,7 +27,7 @@ from typing import Any
 
 from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import request_timeout, within_deadline
+from plugbay.runners.kubernetes.api import request_timeout, watch_cut_short, within_deadline
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -90,9 +90,9 @@ class PodWatch:
                     self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
-                if events or time.monotonic() - started >= WATCH_SECONDS / 2:
+                if not watch_cut_short(events, time.monotonic() - started, WATCH_SECONDS):
                     failures = 0
-                else:  # ended long before its timeoutSeconds with nothing in it: re-watching at once would spin
+                else:
                     failures += 1
                     self.last_failure = (f"the watch ended after {time.monotonic() - started:.1f}s with no event,"
                                          f" long before its {WATCH_SECONDS}s")
