@@ -40,7 +40,7 @@ from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.protocol.records import Frozen
 from plugbay.core.transport.sockets import private_folder_root
-from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.tempdirs import private_room
 from plugbay.errors import (
     BrokerClosedError,
     BrokerError,
@@ -133,6 +133,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
         self._opening: Opening | None = None  # a stream being opened on the shared loop
         self._private_dir: str | None = None
+        self._private_made = False  # the folder is the host's (private_room): its sockets go one by one
         self._early_knocks: dict[int, float] = {}  # knocked before accept_and_serve: when, oldest first
         self._late_acks: set[int] = set()  # acks not waited for: the dialer's stream proved them
         self._gave_up: set[int] = set()  # knocks whose dial timed out (knock.py _take_route)
@@ -277,7 +278,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._join_bridges()
         for t in list(self._threads) if wait else ():  # started under the lock, so all of them are started
             t.join(timeout=10)
-        if self._private_dir is not None:
+        if self._private_dir is not None and self._private_made:
             shutil.rmtree(self._private_dir, ignore_errors=True)
 
     @property
@@ -342,8 +343,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 # a dial or serve racing close() must not make a folder close() already missed
                 self._check_open()
                 # beside the sockets the host asked for (PLUGIN_UNIX_SOCKET_DIR): the temp dir may be read-only
-                self._private_dir = make_tempdir("plugbay-broker-",
-                                                     dir=private_folder_root(self.transport.socket_dir))
+                self._private_dir, self._private_made = private_room(
+                    "plugbay-broker-", private_folder_root(self.transport.socket_dir))
             return self._private_dir
 
     def _public_path(self) -> str:

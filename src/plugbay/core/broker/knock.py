@@ -192,7 +192,7 @@ class Multiplexed:
         from plugbay.core.transport.muxbridge import StreamBridge
         from plugbay.core.transport.secure import private_socket
 
-        path = private_socket(self._private_dir_path(), f"dial{id}")
+        path = private_socket(self._private_dir_path(), f"d{id}")
         with mux.dial_lock:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)

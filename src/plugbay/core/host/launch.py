@@ -42,7 +42,8 @@ _EXIT_LINGER = 1.0
 _TAKEN: weakref.WeakValueDictionary[int, Runner] = weakref.WeakValueDictionary()
 _TAKEN_LOCK = threading.Lock()
 # A unix socket path holds at most 107 bytes; the plugin names its socket in the private folder
-# (plugbay's "/plugin" and 8 characters, go-plugin's "/plugin" and up to 10 digits): leave it 20
+# (plugbay's "/plugin" and 8 characters, go-plugin's "/plugin" and up to 10 digits): leave it 20. A plugbay
+# plugin's private sockets go there too, with short names (tempdirs.private_room, secure.private_socket)
 _SOCKET_PATH_MAX = 107
 _SOCKET_NAME_ROOM = 20
 _FOLDER_NAME = len("/plugbay-12345678")  # what make_tempdir adds to the parent

@@ -49,7 +49,7 @@ from plugbay.core.transport.sockets import (
     unix_target,
     unlink_quietly,
 )
-from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.tempdirs import private_room
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
@@ -184,9 +184,14 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
             return result
         from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
 
-        private_dir = make_tempdir("plugbay-grpc-", dir=private_folder_root(folder))
-        result._names.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
-        target = ("unix", os.path.join(private_dir, "grpc.sock"))
+        private_dir, made = private_room("plugbay-grpc-", private_folder_root(folder))
+        tag = os.urandom(3).hex()  # the folder may be the host's (made False): names of this listener's own
+        grpc_path, relay_path = os.path.join(private_dir, f"grpc-{tag}"), os.path.join(private_dir, f"tls-{tag}")
+        if made:
+            result._names.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
+        else:
+            result._names.extend([lambda: unlink_quietly(grpc_path), lambda: unlink_quietly(relay_path)])
+        target = ("unix", grpc_path)
         _check_unix_path(target[1])  # longer than the announced one: grpcio's refusal is a bare RuntimeError
         if credentials is None:
             server.add_insecure_port(unix_target(target[1]))
@@ -196,7 +201,6 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         result.network, result.address = listener_address(sock)
         if mux is not None and relay_context is not None:
             # go-plugin runs TLS inside the multiplexed streams: mux -> relay -> gRPC.
-            relay_path = os.path.join(private_dir, "tls.sock")
             _check_unix_path(relay_path)
             relay_sock = open_listener("unix", relay_path)
             relay = TLSRelay(relay_sock, target, relay_context, mode="terminate")

@@ -12,6 +12,7 @@ channel options.
 
 from __future__ import annotations
 
+import itertools
 import os
 import ssl
 from collections.abc import Callable, Sequence
@@ -75,8 +76,13 @@ class MutualTLS(Frozen):
 
 
 def private_socket(folder: str, stem: str) -> str:
-    """A fresh socket path in a folder only this process uses."""
-    return os.path.join(folder, f"{stem}-{os.urandom(4).hex()}.sock")
+    """A fresh socket path in a folder only this process and its plugbay host (which names its sockets
+    ``plugin*``) use: a serial number (and 2 random bytes, for a forked copy of this process) instead of
+    a long random name, as the folder may be the host's, whose path left socket names 19 bytes."""
+    return os.path.join(folder, f"{stem}-{next(_serial):x}{os.urandom(2).hex()}")
+
+
+_serial = itertools.count(1)
 
 
 class Redial(Frozen):

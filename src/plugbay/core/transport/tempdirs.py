@@ -113,6 +113,27 @@ def make_tempdir(prefix: str, dir: str | None = None) -> str:
     return path
 
 
+def private_room(prefix: str, dir: str | None = None) -> tuple[str, bool]:
+    """A folder for sockets only this user may reach: ``(path, made)``; ``made``: the caller removes it.
+
+    The temp dir (or ``dir``) itself when it is proven such a folder, plugbay's: its name and marker are
+    plugbay's, it is a real folder this user owns, and no one else may enter it (mode 0700), as the
+    folder a plugbay host makes for each plugin it launches (and removes, with all in it, after the
+    plugin, even a killed one). A folder nested in it would cost a socket path 25 bytes the host's
+    length check left no room for. Else a new folder, made by make_tempdir.
+    """
+    root = os.path.abspath(dir) if dir is not None else tempfile.gettempdir()
+    try:
+        st = os.lstat(root)
+        marked = stat.S_ISREG(os.lstat(os.path.join(root, MARKER)).st_mode)
+    except OSError:
+        marked = False
+    if (marked and os.path.basename(root).startswith(PREFIX) and stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0):
+        return root, False
+    return make_tempdir(prefix, dir), True
+
+
 def _maker_gone(line: str) -> bool:
     """Whether the marker's process is proven gone (False: alive, or cannot tell)."""
     parts = line.split()
