@@ -224,6 +224,13 @@ class Runner(AttachedRunner):
     def start(self, spec: LaunchSpec) -> None:
         """Start the plugin; return once its output streams can be read."""
 
+    @property
+    def started(self) -> bool:
+        """Whether start() was called on this runner: a Client refuses such a runner before touching it,
+        as its failed start would end a plugin someone else runs. Default False: a runner that cannot
+        tell refuses a second start() itself, and the Client then stops it."""
+        return False
+
     @abstractmethod
     def stdout_lines(self) -> Iterator[str]:
         """The plugin's stdout, line by line, ending when the plugin ends or is killed."""

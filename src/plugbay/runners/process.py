@@ -153,6 +153,10 @@ class ProcessRunner(ProcessLines, Runner):
         for fd in verified.values():
             os.close(fd)
 
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
+
     def start(self, spec: LaunchSpec) -> None:
         verified: dict[int, int] = {}
         with self._lock:

@@ -79,10 +79,10 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
 
 def take_runner(runner: Runner, name: str) -> None:
     """Mark ``runner`` as this Client's, or raise RunnerError (touching nothing) when another Client took
-    it or it was started by hand (what plugbay's own runners show; others refuse in start())."""
+    it or it was started by hand (Runner.started)."""
     with _TAKEN_LOCK:
         taken = _TAKEN.get(id(runner)) is runner
-        started = isinstance(runner, ProcessRunner) and runner.pid is not None
+        started = runner.started
         if not taken and not started:
             _TAKEN[id(runner)] = runner
             return

@@ -165,6 +165,10 @@ class DockerRunner(ContainerTeardown, Runner):
 
     # --- start ----------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
     def start(self, spec: LaunchSpec) -> None:
         with self._lock:
             ended = "killed" if self._killed else "detached" if self._detached else ""

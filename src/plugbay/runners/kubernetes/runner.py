@@ -132,6 +132,10 @@ class KubernetesRunner(PodTeardown, Runner):
 
     # --- start ---------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return bool(self.pod_name)
+
     def start(self, spec: LaunchSpec) -> None:
         with self._lock:
             if self._killed or self._ended:

@@ -1,0 +1,56 @@
+"""A Docker or Kubernetes runner started by hand and then given to a Client is refused untouched.
+
+Only the process runner showed that it had been started: a Client took the others, their start()
+refused to run twice, and the Client's failed start then killed the plugin someone else ran.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from plugbay import Client, ClientConfig
+from plugbay.errors import RunnerError
+from plugbay.runners.base import LaunchSpec, Runner
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.kubernetes import KubernetesRunner
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: F401 - fixtures
+from tests.trap_kv_util import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+REFUSED = r"was already started \(one runner runs one plugin once, for one Client\), so this Client left it alone"
+
+
+def refused(runner: Runner) -> None:
+    assert runner.started
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner))
+    with pytest.raises(RunnerError, match=REFUSED):
+        client.start()
+    client.kill()  # nor does a kill() of the Client that never started it touch the runner
+    assert runner.wait(0.5) is None, "the Client ended the plugin it was refused"
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("plugbay_docker")
+def test_docker(plugbay_docker: Any) -> None:
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "60"])
+    assert not runner.started
+    runner.start(LaunchSpec(env={}))
+    try:
+        refused(runner)
+        assert plugbay_docker.api.inspect_container(runner.id)["State"]["Running"]
+    finally:
+        runner.kill(0)
+
+
+@pytest.mark.kubernetes
+def test_kubernetes(kubeconfig: str) -> None:
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, start_timeout=20,
+                              command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    assert not runner.started
+    runner.start(LaunchSpec(env={}))
+    try:
+        refused(runner)
+    finally:
+        runner.kill(0)
