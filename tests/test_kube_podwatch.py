@@ -59,6 +59,26 @@ def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: Sta
 
 
 @pytest.mark.timeout(60)
+def test_a_watch_forbidden_after_the_start_falls_back_to_reading_the_pod(server: StandIn, kubeconfig: str,
+                                                                         tmp_path: Path) -> None:
+    """A 403 ended the watch thread: wait() then returned at once (None, or -1 with no timeout), so an
+    exit watcher polling it spun and never saw the plugin end."""
+    flag = tmp_path / "exit-now"
+    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n")
+    try:
+        watch = runner._podwatch
+        server.deny("watch", "pods")  # RBAC changed under a running plugin
+        server.expire_watches()
+        assert until(lambda: watch.error is not None, 15), "the next watch met no 403"
+        assert runner.wait(0.3) is None
+        assert watch._thread is not None and watch._thread.is_alive() and not watch.watching()
+        flag.touch()
+        assert runner.wait(15) == 0
+    finally:
+        runner.kill(0)
+
+
+@pytest.mark.timeout(60)
 def test_a_kill_during_an_outage_ends_the_watch_promptly(server: StandIn, kubeconfig: str) -> None:
     runner = _runner(kubeconfig, "import time; time.sleep(60)", api_timeout=2)
     watch = runner._podwatch

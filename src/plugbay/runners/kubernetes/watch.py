@@ -6,7 +6,8 @@ so start, wait and kill wake the moment the pod changes instead of polling.
 Failed watches (connection blips, an API outage) are retried with a capped
 backoff for as long as the runner is not closed: a watch that gave up would
 never see the plugin's exit. A 403 is kept as a PermissionDeniedError for the
-starting thread to raise.
+starting thread to raise; the thread then reads the pod every POLL_SECONDS instead
+(RBAC changed under a running plugin: wait() must still see it end, not spin).
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
 a quiet pod costs one re-watch per period, not a cut stream. The client side
@@ -34,6 +35,7 @@ _log = logging.getLogger("plugbay.runners.kubernetes")
 WATCH_SECONDS = 10  # the server ends each watch after this long; the loop opens the next
 BACKOFF_STEP = 0.2  # the pause after n failed watches in a row: n steps, up to MAX_BACKOFF
 MAX_BACKOFF = 2.0
+POLL_SECONDS = 1.0  # after a 403 on the watch: how often the pod is read instead
 FAILURES_WARNED = 30  # failed watches in a row before a warning (the watch keeps retrying until closed)
 
 
@@ -53,6 +55,7 @@ class PodWatch:
         self.gone = False
         self.stop = threading.Event()
         self.error: BaseException | None = None  # why the watch ended for good (a 403)
+        self.polling = False  # since that 403: the pod is read every POLL_SECONDS
         self._watch: Any = None
         self.failures = 0  # failed watches in a row (timeouts, blips): nonzero, the watch tells nothing now
         self.last_failure = ""  # why the last watch failed, for a start timeout's message
@@ -105,6 +108,9 @@ class PodWatch:
                     self.error = PermissionDeniedError(denied_message("watch", "pods", self.namespace))
                     with self.cond:
                         self.cond.notify_all()
+                    _log.warning("watching pod %s is forbidden; reading it every %.0fs instead", self.id,
+                                 POLL_SECONDS)
+                    self._poll()
                     return
                 failures += 1
                 self.last_failure = f"{exc.status} {exc.reason}"
@@ -118,6 +124,24 @@ class PodWatch:
                              self.last_failure or "API error")
             if failures:
                 self.stop.wait(min(BACKOFF_STEP * failures, MAX_BACKOFF))
+
+    def _poll(self) -> None:
+        """Read the pod every POLL_SECONDS (backing off while reads fail) until it is gone or the runner closes."""
+        self.polling = True
+        failures = 0
+        while not self.stop.wait(min(POLL_SECONDS + BACKOFF_STEP * failures, MAX_BACKOFF)) and not self.gone:
+            try:
+                pod = self._read_pod()
+            except Exception as exc:  # a 403 on get too tells nothing now: retried until closed
+                failures += 1
+                self.last_failure = f"{type(exc).__name__}: {exc}"
+                _log.debug("reading pod %s: %s", self.id, exc)
+                continue
+            failures = 0
+            if pod is None or self.foreign(pod):
+                self.update(None, True)
+            else:
+                self.update(pod, False)
 
     def _bounded_list(self) -> Callable[..., Any]:
         """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch."""
@@ -169,7 +193,7 @@ class PodWatch:
     def watching(self) -> bool:
         """Whether the watch thread runs and its last watch worked (not closed, failing, or ended by a 403)."""
         return (self._thread is not None and self._thread.is_alive() and not self.stop.is_set()
-                and self.failures == 0)
+                and self.failures == 0 and not self.polling)
 
     def wait_gone(self, timeout: float) -> bool:
         with self.cond:
