@@ -17,6 +17,21 @@ def test_static_targets_list_their_endpoints_with_ipv6_in_brackets() -> None:
     assert [e.address for e in t.endpoints] == ["10.0.0.5:7001", "[fd00::6]:7002", "kv-a.internal:7003"]
     assert all(e.network == "tcp" for e in t.endpoints)
     assert len(parse_target("static:///10.0.0.5:7001,10.0.0.5:7001").endpoints) == 1  # duplicates merged
+    # one IPv6 address in two spellings is one endpoint, in the first spelling's place
+    t = parse_target("static:///[0::1]:7001,10.0.0.5:7001,[::1]:7001")
+    assert [e.address for e in t.endpoints] == ["[::1]:7001", "10.0.0.5:7001"]
+
+
+def test_a_static_list_longer_than_the_endpoint_cap_is_refused() -> None:
+    # each endpoint costs a channel and a health check per interval; DNS and EndpointSlices keep 256
+    from plugbay.network.resolver import MAX_ENDPOINTS
+
+    hosts = [f"127.0.{i // 250}.{i % 250 + 1}:7000" for i in range(MAX_ENDPOINTS + 1)]
+    assert len(parse_target("static:///" + ",".join(hosts[:-1])).endpoints) == MAX_ENDPOINTS
+    with pytest.raises(ConfigError, match=f"has {MAX_ENDPOINTS + 1} endpoints, over the {MAX_ENDPOINTS}"):
+        parse_target("static:///" + ",".join(hosts))
+    # repeats count once
+    assert len(parse_target("static:///" + ",".join(hosts[:-1] + hosts[:5])).endpoints) == MAX_ENDPOINTS
 
 
 def test_dns_srv_kubernetes_and_unix_targets() -> None:

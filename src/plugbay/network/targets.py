@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugbay.errors import ConfigError
-from plugbay.network.resolver import Endpoint, Resolver
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, Resolver
 
 SYNTAX = ("static:///HOST:PORT[,HOST:PORT...] (IPv6 as [ADDR]:PORT), dns:///NAME:PORT,"
           " dns+srv:///_SERVICE._PROTO.NAME, kubernetes:///NAMESPACE/SERVICE:PORT or unix:///PATH")
@@ -107,11 +107,17 @@ def parse_target(text: str) -> Target:
         parts = rest.split(",")
         if any(not p for p in parts):
             raise _bad(text, "the endpoint list", "has an empty entry (a stray comma?)")
-        eps = []
+        eps: dict[str, Endpoint] = {}
         for part in parts:
             host, port = split_host_port(text, part)
-            eps.append(Endpoint("tcp", join_host_port(host, port), name=part))
-        return Target(scheme, text, endpoints=tuple(dict.fromkeys(eps)))
+            if ":" in host:  # one spelling per IPv6 address: [0::1] and [::1] are one endpoint
+                host = str(ipaddress.IPv6Address(host))
+            ep = Endpoint("tcp", join_host_port(host, port), name=part)
+            eps.setdefault(ep.key, ep)
+        if len(eps) > MAX_ENDPOINTS:  # what the other resolvers keep: each costs a channel and health checks
+            raise _bad(text, "the endpoint list", f"has {len(eps)} endpoints, over the {MAX_ENDPOINTS} a target may"
+                       " have; split the replicas across hosts, or name them with a dns:/// or kubernetes:/// target")
+        return Target(scheme, text, endpoints=tuple(eps.values()))
     if scheme == "unix":
         path = "/" + rest
         if "\0" in path:
