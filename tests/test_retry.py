@@ -236,3 +236,19 @@ def test_a_future_goes_through_the_policy_as_a_blocking_call_does(client: Client
     plain = stub.Get.future(kv_pb2.GetRequest(key="k"))
     assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-call-")]
     assert plain.result(timeout=30).value == b"v"
+
+
+def test_a_tls_failure_is_not_retried() -> None:
+    # a RemoteTLSError carries UNAVAILABLE (the retryable code) but waiting cannot help: the certificate
+    # is refused each time; the policy retried it max_attempts times, with backoff between
+    from plugbay.network.poolcalls import RemoteTLSFailure
+
+    attempts: list[float | None] = []
+
+    def attempt(timeout: float | None) -> None:
+        attempts.append(timeout)
+        raise RemoteTLSFailure("the plugin refused this host's certificate", grpc.StatusCode.UNAVAILABLE, "tls")
+
+    with pytest.raises(RemoteTLSFailure):
+        RetryPolicy(max_attempts=4, initial_backoff=0.01, all_idempotent=True).run("/proto.KV/Get", attempt, 5.0)
+    assert len(attempts) == 1

@@ -32,7 +32,7 @@ import grpc
 
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem,
                                           status_codes_problem, status_of)
-from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError
+from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
@@ -130,6 +130,8 @@ class RetryPolicy:
             return False  # refused on a plugin already gone: a retry meets the same (a Supervisor resends it)
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
+        if isinstance(exc, RemoteTLSError):
+            return False  # a certificate the peer or this host refused: each retry meets the same (UNAVAILABLE too)
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
