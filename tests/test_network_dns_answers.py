@@ -131,6 +131,33 @@ def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[Z
     assert MAX_ENDPOINTS == 256  # the documented default (docs/network-host.md)
 
 
+def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tuple[Zone, str],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # a spoofed or careless answer must not aim health checks at the cloud's metadata service
+    # (link-local), nor at unspecified, multicast or broadcast addresses
+    from dnslib import AAAA
+
+    zone, server = dns
+    bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"]
+    zone.set(f"odd.{ZONE}", "A", [A(a) for a in [*bad, "127.0.0.9"]])
+    zone.set(f"odd.{ZONE}", "AAAA", [AAAA("fe80::1"), AAAA("::"), AAAA("ff02::1"), AAAA("::1")])
+    zone.set(f"_kv._tcp.odd.{ZONE}", "SRV", [SRV(0, 0, 7002, f"odd.{ZONE}")])
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, timeout=1.0)
+    seen: list[list[Endpoint]] = []
+    resolver.start(lambda eps: seen.append(list(eps)))
+    try:
+        assert [e.key for e in seen[0]] == ["tcp:127.0.0.9:7001", "tcp:[::1]:7001"]
+        resolver.refresh()
+        assert wait_until(lambda: resolver.lookups >= 2, 10)
+    finally:
+        resolver.close()
+    for a in [*bad, "fe80::1", "::", "ff02::1"]:
+        assert caplog.text.count(f"names {a}, which cannot be a replica") == 1, a  # once, not per lookup
+    srv = _keys(server, f"_kv._tcp.odd.{ZONE}".rstrip("."), srv=True)
+    assert srv == ["tcp:127.0.0.9:7002", "tcp:[::1]:7002"]
+
+
 class SlowZone(Zone):
     """Answers every query after ``delay`` seconds."""
 

@@ -280,8 +280,11 @@ def test_slice_contents_map_to_endpoints() -> None:
         {"addressType": "IPv4", "ports": ports, "endpoints": [
             ep("10.0.0.1", "a", ready=True), ep("10.0.0.2", "b"),  # absent ready means ready
             ep("10.0.0.3", "c", ready=False, serving=True, terminating=True), ep("10.0.0.4", "d", ready=False),
-            ep("not-an-ip", "e", ready=True), ep("fd00::1", "f", ready=True), {"addresses": []}]},
-        {"addressType": "IPv6", "ports": ports, "endpoints": [ep("fd00::1", "f", ready=True)]},
+            ep("not-an-ip", "e", ready=True), ep("fd00::1", "f", ready=True), {"addresses": []},
+            # no replica: the metadata service (link-local), unspecified, multicast, broadcast
+            ep("169.254.169.254", "m"), ep("0.0.0.0", "u"), ep("224.0.0.1", "x"), ep("255.255.255.255", "y")]},
+        {"addressType": "IPv6", "ports": ports, "endpoints": [ep("fd00::1", "f", ready=True), ep("fe80::1", "l"),
+                                                              ep("::", "v"), ep("ff02::1", "w")]},
         {"addressType": "FQDN", "ports": ports, "endpoints": [ep("kv-0.kv.plugins.svc", "g")]},
         # the same address in a second slice during a change: counted once, ready wins
         {"addressType": "IPv4", "ports": ports, "endpoints": [ep("10.0.0.4", "d", ready=True)]},

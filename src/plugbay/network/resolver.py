@@ -8,6 +8,7 @@ per endpoint. Resolvers never dial endpoints themselves.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,3 +51,15 @@ class Resolver(Protocol):
     def start(self, on_change: OnChange) -> None: ...
 
     def close(self) -> None: ...
+
+
+def discoverable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address a DNS answer or an EndpointSlice named may be a replica to dial.
+
+    Discovery answers are input from outside: an unspecified, multicast or broadcast address is no
+    replica, and a link-local one is where clouds serve instance metadata (169.254.169.254), which a
+    spoofed answer must not point this host's health checks at. A static:/// target is the user's own
+    word and is not checked.
+    """
+    return not (ip.is_unspecified or ip.is_multicast or ip.is_link_local
+                or ip == ipaddress.IPv4Address("255.255.255.255"))

@@ -26,7 +26,7 @@ import dns.exception
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, discoverable
 
 _log = logging.getLogger("plugbay.network")
 __all__ = ["MAX_ENDPOINTS", "DNSResolver", "parse_dns_server"]
@@ -95,6 +95,7 @@ class DNSResolver:
         self._last: list[Endpoint] | None = None
         self.max_endpoints = max_endpoints
         self._capped_at: tuple[int, ...] | None = None  # the answer size last warned about
+        self._skipped: set[str] = set()  # addresses a warning already named (no replica: see discoverable)
         self.lookups = 0
 
     def _server_text(self) -> str:
@@ -120,8 +121,9 @@ class DNSResolver:
                 continue
             for rr in answer:
                 host = rr.to_text()
-                addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-                out.append(Endpoint("tcp", addr, name=self.host))
+                if self._dialable(host):
+                    addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+                    out.append(Endpoint("tcp", addr, name=self.host))
         if failed and not out:
             raise DiscoveryError(
                 f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
@@ -196,18 +198,33 @@ class DNSResolver:
             found.update(dict.fromkeys(self._srv_target(target, port, failed)))
         return list(found), (len(ordered), 0)
 
+    def _dialable(self, host: str) -> bool:
+        try:
+            if discoverable(ipaddress.ip_address(host)):
+                return True
+        except ValueError:
+            pass
+        if host not in self._skipped and len(self._skipped) < self.max_endpoints:  # said once, not per refresh
+            self._skipped.add(host)
+            _log.warning("DNS answer for %r names %s, which cannot be a replica (unspecified, multicast,"
+                         " broadcast or link-local); skipping it", self.host, host)
+        return False
+
     def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:
         try:
             ipaddress.ip_address(target)
-            return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
-                             name=target)]
         except ValueError:
             pass
+        else:
+            return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
+                             name=target)] if self._dialable(target) else []
         found = []
         for kind in ("A", "AAAA"):
             for rr in self._ask(target, kind, failed):
                 host = rr.to_text()
-                found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", name=target))
+                if self._dialable(host):
+                    found.append(Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                                          name=target))
         # by address: a server that rotates a target's records (round-robin DNS) must not move
         # pick_first, or the capped set, at every refresh
         return sorted(set(found), key=lambda e: e.key)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError
-from plugbay.network.resolver import Endpoint
+from plugbay.network.resolver import Endpoint, discoverable
 
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
@@ -52,7 +52,7 @@ def _address(kind: str, host: str, port: int) -> str | None:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return None
-        if ip.version != (4 if kind == "IPv4" else 6):
+        if ip.version != (4 if kind == "IPv4" else 6) or not discoverable(ip):
             return None
         return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
     if kind == "FQDN" and _HOSTNAME.match(host):
