@@ -81,17 +81,17 @@ class ReadyGate:
         for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             self._wait_running(method, remaining, timeout)
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             generation = sup.channel_generation()
             client = sup.current_client
-            if client is not None and _gone(client) and sup.changed_since(generation, 5.0):
+            if client is not None and _gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
                 continue  # the plugin is already gone: this call waits for its successor
             try:
-                return attempt(remaining)
+                return attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
                 # Refused before anything was sent (the plugin's connection was already closed:
                 # ``sent`` False), so it is safe to send again once the plugin is back.
-                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(generation, 2.0):
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(
+                        generation, _within(deadline, 2.0)):
                     raise
         raise _restarting_on_every_try(sup, method)
 
@@ -112,19 +112,28 @@ class ReadyGate:
             if not await _polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
                     or sup.state == "stopped":
                 raise _not_running(sup, method, timeout or limit)
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             generation = sup.channel_generation()
             client = sup.current_client
             if client is not None and _gone(client) and await _polled(
-                    lambda: sup.changed_since(generation, 0.0), 5.0):
+                    lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
                 continue
             try:
-                return await attempt(remaining)
+                return await attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
                 if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await _polled(
-                        lambda: sup.changed_since(generation, 0.0), 2.0):
+                        lambda: sup.changed_since(generation, 0.0), _within(deadline, 2.0)):
                     raise
         raise _restarting_on_every_try(sup, method)
+
+
+def _within(deadline: float | None, most: float) -> float:
+    """How long to wait for a successor: ``most``, cut to what is left of the call's deadline."""
+    return most if deadline is None else min(most, max(deadline - time.monotonic(), 0.0))
+
+
+def _left(deadline: float | None) -> float | None:
+    """The attempt's timeout, read after any wait: what is left of the deadline (a sliver once past it)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
 
 async def _polled(check: Callable[[], bool], timeout: float) -> bool:
