@@ -40,6 +40,9 @@ def test_docker(plugbay_docker: Any) -> None:
     try:
         refused(runner)
         assert plugbay_docker.api.inspect_container(runner.id)["State"]["Running"]
+        runner.detach()  # leaves the container running, and the runner started (it dropped its engine client)
+        refused(runner)
+        assert plugbay_docker.api.inspect_container(runner.id)["State"]["Running"]
     finally:
         runner.kill(0)
 

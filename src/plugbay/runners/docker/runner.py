@@ -134,6 +134,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._killed = False
         self._attached = False
         self._detached = False  # detach() was called: start() refuses (kill() still removes the container)
+        self._began = False  # start() or attach() was called (never cleared: detach() drops the engine client)
         self._waiter: ExitWaiter | None = None
         self._verified_image = ""  # the image id check_secure_config() proved
         self._adopt: Any = None  # the container attach() proved, claimed once adopted() says the reattach held
@@ -167,12 +168,13 @@ class DockerRunner(ContainerTeardown, Runner):
 
     @property
     def started(self) -> bool:
-        return self._client is not None
+        return self._began
 
     def start(self, spec: LaunchSpec) -> None:
         with self._lock:
             ended = "killed" if self._killed else "detached" if self._detached else ""
-        if ended or self._client is not None:
+            began, self._began = self._began, True
+        if ended or began:
             raise reuse_refused(f"DockerRunner for {self.image!r}", ended or "already started", "container")
         self._client = engine()
         try:
@@ -359,7 +361,7 @@ class DockerRunner(ContainerTeardown, Runner):
         runner = cls(str(data.get("image") or "unknown"), transport=transport, container_port=port)
         runner._client = engine()
         runner._container_id = container_id
-        runner._attached = True
+        runner._attached = runner._began = True
         socket_dir = data.get("host_socket_dir")
         try:
             container = prove_container(runner._client, container_id, socket_dir)
