@@ -57,10 +57,10 @@ class Doubler:
         return 2 * (a + b)
 
 
-def config(folder: str, multiplex: bool, auto_mtls: bool) -> ClientConfig:
+def config(folder: str, multiplex: bool, auto_mtls: bool, **kw: object) -> ClientConfig:
     return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
                         cmd=[sys.executable, str(EXAMPLE / "plugin.py")], auto_mtls=auto_mtls,
-                        multiplex_broker=multiplex, unix_socket_temp_dir=folder)
+                        multiplex_broker=multiplex, unix_socket_temp_dir=folder, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("multiplex", [False, True], ids=["per-connection", "multiplexed"])
@@ -79,7 +79,7 @@ def test_brokered_calls_work_under_the_longest_accepted_folder(in_tmp: Path, sho
         # the plugin's sockets are in the host's folder, and a brokered call's go with it (a
         # multiplexed dial's when its accept loop sees the channel closed): the marker, the plugin's
         # socket and its multiplexer's inner gRPC socket stay (a Python host's TLS needs no relay)
-        stays = {".plugbay-owner": 1, "plugin": 1, "grpc-": 1 if multiplex else 0}
+        stays = {".plugbay-owner": 1, "plugin": 1, "grpc": 1 if multiplex else 0}
 
         def kinds() -> dict[str, int]:
             names = os.listdir(os.path.join(folder, private))
@@ -120,3 +120,87 @@ def test_only_a_proven_private_plugbay_folder_takes_sockets_as_it_is(short_top: 
     else:
         assert made and os.path.dirname(path) == root and os.path.basename(path).startswith("plugbay-grpc-")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+# shared with a group (0770), the host's folder also holds the plugin's own 0700 folder: 24 bytes less
+LONGEST_SHARED = LONGEST - len("/plugbay-broker-12345678")
+
+
+def test_a_folder_shared_with_a_group_leaves_room_for_the_plugins_own_folder(in_tmp: Path, short_top: str) -> None:
+    folder = folder_of(short_top, LONGEST_SHARED)
+    helper = Doubler()
+    with Client(config(folder, True, True, unix_socket_group=os.getgid())) as client:
+        client.dispense(PLUGIN_NAME).put("k", 1, helper)
+        assert helper.calls == [(0, 1)]
+    longer = folder_of(short_top, LONGEST_SHARED + 1)
+    client = Client(config(longer, True, True, unix_socket_group=os.getgid()))
+    with pytest.raises(ConfigError, match=f"at most {LONGEST_SHARED} bytes .shared with unix_socket_group"):
+        client.start()
+    assert client.runner.pid is None and os.listdir(longer) == []
+
+
+def test_private_socket_names_are_short_and_differ_between_processes(short_top: str) -> None:
+    # a fork continues the parent's serial numbers; a bind on a live socket's path takes it over silently
+    import itertools
+
+    from plugbay.core.transport import tempdirs
+
+    parent = tempdirs.private_socket(short_top, "mux")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same serial as the parent's next name
+        try:
+            os.write(write, tempdirs.private_socket(short_top, "mux").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            child = pipe.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+    ours = tempdirs.private_socket(short_top, "mux")
+    assert len({parent, child, ours}) == 3
+    assert os.path.basename(parent).startswith(f"mux{os.getpid():x}-")
+    # the longest stem, late in a long life, still fits the 19 bytes a folder leaves (pids have 6 hex digits)
+    saved = tempdirs._serial
+    tempdirs._serial = itertools.count(2 ** 28 - 1)
+    try:
+        name = os.path.basename(tempdirs.private_socket(short_top, "spare"))
+    finally:
+        tempdirs._serial = saved
+    assert len(name) - len(f"{os.getpid():x}") + 6 <= 19, name
+
+
+SPARES = r"""
+import os, sys, time
+from plugbay.core.broker.channels import stop_served
+from plugbay.core.broker.spares import ServerSource
+folder = os.environ["TMPDIR"]
+source = ServerSource(None, lambda: folder, lambda: os.path.join(folder, "plugin" + os.urandom(5).hex()))
+ready = []
+for _ in range(3):
+    served, path = source.get()
+    source.refill()
+    deadline = time.monotonic() + 10
+    while source._spare._spare is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ready.append(source._spare._spare is not None)
+    stop_served(served)
+source.close()
+print(ready, sorted(os.listdir(folder)))
+"""
+
+
+def test_spare_brokered_servers_are_built_under_the_longest_accepted_folder(short_top: str) -> None:
+    # a plugin's spares nested "plugbay-spares-XXXXXXXX" in $TMPDIR, the host's folder: 24 bytes too deep,
+    # so every spare failed to build (said only at debug level) and each callback started a server anew
+    import subprocess
+
+    from plugbay.core.transport.tempdirs import make_tempdir
+
+    host_folder = make_tempdir("plugbay-", dir=folder_of(short_top, LONGEST))
+    done = subprocess.run([sys.executable, "-c", SPARES], env={**os.environ, "TMPDIR": host_folder},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[True, True, True] ['.plugbay-owner']", done.stdout

@@ -190,9 +190,9 @@ class Multiplexed:
         mux = self._mux()
         # imported here: the first multiplexed dial loads it
         from plugbay.core.transport.muxbridge import StreamBridge
-        from plugbay.core.transport.secure import private_socket
+        from plugbay.core.transport.tempdirs import private_socket
 
-        path = private_socket(self._private_dir_path(), f"d{id}")
+        path = private_socket(self._private_dir_path(), "d")
         with mux.dial_lock:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)

@@ -31,14 +31,9 @@ import grpc
 
 from plugbay.core.broker.channels import Served, share_socket, stop_served
 from plugbay.core.broker.lanes import Lane, new_pool
-from plugbay.core.transport.secure import (
-    CHANNEL_OPTIONS,
-    MutualTLS,
-    private_socket,
-    serve_unix,
-)
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, serve_unix
 from plugbay.core.transport.sockets import unlink_quietly
-from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.tempdirs import private_room, private_socket
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import PlugbayError
 
@@ -190,6 +185,7 @@ class SpareServer:
         self._closed = False
         self._users = 0
         self._dir: str | None = None
+        self._made = True  # False: the folder is the host's (private_room); the spares' sockets go one by one
         self._pools: list[DaemonPool] = []  # stopped servers' idle worker pools
 
     def take(self, key: MutualTLS | None) -> Built | None:
@@ -269,7 +265,7 @@ class SpareServer:
             if self._closed:  # leave() has removed the folder or is removing it: none made after that
                 raise OSError(errno.ESHUTDOWN, "the spare servers' folder is gone: the last broker left")
             if self._dir is None:
-                self._dir = make_tempdir("plugbay-spares-")
+                self._dir, self._made = private_room("plugbay-spares-")
             return self._dir
 
     def _build_one(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
@@ -316,7 +312,7 @@ class SpareServer:
             self._cond.notify()
             builder = self._builder
             spare, self._spare = self._spare, None
-            folder = self._dir
+            folder = self._dir if self._made else None
         if spare is not None:
             stop_served(spare[1][0])  # no calls ever ran on it: nothing to wait for
         if folder is not None:  # before any wait: a process killed meanwhile leaves no folder

@@ -43,9 +43,12 @@ _TAKEN: weakref.WeakValueDictionary[int, Runner] = weakref.WeakValueDictionary()
 _TAKEN_LOCK = threading.Lock()
 # A unix socket path holds at most 107 bytes; the plugin names its socket in the private folder
 # (plugbay's "/plugin" and 8 characters, go-plugin's "/plugin" and up to 10 digits): leave it 20. A plugbay
-# plugin's private sockets go there too, with short names (tempdirs.private_room, secure.private_socket)
+# plugin's private sockets go there too, with short names (tempdirs.private_room, private_socket)
 _SOCKET_PATH_MAX = 107
 _SOCKET_NAME_ROOM = 20
+# Shared with a group (0770), the folder is not private enough for those: a plugbay plugin nests its own
+# 0700 folder there ("/plugbay-broker-XXXXXXXX", the longest name it makes) and names its sockets in that
+_SHARED_ROOM = len("/plugbay-broker-12345678") + _SOCKET_NAME_ROOM
 _FOLDER_NAME = len("/plugbay-12345678")  # what make_tempdir adds to the parent
 
 
@@ -101,14 +104,17 @@ def private_folder(parent: str | None, group: str | int | None, plugin_sockets: 
         raise ConfigError(f"cannot make the plugin's private folder in {where!r} ({exc.strerror or exc}); set"
                           " unix_socket_temp_dir (or TMPDIR) to a short folder this process may write") from exc
     try:
-        needs = len(os.fsencode(path)) + _SOCKET_NAME_ROOM
+        room = _SOCKET_NAME_ROOM if group is None else _SHARED_ROOM
+        needs = len(os.fsencode(path)) + room
         if plugin_sockets and needs > _SOCKET_PATH_MAX:
             # the plugin would fail to listen only once launched, with an error about its own variables
-            longest = _SOCKET_PATH_MAX - _SOCKET_NAME_ROOM - _FOLDER_NAME
+            longest = _SOCKET_PATH_MAX - room - _FOLDER_NAME
             raise ConfigError(f"the plugin's socket in its private folder in {os.path.dirname(path)!r} would be"
                               f" about {needs} bytes long, over the {_SOCKET_PATH_MAX} bytes"
                               " a unix socket path may have; set ClientConfig.unix_socket_temp_dir (or TMPDIR)"
-                              f" to a folder whose path has at most {longest} bytes")
+                              f" to a folder whose path has at most {longest} bytes"
+                              + (" (shared with unix_socket_group, it holds the plugin's own private folder too)"
+                                 if group is not None else ""))
         if group is not None:
             share_with_group(path, group)
     except BaseException:

@@ -49,7 +49,7 @@ from plugbay.core.transport.sockets import (
     unix_target,
     unlink_quietly,
 )
-from plugbay.core.transport.tempdirs import private_room
+from plugbay.core.transport.tempdirs import private_room, private_socket
 
 ENV_LISTEN = "PLUGBAY_LISTEN"
 
@@ -185,8 +185,7 @@ def listen(server: grpc.Server, endpoint: Endpoint, *, credentials: grpc.ServerC
         from plugbay.core.transport.relay import TLSRelay  # a front is rare: load it only then
 
         private_dir, made = private_room("plugbay-grpc-", private_folder_root(folder))
-        tag = os.urandom(3).hex()  # the folder may be the host's (made False): names of this listener's own
-        grpc_path, relay_path = os.path.join(private_dir, f"grpc-{tag}"), os.path.join(private_dir, f"tls-{tag}")
+        grpc_path, relay_path = private_socket(private_dir, "grpc"), private_socket(private_dir, "tls")
         if made:
             result._names.append(lambda: shutil.rmtree(private_dir, ignore_errors=True))
         else:

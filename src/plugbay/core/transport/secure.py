@@ -12,7 +12,6 @@ channel options.
 
 from __future__ import annotations
 
-import itertools
 import os
 import ssl
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import grpc
 from plugbay.core.protocol.records import Frozen, Record
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
 from plugbay.core.transport.sockets import open_listener, unix_target, unlink_quietly
+from plugbay.core.transport.tempdirs import private_socket
 from plugbay.errors import BrokerError, ConfigError
 
 # go-plugin lifts gRPC's message size limits to math.MaxInt32 on both sides.
@@ -75,14 +75,6 @@ class MutualTLS(Frozen):
         return server_context(self.own, self.peer_pem, ctx)
 
 
-def private_socket(folder: str, stem: str) -> str:
-    """A fresh socket path in a folder only this process and its plugbay host (which names its sockets
-    ``plugin*``) use: a serial number (and 2 random bytes, for a forked copy of this process) instead of
-    a long random name, as the folder may be the host's, whose path left socket names 19 bytes."""
-    return os.path.join(folder, f"{stem}-{next(_serial):x}{os.urandom(2).hex()}")
-
-
-_serial = itertools.count(1)
 
 
 class Redial(Frozen):

@@ -12,6 +12,7 @@ plugin a crashed host left running, waiting to be reattached, keeps its folder).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -132,6 +133,20 @@ def private_room(prefix: str, dir: str | None = None) -> tuple[str, bool]:
             and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0):
         return root, False
     return make_tempdir(prefix, dir), True
+
+
+def private_socket(folder: str, stem: str) -> str:
+    """A fresh socket path in a private folder (``private_room``): this process's pid and a serial number.
+
+    Unique among every process that may share the folder (the host names its own ``plugin*``; a fork
+    or a child that inherited $TMPDIR has its own pid), where a bind on a live socket's path would take
+    it over without an error; and short: the folder may be the host's, whose path left names 19 bytes
+    (up to 2**28 sockets a process, with a 6-hex-digit pid).
+    """
+    return os.path.join(folder, f"{stem}{os.getpid():x}-{next(_serial):x}")
+
+
+_serial = itertools.count(1)
 
 
 def _maker_gone(line: str) -> bool:
