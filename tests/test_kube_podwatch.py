@@ -59,10 +59,16 @@ def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: Sta
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("restored", [False, True], ids=["still-forbidden", "rbac-restored"])
 def test_a_watch_forbidden_after_the_start_falls_back_to_reading_the_pod(server: StandIn, kubeconfig: str,
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, restored: bool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A 403 ended the watch thread: wait() then returned at once (None, or -1 with no timeout), so an
-    exit watcher polling it spun and never saw the plugin end."""
+    exit watcher polling it spun and never saw the plugin end. Reads replace the watch, which is tried
+    again later (here after 1 s, not 60)."""
+    from plugbay.runners.kubernetes import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "WATCH_AGAIN_AFTER", 1.0)
     flag = tmp_path / "exit-now"
     runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n")
     try:
@@ -72,6 +78,9 @@ def test_a_watch_forbidden_after_the_start_falls_back_to_reading_the_pod(server:
         assert until(lambda: watch.error is not None, 15), "the next watch met no 403"
         assert runner.wait(0.3) is None
         assert watch._thread is not None and watch._thread.is_alive() and not watch.watching()
+        if restored:
+            server.allow_all()
+            assert until(watch.watching, 15), "the watch was not tried again"
         flag.touch()
         assert runner.wait(15) == 0
     finally:

@@ -7,7 +7,8 @@ Failed watches (connection blips, an API outage) are retried with a capped
 backoff for as long as the runner is not closed: a watch that gave up would
 never see the plugin's exit. A 403 is kept as a PermissionDeniedError for the
 starting thread to raise; the thread then reads the pod every POLL_SECONDS instead
-(RBAC changed under a running plugin: wait() must still see it end, not spin).
+(RBAC changed under a running plugin: wait() must still see it end, not spin), and
+tries a watch again after WATCH_AGAIN_AFTER seconds (RBAC may be restored).
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
 a quiet pod costs one re-watch per period, not a cut stream. The client side
@@ -36,6 +37,7 @@ WATCH_SECONDS = 10  # the server ends each watch after this long; the loop opens
 BACKOFF_STEP = 0.2  # the pause after n failed watches in a row: n steps, up to MAX_BACKOFF
 MAX_BACKOFF = 2.0
 POLL_SECONDS = 1.0  # after a 403 on the watch: how often the pod is read instead
+WATCH_AGAIN_AFTER = 60.0  # and how long before the next try at a watch
 FAILURES_WARNED = 30  # failed watches in a row before a warning (the watch keeps retrying until closed)
 
 
@@ -90,11 +92,13 @@ class PodWatch:
                                    field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
                                    _request_timeout=request_timeout(self.api_timeout)):
                     events += 1
+                    self.polling = False
                     self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
                 if not watch_cut_short(events, time.monotonic() - started, WATCH_SECONDS):
                     failures = 0
+                    self.polling = False
                 else:
                     failures += 1
                     self.last_failure = (f"the watch ended after {time.monotonic() - started:.1f}s with no event,"
@@ -105,13 +109,14 @@ class PodWatch:
                         self.update(None, True)
             except ApiException as exc:
                 if exc.status == 403:
+                    if self.error is None:
+                        _log.warning("watching pod %s is forbidden; reading it every %.0fs instead", self.id,
+                                     POLL_SECONDS)
                     self.error = PermissionDeniedError(denied_message("watch", "pods", self.namespace))
                     with self.cond:
                         self.cond.notify_all()
-                    _log.warning("watching pod %s is forbidden; reading it every %.0fs instead", self.id,
-                                 POLL_SECONDS)
-                    self._poll()
-                    return
+                    self._poll(time.monotonic() + WATCH_AGAIN_AFTER)
+                    continue
                 failures += 1
                 self.last_failure = f"{exc.status} {exc.reason}"
             except Exception as exc:  # connection blips and outages: retried until the runner is closed
@@ -125,8 +130,9 @@ class PodWatch:
             if failures:
                 self.stop.wait(min(BACKOFF_STEP * failures, MAX_BACKOFF))
 
-    def _poll(self) -> None:
-        """Read the pod every POLL_SECONDS (backing off while reads fail) until it is gone or the runner closes."""
+    def _poll(self, until: float) -> None:
+        """Read the pod every POLL_SECONDS (backing off while reads fail) until it is gone, the runner
+        closes, or ``until`` (time.monotonic()) passed, after a read at least."""
         self.polling = True
         failures = 0
         while not self.stop.wait(min(POLL_SECONDS + BACKOFF_STEP * failures, MAX_BACKOFF)) and not self.gone:
@@ -136,12 +142,14 @@ class PodWatch:
                 failures += 1
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("reading pod %s: %s", self.id, exc)
-                continue
-            failures = 0
-            if pod is None or self.foreign(pod):
-                self.update(None, True)
             else:
-                self.update(pod, False)
+                failures = 0
+                if pod is None or self.foreign(pod):
+                    self.update(None, True)
+                else:
+                    self.update(pod, False)
+            if time.monotonic() >= until:
+                return
 
     def _bounded_list(self) -> Callable[..., Any]:
         """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch."""
