@@ -1,5 +1,6 @@
 """A Kubernetes API stand-in for tests: really runs each pod's container (see server.py)."""
 
-from .server import TOKEN, StandIn
+from .apiserver import TOKEN
+from .server import StandIn
 
 __all__ = ["StandIn", "TOKEN"]

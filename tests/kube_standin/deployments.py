@@ -18,7 +18,8 @@ import threading
 import uuid
 from typing import Any
 
-from .pods import PodStore, now, selector_matches
+from .apimachinery import selector_matches
+from .pods import PodStore, now
 
 ROUTES = [
     (re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)/scale$"), "scale"),

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .apimachinery import fields_match, parse_cpu, parse_quantity, selector_matches
 from .runtime import Box, BoxState, ContainerConfigError, ContainerRequest, ImageMissing
 
 NODE_NAME = "standin-node"
@@ -27,64 +28,9 @@ NODE_LABELS = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 # address), the way a pod with hostPort is reached on its node's IP.
 POD_IP = "127.0.0.1"
 
-_UNITS = {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3}
-
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def parse_quantity(value: Any) -> int:
-    text = str(value)
-    for unit, mult in _UNITS.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * mult)
-    return int(float(text))
-
-
-def parse_cpu(value: Any) -> int:
-    text = str(value)
-    if text.endswith("m"):
-        return int(float(text[:-1]) * 1_000_000)
-    return int(float(text) * 1_000_000_000)
-
-
-def selector_matches(selector: str, labels: dict[str, str]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def field_value(obj: dict[str, Any], path: str) -> str:
-    cur: Any = obj
-    for part in path.split("."):
-        cur = cur.get(part) if isinstance(cur, dict) else None
-    return "" if cur is None else str(cur)
-
-
-def fields_match(selector: str, obj: dict[str, Any]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if field_value(obj, key) == value:
-                return False
-        else:
-            key, value = term.replace("==", "=").split("=", 1)
-            if field_value(obj, key) != value:
-                return False
-    return True
 
 
 class Pod:

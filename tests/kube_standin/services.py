@@ -23,7 +23,8 @@ import uuid
 from collections import deque
 from typing import Any
 
-from .pods import NODE_NAME, POD_IP, PodStore, Watcher, now, selector_matches
+from .apimachinery import selector_matches
+from .pods import NODE_NAME, POD_IP, PodStore, Watcher, now
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY = {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
