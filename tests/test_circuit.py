@@ -351,3 +351,34 @@ def test_a_cancelled_future_frees_the_probe_slot_it_held(tmp_path: Path) -> None
             probe.result(timeout=1)
         assert wait_until(b.allow, 10), "the cancelled probe kept the slot"
         assert b.state == HALF_OPEN  # an interrupted probe decides nothing
+
+
+def test_a_probe_that_never_returns_frees_its_slot_after_open_for() -> None:
+    # with no deadline, a hung probe held the only slot for good: every other call was refused
+    # ("a probe call is already in flight") and the circuit stayed half-open
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, window=60, open_for=5, clock=clock)
+
+    async def main() -> None:
+        held = Held()
+        hung = await start_then_trip(b, clock, held.attempt("hung", fail=True))  # let through while closed
+        probe = asyncio.ensure_future(b.run_async("/m", held.attempt("probe", fail=True), None))
+        await asyncio.sleep(0)
+        assert b.state == HALF_OPEN
+        clock.now += 4.9
+        with pytest.raises(CircuitOpen, match=r"already in flight; retry when it completes \(at the latest in 0.1s\)"):
+            await asyncio.wait_for(b.run_async("/m", held.attempt("refused"), None), 5)
+        clock.now += 0.2
+        nxt = asyncio.ensure_future(b.run_async("/m", held.attempt("next"), None))
+        await asyncio.sleep(0)
+        assert held.started[-1] == "next"  # let through as the new probe
+        held.release("probe")  # the stale probe's failure is older news: it does not reopen the circuit
+        await asyncio.gather(probe, return_exceptions=True)
+        assert b.state == HALF_OPEN
+        held.release("next")
+        assert await asyncio.wait_for(nxt, 10) == "next"
+        assert b.state == CLOSED
+        held.release("hung")
+        await asyncio.gather(hung, return_exceptions=True)
+
+    asyncio.run(main())

@@ -6,7 +6,10 @@ closed     calls pass; failures (gRPC codes in ``failure_codes``, timeouts, a de
 open       calls fail at once with :class:`CircuitOpen` (a CircuitOpenError) for
            ``open_for`` seconds.
 half_open  exactly one probe call passes; its success closes the circuit, its
-           failure opens it again. Other calls meanwhile fail fast.
+           failure opens it again. Other calls meanwhile fail fast. A probe still
+           in flight after ``open_for`` (a call with no deadline that hangs) no
+           longer holds the slot: the next call is a probe, and the stale one's
+           outcome is ignored.
 
 Application errors (NOT_FOUND, INVALID_ARGUMENT ...) prove the plugin answers,
 so they count as successes. plugbay errors without a gRPC status (a Supervisor that
@@ -98,6 +101,7 @@ class CircuitBreaker:
         self._failures: collections.deque[float] = collections.deque()
         self._opened_at = 0.0
         self._probe: object | None = None  # the ticket of the half-open circuit's one probe in flight
+        self._probe_at = 0.0  # when it was let through
         self._last_failure = ""
         self._pending: list[tuple[str, str, str]] = []
         self.opened_count = 0  # how often it opened (metrics)
@@ -120,6 +124,10 @@ class CircuitBreaker:
         if self._state == OPEN and self._clock() - self._opened_at >= self.open_for:
             self._move(HALF_OPEN, "open interval over; the next call is a probe")
         return self._state
+
+    def _probe_left(self) -> float:
+        """Seconds until the probe in flight stops holding the half-open slot (with the lock held)."""
+        return self.open_for - (self._clock() - self._probe_at)
 
     def _move(self, new: str, reason: str) -> None:
         # called with the lock held; callbacks run outside it (see _notify)
@@ -159,8 +167,9 @@ class CircuitBreaker:
             state = self._current()
             if state == CLOSED:
                 ticket = _CALL
-            elif state == HALF_OPEN and self._probe is None:
+            elif state == HALF_OPEN and (self._probe is None or self._probe_left() <= 0):
                 ticket = self._probe = object()
+                self._probe_at = self._clock()
             if ticket is None:
                 self.rejected_count += 1
         self._notify()
@@ -237,12 +246,13 @@ class CircuitBreaker:
     def open_error(self) -> CircuitOpen:
         with self._lock:
             state = self._current()
-            retry_in = max(0.0, self.open_for - (self._clock() - self._opened_at))
+            left = self._probe_left() if state == HALF_OPEN else self.open_for - (self._clock() - self._opened_at)
+            retry_in = max(0.0, left)
             last = self._last_failure or "unknown"
         self._notify()
         at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_in)
-        when = ("a probe call is already in flight; retry when it completes" if state == HALF_OPEN
-                else f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)")
+        when = (f"a probe call is already in flight; retry when it completes (at the latest in {retry_in:.1f}s)"
+                if state == HALF_OPEN else f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)")
         return CircuitOpen(
             f"circuit of plugin {self.name!r} is open, so the call was not sent: {when}. Last"
             f" failure: {last}. Check that the plugin is running and reachable (its logs, its"
