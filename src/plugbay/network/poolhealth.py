@@ -52,6 +52,7 @@ class PoolHealth:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
+            drained: list[Member] = []
             with self._cond:
                 members = list(self._members.values())
                 for member in members:
@@ -61,7 +62,9 @@ class PoolHealth:
                 for member in list(self._draining):
                     if member.inflight <= 0 or now - (member.draining_since or now) >= self.drain_timeout:
                         self._draining.remove(member)
-                        member.channel.close()
+                        drained.append(member)
+            for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
+                member.channel.close()  # and an AsyncRemoteClient picks under that lock on its event loop
             for member in members:
                 self._check(member)
             self._log_if_changed()
