@@ -403,7 +403,8 @@ def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
 def test_an_existing_reattach_out_file_is_replaced_by_a_private_one(tmp_path: Path) -> None:
     # it holds the AutoMTLS key: an existing 0644 file kept its mode, and showed the key to everyone
     existing = tmp_path / "reattach.json"
-    existing.write_text("an older run's")
+    existing.write_text(json.dumps({"handshake": {"network": "unix"}, "runner": {"kind": "ProcessRunner"},
+                                    "name": "an older run's"}) + "\n")  # (running() waits for a final "}")
     existing.chmod(0o644)
     with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--automtls"], tmp_path) as run:
         assert "PRIVATE KEY" in run.reattach.read_text()

@@ -18,7 +18,9 @@ Errors print one line saying what to do; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -60,6 +62,14 @@ def _build() -> click.Group:
     return cli
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, CI, ``timeout``), raised where the command is so its cleanups run, as Ctrl-C's do."""
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script ``plugbay`` (and ``python -m plugbay``): returns the exit code."""
     if click is None:
@@ -72,19 +82,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from plugbay.cli.tools import run_gateway
 
         return run_gateway(args[first + 1:])  # verbatim, `--` included
+    # without it SIGTERM ended info/call/health/diagnose with no cleanup: their temp folder and claim stayed
+    old = signal.signal(signal.SIGTERM, _on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run(args)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _run(args: list[str]) -> int:
     try:
         result = _build().main(args=args, prog_name="plugbay", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt
+        if isinstance(exc.__cause__, Terminated):
+            output.error("terminated")
+            return 143
         output.error("aborted")
         return 130
     except click.ClickException as exc:
         exc.show()
         return output.USAGE if isinstance(exc, click.UsageError) else int(exc.exit_code or 1)
-    except KeyboardInterrupt:
-        output.error("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        output.error("terminated" if isinstance(exc, Terminated) else "interrupted")
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         from plugbay.errors import PlugbayError
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
         raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:.0f}s; check"
                                      " that it still runs (plugbay health) and the target address") from None
     db = ProtoReflectionDescriptorDatabase(channel)
+    # its streams carry no deadline: a plugin whose reflection stalls (health SERVING) hung the command
+    db._stub = _Within(db._stub, time.monotonic() + timeout, timeout)
     try:
         names = list(db.get_services())
     except grpc.RpcError as exc:
@@ -85,6 +88,32 @@ def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
             raise TargetUnreachableError(f"the plugin is not reachable ({exc.details()})") from None
         raise CallFailedError(f"server reflection failed: {exc.code().name}: {exc.details()}") from None
     return Services(descriptor_pool.DescriptorPool(db), sorted(names), "reflection")
+
+
+class _Within:
+    """The reflection database's stub, each of its streams bounded by what is left of ``--timeout``."""
+
+    def __init__(self, stub: Any, deadline: float, timeout: float) -> None:
+        self._stub, self._deadline, self._timeout = stub, deadline, timeout
+
+    def _late(self) -> TargetUnreachableError:
+        return TargetUnreachableError(f"the plugin did not answer server reflection within {self._timeout:g}s;"
+                                      " check that it still runs (plugbay health), or pass --proto")
+
+    def ServerReflectionInfo(self, requests: Any) -> Iterator[Any]:  # noqa: N802 - the stub's name
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._late()
+        return _answers(self._stub.ServerReflectionInfo(requests, timeout=left), self._late)
+
+
+def _answers(responses: Iterator[Any], late: Callable[[], TargetUnreachableError]) -> Iterator[Any]:
+    try:
+        yield from responses
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise late() from None
+        raise
 
 
 def describe(services: Services) -> list[dict[str, Any]]:

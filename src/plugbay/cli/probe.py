@@ -91,13 +91,21 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
     try:
         done, code = 0, output.UNREACHABLE
         while True:
-            result = check_health(reached.channel, service, timeout)
+            try:
+                result = check_health(reached.channel, service, timeout)
+            except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a watch ends: the last check's code
+                if watch and done:
+                    return code
+                raise
             _print_health(result, as_json)
             code = _health_code(result["status"])
             done += 1
             if not watch or (count is not None and done >= count):
                 return code
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return code
     finally:
         ctx.__exit__(None, None, None)
 

@@ -10,6 +10,7 @@ kill) and removes what the run made (socket folder, container or pod, the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -70,6 +71,20 @@ def _check_reattach_out(out: Path) -> None:
     if existing is None and not os.access(out.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--reattach-out {out}: cannot write a file there; give a file in an existing,"
                           " writable folder")
+    if existing is not None and existing.st_size and not _is_reattach_file(out):
+        # the run replaces it, then removes it when it ends: a file of the user's would be lost
+        raise ConfigError(f"--reattach-out {out} exists and is not a reattach file; give another path,"
+                          " or remove it first")
+
+
+def _is_reattach_file(path: Path) -> bool:
+    """Whether ``path`` holds what a run writes (a JSON object with a handshake and a runner)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("handshake"), dict) and "runner" in data
 
 
 def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str | None, namespace: str | None,
@@ -203,7 +218,7 @@ def run(cmd: str | None, image: str | None, transport: str | None, writable: tup
         _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
                      " info/call/health reach it only through a network target")
     client = Client(config)
-    written = False
+    written: tuple[int, int] | None = None  # the file this run wrote, as (device, inode)
     with _Interrupts(as_json) as interrupts:
         interrupts.runner = runner
         started = time.monotonic()
@@ -217,11 +232,12 @@ def run(cmd: str | None, image: str | None, transport: str | None, writable: tup
                 try:
                     with os.fdopen(fd, "w") as f:
                         f.write(reattach.to_json())
+                        ident = os.fstat(f.fileno())
                     os.replace(made, out)
                 except BaseException:
                     os.unlink(made)
                     raise
-                written = True  # from here on the file is this run's: removed when it ends
+                written = (ident.st_dev, ident.st_ino)  # the file is this run's while it is still this one
             _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
             while not interrupts.stop.is_set():
                 if client.exited or client.runner.wait(0) is not None:
@@ -234,10 +250,20 @@ def run(cmd: str | None, image: str | None, transport: str | None, writable: tup
             return output.OK
         finally:
             client.kill()
-            if out is not None and written:
-                out.unlink(missing_ok=True)
+            if out is not None and written is not None:
+                _remove_if_ours(out, written)
             if interrupts.stop.is_set():
                 output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
+
+
+def _remove_if_ours(out: Path, written: tuple[int, int]) -> None:
+    """Remove the reattach file this run wrote, unless another run (or the user) replaced it meanwhile."""
+    try:
+        now = os.lstat(out)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) == written:
+        out.unlink(missing_ok=True)
 
 
 def _diagnose(client: Any) -> str:

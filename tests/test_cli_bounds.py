@@ -1,0 +1,139 @@
+"""The plugbay command keeps its bounds: --timeout over server reflection, SIGTERM's cleanup, a
+watch ended by Ctrl-C, and a --reattach-out file that is another run's or the user's."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from tests.cli_util import KV_PLUGIN, cli_env, plugbay, running
+
+RUN = ["--cmd", f"{sys.executable} {KV_PLUGIN}", "--cookie", "BASIC_PLUGIN=hello"]
+
+
+class _Serving(health_pb2_grpc.HealthServicer):
+    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture()
+def stalled() -> Iterator[str]:
+    """A server whose health says SERVING and whose server-reflection stream never answers; its target."""
+    release = threading.Event()
+
+    def stall(requests: Any, context: Any) -> Iterator[bytes]:
+        release.wait(60)
+        yield from ()
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    health_pb2_grpc.add_HealthServicer_to_server(_Serving(), server)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "grpc.reflection.v1alpha.ServerReflection",
+        {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(stall, lambda b: b, lambda b: b)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"static:///127.0.0.1:{port}"
+    finally:
+        release.set()
+        server.stop(0).wait(10)
+
+
+@pytest.mark.parametrize("command", [["info"], ["call", "/proto.KV/Get", "{}"]])
+def test_a_stalled_reflection_stream_is_bounded_by_timeout(stalled: str, command: list[str]) -> None:
+    # the reflection database's streams had no deadline: both commands hung with --timeout 1
+    done = plugbay(command[0], stalled, *command[1:], "--insecure", "--timeout", "1", timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "did not answer server reflection within 1s" in done.stderr
+
+
+def _start(args: list[str], tmp: Path) -> subprocess.Popen[str]:
+    (tmp / "t").mkdir()
+    return subprocess.Popen([sys.executable, "-m", "plugbay", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(TMPDIR=str(tmp / "t")),
+                            stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    return proc.returncode, out, err
+
+
+def test_sigterm_ends_a_command_with_its_cleanup(stalled: str, tmp_path: Path) -> None:
+    # only `run` handled SIGTERM: info, call and health died at once and left their temp folder
+    proc = _start(["info", stalled, "--insecure", "--timeout", "30"], tmp_path)
+    time.sleep(2)  # into the reflection wait (a bound on a live command, not a speed figure)
+    code, _, err = _stop(proc, signal.SIGTERM)
+    assert code == 143 and "error: terminated" in err, err
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_health_watch_ended_by_a_signal_exits_with_the_last_checks_code(stalled: str, tmp_path: Path,
+                                                                          sig: int) -> None:
+    proc = _start(["health", stalled, "--insecure", "--watch", "--interval", "0.2", "--json"], tmp_path)
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["status"] == "SERVING"
+    code, _, err = _stop(proc, sig)
+    assert code == 0, err  # the last check's (SERVING), where Ctrl-C gave 130 and "error: aborted"
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_reattach_out_refuses_a_file_that_is_not_a_reattach_config(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    proc = subprocess.Popen([sys.executable, "-m", "plugbay", "run", *RUN, "--reattach-out", str(notes)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=tmp_path,
+                            stdin=subprocess.DEVNULL)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it started the plugin: Ctrl-C stops both
+        code, _, err = _stop(proc, signal.SIGINT)
+        raise AssertionError(f"the run was not refused (it ran until stopped, exit {code}): {err}") from None
+    assert proc.returncode == 2 and "exists and is not a reattach file" in err, err
+    assert notes.read_text() == "my notes\n"
+
+
+def test_a_run_leaves_the_reattach_file_another_run_wrote_over_its_own(tmp_path: Path) -> None:
+    # both runs write the same --reattach-out: the first one's exit removed the second's live file
+    with running(RUN, tmp_path) as first:
+        first_pid = first.config()["runner"]["pid"]
+        second = subprocess.Popen([sys.executable, "-m", "plugbay", "run", *RUN, "--reattach-out", str(first.reattach)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                                  cwd=tmp_path, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and second.poll() is None:
+                try:
+                    if json.loads(first.reattach.read_text())["runner"]["pid"] != first_pid:
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.05)
+            second_pid = json.loads(first.reattach.read_text())["runner"]["pid"]
+            assert second_pid != first_pid, second.stderr.read() if second.poll() is not None else ""
+            assert first.interrupt() == 0
+            assert json.loads(first.reattach.read_text())["runner"]["pid"] == second_pid
+        finally:
+            code, _, err = _stop(second, signal.SIGINT)
+        assert code == 0, err
+        assert not first.reattach.exists()  # the second run removed its own
