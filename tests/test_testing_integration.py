@@ -48,6 +48,27 @@ def test_plugin_container_lifecycle(plugbay_image: Any, plugbay_docker: Any, tra
     assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
 
 
+def test_a_failed_client_kill_still_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:
+    # stop() skipped the container's own removal when the plugin's Client failed to kill it
+    from plugbay.errors import RunnerError
+
+    plugin = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="unix").start()
+    container_id = plugin.get_container_id()
+    client = plugin.get_client()
+
+    def broken_kill() -> None:
+        raise RunnerError("the engine did not answer the kill")
+
+    client.kill = broken_kill  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RunnerError, match="did not answer"):
+            plugin.stop()
+        assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
+    finally:
+        del client.kill  # the Client's own kill frees what it holds on this side
+        client.kill()
+
+
 def test_plugin_container_with_go_plugin(plugbay_image: Any) -> None:
     from tests.gobuild import go_missing_reason
 

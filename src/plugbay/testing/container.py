@@ -145,13 +145,15 @@ class PluginContainer(DockerContainer):
         from docker.errors import NotFound
 
         try:
-            if self._client is not None:
-                self._client.kill()  # Shutdown, then the runner removes the container
-                self._client = None
+            client, self._client = self._client, None
             try:
-                super().stop(force=force, delete_volume=delete_volume)
-            except NotFound:
-                self.get_docker_client().client.close()
+                if client is not None:
+                    client.kill()  # Shutdown, then the runner removes the container
+            finally:  # a kill that failed must not leave the container running
+                try:
+                    super().stop(force=force, delete_volume=delete_volume)
+                except NotFound:
+                    self.get_docker_client().client.close()
         finally:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
