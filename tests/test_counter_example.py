@@ -162,3 +162,101 @@ def test_reattached_host_brokers_on_its_own_stream(in_tmp: Path, auto_mtls: bool
             assert second.dispense(PLUGIN_NAME).get("r") == 10
     finally:
         first.kill()
+
+
+# --- the file store shared with go-plugin's Go counter plugin ------------------------------------
+# Go's Put does `v, _ := k.Get(key)` (any read or parse error counts as 0) and its Get unmarshals
+# into struct{Value int64}; the expectations below were checked against Go 1.19's encoding/json.
+
+
+def _api_client() -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                               cmd=[sys.executable, str(EXAMPLE / "plugin.py")]))
+
+
+def test_cli_put_over_a_non_json_file_counts_it_as_zero(tmp_path: Path) -> None:
+    (tmp_path / "kv_shared").write_text("world")  # what the KV example stores
+    r = host(tmp_path, "put", "shared", "5")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    assert json.loads((tmp_path / "kv_shared").read_text()) == {"Value": 5}
+
+
+@pytest.mark.parametrize(("stored", "expected"), [
+    ('{"value":3}', 3),                      # field names match case-insensitively
+    ('{"VALUE":-4}', -4),
+    ('{"Valu\\u0065":5}', 5),                # keys are matched after unescaping
+    ("{}", 0),                               # a missing Value is 0
+    ('{"other":[1,{"Value":9}]}', 0),        # only the top-level field counts
+    ("null", 0),
+    ('{"Value":null}', 0),
+    ('{"Value":4,"value":null}', 4),         # null leaves the field alone
+    ('{"Value":1,"value":2}', 2),            # the last match wins
+    ('{"Value":-0}', 0),
+    ('{"Value":9223372036854775807}', 2**63 - 1),
+    ('{"Value":-9223372036854775808}', -2**63),
+    (' \n{"Value":7}\t', 7),
+])
+def test_get_reads_what_go_reads(in_tmp: Path, stored: str, expected: int) -> None:
+    (in_tmp / "kv_k").write_text(stored)
+    with _api_client() as client:
+        assert client.dispense(PLUGIN_NAME).get("k") == expected
+
+
+BAD_VALUES = [
+    "world",                                 # not JSON
+    "",
+    '{"Value":1} x',                         # trailing data
+    "\ufeff{\"Value\":1}",                   # a BOM
+    '{"Value":3.0}',                         # any float literal, even a whole one
+    '{"Value":1e2}',
+    '{"Value":"3"}',
+    '{"Value":true}',
+    '{"Value":[1]}',
+    '{"Value":{"n":1}}',
+    '{"Value":9223372036854775808}',         # beyond int64
+    '{"Value":-9223372036854775809}',
+    '{"Value":NaN}',                         # Python's json accepts these, Go's does not
+    '{"Value":Infinity}',
+    '{"Value":"x","value":4}',               # a bad match spoils the read even when a later one is good
+    "[1]",
+    "3",
+    '"x"',
+]
+
+
+@pytest.mark.parametrize("stored", BAD_VALUES)
+def test_get_of_a_value_go_refuses_is_an_error(in_tmp: Path, stored: str) -> None:
+    (in_tmp / "kv_k").write_text(stored)
+    with _api_client() as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.dispense(PLUGIN_NAME).get("k")
+    # a Go plugin's error reaches a host as UNKNOWN
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
+    assert "kv_k" in err.value.details()
+
+
+@pytest.mark.parametrize("stored", BAD_VALUES)
+def test_put_over_a_value_go_refuses_counts_it_as_zero(in_tmp: Path, stored: str) -> None:
+    (in_tmp / "kv_k").write_text(stored)
+    helper = Multiplier()
+    with _api_client() as client:
+        client.dispense(PLUGIN_NAME).put("k", 3, helper)
+    assert helper.calls == [(0, 3)]
+    assert json.loads((in_tmp / "kv_k").read_text()) == {"Value": 3}
+
+
+def test_get_reads_past_invalid_utf8_in_other_fields(in_tmp: Path) -> None:
+    # Go decodes invalid UTF-8 inside strings as U+FFFD rather than failing
+    (in_tmp / "kv_k").write_bytes(b'{"Value":2,"x":"\xff"}')
+    with _api_client() as client:
+        assert client.dispense(PLUGIN_NAME).get("k") == 2
+
+
+def test_get_of_an_unreadable_file_is_an_error(in_tmp: Path) -> None:
+    (in_tmp / "kv_d").mkdir()
+    with _api_client() as client:
+        counter = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as err:
+            counter.get("d")
+        assert err.value.code() == grpc.StatusCode.UNKNOWN and "kv_d" in err.value.details()

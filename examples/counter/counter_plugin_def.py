@@ -44,7 +44,9 @@ class AsyncAddHelper(Protocol):
 class Counter(Protocol):
     """What a counter implementation offers (go-plugin's shared.Counter)."""
 
-    def get(self, key: str) -> int: ...
+    def get(self, key: str) -> int:
+        """The stored value; KeyError when none is stored, ValueError or OSError when it cannot be read."""
+        ...
 
     def put(self, key: str, value: int, helper: AddHelper) -> None: ...
 
@@ -143,6 +145,11 @@ class _CounterServicer(counter_pb2_grpc.CounterServicer):
             return counter_pb2.GetResponse(value=self._impl.get(request.key))
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no value stored for key {request.key!r}; put one first")
+            raise  # unreachable: abort raises
+        except (ValueError, OSError) as exc:
+            # UNKNOWN is what a host sees from the Go plugin's returned error; aborting keeps an
+            # unreadable store from being logged as a crash with a traceback
+            context.abort(grpc.StatusCode.UNKNOWN, str(exc))
             raise  # unreachable: abort raises
 
     def Put(self, request: counter_pb2.PutRequest, context: grpc.ServicerContext) -> counter_pb2.Empty:
