@@ -169,3 +169,29 @@ def test_docker_fixtures_skip_with_the_reason_when_no_engine_answers(tmp_path: P
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert "1 skipped" in run.stdout, run.stdout + run.stderr
     assert "no Docker engine: cannot reach the Docker engine" in run.stdout and "no-dockerd.sock" in run.stdout
+
+
+def test_process_fixture_passes_a_command_line_string_on_for_clientconfig_to_refuse(tmp_path: Path) -> None:
+    # list("python plugin.py") would make one argument per character and fail later, in the runner,
+    # with an error that says nothing about the real mistake
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "examples" / "kv")!r})
+        import pytest
+        from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+        from plugbay.errors import ConfigError
+
+        def test_str_cmd(plugin_process):
+            with pytest.raises(ConfigError, match="ClientConfig.cmd must be a non-empty list of strings") as err:
+                plugin_process(sys.executable + " plugin.py", HANDSHAKE, {{PLUGIN_NAME: KVPlugin(None)}})
+            assert "(not one command line), got '" in str(err.value)
+
+        def test_tuple_cmd_still_works(plugin_process):
+            cmd = (sys.executable, {str(REPO / "examples" / "kv" / "plugin.py")!r})
+            client = plugin_process(cmd, HANDSHAKE, {{PLUGIN_NAME: KVPlugin(None)}})
+            assert client.dispense(PLUGIN_NAME) is not None
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "2 passed" in run.stdout, run.stdout + run.stderr

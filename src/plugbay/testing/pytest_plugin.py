@@ -3,7 +3,9 @@
 Fixtures:
 
 ``plugin_process(cmd, handshake, plugins, **config)``
-    starts ``cmd`` as a local plugin process and returns the started Client.
+    starts ``cmd`` as a local plugin process and returns the started Client;
+    ``cmd`` is a list of strings, as ClientConfig.cmd (one command-line string
+    is ClientConfig's ConfigError).
 ``plugin_container(image, handshake, plugins, runner=dict(...), **config)``
     starts ``image`` through DockerRunner (``runner`` holds its options) and
     returns the started Client. Skips the test when no Docker engine answers.
@@ -67,7 +69,11 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
               **config: Any) -> Client:
         from plugbay.core.host.client import ClientConfig
 
-        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=list(cmd), **config))
+        # a str is a Sequence too, and list() would split it into characters: copy only real sequences and
+        # hand anything else over as given, so ClientConfig's own check says what is wrong with it
+        if isinstance(cmd, Sequence) and not isinstance(cmd, (str, bytes)):
+            cmd = list(cmd)
+        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=cmd, **config))
 
     try:
         yield start
