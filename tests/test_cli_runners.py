@@ -63,6 +63,34 @@ def test_no_docker_engine(tmp_path: Path) -> None:
     assert diag.returncode == 3
 
 
+_HANDSHAKE = {"core_version": 1, "app_version": 1, "network": "unix", "address": "/x", "protocol": "grpc"}
+
+
+def _reattach_json(runner: dict[str, object]) -> str:
+    return json.dumps({"handshake": _HANDSHAKE, "runner": runner})
+
+
+@pytest.mark.parametrize("runner", [
+    {"kind": "DockerRunner", "id": ""},
+    {"kind": "DockerRunner"},
+    {"kind": "DockerRunner", "id": None},
+    {"kind": "DockerRunner", "id": 42},
+    {"kind": "DockerRunner", "id": "../../info?x="},           # would reach another engine endpoint
+    {"kind": "DockerRunner", "id": "x/../../images/plugbay-kv"},
+], ids=["empty", "missing", "null", "number", "info", "images"])
+def test_diagnose_refuses_docker_reattach_data_the_runner_refuses(runner: dict[str, object]) -> None:
+    # the engine does not answer here: a refusal (exit 2) proves the id was checked before it was asked
+    diag = plugbay("diagnose", _reattach_json(runner), env=DEAD_DOCKER)
+    assert diag.returncode == 2, diag.stderr
+    assert "container" in diag.stderr and "reattach" in diag.stderr and "unexpected" not in diag.stderr
+    assert len(diag.stderr.strip().splitlines()) == 1
+
+
+def test_diagnose_takes_a_well_formed_docker_reattach_id_to_the_engine() -> None:
+    diag = plugbay("diagnose", _reattach_json({"kind": "DockerRunner", "id": "0123456789ab"}), env=DEAD_DOCKER)
+    assert diag.returncode == 3, diag.stderr
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transport: str) -> None:
@@ -122,6 +150,26 @@ def test_no_cluster(tmp_path: Path) -> None:
     assert "Kubernetes configuration" in out.stderr
     swept = plugbay("sweep", "--kubernetes", "--kubeconfig", str(bad))
     assert swept.returncode == 3
+
+
+@pytest.mark.parametrize(("runner", "field"), [
+    ({"kind": "KubernetesRunner"}, "namespace"),
+    ({"kind": "KubernetesRunner", "namespace": "default"}, "pod"),
+    ({"kind": "KubernetesRunner", "namespace": "", "pod": "p"}, "namespace"),
+    ({"kind": "KubernetesRunner", "namespace": "default", "pod": None}, "pod"),
+    ({"kind": "KubernetesRunner", "namespace": 5, "pod": "p"}, "namespace"),
+], ids=["nothing", "no-pod", "empty-namespace", "null-pod", "number-namespace"])
+def test_diagnose_refuses_pod_reattach_data_the_runner_refuses(tmp_path: Path, runner: dict[str, object],
+                                                               field: str) -> None:
+    bad = tmp_path / "kubeconfig.yaml"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    # never the string "None" sent to the cluster: refused (exit 2) before any configuration is loaded
+    diag = plugbay("diagnose", _reattach_json(runner), env=cli_env(KUBECONFIG=str(bad)))
+    assert diag.returncode == 2, diag.stderr
+    assert f"needs '{field}' as a non-empty string" in diag.stderr and "unexpected" not in diag.stderr
+    good = dict(runner, namespace="default", pod="plugbay-kv-1")
+    diag = plugbay("diagnose", _reattach_json(good), env=cli_env(KUBECONFIG=str(bad)))
+    assert diag.returncode == 3 and "Kubernetes configuration" in diag.stderr, diag.stderr
 
 
 @pytest.mark.kubernetes

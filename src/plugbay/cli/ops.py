@@ -116,14 +116,19 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
     if config is not None:
         data = dict(config.runner)
         kind = data.get("kind")
+        # the JSON is untrusted: its names are checked as the runners' own reattach checks them before any
+        # engine or cluster sees them (a container id goes into the engine's request path)
         if kind == "DockerRunner":
-            return _docker(str(data.get("id") or ""))
-        if kind == "KubernetesRunner":
-            from plugbay.runners.kubernetes.api import reattach_kubeconfig
+            from plugbay.runners.docker.adopt import reattach_id
 
+            return _docker(reattach_id(data))
+        if kind == "KubernetesRunner":
+            from plugbay.runners.kubernetes.api import reattach_kubeconfig, reattach_pod
+
+            namespace, pod = reattach_pod(data)
             # never load the kubeconfig the JSON names: its exec: plugin would run (--kubeconfig is the user's)
             chosen = kubeconfig or reattach_kubeconfig(data.get("kubeconfig"), None)[0]
-            return _pod(str(data.get("namespace")), str(data.get("pod")), chosen)
+            return _pod(namespace, pod, chosen)
         if kind == "ProcessRunner":
             from plugbay.runners.attached import checked_pid
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plugbay.core.protocol.handshake import is_tcp_port
-from plugbay.errors import ConfigError, ReattachError, RunnerError
+from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
 from plugbay.runners.session import MANAGED, host_session_id, owner_name
 
@@ -26,7 +26,7 @@ def reattach_id(data: Mapping[str, Any]) -> str:
     """The container id the reattach data names (not yet proven plugbay's)."""
     container_id = str(data.get("id") or "")
     if not container_id:
-        raise ConfigError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
+        raise ReattachError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
                           " pass what Client.reattach_config() / runner.reattach_data() returned")
     if not isinstance(data.get("id"), str) or not _CONTAINER_REF.fullmatch(container_id):
         raise ReattachError(f"reattach data names container {container_id[:80]!r}, which is neither a container id"

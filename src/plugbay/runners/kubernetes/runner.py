@@ -24,7 +24,7 @@ from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_tim
                                   reuse_refused)
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
-                                            load_api_client, reattach_kubeconfig)
+                                            load_api_client, reattach_kubeconfig, reattach_pod)
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.logs import PodLogs, drain
@@ -380,12 +380,8 @@ def _reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     def bad(what: str) -> ReattachError:
         return ReattachError(f"reattach data for a pod needs {what}; pass the JSON that"
                              " Client.reattach_config().to_json() produced")
-    fields: dict[str, Any] = {}
-    for key in ("namespace", "pod"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise bad(f"{key!r} as a non-empty string, not {value!r}")
-        fields[key] = value
+    namespace, pod = reattach_pod(data)
+    fields: dict[str, Any] = {"namespace": namespace, "pod": pod}
     port = data.get("container_port", 4000)
     if not is_tcp_port(port):
         raise bad(f"'container_port' as a TCP port (1-65535), not {port!r}")
