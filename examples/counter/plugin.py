@@ -71,7 +71,7 @@ def parse_stored(raw: bytes) -> int:
     if doc is None:
         return 0
     if not isinstance(doc, _Object):
-        raise StoredValueError(f"the top level is {_kind(doc)}, not an object")
+        raise StoredValueError("the top level is not a JSON object")
     value, refused = 0, ""
     for name, item in doc:
         if not (name.isascii() and name.lower() == "value") or item is None:
@@ -79,22 +79,10 @@ def parse_stored(raw: bytes) -> int:
         if type(item) is int and INT64_MIN <= item <= INT64_MAX:  # bool is an int subclass: excluded
             value = item
         elif not refused:  # Go reports the first mismatch once the whole document is read
-            refused = f"its {name!r} is {_kind(item)}, not an int64"
+            refused = f"its {name!r} is not an integer within int64"
     if refused:
         raise StoredValueError(refused)
     return value
-
-
-def _kind(item: Any) -> str:
-    if isinstance(item, bool):
-        return "a bool"
-    if isinstance(item, int):
-        return f"the number {item}"
-    if isinstance(item, float):
-        return "a non-integer number literal"
-    if isinstance(item, str):
-        return "a string"
-    return "an object" if isinstance(item, _Object) else "an array"
 
 
 class FileCounter:
