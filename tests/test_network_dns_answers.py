@@ -140,7 +140,8 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
     zone, server = dns
     bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"]
     zone.set(f"odd.{ZONE}", "A", [A(a) for a in [*bad, "127.0.0.9"]])
-    zone.set(f"odd.{ZONE}", "AAAA", [AAAA("fe80::1"), AAAA("::"), AAAA("ff02::1"), AAAA("::1")])
+    zone.set(f"odd.{ZONE}", "AAAA", [AAAA("fe80::1"), AAAA("::"), AAAA("ff02::1"), AAAA("::ffff:a9fe:a9fe"),
+                                     AAAA("::1")])
     zone.set(f"_kv._tcp.odd.{ZONE}", "SRV", [SRV(0, 0, 7002, f"odd.{ZONE}")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, timeout=1.0)
@@ -154,6 +155,9 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
         resolver.close()
     for a in [*bad, "fe80::1", "::", "ff02::1"]:
         assert caplog.text.count(f"names {a}, which cannot be a replica") == 1, a  # once, not per lookup
+    # the metadata address mapped into IPv6 (dialled as the IPv4 address), in either spelling
+    assert caplog.text.count("names ::ffff:169.254.169.254, which") + caplog.text.count(
+        "names ::ffff:a9fe:a9fe, which") == 1
     srv = _keys(server, f"_kv._tcp.odd.{ZONE}".rstrip("."), srv=True)
     assert srv == ["tcp:127.0.0.9:7002", "tcp:[::1]:7002"]
 

@@ -284,7 +284,8 @@ def test_slice_contents_map_to_endpoints() -> None:
             # no replica: the metadata service (link-local), unspecified, multicast, broadcast
             ep("169.254.169.254", "m"), ep("0.0.0.0", "u"), ep("224.0.0.1", "x"), ep("255.255.255.255", "y")]},
         {"addressType": "IPv6", "ports": ports, "endpoints": [ep("fd00::1", "f", ready=True), ep("fe80::1", "l"),
-                                                              ep("::", "v"), ep("ff02::1", "w")]},
+                                                              ep("::", "v"), ep("ff02::1", "w"),
+                                                              ep("::ffff:169.254.169.254", "n")]},
         {"addressType": "FQDN", "ports": ports, "endpoints": [ep("kv-0.kv.plugins.svc", "g")]},
         # the same address in a second slice during a change: counted once, ready wins
         {"addressType": "IPv4", "ports": ports, "endpoints": [ep("10.0.0.4", "d", ready=True)]},

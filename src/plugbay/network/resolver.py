@@ -61,5 +61,7 @@ def discoverable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     spoofed answer must not point this host's health checks at. A static:/// target is the user's own
     word and is not checked.
     """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
     return not (ip.is_unspecified or ip.is_multicast or ip.is_link_local
                 or ip == ipaddress.IPv4Address("255.255.255.255"))
