@@ -382,3 +382,18 @@ def test_a_probe_that_never_returns_frees_its_slot_after_open_for() -> None:
         await asyncio.gather(hung, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_a_probe_given_by_allow_never_expires() -> None:
+    # record_success()/record_failure() carry no ticket: a second probe's report could not be told
+    # from the first's, so whichever reported first decided the circuit
+    clock = Clock()
+    b, _ = breaker(clock)
+    b.trip("down")
+    clock.now += 5
+    assert b.allow() and b.state == HALF_OPEN  # probe A
+    clock.now += 60
+    assert not b.allow()  # no probe B beside it
+    assert "already in flight; retry when it completes." in str(b.open_error())
+    b.record_success()
+    assert b.state == CLOSED

@@ -9,7 +9,8 @@ half_open  exactly one probe call passes; its success closes the circuit, its
            failure opens it again. Other calls meanwhile fail fast. A probe still
            in flight after ``open_for`` (a call with no deadline that hangs) no
            longer holds the slot: the next call is a probe, and the stale one's
-           outcome is ignored.
+           outcome is ignored (not for a probe ``allow()`` gave: ``record_*()``
+           carry no ticket to tell two probes apart).
 
 Application errors (NOT_FOUND, INVALID_ARGUMENT ...) prove the plugin answers,
 so they count as successes. plugbay errors without a gRPC status (a Supervisor that
@@ -102,6 +103,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probe: object | None = None  # the ticket of the half-open circuit's one probe in flight
         self._probe_at = 0.0  # when it was let through
+        self._probe_expires = True  # False: allow() gave it, and only record_*() will end it
         self._last_failure = ""
         self._pending: list[tuple[str, str, str]] = []
         self.opened_count = 0  # how often it opened (metrics)
@@ -127,7 +129,7 @@ class CircuitBreaker:
 
     def _probe_left(self) -> float:
         """Seconds until the probe in flight stops holding the half-open slot (with the lock held)."""
-        return self.open_for - (self._clock() - self._probe_at)
+        return self.open_for - (self._clock() - self._probe_at) if self._probe_expires else float("inf")
 
     def _move(self, new: str, reason: str) -> None:
         # called with the lock held; callbacks run outside it (see _notify)
@@ -157,9 +159,11 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Take permission for one call; False when it must fail fast."""
-        return self._admit() is not None
+        # its caller reports with record_*(), which carry no ticket: a probe it was given never
+        # expires, as a second one's report could not be told from the first's
+        return self._admit(expires=False) is not None
 
-    def _admit(self) -> object | None:
+    def _admit(self, expires: bool = True) -> object | None:
         """Permission for one call, as a ticket: the probe's own while half-open, _CALL while
         closed; None when the call must fail fast."""
         ticket: object | None = None
@@ -169,7 +173,7 @@ class CircuitBreaker:
                 ticket = _CALL
             elif state == HALF_OPEN and (self._probe is None or self._probe_left() <= 0):
                 ticket = self._probe = object()
-                self._probe_at = self._clock()
+                self._probe_at, self._probe_expires = self._clock(), expires
             if ticket is None:
                 self.rejected_count += 1
         self._notify()
@@ -247,12 +251,15 @@ class CircuitBreaker:
         with self._lock:
             state = self._current()
             left = self._probe_left() if state == HALF_OPEN else self.open_for - (self._clock() - self._opened_at)
-            retry_in = max(0.0, left)
             last = self._last_failure or "unknown"
         self._notify()
-        at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_in)
-        when = (f"a probe call is already in flight; retry when it completes (at the latest in {retry_in:.1f}s)"
-                if state == HALF_OPEN else f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)")
+        retry_in = max(0.0, left) if left != float("inf") else 0.0  # allow()'s probe: when it reports
+        if state == HALF_OPEN:
+            when = "a probe call is already in flight; retry when it completes" + (
+                f" (at the latest in {retry_in:.1f}s)" if left != float("inf") else "")
+        else:
+            at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_in)
+            when = f"a probe call is let through in {retry_in:.1f}s (at {at:%H:%M:%S} UTC)"
         return CircuitOpen(
             f"circuit of plugin {self.name!r} is open, so the call was not sent: {when}. Last"
             f" failure: {last}. Check that the plugin is running and reachable (its logs, its"
