@@ -23,7 +23,7 @@ REFUSED = r"was already started \(one runner runs one plugin once, for one Clien
 
 
 def refused(runner: Runner) -> None:
-    assert runner.started
+    assert runner.start_called
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner))
     with pytest.raises(RunnerError, match=REFUSED):
         client.start()
@@ -35,7 +35,7 @@ def refused(runner: Runner) -> None:
 @pytest.mark.usefixtures("plugbay_docker")
 def test_docker(plugbay_docker: Any) -> None:
     runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "60"])
-    assert not runner.started
+    assert not runner.start_called
     runner.start(LaunchSpec(env={}))
     try:
         refused(runner)
@@ -51,9 +51,27 @@ def test_docker(plugbay_docker: Any) -> None:
 def test_kubernetes(kubeconfig: str) -> None:
     runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, start_timeout=20,
                               command=[sys.executable, "-c", "import time; time.sleep(60)"])
-    assert not runner.started
+    assert not runner.start_called
     runner.start(LaunchSpec(env={}))
     try:
         refused(runner)
     finally:
         runner.kill(0)
+
+
+def test_a_runner_of_ones_own_may_use_the_name_started(in_tmp: object) -> None:
+    # the hook was first a `started` property: a subclass setting self.started could not be built,
+    # and one with its own `started` was refused by every Client before it ever ran
+    from plugbay.runners.process import ProcessRunner
+    from tests.trap_kv_util import TRAP
+
+    class Mine(ProcessRunner):
+        def __init__(self) -> None:
+            super().__init__(TRAP)
+            self.started = True  # the runner's own business
+
+    runner = Mine()
+    assert not runner.start_called
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner)) as client:
+        client.dispense(PLUGIN_NAME).put("k", b"v")
+        assert runner.start_called

@@ -225,7 +225,7 @@ class Runner(AttachedRunner):
         """Start the plugin; return once its output streams can be read."""
 
     @property
-    def started(self) -> bool:
+    def start_called(self) -> bool:
         """Whether start() was called on this runner: a Client refuses such a runner before touching it,
         as its failed start would end a plugin someone else runs. Default False: a runner that cannot
         tell refuses a second start() itself, and the Client then stops it."""

@@ -154,7 +154,7 @@ class ProcessRunner(ProcessLines, Runner):
             os.close(fd)
 
     @property
-    def started(self) -> bool:
+    def start_called(self) -> bool:
         return self._proc is not None
 
     def start(self, spec: LaunchSpec) -> None:

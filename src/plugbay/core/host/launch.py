@@ -82,10 +82,10 @@ def launch_env(handshake: HandshakeConfig, versions: Iterable[int], *, env: Mapp
 
 def take_runner(runner: Runner, name: str) -> None:
     """Mark ``runner`` as this Client's, or raise RunnerError (touching nothing) when another Client took
-    it or it was started by hand (Runner.started)."""
+    it or it was started by hand (Runner.start_called)."""
     with _TAKEN_LOCK:
         taken = _TAKEN.get(id(runner)) is runner
-        started = runner.started
+        started = getattr(runner, "start_called", False) is True  # a subclass may use the name otherwise
         if not taken and not started:
             _TAKEN[id(runner)] = runner
             return

@@ -167,7 +167,7 @@ class DockerRunner(ContainerTeardown, Runner):
     # --- start ----------------------------------------------------------------
 
     @property
-    def started(self) -> bool:
+    def start_called(self) -> bool:
         return self._began
 
     def start(self, spec: LaunchSpec) -> None:

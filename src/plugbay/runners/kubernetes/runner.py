@@ -133,7 +133,7 @@ class KubernetesRunner(PodTeardown, Runner):
     # --- start ---------------------------------------------------------------
 
     @property
-    def started(self) -> bool:
+    def start_called(self) -> bool:
         return bool(self.pod_name)
 
     def start(self, spec: LaunchSpec) -> None:
