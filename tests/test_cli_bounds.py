@@ -4,9 +4,11 @@ watch ended by Ctrl-C, and a --reattach-out file that is another run's or the us
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -59,10 +61,19 @@ def test_a_stalled_reflection_stream_is_bounded_by_timeout(stalled: str, command
     assert "did not answer server reflection within 1s" in done.stderr
 
 
+@pytest.fixture()
+def own_tmp() -> Iterator[Path]:
+    """A TMPDIR for the command alone, short (a run's sockets go there); removed after the test."""
+    short = tempfile.mkdtemp(prefix="t-")
+    try:
+        yield Path(short)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
 def _start(args: list[str], tmp: Path) -> subprocess.Popen[str]:
-    (tmp / "t").mkdir()
     return subprocess.Popen([sys.executable, "-m", "plugbay", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env(TMPDIR=str(tmp / "t")),
+                            stderr=subprocess.PIPE, text=True, env=cli_env(TMPDIR=str(tmp)),
                             stdin=subprocess.DEVNULL)
 
 
@@ -77,25 +88,25 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def test_sigterm_ends_a_command_with_its_cleanup(stalled: str, tmp_path: Path) -> None:
+def test_sigterm_ends_a_command_with_its_cleanup(stalled: str, own_tmp: Path) -> None:
     # only `run` handled SIGTERM: info, call and health died at once and left their temp folder
-    proc = _start(["info", stalled, "--insecure", "--timeout", "30"], tmp_path)
+    proc = _start(["info", stalled, "--insecure", "--timeout", "30"], own_tmp)
     time.sleep(2)  # into the reflection wait (a bound on a live command, not a speed figure)
     code, _, err = _stop(proc, signal.SIGTERM)
     assert code == 143 and "error: terminated" in err, err
-    assert list((tmp_path / "t").iterdir()) == []
+    assert list(own_tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_health_watch_ended_by_a_signal_exits_with_the_last_checks_code(stalled: str, tmp_path: Path,
+def test_a_health_watch_ended_by_a_signal_exits_with_the_last_checks_code(stalled: str, own_tmp: Path,
                                                                           sig: int) -> None:
-    proc = _start(["health", stalled, "--insecure", "--watch", "--interval", "0.2", "--json"], tmp_path)
+    proc = _start(["health", stalled, "--insecure", "--watch", "--interval", "0.2", "--json"], own_tmp)
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
     assert first["status"] == "SERVING"
     code, _, err = _stop(proc, sig)
     assert code == 0, err  # the last check's (SERVING), where Ctrl-C gave 130 and "error: aborted"
-    assert list((tmp_path / "t").iterdir()) == []
+    assert list(own_tmp.iterdir()) == []
 
 
 def test_reattach_out_refuses_a_file_that_is_not_a_reattach_config(tmp_path: Path) -> None:
@@ -137,3 +148,27 @@ def test_a_run_leaves_the_reattach_file_another_run_wrote_over_its_own(tmp_path:
             code, _, err = _stop(second, signal.SIGINT)
         assert code == 0, err
         assert not first.reattach.exists()  # the second run removed its own
+
+
+def test_sigterm_while_run_starts_the_plugin_exits_143(own_tmp: Path) -> None:
+    # run's own handler raised a plain KeyboardInterrupt while starting: exit 130, "aborted"
+    proc = _start(["run", "--cmd", "sleep 30", "--cookie", "BASIC_PLUGIN=hello", "--start-timeout", "60"], own_tmp)
+    time.sleep(2)  # into the wait for the handshake line (a bound on a live command, not a speed figure)
+    code, _, err = _stop(proc, signal.SIGTERM)
+    assert code == 143 and "error: terminated" in err, err
+    assert list(own_tmp.iterdir()) == []
+
+
+def test_an_ignored_sigterm_stays_ignored(stalled: str, tmp_path: Path) -> None:
+    # the parent chose to ignore SIGTERM: the command must not turn it into an exit
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                             " from plugbay.cli import main; sys.exit(main(sys.argv[1:]))",
+                             "health", stalled, "--insecure", "--watch", "--interval", "0.2", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
+    json.loads(proc.stdout.readline())  # still watching
+    code, _, err = _stop(proc, signal.SIGINT)
+    assert code == 0, err

@@ -62,12 +62,8 @@ def _build() -> click.Group:
     return cli
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a supervisor, CI, ``timeout``), raised where the command is so its cleanups run, as Ctrl-C's do."""
-
-
 def _on_term(signum: int, frame: object) -> None:
-    raise Terminated()
+    raise output.Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,13 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from plugbay.cli.tools import run_gateway
 
         return run_gateway(args[first + 1:])  # verbatim, `--` included
-    # without it SIGTERM ended info/call/health/diagnose with no cleanup: their temp folder and claim stayed
-    old = signal.signal(signal.SIGTERM, _on_term) if threading.current_thread() is threading.main_thread() else None
+    # without it SIGTERM ended info/call/health/diagnose with no cleanup: their temp folder and claim stayed.
+    # Only over the default action: an ignored SIGTERM (the parent's choice) or a C handler stays as it is
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if ours:
+        signal.signal(signal.SIGTERM, _on_term)
     try:
         return _run(args)
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(args: list[str]) -> int:
@@ -97,7 +96,7 @@ def _run(args: list[str]) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt
-        if isinstance(exc.__cause__, Terminated):
+        if isinstance(exc.__cause__, output.Terminated):
             output.error("terminated")
             return 143
         output.error("aborted")
@@ -106,8 +105,8 @@ def _run(args: list[str]) -> int:
         exc.show()
         return output.USAGE if isinstance(exc, click.UsageError) else int(exc.exit_code or 1)
     except KeyboardInterrupt as exc:
-        output.error("terminated" if isinstance(exc, Terminated) else "interrupted")
-        return 143 if isinstance(exc, Terminated) else 130
+        output.error("terminated" if isinstance(exc, output.Terminated) else "interrupted")
+        return 143 if isinstance(exc, output.Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         from plugbay.errors import PlugbayError
 

@@ -16,6 +16,11 @@ from typing import Any
 
 import click
 
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, CI, ``timeout``), raised where the command is so its cleanups run, as Ctrl-C's do."""
+
+
 # The one exit code table (README "Command line", docs/cli.md).
 OK = 0
 FAILED = 1  # the plugin or the call failed

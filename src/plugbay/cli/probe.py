@@ -90,22 +90,19 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
         return output.UNREACHABLE
     try:
         done, code = 0, output.UNREACHABLE
-        while True:
-            try:
+        try:
+            while True:
                 result = check_health(reached.channel, service, timeout)
-            except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a watch ends: the last check's code
-                if watch and done:
+                _print_health(result, as_json)
+                code = _health_code(result["status"])
+                done += 1
+                if not watch or (count is not None and done >= count):
                     return code
-                raise
-            _print_health(result, as_json)
-            code = _health_code(result["status"])
-            done += 1
-            if not watch or (count is not None and done >= count):
-                return code
-            try:
                 time.sleep(interval)
-            except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a watch ends: the last check's code
+            if watch and done:
                 return code
+            raise
     finally:
         ctx.__exit__(None, None, None)
 

@@ -153,8 +153,8 @@ class _Interrupts:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         self.stop.set()
-        if not self.started and self.count == 1:
-            raise KeyboardInterrupt  # still starting: start() tears down what it made
+        if not self.started and self.count == 1:  # still starting: start() tears down what it made
+            raise output.Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         if self.count == 1:
             output.say_status("stopping the plugin (Ctrl-C again to kill it at once)", style="yellow",
                               as_json=self.as_json)
