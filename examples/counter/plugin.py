@@ -46,6 +46,15 @@ def _no_constant(name: str) -> NoReturn:
     raise StoredValueError(f"invalid JSON: {name}")
 
 
+class _OutOfRange(int):
+    """An integer literal too long for int64, kept unconverted (Python refuses 4300+ digits; Go ignores
+    such a field, and refuses it only as the Value)."""
+
+
+def _integer(literal: str) -> int:
+    return _OutOfRange(0) if len(literal.lstrip("-")) > 19 else int(literal)
+
+
 def parse_stored(raw: bytes) -> int:
     """The Value Go's counter plugin reads from these bytes, or StoredValueError where Go errs.
 
@@ -63,10 +72,10 @@ def parse_stored(raw: bytes) -> int:
     """
     try:
         doc = json.loads(raw.decode("utf-8", errors="replace"), object_pairs_hook=_Object,
-                         parse_constant=_no_constant)
+                         parse_constant=_no_constant, parse_int=_integer)
     except StoredValueError:
         raise
-    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and 4300+ digit ints
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError
         raise StoredValueError(f"invalid JSON: {exc}") from None
     if doc is None:
         return 0
@@ -76,7 +85,7 @@ def parse_stored(raw: bytes) -> int:
     for name, item in doc:
         if not (name.isascii() and name.lower() == "value") or item is None:
             continue
-        if type(item) is int and INT64_MIN <= item <= INT64_MAX:  # bool is an int subclass: excluded
+        if type(item) is int and INT64_MIN <= item <= INT64_MAX:  # bool and _OutOfRange are subclasses: excluded
             value = item
         elif not refused:  # Go reports the first mismatch once the whole document is read
             refused = f"its {name!r} is not an integer within int64"
