@@ -75,8 +75,6 @@ class MutualTLS(Frozen):
         return server_context(self.own, self.peer_pem, ctx)
 
 
-
-
 class Redial(Frozen):
     """How a channel was dialed (target, credentials, options), to dial the same peer on grpc.aio.
 
