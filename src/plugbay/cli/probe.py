@@ -93,9 +93,8 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
         try:
             while True:
                 result = check_health(reached.channel, service, timeout)
+                code, done = _health_code(result["status"]), done + 1  # before it shows: Ctrl-C may come then
                 _print_health(result, as_json)
-                code = _health_code(result["status"])
-                done += 1
                 if not watch or (count is not None and done >= count):
                     return code
                 time.sleep(interval)
