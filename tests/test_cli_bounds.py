@@ -19,15 +19,12 @@ from typing import Any
 import grpc
 import pytest
 
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.grpc.health.v1 import health_pb2
+from plugbay.core.plugin.health import HealthServicer
+from plugbay.core.plugin.health import add_to_server as add_health
 from tests.cli_util import KV_PLUGIN, cli_env, plugbay, running
 
 RUN = ["--cmd", f"{sys.executable} {KV_PLUGIN}", "--cookie", "BASIC_PLUGIN=hello"]
-
-
-class _Serving(health_pb2_grpc.HealthServicer):
-    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 @pytest.fixture()
@@ -40,7 +37,9 @@ def stalled() -> Iterator[str]:
         yield from ()
 
     server = grpc.server(futures.ThreadPoolExecutor(4))
-    health_pb2_grpc.add_HealthServicer_to_server(_Serving(), server)
+    health = HealthServicer()  # 'plugin' SERVING, as a plugbay plugin's
+    health.set_status("plugin", health_pb2.HealthCheckResponse.SERVING)
+    add_health(health, server)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "grpc.reflection.v1alpha.ServerReflection",
         {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(stall, lambda b: b, lambda b: b)})])
@@ -50,6 +49,7 @@ def stalled() -> Iterator[str]:
         yield f"static:///127.0.0.1:{port}"
     finally:
         release.set()
+        health.close()
         server.stop(0).wait(10)
 
 
