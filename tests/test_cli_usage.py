@@ -106,6 +106,19 @@ def test_gateway_start_timeout_is_checked_before_it_listens() -> None:
         assert "listening" not in out.stdout
 
 
+def test_plugbay_options_before_gateway_count() -> None:
+    # the gateway takes its arguments verbatim, but `plugbay --debug gateway` still asks for debug logs
+    # and `plugbay --bogus gateway` is refused as click refuses it before any other command
+    gateway = ["gateway", "--cookie", COOKIE, "--insecure", "--listen", "127.0.0.1:0", "--start-timeout", "5",
+               "--", "/bin/false"]
+    for options, debug in (([], False), (["--debug"], True), (["-v"], False)):
+        out = plugbay(*options, *gateway)
+        assert out.returncode == 1 and "exited with code 1 before completing the handshake" in out.stderr, out.stderr
+        assert (" DEBUG " in out.stderr) is debug, (options, out.stderr)
+    bogus = plugbay("--bogus", *gateway)
+    assert bogus.returncode == 2 and "No such option '--bogus'" in bogus.stderr, bogus.stderr
+
+
 @pytest.mark.parametrize("args, named", [
     (["--cmd", "true", "--transport", "tcp"], "--transport tcp needs --image IMAGE"),
     (["--cmd", "true", "--transport", "unix"], "--transport unix needs --image IMAGE"),

@@ -32,6 +32,7 @@ else:
     from plugbay.cli import output  # draws with click
 
 _STATE = {"debug": False}
+_GATEWAY_OPTIONS = {"--debug", "-v", "--verbose"}  # the gateway logs at info already: -v changes nothing
 
 
 def _build() -> click.Group:
@@ -74,10 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _STATE["debug"] = False  # the group's callback sets it
     first = next((n for n, arg in enumerate(args) if not arg.startswith("-")), None)
-    if first is not None and args[first] == "gateway":
+    # plugbay's own options before it (--debug, -v) still count; any other (--help, a typo) goes to click
+    if first is not None and args[first] == "gateway" and set(args[:first]) <= _GATEWAY_OPTIONS:
         from plugbay.cli.tools import run_gateway
 
-        return run_gateway(args[first + 1:])  # verbatim, `--` included
+        debug = "--debug" in args[:first]
+        return run_gateway(args[first + 1:], logging.DEBUG if debug else logging.INFO)  # verbatim, `--` included
     # without it SIGTERM ended info/call/health/diagnose with no cleanup: their temp folder and claim stayed.
     # Only over the default action: an ignored SIGTERM (the parent's choice) or a C handler stays as it is
     ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

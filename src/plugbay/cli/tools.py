@@ -8,6 +8,7 @@ hands its arguments verbatim to plugbay.network.gateway.cli.main.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -242,13 +243,13 @@ def gateway(args: tuple[str, ...]) -> int:
     return run_gateway(list(args))
 
 
-def run_gateway(argv: list[str]) -> int:
+def run_gateway(argv: list[str], level: int = logging.INFO) -> int:
     """plugbay.network.gateway.cli.main(argv), imported only now (main() calls this before click
-    parses anything, so ``--`` and every option reach the gateway verbatim)."""
+    parses anything, so ``--`` and every option reach the gateway verbatim), logging at ``level``."""
     try:
         from plugbay.network.gateway.cli import main as gateway_main  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         output.error("plugbay gateway is not available in this plugbay (plugbay.network.gateway is missing);"
                      " upgrade plugbay or install plugbay[network]")
         return output.USAGE
-    return int(gateway_main(argv))
+    return int(gateway_main(argv, level))

@@ -154,14 +154,14 @@ def _start_unless_stopped(gateway: Gateway, stop: threading.Event) -> bool:
     return True
 
 
-def main(argv: list[str]) -> int:
-    """Run the gateway until SIGTERM/SIGINT. Returns the process exit code."""
+def main(argv: list[str], level: int = logging.INFO) -> int:
+    """Run the gateway until SIGTERM/SIGINT (logging at ``level``). Returns the process exit code."""
     try:
         config = parse(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+        logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     old: dict[int, object] = {}
