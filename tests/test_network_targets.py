@@ -46,9 +46,29 @@ def test_dns_srv_kubernetes_and_unix_targets() -> None:
     assert unix.endpoints == (Endpoint("unix", "/run/plugbay/kv.sock", name="/run/plugbay/kv.sock"),)
 
 
+def test_dns_targets_may_name_their_dns_server_as_grpc_does() -> None:
+    # gRPC's dns://AUTHORITY/NAME: the authority is the DNS server to ask
+    assert parse_target("dns:///kv.example.internal:7001").dns_server == ""
+    dns = parse_target("dns://10.0.0.2:5353/kv.example.internal:7001")
+    assert (dns.host, dns.port, dns.dns_server) == ("kv.example.internal", 7001, "10.0.0.2:5353")
+    srv = parse_target("dns+srv://[fd00::53]/_kv._tcp.example.internal")
+    assert (srv.host, srv.dns_server) == ("_kv._tcp.example.internal", "[fd00::53]")
+    resolver = make_resolver(dns)
+    assert resolver.dns_server == "10.0.0.2:5353"  # type: ignore[attr-defined]
+    assert make_resolver(dns, dns_server="10.0.0.2:5353").dns_server == "10.0.0.2:5353"  # type: ignore[attr-defined]
+    assert make_resolver(parse_target("dns:///kv:1"), dns_server="10.0.0.3").dns_server == "10.0.0.3"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="asks DNS server 10.0.0.2:5353 and dns_server says 10.0.0.3"):
+        make_resolver(dns, dns_server="10.0.0.3")
+
+
 @pytest.mark.parametrize("text, named", [
     ("", "a target is required"),
     ("10.0.0.5:7001", "the start is not SCHEME:///"),
+    ("dns://kv.example.internal:7001", "is neither dns:///NAME:PORT nor dns://DNS_IP[:PORT]/NAME:PORT"),
+    ("dns://ns.example.internal/kv:7001", "DNS server 'ns.example.internal' is not DNS_IP"),
+    ("dns://10.0.0.2:0/kv:7001", "DNS server '10.0.0.2:0' is not DNS_IP"),
+    ("dns+srv://[::1]x/_kv._tcp.example.internal", "DNS server '[::1]x' is not DNS_IP"),
+    ("static://10.0.0.2/10.0.0.5:7001", "the start is not SCHEME:///"),
     ("http:///10.0.0.5:7001", "scheme 'http' is unknown"),
     ("static:///", "the part after :/// is empty"),
     ("static:///10.0.0.5", "'10.0.0.5' lacks the :PORT"),
@@ -84,6 +104,8 @@ def test_dns_server_option_is_checked() -> None:
         parse_dns_server("dns.example:53")
     with pytest.raises(ConfigError, match="a port is a number"):
         parse_dns_server("127.0.0.1:0")
+    with pytest.raises(ConfigError, match="a port is a number"):
+        parse_dns_server("[::1]53")
 
 
 def test_static_resolver_reports_its_set_before_start_returns() -> None:

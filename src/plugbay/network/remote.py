@@ -73,7 +73,7 @@ from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd
 from plugbay.network.remotecheck import check_remote
-from plugbay.network.targets import make_resolver, parse_target
+from plugbay.network.targets import dns_server_for, make_resolver, parse_target
 from plugbay.network.tls import NetworkTLS
 
 _log = logging.getLogger("plugbay.network")
@@ -150,6 +150,7 @@ class RemoteClient(Client):
         self.remote = config
         self.target = parse_target(config.target)  # a bad target fails here, before anything runs
         check_remote(config)
+        dns_server_for(self.target, config.dns_server)
         super().__init__(config.client_config())
         self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from plugbay.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -65,3 +67,21 @@ def discoverable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
     return not (ip.is_unspecified or ip.is_multicast or ip.is_link_local
                 or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """ "IP", "IP:PORT" or "[IPV6]:PORT" -> (ip, port)."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53" if not rest else "?"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"dns_server {text!r} is not IP or IP:PORT (an address, not a name),"
+                          " e.g. '127.0.0.1:5353' or '[::1]:53'") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"dns_server {text!r} has port {port!r}; a port is a number from 1 to 65535")
+    return host, int(port)

@@ -26,7 +26,7 @@ import dns.exception
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, discoverable
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, discoverable, parse_dns_server
 
 _log = logging.getLogger("plugbay.network")
 __all__ = ["MAX_ENDPOINTS", "DNSResolver", "parse_dns_server"]
@@ -42,24 +42,6 @@ _MAX_GAP = 2.0
 # longer): an SRV answer with many unanswering targets (two queries each) must not keep the thread
 # from the next period for minutes.
 _LOOKUP_QUERIES = 5
-
-
-def parse_dns_server(text: str) -> tuple[str, int]:
-    """ "IP", "IP:PORT" or "[IPV6]:PORT" -> (ip, port)."""
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53"
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"dns_server {text!r} is not IP or IP:PORT (an address, not a name),"
-                          " e.g. '127.0.0.1:5353' or '[::1]:53'") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"dns_server {text!r} has port {port!r}; a port is a number from 1 to 65535")
-    return host, int(port)
 
 
 class DNSResolver:

@@ -5,6 +5,8 @@
 ``dns:///kv.example.internal:7001``                          A/AAAA records, port given; re-resolved
                                                              periodically and when calls fail
 ``dns+srv:///_kv._tcp.example.internal``                     SRV records (they carry host and port)
+``dns://10.0.0.2:53/kv.example.internal:7001``               the same, asking that DNS server (gRPC's
+                                                             ``dns://AUTHORITY/`` form; also dns+srv)
 ``kubernetes:///NAMESPACE/SERVICE:PORT``                     the Service's EndpointSlices (PORT: number
                                                              or port name)
 ``unix:///run/plugbay/kv.sock``                              a sidecar's unix socket
@@ -24,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugbay.errors import ConfigError
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, Resolver
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, Resolver, parse_dns_server
 
-SYNTAX = ("static:///HOST:PORT[,HOST:PORT...] (IPv6 as [ADDR]:PORT), dns:///NAME:PORT,"
-          " dns+srv:///_SERVICE._PROTO.NAME, kubernetes:///NAMESPACE/SERVICE:PORT or unix:///PATH")
+SYNTAX = ("static:///HOST:PORT[,HOST:PORT...] (IPv6 as [ADDR]:PORT), dns://[DNS_IP[:PORT]]/NAME:PORT,"
+          " dns+srv://[DNS_IP[:PORT]]/_SERVICE._PROTO.NAME, kubernetes:///NAMESPACE/SERVICE:PORT or unix:///PATH")
 SCHEMES = ("static", "dns", "dns+srv", "kubernetes", "unix")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -46,6 +48,7 @@ class Target:
     namespace: str = ""  # kubernetes
     service: str = ""  # kubernetes
     port_name: str = ""  # kubernetes: the port, as given (number or name)
+    dns_server: str = ""  # dns, dns+srv: the DNS server the target names (dns://IP[:PORT]/...), as given
 
 
 def _bad(text: str, part: str, why: str) -> ConfigError:
@@ -97,8 +100,20 @@ def parse_target(text: str) -> Target:
         raise ConfigError(f"a target is required (got {text!r}). A target is one of: {SYNTAX}")
     text = text.strip()
     scheme, sep, rest = text.partition(":///")
+    server = ""
     if not sep:
-        raise _bad(text, "the start", "is not SCHEME:///... (three slashes)")
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme in ("dns", "dns+srv"):  # gRPC's dns://AUTHORITY/NAME: AUTHORITY is the DNS server
+            server, slash, rest = rest.partition("/")
+            if not slash:
+                raise _bad(text, "the start", "is neither dns:///NAME:PORT nor dns://DNS_IP[:PORT]/NAME:PORT")
+            try:
+                parse_dns_server(server)
+            except ConfigError:
+                raise _bad(text, f"DNS server {server!r}", "is not DNS_IP or DNS_IP:PORT (an address, not a name;"
+                           " IPv6 as [ADDR]:PORT)") from None
+        else:
+            raise _bad(text, "the start", "is not SCHEME:///... (three slashes)")
     if scheme not in SCHEMES:
         raise _bad(text, f"scheme {scheme!r}", f"is unknown; use one of {', '.join(SCHEMES)}")
     if not rest:
@@ -125,13 +140,13 @@ def parse_target(text: str) -> Target:
         return Target(scheme, text, endpoints=(Endpoint("unix", path, name=path),))
     if scheme == "dns":
         host, port = split_host_port(text, rest)
-        return Target(scheme, text, host=host, port=port)
+        return Target(scheme, text, host=host, port=port, dns_server=server)
     if scheme == "dns+srv":
         if ":" in rest:
             raise _bad(text, repr(rest), "has a port; an SRV record carries the port itself")
         if not valid_hostname(rest):
             raise _bad(text, repr(rest), "is not a DNS name like _kv._tcp.example.internal")
-        return Target(scheme, text, host=rest)
+        return Target(scheme, text, host=rest, dns_server=server)
     namespace, slash, svc = rest.partition("/")
     if not slash:
         raise _bad(text, repr(rest), "is not NAMESPACE/SERVICE:PORT")
@@ -148,11 +163,19 @@ def parse_target(text: str) -> Target:
     return Target(scheme, text, namespace=namespace, service=service, port_name=port_name)
 
 
+def dns_server_for(target: Target, dns_server: str | None) -> str | None:
+    """The DNS server a dns or dns+srv target asks: its own, else ``dns_server`` (None: /etc/resolv.conf's)."""
+    if target.dns_server and dns_server and parse_dns_server(dns_server) != parse_dns_server(target.dns_server):
+        raise ConfigError(f"target {target.text!r} asks DNS server {target.dns_server} and dns_server says"
+                          f" {dns_server}; give the DNS server in one place")
+    return target.dns_server or dns_server
+
+
 def make_resolver(target: Target, *, dns_server: str | None = None, refresh: float = 30.0,
                   name: str = "plugin", kubernetes: Mapping[str, Any] | None = None) -> Resolver:
-    """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv;
-    ``kubernetes`` holds extra keyword arguments of the Kubernetes resolver (kubeconfig, context,
-    api_client)."""
+    """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv
+    whose target names none (one naming another is a ConfigError); ``kubernetes`` holds extra keyword
+    arguments of the Kubernetes resolver (kubeconfig, context, api_client)."""
     if target.scheme in ("static", "unix"):
         from plugbay.network.static import StaticResolver
 
@@ -165,7 +188,7 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
                               " install plugbay with the network extra (pip install 'plugbay[network]')"
                               ) from exc
         return DNSResolver(target.host, target.port, srv=target.scheme == "dns+srv",
-                           dns_server=dns_server, refresh=refresh, name=name)
+                           dns_server=dns_server_for(target, dns_server), refresh=refresh, name=name)
     try:
         importlib.import_module("kubernetes")  # the client: an extra, needed once the resolver starts
         module = importlib.import_module("plugbay.network.kubernetes")
