@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -85,6 +86,25 @@ def test_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto_mtls: 
     assert not socket_dir.exists()
     assert proc.wait(0) == 0  # Shutdown made it exit by itself
     assert client.exited
+
+
+def test_a_host_that_is_a_plugin_passes_on_none_of_its_hosts_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a host run as a plugin by an AutoMTLS, multiplexing host has that host's variables in its environment;
+    # a plugin inheriting them served TLS (and yamux) to this host, which dialled plaintext until start_timeout
+    from plugbay.core.protocol.tls import generate_cert
+
+    monkeypatch.setenv("PLUGIN_CLIENT_CERT", generate_cert().cert_pem.decode())
+    monkeypatch.setenv("PLUGIN_MULTIPLEX_GRPC", "true")
+    monkeypatch.setenv("PLUGIN_UNIX_SOCKET_GROUP", "99999999999")
+    with Client(config(start_timeout=10)) as client:  # with them it waited this out: HandshakeTimeoutError
+        assert client.connection_mode == "plaintext" and client.handshake.server_cert is None
+        env = json.loads(client.dispense(PLUGIN_NAME).get("__env__"))
+    assert not {"PLUGIN_CLIENT_CERT", "PLUGIN_MULTIPLEX_GRPC", "PLUGIN_UNIX_SOCKET_GROUP"} & set(env)
+    assert env["BASIC_PLUGIN"] == "hello"  # the rest of the host's environment still reaches it
+    with Client(config(auto_mtls=True, multiplex_broker=True)) as client:  # what this host asks for, it gets
+        env = json.loads(client.dispense(PLUGIN_NAME).get("__env__"))
+        assert env["PLUGIN_CLIENT_CERT"] != os.environ["PLUGIN_CLIENT_CERT"]
+        assert env["PLUGIN_MULTIPLEX_GRPC"] == "true" and client.connection_mode == "grpc-tls"
 
 
 def test_each_client_gets_a_fresh_certificate() -> None:

@@ -2,7 +2,10 @@
 
 Mirrors go-plugin's ``cmdrunner``: the plugin gets the host's environment
 (unless ``skip_host_env``) plus the handshake variables, stdin from /dev/null,
-and its stdout/stderr as pipes. The process leads a new process group so a force
+and its stdout/stderr as pipes. Unlike cmdrunner it first drops the host's own
+go-plugin variables (HOST_SET_VARIABLES): a host that is itself a plugin would
+pass on its host's client certificate, and the plugin would serve TLS to a
+host dialling plaintext, which then waits out its start timeout. The process leads a new process group so a force
 kill reaches everything it started (a ``sh -c`` wrapper and its child alike). A
 group, not a new session: on Linux a session is also a scheduler autogroup, and
 a plugin alone in a fresh one reached its handshake 1-4 ms later on a loaded
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.exits import signal_name
+from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
@@ -168,6 +172,8 @@ class ProcessRunner(ProcessLines, Runner):
         if self._proc is not None:
             raise RunnerError(f"ProcessRunner for {self.name!r} was already started; make a new runner")
         env: dict[str, str] = {} if self.skip_host_env else dict(os.environ)
+        for name in HOST_SET_VARIABLES:
+            env.pop(name, None)
         env.update(self.env)
         env.update(spec.env)
         env[ENV_PLUGIN_ID] = self.plugin_id
