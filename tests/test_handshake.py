@@ -43,6 +43,14 @@ def test_seven_field_line_announces_multiplexing() -> None:
     assert parse_handshake_line("1|2|unix|/s|grpc||false").multiplex is False
 
 
+def test_fields_past_the_seventh_are_ignored_as_go_plugin_ignores_them() -> None:
+    # go-plugin's client reads parts[0..6] and nothing after: a later release may add a field
+    info = parse_handshake_line("1|2|unix|/s|grpc||true|a-later-field|another")
+    assert (info.app_version, info.address, info.multiplex) == (2, "/s", True)
+    with pytest.raises(errors.MalformedHandshakeError, match="not a boolean"):
+        parse_handshake_line("1|2|unix|/s|grpc||maybe|a-later-field")
+
+
 def test_short_cert_field_means_no_certificate() -> None:
     # go-plugin ignores field 6 unless it is longer than 50 characters
     assert parse_handshake_line("1|1|tcp|127.0.0.1:1|grpc|abc").server_cert is None
@@ -62,7 +70,6 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|tcp|a:1|grpc|" + "!" * 60, "base64"),
     ("1|1|tcp|a:1|grpc|" + "QUFB" * 20, "not a DER X.509 certificate"),
     ("1|1|tcp|a:1|grpc||maybe", "not a boolean"),
-    ("1|1|tcp|a:1|grpc||true|x", "at most 7"),
     ("\u0661|1|tcp|a:1|grpc", "core protocol version '\u0661' is not a number"),  # Arabic-Indic 1
     ("1|1_0|tcp|a:1|grpc", "app protocol version '1_0' is not a number"),
     ("1|+1|tcp|a:1|grpc", "app protocol version '+1' is not a number"),

@@ -258,7 +258,10 @@ def _whole_number(data: Mapping[str, Any], key: str) -> int:
 
 
 def parse_handshake_line(line: str) -> HandshakeInfo:
-    """Parse a go-plugin handshake line (5, 6 or 7 fields) into a HandshakeInfo.
+    """Parse a go-plugin handshake line (4 to 7 fields) into a HandshakeInfo.
+
+    Fields past the seventh are ignored, as go-plugin's client ignores them: a later go-plugin
+    may add one, and its hosts would still take the line.
 
     Raises MalformedHandshakeError for lines that are not handshake lines,
     ProtocolMismatchError for a core version other than 1 and
@@ -269,8 +272,6 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
     parts = line.split("|")
     if len(parts) < 4:
         raise MalformedHandshakeError(raw, f"expected at least 4 '|'-separated fields, got {len(parts)}")
-    if len(parts) > 7:
-        raise MalformedHandshakeError(raw, f"expected at most 7 fields, got {len(parts)}")
     core = _number(parts[0])
     if core is None:
         raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} is not a number")
@@ -320,7 +321,7 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
         except (ValueError, ssl.SSLError):
             raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
     multiplex = False
-    if len(parts) == 7:
+    if len(parts) >= 7:
         value = parts[6].strip().lower()
         if value not in ("true", "false", "1", "0", "t", "f"):
             raise MalformedHandshakeError(raw, f"multiplex field {parts[6]!r} is not a boolean")
