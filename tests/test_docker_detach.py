@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -170,16 +171,53 @@ def test_a_reattached_kill_removes_the_socket_folder_its_runner_made(tmp_path: P
         runner.detach()
         attached = reattach_runner(data)
         attached.adopted()
-        if proof == "marker replaced":  # no longer provably plugbay's folder: only sockets and markers go
+        if proof == "marker replaced":  # no longer provably plugbay's folder: it is left as it is
             (folder / ".plugbay-socket-dir").write_text("another token")
+            before = sorted(p.name for p in folder.iterdir())
         attached.kill(0)
         if proof == "kept":
             assert not folder.exists(), f"left behind: {sorted(p.name for p in folder.iterdir())}"
         else:
-            assert sorted(p.name for p in folder.iterdir()) == ["cache.tmp"]
+            assert sorted(p.name for p in folder.iterdir()) == before
+            assert (folder / ".plugbay-socket-dir").read_text() == "another token"
     finally:
         runner.kill(0)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "another folder"])
+def test_a_reattached_kill_touches_no_folder_put_where_the_proven_one_was(tmp_path: Path, swap: str) -> None:
+    # attach() proved the folder; by kill() the path names a symlink to, or is, a folder plugbay never
+    # proved: its socket and marker-named files stay (they were unlinked, the symlink followed)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(victim / "service.sock"))
+    (victim / ".plugbay-socket-dir").write_text("someone else's")
+    runner = DockerRunner(BASE, entrypoint=["sleep", "60"])
+    runner.start(LaunchSpec(env={}))
+    data = runner.reattach_data()
+    folder = Path(data["host_socket_dir"])
+    moved = tmp_path / "moved"
+    try:
+        runner.detach()
+        attached = reattach_runner(data)
+        attached.adopted()
+        shutil.move(str(folder), str(moved))
+        if swap == "symlink":
+            folder.symlink_to(victim)
+        else:
+            victim.rename(folder)  # a real folder, with the socket and a marker file not plugbay's
+            victim = folder
+        attached.kill(0)
+        assert sorted(p.name for p in victim.iterdir()) == [".plugbay-socket-dir", "service.sock"]
+    finally:
+        listening.close()
+        runner.kill(0)
+        if folder.is_symlink():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(moved, ignore_errors=True)
 
 
 def test_a_reattached_kill_leaves_a_socket_folder_the_caller_gave(tmp_path: Path) -> None:

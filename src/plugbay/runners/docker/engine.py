@@ -18,7 +18,6 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
@@ -301,19 +300,25 @@ def socket_dir_unproven(path: Any, labels: dict[str, str]) -> str | None:
 
 def clear_socket_dir(path: str) -> None:
     # Only sockets, plugbay's markers and an empty folder are removed: the folder
-    # may be a caller's, and anything else in it is not ours to delete.
-    folder = Path(path)
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        try:
-            mode = entry.lstat().st_mode
-            if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
-                entry.unlink()
-        except OSError:
-            pass
+    # may be a caller's, and anything else in it is not ours to delete. It is opened
+    # once, refusing a symlink, and emptied through that descriptor: a symlink put
+    # in its place after it was proven leads nowhere.
     try:
-        folder.rmdir()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        for entry in os.scandir(fd):
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
+                    os.unlink(entry.name, dir_fd=fd)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)  # a symlink there now is not removed: rmdir refuses one
     except OSError:
         pass
 

@@ -3,16 +3,18 @@ leaves it running (detach), and frees what this host holds for it."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from typing import TYPE_CHECKING, Any
 
-from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, clear_socket_dir, end_container,
+from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container,
                                             end_socket_dir, engine)
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.waiter import ExitWaiter
 
+_log = logging.getLogger("plugbay.runners.docker")
 
 class ContainerTeardown:
     """detach(), kill(), force_kill() and their close up; DockerRunner sets the attributes."""
@@ -87,8 +89,9 @@ class ContainerTeardown:
             elif self._attached and self._host_socket_dir:  # its first host is gone and left it behind
                 labels = {SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                           SOCKET_OWNED: str(self._owns_socket_dir).lower()}
-                if end_socket_dir(self._host_socket_dir, labels) is not None:
-                    clear_socket_dir(self._host_socket_dir)  # the proof of attach() no longer holds: only ours go
+                unproven = end_socket_dir(self._host_socket_dir, labels)
+                if unproven is not None:  # the proof attach() made no longer holds: not ours to touch now
+                    _log.debug("left the socket folder as it is: %s", unproven)
             if client is not None:
                 client.close()
 
