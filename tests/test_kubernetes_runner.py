@@ -275,14 +275,24 @@ def test_reattach_refuses_a_pod_plugbay_did_not_start(kubeconfig: str, started: 
 
 
 def test_sweep_removes_pods_of_gone_sessions(kubeconfig: str, started: KubernetesRunner) -> None:
+    from plugbay.runners.session import HOST_PIDS, host_pids
+
     api = core(kubeconfig)
-    orphan = {"metadata": {"name": "plugbay-orphan", "labels": {
-        "plugbay.managed": "true", "plugbay.session": "999999999-deadbeef0000"},
-        "annotations": {"plugbay.host": socket.gethostname()}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "plugin", "image": started.image}]}}
-    api.create_namespaced_pod("default", client.V1Pod.from_dict(orphan))
+    boot, namespace = host_pids().split(".")
+    # a dead pid of this pid namespace is a gone host; one of another namespace (a host in a container
+    # sharing this machine's name) says nothing here, and a pod without the label cannot be judged
+    for name, pids in (("plugbay-orphan", f"{boot}.{namespace}"), ("plugbay-elsewhere", f"{boot}.1{namespace}"),
+                       ("plugbay-unlabelled", None)):
+        labels = {"plugbay.managed": "true", "plugbay.session": "999999999-deadbeef0000"}
+        if pids is not None:
+            labels[HOST_PIDS] = pids
+        pod = {"metadata": {"name": name, "labels": labels, "annotations": {"plugbay.host": socket.gethostname()}},
+               "spec": {"restartPolicy": "Never", "containers": [{"name": "plugin", "image": started.image}]}}
+        api.create_namespaced_pod("default", client.V1Pod.from_dict(pod))
     try:
         assert sweep("default", kubeconfig=kubeconfig) == ["plugbay-orphan"]
+        for name in ("plugbay-elsewhere", "plugbay-unlabelled"):
+            api.delete_namespaced_pod(name, "default", grace_period_seconds=0)
         assert started.wait(0) is None  # our own pod stays
         assert sweep("default", live_sessions=[], kubeconfig=kubeconfig) == []  # own session is never swept
     finally:

@@ -15,12 +15,16 @@ import uuid
 from typing import Any
 
 from plugbay.core.transport.tempdirs import proc_stat as proc_stat  # where runners have imported it from
+from plugbay.core.transport.tempdirs import boot_id, pid_namespace
 from plugbay.core.transport.tempdirs import start_ticks as start_ticks
 
 MANAGED = "plugbay.managed"
 SESSION = "plugbay.session"
 SESSION_START = "plugbay.session-start"
 HOST = "plugbay.host"
+# The host's boot id and pid namespace: its pid (in SESSION) names the host process only where both are
+# this process's own. A host in a container sharing this machine's name (--network host) has another.
+HOST_PIDS = "plugbay.host-pids"
 _OWNER_MARK = "_owner_"
 # Exactly what owner_name() appends (session "<pid>-<12 hex>", then "." and the start ticks or nothing),
 # anchored at the end: any other "_owner_" in a name is the user's or the engine's, not an ownership claim.
@@ -67,9 +71,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def host_pids() -> str:
+    """This process's boot id and pid namespace ("" when either cannot be read: then nothing is judged gone)."""
+    boot, namespace = boot_id(), pid_namespace()
+    return f"{boot}.{namespace}" if boot and namespace else ""
+
+
 def managed_labels() -> dict[str, str]:
     session, start = _own_identity()
-    return {MANAGED: "true", SESSION: session, SESSION_START: start, HOST: socket.gethostname()}
+    return {MANAGED: "true", SESSION: session, SESSION_START: start, HOST: socket.gethostname(),
+            HOST_PIDS: host_pids()}
 
 
 def owner_name(name: str, session: str) -> str:
@@ -88,8 +99,25 @@ def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
     return labels.get(SESSION, ""), labels.get(SESSION_START, "")
 
 
+def session_gone(host: str | None, pids: str | None, session: str, start: str) -> bool:
+    """Whether the host session that labelled a container or pod is proven gone from here: this machine's
+    name (``host``), and this boot and pid namespace (``pids``, HOST_PIDS) with its process no longer running,
+    or an earlier boot of this machine. False when it cannot tell (another pid namespace, no such label)."""
+    own = host_pids()
+    if host != socket.gethostname() or not own or not pids or pids.count(".") != 1:
+        return False
+    if pids.split(".")[0] != own.split(".")[0]:
+        return True  # every process of an earlier boot has ended
+    return pids == own and not session_alive(session, start)
+
+
+def session_running(host: str | None, pids: str | None, session: str, start: str) -> bool:
+    """Whether that host session is proven to run here still (its process, in this pid namespace)."""
+    return host == socket.gethostname() and bool(pids) and pids == host_pids() and session_alive(session, start)
+
+
 def session_alive(session: str, start: str) -> bool:
-    """Whether the host process behind ``session`` still runs on this machine."""
+    """Whether the host process behind ``session`` still runs in this pid namespace."""
     try:
         pid = int(session.split("-", 1)[0])
     except ValueError:

@@ -58,7 +58,8 @@ def start_ticks(pid: int) -> str:
     return fields[19] if fields else ""
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
+    """This machine's boot id ("" when /proc cannot tell)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             return f.read(64).strip()
@@ -66,7 +67,8 @@ def _boot_id() -> str:
         return ""
 
 
-def _pid_namespace() -> str:
+def pid_namespace() -> str:
+    """This process's pid namespace, as the inode of /proc/self/ns/pid ("" when it cannot be read)."""
     try:
         return str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
@@ -80,9 +82,9 @@ def _owner_line() -> str:
     """This process, as the marker names it (read anew after a fork: the pid differs)."""
     global _boot
     if not _boot:
-        _boot = _boot_id()
+        _boot = boot_id()
     pid = os.getpid()
-    return f"{_MAGIC} {_boot or '-'} {_pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {_host_name()}\n"
+    return f"{_MAGIC} {_boot or '-'} {pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {_host_name()}\n"
 
 
 def _host_name() -> str:
@@ -159,10 +161,10 @@ def _maker_gone(line: str) -> bool:
         return False  # a temp dir shared with another machine (NFS): its processes are not seen here
     if not _own_proc():
         return False  # a /proc of another pid namespace than this process's: its pids say nothing here
-    current_boot = _boot_id()
+    current_boot = boot_id()
     if boot != "-" and current_boot and boot != current_boot:
         return True  # every process of an earlier boot has ended
-    if boot == "-" or boot != current_boot or namespace == "-" or namespace != _pid_namespace():
+    if boot == "-" or boot != current_boot or namespace == "-" or namespace != pid_namespace():
         return False  # a pid of another namespace (a container's) says nothing here
     if ticks == "-":
         return False

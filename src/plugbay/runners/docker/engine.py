@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.core.transport.tempdirs import MARKER as OWNER_MARKER
-from plugbay.runners.session import HOST, MANAGED, host_session_id, owner_of, session_alive
+from plugbay.runners.session import HOST, HOST_PIDS, MANAGED, host_session_id, owner_of, session_gone
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -367,7 +367,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
             if live is not None:
                 gone = session not in live
             else:
-                gone = labels.get(HOST) == here and not session_alive(session, start)
+                gone = session_gone(labels.get(HOST), labels.get(HOST_PIDS), session, start)
             if not gone:
                 continue
             if dry_run:

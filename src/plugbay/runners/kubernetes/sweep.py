@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.errors import RunnerError
-from plugbay.runners.session import HOST, SESSION_START, host_session_id, managed_labels, session_alive
+from plugbay.runners.session import (HOST_PIDS, SESSION_START, host_session_id, session_gone,
+                                     session_running)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
@@ -39,7 +40,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     if api_client is None:
         api_client, _ = load_api_client(kubeconfig)
     api: Any = client.CoreV1Api(api_client)
-    here, own_session = managed_labels()[HOST], host_session_id()
+    own_session = host_session_id()
     identity = host_identity(host_id)
     removed: list[str] = []
     try:
@@ -51,7 +52,8 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
             if session == own_session:
                 continue
             host = (pod.metadata.annotations or {}).get("plugbay.host")
-            running = host == here and session_alive(session, labels.get(SESSION_START, ""))
+            start, pids = labels.get(SESSION_START, ""), labels.get(HOST_PIDS)
+            running = session_running(host, pids, session, start)
             if identity is not None and labels.get(HOST_ID) == identity:
                 # this host's identity, another session: a run before a restart, unless that session
                 # still runs here (a forked worker of this host is a session of its own)
@@ -59,7 +61,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
             elif live_sessions is not None:
                 gone = session not in live_sessions
             else:
-                gone = host == here and not running
+                gone = session_gone(host, pids, session, start)
             if gone and not pod.metadata.deletion_timestamp:
                 if dry_run:
                     removed.append(pod.metadata.name)
