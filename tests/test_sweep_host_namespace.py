@@ -32,8 +32,8 @@ HOST = textwrap.dedent("""
     from plugbay.runners.session import host_session_id
     runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
     runner.start(LaunchSpec(env={}))
-    print(json.dumps({"session": host_session_id(), "id": runner.id, "folder": runner.reattach_data()["host_socket_dir"]}),
-          flush=True)
+    folder = runner.reattach_data()["host_socket_dir"]
+    print(json.dumps({"session": host_session_id(), "id": runner.id, "folder": folder}), flush=True)
     time.sleep(120)
 """)
 
