@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from plugbay import images
-from plugbay.errors import ConfigError, ImageNotFoundError
+from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -89,3 +90,26 @@ def test_cli_base_only() -> None:
     bad = subprocess.run([sys.executable, "-m", "plugbay.images", "nope"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "unknown example image" in bad.stderr
+
+
+@pytest.mark.parametrize("cut", ["progress raises", "failed command"])
+def test_a_build_step_cut_short_ends_its_command_and_what_it_started(tmp_path: Path, cut: str) -> None:
+    # a debootstrap left running after Ctrl-C wrote on under the rootfs folder ensure_base() removes
+    pids = tmp_path / "pids"
+    script = f"sleep 60 >/dev/null 2>&1 & echo $! > {pids}; echo $$ >> {pids}; echo started; " + (
+        "exec sleep 60" if cut == "progress raises" else "exit 3")
+
+    def progress(line: str) -> None:
+        if cut == "progress raises":
+            raise KeyboardInterrupt  # as Ctrl-C while the step's output is read
+
+    if cut == "progress raises":
+        with pytest.raises(KeyboardInterrupt):
+            images._stream(["sh", "-c", script], progress, what="step")
+        for pid in map(int, pids.read_text().split()):
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
+    else:
+        with pytest.raises(RunnerError, match="step failed .exit 3."):
+            images._stream(["sh", "-c", script], progress, what="step")
+        background = int(pids.read_text().split()[0])
+        os.kill(background, 9)  # a command that ends by itself: what it left is its own business

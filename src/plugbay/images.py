@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,12 +137,35 @@ def apt_mirror(deb822: Path = Path("/etc/apt/sources.list.d/debian.sources"),
 
 
 def _stream(cmd: Sequence[str], progress: Progress, *, what: str, stdin: Any = None) -> None:
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group, ended with it when reading is cut short (Ctrl-C, a progress callback that
+    # raises): a debootstrap left running would write on under a rootfs folder being removed
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        progress(f"{what}: {line.rstrip()}")
-    if proc.wait() != 0:
-        raise RunnerError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}; see the lines above")
+    try:
+        for line in proc.stdout:
+            progress(f"{what}: {line.rstrip()}")
+        code = proc.wait()
+    except BaseException:
+        _end_group(proc)
+        raise
+    finally:
+        proc.stdout.close()
+    if code != 0:
+        raise RunnerError(f"{what} failed (exit {code}): {' '.join(cmd)}; see the lines above")
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @contextmanager
