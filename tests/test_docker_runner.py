@@ -646,3 +646,24 @@ def test_start_after_kill_or_detach_is_refused(plugbay_docker: Any, end: str) ->
     finally:
         used.kill(0)
     assert _ours(plugbay_docker) == before
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True])
+def test_a_tcp_plugin_that_exits_after_its_handshake_is_reported_as_exited(auto_mtls: bool) -> None:
+    # its stopped container publishes no port: the error told it to honour PLUGBAY_LISTEN (or, with
+    # AutoMTLS, that TLS is required), while its exit code and stderr say what went wrong
+    from plugbay import Client, ClientConfig
+    from plugbay.core.protocol.handshake import HandshakeConfig
+    from plugbay.errors import PluginExitedError
+
+    line = "1|1|tcp|0.0.0.0:4000|grpc|"
+    runner = DockerRunner(BASE, transport="tcp", network=None,
+                          entrypoint=["sh", "-c", f"echo '{line}'; echo 'fatal: no config' >&2; exit 3"])
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), runner=runner, start_timeout=20,
+                                 auto_mtls=auto_mtls))
+    try:
+        with pytest.raises(PluginExitedError) as info:
+            client.start()
+        assert info.value.exit_code == 3 and "fatal: no config" in str(info.value)
+    finally:
+        client.kill()

@@ -27,14 +27,13 @@ from plugbay.core.host.connect import dial, start_connecting, wait_healthy
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
-    PluginExitedError,
-    ProtocolMismatchError,
+    RunnerError,
     TLSRequiredError,
     UnknownPluginError,
-    VersionMismatchError,
 )
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.core.host.launch import follow_output, launch_env, private_folder, read_handshake, take_runner
+from plugbay.core.host.launch import (exited_after_handshake, follow_output, launch_env, private_folder, read_handshake,
+                                      refuse_announced, take_runner)
 from plugbay.core.host.exitnotice import ExitNotice
 from plugbay.core.host.live import LIVE, LoopHandoff
 from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
@@ -214,22 +213,27 @@ class Client(ExitNotice):
         self._accept(info)
         self._connect(info, deadline)
 
+    def _raise_if_exited(self, code: int | None) -> None:
+        if code is not None:
+            self._logs.join(2.0)
+            raise exited_after_handshake(self.name, code, self._logs.tail()[-20:])
+
     def _accept(self, info: HandshakeInfo) -> None:
-        if info.app_version not in self._versions:
-            raise VersionMismatchError(sorted(self._versions), [info.app_version])
-        if self.config.multiplex_broker and not info.multiplex:
-            raise ProtocolMismatchError(
-                f"the host asked for the multiplexed gRPC broker but plugin {self.name!r} does not"
-                " support it; set multiplex_broker=False or upgrade the plugin's go-plugin/plugbay")
+        refuse_announced(info, self._versions, self.config.multiplex_broker, self.name)
         self._announced = info
         self._version = info.app_version
 
     def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
         runner = self.runner
-        network, address = runner.plugin_to_host(announced.network, announced.address)
+        try:
+            network, address = runner.plugin_to_host(announced.network, announced.address)
+        except RunnerError:  # a plugin gone at once has no address left to map (a stopped container's port)
+            self._raise_if_exited(runner.wait(1.0))
+            raise
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:
             if self._require_tls:
+                self._raise_if_exited(runner.wait(0))  # no certificate from a plugin that is gone: its exit says why
                 why = ("require_tls=True" if self.config.require_tls else
                        f"{type(runner).__name__}'s connection leaves the host's private folder")
                 raise TLSRequiredError(self.name, why)
@@ -263,12 +267,7 @@ class Client(ExitNotice):
             raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (close() came while it"
                                    " reattached, or its AsyncClient's start() was cancelled); make a new client"
                                    " to try again")
-        code = runner.wait(0)
-        if code is not None:
-            self._logs.join(2.0)
-            raise PluginExitedError(self.name, code, self._logs.tail()[-20:], "It exited right after its handshake:"
-                                    " it stopped serving (or never served) the address it announced.",
-                                    when="after printing its handshake line, while the host connected")
+        self._raise_if_exited(runner.wait(0))
         if self._kill_asked:  # a reattached plugin kill() could not reach yet: start() ends it
             raise ClientStateError(f"kill() was asked while plugin {self.name!r} was connecting")
         self._stdio = streams.stdio_for(self._broker_queues)

@@ -12,7 +12,8 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import ConfigError, HandshakeError, HandshakeTimeoutError, PluginExitedError, RunnerError
+from plugbay.errors import (ConfigError, HandshakeError, HandshakeTimeoutError, PluginExitedError,
+                            ProtocolMismatchError, RunnerError, VersionMismatchError)
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -227,3 +228,19 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, item)
         return parse_handshake_line(item)
+
+
+def refuse_announced(info: HandshakeInfo, versions: Mapping[int, object], multiplex: bool, name: str) -> None:
+    """Raise when the plugin's handshake announces what this host cannot take (a version, no multiplexing)."""
+    if info.app_version not in versions:
+        raise VersionMismatchError(sorted(versions), [info.app_version])
+    if multiplex and not info.multiplex:
+        raise ProtocolMismatchError(
+            f"the host asked for the multiplexed gRPC broker but plugin {name!r} does not"
+            " support it; set multiplex_broker=False or upgrade the plugin's go-plugin/plugbay")
+
+
+def exited_after_handshake(name: str, code: int, tail: list[str]) -> PluginExitedError:
+    return PluginExitedError(name, code, tail, "It exited right after its handshake: it stopped serving (or never"
+                             " served) the address it announced.",
+                             when="after printing its handshake line, while the host connected")
