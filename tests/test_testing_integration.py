@@ -48,6 +48,42 @@ def test_plugin_container_lifecycle(plugbay_image: Any, plugbay_docker: Any, tra
     assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
 
 
+def test_tcp_plugin_container_serves_only_the_host_with_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
+    # the tcp transport served plaintext on its published port: any local process could call the plugin
+    import grpc
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    with PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS) as plugin:
+        plugin.dispense(PLUGIN_NAME).put("owner", b"host")
+        assert plugin.handshake is not None and plugin.handshake.server_cert is not None
+        reattach = plugin.reattach_config()
+        assert reattach.client_cert is not None  # what get_client() reattaches with
+        with grpc.insecure_channel(f"127.0.0.1:{reattach.runner['host_port']}") as channel:
+            with pytest.raises(grpc.RpcError):  # another local process, with no certificate
+                kv_pb2_grpc.KVStub(channel).Put(kv_pb2.PutRequest(key="owner", value=b"intruder"), timeout=5)
+        assert plugin.dispense(PLUGIN_NAME).get("owner") == b"host"
+
+
+def test_tcp_plugin_container_without_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
+    from plugbay.errors import TLSRequiredError
+    from plugbay.runners.session import HOST_SESSION_ID
+
+    # a plugin that ignores PLUGIN_CLIENT_CERT would serve plaintext: refused unless asked for
+    plaintext = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS)
+    plaintext.with_kwargs(entrypoint=["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /plugin/entrypoint"])
+    try:
+        with pytest.raises(TLSRequiredError, match=r"pass PluginContainer\(auto_mtls=False\) to accept plaintext"):
+            plaintext.start()
+    finally:
+        plaintext.stop()  # a no-op after the refusal (start() removed it); a start that went on must not leak
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+    with PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, auto_mtls=False) as plugin:  # the opt-out
+        assert plugin.handshake is not None and plugin.handshake.server_cert is None
+        assert plugin.reattach_config().client_cert is None
+        plugin.dispense(PLUGIN_NAME).put("k", b"plaintext")
+        assert plugin.dispense(PLUGIN_NAME).get("k") == b"plaintext"
+
+
 def test_a_failed_client_kill_still_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:
     # stop() skipped the container's own removal when the plugin's Client failed to kill it
     from plugbay.errors import RunnerError

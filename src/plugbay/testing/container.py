@@ -6,11 +6,14 @@
 
 The container gets the go-plugin environment (magic cookie, protocol
 versions) and, by default, listens on TCP port 4000 published on 127.0.0.1
-only (PLUGBAY_LISTEN); ``transport="unix"`` bind-mounts a socket folder
-instead and disables the network (needed for go-plugin 1.0.1 Go plugins,
-which cannot listen on all interfaces). start() returns once the plugin
-printed its handshake line; get_client() connects a plugbay Client to it
-through the Docker runner's reattach path, so address mapping, deadlines and
+only (PLUGBAY_LISTEN) with AutoMTLS: a fresh client certificate goes in
+PLUGIN_CLIENT_CERT, as a Client's does, since any local process can reach a
+published port (``auto_mtls=False`` opts out, for a plugin without AutoMTLS).
+``transport="unix"`` bind-mounts a socket folder instead and disables the
+network (needed for go-plugin 1.0.1 Go plugins, which cannot listen on all
+interfaces). start() returns once the plugin printed its handshake line;
+get_client() connects a plugbay Client to it through the Docker runner's
+reattach path (with the certificate), so address mapping, deadlines, TLS and
 typed errors are the same as with DockerRunner.
 """
 
@@ -23,8 +26,11 @@ from typing import Any, Self
 from testcontainers.core.container import DockerContainer
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError
-from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo, parse_handshake_line
+from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError,
+                            TLSRequiredError)
+from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
+                                             parse_handshake_line)
+from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -32,19 +38,20 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
 
-
 class PluginContainer(DockerContainer):
     """A plugin image under testcontainers' lifecycle (start/stop/with)."""
 
     def __init__(self, image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
                  versioned_plugins: VersionedPlugins | None = None, transport: str = "tcp",
                  container_port: int = 4000, start_timeout: float = 60.0,
-                 call_timeout: float | None = 30.0, **kwargs: Any) -> None:
+                 call_timeout: float | None = 30.0, auto_mtls: bool | None = None, **kwargs: Any) -> None:
         if not isinstance(handshake, HandshakeConfig):
             raise ConfigError(f"PluginContainer's handshake must be a HandshakeConfig, got {type(handshake).__name__};"
                               " pass the plugin's HandshakeConfig(protocol_version, cookie_key, cookie_value)")
         if transport not in ("tcp", "unix"):
             raise ConfigError(f"PluginContainer's transport must be 'tcp' or 'unix', got {transport!r}")
+        if auto_mtls is not None and not isinstance(auto_mtls, bool):
+            raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
         super().__init__(image, **kwargs)
         self.handshake_config = handshake
@@ -54,7 +61,11 @@ class PluginContainer(DockerContainer):
         self.container_port = container_port
         self.start_timeout = start_timeout
         self.call_timeout = call_timeout
+        # as ClientConfig.auto_mtls: None is on for tcp (a published port any local process can
+        # reach, as DockerRunner's tcp requires TLS) and off for unix (a private folder)
+        self.auto_mtls = auto_mtls
         self.handshake: HandshakeInfo | None = None
+        self._cert: CertKey | None = None
         self._socket_dir: str | None = None
         self._client: Client | None = None
         versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
@@ -62,6 +73,12 @@ class PluginContainer(DockerContainer):
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
 
     def _configure(self) -> None:
+        # fresh per start, as a Client's; a stale one from an earlier start names a key no Client holds
+        self._cert = None
+        self.env.pop(ENV_CLIENT_CERT, None)
+        if self.auto_mtls if self.auto_mtls is not None else self.transport == "tcp":
+            self._cert = generate_cert()
+            self.with_env(ENV_CLIENT_CERT, self._cert.cert_pem.decode())
         extra: dict[str, Any] = {"labels": {**managed_labels(), "plugbay.plugin": self.image},
                                  "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
         gid: int | None = None
@@ -85,7 +102,14 @@ class PluginContainer(DockerContainer):
     def start(self) -> Self:
         try:
             super().start()
-            self.handshake = self._read_handshake()
+            handshake = self._read_handshake()
+            if self._cert is not None and handshake.server_cert is None and self.transport == "tcp":
+                # the plugin serves plaintext on a port any local process can reach: refused, as
+                # DockerRunner's tcp refuses it
+                raise TLSRequiredError(self.image, "PluginContainer's tcp transport publishes the plugin on a"
+                                       " 127.0.0.1 port any local process can reach; for a plugin without"
+                                       " AutoMTLS pass PluginContainer(auto_mtls=False) to accept plaintext")
+            self.handshake = handshake
         except BaseException:
             self.stop()
             raise
@@ -118,7 +142,7 @@ class PluginContainer(DockerContainer):
                                   "host_socket_dir": self._socket_dir, "owns_socket_dir": False}
         if self.transport == "tcp":
             runner["host_port"] = int(self.get_docker_client().port(self.get_container_id(), self.container_port))
-        return ReattachConfig(handshake=self.handshake, runner=runner, name=self.image)
+        return ReattachConfig(handshake=self.handshake, runner=runner, client_cert=self._cert, name=self.image)
 
     def get_client(self) -> Client:
         """The connected plugbay Client of this plugin (one per container; stop() kills it)."""
