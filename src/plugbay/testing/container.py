@@ -11,10 +11,11 @@ PLUGIN_CLIENT_CERT, as a Client's does, since any local process can reach a
 published port (``auto_mtls=False`` opts out, for a plugin without AutoMTLS).
 ``transport="unix"`` bind-mounts a socket folder instead and disables the
 network (needed for go-plugin 1.0.1 Go plugins, which cannot listen on all
-interfaces). start() returns once the plugin printed its handshake line;
-get_client() connects a plugbay Client to it through the Docker runner's
-reattach path (with the certificate), so address mapping, deadlines, TLS and
-typed errors are the same as with DockerRunner.
+interfaces). start() returns once the plugin printed its
+handshake line; get_client() connects a plugbay Client to it through the
+Docker runner's reattach path (with the certificate), so address mapping,
+deadlines, TLS and typed errors are the same as with DockerRunner. As with
+DockerRunner, the image must be on the engine: nothing is ever pulled.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from typing import Any, Self
 
 from testcontainers.core.container import DockerContainer
+from testcontainers.core.docker_client import DockerClient, get_docker_host
+from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError,
@@ -34,9 +37,40 @@ from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN,
+from plugbay.runners.docker.checks import find_image, missing_image
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
+
+class _Engine(DockerClient):
+    """testcontainers' engine client with a create() that never pulls.
+
+    testcontainers' own create() pulls an image the engine lacks (plugbay never uses a registry,
+    and the failure surfaced as a docker SDK error, not ImageNotFoundError).
+    """
+
+    def __init__(self, made: DockerClient) -> None:
+        # the engine client testcontainers already made, not a second one (a second connection
+        # and, with version="auto", a second version request)
+        self.__dict__.update(vars(made))
+
+    def create(self, image: str, command: Any = None, environment: Any = None, ports: Any = None,
+               labels: dict[str, str] | None = None, detach: bool = False, **kwargs: Any) -> Any:
+        from docker.errors import ImageNotFound
+
+        find_image(self.client, image)  # DockerRunner's check: ImageNotFoundError saying how to build it
+        if "network" not in kwargs and not get_docker_host():
+            # testcontainers' join of the network of the container the tests run in
+            host_network = self.find_host_network()
+            if host_network:
+                kwargs["network"] = host_network
+        try:
+            return engine_call(lambda: self.client.containers.create(
+                image, command=command, environment=environment, ports=ports, labels=create_labels(image, labels),
+                detach=detach, **kwargs), "create the container")
+        except ImageNotFound:  # removed since find_image saw it; docker-py's create does not pull
+            raise missing_image(image) from None
+
 
 class PluginContainer(DockerContainer):
     """A plugin image under testcontainers' lifecycle (start/stop/with)."""
@@ -66,11 +100,17 @@ class PluginContainer(DockerContainer):
         self.auto_mtls = auto_mtls
         self.handshake: HandshakeInfo | None = None
         self._cert: CertKey | None = None
+        self._engine: _Engine | None = None
         self._socket_dir: str | None = None
         self._client: Client | None = None
         versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
         self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
+
+    def get_docker_client(self) -> DockerClient:
+        if self._engine is None:
+            self._engine = _Engine(super().get_docker_client())
+        return self._engine
 
     def _configure(self) -> None:
         # fresh per start, as a Client's; a stale one from an earlier start names a key no Client holds

@@ -18,11 +18,7 @@ def find_image(client: Any, name: str) -> Any:
     try:
         return engine_call(lambda: client.images.get(name), "look up the image")
     except ImageNotFound:
-        raise ImageNotFoundError(
-            f"image {name!r} is not on the Docker engine. Build it (the examples:"
-            " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
-            " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls."
-        ) from None
+        raise missing_image(name) from None
     except APIError as exc:
         if exc.status_code != 400:  # 400 is the engine refusing the reference itself, before any lookup
             raise
@@ -30,6 +26,14 @@ def find_image(client: Any, name: str) -> Any:
             f"image reference {name!r} is malformed (the engine says: {exc.explanation or exc}). An image"
             " reference is [registry/]name[:tag] in lowercase, with no spaces: e.g. 'plugbay-kv:latest'"
         ) from None
+
+
+def missing_image(name: str) -> ImageNotFoundError:
+    """The error for image ``name`` not being on the engine (also plugbay.testing's): how to build it."""
+    return ImageNotFoundError(
+        f"image {name!r} is not on the Docker engine. Build it (the examples:"
+        " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
+        " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls.")
 
 
 def check_digest(image: Any, name: str, digest: str) -> None:
