@@ -1,4 +1,4 @@
-"""What PluginContainer asks the engine: never a pull.
+"""What PluginContainer asks the engine: never a pull, and no network for the unix transport.
 
 A stand-in engine (tests/standin_engine.py) records the requests; it accepts the container
 create and refuses the start, so no real container is made.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 
 from kv_plugin_def import HANDSHAKE  # noqa: E402
 
-from plugbay.errors import ImageNotFoundError  # noqa: E402
+from plugbay.errors import ConfigError, ImageNotFoundError  # noqa: E402
 from tests.standin_engine import StandinEngine  # noqa: E402
 
 pytest.importorskip("testcontainers")
@@ -44,3 +45,65 @@ def test_a_missing_image_is_never_pulled(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         engine.close()
 
+
+def _in_a_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[StandinEngine, dict[str, Any]]:
+    """The engine, and the client arguments that reach it, with the tests seemingly run inside a
+    container on network "ci-net" (docker-out-of-docker CI: DOCKER_HOST unset)."""
+    import testcontainers.core.docker_client as tc_client
+    from testcontainers.core import utils
+
+    import plugbay.testing.container as module
+
+    engine = StandinEngine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"], running_in="ci-net")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(tc_client, "get_docker_host", lambda: None)
+    monkeypatch.setattr(module, "get_docker_host", lambda: None, raising=False)  # unused before the fix
+    monkeypatch.setattr(utils, "get_running_in_container_id", lambda: "deadbeef")
+    return engine, {"version": "1.41", "environment": {"DOCKER_HOST": f"unix://{engine.path}"}}
+
+
+def test_the_unix_transport_stays_off_the_network_inside_a_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # testcontainers added network=<the CI container's network>, which overrides network_mode="none"
+    engine, client_kw = _in_a_container(tmp_path, monkeypatch)
+    try:
+        container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix", docker_client_kw=client_kw)
+        with pytest.raises(Exception, match="refusing to start"):  # the stand-in's answer to the start
+            container.start()
+        assert len(engine.creates) == 1
+        assert engine.creates[0]["HostConfig"]["NetworkMode"] == "none"
+        assert not engine.creates[0].get("NetworkingConfig")
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("asks", [{"network": "ci-net"}, {"network_mode": "bridge"}, {"networking_config": {"n": {}}},
+                                  "with_network"])
+def test_the_unix_transport_refuses_a_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asks: Any) -> None:
+    engine, client_kw = _in_a_container(tmp_path, monkeypatch)
+    try:
+        container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix", docker_client_kw=client_kw)
+        if asks == "with_network":
+            from testcontainers.core.network import Network
+
+            container.with_network(Network())  # never created: the refusal comes first
+        else:
+            container.with_kwargs(**asks)
+        with pytest.raises(ConfigError, match=r"transport='unix'\) runs the plugin with no network"):
+            container.start()
+        assert engine.creates == []
+    finally:
+        engine.close()
+
+
+def test_the_unix_transport_takes_a_network_mode_that_asks_for_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, client_kw = _in_a_container(tmp_path, monkeypatch)
+    try:
+        container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix", docker_client_kw=client_kw)
+        container.with_kwargs(network_mode=None, network=None)  # None is docker-py's "not given", not a network
+        with pytest.raises(Exception, match="refusing to start"):
+            container.start()
+        assert engine.creates[0]["HostConfig"]["NetworkMode"] == "none"
+    finally:
+        engine.close()

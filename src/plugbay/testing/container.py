@@ -9,9 +9,9 @@ versions) and, by default, listens on TCP port 4000 published on 127.0.0.1
 only (PLUGBAY_LISTEN) with AutoMTLS: a fresh client certificate goes in
 PLUGIN_CLIENT_CERT, as a Client's does, since any local process can reach a
 published port (``auto_mtls=False`` opts out, for a plugin without AutoMTLS).
-``transport="unix"`` bind-mounts a socket folder instead and disables the
-network (needed for go-plugin 1.0.1 Go plugins, which cannot listen on all
-interfaces). start() returns once the plugin printed its
+``transport="unix"`` bind-mounts a socket folder instead and always runs the
+container with no network (needed for go-plugin 1.0.1 Go plugins, which
+cannot listen on all interfaces). start() returns once the plugin printed its
 handshake line; get_client() connects a plugbay Client to it through the
 Docker runner's reattach path (with the certificate), so address mapping,
 deadlines, TLS and typed errors are the same as with DockerRunner. As with
@@ -42,11 +42,17 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
 
+# docker-py's arguments that choose a container's network: a unix-transport plugin gets none
+_NETWORK_ARGS = ("network", "network_mode", "networking_config")
+
+
 class _Engine(DockerClient):
-    """testcontainers' engine client with a create() that never pulls.
+    """testcontainers' engine client with a create() that never pulls and keeps a network_mode.
 
     testcontainers' own create() pulls an image the engine lacks (plugbay never uses a registry,
-    and the failure surfaced as a docker SDK error, not ImageNotFoundError).
+    and the failure surfaced as a docker SDK error, not ImageNotFoundError), and when it runs inside
+    a container it adds that container's network even when network_mode was given (docker-py's
+    network= overrides network_mode: a unix-transport plugin landed on a network).
     """
 
     def __init__(self, made: DockerClient) -> None:
@@ -59,8 +65,9 @@ class _Engine(DockerClient):
         from docker.errors import ImageNotFound
 
         find_image(self.client, image)  # DockerRunner's check: ImageNotFoundError saying how to build it
-        if "network" not in kwargs and not get_docker_host():
-            # testcontainers' join of the network of the container the tests run in
+        if not any(name in kwargs for name in _NETWORK_ARGS) and not get_docker_host():
+            # testcontainers' join of the network of the container the tests run in (tcp only:
+            # the unix transport sets network_mode)
             host_network = self.find_host_network()
             if host_network:
                 kwargs["network"] = host_network
@@ -113,6 +120,12 @@ class PluginContainer(DockerContainer):
         return self._engine
 
     def _configure(self) -> None:
+        if self.transport == "unix":
+            given = [name for name in _NETWORK_ARGS if self._kwargs.get(name) not in (None, "none")]
+            if given or self._network is not None:
+                raise ConfigError(f"PluginContainer(transport='unix') runs the plugin with no network, but"
+                                  f" {', '.join(given) or 'with_network()'} asks for one; use transport='tcp'"
+                                  " for a plugin that needs a network")
         # fresh per start, as a Client's; a stale one from an earlier start names a key no Client holds
         self._cert = None
         self.env.pop(ENV_CLIENT_CERT, None)
@@ -138,6 +151,8 @@ class PluginContainer(DockerContainer):
         # testcontainers' annotation is narrower)
         self.ports.update(args.pop("ports", {}))
         self._kwargs = {**extra, **args, **self._kwargs}
+        if self.transport == "unix":  # a network_mode=None of the caller's (checked above) is not the default bridge
+            self._kwargs["network_mode"] = "none"
 
     def start(self) -> Self:
         try:
