@@ -165,6 +165,35 @@ def test_a_reattach_whose_address_is_not_the_proven_plugins_dials_nothing(tmp_pa
         other.wait(10)
 
 
+def test_a_unix_server_the_reattach_data_names_gets_no_connection(tmp_path: Path) -> None:
+    # the proof that the plugin holds the listening socket comes before any connect to the path: an
+    # unrelated server named by reattach data was connected to (to ask its peer's pid), then refused
+    import socket
+    import sys
+
+    path = str(tmp_path / "someone-elses.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+    server.setblocking(False)
+    plugin = ProcessRunner([sys.executable, "-c", "import socket, time; s = socket.socket();"
+                            " s.bind(('127.0.0.1', 0)); s.listen(); print('up', flush=True); time.sleep(30)"])
+    plugin.start(LaunchSpec(env={}))
+    try:
+        assert next(iter(plugin.stdout_lines())) == "up"
+        attached = reattach_runner(plugin.reattach_data())  # a real plugin process, proven
+        try:
+            with pytest.raises(ReattachError):
+                attached.plugin_to_host("unix", path)
+        finally:
+            attached.detach()
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody connected
+    finally:
+        plugin.kill(0)
+        server.close()
+
+
 def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path: Path) -> None:
     import os
     import socket

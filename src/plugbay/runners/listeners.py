@@ -169,8 +169,9 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         return False
     if network == "unix":
         listening = unix_listeners(pids[0], address)
-        if listening and unix_peer_pid(address) not in pids:  # another socket renamed onto the path
+        if not listening or not listening <= held:  # before any connect: the path may be anyone's server
             return False
+        return unix_peer_pid(address) in pids  # held, and no other socket renamed onto the path since
     elif network == "tcp":
         listening = tcp_listeners(pids[0], address)
     else:
