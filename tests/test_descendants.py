@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 from tests.resilience_util import wait_until
@@ -168,3 +171,32 @@ def test_family_since_skips_marked_processes_older_than_the_plugin() -> None:
     finally:
         older.kill()
         older.wait()
+
+
+STRAY_WRITER = ("import os, sys, time\n"
+                "if os.fork(): sys.exit(0)\n"  # reparented: no parent link to the plugin
+                "os.setsid()\n"  # its own session and group: the kill's group signal misses it
+                "print(os.getpid(), flush=True)\n"
+                "for _ in range(600):\n print('stray', flush=True); time.sleep(0.05)\n")
+
+
+def test_the_output_readers_end_after_kill_though_an_escaped_stray_writes_on() -> None:
+    # a descendant without the plugin's marker in its environment is out of kill()'s reach; writing
+    # more often than the readers' poll interval it kept stdout_lines() going for as long as it wrote
+    plugin = ("import os, subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', sys.argv[1]], env={'PATH': os.environ['PATH']}).wait()\n"
+              "time.sleep(60)\n")
+    runner = ProcessRunner([sys.executable, "-c", plugin, STRAY_WRITER])
+    runner.start(LaunchSpec(env={}))
+    lines = runner.stdout_lines()
+    stray = int(next(lines))
+    ended = threading.Event()
+    reader = threading.Thread(target=lambda: (collections.deque(lines, maxlen=0), ended.set()), daemon=True)
+    try:
+        reader.start()
+        time.sleep(0.3)
+        runner.kill(0)
+        assert ended.wait(10), "stdout_lines() did not end after kill()"
+    finally:
+        os.kill(stray, signal.SIGKILL)
+        reader.join(10)

@@ -8,6 +8,7 @@ import os
 import select
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -15,6 +16,7 @@ from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
 
 _POLL = 0.2
+_DRAIN = 1.0  # after kill(): how long the pipes are still read
 
 
 class ProcessLines:
@@ -48,8 +50,15 @@ class ProcessLines:
         poller.register(fd, select.POLLIN | select.POLLHUP)
         splitter = LineSplitter()
         self.splitters.append(splitter)
+        drain_until: float | None = None
         try:
             while True:
+                if self._stop.is_set():
+                    # what the dead plugin wrote is read for a moment more; a stray that escaped the
+                    # kill and writes on (more often than every _POLL) must not keep the reader going
+                    drain_until = drain_until or time.monotonic() + _DRAIN
+                    if time.monotonic() >= drain_until:
+                        break
                 if not poller.poll(_POLL * 1000):
                     if self._stop.is_set():
                         break
