@@ -16,6 +16,7 @@ from plugbay.core.host.secure import SecureConfig
 from plugbay.errors import ReattachError
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.docker import DockerRunner
+from tests.docker_standin import standin  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 BASE = "plugbay-base:bookworm"
@@ -80,54 +81,8 @@ def test_a_reattach_id_that_walks_to_another_engine_endpoint_is_refused(labelled
             DockerRunner.attach({"id": bad, "transport": transport}, take_ownership=False)
 
 
-class _NotAContainerEngine:
-    """A DOCKER_HOST on a unix socket whose answer to a container inspect lacks the container's State."""
-
-    def __init__(self, path: str) -> None:
-        import http.server
-        import json
-        import socketserver
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.endswith("/version"):
-                    body: dict[str, Any] = {"ApiVersion": "1.41", "Version": "20.10.0"}
-                else:
-                    body = {"Id": "f" * 64, "Config": {"Labels": {"plugbay.managed": "true"}}}
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-            daemon_threads = True
-
-            def get_request(self) -> Any:
-                request, _ = super().get_request()
-                return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port) client address
-
-        self.server = Server(path, Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-def test_an_engine_answer_that_is_no_container_is_a_reattach_error(tmp_path: Any,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = _NotAContainerEngine(str(tmp_path / "engine.sock"))
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'engine.sock'}")
-    try:
-        with pytest.raises(ReattachError, match="the engine's answer for it is not a container's"):
-            DockerRunner.attach({"id": "f" * 64, "transport": "tcp"}, take_ownership=False)
-    finally:
-        engine.close()
+def test_an_engine_answer_that_is_no_container_is_a_reattach_error(standin: Any) -> None:
+    # a container's inspect lacking the container's State
+    standin(lambda method, path: (200, {"Id": "f" * 64, "Config": {"Labels": {"plugbay.managed": "true"}}}))
+    with pytest.raises(ReattachError, match="the engine's answer for it is not a container's"):
+        DockerRunner.attach({"id": "f" * 64, "transport": "tcp"}, take_ownership=False)
