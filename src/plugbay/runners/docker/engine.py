@@ -100,6 +100,15 @@ def engine_call(func: Callable[[], T], what: str) -> T:
         raise
 
 
+def engine_failures() -> tuple[type[BaseException], ...]:
+    """What a failing engine raises: its answers, what requests raises for a connection it dropped
+    (a restart, a proxy's reset), and engine_call()'s word for that."""
+    import requests
+    from docker.errors import DockerException
+
+    return DockerException, requests.exceptions.RequestException, EngineUnavailableError
+
+
 def check_runtime(client: Any, runtime: str) -> None:
     known = sorted(engine_call(client.info, "read engine info").get("Runtimes", {}))
     if runtime not in known:
@@ -349,16 +358,19 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     alone). With it, every session not listed counts as gone. This process's
     own containers are never removed.
     """
-    from docker.errors import DockerException, NotFound
+    from docker.errors import NotFound
 
+    failed = engine_failures()
     own = client is None
     client = client or engine()
     live = set(live_sessions) if live_sessions is not None else None
     here, own_session = socket.gethostname(), host_session_id()
     removed: list[str] = []
     try:
-        found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"}),
-                            "list plugbay containers")
+        # the SDK inspects each container listed: one removed meanwhile (its host killing its plugin)
+        # has nothing left to sweep, and must not end the sweep of the others
+        found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"},
+                                                           ignore_removed=True), "list plugbay containers")
         for container in found:
             labels = container.labels or {}
             session, start = owner_of(container.name, labels)
@@ -377,7 +389,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 container.remove(force=True, v=True)
             except NotFound:
                 continue
-            except DockerException as exc:
+            except failed as exc:
                 _log.warning("sweep could not remove container %s of gone session %s: %s; remove it with"
                              " `docker rm -f %s`", container.short_id, session, exc, container.short_id)
                 continue
@@ -388,6 +400,11 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
+    except EngineUnavailableError:
+        raise  # engine_call() said what to do
+    except failed as exc:  # the list failed: a removal's failure was warned of above
+        raise RunnerError(f"sweep could not list plugbay's containers: the Docker engine failed ({exc}). Check"
+                          f" it (`docker ps -a --filter label={MANAGED}=true`) and sweep again") from exc
     finally:
         if own:
             client.close()
