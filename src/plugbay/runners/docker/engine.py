@@ -156,10 +156,12 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
 
     ``stopped`` gets its last State once it has stopped, before the removal: an engine lost
     in the removal leaves the caller that state. A failing engine gets a forced removal as the
-    last resort, and a warning saying how to remove the container by hand if even that fails.
+    last resort, and a warning saying how to remove the container by hand if even that fails:
+    kill() counts as done once it was asked, so this is the only try it gets.
     """
-    from docker.errors import DockerException, NotFound
+    from docker.errors import NotFound
 
+    failed = engine_failures()
     try:
         state = inspect() or {}
         if state.get("Paused"):
@@ -173,14 +175,14 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
             api.remove_container(container_id, force=True, v=True)
     except NotFound:
         pass
-    except DockerException as exc:
+    except failed as exc:
         if _removed_elsewhere(exc, inspect):
             return
         try:
             api.remove_container(container_id, force=True, v=True)
         except NotFound:
             pass
-        except DockerException as exc:
+        except failed as exc:
             if _removed_elsewhere(exc, inspect):
                 return
             _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
