@@ -1,5 +1,6 @@
 """The Docker runner and sweep against an engine that fails mid-way (tests/docker_standin.py):
-a container removed while a sweep lists it, a connection dropped during kill()."""
+a container removed while a sweep lists it, a connection dropped during kill(), a network
+create refused."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Callable
 import pytest
 
 from plugbay.errors import RunnerError
+from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import engine
+from plugbay.runners.docker.hardening import ensure_network
 from plugbay.runners.session import HOST, MANAGED, SESSION, SESSION_START
 from tests.docker_standin import DROP, Answer, Reply, StandinEngine, standin  # noqa: F401
 
@@ -76,3 +79,41 @@ def test_kill_says_how_to_remove_a_container_the_engine_drops_every_request_for(
     with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"):
         _started_runner().kill(0)
     assert any(f"docker rm -f {CID[:12]}" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# --- the isolated network -------------------------------------------------------------------------
+
+def _network_engine(create: Callable[[], Reply], made: list[bool]) -> Answer:
+    def answer(method: str, path: str) -> Reply:
+        if path.startswith("/images/"):
+            return 200, {"Id": "sha256:" + "1" * 64, "Config": {}, "RepoDigests": []}
+        if path == "/networks/create":
+            return create()
+        if path.startswith("/networks/") and made:
+            return 200, {"Id": "e" * 64, "Name": "plugbay-isolated", "Labels": {MANAGED: "true"},
+                         "Options": {"com.docker.network.bridge.enable_icc": "false"}}
+        return 404, {"message": "network plugbay-isolated not found"}
+    return answer
+
+
+def test_a_refused_network_create_is_a_runner_error_with_the_engines_reason(standin: Standin) -> None:
+    reason = "could not find an available, non-overlapping IPv4 address pool among the defaults"
+    standin(_network_engine(lambda: (403, {"message": reason}), []))
+    with pytest.raises(RunnerError, match="non-overlapping IPv4 address pool") as info:
+        DockerRunner("plugbay-kv:latest", transport="tcp").start(LaunchSpec(env={}))
+    assert "docker network prune" in str(info.value)
+
+
+def test_a_network_another_host_created_meanwhile_is_used(standin: Standin) -> None:
+    made: list[bool] = []
+
+    def create() -> Reply:
+        made.append(True)  # by the other host, an instant before ours
+        return 409, {"message": "network with name plugbay-isolated already exists"}
+
+    standin(_network_engine(create, made))
+    client = engine()
+    try:
+        assert ensure_network(client, "plugbay-isolated") == "e" * 64
+    finally:
+        client.close()

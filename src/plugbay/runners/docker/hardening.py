@@ -93,14 +93,19 @@ def ensure_network(client: Any, name: str) -> str:
 
     with _create_lock:
         try:
-            net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
-        except NotFound:
             try:
-                net = engine_call(lambda: client.networks.create(
-                    name, driver="bridge", check_duplicate=True, labels={MANAGED: "true"},
-                    options={ICC_OPTION: "false"}), "create the plugin network")
-            except APIError:  # another host created it in the meantime
                 net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
+            except NotFound:
+                try:
+                    net = engine_call(lambda: client.networks.create(
+                        name, driver="bridge", check_duplicate=True, labels={MANAGED: "true"},
+                        options={ICC_OPTION: "false"}), "create the plugin network")
+                except APIError as exc:
+                    if not _made_meanwhile(exc):
+                        raise
+                    net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
+        except APIError as exc:  # the engine's reason, not the NotFound of a look up after it
+            raise _refused(name, exc) from exc
     attrs = net.attrs or {}
     if (attrs.get("Labels") or {}).get(MANAGED) != "true" or \
             (attrs.get("Options") or {}).get(ICC_OPTION) != "false":
@@ -109,6 +114,19 @@ def ensure_network(client: Any, name: str) -> str:
             f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
             f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
     return str(net.id)
+
+
+def _made_meanwhile(exc: Any) -> bool:
+    """Whether the engine refused the network because another host (or process) created it since our look up."""
+    return getattr(exc, "status_code", None) == 409 or "already exists" in str(exc)
+
+
+def _refused(name: str, exc: Any) -> RunnerError:
+    return RunnerError(
+        f"the Docker engine refused to create or look up the plugin network {name!r}: {exc.explanation or exc}."
+        " Free what it names (out of address pools: remove unused networks, `docker network prune`, or add"
+        " default-address-pools to /etc/docker/daemon.json), or pass DockerRunner(network=) a network"
+        " plugbay made, or None for the engine's default bridge (where containers reach each other).")
 
 
 def hardened_args(runner: Any, image_user: str | None) -> dict[str, Any]:
