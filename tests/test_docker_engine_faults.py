@@ -1,11 +1,13 @@
 """The Docker runner and sweep against an engine that fails mid-way (tests/docker_standin.py):
 a container removed while a sweep lists it, a connection dropped during kill(), a network
-create refused."""
+create refused, a wait request whose response head never comes."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,10 +15,11 @@ import pytest
 from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
+from plugbay.runners.docker import waiter as waiter_module
 from plugbay.runners.docker.engine import engine
 from plugbay.runners.docker.hardening import ensure_network
 from plugbay.runners.session import HOST, MANAGED, SESSION, SESSION_START
-from tests.docker_standin import DROP, Answer, Reply, StandinEngine, standin  # noqa: F401
+from tests.docker_standin import DROP, SILENT, Answer, Later, Reply, StandinEngine, standin  # noqa: F401
 
 Standin = Callable[[Answer], StandinEngine]
 CID = "d" * 64
@@ -117,3 +120,38 @@ def test_a_network_another_host_created_meanwhile_is_used(standin: Standin) -> N
         assert ensure_network(client, "plugbay-isolated") == "e" * 64
     finally:
         client.close()
+
+
+# --- the exit watch -------------------------------------------------------------------------------
+
+def _wait_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"plugbay-docker-wait-{CID[:12]}" and t.is_alive()]
+
+
+def _attached(answer_wait: Reply) -> Answer:
+    def answer(method: str, path: str) -> Reply:
+        if path == f"/containers/{CID}/wait":
+            return answer_wait
+        return (200, RUNNING) if path == f"/containers/{CID}/json" else (404, {"message": "not found"})
+    return answer
+
+
+def test_detach_ends_the_exit_watch_of_an_engine_that_never_answers_the_wait(standin: Standin) -> None:
+    engine_ = standin(_attached(SILENT))
+    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix"}, take_ownership=False)
+    deadline = time.monotonic() + 10
+    while ("POST", f"/containers/{CID}/wait") not in engine_.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runner.detach()
+    assert not _wait_threads(), "detach() left the exit watch's thread (and its engine connection)"
+
+
+def test_a_wait_answered_long_after_its_head_is_the_exit(standin: Standin, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiter_module, "_HEAD_WAIT", 0.2, raising=False)  # only the head has that long
+    engine_ = standin(_attached(Later(1.5, {"StatusCode": 3})))
+    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix"}, take_ownership=False)
+    try:
+        assert runner.wait(20) == 3
+        assert engine_.requests.count(("POST", f"/containers/{CID}/wait")) == 1  # one wait, never made again
+    finally:
+        runner.detach()

@@ -10,7 +10,11 @@ or after ``_MAX_FAILURES`` failed tries in a row (its exit code unknown then).
 
 The waiter has an engine client of its own, and :meth:`ExitWaiter.stop` shuts
 the wait request's socket, so a host that lets go of the container (detach)
-keeps no thread and no connection for it.
+keeps no thread and no connection for it. That socket is only known once the
+engine sent the response head, so the head must come within ``_HEAD_WAIT``:
+otherwise (a hung engine, a proxy holding the head until the exit) the
+request is made again, after an inspect that tells an exit such a proxy held
+back, and a stop() meanwhile ends the watch at that point.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from plugbay.runners.docker.engine import engine
 _log = logging.getLogger("plugbay.runners.docker")
 _MAX_FAILURES = 12  # about a minute of pauses (0.25 s doubling, at most 8 s) with no wait answered
 _MAX_PAUSE = 8.0
+# the engine sends the wait's head at once; the body (the exit) may take days and has no read timeout
+_HEAD_WAIT = 2.0
 
 
 def reconnect_pause(failures: int) -> float:
@@ -73,6 +79,8 @@ class ExitWaiter:
         self.join(timeout)
 
     def _run(self) -> None:
+        from requests.exceptions import ReadTimeout
+
         code, failures, answered_in_a_row = UNKNOWN_EXIT_CODE, 0, 0
         try:
             while not self._stopped.is_set():
@@ -88,6 +96,9 @@ class ExitWaiter:
                     # the engine said it runs: a broken request (a proxy's idle timeout, a
                     # live-restore), not an engine gone; count only tries it did not answer
                     failures = 0 if answered else failures + 1
+                    if answered and isinstance(exc, ReadTimeout):  # no head in time: the head wait was the pause
+                        answered_in_a_row = 0
+                        continue
                     if answered:  # never an exit while it runs; but no busy loop on a wait refused at once
                         answered_in_a_row += 1
                         if answered_in_a_row == _MAX_FAILURES:
@@ -111,11 +122,14 @@ class ExitWaiter:
 
     def _wait_once(self) -> int:
         api = self._client.api
-        # streamed: the engine sends the head at once, so the socket is known while the wait blocks
-        response = api._post(api._url("/containers/{0}/wait", self._id), stream=True, timeout=None)
+        # streamed: the engine sends the head at once, so the socket is known while the wait blocks;
+        # the connect keeps the client's own bound (an ssh engine's handshake may take seconds)
+        response = api._post(api._url("/containers/{0}/wait", self._id), stream=True,
+                             timeout=(api.timeout, _HEAD_WAIT))
         try:
             with self._lock:
                 self._sock = api._get_raw_response_socket(response)  # raises for an error status
+            _no_read_timeout(self._sock)
             if self._stopped.is_set():
                 _shut(self._sock)
             return int(response.json().get("StatusCode", UNKNOWN_EXIT_CODE))
@@ -139,6 +153,13 @@ class ExitWaiter:
         if state.get("Running"):
             return False, UNKNOWN_EXIT_CODE, True
         return True, int(state.get("ExitCode", UNKNOWN_EXIT_CODE)), True
+
+
+def _no_read_timeout(sock: Any) -> None:
+    """Let the body's read block until the exit (or stop()'s shutdown), as the head's timeout would break it."""
+    raw = getattr(sock, "_sock", sock)
+    if hasattr(raw, "settimeout"):
+        raw.settimeout(None)
 
 
 def _shut(sock: Any) -> None:
