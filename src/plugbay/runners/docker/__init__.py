@@ -3,7 +3,8 @@
 Imports: plugbay.errors, core.protocol, core.transport and plugbay.runners (base, session).
 """
 
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, sweep
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
+from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.runner import TRANSPORTS, DockerRunner
 
 __all__ = ["CONTAINER_SOCKET_DIR", "TRANSPORTS", "DockerRunner", "sweep"]

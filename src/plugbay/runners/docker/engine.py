@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import stat
 import time
 import uuid
@@ -23,7 +22,6 @@ from typing import Any, TypeVar
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.core.transport.tempdirs import MARKER as OWNER_MARKER
-from plugbay.runners.session import HOST, HOST_PIDS, MANAGED, host_session_id, owner_of, session_gone
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -348,66 +346,3 @@ def end_socket_dir(path: str, labels: dict[str, str]) -> str | None:
     else:
         clear_socket_dir(path)
     return None
-
-
-def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
-    """Remove plugbay containers whose host session is gone; return their ids.
-
-    ``dry_run=True`` removes nothing and returns the ids it would remove.
-
-    Without ``live_sessions``, a session is gone when its host process no longer
-    runs on this machine (containers started from other machines are left
-    alone). With it, every session not listed counts as gone. This process's
-    own containers are never removed.
-    """
-    from docker.errors import NotFound
-
-    failed = engine_failures()
-    own = client is None
-    client = client or engine()
-    live = set(live_sessions) if live_sessions is not None else None
-    here, own_session = socket.gethostname(), host_session_id()
-    removed: list[str] = []
-    try:
-        # the SDK inspects each container listed: one removed meanwhile (its host killing its plugin)
-        # has nothing left to sweep, and must not end the sweep of the others
-        found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"},
-                                                           ignore_removed=True), "list plugbay containers")
-        for container in found:
-            labels = container.labels or {}
-            session, start = owner_of(container.name, labels)
-            if session == own_session:
-                continue
-            if live is not None:
-                gone = session not in live
-            else:
-                gone = session_gone(labels.get(HOST), labels.get(HOST_PIDS), session, start)
-            if not gone:
-                continue
-            if dry_run:
-                removed.append(container.id)
-                continue
-            try:
-                container.remove(force=True, v=True)
-            except NotFound:
-                continue
-            except failed as exc:
-                _log.warning("sweep could not remove container %s of gone session %s: %s; remove it with"
-                             " `docker rm -f %s`", container.short_id, session, exc, container.short_id)
-                continue
-            removed.append(container.id)
-            if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
-                # labels are untrusted: only a folder holding the marker plugbay wrote for this container
-                unproven = end_socket_dir(labels[SOCKET_DIR], labels)
-                if unproven is not None:
-                    _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
-                                 container.short_id, unproven)
-    except EngineUnavailableError:
-        raise  # engine_call() said what to do
-    except failed as exc:  # the list failed: a removal's failure was warned of above
-        raise RunnerError(f"sweep could not list plugbay's containers: the Docker engine failed ({exc}). Check"
-                          f" it (`docker ps -a --filter label={MANAGED}=true`) and sweep again") from exc
-    finally:
-        if own:
-            client.close()
-    return removed

@@ -33,7 +33,8 @@ from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_whi
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_DIR_PREFIX, SOCKET_OWNED,
                                             SOCKET_TOKEN, bind_mount, check_runtime, create_container, engine,
                                             engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
-                                            published_port, sweep, transport_settings)
+                                            published_port, transport_settings)
+from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                checked_stop_timeout, cpus_to_nano, hardened_args, network_id,
                                                stale_network, tmpfs_mounts)
