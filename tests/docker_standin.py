@@ -4,7 +4,8 @@ It answers ``/version`` and ``/_ping`` itself, and every other request as the te
 says: a JSON answer ``(status, body)``, :data:`DROP` (the connection breaks mid-request, as at an
 engine restart or a proxy's reset), :data:`SILENT` (no response head until the stand-in closes: a
 hung engine, or a proxy holding the head back) or :class:`Later` (the head at once, the body
-later: a wait request answered at the container's exit). ``requests`` lists what was asked.
+later: a wait request answered at the container's exit). ``requests`` lists what was asked,
+``bodies`` what came with it.
 The ``standin`` fixture starts one and points DOCKER_HOST at it.
 """
 
@@ -43,6 +44,7 @@ class StandinEngine:
     def __init__(self, path: Path, answer: Answer) -> None:
         self.path = str(path)
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[tuple[str, str, bytes]] = []  # (method, path, body) of requests that had one
         self._closing = threading.Event()
         outer = self
 
@@ -56,9 +58,10 @@ class StandinEngine:
 
             def _answer(self) -> None:
                 size = int(self.headers.get("Content-Length") or 0)
-                if size:
-                    self.rfile.read(size)
+                body = self.rfile.read(size) if size else b""
                 path = re.sub(r"^/v[0-9.]+", "", self.path.split("?", 1)[0])
+                if body:
+                    outer.bodies.append((self.command, path, body))
                 if path == "/version":
                     return self._send(200, {"ApiVersion": "1.41", "Version": "20.10.24"})
                 if path == "/_ping":

@@ -1,6 +1,6 @@
 """What PluginContainer asks the engine: never a pull, and no network for the unix transport.
 
-A stand-in engine (tests/standin_engine.py) records the requests; it accepts the container
+A stand-in engine (tests/docker_standin.py, answering as tests.plugincontainer_answers.py says) records the requests; it accepts the container
 create and refuses the start, so no real container is made.
 """
 
@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE  # noqa: E402
 
 from plugbay.errors import ConfigError, ImageNotFoundError  # noqa: E402
-from tests.standin_engine import StandinEngine  # noqa: E402
+from tests.docker_standin import StandinEngine  # noqa: E402
+from tests.plugincontainer_answers import container_engine, creates, pulls  # noqa: E402
 
 pytest.importorskip("testcontainers")
 from plugbay.testing import PluginContainer  # noqa: E402
@@ -33,15 +34,15 @@ def _no_ryuk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_missing_image_is_never_pulled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # testcontainers' create() pulled an image the engine lacked, and its failure was a docker SDK error
-    engine = StandinEngine(str(tmp_path / "engine.sock"))
+    engine = container_engine(str(tmp_path / "engine.sock"))
     monkeypatch.setenv("DOCKER_HOST", f"unix://{engine.path}")
     try:
         container = PluginContainer("plugbay-missing:latest", HANDSHAKE)
         with pytest.raises(ImageNotFoundError, match="'plugbay-missing:latest' is not on the Docker engine") as info:
             container.start()
         assert "python -m plugbay.images" in str(info.value) and "plugbay never pulls" in str(info.value)
-        assert engine.pulls() == []
-        assert engine.creates == []
+        assert pulls(engine) == []
+        assert creates(engine) == []
     finally:
         engine.close()
 
@@ -54,7 +55,7 @@ def _in_a_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[St
 
     import plugbay.testing.container as module
 
-    engine = StandinEngine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"], running_in="ci-net")
+    engine = container_engine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"], running_in="ci-net")
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setattr(tc_client, "get_docker_host", lambda: None)
     monkeypatch.setattr(module, "get_docker_host", lambda: None, raising=False)  # unused before the fix
@@ -70,9 +71,9 @@ def test_the_unix_transport_stays_off_the_network_inside_a_container(
         container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix", docker_client_kw=client_kw)
         with pytest.raises(Exception, match="refusing to start"):  # the stand-in's answer to the start
             container.start()
-        assert len(engine.creates) == 1
-        assert engine.creates[0]["HostConfig"]["NetworkMode"] == "none"
-        assert not engine.creates[0].get("NetworkingConfig")
+        assert len(creates(engine)) == 1
+        assert creates(engine)[0]["HostConfig"]["NetworkMode"] == "none"
+        assert not creates(engine)[0].get("NetworkingConfig")
     finally:
         engine.close()
 
@@ -91,7 +92,7 @@ def test_the_unix_transport_refuses_a_network(tmp_path: Path, monkeypatch: pytes
             container.with_kwargs(**asks)
         with pytest.raises(ConfigError, match=r"transport='unix'\) runs the plugin with no network"):
             container.start()
-        assert engine.creates == []
+        assert creates(engine) == []
     finally:
         engine.close()
 
@@ -104,6 +105,6 @@ def test_the_unix_transport_takes_a_network_mode_that_asks_for_none(
         container.with_kwargs(network_mode=None, network=None)  # None is docker-py's "not given", not a network
         with pytest.raises(Exception, match="refusing to start"):
             container.start()
-        assert engine.creates[0]["HostConfig"]["NetworkMode"] == "none"
+        assert creates(engine)[0]["HostConfig"]["NetworkMode"] == "none"
     finally:
         engine.close()
