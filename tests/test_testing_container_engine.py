@@ -1,7 +1,8 @@
 """What PluginContainer asks the engine: never a pull, and no network for the unix transport.
 
-A stand-in engine (tests/docker_standin.py, answering as tests.plugincontainer_answers.py says) records the requests; it accepts the container
-create and refuses the start, so no real container is made.
+A stand-in engine (tests/docker_standin.py, answering as tests/plugincontainer_answers.py says)
+records the requests; it accepts the container create and refuses the start, so no real
+container is made.
 """
 
 from __future__ import annotations
