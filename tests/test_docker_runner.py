@@ -667,3 +667,22 @@ def test_a_tcp_plugin_that_exits_after_its_handshake_is_reported_as_exited(auto_
         assert info.value.exit_code == 3 and "fatal: no config" in str(info.value)
     finally:
         client.kill()
+
+
+def test_kill_gives_a_callers_socket_folder_back_as_it_was(tmp_path: Path) -> None:
+    # the runner opens a caller's folder to the container's group (2770) and writes its marker there;
+    # both stayed after kill()
+    given = tmp_path / "given"
+    given.mkdir(mode=0o700)
+    (given / "callers.txt").write_text("not plugbay's")
+    before = os.stat(given)
+    runner = _runner(entrypoint=["sh", "-c", "exec sleep 60"])
+    runner.start(LaunchSpec(env={}, socket_dir=str(given)))
+    try:
+        during = os.stat(given)
+        assert during.st_mode & 0o7777 == 0o2770 and (given / ".plugbay-socket-dir").exists()
+    finally:
+        runner.kill(0)
+    after = os.stat(given)
+    assert (after.st_mode, after.st_gid) == (before.st_mode, before.st_gid)
+    assert sorted(p.name for p in given.iterdir()) == ["callers.txt"]

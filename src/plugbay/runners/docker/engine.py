@@ -317,19 +317,45 @@ def clear_socket_dir(path: str) -> None:
     except OSError:
         return
     try:
-        for entry in os.scandir(fd):
-            try:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
-                    os.unlink(entry.name, dir_fd=fd)
-            except OSError:
-                pass
+        _clear_entries(fd)
     finally:
         os.close(fd)
     try:
         os.rmdir(path)  # a symlink there now is not removed: rmdir refuses one
     except OSError:
         pass
+
+
+def give_back_socket_dir(path: str, before: os.stat_result) -> None:
+    """A caller's socket folder as it was (``before``: its lstat when given): plugbay's sockets and
+    markers go, and its mode and group (prepare_socket_dir's 2770 and socket group) come back.
+    Only the very folder it was (device and inode), reached without following a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            return
+        _clear_entries(fd)
+        if now.st_gid != before.st_gid:
+            os.fchown(fd, -1, before.st_gid)
+        os.fchmod(fd, stat.S_IMODE(before.st_mode))
+    except OSError as exc:
+        _log.debug("could not give socket folder %s back as it was: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
+def _clear_entries(fd: int) -> None:
+    for entry in os.scandir(fd):
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
+                os.unlink(entry.name, dir_fd=fd)
+        except OSError:
+            pass
 
 
 def end_socket_dir(path: str, labels: dict[str, str]) -> str | None:

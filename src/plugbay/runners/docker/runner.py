@@ -20,6 +20,7 @@ hosts that are gone.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -127,6 +128,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._host_socket_dir: str | None = None
         self._socket_handles = SocketHandles()  # what the host dials: see sockethandles
         self._owns_socket_dir = False
+        self._given_dir: os.stat_result | None = None  # a caller's socket folder as given (kill gives it back)
         self._socket_token = ""
         self._host_port: int | None = None
         self._pumps: dict[str, ContainerLogStream] = {}
@@ -209,6 +211,7 @@ class DockerRunner(ContainerTeardown, Runner):
         if self.transport == "unix":
             self._host_socket_dir = spec.socket_dir or make_tempdir(SOCKET_DIR_PREFIX)
             self._owns_socket_dir = spec.socket_dir is None
+            self._given_dir = None if spec.socket_dir is None else os.lstat(spec.socket_dir)
             gid = prepare_socket_dir(self._host_socket_dir, self.socket_gid if self.socket_gid is not None
                                      else host_gid(spec.env.get("PLUGIN_UNIX_SOCKET_GROUP")))
             self._socket_token = mark_socket_dir(self._host_socket_dir)  # a reattach proves the folder by it

@@ -4,12 +4,13 @@ leaves it running (detach), and frees what this host holds for it."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from typing import TYPE_CHECKING, Any
 
 from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container,
-                                            end_socket_dir, engine)
+                                            end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.waiter import ExitWaiter
@@ -28,6 +29,7 @@ class ContainerTeardown:
     _host_socket_dir: str | None
     _socket_handles: SocketHandles
     _owns_socket_dir: bool
+    _given_dir: os.stat_result | None
     _socket_token: str
     stop_timeout: float | None
     _pumps: dict[str, ContainerLogStream]
@@ -86,6 +88,8 @@ class ContainerTeardown:
             self._socket_handles.close()
             if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)
+            elif self._given_dir is not None and self._host_socket_dir and not self._attached:
+                give_back_socket_dir(self._host_socket_dir, self._given_dir)
             elif self._attached and self._host_socket_dir:  # its first host is gone and left it behind
                 labels = {SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                           SOCKET_OWNED: str(self._owns_socket_dir).lower()}
