@@ -340,6 +340,11 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     assert plugin["securityContext"]["readOnlyRootFilesystem"] is True
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     assert {workdir, "/tmp"} <= {m["mountPath"] for m in plugin["volumeMounts"] if m["name"] in empty}
+    # its /tmp is not the host's: both run as one uid, and the host keeps its private folders there
+    tmp_of = {c["name"]: next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp") for c in (host, plugin)}
+    assert tmp_of["host"] != tmp_of["plugin"]
+    mounted = {m["name"] for m in host["volumeMounts"]}
+    assert mounted & {m["name"] for m in plugin["volumeMounts"]} == {"plugbay-socket"}
 
 
 @pytest.mark.parametrize("values, message", [
