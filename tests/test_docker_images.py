@@ -113,3 +113,19 @@ def test_a_build_step_cut_short_ends_its_command_and_what_it_started(tmp_path: P
             images._stream(["sh", "-c", script], progress, what="step")
         background = int(pids.read_text().split()[0])
         os.kill(background, 9)  # a command that ends by itself: what it left is its own business
+
+
+def test_a_build_lock_held_elsewhere_is_waited_for_a_bounded_time(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    monkeypatch.setattr(images, "CACHE", tmp_path)
+    tmp_path.joinpath(".lock").touch()
+    with open(tmp_path / ".lock") as holder:  # another build's hold (one per open file, even in one process)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(RunnerError, match="another image build has held .* let it finish"):
+            with images._lock(wait=0.3):
+                pass
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    with images._lock(wait=0.3):  # free again: taken at once
+        pass

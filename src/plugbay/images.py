@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ RUNTIME_DEPS = ("grpcio", "protobuf", "cryptography")
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.plugin"
 CACHE = REPO / ".cache" / "images"
+_LOCK_WAIT = 900.0  # a base image build takes about a minute, all example images a few
 
 Progress = Callable[[str], None]
 
@@ -102,11 +104,21 @@ def docker_client() -> Any:
 
 
 @contextmanager
-def _lock() -> Iterator[None]:
-    # Several pytest processes may ask for the same image at once.
+def _lock(wait: float = _LOCK_WAIT) -> Iterator[None]:
+    # Several pytest processes may ask for the same image at once; a build stuck elsewhere must not
+    # keep this one waiting for ever.
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunnerError(f"another image build has held {CACHE / '.lock'} for over {wait:.0f} s; let it"
+                                      " finish, or end it (`fuser -v` on that file names it) and build again") from None
+                time.sleep(0.2)
         try:
             yield
         finally:
