@@ -65,14 +65,15 @@ def test_a_refused_handshake_line_is_reported_as_such(kubeconfig: str, line: str
 
 
 @pytest.mark.parametrize("line", [line for line, _ in REFUSED] + ["1|1|unix|/tmp/plugin.sock|grpc",
-                                                                    " 1|2|tcp|[::1]:80|grpc|\n"])
+                                                                    " 1|2|tcp|[::1]:80|grpc|\n",
+                                                                    # fields past the seventh are ignored (go-plugin)
+                                                                    "1|1|tcp|127.0.0.1:1|grpc|x|true|extra"])
 def test_handshake_lines_plugbay_refuses_are_handshake_lines(line: str) -> None:
     assert is_handshake_line(line)
 
 
 @pytest.mark.parametrize("line", ["", "starting up", "10|20|30|40", "a|b|c|d|e", "2|x|tcp|127.0.0.1:1|grpc",
                                   "2|1|udp|127.0.0.1:1|grpc", "1|1|tcp|no port|grpc", "| 1|1|tcp|h:1|grpc",
-                                  '{"@level":"info","@message":"1|1|tcp|127.0.0.1:1|grpc"}',
-                                  "1|1|tcp|127.0.0.1:1|grpc|x|true|extra"])
+                                  '{"@level":"info","@message":"1|1|tcp|127.0.0.1:1|grpc"}'])
 def test_log_lines_are_not_handshake_lines(line: str) -> None:
     assert not is_handshake_line(line)
