@@ -10,6 +10,10 @@ wakes the blocked read at once, and :attr:`Deadline.expired` tells the caller
 to report a timeout. A stream (``_preload_content=False``) is bounded until
 its answer's head: the timer is cancelled when the call returns it.
 
+A :class:`Cancel` lets another thread end such a call early, as its timer
+would: the runner's close() must not sit out a log reopen still waiting for
+its answer (the reopened stream would then be read on, with nothing to end it).
+
 The sockets are found through the connection classes of the ApiClient's pool
 manager: :func:`install` gives it pool classes whose connections tell the
 calling thread's Deadline when they connect or send a request. Outside
@@ -70,6 +74,45 @@ def _shut(sock: Any) -> None:
             pass  # already closed: the call has ended anyway
 
 
+class Cancel:
+    """Ends, from any thread, the bounded calls made under :func:`cancellable`: the one under way and
+    every later one (it fails at once). A call ended so reads as a timed-out one to its caller."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._deadlines: list[Deadline] = []
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            deadlines = list(self._deadlines)
+        for deadline in deadlines:
+            deadline.expire()
+
+    def _add(self, deadline: Deadline) -> None:
+        with self._lock:
+            self._deadlines.append(deadline)
+            cancelled = self.cancelled
+        if cancelled:
+            deadline.expire()
+
+    def _discard(self, deadline: Deadline) -> None:
+        with self._lock:
+            self._deadlines = [d for d in self._deadlines if d is not deadline]
+
+
+@contextmanager
+def cancellable(cancel: Cancel) -> Iterator[None]:
+    """The bounded calls made in this block on this thread end when ``cancel`` is cancelled."""
+    outer = getattr(_local, "cancel", None)
+    _local.cancel = cancel
+    try:
+        yield
+    finally:
+        _local.cancel = outer
+
+
 def current() -> Deadline | None:
     deadline: Deadline | None = getattr(_local, "deadline", None)
     return deadline
@@ -120,9 +163,14 @@ def bounded(api_client: Any, limit: float) -> Iterator[Deadline]:
     deadline = Deadline(limit)
     outer = current()
     _local.deadline = deadline
+    cancel: Cancel | None = getattr(_local, "cancel", None)
     timer = Deferred(deadline.expire, limit)
+    if cancel is not None:
+        cancel._add(deadline)
     try:
         yield deadline
     finally:
         timer.cancel()  # it does not run after this: a connection back in the pool is left alone
+        if cancel is not None:  # neither does a cancel: a stream returned is its caller's to close
+            cancel._discard(deadline)
         _local.deadline = outer

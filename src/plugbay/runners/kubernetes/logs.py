@@ -13,6 +13,8 @@ printed while the stream was down, the handshake line too. The Python client has
 no sinceTime (the API's OpenAPI leaves it out), so the reopen asks for
 sinceSeconds: the time since that line came, measured here (no clock skew with
 the kubelet), plus SINCE_MARGIN for the line's way from the kubelet to the host.
+close() (detach, kill) ends a reopen under way too: a stream opened after it would be read
+until the pod ends, with no one left to shut it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import socket
 import time
 import threading
 from collections import deque
@@ -29,6 +32,7 @@ from typing import Any
 from plugbay.core.transport.lines import LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
+from plugbay.runners.kubernetes.deadline import Cancel, cancellable
 from plugbay.runners.logstamps import EntryStamps
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -63,13 +67,42 @@ class PodLogs:
         self._resp: Any = None
         self._thread: threading.Thread | None = None
         self.splitters: list[LineSplitter] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ended = False  # the queues have their end marker
+        self._cancel = Cancel()  # ends a reopen still waiting for its answer when close() comes
 
     def follow(self, first: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
         """Read ``first`` (an open follow=true, timestamps=true response) in a thread; ``reopen(since_seconds)``
         reconnects (None: from the log's start)."""
+        if not self._take(first):
+            return
         self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running),
                                         name=f"plugbay-klog-{self.name}", daemon=True)
         self._thread.start()
+
+    def _take(self, resp: Any) -> bool:
+        """Make ``resp`` the stream close() shuts; after close() it is shut at once and False returned,
+        or it would be read on until the pod ends (a reopen answered after close())."""
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._resp = resp
+        if closed:
+            _shut(resp)
+            try:
+                resp.release_conn()
+            except Exception:  # noqa: BLE001 - a broken connection is released enough
+                pass
+            self._end()
+        return not closed
+
+    def _end(self) -> None:
+        with self._lock:
+            ended, self._ended = self._ended, True
+        if not ended:
+            self.stdout.put(_EOF)
+            self.stderr.put(_EOF)
 
     def _loop(self, resp: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
         handshake_seen = False
@@ -77,7 +110,6 @@ class PodLogs:
         last_read = 0.0  # monotonic time of the last stamped line passed on
         try:
             for _attempt in range(_REOPENS):
-                self._resp = resp
                 splitter = LineSplitter()  # bounded lines; a broken stream's partial line ends there
                 self.splitters.append(splitter)
                 try:
@@ -99,29 +131,48 @@ class PodLogs:
                 finally:
                     resp.release_conn()
                 # The stream ends when the container does, or when the connection broke.
-                if not still_running():
+                if self._closed or not still_running():
                     return
                 since = None if stamps.last is None else (
                     math.ceil(time.monotonic() - last_read) + SINCE_MARGIN)
                 try:
-                    resp = reopen(since)
+                    with cancellable(self._cancel):
+                        resp = reopen(since)
                 except RunnerError as exc:
                     _log.debug("reopening the log of pod %s: %s", self.name, exc)
                     return
+                if not self._take(resp):
+                    return
                 stamps.reopened()
         finally:
-            self.stdout.put(_EOF)
-            self.stderr.put(_EOF)
+            self._end()
 
     def close(self) -> None:
-        resp = self._resp
+        with self._lock:
+            self._closed = True
+            resp = self._resp
+        self._cancel.cancel()
         if resp is not None:
-            try:
-                resp.shutdown()  # unblocks the reader thread's socket read
-            except Exception:
-                pass
-        if self._thread is not None:  # a reopen still waiting for its answer's head waits up to 2 api_timeouts
+            _shut(resp)
+        if self._thread is not None:
+            # a cancelled reopen and a shut stream end at once; the bound is for a reader stuck elsewhere
             self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
-        else:
-            self.stdout.put(_EOF)
-            self.stderr.put(_EOF)
+        self._end()  # also when the thread is still stuck: a drain() must not wait on it
+
+
+def _shut(resp: Any) -> None:
+    """Wake a thread blocked reading ``resp``: HTTPResponse.shutdown() where urllib3 has it (2.3 on),
+    else the connection's socket itself (the kubernetes client allows an older urllib3)."""
+    try:
+        resp.shutdown()
+        return
+    except Exception:  # noqa: BLE001 - missing (urllib3 < 2.3), or released already: try the socket
+        pass
+    sock = getattr(getattr(resp, "connection", None), "sock", None)
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
+    if isinstance(raw, socket.socket):
+        try:
+            # socket.socket's own: SSLSocket.shutdown would drop the TLS object under the reader
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+        except OSError:
+            pass
