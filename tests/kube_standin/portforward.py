@@ -179,7 +179,7 @@ class ForwardSession:
         """Discard frames until the client's Close or EOF, for at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self.sock], [], [], left)
+            readable = _readable([self.sock], left)
             if not readable:
                 return
             data = self._recv()
@@ -190,7 +190,7 @@ class ForwardSession:
         reader = self._reader
         by_sock = {c: i for i, c in conns.items()}
         while not stop.is_set() and not self.dropped.is_set():
-            readable, _, _ = select.select([self.sock, *by_sock], [], [], 0.2)
+            readable = _readable([self.sock, *by_sock], 0.2)
             for s in readable:
                 if s is self.sock:
                     data = self._recv()
@@ -228,3 +228,14 @@ class ForwardSession:
                         self.sock.sendall(bytes((0x80 | OP_BINARY, n, 2 * i)) + data)
                     else:
                         self._send(OP_BINARY, bytes([2 * i]) + data)
+
+
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Which of ``socks`` are readable: poll, as select.select() refuses descriptors past 1023 (a test's host
+    may hold that many)."""
+    poller = select.poll()
+    by_fd = {}
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+        by_fd[sock.fileno()] = sock
+    return [by_fd[fd] for fd, _ in poller.poll(max(timeout, 0) * 1000)]

@@ -14,12 +14,14 @@ the upgrade no timeout and an API server that never answers would hang start.
 from __future__ import annotations
 
 import logging
-import select
+import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -105,26 +107,26 @@ class PortForwarder:
             f" {message}. Check that the pod is Running (kubectl get pod) and listens on that port.")
 
     def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                ready, _, _ = select.select([self._listener], [], [], 0.2)
-                if not ready:
-                    continue
-                conn, _ = self._listener.accept()
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                return
-            self._count += 1
-            t = threading.Thread(target=self._serve, args=(conn,),
-                                 name=f"plugbay-kpf-conn-{self.pod}-{self._count}", daemon=True)
-            with self._lock:
-                if self._closed.is_set():
-                    conn.close()
+        with _readable(self._listener) as wait:
+            while not self._closed.is_set():
+                try:
+                    if not wait(0.2):
+                        continue
+                    conn, _ = self._listener.accept()
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except (OSError, ValueError):  # closed under the wait
                     return
-                self._threads = [x for x in self._threads if x.is_alive()]
-                self._threads.append(t)
-                self._socks.add(conn)
-            t.start()
+                self._count += 1
+                t = threading.Thread(target=self._serve, args=(conn,),
+                                     name=f"plugbay-kpf-conn-{self.pod}-{self._count}", daemon=True)
+                with self._lock:
+                    if self._closed.is_set():
+                        conn.close()
+                        return
+                    self._threads = [x for x in self._threads if x.is_alive()]
+                    self._threads.append(t)
+                    self._socks.add(conn)
+                t.start()
 
     def _serve(self, conn: socket.socket) -> None:
         remote: Any = None
@@ -157,50 +159,50 @@ class PortForwarder:
         """Relay until either side ends (gRPC reconnects through a new stream); the error channel's text."""
         opened = [False, False]  # has the data / error channel's port frame arrived
         error = ""
-        peers = [conn, remote]
         tls = isinstance(remote, ssl.SSLSocket)
         masks = MaskKeys()
-        while not self._closed.is_set():
-            ready, _, _ = select.select(peers, [], [], 0.5)
-            if conn in ready:
-                data = conn.recv(65536)
+        with _readable(conn, remote) as wait:
+            while not self._closed.is_set():
+                ready = wait(0.5)
+                if conn in ready:
+                    data = conn.recv(65536)
+                    if not data:
+                        return error
+                    remote.sendall(client_frame(OP_BINARY, b"\x00" + data, masks.take()))
+                if remote not in ready:
+                    continue
+                data = remote.recv(65536)
+                while tls and remote.pending():
+                    data += remote.recv(remote.pending())
                 if not data:
                     return error
-                remote.sendall(client_frame(OP_BINARY, b"\x00" + data, masks.take()))
-            if remote not in ready:
-                continue
-            data = remote.recv(65536)
-            while tls and remote.pending():
-                data += remote.recv(remote.pending())
-            if not data:
-                return error
-            out: list[bytes] = []  # the data frames of this read, sent to gRPC with one sendall
-            try:
-                for opcode, payload in reader.feed(data):
-                    if opcode == OP_CLOSE:
-                        return error
-                    if opcode == OP_PING:
-                        remote.sendall(client_frame(OP_PONG, payload, masks.take()))
-                    if opcode != OP_BINARY or not payload:
-                        continue
-                    channel, body = payload[0], payload[1:]
-                    if channel > 1:
-                        raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
-                    if not opened[channel]:
-                        opened[channel] = True
-                        if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
-                            raise FrameError(f"channel {channel} opened without port {self.port}")
-                        body = body[2:]
-                    if channel == 1:
-                        error += body.decode(errors="replace")
-                        if error:
-                            return error  # the server ends the stream after its error
-                    elif body:
-                        out.append(body)
-            finally:
-                if out:  # what came before a Close, an error or a bad frame is still delivered
-                    conn.sendall(out[0] if len(out) == 1 else b"".join(out))
-        return error
+                out: list[bytes] = []  # the data frames of this read, sent to gRPC with one sendall
+                try:
+                    for opcode, payload in reader.feed(data):
+                        if opcode == OP_CLOSE:
+                            return error
+                        if opcode == OP_PING:
+                            remote.sendall(client_frame(OP_PONG, payload, masks.take()))
+                        if opcode != OP_BINARY or not payload:
+                            continue
+                        channel, body = payload[0], payload[1:]
+                        if channel > 1:
+                            raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
+                        if not opened[channel]:
+                            opened[channel] = True
+                            if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
+                                raise FrameError(f"channel {channel} opened without port {self.port}")
+                            body = body[2:]
+                        if channel == 1:
+                            error += body.decode(errors="replace")
+                            if error:
+                                return error  # the server ends the stream after its error
+                        elif body:
+                            out.append(body)
+                finally:
+                    if out:  # what came before a Close, an error or a bad frame is still delivered
+                        conn.sendall(out[0] if len(out) == 1 else b"".join(out))
+            return error
 
     def close(self) -> None:
         self._closed.set()
@@ -222,12 +224,22 @@ def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:
     try:
         sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
         deadline = time.monotonic() + wait
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([sock], [], [], left)
-            data = sock.recv(65536) if ready else b""
-            if not data or any(op == OP_CLOSE for op, _ in reader.feed(data)):
-                break
-    except (OSError, FrameError):
+        with _readable(sock) as readable:
+            while (left := deadline - time.monotonic()) > 0:
+                data = sock.recv(65536) if readable(left) else b""
+                if not data or any(op == OP_CLOSE for op, _ in reader.feed(data)):
+                    break
+    except (OSError, ValueError, FrameError):
         pass
     finally:
         sock.close()
+
+
+@contextmanager
+def _readable(*socks: Any) -> Iterator[Callable[[float], list[Any]]]:
+    """``wait(timeout)``: which of ``socks`` are readable. A selector, not select.select(): that refuses
+    descriptors of 1024 and up (ValueError), which a host with many connections or plugins hands out."""
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        yield lambda timeout: [key.fileobj for key, _ in selector.select(timeout)]
