@@ -27,6 +27,7 @@ from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeo
                                             load_api_client, reattach_kubeconfig, reattach_pod)
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
+from plugbay.runners.kubernetes.forwards import PortForwards
 from plugbay.runners.kubernetes.logs import PodLogs, drain
 from plugbay.runners.kubernetes.portforward import PortForwarder
 from plugbay.runners.kubernetes.teardown import PodTeardown
@@ -92,11 +93,10 @@ class KubernetesRunner(PodTeardown, Runner):
         self._pod = PodApi(api_client, self.namespace, self.api_timeout)  # pod_name and uid live there
         self._podwatch = PodWatch(self._pod.api, self.namespace, self._read_pod, self.api_timeout)
         self._logs = PodLogs("", self.api_timeout)
-        self._forwarders: dict[int, PortForwarder] = {}
+        self._forwards = PortForwards()
         self._killed = False
         self._lock = threading.Lock()
-        self._opening = threading.Lock()  # held while a port-forward opens (up to start_timeout)
-        self._ended = False  # killed or detached: no new port-forwards
+        self._ended = False  # killed or detached
         self._after_start: float | None = None  # a reattach's start_timeout once the Client's start is over
         self._diagnosis: str | None = None
 
@@ -242,33 +242,25 @@ class KubernetesRunner(PodTeardown, Runner):
         port = int(address.rsplit(":", 1)[1])
         if self.address_mode == "in-cluster":
             return "tcp", self._pod_address(port)
-        with self._opening:  # one forwarder per port; kill() and detach() never wait on this lock
-            with self._lock:
-                fwd = self._forwarders.get(port)
-            if fwd is None:
-                # start_timeout also bounds each stream's connect + WebSocket upgrade: an API
-                # server that takes the connection and never answers fails start, not hangs it
-                fwd = PortForwarder(self._api_client.configuration, self.namespace, self.pod_name, port,
-                                    denied_message("create", "pods/portforward", self.namespace),
-                                    timeout=self.start_timeout)
-                with self._lock:
-                    ended = self._ended
-                    if not ended:
-                        self._forwarders[port] = fwd
-                if ended:
-                    fwd.close()
-                    raise RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
-                                      " opened; start a new runner (or reattach) to reach the plugin")
-        return "tcp", fwd.address
+        # start_timeout also bounds each stream's connect + WebSocket upgrade: an API
+        # server that takes the connection and never answers fails start, not hangs it
+        return "tcp", self._forwards.take(port, lambda: PortForwarder(
+            self._api_client.configuration, self.namespace, self.pod_name, port,
+            denied_message("create", "pods/portforward", self.namespace), timeout=self.start_timeout),
+            lambda: RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
+                                " opened; start a new runner (or reattach) to reach the plugin"))
+
+    def release_address(self, network: str, address: str) -> None:
+        """A brokered channel to ``address`` closed: its port-forward stops with its last user."""
+        if network == "tcp":
+            self._forwards.release(address)
 
     def adopted(self) -> None:
         """The reattaching Client started: port-forward opens from now on have the runner's own bound."""
         later, self._after_start = self._after_start, None
         if later is not None:
             self.start_timeout = later
-            with self._lock:
-                for fwd in self._forwarders.values():
-                    fwd.timeout = later
+            self._forwards.set_timeout(later)
 
     def _pod_address(self, port: int) -> str:
         if self._podwatch.gone:  # its last IP may be another pod's by now

@@ -12,7 +12,7 @@ from plugbay.errors import RunnerError
 from plugbay.runners.kubernetes.api import close_client
 from plugbay.runners.kubernetes.logs import PodLogs
 from plugbay.runners.kubernetes.podapi import PodApi
-from plugbay.runners.kubernetes.portforward import PortForwarder
+from plugbay.runners.kubernetes.forwards import PortForwards
 from plugbay.runners.kubernetes.watch import PodWatch
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -23,7 +23,7 @@ class PodTeardown:
 
     _lock: threading.Lock
     _ended: bool
-    _forwarders: dict[int, PortForwarder]
+    _forwards: PortForwards
     _pod: PodApi
     _podwatch: PodWatch
     _logs: PodLogs
@@ -91,7 +91,4 @@ class PodTeardown:
     def _close_forwarders(self) -> None:
         with self._lock:
             self._ended = True
-            forwarders = list(self._forwarders.values())
-            self._forwarders.clear()
-        for fwd in forwarders:
-            fwd.close()
+        self._forwards.close()
