@@ -220,10 +220,14 @@ class PortForwarder:
 
 
 def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:
-    """Send Close and read until the server's Close or EOF (RFC 6455 7.1.1), so neither side sees a reset."""
+    """Send Close and read until the server's Close or EOF (RFC 6455 7.1.1), so neither side sees a reset;
+    all within ``wait``."""
+    deadline = time.monotonic() + wait
     try:
+        # blocking, an API server that stopped reading (its buffers full) held this thread on the
+        # Close frame for good: close() does not shut a stream its relay has let go
+        sock.settimeout(wait)
         sock.sendall(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
-        deadline = time.monotonic() + wait
         with _readable(sock) as readable:
             while (left := deadline - time.monotonic()) > 0:
                 data = sock.recv(65536) if readable(left) else b""
