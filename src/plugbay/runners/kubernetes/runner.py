@@ -20,8 +20,8 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
-from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, register_reattacher,
-                                  reuse_refused)
+from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
+                                  register_reattacher, reuse_refused)
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
                                             load_api_client, reattach_kubeconfig, reattach_pod)
@@ -167,6 +167,10 @@ class KubernetesRunner(PodTeardown, Runner):
             self._start_watcher()
             self._await_running(deadline)
             self._follow_logs()
+            with self._lock:
+                killed = self._killed
+            if killed:  # by a kill() once the pod ran: its log is shut, and a start gone well would read it
+                raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
         except BaseException:
             self.kill(0)
             raise

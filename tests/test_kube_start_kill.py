@@ -1,0 +1,50 @@
+"""A kill() from another thread while start() opens the pod's log: start() raises, as when the kill
+comes earlier, instead of returning a started runner whose pod is being deleted and log shut."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from plugbay.errors import RunnerError  # noqa: E402
+from plugbay.runners.base import LaunchSpec  # noqa: E402
+from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
+from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.thread_util import until  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+HANDSHAKE = "1|1|tcp|127.0.0.1:4000|grpc"
+
+
+@pytest.mark.timeout(90)
+def test_a_kill_while_start_opens_the_log_fails_the_start(server: StandIn, kubeconfig: str) -> None:
+    program = f"import time\nprint({HANDSHAKE!r}, flush=True)\ntime.sleep(60)\n"
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", program],
+                              start_timeout=20, api_timeout=5)
+    open_log = runner._pod.open_log
+    killing: list[threading.Thread] = []
+
+    def open_then_killed(since: int | None) -> Any:
+        resp = open_log(since)
+        if not killing:  # the first open, in start(): the host's kill() comes as its answer does
+            killing.append(threading.Thread(target=runner.kill, args=(0,), name="plugbay-test-kill"))
+            killing[0].start()
+            assert until(lambda: runner._killed, 10)
+        return resp
+
+    runner._pod.open_log = open_then_killed  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RunnerError, match=r"was killed while it started the pod; plugbay deleted it again"):
+            runner.start(LaunchSpec(env={}))
+    finally:
+        for t in killing:
+            t.join(60)
+        runner.kill(0)
+    assert killing and not killing[0].is_alive()
+    assert server.store.get("default", runner.pod_name) is None
