@@ -107,7 +107,9 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers,
                 if data is None:
                     continue
                 if not data:
-                    if stream.done or not stream._reset:
+                    # a FIN means the peer's bytes are complete even if a reset followed; a reset
+                    # alone aborts the stream: the up loop must stop reading the local side too
+                    if stream._remote_fin or not stream._reset:
                         _shut(conn, socket.SHUT_WR)
                     else:
                         _shut(conn)
@@ -160,10 +162,11 @@ def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading
             while True:
                 data = src.read()
                 if not data:
-                    if src.done or not src._reset:
+                    # (Stream.done is true for any reset stream: it cannot tell an abort from an end)
+                    if src._remote_fin or not src._reset:
                         dst.close_write()
                     else:
-                        dst.reset()
+                        dst.reset()  # an aborted upload must not reach the far side as complete
                     break
                 dst.write(data)
                 src.consumed(len(data))
