@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         MalformedHandshakeError as MalformedHandshakeError,
         NetworkError as NetworkError,
         NoEndpointsError as NoEndpointsError,
+        NoNewStreamsError as NoNewStreamsError,
         PermissionDeniedError as PermissionDeniedError,
         PlugbayError as PlugbayError,
         PluginDiedError as PluginDiedError,

@@ -190,6 +190,11 @@ class BrokerClosedError(BrokerError):
     """The broker stream ended; pending and future dials fail."""
 
 
+class NoNewStreamsError(BrokerClosedError):
+    """The multiplexed connection opens no new streams: the peer sent a GoAway (it is shutting down),
+    or the connection used up its stream ids. The streams already open keep working."""
+
+
 # --- Kubernetes pods (appended by the Kubernetes runner) ----------------------
 
 

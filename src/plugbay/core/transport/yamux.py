@@ -52,6 +52,7 @@ from plugbay.core.transport.ystream import (
     Stream,
     StreamClosed,
 )
+from plugbay.errors import NoNewStreamsError
 
 __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW", "WINDOW_UPDATE",
            "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
@@ -64,6 +65,7 @@ _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck 
 # (a bridge's or a splice's copy loops), and the peer decides how many it opens.
 MAX_STREAMS = 512
 _PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked for this often at most
+_GO_AWAY_NORMAL = 0  # the other codes (1 protocol error, 2 internal error) mean the session failed
 
 class Session(Splicing, Pinging):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -86,6 +88,7 @@ class Session(Splicing, Pinging):
         self._next = 1 if client else 2
         self._next_prune = 0.0  # see _admits
         self._refusing = False  # the peer reached MAX_STREAMS (logged once)
+        self._went_away = False  # the peer sent a normal GoAway: it takes no new streams
         self._closed = threading.Event()
         self.close_reason = ""
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
@@ -115,6 +118,9 @@ class Session(Splicing, Pinging):
         with self._lock:
             if self._closed.is_set():
                 raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+            if self._went_away:
+                raise NoNewStreamsError("the peer sent a GoAway: it takes no new streams on this multiplexed"
+                                        " connection (it is shutting down); connect again (restart the plugin)")
             sid = self._next
             self._next += 2
             stream = Stream(self, sid)
@@ -286,8 +292,13 @@ class Session(Splicing, Pinging):
                         if answered is not None:
                             answered.set()
                 elif kind == GO_AWAY:
-                    reason = f"the peer went away (code {length})"
-                    break
+                    if length != _GO_AWAY_NORMAL:
+                        reason = f"the peer went away with an error (GoAway code {length})"
+                        break
+                    # as hashicorp/yamux: a peer shutting down finishes the streams it has open
+                    # (Go's Session.GoAway() then keeps the connection); only new ones are refused
+                    with self._lock:
+                        self._went_away = True
                 else:
                     reason = f"protocol error: frame type {kind}"
                     break

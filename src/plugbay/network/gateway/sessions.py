@@ -39,7 +39,7 @@ from plugbay.core.transport.sockets import dial
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
-from plugbay.errors import GatewayError, PlugbayError
+from plugbay.errors import GatewayError, NoNewStreamsError, PlugbayError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner
 
@@ -147,7 +147,7 @@ class ChildSession:
             if other is None:
                 raise StreamClosed("the other side is not up")
             twin = other.open()
-        except StreamClosed:
+        except (StreamClosed, NoNewStreamsError):  # gone, or shutting down (a GoAway): no twin to be had
             stream.reset()
             done()
             return

@@ -1,0 +1,113 @@
+"""What a yamux session refuses to open, and what it keeps: a peer's normal GoAway (hashicorp/yamux's
+remoteGoAway) stops new streams only; an error GoAway ends the session; running out of stream ids
+(hashicorp/yamux's ErrStreamsExhausted) refuses new streams without touching the session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+from plugbay.core.transport.yamux import FIN, GO_AWAY, SYN, WINDOW_UPDATE, Session, Stream, StreamClosed
+from plugbay.errors import BrokerClosedError, NoNewStreamsError
+
+_HDR = struct.Struct(">BBHII")
+
+
+def _echo(stream: Stream) -> None:
+    def run() -> None:
+        try:
+            while data := stream.read():
+                stream.consumed(len(data))
+                stream.write(data)
+            stream.close_write()
+        except StreamClosed:
+            pass
+
+    threading.Thread(target=run, name="plugbay-test-echo", daemon=True).start()
+
+
+def _read_exactly(stream: Stream, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n and (data := stream.read()):
+        out += data
+        stream.consumed(len(data))
+    return bytes(out)
+
+
+@pytest.mark.go
+def test_a_go_peers_goaway_keeps_its_open_streams_and_refuses_new_ones() -> None:
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    peer = build_go("yamux_goaway")
+    d = tempfile.mkdtemp(prefix="yg", dir="/tmp")
+    path = os.path.join(d, "y.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    session = None
+    try:
+        listener.settimeout(30)
+        conn, _ = listener.accept()
+        conn.settimeout(None)
+        session = Session(conn, client=False, on_stream=_echo, name="t-goaway")
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # the Go side's stream echoed after its GoAway
+        assert line == "ok", line + proc.stdout.read()
+        assert not session.closed, session.close_reason
+        with pytest.raises(NoNewStreamsError, match="GoAway"):
+            session.open()
+        assert not session.closed
+        session.close()
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if session is not None:
+            session.close()
+        listener.close()
+        os.unlink(path)
+        os.rmdir(d)
+
+
+def test_a_goaway_with_an_error_code_still_ends_the_session() -> None:
+    a, b = socket.socketpair()
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-goaway-err")
+    try:
+        b.sendall(_HDR.pack(0, GO_AWAY, 0, 0, 1))  # protocol error
+        session._reader.join(10)
+        assert session.closed and "code 1" in session.close_reason
+    finally:
+        session.close()
+        b.close()
+
+
+def test_after_a_normal_goaway_the_peer_may_still_open_and_finish_streams() -> None:
+    a, b = socket.socketpair()
+    got: list[Stream] = []
+    arrived = threading.Event()
+    session = Session(a, client=True, on_stream=lambda s: (got.append(s), arrived.set()), name="t-goaway-in")
+    try:
+        b.sendall(_HDR.pack(0, GO_AWAY, 0, 0, 0))
+        b.sendall(_HDR.pack(0, WINDOW_UPDATE, SYN, 2, 0) + _HDR.pack(0, 0, FIN, 2, 3) + b"abc")
+        assert arrived.wait(10)
+        assert _read_exactly(got[0], 3) == b"abc"
+        with pytest.raises(NoNewStreamsError):
+            session.open()
+        assert not session.closed
+    finally:
+        session.close()
+        b.close()
+
