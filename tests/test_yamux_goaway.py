@@ -111,3 +111,27 @@ def test_after_a_normal_goaway_the_peer_may_still_open_and_finish_streams() -> N
         session.close()
         b.close()
 
+
+@pytest.mark.parametrize("client", [True, False])
+def test_stream_ids_running_out_refuse_new_streams_and_keep_the_session(client: bool) -> None:
+    a, b = socket.socketpair()
+    peer = Session(b, client=not client, on_stream=_echo, name="t-ids-peer")
+    session = Session(a, client=client, on_stream=_echo, name="t-ids")
+    try:
+        last = 0xFFFFFFFD if client else 0xFFFFFFFC  # hashicorp/yamux's last ids (below MaxUint32-1)
+        session._next = last
+        stream = session.open()
+        assert stream.id == last
+        with pytest.raises(NoNewStreamsError, match="stream ids") as refused:
+            session.open()
+        assert isinstance(refused.value, BrokerClosedError)  # what a dial reports when no stream can be had
+        with session._lock:
+            assert sorted(session._streams) == [last]  # the refused open left nothing behind
+        stream.write(b"still works")
+        stream.close_write()
+        assert _read_exactly(stream, 11) == b"still works"
+        assert not session.closed
+    finally:
+        session.close()
+        peer.close()
+

@@ -65,6 +65,9 @@ _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck 
 # (a bridge's or a splice's copy loops), and the peer decides how many it opens.
 MAX_STREAMS = 512
 _PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked for this often at most
+# hashicorp/yamux opens no stream at an id this high (ErrStreamsExhausted); 2**32-1 would not even
+# fit the header on the next round, and a Go peer refuses it
+_LAST_ID = 0xFFFFFFFE
 _GO_AWAY_NORMAL = 0  # the other codes (1 protocol error, 2 internal error) mean the session failed
 
 class Session(Splicing, Pinging):
@@ -122,6 +125,9 @@ class Session(Splicing, Pinging):
                 raise NoNewStreamsError("the peer sent a GoAway: it takes no new streams on this multiplexed"
                                         " connection (it is shutting down); connect again (restart the plugin)")
             sid = self._next
+            if sid >= _LAST_ID:
+                raise NoNewStreamsError("this multiplexed connection has used up its yamux stream ids; connect"
+                                        " again (restart the plugin) for more streams")
             self._next += 2
             stream = Stream(self, sid)
             self._streams[sid] = stream
