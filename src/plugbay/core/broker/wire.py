@@ -21,6 +21,10 @@ from plugbay.errors import BrokerClosedError
 log = logging.getLogger("plugbay.broker")
 
 _ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
+# A unix socket path is at most 107 bytes and a host:port a few hundred, so a longer network or
+# address is no address; kept whole (up to MAX_UNCLAIMED of them, each as big as gRPC lets a message
+# be: 2 GiB) it would only hold memory. A knock's error text is cut to this too.
+MAX_FIELD = 4096
 
 
 if TYPE_CHECKING:  # types only: three Protocol classes cost ~0.1 ms at every plugin start
@@ -65,6 +69,7 @@ class StreamEnd:
     _announced: dict[int, tuple[pb.ConnInfo, float]]
     call: Any
     _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
+    _told_oversized = False  # an oversized announcement was logged as a warning (later ones: debug)
     _take_route: Callable[[int], None]  # knock.Multiplexed's
 
     def open_stream_with(self, opener: Callable[[float], Opening | None]) -> None:
@@ -180,6 +185,15 @@ class StreamEnd:
         if msg.HasField("knock") and msg.knock.knock and not msg.knock.ack:
             self._on_knock(msg)
             return
+        if msg.HasField("knock"):
+            if len(msg.knock.error) > MAX_FIELD:  # kept until its dial takes it: kept small
+                msg = pb.ConnInfo(service_id=msg.service_id, knock=pb.ConnInfo.Knock(
+                    knock=msg.knock.knock, ack=msg.knock.ack, error=_clipped(msg.knock.error)))
+            elif len(msg.network) > MAX_FIELD or len(msg.address) > MAX_FIELD:
+                msg = pb.ConnInfo(service_id=msg.service_id, knock=msg.knock)  # an ack has no address
+        elif len(msg.network) > MAX_FIELD or len(msg.address) > MAX_FIELD:
+            self._drop_oversized(msg)
+            return
         now = time.monotonic()
         routed: bool | None = None
         with self._cond:
@@ -210,6 +224,19 @@ class StreamEnd:
         if routed:
             self._take_route(msg.service_id)
 
+    def _drop_oversized(self, msg: pb.ConnInfo) -> None:
+        """An announcement whose network or address no socket can have: not kept, so its dial times out."""
+        level = logging.DEBUG if self._told_oversized else logging.WARNING
+        self._told_oversized = True
+        log.log(level, "broker: dropping the announcement of broker id %s: its network (%d characters) or"
+                " address (%d characters) is longer than any socket's (%d at most); the other side is"
+                " broken or hostile", msg.service_id, len(msg.network), len(msg.address), MAX_FIELD)
+
     def _lost_message(self) -> str:
         return (f"the broker stream to the other side ended ({self._lost}); the plugin or host"
                 " is gone or closed its broker. Restart the plugin (new Client) to broker again")
+
+
+def _clipped(text: str) -> str:
+    """``text`` cut to MAX_FIELD characters, saying so."""
+    return f"{text[:MAX_FIELD]}... ({len(text) - MAX_FIELD} more characters dropped)"
