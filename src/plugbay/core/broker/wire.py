@@ -127,6 +127,9 @@ class StreamEnd:
         with self._cond:  # close() joins _threads: never let it see an unstarted one
             if self._closed:
                 return False
+            # a host may call StartStream again and again (each replaces the last): an ended reader
+            # thread needs no join, and kept it would make the list grow by one every call
+            self._threads = [t for t in self._threads if not (isinstance(t, threading.Thread) and not t.is_alive())]
             self._threads.append(reader)
             reader.start()
             return True
