@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,9 @@ import pytest
 
 from plugbay.runners.docker import sweep
 from plugbay.runners.session import HOST_PIDS, host_pids
+from tests.test_docker_runner import CRASHING_HOST  # a real host that starts one container, then sleeps
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = textwrap.dedent("""
-    import json, sys, time
-    sys.path.insert(0, sys.argv[1])
-    from plugbay.runners.base import LaunchSpec
-    from plugbay.runners.docker import DockerRunner
-    from plugbay.runners.session import host_session_id
-    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
-    runner.start(LaunchSpec(env={}))
-    folder = runner.reattach_data()["host_socket_dir"]
-    print(json.dumps({"session": host_session_id(), "id": runner.id, "folder": folder}), flush=True)
-    time.sleep(120)
-""")
 
 
 def _unshare() -> list[str]:
@@ -48,8 +36,8 @@ def _unshare() -> list[str]:
 
 
 def test_a_live_host_in_another_pid_namespace_keeps_its_plugins(plugbay_docker: Any) -> None:
-    host = subprocess.Popen([*_unshare(), sys.executable, "-c", HOST, str(REPO / "src")], stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    host = subprocess.Popen([*_unshare(), sys.executable, "-c", CRASHING_HOST, str(REPO / "src")],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     facts: dict[str, Any] = {}
     try:
         assert host.stdout is not None
@@ -74,4 +62,4 @@ def test_a_live_host_in_another_pid_namespace_keeps_its_plugins(plugbay_docker: 
         if facts:
             for c in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"}):
                 c.remove(force=True)
-            shutil.rmtree(facts["folder"], ignore_errors=True)
+            shutil.rmtree(facts["reattach"]["host_socket_dir"], ignore_errors=True)
