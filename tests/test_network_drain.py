@@ -125,3 +125,49 @@ def test_endpoints_that_leave_leave_no_health_bookkeeping_behind(tmp_path: Path)
         assert pool._health_fails == {}  # 20 were counted; the endpoints gone, their counts are too
     finally:
         pool.close()
+
+
+class _SlowClose:
+    """A drained endpoint's channel whose close() takes a while, as a brokered endpoint's does (it waits
+    for its relay): every grpc.Channel call passes through to the real channel."""
+
+    def __init__(self, channel: object) -> None:
+        self._channel = channel
+        self.closing = threading.Event()
+        self.release = threading.Event()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.release.wait(20)
+        getattr(self._channel, "close")()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._channel, name)
+
+
+def test_a_slow_close_of_a_drained_endpoint_does_not_hold_up_picks() -> None:
+    a, b = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")
+    ep_a, ep_b = Endpoint("tcp", a.address), Endpoint("tcp", b.address)
+    resolver = PushResolver([ep_a, ep_b])
+    pool = EndpointPool(resolver, insecure=True, policy="pick_first", health_interval=0.1, name="kv-slow-close")
+    slow = None
+    try:
+        pool.start()
+        kv = kv_pb2_grpc.KVStub(ManagedChannel(pool, 10.0, None, "kv-slow-close"))
+        assert kv.Get(kv_pb2.GetRequest(key="__pid__")).value == str(a.proc.pid).encode()
+        with pool._cond:
+            slow = pool._members[ep_a.key].channel = _SlowClose(pool._members[ep_a.key].channel)
+        resolver.push([ep_b])  # a leaves with nothing in flight: the health thread closes it next
+        assert slow.closing.wait(10)
+        answers: list[bytes] = []
+        call = threading.Thread(target=lambda: answers.append(kv.Get(kv_pb2.GetRequest(key="__pid__")).value),
+                                name="plugbay-test-pick", daemon=True)
+        call.start()
+        call.join(5)  # the close still runs (release is not set): a pick must not wait for it
+        assert answers == [str(b.proc.pid).encode()], "a pick waited for a drained endpoint's close"
+    finally:
+        if slow is not None:
+            slow.release.set()
+        pool.close()
+        a.stop()
+        b.stop()
