@@ -29,7 +29,7 @@ _MAX_MARKER = 512
 _MAX_ENTRIES = 4096  # a folder holding more is not one of ours as made: left alone
 
 
-def proc_stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int | str) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first), or None if it is gone.
 
     One raw read of a few hundred bytes, no text-file machinery: a plugin's start reads two
@@ -58,6 +58,22 @@ def start_ticks(pid: int) -> str:
     return fields[19] if fields else ""
 
 
+def own_start_ticks() -> str:
+    """This process's start_ticks(), read through /proc/self: where /proc is another pid namespace's,
+    os.getpid() names another process there (or none), /proc/self still this one ("" if not shown)."""
+    fields = proc_stat("self")
+    return fields[19] if fields else ""
+
+
+def own_proc() -> bool:
+    """Whether /proc shows this process's pid namespace, so that a pid of it can be looked up there
+    (``nsenter -p`` or ``unshare -p`` without a /proc of its own: another namespace's processes)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
 def boot_id() -> str:
     """This machine's boot id ("" when /proc cannot tell)."""
     try:
@@ -83,8 +99,8 @@ def _owner_line() -> str:
     global _boot
     if not _boot:
         _boot = boot_id()
-    pid = os.getpid()
-    return f"{_MAGIC} {_boot or '-'} {pid_namespace() or '-'} {pid} {start_ticks(pid) or '-'} {_host_name()}\n"
+    return (f"{_MAGIC} {_boot or '-'} {pid_namespace() or '-'} {os.getpid()} {own_start_ticks() or '-'}"
+            f" {_host_name()}\n")
 
 
 def _host_name() -> str:
@@ -159,7 +175,7 @@ def _maker_gone(line: str) -> bool:
     boot, namespace, pid, ticks, host = parts[2], parts[3], int(parts[4]), parts[5], parts[6]
     if host != _host_name():
         return False  # a temp dir shared with another machine (NFS): its processes are not seen here
-    if not _own_proc():
+    if not own_proc():
         return False  # a /proc of another pid namespace than this process's: its pids say nothing here
     current_boot = boot_id()
     if boot != "-" and current_boot and boot != current_boot:
@@ -169,14 +185,6 @@ def _maker_gone(line: str) -> bool:
     if ticks == "-":
         return False
     return start_ticks(pid) != ticks
-
-
-def _own_proc() -> bool:
-    """Whether /proc shows this process's pid namespace (``nsenter -p`` without a /proc of its own does not)."""
-    try:
-        return os.readlink("/proc/self") == str(os.getpid())
-    except OSError:
-        return False
 
 
 def _read_marker(folder_fd: int) -> str | None:
