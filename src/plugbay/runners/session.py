@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from plugbay.core.transport.tempdirs import proc_stat as proc_stat  # where runners have imported it from
-from plugbay.core.transport.tempdirs import boot_id, pid_namespace
+from plugbay.core.transport.tempdirs import boot_id, own_proc, own_start_ticks, pid_namespace
 from plugbay.core.transport.tempdirs import start_ticks as start_ticks
 
 MANAGED = "plugbay.managed"
@@ -50,8 +50,8 @@ def _own_identity() -> tuple[str, str]:
     global _identity
     with _identity_lock:
         if _identity is None:
-            pid = os.getpid()
-            _identity = (f"{pid}-{uuid.uuid4().hex[:12]}", start_ticks(pid))
+            # through /proc/self: in a /proc of another pid namespace, os.getpid() is another process's pid
+            _identity = (f"{os.getpid()}-{uuid.uuid4().hex[:12]}", own_start_ticks())
         return _identity
 
 
@@ -102,13 +102,15 @@ def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
 def session_gone(host: str | None, pids: str | None, session: str, start: str) -> bool:
     """Whether the host session that labelled a container or pod is proven gone from here: this machine's
     name (``host``), and this boot and pid namespace (``pids``, HOST_PIDS) with its process no longer running,
-    or an earlier boot of this machine. False when it cannot tell (another pid namespace, no such label)."""
+    or an earlier boot of this machine. False when it cannot tell (another pid namespace, no such label, a
+    /proc of another pid namespace than this process's)."""
     own = host_pids()
     if host != socket.gethostname() or not own or not pids or pids.count(".") != 1:
         return False
     if pids.split(".")[0] != own.split(".")[0]:
         return True  # every process of an earlier boot has ended
-    return pids == own and not session_alive(session, start)
+    # a foreign /proc would show another namespace's process (or none) under that pid
+    return pids == own and own_proc() and not session_alive(session, start)
 
 
 def session_running(host: str | None, pids: str | None, session: str, start: str) -> bool:
@@ -116,8 +118,19 @@ def session_running(host: str | None, pids: str | None, session: str, start: str
     return host == socket.gethostname() and bool(pids) and pids == host_pids() and session_alive(session, start)
 
 
+def session_may_run(host: str | None, pids: str | None, session: str, start: str) -> bool:
+    """Whether that host session may run here still: proven to (session_running), or of this machine, boot
+    and pid namespace while /proc cannot tell (a /proc of another pid namespace than this process's)."""
+    if host != socket.gethostname() or not pids or pids != host_pids():
+        return False
+    return not own_proc() or session_alive(session, start)
+
+
 def session_alive(session: str, start: str) -> bool:
-    """Whether the host process behind ``session`` still runs in this pid namespace."""
+    """Whether the host process behind ``session`` is proven to run still in this pid namespace (False
+    also when /proc is another namespace's: not a proof that it is gone)."""
+    if not own_proc():
+        return False
     try:
         pid = int(session.split("-", 1)[0])
     except ValueError:

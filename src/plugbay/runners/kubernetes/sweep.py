@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.errors import RunnerError
-from plugbay.runners.session import (HOST_PIDS, SESSION_START, host_session_id, session_gone,
-                                     session_running)
+from plugbay.runners.session import HOST_PIDS, SESSION_START, host_session_id, session_gone, session_may_run
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
@@ -53,11 +52,11 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 continue
             host = (pod.metadata.annotations or {}).get("plugbay.host")
             start, pids = labels.get(SESSION_START, ""), labels.get(HOST_PIDS)
-            running = session_running(host, pids, session, start)
             if identity is not None and labels.get(HOST_ID) == identity:
                 # this host's identity, another session: a run before a restart, unless that session
-                # still runs here (a forked worker of this host is a session of its own)
-                gone = not running
+                # may still run here (a forked worker of this host is a session of its own; a /proc of
+                # another pid namespace cannot show it)
+                gone = not session_may_run(host, pids, session, start)
             elif live_sessions is not None:
                 gone = session not in live_sessions
             else:
