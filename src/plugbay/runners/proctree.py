@@ -22,6 +22,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from plugbay.core.transport.tempdirs import own_proc, pid_namespace
 from plugbay.runners.session import host_session_id, host_session_start, proc_stat
 
 _log = logging.getLogger("plugbay.runners")
@@ -58,6 +59,10 @@ def host_session() -> str:
 
 
 def _pids() -> list[int]:
+    """The pids /proc lists: none where /proc is another pid namespace's, whose numbers os.kill() would
+    take for other processes of this one."""
+    if not own_proc():
+        return []
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
@@ -94,6 +99,8 @@ def family(root: int | None, plugin_id: str, since: int | None = None) -> dict[i
 
 def signal_all(procs: dict[int, int], sig: int) -> None:
     """Signal each process that is still the one recorded (same start ticks)."""
+    if not own_proc():
+        return  # a /proc of another pid namespace cannot prove which process a pid names here
     for pid, start in procs.items():
         facts = stat_of(pid)
         if facts is None or facts[1] != start:
@@ -106,7 +113,9 @@ def signal_all(procs: dict[int, int], sig: int) -> None:
 
 def _gone(marker: str, live: set[str] | None) -> bool:
     session = marker.rpartition(".")[0]
-    return session not in live if live is not None else not _session_alive(marker)
+    if live is not None:
+        return session not in live
+    return own_proc() and not _session_alive(marker)  # a foreign /proc: the pid is another's there
 
 
 def _session_alive(marker: str) -> bool:
@@ -116,7 +125,17 @@ def _session_alive(marker: str) -> bool:
     except ValueError:
         return False
     facts = stat_of(pid)
-    return facts is not None and str(facts[1]) == start
+    # no start ticks: the host could not read its own; its pid alone then keeps it
+    return facts is not None and (not start or str(facts[1]) == start)
+
+
+def _in_own_namespace(pid: int) -> bool:
+    """Whether process ``pid`` is of this process's pid namespace, as its host's pid in the marker
+    then is (a host in a namespace of its own, a container's, is seen here under another pid)."""
+    try:
+        return str(os.stat(f"/proc/{pid}/ns/pid").st_ino) == pid_namespace()
+    except OSError:
+        return False
 
 
 # Adoption records: a host that reattached to a process plugin (proven by its plugin id) writes a
@@ -284,7 +303,8 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
 
     A process is swept only if its environment carries plugbay's
     ``PLUGBAY_HOST_SESSION`` marker, and that session is not this process's and
-    its host no longer runs (same pid *and* start time). With ``live_sessions``
+    its host no longer runs (same pid *and* start time, looked up in this pid
+    namespace's /proc: a plugin of another namespace is left alone). With ``live_sessions``
     (``host_session_id()`` values), every session not listed counts as gone.
     A plugin another host reattached to (its claim, see :func:`claim`) is spared
     while that host's session is not gone.
@@ -292,6 +312,8 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     theirs in folders this process must not trust (as root it could read them, and be led to
     delete or hang on what they hold), so it is theirs to sweep.
     """
+    if not own_proc():
+        return []  # nothing listed there is provably a process of this namespace, nor any claim moot
     live = set(live_sessions) if live_sessions is not None else None
     mine = host_session()
     doomed: dict[int, int] = {}
@@ -306,7 +328,7 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         marker = env.get(ENV_HOST_SESSION) if env else None
         if not marker or marker == mine or _owner(pid) != me:
             continue
-        gone = _gone(marker, live)
+        gone = _gone(marker, live) and (live is not None or _in_own_namespace(pid))
         if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine):
             continue  # a live host reattached to it
         facts = stat_of(pid)
