@@ -231,6 +231,7 @@ class LateControl:
         self._queued: list[bytes] = []
         self._pings = 0  # ping answers among _queued
         self._sender: threading.Thread | None = None
+        self._finisher: threading.Thread | None = None
 
     def send(self, header: bytes, ping_answer: bool = False) -> bool:
         """Queue ``header``; False (nothing queued) once LATE_MAX wait: the caller ends the session."""
@@ -254,6 +255,29 @@ class LateControl:
                 self._sender = None
             raise
         return True
+
+    def finish(self, rest: bytes) -> None:
+        """Send the ``rest`` of a header cut short by a full socket on a thread of its own, which
+        then releases the send lock: the caller holds it and hands it over (a lock any thread may
+        release), so no frame gets in between, and the reader goes on reading meanwhile."""
+        finisher = threading.Thread(target=self._finish, args=(rest,), name=f"plugbay-{self._name}-cut",
+                                    daemon=True)
+        try:
+            finisher.start()
+        except RuntimeError:  # no thread to be had: the frame cannot be completed, so nothing may follow it
+            shutdown_and_join([self._sock], [])
+            self._wlock.release()
+            return
+        self._finisher = finisher
+
+    def _finish(self, rest: bytes) -> None:
+        try:
+            if not self._closed.is_set():
+                self._sock.sendall(rest)
+        except OSError:  # part of it may be out: no frame may follow it
+            shutdown_and_join([self._sock], [])
+        finally:
+            self._wlock.release()
 
     def pending(self) -> bool:
         """Whether a sender runs: a later header must follow what it holds, never overtake it."""
@@ -281,5 +305,6 @@ class LateControl:
     def join(self, timeout: float) -> None:
         with self._lock:
             sender = self._sender
-        if sender is not None and sender is not threading.current_thread() and sender.is_alive():
-            sender.join(timeout)
+        for thread in (sender, self._finisher):
+            if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+                thread.join(timeout)

@@ -206,6 +206,7 @@ class Session(Splicing, Pinging):
         """
         if not self._wlock.acquire(blocking=False):
             return False
+        handed = False
         try:
             if self._closed.is_set():
                 return False
@@ -215,15 +216,15 @@ class Session(Splicing, Pinging):
             except OSError:
                 return False  # full (the bridge sends it later) or broken (the reader sees it)
             if sent < len(header):
-                # a TCP buffer that filled inside the header (never a unix socket): the
-                # frame must be completed before any other
-                try:
-                    self._sock.sendall(header[sent:])
-                except OSError:
-                    pass  # the connection is broken: the reader ends the session
+                # a TCP buffer that filled inside the header (never a unix socket): no other frame
+                # may go out before its rest, which waits for a peer that may not read for long,
+                # so another thread sends it and keeps the send lock until then
+                self._late.finish(header[sent:])
+                handed = True
             return True
         finally:
-            self._wlock.release()
+            if not handed:
+                self._wlock.release()
 
     def _send_rst(self, sid: int) -> None:
         if threading.current_thread() is self._reader:  # e.g. on_stream refusing a stream: no waiting
