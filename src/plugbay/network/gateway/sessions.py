@@ -29,17 +29,17 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
-from plugbay.core.transport.bridges import splice
 from plugbay.core.transport.sockets import dial
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.core.transport.yamux import Session, Stream, StreamClosed
-from plugbay.errors import GatewayError, NoNewStreamsError, PlugbayError
+from plugbay.core.transport.yamux import Session, Stream
+from plugbay.errors import GatewayError, PlugbayError
+from plugbay.network.gateway.twins import TwinOpener
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner
 
@@ -72,6 +72,9 @@ class ChildSession:
         self._closed = False
         # the remote host's streams, two splice threads each; with all sessions from its address (streamcap)
         self._share = Share(peer)
+        # a reader never opens the twin itself: that waits on the other side's socket (see twins)
+        self._to_child = TwinOpener(lambda: self._child, "gw-to-child", self._splices, self._tlock)
+        self._to_remote = TwinOpener(lambda: self._remote, "gw-to-remote", self._splices, self._tlock)
         self._dir = make_tempdir("plugbay-gwchild-")
         os.chmod(self._dir, 0o700)
         self._starter = threading.Thread(target=self._start, name="plugbay-gateway-session", daemon=True)
@@ -129,7 +132,7 @@ class ChildSession:
             self._child = Session(sock, client=True, on_stream=self._from_child, name="gw-child")
             self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote")
 
-    # Both run on their session's reader thread, in the order the streams arrive.
+    # Both run on their session's reader thread, in the order the streams arrive; they never wait.
     def _from_remote(self, stream: Stream) -> None:
         share = self._share
         if not share.take():
@@ -137,21 +140,10 @@ class ChildSession:
                 log.warning("gateway: resetting a brokering host's new streams until some end: %s", why)
             stream.reset()
             return
-        self._pair(stream, self._child, share.give)
+        self._to_child.pair(stream, share.give)
 
     def _from_child(self, stream: Stream) -> None:
-        self._pair(stream, self._remote)
-
-    def _pair(self, stream: Stream, other: Session | None, done: Callable[[], None] = lambda: None) -> None:
-        try:
-            if other is None:
-                raise StreamClosed("the other side is not up")
-            twin = other.open()
-        except (StreamClosed, NoNewStreamsError):  # gone, or shutting down (a GoAway): no twin to be had
-            stream.reset()
-            done()
-            return
-        splice(stream, twin, self._splices, self._tlock, done)
+        self._to_remote.pair(stream)
 
     def close(self) -> None:
         with self._lock:
@@ -170,6 +162,8 @@ class ChildSession:
         self._starter.join(timeout=self._start_timeout + 5)
         if self._remote is None:
             self._conn.close()
+        for opener in (self._to_child, self._to_remote):  # before the splices: they may start more
+            opener.join(5)
         for _ in range(3):
             with self._tlock:
                 threads = list(self._splices)
