@@ -7,11 +7,13 @@ such as Kubernetes EndpointSlices); the pool and the replicas are the real ones.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, REPO, Replica
 from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -171,3 +173,58 @@ def test_a_slow_close_of_a_drained_endpoint_does_not_hold_up_picks() -> None:
         pool.close()
         a.stop()
         b.stop()
+
+
+# Closes the pool in the moment between a call's pick and the building of its call object (the window a
+# close from another thread can land in), for each kind of call; prints what each call raised. Run in a
+# process of its own: building a call object on a closed grpcio channel crashes the process (SIGSEGV).
+_CLOSE_AFTER_PICK = r"""
+import sys
+from tests.test_network_drain import PushResolver
+from kvproto import kv_pb2, kv_pb2_grpc
+from plugbay.errors import PlugbayError
+from plugbay.network.pool import EndpointPool
+from plugbay.network.resolver import Endpoint
+
+address = sys.argv[1]
+for kind in ("unary", "future", "stream"):
+    pool = EndpointPool(PushResolver([Endpoint("tcp", address)]), insecure=True, name="kv-race")
+    pool.start()
+    kv = kv_pb2_grpc.KVStub(pool)
+    kv.Get(kv_pb2.GetRequest(key="__pid__"), timeout=10)
+    picked = pool.pick
+
+    def pick_then_close(*args, picked=picked, pool=pool):
+        member = picked(*args)
+        pool.close()
+        return member
+
+    pool.pick = pick_then_close
+    try:
+        if kind == "unary":
+            kv.Get(kv_pb2.GetRequest(key="k"), timeout=5)
+        elif kind == "future":
+            kv.Get.future(kv_pb2.GetRequest(key="k"), timeout=5).result()
+        else:
+            list(pool.unary_stream("/plugin.GRPCStdio/StreamStdio")(b"", timeout=5))
+        print(kind, "answered", flush=True)
+    except PlugbayError as exc:
+        print(kind, "typed", type(exc).__name__, flush=True)
+    except Exception as exc:
+        print(kind, "untyped", type(exc).__name__, exc, flush=True)
+    finally:
+        pool.close()
+"""
+
+
+def test_a_pool_closed_between_a_pick_and_the_call_fails_the_call_typed() -> None:
+    rep = Replica("127.0.0.1:0")  # here, not in the process that may crash: it is stopped whatever happens
+    try:
+        out = subprocess.run([sys.executable, "-c", _CLOSE_AFTER_PICK, rep.address], cwd=REPO, capture_output=True,
+                             text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        rep.stop()
+    assert out.returncode == 0, f"rc {out.returncode}: {out.stdout}{out.stderr[-2000:]}"
+    lines = out.stdout.split("\n")
+    for kind in ("unary", "future", "stream"):
+        assert any(line.startswith(f"{kind} typed ") for line in lines), out.stdout

@@ -6,6 +6,7 @@ pool decides; these are the shapes it hands out.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import grpc
@@ -39,6 +40,24 @@ class Member:
         self.probed_at: float | None = None
         self.tls_proven = False  # a health check answered over TLS: it takes this host's certificate
         self.closing_since: float | None = None  # first probe that saw a close right after the handshake
+        self.closed = False  # set (under ``lock``) before its channel closes: see build() and retire()
+        self.lock = threading.Lock()
+
+    def build(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        """A call object on its channel; ValueError("closed channel") once retire() began. Under the lock
+        that retire() takes: grpcio crashes the process (SIGSEGV) when one is built on a closed channel,
+        and the pool or its health thread may close the channel just after a call picked this endpoint."""
+        with self.lock:
+            if self.closed:
+                raise ValueError(f"closed channel (endpoint {self.key})")
+            factory = getattr(self.channel, kind)
+            return factory(method, request_serializer=ser, response_deserializer=de, _registered_method=True)
+
+    def retire(self) -> None:
+        """Close its channel; calls built on it before then fail with grpcio's ValueError (not sent)."""
+        with self.lock:
+            self.closed = True
+        self.channel.close()
 
     def pickable(self, now: float, ejected_too: bool = False) -> bool:
         ep = self.endpoint

@@ -130,7 +130,7 @@ class EndpointPool(PoolHealth, CallChannel):
                 self._order.clear()
                 self._draining.clear()
             for member in members:
-                member.channel.close()
+                member.retire()
 
     @property
     def closed(self) -> bool:
@@ -166,7 +166,7 @@ class EndpointPool(PoolHealth, CallChannel):
                     built[ep.key] = self._dial(ep)
         finally:
             for member in built.values():  # not taken: a failure, or the pool closed meanwhile
-                member.channel.close()
+                member.retire()
         self._log_if_changed()
 
     def _apply(self, wanted: dict[str, Endpoint], built: dict[str, Member]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from plugbay.core.host.callerrors import closed_under_call
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
 
@@ -31,6 +32,8 @@ class Member(Protocol):
 
     key: str
     channel: grpc.Channel
+
+    def build(self, kind: str, method: str, ser: Any, de: Any) -> Any: ...
 
 
 class EndpointPool(Protocol):
@@ -152,9 +155,7 @@ class PoolCallable:
         self._pin = pin
 
     def _on(self, member: Member) -> Any:
-        factory = getattr(member.channel, self._kind)
-        return factory(self._method, request_serializer=self._ser, response_deserializer=self._de,
-                       _registered_method=True)
+        return member.build(self._kind, self._method, self._ser, self._de)
 
     def deadline(self, timeout: float | None) -> tuple[float, float | None]:
         now = time.monotonic()
@@ -194,12 +195,23 @@ class PoolCallable:
 
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pick_until, deadline = self.deadline(timeout)
-        member = self._pool.pick(pick_until, set(), self._pin)
-        try:
-            call = self._on(member)(request, timeout=self.remaining(deadline), **kwargs)
-        except BaseException as exc:
-            self._pool.done(member, exc)
-            raise
+        tried: set[str] = set()
+        while True:
+            try:
+                member = self._pool.pick(pick_until, tried, self._pin)
+            except NoEndpointsError as exc:
+                raise out_of_tries(self._pool, exc, tried, "") from None
+            try:
+                call = self._on(member)(request, timeout=self.remaining(deadline), **kwargs)
+                break
+            except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
+                self._pool.done(member, None)
+                if not closed_under_call(exc):
+                    raise
+                tried.add(member.key)
+            except BaseException as exc:
+                self._pool.done(member, exc)
+                raise
         call.add_done_callback(lambda c: self._pool.done(member, _call_error(c)))
         return call
 
@@ -229,7 +241,7 @@ class PoolCallable:
                 continue
             except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
                 pool.done(member, None)
-                if "closed channel" not in str(exc):
+                if not closed_under_call(exc):
                     raise
                 tried.add(member.key)
                 continue

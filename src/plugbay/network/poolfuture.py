@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from plugbay.core.host.callerrors import closed_under_call
 from plugbay.core.host.callfuture import CallFuture
 from plugbay.errors import NoEndpointsError
 
@@ -88,7 +89,7 @@ class FailoverFuture(CallFuture):
                                                  **self._kwargs)
             except ValueError as exc:  # the endpoint's channel closed under the call: not sent
                 pool.done(member, None)
-                if "closed channel" not in str(exc):
+                if not closed_under_call(exc):
                     raise
                 self._tried.add(member.key)
                 continue

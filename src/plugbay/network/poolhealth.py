@@ -64,7 +64,7 @@ class PoolHealth:
                         self._draining.remove(member)
                         drained.append(member)
             for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
-                member.channel.close()  # and an AsyncRemoteClient picks under that lock on its event loop
+                member.retire()  # and an AsyncRemoteClient picks under that lock on its event loop
             for member in members:
                 self._check(member)
             self._log_if_changed()

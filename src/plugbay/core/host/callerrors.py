@@ -61,3 +61,9 @@ class Unavailable(_TranslatedRpcError, PluginUnavailableError):
 
 class ClientClosed(_TranslatedRpcError, ClientStateError):
     """The call failed because its Client was being killed or closed."""
+
+
+def closed_under_call(exc: ValueError) -> bool:
+    """Whether grpcio refused a call because its channel was closed (the call was not sent)."""
+    text = str(exc).lower()
+    return "closed channel" in text or "channel closed" in text

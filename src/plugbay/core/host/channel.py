@@ -35,6 +35,7 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
     ClientClosed as ClientClosed,
     PluginDied as PluginDied,
     Unavailable as Unavailable,
+    closed_under_call,
 )
 from plugbay.errors import PlugbayError
 
@@ -197,8 +198,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
 
     def translate_value_error(self, exc: ValueError) -> BaseException:
         """grpcio's ValueError for a call on a closed channel, as a typed error."""
-        text = str(exc).lower()
-        if "closed channel" in text or "channel closed" in text:
+        if closed_under_call(exc):
             return self.translate_closed()
         return exc
 
