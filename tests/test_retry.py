@@ -238,6 +238,24 @@ def test_a_future_goes_through_the_policy_as_a_blocking_call_does(client: Client
     assert plain.result(timeout=30).value == b"v"
 
 
+def test_a_future_made_inside_idempotent_is_retried(client: Client) -> None:
+    # the layers run on a thread of the future's own: the mark must reach it as it reaches a blocking call
+    stub = kv_pb2_grpc.KVStub(client.channel)
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__fail__", b"1")
+    before = calls(client)
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01))
+    with idempotent():
+        future = stub.Get.future(kv_pb2.GetRequest(key="k"))
+    assert future.result(timeout=30).value == b"v"
+    assert calls(client) - before == 2
+    kv.put("__fail__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01))
+    with pytest.raises(grpc.RpcError) as err:  # made outside the block: one try
+        stub.Get.future(kv_pb2.GetRequest(key="k")).result(timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_a_tls_failure_is_not_retried() -> None:
     # a RemoteTLSError carries UNAVAILABLE (the retryable code) but waiting cannot help: the certificate
     # is refused each time; the policy retried it max_attempts times, with backoff between

@@ -10,6 +10,7 @@ failover (plugbay.network.poolfuture) is the other kind.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -186,8 +187,8 @@ class HookedFuture(CallFuture):
 
     The layers block (a retry's backoff, a wait for a restarting plugin), which
     neither the caller of future() nor gRPC's callback thread may, so the hook
-    runs on a short-lived thread of the future's own; each try is a gRPC future,
-    which cancel() cancels.
+    runs on a short-lived thread of the future's own, in a copy of the caller's
+    context (idempotent() marks it); each try is a gRPC future, which cancel() cancels.
     """
 
     def __init__(self, hook: Callable[[str, Callable[[float | None], Any], float | None], Any], method: str,
@@ -202,7 +203,11 @@ class HookedFuture(CallFuture):
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def start(self) -> HookedFuture:
-        threading.Thread(target=self._run_hook, daemon=True, name=f"plugbay-call-{self._name}").start()
+        # The caller's context goes with it (a new thread starts with an empty one): the layers read it,
+        # as idempotent()'s mark, just as they do for a blocking call made on the caller's own thread.
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._run_hook,), daemon=True,
+                         name=f"plugbay-call-{self._name}").start()
         return self
 
     def _run_hook(self) -> None:
