@@ -63,11 +63,12 @@ def test_unknown_service(tmp_path: Path, mode: str) -> None:
             assert w.wait_for(SERVICE_UNKNOWN, 10), w.history
 
 
-def test_a_killed_client_is_reported_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_client_is_reported_with_the_reason(tmp_path: Path, mode: str) -> None:
     client = Client(faulty_config(tmp_path))
     client.start()
     channel = client.channel
-    with HealthWatcher(channel, interval=0.2, timeout=1.0) as w:
+    with HealthWatcher(channel, interval=0.2, timeout=1.0, mode=mode) as w:
         assert w.wait_for(SERVING, 10)
         client.kill()
         assert w.wait_for(UNREACHABLE, 15), w.history
@@ -162,6 +163,29 @@ def test_falls_back_to_check_when_watch_is_unimplemented(tmp_path: Path) -> None
             kv.put("__health__", b"NOT_SERVING")
             assert w.wait_for(NOT_SERVING, 10)
     assert [h[2] for h in w.history] == [SERVING, NOT_SERVING]
+
+
+def test_checks_pass_none_of_the_call_layers_so_serving_again_closes_the_breaker_at_once(tmp_path: Path) -> None:
+    # A Check through the breaker it trips would be refused while the circuit is open: the watcher
+    # would report UNREACHABLE until open_for ends (and take the half-open probe from user calls).
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    from plugbay import install
+
+    b = CircuitBreaker(failure_threshold=100, open_for=600, name="kv")
+    with Client(faulty_config(tmp_path, env={"RESILIENCE_NO_WATCH": "1"})) as client:
+        install(client, breaker=b)
+        raw = kv_pb2_grpc.KVStub(client.channel.current)  # flips the plugin's health past the open circuit
+        with HealthWatcher(client.channel, interval=0.2, timeout=2.0, breaker=b) as w:
+            assert w.wait_for(SERVING, 10)
+            assert w.mode == "check"
+            raw.Put(kv_pb2.PutRequest(key="__health__", value=b"NOT_SERVING"), timeout=10)
+            assert w.wait_for(NOT_SERVING, 10)
+            assert b.state == OPEN
+            raw.Put(kv_pb2.PutRequest(key="__health__", value=b"SERVING"), timeout=10)
+            assert w.wait_for(SERVING, 10), w.history  # far below open_for
+            assert b.state == CLOSED
+    assert [h[2] for h in w.history] == [SERVING, NOT_SERVING, SERVING]
 
 
 def test_several_watchers_of_one_plugin_never_see_it_unreachable(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ cannot see a silent network (no packets, no error), so each stream is opened
 with a deadline of ``interval + timeout``: a stream that ends at its deadline
 after its first answer is simply reopened, one that gets no answer at all
 means the plugin is UNREACHABLE. When the plugin does not implement Watch, the watcher
-falls back to Check every ``interval`` with a ``timeout`` deadline.
+falls back to Check every ``interval`` with a ``timeout`` deadline, past the call layers
+installed on a Client's channel (see _start_check).
 
 Observed states: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN (nothing
 observed yet) and UNREACHABLE (no answer, the connection failed, or the
@@ -26,6 +27,7 @@ from typing import Any, Self, TypeAlias
 import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.errors import ClientStateError, ConfigError
 from plugbay.core.resilience.calls import describe_error, number_problem, status_of
@@ -40,6 +42,7 @@ UNREACHABLE = "UNREACHABLE"
 STATES = (SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN, UNREACHABLE)
 
 ChannelSource: TypeAlias = "grpc.Channel | Callable[[], grpc.Channel]"
+_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class HealthWatcher:
@@ -165,11 +168,11 @@ class HealthWatcher:
         request = health_pb2.HealthCheckRequest(service=self.service)
         while not self._stop.is_set():
             try:
-                stub = health_pb2_grpc.HealthStub(self._channel())  # type: ignore[no-untyped-call]
+                channel = self._channel()
                 if self.mode == "watch":
-                    self._watch_once(stub, request)
+                    self._watch_once(health_pb2_grpc.HealthStub(channel), request)  # type: ignore[no-untyped-call]
                     continue
-                self._check_once(stub, request)
+                self._check_once(channel, request)
             except Exception as exc:  # RpcError, a killed Client, a closed channel
                 if self._stop.is_set():
                     return
@@ -186,15 +189,20 @@ class HealthWatcher:
                     self._report(UNREACHABLE, describe_error(exc))
             self._stop.wait(self.interval)
 
-    def _check_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
+    def _check_once(self, channel: grpc.Channel, request: health_pb2.HealthCheckRequest) -> None:
         # as a future kept in self._call, so that stop() cancels a Check a plugin does not answer
-        call = stub.Check.future(request, timeout=self.timeout)
+        call = _start_check(channel, request, self.timeout)
         self._call = call
         try:
             if self._stop.is_set():
                 call.cancel()
                 return
-            resp = call.result()
+            try:
+                resp = call.result()
+            except grpc.RpcError as exc:
+                if not isinstance(channel, ManagedChannel):
+                    raise
+                raise channel.translate(exc) from exc
         finally:
             self._call = None
         self._report(_status_name(resp.status))
@@ -219,6 +227,25 @@ class HealthWatcher:
         if not self._stop.is_set() and self._state == SERVING:
             self._report(NOT_SERVING, "the health Watch stream ended (the plugin is stopping)")
         self._stop.wait(min(self.interval, 0.5))
+
+
+def _start_check(channel: grpc.Channel, request: health_pb2.HealthCheckRequest, timeout: float) -> Any:
+    """A Check's future; on a Client's channel it passes none of the call layers installed there.
+
+    A breaker the watcher steers would otherwise refuse the Checks that are to see the plugin serve
+    again (and one of them would take the half-open probe from the user's calls); a retry would
+    repeat what the next interval asks anyway. The call object is built as the channel builds its
+    own (never on a closed connection: a typed error instead).
+    """
+    if not isinstance(channel, ManagedChannel):
+        return health_pb2_grpc.HealthStub(channel).Check.future(  # type: ignore[no-untyped-call]
+            request, timeout=timeout)
+    _, check = channel.new_call("unary_unary", _CHECK, health_pb2.HealthCheckRequest.SerializeToString,
+                                health_pb2.HealthCheckResponse.FromString)
+    try:
+        return check.future(request, timeout=timeout)
+    except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!" (closed since it was built)
+        raise channel.translate_value_error(exc) from exc
 
 
 def _status_name(status: int) -> str:
