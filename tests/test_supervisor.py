@@ -145,6 +145,74 @@ def test_health_failure_longer_than_the_grace_restarts_it(tmp_path: Path) -> Non
         assert "health NOT_SERVING" in (sup.last_failure or "")
 
 
+def test_a_call_in_flight_during_a_health_restart_fails_as_the_plugins_death_unless_retry_allows_it(
+        tmp_path: Path) -> None:
+    # The Supervisor kills the frozen plugin to restart it: its calls in flight are no kill of the
+    # user's (who must not start a new Client); they fail as calls to a plugin that died do.
+    import threading
+
+    outcome: dict[str, object] = {}
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, methods=["Get"])
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=retry, health_interval=0.2,
+                    health_timeout=0.3, unhealthy_grace=0.5) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        pid = int(kv.get("__pid__"))
+        stub = kv_pb2_grpc.KVStub(sup.channel)
+
+        def call(name: str, fn: object) -> None:
+            try:
+                outcome[name] = fn()  # type: ignore[operator]
+            except Exception as exc:
+                outcome[name] = exc
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            threads = [threading.Thread(target=call, args=("put", lambda: stub.Put(
+                           kv_pb2.PutRequest(key="b", value=b"2"), timeout=60))),
+                       threading.Thread(target=call, args=("get", lambda: stub.Get(
+                           kv_pb2.GetRequest(key="__pid__"), timeout=60).value))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(90)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        restarts = sup.restarts
+    put = outcome["put"]
+    assert isinstance(put, PluginDiedError) and not isinstance(put, ClientStateError), repr(put)
+    assert isinstance(put, grpc.RpcError) and put.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the Supervisor restarted plugin" in str(put) and "unhealthy" in str(put), str(put)
+    assert "start a new Client" not in str(put)
+    get = outcome["get"]  # safe to repeat: resent to the successor
+    assert isinstance(get, bytes) and get != str(pid).encode(), repr(get)
+    assert restarts == 1
+
+
+def test_a_call_a_restart_cancels_under_a_live_plugin_is_still_resent_when_safe_to_repeat(tmp_path: Path) -> None:
+    # A teardown that closes the connection before the plugin is gone ends the call CANCELLED: as a
+    # restart's casualty it is still a plugin death (UNAVAILABLE), which the RetryPolicy resends when safe.
+    from plugbay.core.resilience.readygate import mark_restarting
+
+    with Client(faulty_config(tmp_path, call_timeout=30.0)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        before = int(kv.get("__calls__"))
+        kv.put("__slow__", b"1")
+        future = kv_pb2_grpc.KVStub(client.channel).Get.future(kv_pb2.GetRequest(key="k"), timeout=30)
+        assert wait_until(lambda: int(kv.get("__calls__")) > before, 10)  # in flight in the plugin
+        mark_restarting(client, "kv", "health NOT_SERVING for 0.5s ()")
+        channel = client.channel
+        channel.begin_close()  # type: ignore[attr-defined]
+        channel.close_current()  # type: ignore[attr-defined]
+        err = future.exception(timeout=30)
+    assert isinstance(err, PluginDiedError) and err.original.code() == grpc.StatusCode.CANCELLED, repr(err)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "the Supervisor restarted plugin 'kv'" in str(err)
+    assert RetryPolicy(methods=["Get"]).retryable(err)
+
+
 def test_short_health_dip_recovers_without_restart(tmp_path: Path) -> None:
     with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=0.2,
                     unhealthy_grace=60) as sup:

@@ -62,6 +62,16 @@ class Unavailable(_TranslatedRpcError, PluginUnavailableError):
 class ClientClosed(_TranslatedRpcError, ClientStateError):
     """The call failed because its Client was being killed or closed."""
 
+    @classmethod
+    def by_kill(cls, name: str, original: grpc.RpcError | None) -> ClientClosed:
+        """A call the user's kill() ended (``original``: the call's failure) or refused (None: never sent)."""
+        return cls(f"the connection to plugin {name!r} was closed (the Client was killed); start a new Client to"
+                   " call it again", original, grpc.StatusCode.CANCELLED, sent=original is not None)
+
+
+class PluginRestarted(PluginDied):
+    """A Supervisor ended the plugin to restart it (its health stayed bad) while the call was under way."""
+
 
 def closed_under_call(exc: ValueError) -> bool:
     """Whether grpcio refused a call because its channel was closed (the call was not sent)."""

@@ -65,6 +65,8 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         self._exit_probe = exit_probe
         self._name = name
         self.call_hook: CallHook | None = None
+        # An owner's error for the calls its kill() ends or refuses (a Supervisor's restart is no kill of the user's)
+        self.killed_error: Callable[[grpc.RpcError | None], BaseException] | None = None
         # Run once, when the first unary call through this channel returns (or fails): work the
         # owner keeps off that call's path (the broker stream's opening; see Client.dispense).
         self.after_call: Callable[[], None] | None = None
@@ -166,7 +168,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 " if it is stuck", exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._closing \
                 and not self._died_first:
-            return ClientClosed(self._killed_message(), exc)
+            return self._killed(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
             why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
             if why is not None:
@@ -181,20 +183,18 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         translated: BaseException = exc
         return translated
 
-    def _killed_message(self) -> str:
-        return (f"the connection to plugin {self._name!r} was closed (the Client was killed);"
-                " start a new Client to call it again")
+    def _killed(self, original: grpc.RpcError | None) -> BaseException:
+        made = self.killed_error
+        return made(original) if made is not None else ClientClosed.by_kill(self._name, original)
 
     def translate_closed(self) -> BaseException:
         """A call made after the channel was closed: a typed error that is also a grpc.RpcError, as
         every call failure is (CANCELLED: the Client was killed; UNAVAILABLE: the plugin is gone)."""
-        if self._closing and not self._died_first:
-            return ClientClosed(self._killed_message(), None, grpc.StatusCode.CANCELLED, sent=False)
-        if self._exit_probe is not None:
-            why = self._exit_probe(0.0)
-            if why is not None:
-                return PluginDied(f"plugin {self._name!r} is gone: {why}; start a new Client", None, sent=False)
-        return ClientClosed(self._killed_message(), None, grpc.StatusCode.CANCELLED, sent=False)
+        killed = self._closing and not self._died_first
+        why = None if killed or self._exit_probe is None else self._exit_probe(0.0)
+        if why is not None:
+            return PluginDied(f"plugin {self._name!r} is gone: {why}; start a new Client", None, sent=False)
+        return self._killed(None)
 
     def translate_value_error(self, exc: ValueError) -> BaseException:
         """grpcio's ValueError for a call on a closed channel, as a typed error."""

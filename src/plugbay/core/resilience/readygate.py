@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import ClientStateError, PlugbayError, PluginDiedError
-from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.host.callerrors import CallTimeout, PluginRestarted
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt
@@ -32,6 +32,25 @@ class SupervisedChannel(ManagedChannel):
         if isinstance(exc, PlugbayError):
             return exc  # the Client's channel already said what happened
         return super().translate(exc, past_deadline)
+
+
+def mark_restarting(client: Client, name: str, reason: str) -> None:
+    """Before a Supervisor kills ``client`` to restart its plugin: the calls that kill ends fail as calls
+    to a plugin that died (PluginDiedError, resent when safe to repeat), not as a kill of the user's,
+    whose advice (start a new Client) is wrong for stubs that outlive the restart."""
+    channel = client.channel
+    if not isinstance(channel, ManagedChannel):
+        return
+
+    def error(original: grpc.RpcError | None) -> BaseException:
+        if original is None:  # refused unsent: this gate sends it to the successor
+            return PluginRestarted(f"the Supervisor is restarting plugin {name!r}, which it judged unhealthy"
+                                   f" ({reason}); the call was not sent", None, sent=False)
+        return PluginRestarted(
+            f"the Supervisor restarted plugin {name!r}, which it judged unhealthy ({reason}), while the call was"
+            " in flight. The call was not resent: only calls marked safe to repeat are (idempotent() or"
+            " RetryPolicy(methods=...)); later calls go to the restarted plugin", original)
+    channel.killed_error = error
 
 
 def _gone(client: Client) -> bool:

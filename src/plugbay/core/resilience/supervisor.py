@@ -39,7 +39,7 @@ from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel
+from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, mark_restarting
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -291,13 +291,15 @@ class Supervisor:
             self.breaker.reset("the plugin was (re)started")
         return True
 
-    def _drop_current(self) -> None:
+    def _drop_current(self, restarting: str | None = None) -> None:
         with self._cond:
             watcher, self._watcher = self._watcher, None
             client, self._client = self._client, None
         if watcher is not None:
             watcher.stop()
         if client is not None:
+            if restarting is not None:
+                mark_restarting(client, self.name, restarting)
             client.kill()
 
     def raise_if_failed(self) -> None:
@@ -332,7 +334,7 @@ class Supervisor:
                 return
             self._state = RESTARTING
             self._cond.notify_all()
-        self._drop_current()
+        self._drop_current(reason)
         policy = self.restart_policy
         consecutive = 0
         while not self._stop.is_set():
