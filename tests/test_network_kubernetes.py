@@ -312,6 +312,24 @@ def test_a_slice_port_that_is_a_boolean_is_no_port() -> None:
     assert endpoints_from_slices(slices, 1) == []
 
 
+def test_an_fqdn_slice_naming_an_ip_gets_the_ip_slices_address_check() -> None:
+    """A hostname the resolver would read as an IPv4 address (dotted, or inet_aton's numeric forms)
+    slipped past the check an IPv4 slice gets: an FQDN slice could aim health checks at the metadata
+    service."""
+    ports = [{"name": "grpc", "port": 7001, "protocol": "TCP"}]
+
+    def ep(addr: str) -> dict[str, Any]:
+        return {"addresses": [addr], "conditions": {"ready": True}, "targetRef": {"name": addr}}
+
+    bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255",
+           "2852039166", "0xa9fea9fe", "169.254.43518", "0", "0x0", "0xe0.1", "4294967295", "0251.0376.0251.0376"]
+    good = ["10.0.0.7", "2130706433", "0x7f.1", "kv-0.kv.plugins.svc", "1.2.3.4.5"]
+    slices = [{"addressType": "FQDN", "ports": ports, "endpoints": [ep(a) for a in bad + good]}]
+    # a numeric host is kept in dotted form, so two spellings of one address are one endpoint
+    assert sorted(e.address for e in endpoints_from_slices(slices, "grpc")) == sorted([
+        "10.0.0.7:7001", "127.0.0.1:7001", "kv-0.kv.plugins.svc:7001", "1.2.3.4.5:7001"])
+
+
 def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn, kubeconfig: str,  # noqa: F811
                                                                 kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
     """charts/plugbay's network-mode Deployment and Service, applied as rendered: the target the chart

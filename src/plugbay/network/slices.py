@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -56,7 +57,13 @@ def _address(kind: str, host: str, port: int) -> str | None:
             return None
         return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
     if kind == "FQDN" and _HOSTNAME.match(host):
-        return f"{host}:{port}"
+        try:
+            # getaddrinfo reads "2130706433" or "0x7f.1" as the IPv4 address it encodes, as it does
+            # "169.254.169.254": such a name must pass the check an IPv4 slice's address gets
+            packed = socket.inet_aton(host)
+        except OSError:
+            return f"{host}:{port}"
+        return _address("IPv4", str(ipaddress.IPv4Address(packed)), port)
     return None
 
 
