@@ -121,3 +121,26 @@ def test_a_targets_rotated_records_give_the_same_order_and_the_warning_tells_no_
     assert [[e.key for e in s] for s in seen] == [["tcp:127.0.0.1:7001", "tcp:127.0.0.2:7001"]]  # no change told
     assert "names 1 target(s); using the first 2 endpoints in priority order: each" in caplog.text
     assert "without looking up" not in caplog.text
+
+
+@pytest.mark.parametrize("records", ["none", "link-local"])
+def test_targets_that_yield_nothing_are_looked_up_at_most_max_endpoints_times(
+        records: str, caplog: pytest.LogCaptureFixture) -> None:
+    # targets without a usable address never reached the cap: every one cost two queries at every lookup
+    zone = CountingZone()
+    zone.set(NAME, "SRV", [SRV(10, 1, 7001, f"t{i}.{ZONE}") for i in range(200)])
+    if records == "link-local":
+        for i in range(200):
+            zone.set(f"t{i}.{ZONE}", "A", [A("169.254.169.254")])
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    with serving(zone) as server:
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0, max_endpoints=16)
+        seen: list[list[Endpoint]] = []
+        try:
+            resolver.start(lambda eps: seen.append(list(eps)), deadline=time.monotonic() + 60)
+        finally:
+            resolver.close()
+    assert seen == [[]]
+    assert zone.queries <= 2 * 16 + 1, zone.queries
+    assert ("names 200 target(s); using the first 0 endpoints in priority order, without looking up the last"
+            " 184 target(s) (at most 16 targets are looked up, whatever they yield)") in caplog.text

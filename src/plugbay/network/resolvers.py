@@ -143,9 +143,11 @@ class DNSResolver:
                        f" {self.max_endpoints} by address"
             else:
                 said = f"DNS SRV answer for {self.host!r} names {srv[0]} target(s); using the first" \
-                       f" {self.max_endpoints} endpoints in priority order"
+                       f" {min(len(found), self.max_endpoints)} endpoints in priority order"
                 if srv[1]:
                     said += f", without looking up the last {srv[1]} target(s)"
+                    if len(found) < self.max_endpoints:
+                        said += f" (at most {self.max_endpoints} targets are looked up, whatever they yield)"
             _log.warning("%s: each endpoint is a connection with its own health checks. Serve fewer records,"
                          " or split the plugin into several names", said)
         return found[:self.max_endpoints]
@@ -159,8 +161,9 @@ class DNSResolver:
         round_robin spreads calls over all. Within a priority, heavier weights come first, then
         by name: the same answer in another order (a server rotating it) gives the same set.
 
-        Targets are looked up in that order until max_endpoints are found; the answer's target
-        count and how many were not looked up come back too, for the warning.
+        Targets are looked up in that order until max_endpoints are found, and at most max_endpoints
+        targets whatever they yield (2 * max_endpoints + 1 queries in all); the answer's target count
+        and how many were not looked up come back too, for the warning.
         """
         targets: set[tuple[int, int, str, int]] = set()
         for rr in records:
@@ -175,7 +178,9 @@ class DNSResolver:
         found: dict[Endpoint, None] = {}  # in order, without duplicates
         ordered = sorted(targets)
         for n, (_, _, target, port) in enumerate(ordered):
-            if len(found) >= self.max_endpoints:
+            # targets that yield nothing (no records, only addresses that are no replica) count too:
+            # a hostile or broken answer must not cost two queries per target at every lookup
+            if len(found) >= self.max_endpoints or n >= self.max_endpoints:
                 return list(found), (len(ordered), len(ordered) - n)
             found.update(dict.fromkeys(self._srv_target(target, port, failed)))
         return list(found), (len(ordered), 0)
