@@ -42,6 +42,7 @@ _MAX_GAP = 2.0
 # longer): an SRV answer with many unanswering targets (two queries each) must not keep the thread
 # from the next period for minutes.
 _LOOKUP_QUERIES = 5
+_RESOLV_CONF = "/etc/resolv.conf"
 
 
 class DNSResolver:
@@ -54,9 +55,14 @@ class DNSResolver:
             raise ConfigError(f"the DNS refresh interval must be > 0 seconds (got {refresh})")
         self.host, self.port, self.srv, self.refresh_every = host, port, srv, refresh
         self.dns_server = dns_server
+        # The system's configuration brings its search list (and ndots), which a pod's short name
+        # ("kv-plugin" for kv-plugin.NAMESPACE.svc.cluster.local) needs, as gRPC's and Go's resolvers
+        # apply it; a DNS server named here brings none, and the name is taken as it is written.
+        # A name ending in "." is absolute either way.
+        self._search = dns_server is None
         if dns_server is None:
             try:
-                self._resolver = dns.resolver.Resolver(configure=True)
+                self._resolver = dns.resolver.Resolver(filename=_RESOLV_CONF, configure=True)
             except dns.resolver.NoResolverConfiguration as exc:
                 raise ConfigError("no DNS server is configured in /etc/resolv.conf; pass"
                                   f" dns_server='IP:PORT' ({exc})") from exc
@@ -96,7 +102,7 @@ class DNSResolver:
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
         srv: tuple[int, int] | None = None
         for kind in kinds:
-            answer = self._ask(self.host, kind, failed)
+            answer = self._ask(self.host, kind, failed, search=self._search)
             if kind == "SRV":
                 found, srv = self._srv_endpoints(answer, failed)
                 out.extend(found)
@@ -118,11 +124,12 @@ class DNSResolver:
             return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
 
-    def _ask(self, name: str, kind: str, failed: list[str]) -> list[Any]:
-        """One query's records ([] for none); a failure is noted in ``failed`` and answers [] too."""
+    def _ask(self, name: str, kind: str, failed: list[str], *, search: bool = False) -> list[Any]:
+        """One query's records ([] for none); a failure is noted in ``failed`` and answers [] too.
+        ``search``: try the configured search list too (an SRV record's target is a full name: never)."""
         lifetime = self._lifetime()  # start()'s deadline gone: the whole lookup ends here
         try:
-            return list(self._resolver.resolve(name, kind, search=False, lifetime=lifetime))
+            return list(self._resolver.resolve(name, kind, search=search, lifetime=lifetime))
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
