@@ -47,6 +47,7 @@ class MuxEndpoint(DelegatingChannel):
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._broker: GRPCBroker | None = None
+        self._waits: set[grpc.Future] = set()  # broker()'s waits for the session, which close() ends
         self._closed = False
         self._dir = make_tempdir("plugbay-netmux-")
         self._relay: TLSRelay | None = None
@@ -69,24 +70,51 @@ class MuxEndpoint(DelegatingChannel):
             self.close()
             raise
 
-    def broker(self) -> GRPCBroker:
-        """This endpoint's broker (a new one when the session, and so the old broker's stream, was lost)."""
+    def broker(self, timeout: float, limit: str = "call_timeout") -> GRPCBroker:
+        """This endpoint's broker (a new one when the session, and so the old broker's stream, was lost).
+
+        A new one waits up to ``timeout`` for the session to come up, without holding this endpoint's
+        lock, so close() from another thread ends that wait at once instead of waiting it out."""
         with self._lock:
-            broker = self._broker
-            if broker is not None and not broker.closed and broker.lost_reason is None:
-                return broker
+            broker = self._alive_broker()
             if broker is not None:
-                broker.close()
-            assert self._mux is not None
+                return broker
+            ready = grpc.channel_ready_future(self._channel)
+            self._waits.add(ready)
+        try:
             # the broker's stream is opened once, without waiting: the session must be up first
-            try:
-                grpc.channel_ready_future(self._channel).result(timeout=_TLS_TIMEOUT)
-            except grpc.FutureTimeoutError:
-                raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
-                                  f" within {_TLS_TIMEOUT:g}s, so it has no broker; check that the plugin"
-                                  " runs there and dispense() again") from None
+            ready.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
+                              f" within {timeout:g}s (the client's {limit}), so it has no broker; check that"
+                              " the plugin runs there and dispense() again") from None
+        except grpc.FutureCancelledError:
+            raise self._closed_error() from None
+        finally:
+            with self._lock:  # once: grpc's future fails a second cancel(), so close() cancels the rest
+                if ready in self._waits:
+                    self._waits.discard(ready)
+                    ready.cancel()  # a wait that timed out must not keep watching the channel
+        with self._lock:
+            broker = self._alive_broker()  # another dispense() may have made it meanwhile
+            if broker is not None:
+                return broker
+            if self._broker is not None:
+                self._broker.close()
+            assert self._mux is not None
             self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
             return self._broker
+
+    def _alive_broker(self) -> GRPCBroker | None:
+        if self._closed:
+            raise self._closed_error()
+        broker = self._broker
+        return broker if broker is not None and not broker.closed and broker.lost_reason is None else None
+
+    def _closed_error(self) -> BrokerError:
+        return BrokerError(f"the connection to endpoint {self.endpoint.key} was closed (its client was closed,"
+                           " or discovery dropped the endpoint) while a stub waited for its broker; dispense()"
+                           " again on an open client")
 
     def close(self) -> None:
         with self._lock:
@@ -94,6 +122,9 @@ class MuxEndpoint(DelegatingChannel):
                 return
             self._closed = True
             broker, self._broker = self._broker, None
+            for ready in self._waits:  # ends broker()'s waits now, not at their timeout
+                ready.cancel()
+            self._waits.clear()
         if broker is not None:
             broker.close()
         channel = getattr(self, "_channel", None)

@@ -260,7 +260,9 @@ class RemoteClient(Client):
             self.start()  # refuses a killed Client; a no-op once started
             if not self.multiplexed:
                 return super().dispense(name)
-            plugin, key, broker = self.pin(name)
+        plugin, key, broker = self.pin(name)  # without the lock: a close() meanwhile ends its wait
+        with self._lock:
+            self.start()  # refuses a Client killed while pin() waited
             main = self._channel
             assert main is not None
             channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
@@ -276,7 +278,8 @@ class RemoteClient(Client):
 
     def pin(self, name: str) -> tuple[Any, str, GRPCBroker]:
         """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to (round
-        robin) and that endpoint's broker (which may wait for the endpoint's session to come up)."""
+        robin) and that endpoint's broker, which may wait for the endpoint's session to come up: for
+        call_timeout (start_timeout when call_timeout is None), and until the client is closed."""
         with self._lock:
             self.start()
             plugins = self._versions[self.negotiated_version]
@@ -286,7 +289,10 @@ class RemoteClient(Client):
             endpoint = self.pool.channel_of(key) if key is not None else None
             if key is None or not isinstance(endpoint, MuxEndpoint):
                 raise no_endpoints(self.pool, "no endpoint is available to pin a brokered stub to")
-            return plugins[name], key, endpoint.broker()
+        # outside the lock: close() and kill() need it, and closing the pool ends this wait
+        if self.config.call_timeout is not None:
+            return plugins[name], key, endpoint.broker(self.config.call_timeout)
+        return plugins[name], key, endpoint.broker(self.remote.start_timeout, "start_timeout")
 
     def _describe(self, pool: EndpointPool, deadline: float,
                   answered: bool = False) -> discovery_pb2.DescribeResponse | None:

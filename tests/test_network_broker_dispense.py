@@ -1,0 +1,76 @@
+"""dispense() on a brokering RemoteClient whose endpoint lost its session: the wait for the session
+is the client's call_timeout (it was a fixed 10 s), and a close() from another thread ends it (it
+waited that out under the client's lock). Real counter replicas over mTLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from plugbay import RemoteClient
+from plugbay.errors import BrokerError
+from plugbay.network.muxconn import MuxEndpoint
+from tests import netcerts
+from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, remote
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> netcerts.CertSet:
+    return netcerts.write_set(tmp_path / "tls")
+
+
+def _lose_the_session(tmp_path: Path, certs: netcerts.CertSet, **kw: object) -> tuple[RemoteClient, MuxEndpoint]:
+    rep = CounterReplica(tmp_path / "r", certs)
+    # health checks far apart: the endpoint stays the one to pin to while its session is gone
+    client = remote([rep], host_tls(certs), health_interval=60, **kw)
+    client.start()
+    client.dispense(PLUGIN_NAME)
+    key = client.pool.any_key()
+    assert key is not None
+    endpoint = client.pool.channel_of(key)
+    assert isinstance(endpoint, MuxEndpoint)
+    rep.proc.kill()
+    rep.stop()
+    shutil.rmtree(rep.tmp)  # kill -9 leaves its sockets
+    deadline = time.monotonic() + 20
+    while endpoint._broker is not None and endpoint._broker.lost_reason is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client, endpoint
+
+
+def test_the_wait_for_a_lost_session_is_the_call_timeout(tmp_path: Path, certs: netcerts.CertSet) -> None:
+    client, _ = _lose_the_session(tmp_path, certs, call_timeout=1.0)
+    try:
+        with pytest.raises(BrokerError, match=r"did not come up within 1s \(the client's call_timeout\).*"
+                                              r"dispense\(\) again"):
+            client.dispense(PLUGIN_NAME)
+    finally:
+        client.close()
+
+
+def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_path: Path,
+                                                                           certs: netcerts.CertSet) -> None:
+    client, endpoint = _lose_the_session(tmp_path, certs, call_timeout=None, start_timeout=60)
+    failed: list[BaseException] = []
+
+    def dispense() -> None:
+        try:
+            client.dispense(PLUGIN_NAME)
+        except BaseException as exc:  # noqa: BLE001 (what the waiting dispense() ended with is the point)
+            failed.append(exc)
+
+    waiter = threading.Thread(target=dispense, name="test-dispense")
+    waiter.start()
+    deadline = time.monotonic() + 5  # until dispense() waits for the session (start_timeout: 60 s)
+    while not getattr(endpoint, "_waits", None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.close()
+    waiter.join(30)  # hang detection only
+    assert not waiter.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], BrokerError), failed
+    assert "was closed (its client was closed" in str(failed[0]) and "dispense() again on an open client" \
+        in str(failed[0])
