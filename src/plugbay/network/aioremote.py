@@ -18,6 +18,7 @@ asyncio servicer the stub serves there runs on this event loop.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import grpc.aio
@@ -32,6 +33,35 @@ from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
 class _PinnedAioChannel(MainHook, AioManagedChannel):
     """A brokered stub's channel on the AsyncRemoteClient."""
+
+    def __init__(self, main: Any, *args: Any) -> None:
+        super().__init__(main, *args)
+        # AioManagedChannel hands the main channel its bound close_soon: that kept every pinned
+        # channel ever dispensed alive until close; a weak hook lets a dropped stub's channel go
+        hooks = self._managed.on_close_current
+        hooks.remove(self.close_soon)
+        hook = _CloseSoon(self)
+        hooks.append(hook)
+        weakref.finalize(self, _forget, hooks, hook)
+
+
+class _CloseSoon:
+    """close_soon() of a pinned channel while it lives."""
+
+    def __init__(self, channel: _PinnedAioChannel) -> None:
+        self._channel = weakref.ref(channel)
+
+    def __call__(self) -> None:
+        channel = self._channel()
+        if channel is not None:
+            channel.close_soon()
+
+
+def _forget(hooks: list[Any], hook: _CloseSoon) -> None:
+    try:
+        hooks.remove(hook)
+    except ValueError:
+        pass
 
 
 class AsyncRemoteClient(AsyncClient):
@@ -75,7 +105,7 @@ class AsyncRemoteClient(AsyncClient):
         assert isinstance(managed, ManagedChannel)
         pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
                                    asyncio.get_running_loop(), self._executor)
-        self._more_channels.append(pinned)
+        self._more_channels.add(pinned)
         return plugin.grpc_client_async(broker, pinned)
 
     def reattach_config(self) -> Any:

@@ -34,6 +34,7 @@ import logging
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -156,7 +157,8 @@ class RemoteClient(Client):
         self._pool: EndpointPool | None = None
         self.description: discovery_pb2.DescribeResponse | None = None
         self._mux_context: ssl.SSLContext | None = None
-        self._pinned: list[ManagedChannel] = []
+        # weak: a stub the caller dropped lets go of its channel; the live ones are detached at close
+        self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
 
     @property
     def pool(self) -> EndpointPool:
@@ -266,7 +268,7 @@ class RemoteClient(Client):
             main = self._channel
             assert main is not None
             channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
-            self._pinned.append(channel)
+            self._pinned.add(channel)
             return plugin.grpc_client(broker, channel)
 
     def aio_channel(self) -> Any:
@@ -356,7 +358,7 @@ class RemoteClient(Client):
         self._stop.set()
         if self._channel is not None:
             self._channel.detach()
-        for pinned in self._pinned:
+        for pinned in list(self._pinned):
             pinned.detach()
         if self._broker is not None:
             self._broker.close()

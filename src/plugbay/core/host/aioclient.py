@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import weakref
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, TypeVar
@@ -48,7 +49,8 @@ class AsyncClient:
         self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-stop-{client.name}")
         self._starting: asyncio.Future[None] | None = None
         self._channel: AioManagedChannel | None = None
-        self._more_channels: list[AioManagedChannel] = []  # beside the main one (AsyncRemoteClient's pins)
+        # beside the main one (AsyncRemoteClient's pins); weak: a dropped stub lets go of its channel
+        self._more_channels: weakref.WeakSet[AioManagedChannel] = weakref.WeakSet()
         self._dispensed: dict[str, Any] = {}
         self._ending = False
         self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
