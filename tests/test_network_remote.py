@@ -106,6 +106,24 @@ def test_a_wrong_remote_option_is_a_config_error_when_the_client_is_made(make: A
         make()  # they raised AttributeError, from start() for tls= and outlier=
 
 
+@pytest.mark.parametrize("option, says", [
+    ({"policy": "random"}, r"RemoteConfig.policy: unknown pick policy 'random'; pass policy='round_robin' or"
+                           r" 'pick_first'"),
+    ({"health_interval": 0}, r"RemoteConfig.health_interval must be a number of seconds > 0, got 0; pass e.g."
+                             r" health_interval=1.0"),
+    ({"health_timeout": -1}, r"RemoteConfig.health_timeout must be a number of seconds > 0, got -1"),
+    ({"health_interval": "1"}, r"RemoteConfig.health_interval must be a number of seconds > 0, got '1'"),
+    ({"dns_refresh": 0}, r"RemoteConfig.dns_refresh must be a number of seconds > 0, got 0"),
+])
+def test_a_wrong_pool_option_is_a_config_error_when_the_client_is_made(option: dict[str, Any], says: str) -> None:
+    config = RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                          **option)
+    with pytest.raises(ConfigError, match=says):  # they passed RemoteClient() and failed only at start()
+        RemoteClient(config)
+    with pytest.raises(ConfigError, match=says):
+        AsyncRemoteClient(config)
+
+
 def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:
     port = free_port()
     with pytest.raises(HandshakeTimeoutError) as err:

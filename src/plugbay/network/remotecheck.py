@@ -8,6 +8,7 @@ from typing import Any
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError
 from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.pool import POLICIES
 from plugbay.network.tls import NetworkTLS
 
 
@@ -26,3 +27,11 @@ def check_remote(config: Any) -> None:
         raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                           " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
     Keepalive.of(config.mux_keepalive, "mux_keepalive")
+    if config.policy not in POLICIES:
+        raise ConfigError(f"RemoteConfig.policy: unknown pick policy {config.policy!r}; pass policy="
+                          f"{' or '.join(repr(p) for p in POLICIES)}")
+    for name, default in (("health_interval", 1.0), ("health_timeout", 1.0), ("dns_refresh", 30.0)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"RemoteConfig.{name} must be a number of seconds > 0, got {value!r};"
+                              f" pass e.g. {name}={default}")
