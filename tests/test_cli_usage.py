@@ -175,3 +175,16 @@ def test_health_names_a_missing_host() -> None:
     for target in ("static:///:7000", "dns:///:80"):
         out = plugbay("health", target, "--insecure")
         refused(out, f"{target[target.index(':///') + 4:]!r} lacks the HOST before :PORT")
+
+
+def test_a_request_nested_too_deeply_and_a_pid_in_other_digits_are_refused(tmp_path: Path) -> None:
+    # nothing is dialled: the request is read first (and port 1 on loopback has no plugin anyway)
+    deep = plugbay("call", "static:///127.0.0.1:1", "/proto.KV/Get", "[" * 60000, "--insecure",
+                   "--proto", str(KV_PROTO))
+    refused(deep, "nested too deeply")
+    proto = tmp_path / "rv_echo.proto"
+    proto.write_text(_WRAPPERS_PROTO)  # a well-known type's JSON goes to protobuf's reader, which says so
+    deep = plugbay("call", "static:///127.0.0.1:1", "/rv.Echo/Tags", "[" * 60000, "--insecure", "--proto", str(proto))
+    refused(deep, "not valid JSON for google.protobuf.ListValue", "recursion")
+    for ident in ("\u00b2", "\u0661\u0662\u0663"):  # digits to str.isdigit(), not to int() / not ASCII
+        refused(plugbay("diagnose", f"pid:{ident}"), "names no plugin")

@@ -74,7 +74,7 @@ def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError:
-        raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:.0f}s; check"
+        raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:g}s; check"
                                      " that it still runs (plugbay health) and the target address") from None
     db = ProtoReflectionDescriptorDatabase(channel)
     # its streams carry no deadline: a plugin whose reflection stalls (health SERVING) hung the command

@@ -141,7 +141,7 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
     if sep and kind == "pod" and "/" in ident:
         namespace, name = ident.split("/", 1)
         return _pod(namespace, name, kubeconfig)
-    if sep and kind == "pid" and ident.isdigit():
+    if sep and kind == "pid" and ident.isascii() and ident.isdigit():  # int() takes other scripts' digits
         return _process(int(ident))
     raise ConfigError(f"{arg!r} names no plugin: pass @REATTACH_FILE, reattach JSON, docker:CONTAINER,"
                       " pod:NAMESPACE/NAME or pid:PID")

@@ -221,6 +221,10 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
                type(None): "null"}
 
 
+_TOO_DEEP = ("request is nested too deeply to be read (Python's JSON reader stops near 1,000 levels);"
+             " write it as protobuf JSON with fewer levels")
+
+
 def _json_object(request: str, type_name: str) -> None:
     """A request message is a JSON object: protobuf's parser would take an array as an empty message.
     Not so the well-known types, whose JSON is a string, number or array (StringValue, ListValue...)."""
@@ -230,6 +234,8 @@ def _json_object(request: str, type_name: str) -> None:
         value = json.loads(request)
     except ValueError:
         return  # not JSON at all: json_format says where, naming the message type
+    except RecursionError:  # Python's JSON reader recurses once per level
+        raise ConfigError(_TOO_DEEP) from None
     if not isinstance(value, dict):
         raise ConfigError(f"request must be a JSON object, not {_JSON_KINDS.get(type(value), 'that')}:"
                           f" write it as protobuf JSON, e.g. '{{\"field\": \"value\"}}' ('{{}}' for no fields)")
