@@ -23,7 +23,7 @@ from typing import Any, Self, TypeVar
 import grpc.aio
 
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.core.host.aiochannel import AioManagedChannel, off_loop
+from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
@@ -134,6 +134,8 @@ class AsyncClient:
         if self._channel is not None:
             return
         if self._starting is not None:  # another task is starting it: wait with it
+            if self._starting.get_loop() is not asyncio.get_running_loop():
+                raise self._wrong_loop()
             await asyncio.shield(self._starting)
             return
         self._starting = asyncio.ensure_future(self._start_and_connect())
@@ -185,6 +187,11 @@ class AsyncClient:
     def _start_failed(self, why: str) -> None:
         self._failed = why
         self._end_use()
+
+    def _wrong_loop(self) -> WrongLoop:
+        return WrongLoop(f"the client of plugin {self.name!r} is being started on another event loop; use it"
+                         " from that loop (one AsyncClient per event loop; a sync Client serves any thread)",
+                         None, grpc.StatusCode.FAILED_PRECONDITION, sent=False)
 
     def _check_usable(self) -> None:
         if self._failed is not None:
