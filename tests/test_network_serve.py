@@ -188,3 +188,17 @@ def test_tls_file_errors(tmp_path: Path, certs: netcerts.CertSet) -> None:
 
     with pytest.raises(ConfigError, match="is not HOST:PORT"):
         _target("localhost")
+
+
+def test_settings_of_the_wrong_kind_are_refused_when_made(certs: netcerts.CertSet) -> None:
+    # insecure="false" read as True served plaintext to anyone; allow_shutdown="no" let any peer stop it
+    for kwargs, named in (({"insecure": "false"}, "insecure must be True or False"),
+                          ({"insecure": True, "allow_shutdown": "no"}, "allow_shutdown must be True or False"),
+                          ({"multiplex": 1}, "multiplex must be True or False"),
+                          ({"listen": 7001, "insecure": True}, "listen must be"),
+                          ({"cert_file": 3}, "cert_file must be a file path")):
+        with pytest.raises(ConfigError, match=named):
+            NetworkServe(**kwargs)  # type: ignore[arg-type]
+    made = NetworkServe(cert_file=certs.cert_file, key_file=certs.key_file,  # type: ignore[arg-type]
+                        client_ca_file=certs.client_ca_file)
+    assert made.cert_file == str(certs.cert_file) and made.tls_files() is not None

@@ -7,6 +7,7 @@ host launches never needs them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -48,11 +49,26 @@ class NetworkServe(Frozen):
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
                  multiplex: bool = True, keepalive: tuple[float, float] = _KEEPALIVE) -> None:
+        # checked here, not where they are used: insecure="false" would read as True (plaintext served to
+        # anyone), allow_shutdown="no" likewise (any peer may stop the shared service)
+        if not isinstance(listen, str) or not listen.strip():
+            raise ConfigError(f"NetworkServe.listen must be 'HOST:PORT' or 'unix:PATH' as a string, got {listen!r};"
+                              " e.g. listen='0.0.0.0:7001'")
+        for name, value in (("insecure", insecure), ("allow_shutdown", allow_shutdown), ("multiplex", multiplex)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"NetworkServe.{name} must be True or False, got {value!r}; pass a bool (insecure="
+                                  "True only on a trusted test network: it serves plaintext to anyone)")
+        files = {"cert_file": cert_file, "key_file": key_file, "client_ca_file": client_ca_file}
+        for name, path in files.items():
+            if path is not None and not isinstance(path, (str, os.PathLike)):
+                raise ConfigError(f"NetworkServe.{name} must be a file path (or None), got {path!r}")
+            files[name] = None if path is None else str(os.fspath(path))
         if keepalive != _KEEPALIVE:  # imported only then: serve() reads this class at every start
             from plugbay.core.transport.keepalive import Keepalive
 
             Keepalive.of(keepalive, "NetworkServe keepalive")
-        self._set(listen=listen, cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
+        self._set(listen=listen, cert_file=files["cert_file"], key_file=files["key_file"],
+                  client_ca_file=files["client_ca_file"],
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
                   keepalive=(float(keepalive[0]), float(keepalive[1])))
 
