@@ -99,3 +99,11 @@ def test_demo_runs_the_readme_demo(tmp_path: Path) -> None:
     assert "get greeting -> 'hello from Python host -> Python plugin'" in out.stdout
     assert "3 puts and 3 gets at once -> ['async-0 from asyncio', 'async-1 from asyncio'," in out.stdout
     assert "demo finished" in out.stdout
+
+
+def test_bench_refuses_an_output_file_it_cannot_write_before_it_runs(tmp_path: Path) -> None:
+    for option in ("--json", "--plot"):
+        out = plugbay("bench", "--only", "core", "--calls", "5", "--rounds", "1", option,
+                      str(tmp_path / "missing" / "out"), timeout=600, cwd=tmp_path)
+        assert out.returncode == 2 and f"{option} " in out.stderr and "cannot be written" in out.stderr, out.stderr
+        assert "running core" not in out.stderr  # refused before the benchmark ran

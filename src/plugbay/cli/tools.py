@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -177,6 +178,8 @@ def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None,
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib; install plugbay[bench]") from None
+    for option, path in (("--json", json_file), ("--plot", plot)):
+        _check_writable(option, path)  # before minutes of benchmark, not after
     args = [sys.executable, str(script), "--json", "--calls", str(calls), "--rounds", str(rounds)]
     for area in only:
         args += ["--only", area]
@@ -192,6 +195,16 @@ def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None,
     if plot:
         _plot(rows, plot)
     return output.OK if proc.returncode == 0 else output.FAILED
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path!r} cannot be written (its folder is missing or not writable);"
+                          " name a file in a writable folder")
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
