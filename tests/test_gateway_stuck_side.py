@@ -61,3 +61,40 @@ def test_a_child_that_stops_reading_does_not_stop_the_gateway_reading_the_host(
             if stopped is not None:
                 os.kill(stopped, signal.SIGCONT)
             host.close()
+
+
+def test_a_child_that_stops_answering_ends_its_host_session_and_is_stopped(
+        tmp_path: Path, certs: netcerts.CertSet) -> None:  # noqa: F811
+    # the gateway answers the host's pings itself, so only its own keepalive on the child's session can
+    # tell the host that the plugin behind it stopped: it ends the session, and the host reconnects
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    stopped: int | None = None
+    with Gateway(_gateway_config(certs, folder, multiplex=True, keepalive=(0.5, 1.0))) as gw:
+        host = peer(gw.address, certs)
+        try:
+            host.sendall(ping(1))
+            assert until_pong(host, 1, timeout=60) == set()  # both sessions are up
+            stopped = _session_child(gw, 10)
+            os.kill(stopped, signal.SIGSTOP)
+            ended = False
+            for n in range(2, 152):  # the host keeps talking (its own session is never quiet): <= 30 s
+                try:
+                    host.sendall(ping(n))
+                except OSError:
+                    ended = True
+                    break
+                if until_pong(host, n, timeout=0.2) is None:
+                    ended = True
+                    break
+                time.sleep(0.2)
+            assert ended, "the session of a child that stopped answering was not ended"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and stopped in children(os.getpid(), zombies=False):
+                time.sleep(0.05)
+            assert stopped not in children(os.getpid(), zombies=False), "the stopped child was left running"
+            stopped = None
+        finally:
+            if stopped is not None:
+                os.kill(stopped, signal.SIGCONT)
+            host.close()

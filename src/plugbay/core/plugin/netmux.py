@@ -81,6 +81,9 @@ class FrontSession(Protocol):
     def host_session(self) -> Pingable | None:
         """The yamux session with the remote host (what the keepalive watches), once there is one."""
 
+    def tick(self, now: float) -> None:
+        """The front's periodic call (about once a second), for watches of the session's own."""
+
     def close(self) -> None: ...
 
 
@@ -102,6 +105,9 @@ class InstanceSession:
 
     def host_session(self) -> Pingable | None:
         return self.mux.session
+
+    def tick(self, now: float) -> None:
+        """Nothing of its own to watch: its plugin instance is in this process."""
 
     def close(self) -> None:
         for what, step in (("instance", self.instance.close), ("session", self.mux.close)):
@@ -278,6 +284,7 @@ class NetworkFront:
             for session, keepalive in watched:  # a silent host's session is aborted: ended below
                 try:
                     keepalive.tick(session.host_session(), now)
+                    session.tick(now)
                 except Exception:  # never the end of this loop: it admits every brokering host
                     log.exception("the keepalive check of a host session failed")
         with self._lock:

@@ -178,7 +178,8 @@ class Gateway:
     def _session(self, conn: socket.socket, path: str, peer: str) -> ChildSession:
         cfg = self.config
         return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
-                            start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer)
+                            start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer,
+                            keepalive=cfg.keepalive)
 
     # --- the child -----------------------------------------------------------------
 

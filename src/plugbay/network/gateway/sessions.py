@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.core.transport.sockets import dial
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -52,8 +53,13 @@ class ChildSession:
 
     def __init__(self, conn: socket.socket, cmd: Sequence[str], cookie: tuple[str, str],
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
-                 logger: logging.Logger | None = None, peer: str | None = None) -> None:
+                 logger: logging.Logger | None = None, peer: str | None = None,
+                 keepalive: tuple[float, float] = DEFAULT_KEEPALIVE) -> None:
         self._conn = conn
+        # the child's session too: a child that stops answering (stopped, wedged) ends this session, so
+        # the host reconnects to a new child; the host's own keepalive cannot see it, as this gateway
+        # answers the host's pings itself
+        self._child_alive = Keepalive.of(keepalive, "gateway keepalive")
         self._cmd = list(cmd)
         self._cookie = cookie
         self._versions = sorted({int(v) for v in versions})
@@ -89,9 +95,14 @@ class ChildSession:
         return any(s is not None and s.closed for s in sessions)
 
     def host_session(self) -> Session | None:
-        """The remote host's session (the front's keepalive watches it; the child's is local)."""
+        """The remote host's session (the front's keepalive watches it; tick() the child's)."""
         with self._lock:
             return self._remote
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            child = self._child
+        self._child_alive.tick(child, now)
 
     def _start(self) -> None:
         try:
