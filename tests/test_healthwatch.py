@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config
@@ -229,3 +232,40 @@ def test_a_watch_frees_its_place_when_its_call_ends(tmp_path: Path) -> None:
                 watcher.stop()
     assert [w.mode for w in watchers] == ["watch"] * 3
     assert [w.state for w in watchers] == ["SERVING"] * 3
+
+
+def test_a_stop_while_a_watch_stream_is_being_opened_cancels_that_stream(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # stop() finds no call to cancel while Watch is being made; the watcher must cancel it once made,
+    # or it stays open on the plugin (one of its capped Watch slots) until interval + timeout
+    from plugbay.core.resilience import healthwatch
+
+    made: list[object] = []
+    real = healthwatch.health_pb2_grpc.HealthStub
+
+    class StopsAsItOpens:
+        def __init__(self, channel: object) -> None:
+            self._stub = real(channel)  # type: ignore[no-untyped-call]
+
+        def Watch(self, *args: object, **kwargs: object) -> object:  # noqa: N802 - gRPC's name
+            call = self._stub.Watch(*args, **kwargs)
+            made.append(call)
+            watcher.stop()  # on the watcher's own thread: it sets the stop and cancels nothing yet
+            return call
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._stub, name)
+
+    with Client(faulty_config(tmp_path)) as client:
+        monkeypatch.setattr(healthwatch.health_pb2_grpc, "HealthStub", StopsAsItOpens)  # the module's: after start
+        watcher = HealthWatcher(client.channel, interval=30.0, timeout=5.0, mode="watch")
+        watcher.start()
+        thread = watcher._thread
+        assert thread is not None
+        thread.join(10)
+        assert not thread.is_alive() and len(made) == 1
+        call: Any = made[0]
+        deadline = time.monotonic() + 5
+        while not call.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call.done() and call.code() == grpc.StatusCode.CANCELLED, "the Watch stream was left open"

@@ -212,7 +212,8 @@ class HealthWatcher:
         call = stub.Watch(request, timeout=self.interval + self.timeout)
         self._call = call
         try:
-            if self._stop.is_set():
+            if self._stop.is_set():  # stop() came while it was made, and found nothing to cancel
+                call.cancel()
                 return
             for resp in call:
                 got_answer = True
