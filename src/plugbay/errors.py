@@ -36,7 +36,8 @@ class PluginExitedError(HandshakeError):
                  detail: str = "", when: str = "before completing the handshake") -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
-        tail = "\n".join("    " + line for line in self.stderr_tail) or "    (no output)"
+        # runners other than the LogPump's (a pod's log, a container's) hand their lines as read
+        tail = "\n".join("    " + printable(line) for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
             f"plugin {name!r} exited with code {exit_code} {when}."
@@ -62,6 +63,22 @@ class MalformedHandshakeError(HandshakeError):
             "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
             " first stdout line; make sure the plugin prints nothing to stdout before serving."
         )
+
+
+# C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators: what lets a
+# plugin's text start a forged line of the host's log or drive its terminal (cursor moves, titles).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (tab aside) written as ``\\xNN``/``\\uNNNN`` escapes.
+
+    For plugin output entering host log records and error messages. It lives here, the bottom
+    layer, so that error messages can use it too. It runs on every plugin log line, on the shared
+    I/O thread: most lines are printable, and isprintable() tells so in C without copying them.
+    """
+    return text if text.isprintable() else text.translate(_CONTROLS)
 
 
 def _clip(text: str, keep: int = 300) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 from plugbay.core.protocol.exits import signal_name
 from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, RunnerError, printable
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
 from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
@@ -344,7 +344,7 @@ class ProcessRunner(ProcessLines, Runner):
         state = "still running" if code is None else f"exited with code {code}"
         if code is not None and code < 0 and signal_name(-code):
             state += f" (killed by {signal_name(-code)})"
-        lines = "\n".join("    " + line for line in list(self._tail)[-10:]) or "    (none)"
+        lines = "\n".join("    " + printable(line) for line in list(self._tail)[-10:]) or "    (none)"
         return f"process {self._proc.pid} ({' '.join(self.cmd)}) {state}; last stderr lines:\n{lines}"
 
     def stderr_tail(self) -> list[str]:

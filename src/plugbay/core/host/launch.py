@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 
 from plugbay.errors import (ConfigError, HandshakeError, HandshakeTimeoutError, PluginExitedError,
-                            ProtocolMismatchError, RunnerError, VersionMismatchError)
+                            ProtocolMismatchError, RunnerError, VersionMismatchError, printable)
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -226,7 +226,7 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
             logs.join(2.0)
             raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)
-        _log.debug("plugin %s handshake: %s", name, item)
+        _log.debug("plugin %s handshake: %s", name, printable(item))
         return parse_handshake_line(item)
 
 

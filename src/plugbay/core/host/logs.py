@@ -5,10 +5,13 @@ object per line to stderr (``@level``, ``@message``, ``@module``,
 ``@timestamp`` and key/value pairs). The pump turns each into a record at the
 matching level on the logger ``plugbay.plugin.<name>``, with the hclog facts
 in ``extra`` (``plugin_module``, ``plugin_fields``, ``plugin_timestamp``).
-Other lines (a print, a panic) go to ``raw_sink`` if given, else to the
-logger as they are: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
+Other lines (a print, a panic) go to ``raw_sink`` if given (as read), else to the
+logger: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
 Go panic is an error; everything else is INFO. The last lines are kept for
-error messages (a plugin that dies before its handshake). A line longer than
+error messages (a plugin that dies before its handshake). Plugin text is untrusted: control
+characters in what reaches a record's message or the tail are escaped
+(plugbay.errors.printable), so a line cannot forge a record or drive a terminal;
+the line as read is in ``extra`` as ``plugin_raw``. A line longer than
 plugbay.core.transport.lines.MAX_LINE (64 KiB) is cut with a ``…[truncated N bytes]`` marker.
 
 A plugin may log a line per call (the Go KV example does): a line below the
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from plugbay.core.transport.lines import cap_line
 
 from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_level_hint, hclog_record, parse_hclog
+from plugbay.errors import printable
 
 def plugin_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"plugbay.plugin.{name}")
@@ -77,8 +81,8 @@ class LogPump:
                 self._tail.append(line)  # formatted by tail(): most lines are never shown
             if self.logger.isEnabledFor(level):  # a plugin may log a line per call: skip what is dropped
                 message, extra = hclog_record(entry)
-                self.logger.log(level, "%s", message,
-                                extra={"plugin_name": self.name, "plugin_stream": stream, **extra})
+                self.logger.log(level, "%s", message, extra={"plugin_name": self.name, "plugin_stream": stream,
+                                                             "plugin_raw": line, **extra})
             return
         if stream == "stderr":
             self._tail.append(line)
@@ -96,11 +100,11 @@ class LogPump:
             if self._in_panic:
                 level = logging.ERROR
         base = {"plugin_name": self.name, "plugin_stream": stream}
-        self.logger.log(level, "%s", line, extra={**base, "plugin_module": "", "plugin_fields": {},
-                                                  "plugin_timestamp": ""})
+        self.logger.log(level, "%s", printable(line), extra={**base, "plugin_module": "", "plugin_fields": {},
+                                                             "plugin_timestamp": "", "plugin_raw": line})
 
 
 def _tail_line(line: str) -> str:
     """A kept stderr line as error messages show it: "[LEVEL] message k=v" for an hclog entry."""
     parsed = parse_hclog(line)
-    return line if parsed is None else f"[{logging.getLevelName(parsed[0])}] {parsed[1]}"
+    return printable(line) if parsed is None else f"[{logging.getLevelName(parsed[0])}] {parsed[1]}"

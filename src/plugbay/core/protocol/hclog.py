@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from plugbay.errors import printable
+
 TRACE = 5  # hclog's Trace, below logging.DEBUG
 if logging.getLevelName(TRACE) != "TRACE":
     logging.addLevelName(TRACE, "TRACE")
@@ -72,9 +74,10 @@ def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "plugin_fields": fields,
         "plugin_timestamp": entry.get("@timestamp", ""),
     }
-    message = str(entry["@message"])
+    # decoded JSON: a "\n" in the line is a real newline here, which would start a forged record
+    message = printable(str(entry["@message"]))
     if fields:
-        message += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        message += " " + " ".join(f"{printable(k)}={printable(_fmt(v))}" for k, v in fields.items())
     return message, extra
 
 
