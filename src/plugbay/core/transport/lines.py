@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 MAX_LINE = 64 * 1024  # go-plugin's bufio.MaxScanTokenSize
+# Lines a runner buffers for a reader slower than the plugin (or absent); beyond it the oldest
+# unread lines are dropped, so a flooding plugin costs the host at most this many lines.
+MAX_BUFFERED = 10_000
 
 
 def truncated_marker(dropped: int) -> str:

@@ -25,14 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from plugbay.core.transport.lines import MAX_BUFFERED as MAX_BUFFERED  # re-exported: the pod runner's bound too
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
 from plugbay.runners.logstamps import EntryStamps
 from plugbay.runners.docker.waiter import reconnect_pause
 
-# Lines buffered for a reader that is slower than the plugin (or absent).
-# Beyond this the oldest unread lines are dropped so memory stays bounded.
-MAX_BUFFERED = 10_000
 TAIL = 50
 _REOPENS = 12  # tries in a row to reopen a stream that broke while the container runs (pauses 0.25-8 s)
 

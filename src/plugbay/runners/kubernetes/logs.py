@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import socket
 import time
 import threading
@@ -29,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from plugbay.core.transport.lines import LineSplitter, split_lines
+from plugbay.core.transport.lines import MAX_BUFFERED, LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
 from plugbay.runners.kubernetes.deadline import Cancel, cancellable
@@ -41,7 +40,53 @@ _REOPENS = 5
 SINCE_MARGIN = 5  # seconds added to a reopen's sinceSeconds: replayed lines are dropped, missed ones are lost
 
 
-def drain(q: queue.Queue[object]) -> Iterator[str]:
+class LineBuffer:
+    """Lines waiting for their reader, at most ``limit``: the oldest go first, and are counted.
+
+    Bounded so that a plugin writing faster than its host reads (or a host not reading) costs the
+    host at most ``limit`` lines, as the Docker runner's buffer does; the reader is told how many
+    it missed once per gap, not once per line, as a flood drops thousands.
+    """
+
+    def __init__(self, name: str, limit: int = MAX_BUFFERED) -> None:
+        self.name = name
+        self.dropped = 0  # in all
+        self._unsaid = 0  # since the reader last took a line
+        self._lines: deque[str] = deque(maxlen=limit)
+        self._ended = False
+        self._cond = threading.Condition()
+
+    def put(self, item: object) -> None:
+        """A line, or the end marker (never dropped: a drain() would wait for it forever)."""
+        with self._cond:
+            if item is _EOF:
+                self._ended = True
+            else:
+                assert isinstance(item, str)
+                if len(self._lines) == self._lines.maxlen:
+                    self.dropped += 1
+                    self._unsaid += 1
+                self._lines.append(item)
+            self._cond.notify()
+
+    def get(self) -> object:
+        with self._cond:
+            self._cond.wait_for(lambda: self._lines or self._ended)
+            if not self._lines:
+                return _EOF
+            line = self._lines.popleft()
+            unsaid, self._unsaid = self._unsaid, 0
+        if unsaid:  # said before the line it precedes, outside the lock: the writer is not held up
+            _log.warning("%d lines of pod %s's log were dropped: the host read them slower than the plugin wrote"
+                         " (at most %d wait)", unsaid, self.name, self._lines.maxlen)
+        return line
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._lines)
+
+
+def drain(q: LineBuffer) -> Iterator[str]:
     while True:
         item = q.get()
         if item is _EOF:
@@ -61,8 +106,8 @@ class PodLogs:
     def __init__(self, name: str, api_timeout: float = 30.0) -> None:
         self.name = name
         self.api_timeout = api_timeout
-        self.stdout: queue.Queue[object] = queue.Queue()
-        self.stderr: queue.Queue[object] = queue.Queue()
+        self.stdout = LineBuffer(f"{name} (stdout)", limit=1)  # only the handshake line goes there
+        self.stderr = LineBuffer(name)
         self.tail: deque[str] = deque(maxlen=50)
         self._resp: Any = None
         self._thread: threading.Thread | None = None
