@@ -125,6 +125,15 @@ def test_unknown_protocol_is_named() -> None:
         parse_handshake_line("1|1|tcp|127.0.0.1:1|thrift")
 
 
+def test_a_huge_unknown_protocol_is_clipped_in_the_message() -> None:
+    # the field is the plugin's: it may be megabytes long, and the message goes into logs
+    with pytest.raises(errors.ProtocolMismatchError) as info:
+        parse_handshake_line("1|1|tcp|127.0.0.1:1|" + "p" * 60_000 + "END")
+    message = str(info.value)
+    assert len(message) < 1_000 and "characters cut" in message and "END'" in message
+    assert message.startswith("the plugin announced unknown protocol 'ppp")
+
+
 def test_netrpc_is_refused_with_advice() -> None:
     for line in ("1|1|tcp|127.0.0.1:1|netrpc", "1|1|tcp|127.0.0.1:1"):
         with pytest.raises(errors.UnsupportedProtocolError, match="serve gRPC"):

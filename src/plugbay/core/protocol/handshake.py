@@ -25,6 +25,7 @@ from plugbay.errors import (
     ProtocolMismatchError,
     UnsupportedProtocolError,
     VersionMismatchError,
+    _clip,
 )
 
 CORE_PROTOCOL_VERSION = 1
@@ -301,7 +302,7 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
         )
     if protocol != PROTOCOL_GRPC:
         raise ProtocolMismatchError(
-            f"the plugin announced unknown protocol {protocol!r}; plugbay speaks {PROTOCOL_GRPC!r}."
+            f"the plugin announced unknown protocol {_clip(repr(protocol))}; plugbay speaks {PROTOCOL_GRPC!r}."
             " Check that the plugin is a go-plugin gRPC plugin."
         )
     cert: bytes | None = None
