@@ -48,7 +48,7 @@ def _build() -> click.Group:
 
         \b
         Example:
-          plugbay run --cmd 'python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
+          plugbay run --cmd '.venv/bin/python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
           plugbay health @kv.json
         """
         _STATE["debug"] = debug

@@ -169,7 +169,7 @@ class _Interrupts:
 
 @click.command(epilog="""\b
 Examples:
-  plugbay run --cmd 'python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
+  plugbay run --cmd '.venv/bin/python examples/kv/plugin.py' --cookie BASIC_PLUGIN=hello --reattach-out kv.json
   plugbay run --image plugbay-kv:latest --transport tcp --writable /data --cookie BASIC_PLUGIN=hello
   plugbay run --pod plugbay-kv:latest --namespace plugins --cookie BASIC_PLUGIN=hello
 Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice kills it.""")
