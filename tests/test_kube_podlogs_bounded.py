@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from plugbay.runners.docker.logs import MAX_BUFFERED  # the one bound both runners buffer to
-from plugbay.runners.kubernetes.logs import PodLogs, drain
+from plugbay.core.transport.lines import drain
+from plugbay.runners.kubernetes.logs import PodLogs
 
 HANDSHAKE = "1|1|tcp|127.0.0.1:4000|grpc"
 EXTRA = 2_500
@@ -64,4 +65,18 @@ def test_lines_within_the_bound_are_all_passed_on_without_a_warning(caplog: pyte
         got = list(drain(logs.stderr))
     assert [line.split(" ")[1] for line in got] == [str(i) for i in range(1_000)]
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+    logs.close()
+
+
+def test_the_warning_names_the_pod_named_after_the_logs_were_made(caplog: pytest.LogCaptureFixture) -> None:
+    logs = PodLogs("")  # as the runner makes them, before it names the pod
+    logs.name = "named-later"
+    logs.follow(FloodResponse(MAX_BUFFERED + 1), _no_reopen, still_running=lambda: False)
+    assert logs._thread is not None
+    logs._thread.join(30)
+    with caplog.at_level(logging.WARNING, logger="plugbay.runners.kubernetes"):
+        assert len(list(drain(logs.stderr))) == MAX_BUFFERED
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == [f"1 lines of pod named-later's log were dropped: the host read them slower than the plugin"
+                    f" wrote (at most {MAX_BUFFERED} wait)"], said
     logs.close()

@@ -19,7 +19,8 @@ pytest.importorskip("kubernetes")
 
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
-from plugbay.runners.kubernetes.logs import PodLogs, drain  # noqa: E402
+from plugbay.core.transport.lines import drain  # noqa: E402
+from plugbay.runners.kubernetes.logs import PodLogs  # noqa: E402
 from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
 from tests.kube_standin.server import StandIn  # noqa: E402
 from tests.thread_util import until  # noqa: E402

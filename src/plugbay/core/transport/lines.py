@@ -1,4 +1,4 @@
-"""Splitting a plugin's output bytes into bounded lines (every runner's log stream).
+"""A plugin's output bytes split into bounded lines, held for their reader (every runner's log stream).
 
 A plugin's stdout and stderr are untrusted: a plugin that writes hundreds of
 megabytes without a newline must not grow the host without bound, and
@@ -11,7 +11,12 @@ and at most ``limit`` bytes of an unfinished line are ever held.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+
+from plugbay.errors import printable
 
 MAX_LINE = 64 * 1024  # go-plugin's bufio.MaxScanTokenSize
 # Lines a runner buffers for a reader slower than the plugin (or absent); beyond it the oldest
@@ -105,3 +110,64 @@ def split_lines(chunks: Iterable[bytes], limit: int = MAX_LINE,
     for chunk in chunks:
         yield from splitter.feed(chunk)
     yield from splitter.flush()
+
+
+class LineBuffer:
+    """Lines waiting for their reader, at most ``limit``: the oldest go first, and are counted.
+
+    Bounded so that a plugin writing faster than its host reads (or a host not reading) costs the
+    host at most ``limit`` lines; the reader is told on ``log`` (the runner's logger) how many it
+    missed, once per gap, not once per line, as a flood drops thousands. ``source`` names the
+    stream in that warning.
+    """
+
+    def __init__(self, source: str, log: logging.Logger, limit: int = MAX_BUFFERED) -> None:
+        self.source = source
+        self.dropped = 0  # in all
+        self._unsaid = 0  # since the reader last took a line
+        self._log = log
+        self._lines: deque[str] = deque(maxlen=limit)
+        self._ended = False
+        self._cond = threading.Condition()
+
+    def put(self, line: str) -> None:
+        with self._cond:
+            if len(self._lines) == self._lines.maxlen:
+                self.dropped += 1
+                self._unsaid += 1
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """No more lines: the reader takes those left, then stops (an end is never dropped, as a line
+        can be: a reader would wait for it forever)."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def get(self) -> str | None:
+        """The oldest line, once there is one; None when the buffer has ended and is empty."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._lines or self._ended)
+            if not self._lines:
+                return None
+            line = self._lines.popleft()
+            unsaid, self._unsaid = self._unsaid, 0
+        if unsaid:  # said before the line it precedes, outside the lock: the writer is not held up
+            self._log.warning("%d lines of %s were dropped: the host read them slower than the plugin wrote"
+                              " (at most %d wait)", unsaid, printable(self.source), self._lines.maxlen)
+        return line
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._lines)
+
+
+def drain(buffer: LineBuffer) -> Iterator[str]:
+    """Every line ``buffer`` gets, until its end."""
+    while (line := buffer.get()) is not None:
+        yield line

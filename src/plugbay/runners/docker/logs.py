@@ -15,22 +15,28 @@ replayed entries are dropped (see logstamps). A TTY container's log is one byte
 stream with no entry boundaries to find the timestamps by: it is read without
 them and asked for again from the host's time of the last chunk, which can
 repeat or lose lines of that moment.
+
+Lines wait for their reader in a bounded buffer (lines.LineBuffer, as the pod
+runner's do): a reader slower than the plugin loses the oldest, and is told how
+many with a warning.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from plugbay.core.transport.lines import MAX_BUFFERED as MAX_BUFFERED  # re-exported: the pod runner's bound too
-from plugbay.core.transport.lines import LineSplitter
+from plugbay.core.transport.lines import LineBuffer, LineSplitter, drain
 from plugbay.errors import RunnerError
 from plugbay.runners.logstamps import EntryStamps
 from plugbay.runners.docker.waiter import reconnect_pause
 
+_log = logging.getLogger("plugbay.runners.docker")
 TAIL = 50
 _REOPENS = 12  # tries in a row to reopen a stream that broke while the container runs (pauses 0.25-8 s)
 
@@ -42,9 +48,8 @@ class ContainerLogStream:
                  running: Callable[[], bool | None] | None = None, tty: bool = False) -> None:
         self.which = which
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
-        self._lines: collections.deque[str] = collections.deque(maxlen=MAX_BUFFERED)
+        self._lines = LineBuffer(f"container {container_id[:12]}'s {which}", _log, MAX_BUFFERED)
         self._cond = threading.Condition()
-        self._done = False
         self._reader_taken = False
         self.splitter = LineSplitter()  # a line longer than MAX_LINE is cut with a marker
         self.error: str | None = None  # why the log request failed, for diagnosis
@@ -63,10 +68,8 @@ class ContainerLogStream:
         self._thread.start()
 
     def _push(self, line: str) -> None:
-        with self._cond:
-            self.tail.append(line)
-            self._lines.append(line)
-            self._cond.notify_all()
+        self.tail.append(line)
+        self._lines.put(line)
 
     def _open(self, since: float | None = None) -> Any:
         # follow=True: the request stays open until the container stops.
@@ -94,9 +97,7 @@ class ContainerLogStream:
         finally:
             for line in self.splitter.flush():
                 self._push(line)
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
+            self._lines.end()
 
     def _follow(self, stream: Any) -> None:
         failures = 0
@@ -153,22 +154,11 @@ class ContainerLogStream:
                 raise RunnerError(f"the plugin's {self.which} can be read by one reader only; keep the"
                                   f" first iterator of {self.which}_lines() and fan its lines out yourself")
             self._reader_taken = True
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[str]:
-        while True:
-            with self._cond:
-                while not self._lines and not self._done:
-                    self._cond.wait(0.5)
-                if self._lines:
-                    line = self._lines.popleft()
-                else:
-                    return
-            yield line
+        return drain(self._lines)
 
     @property
     def done(self) -> bool:
-        return self._done
+        return self._lines.ended
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -179,12 +169,10 @@ class ContainerLogStream:
         with self._cond:
             self._closing = True
             stream = self._stream
-        if not self._done and stream is not None:
+        if not self._lines.ended and stream is not None:
             try:
                 stream.close()
             except Exception:  # noqa: BLE001 - closing a socket that is already gone
                 pass
         self._thread.join(timeout)
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
+        self._lines.end()  # also when the thread is still stuck: the reader must not wait on it

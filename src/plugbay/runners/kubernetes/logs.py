@@ -28,71 +28,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from plugbay.core.transport.lines import MAX_BUFFERED, LineSplitter, split_lines
+from plugbay.core.transport.lines import LineBuffer, LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
 from plugbay.runners.kubernetes.deadline import Cancel, cancellable
 from plugbay.runners.logstamps import EntryStamps
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
-_EOF = object()
 _REOPENS = 5
 SINCE_MARGIN = 5  # seconds added to a reopen's sinceSeconds: replayed lines are dropped, missed ones are lost
-
-
-class LineBuffer:
-    """Lines waiting for their reader, at most ``limit``: the oldest go first, and are counted.
-
-    Bounded so that a plugin writing faster than its host reads (or a host not reading) costs the
-    host at most ``limit`` lines, as the Docker runner's buffer does; the reader is told how many
-    it missed once per gap, not once per line, as a flood drops thousands.
-    """
-
-    def __init__(self, name: str, limit: int = MAX_BUFFERED) -> None:
-        self.name = name
-        self.dropped = 0  # in all
-        self._unsaid = 0  # since the reader last took a line
-        self._lines: deque[str] = deque(maxlen=limit)
-        self._ended = False
-        self._cond = threading.Condition()
-
-    def put(self, item: object) -> None:
-        """A line, or the end marker (never dropped: a drain() would wait for it forever)."""
-        with self._cond:
-            if item is _EOF:
-                self._ended = True
-            else:
-                assert isinstance(item, str)
-                if len(self._lines) == self._lines.maxlen:
-                    self.dropped += 1
-                    self._unsaid += 1
-                self._lines.append(item)
-            self._cond.notify()
-
-    def get(self) -> object:
-        with self._cond:
-            self._cond.wait_for(lambda: self._lines or self._ended)
-            if not self._lines:
-                return _EOF
-            line = self._lines.popleft()
-            unsaid, self._unsaid = self._unsaid, 0
-        if unsaid:  # said before the line it precedes, outside the lock: the writer is not held up
-            _log.warning("%d lines of pod %s's log were dropped: the host read them slower than the plugin wrote"
-                         " (at most %d wait)", unsaid, self.name, self._lines.maxlen)
-        return line
-
-    def qsize(self) -> int:
-        with self._cond:
-            return len(self._lines)
-
-
-def drain(q: LineBuffer) -> Iterator[str]:
-    while True:
-        item = q.get()
-        if item is _EOF:
-            return
-        assert isinstance(item, str)
-        yield item
 
 
 def _chunks(resp: Any) -> Iterator[bytes]:
@@ -104,10 +48,10 @@ class PodLogs:
     """``api_timeout`` bounds each (re)open of the stream (podapi.PodApi.open_log), not its quiet spells."""
 
     def __init__(self, name: str, api_timeout: float = 30.0) -> None:
-        self.name = name
         self.api_timeout = api_timeout
-        self.stdout = LineBuffer(f"{name} (stdout)", limit=1)  # only the handshake line goes there
-        self.stderr = LineBuffer(name)
+        self.stdout = LineBuffer("", _log, limit=1)  # only the handshake line goes there
+        self.stderr = LineBuffer("", _log)
+        self.name = name
         self.tail: deque[str] = deque(maxlen=50)
         self._resp: Any = None
         self._thread: threading.Thread | None = None
@@ -116,6 +60,17 @@ class PodLogs:
         self._closed = False
         self._ended = False  # the queues have their end marker
         self._cancel = Cancel()  # ends a reopen still waiting for its answer when close() comes
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        # the runner names the pod after it made this: the buffers' drop warnings name it too
+        self._name = name
+        self.stdout.source = f"pod {name}'s log (stdout)"
+        self.stderr.source = f"pod {name}'s log"
 
     def follow(self, first: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
         """Read ``first`` (an open follow=true, timestamps=true response) in a thread; ``reopen(since_seconds)``
@@ -146,8 +101,8 @@ class PodLogs:
         with self._lock:
             ended, self._ended = self._ended, True
         if not ended:
-            self.stdout.put(_EOF)
-            self.stderr.put(_EOF)
+            self.stdout.end()
+            self.stderr.end()
 
     def _loop(self, resp: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
         handshake_seen = False

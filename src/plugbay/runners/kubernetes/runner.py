@@ -28,7 +28,8 @@ from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeo
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.forwards import PortForwards
-from plugbay.runners.kubernetes.logs import PodLogs, drain
+from plugbay.core.transport.lines import drain
+from plugbay.runners.kubernetes.logs import PodLogs
 from plugbay.runners.kubernetes.portforward import PortForwarder
 from plugbay.runners.kubernetes.teardown import PodTeardown
 from plugbay.runners.kubernetes.watch import PodWatch
