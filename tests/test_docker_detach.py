@@ -235,3 +235,28 @@ def test_a_reattached_kill_leaves_a_socket_folder_the_caller_gave(tmp_path: Path
         assert sorted(p.name for p in given.iterdir()) == ["callers.txt"]
     finally:
         runner.kill(0)
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_wait_reports_the_end_a_kill_after_detach_made(plugbay_docker: Any, gone: bool) -> None:
+    # detach() stops the exit watch; the kill() that removes the container records its end, as a
+    # ProcessRunner's wait() after detach() and kill() returns (wait(None) blocked for ever)
+    tag = uuid.uuid4().hex
+    runner = DockerRunner(BASE, entrypoint=["sleep", "60"], transport="tcp")
+    runner.start(LaunchSpec(env={}, labels={"plugbay.test-detach": tag}))
+    try:
+        runner.detach()
+        assert runner.wait(0) is None  # let go of, not exited
+        if gone:  # removed by someone else first: no exit code left to read
+            plugbay_docker.api.remove_container(runner.id, force=True)
+        runner.kill(0)
+        ended: list[int | None] = []
+        waiting = threading.Thread(target=lambda: ended.append(runner.wait(None)), daemon=True)
+        waiting.start()
+        waiting.join(10)
+        assert ended == [-1 if gone else 137], "wait() did not report the end of the removed container"
+        assert runner.wait(0) == ended[0]
+    finally:
+        runner.kill(0)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-detach={tag}"}):
+            found.remove(force=True, v=True)

@@ -9,6 +9,7 @@ import shutil
 import threading
 from typing import TYPE_CHECKING, Any
 
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container,
                                             end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
@@ -41,7 +42,9 @@ class ContainerTeardown:
 
     def detach(self) -> None:
         """Leave the container running and free what this host holds for it (the exit watch, log
-        pumps, engine client); start() refuses from now on, kill() still removes the container."""
+        pumps, engine client); start() refuses from now on, kill() still removes the container.
+        Without a watch, wait() reports no exit until a kill(): the one that removes the container
+        records its exit code (the last inspect's, or -1 if the container was gone already)."""
         with self._lock:
             self._detached = True
             client, self._client = self._client, None
@@ -76,15 +79,20 @@ class ContainerTeardown:
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:
         client = self._client
+        ended = False
         try:
             if client is not None and self._container_id:
                 end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
                               stopped=self._keep_final_state)
+                ended = remove
         finally:
             for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
                 pump.close()
             if self._waiter is not None:
                 self._waiter.join(10.0)
+                if ended:  # the watch's own report wins; a stopped one (detach) reports nothing
+                    code = (self._final_state or {}).get("ExitCode")
+                    self._waiter.ended(code if isinstance(code, int) else UNKNOWN_EXIT_CODE)
             self._socket_handles.close()
             if self._owns_socket_dir and self._host_socket_dir and not self._attached:
                 shutil.rmtree(self._host_socket_dir, ignore_errors=True)

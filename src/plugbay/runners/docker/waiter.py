@@ -66,6 +66,14 @@ class ExitWaiter:
             return None
         return self.exit_code
 
+    def ended(self, code: int) -> None:
+        """The container's end as its removal saw it, for a watch that never will (detach() stopped it,
+        or the engine did not answer it in time); a no-op once the watch reported one."""
+        with self._lock:
+            if not self._exited.is_set():
+                self.exit_code = code
+                self._exited.set()
+
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -113,8 +121,7 @@ class ExitWaiter:
                         break
                     self._stopped.wait(reconnect_pause(failures))
             if not self._stopped.is_set():
-                self.exit_code = code
-                self._exited.set()
+                self.ended(code)
         finally:
             client, self._client = self._client, None
             if client is not None:
