@@ -296,13 +296,13 @@ def test_close_of_a_client_that_starts_its_plugin_is_refused_at_once(tmp_path: P
 
 
 def _containers(docker: Any, tag: str) -> list[str]:
-    return [c["Id"] for c in docker.api.containers(all=True, filters={"label": f"plugbay.test-race={tag}"})]
+    return [c["Id"] for c in docker.api.containers(all=True, filters={"label": f"test.plugbay-race={tag}"})]
 
 
 def _docker_client(parent: Path, script: str) -> tuple[Client, DockerRunner, str]:
     tag = uuid.uuid4().hex
     marker = "os.path.join(os.environ['PLUGIN_UNIX_SOCKET_DIR'], 'launched')"
-    runner = DockerRunner("plugbay-base:bookworm", labels={"plugbay.test-race": tag},
+    runner = DockerRunner("plugbay-base:bookworm", labels={"test.plugbay-race": tag},
                           entrypoint=["python3", "-c", f"import os, sys; sys.argv[1:] = [{marker}]\n{script}"])
     return _client(runner, parent), runner, tag
 

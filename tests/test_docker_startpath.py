@@ -76,7 +76,7 @@ def test_a_container_whose_logs_cannot_be_read_fails_start(plugbay_docker: Any) 
 @pytest.mark.parametrize("extra, named", [
     ({"no_such_option": 1}, "no_such_option"),  # the SDK: TypeError
     ({"mem_limit": "lots"}, "lots"),  # the SDK: DockerException
-    ({"ports": "4000"}, "ports"),  # the SDK: AttributeError
+    ({"links": "x"}, "links"),  # the SDK: ValueError
 ])
 def test_create_arguments_the_sdk_refuses_are_a_config_error(plugbay_docker: Any, extra: dict[str, Any],
                                                              named: str) -> None:

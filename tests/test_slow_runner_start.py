@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 def test_a_slow_container_create_is_named_in_the_timeout(relay: EngineRelay, plugbay_image: Any,  # noqa: F811
                                                         plugbay_docker: Any) -> None:
     tag = uuid.uuid4().hex
-    runner = DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data"), labels={"plugbay.test-slow": tag})
+    runner = DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data"), labels={"test.plugbay-slow": tag})
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
                                  start_timeout=3))
     relay.hold("POST", "/containers/create")
@@ -45,5 +45,5 @@ def test_a_slow_container_create_is_named_in_the_timeout(relay: EngineRelay, plu
         releaser.cancel()
         relay.release()
         client.kill()
-        for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-slow={tag}"}):
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
             found.remove(force=True, v=True)

@@ -41,6 +41,7 @@ from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_
                                                stale_network, tmpfs_mounts)
 from plugbay.runners.docker.adopt import claim, prove_container, reattach_id, reattach_transport
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
+from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
@@ -114,7 +115,6 @@ class DockerRunner(ContainerTeardown, Runner):
         self.tmpfs = dict(tmpfs or {})
         self.writable_dirs, self.tmpfs_size = list(writable_dirs), tmpfs_size
         tmpfs_mounts(self.writable_dirs, tmpfs_size, self.tmpfs)  # bad paths fail here, not at start
-        self.labels = dict(labels or {})
         self.entrypoint = list(entrypoint) if entrypoint is not None else None
         self.command = list(command) if command is not None else None
         self.digest = digest
@@ -122,7 +122,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
         self.socket_gid = socket_gid
         self.stop_timeout = checked_stop_timeout(stop_timeout)
-        self.extra_create_args = dict(extra_create_args or {})
+        self.labels, self.extra_create_args = checked_options(labels, extra_create_args)
         self._client: Any = None
         self._container_id = ""
         self._host_socket_dir: str | None = None
@@ -229,7 +229,7 @@ class DockerRunner(ContainerTeardown, Runner):
         args.update(image=image.id, environment=env, labels=labels, name=self.container_name, mounts=mounts,
                     stdin_open=False, tty=False)
         args.update(hardened_args(self, image.attrs["Config"].get("User")))
-        args.update(self.extra_create_args)
+        add_extra_args(args, self.extra_create_args)
         try:
             try:
                 self._create_and_start(args)
