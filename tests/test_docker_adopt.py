@@ -86,3 +86,25 @@ def test_an_engine_answer_that_is_no_container_is_a_reattach_error(standin: Any)
     standin(lambda method, path: (200, {"Id": "f" * 64, "Config": {"Labels": {"plugbay.managed": "true"}}}))
     with pytest.raises(ReattachError, match="the engine's answer for it is not a container's"):
         DockerRunner.attach({"id": "f" * 64, "transport": "tcp"}, take_ownership=False)
+
+
+@pytest.mark.parametrize("image", ["evil@notadigest", "a@sha256:1@sha256:2", 5, "", "a b", "../x"])
+def test_a_malformed_image_in_reattach_data_is_a_reattach_error(image: object) -> None:
+    # it went to DockerRunner(): a ConfigError ('x@y' is a digest pin there), or into every message
+    with pytest.raises(ReattachError, match="no image name"):
+        DockerRunner.attach({"kind": "DockerRunner", "id": "0123456789ab", "image": image, "transport": "tcp"})
+
+
+def test_a_reattached_runner_names_the_image_its_container_runs(plugbay_docker: Any) -> None:
+    runner = DockerRunner(BASE, entrypoint=SLEEP, transport="tcp")
+    runner.start(LaunchSpec(env={}))
+    try:
+        attached = DockerRunner.attach({**runner.reattach_data(), "image": "trusted/vault:1.0"},
+                                       take_ownership=False)
+        try:
+            assert attached.name == attached.image == BASE, "the reattach data's image was taken as the runner's"
+            assert attached.reattach_data()["image"] == BASE
+        finally:
+            attached.detach()
+    finally:
+        runner.kill(0)

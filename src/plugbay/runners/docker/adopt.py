@@ -20,6 +20,10 @@ from plugbay.runners.session import MANAGED, host_session_id, owner_name
 # what the engine takes as a container's id (12-64 hex) or name: the id goes into the request's path,
 # so a '/' in untrusted data would reach other endpoints ('x/../../images/NAME' inspects an image)
 _CONTAINER_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+# an image reference as reattach_data() writes it: a name[:tag] or an image id, never a pin (its '@'
+# part is split off into the digest check when the runner is made)
+_IMAGE_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./:-]{0,254}")
+IMAGE = "plugbay.image"  # the image name the runner was given; the container runs that image's checked id
 
 
 def reattach_id(data: Mapping[str, Any]) -> str:
@@ -33,6 +37,26 @@ def reattach_id(data: Mapping[str, Any]) -> str:
                             " (12-64 hex digits) nor a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); pass the JSON"
                             " that Client.reattach_config().to_json() produced")
     return container_id
+
+
+def reattach_image(data: Mapping[str, Any]) -> str:
+    """The reattach data's image, checked (ReattachError): a stand-in only, as the runner's image is
+    read from the container once it is proven plugbay's (container_image)."""
+    image = data.get("image")
+    if image is None:
+        return "unknown"
+    if not isinstance(image, str) or not _IMAGE_REF.fullmatch(image):
+        raise ReattachError(f"reattach data names image {str(image)[:80]!r}, which is no image name[:tag] or id"
+                            " as plugbay writes it; pass the JSON that Client.reattach_config().to_json() produced")
+    return image
+
+
+def container_image(container: Any) -> str:
+    """The image of a proven container: the name plugbay labelled it with, else the engine's Config.Image."""
+    attrs = container.attrs if isinstance(container.attrs, dict) else {}
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    image = labels.get(IMAGE) or attrs.get("Config", {}).get("Image")
+    return str(image) if image else "unknown"
 
 
 def reattach_transport(data: Mapping[str, Any], transports: tuple[str, ...]) -> tuple[str, int]:

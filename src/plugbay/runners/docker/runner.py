@@ -39,7 +39,8 @@ from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                checked_stop_timeout, cpus_to_nano, hardened_args, network_id,
                                                stale_network, tmpfs_mounts)
-from plugbay.runners.docker.adopt import claim, prove_container, reattach_id, reattach_transport
+from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_container, reattach_id,
+                                          reattach_image, reattach_transport)
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
@@ -222,7 +223,7 @@ class DockerRunner(ContainerTeardown, Runner):
         isolated = None  # the isolated network's verified id, if the container joins it
         if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
             args["network"] = isolated = network_id(client, self.network)
-        labels = {**self.labels, **spec.labels, **managed_labels()}
+        labels = {**self.labels, **spec.labels, **managed_labels(), IMAGE: self.image}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                            SOCKET_OWNED: str(self._owns_socket_dir).lower()})
@@ -352,17 +353,16 @@ class DockerRunner(ContainerTeardown, Runner):
     def attach(cls, data: Mapping[str, Any], *, take_ownership: bool = True) -> DockerRunner:
         """The runner of a container another host process started (reattach).
 
-        ``take_ownership=False`` only looks (plugbay health/info/call): the
-        container stays its starting host's, so a sweep still spares it while that host lives.
-        Otherwise this host becomes its owner once :meth:`adopted` is called (a Client calls it when
-        the reattach succeeded), not here: a reattach that fails leaves it its starting host's.
-        The data is untrusted: the container must carry plugbay's labels, and a socket
-        folder must be the one named in its labels, holding the marker plugbay wrote;
-        otherwise ReattachError is raised and nothing is touched.
+        ``take_ownership=False`` only looks (plugbay health/info/call): the container stays its
+        starting host's, so a sweep still spares it while that host lives. Otherwise this host becomes
+        its owner once :meth:`adopted` is called (by a Client whose reattach succeeded), not here. The
+        data is untrusted: the container must carry plugbay's labels, and a socket folder must be the
+        one named in its labels, holding the marker plugbay wrote (otherwise ReattachError, and nothing
+        is touched); the runner's image is the one the proven container's labels (or the engine) name.
         """
         container_id = reattach_id(data)
         transport, port = reattach_transport(data, TRANSPORTS)
-        runner = cls(str(data.get("image") or "unknown"), transport=transport, container_port=port)
+        runner = cls(reattach_image(data), transport=transport, container_port=port)  # the container's, once proven
         runner._client = engine()
         runner._container_id = container_id
         runner._attached = runner._began = True
@@ -370,7 +370,7 @@ class DockerRunner(ContainerTeardown, Runner):
         try:
             container = prove_container(runner._client, container_id, socket_dir)
             # by id from here on: the data may name it, and claim() renames it (kill() would find nothing)
-            runner._container_id = container.id
+            runner._container_id, runner.image = container.id, container_image(container)
             if runner.transport == "tcp":  # the engine says where it is published, not the data
                 runner._host_port = published_port(container, runner.container_port)
         except BaseException:
