@@ -108,3 +108,37 @@ def test_a_reattached_runner_names_the_image_its_container_runs(plugbay_docker: 
             attached.detach()
     finally:
         runner.kill(0)
+
+
+def test_an_attach_whose_exit_watch_finds_no_engine_closes_its_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from plugbay.errors import EngineUnavailableError
+    from plugbay.runners.docker import waiter
+
+    runner_module = importlib.import_module("plugbay.runners.docker.runner")
+    runner = DockerRunner(BASE, entrypoint=SLEEP, transport="tcp")
+    runner.start(LaunchSpec(env={}))
+    try:
+        made: list[Any] = []
+        closed: list[Any] = []
+        real_engine = runner_module.engine
+
+        def tracked() -> Any:
+            client = real_engine()
+            close = client.close
+            client.close = lambda: (closed.append(client), close())
+            made.append(client)
+            return client
+
+        def no_engine() -> Any:
+            raise EngineUnavailableError("the engine went away")
+
+        monkeypatch.setattr(runner_module, "engine", tracked)
+        monkeypatch.setattr(waiter, "engine", no_engine)  # the exit watch's own client
+        with pytest.raises(EngineUnavailableError):
+            DockerRunner.attach(runner.reattach_data(), take_ownership=False)
+        assert len(made) == 1 and closed == made, "the attach left its engine client open"
+    finally:
+        monkeypatch.undo()
+        runner.kill(0)

@@ -373,13 +373,13 @@ class DockerRunner(ContainerTeardown, Runner):
             runner._container_id, runner.image = container.id, container_image(container)
             if runner.transport == "tcp":  # the engine says where it is published, not the data
                 runner._host_port = published_port(container, runner.container_port)
+            runner._watch_exit()  # its engine client may fail too: the runner's then goes with it
         except BaseException:
             runner._client.close()
             raise
         runner._host_socket_dir = socket_dir
         labels = dict(container.labels or {})  # they say, not the data; kill() proves the folder by the token again
         runner._owns_socket_dir, runner._socket_token = labels.get(SOCKET_OWNED) == "true", labels.get(SOCKET_TOKEN, "")
-        runner._watch_exit()
         runner._adopt = container if take_ownership else None
         return runner
 
