@@ -48,6 +48,20 @@ def test_plugin_container_lifecycle(plugbay_image: Any, plugbay_docker: Any, tra
     assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
 
 
+def test_connecting_after_stop_is_a_client_state_error(plugbay_image: Any, plugbay_docker: Any) -> None:
+    # stop() kept the handshake: get_client() then reattached to the removed container (docker's NotFound)
+    plugin = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, name="plugbay-tc-after-stop")
+    try:
+        plugin.start()
+        plugin.dispense(PLUGIN_NAME).put("k", b"v")
+    finally:
+        plugin.stop()
+    for call, args in (("get_client", ()), ("dispense", (PLUGIN_NAME,)), ("reattach_config", ())):
+        with pytest.raises(ClientStateError, match=rf"PluginContainer.{call}\(\) needs the plugin started"):
+            getattr(plugin, call)(*args)
+    assert plugin.handshake is None
+
+
 def test_tcp_plugin_container_serves_only_the_host_with_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
     # the tcp transport served plaintext on its published port: any local process could call the plugin
     import grpc

@@ -223,6 +223,9 @@ class PluginContainer(DockerContainer):
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         from docker.errors import NotFound
 
+        # the removed container's handshake and key: get_client() after stop() is "call start() first",
+        # not a reattach to a container that no longer exists
+        self.handshake, self._cert = None, None
         try:
             client, self._client = self._client, None
             try:
