@@ -36,6 +36,18 @@ def test_a_wrong_argument_is_a_config_error(kw: dict[str, Any], says: str) -> No
         PluginContainer("plugbay-kv:latest", plugins=PLUGINS, **args, **NO_ENGINE)
 
 
+@pytest.mark.parametrize("labels", [{"team": "a", "plugbay.managed": "false"}, ["plugbay.session"]])
+def test_a_label_named_like_plugbays_is_a_config_error(labels: Any) -> None:
+    # the caller's labels replaced plugbay's: reattach and sweep no longer knew the container
+    says = r"PluginContainer's labels plugbay\.\w+ start with 'plugbay\.': plugbay sets those itself"
+    with pytest.raises(ConfigError, match=says):
+        PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, labels=labels, **NO_ENGINE)
+    container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)
+    container.with_kwargs(labels=labels)
+    with pytest.raises(ConfigError, match=says):  # refused before the engine is asked anything
+        container.start()
+
+
 @pytest.mark.parametrize("call", ["get_client", "dispense", "reattach_config"])
 def test_connecting_before_start_is_a_client_state_error(call: str) -> None:
     container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)

@@ -62,6 +62,21 @@ def test_connecting_after_stop_is_a_client_state_error(plugbay_image: Any, plugb
     assert plugin.handshake is None
 
 
+def test_the_callers_labels_join_plugbays(plugbay_image: Any, plugbay_docker: Any) -> None:
+    # labels= replaced plugbay's labels: get_client() was a ReattachError and sweep could not find it
+    from plugbay.runners.session import HOST_SESSION_ID
+
+    with PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="unix", name="plugbay-tc-labels",
+                         labels={"team": "a"}) as plugin:
+        kv = plugin.dispense(PLUGIN_NAME)
+        kv.put("k", b"labelled")
+        assert kv.get("k") == b"labelled"
+        labels = plugin.get_wrapped_container().labels
+        assert labels["team"] == "a" and labels["plugbay.managed"] == "true"
+        assert labels["plugbay.socket-dir"] == plugin.reattach_config().runner["host_socket_dir"]
+        assert [c.id for c in _session_containers(plugbay_docker, HOST_SESSION_ID)] == [plugin.get_container_id()]
+
+
 def test_tcp_plugin_container_serves_only_the_host_with_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
     # the tcp transport served plaintext on its published port: any local process could call the plugin
     import grpc

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from typing import Any, Self
 
 from testcontainers.core.container import DockerContainer
@@ -44,6 +45,22 @@ from plugbay.runners.session import managed_labels
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
+_OWN_LABELS = "plugbay."  # the prefix of the labels plugbay sets (and a reattach and sweep trust)
+
+
+def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """The caller's ``labels`` create argument as a dict (docker-py also takes a list of names)."""
+    given = kwargs.get("labels") or {}
+    if isinstance(given, (list, tuple)):
+        given = dict.fromkeys(given, "")
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"PluginContainer's labels must be a dict of names to values, got {type(given).__name__}")
+    ours = sorted(str(key) for key in given if str(key).startswith(_OWN_LABELS))
+    if ours:
+        raise ConfigError(f"PluginContainer's labels {', '.join(ours)} start with {_OWN_LABELS!r}: plugbay sets"
+                          " those itself (they prove to a reattach and to sweep that plugbay started the"
+                          " container); name your labels otherwise")
+    return dict(given)
 
 
 class _Engine(DockerClient):
@@ -94,6 +111,7 @@ class PluginContainer(DockerContainer):
         if auto_mtls is not None and not isinstance(auto_mtls, bool):
             raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
+        _caller_labels(kwargs)
         super().__init__(image, **kwargs)
         self.handshake_config = handshake
         self.plugins = plugins
@@ -110,6 +128,10 @@ class PluginContainer(DockerContainer):
         self._engine: _Engine | None = None
         self._socket_dir: str | None = None
         self._client: Client | None = None
+        # the caller's create arguments, kept apart from the ones _configure() adds to them for one
+        # start: a restart builds on them again, not on the previous start's labels
+        self._given_kwargs: dict[str, Any] = {}
+        self._built_kwargs: dict[str, Any] | None = None
         versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
         self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
@@ -120,8 +142,11 @@ class PluginContainer(DockerContainer):
         return self._engine
 
     def _configure(self) -> None:
+        if self._kwargs is not self._built_kwargs:  # the constructor's, or a with_kwargs() since
+            self._given_kwargs = dict(self._kwargs)
+        caller = self._given_kwargs
         if self.transport == "unix":
-            given = [name for name in _NETWORK_ARGS if self._kwargs.get(name) not in (None, "none")]
+            given = [name for name in _NETWORK_ARGS if caller.get(name) not in (None, "none")]
             if given or self._network is not None:
                 raise ConfigError(f"PluginContainer(transport='unix') runs the plugin with no network, but"
                                   f" {', '.join(given) or 'with_network()'} asks for one; use transport='tcp'"
@@ -132,8 +157,9 @@ class PluginContainer(DockerContainer):
         if self.auto_mtls if self.auto_mtls is not None else self.transport == "tcp":
             self._cert = generate_cert()
             self.with_env(ENV_CLIENT_CERT, self._cert.cert_pem.decode())
-        extra: dict[str, Any] = {"labels": {**managed_labels(), "plugbay.plugin": self.image},
-                                 "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
+        # plugbay's labels over the caller's (which may not name any of plugbay's)
+        labels = {**_caller_labels(caller), **managed_labels(), "plugbay.plugin": self.image}
+        extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
         gid: int | None = None
         if self.transport == "unix":
             self._socket_dir = make_tempdir("plugbay-tc-")
@@ -141,8 +167,8 @@ class PluginContainer(DockerContainer):
             self.with_volume_mapping(self._socket_dir, CONTAINER_SOCKET_DIR, "rw")
             # what a reattach checks before it trusts the folder (as DockerRunner labels it);
             # not "owned": stop() removes the folder, not the Client
-            extra["labels"].update({SOCKET_DIR: self._socket_dir, SOCKET_TOKEN: mark_socket_dir(self._socket_dir),
-                                    SOCKET_OWNED: "false"})
+            labels.update({SOCKET_DIR: self._socket_dir, SOCKET_TOKEN: mark_socket_dir(self._socket_dir),
+                           SOCKET_OWNED: "false"})
         # the same environment and engine arguments as DockerRunner's
         env, args = transport_settings(self.transport, self.container_port, gid)
         for key, value in env.items():
@@ -150,9 +176,10 @@ class PluginContainer(DockerContainer):
         # testcontainers publishes ports itself (docker-py accepts an (ip, port) tuple;
         # testcontainers' annotation is narrower)
         self.ports.update(args.pop("ports", {}))
-        self._kwargs = {**extra, **args, **self._kwargs}
+        built = {**extra, **args, **caller, "labels": labels}
         if self.transport == "unix":  # a network_mode=None of the caller's (checked above) is not the default bridge
-            self._kwargs["network_mode"] = "none"
+            built["network_mode"] = "none"
+        self._kwargs = self._built_kwargs = built
 
     def start(self) -> Self:
         try:
