@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 
 from kv_plugin_def import HANDSHAKE  # noqa: E402
 
-from plugbay.errors import ConfigError, ImageNotFoundError  # noqa: E402
+from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError  # noqa: E402
 from tests.docker_standin import StandinEngine  # noqa: E402
 from tests.plugincontainer_answers import container_engine, creates, pulls  # noqa: E402
 
@@ -62,6 +62,22 @@ def _in_a_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[St
     monkeypatch.setattr(module, "get_docker_host", lambda: None, raising=False)  # unused before the fix
     monkeypatch.setattr(utils, "get_running_in_container_id", lambda: "deadbeef")
     return engine, {"version": "1.41", "environment": {"DOCKER_HOST": f"unix://{engine.path}"}}
+
+
+def test_an_engine_refusal_is_a_runner_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the engine's refusal (the stand-in refuses every start) was docker's raw APIError
+    engine = container_engine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"])
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{engine.path}")
+    try:
+        container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix")
+        for _ in range(2):  # and again: each start maps its own socket folder only
+            with pytest.raises(RunnerError, match="the Docker engine refused to run '.+': stand-in engine: refusing"):
+                container.start()
+        binds = [body["HostConfig"]["Binds"] for body in creates(engine)]
+        assert len(binds) == 2 and all(len(one) == 1 and one[0].endswith(":/plugbay/sock:rw") for one in binds)
+        assert binds[0] != binds[1] and container.volumes == {}
+    finally:
+        engine.close()
 
 
 def test_the_unix_transport_stays_off_the_network_inside_a_container(

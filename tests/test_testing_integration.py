@@ -77,6 +77,36 @@ def test_the_callers_labels_join_plugbays(plugbay_image: Any, plugbay_docker: An
         assert [c.id for c in _session_containers(plugbay_docker, HOST_SESSION_ID)] == [plugin.get_container_id()]
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_a_plugin_container_starts_again_after_stop(plugbay_image: Any, plugbay_docker: Any, transport: str) -> None:
+    # the unix transport's second start mapped both starts' socket folders at /plugbay/sock: the engine's
+    # raw APIError "Duplicate mount point", and the first start's labels named the first (removed) folder
+    plugin = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport=transport,
+                             name=f"plugbay-tc-restart-{transport}", labels={"team": "a"})
+    try:
+        plugin.start()
+        plugin.dispense(PLUGIN_NAME).put("first", b"1")
+        first = plugin.reattach_config().runner
+        plugin.stop()
+        plugin.start()
+        kv = plugin.dispense(PLUGIN_NAME)
+        kv.put("second", b"2")
+        assert kv.get("second") == b"2"
+        second = plugin.reattach_config().runner
+        assert second["id"] != first["id"]
+        labels = plugin.get_wrapped_container().labels
+        assert labels["team"] == "a" and labels["plugbay.managed"] == "true"
+        assert labels.get("plugbay.socket-dir") == second["host_socket_dir"]
+        if transport == "unix":
+            assert second["host_socket_dir"] != first["host_socket_dir"]
+            assert not os.path.exists(first["host_socket_dir"])
+            binds = plugbay_docker.api.inspect_container(second["id"])["HostConfig"]["Binds"]
+            assert binds == [f"{second['host_socket_dir']}:/plugbay/sock:rw"]
+    finally:
+        plugin.stop()
+    assert plugbay_docker.containers.list(all=True, filters={"name": f"plugbay-tc-restart-{transport}"}) == []
+
+
 def test_tcp_plugin_container_serves_only_the_host_with_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
     # the tcp transport served plaintext on its published port: any local process could call the plugin
     import grpc

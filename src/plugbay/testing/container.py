@@ -30,7 +30,7 @@ from testcontainers.core.docker_client import DockerClient, get_docker_host
 from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError,
+from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError, RunnerError,
                             TLSRequiredError)
 from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
                                              parse_handshake_line)
@@ -79,7 +79,7 @@ class _Engine(DockerClient):
 
     def create(self, image: str, command: Any = None, environment: Any = None, ports: Any = None,
                labels: dict[str, str] | None = None, detach: bool = False, **kwargs: Any) -> Any:
-        from docker.errors import ImageNotFound
+        from docker.errors import APIError, ImageNotFound
 
         find_image(self.client, image)  # DockerRunner's check: ImageNotFoundError saying how to build it
         if not any(name in kwargs for name in _NETWORK_ARGS) and not get_docker_host():
@@ -94,6 +94,22 @@ class _Engine(DockerClient):
                 detach=detach, **kwargs), "create the container")
         except ImageNotFound:  # removed since find_image saw it; docker-py's create does not pull
             raise missing_image(image) from None
+        except APIError as exc:
+            raise _refused(image, exc) from exc
+
+    def start(self, container: Any) -> None:
+        from docker.errors import APIError
+
+        try:
+            engine_call(container.start, "start the container")
+        except APIError as exc:
+            raise _refused((container.attrs.get("Config") or {}).get("Image") or container.short_id, exc) from exc
+
+
+def _refused(image: str, exc: Any) -> RunnerError:
+    """An engine's refusal to create or start the container, as DockerRunner words it."""
+    return RunnerError(f"the Docker engine refused to run {image!r}: {exc.explanation or exc}. Check the image's"
+                       " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
 
 
 class PluginContainer(DockerContainer):
@@ -264,9 +280,15 @@ class PluginContainer(DockerContainer):
                 except NotFound:
                     self.get_docker_client().client.close()
         finally:
-            if self._socket_dir is not None:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
-                self._socket_dir = None
+            self._unmount()
+
+    def _unmount(self) -> None:
+        """Forget this start's socket folder: its volume mapping (the next start maps its own folder at
+        the same place, which the engine refuses twice) and the folder itself."""
+        if self._socket_dir is not None:
+            self.volumes.pop(self._socket_dir, None)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
 
 __all__ = ["PluginContainer"]
