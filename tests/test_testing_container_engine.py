@@ -80,6 +80,24 @@ def test_an_engine_refusal_is_a_runner_error(tmp_path: Path, monkeypatch: pytest
         engine.close()
 
 
+def test_the_engine_keeps_a_bounded_log_as_dockerrunners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PluginContainer set no log_config: the engine kept all a plugin wrote, on the host's disk
+    from plugbay.runners.docker import DockerRunner
+    from plugbay.runners.docker.hardening import hardened_args
+    from plugbay.testing.container import LOG_CONFIG
+
+    assert LOG_CONFIG == hardened_args(DockerRunner("plugbay-kv:latest"), None)["log_config"]
+    engine = container_engine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"])
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{engine.path}")
+    try:
+        with pytest.raises(RunnerError, match="refusing to start"):
+            PluginContainer("plugbay-kv:latest", HANDSHAKE).start()
+        assert creates(engine)[0]["HostConfig"]["LogConfig"] == {"Type": "json-file",
+                                                                  "Config": {"max-size": "10m", "max-file": "3"}}
+    finally:
+        engine.close()
+
+
 def test_the_unix_transport_stays_off_the_network_inside_a_container(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # testcontainers added network=<the CI container's network>, which overrides network_mode="none"

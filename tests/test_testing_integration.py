@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from plugbay.errors import ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError
+from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, MalformedHandshakeError,
+                            PluginExitedError)
 from plugbay.testing import PluginContainer
 
 pytestmark = [pytest.mark.docker]
@@ -202,6 +203,38 @@ def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay
     with pytest.raises(HandshakeTimeoutError, match="printed no handshake line within 1s") as info:
         silent.start()
     assert "check that its entrypoint serves the plugin" in str(info.value)
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
+def test_a_first_line_without_end_is_refused_at_once_and_bounded(plugbay_docker: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the handshake wait asked for the container's whole stdout every 0.1 s: 30 MB written with no
+    # newline grew the host by over 100 MiB, and only the start timeout ended the wait
+    import time
+
+    import plugbay.testing.handshake_log as handshake_log
+    from plugbay.core.transport.lines import MAX_LINE, LineSplitter
+    from plugbay.runners.session import HOST_SESSION_ID
+
+    splitters: list[LineSplitter] = []
+
+    class Recorded(LineSplitter):
+        def __init__(self, limit: int = MAX_LINE) -> None:
+            super().__init__(limit)
+            splitters.append(self)
+
+    monkeypatch.setattr(handshake_log, "LineSplitter", Recorded)
+    flood = "import sys, time; sys.stdout.write('x' * 30_000_000); sys.stdout.flush(); time.sleep(120)"
+    plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, start_timeout=45, name="plugbay-tc-flood",
+                             command=["python3", "-c", flood])
+    began = time.monotonic()
+    try:
+        with pytest.raises(MalformedHandshakeError, match=f"first stdout line is longer than {MAX_LINE} bytes"):
+            plugin.start()
+    finally:
+        plugin.stop()
+    assert time.monotonic() - began < 30  # not the start timeout
+    assert splitters and max(s.peak_buffered for s in splitters) <= MAX_LINE
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
 
 

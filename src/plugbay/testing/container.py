@@ -21,7 +21,6 @@ DockerRunner, the image must be on the engine: nothing is ever pulled.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -30,10 +29,8 @@ from testcontainers.core.docker_client import DockerClient, get_docker_host
 from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, PluginExitedError, RunnerError,
-                            TLSRequiredError)
-from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
-                                             parse_handshake_line)
+from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
+from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
@@ -42,10 +39,14 @@ from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
+from plugbay.testing.handshake_log import read_handshake
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
 _OWN_LABELS = "plugbay."  # the prefix of the labels plugbay sets (and a reattach and sweep trust)
+# DockerRunner's bound on what the engine keeps of a plugin's output (runners/docker/hardening.py's
+# hardened_args; the tests hold the two equal)
+LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -175,7 +176,8 @@ class PluginContainer(DockerContainer):
             self.with_env(ENV_CLIENT_CERT, self._cert.cert_pem.decode())
         # plugbay's labels over the caller's (which may not name any of plugbay's)
         labels = {**_caller_labels(caller), **managed_labels(), "plugbay.plugin": self.image}
-        extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
+        extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+                                 "log_config": LOG_CONFIG}
         gid: int | None = None
         if self.transport == "unix":
             self._socket_dir = make_tempdir("plugbay-tc-")
@@ -200,7 +202,7 @@ class PluginContainer(DockerContainer):
     def start(self) -> Self:
         try:
             super().start()
-            handshake = self._read_handshake()
+            handshake = read_handshake(self.get_wrapped_container(), self.image, self.start_timeout)
             if self._cert is not None and handshake.server_cert is None and self.transport == "tcp":
                 # the plugin serves plaintext on a port any local process can reach: refused, as
                 # DockerRunner's tcp refuses it
@@ -212,24 +214,6 @@ class PluginContainer(DockerContainer):
             self.stop()
             raise
         return self
-
-    def _read_handshake(self) -> HandshakeInfo:
-        container = self.get_wrapped_container()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
-            if "\n" in out:
-                return parse_handshake_line(out.split("\n", 1)[0])
-            container.reload()
-            if container.status in ("exited", "dead"):
-                code = container.attrs["State"].get("ExitCode")
-                err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace").splitlines()
-                raise PluginExitedError(self.image, code, err[-20:])
-            if time.monotonic() >= deadline:
-                raise HandshakeTimeoutError(
-                    f"plugin image {self.image!r} printed no handshake line within {self.start_timeout:.0f}s;"
-                    " check that its entrypoint serves the plugin (and prints nothing first to stdout)")
-            time.sleep(0.1)
 
     def reattach_config(self) -> ReattachConfig:
         """How a plugbay Client reaches this container (the Docker runner's reattach data)."""
