@@ -71,6 +71,43 @@ def test_plugin_image_is_built_once_per_content(plugbay_docker: Any, tmp_path: P
             pass
 
 
+def _digest(root: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    images._tree_hash(h, root)
+    return h.hexdigest()
+
+
+def test_the_content_hash_covers_what_the_build_copies(tmp_path: Path) -> None:
+    # the hash left out file modes and symlinked folders, which copytree copies into the build context:
+    # a chmod +x (or an edit in a linked folder) kept a stale image "up to date"
+    import shutil
+
+    plugin, lib = tmp_path / "plugin", tmp_path / "lib"
+    plugin.mkdir()
+    lib.mkdir()
+    (plugin / "my_plugin").write_text("#!/bin/sh\necho hi\n")
+    (plugin / "my_plugin").chmod(0o644)
+    (lib / "a.py").write_text("X = 1\n")
+    (plugin / "lib").symlink_to(lib)
+    (plugin / "__pycache__").mkdir()
+    seen = {_digest(plugin)}
+    (plugin / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"cache")  # not copied: the same hash
+    assert _digest(plugin) in seen
+    (plugin / "my_plugin").chmod(0o755)
+    seen.add(_digest(plugin))
+    (lib / "a.py").write_text("X = 2\n")
+    seen.add(_digest(plugin))
+    assert len(seen) == 3
+    # what copytree makes of the folder (the build context) hashes as the folder does
+    shutil.copytree(plugin, tmp_path / "ctx", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    assert _digest(tmp_path / "ctx") == _digest(plugin)
+    (lib / "loop").symlink_to(plugin)  # copytree would copy it without end
+    with pytest.raises(ConfigError, match="links back to .*, a folder it is in; remove the link"):
+        _digest(plugin)
+
+
 def test_bad_requests_are_config_errors(plugbay_docker: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown example image 'nope'"):
         images.ensure_example("nope", client=plugbay_docker)

@@ -22,6 +22,7 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -233,12 +234,21 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
 # --- plugin images ----------------------------------------------------------
 
 
-def _tree_hash(h: Any, root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
-            continue
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+def _tree_hash(h: Any, root: Path, rel: str = "", above: frozenset[str] = frozenset()) -> None:
+    """Hash what the build's copytree copies of ``root``: symlinks followed, modes kept (a chmod +x
+    changes the image), __pycache__ and .pyc left out."""
+    real = os.path.realpath(root)
+    if real in above:  # copytree would copy it without end
+        raise ConfigError(f"{root} links back to {real}, a folder it is in; remove the link to build the image")
+    h.update(f"{rel}/\0{stat.S_IMODE(root.stat().st_mode):o}\0".encode())
+    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):  # read to its end: closed
+        path, name = Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name
+        if entry.is_dir():  # is_dir() and is_file() follow symlinks, as copytree does
+            if entry.name != "__pycache__":
+                _tree_hash(h, path, name, above | {real})
+        elif entry.is_file() and not entry.name.endswith(".pyc"):
+            h.update(f"{name}\0{stat.S_IMODE(path.stat().st_mode):o}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
 
 
 def _dep_pins() -> list[str]:
