@@ -82,11 +82,6 @@ def test_an_engine_refusal_is_a_runner_error(tmp_path: Path, monkeypatch: pytest
 
 def test_the_engine_keeps_a_bounded_log_as_dockerrunners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # PluginContainer set no log_config: the engine kept all a plugin wrote, on the host's disk
-    from plugbay.runners.docker import DockerRunner
-    from plugbay.runners.docker.hardening import hardened_args
-    from plugbay.testing.container import LOG_CONFIG
-
-    assert LOG_CONFIG == hardened_args(DockerRunner("plugbay-kv:latest"), None)["log_config"]
     engine = container_engine(str(tmp_path / "engine.sock"), ["plugbay-kv:latest"])
     monkeypatch.setenv("DOCKER_HOST", f"unix://{engine.path}")
     try:

@@ -36,6 +36,7 @@ from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.checks import find_image, missing_image
+from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.session import managed_labels
@@ -44,9 +45,6 @@ from plugbay.testing.handshake_log import read_handshake
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
 _OWN_LABELS = "plugbay."  # the prefix of the labels plugbay sets (and a reattach and sweep trust)
-# DockerRunner's bound on what the engine keeps of a plugin's output (runners/docker/hardening.py's
-# hardened_args; the tests hold the two equal)
-LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -177,7 +175,7 @@ class PluginContainer(DockerContainer):
         # plugbay's labels over the caller's (which may not name any of plugbay's)
         labels = {**_caller_labels(caller), **managed_labels(), "plugbay.plugin": self.image}
         extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
-                                 "log_config": LOG_CONFIG}
+                                 "log_config": log_config()}
         gid: int | None = None
         if self.transport == "unix":
             self._socket_dir = make_tempdir("plugbay-tc-")

@@ -31,6 +31,12 @@ _create_lock = threading.Lock()
 _verified: dict[tuple[str, str], str] = {}
 
 
+def log_config() -> dict[str, Any]:
+    """Bounded logs (a fresh dict each time): the engine keeps a long-running plugin's output on the
+    host's disk. PluginContainer's containers get the same."""
+    return {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
+
+
 def tmpfs_mounts(writable_dirs: Sequence[str], size: str, extra: Mapping[str, str],
                  user: str | None = None) -> dict[str, str]:
     """tmpfs folders writable by the container's ``user``, then the caller's own tmpfs entries.
@@ -144,8 +150,7 @@ def hardened_args(runner: Any, image_user: str | None) -> dict[str, Any]:
                        ("stop_timeout", None if runner.stop_timeout is None else math.ceil(runner.stop_timeout))):
         if value is not None:
             args[key] = value
-    # Bounded logs: the engine keeps a long-running plugin's stderr on disk.
-    args["log_config"] = {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}}
+    args["log_config"] = log_config()
     if runner.mem_limit is not None:
         args["memswap_limit"] = runner.mem_limit  # no swap: the limit is the limit
     return args
