@@ -215,7 +215,16 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             self._status(409, "AlreadyExists", f'pods "{meta["name"]}" already exists', kind="pods",
                          name=meta["name"])
             return
-        self._json(201, store.create(obj))
+        created = store.create(obj)
+        lost = self.server.standin.lost.get(("create", "pods"))
+        if lost == 504:  # the apiserver's timeout filter: the write went on, its answer is this
+            self._status(504, "Timeout", "Timeout: request did not complete within requested timeout"
+                         " - context deadline exceeded")
+        elif lost is not None:
+            self._status(lost, "InternalError", "Internal error occurred: the answer to the create was lost"
+                         " after it was stored (test knob)")
+        else:
+            self._json(201, created)
 
     def _get_pod(self, ns: str, name: str, q: dict[str, str]) -> None:
         if not self._allowed("get", "pods", ns, name):

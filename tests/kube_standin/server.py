@@ -8,7 +8,8 @@ a Kubernetes Status body), :meth:`StandIn.drop_portforwards`,
 (410 Gone for slice watches that resume), :meth:`StandIn.stall` (take the
 request, never answer it: a hung API server), :meth:`StandIn.hold` (answer only
 at release: a slow API server), :meth:`StandIn.fail` (answer 500 at once: an
-API server failing fast), :meth:`StandIn.cut_logs` (break the pod log streams).
+API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, then answer it
+504/500: the write committed, its answer lost), :meth:`StandIn.cut_logs` (break the pod log streams).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class StandIn:
         self.denied: set[tuple[str, str]] = set()
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
+        self.lost: dict[tuple[str, str], int] = {}  # (verb, resource) -> the 5xx its committed write gets
         self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
         self.held: set[tuple[str, str]] = set()
@@ -118,6 +120,7 @@ class StandIn:
     def allow_all(self) -> None:
         self.denied.clear()
         self.failing.clear()
+        self.lost.clear()
         self.unstall()
         self.release()
 
@@ -134,6 +137,12 @@ class StandIn:
             with self.store.lock:
                 for w in self.store.watchers:
                     w.events.put(None)
+
+    def lose_answers(self, verb: str, resource: str, status: int = 504) -> None:
+        """Carry (verb, resource) out, then answer it ``status`` (504 Timeout, 500 InternalError) instead
+        of the object, as an API server whose request timeout fired after etcd stored the write does
+        (allow_all() ends it). Only pod creates honour it so far."""
+        self.lost[(verb, resource)] = status
 
     def hold(self, verb: str, resource: str) -> None:
         """Take (verb, resource) requests and answer them only at release(): a slow API server."""

@@ -24,6 +24,8 @@ from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, re
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+# create answers that say the pod was not stored: any other (5xx, 429) leaves it unknown
+REFUSED = frozenset({400, 401, 403, 404, 409, 422})
 
 
 class PodApi:
@@ -48,17 +50,21 @@ class PodApi:
                     _request_timeout=request_timeout(self.timeout), **kwargs)
 
     def create(self, body: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         try:
             created = self.call("create", "pods", self.api.create_namespaced_pod, self.namespace, body)
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
             raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
         except RunnerError as exc:
-            if not isinstance(exc.__cause__, ValueError):
-                # refused (409 AlreadyExists, 403, 422...): no pod of ours has this name, so a kill()
-                # must not delete it by name, it may be another runner's
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in REFUSED:
+                # refused before it was stored: no pod of ours has this name, so a kill() must not
+                # delete it by name, it may be another runner's
                 self.pod_name = ""
                 raise
+            # a 5xx (504 "may still be processing", 500), a 429 or a 200 with no object: the create may
+            # have been stored and only its answer lost, so the name is kept for kill() to delete
             raise RunnerError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
                               " name, or plugbay's sweep does later") from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
