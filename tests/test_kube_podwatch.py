@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from plugbay.errors import RunnerError  # noqa: E402
+from plugbay.errors import PodStartTimeoutError, RunnerError  # noqa: E402
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
@@ -56,6 +56,66 @@ def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: Sta
         assert runner.wait(15) == 0
     finally:
         runner.kill(0)
+
+
+@pytest.mark.timeout(60)
+def test_the_exit_is_seen_while_every_watch_fails_but_reads_work(server: StandIn, kubeconfig: str,
+                                                               tmp_path: Path) -> None:
+    """Watches failing with a 500 (reads working) were retried without a read: wait() never saw the exit."""
+    flag = tmp_path / "exit-now"
+    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
+                     api_timeout=2)
+    try:
+        server.fail("watch", "pods")
+        assert until(lambda: runner._podwatch.failures >= 1, 10)
+        flag.touch()
+        assert runner.wait(10) == 0
+        assert runner._podwatch.failures >= 3  # seen by a read: the watch still failed
+    finally:
+        server.allow_all()
+        runner.kill(0)
+
+
+@pytest.mark.timeout(60)
+def test_a_start_sees_running_while_every_watch_fails(server: StandIn, kubeconfig: str) -> None:
+    """Every watch failing from the start: start() timed out in phase Unknown with the pod running."""
+    server.fail("watch", "pods")
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig,
+                              command=[sys.executable, "-c", "import time; time.sleep(60)"], start_timeout=10,
+                              api_timeout=2)
+    try:
+        runner.start(LaunchSpec(env={}))
+        assert runner._podwatch.failures >= 3 and runner.wait(0) is None
+    finally:
+        server.allow_all()
+        runner.kill(0)
+
+
+@pytest.mark.timeout(90)
+def test_start_fails_typed_when_the_api_server_stops_answering_reads(server: StandIn, kubeconfig: str) -> None:
+    """The pod is made, then every watch and read of it hangs: start_timeout ends start, and its kill()
+    sees the pod gone by reading once reads are answered again. (Watches alone hanging no longer fail a
+    start: the failing watch reads the pod.)"""
+    server.stall("watch", "pods")
+    server.stall("get", "pods")
+    deletes = server.calls.get(("delete", "pods"), 0)
+    answered = threading.Thread(target=lambda: until(lambda: server.calls.get(("delete", "pods"), 0) > deletes, 60)
+                                and server.unstall(), name="test-unstall-at-delete")
+    answered.start()
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, start_timeout=4, api_timeout=1,
+                              command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(PodStartTimeoutError, match=f"pod default/{runner.pod_name or 'plugbay-'}.* did not"
+                                                       " reach Running within 4s.*The pod watch is failing \\(.*"
+                                                       "[Tt]imed? ?out"):
+            runner.start(LaunchSpec(env={}))
+        assert server.calls[("watch", "pods")] >= 1 and server.calls[("delete", "pods")] == deletes + 1
+        assert server.store.get("default", runner.pod_name) is None  # kill() saw it gone by reading
+    finally:
+        server.unstall()
+        answered.join(70)
+        if runner.pod_name:
+            server.delete_pod("default", runner.pod_name)
 
 
 @pytest.mark.timeout(60)

@@ -5,10 +5,13 @@ re-opened every 10 s; a pod deleted between two watches is noticed by a read)
 so start, wait and kill wake the moment the pod changes instead of polling.
 Failed watches (connection blips, an API outage) are retried with a capped
 backoff for as long as the runner is not closed: a watch that gave up would
-never see the plugin's exit. A 403 is kept as a PermissionDeniedError for the
-starting thread to raise; the thread then reads the pod every POLL_SECONDS instead
-(RBAC changed under a running plugin: wait() must still see it end, not spin), and
-tries a watch again after WATCH_AGAIN_AFTER seconds (RBAC may be restored).
+never see the plugin's exit; from the READ_AFTER_FAILURES-th failure in a
+row on, the pod is read before each retry, so its exit (or Running) is still
+seen while only watches fail (500s, ERROR events, a proxy that breaks streamed
+answers). A 403 is kept as a PermissionDeniedError for the starting thread to
+raise; the thread then reads the pod every POLL_SECONDS instead (RBAC changed
+under a running plugin: wait() must still see it end, not spin), and tries a
+watch again after WATCH_AGAIN_AFTER seconds (RBAC may be restored).
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
 a quiet pod costs one re-watch per period, not a cut stream. The client side
@@ -39,6 +42,7 @@ MAX_BACKOFF = 2.0
 POLL_SECONDS = 1.0  # after a 403 on the watch: how often the pod is read instead
 WATCH_AGAIN_AFTER = 60.0  # and how long before the next try at a watch
 FAILURES_WARNED = 30  # failed watches in a row before a warning (the watch keeps retrying until closed)
+READ_AFTER_FAILURES = 3  # failed watches in a row (500s, ERROR events, a broken proxy) before each retry reads
 
 
 class PodWatch:
@@ -86,7 +90,7 @@ class PodWatch:
         while not self.stop.is_set() and not self.gone:
             w = watch.Watch()
             self._watch = w
-            started, events = time.monotonic(), 0
+            started, events, read = time.monotonic(), 0, False
             try:
                 for ev in w.stream(list_pods, self.namespace, deserialize=False,
                                    field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
@@ -104,7 +108,7 @@ class PodWatch:
                     self.last_failure = (f"the watch ended after {time.monotonic() - started:.1f}s with no event,"
                                          f" long before its {WATCH_SECONDS}s")
                 if not self.stop.is_set() and not self.gone:
-                    pod = self._read_pod()
+                    pod, read = self._read_pod(), True
                     if pod is None or self.foreign(pod):
                         self.update(None, True)
             except ApiException as exc:
@@ -124,11 +128,25 @@ class PodWatch:
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("watching pod %s: %s", self.id, exc)
             self.failures = failures
+            if failures >= READ_AFTER_FAILURES and not read and not self.stop.is_set():
+                self._read_instead()  # a failing watch tells nothing: wait() and start() need the pod
             if failures == FAILURES_WARNED:  # once per outage; the watch goes on: giving up would blind wait()
                 _log.warning("watching pod %s failed %d times in a row (%s); still retrying", self.id, failures,
                              self.last_failure or "API error")
             if failures:
                 self.stop.wait(min(BACKOFF_STEP * failures, MAX_BACKOFF))
+
+    def _read_instead(self) -> None:
+        """Update from a read of the pod (a watch failing, a read may work); a failed read changes nothing."""
+        try:
+            pod = self._read_pod()
+        except Exception as exc:  # the API is down for reads too: the watch loop retries both
+            _log.debug("reading pod %s: %s", self.id, exc)
+            return
+        if pod is None or self.foreign(pod):
+            self.update(None, True)
+        else:
+            self.update(pod, False)
 
     def _poll(self, until: float) -> None:
         """Read the pod every POLL_SECONDS (backing off while reads fail) until it is gone, the runner
