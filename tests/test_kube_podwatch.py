@@ -119,6 +119,41 @@ def test_start_fails_typed_when_the_api_server_stops_answering_reads(server: Sta
 
 
 @pytest.mark.timeout(60)
+def test_a_watch_error_event_is_told_with_the_servers_message(server: StandIn, kubeconfig: str,
+                                                            tmp_path: Path) -> None:
+    """An ERROR event (a Status) was a KeyError('raw_object') in the client: the server's message was lost."""
+    flag = tmp_path / "exit-now"
+    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
+                     api_timeout=2)
+    try:
+        watch = runner._podwatch
+        server.error_pod_watches(500)
+        assert until(lambda: watch.failures >= 1, 10)
+        assert watch.last_failure == "500 InternalError: Internal error occurred: etcdserver: request timed out"
+        flag.touch()
+        assert runner.wait(10) == 0  # the failing watch reads the pod
+    finally:
+        server.allow_all()
+        runner.kill(0)
+
+
+@pytest.mark.timeout(60)
+def test_an_expired_watch_starts_over_at_once(server: StandIn, kubeconfig: str) -> None:
+    """A 410 Expired ERROR event counted as a failed watch (a KeyError), with its backoff: it starts over."""
+    runner = _runner(kubeconfig, "import time; time.sleep(60)", api_timeout=2)
+    try:
+        watch = runner._podwatch
+        assert until(watch.watching, 10)
+        before = server.calls[("watch", "pods")]
+        server.error_pod_watches(410, again=False)
+        assert until(lambda: server.calls[("watch", "pods")] > before, 5)
+        assert until(watch.watching, 5)
+        assert watch.last_failure == "" and watch.failures == 0 and runner.wait(0) is None
+    finally:
+        runner.kill(0)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("restored", [False, True], ids=["still-forbidden", "rbac-restored"])
 def test_a_watch_forbidden_after_the_start_falls_back_to_reading_the_pod(server: StandIn, kubeconfig: str,
                                                                          tmp_path: Path, restored: bool,

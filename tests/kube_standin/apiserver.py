@@ -266,6 +266,12 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             self._json(200, {"kind": "PodList", "apiVersion": "v1",
                              "metadata": {"resourceVersion": str(store._rv)}, "items": items})
             return
+        failed = self.server.standin.watch_error
+        if failed is not None:  # the error_pod_watches knob: this watch fails at once, its answer still a 200
+            self._start_stream("application/json")
+            self._chunk(json.dumps({"type": "ERROR", "object": failed}).encode() + b"\n")
+            self._end_stream()
+            return
         self._stream_watch(store.watch(ns, labels, fields), store.unwatch, q)
 
     def _stream_watch(self, w: Watcher, unwatch: Any, q: dict[str, str]) -> None:

@@ -9,7 +9,8 @@ a Kubernetes Status body), :meth:`StandIn.drop_portforwards`,
 request, never answer it: a hung API server), :meth:`StandIn.hold` (answer only
 at release: a slow API server), :meth:`StandIn.fail` (answer 500 at once: an
 API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, then answer it
-504/500: the write committed, its answer lost), :meth:`StandIn.cut_logs` (break the pod log streams).
+504/500: the write committed, its answer lost), :meth:`StandIn.error_pod_watches` (end pod watches
+with an ERROR event: 410 Expired, 500), :meth:`StandIn.cut_logs` (break the pod log streams).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import threading
 from typing import Any
 
-from .apiserver import TOKEN, ApiServer
+from .apiserver import TOKEN, ApiServer, status_body
 from .deployments import DeploymentStore
 from .pods import PodStore
 from .portforward import PROTOCOL, ForwardSession
@@ -53,6 +54,7 @@ class StandIn:
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
         self.lost: dict[tuple[str, str], int] = {}  # (verb, resource) -> the 5xx its committed write gets
+        self.watch_error: dict[str, Any] | None = None  # a Status each new pod watch ends with at once
         self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
         self.held: set[tuple[str, str]] = set()
@@ -121,6 +123,7 @@ class StandIn:
         self.denied.clear()
         self.failing.clear()
         self.lost.clear()
+        self.watch_error = None
         self.unstall()
         self.release()
 
@@ -143,6 +146,19 @@ class StandIn:
         of the object, as an API server whose request timeout fired after etcd stored the write does
         (allow_all() ends it). Only pod creates honour it so far."""
         self.lost[(verb, resource)] = status
+
+    def error_pod_watches(self, code: int = 500, again: bool = True) -> None:
+        """End every open pod watch with an ERROR event whose object is a Status, as the API server does
+        (HTTP 200, then the event): 410 Expired (its resourceVersion compacted away), else 500
+        InternalError (an etcd failure). ``again``: new pod watches get it at once too, until allow_all()."""
+        status = (status_body(410, "Expired", "too old resource version: 1000 (1001)") if code == 410 else
+                  status_body(code, "InternalError", "Internal error occurred: etcdserver: request timed out"))
+        if again:
+            self.watch_error = status
+        with self.store.lock:
+            for w in self.store.watchers:
+                w.events.put(("ERROR", status))
+                w.events.put(None)
 
     def hold(self, verb: str, resource: str) -> None:
         """Take (verb, resource) requests and answer them only at release(): a slow API server."""

@@ -23,7 +23,6 @@ stops answering mid-watch is noticed, and the watch opened again.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import request_timeout, watch_cut_short, within_deadline
+from plugbay.runners.kubernetes.api import api_message, request_timeout, watch_cut_short, within_deadline
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -86,13 +85,14 @@ class PodWatch:
         watch: Any = watch_mod
 
         self.failures = failures = 0
+        expired = False  # the last watch ended 410: a second in a row is a failure (no hot loop)
         list_pods = self._bounded_list()
         while not self.stop.is_set() and not self.gone:
             w = watch.Watch()
             self._watch = w
             started, events, read = time.monotonic(), 0, False
             try:
-                for ev in w.stream(list_pods, self.namespace, deserialize=False,
+                for ev in w.stream(list_pods, self.namespace,
                                    field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
                                    _request_timeout=request_timeout(self.api_timeout)):
                     events += 1
@@ -121,13 +121,22 @@ class PodWatch:
                         self.cond.notify_all()
                     self._poll(time.monotonic() + WATCH_AGAIN_AFTER)
                     continue
+                if exc.status == 410 and events and not expired and not self.stop.is_set():
+                    # Expired (410 Gone, its resourceVersion compacted away): a watch that worked starts
+                    # over at once, from a read of the pod and a new watch (no resourceVersion: it lists anew)
+                    expired = True
+                    self._read_instead()
+                    failures = self.failures = 0
+                    continue
                 failures += 1
-                self.last_failure = f"{exc.status} {exc.reason}"
+                # an ERROR event's Status says "<reason>: <message>" as the reason; an HTTP error, its body
+                self.last_failure = f"{exc.status} {api_message(exc)}"
             except Exception as exc:  # connection blips and outages: retried until the runner is closed
                 failures += 1
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 _log.debug("watching pod %s: %s", self.id, exc)
             self.failures = failures
+            expired = False
             if failures >= READ_AFTER_FAILURES and not read and not self.stop.is_set():
                 self._read_instead()  # a failing watch tells nothing: wait() and start() need the pod
             if failures == FAILURES_WARNED:  # once per outage; the watch goes on: giving up would blind wait()
@@ -170,11 +179,15 @@ class PodWatch:
                 return
 
     def _bounded_list(self) -> Callable[..., Any]:
-        """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch."""
+        """list_namespaced_pod whose streamed answer, once its head came, may be quiet for a whole watch.
+
+        It names no return type (no annotation, no ``:rtype:``), so the client's Watch leaves each
+        event's object a dict and turns an ERROR event (a Status: 410 Expired, 500) into an ApiException
+        with the server's reason and message. Its ``deserialize=False`` instead read an ERROR event's
+        ``raw_object``, which only the deserializing path sets: a KeyError, the message lost."""
         func = self._api.list_namespaced_pod
         between_reads = WATCH_SECONDS + self.api_timeout
 
-        @functools.wraps(func)  # the Watch reads the docstring for the watch argument and the item type
         def opened(*args: Any, **kwargs: Any) -> Any:
             resp = within_deadline(self._api.api_client, func, *args, **kwargs)  # the head: in total too
             sock = getattr(getattr(resp, "connection", None), "sock", None)
