@@ -55,6 +55,58 @@ def test_lines_printed_while_the_log_stream_was_down_are_not_lost(server: StandI
         runner.kill(0)
 
 
+TICKER = "import time\ni = 0\nwhile True:\n    print('line', i, flush=True); i += 1; time.sleep(0.1)\n"
+
+
+@pytest.mark.timeout(90)
+def test_a_log_stream_that_worked_between_cuts_is_reopened_every_time(server: StandIn, kubeconfig: str) -> None:
+    """Five reopens were the log's budget for its whole life: the sixth cut, days later, ended it for good."""
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", TICKER],
+                              start_timeout=20, api_timeout=5)
+    runner.start(LaunchSpec(env={}))
+    got: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [got.put(line) for line in runner.stderr_lines()], daemon=True)
+    reader.start()
+    try:
+        for cut in range(7):
+            assert until(lambda: len(server.log_conns) == 1, 10), f"no log stream before cut {cut + 1}"
+            n = got.qsize()
+            assert until(lambda: got.qsize() > n, 10), f"no line before cut {cut + 1}"
+            assert server.cut_logs() >= 1  # the stream cut before may not have noticed yet
+        n = got.qsize()
+        assert until(lambda: got.qsize() > n + 3, 10), "the log was given up"
+        assert reader.is_alive()
+    finally:
+        runner.kill(0)
+        reader.join(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_log_that_cannot_be_reopened_is_given_up_with_a_warning(server: StandIn, kubeconfig: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """One refused reopen ended the log at once, said only in a debug line."""
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", TICKER],
+                              start_timeout=20, api_timeout=5)
+    runner.start(LaunchSpec(env={}))
+    reader = threading.Thread(target=lambda: list(runner.stderr_lines()), daemon=True)
+    reader.start()
+    try:
+        assert until(lambda: len(server.log_conns) == 1 and runner._logs.tail, 10)
+        opened = server.calls[("get", "pods/log")]
+        server.fail("get", "pods/log")
+        with caplog.at_level("WARNING", logger="plugbay.runners.kubernetes"):
+            assert server.cut_logs() == 1
+            reader.join(15)
+        assert not reader.is_alive() and runner.wait(0) is None
+        assert server.calls[("get", "pods/log")] - opened == 5  # the five tries, with a backoff between
+        assert any("could not be reopened 5 times in a row" in r.getMessage() and "500" in r.getMessage()
+                   for r in caplog.records if r.levelname == "WARNING"), caplog.text
+    finally:
+        server.allow_all()
+        runner.kill(0)
+        reader.join(10)
+
+
 def test_the_stand_ins_log_is_the_apis() -> None:
     """Stamps as Go's RFC3339Nano; sinceTime in whole seconds, so lines of its second come again."""
     stamp = stamp_now()

@@ -5,14 +5,18 @@ go-plugin handshake line (handshake.is_handshake_line: also one of a core versio
 protocol plugbay refuses, so the host says so at once) is the plugin's stdout; the rest (hclog JSON, plain
 lines) is fed to the host's log pump.
 
-A broken stream is reopened (bounded) while the pod still runs, from a little
-before the last line read: the log is asked for with timestamps, and the
+A broken stream is reopened while the pod still runs, from a little before the
+last line read: the log is asked for with timestamps, and the
 reopen's replay of lines already passed on is dropped by their timestamps
 (plugbay.runners.logstamps). Reopening at the log's end instead lost every line
 printed while the stream was down, the handshake line too. The Python client has
 no sinceTime (the API's OpenAPI leaves it out), so the reopen asks for
 sinceSeconds: the time since that line came, measured here (no clock skew with
 the kubelet), plus SINCE_MARGIN for the line's way from the kubelet to the host.
+Only failures in a row count against REOPENS (a reopen refused, or a stream that
+broke within STREAM_WORKED seconds with no new line), each after a backoff; a
+stream that passed lines on starts the count over, so a plugin that runs for
+days outlives any number of API server restarts. Giving up is a warning.
 close() (detach, kill) ends a reopen under way too: a stream opened after it would be read
 until the pod ends, with no one left to shut it.
 """
@@ -35,7 +39,10 @@ from plugbay.runners.kubernetes.deadline import Cancel, cancellable
 from plugbay.runners.logstamps import EntryStamps
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
-_REOPENS = 5
+REOPENS = 5  # failed reopens in a row before the log is given up
+STREAM_WORKED = 10.0  # seconds a stream with no new line must have lasted to count as working
+REOPEN_STEP = 0.2  # the pause before a reopen after n failures: REOPEN_STEP * 2**(n-1), up to REOPEN_MAX
+REOPEN_MAX = 2.0
 SINCE_MARGIN = 5  # seconds added to a reopen's sinceSeconds: replayed lines are dropped, missed ones are lost
 
 
@@ -60,6 +67,7 @@ class PodLogs:
         self._closed = False
         self._ended = False  # the queues have their end marker
         self._cancel = Cancel()  # ends a reopen still waiting for its answer when close() comes
+        self._stop = threading.Event()  # set by close(): ends a reopen's backoff
 
     @property
     def name(self) -> str:
@@ -108,15 +116,18 @@ class PodLogs:
         handshake_seen = False
         stamps = EntryStamps()
         last_read = 0.0  # monotonic time of the last stamped line passed on
+        failed, why = 0, ""  # failures in a row (see the module's doc), and the last one's
         try:
-            for _attempt in range(_REOPENS):
+            while True:
                 splitter = LineSplitter()  # bounded lines; a broken stream's partial line ends there
                 self.splitters.append(splitter)
+                opened, passed = time.monotonic(), False
                 try:
                     for stamped in split_lines(_chunks(resp), splitter=splitter):
                         data = stamps.take(stamped.encode("utf-8"))
                         if data is None:
                             continue  # a reopened log's replay of a line passed on before
+                        passed = True
                         if stamps.last is not None:
                             last_read = time.monotonic()
                         line = data.decode("utf-8")
@@ -126,21 +137,37 @@ class PodLogs:
                         else:
                             self.tail.append(line)
                             self.stderr.put(line)
+                    why = "the stream ended"
                 except Exception as exc:
+                    why = f"{type(exc).__name__}: {exc}"
                     _log.debug("log stream of pod %s broke: %s", self.name, exc)
                 finally:
                     resp.release_conn()
                 # The stream ends when the container does, or when the connection broke.
                 if self._closed or not still_running():
                     return
-                since = None if stamps.last is None else (
-                    math.ceil(time.monotonic() - last_read) + SINCE_MARGIN)
-                try:
-                    with cancellable(self._cancel):
-                        resp = reopen(since)
-                except RunnerError as exc:
-                    _log.debug("reopening the log of pod %s: %s", self.name, exc)
-                    return
+                worked = passed or time.monotonic() - opened >= STREAM_WORKED
+                failed = 0 if worked else failed + 1
+                while True:
+                    if failed >= REOPENS:
+                        _log.warning("the log of pod %s broke or could not be reopened %d times in a row (last:"
+                                     " %s); plugbay stops following it while the pod runs on: the plugin's later"
+                                     " lines reach the host no more (kubectl logs still shows them)",
+                                     self.name, failed, why)
+                        return
+                    if failed and self._stop.wait(min(REOPEN_STEP * 2 ** (failed - 1), REOPEN_MAX)):
+                        return  # closed during the backoff
+                    if self._closed or not still_running():
+                        return
+                    since = None if stamps.last is None else (
+                        math.ceil(time.monotonic() - last_read) + SINCE_MARGIN)
+                    try:
+                        with cancellable(self._cancel):
+                            resp = reopen(since)
+                        break
+                    except RunnerError as exc:
+                        failed, why = failed + 1, str(exc)
+                        _log.debug("reopening the log of pod %s: %s", self.name, exc)
                 if not self._take(resp):
                     return
                 stamps.reopened()
@@ -151,6 +178,7 @@ class PodLogs:
         with self._lock:
             self._closed = True
             resp = self._resp
+        self._stop.set()
         self._cancel.cancel()
         if resp is not None:
             _shut(resp)
