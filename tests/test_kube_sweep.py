@@ -82,3 +82,35 @@ def _gone(server: StandIn) -> bool:
     while server.store.get("default", NAME) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     return server.store.get("default", NAME) is None
+
+
+def _deletion_events(server: StandIn, api_client: object, **kwargs: object) -> list[tuple[str, int | None]]:
+    """Sweep a plugbay pod of a gone session; its watch events that carry a deletion, until DELETED:
+    (type, metadata.deletionGracePeriodSeconds). Status changes before are left out."""
+    api = client.CoreV1Api(api_client)
+    api.create_namespaced_pod("default", _pod({"plugbay.managed": "true", "plugbay.session": "dead-session"}))
+    watcher = server.store.watch("default", "", f"metadata.name={NAME}")
+    try:
+        assert watcher.events.get(timeout=5)[0] == "ADDED"  # type: ignore[index]
+        assert sweep("default", live_sessions=[], api_client=api_client, api_timeout=10, **kwargs) == [NAME]
+        seen: list[tuple[str, int | None]] = []
+        while not seen or seen[-1][0] != "DELETED":
+            item = watcher.events.get(timeout=15)
+            assert item is not None
+            seen.append((item[0], item[1]["metadata"].get("deletionGracePeriodSeconds")))
+        return [event for event in seen if event[1] is not None]
+    finally:
+        server.store.unwatch(watcher)
+
+
+@pytest.mark.timeout(60)
+def test_the_sweep_deletes_gracefully_unless_forced(server: StandIn, tmp_path: Path) -> None:
+    """The sweep sent gracePeriodSeconds=0, the API's force delete: the pod object went at once while its
+    container could still run. It sends at least 1 s, as the runner's kill() does; force=True sends 0."""
+    api_client = config.new_client_from_config(server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml")))
+    try:
+        graceful = _deletion_events(server, api_client)
+        assert graceful[0] == ("MODIFIED", 1) and graceful[-1] == ("DELETED", 1)  # terminating first
+        assert _deletion_events(server, api_client, force=True) == [("DELETED", 0)]
+    finally:
+        api_client.close()

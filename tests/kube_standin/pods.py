@@ -330,16 +330,24 @@ class PodStore:
                 self.watchers.remove(w)
 
     def delete(self, ns: str, name: str, grace: float) -> dict[str, Any] | None:
+        """gracePeriodSeconds=0 is the API's force delete: the object goes at once (also a terminating
+        one), its container is stopped after; else it is terminating until its container stopped."""
         with self.lock:
             pod = self.pods.get((ns, name))
             if pod is None:
                 return None
-            if not pod.deleting:
-                pod.deleting = True
-                pod.obj["metadata"]["deletionTimestamp"] = now()
+            first, pod.deleting = not pod.deleting, True
+            if first or grace <= 0:
+                pod.obj["metadata"].setdefault("deletionTimestamp", now())
                 pod.obj["metadata"]["deletionGracePeriodSeconds"] = int(grace)
+            if first:
                 self.event(pod, "Killing", f"Stopping container {pod.container['name']}")
+            if grace <= 0:
+                del self.pods[pod.key]
+                self._publish("DELETED", pod)
+            elif first:
                 self._publish("MODIFIED", pod)
+            if first:
                 self._spawn("delete", lambda: self._finish_delete(pod, grace))
             return copy.deepcopy(pod.obj)
 
@@ -347,11 +355,13 @@ class PodStore:
         box = pod.box
         if box is not None:
             box.stop(grace)
-            self._refresh(pod)
+            if self.pods.get(pod.key) is pod:  # a force-deleted pod has no status left to report
+                self._refresh(pod)
             box.remove()
         with self.lock:
-            self.pods.pop(pod.key, None)
-            self._publish("DELETED", pod)
+            if self.pods.get(pod.key) is pod:
+                del self.pods[pod.key]
+                self._publish("DELETED", pod)
 
     # --- lifecycle -----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,11 +14,15 @@ from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
 def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None, *, api_client: Any = None,
-          kubeconfig: str | None = None, grace: int = 0, dry_run: bool = False,
-          host_id: str | None = None, api_timeout: float = DEFAULT_API_TIMEOUT) -> list[str]:
+          kubeconfig: str | None = None, grace: float = 0, dry_run: bool = False,
+          host_id: str | None = None, api_timeout: float = DEFAULT_API_TIMEOUT, force: bool = False) -> list[str]:
     """Delete plugbay pods whose host session is gone; return their names.
 
     ``dry_run=True`` deletes nothing and returns the names it would delete.
+
+    Each pod gets ``grace`` seconds (at least 1, as the runner's kill()) to stop. gracePeriodSeconds=0
+    is the API's force delete: the object goes at once while its container may run on, unseen (kubectl
+    sends 1 for 0 unless --force); ``force=True`` asks for that.
 
     With a host identity (``host_id``, else PLUGBAY_HOST_ID, else the host pod's
     POD_UID: see plugbay.runners.kubernetes.owner), the pods labelled with that
@@ -42,6 +47,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     own_session = host_session_id()
     identity = host_identity(host_id)
     removed: list[str] = []
+    seconds = 0 if force else max(1, math.ceil(grace))
     try:
         found = call(api_client, namespace, "list", "pods", api.list_namespaced_pod, namespace,
                             label_selector="plugbay.managed=true", _request_timeout=timeout)
@@ -65,7 +71,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
                 if dry_run:
                     removed.append(pod.metadata.name)
                     continue
-                if _delete_listed(api_client, api, namespace, pod, grace, timeout):
+                if _delete_listed(api_client, api, namespace, pod, seconds, timeout):
                     removed.append(pod.metadata.name)
     finally:
         if own:
