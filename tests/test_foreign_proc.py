@@ -134,6 +134,57 @@ def test_a_live_host_is_not_judged_gone_through_a_foreign_proc() -> None:
     assert set(out["family"]) <= {out["host"]}
 
 
+# Run as pid 1 of a new pid namespace with the outer /proc. A ProcessRunner plugin exits by itself and
+# is reaped; its pid is then given (ns_last_pid) to an unrelated group leader of this namespace, under a
+# number the outer /proc names no process by. Prints whether the plugin's kill() reached that process.
+_REUSED_PID = r"""
+import json, os, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.process import ProcessRunner
+
+def next_pid_is(n):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:  # this (inner) namespace's counter
+        f.write(str(n - 1))
+
+victim = None
+try:
+    free = next(n for n in range(20000, 30000) if not os.path.exists(f"/proc/{n}"))
+    try:
+        next_pid_is(free)
+    except OSError as exc:
+        print(json.dumps({"skip": f"ns_last_pid cannot be set here: {exc}"}), flush=True)
+        sys.exit(0)
+    runner = ProcessRunner(["/bin/sh", "-c", "exit 0"])
+    runner.start(LaunchSpec(env={}))
+    assert runner.wait(10) == 0  # reaped, as the exit watcher reaps it
+    next_pid_is(runner.pid)
+    victim = subprocess.Popen(["sleep", "30"], process_group=0)
+    if victim.pid != runner.pid or os.path.exists(f"/proc/{victim.pid}"):
+        print(json.dumps({"skip": "the plugin's pid was not given to the next process"}), flush=True)
+        sys.exit(0)
+    runner.kill(0)
+    time.sleep(0.3)
+    print(json.dumps({"foreign": os.readlink("/proc/self") != str(os.getpid()), "victim": victim.poll()}),
+          flush=True)
+finally:
+    if victim is not None and victim.poll() is None:
+        victim.kill()
+        victim.wait(10)
+"""
+
+
+def test_a_reaped_plugins_kill_leaves_the_group_its_pid_leads_now_through_a_foreign_proc() -> None:
+    # the outer /proc names no process by the plugin's pid: read as "gone", its group was SIGKILLed
+    done = subprocess.run([*_unshare(), sys.executable, "-c", _REUSED_PID, str(SRC)], capture_output=True,
+                          text=True, timeout=60, env=cli_env(), start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert out == {"foreign": True, "victim": None}, "the kill reached a process plugbay never started"
+
+
 @pytest.fixture
 def standin() -> Iterator[Any]:
     pytest.importorskip("kubernetes")

@@ -46,8 +46,8 @@ from plugbay.runners.command import check_env as check_env  # re-exported: confi
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
-from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, signal_all,
-                                      stat_of, sweep as sweep)
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
+                                      signal_all, signal_group, stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
 
 _TAIL = 50
@@ -259,14 +259,15 @@ class ProcessRunner(ProcessLines, Runner):
         # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
         strays = family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks)
         if proc.poll() is None and grace > 0:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             signal_all(strays, signal.SIGTERM)
             self.wait(grace)
         # The leader may be gone while its children still hold the group (its pid is not reused
         # then). Once a stop ended the group, or the reaped leader's pid names a process again
-        # (the group emptied and the pid was reused), that pid may lead another group: leave it.
-        if not self._group_ended and (proc.returncode is None or not os.path.exists(f"/proc/{proc.pid}")):
-            _signal_group(proc.pid, signal.SIGKILL)
+        # (the group emptied and the pid was reused), or /proc cannot tell (another namespace's),
+        # that pid may lead another group: leave it.
+        if not self._group_ended and (proc.returncode is None or led_group_stands(proc.pid, None)):
+            signal_group(proc.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
         try:
             proc.wait(REAP_TIMEOUT)
@@ -349,10 +350,3 @@ class ProcessRunner(ProcessLines, Runner):
 
     def stderr_tail(self) -> list[str]:
         return list(self._tail)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

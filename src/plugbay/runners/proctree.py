@@ -111,6 +111,32 @@ def signal_all(procs: dict[int, int], sig: int) -> None:
             pass
 
 
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal process group ``pgid`` (one gone, or not ours to signal, is left)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def led_group_stands(leader: int, start: int | None) -> bool:
+    """Whether process group ``leader``, led by the plugin process ``leader`` that started at ``start``
+    ticks, may still be signalled as that plugin's, now that the caller does not hold that process.
+
+    Yes while /proc shows it (running or a zombie, same start ticks), or shows no process ``leader``:
+    Linux gives no new process a pid that a group still bears, so a group of that number is the one
+    the plugin led (its children after the plugin was reaped). No where /proc is another pid
+    namespace's (unshare -p without a /proc of its own): a pid of this namespace names another
+    process there, or none, so nothing about the group is proven and it is left alone.
+    """
+    if not own_proc():
+        return False
+    fields = proc_stat(leader)
+    if fields is None:
+        return True
+    return start is not None and fields[19] == str(start)
+
+
 def _gone(marker: str, live: set[str] | None) -> bool:
     session = marker.rpartition(".")[0]
     if live is not None:
