@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.race_util import pid_alive
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
 from plugbay import Client, ClientConfig, ConfigError, ReattachConfig, ReattachError, Supervisor  # noqa: I001
@@ -97,6 +101,39 @@ def test_a_proven_plugin_is_reattached_and_killed() -> None:
         assert runner.wait(5) is not None
     finally:
         runner.kill(0)
+
+
+@pytest.mark.parametrize("ends", ["exits", "exits-and-is-reaped", "obeys-sigterm"])
+def test_a_reattached_kill_ends_the_group_the_plugin_led_once_it_is_gone(ends: str) -> None:
+    # the helper runs with an environment of its own (no PLUGBAY_PLUGIN_ID) in the plugin's group, is no
+    # descendant of the plugin's (its parent, a subshell, exits) and ignores SIGTERM: only the group's
+    # SIGKILL reaches it, as ProcessRunner.kill() sends
+    runner = ProcessRunner(["sh", "-c", "(env -i /bin/sh -c 'trap \"\" TERM; exec sleep 60' & echo $!);"
+                                        " exec sleep 60"])
+    runner.start(LaunchSpec(env={}))
+    helper = 0
+    try:
+        helper, leader = int(next(runner.stdout_lines())), runner.pid
+        assert leader is not None and os.getpgid(helper) == leader
+        attached = reattach_runner(runner.reattach_data())
+        if ends != "obeys-sigterm":  # it ended by itself, as after the Shutdown that Client.kill() asks first
+            os.kill(leader, signal.SIGKILL)
+            _until(lambda: not pid_alive(leader))  # a zombie of the host that started it
+            if ends == "exits-and-is-reaped":
+                assert runner.wait(5) is not None
+        attached.kill(0.5)
+        assert _until(lambda: not pid_alive(helper)), "the plugin's helper was orphaned"
+    finally:
+        runner.kill(0)
+        if helper and pid_alive(helper):
+            os.kill(helper, signal.SIGKILL)
+
+
+def _until(done: Callable[[], bool], within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return done()
 
 
 @pytest.mark.parametrize("field, bad", [

@@ -4,7 +4,9 @@ Reattach data is untrusted: the process is only signalled when plugbay can
 prove it started it for this plugin, by its start time and the random
 PLUGBAY_PLUGIN_ID that ProcessRunner.start() put in its environment (read
 back from /proc/PID/environ), and an address is only dialed once that process
-is shown to listen there (plugbay.runners.listeners). Its exit is heard through a pidfd on the shared
+is shown to listen there (plugbay.runners.listeners). Once that proven process has
+exited, kill() still ends the process group it led, as ProcessRunner does, while
+/proc proves the group is still the one it led (proctree.led_group_stands). Its exit is heard through a pidfd on the shared
 I/O loop where the kernel has pidfds.
 """
 
@@ -20,7 +22,8 @@ from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
 from plugbay.runners.procio import pidfd, watch_pid
-from plugbay.runners.proctree import ENV_PLUGIN_ID, claim, environ, family, release, signal_all
+from plugbay.runners.proctree import (ENV_PLUGIN_ID, claim, environ, family, led_group_stands, release,
+                                      signal_all, signal_group)
 from plugbay.runners.session import proc_stat, start_ticks
 
 REAP_TIMEOUT = 10.0
@@ -58,6 +61,13 @@ def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
     return None
 
 
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
 def _proc_state(pid: int) -> str | None:
     fields = proc_stat(pid)
     return fields[0] if fields else None
@@ -77,6 +87,7 @@ class AttachedProcess(AttachedRunner):
         self._name = name or str(pid)
         self.plugin_id = plugin_id
         self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
+        self._leads_group = False  # the proven plugin led a process group (its pid is the group's id)
         self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
         self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
 
@@ -145,34 +156,38 @@ class AttachedProcess(AttachedRunner):
             self.detach()
 
     def _kill(self, grace: float) -> None:
-        if not self._alive():
-            if self.proven:  # the leader is gone, not its group or orphans carrying the proven plugin id
-                signal_all(family(None, self.plugin_id, self._start_time), signal.SIGKILL)
-            return
-        why = _unproven(self.pid, self._start_time, self.plugin_id)
-        if why is not None:  # checked again: the pid may have changed hands since reattach
-            raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
-                                " plugin it started; stop that process yourself if it is yours")
-        try:
-            group = self.pid if os.getpgid(self.pid) == self.pid else None
-        except ProcessLookupError:
-            return
-        strays = family(self.pid, self.plugin_id, self._start_time)  # proven above: its descendants and marked kin
-        if grace > 0:
-            self._signal(group, signal.SIGTERM)
-            signal_all(strays, signal.SIGTERM)
-            self.wait(grace)
+        strays: dict[int, int] = {}
+        proven = self.proven
         if self._alive():
-            self._signal(group, signal.SIGKILL)
-            self.wait(REAP_TIMEOUT)
+            why = _unproven(self.pid, self._start_time, self.plugin_id)
+            if why is not None:  # checked again: the pid may have changed hands since reattach
+                raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
+                                    " plugin it started; stop that process yourself if it is yours")
+            proven, self._leads_group = True, _leads_group(self.pid)
+            strays = family(self.pid, self.plugin_id, self._start_time)  # proven above: its descendants and marked kin
+            if grace > 0:
+                self._signal(signal.SIGTERM)
+                signal_all(strays, signal.SIGTERM)
+                self.wait(grace)
+            if self._alive():
+                self._signal(signal.SIGKILL)
+                self.wait(REAP_TIMEOUT)
+        if not proven:
+            return
+        # The leader is gone (it obeyed Shutdown or SIGTERM), not its group: a helper the plugin started
+        # with an environment of its own carries no plugin id, and would be orphaned. As ProcessRunner does,
+        # that group is ended while provably the plugin's (proctree.led_group_stands).
+        if self._leads_group and led_group_stands(self.pid, self._start_time):
+            signal_group(self.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_time)}, signal.SIGKILL)
 
-    def _signal(self, group: int | None, sig: int) -> None:
+    def _signal(self, sig: int) -> None:
+        """The proven live plugin: its group when it leads one, else the process alone."""
+        if self._leads_group:
+            signal_group(self.pid, sig)
+            return
         try:
-            if group is not None:
-                os.killpg(group, sig)
-            else:
-                os.kill(self.pid, sig)
+            os.kill(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -212,6 +227,7 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
             " this plugin and leaves it alone. Pass the JSON that Client.reattach_config().to_json()"
             " produced for a running plugin, or start the plugin again")
     runner.proven = True
+    runner._leads_group = _leads_group(pid)
     runner._claim = claim(runner.plugin_id)  # sweep() spares a plugin a live host adopted
     return runner
 
