@@ -307,6 +307,12 @@ def test_multiplex_requested_but_not_offered() -> None:
             pass
 
 
+def test_a_multiplex_field_that_is_no_boolean_is_refused_where_the_host_asked_to_multiplex() -> None:
+    with pytest.raises(MalformedHandshakeError, match="multiplex field 'v2' is not a boolean.*multiplex_broker=False"):
+        with Client(config([PY, MISBEHAVE, "line", "1|1|unix|/x.sock|grpc||v2"], multiplex_broker=True)):
+            pass
+
+
 def _closed_port() -> int:
     import socket
 

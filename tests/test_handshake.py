@@ -48,7 +48,26 @@ def test_fields_past_the_seventh_are_ignored_as_go_plugin_ignores_them() -> None
     info = parse_handshake_line("1|2|unix|/s|grpc||true|a-later-field|another")
     assert (info.app_version, info.address, info.multiplex) == (2, "/s", True)
     with pytest.raises(errors.MalformedHandshakeError, match="not a boolean"):
-        parse_handshake_line("1|2|unix|/s|grpc||maybe|a-later-field")
+        parse_handshake_line("1|2|unix|/s|grpc||maybe|a-later-field", multiplex=True)
+
+
+@pytest.mark.parametrize("field", ["", "v2", "yes", "maybe", " true", "tRUE"])
+def test_a_seventh_field_that_is_no_boolean_is_refused_only_where_the_host_asked_to_multiplex(field: str) -> None:
+    # go-plugin's host parses field 7 only when GRPCBrokerMultiplex is set (client.go, v1.8.0)
+    line = f"1|1|tcp|127.0.0.1:1234|grpc||{field}|later"
+    assert parse_handshake_line(line).multiplex is False
+    assert is_handshake_line(line)
+    with pytest.raises(errors.MalformedHandshakeError) as exc:
+        parse_handshake_line(line, multiplex=True)
+    assert f"multiplex field {field!r} is not a boolean" in str(exc.value) and repr(line) in str(exc.value)
+    assert "set multiplex_broker=False" in str(exc.value)
+
+
+def test_the_seventh_field_is_read_as_go_reads_a_boolean() -> None:
+    for field, value in [(f, True) for f in ("1", "t", "T", "TRUE", "true", "True")] + \
+                        [(f, False) for f in ("0", "f", "F", "FALSE", "false", "False")]:
+        for asked in (False, True):
+            assert parse_handshake_line(f"1|1|tcp|127.0.0.1:1|grpc||{field}", multiplex=asked).multiplex is value
 
 
 def test_short_cert_field_means_no_certificate() -> None:
@@ -69,7 +88,6 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|tcp|127.0.0.1:70000|grpc", "port '70000' of tcp address"),
     ("1|1|tcp|a:1|grpc|" + "!" * 60, "base64"),
     ("1|1|tcp|a:1|grpc|" + "QUFB" * 20, "not a DER X.509 certificate"),
-    ("1|1|tcp|a:1|grpc||maybe", "not a boolean"),
     ("\u0661|1|tcp|a:1|grpc", "core protocol version '\u0661' is not a number"),  # Arabic-Indic 1
     ("1|1_0|tcp|a:1|grpc", "app protocol version '1_0' is not a number"),
     ("1|+1|tcp|a:1|grpc", "app protocol version '+1' is not a number"),

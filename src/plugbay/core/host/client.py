@@ -209,7 +209,7 @@ class Client(ExitNotice):
             if isinstance(runner, ProcessRunner):  # a pidfd: set up (and the loop started) while it starts
                 self._exit_watch = runner.watch_exit(self._on_exit)
             feed, self._output = follow_output(runner, self._logs, first_line_by=deadline)  # no loop hop
-            info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout)
+            info = read_handshake(runner, feed, deadline, self.name, cfg.start_timeout, cfg.multiplex_broker)
         self._accept(info)
         self._connect(info, deadline)
 

@@ -177,8 +177,9 @@ def follow_output(runner: Runner, logs: LogPump,
 
 
 def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
-                   start_timeout: float) -> HandshakeInfo:
-    """Wait (bounded) for the first stdout line ``feed`` receives and parse it."""
+                   start_timeout: float, multiplex: bool = False) -> HandshakeInfo:
+    """Wait (bounded) for the first stdout line ``feed`` receives and parse it (``multiplex``: the host
+    asked for the multiplexed broker, see parse_handshake_line)."""
     logs = feed.logs
     lines = feed.first
     exited_at: float | None = None
@@ -227,7 +228,7 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
             raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, printable(item))
-        return parse_handshake_line(item)
+        return parse_handshake_line(item, multiplex=multiplex)
 
 
 def refuse_announced(info: HandshakeInfo, versions: Mapping[int, object], multiplex: bool, name: str) -> None:

@@ -143,6 +143,24 @@ def certificate_key(der: bytes) -> tuple[str, str | None]:
     return decode_oid(algorithm[0][1]), curve
 
 
+def handshake_cert(field: str) -> bytes:
+    """The certificate of a handshake line's SERVER-CERT field (unpadded base64 DER, as go-plugin writes
+    it), checked whole; a ValueError says what the field is not."""
+    try:
+        der = base64.b64decode(field + "=" * (-len(field) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("server certificate is not valid base64") from None
+    import ssl
+
+    try:
+        certificate_key(der)  # its outline (the curve the transport needs)
+        # and all of it, by OpenSSL (no cryptography import), so junk inside a right outline fails here too
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except (ValueError, ssl.SSLError):
+        raise ValueError("server certificate is not a DER X.509 certificate") from None
+    return der
+
+
 def pem_to_der(pem: bytes) -> bytes:
     """The DER bytes of the one certificate in ``pem``, checked to be a well-formed Certificate."""
     text = pem.decode("ascii", errors="replace")

@@ -6,7 +6,8 @@ The handshake line a plugin prints on stdout is
 
 where SERVER-CERT is the DER certificate in unpadded standard base64 (present
 when AutoMTLS is on) and MULTIPLEX is "true" when the plugin accepts a
-multiplexed broker (only printed when the host set PLUGIN_MULTIPLEX_GRPC).
+multiplexed broker (only printed when the host set PLUGIN_MULTIPLEX_GRPC; only a
+host that did refuses a value that is no boolean, as go-plugin's reads it only then).
 :class:`HandshakeInfo` holds those facts as one value, so that a runner's log
 stream, a reattach config or a network lookup can all produce it.
 """
@@ -14,7 +15,6 @@ stream, a reattach config or a network lookup can all produce it.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -58,6 +58,9 @@ PROTOCOL_NETRPC = "netrpc"
 # go-plugin only looks at field 6 when it is longer than this; shorter values
 # are treated as "no certificate".
 _MIN_CERT_FIELD = 50
+# what Go's strconv.ParseBool takes (go-plugin reads the multiplex field with it), and what it means
+_GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+             **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
 # the characters of a hostname; a str check, not a regex: compiling one was ~0.5M instructions of every start
 _HOSTNAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
@@ -258,11 +261,14 @@ def _whole_number(data: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def parse_handshake_line(line: str) -> HandshakeInfo:
+def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo:
     """Parse a go-plugin handshake line (4 to 7 fields) into a HandshakeInfo.
 
     Fields past the seventh are ignored, as go-plugin's client ignores them: a later go-plugin
-    may add one, and its hosts would still take the line.
+    may add one, and its hosts would still take the line. The seventh (multiplexing) is one of
+    Go's booleans (strconv.ParseBool); anything else reads as False, unless ``multiplex`` (the
+    host asked for the multiplexed broker): go-plugin's host reads that field only then, and
+    refuses a value that is no boolean.
 
     Raises MalformedHandshakeError for lines that are not handshake lines,
     ProtocolMismatchError for a core version other than 1 and
@@ -307,27 +313,19 @@ def parse_handshake_line(line: str) -> HandshakeInfo:
         )
     cert: bytes | None = None
     if len(parts) >= 6 and len(parts[5]) > _MIN_CERT_FIELD:
-        field6 = parts[5]
-        try:
-            cert = base64.b64decode(field6 + "=" * (-len(field6) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise MalformedHandshakeError(raw, "server certificate is not valid base64") from None
-        import ssl
-
-        from plugbay.core.protocol.der import certificate_key  # only AutoMTLS needs these
+        from plugbay.core.protocol.der import handshake_cert  # only AutoMTLS needs it
 
         try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
-            certificate_key(cert)  # its outline (the curve the transport needs)
-            _openssl_parses(cert)  # and all of it, so junk inside a right outline fails here too
-        except (ValueError, ssl.SSLError):
-            raise MalformedHandshakeError(raw, "server certificate is not a DER X.509 certificate") from None
-    multiplex = False
-    if len(parts) >= 7:
-        value = parts[6].strip().lower()
-        if value not in ("true", "false", "1", "0", "t", "f"):
-            raise MalformedHandshakeError(raw, f"multiplex field {parts[6]!r} is not a boolean")
-        multiplex = value in ("true", "1", "t")
-    return HandshakeInfo(core, app, network, address, protocol, cert, multiplex)
+            cert = handshake_cert(parts[5])
+        except ValueError as exc:
+            raise MalformedHandshakeError(raw, str(exc)) from None
+    field7 = parts[6] if len(parts) >= 7 else "false"
+    if multiplex and field7 not in _GO_BOOLS:
+        raise MalformedHandshakeError(raw, f"multiplex field {field7!r} is not a boolean (true or false), and this"
+                                      " host asked for the multiplexed broker (multiplex_broker=True), which"
+                                      " go-plugin's host refuses too; have the plugin print true or false"
+                                      " there, or set multiplex_broker=False")
+    return HandshakeInfo(core, app, network, address, protocol, cert, _GO_BOOLS.get(field7, False))
 
 
 def is_handshake_line(line: str) -> bool:
@@ -387,9 +385,3 @@ def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[in
         raise VersionMismatchError(host, plugin)
     return max(common)
 
-
-def _openssl_parses(der: bytes) -> None:
-    """Raise ssl.SSLError unless OpenSSL reads ``der`` as a certificate (no cryptography import)."""
-    import ssl
-
-    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)

@@ -125,7 +125,7 @@ class ChildSession:
         runner.start(LaunchSpec(env=env, socket_dir=self._dir, labels={"plugbay.plugin": "gateway-session"}))
         feed, _ = follow_output(runner, self._logs)  # ends with the runner; the LogPump's join waits for it
         info = read_handshake(runner, feed, time.monotonic() + self._start_timeout, "gateway-session",
-                              self._start_timeout)
+                              self._start_timeout, multiplex=True)
         if not info.multiplex:
             raise GatewayError(f"the plugin {self._cmd[0]!r} does not multiplex brokered connections (no"
                                " PLUGIN_MULTIPLEX_GRPC support: go-plugin 1.0.x); serve the gateway without"
