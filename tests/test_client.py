@@ -277,6 +277,19 @@ def test_stdout_closed_by_a_live_plugin_fails_without_waiting_for_the_timeout() 
     client.kill()
 
 
+def test_more_than_64_kib_on_stdout_before_a_newline_fails_without_waiting_for_the_timeout() -> None:
+    # go-plugin's host gives up at once there too (bufio.Scanner: "token too long")
+    client = Client(config([PY, "-c", "import os, time; os.write(1, b'a' * 300000); time.sleep(60)"],
+                           start_timeout=20))
+    began = time.monotonic()
+    with pytest.raises(MalformedHandshakeError, match=r"(?s)wrote more than 65536 bytes to stdout before its first"
+                       r" newline, so no handshake line can follow.*to stderr, not stdout"):
+        client.start()
+    assert time.monotonic() - began < 10
+    assert client.runner.wait(5) is not None
+    client.kill()
+
+
 def test_handshake_timeout_kills_the_plugin() -> None:
     client = Client(config([PY, MISBEHAVE, "silent"], start_timeout=1.0))
     with pytest.raises(HandshakeTimeoutError, match=r"(?s)within 1.0s.*process \d+"):

@@ -7,13 +7,17 @@ container (its Kubernetes twin is in test_kubernetes_runner).
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from plugbay.core.host.logs import LogPump
-from plugbay.core.transport.lines import MAX_LINE, LineSplitter, cap_line, split_lines, truncated_marker
+from plugbay.core.transport.lines import MAX_LINE, LineSplitter, cap_line, split_lines, truncated_marker, was_cut
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner
 
@@ -61,6 +65,67 @@ def test_splitter_cuts_long_lines_with_a_marker_and_holds_at_most_the_limit() ->
     assert s.flush() == ["q" * 10 + truncated_marker(5)]  # an unfinished long line at the end too
     assert cap_line("short") == "short"
     assert cap_line("é" * 5, limit=3) == "ééé" + truncated_marker(4)
+
+
+def test_a_handshake_streams_first_line_ends_at_once_when_it_passes_the_limit() -> None:
+    # go-plugin's host gives up on stdout at 64 KiB without a newline: no handshake line can follow
+    s = LineSplitter(limit=8, handshake_first=True)
+    assert s.feed(b"abcdef") == []
+    assert s.feed(b"ghijk") == ["abcdefgh" + truncated_marker(3)]  # not held until a newline comes
+    assert s.feed(b"lm") == [] and s.buffered == 0  # the rest of that line is dropped
+    assert s.feed(b"no\nnext\n") == ["next"]
+    assert s.feed(b"0123456789") == []  # later lines are logs: held and cut at their newline, as before
+    assert s.feed(b"\n") == ["01234567" + truncated_marker(2)]
+    whole = LineSplitter(limit=8, handshake_first=True)  # a first line within the limit comes as it is
+    assert whole.feed(b"12345678\n0123456789") == ["12345678"]
+    assert LineSplitter(limit=8).feed(b"abcdefghijk") == []
+    assert was_cut("ab" + truncated_marker(3)) and not was_cut("1|1|unix|/s|grpc") and not was_cut("…[truncated x bytes]")
+
+
+@pytest.mark.parametrize("reader", ["loop", "read-first-line", "iterator"])
+def test_process_runner_hands_on_an_overlong_first_stdout_line_at_once(reader: str) -> None:
+    runner = ProcessRunner([PY, "-c", "import os, time; os.write(1, b'a' * 300000); time.sleep(60)"])
+    runner.start(LaunchSpec(env={}))
+    lines: queue.Queue[str] = queue.Queue()
+    try:
+        if reader == "iterator":
+            threading.Thread(target=_put_each, args=(runner.stdout_lines(), lines, ""), daemon=True).start()
+        else:
+            runner.follow_output(lambda which, line: lines.put(line) if which == "stdout" else None, lambda _: None,
+                                 time.monotonic() + 10 if reader == "read-first-line" else None)
+        first = lines.get(timeout=10)  # before: held until a newline that never comes
+    finally:
+        runner.kill(0)
+    assert first.startswith("a" * MAX_LINE) and was_cut(first)
+
+
+@pytest.mark.timeout(60)
+def test_a_containers_overlong_first_stdout_line_is_handed_on_at_once() -> None:
+    from plugbay.runners.docker.logs import ContainerLogStream
+
+    release = threading.Event()
+
+    class Api:  # the engine's log API: 16 KiB entries, as its json-file driver cuts a long line, then nothing
+        def logs(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+            yield from [b"a" * 16384] * 5
+            release.wait(30)
+
+    streams = [ContainerLogStream(Api(), "c0ffee", which, tty=True) for which in ("stdout", "stderr")]
+    try:
+        out = queue.Queue[str]()
+        for stream in streams:
+            threading.Thread(target=_put_each, args=(stream.lines(), out, f"{stream.which}:"), daemon=True).start()
+        assert out.get(timeout=10) == "stdout:" + "a" * MAX_LINE + truncated_marker(16384)
+        assert out.empty()  # stderr's long line waits for its newline, as a log line does
+    finally:
+        release.set()
+        for stream in streams:
+            stream.close()
+
+
+def _put_each(lines: Iterator[str], into: queue.Queue[str], prefix: str) -> None:
+    for line in lines:
+        into.put(prefix + line)
 
 
 def test_process_runner_bounds_a_flood_without_newline() -> None:

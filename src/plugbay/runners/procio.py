@@ -194,7 +194,7 @@ def follow_pipes(pipes: Mapping[str, IO[bytes] | None], on_line: Callable[[str, 
     """
     ends = OutputEnds(len(pipes))
     handlers = {which: _line_handler(which, on_line, tail) for which in pipes}
-    split = {which: LineSplitter() for which in pipes}
+    split = {which: LineSplitter(handshake_first=which == "stdout") for which in pipes}
     splitters.extend(split.values())
     held: dict[str, list[str]] = {which: [] for which in pipes}
     if first_line_by is not None and "stdout" in pipes:

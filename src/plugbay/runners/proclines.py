@@ -48,7 +48,7 @@ class ProcessLines:
         fd = pipe.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
-        splitter = LineSplitter()
+        splitter = LineSplitter(handshake_first=not keep_tail)  # stdout: the handshake line first
         self.splitters.append(splitter)
         drain_until: float | None = None
         try:

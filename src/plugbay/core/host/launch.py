@@ -12,8 +12,8 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 
-from plugbay.errors import (ConfigError, HandshakeError, HandshakeTimeoutError, PluginExitedError,
-                            ProtocolMismatchError, RunnerError, VersionMismatchError, printable)
+from plugbay.errors import (ConfigError, HandshakeError, HandshakeTimeoutError, MalformedHandshakeError,
+                            PluginExitedError, ProtocolMismatchError, RunnerError, VersionMismatchError, printable)
 from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MAX_PORT,
@@ -29,6 +29,7 @@ from plugbay.core.protocol.handshake import (
 )
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.tls import CertKey
+from plugbay.core.transport.lines import MAX_LINE, was_cut
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.base import Joinable, Runner
@@ -228,6 +229,11 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
             raise PluginExitedError(name, code, logs.tail()[-20:], runner.exit_detail())
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, printable(item))
+        if was_cut(item):  # its runner's line splitter ended it at MAX_LINE, newline or not
+            raise MalformedHandshakeError(
+                item, f"plugin {name!r} wrote more than {MAX_LINE} bytes to stdout before its first newline, so"
+                " no handshake line can follow (go-plugin's host gives up at that size too). Have the plugin"
+                " write its logs and other output to stderr, not stdout, until it prints the handshake line")
         return parse_handshake_line(item, multiplex=multiplex)
 
 

@@ -28,6 +28,12 @@ def truncated_marker(dropped: int) -> str:
     return f"…[truncated {dropped} bytes]"
 
 
+def was_cut(line: str) -> bool:
+    """Whether ``line`` ends with a truncated_marker(): a LineSplitter cut it at its limit."""
+    _, marker, rest = line.rpartition("…[truncated ")
+    return bool(marker) and rest.endswith(" bytes]") and rest[:-len(" bytes]")].isdigit()
+
+
 def cap_line(line: str, limit: int = MAX_LINE) -> str:
     """``line`` cut to ``limit`` characters with the marker (for lines split elsewhere)."""
     if len(line) <= limit:
@@ -41,12 +47,19 @@ class LineSplitter:
 
     ``peak_buffered`` is the most bytes ever held for an unfinished line: the
     bound the tests check, never above ``limit``.
+
+    ``handshake_first``: the stream's first line is a handshake line (a plugin's stdout). If it
+    passes ``limit``, it is handed on at once, cut (its marker counts the bytes dropped until then;
+    the rest of it is dropped too): no handshake line can follow such output (go-plugin's host
+    gives up there too), so its reader must not wait for a newline.
     """
 
-    def __init__(self, limit: int = MAX_LINE) -> None:
+    def __init__(self, limit: int = MAX_LINE, *, handshake_first: bool = False) -> None:
         if limit < 1:
             raise ValueError("a line limit must be at least one byte")
         self.limit = limit
+        self._first_pending = handshake_first
+        self._skip = False  # dropping the rest of a first line handed on cut
         self._parts: list[bytes] = []
         self._size = 0
         self._dropped = 0
@@ -59,11 +72,13 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         """The lines ``data`` finishes (without their newline; a trailing CR is dropped)."""
-        if not self._size and not self._dropped and len(data) <= self.limit and data.endswith(b"\n"):
+        if not self._size and not self._dropped and not self._skip and len(data) <= self.limit and \
+                data.endswith(b"\n"):
             # Whole lines, each within the limit (a log line per call): one decode and one split.
             # b"\n" never occurs inside a UTF-8 sequence, so this decodes each line as _finish() would.
             lines = data.decode("utf-8", "replace").split("\n")
             lines.pop()
+            self._first_pending = False
             return [line[:-1] if line.endswith("\r") else line for line in lines]
         out: list[str] = []
         start = 0
@@ -71,11 +86,19 @@ class LineSplitter:
         while start < end:
             nl = data.find(b"\n", start)
             stop = end if nl < 0 else nl
+            if self._skip:
+                self._skip, start = nl < 0, stop + 1
+                continue
             self._keep(data, start, stop)
             if nl < 0:
+                if self._first_pending and self._dropped and not out:
+                    out.append(self._finish())
+                    self._skip = True
                 break
             out.append(self._finish())
             start = nl + 1
+        if out:
+            self._first_pending = False
         return out
 
     def flush(self) -> list[str]:

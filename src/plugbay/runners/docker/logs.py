@@ -51,7 +51,8 @@ class ContainerLogStream:
         self._lines = LineBuffer(f"container {container_id[:12]}'s {which}", _log, MAX_BUFFERED)
         self._cond = threading.Condition()
         self._reader_taken = False
-        self.splitter = LineSplitter()  # a line longer than MAX_LINE is cut with a marker
+        # a line longer than MAX_LINE is cut with a marker; stdout's first, the handshake line, at once
+        self.splitter = LineSplitter(handshake_first=which == "stdout")
         self.error: str | None = None  # why the log request failed, for diagnosis
         self._api, self._container_id = api, container_id
         # whether the container still runs (None: the engine does not say): a stream that broke
