@@ -1,8 +1,11 @@
 """The local-process runner: the plugin as a child process in its own process group.
 
 Mirrors go-plugin's ``cmdrunner``: the plugin gets the host's environment
-(unless ``skip_host_env``) plus the handshake variables, stdin from /dev/null,
-and its stdout/stderr as pipes. Unlike cmdrunner it first drops the host's own
+(unless ``skip_host_env``) plus the handshake variables, and its stdout/stderr
+as pipes. Its stdin is /dev/null, a deliberate difference: go-plugin hands the
+plugin the host's own stdin (os.Stdin), but here the plugin leads a process group
+of its own (below), and a group that is not the terminal's foreground one is
+stopped (SIGTTIN) when it reads the terminal. Unlike cmdrunner it also drops the host's own
 go-plugin variables (HOST_SET_VARIABLES): a host that is itself a plugin would
 pass on its host's client certificate, and the plugin would serve TLS to a
 host dialling plaintext, which then waits out its start timeout. The process leads a new process group so a force
