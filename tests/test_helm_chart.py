@@ -369,6 +369,11 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
      'sidecar.writableDirs entries must be absolute paths, not "data"'),
     ({"host": {"enabled": True, "image": {"repository": "h"}}, "sidecar": {"enabled": True}},
      "sidecar.image.repository is required when sidecar.enabled"),
+    # each container mounts /tmp already: the API server refuses a second mount there
+    *[({"host": {"enabled": True, "image": {"repository": "h"}},
+        "sidecar": {"enabled": True, "image": {"repository": "x"}, "socketDir": folder}},
+       f'sidecar.socketDir must be an absolute folder other than / and /tmp .*, not "{folder}"')
+      for folder in ("/tmp", "/tmp/", "//tmp", "run/plugbay", "/")],
 ])
 def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_path: Path, values: dict[str, Any],
                                                          message: str) -> None:
