@@ -7,6 +7,7 @@ end, and the resolver follows them through a real kubeconfig and real watches.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from plugbay.errors import (
     EngineUnavailableError,
     PermissionDeniedError,
 )
+from plugbay.network import slices as slice_parsing
 from plugbay.network.kubernetes import EndpointSliceResolver, endpoints_from_slices
 from plugbay.network.resolver import Endpoint
 from tests.kube_standin import TOKEN, StandIn
@@ -286,7 +288,7 @@ def test_slice_contents_map_to_endpoints() -> None:
         {"addressType": "IPv6", "ports": ports, "endpoints": [ep("fd00::1", "f", ready=True), ep("fe80::1", "l"),
                                                               ep("::", "v"), ep("ff02::1", "w"),
                                                               ep("::ffff:169.254.169.254", "n")]},
-        {"addressType": "FQDN", "ports": ports, "endpoints": [ep("kv-0.kv.plugins.svc", "g")]},
+        {"addressType": "FQDN", "ports": ports, "endpoints": [ep("kv-0.kv.plugins.svc", "g")]},  # a name: ignored
         # the same address in a second slice during a change: counted once, ready wins
         {"addressType": "IPv4", "ports": ports, "endpoints": [ep("10.0.0.4", "d", ready=True)]},
         {"addressType": "IPv4", "ports": [{"name": "grpc", "port": 99999}], "endpoints": [ep("10.0.0.9", "z")]},
@@ -298,7 +300,6 @@ def test_slice_contents_map_to_endpoints() -> None:
         "c": Endpoint("tcp", "10.0.0.3:4000", ready=False, terminating=True, name="c"),
         "d": Endpoint("tcp", "10.0.0.4:4000", name="d"),
         "f": Endpoint("tcp", "[fd00::1]:4000", name="f"),
-        "g": Endpoint("tcp", "kv-0.kv.plugins.svc:4000", name="g"),
     }
     assert endpoints_from_slices(slices, 4000) == endpoints_from_slices(slices, "grpc")
     assert endpoints_from_slices(slices, "dns") == [] and endpoints_from_slices(slices, 53) == []
@@ -323,11 +324,30 @@ def test_an_fqdn_slice_naming_an_ip_gets_the_ip_slices_address_check() -> None:
 
     bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255",
            "2852039166", "0xa9fea9fe", "169.254.43518", "0", "0x0", "0xe0.1", "4294967295", "0251.0376.0251.0376"]
-    good = ["10.0.0.7", "2130706433", "0x7f.1", "kv-0.kv.plugins.svc", "1.2.3.4.5"]
+    good = ["10.0.0.7", "2130706433", "0x7f.1"]
     slices = [{"addressType": "FQDN", "ports": ports, "endpoints": [ep(a) for a in bad + good]}]
     # a numeric host is kept in dotted form, so two spellings of one address are one endpoint
     assert sorted(e.address for e in endpoints_from_slices(slices, "grpc")) == sorted([
-        "10.0.0.7:7001", "127.0.0.1:7001", "kv-0.kv.plugins.svc:7001", "1.2.3.4.5:7001"])
+        "10.0.0.7:7001", "127.0.0.1:7001"])
+
+
+def test_an_fqdn_slices_host_names_are_ignored(caplog: pytest.LogCaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name gRPC would resolve when it dials escaped the address checks: metadata.google.internal,
+    or a wildcard DNS name such as 169.254.169.254.nip.io, reached the metadata service. Kubernetes
+    makes no FQDN slices (kube-proxy ignores them): their names yield no endpoint, with one warning."""
+    monkeypatch.setattr(slice_parsing, "_told", threading.Event(), raising=False)
+    ports = [{"name": "grpc", "port": 80, "protocol": "TCP"}]
+    names = ["metadata.google.internal", "169.254.169.254.nip.io", "kv-0.kv.plugins.svc", "1.2.3.4.5"]
+    fqdn = {"addressType": "FQDN", "ports": ports,
+            "endpoints": [{"addresses": [n], "conditions": {"ready": True}} for n in names]}
+    ipv4 = {"addressType": "IPv4", "ports": ports, "endpoints": [{"addresses": ["10.0.0.8"]}]}
+    with caplog.at_level(logging.DEBUG, logger="plugbay.network.kubernetes"):
+        for _ in range(3):  # each watch event reads every slice again
+            assert endpoints_from_slices([fqdn, ipv4], "grpc") == [Endpoint("tcp", "10.0.0.8:80")]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "metadata.google.internal" in warnings[0].getMessage()
+    assert "FQDN" in warnings[0].getMessage()
 
 
 def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn, kubeconfig: str,  # noqa: F811

@@ -3,13 +3,20 @@
 The API server's text is checked, not trusted: an address that does not match its
 slice's addressType, or a port that is not TCP, yields no endpoint. No API calls here
 (see plugbay.network.kubernetes for the list and watch).
+
+An FQDN slice's host names are ignored: gRPC would resolve them when it dials, past the
+checks a pod IP gets (a name can resolve to the metadata service), and Kubernetes has no use
+for them either (the EndpointSlice controller never makes FQDN slices; kube-proxy ignores
+them). A name that reads as an IPv4 address is that address, and checked as one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +25,8 @@ from plugbay.network.resolver import Endpoint, discoverable
 
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
+_log = logging.getLogger("plugbay.network.kubernetes")
+_told = threading.Event()  # one warning per process: each watch event reads every slice again
 
 
 def parse_port(port: int | str) -> int | str:
@@ -62,9 +71,20 @@ def _address(kind: str, host: str, port: int) -> str | None:
             # "169.254.169.254": such a name must pass the check an IPv4 slice's address gets
             packed = socket.inet_aton(host)
         except OSError:
-            return f"{host}:{port}"
+            _ignored(host)
+            return None
         return _address("IPv4", str(ipaddress.IPv4Address(packed)), port)
     return None
+
+
+def _ignored(host: str) -> None:
+    if _told.is_set():
+        _log.debug("ignored host name %r of an FQDN EndpointSlice", host)
+        return
+    _told.set()
+    _log.warning("an EndpointSlice of addressType FQDN names host %r: ignored, as plugbay takes the pod IPs"
+                 " of IPv4/IPv6 slices only (a name is resolved when dialled, past the checks an IP gets;"
+                 " kube-proxy ignores FQDN slices too). Later ones are logged at debug level.", host)
 
 
 def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str) -> list[Endpoint]:
