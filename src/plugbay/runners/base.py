@@ -154,6 +154,11 @@ class AttachedRunner(ABC):
         """Map a host address to one the plugin can dial (brokered callbacks)."""
         return network, address
 
+    def connect_detail(self) -> str:
+        """What the runner heard of why the host cannot reach the plugin (a port-forward's error from the
+        API server); "" when nothing. A start that times out connecting adds it to its error."""
+        return ""
+
     def release_address(self, network: str, address: str) -> None:
         """The host dials ``address`` (a plugin_to_host() answer) no more: a brokered channel to it
         closed. A runner that holds something for each mapped address frees it here."""

@@ -262,7 +262,7 @@ class Client(ExitNotice):
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,
                                            exited=lambda: self._abandoned or self._kill_asked
-                                           or runner.wait(0) is not None)
+                                           or runner.wait(0) is not None, detail=runner.connect_detail)
         if self._abandoned:
             raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (close() came while it"
                                    " reattached, or its AsyncClient's start() was cancelled); make a new client"

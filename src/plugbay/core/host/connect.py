@@ -43,11 +43,13 @@ def start_connecting(channel: grpc.Channel) -> None:
 
 
 def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugin",
-                 exited: Callable[[], bool] = lambda: False, name: str = "plugin") -> bool:
+                 exited: Callable[[], bool] = lambda: False, name: str = "plugin",
+                 detail: Callable[[], str] = lambda: "") -> bool:
     """Block until the health service reports ``service`` SERVING (bounded by ``timeout``).
 
     True when the answer said the plugin queues broker messages (BROKER_QUEUES_METADATA: plugbay's
-    serve()); False for any other plugin, or when it exited meanwhile.
+    serve()); False for any other plugin, or when it exited meanwhile. ``detail()``: what the runner
+    knows of why the connection fails (a port-forward's refusal), for the timeout's message.
 
     Kept on the start path though go-plugin's host (and bench/floor.py) make no such check:
     start() promises a plugin that serves, and the answer tells a plugbay plugin apart. It
@@ -61,9 +63,11 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            known = detail()
             raise HandshakeTimeoutError(
                 f"plugin {name!r} printed its handshake but its health service did not report"
-                f" {service!r} SERVING within {timeout:.1f}s (last: {last}). Check the plugin's logs;"
+                f" {service!r} SERVING within {timeout:.1f}s (last: {last}{'; ' + known if known else ''})."
+                " Check the plugin's logs;"
                 " with AutoMTLS, check that both sides use the certificates from the handshake."
             )
         try:

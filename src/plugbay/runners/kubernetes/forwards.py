@@ -59,6 +59,11 @@ class PortForwards:
             del self._uses[port]
         fwd.close()
 
+    def error_detail(self) -> str:
+        with self._lock:
+            forwarders = list(self._by_port.values())
+        return "; ".join(detail for fwd in forwarders if (detail := fwd.error_detail()))
+
     def set_timeout(self, timeout: float) -> None:
         with self._lock:
             for fwd in self._by_port.values():

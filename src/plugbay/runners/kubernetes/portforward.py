@@ -9,6 +9,12 @@ next connection gets a fresh one. The WebSocket's handshake is plugbay's own
 (wsupgrade.py: the kubernetes client Configuration's auth, TLS and proxy
 settings under one deadline), since the kubernetes client's ``stream`` gives
 the upgrade no timeout and an API server that never answers would hang start.
+
+The kubelet dials the pod's port as a stream opens and, when that fails (nothing
+listens there), writes why on the port's error channel and ends the stream. The
+constructor's first stream listens for that a moment, so a refused port fails
+plugin_to_host() with the kubelet's words; a refusal heard later is kept
+(``last_error``) for the error a failed start then raises.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
-from plugbay.errors import PermissionDeniedError, PlugbayError, RunnerError
+from plugbay.errors import PermissionDeniedError, PlugbayError, RunnerError, printable
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.runners.kubernetes.wsframes import (
     OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, MaskKeys, client_frame,
@@ -33,6 +39,11 @@ from plugbay.runners.kubernetes.wsframes import (
 from plugbay.runners.kubernetes.wsupgrade import open_websocket
 
 V4_PROTOCOL = "v4.channel.k8s.io"
+# How long the first stream waits for the error channel. The kubelet dials the port as it sends the
+# 101, and its refusal follows on the same connection within milliseconds; a port that answers sends
+# nothing, so every forwarder opened pays this whole wait. A refusal later than that still reaches
+# the failed start's error (last_error).
+ERROR_WAIT = 0.2
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
@@ -55,18 +66,43 @@ class PortForwarder:
         self._remotes: set[Any] = set()  # each connection's WebSocket to the API server (plain or TLS)
         self._threads: list[threading.Thread] = []
         self._count = 0
+        self.last_error = ""  # the error channel's last text, as the API server sent it
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         try:
-            _close_stream(self._open(), FrameReader())  # fail now (403, pod gone) rather than on the first call
+            self._probe()  # fail now (403, pod gone, port refused) rather than on the first call
         except BaseException:
             self._listener.close()
             raise
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"plugbay-kpf-{pod}-{port}",
                                           daemon=True)
         self._acceptor.start()
+
+    def _probe(self) -> None:
+        sock, reader = self._open(), FrameReader()
+        try:
+            error = _error_text(sock, reader, _Channels(self.port), min(ERROR_WAIT, self.timeout / 10))
+        except (OSError, FrameError) as exc:  # the stream works or not: the first connection's to say
+            _log.debug("port-forward to %s/%s:%s: first stream: %s", self.namespace, self.pod, self.port, exc)
+            error = ""
+        finally:
+            _close_stream(sock, reader)
+        if error:
+            self.last_error = error
+            raise RunnerError(
+                f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: the API server"
+                f" said {printable(error.strip())[:500]!r}. The plugin announced port {self.port}, but"
+                " nothing in the pod accepted a connection there: check that it listens on that port on"
+                " 0.0.0.0 or 127.0.0.1 (plugbay's serve() honours PLUGBAY_LISTEN) and did not stop"
+                " (kubectl logs).")
+
+    def error_detail(self) -> str:
+        """The last error the API server sent for this port, for a failed start's message; "" if none."""
+        error = self.last_error
+        return (f"port-forward to pod {self.namespace}/{self.pod} port {self.port}: the API server said"
+                f" {printable(error.strip())[:500]!r}") if error else ""
 
     def _open(self) -> Any:
         """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
@@ -144,6 +180,7 @@ class PortForwarder:
                 self._remotes.add(remote)
             error = self._relay(conn, remote, reader)
             if error:
+                self.last_error = error
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)
         except (OSError, FrameError) as exc:
             _log.debug("port-forward to %s/%s:%s ended: %s", self.namespace, self.pod, self.port, exc)
@@ -157,7 +194,7 @@ class PortForwarder:
 
     def _relay(self, conn: socket.socket, remote: Any, reader: FrameReader) -> str:
         """Relay until either side ends (gRPC reconnects through a new stream); the error channel's text."""
-        opened = [False, False]  # has the data / error channel's port frame arrived
+        channels = _Channels(self.port)
         error = ""
         tls = isinstance(remote, ssl.SSLSocket)
         masks = MaskKeys()
@@ -185,14 +222,7 @@ class PortForwarder:
                             remote.sendall(client_frame(OP_PONG, payload, masks.take()))
                         if opcode != OP_BINARY or not payload:
                             continue
-                        channel, body = payload[0], payload[1:]
-                        if channel > 1:
-                            raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
-                        if not opened[channel]:
-                            opened[channel] = True
-                            if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
-                                raise FrameError(f"channel {channel} opened without port {self.port}")
-                            body = body[2:]
+                        channel, body = channels.split(payload)
                         if channel == 1:
                             error += body.decode(errors="replace")
                             if error:
@@ -217,6 +247,47 @@ class PortForwarder:
             except OSError:
                 pass
         shutdown_and_join(socks, threads)
+
+
+class _Channels:
+    """One port's two v4 channels, data (0) and error (1): each one's first frame starts with the port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.opened = [False, False]
+
+    def split(self, payload: bytes) -> tuple[int, bytes]:
+        """A binary frame's channel and body (the port prefix taken off)."""
+        channel, body = payload[0], payload[1:]
+        if channel > 1:
+            raise FrameError(f"a frame on channel {channel}; one port has channels 0 and 1")
+        if not self.opened[channel]:
+            self.opened[channel] = True
+            if len(body) < 2 or struct.unpack_from("<H", body)[0] != self.port:
+                raise FrameError(f"channel {channel} opened without port {self.port}")
+            body = body[2:]
+        return channel, body
+
+
+def _error_text(sock: Any, reader: FrameReader, channels: _Channels, wait: float) -> str:
+    """What the error channel says within ``wait`` seconds; "" when nothing (or the stream ended)."""
+    deadline = time.monotonic() + wait
+    tls = isinstance(sock, ssl.SSLSocket)
+    with _readable(sock) as readable:
+        while (left := deadline - time.monotonic()) > 0:
+            if not (tls and sock.pending()) and not readable(left):
+                break
+            data = sock.recv(65536)
+            if not data:
+                break
+            for opcode, payload in reader.feed(data):
+                if opcode == OP_CLOSE:
+                    return ""
+                if opcode == OP_BINARY and payload:
+                    channel, body = channels.split(payload)
+                    if channel == 1 and body:
+                        return body.decode(errors="replace")
+    return ""
 
 
 def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:

@@ -255,6 +255,9 @@ class KubernetesRunner(PodTeardown, Runner):
             lambda: RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
                                 " opened; start a new runner (or reattach) to reach the plugin"))
 
+    def connect_detail(self) -> str:
+        return self._forwards.error_detail()
+
     def release_address(self, network: str, address: str) -> None:
         """A brokered channel to ``address`` closed: its port-forward stops with its last user."""
         if network == "tcp":

@@ -1,0 +1,78 @@
+"""A port-forward the pod refuses: the API server's words reach the host's error, at once or at the end.
+
+The kubelet dials the pod's port as each port-forward stream opens and, when
+nothing listens there, writes why on the port's error channel. plugin_to_host()
+used to succeed all the same (its first stream closed without reading), and the
+start then failed after its whole timeout with gRPC's "Socket closed". The pods
+here are local processes on the Kubernetes stand-in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402 - puts examples/kv on sys.path
+
+from plugbay import Client, ClientConfig  # noqa: E402
+from plugbay.errors import HandshakeTimeoutError, RunnerError  # noqa: E402
+from plugbay.runners.kubernetes import KubernetesRunner, portforward  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
+from tests.kube_standin.server import StandIn  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+
+# announces a port nothing listens on
+NOTHING = "import time\nprint('1|1|tcp|127.0.0.1:4000|grpc', flush=True)\ntime.sleep(60)\n"
+
+# listens until its first connection (the forwarder's first stream), then stops listening
+ONCE = """\
+import os, socket, time
+host, port = os.environ["PLUGBAY_LISTEN"].split(":", 1)[1].rsplit(":", 1)
+listener = socket.create_server((host, int(port)))
+print(f"1|1|tcp|{host}:{port}|grpc", flush=True)
+listener.accept()[0].close()
+listener.close()
+time.sleep(60)
+"""
+
+
+def _client(kubeconfig: str, program: str, timeout: float) -> Client:
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", program],
+                              start_timeout=timeout, api_timeout=5, address_mode="port-forward")
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                               start_timeout=timeout, require_tls=False))
+
+
+@pytest.mark.timeout(60)
+def test_refused_port_fails_plugin_to_host(server: StandIn, kubeconfig: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # the stand-in refuses at once, but a loaded machine may run its thread late: wait longer here
+    monkeypatch.setattr(portforward, "ERROR_WAIT", 2.0, raising=False)
+    client = _client(kubeconfig, NOTHING, 15)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RunnerError) as info:
+            client.start()
+    finally:
+        client.kill()
+    assert time.monotonic() - t0 < 10, "the refusal waited for the start timeout"
+    text = str(info.value)
+    assert "port 4000" in text and client.runner.id.split("/")[-1] in text
+    assert "Connection refused" in text and "listens on that port" in text
+
+
+@pytest.mark.timeout(60)
+def test_later_refusal_is_in_the_start_timeout(server: StandIn, kubeconfig: str) -> None:
+    client = _client(kubeconfig, ONCE, 4)
+    try:
+        with pytest.raises(HandshakeTimeoutError) as info:
+            client.start()
+    finally:
+        client.kill()
+    text = str(info.value)
+    assert "port-forward to pod" in text and "Connection refused" in text, text
