@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("kubernetes")
 
 from plugbay.runners.base import LaunchSpec  # noqa: E402
-from plugbay.runners.kubernetes import KubernetesRunner, portforward  # noqa: E402
+from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
 from tests.kube_standin.server import StandIn  # noqa: E402
 from tests.test_kube_portforward_fds import ECHO  # noqa: E402
@@ -45,11 +45,7 @@ def _echoes(address: str) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_released_addresses_free_their_forwarders_but_not_the_clients(server: StandIn, kubeconfig: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # The stand-in forwards the pod's own port only: it refuses 5001.., which a forwarder's first
-    # stream would report. Not heard here: this is about the forwarders' count, not their streams.
-    monkeypatch.setattr(portforward, "ERROR_WAIT", 0.0)
+def test_released_addresses_free_their_forwarders_but_not_the_clients(server: StandIn, kubeconfig: str) -> None:
     runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", ECHO],
                               start_timeout=20, api_timeout=5, address_mode="port-forward")
     runner.start(LaunchSpec(env={}))

@@ -17,7 +17,7 @@ from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay.core.protocol.tls import CertKey, der_to_pem
 from plugbay.core.transport.secure import MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
-from plugbay.errors import HandshakeTimeoutError
+from plugbay.errors import HandshakeTimeoutError, RunnerError
 
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,
@@ -49,7 +49,8 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
 
     True when the answer said the plugin queues broker messages (BROKER_QUEUES_METADATA: plugbay's
     serve()); False for any other plugin, or when it exited meanwhile. ``detail()``: what the runner
-    knows of why the connection fails (a port-forward's refusal), for the timeout's message.
+    knows of why the connection fails (a port-forward's refusal): once it says, a failed attempt
+    raises RunnerError with it at once.
 
     Kept on the start path though go-plugin's host (and bench/floor.py) make no such check:
     start() promises a plugin that serves, and the answer tells a plugbay plugin apart. It
@@ -78,6 +79,10 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
+            if known := detail():  # the runner heard why (a port-forward the pod refused): no use waiting
+                raise RunnerError(f"plugin {name!r} printed its handshake, but the host cannot reach it: {known}."
+                                  " Check that the plugin listens on that port, on 0.0.0.0 or 127.0.0.1"
+                                  " (plugbay's serve() honours PLUGBAY_LISTEN), and did not stop (its logs)") from None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 # waiting for the connection hid why it fails; one fail-fast try shows it
                 try:

@@ -10,11 +10,13 @@ next connection gets a fresh one. The WebSocket's handshake is plugbay's own
 settings under one deadline), since the kubernetes client's ``stream`` gives
 the upgrade no timeout and an API server that never answers would hang start.
 
-The kubelet dials the pod's port as a stream opens and, when that fails (nothing
+The kubelet dials the pod's port as each stream opens and, when that fails (nothing
 listens there), writes why on the port's error channel and ends the stream. The
-constructor's first stream listens for that a moment, so a refused port fails
-plugin_to_host() with the kubelet's words; a refusal heard later is kept
-(``last_error``) for the error a failed start then raises.
+forwarder keeps the last such text (``last_error``): a start whose first
+connection was refused fails with it at once (core/host/connect.wait_healthy asks
+the runner's connect_detail()), not at its timeout with gRPC's "Socket closed".
+The constructor's probe does not wait for it: a port that answers sends nothing,
+so every forwarder would pay that wait.
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ from plugbay.runners.kubernetes.wsframes import (
 from plugbay.runners.kubernetes.wsupgrade import open_websocket
 
 V4_PROTOCOL = "v4.channel.k8s.io"
-# How long the first stream waits for the error channel. The kubelet dials the port as it sends the
-# 101, and its refusal follows on the same connection within milliseconds; a port that answers sends
-# nothing, so every forwarder opened pays this whole wait. A refusal later than that still reaches
-# the failed start's error (last_error).
-ERROR_WAIT = 0.2
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
@@ -72,31 +69,13 @@ class PortForwarder:
         self._listener.listen(64)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         try:
-            self._probe()  # fail now (403, pod gone, port refused) rather than on the first call
+            _close_stream(self._open(), FrameReader())  # fail now (403, pod gone) rather than on the first call
         except BaseException:
             self._listener.close()
             raise
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"plugbay-kpf-{pod}-{port}",
                                           daemon=True)
         self._acceptor.start()
-
-    def _probe(self) -> None:
-        sock, reader = self._open(), FrameReader()
-        try:
-            error = _error_text(sock, reader, _Channels(self.port), min(ERROR_WAIT, self.timeout / 10))
-        except (OSError, FrameError) as exc:  # the stream works or not: the first connection's to say
-            _log.debug("port-forward to %s/%s:%s: first stream: %s", self.namespace, self.pod, self.port, exc)
-            error = ""
-        finally:
-            _close_stream(sock, reader)
-        if error:
-            self.last_error = error
-            raise RunnerError(
-                f"port-forward to pod {self.namespace}/{self.pod} port {self.port} failed: the API server"
-                f" said {printable(error.strip())[:500]!r}. The plugin announced port {self.port}, but"
-                " nothing in the pod accepted a connection there: check that it listens on that port on"
-                " 0.0.0.0 or 127.0.0.1 (plugbay's serve() honours PLUGBAY_LISTEN) and did not stop"
-                " (kubectl logs).")
 
     def error_detail(self) -> str:
         """The last error the API server sent for this port, for a failed start's message; "" if none."""
@@ -267,27 +246,6 @@ class _Channels:
                 raise FrameError(f"channel {channel} opened without port {self.port}")
             body = body[2:]
         return channel, body
-
-
-def _error_text(sock: Any, reader: FrameReader, channels: _Channels, wait: float) -> str:
-    """What the error channel says within ``wait`` seconds; "" when nothing (or the stream ended)."""
-    deadline = time.monotonic() + wait
-    tls = isinstance(sock, ssl.SSLSocket)
-    with _readable(sock) as readable:
-        while (left := deadline - time.monotonic()) > 0:
-            if not (tls and sock.pending()) and not readable(left):
-                break
-            data = sock.recv(65536)
-            if not data:
-                break
-            for opcode, payload in reader.feed(data):
-                if opcode == OP_CLOSE:
-                    return ""
-                if opcode == OP_BINARY and payload:
-                    channel, body = channels.split(payload)
-                    if channel == 1 and body:
-                        return body.decode(errors="replace")
-    return ""
 
 
 def _close_stream(sock: Any, reader: FrameReader, wait: float = 1.0) -> None:
