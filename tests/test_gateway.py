@@ -315,7 +315,8 @@ def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytes
     assert gateway_main(["--cookie", "A=b", "--keepalive", "30", *tls, "--", kv_bin]) == 2
     assert "--keepalive='30' is not INTERVAL,TIMEOUT" in capsys.readouterr().err
     assert gateway_main(["--cookie", "A=b", "--keepalive", "0,10", *tls, "--", kv_bin]) == 2
-    assert "--keepalive='0,10' is not INTERVAL,TIMEOUT in seconds, both > 0" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "--keepalive='0,10' is not INTERVAL,TIMEOUT[,WRITE_TIMEOUT] in seconds, all > 0" in said
     with pytest.raises(ConfigError, match="GatewayConfig keepalive"):
         Gateway(GatewayConfig(cmd=[kv_bin], cookie=("A", "b"), insecure=True, keepalive=(30.0, 0.0)))
     bad = ["--cert", str(certs.key_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]

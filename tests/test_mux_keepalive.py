@@ -442,7 +442,7 @@ def test_closing_while_a_new_connection_is_being_put_in_place_ends_everything(
 
 
 @pytest.mark.parametrize("figures", [(0.0, 10.0), (30.0, -1.0), (float("nan"), 10.0), (30.0,), 30.0,
-                                     (True, True), ("30", 10), (30, 10, 5)])
+                                     (True, True), ("30", 10), (30, 10, 5, 1), (30, 10, 0)])
 def test_bad_keepalive_figures_fail_before_anything_runs(figures: tuple[float, float]) -> None:
     with pytest.raises(ConfigError, match="mux_keepalive"):
         Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, "-c", "raise SystemExit(9)"],

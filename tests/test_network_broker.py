@@ -304,7 +304,7 @@ def test_the_gateway_drops_a_brokering_host_that_went_silent_and_stops_its_child
         assert wait_until(lambda: _live_children() == {shared}, timeout=15)
 
 
-@pytest.mark.parametrize("value", ["30", "a,b", "1,2,3", "0,10", "30,-1", "nan,1"])
+@pytest.mark.parametrize("value", ["30", "a,b", "1,2,3,4", "1,2,0", "0,10", "30,-1", "nan,1"])
 def test_a_bad_keepalive_setting_says_what_to_set(value: str) -> None:
     env = {"PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_KEEPALIVE": value}
     with pytest.raises(ConfigError, match="PLUGBAY_NETWORK_KEEPALIVE=.*INTERVAL,TIMEOUT"):

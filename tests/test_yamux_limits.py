@@ -16,7 +16,6 @@ import pytest
 from tests.netflood import split_frames
 from tests.resilience_util import wait_until
 
-from plugbay.core.transport import yamux
 from plugbay.core.transport.yamux import (
     ACK,
     DATA,
@@ -134,7 +133,7 @@ def test_answers_to_pings_a_peer_never_reads_stay_bounded() -> None:
 
 def test_a_peer_that_never_reads_what_its_frames_need_answered_ends_the_session(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(yamux, "LATE_MAX", 100)
+    monkeypatch.setattr("plugbay.core.transport.ywrite.LATE_MAX", 100)
     monkeypatch.setattr("plugbay.core.transport.frames.LATE_MAX", 100)
     peer = RawPeer(lambda s: s.reset(), drain=False)
     try:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         CircuitOpenError as CircuitOpenError,
         ClientStateError as ClientStateError,
         ConfigError as ConfigError,
+        ConnectionWriteTimeoutError as ConnectionWriteTimeoutError,
         DiscoveryError as DiscoveryError,
         DiscoveryPermissionError as DiscoveryPermissionError,
         DiscoveryUnavailableError as DiscoveryUnavailableError,

@@ -212,6 +212,12 @@ class NoNewStreamsError(BrokerClosedError):
     or the connection used up its stream ids. The streams already open keep working."""
 
 
+class ConnectionWriteTimeoutError(BrokerClosedError, TimeoutError):
+    """The multiplexed connection could not write any byte of a frame for its write timeout (the
+    peer stopped reading), hashicorp/yamux's ErrConnectionWriteTimeout: the connection is closed,
+    and every stream of it ends."""
+
+
 # --- Kubernetes pods (appended by the Kubernetes runner) ----------------------
 
 

@@ -106,7 +106,7 @@ class RemoteConfig:
     # False: decline brokered connections even when offered (plain gRPC per endpoint: calls skip the yamux
     # session and its TLS relay, about 0.2 ms each, and the broker is refused)
     brokered: bool = True
-    mux_keepalive: tuple[float, float] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
+    mux_keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""

@@ -39,8 +39,10 @@ class ClientConfig:
     max_port: int = 25000
     multiplex_broker: bool = False
     # multiplex_broker's one connection: pinged after this many seconds without a frame, and dropped
-    # (the next call dials again) when nothing answers within the second figure; go's yamux: 30, 10
-    mux_keepalive: tuple[float, float] = DEFAULT_KEEPALIVE
+    # (the next call dials again) when nothing answers within the second figure; go's yamux: 30, 10.
+    # An optional third figure: dropped too when no byte could be written to it for that long (go's
+    # ConnectionWriteTimeout; 10 s when not given, math.inf: never)
+    mux_keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE
     secure_config: SecureConfig | Sequence[SecureConfig] | None = None
     logger: logging.Logger | None = None
     stdout_sink: Sink | None = None

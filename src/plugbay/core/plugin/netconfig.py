@@ -23,7 +23,7 @@ ENV_KEY = "PLUGBAY_NETWORK_KEY"
 ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
 ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
 ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
-ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT" in seconds
+ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT[,WRITE_TIMEOUT]" in seconds
 _TRUE = ("1", "true", "True", "TRUE")
 # go's yamux figures, as plugbay.core.transport.keepalive.DEFAULT (not imported: serve() loads this
 # module at every start, and the keepalive only when brokering)
@@ -43,12 +43,13 @@ class NetworkServe(Frozen):
     allow_shutdown: bool
     multiplex: bool  # brokered callbacks for hosts that open a yamux session (needs TLS)
     # a brokering host's session: pinged after this many quiet seconds, dropped (its plugin
-    # instance stopped) when nothing answers within the second figure; go's yamux: 30, 10
-    keepalive: tuple[float, float]
+    # instance stopped) when nothing answers within the second figure; go's yamux: 30, 10; an
+    # optional third: dropped when no byte could be written to it for that long (10 s if not given)
+    keepalive: tuple[float, ...]
 
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
-                 multiplex: bool = True, keepalive: tuple[float, float] = _KEEPALIVE) -> None:
+                 multiplex: bool = True, keepalive: tuple[float, ...] = _KEEPALIVE) -> None:
         # checked here, not where they are used: insecure="false" would read as True (plaintext served to
         # anyone), allow_shutdown="no" likewise (any peer may stop the shared service)
         if not isinstance(listen, str) or not listen.strip():
@@ -70,7 +71,7 @@ class NetworkServe(Frozen):
         self._set(listen=listen, cert_file=files["cert_file"], key_file=files["key_file"],
                   client_ca_file=files["client_ca_file"],
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
-                  keepalive=(float(keepalive[0]), float(keepalive[1])))
+                  keepalive=tuple(float(figure) for figure in keepalive))
 
     @property
     def brokering(self) -> bool:
@@ -104,16 +105,18 @@ class NetworkServe(Frozen):
         return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
 
 
-def keepalive_figures(text: str, setting: str) -> tuple[float, float]:
-    """``INTERVAL,TIMEOUT`` (seconds) from a setting's text; empty: go's yamux figures (30, 10)."""
+def keepalive_figures(text: str, setting: str) -> tuple[float, ...]:
+    """``INTERVAL,TIMEOUT[,WRITE_TIMEOUT]`` (seconds) from a setting's text; empty: go's yamux figures
+    (30, 10; the write timeout 10)."""
     if not text.strip():
         return _KEEPALIVE
     try:
-        interval, timeout = (float(part) for part in text.split(","))
+        figures = tuple(float(part) for part in text.split(","))
     except ValueError:
-        interval = timeout = -1.0
-    if not (interval > 0 and timeout > 0):
-        raise ConfigError(f"{setting}={text.strip()!r} is not INTERVAL,TIMEOUT in seconds, both > 0; set it"
-                          " like '30,10' (ping a brokering host's quiet session after 30 s, drop it when"
-                          " nothing answers within 10 s; 'inf,10' turns that off)")
-    return interval, timeout
+        figures = ()
+    if len(figures) not in (2, 3) or not all(figure > 0 for figure in figures):
+        raise ConfigError(f"{setting}={text.strip()!r} is not INTERVAL,TIMEOUT[,WRITE_TIMEOUT] in seconds, all"
+                          " > 0; set it like '30,10' (ping a brokering host's quiet session after 30 s, drop"
+                          " it when nothing answers within 10 s; 'inf,10' turns that off) or '30,10,10' (and"
+                          " drop it when no byte could be written to it for 10 s, the default)")
+    return figures

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.keepalive import DEFAULT, Keepalive, Pingable
+from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
@@ -94,8 +94,9 @@ SessionFactory = Callable[[socket.socket, str, str], FrontSession]
 class InstanceSession:
     """serve()'s session: an AcceptedSession whose un-knocked streams reach its own plugin instance."""
 
-    def __init__(self, conn: socket.socket, path: str, peer: str, make_instance: InstanceFactory) -> None:
-        self.mux = AcceptedSession(("unix", path), peer)
+    def __init__(self, conn: socket.socket, path: str, peer: str, make_instance: InstanceFactory,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
+        self.mux = AcceptedSession(("unix", path), peer, write_timeout)
         self.instance = make_instance(self.mux, path)  # listening before the first stream is routed
         self.mux.run(conn)
 
@@ -117,8 +118,8 @@ class InstanceSession:
                 log.exception("stopping a host session's %s failed", what)
 
 
-def instance_sessions(make_instance: InstanceFactory) -> SessionFactory:
-    return lambda conn, path, peer: InstanceSession(conn, path, peer, make_instance)
+def instance_sessions(make_instance: InstanceFactory, write_timeout: float = WRITE_TIMEOUT) -> SessionFactory:
+    return lambda conn, path, peer: InstanceSession(conn, path, peer, make_instance, write_timeout)
 
 
 def route(first: bytes, grpc_target: tuple[str, str], mux_target: tuple[str, str]) -> tuple[str, str] | None:
@@ -136,7 +137,7 @@ class NetworkFront:
 
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
                  make_session: SessionFactory, private_dir: str,
-                 keepalive: tuple[float, float] = DEFAULT) -> None:
+                 keepalive: tuple[float, ...] = DEFAULT) -> None:
         self._keepalive_figures = keepalive  # checked by NetworkServe, which serve() reads them from
         self._dir = private_dir
         self._make = make_session

@@ -44,6 +44,7 @@ from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.sockets import (
     check_unix_path,
     close_listener,
@@ -90,7 +91,8 @@ def serve_front(server: grpc.Server, network: NetworkServe,
     Each host session gets an instance from ``make_instance``. Returns (network,
     address, cleanups to run in reverse order on shutdown).
     """
-    kind, address, cleanups, _ = serve_sessions(server, network, instance_sessions(make_instance))
+    write_timeout = Keepalive.of(network.keepalive, "NetworkServe keepalive").write_timeout
+    kind, address, cleanups, _ = serve_sessions(server, network, instance_sessions(make_instance, write_timeout))
     return kind, address, cleanups
 
 

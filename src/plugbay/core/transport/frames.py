@@ -8,6 +8,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from plugbay.core.transport.sockets import shutdown_and_join
 
@@ -222,8 +223,12 @@ class LateControl:
     time sends it under the send lock as any writer does, then ends.
     """
 
-    def __init__(self, sock: socket.socket, wlock: threading.Lock, closed: threading.Event, name: str) -> None:
+    def __init__(self, sock: socket.socket, wlock: threading.Lock, closed: threading.Event, name: str,
+                 timed_out: Callable[[], Callable[[], None]]) -> None:
         self._sock = sock
+        # the session's end for its write timeout: called under the send lock, it returns the
+        # step to take once the lock is released (Session._write_timed_out)
+        self._timed_out = timed_out
         self._wlock = wlock
         self._closed = closed
         self._name = name
@@ -271,13 +276,23 @@ class LateControl:
         self._finisher = finisher
 
     def _finish(self, rest: bytes) -> None:
+        after = None
         try:
             if not self._closed.is_set():
                 self._sock.sendall(rest)
-        except OSError:  # part of it may be out: no frame may follow it
-            shutdown_and_join([self._sock], [])
+        except OSError as exc:
+            after = self._broken(exc)
         finally:
             self._wlock.release()
+        if after is not None:
+            after()
+
+    def _broken(self, exc: OSError) -> Callable[[], None] | None:
+        """A send failed under the send lock: part of a frame may be out, so none may follow it."""
+        if isinstance(exc, BlockingIOError):  # a blocking socket's SO_SNDTIMEO passed
+            return self._timed_out()
+        shutdown_and_join([self._sock], [])
+        return None
 
     def pending(self) -> bool:
         """Whether a sender runs: a later header must follow what it holds, never overtake it."""
@@ -295,12 +310,15 @@ class LateControl:
                 batch = b"".join(self._queued)
                 self._queued.clear()
                 self._pings = 0
+            after = None
             with self._wlock:
                 try:
                     if not self._closed.is_set():
                         self._sock.sendall(batch)
-                except OSError:  # part of the batch may be out: no frame may follow it
-                    shutdown_and_join([self._sock], [])
+                except OSError as exc:
+                    after = self._broken(exc)
+            if after is not None:
+                after()
 
     def join(self, timeout: float) -> None:
         with self._lock:

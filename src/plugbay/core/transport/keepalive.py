@@ -3,16 +3,20 @@
 A peer that vanished without a FIN or RST (a partition that outlasts TCP's
 patience, a host that lost power, a NAT that forgot the flow) leaves a yamux
 session that looks open: calls written into it wait for their deadlines, and
-a writer blocked on a full socket waits for good. So a session that has been
+a writer blocked on a full socket waits for the write timeout. So a session that has been
 quiet for ``interval`` is pinged, and one from which nothing at all arrives
 within ``timeout`` of that ping is aborted: its streams end, writers blocked on
 it are released, and the next stream dials a new connection. Any frame counts
 as a sign of life, so a busy session is never pinged.
 
 go's yamux pings every 30 s and gives up after its 10 s write timeout; these
-are the defaults here too. Both ends keep it: a host drops a plugin that went
-silent (plugbay.core.transport.muxhost), and a network plugin drops a host that
-did, freeing that host's plugin instance (plugbay.core.plugin.netmux).
+are the defaults here too. An optional third figure is the session's write
+timeout itself (go's ConnectionWriteTimeout, 10 s by default: see
+plugbay.core.transport.ywrite): a frame that cannot be written for that long
+ends the session, also with the keepalive off. Both ends keep the keepalive:
+a host drops a plugin that went silent (plugbay.core.transport.muxhost), and a
+network plugin drops a host that did, freeing that host's plugin instance
+(plugbay.core.plugin.netmux).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ log = logging.getLogger("plugbay.mux")
 
 INTERVAL = 30.0
 TIMEOUT = 10.0
-DEFAULT = (INTERVAL, TIMEOUT)  # what every config's keepalive figures default to
+DEFAULT = (INTERVAL, TIMEOUT)  # what every config's keepalive figures default to (the write timeout: 10 s)
+WRITE_TIMEOUT = 10.0  # a session's, unless its owner's settings say otherwise (go's ConnectionWriteTimeout)
 GRACE = 0.2  # past the timeout, the reader gets this long (at least one poll) to count an answer
 
 
@@ -48,12 +53,18 @@ class Keepalive:
     """Watches one session at a time; ``tick`` is called by a loop that polls anyway (never blocks
     longer than an abort)."""
 
-    def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive") -> None:
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (interval, timeout)):
-            raise ConfigError(f"{what} ({interval!r}, {timeout!r}): both figures must be numbers > 0 (seconds:"
-                              " the quiet time before a ping, the wait for anything to arrive after it;"
-                              " math.inf as the first turns the keepalive off)")
+    def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive", *,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
+        figures = (interval, timeout, write_timeout)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in figures):
+            raise ConfigError(f"{what} ({interval!r}, {timeout!r}, {write_timeout!r}): every figure must be a"
+                              " number > 0 (seconds: the quiet time before a ping, the wait for anything to"
+                              " arrive after it, and, optional, the connection's write timeout; math.inf as"
+                              " the first turns the keepalive off, as the third the write timeout)")
         self.interval, self.timeout = float(interval), float(timeout)
+        # a frame that cannot be written for this long ends the session (the owner gives it to its
+        # sessions: plugbay.core.transport.ywrite)
+        self.write_timeout = float(write_timeout)
         self._session: Pingable | None = None
         self._heard = 0
         self._since = 0.0  # when the last frame was seen to arrive (at a tick's resolution)
@@ -62,11 +73,13 @@ class Keepalive:
 
     @classmethod
     def of(cls, figures: object, what: str) -> Keepalive:
-        """A Keepalive from a config's ``(INTERVAL, TIMEOUT)``; ConfigError naming ``what`` otherwise."""
-        if not isinstance(figures, (tuple, list)) or len(figures) != 2:
-            raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT) in seconds, for example (30.0, 10.0);"
-                              f" got {figures!r}")
-        return cls(figures[0], figures[1], what)
+        """A Keepalive from a config's ``(INTERVAL, TIMEOUT[, WRITE_TIMEOUT])``; ConfigError naming
+        ``what`` otherwise."""
+        if not isinstance(figures, (tuple, list)) or len(figures) not in (2, 3):
+            raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT) or (INTERVAL, TIMEOUT, WRITE_TIMEOUT) in"
+                              f" seconds, for example (30.0, 10.0) or (30.0, 10.0, 10.0); got {figures!r}")
+        write_timeout = figures[2] if len(figures) == 3 else WRITE_TIMEOUT
+        return cls(figures[0], figures[1], what, write_timeout=write_timeout)
 
     def tick(self, session: Pingable | None, now: float) -> None:
         if session is None or session.closed:

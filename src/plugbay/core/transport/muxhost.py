@@ -115,7 +115,8 @@ class HostMux(MuxSession):
     def _dial(self) -> Session:
         conn = sockets.dial(*self._target, self._timeout)
         conn.settimeout(None)
-        return Session(conn, client=True, on_stream=self._on_stream, name="mux-host", start=False)
+        return Session(conn, client=True, on_stream=self._on_stream, name="mux-host", start=False,
+                       write_timeout=self._keepalive.write_timeout)
 
     def open_stream(self, timeout: float = SESSION_WAIT, on: Session | None = None) -> Stream:
         # A forwarded port (kubectl port-forward, a proxy) may accept and then drop the

@@ -13,6 +13,7 @@ import socket
 import threading
 
 from plugbay.core.transport import admit, sockets
+from plugbay.core.transport.keepalive import WRITE_TIMEOUT
 from plugbay.core.transport.muxsession import POLL, MuxSession
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.yamux import Session
@@ -69,15 +70,18 @@ class AcceptedSession(MuxSession):
     of a client certificate may open sessions.
     """
 
-    def __init__(self, target: tuple[str, str], peer: str | None = None) -> None:
+    def __init__(self, target: tuple[str, str], peer: str | None = None,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
         super().__init__("plugin-mux")
         self.default_target = target
         self._share = Share(peer)
+        self._write_timeout = write_timeout
 
     def run(self, conn: socket.socket) -> None:
         """Serve the yamux session on ``conn`` (once the target listens: streams route at once)."""
         conn.settimeout(None)
-        self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-net", start=False))
+        self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-net", start=False,
+                             write_timeout=self._write_timeout))
 
     @property
     def ended(self) -> bool:

@@ -24,16 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import (
-    LATE_MAX,
-    FrameReader,
-    LateControl,
-    send_all,
-    send_within,
-)
+from plugbay.core.transport.frames import FrameReader, LateControl, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.yping import Pinging
 from plugbay.core.transport.ysplice import Splicing
+from plugbay.core.transport.ywrite import WRITE_TIMEOUT, Writing, check_write_timeout, set_write_timeout
 from plugbay.core.transport.ystream import (
     _CHUNK,
     _HDR,
@@ -70,16 +65,23 @@ _PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked f
 _LAST_ID = 0xFFFFFFFE
 _GO_AWAY_NORMAL = 0  # the other codes (1 protocol error, 2 internal error) mean the session failed
 
-class Session(Splicing, Pinging):
+class Session(Splicing, Pinging, Writing):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
 
     ``on_stream`` runs on the reader thread, so routing decisions follow the
-    order of frames on the wire; it must not block.
+    order of frames on the wire; it must not block. A frame that cannot be
+    written for ``write_timeout`` seconds ends the session (see ywrite).
     """
 
     def __init__(self, sock: socket.socket, *, client: bool, on_stream: Callable[[Stream], None],
-                 name: str = "mux", first: bytes = b"", start: bool = True) -> None:
+                 name: str = "mux", first: bytes = b"", start: bool = True,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
         self._sock = sock
+        self.write_timeout = check_write_timeout(write_timeout)
+        try:
+            set_write_timeout(sock, self.write_timeout)
+        except OSError:
+            pass  # a socket already broken: the reader finds out
         self._first = first  # bytes already read off ``sock`` (an admission check's first header)
         self._pings: dict[int, threading.Event] = {}
         self._ping_id = 0
@@ -94,11 +96,13 @@ class Session(Splicing, Pinging):
         self._went_away = False  # the peer sent a normal GoAway: it takes no new streams
         self._closed = threading.Event()
         self.close_reason = ""
+        self._ended_by: type[StreamClosed] = StreamClosed  # what its end raises in callers
         self._pipe: tuple[int, int, int] | None = None  # the reader's, for splicing payloads (see _splice_frame)
         self._kept = False  # the reader's last payload was queued by its stream (not sent on at once)
         self.heard = 0  # frames read so far: a keepalive's sign of life (plugbay.core.transport.keepalive)
         self.answered = False  # an ACK arrived (of a stream or a ping): a yamux peer is really there
-        self._late = LateControl(sock, self._wlock, self._closed, name)  # what the reader cannot send at once
+        # what the reader cannot send at once
+        self._late = LateControl(sock, self._wlock, self._closed, name, self._write_timed_out)
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         if start:
             self._reader.start()
@@ -120,7 +124,7 @@ class Session(Splicing, Pinging):
     def open(self) -> Stream:
         with self._lock:
             if self._closed.is_set():
-                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+                raise self._closed_error()
             if self._went_away:
                 raise NoNewStreamsError("the peer sent a GoAway: it takes no new streams on this multiplexed"
                                         " connection (it is shutting down); connect again (restart the plugin)")
@@ -174,69 +178,24 @@ class Session(Splicing, Pinging):
             self._reader.join(timeout=10)
 
     def _shutdown(self, reason: str) -> None:
+        self._end(reason, StreamClosed)()
+
+    def _end(self, reason: str, error: type[StreamClosed]) -> Callable[[], None]:
+        """Mark the session ended and shut its socket; the returned step ends its streams (after
+        any send lock the caller holds is released: ending a stream may wake a bridge that sends)."""
         with self._lock:
             if self._closed.is_set():
-                return
-            self.close_reason = reason
+                return lambda: None
+            self.close_reason, self._ended_by = reason, error
             self._closed.set()
             streams = list(self._streams.values())
             self._streams.clear()
         shutdown_and_join([self._sock], [])  # the raw socket, never TLS first (see there)
-        for stream in streams:  # the reader closes the socket (see _read_loop)
-            stream._kill()
 
-    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
-        header = _HDR.pack(0, kind, flags, sid, length)
-        with self._wlock:
-            if self._closed.is_set():
-                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
-            try:
-                if payload is None:
-                    self._sock.sendall(header)
-                else:
-                    send_all(self._sock, header, payload)
-            except OSError as exc:
-                raise StreamClosed(f"the multiplexed connection failed: {exc}") from exc
-
-    def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool:
-        """Send a header-only frame if that does not wait for another writer or a full socket.
-
-        The reader thread uses it: were it to wait for the socket, the peer's reader
-        could wait for this side in turn, and neither would read any more.
-        """
-        if not self._wlock.acquire(blocking=False):
-            return False
-        handed = False
-        try:
-            if self._closed.is_set():
-                return False
-            header = _HDR.pack(0, kind, flags, sid, length)
-            try:
-                sent = self._sock.send(header, socket.MSG_DONTWAIT)
-            except OSError:
-                return False  # full (the bridge sends it later) or broken (the reader sees it)
-            if sent < len(header):
-                # a TCP buffer that filled inside the header (never a unix socket): no other frame
-                # may go out before its rest, which waits for a peer that may not read for long,
-                # so another thread sends it and keeps the send lock until then
-                self._late.finish(header[sent:])
-                handed = True
-            return True
-        finally:
-            if not handed:
-                self._wlock.release()
-
-    def _send_rst(self, sid: int) -> None:
-        if threading.current_thread() is self._reader:  # e.g. on_stream refusing a stream: no waiting
-            self._control(WINDOW_UPDATE, RST, sid, 0)
-        else:
-            self._send(WINDOW_UPDATE, RST, sid, 0)
-
-    def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
-        """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
-        if self._late.pending() or not self._try_send(kind, flags, sid, length):  # the reader's frames in order
-            if not self._late.send(_HDR.pack(0, kind, flags, sid, length), ping_answer=kind == PING):
-                self._shutdown(f"protocol error: the peer does not read the {LATE_MAX} frames that answer its own")
+        def end_streams() -> None:
+            for stream in streams:  # the reader closes the socket (see _read_loop)
+                stream._kill(error)
+        return end_streams
 
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from plugbay.core.transport.frames import pipe_for_splicing
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Piped, Stream, StreamClosed
+from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
 
 _SPLICE = hasattr(os, "splice")  # Linux
 
@@ -31,6 +33,10 @@ class Splicing:
     if TYPE_CHECKING:
         def _shutdown(self, reason: str) -> None: ...
 
+        def _closed_error(self) -> StreamClosed: ...
+
+        def _write_timed_out(self) -> Callable[[], None]: ...
+
         def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                           delta: int | None) -> str | None: ...
 
@@ -46,7 +52,7 @@ class Splicing:
         header = _HDR.pack(0, DATA, flags, sid, length)
         with self._wlock:
             if self._closed.is_set():
-                raise StreamClosed(f"the multiplexed connection is closed ({self.close_reason})")
+                raise self._closed_error()
             try:
                 self._sock.sendall(header, socket.MSG_MORE)
                 while length:
@@ -56,10 +62,15 @@ class Splicing:
                     length -= moved
             except OSError as exc:
                 # part of the frame may be out: no other frame may follow it (still under the lock)
-                shutdown_and_join([self._sock], [])
+                end_streams = self._write_timed_out() if timed_out(exc) else None
+                if end_streams is None:
+                    shutdown_and_join([self._sock], [])
                 failed = exc
             else:
                 return
+        if end_streams is not None:
+            end_streams()
+            raise WriteTimedOut(self.close_reason) from failed
         self._shutdown(f"connection error: a frame was cut short: {failed}")
         raise StreamClosed(f"the multiplexed connection failed: {failed}") from failed
 

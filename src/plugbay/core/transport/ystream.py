@@ -92,6 +92,7 @@ class Stream:
         self._remote_fin = False
         self._local_fin = False
         self._reset = False
+        self._ended_by: type[StreamClosed] = StreamClosed  # what a writer waiting for window gets (_kill)
         self._flags = 0  # SYN or ACK, carried by our next frame
         # a bridge's local socket: the session reader sends payloads straight to it while
         # nothing is queued (one thread hand-off less per frame); see attach_sink()
@@ -235,9 +236,10 @@ class Stream:
         if flags & RST:
             self._reset = True
 
-    def _kill(self) -> None:
+    def _kill(self, error: type[StreamClosed] = StreamClosed) -> None:
         with self._cond:
             self._reset = True
+            self._ended_by = error
             self._cond.notify_all()
             wake = self._drain_needed()
             if self._local is not None:  # the up loop may wait to receive from it, not on the stream
@@ -358,7 +360,7 @@ class Stream:
             while self._send_window == 0 and not self._reset:
                 self._cond.wait()
             if self._reset or self._local_fin:
-                raise StreamClosed(f"yamux stream {self.id} is closed")
+                raise self._ended_by(f"yamux stream {self.id} is closed")
             n = min(wanted, self._send_window)
             self._send_window -= n
             return n, self._take_flags()

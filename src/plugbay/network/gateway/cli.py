@@ -55,9 +55,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=env.get(ENV_PREFIX + "MULTIPLEX", "") in ("1", "true", "True", "TRUE"),
                    help="brokered callbacks: each host session gets its own child (the plugin must multiplex)")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
-    p.add_argument("--keepalive", default=default("KEEPALIVE", "30,10"), metavar="INTERVAL,TIMEOUT",
+    p.add_argument("--keepalive", default=default("KEEPALIVE", "30,10"), metavar="INTERVAL,TIMEOUT[,WRITE]",
                    help="ping a brokering host's session after INTERVAL quiet seconds; drop it (and stop its"
-                        " child) when nothing answers within TIMEOUT (default 30,10)")
+                        " child) when nothing answers within TIMEOUT (default 30,10); WRITE: drop a session"
+                        " (the host's or its child's) on which no byte could be written for that long"
+                        " (default 10)")
     p.add_argument("--max-calls", default=default("MAX_CALLS", str(DEFAULT_MAX_CALLS)), metavar="N",
                    help="forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED, so health"
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")

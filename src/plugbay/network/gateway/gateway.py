@@ -115,8 +115,9 @@ class GatewayConfig:
     # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
     multiplex: bool = False
     # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when
-    # nothing answers within [1] (as NetworkServe's)
-    keepalive: tuple[float, float] = DEFAULT_KEEPALIVE
+    # nothing answers within [1], or when no byte could be written to it for [2] (optional, 10 s by
+    # default; also the child's session's), as NetworkServe's
+    keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE
     # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
     max_calls: int = DEFAULT_MAX_CALLS
@@ -132,7 +133,7 @@ class GatewayConfig:
         if not key or not value:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
-        Keepalive.of(self.keepalive, "GatewayConfig keepalive")  # both figures > 0
+        Keepalive.of(self.keepalive, "GatewayConfig keepalive")  # every figure > 0
         if self.multiplex and self.insecure:
             raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
                               " --client-ca instead of --insecure")

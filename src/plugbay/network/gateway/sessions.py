@@ -54,7 +54,7 @@ class ChildSession:
     def __init__(self, conn: socket.socket, cmd: Sequence[str], cookie: tuple[str, str],
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
                  logger: logging.Logger | None = None, peer: str | None = None,
-                 keepalive: tuple[float, float] = DEFAULT_KEEPALIVE) -> None:
+                 keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE) -> None:
         self._conn = conn
         # the child's session too: a child that stops answering (stopped, wedged) ends this session, so
         # the host reconnects to a new child; the host's own keepalive cannot see it, as this gateway
@@ -140,8 +140,11 @@ class ChildSession:
             if self._closed:
                 sock.close()
                 return
-            self._child = Session(sock, client=True, on_stream=self._from_child, name="gw-child")
-            self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote")
+            write_timeout = self._child_alive.write_timeout
+            self._child = Session(sock, client=True, on_stream=self._from_child, name="gw-child",
+                                  write_timeout=write_timeout)
+            self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote",
+                                   write_timeout=write_timeout)
 
     # Both run on their session's reader thread, in the order the streams arrive; they never wait.
     def _from_remote(self, stream: Stream) -> None:
