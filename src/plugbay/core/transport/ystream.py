@@ -168,8 +168,9 @@ class Stream:
         return None
 
     def _return_direct(self) -> None:
-        """Return the window of bytes sent straight to the sink, if the session can send it
-        without waiting (the lock held; otherwise the bridge returns it with take())."""
+        """Return the window of bytes sent straight to the sink, if the session can send it without
+        waiting (the lock held; otherwise the bridge returns it with take()). It may pass the stream's
+        ACK the reader queued: hashicorp/yamux takes both orders; a reset stream returns nothing."""
         if self._remote_fin or self._reset:
             return
         grow = MAX_WINDOW - self._window_max if self._window_max < MAX_WINDOW else 0
