@@ -105,3 +105,33 @@ def test_a_sweep_spares_a_live_hosts_container_whatever_its_name(plugbay_docker:
         assert runner.id not in sweep(dry_run=True), "a sweep would remove the container of a live host"
     finally:
         runner.kill(0)
+
+
+def test_a_container_claimed_after_the_sweep_listed_it_is_spared(plugbay_docker: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep decides from a listing: a host that reattached (adopted() renames the container) between
+    that listing and the removal owns the container, and it stays."""
+    from docker.models.containers import ContainerCollection
+
+    from plugbay.runners.docker.adopt import claim
+    from plugbay.runners.session import owner_name
+
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=SLEEP)
+    runner.start(LaunchSpec(env={}))
+    try:
+        container = plugbay_docker.containers.get(runner.id)
+        container.rename(owner_name(container.name, "1-0123456789ab"))  # owned by a host no sweep counts live
+        real_list = ContainerCollection.list
+
+        def listed_then_claimed(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+            # only this test's container: the sweep must not judge other runs' containers on the shared engine
+            found = [c for c in real_list(self, *args, **kwargs) if c.id == runner.id]
+            claim(plugbay_docker.containers.get(runner.id))  # a reattaching host's adopted(), after the listing
+            return found
+
+        monkeypatch.setattr(ContainerCollection, "list", listed_then_claimed)
+        assert runner.id not in sweep(live_sessions=[host_session_id()])
+        monkeypatch.undo()
+        assert plugbay_docker.containers.get(runner.id).status == "running", "the sweep removed a claimed container"
+    finally:
+        runner.kill(0)

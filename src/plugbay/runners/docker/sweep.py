@@ -52,6 +52,14 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 removed.append(container.id)
                 continue
             try:
+                # the decision came from the listing: a host that reattached since (adopted() renames the
+                # container to its session) owns it now. The engine has no conditional removal, so this
+                # narrows the window to the one between this inspect and the removal
+                container.reload()
+                if owner_of(container.name, container.labels or {}) != (session, start):
+                    _log.info("sweep spared container %s: another host claimed it while the sweep ran",
+                              container.short_id)
+                    continue
                 container.remove(force=True, v=True)
             except NotFound:
                 continue
