@@ -142,3 +142,21 @@ def test_an_attach_whose_exit_watch_finds_no_engine_closes_its_client(monkeypatc
     finally:
         monkeypatch.undo()
         runner.kill(0)
+
+
+@pytest.mark.parametrize("host_ip", ["", "0.0.0.0", "::"])
+def test_a_reattach_to_a_port_published_on_all_interfaces_is_refused(standin: Any, host_ip: str) -> None:
+    """Some engines report an all-interfaces binding with HostIp "" (docker 20.10 says 127.0.0.1 for plugbay's
+    own publication, 0.0.0.0 and :: for all interfaces): a container made elsewhere, published so, is reachable
+    from other machines and is not the 127.0.0.1-only publication plugbay dials."""
+    from plugbay.errors import RunnerError
+
+    cid = "e" * 64
+    inspect = {"Id": cid, "Name": "/plugbay-elsewhere",
+               "State": {"Status": "running", "Running": True, "ExitCode": 0},
+               "Config": {"Labels": {"plugbay.managed": "true"}, "Image": BASE},
+               "NetworkSettings": {"Ports": {"4000/tcp": [{"HostIp": host_ip, "HostPort": "32768"}]}}}
+    standin(lambda method, path: (200, inspect) if path == f"/containers/{cid}/json" else (404, {"message": "no"}))
+    with pytest.raises(RunnerError, match="published on all interfaces") as info:
+        DockerRunner.attach({"id": cid, "transport": "tcp", "container_port": 4000}, take_ownership=False)
+    assert "127.0.0.1" in str(info.value)

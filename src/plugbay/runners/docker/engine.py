@@ -202,6 +202,9 @@ def _removed_elsewhere(exc: BaseException, inspect: Callable[[], dict[str, Any] 
     return True
 
 
+_ALL_INTERFACES = ("", "0.0.0.0", "::")
+
+
 def published_port(container: Any, port: int) -> int | None:
     """The 127.0.0.1 host port a container port is published on; None once the container stopped.
 
@@ -211,10 +214,16 @@ def published_port(container: Any, port: int) -> int | None:
     container.reload()
     bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
     for binding in bindings:
-        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+        if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
             return int(binding["HostPort"])
     if not (container.attrs.get("State") or {}).get("Running", True):
         return None
+    # docker 20.10 reports plugbay's own publication as 127.0.0.1; "" is how some engines report all interfaces
+    if any(binding.get("HostIp") in _ALL_INTERFACES for binding in bindings):
+        raise RunnerError(f"container port {port} is published on all interfaces (bindings: {bindings}), so other"
+                          " machines can reach the plugin; plugbay dials only a port published on 127.0.0.1."
+                          " Start the plugin with plugbay's DockerRunner (it publishes on 127.0.0.1 only), or"
+                          f" publish the port as `-p 127.0.0.1::{port}`")
     raise RunnerError(f"container port {port} was not published on 127.0.0.1"
                       f" (bindings: {bindings}); is the container's network mode host or none?")
 
