@@ -160,3 +160,22 @@ def test_a_reattach_to_a_port_published_on_all_interfaces_is_refused(standin: An
     with pytest.raises(RunnerError, match="published on all interfaces") as info:
         DockerRunner.attach({"id": cid, "transport": "tcp", "container_port": 4000}, take_ownership=False)
     assert "127.0.0.1" in str(info.value)
+
+
+def test_a_reattach_to_a_paused_container_says_to_unpause_it(plugbay_docker: Any) -> None:
+    from plugbay.errors import RunnerError
+
+    runner = DockerRunner(BASE, entrypoint=SLEEP, transport="tcp")
+    runner.start(LaunchSpec(env={}))
+    container = plugbay_docker.containers.get(runner.id)
+    try:
+        container.pause()
+        with pytest.raises(RunnerError, match="is paused") as info:
+            DockerRunner.attach(runner.reattach_data(), take_ownership=False)
+        text = str(info.value)
+        assert f"docker unpause {runner.id[:12]}" in text and "exit code" not in text, text
+    finally:
+        container.reload()
+        if container.status == "paused":
+            container.unpause()
+        runner.kill(0)

@@ -87,6 +87,10 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
             f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
             " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
             " that Client.reattach_config().to_json() produced for a running plugin")
+    if container.status == "paused":  # the handshake and every call would hang until it is unpaused
+        short = container.short_id  # the id: the data may give a name, which a claim renames
+        raise RunnerError(f"cannot reattach: container {short} is paused; unpause it (`docker unpause {short}`)"
+                          f" and reattach again, or end it (`docker rm -f {short}`) and start the plugin again")
     if container.status != "running":
         code = container.attrs["State"].get("ExitCode")  # a dict: _container_labels checked it
         raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
