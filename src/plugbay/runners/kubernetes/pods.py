@@ -8,6 +8,7 @@ as a start failure, the exit code, a diagnosis) can be read on one screen each.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -237,11 +238,26 @@ def pod_address(pod: Json, port: int, pod_id: str) -> str:
     for c in (pod.get("spec") or {}).get("containers") or []:
         for p in c.get("ports") or []:
             if p.get("containerPort") == port and p.get("hostPort"):
-                return _join(p.get("hostIP") or status.get("hostIP", ""), int(p["hostPort"]))
+                # ports[].hostIP is the node's bind address: an unspecified one (every node address), dialled,
+                # is the host's own machine; status.hostIP is the node's
+                host = p.get("hostIP") or ""
+                if _unspecified(host):
+                    host = status.get("hostIP") or ""
+                if not host:
+                    raise RunnerError(f"pod {pod_id} has no node IP yet (phase {phase(pod)}) for its hostPort"
+                                      f" {p['hostPort']}; it cannot be dialled")
+                return _join(host, int(p["hostPort"]))
     ip = status.get("podIP")
     if not ip:
         raise RunnerError(f"pod {pod_id} has no IP yet (phase {phase(pod)}); it cannot be dialled")
     return _join(ip, port)
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _join(host: str, port: int) -> str:
