@@ -258,6 +258,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             channels, self._channels = self._channels, []
             cleanup, self._cleanup = self._cleanup, []
             send_q = self._send_q
+            source = self._source  # none is made from here on (_servers)
         if send_q is not None:
             send_q.put(None)
         if self.call is not None:
@@ -271,8 +272,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 abandon_served(s)
         for s in served if wait else ():
             s.stop()
-        if self._source is not None:
-            self._source.close(wait=wait)
+        if source is not None:
+            source.close(wait=wait)
         for func in reversed(cleanup):
             func()
         self._join_bridges()
@@ -330,12 +331,17 @@ class GRPCBroker(StreamEnd, Multiplexed):
         return self.transport.mux
 
     def _servers(self) -> ServerSource:
-        if self._source is None:
-            from plugbay.core.broker.spares import ServerSource
+        # made under the lock: each ServerSource joins the process's spare holder and close()
+        # leaves it once, so a second one made by a racing first call (or after close) kept the
+        # holder's spare server, builder thread and folder for good
+        with self._cond:
+            if self._source is None:
+                self._check_open()
+                from plugbay.core.broker.spares import ServerSource
 
-            self._source = ServerSource(self._tls, self._private_dir_path,
-                                        None if self.transport.multiplex else self._public_path)
-        return self._source
+                self._source = ServerSource(self._tls, self._private_dir_path,
+                                            None if self.transport.multiplex else self._public_path)
+            return self._source
 
     def _private_dir_path(self) -> str:
         with self._cond:

@@ -1,0 +1,155 @@
+"""A host broker's first brokered servers, asked for at once or while it closes, join the process's
+spare holder once, and close() leaves it: no spare server, builder thread or spares folder outlives
+the last Client.
+
+Real parts: the go-plugin 1.0.1 Go counter plugin as a child process dialing the host's callbacks.
+Joining the holder is slowed down (0.2 s) so the calls always overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import AsyncClient, BrokerClosedError, Client, ClientConfig
+from plugbay.core.broker import spares
+from tests.gobuild import build_go, go_missing_reason
+from tests.thread_util import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "counter"))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+from counterproto import counter_pb2_grpc  # noqa: E402
+
+pytestmark = pytest.mark.go
+
+
+@pytest.fixture(scope="module")
+def go_plugin() -> str:
+    reason = go_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return str(build_go("counter_plugin"))
+
+
+class Helper:
+    def sum(self, a: int, b: int) -> int:
+        return a + b
+
+
+def users() -> int:
+    holder = spares._SPARES
+    return holder._users if holder is not None else 0
+
+
+@pytest.fixture()
+def folder() -> Iterator[Path]:
+    """The temp dir for the test: short, so the sockets' paths stay under 108 bytes."""
+    path = tempfile.mkdtemp(prefix="bks", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture()
+def slow_join(folder: Path, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Joining the spare holder takes 0.2 s (set once it began); temp folders go to ``folder``."""
+    if users():
+        pytest.skip("another broker of this process holds the spare servers")
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.chdir(folder)  # the Go counter plugin keeps its values in files named kv_<key>
+    entered = threading.Event()
+    join = spares.join_spares
+
+    def slow() -> spares.SpareServer:
+        entered.set()
+        time.sleep(0.2)
+        return join()
+
+    monkeypatch.setattr(spares, "join_spares", slow)
+    return entered
+
+
+def nothing_left(folder: Path) -> None:
+    assert users() == 0
+    wait_for(lambda: not any(t.name == "plugbay-broker-spare" for t in threading.enumerate()),
+             "the spare builder thread to end", timeout=10)
+    assert [n for n in os.listdir(folder) if n.startswith("plugbay-spares-")] == []
+
+
+def config(plugin: str) -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[plugin])
+
+
+def test_concurrent_first_accept_and_serve_calls_leave_no_spare_holder(
+        go_plugin: str, slow_join: threading.Event, folder: Path) -> None:
+    with Client(config(go_plugin)) as client:
+        counter = client.dispense(PLUGIN_NAME)
+        broker = client.broker
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def serve_one() -> None:
+            try:
+                barrier.wait(10)
+                sid = broker.next_id()
+                broker.accept_and_serve(sid, lambda s: counter_pb2_grpc.add_AddHelperServicer_to_server(
+                    counter_pb2_grpc.AddHelperServicer(), s))
+                broker.stop_serving(sid)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=serve_one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert users() == 1
+        counter.put("k", 1, Helper())
+        assert counter.get("k") == 1
+    nothing_left(folder)
+
+
+def test_concurrent_async_puts_leave_no_spare_holder(
+        go_plugin: str, slow_join: threading.Event, folder: Path) -> None:
+    async def main() -> None:
+        async with AsyncClient(config(go_plugin)) as client:
+            counter = await client.dispense(PLUGIN_NAME)
+            await asyncio.gather(*(counter.put(f"k{i}", i, Helper()) for i in range(8)))
+            assert await counter.get("k7") == 7
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    nothing_left(folder)
+
+
+def test_accept_and_serve_racing_close_leaves_no_spare_holder(
+        go_plugin: str, slow_join: threading.Event, folder: Path) -> None:
+    with Client(config(go_plugin)) as client:
+        client.dispense(PLUGIN_NAME)
+        broker = client.broker
+        sid = broker.next_id()
+        raised: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                broker.accept_and_serve(sid, lambda s: None)
+            except BaseException as exc:
+                raised.append(exc)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        assert slow_join.wait(10)  # the first accept_and_serve is joining the spare holder
+        broker.close()
+        t.join(10)
+        assert not t.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], BrokerClosedError), raised
+    nothing_left(folder)
