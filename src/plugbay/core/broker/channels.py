@@ -120,10 +120,12 @@ def stop_served(served: Served, grace: float | None = 1.0,
     does (``Stop()``) once the call that needed the server returned. Its
     listeners (and socket files, and a TLS relay) are gone and its calls
     cancelled before this returns; with ``reap``, waiting for grpcio's
-    shutdown to complete and joining the workers happen in the background (a
-    callback's caller does not wait for them). ``recycle`` may take the
-    stopped server's worker pool, idle once the server has stopped, for a
-    later server (True: taken, not shut down here).
+    shutdown to complete and shutting the workers down happen in the
+    background (a callback's caller does not wait for them), and workers
+    still running a handler are not joined: each ends once its handler
+    returns, as go-plugin's ``Stop()`` does not wait for handlers either.
+    ``recycle`` may take the stopped server's worker pool, idle once the
+    server has stopped, for a later server (True: taken, not shut down here).
     """
     stopped = served.server.stop(grace=grace)
     if grace is None:  # nothing left to finish: no name for a new peer to find
@@ -134,7 +136,10 @@ def stop_served(served: Served, grace: float | None = 1.0,
         if grace is not None:  # calls may still be finishing over a relay
             _free(served)
         if not (done and recycle is not None and recycle(served.executor)):
-            served.executor.shutdown(wait=True)
+            # reaped, this runs on the process's one spare builder thread: waiting there for a
+            # handler still running (slow, stuck) stopped every later server's pool from being
+            # recycled (a new worker thread per callback) and held up the last Client's close
+            served.executor.shutdown(wait=reap is None)
 
     if reap is not None:
         reap(finish)

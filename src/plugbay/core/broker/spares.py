@@ -170,10 +170,11 @@ class SpareServer:
     ``take(key)`` hands it only to a broker serving with the same (plaintext
     brokers share it). One long-lived builder thread (started when first
     needed) does the building: starting a thread per build would cost the
-    caller about what a server start costs. It also joins the worker threads
-    of stopped servers handed to ``reap()`` and frees their sockets, so stopping
-    one does not wait for that. Brokers hold it between :func:`join_spares` and ``leave()``; the last
-    to leave stops the spare, joins the builder and removes its folder.
+    caller about what a server start costs. It also shuts down the worker pools
+    of stopped servers handed to ``reap()`` (never waiting for a handler still
+    running) and frees their sockets, so stopping one does not wait for that.
+    Brokers hold it between :func:`join_spares` and ``leave()``; the last to
+    leave stops the spare, joins the builder and removes its folder.
     """
 
     def __init__(self) -> None:
@@ -317,7 +318,7 @@ class SpareServer:
             stop_served(spare[1][0])  # no calls ever ran on it: nothing to wait for
         if folder is not None:  # before any wait: a process killed meanwhile leaves no folder
             shutil.rmtree(folder, ignore_errors=True)
-        # the builder may be joining a stopped server's stuck workers (a reaped finish)
+        # the builder may be building a spare or waiting (10 s at most) for a stopped server's shutdown
         if builder is not None:
             builder.join(_JOIN if wait else _EXIT_JOIN)
         if folder is not None and os.path.lexists(folder):  # a spare being built bound a socket during rmtree
@@ -325,7 +326,7 @@ class SpareServer:
         with self._cond:
             if wait or builder is None or not builder.is_alive():
                 reaped, self._reaped = self._reaped, []
-            else:  # the builder, still joining a stuck server's workers, runs these next, then ends
+            else:  # the builder, still busy, runs these next, then ends
                 reaped = []
             pools, self._pools = self._pools, []
         for finish in reaped:
