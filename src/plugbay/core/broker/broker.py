@@ -165,9 +165,13 @@ class GRPCBroker(StreamEnd, Multiplexed):
         """
         self._check_open()
         self._ensure_stream()
+        from plugbay.core.broker.channels import local_socket_error
         from plugbay.core.broker.registrar import Registrar
 
-        served, path = self._servers().get()
+        try:
+            served, path = self._servers().get()
+        except OSError as exc:  # its socket, a TLS relay's, or their folder
+            raise local_socket_error(f"serve broker id {id}", exc) from exc
         served.id = id
         try:
             register(Registrar(served.server, lambda: self._handler_loop(served, loop)))
@@ -366,7 +370,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
     def _channel_to(self, network: str, address: str,
                     cleanup: list[Callable[[], None]] | None = None) -> BrokeredChannel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
-        from plugbay.core.broker.channels import BrokeredChannel
+        from plugbay.core.broker.channels import BrokeredChannel, local_socket_error
         from plugbay.core.transport.secure import dial as secure_dial
 
         undo = cleanup if cleanup is not None else []
@@ -375,9 +379,11 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 raise BrokerError(f"broker announced unknown network {network!r} at {address!r};"
                                   " go-plugin brokers over 'unix' or 'tcp' only")
             secured = secure_dial(network, address, self._tls, self._private_dir_path())
-        except BaseException:
+        except BaseException as exc:
             for func in reversed(undo):
                 func()
+            if isinstance(exc, OSError):  # a TLS relay's listener or its folder
+                raise local_socket_error(f"dial the brokered server at {network}:{address}", exc) from exc
             raise
         channel = BrokeredChannel(secured.channel, [*undo, *secured.cleanup], self._untrack)
         with self._cond:

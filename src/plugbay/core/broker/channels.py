@@ -14,7 +14,7 @@ import grpc
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import give_to_group, group_id
-from plugbay.errors import BrokerClosedError, ConfigError
+from plugbay.errors import BrokerClosedError, BrokerError, ConfigError
 from plugbay.core.transport.channels import DelegatingChannel
 
 log = logging.getLogger("plugbay.broker")
@@ -161,3 +161,11 @@ def abandon_served(served: Served) -> None:
 def _free(served: Served) -> None:
     for func in reversed(served.cleanup):
         func()
+
+
+def local_socket_error(what: str, exc: OSError) -> BrokerError:
+    """A typed error for a socket or folder this side could not make for a brokered connection."""
+    return BrokerError(
+        f"could not {what}: {exc}; brokered connections need unix sockets in a private folder made in"
+        " the temp dir: set TMPDIR to an existing, writable folder with a short path (a unix socket"
+        " path has at most 107 bytes)")

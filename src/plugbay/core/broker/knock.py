@@ -189,16 +189,23 @@ class Multiplexed:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         mux = self._mux()
         # imported here: the first multiplexed dial loads it
+        from plugbay.core.broker.channels import local_socket_error
         from plugbay.core.transport.muxbridge import StreamBridge
         from plugbay.core.transport.tempdirs import private_socket
 
-        path = private_socket(self._private_dir_path(), "d")
+        try:
+            path = private_socket(self._private_dir_path(), "d")
+        except OSError as exc:
+            raise local_socket_error(f"dial broker id {id}", exc) from exc
         with mux.dial_lock:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
             # while the knock travels: the local listener, its accept loop and the channel
-            bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
-                                  name=f"plugbay-mux-dial-{id}")
+            try:
+                bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
+                                      name=f"plugbay-mux-dial-{id}")
+            except OSError as exc:
+                raise local_socket_error(f"dial broker id {id}", exc) from exc
             try:
                 bridge.start()
             except BaseException:
