@@ -19,6 +19,8 @@ from plugbay.core.transport.secure import MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.errors import HandshakeTimeoutError, RunnerError
 
+EXIT_GRACE = 1.0  # how long a start that cannot reach its plugin waits to learn it exited
+
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,
          relay_dir: str | None = None, options: Sequence[tuple[str, Any]] = ()) -> SecureChannel:
@@ -79,7 +81,9 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
-            if known := detail():  # the runner heard why (a port-forward the pod refused): no use waiting
+            if known := detail():  # the runner heard why (a port-forward the pod refused): no use waiting,
+                if _exits_soon(exited, EXIT_GRACE):  # unless it is ending (a crashed pod refuses too)
+                    return False  # the caller reports the exit with the plugin's own output
                 raise RunnerError(f"plugin {name!r} printed its handshake, but the host cannot reach it: {known}."
                                   " Check that the plugin listens on that port, on 0.0.0.0 or 127.0.0.1"
                                   " (plugbay's serve() honours PLUGBAY_LISTEN), and did not stop (its logs)") from None
@@ -93,3 +97,14 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
             return False  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+
+
+def _exits_soon(exited: Callable[[], bool], within: float) -> bool:
+    """Whether ``exited()`` holds within ``within`` seconds: a runner may hear of an exit a moment after
+    the connection failed (a pod's status comes from its watch)."""
+    deadline = time.monotonic() + within
+    while not exited():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
