@@ -117,3 +117,36 @@ def test_the_stand_ins_log_is_the_apis() -> None:
     assert b"".join(log_lines(iter(log), True, log_since({"sinceTime": "2026-12-02T10:00:05.6Z"}))) == (
         b"2026-12-02T10:00:05.1Z b\n2026-12-02T10:00:05.7Z c\n")
     assert b"".join(log_lines(iter(log), False, None)) == b"a\nb\nc\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_log_reopened_many_times_keeps_one_splitter() -> None:
+    # reopens have no bound once a stream passed lines on: what each leaves behind must not pile up
+    from plugbay.runners.kubernetes.logs import PodLogs
+
+    class Stream:  # one stamped line, then the stream ends (as a cut connection's does)
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def stream(self, amt: object = None, decode_content: bool = False) -> object:
+            yield f"2026-01-01T00:{self.n // 60 % 60:02d}:{self.n % 60:02d}.000000000Z line {self.n}\n".encode()
+
+        def release_conn(self) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+    opened = [0]
+
+    def reopen(since: int | None) -> Stream:
+        opened[0] += 1
+        return Stream(opened[0])
+
+    logs = PodLogs("p", 5.0)
+    logs.follow(Stream(0), reopen, lambda: opened[0] < 300)
+    try:
+        assert sum(1 for _ in iter(logs.stderr.get, None)) == 301
+        assert opened[0] == 300 and len(logs.splitters) <= 1
+    finally:
+        logs.close()

@@ -62,7 +62,8 @@ class PodLogs:
         self.tail: deque[str] = deque(maxlen=50)
         self._resp: Any = None
         self._thread: threading.Thread | None = None
-        self.splitters: list[LineSplitter] = []
+        # the current stream's (a reopen makes another; they are not kept: reopens have no bound)
+        self.splitters: deque[LineSplitter] = deque(maxlen=1)
         self._lock = threading.Lock()
         self._closed = False
         self._ended = False  # the queues have their end marker
