@@ -5,8 +5,9 @@ hashicorp/yamux's "safety valve" (ConnectionWriteTimeout, 10 s): a frame that ca
 for that long means the peer stopped reading, and its session ends, whether or not a keepalive
 runs. Here the kernel keeps the time: the socket's SO_SNDTIMEO bounds every blocking send (and
 splice) into it, so a writer stuck on a full socket gets EAGAIN once no byte of its frame went
-out for that long, with no thread or timer per write, and a peer that reads slowly but steadily
-never trips it. The socket stays blocking (no Python socket timeout): the reader's MSG_WAITALL
+out for that long, with no thread or timer per write. The kernel frees room in chunks, not per
+byte (about 36 KiB on a unix socket): a peer reading slower than one chunk per timeout trips it
+too, as it would trip go's. The socket stays blocking (no Python socket timeout): the reader's MSG_WAITALL
 receives and the splice path need that, and SO_SNDTIMEO leaves receiving alone.
 """
 
