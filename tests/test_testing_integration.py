@@ -219,8 +219,8 @@ def test_a_first_line_without_end_is_refused_at_once_and_bounded(plugbay_docker:
     splitters: list[LineSplitter] = []
 
     class Recorded(LineSplitter):
-        def __init__(self, limit: int = MAX_LINE) -> None:
-            super().__init__(limit)
+        def __init__(self, limit: int = MAX_LINE, *, handshake_first: bool = False) -> None:
+            super().__init__(limit, handshake_first=handshake_first)
             splitters.append(self)
 
     monkeypatch.setattr(handshake_log, "LineSplitter", Recorded)

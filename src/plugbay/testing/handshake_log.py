@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
-from plugbay.core.transport.lines import MAX_LINE, LineSplitter, cap_line
+from plugbay.core.transport.lines import MAX_LINE, LineSplitter, cap_line, was_cut
 from plugbay.errors import (HandshakeTimeoutError, MalformedHandshakeError, PlugbayError, PluginExitedError,
                             RunnerError)
 from plugbay.runners.docker.engine import engine_call
@@ -28,11 +28,11 @@ class _FirstLine:
 
     def __init__(self, api: Any, container_id: str) -> None:
         self.line: str | None = None
-        self.too_long: str | None = None  # the first MAX_LINE bytes of a first line longer than that
+        self.too_long: str | None = None  # a first line longer than MAX_LINE, cut there (with its marker)
         self.error: BaseException | None = None  # the log request failed
         self.done = threading.Event()
         self._api, self._id = api, container_id
-        self._splitter = LineSplitter(MAX_LINE)
+        self._splitter = LineSplitter(MAX_LINE, handshake_first=True)  # a too long first line: handed on cut
         self._lock = threading.Lock()
         self._stream: Any = None
         self._closing = False
@@ -56,10 +56,10 @@ class _FirstLine:
             for chunk in stream:
                 lines = self._splitter.feed(chunk)
                 if lines:
-                    self.line = lines[0]
-                    return
-                if self._splitter.buffered >= self._splitter.limit:
-                    self.too_long = self._splitter.flush()[0]
+                    if was_cut(lines[0]):
+                        self.too_long = lines[0]
+                    else:
+                        self.line = lines[0]
                     return
         except Exception:  # noqa: BLE001 - closed under us, or the engine connection dropped: the stream ended
             pass
@@ -91,9 +91,7 @@ def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
         follower = _FirstLine(container.client.api, container.id)
         try:
             if not follower.done.wait(max(0.0, deadline - time.monotonic())):
-                raise HandshakeTimeoutError(
-                    f"plugin image {image!r} printed no handshake line within {timeout:.0f}s;"
-                    " check that its entrypoint serves the plugin (and prints nothing first to stdout)")
+                raise _no_handshake(image, timeout)
         finally:
             follower.close()
         if follower.line is not None:
@@ -114,4 +112,11 @@ def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
             code = container.attrs["State"].get("ExitCode")
             err = container.logs(stdout=False, stderr=True, tail=_STDERR_TAIL).decode("utf-8", "replace")
             raise PluginExitedError(image, code, [cap_line(line) for line in err.splitlines()[-_STDERR_TAIL:]])
+        if time.monotonic() >= deadline:  # an engine that ends every follow at once: done is set each time
+            raise _no_handshake(image, timeout)
         time.sleep(_REOPEN_PAUSE)
+
+
+def _no_handshake(image: str, timeout: float) -> HandshakeTimeoutError:
+    return HandshakeTimeoutError(f"plugin image {image!r} printed no handshake line within {timeout:.0f}s;"
+                                 " check that its entrypoint serves the plugin (and prints nothing first to stdout)")
