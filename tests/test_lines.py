@@ -116,7 +116,11 @@ def test_a_containers_overlong_first_stdout_line_is_handed_on_at_once() -> None:
         for stream in streams:
             threading.Thread(target=_put_each, args=(stream.lines(), out, f"{stream.which}:"), daemon=True).start()
         assert out.get(timeout=10) == "stdout:" + "a" * MAX_LINE + truncated_marker(16384)
-        assert out.empty()  # stderr's long line waits for its newline, as a log line does
+        deadline = time.monotonic() + 10  # stderr took all five entries (its splitter is at its cap)...
+        while streams[1].splitter.peak_buffered < MAX_LINE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert streams[1].splitter.peak_buffered == MAX_LINE
+        assert out.empty()  # ...and its long line waits for its newline, as a log line does
     finally:
         release.set()
         for stream in streams:
