@@ -6,9 +6,11 @@ Against the stand-in API server, which runs the pods as real containers.
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 import time
+from urllib.parse import urlparse
 
 import pytest
 
@@ -17,6 +19,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner
 from tests.kube_standin.fixtures import kubeconfig, standin, testapp  # noqa: F401
 from tests.kube_standin.server import StandIn
+from tests.procs import connections_to
 
 pytestmark = pytest.mark.kubernetes
 SPEC = LaunchSpec(env={}, labels={"plugbay.plugin": "reuse"})
@@ -63,7 +66,10 @@ def test_start_after_kill_or_detach_is_refused(standin: StandIn, kubeconfig: str
 @pytest.mark.timeout(180)
 def test_a_kill_during_the_create_leaves_no_pod(standin: StandIn, kubeconfig: str,  # noqa: F811
                                                 testapp: str) -> None:  # noqa: F811
-    """kill() finds no pod yet (404) while the create is on its way; start() deletes what the create made."""
+    """kill() finds no pod yet (404) while the create is on its way; start() deletes what the create made,
+    on the API client kill() closed: that delete's connection is closed too, not left to the collector."""
+    port = urlparse(standin.url).port
+    assert port is not None
     runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60)
     failed: list[BaseException] = []
 
@@ -75,6 +81,7 @@ def test_a_kill_during_the_create_leaves_no_pod(standin: StandIn, kubeconfig: st
 
     standin.hold("create", "pods")
     starting = threading.Thread(target=start, name="plugbay-test-start")
+    gc.disable()  # what start() leaves open must be closed by it, not found later by the collector
     starting.start()
     try:
         assert standin.holding.wait(30)  # the create reached the server and waits there
@@ -83,11 +90,13 @@ def test_a_kill_during_the_create_leaves_no_pod(standin: StandIn, kubeconfig: st
         standin.release()  # now the create goes through
         starting.join(60)
         assert not starting.is_alive()
+        assert connections_to(port) == 0
         assert gone_soon(standin, runner.pod_name)  # not leaked: start() deleted the pod its create made
         assert len(failed) == 1 and isinstance(failed[0], RunnerError), failed
         assert re.search(rf"runner for pod default/{runner.pod_name} was killed while it created the pod;"
                          r" plugbay deleted the pod \(UID [0-9a-f-]+\)\. Make a new runner", str(failed[0]))
     finally:
+        gc.enable()
         standin.release()
         starting.join(60)
         standin.delete_pod("default", runner.pod_name)

@@ -163,8 +163,8 @@ class KubernetesRunner(PodTeardown, Runner):
         body = client.V1Pod.from_dict(manifest)
         deadline = time.monotonic() + self.start_timeout
         self._pod.create(body)
-        self._killed_while_creating()
         try:
+            self._killed_while_creating()
             self._start_watcher()
             self._await_running(deadline)
             self._follow_logs()
@@ -173,7 +173,7 @@ class KubernetesRunner(PodTeardown, Runner):
             if killed:  # by a kill() once the pod ran: its log is shut, and a start gone well would read it
                 raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
         except BaseException:
-            self.kill(0)
+            self._start_failed()
             raise
 
     def _killed_while_creating(self) -> None:

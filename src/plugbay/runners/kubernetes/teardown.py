@@ -29,6 +29,7 @@ class PodTeardown:
     _logs: PodLogs
     _owns_client: bool
     _api_client: Any
+    _client_closed = False  # a close up closed the API client (a later call may have opened a new pool)
 
     if TYPE_CHECKING:  # KubernetesRunner's
         @property
@@ -40,6 +41,8 @@ class PodTeardown:
         def _read_pod(self) -> dict[str, Any] | None: ...
 
         def _start_watcher(self) -> None: ...
+
+        def kill(self, grace: float = 2.0) -> None: ...
 
     def _delete_pod(self, grace: float) -> None:
         error: BaseException | None = None
@@ -81,12 +84,27 @@ class PodTeardown:
             time.sleep(min(left, 0.25))
         return self._podwatch.gone
 
+    def _start_failed(self) -> None:
+        """start() failed: kill(0), and close the API client again if a close up closed it already. A kill()
+        from another thread may have closed it before start()'s last calls (the pod's delete after a kill
+        during its create, a read): a call on a closed ApiClient opens a fresh pool, whose connection stayed
+        open until the garbage collector ran. A kill() still under way is left alone: it closes the client
+        last, and closing it under that kill's calls could fail them (urllib3's ClosedPoolError)."""
+        try:
+            self.kill(0)
+        finally:
+            with self._lock:
+                if self._owns_client and self._client_closed:
+                    close_client(self._api_client)
+
     def _close(self) -> None:
         self._podwatch.close()
         self._logs.close()
         self._close_forwarders()
         if self._owns_client:
-            close_client(self._api_client)
+            with self._lock:  # start()'s _start_failed sees the client closed, or closes it after this
+                close_client(self._api_client)
+                self._client_closed = True
 
     def _close_forwarders(self) -> None:
         with self._lock:
