@@ -339,3 +339,35 @@ def test_separate_standin_serves_from_its_own_process_and_stops_with_stdin() -> 
     assert proc.returncode == 0  # stopped by its stdin closing, not killed
     assert standin.container_start_seconds() == []  # the process runtime starts no containers
     assert not os.path.exists(folder)
+
+
+def test_a_log_read_stopped_early_closes_its_engine_connection(standin: StandIn) -> None:  # noqa: F811
+    # the reader stops when the log's HTTP client went away, the container still logging: docker-py's
+    # stream close() leaves the socket's descriptor to the response, in a cycle only the collector freed
+    import gc
+
+    from tests.kube_standin.images import BASE_IMAGE
+    from tests.kube_standin.runtime import ContainerRequest
+
+    def sockets() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return {t for t in found if t.startswith("socket:")}
+
+    box = standin.store.backend.run(ContainerRequest(
+        pod_key="default/early-log", image=BASE_IMAGE, command=["sh", "-c", "while :; do echo x; sleep 0.1; done"],
+        args=None, env={}, ports=[], labels={}))
+    gc.disable()
+    try:
+        before = sockets()
+        chunks = box.logs(True, None)
+        assert b" x" in next(chunks)
+        chunks.close()
+        assert sockets() <= before
+    finally:
+        gc.enable()
+        box.remove()

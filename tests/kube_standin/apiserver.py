@@ -324,9 +324,10 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         standin = self.server.standin
         with standin.lock:
             standin.log_conns.add(self.connection)
+        chunks = box.logs(follow, tail)
         try:
             self._start_stream("text/plain")
-            for chunk in log_lines(box.logs(follow, tail), q.get("timestamps") in ("true", "1"), since):
+            for chunk in log_lines(chunks, q.get("timestamps") in ("true", "1"), since):
                 if standin.stopping.is_set():
                     break
                 self._chunk(chunk)
@@ -334,6 +335,7 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
         finally:
+            chunks.close()  # a client gone mid-stream: the box's log stream is closed now, not by the collector
             with standin.lock:
                 standin.log_conns.discard(self.connection)
 

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from .podlogs import stamp_now
 from .runtime import BoxState, ContainerConfigError, ContainerRequest
@@ -69,7 +69,7 @@ class ProcessBox:
         return BoxState(running=False, exit_code=code if code >= 0 else 128 - code,
                         started_at=self._started, finished_at=self._finished)
 
-    def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(self, follow: bool, tail: int | None) -> Generator[bytes, None, None]:
         with open(self._log_path, "rb") as f:
             data = f.read()
             if tail is not None:

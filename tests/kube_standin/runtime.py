@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +65,7 @@ class Box(Protocol):
     published: dict[int, int]
 
     def state(self) -> BoxState: ...
-    def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(self, follow: bool, tail: int | None) -> Generator[bytes, None, None]:
         """The log with each line stamped (RFC3339Nano and a space), as the kubelet keeps it."""
         ...
 
@@ -94,6 +94,22 @@ def docker_available() -> bool:
 
 
 # --- Docker -----------------------------------------------------------------
+
+
+def _close_stream(stream: Any) -> None:
+    """Close a docker-py log stream and its connection. CancellableStream.close() only shuts the socket
+    and closes the socket object, whose descriptor stays open while the response's file holds it; the
+    response is in a cycle (docker-py hangs it on that file), so only the garbage collector closed it."""
+    try:
+        stream.close()
+    except Exception:
+        pass
+    response = getattr(stream, "_response", None)
+    if response is not None:
+        try:
+            response.close()
+        except Exception:
+            pass
 
 
 class DockerBox:
@@ -137,7 +153,7 @@ class DockerBox:
                         oom_killed=bool(st.get("OOMKilled")), started_at=st.get("StartedAt"),
                         finished_at=st.get("FinishedAt"), error=st.get("Error") or "")
 
-    def logs(self, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(self, follow: bool, tail: int | None) -> Generator[bytes, None, None]:
         import docker
 
         # A client of its own: a followed stream closed from another thread (a pod delete) went back
@@ -157,10 +173,7 @@ class DockerBox:
             with self._lock:
                 if stream in self._streams:
                     self._streams.remove(stream)
-            try:
-                stream.close()
-            except Exception:
-                pass
+            _close_stream(stream)
             client.close()
 
     def restart(self) -> None:
@@ -181,7 +194,7 @@ class DockerBox:
 
         with self._lock:
             streams, self._streams = self._streams, []
-        for stream in streams:
+        for stream in streams:  # shut only: the reading thread closes the response (logs() above)
             try:
                 stream.close()
             except Exception:
