@@ -39,7 +39,7 @@ def test_a_wrong_argument_is_a_config_error(kw: dict[str, Any], says: str) -> No
 @pytest.mark.parametrize("labels", [{"team": "a", "plugbay.managed": "false"}, ["plugbay.session"]])
 def test_a_label_named_like_plugbays_is_a_config_error(labels: Any) -> None:
     # the caller's labels replaced plugbay's: reattach and sweep no longer knew the container
-    says = r"PluginContainer's labels plugbay\.\w+ start with 'plugbay\.': plugbay sets those itself"
+    says = r"PluginContainer\(labels=\.\.\.\) has label keys \['plugbay\.\w+'\]: keys starting with 'plugbay\.' are plugbay's own"
     with pytest.raises(ConfigError, match=says):
         PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, labels=labels, **NO_ENGINE)
     container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)

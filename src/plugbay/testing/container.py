@@ -36,6 +36,7 @@ from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.checks import find_image, missing_image
+from plugbay.runners.docker.createargs import checked_labels
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
@@ -44,22 +45,12 @@ from plugbay.testing.handshake_log import read_handshake
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
-_OWN_LABELS = "plugbay."  # the prefix of the labels plugbay sets (and a reattach and sweep trust)
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
-    """The caller's ``labels`` create argument as a dict (docker-py also takes a list of names)."""
-    given = kwargs.get("labels") or {}
-    if isinstance(given, (list, tuple)):
-        given = dict.fromkeys(given, "")
-    if not isinstance(given, Mapping):
-        raise ConfigError(f"PluginContainer's labels must be a dict of names to values, got {type(given).__name__}")
-    ours = sorted(str(key) for key in given if str(key).startswith(_OWN_LABELS))
-    if ours:
-        raise ConfigError(f"PluginContainer's labels {', '.join(ours)} start with {_OWN_LABELS!r}: plugbay sets"
-                          " those itself (they prove to a reattach and to sweep that plugbay started the"
-                          " container); name your labels otherwise")
-    return dict(given)
+    """The caller's ``labels`` create argument, checked as DockerRunner checks its own (docker-py also takes
+    a list of names)."""
+    return checked_labels(kwargs.get("labels") or {}, "PluginContainer(labels=...)")
 
 
 class _Engine(DockerClient):

@@ -32,14 +32,15 @@ _MERGED_LISTS = ("group_add", "security_opt")  # the socket group, no-new-privil
 
 
 def checked_labels(labels: Any, where: str) -> dict[str, str]:
-    """``labels`` as a dict, refused if not a mapping (or list of keys) or if a key is in plugbay's namespace."""
+    """``labels`` as a dict, refused if not a mapping (or list of keys) or if a key is in plugbay's namespace
+    (``where`` names the option in the error; PluginContainer's labels are checked here too)."""
     if isinstance(labels, (list, tuple)):  # as docker's containers.create takes them: keys with empty values
         labels = dict.fromkeys(labels, "")
     if not isinstance(labels, Mapping):
-        raise ConfigError(f"DockerRunner {where} must be a mapping of label keys to values, got {labels!r}")
+        raise ConfigError(f"{where} must be a mapping of label keys to values, got {labels!r}")
     taken = sorted(str(key) for key in labels if str(key).startswith(LABEL_PREFIX))
     if taken:
-        raise ConfigError(f"DockerRunner {where} has label keys {taken}: keys starting with {LABEL_PREFIX!r} are"
+        raise ConfigError(f"{where} has label keys {taken}: keys starting with {LABEL_PREFIX!r} are"
                           " plugbay's own (sweep and reattach read them), so a container carrying them"
                           " could be taken for another; choose keys outside that prefix")
     return {str(key): str(value) for key, value in labels.items()}
@@ -53,7 +54,7 @@ def checked_extra_args(extra: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"DockerRunner extra_create_args[{key!r}] would replace what plugbay sets itself;"
                               f" use the runner's option {_OWN[key]}")
     if "labels" in checked:
-        checked["labels"] = checked_labels(checked["labels"], "extra_create_args['labels']")
+        checked["labels"] = checked_labels(checked["labels"], "DockerRunner extra_create_args['labels']")
     for key in _MERGED_LISTS:
         value = checked.get(key)
         if value is not None and not isinstance(value, (list, tuple)):
@@ -64,7 +65,7 @@ def checked_extra_args(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def checked_options(labels: Any, extra: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
     """A DockerRunner's ``labels=`` and ``extra_create_args=``, checked."""
-    return checked_labels(labels or {}, "labels="), checked_extra_args(extra or {})
+    return checked_labels(labels or {}, "DockerRunner labels="), checked_extra_args(extra or {})
 
 
 def add_extra_args(args: dict[str, Any], extra: Mapping[str, Any]) -> None:
