@@ -39,13 +39,18 @@ def _runner(kubeconfig: str, program: str, **kwargs: object) -> KubernetesRunner
     return runner
 
 
+def _until_flag(kubeconfig: str, tmp_path: Path, **kwargs: object) -> tuple[KubernetesRunner, Path]:
+    """A started runner whose plugin exits 0 once the returned flag file exists."""
+    flag = tmp_path / "exit-now"
+    program = f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+    return _runner(kubeconfig, program, **kwargs), flag
+
+
 @pytest.mark.timeout(90)
 def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: StandIn, kubeconfig: str,
                                                                      tmp_path: Path) -> None:
     """The watch gave up for good after 30 failed watches in a row: wait() then never saw the exit."""
-    flag = tmp_path / "exit-now"
-    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
-                     api_timeout=2)
+    runner, flag = _until_flag(kubeconfig, tmp_path, api_timeout=2)
     try:
         watch = runner._podwatch
         watch.stop = _QuickEvent()
@@ -62,9 +67,7 @@ def test_the_exit_is_seen_after_an_api_outage_of_many_failed_watches(server: Sta
 def test_the_exit_is_seen_while_every_watch_fails_but_reads_work(server: StandIn, kubeconfig: str,
                                                                tmp_path: Path) -> None:
     """Watches failing with a 500 (reads working) were retried without a read: wait() never saw the exit."""
-    flag = tmp_path / "exit-now"
-    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
-                     api_timeout=2)
+    runner, flag = _until_flag(kubeconfig, tmp_path, api_timeout=2)
     try:
         server.fail("watch", "pods")
         assert until(lambda: runner._podwatch.failures >= 1, 10)
@@ -122,9 +125,7 @@ def test_start_fails_typed_when_the_api_server_stops_answering_reads(server: Sta
 def test_a_watch_error_event_is_told_with_the_servers_message(server: StandIn, kubeconfig: str,
                                                             tmp_path: Path) -> None:
     """An ERROR event (a Status) was a KeyError('raw_object') in the client: the server's message was lost."""
-    flag = tmp_path / "exit-now"
-    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n",
-                     api_timeout=2)
+    runner, flag = _until_flag(kubeconfig, tmp_path, api_timeout=2)
     try:
         watch = runner._podwatch
         server.error_pod_watches(500)
@@ -164,8 +165,7 @@ def test_a_watch_forbidden_after_the_start_falls_back_to_reading_the_pod(server:
     from plugbay.runners.kubernetes import watch as watch_module
 
     monkeypatch.setattr(watch_module, "WATCH_AGAIN_AFTER", 1.0)
-    flag = tmp_path / "exit-now"
-    runner = _runner(kubeconfig, f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n")
+    runner, flag = _until_flag(kubeconfig, tmp_path)
     try:
         watch = runner._podwatch
         server.deny("watch", "pods")  # RBAC changed under a running plugin
