@@ -214,4 +214,5 @@ def test_a_huge_handshake_line_makes_a_short_message() -> None:
             pass
     said = str(info.value)
     assert len(said) < 1500, len(said)
-    assert said.startswith("malformed handshake line '1|1|unix|aaa") and "is not absolute" in said
+    # cut at the line cap as soon as it passed it (go-plugin's host gives up there too), not read to its end
+    assert said.startswith("malformed handshake line '1|1|unix|aaa") and "before its first newline" in said
