@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Self
 
+from plugbay.core.transport.backoff import doubling_pause
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
@@ -305,7 +306,7 @@ class EndpointSliceResolver:
                                               " listing them again")
                 self._rv = None
             failures += 1
-            delay = min(0.2 * 2 ** min(failures - 1, 8), MAX_BACKOFF)
+            delay = doubling_pause(failures, 0.2, MAX_BACKOFF)
             _log.warning("%s: %s (retrying in %.1fs)", self.target, self.last_error, delay)
             self._stop.wait(delay)
 

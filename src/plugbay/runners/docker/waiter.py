@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from plugbay.core.transport.backoff import doubling_pause
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.docker.engine import engine
 
@@ -37,7 +38,7 @@ _HEAD_WAIT = 2.0
 
 def reconnect_pause(failures: int) -> float:
     """The pause before engine request number ``failures + 1`` after ``failures`` in a row broke."""
-    return min(_MAX_PAUSE, 0.25 * 2.0 ** (failures - 1))
+    return doubling_pause(failures, 0.25, _MAX_PAUSE)
 
 
 class ExitWaiter:

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from plugbay.core.transport.backoff import doubling_pause
 from plugbay.core.transport.lines import LineBuffer, LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
@@ -41,7 +42,7 @@ from plugbay.runners.logstamps import EntryStamps
 _log = logging.getLogger("plugbay.runners.kubernetes")
 REOPENS = 5  # failed reopens in a row before the log is given up
 STREAM_WORKED = 10.0  # seconds a stream with no new line must have lasted to count as working
-REOPEN_STEP = 0.2  # the pause before a reopen after n failures: REOPEN_STEP * 2**(n-1), up to REOPEN_MAX
+REOPEN_STEP = 0.2  # the pause before a reopen: doubling from REOPEN_STEP, up to REOPEN_MAX
 REOPEN_MAX = 2.0
 SINCE_MARGIN = 5  # seconds added to a reopen's sinceSeconds: replayed lines are dropped, missed ones are lost
 
@@ -156,7 +157,7 @@ class PodLogs:
                                      " lines reach the host no more (kubectl logs still shows them)",
                                      self.name, failed, why)
                         return
-                    if failed and self._stop.wait(min(REOPEN_STEP * 2 ** (failed - 1), REOPEN_MAX)):
+                    if failed and self._stop.wait(doubling_pause(failed, REOPEN_STEP, REOPEN_MAX)):
                         return  # closed during the backoff
                     if self._closed or not still_running():
                         return
