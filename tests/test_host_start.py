@@ -216,3 +216,13 @@ def test_a_huge_handshake_line_makes_a_short_message() -> None:
     assert len(said) < 1500, len(said)
     # cut at the line cap as soon as it passed it (go-plugin's host gives up there too), not read to its end
     assert said.startswith("malformed handshake line '1|1|unix|aaa") and "before its first newline" in said
+
+
+def test_a_short_first_line_ending_in_the_cut_marker_is_not_taken_for_a_cut_one() -> None:
+    # only the line splitter says a line was cut; text the plugin printed is parsed as it is
+    script = "import time; print('starting…[truncated 9 bytes]', flush=True); time.sleep(30)"
+    with pytest.raises(MalformedHandshakeError) as info:
+        with Client(config([PY, "-c", script], start_timeout=30)):
+            pass
+    said = str(info.value)
+    assert "expected at least 4 '|'-separated fields" in said and "before its first newline" not in said, said

@@ -6,7 +6,9 @@ re-joining a growing buffer on every chunk made such a stream quadratic. Like
 go-plugin's bufio.Scanner limit, a line is kept up to ``limit`` bytes; the rest
 of it, up to the next newline, is counted and dropped, and the line ends with
 a ``…[truncated N bytes]`` marker. Each byte is looked at once (linear time)
-and at most ``limit`` bytes of an unfinished line are ever held.
+and at most ``limit`` bytes of an unfinished line are ever held. A line cut so
+is a CutLine: its reader knows it was cut without reading the marker, which a
+plugin can print too.
 """
 
 from __future__ import annotations
@@ -28,18 +30,27 @@ def truncated_marker(dropped: int) -> str:
     return f"…[truncated {dropped} bytes]"
 
 
+class CutLine(str):
+    """A line cut at its limit (LineSplitter, cap_line): its text ends with its truncated_marker().
+
+    A str, so it passes through every queue and callback as a line does; its type is what tells
+    the host that a first stdout line was cut (no handshake line can follow), not its text.
+    """
+
+    __slots__ = ()
+
+
 def was_cut(line: str) -> bool:
-    """Whether ``line`` ends with a truncated_marker(): a LineSplitter cut it at its limit."""
-    _, marker, rest = line.rpartition("…[truncated ")
-    return bool(marker) and rest.endswith(" bytes]") and rest[:-len(" bytes]")].isdigit()
+    """Whether a LineSplitter (or cap_line) cut ``line`` at its limit."""
+    return isinstance(line, CutLine)
 
 
 def cap_line(line: str, limit: int = MAX_LINE) -> str:
     """``line`` cut to ``limit`` characters with the marker (for lines split elsewhere)."""
     if len(line) <= limit:
         return line
-    return line[:limit] + truncated_marker(len(line.encode("utf-8", "replace")) -
-                                           len(line[:limit].encode("utf-8", "replace")))
+    return CutLine(line[:limit] + truncated_marker(len(line.encode("utf-8", "replace")) -
+                                                   len(line[:limit].encode("utf-8", "replace"))))
 
 
 class LineSplitter:
@@ -123,7 +134,7 @@ class LineSplitter:
         if raw.endswith(b"\r") and not dropped:
             raw = raw[:-1]
         line = raw.decode("utf-8", "replace")
-        return line + truncated_marker(dropped) if dropped else line
+        return CutLine(line + truncated_marker(dropped)) if dropped else line
 
 
 def split_lines(chunks: Iterable[bytes], limit: int = MAX_LINE,
