@@ -248,6 +248,16 @@ def build_go(name: str) -> Path:
         return target
 
 
+def go_program_or_skip(name: str) -> Path:
+    """build_go(name) for a test, which is skipped (saying what is missing) where Go programs cannot be built."""
+    import pytest  # here, not at the top: the benchmarks build with this module too, without pytest
+
+    reason = go_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return build_go(name)
+
+
 def _build(name: str, target: Path) -> None:
     (GOPATH_PRIVATE / "src").mkdir(parents=True, exist_ok=True)
     generate_protos(name)

@@ -39,10 +39,7 @@ GUARD = 60.0  # no asyncio test step may take longer: a hang fails instead of st
 def _counter_cmd(plugin: str) -> list[str]:
     if plugin == "python":
         return [sys.executable, str(REPO / "examples" / "counter" / "plugin.py")]
-    reason = gobuild.go_missing_reason()
-    if reason is not None:
-        pytest.skip(f"go-plugin's Go counter plugin cannot be built here: {reason}")
-    return [str(gobuild.build_go("counter_plugin"))]
+    return [str(gobuild.go_program_or_skip("counter_plugin"))]
 
 
 def _loop_threads() -> list[str]:

@@ -68,10 +68,7 @@ def misbehave_kv(binary: str, **kw: Any) -> ClientConfig:
 
 
 def go_binary(name: str) -> str:
-    reason = gobuild.go_missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return str(gobuild.build_go(name))
+    return str(gobuild.go_program_or_skip(name))
 
 
 @pytest.fixture(autouse=True)

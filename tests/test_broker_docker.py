@@ -93,13 +93,12 @@ def go_counter_image(plugbay_docker: Any) -> str:
     import shutil
 
     from plugbay import images
-    from tests.gobuild import build_go, go_missing_reason
+    from tests.gobuild import go_program_or_skip
 
-    if go_missing_reason():
-        pytest.skip(str(go_missing_reason()))
+    plugin = go_program_or_skip("counter_plugin")
     folder = images.CACHE / "counter-go-src"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build_go("counter_plugin"), folder / "counter_plugin")
+    shutil.copy2(plugin, folder / "counter_plugin")
     images.build_plugin_image("plugbay-counter-go:test", folder, ["/plugin/counter_plugin"],
                               client=plugbay_docker, progress=lambda line: None)
     return "plugbay-counter-go:test"

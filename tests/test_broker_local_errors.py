@@ -24,7 +24,7 @@ from plugbay import Client, ClientConfig
 from plugbay.core.broker import spares
 from plugbay.core.protocol.tls import generate_cert
 from plugbay.errors import BrokerError
-from tests.gobuild import build_go, go_missing_reason
+from tests.gobuild import go_program_or_skip
 from tests.test_broker import _close_pair, _tls_pair, register
 from tests.test_broker_mux import close_mux_pair, make_mux_pair
 
@@ -50,14 +50,12 @@ class Helper:
 @pytest.mark.go
 def test_accept_and_serve_without_a_temp_dir_raises_a_broker_error(
         folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
+    plugin = str(go_program_or_skip("counter_plugin"))
     if spares._SPARES is not None:
         pytest.skip("another broker of this process holds the spare servers (a spare would be served)")
     monkeypatch.chdir(folder)  # the Go counter plugin keeps its values in files named kv_<key>
     with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                             cmd=[str(build_go("counter_plugin"))])) as client:
+                             cmd=[plugin])) as client:
         counter = client.dispense(PLUGIN_NAME)
         with monkeypatch.context() as m:
             m.setattr(tempfile, "tempdir", os.path.join(folder, "gone"))  # removed by a temp cleaner, say

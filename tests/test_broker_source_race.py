@@ -22,7 +22,7 @@ import pytest
 
 from plugbay import AsyncClient, BrokerClosedError, Client, ClientConfig
 from plugbay.core.broker import spares
-from tests.gobuild import build_go, go_missing_reason
+from tests.gobuild import go_program_or_skip
 from tests.thread_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +35,7 @@ pytestmark = pytest.mark.go
 
 @pytest.fixture(scope="module")
 def go_plugin() -> str:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    return str(build_go("counter_plugin"))
+    return str(go_program_or_skip("counter_plugin"))
 
 
 class Helper:

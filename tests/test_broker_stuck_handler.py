@@ -22,7 +22,7 @@ import pytest
 
 from plugbay import Client, ClientConfig
 from plugbay.core.broker import spares
-from tests.gobuild import build_go, go_missing_reason
+from tests.gobuild import go_program_or_skip
 from tests.thread_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +36,9 @@ CALLBACKS = 50
 
 @pytest.fixture()
 def go_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
+    plugin = str(go_program_or_skip("counter_plugin"))
     if spares._SPARES is not None:
         pytest.skip("another broker of this process holds the spare servers")
-    plugin = str(build_go("counter_plugin"))
     folder = tempfile.mkdtemp(prefix="bkh", dir="/tmp")  # short: unix socket paths stay under 108 bytes
     monkeypatch.chdir(folder)  # the Go counter plugin keeps its values in files named kv_<key>
     yield plugin

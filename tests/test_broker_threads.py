@@ -24,7 +24,7 @@ import pytest
 from plugbay import BrokerClosedError, Client, ClientConfig
 from plugbay.core.transport import aioloop
 from plugbay.core.transport.secure import Redial
-from tests.gobuild import build_go, go_missing_reason
+from tests.gobuild import go_program_or_skip
 from tests.thread_util import plugbay_threads, thread_names, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +40,7 @@ POLLER = " (_poll_wrapper)"  # grpc.aio's completion-queue poller, one per proce
 
 @pytest.fixture(scope="module")
 def go_plugins() -> dict[str, str]:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    return {name: str(build_go(name)) for name in ("kv_plugin", "counter_plugin")}
+    return {name: str(go_program_or_skip(name)) for name in ("kv_plugin", "counter_plugin")}
 
 
 def kinds(names: list[str]) -> list[str]:

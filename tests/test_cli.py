@@ -247,10 +247,7 @@ def test_health_not_serving_and_usage(not_serving: str) -> None:
 def test_go_plugin(tmp_path: Path) -> None:
     from tests import gobuild
 
-    reason = gobuild.go_missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    binary = gobuild.build_go("kv_plugin")
+    binary = gobuild.go_program_or_skip("kv_plugin")
     with running(["--cmd", str(binary), "--cookie", COOKIE, "--automtls"], tmp_path) as run:
         assert plugbay("health", run.target).returncode == 0
         put = plugbay("call", run.target, "/proto.KV/Put", '{"key": "go", "value": "Z28="}', "--proto", str(KV_PROTO))

@@ -25,12 +25,9 @@ DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 
 @pytest.fixture(scope="module")
 def renderer() -> Path:
-    from tests.gobuild import GoUnavailableError, build_go
+    from tests.gobuild import go_program_or_skip
 
-    try:
-        return build_go("helmrender")
-    except GoUnavailableError as exc:
-        pytest.skip(f"the Go toolchain is missing: {exc}")
+    return go_program_or_skip("helmrender")
 
 
 def render(renderer: Path, tmp_path: Path, values: dict[str, Any] | None = None,

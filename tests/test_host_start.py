@@ -72,10 +72,7 @@ def test_a_go_plugin_slower_than_the_kick_gets_its_streams_at_once() -> None:
     """The kick (DEFER after the spawn) fires before a slow plugin's handshake: its streams begin as made."""
     from tests import gobuild
 
-    reason = gobuild.go_missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    kv_plugin = str(gobuild.build_go("kv_plugin"))
+    kv_plugin = str(gobuild.go_program_or_skip("kv_plugin"))
     with Client(config(["sh", "-c", f"sleep 0.3; exec {shlex.quote(kv_plugin)}"])) as client:
         assert client._stdio is not None
         wait_for(lambda: client._stdio is not None and client._stdio.supported is False,

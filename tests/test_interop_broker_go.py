@@ -24,7 +24,7 @@ import pytest
 
 from plugbay import Client, ClientConfig
 from plugbay.errors import ProtocolMismatchError
-from tests.gobuild import build_go, go_missing_reason, run_program
+from tests.gobuild import go_program_or_skip, run_program
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "counter"
@@ -38,18 +38,12 @@ pytestmark = pytest.mark.go
 
 @pytest.fixture(scope="module")
 def go_host() -> Path:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    return build_go("counter_host")
+    return go_program_or_skip("counter_host")
 
 
 @pytest.fixture(scope="module")
 def go_plugin() -> Path:
-    reason = go_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    return build_go("counter_plugin")
+    return go_program_or_skip("counter_plugin")
 
 
 def run_go_host(host: Path, cwd: Path, *args: str):  # type: ignore[no-untyped-def]

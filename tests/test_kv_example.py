@@ -27,10 +27,7 @@ def run_host(cwd: Path, plugin: str | None, *args: str) -> subprocess.CompletedP
 
 
 def go_plugin() -> str:
-    reason = gobuild.go_missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return shlex.quote(str(gobuild.build_go("kv_plugin")))
+    return shlex.quote(str(gobuild.go_program_or_skip("kv_plugin")))
 
 
 @pytest.mark.parametrize("flags", [[], ["--automtls"]], ids=["plain", "automtls"])

@@ -459,9 +459,7 @@ def test_the_gateway_refuses_multiplex_without_tls_or_a_multiplexing_child(tmp_p
     # a child that cannot multiplex: go-plugin 1.0.1's KV plugin ignores PLUGIN_MULTIPLEX_GRPC
     from tests import gobuild
 
-    if not gobuild.go_available():
-        pytest.skip(f"go-plugin's KV plugin cannot be built here: {gobuild.go_missing_reason()}")
-    kv = str(gobuild.build_go("kv_plugin"))
+    kv = str(gobuild.go_program_or_skip("kv_plugin"))
     cfg = GatewayConfig(cmd=[kv], cookie=("BASIC_PLUGIN", "hello"), listen="127.0.0.1:0",
                         cert_file=str(certs.cert_file), key_file=str(certs.key_file),
                         client_ca_file=str(certs.client_ca_file), cwd=str(folder), multiplex=True)

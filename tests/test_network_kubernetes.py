@@ -354,13 +354,10 @@ def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn
                                                                 kvtrap: str, tmp_path: Path) -> None:  # noqa: F811
     """charts/plugbay's network-mode Deployment and Service, applied as rendered: the target the chart
     hands the host resolves to the Deployment's pods, and follows it as it scales up and down."""
-    from tests.gobuild import GoUnavailableError, build_go
+    from tests.gobuild import go_program_or_skip
     from tests.test_helm_chart import render
 
-    try:
-        renderer = build_go("helmrender")
-    except GoUnavailableError as exc:
-        pytest.skip(f"the Go toolchain is missing: {exc}")
+    renderer = go_program_or_skip("helmrender")
     repo, tag = kvtrap.split(":")
     docs = render(renderer, tmp_path, {
         "host": {"enabled": True, "image": {"repository": "example.com/host"}},
