@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from docker.errors import ImageNotFound
 
-from plugbay import images
+from plugbay import images, imagesteps
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -142,27 +142,25 @@ def test_a_build_step_cut_short_ends_its_command_and_what_it_started(tmp_path: P
 
     if cut == "progress raises":
         with pytest.raises(KeyboardInterrupt):
-            images._stream(["sh", "-c", script], progress, what="step")
+            imagesteps.run_step(["sh", "-c", script], progress, what="step")
         for pid in map(int, pids.read_text().split()):
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
     else:
         with pytest.raises(RunnerError, match="step failed .exit 3."):
-            images._stream(["sh", "-c", script], progress, what="step")
+            imagesteps.run_step(["sh", "-c", script], progress, what="step")
         background = int(pids.read_text().split()[0])
         os.kill(background, 9)  # a command that ends by itself: what it left is its own business
 
 
-def test_a_build_lock_held_elsewhere_is_waited_for_a_bounded_time(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_build_lock_held_elsewhere_is_waited_for_a_bounded_time(tmp_path: Path) -> None:
     import fcntl
 
-    monkeypatch.setattr(images, "CACHE", tmp_path)
     tmp_path.joinpath(".lock").touch()
     with open(tmp_path / ".lock") as holder:  # another build's hold (one per open file, even in one process)
         fcntl.flock(holder, fcntl.LOCK_EX)
         with pytest.raises(RunnerError, match="another image build has held .* let it finish"):
-            with images._lock(wait=0.3):
+            with imagesteps.build_lock(tmp_path, wait=0.3):
                 pass
         fcntl.flock(holder, fcntl.LOCK_UN)
-    with images._lock(wait=0.3):  # free again: taken at once
+    with imagesteps.build_lock(tmp_path, wait=0.3):  # free again: taken at once
         pass

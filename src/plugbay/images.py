@@ -16,17 +16,14 @@ again for an unchanged image costs one ``docker inspect``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import importlib.metadata
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
+from plugbay.imagesteps import Progress, build_lock, run_step
 from plugbay.runners.docker.engine import engine, engine_unreachable
 
 BASE_IMAGE = "plugbay-base:bookworm"
@@ -46,10 +44,6 @@ RUNTIME_DEPS = ("grpcio", "protobuf", "cryptography")
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.plugin"
 CACHE = REPO / ".cache" / "images"
-_LOCK_WAIT = 900.0  # a base image build takes about a minute, all example images a few
-
-Progress = Callable[[str], None]
-
 
 def _print_progress(line: str) -> None:
     print(f"images: {line}", file=sys.stderr, flush=True)
@@ -104,28 +98,6 @@ def docker_client() -> Any:
     return client
 
 
-@contextmanager
-def _lock(wait: float = _LOCK_WAIT) -> Iterator[None]:
-    # Several pytest processes may ask for the same image at once; a build stuck elsewhere must not
-    # keep this one waiting for ever.
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RunnerError(f"another image build has held {CACHE / '.lock'} for over {wait:.0f} s; let it"
-                                      " finish, or end it (`fuser -v` on that file names it) and build again") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- base image -------------------------------------------------------------
 
 
@@ -149,38 +121,6 @@ def apt_mirror(deb822: Path = Path("/etc/apt/sources.list.d/debian.sources"),
     return "http://deb.debian.org/debian"
 
 
-def _stream(cmd: Sequence[str], progress: Progress, *, what: str, stdin: Any = None) -> None:
-    # its own process group, ended with it when reading is cut short (Ctrl-C, a progress callback that
-    # raises): a debootstrap left running would write on under a rootfs folder being removed
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            progress(f"{what}: {line.rstrip()}")
-        code = proc.wait()
-    except BaseException:
-        _end_group(proc)
-        raise
-    finally:
-        proc.stdout.close()
-    if code != 0:
-        raise RunnerError(f"{what} failed (exit {code}): {' '.join(cmd)}; see the lines above")
-
-
-def _end_group(proc: subprocess.Popen[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @contextmanager
 def _own_client() -> Iterator[Any]:
     client = docker_client()
@@ -201,7 +141,7 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
         return str(client.images.get(BASE_IMAGE).id)
     except ImageNotFound:
         pass
-    with _lock():
+    with build_lock(CACHE):
         try:  # another process may have built it while we waited
             return str(client.images.get(BASE_IMAGE).id)
         except ImageNotFound:
@@ -214,12 +154,12 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
         folder = Path(make_tempdir("plugbay-rootfs-", dir="/var/tmp"))  # marked for sweeps; the root inside
         root = folder / "rootfs"
         try:
-            _stream(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
+            run_step(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
                      SUITE, str(root), mirror], progress, what="debootstrap")
             progress(f"importing the root filesystem as {BASE_IMAGE}")
             tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
             try:
-                _stream(["docker", "import", "-", BASE_IMAGE], progress, what="docker import", stdin=tar.stdout)
+                run_step(["docker", "import", "-", BASE_IMAGE], progress, what="docker import", stdin=tar.stdout)
             finally:
                 if tar.stdout:
                     tar.stdout.close()
@@ -263,7 +203,7 @@ def _wheelhouse(progress: Progress) -> Path:
         return folder
     progress(f"downloading wheels for {' '.join(pins)}")
     folder.mkdir(parents=True, exist_ok=True)
-    _stream([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+    run_step([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
              "--dest", str(folder), *pins], progress, what="pip download")
     (folder / ".complete").touch()
     return folder
@@ -273,7 +213,7 @@ def _plugbay_wheel(dest: Path, progress: Progress) -> None:
     if not (REPO / "pyproject.toml").exists():
         raise ConfigError(f"plugbay's source tree is not at {REPO}; plugin images are built from a checkout")
     with tempfile.TemporaryDirectory(prefix="plugbay-wheel-") as build:
-        _stream([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        run_step([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                  "-w", build, str(REPO)], progress, what="pip wheel plugbay")
         for wheel in Path(build).glob("plugbay-*.whl"):
             shutil.copy2(wheel, dest / wheel.name)
@@ -315,7 +255,7 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
                 f"base image {base_image!r} is not on the Docker engine and plugbay never pulls; build or"
                 f" `docker load` it first, or leave base_image at {BASE_IMAGE!r} (built with debootstrap)"
             ) from None
-    with _lock():
+    with build_lock(CACHE):
         wheels = _wheelhouse(progress)
         h = hashlib.sha256()
         for part in (DOCKERFILE.read_bytes(), base_id.encode(), " ".join(_dep_pins()).encode(),
