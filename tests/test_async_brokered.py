@@ -228,7 +228,7 @@ def test_a_hand_written_generic_handler_takes_one_hold_however_many_calls() -> N
     import tempfile
 
     from plugbay._proto.grpc.health.v1 import health_pb2
-    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.broker.brokertransport import BrokerTransport
     from plugbay.core.transport.aiohandlers import LOOP
     from tests.test_broker import _close_pair, _make_pair
 

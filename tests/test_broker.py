@@ -21,7 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ConfigError
 from plugbay.core.protocol.tls import CertKey, generate_cert
@@ -539,7 +540,7 @@ import os, sys, tempfile, shutil
 from concurrent.futures import ThreadPoolExecutor
 import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError
 

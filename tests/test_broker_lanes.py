@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.broker.broker import BrokerTransport
+from plugbay.core.broker.brokertransport import BrokerTransport
 from tests.test_broker import Pair, _close_pair, _make_pair, check, register, sockdir  # noqa: F401
 from tests.thread_util import thread_names, wait_for
 

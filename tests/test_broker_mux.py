@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.transport import yamux
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker, plugin_broker
 from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError
 from plugbay.core.transport.held import HeldStreams

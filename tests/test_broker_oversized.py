@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.wire import MAX_FIELD
 from plugbay.errors import BrokerTimeoutError
 

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import _BrokerServicer
 
 

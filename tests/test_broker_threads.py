@@ -188,7 +188,7 @@ def test_the_shared_loop_runs_while_leased_and_its_last_release_joins_it() -> No
 def test_a_stream_that_cannot_be_made_is_a_typed_error_and_gives_the_loop_back(tmp_path: Path) -> None:
     import grpc
 
-    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.broker.brokertransport import BrokerTransport
     from plugbay.core.broker.stream import host_broker
     from plugbay.core.transport.secure import Redial
 

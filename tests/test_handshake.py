@@ -204,7 +204,7 @@ def test_handshake_values_compare_print_hash_and_stay_frozen_like_dataclasses() 
     # HandshakeConfig/HandshakeInfo are plain classes (core/protocol/records.py), not dataclasses:
     # equality, repr, hashing and immutability must still be what @dataclass(frozen=True) gave.
     from plugbay import HandshakeConfig, NetworkServe
-    from plugbay.core.broker.broker import BrokerTransport
+    from plugbay.core.broker.brokertransport import BrokerTransport
 
     a = HandshakeConfig(1, "K", "V")
     assert a == HandshakeConfig(protocol_version=1, magic_cookie_key="K", magic_cookie_value="V")

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.core.transport import yamux

@@ -24,7 +24,8 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux

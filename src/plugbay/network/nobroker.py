@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import grpc
 
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.errors import BrokerError
 
 

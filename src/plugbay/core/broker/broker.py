@@ -30,15 +30,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.handshake import address_problem
-from plugbay.core.protocol.records import Frozen
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import private_room
 from plugbay.errors import (
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.broker.wire import Opening, Outbox, Reader
-    from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.aiohandlers import LoopSource
     from plugbay.core.transport.muxbridge import StreamBridge
     from plugbay.core.transport.muxsession import MuxSession
@@ -65,42 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
-
-
-class AddressTranslator(Protocol):
-    """Maps addresses across the runner's boundary (a Runner on the host side)."""
-
-    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]: ...
-
-    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
-
-    def release_address(self, network: str, address: str) -> None: ...
-
-
-class BrokerTransport(Frozen):
-    """How brokered connections are made on this side.
-
-    ``tls``: this side's AutoMTLS certificate (None: plaintext).
-    ``peer_cert_pem``: the other side's certificate, the only one trusted.
-    ``socket_dir``: where per-connection unix sockets go (default: $TMPDIR).
-    ``translator``: host side only, the runner that maps addresses.
-    ``multiplex``: use the plugin's one connection (needs ``mux``).
-    ``mux``: the yamux session the Client/serve() built for multiplexing.
-    """
-
-    _fields = ("tls", "peer_cert_pem", "socket_dir", "translator", "multiplex", "mux")
-    tls: tlsmod.CertKey | None
-    peer_cert_pem: bytes | None
-    socket_dir: str | None
-    translator: AddressTranslator | None
-    multiplex: bool
-    mux: MuxSession | None
-
-    def __init__(self, tls: tlsmod.CertKey | None = None, peer_cert_pem: bytes | None = None,
-                 socket_dir: str | None = None, translator: AddressTranslator | None = None,
-                 multiplex: bool = False, mux: MuxSession | None = None) -> None:
-        self._set(tls=tls, peer_cert_pem=peer_cert_pem, socket_dir=socket_dir, translator=translator,
-                  multiplex=multiplex, mux=mux)
 
 
 class GRPCBroker(StreamEnd, Multiplexed):

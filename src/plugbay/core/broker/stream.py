@@ -16,7 +16,8 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
-from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.errors import BrokerClosedError
 
 if TYPE_CHECKING:  # a plugin process does not load TLS code for this

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import threading
 
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.stdio import AioStdio, StdioReader

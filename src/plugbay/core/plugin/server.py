@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay.core.broker.broker import BrokerTransport, GRPCBroker
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.core.protocol.handshake import (
