@@ -287,11 +287,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
                         " before or shortly after you dial")
                 self._cond.wait(left)
 
-    def _wait_announcement(self, id: int, timeout: float) -> pb.ConnInfo:
-        info, _ = self._wait_for(self._announced, id, timeout, "the connection info")
-        assert isinstance(info, pb.ConnInfo)
-        return info
-
     # ------------------------------------------------------- per-connection
 
     def _mux_session(self) -> MuxSession | None:

@@ -20,7 +20,10 @@ from plugbay.errors import BrokerClosedError
 
 log = logging.getLogger("plugbay.broker")
 
-_ANNOUNCE_TTL = 60.0  # unclaimed announcements are dropped after this
+# An announcement nobody dialed is dropped this long after it came, as go-plugin's timeoutWait
+# drops it (grpc_broker.go): a host attaching to a running plugin numbers its broker ids from 1
+# again, and a gone host's unclaimed id kept longer would be dialed for the new host's same id.
+ANNOUNCE_TTL = 5.0
 # A unix socket path is at most 107 bytes and a host:port a few hundred, so a longer network or
 # address is no address; kept whole (up to MAX_UNCLAIMED of them, each as big as gRPC lets a message
 # be: 2 GiB) it would only hold memory. A knock's error text is cut to this too.
@@ -219,13 +222,25 @@ class StreamEnd:
                 announced.pop(msg.service_id, None)
                 while announced:
                     oldest = next(iter(announced))
-                    if now - announced[oldest][1] <= _ANNOUNCE_TTL and len(announced) < MAX_UNCLAIMED:
+                    if now - announced[oldest][1] <= ANNOUNCE_TTL and len(announced) < MAX_UNCLAIMED:
                         break
                     del announced[oldest]
                 announced[msg.service_id] = (msg, now)
             self._cond.notify_all()
         if routed:
             self._take_route(msg.service_id)
+
+    def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str) -> Any:
+        raise NotImplementedError  # GRPCBroker's
+
+    def _wait_announcement(self, id: int, timeout: float) -> pb.ConnInfo:
+        with self._cond:  # receive() drops old ones only as others come: this one may have waited long
+            kept = self._announced.get(id)
+            if kept is not None and time.monotonic() - kept[1] > ANNOUNCE_TTL:
+                del self._announced[id]
+        info, _ = self._wait_for(self._announced, id, timeout, "the connection info")
+        assert isinstance(info, pb.ConnInfo)
+        return info
 
     def _drop_oversized(self, msg: pb.ConnInfo) -> None:
         """An announcement whose network or address no socket can have: not kept, so its dial times out."""
