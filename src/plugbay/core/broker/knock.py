@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -129,12 +130,29 @@ class Multiplexed:
 
     # ------------------------------------------------------------- dialing
 
+    @contextmanager
+    def _turn(self, mux: MuxSession, id: int, timeout: float) -> Iterator[float]:
+        """Hold dial_lock, waited for within ``timeout``; yields what is left of it for the ack.
+
+        go-plugin's dialMutex.Lock() waits without bound; here each dial keeps its own deadline,
+        whatever the dials before it wait for (each up to its own timeout for its knock's ack)."""
+        began = time.monotonic()
+        if not mux.dial_lock.acquire(timeout=max(timeout, 0.0)):
+            raise BrokerTimeoutError(
+                f"timed out after {timeout:g}s waiting to dial broker id {id}: multiplexed dials knock one at"
+                " a time, and an earlier one still waits for its knock's answer (the other side is busy,"
+                " stopped, or does not serve that id yet); dial again, or with a longer timeout")
+        try:
+            yield max(0.0, timeout - (time.monotonic() - began))
+        finally:
+            mux.dial_lock.release()
+
     def _knock_and_open(self, id: int, timeout: float) -> Stream:
         mux = self._mux()
-        with mux.dial_lock:
+        with self._turn(mux, id, timeout) as left:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
-            return self._open_when_acked(id, timeout, session)
+            return self._open_when_acked(id, left, session)
 
     def _knock(self, id: int) -> None:
         with self._cond:  # an ack for ``id`` from now on is this knock's, even after a dial that gave up
@@ -197,7 +215,7 @@ class Multiplexed:
             path = private_socket(self._private_dir_path(), "d")
         except OSError as exc:
             raise local_socket_error(f"dial broker id {id}", exc) from exc
-        with mux.dial_lock:
+        with self._turn(mux, id, timeout) as left:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
             # while the knock travels: the local listener, its accept loop and the channel
@@ -219,9 +237,9 @@ class Multiplexed:
                     bridge.set_first(first)
                 channel.connect_now()
                 if first is None:
-                    bridge.set_first(self._open_when_acked(id, timeout, session))
+                    bridge.set_first(self._open_when_acked(id, left, session))
                 else:
-                    self._wait_ack(id, timeout, routed)
+                    self._wait_ack(id, left, routed)
             except BaseException:
                 if first is not None:
                     # before the next knock (dial_lock): the peer must not route this stream to it
