@@ -44,9 +44,10 @@ def test_an_announcement_longer_than_any_address_is_not_kept(broker: GRPCBroker,
 def test_a_knock_acks_error_text_is_kept_cut(broker: GRPCBroker) -> None:
     broker.receive(pb.ConnInfo(service_id=5, address="/" + "a" * (1 << 20), knock=pb.ConnInfo.Knock(
         knock=True, ack=True, error="e" * (1 << 20))))
-    kept = broker._acks[5]
+    kept = broker._acks[5][0]
     assert kept.knock.ack and kept.knock.error.startswith("e" * MAX_FIELD)
     assert len(kept.knock.error) < 2 * MAX_FIELD and not kept.address
     broker.receive(pb.ConnInfo(service_id=6, address="/" + "a" * (1 << 20), knock=pb.ConnInfo.Knock(
         knock=True, ack=True)))
-    assert broker._acks[6].knock.ack and not broker._acks[6].knock.error and not broker._acks[6].address
+    kept = broker._acks[6][0]
+    assert kept.knock.ack and not kept.knock.error and not kept.address

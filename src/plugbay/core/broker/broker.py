@@ -82,7 +82,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._cond = threading.Condition()
         self._next = 0
         self._announced: dict[int, tuple[pb.ConnInfo, float]] = {}
-        self._acks: dict[int, pb.ConnInfo] = {}
+        self._acks: dict[int, tuple[pb.ConnInfo, float]] = {}
         self._outbox: list[pb.ConnInfo] = []  # sent before the stream exists
         self._send_q: Outbox | None = None
         self._lost: str | None = None

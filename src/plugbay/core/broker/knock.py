@@ -42,6 +42,12 @@ _BRIDGE_JOIN = 10.0
 # Knocks for ids not served yet, and acks nobody waits for, are kept at most this many: the
 # peer sends them, and a peer is not trusted to stay within what the other side asked for.
 MAX_UNCLAIMED = 1024
+# An announcement nobody dialed, or a knock's ack no dial took, is dropped this long after it came,
+# as go-plugin's timeoutWait drops either (grpc_broker.go). A host attaching to a running plugin
+# numbers its broker ids from 1 again: a gone host's unclaimed id kept longer would be dialed for the
+# new host's same id. An ack left by a late one (a dial took the ack of an earlier knock) kept longer
+# would be a much later dial's, whose stream then reached the peer before its knock did.
+UNCLAIMED_TTL = 5.0
 # What an eager dial takes for its ack once the peer's first bytes arrive on its stream: a
 # holding peer routes a held stream only for a knock it accepts (and resets it otherwise), and
 # the server there speaks first (HTTP/2 settings, a TLS server hello), so those bytes come a
@@ -53,7 +59,7 @@ class Multiplexed:
     """GRPCBroker's knock/ack and multiplexed serve/dial (a base class: it shares the broker's state)."""
 
     _cond: threading.Condition
-    _acks: dict[int, pb.ConnInfo]
+    _acks: dict[int, tuple[pb.ConnInfo, float]]  # and when each came
     _early_knocks: dict[int, float]
     dial_timeout: float
     _late_acks: set[int]
@@ -157,6 +163,9 @@ class Multiplexed:
     def _knock(self, id: int) -> None:
         with self._cond:  # an ack for ``id`` from now on is this knock's, even after a dial that gave up
             self._gave_up.discard(id)
+            kept = self._acks.get(id)  # one left by an earlier dial (it took a late ack): this knock's
+            if kept is not None and time.monotonic() - kept[1] > UNCLAIMED_TTL:  # only while go-plugin's would be
+                del self._acks[id]
         self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
 
     def _open_when_acked(self, id: int, timeout: float, session: Session | None) -> Stream:
@@ -164,16 +173,16 @@ class Multiplexed:
         return self._mux().open_stream(on=session)
 
     def _wait_ack(self, id: int, timeout: float, routed: threading.Event | None = None) -> None:
-        def proven() -> pb.ConnInfo | None:  # under self._cond
+        def proven() -> tuple[pb.ConnInfo, float] | None:  # under self._cond
             if routed is None or not routed.is_set():
                 return None
             self._late_acks.add(id)  # the ack still comes: receive() drops it
             if len(self._late_acks) > MAX_UNCLAIMED:
                 self._late_acks.pop()
-            return _ROUTED
+            return _ROUTED, 0.0
 
         try:
-            ack = self._wait_for(self._acks, id, timeout, "the knock acknowledgement", proven)
+            ack, _ = self._wait_for(self._acks, id, timeout, "the knock acknowledgement", proven)
         except BrokerTimeoutError:
             with self._cond:  # its ack may still come: the peer would route our next stream to id
                 self._gave_up.add(id)

@@ -15,15 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.core.broker.knock import MAX_UNCLAIMED
+from plugbay.core.broker.knock import MAX_UNCLAIMED, UNCLAIMED_TTL
 from plugbay.errors import BrokerClosedError
 
 log = logging.getLogger("plugbay.broker")
 
-# An announcement nobody dialed is dropped this long after it came, as go-plugin's timeoutWait
-# drops it (grpc_broker.go): a host attaching to a running plugin numbers its broker ids from 1
-# again, and a gone host's unclaimed id kept longer would be dialed for the new host's same id.
-ANNOUNCE_TTL = 5.0
 # A unix socket path is at most 107 bytes and a host:port a few hundred, so a longer network or
 # address is no address; kept whole (up to MAX_UNCLAIMED of them, each as big as gRPC lets a message
 # be: 2 GiB) it would only hold memory. A knock's error text is cut to this too.
@@ -66,7 +62,7 @@ class StreamEnd:
     _send_q: Outbox | None
     _lost: str | None
     _outbox: list[pb.ConnInfo]
-    _acks: dict[int, pb.ConnInfo]
+    _acks: dict[int, tuple[pb.ConnInfo, float]]  # and when each came
     _late_acks: set[int]
     _gave_up: set[int]
     _announced: dict[int, tuple[pb.ConnInfo, float]]
@@ -211,7 +207,8 @@ class StreamEnd:
                     self._gave_up.discard(msg.service_id)
                     routed = not msg.knock.error
                 else:
-                    self._acks[msg.service_id] = msg
+                    self._acks.pop(msg.service_id, None)  # oldest first, as announcements
+                    self._acks[msg.service_id] = (msg, now)
                 if len(self._acks) > MAX_UNCLAIMED:  # the oldest: no dial waits that long
                     del self._acks[next(iter(self._acks))]
             else:
@@ -222,7 +219,7 @@ class StreamEnd:
                 announced.pop(msg.service_id, None)
                 while announced:
                     oldest = next(iter(announced))
-                    if now - announced[oldest][1] <= ANNOUNCE_TTL and len(announced) < MAX_UNCLAIMED:
+                    if now - announced[oldest][1] <= UNCLAIMED_TTL and len(announced) < MAX_UNCLAIMED:
                         break
                     del announced[oldest]
                 announced[msg.service_id] = (msg, now)
@@ -236,7 +233,7 @@ class StreamEnd:
     def _wait_announcement(self, id: int, timeout: float) -> pb.ConnInfo:
         with self._cond:  # receive() drops old ones only as others come: this one may have waited long
             kept = self._announced.get(id)
-            if kept is not None and time.monotonic() - kept[1] > ANNOUNCE_TTL:
+            if kept is not None and time.monotonic() - kept[1] > UNCLAIMED_TTL:
                 del self._announced[id]
         info, _ = self._wait_for(self._announced, id, timeout, "the connection info")
         assert isinstance(info, pb.ConnInfo)
