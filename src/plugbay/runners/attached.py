@@ -6,8 +6,10 @@ PLUGBAY_PLUGIN_ID that ProcessRunner.start() put in its environment (read
 back from /proc/PID/environ), and an address is only dialed once that process
 is shown to listen there (plugbay.runners.listeners). Once that proven process has
 exited, kill() still ends the process group it led, as ProcessRunner does, while
-/proc proves the group is still the one it led (proctree.led_group_stands). Its exit is heard through a pidfd on the shared
-I/O loop where the kernel has pidfds.
+/proc proves the group is still the one it led (proctree.led_group_stands). Its exit
+is heard through a pidfd on the shared I/O loop where the kernel has pidfds. Nothing
+is proven through a /proc of another pid namespace (tempdirs.own_proc): a pid read
+there names another process than the one this host would signal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from plugbay.core.transport.tempdirs import own_proc
 from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
@@ -42,8 +45,17 @@ def _start_time(pid: int) -> int | None:
     return int(ticks) if ticks else None
 
 
+def _foreign_proc(pid: int) -> str:
+    return (f"/proc here shows another pid namespace's processes, so its process {pid} is not the process {pid}"
+            " this host would signal (this host runs in a pid namespace of its own without a /proc of its own:"
+            " unshare --pid without --mount-proc, or nsenter -p). Reattach from the pid namespace that started"
+            " the plugin, or give this one its own /proc (unshare --pid --fork --mount-proc)")
+
+
 def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
     """Why process ``pid`` cannot be proven to be plugbay's plugin ``plugin_id`` (None: it can)."""
+    if not own_proc():  # its start time and environment would be another process's
+        return _foreign_proc(pid)
     if start_time is None or not plugin_id:
         return "the reattach data lacks its 'start_time' or 'plugin_id' (not written by this plugbay)"
     if _start_time(pid) != start_time:
@@ -212,6 +224,8 @@ def checked_pid(data: Mapping[str, Any]) -> tuple[int, int | None]:
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
     pid, start = checked_pid(data)
+    if not own_proc():  # before _alive(), which would read the wrong process too
+        raise ReattachError(f"cannot reattach to process {pid}: {_foreign_proc(pid)}")
     plugin_id = data.get("plugin_id")
     runner = AttachedProcess(pid, start, str(data.get("name", "")),
                              plugin_id if isinstance(plugin_id, str) else "")
