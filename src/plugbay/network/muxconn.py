@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +28,7 @@ from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.core.transport.relay import DRAIN_TIMEOUT, TLSRelay
+from plugbay.core.transport.relay import DRAIN_TIMEOUT, ContextSource, TLSRelay
 from plugbay.core.transport.secure import Redial, grpc_target
 from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
@@ -43,7 +42,7 @@ _TLS_TIMEOUT = 10.0
 class MuxEndpoint(DelegatingChannel):
     """A grpc.Channel to one endpoint through its yamux session, plus that session's broker."""
 
-    def __init__(self, endpoint: Endpoint, context: ssl.SSLContext, server_name: str | None,
+    def __init__(self, endpoint: Endpoint, context: ContextSource, server_name: str | None,
                  options: Sequence[tuple[str, Any]] = (), keepalive: Keepalive | None = None) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()

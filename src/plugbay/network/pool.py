@@ -72,7 +72,8 @@ class EndpointPool(PoolHealth, CallChannel):
         self.unhealthy_after = unhealthy_after
         self.no_deadline_wait = no_deadline_wait
         self.drain_timeout = drain_timeout
-        self._credentials = tls.credentials() if tls is not None else None
+        if tls is not None:
+            tls.files()  # a bad file fails here; each new channel takes the files as they are then (_dial)
         self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
         self._resolver = resolver
         self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
@@ -143,9 +144,11 @@ class EndpointPool(PoolHealth, CallChannel):
             channel = self._connector(endpoint)
             return Member(endpoint, channel, getattr(channel, "redial", None))
         target = grpc_target(endpoint.network, endpoint.address)
-        redial = Redial(target, self._credentials, self._options)
-        if self._credentials is not None:
-            return Member(endpoint, grpc.secure_channel(target, self._credentials, options=self._options), redial)
+        # renewed files on disk apply from the next channel made (a stat per channel, a read per change)
+        credentials = self.tls.credentials() if self.tls is not None else None
+        redial = Redial(target, credentials, self._options)
+        if credentials is not None:
+            return Member(endpoint, grpc.secure_channel(target, credentials, options=self._options), redial)
         return Member(endpoint, grpc.insecure_channel(target, options=self._options), redial)
 
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:

@@ -31,7 +31,6 @@ using the broker raises BrokerError.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 import weakref
@@ -156,7 +155,6 @@ class RemoteClient(Client):
         self.multiplexed = False  # True once the endpoints are reached through yamux sessions
         self._pool: EndpointPool | None = None
         self.description: discovery_pb2.DescribeResponse | None = None
-        self._mux_context: ssl.SSLContext | None = None
         # weak: a stub the caller dropped lets go of its channel; the live ones are detached at close
         self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
 
@@ -251,9 +249,9 @@ class RemoteClient(Client):
     def _connect_mux(self, endpoint: Endpoint) -> grpc.Channel:
         tls = self.remote.tls
         assert tls is not None
-        if self._mux_context is None:
-            self._mux_context = tls.ssl_context()
-        return MuxEndpoint(endpoint, self._mux_context, tls.server_name, self.remote.grpc_options,
+        tls.ssl_context()  # a bad file fails here, not on the relay's loop
+        # the relay asks per TLS connection it makes: renewed files apply to the next one
+        return MuxEndpoint(endpoint, tls.ssl_context, tls.server_name, self.remote.grpc_options,
                            keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"))
 
     def dispense(self, name: str) -> Any:

@@ -3,7 +3,8 @@
 Unlike go-plugin's AutoMTLS (a fresh certificate per launch, passed through the
 handshake), a shared remote plugin is reached with files an operator or
 cert-manager provides: the host's certificate and key, and the CA that signed
-the plugins' certificates. ``server_name`` is the name the plugin's
+the plugins' certificates (read again for new connections when they change on
+disk: plugbay.network.tlsfiles). ``server_name`` is the name the plugin's
 certificate must carry (its SAN) when it differs from the dialed address.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
 
 from plugbay.errors import ConfigError
+from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
@@ -55,48 +58,32 @@ class NetworkTLS:
     key_file: str | None
     ca_file: str
     server_name: str | None = None
+    _files: ClassVar[ClientFiles]  # each instance's own, set in __post_init__
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("NetworkTLS needs cert_file and key_file together (or neither, for"
                               " server-only TLS); got only one of them")
+        # not a dataclass field: equality, repr and asdict() stay the four paths
+        object.__setattr__(self, "_files", ClientFiles(self.cert_file, self.key_file, self.ca_file))
 
-    def _read(self, what: str, path: str | None) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ConfigError(f"NetworkTLS {what} {path!r} cannot be read: {exc}; pass a readable PEM file"
-                              ) from exc
-        if b"-----BEGIN" not in data:
-            raise ConfigError(f"NetworkTLS {what} {path!r} holds no PEM block; pass a PEM file")
-        return data
+    def __reduce__(self) -> tuple[type[NetworkTLS], tuple[str | None, str | None, str, str | None]]:
+        # copies and pickles name the same files and read them anew (a lock does not pickle)
+        return NetworkTLS, (self.cert_file, self.key_file, self.ca_file, self.server_name)
+
+    def files(self) -> ClientSet:
+        """The current good set of the files: read again only when they changed on disk since the last
+        call (stat per call), a half-done renewal keeping the previous set (plugbay.network.tlsfiles).
+        TLSConfigError (a ConfigError) when no good set could ever be read."""
+        return self._files.current()
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """grpc channel credentials from the files (read now, so a bad file fails at connect)."""
-        return grpc.ssl_channel_credentials(root_certificates=self._read("ca_file", self.ca_file),
-                                            private_key=self._read("key_file", self.key_file),
-                                            certificate_chain=self._read("cert_file", self.cert_file))
+        """grpc channel credentials for a new channel, from the current files (see :meth:`files`)."""
+        return self.files().credentials()
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The same files as an OpenSSL client context (the multiplexed connection's TLS relay)."""
-        ca = self._read("ca_file", self.ca_file)
-        assert ca is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(cadata=ca.decode())
-        if self.cert_file is not None and self.key_file is not None:
-            self._read("cert_file", self.cert_file)
-            self._read("key_file", self.key_file)
-            try:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"NetworkTLS cert_file {self.cert_file!r} and key_file {self.key_file!r}"
-                                  f" cannot be used together ({exc}); pass a certificate and its own key"
-                                  ) from exc
-        return ctx
+        """The current files as an OpenSSL client context (the multiplexed connection's TLS relay)."""
+        return self.files().ssl_context()
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []

@@ -39,8 +39,8 @@ def _context(tls: NetworkTLS | None) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
-    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls is not None:
+        tls.files().load_into(ctx)  # the set new channels present, not a half-renewed one on disk
     return ctx
 
 

@@ -29,6 +29,7 @@ import ssl
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -104,9 +105,7 @@ def load(files: TLSFiles) -> LoadedTLS:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _GRPC_CURVES:
         raise TLSConfigError(f"{files.key_file!r} is an ECDSA key on {key.curve.name}, which gRPC's TLS"
                              " cannot use; issue the certificate with RSA-2048+ or P-256/P-384")
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    if chain[0].public_key().public_bytes(serialization.Encoding.DER, pub) != \
-            key.public_key().public_bytes(serialization.Encoding.DER, pub):
+    if not key_fits(chain[0], key):
         raise TLSConfigError(f"the key in {files.key_file!r} does not belong to the certificate in"
                              f" {files.cert_file!r}; pass the key the certificate was issued for (rotate"
                              " both files together)")
@@ -114,6 +113,26 @@ def load(files: TLSFiles) -> LoadedTLS:
     # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
     ca_clean = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
     return LoadedTLS(cert_pem, key_pem, ca_clean)
+
+
+def key_fits(cert: Any, key: Any) -> bool:
+    """Whether ``key`` (a cryptography private key) is the key of ``cert`` (an x509.Certificate)."""
+    from cryptography.hazmat.primitives import serialization
+
+    der, pub = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(cert.public_key().public_bytes(der, pub) == key.public_key().public_bytes(der, pub))
+
+
+def load_chain_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate chain and its key, held in memory, into ``ctx``."""
+    # ssl loads key material only from files: a private file for the blink of an eye
+    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(cert_pem + b"\n" + key_pem)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
 
 
 def _stamp(path: str) -> tuple[str, int, int]:
@@ -209,14 +228,7 @@ def _context(loaded: LoadedTLS) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=loaded.client_ca_pem.decode())
     ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2; a yamux host sends no ALPN
-    # ssl loads key material only from files: a private file for the blink of an eye
-    fd, path = tempfile.mkstemp(prefix="plugbay-tls-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(loaded.cert_pem + b"\n" + loaded.key_pem)
-        ctx.load_cert_chain(path)
-    finally:
-        os.unlink(path)
+    load_chain_pem(ctx, loaded.cert_pem, loaded.key_pem)
     return ctx
 
 

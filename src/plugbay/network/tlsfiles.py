@@ -1,0 +1,167 @@
+"""The host's TLS files (NetworkTLS), read again when they change on disk, for each new connection.
+
+cert-manager and Kubernetes Secret mounts renew the host's client certificate in
+place (often by swapping a symlinked ``..data`` folder), so a long-lived
+RemoteClient must not keep the set it read at start. :class:`ClientFiles` is
+asked for the current set each time a channel to an endpoint is made (and per
+TLS handshake of a brokered session's relay): it compares the files' stamps
+(resolved path, inode, size, mtime) with those of the set it holds, and reads
+and checks them again only when one changed. Channels already made keep the
+credentials they were made with.
+
+A renewal seen half done (a truncated PEM, a certificate with the previous
+key) is logged once, and the last good set stays in use until the files change
+again; only when no good set was ever read is it an error (TLSConfigError,
+raised where the connection is made). The serving side does the same with its
+own files: plugbay.core.transport.certfiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+
+import grpc
+
+from plugbay.core.transport.certfiles import key_fits, load_chain_pem
+from plugbay.errors import TLSConfigError
+
+log = logging.getLogger("plugbay.network.tls")
+
+Stamp = tuple[str, int, int, int] | None  # resolved path, inode, size, mtime_ns (None: no such file given)
+
+
+_NONE = object()
+
+
+class _Unreadable(TLSConfigError):
+    """A file that could not be opened or read: says nothing of its content, so it is tried again."""
+
+
+class ClientSet:
+    """One good set of the host's files, as bytes, and what is built from them (once per set)."""
+
+    def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None) -> None:
+        self.ca_pem, self.cert_pem, self.key_pem = ca_pem, cert_pem, key_pem
+        self._lock = threading.Lock()
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._context: ssl.SSLContext | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = grpc.ssl_channel_credentials(
+                    root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem)
+            return self._credentials
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An OpenSSL client context that trusts the CA and presents the certificate (a session's relay)."""
+        with self._lock:
+            if self._context is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+                ctx.load_verify_locations(cadata=self.ca_pem.decode())
+                self.load_into(ctx)
+                self._context = ctx
+            return self._context
+
+    def load_into(self, ctx: ssl.SSLContext) -> None:
+        """Present this set's certificate and key on ``ctx`` (nothing when the set has none)."""
+        if self.cert_pem is not None and self.key_pem is not None:
+            load_chain_pem(ctx, self.cert_pem, self.key_pem)
+
+
+def _read(what: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise _Unreadable(f"NetworkTLS {what} {path!r} cannot be read: {exc}; pass a readable PEM file") from exc
+    if b"-----BEGIN" not in data:
+        raise TLSConfigError(f"NetworkTLS {what} {path!r} holds no PEM block; pass a PEM file")
+    return data
+
+
+def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet:
+    """Read and check the files: a TLSConfigError says which one is wrong."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca = _read("ca_file", ca_file)
+    try:
+        x509.load_pem_x509_certificates(ca)
+    except ValueError:
+        raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds no whole PEM certificate; pass the CA"
+                             " certificate(s) that sign the plugins' certificates") from None
+    if cert_file is None or key_file is None:
+        return ClientSet(ca, None, None)
+    cert, key = _read("cert_file", cert_file), _read("key_file", key_file)
+    try:
+        chain = x509.load_pem_x509_certificates(cert)
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as exc:
+        raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
+                             f" together ({exc}); pass a PEM certificate and its own unencrypted key") from None
+    if not key_fits(chain[0], private):
+        raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
+                             " together (the key does not belong to the certificate); pass a certificate and"
+                             " its own key (renew both files together)")
+    return ClientSet(ca, cert, key)
+
+
+def _stamp(path: str | None) -> Stamp:
+    if path is None:
+        return None
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return real, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ClientFiles:
+    """The current good set of a NetworkTLS's files; see the module docstring."""
+
+    def __init__(self, cert_file: str | None, key_file: str | None, ca_file: str) -> None:
+        self._paths = (cert_file, key_file, ca_file)
+        self._lock = threading.Lock()
+        self._good: ClientSet | None = None
+        self._stamps: tuple[Stamp, ...] | None = None
+        self._warned: object = _NONE  # the stamps of a set that did not load, warned of
+        self._bad = False  # that set's content is wrong: it is not read again until the files change
+        self.reloads = 0
+
+    def _all_stamps(self) -> tuple[Stamp, ...] | None:
+        try:
+            return tuple(_stamp(p) for p in self._paths)
+        except OSError:
+            return None  # a file missing: mid-swap, or gone (then read below, for its error)
+
+    def current(self) -> ClientSet:
+        """The set to make a new connection with: re-read when the files changed since the last one."""
+        with self._lock:
+            stamps = self._all_stamps()
+            good = self._good
+            if good is not None and (stamps == self._stamps or (self._bad and stamps == self._warned)):
+                return good
+            try:
+                loaded = load(*self._paths)
+            except TLSConfigError as exc:
+                if good is None:
+                    raise  # no set was ever good: the connection cannot be made
+                if stamps != self._warned:
+                    self._warned = stamps
+                    log.warning("NetworkTLS files changed but the new set is not usable yet, keeping the"
+                                " previous one for new connections: %s", exc)
+                self._bad = stamps is not None and not isinstance(exc, _Unreadable)
+                return good
+            self._stamps, self._warned, self._bad = stamps, _NONE, False
+            if good is not None and (loaded.ca_pem, loaded.cert_pem, loaded.key_pem) == \
+                    (good.ca_pem, good.cert_pem, good.key_pem):
+                return good  # touched, not changed: keep what was built from it
+            if good is not None:
+                self.reloads += 1
+                log.info("NetworkTLS files reloaded for new connections (%s)",
+                         ", ".join(p for p in self._paths if p))
+            self._good = loaded
+            return loaded
