@@ -57,7 +57,8 @@ def test_a_dns_answer_the_pool_failed_to_take_is_taken_at_a_later_lookup() -> No
     connector = FlakyConnector("127.0.0.1:2")
     with serving(zone) as server:
         zone.set(name, "SRV", [SRV(0, 0, 1, "127.0.0.1")])
-        pool = EndpointPool(DNSResolver(name, srv=True, dns_server=server, refresh=0.2, name="kv-retry"),
+        pool = EndpointPool(DNSResolver(name, srv=True, dns_server=server, allow_loopback=True, refresh=0.2,
+                                        name="kv-retry"),
                             insecure=True, health_interval=30.0, name="kv-retry", connector=connector)
         try:
             pool.start()
@@ -107,7 +108,8 @@ def test_a_set_with_an_endpoint_that_cannot_be_dialed_leaves_the_pool_as_it_was(
 def test_an_endpointslice_set_the_callback_failed_to_take_is_handed_over_again(api: SliceAPI,
                                                                               tmp_path: Path) -> None:
     api.list_body["items"] = [slice_of("kv-a", ["127.0.0.1"], port=1)]
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     sets: list[list[str]] = []
     refusals = [1]
 

@@ -50,7 +50,7 @@ def test_a_and_aaaa_records_added_and_removed_change_the_pool(dns: tuple[Zone, s
     try:
         zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
         cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, dns_refresh=0.3, health_interval=0.2,
+                           insecure=True, dns_server=server, allow_loopback=True, dns_refresh=0.3, health_interval=0.2,
                            call_timeout=2.0, name="kv-dns")
         with RemoteClient(cfg) as client:
             kv = client.dispense(PLUGIN_NAME)
@@ -79,7 +79,8 @@ def _v4_and_v6_replicas(zone: Zone, server: str, name: str) -> Iterator[tuple[Re
         zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
         zone.set(f"kv.{ZONE}", "AAAA", [AAAA("::1")])
         cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, dns_refresh=600, call_timeout=2.0, name=name)
+                           insecure=True, dns_server=server, allow_loopback=True, dns_refresh=600,
+                           call_timeout=2.0, name=name)
         with RemoteClient(cfg) as client:
             yield client, v4, v6
     finally:
@@ -120,7 +121,8 @@ def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:
         zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, a.port, f"kv-host.{ZONE}"),
                                             SRV(10, 5, b.port, f"kv-host.{ZONE}")])
         cfg = RemoteConfig(target="dns+srv:///_kv._tcp.plugbay.test", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, dns_refresh=0.3, call_timeout=2.0, name="kv-srv")
+                           insecure=True, dns_server=server, allow_loopback=True, dns_refresh=0.3,
+                           call_timeout=2.0, name="kv-srv")
         with RemoteClient(cfg) as client:
             kv = client.dispense(PLUGIN_NAME)
             assert set(client.metrics()["endpoints"]) == {f"tcp:127.0.0.1:{a.port}", f"tcp:127.0.0.1:{b.port}"}
@@ -137,7 +139,8 @@ def test_an_unreachable_dns_server_is_a_discovery_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))  # bound, never answering: the lookup times out
         port = s.getsockname()[1]
-        resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=f"127.0.0.1:{port}", timeout=0.5)
+        resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=f"127.0.0.1:{port}", allow_loopback=True,
+                               timeout=0.5)
         with pytest.raises(DiscoveryError) as err:
             resolver.start(lambda eps: None)
     assert f"DNS lookup of 'kv.plugbay.test' (A/AAAA) at 127.0.0.1:{port} failed" in str(err.value)
@@ -146,7 +149,7 @@ def test_an_unreachable_dns_server_is_a_discovery_error() -> None:
 
 def test_a_name_without_records_resolves_to_no_endpoints(dns: tuple[Zone, str]) -> None:
     zone, server = dns
-    resolver = DNSResolver("missing.plugbay.test", 7001, dns_server=server)
+    resolver = DNSResolver("missing.plugbay.test", 7001, dns_server=server, allow_loopback=True)
     seen: list[int] = []
     resolver.start(lambda eps: seen.append(len(eps)))
     resolver.close()
@@ -161,7 +164,8 @@ def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_
     rep = Replica("127.0.0.1:0")
     try:
         cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{rep.port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, start_timeout=15.0, name="kv-dns-late")
+                           insecure=True, dns_server=server, allow_loopback=True, start_timeout=15.0,
+                           name="kv-dns-late")
         client = RemoteClient(cfg)  # dns_refresh is its default, 30 s: longer than start_timeout
         later = threading.Timer(0.5, lambda: zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")]))
         later.start()
@@ -190,7 +194,8 @@ def test_lookups_asked_while_calls_wait_on_an_empty_answer_are_spaced_out(dns: t
 
     try:
         cfg = RemoteConfig(target=f"dns:///kv.plugbay.test:{rep.port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, start_timeout=20.0, name="kv-dns-spaced")
+                           insecure=True, dns_server=server, allow_loopback=True, start_timeout=20.0,
+                           name="kv-dns-spaced")
         client = RemoteClient(cfg)
         later = threading.Timer(4.0, publish)
         later.start()

@@ -34,7 +34,7 @@ def dns() -> Iterator[tuple[Zone, str]]:
 def test_an_odd_response_code_is_a_discovery_error(dns: tuple[Zone, str], rcode: str) -> None:
     zone, server = dns
     zone.rcode = getattr(RCODE, rcode)
-    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, timeout=1.0)
+    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, allow_loopback=True, timeout=1.0)
     with pytest.raises(DiscoveryError) as err:
         resolver.start(lambda eps: None)
     assert "DNS lookup of 'kv.plugbay.test' (A/AAAA)" in str(err.value)
@@ -76,7 +76,7 @@ def test_one_failing_query_keeps_the_records_the_others_found() -> None:
 def test_an_odd_answer_does_not_stop_discovery(dns: tuple[Zone, str]) -> None:
     zone, server = dns
     zone.set(f"kv.{ZONE}", "A", [A("127.0.0.1")])
-    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, refresh=0.1, timeout=1.0)
+    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, allow_loopback=True, refresh=0.1, timeout=1.0)
     seen: list[list[Endpoint]] = []
     resolver.start(lambda eps: seen.append(list(eps)))
     try:
@@ -94,7 +94,8 @@ def test_an_odd_answer_does_not_stop_discovery(dns: tuple[Zone, str]) -> None:
 
 
 def _keys(server: str, name: str, **kw: object) -> list[str]:
-    resolver = DNSResolver(name, 7001, dns_server=server, timeout=1.0, **kw)  # type: ignore[arg-type]
+    resolver = DNSResolver(name, 7001, dns_server=server, allow_loopback=True, timeout=1.0,
+                           **kw)  # type: ignore[arg-type]
     seen: list[list[Endpoint]] = []
     resolver.start(lambda eps: seen.append(list(eps)))
     resolver.close()
@@ -144,7 +145,7 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
                                      AAAA("::1")])
     zone.set(f"_kv._tcp.odd.{ZONE}", "SRV", [SRV(0, 0, 7002, f"odd.{ZONE}")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
-    resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, timeout=1.0)
+    resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, allow_loopback=True, timeout=1.0)
     seen: list[list[Endpoint]] = []
     resolver.start(lambda eps: seen.append(list(eps)))
     try:
@@ -180,7 +181,7 @@ def test_start_timeout_covers_discovery() -> None:
         for i in range(8):
             zone.set(f"kv-{i}.{ZONE}", "A", [A(f"127.0.0.{i + 1}")])
         cfg = RemoteConfig(target="dns+srv:///_kv._tcp.plugbay.test", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server,
+                           insecure=True, dns_server=server, allow_loopback=True,
                            start_timeout=1.0, name="kv-slow-dns")
         started = time.monotonic()
         with pytest.raises(HandshakeTimeoutError) as err:

@@ -45,7 +45,7 @@ def test_a_thousand_targets_cost_the_lookups_of_the_endpoints_kept(caplog: pytes
     _publish(zone, 1000)
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     with serving(zone) as server:
-        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0)
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, timeout=2.0)
         seen: list[list[Endpoint]] = []
         try:
             resolver.start(lambda eps: seen.append(list(eps)), deadline=time.monotonic() + 60)
@@ -65,7 +65,7 @@ def test_targets_are_taken_in_priority_then_weight_order_and_the_rest_not_looked
     for i, target in enumerate(("heavy", "light", "late")):
         zone.set(f"{target}.{ZONE}", "A", [A(f"127.0.0.{i + 1}")])
     with serving(zone) as server:
-        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0, max_endpoints=2)
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, timeout=2.0, max_endpoints=2)
         seen: list[list[Endpoint]] = []
         try:
             resolver.start(lambda eps: seen.append(list(eps)))
@@ -83,7 +83,8 @@ def test_a_slow_server_with_a_large_answer_still_starts_and_refreshes() -> None:
     zone = CountingZone(delay=0.02)
     _publish(zone, 200)
     with serving(zone) as server:
-        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=1.0, refresh=0.5, max_endpoints=16)
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, timeout=1.0, refresh=0.5,
+                               max_endpoints=16)
         seen: list[list[Endpoint]] = []
         try:
             resolver.start(lambda eps: seen.append(list(eps)), deadline=time.monotonic() + 5)
@@ -108,7 +109,7 @@ def test_a_targets_rotated_records_give_the_same_order_and_the_warning_tells_no_
     zone.set(f"t.{ZONE}", "A", [A("127.0.0.2"), A("127.0.0.1"), A("127.0.0.3")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     with serving(zone) as server:
-        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0, max_endpoints=2)
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, timeout=2.0, max_endpoints=2)
         seen: list[list[Endpoint]] = []
         try:
             resolver.start(lambda eps: seen.append(list(eps)))
@@ -134,7 +135,7 @@ def test_targets_that_yield_nothing_are_looked_up_at_most_max_endpoints_times(
             zone.set(f"t{i}.{ZONE}", "A", [A("169.254.169.254")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     with serving(zone) as server:
-        resolver = DNSResolver(NAME, srv=True, dns_server=server, timeout=2.0, max_endpoints=16)
+        resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, timeout=2.0, max_endpoints=16)
         seen: list[list[Endpoint]] = []
         try:
             resolver.start(lambda eps: seen.append(list(eps)), deadline=time.monotonic() + 60)

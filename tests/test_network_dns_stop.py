@@ -52,7 +52,8 @@ def test_kill_during_a_dns_lookup_ends_start_within_one_query(slow_dns: tuple[Sl
     zone, server = slow_dns
     zone.set(NAME, "SRV", SLOW_TARGETS)
     client = RemoteClient(RemoteConfig(target=f"dns+srv:///{NAME}", handshake=HANDSHAKE, plugins=PLUGINS,
-                                       insecure=True, dns_server=server, start_timeout=30.0, name="kv-kill-dns"))
+                                       insecure=True, dns_server=server, allow_loopback=True,
+                                       start_timeout=30.0, name="kv-kill-dns"))
     ended: list[BaseException | None] = []
 
     def start() -> None:
@@ -78,7 +79,7 @@ def test_kill_during_a_dns_lookup_ends_start_within_one_query(slow_dns: tuple[Sl
 def test_close_ends_a_background_lookup_and_its_thread(slow_dns: tuple[SlowZone, str]) -> None:
     zone, server = slow_dns
     zone.set(NAME, "SRV", [SRV(0, 0, 7001, "127.0.0.1")])
-    resolver = DNSResolver(NAME, srv=True, dns_server=server, refresh=0.2, name="kv-close-dns")
+    resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, refresh=0.2, name="kv-close-dns")
     sets: list[object] = []
     try:
         resolver.start(sets.append)
@@ -101,7 +102,8 @@ def test_a_background_lookup_ends_at_its_budget_and_keeps_the_set(slow_dns: tupl
     zone, server = slow_dns
     zone.set(NAME, "SRV", [SRV(0, 0, 7001, "127.0.0.1")])
     # queries of 0.3 s: a lookup has 1.5 s, where the 20 slow queries would take 6 s
-    resolver = DNSResolver(NAME, srv=True, dns_server=server, refresh=0.2, timeout=0.3, name="kv-budget-dns")
+    resolver = DNSResolver(NAME, srv=True, dns_server=server, allow_loopback=True, refresh=0.2, timeout=0.3,
+                           name="kv-budget-dns")
     sets: list[object] = []
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     try:

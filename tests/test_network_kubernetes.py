@@ -136,7 +136,7 @@ def test_resolver_follows_the_pods_behind_a_service(kv_service: KVService, kubec
     kv_service.add_pod("kv-net-a")
     kv_service.add_pod("kv-net-b")
     seen = Recorder()
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig)
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig)
     resolver.start(seen)
     try:
         assert seen.sets, "start() returned before reporting the first set"
@@ -165,18 +165,18 @@ def test_port_by_number_and_a_port_no_slice_has(kv_service: KVService, kubeconfi
     kv_service.add_pod("kv-net-a")
     kv_service.add_pod("kv-net-b")
     by_name = Recorder()
-    with EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig) as resolver:
+    with EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
         resolver.start(by_name)
         both = by_name.wait(lambda s: len(ready(s)) == 2)
     # the stand-in publishes each pod's port on its own 127.0.0.1 port, so each pod has its own slice:
     # a number picks the slices that list it
     number = int(both[0].address.rsplit(":", 1)[1])
     by_number = Recorder()
-    with EndpointSliceResolver("default", "kv", str(number), kubeconfig=kubeconfig) as resolver:
+    with EndpointSliceResolver("default", "kv", str(number), allow_loopback=True, kubeconfig=kubeconfig) as resolver:
         resolver.start(by_number)
         assert by_number.sets[-1] == [both[0]]
     nothing = Recorder()
-    with EndpointSliceResolver("default", "kv", "metrics", kubeconfig=kubeconfig) as resolver:
+    with EndpointSliceResolver("default", "kv", "metrics", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
         resolver.start(nothing)
         assert nothing.sets == [[]]
 
@@ -185,7 +185,7 @@ def test_watch_starts_over_after_410_gone_and_rides_out_a_403(kv_service: KVServ
                                                               kubeconfig: str) -> None:  # noqa: F811
     kv_service.add_pod("kv-net-a")
     seen = Recorder()
-    with EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig) as resolver:
+    with EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
         resolver.start(seen)
         seen.wait(lambda s: ready(s) == ["kv-net-a"])
         lists = standin.calls.get(("list", "endpointslices"), 0)
@@ -212,7 +212,7 @@ def test_watch_starts_over_after_410_gone_and_rides_out_a_403(kv_service: KVServ
 
 def test_forbidden_names_the_rbac_rule(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
     standin.deny("list", "endpointslices")
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig)
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig)
     with pytest.raises(PermissionDeniedError) as info:
         resolver.start(Recorder())
     text = str(info.value)
@@ -240,12 +240,13 @@ def test_unreachable_api_is_engine_unavailable(tmp_path: Path) -> None:
         "clusters": [{"name": "gone", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
         "users": [{"name": "gone", "user": {"token": TOKEN}}],
         "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "gone"}}]}))
-    resolver = EndpointSliceResolver("default", "kv", 4000, kubeconfig=str(path))
+    resolver = EndpointSliceResolver("default", "kv", 4000, allow_loopback=True, kubeconfig=str(path))
     with pytest.raises(EngineUnavailableError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"
                        " to discover kubernetes:///default/kv:4000.*Check that the cluster is up"):
         resolver.start(Recorder())
     with pytest.raises(EngineUnavailableError, match="no usable Kubernetes configuration"):
-        EndpointSliceResolver("default", "kv", 4000, kubeconfig=str(tmp_path / "missing")).start(Recorder())
+        EndpointSliceResolver("default", "kv", 4000, allow_loopback=True,
+                              kubeconfig=str(tmp_path / "missing")).start(Recorder())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -263,7 +264,8 @@ def test_bad_targets_are_config_errors(args: tuple[Any, ...], message: str) -> N
 
 
 def test_start_twice_is_refused(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
-    with EndpointSliceResolver("default", "nothing-here", "grpc", kubeconfig=kubeconfig) as resolver:
+    with EndpointSliceResolver("default", "nothing-here", "grpc", allow_loopback=True,
+                               kubeconfig=kubeconfig) as resolver:
         seen = Recorder()
         resolver.start(seen)
         assert seen.sets == [[]]  # no Service yet: an empty set, and the watch waits for one
@@ -326,8 +328,12 @@ def test_an_fqdn_slice_naming_an_ip_gets_the_ip_slices_address_check() -> None:
            "2852039166", "0xa9fea9fe", "169.254.43518", "0", "0x0", "0xe0.1", "4294967295", "0251.0376.0251.0376"]
     good = ["10.0.0.7", "2130706433", "0x7f.1"]
     slices = [{"addressType": "FQDN", "ports": ports, "endpoints": [ep(a) for a in bad + good]}]
+    # loopback (127.0.0.1 spelt as a number) is refused too, unless allowed
+    refused: list[str] = []
+    assert [e.address for e in endpoints_from_slices(slices, "grpc", refused=refused)] == ["10.0.0.7:7001"]
+    assert refused.count("127.0.0.1") == 2
     # a numeric host is kept in dotted form, so two spellings of one address are one endpoint
-    assert sorted(e.address for e in endpoints_from_slices(slices, "grpc")) == sorted([
+    assert sorted(e.address for e in endpoints_from_slices(slices, "grpc", allow_loopback=True)) == sorted([
         "10.0.0.7:7001", "127.0.0.1:7001"])
 
 
@@ -383,7 +389,7 @@ def test_the_charts_deployment_and_service_scale_with_discovery(standin: StandIn
         core.create_namespaced_service(ns, client.V1Service.from_dict(service))
         apps.create_namespaced_deployment(ns, client.V1Deployment.from_dict(deployment))
         seen = Recorder()
-        with EndpointSliceResolver(ns, name, port, kubeconfig=kubeconfig) as resolver:
+        with EndpointSliceResolver(ns, name, port, allow_loopback=True, kubeconfig=kubeconfig) as resolver:
             resolver.start(seen)
             two = seen.wait(lambda s: len(ready(s)) == 2)
             assert all(e.name.startswith("plugbay-plugin-") for e in two)

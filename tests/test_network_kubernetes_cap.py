@@ -34,7 +34,8 @@ def test_three_full_slices_give_the_pool_at_most_max_endpoints_ready_first(
     api.list_body["items"] = [not_ready, slice_of("kv-1", _addresses(2, 1000), port=1),
                               slice_of("kv-2", _addresses(3, 1000), port=1)]
     caplog.set_level(logging.WARNING, logger="plugbay.network.kubernetes")
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     pool = EndpointPool(resolver, insecure=True, health_interval=60.0, name="kv-k8s-cap")
     try:
         pool.start()
@@ -57,7 +58,8 @@ def test_a_watch_event_that_grows_the_set_stays_capped(api: SliceAPI, tmp_path: 
         with lock:
             sets.append(list(endpoints))
 
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     try:
         resolver.start(on_change)
         assert [len(s) for s in sets] == [3]

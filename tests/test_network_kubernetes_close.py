@@ -27,7 +27,8 @@ def _watch_threads() -> list[threading.Thread]:
 def test_the_pool_closed_from_a_callback_on_the_watch_thread_closes_everything(api: SliceAPI,
                                                                                 tmp_path: Path) -> None:
     api.list_body["items"] = [slice_of("kv-a", ["127.0.0.1"], port=1)]
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     pool = EndpointPool(resolver, insecure=True, health_interval=30.0, name="kv-k8s")
     failures: list[BaseException] = []
     closed_on: list[str] = []
@@ -57,7 +58,8 @@ def test_the_pool_closed_from_a_callback_on_the_watch_thread_closes_everything(a
 
 
 def test_close_during_a_relist_the_api_server_holds_returns_soon(api: SliceAPI, tmp_path: Path) -> None:
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     try:
         resolver.start(lambda eps: None)
         assert wait_until(lambda: api.watches >= 1, 10)
@@ -87,7 +89,8 @@ def test_close_during_a_relist_the_api_server_holds_returns_soon(api: SliceAPI, 
 ])
 def test_a_malformed_endpointslice_is_a_discovery_error(api: SliceAPI, tmp_path: Path, bad: dict[str, Any]) -> None:
     api.list_body["items"] = [{"metadata": {"name": "kv-x"}, **bad}]
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     with pytest.raises(DiscoveryError) as err:
         resolver.start(lambda eps: None)
     text = str(err.value)
@@ -128,7 +131,8 @@ def test_start_timeout_covers_the_first_list(api: SliceAPI, tmp_path: Path) -> N
     from tests.net_util import HANDSHAKE, PLUGINS
 
     api.hang_lists.set()  # the API server holds the list (its read timeout is 30 s)
-    cfg = RemoteConfig(target="kubernetes:///default/kv:grpc", handshake=HANDSHAKE, plugins=PLUGINS,
+    cfg = RemoteConfig(target="kubernetes:///default/kv:grpc", allow_loopback=True, handshake=HANDSHAKE,
+                       plugins=PLUGINS,
                        insecure=True, kubernetes={"kubeconfig": api.kubeconfig(tmp_path / "kc")},
                        start_timeout=1.0, name="kv-slow-api")
     started = time.monotonic()
@@ -151,7 +155,8 @@ def test_api_refusals_are_discovery_errors(api: SliceAPI, tmp_path: Path, status
     import plugbay
 
     api.list_status = status
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     with pytest.raises(plugbay.DiscoveryError) as err:
         resolver.start(lambda eps: None)
     assert type(err.value).__name__ == kind and words in str(err.value)
@@ -183,7 +188,8 @@ def test_watches_that_end_at_once_with_no_event_are_backed_off(api: SliceAPI, tm
     """Such a watch counted as a good one: the resolver watched again at once, a hot loop of requests."""
     api.list_body["items"] = [slice_of("kv-a", ["10.0.0.1"])]
     api.events = _EndsAtOnce()  # type: ignore[assignment]
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=api.kubeconfig(tmp_path / "kc"))
     resolver.start(lambda endpoints: None)
     try:
         time.sleep(1.5)

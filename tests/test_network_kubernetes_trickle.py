@@ -74,7 +74,8 @@ def _cut_short(server: TrickleServer, start: Callable[[], object],
 @pytest.mark.timeout(120)
 def test_start_fails_typed_near_start_timeout(trickle: TrickleServer, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{trickle.port}"
-    client = RemoteClient(RemoteConfig(target="kubernetes:///default/kv:7001", handshake=HANDSHAKE, plugins=PLUGINS,
+    client = RemoteClient(RemoteConfig(target="kubernetes:///default/kv:7001", allow_loopback=True,
+                                       handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=2.0, name="kv-trickle",
                                        kubernetes={"kubeconfig": kubeconfig_for(url, tmp_path / "kc")}))
     started = time.monotonic()
@@ -96,7 +97,8 @@ def test_start_fails_typed_near_start_timeout(trickle: TrickleServer, tmp_path: 
 @pytest.mark.timeout(120)
 def test_the_resolver_alone_fails_typed_by_its_deadline(body_trickle: TrickleServer, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{body_trickle.port}"
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig_for(url, tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=kubeconfig_for(url, tmp_path / "kc"))
     started = time.monotonic()
     try:
         with pytest.raises(DiscoveryUnavailableError, match=rf"at {url} did not answer list endpointslices"
@@ -113,7 +115,8 @@ def test_the_resolver_alone_fails_typed_by_its_deadline(body_trickle: TrickleSer
 @pytest.mark.parametrize("how", ["kill", "close"])
 def test_kill_during_start_ends_the_list_at_once(body_trickle: TrickleServer, tmp_path: Path, how: str) -> None:
     url = f"http://127.0.0.1:{body_trickle.port}"
-    client = RemoteClient(RemoteConfig(target="kubernetes:///default/kv:7001", handshake=HANDSHAKE, plugins=PLUGINS,
+    client = RemoteClient(RemoteConfig(target="kubernetes:///default/kv:7001", allow_loopback=True,
+                                       handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=60.0, name="kv-trickle-killed",
                                        kubernetes={"kubeconfig": kubeconfig_for(url, tmp_path / "kc")}))
     took, ended, outcome = _cut_short(body_trickle, client.start, getattr(client, how))
@@ -127,7 +130,8 @@ def test_kill_during_start_ends_the_list_at_once(body_trickle: TrickleServer, tm
 @pytest.mark.timeout(120)
 def test_resolver_close_from_another_thread_ends_its_start(body_trickle: TrickleServer, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{body_trickle.port}"
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=kubeconfig_for(url, tmp_path / "kc"))
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
+                                     kubeconfig=kubeconfig_for(url, tmp_path / "kc"))
     # no deadline: 30 s in total
     took, ended, outcome = _cut_short(body_trickle, lambda: resolver.start(lambda eps: None), resolver.close)
     assert took < PROMPT and ended < PROMPT, (took, ended)

@@ -60,7 +60,8 @@ def make_client(args: argparse.Namespace, command: str | None) -> Client:
                                                     server_name=args.server_name)
         return RemoteClient(RemoteConfig(target=args.target, handshake=HANDSHAKE,
                                          plugins={PLUGIN_NAME: CounterPlugin()}, tls=tls, insecure=args.insecure,
-                                         dns_server=args.dns_server, name="counter", multiplex=args.multiplex))
+                                         dns_server=args.dns_server, allow_loopback=args.allow_loopback,
+                                         name="counter", multiplex=args.multiplex))
     config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
                           cmd=["sh", "-c", str(command)], auto_mtls=args.automtls,
                           multiplex_broker=args.multiplex, name="counter")
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-name", help="with --target: the name in the plugin's certificate")
     parser.add_argument("--insecure", action="store_true", help="with --target: plaintext, no TLS")
     parser.add_argument("--dns-server", help="with a dns target: ask this DNS server (IP:PORT)")
+    parser.add_argument("--allow-loopback", action="store_true", help="with a dns or kubernetes target: take"
+                        " loopback addresses from its answers (refused by default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the plugin's log lines")
     parser.add_argument("command", choices=["get", "put"])
     parser.add_argument("key")
@@ -97,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--target needs --cert, --key and --ca (or --insecure for plaintext)")
         if args.multiplex and args.insecure:
             parser.error("--multiplex with --target needs TLS (--cert/--key/--ca), not --insecure")
-    elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server)):
-        parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server go with --target")
+    elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server,
+              args.allow_loopback)):
+        parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server/--allow-loopback go with --target")
     elif not command:
         print("Error: set COUNTER_PLUGIN to the plugin command, e.g."
               " COUNTER_PLUGIN='python examples/counter/plugin.py'", file=sys.stderr)

@@ -46,7 +46,7 @@ def make_client(args: argparse.Namespace, command: str | None) -> Client:
                                                     server_name=args.server_name)
         return RemoteClient(RemoteConfig(target=args.target, handshake=HANDSHAKE,
                                          plugins={PLUGIN_NAME: KVPlugin()}, tls=tls, insecure=args.insecure,
-                                         dns_server=args.dns_server, name="kv"))
+                                         dns_server=args.dns_server, allow_loopback=args.allow_loopback, name="kv"))
     config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                           cmd=["sh", "-c", str(command)], auto_mtls=args.automtls, name="kv")
     return Client(config)
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-name", help="with --target: the name in the plugin's certificate")
     parser.add_argument("--insecure", action="store_true", help="with --target: plaintext, no TLS")
     parser.add_argument("--dns-server", help="with a dns target: ask this DNS server (IP:PORT)")
+    parser.add_argument("--allow-loopback", action="store_true", help="with a dns or kubernetes target: take"
+                        " loopback addresses from its answers (refused by default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the plugin's log lines")
     parser.add_argument("command", choices=["get", "put"])
     parser.add_argument("key")
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--automtls is for launched plugins; a --target plugin uses --cert/--key/--ca")
         if not args.insecure and not (args.cert and args.key_file and args.ca):
             parser.error("--target needs --cert, --key and --ca (or --insecure for plaintext)")
-    elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server)):
-        parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server go with --target")
+    elif any((args.cert, args.key_file, args.ca, args.server_name, args.insecure, args.dns_server,
+              args.allow_loopback)):
+        parser.error("--cert/--key/--ca/--server-name/--insecure/--dns-server/--allow-loopback go with --target")
     elif not command:
         print("Error: set KV_PLUGIN to the plugin command, e.g."
               " KV_PLUGIN='python examples/kv/plugin.py'", file=sys.stderr)

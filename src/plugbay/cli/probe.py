@@ -26,13 +26,17 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) for mTLS."),
         click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
                      help="Seconds to wait for each answer."),
+        click.option("--allow-loopback", is_flag=True,
+                     help="Take loopback addresses from a dns:/// or kubernetes:/// target's answers"
+                          " (refused by default)."),
     ]):
         func = option(func)
     return func
 
 
 def _tls(kw: dict[str, Any]) -> Tls:
-    return Tls(ca=kw.pop("ca"), cert=kw.pop("cert"), key=kw.pop("key"), insecure=kw.pop("insecure"))
+    return Tls(ca=kw.pop("ca"), cert=kw.pop("cert"), key=kw.pop("key"), insecure=kw.pop("insecure"),
+               allow_loopback=kw.pop("allow_loopback"))
 
 
 # --- health --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Tls:
     cert: str | None = None
     key: str | None = None
     insecure: bool = False
+    allow_loopback: bool = False  # discovery (dns:///, kubernetes:///) may answer loopback addresses
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _network_target(target: str, tls: Tls) -> Reached:
     if not tls.insecure and not tls.ca:
         raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
     found: list[Endpoint] = []
-    resolver = make_resolver(parsed, name="cli")
+    resolver = make_resolver(parsed, name="cli", allow_loopback=tls.allow_loopback)
     resolver.start(lambda endpoints: found.extend(endpoints) if not found else None)
     resolver.close()
     ready = [e for e in found if e.ready and not e.terminating]

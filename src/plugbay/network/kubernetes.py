@@ -15,6 +15,7 @@ the host must run where pod IPs route, i.e. in the cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -30,7 +31,7 @@ from plugbay.errors import (
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange
+from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
 from plugbay.runners.kubernetes.api import api_host, api_message, close_client, load_api_client, watch_cut_short
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
@@ -58,13 +59,16 @@ class EndpointSliceResolver:
 
     def __init__(self, namespace: str, service: str, port: int | str, *, api_client: Any = None,
                  kubeconfig: str | None = None, context: str | None = None,
-                 watch_timeout: int = 240, max_endpoints: int = MAX_ENDPOINTS) -> None:
+                 watch_timeout: int = 240, max_endpoints: int = MAX_ENDPOINTS, allow_loopback: bool = False) -> None:
         for what, value in (("namespace", namespace), ("service", service)):
             if not isinstance(value, str) or not _DNS_LABEL.match(value):
                 raise ConfigError(f"{what} {value!r} is not a Kubernetes name (a DNS label: at most 63"
                                   " lowercase letters, digits and '-')")
         self.namespace, self.service, self.port = namespace, service, parse_port(port)
         self.watch_timeout = watch_timeout
+        self.allow_loopback = allow_loopback  # see plugbay.network.resolver.refusal
+        self._refused_told: set[str] = set()  # refused addresses already warned about (bounded)
+        self.refused: list[str] = []  # the addresses the last set refused
         self._api_client, self._owns_client = api_client, api_client is None
         self._kubeconfig, self._context = kubeconfig, context
         self._api: Any = None
@@ -105,6 +109,8 @@ class EndpointSliceResolver:
 
             self._api = client.DiscoveryV1Api(self._api_client)
             self._relist(deadline)
+            if not self._reported and self._loopback_refused():
+                raise DiscoveryError(self._all_refused())
         except BaseException:
             self._close_client()
             self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed
@@ -237,8 +243,24 @@ class EndpointSliceResolver:
             " (not a proxy or a web page), and the Service's EndpointSlices (kubectl get endpointslices"
             f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)")
 
+    def _loopback_refused(self) -> bool:
+        return not self.allow_loopback and refused_as_loopback(self.refused)
+
+    def _all_refused(self) -> str:
+        return all_refused(f"{self.target}: the EndpointSlices", self.refused)
+
     def _report(self) -> None:
-        endpoints = self._capped(endpoints_from_slices(self._slices.values(), self.port))
+        refused: list[str] = []
+        endpoints = self._capped(endpoints_from_slices(self._slices.values(), self.port,
+                                                       allow_loopback=self.allow_loopback, refused=refused))
+        self.refused = refused
+        for address in refused:  # said once per address, not at every watch event
+            if address not in self._refused_told and len(self._refused_told) < self.max_endpoints:
+                self._refused_told.add(address)
+                _log.warning("%s: an EndpointSlice names %s, which %s; skipping it", self.target, address,
+                             refusal(ipaddress.ip_address(address), allow_loopback=self.allow_loopback))
+        if not endpoints and endpoints != self._reported and self._reported is not None and self._loopback_refused():
+            _log.warning("%s", self._all_refused())
         if endpoints == self._reported or self._on_change is None:
             return
         try:

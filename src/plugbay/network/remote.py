@@ -91,6 +91,9 @@ class RemoteConfig:
     insecure: bool = False  # plaintext: only on a network you trust
     dns_server: str | None = None  # "IP[:PORT]"; default: /etc/resolv.conf
     dns_refresh: float = 30.0
+    # dns:/// and kubernetes:/// answers naming loopback addresses are refused unless this is set: a spoofed
+    # answer must not aim calls carrying the host's certificate at this host's own services
+    allow_loopback: bool = False
     kubernetes: Mapping[str, Any] = field(default_factory=dict)  # kubernetes:///: kubeconfig=, context=
     policy: str = "round_robin"  # or "pick_first"
     outlier: OutlierPolicy | None = None
@@ -191,7 +194,7 @@ class RemoteClient(Client):
     def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
         cfg = self.remote
         resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
-                                 name=self.name, kubernetes=cfg.kubernetes)
+                                 name=self.name, kubernetes=cfg.kubernetes, allow_loopback=cfg.allow_loopback)
         pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
                             outlier=cfg.outlier, health_interval=cfg.health_interval,
                             health_timeout=cfg.health_timeout, options=cfg.grpc_options,

@@ -55,18 +55,50 @@ class Resolver(Protocol):
     def close(self) -> None: ...
 
 
-def discoverable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether an address a DNS answer or an EndpointSlice named may be a replica to dial.
+LOOPBACK_HINT = ("pass allow_loopback=True (RemoteConfig(allow_loopback=True), the CLI's --allow-loopback) if the"
+                 " plugin really is served on this host's loopback, or name it with a static:/// target")
+
+
+def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool = False) -> str | None:
+    """Why an address a DNS answer or an EndpointSlice named may not be a replica to dial (words that
+    follow "the address"); None if it may.
 
     Discovery answers are input from outside: an unspecified, multicast or broadcast address is no
     replica, and a link-local one is where clouds serve instance metadata (169.254.169.254), which a
-    spoofed answer must not point this host's health checks at. A static:/// target is the user's own
-    word and is not checked.
+    spoofed answer must not point this host's health checks at. Nor a loopback one unless
+    ``allow_loopback``: a spoofed answer would point calls carrying the host's client certificate at
+    this host's own services (Kubernetes refuses loopback endpoints too). A static:/// target is the
+    user's own word and is not checked.
     """
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
-    return not (ip.is_unspecified or ip.is_multicast or ip.is_link_local
-                or ip == ipaddress.IPv4Address("255.255.255.255"))
+    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "cannot be a replica (unspecified, multicast, broadcast or link-local)"
+    if ip.is_loopback and not allow_loopback:
+        return f"is a loopback address, refused by default from discovery: {LOOPBACK_HINT}"
+    return None
+
+
+def refused_as_loopback(refused: Sequence[str]) -> bool:
+    """Whether any of these refused addresses was refused only for being loopback (the opt-in takes it)."""
+    for text in refused:
+        try:
+            if refusal(ipaddress.ip_address(text), allow_loopback=True) is None:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def all_refused(source: str, refused: Sequence[str]) -> str:
+    """What to say when discovery found addresses, loopback ones among them, but refused every one."""
+    said = ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+    return f"{source} names no address that may be a replica ({said}: all refused); {LOOPBACK_HINT}"
+
+
+def discoverable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool = False) -> bool:
+    """Whether an address a DNS answer or an EndpointSlice named may be a replica to dial (see :func:`refusal`)."""
+    return refusal(ip, allow_loopback=allow_loopback) is None
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:

@@ -26,7 +26,8 @@ import dns.exception
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, discoverable, parse_dns_server
+from plugbay.network.resolver import (MAX_ENDPOINTS, Endpoint, OnChange, all_refused, parse_dns_server, refusal,
+                                      refused_as_loopback)
 
 _log = logging.getLogger("plugbay.network")
 __all__ = ["MAX_ENDPOINTS", "DNSResolver", "parse_dns_server"]
@@ -45,15 +46,23 @@ _LOOKUP_QUERIES = 5
 _RESOLV_CONF = "/etc/resolv.conf"
 
 
+def _refusal(host: str, *, allow_loopback: bool) -> str | None:
+    try:
+        return refusal(ipaddress.ip_address(host), allow_loopback=allow_loopback)
+    except ValueError:
+        return "cannot be a replica (not an IP address)"
+
+
 class DNSResolver:
     """A/AAAA (``name`` + ``port``) or SRV (``srv=True``) records, re-resolved periodically."""
 
     def __init__(self, host: str, port: int = 0, *, srv: bool = False, dns_server: str | None = None,
                  refresh: float = 30.0, timeout: float = 2.0, name: str = "plugin",
-                 max_endpoints: int = MAX_ENDPOINTS) -> None:
+                 max_endpoints: int = MAX_ENDPOINTS, allow_loopback: bool = False) -> None:
         if refresh <= 0:
             raise ConfigError(f"the DNS refresh interval must be > 0 seconds (got {refresh})")
         self.host, self.port, self.srv, self.refresh_every = host, port, srv, refresh
+        self.allow_loopback = allow_loopback  # see plugbay.network.resolver.refusal
         self.dns_server = dns_server
         # The system's configuration brings its search list (and ndots), which a pod's short name
         # ("kv-plugin" for kv-plugin.NAMESPACE.svc.cluster.local) needs, as gRPC's and Go's resolvers
@@ -83,20 +92,24 @@ class DNSResolver:
         self._last: list[Endpoint] | None = None
         self.max_endpoints = max_endpoints
         self._capped_at: tuple[int, ...] | None = None  # the answer size last warned about
-        self._skipped: set[str] = set()  # addresses a warning already named (no replica: see discoverable)
+        self._skipped: set[str] = set()  # addresses a warning already named (no replica: see refusal)
+        self._refused: list[str] = []  # the lookup's addresses that may not be replicas
         self.lookups = 0
 
     def _server_text(self) -> str:
         return self.dns_server or ",".join(str(s) for s in self._resolver.nameservers)
 
     def resolve(self) -> list[Endpoint]:
-        """One lookup. DiscoveryError when nothing came back but failures; [] when the name has no records.
+        """One lookup. DiscoveryError when nothing came back but failures, or only addresses that may not
+        be replicas (plugbay.network.resolver.refusal: loopback ones unless ``allow_loopback``); [] when
+        the name has no records.
 
         Like gRPC's and Go's resolvers, the answers that came back are used when another query failed
         (an AAAA a filtering resolver refuses, one SRV target's address): only a lookup that found
         nothing and met a failure is an error, since its empty set may be the failure's doing.
         """
         self.lookups += 1
+        self._refused = []
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
@@ -112,6 +125,9 @@ class DNSResolver:
                 if self._dialable(host):
                     addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
                     out.append(Endpoint("tcp", addr, name=self.host))
+        if not out and self._loopback_refused():
+            raise DiscoveryError(all_refused(f"the DNS answer for {self.host!r} at {self._server_text()}"
+                                             + (f" ({'; '.join(failed)} failed)" if failed else ""), self._refused))
         if failed and not out:
             raise DiscoveryError(
                 f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
@@ -192,16 +208,20 @@ class DNSResolver:
             found.update(dict.fromkeys(self._srv_target(target, port, failed)))
         return list(found), (len(ordered), 0)
 
+    def _loopback_refused(self) -> bool:
+        """Whether the lookup refused a loopback address (one the opt-in would take): an answer of only
+        those is an error saying what to pass, not an empty set for calls to wait on."""
+        return not self.allow_loopback and refused_as_loopback(self._refused)
+
     def _dialable(self, host: str) -> bool:
-        try:
-            if discoverable(ipaddress.ip_address(host)):
-                return True
-        except ValueError:
-            pass
+        why = _refusal(host, allow_loopback=self.allow_loopback)
+        if why is None:
+            return True
+        if len(self._refused) < self.max_endpoints:
+            self._refused.append(host)
         if host not in self._skipped and len(self._skipped) < self.max_endpoints:  # said once, not per refresh
             self._skipped.add(host)
-            _log.warning("DNS answer for %r names %s, which cannot be a replica (unspecified, multicast,"
-                         " broadcast or link-local); skipping it", self.host, host)
+            _log.warning("DNS answer for %r names %s, which %s; skipping it", self.host, host, why)
         return False
 
     def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:

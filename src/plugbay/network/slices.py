@@ -55,14 +55,18 @@ def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | No
     return None
 
 
-def _address(kind: str, host: str, port: int) -> str | None:
-    """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted)."""
+def _address(kind: str, host: str, port: int, allow_loopback: bool, refused: list[str]) -> str | None:
+    """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted).
+    An address that may not be a replica (plugbay.network.resolver.refusal) goes to ``refused``."""
     if kind in ("IPv4", "IPv6"):
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return None
-        if ip.version != (4 if kind == "IPv4" else 6) or not discoverable(ip):
+        if ip.version != (4 if kind == "IPv4" else 6):
+            return None
+        if not discoverable(ip, allow_loopback=allow_loopback):
+            refused.append(str(ip))
             return None
         return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
     if kind == "FQDN" and _HOSTNAME.match(host):
@@ -73,7 +77,7 @@ def _address(kind: str, host: str, port: int) -> str | None:
         except OSError:
             _ignored(host)
             return None
-        return _address("IPv4", str(ipaddress.IPv4Address(packed)), port)
+        return _address("IPv4", str(ipaddress.IPv4Address(packed)), port, allow_loopback, refused)
     return None
 
 
@@ -87,21 +91,27 @@ def _ignored(host: str) -> None:
                  " kube-proxy ignores FQDN slices too). Later ones are logged at debug level.", host)
 
 
-def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str) -> list[Endpoint]:
+def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str, *, allow_loopback: bool = False,
+                          refused: list[str] | None = None) -> list[Endpoint]:
     """The endpoints of ``port`` in EndpointSlice objects (API JSON), one per address, sorted.
+
+    Addresses that may not be replicas (loopback ones unless ``allow_loopback``: Kubernetes itself
+    refuses them in Endpoints) yield none and are added to ``refused``, for the caller to say so.
 
     Kubernetes' conditions map as: ready (absent means ready) -> ``ready``;
     terminating -> ``terminating`` and never ready. An address listed twice (two
     slices during a change) counts once, ready if either says so.
     """
     found: dict[str, Endpoint] = {}
+    refused = refused if refused is not None else []
     for slc in slices:
         number = _slice_port(slc.get("ports") or [], port)
         if number is None:
             continue
         for ep in slc.get("endpoints") or []:
             addresses = ep.get("addresses") or []
-            address = _address(str(slc.get("addressType")), str(addresses[0]), number) if addresses else None
+            address = _address(str(slc.get("addressType")), str(addresses[0]), number, allow_loopback,
+                               refused) if addresses else None
             if address is None:
                 continue
             cond = ep.get("conditions") or {}

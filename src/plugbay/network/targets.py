@@ -172,10 +172,12 @@ def dns_server_for(target: Target, dns_server: str | None) -> str | None:
 
 
 def make_resolver(target: Target, *, dns_server: str | None = None, refresh: float = 30.0,
-                  name: str = "plugin", kubernetes: Mapping[str, Any] | None = None) -> Resolver:
+                  name: str = "plugin", kubernetes: Mapping[str, Any] | None = None,
+                  allow_loopback: bool = False) -> Resolver:
     """The resolver ``target`` names. ``dns_server`` ("IP" or "IP:PORT") is used by dns and dns+srv
     whose target names none (one naming another is a ConfigError); ``kubernetes`` holds extra keyword
-    arguments of the Kubernetes resolver (kubeconfig, context, api_client)."""
+    arguments of the Kubernetes resolver (kubeconfig, context, api_client). ``allow_loopback``: DNS
+    answers and EndpointSlices may name loopback addresses (refused by default; static:/// takes any)."""
     if target.scheme in ("static", "unix"):
         from plugbay.network.static import StaticResolver
 
@@ -188,7 +190,8 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
                               " install plugbay with the network extra (pip install 'plugbay[network]')"
                               ) from exc
         return DNSResolver(target.host, target.port, srv=target.scheme == "dns+srv",
-                           dns_server=dns_server_for(target, dns_server), refresh=refresh, name=name)
+                           dns_server=dns_server_for(target, dns_server), refresh=refresh, name=name,
+                           allow_loopback=allow_loopback)
     try:
         importlib.import_module("kubernetes")  # the client: an extra, needed once the resolver starts
         module = importlib.import_module("plugbay.network.kubernetes")
@@ -198,6 +201,6 @@ def make_resolver(target: Target, *, dns_server: str | None = None, refresh: flo
             f"target {target.text!r} needs Kubernetes discovery (plugbay.network.kubernetes), which is not"
             f" available here ({exc}); install plugbay with the kubernetes extra (pip install"
             " 'plugbay[kubernetes]'), or use a static:/// or dns:/// target") from exc
-    resolver: Resolver = factory(namespace=target.namespace, service=target.service,
-                                 port=target.port_name, **dict(kubernetes or {}))
+    resolver: Resolver = factory(namespace=target.namespace, service=target.service, port=target.port_name,
+                                 **{"allow_loopback": allow_loopback, **dict(kubernetes or {})})
     return resolver
