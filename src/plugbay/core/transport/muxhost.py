@@ -48,6 +48,7 @@ class HostMux(MuxSession):
     def __init__(self, network: str, address: str, timeout: float = 10.0,
                  max_redials: int | None = _MAX_REDIALS, keepalive: Keepalive | None = None) -> None:
         super().__init__("host-mux")
+        self.peer = "the plugin"
         self._keepalive = keepalive or Keepalive()
         self._held = HeldStreams()
         self._target = (network, address)

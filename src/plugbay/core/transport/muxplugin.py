@@ -28,6 +28,7 @@ class PluginFront(MuxSession):
 
     def __init__(self, listener: socket.socket, target: tuple[str, str]) -> None:
         super().__init__("plugin-mux")
+        self.peer = "the host"
         self.default_target = target
         self._listener = listener
         self.address = sockets.listener_address(listener)
@@ -75,6 +76,7 @@ class AcceptedSession(MuxSession):
         super().__init__("plugin-mux")
         self.default_target = target
         self._share = Share(peer)
+        self.peer = f"the host at {peer}" if peer else "a local host"
         self._write_timeout = write_timeout
 
     def run(self, conn: socket.socket) -> None:

@@ -41,6 +41,11 @@ KNOCK_TTL = 5.0
 # An eager dialer's stream follows its knock at once (the same connection, a frame later); one
 # held this much after the knock is a later dial's (this dial timed out, its stream gone).
 _EAGER_SLACK = 0.1
+# Knocks in a row with no stream of the peer's between them. A dialer knocks once per dial and
+# opens its stream once answered (or, given up, resets one when the late ack comes), so an honest
+# peer's count stays near 0; each knock costs a reply (an ack) that waits in gRPC's buffers for as
+# long as the peer grants no window, without bound: past this, the session is closed.
+MAX_UNFOLLOWED_KNOCKS = 256
 
 
 class MuxSession:
@@ -65,11 +70,14 @@ class MuxSession:
         self._held: HeldStreams | None = None  # this side holds such streams (a host)
         self._eager_peer = False  # the peer has opened a stream before its knock was answered
         self._share: Share | None = None  # counts the peer's routed streams (network mode: streamcap)
+        self.peer = "the peer"  # who is at the other end, for log lines
+        self._unfollowed = 0  # knocks since the peer's last stream (MAX_UNFOLLOWED_KNOCKS)
 
     # -- routing of streams the peer opens (runs on the session reader thread)
 
     def _on_stream(self, stream: Stream) -> None:
         with self._lock:
+            self._unfollowed = 0
             now = time.monotonic()
             while self._knocks and self._knocks[0][1] < now:
                 log.debug("%s: dropping the knock for broker id %s: its stream never came", self.name,
@@ -167,6 +175,16 @@ class MuxSession:
         before this knock on the connection, so a knock still queued was given up."""
         with self._lock:
             self._knocks.clear()
+            self._unfollowed += 1
+            flood = self._unfollowed == MAX_UNFOLLOWED_KNOCKS + 1  # once: the session ends below
+            session = self._session
+        if flood:
+            log.warning("%s: closing the multiplexed session with %s: it knocked %d times without opening a"
+                        " stream (a dialer knocks once per dial), and each knock's reply waits unread",
+                        self.name, self.peer, MAX_UNFOLLOWED_KNOCKS + 1)
+            if session is not None:
+                session.abort(f"{self.peer} knocked {MAX_UNFOLLOWED_KNOCKS + 1} times without opening a stream",
+                              join=False)
 
     def expect(self, id: int, target: tuple[str, str]) -> None:
         with self._lock:
