@@ -41,9 +41,9 @@ KNOCK_TTL = 5.0
 # An eager dialer's stream follows its knock at once (the same connection, a frame later); one
 # held this much after the knock is a later dial's (this dial timed out, its stream gone).
 _EAGER_SLACK = 0.1
-# Knocks in a row with no stream of the peer's between them. A dialer knocks once per dial and
-# opens its stream once answered (or, given up, resets one when the late ack comes), so an honest
-# peer's count stays near 0; each knock costs a reply (an ack) that waits in gRPC's buffers for as
+# Acknowledged knocks in a row whose stream never came. A dialer knocks once per dial and opens
+# its stream once answered (or, given up, resets one when the late ack comes), so an honest peer's
+# count stays near 0; each such knock costs a reply (its ack) that waits in gRPC's buffers for as
 # long as the peer grants no window, without bound: past this, the session is closed.
 MAX_UNFOLLOWED_KNOCKS = 256
 
@@ -174,13 +174,14 @@ class MuxSession:
         knock's stream is open or given up (go-plugin's dialMutex), and that stream's SYN came
         before this knock on the connection, so a knock still queued was given up."""
         with self._lock:
+            if self._knocks:  # answered, and its stream never came (a knock nobody serves costs no reply)
+                self._unfollowed += 1
             self._knocks.clear()
-            self._unfollowed += 1
             flood = self._unfollowed == MAX_UNFOLLOWED_KNOCKS + 1  # once: the session ends below
             session = self._session
         if flood:
-            log.warning("%s: closing the multiplexed session with %s: it knocked %d times without opening a"
-                        " stream (a dialer knocks once per dial), and each knock's reply waits unread",
+            log.warning("%s: closing the multiplexed session with %s: %d of its knocks in a row were answered"
+                        " and it opened no stream (a dialer knocks once per dial), and each answer waits unread",
                         self.name, self.peer, MAX_UNFOLLOWED_KNOCKS + 1)
             if session is not None:
                 session.abort(f"{self.peer} knocked {MAX_UNFOLLOWED_KNOCKS + 1} times without opening a stream",
