@@ -56,6 +56,7 @@ class HostMux(MuxSession):
         self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
+        self._draining: list[Session] = []  # replaced after the peer's GoAway, still carrying streams
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
         try:
@@ -139,25 +140,43 @@ class HostMux(MuxSession):
     def _redial_if_lost(self) -> None:
         with self._lock:
             session = self._session
-            if session is not None and session.closed and session.answered:
+            # a peer's GoAway (hashicorp/yamux's drain) keeps its connection but takes no new stream
+            # there: new work needs a new connection now, not once the peer finally closes that one
+            lost = session is not None and (session.closed or session.went_away)
+            if lost and session is not None and session.answered:
                 self._redials = 0  # a yamux peer answered on it: a working connection was lost, not a flapping one
-            redial = (not self._closed and session is not None and session.closed
+            redial = (not self._closed and lost
                       and (self._max_redials is None or self._redials < self._max_redials))
             if redial:
                 self._redials += 1
         if redial:
             assert session is not None
-            log.debug("multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
+            why = session.close_reason or "the plugin sent a GoAway"
+            log.debug("multiplexed connection lost (%s); dialing the plugin again", why)
             try:
                 self._attach(self._dial())
             except OSError as exc:
                 raise BrokerClosedError(f"the multiplexed connection to the plugin was lost"
-                                        f" ({session.close_reason}) and cannot be made again: {exc}") from exc
+                                        f" ({why}) and cannot be made again: {exc}") from exc
+            if not session.closed:
+                with self._lock:  # its open streams finish there; closed once they have (_prune_draining)
+                    self._draining.append(session)
+
+    def _prune_draining(self) -> None:
+        """Drop the sessions the peer sent a GoAway on once they closed, and close those with no stream left."""
+        with self._lock:
+            draining = self._draining
+            self._draining = [s for s in draining if not s.closed and s.open_streams]
+        for session in draining:
+            if not session.closed and not session.open_streams:
+                session.close("its streams ended after the plugin's GoAway")
 
     def _accept(self) -> None:
         def closed() -> bool:
             if self._held is not None:
                 self._held.expire()  # this loop's poll is the held streams' clock, and the keepalive's
+            if self._draining:
+                self._prune_draining()
             try:
                 self._keepalive.tick(self._session, time.monotonic())
             except Exception:  # never the end of this loop: it accepts the main channel's connections
@@ -187,6 +206,10 @@ class HostMux(MuxSession):
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
+        with self._lock:
+            draining, self._draining = self._draining, []
+        for session in draining:
+            session.close()
         if self._held is not None:
             self._held.clear()
         self._listener.close()
