@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,16 @@ def api() -> Iterator[SliceAPI]:
         yield server
     finally:
         server.close()
+
+
+class EndpointSets:
+    """A resolver's on_change: every endpoint set it reports, in order (read ``sets``)."""
+
+    def __init__(self) -> None:
+        self.sets: list[list[Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoints: Iterable[Any]) -> None:
+        with self._lock:
+            self.sets.append(list(endpoints))
+

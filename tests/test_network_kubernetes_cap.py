@@ -5,18 +5,16 @@ the EndpointSlice API (tests/slice_api.py) and a real endpoint pool."""
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
+from tests.slice_api import EndpointSets, SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.pool import EndpointPool
-from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint
+from plugbay.network.resolver import MAX_ENDPOINTS
 
 pytestmark = pytest.mark.kubernetes
 
@@ -51,12 +49,8 @@ def test_three_full_slices_give_the_pool_at_most_max_endpoints_ready_first(
 
 def test_a_watch_event_that_grows_the_set_stays_capped(api: SliceAPI, tmp_path: Path) -> None:
     api.list_body["items"] = [slice_of("kv-a", _addresses(4, 3), port=1)]
-    sets: list[list[Endpoint]] = []
-    lock = threading.Lock()
-
-    def on_change(endpoints: Sequence[Endpoint]) -> None:
-        with lock:
-            sets.append(list(endpoints))
+    on_change = EndpointSets()
+    sets = on_change.sets
 
     resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
                                      kubeconfig=api.kubeconfig(tmp_path / "kc"))

@@ -7,7 +7,6 @@ EndpointSlice list and watch. static:/// targets are the user's own word and tak
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tests.cli_util import plugbay
 from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGINS
 from tests.resilience_util import wait_until
-from tests.slice_api import SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
+from tests.slice_api import EndpointSets, SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 
 HINT = "pass allow_loopback=True"
 
@@ -121,12 +120,8 @@ def test_an_endpointslice_of_loopback_addresses_is_refused_by_default(api: Slice
     assert "127.0.0.5, 127.0.0.6: all refused" in str(err.value) and HINT in str(err.value)
     assert caplog.text.count("an EndpointSlice names 127.0.0.5, which is a loopback address") == 1
 
-    sets: list[list[Endpoint]] = []
-    lock = threading.Lock()
-
-    def on_change(endpoints: Sequence[Endpoint]) -> None:
-        with lock:
-            sets.append(list(endpoints))
+    on_change = EndpointSets()
+    sets = on_change.sets
 
     allowed = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True,
                                     kubeconfig=api.kubeconfig(tmp_path / "kc2"))
@@ -139,12 +134,8 @@ def test_a_watch_event_adding_a_loopback_address_is_skipped_once(api: SliceAPI, 
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     api.list_body["items"] = [slice_of("kv-a", ["10.1.0.1"], port=7001)]
     caplog.set_level(logging.WARNING, logger="plugbay.network.kubernetes")
-    sets: list[list[Endpoint]] = []
-    lock = threading.Lock()
-
-    def on_change(endpoints: Sequence[Endpoint]) -> None:
-        with lock:
-            sets.append(list(endpoints))
+    on_change = EndpointSets()
+    sets = on_change.sets
 
     resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
     resolver.start(on_change)
