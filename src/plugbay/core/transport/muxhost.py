@@ -56,7 +56,9 @@ class HostMux(MuxSession):
         self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
-        self._draining: list[Session] = []  # replaced after the peer's GoAway, still carrying streams
+        # replaced after the peer's GoAway, still carrying streams (the main channel's connection):
+        # each keeps its own keepalive, so a peer gone silent still ends them
+        self._draining: list[tuple[Session, Keepalive]] = []
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
         try:
@@ -159,15 +161,22 @@ class HostMux(MuxSession):
                 raise BrokerClosedError(f"the multiplexed connection to the plugin was lost"
                                         f" ({why}) and cannot be made again: {exc}") from exc
             if not session.closed:
+                ka = self._keepalive
+                watch = Keepalive(ka.interval, ka.timeout, write_timeout=ka.write_timeout)
                 with self._lock:  # its open streams finish there; closed once they have (_prune_draining)
-                    self._draining.append(session)
+                    # close() may have emptied _draining already (_close_extra): nobody would close it then
+                    kept = not self._closed
+                    if kept:
+                        self._draining.append((session, watch))
+                if not kept:
+                    session.close("the multiplexed connection was closed")
 
     def _prune_draining(self) -> None:
         """Drop the sessions the peer sent a GoAway on once they closed, and close those with no stream left."""
         with self._lock:
             draining = self._draining
-            self._draining = [s for s in draining if not s.closed and s.open_streams]
-        for session in draining:
+            self._draining = [(s, ka) for s, ka in draining if not s.closed and s.open_streams]
+        for session, _ in draining:
             if not session.closed and not session.open_streams:
                 session.close("its streams ended after the plugin's GoAway")
 
@@ -177,10 +186,14 @@ class HostMux(MuxSession):
                 self._held.expire()  # this loop's poll is the held streams' clock, and the keepalive's
             if self._draining:
                 self._prune_draining()
-            try:
-                self._keepalive.tick(self._session, time.monotonic())
-            except Exception:  # never the end of this loop: it accepts the main channel's connections
-                log.exception("multiplexed connection: the keepalive check failed")
+            now = time.monotonic()
+            with self._lock:
+                watched = [(self._session, self._keepalive), *self._draining]
+            for session, keepalive in watched:
+                try:
+                    keepalive.tick(session, now)
+                except Exception:  # never the end of this loop: it accepts the main channel's connections
+                    log.exception("multiplexed connection: the keepalive check failed")
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):
@@ -208,7 +221,7 @@ class HostMux(MuxSession):
         self._acceptor.join(timeout=5)
         with self._lock:
             draining, self._draining = self._draining, []
-        for session in draining:
+        for session, _ in draining:
             session.close()
         if self._held is not None:
             self._held.clear()
