@@ -43,8 +43,10 @@ class _Unreadable(TLSConfigError):
 class ClientSet:
     """One good set of the host's files, as bytes, and what is built from them (once per set)."""
 
-    def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None) -> None:
+    def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None,
+                 paths: tuple[str, str] | None = None) -> None:
         self.ca_pem, self.cert_pem, self.key_pem = ca_pem, cert_pem, key_pem
+        self._paths = paths  # cert_file and key_file, where these bytes were read
         self._lock = threading.Lock()
         self._credentials: grpc.ChannelCredentials | None = None
         self._context: ssl.SSLContext | None = None
@@ -69,8 +71,37 @@ class ClientSet:
 
     def load_into(self, ctx: ssl.SSLContext) -> None:
         """Present this set's certificate and key on ``ctx`` (nothing when the set has none)."""
-        if self.cert_pem is not None and self.key_pem is not None:
+        if self.cert_pem is None or self.key_pem is None:
+            return
+        # OpenSSL loads a key only from a file: the user's own while they still hold this set (checked
+        # again after the load, a renewal may land meanwhile), else a private temporary copy
+        if self._on_disk():
+            assert self._paths is not None
+            try:
+                ctx.load_cert_chain(*self._paths)
+            except (OSError, ssl.SSLError):
+                pass  # replaced under the load: the copy below
+            else:
+                if self._on_disk():
+                    return
+        try:
             load_chain_pem(ctx, self.cert_pem, self.key_pem)
+        except OSError as exc:
+            where = f" ({self._paths[0]!r}, {self._paths[1]!r})" if self._paths else ""
+            raise TLSConfigError(
+                f"NetworkTLS cannot present its certificate and key: the files{where} no longer hold the set"
+                f" in use, and loading that set needs a temporary file, which could not be made ({exc}); set"
+                " TMPDIR to a writable folder only this user can read") from exc
+
+    def _on_disk(self) -> bool:
+        """Whether cert_file and key_file hold exactly this set's bytes now."""
+        if self._paths is None:
+            return False
+        try:
+            with open(self._paths[0], "rb") as cert, open(self._paths[1], "rb") as key:
+                return (cert.read(), key.read()) == (self.cert_pem, self.key_pem)
+        except OSError:
+            return False
 
 
 def _read(what: str, path: str) -> bytes:
@@ -108,7 +139,7 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              " together (the key does not belong to the certificate); pass a certificate and"
                              " its own key (renew both files together)")
-    return ClientSet(ca, cert, key)
+    return ClientSet(ca, cert, key, (cert_file, key_file))
 
 
 def _stamp(path: str | None) -> Stamp:
