@@ -7,7 +7,10 @@ threads), and what a failure means is decided by the code the sync calls use
 on either side. Each endpoint gets a grpc.aio channel of its own, dialed like
 its sync channel (``Member.redial``), when a call first picks it; once
 discovery drops the endpoint, that channel closes when its calls end (at most
-the pool's ``drain_timeout`` later, or at once when the client is closed). A
+the pool's ``drain_timeout`` later, or at once when the client is closed); once
+the pool dials the endpoint again with renewed TLS files (a new Member, whose
+``redial`` carries them), the next call gets a channel with them and the old one
+closes when its calls end, however long they last. A
 unary call that never left an endpoint goes to another within its deadline; a
 stream goes to the endpoint picked when it is made (waiting for one, within its
 deadline, without blocking the loop).
@@ -29,6 +32,8 @@ from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import PoolCallable
 
 _PRUNE_EVERY = 0.5  # how often the connections follow discovery's changes when no call comes
+# grpc.aio's close() waits for a channel's calls only within a grace: one this long is "until they end"
+_UNTIL_CALLS_END = 365 * 86400.0
 
 
 class AioEndpoints:
@@ -51,14 +56,14 @@ class AioEndpoints:
         held = self._channels.get(member.key)
         if held is not None and held[0] is member:
             return held[1]
-        if held is not None:  # the endpoint left and came back: a new member, a new connection
-            self._retire(held[1])
+        if held is not None:  # the endpoint left and came back, or renewed files: a new member, a new connection
+            self._retire(held)
         if member.redial is None:
             raise ConfigError(f"endpoint {member.key} of remote plugin {self.pool.name!r} cannot be dialed on"
                               " grpc.aio; use the sync RemoteClient for it")
         channel = member.redial.aio_channel()
         if self.pool.member(member.key) is not member:  # it left since it was picked: this call only
-            self._retire(channel)
+            self._retire((member, channel))
             return channel
         self._channels[member.key] = (member, channel)
         if self._watch is None:
@@ -87,11 +92,13 @@ class AioEndpoints:
         for key, (member, channel) in list(self._channels.items()):
             if self.pool.member(key) is not member:
                 del self._channels[key]
-                self._retire(channel)
+                self._retire((member, channel))
 
-    def _retire(self, channel: grpc.aio.Channel) -> None:
+    def _retire(self, held: tuple[Member, grpc.aio.Channel]) -> None:
         # its calls in flight end first (a leaving endpoint drains), as the sync pool's channels do
-        closing = asyncio.ensure_future(channel.close(grace=self.pool.drain_timeout))
+        member, channel = held
+        grace = _UNTIL_CALLS_END if member.renewed else self.pool.drain_timeout
+        closing = asyncio.ensure_future(channel.close(grace=grace))
         self._retiring.add(closing)
         closing.add_done_callback(self._retiring.discard)
 

@@ -21,7 +21,8 @@ from plugbay.network.resolver import Endpoint
 class Member:
     """One endpoint: its channel, health, outlier state and counters."""
 
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel, redial: Redial | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel, redial: Redial | None = None,
+                 tls_set: object = None) -> None:
         self.endpoint = endpoint
         self.key = endpoint.key
         self.channel = channel
@@ -42,6 +43,16 @@ class Member:
         self.closing_since: float | None = None  # first probe that saw a close right after the handshake
         self.closed = False  # set (under ``lock``) before its channel closes: see build() and retire()
         self.lock = threading.Lock()
+        self.tls_set = tls_set  # the NetworkTLS files its channel presents (tlsfiles.ClientSet)
+        self.renewed = False  # replaced by a channel with renewed files: it closes when its calls end
+
+    def carry_over(self, old: Member) -> None:
+        """Take the place of ``old``, the same endpoint dialed with other TLS files: its standing (health,
+        ejection, counters) stays; what it said about TLS was said of the old files."""
+        self.endpoint = old.endpoint
+        self.healthy, self.health_detail = old.healthy, old.health_detail
+        self.outlier = old.outlier  # shared: calls still on the old channel count toward it
+        self.picks, self.failures = old.picks, old.failures
 
     def build(self, kind: str, method: str, ser: Any, de: Any) -> Any:
         """A call object on its channel; ValueError("closed channel") once retire() began. Under the lock

@@ -10,7 +10,8 @@ response) is sent to another endpoint within the same deadline. When no
 endpoint can take a call, the call waits (within its deadline) for discovery
 or health to bring one back, then fails with NoEndpointsError. Endpoints that
 leave discovery or turn terminating stop getting calls; their channel closes
-when the calls in flight end (at most ``drain_timeout`` later).
+when the calls in flight end (at most ``drain_timeout`` later). Renewed TLS
+files reach every endpoint: each is dialed again with them (poolhealth).
 
 The pool is a ``grpc.Channel``, so a Client's ManagedChannel (default
 deadline, error translation, retry/circuit hooks) sits on top unchanged.
@@ -73,7 +74,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self.no_deadline_wait = no_deadline_wait
         self.drain_timeout = drain_timeout
         if tls is not None:
-            tls.files()  # a bad file fails here; each new channel takes the files as they are then (_dial)
+            tls.files()  # a bad file fails here; renewed files reach every endpoint (_follow_files)
         self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
         self._resolver = resolver
         self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
@@ -144,12 +145,12 @@ class EndpointPool(PoolHealth, CallChannel):
             channel = self._connector(endpoint)
             return Member(endpoint, channel, getattr(channel, "redial", None))
         target = grpc_target(endpoint.network, endpoint.address)
-        # renewed files on disk apply from the next channel made (a stat per channel, a read per change)
-        credentials = self.tls.credentials() if self.tls is not None else None
-        redial = Redial(target, credentials, self._options)
-        if credentials is not None:
-            return Member(endpoint, grpc.secure_channel(target, credentials, options=self._options), redial)
-        return Member(endpoint, grpc.insecure_channel(target, options=self._options), redial)
+        # the files as they are now (a stat, a read per change); renewed later: PoolHealth._follow_files
+        files = self.tls.files() if self.tls is not None else None
+        creds = files.credentials() if files is not None else None
+        channel = grpc.secure_channel(target, creds, self._options) if creds else grpc.insecure_channel(
+            target, self._options)
+        return Member(endpoint, channel, Redial(target, creds, self._options), files)
 
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
         wanted = {ep.key: ep for ep in endpoints}

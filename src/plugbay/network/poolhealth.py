@@ -1,7 +1,15 @@
 """PoolHealth, a base of EndpointPool: the pool's thread, which checks each endpoint's health
 (grpc.health.v1 Check on service "plugin"), returns ejected endpoints, closes drained ones, and
 probes endpoints whose connection closed during setup (plugbay.network.tlsprobe) to tell a refused
-TLS certificate, which fails calls at once, from a connection merely cut short, which calls retry."""
+TLS certificate, which fails calls at once, from a connection merely cut short, which calls retry.
+
+It also carries renewed NetworkTLS files to every endpoint. grpcio reconnects a channel with the
+credentials it was made with, so a replica restarting at the same address (a static target, a
+Service's ClusterIP) would be reached with the old certificate for ever, and not at all once that
+expired. On each tick the files are stat'ed (read only when they changed); an endpoint whose channel
+presents an older set gets a new channel, and the old one closes once its calls end, however long
+they last (a renewal is no reason to cut a stream; the old TLS connection stays valid).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
 from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe
 
@@ -43,9 +52,14 @@ class PoolHealth:
     _members: dict[str, Member]
     _draining: list[Member]
     _health_fails: dict[str, int]
+    _connector: Any
+    _closed: bool
+    generation: int
 
     if TYPE_CHECKING:  # EndpointPool's
         def _log_if_changed(self) -> None: ...
+
+        def _dial(self, endpoint: Endpoint) -> Member: ...
 
         def _look_again(self) -> None: ...
 
@@ -60,11 +74,14 @@ class PoolHealth:
                         _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
                         self._cond.notify_all()
                 for member in list(self._draining):
-                    if member.inflight <= 0 or now - (member.draining_since or now) >= self.drain_timeout:
+                    if member.inflight <= 0 or (not member.renewed
+                                                and now - (member.draining_since or now) >= self.drain_timeout):
                         self._draining.remove(member)
                         drained.append(member)
             for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
                 member.retire()  # and an AsyncRemoteClient picks under that lock on its event loop
+            renewed = self._follow_files()
+            members = members if renewed is None else renewed
             for member in members:
                 self._check(member)
             self._log_if_changed()
@@ -73,6 +90,52 @@ class PoolHealth:
             while not self._stop.is_set() and self._kick.wait(max(end - time.monotonic(), 0)):
                 self._kick.clear()
                 self._probe_suspects()
+
+    def _follow_files(self) -> list[Member] | None:
+        """Dial again, with the current NetworkTLS files, each endpoint whose channel has older ones; the
+        endpoints as they are then (None: none was). A multiplexed endpoint's relay asks for the files per
+        TLS connection it makes (``_connector``): it needs none of this."""
+        if self.tls is None or self._connector is not None:
+            return None
+        try:
+            current = self.tls.files()
+        except Exception:  # a good set was read at start: this is not a file's content
+            _log.exception("pool %s: checking the NetworkTLS files failed; keeping the current ones", self.name)
+            return None
+        with self._cond:
+            stale = [m for m in self._members.values() if m.tls_set is not current]
+        if not stale:
+            return None
+        fresh: dict[str, Member] = {}
+        try:
+            for old in stale:
+                fresh[old.key] = self._dial(old.endpoint)
+        except Exception:  # tried again on the next tick
+            _log.exception("pool %s: dialing an endpoint with renewed NetworkTLS files failed", self.name)
+            for member in fresh.values():
+                member.retire()
+            return None
+        unused = []
+        with self._cond:
+            now = time.monotonic()
+            for old in stale:
+                new = fresh[old.key]
+                if self._closed or self._members.get(old.key) is not old:  # left (or closed) meanwhile
+                    unused.append(new)
+                    continue
+                new.carry_over(old)
+                self._members[old.key] = new
+                old.renewed, old.draining_since = True, now
+                self._draining.append(old)
+            self.generation += 1  # an AsyncRemoteClient's grpc.aio channels follow (aiopool)
+            members = list(self._members.values())
+            self._cond.notify_all()
+        for member in unused:
+            member.retire()
+        if len(unused) < len(stale):
+            _log.info("pool %s: NetworkTLS files renewed; %d endpoint(s) dialed again with them, their previous"
+                      " connections closing once their calls end", self.name, len(stale) - len(unused))
+        return members
 
     def _probe_suspects(self) -> None:
         with self._cond:

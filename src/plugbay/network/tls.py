@@ -3,8 +3,8 @@
 Unlike go-plugin's AutoMTLS (a fresh certificate per launch, passed through the
 handshake), a shared remote plugin is reached with files an operator or
 cert-manager provides: the host's certificate and key, and the CA that signed
-the plugins' certificates (read again for new connections when they change on
-disk: plugbay.network.tlsfiles). ``server_name`` is the name the plugin's
+the plugins' certificates (read again when they change on disk, every endpoint
+then dialed again with them: plugbay.network.tlsfiles). ``server_name`` is the name the plugin's
 certificate must carry (its SAN) when it differs from the dialed address.
 """
 

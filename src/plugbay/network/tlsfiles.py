@@ -1,13 +1,13 @@
-"""The host's TLS files (NetworkTLS), read again when they change on disk, for each new connection.
+"""The host's TLS files (NetworkTLS), read again when they change on disk.
 
 cert-manager and Kubernetes Secret mounts renew the host's client certificate in
 place (often by swapping a symlinked ``..data`` folder), so a long-lived
 RemoteClient must not keep the set it read at start. :class:`ClientFiles` is
-asked for the current set each time a channel to an endpoint is made (and per
-TLS handshake of a brokered session's relay): it compares the files' stamps
-(resolved path, inode, size, mtime) with those of the set it holds, and reads
-and checks them again only when one changed. Channels already made keep the
-credentials they were made with.
+asked for the current set each time a channel to an endpoint is made, on each of
+the pool's health ticks (which dial every endpoint again once the set changed:
+plugbay.network.poolhealth) and per TLS handshake of a brokered session's relay:
+it compares the files' stamps (resolved path, inode, size, mtime) with those of
+the set it holds, and reads and checks them again only when one changed.
 
 A renewal seen half done (a truncated PEM, a certificate with the previous
 key) is logged once, and the last good set stays in use until the files change
