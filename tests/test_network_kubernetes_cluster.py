@@ -9,8 +9,10 @@ stand-in: ``python -m tests.kube_standin --kubeconfig /tmp/k.yaml`` and KUBECONF
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -85,6 +87,22 @@ def service() -> Iterator[tuple[str, list[str], object]]:
         api.api_client.close()
 
 
+def _on_loopback(pod: str) -> bool:
+    """Whether ``pod`` got a loopback IP: the stand-in's pods do (tests/kube_standin/pods.py, POD_IP: each
+    published on its own loopback port), a real cluster's never do."""
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
+    deadline = time.monotonic() + 240
+    try:
+        while not (ip := api.read_namespaced_pod(pod, NAMESPACE).status.pod_ip):
+            assert time.monotonic() < deadline, f"pod {pod} got no IP in 240 s"
+            time.sleep(0.5)
+    finally:
+        api.api_client.close()
+    return ipaddress.ip_address(ip).is_loopback
+
+
 def test_endpoints_follow_pods(service: tuple[str, list[str], object]) -> None:
     from kubernetes import client, config
 
@@ -92,7 +110,10 @@ def test_endpoints_follow_pods(service: tuple[str, list[str], object]) -> None:
     add_pod()  # type: ignore[operator]
     add_pod()  # type: ignore[operator]
     sets = Sets()
-    with EndpointSliceResolver(NAMESPACE, name, "grpc", kubeconfig=KUBECONFIG) as resolver:
+    # discovery refuses loopback addresses unless told: allowed only where the pods are on loopback (the
+    # stand-in), so that against a real cluster this still proves its pod IPs pass the refusal
+    loopback = _on_loopback(pods[0])
+    with EndpointSliceResolver(NAMESPACE, name, "grpc", allow_loopback=loopback, kubeconfig=KUBECONFIG) as resolver:
         resolver.start(sets)
         both = sets.wait(lambda s: sorted(e.name for e in s if e.ready) == sorted(pods))
         for e in both:  # pod IP and target port; the stand-in publishes each pod on its own loopback port
