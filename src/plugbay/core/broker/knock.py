@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
-from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, NoNewStreamsError, PlugbayError
+from plugbay.errors import BrokerClosedError, BrokerError, BrokerTimeoutError, PlugbayError
 
 if TYPE_CHECKING:
     from plugbay.core.broker.channels import BrokeredChannel, Served
@@ -52,9 +52,6 @@ UNCLAIMED_TTL = 5.0
 # holding peer routes a held stream only for a knock it accepts (and resets it otherwise), and
 # the server there speaks first (HTTP/2 settings, a TLS server hello), so those bytes come a
 # broker-stream hop (two gRPC streaming thread hand-offs each way) before the ack does.
-# How long a dial on a session the peer sent a GoAway on waits for the broker stream to end (the
-# peer is gone: that error tells it) before it fails for the GoAway (a draining peer, still there).
-_GOAWAY_GRACE = 1.0
 _ROUTED = pb.ConnInfo(knock=pb.ConnInfo.Knock(knock=True, ack=True))
 
 
@@ -68,13 +65,8 @@ class Multiplexed:
     _late_acks: set[int]
     _gave_up: set[int]  # ids whose knock's ack we stopped waiting for (see _take_route)
     _bridges: list[StreamBridge]
-    _closed: bool
-    _lost: str | None
 
     # provided by GRPCBroker
-    def _lost_message(self) -> str:
-        raise NotImplementedError
-
     def _mux_session(self) -> MuxSession | None:
         raise NotImplementedError
 
@@ -164,29 +156,9 @@ class Multiplexed:
     def _knock_and_open(self, id: int, timeout: float) -> Stream:
         mux = self._mux()
         with self._turn(mux, id, timeout) as left:
-            session = self._knock_session(mux, id, left)  # the knock's stream must follow it on that connection
+            session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
             return self._open_when_acked(id, left, session)
-
-    def _knock_session(self, mux: MuxSession, id: int, timeout: float) -> Session | None:
-        """The session a knocked stream opens on; if the peer sent a GoAway there, NoNewStreamsError
-        before any knock (one the peer would ack, then wait for its stream in vain)."""
-        session = mux.session
-        if session is not None and session.went_away:
-            with self._cond:  # a closing plugbay peer sends its GoAway right before it ends the connection
-                self._cond.wait_for(lambda: self._lost is not None or self._closed, min(timeout, _GOAWAY_GRACE))
-                if self._closed:
-                    raise BrokerClosedError("the broker is closed; no more brokered connections can be made")
-                if self._lost is not None:  # it is gone: say so, as for any ended broker stream
-                    raise BrokerClosedError(f"cannot dial broker id {id}: " + self._lost_message())
-            # the knock travels on the broker stream, inside a gRPC connection on this session: gRPC
-            # never moves a working connection, so it stays there until the peer closes it
-            raise NoNewStreamsError(
-                f"cannot dial broker id {id}: {mux.peer} sent a GoAway (it is shutting down) on the multiplexed"
-                " connection that carries the broker stream, and a knocked stream must follow its knock on that"
-                f" connection, which takes no new stream; brokered dials fail until {mux.peer} closes it, and"
-                " that ends the broker stream. Restart the plugin (new Client) to broker again")
-        return session
 
     def _knock(self, id: int) -> None:
         with self._cond:  # an ack for ``id`` from now on is this knock's, even after a dial that gave up
@@ -253,7 +225,7 @@ class Multiplexed:
         except OSError as exc:
             raise local_socket_error(f"dial broker id {id}", exc) from exc
         with self._turn(mux, id, timeout) as left:
-            session = self._knock_session(mux, id, left)  # the knock's stream must follow it on that connection
+            session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
             # while the knock travels: the local listener, its accept loop and the channel
             try:

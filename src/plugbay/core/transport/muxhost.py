@@ -56,9 +56,6 @@ class HostMux(MuxSession):
         self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
-        # replaced after the peer's GoAway, still carrying streams (the main channel's connection):
-        # each keeps its own keepalive, so a peer gone silent still ends them
-        self._draining: list[tuple[Session, Keepalive]] = []
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
         try:
@@ -142,58 +139,29 @@ class HostMux(MuxSession):
     def _redial_if_lost(self) -> None:
         with self._lock:
             session = self._session
-            # a peer's GoAway (hashicorp/yamux's drain) keeps its connection but takes no new stream
-            # there: new work needs a new connection now, not once the peer finally closes that one
-            lost = session is not None and (session.closed or session.went_away)
-            if lost and session is not None and session.answered:
+            if session is not None and session.closed and session.answered:
                 self._redials = 0  # a yamux peer answered on it: a working connection was lost, not a flapping one
-            redial = (not self._closed and lost
+            redial = (not self._closed and session is not None and session.closed
                       and (self._max_redials is None or self._redials < self._max_redials))
             if redial:
                 self._redials += 1
         if redial:
             assert session is not None
-            why = session.close_reason or "the plugin sent a GoAway"
-            log.debug("multiplexed connection lost (%s); dialing the plugin again", why)
+            log.debug("multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
             try:
                 self._attach(self._dial())
             except OSError as exc:
                 raise BrokerClosedError(f"the multiplexed connection to the plugin was lost"
-                                        f" ({why}) and cannot be made again: {exc}") from exc
-            if not session.closed:
-                ka = self._keepalive
-                watch = Keepalive(ka.interval, ka.timeout, write_timeout=ka.write_timeout)
-                with self._lock:  # its open streams finish there; closed once they have (_prune_draining)
-                    # close() may have emptied _draining already (_close_extra): nobody would close it then
-                    kept = not self._closed
-                    if kept:
-                        self._draining.append((session, watch))
-                if not kept:
-                    session.close("the multiplexed connection was closed")
-
-    def _prune_draining(self) -> None:
-        """Drop the sessions the peer sent a GoAway on once they closed, and close those with no stream left."""
-        with self._lock:
-            draining = self._draining
-            self._draining = [(s, ka) for s, ka in draining if not s.closed and s.open_streams]
-        for session, _ in draining:
-            if not session.closed and not session.open_streams:
-                session.close("its streams ended after the plugin's GoAway")
+                                        f" ({session.close_reason}) and cannot be made again: {exc}") from exc
 
     def _accept(self) -> None:
         def closed() -> bool:
             if self._held is not None:
                 self._held.expire()  # this loop's poll is the held streams' clock, and the keepalive's
-            if self._draining:
-                self._prune_draining()
-            now = time.monotonic()
-            with self._lock:
-                watched = [(self._session, self._keepalive), *self._draining]
-            for session, keepalive in watched:
-                try:
-                    keepalive.tick(session, now)
-                except Exception:  # never the end of this loop: it accepts the main channel's connections
-                    log.exception("multiplexed connection: the keepalive check failed")
+            try:
+                self._keepalive.tick(self._session, time.monotonic())
+            except Exception:  # never the end of this loop: it accepts the main channel's connections
+                log.exception("multiplexed connection: the keepalive check failed")
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):
@@ -219,10 +187,6 @@ class HostMux(MuxSession):
 
     def _close_extra(self) -> None:
         self._acceptor.join(timeout=5)
-        with self._lock:
-            draining, self._draining = self._draining, []
-        for session, _ in draining:
-            session.close()
         if self._held is not None:
             self._held.clear()
         self._listener.close()

@@ -121,11 +121,6 @@ class Session(Splicing, Pinging, Writing):
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    @property
-    def went_away(self) -> bool:
-        """The peer sent a normal GoAway: it takes no new streams here, and finishes its open ones."""
-        return self._went_away
-
     def open(self) -> Stream:
         with self._lock:
             if self._closed.is_set():
