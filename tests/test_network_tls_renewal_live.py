@@ -133,6 +133,30 @@ def test_a_stream_open_across_the_renewal_finishes_on_its_channel(
         pool.close()
 
 
+def test_a_renewed_channel_whose_endpoint_leaves_closes_within_drain_timeout(
+        tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
+    certs, tls, made = setup
+    made.append(replica := _Replica(certs))
+    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
+    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
+    try:
+        pool.start()
+        watch = pool.unary_stream("/grpc.health.v1.Health/Watch",
+                                  request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                  response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        stream = watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=30)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        _renew(tmp_path, certs)
+        assert wait_until(lambda: "host v2" in replica.health.seen, 10), replica.health.seen
+        assert resolver.report is not None
+        resolver.report([])  # the endpoint leaves discovery: its renewed-away channel waits no longer
+        assert wait_until(lambda: pool.metrics()["draining"] == 0, 5), pool.metrics()
+        with pytest.raises(grpc.RpcError):
+            list(stream)  # cut at drain_timeout, as any leaving endpoint's calls are
+    finally:
+        pool.close()
+
+
 def test_async_calls_present_the_renewed_certificate(
         tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
     certs, tls, made = setup
@@ -161,5 +185,42 @@ def test_async_calls_present_the_renewed_certificate(
     try:
         pool.start()
         assert asyncio.run(main()) == ["host v1", "host v2"]
+    finally:
+        pool.close()
+
+
+def test_a_renewed_async_channel_whose_endpoint_leaves_closes_within_drain_timeout(
+        tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
+    certs, tls, made = setup
+    made.append(replica := _Replica(certs))
+    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
+    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
+
+    async def main() -> float:
+        channel = AioPoolChannel(AioEndpoints(pool))
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            stream = stub.Watch(health_pb2.HealthCheckRequest(service="aio"), timeout=30)
+            assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
+            key = next(iter(pool.metrics()["endpoints"]))
+            before = pool.member(key)
+            _renew(tmp_path, certs)
+            for _ in range(200):  # until the pool dialed the endpoint again (bounded: 10 s)
+                if pool.member(key) is not before:
+                    break
+                await asyncio.sleep(0.05)
+            await stub.Check(health_pb2.HealthCheckRequest(service="aio"), timeout=5)  # retires the old channel
+            assert resolver.report is not None
+            resolver.report([])  # the endpoint leaves: the renewed-away channel waits no longer
+            began = asyncio.get_running_loop().time()
+            with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):  # grpc.aio: a call its channel's
+                await asyncio.wait_for(stream.read(), 10)  # close cancelled raises CancelledError on read
+            return asyncio.get_running_loop().time() - began
+        finally:
+            await channel.close()
+
+    try:
+        pool.start()
+        assert asyncio.run(main()) < 5  # drain_timeout 0.3 s and a prune, not the Watch's 20 s hold
     finally:
         pool.close()

@@ -10,7 +10,7 @@ discovery drops the endpoint, that channel closes when its calls end (at most
 the pool's ``drain_timeout`` later, or at once when the client is closed); once
 the pool dials the endpoint again with renewed TLS files (a new Member, whose
 ``redial`` carries them), the next call gets a channel with them and the old one
-closes when its calls end, however long they last. A
+closes when its calls end, however long they last while the endpoint stays. A
 unary call that never left an endpoint goes to another within its deadline; a
 stream goes to the endpoint picked when it is made (waiting for one, within its
 deadline, without blocking the loop).
@@ -32,8 +32,6 @@ from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import PoolCallable
 
 _PRUNE_EVERY = 0.5  # how often the connections follow discovery's changes when no call comes
-# grpc.aio's close() waits for a channel's calls only within a grace: one this long is "until they end"
-_UNTIL_CALLS_END = 365 * 86400.0
 
 
 class AioEndpoints:
@@ -43,7 +41,8 @@ class AioEndpoints:
         self.pool = pool
         self._channels: dict[str, tuple[Member, grpc.aio.Channel]] = {}
         self._retiring: set[asyncio.Future[None]] = set()
-        self._calls: set[Any] = set()  # grpc.aio calls in flight on these channels (see close())
+        self._renewed: dict[asyncio.Future[None], grpc.aio.Channel] = {}  # closing, replaced for renewed files
+        self._calls: dict[Any, grpc.aio.Channel] = {}  # grpc.aio calls in flight, and their channel (see close())
         self._generation = -1
         self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
         self.closed = False
@@ -77,10 +76,10 @@ class AioEndpoints:
             if self._generation != self.pool.generation and not self.closed:
                 self._prune()
 
-    def started(self, call: Any) -> None:
-        """Note a grpc.aio call made on one of these channels, until it is done."""
-        self._calls.add(call)
-        call.add_done_callback(self._calls.discard)
+    def started(self, call: Any, channel: grpc.aio.Channel) -> None:
+        """Note a grpc.aio call made on ``channel``, one of these channels, until it is done."""
+        self._calls[call] = channel
+        call.add_done_callback(lambda done: self._calls.pop(done, None))
 
     def existing(self, member: Member) -> grpc.aio.Channel | None:
         """``member``'s channel, if it has one now (never dials)."""
@@ -97,10 +96,22 @@ class AioEndpoints:
     def _retire(self, held: tuple[Member, grpc.aio.Channel]) -> None:
         # its calls in flight end first (a leaving endpoint drains), as the sync pool's channels do
         member, channel = held
-        grace = _UNTIL_CALLS_END if member.renewed else self.pool.drain_timeout
-        closing = asyncio.ensure_future(channel.close(grace=grace))
+        renewed = member.renewed and self.pool.member(member.key) is not None
+        closing = asyncio.ensure_future(self._close_renewed(member.key, channel) if renewed
+                                        else channel.close(grace=self.pool.drain_timeout))
         self._retiring.add(closing)
         closing.add_done_callback(self._retiring.discard)
+        if renewed:
+            self._renewed[closing] = channel
+            closing.add_done_callback(lambda done: self._renewed.pop(done, None))
+
+    async def _close_renewed(self, key: str, channel: grpc.aio.Channel) -> None:
+        """A channel replaced for renewed TLS files: closed once the calls made on it end (a renewal cuts
+        none), or drain_timeout after its endpoint left, as the sync pool's."""
+        # (grpc.aio's close() waits for calls within one grace, and a second close() does not shorten it)
+        while self.pool.member(key) is not None and channel in self._calls.values():
+            await asyncio.sleep(_PRUNE_EVERY)
+        await channel.close(grace=self.pool.drain_timeout)
 
     async def close(self) -> None:
         """Close every connection now (calls in flight are cancelled). Idempotent."""
@@ -109,6 +120,9 @@ class AioEndpoints:
             self._watch.cancel()
         channels = [channel for _, channel in self._channels.values()]
         self._channels.clear()
+        for closing, channel in list(self._renewed.items()):  # not waited for: closed below with the rest
+            closing.cancel()
+            channels.append(channel)
         # a draining connection's close waits (up to drain_timeout) for its calls: cancelled, they end
         # now, as the sync client's do (grpc.aio's close() of a channel already closing does nothing)
         for call in list(self._calls):
@@ -193,11 +207,11 @@ class AioPoolCallable:
 
     def start(self, member: Member, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         """The call itself, on ``member``'s grpc.aio channel."""
-        factory = getattr(self.channel.endpoints.channel(member), self.kind)
-        target = factory(self._method, request_serializer=self._ser, response_deserializer=self._de,
-                         _registered_method=True)
+        channel = self.channel.endpoints.channel(member)
+        target = getattr(channel, self.kind)(self._method, request_serializer=self._ser,
+                                             response_deserializer=self._de, _registered_method=True)
         call = target(request, timeout=timeout, **kwargs)
-        self.channel.endpoints.started(call)
+        self.channel.endpoints.started(call, channel)
         return call
 
     async def pick(self, pick_until: float, tried: set[str]) -> Member:

@@ -178,6 +178,9 @@ class EndpointPool(PoolHealth, CallChannel):
         for key in list(self._members):
             if key not in wanted:
                 self._drain(self._members.pop(key), now, "left discovery")
+        for old in self._draining:  # a channel replaced for renewed TLS files waited for its calls: its
+            if old.renewed and old.key not in wanted:  # endpoint left, so drain_timeout bounds it from now
+                old.renewed, old.draining_since = False, now
         for key, ep in wanted.items():
             member = self._members.get(key)
             if member is None:
