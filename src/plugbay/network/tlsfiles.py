@@ -86,6 +86,9 @@ class ClientSet:
                     return
         try:
             load_chain_pem(ctx, self.cert_pem, self.key_pem)
+        except ssl.SSLError as exc:  # an OSError too: OpenSSL refused the set itself, not the temp file
+            raise TLSConfigError(f"NetworkTLS: OpenSSL refused the certificate and key ({exc}); pass a PEM"
+                                 " certificate and its own unencrypted key") from exc
         except OSError as exc:
             where = f" ({self._paths[0]!r}, {self._paths[1]!r})" if self._paths else ""
             raise TLSConfigError(
