@@ -108,21 +108,35 @@ def test_a_replica_restarting_at_the_same_address_gets_the_renewed_certificate(
         pool.close()
 
 
+def _watching(pool: EndpointPool) -> Any:
+    """A Health Watch stream through the pool, its first answer read (the replica then holds it)."""
+    watch = pool.unary_stream("/grpc.health.v1.Health/Watch",
+                              request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                              response_deserializer=health_pb2.HealthCheckResponse.FromString)
+    stream = watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=30)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    return stream
+
+
+@pytest.mark.parametrize("endpoint_leaves", [False, True])
 def test_a_stream_open_across_the_renewal_finishes_on_its_channel(
-        tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
+        tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]], endpoint_leaves: bool) -> None:
     certs, tls, made = setup
     made.append(replica := _Replica(certs))
-    pool = EndpointPool(_Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")]), tls=tls, health_interval=0.1,
-                        health_timeout=2.0, drain_timeout=0.2)
+    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
+    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
     try:
         pool.start()
-        watch = pool.unary_stream("/grpc.health.v1.Health/Watch",
-                                  request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                                  response_deserializer=health_pb2.HealthCheckResponse.FromString)
-        stream = watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=30)
-        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream = _watching(pool)
         _renew(tmp_path, certs)
         assert wait_until(lambda: "host v2" in replica.health.seen, 10), replica.health.seen
+        if endpoint_leaves:
+            assert resolver.report is not None
+            resolver.report([])  # the endpoint leaves discovery: its renewed-away channel waits no longer
+            assert wait_until(lambda: pool.metrics()["draining"] == 0, 5), pool.metrics()
+            with pytest.raises(grpc.RpcError):
+                list(stream)  # cut at drain_timeout, as any leaving endpoint's calls are
+            return
         # well past drain_timeout: the old channel waits for its call, it is not cut
         assert not wait_until(lambda: pool.metrics()["draining"] == 0, 1.0)
         replica.health.release.set()
@@ -133,28 +147,15 @@ def test_a_stream_open_across_the_renewal_finishes_on_its_channel(
         pool.close()
 
 
-def test_a_renewed_channel_whose_endpoint_leaves_closes_within_drain_timeout(
-        tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
-    certs, tls, made = setup
-    made.append(replica := _Replica(certs))
-    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
-    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
-    try:
-        pool.start()
-        watch = pool.unary_stream("/grpc.health.v1.Health/Watch",
-                                  request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                                  response_deserializer=health_pb2.HealthCheckResponse.FromString)
-        stream = watch(health_pb2.HealthCheckRequest(service="plugin"), timeout=30)
-        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
-        _renew(tmp_path, certs)
-        assert wait_until(lambda: "host v2" in replica.health.seen, 10), replica.health.seen
-        assert resolver.report is not None
-        resolver.report([])  # the endpoint leaves discovery: its renewed-away channel waits no longer
-        assert wait_until(lambda: pool.metrics()["draining"] == 0, 5), pool.metrics()
-        with pytest.raises(grpc.RpcError):
-            list(stream)  # cut at drain_timeout, as any leaving endpoint's calls are
-    finally:
-        pool.close()
+async def _renewed_and_redialed(pool: EndpointPool, tmp_path: Path, certs: netcerts.CertSet) -> None:
+    """Renew the host's files, then wait until the pool dialed its one endpoint again (bounded: 10 s)."""
+    key = next(iter(pool.metrics()["endpoints"]))
+    before = pool.member(key)
+    _renew(tmp_path, certs)
+    for _ in range(200):
+        if pool.member(key) is not before:
+            return
+        await asyncio.sleep(0.05)
 
 
 def test_async_calls_present_the_renewed_certificate(
@@ -170,13 +171,7 @@ def test_async_calls_present_the_renewed_certificate(
         try:
             request = health_pb2.HealthCheckRequest(service="aio")  # the pool's own checks ask for "plugin"
             await stub.Check(request, timeout=5)
-            key = next(iter(pool.metrics()["endpoints"]))
-            before = pool.member(key)
-            _renew(tmp_path, certs)
-            for _ in range(200):  # until the pool dialed the endpoint again (bounded: 10 s)
-                if pool.member(key) is not before:
-                    break
-                await asyncio.sleep(0.05)
+            await _renewed_and_redialed(pool, tmp_path, certs)
             await stub.Check(request, timeout=5)
             return replica.health.asked["aio"]
         finally:
@@ -202,13 +197,7 @@ def test_a_renewed_async_channel_whose_endpoint_leaves_closes_within_drain_timeo
         try:
             stream = stub.Watch(health_pb2.HealthCheckRequest(service="aio"), timeout=30)
             assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
-            key = next(iter(pool.metrics()["endpoints"]))
-            before = pool.member(key)
-            _renew(tmp_path, certs)
-            for _ in range(200):  # until the pool dialed the endpoint again (bounded: 10 s)
-                if pool.member(key) is not before:
-                    break
-                await asyncio.sleep(0.05)
+            await _renewed_and_redialed(pool, tmp_path, certs)
             await stub.Check(health_pb2.HealthCheckRequest(service="aio"), timeout=5)  # retires the old channel
             assert resolver.report is not None
             resolver.report([])  # the endpoint leaves: the renewed-away channel waits no longer
