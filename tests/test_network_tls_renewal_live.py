@@ -87,12 +87,19 @@ def _renew(tmp_path: Path, certs: netcerts.CertSet) -> None:
     _swap(tmp_path / "host", netcerts.issue(certs.client_ca, "host v2", server=False), "..v2")
 
 
+def _one_replica_pool(setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]],
+                      **options: Any) -> tuple[_Replica, _Steered, EndpointPool]:
+    """A replica and a pool (not started) reaching it with the host's files, health checked every 0.1 s."""
+    certs, tls, made = setup
+    made.append(replica := _Replica(certs))
+    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
+    return replica, resolver, EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, **options)
+
+
 def test_a_replica_restarting_at_the_same_address_gets_the_renewed_certificate(
         tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
-    certs, tls, made = setup
-    made.append(first := _Replica(certs))
-    pool = EndpointPool(_Steered([Endpoint("tcp", f"127.0.0.1:{first.port}")]), tls=tls, health_interval=0.1,
-                        health_timeout=2.0)
+    certs, _, made = setup
+    first, _, pool = _one_replica_pool(setup)
     try:
         pool.start()
         assert wait_until(lambda: first.health.seen, 10)
@@ -121,10 +128,8 @@ def _watching(pool: EndpointPool) -> Any:
 @pytest.mark.parametrize("endpoint_leaves", [False, True])
 def test_a_stream_open_across_the_renewal_finishes_on_its_channel(
         tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]], endpoint_leaves: bool) -> None:
-    certs, tls, made = setup
-    made.append(replica := _Replica(certs))
-    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
-    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
+    certs = setup[0]
+    replica, resolver, pool = _one_replica_pool(setup, drain_timeout=0.3)
     try:
         pool.start()
         stream = _watching(pool)
@@ -160,10 +165,8 @@ async def _renewed_and_redialed(pool: EndpointPool, tmp_path: Path, certs: netce
 
 def test_async_calls_present_the_renewed_certificate(
         tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
-    certs, tls, made = setup
-    made.append(replica := _Replica(certs))
-    pool = EndpointPool(_Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")]), tls=tls, health_interval=0.1,
-                        health_timeout=2.0)
+    certs = setup[0]
+    replica, _, pool = _one_replica_pool(setup)
 
     async def main() -> list[str]:
         channel = AioPoolChannel(AioEndpoints(pool))
@@ -186,10 +189,8 @@ def test_async_calls_present_the_renewed_certificate(
 
 def test_a_renewed_async_channel_whose_endpoint_leaves_closes_within_drain_timeout(
         tmp_path: Path, setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
-    certs, tls, made = setup
-    made.append(replica := _Replica(certs))
-    resolver = _Steered([Endpoint("tcp", f"127.0.0.1:{replica.port}")])
-    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=2.0, drain_timeout=0.3)
+    certs = setup[0]
+    replica, resolver, pool = _one_replica_pool(setup, drain_timeout=0.3)
 
     async def main() -> float:
         channel = AioPoolChannel(AioEndpoints(pool))
