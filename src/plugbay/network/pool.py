@@ -174,13 +174,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self._log_if_changed()
 
     def _apply(self, wanted: dict[str, Endpoint], built: dict[str, Member]) -> None:
-        now = time.monotonic()
-        for key in list(self._members):
-            if key not in wanted:
-                self._drain(self._members.pop(key), now, "left discovery")
-        for old in self._draining:  # a channel replaced for renewed TLS files waited for its calls: its
-            if old.renewed and old.key not in wanted:  # endpoint left, so drain_timeout bounds it from now
-                old.renewed, old.draining_since = False, now
+        self._drain_left(wanted)
         for key, ep in wanted.items():
             member = self._members.get(key)
             if member is None:
@@ -193,13 +187,6 @@ class EndpointPool(PoolHealth, CallChannel):
         self._order = list(wanted)
         self.generation += 1
         self._cond.notify_all()
-
-    def _drain(self, member: Member, now: float, why: str) -> None:
-        _log.info("pool %s: endpoint %s %s; closing it once its %d call(s) end", self.name, member.key, why,
-                  member.inflight)
-        member.draining_since = now
-        self._draining.append(member)
-        self._health_fails.pop(member.key, None)  # keyed by address: a pool under churn would keep them all
 
     # --- picking (used by poolcalls) ------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """PoolHealth, a base of EndpointPool: the pool's thread, which checks each endpoint's health
-(grpc.health.v1 Check on service "plugin"), returns ejected endpoints, closes drained ones, and
-probes endpoints whose connection closed during setup (plugbay.network.tlsprobe) to tell a refused
-TLS certificate, which fails calls at once, from a connection merely cut short, which calls retry.
+(grpc.health.v1 Check on service "plugin"), returns ejected endpoints, closes drained ones (those that
+left discovery, drained from _drain_left), and probes endpoints whose connection closed during setup
+(plugbay.network.tlsprobe) to tell a refused TLS certificate, which fails calls at once, from a
+connection merely cut short, which calls retry.
 
 It also carries renewed NetworkTLS files to every endpoint. grpcio reconnects a channel with the
 credentials it was made with, so a replica restarting at the same address (a static target, a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -136,6 +138,22 @@ class PoolHealth:
             _log.info("pool %s: NetworkTLS files renewed; %d endpoint(s) dialed again with them, their previous"
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
+
+    def _drain_left(self, wanted: Collection[str]) -> None:
+        """Under the lock: the endpoints discovery no longer reports (not in ``wanted``) get no more calls;
+        each channel closes once its calls end, at most drain_timeout from now. A channel replaced for
+        renewed files (_follow_files) waited for its calls however long: once its endpoint left, it too."""
+        now = time.monotonic()
+        for key in [key for key in self._members if key not in wanted]:
+            member = self._members.pop(key)
+            _log.info("pool %s: endpoint %s left discovery; closing it once its %d call(s) end", self.name, key,
+                      member.inflight)
+            member.draining_since = now
+            self._draining.append(member)
+            self._health_fails.pop(key, None)  # keyed by address: a pool under churn would keep them all
+        for old in self._draining:
+            if old.renewed and old.key not in wanted:
+                old.renewed, old.draining_since = False, now
 
     def _probe_suspects(self) -> None:
         with self._cond:
