@@ -214,3 +214,37 @@ def test_a_renewed_async_channel_whose_endpoint_leaves_closes_within_drain_timeo
         assert asyncio.run(main()) < 5  # drain_timeout 0.3 s and a prune, not the Watch's 20 s hold
     finally:
         pool.close()
+
+
+def test_async_calls_in_flight_are_counted_per_channel_until_they_end(
+        setup: tuple[netcerts.CertSet, NetworkTLS, list[_Replica]]) -> None:
+    # a renewed-away grpc.aio channel closes once its count is 0: no ending may leave it counted
+    _, _, pool = _one_replica_pool(setup)
+
+    async def main() -> None:
+        endpoints = AioEndpoints(pool)
+        channel = AioPoolChannel(endpoints)
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            request = health_pb2.HealthCheckRequest(service="aio")
+            await stub.Check(request, timeout=5)
+            assert endpoints._inflight == {}
+            streams = [stub.Watch(request, timeout=30) for _ in range(2)]
+            for stream in streams:
+                assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
+            assert list(endpoints._inflight.values()) == [2]
+            with pytest.raises(TypeError):  # the call is refused before it exists: never counted
+                await stub.Check(request, timeout=5, not_a_call_option=1)
+            assert list(endpoints._inflight.values()) == [2]
+            streams[0].cancel()
+            await asyncio.sleep(0.1)
+            assert list(endpoints._inflight.values()) == [1]
+        finally:
+            await channel.close()  # cancels the other
+        assert endpoints._inflight == {} and endpoints._calls == {}
+
+    try:
+        pool.start()
+        asyncio.run(main())
+    finally:
+        pool.close()

@@ -43,6 +43,7 @@ class AioEndpoints:
         self._retiring: set[asyncio.Future[None]] = set()
         self._renewed: dict[asyncio.Future[None], grpc.aio.Channel] = {}  # closing, replaced for renewed files
         self._calls: dict[Any, grpc.aio.Channel] = {}  # grpc.aio calls in flight, and their channel (see close())
+        self._inflight: dict[grpc.aio.Channel, int] = {}  # how many of them each channel has (_close_renewed)
         self._generation = -1
         self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
         self.closed = False
@@ -79,7 +80,21 @@ class AioEndpoints:
     def started(self, call: Any, channel: grpc.aio.Channel) -> None:
         """Note a grpc.aio call made on ``channel``, one of these channels, until it is done."""
         self._calls[call] = channel
-        call.add_done_callback(lambda done: self._calls.pop(done, None))
+        self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        try:
+            call.add_done_callback(self._ended)  # on a cancel too; at once if it is done already
+        except BaseException:
+            self._ended(call)
+            raise
+
+    def _ended(self, call: Any) -> None:
+        channel = self._calls.pop(call, None)
+        if channel is None:  # counted off already
+            return
+        if self._inflight[channel] > 1:
+            self._inflight[channel] -= 1
+        else:
+            del self._inflight[channel]  # a channel without calls keeps no entry
 
     def existing(self, member: Member) -> grpc.aio.Channel | None:
         """``member``'s channel, if it has one now (never dials)."""
@@ -109,7 +124,7 @@ class AioEndpoints:
         """A channel replaced for renewed TLS files: closed once the calls made on it end (a renewal cuts
         none), or drain_timeout after its endpoint left, as the sync pool's."""
         # (grpc.aio's close() waits for calls within one grace, and a second close() does not shorten it)
-        while self.pool.member(key) is not None and channel in self._calls.values():
+        while self.pool.member(key) is not None and channel in self._inflight:
             await asyncio.sleep(_PRUNE_EVERY)
         await channel.close(grace=self.pool.drain_timeout)
 
