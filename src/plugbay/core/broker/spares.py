@@ -92,6 +92,7 @@ class ServerSource:
         # a relay (a Go peer's certificate) is a listener and threads of its own: none kept idle
         self._spares = tls is None or not tls.needs_relay
         self._spare = join_spares()
+        self._spare.hold(tls)
         self._left = False
 
     def _build_private(self, private: str | None = None) -> Built:
@@ -188,6 +189,14 @@ class SpareServer:
         self._dir: str | None = None
         self._made = True  # False: the folder is the host's (private_room); the spares' sockets go one by one
         self._pools: list[DaemonPool] = []  # stopped servers' idle worker pools
+        # brokers serving with each key: a spare built for a key whose brokers all left (one closing
+        # while its spare was being built or wanted) is stopped, not kept listening with its certificate
+        self._keys: dict[MutualTLS | None, int] = {}
+
+    def hold(self, key: MutualTLS | None) -> None:
+        """One more broker serving with ``key`` (until its ``leave(key)``)."""
+        with self._cond:
+            self._keys[key] = self._keys.get(key, 0) + 1
 
     def take(self, key: MutualTLS | None) -> Built | None:
         with self._cond:
@@ -199,7 +208,8 @@ class SpareServer:
     def refill(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
         """Have a spare for ``key`` built (``build(folder)``) unless one is there or on its way."""
         with self._cond:
-            if self._closed or self._wanted is not None or (self._spare is not None and self._spare[0] == key):
+            if self._closed or key not in self._keys or self._wanted is not None or (
+                    self._spare is not None and self._spare[0] == key):
                 return
             self._wanted = (key, build)
             self._wake()
@@ -281,7 +291,7 @@ class SpareServer:
         old: Built | None = None
         with self._cond:
             self._wanted = None
-            if built is not None and not self._closed:
+            if built is not None and not self._closed and key in self._keys:
                 old = self._spare[1] if self._spare is not None else None  # another key's: replaced
                 self._spare, built = (key, built), None
         for unused in (built, old):
@@ -289,7 +299,7 @@ class SpareServer:
                 stop_served(unused[0])
 
     def leave(self, key: MutualTLS | None = None, wait: bool = True) -> None:
-        """One broker less (serving with ``key``: a spare kept for its certificate goes too).
+        """One broker less (serving with ``key``: once none serves with it, a spare for it goes too).
 
         The last one stops the spare, joins the builder and removes the folder. ``wait=False``
         (the process is exiting): stopped servers' workers still running are not joined.
@@ -300,11 +310,14 @@ class SpareServer:
             last = self._users <= 0
             if last and _SPARES is self:
                 _SPARES = None
+        with self._cond:
+            held = self._keys.pop(key, 0) - 1
+            if held > 0:
+                self._keys[key] = held
+            mine = self._spare if not last and held <= 0 and self._spare and self._spare[0] == key else None
+            if mine is not None:
+                self._spare = None
         if not last:
-            with self._cond:
-                mine = self._spare if key is not None and self._spare and self._spare[0] == key else None
-                if mine is not None:
-                    self._spare = None
             if mine is not None:
                 stop_served(mine[1][0])
             return
