@@ -1,6 +1,7 @@
 """A host broker's first brokered servers, asked for at once or while it closes, join the process's
 spare holder once, and close() leaves it: no spare server, builder thread or spares folder outlives
-the last Client.
+the last Client. A kill that removes the folder a callback's server is being bound in fails that
+call with BrokerClosedError, not as a socket-folder (TMPDIR) problem.
 
 Real parts: the go-plugin 1.0.1 Go counter plugin as a child process dialing the host's callbacks.
 Joining the holder is slowed down (0.2 s) so the calls always overlap.
@@ -15,8 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,4 +151,51 @@ def test_accept_and_serve_racing_close_leaves_no_spare_holder(
         t.join(10)
         assert not t.is_alive()
         assert len(raised) == 1 and isinstance(raised[0], BrokerClosedError), raised
+    nothing_left(folder)
+
+
+@pytest.mark.parametrize("host", ["sync", "asyncio"])
+def test_a_put_whose_callback_server_is_being_built_when_the_client_is_killed_says_the_broker_closed(
+        host: str, go_plugin: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kill() removed the folders the callback's server was binding in: the put said "could not listen on
+    # unix socket ...; check that its folder exists, is writable" (a BrokerError blaming TMPDIR)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.chdir(folder)
+    entered, killed = threading.Event(), threading.Event()
+    build = spares.build_server
+
+    def held_build(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name != "plugbay-broker-spare":
+            entered.set()
+            killed.wait(10)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(spares, "build_server", held_build)
+
+    def kill_when_entered(kill: Callable[[], None]) -> None:
+        assert entered.wait(20)
+        kill()
+        killed.set()
+
+    if host == "sync":
+        client = Client(config(go_plugin))
+        counter = client.dispense(PLUGIN_NAME)
+        killer = threading.Thread(target=kill_when_entered, args=(client.kill,))
+        killer.start()
+        with pytest.raises(BrokerClosedError, match="the broker closed while serving"):
+            counter.put("k", 1, Helper())
+        killer.join(30)
+    else:
+        async def main() -> None:
+            aclient = AsyncClient(config(go_plugin))
+            acounter = await aclient.dispense(PLUGIN_NAME)
+            killer = threading.Thread(target=kill_when_entered, args=(lambda: asyncio.run(aclient.kill()),))
+            killer.start()
+            try:
+                with pytest.raises(BrokerClosedError, match="the broker closed while serving"):
+                    await acounter.put("k", 1, Helper())
+            finally:
+                killer.join(30)
+
+        asyncio.run(asyncio.wait_for(main(), 60))
     nothing_left(folder)

@@ -133,7 +133,11 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
         try:
             served, path = self._servers().get()
-        except OSError as exc:  # its socket, a TLS relay's, or their folder
+        except (OSError, BrokerError) as exc:  # its socket, a TLS relay's, or their folder
+            if self._closed:  # close() removed the folders it was binding in: not a TMPDIR problem
+                raise BrokerClosedError("the broker closed while serving; start a new Client") from exc
+            if isinstance(exc, BrokerError):
+                raise
             raise local_socket_error(f"serve broker id {id}", exc) from exc
         served.id = id
         try:
