@@ -2,7 +2,8 @@
 
 accept_and_serve and dial make unix sockets (a server's, a TLS relay's, a multiplexed dial's local
 listener) in a private folder made in the temp dir; a missing temp dir or one whose path leaves no
-room for a socket name raised a plain OSError ("AF_UNIX path too long") out of the broker.
+room for a socket name raised a plain OSError ("AF_UNIX path too long") out of the broker. Where
+the broker closed meanwhile (removing that folder), the error is BrokerClosedError instead.
 
 Real parts: the go-plugin 1.0.1 Go counter plugin (accept_and_serve behind its Put), real gRPC servers
 and OpenSSL relays (P-521 certificates, go-plugin's own) for the dials.
@@ -16,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from plugbay import Client, ClientConfig
 from plugbay.core.broker import spares
 from plugbay.core.protocol.tls import generate_cert
-from plugbay.errors import BrokerError
+from plugbay.core.transport import muxbridge, secure
+from plugbay.errors import BrokerClosedError, BrokerError
 from tests.gobuild import go_program_or_skip
 from tests.test_broker import _close_pair, _tls_pair, register
 from tests.test_broker_mux import close_mux_pair, make_mux_pair
@@ -91,6 +94,45 @@ def test_multiplexed_dial_without_a_temp_dir_raises_a_broker_error(
         pair.plugin.accept_and_serve(sid, register("p"))
         monkeypatch.setattr(tempfile, "tempdir", os.path.join(folder, "gone"))
         with pytest.raises(BrokerError, match=ADVICE):
+            pair.host.dial(sid)
+    finally:
+        monkeypatch.undo()
+        close_mux_pair(pair)
+
+
+def test_a_dial_through_a_tls_relay_whose_broker_closes_meanwhile_says_it_closed(
+        folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() removed the private folder the relay's socket was being made in: not a TMPDIR problem
+    pair = _tls_pair(folder, generate_cert(ec.SECP521R1()), generate_cert(ec.SECP521R1()))
+    try:
+        sid = pair.host.next_id()
+        pair.host.accept_and_serve(sid, register("h"))
+        context = secure.client_context
+
+        def closing_context(*args: Any) -> Any:
+            pair.plugin.close()
+            return context(*args)
+
+        monkeypatch.setattr(secure, "client_context", closing_context)
+        with pytest.raises(BrokerClosedError, match="the broker closed while it would dial"):
+            pair.plugin.dial(sid)
+    finally:
+        _close_pair(pair)
+
+
+def test_a_multiplexed_dial_whose_broker_closes_meanwhile_says_it_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = make_mux_pair("unix")
+    try:
+        sid = pair.plugin.next_id()
+        pair.plugin.accept_and_serve(sid, register("p"))
+        bridge = muxbridge.StreamBridge
+
+        def closing_bridge(*args: Any, **kwargs: Any) -> Any:
+            pair.host.close()
+            return bridge(*args, **kwargs)
+
+        monkeypatch.setattr(muxbridge, "StreamBridge", closing_bridge)
+        with pytest.raises(BrokerClosedError, match="the broker closed while it would dial"):
             pair.host.dial(sid)
     finally:
         monkeypatch.undo()

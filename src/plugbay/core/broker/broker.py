@@ -345,7 +345,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             for func in reversed(undo):
                 func()
             if isinstance(exc, OSError):  # a TLS relay's listener or its folder
-                raise local_socket_error(f"dial the brokered server at {network}:{address}", exc) from exc
+                raise local_socket_error(f"dial the brokered server at {network}:{address}", exc, self._closed) from exc
             raise
         channel = BrokeredChannel(secured.channel, [*undo, *secured.cleanup], self._untrack)
         with self._cond:

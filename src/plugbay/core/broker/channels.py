@@ -163,8 +163,12 @@ def _free(served: Served) -> None:
         func()
 
 
-def local_socket_error(what: str, exc: OSError) -> BrokerError:
-    """A typed error for a socket or folder this side could not make for a brokered connection."""
+def local_socket_error(what: str, exc: OSError, closed: bool = False) -> BrokerError:
+    """A typed error for a socket or folder this side could not make for a brokered connection.
+
+    ``closed``: the broker has closed meanwhile, removing the folder it was made in (not a TMPDIR problem)."""
+    if closed:
+        return BrokerClosedError(f"the broker closed while it would {what}; start a new Client")
     return BrokerError(
         f"could not {what}: {exc}; brokered connections need unix sockets in a private folder made in"
         " the temp dir: set TMPDIR to an existing, writable folder with a short path (a unix socket"

@@ -65,6 +65,7 @@ class Multiplexed:
     _late_acks: set[int]
     _gave_up: set[int]  # ids whose knock's ack we stopped waiting for (see _take_route)
     _bridges: list[StreamBridge]
+    _closed: bool
 
     # provided by GRPCBroker
     def _mux_session(self) -> MuxSession | None:
@@ -223,7 +224,7 @@ class Multiplexed:
         try:
             path = private_socket(self._private_dir_path(), "d")
         except OSError as exc:
-            raise local_socket_error(f"dial broker id {id}", exc) from exc
+            raise local_socket_error(f"dial broker id {id}", exc, self._closed) from exc
         with self._turn(mux, id, timeout) as left:
             session = mux.session  # the knock's stream must follow it on the same connection
             self._knock(id)
@@ -232,7 +233,7 @@ class Multiplexed:
                 bridge = StreamBridge(mux, path, None, lambda: self._knock_and_open(id, timeout),
                                       name=f"plugbay-mux-dial-{id}")
             except OSError as exc:
-                raise local_socket_error(f"dial broker id {id}", exc) from exc
+                raise local_socket_error(f"dial broker id {id}", exc, self._closed) from exc
             try:
                 bridge.start()
             except BaseException:
