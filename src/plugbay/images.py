@@ -303,7 +303,7 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
 
 
 def ensure_example(name: str, progress: Progress = _print_progress, *, client: Any = None) -> str:
-    """Build example image ``name`` (kv, kv-go, counter, kv-go-gateway) when needed; return its tag."""
+    """Build example image ``name`` (kv, kv-go, kv-go-gateway, counter, streaming) when needed; return its tag."""
     recipe = EXAMPLES.get(name)
     if recipe is None:
         raise ConfigError(f"unknown example image {name!r}; choose one of {sorted(EXAMPLES)}")

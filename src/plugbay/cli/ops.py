@@ -150,7 +150,8 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
 @click.command(epilog="""\b
 Examples:
   plugbay diagnose @plugin.json
-  plugbay diagnose docker:3f2a1c9e   plugbay diagnose pod:plugins/plugbay-kv-1a2b --json""")
+  plugbay diagnose docker:3f2a1c9e
+  plugbay diagnose pod:plugins/plugbay-kv-1a2b --json""")
 @click.argument("what", metavar="REATTACH_OR_ID")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="For pods: the kubeconfig file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (keys: runner, id, name, image, "

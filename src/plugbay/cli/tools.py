@@ -42,7 +42,9 @@ def _checkout_file(relative: str, what: str) -> Path:
 # --- images --------------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(epilog="""\b
+Example:
+  plugbay images build kv counter""")
 def images() -> None:
     """Build plugbay's base image and plugin images (never pulls)."""
 
@@ -57,7 +59,8 @@ Examples:
 @click.option("--tag", help="With --plugin-dir: the image tag.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the built tags.")
 def build(names: tuple[str, ...], plugin_dir: str | None, entry: str | None, tag: str | None, quiet: bool) -> int:
-    """Build the base image and plugin images: kv, kv-go, counter, streaming, or --plugin-dir.
+    """Build the base image and plugin images: kv, kv-go, kv-go-gateway, counter, streaming,
+    or --plugin-dir.
 
     Shows the steps and the elapsed time on a terminal, plain lines otherwise.
     """

@@ -38,6 +38,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="plugbay gateway", description="Serve a go-plugin plugin on the network over mutual TLS.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  plugbay gateway --listen 0.0.0.0:7001 --cert kv.crt --key kv.key --client-ca ca.crt \\\n"
+               "    --cookie BASIC_PLUGIN=hello --plugins kv_grpc -- ./kv_plugin",
         usage="%(prog)s --cookie KEY=VALUE [--listen HOST:PORT] [--cert FILE --key FILE --client-ca FILE |"
               " --insecure] [--protocol-versions 1,2] [--plugins NAME,...] -- PLUGIN_COMMAND [ARGS...]")
     p.add_argument("--listen", default=default("LISTEN", "0.0.0.0:7001"), help="HOST:PORT (port 0: any free port)")
