@@ -26,6 +26,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from plugbay import Client, ClientConfig  # noqa: E402
 from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line  # noqa: E402
 from plugbay.core.transport.admit import FIRST_FRAME_WAIT  # noqa: E402
+from plugbay.core.transport.yamux import Session  # noqa: E402
 from plugbay.runners.process import ProcessRunner  # noqa: E402
 
 TRAP = str(REPO / "tests" / "plugins" / "trap_kv.py")
@@ -144,3 +145,31 @@ def test_a_live_host_keeps_the_plugin() -> None:
         finally:
             intruder.close()
         use(client, "still-mine")
+
+
+def test_a_live_host_with_no_stream_keeps_the_plugin() -> None:
+    # the plugin's gRPC server closes the host's idle connection: the session then carries no
+    # stream, and a local yamux client that opens a stream (and answers pings) must not take it
+    runner = ProcessRunner([sys.executable, TRAP], env={"TRAP_IDLE_MS": "300"})
+    with host(runner, False) as client:
+        use(client, "first")
+        session = client._mux.session if client._mux is not None else None
+        assert session is not None
+        deadline = time.monotonic() + WAIT
+        while session.open_streams and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert session.open_streams == 0
+        sock = raw(client.handshake)
+        sock.settimeout(None)
+        intruder = Session(sock, client=True, on_stream=lambda stream: stream.reset(), name="intruder")
+        try:
+            intruder.open()
+            deadline = time.monotonic() + WAIT
+            while not intruder.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert intruder.closed, "a local yamux speaker took the plugin from its idle host"
+            assert not session.closed
+        finally:
+            intruder.close()
+        use(client, "still-mine")
+        assert client._mux.session is session

@@ -9,7 +9,8 @@ Get/Put behave like examples/kv except for these keys on Get:
   __log__    log one record per level through Python logging, then return "logged"
 Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
 TRAP_WORKERS sets ServeConfig.max_workers; TRAP_SAY_FIRST="line" writes that line to stderr and
-waits half a second before serving (a plugin that logs before its handshake).
+waits half a second before serving (a plugin that logs before its handshake); TRAP_IDLE_MS=N
+makes its gRPC server close a connection idle for N ms (grpc.max_connection_idle_ms).
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ def main() -> None:
     if first:
         print(first, file=sys.stderr, flush=True)
         time.sleep(0.5)  # the host reads the line while it still waits for the handshake
+    idle = os.environ.get("TRAP_IDLE_MS")
+    options = [("grpc.max_connection_idle_ms", int(idle))] if idle else []
     if versions:
-        serve(ServeConfig(handshake=HANDSHAKE, max_workers=workers,
+        serve(ServeConfig(handshake=HANDSHAKE, max_workers=workers, grpc_server_options=options,
                           versioned_plugins={int(v): plugin for v in versions.split(",")}))
     else:
-        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin, max_workers=workers))
+        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin, max_workers=workers, grpc_server_options=options))
 
 
 if __name__ == "__main__":

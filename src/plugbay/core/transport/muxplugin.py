@@ -38,12 +38,14 @@ class PluginFront(MuxSession):
 
     def _accept(self) -> None:
         # go-plugin accepts one connection ever. plugbay admits a connection only once it
-        # opened like a yamux client (admit.py), and lets it replace a session that is gone,
-        # carries no stream, or no longer answers a ping; a live, busy session keeps the plugin.
+        # opened like a yamux client (admit.py), and lets it replace a session that is gone or
+        # no longer answers a ping (a host lost behind a forward redials). A host that answers
+        # keeps the plugin even while it carries no stream (its gRPC connection closed idle):
+        # any local process can speak yamux, and would otherwise take the plugin from it.
         for conn, first in admit.admit_each(self._listener, lambda: self._closed):
             with self._lock:
                 old = self._session
-            if old is not None and not old.closed and old.open_streams and old.ping(_PING_WAIT):
+            if old is not None and not old.closed and old.ping(_PING_WAIT):
                 log.warning("refused a second multiplexed host connection: the current one is live")
                 conn.close()
                 continue
@@ -52,7 +54,7 @@ class PluginFront(MuxSession):
             self._attach(Session(conn, client=False, on_stream=self._on_stream, name="mux-plugin",
                                  first=first, start=False))
             if old is not None and not old.closed:
-                log.info("a new multiplexed host connection replaced an idle or unresponsive one")
+                log.info("a new multiplexed host connection replaced an unresponsive one")
                 old.abort("replaced by a newer host connection")
 
     def _close_extra(self) -> None:
