@@ -277,3 +277,29 @@ def test_pod_watches_that_end_at_once_with_no_event_are_backed_off() -> None:
         srv.server_close()
         serving.join(10)
         api_client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_event_without_the_pods_uid_is_not_taken_for_the_pod(server: StandIn, kubeconfig: str) -> None:
+    """A BOOKMARK (its object a Pod with only a resourceVersion) or any object without a UID says nothing
+    about the plugin's pod: it was taken for another pod of its name, so the running plugin counted as gone."""
+    runner = _runner(kubeconfig, "import time; time.sleep(60)", api_timeout=2)
+    try:
+        mine = runner._pod.uid
+        assert until(lambda: runner._podwatch.watching(), 10)
+        assert server.bookmark_pod_watches() >= 1
+        with server.store.lock:  # a MODIFIED event whose object lacks its UID
+            obj = server.store.get("default", runner.pod_name) or {}
+            del obj["metadata"]["uid"]
+            obj["status"] = {"phase": "Failed", "containerStatuses": [
+                {"name": "plugin", "state": {"terminated": {"exitCode": 7}}}]}
+            for w in server.store.watchers:
+                w.events.put(("MODIFIED", obj))
+        assert runner.wait(2) is None  # still running: neither event was the pod's
+        assert not runner._podwatch.gone
+        assert (runner._podwatch.pod or {}).get("metadata", {}).get("uid") == mine
+        server.delete_pod("default", runner.pod_name, 0)
+        assert runner.wait(10) == -1  # its real deletion is still seen
+    finally:
+        runner.kill(0)
+

@@ -10,7 +10,8 @@ request, never answer it: a hung API server), :meth:`StandIn.hold` (answer only
 at release: a slow API server), :meth:`StandIn.fail` (answer 500 at once: an
 API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, then answer it
 504/500: the write committed, its answer lost), :meth:`StandIn.error_pod_watches` (end pod watches
-with an ERROR event: 410 Expired, 500), :meth:`StandIn.cut_logs` (break the pod log streams).
+with an ERROR event: 410 Expired, 500), :meth:`StandIn.bookmark_pod_watches` (send pod watches a BOOKMARK
+event), :meth:`StandIn.cut_logs` (break the pod log streams).
 """
 
 from __future__ import annotations
@@ -159,6 +160,15 @@ class StandIn:
             for w in self.store.watchers:
                 w.events.put(("ERROR", status))
                 w.events.put(None)
+
+    def bookmark_pod_watches(self) -> int:
+        """Send every open pod watch a BOOKMARK event, as an API server may: its object is a Pod with
+        only metadata.resourceVersion (no name, no UID). Returns how many watches got one."""
+        with self.store.lock:
+            rv = self.store._next_rv()
+            for w in self.store.watchers:
+                w.events.put(("BOOKMARK", {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv}}))
+            return len(self.store.watchers)
 
     def hold(self, verb: str, resource: str) -> None:
         """Take (verb, resource) requests and answer them only at release(): a slow API server."""

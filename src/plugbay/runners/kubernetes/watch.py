@@ -42,6 +42,7 @@ POLL_SECONDS = 1.0  # after a 403 on the watch: how often the pod is read instea
 WATCH_AGAIN_AFTER = 60.0  # and how long before the next try at a watch
 FAILURES_WARNED = 30  # failed watches in a row before a warning (the watch keeps retrying until closed)
 READ_AFTER_FAILURES = 3  # failed watches in a row (500s, ERROR events, a broken proxy) before each retry reads
+_POD_EVENTS = ("ADDED", "MODIFIED", "DELETED")
 
 
 class PodWatch:
@@ -97,7 +98,8 @@ class PodWatch:
                                    _request_timeout=request_timeout(self.api_timeout)):
                     events += 1
                     self.polling = False
-                    self.update(ev["object"], ev["type"] == "DELETED")
+                    if ev["type"] in _POD_EVENTS:  # a BOOKMARK's object is no pod: only a resourceVersion
+                        self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
                 if not watch_cut_short(events, time.monotonic() - started, WATCH_SECONDS):
@@ -203,6 +205,11 @@ class PodWatch:
         return bool(self.uid) and uid != self.uid
 
     def update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
+        if obj is not None and not (obj.get("metadata") or {}).get("uid"):
+            # every stored pod has a UID: an object without one is no pod's state, neither the
+            # runner's (its exit, its address) nor a stranger's that would say the runner's is gone
+            _log.debug("pod %s: ignoring a watched object without a UID", self.id)
+            return
         if obj is not None and self.foreign(obj):  # the runner's pod is gone; the stranger is never ours
             obj, deleted = None, True
         with self.cond:
