@@ -303,3 +303,39 @@ def test_a_watch_event_without_the_pods_uid_is_not_taken_for_the_pod(server: Sta
     finally:
         runner.kill(0)
 
+
+@pytest.mark.timeout(60)
+def test_the_log_of_a_pod_that_took_the_plugin_pods_name_is_not_followed(server: StandIn, kubeconfig: str) -> None:
+    """The plugin's log ends with its pod; the log API reads by name, so a reopen while the API could not
+    say the pod was gone followed the stranger that took the name: its lines were the plugin's."""
+    from kubernetes import client, config
+
+    runner = _runner(kubeconfig, "import time\nwhile True: print('mine', flush=True); time.sleep(0.1)",
+                     api_timeout=2)
+    api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
+    lines = runner.stderr_lines()
+    try:
+        assert next(lines) == "mine"
+        server.fail("watch", "pods")  # the watch and the reads cannot tell the pod went
+        server.fail("get", "pods")
+        server.delete_pod("default", runner.pod_name, 0)
+        assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
+        api.create_namespaced_pod("default", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
+            "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": [
+                sys.executable, "-c", "import time\nwhile True: print('stranger', flush=True); time.sleep(0.1)"]}]}})
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(lines), daemon=True)
+        reader.start()
+        time.sleep(5)  # the log's reopens (backed off) have come and gone by then
+        assert "stranger" not in seen
+    finally:
+        server.allow_all()
+        try:
+            runner.kill(0)
+        except RunnerError:
+            pass  # the stranger has the name: the UID precondition refuses it (409), the runner closes up
+        try:
+            api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
+        except client.ApiException:
+            pass

@@ -100,11 +100,26 @@ class PodApi:
 
     def open_log(self, since_seconds: int | None) -> Any:
         """The plugin's log, followed, each line stamped (logs.PodLogs takes the stamps off): bounded until
-        the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen)."""
+        the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen).
+        RunnerError when, once opened, a read does not find the runner's pod (its UID) under its name."""
         resp = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
                          container=pods.CONTAINER_NAME, follow=True, timestamps=True, _preload_content=False,
                          **({"since_seconds": since_seconds} if since_seconds is not None else {}))
         quiet_ok(resp)
+        if self.uid:
+            # The log is asked for by name, and a pod that took the name once the runner's was deleted
+            # would have its lines taken for the plugin's. A stream stays with the container it opened
+            # on, and the runner's pod holds the name from its create to its deletion only: a read
+            # after the open that still finds its UID proves the stream is the plugin's.
+            try:
+                pod = self.read_pod()
+            except BaseException:
+                resp.close()
+                raise
+            if pod is None or (pod.get("metadata") or {}).get("uid") != self.uid:
+                resp.close()
+                raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's now):"
+                                  " its log is not followed")
         return resp
 
     def delete(self, grace: float) -> bool:
