@@ -24,6 +24,7 @@ from plugbay.core.transport.tempdirs import own_proc
 from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
+from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_PLUGIN_ID, claim, environ, family, led_group_stands, release,
                                       signal_all, signal_group)
@@ -168,40 +169,46 @@ class AttachedProcess(AttachedRunner):
             self.detach()
 
     def _kill(self, grace: float) -> None:
+        # the pidfd is taken before the proof, so the proof is of the process it holds: the signals
+        # go through it, never to a process that got the pid in between (pidsignal)
+        with HeldPid(self.pid) as held:
+            self._kill_held(held, grace)
+
+    def _kill_held(self, held: HeldPid, grace: float) -> None:
         strays: dict[int, int] = {}
-        proven = self.proven
+        proven, held_proven = self.proven, False
         if self._alive():
             why = _unproven(self.pid, self._start_time, self.plugin_id)
             if why is not None:  # checked again: the pid may have changed hands since reattach
                 raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
                                     " plugin it started; stop that process yourself if it is yours")
-            proven, self._leads_group = True, _leads_group(self.pid)
+            proven, held_proven, self._leads_group = True, held.fd is not None, _leads_group(self.pid)
             strays = family(self.pid, self.plugin_id, self._start_time)  # proven above: its descendants and marked kin
             if grace > 0:
-                self._signal(signal.SIGTERM)
+                self._signal(held, signal.SIGTERM)
                 signal_all(strays, signal.SIGTERM)
                 self.wait(grace)
             if self._alive():
-                self._signal(signal.SIGKILL)
+                self._signal(held, signal.SIGKILL)
                 self.wait(REAP_TIMEOUT)
         if not proven:
             return
         # The leader is gone (it obeyed Shutdown or SIGTERM), not its group: a helper the plugin started
         # with an environment of its own carries no plugin id, and would be orphaned. As ProcessRunner does,
-        # that group is ended while provably the plugin's (proctree.led_group_stands).
-        if self._leads_group and led_group_stands(self.pid, self._start_time):
+        # that group is ended: through the proven pidfd (the kernel's group of that process, whatever
+        # bears its number now), else while /proc shows it is the plugin's (proctree.led_group_stands).
+        if self._leads_group and not (held_proven and held.signal_group(signal.SIGKILL)) \
+                and led_group_stands(self.pid, self._start_time):
             signal_group(self.pid, signal.SIGKILL)
         signal_all({**strays, **family(None, self.plugin_id, self._start_time)}, signal.SIGKILL)
 
-    def _signal(self, sig: int) -> None:
-        """The proven live plugin: its group when it leads one, else the process alone."""
+    def _signal(self, held: HeldPid, sig: int) -> None:
+        """The proven live plugin, through its pidfd: its group when it leads one, else the process alone."""
         if self._leads_group:
-            signal_group(self.pid, sig)
+            if not held.signal_group(sig):  # no pidfd group signal here: by number, proven a moment ago
+                signal_group(self.pid, sig)
             return
-        try:
-            os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        held.signal(sig)
 
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "ProcessRunner", "id": str(self.pid), "pid": self.pid, "name": self._name,

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from plugbay.core.transport.tempdirs import own_proc, pid_namespace
+from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.session import host_session_id, host_session_start, proc_stat
 
 _log = logging.getLogger("plugbay.runners")
@@ -102,13 +103,11 @@ def signal_all(procs: dict[int, int], sig: int) -> None:
     if not own_proc():
         return  # a /proc of another pid namespace cannot prove which process a pid names here
     for pid, start in procs.items():
-        facts = stat_of(pid)
-        if facts is None or facts[1] != start:
-            continue
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        with HeldPid(pid) as held:  # taken before the check: the signal reaches the process checked
+            facts = stat_of(pid)
+            if facts is None or facts[1] != start:
+                continue
+            held.signal(sig)
 
 
 def signal_group(pgid: int, sig: int) -> None:
