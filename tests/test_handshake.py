@@ -101,6 +101,10 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|tcp|::1:80|grpc", "host '::1' of tcp address '::1:80' is not a hostname"),
     ("1|1|tcp|[nope]:80|grpc", "host '[nope]'"),
     ("1|1|tcp|a b:80|grpc", "host 'a b'"),
+    # past DNS's lengths the resolver raised UnicodeError (no OSError), which killed a gateway session's thread
+    ("1|1|tcp|" + "a" * 64 + ":1234|grpc|", "a label of 64 bytes, more than DNS's 63"),
+    ("1|1|tcp|a..b:1234|grpc|", "host 'a..b' of tcp address 'a..b:1234' has an empty label"),
+    ("1|1|tcp|.a:1234|grpc|", "has an empty label"),
 ])
 def test_malformed_lines_are_quoted_in_the_error(line: str, needle: str) -> None:
     with pytest.raises(errors.MalformedHandshakeError) as exc:
@@ -108,8 +112,14 @@ def test_malformed_lines_are_quoted_in_the_error(line: str, needle: str) -> None
     assert needle in str(exc.value) and repr(line) in str(exc.value)
 
 
+def test_a_hostname_longer_than_dns_allows_is_malformed() -> None:
+    with pytest.raises(errors.MalformedHandshakeError, match="is 304 bytes long, more than DNS's 253"):
+        parse_handshake_line("1|1|tcp|" + "a" * 60 + ("." + "a" * 60) * 4 + ":1|grpc|")
+
+
 def test_strict_addresses_that_are_fine() -> None:
-    for address in ("127.0.0.1:1", "[::1]:65535", "plugin.example-1:443", "0.0.0.0:4100"):
+    for address in ("127.0.0.1:1", "[::1]:65535", "plugin.example-1:443", "0.0.0.0:4100", "plugin.example.:1",
+                    "a" * 63 + ":1", ("a" * 63 + ".") * 3 + "a" * 61 + ":1"):
         assert parse_handshake_line(f"1|1|tcp|{address}|grpc").address == address
     assert parse_handshake_line("1|1|unix|/tmp/plugbay-x/plugin123|grpc").address == "/tmp/plugbay-x/plugin123"
     # a folder with '%' in its name (dialed percent-encoded: grpcio decodes unix targets)

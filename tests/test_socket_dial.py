@@ -135,3 +135,12 @@ def test_dial_now_connects_at_once_or_says_why_not(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sockets.dial_now("unix", path)
     assert sockets.dial_now("tcp", "127.0.0.1:1") is None  # tcp takes a round trip: never here
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "a..b"])
+def test_a_host_the_resolver_cannot_encode_is_a_plugbay_error(host: str) -> None:
+    # IDNA refuses these before any lookup, with UnicodeError: no OSError, which callers catch
+    from plugbay.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot dial tcp address"):
+        sockets.dial("tcp", f"{host}:1234", 1.0)

@@ -63,6 +63,8 @@ _GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
              **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
 # the characters of a hostname; a str check, not a regex: compiling one was ~0.5M instructions of every start
 _HOSTNAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_MAX_HOSTNAME = 253
+_MAX_LABEL = 63
 
 
 _MAX_DIGITS = 20  # more than any 64-bit number (Go's Atoi refuses those); int() raises past 4300
@@ -107,8 +109,21 @@ def address_problem(network: str, address: str) -> str | None:
         except ValueError:
             pass
     elif host.isascii() and not host.strip(_HOSTNAME_CHARS):  # host is not empty here
-        return None
+        return _dns_problem(host, address)
     return f"host {host!r} of tcp address {address!r} is not a hostname, IPv4 or [IPv6] address"
+
+
+def _dns_problem(host: str, address: str) -> str | None:
+    """DNS's lengths (RFC 1035): past them the resolver's IDNA step raises UnicodeError, no OSError."""
+    if len(host) > _MAX_HOSTNAME:
+        return (f"host {host[:40]!r}... of tcp address {address[:40]!r}... is {len(host)} bytes long, more than"
+                f" DNS's {_MAX_HOSTNAME}")
+    labels = (host[:-1] if host.endswith(".") else host).split(".")  # one trailing dot is the root
+    bad = next((label for label in labels if not 0 < len(label) <= _MAX_LABEL), None)
+    if bad is None:
+        return None
+    why = "an empty label" if not bad else f"a label of {len(bad)} bytes, more than DNS's {_MAX_LABEL}"
+    return f"host {host!r} of tcp address {address!r} has {why}"
 
 
 def env_problem(key: str, value: str) -> str | None:

@@ -260,7 +260,10 @@ def dial(network: str, address: str, timeout: float | None) -> socket.socket:
         conn.settimeout(timeout)
         return conn
     host, _, port = address.rpartition(":")
-    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    try:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    except ValueError as exc:  # a name IDNA refuses raises UnicodeError, no OSError
+        raise ConfigError(f"cannot dial tcp address {address!r:.120}: {exc}; the address is malformed") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

@@ -107,11 +107,16 @@ class ChildSession:
     def _start(self) -> None:
         try:
             self._launch()
-        except (PlugbayError, OSError) as exc:
-            log.warning("gateway: a brokering host session could not get its own plugin: %s", exc)
+        except Exception as exc:  # any: a thread that died here left the session, its child and host, forever
+            expected = isinstance(exc, (PlugbayError, OSError))
+            log.warning("gateway: a brokering host session could not get its own plugin: %s", exc,
+                        exc_info=not expected)
             with self._lock:
                 self._failed = True
+                runner = None if self._closed else self._runner
             self._conn.close()
+            if runner is not None:  # not left running until the front reaps this session
+                runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
         handshake = HandshakeConfig(self._versions[-1], self._cookie[0], self._cookie[1])

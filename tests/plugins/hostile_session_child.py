@@ -1,0 +1,25 @@
+"""The gateway's child for its brokering-session tests: the shared child is tests/plugins/gateway_child.py;
+a session's own child (PLUGIN_MULTIPLEX_GRPC=true) misbehaves as argv[1] says, then sleeps:
+
+  long-label  prints a handshake whose tcp host passes the character check but has a 64-byte DNS label
+  slow-exit   ignores SIGTERM and announces no multiplexing (the gateway closes its session at once)
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+if os.environ.get("PLUGIN_MULTIPLEX_GRPC") != "true":
+    runpy.run_path(str(Path(__file__).with_name("gateway_child.py")), run_name="__main__")
+    sys.exit(0)
+if sys.argv[1] == "long-label":
+    print("1|1|tcp|" + "a" * 64 + ":1234|grpc||true", flush=True)
+else:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("1|1|unix|/nonexistent/none.sock|grpc|", flush=True)
+time.sleep(120)

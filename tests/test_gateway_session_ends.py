@@ -1,0 +1,101 @@
+"""A brokering session (the gateway's --multiplex) whose own child misbehaves ends, and its child is stopped,
+without holding up the front that admits every other host."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import Gateway, GatewayConfig
+from tests import netcerts
+from tests.netflood import peer, ping
+from tests.procs import children
+
+CHILD = Path(__file__).resolve().parent / "plugins" / "hostile_session_child.py"
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> netcerts.CertSet:
+    return netcerts.write_set(tmp_path / "tls")
+
+
+def _gateway(certs: netcerts.CertSet, how: str) -> Gateway:
+    return Gateway(GatewayConfig(
+        cmd=[sys.executable, str(CHILD), how], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
+        cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
+        child_mtls=False, multiplex=True, start_timeout=10))
+
+
+def _session_children(gw: Gateway) -> list[int]:
+    return [p for p in children(os.getpid(), zombies=False) if p != gw.child_pid]
+
+
+def _closed_within(host: ssl.SSLSocket, timeout: float) -> bool:
+    host.settimeout(timeout)
+    try:
+        while host.recv(100):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+@pytest.fixture
+def thread_deaths() -> Iterator[list[str]]:
+    died: list[str] = []
+    before = threading.excepthook
+    threading.excepthook = lambda a: died.append(f"{a.thread and a.thread.name}: {a.exc_type.__name__}: {a.exc_value}")
+    yield died
+    threading.excepthook = before
+
+
+def test_a_child_announcing_an_undialable_host_ends_its_session(certs: netcerts.CertSet,
+                                                               thread_deaths: list[str]) -> None:
+    # the host label is 64 bytes: the resolver's IDNA step raised UnicodeError, which the session's starting
+    # thread did not catch; it died, and the child and the host's connection stayed until the gateway stopped
+    with _gateway(certs, "long-label") as gw:
+        front = gw._front[-1].__self__  # type: ignore[attr-defined]
+        for _ in range(3):
+            host = peer(gw.address, certs)
+            try:
+                host.sendall(ping(1))
+                assert _closed_within(host, 8), "the host's connection stayed open"
+            finally:
+                host.close()
+        deadline = time.monotonic() + 10
+        while (_session_children(gw) or front.sessions) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_children(gw) == [] and front.sessions == 0
+    assert thread_deaths == []
+
+
+def test_any_failure_starting_a_session_ends_it_and_stops_its_child(certs: netcerts.CertSet,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    thread_deaths: list[str]) -> None:
+    from plugbay.network.gateway import sessions
+
+    def unexpected(*args: object, **kw: object) -> None:
+        raise RuntimeError("not a plugbay error")
+
+    monkeypatch.setattr(sessions, "read_handshake", unexpected)
+    with _gateway(certs, "slow-exit") as gw:
+        host = peer(gw.address, certs)
+        try:
+            host.sendall(ping(1))
+            assert _closed_within(host, 8), "the host's connection stayed open"
+        finally:
+            host.close()
+        deadline = time.monotonic() + 8  # the child ignores SIGTERM: killed after the 2 s grace
+        while _session_children(gw) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_children(gw) == []
+    assert thread_deaths == []
