@@ -15,7 +15,7 @@ import pytest
 
 from plugbay import Gateway, GatewayConfig
 from tests import netcerts
-from tests.netflood import peer, ping
+from tests.netflood import peer, ping, until_pong
 from tests.procs import children
 
 CHILD = Path(__file__).resolve().parent / "plugins" / "hostile_session_child.py"
@@ -99,3 +99,41 @@ def test_any_failure_starting_a_session_ends_it_and_stops_its_child(certs: netce
             time.sleep(0.1)
         assert _session_children(gw) == []
     assert thread_deaths == []
+
+
+def _hosts_up(gw: Gateway, certs: netcerts.CertSet, count: int) -> list[ssl.SSLSocket]:
+    hosts = []
+    try:
+        for _ in range(count):
+            hosts.append(peer(gw.address, certs))
+            hosts[-1].sendall(ping(1))
+        for host in hosts:
+            assert until_pong(host, 1, timeout=30) == set()  # the host's session and its child's are up
+    except BaseException:
+        for host in hosts:
+            host.close()
+        raise
+    return hosts
+
+
+def test_closing_ended_sessions_does_not_hold_up_new_hosts(certs: netcerts.CertSet) -> None:
+    # each of these sessions takes the kill's 2 s grace to close: closed on the accept loop one after
+    # another, they held up every new host (and every keepalive check) for 2 s each
+    with _gateway(certs, "slow-mux") as gw:
+        for host in _hosts_up(gw, certs, 4):
+            host.close()
+        time.sleep(0.5)  # the front has seen them end
+        started = time.monotonic()
+        (new,) = _hosts_up(gw, certs, 1)
+        waited = time.monotonic() - started
+        new.close()
+        assert waited < 2.0, f"a new host's session was up only after {waited:.1f}s"
+        # stopping closes the sessions left in parallel, and waits for them all
+        left = _hosts_up(gw, certs, 4)
+        started = time.monotonic()
+        gw.stop()
+        stopped = time.monotonic() - started
+        for host in left:
+            host.close()
+        assert _session_children(gw) == []
+        assert stopped < 6.0, f"the gateway took {stopped:.1f}s to stop 5 sessions"

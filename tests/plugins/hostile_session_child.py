@@ -3,6 +3,8 @@ a session's own child (PLUGIN_MULTIPLEX_GRPC=true) misbehaves as argv[1] says, t
 
   long-label  prints a handshake whose tcp host passes the character check but has a 64-byte DNS label
   slow-exit   ignores SIGTERM and announces no multiplexing (the gateway closes its session at once)
+  slow-mux    ignores SIGTERM, announces multiplexing and holds the gateway's connection without a word
+              (a session that ends when its host leaves, and whose close waits out the kill's grace)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,14 @@ if os.environ.get("PLUGIN_MULTIPLEX_GRPC") != "true":
     sys.exit(0)
 if sys.argv[1] == "long-label":
     print("1|1|tcp|" + "a" * 64 + ":1234|grpc||true", flush=True)
+elif sys.argv[1] == "slow-mux":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path = os.path.join(os.environ["PLUGIN_UNIX_SOCKET_DIR"], "child.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    print(f"1|1|unix|{path}|grpc||true", flush=True)
+    held = [listener.accept()[0]]  # the gateway dials once
 else:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("1|1|unix|/nonexistent/none.sock|grpc|", flush=True)

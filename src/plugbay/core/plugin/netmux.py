@@ -22,7 +22,10 @@ wants brokered connections its own instance inside the shared process:
 * anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
   TLS_TIMEOUT, is dropped; the relay's steps never wait, so an idle
   connection never holds up another;
-* when a session ends, its instance (server, broker, sockets) is stopped; a
+* when a session ends, its instance (server, broker, sockets) is stopped, on
+  a closer thread (SessionCloser): a session may take seconds to stop (the
+  gateway's child gets a grace to exit), and the accept loop that admits
+  every host and checks their keepalives must not wait for it; a
   host that went silent (no FIN, no RST: a partition, a sleeping laptop) is
   found by the keepalive (plugbay.core.transport.keepalive), so its instance
   does not stay, holding one of MAX_SESSIONS, for good.
@@ -39,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from plugbay.core.plugin.closer import SessionCloser
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
@@ -155,6 +159,7 @@ class NetworkFront:
         self._tokens: dict[bytes, str] = {}  # routed connections' tokens -> peer, until accepted or closed
         self._logged: dict[str | None, float] = {}  # when a peer's refusal (None: at MAX_SESSIONS) was last logged
         self._closed = threading.Event()
+        self._closer = SessionCloser()
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-netmux-accept", daemon=True)
         self._acceptor.start()
         try:
@@ -256,8 +261,9 @@ class NetworkFront:
             log.debug("closing a connection to the session listener that no routed peer made")
             conn.close()
             return
+        being_closed = self._closer.pending  # sessions still being closed hold what they free
         with self._lock:
-            if len(self._sessions) >= MAX_SESSIONS:
+            if len(self._sessions) + being_closed >= MAX_SESSIONS:
                 if self._log_due(None):
                     log.warning("refusing brokering hosts: %d sessions are open already, the most this process"
                                 " may (MAX_SESSIONS; logged once per %gs)", MAX_SESSIONS, REFUSAL_LOG_EVERY)
@@ -278,6 +284,7 @@ class NetworkFront:
         log.debug("host session %d started (%d open)", number, self.sessions)
 
     def _reap(self, everything: bool = False) -> None:
+        """Take the ended sessions (every one: ``everything``) off the list; the closer closes them."""
         if not everything:
             now = time.monotonic()
             with self._lock:
@@ -293,11 +300,8 @@ class NetworkFront:
             self._sessions = [s for s in self._sessions if s not in done]
             for session in done:
                 self._keepalives.pop(session, None)
-        for session in done:
-            try:
-                session.close()
-            except Exception:
-                log.exception("stopping a host session failed")
+        if done:
+            self._closer.close_later(done)
 
     def close(self) -> None:
         """Stop accepting, end every session and its instance; the listeners' files go too."""
@@ -309,4 +313,5 @@ class NetworkFront:
         self._closed.set()
         self._acceptor.join(timeout=5)
         self._reap(everything=True)
+        self._closer.drain()  # the ones ended before too; in parallel, all waited for
 
