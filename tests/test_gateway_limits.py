@@ -3,6 +3,7 @@ reached over plaintext gRPC on 127.0.0.1."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -163,3 +164,21 @@ def test_max_message_defaults_to_go_plugins_4_mib_and_is_checked() -> None:
     for value in (0, True, 2.5):
         with pytest.raises(ConfigError, match="max_message"):
             Gateway(config(max_message=value))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("protocol_versions", ["x"]), ("protocol_versions", ["1.5"]), ("protocol_versions", "1"),
+    ("protocol_versions", [True]), ("protocol_versions", [0]), ("protocol_versions", []),
+    ("cookie", ("BASIC_PLUGIN",)), ("cookie", "BASIC_PLUGIN=hello"), ("cookie", ("A", 1)),
+    ("plugins", "kv_grpc"), ("plugins", [1]), ("plugins", [""]),
+])
+def test_malformed_settings_are_config_errors_saying_what_to_pass(field: str, value: object) -> None:
+    # int("x") and a cookie that would not unpack raised ValueError; a str of plugins was taken letter by letter
+    with pytest.raises(ConfigError, match=f"gateway's {field.replace('_', ' ') if field != 'plugins' else field}"
+                       ".*for example"):
+        dataclasses.replace(config(), **{field: value}).check()
+
+
+def test_well_formed_settings_pass() -> None:
+    dataclasses.replace(config(protocol_versions=[1, "2"], plugins=("kv_grpc", "other")), cookie=["A", "b"]).check()
+    config(protocol_versions={1, 3}, plugins=[]).check()

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -129,7 +129,13 @@ class GatewayConfig:
         if not self.cmd or not self.cmd[0]:
             raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
                               " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
-        key, value = self.cookie
+        cookie = self.cookie
+        if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
+                or not all(isinstance(part, str) for part in cookie)):
+            raise ConfigError(f"the gateway's cookie must be a (KEY, VALUE) pair of strings, got {cookie!r:.80};"
+                              " pass for example GatewayConfig(cookie=('BASIC_PLUGIN', 'hello')) or --cookie"
+                              " BASIC_PLUGIN=hello")
+        key, value = cookie
         if not key or not value:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
@@ -143,9 +149,24 @@ class GatewayConfig:
         if isinstance(self.max_message, bool) or not isinstance(self.max_message, int) or self.max_message < 1:
             raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message),"
                               f" got {self.max_message!r}; pass for example --max-message {DEFAULT_MAX_MESSAGE}")
-        if not self.protocol_versions or any(int(v) < 1 for v in self.protocol_versions):
-            raise ConfigError(f"protocol versions {list(self.protocol_versions)} are invalid; pass positive"
-                              " integers, for example --protocol-versions 1,2")
+        versions = self.protocol_versions
+        if (isinstance(versions, str) or not isinstance(versions, Collection) or not versions
+                or not all(_whole(v) and int(v) >= 1 for v in versions)):
+            raise ConfigError(f"the gateway's protocol versions {versions!r:.80} are invalid; pass a list of positive"
+                              " integers, for example GatewayConfig(protocol_versions=[1, 2]) or"
+                              " --protocol-versions 1,2")
+        plugins = self.plugins
+        if isinstance(plugins, str) or not isinstance(plugins, Collection) or not all(
+                isinstance(name, str) and name for name in plugins):
+            raise ConfigError(f"the gateway's plugins must be a list of plugin names, got {plugins!r:.80}; pass for"
+                              " example GatewayConfig(plugins=['kv_grpc']) or --plugins kv_grpc,other")
+
+
+def _whole(value: object) -> bool:
+    """An int (not a bool), or a str of ASCII digits (int() takes ' 1', '1_0' and '١' too)."""
+    if isinstance(value, str):
+        return value.isascii() and value.isdigit() and len(value) <= 9
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Gateway:
