@@ -49,9 +49,10 @@ def _fill(channel: grpc.Channel, count: int, refusals: int) -> list[grpc.Future]
     return calls
 
 
-def test_busy_forwarded_calls_leave_health_and_discovery_answering(gateway: Gateway) -> None:
+def test_busy_forwarded_calls_leave_health_and_discovery_answering() -> None:
     cap = 48  # GatewayConfig.max_calls's default
-    with grpc.insecure_channel(gateway.address) as ch:
+    # one peer address may take them all here (by default a quarter: see the per-peer test below)
+    with Gateway(config(max_peer_calls=cap)) as gateway, grpc.insecure_channel(gateway.address) as ch:
         assert ch.unary_unary("/gwchild.S/Fast")(b"", timeout=10) == b"fast"
         calls = _fill(ch, cap + 16, 16)  # the gateway used to have 64 threads for everything
         try:
@@ -84,7 +85,7 @@ def test_busy_forwarded_calls_leave_health_and_discovery_answering(gateway: Gate
 
 
 def test_max_calls_is_the_configured_cap() -> None:
-    with Gateway(config(max_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
+    with Gateway(config(max_calls=2, max_peer_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
         calls = _fill(ch, 3, 1)
         try:
             assert [call.done() for call in calls].count(True) == 1
@@ -110,6 +111,44 @@ def test_max_calls_from_the_command_line_and_checked() -> None:
             Gateway(config(max_calls=value))
 
 
+def test_one_host_holding_calls_open_leaves_the_others_theirs() -> None:
+    # one host opened max_calls calls that never ended, and every other host's calls were refused while
+    # health said SERVING; "localhost" binds both loopbacks, so there are two peer addresses
+    with Gateway(dataclasses.replace(config(max_calls=8), listen="localhost:0")) as gw:
+        port = gw.address.rpartition(":")[2]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as greedy, grpc.insecure_channel(f"[::1]:{port}") as other:
+            calls = _fill(greedy, 8, 6)
+            try:
+                refused = [call for call in calls if call.done()]
+                assert len(refused) == 6, f"{len(refused)} of one host's 8 held calls were refused"
+                assert all(call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for call in refused)
+                details = str(refused[0].details())
+                assert "127.0.0.1 already has 2 calls" in details and "--max-peer-calls 2" in details, details
+                assert other.unary_unary("/gwchild.S/Fast")(b"", timeout=10) == b"fast"
+                held = _fill(other, 2, 0)
+                assert not any(call.done() for call in held)  # its own share, whole
+                for call in held:
+                    call.cancel()
+            finally:
+                for call in calls:
+                    call.cancel()
+
+
+def test_max_peer_calls_from_the_command_line_and_checked() -> None:
+    base = ["--cookie", "A=b", "--insecure"]
+    assert parse([*base, "--", "x"], env={}).max_peer_calls is None
+    assert parse([*base, "--max-peer-calls", "3", "--", "x"], env={}).max_peer_calls == 3
+    assert parse([*base, "--", "x"], env={"PLUGBAY_GATEWAY_MAX_PEER_CALLS": "5"}).max_peer_calls == 5
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            parse([*base, "--max-peer-calls", bad, "--", "x"], env={})
+    for value in (0, True, 2.5):
+        with pytest.raises(ConfigError, match="max_peer_calls"):
+            Gateway(config(max_peer_calls=value))
+    assert Gateway(config()).peer_calls == 12 and Gateway(config(max_calls=2)).peer_calls == 1
+    assert Gateway(config(max_calls=4, max_peer_calls=9)).peer_calls == 4
+
+
 def test_rich_error_details_reach_the_host(gateway: Gateway) -> None:
     with grpc.insecure_channel(gateway.address) as ch, pytest.raises(grpc.RpcError) as failed:
         ch.unary_unary("/gwchild.S/Rich")(b"", timeout=10)
@@ -123,7 +162,7 @@ def test_rich_error_details_reach_the_host(gateway: Gateway) -> None:
 
 def test_stdio_streams_of_many_hosts_leave_health_answering() -> None:
     # every go-plugin >= 1.4 host opens GRPCStdio and keeps it open for as long as it is attached
-    with Gateway(config(max_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
+    with Gateway(config(max_calls=2, max_peer_calls=2)) as gw, grpc.insecure_channel(gw.address) as ch:
         calls = _fill(ch, 2, 0)
         stdio = ch.unary_stream("/plugin.GRPCStdio/StreamStdio")
         streams = [stdio(b"", timeout=60) for _ in range(20)]

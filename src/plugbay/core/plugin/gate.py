@@ -34,14 +34,31 @@ PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plug
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
 
+def peer_address(peer: str) -> str | None:
+    """The IP address of a grpcio peer ("ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5"); None for any other (a
+    unix socket's peer, which has none: behind serve()'s network front every connection is one)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    from urllib.parse import unquote
+
+    return unquote(rest).rpartition(":")[0].strip("[]") or None
+
+
 class HandlerGate:
     """Refuses a call to the plugin's services while ``limit`` of them are running.
 
     ``refusal``: the RESOURCE_EXHAUSTED details, for a server whose limit is set elsewhere than
-    ServeConfig.max_workers (the gateway's)."""
+    ServeConfig.max_workers (the gateway's). ``peer_limit``: at most that many of them from one peer IP
+    address (see peer_address: peers without one share only ``limit``), refused with ``peer_refusal``
+    (formatted with ``peer`` and ``held``), so one caller holding calls open cannot take every slot."""
 
-    def __init__(self, limit: int, refusal: str | None = None) -> None:
+    def __init__(self, limit: int, refusal: str | None = None, *, peer_limit: int | None = None,
+                 peer_refusal: str = "{peer} is running {held} calls, the most one peer address may") -> None:
         self.limit = limit
+        self.peer_limit = peer_limit
+        self._peer_refusal = peer_refusal
+        self._peers: dict[str, int] = {}  # running calls per peer address, while it has some
         self._refusal = refusal or (
             f"the plugin is already running {limit} calls (ServeConfig.max_workers); earlier calls have"
             " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
@@ -87,26 +104,50 @@ class HandlerGate:
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
 
-    def _enter(self, context: grpc.ServicerContext) -> None:
+    def _enter(self, context: grpc.ServicerContext) -> str | None:
+        """Take a slot (and the caller's peer's, returned), or abort the call."""
+        share = self.peer_limit
+        peer = peer_address(str(context.peer())) if share is not None else None
+        if peer is not None and share is not None:
+            with self._lock:
+                held = self._peers.get(peer, 0)
+                if held < share:
+                    self._peers[peer] = held + 1
+            if held >= share:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._peer_refusal.format(peer=peer, held=held))
         if not self._slots.acquire(blocking=False):
+            self._leave_peer(peer)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
+        return peer
+
+    def _leave_peer(self, peer: str | None) -> None:
+        if peer is None:
+            return
+        with self._lock:
+            left = self._peers.pop(peer) - 1
+            if left:
+                self._peers[peer] = left
+
+    def _leave(self, peer: str | None) -> None:
+        self._slots.release()
+        self._leave_peer(peer)
 
     def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            self._enter(context)
+            peer = self._enter(context)
             try:
                 return behavior(request, context)
             finally:
-                self._slots.release()
+                self._leave(peer)
         return run
 
     def _streaming(self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            self._enter(context)
+            peer = self._enter(context)
             try:
                 yield from behavior(request, context)
             finally:
-                self._slots.release()
+                self._leave(peer)
         return run
 
 

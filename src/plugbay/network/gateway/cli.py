@@ -66,6 +66,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--max-calls", default=default("MAX_CALLS", str(DEFAULT_MAX_CALLS)), metavar="N",
                    help="forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED, so health"
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")
+    p.add_argument("--max-peer-calls", default=default("MAX_PEER_CALLS", ""), metavar="N",
+                   help="of those, at most N from one peer IP address, so one host cannot take them all"
+                        " (default: a quarter of --max-calls; not applied with --multiplex)")
     p.add_argument("--max-message", default=default("MAX_MESSAGE", str(DEFAULT_MAX_MESSAGE)), metavar="BYTES",
                    help="largest request message forwarded; a larger one is refused with RESOURCE_EXHAUSTED"
                         f" before the gateway buffers it (default {DEFAULT_MAX_MESSAGE}, 4 MiB, as go-plugin's)")
@@ -113,6 +116,15 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         max_calls = 0
     if max_calls < 1:
         parser.error(f"--max-calls must be a positive integer, the forwarded calls at once (got {args.max_calls!r})")
+    max_peer_calls: int | None = None
+    if str(args.max_peer_calls):
+        try:
+            max_peer_calls = int(str(args.max_peer_calls))
+        except ValueError:
+            max_peer_calls = 0
+        if max_peer_calls < 1:
+            parser.error(f"--max-peer-calls must be a positive integer, the forwarded calls at once from one peer"
+                         f" address (got {args.max_peer_calls!r}), for example --max-peer-calls 12")
     try:
         max_message = int(str(args.max_message))
     except ValueError:
@@ -124,7 +136,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
-                         max_calls=max_calls, max_message=max_message)
+                         max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message)
 
 
 def _start_unless_stopped(gateway: Gateway, stop: threading.Event) -> bool:

@@ -22,8 +22,9 @@ serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
 * plugin.GRPCStdio.StreamStdio: an empty stream (the child's output is the gateway's log);
 
 and forwards every other call to the child (plugbay.network.gateway.forward), at most
-``max_calls`` at once: the server's executor has RESERVED more threads, kept for the
-services above, as serve()'s gate keeps them (plugbay.core.plugin.gate).
+``max_calls`` at once, and at most ``max_peer_calls`` of them from one peer address (so one host
+holding calls open cannot refuse every other's): the server's executor has RESERVED more threads, kept
+for the services above, as serve()'s gate keeps them (plugbay.core.plugin.gate).
 While the child restarts (plugbay.network.gateway.child) calls fail fast with
 UNAVAILABLE.
 """
@@ -121,6 +122,10 @@ class GatewayConfig:
     # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
     max_calls: int = DEFAULT_MAX_CALLS
+    # of those, at most this many from one peer IP address (None: a quarter of max_calls, at least 1), so
+    # that one host holding calls open cannot refuse every other host's; not applied with multiplex=True,
+    # where plain gRPC reaches the gateway through its front's private socket, without the peer's address
+    max_peer_calls: int | None = None
     # bytes of one forwarded request message, at most; a larger one is refused with RESOURCE_EXHAUSTED
     # before it is buffered
     max_message: int = DEFAULT_MAX_MESSAGE
@@ -149,6 +154,12 @@ class GatewayConfig:
         if isinstance(self.max_message, bool) or not isinstance(self.max_message, int) or self.max_message < 1:
             raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message),"
                               f" got {self.max_message!r}; pass for example --max-message {DEFAULT_MAX_MESSAGE}")
+        peer_calls = self.max_peer_calls
+        if peer_calls is not None and (isinstance(peer_calls, bool) or not isinstance(peer_calls, int)
+                                       or peer_calls < 1):
+            raise ConfigError(f"the gateway's max_peer_calls must be a positive int (forwarded calls at once from"
+                              f" one peer address) or None, got {peer_calls!r}; pass for example"
+                              " --max-peer-calls 12")
         versions = self.protocol_versions
         if (isinstance(versions, str) or not isinstance(versions, Collection) or not versions
                 or not all(_whole(v) and int(v) >= 1 for v in versions)):
@@ -196,6 +207,13 @@ class Gateway:
         self._started = False
         self._start_failed = False
         self._front: list[Callable[[], None]] = []
+
+    @property
+    def peer_calls(self) -> int:
+        """Forwarded calls one peer address may have running at once."""
+        cfg = self.config
+        share = max(1, cfg.max_calls // 4) if cfg.max_peer_calls is None else cfg.max_peer_calls
+        return min(share, cfg.max_calls)
 
     def _session(self, conn: socket.socket, path: str, peer: str) -> ChildSession:
         cfg = self.config
@@ -277,7 +295,11 @@ class Gateway:
         gate = HandlerGate(cap, refusal=(
             f"the gateway is already forwarding {cap} calls to its plugin (--max-calls,"
             " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
-            " with a higher --max-calls"))
+            " with a higher --max-calls"), peer_limit=None if self.config.multiplex else self.peer_calls,
+            peer_refusal=f"{{peer}} already has {{held}} calls forwarded by the gateway, the most one peer address"
+            f" may (--max-peer-calls {self.peer_calls}, PLUGBAY_GATEWAY_MAX_PEER_CALLS; a quarter of --max-calls"
+            " by default), so that other hosts' calls still get through; earlier calls have not returned. Retry"
+            " later, or raise --max-peer-calls")
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
             ("grpc.max_receive_message_length", self.config.max_message)])
