@@ -6,23 +6,28 @@ plugbay-gateway-keeper thread polls it; when it has exited the keeper reports
 RestartPolicy's backoff and starts a new Client. When the policy's budget is
 spent (more than max_restarts within window) the keeper gives up and sets
 ``failed``: the gateway's process exits non-zero so its own supervisor
-(Kubernetes, systemd, Docker's restart policy) takes over.
+(Kubernetes, systemd, Docker's restart policy) takes over. The same thread
+health-checks a running child (plugbay.network.gateway.probe): one that stops
+answering is reported "down" until it answers again ("up"), never restarted.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import RESTARTERS
 from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import GatewayError, PlugbayError
+from plugbay.network.gateway.probe import ChildProbe
 
 log = logging.getLogger("plugbay.gateway")
 _POLL = 0.2
@@ -32,7 +37,8 @@ class ChildKeeper:
     """Owns the current child Client; ``channel()`` is its raw gRPC channel while it runs."""
 
     def __init__(self, make_config: Callable[[], ClientConfig], restart: RestartPolicy,
-                 on_up: Callable[[Client], None], on_down: Callable[[str], None]) -> None:
+                 on_up: Callable[[Client], None], on_down: Callable[[str], None], *,
+                 keepalive: Sequence[float] = DEFAULT_KEEPALIVE) -> None:
         self._make_config = make_config
         self._restart = restart
         self._on_up = on_up
@@ -47,10 +53,15 @@ class ChildKeeper:
         self.restarts = 0
         self._times: collections.deque[float] = collections.deque()
         self._thread: threading.Thread | None = None
+        # the health checks: every keepalive interval, each given its timeout; only the keeper's thread
+        # ticks and resets it
+        alive = Keepalive.of(keepalive, "GatewayConfig keepalive")
+        self._probe = ChildProbe(alive.interval, alive.timeout, on_change=self._answering)
 
     def start(self) -> Client:
         """Start the first child (errors are raised here, typed), then keep it running."""
         client = self._start_client()
+        self._probe.reset(time.monotonic())
         self._thread = threading.Thread(target=self._keep, name="plugbay-gateway-keeper", daemon=True)
         RESTARTERS.add(self)  # at interpreter exit: halted before the child is killed, so it is not restarted
         self._thread.start()
@@ -116,7 +127,9 @@ class ChildKeeper:
             client = self._client
             if client is not None and not client.exited:
                 consecutive = 0
+                self._probe.tick(self.channel()[0], time.monotonic())
                 continue
+            self._probe.reset(math.inf)
             what = (f"the plugin exited with code {client.exit_code}" if client is not None
                     else "the plugin did not start")
             with self._lock:
@@ -143,12 +156,24 @@ class ChildKeeper:
                 return
             try:
                 self._start_client()
+                self._probe.reset(time.monotonic())
                 self.restarts += 1
                 log.info("gateway: plugin restarted (%d restart(s) so far)", self.restarts)
             except PlugbayError as exc:
                 if self._stop.is_set():
                     return
                 log.warning("gateway: restarting the plugin failed: %s", exc)
+
+    def _answering(self, answering: bool) -> None:
+        """The probe's report on the running child: no exit, so the same client stays."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        if answering:
+            self._on_up(client)
+        else:
+            self._on_down("the plugin does not answer its health checks")
 
     def close(self) -> None:
         self.halt()

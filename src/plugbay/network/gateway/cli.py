@@ -62,7 +62,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="ping a brokering host's session after INTERVAL quiet seconds; drop it (and stop its"
                         " child) when nothing answers within TIMEOUT (default 30,10); WRITE: drop a session"
                         " (the host's or its child's) on which no byte could be written for that long"
-                        " (default 10)")
+                        " (default 10); also the shared child's health checks: every INTERVAL, each given"
+                        " TIMEOUT, NOT_SERVING after 2 unanswered in a row")
     p.add_argument("--max-calls", default=default("MAX_CALLS", str(DEFAULT_MAX_CALLS)), metavar="N",
                    help="forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED, so health"
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")

@@ -10,7 +10,8 @@ AutoMTLS, a private unix socket) and a gRPC server on ``listen`` (TLS from
 the provided files, reloaded when they change, through the same code as
 serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
 
-* grpc.health.v1 "plugin" (and ""): SERVING while the child runs, else NOT_SERVING;
+* grpc.health.v1 "plugin" (and ""): SERVING while the child runs and answers its health checks
+  (plugbay.network.gateway.probe, on the ``keepalive`` figures), else NOT_SERVING;
 * plugbay.network.v1.Discovery: the child's negotiated app protocol version with
   the names given in ``plugins`` (empty when not given), ``multiplex`` as configured;
 * plugin.GRPCController.Shutdown: acknowledged and ignored (a shared service;
@@ -115,9 +116,9 @@ class GatewayConfig:
     logger: logging.Logger | None = None
     # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
     multiplex: bool = False
-    # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when
-    # nothing answers within [1], or when no byte could be written to it for [2] (optional, 10 s by
-    # default; also the child's session's), as NetworkServe's
+    # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when nothing
+    # answers within [1], or when no byte could be written to it for [2] (optional, 10 s by default; also the
+    # child's session's), as NetworkServe's; the shared child: health-checked every [0] s, NOT_SERVING on no answer
     keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE
     # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
@@ -195,7 +196,8 @@ class Gateway:
         self.health.set_status("plugin", NOT_SERVING)
         self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=(
             f"plugbay-gateway/{package_version()} (go-plugin plugin {config.cmd[0]})"))
-        self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down)
+        self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down,
+                                  keepalive=config.keepalive)  # its health checks' figures
         self._closed = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.Server | None = None
