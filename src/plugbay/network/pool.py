@@ -12,6 +12,8 @@ or health to bring one back, then fails with NoEndpointsError. Endpoints that
 leave discovery or turn terminating stop getting calls; their channel closes
 when the calls in flight end (at most ``drain_timeout`` later). Renewed TLS
 files reach every endpoint: each is dialed again with them (poolhealth).
+gRPC's keepalive (``keepalive``; plugbay.core.transport.grpcping) ends the
+calls on a connection whose endpoint went silent, streams without deadline too.
 
 The pool is a ``grpc.Channel``, so a Client's ManagedChannel (default
 deadline, error translation, retry/circuit hooks) sits on top unchanged.
@@ -32,6 +34,7 @@ from typing import Any, Self
 
 import grpc
 
+from plugbay.core.transport import grpcping
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
@@ -53,7 +56,8 @@ class EndpointPool(PoolHealth, CallChannel):
                  health_interval: float = 1.0, health_timeout: float = 1.0, unhealthy_after: int = 2,
                  no_deadline_wait: float = 10.0, drain_timeout: float = 5.0,
                  options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
-                 connector: Callable[[Endpoint], grpc.Channel] | None = None) -> None:
+                 connector: Callable[[Endpoint], grpc.Channel] | None = None,
+                 keepalive: tuple[float, float] | None = grpcping.DEFAULT) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
         if tls is None and not insecure:
@@ -69,6 +73,8 @@ class EndpointPool(PoolHealth, CallChannel):
         self.tls = tls
         # gRPC's failure details tell TLS problems only when gRPC does the TLS (not through a connector's relay)
         self.diagnose_tls = connector is None
+        # gRPC's keepalive on plain gRPC connections (a connector's have their own: the yamux keepalive)
+        self._keepalive = grpcping.channel_options(keepalive, "keepalive") if connector is None else []
         self.health_interval, self.health_timeout = health_interval, health_timeout
         self.unhealthy_after = unhealthy_after
         self.no_deadline_wait = no_deadline_wait
@@ -148,9 +154,9 @@ class EndpointPool(PoolHealth, CallChannel):
         # the files as they are now (a stat, a read per change); renewed later: PoolHealth._follow_files
         files = self.tls.files() if self.tls is not None else None
         creds = files.credentials() if files is not None else None
-        channel = grpc.secure_channel(target, creds, self._options) if creds else grpc.insecure_channel(
-            target, self._options)
-        return Member(endpoint, channel, Redial(target, creds, self._options), files)
+        options = grpcping.merged(self._keepalive, self._options)  # the grpc.aio twin dials with them too
+        channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
+        return Member(endpoint, channel, Redial(target, creds, options), files)
 
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
         wanted = {ep.key: ep for ep in endpoints}

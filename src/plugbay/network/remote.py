@@ -53,6 +53,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
     negotiate_version,
 )
+from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import (
     ClientStateError,
@@ -109,6 +110,10 @@ class RemoteConfig:
     # session and its TLS relay, about 0.2 ms each, and the broker is refused)
     brokered: bool = True
     mux_keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
+    # plain gRPC connections (not multiplexed): one with calls in flight and nothing arriving for [0]
+    # seconds is pinged, and closed, its calls failing UNAVAILABLE, when no answer comes within [1];
+    # None: off (a stream without deadline to a stopped or cut-off endpoint then waits for good)
+    grpc_keepalive: tuple[float, float] | None = GRPC_KEEPALIVE
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
@@ -198,7 +203,7 @@ class RemoteClient(Client):
         pool = EndpointPool(resolver, tls=cfg.tls, insecure=cfg.insecure, policy=cfg.policy,
                             outlier=cfg.outlier, health_interval=cfg.health_interval,
                             health_timeout=cfg.health_timeout, options=cfg.grpc_options,
-                            name=self.name, connector=connector)
+                            name=self.name, connector=connector, keepalive=cfg.grpc_keepalive)
         self._pool = pool  # before it starts: a kill() from another thread closes it (see kill)
         try:
             self._stop_if_killed()

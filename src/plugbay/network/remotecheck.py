@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError
 from plugbay.network.ejection import OutlierPolicy
@@ -27,6 +28,7 @@ def check_remote(config: Any) -> None:
         raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                           " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
     Keepalive.of(config.mux_keepalive, "mux_keepalive")
+    grpcping.check(config.grpc_keepalive, "RemoteConfig.grpc_keepalive")
     if config.policy not in POLICIES:
         raise ConfigError(f"RemoteConfig.policy: unknown pick policy {config.policy!r}; pass policy="
                           f"{' or '.join(repr(p) for p in POLICIES)}")

@@ -173,8 +173,12 @@ class _PluginServer:
         options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
         if not any(key == "grpc.server_handshake_timeout_ms" for key, _ in options):
             options.append(("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS))
-        self.grpc = grpc.server(self.executor, options=options)
         network = self.config.network
+        if network is not None:  # hosts' keepalive pings (RemoteConfig.grpc_keepalive) are welcome
+            from plugbay.core.transport.grpcping import server_options
+
+            options += server_options(network.keepalive, options)
+        self.grpc = grpc.server(self.executor, options=options)
         self._plugin_set, self._version = plugin_set, version
         tls: ServerTLS | None = None
         if network is not None:

@@ -64,6 +64,7 @@ from plugbay.core.plugin.network import (
 )
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError
@@ -304,7 +305,8 @@ class Gateway:
             " later, or raise --max-peer-calls")
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
-            ("grpc.max_receive_message_length", self.config.max_message)])
+            ("grpc.max_receive_message_length", self.config.max_message),
+            *grpcping.server_options(self.config.keepalive)])  # hosts' keepalive pings are welcome
         self._server = server
         add_health(self.health, server, watches=MAX_WATCHES)  # Watch streams hold reserved threads
         add_discovery(self.discovery, server)

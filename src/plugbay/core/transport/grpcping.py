@@ -1,0 +1,83 @@
+"""gRPC's HTTP/2 keepalive on a host's plain gRPC connections to a network plugin, and the servers' side of it.
+
+A plugin that stops answering without closing its connection (a stopped or
+wedged process, a partition, a host that lost power) leaves a gRPC connection
+that looks open: a stream without a deadline waits on it for good, while the
+pool's health checks only stop new calls going there. So a connection with
+calls in flight and nothing arriving for ``interval`` seconds is pinged, and
+closed when the answer does not come within ``timeout``: its calls end with
+UNAVAILABLE (a typed plugbay error above), and the next call dials again.
+The figures default to the multiplexed connection's (go's yamux: 30 s, 10 s;
+plugbay.core.transport.keepalive), which covers multiplexed connections itself.
+
+grpc-core bounds every ping it has sent by its own ping timeout (a minute once
+keepalive is on), and a keepalive ping due while another ping (a flow-control
+probe) is unanswered waits on that one: the ping timeout is set to ``timeout``
+too, or a silent peer would be found only a minute later.
+
+grpc-core servers count pings that come sooner than
+``grpc.http2.min_ping_interval_without_data_ms`` (5 minutes) after the last
+one while they send nothing, and end the connection with GOAWAY
+ENHANCE_YOUR_CALM "too_many_pings" at the third: the servers plugbay runs in
+network mode accept them at the keepalive interval (:func:`server_options`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from plugbay.errors import ConfigError
+
+INTERVAL = 30.0
+TIMEOUT = 10.0
+DEFAULT = (INTERVAL, TIMEOUT)  # as plugbay.core.transport.keepalive.DEFAULT (not imported: that module is yamux's)
+KEYS = ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms",
+        "grpc.keepalive_permit_without_calls", "grpc.http2.max_pings_without_data")
+PERMIT_KEY = "grpc.http2.min_ping_interval_without_data_ms"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def check(figures: object, what: str) -> tuple[float, float] | None:
+    """``(INTERVAL, TIMEOUT)`` in seconds, both finite and > 0; None or () turn the keepalive off."""
+    if figures is None or (isinstance(figures, (tuple, list)) and not figures):
+        return None
+    if (not isinstance(figures, (tuple, list)) or len(figures) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                       for x in figures)):
+        raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT) in seconds, both > 0, for example (30.0, 10.0):"
+                          " a connection with calls in flight and nothing arriving for INTERVAL is pinged and"
+                          f" closed when no answer comes within TIMEOUT; or None to turn it off; got {figures!r}")
+    return float(figures[0]), float(figures[1])
+
+
+def channel_options(figures: object, what: str = "grpc_keepalive") -> list[tuple[str, Any]]:
+    """A channel's keepalive options for ``figures`` (see :func:`check`); none when it is off."""
+    checked = check(figures, what)
+    if checked is None:
+        return []
+    interval, timeout = checked
+    # pings only while calls are in flight (on an idle connection the pool's health checks, with
+    # their deadlines, find a silent peer), and as many as it takes without data (grpc-core's
+    # default stops after 2)
+    return [(KEYS[0], _ms(interval)), (KEYS[1], _ms(timeout)), (KEYS[2], _ms(timeout)), (KEYS[3], 0), (KEYS[4], 0)]
+
+
+def merged(keepalive: Sequence[tuple[str, Any]], options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``options`` with the keepalive options they do not set themselves (theirs win)."""
+    given = {key for key, _ in options}
+    return [option for option in keepalive if option[0] not in given] + list(options)
+
+
+def server_options(keepalive: Sequence[float], options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """What a network server adds to ``options`` so that hosts' keepalive pings are welcome: pings as often
+    as every ``keepalive[0]`` seconds (the server's own keepalive interval; at most the hosts' default,
+    30 s, so a default host is never refused), unless ``options`` set the permit themselves."""
+    if any(key == PERMIT_KEY for key, _ in options):
+        return []
+    interval = keepalive[0] if keepalive and math.isfinite(keepalive[0]) and keepalive[0] > 0 else INTERVAL
+    return [(PERMIT_KEY, _ms(min(interval, INTERVAL)))]
