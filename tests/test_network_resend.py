@@ -18,7 +18,7 @@ from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
-from plugbay import NoEndpointsError, RemoteClient, RemoteConfig, RemoteTLSError
+from plugbay import NoEndpointsError, PlugbayError, RemoteClient, RemoteConfig, RemoteTLSError
 
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
                   ("grpc.min_reconnect_backoff_ms", 100))
@@ -118,3 +118,30 @@ def test_a_replica_that_refuses_connections_still_gets_its_calls_sent_elsewhere(
         on(client, b).Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=3.0)
         a.kill9()
         assert all(kv.get("__pid__") == str(b.proc.pid).encode() for _ in range(10))
+
+
+def test_a_client_streaming_future_is_not_resent_with_its_stream_partly_read(
+        replicas: Callable[[], Replica]) -> None:
+    # a try refused by a dead replica may already have read request messages: a resend would give the
+    # other replica a shortened stream and report success, so the future ends as the blocking call does
+    a, b = replicas(), replicas()
+    config = RemoteConfig(target=f"static:///{a.address},{b.address}", handshake=HANDSHAKE, plugins=PLUGINS,
+                          insecure=True, call_timeout=5.0, health_interval=30.0, name="kv-stream")
+    with RemoteClient(config) as client:
+        count = client.channel.stream_unary("/plugbay.test.Stream/Count", request_serializer=lambda m: m,
+                                            response_deserializer=lambda m: m)
+        assert {count(iter([b"x"]), timeout=3.0).split(b":")[0] for _ in range(4)} == {
+            str(a.proc.pid).encode(), str(b.proc.pid).encode()}  # both endpoints connected
+        a.kill9()
+        sent = [f"m{i}" for i in range(5)]
+        failed = 0
+        for _ in range(6):
+            future = count.future(iter(m.encode() for m in sent), timeout=5.0)
+            try:
+                answer = future.result(timeout=10.0)
+            except PlugbayError:
+                failed += 1
+                continue
+            assert answer == f"{b.proc.pid}:5:{','.join(sent)}".encode()
+        assert failed >= 1  # a try went to the dead replica
+        assert client.metrics()["resends"] == 0

@@ -2,9 +2,10 @@
 
 It serves, on NET_KV_LISTEN (HOST:PORT, port 0 picks one; or unix:PATH), the fault-switch KV
 service of tests/plugins/resilience_kv.py, grpc.health.v1 (service "plugin"
-SERVING) and plugbay.network.v1.Discovery, over mTLS when NET_KV_CERT,
-NET_KV_KEY and NET_KV_CA name files (client certificates signed by the CA are
-required), else in plaintext. NET_KV_VERSIONS ("1" by default, e.g. "2,3") is
+SERVING), plugbay.network.v1.Discovery and a client-streaming
+plugbay.test.Stream/Count (answers "PID:N:m1,m2" for the N request messages it
+got), over mTLS when NET_KV_CERT, NET_KV_KEY and NET_KV_CA name files (client
+certificates signed by the CA are required), else in plaintext. NET_KV_VERSIONS ("1" by default, e.g. "2,3") is
 what Discovery offers; NET_KV_DISCOVERY=0 leaves Discovery out (an unmodified
 go-plugin plugin). It prints "LISTENING HOST:PORT" once serving and stops on
 SIGTERM/SIGINT.
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +45,11 @@ class Discovery(discovery_pb2_grpc.DiscoveryServicer):
             versions=[discovery_pb2.VersionedPluginSet(version=v, plugins=["kv_grpc"]) for v in self.versions])
 
 
+def count(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    got = [m.decode() for m in requests]
+    return f"{os.getpid()}:{len(got)}:{','.join(got)}".encode()
+
+
 def main() -> None:
     listen = os.environ.get("NET_KV_LISTEN", "127.0.0.1:0")
     server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="net-kv"))
@@ -51,6 +58,8 @@ def main() -> None:
     health.set_status("plugin", SERVING)
     _HEALTH.append(health)  # Put("__health__", ...) steers it
     add_to_server(health, server)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "plugbay.test.Stream", {"Count": grpc.stream_unary_rpc_method_handler(count)})])
     if os.environ.get("NET_KV_DISCOVERY", "1") != "0":
         versions = [int(v) for v in os.environ.get("NET_KV_VERSIONS", "1").split(",")]
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(Discovery(versions), server)  # type: ignore[no-untyped-call]

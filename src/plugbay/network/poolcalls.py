@@ -188,7 +188,9 @@ class PoolCallable:
         return FailoverFuture(self, request, timeout, kwargs)
 
     def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool:
-        return not_sent(exc, channel)
+        # a client-streaming try may have read request messages before it failed: a resend would send
+        # the rest of the stream only, so such a future ends as its blocking call does
+        return self._kind == "unary_unary" and not_sent(exc, channel)
 
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
         return out_of_tries(self._pool, exc, tried, last)

@@ -1,8 +1,9 @@
-"""A unary future() through the pool that fails over as a blocking call does.
+"""A future() through the pool that fails over as a blocking call does.
 
-A call that provably never left its endpoint (refused while connecting, or
-its channel closed under it) is sent to another endpoint within the same
-deadline; any other outcome is the caller's. The failover runs on a
+A unary call that provably never left its endpoint (refused while connecting,
+or its channel closed under it) is sent to another endpoint within the same
+deadline; a client-streaming one only when its channel closed before the call
+was made (its request iterator unread); any other outcome is the caller's. The failover runs on a
 short-lived thread of its own, started only when a try was refused: it may
 wait for an endpoint or a TLS probe, which gRPC's callback thread must not.
 """
