@@ -35,6 +35,7 @@ from typing import Any, Self
 import grpc
 
 from plugbay.core.transport import grpcping
+from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
@@ -81,7 +82,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self.drain_timeout = drain_timeout
         if tls is not None:
             tls.files()  # a bad file fails here; renewed files reach every endpoint (_follow_files)
-        self._options = list(CHANNEL_OPTIONS) + (tls.options() if tls else []) + list(options)
+        self._options = with_defaults([*CHANNEL_OPTIONS, *(tls.options() if tls else [])], options)
         self._resolver = resolver
         self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
         self._cond = threading.Condition()

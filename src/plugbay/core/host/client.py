@@ -40,6 +40,7 @@ from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-expo
 from plugbay.core.host.stop import killed_while_starting
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
@@ -52,7 +53,7 @@ _log = logging.getLogger("plugbay.client")
 # before it noted itself (the first look missed it): that start is ended as any other
 _LOCK_LOOK = 0.05
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
-# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win).
+# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win: with_defaults).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
 
 
@@ -246,7 +247,7 @@ class Client(ExitNotice):
                                 keepalive=self._keepalive)
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
-                          relay_dir=self._tmpdir, options=(_KEEP_CONNECTED, *self.config.grpc_options))
+                          relay_dir=self._tmpdir, options=with_defaults([_KEEP_CONNECTED], self.config.grpc_options))
         start_connecting(self._conn.channel)  # grpcio's threads connect while this one builds the rest
         self._info = info
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,

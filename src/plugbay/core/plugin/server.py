@@ -53,6 +53,7 @@ from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
+from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unix_target, unlink_quietly
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
@@ -170,9 +171,8 @@ class _PluginServer:
         # Handlers first: a SIGTERM during setup must still clean up (socket file included).
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
-        options = [("grpc.so_reuseport", 0), *self.config.grpc_server_options]
-        if not any(key == "grpc.server_handshake_timeout_ms" for key, _ in options):
-            options.append(("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS))
+        defaults = [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS)]
+        options = with_defaults(defaults, self.config.grpc_server_options)
         network = self.config.network
         if network is not None:  # hosts' keepalive pings (RemoteConfig.grpc_keepalive) are welcome
             from plugbay.core.transport.grpcping import server_options
@@ -258,7 +258,8 @@ class _PluginServer:
 
         # each session's handlers are gated like the main server's, on a pool of its own
         executor = DaemonPool(self.config.max_workers + RESERVED, "plugbay-grpc-session")
-        server = grpc.server(executor, options=[("grpc.so_reuseport", 0), *self.config.grpc_server_options])
+        options = with_defaults([("grpc.so_reuseport", 0)], self.config.grpc_server_options)
+        server = grpc.server(executor, options=options)
         broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
         gate = HandlerGate(self.config.max_workers)
         try:

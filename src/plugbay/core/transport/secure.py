@@ -21,6 +21,7 @@ import grpc
 
 from plugbay.core.protocol.records import Frozen, Record
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
+from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import open_listener, unix_target, unlink_quietly
 from plugbay.core.transport.tempdirs import private_socket
 from plugbay.errors import BrokerError, ConfigError
@@ -150,18 +151,18 @@ def dial(network: str, address: str, tls: MutualTLS | None, relay_dir: str | Non
     ``relay_dir`` is a private folder for the relay's socket (needed only when
     the peer's certificate calls for the relay).
     """
-    opts = [*CHANNEL_OPTIONS, *options]
+    opts = with_defaults(CHANNEL_OPTIONS, options)
     if network == "unix" and address.startswith("/proc/self/fd/"):
         # a handle on a container's socket (runners/docker/sockethandles): once released, its number
         # names the next handle, and grpcio's process-wide subchannels would hand a channel to the new
         # target the open connection to the old socket; connections of its own
-        opts.append(("grpc.use_local_subchannel_pool", 1))
+        opts = with_defaults([("grpc.use_local_subchannel_pool", 1)], opts)
     target = grpc_target(network, address)
     if tls is None:
         return SecureChannel(grpc.insecure_channel(target, options=opts), "plaintext",
                              redial=Redial(target, None, opts))
     if not tls.needs_relay:
-        creds, tls_opts = tls.channel_credentials(), [*opts, *TLS_CHANNEL_OPTIONS]
+        creds, tls_opts = tls.channel_credentials(), with_defaults(TLS_CHANNEL_OPTIONS, opts)
         channel = grpc.secure_channel(target, creds, options=tls_opts)
         return SecureChannel(channel, "grpc-tls", redial=Redial(target, creds, tls_opts))
     if relay_dir is None:

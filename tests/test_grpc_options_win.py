@@ -1,0 +1,108 @@
+"""A user's grpc_options (grpc_server_options) override plugbay's own: grpcio 1.85 keeps the first of a
+repeated channel argument, so plugbay leaves out a default the user names."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.net_util import HANDSHAKE as NET_HANDSHAKE
+from tests.net_util import PLUGIN_NAME as NET_PLUGIN
+from tests.net_util import PLUGINS as NET_PLUGINS
+from tests.net_util import Replica
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay import Client, ClientConfig, RemoteClient, RemoteConfig  # noqa: E402
+
+KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
+SMALL = [("grpc.max_receive_message_length", 1000)]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the KV plugin writes kv_<key> files in its cwd
+
+
+def _client(options: list[tuple[str, int]]) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=KV,
+                               grpc_options=options))
+
+
+def test_a_users_idle_timeout_lets_the_plugins_connection_go_idle() -> None:
+    with _client([("grpc.client_idle_timeout_ms", 1000)]) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        channel = client._conn.channel  # the grpc.Channel the calls went on
+        deadline = time.monotonic() + 8
+        state = None
+        while time.monotonic() < deadline:
+            state = channel._channel.check_connectivity_state(False)
+            if state == grpc.ChannelConnectivity.IDLE.value[0]:
+                break
+            time.sleep(0.2)
+        assert state == grpc.ChannelConnectivity.IDLE.value[0], state
+        assert kv.get("k") == b"v"  # an idle channel reconnects for the next call
+
+
+def test_a_users_message_limit_applies_to_the_plugins_connection() -> None:
+    with _client(SMALL) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("big", b"x" * 5000)
+        with pytest.raises(grpc.RpcError) as err:
+            kv.get("big")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+
+
+@pytest.fixture()
+def replica() -> Iterator[Replica]:
+    rep = Replica("127.0.0.1:0")
+    try:
+        yield rep
+    finally:
+        rep.stop()
+
+
+def test_a_users_message_limit_applies_to_a_pools_endpoints(replica: Replica) -> None:
+    config = RemoteConfig(target=f"static:///{replica.address}", handshake=NET_HANDSHAKE, plugins=NET_PLUGINS,
+                          insecure=True, call_timeout=5.0, grpc_options=SMALL, name="kv-small")
+    with RemoteClient(config) as client:
+        kv = client.dispense(NET_PLUGIN)
+        kv.put("big", b"x" * 5000)
+        with pytest.raises(grpc.RpcError) as err:
+            kv.get("big")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+
+
+SERVER = """
+import sys
+sys.path.insert(0, {src!r})
+sys.path.insert(0, {kv!r})
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugin import FileKV
+from plugbay import ServeConfig, serve
+serve(ServeConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin(FileKV())}},
+                  grpc_server_options=[("grpc.so_reuseport", 1)]))
+"""
+
+
+def test_a_plugins_server_option_overrides_plugbays_own(tmp_path: Path) -> None:
+    script = tmp_path / "reuseport_kv.py"
+    script.write_text(SERVER.format(src=str(REPO / "src"), kv=str(REPO / "examples" / "kv")))
+    config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=[sys.executable, str(script)],
+                          env={"PLUGBAY_LISTEN": "tcp:127.0.0.1:0"})
+    with Client(config) as client:
+        host, _, port = client.handshake.address.rpartition(":")
+        # the plugin asked for SO_REUSEPORT: another socket that asks for it too may bind the same port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.bind((host, int(port)))
