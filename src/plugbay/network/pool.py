@@ -155,7 +155,7 @@ class EndpointPool(PoolHealth, CallChannel):
         # the files as they are now (a stat, a read per change); renewed later: PoolHealth._follow_files
         files = self.tls.files() if self.tls is not None else None
         creds = files.credentials() if files is not None else None
-        options = grpcping.merged(self._keepalive, self._options)  # the grpc.aio twin dials with them too
+        options = with_defaults(self._keepalive, self._options)  # the grpc.aio twin dials with them too
         channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
         return Member(endpoint, channel, Redial(target, creds, options), files)
 

@@ -67,12 +67,6 @@ def channel_options(figures: object, what: str = "grpc_keepalive") -> list[tuple
     return [(KEYS[0], _ms(interval)), (KEYS[1], _ms(timeout)), (KEYS[2], _ms(timeout)), (KEYS[3], 0), (KEYS[4], 0)]
 
 
-def merged(keepalive: Sequence[tuple[str, Any]], options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """``options`` with the keepalive options they do not set themselves (theirs win)."""
-    given = {key for key, _ in options}
-    return [option for option in keepalive if option[0] not in given] + list(options)
-
-
 def server_options(keepalive: Sequence[float], options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
     """What a network server adds to ``options`` so that hosts' keepalive pings are welcome: pings as often
     as every ``keepalive[0]`` seconds (the server's own keepalive interval; at most the hosts' default,
