@@ -3,7 +3,9 @@ repeated channel argument, so plugbay leaves out a default the user names."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig, RemoteClient, RemoteConfig  # noqa: E402
+from plugbay.core.protocol.handshake import parse_handshake_line  # noqa: E402
 
 KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 SMALL = [("grpc.max_receive_message_length", 1000)]
@@ -106,3 +109,32 @@ def test_a_plugins_server_option_overrides_plugbays_own(tmp_path: Path) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             other.bind((host, int(port)))
+
+
+def test_a_multiplexed_endpoint_takes_replies_past_grpcs_4_mib(tmp_path: Path) -> None:
+    """plugbay's channels receive messages of any size a plugin's server sends; a multiplexed endpoint's
+    channel was made with the user's options only, so grpc's 4 MiB default refused larger replies."""
+    from tests import netcerts
+    from tests.test_network_broker import host_tls
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    folder = tmp_path / "kv"
+    folder.mkdir()
+    (folder / "kv_big").write_bytes(b"y" * (5 << 20))  # the KV plugin's Get answers its file
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"PYTHONPATH": str(REPO / "src"), "PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0",
+                "PLUGBAY_NETWORK_CERT": str(certs.cert_file), "PLUGBAY_NETWORK_KEY": str(certs.key_file),
+                "PLUGBAY_NETWORK_CLIENT_CA": str(certs.client_ca_file)})
+    proc = subprocess.Popen(KV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=folder)
+    try:
+        assert proc.stdout is not None
+        address = parse_handshake_line(proc.stdout.readline().decode()).address
+        config = RemoteConfig(target=f"static:///{address}", handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                              tls=host_tls(certs), multiplex=True, call_timeout=20.0, name="kv-big")
+        with RemoteClient(config) as client:
+            assert client.multiplexed
+            assert client.dispense(PLUGIN_NAME).get("big") == b"y" * (5 << 20)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err[-2000:]

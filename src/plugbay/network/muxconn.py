@@ -29,7 +29,8 @@ from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.relay import DRAIN_TIMEOUT, ContextSource, TLSRelay
-from plugbay.core.transport.secure import Redial, grpc_target
+from plugbay.core.transport.grpcoptions import with_defaults
+from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.core.transport.sockets import open_listener
 from plugbay.errors import BrokerError
 from plugbay.network.resolver import Endpoint
@@ -64,8 +65,10 @@ class MuxEndpoint(DelegatingChannel):
             # the relay accepts at once and dials the plugin per connection: nothing blocks here
             self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None, keepalive=keepalive)
             local = self._mux.local_address
-            self._channel = grpc.insecure_channel(grpc_target(*local), options=list(options))
-            self.redial = Redial(grpc_target(*local), None, list(options))  # an AsyncRemoteClient's way in
+            # plugbay's message limits as every other channel of its has (grpc's own: 4 MiB received)
+            opts = with_defaults(CHANNEL_OPTIONS, options)
+            self._channel = grpc.insecure_channel(grpc_target(*local), options=opts)
+            self.redial = Redial(grpc_target(*local), None, opts)  # an AsyncRemoteClient's way in
         except BaseException:
             self.close()
             raise
