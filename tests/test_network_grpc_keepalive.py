@@ -33,10 +33,12 @@ from plugbay.network import AsyncRemoteClient
 from tests import gobuild
 from tests.net_util import HANDSHAKE, PLUGINS, Replica
 
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402  (examples/kv, on the path through tests.net_util)
+
 REPO = Path(__file__).resolve().parent.parent
 KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
-FIGURES = (1.0, 1.0)
-# what grpc_keepalive=(1, 1) sets, spelled out: a client that pings as the pool does, on any code
+FIGURES = (1.0, 1.0, 2.0)  # interval, timeout, ping timeout
+# what grpc_keepalive=(1, 1, ...) sets, spelled out: a client that pings as the pool does, on any code
 RAW_PINGS = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 1000),
              ("grpc.keepalive_permit_without_calls", 0), ("grpc.http2.max_pings_without_data", 0)]
 QUIET = 5.0  # seconds of an idle stream: 4+ ping intervals; grpc-core's refusal comes at the third ping
@@ -135,10 +137,45 @@ def test_an_asyncio_stream_without_deadline_to_a_stopped_replica_ends_typed(repl
 
 
 def test_bad_figures_are_refused_when_the_client_is_made() -> None:
-    for bad in ((30.0,), (30.0, 0.0), (-1.0, 10.0), (float("inf"), 10.0), ("30", "10"), (True, 10.0), 30.0):
+    for bad in ((30.0,), (30.0, 0.0), (-1.0, 10.0), (float("inf"), 10.0), ("30", "10"), (True, 10.0), 30.0,
+                (30.0, 10.0, 5.0), (30.0, 10.0, 60.0, 1.0)):
         with pytest.raises(ConfigError, match="grpc_keepalive"):
             RemoteClient(remote("127.0.0.1:1", grpc_keepalive=bad))
     RemoteClient(remote("127.0.0.1:1", grpc_keepalive=())).kill()
+
+
+def test_a_slow_download_longer_than_the_keepalive_timeout_is_not_cut(tmp_path: Path) -> None:
+    """gRPC's flow-control probe, sent as a large reply starts, is answered behind the reply's bytes queued
+    on a slow link: the ping timeout (the third figure) bounds it, not the keepalive timeout, which cut
+    such a download that was working ("ping timeout")."""
+    data = os.urandom(300_000)  # 3 s at 100 kB/s, three times the keepalive timeout
+    (tmp_path / "kv_big").write_bytes(data)  # the KV plugin's Get answers its file
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"PYTHONPATH": str(REPO / "src"), "PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0",
+                "PLUGBAY_NETWORK_INSECURE": "1"})
+    plugin = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=env, cwd=tmp_path)
+    procs = [plugin]
+    try:
+        assert plugin.stdout is not None
+        address = parse_handshake_line(plugin.stdout.readline().decode()).address
+        link = subprocess.Popen([sys.executable, str(REPO / "tests" / "plugins" / "slow_link.py"), address,
+                                 "100000"], stdout=subprocess.PIPE)
+        procs.append(link)
+        assert link.stdout is not None
+        port = int(link.stdout.readline())
+        config = remote(f"127.0.0.1:{port}", grpc_keepalive=(1.0, 1.0, 20.0), health_interval=60.0,
+                        health_timeout=20.0)
+        with RemoteClient(config) as client:
+            client.start()
+            reply = kv_pb2_grpc.KVStub(client.channel).Get(kv_pb2.GetRequest(key="big"), timeout=30)
+            assert reply.value == data
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 # --- the servers' side: no "too many pings" --------------------------------------------------------
@@ -203,6 +240,6 @@ def test_the_gateway_takes_pings_at_its_keepalive_interval_on_an_idle_stream(in_
     from plugbay.network.gateway import Gateway, GatewayConfig
 
     cfg = GatewayConfig(cmd=[str(gobuild.build_go("kv_plugin"))], cookie=("BASIC_PLUGIN", "hello"),
-                        listen="127.0.0.1:0", insecure=True, plugins=("kv_grpc",), keepalive=FIGURES)
+                        listen="127.0.0.1:0", insecure=True, plugins=("kv_grpc",), keepalive=FIGURES[:2])
     with Gateway(cfg) as gw, grpc.insecure_channel(gw.address, options=RAW_PINGS) as channel:
         _idle_watch_stays_open(channel)

@@ -58,7 +58,7 @@ class EndpointPool(PoolHealth, CallChannel):
                  no_deadline_wait: float = 10.0, drain_timeout: float = 5.0,
                  options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
                  connector: Callable[[Endpoint], grpc.Channel] | None = None,
-                 keepalive: tuple[float, float] | None = grpcping.DEFAULT) -> None:
+                 keepalive: tuple[float, ...] | None = grpcping.DEFAULT) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
         if tls is None and not insecure:

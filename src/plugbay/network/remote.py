@@ -111,9 +111,11 @@ class RemoteConfig:
     brokered: bool = True
     mux_keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
     # plain gRPC connections (not multiplexed): one with calls in flight and nothing arriving for [0]
-    # seconds is pinged, and closed, its calls failing UNAVAILABLE, when no answer comes within [1];
-    # None: off (a stream without deadline to a stopped or cut-off endpoint then waits for good)
-    grpc_keepalive: tuple[float, float] | None = GRPC_KEEPALIVE
+    # seconds is pinged, and closed, its calls failing UNAVAILABLE, when no answer comes within [1], or
+    # when any ping (gRPC's flow-control probes too) goes unanswered for [2] (default 60: above what a
+    # slow link may queue before the answer); None: off (a stream without deadline to a stopped or
+    # cut-off endpoint then waits for good)
+    grpc_keepalive: tuple[float, ...] | None = GRPC_KEEPALIVE
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""

@@ -10,10 +10,14 @@ UNAVAILABLE (a typed plugbay error above), and the next call dials again.
 The figures default to the multiplexed connection's (go's yamux: 30 s, 10 s;
 plugbay.core.transport.keepalive), which covers multiplexed connections itself.
 
-grpc-core bounds every ping it has sent by its own ping timeout (a minute once
-keepalive is on), and a keepalive ping due while another ping (a flow-control
-probe) is unanswered waits on that one: the ping timeout is set to ``timeout``
-too, or a silent peer would be found only a minute later.
+grpc-core bounds every ping it has sent by its ping timeout, the optional third
+figure (``ping_timeout``, default a minute, grpc-core's own once keepalive is
+on), and a keepalive ping due while another ping (a flow-control probe) is
+unanswered waits on that one: a silent peer is found within ``interval`` +
+``ping_timeout``. It is not ``timeout``: a flow-control probe sent as a large
+reply starts is answered only once the bytes queued before its answer have
+arrived, and on a slow link that buffers (a tunnel, a port-forward) 10 s of
+them cut a working download ("ping timeout").
 
 grpc-core servers count pings that come sooner than
 ``grpc.http2.min_ping_interval_without_data_ms`` (5 minutes) after the last
@@ -32,7 +36,9 @@ from plugbay.errors import ConfigError
 
 INTERVAL = 30.0
 TIMEOUT = 10.0
-DEFAULT = (INTERVAL, TIMEOUT)  # as plugbay.core.transport.keepalive.DEFAULT (not imported: that module is yamux's)
+PING_TIMEOUT = 60.0
+# the first two as plugbay.core.transport.keepalive.DEFAULT (not imported: that module is yamux's)
+DEFAULT = (INTERVAL, TIMEOUT, PING_TIMEOUT)
 KEYS = ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms",
         "grpc.keepalive_permit_without_calls", "grpc.http2.max_pings_without_data")
 PERMIT_KEY = "grpc.http2.min_ping_interval_without_data_ms"
@@ -42,17 +48,22 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def check(figures: object, what: str) -> tuple[float, float] | None:
-    """``(INTERVAL, TIMEOUT)`` in seconds, both finite and > 0; None or () turn the keepalive off."""
+def check(figures: object, what: str) -> tuple[float, float, float] | None:
+    """``(INTERVAL, TIMEOUT[, PING_TIMEOUT])`` in seconds, finite and > 0, PING_TIMEOUT (default 60) at least
+    TIMEOUT; None or () turn the keepalive off."""
     if figures is None or (isinstance(figures, (tuple, list)) and not figures):
         return None
-    if (not isinstance(figures, (tuple, list)) or len(figures) != 2
+    if (not isinstance(figures, (tuple, list)) or len(figures) not in (2, 3)
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-                       for x in figures)):
-        raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT) in seconds, both > 0, for example (30.0, 10.0):"
-                          " a connection with calls in flight and nothing arriving for INTERVAL is pinged and"
-                          f" closed when no answer comes within TIMEOUT; or None to turn it off; got {figures!r}")
-    return float(figures[0]), float(figures[1])
+                       for x in figures)
+            or (len(figures) == 3 and figures[2] < figures[1])):
+        raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT[, PING_TIMEOUT]) in seconds, all > 0, for example"
+                          " (30.0, 10.0, 60.0): a connection with calls in flight and nothing arriving for INTERVAL"
+                          " is pinged and closed when no answer comes within TIMEOUT, or when any ping (gRPC's"
+                          " flow-control probes too) goes unanswered for PING_TIMEOUT (default 60, at least TIMEOUT;"
+                          f" keep it above what a slow link may queue); or None to turn it off; got {figures!r}")
+    ping_timeout = float(figures[2]) if len(figures) == 3 else max(PING_TIMEOUT, float(figures[1]))
+    return float(figures[0]), float(figures[1]), ping_timeout
 
 
 def channel_options(figures: object, what: str = "grpc_keepalive") -> list[tuple[str, Any]]:
@@ -60,11 +71,11 @@ def channel_options(figures: object, what: str = "grpc_keepalive") -> list[tuple
     checked = check(figures, what)
     if checked is None:
         return []
-    interval, timeout = checked
+    interval, timeout, ping_timeout = checked
     # pings only while calls are in flight (on an idle connection the pool's health checks, with
     # their deadlines, find a silent peer), and as many as it takes without data (grpc-core's
     # default stops after 2)
-    return [(KEYS[0], _ms(interval)), (KEYS[1], _ms(timeout)), (KEYS[2], _ms(timeout)), (KEYS[3], 0), (KEYS[4], 0)]
+    return [(KEYS[0], _ms(interval)), (KEYS[1], _ms(timeout)), (KEYS[2], _ms(ping_timeout)), (KEYS[3], 0), (KEYS[4], 0)]
 
 
 def server_options(keepalive: Sequence[float], options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
