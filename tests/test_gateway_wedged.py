@@ -60,3 +60,15 @@ def test_a_stopped_child_turns_health_not_serving_and_serving_again_when_it_answ
         assert health.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=5).status == SERVING
     changes = [r.getMessage() for r in caplog.records if "health check" in r.getMessage()]
     assert len(changes) == 2 and "did not answer" in changes[0] and "again" in changes[1], changes
+
+
+def test_a_keepalive_timeout_without_limit_keeps_a_healthy_child_serving(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
+    """TIMEOUT inf (accepted: "no limit") went to the checks as their deadline, which grpcio fails at once:
+    a working child counted as not answering, and the gateway said NOT_SERVING for good."""
+    with Gateway(config(kv_bin, certs, keepalive=(0.3, float("inf")))) as gw, secure(certs, gw.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 3.0  # ten check intervals
+        while time.monotonic() < deadline:
+            assert health.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=5).status == SERVING
+            time.sleep(0.2)

@@ -21,11 +21,15 @@ from collections.abc import Callable
 
 import grpc
 
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.grpc.health.v1 import health_pb2
 
 log = logging.getLogger("plugbay.gateway")
 
 MISSES = 2
+_CHECK = "/grpc.health.v1.Health/Check"
+# grpcio fails a call at once whose deadline it cannot hold (1e10 s, inf: DEADLINE_EXCEEDED), and a
+# keepalive TIMEOUT may be inf ("no limit"): an hour stands for it
+_MAX_DEADLINE = 3600.0
 # past its deadline, the call's own future gets this long to end before it is counted a miss anyway
 _LATE = 1.0
 # answers of a server without a health entry for "plugin": still a child that answers
@@ -64,9 +68,13 @@ class ChildProbe:
             self._settle(call.done() and _answered(call), now)
         if channel is None or now < self._next:
             return
-        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        # an unregistered method, as forward.py's: registering one on a channel closed meanwhile (the
+        # child killed) crashes grpcio, while a call on it raises ValueError
+        check = channel.unary_unary(_CHECK, request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
         try:
-            self._call = stub.Check.future(health_pb2.HealthCheckRequest(service="plugin"), timeout=self.timeout)
+            self._call = check.future(health_pb2.HealthCheckRequest(service="plugin"),
+                                      timeout=min(self.timeout, _MAX_DEADLINE))
         except ValueError:  # closed: the child is being replaced, and the next one's channel is checked
             return
         self._sent = now
