@@ -51,7 +51,7 @@ def _fill(channel: grpc.Channel, count: int, refusals: int) -> list[grpc.Future]
 
 def test_busy_forwarded_calls_leave_health_and_discovery_answering() -> None:
     cap = 48  # GatewayConfig.max_calls's default
-    # one peer address may take them all here (by default a quarter: see the per-peer test below)
+    # one peer address may take them all here (by default three quarters: see the per-peer test below)
     with Gateway(config(max_peer_calls=cap)) as gateway, grpc.insecure_channel(gateway.address) as ch:
         assert ch.unary_unary("/gwchild.S/Fast")(b"", timeout=10) == b"fast"
         calls = _fill(ch, cap + 16, 16)  # the gateway used to have 64 threads for everything
@@ -117,16 +117,16 @@ def test_one_host_holding_calls_open_leaves_the_others_theirs() -> None:
     with Gateway(dataclasses.replace(config(max_calls=8), listen="localhost:0")) as gw:
         port = gw.address.rpartition(":")[2]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as greedy, grpc.insecure_channel(f"[::1]:{port}") as other:
-            calls = _fill(greedy, 8, 6)
+            calls = _fill(greedy, 8, 2)  # its share by default: all but a quarter, 6
             try:
                 refused = [call for call in calls if call.done()]
-                assert len(refused) == 6, f"{len(refused)} of one host's 8 held calls were refused"
+                assert len(refused) == 2, f"{len(refused)} of one host's 8 held calls were refused"
                 assert all(call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for call in refused)
                 details = str(refused[0].details())
-                assert "127.0.0.1 already has 2 calls" in details and "--max-peer-calls 2" in details, details
+                assert "127.0.0.1 already has 6 calls" in details and "--max-peer-calls 6" in details, details
                 assert other.unary_unary("/gwchild.S/Fast")(b"", timeout=10) == b"fast"
                 held = _fill(other, 2, 0)
-                assert not any(call.done() for call in held)  # its own share, whole
+                assert not any(call.done() for call in held)  # the quarter kept for the others
                 for call in held:
                     call.cancel()
             finally:
@@ -145,7 +145,8 @@ def test_max_peer_calls_from_the_command_line_and_checked() -> None:
     for value in (0, True, 2.5):
         with pytest.raises(ConfigError, match="max_peer_calls"):
             Gateway(config(max_peer_calls=value))
-    assert Gateway(config()).peer_calls == 12 and Gateway(config(max_calls=2)).peer_calls == 1
+    assert Gateway(config()).peer_calls == 36 and Gateway(config(max_calls=2)).peer_calls == 2
+    assert Gateway(config(max_calls=1)).peer_calls == 1
     assert Gateway(config(max_calls=4, max_peer_calls=9)).peer_calls == 4
 
 

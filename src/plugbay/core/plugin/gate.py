@@ -106,6 +106,8 @@ class HandlerGate:
 
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
+        if not self._slots.acquire(blocking=False):  # all taken: that is the reason, whoever holds them
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
         share = self.peer_limit
         peer = peer_address(str(context.peer())) if share is not None else None
         if peer is not None and share is not None:
@@ -114,10 +116,8 @@ class HandlerGate:
                 if held < share:
                     self._peers[peer] = held + 1
             if held >= share:
+                self._slots.release()
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._peer_refusal.format(peer=peer, held=held))
-        if not self._slots.acquire(blocking=False):
-            self._leave_peer(peer)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
         return peer
 
     def _leave_peer(self, peer: str | None) -> None:

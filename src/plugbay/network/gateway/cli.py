@@ -69,7 +69,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")
     p.add_argument("--max-peer-calls", default=default("MAX_PEER_CALLS", ""), metavar="N",
                    help="of those, at most N from one peer IP address, so one host cannot take them all"
-                        " (default: a quarter of --max-calls; not applied with --multiplex)")
+                        " (default: three quarters of --max-calls; not applied with --multiplex)")
     p.add_argument("--max-message", default=default("MAX_MESSAGE", str(DEFAULT_MAX_MESSAGE)), metavar="BYTES",
                    help="largest request message forwarded; a larger one is refused with RESOURCE_EXHAUSTED"
                         f" before the gateway buffers it (default {DEFAULT_MAX_MESSAGE}, 4 MiB, as go-plugin's)")

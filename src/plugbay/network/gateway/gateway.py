@@ -124,7 +124,7 @@ class GatewayConfig:
     # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
     max_calls: int = DEFAULT_MAX_CALLS
-    # of those, at most this many from one peer IP address (None: a quarter of max_calls, at least 1), so
+    # of those, at most this many from one peer IP address (None: three quarters of max_calls, at least 1), so
     # that one host holding calls open cannot refuse every other host's; not applied with multiplex=True,
     # where plain gRPC reaches the gateway through its front's private socket, without the peer's address
     max_peer_calls: int | None = None
@@ -215,7 +215,8 @@ class Gateway:
     def peer_calls(self) -> int:
         """Forwarded calls one peer address may have running at once."""
         cfg = self.config
-        share = max(1, cfg.max_calls // 4) if cfg.max_peer_calls is None else cfg.max_peer_calls
+        # all but a quarter by default: hosts behind one address (a NAT, a sidecar proxy) share it
+        share = max(1, cfg.max_calls - cfg.max_calls // 4) if cfg.max_peer_calls is None else cfg.max_peer_calls
         return min(share, cfg.max_calls)
 
     def _session(self, conn: socket.socket, path: str, peer: str) -> ChildSession:
@@ -300,9 +301,8 @@ class Gateway:
             " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
             " with a higher --max-calls"), peer_limit=None if self.config.multiplex else self.peer_calls,
             peer_refusal=f"{{peer}} already has {{held}} calls forwarded by the gateway, the most one peer address"
-            f" may (--max-peer-calls {self.peer_calls}, PLUGBAY_GATEWAY_MAX_PEER_CALLS; a quarter of --max-calls"
-            " by default), so that other hosts' calls still get through; earlier calls have not returned. Retry"
-            " later, or raise --max-peer-calls")
+            f" may (--max-peer-calls {self.peer_calls}, PLUGBAY_GATEWAY_MAX_PEER_CALLS), so that other hosts'"
+            " calls still get through; earlier calls have not returned. Retry later, or raise --max-peer-calls")
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
             ("grpc.max_receive_message_length", self.config.max_message),
