@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
@@ -69,18 +70,24 @@ class SessionCloser:
                 self._run(inline=True)
 
     def _run(self, inline: bool = False) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    if not inline:
-                        self._threads.discard(threading.current_thread())
-                    return
-                session = self._queue.popleft()
-            try:
-                _close_session(session)
-            finally:
+        try:
+            while True:
                 with self._lock:
-                    self._pending -= 1
+                    if not self._queue:  # gone from _threads under the lock that queues: none is stranded
+                        if not inline:
+                            self._threads.discard(threading.current_thread())
+                        return
+                    session = self._queue.popleft()
+                try:
+                    _close_session(session)
+                finally:
+                    with self._lock:
+                        self._pending -= 1
+        except BaseException:  # (SystemExit in a close): not counted a worker any more; drain() starts others
+            if not inline:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+            raise
 
     def drain(self, workers: int = SHUTDOWN_CLOSERS) -> None:
         """Close everything queued, on up to ``workers`` threads at once, and wait for every close."""
@@ -93,4 +100,7 @@ class SessionCloser:
             if not threads:
                 return
             for thread in threads:
+                if thread.ident is None:  # being started by a close_later() on another thread
+                    time.sleep(0.01)
+                    break
                 thread.join()

@@ -265,8 +265,9 @@ class NetworkFront:
         with self._lock:
             if len(self._sessions) + being_closed >= MAX_SESSIONS:
                 if self._log_due(None):
-                    log.warning("refusing brokering hosts: %d sessions are open already, the most this process"
-                                " may (MAX_SESSIONS; logged once per %gs)", MAX_SESSIONS, REFUSAL_LOG_EVERY)
+                    log.warning("refusing brokering hosts: %d sessions are open already (%d of them being"
+                                " closed), the most this process may (MAX_SESSIONS; logged once per %gs)",
+                                MAX_SESSIONS, being_closed, REFUSAL_LOG_EVERY)
                 conn.close()
                 return
             self._count += 1
