@@ -107,6 +107,23 @@ def test_a_log_that_cannot_be_reopened_is_given_up_with_a_warning(server: StandI
         reader.join(10)
 
 
+@pytest.mark.timeout(60)
+def test_a_failed_read_of_the_pod_at_the_logs_first_open_does_not_fail_the_start(server: StandIn,
+                                                                                 kubeconfig: str) -> None:
+    """The read that checks the log's pod (its UID) after the first open turned one 500 on GET pods into a
+    failed start, though the watch had just seen the pod Running: the log is followed all the same."""
+    server.fail("get", "pods")
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=[sys.executable, "-c", TICKER],
+                              start_timeout=20, api_timeout=2)
+    try:
+        runner.start(LaunchSpec(env={}))
+        assert server.calls.get(("get", "pods"), 0) >= 1  # the read was made, and failed
+        assert next(runner.stderr_lines()) == "line 0"
+    finally:
+        server.allow_all()
+        runner.kill(0)
+
+
 def test_the_stand_ins_log_is_the_apis() -> None:
     """Stamps as Go's RFC3339Nano; sinceTime in whole seconds, so lines of its second come again."""
     stamp = stamp_now()

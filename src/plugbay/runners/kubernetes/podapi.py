@@ -98,10 +98,11 @@ class PodApi:
         except (RunnerError, ValueError):
             return []
 
-    def open_log(self, since_seconds: int | None) -> Any:
+    def open_log(self, since_seconds: int | None, first: bool = False) -> Any:
         """The plugin's log, followed, each line stamped (logs.PodLogs takes the stamps off): bounded until
         the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen).
-        RunnerError when, once opened, a read does not find the runner's pod (its UID) under its name."""
+        RunnerError when, once opened, a read does not find the runner's pod (its UID) under its name, or
+        (``first`` False: a reopen) when that read fails."""
         resp = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
                          container=pods.CONTAINER_NAME, follow=True, timestamps=True, _preload_content=False,
                          **({"since_seconds": since_seconds} if since_seconds is not None else {}))
@@ -113,6 +114,15 @@ class PodApi:
             # after the open that still finds its UID proves the stream is the plugin's.
             try:
                 pod = self.read_pod()
+            except RunnerError:
+                if not first:
+                    resp.close()
+                    raise
+                # The first open follows the watch seeing this UID Running an instant before: a read
+                # failing then (a 500, a 429, a timeout) says nothing against the stream, and must not
+                # fail a start that went well. A reopen has no such proof, so its failed read counts
+                # as a failed reopen (logs.PodLogs tries again).
+                return resp
             except BaseException:
                 resp.close()
                 raise

@@ -227,7 +227,7 @@ class KubernetesRunner(PodTeardown, Runner):
     # --- logs: handshake to stdout, everything else to stderr ----------------------
 
     def _follow_logs(self) -> None:
-        first = self._pod.open_log(None)  # in the caller: a 403 or an unreachable API fails start()
+        first = self._pod.open_log(None, first=True)  # in the caller: a 403 or unreachable API fails start()
         watched = self._podwatch
         self._logs.follow(first, self._pod.open_log, lambda: not watched.stop.is_set() and not watched.gone
                           and pods.is_running(watched.pod or {}))
