@@ -339,3 +339,41 @@ def test_the_log_of_a_pod_that_took_the_plugin_pods_name_is_not_followed(server:
             api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
         except client.ApiException:
             pass
+
+
+@pytest.mark.timeout(60)
+def test_a_log_opened_on_a_stranger_holding_the_pods_name_is_refused_by_its_uid(server: StandIn,
+                                                                                kubeconfig: str) -> None:
+    """Reads work and find a pod under the name, but another one (its UID): the (re)opened stream is the
+    stranger's and is closed, on a reopen and on a first open alike."""
+    from kubernetes import client, config
+
+    runner = _runner(kubeconfig, "import time\nwhile True: print('mine', flush=True); time.sleep(0.1)",
+                     api_timeout=2)
+    api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
+    try:
+        server.delete_pod("default", runner.pod_name, 0)
+        assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
+        api.create_namespaced_pod("default", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
+            "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": [
+                sys.executable, "-c", "import time\nwhile True: print('stranger', flush=True); time.sleep(0.1)"]}]}})
+
+        def stranger_logs() -> bool:  # its log opens: only the UID comparison can refuse it
+            try:
+                return "stranger" in api.read_namespaced_pod_log(runner.pod_name, "default", container="plugin")
+            except client.ApiException:
+                return False
+        assert until(stranger_logs, 10)
+        for first in (False, True):
+            with pytest.raises(RunnerError, match="its log is not followed"):
+                runner._pod.open_log(5, first=first)
+    finally:
+        try:
+            runner.kill(0)
+        except RunnerError:
+            pass  # the stranger has the name: the UID precondition refuses it (409), the runner closes up
+        try:
+            api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
+        except client.ApiException:
+            pass
