@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,6 +17,7 @@ from tests.net_util import HANDSHAKE as NET_HANDSHAKE
 from tests.net_util import PLUGIN_NAME as NET_PLUGIN
 from tests.net_util import PLUGINS as NET_PLUGINS
 from tests.net_util import Replica
+from tests.test_network_grpc_keepalive import replica  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -64,15 +64,6 @@ def test_a_users_message_limit_applies_to_the_plugins_connection() -> None:
         with pytest.raises(grpc.RpcError) as err:
             kv.get("big")
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
-
-
-@pytest.fixture()
-def replica() -> Iterator[Replica]:
-    rep = Replica("127.0.0.1:0")
-    try:
-        yield rep
-    finally:
-        rep.stop()
 
 
 def test_a_users_message_limit_applies_to_a_pools_endpoints(replica: Replica) -> None:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -304,6 +305,29 @@ def test_a_watch_event_without_the_pods_uid_is_not_taken_for_the_pod(server: Sta
         runner.kill(0)
 
 
+def _stranger_takes_the_name(server: StandIn, api: Any, runner: KubernetesRunner) -> None:
+    """The runner's pod is deleted and another pod, printing "stranger", is made under its name."""
+    server.delete_pod("default", runner.pod_name, 0)
+    assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
+    api.create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
+        "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": [
+            sys.executable, "-c", "import time\nwhile True: print('stranger', flush=True); time.sleep(0.1)"]}]}})
+
+
+def _end_with_the_stranger(api: Any, runner: KubernetesRunner) -> None:
+    from kubernetes import client
+
+    try:
+        runner.kill(0)
+    except RunnerError:
+        pass  # the stranger has the name: the UID precondition refuses it (409), the runner closes up
+    try:
+        api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
+    except client.ApiException:
+        pass
+
+
 @pytest.mark.timeout(60)
 def test_the_log_of_a_pod_that_took_the_plugin_pods_name_is_not_followed(server: StandIn, kubeconfig: str) -> None:
     """The plugin's log ends with its pod; the log API reads by name, so a reopen while the API could not
@@ -318,12 +342,7 @@ def test_the_log_of_a_pod_that_took_the_plugin_pods_name_is_not_followed(server:
         assert next(lines) == "mine"
         server.fail("watch", "pods")  # the watch and the reads cannot tell the pod went
         server.fail("get", "pods")
-        server.delete_pod("default", runner.pod_name, 0)
-        assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
-        api.create_namespaced_pod("default", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
-            "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": [
-                sys.executable, "-c", "import time\nwhile True: print('stranger', flush=True); time.sleep(0.1)"]}]}})
+        _stranger_takes_the_name(server, api, runner)
         seen: list[str] = []
         reader = threading.Thread(target=lambda: seen.extend(lines), daemon=True)
         reader.start()
@@ -331,14 +350,7 @@ def test_the_log_of_a_pod_that_took_the_plugin_pods_name_is_not_followed(server:
         assert "stranger" not in seen
     finally:
         server.allow_all()
-        try:
-            runner.kill(0)
-        except RunnerError:
-            pass  # the stranger has the name: the UID precondition refuses it (409), the runner closes up
-        try:
-            api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
-        except client.ApiException:
-            pass
+        _end_with_the_stranger(api, runner)
 
 
 @pytest.mark.timeout(60)
@@ -352,12 +364,7 @@ def test_a_log_opened_on_a_stranger_holding_the_pods_name_is_refused_by_its_uid(
                      api_timeout=2)
     api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
     try:
-        server.delete_pod("default", runner.pod_name, 0)
-        assert until(lambda: server.store.get("default", runner.pod_name) is None, 10)
-        api.create_namespaced_pod("default", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": runner.pod_name, "labels": {"app": "other"}},
-            "spec": {"containers": [{"name": "plugin", "image": "other/app:1", "command": [
-                sys.executable, "-c", "import time\nwhile True: print('stranger', flush=True); time.sleep(0.1)"]}]}})
+        _stranger_takes_the_name(server, api, runner)
 
         def stranger_logs() -> bool:  # its log opens: only the UID comparison can refuse it
             try:
@@ -369,11 +376,4 @@ def test_a_log_opened_on_a_stranger_holding_the_pods_name_is_refused_by_its_uid(
             with pytest.raises(RunnerError, match="its log is not followed"):
                 runner._pod.open_log(5, first=first)
     finally:
-        try:
-            runner.kill(0)
-        except RunnerError:
-            pass  # the stranger has the name: the UID precondition refuses it (409), the runner closes up
-        try:
-            api.delete_namespaced_pod(runner.pod_name, "default", grace_period_seconds=0)
-        except client.ApiException:
-            pass
+        _end_with_the_stranger(api, runner)

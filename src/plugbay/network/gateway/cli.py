@@ -111,33 +111,27 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         keepalive = keepalive_figures(str(args.keepalive), "--keepalive")
     except ConfigError as exc:
         parser.error(str(exc))
-    try:
-        max_calls = int(str(args.max_calls))
-    except ValueError:
-        max_calls = 0
-    if max_calls < 1:
-        parser.error(f"--max-calls must be a positive integer, the forwarded calls at once (got {args.max_calls!r})")
-    max_peer_calls: int | None = None
-    if str(args.max_peer_calls):
-        try:
-            max_peer_calls = int(str(args.max_peer_calls))
-        except ValueError:
-            max_peer_calls = 0
-        if max_peer_calls < 1:
-            parser.error(f"--max-peer-calls must be a positive integer, the forwarded calls at once from one peer"
-                         f" address (got {args.max_peer_calls!r}), for example --max-peer-calls 12")
-    try:
-        max_message = int(str(args.max_message))
-    except ValueError:
-        max_message = 0
-    if max_message < 1:
-        parser.error(f"--max-message must be a positive integer, the bytes of one request message (got"
-                     f" {args.max_message!r}), for example --max-message {DEFAULT_MAX_MESSAGE}")
+    max_calls = _positive(parser, args.max_calls, "--max-calls", "the forwarded calls at once", "48")
+    max_peer_calls = None if not str(args.max_peer_calls) else _positive(
+        parser, args.max_peer_calls, "--max-peer-calls", "the forwarded calls at once from one peer address", "36")
+    max_message = _positive(parser, args.max_message, "--max-message", "the bytes of one request message",
+                            str(DEFAULT_MAX_MESSAGE))
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
                          max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message)
+
+
+def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str) -> int:
+    """``given`` as a positive int, or a usage error saying what ``flag`` takes."""
+    try:
+        value = int(str(given))
+    except ValueError:
+        value = 0
+    if value < 1:
+        parser.error(f"{flag} must be a positive integer, {what} (got {given!r}), for example {flag} {example}")
+    return value
 
 
 def _start_unless_stopped(gateway: Gateway, stop: threading.Event) -> bool:
