@@ -75,14 +75,14 @@ class EndpointPool(PoolHealth, CallChannel):
         # gRPC's failure details tell TLS problems only when gRPC does the TLS (not through a connector's relay)
         self.diagnose_tls = connector is None
         # gRPC's keepalive on plain gRPC connections (a connector's have their own: the yamux keepalive)
-        self._keepalive = grpcping.channel_options(keepalive, "keepalive") if connector is None else []
+        pings = grpcping.channel_options(keepalive, "keepalive") if connector is None else []
         self.health_interval, self.health_timeout = health_interval, health_timeout
         self.unhealthy_after = unhealthy_after
         self.no_deadline_wait = no_deadline_wait
         self.drain_timeout = drain_timeout
         if tls is not None:
             tls.files()  # a bad file fails here; renewed files reach every endpoint (_follow_files)
-        self._options = with_defaults([*CHANNEL_OPTIONS, *(tls.options() if tls else [])], options)
+        self._options = with_defaults([*CHANNEL_OPTIONS, *(tls.options() if tls else []), *pings], options)
         self._resolver = resolver
         self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
         self._cond = threading.Condition()
@@ -155,7 +155,7 @@ class EndpointPool(PoolHealth, CallChannel):
         # the files as they are now (a stat, a read per change); renewed later: PoolHealth._follow_files
         files = self.tls.files() if self.tls is not None else None
         creds = files.credentials() if files is not None else None
-        options = with_defaults(self._keepalive, self._options)  # the grpc.aio twin dials with them too
+        options = self._options  # the grpc.aio twin dials with them too (Redial)
         channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
         return Member(endpoint, channel, Redial(target, creds, options), files)
 

@@ -172,12 +172,12 @@ class _PluginServer:
         self._install_signals()
         version, plugin_set = protocol_version(self.config, self.env)
         defaults = [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS)]
-        options = with_defaults(defaults, self.config.grpc_server_options)
         network = self.config.network
         if network is not None:  # hosts' keepalive pings (RemoteConfig.grpc_keepalive) are welcome
             from plugbay.core.transport.grpcping import server_options
 
-            options += server_options(network.keepalive, options)
+            defaults += server_options(network.keepalive)
+        options = with_defaults(defaults, self.config.grpc_server_options)
         self.grpc = grpc.server(self.executor, options=options)
         self._plugin_set, self._version = plugin_set, version
         tls: ServerTLS | None = None

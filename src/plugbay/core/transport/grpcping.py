@@ -78,11 +78,9 @@ def channel_options(figures: object, what: str = "grpc_keepalive") -> list[tuple
     return [(KEYS[0], _ms(interval)), (KEYS[1], _ms(timeout)), (KEYS[2], _ms(ping_timeout)), (KEYS[3], 0), (KEYS[4], 0)]
 
 
-def server_options(keepalive: Sequence[float], options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """What a network server adds to ``options`` so that hosts' keepalive pings are welcome: pings as often
-    as every ``keepalive[0]`` seconds (the server's own keepalive interval; at most the hosts' default,
-    30 s, so a default host is never refused), unless ``options`` set the permit themselves."""
-    if any(key == PERMIT_KEY for key, _ in options):
-        return []
+def server_options(keepalive: Sequence[float]) -> list[tuple[str, Any]]:
+    """A network server's option that makes hosts' keepalive pings welcome: pings as often as every
+    ``keepalive[0]`` seconds (the server's own keepalive interval; at most the hosts' default, 30 s, so a
+    default host is never refused). A default: a user's own setting wins (grpcoptions.with_defaults)."""
     interval = keepalive[0] if keepalive and math.isfinite(keepalive[0]) and keepalive[0] > 0 else INTERVAL
     return [(PERMIT_KEY, _ms(min(interval, INTERVAL)))]
