@@ -26,7 +26,8 @@ from types import FrameType
 
 from plugbay.core.plugin.netconfig import keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
-from plugbay.network.gateway.gateway import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, Gateway, GatewayConfig
+from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, GatewayConfig
+from plugbay.network.gateway.gateway import Gateway
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
 _START_JOIN = 10.0  # a stopped start ends at once (its child is killed); this only bounds the wait

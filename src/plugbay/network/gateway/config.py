@@ -1,0 +1,107 @@
+"""GatewayConfig: what the gateway runs and where it listens, and the checks of it (Gateway() runs them)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
+from plugbay.errors import ConfigError
+
+# Forwarded calls at once: with RESERVED more threads for the gateway's own services, the 64
+# threads the gateway always had.
+DEFAULT_MAX_CALLS = 48
+# A forwarded request message is received whole before it is passed on, so this bounds the memory one
+# call costs the gateway. go-plugin's (gRPC-Go's) servers refuse more than 4 MiB anyway.
+DEFAULT_MAX_MESSAGE = 4 << 20
+
+
+@dataclass
+class GatewayConfig:
+    """What the gateway runs and where it listens. TLS: all three files, or ``insecure=True``."""
+
+    cmd: Sequence[str]
+    cookie: tuple[str, str]
+    listen: str = "0.0.0.0:7001"
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    insecure: bool = False
+    protocol_versions: Sequence[int] = (1,)
+    plugins: Sequence[str] = ()
+    restart: RestartPolicy = field(default_factory=lambda: RestartPolicy(
+        max_restarts=10, window=60.0, initial_backoff=0.2, max_backoff=5.0))
+    start_timeout: float = 30.0
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the child
+    cwd: str | None = None  # the child's working folder (default: the gateway's)
+    # AutoMTLS between gateway and child, as go-plugin hosts do. Off saves the OpenSSL relay hop
+    # a Go child's P-521 certificate needs, but leaves the child's socket unauthenticated locally.
+    child_mtls: bool = True
+    logger: logging.Logger | None = None
+    # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
+    multiplex: bool = False
+    # a brokering host's session: pinged after [0] quiet seconds, dropped (its child stopped) when nothing
+    # answers within [1], or when no byte could be written to it for [2] (optional, 10 s by default; also the
+    # child's session's), as NetworkServe's; the shared child: health-checked every [0] s, NOT_SERVING on no answer
+    keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE
+    # forwarded calls at once; one more is refused with RESOURCE_EXHAUSTED rather than take a
+    # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
+    max_calls: int = DEFAULT_MAX_CALLS
+    # of those, at most this many from one peer IP address (None: three quarters of max_calls, at least 1), so
+    # that one host holding calls open cannot refuse every other host's; not applied with multiplex=True,
+    # where plain gRPC reaches the gateway through its front's private socket, without the peer's address
+    max_peer_calls: int | None = None
+    # bytes of one forwarded request message, at most; a larger one is refused with RESOURCE_EXHAUSTED
+    # before it is buffered
+    max_message: int = DEFAULT_MAX_MESSAGE
+
+    def check(self) -> None:
+        if not self.cmd or not self.cmd[0]:
+            raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
+                              " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
+        cookie = self.cookie
+        if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
+                or not all(isinstance(part, str) for part in cookie)):
+            raise ConfigError(f"the gateway's cookie must be a (KEY, VALUE) pair of strings, got {cookie!r:.80};"
+                              " pass for example GatewayConfig(cookie=('BASIC_PLUGIN', 'hello')) or --cookie"
+                              " BASIC_PLUGIN=hello")
+        key, value = cookie
+        if not key or not value:
+            raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
+                              " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
+        Keepalive.of(self.keepalive, "GatewayConfig keepalive")  # every figure > 0
+        if self.multiplex and self.insecure:
+            raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
+                              " --client-ca instead of --insecure")
+        if isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int) or self.max_calls < 1:
+            raise ConfigError(f"the gateway's max_calls must be a positive int (forwarded calls at once), got"
+                              f" {self.max_calls!r}; pass for example --max-calls {DEFAULT_MAX_CALLS}")
+        if isinstance(self.max_message, bool) or not isinstance(self.max_message, int) or self.max_message < 1:
+            raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message),"
+                              f" got {self.max_message!r}; pass for example --max-message {DEFAULT_MAX_MESSAGE}")
+        peer_calls = self.max_peer_calls
+        if peer_calls is not None and (isinstance(peer_calls, bool) or not isinstance(peer_calls, int)
+                                       or peer_calls < 1):
+            raise ConfigError(f"the gateway's max_peer_calls must be a positive int (forwarded calls at once from"
+                              f" one peer address) or None, got {peer_calls!r}; pass for example"
+                              " --max-peer-calls 12")
+        versions = self.protocol_versions
+        if (isinstance(versions, str) or not isinstance(versions, Collection) or not versions
+                or not all(_whole(v) and int(v) >= 1 for v in versions)):
+            raise ConfigError(f"the gateway's protocol versions {versions!r:.80} are invalid; pass a list of positive"
+                              " integers, for example GatewayConfig(protocol_versions=[1, 2]) or"
+                              " --protocol-versions 1,2")
+        plugins = self.plugins
+        if isinstance(plugins, str) or not isinstance(plugins, Collection) or not all(
+                isinstance(name, str) and name for name in plugins):
+            raise ConfigError(f"the gateway's plugins must be a list of plugin names, got {plugins!r:.80}; pass for"
+                              " example GatewayConfig(plugins=['kv_grpc']) or --plugins kv_grpc,other")
+
+
+def _whole(value: object) -> bool:
+    """An int (not a bool), or a str of ASCII digits (int() takes ' 1', '1_0' and '١' too)."""
+    if isinstance(value, str):
+        return value.isascii() and value.isdigit() and len(value) <= 9
+    return isinstance(value, int) and not isinstance(value, bool)
