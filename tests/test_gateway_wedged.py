@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
+import grpc
+
+from plugbay import RemoteClient, RemoteConfig
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.network import NetworkTLS
 from plugbay.network.gateway import Gateway
+from plugbay.network.gateway.forward import _forwardable, _forwardable_trailer
+from plugbay.network.poolcalls import NOT_SENT, not_sent
 from tests import netcerts
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
 from tests.test_gateway import certs, config, kv_bin, pytestmark, secure  # noqa: F401 (fixtures, marks)
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402 (on the path test_gateway sets)
 
@@ -72,3 +79,91 @@ def test_a_keepalive_timeout_without_limit_keeps_a_healthy_child_serving(
         while time.monotonic() < deadline:
             assert health.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=5).status == SERVING
             time.sleep(0.2)
+
+
+def test_while_the_child_misses_its_checks_new_calls_are_refused_at_once_and_flow_again_after(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
+    """A NOT_SERVING gateway still sent new calls to its wedged child, each waiting out its deadline (or for
+    ever without one); now they are refused at once, UNAVAILABLE, marked for pools as never sent."""
+    with Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as gw, secure(certs, gw.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)  # type: ignore[no-untyped-call]
+        kv.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=10)
+        pid = gw.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # forwarded before the checks were missed: it waits for the child, and is not refused or cut
+            early = kv.Get.future(kv_pb2.GetRequest(key="k"), timeout=60)
+            _until(health, NOT_SERVING, within=15)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                kv.Get(kv_pb2.GetRequest(key="k"), timeout=30)
+            assert time.monotonic() - started < 5, "the call went to the wedged child"
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "missed its health checks" in str(refused.value.details())
+            assert "did not send it this call" in str(refused.value.details())
+            assert ("plugbay-not-sent", "1") in tuple(refused.value.trailing_metadata())
+            assert not early.done()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert early.result(timeout=30).value == b"v"
+        _until(health, SERVING, within=15)
+        assert kv.Get(kv_pb2.GetRequest(key="k"), timeout=10).value == b"v"
+        assert gw.child_pid == pid and gw.keeper.restarts == 0
+
+
+def test_a_pool_sends_the_call_a_wedged_gateway_refuses_to_the_other_gateway(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
+    """Before the pool's next health check sees the wedged gateway NOT_SERVING (here: not for an hour), the
+    calls it picks for it must not wait out their deadline: the refusal says they were never sent."""
+    tls_dir = certs.dir
+    (tls_dir / "client.crt").write_bytes(certs.client.cert_pem)
+    (tls_dir / "client.key").write_bytes(certs.client.key_pem)
+    (tls_dir / "server-ca.crt").write_bytes(certs.server_ca.cert_pem)
+    tls = NetworkTLS(str(tls_dir / "client.crt"), str(tls_dir / "client.key"), str(tls_dir / "server-ca.crt"),
+                     server_name="localhost")
+    with Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as wedged, \
+            Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as fine, secure(certs, wedged.address) as ch:
+        cfg = RemoteConfig(target=f"static:///{wedged.address},{fine.address}", handshake=HANDSHAKE,
+                           plugins=PLUGINS, tls=tls, call_timeout=30.0, health_interval=3600.0, name="kv-gateways")
+        with RemoteClient(cfg) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("k", b"v")  # both children share this folder
+            pid = wedged.child_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                _until(health_pb2_grpc.HealthStub(ch), NOT_SERVING, within=15)  # type: ignore[no-untyped-call]
+                started = time.monotonic()
+                for _ in range(4):  # round robin: the wedged gateway is picked too
+                    assert kv.get("k") == b"v"
+                assert time.monotonic() - started < 10, "a call waited for the wedged child"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            snap = client.metrics()
+            assert snap["resends"] >= 1, snap
+            assert snap["endpoints"][f"tcp:{fine.address}"]["picks"] >= 4, snap
+
+
+class _Refused(grpc.RpcError):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...]) -> None:
+        self._code, self._trailers = code, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "refused"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+def test_only_the_gateway_marks_a_call_never_sent() -> None:
+    """The child's own metadata never carries the mark through (it could mark a call it ran), and the pool
+    takes it only with UNAVAILABLE."""
+    assert not _forwardable(NOT_SENT) and not _forwardable_trailer(NOT_SENT)
+    assert not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, ((NOT_SENT, "1"),)), None)
+    assert not not_sent(_Refused(grpc.StatusCode.INTERNAL, ((NOT_SENT, "1"),)), None)
+    assert not not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, (("other", "1"),)), None)

@@ -2,9 +2,11 @@
 
 A unary call that provably failed before it was sent (gRPC's picker found no
 connection: UNAVAILABLE "failed to connect to all addresses" while the
-endpoint's channel is in TRANSIENT_FAILURE; or the endpoint's channel closed
-under it) goes to another endpoint within the same deadline; once every
-endpoint was tried the call waits briefly and tries again, until its deadline.
+endpoint's channel is in TRANSIENT_FAILURE; the endpoint's channel closed
+under it; or the endpoint refused it UNAVAILABLE with the NOT_SENT trailer, as
+the gateway does while its plugin misses its health checks) goes to another
+endpoint within the same deadline; once every endpoint was tried the call
+waits briefly and tries again, until its deadline.
 A call that may have reached the plugin is never resent here (a RetryPolicy
 decides that): a status the plugin sent, whatever its text, and a stream broken
 in flight ("Stream removed", "Socket closed") end the call. TLS failures found
@@ -66,6 +68,10 @@ class EndpointPool(Protocol):
 _SETUP_FAILURES = ("failed to connect to all addresses", "connections to all backends failing",
                    "dns resolution failed", "empty address list")
 _TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
+# A server's word that it refused the call before any of it reached the plugin's code (a trailer, as
+# UNAVAILABLE's details are free text a plugin may relay). The gateway drops this key from everything
+# its child sends, so a plugin behind it cannot make a call it ran look unsent.
+NOT_SENT = "plugbay-not-sent"
 
 
 class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -138,8 +144,19 @@ def not_sent(exc: grpc.RpcError, channel: Any) -> bool:
     """True only when the call provably never reached the plugin (failed while connecting)."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return False
+    if _refused_unsent(exc):
+        return True
     details = str(exc.details() or "").lower()
     return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
+
+
+def _refused_unsent(exc: grpc.RpcError) -> bool:
+    trailers = getattr(exc, "trailing_metadata", None)
+    try:
+        pairs = trailers() if callable(trailers) else None
+    except Exception:  # an error that is no call (a typed one of the pool's own) has none
+        return False
+    return any(key == NOT_SENT for key, _ in pairs or ())
 
 
 class PoolCallable:

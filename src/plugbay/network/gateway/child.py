@@ -93,6 +93,10 @@ class ChildKeeper:
         except PlugbayError as exc:
             return None, str(exc)
 
+    def answering(self) -> bool:
+        """False while the running child misses its health checks (new calls are not sent to it)."""
+        return self._probe.answering
+
     @property
     def client(self) -> Client | None:
         return self._client

@@ -10,6 +10,11 @@ it), cancellation (either way), the child's initial and trailing metadata
 (with its rich error details, grpc-status-details-bin), its status code and
 details. Forwarded calls pass a HandlerGate, so they can never take the
 threads the gateway's own services (health, Discovery) answer on.
+
+While the child does not answer its health checks (plugbay.network.gateway.probe) a new call is
+refused at once, UNAVAILABLE with poolcalls' NOT_SENT trailer, so that a pool sends it to another
+endpoint: sent to a wedged child it would only wait out its deadline. Calls already forwarded keep
+going (a child that is only slow answers them).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from plugbay.core.plugin.gate import HandlerGate
+from plugbay.network.poolcalls import NOT_SENT
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -35,6 +41,12 @@ _NO_DEADLINE = 10 * 365 * 24 * 3600.0  # grpcio reports "no deadline" as a far-f
 
 # (channel to the child, or None and why not)
 ChannelSource = Callable[[], "tuple[grpc.Channel | None, str]"]
+
+WEDGED_REFUSAL = (
+    "the plugin behind the gateway has missed its health checks (it runs but does not answer: stopped or"
+    " wedged?), so the gateway did not send it this call; the gateway's health is NOT_SERVING until it"
+    " answers again. Retry on another endpoint or later; if it stays so, look at the plugin's process"
+    " and restart the gateway")
 
 
 # The one grpc- trailer that is the application's: rich error details (a google.rpc.Status, as Go's
@@ -59,7 +71,7 @@ def split_method(path: str) -> tuple[str, str] | None:
 
 
 def _forwardable(key: str) -> bool:
-    return not (key.startswith((":", "grpc-")) or key in ("user-agent", "content-type", "te"))
+    return not (key.startswith((":", "grpc-")) or key in ("user-agent", "content-type", "te", NOT_SENT))
 
 
 def _forwardable_trailer(key: str) -> bool:
@@ -72,9 +84,10 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     Any other path gets no handler, so grpcio answers UNIMPLEMENTED without the child seeing it.
     """
 
-    def __init__(self, source: ChannelSource, gate: HandlerGate) -> None:
+    def __init__(self, source: ChannelSource, gate: HandlerGate, answering: Callable[[], bool] = lambda: True) -> None:
         self._source = source
         self._gate = gate
+        self._answering = answering
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = str(handler_call_details.method)
@@ -86,6 +99,10 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _forward(self, method: str, requests: Iterator[bytes],
                  context: grpc.ServicerContext) -> Iterator[bytes]:
+        if not self._answering():
+            context.set_trailing_metadata(((NOT_SENT, "1"),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, WEDGED_REFUSAL)
+            return
         channel, why = self._source()
         if channel is None:
             context.abort(grpc.StatusCode.UNAVAILABLE,

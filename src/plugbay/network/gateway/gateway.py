@@ -26,7 +26,8 @@ and forwards every other call to the child (plugbay.network.gateway.forward), at
 ``max_calls`` at once, and at most ``max_peer_calls`` of them from one peer address (so one host
 holding calls open cannot refuse every other's): the server's executor has RESERVED more threads, kept
 for the services above, as serve()'s gate keeps them (plugbay.core.plugin.gate).
-While the child restarts (plugbay.network.gateway.child) calls fail fast with
+While the child restarts (plugbay.network.gateway.child), and while it misses its health checks
+(a new call is never sent to it then; one already forwarded keeps going), calls fail fast with
 UNAVAILABLE.
 """
 
@@ -222,7 +223,7 @@ class Gateway:
             _Controller(), server)
         grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), server)  # type: ignore[no-untyped-call]
         grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), server)  # type: ignore[no-untyped-call]
-        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate),))
+        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate, self.keeper.answering),))
         # TLS files are checked before the child starts
         if self.config.multiplex:
             _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)
