@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ import grpc
 
 from plugbay import RemoteClient, RemoteConfig
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.network import NetworkTLS
 from plugbay.network.gateway import Gateway
 from plugbay.network.gateway.forward import _forwardable, _forwardable_trailer
@@ -113,37 +117,74 @@ def test_while_the_child_misses_its_checks_new_calls_are_refused_at_once_and_flo
         assert gw.child_pid == pid and gw.keeper.restarts == 0
 
 
-def test_a_pool_sends_the_call_a_wedged_gateway_refuses_to_the_other_gateway(
-        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
-    """Before the pool's next health check sees the wedged gateway NOT_SERVING (here: not for an hour), the
-    calls it picks for it must not wait out their deadline: the refusal says they were never sent."""
+@contextmanager
+def _pool_of(refusing: Gateway, fine: Gateway, certs: netcerts.CertSet) -> Iterator[tuple[RemoteClient, Any]]:
+    """A RemoteClient over both gateways that checks health only hourly (so it never ejects the refusing
+    one by health), and its kv stub, one Put already done (both children share the working folder)."""
     tls_dir = certs.dir
     (tls_dir / "client.crt").write_bytes(certs.client.cert_pem)
     (tls_dir / "client.key").write_bytes(certs.client.key_pem)
     (tls_dir / "server-ca.crt").write_bytes(certs.server_ca.cert_pem)
     tls = NetworkTLS(str(tls_dir / "client.crt"), str(tls_dir / "client.key"), str(tls_dir / "server-ca.crt"),
                      server_name="localhost")
+    cfg = RemoteConfig(target=f"static:///{refusing.address},{fine.address}", handshake=HANDSHAKE,
+                       plugins=PLUGINS, tls=tls, call_timeout=30.0, health_interval=3600.0, name="kv-gateways")
+    with RemoteClient(cfg) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        yield client, kv
+
+
+def _gets_go_to(client: RemoteClient, kv: Any, fine: Gateway) -> None:
+    """Four Gets (round robin picks the refusing gateway too) are answered by the other one at once."""
+    started = time.monotonic()
+    for _ in range(4):
+        assert kv.get("k") == b"v"
+    assert time.monotonic() - started < 10, "a call waited for the refusing gateway's child"
+    snap = client.metrics()
+    assert snap["resends"] >= 1, snap
+    assert snap["endpoints"][f"tcp:{fine.address}"]["picks"] >= 4, snap
+
+
+def test_a_pool_sends_the_call_a_wedged_gateway_refuses_to_the_other_gateway(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
+    """Before the pool's next health check sees the wedged gateway NOT_SERVING (here: not for an hour), the
+    calls it picks for it must not wait out their deadline: the refusal says they were never sent."""
     with Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as wedged, \
-            Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as fine, secure(certs, wedged.address) as ch:
-        cfg = RemoteConfig(target=f"static:///{wedged.address},{fine.address}", handshake=HANDSHAKE,
-                           plugins=PLUGINS, tls=tls, call_timeout=30.0, health_interval=3600.0, name="kv-gateways")
-        with RemoteClient(cfg) as client:
-            kv = client.dispense(PLUGIN_NAME)
-            kv.put("k", b"v")  # both children share this folder
-            pid = wedged.child_pid
-            assert pid is not None
-            os.kill(pid, signal.SIGSTOP)
+            Gateway(config(kv_bin, certs, keepalive=(0.5, 1.0))) as fine, secure(certs, wedged.address) as ch, \
+            _pool_of(wedged, fine, certs) as (client, kv):
+        pid = wedged.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _until(health_pb2_grpc.HealthStub(ch), NOT_SERVING, within=15)  # type: ignore[no-untyped-call]
+            _gets_go_to(client, kv, fine)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_pool_sends_the_call_a_restarting_gateway_refuses_to_the_other_gateway(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:  # noqa: F811
+    """A gateway whose child exited and waits to restart it refuses calls "not running": never sent, so
+    the pool sends them to the other gateway rather than failing them."""
+    slow = RestartPolicy(max_restarts=10, window=60.0, initial_backoff=60.0, max_backoff=60.0)
+    with Gateway(config(kv_bin, certs, restart=slow)) as restarting, Gateway(config(kv_bin, certs)) as fine, \
+            secure(certs, restarting.address) as ch, _pool_of(restarting, fine, certs) as (client, kv):
+        pid = restarting.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        direct = kv_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 15
+        while True:  # until the keeper has seen the exit (it then waits a minute to restart)
             try:
-                _until(health_pb2_grpc.HealthStub(ch), NOT_SERVING, within=15)  # type: ignore[no-untyped-call]
-                started = time.monotonic()
-                for _ in range(4):  # round robin: the wedged gateway is picked too
-                    assert kv.get("k") == b"v"
-                assert time.monotonic() - started < 10, "a call waited for the wedged child"
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            snap = client.metrics()
-            assert snap["resends"] >= 1, snap
-            assert snap["endpoints"][f"tcp:{fine.address}"]["picks"] >= 4, snap
+                direct.Get(kv_pb2.GetRequest(key="k"), timeout=5)
+            except grpc.RpcError as exc:
+                if "not running" in str(exc.details()):
+                    assert (NOT_SENT, "1") in tuple(exc.trailing_metadata() or ()), exc.trailing_metadata()
+                    break
+            assert time.monotonic() < deadline, "the gateway did not see its child exit"
+            time.sleep(0.1)
+        _gets_go_to(client, kv, fine)
 
 
 class _Refused(grpc.RpcError):  # type: ignore[misc]

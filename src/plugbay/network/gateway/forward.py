@@ -14,13 +14,15 @@ threads the gateway's own services (health, Discovery) answer on.
 While the child does not answer its health checks (plugbay.network.gateway.probe) a new call is
 refused at once, UNAVAILABLE with poolcalls' NOT_SENT trailer, so that a pool sends it to another
 endpoint: sent to a wedged child it would only wait out its deadline. Calls already forwarded keep
-going (a child that is only slow answers them).
+going (a child that is only slow answers them). A call that finds no child (it is being restarted)
+is refused with the same trailer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import grpc
 
@@ -78,6 +80,13 @@ def _forwardable_trailer(key: str) -> bool:
     return key == STATUS_DETAILS or _forwardable(key)
 
 
+def _refuse_unsent(context: grpc.ServicerContext, why: str) -> NoReturn:
+    """UNAVAILABLE for a call no byte of which reached the child, marked so that a pool resends it."""
+    context.set_trailing_metadata(((NOT_SENT, "1"),))
+    context.abort(grpc.StatusCode.UNAVAILABLE, why)
+    raise AssertionError("abort() returned")  # grpcio's abort always raises
+
+
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """grpc generic handler: a well-formed method outside OWN_SERVICES is forwarded to the child's channel.
 
@@ -100,14 +109,10 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _forward(self, method: str, requests: Iterator[bytes],
                  context: grpc.ServicerContext) -> Iterator[bytes]:
         if not self._answering():
-            context.set_trailing_metadata(((NOT_SENT, "1"),))
-            context.abort(grpc.StatusCode.UNAVAILABLE, WEDGED_REFUSAL)
-            return
+            _refuse_unsent(context, WEDGED_REFUSAL)
         channel, why = self._source()
         if channel is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"the plugin behind the gateway is not running ({why}); retry shortly")
-            return
+            _refuse_unsent(context, f"the plugin behind the gateway is not running ({why}); retry shortly")
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > _NO_DEADLINE else remaining
         if timeout is not None and timeout <= 0:
@@ -117,9 +122,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         try:
             call = channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
         except ValueError:  # the child's channel was closed under us: the child is gone
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          "the plugin behind the gateway stopped; retry shortly")
-            return
+            _refuse_unsent(context, "the plugin behind the gateway stopped; retry shortly")
         context.add_callback(call.cancel)
         try:
             initial = call.initial_metadata()
