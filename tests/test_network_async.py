@@ -338,6 +338,54 @@ def test_close_cancels_the_calls_of_a_connection_still_draining_as_the_sync_clos
     assert outcomes and all(o == grpc.StatusCode.CANCELLED for o in outcomes), outcomes
 
 
+def test_calls_cut_when_their_endpoint_leaves_discovery_fail_typed_and_a_caller_cancel_stays_one(
+        replicas: Callable[..., Replica]) -> None:
+    # A leaves discovery with calls in flight on it; grpc.aio cancels them when its connection's close
+    # runs out of drain_timeout: those are no cancel of the caller's, they fail typed (not sent again);
+    # a cancel the caller asked for, on the same connection meanwhile, stays a CancelledError
+    a = replicas()
+    with grpc.insecure_channel(a.address) as direct:
+        kv_a = PLUGINS[PLUGIN_NAME].grpc_client(None, direct)
+        kv_a.put("x", b"from-a")
+        kv_a.put("__slow__", b"2")  # the next two Gets sleep 10 s
+
+        async def main() -> None:
+            async with AsyncRemoteClient(remote(f"static:///{a.address}", call_timeout=30.0)) as client:
+                kv = await client.dispense(PLUGIN_NAME)
+                health = health_pb2_grpc.HealthStub(client.channel)  # type: ignore[no-untyped-call]
+                watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30) for _ in range(2)]
+                for watch in watches:
+                    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+                cut, mine = asyncio.ensure_future(kv.get("x")), asyncio.ensure_future(kv.get("x"))
+                assert await asyncio.to_thread(wait_until, lambda: kv_a.get("__calls__") == b"2", 5)
+                pool = client.remote_client.pool
+                pool.drain_timeout = 2.0
+                pool._on_change([])
+                endpoints = client._endpoints
+                assert endpoints is not None
+                for _ in range(100):  # the watch retires A's connection: it drains from now
+                    if endpoints._retiring:
+                        break
+                    await asyncio.sleep(0.05)
+                assert endpoints._retiring
+                mine.cancel()
+                watches[1].cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await mine
+                with pytest.raises(asyncio.CancelledError):
+                    await watches[1].read()
+                for step in (cut, watches[0].read()):
+                    with pytest.raises(PluginUnavailableError) as failed:
+                        await asyncio.wait_for(step, 10)
+                    assert isinstance(failed.value, grpc.RpcError)
+                    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert f"endpoint tcp:{a.address} left discovery; the call was cut after drain_timeout (2 s)" \
+                        in str(failed.value)
+
+        asyncio.run(main())
+        assert kv_a.get("__calls__") == b"2"  # not sent again
+
+
 def test_grpc_status_of_an_application_error_passes_through(replicas: Callable[..., Replica]) -> None:
     a = replicas()
 

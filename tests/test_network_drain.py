@@ -13,11 +13,16 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+import pytest
+
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, REPO, Replica
 from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
+from plugbay import PluginUnavailableError
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.network import connect
 from plugbay.network.pool import EndpointPool
@@ -74,6 +79,46 @@ def test_terminating_endpoints_finish_their_calls_and_get_no_new_ones() -> None:
         pool.close()
         a.stop()
         b.stop()
+
+
+def test_calls_cut_when_their_endpoint_left_discovery_drain_timeout_ago_fail_typed() -> None:
+    # calls outlasting drain_timeout on an endpoint that left: its channel closes under them; each
+    # fails as a call whose peer is gone (never grpcio's bare CANCELLED "Channel closed!"), not sent again
+    rep = Replica("127.0.0.1:0")
+    ep = Endpoint("tcp", rep.address)
+    resolver = PushResolver([ep])
+    pool = EndpointPool(resolver, insecure=True, health_interval=0.1, drain_timeout=0.3, name="kv-cut")
+    try:
+        pool.start()
+        channel = ManagedChannel(pool, 10.0, None, "kv-cut")
+        kv = kv_pb2_grpc.KVStub(channel)
+        failed: list[BaseException] = []
+
+        def blocking() -> None:
+            try:
+                kv.Get(kv_pb2.GetRequest(key="__sleep__"))  # 1.5 s in the plugin
+            except BaseException as exc:
+                failed.append(exc)
+
+        call = threading.Thread(target=blocking, name="plugbay-test-cut-call")
+        call.start()
+        future = kv.Get.future(kv_pb2.GetRequest(key="__sleep__"))
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert wait_until(lambda: pool.metrics()["endpoints"][ep.key]["inflight"] == 3, 5)
+        resolver.push([])
+        call.join(10)
+        with pytest.raises(PluginUnavailableError) as from_future:
+            future.result(10)
+        with pytest.raises(PluginUnavailableError) as from_stream:
+            next(watch)
+        for exc in (*failed, from_future.value, from_stream.value):
+            assert isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE, repr(exc)
+            assert f"endpoint {ep.key} left discovery; the call was cut after drain_timeout (0.3 s)" in str(exc)
+        assert len(failed) == 1
+    finally:
+        pool.close()
+        rep.stop()
 
 
 def test_a_unix_target_reaches_a_sidecar_socket(tmp_path: Path) -> None:

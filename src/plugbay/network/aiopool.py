@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any, Self
 
 import grpc
@@ -44,6 +45,8 @@ class AioEndpoints:
         self._renewed: dict[asyncio.Future[None], grpc.aio.Channel] = {}  # closing, replaced for renewed files
         self._calls: dict[Any, grpc.aio.Channel] = {}  # grpc.aio calls in flight, and their channel (see close())
         self._inflight: dict[grpc.aio.Channel, int] = {}  # how many of them each channel has (_close_renewed)
+        # closing because their endpoint left (or was dialed anew): the calls their close cuts are typed (cut())
+        self._left: weakref.WeakKeyDictionary[grpc.aio.Channel, str] = weakref.WeakKeyDictionary()
         self._generation = -1
         self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
         self.closed = False
@@ -101,6 +104,11 @@ class AioEndpoints:
         held = self._channels.get(member.key)
         return held[1] if held is not None and held[0] is member else None
 
+    def cut(self, channel: grpc.aio.Channel) -> str | None:
+        """The endpoint whose leaving closed ``channel`` under its calls; None when it was not retired,
+        or when the client's close cut them (that close's own error is theirs)."""
+        return None if self.closed else self._left.get(channel)
+
     def _prune(self) -> None:
         self._generation = self.pool.generation
         for key, (member, channel) in list(self._channels.items()):
@@ -111,6 +119,7 @@ class AioEndpoints:
     def _retire(self, held: tuple[Member, grpc.aio.Channel]) -> None:
         # its calls in flight end first (a leaving endpoint drains), as the sync pool's channels do
         member, channel = held
+        self._left[channel] = member.key
         renewed = member.renewed and self.pool.member(member.key) is not None
         closing = asyncio.ensure_future(self._close_renewed(member.key, channel) if renewed
                                         else channel.close(grace=self.pool.drain_timeout))
@@ -220,14 +229,15 @@ class AioPoolCallable:
             return UnaryCall(self, request, timeout, kwargs)
         return StreamCall(self, request, timeout, kwargs)
 
-    def start(self, member: Member, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
-        """The call itself, on ``member``'s grpc.aio channel."""
+    def start(self, member: Member, request: Any, timeout: float | None,
+              kwargs: dict[str, Any]) -> tuple[Any, grpc.aio.Channel]:
+        """The call itself, on ``member``'s grpc.aio channel (and that channel)."""
         channel = self.channel.endpoints.channel(member)
         target = getattr(channel, self.kind)(self._method, request_serializer=self._ser,
                                              response_deserializer=self._de, _registered_method=True)
         call = target(request, timeout=timeout, **kwargs)
         self.channel.endpoints.started(call, channel)
-        return call
+        return call, channel
 
     async def pick(self, pick_until: float, tried: set[str]) -> Member:
         """An endpoint, waited for within ``pick_until`` without blocking the loop (the pool's errors)."""

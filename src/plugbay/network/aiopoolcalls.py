@@ -11,9 +11,10 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import TaskCall, retrieved
-from plugbay.errors import NoEndpointsError
+from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
-from plugbay.network.poolcalls import EndpointPool, PoolCallable, no_endpoints, not_sent, out_of_tries
+from plugbay.network.poolcalls import (EndpointPool, PoolCallable, cut_by_drain, no_endpoints, not_sent,
+                                       out_of_tries)
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
 
@@ -24,9 +25,24 @@ class AioPoolCallable(Protocol):
     rules: PoolCallable
     channel: Any  # the AioPoolChannel: its pool, endpoints and pin
 
-    def start(self, member: Member, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any: ...
+    def start(self, member: Member, request: Any, timeout: float | None,
+              kwargs: dict[str, Any]) -> tuple[Any, grpc.aio.Channel]: ...
 
     async def pick(self, pick_until: float, tried: set[str]) -> Member: ...
+
+
+def _left(callable: AioPoolCallable, channel: Any, exc: BaseException, asked: bool = False) -> BaseException | None:
+    """The typed error of a call that ``exc`` ended when its endpoint left discovery and grpc.aio cut it
+    as ``channel``'s close ran out of grace (it cancels the calls left, as a cancel() would); None for any
+    other end: a cancel the caller asked for (``asked``, or its task is cancelling) stays a CancelledError.
+    Nothing is sent again."""
+    if not isinstance(exc, asyncio.CancelledError) or asked:
+        return None
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    key = callable.channel.endpoints.cut(channel) if channel is not None else None
+    return cut_by_drain(callable.channel.pool, key) if key is not None else None
 
 
 class UnaryCall(TaskCall):
@@ -51,8 +67,9 @@ class UnaryCall(TaskCall):
                 member = await self._callable.pick(pick_until, tried)
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
+            channel = None
             try:
-                self._call = self._callable.start(member, request, rules.remaining(deadline), kwargs)
+                self._call, channel = self._callable.start(member, request, rules.remaining(deadline), kwargs)
                 result = await self._call
             except grpc.RpcError as exc:
                 pool.done(member, exc)
@@ -70,6 +87,8 @@ class UnaryCall(TaskCall):
                 raise no_endpoints(pool, "the client was killed or closed", closed=True) from None
             except BaseException as exc:
                 pool.done(member, exc)
+                if (left := _left(self._callable, channel, exc)) is not None:
+                    raise left from None
                 raise
             pool.done(member, None)
             return result
@@ -92,7 +111,7 @@ class UnaryCall(TaskCall):
 
     async def code(self) -> grpc.StatusCode:
         error = await self._ended()
-        if self._call is not None and not isinstance(error, NoEndpointsError):
+        if self._call is not None and not isinstance(error, PlugbayError):  # typed here: its own code
             return await self._call.code()
         if isinstance(error, grpc.RpcError):
             code: grpc.StatusCode = error.code()
@@ -101,7 +120,7 @@ class UnaryCall(TaskCall):
 
     async def details(self) -> str:
         error = await self._ended()
-        if self._call is not None and not isinstance(error, NoEndpointsError):
+        if self._call is not None and not isinstance(error, PlugbayError):
             return str(await self._call.details())
         return str(error.details()) if isinstance(error, grpc.RpcError) else ""
 
@@ -122,6 +141,8 @@ class StreamCall:
                  kwargs: dict[str, Any]) -> None:
         self._callable = callable
         self._call: Any = None
+        self._channel: Any = None
+        self._asked = False  # cancel() was called: its CancelledError is no cut (_left)
         self._ready: asyncio.Future[None] | None = None
         pick_until, deadline = callable.rules.deadline(timeout)
         member: Member | None = None
@@ -145,7 +166,8 @@ class StreamCall:
     def _begin(self, member: Member, request: Any, deadline: float | None, kwargs: dict[str, Any]) -> None:
         pool = self._callable.channel.pool
         try:
-            self._call = self._callable.start(member, request, self._callable.rules.remaining(deadline), kwargs)
+            self._call, self._channel = self._callable.start(member, request,
+                                                             self._callable.rules.remaining(deadline), kwargs)
         except BaseException as exc:
             pool.done(member, exc)
             raise
@@ -159,26 +181,45 @@ class StreamCall:
     def __await__(self) -> Generator[Any, None, Any]:
         return self._response().__await__()
 
+    async def _step(self, step: Any) -> Any:
+        """One step of the started call, cut typed when its endpoint left (see _left)."""
+        try:
+            return await step
+        except asyncio.CancelledError as exc:
+            if (left := _left(self._callable, self._channel, exc, self._asked)) is not None:
+                raise left from None
+            raise
+
     async def _response(self) -> Any:
-        return await (await self._started())
+        return await self._step(await self._started())
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        async for item in await self._started():
-            yield item
+        call = await self._started()
+        try:
+            async for item in call:
+                yield item
+        except asyncio.CancelledError as exc:
+            if (left := _left(self._callable, self._channel, exc, self._asked)) is not None:
+                raise left from None
+            raise
 
     async def read(self) -> Any:
-        return await (await self._started()).read()
+        call = await self._started()
+        return await self._step(call.read())
 
     async def write(self, request: Any) -> None:
-        await (await self._started()).write(request)
+        call = await self._started()
+        await self._step(call.write(request))
 
     async def done_writing(self) -> None:
-        await (await self._started()).done_writing()
+        call = await self._started()
+        await self._step(call.done_writing())
 
     def cancel(self) -> bool:
+        self._asked = True
         if self._call is not None:
             return bool(self._call.cancel())
         return self._ready is not None and self._ready.cancel()

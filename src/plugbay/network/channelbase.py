@@ -45,6 +45,7 @@ class Member:
         self.lock = threading.Lock()
         self.tls_set = tls_set  # the NetworkTLS files its channel presents (tlsfiles.ClientSet)
         self.renewed = False  # replaced by a channel with renewed files: it closes when its calls end
+        self.drained = False  # closed by the drain (it left): calls it cuts fail typed (poolcalls.drain_cut)
 
     def carry_over(self, old: Member) -> None:
         """Take the place of ``old``, the same endpoint dialed with other TLS files: its standing (health,

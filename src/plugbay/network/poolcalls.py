@@ -13,8 +13,9 @@ in flight ("Stream removed", "Socket closed") end the call. TLS failures found
 while connecting become RemoteTLSError; a connection closed during setup does only
 when a TLS probe proves the plugin refused this host (plugbay.network.tlsprobe),
 else the call retries and, at its deadline, says the handshake was cut short.
-No endpoint at all becomes NoEndpointsError.
-Both are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
+No endpoint at all becomes NoEndpointsError. A call still in flight when its endpoint's channel
+closes drain_timeout after the endpoint left discovery becomes PluginUnavailableError (never resent).
+All are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from plugbay.core.host.callerrors import closed_under_call
+from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
 
@@ -46,6 +47,7 @@ class EndpointPool(Protocol):
     diagnose_tls: bool
     no_deadline_wait: float
     resends: int
+    drain_timeout: float
 
     @property
     def closed(self) -> bool: ...
@@ -116,6 +118,49 @@ def out_of_tries(pool: EndpointPool, exc: NoEndpointsError, tried: set[str], las
     if not tried or pool.closed:
         return exc
     return no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc), last=last)
+
+
+def cut_by_drain(pool: EndpointPool, key: str) -> Unavailable:
+    """A call cut because its endpoint left discovery and its connection closed drain_timeout later.
+    UNAVAILABLE (the peer is gone; a caller's cancel is CANCELLED): a RetryPolicy may send an idempotent
+    call again, but the pool never does, as the call may have reached the plugin."""
+    return Unavailable(
+        f"remote plugin {pool.name!r}: endpoint {key} left discovery; the call was cut after drain_timeout"
+        f" ({pool.drain_timeout:g} s) (raise drain_timeout to let long calls finish). It may have reached the"
+        " plugin, so it was not sent again", None, grpc.StatusCode.UNAVAILABLE)
+
+
+def drain_cut(pool: EndpointPool, member: Any, exc: grpc.RpcError) -> grpc.RpcError:
+    """A sync call's failure: grpcio's CANCELLED "Channel closed!" on an endpoint the drain closed
+    (``member.drained``) becomes cut_by_drain(); anything else stays what it is."""
+    if (getattr(member, "drained", False) and hasattr(exc, "code") and exc.code() == grpc.StatusCode.CANCELLED
+            and "channel closed" in str(exc.details() or "").lower()):
+        return cut_by_drain(pool, member.key)
+    return exc
+
+
+class _PoolStream:
+    """A sync stream through the pool: iterating it raises drain_cut()'s error; the rest delegates."""
+
+    def __init__(self, call: Any, pool: EndpointPool, member: Any) -> None:
+        self._call = call
+        self._pool = pool
+        self._member = member
+
+    def __iter__(self) -> _PoolStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            error = drain_cut(self._pool, self._member, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
 
 
 def tls_error(pool: EndpointPool, member: Member, meaning: str, details: str) -> RemoteTLSFailure:
@@ -212,6 +257,9 @@ class PoolCallable:
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
         return out_of_tries(self._pool, exc, tried, last)
 
+    def drain_cut(self, member: Member, exc: grpc.RpcError) -> grpc.RpcError:
+        return drain_cut(self._pool, member, exc)
+
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pick_until, deadline = self.deadline(timeout)
         tried: set[str] = set()
@@ -232,7 +280,7 @@ class PoolCallable:
                 self._pool.done(member, exc)
                 raise
         call.add_done_callback(lambda c: self._pool.done(member, _call_error(c)))
-        return call
+        return _PoolStream(call, self._pool, member)
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pool = self._pool
@@ -252,6 +300,8 @@ class PoolCallable:
             except grpc.RpcError as exc:
                 pool.done(member, exc)
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel):
+                    if (cut := drain_cut(pool, member, exc)) is not exc:
+                        raise cut from exc
                     raise
                 last, wait = self.refused(member, exc, tried, pick_until, pause)
                 if wait:

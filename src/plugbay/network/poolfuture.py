@@ -43,6 +43,8 @@ class Tries(Protocol):
 
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
 
+    def drain_cut(self, member: Any, exc: grpc.RpcError) -> grpc.RpcError: ...
+
 
 class FailoverFuture(CallFuture):
     """grpc.Future and grpc.Call of the current try; the outcome is the last try's."""
@@ -126,7 +128,7 @@ class FailoverFuture(CallFuture):
             threading.Thread(target=self._fail_over, args=(member, error), daemon=True,
                              name=f"plugbay-failover-{pool.name}").start()
         else:
-            self._finish(None, error)
+            self._finish(None, self._owner.drain_cut(member, error) if isinstance(error, grpc.RpcError) else error)
 
     def _fail_over(self, member: Any, error: grpc.RpcError) -> None:
         try:

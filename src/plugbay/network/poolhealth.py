@@ -79,6 +79,7 @@ class PoolHealth:
                     if member.inflight <= 0 or (not member.renewed
                                                 and now - (member.draining_since or now) >= self.drain_timeout):
                         self._draining.remove(member)
+                        member.drained = True  # before its channel closes: the calls it cuts see it
                         drained.append(member)
             for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
                 member.retire()  # and an AsyncRemoteClient picks under that lock on its event loop
