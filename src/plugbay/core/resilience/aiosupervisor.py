@@ -26,7 +26,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, off_loop
+from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, WrongLoop, off_loop
 from plugbay.core.host.aioclient import to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
@@ -127,6 +127,11 @@ class AsyncSupervisor:
         if self._channel is not None:
             return
         if self._starting is not None:
+            if self._starting.get_loop() is not asyncio.get_running_loop():  # asyncio's own error is untyped
+                raise WrongLoop(f"the AsyncSupervisor of plugin {self.name!r} is being started on another event"
+                                " loop; use it from that loop (one AsyncSupervisor per event loop; a sync"
+                                " Supervisor serves any thread)", None, grpc.StatusCode.FAILED_PRECONDITION,
+                                sent=False)
             await asyncio.shield(self._starting)
             return
         self._starting = starting = asyncio.ensure_future(self._start())
