@@ -197,6 +197,21 @@ def test_calls_dispense_and_start_after_kill_are_refused() -> None:
     run(main())
 
 
+def test_concurrent_dispenses_of_a_name_get_one_stub() -> None:
+    # as the sync Client's dispense (under its lock): one stub per name, however many tasks ask at once
+    async def main() -> None:
+        async with AsyncClient(kv_config(KV_PLUGIN)) as client:
+            first = await asyncio.gather(*(client.dispense(PLUGIN_NAME) for _ in range(3)))
+            assert all(stub is first[0] for stub in first)
+            assert await client.dispense(PLUGIN_NAME) is first[0]
+            failed = await asyncio.gather(client.dispense("nope"), client.dispense("nope"), return_exceptions=True)
+            assert all(isinstance(exc, UnknownPluginError) for exc in failed), failed
+            with pytest.raises(UnknownPluginError):  # asked again: tried again, not the first answer kept
+                await client.dispense("nope")
+
+    run(main())
+
+
 def test_kill_during_calls_fails_them_as_killed() -> None:
     misbehave = go_binary("misbehave")
 

@@ -181,6 +181,17 @@ def test_a_start_from_another_event_loop_while_the_first_one_starts_is_refused_t
     assert "another event loop" in str(error) and error.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_concurrent_dispenses_of_a_name_get_one_stub(tmp_path: Path) -> None:
+    # as the sync Supervisor's dispense: one stub per name (it follows the plugin across restarts)
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            stubs = await asyncio.gather(*(sup.dispense(PLUGIN_NAME) for _ in range(3)))
+            assert all(stub is stubs[0] for stub in stubs)
+            assert await sup.dispense(PLUGIN_NAME) is stubs[0]
+
+    asyncio.run(main())
+
+
 def test_channel_ready_raises_once_the_restart_budget_is_spent(tmp_path: Path) -> None:
     from plugbay import RestartBudgetExhaustedError
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 
 import grpc.aio
 
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop
+from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop, retrieved
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
@@ -51,7 +51,7 @@ class AsyncClient:
         self._channel: AioManagedChannel | None = None
         # beside the main one (AsyncRemoteClient's pins); weak: a dropped stub lets go of its channel
         self._more_channels: weakref.WeakSet[AioManagedChannel] = weakref.WeakSet()
-        self._dispensed: dict[str, Any] = {}
+        self._dispensed = Dispensed()
         self._ending = False
         self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
 
@@ -203,14 +203,13 @@ class AsyncClient:
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""
         await self.start()
-        if name in self._dispensed:
-            return self._dispensed[name]
+        return await self._dispensed.get(name, lambda: self._build(name))
+
+    async def _build(self, name: str) -> Any:
         # dispense's checks and the broker stream's opening take the Client's lock, which a
         # kill in progress holds for its grace: not on the event loop
         plugin = await self._work_on(self._client.plugin_for, name)
-        stub = plugin.grpc_client_async(self._client.broker, self.channel)
-        self._dispensed[name] = stub
-        return stub
+        return plugin.grpc_client_async(self._client.broker, self.channel)
 
     def kill(self) -> Coroutine[Any, Any, None]:
         """Shutdown, grace, force, then free everything (the sync ``kill()``); await the result, on
@@ -268,6 +267,29 @@ class AsyncClient:
     def _stop_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Kill and close on a thread of their own: never queued behind a start or dispense."""
         return off_loop(self._stopper, func, *args)
+
+
+class Dispensed:
+    """dispense()'s stubs, one per name: built once however many tasks ask for it at once, as the sync
+    Client's lock does (the build awaits, so a second task would otherwise build another)."""
+
+    def __init__(self) -> None:
+        self._stubs: dict[str, Any] = {}
+        self._building: dict[str, asyncio.Future[Any]] = {}
+
+    async def get(self, name: str, build: Callable[[], Awaitable[Any]]) -> Any:
+        if name in self._stubs:
+            return self._stubs[name]
+        building = self._building.get(name)
+        if building is None:  # the first to ask builds it; a cancel of its task ends only that task's wait
+            building = self._building[name] = asyncio.ensure_future(self._build(name, build))
+            building.add_done_callback(retrieved)
+            building.add_done_callback(lambda _: self._building.pop(name, None))  # failed: may be asked again
+        return await asyncio.shield(building)
+
+    async def _build(self, name: str, build: Callable[[], Awaitable[Any]]) -> Any:
+        self._stubs[name] = stub = await build()
+        return stub
 
 
 async def to_end(future: asyncio.Future[Any]) -> bool:

@@ -27,7 +27,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, WrongLoop, off_loop
-from plugbay.core.host.aioclient import to_end
+from plugbay.core.host.aioclient import Dispensed, to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -66,7 +66,7 @@ class AsyncSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._switch: _FollowingChannel | None = None
         self._channel: AioManagedChannel | None = None
-        self._dispensed: dict[str, Any] = {}
+        self._dispensed = Dispensed()
         self._starting: asyncio.Future[None] | None = None
         self._stopped = False
 
@@ -179,12 +179,11 @@ class AsyncSupervisor:
         callbacks stay bound to the broker of the Client current when it was dispensed."""
         self._check_not_stopped()
         channel = self.channel
-        if name in self._dispensed:
-            return self._dispensed[name]
+        return await self._dispensed.get(name, lambda: self._build(name, channel))
+
+    async def _build(self, name: str, channel: AioManagedChannel) -> Any:
         plugin, broker = await off_loop(self._executor, self._plugin_and_broker, name)
-        stub = plugin.grpc_client_async(broker, channel)
-        self._dispensed[name] = stub
-        return stub
+        return plugin.grpc_client_async(broker, channel)
 
     def _plugin_and_broker(self, name: str) -> tuple[Any, Any]:
         client = self._sup.client  # raises while restarting or after giving up, saying so
