@@ -2,7 +2,9 @@
 
 ``hold(method, path)`` holds the next request whose request line matches (e.g. the
 container create, or its start) before the engine sees it: ``holding`` is set while
-it waits, ``release()`` lets it through. A runner's start() then waits on the engine
+it waits, ``release()`` lets it through. ``hold(..., answer=True)`` lets the request
+through and holds the engine's answer instead (the engine did the work; the caller
+has not heard so). A runner's start() then waits on the engine
 at that point for as long as the test wants, the way the Kubernetes stand-in's
 hold()/release() hold a pod create. Nothing in the library knows about it.
 """
@@ -34,6 +36,7 @@ class EngineRelay:
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
         self._held: re.Pattern[bytes] | None = None
+        self._hold_answer = False
         self._hold_lock = threading.Lock()
         self.holding = threading.Event()
         self.held_line = ""
@@ -42,10 +45,12 @@ class EngineRelay:
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
         self._acceptor.start()
 
-    def hold(self, method: str, path_pattern: str) -> None:
-        """Hold the next request ``method`` on a path (after the API version) matching ``path_pattern``."""
+    def hold(self, method: str, path_pattern: str, *, answer: bool = False) -> None:
+        """Hold the next request ``method`` on a path (after the API version) matching ``path_pattern``
+        (``answer``: pass it on and hold the engine's answer to it)."""
         self._released.clear()
         self.holding.clear()
+        self._hold_answer = answer
         self._held = re.compile(rf"{method} /v[0-9.]+{path_pattern}[? ]".encode())
 
     def release(self) -> None:
@@ -92,6 +97,7 @@ class EngineRelay:
 
     def _pipe(self, conn: socket.socket, upstream: socket.socket) -> None:
         peers = {conn: upstream, upstream: conn}
+        answer_held = False  # this connection's next answer is the one to hold
         try:
             while not self._stop.is_set():
                 for s in select.select(list(peers), [], [], 0.1)[0]:
@@ -99,14 +105,23 @@ class EngineRelay:
                     if not data:
                         return
                     if s is conn and self._must_hold(data):
-                        self.holding.set()
-                        self._released.wait(_HOLD_BOUND)
-                        if self._cut:
-                            conn.close()
-                            return
+                        if self._hold_answer:
+                            answer_held = True
+                        else:
+                            self._wait_release()
+                    elif s is upstream and answer_held:
+                        answer_held = False
+                        self._wait_release()
+                    if self._cut:
+                        conn.close()
+                        return
                     peers[s].sendall(data)
         except OSError:  # the runner closed its side (kill) while a request was held
             return
+
+    def _wait_release(self) -> None:
+        self.holding.set()
+        self._released.wait(_HOLD_BOUND)
 
     def close(self) -> None:
         self.release()

@@ -1,12 +1,16 @@
-"""A runner.start() that uses up start_timeout (a slow engine) is named as such, not blamed on the plugin.
+"""A slow engine: a runner.start() that uses up start_timeout is named as such, not blamed on the plugin;
+a create whose answer never comes (Ctrl-C, the SDK's timeout) leaves no container behind.
 
 The engine is reached through tests/engine_relay.py, which holds the container create
 for longer than the Client's start_timeout: the plugin never had time to print its
-handshake line, and the error must say where the time went.
+handshake line, and the error must say where the time went. Or it passes the create on
+and holds the engine's answer: the engine made the container, the runner has no id.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import uuid
@@ -16,7 +20,8 @@ from typing import Any
 import pytest
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import HandshakeTimeoutError
+from plugbay.errors import EngineUnavailableError, HandshakeTimeoutError
+from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 
@@ -47,3 +52,77 @@ def test_a_slow_container_create_is_named_in_the_timeout(relay: EngineRelay, plu
         client.kill()
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
             found.remove(force=True, v=True)
+
+
+def _interrupt_when_held(relay: EngineRelay) -> threading.Thread:
+    """Ctrl-C (SIGINT to this process) once the engine's answer is held: start() waits for it."""
+    def interrupt() -> None:
+        if relay.holding.wait(30):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt, name="plugbay-test-ctrl-c")
+    thread.start()
+    return thread
+
+
+def _left(docker: Any, tag: str) -> list[str]:
+    return [c.name for c in docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"})]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cut_short", ["ctrl-c"])
+def test_a_create_whose_answer_never_came_leaves_no_container(relay: EngineRelay, plugbay_docker: Any,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch, cut_short: str) -> None:
+    # the engine made the container, start() had no id: its clean-up removed nothing and the container stayed;
+    # the SDK's timeout was a bare requests ReadTimeout, not plugbay's error
+    import docker.client
+
+    monkeypatch.setattr(docker.client, "DEFAULT_TIMEOUT_SECONDS", 2)  # the SDK's 60 s, for a short test
+    tag = uuid.uuid4().hex
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "60"], labels={"test.plugbay-slow": tag})
+    relay.hold("POST", "/containers/create", answer=True)
+    interrupter = _interrupt_when_held(relay) if cut_short == "ctrl-c" else None
+    try:
+        if interrupter is not None:
+            with pytest.raises(KeyboardInterrupt):
+                runner.start(LaunchSpec(env={}))
+        else:
+            with pytest.raises(EngineUnavailableError, match=r"did not answer.*create the container") as info:
+                runner.start(LaunchSpec(env={}))
+            assert "docker info" in str(info.value)
+        assert relay.holding.is_set() and runner.id == ""
+        assert _left(plugbay_docker, tag) == []
+    finally:
+        relay.release()
+        if interrupter is not None:
+            interrupter.join(30)
+        runner.kill(0)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
+            found.remove(force=True, v=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_container_of_another_under_the_name_is_never_removed(relay: EngineRelay,  # noqa: F811
+                                                                plugbay_docker: Any) -> None:
+    # the engine refused the create ("name in use"), but the answer never came: the container under
+    # that name is another's (even one of this process's own session) and must stay
+    from plugbay.runners.session import managed_labels
+
+    tag = uuid.uuid4().hex
+    name = f"plugbay-test-taken-{tag[:8]}"
+    theirs = plugbay_docker.containers.create("plugbay-base:bookworm", ["sleep", "60"], name=name, network_mode="none",
+                                              labels={**managed_labels(), "test.plugbay-slow": tag})
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "60"], name=name,
+                          labels={"test.plugbay-slow": tag})
+    relay.hold("POST", "/containers/create", answer=True)
+    interrupter = _interrupt_when_held(relay)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.start(LaunchSpec(env={}))
+        assert _left(plugbay_docker, tag) == [name]
+        theirs.reload()
+    finally:
+        relay.release()
+        interrupter.join(30)
+        runner.kill(0)
+        theirs.remove(force=True, v=True)

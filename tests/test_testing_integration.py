@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, MalformedHandshakeError,
                             PluginExitedError)
 from plugbay.testing import PluginContainer
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 
 pytestmark = [pytest.mark.docker]
 
@@ -236,6 +238,29 @@ def test_a_first_line_without_end_is_refused_at_once_and_bounded(plugbay_docker:
     assert time.monotonic() - began < 30  # not the start timeout
     assert splitters and max(s.peak_buffered for s in splitters) <= MAX_LINE
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_the_create_is_answered_leaves_no_container(relay: EngineRelay,  # noqa: F811
+                                                                 plugbay_docker: Any) -> None:
+    # the engine made the container, but testcontainers never heard its id: stop() removed nothing
+    from tests.test_slow_runner_start import _interrupt_when_held
+
+    tag = uuid.uuid4().hex
+    plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, transport="unix",
+                             labels={"test.plugbay-tc": tag}, entrypoint=["sleep", "60"])
+    relay.hold("POST", "/containers/create", answer=True)
+    interrupter = _interrupt_when_held(relay)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            plugin.start()
+        assert relay.holding.is_set()
+        assert plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}) == []
+    finally:
+        relay.release()
+        interrupter.join(30)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}):
+            found.remove(force=True, v=True)
 
 
 INNER_TESTS = textwrap.dedent("""

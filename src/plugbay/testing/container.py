@@ -21,6 +21,7 @@ DockerRunner, the image must be on the engine: nothing is ever pulled.
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -40,6 +41,7 @@ from plugbay.runners.docker.createargs import checked_labels
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             mark_socket_dir, prepare_socket_dir, transport_settings)
+from plugbay.runners.docker.unanswered import create_or_clean, create_token
 from plugbay.runners.session import managed_labels
 from plugbay.testing.handshake_log import read_handshake
 
@@ -78,10 +80,12 @@ class _Engine(DockerClient):
             host_network = self.find_host_network()
             if host_network:
                 kwargs["network"] = host_network
+        sent = create_labels(image, labels)
         try:
-            return engine_call(lambda: self.client.containers.create(
-                image, command=command, environment=environment, ports=ports, labels=create_labels(image, labels),
-                detach=detach, **kwargs), "create the container")
+            # no answer (Ctrl-C, a timeout) leaves testcontainers no container for stop(): found by name
+            return create_or_clean(lambda: engine_call(lambda: self.client.containers.create(
+                image, command=command, environment=environment, ports=ports, labels=sent, detach=detach,
+                **kwargs), "create the container"), self.client.api, kwargs.get("name"), sent)
         except ImageNotFound:  # removed since find_image saw it; docker-py's create does not pull
             raise missing_image(image) from None
         except APIError as exc:
@@ -138,6 +142,7 @@ class PluginContainer(DockerContainer):
         # start: a restart builds on them again, not on the previous start's labels
         self._given_kwargs: dict[str, Any] = {}
         self._built_kwargs: dict[str, Any] | None = None
+        self._made_name: str | None = None  # the container name _configure() chose (the caller gave none)
         versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
         self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
@@ -164,7 +169,9 @@ class PluginContainer(DockerContainer):
             self._cert = generate_cert()
             self.with_env(ENV_CLIENT_CERT, self._cert.cert_pem.decode())
         # plugbay's labels over the caller's (which may not name any of plugbay's)
-        labels = {**_caller_labels(caller), **managed_labels(), "plugbay.plugin": self.image}
+        labels = {**_caller_labels(caller), **managed_labels(), **create_token(), "plugbay.plugin": self.image}
+        if self._name is None or self._name == self._made_name:  # a name of its own, per start: see create()
+            self._name = self._made_name = f"plugbay-tc-{uuid.uuid4().hex[:12]}"
         extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
                                  "log_config": log_config()}
         gid: int | None = None

@@ -48,6 +48,7 @@ from plugbay.runners.docker.diagnose import describe_container
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
+from plugbay.runners.docker.unanswered import create_or_clean, create_token
 from plugbay.runners.docker.waiter import ExitWaiter
 from plugbay.runners.session import managed_labels
 
@@ -223,7 +224,7 @@ class DockerRunner(ContainerTeardown, Runner):
         isolated = None  # the isolated network's verified id, if the container joins it
         if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
             args["network"] = isolated = network_id(client, self.network)
-        labels = {**self.labels, **spec.labels, **managed_labels(), IMAGE: self.image}
+        labels = {**self.labels, **spec.labels, **managed_labels(), **create_token(), IMAGE: self.image}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                            SOCKET_OWNED: str(self._owns_socket_dir).lower()})
@@ -265,8 +266,10 @@ class DockerRunner(ContainerTeardown, Runner):
 
     def _create_and_start(self, args: dict[str, Any]) -> None:
         client = self._client
-        self._container_id = engine_call(lambda: create_container(client, args, self.extra_create_args),
-                                         "create the container")
+        # without the create's answer there is no id for kill(): create_or_clean() finds it by name
+        self._container_id = create_or_clean(
+            lambda: engine_call(lambda: create_container(client, args, self.extra_create_args), "create the container"),
+            client.api, args.get("name"), args["labels"])
         engine_call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:
