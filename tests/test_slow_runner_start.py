@@ -70,7 +70,7 @@ def _left(docker: Any, tag: str) -> list[str]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("cut_short", ["ctrl-c"])
+@pytest.mark.parametrize("cut_short", ["ctrl-c", "timeout"])
 def test_a_create_whose_answer_never_came_leaves_no_container(relay: EngineRelay, plugbay_docker: Any,  # noqa: F811
                                                               monkeypatch: pytest.MonkeyPatch, cut_short: str) -> None:
     # the engine made the container, start() had no id: its clean-up removed nothing and the container stayed;
@@ -99,6 +99,25 @@ def test_a_create_whose_answer_never_came_leaves_no_container(relay: EngineRelay
         runner.kill(0)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
             found.remove(force=True, v=True)
+
+
+def test_the_engines_answers_stay_its_answers() -> None:
+    # docker's APIError is a requests HTTPError too: a 404 must stay NotFound, not "did not answer"
+    import requests
+    from docker.errors import APIError, NotFound
+
+    from plugbay.runners.docker.engine import engine_call
+
+    response = requests.Response()
+    response.status_code = 404
+    for answer in (NotFound("404 Client Error: Not Found", response=response),
+                   APIError("500 Server Error", response=response)):
+        def answered(answer: Exception = answer) -> None:
+            raise answer
+
+        with pytest.raises(type(answer)) as info:
+            engine_call(answered, "inspect the container")
+        assert info.value is answer
 
 
 @pytest.mark.timeout(120)

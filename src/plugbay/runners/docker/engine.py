@@ -84,7 +84,8 @@ def engine() -> Any:
 
 
 def engine_call(func: Callable[[], T], what: str) -> T:
-    """Run one engine request, turning connection failures into EngineUnavailableError."""
+    """Run one engine request (``what`` it asks, for the message), turning connection failures and an
+    answer that never came (the SDK's timeout, a broken reply) into EngineUnavailableError."""
     import requests
     from docker.errors import DockerException
 
@@ -92,10 +93,15 @@ def engine_call(func: Callable[[], T], what: str) -> T:
         return func()
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from exc
-    except DockerException as exc:
+    except DockerException as exc:  # before RequestException: the engine's answers (APIError) are HTTPErrors too
         if "connection" in str(exc).lower() and not hasattr(exc, "response"):
             raise engine_unreachable(exc) from exc
         raise
+    except requests.exceptions.RequestException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineUnavailableError(
+            f"the Docker engine at {host} did not answer when asked to {what} ({type(exc).__name__}: {exc}). It"
+            " is overloaded or stuck: check it (`docker info`, its log) and try again once it answers") from exc
 
 
 def engine_failures() -> tuple[type[BaseException], ...]:
