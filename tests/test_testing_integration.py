@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,33 @@ def test_ctrl_c_while_the_create_is_answered_leaves_no_container(relay: EngineRe
     finally:
         relay.release()
         interrupter.join(30)
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}):
+            found.remove(force=True, v=True)
+
+
+@pytest.mark.timeout(120)
+def test_the_engine_going_away_during_the_handshake_wait(relay: EngineRelay, plugbay_docker: Any,  # noqa: F811
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # the follow of the log ended, and the inspect after it was a bare requests ConnectionError; stop()'s
+    # removal then raised a second one in its place
+    import logging
+
+    from plugbay.errors import EngineUnavailableError
+
+    tag = uuid.uuid4().hex
+    plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
+                             labels={"test.plugbay-tc": tag}, entrypoint=["sleep", "60"])
+    relay.hold("GET", "/containers/[0-9a-f]{64}/logs", answer=True)  # the follow: it opens, then the engine goes
+    closer = threading.Thread(target=lambda: relay.holding.wait(30) and relay.close())
+    closer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="plugbay.testing"):
+            with pytest.raises(EngineUnavailableError, match="cannot reach the Docker engine"):
+                plugin.start()
+        left = plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"})
+        assert len(left) == 1 and any(f"docker rm -f {left[0].short_id}" in r.getMessage() for r in caplog.records)
+    finally:
+        closer.join(30)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}):
             found.remove(force=True, v=True)
 

@@ -20,6 +20,7 @@ DockerRunner, the image must be on the engine: nothing is ever pulled.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -40,10 +41,12 @@ from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.createargs import checked_labels
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
-                                            mark_socket_dir, prepare_socket_dir, transport_settings)
+                                            engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
 from plugbay.runners.session import managed_labels
 from plugbay.testing.handshake_log import read_handshake
+
+_log = logging.getLogger("plugbay.testing")
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
@@ -259,6 +262,12 @@ class PluginContainer(DockerContainer):
                     super().stop(force=force, delete_volume=delete_volume)
                 except NotFound:
                     self.get_docker_client().client.close()
+                except engine_failures() as exc:  # warned of: a start()'s own failure is the one to report
+                    self.get_docker_client().client.close()
+                    ref = self._container.short_id if self._container is not None else self._name
+                    # its text: a record that kept the error would keep docker-py's failed connection open
+                    _log.warning("container %s could not be removed: %s; remove it with `docker rm -f %s` or"
+                                 " plugbay.runners.docker.sweep() once the engine answers", ref, str(exc), ref)
         finally:
             self._unmount()
 

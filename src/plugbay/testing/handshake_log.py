@@ -107,10 +107,12 @@ def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
                 f"cannot read the output of container {container.id[:12]} ({image}): {follower.error}. plugbay"
                 " reads the plugin's handshake line from the container's logs: keep a logging driver the"
                 " engine can read back (plugbay sets json-file; check log_config in the container's kwargs)")
-        container.reload()  # the log ended with no line: the container stopped, or the engine ended the stream
+        # the log ended with no line: the container stopped, or the engine ended the stream (or went away)
+        engine_call(container.reload, "inspect the container")
         if container.status in ("exited", "dead"):
             code = container.attrs["State"].get("ExitCode")
-            err = container.logs(stdout=False, stderr=True, tail=_STDERR_TAIL).decode("utf-8", "replace")
+            err = engine_call(lambda: container.logs(stdout=False, stderr=True, tail=_STDERR_TAIL),
+                              "read the container's log").decode("utf-8", "replace")
             raise PluginExitedError(image, code, [cap_line(line) for line in err.splitlines()[-_STDERR_TAIL:]])
         if time.monotonic() >= deadline:  # an engine that ends every follow at once: done is set each time
             raise _no_handshake(image, timeout)
