@@ -190,6 +190,24 @@ def test_plugin_container_that_exits_is_reported_and_removed(plugbay_image: Any,
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
 
 
+def test_a_plugin_container_removed_as_it_exits_is_reported_as_exited(plugbay_docker: Any) -> None:
+    # with auto_remove the container was gone before the log was read: docker's bare NotFound, or a
+    # RunnerError that asked for a logging driver
+    from plugbay.runners.attached import UNKNOWN_EXIT_CODE
+    from plugbay.runners.session import HOST_SESSION_ID
+
+    for _ in range(3):  # the removal races the log request: each try may meet it at another point
+        plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, transport="unix", auto_remove=True,
+                                 entrypoint=["sh", "-c", "echo 'bad config' >&2; exit 3"], start_timeout=20)
+        with pytest.raises(PluginExitedError) as info:
+            plugin.start()
+        if info.value.exit_code != 3:  # the rare try that read its exit before the removal
+            assert info.value.exit_code == UNKNOWN_EXIT_CODE
+            assert "was removed before plugbay could read its exit code" in str(info.value)
+            assert "without auto_remove" in str(info.value)
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
 def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay_docker: Any) -> None:
     from plugbay.runners.session import HOST_SESSION_ID
 

@@ -17,6 +17,7 @@ from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
 from plugbay.core.transport.lines import MAX_LINE, LineSplitter, cap_line, was_cut
 from plugbay.errors import (HandshakeTimeoutError, MalformedHandshakeError, PlugbayError, PluginExitedError,
                             RunnerError)
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.docker.engine import engine_call
 
 _STDERR_TAIL = 20  # log entries of stderr quoted when the plugin exits (an entry is at most 16 KiB)
@@ -86,6 +87,8 @@ class _FirstLine:
 
 def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
     """The plugin's handshake, from the first line of started ``container``'s stdout (docker-py model)."""
+    from docker.errors import NotFound
+
     deadline = time.monotonic() + timeout
     while True:
         follower = _FirstLine(container.client.api, container.id)
@@ -100,6 +103,8 @@ def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
             raise MalformedHandshakeError(
                 follower.too_long, f"the plugin's first stdout line is longer than {MAX_LINE} bytes, far longer"
                 " than a handshake line; check that its entrypoint prints nothing to stdout before the handshake")
+        if isinstance(follower.error, NotFound):  # the log request's 404
+            raise _removed(image, container.id) from None
         if isinstance(follower.error, PlugbayError):
             raise follower.error
         if follower.error is not None:
@@ -108,15 +113,26 @@ def read_handshake(container: Any, image: str, timeout: float) -> HandshakeInfo:
                 " reads the plugin's handshake line from the container's logs: keep a logging driver the"
                 " engine can read back (plugbay sets json-file; check log_config in the container's kwargs)")
         # the log ended with no line: the container stopped, or the engine ended the stream (or went away)
-        engine_call(container.reload, "inspect the container")
-        if container.status in ("exited", "dead"):
-            code = container.attrs["State"].get("ExitCode")
-            err = engine_call(lambda: container.logs(stdout=False, stderr=True, tail=_STDERR_TAIL),
-                              "read the container's log").decode("utf-8", "replace")
-            raise PluginExitedError(image, code, [cap_line(line) for line in err.splitlines()[-_STDERR_TAIL:]])
+        try:
+            engine_call(container.reload, "inspect the container")
+            if container.status in ("exited", "dead"):
+                code = container.attrs["State"].get("ExitCode")
+                err = engine_call(lambda: container.logs(stdout=False, stderr=True, tail=_STDERR_TAIL),
+                                  "read the container's log").decode("utf-8", "replace")
+                raise PluginExitedError(image, code, [cap_line(line) for line in err.splitlines()[-_STDERR_TAIL:]])
+        except NotFound:
+            raise _removed(image, container.id) from None
         if time.monotonic() >= deadline:  # an engine that ends every follow at once: done is set each time
             raise _no_handshake(image, timeout)
         time.sleep(_REOPEN_PAUSE)
+
+
+def _removed(image: str, container_id: str) -> PluginExitedError:
+    """A container gone before its handshake line: its plugin exited and the engine removed it (auto_remove)."""
+    return PluginExitedError(
+        image, UNKNOWN_EXIT_CODE, detail=f"Its container {container_id[:12]} was removed before plugbay could read"
+        " its exit code and stderr (auto_remove=True removes it as soon as the plugin exits; or `docker rm` by"
+        " someone else). Start it without auto_remove (stop() removes the container anyway) to see why it stopped.")
 
 
 def _no_handshake(image: str, timeout: float) -> HandshakeTimeoutError:
