@@ -86,6 +86,14 @@ def test_diagnose_refuses_docker_reattach_data_the_runner_refuses(runner: dict[s
     assert len(diag.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("ident", ["x/../../images/plugbay-kv", "../../info?x=", "a b"])
+def test_diagnose_refuses_a_docker_id_the_engine_path_would_misread(ident: str) -> None:
+    # docker:ID went into the engine's request path unchecked: 'x/../../images/NAME' inspected an image
+    diag = plugbay("diagnose", f"docker:{ident}", env=DEAD_DOCKER)  # exit 2, not 3: refused before the engine
+    assert diag.returncode == 2, diag.stderr
+    assert "names no container" in diag.stderr and "unexpected" not in diag.stderr
+
+
 def test_diagnose_takes_a_well_formed_docker_reattach_id_to_the_engine() -> None:
     diag = plugbay("diagnose", _reattach_json({"kind": "DockerRunner", "id": "0123456789ab"}), env=DEAD_DOCKER)
     assert diag.returncode == 3, diag.stderr
@@ -108,6 +116,26 @@ def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transp
         assert run.interrupt() == 0
     assert "runner: docker" in run.stdout
     assert not container_exists(container)
+
+
+@pytest.mark.docker
+def test_diagnose_a_container_whose_logs_the_engine_cannot_read(kv_image: str) -> None:
+    # a log driver that keeps nothing (the engine answers 501) was "unexpected APIError ... report it"
+    client = docker_client()
+    container = client.containers.run(  # type: ignore[attr-defined]
+        "plugbay-base:bookworm", ["sh", "-c", "exit 4"], detach=True, network_mode="none",
+        log_config={"Type": "none", "Config": {}}, name=f"plugbay-test-nolog-{os.getpid()}")
+    try:
+        container.wait(timeout=30)
+        diag = plugbay("diagnose", f"docker:{container.id}")
+        assert diag.returncode == 0, diag.stderr
+        assert "exit code: 4" in diag.stdout and "unexpected" not in diag.stderr
+        assert "logs error: the engine cannot read its logs back (log driver 'none'" in diag.stdout
+        facts = json.loads(plugbay("diagnose", f"docker:{container.id}", "--json").stdout)
+        assert facts["last_log_lines"] == [] and "'none'" in facts["logs_error"]
+    finally:
+        container.remove(force=True)
+        client.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.docker

@@ -23,24 +23,40 @@ def _signal_name(code: int | None) -> str | None:
 
 def _docker(container_id: str) -> dict[str, Any]:
     from plugbay.images import docker_client
+    from plugbay.runners.docker.adopt import is_container_ref
+    from plugbay.runners.docker.engine import engine_call
 
-    from docker.errors import NotFound
+    from docker.errors import APIError, DockerException, NotFound
 
+    # the id goes into the engine's request path: 'x/../../images/NAME' would inspect an image
+    if not is_container_ref(container_id):
+        raise ConfigError(f"docker:{container_id[:80]!r} names no container: give its id (12-64 hex digits) or"
+                          " name ([a-zA-Z0-9][a-zA-Z0-9_.-]*), as `docker ps -a` shows them")
     client = docker_client()
     try:
         try:
-            container = client.containers.get(container_id)
+            container = engine_call(lambda: client.containers.get(container_id), "find the container")
         except NotFound:
             raise RunnerError(f"no container {container_id[:12]} on the Docker engine (removed, or another"
                               " engine); nothing left to diagnose") from None
         state = container.attrs.get("State") or {}
-        logs = container.logs(stdout=True, stderr=True, tail=_LOG_LINES).decode("utf-8", "replace")
+        lines: list[str] = []
+        logs_error = None
+        try:
+            logs = engine_call(lambda: container.logs(stdout=True, stderr=True, tail=_LOG_LINES),
+                               "read the container's log")
+            lines = logs.decode("utf-8", "replace").splitlines()[-_LOG_LINES:]
+        except APIError as exc:  # a log driver the engine cannot read back ("none", syslog...: 501)
+            driver = ((container.attrs.get("HostConfig") or {}).get("LogConfig") or {}).get("Type") or "?"
+            logs_error = f"the engine cannot read its logs back (log driver {driver!r}: {exc.explanation or exc})"
         code = state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None
         return {"runner": "DockerRunner", "id": container.id, "name": container.name,
                 "image": (container.attrs.get("Config") or {}).get("Image"), "state": state.get("Status"),
                 "exit_code": code, "oom_killed": bool(state.get("OOMKilled")), "signal": _signal_name(code),
                 "restart_count": int(container.attrs.get("RestartCount") or 0), "error": state.get("Error") or None,
-                "events": [], "conditions": [], "last_log_lines": logs.splitlines()[-_LOG_LINES:]}
+                "logs_error": logs_error, "events": [], "conditions": [], "last_log_lines": lines}
+    except DockerException as exc:
+        raise RunnerError(f"the Docker engine failed to describe container {container_id[:12]}: {exc}") from exc
     finally:
         client.close()
 
@@ -155,7 +171,8 @@ Examples:
 @click.argument("what", metavar="REATTACH_OR_ID")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="For pods: the kubeconfig file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (keys: runner, id, name, image, "
-              "state, exit_code, oom_killed, signal, restart_count, error, events, conditions, last_log_lines).")
+              "state, exit_code, oom_killed, signal, restart_count, error, events, conditions, last_log_lines;"
+              " containers: logs_error).")
 def diagnose(what: str, kubeconfig: str | None, as_json: bool) -> int:
     """What went wrong with a plugin: exit code, OOMKilled, signal, restarts, events, last log lines.
 

@@ -26,13 +26,18 @@ _IMAGE_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./:-]{0,254}")
 IMAGE = "plugbay.image"  # the image name the runner was given; the container runs that image's checked id
 
 
+def is_container_ref(text: str) -> bool:
+    """Whether ``text`` is a container id or name the engine's request path may carry as it is."""
+    return bool(_CONTAINER_REF.fullmatch(text))
+
+
 def reattach_id(data: Mapping[str, Any]) -> str:
     """The container id the reattach data names (not yet proven plugbay's)."""
     container_id = str(data.get("id") or "")
     if not container_id:
         raise ReattachError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
                           " pass what Client.reattach_config() / runner.reattach_data() returned")
-    if not isinstance(data.get("id"), str) or not _CONTAINER_REF.fullmatch(container_id):
+    if not isinstance(data.get("id"), str) or not is_container_ref(container_id):
         raise ReattachError(f"reattach data names container {container_id[:80]!r}, which is neither a container id"
                             " (12-64 hex digits) nor a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); pass the JSON"
                             " that Client.reattach_config().to_json() produced")
