@@ -171,3 +171,15 @@ def assert_tls_refuses(address: str, certs: CertSet, tmp: Path) -> None:
             "EOF occurred in violation of protocol" in refusal, refusal
     assert tls_refusal(address, certs.server_ca, certs.client, tmp) == ""
     assert tls_refusal(address, certs.server_ca, certs.client, tmp, tls12=True) == ""
+
+
+def unknown_type_key_pem() -> bytes:
+    """A well-formed PKCS#8 private key of an algorithm cryptography does not know (OID 1.2.3.4), as an
+    SM2 or GOST key reads to it: loading it raises UnsupportedAlgorithm, not ValueError."""
+    import base64
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        return bytes([tag, len(body)]) + body
+
+    der = tlv(0x30, tlv(0x02, b"\x00") + tlv(0x30, tlv(0x06, bytes.fromhex("2a0304"))) + tlv(0x04, b"\x01\x02\x03"))
+    return b"-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(der) + b"-----END PRIVATE KEY-----\n"

@@ -115,3 +115,11 @@ def test_a_set_that_could_not_be_read_is_tried_again(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     assert provider.changed() is True and provider.reloads == 1
     assert provider.current.cert_pem.startswith(new.cert_pem)
+
+
+def test_a_key_of_a_type_cryptography_does_not_know_is_a_tls_config_error(tmp_path: Path) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    certs.key_file.write_bytes(netcerts.unknown_type_key_pem())
+    files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
+    with pytest.raises(certfiles.TLSConfigError, match="no unencrypted PEM private key"):
+        certfiles.load(files)

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -236,3 +237,142 @@ def test_a_brokered_session_to_a_new_endpoint_presents_the_renewed_certificate(
         stop.set()
         thread.join(10)
         server.close()
+
+
+def test_a_key_of_a_type_cryptography_does_not_know_is_a_tls_config_error(
+        tmp_path: Path, certs: netcerts.CertSet, caplog: pytest.LogCaptureFixture) -> None:
+    host = netcerts.issue(certs.client_ca, "host", server=False)
+    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
+    (tmp_path / "tls.key").write_bytes(netcerts.unknown_type_key_pem())
+    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
+    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    with pytest.raises(TLSConfigError, match="key type not supported; pass an RSA, EC or Ed25519 key"):
+        tls.files()
+    with pytest.raises(TLSConfigError, match="key type not supported"):
+        EndpointPool(_Steered([]), tls=tls)
+    # a renewal to such a key: the last good set stays in use, said once
+    (tmp_path / "tls.key").write_bytes(host.key_pem)
+    good = tls.files()
+    (tmp_path / "tls.key").write_bytes(netcerts.unknown_type_key_pem())
+    os.utime(tmp_path / "tls.key", ns=(1, 1))
+    with caplog.at_level(logging.WARNING, logger="plugbay.network.tls"):
+        assert tls.files() is good
+        assert tls.files() is good
+    assert len([r for r in caplog.records if "key type not supported" in r.getMessage()]) == 1
+
+
+def _closer() -> tuple[socket.socket, threading.Event, threading.Thread]:
+    """A TLS-terminating proxy whose backend is down: it closes every connection at once."""
+    listener = sockets.open_listener("tcp", "127.0.0.1:0")
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, stop, thread
+
+
+def test_the_pool_health_thread_lives_on_through_a_renewal_to_an_unknown_key_type(
+        tmp_path: Path, certs: netcerts.CertSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(f"{args.exc_type}: {args.exc_value}"))
+    host = netcerts.issue(certs.client_ca, "host", server=False)
+    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
+    (tmp_path / "tls.key").write_bytes(host.key_pem)
+    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
+    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    listener, stop, thread = _closer()
+    endpoint = Endpoint("tcp", "127.0.0.1:%d" % listener.getsockname()[1])
+    resolver = _Steered([endpoint])
+    pool = EndpointPool(resolver, tls=tls, health_interval=0.1, health_timeout=0.5)
+    try:
+        pool.start()
+        # the endpoint is a TLS suspect: the health thread probes it, with the host's files, on each tick
+        assert wait_until(lambda: pool._members[endpoint.key].probed_at is not None, 10)
+        (tmp_path / "tls.key").write_bytes(netcerts.unknown_type_key_pem())
+        probed = pool._members[endpoint.key].probed_at
+        assert wait_until(lambda: pool._members[endpoint.key].probed_at != probed, 10)
+        time.sleep(1.5)  # more ticks and probes after the renewal
+        assert pool._thread is not None and pool._thread.is_alive(), died
+        assert died == []
+        # a new endpoint is still dialed, with the last good set
+        assert resolver.report is not None
+        resolver.report([endpoint, Endpoint("tcp", "127.0.0.1:1")])
+        assert len(pool.metrics()["endpoints"]) == 2
+    finally:
+        pool.close()
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_a_failing_health_step_does_not_end_the_health_thread(
+        tmp_path: Path, certs: netcerts.CertSet, replicas: list[_Replica], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    host = netcerts.issue(certs.client_ca, "host", server=False)
+    cert, key, ca = _host_files(tmp_path / "host", host, certs.server_ca)
+    pool = EndpointPool(_Steered([replicas[0].endpoint]), tls=NetworkTLS(cert, key, ca, server_name="localhost"),
+                        health_interval=0.1, health_timeout=2.0)
+    failures = []
+    real = pool._follow_files
+
+    def broken() -> Any:
+        if len(failures) < 3:
+            failures.append(1)
+            raise RuntimeError("a step that failed")
+        return real()
+
+    monkeypatch.setattr(pool, "_follow_files", broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="plugbay.network"):
+            pool.start()
+            assert wait_until(lambda: len(replicas[0].health.seen) >= 2, 10)  # checks go on after the failures
+        assert len(failures) == 3
+        assert pool._thread is not None and pool._thread.is_alive()
+        assert len([r for r in caplog.records if "health step failed" in r.getMessage()]) == 1
+    finally:
+        pool.close()
+
+
+def test_the_tls_probe_without_a_client_context_proves_nothing(
+        tmp_path: Path, certs: netcerts.CertSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.network import tlsprobe
+
+    def fails(tls: Any) -> Any:
+        raise RuntimeError("a context that could not be made")
+
+    listener, stop, thread = _closer()
+    monkeypatch.setattr(tlsprobe, "_context", fails)
+    try:
+        endpoint = Endpoint("tcp", "127.0.0.1:%d" % listener.getsockname()[1])
+        assert tlsprobe.probe(endpoint, None, 0.5) is None
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_a_certificate_whose_key_type_is_unknown_is_a_tls_config_error(
+        tmp_path: Path, certs: netcerts.CertSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    host = netcerts.issue(certs.client_ca, "host", server=False)
+    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
+    (tmp_path / "tls.key").write_bytes(host.key_pem)
+    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
+
+    def unknown(cert: Any, key: Any) -> bool:  # what cert.public_key() raises for an SM2 certificate
+        raise UnsupportedAlgorithm("Unknown key type: 1.2.156.10197.1.301")
+
+    monkeypatch.setattr(tlsfiles, "key_fits", unknown)
+    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    with pytest.raises(TLSConfigError, match="cert_file .* key type not supported"):
+        tls.files()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -56,6 +56,7 @@ class PoolHealth:
     _health_fails: dict[str, int]
     _connector: Any
     _closed: bool
+    _step_failure: str | None = None  # the last step's failure, logged once
     generation: int
 
     if TYPE_CHECKING:  # EndpointPool's
@@ -67,32 +68,50 @@ class PoolHealth:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            drained: list[Member] = []
-            with self._cond:
-                members = list(self._members.values())
-                for member in members:
-                    if member.outlier.tick(self.outlier, now):
-                        _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
-                        self._cond.notify_all()
-                for member in list(self._draining):
-                    if member.inflight <= 0 or (not member.renewed
-                                                and now - (member.draining_since or now) >= self.drain_timeout):
-                        self._draining.remove(member)
-                        member.drained = True  # before its channel closes: the calls it cuts see it
-                        drained.append(member)
-            for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
-                member.retire()  # and an AsyncRemoteClient picks under that lock on its event loop
-            renewed = self._follow_files()
-            members = members if renewed is None else renewed
-            for member in members:
-                self._check(member)
-            self._log_if_changed()
-            self._probe_suspects()
+            self._step(self._tick)
             end = time.monotonic() + self.health_interval
             while not self._stop.is_set() and self._kick.wait(max(end - time.monotonic(), 0)):
                 self._kick.clear()
-                self._probe_suspects()
+                self._step(self._probe_suspects)
+
+    def _step(self, work: Callable[[], None]) -> None:
+        """One step of the thread: a failure is logged and the thread goes on (it alone checks health,
+        returns ejected endpoints and closes drained ones); the same failure again is not logged again."""
+        try:
+            work()
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._step_failure:
+                _log.exception("pool %s: a health step failed; going on at the next tick", self.name)
+            self._step_failure = failure
+        else:
+            self._step_failure = None
+
+    def _tick(self) -> None:
+        """One health tick: ejections ended, drained channels closed, renewed files followed, every
+        endpoint checked, suspects probed."""
+        now = time.monotonic()
+        drained: list[Member] = []
+        with self._cond:
+            members = list(self._members.values())
+            for member in members:
+                if member.outlier.tick(self.outlier, now):
+                    _log.info("pool %s: endpoint %s returns from ejection", self.name, member.key)
+                    self._cond.notify_all()
+            for member in list(self._draining):
+                if member.inflight <= 0 or (not member.renewed
+                                            and now - (member.draining_since or now) >= self.drain_timeout):
+                    self._draining.remove(member)
+                    member.drained = True  # before its channel closes: the calls it cuts see it
+                    drained.append(member)
+        for member in drained:  # not under the lock: a brokered endpoint's close waits for its relay,
+            member.retire()  # and an AsyncRemoteClient picks under that lock on its event loop
+        renewed = self._follow_files()
+        members = members if renewed is None else renewed
+        for member in members:
+            self._check(member)
+        self._log_if_changed()
+        self._probe_suspects()
 
     def _follow_files(self) -> list[Member] | None:
         """Dial again, with the current NetworkTLS files, each endpoint whose channel has older ones; the

@@ -121,6 +121,7 @@ def _read(what: str, path: str) -> bytes:
 def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet:
     """Read and check the files: a TLSConfigError says which one is wrong."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     ca = _read("ca_file", ca_file)
@@ -135,14 +136,35 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
     try:
         chain = x509.load_pem_x509_certificates(cert)
         private = serialization.load_pem_private_key(key, password=None)
+    except UnsupportedAlgorithm as exc:  # a well-formed key of a type cryptography does not know (SM2, say)
+        raise TLSConfigError(f"NetworkTLS key_file {key_file!r}: key type not supported; pass an RSA, EC or"
+                             f" Ed25519 key ({exc})") from None
     except (ValueError, TypeError) as exc:
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              f" together ({exc}); pass a PEM certificate and its own unencrypted key") from None
-    if not key_fits(chain[0], private):
+    try:
+        fits = key_fits(chain[0], private)
+    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:  # the certificate's key is of such a type
+        raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r}: key type not supported; pass a certificate"
+                             f" for an RSA, EC or Ed25519 key ({exc})") from None
+    if not fits:
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              " together (the key does not belong to the certificate); pass a certificate and"
                              " its own key (renew both files together)")
     return ClientSet(ca, cert, key, (cert_file, key_file))
+
+
+def _load_typed(paths: tuple[str | None, str | None, str]) -> ClientSet:
+    """load(), anything it did not foresee in the files (cryptography's parsers vary by version) made a
+    TLSConfigError: a pool's health thread and a resolver's reports must not die of a renewal."""
+    try:
+        return load(*paths)
+    except TLSConfigError:
+        raise
+    except Exception as exc:
+        raise TLSConfigError(f"NetworkTLS files {', '.join(repr(p) for p in paths if p)} cannot be used"
+                             f" ({type(exc).__name__}: {exc}); pass a PEM certificate, its own unencrypted RSA,"
+                             " EC or Ed25519 key, and the CA certificate(s)") from exc
 
 
 def _stamp(path: str | None) -> Stamp:
@@ -179,7 +201,7 @@ class ClientFiles:
             if good is not None and (stamps == self._stamps or (self._bad and stamps == self._warned)):
                 return good
             try:
-                loaded = load(*self._paths)
+                loaded = _load_typed(self._paths)
             except TLSConfigError as exc:
                 if good is None:
                     raise  # no set was ever good: the connection cannot be made

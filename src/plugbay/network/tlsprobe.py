@@ -13,6 +13,7 @@ within its deadline.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 
@@ -20,6 +21,7 @@ from plugbay.core.transport.sockets import dial
 from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import WANTS_TLS, NetworkTLS, tls_failure
 
+_log = logging.getLogger("plugbay.network")
 REFUSED_CERT = ("the plugin answered the host's certificate with a TLS alert: it refused it (cert_file signed"
                 " by a CA it does not trust, or no certificate given)")
 # Not definite on its own: gRPC's TLS 1.3 servers close so when they refuse a certificate, and so does a
@@ -59,6 +61,10 @@ def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | N
     deadline = time.monotonic() + timeout
     try:
         ctx = _context(tls)
+    except Exception as exc:  # this host's own files, not the endpoint: no proof either way
+        _log.warning("TLS probe of %s skipped: its client context could not be made (%s)", endpoint.key, exc)
+        return None
+    try:
         sock = dial(endpoint.network, endpoint.address, timeout)
     except (OSError, ValueError):
         return None

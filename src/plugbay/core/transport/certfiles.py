@@ -76,6 +76,7 @@ def load(files: TLSFiles) -> LoadedTLS:
     """Read and check the three files; a TLSConfigError says which one is wrong and how."""
     # cryptography here, not at import: a plugin served without TLS files never loads it
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -89,7 +90,7 @@ def load(files: TLSFiles) -> LoadedTLS:
                              " (chain) in PEM form, '-----BEGIN CERTIFICATE-----'") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the last: a key type it does not know
         raise TLSConfigError(f"{files.key_file!r} holds no unencrypted PEM private key ({exc}); pass the"
                              " key of the certificate in PEM form without a passphrase") from None
     try:
@@ -105,7 +106,12 @@ def load(files: TLSFiles) -> LoadedTLS:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _GRPC_CURVES:
         raise TLSConfigError(f"{files.key_file!r} is an ECDSA key on {key.curve.name}, which gRPC's TLS"
                              " cannot use; issue the certificate with RSA-2048+ or P-256/P-384")
-    if not key_fits(chain[0], key):
+    try:
+        fits = key_fits(chain[0], key)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the certificate's key is of such a type
+        raise TLSConfigError(f"{files.cert_file!r} is for a key type not supported ({exc}); issue it for an RSA"
+                             " or ECDSA (P-256/P-384) key") from None
+    if not fits:
         raise TLSConfigError(f"the key in {files.key_file!r} does not belong to the certificate in"
                              f" {files.cert_file!r}; pass the key the certificate was issued for (rotate"
                              " both files together)")
