@@ -197,3 +197,52 @@ def test_watches_that_end_at_once_with_no_event_are_backed_off(api: SliceAPI, tm
         assert isinstance(resolver.last_error, DiscoveryError) and "no event" in str(resolver.last_error)
     finally:
         resolver.close()
+
+
+class _AlwaysGone:
+    """Watch events as SliceAPI takes them: every watch gets 410 Gone at once (a proxy or an API server
+    that refuses every watch so)."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.taken += 1
+        if self.taken % 2:
+            return {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "code": 410, "reason": "Expired",
+                                                 "message": "too old resource version"}}
+        return None  # the stream's end
+
+
+def test_watches_answered_410_gone_every_time_are_backed_off(api: SliceAPI, tmp_path: Path) -> None:
+    """Every 410 relisted and watched again at once: hundreds of lists a second."""
+    api.list_body["items"] = [slice_of("kv-a", ["10.0.0.1"])]
+    api.events = _AlwaysGone()  # type: ignore[assignment]
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver.start(lambda endpoints: None)
+    try:
+        time.sleep(2.0)
+        # the first 410 lists again at once, the next ones wait 0.2, 0.4, 0.8 s...
+        assert api.lists <= 8 and api.watches <= 8, (api.lists, api.watches)
+        assert isinstance(resolver.last_error, DiscoveryError) and "410 Gone" in str(resolver.last_error)
+    finally:
+        resolver.close()
+
+
+def test_a_410_after_a_watch_that_delivered_events_lists_again_at_once(api: SliceAPI, tmp_path: Path) -> None:
+    gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                        "reason": "Expired", "message": "too old resource version"}}
+    api.list_body["items"] = [slice_of("kv-a", ["10.0.0.1"])]
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver.start(lambda endpoints: None)
+    try:
+        for round_ in range(1, 4):  # each watch delivers an event, then its version expires
+            assert wait_until(lambda: api.watches == round_, 10), (api.watches, round_)
+            api.events.put({"type": "ADDED", "object": slice_of(f"kv-{round_}", ["10.0.1.%d" % round_])})
+            api.events.put(gone)
+            api.events.put(None)
+            assert wait_until(lambda: api.lists == round_ + 1, 10)
+            assert resolver.last_error is None  # an expiry, not a failure to pause after
+    finally:
+        resolver.close()

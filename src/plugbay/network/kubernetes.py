@@ -75,6 +75,8 @@ class EndpointSliceResolver:
         self._on_change: OnChange | None = None
         self._slices: dict[str, dict[str, Any]] = {}
         self._rv: str | None = None
+        self._delivered = 0  # events other than ERROR the current watch delivered
+        self._gone_before = False  # the last watch ended in 410 Gone (no event delivered since)
         self._reported: list[Endpoint] | None = None
         self.max_endpoints = max_endpoints
         self._capped_at: int | None = None  # the endpoint count last warned about
@@ -291,6 +293,7 @@ class EndpointSliceResolver:
 
         failures = 0
         while not self._stop.is_set():
+            self._delivered = 0
             try:
                 if self._rv is None:
                     self._relist()
@@ -299,20 +302,22 @@ class EndpointSliceResolver:
                 took = time.monotonic() - started
                 if self._stop.is_set():
                     break
-                if not watch_cut_short(events, took, self.watch_timeout):
+                cut = watch_cut_short(events, took, self.watch_timeout)
+                if self._delivered or not cut:  # the server kept a watch: a later 410 is an expiry again
+                    self._gone_before = False
+                if not cut:
                     failures = 0
                     continue
                 self.last_error = DiscoveryError(
                     f"the endpointslices watch for {self.target} ended after {took:.1f}s with no event, long"
                     f" before its {self.watch_timeout}s; the API server (or a proxy in front of it) cuts it short")
-            except _Gone:
-                self._rv = None
-                continue
-            except ApiException as exc:
-                if exc.status == 410:
+            except (_Gone, ApiException) as exc:
+                if isinstance(exc, ApiException) and exc.status != 410:
+                    self.last_error = self._error("watch", exc)
+                else:
                     self._rv = None
-                    continue
-                self.last_error = self._error("watch", exc)
+                    if not self._gone_again():
+                        continue
             except DiscoveryError as exc:
                 if self._stop.is_set():  # close() ended a list in progress
                     break
@@ -331,6 +336,18 @@ class EndpointSliceResolver:
             delay = doubling_pause(failures, 0.2, MAX_BACKOFF)
             _log.warning("%s: %s (retrying in %.1fs)", self.target, self.last_error, delay)
             self._stop.wait(delay)
+
+    def _gone_again(self) -> bool:
+        """A watch ended in 410 Gone: the first one lists again at once (the version expired); another
+        with no event delivered since, even from a fresh list, is a failure to back off from (an API
+        server or a proxy answering every watch so would otherwise get lists as fast as it answers)."""
+        again = self._gone_before and not self._delivered
+        self._gone_before = True
+        if again:
+            self.last_error = DiscoveryError(
+                f"the endpointslices watch for {self.target} got 410 Gone again right after listing them; the"
+                " API server (or a proxy in front of it) refuses every watch")
+        return again
 
     def _watch_once(self) -> int:
         """One watch, until its end; how many events it had (bookmarks too)."""
@@ -357,6 +374,7 @@ class EndpointSliceResolver:
                 if obj.get("code") == 410:
                     raise _Gone()
                 raise DiscoveryError(f"the endpointslices watch failed: {obj.get('message') or obj}")
+            self._delivered += 1
             if meta.get("resourceVersion"):
                 self._rv = str(meta["resourceVersion"])
             if kind == "BOOKMARK" or not meta.get("name"):
