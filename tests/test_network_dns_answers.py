@@ -163,6 +163,18 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
     assert srv == ["tcp:127.0.0.9:7002", "tcp:[::1]:7002"]
 
 
+def test_an_srv_target_that_is_an_address_is_one_endpoint_however_it_is_spelt(
+        dns: tuple[Zone, str], caplog: pytest.LogCaptureFixture) -> None:
+    """Each spelling of one IPv6 address (case, zeros, a zone index) was an endpoint of its own: N channels
+    and N health checks for one replica."""
+    zone, server = dns
+    spellings = ["fd00::1", "FD00:0:0::1", "fd00:0000::0001", "fd00::1%eth0", "fd00::1%eth1", "10.0.0.7"]
+    zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(1, 1, 7000, f"{t}.") for t in spellings])
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    assert sorted(_keys(server, "_kv._tcp.plugbay.test", srv=True)) == ["tcp:10.0.0.7:7000", "tcp:[fd00::1]:7000"]
+    assert "names fd00::1%eth0, which carries a zone index" in caplog.text
+
+
 class SlowZone(Zone):
     """Answers every query after ``delay`` seconds."""
 

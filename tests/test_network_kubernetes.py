@@ -7,6 +7,7 @@ end, and the resolver follows them through a real kubeconfig and real watches.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 import threading
@@ -27,7 +28,7 @@ from plugbay.errors import (
 )
 from plugbay.network import slices as slice_parsing
 from plugbay.network.kubernetes import EndpointSliceResolver, endpoints_from_slices
-from plugbay.network.resolver import Endpoint
+from plugbay.network.resolver import Endpoint, refusal
 from tests.kube_standin import TOKEN, StandIn
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: F401
 
@@ -305,6 +306,19 @@ def test_slice_contents_map_to_endpoints() -> None:
     }
     assert endpoints_from_slices(slices, 4000) == endpoints_from_slices(slices, "grpc")
     assert endpoints_from_slices(slices, "dns") == [] and endpoints_from_slices(slices, 53) == []
+
+
+def test_a_slice_address_with_a_zone_index_is_refused() -> None:
+    """fd00::1%eth0 named the replica fd00::1 once per zone index (any text): N endpoints for one replica,
+    some no gRPC target at all."""
+    slices = [{"addressType": "IPv6", "ports": [{"name": "grpc", "port": 7000, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [a]} for a in ["fd00::1", "fd00::1%eth0", "fd00::1%eth1",
+                                                         "fd00::1%x]:1 ?#", "::1%lo"]]}]
+    refused: list[str] = []
+    got = endpoints_from_slices(slices, 7000, allow_loopback=True, refused=refused)
+    assert [e.address for e in got] == ["[fd00::1]:7000"]
+    assert refused == ["fd00::1%eth0", "fd00::1%eth1", "fd00::1%x]:1 ?#", "::1%lo"]
+    assert "zone index" in (refusal(ipaddress.ip_address("fd00::1%eth0")) or "")
 
 
 def test_a_slice_port_that_is_a_boolean_is_no_port() -> None:

@@ -69,7 +69,12 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback
     ``allow_loopback``: a spoofed answer would point calls carrying the host's client certificate at
     this host's own services (Kubernetes refuses loopback endpoints too). A static:/// target is the
     user's own word and is not checked.
+
+    A zone index (fd00::1%eth0) names a network interface of the host that reads the answer: it says
+    nothing of the replica, and each spelling of one would be an endpoint of its own.
     """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return "carries a zone index (%...): a zone index is no replica address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
     if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):

@@ -226,12 +226,13 @@ class DNSResolver:
 
     def _srv_target(self, target: str, port: int, failed: list[str]) -> list[Endpoint]:
         try:
-            ipaddress.ip_address(target)
+            ip = ipaddress.ip_address(target)
         except ValueError:
             pass
-        else:
-            return [Endpoint("tcp", f"[{target}]:{port}" if ":" in target else f"{target}:{port}",
-                             name=target)] if self._dialable(target) else []
+        else:  # as the address reads, not as the answer spells it: one replica, one endpoint
+            host = str(ip)
+            return [Endpoint("tcp", f"[{host}]:{port}" if ip.version == 6 else f"{host}:{port}",
+                             name=host)] if self._dialable(host) else []
         found = []
         for kind in ("A", "AAAA"):
             for rr in self._ask(target, kind, failed):
