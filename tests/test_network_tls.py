@@ -103,6 +103,29 @@ def test_unreadable_or_non_pem_files_are_config_errors(tmp_path: Path, pki: dict
         NetworkTLS(pki["client"], pki["client_key"], str(junk)).credentials()
     with pytest.raises(ConfigError, match="cert_file and key_file together"):
         NetworkTLS(pki["client"], None, pki["ca"])
+    # a NUL byte in a path: open() and stat() raised a bare ValueError
+    for paths in [(pki["client"], pki["client_key"], pki["ca"] + "\0x"), (pki["client"] + "\0", pki["client_key"],
+                                                                          pki["ca"])]:
+        with pytest.raises(ConfigError, match="holds a NUL byte"):
+            NetworkTLS(*paths).files()
+
+
+def test_a_ca_file_with_text_of_another_encoding_around_its_pem_works_everywhere(
+        tmp_path: Path, pki: dict[str, str]) -> None:
+    """A byte that is no UTF-8 outside the PEM block (a Latin-1 comment): the files loaded and gRPC took
+    them, but the relay's OpenSSL context failed with a bare UnicodeDecodeError."""
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(b"friendlyName: Zo\xe9\n" + Path(pki["ca"]).read_bytes() + b"# fin \xff\n")
+    tls = NetworkTLS(pki["client"], pki["client_key"], str(ca))
+    assert tls.credentials() is not None
+    assert [c["subject"] for c in tls.ssl_context().get_ca_certs()] == [
+        c["subject"] for c in _context_of(pki["ca"]).get_ca_certs()]
+
+
+def _context_of(ca_file: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=ca_file)
+    return ctx
 
 
 def _expired_server_cert(pki: dict[str, str], folder: Path) -> tuple[str, str]:

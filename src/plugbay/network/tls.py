@@ -64,6 +64,10 @@ class NetworkTLS:
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("NetworkTLS needs cert_file and key_file together (or neither, for"
                               " server-only TLS); got only one of them")
+        for what in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, what)
+            if path is not None and "\0" in str(path):  # no file is named so: open() and stat() raise ValueError
+                raise ConfigError(f"NetworkTLS {what} {path!r} holds a NUL byte; pass the path of a PEM file")
         # not a dataclass field: equality, repr and asdict() stay the four paths
         object.__setattr__(self, "_files", ClientFiles(self.cert_file, self.key_file, self.ca_file))
 

@@ -124,12 +124,15 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    ca = _read("ca_file", ca_file)
+    ca_text = _read("ca_file", ca_file)  # its TLSConfigError is a ValueError: not caught below
     try:
-        x509.load_pem_x509_certificates(ca)
+        cas = x509.load_pem_x509_certificates(ca_text)
     except ValueError:
         raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds no whole PEM certificate; pass the CA"
                              " certificate(s) that sign the plugins' certificates") from None
+    # the CAs as parsed, not the file: text around its PEM blocks (comments, another encoding's bytes)
+    # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
+    ca = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
     if cert_file is None or key_file is None:
         return ClientSet(ca, None, None)
     cert, key = _read("cert_file", cert_file), _read("key_file", key_file)
