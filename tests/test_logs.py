@@ -351,3 +351,25 @@ def test_a_plugin_dying_after_deeply_nested_stderr_lines_fails_the_call_typed_an
                           capture_output=True, text=True, timeout=120)
     assert host.stdout.splitlines() == ["call typed PluginDied", "kill returned", "folder left False"], (
         host.stdout + host.stderr[-2000:])
+
+
+def test_the_hclog_handler_drops_records_once_stderr_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    from plugbay.core.plugin.logs import HclogHandler
+
+    class Dead:
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    stream = Dead()
+    handler = HclogHandler(stream)  # type: ignore[arg-type]
+    record = logging.LogRecord("plugin", logging.INFO, __file__, 1, "lost", None, None)
+    for _ in range(3):
+        handler.emit(record)
+    assert stream.writes == 1  # not retried at every record
+    assert "Logging error" not in capsys.readouterr().err  # no traceback aimed at the dead stderr

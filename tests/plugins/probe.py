@@ -20,6 +20,7 @@ PROBE_BAD=notgrpc      the plugin set holds an object that is not a GRPCPlugin
 PROBE_STDIO_MAX=N      keep at most N bytes of captured output
 PROBE_BASICCONFIG=1    logging.basicConfig() (a stderr handler of the program's own) before serve()
 PROBE_STOP_GRACE=S     the graceful stop's grace (server.STOP_GRACE) in seconds: a stop that waits it out shows
+PROBE_AFTER_SERVE=F    write "serve returned" to the file F once serve() has returned
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def main() -> None:
 
         plugin_server.STOP_GRACE = float(os.environ["PROBE_STOP_GRACE"])
     serve(config)
+    if os.environ.get("PROBE_AFTER_SERVE"):
+        Path(os.environ["PROBE_AFTER_SERVE"]).write_text("serve returned")
 
 
 def _raise(text: str) -> None:

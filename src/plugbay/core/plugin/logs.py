@@ -58,13 +58,20 @@ class HclogHandler(logging.Handler):
         # Reentrant: a signal handler (serve()'s SIGTERM) logs on the main thread, possibly while
         # that thread is inside this very emit; a plain Lock deadlocked the plugin there.
         self._write_lock = threading.RLock()
+        self.gone = False  # the host's end of stderr closed: records are dropped from then on
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.gone:
+            return
         try:
             line = self.format(record).replace("\n", "\\n") + "\n"
             with self._write_lock:
                 self.stream.write(line)
                 self.stream.flush()
+        except OSError:
+            # Nobody reads the host's log any more (the host crashed or closed it): a retry would
+            # fail again, and handleError's traceback would go to that same dead stderr.
+            self.gone = True
         except Exception:  # logging must never take the plugin down
             self.handleError(record)
 
@@ -159,4 +166,8 @@ class PluginLogging:
             logger.removeHandler(handler)
         if self._restore_root_level:
             logging.getLogger().setLevel(logging.WARNING)
-        self._stream.close()
+        try:
+            self._stream.close()  # the fd is closed even when the final flush fails
+        except OSError:
+            pass  # records the host's closed stderr refused: nobody is left to read them
+
