@@ -7,6 +7,8 @@ import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from plugbay.core.transport.sockets import open_listener
 from tests.serverproc import (  # noqa: F401  (plugins is a fixture)
     COOKIE,
     KV_PLUGIN,
+    PROBE,
     PluginProc,
     health,
     plugins,
@@ -46,6 +49,23 @@ def test_empty_cookie_in_config_is_a_misconfiguration(plugins: list[PluginProc])
     err = refused(plugins, {**COOKIE, "PROBE_MISCONFIGURED": "1"})
     assert err == MISCONFIGURED_MESSAGE
     assert err.startswith("Misconfigured ServeConfig given to serve this plugin: no magic cookie")
+
+
+def test_a_host_that_closed_stdout_before_the_line_gets_a_message_saying_so(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the host's end of stdout, gone before the plugin prints its line
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "PROBE_"))}
+    try:
+        done = subprocess.run([sys.executable, str(PROBE)], stdout=write, stderr=subprocess.PIPE,
+                              env={**env, **COOKIE, "PLUGIN_PROTOCOL_VERSIONS": "1",
+                                   "PLUGIN_UNIX_SOCKET_DIR": str(tmp_path)}, timeout=60)
+    finally:
+        os.close(write)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "the handshake line could not be written to stdout" in err and "closed" in err, err
+    assert "PLUGIN_UNIX_SOCKET_DIR" not in err  # not a folder or port problem
+    assert list(tmp_path.iterdir()) == []  # its socket went too
 
 
 @pytest.mark.parametrize("config", [None, {"handshake": None}])

@@ -37,7 +37,7 @@ import grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import plugin_broker
-from plugbay.errors import ConfigError, PlugbayError
+from plugbay.errors import ConfigError, HandshakeError, PlugbayError
 from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
@@ -231,7 +231,11 @@ class _PluginServer:
             self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
         elif sys.stdout is not None:
             sys.stdout.flush()
-        os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
+        try:
+            os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
+        except OSError as exc:  # not a folder or port limit: serve()'s hint for OSError would mislead
+            raise HandshakeError(f"plugin setup failed: the handshake line could not be written to stdout"
+                                 f" ({exc}): the host closed the plugin's stdout before reading it") from exc
         # After the line: the host is waiting for it, not for these records (json loads at the first).
         if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
             self.log.debug("configuring server automatic mTLS")
