@@ -248,6 +248,33 @@ def test_bad_port_range(plugins: list[PluginProc], env: dict[str, str], expected
     assert expected in refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": "tcp", **env})
 
 
+@pytest.mark.parametrize("raw", [" 5000", "5000 ", "5_001", "\u0665\u0660\u0660\u0660", "+", "++5", "0x10",
+                                 "2147483648", "-2147483649", "9" * 5000])
+def test_a_port_bound_go_plugin_refuses_is_refused(raw: str) -> None:
+    # go-plugin reads it with strconv.ParseInt(s, 10, 32): int() took spaces, '_' and other scripts' digits
+    from plugbay.core.plugin.listener import plan_endpoint
+    from plugbay.errors import ConfigError
+
+    for name in ("PLUGIN_MIN_PORT", "PLUGIN_MAX_PORT"):
+        with pytest.raises(ConfigError, match=f"couldn't get value from {name}: .* is not a port number"):
+            plan_endpoint({"PLUGBAY_LISTEN": "tcp", "PLUGIN_MIN_PORT": "5000", "PLUGIN_MAX_PORT": "6000",
+                           name: raw})
+
+
+def test_a_port_bound_go_plugin_takes_is_taken() -> None:
+    from plugbay.core.plugin.listener import plan_endpoint
+    from plugbay.errors import ConfigError
+
+    for low, high, expected in (("+5000", "+5001", (5000, 5001)), ("0005000", "-0", None), ("", "", (0, 0))):
+        env = {"PLUGBAY_LISTEN": "tcp", "PLUGIN_MIN_PORT": low, "PLUGIN_MAX_PORT": high}
+        if expected is None:  # read as Go does (5000 > 0), then refused as go-plugin refuses it
+            with pytest.raises(ConfigError, match="PLUGIN_MIN_PORT value of 5000 is greater than PLUGIN_MAX_PORT"
+                                                " value of 0"):
+                plan_endpoint(env)
+        else:
+            assert plan_endpoint(env).port_range == expected
+
+
 def test_plugbay_listen_tcp_announces_that_address(plugins: list[PluginProc]) -> None:
     p = start(plugins, {"PLUGBAY_LISTEN": "tcp:127.0.0.1:0"})
     info = p.handshake()

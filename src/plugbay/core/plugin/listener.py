@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from plugbay.core.plugin.goenv import go_int
 from plugbay.core.protocol.records import Record
 from plugbay.errors import ConfigError
 from plugbay.core.protocol.handshake import ENV_MAX_PORT, ENV_MIN_PORT, ENV_UNIX_SOCKET_DIR, ENV_UNIX_SOCKET_GROUP
@@ -151,11 +152,11 @@ def _port_range(env: Mapping[str, str]) -> tuple[int, int]:
     values = []
     for name in (ENV_MIN_PORT, ENV_MAX_PORT):
         raw = env.get(name, "")
-        try:
-            values.append(int(raw) if raw else 0)
-        except ValueError:
+        value = go_int(raw, 32) if raw else 0  # as go-plugin reads it: a Go plugin refuses what this refuses
+        if value is None:
             raise ConfigError(f"couldn't get value from {name}: {raw!r} is not a port number;"
-                              " set it to an integer between 0 and 65535") from None
+                              " set it to an integer between 0 and 65535")
+        values.append(value)
     low, high = values
     if low > high:
         raise ConfigError(f"{ENV_MIN_PORT} value of {low} is greater than {ENV_MAX_PORT} value of"
