@@ -379,7 +379,8 @@ def test_non_numeric_versions_are_skipped_with_go_plugins_message(plugins: list[
     shutdown(p.channel(info))
     code, err = p.finish()
     assert code == 0
-    assert "server sent invalid plugin version 'two'" in err and "invalid plugin version '\u0662'" in err
+    # Go's %q quoting, one message a line
+    assert "server sent invalid plugin version \"two\"\n" in err and "invalid plugin version \"\u0662\"\n" in err
 
 
 def test_protocol_version_follows_go_plugin() -> None:
@@ -399,6 +400,30 @@ def test_protocol_version_follows_go_plugin() -> None:
     assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": "x,4"}) == (4, {"kv": c})  # 'x' skipped
     with pytest.raises(ConfigError, match="'x', which is not a version number"):
         parse_versions("x")  # the host's own settings stay strict
+
+
+@pytest.mark.parametrize("host, chosen, refused", [
+    ("1, 2", 1, ['" 2"']),  # strconv.Atoi strips nothing: go-plugin serves 1
+    ("1,+2", 2, []),  # and takes a sign
+    ("1,,2", 2, ['""']),  # an empty piece is refused (and reported) like any other
+    ("2 ,1", 1, ['"2 "']),
+    ("1,\t2,\x07,\u00a0", 1, ['"\\t2"', '"\\a"', '"\\u00a0"']),
+    ("1,\udcff", 1, ['"\\xff"']),  # a byte that was no UTF-8, as Go quotes it
+    ("", 1, []),  # no host versions: the lowest (go-plugin's last one tried)
+])
+def test_protocol_versions_are_read_as_go_plugins_server_reads_them(
+        capsys: pytest.CaptureFixture[str], host: str, chosen: int, refused: list[str]) -> None:
+    # go-plugin 1.0.1 protocolVersion(): strconv.Atoi per piece, fmt.Fprintf(os.Stderr,
+    # "server sent invalid plugin version %q", s) for each refused one, then the highest common
+    from kv_plugin_def import HANDSHAKE, KVPlugin
+
+    from plugbay.core.plugin.server import ServeConfig, protocol_version
+
+    config = ServeConfig(HANDSHAKE, versioned_plugins={1: {"kv": KVPlugin()}, 2: {"kv": KVPlugin()}})
+    assert protocol_version(config, {"PLUGIN_PROTOCOL_VERSIONS": host})[0] == chosen
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is the handshake's
+    assert err == "".join(f"server sent invalid plugin version {piece}\n" for piece in refused)
 
 
 def test_registration_error(plugins: list[PluginProc]) -> None:

@@ -17,7 +17,8 @@ from plugbay.core.broker.plugin import (
 from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
-from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig, read_versions
+from plugbay.core.plugin.goenv import go_quote, host_versions
+from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig
 from plugbay.core.protocol.records import Record
 
 
@@ -55,19 +56,20 @@ def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, 
     common version the *lowest* one is returned, so that the host, which has
     both lists, reports the mismatch (as go-plugin does).
     """
-    versions, bad = read_versions(env.get(ENV_PROTOCOL_VERSIONS, ""))
-    for piece in bad:
-        sys.stderr.write(f"server sent invalid plugin version {piece!r}\n")  # go-plugin's words; then skipped
-    host_versions = set(versions)
+    versions, bad = host_versions(env.get(ENV_PROTOCOL_VERSIONS, ""))
+    for piece in bad:  # go-plugin's words and quoting, then skipped; its missing newline glued the
+        # message to the next stderr line (a host's first hclog record then failed to parse)
+        sys.stderr.write(f"server sent invalid plugin version {go_quote(piece)}\n")
+    host_set = set(versions)
     sets: dict[int, PluginSet] = dict(config.versioned_plugins or {})
     if config.plugins is not None:
         sets[config.handshake.protocol_version] = config.plugins
     if not sets:
         return config.handshake.protocol_version, {}
-    if config.network is not None and not host_versions:
+    if config.network is not None and not host_set:
         return max(sets), sets[max(sets)]  # no host told us its versions: offer the newest
     for version in sorted(sets, reverse=True):
-        if version in host_versions:
+        if version in host_set:
             return version, sets[version]
     lowest = min(sets)
     return lowest, sets[lowest]

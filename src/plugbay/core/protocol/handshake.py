@@ -372,10 +372,9 @@ def parse_versions(value: str) -> list[int]:
 
 
 def read_versions(value: str) -> tuple[list[int], list[str]]:
-    """PLUGIN_PROTOCOL_VERSIONS' version numbers, and the pieces that are none.
+    """Version numbers in a host's own setting, and the pieces that are none (parse_versions refuses those).
 
-    A plugin skips those pieces, as go-plugin's server does ("server sent invalid plugin
-    version"), and serves the versions it could read.
+    A plugin reads the PLUGIN_PROTOCOL_VERSIONS its host sent as Go does instead (core.plugin.goenv).
     """
     out: list[int] = []
     bad: list[str] = []
