@@ -373,3 +373,30 @@ def test_the_hclog_handler_drops_records_once_stderr_is_gone(capsys: pytest.Capt
         handler.emit(record)
     assert stream.writes == 1  # not retried at every record
     assert "Logging error" not in capsys.readouterr().err  # no traceback aimed at the dead stderr
+
+
+def test_the_hclog_handler_keeps_writing_after_another_write_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a broken pipe means nobody reads any more: a full disk behind a redirected stderr loses that
+    record, and later ones are written once there is room again."""
+    from plugbay.core.plugin.logs import HclogHandler
+
+    class Full:
+        lines: list[str] = []
+        fail = True
+
+        def write(self, text: str) -> int:
+            if self.fail:
+                raise OSError(28, "No space left on device")
+            self.lines.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    stream = Full()
+    handler = HclogHandler(stream)  # type: ignore[arg-type]
+    handler.emit(logging.LogRecord("plugin", logging.INFO, __file__, 1, "lost", None, None))
+    stream.fail = False
+    handler.emit(logging.LogRecord("plugin", logging.INFO, __file__, 1, "kept", None, None))
+    assert len(stream.lines) == 1 and "kept" in stream.lines[0], stream.lines
+    assert "Logging error" not in capsys.readouterr().err

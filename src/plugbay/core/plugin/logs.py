@@ -68,10 +68,12 @@ class HclogHandler(logging.Handler):
             with self._write_lock:
                 self.stream.write(line)
                 self.stream.flush()
-        except OSError:
+        except BrokenPipeError:
             # Nobody reads the host's log any more (the host crashed or closed it): a retry would
             # fail again, and handleError's traceback would go to that same dead stderr.
             self.gone = True
+        except OSError:
+            pass  # a full disk behind a redirected stderr, say: this record is lost, later ones may not be
         except Exception:  # logging must never take the plugin down
             self.handleError(record)
 
@@ -170,4 +172,3 @@ class PluginLogging:
             self._stream.close()  # the fd is closed even when the final flush fails
         except OSError:
             pass  # records the host's closed stderr refused: nobody is left to read them
-
