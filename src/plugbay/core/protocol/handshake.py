@@ -363,31 +363,19 @@ def is_handshake_line(line: str) -> bool:
 
 
 def parse_versions(value: str) -> list[int]:
-    """Parse PLUGIN_PROTOCOL_VERSIONS ("1,2,3"); a piece that is no version number is a ConfigError."""
-    out, bad = read_versions(value)
-    if bad:
-        raise ConfigError(f"{ENV_PROTOCOL_VERSIONS} holds {bad[0]!r}, which is not a version number;"
-                          " set it to comma-separated integers such as '1,2'")
-    return out
-
-
-def read_versions(value: str) -> tuple[list[int], list[str]]:
-    """Version numbers in a host's own setting, and the pieces that are none (parse_versions refuses those).
-
-    A plugin reads the PLUGIN_PROTOCOL_VERSIONS its host sent as Go does instead (core.plugin.goenv).
-    """
+    """A host's own PLUGIN_PROTOCOL_VERSIONS setting ("1,2,3"); a piece that is no version number is a
+    ConfigError. (A plugin reads the one its host sent as Go does instead: core.plugin.goenv.)"""
     out: list[int] = []
-    bad: list[str] = []
     for piece in value.split(","):
         piece = piece.strip()
         if not piece:
             continue
         number = _number(piece)
         if number is None:
-            bad.append(piece)
-        else:
-            out.append(number)
-    return out, bad
+            raise ConfigError(f"{ENV_PROTOCOL_VERSIONS} holds {piece!r}, which is not a version number;"
+                              " set it to comma-separated integers such as '1,2'")
+        out.append(number)
+    return out
 
 
 def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[int]) -> int:
