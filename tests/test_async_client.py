@@ -46,6 +46,7 @@ from plugbay import (  # noqa: E402
     ProcessRunner,
     UnknownPluginError,
 )
+from plugbay.core.host.aiochannel import WrongLoop  # noqa: E402
 
 KV_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 GUARD = 60.0  # no test step may take longer: a hang fails instead of stalling the run
@@ -210,6 +211,32 @@ def test_concurrent_dispenses_of_a_name_get_one_stub() -> None:
                 await client.dispense("nope")
 
     run(main())
+
+
+def test_a_dispense_from_another_event_loop_during_the_build_is_refused_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it awaited the first loop's build: asyncio's bare RuntimeError (a Future of another loop)
+    monkeypatch.chdir(tmp_path)
+    client = AsyncClient(kv_config(KV_PLUGIN))
+    loop_a = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop_a.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(client.start(), loop_a).result(30)
+        with client.sync_client._lock:  # the first build waits for the Client's lock, as while a kill holds it
+            first = asyncio.run_coroutine_threadsafe(client.dispense(PLUGIN_NAME), loop_a)
+            deadline = time.monotonic() + 10
+            while PLUGIN_NAME not in client._dispensed._building:  # the first build began
+                assert time.monotonic() < deadline, "the first dispense did not begin its build"
+                time.sleep(0.02)
+            with pytest.raises(WrongLoop, match="on another event loop"):
+                asyncio.run(asyncio.wait_for(client.dispense(PLUGIN_NAME), 5))
+        assert first.result(30) is not None
+    finally:
+        asyncio.run_coroutine_threadsafe(client.kill(), loop_a).result(30)
+        loop_a.call_soon_threadsafe(loop_a.stop)
+        thread.join(5)
+        loop_a.close()
 
 
 def test_kill_during_calls_fails_them_as_killed() -> None:

@@ -51,7 +51,7 @@ class AsyncClient:
         self._channel: AioManagedChannel | None = None
         # beside the main one (AsyncRemoteClient's pins); weak: a dropped stub lets go of its channel
         self._more_channels: weakref.WeakSet[AioManagedChannel] = weakref.WeakSet()
-        self._dispensed = Dispensed()
+        self._dispensed = Dispensed(f"the AsyncClient of plugin {self.name!r}")
         self._ending = False
         self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
 
@@ -273,7 +273,8 @@ class Dispensed:
     """dispense()'s stubs, one per name: built once however many tasks ask for it at once, as the sync
     Client's lock does (the build awaits, so a second task would otherwise build another)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
+        self._owner = owner  # for WrongLoop's message: "the AsyncClient of plugin 'kv'"
         self._stubs: dict[str, Any] = {}
         self._building: dict[str, asyncio.Future[Any]] = {}
 
@@ -281,6 +282,10 @@ class Dispensed:
         if name in self._stubs:
             return self._stubs[name]
         building = self._building.get(name)
+        if building is not None and building.get_loop() is not asyncio.get_running_loop():
+            raise WrongLoop(f"{self._owner} is dispensing {name!r} on another event loop; use it from that loop"
+                            " (one per event loop; a sync Client serves any thread)", None,
+                            grpc.StatusCode.FAILED_PRECONDITION, sent=False)  # asyncio's own error is untyped
         if building is None:  # the first to ask builds it; a cancel of its task ends only that task's wait
             building = self._building[name] = asyncio.ensure_future(self._build(name, build))
             building.add_done_callback(retrieved)

@@ -66,7 +66,7 @@ class AsyncSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._switch: _FollowingChannel | None = None
         self._channel: AioManagedChannel | None = None
-        self._dispensed = Dispensed()
+        self._dispensed = Dispensed(f"the AsyncSupervisor of plugin {self.name!r}")
         self._starting: asyncio.Future[None] | None = None
         self._stopped = False
 
