@@ -39,13 +39,16 @@ def test_sigterm_stops_gracefully(plugins: list[PluginProc]) -> None:
     assert "plugin received SIGTERM, stopping" in err
 
 
+@pytest.mark.parametrize("own_logging", [False, True], ids=["plugbay-logging", "basicConfig"])
 def test_sigterm_after_the_host_closed_stderr_still_exits_0_and_returns_from_serve(
-        plugins: list[PluginProc], tmp_path: Path) -> None:
+        plugins: list[PluginProc], tmp_path: Path, own_logging: bool) -> None:
     # A host that crashed (or closed the plugin's stderr) leaves records the plugin cannot write:
     # they are dropped, not kept in the log stream to fail its final flush and end serve() with
-    # BrokenPipeError (exit 1, the code after serve() skipped).
+    # BrokenPipeError (exit 1, the code after serve() skipped). The same through the program's own
+    # stderr handler (basicConfig), which serve() moves to the host's log.
     after = tmp_path / "after-serve"
-    p = start(plugins, {"PROBE_AFTER_SERVE": str(after)})
+    env = {"PROBE_AFTER_SERVE": str(after), **({"PROBE_BASICCONFIG": "1"} if own_logging else {})}
+    p = start(plugins, env)
     info = p.handshake()
     ch = p.channel(info)
     assert p.proc.stderr is not None

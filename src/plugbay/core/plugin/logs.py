@@ -78,6 +78,36 @@ class HclogHandler(logging.Handler):
             self.handleError(record)
 
 
+class _HostStderr:
+    """The original fd 2 as the program's own moved StreamHandlers write to it: once the host's end is
+    closed (a broken pipe) writes are dropped, and no write error reaches logging, whose "--- Logging
+    error ---" traceback would land in the captured stderr, nor close(), whose setStream flushes."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        self._do(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._do(self._stream.flush)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def _do(self, step: Any, *args: Any) -> None:
+        if self.gone:
+            return
+        try:
+            step(*args)
+        except BrokenPipeError:
+            self.gone = True
+        except OSError:
+            pass  # as HclogHandler: a full disk, say, loses what is written now
+
+
 class PluginLogging:
     """Where serve() sends log records, and how it puts logging back when it returns.
 
@@ -92,6 +122,7 @@ class PluginLogging:
         self._restore_root_level = False
         self.log = self._setup(given)
         self._moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._moved_to = _HostStderr(self._stream)
         self._old_thread_hook: Any = None
         self._faulthandler = False
 
@@ -111,7 +142,7 @@ class PluginLogging:
             for handler in logger.handlers:
                 if (type(handler) is logging.StreamHandler and id(handler) not in ours
                         and handler.stream in (sys.stderr, sys.__stderr__)):
-                    self._moved.append((handler, handler.setStream(self._stream)))
+                    self._moved.append((handler, handler.setStream(self._moved_to)))
         # faulthandler on stderr from the start (PYTHONFAULTHANDLER, -X faulthandler): follow it to
         # the original fd 2; one the program pointed at a file of its own is left where it is
         if faulthandler.is_enabled() and (os.environ.get("PYTHONFAULTHANDLER") or "faulthandler" in sys._xoptions):
@@ -158,7 +189,7 @@ class PluginLogging:
         import sys
 
         for moved, old in self._moved:
-            if moved.stream is self._stream:
+            if moved.stream is self._moved_to:
                 moved.setStream(old)
         if self._faulthandler:
             faulthandler.enable(file=sys.stderr)
