@@ -102,12 +102,17 @@ def test_while_the_child_misses_its_checks_new_calls_are_refused_at_once_and_flo
             _until(health, NOT_SERVING, within=15)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as refused:
-                kv.Get(kv_pb2.GetRequest(key="k"), timeout=30)
+                kv.Get(kv_pb2.GetRequest(key="k"), timeout=30, metadata=(("plugbay-not-sent", "tok"),))
             assert time.monotonic() - started < 5, "the call went to the wedged child"
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "missed its health checks" in str(refused.value.details())
             assert "did not send it this call" in str(refused.value.details())
-            assert ("plugbay-not-sent", "1") in tuple(refused.value.trailing_metadata())
+            # the mark echoes the call's token (a pool's): a call that carried none gets none
+            assert ("plugbay-not-sent", "tok") in tuple(refused.value.trailing_metadata())
+            with pytest.raises(grpc.RpcError) as unmarked:
+                kv.Get(kv_pb2.GetRequest(key="k"), timeout=30)
+            assert unmarked.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "plugbay-not-sent" not in dict(unmarked.value.trailing_metadata())
             assert not early.done()
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -177,10 +182,10 @@ def test_a_pool_sends_the_call_a_restarting_gateway_refuses_to_the_other_gateway
         deadline = time.monotonic() + 15
         while True:  # until the keeper has seen the exit (it then waits a minute to restart)
             try:
-                direct.Get(kv_pb2.GetRequest(key="k"), timeout=5)
+                direct.Get(kv_pb2.GetRequest(key="k"), timeout=5, metadata=((NOT_SENT, "tok"),))
             except grpc.RpcError as exc:
                 if "not running" in str(exc.details()):
-                    assert (NOT_SENT, "1") in tuple(exc.trailing_metadata() or ()), exc.trailing_metadata()
+                    assert (NOT_SENT, "tok") in tuple(exc.trailing_metadata() or ()), exc.trailing_metadata()
                     break
             assert time.monotonic() < deadline, "the gateway did not see its child exit"
             time.sleep(0.1)
@@ -188,7 +193,7 @@ def test_a_pool_sends_the_call_a_restarting_gateway_refuses_to_the_other_gateway
 
 
 class _Refused(grpc.RpcError):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str | bytes], ...]) -> None:
         self._code, self._trailers = code, trailers
 
     def code(self) -> grpc.StatusCode:
@@ -197,14 +202,18 @@ class _Refused(grpc.RpcError):  # type: ignore[misc]
     def details(self) -> str:
         return "refused"
 
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._trailers
 
 
 def test_only_the_gateway_marks_a_call_never_sent() -> None:
-    """The child's own metadata never carries the mark through (it could mark a call it ran), and the pool
-    takes it only with UNAVAILABLE."""
+    """The child's own metadata never carries the mark through (it could mark a call it ran) nor sees the
+    caller's token (the key is dropped from invocation metadata too); the pool takes the mark only with
+    UNAVAILABLE and only when it echoes its own token (tests/test_network_not_sent.py: end to end)."""
     assert not _forwardable(NOT_SENT) and not _forwardable_trailer(NOT_SENT)
-    assert not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, ((NOT_SENT, "1"),)), None)
-    assert not not_sent(_Refused(grpc.StatusCode.INTERNAL, ((NOT_SENT, "1"),)), None)
-    assert not not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, (("other", "1"),)), None)
+    token = "a" * 32
+    assert not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, ((NOT_SENT, token),)), None, token)
+    assert not not_sent(_Refused(grpc.StatusCode.INTERNAL, ((NOT_SENT, token),)), None, token)
+    assert not not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, (("other", token),)), None, token)
+    for forged in ("", "1", "b" * 32, token.encode()):
+        assert not not_sent(_Refused(grpc.StatusCode.UNAVAILABLE, ((NOT_SENT, forged),)), None, token), forged

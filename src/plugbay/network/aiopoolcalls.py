@@ -58,6 +58,7 @@ class UnaryCall(TaskCall):
 
     async def _run(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         rules, pool = self._callable.rules, self._callable.channel.pool
+        kwargs = rules.marked(kwargs)
         pick_until, deadline = rules.deadline(timeout)
         tried: set[str] = set()
         last = ""
@@ -73,7 +74,7 @@ class UnaryCall(TaskCall):
                 result = await self._call
             except grpc.RpcError as exc:
                 pool.done(member, exc)
-                if not not_sent(exc, self._callable.channel.endpoints.existing(member)):
+                if not not_sent(exc, self._callable.channel.endpoints.existing(member), pool.token):
                     raise
                 # the verdict may wait for a TLS probe (up to 1 s): not on the loop
                 last, wait = await asyncio.get_running_loop().run_in_executor(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -99,6 +100,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self._last_summary: tuple[int, int, int] | None = None
         self.ejections_total = 0
         self.resends = 0
+        self.token = secrets.token_hex(16)  # what a gateway's refusal echoes to this pool (poolcalls.NOT_SENT)
         self.generation = 0  # counts discovery's changes: an asyncio twin's channels follow them (aiopool)
 
     # --- lifecycle ------------------------------------------------------------------

@@ -4,7 +4,8 @@ A unary call that provably failed before it was sent (gRPC's picker found no
 connection: UNAVAILABLE "failed to connect to all addresses" while the
 endpoint's channel is in TRANSIENT_FAILURE; the endpoint's channel closed
 under it; or the endpoint refused it UNAVAILABLE with the NOT_SENT trailer, as
-the gateway does while its plugin misses its health checks) goes to another
+the gateway does while its plugin misses its health checks, the trailer's value
+echoing the token this pool sends with every unary call) goes to another
 endpoint within the same deadline; once every endpoint was tried the call
 waits briefly and tries again, until its deadline.
 A call that may have reached the plugin is never resent here (a RetryPolicy
@@ -20,6 +21,7 @@ All are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any, Protocol
 
@@ -48,6 +50,7 @@ class EndpointPool(Protocol):
     no_deadline_wait: float
     resends: int
     drain_timeout: float
+    token: str
 
     @property
     def closed(self) -> bool: ...
@@ -71,9 +74,18 @@ _SETUP_FAILURES = ("failed to connect to all addresses", "connections to all bac
                    "dns resolution failed", "empty address list")
 _TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
 # A server's word that it refused the call before any of it reached the plugin's code (a trailer, as
-# UNAVAILABLE's details are free text a plugin may relay). The gateway drops this key from everything
-# its child sends, so a plugin behind it cannot make a call it ran look unsent.
+# UNAVAILABLE's details are free text a plugin may relay). Believed only when its value is the pool's
+# own token, sent as this key's request metadata: the gateway echoes it and drops the key both ways
+# between the caller and its child, so no plugin behind it sees the token or passes a mark on. A
+# plugin that relays an upstream gateway's trailer carries another pool's token: not believed.
 NOT_SENT = "plugbay-not-sent"
+
+
+def with_token(kwargs: dict[str, Any], token: str) -> dict[str, Any]:
+    """A call's kwargs whose metadata (a sequence of pairs, or None) also carries ``(NOT_SENT, token)``.
+    The caller's pairs are kept, but for one of that key: only the pool's own value may come back."""
+    caller = kwargs.get("metadata") or ()
+    return {**kwargs, "metadata": (*((k, v) for k, v in caller if k != NOT_SENT), (NOT_SENT, token))}
 
 
 class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -185,23 +197,25 @@ def _channel_failing(channel: Any) -> bool:
     return False
 
 
-def not_sent(exc: grpc.RpcError, channel: Any) -> bool:
-    """True only when the call provably never reached the plugin (failed while connecting)."""
+def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
+    """True only when the call provably never reached the plugin: it failed while connecting, or a
+    gateway refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token)."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return False
-    if _refused_unsent(exc):
+    if _refused_unsent(exc, token):
         return True
     details = str(exc.details() or "").lower()
     return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
 
 
-def _refused_unsent(exc: grpc.RpcError) -> bool:
+def _refused_unsent(exc: grpc.RpcError, token: str) -> bool:
     trailers = getattr(exc, "trailing_metadata", None)
     try:
         pairs = trailers() if callable(trailers) else None
     except Exception:  # an error that is no call (a typed one of the pool's own) has none
         return False
-    return any(key == NOT_SENT for key, _ in pairs or ())
+    return any(key == NOT_SENT and isinstance(value, str) and secrets.compare_digest(value, token)
+               for key, value in pairs or ())
 
 
 class PoolCallable:
@@ -238,21 +252,25 @@ class PoolCallable:
         # waiting for an endpoint spent part of the caller's timeout: the call gets only what is left
         return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
+    def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""
+        return with_token(kwargs, self._pool.token) if self._kind == "unary_unary" else kwargs
+
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         from plugbay.network.poolfuture import FailoverFuture  # only callers of future() load it
 
-        return FailoverFuture(self, request, timeout, kwargs).start()
+        return FailoverFuture(self, request, timeout, self.marked(kwargs)).start()
 
     def unstarted_future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """The future of future(), not started: a hooked future registers it for cancel() first."""
         from plugbay.network.poolfuture import FailoverFuture
 
-        return FailoverFuture(self, request, timeout, kwargs)
+        return FailoverFuture(self, request, timeout, self.marked(kwargs))
 
     def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool:
         # a client-streaming try may have read request messages before it failed: a resend would send
         # the rest of the stream only, so such a future ends as its blocking call does
-        return self._kind == "unary_unary" and not_sent(exc, channel)
+        return self._kind == "unary_unary" and not_sent(exc, channel, self._pool.token)
 
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
         return out_of_tries(self._pool, exc, tried, last)
@@ -284,6 +302,7 @@ class PoolCallable:
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pool = self._pool
+        kwargs = self.marked(kwargs)
         pick_until, deadline = self.deadline(timeout)
         tried: set[str] = set()
         last = ""
@@ -299,7 +318,7 @@ class PoolCallable:
                                                                      **kwargs)
             except grpc.RpcError as exc:
                 pool.done(member, exc)
-                if self._kind != "unary_unary" or not not_sent(exc, member.channel):
+                if self._kind != "unary_unary" or not not_sent(exc, member.channel, pool.token):
                     if (cut := drain_cut(pool, member, exc)) is not exc:
                         raise cut from exc
                     raise

@@ -15,7 +15,10 @@ While the child does not answer its health checks (plugbay.network.gateway.probe
 refused at once, UNAVAILABLE with poolcalls' NOT_SENT trailer, so that a pool sends it to another
 endpoint: sent to a wedged child it would only wait out its deadline. Calls already forwarded keep
 going (a child that is only slow answers them). A call that finds no child (it is being restarted)
-is refused with the same trailer.
+is refused with the same trailer. Its value echoes the call's own NOT_SENT metadata (the token of
+the pool that sent it, which believes no other value; no trailer when the call carried none), and
+that key is dropped both ways between the caller and the child: the child never sees the token, and
+no mark it sends (its own, or one relayed from an upstream gateway) reaches the caller.
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ def _forwardable_trailer(key: str) -> bool:
 
 
 def _refuse_unsent(context: grpc.ServicerContext, why: str) -> NoReturn:
-    """UNAVAILABLE for a call no byte of which reached the child, marked so that a pool resends it."""
-    context.set_trailing_metadata(((NOT_SENT, "1"),))
+    """UNAVAILABLE for a call no byte of which reached the child, marked so that the pool that sent it
+    resends it: the mark echoes the token the call carries (a pool believes only its own)."""
+    token = next((v for k, v in context.invocation_metadata() or () if k == NOT_SENT), None)
+    if isinstance(token, str):
+        context.set_trailing_metadata(((NOT_SENT, token),))
     context.abort(grpc.StatusCode.UNAVAILABLE, why)
     raise AssertionError("abort() returned")  # grpcio's abort always raises
 
