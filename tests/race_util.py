@@ -118,3 +118,35 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+async def start_from_another_loop(start: Callable[[], Any]) -> object:
+    """What ``start()`` (a coroutine function) gave when awaited on a second event loop, run on a thread
+    of its own: "started", or what it raised."""
+    import asyncio
+
+    seen: list[object] = []
+
+    def other_loop() -> None:
+        async def attempt() -> None:
+            try:
+                await start()
+                seen.append("started")
+            except BaseException as exc:  # noqa: BLE001 - whatever it is, the caller's assertion names it
+                seen.append(exc)
+        asyncio.run(attempt())
+
+    thread = threading.Thread(target=other_loop, name="plugbay-test-other-loop")
+    thread.start()
+    await asyncio.to_thread(thread.join, BOUND)
+    return seen[0] if seen else "no answer"
+
+
+def assert_wrong_loop(error: object) -> None:
+    """``error`` is plugbay's typed refusal of a use from another event loop (WrongLoop)."""
+    import grpc
+
+    from plugbay.errors import ClientStateError
+
+    assert isinstance(error, ClientStateError) and isinstance(error, grpc.RpcError), error
+    assert "another event loop" in str(error) and error.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.race_util import pid_gone
+from tests.race_util import assert_wrong_loop, pid_gone, start_from_another_loop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -819,30 +819,15 @@ def test_a_start_from_another_event_loop_while_the_first_one_starts_is_refused_t
     slow = ["sh", "-c", f"sleep 1; exec {' '.join(KV_PLUGIN)}"]
     client = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                                       runner=ProcessRunner(slow, cwd=str(tmp_path))))
-    seen: dict[str, object] = {}
-
-    def other_loop() -> None:
-        async def start() -> None:
-            try:
-                await client.start()
-                seen["other"] = "started"
-            except BaseException as exc:  # noqa: BLE001 - whatever it is, the assertion below names it
-                seen["other"] = exc
-        asyncio.run(start())
-
-    async def main() -> None:
+    async def main() -> object:
         starting = asyncio.ensure_future(client.start())
         await asyncio.sleep(0.1)
         assert client._starting is not None and client._channel is None
-        thread = threading.Thread(target=other_loop, name="plugbay-test-other-loop")
-        thread.start()
-        await asyncio.to_thread(thread.join, 30)
+        error = await start_from_another_loop(client.start)
         await starting
         kv = await client.dispense(PLUGIN_NAME)
         await kv.put("k", b"v")  # the first loop's start is unharmed
         await client.kill()
+        return error
 
-    run(main())
-    error = seen.get("other")
-    assert isinstance(error, ClientStateError) and isinstance(error, grpc.RpcError), error
-    assert "another event loop" in str(error) and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert_wrong_loop(run(main()))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.race_util import assert_wrong_loop, start_from_another_loop
 from tests.resilience_util import FAULTY, PLUGIN_NAME, PY, faulty_config, run_resilience_doc_example, wait_until
 
 from plugbay import (AsyncSupervisor, ClientStateError, PluginDiedError, RestartPolicy, RetryPolicy,
@@ -146,39 +147,23 @@ def test_two_concurrent_starts_start_one_plugin_and_a_stopped_one_stays_stopped(
 
 def test_a_start_from_another_event_loop_while_the_first_one_starts_is_refused_typed(tmp_path: Path) -> None:
     # as AsyncClient's: asyncio's own RuntimeError (a future of another loop) is no plugbay error
-    import grpc
-
     slow = ["sh", "-c", f"sleep 1; exec {PY} {FAULTY}"]  # the other loop surely meets the start under way
     sup = AsyncSupervisor(lambda: faulty_config(tmp_path, cmd=slow), restart=FAST, health_interval=None)
-    seen: dict[str, object] = {}
 
-    def other_loop() -> None:
-        async def start() -> None:
-            try:
-                await sup.start()
-                seen["other"] = "started"
-            except BaseException as exc:  # noqa: BLE001 - whatever it is, the assertion below names it
-                seen["other"] = exc
-        asyncio.run(start())
-
-    async def main() -> None:
+    async def main() -> object:
         starting = asyncio.ensure_future(sup.start())
         try:
             await asyncio.sleep(0.1)
             assert sup._starting is not None and sup._channel is None
-            thread = threading.Thread(target=other_loop, name="plugbay-test-other-loop")
-            thread.start()
-            await asyncio.to_thread(thread.join, 30)
+            error = await start_from_another_loop(sup.start)
             await starting
             kv = await sup.dispense(PLUGIN_NAME)
             await kv.put("k", b"v")  # the first loop's start is unharmed
+            return error
         finally:
             await sup.stop()
 
-    asyncio.run(main())
-    error = seen.get("other")
-    assert isinstance(error, ClientStateError) and isinstance(error, grpc.RpcError), error
-    assert "another event loop" in str(error) and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert_wrong_loop(asyncio.run(main()))
 
 
 def test_concurrent_dispenses_of_a_name_get_one_stub(tmp_path: Path) -> None:

@@ -160,13 +160,19 @@ def test_a_new_channel_presents_the_renewed_certificate_and_a_half_done_renewal_
         pool.close()
 
 
+def _plain_files(tmp_path: Path, host: netcerts.Issued, certs: netcerts.CertSet, key_pem: bytes) -> NetworkTLS:
+    """NetworkTLS over plain files (no Secret mount) in ``tmp_path``: ``host``'s certificate, ``key_pem``
+    as its key, the server CA."""
+    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
+    return NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+
+
 def test_no_good_pair_at_all_is_a_typed_error(tmp_path: Path, certs: netcerts.CertSet) -> None:
     host = netcerts.issue(certs.client_ca, "host", server=False)
     other = netcerts.issue(certs.client_ca, "other", server=False)
-    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
-    (tmp_path / "tls.key").write_bytes(other.key_pem)
-    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
-    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    tls = _plain_files(tmp_path, host, certs, other.key_pem)
     with pytest.raises(TLSConfigError, match="cannot be used together"):
         tls.credentials()
     with pytest.raises(TLSConfigError, match="cannot be used together"):
@@ -242,10 +248,7 @@ def test_a_brokered_session_to_a_new_endpoint_presents_the_renewed_certificate(
 def test_a_key_of_a_type_cryptography_does_not_know_is_a_tls_config_error(
         tmp_path: Path, certs: netcerts.CertSet, caplog: pytest.LogCaptureFixture) -> None:
     host = netcerts.issue(certs.client_ca, "host", server=False)
-    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
-    (tmp_path / "tls.key").write_bytes(netcerts.unknown_type_key_pem())
-    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
-    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    tls = _plain_files(tmp_path, host, certs, netcerts.unknown_type_key_pem())
     with pytest.raises(TLSConfigError, match="key type not supported; pass an RSA, EC or Ed25519 key"):
         tls.files()
     with pytest.raises(TLSConfigError, match="key type not supported"):
@@ -285,10 +288,7 @@ def test_the_pool_health_thread_lives_on_through_a_renewal_to_an_unknown_key_typ
     died: list[str] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(f"{args.exc_type}: {args.exc_value}"))
     host = netcerts.issue(certs.client_ca, "host", server=False)
-    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
-    (tmp_path / "tls.key").write_bytes(host.key_pem)
-    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
-    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    tls = _plain_files(tmp_path, host, certs, host.key_pem)
     listener, stop, thread = _closer()
     endpoint = Endpoint("tcp", "127.0.0.1:%d" % listener.getsockname()[1])
     resolver = _Steered([endpoint])
@@ -365,14 +365,11 @@ def test_a_certificate_whose_key_type_is_unknown_is_a_tls_config_error(
     from cryptography.exceptions import UnsupportedAlgorithm
 
     host = netcerts.issue(certs.client_ca, "host", server=False)
-    (tmp_path / "tls.crt").write_bytes(host.cert_pem)
-    (tmp_path / "tls.key").write_bytes(host.key_pem)
-    (tmp_path / "ca.crt").write_bytes(certs.server_ca.cert_pem)
 
     def unknown(cert: Any, key: Any) -> bool:  # what cert.public_key() raises for an SM2 certificate
         raise UnsupportedAlgorithm("Unknown key type: 1.2.156.10197.1.301")
 
     monkeypatch.setattr(tlsfiles, "key_fits", unknown)
-    tls = NetworkTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), str(tmp_path / "ca.crt"))
+    tls = _plain_files(tmp_path, host, certs, host.key_pem)
     with pytest.raises(TLSConfigError, match="cert_file .* key type not supported"):
         tls.files()
