@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import struct
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -152,3 +155,99 @@ def test_the_gateway_echoes_the_token_and_keeps_it_from_the_child() -> None:
         assert unmarked.value.code() == grpc.StatusCode.UNAVAILABLE
         assert NOT_SENT not in dict(unmarked.value.trailing_metadata() or ())
         assert seen == []
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def _literal(name: bytes, value: bytes) -> bytes:  # HPACK: a literal header, not indexed, new name
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+class _RawMarker:
+    """A bare HTTP/2 server answering every call trailers-only: UNAVAILABLE with NOT_SENT set to raw
+    ``value`` bytes. grpcio servers refuse to send a non-ASCII value; a Go server or a proxy does not."""
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, name="raw-h2-accept")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # close()
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), name="raw-h2-conn")
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        buffered = b""
+
+        def take(n: int) -> bytes:
+            nonlocal buffered
+            while len(buffered) < n:
+                data = conn.recv(65536)
+                if not data:
+                    raise EOFError
+                buffered += data
+            out, buffered = buffered[:n], buffered[n:]
+            return out
+
+        try:
+            take(24)  # the client's preface
+            conn.sendall(_frame(4, 0, 0))  # our SETTINGS
+            while True:
+                head = take(9)
+                kind, flags = head[3], head[4]
+                stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                take(int.from_bytes(head[:3], "big"))
+                if kind == 4 and not flags & 1:
+                    conn.sendall(_frame(4, 1, 0))  # SETTINGS ack
+                elif kind == 1:  # HEADERS: the call; answered trailers-only
+                    block = b"".join(_literal(k, v) for k, v in (
+                        (b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"14"),
+                        (b"grpc-message", b"refused"), (NOT_SENT.encode(), self._value)))
+                    conn.sendall(_frame(1, 0x5, stream, block))  # END_STREAM | END_HEADERS
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone would not, on Linux)
+        self._listener.close()
+        for conn in list(self._conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(10)
+
+
+@pytest.mark.parametrize("how", ["call", "future", "aio"])
+@pytest.mark.parametrize("value", ["\u00e9".encode(), b"\xff"], ids=["utf8", "latin1"])
+def test_a_non_ascii_mark_ends_the_call_with_its_error(how: str, value: bytes) -> None:
+    """The comparison with the token raised TypeError for a non-ASCII str: the blocking and grpc.aio calls
+    failed with it, and future()'s failure was lost in grpc's callback, so the future never finished."""
+    server = _RawMarker(value)
+    pool = EndpointPool(PushResolver([Endpoint("tcp", server.address)]), insecure=True,
+                        health_interval=3600, name="raw-marks")
+    try:
+        pool.start()
+        with pytest.raises(grpc.RpcError) as failed:
+            _call(pool, how)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+        assert pool.resends == 0
+    finally:
+        pool.close()
+        server.close()

@@ -214,7 +214,9 @@ def _refused_unsent(exc: grpc.RpcError, token: str) -> bool:
         pairs = trailers() if callable(trailers) else None
     except Exception:  # an error that is no call (a typed one of the pool's own) has none
         return False
-    return any(key == NOT_SENT and isinstance(value, str) and secrets.compare_digest(value, token)
+    # compare_digest takes ASCII str only: a Go server or a proxy may send any bytes (a TypeError here
+    # failed the call with it, and was lost in a future's grpc callback, so the future never ended)
+    return any(key == NOT_SENT and isinstance(value, str) and value.isascii() and secrets.compare_digest(value, token)
                for key, value in pairs or ())
 
 

@@ -122,13 +122,18 @@ class FailoverFuture(CallFuture):
             return
         error = inner.exception()
         pool.done(member, error)
-        if error is None:
-            self._finish(inner.result(), None)
-        elif isinstance(error, grpc.RpcError) and not self._cancelled and self._owner.never_sent(error, member.channel):
-            threading.Thread(target=self._fail_over, args=(member, error), daemon=True,
-                             name=f"plugbay-failover-{pool.name}").start()
-        else:
-            self._finish(None, self._owner.drain_cut(member, error) if isinstance(error, grpc.RpcError) else error)
+        try:
+            if error is None:
+                self._finish(inner.result(), None)
+            elif (isinstance(error, grpc.RpcError) and not self._cancelled
+                  and self._owner.never_sent(error, member.channel)):
+                threading.Thread(target=self._fail_over, args=(member, error), daemon=True,
+                                 name=f"plugbay-failover-{pool.name}").start()
+            else:
+                self._finish(None, self._owner.drain_cut(member, error) if isinstance(error, grpc.RpcError)
+                             else error)
+        except Exception as exc:  # raised in grpc's callback it would be lost, and the future never end
+            self._finish(None, error if error is not None else exc)
 
     def _fail_over(self, member: Any, error: grpc.RpcError) -> None:
         try:
