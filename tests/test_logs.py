@@ -400,3 +400,25 @@ def test_the_hclog_handler_keeps_writing_after_another_write_error(capsys: pytes
     handler.emit(logging.LogRecord("plugin", logging.INFO, __file__, 1, "kept", None, None))
     assert len(stream.lines) == 1 and "kept" in stream.lines[0], stream.lines
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_moved_stderr_handler_still_sees_a_file_like_stream() -> None:
+    """The program's stderr handler, moved to the host's log, writes through a stream that drops records
+    once the host is gone; what code reads off a stream (encoding, isatty(), writelines) still works."""
+    from plugbay.core.plugin.logs import PluginLogging
+
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    plugin_logging = PluginLogging(None)
+    try:
+        plugin_logging.keep_stderr_writers()
+        moved = handler.stream
+        assert moved is not sys.stderr
+        assert moved.encoding == "utf-8" and moved.isatty() in (True, False) and not moved.closed
+        moved.writelines(["a moved line\n"])
+        moved.flush()
+    finally:
+        plugin_logging.close()
+        root.removeHandler(handler)
+    assert handler.stream is sys.stderr

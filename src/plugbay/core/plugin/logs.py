@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from typing import IO, Any
 
 from plugbay.core.protocol.hclog import hclog_json, hclog_level
@@ -94,8 +95,15 @@ class _HostStderr:
     def flush(self) -> None:
         self._do(self._stream.flush)
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def fileno(self) -> int:
         return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty(), closed...: the stream's own, as before
+        return getattr(self._stream, name)
 
     def _do(self, step: Any, *args: Any) -> None:
         if self.gone:
