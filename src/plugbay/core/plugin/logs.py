@@ -49,40 +49,12 @@ class HclogFormatter(logging.Formatter):
         return hclog_json(entry)  # no json import for flat records (the first one meets the first call)
 
 
-class HclogHandler(logging.Handler):
-    """Writes hclog JSON lines to a text stream (the plugin's original stderr)."""
-
-    def __init__(self, stream: IO[str], level: int = logging.NOTSET) -> None:
-        super().__init__(level)
-        self.stream = stream
-        self.setFormatter(HclogFormatter())
-        # Reentrant: a signal handler (serve()'s SIGTERM) logs on the main thread, possibly while
-        # that thread is inside this very emit; a plain Lock deadlocked the plugin there.
-        self._write_lock = threading.RLock()
-        self.gone = False  # the host's end of stderr closed: records are dropped from then on
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.gone:
-            return
-        try:
-            line = self.format(record).replace("\n", "\\n") + "\n"
-            with self._write_lock:
-                self.stream.write(line)
-                self.stream.flush()
-        except BrokenPipeError:
-            # Nobody reads the host's log any more (the host crashed or closed it): a retry would
-            # fail again, and handleError's traceback would go to that same dead stderr.
-            self.gone = True
-        except OSError:
-            pass  # a full disk behind a redirected stderr, say: this record is lost, later ones may not be
-        except Exception:  # logging must never take the plugin down
-            self.handleError(record)
-
-
 class _HostStderr:
-    """The original fd 2 as the program's own moved StreamHandlers write to it: once the host's end is
-    closed (a broken pipe) writes are dropped, and no write error reaches logging, whose "--- Logging
-    error ---" traceback would land in the captured stderr, nor close(), whose setStream flushes."""
+    """The original fd 2 as plugbay's handler and the program's own moved StreamHandlers write to it:
+    once the host's end is closed (a broken pipe) writes are dropped, as a retry would fail again; no
+    write error reaches logging, whose "--- Logging error ---" traceback would land in that same dead
+    stderr or the captured one, nor close(), whose setStream flushes. Another error (a full disk behind
+    a redirected stderr, say) loses what is written now; later writes are tried again."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
@@ -116,6 +88,27 @@ class _HostStderr:
             pass  # as HclogHandler: a full disk, say, loses what is written now
 
 
+class HclogHandler(logging.Handler):
+    """Writes hclog JSON lines to a text stream (the plugin's original stderr)."""
+
+    def __init__(self, stream: IO[str] | _HostStderr, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.stream = stream if isinstance(stream, _HostStderr) else _HostStderr(stream)
+        self.setFormatter(HclogFormatter())
+        # Reentrant: a signal handler (serve()'s SIGTERM) logs on the main thread, possibly while
+        # that thread is inside this very emit; a plain Lock deadlocked the plugin there.
+        self._write_lock = threading.RLock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record).replace("\n", "\\n") + "\n"
+            with self._write_lock:
+                self.stream.write(line)
+                self.stream.flush()
+        except Exception:  # logging must never take the plugin down
+            self.handleError(record)
+
+
 class PluginLogging:
     """Where serve() sends log records, and how it puts logging back when it returns.
 
@@ -128,9 +121,9 @@ class PluginLogging:
                                           errors="backslashreplace")
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
         self._restore_root_level = False
+        self._host = _HostStderr(self._stream)  # every writer's: once it is gone, it is gone for all
         self.log = self._setup(given)
         self._moved: list[tuple[logging.StreamHandler[Any], Any]] = []
-        self._moved_to = _HostStderr(self._stream)
         self._old_thread_hook: Any = None
         self._faulthandler = False
 
@@ -150,7 +143,7 @@ class PluginLogging:
             for handler in logger.handlers:
                 if (type(handler) is logging.StreamHandler and id(handler) not in ours
                         and handler.stream in (sys.stderr, sys.__stderr__)):
-                    self._moved.append((handler, handler.setStream(self._moved_to)))
+                    self._moved.append((handler, handler.setStream(self._host)))
         # faulthandler on stderr from the start (PYTHONFAULTHANDLER, -X faulthandler): follow it to
         # the original fd 2; one the program pointed at a file of its own is left where it is
         if faulthandler.is_enabled() and (os.environ.get("PYTHONFAULTHANDLER") or "faulthandler" in sys._xoptions):
@@ -168,7 +161,7 @@ class PluginLogging:
         self.log.error("unhandled exception in thread %s", name, exc_info=(args.exc_type, error, args.exc_traceback))
 
     def _setup(self, given: logging.Logger | None) -> logging.Logger:
-        handler = HclogHandler(self._stream)
+        handler = HclogHandler(self._host)
         root = logging.getLogger()
         ours = not root.handlers
         if ours:  # logging is not configured: the plugin's own records go to the host too
@@ -197,7 +190,7 @@ class PluginLogging:
         import sys
 
         for moved, old in self._moved:
-            if moved.stream is self._moved_to:
+            if moved.stream is self._host:
                 moved.setStream(old)
         if self._faulthandler:
             faulthandler.enable(file=sys.stderr)
