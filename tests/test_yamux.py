@@ -280,6 +280,33 @@ def test_oversized_data_frame_ends_the_session_without_waiting_for_it() -> None:
     assert "more than its window" in reason
 
 
+_H = struct.Struct(">BBHII")
+
+
+@pytest.mark.parametrize("case", ["past-window", "opened-twice", "bad-version"])
+def test_a_stream_breaking_the_protocol_gets_go_away_protocol_error(case: str) -> None:
+    # hashicorp/yamux answers a stream's protocol error with GoAway(1) before it ends the session
+    # (the Go peer logs "yamux protocol error", not a bare EOF); a bad version gets no GoAway there
+    syn = _H.pack(0, WINDOW_UPDATE, SYN, 1, 0)
+    sent = {"past-window": syn + _H.pack(0, 0, 0, 1, WINDOW + 1) + b"x" * (WINDOW + 1),
+            "opened-twice": syn + syn, "bad-version": _H.pack(1, PING, SYN, 0, 7)}[case]
+    a, b = socket.socketpair()
+    session = Session(a, client=False, on_stream=lambda s: None, name="t-proto")
+    try:
+        b.sendall(sent)
+        session._reader.join(10)
+        assert session.closed and "protocol error" in session.close_reason
+        b.settimeout(5)
+        got = b""
+        while chunk := b.recv(65536):  # ends: the session closed its socket
+            got += chunk
+        frames = [_H.unpack_from(got, i) for i in range(0, len(got) - 11, 12)]
+        assert ((0, yamux.GO_AWAY, 0, 0, 1) in frames) == (case != "bad-version"), frames
+    finally:
+        session.close()
+        b.close()
+
+
 def test_connection_ending_inside_a_large_payload_ends_the_session() -> None:
     a, b = socket.socketpair()
     streams: list[Stream] = []

@@ -63,6 +63,7 @@ _PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked f
 # hashicorp/yamux opens no stream at an id this high (ErrStreamsExhausted); 2**32-1 would not even
 # fit the header on the next round, and a Go peer refuses it
 _LAST_ID = 0xFFFFFFFE
+_GO_AWAY_PROTOCOL = 1
 _GO_AWAY_NORMAL = 0  # the other codes (1 protocol error, 2 internal error) mean the session failed
 
 class Session(Splicing, Pinging, Writing):
@@ -199,6 +200,7 @@ class Session(Splicing, Pinging, Writing):
 
     def _read_loop(self) -> None:
         reason = "the peer closed the connection"
+        go_away = False  # a stream broke the protocol: the peer is told, as hashicorp/yamux tells it
         reader = FrameReader(self._sock, self._first)
         self._first = b""
         try:
@@ -215,13 +217,13 @@ class Session(Splicing, Pinging, Writing):
                     self.answered = True
                 if kind == DATA:
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
-                        reason = f"protocol error: stream {sid} received more than its window"
+                        reason, go_away = f"protocol error: stream {sid} received more than its window", True
                         break
                     spliced = self._splices_to(sid, flags) if length >= _SPLICE_MIN and not reader.buffered() else None
                     if spliced is not None:
                         problem = self._splice_frame(spliced, flags, length)
                         if problem is not None:
-                            reason = problem
+                            reason, go_away = problem, problem.startswith("protocol error")
                             break
                         reader.spliced()
                         continue
@@ -231,7 +233,7 @@ class Session(Splicing, Pinging, Writing):
                         problem = self._stream_frame(sid, flags & ~(FIN | RST), head, None)
                         del head
                         if problem is not None:
-                            reason = f"protocol error: {problem}"
+                            reason, go_away = f"protocol error: {problem}", True
                             break
                         flags &= ~(SYN | ACK)  # the frame's rest: the same stream's data
                     payload = reader.read(length) if length else b""
@@ -239,7 +241,7 @@ class Session(Splicing, Pinging, Writing):
                         break
                     problem = self._stream_frame(sid, flags, payload, None)
                     if problem is not None:
-                        reason = f"protocol error: {problem}"
+                        reason, go_away = f"protocol error: {problem}", True
                         break
                     if length and not self._kept:  # an empty frame read nothing: nothing to recycle
                         del payload  # the last reference: its buffer is free for the next frame
@@ -247,7 +249,7 @@ class Session(Splicing, Pinging, Writing):
                 elif kind == WINDOW_UPDATE:
                     problem = self._stream_frame(sid, flags, None, length)
                     if problem is not None:
-                        reason = f"protocol error: {problem}"
+                        reason, go_away = f"protocol error: {problem}", True
                         break
                 elif kind == PING:
                     if flags & SYN:
@@ -272,6 +274,8 @@ class Session(Splicing, Pinging, Writing):
             reason = f"connection error: {exc}"
         finally:
             try:
+                if go_away:  # best effort, as Go's sendNoWait: a busy send lock or a full socket skips it
+                    self._try_send(GO_AWAY, 0, 0, _GO_AWAY_PROTOCOL)
                 self._shutdown(reason)
             finally:
                 # closed here only, by the thread that reads it, under the send lock: splices name
