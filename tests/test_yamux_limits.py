@@ -9,12 +9,14 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
 
 from tests.netflood import split_frames
 from tests.resilience_util import wait_until
+from tests.yamux_util import read_exactly
 
 from plugbay.core.transport.yamux import (
     ACK,
@@ -170,4 +172,33 @@ def test_streams_past_the_cap_are_reset_and_the_rest_keep_working() -> None:
         assert peer.accepted[-1].id == late and late not in peer.resets()
         assert not peer.session.closed, peer.session.close_reason
     finally:
+        peer.close()
+
+
+def test_a_window_filled_with_tiny_frames_costs_about_a_window_of_memory() -> None:
+    # one queued object per 1-byte payload held ~40 bytes per byte of window: 512 streams of a
+    # peer's tiny frames nobody reads came to gigabytes where hashicorp/yamux holds one buffer each
+    peer = RawPeer(lambda s: peer.accepted.append(s))
+    tracemalloc.start()
+    try:
+        peer.send(WINDOW_UPDATE, SYN, 1)
+        assert wait_until(lambda: len(peer.accepted) == 1, 10)
+        before = tracemalloc.get_traced_memory()[0]
+        tiny = b"".join(_HDR.pack(0, DATA, 0, 1, 1) + bytes([i % 251]) for i in range(4096))
+        for _ in range(WINDOW // 4096):  # the whole window, one byte per frame
+            peer.sock.sendall(tiny)
+        stream = peer.accepted[0]
+        assert wait_until(lambda: stream.receive_window == 0, 60)
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert held < 3 * WINDOW, f"{held} bytes held for a {WINDOW}-byte window"
+        pattern = bytes(i % 251 for i in range(4096))
+        assert read_exactly(stream, WINDOW) == pattern * (WINDOW // 4096)
+        # small and large payloads, queued together, come out whole and in order
+        mixed = [bytes([65 + i % 26]) * n for i, n in enumerate([1, 3, 1500, 2, 1024, 1025, 7, 60_000, 5])]
+        for part in mixed:
+            peer.send(DATA, 0, 1, part)
+        assert read_exactly(stream, sum(map(len, mixed))) == b"".join(mixed)
+        assert not peer.session.closed, peer.session.close_reason
+    finally:
+        tracemalloc.stop()
         peer.close()

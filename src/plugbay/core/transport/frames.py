@@ -192,6 +192,29 @@ def send_within(sock: socket.socket, data: bytes, deadline: float) -> int:
     return sent
 
 
+class Piped:
+    """A payload the session reader spliced off its socket into ``pipe`` (``n`` bytes wait there)."""
+
+    def __init__(self, pipe: int, n: int) -> None:
+        self.pipe = pipe
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def read(self, n: int) -> bytearray:
+        """The next ``n`` bytes out of the pipe (copied into this process: a sink that cannot take them)."""
+        out = bytearray(n)
+        view, have = memoryview(out), 0
+        while have < n:
+            got = os.readv(self.pipe, [view[have:]])
+            if not got:
+                raise OSError("the pipe ended inside a payload")
+            have += got
+        self.n -= n
+        return out
+
+
 def pipe_for_splicing() -> tuple[int, int, int] | None:
     """A pipe for splicing bytes between sockets (read end, write end, how much one splice moves), or None."""
     try:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, LateControl, send_within
+from plugbay.core.transport.frames import FrameReader, LateControl, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.yping import Pinging
 from plugbay.core.transport.ysplice import Splicing
@@ -43,7 +43,6 @@ from plugbay.core.transport.ystream import (
     WINDOW,
     WINDOW_UPDATE,
     Chunk,
-    Piped,
     Stream,
     StreamClosed,
 )

@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import pipe_for_splicing
+from plugbay.core.transport.frames import Piped, pipe_for_splicing
 from plugbay.core.transport.sockets import shutdown_and_join
-from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Piped, Stream, StreamClosed
+from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Stream, StreamClosed
 from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
 
 _SPLICE = hasattr(os, "splice")  # Linux

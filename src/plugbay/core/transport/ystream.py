@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from plugbay.core.transport.frames import Piped
+
 _HDR = struct.Struct(">BBHII")
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8
@@ -27,32 +29,12 @@ _CHUNK = WINDOW
 # with a larger MaxStreamWindowSize): the sender keeps sending while the reader drains.
 # A stream nobody reads stays at WINDOW.
 MAX_WINDOW = 4 * WINDOW
+# Payloads up to this size are queued copied together: one object per tiny frame would cost a peer's
+# window ~40 times over in memory (a 1-byte payload takes ~40 bytes as an object and a queue slot).
+_SMALL = 1024
 
 
-Chunk = bytes | bytearray | memoryview  # what a stream reads: its payloads as received, not copied
-
-
-class Piped:
-    """A payload the session reader spliced off its socket into ``pipe`` (``n`` bytes wait there)."""
-
-    def __init__(self, pipe: int, n: int) -> None:
-        self.pipe = pipe
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def read(self, n: int) -> bytearray:
-        """The next ``n`` bytes out of the pipe (copied into this process: a sink that cannot take them)."""
-        out = bytearray(n)
-        view, have = memoryview(out), 0
-        while have < n:
-            got = os.readv(self.pipe, [view[have:]])
-            if not got:
-                raise OSError("the pipe ended inside a payload")
-            have += got
-        self.n -= n
-        return out
+Chunk = bytes | bytearray | memoryview  # what a stream reads: large payloads as received, not copied
 
 
 class StreamClosed(Exception):
@@ -83,7 +65,8 @@ class Stream:
         self.session = session
         self.id = sid
         self._cond = threading.Condition()
-        self._buf: deque[Chunk] = deque()  # received payloads, in order, not copied together
+        self._buf: deque[Chunk] = deque()  # received payloads, in order (small ones joined: _tail)
+        self._tail = bytearray()  # the small payloads queued last, copied together (see _SMALL)
         self._buffered = 0
         self._send_window = WINDOW
         self._recv_window = WINDOW  # what the peer may still send before our next window update
@@ -132,10 +115,15 @@ class Stream:
                 self._direct += sent
                 if sent:
                     chunk = memoryview(chunk)[sent:]
-            kept = bool(chunk)
+            kept = len(chunk) > _SMALL
             if kept:
                 self._buf.append(chunk)
-                self._buffered += len(chunk)
+            elif chunk and self._buf and self._buf[-1] is self._tail and len(self._tail) < _CHUNK:
+                self._tail += chunk
+            elif chunk:
+                self._tail = bytearray(chunk)
+                self._buf.append(self._tail)
+            self._buffered += len(chunk)
             self._flags_in(flags)
             if self._direct >= self._window_max // 2 and not self._buf:
                 self._return_direct()
