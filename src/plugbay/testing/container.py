@@ -32,9 +32,10 @@ from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
-from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo
+from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
+                                             is_tcp_port)
 from plugbay.core.protocol.tls import CertKey, generate_cert
-from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_set, check_versioned_plugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.checks import find_image, missing_image
@@ -43,6 +44,7 @@ from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
+from plugbay.runners.options import required_str, seconds
 from plugbay.runners.session import managed_labels
 from plugbay.testing.handshake_log import read_handshake
 
@@ -50,6 +52,7 @@ _log = logging.getLogger("plugbay.testing")
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
+_MAX_WAIT = 365 * 86400.0  # a year: longer is a mistake, and past time_t a socket timeout is an OverflowError
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -109,6 +112,19 @@ def _refused(image: str, exc: Any) -> RunnerError:
                        " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
 
 
+def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeout: Any, call_timeout: Any) -> None:
+    """PluginContainer's arguments, checked before anything is made (a wrong type failed later, bare)."""
+    required_str(image, "PluginContainer's image", "plugbay-kv:latest")
+    if plugins is not None:
+        check_plugin_set(plugins, "PluginContainer's plugins")
+    if versioned is not None:
+        check_versioned_plugins(versioned, "PluginContainer's versioned_plugins")
+    if not is_tcp_port(port):
+        raise ConfigError(f"PluginContainer's container_port must be a port number (1-65535), got {port!r}")
+    seconds(start_timeout, "PluginContainer's start_timeout", _MAX_WAIT, 60)
+    seconds(call_timeout, "PluginContainer's call_timeout (None: no deadline)", _MAX_WAIT, 30, optional=True)
+
+
 class PluginContainer(DockerContainer):
     """A plugin image under testcontainers' lifecycle (start/stop/with)."""
 
@@ -123,6 +139,7 @@ class PluginContainer(DockerContainer):
             raise ConfigError(f"PluginContainer's transport must be 'tcp' or 'unix', got {transport!r}")
         if auto_mtls is not None and not isinstance(auto_mtls, bool):
             raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
+        _check_args(image, plugins, versioned_plugins, container_port, start_timeout, call_timeout)
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
         _caller_labels(kwargs)
         super().__init__(image, **kwargs)

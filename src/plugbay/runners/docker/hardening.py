@@ -57,23 +57,6 @@ def tmpfs_mounts(writable_dirs: Sequence[str], size: str, extra: Mapping[str, st
     return out
 
 
-def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:
-    if cpus is None:
-        return nano_cpus
-    if nano_cpus is not None:
-        raise ConfigError("give cpus= or nano_cpus=, not both (cpus=0.5 is nano_cpus=500_000_000)")
-    if not cpus > 0:
-        raise ConfigError(f"cpus must be a positive number of CPUs (e.g. 0.5), got {cpus!r}")
-    return int(cpus * 1_000_000_000)
-
-
-def checked_stop_timeout(stop_timeout: float | None) -> float | None:
-    if stop_timeout is not None and (isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float))
-                                     or not 0 <= stop_timeout < 2**31):
-        raise ConfigError(f"DockerRunner stop_timeout must be seconds (a number >= 0) or None, got {stop_timeout!r}")
-    return stop_timeout
-
-
 def network_id(client: Any, name: str, *, again: bool = False) -> str:
     """The id of the isolated bridge ``name`` (ensure_network()), verified once per engine and process.
 

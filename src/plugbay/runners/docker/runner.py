@@ -26,9 +26,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import RunnerError
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_DIR_PREFIX, SOCKET_OWNED,
@@ -37,8 +36,8 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             published_port, transport_settings)
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
-                                               checked_stop_timeout, cpus_to_nano, hardened_args, network_id,
-                                               stale_network, tmpfs_mounts)
+                                               hardened_args, network_id, stale_network, tmpfs_mounts)
+from plugbay.runners.docker.options import TRANSPORTS, check_settings, cpus_to_nano
 from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_container, reattach_id,
                                           reattach_image, reattach_transport)
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
@@ -54,7 +53,6 @@ from plugbay.runners.session import managed_labels
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
-TRANSPORTS = ("unix", "tcp")
 _LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
@@ -83,24 +81,7 @@ class DockerRunner(ContainerTeardown, Runner):
                  digest: str | None = None, container_port: int = 4000, name: str | None = None,
                  socket_gid: int | None = None, stop_timeout: float | None = None,
                  extra_create_args: Mapping[str, Any] | None = None) -> None:
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"DockerRunner transport must be one of {TRANSPORTS}, got {transport!r}")
-        if not image:
-            raise ConfigError("DockerRunner needs an image name (e.g. 'plugbay-kv:latest')")
-        if "@" in image:  # name@sha256:...: a pinned reference is a digest check
-            image, pinned = image.split("@", 1)
-            if digest and digest != pinned:
-                raise ConfigError(f"image is pinned to {pinned} but digest= says {digest}; give one of them")
-            digest = pinned
-        if digest is not None and not digest.startswith("sha256:"):
-            raise ConfigError(f"image digest must look like 'sha256:<hex>', got {digest!r}")
-        if not is_tcp_port(container_port):
-            raise ConfigError(f"DockerRunner container_port must be a port number (1-65535), got {container_port!r}")
-        if name and "_owner_" in name:  # sweeps read "_owner_<session>" in a name as the host that owns it
-            raise ConfigError(f"DockerRunner name {name!r} contains '_owner_', which plugbay keeps for the owner"
-                              " a reattach records in the name; choose a name without it")
-        if user is not None and not isinstance(user, str):
-            raise ConfigError(f"DockerRunner user must be a str such as '1000' or '1000:1000', got {user!r}")
+        image, digest = check_settings(locals())  # before anything is made: see options
         self.image = image
         self.transport = transport
         self.user = user
@@ -115,7 +96,8 @@ class DockerRunner(ContainerTeardown, Runner):
         self.env = dict(env or {})
         self.mounts = [parse_mount(m) for m in mounts]
         self.tmpfs = dict(tmpfs or {})
-        self.writable_dirs, self.tmpfs_size = list(writable_dirs), tmpfs_size
+        self.writable_dirs = [writable_dirs] if isinstance(writable_dirs, str) else list(writable_dirs)
+        self.tmpfs_size = tmpfs_size
         tmpfs_mounts(self.writable_dirs, tmpfs_size, self.tmpfs)  # bad paths fail here, not at start
         self.entrypoint = list(entrypoint) if entrypoint is not None else None
         self.command = list(command) if command is not None else None
@@ -123,7 +105,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self.container_port = container_port
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
         self.socket_gid = socket_gid
-        self.stop_timeout = checked_stop_timeout(stop_timeout)
+        self.stop_timeout = stop_timeout
         self.labels, self.extra_create_args = checked_options(labels, extra_create_args)
         self._client: Any = None
         self._container_id = ""

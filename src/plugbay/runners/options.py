@@ -1,0 +1,85 @@
+"""Type and range checks for the container runners' options (DockerRunner, KubernetesRunner, PluginContainer).
+
+A wrong value is a ConfigError from the constructor that names the option and what to pass, before
+anything is created: left to the engine, the Kubernetes client or the OS, it surfaced at start() as a
+bare TypeError, OverflowError or AttributeError naming no option (or not at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugbay.errors import ConfigError
+
+
+def _refuse(where: str, wanted: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where} must be {wanted}, got {value!r:.80} ({type(value).__name__})")
+
+
+def optional_str(value: Any, where: str, example: str, *, empty: bool = False) -> str | None:
+    """``value`` if it is None or a str (non-empty unless ``empty``) without NUL bytes."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or (not value and not empty) or "\0" in value:
+        raise _refuse(where, f"a non-empty str such as {example!r} (or None)", value)
+    return value
+
+
+def required_str(value: Any, where: str, example: str) -> str:
+    if value is None:
+        raise _refuse(where, f"a non-empty str such as {example!r}", value)
+    return optional_str(value, where, example) or ""
+
+
+def str_list(value: Any, where: str, example: Sequence[str]) -> list[str]:
+    """``value`` as a list of str: a list or tuple of strings, not one str (its characters would be the items)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+            isinstance(item, str) and "\0" not in item for item in value):
+        raise _refuse(where, f"a list of strings such as {list(example)!r}", value)
+    return list(value)
+
+
+def optional_str_list(value: Any, where: str, example: Sequence[str]) -> list[str] | None:
+    return None if value is None else str_list(value, where, example)
+
+
+def str_mapping(value: Any, where: str, example: Mapping[str, str]) -> dict[str, str]:
+    """``value`` (None: empty) as a dict of str -> str."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _refuse(where, f"a dict of str -> str such as {dict(example)!r} (or None)", value)
+    return dict(value)
+
+
+def optional_mapping(value: Any, where: str, example: str) -> Mapping[str, Any] | None:
+    if value is not None and not isinstance(value, Mapping):
+        raise _refuse(where, f"a dict such as {example} (or None)", value)
+    return value
+
+
+def flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _refuse(where, "True or False", value)
+    return value
+
+
+def optional_int(value: Any, where: str, low: int, high: int, meaning: str) -> int | None:
+    """``value`` if it is None or an int (not a bool) in ``low``..``high``; ``meaning`` says what it counts."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _refuse(where, f"{meaning}, an int from {low} to {high} (or None)", value)
+    return value
+
+
+def seconds(value: Any, where: str, high: float, example: float, *, optional: bool = False) -> float | None:
+    """``value`` as a number of seconds > 0 and at most ``high`` (None too when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        wanted = f"a number of seconds > 0 and at most {high:.0f}, e.g. {example}" + (" (or None)" if optional else "")
+        raise _refuse(where, wanted, value)
+    return float(value)
+

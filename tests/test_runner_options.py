@@ -1,0 +1,111 @@
+"""The container runners' options: a wrong type or value is a ConfigError from the constructor naming the
+option, before anything is created (no container or socket folder), not a bare TypeError,
+OverflowError or AttributeError from deep inside start()."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import tempfile
+import uuid
+from typing import Any
+
+import pytest
+
+from plugbay.errors import ConfigError
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.engine import SOCKET_DIR_PREFIX
+
+BASE = "plugbay-base:bookworm"
+
+DOCKER_BAD: list[tuple[str, Any]] = [
+    ("image", 5), ("image", b"x"), ("image", None),
+    ("digest", 5), ("digest", b"sha256:00"),
+    ("name", 5), ("name", "no spaces allowed"),
+    ("extra_create_args", "x"), ("extra_create_args", ("a", "b")),
+    ("cpus", math.inf), ("cpus", 1e300), ("cpus", math.nan), ("cpus", "1"), ("cpus", 1e-12), ("cpus", True),
+    ("nano_cpus", -1), ("nano_cpus", 1.5), ("nano_cpus", 2**63),
+    ("mem_limit", -1), ("mem_limit", 1.5), ("mem_limit", ""),
+    ("pids_limit", math.nan), ("pids_limit", "10"),
+    ("socket_gid", math.nan), ("socket_gid", -5), ("socket_gid", 2**32 - 1), ("socket_gid", "100"),
+    ("writable_dirs", None), ("writable_dirs", 5), ("writable_dirs", (1,)), ("writable_dirs", b"x"),
+    ("cap_drop", None), ("cap_drop", "ALL"), ("cap_drop", 5),
+    ("env", "x"), ("env", -1), ("env", {"A": 1}),
+    ("mounts", None), ("mounts", 5), ("mounts", [5]),
+    ("tmpfs", "x"), ("tmpfs", {"/cache": 5}),
+    ("entrypoint", 5), ("entrypoint", "python3"), ("command", b"x"), ("command", "true"),
+    ("tmpfs_size", "lots"), ("tmpfs_size", 64), ("tmpfs_size", "64m,exec"),
+    ("runtime", 5), ("runtime", ""), ("network", 5), ("labels", ""), ("labels", 5),
+    ("read_only", "yes"), ("no_new_privileges", None),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), DOCKER_BAD, ids=[f"{o}={v!r:.20}" for o, v in DOCKER_BAD])
+def test_docker_runner_refuses_a_wrong_option_by_name(option: str, value: Any) -> None:
+    kwargs = {"image": BASE, option: value}
+    with pytest.raises(ConfigError, match=option):
+        DockerRunner(**kwargs)
+
+
+def test_docker_runner_still_takes_the_edges() -> None:
+    assert DockerRunner(BASE, cpus=1e-9).nano_cpus == 1  # never 0, which the engine reads as no limit
+    assert DockerRunner(BASE, cpus=2).nano_cpus == 2_000_000_000
+    assert DockerRunner(BASE, socket_gid=0).socket_gid == 0
+    assert DockerRunner(BASE, socket_gid=2**32 - 2).socket_gid == 2**32 - 2
+    assert DockerRunner(BASE, writable_dirs="/data").writable_dirs == ["/data"]
+    assert DockerRunner(BASE, name="").container_name.startswith("plugbay-")
+    assert DockerRunner(BASE, tmpfs_size="10%", mem_limit=64 * 2**20, pids_limit=-1, labels=["a"]).labels == {"a": ""}
+
+
+def _socket_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), SOCKET_DIR_PREFIX + "*")))
+
+
+# each was taken by the old constructor: start() then failed bare (socket_gid) or ran a container
+# from a command split into characters
+STARTED_BAD = [("socket_gid", -5), ("socket_gid", math.nan), ("command", "true"), ("cpus", 1e300)]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("option", "value"), STARTED_BAD, ids=[f"{o}={v!r}" for o, v in STARTED_BAD])
+def test_docker_refusal_creates_nothing(plugbay_docker: Any, option: str, value: Any) -> None:
+    mark = uuid.uuid4().hex
+    dirs = _socket_dirs()
+    made: list[DockerRunner] = []
+    try:
+        with pytest.raises(ConfigError, match=option):
+            runner = DockerRunner(BASE, **{option: value})
+            made.append(runner)
+            runner.start(LaunchSpec(env={}, labels={"plugbay-test-mark": mark}))
+        assert plugbay_docker.containers.list(all=True, filters={"label": f"plugbay-test-mark={mark}"}) == []
+        assert _socket_dirs() - dirs == set()
+    finally:
+        for runner in made:
+            runner.kill(0)
+
+
+def _plugin_container(**kwargs: Any) -> Any:
+    from tests import serverproc  # noqa: F401  (puts examples/kv on sys.path)
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    from plugbay.testing import PluginContainer
+
+    return PluginContainer(**{"image": BASE, "handshake": HANDSHAKE, "plugins": {PLUGIN_NAME: KVPlugin()},
+                              **kwargs})
+
+
+PC_BAD: list[tuple[str, Any]] = [
+    ("image", 5), ("image", None), ("image", b"x"), ("versioned_plugins", 5), ("versioned_plugins", "x"),
+    ("plugins", 5), ("container_port", "4000"), ("container_port", 0),
+    ("start_timeout", math.nan), ("start_timeout", "60"), ("start_timeout", 0),
+    ("call_timeout", math.inf), ("call_timeout", -1),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), PC_BAD, ids=[f"{o}={v!r:.20}" for o, v in PC_BAD])
+def test_plugin_container_refuses_a_wrong_option_by_name(option: str, value: Any) -> None:
+    pytest.importorskip("testcontainers")
+    with pytest.raises(ConfigError, match=option):
+        _plugin_container(**{option: value})
