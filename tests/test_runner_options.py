@@ -1,5 +1,5 @@
 """The container runners' options: a wrong type or value is a ConfigError from the constructor naming the
-option, before anything is created (no container or socket folder), not a bare TypeError,
+option, before anything is created (no container, socket folder or pod), not a bare TypeError,
 OverflowError or AttributeError from deep inside start()."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from plugbay.errors import ConfigError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.docker.engine import SOCKET_DIR_PREFIX
+from plugbay.runners.kubernetes import KubernetesRunner
+from tests.kube_standin.fixtures import kubeconfig, standin  # noqa: F401
 
 BASE = "plugbay-base:bookworm"
 
@@ -81,6 +83,61 @@ def test_docker_refusal_creates_nothing(plugbay_docker: Any, option: str, value:
             runner.start(LaunchSpec(env={}, labels={"plugbay-test-mark": mark}))
         assert plugbay_docker.containers.list(all=True, filters={"label": f"plugbay-test-mark={mark}"}) == []
         assert _socket_dirs() - dirs == set()
+    finally:
+        for runner in made:
+            runner.kill(0)
+
+
+class _Api:
+    """An api_client stand-in: the constructor's checks come before any call on it."""
+
+
+KUBE_BAD: list[tuple[str, Any]] = [
+    ("image", 5), ("image", ""), ("namespace", 5),
+    ("labels", 5), ("labels", "x"), ("labels", {"team": 5}),
+    ("env", "x"), ("env", {"A": 1}), ("env", -1),
+    ("container_port", "80"), ("container_port", None), ("container_port", True), ("container_port", 70000),
+    ("writable_dirs", None), ("writable_dirs", 5), ("writable_dirs", [["/tmp"]]), ("writable_dirs", ("tmp",)),
+    ("host_id", 5), ("host_id", b"x"), ("host_id", ("a",)),
+    ("resources", "x"), ("node_selector", "x"), ("node_selector", {"a": 1}), ("pod_template", 5),
+    ("tolerations", "x"), ("tolerations", [5]),
+    ("run_as_user", "1000"), ("run_as_user", -1), ("run_as_user", 1.5),
+    ("command", "ls"), ("command", 5), ("args", b"x"),
+    ("service_account", 5), ("kubeconfig", 5), ("context", 5), ("owner_reference", "yes"),
+    ("start_timeout", math.nan), ("start_timeout", "60"),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), KUBE_BAD, ids=[f"{o}={v!r:.20}" for o, v in KUBE_BAD])
+def test_kubernetes_runner_refuses_a_wrong_option_by_name(option: str, value: Any) -> None:
+    kwargs = {"image": "plugbay-kv:latest", "namespace": "default", "api_client": _Api(), option: value}
+    with pytest.raises(ConfigError, match=option):
+        KubernetesRunner(**kwargs)
+
+
+def test_kubernetes_runner_still_takes_the_usual() -> None:
+    runner = KubernetesRunner("x", namespace="d", api_client=_Api(), writable_dirs="/data", host_id="",
+                              tolerations=({"key": "k", "operator": "Exists"},), run_as_user=0, command=[])
+    assert runner._opts["writable_dirs"] == ("/data",)
+
+
+# taken by the old constructor: start() then failed bare building the manifest, or made a pod from a
+# command split into characters
+KUBE_STARTED_BAD = [("labels", {"team": 5}), ("command", "ls"), ("tolerations", "x"), ("writable_dirs", 5)]
+
+
+@pytest.mark.kubernetes
+@pytest.mark.parametrize(("option", "value"), KUBE_STARTED_BAD, ids=[f"{o}={v!r}" for o, v in KUBE_STARTED_BAD])
+def test_kubernetes_refusal_creates_no_pod(kubeconfig: str, option: str, value: Any) -> None:  # noqa: F811
+    from tests.test_kubernetes_runner import pods_of_session
+
+    made: list[KubernetesRunner] = []
+    try:
+        with pytest.raises(ConfigError, match=option):
+            runner = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, start_timeout=10, **{option: value})
+            made.append(runner)
+            runner.start(LaunchSpec(env={}, labels={"plugbay.plugin": "options"}))
+        assert pods_of_session(kubeconfig) == []
     finally:
         for runner in made:
             runner.kill(0)

@@ -25,6 +25,7 @@ from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_tim
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
                                             load_api_client, reattach_kubeconfig, reattach_pod)
+from plugbay.runners.kubernetes.options import ADDRESS_MODES, check_settings
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.forwards import PortForwards
@@ -34,9 +35,6 @@ from plugbay.runners.kubernetes.portforward import PortForwarder
 from plugbay.runners.kubernetes.teardown import PodTeardown
 from plugbay.runners.kubernetes.watch import PodWatch
 
-MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
-
-ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
 
 
 class KubernetesRunner(PodTeardown, Runner):
@@ -53,28 +51,13 @@ class KubernetesRunner(PodTeardown, Runner):
                  writable_dirs: Sequence[str] = ("/tmp",), command: Sequence[str] | None = None,
                  args: Sequence[str] | None = None, host_id: str | None = None,
                  owner_reference: bool = True, api_timeout: float | None = None) -> None:
-        if address_mode not in ADDRESS_MODES:
-            raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {address_mode!r}")
-        if pull_policy not in ("Always", "IfNotPresent", "Never"):
-            raise ConfigError(f"pull_policy must be Always, IfNotPresent or Never, not {pull_policy!r}")
-        if not 0 < container_port < 65536:
-            raise ConfigError(f"container_port must be a TCP port (1-65535), not {container_port}")
-        # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
-        writable_dirs = tuple(dict.fromkeys([writable_dirs] if isinstance(writable_dirs, str) else writable_dirs))
-        if any(not isinstance(d, str) or not d.startswith("/") for d in writable_dirs):
-            raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
-                              f" not {writable_dirs!r}")
+        writable_dirs = check_settings(locals())  # before a client is loaded: see options
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
                           resources=resources, service_account=service_account, node_selector=node_selector,
                           tolerations=tolerations, template=pod_template, run_as_user=run_as_user,
                           writable_dirs=writable_dirs, command=command, args=args)
         self.container_port = container_port
-        if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
-                                                   and 0 < start_timeout <= MAX_START_TIMEOUT):
-            # it also bounds each port-forward upgrade's socket waits, which refuse NaN and past time_t
-            raise ConfigError(f"start_timeout must be a positive number of seconds up to {MAX_START_TIMEOUT:.0f},"
-                              f" not {start_timeout!r}; pass e.g. start_timeout=120")
         self.start_timeout = float(start_timeout)
         # each API call's connect and wait for an answer (log streams: until their head); see api.py
         self.api_timeout = check_api_timeout(min(DEFAULT_API_TIMEOUT, start_timeout) if api_timeout is None

@@ -1,0 +1,68 @@
+"""KubernetesRunner's constructor checks: each option's type and range, so a wrong one is a ConfigError
+naming it before any client is loaded or pod made, not a TypeError from the pod manifest at start()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugbay.core.protocol.handshake import is_tcp_port
+from plugbay.errors import ConfigError
+from plugbay.runners.command import check_env
+from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
+                                     required_str, str_mapping)
+
+MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
+ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+MAX_UID = 2**31 - 1  # what a pod's runAsUser may say
+
+
+def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
+    """Check KubernetesRunner's constructor arguments (``opts``: its locals); returns its writable_dirs
+    as a tuple without repeats (one str is one folder)."""
+    if opts["address_mode"] not in ADDRESS_MODES:
+        raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {opts['address_mode']!r}")
+    if opts["pull_policy"] not in PULL_POLICIES:
+        raise ConfigError(f"pull_policy must be Always, IfNotPresent or Never, not {opts['pull_policy']!r}")
+    if not is_tcp_port(opts["container_port"]):
+        raise ConfigError(f"container_port must be a TCP port, an int from 1 to 65535, not {opts['container_port']!r}")
+    where = "KubernetesRunner "
+    required_str(opts["image"], where + "image", "plugbay-kv:latest")
+    for option, example in (("namespace", "plugins"), ("service_account", "plugbay-plugin"),
+                            ("context", "kind-plugbay")):
+        optional_str(opts[option], where + option, example)
+    optional_str(opts["host_id"], where + "host_id", "host-1", empty=True)  # "": PLUGBAY_HOST_ID or the pod's
+    kubeconfig = opts["kubeconfig"]
+    if kubeconfig is not None and not isinstance(kubeconfig, (str, os.PathLike)):
+        raise ConfigError(f"{where}kubeconfig must be a path to a kubeconfig file (or None), got {kubeconfig!r:.80}")
+    str_mapping(opts["labels"], where + "labels", {"team": "search"})
+    if opts["env"] is not None:
+        check_env(opts["env"], where + "env")
+    str_mapping(opts["node_selector"], where + "node_selector", {"kubernetes.io/os": "linux"})
+    optional_mapping(opts["resources"], where + "resources", "{'limits': {'cpu': '500m', 'memory': '128Mi'}}")
+    optional_mapping(opts["pod_template"], where + "pod_template", "{'spec': {'priorityClassName': 'low'}}")
+    tolerations = opts["tolerations"]
+    if tolerations is not None and (isinstance(tolerations, (str, bytes)) or not isinstance(tolerations, Sequence)
+                                    or not all(isinstance(t, Mapping) for t in tolerations)):
+        raise ConfigError(f"{where}tolerations must be a list of dicts such as [{{'key': 'gpu', 'operator':"
+                          f" 'Exists'}}] (or None), got {tolerations!r:.80}")
+    optional_int(opts["run_as_user"], where + "run_as_user", 0, MAX_UID, "the container's user id")
+    optional_str_list(opts["command"], where + "command", ("/plugin",))
+    optional_str_list(opts["args"], where + "args", ("--verbose",))
+    flag(opts["owner_reference"], where + "owner_reference")
+    start_timeout = opts["start_timeout"]
+    if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
+                                               and 0 < start_timeout <= MAX_START_TIMEOUT):
+        # it also bounds each port-forward upgrade's socket waits, which refuse NaN and past time_t
+        raise ConfigError(f"start_timeout must be a positive number of seconds up to {MAX_START_TIMEOUT:.0f},"
+                          f" not {start_timeout!r}; pass e.g. start_timeout=120")
+    dirs = opts["writable_dirs"]
+    dirs = [dirs] if isinstance(dirs, str) else dirs
+    if not isinstance(dirs, (list, tuple)) or any(not isinstance(d, str) or not d.startswith("/") or "\0" in d
+                                                  for d in dirs):
+        raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
+                          f" not {opts['writable_dirs']!r:.80}")
+    # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
+    return tuple(dict.fromkeys(dirs))
