@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from plugbay.errors import ConfigError
+from plugbay.network.figures import check_count, check_seconds
 
 # Failures that say something about the endpoint rather than about the request.
 ENDPOINT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -33,12 +34,18 @@ class OutlierPolicy:
     max_ejection_percent: int = 50
 
     def __post_init__(self) -> None:
-        if self.consecutive_failures < 1 or self.base_ejection_time <= 0 \
-                or self.max_ejection_time < self.base_ejection_time \
-                or not 0 <= self.max_ejection_percent <= 100:
-            raise ConfigError(f"invalid OutlierPolicy {self}: consecutive_failures >= 1,"
-                              " 0 < base_ejection_time <= max_ejection_time and 0 <= max_ejection_percent"
-                              " <= 100 are required")
+        # typed and finite here: a NaN ejection time compares false with everything, so no endpoint would
+        # ever be ejected (nor its multiplier decay), and a str failed with a bare TypeError
+        try:
+            check_count(self.consecutive_failures, "consecutive_failures", 1)
+            check_seconds(self.base_ejection_time, "base_ejection_time", 30.0)
+            check_seconds(self.max_ejection_time, "max_ejection_time", 300.0)
+            check_count(self.max_ejection_percent, "max_ejection_percent", 0, 100)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid OutlierPolicy: {exc}") from None
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ConfigError(f"invalid OutlierPolicy: max_ejection_time ({self.max_ejection_time!r}) is below"
+                              f" base_ejection_time ({self.base_ejection_time!r}); pass a cap at least the base")
 
     def ejection_time(self, ejections: int) -> float:
         return min(self.base_ejection_time * max(ejections, 1), self.max_ejection_time)

@@ -41,6 +41,7 @@ from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
+from plugbay.network.figures import check_count, check_seconds
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth
@@ -67,8 +68,9 @@ class EndpointPool(PoolHealth, CallChannel):
                               " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
         if tls is not None and insecure:
             raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
-        if health_interval <= 0 or health_timeout <= 0 or unhealthy_after < 1:
-            raise ConfigError("health_interval and health_timeout must be > 0 and unhealthy_after >= 1")
+        check_seconds(health_interval, "EndpointPool.health_interval", 1.0)
+        check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0)
+        check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1)
         self.name = name
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()

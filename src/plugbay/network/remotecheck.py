@@ -3,13 +3,17 @@ runs, rather than as an AttributeError deep in start()."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError
 from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.figures import check_count, check_seconds, check_switch
 from plugbay.network.pool import POLICIES
+from plugbay.network.resolver import parse_dns_server
 from plugbay.network.tls import NetworkTLS
 
 
@@ -21,19 +25,53 @@ def check_remote(config: Any) -> None:
     if config.outlier is not None and not isinstance(config.outlier, OutlierPolicy):
         raise ConfigError(f"RemoteConfig.outlier must be an OutlierPolicy or None, got"
                           f" {type(config.outlier).__name__}; pass outlier=OutlierPolicy(consecutive_failures=5)")
+    for switch in ("insecure", "allow_loopback", "multiplex", "brokered"):
+        check_switch(getattr(config, switch), f"RemoteConfig.{switch}")
     if config.multiplex and not config.brokered:
         raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
                           " declines them; pass one of the two")
     if config.multiplex and config.insecure:
         raise ConfigError("RemoteConfig(multiplex=True) needs TLS: brokered connections travel in one"
                           " TLS connection per endpoint; pass tls=NetworkTLS(...) instead of insecure=True")
-    Keepalive.of(config.mux_keepalive, "mux_keepalive")
+    Keepalive.of(config.mux_keepalive, "RemoteConfig.mux_keepalive")
     grpcping.check(config.grpc_keepalive, "RemoteConfig.grpc_keepalive")
     if config.policy not in POLICIES:
         raise ConfigError(f"RemoteConfig.policy: unknown pick policy {config.policy!r}; pass policy="
                           f"{' or '.join(repr(p) for p in POLICIES)}")
+    # finite: the pool's and the resolver's threads wait these out (an infinite wait kills the thread)
     for name, default in (("health_interval", 1.0), ("health_timeout", 1.0), ("dns_refresh", 30.0)):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"RemoteConfig.{name} must be a number of seconds > 0, got {value!r};"
-                              f" pass e.g. {name}={default}")
+        check_seconds(getattr(config, name), f"RemoteConfig.{name}", default)
+    if config.dns_server is not None:
+        if not isinstance(config.dns_server, str):
+            raise ConfigError(f"RemoteConfig.dns_server must be 'IP' or 'IP:PORT' as a str, or None (the system's),"
+                              f" got {config.dns_server!r:.80}; pass for example dns_server='10.0.0.10:53'")
+        parse_dns_server(config.dns_server)
+    check_kubernetes(config.kubernetes)
+
+
+def check_kubernetes(options: Any) -> None:
+    """RemoteConfig.kubernetes: keyword arguments of plugbay.network.kubernetes.EndpointSliceResolver."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"RemoteConfig.kubernetes must be a dict of the Kubernetes resolver's options, got"
+                          f" {options!r:.80}; pass for example kubernetes={{'kubeconfig': '/etc/plugbay/kubeconfig',"
+                          " 'context': 'prod'}")
+    if not options:
+        return
+    try:
+        from plugbay.network.kubernetes import EndpointSliceResolver
+    except ImportError:  # the kubernetes extra is missing: a kubernetes:/// target says so when it is made
+        return
+    known = [name for name, p in inspect.signature(EndpointSliceResolver).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"RemoteConfig.kubernetes has {key!r:.80}, which the Kubernetes resolver does not"
+                              f" take; its options are {', '.join(known)}")
+        # the client library splits kubeconfig as a str (KUBECONFIG's list), and looks context up by name
+        if key in ("kubeconfig", "context") and value is not None and not isinstance(value, str):
+            raise ConfigError(f"RemoteConfig.kubernetes[{key!r}] must be a str (a kubeconfig file's path, a context's"
+                              f" name) or None, got {value!r:.80}")
+        if key in ("watch_timeout", "max_endpoints"):
+            check_count(value, f"RemoteConfig.kubernetes[{key!r}]", 1)
+        if key == "allow_loopback":
+            check_switch(value, "RemoteConfig.kubernetes['allow_loopback']")

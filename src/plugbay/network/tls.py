@@ -10,6 +10,7 @@ certificate must carry (its SAN) when it differs from the dialed address.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import ClassVar
@@ -66,8 +67,19 @@ class NetworkTLS:
                               " server-only TLS); got only one of them")
         for what in ("cert_file", "key_file", "ca_file"):
             path = getattr(self, what)
-            if path is not None and "\0" in str(path):  # no file is named so: open() and stat() raise ValueError
+            if path is None and what != "ca_file":
+                continue
+            # checked now: open() and stat() given another type raise a bare TypeError when the pool starts
+            if not isinstance(path, (str, bytes, os.PathLike)):
+                raise ConfigError(f"NetworkTLS {what} must be the path of a PEM file (a str), got {path!r:.80}"
+                                  + ("; the CA file is required: the plugins' certificates are checked against it"
+                                     if what == "ca_file" else ""))
+            raw = os.fspath(path)
+            if ("\0" if isinstance(raw, str) else b"\0") in raw:  # no file is named so: open() raises ValueError
                 raise ConfigError(f"NetworkTLS {what} {path!r} holds a NUL byte; pass the path of a PEM file")
+        if self.server_name is not None and not isinstance(self.server_name, str):
+            raise ConfigError(f"NetworkTLS server_name must be the name the plugins' certificates carry (a str) or"
+                              f" None, got {self.server_name!r:.80}")
         # not a dataclass field: equality, repr and asdict() stay the four paths
         object.__setattr__(self, "_files", ClientFiles(self.cert_file, self.key_file, self.ca_file))
 

@@ -35,6 +35,15 @@ WRITE_TIMEOUT = 10.0  # a session's, unless its owner's settings say otherwise (
 GRACE = 0.2  # past the timeout, the reader gets this long (at least one poll) to count an answer
 
 
+def _float(figure: float) -> bool:
+    """Whether ``figure`` is a float (an int larger than any float is not: float() raises OverflowError)."""
+    try:
+        float(figure)
+    except OverflowError:
+        return False
+    return True
+
+
 class Pingable(Protocol):
     """What the keepalive needs of a session (plugbay.core.transport.yamux.Session)."""
 
@@ -56,11 +65,12 @@ class Keepalive:
     def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive", *,
                  write_timeout: float = WRITE_TIMEOUT) -> None:
         figures = (interval, timeout, write_timeout)
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in figures):
-            raise ConfigError(f"{what} ({interval!r}, {timeout!r}, {write_timeout!r}): every figure must be a"
-                              " number > 0 (seconds: the quiet time before a ping, the wait for anything to"
-                              " arrive after it, and, optional, the connection's write timeout; math.inf as"
-                              " the first turns the keepalive off, as the third the write timeout)")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and _float(x) for x in figures):
+            raise ConfigError(f"{what} ({interval!r:.40}, {timeout!r:.40}, {write_timeout!r:.40}): every figure"
+                              " must be a number > 0 that fits a float (seconds: the quiet time before a ping, the"
+                              " wait for anything to arrive after it, and, optional, the connection's write"
+                              " timeout; math.inf as the first turns the keepalive off, as the third the write"
+                              " timeout)")
         self.interval, self.timeout = float(interval), float(timeout)
         # a frame that cannot be written for this long ends the session (the owner gives it to its
         # sessions: plugbay.core.transport.ywrite)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import ConfigError
+from plugbay.network.figures import check_seconds, check_switch
+from plugbay.runners.command import check_cmd, check_env
 
 # Forwarded calls at once: with RESERVED more threads for the gateway's own services, the 64
 # threads the gateway always had.
@@ -58,9 +61,11 @@ class GatewayConfig:
     max_message: int = DEFAULT_MAX_MESSAGE
 
     def check(self) -> None:
-        if not self.cmd or not self.cmd[0]:
+        if not isinstance(self.cmd, (str, bytes)) and isinstance(self.cmd, Sequence) and (
+                not self.cmd or self.cmd[0] == ""):
             raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
                               " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
+        check_cmd(self.cmd, "GatewayConfig.cmd")
         cookie = self.cookie
         if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
                 or not all(isinstance(part, str) for part in cookie)):
@@ -72,6 +77,7 @@ class GatewayConfig:
             raise ConfigError("the gateway needs the plugin's magic cookie as KEY=VALUE (--cookie"
                               " BASIC_PLUGIN=hello); it is in the plugin's HandshakeConfig")
         Keepalive.of(self.keepalive, "GatewayConfig keepalive")  # every figure > 0
+        self._check_child()
         if self.multiplex and self.insecure:
             raise ConfigError("the gateway brokers (--multiplex) only over TLS: pass --cert, --key and"
                               " --client-ca instead of --insecure")
@@ -98,6 +104,24 @@ class GatewayConfig:
                 isinstance(name, str) and name for name in plugins):
             raise ConfigError(f"the gateway's plugins must be a list of plugin names, got {plugins!r:.80}; pass for"
                               " example GatewayConfig(plugins=['kv_grpc']) or --plugins kv_grpc,other")
+
+    def _check_child(self) -> None:
+        """What the child is started and restarted with: checked here, as the child's own ClientConfig
+        checks them only at start() (after the port is bound), and the keeper thread reads restart only
+        when the child died (a wrong one killed the thread: the child was never restarted)."""
+        if not isinstance(self.restart, RestartPolicy):
+            raise ConfigError(f"GatewayConfig.restart must be a RestartPolicy, got {type(self.restart).__name__};"
+                              " pass for example restart=RestartPolicy(max_restarts=10, window=60.0)")
+        check_env(self.env, "GatewayConfig.env")
+        if self.cwd is not None and not isinstance(self.cwd, (str, os.PathLike)):
+            raise ConfigError(f"GatewayConfig.cwd must be the path of the child's working folder (a str) or None"
+                              f" (the gateway's), got {self.cwd!r:.80}")
+        check_seconds(self.start_timeout, "GatewayConfig.start_timeout", 30.0)
+        for switch in ("child_mtls", "multiplex"):
+            check_switch(getattr(self, switch), f"GatewayConfig.{switch}")
+        if self.logger is not None and not isinstance(self.logger, (logging.Logger, logging.LoggerAdapter)):
+            raise ConfigError(f"GatewayConfig.logger must be a logging.Logger or None, got"
+                              f" {type(self.logger).__name__}; pass logging.getLogger(name)")
 
 
 def _whole(value: object) -> bool:
