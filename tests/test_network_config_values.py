@@ -61,7 +61,7 @@ def test_the_gateway_refuses_wrong_child_settings_when_made(kw: dict[str, Any], 
 
 
 def test_the_gateway_still_takes_what_it_documents(tmp_path: Path) -> None:
-    gateway = _gateway(restart=RestartPolicy(max_restarts=1), env={"A": "b"}, cwd=tmp_path, start_timeout=5,
+    gateway = _gateway(restart=RestartPolicy(max_restarts=1), env={"A": "b"}, cwd=str(tmp_path), start_timeout=5,
                        child_mtls=False, logger=logging.getLogger("gw"), keepalive=(math.inf, 10.0))
     assert gateway.config.start_timeout == 5
     with pytest.raises(ConfigError, match="plugin's command"):  # the message an empty command always had
