@@ -47,3 +47,19 @@ def check_switch(value: Any, what: str) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{what} must be True or False, got {value!r:.80}; pass a bool (a str such as"
                           " 'false' read from a file or the environment counts as true)")
+
+
+def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any, health_interval: Any,
+               health_timeout: Any, unhealthy_after: Any) -> None:
+    """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck)."""
+    check_switch(insecure, "EndpointPool.insecure")
+    if policy not in policies:
+        raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(policies)}")
+    if not tls and not insecure:
+        raise ConfigError("a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
+                          " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
+    if tls and insecure:
+        raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
+    check_seconds(health_interval, "EndpointPool.health_interval", 1.0)
+    check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0)
+    check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1)

@@ -38,10 +38,9 @@ import grpc
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
-from plugbay.errors import ConfigError
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
-from plugbay.network.figures import check_count, check_seconds
+from plugbay.network.figures import check_pool
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth
@@ -61,16 +60,7 @@ class EndpointPool(PoolHealth, CallChannel):
                  options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
                  connector: Callable[[Endpoint], grpc.Channel] | None = None,
                  keepalive: tuple[float, ...] | None = grpcping.DEFAULT) -> None:
-        if policy not in POLICIES:
-            raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(POLICIES)}")
-        if tls is None and not insecure:
-            raise ConfigError("a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
-                              " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
-        if tls is not None and insecure:
-            raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
-        check_seconds(health_interval, "EndpointPool.health_interval", 1.0)
-        check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0)
-        check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1)
+        check_pool(policy, POLICIES, tls is not None, insecure, health_interval, health_timeout, unhealthy_after)
         self.name = name
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()
