@@ -36,9 +36,9 @@ from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.readygate import ReadyGate
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
-from plugbay.core.resilience.sources import ConfigSource, check_policies
+from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
 from plugbay.core.resilience.supervisor import Supervisor
-from plugbay.errors import ClientStateError, UnknownPluginError
+from plugbay.errors import ClientStateError
 
 
 class AsyncSupervisor:
@@ -55,6 +55,7 @@ class AsyncSupervisor:
                  unhealthy_grace: float = 4.0, on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
         check_policies(restart, retry, breaker, "run_async", "AsyncSupervisor")
+        check_settings("AsyncSupervisor", health_interval, health_timeout, unhealthy_grace, on_event)
         self._on_event = on_event
         self._sup = Supervisor(config, restart=restart, reattach=reattach,
                                health_interval=health_interval, health_timeout=health_timeout,
@@ -187,10 +188,7 @@ class AsyncSupervisor:
 
     def _plugin_and_broker(self, name: str) -> tuple[Any, Any]:
         client = self._sup.client  # raises while restarting or after giving up, saying so
-        plugins = client.config.versions()[client.negotiated_version]
-        if name not in plugins:
-            raise UnknownPluginError(name, list(plugins))
-        return plugins[name], client.broker
+        return plugin_named(client, name), client.broker
 
     async def stop(self) -> None:
         """Stop watching, kill the plugin and close the connections. Idempotent."""
@@ -210,7 +208,10 @@ class AsyncSupervisor:
         if self._on_event is not None:
             self._on_event(event)
         loop, switch = self._loop, self._switch
-        if loop is not None and switch is not None and event.kind in ("failure", "restarted", "stopped", "gave_up"):
+        # Not at "failure": the old Client is not yet killed, and a call its closed connection ended
+        # would come out as a bare CANCELLED instead of the sync side's PluginRestarted.
+        if loop is not None and switch is not None and event.kind in ("restarting", "restarted", "stopped",
+                                                                      "gave_up"):
             try:
                 loop.call_soon_threadsafe(switch.follow)
             except RuntimeError:  # the loop is closed: its connections went with it

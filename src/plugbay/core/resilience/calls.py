@@ -184,6 +184,19 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
     return None
 
 
+# A longer wait is not a setting but a mistake: gRPC deadlines overflow some 7e9 s past the epoch
+# (the call then fails at once as past its deadline), and threading's waits raise past TIMEOUT_MAX.
+LONGEST_WAIT = 365 * 86400.0
+
+
+def seconds_problem(value: Any, name: str) -> str | None:
+    """:func:`number_problem` for a duration that must pass: > 0, finite, at most a year."""
+    problem = number_problem(value, name, 0, above=True)
+    if problem is None and not value <= LONGEST_WAIT:
+        return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
+    return problem
+
+
 def status_codes_problem(codes: Any, name: str) -> str | None:
     """None when ``codes`` is a collection of grpc.StatusCode members (names such as "UNAVAILABLE"
     would silently never match)."""

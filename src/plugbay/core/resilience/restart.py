@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from plugbay.core.resilience.calls import backoff_delay, number_problem
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, RestartBudgetExhaustedError
 
 _log = logging.getLogger("plugbay.supervisor")
 _WARNINGS = ("failure", "start_failed", "restart_failed", "gave_up")
@@ -18,7 +18,13 @@ _WARNINGS = ("failure", "start_failed", "restart_failed", "gave_up")
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """At most ``max_restarts`` restarts within any ``window`` seconds; backoff between tries."""
+    """At most ``max_restarts`` restarts within any ``window`` seconds; backoff between tries.
+
+    The backoff grows with each failure in a row (``initial_backoff`` x ``multiplier`` per
+    failure, capped at ``max_backoff``), across restarts: a plugin that starts and soon fails
+    again waits longer each time. It starts over from ``initial_backoff`` once a plugin has run
+    for ``stable_after`` seconds (None: ``max_backoff``, at least 10 s) before it failed.
+    """
 
     max_restarts: int = 5
     window: float = 60.0
@@ -26,6 +32,7 @@ class RestartPolicy:
     max_backoff: float = 10.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    stable_after: float | None = None
 
     def __post_init__(self) -> None:
         problems = [p for p in (
@@ -35,6 +42,7 @@ class RestartPolicy:
             number_problem(self.max_backoff, "max_backoff", 0),
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
+            None if self.stable_after is None else number_problem(self.stable_after, "stable_after (or None)", 0),
         ) if p is not None]
         if problems:
             raise ConfigError(f"invalid RestartPolicy: {'; '.join(problems)}")
@@ -42,6 +50,36 @@ class RestartPolicy:
     def backoff(self, consecutive: int) -> float:
         return backoff_delay(self.initial_backoff, self.multiplier, self.max_backoff, self.jitter,
                              consecutive, random.random)
+
+    def stable_seconds(self) -> float:
+        """How long a plugin must run before its failure counts as the first in a row again."""
+        return self.stable_after if self.stable_after is not None else max(10.0, self.max_backoff)
+
+
+class FailureRun:
+    """The failures in a row, which set each restart's backoff. A failure soon after a (re)start
+    continues the run (a crash loop waits longer each time); one after the plugin ran for
+    ``policy.stable_seconds()`` starts a new run."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.count = 0  # failed plugins and failed restarts since the run began
+        self._up_since: float | None = None
+
+    def running(self) -> None:
+        """A plugin was (re)started and adopted."""
+        self._up_since = self._clock()
+
+    def failed(self, policy: RestartPolicy) -> None:
+        """The running plugin failed."""
+        up, self._up_since = self._up_since, None
+        if up is not None and self._clock() - up >= policy.stable_seconds():
+            self.count = 0
+
+    def next_backoff(self, policy: RestartPolicy) -> float:
+        """The wait before the next try to start it (a failed try counts as one more failure)."""
+        self.count += 1
+        return policy.backoff(self.count)
 
 
 @dataclass(frozen=True)
@@ -56,10 +94,12 @@ class SupervisorEvent:
 
 
 class RestartBudget:
-    """The restarts made within a policy's window: the oldest drop out as the window moves on."""
+    """The restarts made within a policy's window (the oldest drop out as the window moves on), and
+    once they were too many, the error of a Supervisor that gave up."""
 
     def __init__(self) -> None:
         self._times: collections.deque[float] = collections.deque()
+        self._fatal: RestartBudgetExhaustedError | None = None
 
     def spent(self, policy: RestartPolicy) -> bool:
         now = time.monotonic()
@@ -72,6 +112,16 @@ class RestartBudget:
 
     def __len__(self) -> int:
         return len(self._times)
+
+    def exhaust(self, name: str, window: float, last_failure: str) -> str:
+        """Give up (raise_if_exhausted() raises from now on); says why."""
+        self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure)
+        return str(self._fatal)
+
+    def raise_if_exhausted(self) -> None:
+        """A new error each time: one shared object would gather every call's traceback frames and notes."""
+        if (fatal := self._fatal) is not None:
+            raise RestartBudgetExhaustedError(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
 
 
 def record_event(events: collections.deque[SupervisorEvent], on_event: Callable[[SupervisorEvent], None] | None,

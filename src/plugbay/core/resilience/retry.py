@@ -101,7 +101,10 @@ class RetryPolicy:
               for name in ("per_attempt_timeout", "overall_timeout") if getattr(self, name) is not None),
             status_codes_problem(self.retry_on, "retry_on"),
         ) if p is not None]
-        if isinstance(self.methods, (str, bytes)) or not all(isinstance(m, str) for m in self.methods):
+        if isinstance(self.methods, Iterator):
+            self.methods = tuple(self.methods)  # once: a generator would be used up by the check below
+        if isinstance(self.methods, (str, bytes)) or not isinstance(self.methods, Iterable) \
+                or not all(isinstance(m, str) for m in self.methods):
             problems.append(f"methods must be a list of method names or patterns, such as ['Get', '/proto.KV/*']"
                             f" (got {self.methods!r})")
         if not isinstance(self.all_idempotent, bool):

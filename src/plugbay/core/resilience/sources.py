@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.calls import layer_problem
+from plugbay.core.resilience.calls import layer_problem, number_problem, seconds_problem
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
 from plugbay.core.resilience.restart import RestartPolicy
-from plugbay.errors import ClientStateError, ConfigError
+from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError
 
 
 class ClientMaker(Protocol):
@@ -33,7 +33,7 @@ class ClientMaker(Protocol):
 ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
 
 
-def check_source(config: object, unhealthy_grace: float) -> None:
+def check_source(config: object) -> None:
     """Refuse, with what to pass instead, a config a Supervisor could not restart from."""
     if not isinstance(config, ClientConfig) and not callable(config) and not hasattr(config, "make_client"):
         raise ConfigError(f"Supervisor takes a ClientConfig, a RemoteConfig or a factory returning one, got"
@@ -46,8 +46,21 @@ def check_source(config: object, unhealthy_grace: float) -> None:
     if isinstance(config, ClientConfig) and config.reattach is not None:
         raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
                           " a restart needs cmd= or runner= to start a fresh plugin")
-    if unhealthy_grace < 0:
-        raise ConfigError(f"unhealthy_grace must be >= 0 (got {unhealthy_grace})")
+
+
+def check_settings(owner: str, health_interval: object, health_timeout: object, unhealthy_grace: object,
+                   on_event: object) -> None:
+    """Refuse up front what would fail only once the plugin runs (the health watcher's settings) or
+    at every event (an on_event that cannot be called)."""
+    problems = [p for p in (
+        None if health_interval is None else seconds_problem(health_interval, "health_interval (or None)"),
+        seconds_problem(health_timeout, "health_timeout"),
+        number_problem(unhealthy_grace, "unhealthy_grace", 0),
+        None if on_event is None or callable(on_event) else
+        f"on_event must be a function taking a SupervisorEvent, or None (got {type(on_event).__name__})",
+    ) if p is not None]
+    if problems:
+        raise ConfigError(f"invalid {owner}: {'; '.join(problems)}")
 
 
 def check_policies(restart: object, retry: object, breaker: object, wanted: str, owner: str) -> None:
@@ -74,6 +87,14 @@ def not_running(name: str, state: str, last_failure: str | None) -> ClientStateE
         return ClientStateError(f"the Supervisor of {name!r} failed to start its plugin ({last_failure});"
                                 " fix that and call start() again")
     return ClientStateError(f"Supervisor of {name!r} is not running; call start() first")
+
+
+def plugin_named(client: Client, name: str) -> Any:
+    """The plugin definition ``name`` of the protocol version ``client`` negotiated."""
+    plugins = client.config.versions()[client.negotiated_version]
+    if name not in plugins:
+        raise UnknownPluginError(name, list(plugins))
+    return plugins[name]
 
 
 def stopped_while_starting(name: str) -> ClientStateError:

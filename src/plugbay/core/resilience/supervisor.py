@@ -34,18 +34,19 @@ import grpc
 
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError, RestartBudgetExhaustedError, UnknownPluginError
+from plugbay.errors import ClientStateError
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, mark_restarting
 from plugbay.core.resilience.calls import CallLayer, chain
-from plugbay.core.resilience.restart import RestartBudget, RestartPolicy, SupervisorEvent, record_event
+from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
-from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_source, first_client,
-                                             new_client, not_running, stopped_while_starting)
+from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_settings, check_source,
+                                             first_client, new_client, not_running, plugin_named,
+                                             stopped_while_starting)
 
 _log = logging.getLogger("plugbay.supervisor")
 
@@ -62,7 +63,8 @@ class Supervisor:
                  health_timeout: float = 2.0, unhealthy_grace: float = 4.0,
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
-        check_source(config, unhealthy_grace)
+        check_source(config)
+        check_settings("Supervisor", health_interval, health_timeout, unhealthy_grace, on_event)
         check_policies(restart, retry, breaker, "run", "Supervisor")
         self._source = config
         self.restart_policy = restart or RestartPolicy()
@@ -81,11 +83,11 @@ class Supervisor:
         self._client: Client | None = None
         self._watcher: HealthWatcher | None = None
         self._channel: SupervisedChannel | None = None
-        self._fatal: RestartBudgetExhaustedError | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._budget = RestartBudget()
+        self._failure_run = FailureRun()
         self._dispensed: dict[str, Any] = {}
         self._starting: Client | None = None
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
@@ -171,18 +173,21 @@ class Supervisor:
                 raise stopped_while_starting(self.name) from exc
             self._start_failed(exc)
             raise
-        if not self._named:
-            self.name = client.name
-        self._channel = SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
-        layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-        self._channel.call_hook = chain([*layers, ReadyGate(self)])
-        if not self._adopt(client):  # stop() came while it started: nothing else will end this plugin
-            client.kill()
-            raise stopped_while_starting(self.name)
-        self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
-                                        daemon=True)
-        RESTARTERS.add(self)
-        self._thread.start()
+        try:
+            if not self._named:
+                self.name = client.name
+            self._channel = SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
+            layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
+            self._channel.call_hook = chain([*layers, ReadyGate(self)])
+            if not self._adopt(client):  # stop() came while it started
+                raise stopped_while_starting(self.name)
+            self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
+                                            daemon=True)
+            RESTARTERS.add(self)
+            self._thread.start()
+        except BaseException as exc:
+            self._start_failed(exc, client)
+            raise
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub on the Supervisor's channel: it survives restarts."""
@@ -190,11 +195,8 @@ class Supervisor:
         if name in self._dispensed:
             return self._dispensed[name]
         client = self.client
-        plugins = client.config.versions()[client.negotiated_version]
-        if name not in plugins:
-            raise UnknownPluginError(name, list(plugins))
         # Broker-based callbacks stay bound to the broker of the Client current now.
-        stub = plugins[name].grpc_client(client.broker, self.channel)
+        stub = plugin_named(client, name).grpc_client(client.broker, self.channel)
         self._dispensed[name] = stub
         return stub
 
@@ -226,11 +228,8 @@ class Supervisor:
         return True
 
     def stop(self) -> None:
-        """Stop watching and kill the plugin. Idempotent.
-
-        On the shared loop thread (a plugin's log handler) it returns at once and
-        ``plugbay-stop-<name>`` does it, as Client.kill() does there.
-        """
+        """Stop watching and kill the plugin. Idempotent. On the shared loop thread (a plugin's log
+        handler) it returns at once and ``plugbay-stop-<name>`` does it, as Client.kill() does there."""
         self._stop.set()
         self._wake.set()
         if self._handoff.start(f"plugbay-stop-{self.name}", self.stop, self._state == STOPPED):
@@ -286,6 +285,7 @@ class Supervisor:
                                               on_change=lambda old, new, why: self._wake.set(),
                                               name=self.name).start()
             self._state = RUNNING
+            self._failure_run.running()
             self._cond.notify_all()
         if self.breaker is not None:
             self.breaker.reset("the plugin was (re)started")
@@ -303,10 +303,8 @@ class Supervisor:
             client.kill()
 
     def raise_if_failed(self) -> None:
-        """Raise RestartBudgetExhaustedError once the Supervisor has given up: a new one each time,
-        as one shared object would gather every call's traceback frames and notes."""
-        if (fatal := self._fatal) is not None:
-            raise RestartBudgetExhaustedError(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
+        """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
+        self._budget.raise_if_exhausted()
 
     def _event(self, kind: str, detail: str) -> None:
         record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
@@ -326,6 +324,7 @@ class Supervisor:
                 self._recover(reason)
 
     def _recover(self, reason: str) -> None:
+        self._failure_run.failed(self.restart_policy)
         self.failures += 1
         self.last_failure = reason
         self._event("failure", reason)
@@ -336,13 +335,11 @@ class Supervisor:
             self._cond.notify_all()
         self._drop_current(reason)
         policy = self.restart_policy
-        consecutive = 0
         while not self._stop.is_set():
             if self._budget.spent(policy):
                 self._give_up()
                 return
-            consecutive += 1
-            if self._stop.wait(policy.backoff(consecutive)):
+            if self._stop.wait(self._failure_run.next_backoff(policy)):
                 return
             self._budget.record()
             self.restarts += 1
@@ -376,8 +373,14 @@ class Supervisor:
                 raise stopped_while_starting(self.name)
             self._starting = client
 
-    def _start_failed(self, exc: BaseException) -> None:
-        """The first start failed: say so in state and metrics (start() may be called again)."""
+    def _start_failed(self, exc: BaseException, started: Client | None = None) -> None:
+        """The first start failed: say so in state and metrics (start() may be called again). A
+        ``started`` plugin is ended (nothing else would), so that a start() again begins from scratch."""
+        if started is not None:
+            RESTARTERS.discard(self)
+            self._drop_current()
+            started.kill()
+            self._channel = self._thread = None
         with self._cond:
             if self._stop.is_set():  # stop() came meanwhile: it says STOPPED
                 return
@@ -388,12 +391,9 @@ class Supervisor:
         self._event("start_failed", self.last_failure)
 
     def _give_up(self) -> None:
-        policy = self.restart_policy
-        self._fatal = RestartBudgetExhaustedError(self.name, len(self._budget), policy.window,
-                                                  self.last_failure or "unknown")
+        why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown")
         with self._cond:
             self._state = FAILED
             self._client = None
             self._cond.notify_all()
-        self._event("gave_up", str(self._fatal))
-
+        self._event("gave_up", why)
