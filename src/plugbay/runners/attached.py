@@ -103,6 +103,7 @@ class AttachedProcess(AttachedRunner):
         self._leads_group = False  # the proven plugin led a process group (its pid is the group's id)
         self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
         self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
+        self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
 
     @property
     def id(self) -> str:
@@ -157,6 +158,13 @@ class AttachedProcess(AttachedRunner):
         self._listening[(network, address)] = dial
         return network, dial
 
+    def record_descendants(self) -> None:
+        if not self.proven or not self._alive() or _unproven(self.pid, self._start_time, self.plugin_id):
+            return
+        found = family(self.pid, "", self._start_time)  # parent links only: the marker is found at kill()
+        if self._alive():  # still the plugin after the scan: the parent links read were to it
+            self._recorded.update(found)
+
     def detach(self) -> None:
         claimed, self._claim = self._claim, None
         if self.proven and claimed is not None:
@@ -175,7 +183,9 @@ class AttachedProcess(AttachedRunner):
             self._kill_held(held, grace)
 
     def _kill_held(self, held: HeldPid, grace: float) -> None:
-        strays: dict[int, int] = {}
+        # those seen before a Shutdown: once the plugin exited, a helper with an environment of its own
+        # is tied to it by nothing else (signal_all skips a pid reused since)
+        strays: dict[int, int] = dict(self._recorded)
         proven, held_proven = self.proven, False
         if self._alive():
             why = _unproven(self.pid, self._start_time, self.plugin_id)
@@ -183,7 +193,7 @@ class AttachedProcess(AttachedRunner):
                 raise ReattachError(f"not killing process {self.pid}: {why}. plugbay signals only the"
                                     " plugin it started; stop that process yourself if it is yours")
             proven, held_proven, self._leads_group = True, held.fd is not None, _leads_group(self.pid)
-            strays = family(self.pid, self.plugin_id, self._start_time)  # proven above: its descendants and marked kin
+            strays.update(family(self.pid, self.plugin_id, self._start_time))  # proven above: descendants, marked kin
             if grace > 0:
                 self._signal(held, signal.SIGTERM)
                 signal_all(strays, signal.SIGTERM)

@@ -141,6 +141,11 @@ class AttachedRunner(ABC):
     def kill(self, grace: float = 2.0) -> None:
         """Stop the plugin (after ``grace`` seconds, by force) and free what it held. Idempotent."""
 
+    def record_descendants(self) -> None:
+        """Called before the plugin is asked to stop (GRPCController.Shutdown), while it still runs: note
+        what kill() must end and cannot find once the plugin has exited (a local process's descendants,
+        which lose their parent link to it then). Default: nothing (a container or a pod ends whole)."""
+
     def force_kill(self) -> None:
         """Stop the plugin now, also when a kill() was cut short (Ctrl-C in its grace wait) and
         counts as done; runners whose kill() is guarded by that override it."""

@@ -82,6 +82,7 @@ class ProcessRunner(ProcessLines, Runner):
         self._followers: list[PipeFollower] = []
         self._ended = ""  # "killed" or "detached": start() refuses then (one runner, one plugin, once)
         self._group_ended = False  # a stop SIGKILLed the group and reaped its leader: never signal that pgid again
+        self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
 
     # --- identity -------------------------------------------------------------
 
@@ -250,6 +251,14 @@ class ProcessRunner(ProcessLines, Runner):
             return
         self._stop_process(grace)
 
+    def record_descendants(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:  # reaped: its pid may be another process's
+            return
+        found = family(proc.pid, "", self._start_ticks)  # parent links only: the marker is found at kill()
+        with self._lock:
+            self._recorded.update(found)
+
     def detach(self) -> None:
         """Leave the process running (kill() still stops it); start() refuses from now on."""
         with self._lock:
@@ -260,7 +269,11 @@ class ProcessRunner(ProcessLines, Runner):
         assert proc is not None
         # Descendants that left the group (their own session) and orphans carrying
         # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
-        strays = family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks)
+        # With those seen before a Shutdown: a helper with an environment of its own whose parent (the
+        # plugin) has exited since is tied to it by nothing else (signal_all skips a pid reused since).
+        with self._lock:
+            strays = dict(self._recorded)
+        strays.update(family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks))
         if proc.poll() is None and grace > 0:
             signal_group(proc.pid, signal.SIGTERM)
             signal_all(strays, signal.SIGTERM)

@@ -119,6 +119,12 @@ class ClientParts:
         asked = False
         if runner is not None and self._exit_code is None and runner.wait(0) is not None:
             graceful = False
+        if runner is not None:
+            # before Shutdown: once the plugin exits, its children no longer point back to it
+            try:
+                runner.record_descendants()
+            except Exception as exc:
+                _log.warning("listing plugin %s's descendants failed: %s", self.name, exc)
         # End our long-lived streams first (as go-plugin closes its broker before
         # Shutdown): a graceful stop on the plugin side waits for open streams.
         self._close_rpc_streams()
