@@ -187,7 +187,8 @@ def diagnose(what: str, kubeconfig: str | None, as_json: bool) -> int:
              if k not in ("events", "conditions", "last_log_lines") and v not in (None, [])]
     output.facts(pairs)
     if text is not None:  # the Kubernetes runner's own description (conditions, states, events)
-        output.say(text)
+        for line in text.splitlines():  # each line's controls escaped (events and logs are the cluster's words)
+            output.say(line)
         return output.OK
     for key in ("events", "last_log_lines"):
         if facts[key]:

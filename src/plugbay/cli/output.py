@@ -4,6 +4,12 @@ Colour, tables and progress go to a terminal only (rich); with a pipe, a file
 or ``NO_COLOR`` set, output is plain parseable lines. ``--json`` output is one
 JSON document (or one object per line where a command says so) and never
 carries colour.
+
+Much of what is printed is not plugbay's own: a plugin's log lines, names and
+addresses from a reattach file, a reflected service's names, an engine's error.
+Every printer here writes control characters as escapes (plugbay.errors.printable),
+so no such text can drive the terminal (titles, cursor moves, a cleared screen) or
+forge lines; only a caller that built a whole text itself may say ``trusted=True``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import sys
 from typing import Any
 
 import click
+
+from plugbay.errors import printable
 
 
 class Terminated(KeyboardInterrupt):
@@ -60,8 +68,13 @@ def console(stderr: bool = False) -> Any:
                    highlight=False)
 
 
-def say(text: str = "", *, style: str | None = None) -> None:
-    """One line on stdout: styled on a colour terminal, plain otherwise."""
+def say(text: str = "", *, style: str | None = None, trusted: bool = False) -> None:
+    """One line on stdout: styled on a colour terminal, plain otherwise.
+
+    ``trusted``: plugbay wrote all of ``text`` (several lines, say); else its controls and line
+    breaks are written as escapes.
+    """
+    text = text if trusted else printable(text)
     if style and color_enabled():
         console().print(text, style=style, markup=False, soft_wrap=True)
     else:
@@ -70,6 +83,7 @@ def say(text: str = "", *, style: str | None = None) -> None:
 
 def say_status(text: str, *, style: str | None = None, as_json: bool = False) -> None:
     """A status line: on stdout like say(), but on stderr with --json, whose stdout is the JSON document alone."""
+    text = printable(text)
     if not as_json:
         say(text, style=style)
     elif style and color_enabled(sys.stderr):
@@ -79,19 +93,21 @@ def say_status(text: str, *, style: str | None = None, as_json: bool = False) ->
 
 
 def facts(pairs: list[tuple[str, Any]]) -> None:
-    """``key: value`` lines (aligned and coloured on a terminal)."""
+    """``key: value`` lines (aligned and coloured on a terminal); the values' controls escaped."""
+    pairs = [(key, printable(str(value))) for key, value in pairs]
     width = max((len(k) for k, _ in pairs), default=0)
     if color_enabled():
         con = console()
         for key, value in pairs:
-            con.print(f"[bold cyan]{key.ljust(width)}[/]  {_escape(str(value))}", soft_wrap=True)
+            con.print(f"[bold cyan]{key.ljust(width)}[/]  {_escape(value)}", soft_wrap=True)
     else:
         for key, value in pairs:
             click.echo(f"{key}: {value}")
 
 
 def table(head: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal; tab-separated lines (with a header) otherwise."""
+    """A rich table on a terminal; tab-separated lines (with a header) otherwise; the cells' controls escaped."""
+    rows = [[printable(str(cell)) for cell in row] for row in rows]
     if color_enabled():
         from rich.table import Table
 
@@ -122,7 +138,7 @@ def one_line(message: str, limit: int = 600) -> str:
 
 
 def error(message: str) -> None:
-    text = "error: " + one_line(message)
+    text = "error: " + printable(one_line(message))  # an engine's or a plugin's words may be in it
     if color_enabled(sys.stderr):
         console(stderr=True).print(text, style="bold red", markup=False, soft_wrap=True)
     else:
@@ -154,7 +170,8 @@ class LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            # line breaks kept (a record may span lines), every other control escaped
+            text = "\n".join(printable(line) for line in record.getMessage().split("\n"))
             if self._color:
                 style = self._STYLES.get(record.levelname, "")
                 console(stderr=True).print(f"[{style}]{record.levelname:<7}[/] [dim]{record.name}:[/] "

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from plugbay.cli import output
-from plugbay.errors import ConfigError, PlugbayError
+from plugbay.errors import ConfigError, PlugbayError, printable
 
 UNITS = {"start_to_first_call_ms": "ms", "p50_us": "us", "p99_us": "us", "calls": "count",
          "calls_per_s": "1/s"}
@@ -136,6 +136,7 @@ class _Progress:
             click.echo(f"step {self._steps}: {what} ({time.monotonic() - self.started:.1f}s)", err=True)
 
     def line(self, text: str) -> None:
+        text = printable(text)  # a build's output: the Dockerfile's commands' words
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, last=text.strip()[-70:])
         elif not self.quiet:
