@@ -30,6 +30,7 @@ import grpc
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
 
+REATTACH_FILE_MAX = 1 << 20  # a reattach config is a few KiB; run.py reads no more of an existing one either
 _RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker",
                    "KubernetesRunner": "plugbay.runners.kubernetes"}
 
@@ -57,15 +58,30 @@ def load_reattach(text: str) -> Any:
     from plugbay.core.host.reattach import ReattachConfig
 
     if text.startswith("@"):
-        path = Path(text[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read reattach file {path}: {exc.strerror}; pass @FILE of an existing"
-                              " file (plugbay run --reattach-out FILE writes one)") from None
+        text = _read_reattach_file(Path(text[1:]))
     elif not text.lstrip().startswith("{"):
         return None
     return ReattachConfig.from_json(text)
+
+
+def _read_reattach_file(path: Path) -> str:
+    """At most REATTACH_FILE_MAX bytes: @/dev/zero, or any endless pipe or huge file, would fill the memory
+    (a pipe is read as well as a file: ``@<(ssh host cat plugin.json)``)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(REATTACH_FILE_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read reattach file {path}: {exc.strerror}; pass @FILE of an existing"
+                          " file (plugbay run --reattach-out FILE writes one)") from None
+    if len(raw) > REATTACH_FILE_MAX:
+        raise ConfigError(f"reattach file {path} is larger than {REATTACH_FILE_MAX >> 20} MiB, which no reattach"
+                          " config is; pass @FILE of what plugbay run --reattach-out (or"
+                          " Client.reattach_config().to_json()) wrote")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"reattach file {path} is not UTF-8 text, as every reattach config is; pass @FILE of"
+                          " what plugbay run --reattach-out (or Client.reattach_config().to_json()) wrote") from None
 
 
 def attach_runner(data: dict[str, Any]) -> Any:
