@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -38,6 +39,17 @@ UNHEALTHY = 4  # reachable but not SERVING
 EXIT_CODES = {OK: "ok", FAILED: "plugin or call failed", USAGE: "usage or configuration error",
               UNREACHABLE: "not reachable", UNHEALTHY: "not healthy"}
 EXIT_TABLE = "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange that refuses nan too: it passes every bound check (each comparison is False), then
+    made a check UNREACHABLE, a watch's sleep raise, and a call's deadline never come."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def color_enabled(stream: Any = None) -> bool:

@@ -24,7 +24,7 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) for mTLS."),
         click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for mTLS."),
         click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) for mTLS."),
-        click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+        click.option("--timeout", type=output.FloatRange(0.1, 600), default=5.0, show_default=True,
                      help="Seconds to wait for each answer."),
         click.option("--allow-loopback", is_flag=True,
                      help="Take loopback addresses from a dns:/// or kubernetes:/// target's answers"
@@ -75,7 +75,7 @@ Exit code 0 only when SERVING; 3 when unreachable, 4 when not serving.""")
 @target_options
 @click.option("--service", default="plugin", show_default=True, help="Health service name to check.")
 @click.option("--watch", is_flag=True, help="Check again every --interval seconds until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True)
+@click.option("--interval", type=output.FloatRange(0.05, 3600), default=1.0, show_default=True)
 @click.option("--count", type=click.IntRange(1), default=None, help="With --watch: stop after N checks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
 def health(service: str, watch: bool, interval: float, count: int | None, as_json: bool,

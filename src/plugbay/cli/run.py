@@ -189,8 +189,8 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--multiplex", is_flag=True, help="The multiplexed gRPC broker (one connection).")
 @click.option("--reattach-out", type=click.Path(dir_okay=False), help="Write the reattach config JSON here "
               "(mode 0600; removed when the run ends).")
-@click.option("--start-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True)
-@click.option("--kill-grace", type=click.FloatRange(0, 600), default=2.0, show_default=True,
+@click.option("--start-timeout", type=output.FloatRange(1, 3600), default=60.0, show_default=True)
+@click.option("--kill-grace", type=output.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
 def run(cmd: str | None, image: str | None, transport: str | None, writable: tuple[str, ...], pod: str | None,
