@@ -142,6 +142,24 @@ def test_bad_commands() -> None:
         reattach_runner({"kind": "ProcessRunner"})
 
 
+@pytest.mark.parametrize("cwd", [5, 1.5, ["/tmp"]])
+def test_a_cwd_that_is_no_path_is_a_config_error_naming_it(cwd: object) -> None:
+    # it was a bare TypeError ("expected str, bytes or os.PathLike object, not int") naming nothing
+    with pytest.raises(ConfigError, match=r"ProcessRunner cwd must be a folder path .* got"):
+        ProcessRunner(["true"], cwd=cwd)  # type: ignore[arg-type]
+
+
+def test_a_bytes_cwd_runs_the_plugin_there(tmp_path: Path) -> None:
+    runner = ProcessRunner([PY, "-c", "import os; print(os.getcwd())"], cwd=os.fsencode(tmp_path))  # type: ignore[arg-type]
+    assert runner.cwd == str(tmp_path)
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert list(runner.stdout_lines()) == [str(tmp_path)]
+        assert runner.wait(10) == 0
+    finally:
+        runner.kill()
+
+
 def test_resolve_executable_uses_path(tmp_path: Path) -> None:
     assert os.path.isabs(resolve_executable("sh"))
     assert resolve_executable("./x") == os.path.abspath("./x")

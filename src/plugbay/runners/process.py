@@ -56,6 +56,17 @@ from plugbay.runners.session import proc_stat
 _TAIL = 50
 
 
+def _folder(cwd: Any) -> str | None:
+    """ProcessRunner's cwd as a str path (bytes decoded as the OS names files); ConfigError for what is none."""
+    if cwd is None:
+        return None
+    try:
+        return os.fsdecode(cwd)  # only str, bytes and os.PathLike pass
+    except TypeError:
+        raise ConfigError(f"ProcessRunner cwd must be a folder path (a str or an os.PathLike such as"
+                          f" pathlib.Path), got {type(cwd).__name__} {cwd!r}") from None
+
+
 class ProcessRunner(ProcessLines, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
@@ -65,8 +76,8 @@ class ProcessRunner(ProcessLines, Runner):
         check_env(env or {}, "ProcessRunner env")
         self.cmd = list(cmd)
         self.env = dict(env or {})
-        self.cwd = os.fspath(cwd) if cwd is not None else None
-        if isinstance(self.cwd, str) and "\0" in self.cwd:
+        self.cwd = _folder(cwd)
+        if self.cwd is not None and "\0" in self.cwd:
             raise ConfigError(f"ProcessRunner cwd holds a NUL byte, which no folder path can: {self.cwd!r}")
         self.skip_host_env = skip_host_env
         self._proc: subprocess.Popen[bytes] | None = None
