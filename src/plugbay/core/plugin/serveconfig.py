@@ -18,8 +18,10 @@ from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
 from plugbay.core.plugin.goenv import go_quote, host_versions
+from plugbay.core.protocol.checks import check_grpc_options, check_logger, kind
 from plugbay.core.protocol.handshake import ENV_PROTOCOL_VERSIONS, HandshakeConfig
 from plugbay.core.protocol.records import Record
+from plugbay.errors import ConfigError
 
 
 class ServeConfig(Record):
@@ -33,10 +35,6 @@ class ServeConfig(Record):
                  grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
                  stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
                  network: NetworkServe | None = None) -> None:
-        if plugins is not None:
-            check_plugin_set(plugins, "ServeConfig.plugins")
-        if versioned_plugins is not None:
-            check_versioned_plugins(versioned_plugins, "ServeConfig.versioned_plugins")
         self.handshake = handshake
         self.plugins = plugins
         self.versioned_plugins = versioned_plugins
@@ -47,6 +45,22 @@ class ServeConfig(Record):
         # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
         self.max_workers = max_workers
         self.network = network  # serve on the network over provided mTLS (plugin/network.py)
+        self.check()
+
+    def check(self) -> None:
+        """ConfigError naming the first field that cannot work (serve() checks again: fields may change)."""
+        if not isinstance(self.handshake, HandshakeConfig):
+            raise ConfigError(f"ServeConfig.handshake must be a HandshakeConfig, got {kind(self.handshake)};"
+                              " pass the HandshakeConfig the plugin's hosts use")
+        if self.plugins is not None:
+            check_plugin_set(self.plugins, "ServeConfig.plugins")
+        if self.versioned_plugins is not None:
+            check_versioned_plugins(self.versioned_plugins, "ServeConfig.versioned_plugins")
+        check_grpc_options(self.grpc_server_options, "ServeConfig.grpc_server_options")
+        check_logger(self.logger, "ServeConfig.logger")
+        if self.network is not None and not isinstance(self.network, NetworkServe):
+            raise ConfigError(f"ServeConfig.network must be a NetworkServe or None, got {kind(self.network)};"
+                              " pass NetworkServe(listen=..., cert_file=..., key_file=..., client_ca_file=...)")
 
 
 def protocol_version(config: ServeConfig, env: Mapping[str, str]) -> tuple[int, PluginSet]:

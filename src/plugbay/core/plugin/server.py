@@ -111,6 +111,10 @@ def serve(config: ServeConfig) -> None:
     # On the network no host launches us (nobody sets the cookie): mTLS is the gate there.
     if config.network is None and env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
         _fail(COOKIE_MESSAGE)
+    try:
+        config.check()  # again: a field may have changed since ServeConfig() checked it
+    except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging
+        _fail(f"{exc}\n")
     if not isinstance(config.max_workers, int) or config.max_workers < 1:
         _fail(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
               f" once), got {config.max_workers!r}; fix the plugin's ServeConfig\n")
