@@ -15,7 +15,8 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from plugbay.errors import ChecksumMismatchError, ConfigError
+from plugbay.core.protocol.checks import kind
+from plugbay.errors import ChecksumMismatchError, ConfigError, _clip
 
 
 @dataclass(frozen=True)
@@ -32,29 +33,39 @@ class SecureConfig:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.checksum:
-            raise ConfigError("SecureConfig needs the expected checksum (raw digest bytes); got none")
-        try:
-            expected = hashlib.new(self.hash).digest_size
-        except ValueError:
-            raise ConfigError(f"SecureConfig: unknown hash {self.hash!r}; use e.g. 'sha256'") from None
+        if not isinstance(self.checksum, bytes) or not self.checksum:
+            hint = " (bytes.fromhex(text) for a hex string)" if isinstance(self.checksum, str) else ""
+            raise ConfigError(f"SecureConfig needs the expected checksum as raw digest bytes{hint}; got"
+                              f" {kind(self.checksum)}")
+        expected = _digest_size(self.hash)
         if len(self.checksum) != expected:
             raise ConfigError(
                 f"SecureConfig: a {self.hash} digest is {expected} bytes, got {len(self.checksum)};"
                 " pass raw bytes (bytes.fromhex(...) for a hex string)"
             )
+        if self.path is not None and not isinstance(self.path, str):
+            raise ConfigError(f"SecureConfig.path must be None (the executable) or the checked file's name as"
+                              f" written in cmd (a str), got {kind(self.path)}")
 
     @classmethod
-    def of_file(cls, path: str, hash: str = "sha256", *, check_path: str | None = None) -> SecureConfig:
+    def of_file(cls, path: str | os.PathLike[str], hash: str = "sha256", *,
+                check_path: str | None = None) -> SecureConfig:
         """The SecureConfig that accepts exactly the file at ``path`` as it is now.
 
         ``check_path`` is set as :attr:`path` (the file's name in ``cmd``; None: the executable).
         """
+        # Not an int: open() would take it as a file descriptor, read the caller's file and close it.
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"SecureConfig.of_file takes the path of the plugin file whose checksum to accept"
+                              f" (a str or os.PathLike), got {kind(path)}")
+        _digest_size(hash)
         try:
-            return cls(_digest(path, hash), hash, check_path)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            raise ConfigError(f"SecureConfig.of_file cannot read {path!r} ({exc.strerror}); pass the path of"
+            checksum = _digest(path, hash)
+        except (OSError, ValueError, TypeError) as exc:  # ValueError: a NUL byte; TypeError: a bad __fspath__
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"SecureConfig.of_file cannot read {_clip(repr(path))} ({why}); pass the path of"
                               " the plugin file whose checksum to accept") from exc
+        return cls(checksum, hash, check_path)
 
     def check(self, path: str) -> None:
         """Raise ChecksumMismatchError unless ``path`` hashes to ``checksum``."""
@@ -96,7 +107,17 @@ class SecureConfig:
             os.close(source)
 
 
-def _digest(path: str, hash: str) -> bytes:
+def _digest_size(hash: object) -> int:
+    try:
+        size = hashlib.new(hash).digest_size  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        size = 0
+    if not isinstance(hash, str) or size == 0:  # 0: a shake, whose digest has no fixed length
+        raise ConfigError(f"SecureConfig: unknown hash {hash!r}; use a hashlib name such as 'sha256'")
+    return size
+
+
+def _digest(path: str | os.PathLike[str], hash: str) -> bytes:
     h = hashlib.new(hash)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
