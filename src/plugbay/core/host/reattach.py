@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from plugbay.errors import ConfigError
+from plugbay.core.protocol.checks import kind
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
 
@@ -35,6 +36,18 @@ class ReattachConfig:
     client_cert: CertKey | None = None
     name: str = "plugin"
     attach: ReattachFunc | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # typed here, not at the first use: ReattachConfig(5) failed later as an AttributeError
+        for name, what, ok in (
+                ("handshake", "the plugin's HandshakeInfo", isinstance(self.handshake, HandshakeInfo)),
+                ("runner", "the runner's reattach_data() (a dict)", isinstance(self.runner, Mapping)),
+                ("client_cert", "a CertKey or None", self.client_cert is None or isinstance(self.client_cert, CertKey)),
+                ("name", "a str", isinstance(self.name, str)),
+                ("attach", "a callable or None", self.attach is None or callable(self.attach))):
+            if not ok:
+                raise ConfigError(f"ReattachConfig.{name} must be {what}, got {kind(getattr(self, name))}; pass"
+                                  " ReattachConfig.from_json(text) with the JSON of Client.reattach_config().to_json()")
 
     def attached_runner(self, deadline: float | None = None) -> AttachedRunner:
         """The running plugin's runner, from ``attach`` (else its kind's own) given ``runner``; the attach

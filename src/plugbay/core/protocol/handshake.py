@@ -15,6 +15,7 @@ stream, a reattach config or a network lookup can all produce it.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -138,6 +139,10 @@ def env_problem(key: str, value: str) -> str | None:
         return f"environment variable name {key!r} holds '='"
     if "\0" in value:
         return f"the value of environment variable {key!r} holds a NUL byte"
+    try:
+        os.fsencode(key + value)  # as the process's environment takes them
+    except UnicodeError:
+        return f"entry {key!r}={value!r} holds a lone surrogate such as '\\ud800', which no environment can carry"
     return None
 
 
@@ -162,6 +167,12 @@ class HandshakeConfig(Frozen):
                 "HandshakeConfig needs a non-empty magic_cookie_key and magic_cookie_value;"
                 " pick a unique pair and use it on both host and plugin"
             )
+        try:  # strictly: a container's or a pod's environment is sent as UTF-8 JSON
+            (magic_cookie_key + magic_cookie_value).encode("utf-8")
+        except UnicodeError:
+            raise ConfigError(f"HandshakeConfig's magic cookie ({magic_cookie_key!r}, {magic_cookie_value!r}) holds"
+                              " a lone surrogate such as '\\ud800', which no plugin's environment can carry; pick"
+                              " a cookie key and value of plain text") from None
         problem = env_problem(magic_cookie_key, magic_cookie_value)
         if problem is not None:  # the host passes the cookie to the plugin in its environment
             raise ConfigError(f"HandshakeConfig's magic cookie is passed to the plugin as an environment variable,"
