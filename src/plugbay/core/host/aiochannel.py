@@ -22,6 +22,7 @@ import grpc.aio
 
 from plugbay.core.host.callerrors import _TranslatedRpcError
 from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")
@@ -184,6 +185,7 @@ class _AioCallable:
 
     def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
+        timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
         owner.check_loop()
         if owner.is_refusing():
             return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
@@ -209,6 +211,7 @@ class _AioUnaryUnary(_AioUnaryRequest):
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._call(request, timeout, kwargs)
+        timeout = call_timeout(timeout)
         self._owner.check_loop()
         return _HookedCall(self._hooked(request, timeout, kwargs))
 

@@ -37,6 +37,7 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
     Unavailable as Unavailable,
     closed_under_call,
 )
+from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import PlugbayError
 
 
@@ -180,8 +181,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 f"plugin {self._name!r} could not be reached for the call ({details}); it may not have"
                 " received it. Retry calls that are safe to repeat (RetryPolicy), and check the network"
                 " between host and plugin and the plugin's load", exc)
-        translated: BaseException = exc
-        return translated
+        return exc  # type: ignore[no-any-return]
 
     def _killed(self, original: grpc.RpcError | None) -> BaseException:
         made = self.killed_error
@@ -254,11 +254,11 @@ class _Callable:
         self._cached = self._owner.new_call(self._kind, self._method, self._ser, self._de)
         return self._cached[1]
 
-    def _request(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        """A request stream may come as grpcio names it (``request_iterator=``), as generated stubs allow."""
+    def _args(self, request: Any, timeout: Any, kwargs: dict[str, Any]) -> tuple[Any, float | None]:
+        """The request (a stream's may come as ``request_iterator=``, as stubs allow), the checked timeout."""
         if self._kind.startswith("stream_") and "request_iterator" in kwargs:
-            return kwargs.pop("request_iterator")
-        return request
+            request = kwargs.pop("request_iterator")
+        return request, call_timeout(timeout)
 
     def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
@@ -271,13 +271,13 @@ class _Callable:
 
 class _UnaryCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        request = self._request(request, kwargs)
+        request, timeout = self._args(request, timeout, kwargs)
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._once(False, request, timeout, kwargs)
         return self._hooked(False, request, timeout, kwargs)
 
     def with_call(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self._hooked(True, self._request(request, kwargs), timeout, kwargs)
+        return self._hooked(True, *self._args(request, timeout, kwargs), kwargs)
 
     def _hooked(self, with_call: bool, request: Any, timeout: float | None,
                 kwargs: dict[str, Any]) -> Any:
@@ -303,7 +303,7 @@ class _UnaryCallable(_Callable):
                 self._owner.run_after_call()
 
     def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        request = self._request(request, kwargs)
+        request, timeout = self._args(request, timeout, kwargs)
         hook = self._owner.call_hook
         if hook is not None and self._kind == "unary_unary":  # through the layers, as a blocking call
             from plugbay.core.host.callfuture import HookedFuture  # only hooked futures load it
@@ -349,7 +349,7 @@ class _UnaryCallable(_Callable):
 
 class _StreamingCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        request = self._request(request, kwargs)
+        request, timeout = self._args(request, timeout, kwargs)
         try:
             call = self._target()(request, **self._kwargs(timeout, kwargs))
         except ValueError as exc:

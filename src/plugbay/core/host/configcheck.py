@@ -7,13 +7,14 @@ log line; a dict of gRPC options failed in grpcio's Cython).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from plugbay.core.broker.plugin import check_plugin_set, check_versioned_plugins
+from plugbay.core.host.deadline import NO_DEADLINE
+from plugbay.core.protocol.checks import check_grpc_options, check_logger, kind as _kind
 from plugbay.core.protocol.handshake import HandshakeConfig, is_tcp_port
 from plugbay.errors import ConfigError
 
@@ -73,35 +74,39 @@ def check_client_config(config: Any) -> None:
             and all(isinstance(s, SecureConfig) for s in secure)):
         raise ConfigError(f"ClientConfig.secure_config must be a SecureConfig (or a list of them), got {_kind(secure)};"
                           " pass SecureConfig.of_file(path) or SecureConfig(checksum, 'sha256')")
-    if config.logger is not None and not isinstance(config.logger, (logging.Logger, logging.LoggerAdapter)):
-        raise ConfigError(f"ClientConfig.logger must be a logging.Logger, got {_kind(config.logger)};"
-                          " pass logging.getLogger(name)")
+    check_logger(config.logger, "ClientConfig.logger")
     for name in ("stdout_sink", "stderr_sink", "raw_log_sink"):
         if getattr(config, name) is not None and not callable(getattr(config, name)):
             raise ConfigError(f"ClientConfig.{name} must be a callable, got {_kind(getattr(config, name))}")
     check_env(config.env, "ClientConfig.env")
     if config.name is not None and (not isinstance(config.name, str) or not config.name):
         raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
-    options = config.grpc_options
-    if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence) or not all(
-            isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], (str, bytes)) for o in options):
-        raise ConfigError("ClientConfig.grpc_options must be a list of (name, value) pairs, such as"
-                          f" [('grpc.max_receive_message_length', 16 << 20)]; got {_kind(options)}")
+    check_grpc_options(config.grpc_options, "ClientConfig.grpc_options")
     group = config.unix_socket_group
     if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
         raise ConfigError(f"ClientConfig.unix_socket_group must be a group name or gid, got {group!r}")
-    if config.unix_socket_temp_dir is not None and not isinstance(config.unix_socket_temp_dir, (str, os.PathLike)):
-        raise ConfigError("ClientConfig.unix_socket_temp_dir must be a folder path, got"
-                          f" {_kind(config.unix_socket_temp_dir)}")
+    folder = config.unix_socket_temp_dir
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise ConfigError(f"ClientConfig.unix_socket_temp_dir must be a folder path, got {_kind(folder)}")
+    if folder is not None:
+        try:
+            named = os.fsencode(folder)
+        except (TypeError, UnicodeError) as exc:  # a lone surrogate, a __fspath__ that returns no path
+            raise ConfigError(f"ClientConfig.unix_socket_temp_dir {folder!r} is no folder path ({exc});"
+                              " pass one this system can name") from None
+        if b"\0" in named:
+            raise ConfigError(f"ClientConfig.unix_socket_temp_dir holds a NUL byte, which no folder path can:"
+                              f" {folder!r}; remove it")
 
 
 def _seconds(value: Any, name: str, zero: bool) -> None:
-    # int or float only: the waits that take these (Event.wait, settimeout, "%.1f") refuse a Fraction
+    # int or float only: the waits that take these (Event.wait, settimeout, "%.1f") refuse a Fraction;
+    # at most NO_DEADLINE: grpcio's deadline and threading's waits overflow on much longer ones
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) and (
-        value >= 0 if zero else value > 0)
+        value >= 0 if zero else value > 0) and value <= NO_DEADLINE
     if not ok:
-        raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'},"
-                          f" got {value!r}")
+        raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'}"
+                          f" (at most {NO_DEADLINE:.0f}, about 31 years), got {value!r}")
 
 
 def _finite(value: float) -> bool:
@@ -109,7 +114,3 @@ def _finite(value: float) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too big for a float
         return False
-
-
-def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, bytes, int, float)) else type(value).__name__

@@ -1,0 +1,38 @@
+"""A call's ``timeout=``, checked before it reaches grpcio or a resilience layer.
+
+grpcio takes any float: nan, math.inf or 1e300 all overflow its deadline into one already past (the
+call fails at once as a timeout, whose advice to pass a larger timeout= then misleads), a huge int
+raises OverflowError, a str TypeError. The resilience layers wait on threading primitives, which
+refuse waits over threading.TIMEOUT_MAX (about 292 years).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugbay.errors import ConfigError
+
+# The longest deadline passed on: about 31.7 years. grpcio's deadline overflows a little past 4e9 s,
+# and a wait that long is no deadline in practice, so longer timeouts (math.inf) mean this one.
+NO_DEADLINE = 1e9
+
+
+def call_timeout(value: Any) -> float | None:
+    """A call's ``timeout=`` as the channel passes it on: None (the Client's call_timeout), or seconds
+    >= 0, with math.inf and anything above NO_DEADLINE as NO_DEADLINE (no deadline)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too big for a float: no deadline, as math.inf
+            return NO_DEADLINE if value > 0 else _refuse(value)
+        if seconds >= 0:  # false for nan
+            return min(seconds, NO_DEADLINE)
+    return _refuse(value)
+
+
+def _refuse(value: Any) -> float:
+    shown = f"{type(value).__name__} {value!r}"[:80]
+    raise ConfigError(f"a call's timeout= must be None (the Client's call_timeout), a number of seconds"
+                      f" >= 0, or math.inf for no deadline; got {shown}")
