@@ -101,7 +101,8 @@ def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
         return {"runner": "KubernetesRunner", "id": f"{namespace}/{name}", "name": name,
                 "image": cs.get("image"), "state": pods.phase(pod), "exit_code": code,
                 "oom_killed": term.get("reason") == "OOMKilled",
-                "signal": _signal_name(term.get("exitCode")) or (f"SIG{term['signal']}" if term.get("signal") else None),
+                "signal": (_signal_name(term.get("exitCode"))
+                           or (f"SIG{term['signal']}" if term.get("signal") else None)),
                 "restart_count": int(cs.get("restartCount") or 0), "error": term.get("message"),
                 "events": events, "conditions": [
                     {k: c.get(k) for k in ("type", "status", "reason", "message")}
