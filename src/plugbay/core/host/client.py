@@ -24,13 +24,7 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.core.host.connect import dial, start_connecting, wait_healthy
-from plugbay.errors import (
-    ClientStateError,
-    ConfigError,
-    RunnerError,
-    TLSRequiredError,
-    UnknownPluginError,
-)
+from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError, UnknownPluginError
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import (exited_after_handshake, follow_output, launch_env, private_folder, read_handshake,
                                       refuse_announced, take_runner)
