@@ -26,6 +26,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
+from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ConfigError
 from plugbay.network.aiopoolcalls import WAIT, StreamCall, UnaryCall
 from plugbay.network.channelbase import Member
@@ -225,6 +226,7 @@ class AioPoolCallable:
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         if self.channel.endpoints.closed:
             raise grpc.aio.UsageError("the client's channels are closed")
+        timeout = call_timeout(timeout)  # when called, not when awaited, as AioManagedChannel's calls
         if self.kind == "unary_unary":
             return UnaryCall(self, request, timeout, kwargs)
         return StreamCall(self, request, timeout, kwargs)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.core.host.callerrors import Unavailable, closed_under_call
+from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
 
@@ -236,10 +237,12 @@ class PoolCallable:
         return member.build(self._kind, self._method, self._ser, self._de)
 
     def deadline(self, timeout: float | None) -> tuple[float, float | None]:
+        # checked as a Client's call is: the pool is also a channel of its own (RemoteClient.pool)
+        timeout = call_timeout(timeout)
         now = time.monotonic()
         if timeout is None:
             return now + self._pool.no_deadline_wait, None
-        return now + max(timeout, 0.0), now + max(timeout, 0.0)
+        return now + timeout, now + timeout
 
     def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._kind in ("unary_stream", "stream_stream"):
