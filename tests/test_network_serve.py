@@ -202,3 +202,26 @@ def test_settings_of_the_wrong_kind_are_refused_when_made(certs: netcerts.CertSe
     made = NetworkServe(cert_file=certs.cert_file, key_file=certs.key_file,  # type: ignore[arg-type]
                         client_ca_file=certs.client_ca_file)
     assert made.cert_file == str(certs.cert_file) and made.tls_files() is not None
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    # each was accepted when made; serve() then failed with a bare ValueError, UnicodeEncodeError or
+    # TypeError, or bound somewhere else: grpcio ends an address at its NUL, and int() reads '١' as 1
+    ({"listen": "unix:/tmp/\x00"}, r"listen address 'unix:/tmp/\\x00' holds a NUL byte"),
+    ({"listen": "127.0.0.1\x00:0"}, "holds a NUL byte"),
+    ({"listen": "unix:/tmp/\ud800.sock"}, "no UTF-8"),
+    ({"listen": "\ud800:7001"}, "no UTF-8"),
+    ({"listen": "127.0.0.1:\u00b2"}, "is not HOST:PORT"),
+    ({"listen": "127.0.0.1:\u0661"}, "is not HOST:PORT"),
+    ({"listen": "127.0.0.1:" + "9" * 5000}, "is not HOST:PORT"),
+    ({"listen": "localhost"}, "is not HOST:PORT"),
+    ({"cert_file": "/tmp/tls.crt\x00"}, "cert_file '/tmp/tls.crt\\\\x00' is no path the OS can name"),
+    ({"key_file": "/tmp/\ud800.key"}, "key_file .* is no path the OS can name"),
+    ({"client_ca_file": b"/tmp/ca.crt"}, "client_ca_file must be a file path"),
+])
+def test_a_listen_address_or_tls_path_that_cannot_work_is_refused_when_made(
+        kwargs: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        NetworkServe(**{"listen": "127.0.0.1:0", "insecure": True, **kwargs})  # type: ignore[arg-type]
+    for listen in ("127.0.0.1:00007001", "[::]:65535", "unix:/tmp/with%percent.sock"):
+        assert NetworkServe(listen=listen, insecure=True).listen == listen

@@ -8,7 +8,7 @@ host launches never needs them.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from plugbay.core.protocol.records import Frozen
@@ -55,6 +55,7 @@ class NetworkServe(Frozen):
         if not isinstance(listen, str) or not listen.strip():
             raise ConfigError(f"NetworkServe.listen must be 'HOST:PORT' or 'unix:PATH' as a string, got {listen!r};"
                               " e.g. listen='0.0.0.0:7001'")
+        listen_target(listen)
         for name, value in (("insecure", insecure), ("allow_shutdown", allow_shutdown), ("multiplex", multiplex)):
             if not isinstance(value, bool):
                 raise ConfigError(f"NetworkServe.{name} must be True or False, got {value!r}; pass a bool (insecure="
@@ -63,7 +64,10 @@ class NetworkServe(Frozen):
         for name, path in files.items():
             if path is not None and not isinstance(path, (str, os.PathLike)):
                 raise ConfigError(f"NetworkServe.{name} must be a file path (or None), got {path!r}")
-            files[name] = None if path is None else str(os.fspath(path))
+            text = files[name] = None if path is None else str(os.fspath(path))
+            if text is not None and _unnameable(text, os.fsencode):
+                raise ConfigError(f"NetworkServe.{name} {text!r:.200} is no path the OS can name (a NUL byte,"
+                                  " or a character its file names cannot hold); pass the PEM file's real path")
         if keepalive != _KEEPALIVE:  # imported only then: serve() reads this class at every start
             from plugbay.core.transport.keepalive import Keepalive
 
@@ -103,6 +107,32 @@ class NetworkServe(Frozen):
         from plugbay.core.transport import certfiles
 
         return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
+
+
+def listen_target(listen: str) -> tuple[str, str]:
+    """(the grpcio target, "unix" or "tcp") of a ``listen`` address; ConfigError when it is neither
+    ``unix:PATH`` nor ``HOST:PORT`` (ASCII digits: int() fails on '²' and reads '١' as port 1)."""
+    # grpcio ends the address at a NUL (127.0.0.1\0:0 bound port 443) and raises a bare
+    # UnicodeEncodeError on a lone surrogate; socket.bind a bare ValueError
+    if _unnameable(listen, lambda text: text.encode("utf-8")):
+        raise ConfigError(f"network listen address {listen!r:.120} holds a NUL byte or a character that is no UTF-8;"
+                          " use for example '0.0.0.0:7001' or 'unix:/run/plugin.sock'")
+    if listen.startswith("unix:") and len(listen) > 5:
+        return listen, "unix"
+    host, sep, port = listen.rpartition(":")
+    # and a port too long for int() (over 4300 digits) a bare ValueError
+    if (not sep or not host or not (port.isascii() and port.isdigit()) or len(port.lstrip("0")) > 5
+            or int(port) > 65535):
+        raise ConfigError(f"network listen address {listen!r:.120} is not HOST:PORT; use for example"
+                          " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
+    return f"{host}:{int(port)}", "tcp"
+
+
+def _unnameable(text: str, encode: Callable[[str], bytes]) -> bool:
+    try:
+        return b"\0" in encode(text)
+    except UnicodeError:
+        return True
 
 
 def keepalive_figures(text: str, setting: str) -> tuple[float, ...]:

@@ -43,6 +43,7 @@ import grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
+from plugbay.core.plugin.netconfig import listen_target as _target
 from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.sockets import (
@@ -129,16 +130,6 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
     cleanups.append(front.close)
     bound_kind, bound = listener_address(listener)
     return bound_kind, bound, cleanups, certs
-
-
-def _target(listen: str) -> tuple[str, str]:
-    if listen.startswith("unix:") and len(listen) > 5:
-        return listen, "unix"
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"network listen address {listen!r} is not HOST:PORT; use for example"
-                          " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
-    return f"{host}:{int(port)}", "tcp"
 
 
 def package_version() -> str:
