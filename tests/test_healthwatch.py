@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import signal
@@ -128,6 +129,14 @@ def test_a_stopped_watcher_cannot_be_started_again(tmp_path: Path) -> None:
     ({"timeout": -1}, "timeout must be > 0 (got -1)"),
     ({"interval": "2"}, "interval must be a number (got '2')"),
     ({"mode": "poll"}, "mode must be 'watch' or 'check' (got 'poll')"),
+    # as a Supervisor's: accepted, the check thread died on its wait (OverflowError), or every
+    # Check's deadline overflowed to one already past (UNREACHABLE at once)
+    ({"interval": math.inf}, "interval must be at most 3.1536e+07 s (a year; got inf)"),
+    ({"interval": 1e300}, "interval must be at most"),
+    ({"timeout": math.inf}, "timeout must be at most"),
+    ({"timeout": 1e300}, "timeout must be at most"),
+    ({"interval": 10**400}, "interval is too large"),
+    ({"timeout": math.nan}, "timeout must be a number (got nan)"),
     # these were accepted: the thread died (service) or reported UNREACHABLE forever (channel)
     ({"channel": None}, "channel must be a Client's channel (client.channel) or a function returning one"),
     ({"channel": "localhost:1234"}, "channel must be a Client's channel"),
@@ -141,6 +150,20 @@ def test_bad_settings_are_refused(kw: dict[str, object], message: str) -> None:
         HealthWatcher(**kw)  # type: ignore[arg-type]
     assert message in str(err.value)
     assert not any(t.name.startswith("plugbay-health") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_longest_interval_and_timeout_still_watch(tmp_path: Path, mode: str) -> None:
+    year = 365 * 86400.0
+    with Client(faulty_config(tmp_path)) as client:
+        w = HealthWatcher(client.channel, interval=year, timeout=year, mode=mode, name="year").start()
+        try:
+            assert w.wait_for(SERVING, 10), w.history
+            time.sleep(0.3)
+            assert w.state == SERVING and _health_threads("year")
+        finally:
+            w.stop()
+        assert not _health_threads("year")
 
 
 def test_wait_for_a_state_that_does_not_exist_is_refused_at_once(tmp_path: Path) -> None:

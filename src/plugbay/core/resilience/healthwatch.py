@@ -30,7 +30,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.errors import ClientStateError, ConfigError
-from plugbay.core.resilience.calls import describe_error, number_problem, status_of
+from plugbay.core.resilience.calls import describe_error, seconds_problem, status_of
 
 _log = logging.getLogger("plugbay.health")
 
@@ -57,8 +57,11 @@ class HealthWatcher:
             f"channel must be a Client's channel (client.channel) or a function returning one, got"
             f" {type(channel).__name__}",
             None if isinstance(service, str) else f"service must be a str such as 'plugin' (got {service!r})",
-            number_problem(interval, "interval", 0, above=True),
-            number_problem(timeout, "timeout", 0, above=True),
+            # finite and at most a year, as a Supervisor's health settings: with math.inf or 1e300 the
+            # thread's wait between checks raised OverflowError (it died), and each Check's deadline
+            # overflowed to one already past (UNREACHABLE at once)
+            seconds_problem(interval, "interval"),
+            seconds_problem(timeout, "timeout"),
             None if mode in ("watch", "check") else f"mode must be 'watch' or 'check' (got {mode!r})",
             None if on_change is None or callable(on_change) else
             f"on_change must be a function (old, new, detail) or None, got {type(on_change).__name__}",
