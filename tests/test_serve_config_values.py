@@ -1,6 +1,7 @@
-"""A plugin whose ServeConfig holds wrong gRPC server options, logger or network: a ConfigError naming the
-field (raised by ServeConfig(), or one line from serve() for a field changed since), never a traceback
-from grpcio or logging (real plugin processes, started as a host starts them)."""
+"""A plugin whose ServeConfig holds wrong gRPC server options, logger, network, max_workers or
+stdio_buffer_bytes: a ConfigError naming the field (raised by ServeConfig(), or one line from serve() for a
+field changed since), never a traceback from grpcio or logging (real plugin processes, started as a host
+starts them)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ CASES = [
     ("grpc_server_options", "{'a': 1}", "ServeConfig.grpc_server_options must be a list of (name, value) pairs"),
     ("logger", "'x'", "ServeConfig.logger must be a logging.Logger, got str 'x'"),
     ("network", "5", "ServeConfig.network must be a NetworkServe or None, got int 5"),
+    # refused by serve() only: ServeConfig() took them
+    ("max_workers", "0", "ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
+                         " once), got 0"),
+    ("max_workers", "'4'", "ServeConfig.max_workers must be a positive int"),
+    ("max_workers", "True", "ServeConfig.max_workers must be a positive int"),
+    ("stdio_buffer_bytes", "-1", "ServeConfig.stdio_buffer_bytes must be a whole number of bytes, 0 or more"),
+    ("stdio_buffer_bytes", "1.5", "ServeConfig.stdio_buffer_bytes must be a whole number of bytes, 0 or more"),
 ]
 
 

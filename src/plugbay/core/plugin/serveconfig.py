@@ -58,6 +58,15 @@ class ServeConfig(Record):
             check_versioned_plugins(self.versioned_plugins, "ServeConfig.versioned_plugins")
         check_grpc_options(self.grpc_server_options, "ServeConfig.grpc_server_options")
         check_logger(self.logger, "ServeConfig.logger")
+        workers = self.max_workers
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run"
+                              f" at once), got {workers!r:.80}; fix the plugin's ServeConfig")
+        size = self.stdio_buffer_bytes
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConfigError(f"ServeConfig.stdio_buffer_bytes must be a whole number of bytes, 0 or more (the"
+                              f" output kept until the host reads it), got {size!r:.80}; fix the plugin's"
+                              " ServeConfig")
         if self.network is not None and not isinstance(self.network, NetworkServe):
             raise ConfigError(f"ServeConfig.network must be a NetworkServe or None, got {kind(self.network)};"
                               " pass NetworkServe(listen=..., cert_file=..., key_file=..., client_ca_file=...)")

@@ -115,13 +115,6 @@ def serve(config: ServeConfig) -> None:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging
         _fail(f"{exc}\n")
-    if not isinstance(config.max_workers, int) or config.max_workers < 1:
-        _fail(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run at"
-              f" once), got {config.max_workers!r}; fix the plugin's ServeConfig\n")
-    size = config.stdio_buffer_bytes
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        _fail(f"ServeConfig.stdio_buffer_bytes must be a whole number of bytes, 0 or more (the output kept"
-              f" until the host reads it), got {size!r}; fix the plugin's ServeConfig\n")
     server = _PluginServer(config, env)
     try:
         server.start()
