@@ -37,3 +37,37 @@ def test_a_host_ip_the_template_names_is_dialled() -> None:
 def test_a_host_port_on_a_pod_without_a_node_address_is_a_runner_error() -> None:
     with pytest.raises(RunnerError, match="no node IP yet"):
         pod_address(_pod({"hostIP": "0.0.0.0"}, {"phase": "Pending"}), 4000, "default/plugin-abc")
+
+
+def _plain(status: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "plugin-abc"}, "spec": {"containers": [{"name": "plugin"}]},
+            "status": {"phase": "Running", **status}}
+
+
+@pytest.mark.parametrize(("ip", "why"), [
+    ("169.254.169.254", "link-local"), ("::ffff:169.254.169.254", "link-local"), ("0.0.0.0", "unspecified"),
+    ("224.0.0.1", "multicast"), ("fe80::1%eth0", "zone index"),
+    ("127.0.0.1", "loopback"), ("::1", "loopback"),
+    ("metadata.google.internal", "no IP address"), ("10.0.0.1:99", "no IP address"), (["10.0.0.1"], "no IP"),
+])
+def test_a_pod_ip_that_is_no_pods_address_is_refused(ip: Any, why: str) -> None:
+    # the API's answer is input: a name (resolved at the dial), cloud metadata or this host's own services
+    # must not become the address the host dials and sends its calls (and client certificate) to
+    with pytest.raises(RunnerError, match=why):
+        pod_address(_plain({"podIP": ip}), 4000, "default/plugin-abc")
+
+
+def test_a_node_ip_is_checked_as_a_pod_ip_is() -> None:
+    with pytest.raises(RunnerError, match="link-local"):
+        pod_address(_pod({}, {"hostIP": "169.254.169.254"}), 4000, "default/plugin-abc")
+    with pytest.raises(RunnerError, match="no IP address"):
+        pod_address(_pod({"hostIP": "node-7.internal"}, {"hostIP": "10.0.0.7"}), 4000, "default/plugin-abc")
+    with pytest.raises(RunnerError, match="no TCP port"):
+        pod_address(_pod({"hostPort": "30400"}, {"hostIP": "10.0.0.7"}), 4000, "default/plugin-abc")
+
+
+def test_pod_ips_dialled_as_they_are() -> None:
+    assert pod_address(_plain({"podIP": "10.244.1.5"}), 4000, "d/p") == "10.244.1.5:4000"
+    assert pod_address(_plain({"podIP": "fd00::5"}), 4000, "d/p") == "[fd00::5]:4000"
+    # a stand-in that runs pods on this machine: the runner's allow_loopback opts in
+    assert pod_address(_plain({"podIP": "127.0.0.1"}), 4000, "d/p", allow_loopback=True) == "127.0.0.1:4000"

@@ -173,7 +173,7 @@ def test_process_fallback_runs_the_pod_command(tmp_path: Path) -> None:
     try:
         kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig"))
         runner = KubernetesRunner("no-engine/testapp:1", kubeconfig=kubeconfig,
-                                  command=[sys.executable, "-u", str(APP)])
+                                  command=[sys.executable, "-u", str(APP)], allow_loopback=True)
         runner.start(LaunchSpec(env={"APP_MODE": "serve"}))
         try:
             line = next(runner.stdout_lines())

@@ -34,7 +34,8 @@ def kv_client(runner: KubernetesRunner, **kw: Any) -> Client:
 @pytest.mark.parametrize(("mode", "auto_mtls"), [("port-forward", False), ("port-forward", True),
                                                  ("in-cluster", False), ("in-cluster", True)])
 def test_kv_round_trip(kubeconfig: str, kvtrap: str, mode: str, auto_mtls: bool) -> None:  # noqa: F811
-    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode=mode, writable_dirs=WRITABLE)
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode=mode, writable_dirs=WRITABLE,
+                              allow_loopback=True)  # the stand-in's pod IP is 127.0.0.1
     with kv_client(runner, auto_mtls=auto_mtls) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("greeting", b"hello from a pod \x00")

@@ -138,7 +138,8 @@ def test_handshake_is_picked_out_of_the_merged_log(kubeconfig: str, testapp: str
 
 @pytest.mark.parametrize("mode", ["port-forward", "in-cluster"])
 def test_both_address_modes_reach_the_pod(kubeconfig: str, testapp: str, mode: str) -> None:  # noqa: F811
-    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, address_mode=mode)
+    # the stand-in's pods are processes of this machine: their IP is 127.0.0.1
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, address_mode=mode, allow_loopback=True)
     runner.start(SPEC)
     try:
         assert next(runner.stdout_lines()) == HANDSHAKE

@@ -305,7 +305,22 @@ def timeout_message(host: str, what: str, timeout: Any) -> str:
             " and not overloaded, or raise the runner's api_timeout if it is only slow")
 
 
-def watch_cut_short(events: int, took: float, timeout: float) -> bool:
-    """Whether a watch ended with no event in under half its timeoutSeconds: the API server (or a
-    proxy in front of it) cuts watches short, so watching again at once would spin; count a failure."""
-    return not events and took < timeout / 2
+REWATCH_PAUSE = 0.5  # seconds before the next watch after one that ended early having changed something
+
+
+def ended_early(took: float, timeout: float) -> bool:
+    """Whether a watch ended in under half its timeoutSeconds: the API server did not end it."""
+    return took < timeout / 2
+
+
+def watch_cut_short(changes: int, took: float, timeout: float) -> bool:
+    """Whether a watch ended early (:func:`ended_early`) having changed nothing: no event, or only bookmarks
+    and what was known already. The API server (or a proxy in front of it) cuts watches short, so watching
+    again at once would spin; count a failure. One that ended early with changes is followed by at least
+    REWATCH_PAUSE: a server that sends one event and hangs up each time gets a watch per pause, no more."""
+    return not changes and ended_early(took, timeout)
+
+
+def no_change(events: int) -> str:
+    """How a watch that changed nothing is described: "no event", or its events and no change."""
+    return "no event" if not events else f"{events} event(s) and no change"

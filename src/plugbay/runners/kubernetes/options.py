@@ -52,6 +52,7 @@ def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
     optional_str_list(opts["command"], where + "command", ("/plugin",))
     optional_str_list(opts["args"], where + "args", ("--verbose",))
     flag(opts["owner_reference"], where + "owner_reference")
+    flag(opts["allow_loopback"], where + "allow_loopback")
     start_timeout = opts["start_timeout"]
     if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
                                                and 0 < start_timeout <= MAX_START_TIMEOUT):

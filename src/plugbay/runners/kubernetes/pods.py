@@ -129,44 +129,66 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
 # --- reading a pod's status ----------------------------------------------------
 
 
+def _obj(value: Any) -> Json:
+    """``value`` if it is a JSON object, else an empty one: a pod read or watched is the API server's
+    answer, not trusted to have the shape its schema promises."""
+    return value if isinstance(value, dict) else {}
+
+
+def _objs(value: Any) -> list[Json]:
+    """The JSON objects of a list (others skipped); [] for anything but a list."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _code(value: Any) -> int:
+    """An exitCode as the int it should be; -1 for anything else (a string, null, JSON true)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
 def plugin_status(pod: Json) -> Json:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    statuses = _objs(_obj(_obj(pod).get("status")).get("containerStatuses"))
+    for cs in statuses:
         if cs.get("name") == CONTAINER_NAME:
             return dict(cs)
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return dict(statuses[0]) if statuses else {}
 
 
 def phase(pod: Json) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Unknown")
+    value = _obj(_obj(pod).get("status")).get("phase")
+    return value if isinstance(value, str) and value else "Unknown"
 
 
 def is_running(pod: Json) -> bool:
-    return phase(pod) == "Running" and "running" in (plugin_status(pod).get("state") or {})
+    return phase(pod) == "Running" and "running" in _obj(plugin_status(pod).get("state"))
+
+
+def _terminated(cs: Json, key: str) -> Json | None:
+    term = _obj(cs.get(key)).get("terminated")
+    return None if term is None else _obj(term)
 
 
 def exit_code(pod: Json) -> int | None:
-    """The plugin container's exit code once it terminated (and will not restart)."""
-    state = plugin_status(pod).get("state") or {}
-    term = state.get("terminated")
+    """The plugin container's exit code once it terminated (and will not restart); -1 when it reported none."""
+    cs = plugin_status(pod)
+    term = _terminated(cs, "state")
     if term is not None:
-        return int(term.get("exitCode", -1))
-    if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff":
+        return _code(term.get("exitCode"))
+    if _obj(_obj(cs.get("state")).get("waiting")).get("reason") == "CrashLoopBackOff":
         # restartPolicy let it restart, but the plugin the host started is gone
-        last = (plugin_status(pod).get("lastState") or {}).get("terminated")
+        last = _terminated(cs, "lastState")
         if last:
-            return int(last.get("exitCode", -1))
+            return _code(last.get("exitCode"))
     if phase(pod) in ("Succeeded", "Failed"):
-        last = (plugin_status(pod).get("lastState") or {}).get("terminated")
-        return int(last.get("exitCode", -1)) if last else -1
+        last = _terminated(cs, "lastState")
+        return _code(last.get("exitCode")) if last else -1
     return None
 
 
 def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequence[str]) -> Exception | None:
     """The error to raise when the pod can no longer come up, or None while it still may."""
-    status = pod.get("status") or {}
+    status = _obj(pod.get("status"))
     diag = "\n".join(["Pod events:", *("    " + e for e in events)]) if events else ""
-    for cond in status.get("conditions") or []:
+    for cond in _objs(status.get("conditions")):
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
                 and cond.get("reason") == "Unschedulable":
             return PodUnschedulableError(
@@ -174,9 +196,10 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
                 " node_selector, tolerations and resources against the cluster's nodes"
                 f" (kubectl describe pod {name}).\n{diag}")
     cs = plugin_status(pod)
-    waiting = (cs.get("state") or {}).get("waiting") or {}
+    waiting = _obj(_obj(cs.get("state")).get("waiting"))
     reason, message = waiting.get("reason", ""), waiting.get("message", "")
-    image = cs.get("image") or pod["spec"]["containers"][0].get("image", "?")
+    containers = _objs(_obj(pod.get("spec")).get("containers"))
+    image = cs.get("image") or (containers[0].get("image", "?") if containers else "?")
     if reason in PULL_FAILURES:
         return ImageNotFoundError(
             f"pod {name} cannot pull image {image!r} ({reason}: {message}). Check the image name"
@@ -188,13 +211,13 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
             " image must run as a numeric non-root user: set USER 10001 in the image or pass"
             f" run_as_user=<uid> to KubernetesRunner.\n{diag}")
     if reason == "CrashLoopBackOff":
-        last = (cs.get("lastState") or {}).get("terminated") or {}
-        return PodCrashLoopError(name, last.get("exitCode"), log_tail,
+        last = _terminated(cs, "lastState") or {}
+        return PodCrashLoopError(name, _code(last.get("exitCode")) if "exitCode" in last else None, log_tail,
                                  f"Pod {name} is in CrashLoopBackOff after {cs.get('restartCount', 0)}"
                                  f" restarts (last termination: {last.get('reason', '?')}).\n{diag}")
     code = exit_code(pod)
     if code is not None:
-        term = ((cs.get("state") or {}).get("terminated") or {})
+        term = _terminated(cs, "state") or {}
         return PluginExitedError(name, code, log_tail,
                                  f"Pod {name} ended in phase {phase(pod)} (reason:"
                                  f" {term.get('reason', '?')}).\n{diag}")
@@ -207,18 +230,18 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
     if pod is None:
         out.append("pod: not found (never created, or deleted)")
     else:
-        meta = pod.get("metadata") or {}
+        meta = _obj(pod.get("metadata"))
         out.append(f"pod {meta.get('namespace')}/{meta.get('name')}: phase {phase(pod)}"
                    + (" (deleted)" if gone else "")
                    + (" (being deleted)" if meta.get("deletionTimestamp") and not gone else ""))
-        for cond in (pod.get("status") or {}).get("conditions") or []:
+        for cond in _objs(_obj(pod.get("status")).get("conditions")):
             if cond.get("status") == "False" and cond.get("reason"):
-                out.append(f"  condition {cond['type']}: {cond['reason']} {cond.get('message', '')}")
+                out.append(f"  condition {cond.get('type')}: {cond['reason']} {cond.get('message', '')}")
         cs = plugin_status(pod)
         if cs:
             for label, key in (("state", "state"), ("last state", "lastState")):
-                for kind, detail in (cs.get(key) or {}).items():
-                    facts = ", ".join(f"{k}={v}" for k, v in sorted(detail.items())
+                for kind, detail in _obj(cs.get(key)).items():
+                    facts = ", ".join(f"{k}={v}" for k, v in sorted(_obj(detail).items())
                                       if k in ("reason", "exitCode", "message", "signal"))
                     out.append(f"  container {label}: {kind}" + (f" ({facts})" if facts else ""))
             out.append(f"  restarts: {cs.get('restartCount', 0)}")
@@ -231,13 +254,22 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
     return "\n".join(out)
 
 
-def pod_address(pod: Json, port: int, pod_id: str) -> str:
-    """Where the host dials the pod's ``port`` in-cluster: the pod IP, or the node's IP for a hostPort."""
-    status = pod.get("status") or {}
+def pod_address(pod: Json, port: int, pod_id: str, *, allow_loopback: bool = False) -> str:
+    """Where the host dials the pod's ``port`` in-cluster: the pod IP, or the node's IP for a hostPort.
+
+    The address is the API server's answer, checked as discovery checks an EndpointSlice's: an IP
+    (a name would be resolved when dialled, past any check), and one that may be a pod's or a node's
+    (not unspecified, multicast, broadcast or link-local, where clouds serve instance metadata; nor
+    loopback, the host's own services, unless ``allow_loopback``: a stand-in API on one machine)."""
+    status = _obj(pod.get("status"))
     # A hostPort on the container port means the pod is reached on its node's IP.
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        for p in c.get("ports") or []:
+    for c in _objs(_obj(pod.get("spec")).get("containers")):
+        for p in _objs(c.get("ports")):
             if p.get("containerPort") == port and p.get("hostPort"):
+                host_port = p["hostPort"]
+                if isinstance(host_port, bool) or not isinstance(host_port, int) or not 0 < host_port < 65536:
+                    raise RunnerError(f"pod {pod_id} names hostPort {host_port!r:.80} for port {port}, which is"
+                                      " no TCP port; it cannot be dialled")
                 # ports[].hostIP is the node's bind address: an unspecified one (every node address), dialled,
                 # is the host's own machine; status.hostIP is the node's
                 host = p.get("hostIP") or ""
@@ -245,23 +277,54 @@ def pod_address(pod: Json, port: int, pod_id: str) -> str:
                     host = status.get("hostIP") or ""
                 if not host:
                     raise RunnerError(f"pod {pod_id} has no node IP yet (phase {phase(pod)}) for its hostPort"
-                                      f" {p['hostPort']}; it cannot be dialled")
-                return _join(host, int(p["hostPort"]))
+                                      f" {host_port}; it cannot be dialled")
+                return _join(_dialable(host, "its node IP", pod_id, allow_loopback), host_port)
     ip = status.get("podIP")
     if not ip:
         raise RunnerError(f"pod {pod_id} has no IP yet (phase {phase(pod)}); it cannot be dialled")
-    return _join(ip, port)
+    return _join(_dialable(ip, "status.podIP", pod_id, allow_loopback), port)
 
 
-def _unspecified(host: str) -> bool:
+def _dialable(text: Any, what: str, pod_id: str, allow_loopback: bool) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        ip = ipaddress.ip_address(text) if isinstance(text, str) else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        raise RunnerError(f"pod {pod_id}: the Kubernetes API gave {what} {text!r:.80}, which is no IP address;"
+                          " plugbay dials only an IP it can check (a name would be resolved when dialled)")
+    why = _refusal(ip, allow_loopback)
+    if why:
+        raise RunnerError(f"pod {pod_id}: the Kubernetes API gave {what} {ip}, which {why}; plugbay does not"
+                          " dial it. Check the pod (kubectl get pod -o wide) and the API server the kubeconfig"
+                          " names")
+    return ip
+
+
+def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str:
+    """Why ``ip`` is no pod's or node's address; "" if it may be one."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return "carries a zone index (%...), which names an interface of this host, not a pod"
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
+    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "cannot be a pod's (unspecified, multicast, broadcast or link-local)"
+    if ip.is_loopback and not allow_loopback:
+        return ("is a loopback address, this host's own (pass KubernetesRunner(allow_loopback=True) only for an"
+                " API stand-in that runs pods on this machine)")
+    return ""
+
+
+def _unspecified(host: Any) -> bool:
     try:
         return not host or ipaddress.ip_address(host).is_unspecified
-    except ValueError:
+    except (ValueError, TypeError):
         return False
 
 
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _join(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def format_event(ev: Json) -> str:

@@ -46,11 +46,16 @@ _log = logging.getLogger("plugbay.runners.kubernetes")
 
 
 class PortForwarder:
-    """``timeout``: seconds each stream's connect, TLS and WebSocket upgrade may take together."""
+    """``timeout``: seconds each stream's connect, TLS and WebSocket upgrade may take together.
+
+    ``gone()`` says whether the runner's pod is gone (its watch saw it deleted, or its name taken by a
+    pod of another UID): the API server forwards to whichever pod has the name, so from then on no
+    connection gets a stream (a new pod under that name is not the plugin the host started)."""
 
     def __init__(self, configuration: Any, namespace: str, pod: str, port: int,
-                 denied_message: str, timeout: float = 30.0) -> None:
+                 denied_message: str, timeout: float = 30.0, gone: Callable[[], bool] = lambda: False) -> None:
         self._configuration = configuration
+        self._gone = gone
         self.namespace, self.pod, self.port = namespace, pod, port
         self.timeout = timeout
         self._denied_message = denied_message
@@ -86,6 +91,9 @@ class PortForwarder:
     def _open(self) -> Any:
         """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
         what = f"port-forward to pod {self.namespace}/{self.pod} port {self.port}"
+        if self._gone():
+            raise RunnerError(f"{what}: the runner's pod is gone (deleted, or its name is another pod's now);"
+                              " plugbay forwards no connection to a pod it did not start")
         mine: list[socket.socket] = []
 
         def track(sock: socket.socket) -> None:  # close() shuts these down: no upgrade outlives it
@@ -155,6 +163,10 @@ class PortForwarder:
                 return
             with self._lock:  # close() shuts it down too: a send the API server does not take must end
                 if self._closed.is_set():
+                    return
+                if self._gone():  # it went while the stream opened: the stream may be another pod's
+                    _log.warning("port-forward to %s/%s:%s: the runner's pod is gone; closing the connection",
+                                 self.namespace, self.pod, self.port)
                     return
                 self._remotes.add(remote)
             error = self._relay(conn, remote, reader)

@@ -50,7 +50,8 @@ class KubernetesRunner(PodTeardown, Runner):
                  context: str | None = None, start_timeout: float = 120.0, run_as_user: int | None = None,
                  writable_dirs: Sequence[str] = ("/tmp",), command: Sequence[str] | None = None,
                  args: Sequence[str] | None = None, host_id: str | None = None,
-                 owner_reference: bool = True, api_timeout: float | None = None) -> None:
+                 owner_reference: bool = True, api_timeout: float | None = None,
+                 allow_loopback: bool = False) -> None:
         writable_dirs = check_settings(locals())  # before a client is loaded: see options
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
@@ -64,6 +65,7 @@ class KubernetesRunner(PodTeardown, Runner):
                                              else api_timeout)
         self.host_id = owner.host_identity(host_id)
         self.owner_reference = owner_reference
+        self.allow_loopback = allow_loopback  # in-cluster: may the pod's IP be loopback (see pods.pod_address)
         self._kubeconfig, self._context = kubeconfig, context
         self._owns_client = api_client is None
         if api_client is None:
@@ -234,7 +236,8 @@ class KubernetesRunner(PodTeardown, Runner):
         # server that takes the connection and never answers fails start, not hangs it
         return "tcp", self._forwards.take(port, lambda: PortForwarder(
             self._api_client.configuration, self.namespace, self.pod_name, port,
-            denied_message("create", "pods/portforward", self.namespace), timeout=self.start_timeout),
+            denied_message("create", "pods/portforward", self.namespace), timeout=self.start_timeout,
+            gone=lambda: self._podwatch.gone),
             lambda: RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
                                 " opened; start a new runner (or reattach) to reach the plugin"))
 
@@ -256,7 +259,8 @@ class KubernetesRunner(PodTeardown, Runner):
     def _pod_address(self, port: int) -> str:
         if self._podwatch.gone:  # its last IP may be another pod's by now
             raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's): it cannot be dialled")
-        return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id)
+        return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id,
+                                allow_loopback=self.allow_loopback)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         # A per-connection broker listens on the host's unix sockets, which no pod can
@@ -313,7 +317,7 @@ class KubernetesRunner(PodTeardown, Runner):
     @classmethod
     def attach(cls, data: Mapping[str, Any], api_client: Any = None, *, kubeconfig: str | None = None,
                context: str | None = None, start_timeout: float | None = None,
-               api_timeout: float | None = None) -> KubernetesRunner:
+               api_timeout: float | None = None, allow_loopback: bool = False) -> KubernetesRunner:
         """A runner for a pod another host started (reattach by namespace/pod name).
 
         The API is reached with ``api_client``, else ``kubeconfig``/``context``, else this host's
@@ -331,7 +335,8 @@ class KubernetesRunner(PodTeardown, Runner):
             start_timeout = 120.0
         runner = cls(fields["image"], namespace=fields["namespace"], container_port=fields["container_port"],
                      address_mode=fields["address_mode"], api_client=api_client, kubeconfig=kubeconfig,
-                     context=context, start_timeout=start_timeout, api_timeout=api_timeout)
+                     context=context, start_timeout=start_timeout, api_timeout=api_timeout,
+                     allow_loopback=allow_loopback)
         runner.pod_name = fields["pod"]
         if left is not None:
             runner._after_start, runner.start_timeout = runner.start_timeout, min(max(left, 0.1), start_timeout)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.errors import RunnerError
-from plugbay.runners.session import HOST_PIDS, SESSION_START, host_session_id, session_gone, session_may_run
+from plugbay.runners.session import (HOST_PIDS, MANAGED, SESSION, SESSION_START, host_session_id, session_gone,
+                                     session_may_run)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
@@ -50,10 +51,12 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     seconds = 0 if force else max(1, math.ceil(grace))
     try:
         found = call(api_client, namespace, "list", "pods", api.list_namespaced_pod, namespace,
-                            label_selector="plugbay.managed=true", _request_timeout=timeout)
+                            label_selector=f"{MANAGED}=true", _request_timeout=timeout)
         for pod in found.items:
-            labels = pod.metadata.labels or {}
-            session = labels.get("plugbay.session", "")
+            if not _swept(pod, namespace):
+                continue
+            labels = pod.metadata.labels
+            session = labels[SESSION]
             if session == own_session:
                 continue
             host = (pod.metadata.annotations or {}).get("plugbay.host")
@@ -77,6 +80,20 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
         if own:
             close_client(api_client)
     return removed
+
+
+def _swept(pod: Any, namespace: str) -> bool:
+    """Whether a listed pod is one a sweep may judge: plugbay's (its own labels say plugbay.managed=true
+    and name a session) and of ``namespace``. The list asked for those, but its answer is the API
+    server's (or a proxy's): one that ignored the selector must not get someone else's pods deleted."""
+    meta = getattr(pod, "metadata", None)
+    labels = getattr(meta, "labels", None)
+    if not isinstance(labels, dict) or labels.get(MANAGED) != "true":
+        return False
+    session = labels.get(SESSION)
+    if not isinstance(session, str) or not session or not isinstance(getattr(meta, "name", None), str):
+        return False
+    return getattr(meta, "namespace", None) in (None, namespace)
 
 
 def _delete_listed(api_client: Any, api: Any, namespace: str, pod: Any, grace: int, timeout: Any) -> bool:

@@ -14,7 +14,10 @@ under a running plugin: wait() must still see it end, not spin), and tries a
 watch again after WATCH_AGAIN_AFTER seconds (RBAC may be restored).
 
 Each watch asks the server to end it after WATCH_SECONDS (timeoutSeconds), so
-a quiet pod costs one re-watch per period, not a cut stream. The client side
+a quiet pod costs one re-watch per period, not a cut stream. One the server
+ends in under half that having changed nothing counts as a failed watch (backoff);
+one that changed the pod is followed by REWATCH_PAUSE: no server answer makes
+the loop re-watch (and read the pod) as fast as it hangs up. The client side
 waits ``api_timeout`` to connect and for the answer's head (in total: a
 server trickling the head cannot hold it, see deadline.py), then up to
 WATCH_SECONDS + ``api_timeout`` between two reads of the stream: a server that
@@ -31,7 +34,8 @@ from typing import Any
 
 from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import api_message, request_timeout, watch_cut_short, within_deadline
+from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, api_message, ended_early, no_change, request_timeout,
+                                            watch_cut_short, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -91,7 +95,7 @@ class PodWatch:
         while not self.stop.is_set() and not self.gone:
             w = watch.Watch()
             self._watch = w
-            started, events, read = time.monotonic(), 0, False
+            started, events, changes, read = time.monotonic(), 0, 0, False
             try:
                 for ev in w.stream(list_pods, self.namespace,
                                    field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
@@ -99,15 +103,16 @@ class PodWatch:
                     events += 1
                     self.polling = False
                     if ev["type"] in _POD_EVENTS:  # a BOOKMARK's object is no pod: only a resourceVersion
-                        self.update(ev["object"], ev["type"] == "DELETED")
+                        changes += self.update(ev["object"], ev["type"] == "DELETED")
                     if self.stop.is_set():
                         break
-                if not watch_cut_short(events, time.monotonic() - started, WATCH_SECONDS):
+                took = time.monotonic() - started
+                if not watch_cut_short(changes, took, WATCH_SECONDS):
                     failures = 0
                     self.polling = False
                 else:
                     failures += 1
-                    self.last_failure = (f"the watch ended after {time.monotonic() - started:.1f}s with no event,"
+                    self.last_failure = (f"the watch ended after {took:.1f}s with {no_change(events)},"
                                          f" long before its {WATCH_SECONDS}s")
                 if not self.stop.is_set() and not self.gone:
                     pod, read = self._read_pod(), True
@@ -146,6 +151,8 @@ class PodWatch:
                              self.last_failure or "API error")
             if failures:
                 self.stop.wait(min(BACKOFF_STEP * failures, MAX_BACKOFF))
+            elif ended_early(time.monotonic() - started, WATCH_SECONDS):  # changes, but the server hung up early
+                self.stop.wait(REWATCH_PAUSE)
 
     def _read_instead(self) -> None:
         """Update from a read of the pod (a watch failing, a read may work); a failed read changes nothing."""
@@ -201,23 +208,27 @@ class PodWatch:
 
     def foreign(self, obj: dict[str, Any]) -> bool:
         """Whether ``obj`` is another pod than the runner's: one that took its name once it was deleted."""
-        uid = (obj.get("metadata") or {}).get("uid")
+        meta = obj.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, dict) else None
         return bool(self.uid) and uid != self.uid
 
-    def update(self, obj: dict[str, Any] | None, deleted: bool) -> None:
-        if obj is not None and not (obj.get("metadata") or {}).get("uid"):
-            # every stored pod has a UID: an object without one is no pod's state, neither the
-            # runner's (its exit, its address) nor a stranger's that would say the runner's is gone
-            _log.debug("pod %s: ignoring a watched object without a UID", self.id)
-            return
+    def update(self, obj: Any, deleted: bool) -> bool:
+        """Take a pod read or watched (None: gone); whether that changed what is known of it."""
+        if obj is not None and not _pod_shaped(obj):
+            # every stored pod has a UID: an object without one (or not shaped as a pod at all) is no pod's
+            # state, neither the runner's (its exit, its address) nor a stranger's saying the runner's is gone
+            _log.debug("pod %s: ignoring a watched object that is no pod (%.80r)", self.id, obj)
+            return False
         if obj is not None and self.foreign(obj):  # the runner's pod is gone; the stranger is never ours
             obj, deleted = None, True
         with self.cond:
+            changed = (obj is not None and obj != self.pod) or (deleted and not self.gone)
             if obj is not None:
                 self.pod = obj
             if deleted:
                 self.gone = True
             self.cond.notify_all()
+        return changed
 
     def wait_exit(self, timeout: float | None) -> int | None:
         """The plugin container's exit code (-1: deleted without one); None while it runs past ``timeout``."""
@@ -252,3 +263,13 @@ class PodWatch:
             self._watch.stop()
         if self._thread is not None:  # a watch still waiting for its answer's head waits up to 2 api_timeouts
             self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
+
+
+def _pod_shaped(obj: Any) -> bool:
+    """Whether a pod the API server answered has the shape pods.py reads: a JSON object with a UID,
+    its status (if any) an object. The fields inside are still read with care there."""
+    if not isinstance(obj, dict):
+        return False
+    meta, status = obj.get("metadata"), obj.get("status")
+    return (isinstance(meta, dict) and isinstance(meta.get("uid"), str) and bool(meta["uid"])
+            and (status is None or isinstance(status, dict)))
