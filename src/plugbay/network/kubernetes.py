@@ -7,6 +7,9 @@ and one that is gone leaves, each as the API server reports it. A watch that
 ends is resumed from the last version seen; one the server no longer has
 (410 Gone / Expired) starts over with a fresh list; a lost API server is
 retried with a bounded backoff while the last known endpoints stay in place.
+The API server's answers are checked: a slice not labelled for SERVICE (or of
+another namespace) is ignored, a watch's head is bounded in total as a list is,
+and a watch the server ends early is not re-opened at once (slicecalls.py, api.py).
 
 PORT is a port name (the Service port's name, which the slices carry) or the
 number the slices list (the pod's target port). Endpoint addresses are pod IPs:
@@ -27,23 +30,24 @@ from plugbay.errors import (
     ClientStateError,
     ConfigError,
     DiscoveryError,
-    DiscoveryPermissionError,
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
-from plugbay.network.slices import endpoints_from_slices, keep_at_most, parse_port
-from plugbay.runners.kubernetes.api import api_host, api_message, close_client, load_api_client, watch_cut_short
+from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
+from plugbay.network.slices import (SERVICE_NAME_LABEL, endpoints_from_slices, keep_at_most, parse_port,
+                                    slice_of_service)
+from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
+                                            watch_cut_short)
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
-from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 _log = logging.getLogger("plugbay.network.kubernetes")
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_BACKOFF = 10.0
 _CLOSE_WAIT = 2.0  # close() waits this long for the watch thread, then leaves it to end on its own
 LIST_CONNECT, LIST_TIMEOUT = 10.0, 30.0  # one list: to connect, and for its whole answer (not each read)
+WATCH_HEAD_TIMEOUT = 30.0  # one watch: to connect and get its answer's head, in total
 
 
 class _Gone(Exception):
@@ -76,13 +80,15 @@ class EndpointSliceResolver:
         self._slices: dict[str, dict[str, Any]] = {}
         self._rv: str | None = None
         self._delivered = 0  # events other than ERROR the current watch delivered
+        self._changes = 0  # the current watch's events that changed the slices kept
         self._gone_before = False  # the last watch ended in 410 Gone (no event delivered since)
         self._reported: list[Endpoint] | None = None
         self.max_endpoints = max_endpoints
         self._capped_at: int | None = None  # the endpoint count last warned about
         self._stop = threading.Event()
         self._watch: Any = None
-        self._listing: Deadline | None = None  # the list in progress: close() ends it by shutting its sockets
+        # the list (or watch head) in progress: close() ends it by shutting its sockets
+        self._listing: Deadline | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_error: BaseException | None = None  # the watch loop's latest failure (it retries)
@@ -154,32 +160,6 @@ class EndpointSliceResolver:
 
     # --- API calls -----------------------------------------------------------------
 
-    def _error(self, verb: str, exc: BaseException) -> DiscoveryError:
-        from kubernetes.client.exceptions import ApiException
-
-        if isinstance(exc, ApiException):
-            if exc.status == 403:
-                return DiscoveryPermissionError(
-                    f"the Kubernetes API refused to {verb} endpointslices in namespace {self.namespace!r}"
-                    f" (403 Forbidden), so {self.target} cannot be discovered. The host's service account or"
-                    " user needs a Role in that namespace granting in API group \"discovery.k8s.io\":"
-                    f" {discovery_rbac_summary()} (charts/plugbay adds it with network.enabled or"
-                    f" rbac.discovery). Server said: {api_message(exc)}")
-            if exc.status == 401:
-                return DiscoveryPermissionError(
-                    f"the Kubernetes API rejected the host's credentials (401) on {verb} endpointslices;"
-                    " refresh the kubeconfig's token or certificate")
-            if exc.status == 404:
-                return DiscoveryError(
-                    f"the Kubernetes API does not serve discovery.k8s.io/v1 endpointslices ({api_message(exc)});"
-                    f" {self.target} needs Kubernetes 1.21 or later")
-            return DiscoveryError(f"Kubernetes API {verb} endpointslices in {self.namespace!r} failed:"
-                               f" {exc.status} {api_message(exc)}")
-        host = api_host(self._api_client)
-        return DiscoveryUnavailableError(
-            f"cannot reach the Kubernetes API at {host} to discover {self.target}: {exc}. Check that the"
-            " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
-
     def _closed_error(self) -> DiscoveryError:
         return DiscoveryError(f"the resolver for {self.target} was closed; make a new one")
 
@@ -213,37 +193,22 @@ class EndpointSliceResolver:
                 finally:
                     self._set_listing(None)
             data = api_client.sanitize_for_serialization(found)
-            slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []}
+            # the API server's answer is checked, not trusted: a slice of another Service (a server or proxy
+            # that ignored the label selector) would make this host dial that Service's pods
+            slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []
+                      if slice_of_service(s, self.namespace, self.service)}
         except Exception as exc:
             if self._stop.is_set():  # close() cut the list short: that is no trouble of the API server's
                 raise self._closed_error() from exc
             if listing is not None and listing.expired and not isinstance(exc, ApiException):
-                raise self._late(limit, limit < LIST_TIMEOUT) from exc
+                raise late_list(self.target, self._api_client, limit, limit < LIST_TIMEOUT) from exc
             if isinstance(exc, (ApiException, HTTPError, OSError)):
-                raise self._error("list", exc) from exc
-            raise self._malformed(api_client, exc) from exc
+                raise api_error(self.target, self.namespace, self._api_client, "list", exc) from exc
+            raise malformed_list(self.target, self.namespace, self.service, api_client, exc) from exc
         self.lists += 1
         self._slices = slices
         self._rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
         self._report()
-
-    def _late(self, limit: float, starting: bool) -> DiscoveryUnavailableError:
-        host = api_host(self._api_client)
-        return DiscoveryUnavailableError(
-            f"the Kubernetes API at {host} did not answer list endpointslices within {limit:.1f}s"
-            f"{' (what was left of start_timeout)' if starting else ''}, so {self.target} cannot be discovered."
-            " Check that the API server (and any proxy in front of it) is up and not overloaded"
-            + (", or raise start_timeout if it is only slow" if starting else ""))
-
-    def _malformed(self, api_client: Any, exc: Exception) -> DiscoveryError:
-        """The client's models refused the answer (pydantic), or it has no shape."""
-        host = api_host(api_client)
-        return DiscoveryError(
-            f"the Kubernetes API at {host} answered list endpointslices with something that is not"
-            f" valid EndpointSlices ({type(exc).__name__}: {str(exc)[:300]}), so {self.target} cannot"
-            " be discovered. Check that the kubeconfig's server URL points at the API server itself"
-            " (not a proxy or a web page), and the Service's EndpointSlices (kubectl get endpointslices"
-            f" -n {self.namespace} -l {SERVICE_NAME_LABEL}={self.service} -o yaml)")
 
     def _loopback_refused(self) -> bool:
         return not self.allow_loopback and refused_as_loopback(self.refused)
@@ -293,7 +258,7 @@ class EndpointSliceResolver:
 
         failures = 0
         while not self._stop.is_set():
-            self._delivered = 0
+            self._delivered = self._changes = 0
             try:
                 if self._rv is None:
                     self._relist()
@@ -302,18 +267,21 @@ class EndpointSliceResolver:
                 took = time.monotonic() - started
                 if self._stop.is_set():
                     break
-                cut = watch_cut_short(events, took, self.watch_timeout)
+                cut = watch_cut_short(self._changes, took, self.watch_timeout)
                 if self._delivered or not cut:  # the server kept a watch: a later 410 is an expiry again
                     self._gone_before = False
                 if not cut:
                     failures = 0
+                    if ended_early(took, self.watch_timeout):  # changes, but the server hung up early
+                        self._stop.wait(REWATCH_PAUSE)
                     continue
                 self.last_error = DiscoveryError(
-                    f"the endpointslices watch for {self.target} ended after {took:.1f}s with no event, long"
-                    f" before its {self.watch_timeout}s; the API server (or a proxy in front of it) cuts it short")
+                    f"the endpointslices watch for {self.target} ended after {took:.1f}s with {no_change(events)},"
+                    f" long before its {self.watch_timeout}s; the API server (or a proxy in front"
+                    " of it) cuts it short")
             except (_Gone, ApiException) as exc:
                 if isinstance(exc, ApiException) and exc.status != 410:
-                    self.last_error = self._error("watch", exc)
+                    self.last_error = api_error(self.target, self.namespace, self._api_client, "watch", exc)
                 else:
                     self._rv = None
                     if not self._gone_again():
@@ -325,7 +293,7 @@ class EndpointSliceResolver:
             except (HTTPError, OSError) as exc:  # a dropped connection, a reset API server
                 if self._stop.is_set():
                     break
-                self.last_error = self._error("watch", exc)
+                self.last_error = api_error(self.target, self.namespace, self._api_client, "watch", exc)
             except Exception as exc:  # e.g. an object the client cannot read: log it, list again
                 if self._stop.is_set():
                     break
@@ -358,7 +326,9 @@ class EndpointSliceResolver:
         self._watch = watch
         if self._stop.is_set():
             return 0
-        stream = watch.stream(self._api.list_namespaced_endpoint_slice, self.namespace,
+        opened = bounded_watch(self._api.list_namespaced_endpoint_slice, self._api_client, self.target,
+                               WATCH_HEAD_TIMEOUT, self._set_listing, self._stop.is_set)
+        stream = watch.stream(opened, self.namespace,
                               label_selector=f"{SERVICE_NAME_LABEL}={self.service}",
                               resource_version=self._rv, allow_watch_bookmarks=True,
                               timeout_seconds=self.watch_timeout,
@@ -379,10 +349,19 @@ class EndpointSliceResolver:
                 self._rv = str(meta["resourceVersion"])
             if kind == "BOOKMARK" or not meta.get("name"):
                 continue
-            if kind == "DELETED":
-                self._slices.pop(str(meta["name"]), None)
+            name = str(meta["name"])
+            if kind == "DELETED" or (kind in ("ADDED", "MODIFIED")
+                                     and not slice_of_service(obj, self.namespace, self.service)):
+                # a slice that is not (or no longer) this Service's leaves the set, as a deleted one
+                if self._slices.pop(name, None) is None:
+                    continue
             elif kind in ("ADDED", "MODIFIED"):
-                self._slices[str(meta["name"])] = obj
+                if self._slices.get(name) == obj:
+                    continue
+                self._slices[name] = obj
+            else:
+                continue
+            self._changes += 1
             self._report()
             if self._stop.is_set():  # the callback closed us: do not wait for another event
                 break

@@ -23,6 +23,7 @@ from typing import Any
 from plugbay.errors import ConfigError
 from plugbay.network.resolver import Endpoint, discoverable
 
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # the label an EndpointSlice names its Service with
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -124,6 +125,19 @@ def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str, 
             if seen is None or (endpoint.ready and not seen.ready):
                 found[endpoint.key] = endpoint
     return sorted(found.values(), key=lambda e: e.key)
+
+
+def slice_of_service(obj: Any, namespace: str, service: str) -> bool:
+    """Whether an EndpointSlice the API server answered is one of Service ``service`` in ``namespace``:
+    labelled kubernetes.io/service-name=SERVICE, as the list and watch asked for, and of that namespace
+    when it says one. The server's (or a proxy's) answer is checked, not trusted to have applied them."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return False
+    labels = meta.get("labels")
+    if not isinstance(labels, Mapping) or labels.get(SERVICE_NAME_LABEL) != service:
+        return False
+    return meta.get("namespace") in (None, namespace)
 
 
 def keep_at_most(endpoints: Sequence[Endpoint], limit: int) -> list[Endpoint]:
