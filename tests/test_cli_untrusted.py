@@ -92,3 +92,25 @@ def test_diagnose_escapes_a_containers_log_lines() -> None:
         assert b"\x1b]0;PWNED-TITLE\x07" not in shown and b"\x1b[2J" not in shown
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("line", ["[notice] A new release of pip is available", "copying to [/usr/lib/x]"])
+def test_images_build_progress_shows_a_build_line_as_written(monkeypatch: pytest.MonkeyPatch, line: str) -> None:
+    # the live progress on a terminal read each build line as rich markup: pip's "[notice]" lost its
+    # tag, and a "[/x]" closing tag raised MarkupError out of the progress refresh
+    import io
+
+    from rich.console import Console
+
+    from plugbay.cli import output, tools
+
+    shown = io.StringIO()
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(output, "interactive", lambda: True)
+    monkeypatch.setattr(output, "console", lambda stderr=False: Console(file=shown, force_terminal=True, width=200,
+                                                                        color_system=None))
+    with tools._Progress(quiet=False) as progress:
+        progress.step("image kv")
+        progress.line(line)
+        progress._bar.refresh()
+    assert any(line in row for row in shown.getvalue().replace("\r", "\n").splitlines())

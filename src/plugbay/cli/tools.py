@@ -116,7 +116,7 @@ class _Progress:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
-                                 TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[last]}", markup=False), TimeElapsedColumn(),
                                  console=output.console(stderr=True), transient=False)
             self._bar.__enter__()
         return self
