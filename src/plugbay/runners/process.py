@@ -267,6 +267,8 @@ class ProcessRunner(ProcessLines, Runner):
         if proc is None or proc.returncode is not None:  # reaped: its pid may be another process's
             return
         found = family(proc.pid, "", self._start_ticks)  # parent links only: the marker is found at kill()
+        if proc.returncode is not None:  # reaped during the scan: the links read may be to a new process
+            return
         with self._lock:
             self._recorded.update(found)
 
