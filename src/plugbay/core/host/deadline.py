@@ -8,6 +8,7 @@ refuse waits over threading.TIMEOUT_MAX (about 292 years).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from plugbay.errors import ConfigError
@@ -22,11 +23,14 @@ def call_timeout(value: Any) -> float | None:
     >= 0, with math.inf and anything above NO_DEADLINE as NO_DEADLINE (no deadline)."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    # numbers.Real: grpcio took Fraction and numpy scalars (np.float32 is no float subclass) before
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             seconds = float(value)
-        except OverflowError:  # an int too big for a float: no deadline, as math.inf
-            return NO_DEADLINE if value > 0 else _refuse(value)
+        except OverflowError:  # a number too big for a float: no deadline, as math.inf
+            return NO_DEADLINE if value > 0 else _refuse(value)  # type: ignore[operator]
+        except (TypeError, ValueError):
+            return _refuse(value)
         if seconds >= 0:  # false for nan
             return min(seconds, NO_DEADLINE)
     return _refuse(value)

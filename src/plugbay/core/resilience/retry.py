@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem,
                                           status_codes_problem, status_of)
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
@@ -167,12 +168,15 @@ class RetryPolicy:
     def _plan(self, method: str, timeout: float | None) -> tuple[int, float | None]:
         """How many tries the call gets, and its overall deadline (monotonic; None: none)."""
         overall = timeout if timeout is not None else self.overall_timeout
-        deadline = None if overall is None else time.monotonic() + overall
+        # math.inf (or anything past NO_DEADLINE) is no deadline, as on a call's timeout=: grpcio
+        # turns an inf deadline into one already past
+        deadline = None if overall is None else time.monotonic() + min(overall, NO_DEADLINE)
         return (self.max_attempts if self.is_idempotent(method) else 1), deadline
 
     def _attempt_timeout(self, deadline: float | None) -> float | None:
         remaining = None if deadline is None else deadline - time.monotonic()
-        return _min_opt(remaining, self.per_attempt_timeout)
+        attempt = _min_opt(remaining, self.per_attempt_timeout)
+        return None if attempt is None else min(attempt, NO_DEADLINE)
 
     def _after_failure(self, method: str, exc: Exception, n: int, tries: int,
                        deadline: float | None) -> float | None:
