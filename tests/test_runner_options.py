@@ -34,7 +34,7 @@ DOCKER_BAD: list[tuple[str, Any]] = [
     ("socket_gid", math.nan), ("socket_gid", -5), ("socket_gid", 2**32 - 1), ("socket_gid", "100"),
     ("writable_dirs", None), ("writable_dirs", 5), ("writable_dirs", (1,)), ("writable_dirs", b"x"),
     ("cap_drop", None), ("cap_drop", "ALL"), ("cap_drop", 5),
-    ("env", "x"), ("env", -1), ("env", {"A": 1}),
+    ("env", "x"), ("env", -1), ("env", {"A": 1}), ("env", {"A": "v\udcff"}),
     ("mounts", None), ("mounts", 5), ("mounts", [5]),
     ("tmpfs", "x"), ("tmpfs", {"/cache": 5}),
     ("entrypoint", 5), ("entrypoint", "python3"), ("command", b"x"), ("command", "true"),
@@ -95,7 +95,7 @@ class _Api:
 KUBE_BAD: list[tuple[str, Any]] = [
     ("image", 5), ("image", ""), ("namespace", 5),
     ("labels", 5), ("labels", "x"), ("labels", {"team": 5}),
-    ("env", "x"), ("env", {"A": 1}), ("env", -1),
+    ("env", "x"), ("env", {"A": 1}), ("env", -1), ("env", {"A": "v\udcff"}),
     ("container_port", "80"), ("container_port", None), ("container_port", True), ("container_port", 70000),
     ("writable_dirs", None), ("writable_dirs", 5), ("writable_dirs", [["/tmp"]]), ("writable_dirs", ("tmp",)),
     ("host_id", 5), ("host_id", b"x"), ("host_id", ("a",)),
@@ -141,6 +141,16 @@ def test_kubernetes_refusal_creates_no_pod(kubeconfig: str, option: str, value: 
     finally:
         for runner in made:
             runner.kill(0)
+
+
+def test_a_raw_byte_in_the_launch_environment_is_refused_before_anything_starts() -> None:
+    """A container's or a pod's environment goes out as UTF-8 JSON: a cookie holding a byte that is not
+    UTF-8 ('\\udcff', as os.environ shows one) is a ConfigError naming the variable, before an engine or
+    API call (a process plugin takes it)."""
+    spec = LaunchSpec(env={"RAW_COOKIE": "v\udcff"})
+    for runner in (DockerRunner(BASE), KubernetesRunner("x", namespace="d", api_client=_Api())):
+        with pytest.raises(ConfigError, match="cannot send environment variable 'RAW_COOKIE'"):
+            runner.start(spec)
 
 
 def _plugin_container(**kwargs: Any) -> Any:

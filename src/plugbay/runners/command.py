@@ -42,3 +42,16 @@ def check_env(env: Any, where: str) -> None:
         if problem is not None:
             raise ConfigError(f"{where} cannot be the plugin's environment: its {problem}; rename or drop that"
                               " entry")
+
+
+def check_text_env(env: Mapping[str, str], where: str) -> None:
+    """An environment sent as UTF-8 JSON (a container's, a pod's) cannot carry a raw byte that is not
+    UTF-8 ('\\udcff', as os.environ and argv show one): the engine or API server would get an error or
+    U+FFFD instead. ConfigError naming ``where`` and the variable; a process's environment takes it."""
+    for key, value in env.items():
+        try:
+            key.encode("utf-8"), value.encode("utf-8")
+        except UnicodeError:
+            raise ConfigError(f"{where} cannot send environment variable {key!r}={value!r}: it holds a byte that is"
+                              " not UTF-8 (shown as '\\udc..'), and the environment goes out as UTF-8 JSON; use"
+                              " text (for a magic cookie: a HandshakeConfig of plain text)") from None

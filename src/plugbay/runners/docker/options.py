@@ -10,7 +10,7 @@ from typing import Any
 
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
-from plugbay.runners.command import check_env
+from plugbay.runners.command import check_env, check_text_env
 from plugbay.runners.options import flag, optional_int, optional_mapping, optional_str, optional_str_list, str_list
 
 TRANSPORTS = ("unix", "tcp")
@@ -97,6 +97,7 @@ def _check_lists(opts: Mapping[str, Any]) -> None:
     optional_str_list(opts["command"], where + "command", ("--verbose",))
     if opts["env"] is not None:
         check_env(opts["env"], where + "env")
+        check_text_env(opts["env"], where + "env")
     tmpfs = opts["tmpfs"]
     if tmpfs is not None and (not isinstance(tmpfs, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in tmpfs.items())):

@@ -28,6 +28,7 @@ from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import RunnerError
+from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_DIR_PREFIX, SOCKET_OWNED,
@@ -158,6 +159,7 @@ class DockerRunner(ContainerTeardown, Runner):
         return self._began
 
     def start(self, spec: LaunchSpec) -> None:
+        check_text_env(spec.env, f"DockerRunner for {self.image!r}")
         with self._lock:
             ended = "killed" if self._killed else "detached" if self._detached else ""
             began, self._began = self._began, True

@@ -9,7 +9,7 @@ from typing import Any
 
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
-from plugbay.runners.command import check_env
+from plugbay.runners.command import check_env, check_text_env
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
 
@@ -40,6 +40,7 @@ def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
     str_mapping(opts["labels"], where + "labels", {"team": "search"})
     if opts["env"] is not None:
         check_env(opts["env"], where + "env")
+        check_text_env(opts["env"], where + "env")
     str_mapping(opts["node_selector"], where + "node_selector", {"kubernetes.io/os": "linux"})
     optional_mapping(opts["resources"], where + "resources", "{'limits': {'cpu': '500m', 'memory': '128Mi'}}")
     optional_mapping(opts["pod_template"], where + "pod_template", "{'spec': {'priorityClassName': 'low'}}")

@@ -20,6 +20,7 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
+from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
                                   register_reattacher, reuse_refused)
 from plugbay.runners.session import managed_labels
@@ -123,6 +124,7 @@ class KubernetesRunner(PodTeardown, Runner):
         return bool(self.pod_name)
 
     def start(self, spec: LaunchSpec) -> None:
+        check_text_env(spec.env, f"KubernetesRunner for {self.image!r}")
         with self._lock:
             if self._killed or self._ended:
                 raise reuse_refused(f"runner for {self.image}", "killed" if self._killed else "detached", "pod")
