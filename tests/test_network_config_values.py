@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.resilience_util import HANDSHAKE, PLUGINS
@@ -47,6 +50,7 @@ def _gateway(**kw: Any) -> Gateway:
     ({"start_timeout": math.inf}, "GatewayConfig.start_timeout"),
     ({"start_timeout": "5"}, "GatewayConfig.start_timeout"),
     ({"start_timeout": HUGE}, "GatewayConfig.start_timeout"),
+    ({"start_timeout": 2e9}, "GatewayConfig.start_timeout"),  # the child's ClientConfig takes at most 1e9
     ({"child_mtls": "no"}, "GatewayConfig.child_mtls"),
     ({"multiplex": "false"}, "GatewayConfig.multiplex"),
     ({"logger": "x"}, "GatewayConfig.logger"),
@@ -161,7 +165,6 @@ def test_network_tls_takes_path_objects(tmp_path: Path) -> None:
     ({"base_ejection_time": None}, "base_ejection_time"),
     ({"base_ejection_time": 0}, "base_ejection_time"),
     ({"max_ejection_time": math.nan}, "max_ejection_time"),
-    ({"max_ejection_time": math.inf}, "max_ejection_time"),
     ({"max_ejection_time": 10.0}, "max_ejection_time"),  # below the base (30 s)
     ({"max_ejection_percent": 101}, "max_ejection_percent"),
     ({"max_ejection_percent": "50"}, "max_ejection_percent"),
@@ -172,3 +175,38 @@ def test_outlier_policy_numbers_are_checked(kw: dict[str, Any], named: str) -> N
     with pytest.raises(ConfigError, match=f"invalid OutlierPolicy: {named}"):
         OutlierPolicy(**kw)
 
+
+
+def test_the_gateway_takes_any_real_start_timeout_and_a_bytes_cwd(tmp_path: Path) -> None:
+    """Taken before these checks: kept as a float and a str, as the child's ClientConfig and ProcessRunner
+    take them."""
+    for value in (np.float32(30), Fraction(30), np.int64(30), 1e9):
+        start_timeout = _gateway(start_timeout=value).config.start_timeout
+        assert start_timeout == float(value) and type(start_timeout) is float
+    assert _gateway(cwd=os.fsencode(tmp_path)).config.cwd == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"GatewayConfig\.cwd must be .*a str or os\.PathLike"):
+        _gateway(cwd=5)
+
+
+def test_outlier_policy_takes_real_numbers_and_no_cap() -> None:
+    policy = OutlierPolicy(consecutive_failures=np.int64(5), base_ejection_time=Fraction(30),  # type: ignore[arg-type]
+                           max_ejection_time=math.inf, max_ejection_percent=33.3)
+    assert type(policy.consecutive_failures) is int and type(policy.base_ejection_time) is float
+    assert policy.ejection_time(4) == 120.0  # math.inf: no cap
+    assert policy.may_eject(0, 3) and not policy.may_eject(1, 6)  # 33.3% of 6: one at a time
+    assert OutlierPolicy(max_ejection_percent=50.0).may_eject(1, 4)
+
+
+def test_pool_and_remote_waits_take_real_numbers() -> None:
+    pool = EndpointPool(StaticResolver([Endpoint("tcp", "127.0.0.1:1")]), insecure=True, health_interval=np.float32(1),
+                        health_timeout=Fraction(1, 2), unhealthy_after=np.int64(2))
+    try:
+        assert (pool.health_interval, pool.health_timeout, pool.unhealthy_after) == (1.0, 0.5, 2)
+        assert type(pool.health_interval) is float and type(pool.unhealthy_after) is int
+    finally:
+        pool.close()
+    config = RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                          dns_refresh=np.float32(30), kubernetes=None)  # type: ignore[arg-type]
+    from plugbay.network.remotecheck import check_remote
+    check_remote(config)  # kubernetes=None: no options, as before these checks
+    assert type(config.dns_refresh) is float

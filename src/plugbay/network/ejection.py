@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from plugbay.errors import ConfigError
-from plugbay.network.figures import check_count, check_seconds
+from plugbay.network.figures import check_count, check_percent, check_seconds
 
 # Failures that say something about the endpoint rather than about the request.
 ENDPOINT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -31,16 +31,21 @@ class OutlierPolicy:
     consecutive_failures: int = 5
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
-    max_ejection_percent: int = 50
+    max_ejection_percent: float = 50
 
     def __post_init__(self) -> None:
         # typed and finite here: a NaN ejection time compares false with everything, so no endpoint would
         # ever be ejected (nor its multiplier decay), and a str failed with a bare TypeError
         try:
-            check_count(self.consecutive_failures, "consecutive_failures", 1)
-            check_seconds(self.base_ejection_time, "base_ejection_time", 30.0)
-            check_seconds(self.max_ejection_time, "max_ejection_time", 300.0)
-            check_count(self.max_ejection_percent, "max_ejection_percent", 0, 100)
+            # kept as int and float (a numpy scalar or a Fraction as given would fail the waits later);
+            # max_ejection_time=math.inf is no cap
+            for name, value in (
+                    ("consecutive_failures", check_count(self.consecutive_failures, "consecutive_failures", 1)),
+                    ("base_ejection_time", check_seconds(self.base_ejection_time, "base_ejection_time", 30.0)),
+                    ("max_ejection_time", check_seconds(self.max_ejection_time, "max_ejection_time", 300.0,
+                                                        endless=True)),
+                    ("max_ejection_percent", check_percent(self.max_ejection_percent, "max_ejection_percent"))):
+                object.__setattr__(self, name, value)
         except ConfigError as exc:
             raise ConfigError(f"invalid OutlierPolicy: {exc}") from None
         if self.max_ejection_time < self.base_ejection_time:

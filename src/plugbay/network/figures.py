@@ -9,6 +9,7 @@ naming the setting and what to pass.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from typing import Any
 
@@ -16,30 +17,49 @@ from plugbay.errors import ConfigError
 
 
 def finite(value: Any) -> bool:
-    """An int or float (not a bool) that is a finite float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real number (not a bool: an int, a float, a Fraction, a numpy scalar) that is a finite float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):  # a number too large for a float, or no float at all
         return False
 
 
-def check_seconds(value: Any, what: str, example: float) -> None:
-    """``value`` is a finite number of seconds > 0 that a wait takes; ConfigError naming ``what`` otherwise."""
-    # Event.wait() refuses more than threading.TIMEOUT_MAX (292 years) with OverflowError too
-    if not finite(value) or not 0 < value <= threading.TIMEOUT_MAX:
+def check_seconds(value: Any, what: str, example: float, maximum: float = threading.TIMEOUT_MAX,
+                  endless: bool = False) -> float:
+    """``value`` as a float: a finite number of seconds > 0 up to ``maximum`` that a wait takes (or,
+    with ``endless``, math.inf); ConfigError naming ``what`` otherwise."""
+    # Event.wait() refuses more than threading.TIMEOUT_MAX (292 years) with OverflowError too, and any
+    # number but an int or float (np.float32, Fraction) with TypeError: so the float is what is kept
+    if endless and _is_inf(value):
+        return math.inf
+    if not finite(value) or not 0 < float(value) <= maximum:
         raise ConfigError(f"{what} must be a number of seconds > 0, got {value!r:.80}; pass e.g."
-                          f" {what.rpartition('.')[2]}={example} (finite, at most {threading.TIMEOUT_MAX:.0f}:"
-                          " the waits it sets take no more)")
+                          f" {what.rpartition('.')[2]}={example} (finite{' or math.inf' if endless else ''}, at most"
+                          f" {maximum:.0f}: the waits it sets take no more)")
+    return float(value)
 
 
-def check_count(value: Any, what: str, minimum: int, maximum: int | None = None) -> None:
-    """``value`` is an int (not a bool) from ``minimum`` to ``maximum``; ConfigError naming ``what``."""
-    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or (maximum is not None and value > maximum)):
+def _is_inf(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == math.inf
+
+
+def check_count(value: Any, what: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int: a whole number (an int or numpy integer, not a bool) from ``minimum`` to
+    ``maximum``; ConfigError naming ``what`` otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum
+            or (maximum is not None and int(value) > maximum)):
         bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ConfigError(f"{what} must be a whole number {bound}, got {value!r:.80}")
+    return int(value)
+
+
+def check_percent(value: Any, what: str) -> int | float:
+    """``value`` as an int or float: a percentage from 0 to 100 (50.0 and 33.3 too); ConfigError otherwise."""
+    if not finite(value) or not 0 <= float(value) <= 100:
+        raise ConfigError(f"{what} must be a percentage from 0 to 100, got {value!r:.80}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_switch(value: Any, what: str) -> None:
@@ -50,8 +70,9 @@ def check_switch(value: Any, what: str) -> None:
 
 
 def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any, health_interval: Any,
-               health_timeout: Any, unhealthy_after: Any) -> None:
-    """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck)."""
+               health_timeout: Any, unhealthy_after: Any) -> tuple[float, float, int]:
+    """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck); returns
+    its health settings as float, float and int."""
     check_switch(insecure, "EndpointPool.insecure")
     if policy not in policies:
         raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(policies)}")
@@ -60,6 +81,6 @@ def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any,
                           " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
     if tls and insecure:
         raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
-    check_seconds(health_interval, "EndpointPool.health_interval", 1.0)
-    check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0)
-    check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1)
+    return (check_seconds(health_interval, "EndpointPool.health_interval", 1.0),
+            check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0),
+            check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1))

@@ -60,7 +60,8 @@ class EndpointPool(PoolHealth, CallChannel):
                  options: Sequence[tuple[str, Any]] = (), name: str = "plugin",
                  connector: Callable[[Endpoint], grpc.Channel] | None = None,
                  keepalive: tuple[float, ...] | None = grpcping.DEFAULT) -> None:
-        check_pool(policy, POLICIES, tls is not None, insecure, health_interval, health_timeout, unhealthy_after)
+        health_interval, health_timeout, unhealthy_after = check_pool(
+            policy, POLICIES, tls is not None, insecure, health_interval, health_timeout, unhealthy_after)
         self.name = name
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()

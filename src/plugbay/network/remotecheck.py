@@ -40,7 +40,7 @@ def check_remote(config: Any) -> None:
                           f"{' or '.join(repr(p) for p in POLICIES)}")
     # finite: the pool's and the resolver's threads wait these out (an infinite wait kills the thread)
     for name, default in (("health_interval", 1.0), ("health_timeout", 1.0), ("dns_refresh", 30.0)):
-        check_seconds(getattr(config, name), f"RemoteConfig.{name}", default)
+        setattr(config, name, check_seconds(getattr(config, name), f"RemoteConfig.{name}", default))
     if config.dns_server is not None:
         if not isinstance(config.dns_server, str):
             raise ConfigError(f"RemoteConfig.dns_server must be 'IP' or 'IP:PORT' as a str, or None (the system's),"
@@ -51,6 +51,8 @@ def check_remote(config: Any) -> None:
 
 def check_kubernetes(options: Any) -> None:
     """RemoteConfig.kubernetes: keyword arguments of plugbay.network.kubernetes.EndpointSliceResolver."""
+    if options is None:  # no options, as before these checks
+        return
     if not isinstance(options, Mapping):
         raise ConfigError(f"RemoteConfig.kubernetes must be a dict of the Kubernetes resolver's options, got"
                           f" {options!r:.80}; pass for example kubernetes={{'kubeconfig': '/etc/plugbay/kubeconfig',"

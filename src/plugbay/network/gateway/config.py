@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import ConfigError
+from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.runners.command import check_cmd, check_env
 
@@ -113,10 +114,14 @@ class GatewayConfig:
             raise ConfigError(f"GatewayConfig.restart must be a RestartPolicy, got {type(self.restart).__name__};"
                               " pass for example restart=RestartPolicy(max_restarts=10, window=60.0)")
         check_env(self.env, "GatewayConfig.env")
+        if isinstance(self.cwd, bytes):  # as ProcessRunner takes it: decoded as the OS names files
+            self.cwd = os.fsdecode(self.cwd)
         if self.cwd is not None and not isinstance(self.cwd, (str, os.PathLike)):
-            raise ConfigError(f"GatewayConfig.cwd must be the path of the child's working folder (a str) or None"
-                              f" (the gateway's), got {self.cwd!r:.80}")
-        check_seconds(self.start_timeout, "GatewayConfig.start_timeout", 30.0)
+            raise ConfigError(f"GatewayConfig.cwd must be the path of the child's working folder (a str or"
+                              f" os.PathLike) or None (the gateway's), got {self.cwd!r:.80}")
+        # at most what the child's ClientConfig takes, which checks it only after the port is bound
+        self.start_timeout = check_seconds(self.start_timeout, "GatewayConfig.start_timeout", 30.0,
+                                           maximum=NO_DEADLINE)
         for switch in ("child_mtls", "multiplex"):
             check_switch(getattr(self, switch), f"GatewayConfig.{switch}")
         if self.logger is not None and not isinstance(self.logger, (logging.Logger, logging.LoggerAdapter)):
