@@ -9,8 +9,11 @@ import math
 import os
 import tempfile
 import uuid
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from plugbay.errors import ConfigError
@@ -25,7 +28,7 @@ BASE = "plugbay-base:bookworm"
 DOCKER_BAD: list[tuple[str, Any]] = [
     ("image", 5), ("image", b"x"), ("image", None),
     ("digest", 5), ("digest", b"sha256:00"),
-    ("name", 5), ("name", "no spaces allowed"),
+    ("name", 5), ("name", "no spaces allowed"), ("name", "a"), ("name", "/"), ("name", "//kv"),
     ("extra_create_args", "x"), ("extra_create_args", ("a", "b")),
     ("cpus", math.inf), ("cpus", 1e300), ("cpus", math.nan), ("cpus", "1"), ("cpus", 1e-12), ("cpus", True),
     ("nano_cpus", -1), ("nano_cpus", 1.5), ("nano_cpus", 2**63),
@@ -37,7 +40,8 @@ DOCKER_BAD: list[tuple[str, Any]] = [
     ("env", "x"), ("env", -1), ("env", {"A": 1}), ("env", {"A": "v\udcff"}),
     ("mounts", None), ("mounts", 5), ("mounts", [5]),
     ("tmpfs", "x"), ("tmpfs", {"/cache": 5}),
-    ("entrypoint", 5), ("entrypoint", "python3"), ("command", b"x"), ("command", "true"),
+    ("entrypoint", 5), ("entrypoint", "python3"), ("command", b"x"), ("command", "true"), ("command", {"-v"}),
+    ("entrypoint", frozenset({"/p"})), ("writable_dirs", {"/tmp": 1}), ("cap_drop", iter([5])),
     ("tmpfs_size", "lots"), ("tmpfs_size", 64), ("tmpfs_size", "64m,exec"),
     ("runtime", 5), ("runtime", ""), ("network", 5), ("labels", ""), ("labels", 5),
     ("read_only", "yes"), ("no_new_privileges", None),
@@ -59,6 +63,41 @@ def test_docker_runner_still_takes_the_edges() -> None:
     assert DockerRunner(BASE, writable_dirs="/data").writable_dirs == ["/data"]
     assert DockerRunner(BASE, name="").container_name.startswith("plugbay-")
     assert DockerRunner(BASE, tmpfs_size="10%", mem_limit=64 * 2**20, pids_limit=-1, labels=["a"]).labels == {"a": ""}
+
+
+def test_docker_runner_takes_real_numbers_iterables_and_the_engines_forms() -> None:
+    """Taken before these checks (and by the engine): kept as int, float and lists."""
+    assert DockerRunner(BASE, cpus=Fraction(1, 2)).nano_cpus == 500_000_000
+    runner = DockerRunner(BASE, cpus=np.int64(2), pids_limit=np.int64(100), socket_gid=np.int64(5),
+                          stop_timeout=Fraction(5), mem_limit=np.int64(2**26))
+    assert (runner.nano_cpus, runner.pids_limit, runner.socket_gid, runner.stop_timeout, runner.mem_limit) == (
+        2_000_000_000, 100, 5, 5.0, 2**26)
+    assert [type(v) for v in (runner.nano_cpus, runner.pids_limit, runner.socket_gid, runner.mem_limit)] == [int] * 4
+    assert type(DockerRunner(BASE, nano_cpus=np.int64(5)).nano_cpus) is int
+    for size in ("1t", "1T", "2P", "3e", "64m", "10%"):
+        assert DockerRunner(BASE, tmpfs_size=size).tmpfs_size == size
+    assert DockerRunner(BASE, name="/kv").container_name == "/kv"  # the engine takes a leading '/'
+    assert DockerRunner(BASE, name="ab").container_name == "ab"
+    assert DockerRunner(BASE, writable_dirs={"/tmp"}, cap_drop={"ALL"}).writable_dirs == ["/tmp"]
+    assert DockerRunner(BASE, writable_dirs={"/data": 1}.keys()).writable_dirs == ["/data"]
+    runner = DockerRunner(BASE, command=(w for w in ["--v"]), entrypoint=iter(["/p"]), cap_drop=(c for c in ["ALL"]))
+    assert (runner.command, runner.entrypoint, runner.cap_drop) == (["--v"], ["/p"], ["ALL"])
+    with pytest.raises(ConfigError, match=r"command must be a list of strings in order .*a set has no order"):
+        DockerRunner(BASE, command={"--v"})
+
+
+def test_kubernetes_runner_takes_real_numbers_iterables_and_path_objects() -> None:
+    runner = KubernetesRunner("x", namespace="d", api_client=_Api(), run_as_user=np.int64(1000),
+                              writable_dirs={"/tmp"}, command=(w for w in ["/p"]), args=iter(["-v"]),
+                              start_timeout=Fraction(60), kubeconfig=Path("/etc/kube/config"))
+    opts = runner._opts
+    assert (opts["run_as_user"], opts["writable_dirs"], opts["command"], opts["args"]) == (1000, ("/tmp",), ["/p"],
+                                                                                           ["-v"])
+    assert type(opts["run_as_user"]) is int and runner.start_timeout == 60.0
+    # a str for the client (a Path was split as KUBECONFIG's list: a bare AttributeError) and reattach_data's JSON
+    assert runner._kubeconfig == "/etc/kube/config"
+    with pytest.raises(ConfigError, match="command must be a list of strings in order"):
+        KubernetesRunner("x", namespace="d", api_client=_Api(), command={"/p"})
 
 
 def _socket_dirs() -> set[str]:
@@ -102,7 +141,8 @@ KUBE_BAD: list[tuple[str, Any]] = [
     ("resources", "x"), ("node_selector", "x"), ("node_selector", {"a": 1}), ("pod_template", 5),
     ("tolerations", "x"), ("tolerations", [5]),
     ("run_as_user", "1000"), ("run_as_user", -1), ("run_as_user", 1.5),
-    ("command", "ls"), ("command", 5), ("args", b"x"),
+    ("command", "ls"), ("command", 5), ("args", b"x"), ("command", {"/p"}), ("args", frozenset({"-v"})),
+    ("writable_dirs", {"/tmp": 1}),
     ("service_account", 5), ("kubeconfig", 5), ("context", 5), ("owner_reference", "yes"),
     ("start_timeout", math.nan), ("start_timeout", "60"),
 ]

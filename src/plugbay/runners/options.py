@@ -7,7 +7,9 @@ bare TypeError, OverflowError or AttributeError naming no option (or not at all)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError
@@ -32,16 +34,22 @@ def required_str(value: Any, where: str, example: str) -> str:
     return optional_str(value, where, example) or ""
 
 
-def str_list(value: Any, where: str, example: Sequence[str]) -> list[str]:
-    """``value`` as a list of str: a list or tuple of strings, not one str (its characters would be the items)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
-            isinstance(item, str) and "\0" not in item for item in value):
+def str_list(value: Any, where: str, example: Sequence[str], *, ordered: bool = False) -> list[str]:
+    """``value`` as a list of str: any iterable of strings (a list, tuple, set, generator), not one str (its
+    characters would be the items) nor a dict; ``ordered`` (a command line) refuses a set, which has no order."""
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
         raise _refuse(where, f"a list of strings such as {list(example)!r}", value)
-    return list(value)
+    if ordered and isinstance(value, (set, frozenset)):
+        raise _refuse(where, f"a list of strings in order such as {list(example)!r} (a set has no order)", value)
+    items = list(value)  # once: a generator is read here
+    if not all(isinstance(item, str) and "\0" not in item for item in items):
+        raise _refuse(where, f"a list of strings such as {list(example)!r}", items)
+    return items
 
 
 def optional_str_list(value: Any, where: str, example: Sequence[str]) -> list[str] | None:
-    return None if value is None else str_list(value, where, example)
+    """A command line's words (None stays None): ordered, so a set is refused."""
+    return None if value is None else str_list(value, where, example, ordered=True)
 
 
 def str_mapping(value: Any, where: str, example: Mapping[str, str]) -> dict[str, str]:
@@ -65,21 +73,31 @@ def flag(value: Any, where: str) -> bool:
     return value
 
 
+def is_real(value: Any) -> bool:
+    """A real number that float() takes and is finite: an int, a float, a Fraction or a numpy scalar, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
+
+
 def optional_int(value: Any, where: str, low: int, high: int, meaning: str) -> int | None:
-    """``value`` if it is None or an int (not a bool) in ``low``..``high``; ``meaning`` says what it counts."""
+    """``value`` as an int if it is None or a whole number (an int or numpy integer, not a bool) in
+    ``low``..``high``; ``meaning`` says what it counts."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise _refuse(where, f"{meaning}, an int from {low} to {high} (or None)", value)
-    return value
+    return int(value)
 
 
 def seconds(value: Any, where: str, high: float, example: float, *, optional: bool = False) -> float | None:
-    """``value`` as a number of seconds > 0 and at most ``high`` (None too when ``optional``)."""
+    """``value`` as a float: a number of seconds > 0 and at most ``high`` (None too when ``optional``)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+    if not is_real(value) or not 0 < float(value) <= high:
         wanted = f"a number of seconds > 0 and at most {high:.0f}, e.g. {example}" + (" (or None)" if optional else "")
         raise _refuse(where, wanted, value)
     return float(value)
-

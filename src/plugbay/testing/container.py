@@ -148,8 +148,8 @@ class PluginContainer(DockerContainer):
         self.versioned_plugins = versioned_plugins
         self.transport = transport
         self.container_port = container_port
-        self.start_timeout = start_timeout
-        self.call_timeout = call_timeout
+        self.start_timeout = float(start_timeout)  # checked: a Fraction or numpy scalar as the waits take it
+        self.call_timeout = None if call_timeout is None else float(call_timeout)
         # as ClientConfig.auto_mtls: None is on for tcp (a published port any local process can
         # reach, as DockerRunner's tcp requires TLS) and off for unix (a private folder)
         self.auto_mtls = auto_mtls

@@ -4,6 +4,7 @@ before anything is created, not a TypeError or OverflowError from the docker SDK
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
-from plugbay.runners.options import flag, optional_int, optional_mapping, optional_str, optional_str_list, str_list
+from plugbay.runners.options import (flag, is_real, optional_int, optional_mapping, optional_str, optional_str_list,
+                                     str_list)
 
 TRANSPORTS = ("unix", "tcp")
 INT64_MAX = 2**63 - 1  # the engine's NanoCpus, Memory and PidsLimit are int64
@@ -19,14 +21,17 @@ INT64_MAX = 2**63 - 1  # the engine's NanoCpus, Memory and PidsLimit are int64
 MAX_STOP_TIMEOUT = 2**31
 MAX_CPUS = INT64_MAX // 1_000_000_000
 MAX_GID = 2**32 - 2  # gid_t; 2**32-1 is chown's "leave the group as it is"
-# the engine's container name rule: a name it refuses surfaced at start() as the engine's refusal
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-_SIZE = re.compile(r"[0-9]+[kmgKMG%]?")  # tmpfs size=: a comma would add mount options of its own
+# the engine's container name rule (daemon/names: ^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$): a name it refuses
+# surfaced at start() as the engine's refusal
+_NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+# tmpfs size= as the kernel takes it (k, m, g, t, p, e or % of memory); a comma would add mount options
+_SIZE = re.compile(r"[0-9]+[kKmMgGtTpPeE%]?")
 
 
-def check_settings(opts: Mapping[str, Any]) -> tuple[str, str | None]:
+def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
     """Check DockerRunner's constructor arguments (``opts``: its locals); returns the image name and digest
-    (a pinned ``name@sha256:...`` image is split into both)."""
+    (a pinned ``name@sha256:...`` image is split into both) and the numbers and lists as kept: int and
+    float (a numpy scalar or Fraction as given fails the engine's JSON), lists (a generator is read once)."""
     where = "DockerRunner "
     if opts["transport"] not in TRANSPORTS:
         raise ConfigError(f"DockerRunner transport must be one of {TRANSPORTS}, got {opts['transport']!r}")
@@ -47,54 +52,59 @@ def check_settings(opts: Mapping[str, Any]) -> tuple[str, str | None]:
                           f" {opts['container_port']!r}")
     name = optional_str(opts["name"], where + "name", "kv-plugin", empty=True)  # "": a generated one
     if name and _NAME.fullmatch(name) is None:
-        raise ConfigError(f"DockerRunner name {name!r} is not a container name the engine takes: letters, digits"
-                          " and _ . - , starting with a letter or digit (or None for a generated one)")
+        raise ConfigError(f"DockerRunner name {name!r} is not a container name the engine takes: two or more"
+                          " letters, digits and _ . - , starting with a letter or digit after an optional '/'"
+                          " (or None for a generated one)")
     if name and "_owner_" in name:  # sweeps read "_owner_<session>" in a name as the host that owns it
         raise ConfigError(f"DockerRunner name {name!r} contains '_owner_', which plugbay keeps for the owner"
                           " a reattach records in the name; choose a name without it")
     if opts["user"] is not None and not isinstance(opts["user"], str):
         raise ConfigError(f"DockerRunner user must be a str such as '1000' or '1000:1000', got {opts['user']!r}")
-    _check_limits(opts)
-    _check_lists(opts)
-    return image, digest
+    return {"image": image, "digest": digest, **_check_limits(opts), **_check_lists(opts)}
 
 
-def _check_limits(opts: Mapping[str, Any]) -> None:
+def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     where = "DockerRunner "
     optional_str(opts["runtime"], where + "runtime", "runsc")
     optional_str(opts["network"], where + "network", "plugbay-isolated", empty=True)
     mem = opts["mem_limit"]
     if mem is not None and not (isinstance(mem, str) and mem) and (
-            isinstance(mem, bool) or not isinstance(mem, int) or not 0 < mem <= INT64_MAX):
+            isinstance(mem, bool) or not isinstance(mem, numbers.Integral) or not 0 < int(mem) <= INT64_MAX):
         raise ConfigError(f"DockerRunner mem_limit must be a size such as '256m' or a number of bytes > 0 (or None"
                           f" for no limit), got {mem!r:.80}")
-    optional_int(opts["nano_cpus"], where + "nano_cpus", 1, INT64_MAX, "billionths of a CPU (500_000_000 is half)")
+    kept: dict[str, Any] = {"mem_limit": mem if mem is None or isinstance(mem, str) else int(mem)}
+    kept["nano_cpus"] = optional_int(opts["nano_cpus"], where + "nano_cpus", 1, INT64_MAX,
+                                     "billionths of a CPU (500_000_000 is half)")
     cpus = opts["cpus"]
-    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, (int, float))
-                             or not 1e-9 <= cpus <= MAX_CPUS):  # NaN fails the comparison too
+    if cpus is not None and (not is_real(cpus) or not 1e-9 <= float(cpus) <= MAX_CPUS):
         raise ConfigError(f"DockerRunner cpus must be a positive number of CPUs from 1e-9 to {MAX_CPUS} (e.g. 0.5; the"
                           f" engine takes at most the host's CPUs), or None for no limit; got {cpus!r:.80}")
-    optional_int(opts["pids_limit"], where + "pids_limit", -1, INT64_MAX, "the most processes (-1: no limit)")
-    optional_int(opts["socket_gid"], where + "socket_gid", 0, MAX_GID, "the host group id of the socket folder")
+    kept["cpus"] = None if cpus is None else float(cpus)
+    kept["pids_limit"] = optional_int(opts["pids_limit"], where + "pids_limit", -1, INT64_MAX,
+                                      "the most processes (-1: no limit)")
+    kept["socket_gid"] = optional_int(opts["socket_gid"], where + "socket_gid", 0, MAX_GID,
+                                      "the host group id of the socket folder")
     size = opts["tmpfs_size"]
     if not isinstance(size, str) or _SIZE.fullmatch(size) is None:
-        raise ConfigError(f"DockerRunner tmpfs_size must be a size such as '64m' (a number with k, m or g, or a"
-                          f" percentage of memory such as '10%'), got {size!r:.80}")
+        raise ConfigError(f"DockerRunner tmpfs_size must be a size such as '64m' (a number with k, m, g, t, p or"
+                          f" e, or a percentage of memory such as '10%'), got {size!r:.80}")
     stop = opts["stop_timeout"]
-    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, (int, float))
-                             or not 0 <= stop < MAX_STOP_TIMEOUT):
+    if stop is not None and (not is_real(stop) or not 0 <= float(stop) < MAX_STOP_TIMEOUT):
         raise ConfigError(f"DockerRunner stop_timeout must be seconds (a number >= 0) or None, got {stop!r}")
+    kept["stop_timeout"] = None if stop is None else float(stop)
     for option in ("read_only", "no_new_privileges"):
         flag(opts[option], where + option)
+    return kept
 
 
-def _check_lists(opts: Mapping[str, Any]) -> None:
+def _check_lists(opts: Mapping[str, Any]) -> dict[str, Any]:
     where = "DockerRunner "
     dirs = opts["writable_dirs"]
-    str_list([dirs] if isinstance(dirs, str) else dirs, where + "writable_dirs", ("/tmp", "/data"))
-    str_list(opts["cap_drop"], where + "cap_drop", ("ALL",))
-    optional_str_list(opts["entrypoint"], where + "entrypoint", ("/plugin", "--serve"))
-    optional_str_list(opts["command"], where + "command", ("--verbose",))
+    kept: dict[str, Any] = {
+        "writable_dirs": str_list([dirs] if isinstance(dirs, str) else dirs, where + "writable_dirs", ("/tmp",)),
+        "cap_drop": str_list(opts["cap_drop"], where + "cap_drop", ("ALL",)),
+        "entrypoint": optional_str_list(opts["entrypoint"], where + "entrypoint", ("/plugin", "--serve")),
+        "command": optional_str_list(opts["command"], where + "command", ("--verbose",))}
     if opts["env"] is not None:
         check_env(opts["env"], where + "env")
         check_text_env(opts["env"], where + "env")
@@ -112,6 +122,7 @@ def _check_lists(opts: Mapping[str, Any]) -> None:
     labels = opts["labels"]
     if labels is not None and not isinstance(labels, (Mapping, list, tuple)):
         raise ConfigError(f"DockerRunner labels= must be a mapping of label keys to values, got {labels!r:.80}")
+    return kept
 
 
 def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:

@@ -82,31 +82,31 @@ class DockerRunner(ContainerTeardown, Runner):
                  digest: str | None = None, container_port: int = 4000, name: str | None = None,
                  socket_gid: int | None = None, stop_timeout: float | None = None,
                  extra_create_args: Mapping[str, Any] | None = None) -> None:
-        image, digest = check_settings(locals())  # before anything is made: see options
+        kept = check_settings(locals())  # before anything is made: see options
+        image, digest, writable_dirs = kept["image"], kept["digest"], kept["writable_dirs"]
         self.image = image
         self.transport = transport
         self.user = user
         self.runtime = runtime
-        self.mem_limit = mem_limit
-        self.nano_cpus = cpus_to_nano(cpus, nano_cpus)
-        self.pids_limit = pids_limit
+        self.mem_limit = kept["mem_limit"]
+        self.nano_cpus = cpus_to_nano(kept["cpus"], kept["nano_cpus"])
+        self.pids_limit = kept["pids_limit"]
         self.read_only = read_only
         self.network = network
-        self.cap_drop = list(cap_drop)
+        self.cap_drop = kept["cap_drop"]
         self.no_new_privileges = no_new_privileges
         self.env = dict(env or {})
         self.mounts = [parse_mount(m) for m in mounts]
         self.tmpfs = dict(tmpfs or {})
-        self.writable_dirs = [writable_dirs] if isinstance(writable_dirs, str) else list(writable_dirs)
+        self.writable_dirs = writable_dirs
         self.tmpfs_size = tmpfs_size
         tmpfs_mounts(self.writable_dirs, tmpfs_size, self.tmpfs)  # bad paths fail here, not at start
-        self.entrypoint = list(entrypoint) if entrypoint is not None else None
-        self.command = list(command) if command is not None else None
+        self.entrypoint, self.command = kept["entrypoint"], kept["command"]
         self.digest = digest
         self.container_port = container_port
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
-        self.socket_gid = socket_gid
-        self.stop_timeout = stop_timeout
+        self.socket_gid = kept["socket_gid"]
+        self.stop_timeout = kept["stop_timeout"]
         self.labels, self.extra_create_args = checked_options(labels, extra_create_args)
         self._client: Any = None
         self._container_id = ""

@@ -4,13 +4,13 @@ naming it before any client is loaded or pod made, not a TypeError from the pod 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
-from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
+from plugbay.runners.options import (flag, is_real, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
 
 MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
@@ -19,9 +19,14 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 MAX_UID = 2**31 - 1  # what a pod's runAsUser may say
 
 
-def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
-    """Check KubernetesRunner's constructor arguments (``opts``: its locals); returns its writable_dirs
-    as a tuple without repeats (one str is one folder)."""
+Kept = tuple[tuple[str, ...], "list[str] | None", "list[str] | None", "int | None", float, "str | None"]
+
+
+def check_settings(opts: Mapping[str, Any]) -> Kept:
+    """Check KubernetesRunner's constructor arguments (``opts``: its locals); returns what is kept of them:
+    writable_dirs as a tuple without repeats (one str is one folder), command and args as lists (a
+    generator is read once), run_as_user as an int and start_timeout as a float (a numpy scalar in the
+    pod manifest fails its JSON), and kubeconfig as a str (the client reads a path-like as no file)."""
     if opts["address_mode"] not in ADDRESS_MODES:
         raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {opts['address_mode']!r}")
     if opts["pull_policy"] not in PULL_POLICIES:
@@ -37,6 +42,9 @@ def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
     kubeconfig = opts["kubeconfig"]
     if kubeconfig is not None and not isinstance(kubeconfig, (str, os.PathLike)):
         raise ConfigError(f"{where}kubeconfig must be a path to a kubeconfig file (or None), got {kubeconfig!r:.80}")
+    kubeconfig = None if kubeconfig is None else os.fspath(kubeconfig)
+    if isinstance(kubeconfig, bytes):  # a bytes path-like: named as the OS names files
+        kubeconfig = os.fsdecode(kubeconfig)
     str_mapping(opts["labels"], where + "labels", {"team": "search"})
     if opts["env"] is not None:
         check_env(opts["env"], where + "env")
@@ -49,22 +57,23 @@ def check_settings(opts: Mapping[str, Any]) -> tuple[str, ...]:
                                     or not all(isinstance(t, Mapping) for t in tolerations)):
         raise ConfigError(f"{where}tolerations must be a list of dicts such as [{{'key': 'gpu', 'operator':"
                           f" 'Exists'}}] (or None), got {tolerations!r:.80}")
-    optional_int(opts["run_as_user"], where + "run_as_user", 0, MAX_UID, "the container's user id")
-    optional_str_list(opts["command"], where + "command", ("/plugin",))
-    optional_str_list(opts["args"], where + "args", ("--verbose",))
+    run_as_user = optional_int(opts["run_as_user"], where + "run_as_user", 0, MAX_UID, "the container's user id")
+    command = optional_str_list(opts["command"], where + "command", ("/plugin",))
+    args = optional_str_list(opts["args"], where + "args", ("--verbose",))
     flag(opts["owner_reference"], where + "owner_reference")
     flag(opts["allow_loopback"], where + "allow_loopback")
     start_timeout = opts["start_timeout"]
-    if isinstance(start_timeout, bool) or not (isinstance(start_timeout, (int, float))
-                                               and 0 < start_timeout <= MAX_START_TIMEOUT):
+    if not is_real(start_timeout) or not 0 < float(start_timeout) <= MAX_START_TIMEOUT:
         # it also bounds each port-forward upgrade's socket waits, which refuse NaN and past time_t
         raise ConfigError(f"start_timeout must be a positive number of seconds up to {MAX_START_TIMEOUT:.0f},"
                           f" not {start_timeout!r}; pass e.g. start_timeout=120")
     dirs = opts["writable_dirs"]
     dirs = [dirs] if isinstance(dirs, str) else dirs
-    if not isinstance(dirs, (list, tuple)) or any(not isinstance(d, str) or not d.startswith("/") or "\0" in d
-                                                  for d in dirs):
+    if isinstance(dirs, (bytes, bytearray, Mapping)) or not isinstance(dirs, Iterable):
+        dirs = [None]  # refused below, named as given
+    dirs = list(dirs)  # a set or a generator too (read once)
+    if any(not isinstance(d, str) or not d.startswith("/") or "\0" in d for d in dirs):
         raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
-    return tuple(dict.fromkeys(dirs))
+    return tuple(dict.fromkeys(dirs)), command, args, run_as_user, float(start_timeout), kubeconfig

@@ -53,7 +53,7 @@ class KubernetesRunner(PodTeardown, Runner):
                  args: Sequence[str] | None = None, host_id: str | None = None,
                  owner_reference: bool = True, api_timeout: float | None = None,
                  allow_loopback: bool = False) -> None:
-        writable_dirs = check_settings(locals())  # before a client is loaded: see options
+        writable_dirs, command, args, run_as_user, start_timeout, kubeconfig = check_settings(locals())  # see options
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
                           resources=resources, service_account=service_account, node_selector=node_selector,
