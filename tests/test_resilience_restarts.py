@@ -117,6 +117,20 @@ def test_other_settings_of_the_wrong_type_are_refused_typed(tmp_path: Path, owne
     owner(lambda: faulty_config(tmp_path), health_interval=None, health_timeout=0.5, unhealthy_grace=math.inf)
 
 
+@pytest.mark.parametrize("owner", [Supervisor, AsyncSupervisor])
+def test_health_settings_take_any_real_number_as_a_float(tmp_path: Path, owner: Any) -> None:
+    """A Fraction or numpy scalar (taken before these checks) is kept as the float the watcher's waits take."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    made = owner(lambda: faulty_config(tmp_path), health_interval=np.float32(1), health_timeout=Fraction(1, 2),
+                 unhealthy_grace=np.int64(4))
+    sup = made._sup if owner is AsyncSupervisor else made
+    assert (sup.health_interval, sup.health_timeout, sup.unhealthy_grace) == (1.0, 0.5, 4.0)
+    assert {type(v) for v in (sup.health_interval, sup.health_timeout, sup.unhealthy_grace)} == {float}
+
+
 def test_retry_policy_refuses_methods_none_and_reads_a_generator_once() -> None:
     with pytest.raises(ConfigError, match=r"methods must be a list of method names or patterns.*\(got None\)"):
         RetryPolicy(methods=None)  # type: ignore[arg-type]

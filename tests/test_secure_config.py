@@ -83,3 +83,20 @@ def test_a_script_run_by_an_interpreter_is_checked(tmp_path: Path, in_tmp: Path)
     with pytest.raises(ConfigError, match=r"names a file that is not in the plugin command.*give path= as it"):
         client.start()
     client.kill()
+
+
+def test_secure_config_takes_bytes_like_and_path_forms(tmp_path: Path) -> None:
+    """Taken before these checks, kept as bytes and str: a bytearray checksum, a bytes or Path file for
+    of_file, a Path as the checked file's name. An int stays refused (open() would take it as an fd)."""
+    plugin = tmp_path / "p"
+    plugin.write_bytes(b"#!/bin/sh\n")
+    digest = hashlib.sha256(b"#!/bin/sh\n").digest()
+    config = SecureConfig(bytearray(digest), "sha256", Path("./p"))  # type: ignore[arg-type]
+    assert config.checksum == digest and type(config.checksum) is bytes and config.path == "p"
+    assert SecureConfig(digest, path=os.fsencode(plugin)).path == str(plugin)  # type: ignore[arg-type]
+    assert SecureConfig.of_file(os.fsencode(plugin)).checksum == digest
+    assert SecureConfig.of_file(plugin, check_path=plugin).path == str(plugin)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="SecureConfig.of_file takes the path"):
+        SecureConfig.of_file(5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="SecureConfig.path must be None"):
+        SecureConfig(digest, path=5)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ between the two. So the process runner runs exactly what was hashed:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -33,6 +34,11 @@ class SecureConfig:
     path: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.checksum, (bytearray, memoryview)):  # kept as bytes: the frozen config is shared
+            object.__setattr__(self, "checksum", bytes(self.checksum))
+        if isinstance(self.path, (bytes, os.PathLike)):  # as the OS names files; a bad __fspath__ is refused below
+            with contextlib.suppress(TypeError, ValueError):
+                object.__setattr__(self, "path", os.fsdecode(self.path))
         if not isinstance(self.checksum, bytes) or not self.checksum:
             hint = " (bytes.fromhex(text) for a hex string)" if isinstance(self.checksum, str) else ""
             raise ConfigError(f"SecureConfig needs the expected checksum as raw digest bytes{hint}; got"
@@ -45,19 +51,19 @@ class SecureConfig:
             )
         if self.path is not None and not isinstance(self.path, str):
             raise ConfigError(f"SecureConfig.path must be None (the executable) or the checked file's name as"
-                              f" written in cmd (a str), got {kind(self.path)}")
+                              f" written in cmd (a str or os.PathLike), got {kind(self.path)}")
 
     @classmethod
-    def of_file(cls, path: str | os.PathLike[str], hash: str = "sha256", *,
+    def of_file(cls, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], hash: str = "sha256", *,
                 check_path: str | None = None) -> SecureConfig:
         """The SecureConfig that accepts exactly the file at ``path`` as it is now.
 
         ``check_path`` is set as :attr:`path` (the file's name in ``cmd``; None: the executable).
         """
         # Not an int: open() would take it as a file descriptor, read the caller's file and close it.
-        if not isinstance(path, (str, os.PathLike)):
+        if not isinstance(path, (str, bytes, os.PathLike)):
             raise ConfigError(f"SecureConfig.of_file takes the path of the plugin file whose checksum to accept"
-                              f" (a str or os.PathLike), got {kind(path)}")
+                              f" (a str, bytes or os.PathLike), got {kind(path)}")
         _digest_size(hash)
         try:
             checksum = _digest(path, hash)
@@ -117,7 +123,7 @@ def _digest_size(hash: object) -> int:
     return size
 
 
-def _digest(path: str | os.PathLike[str], hash: str) -> bytes:
+def _digest(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], hash: str) -> bytes:
     h = hashlib.new(hash)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -8,7 +8,9 @@ a previous host left running; when that fails, a fresh plugin is started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
@@ -49,9 +51,12 @@ def check_source(config: object) -> None:
 
 
 def check_settings(owner: str, health_interval: object, health_timeout: object, unhealthy_grace: object,
-                   on_event: object) -> None:
+                   on_event: object) -> tuple[Any, Any, Any]:
     """Refuse up front what would fail only once the plugin runs (the health watcher's settings) or
-    at every event (an on_event that cannot be called)."""
+    at every event (an on_event that cannot be called); returns the three settings as floats (a Fraction
+    or numpy scalar as given fails the watcher's waits)."""
+    health_interval, health_timeout, unhealthy_grace = (
+        _as_float(health_interval), _as_float(health_timeout), _as_float(unhealthy_grace))
     problems = [p for p in (
         None if health_interval is None else seconds_problem(health_interval, "health_interval (or None)"),
         seconds_problem(health_timeout, "health_timeout"),
@@ -61,6 +66,15 @@ def check_settings(owner: str, health_interval: object, health_timeout: object, 
     ) if p is not None]
     if problems:
         raise ConfigError(f"invalid {owner}: {'; '.join(problems)}")
+    return health_interval, health_timeout, unhealthy_grace
+
+
+def _as_float(value: object) -> object:
+    """A real number (not a bool) as a float; anything else as it is, for the checks to name."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError, TypeError, ValueError):  # too large: refused as no number
+            return float(value)
+    return value
 
 
 def check_policies(restart: object, retry: object, breaker: object, wanted: str, owner: str) -> None:

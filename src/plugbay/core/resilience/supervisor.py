@@ -64,16 +64,14 @@ class Supervisor:
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
         check_source(config)
-        check_settings("Supervisor", health_interval, health_timeout, unhealthy_grace, on_event)
+        self.health_interval, self.health_timeout, self.unhealthy_grace = check_settings(
+            "Supervisor", health_interval, health_timeout, unhealthy_grace, on_event)
         check_policies(restart, retry, breaker, "run", "Supervisor")
         self._source = config
         self.restart_policy = restart or RestartPolicy()
         self.retry = retry
         self.breaker = breaker
         self._reattach = reattach
-        self.health_interval = health_interval
-        self.health_timeout = health_timeout
-        self.unhealthy_grace = unhealthy_grace
         self.on_event = on_event
         self._named = name is not None
         self.name = name or (config.name if isinstance(config, ClientConfig) and config.name else "plugin")
