@@ -62,7 +62,8 @@ def _kubernetes(ctx: Context, standin: Any) -> Callable[[bool], Result]:
 
     def row(forward: bool) -> Result:
         runner = KubernetesRunner(image, kubeconfig=standin.kubeconfig,
-                                  address_mode="port-forward" if forward else "in-cluster", writable_dirs=WRITABLE)
+                                  address_mode="port-forward" if forward else "in-cluster", writable_dirs=WRITABLE,
+                                  allow_loopback=True)  # the stand-in's pod IP is 127.0.0.1
         config: Any = ClientConfig(HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
                                    call_timeout=ctx.call_timeout)
         return python_host_round(config, ctx.calls)
