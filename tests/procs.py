@@ -54,3 +54,12 @@ def connections_to(port: int) -> int:
     with open("/proc/net/tcp") as table:
         rows = [line.split() for line in list(table)[1:]]
     return sum(1 for r in rows if int(r[2].split(":")[1], 16) == port and f"socket:[{r[9]}]" in mine)
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has ended: no such process, or a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"

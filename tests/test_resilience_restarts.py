@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.procs import gone
 from tests.resilience_util import PLUGIN_NAME, PY, REPO, faulty_config, wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -25,14 +26,6 @@ from plugbay import (AsyncSupervisor, ConfigError, PluginDiedError, RestartPolic
 from plugbay.core.resilience.restart import FailureRun  # noqa: E402
 
 CRASHING = str(REPO / "tests" / "plugins" / "crashing_kv.py")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 def _supervisor_threads() -> list[threading.Thread]:
@@ -164,7 +157,7 @@ def test_a_start_that_fails_after_the_plugin_ran_ends_it_and_may_be_tried_again(
         with pytest.raises(RuntimeError, match="no health watcher today"):
             sup.start()
         [pid] = _BrokenWatcher.pids
-        assert wait_until(lambda: _gone(pid), 15), "the plugin of the failed start was left running"
+        assert wait_until(lambda: gone(pid), 15), "the plugin of the failed start was left running"
         assert sup.state == "failed" and sup.current_client is None and not _supervisor_threads()
         assert "start failed: RuntimeError" in (sup.last_failure or "")
         monkeypatch.setattr(supervisor_module, "HealthWatcher", real)
@@ -194,7 +187,7 @@ def test_an_async_start_that_fails_after_the_plugin_ran_ends_it_and_may_be_tried
             with pytest.raises(RuntimeError, match="no health watcher today"):
                 await sup.start()
             [pid] = _BrokenWatcher.pids
-            assert wait_until(lambda: _gone(pid), 15), "the plugin of the failed start was left running"
+            assert wait_until(lambda: gone(pid), 15), "the plugin of the failed start was left running"
             assert sup.state == "failed" and sup.current_client is None
             monkeypatch.setattr(supervisor_module, "HealthWatcher", real)
             await sup.start()

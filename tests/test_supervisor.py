@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.procs import gone
 from tests.resilience_util import (HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, run_resilience_doc_example,
                                    wait_until)
 
@@ -40,19 +41,11 @@ def kinds(sup: Supervisor) -> list[str]:
     return [e.kind for e in sup.events]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
-
-
 def kill_plugin(kv: object) -> int:
     """SIGKILL the plugin behind ``kv`` and wait until it is dead (a zombie counts)."""
     pid = int(kv.get("__pid__"))  # type: ignore[attr-defined]
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: _gone(pid), 10)
+    assert wait_until(lambda: gone(pid), 10)
     return pid
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import gone
 from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -22,14 +23,6 @@ from plugbay.core.resilience.supervisor import FAILED, RESTARTING, RUNNING, STOP
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 def _launched_pid(runner: ProcessRunner) -> int:
@@ -94,7 +87,7 @@ def test_stop_while_start_starts_the_first_plugin_ends_it_and_start_says_so(tmp_
         assert "was stopped while it started the plugin" in str(failed[0])
         assert sup.state == STOPPED
         assert sup.current_client is None
-        assert wait_until(lambda: _gone(pid), 10), "the plugin started for a stopped Supervisor still runs"
+        assert wait_until(lambda: gone(pid), 10), "the plugin started for a stopped Supervisor still runs"
     finally:
         sup.stop()
         thread.join(40)
@@ -144,7 +137,7 @@ def _tagged(tag: str) -> list[int]:
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if f"RESILIENCE_TAG={tag}".encode() in environ.split(b"\0") and not _gone(int(entry.name)):
+            if f"RESILIENCE_TAG={tag}".encode() in environ.split(b"\0") and not gone(int(entry.name)):
                 found.append(int(entry.name))
     return found
 
@@ -204,7 +197,7 @@ def test_stop_during_a_first_start_that_waits_long_ends_that_plugin_at_once(tmp_
         thread.join(20)  # far below the minute the plugin would take
         assert not thread.is_alive(), "start() waited for the handshake of a plugin stop() should have ended"
         assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
-        assert _gone(pid)
+        assert gone(pid)
         assert sup.state == STOPPED and events == ["stopped"]
     finally:
         sup.stop()
@@ -232,7 +225,7 @@ def test_stop_during_a_reattaching_first_start_leaves_the_other_hosts_plugin_run
         assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
         assert [e.kind for e in sup.events] == ["stopped"]
         os.kill(pid, signal.SIGCONT)
-        assert not _gone(pid) and not owner.exited  # never adopted here: not this Supervisor's to end
+        assert not gone(pid) and not owner.exited  # never adopted here: not this Supervisor's to end
         kv = owner.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
     finally:

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from plugbay.core.protocol.checks import kind
+from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,3 +74,14 @@ def check_versioned_plugins(versioned: Any, where: str) -> None:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ConfigError(f"{where} has key {version!r}: keys are protocol versions, integers such as 1 or 2")
         check_plugin_set(plugins, f"{where}[{version}]")
+
+
+def check_plugin_fields(owner: str, handshake: Any, plugins: Any, versioned: Any, handshake_hint: str) -> None:
+    """A ClientConfig's or a ServeConfig's handshake, plugins and versioned_plugins (ConfigError naming
+    ``owner``'s field); ``handshake_hint`` says what to pass there."""
+    if not isinstance(handshake, HandshakeConfig):
+        raise ConfigError(f"{owner}.handshake must be a HandshakeConfig, got {kind(handshake)}; {handshake_hint}")
+    if plugins is not None:
+        check_plugin_set(plugins, f"{owner}.plugins")
+    if versioned is not None:
+        check_versioned_plugins(versioned, f"{owner}.versioned_plugins")

@@ -12,10 +12,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from plugbay.core.broker.plugin import check_plugin_set, check_versioned_plugins
+from plugbay.core.broker.plugin import check_plugin_fields
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.protocol.checks import check_grpc_options, check_logger, kind as _kind
-from plugbay.core.protocol.handshake import HandshakeConfig, is_tcp_port
+from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 
 
@@ -27,13 +27,8 @@ def check_client_config(config: Any) -> None:
     from plugbay.runners.base import AttachedRunner, Runner
     from plugbay.runners.process import check_cmd, check_env
 
-    if not isinstance(config.handshake, HandshakeConfig):
-        raise ConfigError(f"ClientConfig.handshake must be a HandshakeConfig, got {_kind(config.handshake)};"
-                          " pass HandshakeConfig(protocol_version, magic_cookie_key, magic_cookie_value)")
-    if config.plugins is not None:
-        check_plugin_set(config.plugins, "ClientConfig.plugins")
-    if config.versioned_plugins is not None:
-        check_versioned_plugins(config.versioned_plugins, "ClientConfig.versioned_plugins")
+    check_plugin_fields("ClientConfig", config.handshake, config.plugins, config.versioned_plugins,
+                        "pass HandshakeConfig(protocol_version, magic_cookie_key, magic_cookie_value)")
     if isinstance(config.runner, AttachedRunner) and not isinstance(config.runner, Runner):
         # a running plugin (reattach_runner(), AttachedProcess): runner= starts one, and a failed start ends its runner
         raise ConfigError(f"ClientConfig.runner= takes a Runner that starts a plugin; {type(config.runner).__name__} is"

@@ -8,12 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plugbay.core.broker.plugin import (
-    PluginSet,
-    VersionedPlugins,
-    check_plugin_set,
-    check_versioned_plugins,
-)
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_fields
 from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
@@ -49,13 +44,8 @@ class ServeConfig(Record):
 
     def check(self) -> None:
         """ConfigError naming the first field that cannot work (serve() checks again: fields may change)."""
-        if not isinstance(self.handshake, HandshakeConfig):
-            raise ConfigError(f"ServeConfig.handshake must be a HandshakeConfig, got {kind(self.handshake)};"
-                              " pass the HandshakeConfig the plugin's hosts use")
-        if self.plugins is not None:
-            check_plugin_set(self.plugins, "ServeConfig.plugins")
-        if self.versioned_plugins is not None:
-            check_versioned_plugins(self.versioned_plugins, "ServeConfig.versioned_plugins")
+        check_plugin_fields("ServeConfig", self.handshake, self.plugins, self.versioned_plugins,
+                            "pass the HandshakeConfig the plugin's hosts use")
         check_grpc_options(self.grpc_server_options, "ServeConfig.grpc_server_options")
         check_logger(self.logger, "ServeConfig.logger")
         workers = self.max_workers

@@ -66,12 +66,15 @@ def check_settings(owner: str, health_interval: object, health_timeout: object, 
     ) if p is not None]
     if problems:
         raise ConfigError(f"invalid {owner}: {'; '.join(problems)}")
-    return health_interval, health_timeout, unhealthy_grace
+    values: list[Any] = [health_interval, health_timeout, unhealthy_grace]
+    interval, timeout, grace = (None if v is None else float(v) for v in values)
+    return interval, timeout, grace
 
 
 def _as_float(value: object) -> object:
-    """A real number (not a bool) as a float; anything else as it is, for the checks to name."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    """A real number other than an int or a float (a Fraction, a numpy scalar) as a float; anything
+    else as it is, for the checks to name as given."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
         with contextlib.suppress(OverflowError, TypeError, ValueError):  # too large: refused as no number
             return float(value)
     return value
