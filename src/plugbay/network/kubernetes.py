@@ -356,7 +356,8 @@ class EndpointSliceResolver:
                 if self._slices.pop(name, None) is None:
                     continue
             elif kind in ("ADDED", "MODIFIED"):
-                if self._slices.get(name) == obj:
+                if self._slices.get(name) == obj:  # no change, but a set the callback failed to take goes again
+                    self._report()
                     continue
                 self._slices[name] = obj
             else:
