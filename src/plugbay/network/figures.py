@@ -13,17 +13,8 @@ import numbers
 import threading
 from typing import Any
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.errors import ConfigError
-
-
-def finite(value: Any) -> bool:
-    """A real number (not a bool: an int, a float, a Fraction, a numpy scalar) that is a finite float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (OverflowError, TypeError, ValueError):  # a number too large for a float, or no float at all
-        return False
 
 
 def check_seconds(value: Any, what: str, example: float, maximum: float = threading.TIMEOUT_MAX,
@@ -34,11 +25,13 @@ def check_seconds(value: Any, what: str, example: float, maximum: float = thread
     # number but an int or float (np.float32, Fraction) with TypeError: so the float is what is kept
     if endless and _is_inf(value):
         return math.inf
-    if not finite(value) or not 0 < float(value) <= maximum:
+    # any real number (not a bool: an int, a float, a Fraction, a numpy scalar) whose float is finite
+    seconds = finite_float(value)
+    if seconds is None or not 0 < seconds <= maximum:
         raise ConfigError(f"{what} must be a number of seconds > 0, got {value!r:.80}; pass e.g."
                           f" {what.rpartition('.')[2]}={example} (finite{' or math.inf' if endless else ''}, at most"
                           f" {maximum:.0f}: the waits it sets take no more)")
-    return float(value)
+    return seconds
 
 
 def _is_inf(value: Any) -> bool:
@@ -57,9 +50,10 @@ def check_count(value: Any, what: str, minimum: int, maximum: int | None = None)
 
 def check_percent(value: Any, what: str) -> int | float:
     """``value`` as an int or float: a percentage from 0 to 100 (50.0 and 33.3 too); ConfigError otherwise."""
-    if not finite(value) or not 0 <= float(value) <= 100:
+    percent = finite_float(value)
+    if percent is None or not 0 <= percent <= 100:
         raise ConfigError(f"{what} must be a percentage from 0 to 100, got {value!r:.80}")
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
+    return int(value) if isinstance(value, numbers.Integral) else percent
 
 
 def check_switch(value: Any, what: str) -> None:

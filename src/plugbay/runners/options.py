@@ -7,11 +7,11 @@ bare TypeError, OverflowError or AttributeError naming no option (or not at all)
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.errors import ConfigError
 
 
@@ -73,16 +73,6 @@ def flag(value: Any, where: str) -> bool:
     return value
 
 
-def is_real(value: Any) -> bool:
-    """A real number that float() takes and is finite: an int, a float, a Fraction or a numpy scalar, not a bool."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (OverflowError, TypeError, ValueError):
-        return False
-
-
 def optional_int(value: Any, where: str, low: int, high: int, meaning: str) -> int | None:
     """``value`` as an int if it is None or a whole number (an int or numpy integer, not a bool) in
     ``low``..``high``; ``meaning`` says what it counts."""
@@ -97,7 +87,9 @@ def seconds(value: Any, where: str, high: float, example: float, *, optional: bo
     """``value`` as a float: a number of seconds > 0 and at most ``high`` (None too when ``optional``)."""
     if value is None and optional:
         return None
-    if not is_real(value) or not 0 < float(value) <= high:
+    # any real number whose float is finite: an int, a float, a Fraction or a numpy scalar, not a bool
+    number = finite_float(value)
+    if number is None or not 0 < number <= high:
         wanted = f"a number of seconds > 0 and at most {high:.0f}, e.g. {example}" + (" (or None)" if optional else "")
         raise _refuse(where, wanted, value)
-    return float(value)
+    return number

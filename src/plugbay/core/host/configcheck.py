@@ -7,14 +7,13 @@ log line; a dict of gRPC options failed in grpcio's Cython).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from plugbay.core.broker.plugin import check_plugin_fields
 from plugbay.core.host.deadline import NO_DEADLINE
-from plugbay.core.protocol.checks import check_grpc_options, check_logger, kind as _kind
+from plugbay.core.protocol.checks import check_grpc_options, check_logger, finite_float, kind as _kind
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 
@@ -97,15 +96,7 @@ def check_client_config(config: Any) -> None:
 def _seconds(value: Any, name: str, zero: bool) -> None:
     # int or float only: the waits that take these (Event.wait, settimeout, "%.1f") refuse a Fraction;
     # at most NO_DEADLINE: grpcio's deadline and threading's waits overflow on much longer ones
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value) and (
-        value >= 0 if zero else value > 0) and value <= NO_DEADLINE
-    if not ok:
+    seconds = finite_float(value, types=(int, float))
+    if seconds is None or not (seconds >= 0 if zero else seconds > 0) or seconds > NO_DEADLINE:
         raise ConfigError(f"ClientConfig.{name} must be a number of seconds {'>= 0' if zero else '> 0'}"
                           f" (at most {NO_DEADLINE:.0f}, about 31 years), got {value!r}")
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too big for a float
-        return False

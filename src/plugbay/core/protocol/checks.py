@@ -1,5 +1,5 @@
 """Checks that host and plugin configurations share (ClientConfig and ServeConfig take the same
-gRPC options and loggers).
+gRPC options and loggers), and the one test of a number setting that every layer makes.
 
 Here, at the bottom layer, so both sides use one wording: a wrong value is a ConfigError naming the
 field at construction, not a TypeError from grpcio's Cython or an AttributeError at the first log line.
@@ -9,8 +9,10 @@ Light on imports: the plugin side loads it at every start.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 from plugbay.errors import ConfigError
 
@@ -18,6 +20,22 @@ from plugbay.errors import ConfigError
 def kind(value: Any) -> str:
     """A wrong value as a message shows it: its type, and the value itself when it is short to print."""
     return f"{type(value).__name__} {value!r}" if isinstance(value, (str, bytes, int, float)) else type(value).__name__
+
+
+def finite_float(value: Any, *, types: type | tuple[type, ...] = numbers.Real) -> float | None:
+    """``value`` as a float when it is a real number of ``types`` (never a bool) whose float is finite;
+    None otherwise: nan, an infinity, an int too large for a float, a str, a Real without a float.
+
+    Each caller keeps its own types, range and wording: this is what a plain ``> 0`` test misses
+    (math.inf and 10**400 pass it, then break the wait or deadline they are given).
+    """
+    if isinstance(value, bool) or not isinstance(value, types):
+        return None
+    try:
+        number = float(cast(SupportsFloat, value))  # cast: a types= argument narrows value to object only
+    except (OverflowError, TypeError, ValueError):  # too large for a float, or a Real whose float() fails
+        return None
+    return number if math.isfinite(number) else None
 
 
 def check_grpc_options(options: Any, name: str) -> None:

@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.errors import ConfigError
 
 INTERVAL = 30.0
@@ -48,21 +49,13 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _finite(figure: float) -> bool:
-    try:
-        return math.isfinite(figure)
-    except OverflowError:  # an int larger than any float
-        return False
-
-
 def check(figures: object, what: str) -> tuple[float, float, float] | None:
     """``(INTERVAL, TIMEOUT[, PING_TIMEOUT])`` in seconds, finite and > 0, PING_TIMEOUT (default 60) at least
     TIMEOUT; None or () turn the keepalive off."""
     if figures is None or (isinstance(figures, (tuple, list)) and not figures):
         return None
     if (not isinstance(figures, (tuple, list)) or len(figures) not in (2, 3)
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite(x) and x > 0
-                       for x in figures)
+            or not all((seconds := finite_float(x, types=(int, float))) is not None and seconds > 0 for x in figures)
             or (len(figures) == 3 and figures[2] < figures[1])):
         raise ConfigError(f"{what} must be (INTERVAL, TIMEOUT[, PING_TIMEOUT]) in seconds, all > 0, for example"
                           " (30.0, 10.0, 60.0): a connection with calls in flight and nothing arriving for INTERVAL"

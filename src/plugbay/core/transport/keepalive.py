@@ -22,8 +22,10 @@ network plugin drops a host that did, freeing that host's plugin instance
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.errors import ConfigError
 
 log = logging.getLogger("plugbay.mux")
@@ -35,13 +37,11 @@ WRITE_TIMEOUT = 10.0  # a session's, unless its owner's settings say otherwise (
 GRACE = 0.2  # past the timeout, the reader gets this long (at least one poll) to count an answer
 
 
-def _float(figure: float) -> bool:
-    """Whether ``figure`` is a float (an int larger than any float is not: float() raises OverflowError)."""
-    try:
-        float(figure)
-    except OverflowError:
-        return False
-    return True
+def _seconds(figure: object) -> bool:
+    """Whether ``figure`` is an int or float > 0 that fits a float: finite, or math.inf (which turns its
+    wait off; an int larger than any float does not fit: float() raises OverflowError)."""
+    seconds = finite_float(figure, types=(int, float))
+    return seconds > 0 if seconds is not None else isinstance(figure, float) and figure == math.inf
 
 
 class Pingable(Protocol):
@@ -65,7 +65,7 @@ class Keepalive:
     def __init__(self, interval: float = INTERVAL, timeout: float = TIMEOUT, what: str = "mux_keepalive", *,
                  write_timeout: float = WRITE_TIMEOUT) -> None:
         figures = (interval, timeout, write_timeout)
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and _float(x) for x in figures):
+        if not all(_seconds(x) for x in figures):
             raise ConfigError(f"{what} ({interval!r:.40}, {timeout!r:.40}, {write_timeout!r:.40}): every figure"
                               " must be a number > 0 that fits a float (seconds: the quiet time before a ping, the"
                               " wait for anything to arrive after it, and, optional, the connection's write"

@@ -9,11 +9,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
-from plugbay.runners.options import (flag, is_real, optional_int, optional_mapping, optional_str, optional_str_list,
-                                     str_list)
+from plugbay.runners.options import flag, optional_int, optional_mapping, optional_str, optional_str_list, str_list
 
 TRANSPORTS = ("unix", "tcp")
 INT64_MAX = 2**63 - 1  # the engine's NanoCpus, Memory and PidsLimit are int64
@@ -76,10 +76,11 @@ def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     kept["nano_cpus"] = optional_int(opts["nano_cpus"], where + "nano_cpus", 1, INT64_MAX,
                                      "billionths of a CPU (500_000_000 is half)")
     cpus = opts["cpus"]
-    if cpus is not None and (not is_real(cpus) or not 1e-9 <= float(cpus) <= MAX_CPUS):
+    cpu_count = None if cpus is None else finite_float(cpus)
+    if cpus is not None and (cpu_count is None or not 1e-9 <= cpu_count <= MAX_CPUS):
         raise ConfigError(f"DockerRunner cpus must be a positive number of CPUs from 1e-9 to {MAX_CPUS} (e.g. 0.5; the"
                           f" engine takes at most the host's CPUs), or None for no limit; got {cpus!r:.80}")
-    kept["cpus"] = None if cpus is None else float(cpus)
+    kept["cpus"] = cpu_count
     kept["pids_limit"] = optional_int(opts["pids_limit"], where + "pids_limit", -1, INT64_MAX,
                                       "the most processes (-1: no limit)")
     kept["socket_gid"] = optional_int(opts["socket_gid"], where + "socket_gid", 0, MAX_GID,
@@ -89,9 +90,10 @@ def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"DockerRunner tmpfs_size must be a size such as '64m' (a number with k, m, g, t, p or"
                           f" e, or a percentage of memory such as '10%'), got {size!r:.80}")
     stop = opts["stop_timeout"]
-    if stop is not None and (not is_real(stop) or not 0 <= float(stop) < MAX_STOP_TIMEOUT):
+    stop_seconds = None if stop is None else finite_float(stop)
+    if stop is not None and (stop_seconds is None or not 0 <= stop_seconds < MAX_STOP_TIMEOUT):
         raise ConfigError(f"DockerRunner stop_timeout must be seconds (a number >= 0) or None, got {stop!r}")
-    kept["stop_timeout"] = None if stop is None else float(stop)
+    kept["stop_timeout"] = stop_seconds
     for option in ("read_only", "no_new_privileges"):
         flag(opts[option], where + option)
     return kept

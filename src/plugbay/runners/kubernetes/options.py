@@ -7,10 +7,11 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
-from plugbay.runners.options import (flag, is_real, optional_int, optional_mapping, optional_str, optional_str_list,
+from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
 
 MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
@@ -63,7 +64,8 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
     flag(opts["owner_reference"], where + "owner_reference")
     flag(opts["allow_loopback"], where + "allow_loopback")
     start_timeout = opts["start_timeout"]
-    if not is_real(start_timeout) or not 0 < float(start_timeout) <= MAX_START_TIMEOUT:
+    seconds = finite_float(start_timeout)
+    if seconds is None or not 0 < seconds <= MAX_START_TIMEOUT:
         # it also bounds each port-forward upgrade's socket waits, which refuse NaN and past time_t
         raise ConfigError(f"start_timeout must be a positive number of seconds up to {MAX_START_TIMEOUT:.0f},"
                           f" not {start_timeout!r}; pass e.g. start_timeout=120")
@@ -76,4 +78,4 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
         raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
-    return tuple(dict.fromkeys(dirs)), command, args, run_as_user, float(start_timeout), kubeconfig
+    return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig
