@@ -151,6 +151,10 @@ def test_go_plugin_host_drives_an_async_python_plugin(tmp_path: Path) -> None:
             assert done.returncode == 0, done.stdout + done.stderr
         assert "hello from go" in done.stdout
         assert (tmp_path / "kv_greeting").read_bytes() == b"hello from go"
+        # a handler's own asyncio.TimeoutError: an error at once (the host's call deadline is 30 s)
+        done = gobuild.run_program(gobuild.build_go("kv_host"), ["--timeout", "60s", "get", "__timeout__"], env=env,
+                                   cwd=tmp_path, timeout=90)
+        assert done.returncode == 1 and "code = Unknown" in done.stdout + done.stderr, done.stdout + done.stderr
 
 
 class _Hang:
@@ -275,6 +279,46 @@ def test_a_handler_raising_system_exit_fails_its_call_and_the_loop_serves_on(tmp
         assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value
         assert kv.get("k") == b"v"
         assert kv.get("__loop__").decode().startswith("plugbay-aio-handlers ")
+
+
+def test_a_handler_raising_timeout_error_fails_its_call_at_once_unary_and_streaming(tmp_path: Path) -> None:
+    # asyncio.TimeoutError is the builtin TimeoutError, as is the one a wait on a concurrent future
+    # raises when it runs out: the handler's own was taken for "not finished yet", so the call's
+    # thread polled for ever and the host got its deadline (or, with none, no answer at all)
+    with kv_client(tmp_path) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.dispense(PLUGIN_NAME)._stub.Get(kv_pb2.GetRequest(key="__timeout__"), timeout=20)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value
+        assert "the handler's own timeout" in str(err.value.details())
+    with Client(stream_config("streamer")) as client:
+        streamer = client.dispense(STREAMER)
+        echoed: list[bytes] = []
+        with pytest.raises(grpc.RpcError) as err:
+            for chunk in streamer.echo(iter([streaming_pb2.Chunk(data=b"a"), streaming_pb2.Chunk(data=b"__timeout__")]),
+                                       timeout=20):
+                echoed.append(chunk.data)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value
+        assert echoed == [b"a"]
+
+
+def test_a_handler_raising_cancelled_error_is_told_apart_from_a_call_that_ended(tmp_path: Path) -> None:
+    # it was CANCELLED "the call ended before its handler did" while the call was still on; a
+    # stream's handler doing so ended the stream as if it had finished (OK)
+    with kv_client(tmp_path) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.dispense(PLUGIN_NAME)._stub.Get(kv_pb2.GetRequest(key="__cancel_itself__"), timeout=20)
+        assert err.value.code() == grpc.StatusCode.CANCELLED, err.value
+        assert "the handler was cancelled" in str(err.value.details()), err.value
+    with Client(stream_config("streamer")) as client:
+        streamer = client.dispense(STREAMER)
+        echoed: list[bytes] = []
+        with pytest.raises(grpc.RpcError) as err:
+            for chunk in streamer.echo(iter([streaming_pb2.Chunk(data=b"a"),
+                                             streaming_pb2.Chunk(data=b"__cancel_itself__")]), timeout=20):
+                echoed.append(chunk.data)
+        assert err.value.code() == grpc.StatusCode.CANCELLED, err.value
+        assert "the handler was cancelled" in str(err.value.details()), err.value
+        assert echoed == [b"a"]
 
 
 def test_blocking_work_of_a_coroutine_does_not_keep_the_plugin_from_exiting(tmp_path: Path) -> None:

@@ -6,13 +6,17 @@
                                 Get("__hold__")   waits (an asyncio.Event) until a Get("__release__") comes
                                 Get("__cancelled__") how many handlers saw their call cancelled
                                 Get("__system_exit__") raises SystemExit in the coroutine
+                                Get("__timeout__") raises asyncio.TimeoutError (the builtin TimeoutError)
+                                Get("__cancel_itself__") raises asyncio.CancelledError, its call still on
                                 Get("__block__")  30 s of asyncio.to_thread(time.sleep) (blocking work)
                                 Get("__helper__") serves an asyncio AddHelper (the counter example's
                                                   service: Sum answers a*b here) on a new broker id,
                                                   returned as the value
     async_plugins.py streamer   the streaming example's service: Generate an async generator,
                                 Echo over an async iterator of requests, GetStats a coroutine;
-                                GetStats' ``cancelled`` counts Generate's generators closed
+                                GetStats' ``cancelled`` counts Generate's generators closed; Echo
+                                raises asyncio.TimeoutError at a chunk b"__timeout__" and
+                                asyncio.CancelledError at b"__cancel_itself__"
     async_plugins.py bad-stream a server stream written as a coroutine (grpc.aio's context.write style):
                                 refused when registered, so serve() fails
 """
@@ -60,6 +64,10 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             return kv_pb2.GetResponse(value=f"{threading.current_thread().name} {id(loop)}".encode())
         if request.key == "__system_exit__":
             raise SystemExit(7)  # in a coroutine on the loop every handler shares
+        if request.key == "__timeout__":
+            raise asyncio.TimeoutError("the handler's own timeout")
+        if request.key == "__cancel_itself__":
+            raise asyncio.CancelledError()
         if request.key == "__block__":
             await asyncio.to_thread(time.sleep, 30)  # blocking work, still running at Shutdown
             return kv_pb2.GetResponse(value=b"unblocked")
@@ -110,6 +118,10 @@ class AsyncStreamer(streaming_pb2_grpc.StreamerServicer):
 
     async def Echo(self, request_iterator: Any, context: Any) -> Any:
         async for chunk in request_iterator:
+            if chunk.data == b"__timeout__":
+                raise asyncio.TimeoutError("the handler's own timeout")
+            if chunk.data == b"__cancel_itself__":
+                raise asyncio.CancelledError()
             self.echoed += 1
             yield chunk
 
