@@ -314,10 +314,25 @@ def test_fixed_unix_path_reuses_a_stale_socket_but_not_a_live_one(plugins: list[
     assert "a file that is not a socket is there" in err
 
 
-@pytest.mark.parametrize("value", ["bogus", "tcp:4000", "tcp:host:port", "unix:", "udp:1.2.3.4:5"])
+@pytest.mark.parametrize("value", ["bogus", "tcp:4000", "tcp:host:port", "unix:", "udp:1.2.3.4:5",
+                                   # digits to str.isdigit() (the first a ValueError of int(), the second
+                                   # taken as port 5000), and a port past 65535
+                                   "tcp:127.0.0.1:\u00b2", "tcp:127.0.0.1:\u0665\u0660\u0660\u0660",
+                                   "tcp:127.0.0.1:65536"])
 def test_bad_plugbay_listen(plugins: list[PluginProc], value: str) -> None:
     err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": value})
     assert f"PLUGBAY_LISTEN={value!r} is not a listen address; use 'tcp:HOST:PORT'" in err
+
+
+def test_plugbay_listen_port_is_ascii_digits_within_0_to_65535() -> None:
+    from plugbay.core.plugin.listener import plan_endpoint
+    from plugbay.errors import ConfigError
+
+    for port in ("+80", "-1", " 80", "9" * 5000):  # the last a ValueError of int() (over 4300 digits)
+        with pytest.raises(ConfigError, match="is not a listen address"):
+            plan_endpoint({"PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"})
+    for port, address in (("0", "127.0.0.1:0"), ("00080", "127.0.0.1:80"), ("65535", "127.0.0.1:65535")):
+        assert plan_endpoint({"PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"}).address == address
 
 
 @pytest.mark.parametrize("value", ["unix:rel.sock", "unix:./sub/p.sock", "unix:~/p.sock"])

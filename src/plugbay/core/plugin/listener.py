@@ -134,8 +134,9 @@ def _parse_override(value: str, env: Mapping[str, str]) -> Endpoint:
         return Endpoint("tcp", "127.0.0.1:0", port_range=_port_range(env))
     if kind == "tcp":
         host, sep, port = rest.rpartition(":")
-        if sep and host and port.isdigit() and int(port) < 65536:
-            return Endpoint("tcp", f"{host}:{int(port)}")
+        number = go_int(port) if port.isdigit() else None  # ASCII digits (go_int): '²' is a digit to isdigit()
+        if sep and host and number is not None and number < 65536:
+            return Endpoint("tcp", f"{host}:{number}")
     if kind == "unix" and rest:
         if not os.path.isabs(rest):  # a handshake's unix path is absolute: the host refused the line
             raise ConfigError(f"{ENV_LISTEN}={value!r} names a relative unix socket path, which the host"
