@@ -5,7 +5,11 @@ line is out, file descriptors 1 and 2 are pointed (``dup2``) at pipes, so
 output from Python, C extensions and child processes alike is captured. One
 thread reads both pipes and keeps the chunks, in the order it read them, in a
 buffer bounded in bytes: writers never block on a slow or absent host (when
-the buffer is full the oldest chunks are dropped and the loss is logged). The
+the buffer is full the oldest chunks are dropped and the loss is logged).
+Order is kept within each stream only: lines written to stdout and stderr in
+turn may arrive grouped by stream, as a pipe is read when the poll finds it
+ready, whatever the other holds (go-plugin's plugin side copies its two pipes
+in two goroutines, which keep no order across them either). The
 host's single StreamStdio call receives the buffered chunks, then new ones as
 they come; a second caller takes the stream over (a re-attached host).
 A plugbay host with no sink asks to discard (STDIO_DISCARD_METADATA): the
