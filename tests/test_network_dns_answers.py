@@ -135,14 +135,16 @@ def test_an_answer_with_too_many_addresses_is_capped_with_a_warning(dns: tuple[Z
 def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tuple[Zone, str],
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     # a spoofed or careless answer must not aim health checks at the cloud's metadata service
-    # (link-local), nor at unspecified, multicast or broadcast addresses
+    # (link-local, or AWS's IPv6 one), nor at unspecified, multicast or broadcast addresses
     from dnslib import AAAA
 
     zone, server = dns
     bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"]
+    # AWS's IPv6 metadata service and 169.254.169.254 reached through NAT64 and 6to4
+    cloud = ["fd00:ec2::254", "fd00:ec2::123", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"]
     zone.set(f"odd.{ZONE}", "A", [A(a) for a in [*bad, "127.0.0.9"]])
     zone.set(f"odd.{ZONE}", "AAAA", [AAAA("fe80::1"), AAAA("::"), AAAA("ff02::1"), AAAA("::ffff:a9fe:a9fe"),
-                                     AAAA("::1")])
+                                     *[AAAA(a) for a in cloud], AAAA("::1")])
     zone.set(f"_kv._tcp.odd.{ZONE}", "SRV", [SRV(0, 0, 7002, f"odd.{ZONE}")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, allow_loopback=True, timeout=1.0)
@@ -159,6 +161,10 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
     # the metadata address mapped into IPv6 (dialled as the IPv4 address), in either spelling
     assert caplog.text.count("names ::ffff:169.254.169.254, which") + caplog.text.count(
         "names ::ffff:a9fe:a9fe, which") == 1
+    for a in cloud[:2]:
+        assert caplog.text.count(f"names {a}, which cannot be a replica (fd00:ec2::/64 is AWS's") == 1, a
+    for a, form in [(cloud[2], "NAT64"), (cloud[3], "6to4")]:
+        assert caplog.text.count(f"names {a}, which carries the IPv4 address 169.254.169.254 ({form}") == 1, a
     srv = _keys(server, f"_kv._tcp.odd.{ZONE}".rstrip("."), srv=True)
     assert srv == ["tcp:127.0.0.9:7002", "tcp:[::1]:7002"]
 

@@ -59,6 +59,22 @@ LOOPBACK_HINT = ("pass allow_loopback=True (RemoteConfig(allow_loopback=True), t
                  " plugin really is served on this host's loopback, or name it with a static:/// target")
 
 
+# AWS serves instance metadata (IMDS), DNS and time to IPv6 instances from fd00:ec2::254, ::253 and ::123:
+# unique-local addresses, which no generic test refuses
+_CLOUD_METADATA_V6 = ipaddress.IPv6Network("fd00:ec2::/64")
+# NAT64's well-known prefix (RFC 6052): a translator dials the IPv4 address in the last 32 bits
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address that dialling ``ip`` reaches through a translator or relay, and the form's name."""
+    if ip in _NAT64:  # a NAT64 translator turns 64:ff9b::a9fe:a9fe into 169.254.169.254
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64, 64:ff9b::/96"
+    if ip.sixtofour is not None:  # a 6to4 relay tunnels 2002:a9fe:a9fe:: to 169.254.169.254
+        return ip.sixtofour, "6to4, 2002::/16"
+    return None
+
+
 def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool = False) -> str | None:
     """Why an address a DNS answer or an EndpointSlice named may not be a replica to dial (words that
     follow "the address"); None if it may.
@@ -70,13 +86,23 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback
     this host's own services (Kubernetes refuses loopback endpoints too). A static:/// target is the
     user's own word and is not checked.
 
+    AWS's IPv6 metadata addresses (fd00:ec2::/64) are refused too, and an IPv6 address that carries an
+    IPv4 one (IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96, 6to4 2002::/16) is checked as the IPv4
+    address it reaches: 64:ff9b::a9fe:a9fe is 169.254.169.254 behind a NAT64 translator.
+
     A zone index (fd00::1%eth0) names a network interface of the host that reads the answer: it says
     nothing of the replica, and each spelling of one would be an endpoint of its own.
     """
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        return "carries a zone index (%...): a zone index is no replica address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return "carries a zone index (%...): a zone index is no replica address"
+        if ip in _CLOUD_METADATA_V6:
+            return "cannot be a replica (fd00:ec2::/64 is AWS's instance metadata, DNS and time service)"
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
+        elif (embedded := _embedded_ipv4(ip)) is not None:
+            why = refusal(embedded[0], allow_loopback=allow_loopback)
+            return None if why is None else f"carries the IPv4 address {embedded[0]} ({embedded[1]}), which {why}"
     if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):
         return "cannot be a replica (unspecified, multicast, broadcast or link-local)"
     if ip.is_loopback and not allow_loopback:
