@@ -160,15 +160,30 @@ def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
 
 
 def test_an_application_error_does_not_eject(replicas: Callable[..., Replica]) -> None:
-    a = replicas()
+    a, b = replicas(), replicas()
     outlier = OutlierPolicy(consecutive_failures=2, base_ejection_time=5.0)
-    with RemoteClient(remote(f"static:///{a.address}", outlier=outlier)) as client:
+    with RemoteClient(remote(f"static:///{a.address},{b.address}", outlier=outlier)) as client:
         kv = client.dispense(PLUGIN_NAME)
         for _ in range(5):
             with pytest.raises(Exception) as err:
                 kv.get("missing")
             assert err.value.code().name == "NOT_FOUND"  # type: ignore[attr-defined]
-        assert client.metrics()["ejections"] == 0
+        # UNKNOWN: a handler's exception here, what a go-plugin Go plugin answers for any plain Go error
+        for _ in range(6):
+            with pytest.raises(Exception) as err:
+                kv.get("__raise__")
+            assert err.value.code().name == "UNKNOWN"  # type: ignore[attr-defined]
+        snap = client.metrics()
+        assert snap["ejections"] == 0 and snap["resends"] == 0, snap
+        assert all(e["failures"] == 0 and e["ejections"] == 0 for e in snap["endpoints"].values()), snap
+        # each call reached one replica once: an application error is never sent to another (it may
+        # have done its work)
+        counts = []
+        for replica in (a, b):
+            with grpc.insecure_channel(replica.address) as channel:
+                got = kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="__calls__"), timeout=10)
+                counts.append(int(got.value))
+        assert sum(counts) == 11, counts
 
 
 def test_killed_remote_client_refuses_calls_and_bad_options_are_typed(replicas: Callable[..., Replica]) -> None:

@@ -11,6 +11,8 @@ Get("__calls__")          how many Gets of other keys arrived (failed ones inclu
 Get("__pid__")            this process's pid
 Get("__tag__")            the RESILIENCE_TAG environment variable
 Get("__sleep__")          sleep 1.5 s, then answer b"slept"
+Get("__raise__")          the handler raises (grpcio answers UNKNOWN: an application error); counted
+                          in __calls__ as other keys are
 Get("__die__")            log "dying now" (the host's stderr tail), exit(9) in the middle of the call
 Get("__die_chatty__")     answer, then log 6 quick lines and "last words" and exit(9), 0.1 s later
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
@@ -118,6 +120,8 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             deadline = time.monotonic() + 10
             while context.is_active() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        if key == "__raise__":
+            raise ValueError("the handler failed")
         if key not in self.store:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no key {key!r}")
         return kv_pb2.GetResponse(value=self.store[key])

@@ -1,7 +1,7 @@
 """Envoy-like outlier ejection: endpoints that keep failing are taken out for a while.
 
 ``consecutive_failures`` failed calls in a row (transport failures and
-deadlines, never application errors such as NOT_FOUND) eject an endpoint for
+deadlines, never application errors such as NOT_FOUND or UNKNOWN) eject an endpoint for
 ``base_ejection_time`` x its number of ejections, capped at
 ``max_ejection_time``. At most ``max_ejection_percent`` of the known endpoints
 are ejected at once (at least one may always be, unless the percentage is 0).
@@ -18,10 +18,11 @@ import grpc
 from plugbay.errors import ConfigError
 from plugbay.network.figures import check_count, check_percent, check_seconds
 
-# Failures that say something about the endpoint rather than about the request.
+# Failures that say something about the endpoint rather than about the request. Not UNKNOWN: it is
+# what a go-plugin Go plugin answers for any plain Go error ("key not found") and what a Python
+# handler's exception gives, so five such answers would eject a healthy replica.
 ENDPOINT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                               grpc.StatusCode.RESOURCE_EXHAUSTED})
+                               grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 @dataclass(frozen=True)
