@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from plugbay import Gateway, GatewayConfig
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from tests import netcerts
 from tests.netflood import peer, ping, until_pong
 from tests.procs import children
@@ -26,11 +28,11 @@ def certs(tmp_path: Path) -> netcerts.CertSet:
     return netcerts.write_set(tmp_path / "tls")
 
 
-def _gateway(certs: netcerts.CertSet, how: str) -> Gateway:
+def _gateway(certs: netcerts.CertSet, how: str, cwd: Path) -> Gateway:
     return Gateway(GatewayConfig(
         cmd=[sys.executable, str(CHILD), how], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
         cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
-        child_mtls=False, multiplex=True, start_timeout=10))
+        child_mtls=False, multiplex=True, start_timeout=10, cwd=str(cwd)))
 
 
 def _session_children(gw: Gateway) -> list[int]:
@@ -63,11 +65,11 @@ def thread_deaths() -> Iterator[list[str]]:
     threading.excepthook = before
 
 
-def test_a_child_announcing_an_undialable_host_ends_its_session(certs: netcerts.CertSet,
+def test_a_child_announcing_an_undialable_host_ends_its_session(certs: netcerts.CertSet, tmp_path: Path,
                                                                thread_deaths: list[str]) -> None:
     # the host label is 64 bytes: the resolver's IDNA step raised UnicodeError, which the session's starting
     # thread did not catch; it died, and the child and the host's connection stayed until the gateway stopped
-    with _gateway(certs, "long-label") as gw:
+    with _gateway(certs, "long-label", tmp_path) as gw:
         front = gw._front[-1].__self__  # type: ignore[attr-defined]
         for _ in range(3):
             _host_is_dropped(gw, certs)
@@ -78,7 +80,7 @@ def test_a_child_announcing_an_undialable_host_ends_its_session(certs: netcerts.
     assert thread_deaths == []
 
 
-def test_any_failure_starting_a_session_ends_it_and_stops_its_child(certs: netcerts.CertSet,
+def test_any_failure_starting_a_session_ends_it_and_stops_its_child(certs: netcerts.CertSet, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     thread_deaths: list[str]) -> None:
     from plugbay.network.gateway import sessions
@@ -86,8 +88,9 @@ def test_any_failure_starting_a_session_ends_it_and_stops_its_child(certs: netce
     def unexpected(*args: object, **kw: object) -> None:
         raise RuntimeError("not a plugbay error")
 
-    monkeypatch.setattr(sessions, "read_handshake", unexpected)
-    with _gateway(certs, "slow-exit") as gw:
+    # dialling the child is the session's alone (the gateway's start check reads a handshake too)
+    monkeypatch.setattr(sessions, "dial", unexpected)
+    with _gateway(certs, "slow-mux", tmp_path) as gw:
         _host_is_dropped(gw, certs)
         deadline = time.monotonic() + 8  # the child ignores SIGTERM: killed after the 2 s grace
         while _session_children(gw) and time.monotonic() < deadline:
@@ -111,10 +114,10 @@ def _hosts_up(gw: Gateway, certs: netcerts.CertSet, count: int) -> list[ssl.SSLS
     return hosts
 
 
-def test_closing_ended_sessions_does_not_hold_up_new_hosts(certs: netcerts.CertSet) -> None:
+def test_closing_ended_sessions_does_not_hold_up_new_hosts(certs: netcerts.CertSet, tmp_path: Path) -> None:
     # each of these sessions takes the kill's 2 s grace to close: closed on the accept loop one after
     # another, they held up every new host (and every keepalive check) for 2 s each
-    with _gateway(certs, "slow-mux") as gw:
+    with _gateway(certs, "slow-mux", tmp_path) as gw:
         for host in _hosts_up(gw, certs, 4):
             host.close()
         time.sleep(0.5)  # the front has seen them end
@@ -132,3 +135,24 @@ def test_closing_ended_sessions_does_not_hold_up_new_hosts(certs: netcerts.CertS
             host.close()
         assert _session_children(gw) == []
         assert stopped < 6.0, f"the gateway took {stopped:.1f}s to stop 5 sessions"
+
+
+def _multiplex_offered(gw: Gateway, certs: netcerts.CertSet) -> bool:
+    with grpc.secure_channel(gw.address, netcerts.channel_credentials(certs),
+                             options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+        stub = discovery_pb2_grpc.DiscoveryStub(channel)  # type: ignore[no-untyped-call]
+        return bool(stub.Describe(discovery_pb2.DescribeRequest(), timeout=10).multiplex)
+
+
+def test_a_session_child_that_no_longer_multiplexes_ends_the_offer(certs: netcerts.CertSet, tmp_path: Path) -> None:
+    # start()'s check saw the plugin multiplex; a session's child that then announces it does not (the
+    # plugin's file replaced by a go-plugin 1.0.x one) must not leave Discovery offering sessions that can
+    # only fail, each costing a child started and stopped at once
+    with _gateway(certs, "no-mux-later", tmp_path) as gw:
+        launches = tmp_path / "launches"
+        assert _multiplex_offered(gw, certs) and launches.read_text().count("launched") == 1  # the start check
+        _host_is_dropped(gw, certs)
+        assert launches.read_text().count("launched") == 2
+        assert not _multiplex_offered(gw, certs)  # hosts that follow Discovery now call over plain gRPC
+        _host_is_dropped(gw, certs)  # refused at once: no child is started for it
+        assert launches.read_text().count("launched") == 2

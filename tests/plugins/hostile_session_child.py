@@ -1,12 +1,15 @@
 """The gateway's child for its brokering-session tests: the shared child is tests/plugins/gateway_child.py;
 a session's own child (PLUGIN_MULTIPLEX_GRPC=true) misbehaves as argv[1] says, then sleeps:
 
-  long-label  prints a handshake whose tcp host passes the character check but has a 64-byte DNS label
-  slow-exit   ignores SIGTERM and announces no multiplexing (the gateway closes its session at once)
-  slow-mux    ignores SIGTERM, announces multiplexing and holds the gateway's connection without a word
-              (a session that ends when its host leaves, and whose close waits out the kill's grace)
-"""
+  long-label    prints a handshake whose tcp host passes the character check but has a 64-byte DNS label
+  slow-mux      ignores SIGTERM, announces multiplexing and holds the gateway's connection without a word
+                (a session that ends when its host leaves, and whose close waits out the kill's grace)
+  no-mux-later  announces no multiplexing (as after the plugin's file was replaced by a go-plugin 1.0.x one)
 
+The first child asked to multiplex is the gateway's start check: it announces multiplexing and marks the
+cwd (file "checked"); only the later ones, the sessions' children, misbehave. Each such child appends a
+line to the file "launches" in the cwd.
+"""
 from __future__ import annotations
 
 import os
@@ -20,7 +23,14 @@ from pathlib import Path
 if os.environ.get("PLUGIN_MULTIPLEX_GRPC") != "true":
     runpy.run_path(str(Path(__file__).with_name("gateway_child.py")), run_name="__main__")
     sys.exit(0)
-if sys.argv[1] == "long-label":
+with open("launches", "a") as launches:
+    launches.write("launched\n")
+if not Path("checked").exists():
+    Path("checked").touch()
+    print("1|1|unix|/nonexistent/none.sock|grpc||true", flush=True)
+elif sys.argv[1] == "no-mux-later":
+    print("1|1|unix|/nonexistent/none.sock|grpc|", flush=True)
+elif sys.argv[1] == "long-label":
     print("1|1|tcp|" + "a" * 64 + ":1234|grpc||true", flush=True)
 elif sys.argv[1] == "slow-mux":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -30,7 +40,4 @@ elif sys.argv[1] == "slow-mux":
     listener.listen()
     print(f"1|1|unix|{path}|grpc||true", flush=True)
     held = [listener.accept()[0]]  # the gateway dials once
-else:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("1|1|unix|/nonexistent/none.sock|grpc|", flush=True)
 time.sleep(120)

@@ -57,7 +57,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="plaintext, no client authentication (trusted test networks only)")
     p.add_argument("--multiplex", action="store_true",
                    default=env.get(ENV_PREFIX + "MULTIPLEX", "") in ("1", "true", "True", "TRUE"),
-                   help="brokered callbacks: each host session gets its own child (the plugin must multiplex)")
+                   help="brokered callbacks: each host session gets its own child (the plugin must"
+                        " multiplex; checked at start)")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
     p.add_argument("--keepalive", default=default("KEEPALIVE", "30,10"), metavar="INTERVAL,TIMEOUT[,WRITE]",
                    help="ping a brokering host's session after INTERVAL quiet seconds; drop it (and stop its"

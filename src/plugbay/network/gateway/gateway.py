@@ -18,7 +18,7 @@ serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
   stop the gateway with SIGTERM);
 * plugin.GRPCBroker.StartStream: FAILED_PRECONDITION on plain gRPC connections: the
   shared child cannot give every host its own broker. With ``multiplex=True``
-  (a child that multiplexes, e.g. a plugbay plugin) a host that opens a yamux
+  (a child that multiplexes, e.g. a plugbay plugin, which start() checks) a host that opens a yamux
   session gets its own child, spliced (plugbay.network.gateway.sessions);
 * plugin.GRPCStdio.StreamStdio: an empty stream (the child's output is the gateway's log);
 
@@ -74,7 +74,7 @@ from plugbay.network.gateway.config import (
     GatewayConfig as GatewayConfig,
 )
 from plugbay.network.gateway.forward import Forwarder
-from plugbay.network.gateway.sessions import ChildSession
+from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck
 from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
@@ -119,6 +119,11 @@ class Gateway:
         self._started = False
         self._start_failed = False
         self._front: list[Callable[[], None]] = []
+        self._check: MultiplexCheck | None = None  # start()'s check that the plugin multiplexes, while it runs
+        self._stop_asked = threading.Event()
+        # why brokering sessions are refused at once: a session's child announced no multiplexing
+        self._sessions_refused = ""
+        self._refusing = threading.Lock()
 
     @property
     def peer_calls(self) -> int:
@@ -132,7 +137,20 @@ class Gateway:
         cfg = self.config
         return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
                             start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer,
-                            keepalive=cfg.keepalive)
+                            keepalive=cfg.keepalive, refused=self._sessions_refused,
+                            on_no_multiplex=self._no_multiplex)
+
+    def _no_multiplex(self, why: str) -> None:
+        """A session's child announced no multiplexing, though start()'s check saw the plugin do so (its
+        file was replaced?): Discovery stops offering it, so that hosts call over plain gRPC, and later
+        sessions are closed at once rather than each start a child only to stop it."""
+        with self._refusing:  # not the gateway's lock: a teardown holds it while it joins sessions
+            if self._sessions_refused:
+                return
+            self._sessions_refused = why
+            self.discovery.multiplex = False
+        log.error("gateway: %s. Discovery no longer offers multiplexing (hosts call over plain gRPC, without"
+                  " brokered callbacks) and brokering sessions are refused until the gateway is restarted", why)
 
     # --- the child -----------------------------------------------------------------
 
@@ -229,6 +247,8 @@ class Gateway:
             _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)
         else:
             _, self._address, self.certs = bind(server, self._network)
+        if self.config.multiplex:
+            self._check_multiplexing()
         try:
             self.keeper.start()
         except PlugbayError as exc:
@@ -238,11 +258,28 @@ class Gateway:
         log.info("gateway: serving plugin %s on %s (%s)", self.config.cmd[0], self._address,
                  "PLAINTEXT" if self.config.insecure else "mutual TLS")
 
+    def _check_multiplexing(self) -> None:
+        # a plugin that cannot multiplex would fail every host that takes Discovery's offer: each such
+        # host waited out its start_timeout on sessions the gateway closed, and was told only "Socket closed"
+        cfg = self.config
+        check = MultiplexCheck(cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
+                               start_timeout=cfg.start_timeout, logger=cfg.logger)
+        self._check = check
+        try:
+            if self._stop_asked.is_set():  # a stop() that came before the check was set above
+                check.abort()
+            check.run()
+        finally:
+            self._check = None
+
     def stop(self) -> None:
         """Stop listening (in-flight calls get a short grace), then stop the child. Idempotent."""
         # a start() holds the lock until its child answers: a child still starting is ended first, so
         # that start() fails now (it was stopped) and this stop does not wait out start_timeout
         self.keeper.abort_start()
+        self._stop_asked.set()
+        if (check := self._check) is not None:  # the same for start()'s multiplexing check
+            check.abort()
         # asked on the shared loop thread (a logging handler): the teardown waits on that loop (the
         # child's pipes, its exit), so it runs on a thread of its own, as a Client's kill() does there
         if self._handoff.start("plugbay-gateway-stop", self._stop, self._closed.is_set()):

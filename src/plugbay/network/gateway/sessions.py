@@ -14,7 +14,13 @@ children: the remote host's main connection, broker stream and brokered
 connections all pass through unchanged.
 
 The child must announce multiplexing (a plugbay Python plugin does; go-plugin
-1.0.x Go plugins cannot): otherwise the session is closed and the reason logged.
+1.0.x Go plugins cannot). Gateway.start() checks that once (:class:`MultiplexCheck`:
+a child started as a session's is, its handshake read, the child stopped) and
+refuses to start with a GatewayError saying to drop --multiplex, rather than
+offer hosts sessions that could only fail. Should a session's child announce no
+multiplexing later all the same (the plugin's file was replaced), its session is
+closed, ``on_no_multiplex`` told (the gateway then stops offering multiplexing
+in Discovery), and the gateway refuses later sessions at once (``refused``).
 Between gateway and these children there is no AutoMTLS (their streams are
 the remote host's, which does not know the child's certificate); the child's
 socket is in a private 0700 folder. When either side of a session ends, the
@@ -29,11 +35,11 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
-from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.core.transport.sockets import dial
 from plugbay.core.transport.streamcap import Share
@@ -48,14 +54,87 @@ log = logging.getLogger("plugbay.gateway")
 _KILL_GRACE = 2.0
 
 
+def no_multiplex(cmd: Sequence[str]) -> str:
+    """What to say of a plugin whose handshake, asked to multiplex, announces no multiplexing."""
+    return (f"the plugin {cmd[0]!r} does not multiplex brokered connections (asked with"
+            " PLUGIN_MULTIPLEX_GRPC=true, its handshake announces no multiplexing: a go-plugin 1.0.x plugin);"
+            " run the gateway without --multiplex (GatewayConfig(multiplex=False)): hosts then call it over"
+            " plain gRPC, without brokered callbacks. Or serve a plugin that multiplexes (a plugbay plugin)")
+
+
+def start_child(runner: ProcessRunner, socket_dir: str, cmd: Sequence[str], cookie: tuple[str, str],
+                versions: Sequence[int], env: Mapping[str, str], start_timeout: float, logs: LogPump,
+                label: str) -> HandshakeInfo:
+    """Start a child as a brokering session's is (PLUGIN_MULTIPLEX_GRPC=true, no AutoMTLS) and read its
+    handshake; typed errors for one that fails to start or chose a version not asked for."""
+    handshake = HandshakeConfig(versions[-1], cookie[0], cookie[1])
+    launch = launch_env(handshake, versions, env=env, socket_dir=socket_dir, cert=None,
+                        min_port=10000, max_port=25000, multiplex=True)
+    runner.start(LaunchSpec(env=launch, socket_dir=socket_dir, labels={"plugbay.plugin": label}))
+    feed, _ = follow_output(runner, logs)  # ends with the runner; the LogPump's join waits for it
+    info = read_handshake(runner, feed, time.monotonic() + start_timeout, label, start_timeout,
+                          multiplex=True)
+    if info.app_version not in versions:
+        raise GatewayError(f"the plugin chose app protocol version {info.app_version}, not one of"
+                           f" {list(versions)}; fix --protocol-versions")
+    return info
+
+
+class MultiplexCheck:
+    """Gateway.start()'s check that the plugin multiplexes: one child started as a session's would be,
+    its handshake read, the child stopped. ``abort()`` (another thread: a stop() during the start)
+    ends a check still waiting for the handshake."""
+
+    def __init__(self, cmd: Sequence[str], cookie: tuple[str, str], versions: Sequence[int], *,
+                 env: Mapping[str, str], cwd: str | None, start_timeout: float,
+                 logger: logging.Logger | None = None) -> None:
+        self._cmd = list(cmd)
+        self._cookie = cookie
+        self._versions = sorted({int(v) for v in versions})
+        self._env = dict(env)
+        self._start_timeout = start_timeout
+        self._logger = logger
+        self._runner = ProcessRunner(self._cmd, cwd=cwd)
+        self._aborted = threading.Event()
+
+    def run(self) -> None:
+        """Return if the plugin multiplexes; else raise GatewayError saying what to do."""
+        logs = LogPump("gateway-multiplex-check", self._logger)
+        folder = make_tempdir("plugbay-gwcheck-")
+        try:
+            os.chmod(folder, 0o700)
+            info = start_child(self._runner, folder, self._cmd, self._cookie, self._versions, self._env,
+                               self._start_timeout, logs, "gateway-multiplex-check")
+        except GatewayError:
+            raise
+        except PlugbayError as exc:
+            if self._aborted.is_set():  # abort() killed it: that is the stop, not a plugin failure
+                raise GatewayError("the gateway was stopped while it checked that its plugin multiplexes") from exc
+            raise GatewayError(f"the gateway could not start its plugin {self._cmd} with PLUGIN_MULTIPLEX_GRPC=true"
+                               f" to check that it multiplexes (--multiplex): {exc}") from exc
+        finally:
+            self._runner.kill(_KILL_GRACE)
+            logs.join(5.0)
+            shutil.rmtree(folder, ignore_errors=True)
+        if not info.multiplex:
+            raise GatewayError(no_multiplex(self._cmd))
+
+    def abort(self) -> None:
+        self._aborted.set()
+        self._runner.kill(_KILL_GRACE)  # before its start, too: that start is then refused
+
+
 class ChildSession:
     """One remote host's yamux session and the child plugin that serves only that host."""
 
     def __init__(self, conn: socket.socket, cmd: Sequence[str], cookie: tuple[str, str],
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
                  logger: logging.Logger | None = None, peer: str | None = None,
-                 keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE) -> None:
+                 keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE, refused: str = "",
+                 on_no_multiplex: Callable[[str], None] | None = None) -> None:
         self._conn = conn
+        self._refused = refused  # why no child is started for this session: its connection is closed at once
+        self._on_no_multiplex = on_no_multiplex
         # the child's session too: a child that stops answering (stopped, wedged) ends this session, so
         # the host reconnects to a new child; the host's own keepalive cannot see it, as this gateway
         # answers the host's pings itself
@@ -105,6 +184,12 @@ class ChildSession:
         self._child_alive.tick(child, now)
 
     def _start(self) -> None:
+        if self._refused:
+            log.debug("gateway: closing a brokering host's session at once: %s", self._refused)
+            with self._lock:
+                self._failed = True
+            self._conn.close()
+            return
         try:
             self._launch()
         except Exception as exc:  # any: a thread that died here left the session, its child and host, forever
@@ -119,25 +204,18 @@ class ChildSession:
                 runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
-        handshake = HandshakeConfig(self._versions[-1], self._cookie[0], self._cookie[1])
-        env = launch_env(handshake, self._versions, env=self._env, socket_dir=self._dir, cert=None,
-                         min_port=10000, max_port=25000, multiplex=True)
         runner = ProcessRunner(self._cmd, cwd=self._cwd)
         with self._lock:
             if self._closed:
                 return
             self._runner = runner
-        runner.start(LaunchSpec(env=env, socket_dir=self._dir, labels={"plugbay.plugin": "gateway-session"}))
-        feed, _ = follow_output(runner, self._logs)  # ends with the runner; the LogPump's join waits for it
-        info = read_handshake(runner, feed, time.monotonic() + self._start_timeout, "gateway-session",
-                              self._start_timeout, multiplex=True)
+        info = start_child(runner, self._dir, self._cmd, self._cookie, self._versions, self._env,
+                           self._start_timeout, self._logs, "gateway-session")
         if not info.multiplex:
-            raise GatewayError(f"the plugin {self._cmd[0]!r} does not multiplex brokered connections (no"
-                               " PLUGIN_MULTIPLEX_GRPC support: go-plugin 1.0.x); serve the gateway without"
-                               " --multiplex, or use a plugin that multiplexes (a plugbay plugin)")
-        if info.app_version not in self._versions:
-            raise GatewayError(f"the plugin chose app protocol version {info.app_version}, not one of"
-                               f" {self._versions}; fix --protocol-versions")
+            why = no_multiplex(self._cmd)
+            if self._on_no_multiplex is not None:
+                self._on_no_multiplex(why)
+            raise GatewayError(why)
         sock = dial(info.network, info.address, timeout=self._start_timeout)
         sock.settimeout(None)
         self._conn.settimeout(None)
