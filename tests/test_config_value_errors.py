@@ -106,6 +106,24 @@ def test_reattach_config_values(kw: dict[str, Any], field: str) -> None:
         ReattachConfig(**kw)
 
 
+@pytest.mark.parametrize("given, says", [
+    (None, r"from_json takes the JSON text, got NoneType; pass the text ReattachConfig.to_json\(\) gave"),
+    (123, r"from_json takes the JSON text, got int 123; pass the text ReattachConfig.to_json\(\) gave"),
+    ({"handshake": {}}, r"got a dict; pass the dict ReattachConfig.to_dict\(\) gave to ReattachConfig.from_dict"),
+])
+def test_reattach_from_json_given_no_text(given: Any, says: str) -> None:
+    # json.loads raised a bare TypeError (None: an unset environment variable read with os.environ.get)
+    with pytest.raises(ConfigError, match=says):
+        ReattachConfig.from_json(given)
+
+
+def test_reattach_from_dict_given_no_dict_and_from_json_given_bytes() -> None:
+    with pytest.raises(ConfigError, match=r"from_dict takes a dict, got str '\{\}'; .*ReattachConfig.from_json"):
+        ReattachConfig.from_dict("{}")  # type: ignore[arg-type]
+    text = ReattachConfig(_INFO, {"kind": "ProcessRunner"}).to_json()
+    assert ReattachConfig.from_json(text.encode()) == ReattachConfig.from_json(text)
+
+
 def test_a_reattach_config_positional_handshake_of_a_wrong_type_never_reaches_client_config() -> None:
     with pytest.raises(ConfigError, match="ReattachConfig.handshake must be the plugin's HandshakeInfo, got int 5"):
         ClientConfig(handshake=HANDSHAKE, reattach=ReattachConfig(5))  # type: ignore[arg-type]

@@ -88,6 +88,9 @@ class ReattachConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, attach: ReattachFunc | None = None) -> ReattachConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"ReattachConfig.from_dict takes a dict, got {kind(data)}; pass the dict"
+                              " ReattachConfig.to_dict() gave (for its JSON text: ReattachConfig.from_json)")
         try:
             info = HandshakeInfo.from_dict(data["handshake"])
             cert = data.get("client_cert")
@@ -104,7 +107,15 @@ class ReattachConfig:
         return cls(handshake=info, runner=runner, client_cert=client_cert, name=name, attach=attach)
 
     @classmethod
-    def from_json(cls, text: str, *, attach: ReattachFunc | None = None) -> ReattachConfig:
+    def from_json(cls, text: str | bytes, *, attach: ReattachFunc | None = None) -> ReattachConfig:
+        if isinstance(text, Mapping):
+            raise ConfigError("ReattachConfig.from_json takes the JSON text, got a dict; pass the dict"
+                              " ReattachConfig.to_dict() gave to ReattachConfig.from_dict(), or the text"
+                              " ReattachConfig.to_json() gave here")
+        if not isinstance(text, (str, bytes, bytearray)):
+            # json.loads would raise a bare TypeError for None (an unset environment variable) or a number
+            raise ConfigError(f"ReattachConfig.from_json takes the JSON text, got {kind(text)}; pass the text"
+                              " ReattachConfig.to_json() gave (Client.reattach_config().to_json())")
         try:
             data = json.loads(text)
         except ValueError as exc:
