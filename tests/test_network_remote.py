@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
@@ -114,14 +115,37 @@ def test_a_wrong_remote_option_is_a_config_error_when_the_client_is_made(make: A
     ({"health_timeout": -1}, r"RemoteConfig.health_timeout must be a number of seconds > 0, got -1"),
     ({"health_interval": "1"}, r"RemoteConfig.health_interval must be a number of seconds > 0, got '1'"),
     ({"dns_refresh": 0}, r"RemoteConfig.dns_refresh must be a number of seconds > 0, got 0"),
+    # passed on to the Client's ClientConfig, whose check named them ClientConfig.start_timeout etc.
+    ({"start_timeout": "x"}, r"RemoteConfig.start_timeout must be a number of seconds > 0, got 'x'; pass e.g."
+                             r" start_timeout=30.0"),
+    ({"start_timeout": 0}, r"RemoteConfig.start_timeout must be a number of seconds > 0, got 0"),
+    ({"call_timeout": -1}, r"RemoteConfig.call_timeout must be a number of seconds > 0, got -1"),
+    ({"call_timeout": float("nan")}, r"RemoteConfig.call_timeout must be a number of seconds > 0, got nan"),
+    ({"handshake": None}, r"RemoteConfig.handshake must be a HandshakeConfig, got NoneType"),
+    ({"plugins": ["kv"]}, r"RemoteConfig.plugins"),
+    ({"versioned_plugins": {1: 5}}, r"RemoteConfig.versioned_plugins"),
+    ({"name": 5}, r"RemoteConfig.name must be a str or None, got 5"),
+    ({"grpc_options": {"grpc.x": 1}}, r"RemoteConfig.grpc_options must be a list of \(name, value\) pairs"),
+    ({"logger": "kv"}, r"RemoteConfig.logger"),
 ])
 def test_a_wrong_pool_option_is_a_config_error_when_the_client_is_made(option: dict[str, Any], says: str) -> None:
-    config = RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
-                          **option)
+    config = RemoteConfig(**{"target": "static:///127.0.0.1:1", "handshake": HANDSHAKE, "plugins": PLUGINS,
+                             "insecure": True, **option})
     with pytest.raises(ConfigError, match=says):  # they passed RemoteClient() and failed only at start()
         RemoteClient(config)
     with pytest.raises(ConfigError, match=says):
         AsyncRemoteClient(config)
+
+
+def test_remote_timeouts_take_any_real_number_kept_as_floats() -> None:
+    # ClientConfig takes int or float only (its waits refuse a Fraction): RemoteConfig's check turns one into
+    # a float before the ClientConfig is made, as it does the pool's health settings
+    config = RemoteConfig(target="static:///127.0.0.1:1", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                          start_timeout=Fraction(3, 2), call_timeout=Fraction(5, 2))  # type: ignore[arg-type]
+    client = RemoteClient(config)
+    assert (client.config.start_timeout, client.config.call_timeout) == (1.5, 2.5)
+    assert type(config.start_timeout) is float and type(config.call_timeout) is float
+    client.kill()
 
 
 def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:

@@ -7,6 +7,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from plugbay.core.broker.plugin import check_plugin_fields
+from plugbay.core.host.deadline import NO_DEADLINE
+from plugbay.core.protocol.checks import check_grpc_options, check_logger
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError
@@ -19,6 +22,7 @@ from plugbay.network.tls import NetworkTLS
 
 def check_remote(config: Any) -> None:
     """Raise a ConfigError saying what to pass instead when ``config``'s options cannot work."""
+    _check_client_fields(config)
     if config.tls is not None and not isinstance(config.tls, NetworkTLS):
         raise ConfigError(f"RemoteConfig.tls must be a NetworkTLS or None, got {type(config.tls).__name__}; pass"
                           " tls=NetworkTLS(ca_file=..., cert_file=..., key_file=...)")
@@ -47,6 +51,21 @@ def check_remote(config: Any) -> None:
                               f" got {config.dns_server!r:.80}; pass for example dns_server='10.0.0.10:53'")
         parse_dns_server(config.dns_server)
     check_kubernetes(config.kubernetes)
+
+
+def _check_client_fields(config: Any) -> None:
+    """The fields RemoteConfig.client_config() passes on to a ClientConfig, checked here so that a wrong
+    one is named as the user wrote it (RemoteConfig.start_timeout), not as ClientConfig's."""
+    check_plugin_fields("RemoteConfig", config.handshake, config.plugins, config.versioned_plugins,
+                        "pass HandshakeConfig(protocol_version, magic_cookie_key, magic_cookie_value)")
+    # kept as floats (a Fraction, a numpy scalar): the ClientConfig's own check takes int or float only
+    config.start_timeout = check_seconds(config.start_timeout, "RemoteConfig.start_timeout", 30.0, NO_DEADLINE)
+    if config.call_timeout is not None:  # None: no deadline
+        config.call_timeout = check_seconds(config.call_timeout, "RemoteConfig.call_timeout", 30.0, NO_DEADLINE)
+    if config.name is not None and not isinstance(config.name, str):  # "" stays the default, "remote"
+        raise ConfigError(f"RemoteConfig.name must be a str or None, got {config.name!r:.80}")
+    check_grpc_options(config.grpc_options, "RemoteConfig.grpc_options")
+    check_logger(config.logger, "RemoteConfig.logger")
 
 
 def check_kubernetes(options: Any) -> None:
