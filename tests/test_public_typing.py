@@ -117,3 +117,36 @@ def test_with_gives_the_class_it_was_opened_on_and_the_docs_examples_type_check(
     assert example is not None
     out = _mypy(tmp_path, {"contexts.py": CONTEXTS, "supervised_example.py": example.group(1)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# connect()'s keyword options are typed (RemoteOptions): a misspelled or wrongly typed one is caught as
+# on RemoteConfig itself, and a wrapper passing on **kwargs: Any still type-checks. They were **Any.
+CONNECT = '''
+from typing import Any, Unpack
+
+from plugbay import HandshakeConfig, RemoteClient
+from plugbay.network import RemoteOptions, connect
+
+H = HandshakeConfig(1, "K", "V")
+connect("static:///127.0.0.1:1", handshake=H, insecur=True)
+connect("static:///127.0.0.1:1", handshake=H, start_timeout="5")
+
+
+def fine(**options: Any) -> RemoteClient:
+    return connect("static:///127.0.0.1:1", handshake=H, insecure=True, call_timeout=None, **options)
+
+
+def mine(**options: Unpack[RemoteOptions]) -> RemoteClient:
+    return connect("static:///127.0.0.1:1", handshake=H, **options)
+'''
+
+
+def test_connect_options_are_typed(tmp_path: Path) -> None:
+    out = _mypy(tmp_path, {"connecting.py": CONNECT})
+    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
+    assert errors == [
+        'connecting.py:8: error: Unexpected keyword argument "insecur" for "connect"; did you mean "insecure"?'
+        '  [call-arg]',
+        'connecting.py:9: error: Argument "start_timeout" to "connect" has incompatible type "str"; expected'
+        ' "float"  [arg-type]',
+    ], out.stdout + out.stderr

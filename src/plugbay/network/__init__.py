@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what type checkers see (explicit re-exports); at run time _
     from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
     from plugbay.network.pool import EndpointPool as EndpointPool
     from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig, connect as connect
+    from plugbay.network.remoteoptions import RemoteOptions as RemoteOptions
     from plugbay.network.resolver import Endpoint as Endpoint
     from plugbay.network.targets import Target as Target, parse_target as parse_target
     from plugbay.network.tls import NetworkTLS as NetworkTLS
@@ -24,6 +25,7 @@ _NAMES = {
     "connect": "plugbay.network.remote",
     "RemoteClient": "plugbay.network.remote",
     "RemoteConfig": "plugbay.network.remote",
+    "RemoteOptions": "plugbay.network.remoteoptions",
     "AsyncRemoteClient": "plugbay.network.aioremote",
     "NetworkTLS": "plugbay.network.tls",
     "OutlierPolicy": "plugbay.network.ejection",

@@ -36,7 +36,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Unpack
 
 import grpc
 
@@ -74,6 +74,7 @@ from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd
 from plugbay.network.remotecheck import check_remote
+from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
 from plugbay.network.tls import NetworkTLS
 
@@ -378,13 +379,15 @@ class RemoteClient(Client):
                                " same target instead")
 
 
-def connect(target: str, *, handshake: HandshakeConfig, **options: Any) -> RemoteClient:
-    """A started RemoteClient for ``target``; ``options`` are RemoteConfig's fields. Use it with ``with``.
+def connect(target: str, *, handshake: HandshakeConfig, **options: Unpack[RemoteOptions]) -> RemoteClient:
+    """A started RemoteClient for ``target``; ``options`` are RemoteConfig's fields (a name it lacks is a
+    ConfigError listing them). Use it with ``with``.
 
         with connect("static:///10.0.0.5:7001", handshake=HANDSHAKE, plugins=PLUGINS,
                      tls=NetworkTLS("host.crt", "host.key", "ca.crt")) as client:
             kv = client.dispense("kv_grpc")
     """
+    check_options(RemoteConfig, options)
     client = RemoteClient(RemoteConfig(target=target, handshake=handshake, **options))
     try:
         client.start()
