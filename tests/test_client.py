@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import (  # noqa: E402
+    AsyncClient,
     CallTimeoutError,
     ChecksumMismatchError,
     Client,
@@ -41,6 +43,7 @@ from plugbay import (  # noqa: E402
     VersionMismatchError,
 )
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from tests.procs import gone  # noqa: E402
 
 PY = sys.executable
 TRAP = str(REPO / "tests" / "plugins" / "trap_kv.py")
@@ -408,6 +411,49 @@ def test_reattach(auto_mtls: bool) -> None:
         assert first.runner.wait(10) is not None
     finally:
         first.kill()
+
+
+def test_no_reattach_config_once_kill_stopped_the_plugin() -> None:
+    # it gave a config naming the dead plugin's pid and socket; close() of a reattached client leaves the
+    # plugin running, so that one's config still holds
+    first = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+    try:
+        first.start()
+        saved = first.reattach_config()
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=saved))
+        second.start()
+        second.close()
+        assert second.reattach_config().runner["pid"] == saved.runner["pid"]
+        first.kill()
+        assert gone(saved.runner["pid"])
+        with pytest.raises(ClientStateError, match=r"plugin '.*' was killed, so there is nothing to reattach to;"
+                                                   r" make a new Client"):
+            first.reattach_config()
+    finally:
+        first.kill()
+
+
+def test_no_reattach_config_once_an_async_client_killed_its_plugin() -> None:
+    async def main() -> None:
+        client = AsyncClient(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+        await client.start()
+        pid = client.reattach_config().runner["pid"]
+        await client.kill()
+        assert gone(pid)
+        with pytest.raises(ClientStateError, match="was killed, so there is nothing to reattach to"):
+            client.reattach_config()
+
+    asyncio.run(main())
+
+
+def test_no_reattach_config_after_a_failed_start() -> None:
+    # refused after its handshake was read (it announced no certificate): the config named that plugin
+    client = Client(config([PY, MISBEHAVE, "line", "1|1|unix|/nonexistent.sock|grpc|"], auto_mtls=True,
+                           require_tls=True))
+    with pytest.raises(HandshakeError):
+        client.start()
+    with pytest.raises(ClientStateError, match=r"failed to start, so there is nothing to reattach to"):
+        client.reattach_config()
 
 
 def test_reattach_config_errors() -> None:

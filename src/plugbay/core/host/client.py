@@ -29,8 +29,7 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import (exited_after_handshake, follow_output, launch_env, private_folder, read_handshake,
                                       refuse_announced, take_runner)
 from plugbay.core.host.exitnotice import ExitNotice
-from plugbay.core.host.live import LIVE, LoopHandoff
-from plugbay.core.host.live import cleanup_clients as cleanup_clients  # re-exported: its public home
+from plugbay.core.host.live import LIVE, LoopHandoff, cleanup_clients as cleanup_clients  # re-exported: its home
 from plugbay.core.host.stop import killed_while_starting
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
@@ -75,6 +74,7 @@ class Client(ExitNotice):
         self._killed = False
         self._starting: threading.Thread | None = None  # the thread in start(), holding the lock
         self._kill_asked = False  # kill() came while another thread started: start() says so
+        self._kill_called = False  # kill() stopped (or is stopping) the plugin: no reattach config for it
         self._handoff = LoopHandoff()  # a kill()/close() asked on the shared loop thread runs on its own thread
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
         self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
@@ -247,8 +247,7 @@ class Client(ExitNotice):
         self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
                                        self._exit_probe, self.name)
         # Built now: building a call object on a channel the exit watcher closed crashes grpcio.
-        self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(  # type: ignore[no-untyped-call]
-            self._conn.channel)
+        self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(self._conn.channel)  # type: ignore[no-untyped-call]
         if self._kick is None:  # reattached: no spawn to arm it at
             self._kick = StreamKick()
         streams = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux, self.config,
@@ -312,12 +311,16 @@ class Client(ExitNotice):
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""
+        if self._kill_called or self._failed is not None:  # a close() leaves the plugin running: its config holds
+            raise ClientStateError(f"plugin {self.name!r} {'failed to start' if self._failed else 'was killed'}, so"
+                                   " there is nothing to reattach to; make a new Client to run it again")
         info = self._need(self._announced, "reattach_config")
         return ReattachConfig(handshake=info, runner=self.runner.reattach_data(),
                               client_cert=self._cert, name=self.name)
 
     def kill(self) -> None:
         """Shutdown, grace, force; then free everything. Idempotent, bounded; on the loop thread, see _end."""
+        self._kill_called |= not self._killed  # not after a close(): that plugin runs on
         self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
     def close(self) -> None:
