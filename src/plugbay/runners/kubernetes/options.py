@@ -4,6 +4,7 @@ naming it before any client is loaded or pod made, not a TypeError from the pod 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,13 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
     for option, example in (("namespace", "plugins"), ("service_account", "plugbay-plugin"),
                             ("context", "kind-plugbay")):
         optional_str(opts[option], where + option, example)
+    # named as the API server names them, so a wrong one fails here and not at the pod's create
+    if opts["namespace"] is not None and not dns_label(opts["namespace"]):
+        raise ConfigError(f"{where}namespace must be a Kubernetes namespace name: {_LABEL_RULE}, got"
+                          f" {opts['namespace']!r:.80}; pass e.g. namespace='plugins'")
+    if opts["service_account"] is not None and not dns_subdomain(opts["service_account"]):
+        raise ConfigError(f"{where}service_account must be a Kubernetes ServiceAccount name: {_SUBDOMAIN_RULE}, got"
+                          f" {opts['service_account']!r:.80}; pass e.g. service_account='plugbay-plugin'")
     optional_str(opts["host_id"], where + "host_id", "host-1", empty=True)  # "": PLUGBAY_HOST_ID or the pod's
     kubeconfig = opts["kubeconfig"]
     if kubeconfig is not None and not isinstance(kubeconfig, (str, os.PathLike)):
@@ -46,7 +54,11 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
     kubeconfig = None if kubeconfig is None else os.fspath(kubeconfig)
     if isinstance(kubeconfig, bytes):  # a bytes path-like: named as the OS names files
         kubeconfig = os.fsdecode(kubeconfig)
-    str_mapping(opts["labels"], where + "labels", {"team": "search"})
+    for key in str_mapping(opts["labels"], where + "labels", {"team": "search"}):
+        if not label_key(key):  # values need no check: pods.label_value makes any str a valid one
+            raise ConfigError(f"{where}labels has the key {key!r:.80}, which is no Kubernetes label key: an optional"
+                              f" prefix ({_SUBDOMAIN_RULE}) and '/', then a name of at most 63 letters, digits, '-',"
+                              " '_' and '.', starting and ending with a letter or digit; pass e.g. {'team': 'search'}")
     if opts["env"] is not None:
         check_env(opts["env"], where + "env")
         check_text_env(opts["env"], where + "env")
@@ -79,3 +91,26 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
     return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig
+
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_LABEL_RULE = "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+_SUBDOMAIN_RULE = "at most 253 characters of lowercase letters, digits, '-' and '.', each part between dots " + (
+    "starting and ending with a letter or digit")
+
+
+def dns_label(name: str) -> bool:
+    """A DNS-1123 label, as Kubernetes names a namespace."""
+    return len(name) <= 63 and re.fullmatch(_LABEL, name) is not None
+
+
+def dns_subdomain(name: str) -> bool:
+    """A DNS-1123 subdomain, as Kubernetes names most objects (a ServiceAccount, a label key's prefix)."""
+    return len(name) <= 253 and re.fullmatch(rf"{_LABEL}(\.{_LABEL})*", name) is not None
+
+
+def label_key(key: str) -> bool:
+    """A label key: [prefix/]name, the prefix a DNS-1123 subdomain, the name a qualified name."""
+    prefix, slash, name = key.rpartition("/")
+    return (not slash or dns_subdomain(prefix)) and len(name) <= 63 and re.fullmatch(
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", name) is not None
