@@ -32,6 +32,7 @@ from plugbay import (  # noqa: E402
     HandshakeError,
     HandshakeTimeoutError,
     MalformedHandshakeError,
+    PlugbayError,
     PluginDiedError,
     PluginExitedError,
     ProtocolMismatchError,
@@ -454,6 +455,34 @@ def test_no_reattach_config_after_a_failed_start() -> None:
         client.start()
     with pytest.raises(ClientStateError, match=r"failed to start, so there is nothing to reattach to"):
         client.reattach_config()
+
+
+def test_the_plugins_own_statuses_come_through_as_grpcs_errors() -> None:
+    # README "Errors" and host-side.md say so: the plugin's answers are passed on as from any gRPC stub
+    # (as go-plugin does), plugbay's own failures are PlugbayErrors
+    cfg = config([PY, str(REPO / "examples" / "kv" / "plugin.py")])
+
+    def check(err: BaseException, code: grpc.StatusCode) -> None:
+        assert isinstance(err, grpc.RpcError) and not isinstance(err, PlugbayError), type(err).__mro__
+        assert err.code() == code
+
+    with Client(cfg) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as missing:
+            kv.get("missing")
+        check(missing.value, grpc.StatusCode.NOT_FOUND)
+        with pytest.raises(grpc.RpcError) as raised:
+            kv.put("no/such/folder", b"x")  # the handler's open() raises
+        check(raised.value, grpc.StatusCode.UNKNOWN)
+
+    async def on_asyncio() -> None:
+        async with AsyncClient(cfg) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            with pytest.raises(grpc.RpcError) as missing:
+                await kv.get("missing")
+            check(missing.value, grpc.StatusCode.NOT_FOUND)
+
+    asyncio.run(on_asyncio())
 
 
 def test_reattach_config_errors() -> None:

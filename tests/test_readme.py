@@ -47,8 +47,8 @@ def _docker_up() -> bool:
 
 def test_the_readme_has_the_examples_this_test_expects() -> None:
     kinds = [("plugin" if "serve(" in c else "docker" if "DockerRunner" in c else
-              "async host" if "AsyncClient" in c else "host") for c in PYTHON]
-    assert kinds == ["host", "async host", "plugin", "docker"], kinds
+              "async host" if "AsyncClient" in c else "errors" if "except" in c else "host") for c in PYTHON]
+    assert kinds == ["host", "async host", "plugin", "docker", "errors"], kinds
 
 
 def test_host_example_prints_the_value(tmp_path: Path) -> None:
@@ -99,6 +99,13 @@ def test_docker_example(tmp_path: Path) -> None:
     result = _run([sys.executable, "-c", PYTHON[3]], _scratch(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "b'in a container'"
+
+
+def test_errors_example_tells_the_plugins_own_answer_from_plugbays(tmp_path: Path) -> None:
+    # the plugin's NOT_FOUND comes through as grpcio's RpcError, not a PlugbayError: the section says so
+    result = _run([sys.executable, "-c", PYTHON[4]], _scratch(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "StatusCode.NOT_FOUND"
 
 
 SHELL = [code for lang, code in BLOCKS if lang == "sh"]
