@@ -176,8 +176,9 @@ class AsyncSupervisor:
         return await off_loop(self._executor, self._sup.wait_running, timeout)
 
     async def dispense(self, name: str) -> Any:
-        """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Brokered
-        callbacks stay bound to the broker of the Client current when it was dispensed."""
+        """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is
+        the Supervisor's, which follows the plugin too; on the event loop it does not wait for a restart
+        (see plugbay.core.resilience.followbroker)."""
         self._check_not_stopped()
         channel = self.channel
         return await self._dispensed.get(name, lambda: self._build(name, channel))
@@ -188,7 +189,7 @@ class AsyncSupervisor:
 
     def _plugin_and_broker(self, name: str) -> tuple[Any, Any]:
         client = self._sup.client  # raises while restarting or after giving up, saying so
-        return plugin_named(client, name), client.broker
+        return plugin_named(client, name), self._sup.broker
 
     async def stop(self) -> None:
         """Stop watching, kill the plugin and close the connections. Idempotent."""

@@ -53,7 +53,7 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
     channel.killed_error = error
 
 
-def _gone(client: Client) -> bool:
+def plugin_gone(client: Client) -> bool:
     """Has the plugin exited? Cheap enough for every call, and never blocks."""
     return client.exited or client.runner.has_exited()
 
@@ -102,7 +102,7 @@ class ReadyGate:
             self._wait_running(method, remaining, timeout)
             generation = sup.channel_generation()
             client = sup.current_client
-            if client is not None and _gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
+            if client is not None and plugin_gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
                 continue  # the plugin is already gone: this call waits for its successor
             try:
                 return attempt(_left(deadline))
@@ -133,7 +133,7 @@ class ReadyGate:
                 raise _not_running(sup, method, timeout or limit)
             generation = sup.channel_generation()
             client = sup.current_client
-            if client is not None and _gone(client) and await _polled(
+            if client is not None and plugin_gone(client) and await _polled(
                     lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
                 continue
             try:

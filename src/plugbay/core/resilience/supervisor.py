@@ -7,7 +7,8 @@
 
 The Supervisor owns one Client at a time. Its stubs are built on the
 Supervisor's own ManagedChannel, whose underlying channel is swapped to each
-new Client's channel, so the stubs a user holds never go stale. A
+new Client's channel, and on a broker that hands each use to the current
+Client's broker, so the stubs a user holds never go stale. A
 plugbay-supervisor-* thread notices a failure (the plugin exited, or its health
 stayed bad for ``unhealthy_grace`` seconds), kills the old Client, waits a
 backoff, starts a new one from the config (or the factory, which may return a
@@ -33,6 +34,7 @@ from typing import Any, Self
 import grpc
 
 from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import ClientStateError
 from plugbay.core.resilience.healthwatch import HealthWatcher
@@ -87,11 +89,11 @@ class Supervisor:
         self._budget = RestartBudget()
         self._failure_run = FailureRun()
         self._dispensed: dict[str, Any] = {}
+        self._broker = FollowingBroker(self)
         self._starting: Client | None = None
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
         self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
-        self.restarts = 0
-        self.failures = 0
+        self.restarts = self.failures = 0
         self.last_failure: str | None = None
 
     # --- public ---------------------------------------------------------------------
@@ -126,6 +128,10 @@ class Supervisor:
         if self._channel is None:
             raise ClientStateError(f"Supervisor of {self.name!r} is not started; call start() first")
         return self._channel
+
+    @property
+    def broker(self) -> FollowingBroker:  # the stubs' broker: each use goes to the current Client's
+        return self._broker
 
     @property
     def health(self) -> str | None:
@@ -192,9 +198,7 @@ class Supervisor:
         self.raise_if_failed()
         if name in self._dispensed:
             return self._dispensed[name]
-        client = self.client
-        # Broker-based callbacks stay bound to the broker of the Client current now.
-        stub = plugin_named(client, name).grpc_client(client.broker, self.channel)
+        stub = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
         self._dispensed[name] = stub
         return stub
 

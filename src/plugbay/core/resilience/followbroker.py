@@ -1,0 +1,182 @@
+"""The broker a Supervisor's stubs are built with: it follows the plugin across restarts.
+
+A stub gets its broker once, when it is built (``grpc_client(broker, channel)``), but
+each Client has a broker of its own, closed when that Client is killed. A stub built
+on one of them would broker nothing after the first restart, and tell its user to
+start a new Client, which a Supervisor's user cannot do. So the Supervisor's stubs
+get a FollowingBroker, which hands each use to the broker of the Client current at
+that moment, as the Supervisor's channel does with calls.
+
+A use that finds the plugin restarting (or already dead) waits for its successor
+within the call timeout, as a unary call does. On an event loop's thread it does not
+wait, which would stall the loop (the asyncio counter stub asks for an id there): it
+raises BrokerClosedError saying the plugin is being restarted.
+
+A new Client's broker counts ids from 1 again, so an id still in use on an earlier
+broker (a callback served when its plugin died, not yet stopped) is skipped: ids stay
+unique across the brokers, and stop_serving() stops only what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
+from plugbay.core.host.client import Client
+from plugbay.core.resilience.readygate import Restarter, plugin_gone
+from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ClientStateError, RestartBudgetExhaustedError
+
+T = TypeVar("T")
+
+_PRUNE_AT = 256  # ids handed out and never stopped (a stub that failed between next_id and serving)
+
+
+class FollowingBroker(GRPCBroker):
+    """A GRPCBroker whose every use goes to the Supervisor's current Client's broker. See the module docstring.
+
+    close() closes nothing: the Supervisor closes each Client's broker when it ends that Client."""
+
+    def __init__(self, sup: Restarter) -> None:
+        super().__init__(BrokerTransport(), "host")  # its own state stays unused: nothing is brokered here
+        self._sup = sup
+        self._ids_lock = threading.Lock()
+        self._live: dict[int, GRPCBroker] = {}  # id -> the broker that handed it out or serves it
+
+    def next_id(self) -> int:
+        def fresh(broker: GRPCBroker) -> int:
+            while True:  # bounded: each turn gets another id, and few are live
+                id = broker.next_id()
+                with self._ids_lock:
+                    if id not in self._live:
+                        self._prune()
+                        self._live[id] = broker
+                        return id
+
+        return self._use("hand out a broker id", fresh, resend=True)
+
+    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *,
+                         loop: asyncio.AbstractEventLoop | None = None) -> None:
+        def serve(broker: GRPCBroker) -> None:
+            with self._ids_lock:
+                self._live[id] = broker  # where stop_serving(id) must go
+            try:
+                broker.accept_and_serve(id, register, loop=loop)
+            except BrokerClosedError:
+                raise  # the id stays taken: it may be served on the successor next
+            except BaseException:
+                with self._ids_lock:
+                    if self._live.get(id) is broker:
+                        del self._live[id]
+                raise
+
+        # nothing is served when it fails: serving the id on the successor instead is safe
+        self._use(f"serve broker id {id}", serve, resend=True)
+
+    def stop_serving(self, id: int) -> None:
+        with self._ids_lock:
+            broker = self._live.pop(id, None)
+        if broker is None:  # an id this broker did not hand out or serve: the current plugin's, if any
+            client = self._sup.current_client
+            broker = client.broker if client is not None else None
+        if broker is not None:  # a closed broker stopped its servers already: a no-op there
+            broker.stop_serving(id)
+
+    def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
+        # not sent again to a successor: the id was the old plugin's, and went with it
+        return self._use(f"dial broker id {id}", lambda broker: broker.dial(id, timeout), resend=False)
+
+    def close(self, *, wait: bool = True) -> None:
+        """Nothing to close here (see the class docstring)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once no plugin will come any more: the Supervisor was stopped or gave up."""
+        if self._sup.state == "stopped":
+            return True
+        try:
+            self._sup.raise_if_failed()
+        except RestartBudgetExhaustedError:
+            return True
+        return False
+
+    @property
+    def lost_reason(self) -> str | None:
+        client = self._sup.current_client
+        if client is None:
+            return f"plugin {self._sup.name!r} is not running now ({self._sup.state})"
+        return client.broker.lost_reason
+
+    # --- internals --------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        """Drop the ids of closed brokers once many are kept (under the lock)."""
+        if len(self._live) >= _PRUNE_AT:
+            self._live = {id: b for id, b in self._live.items() if not b.closed}
+
+    def _use(self, what: str, op: Callable[[GRPCBroker], T], resend: bool) -> T:
+        sup = self._sup
+        deadline = None if sup.call_timeout is None else time.monotonic() + sup.call_timeout
+        for _ in range(sup.max_restarts + 2):
+            client = self._current(what, deadline)
+            try:
+                return op(client.broker)
+            except BrokerClosedError as exc:
+                if sup.current_client is client and not plugin_gone(client):
+                    raise  # the plugin runs on and closed its broker: the broker's own word
+                if not resend or _on_event_loop():
+                    raise BrokerClosedError(
+                        f"plugin {sup.name!r} died or was restarted by its Supervisor while this host was"
+                        f" about to {what}; what the old plugin had brokered went with it. Call again: the"
+                        " stub uses the new plugin") from exc
+        raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
+                                 " the Supervisor's events for why it keeps failing")
+
+    def _current(self, what: str, deadline: float | None) -> Client:
+        """The running Client, waited for while the plugin restarts (not on an event loop's thread)."""
+        sup = self._sup
+        for _ in range(sup.max_restarts + 2):
+            sup.raise_if_failed()
+            generation = sup.channel_generation()
+            client = sup.current_client
+            if client is not None and not plugin_gone(client):
+                return client
+            if sup.state == "stopped":
+                raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+            if _on_event_loop():
+                why = f" (last failure: {sup.last_failure})" if client is None and sup.last_failure else ""
+                raise BrokerClosedError(
+                    f"plugin {sup.name!r} is not running: it is being restarted by its Supervisor{why}, so this"
+                    f" host cannot {what} now. On an event loop this does not wait for the restart: await the"
+                    " supervisor's wait_running() and call again (from a thread it waits)")
+            if client is not None and not sup.changed_since(generation, _left(deadline, 5.0)):
+                return client  # the Supervisor has not seen the death yet: the broker says what it finds
+            if not sup.wait_running(_left(deadline, 3600.0)):
+                sup.raise_if_failed()
+                if sup.state == "stopped":
+                    raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+                raise BrokerTimeoutError(
+                    f"could not {what}: waited for the Supervisor to restart plugin {sup.name!r} (restart"
+                    f" {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"
+                    " or check the plugin's logs and the Supervisor's events")
+        raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
+                                 " the Supervisor's events for why it keeps failing")
+
+
+def _left(deadline: float | None, most: float) -> float:
+    return most if deadline is None else min(most, max(deadline - time.monotonic(), 0.0))
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
