@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -188,6 +189,34 @@ def test_bad_limit_options_are_config_errors() -> None:
         DockerRunner(BASE, cpus=0)
     with pytest.raises(ConfigError, match="absolute container paths, got 'tmp'"):
         DockerRunner(BASE, writable_dirs=("tmp",))
+
+
+@pytest.mark.parametrize("kwargs", [{"writable_dirs": ("/tmp", "/plugbay/sock")},
+                                    {"tmpfs": {"/plugbay/sock/": "size=1m"}},
+                                    {"writable_dirs": ("/plugbay/sock/cache",)}, {"tmpfs": {"//plugbay/./sock": ""}}])
+def test_a_tmpfs_over_the_unix_socket_folder_is_refused(kwargs: dict[str, Any]) -> None:
+    # a tmpfs at /plugbay/sock hid the bind-mounted socket folder: the start failed with a MalformedHandshakeError
+    # naming a socket the host could not see (one inside it made a root-owned folder in the host's)
+    with pytest.raises(ConfigError, match="would cover the unix transport's socket folder, bind-mounted at"
+                                          " /plugbay/sock .*choose a path outside it, or use transport='tcp'"):
+        DockerRunner(BASE, **kwargs)
+    DockerRunner(BASE, transport="tcp", **kwargs)  # no socket folder to cover
+
+
+def test_a_tmpfs_above_the_unix_socket_folder_leaves_it_reachable(plugbay_docker: Any) -> None:
+    # the engine mounts the deeper bind mount over a tmpfs at /plugbay: not refused, and the plugin is reached
+    serve = ("import os, socket, time; p = os.environ['PLUGIN_UNIX_SOCKET_DIR'] + '/p.sock'; s = socket.socket("
+             "socket.AF_UNIX); s.bind(p); s.listen(); print('1|1|unix|%s|grpc' % p, flush=True); s.accept()[0].close()")
+    runner = DockerRunner(BASE, writable_dirs=("/tmp", "/plugbay"), entrypoint=["python3", "-c", serve])
+    runner.start(LaunchSpec(env={}))
+    try:
+        network, address = next(iter(runner.stdout_lines())).split("|")[2:4]
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(runner.plugin_to_host(network, address)[1])
+        assert runner.wait(30) == 0, runner.diagnose()
+    finally:
+        runner.kill()
 
 
 def test_root_socket_group_that_is_a_host_group_is_refused(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ def test_plugin_image_is_built_once_per_content(plugbay_docker: Any, tmp_path: P
     (plugin / "main.py").write_text("import os, grpc, plugbay; print('v1', os.getuid(), grpc.__version__)\n")
     tag = "plugbay-images-test:latest"
     lines: list[str] = []
+    user: Any = None
+    changed = ""
     try:
         plugbay_docker.images.remove(tag, force=True)  # left by a run that was killed mid-test
     except ImageNotFound:
@@ -60,15 +62,31 @@ def test_plugin_image_is_built_once_per_content(plugbay_docker: Any, tmp_path: P
         assert out.split() == ["v1", "10001", grpc.__version__]  # non-root, host's grpcio pin
         assert images.HASH_LABEL in plugbay_docker.images.get(tag).labels
         (plugin / "main.py").write_text("print('v2')\n")
+        lines.clear()
         changed = images.build_plugin_image(tag, plugin, ["python", "/plugin/main.py"], progress=lines.append,
                                             client=plugbay_docker)
         assert changed != first
         assert plugbay_docker.containers.run(tag, remove=True, network_mode="none").decode() == "v2\n"
+        # the image the rebuild took the tag from is removed (it stayed as <none>:<none>, one per rebuild)
+        with pytest.raises(ImageNotFound):
+            plugbay_docker.images.get(first)
+        assert any(line.startswith(f"{tag}: removed the image it replaced") for line in lines), lines
+        # one a container still uses stays (the engine's conflict), and the build succeeds
+        user = plugbay_docker.containers.create(tag, network_mode="none")
+        (plugin / "main.py").write_text("print('v3')\n")
+        lines.clear()
+        third = images.build_plugin_image(tag, plugin, ["python", "/plugin/main.py"], progress=lines.append,
+                                          client=plugbay_docker)
+        assert third != changed and plugbay_docker.images.get(changed).id == changed
+        assert any(line.startswith(f"{tag}: kept the image it replaced") for line in lines), lines
     finally:
-        try:
-            plugbay_docker.images.remove(tag, force=True)
-        except ImageNotFound:  # never built; any other failure leaves an image behind
-            pass
+        if user is not None:
+            user.remove(force=True)
+        for image in filter(None, (tag, changed)):
+            try:
+                plugbay_docker.images.remove(image, force=True)
+            except ImageNotFound:  # never built; any other failure leaves an image behind
+                pass
 
 
 def _digest(root: Path) -> str:
@@ -117,6 +135,17 @@ def test_bad_requests_are_config_errors(plugbay_docker: Any, tmp_path: Path) -> 
                                                  " and plugbay never pulls; build or `docker load` it"):
         images.build_plugin_image("x:y", tmp_path, ["true"], base_image="plugbay-no-such-base:1",
                                   client=plugbay_docker)
+
+
+@pytest.mark.parametrize("entry", ["python /plugin/plugin.py", [], ["python", ""], [b"python"], None, ["a\0b"]])
+def test_an_entry_that_is_not_an_argv_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        entry: Any) -> None:
+    # a str was split into characters (exec 'p' 'y' ...), [] built an image that ran nothing, and bytes or None
+    # were a bare TypeError; refused before any engine is asked (none answers here)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(ConfigError, match=r"entry must be the argv the plugin runs, a non-empty list of non-empty"
+                                          r' str, e.g. \["python", "/plugin/plugin.py"\]; got '):
+        images.build_plugin_image("x:y", tmp_path, entry)
 
 
 def test_cli_base_only() -> None:

@@ -6,6 +6,7 @@ API version, which docker-py does not negotiate with the engine).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,20 @@ def test_a_label_named_like_plugbays_is_a_config_error(labels: Any) -> None:
         PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, labels=labels, **NO_ENGINE)
     container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)
     container.with_kwargs(labels=labels)
+    with pytest.raises(ConfigError, match=says):  # refused before the engine is asked anything
+        container.start()
+
+
+@pytest.mark.parametrize(("name", "instead"), [("environment", "env={...} or with_env(key, value)"),
+                                               ("tmpfs", "with_tmpfs_mount(path, size)")])
+def test_a_create_argument_testcontainers_sets_itself_is_a_config_error(name: str, instead: str) -> None:
+    # docker-py's environment= (or tmpfs=) went on to testcontainers' create call, which passes its own: a bare
+    # TypeError "got multiple values for keyword argument" at start()
+    says = rf"PluginContainer does not take docker-py's {name}= \(testcontainers sets the container's {name} itself\);"
+    with pytest.raises(ConfigError, match=says + " use " + re.escape(instead)):
+        PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **{name: {"/x": "y"}}, **NO_ENGINE)
+    container = PluginContainer("plugbay-kv:latest", HANDSHAKE, PLUGINS, **NO_ENGINE)
+    container.with_kwargs(**{name: {"/x": "y"}})
     with pytest.raises(ConfigError, match=says):  # refused before the engine is asked anything
         container.start()
 

@@ -111,6 +111,34 @@ def test_a_plugin_container_starts_again_after_stop(plugbay_image: Any, plugbay_
     assert plugbay_docker.containers.list(all=True, filters={"name": f"plugbay-tc-restart-{transport}"}) == []
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_a_second_start_without_stop_is_refused_and_the_first_container_kept(plugbay_docker: Any,
+                                                                            transport: str) -> None:
+    # a second start() made a second container and forgot the first (tcp: left running for good), or (unix) failed
+    # with the engine's "Duplicate mount point" and its clean-up removed the first, running container
+    from plugbay.runners.session import HOST_SESSION_ID
+
+    address = "/plugbay/sock/p.sock" if transport == "unix" else "127.0.0.1:4000"
+    plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, transport=transport, auto_mtls=False,
+                             entrypoint=["sh", "-c", f"echo '1|1|{transport}|{address}|grpc'; exec sleep 60"])
+    try:
+        plugin.start()
+        first = plugin.get_container_id()
+        folder = plugin.reattach_config().runner["host_socket_dir"]
+        with pytest.raises(ClientStateError, match=r"PluginContainer is already started; call stop\(\) first"):
+            plugin.start()
+        assert plugin.get_container_id() == first and plugin.reattach_config().runner["host_socket_dir"] == folder
+        assert plugbay_docker.api.inspect_container(first)["State"]["Running"]
+        assert [c.id for c in _session_containers(plugbay_docker, HOST_SESSION_ID)] == [first]
+    finally:
+        plugin.stop()
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+    assert folder is None or not os.path.exists(folder)
+    plugin.start()  # after stop(), a start is a new one
+    plugin.stop()
+    assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
+
+
 def test_tcp_plugin_container_serves_only_the_host_with_automtls(plugbay_image: Any, plugbay_docker: Any) -> None:
     # the tcp transport served plaintext on its published port: any local process could call the plugin
     import grpc

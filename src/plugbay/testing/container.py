@@ -20,6 +20,7 @@ DockerRunner, the image must be on the engine: nothing is ever pulled.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import uuid
@@ -53,11 +54,20 @@ _log = logging.getLogger("plugbay.testing")
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
 _MAX_WAIT = 365 * 86400.0  # a year: longer is a mistake, and past time_t a socket timeout is an OverflowError
+# create arguments testcontainers' start() passes itself (a second one was a bare TypeError): what to use instead
+_OWN_ARGS = {"environment": "env={...} or with_env(key, value)", "tmpfs": "with_tmpfs_mount(path, size)",
+             "command": "command= or with_command()", "ports": "container_port=",
+             "name": "name= or with_name()", "volumes": "volumes= or with_volume_mapping()"}
+_CONTAINER_PARAMS = frozenset(inspect.signature(DockerContainer.__init__).parameters)  # command=, name=, ...
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
     """The caller's ``labels`` create argument, checked as DockerRunner checks its own (docker-py also takes
-    a list of names)."""
+    a list of names), and no create argument testcontainers passes itself (``kwargs``: those left to create())."""
+    for name, instead in _OWN_ARGS.items():
+        if name in kwargs:
+            raise ConfigError(f"PluginContainer does not take docker-py's {name}= (testcontainers sets the"
+                              f" container's {name} itself); use {instead}")
     return checked_labels(kwargs.get("labels") or {}, "PluginContainer(labels=...)")
 
 
@@ -141,7 +151,8 @@ class PluginContainer(DockerContainer):
             raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
         _check_args(image, plugins, versioned_plugins, container_port, start_timeout, call_timeout)
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
-        _caller_labels(kwargs)
+        # what DockerContainer leaves for create(), checked before it makes its engine client
+        _caller_labels({k: v for k, v in kwargs.items() if k not in _CONTAINER_PARAMS})
         super().__init__(image, **kwargs)
         self.handshake_config = handshake
         self.plugins = plugins
@@ -163,6 +174,7 @@ class PluginContainer(DockerContainer):
         self._given_kwargs: dict[str, Any] = {}
         self._built_kwargs: dict[str, Any] | None = None
         self._made_name: str | None = None  # the container name _configure() chose (the caller gave none)
+        self._started = False  # start() called and no stop() since: a second start() would orphan the container
         versions = sorted({*(versioned_plugins or {}), handshake.protocol_version})
         self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
@@ -216,6 +228,10 @@ class PluginContainer(DockerContainer):
         self._kwargs = self._built_kwargs = built
 
     def start(self) -> Self:
+        if self._started:  # before the try: its clean-up would remove the running container
+            raise ClientStateError("PluginContainer is already started; call stop() first (or use a new"
+                                   " PluginContainer for a second plugin)")
+        self._started = True
         try:
             super().start()
             handshake = read_handshake(self.get_wrapped_container(), self.image, self.start_timeout)
@@ -268,7 +284,7 @@ class PluginContainer(DockerContainer):
 
         # the removed container's handshake and key: get_client() after stop() is "call start() first",
         # not a reattach to a container that no longer exists
-        self.handshake, self._cert = None, None
+        self.handshake, self._cert, self._started = None, None, False
         try:
             client, self._client = self._client, None
             try:

@@ -51,8 +51,9 @@ def transport_settings(transport: str, container_port: int, gid: int | None) -> 
     """The environment and create() arguments that put the plugin's address where the host reaches it.
 
     unix: the socket folder (bind-mounted by the caller at CONTAINER_SOCKET_DIR,
-    group ``gid``) and no network at all; tcp: PLUGBAY_LISTEN on the container's
-    interfaces, published on 127.0.0.1 only (nothing is ever dialed on a bridge).
+    group ``gid``) and no network at all, TMPDIR there too unless the caller's env names one (go-plugin
+    <= 1.4 puts its socket in $TMPDIR); tcp: PLUGBAY_LISTEN on the container's interfaces, published on
+    127.0.0.1 only (nothing is ever dialed on a bridge), and no host folder: TMPDIR is left alone.
     """
     if transport == "unix":
         env = {"PLUGIN_UNIX_SOCKET_DIR": CONTAINER_SOCKET_DIR, "TMPDIR": CONTAINER_SOCKET_DIR,
@@ -333,6 +334,11 @@ def clear_socket_dir(path: str) -> None:
         return
     try:
         _clear_entries(fd)
+        # the maker's marker goes last, only from a folder nothing else is left in: a folder the
+        # plugin left a temp file in keeps it, so the temp sweep (plugbay sweep --temp) can still
+        # prove it stale and remove it once its maker is gone
+        if [entry.name for entry in os.scandir(fd)] == [OWNER_MARKER]:
+            _clear_entries(fd, (OWNER_MARKER,))
     finally:
         os.close(fd)
     try:
@@ -363,11 +369,12 @@ def give_back_socket_dir(path: str, before: os.stat_result) -> None:
         os.close(fd)
 
 
-def _clear_entries(fd: int) -> None:
+def _clear_entries(fd: int, markers: tuple[str, ...] = (SOCKET_MARKER,)) -> None:
+    """Remove the sockets and ``markers``: the maker's (OWNER_MARKER) stays by default, see clear_socket_dir."""
     for entry in os.scandir(fd):
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISSOCK(mode) or (entry.name in (SOCKET_MARKER, OWNER_MARKER) and stat.S_ISREG(mode)):
+            if stat.S_ISSOCK(mode) or (entry.name in markers and stat.S_ISREG(mode)):
                 os.unlink(entry.name, dir_fd=fd)
         except OSError:
             pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,7 @@ from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
 from plugbay.runners.options import flag, optional_int, optional_mapping, optional_str, optional_str_list, str_list
 
 TRANSPORTS = ("unix", "tcp")
@@ -120,11 +122,27 @@ def _check_lists(opts: Mapping[str, Any]) -> dict[str, Any]:
             isinstance(m, (str, Mapping)) for m in mounts):
         raise ConfigError(f"DockerRunner mounts must be a list of 'SOURCE:TARGET[:ro]' strings or docker Mounts,"
                           f" got {mounts!r:.80}")
+    if opts["transport"] == "unix":
+        _check_socket_dir_kept([*kept["writable_dirs"], *(tmpfs or {})])
     optional_mapping(opts["extra_create_args"], where + "extra_create_args", "{'shm_size': '64m'}")
     labels = opts["labels"]
     if labels is not None and not isinstance(labels, (Mapping, list, tuple)):
         raise ConfigError(f"DockerRunner labels= must be a mapping of label keys to values, got {labels!r:.80}")
     return kept
+
+
+def _check_socket_dir_kept(targets: list[str]) -> None:
+    """The unix transport's socket folder is bind-mounted at CONTAINER_SOCKET_DIR: a tmpfs there hides it (the
+    handshake then names a socket the host cannot see), one inside it makes a folder in the host's. A tmpfs
+    above it (/plugbay) is fine: the engine mounts the deeper bind mount over it."""
+    for target in targets:
+        if not target.startswith("/"):
+            continue  # refused as not absolute (hardening.tmpfs_mounts)
+        path = "/" + posixpath.normpath(target).lstrip("/")  # "//plugbay/./sock/" too
+        if path == CONTAINER_SOCKET_DIR or path.startswith(CONTAINER_SOCKET_DIR + "/"):
+            raise ConfigError(f"DockerRunner writable_dirs/tmpfs entry {target!r} would cover the unix transport's"
+                              f" socket folder, bind-mounted at {CONTAINER_SOCKET_DIR} (the host could not reach"
+                              " the plugin); choose a path outside it, or use transport='tcp'")
 
 
 def cpus_to_nano(cpus: float | None, nano_cpus: int | None) -> int | None:

@@ -5,7 +5,7 @@ Two transports:
 * ``unix`` (default, like Vault's containerized plugins): the container has no
   network; the host's socket folder is bind-mounted at ``/plugbay/sock`` and
   PLUGIN_UNIX_SOCKET_DIR and TMPDIR point there (go-plugin 1.0.1 plugins put
-  their socket in $TMPDIR). ``plugin_to_host`` maps the in-container path back
+  their socket in $TMPDIR; a TMPDIR in ``env`` wins). ``plugin_to_host`` maps the in-container path back
   to the host path. A non-root container user gets the folder's group as a
   supplementary group, and PLUGIN_UNIX_SOCKET_GROUP asks the plugin to hand
   its socket to that group so a non-root host can connect.
@@ -204,7 +204,8 @@ class DockerRunner(ContainerTeardown, Runner):
             env.pop("PLUGBAY_LISTEN", None)
             mounts.append(bind_mount(self._host_socket_dir, CONTAINER_SOCKET_DIR))
         transport_env, args = transport_settings(self.transport, self.container_port, gid)
-        env.update(transport_env)
+        # a TMPDIR the caller gave wins over the socket folder (writes there reach the host's disk; see docs/docker.md)
+        env = {**transport_env, **env, **{k: v for k, v in transport_env.items() if k != "TMPDIR"}}
         isolated = None  # the isolated network's verified id, if the container joins it
         if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
             args["network"] = isolated = network_id(client, self.network)
