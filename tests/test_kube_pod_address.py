@@ -57,6 +57,29 @@ def test_a_pod_ip_that_is_no_pods_address_is_refused(ip: Any, why: str) -> None:
         pod_address(_plain({"podIP": ip}), 4000, "default/plugin-abc")
 
 
+@pytest.mark.parametrize(("ip", "why"), [
+    ("fd00:ec2::254", r"cannot be a pod's \(fd00:ec2::/64 is AWS's instance metadata"),
+    ("fd00:ec2::123", "fd00:ec2::/64"),
+    ("64:ff9b::a9fe:a9fe", r"carries the IPv4 address 169\.254\.169\.254 \(NAT64, 64:ff9b::/96\), which cannot be"
+                           " a pod's"),
+    ("2002:a9fe:a9fe::1", r"carries the IPv4 address 169\.254\.169\.254 \(6to4, 2002::/16\), which cannot be a"
+                          " pod's"),
+    ("64:ff9b::7f00:1", r"carries the IPv4 address 127\.0\.0\.1 \(NAT64.*loopback"),
+])
+def test_cloud_metadata_in_its_ipv6_forms_is_no_pods_address(ip: str, why: str) -> None:
+    # discovery refused these as replicas while the runner dialled them as pod and node IPs: AWS's IPv6
+    # metadata service, and 169.254.169.254 reached through a NAT64 translator or a 6to4 relay
+    with pytest.raises(RunnerError, match=why):
+        pod_address(_plain({"podIP": ip}), 4000, "default/plugin-abc")
+    with pytest.raises(RunnerError, match=why):
+        pod_address(_pod({}, {"hostIP": ip}), 4000, "default/plugin-abc")
+
+
+def test_a_loopback_address_behind_nat64_takes_the_loopback_opt_in() -> None:
+    pod = _plain({"podIP": "64:ff9b::7f00:1"})
+    assert pod_address(pod, 4000, "d/p", allow_loopback=True) == "[64:ff9b::7f00:1]:4000"
+
+
 def test_a_node_ip_is_checked_as_a_pod_ip_is() -> None:
     with pytest.raises(RunnerError, match="link-local"):
         pod_address(_pod({}, {"hostIP": "169.254.169.254"}), 4000, "default/plugin-abc")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from plugbay.core.protocol.addresses import Problem, peer_refusal
 from plugbay.errors import ConfigError
 
 
@@ -59,20 +60,12 @@ LOOPBACK_HINT = ("pass allow_loopback=True (RemoteConfig(allow_loopback=True), t
                  " plugin really is served on this host's loopback, or name it with a static:/// target")
 
 
-# AWS serves instance metadata (IMDS), DNS and time to IPv6 instances from fd00:ec2::254, ::253 and ::123:
-# unique-local addresses, which no generic test refuses
-_CLOUD_METADATA_V6 = ipaddress.IPv6Network("fd00:ec2::/64")
-# NAT64's well-known prefix (RFC 6052): a translator dials the IPv4 address in the last 32 bits
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
-    """The IPv4 address that dialling ``ip`` reaches through a translator or relay, and the form's name."""
-    if ip in _NAT64:  # a NAT64 translator turns 64:ff9b::a9fe:a9fe into 169.254.169.254
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64, 64:ff9b::/96"
-    if ip.sixtofour is not None:  # a 6to4 relay tunnels 2002:a9fe:a9fe:: to 169.254.169.254
-        return ip.sixtofour, "6to4, 2002::/16"
-    return None
+def _replica_words(problem: Problem) -> str:
+    if problem is Problem.ZONE_INDEX:
+        return "carries a zone index (%...): a zone index is no replica address"
+    if problem is Problem.LOOPBACK:
+        return f"is a loopback address, refused by default from discovery: {LOOPBACK_HINT}"
+    return f"cannot be a replica ({problem.value})"
 
 
 def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool = False) -> str | None:
@@ -92,22 +85,12 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback
 
     A zone index (fd00::1%eth0) names a network interface of the host that reads the answer: it says
     nothing of the replica, and each spelling of one would be an endpoint of its own.
+
+    The check is plugbay.core.protocol.addresses.peer_refusal, the one the Kubernetes runner makes of
+    the pod IPs it dials; this words it for discovery.
     """
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id is not None:
-            return "carries a zone index (%...): a zone index is no replica address"
-        if ip in _CLOUD_METADATA_V6:
-            return "cannot be a replica (fd00:ec2::/64 is AWS's instance metadata, DNS and time service)"
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
-        elif (embedded := _embedded_ipv4(ip)) is not None:
-            why = refusal(embedded[0], allow_loopback=allow_loopback)
-            return None if why is None else f"carries the IPv4 address {embedded[0]} ({embedded[1]}), which {why}"
-    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "cannot be a replica (unspecified, multicast, broadcast or link-local)"
-    if ip.is_loopback and not allow_loopback:
-        return f"is a loopback address, refused by default from discovery: {LOOPBACK_HINT}"
-    return None
+    why = peer_refusal(ip, allow_loopback=allow_loopback)
+    return None if why is None else why.worded(_replica_words)
 
 
 def refused_as_loopback(refused: Sequence[str]) -> bool:

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.addresses import Problem, peer_refusal
 from plugbay.errors import (
     ConfigError,
     ImageNotFoundError,
@@ -259,8 +260,10 @@ def pod_address(pod: Json, port: int, pod_id: str, *, allow_loopback: bool = Fal
 
     The address is the API server's answer, checked as discovery checks an EndpointSlice's: an IP
     (a name would be resolved when dialled, past any check), and one that may be a pod's or a node's
-    (not unspecified, multicast, broadcast or link-local, where clouds serve instance metadata; nor
-    loopback, the host's own services, unless ``allow_loopback``: a stand-in API on one machine)."""
+    (not unspecified, multicast, broadcast or link-local, where clouds serve instance metadata, nor
+    AWS's IPv6 metadata fd00:ec2::/64; IPv4-mapped, NAT64 and 6to4 addresses are checked as the IPv4
+    address they reach; nor loopback, the host's own services, unless ``allow_loopback``: a stand-in
+    API on one machine)."""
     status = _obj(pod.get("status"))
     # A hostPort on the container port means the pod is reached on its node's IP.
     for c in _objs(_obj(pod.get("spec")).get("containers")):
@@ -301,19 +304,20 @@ def _dialable(text: Any, what: str, pod_id: str, allow_loopback: bool) -> ipaddr
     return ip
 
 
-def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str:
-    """Why ``ip`` is no pod's or node's address; "" if it may be one."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id is not None:
-            return "carries a zone index (%...), which names an interface of this host, not a pod"
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is dialled as the IPv4 address it maps
-    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "cannot be a pod's (unspecified, multicast, broadcast or link-local)"
-    if ip.is_loopback and not allow_loopback:
+def _pod_words(problem: Problem) -> str:
+    if problem is Problem.ZONE_INDEX:
+        return "carries a zone index (%...), which names an interface of this host, not a pod"
+    if problem is Problem.LOOPBACK:
         return ("is a loopback address, this host's own (pass KubernetesRunner(allow_loopback=True) only for an"
                 " API stand-in that runs pods on this machine)")
-    return ""
+    return f"cannot be a pod's ({problem.value})"
+
+
+def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str:
+    """Why ``ip`` is no pod's or node's address; "" if it may be one (the check discovery makes of the
+    replicas it dials: plugbay.core.protocol.addresses.peer_refusal)."""
+    why = peer_refusal(ip, allow_loopback=allow_loopback)
+    return "" if why is None else why.worded(_pod_words)
 
 
 def _unspecified(host: Any) -> bool:
