@@ -14,7 +14,8 @@ import pytest
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
 from plugbay import CircuitBreaker, CircuitOpenError, Client, ConfigError, RetryPolicy  # noqa: E402
-from plugbay.core.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitOpen  # noqa: E402
+from plugbay.core.resilience.circuit import (CLOSED, DEFAULT_FAILURE_CODES, HALF_OPEN, OPEN,  # noqa: E402
+                                            CircuitOpen)
 from plugbay.core.resilience.calls import install  # noqa: E402
 
 
@@ -162,6 +163,39 @@ def test_application_errors_do_not_open_it(tmp_path: Path) -> None:
                 kv.get("missing")
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert b.state == CLOSED
+
+
+def test_a_handler_exception_does_not_open_the_default_breaker(tmp_path: Path) -> None:
+    """UNKNOWN is what a handler's exception gives (and a go-plugin Go plugin's plain Go error): an answer
+    from a plugin that works, which opened the default breaker as if the plugin were down. A breaker
+    told to count it still does."""
+    default = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="kv")
+    counting = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="kv",
+                              failure_codes=DEFAULT_FAILURE_CODES | {grpc.StatusCode.UNKNOWN})
+    with Client(faulty_config(tmp_path)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        install(client, breaker=default)
+        for _ in range(default.failure_threshold + 1):
+            with pytest.raises(grpc.RpcError) as err:
+                kv.get("__raise__")
+            assert not isinstance(err.value, CircuitOpen), err.value
+            assert err.value.code() == grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+            assert "the handler failed" in (err.value.details() or "")  # type: ignore[attr-defined]
+        assert default.state == CLOSED and default.opened_count == 0
+        assert kv.get("k") == b"v"
+
+        install(client, breaker=counting)
+        for _ in range(counting.failure_threshold):
+            with pytest.raises(grpc.RpcError) as err:
+                kv.get("__raise__")
+            assert err.value.code() == grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+        assert counting.state == OPEN
+        with pytest.raises(CircuitOpen) as refused:
+            kv.get("__raise__")
+        assert "the handler failed" in refused.value.last_failure
+        install(client)
+        assert kv.get("__calls__") == b"6"  # 3 + 2 raising Gets and Get("k"): the refused one was never sent
 
 
 def test_open_circuit_stops_retries_at_once(tmp_path: Path) -> None:

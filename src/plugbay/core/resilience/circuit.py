@@ -13,7 +13,11 @@ half_open  exactly one probe call passes; its success closes the circuit, its
            carry no ticket to tell two probes apart).
 
 Application errors (NOT_FOUND, INVALID_ARGUMENT ...) prove the plugin answers,
-so they count as successes. plugbay errors without a gRPC status (a Supervisor that
+so they count as successes. UNKNOWN is one too by default: it is what a go-plugin
+Go plugin answers for any plain Go error ("key not found") and what a Python
+handler's exception gives, so counting it would open the circuit of a healthy
+plugin after a few such answers (pass ``failure_codes=DEFAULT_FAILURE_CODES |
+{grpc.StatusCode.UNKNOWN}`` to count it). plugbay errors without a gRPC status (a Supervisor that
 gave up or was stopped) say nothing of the plugin: they count as neither.
 A HealthWatcher may ``trip()`` and ``reset()`` it.
 Thread-safe; state changes are reported to ``on_change(old, new, reason)``.
@@ -43,9 +47,11 @@ HALF_OPEN = "half_open"
 
 _CALL = object()  # the ticket of a call let through while the circuit is closed
 
+# Codes that say the plugin or the way to it is in trouble. Not UNKNOWN: an application error (see above),
+# as outlier ejection in network mode treats it (plugbay.network.ejection).
 DEFAULT_FAILURE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 
 
