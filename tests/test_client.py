@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -455,6 +456,23 @@ def test_no_reattach_config_after_a_failed_start() -> None:
         client.start()
     with pytest.raises(ClientStateError, match=r"failed to start, so there is nothing to reattach to"):
         client.reattach_config()
+
+
+def test_a_failed_reattach_says_the_config_it_was_given_holds() -> None:
+    # a reattach that fails leaves the plugin as it was: not "failed to start ... make a new Client"
+    first = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+    try:
+        first.start()
+        saved = first.reattach_config()
+        os.kill(saved.runner["pid"], signal.SIGKILL)
+        assert first.runner.wait(10) is not None
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=saved, start_timeout=5))
+        with pytest.raises(PlugbayError):
+            second.start()
+        with pytest.raises(ClientStateError, match=r"attaching to plugin '.*' failed \(.*\); the ReattachConfig"):
+            second.reattach_config()
+    finally:
+        first.kill()
 
 
 def test_the_plugins_own_statuses_come_through_as_grpcs_errors() -> None:

@@ -311,6 +311,9 @@ class Client(ExitNotice):
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""
+        if self._failed is not None and self.config.reattach is not None:  # the plugin was left as it was
+            raise ClientStateError(f"attaching to plugin {self.name!r} failed ({self._failed}); the ReattachConfig"
+                                   " this Client was given is unchanged")
         if self._kill_called or self._failed is not None:  # a close() leaves the plugin running: its config holds
             raise ClientStateError(f"plugin {self.name!r} {'failed to start' if self._failed else 'was killed'}, so"
                                    " there is nothing to reattach to; make a new Client to run it again")
@@ -320,7 +323,6 @@ class Client(ExitNotice):
 
     def kill(self) -> None:
         """Shutdown, grace, force; then free everything. Idempotent, bounded; on the loop thread, see _end."""
-        self._kill_called |= not self._killed  # not after a close(): that plugin runs on
         self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
     def close(self) -> None:
@@ -349,6 +351,7 @@ class Client(ExitNotice):
                 if what == "close":
                     self._check_closable()  # again: a start() may have finished meanwhile
                 self._killed = True
+                self._kill_called = what == "kill"  # under the lock: a close() that came first leaves it running
                 LIVE.discard(self)
                 try:
                     if self._channel is not None:  # may read the plugin's last stderr lines: theirs to make fail
@@ -373,6 +376,7 @@ class Client(ExitNotice):
         if what != "kill":
             return False
         self._kill_asked = True  # start() holds the lock until start_timeout: end its plugin (safe) now
+        self._kill_called = True
         runner = self._own_runner()
         if runner is not None:
             try:
