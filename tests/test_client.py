@@ -458,6 +458,16 @@ def test_no_reattach_config_after_a_failed_start() -> None:
         client.reattach_config()
 
 
+def test_no_reattach_config_once_the_plugin_exited_by_itself() -> None:
+    # it gave a config naming the dead plugin's pid and socket, which a reattach then refused
+    with Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")])) as client:
+        pid = client.reattach_config().runner["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert client.runner.wait(10) is not None
+        with pytest.raises(ClientStateError, match=r"has exited \(exit code -9\), so there is nothing to reattach"):
+            client.reattach_config()
+
+
 def test_a_failed_reattach_says_the_config_it_was_given_holds() -> None:
     # a reattach that fails leaves the plugin as it was: not "failed to start ... make a new Client"
     first = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))

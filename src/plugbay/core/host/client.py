@@ -34,7 +34,7 @@ from plugbay.core.host.stop import killed_while_starting
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.grpcoptions import with_defaults
-from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.reattach import ReattachConfig, unreattachable
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.tls import generate_cert
@@ -311,12 +311,12 @@ class Client(ExitNotice):
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""
-        if self._failed is not None and self.config.reattach is not None:  # the plugin was left as it was
-            raise ClientStateError(f"attaching to plugin {self.name!r} failed ({self._failed}); the ReattachConfig"
-                                   " this Client was given is unchanged")
-        if self._kill_called or self._failed is not None:  # a close() leaves the plugin running: its config holds
-            raise ClientStateError(f"plugin {self.name!r} {'failed to start' if self._failed else 'was killed'}, so"
-                                   " there is nothing to reattach to; make a new Client to run it again")
+        # a close() leaves the plugin running: its config holds; a kill(), a failed start or an exit do not
+        exit_code = self._exit_code if self._exit_code is not None or self._runner is None else self._runner.wait(0)
+        refused = unreattachable(self.name, self._failed, self.config.reattach is not None, self._kill_called,
+                                 exit_code)
+        if refused:
+            raise ClientStateError(refused)
         info = self._need(self._announced, "reattach_config")
         return ReattachConfig(handshake=info, runner=self.runner.reattach_data(),
                               client_cert=self._cert, name=self.name)
