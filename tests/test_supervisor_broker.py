@@ -24,7 +24,8 @@ from plugbay import (AsyncSupervisor, BrokerClosedError, ClientConfig, ClientSta
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "counter"
 sys.path.insert(0, str(EXAMPLE))
-from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin, _helper_servicer  # noqa: E402
+from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 
@@ -196,3 +197,53 @@ def test_an_async_brokered_call_on_the_loop_during_a_restart_fails_typed_without
         asyncio.run(main())
     finally:
         release.set()
+
+
+def test_a_callback_served_just_before_the_plugin_died_is_served_again_for_the_successor(
+        plugin_cmd: list[str], in_tmp: Path) -> None:
+    # CounterClient.put's own steps, with the death placed between serving the callback and the Put:
+    # the Put goes to the successor, which must find the id on its own broker
+    adder = Adder()
+    with Supervisor(lambda: counter_config(plugin_cmd), restart=FAST, health_interval=None) as sup:
+        sup.dispense(PLUGIN_NAME).put("f", 1, adder)
+        broker, stub = sup.broker, counter_pb2_grpc.CounterStub(sup.channel)
+        sid = broker.next_id()
+        servicer = _helper_servicer(adder)
+        broker.accept_and_serve(sid, lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server))
+        kill_current(sup)
+        try:
+            stub.Put(counter_pb2.PutRequest(add_server=sid, key="f", value=2))
+        finally:
+            broker.stop_serving(sid)
+        assert sup.restarts == 1 and adder.calls == [(0, 1), (1, 2)]
+        assert stub.Get(counter_pb2.GetRequest(key="f")).value == 3
+        assert broker._live == {}  # stopped on every broker that served it
+
+
+def test_an_async_put_right_after_a_death_works_once_wait_running_says_so(in_tmp: Path) -> None:
+    # the BrokerClosedError's advice (await wait_running(), call again) must hold before the monitor saw the death
+    adder = AsyncAdder()
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: counter_config([sys.executable, str(EXAMPLE / "plugin.py")]),
+                                   restart=FAST, health_interval=None) as sup:
+            counter = await sup.dispense(PLUGIN_NAME)
+            await counter.put("k", 1, adder)
+            for _ in range(2):
+                await asyncio.to_thread(kill_current, sup.sync_supervisor)
+                assert await sup.wait_running(30)
+                await counter.put("k", 1, adder)
+            assert await counter.get("k") == 3 and sup.sync_supervisor.restarts == 2
+
+    asyncio.run(main())
+
+
+def test_ids_handed_out_and_never_served_are_not_kept(in_tmp: Path) -> None:
+    with Supervisor(lambda: counter_config([sys.executable, str(EXAMPLE / "plugin.py")]), restart=FAST,
+                    health_interval=None) as sup:
+        ids = [sup.broker.next_id() for _ in range(2000)]
+        assert len(set(ids)) == len(ids) and sup.broker._live == {}
+        kill_current(sup)
+        assert sup.wait_running(30)
+        later = sup.broker.next_id()  # the new broker counts from 1 again; these do not
+        assert later > max(ids) and sup.broker._live == {}

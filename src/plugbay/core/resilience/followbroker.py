@@ -12,17 +12,24 @@ within the call timeout, as a unary call does. On an event loop's thread it does
 wait, which would stall the loop (the asyncio counter stub asks for an id there): it
 raises BrokerClosedError saying the plugin is being restarted.
 
-A new Client's broker counts ids from 1 again, so an id still in use on an earlier
-broker (a callback served when its plugin died, not yet stopped) is skipped: ids stay
-unique across the brokers, and stop_serving() stops only what it started.
+A served id follows the plugin too: when the Supervisor adopts a new Client, each id
+served and not yet stopped is served again on its broker (a stub that served its
+callback just before the plugin died sends the call naming that id to the successor,
+which must find it), and stop_serving() stops it on every broker that serves it.
+
+Ids come from a counter of its own, increasing across the brokers (a new Client's
+broker counts from 1 again), so they stay unique without keeping the ids handed out:
+only served ids are kept, until stop_serving().
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -34,8 +41,15 @@ from plugbay.core.resilience.readygate import Restarter, plugin_gone
 from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ClientStateError, RestartBudgetExhaustedError
 
 T = TypeVar("T")
+_log = logging.getLogger("plugbay.supervisor")
 
-_PRUNE_AT = 256  # ids handed out and never stopped (a stub that failed between next_id and serving)
+
+@dataclass(eq=False)
+class _Served:
+    """A served id: what serves it again on a successor's broker, and the brokers serving it."""
+    register: Callable[[grpc.Server], None]
+    loop: asyncio.AbstractEventLoop | None
+    brokers: set[GRPCBroker] = field(default_factory=set)
 
 
 class FollowingBroker(GRPCBroker):
@@ -47,46 +61,68 @@ class FollowingBroker(GRPCBroker):
         super().__init__(BrokerTransport(), "host")  # its own state stays unused: nothing is brokered here
         self._sup = sup
         self._ids_lock = threading.Lock()
-        self._live: dict[int, GRPCBroker] = {}  # id -> the broker that handed it out or serves it
+        self._last_id = 0
+        self._live: dict[int, _Served] = {}  # served ids, until stop_serving()
 
     def next_id(self) -> int:
-        def fresh(broker: GRPCBroker) -> int:
-            while True:  # bounded: each turn gets another id, and few are live
-                id = broker.next_id()
-                with self._ids_lock:
-                    if id not in self._live:
-                        self._prune()
-                        self._live[id] = broker
-                        return id
-
-        return self._use("hand out a broker id", fresh, resend=True)
+        # the current broker's next_id() readies its stream (the id goes to the plugin); past its own
+        # ids, so that ids stay unique on this broker and across the brokers, served or not
+        id = self._use("hand out a broker id", lambda broker: broker.next_id(), resend=True)
+        with self._ids_lock:
+            self._last_id = max(self._last_id + 1, id) & 0xFFFFFFFF
+            return self._last_id
 
     def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *,
                          loop: asyncio.AbstractEventLoop | None = None) -> None:
+        served = _Served(register, loop)
+        with self._ids_lock:
+            self._live[id] = served  # from now on follow() serves it on a successor too
+
         def serve(broker: GRPCBroker) -> None:
-            with self._ids_lock:
-                self._live[id] = broker  # where stop_serving(id) must go
+            if not self._claim(served, broker):
+                return  # follow() served it there already
             try:
                 broker.accept_and_serve(id, register, loop=loop)
-            except BrokerClosedError:
-                raise  # the id stays taken: it may be served on the successor next
             except BaseException:
                 with self._ids_lock:
-                    if self._live.get(id) is broker:
-                        del self._live[id]
+                    served.brokers.discard(broker)
                 raise
+            self._unless_stopped(id, served, broker)
 
-        # nothing is served when it fails: serving the id on the successor instead is safe
-        self._use(f"serve broker id {id}", serve, resend=True)
+        try:
+            # nothing is served when it fails: serving the id on the successor instead is safe
+            self._use(f"serve broker id {id}", serve, resend=True)
+        except BaseException:
+            if self._live.get(id) is served:
+                self.stop_serving(id)
+            raise
 
     def stop_serving(self, id: int) -> None:
         with self._ids_lock:
-            broker = self._live.pop(id, None)
-        if broker is None:  # an id this broker did not hand out or serve: the current plugin's, if any
+            served = self._live.pop(id, None)
+            brokers = list(served.brokers) if served is not None else []
+        if served is None:  # an id this broker did not serve: the current plugin's, if any
             client = self._sup.current_client
-            broker = client.broker if client is not None else None
-        if broker is not None:  # a closed broker stopped its servers already: a no-op there
+            brokers = [client.broker] if client is not None else []
+        for broker in brokers:  # a closed broker stopped its servers already: a no-op there
             broker.stop_serving(id)
+
+    def follow(self, client: Client) -> None:
+        """Serve every live id on ``client``'s broker too; the Supervisor calls it before adopting ``client``."""
+        broker = client.broker
+        with self._ids_lock:
+            live = list(self._live.items())
+        for id, served in live:
+            if not self._claim(served, broker):
+                continue
+            try:
+                broker.accept_and_serve(id, served.register, loop=served.loop)
+            except Exception as exc:  # that callback fails on the new plugin as it would have on the old
+                _log.debug("could not serve broker id %d again on the restarted plugin: %s", id, exc)
+                with self._ids_lock:
+                    served.brokers.discard(broker)
+                continue
+            self._unless_stopped(id, served, broker)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         # not sent again to a successor: the id was the old plugin's, and went with it
@@ -115,10 +151,21 @@ class FollowingBroker(GRPCBroker):
 
     # --- internals --------------------------------------------------------------------
 
-    def _prune(self) -> None:
-        """Drop the ids of closed brokers once many are kept (under the lock)."""
-        if len(self._live) >= _PRUNE_AT:
-            self._live = {id: b for id, b in self._live.items() if not b.closed}
+    def _claim(self, served: _Served, broker: GRPCBroker) -> bool:
+        """Whether the caller is to serve ``served`` on ``broker`` (once per broker, while live)."""
+        with self._ids_lock:
+            if broker in served.brokers:
+                return False
+            served.brokers = {b for b in served.brokers if not b.closed}
+            served.brokers.add(broker)
+            return True
+
+    def _unless_stopped(self, id: int, served: _Served, broker: GRPCBroker) -> None:
+        """Undo a serve that a stop_serving(id) running alongside it did not see."""
+        with self._ids_lock:
+            stopped = self._live.get(id) is not served
+        if stopped:
+            broker.stop_serving(id)
 
     def _use(self, what: str, op: Callable[[GRPCBroker], T], resend: bool) -> T:
         sup = self._sup

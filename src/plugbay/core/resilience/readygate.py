@@ -10,6 +10,7 @@ the RetryPolicy's decision, since only it knows whether the call may be repeated
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,6 +57,15 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
 def plugin_gone(client: Client) -> bool:
     """Has the plugin exited? Cheap enough for every call, and never blocks."""
     return client.exited or client.runner.has_exited()
+
+
+def gone_unseen(client: Client | None, stopping: threading.Event, wake: threading.Event) -> bool:
+    """Has the running plugin exited unseen by the Supervisor's monitor? Then ``wake`` has it look now:
+    its state says running until the monitor's next tick, and a wait for it to run must not end there."""
+    if client is None or stopping.is_set() or not plugin_gone(client):
+        return False
+    wake.set()
+    return True
 
 
 class Restarter(Protocol):

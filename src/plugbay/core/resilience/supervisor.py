@@ -5,17 +5,15 @@
         kv = sup.dispense("kv_grpc")   # keeps working across restarts
         kv.put("a", b"1")
 
-The Supervisor owns one Client at a time. Its stubs are built on the
-Supervisor's own ManagedChannel, whose underlying channel is swapped to each
-new Client's channel, and on a broker that hands each use to the current
-Client's broker, so the stubs a user holds never go stale. A
-plugbay-supervisor-* thread notices a failure (the plugin exited, or its health
-stayed bad for ``unhealthy_grace`` seconds), kills the old Client, waits a
-backoff, starts a new one from the config (or the factory, which may return a
-different config each time: failover), and swaps it in. Unary calls made
-while it restarts wait for it (within their deadline); calls in flight when the
-plugin died fail with PluginDiedError unless a RetryPolicy marks them safe to
-repeat. When the restart budget is spent, every call raises
+The Supervisor owns one Client at a time. Its stubs are built on the Supervisor's own
+ManagedChannel, whose underlying channel is swapped to each new Client's channel, and on a
+broker that follows the current Client's broker, so the stubs a user holds never go stale.
+A plugbay-supervisor-* thread notices a failure (the plugin exited, or its health stayed bad
+for ``unhealthy_grace`` seconds), kills the old Client, waits a backoff, starts a new one
+from the config (or the factory, which may return a different config each time: failover),
+and swaps it in. Unary calls made while it restarts wait for it (within their deadline);
+calls in flight when the plugin died fail with PluginDiedError unless a RetryPolicy marks
+them safe to repeat. When the restart budget is spent, every call raises
 RestartBudgetExhaustedError.
 
 ``reattach=`` first tries to reattach to a plugin a previous host left running
@@ -41,7 +39,7 @@ from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, mark_restarting
+from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, gone_unseen, mark_restarting
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -206,7 +204,7 @@ class Supervisor:
         """Block until the plugin runs (bounded); raises when the restart budget is spent."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._state != RUNNING:
+            while self._state != RUNNING or gone_unseen(self._client, self._stop, self._wake):
                 self.raise_if_failed()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._state == STOPPED:
@@ -273,6 +271,7 @@ class Supervisor:
 
     def _adopt(self, client: Client) -> bool:
         """Make ``client`` the current one; False (and nothing done) once stop() was asked."""
+        self._broker.follow(client)  # before calls reach it: a call may name an id served on the old one
         with self._cond:
             # Checked under the lock _drop_current takes: either stop() finds this client and kills
             # it, or this sees the stop and the caller does.
