@@ -4,8 +4,13 @@ process's own TCP connections to a port (the Kubernetes API client tests)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def table() -> dict[int, tuple[int, str, str]]:
@@ -63,3 +68,18 @@ def gone(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def first_line_then_sigkill(argv: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``argv`` (a host program that prints one JSON line of facts once its plugin runs), read that
+    line, then kill the program with SIGKILL, so that it cleans up nothing: its facts."""
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, text=True, env=None if env is None else dict(env))
+    try:
+        assert proc.stdout is not None
+        facts: dict[str, Any] = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+    return facts

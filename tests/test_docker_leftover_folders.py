@@ -8,11 +8,8 @@ which is the bind-mounted socket folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -24,6 +21,7 @@ import pytest
 
 from plugbay.core.transport.tempdirs import MARKER, sweep_tempdirs
 from plugbay.runners.docker import sweep
+from tests.procs import first_line_then_sigkill
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -83,16 +81,7 @@ def root() -> Iterator[Path]:
 def _killed_host(host: str, plugin: str, root: Path) -> dict[str, Any]:
     """The container id and socket folder of a ``host`` (one of HOSTS) that then died by SIGKILL."""
     env = {**os.environ, "TMPDIR": str(root), "TESTCONTAINERS_RYUK_DISABLED": "true"}
-    proc = subprocess.Popen([sys.executable, "-c", HOSTS[host], str(REPO / "src"), plugin], stdout=subprocess.PIPE,
-                            text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        facts: dict[str, Any] = json.loads(proc.stdout.readline())
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
+    facts = first_line_then_sigkill([sys.executable, "-c", HOSTS[host], str(REPO / "src"), plugin], env)
     assert Path(facts["folder"]).parent == root
     return facts
 

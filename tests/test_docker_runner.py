@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -30,6 +28,7 @@ from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
 from plugbay.runners.session import managed_labels
+from tests.procs import first_line_then_sigkill
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -383,17 +382,7 @@ CRASHING_HOST = textwrap.dedent("""
 
 def _crashed_host() -> dict[str, Any]:
     """A real host process that starts a container and then dies by SIGKILL."""
-    proc = subprocess.Popen([sys.executable, "-c", CRASHING_HOST, str(REPO / "src")], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        facts: dict[str, Any] = json.loads(proc.stdout.readline())
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-    return facts
+    return first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST, str(REPO / "src")])
 
 
 def test_sweep_removes_containers_of_a_crashed_host(plugbay_docker: Any) -> None:

@@ -37,8 +37,8 @@ import grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.host.client import Client
-from plugbay.core.resilience.readygate import Restarter, plugin_gone
-from plugbay.errors import BrokerClosedError, BrokerTimeoutError, ClientStateError, RestartBudgetExhaustedError
+from plugbay.core.resilience.readygate import Restarter, plugin_gone, raise_if_ended
+from plugbay.errors import BrokerClosedError, BrokerTimeoutError, RestartBudgetExhaustedError
 
 T = TypeVar("T")
 _log = logging.getLogger("plugbay.supervisor")
@@ -194,8 +194,7 @@ class FollowingBroker(GRPCBroker):
             client = sup.current_client
             if client is not None and not plugin_gone(client):
                 return client
-            if sup.state == "stopped":
-                raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+            raise_if_ended(sup)
             if _on_event_loop():
                 why = f" (last failure: {sup.last_failure})" if client is None and sup.last_failure else ""
                 raise BrokerClosedError(
@@ -205,9 +204,7 @@ class FollowingBroker(GRPCBroker):
             if client is not None and not sup.changed_since(generation, _left(deadline, 5.0)):
                 return client  # the Supervisor has not seen the death yet: the broker says what it finds
             if not sup.wait_running(_left(deadline, 3600.0)):
-                sup.raise_if_failed()
-                if sup.state == "stopped":
-                    raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+                raise_if_ended(sup)
                 raise BrokerTimeoutError(
                     f"could not {what}: waited for the Supervisor to restart plugin {sup.name!r} (restart"
                     f" {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"

@@ -181,11 +181,16 @@ def _restarting_on_every_try(sup: Restarter, method: str) -> CallTimeout:
                        grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def _not_running(sup: Restarter, method: str, waited: float) -> BaseException:
-    """Why a call that waited for the plugin to run gave up (raised here when the budget is spent)."""
+def raise_if_ended(sup: Restarter) -> None:
+    """Raise what ends any wait for the plugin to run: the restart budget spent, or the Supervisor stopped."""
     sup.raise_if_failed()
     if sup.state == "stopped":
-        return ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+        raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+
+
+def _not_running(sup: Restarter, method: str, waited: float) -> BaseException:
+    """Why a call that waited for the plugin to run gave up (raised here when the Supervisor ended)."""
+    raise_if_ended(sup)
     return CallTimeout(
         f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the Supervisor to restart the"
         f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
