@@ -78,20 +78,9 @@ class FollowingBroker(GRPCBroker):
         with self._ids_lock:
             self._live[id] = served  # from now on follow() serves it on a successor too
 
-        def serve(broker: GRPCBroker) -> None:
-            if not self._claim(served, broker):
-                return  # follow() served it there already
-            try:
-                broker.accept_and_serve(id, register, loop=loop)
-            except BaseException:
-                with self._ids_lock:
-                    served.brokers.discard(broker)
-                raise
-            self._unless_stopped(id, served, broker)
-
         try:
             # nothing is served when it fails: serving the id on the successor instead is safe
-            self._use(f"serve broker id {id}", serve, resend=True)
+            self._use(f"serve broker id {id}", lambda broker: self._serve_on(broker, id, served), resend=True)
         except BaseException:
             if self._live.get(id) is served:
                 self.stop_serving(id)
@@ -113,16 +102,10 @@ class FollowingBroker(GRPCBroker):
         with self._ids_lock:
             live = list(self._live.items())
         for id, served in live:
-            if not self._claim(served, broker):
-                continue
             try:
-                broker.accept_and_serve(id, served.register, loop=served.loop)
+                self._serve_on(broker, id, served)
             except Exception as exc:  # that callback fails on the new plugin as it would have on the old
                 _log.debug("could not serve broker id %d again on the restarted plugin: %s", id, exc)
-                with self._ids_lock:
-                    served.brokers.discard(broker)
-                continue
-            self._unless_stopped(id, served, broker)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         # not sent again to a successor: the id was the old plugin's, and went with it
@@ -150,6 +133,19 @@ class FollowingBroker(GRPCBroker):
         return client.broker.lost_reason
 
     # --- internals --------------------------------------------------------------------
+
+    def _serve_on(self, broker: GRPCBroker, id: int, served: _Served) -> None:
+        """Serve ``served`` as ``id`` on ``broker``, unless it serves there already (the stub's own serve and
+        follow() may both get to a successor); undone if a stop_serving(id) ran alongside."""
+        if not self._claim(served, broker):
+            return
+        try:
+            broker.accept_and_serve(id, served.register, loop=served.loop)
+        except BaseException:
+            with self._ids_lock:
+                served.brokers.discard(broker)
+            raise
+        self._unless_stopped(id, served, broker)
 
     def _claim(self, served: _Served, broker: GRPCBroker) -> bool:
         """Whether the caller is to serve ``served`` on ``broker`` (once per broker, while live)."""
