@@ -75,6 +75,45 @@ def test_cloud_metadata_in_its_ipv6_forms_is_no_pods_address(ip: str, why: str) 
         pod_address(_pod({}, {"hostIP": ip}), 4000, "default/plugin-abc")
 
 
+@pytest.mark.parametrize(("ip", "why"), [
+    ("168.63.129.16", r"cannot be a pod's \(168\.63\.129\.16 is Azure's wire server"),
+    ("100.100.100.200", r"cannot be a pod's \(100\.100\.100\.200 is Alibaba Cloud's instance metadata"),
+    ("::ffff:168.63.129.16", "Azure's wire server"),
+    ("64:ff9b::a83f:8110", r"carries the IPv4 address 168\.63\.129\.16 \(NAT64, 64:ff9b::/96\), which cannot be a"
+                           " pod's"),
+    ("64:ff9b:1::a9fe:a9fe", r"carries the IPv4 address 169\.254\.169\.254 \(local-use NAT64, 64:ff9b:1::/48\),"
+                             " which cannot be a pod's"),
+    ("64:ff9b:1:2:3:4:6464:64c8", r"carries the IPv4 address 100\.100\.100\.200 \(local-use NAT64.*Alibaba"),
+    ("64:ff9b:1::7f00:1", r"carries the IPv4 address 127\.0\.0\.1 \(local-use NAT64.*loopback"),
+    ("::a9fe:a9fe", r"carries the IPv4 address 169\.254\.169\.254 \(IPv4-compatible, ::/96\), which cannot be a"
+                    " pod's"),
+    ("::127.0.0.1", r"carries the IPv4 address 127\.0\.0\.1 \(IPv4-compatible.*loopback"),
+    # Teredo: the client's address is 169.254.169.254 (stored inverted), and a Teredo address is refused
+    # whatever it carries
+    ("2001:0:4136:e378:8000:63bf:5601:5601", r"cannot be a pod's \(Teredo, 2001::/32"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", r"cannot be a pod's \(Teredo, 2001::/32"),
+])
+def test_other_clouds_metadata_and_more_ipv4_carrying_forms_are_no_pods_address(ip: str, why: str) -> None:
+    # Azure's wire server and Alibaba Cloud's metadata are neither link-local nor private; an IPv4 address
+    # reaches a translator or relay through the local-use NAT64 prefix and the IPv4-compatible form too
+    with pytest.raises(RunnerError, match=why):
+        pod_address(_plain({"podIP": ip}), 4000, "default/plugin-abc")
+    with pytest.raises(RunnerError, match=why):
+        pod_address(_pod({}, {"hostIP": ip}), 4000, "default/plugin-abc")
+
+
+def test_only_alibabas_metadata_address_is_refused_in_the_shared_address_space() -> None:
+    # 100.64.0.0/10 carries pod addresses on some clusters; IPv6 keeps its own :: and ::1
+    for ip in ["100.100.100.199", "100.100.100.201", "100.64.0.7", "168.63.129.17", "64:ff9b:1::a00:1",
+               "::a00:1", "2001:db8::1"]:
+        assert pod_address(_plain({"podIP": ip}), 4000, "d/p") in (f"{ip}:4000", f"[{ip}]:4000")
+    with pytest.raises(RunnerError, match="unspecified"):
+        pod_address(_plain({"podIP": "::"}), 4000, "d/p")
+    with pytest.raises(RunnerError, match=r"is a loopback address, this host's own"):
+        pod_address(_plain({"podIP": "::1"}), 4000, "d/p")
+    assert pod_address(_plain({"podIP": "::1"}), 4000, "d/p", allow_loopback=True) == "[::1]:4000"
+
+
 def test_a_loopback_address_behind_nat64_takes_the_loopback_opt_in() -> None:
     pod = _plain({"podIP": "64:ff9b::7f00:1"})
     assert pod_address(pod, 4000, "d/p", allow_loopback=True) == "[64:ff9b::7f00:1]:4000"

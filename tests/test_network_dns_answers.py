@@ -142,9 +142,16 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
     bad = ["169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"]
     # AWS's IPv6 metadata service and 169.254.169.254 reached through NAT64 and 6to4
     cloud = ["fd00:ec2::254", "fd00:ec2::123", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"]
-    zone.set(f"odd.{ZONE}", "A", [A(a) for a in [*bad, "127.0.0.9"]])
+    # Azure's wire server, Alibaba Cloud's metadata, 169.254.169.254 through the local-use NAT64 prefix and
+    # the IPv4-compatible form, and a Teredo address
+    other = [("168.63.129.16", "(168.63.129.16 is Azure's wire server"),
+             ("100.100.100.200", "(100.100.100.200 is Alibaba Cloud's instance metadata"),
+             ("64:ff9b:1::a9fe:a9fe", "carries the IPv4 address 169.254.169.254 (local-use NAT64"),
+             ("::a9fe:a9fe", "carries the IPv4 address 169.254.169.254 (IPv4-compatible"),
+             ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "(Teredo, 2001::/32")]
+    zone.set(f"odd.{ZONE}", "A", [A(a) for a in [*bad, other[0][0], other[1][0], "127.0.0.9"]])
     zone.set(f"odd.{ZONE}", "AAAA", [AAAA("fe80::1"), AAAA("::"), AAAA("ff02::1"), AAAA("::ffff:a9fe:a9fe"),
-                                     *[AAAA(a) for a in cloud], AAAA("::1")])
+                                     *[AAAA(a) for a in [*cloud, *[a for a, _ in other[2:]]]], AAAA("::1")])
     zone.set(f"_kv._tcp.odd.{ZONE}", "SRV", [SRV(0, 0, 7002, f"odd.{ZONE}")])
     caplog.set_level(logging.WARNING, logger="plugbay.network")
     resolver = DNSResolver(f"odd.{ZONE}".rstrip("."), 7001, dns_server=server, allow_loopback=True, timeout=1.0)
@@ -165,6 +172,10 @@ def test_addresses_that_cannot_be_replicas_are_skipped_with_one_warning(dns: tup
         assert caplog.text.count(f"names {a}, which cannot be a replica (fd00:ec2::/64 is AWS's") == 1, a
     for a, form in [(cloud[2], "NAT64"), (cloud[3], "6to4")]:
         assert caplog.text.count(f"names {a}, which carries the IPv4 address 169.254.169.254 ({form}") == 1, a
+    for a, why in other:
+        spelt = "::169.254.169.254" if a == "::a9fe:a9fe" else a  # as the DNS library spells the answer
+        assert caplog.text.count(f"names {spelt}, which ") == 1, a
+        assert why in caplog.text.split(f"names {spelt}, which ", 1)[1].split("\n", 1)[0], a
     srv = _keys(server, f"_kv._tcp.odd.{ZONE}".rstrip("."), srv=True)
     assert srv == ["tcp:127.0.0.9:7002", "tcp:[::1]:7002"]
 

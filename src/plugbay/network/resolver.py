@@ -79,9 +79,12 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback
     this host's own services (Kubernetes refuses loopback endpoints too). A static:/// target is the
     user's own word and is not checked.
 
-    AWS's IPv6 metadata addresses (fd00:ec2::/64) are refused too, and an IPv6 address that carries an
-    IPv4 one (IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96, 6to4 2002::/16) is checked as the IPv4
-    address it reaches: 64:ff9b::a9fe:a9fe is 169.254.169.254 behind a NAT64 translator.
+    Cloud metadata services no generic test catches are refused too (AWS's IPv6 ones, fd00:ec2::/64;
+    Azure's wire server, 168.63.129.16; Alibaba Cloud's, 100.100.100.200), and Teredo addresses
+    (2001::/32), which no replica has; an IPv6 address that carries an IPv4 one (IPv4-mapped
+    ::ffff:0:0/96, NAT64 64:ff9b::/96 and the local-use 64:ff9b:1::/48, 6to4 2002::/16, IPv4-compatible
+    ::/96) is checked as the IPv4 address it reaches: 64:ff9b::a9fe:a9fe is 169.254.169.254 behind a
+    NAT64 translator.
 
     A zone index (fd00::1%eth0) names a network interface of the host that reads the answer: it says
     nothing of the replica, and each spelling of one would be an endpoint of its own.
