@@ -468,6 +468,22 @@ def test_no_reattach_config_once_the_plugin_exited_by_itself() -> None:
             client.reattach_config()
 
 
+def test_kill_of_a_stopped_plugin_ends_it_by_sigterm_not_sigkill() -> None:
+    # a SIGSTOPped plugin answers no Shutdown and acted on no SIGTERM: kill() waited out the Shutdown
+    # and the whole grace, then SIGKILLed it; continued after the SIGTERM, it stops as asked
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, kill_grace=30,
+                                 cmd=[PY, str(REPO / "examples" / "kv" / "plugin.py")]))
+    client.start()
+    try:
+        client.dispense(PLUGIN_NAME).put("k", b"v")
+        pid = client.reattach_config().runner["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        client.kill()
+        assert client.runner.wait(0) == 0  # its own graceful stop on SIGTERM, not -SIGKILL
+    finally:
+        client.kill()
+
+
 def test_a_failed_reattach_says_the_config_it_was_given_holds() -> None:
     # a reattach that fails leaves the plugin as it was: not "failed to start ... make a new Client"
     first = Client(config([PY, str(REPO / "examples" / "kv" / "plugin.py")]))

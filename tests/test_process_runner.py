@@ -82,6 +82,28 @@ def test_kill_grace_lets_sigterm_handler_run(tmp_path: Path) -> None:
     assert runner.wait(0) == 0
 
 
+@pytest.mark.parametrize("how", ["started", "reattached"])
+def test_a_stopped_plugin_is_continued_to_act_on_sigterm(how: str, tmp_path: Path) -> None:
+    # SIGSTOPped (a debugger, a job-control stop), it acted on no SIGTERM: kill() spent the whole grace
+    # and SIGKILLed it, its handler never ran
+    marker = tmp_path / "terminated"
+    script = ("import signal,sys,time,pathlib\n"
+              f"def h(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, h); print('ready', flush=True); time.sleep(60)")
+    runner = ProcessRunner([PY, "-c", script])
+    runner.start(LaunchSpec(env={}))
+    try:
+        assert next(runner.stdout_lines()) == "ready"
+        assert runner.pid is not None
+        os.kill(runner.pid, signal.SIGSTOP)
+        killer = runner if how == "started" else reattach_runner(runner.reattach_data())
+        killer.kill(grace=30)
+        assert runner.wait(10) == 0  # its handler's exit, not -SIGKILL
+        assert marker.exists()
+    finally:
+        runner.kill(0)
+
+
 def test_kill_without_grace_is_sigkill() -> None:
     runner = ProcessRunner([PY, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
                             "print('ready', flush=True); time.sleep(60)"])

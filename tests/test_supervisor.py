@@ -31,6 +31,7 @@ from plugbay import (  # noqa: E402
     Supervisor,
     SupervisorEvent,
     UnknownPluginError,
+    idempotent,
 )
 from plugbay.core.resilience.supervisor import FAILED, RUNNING  # noqa: E402
 
@@ -141,29 +142,33 @@ def test_health_failure_longer_than_the_grace_restarts_it(tmp_path: Path) -> Non
 def test_a_call_in_flight_during_a_health_restart_fails_as_the_plugins_death_unless_retry_allows_it(
         tmp_path: Path) -> None:
     # The Supervisor kills the frozen plugin to restart it: its calls in flight are no kill of the
-    # user's (who must not start a new Client); they fail as calls to a plugin that died do.
+    # user's (who must not start a new Client); they fail as calls to a plugin that died do. The kill
+    # continues the plugin after its SIGTERM: slowed, its calls outlast its graceful stop.
     import threading
 
     outcome: dict[str, object] = {}
-    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05, methods=["Get"])
+    retry = RetryPolicy(max_attempts=3, initial_backoff=0.05)  # marked calls only (idempotent())
     with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=retry, health_interval=0.2,
                     health_timeout=0.3, unhealthy_grace=0.5) as sup:
         kv = sup.dispense(PLUGIN_NAME)
         pid = int(kv.get("__pid__"))
+        kv.put("__slow__", b"2")
         stub = kv_pb2_grpc.KVStub(sup.channel)
 
-        def call(name: str, fn: object) -> None:
+        def call(name: str, marked: bool) -> None:
             try:
-                outcome[name] = fn()  # type: ignore[operator]
+                if marked:
+                    with idempotent():
+                        outcome[name] = stub.Get(kv_pb2.GetRequest(key=name), timeout=60)
+                else:
+                    outcome[name] = stub.Get(kv_pb2.GetRequest(key=name), timeout=60)
             except Exception as exc:
                 outcome[name] = exc
 
         os.kill(pid, signal.SIGSTOP)
         try:
-            threads = [threading.Thread(target=call, args=("put", lambda: stub.Put(
-                           kv_pb2.PutRequest(key="b", value=b"2"), timeout=60))),
-                       threading.Thread(target=call, args=("get", lambda: stub.Get(
-                           kv_pb2.GetRequest(key="__pid__"), timeout=60).value))]
+            threads = [threading.Thread(target=call, args=("plain", False)),
+                       threading.Thread(target=call, args=("marked", True))]
             for t in threads:
                 t.start()
             for t in threads:
@@ -174,13 +179,16 @@ def test_a_call_in_flight_during_a_health_restart_fails_as_the_plugins_death_unl
             except ProcessLookupError:
                 pass
         restarts = sup.restarts
-    put = outcome["put"]
-    assert isinstance(put, PluginDiedError) and not isinstance(put, ClientStateError), repr(put)
-    assert isinstance(put, grpc.RpcError) and put.code() == grpc.StatusCode.UNAVAILABLE
-    assert "the Supervisor restarted plugin" in str(put) and "unhealthy" in str(put), str(put)
-    assert "start a new Client" not in str(put)
-    get = outcome["get"]  # safe to repeat: resent to the successor
-    assert isinstance(get, bytes) and get != str(pid).encode(), repr(get)
+        successor_calls = kv.get("__calls__")
+    plain = outcome["plain"]
+    assert isinstance(plain, PluginDiedError) and not isinstance(plain, ClientStateError), repr(plain)
+    assert isinstance(plain, grpc.RpcError) and plain.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the Supervisor restarted plugin" in str(plain) and "unhealthy" in str(plain), str(plain)
+    assert "start a new Client" not in str(plain)
+    # safe to repeat: resent to the successor, which answered it (it holds no such key)
+    marked = outcome["marked"]
+    assert isinstance(marked, grpc.RpcError) and not isinstance(marked, PluginDiedError), repr(marked)
+    assert marked.code() == grpc.StatusCode.NOT_FOUND and successor_calls == b"1"
     assert restarts == 1
 
 

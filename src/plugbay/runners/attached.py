@@ -195,8 +195,9 @@ class AttachedProcess(AttachedRunner):
             proven, held_proven, self._leads_group = True, held.fd is not None, _leads_group(self.pid)
             strays.update(family(self.pid, self.plugin_id, self._start_time))  # proven above: descendants, marked kin
             if grace > 0:
-                self._signal(held, signal.SIGTERM)
-                signal_all(strays, signal.SIGTERM)
+                for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a stopped plugin acts on SIGTERM
+                    self._signal(held, sig)
+                    signal_all(strays, sig)
                 self.wait(grace)
             if self._alive():
                 self._signal(held, signal.SIGKILL)

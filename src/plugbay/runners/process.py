@@ -15,8 +15,9 @@ a plugin alone in a fresh one reached its handshake 1-4 ms later on a loaded
 machine (go-plugin's host leaves its plugins in its own session and group).
 
 ``kill(grace)`` is the force path: the Client asks GRPCController.Shutdown
-first; the runner sends SIGTERM to the group, waits ``grace`` seconds, then
-SIGKILLs the group and reaps the child, so no zombie is left.
+first; the runner sends SIGTERM to the group (and SIGCONT, so a stopped plugin
+acts on it), waits ``grace`` seconds, then SIGKILLs the group and reaps the
+child, so no zombie is left.
 
 Its stdout/stderr and its exit are watched on the host's one shared I/O
 thread (follow_output, watch_exit: a pidfd), not by threads of its own.
@@ -288,8 +289,11 @@ class ProcessRunner(ProcessLines, Runner):
             strays = dict(self._recorded)
         strays.update(family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks))
         if proc.poll() is None and grace > 0:
-            signal_group(proc.pid, signal.SIGTERM)
-            signal_all(strays, signal.SIGTERM)
+            # SIGCONT after it: a stopped process (SIGSTOP, a debugger's or the terminal's stop) acts on
+            # nothing but SIGKILL until continued, and would spend the whole grace with SIGTERM pending
+            for sig in (signal.SIGTERM, signal.SIGCONT):
+                signal_group(proc.pid, sig)
+                signal_all(strays, sig)
             self.wait(grace)
         # The leader may be gone while its children still hold the group (its pid is not reused
         # then). Once a stop ended the group, or the reaped leader's pid names a process again
