@@ -36,8 +36,23 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
         return str(self.original.details()) if self.original is not None else self.message
 
 
+# What a caller can do once the plugin died: a Client's own, start another Client. A Supervisor sets
+# its own advice on the Clients it runs (ManagedChannel.died_advice), whose plugin it restarts.
+NEW_CLIENT = "start a new Client"
+
+
 class PluginDied(_TranslatedRpcError, PluginDiedError):
     """The plugin ended while the call was in flight (or before it started)."""
+
+    @classmethod
+    def during_call(cls, name: str, why: str, advice: str, original: grpc.RpcError) -> PluginDied:
+        return cls(f"plugin {name!r} died during the call: {why}. The call was not completed (the plugin's"
+                   f" stderr tail is above); {advice}", original)
+
+    @classmethod
+    def gone(cls, name: str, why: str, advice: str) -> PluginDied:
+        """A call refused, unsent, once the plugin had died."""
+        return cls(f"plugin {name!r} is gone: {why}; {advice}", None, sent=False)
 
     def code(self) -> grpc.StatusCode:
         # UNAVAILABLE, as for any peer that is gone: the call may also have been CANCELLED by

@@ -31,6 +31,7 @@ from typing import Any, Self
 import grpc
 
 from plugbay.core.host.callerrors import (  # re-exported: the channel's typed errors (see above)
+    NEW_CLIENT,
     CallTimeout as CallTimeout,
     ClientClosed as ClientClosed,
     PluginDied as PluginDied,
@@ -68,6 +69,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         self.call_hook: CallHook | None = None
         # An owner's error for the calls its kill() ends or refuses (a Supervisor's restart is no kill of the user's)
         self.killed_error: Callable[[grpc.RpcError | None], BaseException] | None = None
+        self.died_advice: Callable[[], str] = lambda: NEW_CLIENT  # what a PluginDiedError says to do (an owner's)
         # Run once, when the first unary call through this channel returns (or fails): work the
         # owner keeps off that call's path (the broker stream's opening; see Client.dispense).
         self.after_call: Callable[[], None] | None = None
@@ -173,9 +175,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
             why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
             if why is not None:
-                return PluginDied(
-                    f"plugin {self._name!r} died during the call: {why}. The call was not"
-                    " completed; start a new Client (the plugin's stderr tail is above)", exc)
+                return PluginDied.during_call(self._name, why, self.died_advice(), exc)
         if code == grpc.StatusCode.UNAVAILABLE:
             return Unavailable(
                 f"plugin {self._name!r} could not be reached for the call ({details}); it may not have"
@@ -193,7 +193,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         killed = self._closing and not self._died_first
         why = None if killed or self._exit_probe is None else self._exit_probe(0.0)
         if why is not None:
-            return PluginDied(f"plugin {self._name!r} is gone: {why}; start a new Client", None, sent=False)
+            return PluginDied.gone(self._name, why, self.died_advice())
         return self._killed(None)
 
     def translate_value_error(self, exc: ValueError) -> BaseException:

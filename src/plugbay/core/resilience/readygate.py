@@ -29,6 +29,19 @@ class SupervisedChannel(ManagedChannel):
 
     ready_gated = True  # its hook is the ReadyGate: install() must not replace it
 
+    def __init__(self, sup: Restarter, channel: grpc.Channel, call_timeout: float | None) -> None:
+        super().__init__(channel, call_timeout, None, sup.name)
+        self._sup = sup
+
+    def replace(self, channel: grpc.Channel) -> grpc.Channel | None:
+        """Point the stubs at the channel of the Client the Supervisor adopts (each one, the first too).
+
+        A call that meets that plugin's death is told first what the Supervisor does about it: the
+        Client's own advice (start a new Client) is wrong for stubs that outlive the restart."""
+        if isinstance(channel, ManagedChannel):
+            channel.died_advice = lambda: restart_advice(self._sup)
+        return super().replace(channel)
+
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
         if isinstance(exc, PlugbayError):
             return exc  # the Client's channel already said what happened
@@ -52,6 +65,18 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
             " in flight. The call was not resent: only calls marked safe to repeat are (idempotent() or"
             " RetryPolicy(methods=...)); later calls go to the restarted plugin", original)
     channel.killed_error = error
+
+
+def restart_advice(sup: Restarter) -> str:
+    """What a call that met the plugin's death is to do, by what its Supervisor does about the death."""
+    if sup.state == "stopped":
+        return "its Supervisor was stopped; make a new one"
+    if sup.max_restarts == 0:
+        return "its Supervisor does not restart it (RestartPolicy(max_restarts=0))"
+    if sup.state == "failed":
+        return "its Supervisor gave up restarting it (its RestartPolicy's budget is spent)"
+    return ("the Supervisor is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
+            " the restarted plugin, a stream is opened once wait_running() is true")
 
 
 def plugin_gone(client: Client) -> bool:

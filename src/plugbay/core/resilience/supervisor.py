@@ -178,7 +178,7 @@ class Supervisor:
         try:
             if not self._named:
                 self.name = client.name
-            self._channel = SupervisedChannel(client.channel, client.config.call_timeout, None, self.name)
+            self._channel = SupervisedChannel(self, client.channel, client.config.call_timeout)
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
             self._channel.call_hook = chain([*layers, ReadyGate(self)])
             if not self._adopt(client):  # stop() came while it started

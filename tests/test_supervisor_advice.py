@@ -1,0 +1,72 @@
+"""What a call told of its plugin's death is advised to do under a Supervisor: not to start a new Client
+(the Client's advice to its own caller), but that the Supervisor restarts the plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
+
+from plugbay import AsyncSupervisor, Client, PluginDiedError, RestartPolicy, Supervisor
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+# a backoff long enough to call while the plugin is dead and not yet restarted (stop() ends the wait)
+SLOW = RestartPolicy(max_restarts=3, window=120, initial_backoff=60, max_backoff=60)
+
+
+def _advised_a_restart(err: BaseException) -> None:
+    text = str(err)
+    assert "start a new Client" not in text, text
+    assert "the Supervisor is restarting it (as its RestartPolicy allows): call again" in text, text
+
+
+def test_a_call_in_flight_when_the_plugin_dies_is_told_the_supervisor_restarts_it(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError, match=r"died during the call: it exited with code 9") as died:
+            kv.get("__die__")
+        _advised_a_restart(died.value)
+        assert kv.get("__tag__") == b""  # and the next call does reach the restarted plugin
+
+
+def test_an_async_supervisors_call_in_flight_is_told_so_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            with pytest.raises(PluginDiedError, match=r"died during the call") as died:
+                await kv.get("__die__")
+            _advised_a_restart(died.value)
+            assert await kv.get("__tag__") == b""
+
+    asyncio.run(main())
+
+
+def test_a_stream_opened_while_the_plugin_is_dead_is_told_the_supervisor_restarts_it(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=SLOW, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        health = health_pb2_grpc.HealthStub(sup.channel)
+        os.kill(int(kv.get("__pid__")), signal.SIGKILL)
+        assert wait_until(lambda: sup.state == "restarting", 10)
+        with pytest.raises(PluginDiedError, match=r"is gone: it exited with code -9") as gone:
+            next(iter(health.Watch(health_pb2.HealthCheckRequest(service=""))))
+        _advised_a_restart(gone.value)
+
+
+def test_a_supervisor_that_restarts_nothing_says_so(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path), restart=RestartPolicy(max_restarts=0),
+                    health_interval=None) as sup:
+        with pytest.raises(PluginDiedError, match=r"died during the call") as died:
+            sup.dispense(PLUGIN_NAME).get("__die__")
+    assert "its Supervisor does not restart it (RestartPolicy(max_restarts=0))" in str(died.value), str(died.value)
+
+
+def test_a_clients_own_caller_is_still_told_to_start_a_new_client(tmp_path: Path) -> None:
+    with Client(faulty_config(tmp_path)) as client:
+        with pytest.raises(PluginDiedError, match=r"(?s)died during the call.*; start a new Client"):
+            client.dispense(PLUGIN_NAME).get("__die__")
