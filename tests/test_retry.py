@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from pathlib import Path
 
@@ -125,12 +126,23 @@ def test_with_call_goes_through_the_policy(client: Client) -> None:
 
 def test_backoff_grows_caps_and_jitters() -> None:
     policy = RetryPolicy(initial_backoff=0.1, multiplier=2.0, max_backoff=0.5, jitter=0.5,
-                         _rng=random.Random(7))
+                         rng=random.Random(7))
     for retry, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
         values = [policy.backoff(retry) for _ in range(50)]
         assert all(base * 0.5 <= v <= base for v in values)
         assert len(set(values)) > 1  # jittered
     assert RetryPolicy(jitter=0.0).backoff(2) == pytest.approx(0.2)
+
+
+def test_the_jitter_source_is_a_public_option_and_reproducible() -> None:
+    # it was a private dataclass field (_rng) that showed in the signature and that callers had to pass
+    params = inspect.signature(RetryPolicy).parameters
+    assert "rng" in params and not any(name.startswith("_") for name in params)
+    first, second = (RetryPolicy(jitter=1.0, rng=random.Random(7)) for _ in range(2))
+    assert [first.backoff(n) for n in range(1, 6)] == [second.backoff(n) for n in range(1, 6)]
+    assert RetryPolicy() == RetryPolicy()  # each one's own generator made equal policies unequal
+    with pytest.raises(ConfigError, match=r"rng must be a random\.Random.*got 7"):
+        RetryPolicy(rng=7)  # type: ignore[arg-type]
 
 
 def test_backoff_after_thousands_of_failures_is_the_cap() -> None:

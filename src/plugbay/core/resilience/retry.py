@@ -71,6 +71,9 @@ class RetryPolicy:
     retry_on              gRPC status codes worth another try
     methods               allowlist of methods that are safe to repeat (fnmatch patterns)
     all_idempotent        treat every unary call as safe to repeat
+    on_retry              on_retry(method, attempt, error, sleep), called before each sleep
+    rng                   the random.Random the jitter is drawn from, for reproducible jitter in tests
+                          (None: one of the policy's own)
     """
 
     max_attempts: int = 3
@@ -84,7 +87,8 @@ class RetryPolicy:
     methods: Sequence[str] = ()
     all_idempotent: bool = False
     on_retry: Callable[[str, int, BaseException, float], None] | None = None
-    _rng: random.Random = field(default_factory=random.Random, repr=False)
+    rng: random.Random | None = field(default=None, repr=False, compare=False)
+    _own_rng: random.Random = field(default_factory=random.Random, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.retry_on, Iterable) and not isinstance(self.retry_on, (str, bytes)):
@@ -110,6 +114,9 @@ class RetryPolicy:
                             f" (got {self.methods!r})")
         if not isinstance(self.all_idempotent, bool):
             problems.append(f"all_idempotent must be True or False (got {self.all_idempotent!r})")
+        if self.rng is not None and not isinstance(self.rng, random.Random):
+            problems.append(f"rng must be a random.Random, such as random.Random(7) for reproducible jitter, or"
+                            f" None (got {self.rng!r})")
         if self.on_retry is not None and not callable(self.on_retry):
             problems.append("on_retry must be a callable(method, attempt, error, sleep) or None")
         if problems:
@@ -125,7 +132,7 @@ class RetryPolicy:
     def backoff(self, retry: int) -> float:
         """The sleep before retry number ``retry`` (1 = the second attempt)."""
         return backoff_delay(self.initial_backoff, self.multiplier, self.max_backoff, self.jitter, retry,
-                             self._rng.random)
+                             (self._own_rng if self.rng is None else self.rng).random)
 
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ClientStateError) and getattr(exc, "original", None) is None:
