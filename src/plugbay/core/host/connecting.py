@@ -1,0 +1,106 @@
+"""Connecting a started Client to the plugin its handshake announced: the address mapped to one this
+host can dial, the channel dialed (AutoMTLS when a certificate was exchanged; through a yamux session
+when the broker is multiplexed), the broker and stdio streams built, the health check waited for.
+
+The Client's classes stack: ClientParts (what it holds, how it lets go) <- ExitNotice (its plugin's exit)
+<- Connecting (this) <- Client (the lifecycle around them: start, dispense, kill, close).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from plugbay._proto.plugin import grpc_controller_pb2_grpc
+from plugbay.core.broker.plugin import PluginSet
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.connect import dial, start_connecting, wait_healthy
+from plugbay.core.host.exitnotice import ExitNotice
+from plugbay.core.host.launch import exited_after_handshake, refuse_announced
+from plugbay.core.host.streams import StreamKick, open_streams
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.core.transport.grpcoptions import with_defaults
+from plugbay.core.transport.keepalive import Keepalive
+from plugbay.core.transport.muxhost import HostMux
+from plugbay.errors import ClientStateError, RunnerError, TLSRequiredError
+
+_log = logging.getLogger("plugbay.client")
+# No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
+# would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win: with_defaults).
+_KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
+
+
+class Connecting(ExitNotice):
+    """start()'s second half: from the plugin's handshake line to a healthy connection."""
+
+    # the Client's own, set in its __init__ and by kill()/close() while start() runs
+    _keepalive: Keepalive  # the yamux session's keepalive (ClientConfig.mux_keepalive)
+    _abandoned: bool  # abandon_start(): the start gives up waiting on the plugin
+    _kill_asked: bool  # kill() came while this thread started: it ends the start
+    _versions: dict[int, PluginSet]  # ClientConfig.versions(): what the handshake may announce
+
+    def _raise_if_exited(self, code: int | None) -> None:
+        if code is not None:
+            self._logs.join(2.0)
+            raise exited_after_handshake(self.name, code, self._logs.tail()[-20:])
+
+    def _accept(self, info: HandshakeInfo) -> None:
+        refuse_announced(info, self._versions, self.config.multiplex_broker, self.name)
+        self._announced = info
+        self._version = info.app_version
+
+    def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
+        runner = self._need(self._runner, "runner")
+        try:
+            network, address = runner.plugin_to_host(announced.network, announced.address)
+        except RunnerError:  # a plugin gone at once has no address left to map (a stopped container's port)
+            self._raise_if_exited(runner.wait(1.0))
+            raise
+        info = announced.with_address(network, address)
+        if self._cert is not None and info.server_cert is None:
+            if self._require_tls:
+                self._raise_if_exited(runner.wait(0))  # no certificate from a plugin that is gone: its exit says why
+                why = ("require_tls=True" if self.config.require_tls else
+                       f"{type(runner).__name__}'s connection leaves the host's private folder")
+                raise TLSRequiredError(self.name, why)
+            _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
+        dial_to = (network, address)
+        if self.config.multiplex_broker:
+            # One connection carries a yamux session; the main channel and every
+            # brokered connection are streams in it (TLS, if any, runs per stream).
+            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0),
+                                keepalive=self._keepalive)
+            dial_to = self._mux.local_address
+        self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
+                          relay_dir=self._tmpdir, options=with_defaults([_KEEP_CONNECTED], self.config.grpc_options))
+        start_connecting(self._conn.channel)  # grpcio's threads connect while this one builds the rest
+        self._info = info
+        self._channel = ManagedChannel(self._conn.channel, self.config.call_timeout,
+                                       self._exit_probe, self.name)
+        # Built now: building a call object on a channel the exit watcher closed crashes grpcio.
+        self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(self._conn.channel)  # type: ignore[no-untyped-call]
+        if self._kick is None:  # reattached: no spawn to arm it at
+            self._kick = StreamKick()
+        streams = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux, self.config,
+                               self.name)
+        self._broker = streams.broker
+        remaining = max(deadline - time.monotonic(), 1.0)
+        self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,
+                                           exited=lambda: self._abandoned or self._kill_asked
+                                           or runner.wait(0) is not None, detail=runner.connect_detail)
+        if self._abandoned:
+            raise ClientStateError(f"the start of plugin {self.name!r} was abandoned (close() came while it"
+                                   " reattached, or its AsyncClient's start() was cancelled); make a new client"
+                                   " to try again")
+        self._raise_if_exited(runner.wait(0))
+        if self._kill_asked:  # a reattached plugin kill() could not reach yet: start() ends it
+            raise ClientStateError(f"kill() was asked while plugin {self.name!r} was connecting")
+        self._stdio = streams.stdio_for(self._broker_queues)
+        self._kick.set_stdio(self._stdio, self._broker_queues)
+        self._channel.after_call = self._kick.now
+        # Told of the exit at once (the process runner: a pidfd on the shared I/O thread, taken at spawn).
+        if self._exit_watch is None:
+            self._exit_watch = runner.watch_exit(self._on_exit)
+        self._exit_gate.open()
+        if self._exit_code is not None:  # it ended while start() ran: as if told now
+            self._on_exit(self._exit_code)
