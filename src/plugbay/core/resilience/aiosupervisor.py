@@ -13,12 +13,14 @@ call first needs it, closed once a restart replaced its Client), with the Client
 errors. The layers run on the event loop: ``retry`` and ``breaker`` (as AsyncCallLayers),
 then the ready gate, which holds a call while the plugin restarts (within its deadline)
 and sends again a call that never left a dead plugin. Blocking steps (start, stop) run
-on threads of their own, never on the loop.
+on threads of their own, never on the loop nor on its default executor (the user's work
+there cannot hold up a stop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -64,6 +66,9 @@ class AsyncSupervisor:
         self._sup.breaker = breaker
         self.retry, self.breaker = retry, breaker
         self._executor = ThreadPoolExecutor(2, thread_name_prefix=f"plugbay-async-sup-{self._sup.name}")
+        # ... and the stop on one of its own, which nothing can queue ahead of (a start holds the executor)
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-sup-stop-{self._sup.name}")
+        self._stop_begun: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._switch: _FollowingChannel | None = None
         self._channel: AioManagedChannel | None = None
@@ -145,8 +150,7 @@ class AsyncSupervisor:
             raise
 
     async def _stop_cancelled_start(self, starting: asyncio.Future[None]) -> None:
-        self._stopped = True
-        await off_loop(None, self._sup.stop)  # ends the plugin being started, or the one it adopted
+        await asyncio.wrap_future(self._begin_stop())  # ends the plugin being started, or the one it adopted
         await asyncio.wait([starting])  # its error (stopped while starting) was taken by _forget_failed_start
         await self.stop()  # and now the channels the start may have made before the stop
 
@@ -192,17 +196,34 @@ class AsyncSupervisor:
         return plugin_named(client, name), self._sup.broker
 
     async def stop(self) -> None:
-        """Stop watching, kill the plugin and close the connections. Idempotent."""
-        self._stopped = True
-        stopping = off_loop(None, self._sup.stop)  # not the executor: a start may hold it
+        """Stop watching, kill the plugin and close the connections. Idempotent. A cancel of the
+        awaiting task does not cut it short (the plugin would outlive it): it is passed on once all is stopped."""
+        cancelled = False
         try:
-            await asyncio.shield(stopping)
+            cancelled = await to_end(asyncio.wrap_future(self._begin_stop()))
         finally:
             self._executor.shutdown(wait=False)
             if self._channel is not None:
-                await asyncio.shield(self._channel.aclose())
+                cancelled |= await to_end(asyncio.ensure_future(self._channel.aclose()))
             if self._switch is not None:
-                await asyncio.shield(self._switch.close())
+                cancelled |= await to_end(asyncio.ensure_future(self._switch.close()))
+        if cancelled:
+            raise asyncio.CancelledError()
+
+    def _begin_stop(self) -> concurrent.futures.Future[None]:
+        """The sync Supervisor's stop, under way on the stop thread: begun once (tried again if it failed),
+        so a second stop() awaits the first rather than a thread the user's work may hold."""
+        self._stopped = True
+        begun = self._stop_begun
+        if begun is None or (begun.done() and begun.exception() is not None):
+            begun = self._stopper.submit(self._sup.stop)  # shut down only once a stop succeeded
+            begun.add_done_callback(self._after_stop)
+            self._stop_begun = begun
+        return begun
+
+    def _after_stop(self, stop: concurrent.futures.Future[None]) -> None:
+        if not stop.cancelled() and stop.exception() is None:
+            self._stopper.shutdown(wait=False)  # its thread ends: nothing is left to stop
 
     def _event(self, event: SupervisorEvent) -> None:
         """On the Supervisor's thread: pass it on; a replaced Client's connection closes on the loop."""

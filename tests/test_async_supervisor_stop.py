@@ -1,0 +1,112 @@
+"""AsyncSupervisor's stop and waits against real plugin processes: its stop runs on a thread of its own, so the
+user's work on the loop's default executor cannot hold it up (nor a cancelled start's); a cancel of the task that
+awaits stop() is passed on only once the plugin is stopped.
+
+Each wait is bounded (a hang fails instead of stalling the run); what is asserted is what had happened when a
+step ended, never how long it took."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests import gobuild
+from tests.race_util import pid_gone
+from tests.resilience_util import HANDSHAKE, PLUGINS, faulty_config
+
+from plugbay import AsyncSupervisor, ClientConfig, ProcessRunner, RestartPolicy
+
+FAST = RestartPolicy(initial_backoff=0.05, max_backoff=0.2)
+GUARD = 60.0  # the hang guard of a whole step
+HELD = 20.0  # how long the user's work holds the default executor at most: the old stop waited for it
+
+
+def misbehave(mode: str, **kw: Any) -> ClientConfig:
+    """A config of the Go misbehave plugin (its runner runs once: for a factory that is called once)."""
+    runner = ProcessRunner([str(gobuild.go_program_or_skip("misbehave"))],
+                           env={"MISBEHAVE_MODE": mode, "MISBEHAVE_MAX_SECONDS": "60"})
+    return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, **kw)
+
+
+async def busy_default_executor(release: threading.Event) -> asyncio.Future[bool]:
+    """The loop's default executor (one thread here) held by the user's own blocking work until ``release``."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    return loop.run_in_executor(None, release.wait, HELD)
+
+
+def test_a_stop_ends_the_plugin_while_the_users_work_holds_the_loops_default_executor(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        sup = AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None)
+        await asyncio.wait_for(sup.start(), GUARD)
+        client = sup.current_client
+        assert client is not None and client.runner.pid is not None
+        pid = client.runner.pid
+        busy = await busy_default_executor(release)
+        try:
+            stopping = asyncio.ensure_future(sup.stop())
+            await asyncio.wait([stopping], timeout=GUARD)
+            assert stopping.done() and not busy.done()  # stopped while the user's work still held the executor
+            stopping.result()
+            assert sup.state == "stopped" and pid_gone(pid)
+        finally:
+            release.set()
+            await busy
+            await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_start_ends_the_plugin_while_the_users_work_holds_the_loops_default_executor() -> None:
+    # as AsyncClient's (test_cancelling_start_works_when_the_loops_executor_is_busy): the plugin never
+    # answers its handshake, so the start goes on until the cancel stops it
+    release = threading.Event()
+    config = misbehave("silent", start_timeout=40)
+    runner = config.runner
+    assert isinstance(runner, ProcessRunner)
+
+    async def main() -> None:
+        sup = AsyncSupervisor(lambda: config, restart=FAST, health_interval=None)
+        busy = await busy_default_executor(release)
+        try:
+            starting = asyncio.ensure_future(sup.start())
+            for _ in range(int(GUARD / 0.02)):  # launched: now the start waits for its handshake
+                if runner.pid is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert runner.pid is not None
+            starting.cancel()
+            await asyncio.wait([starting], timeout=GUARD)
+            assert starting.cancelled() and not busy.done()
+            assert sup.state == "stopped" and pid_gone(runner.pid)
+        finally:
+            release.set()
+            await busy
+            await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_a_cancel_of_the_task_awaiting_stop_is_passed_on_once_the_plugin_is_stopped() -> None:
+    # the plugin does not exit on Shutdown: the stop waits out its kill_grace, then kills it
+    async def main() -> None:
+        config = misbehave("linger", kill_grace=3.0)
+        sup = AsyncSupervisor(lambda: config, health_interval=None)
+        await asyncio.wait_for(sup.start(), GUARD)
+        client = sup.current_client
+        assert client is not None and client.runner.pid is not None
+        pid = client.runner.pid
+        stopping = asyncio.ensure_future(sup.stop())
+        await asyncio.sleep(0)  # the stop has begun
+        stopping.cancel()
+        await asyncio.wait([stopping], timeout=GUARD)
+        assert stopping.cancelled()
+        assert sup.state == "stopped" and pid_gone(pid)  # not left running by the cancel
+        assert sup.sync_supervisor.current_client is None
+
+    asyncio.run(main())
