@@ -1,6 +1,7 @@
 """AsyncSupervisor's stop and waits against real plugin processes: its stop runs on a thread of its own, so the
 user's work on the loop's default executor cannot hold it up (nor a cancelled start's); a cancel of the task that
-awaits stop() is passed on only once the plugin is stopped.
+awaits stop() is passed on only once the plugin is stopped; wait_running() polls on the loop, so any number of
+tasks may wait at once, each within its own timeout.
 
 Each wait is bounded (a hang fails instead of stalling the run); what is asserted is what had happened when a
 step ended, never how long it took."""
@@ -8,6 +9,8 @@ step ended, never how long it took."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 
 from tests import gobuild
 from tests.race_util import pid_gone
-from tests.resilience_util import HANDSHAKE, PLUGINS, faulty_config
+from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config
 
 from plugbay import AsyncSupervisor, ClientConfig, ProcessRunner, RestartPolicy
 
@@ -108,5 +111,37 @@ def test_a_cancel_of_the_task_awaiting_stop_is_passed_on_once_the_plugin_is_stop
         assert stopping.cancelled()
         assert sup.state == "stopped" and pid_gone(pid)  # not left running by the cancel
         assert sup.sync_supervisor.current_client is None
+
+    asyncio.run(main())
+
+
+def test_any_number_of_tasks_wait_for_the_plugin_to_run_each_within_its_own_timeout(tmp_path: Path) -> None:
+    hold = tmp_path / "hold"  # while it exists, a restarted plugin does not start
+
+    def config() -> ClientConfig:
+        if not (tmp_path / "first").exists():
+            (tmp_path / "first").touch()
+            return faulty_config(tmp_path)
+        held = f"while [ -e {hold} ]; do sleep 0.05; done; exec {PY} {FAULTY}"
+        return faulty_config(tmp_path, cmd=["sh", "-c", held])
+
+    async def main() -> None:
+        async with AsyncSupervisor(config, restart=FAST, health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            hold.touch()
+            os.kill(int(await kv.get("__pid__")), signal.SIGKILL)
+            for _ in range(int(GUARD / 0.02)):  # the Supervisor saw it: now it restarts, held
+                if sup.current_client is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert sup.current_client is None
+            long = [asyncio.ensure_future(sup.wait_running(GUARD)) for _ in range(4)]
+            short = asyncio.ensure_future(sup.wait_running(0.2))
+            await asyncio.wait([short], timeout=HELD)
+            # the short wait ended within its own timeout, not after the long ones
+            assert short.done() and short.result() is False and not any(w.done() for w in long)
+            hold.unlink()
+            assert await asyncio.wait_for(asyncio.gather(*long), GUARD) == [True] * 4
+            assert await sup.wait_running(0)
 
     asyncio.run(main())

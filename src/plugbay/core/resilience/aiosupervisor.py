@@ -14,13 +14,14 @@ errors. The layers run on the event loop: ``retry`` and ``breaker`` (as AsyncCal
 then the ready gate, which holds a call while the plugin restarts (within its deadline)
 and sends again a call that never left a dead plugin. Blocking steps (start, stop) run
 on threads of their own, never on the loop nor on its default executor (the user's work
-there cannot hold up a stop).
+there cannot hold up a stop); a wait for the plugin to run polls on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -176,8 +177,16 @@ class AsyncSupervisor:
         self._channel = channel
 
     async def wait_running(self, timeout: float) -> bool:
-        """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent)."""
-        return await off_loop(self._executor, self._sup.wait_running, timeout)
+        """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent; False
+        once stopped). Polled on the loop, as the ready gate's waits are: it holds no thread, so any
+        number of tasks may wait at once, each within its own timeout."""
+        deadline = time.monotonic() + timeout
+        while not self._sup.wait_running(0):  # never blocks; raises once the budget is spent
+            left = deadline - time.monotonic()
+            if left <= 0 or self._sup.state == "stopped":
+                return False
+            await asyncio.sleep(min(left, 0.02))
+        return True
 
     async def dispense(self, name: str) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is
