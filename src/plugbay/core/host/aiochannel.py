@@ -29,6 +29,7 @@ _T = TypeVar("_T")
 # Failures whose meaning may need the plugin's exit status, which can take the exit probe a
 # moment to see (a socket closes a few milliseconds before the exit is visible).
 _MAY_MEAN_EXIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+_PROBE_SLACK = 0.02  # a call that broke this long after a shared exit probe began may still share it
 # grpc.aio's own status for a message it could not send because the connection failed under the write
 # (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
 _SEND_FAILED = "Internal error from Core"
@@ -66,6 +67,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._loop = loop
         self._executor = executor
         self._closing: asyncio.Future[None] | None = None
+        self._exit_wait: tuple[asyncio.Future[str | None], float] | None = None  # (probe, begun): _exit_shown
         # The resilience layers' seam (plugbay.core.resilience.calls.install): each unary-unary
         # call runs through it as one or more tries, as on the sync ManagedChannel.
         self.call_hook: Callable[[str, Callable[[float | None], Awaitable[Any]], float | None],
@@ -109,9 +111,32 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return await off_loop(self._executor, func, *args)
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
-        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may wait
-            return await self.offload(self._managed.translate, exc, past_deadline)
-        return self._managed.translate(exc, past_deadline)
+        managed = self._managed
+        wait = managed.exit_wait(exc)
+        if wait > 0:  # the connection broke: the plugin's exit may show a moment later
+            await self._exit_shown(wait)
+            return await self.offload(managed.translate_waited, exc, past_deadline)
+        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may block a moment
+            return await self.offload(managed.translate, exc, past_deadline)
+        return managed.translate(exc, past_deadline)
+
+    async def _exit_shown(self, wait: float) -> None:
+        """Let the exit probe wait ``wait`` for the plugin's exit to show, from about when this call broke,
+        in one probe at a time (on the executor) that every call broken meanwhile shares: a probe each
+        held a thread each for the wait, one after another on a busy executor."""
+        broke = self._loop.time()
+        while True:
+            held = self._exit_wait
+            if held is None or (held[0].done() and held[1] < broke - _PROBE_SLACK):
+                probe = off_loop(self._executor, self._managed.probe_exit, wait)
+                probe.add_done_callback(retrieved)
+                held = self._exit_wait = (probe, self._loop.time())
+            probe, started = held
+            await asyncio.wait([probe])
+            if probe.cancelled() or probe.exception() is not None or probe.result() is not None:
+                return  # it exited (or the probe failed: translate_waited asks again, and says so)
+            if started >= broke - _PROBE_SLACK:
+                return  # it watched from about when this call broke: the plugin still runs
 
     async def closed_error(self) -> BaseException:
         """The typed error of a call on the closed connection (the plugin died, or the Client ended)."""

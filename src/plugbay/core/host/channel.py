@@ -47,9 +47,10 @@ from plugbay.errors import PlugbayError
 # timeout is the caller's own (None when the call set none).
 CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
 
-# How the proxy learns whether the plugin is gone; it may wait a moment because
+# How the proxy learns whether the plugin is gone; it may wait a moment (EXIT_SHOWS) because
 # a socket closes a few milliseconds before the exit status is visible.
 ExitProbe = Callable[[float], "str | None"]
+EXIT_SHOWS = 0.5
 
 
 class ManagedChannel(grpc.Channel):  # type: ignore[misc]
@@ -156,6 +157,23 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                                              response_deserializer=de, _registered_method=True)
 
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        return self._translate(exc, past_deadline, EXIT_SHOWS)
+
+    def translate_waited(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
+        """translate() once the wait for the plugin's exit to show (exit_wait()) was waited elsewhere."""
+        return self._translate(exc, past_deadline, 0.0)
+
+    def exit_wait(self, exc: BaseException) -> float:
+        """How long translate(exc) waits for the plugin's exit to show (0: none): the asyncio side waits
+        that once for all the calls broken together (probe_exit), not a thread each."""
+        code = exc.code() if hasattr(exc, "code") and not isinstance(exc, PlugbayError) else None
+        ending = self._closing and not self._died_first  # the owner's kill broke it: no probe
+        return EXIT_SHOWS if code == grpc.StatusCode.UNAVAILABLE and self._exit_probe and not ending else 0.0
+
+    def probe_exit(self, wait: float) -> str | None:
+        return None if self._exit_probe is None else self._exit_probe(wait)
+
+    def _translate(self, exc: grpc.RpcError, past_deadline: bool, exit_shows: float) -> BaseException:
         if isinstance(exc, PlugbayError):
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
@@ -173,7 +191,7 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
                 and not self._died_first:
             return self._killed(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
-            why = self._exit_probe(0.5 if code == grpc.StatusCode.UNAVAILABLE else 0.0)
+            why = self._exit_probe(exit_shows if code == grpc.StatusCode.UNAVAILABLE else 0.0)
             if why is not None:
                 return PluginDied.during_call(self._name, why, self.died_advice(), exc)
         if code == grpc.StatusCode.UNAVAILABLE:
