@@ -251,3 +251,27 @@ def test_a_non_ascii_mark_ends_the_call_with_its_error(how: str, value: bytes) -
     finally:
         pool.close()
         server.close()
+
+
+def test_a_refused_async_call_goes_to_the_next_endpoint_while_the_loops_default_executor_is_held() -> None:
+    """The verdict on a refused call (which may wait for a TLS probe) runs on the pool's own threads: the
+    user's work on the loop's default executor held it, and the call, past its deadline."""
+    release = threading.Event()
+
+    async def main(pool: EndpointPool) -> tuple[bytes, bool]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(futures.ThreadPoolExecutor(1))
+        busy = loop.run_in_executor(None, release.wait, 20)  # the user's own blocking work
+        channel = AioPoolChannel(AioEndpoints(pool))
+        try:
+            got = await asyncio.wait_for(channel.unary_unary(METHOD)(b"", timeout=3), 60)
+            return bytes(got), busy.done()
+        finally:
+            release.set()
+            await busy
+            await channel.close()
+
+    with _pool(_marks(None), _ok) as (pool, seen):
+        got, held = asyncio.run(main(pool))
+        assert got == b"ok" and not held  # answered while the user's work still held the executor
+        assert [name for name, _ in seen] == ["s0", "s1"]

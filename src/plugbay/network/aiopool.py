@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import grpc
@@ -50,6 +51,9 @@ class AioEndpoints:
         self._left: weakref.WeakKeyDictionary[grpc.aio.Channel, str] = weakref.WeakKeyDictionary()
         self._generation = -1
         self._watch: asyncio.Future[None] | None = None  # prunes after discovery's changes (see _watch_pool)
+        # judges refused calls (that may wait for a TLS probe) off the loop, on threads of its own (made
+        # when first needed): on the loop's default executor the user's own work held calls past their deadline
+        self.executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-aio-pool-{pool.name}")
         self.closed = False
 
     def channel(self, member: Member) -> grpc.aio.Channel:
@@ -141,6 +145,7 @@ class AioEndpoints:
     async def close(self) -> None:
         """Close every connection now (calls in flight are cancelled). Idempotent."""
         self.closed = True
+        self.executor.shutdown(wait=False)
         if self._watch is not None:
             self._watch.cancel()
         channels = [channel for _, channel in self._channels.values()]

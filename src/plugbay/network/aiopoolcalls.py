@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import TaskCall, retrieved
+from plugbay.core.host.aiochannel import TaskCall, off_loop, retrieved
 from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
 from plugbay.network.poolcalls import (EndpointPool, PoolCallable, cut_by_drain, no_endpoints, not_sent,
@@ -77,8 +77,8 @@ class UnaryCall(TaskCall):
                 if not not_sent(exc, self._callable.channel.endpoints.existing(member), pool.token):
                     raise
                 # the verdict may wait for a TLS probe (up to 1 s): not on the loop
-                last, wait = await asyncio.get_running_loop().run_in_executor(
-                    None, rules.refused, member, exc, tried, pick_until, pause)
+                last, wait = await off_loop(self._callable.channel.endpoints.executor, rules.refused, member, exc,
+                                            tried, pick_until, pause)
                 if wait:
                     await asyncio.sleep(wait)
                     pause = min(pause * 2, 0.5)
