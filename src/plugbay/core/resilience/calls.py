@@ -10,6 +10,9 @@ also :class:`AsyncCallLayer` objects, and install() takes either client.
 from __future__ import annotations
 
 import math
+import numbers
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -195,6 +198,47 @@ def seconds_problem(value: Any, name: str) -> str | None:
     if problem is None and not value <= LONGEST_WAIT:
         return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
     return problem
+
+
+def pause_problem(value: Any, name: str) -> str | None:
+    """:func:`number_problem` for a backoff: >= 0 (0: none), finite, at most a year (a longer
+    sleep raised OverflowError from the thread's wait, or waited for ever)."""
+    problem = number_problem(value, name, 0)
+    if problem is None and not value <= LONGEST_WAIT:
+        return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
+    return problem
+
+
+def wait_timeout(value: Any, what: str) -> float:
+    """The ``timeout`` of a wait such as Supervisor.wait_running(): any real number of seconds
+    (0 or less: look without waiting; math.inf: no bound). None, nan or a str: ConfigError (a
+    str raised TypeError deep in the wait, and nan never ran out, so the wait never ended)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too big for a float
+            seconds = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if seconds == seconds:
+            return seconds
+    raise ConfigError(f"{what}: timeout must be a number of seconds, or math.inf to wait without a bound"
+                      f" (got {type(value).__name__} {value!r})"[:300])
+
+
+def wait_until(cond: threading.Condition, done: Callable[[], bool], timeout: float, tick: float,
+               over: Callable[[], bool] = lambda: False) -> bool:
+    """Wait on ``cond`` until ``done()`` (True), or ``timeout`` passed or ``over()`` says nothing
+    will change any more (False). Both are called with ``cond`` held; ``over()`` may raise instead.
+    Waits ``tick`` at most between looks: some changes come with no notify."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not done():
+            remaining = deadline - time.monotonic()
+            if over() or remaining <= 0:
+                return False
+            cond.wait(min(remaining, tick))
+    return True
 
 
 def status_codes_problem(codes: Any, name: str) -> str | None:

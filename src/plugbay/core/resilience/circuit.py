@@ -37,7 +37,7 @@ import grpc
 
 from plugbay.errors import CircuitOpenError, ConfigError, PlugbayError, PluginDiedError
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error, number_problem,
-                                          status_codes_problem, status_of)
+                                          seconds_problem, status_codes_problem, status_of)
 
 _log = logging.getLogger("plugbay.circuit")
 
@@ -89,8 +89,10 @@ class CircuitBreaker:
                 failure_codes = list(failure_codes)  # type: ignore[assignment]
         problems = [p for p in (
             number_problem(failure_threshold, "failure_threshold", 1, whole=True),
-            number_problem(window, "window", 0, above=True),
-            number_problem(open_for, "open_for", 0, above=True),
+            # finite and at most a year: math.inf said "a probe call is let through in 0.0s", and
+            # 1e12 raised OverflowError from the refusal's own message (the time it names)
+            seconds_problem(window, "window"),
+            seconds_problem(open_for, "open_for"),
             status_codes_problem(failure_codes, "failure_codes"),
             None if on_change is None or callable(on_change) else "on_change must be a callable or None",
         ) if p is not None]

@@ -30,7 +30,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.errors import ClientStateError, ConfigError
-from plugbay.core.resilience.calls import describe_error, seconds_problem, status_of
+from plugbay.core.resilience.calls import describe_error, seconds_problem, status_of, wait_timeout, wait_until
 
 _log = logging.getLogger("plugbay.health")
 
@@ -125,20 +125,15 @@ class HealthWatcher:
         self.stop()
 
     def wait_for(self, states: str | set[str], timeout: float) -> bool:
-        """Block until the state is one of ``states`` (bounded); True when it is."""
+        """Block until the state is one of ``states``, ``timeout`` seconds at most (math.inf: no bound);
+        True when it is."""
         wanted = {states} if isinstance(states, str) else set(states)
         unknown = sorted(map(repr, wanted - set(STATES)))
         if unknown:  # a typo such as "serving" would never match: wait_for would just time out
             raise ConfigError(f"HealthWatcher.wait_for(): {', '.join(unknown)} is no health state; use one of"
                               f" {', '.join(STATES)}")
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._state not in wanted:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
-                    return self._state in wanted
-                self._cond.wait(min(remaining, 0.5))
-            return True
+        seconds = wait_timeout(timeout, "HealthWatcher.wait_for()")
+        return wait_until(self._cond, lambda: self._state in wanted, seconds, 0.5, self._stop.is_set)
 
     # --- the thread -------------------------------------------------------------------
 
@@ -188,6 +183,11 @@ class HealthWatcher:
                     continue
                 if code == grpc.StatusCode.NOT_FOUND:
                     self._report(SERVICE_UNKNOWN, describe_error(exc))
+                elif code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the call error's advice is for calls
+                    waited = self.timeout + (self.interval if self.mode == "watch" else 0.0)
+                    self._report(UNREACHABLE, f"no health answer within {waited:g}s: the plugin is stuck or the"
+                                 " network to it is silent (if it is only slow, raise the watcher's timeout="
+                                 ", a Supervisor's health_timeout=)")
                 else:
                     self._report(UNREACHABLE, describe_error(exc))
             self._stop.wait(self.interval)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from plugbay.core.resilience.calls import backoff_delay, number_problem
+from plugbay.core.resilience.calls import backoff_delay, number_problem, pause_problem
 from plugbay.errors import ConfigError, RestartBudgetExhaustedError
 
 _log = logging.getLogger("plugbay.supervisor")
@@ -38,8 +38,8 @@ class RestartPolicy:
         problems = [p for p in (
             number_problem(self.max_restarts, "max_restarts", 0, whole=True),
             number_problem(self.window, "window", 0, above=True),
-            number_problem(self.initial_backoff, "initial_backoff", 0),
-            number_problem(self.max_backoff, "max_backoff", 0),
+            pause_problem(self.initial_backoff, "initial_backoff"),
+            pause_problem(self.max_backoff, "max_backoff"),
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             None if self.stable_after is None else number_problem(self.stable_after, "stable_after (or None)", 0),
@@ -93,9 +93,20 @@ class SupervisorEvent:
     at: float  # time.time()
 
 
+class RestartLoopFailed(RestartBudgetExhaustedError):
+    """The Supervisor gave up because its own restart loop failed, not its budget: still a
+    RestartBudgetExhaustedError, so that whatever handles a Supervisor that gave up handles this."""
+
+    def __init__(self, name: str, restarts: int, window: float, last_failure: str) -> None:
+        super().__init__(name, restarts, window, last_failure)
+        self.args = (f"the Supervisor of plugin {name!r} stopped restarting it after {restarts} restart(s):"
+                     f" {last_failure}. The log has the traceback; if the RestartPolicy is a subclass of your"
+                     " own, check its methods. Then make a new Supervisor.",)
+
+
 class RestartBudget:
     """The restarts made within a policy's window (the oldest drop out as the window moves on), and
-    once they were too many, the error of a Supervisor that gave up."""
+    once they were too many (or the restart loop failed), the error of a Supervisor that gave up."""
 
     def __init__(self) -> None:
         self._times: collections.deque[float] = collections.deque()
@@ -113,15 +124,16 @@ class RestartBudget:
     def __len__(self) -> int:
         return len(self._times)
 
-    def exhaust(self, name: str, window: float, last_failure: str) -> str:
+    def exhaust(self, name: str, window: float, last_failure: str, loop_failed: bool = False) -> str:
         """Give up (raise_if_exhausted() raises from now on); says why."""
-        self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure)
+        kind = RestartLoopFailed if loop_failed else RestartBudgetExhaustedError
+        self._fatal = kind(name, len(self._times), window, last_failure)
         return str(self._fatal)
 
     def raise_if_exhausted(self) -> None:
         """A new error each time: one shared object would gather every call's traceback frames and notes."""
         if (fatal := self._fatal) is not None:
-            raise RestartBudgetExhaustedError(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
+            raise type(fatal)(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
 
 
 def record_event(events: collections.deque[SupervisorEvent], on_event: Callable[[SupervisorEvent], None] | None,

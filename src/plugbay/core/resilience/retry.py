@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import fnmatch
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,12 +32,13 @@ from typing import Any
 import grpc
 
 from plugbay.core.host.deadline import NO_DEADLINE
-from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem,
+from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem, pause_problem,
                                           status_codes_problem, status_of)
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
+_log = logging.getLogger("plugbay.retry")
 
 
 @contextlib.contextmanager
@@ -63,15 +65,16 @@ class RetryPolicy:
     max_attempts          total tries, the first one included (1 = no retry)
     initial_backoff       sleep before the 2nd try; x ``multiplier`` each time, capped at max_backoff
     jitter                each sleep is drawn from [(1-jitter)*b, b], so callers do not retry in step
-    per_attempt_timeout   deadline of one try (None: the whole remaining deadline)
+    per_attempt_timeout   deadline of one try (None or math.inf: the whole remaining deadline)
     overall_timeout       deadline of the call with all its retries when the call passes no
-                          timeout= (a call's own timeout= is its overall deadline). None: no overall
-                          deadline; each try still has one (per_attempt_timeout, else
+                          timeout= (a call's own timeout= is its overall deadline). None or math.inf:
+                          no overall deadline; each try still has one (per_attempt_timeout, else
                           ClientConfig.call_timeout)
     retry_on              gRPC status codes worth another try
     methods               allowlist of methods that are safe to repeat (fnmatch patterns)
     all_idempotent        treat every unary call as safe to repeat
-    on_retry              on_retry(method, attempt, error, sleep), called before each sleep
+    on_retry              on_retry(method, attempt, error, sleep), called before each sleep (if it
+                          raises, that is logged and the retry goes on)
     rng                   the random.Random the jitter is drawn from, for reproducible jitter in tests
                           (None: one of the policy's own)
     """
@@ -96,10 +99,16 @@ class RetryPolicy:
                 self.retry_on = frozenset(self.retry_on)  # once: a generator is read here, not checked empty
             except TypeError:  # unhashable members: status_codes_problem below names them
                 self.retry_on = list(self.retry_on)  # type: ignore[assignment]
+        for name in ("per_attempt_timeout", "overall_timeout"):
+            value = getattr(self, name)
+            # math.inf (or past NO_DEADLINE) is None, as the docs say: no deadline of its own, so each
+            # try keeps the Client's call_timeout (not one of 1e9 s)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= NO_DEADLINE:
+                setattr(self, name, None)
         problems = [p for p in (
             number_problem(self.max_attempts, "max_attempts", 1, whole=True),
-            number_problem(self.initial_backoff, "initial_backoff", 0),
-            number_problem(self.max_backoff, "max_backoff", 0),
+            pause_problem(self.initial_backoff, "initial_backoff"),
+            pause_problem(self.max_backoff, "max_backoff"),
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             *(number_problem(getattr(self, name), f"{name} (or None)", 0, above=True)
@@ -196,7 +205,10 @@ class RetryPolicy:
             _note(exc, n, tries, "the overall deadline leaves no time for another try")
             return None
         if self.on_retry is not None:
-            self.on_retry(method, n, exc, sleep)
+            try:
+                self.on_retry(method, n, exc, sleep)
+            except Exception:  # a hook (metrics, logging) must not replace the call's outcome
+                _log.exception("RetryPolicy on_retry callback failed")
         return sleep
 
 

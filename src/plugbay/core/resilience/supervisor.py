@@ -39,7 +39,7 @@ from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, gone_unseen, mark_restarting
+from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, mark_restarting
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -47,13 +47,13 @@ from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exp
 from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_settings, check_source,
                                              first_client, new_client, not_running, plugin_named,
                                              stopped_while_starting)
+from plugbay.core.resilience.waiting import FAILED, RESTARTING, RUNNING, STARTING, STOPPED, PluginWaits
 
 _log = logging.getLogger("plugbay.supervisor")
 
-STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
 
 
-class Supervisor:
+class Supervisor(PluginWaits):
     """Keeps one plugin running. See the module docstring."""
     ready_gated = True  # install() refuses it: retry= and breaker= go outside its ReadyGate
 
@@ -200,33 +200,6 @@ class Supervisor:
         self._dispensed[name] = stub
         return stub
 
-    def wait_running(self, timeout: float) -> bool:
-        """Block until the plugin runs (bounded); raises when the restart budget is spent."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._state != RUNNING or gone_unseen(self._client, self._stop, self._wake):
-                self.raise_if_failed()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._state == STOPPED:
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-        return True
-
-    def channel_generation(self) -> int:
-        return self._channel.generation if self._channel is not None else -1
-
-    def changed_since(self, generation: int, timeout: float) -> bool:
-        """Wait (bounded) until the plugin is being or was replaced since ``generation``."""
-        self._wake.set()  # let the monitor look now rather than at its next tick
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._state == RUNNING and self.channel_generation() == generation:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.25))
-        return True
-
     def stop(self) -> None:
         """Stop watching and kill the plugin. Idempotent. On the shared loop thread (a plugin's log
         handler) it returns at once and ``plugbay-stop-<name>`` does it, as Client.kill() does there."""
@@ -303,14 +276,21 @@ class Supervisor:
                 mark_restarting(client, self.name, restarting)
             client.kill()
 
-    def raise_if_failed(self) -> None:
-        """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
-        self._budget.raise_if_exhausted()
-
     def _event(self, kind: str, detail: str) -> None:
         record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
 
     def _monitor(self) -> None:
+        try:
+            self._watch()
+        except Exception as exc:  # a thread that died silently left the state "restarting" for ever
+            _log.exception("supervisor of plugin %s: its restart loop failed", self.name)
+            if not self._stop.is_set():
+                self._drop_current()
+                self.last_failure = (f"its restart loop failed: {type(exc).__name__}: {exc}"
+                                     f" (after: {self.last_failure})")
+                self._give_up(loop_failed=True)
+
+    def _watch(self) -> None:
         check = FailureCheck(self._event)
         while not self._stop.is_set():
             self._wake.wait(0.25)
@@ -391,8 +371,8 @@ class Supervisor:
             self._cond.notify_all()
         self._event("start_failed", self.last_failure)
 
-    def _give_up(self) -> None:
-        why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown")
+    def _give_up(self, loop_failed: bool = False) -> None:
+        why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown", loop_failed)
         with self._cond:
             self._state = FAILED
             self._client = None
