@@ -12,7 +12,7 @@ import pytest
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
-from plugbay import AsyncSupervisor, Client, PluginDiedError, RestartPolicy, Supervisor
+from plugbay import AsyncSupervisor, Client, ConfigError, PluginDiedError, RestartPolicy, Supervisor
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -70,3 +70,31 @@ def test_a_clients_own_caller_is_still_told_to_start_a_new_client(tmp_path: Path
     with Client(faulty_config(tmp_path)) as client:
         with pytest.raises(PluginDiedError, match=r"(?s)died during the call.*; start a new Client"):
             client.dispense(PLUGIN_NAME).get("__die__")
+
+
+def test_the_death_that_spends_the_budget_is_not_told_to_call_again(tmp_path: Path) -> None:
+    # The call fails before the monitor has seen the death (the state still says running): the advice
+    # reads the budget, not only the state
+    once = RestartPolicy(max_restarts=1, window=120, initial_backoff=0.05, max_backoff=0.05)
+    with Supervisor(lambda: faulty_config(tmp_path), restart=once, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError) as first:
+            kv.get("__die__")
+        _advised_a_restart(first.value)
+        assert wait_until(lambda: sup.state == "running" and sup.restarts == 1, 20), sup.state
+        with pytest.raises(PluginDiedError) as last:
+            kv.get("__die__")
+    assert "call again" not in str(last.value), str(last.value)
+    assert "its RestartPolicy's budget is spent" in str(last.value), str(last.value)
+
+
+@pytest.mark.parametrize("timeout", [None, float("nan"), "1"])
+def test_an_async_supervisors_wait_running_checks_its_timeout_as_the_sync_one_does(
+        tmp_path: Path, timeout: object) -> None:
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            with pytest.raises(ConfigError, match=r"AsyncSupervisor.wait_running\(\): timeout must be a number"):
+                await asyncio.wait_for(sup.wait_running(timeout), 30)  # type: ignore[arg-type]
+            assert await sup.wait_running(10**400)  # a whole number too big for a float: no bound
+
+    asyncio.run(main())

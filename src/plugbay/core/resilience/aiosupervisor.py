@@ -34,7 +34,7 @@ from plugbay.core.host.aioclient import Dispensed, to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
-from plugbay.core.resilience.calls import AsyncCallLayer, chain_async
+from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.readygate import ReadyGate
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
@@ -180,7 +180,7 @@ class AsyncSupervisor:
         """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent; False
         once stopped). Polled on the loop, as the ready gate's waits are: it holds no thread, so any
         number of tasks may wait at once, each within its own timeout."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_timeout(timeout, "AsyncSupervisor.wait_running()")
         while not self._sup.wait_running(0):  # never blocks; raises once the budget is spent
             left = deadline - time.monotonic()
             if left <= 0 or self._sup.state == "stopped":

@@ -74,7 +74,10 @@ def restart_advice(sup: Restarter) -> str:
     if sup.max_restarts == 0:
         return "its Supervisor does not restart it (RestartPolicy(max_restarts=0))"
     if sup.state == "failed":
-        return "its Supervisor gave up restarting it (its RestartPolicy's budget is spent)"
+        return "its Supervisor gave up restarting it (wait_running() raises why); make a new Supervisor"
+    if sup.restarts_left() <= 0:  # the monitor may not have seen this death yet: the state still says running
+        return ("its Supervisor will not restart it: its RestartPolicy's budget is spent (max_restarts within"
+                " window); make a new Supervisor")
     return ("the Supervisor is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
             " the restarted plugin, a stream is opened once wait_running() is true")
 
@@ -119,6 +122,8 @@ class Restarter(Protocol):
     def changed_since(self, generation: int, timeout: float) -> bool: ...
 
     def raise_if_failed(self) -> None: ...
+
+    def restarts_left(self) -> int: ...
 
 
 class ReadyGate:

@@ -118,6 +118,11 @@ class RestartBudget:
             self._times.popleft()
         return len(self._times) >= policy.max_restarts
 
+    def left(self, policy: RestartPolicy) -> int:
+        """How many restarts the policy still allows now; reads, never changes, so any thread may ask."""
+        now = time.monotonic()
+        return policy.max_restarts - sum(1 for t in list(self._times) if now - t <= policy.window)
+
     def record(self) -> None:
         self._times.append(time.monotonic())
 

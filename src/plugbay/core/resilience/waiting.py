@@ -11,7 +11,7 @@ import threading
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import wait_timeout, wait_until
 from plugbay.core.resilience.readygate import SupervisedChannel, gone_unseen
-from plugbay.core.resilience.restart import RestartBudget
+from plugbay.core.resilience.restart import RestartBudget, RestartPolicy
 
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
 
@@ -26,6 +26,12 @@ class PluginWaits:
     _stop: threading.Event
     _wake: threading.Event  # set: the monitor looks at the plugin now
     _budget: RestartBudget
+    restart_policy: RestartPolicy
+
+    def restarts_left(self) -> int:
+        """How many more restarts the RestartPolicy allows within its window now (0: the next death is
+        the last one the Supervisor sees through)."""
+        return self._budget.left(self.restart_policy) if self._state != FAILED else 0
 
     def raise_if_failed(self) -> None:
         """Raise RestartBudgetExhaustedError once the Supervisor has given up."""
