@@ -218,7 +218,7 @@ def test_forbidden_names_the_rbac_rule(standin: StandIn, kubeconfig: str) -> Non
         resolver.start(Recorder())
     text = str(info.value)
     assert "403 Forbidden" in text and 'API group "discovery.k8s.io"' in text
-    assert "endpointslices: get, list, watch" in text and "kubernetes:///default/kv:grpc" in text
+    assert "endpointslices: list, watch" in text and "kubernetes:///default/kv:grpc" in text
     assert 'cannot list resource "endpointslices"' in text  # the server's own words
     standin.allow_all()  # RBAC fixed: the same resolver starts now
     seen = Recorder()
@@ -226,6 +226,27 @@ def test_forbidden_names_the_rbac_rule(standin: StandIn, kubeconfig: str) -> Non
     assert seen.sets == [[]]
     resolver.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("plugbay-endpointslices-")]
+
+
+def test_the_discovery_rule_grants_exactly_the_verbs_discovery_calls(standin: StandIn,  # noqa: F811
+                                                                     kubeconfig: str) -> None:  # noqa: F811
+    """DISCOVERY_RBAC_RULES (and so the chart's Role and the docs' tables) grant what a resolver calls: a
+    verb it never calls (get) is a permission handed out for nothing."""
+    from plugbay.runners.kubernetes import DISCOVERY_RBAC_RULES
+
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig,
+                                     watch_timeout=1)
+    resolver.start(Recorder())
+    try:
+        deadline = time.monotonic() + 30
+        while standin.calls.get(("watch", "endpointslices"), 0) < 2:  # a whole watch, then the next one
+            assert time.monotonic() < deadline, standin.calls
+            time.sleep(0.1)
+    finally:
+        resolver.close()
+    used = {verb for verb, resource in standin.calls if resource == "endpointslices"}
+    assert [(g, r, tuple(sorted(v))) for g, r, v in DISCOVERY_RBAC_RULES] == [
+        ("discovery.k8s.io", "endpointslices", tuple(sorted(used)))]
 
 
 def test_unreachable_api_is_engine_unavailable(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-plugin-tls" (include "plugbay.fullname" . | trunc 52 | trimSuffix "-")) .Values.network.tls.secretName }}
 {{- end }}
 
-{{/* The host grants endpointslices get/list/watch. */}}
+{{/* The host grants endpointslices list/watch. */}}
 {{- define "plugbay.discovery" -}}
 {{- if or .Values.rbac.discovery (and .Values.network.enabled .Values.network.discovery) }}true{{- end }}
 {{- end }}

@@ -17,7 +17,7 @@ RBAC_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # What network mode's kubernetes:/// discovery (plugbay.network.kubernetes) calls, as
 # (API group, resource, verbs). A separate Role rule: only hosts that discover need it.
 DISCOVERY_RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("discovery.k8s.io", "endpointslices", ("get", "list", "watch")),
+    ("discovery.k8s.io", "endpointslices", ("list", "watch")),  # it never reads one slice by name
 )
 
 
