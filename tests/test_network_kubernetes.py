@@ -285,6 +285,23 @@ def test_bad_targets_are_config_errors(args: tuple[Any, ...], message: str) -> N
         EndpointSliceResolver(*args)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"watch_timeout": "60"}, "watch_timeout .*must be a whole number >= 1, got '60'"),
+    ({"watch_timeout": 0}, "watch_timeout .*must be a whole number >= 1, got 0"),
+    ({"watch_timeout": -5}, "watch_timeout .*must be a whole number >= 1, got -5"),
+    ({"watch_timeout": 2.5}, "watch_timeout .*must be a whole number >= 1, got 2.5"),
+    ({"max_endpoints": "3"}, "max_endpoints must be a whole number >= 1, got '3'"),
+    ({"max_endpoints": 0}, "max_endpoints must be a whole number >= 1, got 0"),
+    ({"max_endpoints": True}, "max_endpoints must be a whole number >= 1, got True"),
+    ({"allow_loopback": "false"}, "allow_loopback must be True or False"),
+])
+def test_bad_options_are_config_errors_when_made_directly(kwargs: dict[str, Any], message: str) -> None:
+    """Checked as RemoteConfig.kubernetes checks them, not left to fail in the watch thread (a str
+    watch_timeout: a TypeError per watch) or to cap every endpoint away (max_endpoints=0)."""
+    with pytest.raises(ConfigError, match=message):
+        EndpointSliceResolver("default", "kv", "grpc", **kwargs)
+
+
 def test_start_twice_is_refused(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
     with EndpointSliceResolver("default", "nothing-here", "grpc", allow_loopback=True,
                                kubeconfig=kubeconfig) as resolver:

@@ -33,6 +33,7 @@ from plugbay.errors import (
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
+from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
 from plugbay.network.slices import (SERVICE_NAME_LABEL, endpoints_from_slices, keep_at_most, parse_port,
@@ -69,7 +70,9 @@ class EndpointSliceResolver:
                 raise ConfigError(f"{what} {value!r} is not a Kubernetes name (a DNS label: at most 63"
                                   " lowercase letters, digits and '-')")
         self.namespace, self.service, self.port = namespace, service, parse_port(port)
-        self.watch_timeout = watch_timeout
+        # checked here as RemoteConfig checks them: a str or 0 would fail later, in the watch thread
+        self.watch_timeout = check_count(watch_timeout, "EndpointSliceResolver watch_timeout (seconds)", 1)
+        check_switch(allow_loopback, "EndpointSliceResolver allow_loopback")
         self.allow_loopback = allow_loopback  # see plugbay.network.resolver.refusal
         self._refused_told: set[str] = set()  # refused addresses already warned about (bounded)
         self.refused: list[str] = []  # the addresses the last set refused
@@ -83,7 +86,7 @@ class EndpointSliceResolver:
         self._changes = 0  # the current watch's events that changed the slices kept
         self._gone_before = False  # the last watch ended in 410 Gone (no event delivered since)
         self._reported: list[Endpoint] | None = None
-        self.max_endpoints = max_endpoints
+        self.max_endpoints = check_count(max_endpoints, "EndpointSliceResolver max_endpoints", 1)
         self._capped_at: int | None = None  # the endpoint count last warned about
         self._stop = threading.Event()
         self._watch: Any = None
