@@ -4,6 +4,7 @@ validated against the Kubernetes schemas, lint-style checks, and RBAC equal to t
 from __future__ import annotations
 
 import base64
+import posixpath
 import re
 import subprocess
 from pathlib import Path
@@ -288,14 +289,22 @@ def test_the_plugin_can_write_its_working_folder(renderer: Path, tmp_path: Path)
     {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "socketDir": "/data"}},  # writable already
     {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "writableDirs": ["/data", "/tmp", "/data"]}},
     {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "writableDirs": ["/tmp", "/data", "/tmp"]}},
-], ids=["sidecar-socket-in-data", "sidecar-repeats", "network-repeats"])
+    # one folder written several ways is one folder (Kubernetes compares mount paths cleaned)
+    {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "writableDirs": ["/data", "/data/", "//data",
+                                                                              "/data/.", "/tmp/", "//tmp"]}},
+    {**SIDECAR_VALUES, "sidecar": {**SIDECAR_VALUES["sidecar"], "socketDir": "/var/run/plugbay/",
+                                   "writableDirs": ["/data", "//var/run/plugbay", "/var/run/./plugbay"]}},
+    {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "writableDirs": ["/tmp", "/data", "/data/", "//data",
+                                                                              "/tmp/", "/x/../data"]}},
+], ids=["sidecar-socket-in-data", "sidecar-repeats", "network-repeats", "sidecar-spellings",
+        "sidecar-socket-spellings", "network-spellings"])
 def test_a_folder_is_mounted_once_however_often_it_is_named(renderer: Path, tmp_path: Path,
                                                              values: dict[str, Any]) -> None:
     # the API refuses a container with two mounts at one path (the schema check does not see it)
     pods = [d["spec"]["template"]["spec"] for d in render(renderer, tmp_path, values) if d["kind"] == "Deployment"]
     for pod in pods:
         for container in pod["containers"]:
-            paths = [m["mountPath"].rstrip("/") for m in container.get("volumeMounts", [])]
+            paths = [re.sub("/+", "/", posixpath.normpath(m["mountPath"])) for m in container.get("volumeMounts", [])]
             assert len(paths) == len(set(paths)), (container["name"], paths)
             assert "/data" in paths or container["name"] == "host", (container["name"], paths)
         names = [v["name"] for v in pod["volumes"]]
@@ -360,6 +369,15 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
                   "tls": {"secretName": "s"}, "writableDirs": ["/etc/plugbay/tls/"]}},
      "network.writableDirs cannot hold /etc/plugbay/tls"),
+    *[({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                    "tls": {"secretName": "s"}, "writableDirs": [folder]}},
+       "network.writableDirs cannot hold /etc/plugbay/tls") for folder in ("//etc/plugbay/tls", "/etc/plugbay/tls/x")],
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                  "tls": {"secretName": "s"}, "writableDirs": ["//"]}},
+     "network.writableDirs cannot hold /: the plugin's root stays read-only"),
+    ({"host": {"enabled": True, "image": {"repository": "h"}},
+      "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["/"]}},
+     "sidecar.writableDirs cannot hold /: the sidecar's root stays read-only"),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["data"]}},
