@@ -22,6 +22,7 @@ from plugbay.errors import (
     PodCrashLoopError,
     PodUnschedulableError,
     RunnerError,
+    printable,
 )
 
 CONTAINER_NAME = "plugin"
@@ -188,19 +189,21 @@ def exit_code(pod: Json) -> int | None:
 def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequence[str]) -> Exception | None:
     """The error to raise when the pod can no longer come up, or None while it still may."""
     status = _obj(pod.get("status"))
-    diag = "\n".join(["Pod events:", *("    " + e for e in events)]) if events else ""
+    # the pod's status and events are the cluster's words (a container's termination message is the
+    # plugin's): their controls are escaped before they reach an error message, as plugin output is
+    diag = "\n".join(["Pod events:", *("    " + printable(e) for e in events)]) if events else ""
     for cond in _objs(status.get("conditions")):
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
                 and cond.get("reason") == "Unschedulable":
             return PodUnschedulableError(
-                f"pod {name} cannot be scheduled: {cond.get('message', '')}. Check the runner's"
+                f"pod {name} cannot be scheduled: {_said(cond.get('message', ''))}. Check the runner's"
                 " node_selector, tolerations and resources against the cluster's nodes"
                 f" (kubectl describe pod {name}).\n{diag}")
     cs = plugin_status(pod)
     waiting = _obj(_obj(cs.get("state")).get("waiting"))
-    reason, message = waiting.get("reason", ""), waiting.get("message", "")
+    reason, message = waiting.get("reason", ""), _said(waiting.get("message", ""))
     containers = _objs(_obj(pod.get("spec")).get("containers"))
-    image = cs.get("image") or (containers[0].get("image", "?") if containers else "?")
+    image = _said(cs.get("image") or (containers[0].get("image", "?") if containers else "?"))
     if reason in PULL_FAILURES:
         return ImageNotFoundError(
             f"pod {name} cannot pull image {image!r} ({reason}: {message}). Check the image name"
@@ -215,13 +218,13 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
         last = _terminated(cs, "lastState") or {}
         return PodCrashLoopError(name, _code(last.get("exitCode")) if "exitCode" in last else None, log_tail,
                                  f"Pod {name} is in CrashLoopBackOff after {cs.get('restartCount', 0)}"
-                                 f" restarts (last termination: {last.get('reason', '?')}).\n{diag}")
+                                 f" restarts (last termination: {_said(last.get('reason', '?'))}).\n{diag}")
     code = exit_code(pod)
     if code is not None:
         term = _terminated(cs, "state") or {}
         return PluginExitedError(name, code, log_tail,
                                  f"Pod {name} ended in phase {phase(pod)} (reason:"
-                                 f" {term.get('reason', '?')}).\n{diag}")
+                                 f" {_said(term.get('reason', '?'))}).\n{diag}")
     return None
 
 
@@ -252,7 +255,15 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
     if log_tail:
         out.append("last log lines:")
         out += ["  " + line for line in log_tail[-20:]]
-    return "\n".join(out)
+    # every fact is the cluster's (a termination message, events) or the plugin's (its log): each line's
+    # controls escaped, as the process and Docker runners escape theirs, so none can forge a line of the
+    # host's log or drive the terminal showing the error
+    return "\n".join(printable(line) for line in out)
+
+
+def _said(value: Any) -> str:
+    """A value of the pod's status as text for a message, its controls escaped."""
+    return printable(str(value))
 
 
 def pod_address(pod: Json, port: int, pod_id: str, *, allow_loopback: bool = False) -> str:
@@ -332,5 +343,8 @@ def _join(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
 
 
 def format_event(ev: Json) -> str:
-    return (f"{ev.get('type', '')} {ev.get('reason', '')}: {ev.get('message', '')}"
-            + (f" (x{ev['count']})" if (ev.get("count") or 1) > 1 else ""))
+    """One event as a line, its controls escaped (a message may hold a newline, or an ESC)."""
+    count = ev.get("count")
+    times = count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else None
+    return printable(f"{ev.get('type', '')} {ev.get('reason', '')}: {ev.get('message', '')}"
+                     + (f" (x{times})" if times else ""))
