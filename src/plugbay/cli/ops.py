@@ -9,9 +9,11 @@ import click
 from plugbay.cli import output
 from plugbay.cli.targets import load_reattach
 from plugbay.core.protocol.exits import signal_name
-from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, printable
 
 _LOG_LINES = 20
+# plugbay.runners.kubernetes.api.DEFAULT_API_TIMEOUT (not imported here: that package loads the whole runner)
+API_TIMEOUT = 30.0
 
 
 def _signal_name(code: int | None) -> str | None:
@@ -61,40 +63,46 @@ def _docker(container_id: str) -> dict[str, Any]:
         client.close()
 
 
-def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
-    from plugbay.runners.kubernetes.api import api_message, load_api_client, require_client
+def _pod(namespace: str, name: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT) -> dict[str, Any]:
+    from plugbay.runners.kubernetes.api import (call, check_api_timeout, close_client, load_api_client, not_found,
+                                                request_timeout, require_client)
 
     require_client()
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     from plugbay.runners.kubernetes import pods
 
+    # each call bounded (connect, answer, whole body): an API server or proxy that takes the request and
+    # never answers would hold the command for good
+    timeout = request_timeout(check_api_timeout(api_timeout))
     api_client, _ = load_api_client(kubeconfig)
     try:
         api: Any = client.CoreV1Api(api_client)
+
+        def ask(verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+            return call(api_client, namespace, verb, resource, func, *args, _request_timeout=timeout, **kwargs)
+
         try:
-            pod = api_client.sanitize_for_serialization(api.read_namespaced_pod(name, namespace))
-        except ApiException as exc:
-            if exc.status == 404:
+            pod = api_client.sanitize_for_serialization(ask("get", "pods", api.read_namespaced_pod, name, namespace))
+        except RunnerError as exc:
+            if not_found(exc.__cause__, "pods", name):  # the API server's own word, not a proxy's 404 page
                 raise RunnerError(f"no pod {namespace}/{name} (deleted, or another cluster/namespace);"
                                   " nothing left to diagnose") from None
-            raise RunnerError(f"reading pod {namespace}/{name} failed: {api_message(exc)}") from None
-        except Exception as exc:  # urllib3 errors: no cluster answers
-            from plugbay.errors import EngineUnavailableError
-
-            raise EngineUnavailableError(f"the Kubernetes API does not answer ({type(exc).__name__}); check"
-                                         " --kubeconfig and that the cluster runs") from None
+            raise
+        # the pod is read: its events and log add to what is known, and failing to get them (RBAC without
+        # events or pods/log, a container that never started, an API that stopped answering) is said in place
         try:
-            evs = api.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+            evs = ask("list", "events", api.list_namespaced_event, namespace,
+                      field_selector=f"involvedObject.name={name}").items
             events = [pods.format_event(api_client.sanitize_for_serialization(e)) for e in evs]
-        except ApiException:
-            events = []
+        except RunnerError as exc:
+            events = [printable(f"(events unavailable: {exc})")]
+        logs_error = None
         try:
-            logs = str(api.read_namespaced_pod_log(name, namespace, container=pods.CONTAINER_NAME,
-                                                   tail_lines=_LOG_LINES)).splitlines()
-        except ApiException:
-            logs = []
+            logs = str(ask("get", "pods/log", api.read_namespaced_pod_log, name, namespace,
+                           container=pods.CONTAINER_NAME, tail_lines=_LOG_LINES)).splitlines()
+        except RunnerError as exc:
+            logs, logs_error = [], str(exc)
         cs = pods.plugin_status(pod)
         term = ((cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {})
         code = pods.exit_code(pod)
@@ -104,12 +112,12 @@ def _pod(namespace: str, name: str, kubeconfig: str | None) -> dict[str, Any]:
                 "signal": (_signal_name(term.get("exitCode"))
                            or (f"SIG{term['signal']}" if term.get("signal") else None)),
                 "restart_count": int(cs.get("restartCount") or 0), "error": term.get("message"),
-                "events": events, "conditions": [
+                "logs_error": logs_error, "events": events, "conditions": [
                     {k: c.get(k) for k in ("type", "status", "reason", "message")}
                     for c in (pod.get("status") or {}).get("conditions") or []],
                 "last_log_lines": logs, "text": pods.describe(pod, False, events, logs)}
     finally:
-        api_client.close()
+        close_client(api_client)
 
 
 def _process(pid: int, start: int | None = None) -> dict[str, Any]:
@@ -128,7 +136,7 @@ def _process(pid: int, start: int | None = None) -> dict[str, Any]:
             "restart_count": 0, "error": error, "events": [], "conditions": [], "last_log_lines": []}
 
 
-def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
+def _facts_of(arg: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT) -> dict[str, Any]:
     config = load_reattach(arg)
     if config is not None:
         data = dict(config.runner)
@@ -145,7 +153,7 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
             namespace, pod = reattach_pod(data)
             # never load the kubeconfig the JSON names: its exec: plugin would run (--kubeconfig is the user's)
             chosen = kubeconfig or reattach_kubeconfig(data.get("kubeconfig"), None)[0]
-            return _pod(namespace, pod, chosen)
+            return _pod(namespace, pod, chosen, api_timeout)
         if kind == "ProcessRunner":
             from plugbay.runners.attached import checked_pid
 
@@ -157,7 +165,7 @@ def _facts_of(arg: str, kubeconfig: str | None) -> dict[str, Any]:
         return _docker(ident)
     if sep and kind == "pod" and "/" in ident:
         namespace, name = ident.split("/", 1)
-        return _pod(namespace, name, kubeconfig)
+        return _pod(namespace, name, kubeconfig, api_timeout)
     if sep and kind == "pid" and ident.isascii() and ident.isdigit():  # int() takes other scripts' digits
         return _process(int(ident))
     raise ConfigError(f"{arg!r} names no plugin: pass @REATTACH_FILE, reattach JSON, docker:CONTAINER,"
@@ -171,15 +179,17 @@ Examples:
   plugbay diagnose pod:plugins/plugbay-kv-1a2b --json""")
 @click.argument("what", metavar="REATTACH_OR_ID")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="For pods: the kubeconfig file.")
+@click.option("--api-timeout", type=float, default=API_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="For pods: how long each Kubernetes API call may take (to connect, and for its answer).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (keys: runner, id, name, image, "
               "state, exit_code, oom_killed, signal, restart_count, error, events, conditions, last_log_lines;"
-              " containers: logs_error).")
-def diagnose(what: str, kubeconfig: str | None, as_json: bool) -> int:
+              " containers and pods: logs_error).")
+def diagnose(what: str, kubeconfig: str | None, api_timeout: float, as_json: bool) -> int:
     """What went wrong with a plugin: exit code, OOMKilled, signal, restarts, events, last log lines.
 
     REATTACH_OR_ID: @REATTACH_FILE, reattach JSON, docker:CONTAINER, pod:NAMESPACE/NAME or pid:PID.
     """
-    facts = _facts_of(what, kubeconfig)
+    facts = _facts_of(what, kubeconfig, api_timeout)
     text = facts.pop("text", None)
     if as_json:
         output.emit_json(facts)

@@ -205,6 +205,23 @@ def api_message(exc: Any) -> str:
         return str(exc.reason)
 
 
+def not_found(exc: Any, resource: str, name: str) -> bool:
+    """Whether an ApiException proves there is no ``resource`` (plural: "pods") named ``name``: a 404 whose
+    body is the API server's Status, reason NotFound, naming that object. A 404 of anything else (a proxy's
+    or load balancer's "404 page not found", a server URL that is not the API's) proves nothing about the
+    object: a caller that took it for "gone" would report a running plugin as exited, and leave it running."""
+    if getattr(exc, "status", None) != 404:
+        return False
+    try:
+        body = json.loads(exc.body)
+    except Exception:  # noqa: BLE001 - no JSON (None, a text page): no Status
+        return False
+    if not isinstance(body, dict) or body.get("kind") != "Status" or body.get("reason") != "NotFound":
+        return False
+    details = body.get("details")
+    return isinstance(details, dict) and details.get("name") == name and details.get("kind") == resource
+
+
 def close_client(api_client: Any) -> None:
     """Close an ApiClient plugbay made, and its connections.
 
