@@ -28,9 +28,11 @@ def pod(name: str, uid: str = "uid-1", phase: str = "Running", labels: dict[str,
                  "state": {"running": {}}}]}}
 
 
-def _status(code: int, reason: str) -> Json:
+def _status(code: int, reason: str, name: str = "") -> Json:
+    """The API server's Status; a NotFound names the pod as the API server's does (details)."""
     return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
-            "message": reason}
+            "message": f'pods "{name}" not found' if name else reason,
+            **({"details": {"name": name, "kind": "pods"}} if name else {})}
 
 
 class PodAPI:
@@ -80,7 +82,7 @@ class PodAPI:
                 if len(parts) == 6:
                     self._count("get")
                     found = api.pods.get(parts[5])
-                    self._send(200, found) if found is not None else self._send(404, _status(404, "NotFound"))
+                    self._send(200, found) if found is not None else self._send(404, _status(404, "NotFound", parts[5]))
                     return
                 self._count("list")
                 items = api.list_items if api.list_items is not None else list(api.pods.values())
@@ -95,7 +97,7 @@ class PodAPI:
                 self._count("delete")
                 api.deletes.append(parts[5])
                 gone = api.pods.pop(parts[5], None)
-                self._send(200, gone) if gone is not None else self._send(404, _status(404, "NotFound"))
+                self._send(200, gone) if gone is not None else self._send(404, _status(404, "NotFound", parts[5]))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

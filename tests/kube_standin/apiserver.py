@@ -149,6 +149,14 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         if (verb, resource) in standin.failing:
             self._status(500, "InternalError", f"the stand-in fails {verb} {resource} (test knob)")
             return False
+        if (verb, resource) in standin.paged:
+            page = b"404 page not found\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return False
         if (verb, resource) in standin.denied:
             group, _, sub = resource.partition("/")
             api_group = _GROUPS.get(group, "")

@@ -11,7 +11,8 @@ at release: a slow API server), :meth:`StandIn.fail` (answer 500 at once: an
 API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, then answer it
 504/500: the write committed, its answer lost), :meth:`StandIn.error_pod_watches` (end pod watches
 with an ERROR event: 410 Expired, 500), :meth:`StandIn.bookmark_pod_watches` (send pod watches a BOOKMARK
-event), :meth:`StandIn.cut_logs` (break the pod log streams).
+event), :meth:`StandIn.cut_logs` (break the pod log streams), :meth:`StandIn.page_404` (answer a
+proxy's "404 page not found": a 404 that is no Kubernetes Status).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class StandIn:
         self.denied: set[tuple[str, str]] = set()
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
+        self.paged: set[tuple[str, str]] = set()  # (verb, resource) answered a text/plain 404 page
         self.lost: dict[tuple[str, str], int] = {}  # (verb, resource) -> the 5xx its committed write gets
         self.watch_error: dict[str, Any] | None = None  # a Status each new pod watch ends with at once
         self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
@@ -123,6 +125,7 @@ class StandIn:
     def allow_all(self) -> None:
         self.denied.clear()
         self.failing.clear()
+        self.paged.clear()
         self.lost.clear()
         self.watch_error = None
         self.unstall()
@@ -141,6 +144,11 @@ class StandIn:
             with self.store.lock:
                 for w in self.store.watchers:
                     w.events.put(None)
+
+    def page_404(self, verb: str, resource: str) -> None:
+        """Answer (verb, resource) with a text/plain "404 page not found" (no Kubernetes Status), as Go's
+        http.NotFound and many proxies and load balancers do (allow_all() ends it)."""
+        self.paged.add((verb, resource))
 
     def lose_answers(self, verb: str, resource: str, status: int = 504) -> None:
         """Carry (verb, resource) out, then answer it ``status`` (504 Timeout, 500 InternalError) instead

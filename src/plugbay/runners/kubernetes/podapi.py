@@ -19,7 +19,7 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, request_timeout, timed_out,
+from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, not_found, request_timeout, timed_out,
                                             timeout_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
@@ -70,12 +70,12 @@ class PodApi:
         self.uid = str(getattr(created.metadata, "uid", "") or "")
 
     def read_pod(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
+        """The pod under the runner's name; None when the API server says it has none (its NotFound Status).
+        Any other failure, a 404 without that Status too (a proxy's page), is a RunnerError: a failed read."""
         try:
             obj = self.call("get", "pods", self.api.read_namespaced_pod, self.pod_name, self.namespace)
         except RunnerError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+            if not_found(exc.__cause__, "pods", self.pod_name):
                 return None
             raise
         return dict(self.client.sanitize_for_serialization(obj))
@@ -133,7 +133,8 @@ class PodApi:
         return resp
 
     def delete(self, grace: float) -> bool:
-        """Delete the pod (only the one with our UID); False when it was already gone (404).
+        """Delete the pod (only the one with our UID); False when it was already gone (the API server's
+        NotFound: a 404 without it, a proxy's page, proves nothing and is a RunnerError).
 
         Every failure is a typed error saying the pod may still run; the caller still closes up.
         """
@@ -150,7 +151,7 @@ class PodApi:
                             grace_period_seconds=max(1, math.ceil(grace)), body=body, _request_timeout=timeout)
             return True
         except ApiException as exc:
-            if exc.status == 404:
+            if not_found(exc, "pods", self.pod_name):
                 return False
             if exc.status == 403:
                 raise PermissionDeniedError(denied_message("delete", "pods", self.namespace)) from exc

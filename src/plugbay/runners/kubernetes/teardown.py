@@ -50,15 +50,23 @@ class PodTeardown:
             # End our port-forward streams before the pod goes, so each closes from our side
             # in order rather than under the client's proxy threads when the pod's port vanishes.
             self._close_forwarders()
-            if self.pod_name and not self._podwatch.gone:
+            # The pod's UID known, its delete goes out even when the watch took the pod for gone: a delete of
+            # a pod that is gone, or of another pod that took its name (the UID precondition), deletes nothing,
+            # and one the watch wrongly took for gone is not left running. Without a UID (its create's answer
+            # lost) a gone pod's name may be another's by now: deleted by name only while not seen gone.
+            gone_before = self._podwatch.gone
+            if self.pod_name and (self._pod.uid or not gone_before):
                 self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
                 try:
                     if not self._pod.delete(grace):
-                        self._podwatch.update(None, True)  # 404: already gone
+                        self._podwatch.update(None, True)  # the API server's NotFound: already gone
                 except RunnerError as exc:
-                    error = exc
                     if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
                         self._podwatch.update(None, True)
+                        if not gone_before:  # seen gone already, the 409 only confirms it
+                            error = exc
+                    else:
+                        error = exc
                 if error is None and not self._await_gone(grace + 30):
                     _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
         finally:
