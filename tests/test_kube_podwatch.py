@@ -377,3 +377,33 @@ def test_a_log_opened_on_a_stranger_holding_the_pods_name_is_refused_by_its_uid(
                 runner._pod.open_log(5, first=first)
     finally:
         _end_with_the_stranger(api, runner)
+
+
+@pytest.mark.timeout(120)
+def test_close_ends_a_watch_whose_answer_comes_after_it(server: StandIn, kubeconfig: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() before the watch's first response: the client's Watch.stop() found no response to shut, and the
+    answer that came next was read until the server ended the watch (WATCH_SECONDS, here long: close() gave
+    up on the thread). Now close() ends the head still awaited, and an answer that comes after it is shut."""
+    from kubernetes import client
+
+    from plugbay.runners.kubernetes import watch as watch_mod
+    from plugbay.runners.kubernetes.api import close_client, load_api_client
+
+    monkeypatch.setattr(watch_mod, "WATCH_SECONDS", 300)
+    api_client, _ = load_api_client(kubeconfig)
+    watch = watch_mod.PodWatch(client.CoreV1Api(api_client), "default", lambda: None, api_timeout=30)
+    server.hold("watch", "pods")  # the watch's request is taken, its answer held back
+    try:
+        watch.start("plugbay-not-created")  # no such pod: its watch sends no event, only ends at its timeout
+        assert server.holding.wait(30)
+        closing = threading.Thread(target=watch.close)
+        closing.start()
+        assert until(watch.stop.is_set, 10)
+        time.sleep(0.2)  # close() is past its stop (no timing asserted: the answer is to come after it)
+        server.release()  # the held answer goes out now
+        closing.join(90)
+        assert watch._thread is not None and not watch._thread.is_alive()  # the watch ended, not given up on
+    finally:
+        server.release()
+        close_client(api_client)

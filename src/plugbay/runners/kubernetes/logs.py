@@ -99,7 +99,7 @@ class PodLogs:
             if not closed:
                 self._resp = resp
         if closed:
-            _shut(resp)
+            shut_stream(resp)
             try:
                 resp.release_conn()
             except Exception:  # noqa: BLE001 - a broken connection is released enough
@@ -183,14 +183,14 @@ class PodLogs:
         self._stop.set()
         self._cancel.cancel()
         if resp is not None:
-            _shut(resp)
+            shut_stream(resp)
         if self._thread is not None:
             # a cancelled reopen and a shut stream end at once; the bound is for a reader stuck elsewhere
             self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
         self._end()  # also when the thread is still stuck: a drain() must not wait on it
 
 
-def _shut(resp: Any) -> None:
+def shut_stream(resp: Any) -> None:
     """Wake a thread blocked reading ``resp``: HTTPResponse.shutdown() where urllib3 has it (2.3 on),
     else the connection's socket itself (the kubernetes client allows an older urllib3)."""
     try:

@@ -36,6 +36,8 @@ from plugbay.errors import PermissionDeniedError
 from plugbay.runners.kubernetes import pods
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, api_message, ended_early, no_change, request_timeout,
                                             watch_cut_short, within_deadline)
+from plugbay.runners.kubernetes.deadline import Cancel, cancellable
+from plugbay.runners.kubernetes.logs import shut_stream
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -67,6 +69,12 @@ class PodWatch:
         self.error: BaseException | None = None  # why the watch ended for good (a 403)
         self.polling = False  # since that 403: the pod is read every POLL_SECONDS
         self._watch: Any = None
+        # close() ends a watch at any point: its head still awaited (the Cancel), its stream being read
+        # (``_resp`` shut), or its answer not yet taken (opened() sees ``stop`` under ``_lock``). The client's
+        # Watch.stop() alone is lost before the stream's first response: stream() begins by clearing it
+        self._cancel = Cancel()
+        self._lock = threading.Lock()
+        self._resp: Any = None
         self.failures = 0  # failed watches in a row (timeouts, blips): nonzero, the watch tells nothing now
         self.last_failure = ""  # why the last watch failed, for a start timeout's message
         self._thread: threading.Thread | None = None
@@ -97,15 +105,19 @@ class PodWatch:
             self._watch = w
             started, events, changes, read = time.monotonic(), 0, 0, False
             try:
-                for ev in w.stream(list_pods, self.namespace,
-                                   field_selector=f"metadata.name={self.pod_name}", timeout_seconds=WATCH_SECONDS,
-                                   _request_timeout=request_timeout(self.api_timeout)):
-                    events += 1
-                    self.polling = False
-                    if ev["type"] in _POD_EVENTS:  # a BOOKMARK's object is no pod: only a resourceVersion
-                        changes += self.update(ev["object"], ev["type"] == "DELETED")
-                    if self.stop.is_set():
-                        break
+                try:
+                    for ev in w.stream(list_pods, self.namespace, field_selector=f"metadata.name={self.pod_name}",
+                                       timeout_seconds=WATCH_SECONDS,
+                                       _request_timeout=request_timeout(self.api_timeout)):
+                        events += 1
+                        self.polling = False
+                        if ev["type"] in _POD_EVENTS:  # a BOOKMARK's object is no pod: only a resourceVersion
+                            changes += self.update(ev["object"], ev["type"] == "DELETED")
+                        if self.stop.is_set():
+                            break
+                finally:
+                    with self._lock:  # closed by the stream: its connection may serve another call next
+                        self._resp = None
                 took = time.monotonic() - started
                 if not watch_cut_short(changes, took, WATCH_SECONDS):
                     failures = 0
@@ -198,7 +210,16 @@ class PodWatch:
         between_reads = WATCH_SECONDS + self.api_timeout
 
         def opened(*args: Any, **kwargs: Any) -> Any:
-            resp = within_deadline(self._api.api_client, func, *args, **kwargs)  # the head: in total too
+            with cancellable(self._cancel):  # close() ends a head still awaited
+                resp = within_deadline(self._api.api_client, func, *args, **kwargs)  # the head: in total too
+            with self._lock:
+                closed = self.stop.is_set()
+                if not closed:
+                    self._resp = resp
+            if closed:  # close() ran before this answer came: not read on until the server ends the watch
+                shut_stream(resp)
+                resp.release_conn()
+                raise _Closed(f"the watch of pod {self.id} was closed")
             sock = getattr(getattr(resp, "connection", None), "sock", None)
             if sock is not None:
                 sock.settimeout(between_reads)
@@ -258,11 +279,20 @@ class PodWatch:
         return self.gone
 
     def close(self) -> None:
-        self.stop.set()
+        with self._lock:
+            self.stop.set()
+            resp = self._resp
+        self._cancel.cancel()
         if self._watch is not None:
             self._watch.stop()
+        if resp is not None:
+            shut_stream(resp)  # a quiet watch's read wakes now, not when the server ends the watch
         if self._thread is not None:  # a watch still waiting for its answer's head waits up to 2 api_timeouts
             self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
+
+
+class _Closed(Exception):
+    """The watch's answer came after close(): it is shut, not read."""
 
 
 def _pod_shaped(obj: Any) -> bool:
