@@ -114,3 +114,69 @@ def test_the_sweep_deletes_gracefully_unless_forced(server: StandIn, tmp_path: P
         assert _deletion_events(server, api_client, force=True) == [("DELETED", 0)]
     finally:
         api_client.close()
+
+
+@pytest.mark.timeout(60)
+def test_another_machine_of_the_same_name_is_no_earlier_boot_of_this_one(server: StandIn, tmp_path: Path) -> None:
+    """Pods of this machine's name and another boot id were all deleted, as pods of an earlier boot of this
+    machine: those of a live host on another machine with the same name (a common default) went too. Another
+    boot is this machine's only when the pod names this machine's identity; labels without it are left."""
+    import socket
+    import uuid
+
+    from plugbay.runners.session import HOST_PIDS, MACHINE, host_pids, machine_identity
+
+    api_client = config.new_client_from_config(server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml")))
+    api = client.CoreV1Api(api_client)
+    other_boot = f"{uuid.uuid4()}.{host_pids().split('.', 1)[1]}"  # the initial pid namespace: same inode anywhere
+    machines = {"plugbay-kv-other-machine": "0" * 32, "plugbay-kv-old-labels": None,
+                "plugbay-kv-earlier-boot": machine_identity()}
+    try:
+        for name, machine in machines.items():
+            labels = {"plugbay.managed": "true", "plugbay.session": "4242-0123456789ab", HOST_PIDS: other_boot,
+                      **({MACHINE: machine} if machine is not None else {})}
+            body = _pod(labels)
+            body["metadata"].update(name=name, annotations={"plugbay.host": socket.gethostname()})
+            api.create_namespaced_pod("default", body)
+        swept = sweep("default", api_client=api_client, api_timeout=10, force=True)
+        assert swept == (["plugbay-kv-earlier-boot"] if machine_identity() else [])
+        for name in ("plugbay-kv-other-machine", "plugbay-kv-old-labels"):
+            assert server.store.get("default", name) is not None
+    finally:
+        for name in machines:
+            if server.store.get("default", name) is not None:
+                server.delete_pod("default", name, 0)
+        api_client.close()
+
+
+def test_the_machine_identity_is_a_hash_not_the_machine_id() -> None:
+    from plugbay.runners.session import MACHINE, machine_identity, managed_labels
+
+    identity = machine_identity()
+    assert managed_labels()[MACHINE] == identity
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        assert raw not in identity and (identity == "" or len(identity) == 32)
+        if len(raw) == 32:
+            assert len(identity) == 32 and int(identity, 16) >= 0
+        break
+
+
+def test_session_gone_takes_another_boot_for_this_machines_only_with_its_identity() -> None:
+    """What both sweeps (pods, and the Docker runner's containers) go by."""
+    import socket
+    import uuid
+
+    from plugbay.runners.session import host_pids, machine_identity, session_gone
+
+    here, other_boot = socket.gethostname(), f"{uuid.uuid4()}.{host_pids().split('.', 1)[1]}"
+    mine = machine_identity()
+    assert not session_gone(here, other_boot, "4242-0123456789ab", "1")  # labels of an earlier release
+    assert not session_gone(here, other_boot, "4242-0123456789ab", "1", "0" * 32)  # another machine
+    assert not session_gone(here, other_boot, "4242-0123456789ab", "1", "")
+    assert session_gone(here, other_boot, "4242-0123456789ab", "1", mine) is bool(mine)
+    assert not session_gone("elsewhere", other_boot, "4242-0123456789ab", "1", mine)

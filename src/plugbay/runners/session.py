@@ -7,6 +7,8 @@ is gone from live ones, and nothing is removed that another host still owns.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import socket
@@ -25,6 +27,11 @@ HOST = "plugbay.host"
 # The host's boot id and pid namespace: its pid (in SESSION) names the host process only where both are
 # this process's own. A host in a container sharing this machine's name (--network host) has another.
 HOST_PIDS = "plugbay.host-pids"
+# The host's machine (machine_identity()): a boot id other than this one's is an earlier boot of this machine
+# only when this label names this machine. A machine's name is no proof (many share "ubuntu" or "localhost"),
+# nor is the pid namespace (the initial one's inode is the same on every Linux machine).
+MACHINE = "plugbay.machine"
+_MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 _OWNER_MARK = "_owner_"
 # Exactly what owner_name() appends (session "<pid>-<12 hex>", then "." and the start ticks or nothing),
 # anchored at the end: any other "_owner_" in a name is the user's or the engine's, not an ownership claim.
@@ -71,6 +78,29 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_machine: str | None = None
+
+
+def machine_identity() -> str:
+    """This machine, as its labels name it: a keyed hash of its machine id (machine-id(5) asks that the id
+    itself be kept private, and an application use such a hash), "" when it has none (then another boot of
+    this machine is never told from another machine)."""
+    global _machine
+    if _machine is None:
+        _machine = ""
+        for path in _MACHINE_ID_FILES:
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(64).strip()
+            except OSError:
+                continue
+            # an empty file or "uninitialized" (an image's placeholder, the first boot) names no machine
+            if re.fullmatch(rb"[0-9a-f]{32}", raw):
+                _machine = hmac.new(raw, b"plugbay.machine", hashlib.sha256).hexdigest()[:32]
+                break
+    return _machine
+
+
 def host_pids() -> str:
     """This process's boot id and pid namespace ("" when either cannot be read: then nothing is judged gone)."""
     boot, namespace = boot_id(), pid_namespace()
@@ -80,7 +110,7 @@ def host_pids() -> str:
 def managed_labels() -> dict[str, str]:
     session, start = _own_identity()
     return {MANAGED: "true", SESSION: session, SESSION_START: start, HOST: socket.gethostname(),
-            HOST_PIDS: host_pids()}
+            HOST_PIDS: host_pids(), MACHINE: machine_identity()}
 
 
 def owner_name(name: str, session: str) -> str:
@@ -99,16 +129,21 @@ def owner_of(name: str, labels: dict[str, str]) -> tuple[str, str]:
     return labels.get(SESSION, ""), labels.get(SESSION_START, "")
 
 
-def session_gone(host: str | None, pids: str | None, session: str, start: str) -> bool:
+def session_gone(host: str | None, pids: str | None, session: str, start: str, machine: str | None = None) -> bool:
     """Whether the host session that labelled a container or pod is proven gone from here: this machine's
     name (``host``), and this boot and pid namespace (``pids``, HOST_PIDS) with its process no longer running,
-    or an earlier boot of this machine. False when it cannot tell (another pid namespace, no such label, a
-    /proc of another pid namespace than this process's)."""
+    or an earlier boot of this machine (``machine``, MACHINE, naming this machine). False when it cannot tell
+    (another pid namespace, another boot of a machine not proven this one, no such label, a /proc of another
+    pid namespace than this process's)."""
     own = host_pids()
     if host != socket.gethostname() or not own or not pids or pids.count(".") != 1:
         return False
     if pids.split(".")[0] != own.split(".")[0]:
-        return True  # every process of an earlier boot has ended
+        # Every process of an earlier boot has ended; but another boot id is as well another machine of
+        # the same name, whose host may run: only this machine's identity tells them apart. Without it (labels
+        # of an earlier release, a machine without a machine id) the session is not judged gone.
+        mine = machine_identity()
+        return bool(mine) and machine == mine
     # a foreign /proc would show another namespace's process (or none) under that pid
     return pids == own and own_proc() and not session_alive(session, start)
 

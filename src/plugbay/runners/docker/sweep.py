@@ -9,7 +9,7 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, RunnerError
 from plugbay.runners.docker.engine import SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures
-from plugbay.runners.session import HOST, HOST_PIDS, MANAGED, host_session_id, owner_of, session_gone
+from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, MANAGED, host_session_id, owner_of, session_gone
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -45,7 +45,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
             if live is not None:
                 gone = session not in live
             else:
-                gone = session_gone(labels.get(HOST), labels.get(HOST_PIDS), session, start)
+                gone = session_gone(labels.get(HOST), labels.get(HOST_PIDS), session, start, labels.get(MACHINE))
             if not gone:
                 continue
             if dry_run:

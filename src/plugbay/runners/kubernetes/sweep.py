@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugbay.errors import RunnerError
-from plugbay.runners.session import (HOST_PIDS, MANAGED, SESSION, SESSION_START, host_session_id, session_gone,
-                                     session_may_run)
+from plugbay.runners.session import (HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
+                                     session_gone, session_may_run)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
@@ -69,7 +69,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
             elif live_sessions is not None:
                 gone = session not in live_sessions
             else:
-                gone = session_gone(host, pids, session, start)
+                gone = session_gone(host, pids, session, start, labels.get(MACHINE))
             if gone and not pod.metadata.deletion_timestamp:
                 if dry_run:
                     removed.append(pod.metadata.name)
