@@ -47,6 +47,7 @@ from plugbay.core.protocol.handshake import (
     PROTOCOL_GRPC,
     HandshakeInfo,
 )
+from plugbay.core.plugin.fdlimit import raise_fd_limit
 from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, GatedServer, HandlerGate
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
@@ -115,6 +116,7 @@ def serve(config: ServeConfig) -> None:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging
         _fail(f"{exc}\n")
+    raise_fd_limit()  # as a Go plugin's runtime does at its start
     server = _PluginServer(config, env)
     try:
         server.start()

@@ -21,7 +21,7 @@ from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.core.transport.yamux import Session, Stream
+from plugbay.core.transport.yamux import Session, Stream, failed_by_peer
 from plugbay.errors import (
     BrokerClosedError,
     ConfigError,
@@ -147,7 +147,10 @@ class HostMux(MuxSession):
                 self._redials += 1
         if redial:
             assert session is not None
-            log.debug("multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
+            # a plugin that broke the protocol (or went away with an error) is worth telling; a
+            # forward that dropped the connection is routine
+            level = logging.WARNING if failed_by_peer(session.close_reason) else logging.DEBUG
+            log.log(level, "multiplexed connection lost (%s); dialing the plugin again", session.close_reason)
             try:
                 self._attach(self._dial())
             except OSError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -58,12 +59,37 @@ _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck 
 # hashicorp/yamux resets a stream past its AcceptBacklog (256). Each open stream costs threads
 # (a bridge's or a splice's copy loops), and the peer decides how many it opens.
 MAX_STREAMS = 512
+_FEWEST_STREAMS = 16  # what a session admits however low the descriptor limit
+
+
+def stream_cap() -> int:
+    """MAX_STREAMS, or fewer under a low descriptor limit: each stream the peer opens costs two
+    descriptors (its bridge's local connection, both ends here), and one session's may take half
+    of the soft RLIMIT_NOFILE at most (a plugin whose hard limit is 1024 would otherwise give its
+    every descriptor to one host's streams, and could open no file)."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return MAX_STREAMS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_STREAMS
+    return max(_FEWEST_STREAMS, min(MAX_STREAMS, soft // 4))
 _PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked for this often at most
 # hashicorp/yamux opens no stream at an id this high (ErrStreamsExhausted); 2**32-1 would not even
 # fit the header on the next round, and a Go peer refuses it
 _LAST_ID = 0xFFFFFFFE
 _GO_AWAY_PROTOCOL = 1
 _GO_AWAY_NORMAL = 0  # the other codes (1 protocol error, 2 internal error) mean the session failed
+_GO_AWAY_CODES = {1: "protocol error", 2: "internal error"}
+PROTOCOL_ERROR = "protocol error"  # how the reason of a session the peer broke the protocol on starts
+PEER_FAILED = "the peer went away with an error"  # ... of one the peer ended with a GoAway error code
+
+
+def failed_by_peer(reason: str) -> bool:
+    """Whether a session that ended for ``reason`` ended for the peer's fault: a protocol error, or a
+    GoAway with an error code. Logged at WARNING, as hashicorp/yamux logs them at ERR: nothing
+    else tells why every stream of the connection broke at once."""
+    return reason.startswith((PROTOCOL_ERROR, PEER_FAILED))
 
 class Session(Splicing, Pinging, Writing):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
@@ -77,6 +103,7 @@ class Session(Splicing, Pinging, Writing):
                  name: str = "mux", first: bytes = b"", start: bool = True,
                  write_timeout: float = WRITE_TIMEOUT) -> None:
         self._sock = sock
+        self.name = name
         self.write_timeout = check_write_timeout(write_timeout)
         try:
             set_write_timeout(sock, self.write_timeout)
@@ -92,7 +119,8 @@ class Session(Splicing, Pinging, Writing):
         self._streams: dict[int, Stream] = {}
         self._next = 1 if client else 2
         self._next_prune = 0.0  # see _admits
-        self._refusing = False  # the peer reached MAX_STREAMS (logged once)
+        self.max_streams = stream_cap()  # the streams the peer may have open at once (read once: a syscall)
+        self._refusing = False  # the peer reached max_streams (logged once)
         self._went_away = False  # the peer sent a normal GoAway: it takes no new streams
         self._closed = threading.Event()
         self.close_reason = ""
@@ -191,6 +219,8 @@ class Session(Splicing, Pinging, Writing):
             streams = list(self._streams.values())
             self._streams.clear()
         shutdown_and_join([self._sock], [])  # the raw socket, never TLS first (see there)
+        if failed_by_peer(reason):
+            log.warning("%s: %s; the connection is dropped (%d streams ended)", self.name, reason, len(streams))
 
         def end_streams() -> None:
             for stream in streams:  # the reader closes the socket (see _read_loop)
@@ -218,7 +248,13 @@ class Session(Splicing, Pinging, Writing):
                     if length > MAX_WINDOW:  # no stream's window is this big: never buffer it
                         reason, go_away = f"protocol error: stream {sid} received more than its window", True
                         break
-                    spliced = self._splices_to(sid, flags) if length >= _SPLICE_MIN and not reader.buffered() else None
+                    known = self._known(sid, flags)
+                    if known is not None and length > known.receive_window:
+                        # as hashicorp/yamux: refused at its header, before its body is read (a peer
+                        # must not hold the reader, or this side's memory, with what it may not send)
+                        reason, go_away = f"protocol error: stream {sid} received more than its window", True
+                        break
+                    spliced = self._splices_to(known) if length >= _SPLICE_MIN and not reader.buffered() else None
                     if spliced is not None:
                         problem = self._splice_frame(spliced, flags, length)
                         if problem is not None:
@@ -260,7 +296,8 @@ class Session(Splicing, Pinging, Writing):
                             answered.set()
                 elif kind == GO_AWAY:
                     if length != _GO_AWAY_NORMAL:
-                        reason = f"the peer went away with an error (GoAway code {length})"
+                        what = _GO_AWAY_CODES.get(length, "an unknown code")
+                        reason = f"{PEER_FAILED} (GoAway code {length}: {what})"
                         break
                     # as hashicorp/yamux: a peer shutting down finishes the streams it has open
                     # (Go's Session.GoAway() then keeps the connection); only new ones are refused
@@ -288,23 +325,25 @@ class Session(Splicing, Pinging, Writing):
                     os.close(self._pipe[1])
 
     def _admits(self) -> bool:
-        """Whether the peer may open one more stream (MAX_STREAMS; under self._lock)."""
-        if len(self._streams) < MAX_STREAMS:
+        """Whether the peer may open one more stream (max_streams; under self._lock)."""
+        cap = self.max_streams
+        if len(self._streams) < cap:
             return True
         theirs = [s for sid, s in self._streams.items() if (sid % 2 == 1) != self._client]
         now = time.monotonic()
-        if len(theirs) >= MAX_STREAMS and now >= self._next_prune:
+        if len(theirs) >= cap and now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY  # a flood at the cap costs no scan per SYN
             for stream in theirs:
                 if stream.done:  # ended, not yet forgotten by its owner
                     self._streams.pop(stream.id, None)
             theirs = [s for s in theirs if s.id in self._streams]
-        if len(theirs) < MAX_STREAMS:
+        if len(theirs) < cap:
             return True
         if not self._refusing:
             self._refusing = True
-            log.warning("%s: the peer has %d streams open, the most one session may; resetting its new"
-                        " ones until some end", self._reader.name, MAX_STREAMS)
+            log.warning("%s: the peer has %d streams open, the most one session may%s; resetting its new"
+                        " ones until some end", self._reader.name, cap,
+                        "" if cap == MAX_STREAMS else " under this process's descriptor limit")
         return False
 
     def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
@@ -330,6 +369,8 @@ class Session(Splicing, Pinging, Writing):
                 return None
             # go's yamux closes the session when an opened stream is not acked in time
             self._control(WINDOW_UPDATE, ACK, sid, 0)
+            if self._closed.is_set():  # the ACK could not go (see _control): nothing to route it on
+                return None
             self._on_stream(stream)
         else:
             with self._lock:

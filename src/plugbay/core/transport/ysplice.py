@@ -74,13 +74,17 @@ class Splicing:
         self._shutdown(f"connection error: a frame was cut short: {failed}")
         raise StreamClosed(f"the multiplexed connection failed: {failed}") from failed
 
-    def _splices_to(self, sid: int, flags: int) -> Stream | None:
-        """The stream whose large payload goes from the socket to its sink by splice(2), if any."""
-        if flags & SYN or not self.can_splice:
+    def _known(self, sid: int, flags: int) -> Stream | None:
+        """The open stream a DATA frame goes to (None for one that opens a stream, or an unknown one)."""
+        if flags & SYN:
             return None
         with self._lock:
-            stream = self._streams.get(sid)
-        if stream is None or not stream.splices:
+            return self._streams.get(sid)
+
+    def _splices_to(self, stream: Stream | None) -> Stream | None:
+        """The stream whose large payload goes from the socket to its sink by splice(2), if any
+        (``stream``: the frame's, see _known; the reader checked its window)."""
+        if stream is None or not stream.splices or not self.can_splice:
             return None
         if self._pipe is None:
             self._pipe = pipe_for_splicing()
@@ -91,8 +95,6 @@ class Splicing:
         assert self._pipe is not None
         read_end, write_end, size = self._pipe
         sid = stream.id
-        if length > stream.receive_window:  # as hashicorp/yamux: the whole frame must fit, checked first
-            return f"protocol error: stream {sid} received more than its window"
         while length:
             try:
                 moved = os.splice(self._sock.fileno(), write_end, min(length, size))

@@ -143,5 +143,10 @@ class Writing:
     def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
         """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
         if self._late.pending() or not self._try_send(kind, flags, sid, length):  # the reader's frames in order
-            if not self._late.send(_HDR.pack(0, kind, flags, sid, length), ping_answer=kind == PING):
+            try:
+                queued = self._late.send(_HDR.pack(0, kind, flags, sid, length), ping_answer=kind == PING)
+            except RuntimeError as exc:  # no thread to send it: the peer would wait for it for good
+                self._shutdown(f"no thread to send the frames that answer the peer's ({exc})")
+                return
+            if not queued:
                 self._shutdown(f"protocol error: the peer does not read the {LATE_MAX} frames that answer its own")
