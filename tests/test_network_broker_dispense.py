@@ -65,9 +65,11 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_p
 
     waiter = threading.Thread(target=dispense, name="test-dispense")
     waiter.start()
-    deadline = time.monotonic() + 5  # until dispense() waits for the session (start_timeout: 60 s)
+    # until dispense() waits for the session (start_timeout: 60 s); a loaded machine took over 5 s once
+    deadline = time.monotonic() + 50
     while not getattr(endpoint, "_waits", None) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert getattr(endpoint, "_waits", None), "dispense() never waited for the session"
     client.close()
     waiter.join(30)  # hang detection only
     assert not waiter.is_alive()
