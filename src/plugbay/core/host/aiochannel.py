@@ -20,16 +20,17 @@ from typing import Any, Self, TypeVar
 import grpc
 import grpc.aio
 
+from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, the asyncio side's helpers
+    SharedExitCheck,
+    off_loop as off_loop,
+    retrieved as retrieved,
+)
 from plugbay.core.host.callerrors import _TranslatedRpcError
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")
-# Failures whose meaning may need the plugin's exit status, which can take the exit probe a
-# moment to see (a socket closes a few milliseconds before the exit is visible).
-_MAY_MEAN_EXIT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-_PROBE_SLACK = 0.02  # a call that broke this long after a shared exit probe began may still share it
 # grpc.aio's own status for a message it could not send because the connection failed under the write
 # (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
 _SEND_FAILED = "Internal error from Core"
@@ -42,15 +43,6 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
         return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                     details=f"{_SEND_FAILED}: the connection failed under a write")
     return exc
-
-
-def off_loop(executor: Executor | None, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-    """``func(*args)`` on ``executor``; once that is shut down (its owner was killed), on the loop's own."""
-    loop = asyncio.get_running_loop()
-    try:
-        return loop.run_in_executor(executor, func, *args)
-    except RuntimeError:  # cannot schedule new futures after shutdown
-        return loop.run_in_executor(None, func, *args)
 
 
 class WrongLoop(_TranslatedRpcError, ClientStateError):
@@ -67,7 +59,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._loop = loop
         self._executor = executor
         self._closing: asyncio.Future[None] | None = None
-        self._exit_wait: tuple[asyncio.Future[str | None], float] | None = None  # (probe, begun): _exit_shown
+        self._judging = SharedExitCheck(managed, executor)
         # The resilience layers' seam (plugbay.core.resilience.calls.install): each unary-unary
         # call runs through it as one or more tries, as on the sync ManagedChannel.
         self.call_hook: Callable[[str, Callable[[float | None], Awaitable[Any]], float | None],
@@ -110,33 +102,10 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         """``func(*args)`` off the event loop (it may wait on the plugin's exit or its output)."""
         return await off_loop(self._executor, func, *args)
 
-    async def translate(self, exc: grpc.RpcError, past_deadline: bool) -> BaseException:
-        managed = self._managed
-        wait = managed.exit_wait(exc)
-        if wait > 0:  # the connection broke: the plugin's exit may show a moment later
-            await self._exit_shown(wait)
-            return await self.offload(managed.translate_waited, exc, past_deadline)
-        if exc.code() in _MAY_MEAN_EXIT:  # judged by the exit probe, which may block a moment
-            return await self.offload(managed.translate, exc, past_deadline)
-        return managed.translate(exc, past_deadline)
-
-    async def _exit_shown(self, wait: float) -> None:
-        """Let the exit probe wait ``wait`` for the plugin's exit to show, from about when this call broke,
-        in one probe at a time (on the executor) that every call broken meanwhile shares: a probe each
-        held a thread each for the wait, one after another on a busy executor."""
-        broke = self._loop.time()
-        while True:
-            held = self._exit_wait
-            if held is None or (held[0].done() and held[1] < broke - _PROBE_SLACK):
-                probe = off_loop(self._executor, self._managed.probe_exit, wait)
-                probe.add_done_callback(retrieved)
-                held = self._exit_wait = (probe, self._loop.time())
-            probe, started = held
-            await asyncio.wait([probe])
-            if probe.cancelled() or probe.exception() is not None or probe.result() is not None:
-                return  # it exited (or the probe failed: translate_waited asks again, and says so)
-            if started >= broke - _PROBE_SLACK:
-                return  # it watched from about when this call broke: the plugin still runs
+    async def translate(self, exc: grpc.RpcError, past_deadline: bool, left: float | None = None) -> BaseException:
+        """The typed error of a call's failure (judged off the loop when that may wait); ``left``: what is left
+        of the call's deadline, the most the judging may wait for the plugin's exit to show (None: no deadline)."""
+        return await self._judging.translate(exc, past_deadline, left)
 
     async def closed_error(self) -> BaseException:
         """The typed error of a call on the closed connection (the plugin died, or the Client ended)."""
@@ -285,12 +254,6 @@ class _HookedCall(TaskCall):
                              f" awaited for its response (each try is a call of its own), so it has no {name!r}")
 
 
-def retrieved(task: asyncio.Future[Any]) -> None:
-    """A done callback: asks a finished task's exception, so asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
-
-
 class _AioStreamRequest(_AioCallable):
     def __call__(self, request_iterator: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._call(request_iterator, timeout, kwargs)
@@ -373,8 +336,9 @@ class _AioCall:
         return await self._owner.translate(closed, False)
 
     async def _translated(self, exc: grpc.RpcError) -> BaseException:
-        past = self._timeout is not None and self._owner._loop.time() - self._started >= self._timeout * 0.98
-        return await self._owner.translate(exc, past)
+        spent = self._owner._loop.time() - self._started
+        past = self._timeout is not None and spent >= self._timeout * 0.98
+        return await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)

@@ -71,7 +71,8 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
 
 
 class Unavailable(_TranslatedRpcError, PluginUnavailableError):
-    """The plugin could not be reached for the call, though it still runs."""
+    """The call failed UNAVAILABLE and the plugin was not seen to exit: its own answer (it answered a health
+    check after), or a connection that failed (then the plugin may not have received the call)."""
 
 
 class ClientClosed(_TranslatedRpcError, ClientStateError):

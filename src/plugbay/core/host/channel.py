@@ -31,15 +31,13 @@ from typing import Any, Self
 import grpc
 
 from plugbay.core.host.callerrors import (  # re-exported: the channel's typed errors (see above)
-    NEW_CLIENT,
     CallTimeout as CallTimeout,
     ClientClosed as ClientClosed,
     PluginDied as PluginDied,
     Unavailable as Unavailable,
-    closed_under_call,
 )
 from plugbay.core.host.deadline import call_timeout
-from plugbay.errors import PlugbayError
+from plugbay.core.host.judging import ExitProbe, FailureJudge
 
 
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
@@ -47,30 +45,18 @@ from plugbay.errors import PlugbayError
 # timeout is the caller's own (None when the call set none).
 CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
 
-# How the proxy learns whether the plugin is gone; it may wait a moment (EXIT_SHOWS) because
-# a socket closes a few milliseconds before the exit status is visible.
-ExitProbe = Callable[[float], "str | None"]
-EXIT_SHOWS = 0.5
-
-
-class ManagedChannel(grpc.Channel):  # type: ignore[misc]
-    """A grpc.Channel proxy: default deadline, error translation, replaceable target."""
+class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
+    """A grpc.Channel proxy: default deadline, error translation (FailureJudge), replaceable target."""
 
     def __init__(self, channel: grpc.Channel, call_timeout: float | None,
                  exit_probe: ExitProbe | None = None, name: str = "plugin") -> None:
+        super().__init__(exit_probe, name)
         self._channel: grpc.Channel | None = channel
         self._closed = False  # the current channel was closed under us (close_current)
-        self._closing = False  # the owner began kill()/close(): failures are its doing
-        self._died_first = False  # ... unless the plugin had died before that
         self._generation = 0
         self._lock = threading.Lock()
         self.call_timeout = call_timeout
-        self._exit_probe = exit_probe
-        self._name = name
         self.call_hook: CallHook | None = None
-        # An owner's error for the calls its kill() ends or refuses (a Supervisor's restart is no kill of the user's)
-        self.killed_error: Callable[[grpc.RpcError | None], BaseException] | None = None
-        self.died_advice: Callable[[], str] = lambda: NEW_CLIENT  # what a PluginDiedError says to do (an owner's)
         # Run once, when the first unary call through this channel returns (or fails): work the
         # owner keeps off that call's path (the broker stream's opening; see Client.dispense).
         self.after_call: Callable[[], None] | None = None
@@ -156,70 +142,6 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
             return self._generation, factory(method, request_serializer=ser,
                                              response_deserializer=de, _registered_method=True)
 
-    def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
-        return self._translate(exc, past_deadline, EXIT_SHOWS)
-
-    def translate_waited(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
-        """translate() once the wait for the plugin's exit to show (exit_wait()) was waited elsewhere."""
-        return self._translate(exc, past_deadline, 0.0)
-
-    def exit_wait(self, exc: BaseException) -> float:
-        """How long translate(exc) waits for the plugin's exit to show (0: none): the asyncio side waits
-        that once for all the calls broken together (probe_exit), not a thread each."""
-        code = exc.code() if hasattr(exc, "code") and not isinstance(exc, PlugbayError) else None
-        ending = self._closing and not self._died_first  # the owner's kill broke it: no probe
-        return EXIT_SHOWS if code == grpc.StatusCode.UNAVAILABLE and self._exit_probe and not ending else 0.0
-
-    def probe_exit(self, wait: float) -> str | None:
-        return None if self._exit_probe is None else self._exit_probe(wait)
-
-    def _translate(self, exc: grpc.RpcError, past_deadline: bool, exit_shows: float) -> BaseException:
-        if isinstance(exc, PlugbayError):
-            return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else ""
-        # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the
-        # client's own deadline fires: that is a timeout. Any other answer that came late
-        # (NOT_FOUND, an exit) is still what the plugin said.
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
-                past_deadline and code == grpc.StatusCode.UNKNOWN and "deadline" in str(details).lower()):
-            return CallTimeout(
-                f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
-                " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
-                " if it is stuck", exc)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._closing \
-                and not self._died_first:
-            return self._killed(exc)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and self._exit_probe:
-            why = self._exit_probe(exit_shows if code == grpc.StatusCode.UNAVAILABLE else 0.0)
-            if why is not None:
-                return PluginDied.during_call(self._name, why, self.died_advice(), exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return Unavailable(
-                f"plugin {self._name!r} could not be reached for the call ({details}); it may not have"
-                " received it. Retry calls that are safe to repeat (RetryPolicy), and check the network"
-                " between host and plugin and the plugin's load", exc)
-        return exc  # type: ignore[no-any-return]
-
-    def _killed(self, original: grpc.RpcError | None) -> BaseException:
-        made = self.killed_error
-        return made(original) if made is not None else ClientClosed.by_kill(self._name, original)
-
-    def translate_closed(self) -> BaseException:
-        """A call made after the channel was closed: a typed error that is also a grpc.RpcError, as
-        every call failure is (CANCELLED: the Client was killed; UNAVAILABLE: the plugin is gone)."""
-        killed = self._closing and not self._died_first
-        why = None if killed or self._exit_probe is None else self._exit_probe(0.0)
-        if why is not None:
-            return PluginDied.gone(self._name, why, self.died_advice())
-        return self._killed(None)
-
-    def translate_value_error(self, exc: ValueError) -> BaseException:
-        """grpcio's ValueError for a call on a closed channel, as a typed error."""
-        if closed_under_call(exc):
-            return self.translate_closed()
-        return exc
-
     # --- grpc.Channel ----------------------------------------------------------------
 
     def unary_unary(self, method: str, request_serializer: Any = None,
@@ -256,6 +178,14 @@ class ManagedChannel(grpc.Channel):  # type: ignore[misc]
         return None
 
 
+def failed(owner: ManagedChannel, exc: grpc.RpcError, started: float, timeout: float | None) -> BaseException:
+    """The typed error of a call begun at ``started`` (time.monotonic()) with ``timeout``: judged within
+    what is left of its deadline (a wait for the plugin's exit to show must not outlast the call's)."""
+    spent = time.monotonic() - started
+    past = timeout is not None and spent >= timeout * 0.98
+    return owner.translate_within(exc, past, None if timeout is None else timeout - spent)
+
+
 class _Callable:
     def __init__(self, owner: ManagedChannel, kind: str, method: str, ser: Any, de: Any) -> None:
         self._owner = owner
@@ -283,8 +213,7 @@ class _Callable:
         return kwargs
 
     def _fail(self, exc: grpc.RpcError, started: float, timeout: float | None) -> BaseException:
-        past = timeout is not None and time.monotonic() - started >= timeout * 0.98
-        return self._owner.translate(exc, past)
+        return failed(self._owner, exc, started, timeout)
 
 
 class _UnaryCallable(_Callable):
@@ -330,8 +259,9 @@ class _UnaryCallable(_Callable):
                                 lambda t, register: self._try_future(request, t, dict(kwargs), register),
                                 timeout).start()
         try:
-            return _TranslatingFuture(self._target().future(request, **self._kwargs(timeout, kwargs)),
-                                      self._owner)
+            kwargs = self._kwargs(timeout, kwargs)
+            return _TranslatingFuture(self._target().future(request, **kwargs), self._owner,
+                                      time.monotonic(), kwargs["timeout"])
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             raise self._owner.translate_value_error(exc) from exc
 
@@ -368,19 +298,21 @@ class _UnaryCallable(_Callable):
 class _StreamingCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)
+        kwargs = self._kwargs(timeout, kwargs)
         try:
-            call = self._target()(request, **self._kwargs(timeout, kwargs))
+            call = self._target()(request, **kwargs)
         except ValueError as exc:
             raise self._owner.translate_value_error(exc) from exc
-        return _TranslatingStream(call, self._owner)
+        return _TranslatingStream(call, self._owner, time.monotonic(), kwargs["timeout"])
 
 
 class _TranslatingStream:
     """A streaming call whose iteration raises translated errors; the rest delegates."""
 
-    def __init__(self, call: Any, owner: ManagedChannel) -> None:
+    def __init__(self, call: Any, owner: ManagedChannel, started: float, timeout: float | None) -> None:
         self._call = call
         self._owner = owner
+        self._started, self._timeout = started, timeout
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -389,7 +321,7 @@ class _TranslatingStream:
         try:
             return next(self._call)
         except grpc.RpcError as exc:
-            raise self._owner.translate(exc) from exc
+            raise failed(self._owner, exc, self._started, self._timeout) from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
@@ -398,20 +330,21 @@ class _TranslatingStream:
 class _TranslatingFuture:
     """A call future whose result() raises (and exception() returns) translated errors."""
 
-    def __init__(self, future: Any, owner: ManagedChannel) -> None:
+    def __init__(self, future: Any, owner: ManagedChannel, started: float, timeout: float | None) -> None:
         self._future = future
         self._owner = owner
+        self._started, self._timeout = started, timeout
 
     def result(self, timeout: float | None = None) -> Any:
         try:
             return self._future.result(timeout)
         except grpc.RpcError as exc:
-            raise self._owner.translate(exc) from exc
+            raise failed(self._owner, exc, self._started, self._timeout) from exc
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         exc = self._future.exception(timeout)
         if isinstance(exc, grpc.RpcError):
-            return self._owner.translate(exc)
+            return failed(self._owner, exc, self._started, self._timeout)
         return exc  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:

@@ -42,10 +42,12 @@ class ExitNotice(ClientParts):
         self._exit_code = code
 
     def _exit_probe(self, wait: float) -> str | None:
-        """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke."""
+        """Why the plugin ended, or None while it runs; ``wait`` > 0: the connection just broke, and the caller
+        can wait that long (what is left of its call's deadline) for the exit to show, which takes the runner
+        up to its exit_notice_time: the probe waits no longer than either."""
         code = self._exit_code
         if code is None and self._runner is not None:
-            code = self._runner.wait(max(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
+            code = self._runner.wait(min(wait, self._runner.exit_notice_time) if wait > 0 else 0.0)
         if code is None:
             return None
         # learned here before the exit watch: refused as the watch would
