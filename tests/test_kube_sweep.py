@@ -180,3 +180,23 @@ def test_session_gone_takes_another_boot_for_this_machines_only_with_its_identit
     assert not session_gone(here, other_boot, "4242-0123456789ab", "1", "")
     assert session_gone(here, other_boot, "4242-0123456789ab", "1", mine) is bool(mine)
     assert not session_gone("elsewhere", other_boot, "4242-0123456789ab", "1", mine)
+
+
+@pytest.mark.timeout(60)
+def test_a_404_page_on_the_sweeps_delete_is_no_proof_the_pod_is_gone(server: StandIn, tmp_path: Path) -> None:
+    """Only the API server's NotFound naming the pod says it went; a proxy's '404 page not found'
+    deleted nothing, and the sweep says so rather than reporting nothing while the pod runs."""
+    from plugbay.errors import RunnerError
+
+    api_client = config.new_client_from_config(server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml")))
+    try:
+        api = client.CoreV1Api(api_client)
+        api.create_namespaced_pod("default", _pod({"plugbay.managed": "true", "plugbay.session": "dead-session"}))
+        server.page_404("delete", "pods")
+        with pytest.raises(RunnerError, match=r"404"):
+            sweep("default", live_sessions=[], api_client=api_client, api_timeout=10)
+        assert server.store.get("default", NAME) is not None
+        server.allow_all()
+        assert sweep("default", live_sessions=[], api_client=api_client, api_timeout=10) == [NAME]
+    finally:
+        api_client.close()

@@ -10,7 +10,7 @@ from plugbay.errors import RunnerError
 from plugbay.runners.session import (HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      session_gone, session_may_run)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
-                                            request_timeout, require_client)
+                                            not_found, request_timeout, require_client)
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
@@ -108,7 +108,10 @@ def _delete_listed(api_client: Any, api: Any, namespace: str, pod: Any, grace: i
         call(api_client, namespace, "delete", "pods", api.delete_namespaced_pod, pod.metadata.name, namespace,
              grace_period_seconds=grace, body=body, _request_timeout=timeout)
     except RunnerError as exc:
-        if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (404, 409):
-            return False  # 409: the UID precondition failed, the name is another pod's now
+        cause = exc.__cause__
+        # 409: the UID precondition failed, the name is another pod's now; 404: only the API server's own
+        # NotFound naming the pod (a proxy's '404 page not found' deleted nothing: the pod may still run)
+        if isinstance(cause, ApiException) and (cause.status == 409 or not_found(cause, "pods", pod.metadata.name)):
+            return False
         raise
     return True

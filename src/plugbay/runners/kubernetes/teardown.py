@@ -50,12 +50,11 @@ class PodTeardown:
             # End our port-forward streams before the pod goes, so each closes from our side
             # in order rather than under the client's proxy threads when the pod's port vanishes.
             self._close_forwarders()
-            # The pod's UID known, its delete goes out even when the watch took the pod for gone: a delete of
-            # a pod that is gone, or of another pod that took its name (the UID precondition), deletes nothing,
-            # and one the watch wrongly took for gone is not left running. Without a UID (its create's answer
-            # lost) a gone pod's name may be another's by now: deleted by name only while not seen gone.
+            # A pod seen gone is not deleted again: the watch takes it for gone only on the API server's word
+            # (a DELETED event, a NotFound Status naming it, another UID under its name), and a delete sent
+            # anyway made kill() fail, or wait out api_timeout, on a degraded API for a pod that is gone
             gone_before = self._podwatch.gone
-            if self.pod_name and (self._pod.uid or not gone_before):
+            if self.pod_name and not gone_before:
                 self._start_watcher()  # after detach() the watch stays closed: _await_gone reads instead
                 try:
                     if not self._pod.delete(grace):
@@ -63,10 +62,7 @@ class PodTeardown:
                 except RunnerError as exc:
                     if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
                         self._podwatch.update(None, True)
-                        if not gone_before:  # seen gone already, the 409 only confirms it
-                            error = exc
-                    else:
-                        error = exc
+                    error = exc
                 if error is None and not self._await_gone(grace + 30):
                     _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
         finally:
