@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,12 @@ pytest.importorskip("kubernetes")
 
 from plugbay import Client, ClientConfig, HandshakeConfig, PluginExitedError  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner, pods  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
 from tests.kube_standin.server import StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
 RAW = ("\x1b", "\x07", "\x9b", "\u2028")
 LINE = "boom \x1b]0;owned-title\x07 \x1b[2J cleared \x9b31m \u2028forged"
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = StandIn(runtime="process").start()
-    try:
-        yield server.write_kubeconfig(str(tmp_path_factory.mktemp("kube") / "kubeconfig.yaml"))
-    finally:
-        server.stop()
 
 
 @pytest.mark.timeout(120)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +19,7 @@ pytest.importorskip("kubernetes")
 from plugbay.errors import RunnerError  # noqa: E402
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
+from tests.kube_standin.process_fixtures import process_kubeconfig, process_standin  # noqa: E402,F401 - fixtures
 from tests.kube_standin.server import StandIn  # noqa: E402
 from tests.thread_util import until  # noqa: E402
 
@@ -29,17 +29,7 @@ PROGRAM = [sys.executable, "-c", f"import time\nprint({HANDSHAKE!r}, flush=True)
 
 
 @pytest.fixture()
-def server() -> Iterator[StandIn]:
-    standin = StandIn(runtime="process").start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
-
-
-@pytest.fixture()
-def runner(server: StandIn, tmp_path: Path) -> Iterator[KubernetesRunner]:
-    kubeconfig = server.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
+def runner(server: StandIn, kubeconfig: str) -> Iterator[KubernetesRunner]:
     started = KubernetesRunner("no-engine/x:1", kubeconfig=kubeconfig, command=PROGRAM, start_timeout=30,
                                api_timeout=5)
     started.start(LaunchSpec(env={}))

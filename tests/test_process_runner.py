@@ -69,11 +69,16 @@ def test_kill_reaches_the_whole_process_group() -> None:
     assert not _alive(child)
 
 
+def _sigterm_marks(marker: Path) -> str:
+    """A plugin program whose SIGTERM handler writes ``marker`` and exits 0; it prints 'ready' first."""
+    return ("import signal,sys,time,pathlib\n"
+            f"def h(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, h); print('ready', flush=True); time.sleep(60)")
+
+
 def test_kill_grace_lets_sigterm_handler_run(tmp_path: Path) -> None:
     marker = tmp_path / "terminated"
-    script = ("import signal,sys,time,pathlib\n"
-              f"def h(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
-              "signal.signal(signal.SIGTERM, h); print('ready', flush=True); time.sleep(60)")
+    script = _sigterm_marks(marker)
     runner = ProcessRunner([PY, "-c", script])
     runner.start(LaunchSpec(env={}))
     assert next(runner.stdout_lines()) == "ready"
@@ -87,9 +92,7 @@ def test_a_stopped_plugin_is_continued_to_act_on_sigterm(how: str, tmp_path: Pat
     # SIGSTOPped (a debugger, a job-control stop), it acted on no SIGTERM: kill() spent the whole grace
     # and SIGKILLed it, its handler never ran
     marker = tmp_path / "terminated"
-    script = ("import signal,sys,time,pathlib\n"
-              f"def h(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
-              "signal.signal(signal.SIGTERM, h); print('ready', flush=True); time.sleep(60)")
+    script = _sigterm_marks(marker)
     runner = ProcessRunner([PY, "-c", script])
     runner.start(LaunchSpec(env={}))
     try:
