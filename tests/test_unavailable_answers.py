@@ -178,3 +178,31 @@ def test_an_async_broken_calls_wait_for_the_exit_ends_with_its_deadline(hanging:
             assert waits and all(w <= DEADLINE for w in waits), waits
 
     asyncio.run(main())
+
+
+def test_an_async_call_sharing_a_longer_calls_exit_check_stops_at_its_own_deadline(hanging: Hanging) -> None:
+    """Two calls broken together share one exit check; the one begun for the call with the longer deadline
+    runs as long as that call may wait (up to the runner's NOTICE). The shorter call's share ends at its own
+    deadline: it has failed while the longer call still waits (it waited the whole shared check before)."""
+    runner = _outliving()
+
+    async def main() -> None:
+        config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, call_timeout=GUARD)
+        async with AsyncClient(config) as client:
+            stub = (await client.dispense(PLUGIN_NAME))._stub
+            await stub.Get(kv_pb2.GetRequest(key="__env__"))
+            long = asyncio.ensure_future(stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=GUARD))
+            await asyncio.to_thread(_wait_for, hanging, 1)
+            short = asyncio.ensure_future(stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=DEADLINE))
+            await asyncio.to_thread(_wait_for, hanging, 2)
+            assert runner.pid is not None
+            os.kill(only_child(runner.pid), 9)
+            done, _ = await asyncio.wait([short], timeout=GUARD)
+            assert done and _broken(short.exception() or Exception("no error")), short
+            held = client.channel._judging._held  # the shared exit check, begun for the longer call
+            assert held is not None and not held.future.done()  # it still runs (NOTICE > DEADLINE)
+            assert not long.done()
+            error = await asyncio.wait_for(asyncio.gather(long, return_exceptions=True), GUARD)
+            assert _broken(error[0]), error
+
+    asyncio.run(main())

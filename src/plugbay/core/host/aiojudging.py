@@ -11,6 +11,7 @@ shares it when it tells that call enough.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -79,7 +80,11 @@ class SharedExitCheck:
                 future = off_loop(self._executor, self._judge.check_exit, wait)
                 future.add_done_callback(retrieved)
                 held = self._held = _Check(future, time.monotonic(), wait)
-            await asyncio.wait([held.future])
+            # a check begun for a call with a longer deadline runs longer than this call may wait
+            left = need - time.monotonic()
+            await asyncio.wait([held.future], timeout=None if math.isinf(left) else max(0.0, left))
+            if not held.future.done():
+                return False  # this call's share of the wait is over and no exit showed
             told = _tells(held, broke, need)
             if told is not None:
                 return told
