@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import resource
 import select
 import signal
 import socket
@@ -21,6 +22,7 @@ import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.plugin.health import HealthServicer
+from plugbay.core.plugin.fdlimit import SOFT_CAP
 from plugbay.core.plugin.health import add_to_server as add_health
 from tests.cli_util import KV_PLUGIN, KV_PROTO, REPO, cli_env, plugbay, running
 
@@ -314,13 +316,20 @@ def test_gateway_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     gw = subprocess.Popen([PY, "-m", "plugbay", "gateway", "--cookie", COOKIE, "--listen", f"127.0.0.1:{port}",
                            "--insecure", "--", PY, str(KV_PLUGIN)], cwd=tmp_path, env=cli_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
     target = f"static:///127.0.0.1:{port}"
     try:
         health = plugbay("health", target, "--insecure", "--watch", "--count", "1", "--timeout", "30")
         assert health.returncode == 0, health.stdout + health.stderr
+        # started with the common soft limit, the gateway raised it as a plugin's serve() does (its sessions
+        # admit only the streams half the soft limit allows)
+        limits = [line for line in open(f"/proc/{gw.pid}/limits") if line.startswith("Max open files")]
+        raised = SOFT_CAP if hard == resource.RLIM_INFINITY else min(hard, SOFT_CAP)
+        assert int(limits[0].split()[3]) == raised, limits
         put = plugbay("call", target, "/proto.KV/Put", '{"key": "gw", "value": "Zw=="}', "--insecure",
                       "--proto", str(KV_PROTO))
         assert put.returncode == 0, put.stderr

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+from plugbay.core.plugin.fdlimit import raise_fd_limit
 from plugbay.core.plugin.netconfig import keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, GatewayConfig
@@ -186,6 +187,9 @@ def main(argv: list[str], level: int = logging.INFO) -> int:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             old[signum] = signal.signal(signum, on_signal)
+    # a server, as a plugin is: each stream a remote host opens costs descriptors (and a session admits
+    # only the streams half the soft limit allows), so the limit is raised as serve() raises a plugin's
+    raise_fd_limit()
     try:
         gateway = Gateway(config)
         try:
