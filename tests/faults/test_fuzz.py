@@ -223,7 +223,10 @@ def test_yamux_data_beyond_the_receive_window_closes_the_session() -> None:
         theirs.sendall(_HDR.pack(0, yamux.WINDOW_UPDATE, yamux.SYN, 1, 0))
         size = yamux.WINDOW * 4
         theirs.settimeout(10)
-        theirs.sendall(_HDR.pack(0, yamux.DATA, 0, 1, size) + b"x" * size)
+        try:
+            theirs.sendall(_HDR.pack(0, yamux.DATA, 0, 1, size) + b"x" * size)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at the frame's header, as hashicorp/yamux does: the rest of the body meets a closed socket
         deadline = time.monotonic() + 5
         while not session.closed and time.monotonic() < deadline:
             time.sleep(0.05)
