@@ -203,6 +203,11 @@ def test_an_async_start_that_fails_after_the_plugin_ran_ends_it_and_may_be_tried
 # --- an AsyncSupervisor's health restart: the call in flight fails typed -------------------------
 
 HEALTH = dict(health_interval=0.3, health_timeout=0.5, unhealthy_grace=0.5)
+# CYCLE: a failed call's error holds, through its traceback, each frame it passed, and so what those hold:
+# asyncio.wait_for's frame holds the task (whose result is the error), and so does the test's own while it
+# keeps the task and the error. That cycle keeps the call's grpc.aio channel, and with it grpcio's
+# process-wide poller thread and socket pair, until a full garbage collection, which may come only after
+# the session's descriptor check.
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -217,9 +222,11 @@ def test_an_async_call_in_flight_during_a_health_restart_fails_as_the_plugins_de
             await asyncio.sleep(0.3)
             await kv.put("__health__", b"NOT_SERVING")
             with pytest.raises(PluginDiedError, match="the Supervisor restarted plugin") as caught:
-                await asyncio.wait_for(call, 30)
+                async with asyncio.timeout(30):  # not wait_for: see CYCLE
+                    await call
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert await sup.wait_running(30) and sup.sync_supervisor.restarts == 1
+            del call, caught  # see CYCLE
 
     asyncio.run(main())
 
@@ -237,7 +244,9 @@ def test_an_async_idempotent_call_in_flight_during_a_health_restart_is_resent(tm
             await kv.put("__health__", b"NOT_SERVING")
             # resent: the restarted plugin, whose store starts empty, answers it
             with pytest.raises(grpc.RpcError) as caught:
-                await asyncio.wait_for(call, 30)
+                async with asyncio.timeout(30):  # not wait_for: see CYCLE
+                    await call
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND, repr(caught.value)
+            del call, caught  # see CYCLE
 
     asyncio.run(main())
