@@ -25,7 +25,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
     off_loop as off_loop,
     retrieved as retrieved,
 )
-from plugbay.core.host.callerrors import _TranslatedRpcError
+from plugbay.core.host.callerrors import _TranslatedRpcError, caused
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ClientStateError
@@ -279,7 +279,7 @@ class _AioCall:
         try:
             return await step
         except grpc.RpcError as exc:
-            raise await self._translated(lost_send(exc) if sending else exc) from exc
+            raise caused(await self._translated(lost_send(exc) if sending else exc), exc)
         except asyncio.CancelledError:
             raise await self._cancelled() from None
 
@@ -296,7 +296,7 @@ class _AioCall:
             async for item in self._call:
                 yield item
         except grpc.RpcError as exc:
-            raise await self._translated(exc) from exc
+            raise caused(await self._translated(exc), exc)
         except asyncio.CancelledError:
             raise await self._cancelled() from None
 

@@ -35,6 +35,7 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
     ClientClosed as ClientClosed,
     PluginDied as PluginDied,
     Unavailable as Unavailable,
+    caused,
 )
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.host.judging import ExitProbe, FailureJudge
@@ -242,9 +243,9 @@ class _UnaryCallable(_Callable):
             target = self._target()
             return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
-            raise self._fail(exc, started, deadline) from exc
+            raise caused(self._fail(exc, started, deadline), exc)
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
-            raise self._owner.translate_value_error(exc) from exc
+            raise caused(self._owner.translate_value_error(exc), exc)
         finally:
             if self._owner.after_call is not None:
                 self._owner.run_after_call()
@@ -263,7 +264,7 @@ class _UnaryCallable(_Callable):
             return _TranslatingFuture(self._target().future(request, **kwargs), self._owner,
                                       time.monotonic(), kwargs["timeout"])
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
-            raise self._owner.translate_value_error(exc) from exc
+            raise caused(self._owner.translate_value_error(exc), exc)
 
     def _try_future(self, request: Any, timeout: float | None, kwargs: dict[str, Any],
                     register: Callable[[Any], bool]) -> Callable[[], Any]:
@@ -282,13 +283,13 @@ class _UnaryCallable(_Callable):
                 inner = target.future(request, **kwargs)
                 register(inner)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
-            raise self._owner.translate_value_error(exc) from exc
+            raise caused(self._owner.translate_value_error(exc), exc)
 
         def wait() -> Any:
             try:
                 return inner.result()
             except grpc.RpcError as exc:
-                raise self._fail(exc, started, deadline) from exc
+                raise caused(self._fail(exc, started, deadline), exc)
             finally:
                 if self._owner.after_call is not None:
                     self._owner.run_after_call()
@@ -302,7 +303,7 @@ class _StreamingCallable(_Callable):
         try:
             call = self._target()(request, **kwargs)
         except ValueError as exc:
-            raise self._owner.translate_value_error(exc) from exc
+            raise caused(self._owner.translate_value_error(exc), exc)
         return _TranslatingStream(call, self._owner, time.monotonic(), kwargs["timeout"])
 
 
@@ -321,7 +322,7 @@ class _TranslatingStream:
         try:
             return next(self._call)
         except grpc.RpcError as exc:
-            raise failed(self._owner, exc, self._started, self._timeout) from exc
+            raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
@@ -339,7 +340,7 @@ class _TranslatingFuture:
         try:
             return self._future.result(timeout)
         except grpc.RpcError as exc:
-            raise failed(self._owner, exc, self._started, self._timeout) from exc
+            raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         exc = self._future.exception(timeout)
