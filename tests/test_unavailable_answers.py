@@ -10,10 +10,12 @@ alive, whatever made the status; one whose connection broke gets the wait, no lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -159,14 +161,21 @@ def test_a_broken_calls_wait_for_the_exit_ends_with_its_deadline(hanging: Hangin
         assert waits and all(w <= DEADLINE for w in waits), waits  # not the runner's NOTICE
 
 
+@contextlib.asynccontextmanager
+async def _async_client(runner: WaitRecordingRunner) -> AsyncIterator[tuple[AsyncClient, Any]]:
+    """An AsyncClient of the plugin ``runner`` starts, and its KV stub, after one answered call."""
+    config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, call_timeout=GUARD)
+    async with AsyncClient(config) as client:
+        stub = (await client.dispense(PLUGIN_NAME))._stub
+        await stub.Get(kv_pb2.GetRequest(key="__env__"))
+        yield client, stub
+
+
 def test_an_async_broken_calls_wait_for_the_exit_ends_with_its_deadline(hanging: Hanging) -> None:
     runner = _outliving()
 
     async def main() -> None:
-        config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, call_timeout=GUARD)
-        async with AsyncClient(config) as client:
-            stub = (await client.dispense(PLUGIN_NAME))._stub
-            await stub.Get(kv_pb2.GetRequest(key="__env__"))
+        async with _async_client(runner) as (client, stub):
             calls = [stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=DEADLINE) for _ in range(4)]
             await asyncio.to_thread(_wait_for, hanging, 4)
             before = len(runner.waits)
@@ -187,10 +196,7 @@ def test_an_async_call_sharing_a_longer_calls_exit_check_stops_at_its_own_deadli
     runner = _outliving()
 
     async def main() -> None:
-        config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, call_timeout=GUARD)
-        async with AsyncClient(config) as client:
-            stub = (await client.dispense(PLUGIN_NAME))._stub
-            await stub.Get(kv_pb2.GetRequest(key="__env__"))
+        async with _async_client(runner) as (client, stub):
             long = asyncio.ensure_future(stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=GUARD))
             await asyncio.to_thread(_wait_for, hanging, 1)
             short = asyncio.ensure_future(stub.Get(kv_pb2.GetRequest(key="__hang__"), timeout=DEADLINE))
