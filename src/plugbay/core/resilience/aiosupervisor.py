@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -36,7 +35,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
-from plugbay.core.resilience.readygate import ReadyGate
+from plugbay.core.resilience.readygate import ReadyGate, polled
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
@@ -180,13 +179,16 @@ class AsyncSupervisor:
         """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent; False
         once stopped). Polled on the loop, as the ready gate's waits are: it holds no thread, so any
         number of tasks may wait at once, each within its own timeout."""
-        deadline = time.monotonic() + wait_timeout(timeout, "AsyncSupervisor.wait_running()")
-        while not self._sup.wait_running(0):  # never blocks; raises once the budget is spent
-            left = deadline - time.monotonic()
-            if left <= 0 or self._sup.state == "stopped":
-                return False
-            await asyncio.sleep(min(left, 0.02))
-        return True
+        seconds = wait_timeout(timeout, "AsyncSupervisor.wait_running()")
+        running = False
+
+        def ended() -> bool:
+            nonlocal running
+            running = self._sup.wait_running(0)  # never blocks; raises once the budget is spent
+            return running or self._sup.state == "stopped"
+
+        await polled(ended, seconds)
+        return running
 
     async def dispense(self, name: str) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is

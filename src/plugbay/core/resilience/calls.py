@@ -192,18 +192,10 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
 LONGEST_WAIT = 365 * 86400.0
 
 
-def seconds_problem(value: Any, name: str) -> str | None:
-    """:func:`number_problem` for a duration that must pass: > 0, finite, at most a year."""
-    problem = number_problem(value, name, 0, above=True)
-    if problem is None and not value <= LONGEST_WAIT:
-        return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
-    return problem
-
-
-def pause_problem(value: Any, name: str) -> str | None:
-    """:func:`number_problem` for a backoff: >= 0 (0: none), finite, at most a year (a longer
-    sleep raised OverflowError from the thread's wait, or waited for ever)."""
-    problem = number_problem(value, name, 0)
+def seconds_problem(value: Any, name: str, *, above: bool = True) -> str | None:
+    """:func:`number_problem` for a duration: > 0 (>= 0 when not ``above``: a backoff, 0 for none),
+    finite, at most a year (a longer wait raised OverflowError from the thread's wait, or waited for ever)."""
+    problem = number_problem(value, name, 0, above=above)
     if problem is None and not value <= LONGEST_WAIT:
         return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
     return problem

@@ -168,18 +168,18 @@ class ReadyGate:
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(sup.max_restarts + 2):
             limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not await _polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
+            if not await polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
                     or sup.state == "stopped":
                 raise _not_running(sup, method, timeout or limit)
             generation = sup.channel_generation()
             client = sup.current_client
-            if client is not None and plugin_gone(client) and await _polled(
+            if client is not None and plugin_gone(client) and await polled(
                     lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
                 continue
             try:
                 return await attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
-                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await _polled(
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await polled(
                         lambda: sup.changed_since(generation, 0.0), _within(deadline, 2.0)):
                     raise
         raise _restarting_on_every_try(sup, method)
@@ -195,7 +195,7 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.001)
 
 
-async def _polled(check: Callable[[], bool], timeout: float) -> bool:
+async def polled(check: Callable[[], bool], timeout: float) -> bool:
     """Whether ``check()`` (which must not block) comes true within ``timeout``, asked every 20 ms."""
     deadline = time.monotonic() + timeout
     while not check():

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from plugbay.core.resilience.calls import backoff_delay, number_problem, pause_problem
+from plugbay.core.resilience.calls import backoff_delay, number_problem, seconds_problem
 from plugbay.errors import ConfigError, RestartBudgetExhaustedError
 
 _log = logging.getLogger("plugbay.supervisor")
@@ -38,8 +38,8 @@ class RestartPolicy:
         problems = [p for p in (
             number_problem(self.max_restarts, "max_restarts", 0, whole=True),
             number_problem(self.window, "window", 0, above=True),
-            pause_problem(self.initial_backoff, "initial_backoff"),
-            pause_problem(self.max_backoff, "max_backoff"),
+            seconds_problem(self.initial_backoff, "initial_backoff", above=False),
+            seconds_problem(self.max_backoff, "max_backoff", above=False),
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             None if self.stable_after is None else number_problem(self.stable_after, "stable_after (or None)", 0),
@@ -113,10 +113,12 @@ class RestartBudget:
         self._fatal: RestartBudgetExhaustedError | None = None
 
     def spent(self, policy: RestartPolicy) -> bool:
+        """Whether the policy allows no more restarts now; drops the restarts that left the window (the
+        monitor's own call: left() only reads)."""
         now = time.monotonic()
         while self._times and now - self._times[0] > policy.window:
             self._times.popleft()
-        return len(self._times) >= policy.max_restarts
+        return self.left(policy) <= 0
 
     def left(self, policy: RestartPolicy) -> int:
         """How many restarts the policy still allows now; reads, never changes, so any thread may ask."""

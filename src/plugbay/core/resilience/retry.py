@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from plugbay.core.host.deadline import NO_DEADLINE
-from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem, pause_problem,
+from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem, seconds_problem,
                                           status_codes_problem, status_of)
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
 
@@ -107,8 +107,8 @@ class RetryPolicy:
                 setattr(self, name, None)
         problems = [p for p in (
             number_problem(self.max_attempts, "max_attempts", 1, whole=True),
-            pause_problem(self.initial_backoff, "initial_backoff"),
-            pause_problem(self.max_backoff, "max_backoff"),
+            seconds_problem(self.initial_backoff, "initial_backoff", above=False),
+            seconds_problem(self.max_backoff, "max_backoff", above=False),
             number_problem(self.multiplier, "multiplier", 1),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             *(number_problem(getattr(self, name), f"{name} (or None)", 0, above=True)
