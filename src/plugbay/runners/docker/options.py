@@ -28,6 +28,10 @@ MAX_GID = 2**32 - 2  # gid_t; 2**32-1 is chown's "leave the group as it is"
 _NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 # tmpfs size= as the kernel takes it (k, m, g, t, p, e or % of memory); a comma would add mount options
 _SIZE = re.compile(r"[0-9]+[kKmMgGtTpPeE%]?")
+# The engine client's own parser takes a number of bytes with an optional unit b, k, m or g (and a "b"
+# after k, m or g); anything else failed only at start, after the name and socket folder were made.
+_MEM = re.compile(r"([0-9]+(?:\.[0-9]*)?)(?:[bB]|[kKmMgG][bB]?)?")
+_MEM_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,12 +69,22 @@ def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
     return {"image": image, "digest": digest, **_check_limits(opts), **_check_lists(opts)}
 
 
+def _memory_bytes(size: str) -> int:
+    """The bytes a mem_limit string such as '256m' or '1.5g' means; 0 when it is not one."""
+    match = _MEM.fullmatch(size)
+    if match is None:
+        return 0
+    unit = size[match.end(1):].lower().rstrip("b") or ""
+    value = float(match.group(1)) * _MEM_UNITS[unit]
+    return int(value) if value <= INT64_MAX else 0
+
+
 def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     where = "DockerRunner "
     optional_str(opts["runtime"], where + "runtime", "runsc")
     optional_str(opts["network"], where + "network", "plugbay-isolated", empty=True)
     mem = opts["mem_limit"]
-    if mem is not None and not (isinstance(mem, str) and mem) and (
+    if mem is not None and not (isinstance(mem, str) and _memory_bytes(mem) > 0) and (
             isinstance(mem, bool) or not isinstance(mem, numbers.Integral) or not 0 < int(mem) <= INT64_MAX):
         raise ConfigError(f"DockerRunner mem_limit must be a size such as '256m' or a number of bytes > 0 (or None"
                           f" for no limit), got {mem!r:.80}")
