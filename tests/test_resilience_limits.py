@@ -23,7 +23,7 @@ from plugbay import (CallTimeoutError, CircuitBreaker, Client, ConfigError, Heal
                      RestartBudgetExhaustedError, RestartPolicy, RetryPolicy, Supervisor)
 from plugbay.core.resilience.calls import install  # noqa: E402
 from plugbay.core.resilience.healthwatch import SERVING, UNREACHABLE  # noqa: E402
-from plugbay.core.resilience.supervisor import FAILED  # noqa: E402
+from plugbay.core.resilience.supervisor import FAILED, RUNNING  # noqa: E402
 
 
 @pytest.fixture()
@@ -88,6 +88,32 @@ def test_a_restart_loop_that_fails_gives_up_and_says_why(tmp_path: Path) -> None
         with pytest.raises(RestartBudgetExhaustedError, match="restart loop failed"):
             sup.dispense(PLUGIN_NAME).get("k")
         assert sup.current_client is None and client.runner.wait(0) is not None
+
+
+class _BackoffThatFailsLater(RestartPolicy):
+    """Backs off twice, then fails as _EndlessBackoff does; its window is short, so those two restarts
+    have left it when the loop fails."""
+
+    def backoff(self, consecutive: int) -> float:
+        self.asked = getattr(self, "asked", 0) + 1
+        return 0.0 if self.asked <= 2 else math.inf
+
+
+def test_a_failed_restart_loop_counts_every_restart_it_made(tmp_path: Path) -> None:
+    sup = Supervisor(lambda: faulty_config(tmp_path, call_timeout=5.0),
+                     restart=_BackoffThatFailsLater(max_restarts=5, window=0.05), health_interval=None)
+    with sup:
+        for restarts in (1, 2):
+            client = sup.current_client
+            assert client is not None
+            os.kill(client.runner.pid, signal.SIGKILL)
+            assert wait_until(lambda: sup.restarts == restarts and sup.state == RUNNING, 30)
+        client = sup.current_client
+        assert client is not None
+        os.kill(client.runner.pid, signal.SIGKILL)
+        assert wait_until(lambda: sup.state == FAILED, 30)
+        with pytest.raises(RestartBudgetExhaustedError, match=r"after 2 restart\(s\)"):
+            sup.wait_running(5)
 
 
 # --- on_retry that raises -------------------------------------------------------------------------

@@ -131,10 +131,13 @@ class RestartBudget:
     def __len__(self) -> int:
         return len(self._times)
 
-    def exhaust(self, name: str, window: float, last_failure: str, loop_failed: bool = False) -> str:
-        """Give up (raise_if_exhausted() raises from now on); says why."""
-        kind = RestartLoopFailed if loop_failed else RestartBudgetExhaustedError
-        self._fatal = kind(name, len(self._times), window, last_failure)
+    def exhaust(self, name: str, window: float, last_failure: str, loop_failed: int | None = None) -> str:
+        """Give up (raise_if_exhausted() raises from now on); says why. ``loop_failed``: the restart loop
+        failed after that many restarts in all (the window's count would leave out the older ones)."""
+        if loop_failed is not None:
+            self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure)
+        else:
+            self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure)
         return str(self._fatal)
 
     def raise_if_exhausted(self) -> None:

@@ -372,7 +372,8 @@ class Supervisor(PluginWaits):
         self._event("start_failed", self.last_failure)
 
     def _give_up(self, loop_failed: bool = False) -> None:
-        why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown", loop_failed)
+        why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown",
+                                   self.restarts if loop_failed else None)
         with self._cond:
             self._state = FAILED
             self._client = None
