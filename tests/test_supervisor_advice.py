@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
-from plugbay import AsyncSupervisor, Client, ConfigError, PluginDiedError, RestartPolicy, Supervisor
+from plugbay import (AsyncSupervisor, Client, ClientStateError, ConfigError, PluginDiedError, RestartPolicy,
+                     Supervisor, SupervisorEvent)
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -98,3 +100,27 @@ def test_an_async_supervisors_wait_running_checks_its_timeout_as_the_sync_one_do
             assert await sup.wait_running(10**400)  # a whole number too big for a float: no bound
 
     asyncio.run(main())
+
+
+def test_reattach_config_of_a_plugin_dead_before_the_monitor_acts_says_the_supervisor_restarts_it(
+        tmp_path: Path) -> None:
+    seen, go_on = threading.Event(), threading.Event()
+
+    def on_event(event: SupervisorEvent) -> None:
+        if event.kind == "failure":  # the monitor saw the death and has not dropped the dead Client yet
+            seen.set()
+            go_on.wait(10)
+
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None, on_event=on_event) as sup:
+        try:
+            os.kill(sup.reattach_config().runner["pid"], signal.SIGKILL)
+            assert seen.wait(10)
+            with pytest.raises(ClientStateError, match="nothing to reattach to") as refused:
+                sup.reattach_config()
+        finally:
+            go_on.set()
+        assert "make a new Client" not in str(refused.value)
+        assert "the Supervisor is restarting it (as its RestartPolicy allows): ask reattach_config() again" \
+            in str(refused.value)
+        assert sup.wait_running(30)
+        sup.reattach_config()  # the restarted plugin's

@@ -67,8 +67,9 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
     channel.killed_error = error
 
 
-def restart_advice(sup: Restarter) -> str:
-    """What a call that met the plugin's death is to do, by what its Supervisor does about the death."""
+def restart_advice(sup: Restarter, again: str = "") -> str:
+    """What a call that met the plugin's death is to do, by what its Supervisor does about the death;
+    ``again`` names what is to be asked again once the restarted plugin runs (a call when empty)."""
     if sup.state == "stopped":
         return "its Supervisor was stopped; make a new one"
     if sup.max_restarts == 0:
@@ -78,6 +79,9 @@ def restart_advice(sup: Restarter) -> str:
     if sup.restarts_left() <= 0:  # the monitor may not have seen this death yet: the state still says running
         return ("its Supervisor will not restart it: its RestartPolicy's budget is spent (max_restarts within"
                 " window); make a new Supervisor")
+    if again:
+        return (f"the Supervisor is restarting it (as its RestartPolicy allows): ask {again} again once"
+                " wait_running() is true")
     return ("the Supervisor is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
             " the restarted plugin, a stream is opened once wait_running() is true")
 

@@ -39,7 +39,8 @@ from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, mark_restarting
+from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, plugin_gone,
+                                               restart_advice)
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -142,7 +143,16 @@ class Supervisor(PluginWaits):
                 "circuit": self.breaker.state if self.breaker is not None else None}
 
     def reattach_config(self) -> ReattachConfig:
-        return self.client.reattach_config()
+        """What another host needs to attach to the running plugin (a restart gives it a new one)."""
+        client = self.client
+        try:
+            return client.reattach_config()
+        except ClientStateError as exc:
+            if not plugin_gone(client):
+                raise
+            # died before the monitor saw it: the Client's own advice ("make a new Client") is wrong here
+            raise ClientStateError(f"plugin {self.name!r} has exited, so there is nothing to reattach to; "
+                                   + restart_advice(self, "reattach_config()")) from exc
 
     def __enter__(self) -> Self:
         try:
