@@ -13,9 +13,10 @@ import pytest
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
-from plugbay import (AsyncSupervisor, Client, ClientStateError, ConfigError, PluginDiedError, RestartPolicy,
-                     Supervisor, SupervisorEvent)
+from plugbay import (AsyncSupervisor, CallTimeoutError, Client, ClientStateError, ConfigError, PluginDiedError,
+                     RestartPolicy, Supervisor, SupervisorEvent)
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.resilience.waiting import RUNNING
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 # a backoff long enough to call while the plugin is dead and not yet restarted (stop() ends the wait)
@@ -124,3 +125,16 @@ def test_reattach_config_of_a_plugin_dead_before_the_monitor_acts_says_the_super
             in str(refused.value)
         assert sup.wait_running(30)
         sup.reattach_config()  # the restarted plugin's
+
+
+def test_a_factorys_later_config_sets_the_call_timeout_of_the_restarted_plugin(tmp_path: Path) -> None:
+    timeouts = iter([1.0, 5.0])
+    with Supervisor(lambda: faulty_config(tmp_path, call_timeout=next(timeouts, 5.0)), restart=FAST,
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(CallTimeoutError):
+            kv.get("__sleep__")  # 1.5 s against the first config's 1 s
+        os.kill(int(kv.get("__pid__")), signal.SIGKILL)
+        assert wait_until(lambda: sup.restarts == 1 and sup.state == RUNNING, 30)
+        assert sup.call_timeout == 5.0
+        assert kv.get("__sleep__") == b"slept"  # the restarted plugin's config allows it
