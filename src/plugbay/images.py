@@ -292,11 +292,13 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
             (ctx / "plugin" / "entrypoint").write_text(_entrypoint(entry))
             (ctx / "plugin" / "entrypoint").chmod(0o755)
             shutil.copy2(DOCKERFILE, ctx / "Dockerfile.plugin")
+            # The plugin is the stage "plugin", named: with no target, the engine's classic builder builds
+            # every stage, and the gateway stage's image would stay behind untagged after each build.
             try:
                 for chunk in client.api.build(path=str(ctx), dockerfile="Dockerfile.plugin", tag=tag,
                                               buildargs={"BASE_IMAGE": base_image}, labels={HASH_LABEL: digest},
                                               rm=True, forcerm=True, pull=False, network_mode="none", decode=True,
-                                              target=target):
+                                              target=target or "plugin"):
                     if "stream" in chunk and chunk["stream"].strip():
                         progress(f"{tag}: {chunk['stream'].rstrip()}")
                     if "error" in chunk:
