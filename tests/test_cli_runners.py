@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,10 +112,16 @@ def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transp
         assert put.returncode == 0, put.stderr
         diag = json.loads(plugbay("diagnose", run.target, "--json").stdout)
         assert diag["runner"] == "DockerRunner" and diag["state"] == "running" and diag["oom_killed"] is False
+        info = plugbay("info", run.target, "--proto", str(KV_PROTO), "--json")
+        assert info.returncode == 0, info.stderr
+        mapped = json.loads(info.stdout)["facts"]["mapped_address"]
+        # a unix socket is shown by its host path, not by the handle the probe held on it (/proc/self/fd/N)
+        assert "/proc/self/fd/" not in mapped, mapped
+        assert transport == "tcp" or mapped.startswith(f"unix:{tempfile.gettempdir()}/"), mapped
         # probing did not take the container from `plugbay run`: a sweep spares it while the run lives
         assert container not in json.loads(plugbay("sweep", "--dry-run", "--json").stdout)["docker"]
         assert run.interrupt() == 0
-    assert "runner: docker" in run.stdout
+    assert "runner: docker" in run.stdout and "/proc/self/fd/" not in run.stdout, run.stdout
     assert not container_exists(container)
 
 

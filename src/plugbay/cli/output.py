@@ -133,6 +133,17 @@ def table(head: list[str], rows: list[list[str]]) -> None:
             click.echo("\t".join(row))
 
 
+def mapped_address(network: str, address: str) -> str:
+    """Where the host dials the plugin, for people: a socket this process holds open (the Docker runner
+    dials ``/proc/self/fd/N``, a handle on the socket in its bind-mounted folder) by the path it stands for."""
+    if network == "unix" and address.startswith("/proc/self/fd/"):
+        try:
+            return f"unix:{os.readlink(address)}"
+        except OSError:  # closed meanwhile: the handle is all there is to show
+            pass
+    return f"{network}:{address}"
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=True))
 

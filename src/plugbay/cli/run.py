@@ -280,7 +280,7 @@ def _print_facts(client: Any, kind: str, versions: list[int], took: float, reatt
     facts = {"plugin": client.name, "runner": kind, "id": client.runner.id,
              "core_protocol": info.core_version, "app_protocol": client.negotiated_version,
              "host_versions": versions, "network": announced.network, "address": announced.address,
-             "mapped_address": f"{info.network}:{info.address}", "tls": info.server_cert is not None,
+             "mapped_address": output.mapped_address(info.network, info.address), "tls": info.server_cert is not None,
              "connection": client.connection_mode, "multiplex": info.multiplex,
              "plugins": "unknown (the handshake does not name them; try plugbay info)",
              "started_in_s": round(took, 3), "reattach_file": str(out) if out else None}

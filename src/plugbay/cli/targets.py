@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.cli import output
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
 
@@ -187,7 +188,7 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
     facts = {"name": config.name, "runner": str(config.runner.get("kind", "?")),
              "id": str(config.runner.get("id", "")), "core_version": info.core_version,
              "app_version": info.app_version, "protocol": info.protocol, "network": info.network,
-             "address": info.address, "mapped_address": f"{network}:{address}",
+             "address": info.address, "mapped_address": output.mapped_address(network, address),
              "tls": info.server_cert is not None, "connection": conn.mode, "multiplex": info.multiplex}
     try:
         yield Reached(conn.channel, target if not target.lstrip().startswith("{") else "reattach JSON", facts)
