@@ -219,7 +219,11 @@ class _Callable:
 
 class _UnaryCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        request, timeout = self._args(request, timeout, kwargs)
+        # _args() unless there is only a timeout to check, or nothing (the hot path: calls of every thread)
+        if kwargs:
+            request, timeout = self._args(request, timeout, kwargs)
+        elif timeout is not None:
+            timeout = call_timeout(timeout)
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._once(False, request, timeout, kwargs)
         return self._hooked(False, request, timeout, kwargs)
@@ -237,18 +241,22 @@ class _UnaryCallable(_Callable):
 
     def _once(self, with_call: bool, request: Any, timeout: float | None,
               kwargs: dict[str, Any]) -> Any:
-        deadline = self._kwargs(timeout, kwargs)["timeout"]
+        # _kwargs() and _target() inlined: every unary call of every thread runs this, under the GIL
+        owner = self._owner
+        kwargs["timeout"] = deadline = timeout if timeout is not None else owner.call_timeout
         started = time.monotonic()
         try:
-            target = self._target()
+            cached = self._cached
+            target = (cached[1] if cached is not None and cached[0] == owner._generation
+                      else self._target())
             return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
             raise caused(self._fail(exc, started, deadline), exc)
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
-            raise caused(self._owner.translate_value_error(exc), exc)
+            raise caused(owner.translate_value_error(exc), exc)
         finally:
-            if self._owner.after_call is not None:
-                self._owner.run_after_call()
+            if owner.after_call is not None:
+                owner.run_after_call()
 
     def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)

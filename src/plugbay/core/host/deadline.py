@@ -23,6 +23,8 @@ def call_timeout(value: Any) -> float | None:
     >= 0, with math.inf and anything above NO_DEADLINE as NO_DEADLINE (no deadline)."""
     if value is None:
         return None
+    if type(value) is float:  # the usual timeout=, without numbers.Real's slower ABC check below
+        return min(value, NO_DEADLINE) if value >= 0 else _refuse(value)  # nan >= 0 is false
     # numbers.Real: grpcio took Fraction and numpy scalars (np.float32 is no float subclass) before
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
