@@ -90,3 +90,45 @@ def test_printable_leaves_ordinary_text_alone() -> None:
     text = "caf\u00e9 \u65e5\u672c tab\there \u00a0nbsp"
     assert printable(text) == text and printable("plain") == "plain"
     assert printable("a\x00b\x7fc\x85d\u2029e") == "a\\x00b\\x7fc\\x85d\\u2029e"
+
+
+def test_printable_escapes_unicode_format_characters() -> None:
+    """Bidi overrides and isolates reorder what a log line shows; zero-width characters and the BOM hide."""
+    from plugbay.errors import printable
+
+    assert printable("user \u202egnp.exe\u202c") == "user \\u202egnp.exe\\u202c"
+    assert printable("\u2066i\u2069 \u200b\u200f \ufeff \u00ad \U000e0041") == \
+        "\\u2066i\\u2069 \\u200b\\u200f \\ufeff \\u00ad \\U000e0041"
+    assert printable("\u65e5\u202e\n\u65e5\u00a0") == "\u65e5\\u202e\\x0a\u65e5\u00a0"
+    many = "".join(map(chr, range(0x3000, 0x5000))) + "\u202e"  # more characters than printable() remembers
+    assert printable(many) == many[:-1] + "\\u202e" and printable(many) == printable(many)
+
+
+BIDI = r"""
+import json, sys, time
+sys.stderr.write(json.dumps({"@level": "error", "@message": "user \u202egnp.exe\u202c ok",
+                             "@module": "m\u2066x", "@timestamp": "t\u200b\n"}) + "\n")
+sys.stderr.write("[ERROR] plain \u2066isolate\u2069 and \u200b zero-width and \ufeff bom\n")
+sys.stderr.flush()
+print("not a handshake", flush=True)
+time.sleep(30)
+"""
+
+
+def test_stderr_format_characters_reach_records_escaped(capture: Capture) -> None:
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                 cmd=[sys.executable, "-c", BIDI], start_timeout=20))
+    try:
+        with pytest.raises(HandshakeError):
+            client.start()
+    finally:
+        client.kill()
+    plugin = [r for r in capture.records if r.name.startswith("plugbay.plugin.")]
+    lines = [capture.format(r) for r in plugin]
+    assert len(lines) == 2 and all(line.isprintable() for line in lines), lines
+    assert lines[0].endswith("user \\u202egnp.exe\\u202c ok")
+    assert lines[1].endswith("plain \\u2066isolate\\u2069 and \\u200b zero-width and \\ufeff bom")
+    # the hclog facts a formatter may show are escaped too; the line as read stays raw
+    facts = (plugin[0].plugin_module, plugin[0].plugin_timestamp)  # type: ignore[attr-defined]
+    assert facts == ("m\\u2066x", "t\\u200b\\x0a")
+    assert "\u2066isolate\u2069" in plugin[1].plugin_raw  # type: ignore[attr-defined]

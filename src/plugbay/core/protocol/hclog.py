@@ -67,18 +67,28 @@ def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
 
 
 def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The message (with its key=value pairs) and the logging ``extra`` of a decoded hclog entry."""
+    """The message (with its key=value pairs) and the logging ``extra`` of a decoded hclog entry.
+
+    ``plugin_module`` and ``plugin_timestamp`` are str with control and format characters escaped, as a
+    formatter may show them (``%(plugin_module)s``); ``plugin_fields`` holds the values as decoded (a
+    formatter shows a dict by repr(), which escapes them).
+    """
     fields = {k: v for k, v in entry.items() if k not in _RESERVED}
     extra = {
-        "plugin_module": entry.get("@module", ""),
+        "plugin_module": printable(_text(entry.get("@module", ""))),
         "plugin_fields": fields,
-        "plugin_timestamp": entry.get("@timestamp", ""),
+        "plugin_timestamp": printable(_text(entry.get("@timestamp", ""))),
     }
     # decoded JSON: a "\n" in the line is a real newline here, which would start a forged record
     message = printable(str(entry["@message"]))
     if fields:
         message += " " + " ".join(f"{printable(k)}={printable(_fmt(v))}" for k, v in fields.items())
     return message, extra
+
+
+def _text(value: Any) -> str:
+    """A str fact of an entry; hclog writes strings there, another writer may put any JSON value."""
+    return value if isinstance(value, str) else _fmt(value)
 
 
 def _fmt(value: Any) -> str:
