@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -138,7 +139,19 @@ def test_a_reattach_server_cert_that_is_not_base64_is_a_config_error() -> None:
         with pytest.raises(errors.ConfigError, match="'server_cert' must be the plugin certificate in base64"):
             HandshakeInfo.from_dict({**base, "server_cert": bad})
     assert HandshakeInfo.from_dict({**base, "server_cert": ""}).server_cert is None
-    assert HandshakeInfo.from_dict({**base, "server_cert": "QUJD"}).server_cert == b"ABC"
+    cert = generate_cert().cert_der
+    assert HandshakeInfo.from_dict({**base, "server_cert": base64.b64encode(cert).decode()}).server_cert == cert
+
+
+def test_a_reattach_server_cert_is_checked_whole_as_a_handshake_lines_is() -> None:
+    """Base64 of no certificate, or of one with junk inside a right outline, failed only at the TLS dial."""
+    base = {"core_version": 1, "app_version": 1, "network": "unix", "address": "/tmp/x.sock"}
+    junk = bytearray(generate_cert().cert_der)
+    junk[10] = 0  # inside the TBS, as in the handshake line's test below
+    for bad in (b"ABC", bytes(junk)):
+        with pytest.raises(errors.ConfigError, match="'server_cert' is base64 but not a DER X.509 certificate"
+                                                     " OpenSSL loads"):
+            HandshakeInfo.from_dict({**base, "server_cert": base64.b64encode(bad).decode()})
 
 
 def test_core_protocol_mismatch() -> None:

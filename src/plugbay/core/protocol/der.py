@@ -150,6 +150,14 @@ def handshake_cert(field: str) -> bytes:
         der = base64.b64decode(field + "=" * (-len(field) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("server certificate is not valid base64") from None
+    check_server_cert(der)
+    return der
+
+
+def check_server_cert(der: bytes) -> None:
+    """ValueError unless ``der`` is a whole DER X.509 certificate: a plugin's announced one, from its
+    handshake line or a reattach config's handshake facts (a TLS dial with a broken one failed late, as
+    a bare ssl.SSLError or a wait for the whole start timeout)."""
     import ssl
 
     try:
@@ -158,7 +166,6 @@ def handshake_cert(field: str) -> bytes:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
     except (ValueError, ssl.SSLError):
         raise ValueError("server certificate is not a DER X.509 certificate") from None
-    return der
 
 
 def pem_to_der(pem: bytes) -> bytes:

@@ -271,6 +271,13 @@ def _server_cert(value: Any) -> bytes:
     if not der:
         raise ConfigError(f"handshake facts field 'server_cert' must be the plugin certificate in base64 (or null),"
                           f" got {value!r:.80}; pass ReattachConfig.to_json() output")
+    from plugbay.core.protocol.der import check_server_cert  # only AutoMTLS needs it
+
+    try:  # as parse_handshake_line checks a line's: whole, by OpenSSL, not at the first TLS dial
+        check_server_cert(der)
+    except ValueError:
+        raise ConfigError(f"handshake facts field 'server_cert' is base64 but not a DER X.509 certificate OpenSSL"
+                          f" loads (got {value!r:.80}); pass ReattachConfig.to_json() output, unedited") from None
     return der
 
 
