@@ -1,8 +1,8 @@
 """The plugbay command writes text that is not its own with its control characters escaped.
 
-A reattach file's name and a container's log lines are a plugin's (or a forger's) words: printed
-raw, they set the terminal's title, clear its screen or forge lines. Checked through a pipe and
-through a pseudo-terminal (colour on: the rich printers), as a user at a shell sees it.
+A reattach file's name (refused, and quoted escaped) and a container's log lines are a plugin's (or a
+forger's) words: printed raw, they set the terminal's title, clear its screen or forge lines. Checked
+through a pipe and through a pseudo-terminal (colour on: the rich printers), as a user at a shell sees it.
 """
 
 from __future__ import annotations
@@ -61,13 +61,15 @@ def _forged_name(tmp_path: Path, config: dict[str, object]) -> Path:
     return forged
 
 
-def test_info_escapes_the_name_a_reattach_file_gives(tmp_path: Path) -> None:
+def test_info_refuses_a_reattach_file_whose_name_holds_controls_and_shows_it_escaped(tmp_path: Path) -> None:
+    # the name reaches the host's log lines too: reading the file refuses it, and the error quotes it escaped
     with running(RUN, tmp_path) as run:
         forged = _forged_name(tmp_path, run.config())
         piped = plugbay("info", f"@{forged}")
-        assert piped.returncode == 0, piped.stderr
-        assert not any(c.decode() in piped.stdout for c in RAW), "info printed the forged name raw"
-        assert "name: kv\\x1b]0;PWNED-TITLE\\x07\\x1b[2J" in piped.stdout
+        assert piped.returncode == 2, piped.stdout + piped.stderr
+        assert not any(c.decode() in piped.stdout + piped.stderr for c in RAW), "info printed the forged name raw"
+        assert "'name' holds control or format characters" in piped.stderr
+        assert "'kv\\x1b]0;PWNED-TITLE\\x07\\x1b[2J" in piped.stderr
         shown = on_terminal("info", f"@{forged}")
         assert b"PWNED-TITLE" in shown, shown[-2000:]
         assert b"\x1b]0;PWNED-TITLE\x07" not in shown and b"\x1b[2J" not in shown and b"fake: all good\r" not in shown

@@ -15,7 +15,7 @@ from plugbay.core.broker.plugin import check_plugin_fields
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.protocol.checks import check_grpc_options, check_logger, finite_float, kind as _kind
 from plugbay.core.protocol.handshake import is_tcp_port
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, printable
 
 
 def check_client_config(config: Any) -> None:
@@ -75,6 +75,9 @@ def check_client_config(config: Any) -> None:
     check_env(config.env, "ClientConfig.env")
     if config.name is not None and (not isinstance(config.name, str) or not config.name):
         raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
+    if config.name is not None and printable(config.name) != config.name:  # it names the plugin in log lines
+        raise ConfigError(f"ClientConfig.name must be a plugin name without control or format characters"
+                          f" (newlines, escapes, bidi overrides), got {config.name!r:.120}; pick a printable name")
     check_grpc_options(config.grpc_options, "ClientConfig.grpc_options")
     group = config.unix_socket_group
     if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):

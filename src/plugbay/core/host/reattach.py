@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, printable
 from plugbay.core.protocol.checks import kind
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
@@ -80,7 +80,7 @@ class ReattachConfig:
                 "cert_pem": self.client_cert.cert_pem.decode(),
                 "key_pem": self.client_cert.key_pem.decode(),
             },
-            "name": self.name,
+            "name": printable(self.name),  # as from_dict takes it: a host may name a plugin after a file name
         }
 
     def to_json(self) -> str:
@@ -96,12 +96,20 @@ class ReattachConfig:
             cert = data.get("client_cert")
             client_cert = CertKey(cert["cert_pem"].encode(), cert["key_pem"].encode()) if cert else None
             runner = dict(data.get("runner") or {})
-            name = str(data.get("name", "plugin"))
+            name = data.get("name", "plugin")
+            if not isinstance(name, str):  # str() made a name of any JSON value
+                raise TypeError(f"'name' must be a str, got {kind(name)}")
+        except ConfigError:  # a field's own check (the handshake facts') says what is wrong already
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(
                 f"not a plugbay reattach config ({type(exc).__name__}: {exc}); pass the JSON that"
                 " Client.reattach_config().to_json() produced"
             ) from exc
+        if printable(name) != name:  # it names the plugin in the host's log lines: a "\n" would forge one
+            raise ConfigError(f"the reattach config's 'name' holds control or format characters (newlines, escapes,"
+                              f" bidi overrides): {name!r:.120}; pass the JSON that Client.reattach_config().to_json()"
+                              " produced, unedited")
         if client_cert is not None:
             _check_cert_key(client_cert)
         return cls(handshake=info, runner=runner, client_cert=client_cert, name=name, attach=attach)
