@@ -4,8 +4,8 @@
     python bench/relay_rows.py kubernetes --rounds 3 --calls 300
 
 ``core``: Python host -> Go plugin, plaintext then AutoMTLS (plugbay's OpenSSL
-relay, "relay-tls"), alternating within each round so load drift hits both.
-``kubernetes``: Python host -> Python pod, port-forward then pod IP, on one
+relay, "relay-tls"), one of each per round (plaintext first) so load drift hits both.
+``kubernetes``: Python host -> Python pod, pod IP then port-forward, on one
 stand-in. Each line has both rows' p50/p99 (us) and their ratios; the last line
 gives the medians over the rounds. Every loop is bounded by --rounds and --calls.
 """

@@ -178,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"area": area, "table": "extra", **extra}), flush=True)
     if not args.json:
         print(f"\nplugbay bench: {args.rounds} rounds x {args.calls} unary calls per row,"
-              f" start->1st call over max({args.rounds}, {args.starts}) starts;"
+              f" start->1st call over max({args.rounds}, {args.starts}) starts (core, docker, async and network"
+              " pool rows; the others over their rounds);"
               f" {machine()}; took {time.monotonic() - started:.0f}s\n")
         print(table(rows))
         print("\nstart->1st call: launch, handshake, connect and one Put (median of the starts; plugbay's"
               " Client also makes its health check there, bare grpcio floors and go-plugin's Go host make"
-              " none); p50/p99: Get round trips; relay-tls = OpenSSL relay for a Go peer's P-521 cert;"
-              " plugbay / floor: this row's figures over its bare-grpcio reference row's (same run; where"
-              " the row took its floor's rounds between its own, against those).")
+              " none); p50/p99: the row's timed calls, one by one (Get round trips unless its note says"
+              " otherwise); start, p50 and calls/s are medians of the rounds, p99 the highest round's;"
+              " relay-tls = OpenSSL relay for a Go peer's P-521 cert; plugbay / floor: this row's figures over"
+              " its bare-grpcio reference row's (same run; where the row took its floor's rounds between its"
+              " own, against those).")
         for text in extras:
             print("\n" + text)
     return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
