@@ -79,6 +79,20 @@ def test_bench_json_rows_with_units_and_plot(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "'nosuch' is not a benchmark area" in bad.stderr  # refused before it runs
 
 
+def test_bench_prints_an_areas_own_table_after_the_main_one(tmp_path: Path) -> None:
+    rows_file = tmp_path / "rows.jsonl"
+    out = plugbay("bench", "--only", "faults", "--faults", "1", "--calls", "5", "--rounds", "1", "--json",
+                  str(rows_file), timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]  # it failed on the fault table's rows
+    lines = out.stdout.splitlines()
+    main = lines.index(next(line for line in lines if line.startswith("area\thost -> plugin")))
+    assert "\tplugbay / floor\t" in lines[main]
+    fault_head = next(i for i, line in enumerate(lines) if line.startswith("fault\tfaults\trecovered\t"))
+    assert fault_head > main and any(line.startswith("kill9-python\t1\t") for line in lines[fault_head:])
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert {r.get("fault") for r in rows if r.get("table") == "extra"} >= {"kill9-python", "host-kill"}
+
+
 def test_bench_and_demo_outside_a_checkout(tmp_path: Path) -> None:
     # an installed copy of the package, without the checkout's bench/ and examples/
     site = tmp_path / "site"

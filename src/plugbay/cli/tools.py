@@ -166,11 +166,14 @@ Examples:
               " Repeatable.")
 @click.option("--calls", type=click.IntRange(1, 1_000_000), default=500, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option("--faults", type=click.IntRange(1, 10_000), default=2, show_default=True,
+              help="Fault injections per fault type (the faults area; its table follows the main one).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False),
               help="Write one JSON object per row (with a 'units' map) to this file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw p50/p99 latency per row to this PNG "
               "(needs matplotlib: plugbay[bench]).")
-def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None, plot: str | None) -> int:
+def bench(only: tuple[str, ...], calls: int, rounds: int, faults: int, json_file: str | None,
+          plot: str | None) -> int:
     """Run the benchmark (bench/run.py of the source checkout) and print its table."""
     script = _checkout_file("bench/run.py", "plugbay bench")
     areas = _bench_areas()
@@ -184,18 +187,25 @@ def bench(only: tuple[str, ...], calls: int, rounds: int, json_file: str | None,
             raise ConfigError("--plot needs matplotlib; install plugbay[bench]") from None
     for option, path in (("--json", json_file), ("--plot", plot)):
         _check_writable(option, path)  # before minutes of benchmark, not after
-    args = [sys.executable, str(script), "--json", "--calls", str(calls), "--rounds", str(rounds)]
+    args = [sys.executable, str(script), "--json", "--calls", str(calls), "--rounds", str(rounds),
+            "--faults", str(faults)]
     for area in only:
         args += ["--only", area]
     proc = subprocess.run(args, stdout=subprocess.PIPE, text=True, cwd=script.parent.parent)
-    rows = [{**json.loads(line), "units": UNITS} for line in proc.stdout.splitlines() if line.startswith("{")]
+    parsed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = [{**r, "units": UNITS} for r in parsed if r.get("table") != "extra"]
+    extra = [r for r in parsed if r.get("table") == "extra"]  # an area's own table (faults: one row per fault)
     if not rows:
         raise PlugbayError(f"bench/run.py produced no rows (exit code {proc.returncode}); its messages are"
                            " above; check --only names the areas of bench/bench_<area>.py")
     if json_file:
-        Path(json_file).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        Path(json_file).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*rows, *extra]))
     output.table(["area", "host -> plugin", "transport", "AutoMTLS", "start ms", "p50 us", "p99 us", "calls/s",
-                  "note"], [_cells(r) for r in rows])
+                  "plugbay / floor", "note"], [_cells(r) for r in rows])
+    for area in dict.fromkeys(r["area"] for r in extra):
+        mine = [r for r in extra if r["area"] == area]
+        head = [k for k in dict.fromkeys(k for r in mine for k in r) if k not in ("area", "table")]
+        output.table(head, [[_cell(r.get(k)) for k in head] for r in mine])
     if plot:
         _plot(rows, plot)
     return output.OK if proc.returncode == 0 else output.FAILED
@@ -214,9 +224,17 @@ def _check_writable(option: str, path: str | None) -> None:
 def _cells(r: dict[str, Any]) -> list[str]:
     head = [r["area"], f"{r['host']} -> {r['plugin']}", r["transport"], "yes" if r["automtls"] else "no"]
     if r.get("skipped"):
-        return [*head, "-", "-", "-", "-", str(r["skipped"])]
+        return [*head, "-", "-", "-", "-", "-", str(r["skipped"])]
     return [*head, f"{r['start_to_first_call_ms']:.1f}", f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}",
-            f"{r['calls_per_s']:.0f}", str(r.get("note") or "")]
+            f"{r['calls_per_s']:.0f}", str(r.get("vs_floor") or ""), str(r.get("note") or "")]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
+    return "" if value is None else str(value)
 
 
 def _plot(rows: list[dict[str, Any]], path: str) -> None:
