@@ -241,8 +241,10 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
             for s in served:
                 abandon_served(s)
-        for s in served if wait else ():
-            s.stop()
+        if served and wait:  # not waiting for handlers still running (see stop_all_served)
+            from plugbay.core.broker.channels import stop_all_served
+
+            stop_all_served(served)
         if source is not None:
             source.close(wait=wait)
         for func in reversed(cleanup):

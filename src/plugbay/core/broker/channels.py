@@ -147,6 +147,21 @@ def stop_served(served: Served, grace: float | None = 1.0,
         finish()
 
 
+def stop_all_served(served: list[Served], grace: float = 1.0) -> None:
+    """Stop a closing broker's servers: calls get ``grace`` seconds (one for all), then are cancelled.
+
+    Their sockets are freed before this returns, but workers still running a handler are not
+    joined: each ends once its handler returns, its reply going nowhere. A Client's close() or
+    kill() otherwise waited for as long as a host callback handler ran (for ever: a stuck one),
+    with the plugin not killed meanwhile; go-plugin's broker Close() does not wait for handlers.
+    """
+    stopping = [(s, s.server.stop(grace=grace)) for s in served]
+    for s, stopped in stopping:
+        stopped.wait(timeout=grace + 10)  # the handlers' calls are cancelled after grace
+        _free(s)
+        s.executor.shutdown(wait=False)
+
+
 def abandon_served(served: Served) -> None:
     """Stop a brokered server at once, free its sockets and leave its workers to end on their own.
 

@@ -1,0 +1,95 @@
+"""Client.kill() while a host callback handler still runs: the plugin goes, the handler is not waited for.
+
+Closing the broker stopped each brokered server and joined its workers, so kill() waited for as long
+as the handler ran (for ever: one that never returns) and the plugin was not killed meanwhile.
+go-plugin's broker Close() does not wait for handlers either; the handler's reply goes nowhere.
+
+Real parts: the go-plugin 1.0.1 Go counter plugin as a child process dialing the host's callback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig
+from tests.gobuild import go_program_or_skip
+from tests.thread_util import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "counter"))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+pytestmark = pytest.mark.go
+
+BOUND = 15.0  # far above the 1 s grace close() gives running calls: only a wait for the handler exceeds it
+
+
+@pytest.fixture()
+def go_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    plugin = str(go_program_or_skip("counter_plugin"))
+    folder = tempfile.mkdtemp(prefix="bkc", dir="/tmp")  # short: unix socket paths stay under 108 bytes
+    monkeypatch.chdir(folder)  # the Go counter plugin keeps its values in files named kv_<key>
+    yield plugin
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class Held:
+    """A callback that does not return until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def sum(self, a: int, b: int) -> int:
+        self.entered.set()
+        self.release.wait(120)
+        return a + b
+
+
+def brokered_workers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("plugbay-brokered"))
+
+
+def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> None:
+    held = Held()
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[go_plugin]))
+    caller: threading.Thread | None = None
+    try:
+        client.start()
+        counter = client.dispense(PLUGIN_NAME)
+        pid = client.runner.pid
+        assert pid is not None
+        errors: list[BaseException] = []
+
+        def put() -> None:
+            try:
+                counter.put("k", 1, held)
+            except BaseException as exc:  # the plugin is gone mid-call
+                errors.append(exc)
+
+        caller = threading.Thread(target=put)
+        caller.start()
+        assert held.entered.wait(10), "the plugin never called the host's callback"
+
+        killer = threading.Thread(target=client.kill, daemon=True)
+        killer.start()
+        killer.join(BOUND)
+        assert not killer.is_alive(), "Client.kill() waited for the callback handler still running"
+        assert not os.path.exists(f"/proc/{pid}"), f"plugin process {pid} outlived Client.kill()"
+        caller.join(BOUND)
+        assert not caller.is_alive() and errors, "the call that made the callback did not end with the plugin"
+        assert brokered_workers() >= 1  # the handler still runs: nobody waited for it
+    finally:
+        held.release.set()  # its reply goes nowhere: nothing crashes
+        client.kill()
+        if caller is not None:
+            caller.join(BOUND)
+    wait_for(lambda: brokered_workers() == 0, "the handler's worker to end once it returned", timeout=10)
