@@ -38,6 +38,7 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
+from plugbay.core.protocol.checks import finite_float, kind
 from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import private_room
@@ -78,7 +79,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             raise ConfigError("BrokerTransport(multiplex=True) needs the mux session (mux=...)")
         self.transport = transport
         self.side = side
-        self.dial_timeout = dial_timeout
+        self.dial_timeout = _seconds(dial_timeout, "the broker's dial_timeout")
         self._cond = threading.Condition()
         self._next = 0
         self._announced: dict[int, tuple[pb.ConnInfo, float]] = {}
@@ -126,6 +127,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         methods run on ``loop`` when given (an AsyncClient host passes its running loop, so they
         share its objects), else on plugbay's own asyncio handler loop (one per process).
         """
+        _check_id(id)  # before a server is built for it
         self._check_open()
         self._ensure_stream()
         from plugbay.core.broker.channels import local_socket_error
@@ -195,9 +197,10 @@ class GRPCBroker(StreamEnd, Multiplexed):
         the knock is not acknowledged) within ``timeout`` (default dial_timeout),
         BrokerClosedError when the broker stream is gone.
         """
+        _check_id(id)
+        wait = self.dial_timeout if timeout is None else _seconds(timeout, "dial's timeout")
         self._check_open()
         self._ensure_stream()
-        wait = self.dial_timeout if timeout is None else timeout
         if self.transport.multiplex:
             return self._dial_multiplexed(id, wait)
         info = self._wait_announcement(id, wait)
@@ -363,3 +366,20 @@ class GRPCBroker(StreamEnd, Multiplexed):
         with self._cond:
             if channel in self._channels:
                 self._channels.remove(channel)
+
+
+def _check_id(id: object) -> None:
+    """A broker id goes on the wire as a uint32: anything else failed in protobuf (a raw ValueError or
+    TypeError, after a server was built for it) or was waited for until the dial timed out."""
+    if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id <= 0xFFFFFFFF:
+        raise ConfigError(f"a broker id must be an int from 0 to {0xFFFFFFFF} (a uint32, as in go-plugin),"
+                          f" got {kind(id)}; use the id the other side passed you, or broker.next_id()")
+
+
+def _seconds(value: object, what: str) -> float:
+    """A wait in seconds: nan waited for ever, a huge one (or inf) overflowed the lock's wait."""
+    seconds = finite_float(value)
+    if seconds is None or not 0 < seconds <= threading.TIMEOUT_MAX:
+        raise ConfigError(f"{what} must be a number of seconds > 0 (at most {threading.TIMEOUT_MAX:g}),"
+                          f" got {kind(value)}; the default is {DEFAULT_DIAL_TIMEOUT:g}s, as go-plugin's")
+    return seconds
