@@ -222,3 +222,17 @@ def test_malformed_settings_are_config_errors_saying_what_to_pass(field: str, va
 def test_well_formed_settings_pass() -> None:
     dataclasses.replace(config(protocol_versions=[1, "2"], plugins=("kv_grpc", "other")), cookie=["A", "b"]).check()
     config(protocol_versions={1, 3}, plugins=[]).check()
+
+
+def test_max_message_above_grpcs_int_limit_is_a_usage_error_not_an_overflow(capsys: pytest.CaptureFixture[str]) -> None:
+    # grpcio takes options as C ints: 2**31 failed the gateway's start with an untyped OverflowError
+    from plugbay.network.gateway.cli import main
+
+    base = ["--cookie", "A=b", "--insecure"]
+    assert main([*base, "--max-message", str(2**31), "--", sys.executable, str(CHILD)]) == 2
+    assert "--max-message must be at most 2147483647" in capsys.readouterr().err
+    for value in (2**31, 10**30):
+        with pytest.raises(ConfigError, match="max_message.*at most 2147483647"):
+            Gateway(config(max_message=value))
+    with Gateway(config(max_message=2**31 - 1)) as gw, grpc.insecure_channel(gw.address) as ch:
+        assert ch.unary_unary("/gwchild.S/Fast")(b"x" * (3 << 20), timeout=10) == b"fast"  # the child takes 4 MiB

@@ -27,7 +27,7 @@ from types import FrameType
 from plugbay.core.plugin.fdlimit import raise_fd_limit
 from plugbay.core.plugin.netconfig import keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
-from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, GatewayConfig
+from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, MAX_MAX_MESSAGE, GatewayConfig
 from plugbay.network.gateway.gateway import Gateway
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
@@ -118,7 +118,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
     max_peer_calls = None if not str(args.max_peer_calls) else _positive(
         parser, args.max_peer_calls, "--max-peer-calls", "the forwarded calls at once from one peer address", "36")
     max_message = _positive(parser, args.max_message, "--max-message", "the bytes of one request message",
-                            str(DEFAULT_MAX_MESSAGE))
+                            str(DEFAULT_MAX_MESSAGE), MAX_MAX_MESSAGE)
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
@@ -126,14 +126,17 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
                          max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message)
 
 
-def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str) -> int:
-    """``given`` as a positive int, or a usage error saying what ``flag`` takes."""
+def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str,
+              maximum: int | None = None) -> int:
+    """``given`` as a positive int (at most ``maximum``), or a usage error saying what ``flag`` takes."""
     try:
         value = int(str(given))
     except ValueError:
         value = 0
     if value < 1:
         parser.error(f"{flag} must be a positive integer, {what} (got {given!r}), for example {flag} {example}")
+    if maximum is not None and value > maximum:
+        parser.error(f"{flag} must be at most {maximum}, {what} (got {given!r}), for example {flag} {example}")
     return value
 
 

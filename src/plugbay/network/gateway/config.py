@@ -20,6 +20,8 @@ DEFAULT_MAX_CALLS = 48
 # A forwarded request message is received whole before it is passed on, so this bounds the memory one
 # call costs the gateway. go-plugin's (gRPC-Go's) servers refuse more than 4 MiB anyway.
 DEFAULT_MAX_MESSAGE = 4 << 20
+# grpcio takes its options as C ints: a larger max_message failed the start with an untyped OverflowError
+MAX_MAX_MESSAGE = 2**31 - 1
 
 
 @dataclass
@@ -85,9 +87,11 @@ class GatewayConfig:
         if isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int) or self.max_calls < 1:
             raise ConfigError(f"the gateway's max_calls must be a positive int (forwarded calls at once), got"
                               f" {self.max_calls!r}; pass for example --max-calls {DEFAULT_MAX_CALLS}")
-        if isinstance(self.max_message, bool) or not isinstance(self.max_message, int) or self.max_message < 1:
-            raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message),"
-                              f" got {self.max_message!r}; pass for example --max-message {DEFAULT_MAX_MESSAGE}")
+        if (isinstance(self.max_message, bool) or not isinstance(self.max_message, int)
+                or not 1 <= self.max_message <= MAX_MAX_MESSAGE):
+            raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message) of at"
+                              f" most {MAX_MAX_MESSAGE} (gRPC's limit), got {self.max_message!r}; pass for example"
+                              f" --max-message {DEFAULT_MAX_MESSAGE}")
         peer_calls = self.max_peer_calls
         if peer_calls is not None and (isinstance(peer_calls, bool) or not isinstance(peer_calls, int)
                                        or peer_calls < 1):
