@@ -68,7 +68,7 @@ def test_info_refuses_a_reattach_file_whose_name_holds_controls_and_shows_it_esc
         piped = plugbay("info", f"@{forged}")
         assert piped.returncode == 2, piped.stdout + piped.stderr
         assert not any(c.decode() in piped.stdout + piped.stderr for c in RAW), "info printed the forged name raw"
-        assert "'name' holds control or format characters" in piped.stderr
+        assert "'name' holds control or bidi formatting characters" in piped.stderr
         assert "'kv\\x1b]0;PWNED-TITLE\\x07\\x1b[2J" in piped.stderr
         shown = on_terminal("info", f"@{forged}")
         assert b"PWNED-TITLE" in shown, shown[-2000:]

@@ -61,11 +61,11 @@ def test_a_server_cert_openssl_refuses_is_a_config_error_when_read(owner: Any, c
     "kv \x1b[31mred\x1b[0m",
     "kv\u2028two",
     "user \u202egnp.exe",  # a bidi override: shows as "exe.png"
-    "zero\u200bwidth",
+    "iso\u2066late",
 ])
-def test_a_name_with_control_or_format_characters_is_refused(owner: Any, name: str) -> None:
+def test_a_name_with_control_or_bidi_characters_is_refused(owner: Any, name: str) -> None:
     _, data = owner
-    with pytest.raises(ConfigError, match=r"'name' holds control or format characters .*"
+    with pytest.raises(ConfigError, match=r"'name' holds control or bidi formatting characters .*"
                                           r"Client.reattach_config\(\).to_json\(\) produced, unedited"):
         ReattachConfig.from_json(json.dumps({**data, "name": name}))
 
@@ -81,9 +81,12 @@ def test_an_unedited_reattach_json_reattaches_and_a_host_chosen_odd_name_round_t
     client, data = owner
     config = ReattachConfig.from_json(json.dumps(data))
     assert config.handshake.server_cert == client.reattach_config().handshake.server_cert
-    # a host may name its plugin after a file name holding anything; its JSON carries it escaped
-    odd = ReattachConfig(config.handshake, config.runner, config.client_cert, name="kv\nplugin\u202e")
-    assert ReattachConfig.from_json(odd.to_json()).name == "kv\\x0aplugin\\u202e"
+    # names of words and emoji joined by ZWNJ/ZWJ, a soft hyphen, spaces: text, kept as they are
+    for name in ("\u0646\u0631\u0645\u200c\u0627\u0641\u0632\u0627\u0631", "kv \U0001f469\u200d\U0001f4bb",
+                 "soft\u00adhyphen"):
+        named = ReattachConfig(config.handshake, config.runner, config.client_cert, name=name)
+        assert ReattachConfig.from_json(named.to_json()).name == name
+        assert Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=["plugin"], name=name)).name == name
     again = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=config, start_timeout=20))
     try:
         again.start()
@@ -96,6 +99,13 @@ def test_an_unedited_reattach_json_reattaches_and_a_host_chosen_odd_name_round_t
 
 
 @pytest.mark.parametrize("name", ["kv\nCRITICAL root: forged", "kv\x1b]0;title\x07", "a\u202eb"])
-def test_client_config_name_with_control_or_format_characters_is_refused(name: str) -> None:
-    with pytest.raises(ConfigError, match="ClientConfig.name must be a plugin name without control or format"):
+def test_client_config_name_with_control_or_bidi_characters_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="ClientConfig.name must be a plugin name without control or bidi"):
         ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=["plugin"], name=name)
+
+
+def test_a_name_taken_from_a_file_name_is_escaped(tmp_path: Path) -> None:
+    """A runner names the plugin after its executable, whose file name may hold anything: the Client's
+    name (in log lines, and in its reattach JSON, which must read back) is escaped."""
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[str(tmp_path / "kv\nplugin\u202e")]))
+    assert client.name == "kv\\x0aplugin\\u202e"

@@ -65,41 +65,17 @@ class MalformedHandshakeError(HandshakeError):
         )
 
 
-_CACHE_MAX = 4096  # characters whose escape (or none) _Escapes keeps: a plugin may send every code point
-
-
-class _Escapes(dict[int, str]):
-    """printable()'s str.translate table: the controls below, and the Unicode format characters (category
-    Cf: bidi overrides and isolates, zero-width characters, the BOM, the soft hyphen) as text brings them.
-
-    Cf characters are looked up when first met, not listed: finding them all means reading the category
-    of every code point (~0.25 s at import, in every plugin process too); a list typed in here would
-    drift from the Unicode version Python carries.
-    """
-
-    def __missing__(self, code: int) -> str:
-        import unicodedata  # only for text that is not printable and not ASCII
-
-        char = chr(code)
-        if unicodedata.category(char) == "Cf":
-            value = f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-        else:
-            value = char
-        if len(self) < _CACHE_MAX:
-            self[code] = value
-        return value
-
-
 # C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators: what lets a
 # plugin's text start a forged line of the host's log or drive its terminal (cursor moves, titles).
-# Format characters (added as met) reorder or hide what a log line shows: "\u202egnp.exe" reads "exe.png".
-_CONTROLS = _Escapes({c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))})
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))}
 _CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
-_CONTROLS.update({c: chr(c) for c in (0x09, *range(0x20, 0x7F))})  # ASCII has no Cf: never looked up
+# The bidirectional formatting characters: they reorder what a line shows ("\u202egnp.exe" reads
+# "exe.png"). Other format characters stay: ZWJ and ZWNJ belong to emoji and to words of many scripts.
+_CONTROLS.update({c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def printable(text: str) -> str:
-    """``text`` with its control and format characters (tab aside) written as ``\\xNN``/``\\uNNNN`` escapes.
+    """``text`` with its control and bidi formatting characters (tab aside) as ``\\xNN``/``\\uNNNN`` escapes.
 
     For plugin output entering host log records and error messages. It lives here, the bottom
     layer, so that error messages can use it too. It runs on every plugin log line, on the shared

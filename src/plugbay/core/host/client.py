@@ -23,7 +23,7 @@ import grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
-from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError
+from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, printable
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, private_folder, read_handshake, take_runner
 from plugbay.core.host.connecting import Connecting
@@ -58,8 +58,9 @@ class Client(Connecting):
         runner: AttachedRunner | None = config.runner
         if config.cmd is not None:
             runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
-        super().__init__(config, str(config.name or (config.reattach.name if config.reattach else
-                                                     runner.name if runner else "plugin")), runner)
+        # escaped: it names the plugin in log lines, and a runner names it after a file name (or an image)
+        super().__init__(config, printable(str(config.name or (config.reattach.name if config.reattach else
+                                                               runner.name if runner else "plugin"))), runner)
         self._versions = config.versions()
         self._lock = threading.RLock()
         self._started = False

@@ -76,7 +76,7 @@ def check_client_config(config: Any) -> None:
     if config.name is not None and (not isinstance(config.name, str) or not config.name):
         raise ConfigError(f"ClientConfig.name must be a non-empty str or None, got {config.name!r}")
     if config.name is not None and printable(config.name) != config.name:  # it names the plugin in log lines
-        raise ConfigError(f"ClientConfig.name must be a plugin name without control or format characters"
+        raise ConfigError(f"ClientConfig.name must be a plugin name without control or bidi formatting characters"
                           f" (newlines, escapes, bidi overrides), got {config.name!r:.120}; pick a printable name")
     check_grpc_options(config.grpc_options, "ClientConfig.grpc_options")
     group = config.unix_socket_group

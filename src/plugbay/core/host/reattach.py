@@ -80,7 +80,7 @@ class ReattachConfig:
                 "cert_pem": self.client_cert.cert_pem.decode(),
                 "key_pem": self.client_cert.key_pem.decode(),
             },
-            "name": printable(self.name),  # as from_dict takes it: a host may name a plugin after a file name
+            "name": self.name,  # a Client's name is printable (escaped when derived from a file name)
         }
 
     def to_json(self) -> str:
@@ -107,9 +107,9 @@ class ReattachConfig:
                 " Client.reattach_config().to_json() produced"
             ) from exc
         if printable(name) != name:  # it names the plugin in the host's log lines: a "\n" would forge one
-            raise ConfigError(f"the reattach config's 'name' holds control or format characters (newlines, escapes,"
-                              f" bidi overrides): {name!r:.120}; pass the JSON that Client.reattach_config().to_json()"
-                              " produced, unedited")
+            raise ConfigError(f"the reattach config's 'name' holds control or bidi formatting characters (newlines,"
+                              f" escapes, bidi overrides): {name!r:.120}; pass the JSON that"
+                              " Client.reattach_config().to_json() produced, unedited")
         if client_cert is not None:
             _check_cert_key(client_cert)
         return cls(handshake=info, runner=runner, client_cert=client_cert, name=name, attach=attach)
