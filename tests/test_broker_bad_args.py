@@ -63,3 +63,13 @@ def test_the_largest_id_and_a_good_timeout_still_work(pair: Pair) -> None:
     pair.host.accept_and_serve(0xFFFFFFFF, register("top"))
     channel = pair.plugin.dial(0xFFFFFFFF, timeout=10)
     assert check(channel, "top") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_id_of_numpys_integer_kinds_serves_and_dials(pair: Pair) -> None:
+    np = pytest.importorskip("numpy", reason="numpy is not installed")
+    from plugbay._proto.grpc.health.v1 import health_pb2
+    from tests.test_broker import check
+
+    pair.host.accept_and_serve(np.uint32(77), register("np"))  # protobuf took these before ids were checked
+    channel = pair.plugin.dial(np.int64(77), timeout=10)
+    assert check(channel, "np") == health_pb2.HealthCheckResponse.SERVING

@@ -24,6 +24,7 @@ OpenSSL relay instead (decided in plugbay.core.transport.secure).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import shutil
 import tempfile
@@ -127,7 +128,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         methods run on ``loop`` when given (an AsyncClient host passes its running loop, so they
         share its objects), else on plugbay's own asyncio handler loop (one per process).
         """
-        _check_id(id)  # before a server is built for it
+        id = _check_id(id)  # before a server is built for it
         self._check_open()
         self._ensure_stream()
         from plugbay.core.broker.channels import local_socket_error
@@ -197,7 +198,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         the knock is not acknowledged) within ``timeout`` (default dial_timeout),
         BrokerClosedError when the broker stream is gone.
         """
-        _check_id(id)
+        id = _check_id(id)
         wait = self.dial_timeout if timeout is None else _seconds(timeout, "dial's timeout")
         self._check_open()
         self._ensure_stream()
@@ -368,12 +369,14 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 self._channels.remove(channel)
 
 
-def _check_id(id: object) -> None:
+def _check_id(id: object) -> int:
     """A broker id goes on the wire as a uint32: anything else failed in protobuf (a raw ValueError or
-    TypeError, after a server was built for it) or was waited for until the dial timed out."""
-    if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id <= 0xFFFFFFFF:
-        raise ConfigError(f"a broker id must be an int from 0 to {0xFFFFFFFF} (a uint32, as in go-plugin),"
-                          f" got {kind(id)}; use the id the other side passed you, or broker.next_id()")
+    TypeError, after a server was built for it) or was waited for until the dial timed out. An integer
+    of another kind (numpy's) comes back as an int, as protobuf took it."""
+    if not isinstance(id, bool) and isinstance(id, numbers.Integral) and 0 <= int(id) <= 0xFFFFFFFF:
+        return int(id)
+    raise ConfigError(f"a broker id must be an int from 0 to {0xFFFFFFFF} (a uint32, as in go-plugin),"
+                      f" got {kind(id)}; use the id the other side passed you, or broker.next_id()")
 
 
 def _seconds(value: object, what: str) -> float:
