@@ -33,7 +33,7 @@ DOCKER_BAD: list[tuple[str, Any]] = [
     ("cpus", math.inf), ("cpus", 1e300), ("cpus", math.nan), ("cpus", "1"), ("cpus", 1e-12), ("cpus", True),
     ("nano_cpus", -1), ("nano_cpus", 1.5), ("nano_cpus", 2**63),
     ("mem_limit", -1), ("mem_limit", 1.5), ("mem_limit", ""), ("mem_limit", "lots"), ("mem_limit", "0"),
-    ("mem_limit", "256 m"), ("mem_limit", "64x"), ("mem_limit", "0.1"),
+    ("mem_limit", "-5m"), ("mem_limit", "64x"), ("mem_limit", "0.1"), ("mem_limit", "infm"),
     ("pids_limit", math.nan), ("pids_limit", "10"),
     ("socket_gid", math.nan), ("socket_gid", -5), ("socket_gid", 2**32 - 1), ("socket_gid", "100"),
     ("writable_dirs", None), ("writable_dirs", 5), ("writable_dirs", (1,)), ("writable_dirs", b"x"),
@@ -59,7 +59,7 @@ def test_docker_runner_refuses_a_wrong_option_by_name(option: str, value: Any) -
 def test_docker_runner_still_takes_the_edges() -> None:
     assert DockerRunner(BASE, cpus=1e-9).nano_cpus == 1  # never 0, which the engine reads as no limit
     assert DockerRunner(BASE, cpus=2).nano_cpus == 2_000_000_000
-    for size in ("256m", "256MB", "1.5g", "100", "100b"):  # what the engine client's parser takes
+    for size in ("256m", "256MB", "1.5g", "100", "100b", "256 m", ".5g"):  # what the engine client's parser takes
         assert DockerRunner(BASE, mem_limit=size).mem_limit == size
     assert DockerRunner(BASE, socket_gid=0).socket_gid == 0
     assert DockerRunner(BASE, socket_gid=2**32 - 2).socket_gid == 2**32 - 2

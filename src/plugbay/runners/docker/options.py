@@ -28,10 +28,6 @@ MAX_GID = 2**32 - 2  # gid_t; 2**32-1 is chown's "leave the group as it is"
 _NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 # tmpfs size= as the kernel takes it (k, m, g, t, p, e or % of memory); a comma would add mount options
 _SIZE = re.compile(r"[0-9]+[kKmMgGtTpPeE%]?")
-# The engine client's own parser takes a number of bytes with an optional unit b, k, m or g (and a "b"
-# after k, m or g); anything else failed only at start, after the name and socket folder were made.
-_MEM = re.compile(r"([0-9]+(?:\.[0-9]*)?)(?:[bB]|[kKmMgG][bB]?)?")
-_MEM_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,13 +66,16 @@ def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _memory_bytes(size: str) -> int:
-    """The bytes a mem_limit string such as '256m' or '1.5g' means; 0 when it is not one."""
-    match = _MEM.fullmatch(size)
-    if match is None:
+    """The bytes a mem_limit string such as '256m' means to the engine client (whose parser reads it when
+    the container is made: a size it cannot read failed only then); 0 when it is not one."""
+    from docker.errors import DockerException
+    from docker.utils import parse_bytes
+
+    try:
+        value = parse_bytes(size)
+    except (DockerException, ValueError, IndexError, OverflowError):
         return 0
-    unit = size[match.end(1):].lower().rstrip("b") or ""
-    value = float(match.group(1)) * _MEM_UNITS[unit]
-    return int(value) if value <= INT64_MAX else 0
+    return int(value) if isinstance(value, int) and value <= INT64_MAX else 0
 
 
 def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
