@@ -262,8 +262,8 @@ class Supervisor(PluginWaits):
                 return False
             self._client = client
             assert self._channel is not None
-            self._channel.replace(client.channel)
             self._channel.call_timeout = client.config.call_timeout  # a factory's config may change it
+            self._channel.replace(client.channel)
             if self.health_interval is not None:
                 self._watcher = HealthWatcher(client.channel, interval=self.health_interval,
                                               timeout=self.health_timeout,
