@@ -1,4 +1,5 @@
-"""The plugbay command with the Docker and Kubernetes runners: run, health, call, diagnose, sweep, and no engine/cluster."""
+"""The plugbay command with the Docker and Kubernetes runners: run, health, call, diagnose, sweep, and no
+engine or cluster."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def hclog_entry(line: str) -> tuple[int, dict[str, Any]] | None:
 def hclog_record(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The message (with its key=value pairs) and the logging ``extra`` of a decoded hclog entry.
 
-    ``plugin_module`` and ``plugin_timestamp`` are str with control and format characters escaped, as a
+    ``plugin_module`` and ``plugin_timestamp`` are str with control and bidi characters escaped, as a
     formatter may show them (``%(plugin_module)s``); ``plugin_fields`` holds the values as decoded (a
     formatter shows a dict by repr(), which escapes them).
     """
