@@ -208,6 +208,27 @@ def test_serve_config_values(kw: dict[str, Any], says: str) -> None:
     ServeConfig(HANDSHAKE, grpc_server_options=[("grpc.so_reuseport", 0)], logger=logging.getLogger("x"))
 
 
+@pytest.mark.parametrize("value", [None, object(), 1 << 31, -(1 << 31) - 1, 1 << 70, 1.5, [1]])
+def test_a_grpc_option_value_grpcio_cannot_take_is_refused(value: object) -> None:
+    # grpc.server() and grpc channels raised TypeError or OverflowError from grpcio's Cython (a float
+    # passed there, read as a pointer's address)
+    for make, name in ((lambda o: ServeConfig(HANDSHAKE, grpc_server_options=o), "ServeConfig.grpc_server_options"),
+                       (lambda o: ClientConfig(handshake=HANDSHAKE, cmd=["true"], grpc_options=o),
+                        "ClientConfig.grpc_options")):
+        with pytest.raises(ConfigError, match=rf"{name}: option 'grpc.max_receive_message_length' has the value"):
+            make([("grpc.max_receive_message_length", value)])
+
+
+def test_grpc_option_values_grpcio_takes_pass() -> None:
+    from grpc.experimental import session_cache
+
+    options = [("grpc.max_receive_message_length", (1 << 31) - 1), ("grpc.so_reuseport", -(1 << 31)),
+               ("grpc.enable_retries", True), ("grpc.primary_user_agent", "x"), (b"grpc.lb_policy_name", b"pick_first"),
+               ("grpc.ssl_session_cache", session_cache.ssl_session_cache_lru(1))]  # a pointer object
+    ServeConfig(HANDSHAKE, grpc_server_options=options)
+    ClientConfig(handshake=HANDSHAKE, cmd=["true"], grpc_options=options)
+
+
 def test_client_config_keeps_its_wording_for_options_and_logger() -> None:
     with pytest.raises(ConfigError, match=r"ClientConfig.grpc_options must be a list of \(name, value\) pairs"):
         ClientConfig(handshake=HANDSHAKE, cmd=["true"], grpc_options={"a": 1})  # type: ignore[arg-type]

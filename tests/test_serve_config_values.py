@@ -31,6 +31,13 @@ _PLUGIN = (
 CASES = [
     ("grpc_server_options", "5", "ServeConfig.grpc_server_options must be a list of (name, value) pairs"),
     ("grpc_server_options", "{'a': 1}", "ServeConfig.grpc_server_options must be a list of (name, value) pairs"),
+    # values grpc.server() failed on with grpcio's own traceback (TypeError, OverflowError)
+    ("grpc_server_options", "[('grpc.max_receive_message_length', None)]",
+     "ServeConfig.grpc_server_options: option 'grpc.max_receive_message_length' has the value NoneType"),
+    ("grpc_server_options", "[('grpc.max_receive_message_length', object())]",
+     "ServeConfig.grpc_server_options: option 'grpc.max_receive_message_length' has the value object"),
+    ("grpc_server_options", "[('grpc.max_receive_message_length', 1 << 70)]",
+     "ServeConfig.grpc_server_options: option 'grpc.max_receive_message_length' has the value int"),
     ("logger", "'x'", "ServeConfig.logger must be a logging.Logger, got str 'x'"),
     ("network", "5", "ServeConfig.network must be a NetworkServe or None, got int 5"),
     # refused by serve() only: ServeConfig() took them

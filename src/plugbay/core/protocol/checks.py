@@ -38,13 +38,34 @@ def finite_float(value: Any, *, types: type | tuple[type, ...] = numbers.Real) -
     return number if math.isfinite(number) else None
 
 
+# grpcio stores an int option in a C int: a larger one is an OverflowError from grpc.server() or a channel
+_C_INT = (-(1 << 31), (1 << 31) - 1)
+
+
 def check_grpc_options(options: Any, name: str) -> None:
     """``options`` must be grpcio's list of (name, value) pairs; a dict or a str is refused (a dict's
-    iteration gives its keys only)."""
+    iteration gives its keys only). Each value must be one grpcio takes (see _option_value_ok)."""
     if isinstance(options, (str, bytes, Mapping)) or not isinstance(options, Sequence) or not all(
             isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], (str, bytes)) for o in options):
         raise ConfigError(f"{name} must be a list of (name, value) pairs, such as"
                           f" [('grpc.max_receive_message_length', 16 << 20)]; got {kind(options)}")
+    for option, value in options:
+        if not _option_value_ok(value):
+            raise ConfigError(f"{name}: option {option!r} has the value {kind(value)}; a gRPC option's value is"
+                              f" an int from {_C_INT[0]} to {_C_INT[1]}, a str or bytes")
+
+
+def _option_value_ok(value: Any) -> bool:
+    """What grpcio's channel arguments take: an int in a C int, str, bytes, or a pointer object (one with
+    ``__int__`` that is no number, as grpc.experimental's SSLSessionCache). A float is refused: grpcio
+    would read it as a pointer's address."""
+    if isinstance(value, int):
+        return _C_INT[0] <= value <= _C_INT[1]
+    if isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, numbers.Number):
+        return False
+    return hasattr(value, "__int__") or type(value).__name__ == "_GrpcArgWrapper"  # grpcio's own wrapped arg
 
 
 def check_logger(logger: Any, name: str) -> None:
