@@ -422,3 +422,51 @@ def test_a_moved_stderr_handler_still_sees_a_file_like_stream() -> None:
         plugin_logging.close()
         root.removeHandler(handler)
     assert handler.stream is sys.stderr
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _cycle() -> list[object]:
+    looped: list[object] = []
+    looped.append(looped)
+    return looped
+
+
+@pytest.mark.parametrize("extra, fields", [
+    ({1: "one"}, {"1": "one"}),  # a key that is no str: hclog writes it with %s
+    ({"d": {(1, 2): 3}}, {"d": "{(1, 2): 3}"}),  # JSON has no tuple keys: shown by repr
+    ({"n": 10**5000}, {"n": hex(10**5000)}),  # past Python's int-to-str digit limit
+    ({"o": _Unprintable()}, {"o": "<unprintable _Unprintable>"}),
+    ({"l": [_Unprintable(), float("nan")], "x": 1}, {"l": ["<unprintable _Unprintable>", "NaN"], "x": 1}),
+    ({"c": _cycle(), "ok": "kept"}, {"c": "[[...]]", "ok": "kept"}),
+])
+def test_a_record_with_a_value_json_cannot_hold_is_still_written(
+        extra: dict[object, object], fields: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    """Such a record vanished: the formatter raised, and the handler's error went to the captured stderr.
+    Go's hclog writes it too (any key with %s)."""
+    import io
+
+    from plugbay.core.plugin.logs import HclogHandler
+
+    stream = io.StringIO()
+    logger = logging.getLogger("plugbay.test.oddvalues")
+    handler = HclogHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("odd", extra=extra)  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert entry["@message"] == "odd" and entry["@level"] == "warn"
+    assert {k: v for k, v in entry.items() if not k.startswith("@")} == fields
+    assert "Logging error" not in capsys.readouterr().err

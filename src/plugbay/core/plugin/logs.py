@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
-from plugbay.core.protocol.hclog import hclog_json, hclog_level
+from plugbay.core.protocol.hclog import hclog_json, hclog_key, hclog_level
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -42,6 +42,7 @@ class HclogFormatter(logging.Formatter):
         if record.name and record.name != "root":
             entry["@module"] = record.name
         for key, value in record.__dict__.items():
+            key = hclog_key(key)  # extra={1: ...} too: hclog writes any key with %s
             if key not in _STANDARD and not key.startswith("_") and key not in entry:
                 entry[key] = value
         if record.exc_info:

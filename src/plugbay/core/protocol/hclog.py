@@ -120,27 +120,61 @@ _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\b"): "\\b", ord("\f")
 _FLOAT_OK = frozenset("0123456789.e+-")
 
 
-def hclog_json(entry: dict[str, Any]) -> str:
+def hclog_json(entry: dict[Any, Any]) -> str:
     """``json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))``, the same text.
 
     A plugin's log records are flat (strings, numbers, booleans, None, objects
     shown by str()): those are written here; only a record holding a container
     (list, tuple, dict) or an odd float loads the json module. json's import is
     milliseconds, spent at a plugin's first record, which is when its host's
-    first call arrives.
+    first call arrives. A value JSON cannot hold (a dict with tuple keys, an int
+    past Python's digit limit, a cycle) is written as its repr, a str() that
+    fails as ``<unprintable TYPE>``: the record is never lost, as hclog's is not.
     """
     parts = []
     for key, value in entry.items():
         encoded = _scalar(value)
         if encoded is None or type(key) is not str:
-            import json
-
-            try:
-                return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            except ValueError:  # NaN or an infinity inside: JSON has no spelling for them (hosts drop the line)
-                return json.dumps(_finite(entry), default=str, ensure_ascii=False, separators=(",", ":"))
+            return _json_line(entry)
         parts.append(f'"{key.translate(_ESCAPES)}":{encoded}')
     return "{" + ",".join(parts) + "}"
+
+
+def _json_line(entry: dict[Any, Any]) -> str:
+    import json
+
+    try:
+        return json.dumps(entry, default=_str_of, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # NaN, infinities or a value JSON has no spelling for
+        pass
+    parts = []
+    for key, value in entry.items():  # one value at a time: only what JSON cannot hold is shown another way
+        try:
+            encoded = json.dumps(_finite(value), default=_str_of, ensure_ascii=False, separators=(",", ":"),
+                                 allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            encoded = json.dumps(_shown(value, repr), ensure_ascii=False)
+        parts.append(json.dumps(hclog_key(key), ensure_ascii=False) + ":" + encoded)
+    return "{" + ",".join(parts) + "}"
+
+
+def _shown(value: Any, how: Any) -> str:
+    """str(value) or repr(value), never an exception: the record carrying it must still be written."""
+    try:
+        return str(how(value))
+    except Exception:  # noqa: BLE001 - a __str__ or __repr__ of the plugin's own that raises
+        if isinstance(value, int):
+            return hex(value)  # past Python's int-to-str digit limit; hex has none
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _str_of(value: Any) -> str:
+    return _shown(value, str)
+
+
+def hclog_key(key: Any) -> str:
+    """A record's key as text: hclog writes any key with %s."""
+    return key if isinstance(key, str) else _str_of(key)
 
 
 _NON_FINITE = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}  # as strings, as Go's strconv spells them
@@ -166,7 +200,10 @@ def _scalar(value: Any) -> str | None:
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
-        return int.__repr__(value)
+        try:
+            return int.__repr__(value)
+        except ValueError:  # past Python's int-to-str digit limit
+            return None
     if kind is float:
         text = float.__repr__(value)
         if _FLOAT_OK.issuperset(text):
@@ -174,4 +211,4 @@ def _scalar(value: Any) -> str | None:
         return f'"{_NON_FINITE.get(text, text)}"' if text in _NON_FINITE else None  # JSON has no NaN
     if isinstance(value, (list, tuple, dict, str, int, float)):
         return None  # containers and subclasses: json decides
-    return f'"{str(value).translate(_ESCAPES)}"'  # default=str
+    return f'"{_str_of(value).translate(_ESCAPES)}"'  # default=str
