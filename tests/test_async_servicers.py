@@ -335,6 +335,24 @@ def test_blocking_work_of_a_coroutine_does_not_keep_the_plugin_from_exiting(tmp_
     assert code == 0, f"the plugin was killed ({code}) instead of exiting on its own after Shutdown"
 
 
+@pytest.mark.parametrize("key", ["__ignore_cancel__", "__block_loop__"])
+def test_a_coroutine_ignoring_its_cancel_or_blocking_the_loop_does_not_keep_the_plugin_from_exiting(
+        tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    # serve()'s close waited for the handler loop's own end: 2 s of cleanup for the coroutines, 5 s when
+    # they ignored their cancel or blocked the loop, past the host's grace (kill_grace 2 s, as go-plugin's)
+    client = kv_client(tmp_path)
+    runner = client.config.runner
+    assert isinstance(runner, ProcessRunner)
+    with client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("warm", b"1")  # the handler loop runs
+        with pytest.raises(CallTimeoutError):
+            kv._stub.Get(kv_pb2.GetRequest(key=key), timeout=1.0)
+    code = runner.wait(0)
+    assert code == 0, f"the plugin was killed ({code}) instead of exiting on its own after Shutdown"
+    assert "did not exit within" not in caplog.text
+
+
 def test_a_cut_short_server_stream_waits_for_its_generators_cleanup_two_seconds_at_most() -> None:
     # The generator's aclose() was waited on for 5 s while the documented bound is 2 s (the thread and
     # its gate slot stay held meanwhile).

@@ -9,6 +9,8 @@
                                 Get("__timeout__") raises asyncio.TimeoutError (the builtin TimeoutError)
                                 Get("__cancel_itself__") raises asyncio.CancelledError, its call still on
                                 Get("__block__")  30 s of asyncio.to_thread(time.sleep) (blocking work)
+                                Get("__block_loop__") 30 s of time.sleep in the coroutine (the loop blocked)
+                                Get("__ignore_cancel__") 30 s of asyncio.sleep, each cancel caught and ignored
                                 Get("__helper__") serves an asyncio AddHelper (the counter example's
                                                   service: Sum answers a*b here) on a new broker id,
                                                   returned as the value
@@ -71,6 +73,17 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
         if request.key == "__block__":
             await asyncio.to_thread(time.sleep, 30)  # blocking work, still running at Shutdown
             return kv_pb2.GetResponse(value=b"unblocked")
+        if request.key == "__block_loop__":
+            time.sleep(30)  # a mistake plugins make: every coroutine waits meanwhile
+            return kv_pb2.GetResponse(value=b"unblocked")
+        if request.key == "__ignore_cancel__":
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                try:
+                    await asyncio.sleep(0.1)
+                except asyncio.CancelledError:
+                    pass  # a slow or careless cleanup: it goes on
+            return kv_pb2.GetResponse(value=b"done")
         if request.key == "__helper__" and self.broker is not None:
             broker, sid = self.broker, self.broker.next_id()
             await asyncio.to_thread(broker.accept_and_serve, sid,

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
+
+if TYPE_CHECKING:
+    from plugbay.core.transport.handlerloop import Release
 
 # Threads kept for plugbay's own services: the GRPCStdio and broker streams,
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
@@ -64,7 +67,7 @@ class HandlerGate:
             " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
-        self._release: Callable[[], None] | None = None  # the asyncio handlers' loop, held for this server
+        self._release: Release | None = None  # the asyncio handlers' loop, held for this server
         self._closed = False
 
     def gated(self, method: str, handler: Any) -> Any:
@@ -82,13 +85,14 @@ class HandlerGate:
                     self._release = LOOP.hold()
         return self._gate(handler)
 
-    def close(self) -> None:
-        """The server has stopped: let go of the asyncio handlers' loop (the last holder ends it)."""
+    def close(self, within: float | None = None) -> None:
+        """The server has stopped: let go of the asyncio handlers' loop (the last holder ends it, in
+        ``within`` seconds at most when given: see handlerloop.Release)."""
         with self._lock:
             self._closed = True
             release, self._release = self._release, None
         if release is not None:
-            release()
+            release(within)
 
     def _gate(self, handler: Any) -> Any:
         if handler.unary_unary is not None:

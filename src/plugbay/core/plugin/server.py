@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -321,6 +322,12 @@ class _PluginServer:
         if self._closed:
             return
         self._closed = True
+        # A go-plugin host kills the plugin 2 s after Shutdown: what is left of STOP_GRACE when the
+        # server has stopped is all the asyncio handlers' loop gets (its threads are daemons: the
+        # process exits without them, as a Go plugin whatever its goroutines do). Their own 2 s
+        # cleanup, or 5 s for coroutines that ignore their cancel or block the loop, made the exit
+        # a forced kill.
+        stop_by = time.monotonic() + STOP_GRACE
         grpc_server, broker, listening = self.grpc, self.broker, self.listening
         # Every step runs even when an earlier one fails: the socket must go either way.
         steps: list[tuple[str, Callable[[], object]]] = [
@@ -337,7 +344,7 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
-        steps.append(("asyncio handlers' loop", self.gate.close))
+        steps.append(("asyncio handlers' loop", lambda: self.gate.close(within=max(stop_by - time.monotonic(), 0.0))))
         if self.tls is not None:
             steps.append(("AutoMTLS context thread", self.tls.settle))
         try:

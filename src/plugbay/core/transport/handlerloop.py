@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -44,6 +45,20 @@ class _DaemonDefault(concurrent.futures.ThreadPoolExecutor):
         super().shutdown(wait=False)
 
 
+# of a bounded finish (Release's ``within``), kept for what comes after the coroutines' cleanup: closing
+# async generators, stopping the loop, joining its thread
+_SETTLE = 0.2
+
+
+class Release(Protocol):
+    """Lets go of a hold on a HandlerLoop. The last release ends the loop: its coroutines are cancelled
+    and given 2 s for their cleanup, and the whole end may take about 5 s when they do not heed it (or
+    block the loop). ``within`` bounds the whole end instead: a plugin exiting after Shutdown has what is
+    left of its host's grace; the loop's threads are daemons, so its exit does not wait for them."""
+
+    def __call__(self, within: float | None = None) -> None: ...
+
+
 class HandlerLoop:
     """The event loop of the process's async handlers: started with the first call while a server
     holds it (hold()), ended when the last hold is released."""
@@ -55,14 +70,14 @@ class HandlerLoop:
         self._thread: threading.Thread | None = None
         self._readers: DaemonPool | None = None
 
-    def hold(self) -> Callable[[], None]:
+    def hold(self) -> Release:
         """Keep the loop for a server with async handlers; call what this returns (once is enough)
-        when that server has stopped. The last release ends the loop and joins its thread."""
+        when that server has stopped. The last release ends the loop and joins its thread: see Release."""
         with self._lock:
             self._holds += 1
         released = threading.Event()
 
-        def release() -> None:
+        def release(within: float | None = None) -> None:
             with self._lock:
                 if released.is_set():
                     return
@@ -70,7 +85,7 @@ class HandlerLoop:
                 self._holds -= 1
                 taken = self._take() if self._holds == 0 else None
             if taken is not None:
-                self._finish(*taken)
+                self._finish(*taken, within=within)
         return release
 
     def readers(self) -> concurrent.futures.Executor:
@@ -117,26 +132,31 @@ class HandlerLoop:
         return taken
 
     def _finish(self, loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None,
-                readers: DaemonPool | None, timeout: float = 2.0) -> None:
+                readers: DaemonPool | None, timeout: float = 2.0, *, within: float | None = None) -> None:
         if readers is not None:  # a read still waiting ends with the call's stream
             readers.shutdown(wait=False, cancel_futures=True)
         if loop is None or thread is None:
             return
         if thread is threading.current_thread():  # a coroutine stopped its own server: it cannot wait here
-            threading.Thread(target=self._finish, args=(loop, thread, None, timeout), daemon=True,
-                             name="plugbay-aio-stop").start()
+            threading.Thread(target=self._finish, args=(loop, thread, None, timeout), kwargs={"within": within},
+                             daemon=True, name="plugbay-aio-stop").start()
             return
         # coroutines still running (their calls cut short by the server's stop) are cancelled and
         # given the time left to run their cleanup, as are async generators not yet closed
+        # With ``within``, all of it ends by then, whether the coroutines heed their cancel or not (or
+        # block the loop, when the drain never runs).
+        end = time.monotonic() + (2 * timeout + 1.0 if within is None else max(within, 0.0))
+        drain = timeout if within is None else max(min(timeout, within - _SETTLE), 0.0)
         try:
-            asyncio.run_coroutine_threadsafe(_drain(timeout), loop).result(timeout + 1.0)
+            asyncio.run_coroutine_threadsafe(_drain(drain), loop).result(drain + 1.0 if within is None
+                                                                         else max(end - time.monotonic(), 0.0))
             loop.call_soon_threadsafe(loop.stop)
         except Exception:  # noqa: BLE001 - a cleanup that hangs, or a loop already closed: it ends without
             try:
                 loop.call_soon_threadsafe(loop.stop)
             except RuntimeError:
                 pass
-        thread.join(timeout)
+        thread.join(max(end - time.monotonic(), 0.0))
 
 
 class CallerLoop:
