@@ -71,7 +71,8 @@ def generate_cert(curve: ec.EllipticCurve | None = None) -> CertKey:
 
 
 def make_cert(curve_oid: str, lib: libcrypto.LibCrypto | None) -> CertKey:
-    """generate_cert's work on a named curve (an OID of der.CURVES): with ``lib``, else (or if it fails) cryptography."""
+    """generate_cert's work on a named curve (an OID of der.CURVES): with ``lib``, else (or if it fails)
+    cryptography."""
     size = _FIELD_BYTES[der.CURVES[curve_oid]]
 
     def tbs_for(point: bytes) -> bytes:
