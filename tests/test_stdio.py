@@ -8,6 +8,7 @@ the host must carry on without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -281,9 +282,29 @@ def test_a_stream_kept_for_the_plugins_life_is_read_and_without_a_sink_costs_no_
             wait_for(lambda: len(out.data) > 200 * 4096, "the sink to get 200 chunks")
         else:
             assert readers == [], gained
-    # close() ended the stream: no thread, process or socket is left (the leak check says so too)
+    # kill() ended the stream: no thread, process or socket is left (the leak check says so too)
     assert not [t for t in threading.enumerate() if t not in before and t.is_alive()
                 and (t.name.startswith("plugbay-stdio") or "channel_spin" in t.name)]
+    # with a sink the stream stayed open through Shutdown, which this plugin's graceful stop waits out
+    assert c.runner.wait(0) == 0
+
+
+def test_reading_a_stream_that_never_ends_to_its_end_stops_at_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As behind a published port that hides the plugin's exit: finish() cuts the stream, the reader ends."""
+    from plugbay.core.host.stdio import StdioReader
+
+    monkeypatch.chdir(tmp_path)
+    out = Sink()
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=LASTING,
+                             stdout_sink=out)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        wait_for(lambda: len(out.data) > 10 * 4096, "the stream to be read")
+        reader = c._stdio  # white box: the plugin lives on and streams on
+        assert isinstance(reader, StdioReader) and reader.keeps_output
+        reader.finish(0.3, 0.1)  # chunks keep coming: the 0.3 s bound ends it
+        wait_for(lambda: _stdio_state(kv)[1] == 0, "the plugin to see the stream end")
+        assert not [t for t in threading.enumerate() if t.name.startswith("plugbay-stdio") and t.is_alive()]
 
 
 def test_the_plugins_exit_ends_a_sinkless_stream_whose_connection_outlives_it(
@@ -302,3 +323,45 @@ def test_the_plugins_exit_ends_a_sinkless_stream_whose_connection_outlives_it(
                      "the stream to end")
         finally:
             probe.close()
+
+
+_LINES = b"i=0; while [ $i -lt 2000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done"
+
+
+def _all_lines_arrived(out: Sink, err: Sink) -> None:
+    assert out.data.decode().splitlines() == [f"out-{i}" for i in range(2000)] + [f"print-{i}" for i in range(2000)]
+    assert err.data.decode().splitlines() == [f"err-{i}" for i in range(2000)]
+
+
+@pytest.mark.parametrize("auto_mtls", [False, True], ids=["plain", "automtls"])
+def test_output_written_before_the_last_call_returned_survives_a_kill_right_after_it(auto_mtls: bool) -> None:
+    """kill() asks Shutdown with the stdio stream still open: the plugin sends what it holds, then ends it."""
+    out, err = Sink(), Sink()
+    c = client(PROBE, out, err, auto_mtls=auto_mtls)
+    try:
+        c.start()
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("sub", _LINES)
+        kv.put("out", "".join(f"print-{i}\n" for i in range(2000)).encode())
+    finally:
+        c.kill()
+    _all_lines_arrived(out, err)
+    assert c.runner.wait(0) == 0  # it stopped by itself on Shutdown, not killed
+
+
+def test_an_async_clients_kill_right_after_a_call_keeps_the_output_too() -> None:
+    from plugbay import AsyncClient
+
+    async def run() -> None:
+        c = AsyncClient(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=PROBE,
+                                     stdout_sink=out, stderr_sink=err))
+        try:
+            kv = await c.dispense(PLUGIN_NAME)
+            await kv.put("sub", _LINES)
+            await kv.put("out", "".join(f"print-{i}\n" for i in range(2000)).encode())
+        finally:
+            await c.kill()
+
+    out, err = Sink(), Sink()
+    asyncio.run(run())
+    _all_lines_arrived(out, err)

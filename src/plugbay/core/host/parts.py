@@ -1,10 +1,10 @@
 """What a Client holds once it starts, and how it lets go of it.
 
-``kill()`` ends the plugin (``_teardown``: the long-lived streams first, then
-GRPCController.Shutdown, the grace, the runner), ``close()`` of a reattached
-Client only lets go (``_disconnect``); both then free the channel, the mux, the
-output followers, the shared I/O thread when it is the last user, and the
-socket folder. client.py holds the lifecycle around these.
+``kill()`` ends the plugin (``_teardown``: the broker's stream first, then
+GRPCController.Shutdown, the grace, the runner, then what is left of the stdio
+stream), ``close()`` of a reattached Client only lets go (``_disconnect``); both
+then free the channel, the mux, the output followers, the shared I/O thread when
+it is the last user, and the socket folder. client.py holds the lifecycle around these.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.logs import LogPump
 from plugbay.core.host.stop import ExitGate, ask_shutdown
+from plugbay.core.host.stdio import StdioReader
 from plugbay.core.host.streams import Stdio, StreamKick
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey
@@ -30,6 +31,11 @@ from plugbay.runners.base import AttachedRunner, Cancellable, Joinable
 
 _log = logging.getLogger("plugbay.client")
 _T = TypeVar("_T")
+# How long kill() reads a stopped plugin's stdio stream on: to its end, which a stopped plugin's
+# connection shows at once (a plugbay plugin ends it before it exits), or, where a published port
+# hides the exit, until nothing came for STDIO_QUIET s; STDIO_FINISH s at most.
+STDIO_FINISH = 5.0
+STDIO_QUIET = 0.5
 
 
 class ClientParts:
@@ -125,29 +131,40 @@ class ClientParts:
                 runner.record_descendants()
             except Exception as exc:
                 _log.warning("listing plugin %s's descendants failed: %s", self.name, exc)
-        # End our long-lived streams first (as go-plugin closes its broker before
-        # Shutdown): a graceful stop on the plugin side waits for open streams.
-        self._close_rpc_streams()
-        if graceful and self._controller is not None and self._exit_code is None:
-            asked = ask_shutdown(self._controller, self.name)
-        if runner is not None:
-            if asked and runner.wait(self.config.kill_grace) is None:
-                _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
-                             self.name, self.config.kill_grace)
-            try:
-                runner.kill(0 if asked else self.config.kill_grace)
-            except Exception as exc:
-                _log.warning("killing plugin %s failed: %s", self.name, exc)
+        # End the broker's stream before Shutdown, as go-plugin's host does: a graceful stop on
+        # the plugin side waits for open streams. A stdio stream with a sink stays open: it
+        # carries what the plugin wrote before it stopped, and a plugbay plugin ends it itself
+        # once that is sent (go-plugin's host reads it until the process exits).
+        stdio = self._stdio if isinstance(self._stdio, StdioReader) and self._stdio.keeps_output else None
+        self._close_rpc_streams(keep_stdio=stdio is not None)
+        stopped = False
+        try:
+            if graceful and self._controller is not None and self._exit_code is None:
+                asked = ask_shutdown(self._controller, self.name)
+            if runner is not None:
+                if asked and runner.wait(self.config.kill_grace) is None:
+                    _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
+                                 self.name, self.config.kill_grace)
+                try:
+                    runner.kill(0 if asked else self.config.kill_grace)
+                except Exception as exc:
+                    _log.warning("killing plugin %s failed: %s", self.name, exc)
+            stopped = runner is not None or asked  # else not ours to stop: it may stream on
+        finally:
+            if stdio is not None and stopped:
+                stdio.finish(STDIO_FINISH, STDIO_QUIET)
+            elif stdio is not None:  # or interrupted (Ctrl-C): closed now, the plugin is force-killed next
+                stdio.close()
         self._close_streams()
 
     def _stop_exit_watch(self) -> None:
         if self._exit_watch is not None:
             self._exit_watch.cancel()
 
-    def _close_rpc_streams(self) -> None:
+    def _close_rpc_streams(self, keep_stdio: bool = False) -> None:
         if self._kick is not None:
             self._kick.cancel()
-        if self._stdio is not None:
+        if self._stdio is not None and not keep_stdio:
             self._stdio.close()
         if self._broker is not None:
             try:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -49,6 +50,9 @@ class StdioReader:
         self._lock = threading.Lock()
         self._closed = False
         self.supported: bool | None = None  # None until the plugin answered
+        # what it reads goes somewhere: a kill() reads the stream to its end (see finish)
+        self.keeps_output = any(sink is not None for sink in self._sinks.values())
+        self._last_chunk = 0.0  # time.monotonic() once the last chunk was handed on (math.inf: in a sink now)
         self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
         self._started = False
         # delay: start on the shared loop that long from now, or at hurry(), whichever comes first;
@@ -87,10 +91,12 @@ class StdioReader:
                 self.supported = True
                 sink = self._sinks.get(data.channel)
                 if sink is not None:
+                    self._last_chunk = math.inf
                     try:
                         sink(data.data)
                     except Exception:
                         _log.warning("GRPCStdio sink raised; output dropped", exc_info=True)
+                self._last_chunk = time.monotonic()
         except grpc.RpcError as exc:
             if _unimplemented(exc):
                 self.supported = False
@@ -102,6 +108,24 @@ class StdioReader:
             call = self._call
         if call is not None:
             call.cancel()  # type: ignore[attr-defined]
+
+    def finish(self, timeout: float, quiet: float) -> None:
+        """Read on until the plugin ends the stream, then close(); the plugin has been stopped.
+
+        A plugbay plugin ends the stream once it has sent what it wrote; a go-plugin one when
+        its process ends, which a connection behind a published port may never show: then the
+        stream is cut once nothing came for ``quiet`` seconds, or ``timeout`` from now."""
+        with self._lock:
+            started = self._started and not self._closed
+        if started and self._thread is not threading.current_thread():
+            begun = time.monotonic()
+            while self._thread.is_alive():
+                now = time.monotonic()
+                wait = min(begun + timeout, max(begun, self._last_chunk) + quiet) - now
+                if wait <= 0:
+                    break
+                self._thread.join(wait)
+        self.close()
 
     def close(self, timeout: float = 5.0) -> None:
         if self._deferred is not None:  # not under _lock: a deferred start() that runs takes it
