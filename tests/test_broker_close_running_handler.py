@@ -21,6 +21,7 @@ import pytest
 
 from plugbay import Client, ClientConfig
 from tests.gobuild import go_program_or_skip
+from tests.test_broker_stuck_handler import Stuck
 from tests.thread_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,25 +42,12 @@ def go_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class Held:
-    """A callback that does not return until released."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def sum(self, a: int, b: int) -> int:
-        self.entered.set()
-        self.release.wait(120)
-        return a + b
-
-
 def brokered_workers() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("plugbay-brokered"))
 
 
 def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> None:
-    held = Held()
+    held = Stuck()  # a callback that does not return until released
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[go_plugin]))
     caller: threading.Thread | None = None
     try:
