@@ -21,7 +21,7 @@ import pytest
 
 from plugbay import Client, ClientConfig
 from tests.gobuild import go_program_or_skip
-from tests.test_broker_stuck_handler import Stuck
+from tests.test_broker_stuck_handler import Stuck, brokered_workers
 from tests.thread_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +40,6 @@ def go_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.chdir(folder)  # the Go counter plugin keeps its values in files named kv_<key>
     yield plugin
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def brokered_workers() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("plugbay-brokered"))
 
 
 def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> None:
