@@ -307,6 +307,33 @@ def test_reading_a_stream_that_never_ends_to_its_end_stops_at_the_bound(
         assert not [t for t in threading.enumerate() if t.name.startswith("plugbay-stdio") and t.is_alive()]
 
 
+def test_finishing_a_stream_whose_sink_is_stuck_keeps_to_its_one_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill() took the bound, then close()'s own 5 s more, when a sink did not return."""
+    from plugbay.core.host.stdio import StdioReader
+
+    monkeypatch.chdir(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(data: bytes) -> None:
+        entered.set()
+        release.wait(30)
+
+    c = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=LASTING, stdout_sink=stuck))
+    try:
+        c.start()
+        assert entered.wait(20), "the sink was never called"
+        reader = c._stdio  # white box: finish() is what kill() runs once the plugin stopped
+        assert isinstance(reader, StdioReader)
+        began = time.monotonic()
+        reader.finish(0.3, 0.1)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+        c.kill()
+    assert took < 3.0, f"finish() took {took:.1f}s for a 0.3 s bound"
+
+
 def test_the_plugins_exit_ends_a_sinkless_stream_whose_connection_outlives_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A published port can keep a dead plugin's connection open: the exit notice ends the stream."""

@@ -117,15 +117,15 @@ class StdioReader:
         stream is cut once nothing came for ``quiet`` seconds, or ``timeout`` from now."""
         with self._lock:
             started = self._started and not self._closed
+        begun = time.monotonic()
         if started and self._thread is not threading.current_thread():
-            begun = time.monotonic()
             while self._thread.is_alive():
                 now = time.monotonic()
                 wait = min(begun + timeout, max(begun, self._last_chunk) + quiet) - now
                 if wait <= 0:
                     break
                 self._thread.join(wait)
-        self.close()
+        self.close(max(begun + timeout - time.monotonic(), 0.1))  # one limit for all: a sink may be stuck
 
     def close(self, timeout: float = 5.0) -> None:
         if self._deferred is not None:  # not under _lock: a deferred start() that runs takes it
