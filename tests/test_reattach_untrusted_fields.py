@@ -87,6 +87,9 @@ def test_an_unedited_reattach_json_reattaches_and_a_host_chosen_odd_name_round_t
         named = ReattachConfig(config.handshake, config.runner, config.client_cert, name=name)
         assert ReattachConfig.from_json(named.to_json()).name == name
         assert Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=["plugin"], name=name)).name == name
+    # one made in code (testing's containers name it after the image) writes JSON that reads back
+    odd = ReattachConfig(config.handshake, config.runner, config.client_cert, name="kv\u200b\nplugin\u202e")
+    assert ReattachConfig.from_json(odd.to_json()).name == "kv\u200b\\x0aplugin\\u202e"
     again = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=config, start_timeout=20))
     try:
         again.start()

@@ -80,7 +80,7 @@ class ReattachConfig:
                 "cert_pem": self.client_cert.cert_pem.decode(),
                 "key_pem": self.client_cert.key_pem.decode(),
             },
-            "name": self.name,  # a Client's name is printable (escaped when derived from a file name)
+            "name": printable(self.name),  # what from_dict takes (a Client's own name is printable already)
         }
 
     def to_json(self) -> str:
