@@ -63,7 +63,7 @@ def _option_value_ok(value: Any) -> bool:
         return _C_INT[0] <= value <= _C_INT[1]
     if isinstance(value, (str, bytes)):
         return True
-    if isinstance(value, numbers.Number):
+    if isinstance(value, numbers.Number) or hasattr(value, "dtype"):  # numpy's bool_ is no Number
         return False
     return hasattr(value, "__int__") or type(value).__name__ == "_GrpcArgWrapper"  # grpcio's own wrapped arg
 
