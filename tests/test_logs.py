@@ -470,3 +470,25 @@ def test_a_record_with_a_value_json_cannot_hold_is_still_written(
     assert entry["@message"] == "odd" and entry["@level"] == "warn"
     assert {k: v for k, v in entry.items() if not k.startswith("@")} == fields
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_record_whose_arguments_do_not_fit_its_format_is_still_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """log.info("%d", "x") raised in getMessage(): the record went to logging's error path only."""
+    import io
+
+    from plugbay.core.plugin.logs import HclogHandler
+
+    stream = io.StringIO()
+    logger = logging.getLogger("plugbay.test.badformat")
+    handler = HclogHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("count %d", "x")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert json.loads(lines[0])["@message"] == "count %d (arguments that do not fit it: ('x',))"
+    assert "Logging error" not in capsys.readouterr().err

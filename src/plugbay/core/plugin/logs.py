@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
-from plugbay.core.protocol.hclog import hclog_json, hclog_key, hclog_level
+from plugbay.core.protocol.hclog import hclog_json, hclog_key, hclog_level, hclog_str
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -36,7 +36,7 @@ class HclogFormatter(logging.Formatter):
         stamp = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
         entry: dict[str, Any] = {
             "@level": hclog_level(record.levelno),
-            "@message": record.getMessage(),
+            "@message": _message(record),
             "@timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
         if record.name and record.name != "root":
@@ -48,6 +48,15 @@ class HclogFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return hclog_json(entry)  # no json import for flat records (the first one meets the first call)
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message; one whose arguments do not fit its format (log.info("%d", "x")) is written
+    with its arguments beside it, as hclog writes %!d(string=x), not lost to logging's error path."""
+    try:
+        return record.getMessage()
+    except Exception:  # noqa: BLE001 - the program's own format and arguments
+        return f"{hclog_str(record.msg)} (arguments that do not fit it: {hclog_str(record.args)})"
 
 
 class _HostStderr:

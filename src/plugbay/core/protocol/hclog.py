@@ -144,13 +144,13 @@ def _json_line(entry: dict[Any, Any]) -> str:
     import json
 
     try:
-        return json.dumps(entry, default=_str_of, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return json.dumps(entry, default=hclog_str, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):  # NaN, infinities or a value JSON has no spelling for
         pass
     parts = []
     for key, value in entry.items():  # one value at a time: only what JSON cannot hold is shown another way
         try:
-            encoded = json.dumps(_finite(value), default=_str_of, ensure_ascii=False, separators=(",", ":"),
+            encoded = json.dumps(_finite(value), default=hclog_str, ensure_ascii=False, separators=(",", ":"),
                                  allow_nan=False)
         except (TypeError, ValueError, RecursionError):
             encoded = json.dumps(_shown(value, repr), ensure_ascii=False)
@@ -168,13 +168,14 @@ def _shown(value: Any, how: Any) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _str_of(value: Any) -> str:
+def hclog_str(value: Any) -> str:
+    """str(value), never an exception (see _shown)."""
     return _shown(value, str)
 
 
 def hclog_key(key: Any) -> str:
     """A record's key as text: hclog writes any key with %s."""
-    return key if isinstance(key, str) else _str_of(key)
+    return key if isinstance(key, str) else hclog_str(key)
 
 
 _NON_FINITE = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}  # as strings, as Go's strconv spells them
@@ -211,4 +212,4 @@ def _scalar(value: Any) -> str | None:
         return f'"{_NON_FINITE.get(text, text)}"' if text in _NON_FINITE else None  # JSON has no NaN
     if isinstance(value, (list, tuple, dict, str, int, float)):
         return None  # containers and subclasses: json decides
-    return f'"{_str_of(value).translate(_ESCAPES)}"'  # default=str
+    return f'"{hclog_str(value).translate(_ESCAPES)}"'  # default=str
