@@ -87,6 +87,7 @@ MISCONFIGURED_MESSAGE = (
 
 CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
+LOOP_FLOOR = 0.25  # the asyncio handlers' loop gets at least this at close, even past STOP_GRACE
 # grpcio closes a connection that has not completed TLS (and, in plaintext, the HTTP/2
 # preface and SETTINGS) within this; its default is 120 s, which let never-speaking
 # connections pile up. Same bound as the OpenSSL relay's (core/transport/relay.py).
@@ -344,7 +345,9 @@ class _PluginServer:
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
-        steps.append(("asyncio handlers' loop", lambda: self.gate.close(within=max(stop_by - time.monotonic(), 0.0))))
+        # at least LOOP_FLOOR: the loop's cleanup is scheduled and runs, still within go-plugin's 2 s
+        steps.append(("asyncio handlers' loop",
+                      lambda: self.gate.close(within=max(stop_by - time.monotonic(), LOOP_FLOOR))))
         if self.tls is not None:
             steps.append(("AutoMTLS context thread", self.tls.settle))
         try:
