@@ -88,12 +88,24 @@ def test_dns_targets_may_name_their_dns_server_as_grpc_does() -> None:
     ("kubernetes:///Plugins/kv:7001", "namespace 'Plugins' is not a Kubernetes name"),
     ("kubernetes:///plugins/kv", "lacks the :PORT"),
     ("kubernetes:///plugins/kv:Grpc_Port", "port 'Grpc_Port' is neither a number nor a port name"),
+    # str.isdigit() takes these, int() does not: a bare ValueError before
+    ("static:///127.0.0.1:\u00b2", "has port '\u00b2'"),
+    ("dns://127.0.0.1:\u00b2/kv:7001", "DNS server '127.0.0.1:\u00b2' is not DNS_IP"),
+    ("kubernetes:///plugins/kv:\u00b3", "is neither a number nor a port name"),
+    # a "$" in a pattern also matched before a final newline: a name with "\n" was looked up or dialed
+    ("static:///kv\n:7001", "neither an address nor a DNS name"),
+    ("dns+srv:///_kv\n._tcp.example.internal", "is not a DNS name"),
+    ("kubernetes:///plugins\n/kv:7001", "is not a Kubernetes name"),
 ])
 def test_bad_targets_name_the_bad_part_and_show_the_syntax(text: str, named: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_target(text)
     assert named in str(err.value)
     assert SYNTAX in str(err.value)
+
+
+def test_a_unix_target_with_extra_slashes_names_the_same_socket() -> None:
+    assert [e.address for e in parse_target("unix:////tmp/kv.sock").endpoints] == ["/tmp/kv.sock"]
 
 
 def test_dns_server_option_is_checked() -> None:
@@ -106,6 +118,8 @@ def test_dns_server_option_is_checked() -> None:
         parse_dns_server("127.0.0.1:0")
     with pytest.raises(ConfigError, match="a port is a number"):
         parse_dns_server("[::1]53")
+    with pytest.raises(ConfigError, match="a port is a number"):
+        parse_dns_server("127.0.0.1:\u00b2")
 
 
 def test_static_resolver_reports_its_set_before_start_returns() -> None:

@@ -131,6 +131,6 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"dns_server {text!r} is not IP or IP:PORT (an address, not a name),"
                           " e.g. '127.0.0.1:5353' or '[::1]:53'") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"dns_server {text!r} has port {port!r}; a port is a number from 1 to 65535")
     return host, int(port)

@@ -24,14 +24,14 @@ from plugbay.errors import ConfigError
 from plugbay.network.resolver import Endpoint, discoverable
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # the label an EndpointSlice names its Service with
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, at most 15
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")  # IANA_SVC_NAME, at most 15
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?\Z")
 _log = logging.getLogger("plugbay.network.kubernetes")
 _told = threading.Event()  # one warning per process: each watch event reads every slice again
 
 
 def parse_port(port: int | str) -> int | str:
-    if isinstance(port, str) and port.isdigit():
+    if isinstance(port, str) and port.isascii() and port.isdigit():
         port = int(port)
     if isinstance(port, bool) or not isinstance(port, (int, str)):
         raise ConfigError(f"port must be a port number or name, not {port!r}")

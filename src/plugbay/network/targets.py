@@ -31,9 +31,9 @@ from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, Resolver, parse_dn
 SYNTAX = ("static:///HOST:PORT[,HOST:PORT...] (IPv6 as [ADDR]:PORT), dns://[DNS_IP[:PORT]]/NAME:PORT,"
           " dns+srv://[DNS_IP[:PORT]]/_SERVICE._PROTO.NAME, kubernetes:///NAMESPACE/SERVICE:PORT or unix:///PATH")
 SCHEMES = ("static", "dns", "dns+srv", "kubernetes", "unix")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _bad(text: str, part: str, why: str) -> ConfigError:
 
 
 def parse_port(text: str, part: str, value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
         raise _bad(text, part, f"has port {value!r}; a port is a number from 1 to 65535")
     return int(value)
 
@@ -134,7 +134,7 @@ def parse_target(text: str) -> Target:
                        " have; split the replicas across hosts, or name them with a dns:/// or kubernetes:/// target")
         return Target(scheme, text, endpoints=tuple(eps.values()))
     if scheme == "unix":
-        path = "/" + rest
+        path = "/" + rest.lstrip("/")  # unix:////tmp/kv.sock: the same file to Linux
         if "\0" in path:
             raise _bad(text, "the socket path", "contains a NUL byte")
         return Target(scheme, text, endpoints=(Endpoint("unix", path, name=path),))
@@ -156,9 +156,10 @@ def parse_target(text: str) -> Target:
             raise _bad(text, f"{what} {value!r}", "is not a Kubernetes name (lower case a-z, 0-9, '-')")
     if not colon or not port_name:
         raise _bad(text, repr(rest), "lacks the :PORT (a port number or the Service's port name)")
-    if not port_name.isdigit() and not _PORT_NAME.match(port_name):
+    digits = port_name.isascii() and port_name.isdigit()  # str.isdigit() takes "²", which int() refuses
+    if not digits and not _PORT_NAME.match(port_name):
         raise _bad(text, f"port {port_name!r}", "is neither a number nor a port name")
-    if port_name.isdigit():
+    if digits:
         parse_port(text, repr(rest), port_name)
     return Target(scheme, text, namespace=namespace, service=service, port_name=port_name)
 

@@ -100,9 +100,13 @@ def socket_answers(path: str) -> bool:
 
 
 def unix_target(path: str) -> str:
-    """The grpcio target (to bind or dial) for a unix socket at ``path``: grpcio percent-decodes
-    ``unix:`` targets, so a '%' in the path (a folder named so, a TMPDIR) is written %25."""
-    return "unix:" + path.replace("%", "%25")
+    """The grpcio target (to bind or dial) for a unix socket at ``path``: grpcio reads ``unix:`` targets
+    as URIs, so a '%' in the path (a folder named so, a TMPDIR) is written %25, and '#' and '?', which
+    would end the path there, %23 and %3F; a leading '//' (the same folder to Linux) would be read as a
+    URI's authority."""
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return "unix:" + path.replace("%", "%25").replace("#", "%23").replace("?", "%3F")
 
 
 def unlink_quietly(path: str) -> None:

@@ -170,7 +170,7 @@ _serial = itertools.count(1)
 def _maker_gone(line: str) -> bool:
     """Whether the marker's process is proven gone (False: alive, or cannot tell)."""
     parts = line.split()
-    if len(parts) != 7 or " ".join(parts[:2]) != _MAGIC or not parts[4].isdigit():
+    if len(parts) != 7 or " ".join(parts[:2]) != _MAGIC or not (parts[4].isascii() and parts[4].isdigit()):
         return False
     boot, namespace, pid, ticks, host = parts[2], parts[3], int(parts[4]), parts[5], parts[6]
     if host != _host_name():

@@ -50,7 +50,7 @@ def tmpfs_mounts(writable_dirs: Sequence[str], size: str, extra: Mapping[str, st
             raise ConfigError(f"writable_dirs entries must be absolute container paths, got {folder!r}")
     owner = ""
     uid, _, gid = (user or "").partition(":")
-    if uid.isdigit() and uid != "0" and (not gid or gid.isdigit()):
+    if uid.isascii() and uid.isdigit() and uid != "0" and (not gid or (gid.isascii() and gid.isdigit())):
         owner = f",uid={uid},gid={gid or uid}"
     out = {folder: f"rw,nosuid,nodev,size={size},mode=1777{owner}" for folder in writable_dirs}
     out.update(extra)
