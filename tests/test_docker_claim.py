@@ -9,8 +9,10 @@ then exits, as the real case; sweep runs with dry_run only.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -71,13 +73,56 @@ def test_a_reattach_that_held_makes_this_host_the_owner(plugbay_docker: Any, plu
     first.start()
     try:
         saved = ReattachConfig.from_json(first.reattach_config().to_json())
+        before = plugbay_docker.containers.get(first.runner.id).name
         other = Client(ClientConfig(handshake=HANDSHAKE, plugins=plugins, reattach=saved))
         other.start()
-        other.close()
         name = plugbay_docker.containers.get(first.runner.id).name
         assert f"_owner_{host_session_id()}." in name, name
+        other.close()  # leaves the plugin running: the claim goes back to the host that had it before
+        assert plugbay_docker.containers.get(first.runner.id).name == before
     finally:
         first.kill()
+
+
+REATTACHING_HOST = textwrap.dedent("""
+    import os, sys
+    sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/examples/kv"]
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+    from plugbay import Client, ClientConfig
+    from plugbay.core.host.reattach import ReattachConfig
+    import plugbay.runners.docker.runner
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
+                                 reattach=ReattachConfig.from_json(sys.stdin.read())))
+    print("got", client.dispense(PLUGIN_NAME).get("a").decode(), flush=True)
+    if sys.argv[2] == "close":
+        client.close()  # the plugin runs on
+    else:
+        os._exit(0)  # a host that crashed: no close(), its claim stays
+""")
+
+
+@pytest.mark.parametrize("leaves", ["close", "crash"])
+def test_a_sweep_spares_the_starting_hosts_container_after_a_reattaching_host_exits(
+        plugbay_docker: Any, plugbay_image: Any, leaves: str) -> None:
+    """This process starts a plugin; another reattaches (claiming it), then closes or crashes, and exits. The
+    container is still this live host's: a sweep (this process's own, or any other) must leave it."""
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},
+                                 runner=DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data"))))
+    temp = tempfile.TemporaryDirectory(prefix="fx-claim-")  # what the crashing host leaves behind goes with it
+    try:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"mine")
+        other = subprocess.run([sys.executable, "-c", REATTACHING_HOST, str(REPO), leaves], capture_output=True,
+                               input=client.reattach_config().to_json(), text=True, timeout=120,
+                               env={**os.environ, "TMPDIR": temp.name})
+        assert other.stdout.strip() == "got mine", other.stderr
+        claimed = "_owner_" in plugbay_docker.containers.get(client.runner.id).name
+        assert claimed == (leaves == "crash"), "a close() keeps the claim, or a crash lost it"
+        assert client.runner.id not in sweep(dry_run=True), "a sweep would remove the container of a live host"
+        assert kv.get("a") == b"mine"
+    finally:
+        client.kill()
+        temp.cleanup()
 
 
 def test_a_name_the_user_chose_is_no_ownership_claim() -> None:
@@ -114,24 +159,50 @@ def test_a_container_claimed_after_the_sweep_listed_it_is_spared(plugbay_docker:
     from docker.models.containers import ContainerCollection
 
     from plugbay.runners.docker.adopt import claim
-    from plugbay.runners.session import owner_name
+    from plugbay.runners.session import MANAGED, SESSION, SESSION_START, owner_name
 
-    runner = DockerRunner("plugbay-base:bookworm", entrypoint=SLEEP)
-    runner.start(LaunchSpec(env={}))
+    # started by a host no sweep counts live (its labels), then claimed by another such host (its name)
+    labels = {MANAGED: "true", SESSION: "1-0123456789ab", SESSION_START: "1"}
+    container = plugbay_docker.containers.run("plugbay-base:bookworm", SLEEP, detach=True, labels=labels,
+                                              name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
     try:
-        container = plugbay_docker.containers.get(runner.id)
-        container.rename(owner_name(container.name, "1-0123456789ab"))  # owned by a host no sweep counts live
+        container.rename(owner_name(container.name, "2-0123456789ab"))
         real_list = ContainerCollection.list
 
         def listed_then_claimed(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
             # only this test's container: the sweep must not judge other runs' containers on the shared engine
-            found = [c for c in real_list(self, *args, **kwargs) if c.id == runner.id]
-            claim(plugbay_docker.containers.get(runner.id))  # a reattaching host's adopted(), after the listing
+            found = [c for c in real_list(self, *args, **kwargs) if c.id == container.id]
+            claim(plugbay_docker.containers.get(container.id))  # a reattaching host's adopted(), after the listing
             return found
 
         monkeypatch.setattr(ContainerCollection, "list", listed_then_claimed)
-        assert runner.id not in sweep(live_sessions=[host_session_id()])
+        assert container.id not in sweep(live_sessions=[host_session_id()])
         monkeypatch.undo()
-        assert plugbay_docker.containers.get(runner.id).status == "running", "the sweep removed a claimed container"
+        assert plugbay_docker.containers.get(container.id).status == "running", "the sweep removed a claimed container"
     finally:
-        runner.kill(0)
+        container.remove(force=True)
+
+
+@pytest.mark.parametrize("live", [[], ["1-0123456789ab"], ["2-0123456789ab"]])
+def test_a_claimed_container_goes_only_once_both_its_hosts_are(plugbay_docker: Any, live: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started by session 1 (its labels), claimed by session 2 (its name): either one alive keeps it."""
+    from docker.models.containers import ContainerCollection
+
+    from plugbay.runners.session import MANAGED, SESSION, SESSION_START, owner_name
+
+    labels = {MANAGED: "true", SESSION: "1-0123456789ab", SESSION_START: "1"}
+    container = plugbay_docker.containers.run("plugbay-base:bookworm", SLEEP, detach=True, labels=labels,
+                                              name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
+    try:
+        container.rename(owner_name(container.name, "2-0123456789ab"))
+        real_list = ContainerCollection.list
+        # only this test's container: the sweep must not judge other runs' containers on the shared engine
+        monkeypatch.setattr(ContainerCollection, "list", lambda self, *args, **kwargs: [
+            c for c in real_list(self, *args, **kwargs) if c.id == container.id])
+        removed = sweep(live_sessions=live)
+        monkeypatch.undo()
+        assert (container.id in removed) == (not live)
+    finally:
+        if container.id in {c.id for c in plugbay_docker.containers.list(all=True, filters={"id": container.id})}:
+            container.remove(force=True)  # a sweep that removed it left nothing

@@ -155,3 +155,14 @@ def test_a_wait_answered_long_after_its_head_is_the_exit(standin: Standin, monke
         assert engine_.requests.count(("POST", f"/containers/{CID}/wait")) == 1  # one wait, never made again
     finally:
         runner.detach()
+
+
+@pytest.mark.parametrize("host", ["tcp://[::1", "tcp://127.0.0.1:99999", "tcp://127.0.0.1:abc"])
+def test_a_malformed_docker_host_is_an_engine_error_naming_it(host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's URL parsing raises a bare ValueError for these (an unknown scheme is its DockerException)."""
+    from plugbay.errors import EngineUnavailableError
+
+    monkeypatch.setenv("DOCKER_HOST", host)
+    for call in (engine, sweep):
+        with pytest.raises(EngineUnavailableError, match="DOCKER_HOST=.* is malformed"):
+            call()

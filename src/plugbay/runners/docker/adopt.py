@@ -117,9 +117,26 @@ def _container_labels(container: Any, container_id: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (labels or {}).items()}
 
 
-def claim(container: Any) -> None:
-    """Record this host as the container's owner, so a sweep does not take it from this host."""
+def claim(container: Any) -> tuple[str, str] | None:
+    """Record this host as the container's owner, so a sweep does not take it from this host; return the
+    (former name, claimed name) give_back() takes, None when the engine refused the rename."""
+    before = str(container.name)
+    claimed = owner_name(before, host_session_id())
     try:
-        container.rename(owner_name(container.name, host_session_id()))
+        container.rename(claimed)
     except Exception:  # noqa: BLE001 - ownership marking is best effort
+        return None
+    return before, claimed
+
+
+def give_back(client: Any, container_id: str, names: tuple[str, str]) -> None:
+    """Hand a container this host claimed (claim()'s ``names``) back to its former owner, as this host leaves
+    it running: a sweep judges one claimant only, and a host that reattached before this one may use it still.
+    A container another host claimed since keeps that claim; the engine has no conditional rename, so only
+    a claim in the moment between this inspect and the rename is lost."""
+    before, claimed = names
+    try:
+        if str(client.api.inspect_container(container_id).get("Name", "")).lstrip("/") == claimed:
+            client.api.rename(container_id, before)
+    except Exception:  # noqa: BLE001 - best effort, as the claim (its name may be another container's now)
         pass

@@ -1,6 +1,6 @@
 """Docker engine access for the Docker runner: connecting, typed errors, labels, sweeping.
 
-A container's owner is the host session in its ``plugbay.session`` label, or,
+A container's owner is the host session in its ``plugbay.session`` label and,
 once another host process reattached to it, the session recorded in its name
 (``<name>_owner_<session>.<start>``: labels cannot change after creation, names can).
 A session is alive while its process (the pid in the session id, with the same
@@ -80,6 +80,10 @@ def engine() -> Any:
         client = docker.from_env(version=_versions.get(host, "auto"))
     except DockerException as exc:
         raise engine_unreachable(exc) from exc
+    except ValueError as exc:  # the SDK's URL parsing: a port out of range or not a number, an unclosed '['
+        raise EngineUnavailableError(f"DOCKER_HOST={host!r} is malformed ({exc}): set it to the engine's address"
+                                     " (unix:///var/run/docker.sock, tcp://127.0.0.1:2375: a port 1-65535, an IPv6"
+                                     " address in []), or unset it for the local engine") from exc
     _versions[host] = client.api.api_version
     return client
 

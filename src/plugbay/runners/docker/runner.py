@@ -126,6 +126,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._waiter: ExitWaiter | None = None
         self._verified_image = ""  # the image id check_secure_config() proved
         self._adopt: Any = None  # the container attach() proved, claimed once adopted() says the reattach held
+        self._claimed: tuple[str, str] | None = None  # adopted()'s claim: (former name, claimed name)
 
     # --- identity -------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class DockerRunner(ContainerTeardown, Runner):
         with self._lock:
             ended = self._killed or self._detached
         if container is not None and not ended:  # detached: a close() came first, nothing to own
-            claim(container)
+            self._claimed = claim(container)
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:

@@ -9,7 +9,8 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, RunnerError
 from plugbay.runners.docker.engine import SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures
-from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, MANAGED, host_session_id, owner_of, session_gone
+from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
+                                     owner_of, session_gone)
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -21,8 +22,10 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
-    alone). With it, every session not listed counts as gone. This process's
-    own containers are never removed.
+    alone). With it, every session not listed counts as gone. A container
+    another host reattached to has two sessions, its starting host's (its
+    ``plugbay.session`` label) and the claimant's (its name): it goes only when
+    both are gone. A container either names as this process is never removed.
     """
     from docker.errors import NotFound
 
@@ -40,12 +43,16 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
         for container in found:
             labels = container.labels or {}
             session, start = owner_of(container.name, labels)
-            if session == own_session:
+            # the starting host keeps its plugin while it lives, whoever reattached since: a reattaching
+            # host that closed (its plugin runs on) and exited must not leave it to the sweep
+            sessions = {(session, start), (labels.get(SESSION, ""), labels.get(SESSION_START, ""))}
+            if any(s == own_session for s, _ in sessions):
                 continue
             if live is not None:
-                gone = session not in live
+                gone = all(s not in live for s, _ in sessions)
             else:
-                gone = session_gone(labels.get(HOST), labels.get(HOST_PIDS), session, start, labels.get(MACHINE))
+                gone = all(session_gone(labels.get(HOST), labels.get(HOST_PIDS), s, t, labels.get(MACHINE))
+                           for s, t in sessions)
             if not gone:
                 continue
             if dry_run:
@@ -53,7 +60,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 continue
             try:
                 # the decision came from the listing: a host that reattached since (adopted() renames the
-                # container to its session) owns it now. The engine has no conditional removal, so this
+                # container to its session) may use it now. The engine has no conditional removal, so this
                 # narrows the window to the one between this inspect and the removal
                 container.reload()
                 if owner_of(container.name, container.labels or {}) != (session, start):

@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE
+from plugbay.runners.docker.adopt import give_back
 from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container,
                                             end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
@@ -32,6 +33,7 @@ class ContainerTeardown:
     _owns_socket_dir: bool
     _given_dir: os.stat_result | None
     _socket_token: str
+    _claimed: tuple[str, str] | None
     stop_timeout: float | None
     _pumps: dict[str, ContainerLogStream]
     _waiter: ExitWaiter | None
@@ -48,6 +50,9 @@ class ContainerTeardown:
         with self._lock:
             self._detached = True
             client, self._client = self._client, None
+            claimed, self._claimed = self._claimed, None
+        if claimed is not None and client is not None:  # left running: to the host that had it before
+            give_back(client, self._container_id, claimed)
         if self._waiter is not None:
             self._waiter.stop()
         for pump in list(self._pumps.values()):
