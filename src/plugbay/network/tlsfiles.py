@@ -25,7 +25,7 @@ import threading
 
 import grpc
 
-from plugbay.core.transport.certfiles import key_fits, load_chain_pem
+from plugbay.core.transport.certfiles import key_fits, load_chain_pem, whole_pem
 from plugbay.errors import TLSConfigError
 
 log = logging.getLogger("plugbay.network.tls")
@@ -64,7 +64,11 @@ class ClientSet:
             if self._context is None:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-                ctx.load_verify_locations(cadata=self.ca_pem.decode())
+                try:
+                    ctx.load_verify_locations(cadata=self.ca_pem.decode())
+                except ssl.SSLError as exc:
+                    raise TLSConfigError(f"NetworkTLS: OpenSSL refused the CA certificate(s) ({exc}); pass the"
+                                         " CA certificate(s) that sign the plugins' certificates") from exc
                 self.load_into(ctx)
                 self._context = ctx
             return self._context
@@ -130,6 +134,9 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
     except ValueError:
         raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds no whole PEM certificate; pass the CA"
                              " certificate(s) that sign the plugins' certificates") from None
+    if not whole_pem(ca_text, len(cas)):
+        raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds a PEM block cut short (written only in"
+                             " part?); pass the whole CA bundle")
     # the CAs as parsed, not the file: text around its PEM blocks (comments, another encoding's bytes)
     # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
     ca = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
@@ -145,6 +152,9 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
     except (ValueError, TypeError) as exc:
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              f" together ({exc}); pass a PEM certificate and its own unencrypted key") from None
+    if not whole_pem(cert, len(chain)):
+        raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} holds a PEM block cut short (written only in"
+                             " part?); pass the whole certificate chain")
     try:
         fits = key_fits(chain[0], private)
     except (UnsupportedAlgorithm, ValueError, TypeError) as exc:  # the certificate's key is of such a type
@@ -205,6 +215,8 @@ class ClientFiles:
                 return good
             try:
                 loaded = _load_typed(self._paths)
+                # built before the set is taken: one OpenSSL refuses is no better than a half-written one
+                loaded.ssl_context()
             except TLSConfigError as exc:
                 if good is None:
                     raise  # no set was ever good: the connection cannot be made

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import tempfile
 import threading
@@ -38,6 +39,8 @@ from plugbay.errors import TLSConfigError
 log = logging.getLogger("plugbay.network.tls")
 
 _GRPC_CURVES = ("secp256r1", "secp384r1")
+_RSA_MIN_BITS = 2048  # below it OpenSSL's default security level refuses the key (EE_KEY_TOO_SMALL)
+_CERT_BEGIN = re.compile(rb"-----BEGIN (?:X509 )?CERTIFICATE-----")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def load(files: TLSFiles) -> LoadedTLS:
     except ValueError:
         raise TLSConfigError(f"{files.cert_file!r} holds no PEM certificate; pass the server's certificate"
                              " (chain) in PEM form, '-----BEGIN CERTIFICATE-----'") from None
+    if not whole_pem(cert_pem, len(chain)):
+        raise TLSConfigError(f"{files.cert_file!r} holds a PEM block cut short (written only in part?); pass"
+                             " the whole certificate chain")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the last: a key type it does not know
@@ -100,12 +106,18 @@ def load(files: TLSFiles) -> LoadedTLS:
                              " that sign the hosts' client certificates") from None
     if not cas:
         raise TLSConfigError(f"{files.client_ca_file!r} is empty; pass the client CA certificate(s)")
+    if not whole_pem(ca_pem, len(cas)):
+        raise TLSConfigError(f"{files.client_ca_file!r} holds a PEM block cut short (written only in part?);"
+                             " pass the whole client CA bundle")
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise TLSConfigError(f"{files.key_file!r} is a {type(key).__name__}; use an RSA or ECDSA"
                              " (P-256/P-384) key")
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _GRPC_CURVES:
         raise TLSConfigError(f"{files.key_file!r} is an ECDSA key on {key.curve.name}, which gRPC's TLS"
                              " cannot use; issue the certificate with RSA-2048+ or P-256/P-384")
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < _RSA_MIN_BITS:
+        raise TLSConfigError(f"{files.key_file!r} is an RSA-{key.key_size} key, which OpenSSL refuses as too"
+                             f" weak; issue the certificate with RSA-{_RSA_MIN_BITS}+ or P-256/P-384")
     try:
         fits = key_fits(chain[0], key)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the certificate's key is of such a type
@@ -119,6 +131,12 @@ def load(files: TLSFiles) -> LoadedTLS:
     # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
     ca_clean = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
     return LoadedTLS(cert_pem, key_pem, ca_clean)
+
+
+def whole_pem(data: bytes, certificates: int) -> bool:
+    """Whether every PEM block in ``data`` is closed and each certificate block is among the ``certificates``
+    parsed: cryptography silently drops a block cut short, which a file caught mid-write ends in."""
+    return data.count(b"-----BEGIN") == data.count(b"-----END") and len(_CERT_BEGIN.findall(data)) == certificates
 
 
 def key_fits(cert: Any, key: Any) -> bool:
@@ -148,12 +166,18 @@ def _stamp(path: str) -> tuple[str, int, int]:
 
 
 class CertFiles:
-    """The current TLS files, re-read when they change; checks happen on each new handshake."""
+    """The current TLS files, re-read when they change; checks happen on each new handshake.
 
-    def __init__(self, files: TLSFiles) -> None:
+    With ``openssl`` (serve()'s brokering front) each set is also built into an OpenSSL context before it
+    is taken, so a set OpenSSL refuses fails here (the first) or is kept out like any unusable one (a
+    rotation), instead of failing every handshake.
+    """
+
+    def __init__(self, files: TLSFiles, openssl: bool = True) -> None:
         self.files = files
         self._lock = threading.Lock()
         self.current = load(files)  # raises: the first set must be good
+        self._ctx = _checked_context(self.current, files) if openssl else None  # raises likewise
         self._stamps = self._all_stamps()
         # the stamps of a set that did not load: the provider runs per accepted connection (on the
         # shared I/O loop for the brokering front), so it is not read, parsed nor warned about again
@@ -161,7 +185,6 @@ class CertFiles:
         self._failed: tuple[tuple[str, int, int], ...] | None = None
         self._unread: tuple[tuple[str, int, int], ...] | None = None  # a change whose read failed, warned of
         self.reloads = 0
-        self._ctx: ssl.SSLContext | None = None
 
     def _all_stamps(self) -> tuple[tuple[str, int, int], ...] | None:
         try:
@@ -182,6 +205,9 @@ class CertFiles:
                 return False
             try:
                 loaded = load(self.files)
+                # built before the set is taken: one OpenSSL refuses is no better than a half-written one
+                ctx = _checked_context(loaded, self.files) if self._ctx is not None and \
+                    loaded != self.current else None
             except _Unreadable as exc:  # tried again at the next handshake; said once per change
                 if self._unread != stamps:
                     self._unread = stamps
@@ -200,6 +226,8 @@ class CertFiles:
             if loaded == self.current:
                 return False
             self.current = loaded
+            if ctx is not None:
+                self._ctx = ctx
             self.reloads += 1
             log.info("TLS files reloaded (%s, %s, %s)", *(s[0] for s in stamps))
             return True
@@ -207,16 +235,15 @@ class CertFiles:
     def ssl_context(self) -> ssl.SSLContext:
         """An OpenSSL server context for the current files (a TLSRelay's provider: one call per handshake).
 
-        Rebuilt when the files changed to a good new set; otherwise the one built last.
+        Built when the files changed to a good new set; otherwise the one built last.
         """
         try:
-            changed = self.changed()
+            self.changed()
         except Exception:
             log.exception("checking the TLS files failed; keeping the current set")
-            changed = False
         with self._lock:
-            if self._ctx is None or changed:
-                self._ctx = _context(self.current)
+            if self._ctx is None:  # made with openssl=False: built now, checked as the first set is
+                self._ctx = _checked_context(self.current, self.files)
             return self._ctx
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -236,6 +263,20 @@ def _context(loaded: LoadedTLS) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2; a yamux host sends no ALPN
     load_chain_pem(ctx, loaded.cert_pem, loaded.key_pem)
     return ctx
+
+
+def _checked_context(loaded: LoadedTLS, files: TLSFiles) -> ssl.SSLContext:
+    """_context(), OpenSSL's refusal a TLSConfigError naming the files (a temporary file not made: _Unreadable,
+    which says nothing of them)."""
+    try:
+        return _context(loaded)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"OpenSSL refused the TLS files {files.cert_file!r}, {files.key_file!r},"
+                             f" {files.client_ca_file!r} ({exc}); pass a certificate chain signed with SHA-256+,"
+                             " its own RSA-2048+ or P-256/P-384 key and the client CA certificate(s)") from None
+    except OSError as exc:
+        raise _Unreadable(f"cannot load the TLS files into OpenSSL: a temporary file could not be made ({exc});"
+                          " set TMPDIR to a writable folder only this user can read") from None
 
 
 def front_certs(files: TLSFiles | None) -> CertFiles:
@@ -263,7 +304,7 @@ def server_credentials(files: TLSFiles | None, insecure: bool) -> tuple[grpc.Ser
         raise TLSConfigError("network mode needs cert_file, key_file and client_ca_file (--cert, --key,"
                              " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
                              " trusted test network")
-    certs = CertFiles(files)
+    certs = CertFiles(files, openssl=False)  # grpcio's own TLS: no OpenSSL context to build
     creds = grpc.dynamic_ssl_server_credentials(certs.config(), certs.fetch,
                                                 require_client_authentication=True)
     return creds, certs
