@@ -263,7 +263,9 @@ class EndpointPool(PoolHealth, CallChannel):
 
     def _why_none(self, exclude: set[str], pin: str | None) -> str:
         if pin is not None:
-            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating"
+            member = self._members.get(pin)
+            detail = f" ({member.health_detail})" if member is not None and member.health_detail else ""
+            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating{detail}"
         if not self._members:
             return "discovery reports no endpoints"
         now = time.monotonic()
