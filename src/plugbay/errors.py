@@ -29,11 +29,14 @@ class MagicCookieError(HandshakeError):
     """The plugin side was run without the host's magic cookie."""
 
 
+_BEFORE_HANDSHAKE = "before completing the handshake"
+
+
 class PluginExitedError(HandshakeError):
-    """The plugin stopped before it printed its handshake line (or right after it: ``when``)."""
+    """The plugin stopped before it printed its handshake line (or after it, while the host connected: ``when``)."""
 
     def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
-                 detail: str = "", when: str = "before completing the handshake") -> None:
+                 detail: str = "", when: str = _BEFORE_HANDSHAKE) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         # runners other than the LogPump's (a pod's log, a container's) hand their lines as read
@@ -42,8 +45,12 @@ class PluginExitedError(HandshakeError):
         super().__init__(
             f"plugin {name!r} exited with code {exit_code} {when}."
             f" Its last stderr lines:\n{tail}{extra}\n"
-            "Check that the command is a go-plugin plugin, that it serves with the same"
-            " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
+            + ("Check that the command is a go-plugin plugin, that it serves with the same"
+               " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
+               if when == _BEFORE_HANDSHAKE else
+               # its handshake line says it took the host's magic cookie and began to serve
+               "It had started as a plugin; its stderr lines above (or the plugin's own logs) say why it"
+               " stopped: run it by hand with the same environment to see more.")
         )
 
 

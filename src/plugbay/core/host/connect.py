@@ -20,6 +20,11 @@ from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.errors import HandshakeTimeoutError, RunnerError
 
 EXIT_GRACE = 1.0  # how long a start that cannot reach its plugin waits to learn it exited
+# The health check's first try: a healthy plugin's answer comes within it, on the calling thread (the cheapest
+# call grpcio makes); later ones wait up to _TRY each, looking every _EXIT_LOOK s whether the plugin exited.
+_FIRST_TRY = 0.1
+_TRY = 2.0
+_EXIT_LOOK = 0.05
 
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,
@@ -57,12 +62,16 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
     Kept on the start path though go-plugin's host (and bench/floor.py) make no such check:
     start() promises a plugin that serves, and the answer tells a plugbay plugin apart. It
     costs one round trip (about 1 ms of a start in the bench's floor with and without it); the
-    connection it waits for, the first call would wait for anyway.
+    connection it waits for, the first call would wait for anyway. A plugin that exits while the
+    connection is awaited is seen as soon as ``exited()`` says so (grpcio would retry its refused socket
+    for the whole try).
     """
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    request = health_pb2.HealthCheckRequest(service=service)
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     delay = 0.02
+    first = True
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -73,9 +82,16 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                 " Check the plugin's logs;"
                 " with AutoMTLS, check that both sides use the certificates from the handshake."
             )
+        short = first  # the first try, on this thread and brief: a healthy plugin answers it in a few ms
         try:
-            resp, call = stub.Check.with_call(health_pb2.HealthCheckRequest(service=service),
-                                              timeout=min(remaining, 2.0), wait_for_ready=True)
+            if first:
+                first = False
+                resp, call = stub.Check.with_call(request, timeout=min(remaining, _FIRST_TRY), wait_for_ready=True)
+            else:  # waiting for the connection: grpcio retries a refused socket all along, so watch for the exit
+                answer = _check_watching(stub.Check, request, min(remaining, _TRY), exited)
+                if answer is None:
+                    return False  # the caller reports the exit with the plugin's own output
+                resp, call = answer
             if resp.status == health_pb2.HealthCheckResponse.SERVING:
                 return tuple(BROKER_QUEUES_METADATA) in {tuple(m) for m in call.trailing_metadata() or ()}
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
@@ -88,15 +104,32 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                                   " Check that the plugin listens on that port, on 0.0.0.0 or 127.0.0.1"
                                   " (plugbay's serve() honours PLUGBAY_LISTEN), and did not stop (its logs)") from None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if exited():
+                    return False
+                if short:
+                    continue  # the connection goes on being made: wait for it, watching for the exit
                 # waiting for the connection hid why it fails; one fail-fast try shows it
                 try:
-                    stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
+                    stub.Check(request, timeout=0.5)
                 except grpc.RpcError as probe:
                     last = f"{probe.code().name}: {probe.details()}"
         if exited():
             return False  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+
+
+def _check_watching(check: Any, request: health_pb2.HealthCheckRequest, timeout: float,
+                    exited: Callable[[], bool]) -> tuple[Any, Any] | None:
+    """One health Check waiting for the connection (``timeout``), given up (None) once ``exited()``."""
+    future = check.future(request, timeout=timeout, wait_for_ready=True)
+    while True:
+        try:
+            return future.result(timeout=_EXIT_LOOK), future
+        except grpc.FutureTimeoutError:
+            if exited():
+                future.cancel()
+                return None
 
 
 def _exits_soon(exited: Callable[[], bool], within: float) -> bool:

@@ -102,5 +102,8 @@ class Connecting(ExitNotice):
         if self._exit_watch is None:
             self._exit_watch = runner.watch_exit(self._on_exit)
         self._exit_gate.open()
-        if self._exit_code is not None:  # it ended while start() ran: as if told now
-            self._on_exit(self._exit_code)
+        # it ended while start() ran: as if told now. _exit_heard, not _exit_code: an exit watch the gate
+        # said no to has set the first, not yet the second (either way exactly one of us acts: tell())
+        code = self._exit_heard if self._exit_heard is not None else self._exit_code
+        if code is not None:
+            self._on_exit(code)

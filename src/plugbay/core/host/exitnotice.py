@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from plugbay.core.host.parts import ClientParts
+from plugbay.core.host.live import stop_elsewhere
+from plugbay.core.host.parts import STDIO_FINISH, STDIO_QUIET, ClientParts
+from plugbay.core.host.stdio import StdioReader
 from plugbay.core.host.stop import describe_exit
 
 _log = logging.getLogger("plugbay.client")
@@ -15,22 +17,35 @@ class ExitNotice(ClientParts):
     """The plugin's exit as the Client hears of it."""
 
     def _on_exit(self, code: int) -> None:
+        # heard before the gate is asked: a start() that opens it after a no here reads this next (Connecting)
+        self._exit_heard = code
         if self._stop.is_set() or not self._exit_gate.tell():
             self._exit_code = code
             return
         self._learned_exit(code, refuse=True)
         _log.warning("plugin %s exited with code %s", self.name, code)
-        # Fail calls still in flight now, whatever the transport (a published
-        # port may keep a dead plugin's connection open).
-        # Through the ManagedChannel, so no call object is built on the closed channel.
-        channel = self._channel
-        if channel is not None:
-            channel.close_current()
         broker = self._broker
         if broker is not None:  # its stream has a connection of its own
             broker.end_stream(f"plugin {self.name!r} exited with code {code}")
+        channel = self._channel
         stdio = self._stdio
-        if stdio is not None:  # on the loop, it shares the broker stream's connection
+        if isinstance(stdio, StdioReader) and stdio.keeps_output:
+            # What the plugin wrote last may be received but not yet handed to the sinks: read its stream
+            # (on the channel) to its end as kill() does, bounded, then close the channel. Off this thread,
+            # which may be the shared loop's; a kill() meanwhile waits for the read (StdioReader.finish).
+            def read_to_end() -> None:
+                stdio.finish(STDIO_FINISH, STDIO_QUIET)
+                if channel is not None:
+                    channel.close_current()
+
+            stop_elsewhere(f"plugbay-stdio-end-{self.name}", read_to_end)
+            return
+        # Fail calls still in flight now, whatever the transport (a published
+        # port may keep a dead plugin's connection open).
+        # Through the ManagedChannel, so no call object is built on the closed channel.
+        if channel is not None:
+            channel.close_current()
+        if stdio is not None:  # nothing to keep; an AioStdio's stream shares the broker's connection
             stdio.cancel()
 
     def _learned_exit(self, code: int, refuse: bool) -> None:

@@ -248,6 +248,6 @@ def refuse_announced(info: HandshakeInfo, versions: Mapping[int, object], multip
 
 
 def exited_after_handshake(name: str, code: int, tail: list[str]) -> PluginExitedError:
-    return PluginExitedError(name, code, tail, "It exited right after its handshake: it stopped serving (or never"
-                             " served) the address it announced.",
+    return PluginExitedError(name, code, tail, "It stopped serving (or never served) the address it"
+                             " announced.",
                              when="after printing its handshake line, while the host connected")

@@ -67,6 +67,7 @@ class ClientParts:
         self._exit_gate = ExitGate()  # _on_exit acts once, after _connect (start() reports earlier exits)
         self._stop = threading.Event()
         self._exit_code: int | None = None
+        self._exit_heard: int | None = None  # set by _on_exit before it asks _exit_gate (Connecting reads it)
         self._dispensed: dict[str, Any] = {}
         self._controller: Any = None  # GRPCControllerStub, built while the channel is open
         self._logs_drained = False

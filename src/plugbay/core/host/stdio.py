@@ -2,7 +2,8 @@
 
 A go-plugin plugin (current releases, and plugbay's serve()) redirects its own
 stdout/stderr writes into the ``plugin.GRPCStdio`` stream. The host reads it
-in one thread and hands every chunk, in order, to the matching sink; the
+as it comes in one thread and hands every chunk, in order, to the matching sink
+in another (what grpcio holds unread is lost if the plugin exits); the
 default sink discards, as go-plugin's default does. Plugins that predate
 GRPCStdio (go-plugin 1.0.1) answer UNIMPLEMENTED, which is not an error.
 
@@ -19,11 +20,12 @@ loop beside the broker's, on the same second connection, and costs no thread
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf import empty_pb2
@@ -35,6 +37,7 @@ from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.secure import AioChannelShare
 
 Sink = Callable[[bytes], None]
+_AHEAD = 4 << 20  # bytes read ahead of slow sinks; then the plugin's writes wait (HTTP/2 flow control)
 _log = logging.getLogger("plugbay.client")
 
 
@@ -48,6 +51,12 @@ class StdioReader:
                        grpc_stdio_pb2.StdioData.STDERR: stderr_sink}
         self._call: object | None = None
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()
+        # read, not yet handed to a sink; _pumped: the stream ended
+        self._ahead: collections.deque[grpc_stdio_pb2.StdioData] = collections.deque()
+        self._ahead_bytes = 0
+        self._ahead_ready = threading.Condition()
+        self._pumped = False
         self._closed = False
         self.supported: bool | None = None  # None until the plugin answered
         # what it reads goes somewhere: a kill() reads the stream to its end (see finish)
@@ -86,20 +95,59 @@ class StdioReader:
                 _log.debug("GRPCStdio not opened: %s", exc)
                 return
             self._call = call
+        if not self.keeps_output:
+            self._pump(call)
+            return
+        # grpcio drops what it received once the connection breaks (a plugin that exits without ending
+        # the stream): a second thread takes it off grpcio at once, while this one hands it to the sinks
+        pump = threading.Thread(target=self._pump, args=(call,), name=f"{self._thread.name}-read", daemon=True)
+        pump.start()
+        try:
+            self._deliver()
+        finally:
+            pump.join(5.0)  # ended by now: the stream ended, or close() cancelled it
+
+    def _pump(self, call: Iterator[grpc_stdio_pb2.StdioData]) -> None:
         try:
             for data in call:
                 self.supported = True
-                sink = self._sinks.get(data.channel)
-                if sink is not None:
-                    self._last_chunk = math.inf
-                    try:
-                        sink(data.data)
-                    except Exception:
-                        _log.warning("GRPCStdio sink raised; output dropped", exc_info=True)
-                self._last_chunk = time.monotonic()
+                if not self.keeps_output:
+                    continue
+                with self._ahead_ready:
+                    while self._ahead_bytes >= _AHEAD and not self._closed:  # sinks far behind: the plugin waits
+                        self._ahead_ready.wait()
+                    if self._closed:
+                        return
+                    self._ahead.append(data)
+                    self._ahead_bytes += len(data.data)
+                    self._ahead_ready.notify_all()
         except grpc.RpcError as exc:
             if _unimplemented(exc):
                 self.supported = False
+        finally:
+            with self._ahead_ready:
+                self._pumped = True
+                self._ahead_ready.notify_all()
+
+    def _deliver(self) -> None:
+        """Hand what was read to the sinks, in order, until the stream's end (close(): what is left is dropped)."""
+        while True:
+            with self._ahead_ready:
+                while not self._ahead and not self._pumped and not self._closed:
+                    self._ahead_ready.wait()
+                if self._closed or not self._ahead:
+                    return
+                data = self._ahead.popleft()
+                self._ahead_bytes -= len(data.data)
+                self._ahead_ready.notify_all()
+            sink = self._sinks.get(data.channel)
+            if sink is not None:
+                self._last_chunk = math.inf
+                try:
+                    sink(data.data)
+                except Exception:
+                    _log.warning("GRPCStdio sink raised; output dropped", exc_info=True)
+            self._last_chunk = time.monotonic()
 
     def cancel(self) -> None:
         """End the stream (the plugin exited); no wait. The reader thread then ends by itself."""
@@ -108,6 +156,8 @@ class StdioReader:
             call = self._call
         if call is not None:
             call.cancel()  # type: ignore[attr-defined]
+        with self._ahead_ready:  # the reader threads see _closed
+            self._ahead_ready.notify_all()
 
     def finish(self, timeout: float, quiet: float) -> None:
         """Read on until the plugin ends the stream, then close(); the plugin has been stopped.
@@ -115,17 +165,21 @@ class StdioReader:
         A plugbay plugin ends the stream once it has sent what it wrote; a go-plugin one when
         its process ends, which a connection behind a published port may never show: then the
         stream is cut once nothing came for ``quiet`` seconds, or ``timeout`` from now."""
-        with self._lock:
-            started = self._started and not self._closed
-        begun = time.monotonic()
-        if started and self._thread is not threading.current_thread():
-            while self._thread.is_alive():
+        if self._thread is threading.current_thread():  # a sink that kills the Client: it ends when it returns
+            self.close()
+            return
+        # one at a time (the plugin's exit and a kill() after it both finish): a second waits for the first
+        with self._finishing:
+            with self._lock:
+                started = self._started and not self._closed
+            begun = time.monotonic()
+            while started and self._thread.is_alive():
                 now = time.monotonic()
                 wait = min(begun + timeout, max(begun, self._last_chunk) + quiet) - now
                 if wait <= 0:
                     break
                 self._thread.join(wait)
-        self.close(max(begun + timeout - time.monotonic(), 0.1))  # one limit for all: a sink may be stuck
+            self.close(max(begun + timeout - time.monotonic(), 0.1))  # one limit for all: a sink may be stuck
 
     def close(self, timeout: float = 5.0) -> None:
         if self._deferred is not None:  # not under _lock: a deferred start() that runs takes it
