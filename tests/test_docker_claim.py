@@ -152,6 +152,22 @@ def test_a_sweep_spares_a_live_hosts_container_whatever_its_name(plugbay_docker:
         runner.kill(0)
 
 
+def _started_by_1_claimed_by_2(plugbay_docker: Any) -> Any:
+    """A container started by session 1 (its labels) and claimed by session 2 (its name), neither of them
+    a host a sweep counts live."""
+    from plugbay.runners.session import MANAGED, SESSION, SESSION_START, owner_name
+
+    labels = {MANAGED: "true", SESSION: "1-0123456789ab", SESSION_START: "1"}
+    container = plugbay_docker.containers.run("plugbay-base:bookworm", SLEEP, detach=True, labels=labels,
+                                              name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
+    try:
+        container.rename(owner_name(container.name, "2-0123456789ab"))
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return container
+
+
 def test_a_container_claimed_after_the_sweep_listed_it_is_spared(plugbay_docker: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The sweep decides from a listing: a host that reattached (adopted() renames the container) between
@@ -159,14 +175,9 @@ def test_a_container_claimed_after_the_sweep_listed_it_is_spared(plugbay_docker:
     from docker.models.containers import ContainerCollection
 
     from plugbay.runners.docker.adopt import claim
-    from plugbay.runners.session import MANAGED, SESSION, SESSION_START, owner_name
 
-    # started by a host no sweep counts live (its labels), then claimed by another such host (its name)
-    labels = {MANAGED: "true", SESSION: "1-0123456789ab", SESSION_START: "1"}
-    container = plugbay_docker.containers.run("plugbay-base:bookworm", SLEEP, detach=True, labels=labels,
-                                              name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
+    container = _started_by_1_claimed_by_2(plugbay_docker)
     try:
-        container.rename(owner_name(container.name, "2-0123456789ab"))
         real_list = ContainerCollection.list
 
         def listed_then_claimed(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -189,13 +200,8 @@ def test_a_claimed_container_goes_only_once_both_its_hosts_are(plugbay_docker: A
     """Started by session 1 (its labels), claimed by session 2 (its name): either one alive keeps it."""
     from docker.models.containers import ContainerCollection
 
-    from plugbay.runners.session import MANAGED, SESSION, SESSION_START, owner_name
-
-    labels = {MANAGED: "true", SESSION: "1-0123456789ab", SESSION_START: "1"}
-    container = plugbay_docker.containers.run("plugbay-base:bookworm", SLEEP, detach=True, labels=labels,
-                                              name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
+    container = _started_by_1_claimed_by_2(plugbay_docker)
     try:
-        container.rename(owner_name(container.name, "2-0123456789ab"))
         real_list = ContainerCollection.list
         # only this test's container: the sweep must not judge other runs' containers on the shared engine
         monkeypatch.setattr(ContainerCollection, "list", lambda self, *args, **kwargs: [

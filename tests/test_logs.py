@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -438,6 +439,25 @@ def _cycle() -> list[object]:
     return looped
 
 
+def _hclog_lines(emit: Callable[[logging.Logger], None]) -> list[str]:
+    """The lines a real HclogHandler writes for what ``emit(logger)`` logs."""
+    import io
+
+    from plugbay.core.plugin.logs import HclogHandler
+
+    stream = io.StringIO()
+    logger = logging.getLogger("plugbay.test.hclog-lines")
+    handler = HclogHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    return stream.getvalue().splitlines()
+
+
 @pytest.mark.parametrize("extra, fields", [
     ({1: "one"}, {"1": "one"}),  # a key that is no str: hclog writes it with %s
     ({"d": {(1, 2): 3}}, {"d": "{(1, 2): 3}"}),  # JSON has no tuple keys: shown by repr
@@ -450,21 +470,7 @@ def test_a_record_with_a_value_json_cannot_hold_is_still_written(
         extra: dict[object, object], fields: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
     """Such a record vanished: the formatter raised, and the handler's error went to the captured stderr.
     Go's hclog writes it too (any key with %s)."""
-    import io
-
-    from plugbay.core.plugin.logs import HclogHandler
-
-    stream = io.StringIO()
-    logger = logging.getLogger("plugbay.test.oddvalues")
-    handler = HclogHandler(stream)
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        logger.warning("odd", extra=extra)  # type: ignore[arg-type]
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
-    lines = stream.getvalue().splitlines()
+    lines = _hclog_lines(lambda log: log.warning("odd", extra=extra))  # type: ignore[arg-type]
     assert len(lines) == 1, lines
     entry = json.loads(lines[0])
     assert entry["@message"] == "odd" and entry["@level"] == "warn"
@@ -474,21 +480,7 @@ def test_a_record_with_a_value_json_cannot_hold_is_still_written(
 
 def test_a_record_whose_arguments_do_not_fit_its_format_is_still_written(capsys: pytest.CaptureFixture[str]) -> None:
     """log.info("%d", "x") raised in getMessage(): the record went to logging's error path only."""
-    import io
-
-    from plugbay.core.plugin.logs import HclogHandler
-
-    stream = io.StringIO()
-    logger = logging.getLogger("plugbay.test.badformat")
-    handler = HclogHandler(stream)
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        logger.warning("count %d", "x")
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
-    lines = stream.getvalue().splitlines()
+    lines = _hclog_lines(lambda log: log.warning("count %d", "x"))
     assert len(lines) == 1, lines
     assert json.loads(lines[0])["@message"] == "count %d (arguments that do not fit it: ('x',))"
     assert "Logging error" not in capsys.readouterr().err

@@ -85,14 +85,21 @@ def test_a_plugin_given_an_rsa_1024_key_refuses_to_start_naming_the_key_file(tmp
     assert "RSA-1024" in err.decode() and str(certs.key_file) in err.decode(), err.decode()
 
 
-def test_a_first_set_openssl_refuses_is_a_tls_config_error_before_any_connection(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["a chain OpenSSL refuses, at the front's start", "an RSA-1024 key, at load"])
+def test_a_first_set_that_cannot_serve_is_a_tls_config_error_naming_its_file(case: str, tmp_path: Path) -> None:
     certs = netcerts.write_set(tmp_path / "tls")
-    leaf = netcerts.issue(certs.server_ca, "localhost", server=True)
-    certs.cert_file.write_bytes(leaf.cert_pem + _weak_rsa_ca().cert_pem)
-    certs.key_file.write_bytes(leaf.key_pem)
-    with pytest.raises(TLSConfigError, match="OpenSSL refused") as caught:
-        certfiles.front_certs(_files(certs))
-    assert str(certs.cert_file) in str(caught.value)
+    if case.startswith("a chain"):
+        leaf = netcerts.issue(certs.server_ca, "localhost", server=True)
+        chain, key = leaf.cert_pem + _weak_rsa_ca().cert_pem, leaf.key_pem
+        says, named = "OpenSSL refused", certs.cert_file
+    else:
+        weak = _rsa_1024_server(certs.server_ca)
+        chain, key, says, named = weak.cert_pem, weak.key_pem, "RSA-1024", certs.key_file
+    certs.cert_file.write_bytes(chain)
+    certs.key_file.write_bytes(key)
+    with pytest.raises(TLSConfigError, match=says) as caught:
+        (certfiles.front_certs if case.startswith("a chain") else certfiles.load)(_files(certs))
+    assert str(named) in str(caught.value)
 
 
 @pytest.mark.parametrize("rotation", ["openssl refuses the chain", "half-written chain", "half-written CA bundle"])
@@ -107,21 +114,13 @@ def test_the_front_keeps_the_old_set_through_a_rotation_that_cannot_serve(
         first = x509.load_pem_x509_certificate(certs.cert_file.read_bytes()).serial_number
         assert _served_serial(relay, certs) == first
         new = netcerts.issue(certs.server_ca, "localhost", server=True)
-        if rotation == "openssl refuses the chain":
-            certs.cert_file.write_bytes(new.cert_pem + _weak_rsa_ca().cert_pem)
-            certs.key_file.write_bytes(new.key_pem)
-        elif rotation == "half-written chain":
-            certs.cert_file.write_bytes(_cut(new.cert_pem, certs.server_ca.cert_pem))
-            certs.key_file.write_bytes(new.key_pem)
-        else:  # the new client CA first, the old one being written after it: hosts the old CA signed still in
-            certs.client_ca_file.write_bytes(_cut(netcerts.make_ca("new client CA").cert_pem,
-                                                  certs.client_ca.cert_pem))
+        # the new client CA first, the old one being written after it: hosts the old CA signed still in
+        _rotate(rotation, certs.cert_file, certs.key_file, certs.client_ca_file, new, certs.server_ca,
+                certs.client_ca)
         for _ in range(3):
             assert _served_serial(relay, certs) == first
         assert provider.reloads == 0
-        messages = [r.getMessage() for r in caplog.records]
-        assert len([m for m in messages if "not usable yet" in m]) == 1, messages
-        assert not [m for m in messages if "reloaded" in m], messages
+        _warned_once_never_reloaded(caplog)
         # the rotation completes: the next handshake gets the new set
         certs.cert_file.write_bytes(new.cert_pem + certs.server_ca.cert_pem)
         certs.key_file.write_bytes(new.key_pem)
@@ -143,14 +142,6 @@ def test_load_refuses_a_file_that_ends_in_a_pem_block_cut_short(file: str, tmp_p
     assert str(path) in str(caught.value)
 
 
-def test_load_refuses_an_rsa_key_under_2048_bits(tmp_path: Path) -> None:
-    certs = netcerts.write_set(tmp_path / "tls")
-    weak = _rsa_1024_server(certs.server_ca)
-    certs.cert_file.write_bytes(weak.cert_pem)
-    certs.key_file.write_bytes(weak.key_pem)
-    with pytest.raises(TLSConfigError, match="RSA-1024") as caught:
-        certfiles.load(_files(certs))
-    assert str(certs.key_file) in str(caught.value)
 
 
 @pytest.mark.parametrize("rotation", ["openssl refuses the chain", "half-written chain", "half-written CA bundle"])
@@ -166,23 +157,34 @@ def test_the_host_keeps_its_last_good_set_through_a_renewal_that_cannot_serve(
     good = files.current()
     caplog.set_level(logging.INFO, logger="plugbay.network.tls")
     renewed = netcerts.issue(certs.client_ca, "host v2", server=False)
-    if rotation == "openssl refuses the chain":
-        cert.write_bytes(renewed.cert_pem + _weak_rsa_ca().cert_pem)
-        key.write_bytes(renewed.key_pem)
-    elif rotation == "half-written chain":
-        cert.write_bytes(_cut(renewed.cert_pem, certs.client_ca.cert_pem))
-        key.write_bytes(renewed.key_pem)
-    else:
-        ca.write_bytes(_cut(netcerts.make_ca("new server CA").cert_pem, certs.server_ca.cert_pem))
+    _rotate(rotation, cert, key, ca, renewed, certs.client_ca, certs.server_ca)
     for _ in range(3):
         assert files.current() is good
     assert files.reloads == 0
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if "not usable yet" in m]) == 1, messages
-    assert not [m for m in messages if "reloaded" in m], messages
+    _warned_once_never_reloaded(caplog)
     # the last good set still makes a working client: a real handshake with the plugin's certificates
     server = netcerts.issue(certs.server_ca, "localhost", server=True)
     _handshake(files.current(), server, certs, tmp_path)
+
+
+def _rotate(rotation: str, cert: Path, key: Path, ca: Path, new: netcerts.Issued, issuer: netcerts.Issued,
+            old_ca: netcerts.Issued) -> None:
+    """Write one of the rotations that cannot serve yet: ``new`` (issued by ``issuer``) with a chain OpenSSL
+    refuses or cut short, or a new CA bundle cut short before ``old_ca``."""
+    if rotation == "openssl refuses the chain":
+        cert.write_bytes(new.cert_pem + _weak_rsa_ca().cert_pem)
+        key.write_bytes(new.key_pem)
+    elif rotation == "half-written chain":
+        cert.write_bytes(_cut(new.cert_pem, issuer.cert_pem))
+        key.write_bytes(new.key_pem)
+    else:
+        ca.write_bytes(_cut(netcerts.make_ca("new CA").cert_pem, old_ca.cert_pem))
+
+
+def _warned_once_never_reloaded(caplog: pytest.LogCaptureFixture) -> None:
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "not usable yet" in m]) == 1, messages
+    assert not [m for m in messages if "reloaded" in m], messages
 
 
 def _handshake(client: tlsfiles.ClientSet, server: netcerts.Issued, certs: netcerts.CertSet, tmp: Path) -> None:
