@@ -8,44 +8,13 @@ naming the setting and what to pass.
 
 from __future__ import annotations
 
-import math
 import numbers
-import threading
 from typing import Any
 
+from plugbay.core.protocol.checks import check_count as check_count  # re-exported: the network configs'
+from plugbay.core.protocol.checks import check_seconds as check_seconds
 from plugbay.core.protocol.checks import finite_float
 from plugbay.errors import ConfigError
-
-
-def check_seconds(value: Any, what: str, example: float, maximum: float = threading.TIMEOUT_MAX,
-                  endless: bool = False) -> float:
-    """``value`` as a float: a finite number of seconds > 0 up to ``maximum`` that a wait takes (or,
-    with ``endless``, math.inf); ConfigError naming ``what`` otherwise."""
-    # Event.wait() refuses more than threading.TIMEOUT_MAX (292 years) with OverflowError too, and any
-    # number but an int or float (np.float32, Fraction) with TypeError: so the float is what is kept
-    if endless and _is_inf(value):
-        return math.inf
-    # any real number (not a bool: an int, a float, a Fraction, a numpy scalar) whose float is finite
-    seconds = finite_float(value)
-    if seconds is None or not 0 < seconds <= maximum:
-        raise ConfigError(f"{what} must be a number of seconds > 0, got {value!r:.80}; pass e.g."
-                          f" {what.rpartition('.')[2]}={example} (finite{' or math.inf' if endless else ''}, at most"
-                          f" {maximum:.0f}: the waits it sets take no more)")
-    return seconds
-
-
-def _is_inf(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == math.inf
-
-
-def check_count(value: Any, what: str, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as an int: a whole number (an int or numpy integer, not a bool) from ``minimum`` to
-    ``maximum``; ConfigError naming ``what`` otherwise."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum
-            or (maximum is not None and int(value) > maximum)):
-        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        raise ConfigError(f"{what} must be a whole number {bound}, got {value!r:.80}")
-    return int(value)
 
 
 def check_percent(value: Any, what: str) -> int | float:

@@ -24,7 +24,6 @@ OpenSSL relay instead (decided in plugbay.core.transport.secure).
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import shutil
 import tempfile
@@ -39,7 +38,7 @@ from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
-from plugbay.core.protocol.checks import finite_float, kind
+from plugbay.core.protocol.checks import check_count, check_seconds
 from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import private_room
@@ -80,7 +79,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             raise ConfigError("BrokerTransport(multiplex=True) needs the mux session (mux=...)")
         self.transport = transport
         self.side = side
-        self.dial_timeout = _seconds(dial_timeout, "the broker's dial_timeout")
+        self.dial_timeout = check_seconds(dial_timeout, "GRPCBroker.dial_timeout", DEFAULT_DIAL_TIMEOUT)
         self._cond = threading.Condition()
         self._next = 0
         self._announced: dict[int, tuple[pb.ConnInfo, float]] = {}
@@ -199,7 +198,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         BrokerClosedError when the broker stream is gone.
         """
         id = _check_id(id)
-        wait = self.dial_timeout if timeout is None else _seconds(timeout, "dial's timeout")
+        wait = self.dial_timeout if timeout is None else check_seconds(timeout, "timeout", DEFAULT_DIAL_TIMEOUT)
         self._check_open()
         self._ensure_stream()
         if self.transport.multiplex:
@@ -373,16 +372,7 @@ def _check_id(id: object) -> int:
     """A broker id goes on the wire as a uint32: anything else failed in protobuf (a raw ValueError or
     TypeError, after a server was built for it) or was waited for until the dial timed out. An integer
     of another kind (numpy's) comes back as an int, as protobuf took it."""
-    if not isinstance(id, bool) and isinstance(id, numbers.Integral) and 0 <= int(id) <= 0xFFFFFFFF:
-        return int(id)
-    raise ConfigError(f"a broker id must be an int from 0 to {0xFFFFFFFF} (a uint32, as in go-plugin),"
-                      f" got {kind(id)}; use the id the other side passed you, or broker.next_id()")
-
-
-def _seconds(value: object, what: str) -> float:
-    """A wait in seconds: nan waited for ever, a huge one (or inf) overflowed the lock's wait."""
-    seconds = finite_float(value)
-    if seconds is None or not 0 < seconds <= threading.TIMEOUT_MAX:
-        raise ConfigError(f"{what} must be a number of seconds > 0 (at most {threading.TIMEOUT_MAX:g}),"
-                          f" got {kind(value)}; the default is {DEFAULT_DIAL_TIMEOUT:g}s, as go-plugin's")
-    return seconds
+    try:
+        return check_count(id, "a broker id (a uint32, as in go-plugin)", 0, 0xFFFFFFFF)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; use the id the other side passed you, or broker.next_id()") from None
