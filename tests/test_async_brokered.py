@@ -318,3 +318,39 @@ def test_a_callers_loop_that_is_closed_is_refused_with_a_runtime_error() -> None
             source.get()
     finally:
         source.release()
+
+
+def test_a_put_cancelled_while_its_helper_server_starts_still_stops_that_server(tmp_path: Path) -> None:
+    """AsyncCounterClient.put cancelled at its first await (the helper's server starting on a thread):
+    the server it started is stopped once it listens. Before, put's ``finally`` was not reached and the
+    server (a socket and its threads) lived until kill()."""
+    adder = _AsyncAdder()
+
+    async def main() -> tuple[int, int, int]:
+        config = ClientConfig(handshake=COUNTER_HANDSHAKE, plugins={COUNTER: CounterPlugin()},
+                              runner=ProcessRunner(_counter_cmd("go"), cwd=tmp_path), call_timeout=20.0)
+        async with AsyncClient(config) as client:
+            counter = await client.dispense(COUNTER)
+            await counter.put("k", 1, adder)
+            broker = client.broker
+            for _ in range(5):
+                put = asyncio.ensure_future(counter.put("k", 1, adder))
+                await asyncio.sleep(0)  # put runs to its first await: the server starting on a thread
+                put.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await put
+            left = len(broker._served)
+            for _ in range(100):  # each started server is stopped as soon as it listens
+                if not broker._served:
+                    break
+                await asyncio.sleep(0.05)
+            stopped = len(broker._served)
+            await counter.put("k", 1, adder)  # the client still works
+            return left, stopped, int(await counter.get("k"))
+
+    async def guarded() -> tuple[int, int, int]:
+        return await asyncio.wait_for(main(), GUARD)
+
+    left, stopped, value = asyncio.run(guarded())
+    assert stopped == 0, f"{left} helper servers were running after the cancels, {stopped} still are"
+    assert value == 2  # the cancelled puts never reached the plugin
