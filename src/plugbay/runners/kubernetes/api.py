@@ -22,6 +22,7 @@ from typing import Any
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.deadline import bounded
 from plugbay.runners.kubernetes.rbac import denied_message
+from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 DEFAULT_API_TIMEOUT = 30.0  # seconds; the runner uses min(this, start_timeout) unless told
@@ -79,24 +80,65 @@ def require_client() -> None:
 
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, bool]:
-    """(ApiClient, loaded from the in-cluster service account?)."""
+    """(ApiClient, loaded from the in-cluster service account?).
+
+    No usable configuration (no file, a file or context it names missing) is an EngineUnavailableError;
+    a kubeconfig that is no kubeconfig (not YAML, fields of the wrong kind, certificate data that is not
+    base64) or whose server is no http(s) URL is a ConfigError naming the file: the client library
+    would raise its own YAML, type and base64 errors, or take the server and fail each call on it."""
     require_client()
+    import yaml
     from kubernetes import client
     from kubernetes import config as config_mod
 
     config: Any = config_mod
+    from_sa = kubeconfig is None and in_cluster()
+    path, how, alt = _config_source(config, kubeconfig, from_sa)
+    where = "the in-cluster service account" if path is None else f"kubeconfig {path!r} ({how})"
+    cfg: Any = type.__call__(client.Configuration)  # not a copy of the process-wide default
+    cfg.retries = _retries()  # set before the ApiClient: its connection pool takes them
     try:
-        cfg: Any = type.__call__(client.Configuration)  # not a copy of the process-wide default
-        cfg.retries = _retries()  # set before the ApiClient: its connection pool takes them
-        if kubeconfig is None and in_cluster():
+        if from_sa:
             config.load_incluster_config(client_configuration=cfg)
-            return client.ApiClient(cfg), True
-        return config.new_client_from_config(config_file=kubeconfig, context=context,
-                                             client_configuration=cfg), False
+        else:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        problem = api_url_problem(str(cfg.host))
+        if problem is None:
+            return client.ApiClient(cfg), from_sa  # ValueError: a proxy-url urllib3 cannot use
     except (config_mod.ConfigException, OSError) as exc:
-        raise EngineUnavailableError(
-            f"no usable Kubernetes configuration ({exc}). Pass kubeconfig= or api_client=, set"
-            " KUBECONFIG, or run the host in a pod with a service account.") from exc
+        fix = "" if path is None or not os.path.exists(os.path.expanduser(path)) else (
+            "Fix that file" + (" (or pass a context= it has)" if context is not None else "") + ", or ")
+        raise EngineUnavailableError(f"no usable Kubernetes configuration in {where} ({exc})."
+                                     f" {fix or alt[:1].upper()}{alt if fix else alt[1:]}.") from exc
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        name = type(exc).__name__ if type(exc).__name__ != "Error" else f"{type(exc).__module__}.Error"  # binascii
+        fix = "" if path is None else (
+            f"Fix the kubeconfig file {path} (its clusters, users and contexts: lists of named entries, as"
+            " kubectl config view shows them; certificate data in base64; a proxy-url of http:// or https://),"
+            " or ")
+        detail = " ".join(str(exc).split())  # a YAML error spans lines
+        raise ConfigError(f"{where} is no Kubernetes configuration plugbay can use ({name}: {detail})."
+                          f" {fix or alt[:1].upper()}{alt if fix else alt[1:]}.") from exc
+    fix = ("the pod's KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT give it; " if path is None else
+           "fix the server field of the kubeconfig's cluster" + (f" of context {context!r}" if context else "")
+           + ", or ")
+    raise ConfigError(f"{problem} (from {where}); {fix}{alt}.")
+
+
+def _config_source(config: Any, kubeconfig: str | None, from_sa: bool) -> tuple[str | None, str, str]:
+    """(the kubeconfig load_api_client loads, None in-cluster; where that path came from; how the caller
+    makes it load another), for messages."""
+    if from_sa:
+        return None, "", "pass kubeconfig= or api_client= to use another cluster's"
+    if kubeconfig is not None:
+        return kubeconfig, "passed as kubeconfig=", "pass kubeconfig= a working one, or api_client="
+    # what the library loads: $KUBECONFIG as it was when the library was imported, else ~/.kube/config
+    path = str(getattr(config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", "~/.kube/config"))
+    if os.environ.get("KUBECONFIG") == path:
+        return path, "named by KUBECONFIG", "set KUBECONFIG to a working one, or pass kubeconfig= or api_client="
+    return (path, "the default: KUBECONFIG is not set" if path == "~/.kube/config" else
+            "KUBECONFIG when the kubernetes client was imported",
+            "pass kubeconfig= or api_client=, set KUBECONFIG, or run the host in a pod with a service account")
 
 
 def host_kubeconfig() -> str | None:
@@ -258,7 +300,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
     from urllib3.exceptions import HTTPError
 
     try:
-        return within_deadline(api_client, func, *args, **kwargs)
+        answer = within_deadline(api_client, func, *args, **kwargs)
     except ApiException as exc:
         if exc.status == 403:
             raise PermissionDeniedError(denied_message(verb, resource, namespace)
@@ -269,7 +311,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                 " refresh the kubeconfig's token or certificate") from exc
         raise RunnerError(f"Kubernetes API {verb} {resource} in {namespace!r} failed:"
                           f" {exc.status} {api_message(exc)}") from exc
-    except ValueError as exc:  # a 200 whose body is no Kubernetes object (JSONDecodeError, pydantic's error)
+    except UNREADABLE as exc:
         raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
@@ -278,6 +320,9 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                                          ) from exc
         raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
+    if answer is None and kwargs.get("_preload_content", True):  # a 200 whose body is JSON null
+        raise RunnerError(not_an_object(api_client, f"{verb} {resource}", None))
+    return answer
 
 
 def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -296,11 +341,18 @@ def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> An
             raise
 
 
-def not_an_object(api_client: Any, what: str, exc: ValueError) -> str:
+# What the client raises reading a 200 whose body is no Kubernetes object: JSONDecodeError and pydantic's
+# ValidationError (ValueErrors); TypeError or AttributeError from a field of the wrong kind (a number
+# where a list goes: {"spec": {"containers": 3}}), which pydantic leaves to the deserialiser
+UNREADABLE = (ValueError, TypeError, AttributeError)
+
+
+def not_an_object(api_client: Any, what: str, exc: BaseException | None) -> str:
+    """The message for an answer that is no Kubernetes object: ``exc`` the error reading it, None a null body."""
     host = getattr(api_client.configuration, "host", "?")
-    first = (str(exc).splitlines() or [""])[0][:200]
+    why = "JSON null" if exc is None else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
     return (f"the Kubernetes API at {host} answered {what} with something that is not a Kubernetes object"
-            f" ({type(exc).__name__}: {first}). Check that the kubeconfig's server URL points at the API"
+            f" ({why}). Check that the kubeconfig's server URL points at the API"
             " server itself, not at a proxy or a web page")
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
-from plugbay.runners.kubernetes.api import (api_message, call, not_an_object, not_found, request_timeout, timed_out,
-                                            timeout_message, within_deadline)
+from plugbay.runners.kubernetes.api import (UNREADABLE, api_message, call, not_an_object, not_found, request_timeout,
+                                            timed_out, timeout_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -147,8 +147,11 @@ class PodApi:
         timeout = request_timeout(self.timeout)
         try:
             # 0 would force-delete the object before the kubelet stopped the container; 1 s keeps that confirmation
-            within_deadline(self.client, self.api.delete_namespaced_pod, self.pod_name, self.namespace,
-                            grace_period_seconds=max(1, math.ceil(grace)), body=body, _request_timeout=timeout)
+            answer = within_deadline(self.client, self.api.delete_namespaced_pod, self.pod_name, self.namespace,
+                                     grace_period_seconds=max(1, math.ceil(grace)), body=body,
+                                     _request_timeout=timeout)
+            if answer is None:  # a 200 whose body is JSON null: no word that the pod is being deleted
+                raise RunnerError(self._unread_delete(None))
             return True
         except ApiException as exc:
             if not_found(exc, "pods", self.pod_name):
@@ -160,9 +163,8 @@ class PodApi:
                     f"pod {self.id} is no longer the pod plugbay started (its UID is not {self.uid});"
                     " plugbay left it alone. If it is yours, delete it with kubectl delete pod") from exc
             raise RunnerError(f"deleting pod {self.id} failed: {exc.status} {api_message(exc)}") from exc
-        except ValueError as exc:  # the delete was answered 200, with a body that is no object
-            raise RunnerError(f"{not_an_object(self.client, f'delete pods ({self.id})', exc)}. The pod may still"
-                              f" run: check with kubectl get pod -n {self.namespace} {self.pod_name}") from exc
+        except UNREADABLE as exc:  # the delete was answered 200, with a body that is no object
+            raise RunnerError(self._unread_delete(exc)) from exc
         except (HTTPError, OSError) as exc:
             host = getattr(self.client.configuration, "host", "?")
             why = timeout_message(host, f"delete pods ({self.id})", timeout) if timed_out(exc) else (
@@ -170,6 +172,10 @@ class PodApi:
             raise EngineUnavailableError(
                 f"{why}. The pod may still run: delete it with kubectl delete pod -n {self.namespace}"
                 f" {self.pod_name} once the API answers (or run plugbay's sweep)") from exc
+
+    def _unread_delete(self, exc: BaseException | None) -> str:
+        return (f"{not_an_object(self.client, f'delete pods ({self.id})', exc)}. The pod may still run: check"
+                f" with kubectl get pod -n {self.namespace} {self.pod_name}")
 
 
 def quiet_ok(resp: Any) -> None:

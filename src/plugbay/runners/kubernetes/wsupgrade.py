@@ -53,6 +53,22 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
 
 
+def api_url_problem(host_url: str) -> str | None:
+    """What makes ``host_url`` (a Configuration's host) no address of an API server, or None when it is one:
+    an http(s) URL with a host and a port (if any) in range, that urllib3 (the REST calls') can parse too."""
+    from urllib3.util import parse_url
+
+    parts = urlsplit(host_url)
+    try:
+        port_ok = parts.port is None or parts.port > 0  # ValueError: not a number, or out of range
+        parse_url(host_url)  # its LocationParseError is a ValueError: a host with a space, say
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        return f"the Kubernetes API address {host_url!r} is not an http(s) URL"
+    return None
+
+
 def open_websocket(configuration: Any, path: str, protocols: Sequence[str], timeout: float,
                    what: str, refused: Refusal,
                    track: Callable[[socket.socket], None] | None = None) -> tuple[socket.socket, str]:
@@ -67,16 +83,13 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
     it may raise to stop the handshake.
     """
     host_url = str(configuration.host).rstrip("/")
+    problem = api_url_problem(host_url)
+    if problem is not None:
+        raise RunnerError(f"{what}: {problem}; fix the server field of the kubeconfig's cluster")
     parts = urlsplit(host_url)
-    try:
-        given_port = parts.port  # ValueError: not a number, or out of range
-    except ValueError:
-        given_port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or given_port == -1:
-        raise RunnerError(f"{what}: the Kubernetes API address {host_url!r} is not an http(s) URL;"
-                          " fix the server field of the kubeconfig's cluster")
+    given_port = parts.port
     tls = parts.scheme == "https"
-    host, port = parts.hostname, given_port or (443 if tls else 80)
+    host, port = parts.hostname or "", given_port or (443 if tls else 80)  # api_url_problem: it has a host
     deadline = _Deadline(timeout)
     sock: socket.socket | None = None
     step = "connect to"
