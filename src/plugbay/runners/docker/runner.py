@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.errors import RunnerError
+from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
@@ -269,6 +269,11 @@ class DockerRunner(ContainerTeardown, Runner):
     # --- addresses --------------------------------------------------------------
 
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        if self.transport == network == "unix" and not self._host_socket_dir:  # attached by data without it
+            raise ReattachError(
+                f"the reattach data for container {self._container_id[:12]} (transport 'unix') lacks 'host_socket_dir':"
+                f" the host folder bind-mounted at {CONTAINER_SOCKET_DIR}, the only way to the plugin's socket. Pass"
+                " the JSON that Client.reattach_config().to_json() produced, unedited (its runner part holds it)")
         return container_to_host(self.transport, network, address, host_socket_dir=self._host_socket_dir,
                                  container_id=self.id, container_port=self.container_port,
                                  host_port=self._host_port, handles=self._socket_handles)
