@@ -65,3 +65,54 @@ def test_a_callers_labels_and_groups_are_added_to_plugbays(plugbay_docker: Any) 
         runner.kill(0)
         for found in plugbay_docker.containers.list(all=True, filters={"name": runner.container_name}):
             found.remove(force=True, v=True)
+
+
+# --- the network of a tcp plugin: extra_create_args' network_mode is honoured or refused, never dropped ---
+
+@pytest.mark.parametrize("mode", ["host", "none", "container:0123456789ab"])
+def test_a_network_mode_no_published_port_reaches_is_refused_for_tcp(mode: str) -> None:
+    with pytest.raises(ConfigError, match=rf"network_mode'\] = '{mode}' cannot serve transport='tcp'.*127\.0\.0\.1"
+                                          r".*network="):
+        DockerRunner(BASE, transport="tcp", extra_create_args={"network_mode": mode})
+
+
+def test_network_mode_and_a_different_network_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"network_mode='bridge' and network='other'.*give one"):
+        DockerRunner(BASE, transport="tcp", extra_create_args={"network_mode": "bridge", "network": "other"})
+
+
+def test_a_network_mode_that_is_no_str_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"network_mode'\] must be a network mode"):
+        DockerRunner(BASE, transport="tcp", extra_create_args={"network_mode": 5})
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("mode", ["bridge", "named"])
+def test_a_tcp_plugin_runs_on_the_network_mode_its_caller_gave(plugbay_docker: Any, plugbay_image: Any,
+                                                               mode: str) -> None:
+    """The isolated network plugbay joins by default replaced the caller's network_mode without a word."""
+    import sys
+    from pathlib import Path
+
+    from plugbay.core.host.client import Client, ClientConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+
+    net = plugbay_docker.networks.create(f"plugbay-test-mode-{time.time_ns()}", driver="bridge") \
+        if mode == "named" else None
+    wanted = "bridge" if net is None else net.name
+    try:
+        runner = DockerRunner(plugbay_image("kv"), transport="tcp", writable_dirs=("/tmp", "/data"),
+                              extra_create_args={"network_mode": wanted})
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(None)},  # type: ignore[arg-type]
+                                 runner=runner)) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            kv.put("net", wanted.encode())
+            assert kv.get("net") == wanted.encode()  # reached through its port published on 127.0.0.1
+            created = plugbay_docker.api.inspect_container(runner.id)
+            assert created["HostConfig"]["NetworkMode"] == wanted
+            assert list(created["NetworkSettings"]["Networks"]) == [wanted]
+    finally:
+        if net is not None:
+            net.remove()

@@ -6,7 +6,8 @@ variables in its environment, bind-mounts the socket folder, publishes the tcp p
 only, and makes the writable dirs tmpfs owned by the container's user. An ``extra_create_args`` key
 that would replace one of these is refused (ConfigError naming the option to use); ``labels``,
 ``group_add`` and ``security_opt`` are merged under plugbay's own, and every other key is passed on
-as given (it wins over the runner's option of the same name, such as ``mem_limit``).
+as given (it wins over the runner's option of the same name, such as ``mem_limit``), ``network_mode`` too,
+or refused where docker would drop it or a tcp plugin could not be reached in it (check_network_args).
 """
 
 from __future__ import annotations
@@ -63,9 +64,35 @@ def checked_extra_args(extra: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def checked_options(labels: Any, extra: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
-    """A DockerRunner's ``labels=`` and ``extra_create_args=``, checked."""
-    return checked_labels(labels or {}, "DockerRunner labels="), checked_extra_args(extra or {})
+def check_network_args(extra: Mapping[str, Any], transport: str) -> None:
+    """``network_mode`` in ``extra`` is honoured (the runner then joins no network of its own) or refused here:
+    docker's containers.create drops it without a word when a ``network`` is given too (the runner's own, for
+    tcp), and a tcp plugin in a mode no published port reaches could never be dialled."""
+    mode, network = extra.get("network_mode"), extra.get("network")
+    if mode is None:
+        return
+    if not isinstance(mode, str) or not mode:
+        raise ConfigError(f"DockerRunner extra_create_args['network_mode'] must be a network mode as docker takes"
+                          f" it ('bridge', a network's name, 'none', ...), got {mode!r:.80}")
+    if network is not None and network != mode:
+        raise ConfigError(f"DockerRunner extra_create_args gives network_mode={mode!r} and network={network!r}:"
+                          " docker's containers.create would use network and drop network_mode; give one of them")
+    if transport == "tcp" and (mode in ("host", "none") or mode.startswith("container:")):
+        raise ConfigError(
+            f"DockerRunner extra_create_args['network_mode'] = {mode!r} cannot serve transport='tcp': the engine"
+            " publishes no port for a container in that mode (host networking discards published ports; 'none'"
+            " and 'container:<id>' have none), and plugbay dials a tcp plugin only on its port published on"
+            " 127.0.0.1. Use network= (a network plugbay made, or None for the engine's default bridge),"
+            " extra_create_args={'network_mode': NAME} for a bridge network of your own, or transport='unix'"
+            " for a container without a network")
+
+
+def checked_options(labels: Any, extra: Mapping[str, Any] | None,
+                    transport: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """A DockerRunner's ``labels=`` and ``extra_create_args=`` (for its ``transport``), checked."""
+    checked = checked_extra_args(extra or {})
+    check_network_args(checked, transport)
+    return checked_labels(labels or {}, "DockerRunner labels="), checked
 
 
 def add_extra_args(args: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -107,7 +107,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
         self.socket_gid = kept["socket_gid"]
         self.stop_timeout = kept["stop_timeout"]
-        self.labels, self.extra_create_args = checked_options(labels, extra_create_args)
+        self.labels, self.extra_create_args = checked_options(labels, extra_create_args, transport)
         self._client: Any = None
         self._container_id = ""
         self._host_socket_dir: str | None = None
@@ -208,7 +208,8 @@ class DockerRunner(ContainerTeardown, Runner):
         # a TMPDIR the caller gave wins over the socket folder (writes there reach the host's disk; see docs/docker.md)
         env = {**transport_env, **env, **{k: v for k, v in transport_env.items() if k != "TMPDIR"}}
         isolated = None  # the isolated network's verified id, if the container joins it
-        if self.transport == "tcp" and self.network:  # None: the default bridge, containers see each other
+        # None: the default bridge, containers see each other; the caller's network_mode: theirs (createargs)
+        if self.transport == "tcp" and self.network and "network_mode" not in self.extra_create_args:
             args["network"] = isolated = network_id(client, self.network)
         labels = {**self.labels, **spec.labels, **managed_labels(), **create_token(), IMAGE: self.image}
         if self._host_socket_dir:
