@@ -346,13 +346,15 @@ def test_multiplexed_bad_announced_address_is_typed(tmp_path: Path, kind: str) -
     regular = tmp_path / "not-a-socket"
     regular.write_text("x")
     address, error, message = {
-        "missing": (f"unix|{tmp_path / 'gone.sock'}", TargetUnreachableError,
-                    r"(?s)cannot connect to the plugin's multiplexed address unix:.*gone.sock.*still running"),
+        # no dial at all: as without multiplexing (tests/test_missing_socket.py)
+        "missing": (f"unix|{tmp_path / 'gone.sock'}", HandshakeError, r"gone.sock' in its handshake line but never"
+                    r" created it"),
         "regular-file": (f"unix|{regular}", TargetUnreachableError,
                          r"(?s)not-a-socket \(Connection refused\).*still running"),
         "closed-port": (f"tcp|127.0.0.1:{_closed_port()}", TargetUnreachableError,
                         r"(?s)tcp:127.0.0.1:\d+ \(Connection refused\).*port\s+published"),
-        "non-numeric": ("tcp|127.0.0.1:grpc", MalformedHandshakeError, r"port 'grpc' of tcp address '127.0.0.1:grpc' is not a number in 1-65535"),
+        "non-numeric": ("tcp|127.0.0.1:grpc", MalformedHandshakeError,
+                        r"port 'grpc' of tcp address '127.0.0.1:grpc' is not a number in 1-65535"),
         "no-port": ("tcp|127.0.0.1", MalformedHandshakeError, r"'127.0.0.1' is not HOST:PORT \(no host or no port\)"),
     }[kind]
     client = Client(config([PY, MISBEHAVE, "line", f"1|1|{address}|grpc||true"], multiplex_broker=True,
@@ -579,9 +581,13 @@ def test_channel_can_be_replaced_under_user_stubs() -> None:
         assert json.loads(kv.get("__env__"))["PLUGIN_UNIX_SOCKET_DIR"] == dir_a
 
 
-def test_unreachable_address_times_out_on_health() -> None:
-    client = Client(config([PY, MISBEHAVE, "line", "1|1|unix|/nonexistent/dir/plugin.sock|grpc|"],
-                           start_timeout=2.0))
+def test_unreachable_address_times_out_on_health(tmp_path: Path) -> None:
+    import socket
+
+    stale = tmp_path / "stale.sock"  # a socket file no one listens on any more: dials are refused
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(stale))
+    client = Client(config([PY, MISBEHAVE, "line", f"1|1|unix|{stale}|grpc|"], start_timeout=2.0))
     with pytest.raises(HandshakeTimeoutError, match="(?s)health service did not report.*UNAVAILABLE"):
         client.start()
     with pytest.raises(ClientStateError, match="make a new Client"):

@@ -6,6 +6,7 @@ plugin's P-521 certificate) is decided in plugbay.core.transport.secure.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,10 @@ from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.errors import HandshakeTimeoutError, RunnerError
 
 EXIT_GRACE = 1.0  # how long a start that cannot reach its plugin waits to learn it exited
+# How long after the handshake an announced unix socket may take to appear. go-plugin listens before it
+# prints the line (so the file is there); a plugin that prints first gets this long, not the start_timeout
+# that grpcio's dials to nothing would take.
+SOCKET_GRACE = 0.3
 # The health check's first try: a healthy plugin's answer comes within it, on the calling thread (the cheapest
 # call grpcio makes); later ones wait up to _TRY each, looking every _EXIT_LOOK s whether the plugin exited.
 _FIRST_TRY = 0.1
@@ -33,6 +38,26 @@ def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_
     mutual = (MutualTLS(tls, der_to_pem(server_cert_der))
               if tls is not None and server_cert_der is not None else None)
     return secure_dial(network, address, mutual, relay_dir, options)
+
+
+def socket_appeared(path: str, since: float, exited: Callable[[], bool]) -> bool:
+    """Whether the unix socket file ``path`` is there by ``since`` (time.monotonic() of the handshake) plus
+    SOCKET_GRACE; True as well once ``exited()`` (the caller reports the exit) or when its folder cannot be
+    looked in (the dial says why). Not a dial: a plugin may take one connection only."""
+    deadline = since + SOCKET_GRACE
+    while True:
+        try:
+            os.stat(path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError:
+            return True
+        if exited():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def start_connecting(channel: grpc.Channel) -> None:

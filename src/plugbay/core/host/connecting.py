@@ -14,15 +14,15 @@ import time
 from plugbay._proto.plugin import grpc_controller_pb2_grpc
 from plugbay.core.broker.plugin import PluginSet
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.host.connect import dial, start_connecting, wait_healthy
+from plugbay.core.host.connect import EXIT_GRACE, SOCKET_GRACE, dial, socket_appeared, start_connecting, wait_healthy
 from plugbay.core.host.exitnotice import ExitNotice
-from plugbay.core.host.launch import exited_after_handshake, refuse_announced
+from plugbay.core.host.launch import exited_after_handshake, no_socket, refuse_announced
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.errors import ClientStateError, RunnerError, TLSRequiredError
+from plugbay.errors import ClientStateError, HandshakeError, RunnerError, TLSRequiredError
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -51,6 +51,7 @@ class Connecting(ExitNotice):
 
     def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
         runner = self._need(self._runner, "runner")
+        handshake_at = time.monotonic()  # the line (or the reattach facts) was read just now
         try:
             network, address = runner.plugin_to_host(announced.network, announced.address)
         except RunnerError:  # a plugin gone at once has no address left to map (a stopped container's port)
@@ -64,6 +65,10 @@ class Connecting(ExitNotice):
                        f"{type(runner).__name__}'s connection leaves the host's private folder")
                 raise TLSRequiredError(self.name, why)
             _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
+        if network == "unix" and not socket_appeared(address, handshake_at, lambda: runner.wait(0) is not None):
+            self._raise_if_exited(runner.wait(EXIT_GRACE))  # an exit explains the missing file better
+            raise HandshakeError(no_socket(self.name, announced.address, address, self.config.reattach is not None,
+                                           SOCKET_GRACE))
         dial_to = (network, address)
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every

@@ -251,3 +251,16 @@ def exited_after_handshake(name: str, code: int, tail: list[str]) -> PluginExite
     return PluginExitedError(name, code, tail, "It stopped serving (or never served) the address it"
                              " announced.",
                              when="after printing its handshake line, while the host connected")
+
+
+def no_socket(name: str, announced: str, dialled: str, reattached: bool, grace: float) -> str:
+    """Why the host does not dial the unix socket ``announced`` (``dialled`` on this host): no file is there."""
+    here = "" if dialled == announced else f" ({dialled!r} on this host)"
+    if reattached:
+        return (f"the reattach config of plugin {name!r} names unix socket {announced!r}{here}, which does not"
+                " exist: the plugin removed it or has ended. Start the plugin again (a new Client)")
+    return (f"plugin {name!r} announced unix socket {announced!r}{here} in its handshake line but never created"
+            f" it: no file is at that path {grace}s after the line, so the plugin was killed instead of"
+            " dialled until start_timeout. go-plugin plugins listen before they print the line; check that the"
+            " plugin prints the path it listens on (in PLUGIN_UNIX_SOCKET_DIR or TMPDIR, as the host set them)"
+            " and that nothing removes the socket")
