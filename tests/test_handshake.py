@@ -90,7 +90,8 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|1|tcp|a:1|grpc|" + "QUFB" * 20, "not a DER X.509 certificate"),
     ("\u0661|1|tcp|a:1|grpc", "core protocol version '\u0661' is not a number"),  # Arabic-Indic 1
     ("1|1_0|tcp|a:1|grpc", "app protocol version '1_0' is not a number"),
-    ("1|+1|tcp|a:1|grpc", "app protocol version '+1' is not a number"),
+    ("1|+|tcp|a:1|grpc", "app protocol version '+' is not a number"),
+    ("1| 1|tcp|a:1|grpc", "app protocol version ' 1' is not a number"),
     ("1|1|unix|/tmp/a\x00b|grpc", "address field: unix socket path '/tmp/a\\x00b' holds a control character"),
     ("1|1|unix|plugin.sock|grpc", "address field: unix socket path 'plugin.sock' is not absolute"),
     ("1|1|tcp|127.0.0.1:abc|grpc", "address field: port 'abc' of tcp address '127.0.0.1:abc' is not a number"),
@@ -290,3 +291,112 @@ def test_reattach_facts_are_refused_where_a_handshake_line_would_be(over: dict[s
         HandshakeInfo.from_dict({**base, **over})
     assert HandshakeInfo.from_dict(base).multiplex is False
     assert HandshakeInfo.from_dict({**base, "multiplex": True}).multiplex is True
+
+
+# --- read as go-plugin's host reads the line (client.go: TrimSpace, strconv.Atoi, base64.RawStdEncoding) ---
+
+def _cert_needing_padding() -> bytes:
+    while len(der := generate_cert().cert_der) % 3 == 0:  # its base64 would have no '=' to show
+        pass
+    return der
+
+
+@pytest.mark.parametrize("line, core, app", [
+    ("1|+1|tcp|127.0.0.1:1234|grpc", 1, 1),
+    ("+1|1|tcp|127.0.0.1:1234|grpc", 1, 1),
+    ("01|01|tcp|127.0.0.1:1234|grpc", 1, 1),
+    ("1|+0000000000000000000000000002|tcp|127.0.0.1:1234|grpc", 1, 2),  # Atoi takes any leading zeros
+    ("1|-0|tcp|127.0.0.1:1234|grpc", 1, 0),
+    ("1|-1|tcp|127.0.0.1:1234|grpc", 1, -1),  # a number: refused later as a version no host has
+    ("1|9223372036854775807|tcp|127.0.0.1:1234|grpc", 1, 2**63 - 1),
+    ("\u00a0 1|1|tcp|127.0.0.1:1234|grpc\u2028\r", 1, 1),  # what TrimSpace trims
+])
+def test_versions_are_read_as_go_atoi_reads_them(line: str, core: int, app: int) -> None:
+    info = parse_handshake_line(line)
+    assert (info.core_version, info.app_version, info.protocol) == (core, app, "grpc")
+    assert is_handshake_line(line)
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("1|9223372036854775808|tcp|127.0.0.1:1234|grpc", "app protocol version '9223372036854775808' is not a number"),
+    ("1|-9223372036854775809|tcp|127.0.0.1:1234|grpc", "app protocol version '-9223372036854775809'"),
+    ("1|1 |tcp|127.0.0.1:1234|grpc", "app protocol version '1 ' is not a number"),
+    ("1|0x1|tcp|127.0.0.1:1234|grpc", "app protocol version '0x1' is not a number"),
+    ("1|--1|tcp|127.0.0.1:1234|grpc", "app protocol version '--1' is not a number"),
+    ("\x1c1|1|tcp|127.0.0.1:1234|grpc", "core protocol version '\\x1c1' is not a number"),  # Go keeps U+001C
+])
+def test_versions_go_atoi_refuses_are_malformed(line: str, needle: str) -> None:
+    with pytest.raises(errors.MalformedHandshakeError) as exc:
+        parse_handshake_line(line)
+    assert needle in str(exc.value) and "strconv.Atoi" in str(exc.value)
+
+
+def test_a_negative_core_version_is_another_core_protocol() -> None:
+    with pytest.raises(errors.ProtocolMismatchError, match="plugin speaks -1, plugbay speaks 1"):
+        parse_handshake_line("-1|1|tcp|127.0.0.1:1234|grpc")
+    assert is_handshake_line("-1|1|tcp|127.0.0.1:1234|grpc")  # told at once, as another core version's
+
+
+def test_a_trailing_separator_go_keeps_is_part_of_the_protocol() -> None:
+    with pytest.raises(errors.ProtocolMismatchError, match=r"unknown protocol 'grpc\\x1f'"):
+        parse_handshake_line("1|1|tcp|127.0.0.1:1234|grpc\x1f")
+
+
+def test_a_padded_server_cert_is_refused_as_go_plugin_refuses_it() -> None:
+    der = _cert_needing_padding()
+    padded = base64.b64encode(der).decode()
+    assert padded.endswith("=")
+    line = f"1|1|tcp|127.0.0.1:1234|grpc|{padded}"
+    with pytest.raises(errors.MalformedHandshakeError) as exc:
+        parse_handshake_line(line)
+    assert "base64 padding ('=' at offset" in str(exc.value) and "RawStdEncoding" in str(exc.value)
+    assert parse_handshake_line(line.rstrip("=")).server_cert == der  # what go-plugin's plugins print
+
+
+def test_carriage_returns_in_the_server_cert_are_skipped_as_go_skips_them() -> None:
+    der = generate_cert().cert_der
+    field = base64.b64encode(der).decode().rstrip("=")
+    line = f"1|1|tcp|127.0.0.1:1234|grpc|{field[:40]}\r{field[40:]}\r"
+    assert parse_handshake_line(line).server_cert == der
+
+
+def test_the_cert_field_length_is_counted_in_bytes_as_go_counts_it() -> None:
+    assert parse_handshake_line("1|1|tcp|127.0.0.1:1|grpc|" + "\u00e9" * 25).server_cert is None  # 50 bytes
+    with pytest.raises(errors.MalformedHandshakeError, match="not valid base64"):
+        parse_handshake_line("1|1|tcp|127.0.0.1:1|grpc|" + "\u00e9" * 26)  # 52 bytes: go-plugin reads it
+
+
+# go-plugin 1.0.1's own host (tests/go/kv_host) given each line by a plugin that prints it: it refuses
+# the line (a parse error) exactly where plugbay does
+_GO_REFUSES = ("Error parsing", "error parsing server cert", "Incompatible", "Unrecognized remote plugin message",
+               "Unsupported plugin protocol")
+
+
+@pytest.mark.parametrize("fields", ["1|+1", "+1|1", "01|01", "1|-1", "-1|1", "1|+", "1| 1", "1|1_0",
+                                    "1|9223372036854775808", "\x1c1|1", "1|1", "1|1|cert-padded",
+                                    "1|1|cert-unpadded"])
+def test_go_plugins_host_takes_and_refuses_the_same_lines(tmp_path: Path, fields: str) -> None:
+    import os
+    import shlex
+
+    from tests import gobuild
+
+    host = gobuild.go_program_or_skip("kv_host")
+    core_app, _, cert_kind = fields.rpartition("|") if "cert" in fields else (fields, "", "")
+    cert = ""
+    if cert_kind:
+        encoded = base64.b64encode(_cert_needing_padding()).decode()
+        cert = "|" + (encoded if cert_kind == "cert-padded" else encoded.rstrip("="))
+    line = f"{core_app}|unix|{tmp_path / 'plugin.sock'}|grpc{cert}"
+    try:  # kv_host speaks app version 1 only: another is a Client's VersionMismatchError (refuse_announced)
+        plugbay_refuses = parse_handshake_line(line).app_version != 1
+    except (errors.MalformedHandshakeError, errors.ProtocolMismatchError):
+        plugbay_refuses = True
+    misbehave = ROOT / "tests" / "plugins" / "misbehave.py"
+    env = {**os.environ, "KV_PLUGIN": f"{shlex.quote(sys.executable)} {misbehave} line {shlex.quote(line)}"}
+    done = gobuild.run_program(host, ["--automtls", "--timeout", "30s", "get", "k"], env=env, cwd=tmp_path,
+                               timeout=60)
+    go_refuses = any(phrase in done.stdout + done.stderr for phrase in _GO_REFUSES)
+    assert done.returncode != 0  # no plugin serves there either way
+    assert go_refuses or "dial unix" in done.stdout + done.stderr, done.stdout  # it took the line and dialled
+    assert go_refuses == plugbay_refuses, (line, done.stdout, done.stderr[-2000:])

@@ -104,3 +104,23 @@ def check_logger(logger: Any, name: str) -> None:
     """``logger`` must be None or a logging.Logger (a LoggerAdapter too)."""
     if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
         raise ConfigError(f"{name} must be a logging.Logger, got {kind(logger)}; pass logging.getLogger(name)")
+
+
+# what Go's strings.TrimSpace trims (unicode.IsSpace): str.strip() trims U+001C-U+001F too, which Go keeps
+GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+            "\u2028\u2029\u202f\u205f\u3000")
+_INT64 = 2**63
+
+
+def go_atoi(text: str) -> int | None:
+    """``text`` as Go's strconv.Atoi reads it (go-plugin's host reads a handshake's versions so), None where
+    Atoi fails: an optional '+' or '-', then ASCII digits (any number of leading zeros), within int64; no
+    spaces, '_', '0x' or other scripts' digits."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return None
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 19:  # past int64 (and int()'s 4300-digit limit)
+        return None
+    value = -int(digits) if text[0] == "-" else int(digits)
+    return value if -_INT64 <= value < _INT64 else None

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from plugbay.core.protocol.checks import GO_SPACE, go_atoi
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     ConfigError,
@@ -68,11 +69,12 @@ _MAX_HOSTNAME = 253
 _MAX_LABEL = 63
 
 
-_MAX_DIGITS = 20  # more than any 64-bit number (Go's Atoi refuses those); int() raises past 4300
+_MAX_DIGITS = 20  # more than any port needs; int() raises past 4300
+_ATOI = "is not a number (as Go's strconv.Atoi reads one: an optional sign, then decimal digits)"
 
 
 def _number(text: str) -> int | None:
-    """ASCII digits only: int() would take '١', '1_0', ' 1' and '+1' too."""
+    """ASCII digits only (a port; versions: go_atoi): int() would take '١', '1_0', ' 1' and '+1' too."""
     return int(text) if len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit() else None
 
 
@@ -304,22 +306,22 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
     UnsupportedProtocolError for netrpc plugins.
     """
     raw = line
-    line = line.strip()
+    line = line.strip(GO_SPACE)
     parts = line.split("|")
     if len(parts) < 4:
         raise MalformedHandshakeError(raw, f"expected at least 4 '|'-separated fields, got {len(parts)}")
-    core = _number(parts[0])
+    core = go_atoi(parts[0])
     if core is None:
-        raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} is not a number")
+        raise MalformedHandshakeError(raw, f"core protocol version {parts[0]!r} {_ATOI}")
     if core != CORE_PROTOCOL_VERSION:
         raise ProtocolMismatchError(
             f"incompatible core API version with plugin: plugin speaks {core}, plugbay speaks"
             f" {CORE_PROTOCOL_VERSION}. Build the plugin with a go-plugin release that speaks"
             f" core protocol {CORE_PROTOCOL_VERSION}."
         )
-    app = _number(parts[1])
+    app = go_atoi(parts[1])
     if app is None:
-        raise MalformedHandshakeError(raw, f"app protocol version {parts[1]!r} is not a number")
+        raise MalformedHandshakeError(raw, f"app protocol version {parts[1]!r} {_ATOI}")
     network, address = parts[2], parts[3]
     if network not in ("tcp", "unix"):
         raise MalformedHandshakeError(raw, f"unknown address type {network!r} (want tcp or unix)")
@@ -341,13 +343,8 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
             " Check that the plugin is a go-plugin gRPC plugin."
         )
     cert: bytes | None = None
-    if len(parts) >= 6 and len(parts[5]) > _MIN_CERT_FIELD:
-        from plugbay.core.protocol.der import handshake_cert  # only AutoMTLS needs it
-
-        try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
-            cert = handshake_cert(parts[5])
-        except ValueError as exc:
-            raise MalformedHandshakeError(raw, str(exc)) from None
+    if len(parts) >= 6 and len(parts[5].encode()) > _MIN_CERT_FIELD:  # Go's len(): bytes
+        cert = _line_cert(raw, parts[5])
     field7 = parts[6] if len(parts) >= 7 else "false"
     if multiplex and field7 not in _GO_BOOLS:
         raise MalformedHandshakeError(raw, f"multiplex field {field7!r} is not a boolean (true or false), and this"
@@ -357,6 +354,20 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
     return HandshakeInfo(core, app, network, address, protocol, cert, _GO_BOOLS.get(field7, False))
 
 
+def _line_cert(raw: str, field: str) -> bytes:
+    """The SERVER-CERT field as go-plugin's host reads it (base64.RawStdEncoding: '=' padding refused, '\\r'
+    and '\\n' skipped), checked whole at the handshake, as go-plugin's host does, not at the first dial."""
+    from plugbay.core.protocol.der import handshake_cert  # only AutoMTLS needs it
+
+    try:
+        if "=" in field:
+            raise ValueError(f"server certificate has base64 padding ('=' at offset {field.index('=')}), which"
+                             " go-plugin's host refuses (base64.RawStdEncoding); print it without the '='")
+        return handshake_cert(field.replace("\r", "").replace("\n", ""))
+    except ValueError as exc:
+        raise MalformedHandshakeError(raw, str(exc)) from None
+
+
 def is_handshake_line(line: str) -> bool:
     """Whether ``line`` is a plugin's handshake line: one parse_handshake_line() takes, or one it refuses
     only for the core version or protocol (netrpc), so that the host raises that error at once.
@@ -364,8 +375,8 @@ def is_handshake_line(line: str) -> bool:
     For a stream mixing the handshake with log lines (a pod's log). Another core version's line is
     told by the fields after the versions, checked as core version 1's.
     """
-    core, _, rest = line.strip().partition("|")
-    if _number(core) is None:
+    core, _, rest = line.strip(GO_SPACE).partition("|")
+    if go_atoi(core) is None:
         return False
     try:
         parse_handshake_line(f"{CORE_PROTOCOL_VERSION}|{rest}")
