@@ -161,14 +161,55 @@ def _reusable(buf: bytearray) -> bool:
     return True
 
 
-def send_all(sock: socket.socket, header: bytes, payload: memoryview) -> None:
-    """Header and payload in one system call where the socket takes them (no copy into one buffer)."""
-    sent = sock.sendmsg([header, payload])
+# A session socket's SO_SNDTIMEO is its write timeout over this (ywrite.set_write_timeout): a blocking
+# send into a socket whose peer takes nothing returns that often, and the sender counts the time since
+# the peer last took a byte (keep_sending). The kernel cannot count it alone: a send that made some
+# progress returns short at its timeout, and the next one would wait a whole timeout again (twice the
+# figure before the error), and TCP counts a send's waits in total, however many bytes went between.
+SLICES = 8
+
+
+def keep_sending(send: Callable[[int], int], n: int, limit: float, last: float) -> float:
+    """Call ``send(done)`` (a blocking send of the bytes from ``done`` on, into a socket whose
+    SO_SNDTIMEO is ``limit`` / SLICES; it returns how many went) until ``n`` bytes went.
+
+    BlockingIOError once no byte went for ``limit`` seconds since ``last`` (time.monotonic(), the
+    last progress); returns the time of the last progress. A send that took bytes counts from its
+    return: they may have gone at any moment of it.
+    """
+    done = 0
+    while done < n:
+        try:
+            done += send(done)
+        except BlockingIOError:
+            if time.monotonic() - last >= limit:
+                raise
+            continue
+        last = time.monotonic()
+    return last
+
+
+def send_all(sock: socket.socket, header: bytes, payload: memoryview | None, limit: float, flags: int = 0) -> None:
+    """Header and payload in one system call where the socket takes them (no copy into one buffer).
+
+    BlockingIOError once the peer took no byte for ``limit`` seconds (``sock``'s SO_SNDTIMEO is
+    ``limit`` / SLICES: see keep_sending).
+    """
+    try:
+        sent = sock.send(header, flags) if payload is None else sock.sendmsg([header, payload], [], flags)
+    except BlockingIOError:
+        sent, last = 0, time.monotonic() - limit / SLICES  # the send waited that long, for nothing
+    else:
+        if sent == len(header) + (0 if payload is None else len(payload)):
+            return
+        last = time.monotonic()
     if sent < len(header):
-        sock.sendall(header[sent:])
+        head = memoryview(header)[sent:]
+        last = keep_sending(lambda done: sock.send(head[done:], flags), len(head), limit, last)
         sent = len(header)
-    if sent - len(header) < len(payload):
-        sock.sendall(payload[sent - len(header):])
+    if payload is not None and sent - len(header) < len(payload):
+        body = payload[sent - len(header):]
+        keep_sending(lambda done: sock.send(body[done:], flags), len(body), limit, last)
 
 
 def send_within(sock: socket.socket, data: bytes, deadline: float) -> int:
@@ -247,8 +288,9 @@ class LateControl:
     """
 
     def __init__(self, sock: socket.socket, wlock: threading.Lock, closed: threading.Event, name: str,
-                 timed_out: Callable[[], Callable[[], None]]) -> None:
+                 timed_out: Callable[[], Callable[[], None]], limit: float) -> None:
         self._sock = sock
+        self._limit = limit  # the session's write timeout (see send_all)
         # the session's end for its write timeout: called under the send lock, it returns the
         # step to take once the lock is released (Session._write_timed_out)
         self._timed_out = timed_out
@@ -302,7 +344,7 @@ class LateControl:
         after = None
         try:
             if not self._closed.is_set():
-                self._sock.sendall(rest)
+                send_all(self._sock, rest, None, self._limit)
         except OSError as exc:
             after = self._broken(exc)
         finally:
@@ -312,7 +354,7 @@ class LateControl:
 
     def _broken(self, exc: OSError) -> Callable[[], None] | None:
         """A send failed under the send lock: part of a frame may be out, so none may follow it."""
-        if isinstance(exc, BlockingIOError):  # a blocking socket's SO_SNDTIMEO passed
+        if isinstance(exc, BlockingIOError):  # no byte went for the write timeout (send_all)
             return self._timed_out()
         shutdown_and_join([self._sock], [])
         return None
@@ -337,7 +379,7 @@ class LateControl:
             with self._wlock:
                 try:
                     if not self._closed.is_set():
-                        self._sock.sendall(batch)
+                        send_all(self._sock, batch, None, self._limit)
                 except OSError as exc:
                     after = self._broken(exc)
             if after is not None:

@@ -58,13 +58,15 @@ class HeldStreams:
             return self._streams.popleft()[0]
 
     def expire(self) -> None:
-        """Reset streams whose knock did not come in time."""
+        """Reset streams whose knock did not come in time, without waiting: the owner's loop that calls
+        this also ticks the keepalive, and a writer stuck on a full socket may hold the send lock (the
+        RST goes behind it)."""
         now = time.monotonic()
         with self._lock:
             late = [s for s, deadline in self._streams if deadline <= now]
             self._streams = deque((s, d) for s, d in self._streams if d > now)
         for stream in late:
-            stream.reset()
+            stream.reset(wait=False)
 
     def count(self) -> int:
         """How many live streams are held."""

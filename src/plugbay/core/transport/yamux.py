@@ -130,7 +130,7 @@ class Session(Splicing, Pinging, Writing):
         self.heard = 0  # frames read so far: a keepalive's sign of life (plugbay.core.transport.keepalive)
         self.answered = False  # an ACK arrived (of a stream or a ping): a yamux peer is really there
         # what the reader cannot send at once
-        self._late = LateControl(sock, self._wlock, self._closed, name, self._write_timed_out)
+        self._late = LateControl(sock, self._wlock, self._closed, name, self._write_timed_out, self.write_timeout)
         self._reader = threading.Thread(target=self._read_loop, name=f"plugbay-{name}-read", daemon=True)
         if start:
             self._reader.start()

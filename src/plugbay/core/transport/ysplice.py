@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import Piped, pipe_for_splicing
+from plugbay.core.transport.frames import Piped, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Stream, StreamClosed
 from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
@@ -27,6 +28,7 @@ class Splicing:
     _lock: threading.Lock
     _closed: threading.Event
     close_reason: str
+    write_timeout: float
     _streams: dict[int, Stream]
     _pipe: tuple[int, int, int] | None
 
@@ -54,12 +56,19 @@ class Splicing:
             if self._closed.is_set():
                 raise self._closed_error()
             try:
-                self._sock.sendall(header, socket.MSG_MORE)
-                while length:
-                    moved = os.splice(pipe, self._sock.fileno(), length)
+                send_all(self._sock, header, None, self.write_timeout, socket.MSG_MORE)
+                last = time.monotonic()
+                while length:  # as frames.keep_sending: the write timeout counts from the last progress
+                    try:
+                        moved = os.splice(pipe, self._sock.fileno(), length)
+                    except BlockingIOError:
+                        if time.monotonic() - last >= self.write_timeout:
+                            raise
+                        continue
                     if not moved:
                         raise OSError("the pipe ended inside a frame")
                     length -= moved
+                    last = time.monotonic()
             except OSError as exc:
                 # part of the frame may be out: no other frame may follow it (still under the lock)
                 end_streams = self._write_timed_out() if timed_out(exc) else None

@@ -48,7 +48,7 @@ class Carrier(Protocol):
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
 
-    def _send_rst(self, sid: int) -> None: ...
+    def _send_rst(self, sid: int, wait: bool = True) -> None: ...
 
     @property
     def can_splice(self) -> bool: ...
@@ -364,7 +364,10 @@ class Stream:
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
             self.session.forget(self)
 
-    def reset(self) -> None:
+    def reset(self, wait: bool = True) -> None:
+        """End the stream both ways and tell the peer (RST). ``wait``: False for a thread that must not
+        wait for the send lock (another writer may hold it, stuck on a full socket): the RST then goes
+        now if it can, or soon by another thread, behind the frames queued so (Session._control)."""
         with self._cond:
             if self._reset:
                 return
@@ -374,7 +377,7 @@ class Stream:
         if wake is not None:
             wake()
         try:
-            self.session._send_rst(self.id)
+            self.session._send_rst(self.id, wait)
         except StreamClosed:
             pass  # the whole session is gone, which resets every stream anyway
         # no frame of it matters any more: kept, a refused stream the peer still sends on

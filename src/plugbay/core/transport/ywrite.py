@@ -3,12 +3,14 @@ lock, and the connection's write timeout. Session inherits it.
 
 hashicorp/yamux's "safety valve" (ConnectionWriteTimeout, 10 s): a frame that cannot be written
 for that long means the peer stopped reading, and its session ends, whether or not a keepalive
-runs. Here the kernel keeps the time: the socket's SO_SNDTIMEO bounds every blocking send (and
-splice) into it, so a writer stuck on a full socket gets EAGAIN once no byte of its frame went
-out for that long, with no thread or timer per write. The kernel frees room in chunks, not per
-byte (about 36 KiB on a unix socket): a peer reading slower than one chunk per timeout trips it
-too, as it would trip go's. The socket stays blocking (no Python socket timeout): the reader's MSG_WAITALL
-receives and the splice path need that, and SO_SNDTIMEO leaves receiving alone.
+runs. The kernel wakes the writer: the socket's SO_SNDTIMEO (an eighth of the timeout,
+frames.SLICES) bounds every blocking send (and splice) into it, so a writer stuck on a full socket
+gets EAGAIN, or a short count, that often, with no thread or timer per write; the writer ends the
+session once no byte of its frame went out for the whole timeout (frames.keep_sending). The kernel
+frees room in chunks, not per byte (about 36 KiB on a unix socket): a peer reading slower than one
+chunk per timeout trips it too, as it would trip go's. The socket stays blocking (no Python socket
+timeout): the reader's MSG_WAITALL receives and the splice path need that, and SO_SNDTIMEO leaves
+receiving alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import LATE_MAX, LateControl, send_all
+from plugbay.core.transport.frames import LATE_MAX, SLICES, LateControl, send_all
 from plugbay.core.transport.keepalive import WRITE_TIMEOUT
 from plugbay.core.transport.ystream import _HDR, PING, RST, WINDOW_UPDATE, StreamClosed
 from plugbay.errors import ConfigError, ConnectionWriteTimeoutError
@@ -45,17 +47,19 @@ def check_write_timeout(seconds: object, what: str = "write timeout") -> float:
 
 
 def set_write_timeout(sock: socket.socket, seconds: float) -> None:
-    """Bound each blocking send into ``sock`` to ``seconds`` without progress (SO_SNDTIMEO)."""
+    """Wake each blocking send into ``sock`` that waits for room every ``seconds`` / SLICES (SO_SNDTIMEO):
+    frames.send_all then ends it once no byte went for ``seconds``."""
     if seconds >= _LONGEST or math.isinf(seconds):
         whole, micro = 0, 0  # a zero timeval: wait for good
     else:
+        seconds /= SLICES
         whole = int(seconds)
         micro = int((seconds - whole) * 1e6) or (0 if whole else 1)  # never zero: that is no timeout
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(whole, micro))
 
 
 def timed_out(exc: OSError) -> bool:
-    """Whether a blocking send failed for its SO_SNDTIMEO (its only EAGAIN)."""
+    """Whether a send failed for the write timeout (frames.send_all's EAGAIN: a blocking socket's only one)."""
     return isinstance(exc, BlockingIOError)
 
 
@@ -94,10 +98,7 @@ class Writing:
             if self._closed.is_set():
                 raise self._closed_error()
             try:
-                if payload is None:
-                    self._sock.sendall(header)
-                else:
-                    send_all(self._sock, header, payload)
+                send_all(self._sock, header, payload, self.write_timeout)
                 return
             except OSError as exc:
                 if not timed_out(exc):
@@ -134,14 +135,17 @@ class Writing:
             if not handed:
                 self._wlock.release()
 
-    def _send_rst(self, sid: int) -> None:
-        if threading.current_thread() is self._reader:  # e.g. on_stream refusing a stream: no waiting
+    def _send_rst(self, sid: int, wait: bool = True) -> None:
+        """``wait``: False for a thread that must not wait for another writer (as the reader, e.g.
+        on_stream refusing a stream): the RST goes now if it can, else soon, by another thread."""
+        if not wait or threading.current_thread() is self._reader:
             self._control(WINDOW_UPDATE, RST, sid, 0)
         else:
             self._send(WINDOW_UPDATE, RST, sid, 0)
 
     def _control(self, kind: int, flags: int, sid: int, length: int) -> None:
-        """A header-only frame from a thread that must not wait (the reader): now, or soon by another."""
+        """A header-only frame from a thread that must not wait (the reader, a host's accept loop):
+        now, or soon by another."""
         if self._late.pending() or not self._try_send(kind, flags, sid, length):  # the reader's frames in order
             try:
                 queued = self._late.send(_HDR.pack(0, kind, flags, sid, length), ping_answer=kind == PING)
