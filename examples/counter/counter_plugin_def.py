@@ -116,30 +116,22 @@ class AsyncCounterClient:
         return int((await self._stub.Get(counter_pb2.GetRequest(key=key))).value)
 
     async def put(self, key: str, value: int, helper: AddHelper | AsyncAddHelper) -> None:
+        sid = self._broker.next_id()
         servicer = _helper_servicer(helper)
         loop = asyncio.get_running_loop()
         # A task of its own, awaited through a shield: a put cancelled while the helper's server
         # starts (its thread goes on) still stops that server once it listens.
-        serving = loop.create_task(asyncio.to_thread(self._serve, servicer, loop))
+        serving = loop.create_task(asyncio.to_thread(
+            self._broker.accept_and_serve, sid,
+            lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server), loop=loop))
         try:
-            sid = await asyncio.shield(serving)
+            await asyncio.shield(serving)
             await self._stub.Put(counter_pb2.PutRequest(add_server=sid, key=key, value=value))
         finally:
             if serving.done():
-                if not serving.cancelled() and serving.exception() is None:
-                    await asyncio.to_thread(self._broker.stop_serving, serving.result())
+                await asyncio.to_thread(self._broker.stop_serving, sid)
             else:
-                serving.add_done_callback(self._stop_later)
-
-    def _serve(self, servicer: Any, loop: asyncio.AbstractEventLoop) -> int:
-        sid = self._broker.next_id()  # may wait for the broker stream: off the event loop too
-        self._broker.accept_and_serve(
-            sid, lambda server: counter_pb2_grpc.add_AddHelperServicer_to_server(servicer, server), loop=loop)
-        return sid
-
-    def _stop_later(self, serving: asyncio.Task[int]) -> None:
-        if not serving.cancelled() and serving.exception() is None:
-            asyncio.get_running_loop().run_in_executor(None, self._broker.stop_serving, serving.result())
+                serving.add_done_callback(lambda _: loop.run_in_executor(None, self._broker.stop_serving, sid))
 
 
 class _AddHelperClient:
