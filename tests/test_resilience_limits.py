@@ -82,7 +82,7 @@ def test_a_restart_loop_that_fails_gives_up_and_says_why(tmp_path: Path) -> None
         os.kill(client.runner.pid, signal.SIGKILL)
         assert wait_until(lambda: sup.state == FAILED, 30)  # not "restarting" for ever
         gave_up = [detail for kind, detail in events if kind == "gave_up"]
-        assert len(gave_up) == 1 and "restart loop failed: OverflowError" in gave_up[0]
+        assert len(gave_up) == 1 and "restart loop failed: ConfigError: _EndlessBackoff.backoff(1)" in gave_up[0]
         with pytest.raises(RestartBudgetExhaustedError, match="restart loop failed"):
             sup.wait_running(5)
         with pytest.raises(RestartBudgetExhaustedError, match="restart loop failed"):

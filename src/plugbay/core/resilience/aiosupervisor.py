@@ -35,7 +35,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
-from plugbay.core.resilience.readygate import ReadyGate, polled
+from plugbay.core.resilience.readygate import ReadyGate, polled, was_stopped
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
@@ -161,7 +161,7 @@ class AsyncSupervisor:
 
     def _check_not_stopped(self) -> None:
         if self._stopped:
-            raise ClientStateError(f"the AsyncSupervisor of plugin {self.name!r} was stopped; make a new one")
+            raise was_stopped(self.name, "AsyncSupervisor")
 
     async def _start(self) -> None:
         await off_loop(self._executor, self._sup.start)
@@ -193,7 +193,10 @@ class AsyncSupervisor:
     async def dispense(self, name: str) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is
         the Supervisor's, which follows the plugin too; on the event loop it does not wait for a restart
-        (see plugbay.core.resilience.followbroker)."""
+        (see plugbay.core.resilience.followbroker). Once the Supervisor gave up (RestartBudgetExhaustedError)
+        or was stopped (ClientStateError) it is refused, a stub dispensed before included, as
+        Supervisor.dispense() refuses it."""
+        self._sup.raise_if_failed()  # first, as the sync one: after giving up, stopped or not, it says so
         self._check_not_stopped()
         channel = self.channel
         return await self._dispensed.get(name, lambda: self._build(name, channel))
@@ -336,7 +339,7 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
         while (channel := self.current()) is None:
             self._sup.raise_if_failed()  # the restart budget is spent: no plugin will come
             if self._closed or self._sup.state == "stopped":
-                raise ClientStateError(f"the Supervisor of plugin {self._sup.name!r} was stopped")
+                raise was_stopped(self._sup.name)
             await asyncio.sleep(0.05)
         await channel.channel_ready()
 

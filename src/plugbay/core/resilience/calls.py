@@ -169,9 +169,10 @@ def layer_problem(layer: object, wanted: str) -> str | None:
 
 
 def number_problem(value: Any, name: str, minimum: float, *, above: bool = False, whole: bool = False,
-                   maximum: float | None = None) -> str | None:
+                   maximum: float | None = None, finite: bool = False) -> str | None:
     """What is wrong with ``value`` as setting ``name`` (None: nothing), for the resilience
-    layers' constructors: a str or bool where a number belongs, NaN, or out of range."""
+    layers' constructors: a str or bool where a number belongs, NaN, out of range, or (``finite``)
+    an infinity."""
     # int or float only: the waits that use these refuse a Fraction or a Decimal
     if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value != value:
         return f"{name} must be {'a whole number' if whole else 'a number'} (got {value!r})"
@@ -179,11 +180,13 @@ def number_problem(value: Any, name: str, minimum: float, *, above: bool = False
         number = float(value)
     except OverflowError:
         return f"{name} is too large (got {value!r})"
+    bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+    if maximum is not None:
+        bound += f" and <= {maximum:g}"
     if number < minimum or (above and number == minimum) or (maximum is not None and number > maximum):
-        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
-        if maximum is not None:
-            bound += f" and <= {maximum:g}"
         return f"{name} must be {bound} (got {value!r})"
+    if finite and math.isinf(number):
+        return f"{name} must be a finite number {bound} (got {value!r})"
     return None
 
 
@@ -199,6 +202,17 @@ def seconds_problem(value: Any, name: str, *, above: bool = True) -> str | None:
     if problem is None and not value <= LONGEST_WAIT:
         return f"{name} must be at most {LONGEST_WAIT:g} s (a year; got {value!r})"
     return problem
+
+
+def checked_backoff(value: Any, what: str) -> float:
+    """``value``, the sleep a policy's backoff() returned, when it is one a wait takes: a number of
+    seconds >= 0 of at most a year. Otherwise ConfigError naming ``what``: nan and a negative number
+    waited not at all (a crash loop restarted at once), math.inf raised OverflowError from the wait."""
+    problem = seconds_problem(value, what, above=False)
+    if problem is not None:
+        raise ConfigError(f"{problem}: a backoff() of your own must return the seconds to wait, a number >= 0"
+                          " of at most a year")
+    return float(value)
 
 
 def wait_timeout(value: Any, what: str) -> float:

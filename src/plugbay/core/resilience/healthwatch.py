@@ -12,7 +12,9 @@ Observed states: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN (nothing
 observed yet) and UNREACHABLE (no answer, the connection failed, or the
 Client's channel is gone). Each change calls ``on_change(old, new, detail)``
 and, with a ``breaker``, trips it when the plugin stops serving and resets it
-when it serves again.
+when it serves again. Once a Client's channel it watches is closed for good (the
+plugin exited, the Client was killed), the watcher reports UNREACHABLE and its
+thread ends by itself, as after stop().
 """
 
 from __future__ import annotations
@@ -174,6 +176,13 @@ class HealthWatcher:
             except Exception as exc:  # RpcError, a killed Client, a closed channel
                 if self._stop.is_set():
                     return
+                if self._closed_for_good():
+                    self._report(UNREACHABLE, f"{describe_error(exc)} (health watching ended: the Client's"
+                                 " connection is closed for good)")
+                    self._stop.set()  # every later poll would meet the same: wait_for() ends too
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
                 code = status_of(exc)
                 if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED) and self.mode == "watch":
                     # no Watch, or no room for another (plugbay caps them): the plugin answers Check
@@ -191,6 +200,23 @@ class HealthWatcher:
                 else:
                     self._report(UNREACHABLE, describe_error(exc))
             self._stop.wait(self.interval)
+
+    def _closed_for_good(self) -> bool:
+        """Whether the channel watched is a Client's whose connection is closed for good: its plugin
+        exited, or the Client (a Supervisor's channel: the Supervisor) was killed, closed or stopped.
+        None is opened again (a Supervisor's restart goes to a new Client, and its own channel then
+        still points at the old Client's, closed or not); a function as the source may give another
+        channel at its next call, so it is never judged closed."""
+        source = self._source
+        if not isinstance(source, ManagedChannel):
+            return False
+        if source.refuses_calls():
+            return True
+        try:
+            source.current  # raises once detached (kill(), close(), a Supervisor's stop())
+        except ClientStateError:
+            return True
+        return False
 
     def _check_once(self, channel: grpc.Channel, request: health_pb2.HealthCheckRequest) -> None:
         # as a future kept in self._call, so that stop() cancels a Check a plugin does not answer

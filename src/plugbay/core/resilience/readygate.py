@@ -219,7 +219,12 @@ def raise_if_ended(sup: Restarter) -> None:
     """Raise what ends any wait for the plugin to run: the restart budget spent, or the Supervisor stopped."""
     sup.raise_if_failed()
     if sup.state == "stopped":
-        raise ClientStateError(f"the Supervisor of plugin {sup.name!r} was stopped; make a new one")
+        raise was_stopped(sup.name)
+
+
+def was_stopped(name: str, kind: str = "Supervisor") -> ClientStateError:
+    """The error of any use of a stopped Supervisor (``kind``: or AsyncSupervisor) but stop()."""
+    return ClientStateError(f"the {kind} of plugin {name!r} was stopped; make a new one")
 
 
 def _not_running(sup: Restarter, method: str, waited: float) -> BaseException:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from plugbay.core.resilience.calls import backoff_delay, number_problem, seconds_problem
+from plugbay.core.resilience.calls import backoff_delay, checked_backoff, number_problem, seconds_problem
 from plugbay.errors import ConfigError, RestartBudgetExhaustedError
 
 _log = logging.getLogger("plugbay.supervisor")
@@ -40,7 +40,7 @@ class RestartPolicy:
             number_problem(self.window, "window", 0, above=True),
             seconds_problem(self.initial_backoff, "initial_backoff", above=False),
             seconds_problem(self.max_backoff, "max_backoff", above=False),
-            number_problem(self.multiplier, "multiplier", 1),
+            number_problem(self.multiplier, "multiplier", 1, finite=True),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             None if self.stable_after is None else number_problem(self.stable_after, "stable_after (or None)", 0),
         ) if p is not None]
@@ -77,9 +77,11 @@ class FailureRun:
             self.count = 0
 
     def next_backoff(self, policy: RestartPolicy) -> float:
-        """The wait before the next try to start it (a failed try counts as one more failure)."""
+        """The wait before the next try to start it (a failed try counts as one more failure). A backoff
+        no wait takes (a subclass's backoff() gave nan, a negative number, inf) is the policy's bug:
+        ConfigError, and the Supervisor gives up saying so, as when backoff() raises."""
         self.count += 1
-        return policy.backoff(self.count)
+        return checked_backoff(policy.backoff(self.count), f"{type(policy).__name__}.backoff({self.count})")
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 import grpc
 
 from plugbay.core.host.deadline import NO_DEADLINE
-from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, number_problem, seconds_problem,
-                                          status_codes_problem, status_of)
+from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
+                                          seconds_problem, status_codes_problem, status_of)
 from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
@@ -58,7 +58,7 @@ def _is_marked() -> bool:
 DEFAULT_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetryPolicy:
     """When and how often to repeat a failed unary call.
 
@@ -77,6 +77,10 @@ class RetryPolicy:
                           raises, that is logged and the retry goes on)
     rng                   the random.Random the jitter is drawn from, for reproducible jitter in tests
                           (None: one of the policy's own)
+
+    Frozen, as RestartPolicy is: the settings are checked once, here, so a change afterwards
+    (FrozenInstanceError) cannot slip a bad one past the check; ``dataclasses.replace()`` makes
+    a checked copy with other settings.
     """
 
     max_attempts: int = 3
@@ -96,27 +100,27 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.retry_on, Iterable) and not isinstance(self.retry_on, (str, bytes)):
             try:
-                self.retry_on = frozenset(self.retry_on)  # once: a generator is read here, not checked empty
+                self._set("retry_on", frozenset(self.retry_on))  # once: a generator is read here, not checked empty
             except TypeError:  # unhashable members: status_codes_problem below names them
-                self.retry_on = list(self.retry_on)  # type: ignore[assignment]
+                self._set("retry_on", list(self.retry_on))
         for name in ("per_attempt_timeout", "overall_timeout"):
             value = getattr(self, name)
             # math.inf (or past NO_DEADLINE) is None, as the docs say: no deadline of its own, so each
             # try keeps the Client's call_timeout (not one of 1e9 s)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= NO_DEADLINE:
-                setattr(self, name, None)
+                self._set(name, None)
         problems = [p for p in (
             number_problem(self.max_attempts, "max_attempts", 1, whole=True),
             seconds_problem(self.initial_backoff, "initial_backoff", above=False),
             seconds_problem(self.max_backoff, "max_backoff", above=False),
-            number_problem(self.multiplier, "multiplier", 1),
+            number_problem(self.multiplier, "multiplier", 1, finite=True),
             number_problem(self.jitter, "jitter", 0, maximum=1),
             *(number_problem(getattr(self, name), f"{name} (or None)", 0, above=True)
               for name in ("per_attempt_timeout", "overall_timeout") if getattr(self, name) is not None),
             status_codes_problem(self.retry_on, "retry_on"),
         ) if p is not None]
         if isinstance(self.methods, Iterator):
-            self.methods = tuple(self.methods)  # once: a generator would be used up by the check below
+            self._set("methods", tuple(self.methods))  # once: a generator would be used up by the check below
         if isinstance(self.methods, (str, bytes)) or not isinstance(self.methods, Iterable) \
                 or not all(isinstance(m, str) for m in self.methods):
             problems.append(f"methods must be a list of method names or patterns, such as ['Get', '/proto.KV/*']"
@@ -130,7 +134,11 @@ class RetryPolicy:
             problems.append("on_retry must be a callable(method, attempt, error, sleep) or None")
         if problems:
             raise ConfigError("invalid RetryPolicy: " + "; ".join(problems))
-        self.retry_on = frozenset(self.retry_on)
+        self._set("retry_on", frozenset(self.retry_on))
+
+    def _set(self, name: str, value: Any) -> None:
+        """Set a field while __post_init__ settles it (the dataclass is frozen after)."""
+        object.__setattr__(self, name, value)
 
     def is_idempotent(self, method: str) -> bool:
         if self.all_idempotent or _is_marked():
@@ -200,7 +208,12 @@ class RetryPolicy:
         if n >= tries or not self.retryable(exc):
             _note(exc, n, tries)
             return None
-        sleep = self.backoff(n)
+        # a subclass's backoff() that gives nan or a negative number: ConfigError (from the failed
+        # call's error), the same for run() and run_async(), not ValueError from time.sleep only
+        try:
+            sleep = checked_backoff(self.backoff(n), f"{type(self).__name__}.backoff({n})")
+        except ConfigError as bad:
+            raise bad from exc
         if deadline is not None and time.monotonic() + sleep >= deadline - 0.001:
             _note(exc, n, tries, "the overall deadline leaves no time for another try")
             return None

@@ -20,6 +20,7 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.calls import layer_problem, number_problem, seconds_problem
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
+from plugbay.core.resilience.readygate import was_stopped
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError
 
@@ -99,7 +100,7 @@ def not_running(name: str, state: str, last_failure: str | None) -> ClientStateE
     if state == "restarting":
         return ClientStateError(f"the Supervisor of {name!r} is restarting the plugin; wait_running() first")
     if state == "stopped":
-        return ClientStateError(f"the Supervisor of {name!r} was stopped; make a new one")
+        return was_stopped(name)
     if state == "failed":
         return ClientStateError(f"the Supervisor of {name!r} failed to start its plugin ({last_failure});"
                                 " fix that and call start() again")

@@ -40,7 +40,7 @@ from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, plugin_gone,
-                                               restart_advice)
+                                               raise_if_ended, restart_advice, was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -173,7 +173,7 @@ class Supervisor(PluginWaits):
 
     def _start(self) -> None:
         if self._state == STOPPED:
-            raise ClientStateError(f"the Supervisor of plugin {self.name!r} was stopped; make a new one")
+            raise was_stopped(self.name)
         if self._channel is not None:
             return
         with self._cond:
@@ -202,8 +202,10 @@ class Supervisor(PluginWaits):
             raise
 
     def dispense(self, name: str) -> Any:
-        """The plugin's stub on the Supervisor's channel: it survives restarts."""
-        self.raise_if_failed()
+        """The plugin's stub on the Supervisor's channel: it survives restarts. Once the Supervisor gave
+        up (RestartBudgetExhaustedError) or was stopped (ClientStateError) it is refused, a stub
+        dispensed before included, as AsyncSupervisor.dispense() refuses it."""
+        raise_if_ended(self)
         if name in self._dispensed:
             return self._dispensed[name]
         stub = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
