@@ -52,6 +52,17 @@ def test_the_tcp_transport_gives_no_socket_folder_tmpdir() -> None:
     assert "TMPDIR" not in env and runner.reattach_data()["host_socket_dir"] is None  # nothing of the host's
 
 
+def test_the_tcp_transport_passes_on_no_host_socket_folder_or_group() -> None:
+    # the Client's PLUGIN_UNIX_SOCKET_DIR names a folder of this host, which a tcp container does not mount:
+    # a plugbay plugin there would make its brokers' sockets in a folder that is not there
+    host_folder = {"PLUGIN_UNIX_SOCKET_DIR": "/tmp/plugbay-hostonly", "PLUGIN_UNIX_SOCKET_GROUP": "10001"}
+    env = _plugin_env(_runner(transport="tcp"), {"PLUGIN_MIN_PORT": "10000", **host_folder})
+    assert env["PLUGIN_MIN_PORT"] == "10000" and not set(host_folder) & set(env), env
+    # one the caller gives the runner itself is theirs, and kept
+    env = _plugin_env(_runner(transport="tcp", env={"PLUGIN_UNIX_SOCKET_DIR": "/data"}), host_folder)
+    assert env["PLUGIN_UNIX_SOCKET_DIR"] == "/data" and "PLUGIN_UNIX_SOCKET_GROUP" not in env
+
+
 def test_a_plugbay_plugin_with_tmpdir_off_the_socket_folder_serves_and_calls_back(plugbay_image: Any,
                                                                                    plugbay_docker: Any) -> None:
     # the documented way to keep a plugbay plugin's temp files off the host: its socket and the broker's

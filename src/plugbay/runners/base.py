@@ -100,6 +100,15 @@ class LaunchSpec:
     socket_dir: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
+    def env_without_host_folder(self) -> dict[str, str]:
+        """``env`` less the host's socket folder and its group: a path and a group of this host, which
+        mean nothing where no folder of this host is mounted (a pod, a container reached over TCP)."""
+        return {k: v for k, v in self.env.items() if k not in HOST_FOLDER_VARIABLES}
+
+
+# the variables of LaunchSpec.env that name the host's socket folder (go-plugin's names)
+HOST_FOLDER_VARIABLES = ("PLUGIN_UNIX_SOCKET_DIR", "PLUGIN_UNIX_SOCKET_GROUP")
+
 
 class SecureCheck(Protocol):
     """What a runner needs of a SecureConfig (plugbay.SecureConfig) to verify what it starts."""

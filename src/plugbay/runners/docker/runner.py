@@ -192,7 +192,9 @@ class DockerRunner(ContainerTeardown, Runner):
             check_digest(image, self.image, self.digest)
         if self.runtime:
             check_runtime(client, self.runtime)
-        env = {**self.env, **spec.env}
+        # tcp: no host folder is mounted, and the host's folder path would lead the plugin's own sockets
+        # (a per-connection broker's) to a folder the container does not have
+        env = {**self.env, **(spec.env if self.transport == "unix" else spec.env_without_host_folder())}
         gid: int | None = None
         mounts = list(self.mounts)
         if self.transport == "unix":

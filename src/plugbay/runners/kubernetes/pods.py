@@ -24,12 +24,11 @@ from plugbay.errors import (
     RunnerError,
     printable,
 )
+from plugbay.runners.base import HOST_FOLDER_VARIABLES
 
 CONTAINER_NAME = "plugin"
 PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_FAILURES = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-# Host env vars that mean nothing inside a pod (a host folder path).
-_HOST_ONLY_ENV = ("PLUGIN_UNIX_SOCKET_DIR", "PLUGIN_UNIX_SOCKET_GROUP")
 
 Json = dict[str, Any]
 
@@ -122,7 +121,7 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
     if args is not None:
         plugin["args"] = list(args)
     plugin["env"] = merge(plugin.get("env") or [], [{"name": k, "value": v} for k, v in env.items()
-                                                    if k not in _HOST_ONLY_ENV])
+                                                    if k not in HOST_FOLDER_VARIABLES])  # no host folder in a pod
     ports = [p for p in plugin.get("ports") or [] if p.get("containerPort") != container_port]
     plugin["ports"] = [{"name": "plugbay-grpc", "containerPort": container_port, "protocol": "TCP"}, *ports]
     return pod
