@@ -209,9 +209,15 @@ class _RawMarker:
                 head = take(9)
                 kind, flags = head[3], head[4]
                 stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-                take(int.from_bytes(head[:3], "big"))
+                payload = take(int.from_bytes(head[:3], "big"))
                 if kind == 4 and not flags & 1:
                     conn.sendall(_frame(4, 1, 0))  # SETTINGS ack
+                elif kind == 1 and b"/grpc.health.v1.Health/Check" in payload:  # the pool's first health check
+                    # (later ones name the path by an HPACK index): no health service, taken as healthy, so that
+                    # the calls come here (an endpoint that fails its check gets none)
+                    block = b"".join(_literal(k, v) for k, v in (
+                        (b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"12")))
+                    conn.sendall(_frame(1, 0x5, stream, block))
                 elif kind == 1:  # HEADERS: the call; answered trailers-only
                     block = b"".join(_literal(k, v) for k, v in (
                         (b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"14"),

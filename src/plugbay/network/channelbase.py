@@ -29,6 +29,9 @@ class Member:
         self.redial = redial  # how to dial it again on grpc.aio (AsyncRemoteClient): None where that cannot be
         self.health_stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
         self.healthy: bool | None = None  # None: not checked yet
+        # until then (set when it joins the pool), while no check has answered, calls go elsewhere or wait
+        self.first_check_by = 0.0
+        self.first_round = False  # found by the pool's start: calls wait for its first check (PoolHealth.welcome)
         self.health_detail = ""
         self.outlier = EjectionState()
         self.picks = 0
@@ -52,6 +55,7 @@ class Member:
         ejection, counters) stays; what it said about TLS was said of the old files."""
         self.endpoint = old.endpoint
         self.healthy, self.health_detail = old.healthy, old.health_detail
+        self.first_check_by = old.first_check_by
         self.outlier = old.outlier  # shared: calls still on the old channel count toward it
         self.picks, self.failures = old.picks, old.failures
 
@@ -75,6 +79,14 @@ class Member:
         ep = self.endpoint
         return (self.draining_since is None and ep.ready and not ep.terminating
                 and self.healthy is not False and (ejected_too or not self.outlier.ejected(now)))
+
+    def awaiting_check(self, now: float) -> bool:
+        """Whether its first health check is still to answer, within its bound (``first_check_by``)."""
+        return self.healthy is None and now < self.first_check_by
+
+    def holds_calls(self, now: float) -> bool:
+        """Found by the pool's start and awaiting its first check: every call waits (PoolHealth.welcome)."""
+        return self.first_round and self.awaiting_check(now) and self.pickable(now)
 
 
 class CallChannel(grpc.Channel):  # type: ignore[misc]

@@ -3,7 +3,8 @@
 A resolver reports the endpoints; the pool keeps one channel per endpoint
 (mTLS with provided files, or plaintext with ``insecure``), checks each
 endpoint's health (grpc.health.v1 Check on service "plugin" every
-``health_interval``), ejects outliers (plugbay.network.ejection) and picks an
+``health_interval``; a new endpoint gets no calls until its first check answers,
+see PoolHealth.welcome), ejects outliers (plugbay.network.ejection) and picks an
 endpoint per call (``round_robin`` or ``pick_first``). A call that fails
 before it was sent (connection refused, no connection: UNAVAILABLE before any
 response) is sent to another endpoint within the same deadline. When no
@@ -157,6 +158,7 @@ class EndpointPool(PoolHealth, CallChannel):
     def _on_change(self, endpoints: Sequence[Endpoint]) -> None:
         wanted = {ep.key: ep for ep in endpoints}
         built: dict[str, Member] = {}
+        joined: list[Member] = []
         try:
             while True:
                 with self._cond:
@@ -164,7 +166,9 @@ class EndpointPool(PoolHealth, CallChannel):
                         break
                     new = [ep for key, ep in wanted.items() if key not in self._members and key not in built]
                     if not new:
+                        taken = dict(built)
                         self._apply(wanted, built)
+                        joined = [member for key, member in taken.items() if key not in built]
                         break
                 # Every new channel is built before the pool changes: when one fails, the pool keeps
                 # its previous set whole and the resolver hands the same answer over again later.
@@ -173,6 +177,8 @@ class EndpointPool(PoolHealth, CallChannel):
         finally:
             for member in built.values():  # not taken: a failure, or the pool closed meanwhile
                 member.retire()
+        for member in joined:  # its first health check now, not at the next tick: calls wait for it
+            self._check(member)
         self._log_if_changed()
 
     def _apply(self, wanted: dict[str, Endpoint], built: dict[str, Member]) -> None:
@@ -180,7 +186,7 @@ class EndpointPool(PoolHealth, CallChannel):
         for key, ep in wanted.items():
             member = self._members.get(key)
             if member is None:
-                self._members[key] = built.pop(key)
+                self._members[key] = self.welcome(built.pop(key))
                 _log.info("pool %s: endpoint %s joined", self.name, key)
             elif member.endpoint != ep:
                 if ep.terminating and not member.endpoint.terminating:
@@ -237,10 +243,11 @@ class EndpointPool(PoolHealth, CallChannel):
         one that passes its health checks (a lone replica after a burst of timeouts),
         calls go to those rather than fail for the whole ejection time (Envoy's panic
         routing). An unhealthy, draining or terminating endpoint is never one of them.
+        Those that passed a health check go first; a new one waits for its first (PoolHealth.welcome).
         """
-        members = [self._members[k] for k in self._order if k in self._members]
+        members = [m for m in map(self._members.get, self._order) if m is not None and not m.awaiting_check(now)]
         ready = [m for m in members if m.pickable(now)]
-        return ready or [m for m in members if m.pickable(now, ejected_too=True)]
+        return [m for m in ready if m.healthy] or ready or [m for m in members if m.pickable(now, ejected_too=True)]
 
     def _choose(self, now: float, exclude: set[str], pin: str | None) -> Member | None:
         if pin is not None:  # a pinned stub has no other endpoint to be steered to
@@ -249,6 +256,8 @@ class EndpointPool(PoolHealth, CallChannel):
         ready = [m for m in self._available(now) if m.key not in exclude]
         if not ready:
             return None
+        if any(m.holds_calls(now) and m.key not in exclude for m in self._members.values()):
+            return None  # the start's first health round, which takes moments, sets where calls go
         if self.policy == "pick_first":
             return ready[0]
         return ready[next(self._rr) % len(ready)]
@@ -260,23 +269,6 @@ class EndpointPool(PoolHealth, CallChannel):
             return None
         member = members[0]
         return tls_error(self, member, member.tls_failure or "", member.health_detail)
-
-    def _why_none(self, exclude: set[str], pin: str | None) -> str:
-        if pin is not None:
-            member = self._members.get(pin)
-            detail = f" ({member.health_detail})" if member is not None and member.health_detail else ""
-            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating{detail}"
-        if not self._members:
-            return "discovery reports no endpoints"
-        now = time.monotonic()
-        parts = []
-        for key, m in self._members.items():
-            state = ("tried" if key in exclude else "ejected" if m.outlier.ejected(now)
-                     else "unhealthy" if m.healthy is False else "not ready" if not m.endpoint.ready
-                     else "terminating" if m.endpoint.terminating else "available")
-            parts.append(f"{key} {state}" + (f" ({m.health_detail})" if m.health_detail and state != "available"
-                                             else ""))
-        return "; ".join(parts)
 
     def done(self, member: Member, error: BaseException | None) -> None:
         """Record a call's outcome: failures count toward ejection; successes reset the count."""
@@ -330,10 +322,11 @@ class EndpointPool(PoolHealth, CallChannel):
                     "resends": self.resends, "endpoints": endpoints}
 
     def pickable_keys(self) -> list[str]:
-        """The endpoints a call may go to now (see _available)."""
+        """The endpoints a call may go to now (see _available), or once their first health check answers."""
         now = time.monotonic()
         with self._cond:
-            return [m.key for m in self._available(now)]
+            waiting = [m.key for m in self._members.values() if m.pickable(now) and m.awaiting_check(now)]
+            return [m.key for m in self._available(now)] + waiting
 
     def _log_if_changed(self) -> None:
         now = time.monotonic()

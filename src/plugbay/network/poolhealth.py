@@ -35,6 +35,7 @@ _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdic
 # a new endpoint closing right after each TLS handshake for this long refused the certificate, most likely
 # (a TLS proxy's backend that is down only briefly is back by then)
 _CLOSES_PROVE = 3.0
+_FIRST_CHECK_GRACE = 0.5  # past health_timeout: room for the health thread to send a new endpoint's check
 
 
 class PoolHealth:
@@ -56,6 +57,7 @@ class PoolHealth:
     _health_fails: dict[str, int]
     _connector: Any
     _closed: bool
+    _thread: threading.Thread | None
     _step_failure: str | None = None  # the last step's failure, logged once
     generation: int
 
@@ -159,6 +161,25 @@ class PoolHealth:
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
 
+    def _why_none(self, exclude: set[str], pin: str | None) -> str:
+        """Each endpoint's state, for a NoEndpointsError (EndpointPool.try_pick)."""
+        if pin is not None:
+            member = self._members.get(pin)
+            detail = f" ({member.health_detail})" if member is not None and member.health_detail else ""
+            return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating{detail}"
+        if not self._members:
+            return "discovery reports no endpoints"
+        now = time.monotonic()
+        parts = []
+        for key, m in self._members.items():
+            state = ("tried" if key in exclude else "awaiting its first health check" if m.awaiting_check(now)
+                     else "ejected" if m.outlier.ejected(now)
+                     else "unhealthy" if m.healthy is False else "not ready" if not m.endpoint.ready
+                     else "terminating" if m.endpoint.terminating else "available")
+            parts.append(f"{key} {state}" + (f" ({m.health_detail})" if m.health_detail and state != "available"
+                                             else ""))
+        return "; ".join(parts)
+
     def _drain_left(self, wanted: Collection[str]) -> None:
         """Under the lock: the endpoints discovery no longer reports (not in ``wanted``) get no more calls;
         each channel closes once its calls end, at most drain_timeout from now. A channel replaced for
@@ -174,6 +195,17 @@ class PoolHealth:
         for old in self._draining:
             if old.renewed and old.key not in wanted:
                 old.renewed, old.draining_since = False, now
+
+    def welcome(self, member: Member) -> Member:
+        """A new endpoint, under the lock. It gets no calls until its first health check (sent as it joins)
+        answers, nor after that failed: a replica that accepts connections and never answers would hold
+        a call, or a brokered stub pinned to it, for the whole timeout while another answers at once.
+        Those found by the start's discovery (``first_round``) hold every call until each answered, so
+        that the first calls spread over all that pass; one found later only stays out meanwhile. At
+        most health_timeout + _FIRST_CHECK_GRACE: then, the health thread held up, it is used if need be."""
+        member.first_check_by = time.monotonic() + self.health_timeout + _FIRST_CHECK_GRACE
+        member.first_round = self._thread is None
+        return member
 
     def _probe_suspects(self) -> None:
         with self._cond:
