@@ -67,8 +67,9 @@ class EndpointPool(PoolHealth, CallChannel):
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()
         self.tls = tls
-        # gRPC's failure details tell TLS problems only when gRPC does the TLS (not through a connector's relay)
-        self.diagnose_tls = connector is None
+        # TLS problems are told from gRPC's details, and from a TLS probe when a connection closed during setup:
+        # the only sign a connector's relay (multiplexed endpoints) gives, so there the probe judges it all
+        self.diagnose_tls = True
         # gRPC's keepalive on plain gRPC connections (a connector's have their own: the yamux keepalive)
         pings = grpcping.channel_options(keepalive, "keepalive") if connector is None else []
         self.health_interval, self.health_timeout = health_interval, health_timeout
@@ -219,7 +220,7 @@ class EndpointPool(PoolHealth, CallChannel):
                 member.picks += 1
                 member.inflight += 1
                 return member
-            tls_broken = self._tls_broken(pin)
+            tls_broken = self.tls_broken(pin)
             if tls_broken is not None:
                 raise tls_broken
             if now >= deadline:
@@ -262,13 +263,13 @@ class EndpointPool(PoolHealth, CallChannel):
             return ready[0]
         return ready[next(self._rr) % len(ready)]
 
-    def _tls_broken(self, pin: str | None) -> BaseException | None:
+    def tls_broken(self, pin: str | None = None) -> BaseException | None:
         """When every endpoint failed its health check on TLS, a RemoteTLSError now (waiting cannot help)."""
-        members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
-        if not members or any(m.tls_failure is None for m in members):
-            return None
-        member = members[0]
-        return tls_error(self, member, member.tls_failure or "", member.health_detail)
+        with self._cond:
+            members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
+            if not members or any(m.tls_failure is None for m in members):
+                return None
+            return tls_error(self, members[0], members[0].tls_failure or "", members[0].health_detail)
 
     def done(self, member: Member, error: BaseException | None) -> None:
         """Record a call's outcome: failures count toward ejection; successes reset the count."""

@@ -222,7 +222,7 @@ class PoolHealth:
             if member.probed_at is not None and now - member.probed_at < _PROBE_GAP:
                 return member.tls_failure
             member.probed_at = now
-        verdict = probe(member.endpoint, self.tls, timeout)
+        verdict = probe(member.endpoint, self.tls, timeout, verify=self._connector is not None)
         with self._cond:
             if verdict == CLOSED_AFTER_HANDSHAKE:
                 verdict = self._weigh_close(member)
@@ -230,7 +230,7 @@ class PoolHealth:
                 member.closing_since = None
             member.tls_failure = verdict
             if verdict is not None:
-                self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool._tls_broken)
+                self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool.tls_broken)
         return verdict
 
     def _weigh_close(self, member: Member) -> str | None:

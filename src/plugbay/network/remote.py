@@ -298,8 +298,9 @@ class RemoteClient(Client):
                 raise UnknownPluginError(name, list(plugins))
             key = self.pool.next_key()
             endpoint = self.pool.channel_of(key) if key is not None else None
-            if key is None or not isinstance(endpoint, MuxEndpoint):
-                raise no_endpoints(self.pool, "no endpoint is available to pin a brokered stub to")
+            if key is None or not isinstance(endpoint, MuxEndpoint):  # a TLS refusal everywhere: say so
+                raise self.pool.tls_broken() or no_endpoints(self.pool, "no endpoint is available to pin a"
+                                                                        " brokered stub to")
         # outside the lock: close() and kill() need it, and closing the pool ends this wait
         if self.config.call_timeout is not None:
             return plugins[name], key, endpoint.broker(self.config.call_timeout)

@@ -20,6 +20,8 @@ import grpc
 from plugbay.errors import ConfigError
 from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
+_NO_NAME = ("the plugin's certificate does not name server_name: pass the name its subjectAltName carries, or"
+            " serve it with one naming server_name")
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
     # OpenSSL's verify reasons first: they come after CERTIFICATE_VERIFY_FAILED in the same details
@@ -29,12 +31,13 @@ _TLS_SIGNS = (
                                      " the certificate's notBefore"),
     ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "the plugin refused the host's certificate (cert_file) as expired:"
                                         " renew it"),
+    # Python's ssl (a multiplexed endpoint's TLS probe, plugbay.network.tlsprobe) on the plugin's name
+    ("Hostname mismatch", _NO_NAME), ("IP address mismatch", _NO_NAME),
     ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
                                   " or it does not name server_name"),
     ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
     # grpcio's own check of the peer's name (its SAN) against server_name
-    ("Hostname Verification Check failed", "the plugin's certificate does not name server_name: pass the name"
-                                           " its subjectAltName carries, or serve it with one naming server_name"),
+    ("Hostname Verification Check failed", _NO_NAME),
     ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
     ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"

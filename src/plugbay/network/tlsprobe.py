@@ -9,6 +9,11 @@ handshake of its own with the endpoint: a TLS alert is definite, a close right
 after the handshake is CLOSED_AFTER_HANDSHAKE for the pool to weigh
 (poolhealth), and anything else answers None, so the call goes on retrying
 within its deadline.
+
+A multiplexed endpoint's TLS is made by plugbay's relay, not gRPC, so gRPC's
+details never say what went wrong there: its probe (``verify``) makes the
+relay's own handshake (the same context and server name), so it also judges
+the plugin's certificate, and every refusal reads as it does over plain gRPC.
 """
 
 from __future__ import annotations
@@ -51,16 +56,18 @@ def _alert(exc: ssl.SSLError) -> bool:
     return "ALERT" in str(exc.reason or "").upper() or "alert" in str(exc).lower()
 
 
-def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | None:
+def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
     """What a closed connection during setup meant, from one handshake of our own; None when nothing.
 
     With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
-    CLOSED_AFTER_HANDSHAKE, which the caller weighs. Without: a peer that answers a TLS handshake
+    CLOSED_AFTER_HANDSHAKE, which the caller weighs; with ``verify`` (a multiplexed endpoint), a plugin
+    certificate this host does not trust is named too. Without: a peer that answers a TLS handshake
     wants TLS. A connection refused, reset or closed before the handshake finished proves nothing.
     """
     deadline = time.monotonic() + timeout
+    verify = verify and tls is not None
     try:
-        ctx = _context(tls)
+        ctx = tls.ssl_context() if verify and tls is not None else _context(tls)
     except Exception as exc:  # this host's own files, not the endpoint: no proof either way
         _log.warning("TLS probe of %s skipped: its client context could not be made (%s)", endpoint.key, exc)
         return None
@@ -69,7 +76,9 @@ def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | N
     except (OSError, ValueError):
         return None
     try:
-        conn = ctx.wrap_socket(sock, server_hostname=(tls.server_name if tls else None) or "plugbay-probe",
+        # the name the relay checks (plugbay.network.muxconn), else only sent (SNI)
+        relays = endpoint.address.rpartition(":")[0].strip("[]") if verify else None
+        conn = ctx.wrap_socket(sock, server_hostname=(tls.server_name if tls else None) or relays or "plugbay-probe",
                                do_handshake_on_connect=False)
     except (OSError, ValueError):
         sock.close()
@@ -81,6 +90,8 @@ def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float) -> str | N
 def _verdict(conn: ssl.SSLSocket, tls: NetworkTLS | None, deadline: float) -> str | None:
     try:
         conn.do_handshake()
+    except ssl.SSLCertVerificationError as exc:  # only with verify: this host's own check of the plugin
+        return tls_failure(str(exc), tls=True) or str(exc)
     except ssl.SSLError as exc:
         if not _alert(exc):
             return None  # EOF or a non-TLS answer mid-handshake: gRPC's own details say the rest

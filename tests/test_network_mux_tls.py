@@ -1,0 +1,71 @@
+"""A TLS refusal met by a multiplexed client (one TLS connection carrying yamux per endpoint, made by
+plugbay's relay) is a RemoteTLSError, as on plain gRPC, not a NoEndpointsError at the call's deadline.
+
+The counter example served in network mode over mTLS; the client starts against it, then the replica
+is restarted on the same port with certificates the host's files do not fit: a plugin certificate from
+another CA, or a plugin that no longer trusts the host's certificate. Calls on a stub dispensed before
+and a new dispense() both fail typed, in multiplexed and in plain gRPC mode alike."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from plugbay import RemoteClient, RemoteTLSError
+from tests import netcerts
+from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _refusing_set(certs: netcerts.CertSet, folder: Path, case: str) -> netcerts.CertSet:
+    other = netcerts.write_set(folder / "other")
+    if case == "plugin certificate from another CA":
+        return other
+    # the plugin's own certificate is still good, but it now trusts another client CA
+    moved = netcerts.CertSet(folder / "moved", certs.server_ca, other.client_ca, certs.client)
+    moved.dir.mkdir()
+    moved.cert_file.write_bytes(certs.cert_file.read_bytes())
+    moved.key_file.write_bytes(certs.key_file.read_bytes())
+    moved.client_ca_file.write_bytes(other.client_ca.cert_pem)
+    return moved
+
+
+@pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
+@pytest.mark.parametrize("case, expected", [
+    ("plugin certificate from another CA", "the plugin's certificate is not signed by the CA given"),
+    ("plugin no longer trusts the host", "failed: the plugin refused the"),
+])
+def test_a_tls_refusal_after_start_is_a_remote_tls_error(tmp_path: Path, multiplexed: bool, case: str,
+                                                         expected: str) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    listen = f"127.0.0.1:{_free_port()}"
+    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    try:
+        config = counter_config(replicas, host_tls(certs), call_timeout=10.0, health_interval=0.2,
+                                health_timeout=0.5, brokered=multiplexed)
+        with RemoteClient(config) as client:
+            assert client.multiplexed is multiplexed
+            stub = client.dispense(PLUGIN_NAME)
+            if multiplexed:
+                stub.put("n", 1, Adder())
+            replicas[0].stop()
+            replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, case), listen=listen))
+            with pytest.raises(RemoteTLSError) as err:
+                stub.get("n")
+            assert f"TLS with remote plugin 'counter' at tcp:{listen} failed" in str(err.value)
+            if multiplexed or case != "plugin certificate from another CA":  # gRPC names it otherwise
+                assert expected in str(err.value)
+            with pytest.raises(RemoteTLSError):
+                client.dispense(PLUGIN_NAME).get("n")
+    finally:
+        for replica in replicas:
+            replica.stop()
+            shutil.rmtree(replica.tmp, ignore_errors=True)
