@@ -8,6 +8,7 @@ host launches never needs them.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ class NetworkServe(Frozen):
     """serve() on the network. Either all three TLS files, or ``insecure=True``."""
 
     _fields = ("listen", "cert_file", "key_file", "client_ca_file", "insecure", "allow_shutdown", "multiplex",
-               "keepalive")
+               "keepalive", "stop")
     listen: str
     cert_file: str | None
     key_file: str | None
@@ -46,10 +47,12 @@ class NetworkServe(Frozen):
     # instance stopped) when nothing answers within the second figure; go's yamux: 30, 10; an
     # optional third: dropped when no byte could be written to it for that long (10 s if not given)
     keepalive: tuple[float, ...]
+    stop: ServeStop | None  # how a program that runs serve() on a thread of its own stops it
 
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
-                 multiplex: bool = True, keepalive: tuple[float, ...] = _KEEPALIVE) -> None:
+                 multiplex: bool = True, keepalive: tuple[float, ...] = _KEEPALIVE,
+                 stop: ServeStop | None = None) -> None:
         # checked here, not where they are used: insecure="false" would read as True (plaintext served to
         # anyone), allow_shutdown="no" likewise (any peer may stop the shared service)
         if not isinstance(listen, str) or not listen.strip():
@@ -68,6 +71,9 @@ class NetworkServe(Frozen):
             if text is not None and _unnameable(text, os.fsencode):
                 raise ConfigError(f"NetworkServe.{name} {text!r:.200} is no path the OS can name (a NUL byte,"
                                   " or a character its file names cannot hold); pass the PEM file's real path")
+        if stop is not None and not isinstance(stop, ServeStop):
+            raise ConfigError(f"NetworkServe.stop must be a ServeStop or None, got {stop!r:.80}; pass stop=ServeStop()"
+                              " and call its stop() to end serve() from another thread")
         if keepalive != _KEEPALIVE:  # imported only then: serve() reads this class at every start
             from plugbay.core.transport.keepalive import Keepalive
 
@@ -75,7 +81,7 @@ class NetworkServe(Frozen):
         self._set(listen=listen, cert_file=files["cert_file"], key_file=files["key_file"],
                   client_ca_file=files["client_ca_file"],
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
-                  keepalive=tuple(float(figure) for figure in keepalive))
+                  keepalive=tuple(float(figure) for figure in keepalive), stop=stop)
 
     @property
     def brokering(self) -> bool:
@@ -107,6 +113,51 @@ class NetworkServe(Frozen):
         from plugbay.core.transport import certfiles
 
         return certfiles.TLSFiles(self.cert_file, self.key_file, self.client_ca_file)
+
+
+class ServeStop:
+    """Stops a network serve() from another thread: ``NetworkServe(stop=ServeStop())``, then ``stop()``.
+
+    serve() installs its SIGTERM handler only on the main thread, and a shared service ignores
+    GRPCController.Shutdown (unless ``allow_shutdown``): a serve() on a thread of the program's own had
+    no way to end. ``stop()`` ends it as SIGTERM does (in-flight calls get their grace, the listener
+    closes, serve() returns); asked before serve() started, serve() returns once it has started. One
+    ServeStop per serve() run: once asked it stays asked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._asked = False
+        self._stoppers: list[Callable[[], None]] = []
+
+    @property
+    def asked(self) -> bool:
+        return self._asked
+
+    def stop(self) -> None:
+        """Ask the serve() run that uses it to stop (it returns soon after); idempotent, from any thread."""
+        with self._lock:
+            self._asked = True
+            stoppers = list(self._stoppers)
+        for stop in stoppers:
+            stop()
+
+    def attach(self, stop: Callable[[], None]) -> None:
+        """serve()'s: ``stop`` wakes its wait (called at once when a stop was asked already)."""
+        with self._lock:
+            self._stoppers.append(stop)
+            asked = self._asked
+        if asked:
+            stop()
+
+    def detach(self, stop: Callable[[], None]) -> None:
+        """serve()'s, as it returns: a later stop() reaches it no more."""
+        with self._lock:
+            if stop in self._stoppers:
+                self._stoppers.remove(stop)
+
+    def __repr__(self) -> str:
+        return f"ServeStop(asked={self._asked})"
 
 
 def listen_target(listen: str) -> tuple[str, str]:

@@ -15,7 +15,9 @@ What changes against a plugin its host launched:
   (PLUGIN_PROTOCOL_VERSIONS still narrows it when set);
 * plugbay.network.v1.Discovery answers what the handshake line would have said;
 * GRPCController.Shutdown is acknowledged but ignored unless ``allow_shutdown``:
-  the service is shared by many hosts; SIGTERM/SIGINT stop it;
+  the service is shared by many hosts; SIGTERM/SIGINT stop it, and, for a serve()
+  on a thread of the program's own (no signal handler there), ``NetworkServe(stop=
+  ServeStop())`` and its ``stop()`` (plugbay.core.plugin.netconfig);
 * ``NetworkServe.from_env`` (plugbay.core.plugin.netconfig) turns an unmodified
   plugin into a network one: serve() uses it when PLUGBAY_NETWORK_LISTEN is set
   (plus PLUGBAY_NETWORK_CERT, PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA or

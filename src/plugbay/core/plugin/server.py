@@ -171,6 +171,8 @@ class _PluginServer:
     def start(self) -> None:
         # Handlers first: a SIGTERM during setup must still clean up (socket file included).
         self._install_signals()
+        if self.config.network is not None and self.config.network.stop is not None:
+            self.config.network.stop.attach(self.stop)  # off the main thread, the program's way to stop it
         version, plugin_set = protocol_version(self.config, self.env)
         defaults = [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS)]
         network = self.config.network
@@ -361,6 +363,8 @@ class _PluginServer:
             # instead of killing the plugin mid-stop with its socket file left behind.
             for signum, old in self._old_signals.items():
                 signal.signal(signum, old)
+            if self.config.network is not None and self.config.network.stop is not None:
+                self.config.network.stop.detach(self.stop)
             self.stopping.close()
             self._logging.close()
 

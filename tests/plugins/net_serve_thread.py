@@ -1,0 +1,45 @@
+"""serve() in network mode on a thread of a program that goes on doing its own work: the program stops
+it with the NetworkServe's ServeStop, from its main thread, then exits by itself.
+
+It serves the KV example (files in the working folder) on NET_SERVE_LISTEN in plaintext, prints the
+handshake line as serve() does, then reads stdin: "stop" calls ServeStop.stop() and waits for serve()
+to return; it prints "RETURNED" once it did (or "STILL SERVING" when it did not within 15 s). With
+NET_SERVE_EARLY=1 it asks to stop before serve() has even started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+from plugin import FileKV  # noqa: E402
+
+from plugbay import ServeConfig, serve  # noqa: E402
+from plugbay.core.plugin.netconfig import NetworkServe, ServeStop  # noqa: E402
+
+
+def main() -> None:
+    stop = ServeStop()
+    network = NetworkServe(listen=os.environ["NET_SERVE_LISTEN"], insecure=True, stop=stop)
+    if os.environ.get("NET_SERVE_EARLY") == "1":
+        stop.stop()
+    thread = threading.Thread(target=serve, name="kv-serve", args=(
+        ServeConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin(FileKV())}, network=network),))
+    thread.start()
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            stop.stop()
+            break
+    thread.join(15)
+    print("STILL SERVING" if thread.is_alive() else "RETURNED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
