@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugbay.core.plugin.netconfig import NetworkServe, ServeStop
+from plugbay import NetworkServe, ServeStop
 from plugbay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

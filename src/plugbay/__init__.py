@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from plugbay.core.host.config import ClientConfig as ClientConfig
     from plugbay.core.host.reattach import ReattachConfig as ReattachConfig
     from plugbay.core.host.secure import SecureConfig as SecureConfig
-    from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe
+    from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe, ServeStop as ServeStop
     from plugbay.core.plugin.server import ServeConfig as ServeConfig, serve as serve
     from plugbay.core.protocol.handshake import HandshakeConfig as HandshakeConfig, HandshakeInfo as HandshakeInfo
     from plugbay.core.resilience.calls import install as install

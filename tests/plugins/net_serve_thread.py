@@ -22,7 +22,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from plugin import FileKV  # noqa: E402
 
 from plugbay import ServeConfig, serve  # noqa: E402
-from plugbay.core.plugin.netconfig import NetworkServe, ServeStop  # noqa: E402
+from plugbay import NetworkServe, ServeStop  # noqa: E402
 
 
 def main() -> None:
