@@ -95,6 +95,8 @@ class ProcessRunner(ProcessLines, Runner):
         self._ended = ""  # "killed" or "detached": start() refuses then (one runner, one plugin, once)
         self._group_ended = False  # a stop SIGKILLed the group and reaped its leader: never signal that pgid again
         self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
+        self._unheld: subprocess.Popen[bytes] | None = None  # a spawn cut short (Ctrl-C in Popen): ended by kill()
+        self._spawner: int | None = None  # the pid that started it: in a forked child the plugin is not its
 
     # --- identity -------------------------------------------------------------
 
@@ -205,12 +207,16 @@ class ProcessRunner(ProcessLines, Runner):
                 executable = f"/proc/self/fd/{fd}"
             else:
                 args[index] = f"/proc/self/fd/{fd}"
+        self._spawner = os.getpid()
+        # made before it runs: a Ctrl-C inside Popen (it waits for the exec) leaves its child known here
+        proc: subprocess.Popen[bytes] = subprocess.Popen.__new__(subprocess.Popen)
         try:
-            self._proc = subprocess.Popen(
-                args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            subprocess.Popen.__init__(
+                proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
                 pass_fds=tuple(verified.values()),
             )
+            self._proc = proc
         except (OSError, ValueError) as exc:
             if verified:  # the checked copies close below: a second start() would run the unchecked file
                 with self._lock:
@@ -221,6 +227,14 @@ class ProcessRunner(ProcessLines, Runner):
                     " names." if isinstance(exc, ValueError) else
                     "Check the path, the executable bit and the working directory.")
             raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. {hint}") from exc
+        except BaseException:
+            # Ctrl-C while Popen waited for the exec: it dropped the pipes but not the child, which
+            # runs on (a zombie once it ends) where nothing would stop or reap it
+            self._unheld = proc
+            with self._lock:
+                self._ended = self._ended or "used for a start that was interrupted"
+            self._end_unheld()
+            raise
         finally:
             for fd in verified.values():
                 os.close(fd)
@@ -256,10 +270,13 @@ class ProcessRunner(ProcessLines, Runner):
     def kill(self, grace: float = 2.0) -> None:
         with self._lock:
             self._ended = "killed"
+        if self._spawner not in (None, os.getpid()):  # a forked child's copy: the plugin is the parent's
+            return
         proc = self._proc
         if proc is None:
             self._stop.set()
             self._close_verified()
+            self._end_unheld()  # a start cut short by Ctrl-C that could not end its child itself
             return
         self._stop_process(grace)
 

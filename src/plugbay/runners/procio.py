@@ -190,23 +190,36 @@ def follow_pipes(pipes: Mapping[str, IO[bytes] | None], on_line: Callable[[str, 
     """Follow each named pipe on the loop (a runner's follow_output); stderr lines also go to ``tail``.
 
     Each pipe is closed (under ``lock``) once read to its end. ``first_line_by``: first read
-    here, on the calling thread, until stdout's first line (see read_first_line).
+    here, on the calling thread, until stdout's first line (see read_first_line). When this
+    raises (Ctrl-C while that line is awaited), the pipes are closed all the same: those given
+    to a follower by then once it ended, the others here.
     """
     ends = OutputEnds(len(pipes))
     handlers = {which: _line_handler(which, on_line, tail) for which in pipes}
     split = {which: LineSplitter(handshake_first=which == "stdout") for which in pipes}
     splitters.extend(split.values())
     held: dict[str, list[str]] = {which: [] for which in pipes}
-    if first_line_by is not None and "stdout" in pipes:
-        fds = {which: pipe.fileno() for which, pipe in pipes.items() if pipe is not None}
-        read_first_line(fds, split, handlers["stdout"], held, first_line_by, gone)
-    followers = []
-    for which, pipe in pipes.items():
-        assert pipe is not None
-        followers.append(PipeFollower(pipe.fileno(), split[which], handlers[which],
-                                      _end_handler(which, on_end, ends), _closer(pipe, lock),
-                                      held=held[which]))
-    return followers, ends
+    followers: dict[str, PipeFollower] = {}
+    try:
+        if first_line_by is not None and "stdout" in pipes:
+            fds = {which: pipe.fileno() for which, pipe in pipes.items() if pipe is not None}
+            read_first_line(fds, split, handlers["stdout"], held, first_line_by, gone)
+        for which, pipe in pipes.items():
+            assert pipe is not None
+            followers[which] = PipeFollower(pipe.fileno(), split[which], handlers[which],
+                                            _end_handler(which, on_end, ends), _closer(pipe, lock),
+                                            held=held[which])
+    except BaseException:
+        # the caller counts every pipe as read: nothing else would close them (a runner's stop
+        # leaves the pipes its readers own) until the process object is collected
+        for follower in followers.values():
+            follower.stop()  # it closes its pipe as it ends, on the loop
+        with lock:
+            for which, pipe in pipes.items():
+                if pipe is not None and which not in followers:
+                    pipe.close()
+        raise
+    return list(followers.values()), ends
 
 
 def read_first_line(fds: Mapping[str, int], splitters: Mapping[str, LineSplitter],

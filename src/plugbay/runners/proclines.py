@@ -1,11 +1,13 @@
 """ProcessLines, a base of ProcessRunner: its stdout/stderr pipes read line by line in the
-reader's own thread (stdout_lines(), stderr_lines()), and the unread pipes closed on a stop."""
+reader's own thread (stdout_lines(), stderr_lines()), the unread pipes closed on a stop, and
+the child of a start cut short inside Popen ended."""
 
 from __future__ import annotations
 
 import collections
 import os
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -14,6 +16,8 @@ from typing import IO
 
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import RunnerError
+from plugbay.runners.attached import REAP_TIMEOUT
+from plugbay.runners.proctree import family, signal_all, signal_group, stat_of
 
 _POLL = 0.2
 _DRAIN = 1.0  # after kill(): how long the pipes are still read
@@ -27,7 +31,9 @@ class ProcessLines:
     _stop: threading.Event
     _iterating: set[str]
     _tail: collections.deque[str]
+    _unheld: subprocess.Popen[bytes] | None
     splitters: list[LineSplitter]
+    plugin_id: str
 
     def _lines(self, which: str) -> Iterator[str]:
         proc = self._proc
@@ -86,3 +92,28 @@ class ProcessLines:
             for which, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
                 if pipe is not None and which not in self._iterating and not pipe.closed:
                     pipe.close()
+
+    def _end_unheld(self) -> None:
+        """SIGKILL and reap the child of a Popen cut short (no self._proc to stop it through).
+
+        Its pid is proven this runner's: the Popen forked it and nothing has reaped it, so neither that
+        pid nor a process group of that number can be another process's. Before its exec it does not
+        carry PLUGBAY_PLUGIN_ID yet; what it started since does, or descends from it.
+        """
+        proc, pid = self._unheld, getattr(self._unheld, "pid", None)
+        if proc is None or pid is None or proc.returncode is not None:  # no fork, or reaped
+            self._unheld = None
+            return
+        facts = stat_of(pid)
+        strays = family(pid, self.plugin_id, facts[1] if facts is not None else None)
+        signal_group(pid, signal.SIGKILL)  # once it made its group (process_group=0): what is in it
+        try:
+            os.kill(pid, signal.SIGKILL)  # before that, the child alone
+        except ProcessLookupError:  # pragma: no cover - a child not reaped is never missing
+            pass
+        signal_all(strays, signal.SIGKILL)
+        try:
+            proc.wait(REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
+            return
+        self._unheld = None

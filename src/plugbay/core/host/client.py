@@ -13,6 +13,7 @@ The connection's steps, once the handshake line is read, are connecting.Connecti
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,7 @@ class Client(Connecting):
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
         self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
         self._failed: str | None = None  # the error that ended a start() no kill() ended
+        self._pid: int | None = None  # the process that started it: its plugin is that process's alone
 
     # --- properties -------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class Client(Connecting):
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
                 return
+            self._pid = os.getpid()
             self._starting = threading.current_thread()
             LIVE.add(self)  # a host that exits meanwhile (start() on a daemon thread) ends this start too
             failed: BaseException | None = None
@@ -254,12 +257,16 @@ class Client(Connecting):
 
     def close(self) -> None:
         """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
+        if self._forked_away():
+            return
         self._check_closable()
         self._end("close", self.close, self._disconnect)
 
     def _end(self, what: str, again: Callable[[], None], stop: Callable[[], None]) -> None:
         """kill()/close(): ``stop()`` once, under the lock; on the shared loop thread (a logging
         handler) it returns at once and ``plugbay-<what>-<name>`` does it (LoopHandoff)."""
+        if self._forked_away():
+            return
         if self._handoff.start(f"plugbay-{what}-{self.name}", again, self._killed):
             return
         starting = self._starting
@@ -293,6 +300,20 @@ class Client(Connecting):
         finally:
             self._lock.release()
         self._handoff.join()  # one a loop callback started: all but done once we had the lock
+
+    def _forked_away(self) -> bool:
+        """True in a forked child of the host that started this Client, which then only lets go of its copy.
+
+        The plugin, its process group, its socket folder and its connection are the parent's, which
+        goes on using them: no signal, no Shutdown, no folder removed, nothing grpc does (grpcio's
+        state is its parent's there too). Nor a wait for the I/O loop's readers, which the fork left
+        behind (each kill() waited out their timeouts).
+        """
+        if self._pid is None or self._pid == os.getpid():
+            return False
+        self._killed = True  # a Client starts once, in any process
+        LIVE.discard(self)
+        return True
 
     def _end_start(self, what: str, starting: threading.Thread) -> bool:
         """Make the start() on ``starting`` end soon; True when kill() was asked inside it (return at once)."""

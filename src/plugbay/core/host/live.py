@@ -10,6 +10,7 @@ TLS relay), so it cannot run there. cleanup_clients() waits for them too.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -138,3 +139,20 @@ def cleanup_clients() -> None:
 
 
 atexit.register(cleanup_clients)
+
+
+def _forget_in_child() -> None:
+    """A forked child holds none of its parent's plugins: its exit (cleanup_clients) must not end them.
+
+    Its copies of the parent's Clients, Supervisors and stop threads are forgotten (the threads do
+    not exist there; a lock another thread held at the fork would never be released there).
+    A Client kept by the child's own code knows itself foreign there (Client.kill()).
+    """
+    global _stopping_lock
+    _stopping_lock = threading.Lock()
+    LIVE.clear()  # in place: client.py, the Supervisor and the gateway hold these very sets
+    RESTARTERS.clear()
+    _STOPPING.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

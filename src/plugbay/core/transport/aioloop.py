@@ -78,11 +78,16 @@ class AioLoop:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=_run, args=(loop,), name=self.name, daemon=True)
-                # Not waited for: what is scheduled before run_forever() begins runs then (a
-                # plugin's start would wait here for the thread to be scheduled twice).
-                thread.start()
-                self._loop, self._thread = loop, thread
+                began = threading.Event()
+                thread = threading.Thread(target=_run, args=(loop, began), name=self.name, daemon=True)
+                self._loop, self._thread = loop, thread  # first: a Ctrl-C just after the start leaves it known
+                try:
+                    # Not waited for: what is scheduled before run_forever() begins runs then (a
+                    # plugin's start would wait here for the thread to be scheduled twice).
+                    _start(thread, loop, began)
+                except BaseException:
+                    self._loop = self._thread = None
+                    raise
             assert self._thread is not None
             self._users += 1
             return Lease(self, self._loop, self._thread)
@@ -138,7 +143,28 @@ class AioLoop:
             return self._users
 
 
-def _run(loop: asyncio.AbstractEventLoop) -> None:
+def _start(thread: threading.Thread, loop: asyncio.AbstractEventLoop, began: threading.Event) -> None:
+    """``thread.start()``; when that raises, no thread of ``loop`` runs on (and ``loop`` is closed).
+
+    Thread.start() waits for the new thread to begin: a Ctrl-C there leaves a thread that runs
+    (or soon will) a loop no user holds, for the life of the process, and the next acquire()
+    would start another.
+    """
+    try:
+        thread.start()
+    except Exception:  # the thread could not be made ("can't start new thread"): only the loop to close
+        loop.close()
+        raise
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)  # run_forever() ends at once, even one not begun yet
+        if began.wait(_JOIN_TIMEOUT):  # Thread.join() refuses a thread that has not begun
+            thread.join(_JOIN_TIMEOUT)  # _run closes the loop
+        raise
+
+
+def _run(loop: asyncio.AbstractEventLoop, began: threading.Event | None = None) -> None:
+    if began is not None:
+        began.set()
     asyncio.set_event_loop(loop)
     try:
         loop.run_forever()
