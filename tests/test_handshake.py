@@ -400,3 +400,12 @@ def test_go_plugins_host_takes_and_refuses_the_same_lines(tmp_path: Path, fields
     assert done.returncode != 0  # no plugin serves there either way
     assert go_refuses or "dial unix" in done.stdout + done.stderr, done.stdout  # it took the line and dialled
     assert go_refuses == plugbay_refuses, (line, done.stdout, done.stderr[-2000:])
+
+
+def test_a_certificate_field_with_a_lone_surrogate_is_malformed_not_a_unicode_error() -> None:
+    # the field's length is counted in bytes, as Go's len(): a lone surrogate (from a caller's own
+    # decoding) has none in UTF-8, and encoding it raised a bare UnicodeEncodeError
+    line = "1|1|tcp|127.0.0.1:1234|grpc|" + "A" * 60 + "\udc80"
+    with pytest.raises(errors.MalformedHandshakeError):
+        parse_handshake_line(line)
+    assert not is_handshake_line(line)

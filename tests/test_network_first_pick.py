@@ -45,6 +45,22 @@ def test_the_first_call_of_a_fresh_pool_skips_a_stalled_replica(stalled_and_heal
         assert pool.metrics()["endpoints"][f"tcp:{stalled.address}"]["picks"] == 0
 
 
+@pytest.mark.parametrize("policy", ["pick_first", "round_robin"])
+def test_a_call_shorter_than_the_health_timeout_goes_to_the_replica_that_passed(
+        stalled_and_healthy: tuple[Replica, Replica], policy: str) -> None:
+    # the stalled replica's first check takes health_timeout (3 s) to fail: calls waited for it (the whole
+    # start's round), and one with a shorter deadline failed though the healthy replica had answered
+    stalled, healthy = stalled_and_healthy
+    target = parse_target(f"static:///{healthy.address},{stalled.address}")
+    with EndpointPool(make_resolver(target, name="short"), insecure=True, health_interval=5.0,
+                      health_timeout=3.0, policy=policy, name="short") as pool:
+        pool.start()
+        stub = kv_pb2_grpc.KVStub(pool)
+        for _ in range(3):
+            assert stub.Get(kv_pb2.GetRequest(key="__pid__"), timeout=1.0).value == str(healthy.proc.pid).encode()
+        assert pool.metrics()["endpoints"][f"tcp:{stalled.address}"]["picks"] == 0
+
+
 def test_a_remote_client_starts_and_calls_without_touching_a_stalled_replica(
         stalled_and_healthy: tuple[Replica, Replica]) -> None:
     stalled, healthy = stalled_and_healthy

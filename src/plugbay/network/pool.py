@@ -257,7 +257,7 @@ class EndpointPool(PoolHealth, CallChannel):
         ready = [m for m in self._available(now) if m.key not in exclude]
         if not ready:
             return None
-        if any(m.holds_calls(now) and m.key not in exclude for m in self._members.values()):
+        if self.holding(now, exclude):
             return None  # the start's first health round, which takes moments, sets where calls go
         if self.policy == "pick_first":
             return ready[0]

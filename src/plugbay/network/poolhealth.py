@@ -36,6 +36,10 @@ _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdic
 # (a TLS proxy's backend that is down only briefly is back by then)
 _CLOSES_PROVE = 3.0
 _FIRST_CHECK_GRACE = 0.5  # past health_timeout: room for the health thread to send a new endpoint's check
+# once one endpoint found by the start passed its first check, how much longer calls wait for the others'
+# answers (healthy replicas answer moments apart): the first calls spread over all that pass, and a stalled
+# replica's check (up to health_timeout) holds no call that a passing one can take
+_SPREAD = 0.1
 
 
 class PoolHealth:
@@ -59,6 +63,7 @@ class PoolHealth:
     _closed: bool
     _thread: threading.Thread | None
     _step_failure: str | None = None  # the last step's failure, logged once
+    _first_pass: float | None = None  # when an endpoint first passed a health check (see holding)
     generation: int
 
     if TYPE_CHECKING:  # EndpointPool's
@@ -207,6 +212,14 @@ class PoolHealth:
         member.first_round = self._thread is None
         return member
 
+    def holding(self, now: float, exclude: set[str]) -> bool:
+        """Under the lock: whether calls wait for the start's first health round (welcome): while an endpoint
+        the start found awaits its first check and none has passed one yet, and for _SPREAD after the first
+        passed; a stalled one's check then holds no call another endpoint can take."""
+        if not any(m.holds_calls(now) and m.key not in exclude for m in self._members.values()):
+            return False
+        return self._first_pass is None or now < self._first_pass + _SPREAD
+
     def _probe_suspects(self) -> None:
         with self._cond:
             suspects = [m for m in self._members.values() if m.tls_suspect]
@@ -286,6 +299,8 @@ class PoolHealth:
                 member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(
                     detail, tls=self.tls is not None)
             if ok:
+                if self._first_pass is None:
+                    self._first_pass = time.monotonic()
                 member.healthy, member.health_detail = True, ""
                 member.tls_proven, member.closing_since = True, None  # it took this host's certificate
             elif fails >= self.unhealthy_after or before is None:

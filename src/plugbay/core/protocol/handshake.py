@@ -343,7 +343,7 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
             " Check that the plugin is a go-plugin gRPC plugin."
         )
     cert: bytes | None = None
-    if len(parts) >= 6 and len(parts[5].encode()) > _MIN_CERT_FIELD:  # Go's len(): bytes
+    if len(parts) >= 6 and len(parts[5].encode("utf-8", "surrogateescape")) > _MIN_CERT_FIELD:  # Go's len(): bytes
         cert = _line_cert(raw, parts[5])
     field7 = parts[6] if len(parts) >= 7 else "false"
     if multiplex and field7 not in _GO_BOOLS:
