@@ -70,6 +70,20 @@ def gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
+def live_with_env(name: str, value: str) -> list[int]:
+    """The live processes whose environment holds ``name=value`` (a test's mark on what it started)."""
+    entry_bytes, found = f"{name}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if entry_bytes in environ.split(b"\0") and not gone(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
 def first_line_then_sigkill(argv: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run ``argv`` (a host program that prints one JSON line of facts once its plugin runs), read that
     line, then kill the program with SIGKILL, so that it cleans up nothing: its facts."""

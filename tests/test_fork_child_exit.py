@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import gobuild
-from tests.procs import gone
+from tests.procs import live_with_env
 
 REPO = Path(__file__).resolve().parent.parent
 KV_EXAMPLE = str(REPO / "examples" / "kv" / "plugin.py")
@@ -93,16 +93,7 @@ else:
 
 
 def _marked(mark: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if f"FORK_TEST={mark}".encode() in environ.split(b"\0") and not gone(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+    return live_with_env("FORK_TEST", mark)
 
 
 @pytest.mark.parametrize("kind", ["go", "python"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import gone
+from tests.procs import gone, live_with_env
 from tests.resilience_util import FAULTY, HANDSHAKE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -130,16 +130,7 @@ print("pid", sup.current_client.runner.pid, flush=True)
 
 
 def _tagged(tag: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if f"RESILIENCE_TAG={tag}".encode() in environ.split(b"\0") and not gone(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+    return live_with_env("RESILIENCE_TAG", tag)
 
 
 def test_a_host_exiting_without_stop_leaves_no_restarted_plugin(tmp_path: Path) -> None:
