@@ -304,7 +304,11 @@ class ProcessRunner(ProcessLines, Runner):
         # plugin) has exited since is tied to it by nothing else (signal_all skips a pid reused since).
         with self._lock:
             strays = dict(self._recorded)
-        strays.update(family(proc.pid if proc.returncode is None else None, self.plugin_id, self._start_ticks))
+        root = proc.pid if proc.returncode is None else None
+        found = family(root, self.plugin_id, self._start_ticks)
+        if root is not None and proc.returncode is not None:  # reaped during the scan (the I/O thread): its
+            found = family(None, self.plugin_id, self._start_ticks)  # pid's children may be another's by now
+        strays.update(found)
         if proc.poll() is None and grace > 0:
             # SIGCONT after it: a stopped process (SIGSTOP, a debugger's or the terminal's stop) acts on
             # nothing but SIGKILL until continued, and would spend the whole grace with SIGTERM pending
