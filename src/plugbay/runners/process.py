@@ -140,7 +140,7 @@ class ProcessRunner(ProcessLines, Runner):
                     raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
                 target = resolve_executable(self.cmd[0], self._path_env()) if index == 0 else \
                     os.path.join(cwd, self.cmd[index])
-                verified[index] = config.verified_fd(target)
+                verified[index] = config.verified_fd(target, executable=index == 0)
             with self._lock:
                 ended = self._ended
                 if not ended:
