@@ -4,7 +4,6 @@ executable as the OS will run it."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,15 +11,36 @@ from plugbay.core.protocol.handshake import env_problem
 from plugbay.errors import ConfigError
 
 
-def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None) -> str:
-    """cmd[0] as the OS will run it: a path, or the first match on PATH."""
+def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
+    """cmd[0] as the exec in the started plugin finds it: the file SecureConfig must check.
+
+    The child has moved to ``cwd`` (None: this process's folder) and has the environment ``env``
+    (None: this process's) when it execs, so a name holding '/' is taken from ``cwd``, and a bare
+    name is the first executable file on env's PATH (os.defpath when it has none), a relative PATH
+    entry (an empty one: the folder itself) taken from ``cwd`` -- what subprocess's exec does.
+    """
+    folder = os.path.join(os.getcwd(), cwd or "")
     if os.sep in cmd0:
-        return os.path.abspath(cmd0)
-    path = (env or os.environ).get("PATH", os.defpath)
-    found = shutil.which(cmd0, path=path)
-    if found is None:
-        raise ConfigError(f"plugin command {cmd0!r} is not on PATH ({path}); give its full path")
-    return os.path.abspath(found)
+        return _absolute(os.path.join(folder, cmd0))
+    path = (os.environ if env is None else env).get("PATH", os.defpath)
+    for entry in path.split(os.pathsep):
+        candidate = os.path.join(folder, entry, cmd0)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK) and _exec_allowed(candidate):
+            return _absolute(candidate)
+    raise ConfigError(f"plugin command {cmd0!r} is not on PATH ({path}); give its full path")
+
+
+def _absolute(path: str) -> str:
+    # '..' is left alone: after a symlink it leads elsewhere than the name's lexical parent
+    return path if os.pardir in path.split(os.sep) else os.path.normpath(path)
+
+
+def _exec_allowed(path: str) -> bool:
+    """False on a noexec mount, whose files the exec skips (EACCES) for the next PATH entry."""
+    try:
+        return not os.statvfs(path).f_flag & os.ST_NOEXEC
+    except OSError:
+        return False
 
 
 def check_cmd(cmd: Any, where: str) -> None:
@@ -40,8 +60,17 @@ def check_env(env: Any, where: str) -> None:
     for key, value in env.items():
         problem = env_problem(key, value)
         if problem is not None:
-            raise ConfigError(f"{where} cannot be the plugin's environment: its {problem}; rename or drop that"
+            raise ConfigError(f"{where} cannot be the plugin's environment: {problem}; rename or drop that"
                               " entry")
+
+
+def check_launch_env(env: Any, where: str) -> None:
+    """A LaunchSpec's environment, at start(): ConfigError for what the exec would take wrongly or
+    answer with a bare TypeError (an entry not str -> str; an empty name, passed on as "=value").
+    An '=' in a name or a NUL byte it refuses itself, which start() reports as a RunnerError."""
+    if not isinstance(env, Mapping) or "" in env or not all(isinstance(k, str) and isinstance(v, str)
+                                                            for k, v in env.items()):
+        check_env(env, where)
 
 
 def check_text_env(env: Mapping[str, str], where: str) -> None:

@@ -47,6 +47,7 @@ from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-ex
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
+from plugbay.runners.command import check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
@@ -91,6 +92,7 @@ class ProcessRunner(ProcessLines, Runner):
         self._start_ticks: int | None = None
         self.plugin_id = uuid.uuid4().hex  # in the plugin's environment as PLUGBAY_PLUGIN_ID
         self._verified: dict[int, int] = {}  # cmd index -> fd of the checked copy it runs
+        self._checked_exe: str | None = None  # the file the executable's SecureConfig checked
         self._followers: list[PipeFollower] = []
         self._ended = ""  # "killed" or "detached": start() refuses then (one runner, one plugin, once)
         self._group_ended = False  # a stop SIGKILLed the group and reaped its leader: never signal that pgid again
@@ -133,18 +135,20 @@ class ProcessRunner(ProcessLines, Runner):
         configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]
         cwd = self.cwd or os.getcwd()
         verified: dict[int, int] = {}  # published at the end: a kill() meanwhile closes only what it sees
+        exe = None
         try:
             for config in configs:
                 index = self._cmd_index(config.path, cwd)
                 if index in verified or index in self._verified:
                     raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
-                target = resolve_executable(self.cmd[0], self._path_env()) if index == 0 else \
-                    os.path.join(cwd, self.cmd[index])
+                target = self._executable({}) if index == 0 else os.path.join(cwd, self.cmd[index])
+                exe = target if index == 0 else exe
                 verified[index] = config.verified_fd(target, executable=index == 0)
             with self._lock:
                 ended = self._ended
                 if not ended:
                     self._verified.update(verified)
+                    self._checked_exe = exe or self._checked_exe
             if ended:
                 raise reuse_refused(f"ProcessRunner for {self.name!r}", ended, "plugin")
         except BaseException:
@@ -152,8 +156,11 @@ class ProcessRunner(ProcessLines, Runner):
                 os.close(fd)
             raise
 
-    def _path_env(self) -> Mapping[str, str] | None:
-        return {**self.env} if self.skip_host_env else None
+    def _executable(self, spec_env: Mapping[str, str]) -> str:
+        """cmd[0] as the exec in the child finds it: in its folder, on the PATH its environment holds
+        (start() builds that environment: the host's unless skip_host_env, then env=, then the spec's)."""
+        path = spec_env.get("PATH", self.env.get("PATH", None if self.skip_host_env else os.environ.get("PATH")))
+        return resolve_executable(self.cmd[0], {} if path is None else {"PATH": path}, self.cwd)
 
     def _cmd_index(self, path: str | None, cwd: str) -> int:
         if path is None:
@@ -161,7 +168,7 @@ class ProcessRunner(ProcessLines, Runner):
         wanted = os.path.normpath(os.path.join(cwd, path))
         for i, part in enumerate(self.cmd):
             if i == 0 and os.sep not in part:
-                if resolve_executable(part, self._path_env()) == wanted:
+                if os.path.normpath(self._executable({})) == wanted:
                     return 0
             elif os.path.normpath(os.path.join(cwd, part)) == wanted:
                 return i
@@ -180,6 +187,12 @@ class ProcessRunner(ProcessLines, Runner):
         return self._proc is not None
 
     def start(self, spec: LaunchSpec) -> None:
+        check_launch_env(spec.env, "LaunchSpec env (ClientConfig.env and the handshake variables)")
+        checked = self._checked_exe
+        if checked is not None and (found := self._executable(spec.env)) != checked:
+            # the checked copy runs, but the command names another file for this environment
+            raise ConfigError(f"SecureConfig checked {checked!r}, but with the plugin's environment (a PATH in"
+                              f" ClientConfig.env?) {self.cmd[0]!r} is {found!r}; give cmd[0] as a full path")
         verified: dict[int, int] = {}
         with self._lock:
             ended = self._ended
@@ -196,7 +209,7 @@ class ProcessRunner(ProcessLines, Runner):
         env.update(spec.env)
         env[ENV_PLUGIN_ID] = self.plugin_id
         env[ENV_HOST_SESSION] = host_session()
-        if spec.socket_dir and "TMPDIR" not in self.env:
+        if spec.socket_dir and "TMPDIR" not in self.env and "TMPDIR" not in spec.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.
             env["TMPDIR"] = spec.socket_dir
