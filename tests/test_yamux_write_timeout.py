@@ -61,17 +61,22 @@ def _in_thread(step: Callable[[], object]) -> tuple[threading.Thread, list[objec
     return thread, outcome
 
 
-@pytest.fixture()
-def stalled() -> Iterator[tuple[Session, socket.socket]]:
-    """A client session (write timeout 0.5 s) whose peer answered its first stream with a huge window,
-    then stopped reading; the keepalive is off (nothing ticks it)."""
-    ours, peer = _tcp_pair()
-    session = Session(ours, client=True, on_stream=lambda s: s.reset(), name="t-wto", write_timeout=_TIMEOUT)
+def stalled_session(ours: socket.socket, peer: socket.socket, write_timeout: float,
+                    name: str) -> Iterator[tuple[Session, socket.socket]]:
+    """A client session on ``ours`` whose ``peer`` the test drives (it stops reading); ended after."""
+    session = Session(ours, client=True, on_stream=lambda s: s.reset(), name=name, write_timeout=write_timeout)
     try:
         yield session, peer
     finally:
         session.abort("test over")
         peer.close()
+
+
+@pytest.fixture()
+def stalled() -> Iterator[tuple[Session, socket.socket]]:
+    """A client session (write timeout 0.5 s) whose peer answered its first stream with a huge window,
+    then stopped reading; the keepalive is off (nothing ticks it)."""
+    yield from stalled_session(*_tcp_pair(), _TIMEOUT, "t-wto")
 
 
 def test_a_writer_to_a_peer_that_stops_reading_ends_the_session_and_wakes_every_waiter(

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.resilience_util import wait_until
-from tests.test_yamux_write_timeout import _BIG, _in_thread, _tcp_pair
+from tests.test_yamux_write_timeout import _BIG, _in_thread, _tcp_pair, stalled_session
 
 from plugbay.core.transport.yamux import Session
 from plugbay.core.transport.ystream import _HDR, ACK, SYN, WINDOW_UPDATE
@@ -43,13 +43,7 @@ def _pair(family: str) -> tuple[socket.socket, socket.socket]:
 @pytest.fixture(params=["unix", "tcp"])
 def stalled(request: pytest.FixtureRequest) -> Iterator[tuple[Session, socket.socket]]:
     """A client session whose peer gave its first stream a huge window, then stopped reading."""
-    ours, peer = _pair(request.param)
-    session = Session(ours, client=True, on_stream=lambda s: s.reset(), name="t-wto-once", write_timeout=_TIMEOUT)
-    try:
-        yield session, peer
-    finally:
-        session.abort("test over")
-        peer.close()
+    yield from stalled_session(*_pair(request.param), _TIMEOUT, "t-wto-once")
 
 
 def _windowed(session: Session, peer: socket.socket) -> int:
