@@ -106,6 +106,23 @@ def test_an_executable_without_an_execute_bit_is_refused_a_script_is_not(tmp_pat
     assert _run(runner) == ["ran"]
 
 
+# the end of a script run in a namespace of its own: check a SecureConfig of {path}, start {cmd}, print
+# the first line it printed ("RAN ...") or the error
+_CHECK_AND_RUN = """from plugbay import SecureConfig
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.process import ProcessRunner
+r = ProcessRunner({cmd})
+try:
+    r.check_secure_config(SecureConfig.of_file({path}))
+    r.start(LaunchSpec(env={{}}))
+    print('RAN', r.stdout_lines().__next__())
+except Exception as e:
+    print(type(e).__name__, e)
+finally:
+    r.kill(0)
+"""
+
+
 def test_an_executable_on_a_noexec_mount_is_refused(tmp_path: Path) -> None:
     _root_with("unshare")
     mount = tmp_path / "mnt"
@@ -115,18 +132,7 @@ def test_an_executable_on_a_noexec_mount_is_refused(tmp_path: Path) -> None:
             "subprocess.run(['mount', '-t', 'tmpfs', '-o', 'noexec,size=1m', 'tmpfs', mnt], check=True)\n"
             "p = os.path.join(mnt, 'plugin')\n"
             f"open(p, 'wb').write({SCRIPT!r}); os.chmod(p, 0o755)\n"
-            "from plugbay import SecureConfig\n"
-            "from plugbay.runners.base import LaunchSpec\n"
-            "from plugbay.runners.process import ProcessRunner\n"
-            "r = ProcessRunner([p])\n"
-            "try:\n"
-            "    r.check_secure_config(SecureConfig.of_file(p))\n"
-            "    r.start(LaunchSpec(env={}))\n"
-            "    print('RAN', r.stdout_lines().__next__())\n"
-            "except Exception as e:\n"
-            "    print(type(e).__name__, e)\n"
-            "finally:\n"
-            "    r.kill(0)\n")
+            + _CHECK_AND_RUN.format(cmd="[p]", path="p"))
     # a mount namespace of its own: the tmpfs goes with it
     out = subprocess.run(["unshare", "-m", "--propagation", "private", PY, "-c", code, str(mount)],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC})
@@ -167,18 +173,7 @@ def test_the_checked_copy_runs_where_memfds_are_noexec_by_default(level: str) ->
     _root_with("unshare")
     code = ("import sys\n"
             "open('/proc/sys/vm/memfd_noexec', 'w').write(sys.argv[1])\n"
-            "from plugbay import SecureConfig\n"
-            "from plugbay.runners.base import LaunchSpec\n"
-            "from plugbay.runners.process import ProcessRunner\n"
-            "r = ProcessRunner(['/bin/echo', 'hi'])\n"
-            "try:\n"
-            "    r.check_secure_config(SecureConfig.of_file('/bin/echo'))\n"
-            "    r.start(LaunchSpec(env={}))\n"
-            "    print('RAN', r.stdout_lines().__next__())\n"
-            "except Exception as e:\n"
-            "    print(type(e).__name__, e)\n"
-            "finally:\n"
-            "    r.kill(0)\n")
+            + _CHECK_AND_RUN.format(cmd="['/bin/echo', 'hi']", path="'/bin/echo'"))
     out = subprocess.run(["unshare", "-fp", "--mount-proc", PY, "-c", code, level], capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC})
     if level == "1":

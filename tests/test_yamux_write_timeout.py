@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -135,19 +136,27 @@ def test_a_spliced_frame_the_peer_does_not_take_times_out(stalled: tuple[Session
     stream = session.open()
     peer.sendall(_HDR.pack(0, WINDOW_UPDATE, ACK, stream.id, _BIG))
     assert wait_until(lambda: stream._send_window > _BIG, 5)
+    alive, wrote, took, reason = spliced_write_stuck(session, stream, 4)
+    assert not alive, "a spliced frame stayed stuck on a peer that stopped reading"
+    assert isinstance(wrote[0], ConnectionWriteTimeoutError), wrote
+    assert took < 3.5
+    assert "write timeout" in reason
+
+
+def spliced_write_stuck(session: Session, stream: Any, wait: float) -> tuple[bool, list[Any], float, str]:
+    """A 1 MiB spliced frame written on ``stream`` (its peer stopped reading) by a thread, waited for
+    ``wait`` s: (still writing, its outcome, the seconds taken, the session's close reason then). The
+    session is ended after, before the pipe closes: a writer still stuck on it ends first."""
     r, w = os.pipe()
     try:
         size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
         os.write(w, bytes(size))
         started = time.monotonic()
         writer, wrote = _in_thread(lambda: stream.write_piped(r, size))
-        writer.join(4)
-        assert not writer.is_alive(), "a spliced frame stayed stuck on a peer that stopped reading"
-        assert isinstance(wrote[0], ConnectionWriteTimeoutError), wrote
-        assert time.monotonic() - started < 3.5
-        assert session.closed and "write timeout" in session.close_reason
+        writer.join(wait)
+        return writer.is_alive(), wrote, time.monotonic() - started, session.close_reason
     finally:
-        session.abort("test over")  # before the pipe closes: a writer still stuck on it ends first
+        session.abort("test over")
         os.close(r)
         os.close(w)
 

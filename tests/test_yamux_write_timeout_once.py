@@ -12,8 +12,6 @@ start. The old code could not be that fast: it waited two full kernel timeouts, 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import socket
 import threading
 import time
@@ -22,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.resilience_util import wait_until
-from tests.test_yamux_write_timeout import _BIG, _in_thread, _tcp_pair, stalled_session
+from tests.test_yamux_write_timeout import _BIG, _in_thread, _tcp_pair, spliced_write_stuck, stalled_session
 
 from plugbay.core.transport.yamux import Session
 from plugbay.core.transport.ystream import _HDR, ACK, SYN, WINDOW_UPDATE
@@ -72,21 +70,9 @@ def test_a_spliced_frame_cut_short_ends_after_one_timeout(stalled: tuple[Session
     session, peer = stalled
     assert session.can_splice
     sid = _windowed(session, peer)
-    stream = session._streams[sid]
-    r, w = os.pipe()
-    try:
-        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
-        os.write(w, bytes(size))
-        started = time.monotonic()
-        writer, wrote = _in_thread(lambda: stream.write_piped(r, size))
-        writer.join(2 * _BOUND)
-        took = time.monotonic() - started
-        assert not writer.is_alive() and isinstance(wrote[0], ConnectionWriteTimeoutError), wrote
-        assert took < _BOUND, f"the write timeout of {_TIMEOUT} s ended the spliced frame after {took:.2f} s"
-    finally:
-        session.abort("test over")  # before the pipe closes: a writer still stuck on it ends first
-        os.close(r)
-        os.close(w)
+    alive, wrote, took, _ = spliced_write_stuck(session, session._streams[sid], 2 * _BOUND)
+    assert not alive and isinstance(wrote[0], ConnectionWriteTimeoutError), wrote
+    assert took < _BOUND, f"the write timeout of {_TIMEOUT} s ended the spliced frame after {took:.2f} s"
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])
