@@ -51,6 +51,7 @@ from plugbay.runners.command import check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
+from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
                                       signal_all, signal_group, stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
@@ -69,7 +70,7 @@ def _folder(cwd: Any) -> str | None:
                           f" pathlib.Path), got {type(cwd).__name__} {cwd!r}") from None
 
 
-class ProcessRunner(ProcessLines, Runner):
+class ProcessRunner(ProcessLines, SecureCopies, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -123,64 +124,6 @@ class ProcessRunner(ProcessLines, Runner):
         return self._proc.pid if self._proc is not None else None
 
     # --- lifecycle ------------------------------------------------------------
-
-    def check_secure_config(self, secure: Any) -> None:
-        """Check SecureConfig(s) and run exactly the checked bytes.
-
-        Each SecureConfig names a file of ``cmd`` (``path``; None: the executable).
-        Its verified in-memory copy (``secure.verified_fd``) is what start() runs:
-        the executable through ``/proc/self/fd/N`` (argv[0] is kept), an argument
-        (a script) replaced by ``/proc/self/fd/N``.
-        """
-        configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]
-        cwd = self.cwd or os.getcwd()
-        verified: dict[int, int] = {}  # published at the end: a kill() meanwhile closes only what it sees
-        exe = None
-        try:
-            for config in configs:
-                index = self._cmd_index(config.path, cwd)
-                if index in verified or index in self._verified:
-                    raise ConfigError(f"two SecureConfigs name the same file {self.cmd[index]!r}; give one")
-                target = self._executable({}) if index == 0 else os.path.join(cwd, self.cmd[index])
-                exe = target if index == 0 else exe
-                verified[index] = config.verified_fd(target, executable=index == 0)
-            with self._lock:
-                ended = self._ended
-                if not ended:
-                    self._verified.update(verified)
-                    self._checked_exe = exe or self._checked_exe
-            if ended:
-                raise reuse_refused(f"ProcessRunner for {self.name!r}", ended, "plugin")
-        except BaseException:
-            for fd in verified.values():
-                os.close(fd)
-            raise
-
-    def _executable(self, spec_env: Mapping[str, str]) -> str:
-        """cmd[0] as the exec in the child finds it: in its folder, on the PATH its environment holds
-        (start() builds that environment: the host's unless skip_host_env, then env=, then the spec's)."""
-        path = spec_env.get("PATH", self.env.get("PATH", None if self.skip_host_env else os.environ.get("PATH")))
-        return resolve_executable(self.cmd[0], {} if path is None else {"PATH": path}, self.cwd)
-
-    def _cmd_index(self, path: str | None, cwd: str) -> int:
-        if path is None:
-            return 0
-        wanted = os.path.normpath(os.path.join(cwd, path))
-        for i, part in enumerate(self.cmd):
-            if i == 0 and os.sep not in part:
-                if os.path.normpath(self._executable({})) == wanted:
-                    return 0
-            elif os.path.normpath(os.path.join(cwd, part)) == wanted:
-                return i
-        raise ConfigError(f"SecureConfig(path={path!r}) names a file that is not in the plugin command"
-                          f" {self.cmd!r}; plugbay can only guarantee the checked bytes run for a file the"
-                          " command names: give path= as it is written in cmd (or None for the executable)")
-
-    def _close_verified(self) -> None:
-        with self._lock:  # swapped out first: start() takes the dict the same way, so each fd closes once
-            verified, self._verified = self._verified, {}
-        for fd in verified.values():
-            os.close(fd)
 
     @property
     def start_called(self) -> bool:
