@@ -144,8 +144,13 @@ def certificate_key(der: bytes) -> tuple[str, str | None]:
 
 
 def handshake_cert(field: str) -> bytes:
-    """The certificate of a handshake line's SERVER-CERT field (unpadded base64 DER, as go-plugin writes
-    it), checked whole; a ValueError says what the field is not."""
+    """The certificate of a handshake line's SERVER-CERT field as go-plugin's host reads it (unpadded base64
+    DER: base64.RawStdEncoding, '=' padding refused, '\\r' and '\\n' skipped), checked whole; a ValueError
+    says what the field is not."""
+    if "=" in field:
+        raise ValueError(f"server certificate has base64 padding ('=' at offset {field.index('=')}), which"
+                         " go-plugin's host refuses (base64.RawStdEncoding); print it without the '='")
+    field = field.replace("\r", "").replace("\n", "")
     try:
         der = base64.b64decode(field + "=" * (-len(field) % 4), validate=True)
     except (binascii.Error, ValueError):

@@ -344,7 +344,12 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
         )
     cert: bytes | None = None
     if len(parts) >= 6 and len(parts[5].encode("utf-8", "surrogateescape")) > _MIN_CERT_FIELD:  # Go's len(): bytes
-        cert = _line_cert(raw, parts[5])
+        from plugbay.core.protocol.der import handshake_cert  # only AutoMTLS needs it
+
+        try:  # go-plugin's host parses it at the handshake too, not at the first TLS dial
+            cert = handshake_cert(parts[5])
+        except ValueError as exc:
+            raise MalformedHandshakeError(raw, str(exc)) from None
     field7 = parts[6] if len(parts) >= 7 else "false"
     if multiplex and field7 not in _GO_BOOLS:
         raise MalformedHandshakeError(raw, f"multiplex field {field7!r} is not a boolean (true or false), and this"
@@ -352,20 +357,6 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
                                       " go-plugin's host refuses too; have the plugin print true or false"
                                       " there, or set multiplex_broker=False")
     return HandshakeInfo(core, app, network, address, protocol, cert, _GO_BOOLS.get(field7, False))
-
-
-def _line_cert(raw: str, field: str) -> bytes:
-    """The SERVER-CERT field as go-plugin's host reads it (base64.RawStdEncoding: '=' padding refused, '\\r'
-    and '\\n' skipped), checked whole at the handshake, as go-plugin's host does, not at the first dial."""
-    from plugbay.core.protocol.der import handshake_cert  # only AutoMTLS needs it
-
-    try:
-        if "=" in field:
-            raise ValueError(f"server certificate has base64 padding ('=' at offset {field.index('=')}), which"
-                             " go-plugin's host refuses (base64.RawStdEncoding); print it without the '='")
-        return handshake_cert(field.replace("\r", "").replace("\n", ""))
-    except ValueError as exc:
-        raise MalformedHandshakeError(raw, str(exc)) from None
 
 
 def is_handshake_line(line: str) -> bool:
