@@ -1,7 +1,8 @@
 """Envoy-like outlier ejection: endpoints that keep failing are taken out for a while.
 
 ``consecutive_failures`` failed calls in a row (transport failures and
-deadlines, never application errors such as NOT_FOUND or UNKNOWN) eject an endpoint for
+deadlines, never application errors such as NOT_FOUND or UNKNOWN, nor a busy
+endpoint's RESOURCE_EXHAUSTED) eject an endpoint for
 ``base_ejection_time`` x its number of ejections, capped at
 ``max_ejection_time``. At most ``max_ejection_percent`` of the known endpoints
 are ejected at once (at least one may always be, unless the percentage is 0).
@@ -20,9 +21,13 @@ from plugbay.network.figures import check_count, check_percent, check_seconds
 
 # Failures that say something about the endpoint rather than about the request. Not UNKNOWN: it is
 # what a go-plugin Go plugin answers for any plain Go error ("key not found") and what a Python
-# handler's exception gives, so five such answers would eject a healthy replica.
+# handler's exception gives, so five such answers would eject a healthy replica. Not RESOURCE_EXHAUSTED:
+# it is a healthy endpoint saying it is busy (a plugin's handler gate at ServeConfig.max_workers, the
+# gateway's max_calls) or that one message is too large; a burst of calls past the limit ejected the
+# replica for base_ejection_time and shifted all its calls onto the others. Envoy's outlier detection
+# does not count it either (gRPC maps it to HTTP 429, not a 5xx).
 ENDPOINT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                               grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED})
+                               grpc.StatusCode.INTERNAL})
 
 
 @dataclass(frozen=True)
