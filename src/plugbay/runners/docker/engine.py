@@ -17,11 +17,15 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
-from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.core.transport.tempdirs import MARKER as OWNER_MARKER
+# the client and its requests' errors live in connect; named here too, where callers import them from
+from plugbay.runners.docker.connect import ENGINE_TIMEOUT as ENGINE_TIMEOUT, engine as engine
+from plugbay.runners.docker.connect import engine_call as engine_call, engine_failures as engine_failures
+from plugbay.runners.docker.connect import engine_silent as engine_silent, engine_unreachable as engine_unreachable
 
 _log = logging.getLogger("plugbay.runners.docker")
 
@@ -36,15 +40,6 @@ SOCKET_MARKER = ".plugbay-socket-dir"
 SOCKET_DIR_PREFIX = "plugbay-docker-"  # the runner's own socket folders: make_tempdir(SOCKET_DIR_PREFIX)
 
 _REMOVAL_WAIT = 10.0  # for another caller's removal of a container to finish
-T = TypeVar("T")
-
-
-def engine_unreachable(exc: BaseException) -> EngineUnavailableError:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return EngineUnavailableError(
-        f"cannot reach the Docker engine at {host}: {exc}. Start it (`dockerd &` or"
-        " `systemctl start docker`; scripts/setup does), or set DOCKER_HOST to a running engine."
-    )
 
 
 def transport_settings(transport: str, container_port: int, gid: int | None) -> tuple[dict[str, str], dict[str, Any]]:
@@ -61,61 +56,6 @@ def transport_settings(transport: str, container_port: int, gid: int | None) -> 
         return env, {"network_mode": "none", "group_add": [str(gid)]}
     return ({"PLUGBAY_LISTEN": f"tcp:0.0.0.0:{container_port}"},
             {"ports": {f"{container_port}/tcp": ("127.0.0.1", None)}})
-
-
-# The API version each engine (by DOCKER_HOST) negotiated: one GET /version per
-# engine and process, not one per container start.
-_versions: dict[str, str] = {}
-
-
-def engine() -> Any:
-    """A docker SDK client with the API version negotiated (the engine here is 20.10 / 1.41)."""
-    try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:  # pragma: no cover - the docker extra is not installed
-        raise EngineUnavailableError("the docker SDK is missing: pip install 'plugbay[docker]'") from exc
-    host = os.environ.get("DOCKER_HOST", "")
-    try:
-        client = docker.from_env(version=_versions.get(host, "auto"))
-    except DockerException as exc:
-        raise engine_unreachable(exc) from exc
-    except ValueError as exc:  # the SDK's URL parsing: a port out of range or not a number, an unclosed '['
-        raise EngineUnavailableError(f"DOCKER_HOST={host!r} is malformed ({exc}): set it to the engine's address"
-                                     " (unix:///var/run/docker.sock, tcp://127.0.0.1:2375: a port 1-65535, an IPv6"
-                                     " address in []), or unset it for the local engine") from exc
-    _versions[host] = client.api.api_version
-    return client
-
-
-def engine_call(func: Callable[[], T], what: str) -> T:
-    """Run one engine request (``what`` it asks, for the message), turning connection failures and an
-    answer that never came (the SDK's timeout, a broken reply) into EngineUnavailableError."""
-    import requests
-    from docker.errors import DockerException
-
-    try:
-        return func()
-    except requests.exceptions.ConnectionError as exc:
-        raise engine_unreachable(exc) from exc
-    except DockerException as exc:  # before RequestException: the engine's answers (APIError) are HTTPErrors too
-        if "connection" in str(exc).lower() and not hasattr(exc, "response"):
-            raise engine_unreachable(exc) from exc
-        raise
-    except requests.exceptions.RequestException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineUnavailableError(
-            f"the Docker engine at {host} did not answer when asked to {what} ({type(exc).__name__}: {exc}). It"
-            " is overloaded or stuck: check it (`docker info`, its log) and try again once it answers") from exc
-
-
-def engine_failures() -> tuple[type[BaseException], ...]:
-    """What a failing engine raises: its answers, what requests raises for a connection it dropped
-    (a restart, a proxy's reset), and engine_call()'s word for that."""
-    import requests
-    from docker.errors import DockerException
-
-    return DockerException, requests.exceptions.RequestException, EngineUnavailableError
 
 
 def check_runtime(client: Any, runtime: str) -> None:
@@ -171,24 +111,31 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
     from docker.errors import NotFound
 
     failed = engine_failures()
+    bound = getattr(api, "timeout", None)  # each request's (the client's); the stop's is that plus the grace
+
+    def removal() -> None:
+        engine_call(lambda: api.remove_container(container_id, force=True, v=True), "remove the container", bound)
+
     try:
         state = inspect() or {}
         if state.get("Paused"):
-            api.unpause(container_id)
+            engine_call(lambda: api.unpause(container_id), "unpause the container", bound)
         if state.get("Running"):
-            api.stop(container_id, timeout=max(0, math.ceil(grace)))
+            stop = max(0, math.ceil(grace))
+            engine_call(lambda: api.stop(container_id, timeout=stop), "stop the container",
+                        None if bound is None else bound + stop)
         final = inspect() or state
         if final:
             stopped(final)
         if remove:
-            api.remove_container(container_id, force=True, v=True)
+            removal()
     except NotFound:
         pass
     except failed as exc:
         if _removed_elsewhere(exc, inspect):
             return
         try:
-            api.remove_container(container_id, force=True, v=True)
+            removal()
         except NotFound:
             pass
         except failed as exc:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from plugbay.core.protocol.checks import finite_float
+from plugbay.core.protocol.checks import check_seconds, finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
@@ -109,6 +109,8 @@ def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     if stop is not None and (stop_seconds is None or not 0 <= stop_seconds < MAX_STOP_TIMEOUT):
         raise ConfigError(f"DockerRunner stop_timeout must be seconds (a number >= 0) or None, got {stop!r}")
     kept["stop_timeout"] = stop_seconds
+    # a socket timeout: a day at most (the SDK hands it to every request's connect and read)
+    kept["engine_timeout"] = check_seconds(opts["engine_timeout"], where + "engine_timeout", 10.0, 86400.0)
     for option in ("read_only", "no_new_privileges"):
         flag(opts[option], where + option)
     return kept

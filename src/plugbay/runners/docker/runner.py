@@ -31,10 +31,10 @@ from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
                                   reuse_refused)
-from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_DIR_PREFIX, SOCKET_OWNED,
-                                            SOCKET_TOKEN, bind_mount, check_runtime, create_container, engine,
-                                            engine_call, host_gid, mark_socket_dir, parse_mount, prepare_socket_dir,
-                                            published_port, transport_settings)
+from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT, SOCKET_DIR, SOCKET_DIR_PREFIX,
+                                            SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
+                                            engine, engine_call, host_gid, mark_socket_dir, parse_mount,
+                                            prepare_socket_dir, published_port, transport_settings)
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                hardened_args, network_id, stale_network, tmpfs_mounts)
@@ -67,7 +67,8 @@ class DockerRunner(ContainerTeardown, Runner):
     ``stop_timeout`` (seconds, None: the engine's 10 s and kill()'s 2 s) is how long a stop waits
     after SIGTERM before SIGKILL: the container's StopTimeout (``docker stop``, an engine shutdown,
     rounded up to whole seconds) and the grace of ``kill()`` called without one. A Client passes
-    its ``kill_grace`` to kill(), which then wins.
+    its ``kill_grace`` to kill(), which then wins. ``engine_timeout`` (seconds) bounds each engine
+    request (a stop's: plus its grace): an engine that does not answer is an EngineUnavailableError.
     """
 
     def __init__(self, image: str, *, transport: str = "unix", user: str | None = None,
@@ -81,7 +82,7 @@ class DockerRunner(ContainerTeardown, Runner):
                  entrypoint: Sequence[str] | None = None, command: Sequence[str] | None = None,
                  digest: str | None = None, container_port: int = 4000, name: str | None = None,
                  socket_gid: int | None = None, stop_timeout: float | None = None,
-                 extra_create_args: Mapping[str, Any] | None = None) -> None:
+                 engine_timeout: float = ENGINE_TIMEOUT, extra_create_args: Mapping[str, Any] | None = None) -> None:
         kept = check_settings(locals())  # before anything is made: see options
         image, digest, writable_dirs = kept["image"], kept["digest"], kept["writable_dirs"]
         self.image = image
@@ -107,6 +108,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self.container_name = name or f"plugbay-{uuid.uuid4().hex[:12]}"
         self.socket_gid = kept["socket_gid"]
         self.stop_timeout = kept["stop_timeout"]
+        self.engine_timeout = kept["engine_timeout"]
         self.labels, self.extra_create_args = checked_options(labels, extra_create_args, transport)
         self._client: Any = None
         self._container_id = ""
@@ -166,7 +168,7 @@ class DockerRunner(ContainerTeardown, Runner):
             began, self._began = self._began, True
         if ended or began:
             raise reuse_refused(f"DockerRunner for {self.image!r}", ended or "already started", "container")
-        self._client = engine()
+        self._client = engine(self.engine_timeout)
         try:
             self._start(spec)
             with self._lock:
@@ -229,7 +231,8 @@ class DockerRunner(ContainerTeardown, Runner):
                     raise  # not our verified id (extra_create_args chose the network): the caller's to fix
                 # the network verified by an earlier start is gone: the container goes, and once more
                 if self._container_id:
-                    engine_call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
+                    engine_call(lambda: client.api.remove_container(self._container_id, force=True), "remove it",
+                                self.engine_timeout)
                 args["network"] = network_id(client, str(self.network), again=True)
                 self._create_and_start(args)
         except APIError as exc:
@@ -257,9 +260,10 @@ class DockerRunner(ContainerTeardown, Runner):
         client = self._client
         # without the create's answer there is no id for kill(): create_or_clean() finds it by name
         self._container_id = create_or_clean(
-            lambda: engine_call(lambda: create_container(client, args, self.extra_create_args), "create the container"),
+            lambda: engine_call(lambda: create_container(client, args, self.extra_create_args), "create the container",
+                              self.engine_timeout),
             client.api, args.get("name"), args["labels"])
-        engine_call(lambda: client.api.start(self._container_id), "start the container")
+        engine_call(lambda: client.api.start(self._container_id), "start the container", self.engine_timeout)
 
     def _watch_exit(self) -> None:
         self._waiter = ExitWaiter(self._container_id, self._inspect, lambda: self._final_state)
@@ -297,7 +301,8 @@ class DockerRunner(ContainerTeardown, Runner):
             return None
         try:
             state: dict[str, Any] = engine_call(
-                lambda: self._client.api.inspect_container(self._container_id), "inspect the container")["State"]
+                lambda: self._client.api.inspect_container(self._container_id), "inspect the container",
+                self.engine_timeout)["State"]
         except NotFound:
             return None
         return state
@@ -360,7 +365,7 @@ class DockerRunner(ContainerTeardown, Runner):
         container_id = reattach_id(data)
         transport, port = reattach_transport(data, TRANSPORTS)
         runner = cls(reattach_image(data), transport=transport, container_port=port)  # the container's, once proven
-        runner._client = engine()
+        runner._client = engine()  # attach() takes no engine_timeout: the default bounds it
         runner._container_id = container_id
         runner._attached = runner._began = True
         socket_dir = data.get("host_socket_dir")

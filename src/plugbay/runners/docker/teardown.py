@@ -35,6 +35,7 @@ class ContainerTeardown:
     _socket_token: str
     _claimed: tuple[str, str] | None
     stop_timeout: float | None
+    engine_timeout: float
     _pumps: dict[str, ContainerLogStream]
     _waiter: ExitWaiter | None
     _final_state: dict[str, Any] | None
@@ -72,14 +73,14 @@ class ContainerTeardown:
             self._killed = True
             reopen = self._detached and self._container_id and self._client is None
         if reopen:  # detach() closed the engine client
-            self._client = engine()
+            self._client = engine(self.engine_timeout)
         self._cleanup(remove=True, grace=grace)
 
     def force_kill(self) -> None:
         with self._lock:
             self._killed = True
         if self._container_id:
-            self._client = engine()  # a fresh one: a cut-short kill() may have closed the last
+            self._client = engine(self.engine_timeout)  # a fresh one: a cut-short kill() may have closed the last
         self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:

@@ -1,0 +1,101 @@
+"""The Docker runner's engine client and the typed errors of its requests.
+
+Every request has a bound (``ENGINE_TIMEOUT``, DockerRunner's ``engine_timeout``): the docker SDK's
+own is 60 s, so an engine that accepts connections and never answers (a stuck dockerd, a proxy holding
+the answer back) cost a minute per request, and a kill() makes several. The SDK's stop request adds its
+grace to the bound, and its streamed requests (logs, the exit watch's wait) read without one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from plugbay.errors import EngineUnavailableError
+
+ENGINE_TIMEOUT = 10.0  # seconds an engine request may go unanswered (the SDK's default is 60)
+T = TypeVar("T")
+
+
+def _host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def engine_unreachable(exc: BaseException) -> EngineUnavailableError:
+    return EngineUnavailableError(
+        f"cannot reach the Docker engine at {_host()}: {exc}. Start it (`dockerd &` or"
+        " `systemctl start docker`; scripts/setup does), or set DOCKER_HOST to a running engine."
+    )
+
+
+def engine_silent(what: str, timeout: float | None, exc: BaseException) -> EngineUnavailableError:
+    if timeout is None:  # the caller did not say: urllib3's timeout message names the bound
+        found = re.search(r"timeout=([0-9.]+)\)", str(exc))
+        timeout = float(found.group(1)) if found else None
+    within = f"within {timeout:g} s" if timeout is not None else "in time"
+    return EngineUnavailableError(
+        f"the Docker engine at {_host()} did not answer {within} when asked to {what} ({type(exc).__name__}:"
+        f" {exc}). It is overloaded or stuck: check that `docker info` answers and the daemon's log"
+        " (`journalctl -u docker`), restart it if it hangs, and try again once it answers (a slow engine:"
+        " raise DockerRunner's engine_timeout)")
+
+
+# The API version each engine (by DOCKER_HOST) negotiated: one GET /version per
+# engine and process, not one per container start.
+_versions: dict[str, str] = {}
+
+
+def engine(timeout: float = ENGINE_TIMEOUT) -> Any:
+    """A docker SDK client with the API version negotiated (the engine here is 20.10 / 1.41), whose
+    requests wait at most ``timeout`` seconds for an answer."""
+    try:
+        import docker
+        import requests
+        from docker.errors import DockerException
+    except ImportError as exc:  # pragma: no cover - the docker extra is not installed
+        raise EngineUnavailableError("the docker SDK is missing: pip install 'plugbay[docker]'") from exc
+    host = os.environ.get("DOCKER_HOST", "")
+    try:
+        client = docker.from_env(version=_versions.get(host, "auto"), timeout=timeout)
+    except DockerException as exc:
+        if isinstance(exc.__context__, requests.exceptions.Timeout):  # the version request went unanswered
+            raise engine_silent("tell its API version", timeout, exc) from exc
+        raise engine_unreachable(exc) from exc
+    except ValueError as exc:  # the SDK's URL parsing: a port out of range or not a number, an unclosed '['
+        raise EngineUnavailableError(f"DOCKER_HOST={host!r} is malformed ({exc}): set it to the engine's address"
+                                     " (unix:///var/run/docker.sock, tcp://127.0.0.1:2375: a port 1-65535, an IPv6"
+                                     " address in []), or unset it for the local engine") from exc
+    _versions[host] = client.api.api_version
+    return client
+
+
+def engine_call(func: Callable[[], T], what: str, timeout: float | None = None) -> T:
+    """Run one engine request (``what`` it asks, for the message; ``timeout``: the client's bound, for
+    the message too), turning connection failures and an answer that never came (the client's
+    timeout, a broken reply) into EngineUnavailableError."""
+    import requests
+    from docker.errors import DockerException
+
+    try:
+        return func()
+    except requests.exceptions.ConnectionError as exc:
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            raise engine_silent(what, timeout, exc) from exc
+        raise engine_unreachable(exc) from exc
+    except DockerException as exc:  # before RequestException: the engine's answers (APIError) are HTTPErrors too
+        if "connection" in str(exc).lower() and not hasattr(exc, "response"):
+            raise engine_unreachable(exc) from exc
+        raise
+    except requests.exceptions.RequestException as exc:
+        raise engine_silent(what, timeout if isinstance(exc, requests.exceptions.Timeout) else None, exc) from exc
+
+
+def engine_failures() -> tuple[type[BaseException], ...]:
+    """What a failing engine raises: its answers, what requests raises for a connection it dropped
+    (a restart, a proxy's reset), and engine_call()'s word for that."""
+    import requests
+    from docker.errors import DockerException
+
+    return DockerException, requests.exceptions.RequestException, EngineUnavailableError
