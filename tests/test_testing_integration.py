@@ -161,7 +161,7 @@ def test_tcp_plugin_container_without_automtls(plugbay_image: Any, plugbay_docke
 
     # a plugin that ignores PLUGIN_CLIENT_CERT would serve plaintext: refused unless asked for
     plaintext = PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS)
-    plaintext.with_kwargs(entrypoint=["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /plugin/entrypoint"])
+    plaintext.with_kwargs(entrypoint=["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /usr/local/bin/plugbay-entrypoint"])
     try:
         with pytest.raises(TLSRequiredError, match=r"pass PluginContainer\(auto_mtls=False\) to accept plaintext"):
             plaintext.start()

@@ -79,7 +79,7 @@ class TestDocker:
             kv = client.dispense(PLUGIN_NAME)
             kv.put("k", b"tls")
             assert kv.get("k") == b"tls"
-        old = ["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /plugin/entrypoint"]
+        old = ["sh", "-c", "unset PLUGIN_CLIENT_CERT; exec /usr/local/bin/plugbay-entrypoint"]
         with pytest.raises(TLSRequiredError, match="DockerRunner's connection leaves the host's private"
                                                    " folder.*require_tls=False"):
             Client(_config(runner=DockerRunner(tag, transport="tcp", entrypoint=old, writable_dirs=("/tmp", "/data")))).start()

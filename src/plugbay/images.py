@@ -19,8 +19,8 @@ import argparse
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -32,7 +32,9 @@ from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
-from plugbay.imagesteps import Progress, build_lock, run_step
+from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files, check_tag, make_readable,
+                                run_step)
+from plugbay.imagesteps import tree_hash as _tree_hash
 from plugbay.runners.docker.engine import engine, engine_failures, engine_unreachable
 
 BASE_IMAGE = "plugbay-base:bookworm"
@@ -44,6 +46,8 @@ RUNTIME_DEPS = ("grpcio", "protobuf", "cryptography")
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.plugin"
 CACHE = REPO / ".cache" / "images"
+# the classic builder's line for a step that succeeded: " ---> " and the short id of its image
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$", re.MULTILINE)
 
 def _print_progress(line: str) -> None:
     print(f"images: {line}", file=sys.stderr, flush=True)
@@ -174,23 +178,6 @@ def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> 
 # --- plugin images ----------------------------------------------------------
 
 
-def _tree_hash(h: Any, root: Path, rel: str = "", above: frozenset[str] = frozenset()) -> None:
-    """Hash what the build's copytree copies of ``root``: symlinks followed, modes kept (a chmod +x
-    changes the image), __pycache__ and .pyc left out."""
-    real = os.path.realpath(root)
-    if real in above:  # copytree would copy it without end
-        raise ConfigError(f"{root} links back to {real}, a folder it is in; remove the link to build the image")
-    h.update(f"{rel}/\0{stat.S_IMODE(root.stat().st_mode):o}\0".encode())
-    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):  # read to its end: closed
-        path, name = Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name
-        if entry.is_dir():  # is_dir() and is_file() follow symlinks, as copytree does
-            if entry.name != "__pycache__":
-                _tree_hash(h, path, name, above | {real})
-        elif entry.is_file() and not entry.name.endswith(".pyc"):
-            h.update(f"{name}\0{stat.S_IMODE(path.stat().st_mode):o}\0".encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-
-
 def _dep_pins() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_DEPS]
 
@@ -241,13 +228,15 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
     from docker.errors import APIError, BuildError, ImageNotFound
 
     _entrypoint(entry)  # checked before the engine is asked anything
+    check_tag(tag)
+    plugin_dir = Path(plugin_dir)
+    if not plugin_dir.is_dir():
+        raise ConfigError(f"plugin folder {plugin_dir} does not exist; pass the folder holding the plugin's code")
+    check_entry_files(entry, plugin_dir)
     if client is None:
         with _own_client() as own:
             return build_plugin_image(tag, plugin_dir, entry, base_image=base_image, progress=progress,
                                       client=own, target=target)
-    plugin_dir = Path(plugin_dir)
-    if not plugin_dir.is_dir():
-        raise ConfigError(f"plugin folder {plugin_dir} does not exist; pass the folder holding the plugin's code")
     if not DOCKERFILE.exists():
         raise ConfigError(f"{DOCKERFILE} is missing; build plugin images from a plugbay checkout")
     if base_image == BASE_IMAGE:
@@ -288,23 +277,34 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
                 except OSError:
                     shutil.copy2(wheel, ctx / "wheels" / wheel.name)
             _plugbay_wheel(ctx / "wheels", progress)
-            shutil.copytree(plugin_dir, ctx / "plugin", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            (ctx / "plugin" / "entrypoint").write_text(_entrypoint(entry))
-            (ctx / "plugin" / "entrypoint").chmod(0o755)
+            try:  # the folder changed since it was hashed (a link broke, a pipe appeared)
+                shutil.copytree(plugin_dir, ctx / "plugin", ignore=shutil.ignore_patterns(*IGNORED))
+            except (shutil.Error, OSError) as exc:
+                raise ConfigError(f"copying the plugin folder {plugin_dir} failed: {exc}"[:2000]) from None
+            make_readable(ctx / "plugin")
+            # outside /plugin: the plugin's own file (or folder) named entrypoint stays as it is
+            (ctx / "entrypoint").write_text(_entrypoint(entry))
+            (ctx / "entrypoint").chmod(0o755)
             shutil.copy2(DOCKERFILE, ctx / "Dockerfile.plugin")
             # The plugin is the stage "plugin", named: with no target, the engine's classic builder builds
             # every stage, and the gateway stage's image would stay behind untagged after each build.
+            steps: list[str] = []  # the image of each step that succeeded, as the builder reports it
             try:
                 for chunk in client.api.build(path=str(ctx), dockerfile="Dockerfile.plugin", tag=tag,
                                               buildargs={"BASE_IMAGE": base_image}, labels={HASH_LABEL: digest},
                                               rm=True, forcerm=True, pull=False, network_mode="none", decode=True,
                                               target=target or "plugin"):
                     if "stream" in chunk and chunk["stream"].strip():
+                        steps += _STEP_IMAGE.findall(chunk["stream"])
                         progress(f"{tag}: {chunk['stream'].rstrip()}")
                     if "error" in chunk:
                         raise BuildError(chunk["error"], [])
-            except (APIError, BuildError) as exc:
-                raise RunnerError(f"building {tag} failed: {exc}. Check {DOCKERFILE} and {plugin_dir}") from exc
+            except BaseException as exc:
+                if steps:
+                    _drop_failed_step(client, tag, steps[-1], progress)
+                if isinstance(exc, (APIError, BuildError)):
+                    raise RunnerError(f"building {tag} failed: {exc}. Check {DOCKERFILE} and {plugin_dir}") from exc
+                raise
         image = client.images.get(tag)
         progress(f"{tag} ready ({image.short_id})")
         if previous is not None and previous.id != image.id:
@@ -327,6 +327,24 @@ def _drop_replaced(client: Any, tag: str, image_id: str, progress: Progress) -> 
         pass
     except engine_failures() as exc:  # 409: a container (or another image) still uses it; the build succeeded
         progress(f"{tag}: kept the image it replaced ({image_id[7:19]}): {getattr(exc, 'explanation', None) or exc}")
+
+
+def _drop_failed_step(client: Any, tag: str, image_id: str, progress: Progress) -> None:
+    """Remove the image of the last step a failed (or cut short) build finished: forcerm removes the failed
+    step's container, not that image, and each failed build left one <none>:<none>. One a tag names, a later
+    step or a container uses (the engine's conflict) stays."""
+    from docker.errors import ImageNotFound
+
+    try:
+        if client.images.get(image_id).tags:
+            return
+        client.images.remove(image_id)
+        progress(f"{tag}: removed the image the failed build left ({image_id})")
+    except ImageNotFound:
+        pass
+    except engine_failures() as exc:
+        progress(f"{tag}: kept the image the failed build left ({image_id}):"
+                 f" {getattr(exc, 'explanation', None) or exc}")
 
 
 def ensure_example(name: str, progress: Progress = _print_progress, *, client: Any = None) -> str:

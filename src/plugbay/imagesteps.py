@@ -1,15 +1,22 @@
-"""The steps of plugbay's image builds (plugbay.images): its commands and the lock builds share.
+"""The steps of plugbay's image builds (plugbay.images): its commands, the lock builds share, and
+the checks of what goes into a plugin image.
 
 Each command (debootstrap, docker import, pip) runs in a process group of its own, its output
 passed on line by line as progress; a step cut short ends the whole group. Builds in several
-processes (pytest workers) take one lock file in turn, waiting a bounded time for it.
+processes (pytest workers) take one lock file in turn, waiting a bounded time for it. A plugin
+image's tag, entry and folder are checked before the engine builds anything: what it would refuse
+(or what would build but never run) is a ConfigError that says what to change.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import posixpath
+import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from plugbay.errors import RunnerError
+from plugbay.errors import ConfigError, RunnerError
 
 Progress = Callable[[str], None]
 LOCK_WAIT = 900.0  # a base image build takes about a minute, all example images a few
@@ -77,3 +84,93 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# --- what goes into a plugin image ---------------------------------------------
+
+# Docker's reference grammar (distribution/reference): an optional registry host, then lowercase path
+# components, then an optional tag. The engine answers anything else with a bare 400.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_REFERENCE = re.compile(rf"(?P<name>(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::[\w][\w.-]{{0,127}})?")
+IGNORED = ("__pycache__", "*.pyc")  # left out of the copy (and the hash): the image compiles its own
+
+
+def check_tag(tag: object) -> None:
+    """ConfigError unless ``tag`` is a reference the engine takes for a build's tag."""
+    match = _REFERENCE.fullmatch(tag) if isinstance(tag, str) else None
+    if match is None or len(match["name"]) > 255 or re.fullmatch(r"[a-f0-9]{64}", match["name"]):
+        raise ConfigError(f"image tag {tag!r:.80} is not a Docker image reference: give NAME[:TAG], the name in"
+                          " lowercase letters and digits with . _ - or / between them (a registry host may lead,"
+                          " e.g. localhost:5000/my-plugin:1), the tag up to 128 letters, digits, _ . or -")
+
+
+def _ignored(name: str) -> bool:
+    return name == "__pycache__" or name.endswith(".pyc")
+
+
+def check_entry_files(entry: Sequence[str], plugin_dir: Path) -> None:
+    """ConfigError when the entry runs a /plugin file that the plugin folder does not hold (the image would
+    build, then exit 126/127 at every start): an absolute ``/plugin/...`` program must be an executable file,
+    the script of ``python /plugin/...`` a file."""
+    program, script = entry[0], entry[1] if len(entry) > 1 else ""
+    if re.fullmatch(r"(?:.*/)?python[0-9.]*", program) and not script.startswith("-"):
+        checked, needs_exec = script, False
+    else:
+        checked, needs_exec = program, True
+    path = posixpath.normpath(checked)
+    if not path.startswith("/plugin/") or any(_ignored(part) for part in path.split("/")):
+        return  # not in the plugin folder (or not copied, compiled in the image): nothing to check here
+    source = plugin_dir / path[len("/plugin/"):]
+    if not source.is_file():  # follows links, as the copy does
+        raise ConfigError(f"the entry runs {checked}, but {source} is not a file; put it in the plugin folder"
+                          f" {plugin_dir} (copied to /plugin) or fix the entry {list(entry)!r:.200}")
+    if needs_exec and not source.stat().st_mode & 0o111:
+        raise ConfigError(f"the entry runs {checked}, but {source} is not executable; `chmod +x {source}`"
+                          " (or run it through its interpreter, e.g. [\"python\", \"/plugin/plugin.py\"])")
+
+
+def _what(path: Path) -> str:
+    if path.is_symlink():
+        return f"a link to {os.readlink(path)}, which does not exist (or links round in a loop)"
+    mode = path.lstat().st_mode
+    return "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device file"
+
+
+def tree_hash(h: Any, root: Path, rel: str = "", above: frozenset[str] = frozenset()) -> None:
+    """Hash what the build's copytree copies of ``root``: symlinks followed, modes kept (a chmod +x
+    changes the image), __pycache__ and .pyc left out. What it cannot copy (a dangling link, a pipe,
+    a socket, something it cannot read) is a ConfigError naming it."""
+    real = os.path.realpath(root)
+    if real in above:  # copytree would copy it without end
+        raise ConfigError(f"{root} links back to {real}, a folder it is in; remove the link to build the image")
+    try:
+        h.update(f"{rel}/\0{stat.S_IMODE(root.stat().st_mode):o}\0".encode())
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)  # read to its end: closed
+        for entry in entries:
+            path, name = Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name
+            if _ignored(entry.name):
+                continue
+            if path.is_dir():  # these follow symlinks, as copytree does (a loop of links: neither)
+                tree_hash(h, path, name, above | {real})
+            elif path.is_file():
+                h.update(f"{name}\0{stat.S_IMODE(path.stat().st_mode):o}\0".encode())
+                with open(path, "rb") as file:
+                    h.update(hashlib.file_digest(file, "sha256").digest())
+            else:
+                raise ConfigError(f"{path} is {_what(path)}: a plugin image holds files and folders only;"
+                                  " remove it from the plugin folder (or move it out) to build the image")
+    except PermissionError as exc:
+        raise ConfigError(f"{exc.filename or root} cannot be read ({exc.strerror}); make it readable"
+                          " (chmod u+r, and u+x for a folder) to build the image") from None
+
+
+def make_readable(root: Path) -> None:
+    """``chmod -R a+rX`` the build context's copy of the plugin: the image runs as uid 10001, not the owner.
+    (The hash covers the source's modes, from which these follow.)"""
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, stat.S_IMODE(os.stat(folder).st_mode) | 0o555)
+        for name in files:
+            path = os.path.join(folder, name)
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            os.chmod(path, mode | 0o444 | (0o111 if mode & 0o111 else 0))
