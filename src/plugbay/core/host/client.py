@@ -73,7 +73,7 @@ class Client(Connecting):
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
         self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
         self._failed: str | None = None  # the error that ended a start() no kill() ended
-        self._pid: int | None = None  # the process that started it: its plugin is that process's alone
+        self._pid: int | None = None  # the process that began to start it: its plugin is that process's alone
 
     # --- properties -------------------------------------------------------------
 
@@ -125,6 +125,7 @@ class Client(Connecting):
 
     def start(self) -> None:
         """Start (or reattach) and connect. Safe to call again; a killed Client cannot restart."""
+        self._claim()
         with self._lock:
             if self._failed is not None:  # nobody killed it
                 raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a Client starts"
@@ -133,7 +134,6 @@ class Client(Connecting):
                 raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
             if self._started:
                 return
-            self._pid = os.getpid()
             self._starting = threading.current_thread()
             LIVE.add(self)  # a host that exits meanwhile (start() on a daemon thread) ends this start too
             failed: BaseException | None = None
@@ -208,6 +208,7 @@ class Client(Connecting):
 
     def dispense(self, name: str) -> Any:
         """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
+        self._claim()
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started
             if name in self._dispensed:
@@ -218,6 +219,7 @@ class Client(Connecting):
 
     def plugin_for(self, name: str) -> GRPCPlugin:
         """The definition of plugin ``name`` in the negotiated version (started; dispense's checks)."""
+        self._claim()
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started
             plugins = self._versions[self.negotiated_version]
@@ -300,6 +302,16 @@ class Client(Connecting):
         finally:
             self._lock.release()
         self._handoff.join()  # one a loop callback started: all but done once we had the lock
+
+    def _claim(self) -> None:
+        """Note this process as the Client's before its lock is taken (start(), dispense()): a fork while
+        another thread holds the lock leaves the child a copy held for ever, whose use is refused here."""
+        pid = os.getpid()
+        if self._pid is None:
+            self._pid = pid
+        elif self._pid != pid and self._forked_away():
+            raise ClientStateError(f"the client of plugin {self.name!r} belongs to process {self._pid}, which"
+                                   " started it before this process forked; make a new Client in this process")
 
     def _forked_away(self) -> bool:
         """True in a forked child of the host that started this Client, which then only lets go of its copy.

@@ -3,15 +3,18 @@
 HandlerLoop is the process's own: one loop in a thread of its own ("plugbay-aio-handlers"),
 started with the first call while a server holds it, ended (its coroutines cancelled and given
 time to clean up) when the last hold is released. CallerLoop runs the handlers on an event loop
-the caller runs (an AsyncClient host's own). Request streams are read on daemon threads.
+the caller runs (an AsyncClient host's own). Request streams are read on daemon threads. A forked
+child starts afresh: its parent's loop has no thread there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -64,7 +67,15 @@ class HandlerLoop:
     holds it (hold()), ended when the last hold is released."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._forget()
+        _ALL.add(self)
+
+    def _forget(self) -> None:
+        """No loop, no hold: new, or in a forked child, where the loop's thread does not exist (its copy
+        of the loop counted as running, and every async call waited out its deadline there) and its
+        parent's servers do not run (their holds are the parent's: see hold())."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._pid = os.getpid()
         self._holds = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -75,11 +86,12 @@ class HandlerLoop:
         when that server has stopped. The last release ends the loop and joins its thread: see Release."""
         with self._lock:
             self._holds += 1
+            pid = self._pid
         released = threading.Event()
 
         def release(within: float | None = None) -> None:
             with self._lock:
-                if released.is_set():
+                if released.is_set() or pid != self._pid:  # a hold of the parent's, released in a forked child
                     return
                 released.set()
                 self._holds -= 1
@@ -157,6 +169,18 @@ class HandlerLoop:
             except RuntimeError:
                 pass
         thread.join(max(end - time.monotonic(), 0.0))
+
+
+# every HandlerLoop of the process (plugbay's is aiohandlers.LOOP), each forgotten in a forked child
+_ALL: weakref.WeakSet[HandlerLoop] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for each in list(_ALL):
+        each._forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class CallerLoop:
