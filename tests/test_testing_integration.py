@@ -7,6 +7,7 @@ test that fails on purpose, and check that everything it started is gone.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -320,6 +321,10 @@ def test_the_engine_going_away_during_the_handshake_wait(relay: EngineRelay, plu
     from plugbay.errors import EngineUnavailableError
 
     tag = uuid.uuid4().hex
+    # the failed requests' sockets (the follow's, the removal's) stayed open in their exceptions'
+    # tracebacks until the garbage collector ran: with it off, they must be closed all the same
+    sockets = _open_sockets()
+    gc.disable()
     plugin = PluginContainer("plugbay-base:bookworm", HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
                              labels={"test.plugbay-tc": tag}, entrypoint=["sleep", "60"])
     relay.hold("GET", "/containers/[0-9a-f]{64}/logs", answer=True)  # the follow: it opens, then the engine goes
@@ -329,12 +334,29 @@ def test_the_engine_going_away_during_the_handshake_wait(relay: EngineRelay, plu
         with caplog.at_level(logging.WARNING, logger="plugbay.testing"):
             with pytest.raises(EngineUnavailableError, match="cannot reach the Docker engine"):
                 plugin.start()
+        closer.join(30)
+        assert _open_sockets() <= sockets
+        gc.enable()
         left = plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"})
         assert len(left) == 1 and any(f"docker rm -f {left[0].short_id}" in r.getMessage() for r in caplog.records)
     finally:
+        gc.enable()
         closer.join(30)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}):
             found.remove(force=True, v=True)
+
+
+def _open_sockets() -> set[str]:
+    """This process's open sockets (their inodes)."""
+    found = set()
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:  # the listing's own descriptor
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
 
 
 INNER_TESTS = textwrap.dedent("""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import shutil
+import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any, Self
@@ -40,6 +41,7 @@ from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.checks import find_image, missing_image
+from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.createargs import checked_labels
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
@@ -282,6 +284,7 @@ class PluginContainer(DockerContainer):
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         from docker.errors import NotFound
 
+        outer = sys.exc_info()[1]  # start()'s failure, when it is start() that stops: left as it is
         # the removed container's handshake and key: get_client() after stop() is "call start() first",
         # not a reattach to a container that no longer exists
         self.handshake, self._cert, self._started = None, None, False
@@ -296,6 +299,7 @@ class PluginContainer(DockerContainer):
                 except NotFound:
                     self.get_docker_client().client.close()
                 except engine_failures() as exc:  # warned of: a start()'s own failure is the one to report
+                    release_frames(exc, outer)  # the failed request's socket, closed now (not by the collector)
                     self.get_docker_client().client.close()
                     ref = self._container.short_id if self._container is not None else self._name
                     # its text: a record that kept the error would keep docker-py's failed connection open

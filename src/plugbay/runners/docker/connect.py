@@ -8,8 +8,10 @@ grace to the bound, and its streamed requests (logs, the exit watch's wait) read
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,6 +73,35 @@ def engine(timeout: float = ENGINE_TIMEOUT) -> Any:
     return client
 
 
+def release_frames(exc: BaseException, outer: BaseException | None = None) -> None:
+    """Let go of the locals of the finished frames ``exc`` (and what caused it) went through.
+
+    A request that failed holds its socket only there: a connect() that failed (docker-py's unix
+    connection never closes its socket) or an answer that never came (http.client's half-read
+    response) — and an exception's traceback sits in a reference cycle, so the descriptor stayed open
+    until the garbage collector ran. ``outer``: the exception being handled when the request was made
+    (the chain reaches it as a context), left as it is. The traceback itself (file, line) stays.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or current is outer or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            # a suspended generator's frame is not finished: clearing it would close the generator
+            if not tb.tb_frame.f_code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE
+                                                  | inspect.CO_ASYNC_GENERATOR):
+                try:
+                    tb.tb_frame.clear()
+                except RuntimeError:  # a frame still running (the caller's): not ours to clear
+                    pass
+            tb = tb.tb_next
+        todo += [current.__cause__, current.__context__]
+
+
 def engine_call(func: Callable[[], T], what: str, timeout: float | None = None) -> T:
     """Run one engine request (``what`` it asks, for the message; ``timeout``: the client's bound, for
     the message too), turning connection failures and an answer that never came (the client's
@@ -78,17 +109,21 @@ def engine_call(func: Callable[[], T], what: str, timeout: float | None = None) 
     import requests
     from docker.errors import DockerException
 
+    outer = sys.exc_info()[1]
     try:
         return func()
     except requests.exceptions.ConnectionError as exc:
+        release_frames(exc, outer)
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             raise engine_silent(what, timeout, exc) from exc
         raise engine_unreachable(exc) from exc
     except DockerException as exc:  # before RequestException: the engine's answers (APIError) are HTTPErrors too
         if "connection" in str(exc).lower() and not hasattr(exc, "response"):
+            release_frames(exc, outer)
             raise engine_unreachable(exc) from exc
         raise
     except requests.exceptions.RequestException as exc:
+        release_frames(exc, outer)
         raise engine_silent(what, timeout if isinstance(exc, requests.exceptions.Timeout) else None, exc) from exc
 
 
