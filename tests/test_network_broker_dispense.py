@@ -65,12 +65,14 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_p
 
     waiter = threading.Thread(target=dispense, name="test-dispense")
     waiter.start()
-    # until dispense() waits for the session (start_timeout: 60 s); a loaded machine took over 5 s once
-    deadline = time.monotonic() + 50
-    while not getattr(endpoint, "_waits", None) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert getattr(endpoint, "_waits", None), "dispense() never waited for the session"
-    client.close()
+    try:
+        # until dispense() waits for the session (start_timeout: 60 s); a loaded machine took over 5 s once
+        deadline = time.monotonic() + 50
+        while not getattr(endpoint, "_waits", None) and waiter.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert getattr(endpoint, "_waits", None), f"dispense() never waited for the session (it ended: {failed})"
+    finally:
+        client.close()  # a failed check too: the client's threads and folders would outlive the test
     waiter.join(30)  # hang detection only
     assert not waiter.is_alive()
     assert len(failed) == 1 and isinstance(failed[0], BrokerError), failed
