@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,17 +32,21 @@ def _still_held(engine_: StandinEngine) -> bool:
     return not engine_._closing.is_set()
 
 
-def test_kill_against_a_hung_engine_gives_up_each_request_at_engine_timeout(
-        standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
-    engine_ = standin(_hung)
+def _killed(engine_: Any, grace: float, caplog: pytest.LogCaptureFixture) -> tuple[Any, str]:
+    """kill(grace) of a runner that started a container on the stand-in ``engine_``: (the stand-in, the
+    warnings logged); the stand-in still held its silent answers then (the runner gave up first)."""
     runner = DockerRunner("plugbay-kv:latest", engine_timeout=BOUND)
     runner._client, runner._container_id, runner._began = engine(BOUND), CID, True
     with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"):
-        runner.kill(0)
+        runner.kill(grace)
     assert _still_held(engine_)
+    return engine_, " ".join(r.getMessage() for r in caplog.records)
+
+def test_kill_against_a_hung_engine_gives_up_each_request_at_engine_timeout(
+        standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
+    engine_, message = _killed(standin(_hung), 0, caplog)
     # the inspect, then the forced removal as the last resort: two requests, each given up
     assert engine_.requests == [("GET", f"/containers/{CID}/json"), ("DELETE", f"/containers/{CID}")]
-    message = " ".join(r.getMessage() for r in caplog.records)
     assert f"did not answer within {BOUND:g} s when asked to remove the container" in message, message
     assert "docker info" in message and f"docker rm -f {CID[:12]}" in message, message
 
@@ -51,15 +56,9 @@ def test_a_stop_the_engine_never_answers_is_bounded_by_grace_plus_engine_timeout
     def answer(method: str, path: str) -> Reply:
         return (200, RUNNING) if method == "GET" else SILENT  # it answers inspects only
 
-    engine_ = standin(answer)
-    runner = DockerRunner("plugbay-kv:latest", engine_timeout=BOUND)
-    runner._client, runner._container_id, runner._began = engine(BOUND), CID, True
-    with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"):
-        runner.kill(1)
-    assert _still_held(engine_)
+    engine_, message = _killed(standin(answer), 1, caplog)
     assert ("POST", f"/containers/{CID}/stop") in engine_.requests
     assert ("DELETE", f"/containers/{CID}") in engine_.requests
-    message = " ".join(r.getMessage() for r in caplog.records)
     assert f"did not answer within {BOUND:g} s when asked to remove the container" in message, message
 
 
