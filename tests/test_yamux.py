@@ -626,7 +626,7 @@ def test_a_session_closed_under_a_spliced_send_never_writes_to_a_reused_descript
     failed: list[BaseException] = []
 
     def hold(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "c_call" and arg is os.splice and frame.f_code.co_name == "_send_piped":
+        if event == "c_call" and arg is os.splice and frame.f_code.co_name == "_splice_some":  # _send_piped's
             sys.setprofile(None)
             reached.set()
             go.wait(30)

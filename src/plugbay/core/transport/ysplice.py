@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import Piped, pipe_for_splicing, send_all
+from plugbay.core.transport.frames import Piped, keep_sending, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Stream, StreamClosed
 from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
@@ -57,18 +57,15 @@ class Splicing:
                 raise self._closed_error()
             try:
                 send_all(self._sock, header, None, self.write_timeout, socket.MSG_MORE)
-                last = time.monotonic()
-                while length:  # as frames.keep_sending: the write timeout counts from the last progress
-                    try:
-                        moved = os.splice(pipe, self._sock.fileno(), length)
-                    except BlockingIOError:
-                        if time.monotonic() - last >= self.write_timeout:
-                            raise
-                        continue
+                fd = self._sock.fileno()
+
+                def _splice_some(done: int) -> int:
+                    moved = os.splice(pipe, fd, length - done)
                     if not moved:
                         raise OSError("the pipe ended inside a frame")
-                    length -= moved
-                    last = time.monotonic()
+                    return moved
+
+                keep_sending(_splice_some, length, self.write_timeout, time.monotonic())
             except OSError as exc:
                 # part of the frame may be out: no other frame may follow it (still under the lock)
                 end_streams = self._write_timed_out() if timed_out(exc) else None
