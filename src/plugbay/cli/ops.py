@@ -63,7 +63,8 @@ def _docker(container_id: str) -> dict[str, Any]:
         client.close()
 
 
-def _pod(namespace: str, name: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT) -> dict[str, Any]:
+def _pod(namespace: str, name: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT,
+         flag: str | None = "--kubeconfig") -> dict[str, Any]:
     from plugbay.runners.kubernetes.api import (call, check_api_timeout, close_client, load_api_client, not_found,
                                                 request_timeout, require_client)
 
@@ -75,7 +76,8 @@ def _pod(namespace: str, name: str, kubeconfig: str | None, api_timeout: float =
     # each call bounded (connect, answer, whole body): an API server or proxy that takes the request and
     # never answers would hold the command for good
     timeout = request_timeout(check_api_timeout(api_timeout))
-    api_client, _ = load_api_client(kubeconfig)
+    with output.kubernetes_flags(flag):
+        api_client, _ = load_api_client(kubeconfig)
     try:
         api: Any = client.CoreV1Api(api_client)
 
@@ -151,9 +153,13 @@ def _facts_of(arg: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT
             from plugbay.runners.kubernetes.api import reattach_kubeconfig, reattach_pod
 
             namespace, pod = reattach_pod(data)
+            if kubeconfig is not None:
+                return _pod(namespace, pod, kubeconfig, api_timeout)
             # never load the kubeconfig the JSON names: its exec: plugin would run (--kubeconfig is the user's)
-            chosen = kubeconfig or reattach_kubeconfig(data.get("kubeconfig"), None)[0]
-            return _pod(namespace, pod, chosen, api_timeout)
+            with output.kubernetes_flags("--kubeconfig"):
+                chosen = reattach_kubeconfig(data.get("kubeconfig"), None)[0]
+            # this host's own kubeconfig, not one the user typed: said as KUBECONFIG's (or the default)
+            return _pod(namespace, pod, chosen, api_timeout, flag=None)
         if kind == "ProcessRunner":
             from plugbay.runners.attached import checked_pid
 
@@ -246,7 +252,8 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     if kubernetes:
         from plugbay.runners.kubernetes import sweep as kube_sweep
 
-        found["kubernetes"] = kube_sweep(namespace, kubeconfig=kubeconfig, dry_run=dry_run)
+        with output.kubernetes_flags("--kubeconfig"):
+            found["kubernetes"] = kube_sweep(namespace, kubeconfig=kubeconfig, dry_run=dry_run)
     if temp or not (docker_ or kubernetes):  # after the runners': a container's socket folder goes with it
         from plugbay.core.transport.tempdirs import sweep_tempdirs
 

@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -50,6 +52,16 @@ class FloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+@contextmanager
+def kubernetes_flags(kubeconfig_flag: str | None) -> Iterator[None]:
+    """Kubernetes configuration errors raised inside advise the command's own flag (``kubeconfig_flag``;
+    None: the command has none) rather than the Python API's keywords (kubeconfig=, api_client=)."""
+    from plugbay.runners.kubernetes.advice import command_line, spelled  # only where Kubernetes is used
+
+    with spelled(command_line(kubeconfig_flag)):
+        yield
 
 
 def color_enabled(stream: Any = None) -> bool:

@@ -126,8 +126,9 @@ def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str 
     bad = [d for d in writable if not d.startswith("/")]
     if bad:
         raise ConfigError(f"--writable {bad[0]!r} must be an absolute path in the container, e.g. /data")
-    return KubernetesRunner(pod, namespace=namespace, kubeconfig=kubeconfig,
-                            writable_dirs=("/tmp", *writable)), "kubernetes"
+    with output.kubernetes_flags("--kubeconfig"):
+        return KubernetesRunner(pod, namespace=namespace, kubeconfig=kubeconfig,
+                                writable_dirs=("/tmp", *writable)), "kubernetes"
 
 
 class _Interrupts:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,9 @@ def attach_runner(data: dict[str, Any]) -> Any:
     try:
         if kind == "DockerRunner":  # look only: the container stays its starting host's
             return importlib.import_module(module or "").DockerRunner.attach(data, take_ownership=False)
+        if kind == "KubernetesRunner":  # info, call and health take no --kubeconfig: the host's own is used
+            with output.kubernetes_flags(None):
+                return reattach_runner(data)
         return reattach_runner(data)
     except EngineUnavailableError:
         raise
@@ -134,7 +137,9 @@ def _network_target(target: str, tls: Tls) -> Reached:
         raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
     found: list[Endpoint] = []
     resolver = make_resolver(parsed, name="cli", allow_loopback=tls.allow_loopback)
-    resolver.start(lambda endpoints: found.extend(endpoints) if not found else None)
+    # kubernetes:/// discovery loads this host's own kubeconfig: these commands have no flag for one
+    with output.kubernetes_flags(None) if parsed.scheme == "kubernetes" else nullcontext():
+        resolver.start(lambda endpoints: found.extend(endpoints) if not found else None)
     resolver.close()
     ready = [e for e in found if e.ready and not e.terminating]
     if not ready:

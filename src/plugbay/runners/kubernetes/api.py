@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.runners.kubernetes.advice import config_source, context_choice, reattach_choice
 from plugbay.runners.kubernetes.deadline import bounded
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
@@ -93,7 +94,9 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
 
     config: Any = config_mod
     from_sa = kubeconfig is None and in_cluster()
-    path, how, alt = _config_source(config, kubeconfig, from_sa)
+    # what the library loads unasked: $KUBECONFIG as it was when the library was imported, else ~/.kube/config
+    default_path = str(getattr(config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", "~/.kube/config"))
+    path, how, alt = config_source(kubeconfig, from_sa, default_path)
     where = "the in-cluster service account" if path is None else f"kubeconfig {path!r} ({how})"
     cfg: Any = type.__call__(client.Configuration)  # not a copy of the process-wide default
     cfg.retries = _retries()  # set before the ApiClient: its connection pool takes them
@@ -107,38 +110,28 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
             return client.ApiClient(cfg), from_sa  # ValueError: a proxy-url urllib3 cannot use
     except (config_mod.ConfigException, OSError) as exc:
         fix = "" if path is None or not os.path.exists(os.path.expanduser(path)) else (
-            "Fix that file" + (" (or pass a context= it has)" if context is not None else "") + ", or ")
-        raise EngineUnavailableError(f"no usable Kubernetes configuration in {where} ({exc})."
-                                     f" {fix or alt[:1].upper()}{alt if fix else alt[1:]}.") from exc
+            "Fix that file" + (context_choice() if context is not None else ""))
+        raise EngineUnavailableError(f"no usable Kubernetes configuration in {where} ({exc})." + _advice(fix, alt)
+                                     ) from exc
     except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError) as exc:
         name = type(exc).__name__ if type(exc).__name__ != "Error" else f"{type(exc).__module__}.Error"  # binascii
         fix = "" if path is None else (
             f"Fix the kubeconfig file {path} (its clusters, users and contexts: lists of named entries, as"
-            " kubectl config view shows them; certificate data in base64; a proxy-url of http:// or https://),"
-            " or ")
+            " kubectl config view shows them; certificate data in base64; a proxy-url of http:// or https://)")
         detail = " ".join(str(exc).split())  # a YAML error spans lines
         raise ConfigError(f"{where} is no Kubernetes configuration plugbay can use ({name}: {detail})."
-                          f" {fix or alt[:1].upper()}{alt if fix else alt[1:]}.") from exc
-    fix = ("the pod's KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT give it; " if path is None else
-           "fix the server field of the kubeconfig's cluster" + (f" of context {context!r}" if context else "")
-           + ", or ")
-    raise ConfigError(f"{problem} (from {where}); {fix}{alt}.")
+                          + _advice(fix, alt)) from exc
+    if path is None:
+        raise ConfigError(f"{problem} (from {where}); the pod's KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT"
+                          " give it" + (f"; {alt}." if alt else "."))
+    fix = "fix the server field of the kubeconfig's cluster" + (f" of context {context!r}" if context else "")
+    raise ConfigError(f"{problem} (from {where}); {fix}" + (f", or {alt}." if alt else "."))
 
 
-def _config_source(config: Any, kubeconfig: str | None, from_sa: bool) -> tuple[str | None, str, str]:
-    """(the kubeconfig load_api_client loads, None in-cluster; where that path came from; how the caller
-    makes it load another), for messages."""
-    if from_sa:
-        return None, "", "pass kubeconfig= or api_client= to use another cluster's"
-    if kubeconfig is not None:
-        return kubeconfig, "passed as kubeconfig=", "pass kubeconfig= a working one, or api_client="
-    # what the library loads: $KUBECONFIG as it was when the library was imported, else ~/.kube/config
-    path = str(getattr(config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", "~/.kube/config"))
-    if os.environ.get("KUBECONFIG") == path:
-        return path, "named by KUBECONFIG", "set KUBECONFIG to a working one, or pass kubeconfig= or api_client="
-    return (path, "the default: KUBECONFIG is not set" if path == "~/.kube/config" else
-            "KUBECONFIG when the kubernetes client was imported",
-            "pass kubeconfig= or api_client=, set KUBECONFIG, or run the host in a pod with a service account")
+def _advice(fix: str, alt: str) -> str:
+    """" Fix ..., or alt." / " Alt." / "" as one sentence."""
+    said = f"{fix}, or {alt}" if fix and alt else fix or alt
+    return f" {said[:1].upper()}{said[1:]}." if said else ""
 
 
 def host_kubeconfig() -> str | None:
@@ -191,17 +184,15 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
         raise ReattachError(
             f"the reattach data names kubeconfig {named!r}, but this host uses {uses}; plugbay loads no"
             " kubeconfig that reattach data names (its exec: plugin would run before anything is checked)."
-            f" Set KUBECONFIG={named} for this host if you trust that file, or pass ReattachConfig.from_json(..."
-            ", attach=functools.partial(KubernetesRunner.attach, kubeconfig=...)) with this host's kubeconfig for"
-            " that cluster, or reattach from a host that uses it")
+            f" Set KUBECONFIG={named} for this host if you trust that file{reattach_choice(False)}, or reattach"
+            " from a host that uses it")
     # a context of this host's own kubeconfig is this host's own setting (the file is trusted), whichever
     # is current: a runner made with context="prod" while "dev" is current reattaches
     if context is None and named_context is not None and named_context not in _contexts(own):
         where = "in-cluster service account" if own is None else f"kubeconfig {own!r}"
         raise ReattachError(
             f"the reattach data names Kubernetes context {named_context!r}, which this host's {where} does"
-            " not have; reattach from a host whose kubeconfig has that context, or pass ReattachConfig.from_json("
-            "..., attach=functools.partial(KubernetesRunner.attach, kubeconfig=..., context=...)) with one of yours")
+            f" not have; reattach from a host whose kubeconfig has that context{reattach_choice(True)}")
     return own, context if context is not None else named_context
 
 

@@ -1,0 +1,92 @@
+"""How the advice in Kubernetes configuration errors names the caller's settings.
+
+One loader serves the Python API (``KubernetesRunner(kubeconfig=...)``, ``sweep()``,
+EndpointSliceResolver) and the command line (``plugbay run --pod ... --kubeconfig FILE``).
+Advice to "pass kubeconfig=" names nothing a shell user can type, and "or api_client="
+nothing they have: a caller whose settings are spelled otherwise says so around its
+calls with :func:`spelled`; the Python API's keywords are the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """The caller's names for the settings that choose a cluster; None: the caller has no such setting."""
+
+    kubeconfig: str | None = "kubeconfig="
+    context: str | None = "context="
+    api_client: str | None = "api_client="
+    attach: bool = True  # the caller may give ReattachConfig.from_json(...) an attach= of its own
+
+
+PYTHON = Spelling()
+
+
+def command_line(kubeconfig_flag: str | None) -> Spelling:
+    """A command's spelling: its kubeconfig flag (None: the command has none), and no other setting."""
+    return Spelling(kubeconfig=kubeconfig_flag, context=None, api_client=None, attach=False)
+
+
+_SPELLING: ContextVar[Spelling] = ContextVar("plugbay_kubernetes_spelling", default=PYTHON)
+
+
+@contextmanager
+def spelled(spelling: Spelling) -> Iterator[None]:
+    """Advice given inside names the caller's settings as ``spelling`` does."""
+    token = _SPELLING.set(spelling)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def current() -> Spelling:
+    return _SPELLING.get()
+
+
+def config_source(kubeconfig: str | None, from_sa: bool, default_path: str) -> tuple[str | None, str, str]:
+    """(the kubeconfig load_api_client loads, None in-cluster; where that path came from; how the caller
+    makes it load another, "" when it cannot), for messages. ``default_path``: what the client library
+    loads unasked ($KUBECONFIG as it was when the library was imported, else ~/.kube/config)."""
+    s = current()
+    ways = " or ".join(name for name in (s.kubeconfig, s.api_client) if name)
+    if from_sa:
+        return None, "", f"pass {ways} to use another cluster's" if ways else ""
+    if kubeconfig is not None and s.kubeconfig:
+        return kubeconfig, f"passed as {s.kubeconfig}", (f"pass {s.kubeconfig} a working one"
+                                                          + (f", or {s.api_client}" if s.api_client else ""))
+    # a caller without a kubeconfig setting passes only this host's own (reattach_kubeconfig's default)
+    path = kubeconfig if kubeconfig is not None else default_path
+    passing = f"pass {ways}" if ways else ""
+    if os.environ.get("KUBECONFIG") == path:
+        return path, "named by KUBECONFIG", "set KUBECONFIG to a working one" + (f", or {passing}" if passing else "")
+    how = ("the default: KUBECONFIG is not set" if path == "~/.kube/config" else
+           "KUBECONFIG when the kubernetes client was imported")
+    return path, how, ", ".join(x for x in (passing, "set KUBECONFIG") if x) + (
+        ", or run the host in a pod with a service account")
+
+
+def context_choice() -> str:
+    """" (or pass a context= it has)" where the caller has a context setting, else ""."""
+    name = current().context
+    return f" (or pass a {name} it has)" if name else ""
+
+
+def reattach_choice(context: bool) -> str:
+    """", or pass ..." saying how the caller reattaches with a kubeconfig (and ``context``) of its own; ""
+    when it has no way to."""
+    s = current()
+    if s.attach:
+        return (", or pass ReattachConfig.from_json(..., attach=functools.partial(KubernetesRunner.attach,"
+                + (" kubeconfig=..., context=...)) with one of yours" if context else
+                   " kubeconfig=...)) with this host's kubeconfig for that cluster"))
+    if s.kubeconfig and not context:
+        return f", or pass {s.kubeconfig} with this host's kubeconfig for that cluster"
+    return ""
