@@ -450,7 +450,10 @@ def test_close_ends_a_stream_whose_upgrade_is_still_unanswered(caplog: pytest.Lo
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "https://127.0.0.1:port"])
 def test_a_bad_port_in_the_api_address_is_a_typed_error(url: str) -> None:
-    runner = runner_for(url)
+    # a client passed with such a host is refused as it is passed (test_kube_api_client_host.py); one whose
+    # configuration changed afterwards is still refused by the upgrade, typed
+    runner = runner_for("http://127.0.0.1:1")
+    runner._api_client.configuration.host = url
     try:
         with pytest.raises(RunnerError, match="is not an http\\(s\\) URL; fix the server field of the kubeconfig"):
             runner.plugin_to_host("tcp", "0.0.0.0:4000")

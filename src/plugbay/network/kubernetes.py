@@ -41,6 +41,7 @@ from plugbay.network.slices import (SERVICE_NAME_LABEL, endpoints_from_slices, k
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
                                             watch_cut_short)
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
+from plugbay.runners.kubernetes.options import check_api_client
 
 _log = logging.getLogger("plugbay.network.kubernetes")
 
@@ -76,6 +77,8 @@ class EndpointSliceResolver:
         self.allow_loopback = allow_loopback  # see plugbay.network.resolver.refusal
         self._refused_told: set[str] = set()  # refused addresses already warned about (bounded)
         self.refused: list[str] = []  # the addresses the last set refused
+        if api_client is not None:
+            check_api_client(api_client, "EndpointSliceResolver")
         self._api_client, self._owns_client = api_client, api_client is None
         self._kubeconfig, self._context = kubeconfig, context
         self._api: Any = None

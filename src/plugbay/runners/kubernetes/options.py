@@ -12,6 +12,7 @@ from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
+from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
 
@@ -91,6 +92,26 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
     return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig
+
+
+def check_api_client(api_client: Any, where: str) -> Any:
+    """``api_client`` (a caller-built kubernetes ApiClient), refused when its host is no API server's URL.
+
+    A kubeconfig's server is refused as it is loaded (api.load_api_client); a caller's own client is
+    refused here, as it is passed: the client library would take any host, and each call on it would
+    fail as an answer that is "not a Kubernetes object" (urllib3's unknown scheme or missing host)."""
+    configuration = getattr(api_client, "configuration", None)
+    if configuration is None:  # no ApiClient's shape: its first call says what it is not
+        return api_client
+    host = getattr(configuration, "host", None)
+    problem = (api_url_problem(host) if isinstance(host, str) else
+               f"the Kubernetes API address {host!r} is not an http(s) URL")
+    if problem is not None:
+        raise ConfigError(f"{problem} (the host of the api_client= passed to {where}); build the ApiClient from a"
+                          " Configuration whose host is the API server's URL, e.g. https://203.0.113.10:6443"
+                          " (kubernetes.config.load_kube_config(client_configuration=...) sets it from a"
+                          " kubeconfig), or pass kubeconfig= instead")
+    return api_client
 
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"

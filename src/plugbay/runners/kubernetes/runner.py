@@ -26,7 +26,7 @@ from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_tim
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
                                             load_api_client, reattach_kubeconfig, reattach_pod)
-from plugbay.runners.kubernetes.options import ADDRESS_MODES, check_settings
+from plugbay.runners.kubernetes.options import ADDRESS_MODES, check_api_client, check_settings
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.forwards import PortForwards
@@ -72,6 +72,7 @@ class KubernetesRunner(PodTeardown, Runner):
         if api_client is None:
             api_client, from_sa = load_api_client(kubeconfig, context)
         else:
+            check_api_client(api_client, "KubernetesRunner")
             from_sa = in_cluster()
         self._api_client = api_client
         self.address_mode = address_mode if address_mode != "auto" else (

@@ -11,6 +11,7 @@ from plugbay.runners.session import (HOST_PIDS, MACHINE, MANAGED, SESSION, SESSI
                                      session_gone, session_may_run)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             not_found, request_timeout, require_client)
+from plugbay.runners.kubernetes.options import check_api_client
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
@@ -44,6 +45,8 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     own = api_client is None
     if api_client is None:
         api_client, _ = load_api_client(kubeconfig)
+    else:
+        check_api_client(api_client, "sweep()")
     api: Any = client.CoreV1Api(api_client)
     own_session = host_session_id()
     identity = host_identity(host_id)
