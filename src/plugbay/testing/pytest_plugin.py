@@ -49,15 +49,18 @@ class _Started:
         return client
 
     def close(self) -> None:
-        errors = []
-        for client in reversed(self.clients):
+        """Kill every client, then raise the first failure: a Ctrl-C (any BaseException) in one kill() must
+        not leave the others running. An interrupt goes before an ordinary error that came earlier, so the
+        run still stops."""
+        errors: list[BaseException] = []
+        clients, self.clients = list(reversed(self.clients)), []
+        for client in clients:
             try:
                 client.kill()
-            except Exception as exc:  # noqa: BLE001 - kill the others anyway
+            except BaseException as exc:  # noqa: BLE001 - kill the others anyway, then raise it
                 errors.append(exc)
-        self.clients.clear()
         if errors:
-            raise errors[0]
+            raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
 
 
 @pytest.fixture
