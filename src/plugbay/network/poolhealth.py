@@ -265,18 +265,23 @@ class PoolHealth:
         return CLOSED_AFTER_HANDSHAKE if closing else cut_short_note(self.tls is not None)
 
     def _check(self, member: Member) -> None:
-        if member.checking or member.draining_since is not None:
-            return
-        member.checking = True
-        try:
+        # read and set in one step: the discovery thread (a joining endpoint) and the health tick may both
+        # ask, and two checks in flight would each set the verdict, the older answer last
+        with self._cond:
+            if member.checking or member.draining_since is not None:
+                return
+            member.checking = True
+        try:  # not under the lock: an AsyncRemoteClient picks under it on its event loop
             future = member.health_stub.Check.future(_HEALTH_REQ, timeout=self.health_timeout)
         except ValueError:  # the channel was closed meanwhile
-            member.checking = False
+            with self._cond:
+                member.checking = False
             return
         future.add_done_callback(lambda f: self._checked(member, f))
 
     def _checked(self, member: Member, future: Any) -> None:
-        member.checking = False
+        with self._cond:
+            member.checking = False
         try:
             status = future.result().status
             ok, detail = status == health_pb2.HealthCheckResponse.SERVING, \
