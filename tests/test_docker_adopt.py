@@ -131,7 +131,7 @@ def test_an_attach_whose_exit_watch_finds_no_engine_closes_its_client(monkeypatc
             made.append(client)
             return client
 
-        def no_engine() -> Any:
+        def no_engine(timeout: float = 0.0) -> Any:  # the watch's client has the runner's engine_timeout
             raise EngineUnavailableError("the engine went away")
 
         monkeypatch.setattr(runner_module, "engine", tracked)

@@ -94,11 +94,15 @@ class LaunchSpec:
     ``socket_dir`` is a private host folder for unix sockets; a runner that puts
     the plugin elsewhere (a container) mounts it and rewrites
     PLUGIN_UNIX_SOCKET_DIR, then maps paths back in plugin_to_host().
+    ``deadline`` (a time.monotonic() time; None: no bound) is when the Client's start_timeout runs
+    out: a runner whose start() waits on something slow (an engine, an API server) stops waiting
+    then. A runner may ignore it (the field came later): its start() is then bounded by itself alone.
     """
 
     env: Mapping[str, str]
     socket_dir: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None = None
 
     def env_without_host_folder(self) -> dict[str, str]:
         """``env`` less the host's socket folder and its group: a path and a group of this host, which

@@ -195,7 +195,8 @@ class Client(Connecting):
             env = launch_env(cfg.handshake, self._versions, env=cfg.env, socket_dir=self._tmpdir,
                              socket_group=cfg.unix_socket_group, cert=self._cert, min_port=cfg.min_port,
                              max_port=cfg.max_port, multiplex=cfg.multiplex_broker, holds_streams=True)
-            runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name}))
+            runner.start(LaunchSpec(env=env, socket_dir=self._tmpdir, labels={"plugbay.plugin": self.name},
+                                    deadline=deadline))
             self._kick = StreamKick()  # armed while the plugin starts: see streams.StreamKick
             if isinstance(runner, ProcessRunner):  # a pidfd: set up (and the loop started) while it starts
                 self._exit_watch = runner.watch_exit(self._on_exit)

@@ -184,8 +184,8 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
     logs = feed.logs
     lines = feed.first
     exited_at: float | None = None
-    # runner.start() (an engine's container create, a pod create) ran before: bounded by the engine's
-    # own timeouts, not start_timeout, so a slow one must not be blamed on the plugin
+    # runner.start() (an engine's container create, a pod create) ran before: one that ignores
+    # LaunchSpec.deadline, or ended just short of it, must not have its slowness blamed on the plugin
     in_runner_start = feed.made_at - (deadline - start_timeout)
     while True:
         now = time.monotonic()

@@ -21,13 +21,13 @@ ENGINE_TIMEOUT = 10.0  # seconds an engine request may go unanswered (the SDK's 
 T = TypeVar("T")
 
 
-def _host() -> str:
+def engine_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def engine_unreachable(exc: BaseException) -> EngineUnavailableError:
     return EngineUnavailableError(
-        f"cannot reach the Docker engine at {_host()}: {exc}. Start it (`dockerd &` or"
+        f"cannot reach the Docker engine at {engine_host()}: {exc}. Start it (`dockerd &` or"
         " `systemctl start docker`; scripts/setup does), or set DOCKER_HOST to a running engine."
     )
 
@@ -38,7 +38,7 @@ def engine_silent(what: str, timeout: float | None, exc: BaseException) -> Engin
         timeout = float(found.group(1)) if found else None
     within = f"within {timeout:g} s" if timeout is not None else "in time"
     return EngineUnavailableError(
-        f"the Docker engine at {_host()} did not answer {within} when asked to {what} ({type(exc).__name__}:"
+        f"the Docker engine at {engine_host()} did not answer {within} when asked to {what} ({type(exc).__name__}:"
         f" {exc}). It is overloaded or stuck: check that `docker info` answers and the daemon's log"
         " (`journalctl -u docker`), restart it if it hangs, and try again once it answers (a slow engine:"
         " raise DockerRunner's engine_timeout)")

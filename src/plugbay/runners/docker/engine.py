@@ -39,8 +39,6 @@ SOCKET_OWNED = "plugbay.socket-owned"  # "true": the runner made the folder (its
 SOCKET_MARKER = ".plugbay-socket-dir"
 SOCKET_DIR_PREFIX = "plugbay-docker-"  # the runner's own socket folders: make_tempdir(SOCKET_DIR_PREFIX)
 
-_REMOVAL_WAIT = 10.0  # for another caller's removal of a container to finish
-
 
 def transport_settings(transport: str, container_port: int, gid: int | None) -> tuple[dict[str, str], dict[str, Any]]:
     """The environment and create() arguments that put the plugin's address where the host reaches it.
@@ -132,26 +130,28 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
     except NotFound:
         pass
     except failed as exc:
-        if _removed_elsewhere(exc, inspect):
+        if _removed_elsewhere(exc, inspect, bound):
             return
         try:
             removal()
         except NotFound:
             pass
         except failed as exc:
-            if _removed_elsewhere(exc, inspect):
+            if _removed_elsewhere(exc, inspect, bound):
                 return
             _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
                          " %s` or plugbay.runners.docker.sweep() once the engine answers",
                          container_id[:12], exc, container_id[:12])
 
 
-def _removed_elsewhere(exc: BaseException, inspect: Callable[[], dict[str, Any] | None]) -> bool:
+def _removed_elsewhere(exc: BaseException, inspect: Callable[[], dict[str, Any] | None], bound: float | None) -> bool:
     """Whether the engine refused because another caller (start()'s clean-up and a kill() both end the
-    container) is removing it already; if so, once that removal is done (bounded), as ours would be."""
+    container) is removing it already; if so, once that removal is done, as ours would be. Waited for as
+    long as one request of ``bound`` (the client's: the runner's engine_timeout) may take: the other
+    removal is one such request, by the same runner, so it has ended or given up (and warned) by then."""
     if getattr(exc, "status_code", None) != 409 or "already in progress" not in str(exc):
         return False
-    deadline = time.monotonic() + _REMOVAL_WAIT
+    deadline = time.monotonic() + (ENGINE_TIMEOUT if bound is None else bound)
     try:
         while inspect() is not None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -39,6 +39,7 @@ from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                hardened_args, network_id, stale_network, tmpfs_mounts)
 from plugbay.runners.docker.options import TRANSPORTS, check_settings, cpus_to_nano
+from plugbay.runners.docker.budget import StartBudget
 from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_container, reattach_id,
                                           reattach_image, reattach_transport)
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
@@ -53,8 +54,6 @@ from plugbay.runners.docker.waiter import ExitWaiter
 from plugbay.runners.session import managed_labels
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
-
-_LOG_OPEN_WAIT = 10.0  # bounded: a log request the engine does not answer shows up as missing output
 
 
 class DockerRunner(ContainerTeardown, Runner):
@@ -168,9 +167,11 @@ class DockerRunner(ContainerTeardown, Runner):
             began, self._began = self._began, True
         if ended or began:
             raise reuse_refused(f"DockerRunner for {self.image!r}", ended or "already started", "container")
-        self._client = engine(self.engine_timeout)
+        budget = StartBudget(f"DockerRunner for {self.image!r}", self.engine_timeout, spec.deadline)
         try:
-            self._start(spec)
+            budget.open()
+            self._client = engine(self.engine_timeout)  # the API version is known by now: no request
+            self._start(spec, budget)
             with self._lock:
                 killed = self._killed
         except BaseException as exc:
@@ -180,20 +181,22 @@ class DockerRunner(ContainerTeardown, Runner):
             if killed and isinstance(exc, Exception):  # the kill() removed what this step needed
                 raise killed_while_starting(f"DockerRunner for {self.image!r}", "container", "removed it") from exc
             raise
+        finally:
+            budget.close()
         if killed:  # a kill() from another thread came before the container existed: remove it now
             self._cleanup(remove=True, grace=0)
             raise killed_while_starting(f"DockerRunner for {self.image!r}", "container", "removed it")
 
-    def _start(self, spec: LaunchSpec) -> None:
+    def _start(self, spec: LaunchSpec, budget: StartBudget) -> None:
         from docker.errors import APIError
 
-        client = self._client
+        client = budget.client
         # the id SecureConfig checked, not the name again: a retag meanwhile must not change what runs
-        image = find_image(client, self._verified_image or self.image)
+        image = budget.call(lambda: find_image(client, self._verified_image or self.image), "look up the image")
         if self.digest is not None:
             check_digest(image, self.image, self.digest)
         if self.runtime:
-            check_runtime(client, self.runtime)
+            budget.call(lambda: check_runtime(client, str(self.runtime)), "read engine info")
         # tcp: no host folder is mounted, and the host's folder path would lead the plugin's own sockets
         # (a per-connection broker's) to a folder the container does not have
         env = {**self.env, **(spec.env if self.transport == "unix" else spec.env_without_host_folder())}
@@ -214,7 +217,7 @@ class DockerRunner(ContainerTeardown, Runner):
         isolated = None  # the isolated network's verified id, if the container joins it
         # None: the default bridge, containers see each other; the caller's network_mode: theirs (createargs)
         if self.transport == "tcp" and self.network and "network_mode" not in self.extra_create_args:
-            args["network"] = isolated = network_id(client, self.network)
+            args["network"] = isolated = budget.call(lambda: network_id(client, str(self.network)), "find its network")
         labels = {**self.labels, **spec.labels, **managed_labels(), **create_token(), IMAGE: self.image}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
@@ -225,30 +228,29 @@ class DockerRunner(ContainerTeardown, Runner):
         add_extra_args(args, self.extra_create_args)
         try:
             try:
-                self._create_and_start(args)
+                self._create_and_start(args, budget)
             except APIError as exc:
                 if isolated is None or args.get("network") != isolated or not stale_network(exc, args):
                     raise  # not our verified id (extra_create_args chose the network): the caller's to fix
                 # the network verified by an earlier start is gone: the container goes, and once more
                 if self._container_id:
-                    engine_call(lambda: client.api.remove_container(self._container_id, force=True), "remove it",
-                                self.engine_timeout)
-                args["network"] = network_id(client, str(self.network), again=True)
-                self._create_and_start(args)
+                    budget.call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
+                args["network"] = budget.call(lambda: network_id(client, str(self.network), again=True), "remake it")
+                self._create_and_start(args, budget)
         except APIError as exc:
             raise RunnerError(
                 f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."
                 " Check the image's entrypoint/command and the runner options (mounts, user, runtime)."
             ) from exc
         if self.transport == "tcp":
-            container = client.containers.prepare_model({"Id": self._container_id})
-            self._host_port = published_port(container, self.container_port)  # the engine picked it at start
-        for which in ("stdout", "stderr"):
-            self._pumps[which] = ContainerLogStream(client.api, self._container_id, which, self._running,
+            container = client.containers.prepare_model({"Id": self._container_id})  # its port: the engine's pick
+            self._host_port = budget.call(lambda: published_port(container, self.container_port), "inspect its port")
+        for which in ("stdout", "stderr"):  # on the runner's client: they outlive the start
+            self._pumps[which] = ContainerLogStream(self._client.api, self._container_id, which, self._running,
                                                      tty=bool(args.get("tty")))
         self._watch_exit()
-        for pump in self._pumps.values():
-            pump.wait_open(_LOG_OPEN_WAIT)
+        for pump in self._pumps.values():  # bounded: a log request never answered shows up as missing output
+            budget.wait(pump.wait_open, "open the container's logs")
         refused = next((pump.error for pump in self._pumps.values() if pump.error), None)
         if refused is not None:  # the handshake line could never be read: fail now, not at start_timeout
             raise RunnerError(
@@ -256,17 +258,16 @@ class DockerRunner(ContainerTeardown, Runner):
                 " plugbay reads the plugin's handshake line from the container's logs: keep a logging driver"
                 " the engine can read back (plugbay sets json-file; check log_config in extra_create_args)")
 
-    def _create_and_start(self, args: dict[str, Any]) -> None:
-        client = self._client
-        # without the create's answer there is no id for kill(): create_or_clean() finds it by name
+    def _create_and_start(self, args: dict[str, Any], budget: StartBudget) -> None:
+        client = budget.client
+        # no create answer, no id for kill(): create_or_clean() finds it by name, on the runner's client (see budget)
         self._container_id = create_or_clean(
-            lambda: engine_call(lambda: create_container(client, args, self.extra_create_args), "create the container",
-                              self.engine_timeout),
-            client.api, args.get("name"), args["labels"])
-        engine_call(lambda: client.api.start(self._container_id), "start the container", self.engine_timeout)
+            lambda: budget.call(lambda: create_container(client, args, self.extra_create_args), "create the container"),
+            self._client.api, args.get("name"), args["labels"])
+        budget.call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:
-        self._waiter = ExitWaiter(self._container_id, self._inspect, lambda: self._final_state)
+        self._waiter = ExitWaiter(self._container_id, self._inspect, lambda: self._final_state, self.engine_timeout)
         self._waiter.start()
 
     def check_secure_config(self, secure: Any) -> None:

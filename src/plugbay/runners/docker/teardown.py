@@ -95,7 +95,9 @@ class ContainerTeardown:
             for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile
                 pump.close()
             if self._waiter is not None:
-                self._waiter.join(10.0)
+                # as long as the engine may take to answer its wait (the runner's engine_timeout): a slow
+                # engine's answer still gives the exit code the plugin ended with; a hung one, the removal's
+                self._waiter.join(self._waiter.report_time)
                 if ended:  # the watch's own report wins; a stopped one (detach) reports nothing
                     code = (self._final_state or {}).get("ExitCode")
                     self._waiter.ended(code if isinstance(code, int) else UNKNOWN_EXIT_CODE)

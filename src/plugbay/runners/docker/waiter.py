@@ -27,7 +27,7 @@ from typing import Any
 
 from plugbay.core.transport.backoff import doubling_pause
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE
-from plugbay.runners.docker.engine import engine
+from plugbay.runners.docker.engine import ENGINE_TIMEOUT, engine
 
 _log = logging.getLogger("plugbay.runners.docker")
 _MAX_FAILURES = 12  # about a minute of pauses (0.25 s doubling, at most 8 s) with no wait answered
@@ -45,8 +45,9 @@ class ExitWaiter:
     """Waits for one container's exit in a daemon thread; :meth:`wait` reads the result."""
 
     def __init__(self, container_id: str, inspect: Callable[[], dict[str, Any] | None],
-                 final_state: Callable[[], dict[str, Any] | None]) -> None:
+                 final_state: Callable[[], dict[str, Any] | None], engine_timeout: float = ENGINE_TIMEOUT) -> None:
         self._id = container_id
+        self._engine_timeout = engine_timeout  # its wait request's connect bound (the runner's)
         self._inspect = inspect  # the container's State; None: the engine says it is gone
         self._final_state = final_state  # kept by kill() before it removed the container
         self._exited = threading.Event()
@@ -59,7 +60,7 @@ class ExitWaiter:
                                         daemon=True)
 
     def start(self) -> None:
-        self._client = engine()
+        self._client = engine(self._engine_timeout)
         self._thread.start()
 
     def wait(self, timeout: float | None) -> int | None:
@@ -78,6 +79,13 @@ class ExitWaiter:
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def report_time(self) -> float:
+        """How long the watch may take to report an exit the engine knows (the container is removed): the
+        wait request it is in ends once answered, within the engine's bound (the runner's engine_timeout),
+        or, made just then, once its head is late (``_HEAD_WAIT``), the removal's state then telling the exit."""
+        return self._engine_timeout + _HEAD_WAIT
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the watch without an exit (the host lets the container go): its request and client too."""
