@@ -3,7 +3,9 @@ without holding up the front that admits every other host."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import ssl
 import sys
 import threading
@@ -156,3 +158,35 @@ def test_a_session_child_that_no_longer_multiplexes_ends_the_offer(certs: netcer
         assert not _multiplex_offered(gw, certs)  # hosts that follow Discovery now call over plain gRPC
         _host_is_dropped(gw, certs)  # refused at once: no child is started for it
         assert launches.read_text().count("launched") == 2
+
+
+def test_a_session_child_that_crashes_is_reported_and_one_stopped_is_not(certs: netcerts.CertSet, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # the shared child's crash was logged ("exited with code -9; restarting it"), a session's child's was not:
+    # its host's session just ended, and nothing in the gateway's log said why
+    caplog.set_level(logging.WARNING, logger="plugbay.gateway")
+    with _gateway(certs, "slow-mux", tmp_path) as gw:
+        (left,) = _hosts_up(gw, certs, 1)
+        left.close()  # the host leaves: its child is stopped, which is no crash
+        deadline = time.monotonic() + 10
+        while _session_children(gw) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_children(gw) == []
+        (host,) = _hosts_up(gw, certs, 1)
+        try:
+            (child,) = _session_children(gw)
+            os.kill(child, signal.SIGKILL)
+            host.settimeout(10)
+            try:
+                while host.recv(100):
+                    pass
+            except TimeoutError:
+                raise AssertionError("the host's session outlived its child") from None
+            except OSError:
+                pass
+        finally:
+            host.close()
+    said = [r.getMessage() for r in caplog.records if "brokering session" in r.getMessage()]
+    assert said == ["gateway: the plugin of the brokering session from 127.0.0.1 exited with code -9; ending"
+                    " that session (the host reconnects to a new one)"], said
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "brokering session" in r.getMessage())

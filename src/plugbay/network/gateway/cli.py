@@ -7,8 +7,8 @@ Every flag also reads an environment variable (PLUGBAY_GATEWAY_LISTEN, _CERT, _K
 _CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1, _MULTIPLEX=1, _KEEPALIVE,
 _MAX_CALLS, _MAX_MESSAGE), which is how the
 container image (Dockerfile.plugin, target ``gateway``) is configured. Once
-serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM and SIGINT stop it
-(child included) with exit code 0; it exits 1 when the plugin cannot be started or
+serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM, SIGINT, SIGHUP and
+SIGQUIT stop it (child included) with exit code 0; it exits 1 when the plugin cannot be started or
 keeps dying beyond the restart budget, 2 on bad arguments.
 """
 
@@ -31,6 +31,9 @@ from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAG
 from plugbay.network.gateway.gateway import Gateway
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
+# SIGHUP (its terminal or SSH session closed, `kill -HUP`) and SIGQUIT end the process by default: the
+# children, their socket folders and the sessions' children were left behind, so they stop it as SIGTERM does
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _START_JOIN = 10.0  # a stopped start ends at once (its child is killed); this only bounds the wait
 
 
@@ -173,7 +176,7 @@ def _start_unless_stopped(gateway: Gateway, stop: threading.Event) -> bool:
 
 
 def main(argv: list[str], level: int = logging.INFO) -> int:
-    """Run the gateway until SIGTERM/SIGINT (logging at ``level``). Returns the process exit code."""
+    """Run the gateway until STOP_SIGNALS (logging at ``level``). Returns the process exit code."""
     try:
         config = parse(argv)
     except SystemExit as exc:
@@ -188,7 +191,7 @@ def main(argv: list[str], level: int = logging.INFO) -> int:
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             old[signum] = signal.signal(signum, on_signal)
     # a server, as a plugin is: each stream a remote host opens costs descriptors (and a session admits
     # only the streams half the soft limit allows), so the limit is raised as serve() raises a plugin's
@@ -197,7 +200,7 @@ def main(argv: list[str], level: int = logging.INFO) -> int:
         gateway = Gateway(config)
         try:
             if not _start_unless_stopped(gateway, stop):
-                return 0  # SIGTERM/SIGINT while the plugin started: a stop, not a failure
+                return 0  # a stop signal while the plugin started: a stop, not a failure
             print(f"listening tcp {gateway.address}", flush=True)
             while not stop.wait(0.5):
                 if gateway.failed.is_set():

@@ -62,6 +62,7 @@ from plugbay.core.plugin.network import (
     package_version,
     serve_sessions,
 )
+from plugbay.core.plugin.server import SERVER_HANDSHAKE_TIMEOUT_MS
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
@@ -232,6 +233,9 @@ class Gateway:
             " calls still get through; earlier calls have not returned. Retry later, or raise --max-peer-calls")
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
+            # as serve()'s: a connection that never completes TLS is closed then, not held 120 s (with no
+            # cap and no certificate needed, silent connections could take every descriptor)
+            ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS),
             ("grpc.max_receive_message_length", self.config.max_message),
             *grpcping.server_options(self.config.keepalive)])  # hosts' keepalive pings are welcome
         self._server = server

@@ -157,6 +157,7 @@ class ChildSession:
         self._closed = False
         # the remote host's streams, two splice threads each; with all sessions from its address (streamcap)
         self._share = Share(peer)
+        self._peer = peer
         # a reader never opens the twin itself: that waits on the other side's socket (see twins)
         self._to_child = TwinOpener(lambda: self._child, "gw-to-child", self._splices, self._tlock)
         self._to_remote = TwinOpener(lambda: self._remote, "gw-to-remote", self._splices, self._tlock)
@@ -228,6 +229,16 @@ class ChildSession:
                                   write_timeout=write_timeout)
             self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote",
                                    write_timeout=write_timeout)
+        runner.watch_exit(self._child_exited)
+
+    def _child_exited(self, code: int) -> None:
+        """On the shared I/O loop (never blocks): a crash is told as the shared child's is; a child close()
+        stopped is not. Its session then ends with it (its connection closes), the host reconnecting."""
+        with self._lock:
+            if self._closed:
+                return
+        log.warning("gateway: the plugin of the brokering session from %s exited with code %d; ending that"
+                    " session (the host reconnects to a new one)", self._peer or "a local peer", code)
 
     # Both run on their session's reader thread, in the order the streams arrive; they never wait.
     def _from_remote(self, stream: Stream) -> None:
