@@ -1,10 +1,11 @@
 """What a Client holds once it starts, and how it lets go of it.
 
-``kill()`` ends the plugin (``_teardown``: the broker's stream first, then
-GRPCController.Shutdown, the grace, the runner, then what is left of the stdio
-stream), ``close()`` of a reattached Client only lets go (``_disconnect``); both
-then free the channel, the mux, the output followers, the shared I/O thread when
-it is the last user, and the socket folder. client.py holds the lifecycle around these.
+``kill()`` ends the plugin (``_teardown``: the broker's stream first, a go-plugin
+plugin's stdio stream read until quiet, then GRPCController.Shutdown, the grace,
+the runner, then what is left of the stdio stream), ``close()`` of a reattached
+Client only lets go (``_disconnect``); both then free the channel, the mux, the
+output followers, the shared I/O thread when it is the last user, and the socket
+folder. client.py holds the lifecycle around these.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _T = TypeVar("_T")
 # hides the exit, until nothing came for STDIO_QUIET s; STDIO_FINISH s at most.
 STDIO_FINISH = 5.0
 STDIO_QUIET = 0.5
+# How long kill() reads a go-plugin plugin's stdio stream before Shutdown: until nothing came for
+# SETTLE_QUIET s, SETTLE_LIMIT s at most (its Shutdown cuts the connection with what it held).
+SETTLE_QUIET = 0.1
+SETTLE_LIMIT = 1.0
 
 
 class ClientParts:
@@ -135,11 +140,16 @@ class ClientParts:
         # End the broker's stream before Shutdown, as go-plugin's host does: a graceful stop on
         # the plugin side waits for open streams. A stdio stream with a sink stays open: it
         # carries what the plugin wrote before it stopped, and a plugbay plugin ends it itself
-        # once that is sent (go-plugin's host reads it until the process exits).
+        # once that is sent. A go-plugin plugin's Shutdown (grpc's Server.Stop) cuts the connection
+        # at once, and grpcio drops what it received but had not handed over: its stream is read
+        # (begun now if it was held) until it goes quiet before the plugin is asked to stop.
         stdio = self._stdio if isinstance(self._stdio, StdioReader) and self._stdio.keeps_output else None
         self._close_rpc_streams(keep_stdio=stdio is not None)
         stopped = False
         try:
+            if (stdio is not None and not self._broker_queues and graceful and self._exit_code is None
+                    and (runner is None or runner.wait(0) is None)):
+                stdio.settle(SETTLE_QUIET, SETTLE_LIMIT)
             if graceful and self._controller is not None and self._exit_code is None:
                 asked = ask_shutdown(self._controller, self.name)
             if runner is not None:

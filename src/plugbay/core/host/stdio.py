@@ -62,6 +62,7 @@ class StdioReader:
         # what it reads goes somewhere: a kill() reads the stream to its end (see finish)
         self.keeps_output = any(sink is not None for sink in self._sinks.values())
         self._last_chunk = 0.0  # time.monotonic() once the last chunk was handed on (math.inf: in a sink now)
+        self._last_read = 0.0  # time.monotonic() once the last chunk was taken off grpcio
         self._thread = threading.Thread(target=self._run, name=f"plugbay-stdio-{name}", daemon=True)
         self._started = False
         # delay: start on the shared loop that long from now, or at hurry(), whichever comes first;
@@ -120,6 +121,7 @@ class StdioReader:
                         return
                     self._ahead.append(data)
                     self._ahead_bytes += len(data.data)
+                    self._last_read = time.monotonic()
                     self._ahead_ready.notify_all()
         except grpc.RpcError as exc:
             if _unimplemented(exc):
@@ -159,12 +161,33 @@ class StdioReader:
         with self._ahead_ready:  # the reader threads see _closed
             self._ahead_ready.notify_all()
 
+    def settle(self, quiet: float, limit: float) -> None:
+        """Begin reading (a held reader) and return once nothing came for ``quiet`` s or the stream
+        ended; ``limit`` s at most. Before a plugin that does not end the stream itself is stopped:
+        a go-plugin plugin's Shutdown cuts the connection at once, and what its pipes and grpcio held
+        then is lost, so it is taken off grpcio first."""
+        self.start()
+        if self._thread is threading.current_thread():  # a sink that kills the Client: nothing is read meanwhile
+            return
+        begun = time.monotonic()
+        with self._ahead_ready:
+            while not self._pumped and not self._closed:
+                # a pump waiting for slow sinks is not quiet: grpcio holds what the plugin sent meanwhile
+                until = begun + limit
+                if self._ahead_bytes < _AHEAD:
+                    until = min(until, max(begun, self._last_read) + quiet)
+                wait = until - time.monotonic()
+                if wait <= 0:
+                    return
+                self._ahead_ready.wait(wait)
+
     def finish(self, timeout: float, quiet: float) -> None:
         """Read on until the plugin ends the stream, then close(); the plugin has been stopped.
 
-        A plugbay plugin ends the stream once it has sent what it wrote; a go-plugin one when
-        its process ends, which a connection behind a published port may never show: then the
-        stream is cut once nothing came for ``quiet`` seconds, or ``timeout`` from now."""
+        A plugbay plugin ends the stream once it has sent what it wrote; a go-plugin one's
+        Shutdown cuts it (kill() let it settle() first), or its process's end, which a connection
+        behind a published port may never show: then the stream is cut once nothing came for
+        ``quiet`` seconds, or ``timeout`` from now."""
         if self._thread is threading.current_thread():  # a sink that kills the Client: it ends when it returns
             self.close()
             return
