@@ -87,6 +87,7 @@ MISCONFIGURED_MESSAGE = (
 
 CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
+HAND_OVER_LIMIT = 1.0  # Shutdown waits this long at most for captured output to go out (a plugbay host: 2 s)
 LOOP_FLOOR = 0.25  # the asyncio handlers' loop gets at least this at close, even past STOP_GRACE
 # grpcio closes a connection that has not completed TLS (and, in plaintext, the HTTP/2
 # preface and SETTINGS) within this; its default is 120 s, which let never-speaking
@@ -285,6 +286,9 @@ class _PluginServer:
             self.log.warning("GRPCController.Shutdown ignored: this plugin is a shared network service"
                              " (NetworkServe.allow_shutdown=False); stop it with SIGTERM")
             return
+        # Answered once the captured output has gone to the host's reader: go-plugin's host closes
+        # the connection as soon as the answer comes, and what had not gone out then is lost.
+        self.capture.hand_over(HAND_OVER_LIMIT)
         self.stop()
 
     def _install_signals(self) -> None:

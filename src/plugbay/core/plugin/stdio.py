@@ -12,6 +12,8 @@ ready, whatever the other holds (go-plugin's plugin side copies its two pipes
 in two goroutines, which keep no order across them either). The
 host's single StreamStdio call receives the buffered chunks, then new ones as
 they come; a second caller takes the stream over (a re-attached host).
+GRPCController.Shutdown is answered once what was captured has gone to that
+caller (hand_over, bounded): go-plugin's host closes the connection at the answer.
 A plugbay host with no sink asks to discard (STDIO_DISCARD_METADATA): the
 buffer is dropped and new output too, and the call ends at once, until a
 caller that reads comes (a re-attached host with a sink); while such a caller
@@ -29,7 +31,8 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -51,6 +54,9 @@ DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _READ = 64 * 1024
 _POLL_MS = 200
 _STREAM_POLL = 0.5
+_HAND_OVER_POLL = 0.01
+_EXPECT = 1.0  # how long a reader's call that arrived may take to begin, at most, for hand_over
+_METHOD = f"/{SERVICE}/StreamStdio"
 
 
 class StdioCapture:
@@ -68,6 +74,8 @@ class StdioCapture:
         self._reader: int | None = None  # the generation of the caller reading now
         self._eof = False  # the pump has finished: nothing more will be added
         self._generation = 0  # bumped by each StreamStdio caller; older callers stop
+        self._sending = False  # the reader took a chunk and its send has not finished (see hand_over)
+        self._coming_until = 0.0  # a reader's call arrived, its handler has not begun: hand_over waits to then
         self._saved: tuple[int, int] | None = None
         self._readers: dict[int, Channel] = {}
         self._stop_pump = threading.Event()
@@ -205,6 +213,8 @@ class StdioCapture:
             self._discard = False
             self._generation += 1
             self._reader = self._generation
+            self._sending = False
+            self._coming_until = 0.0
             self._cond.notify_all()
             return self._generation
 
@@ -213,6 +223,37 @@ class StdioCapture:
         with self._cond:
             if self._reader == generation:
                 self._reader = None
+                self._sending = False
+                self._cond.notify_all()
+
+    def expect(self, within: float) -> None:
+        """A reader's call arrived (grpcio hands it to a worker thread next): hand_over() waits for it
+        to attach, ``within`` s from now at most (a call that ends before its handler begins never does)."""
+        with self._cond:
+            self._coming_until = time.monotonic() + within
+
+    def hand_over(self, timeout: float) -> None:
+        """Wait, ``timeout`` s at most, until what fds 1 and 2 got so far has gone to the attached
+        reader: read from the pipes, taken from the buffer, its send finished. No wait without one
+        (nor one whose call has arrived: see expect).
+
+        Before Shutdown is answered: go-plugin's host closes the connection as soon as the answer
+        comes, and what was still here or in grpcio's hands then never reached it."""
+        deadline = time.monotonic() + timeout
+        _flush_std()  # what Python still buffers (a print() without a newline)
+        while True:
+            with self._read_lock:  # the pump reads only under it: a pipe seen empty here was read through
+                piped = _readable(self._readers)
+            with self._cond:
+                if self._reader is None and time.monotonic() >= self._coming_until:
+                    return
+                if self._reader is not None and not piped and not self._chunks and not self._sending:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                # woken by the pump's keep and the reader's next take; what is still piped is polled
+                self._cond.wait(min(left, _HAND_OVER_POLL))
 
     def discard(self) -> None:
         """A caller that reads nothing: drop what is kept and what comes, unless a reader is attached."""
@@ -236,6 +277,9 @@ class StdioCapture:
         does not swallow output meant for the next one.
         """
         with self._cond:
+            if generation == self._generation and self._sending:  # called again: the last chunk was sent
+                self._sending = False
+                self._cond.notify_all()
             while True:
                 if generation != self._generation or not alive():
                     return False
@@ -244,6 +288,7 @@ class StdioCapture:
                     self._size -= len(data)
                     if not self._chunks:
                         self._overflowing = False
+                    self._sending = True
                     return channel, data
                 if self._eof:
                     return False
@@ -253,20 +298,20 @@ class StdioCapture:
 
 class StdioServicer:
     def __init__(self, capture: StdioCapture) -> None:
-        self._capture = capture
+        self.capture = capture
 
     def StreamStdio(self, request: object,
                     context: grpc.ServicerContext) -> Iterator[StdioData]:
         if tuple(STDIO_DISCARD_METADATA) in {tuple(m) for m in context.invocation_metadata()}:
-            self._capture.discard()
+            self.capture.discard()
             return  # the host has no sink: nothing to stream, and no reader to keep
         from plugbay._proto.plugin.grpc_stdio_pb2 import StdioData
 
-        generation = self._capture.attach()
-        context.add_callback(self._capture.wake)  # a cancelled caller stops waiting at once
+        generation = self.capture.attach()
+        context.add_callback(self.capture.wake)  # a cancelled caller stops waiting at once
         try:
             while context.is_active():
-                item = self._capture.next_chunk(generation, _STREAM_POLL, context.is_active)
+                item = self.capture.next_chunk(generation, _STREAM_POLL, context.is_active)
                 if item is False:
                     return
                 if item is None or item is True:
@@ -274,19 +319,45 @@ class StdioServicer:
                 channel, data = item
                 yield StdioData(channel=channel, data=data)  # type: ignore[arg-type]  # the enum's int
         finally:
-            self._capture.detach(generation)
+            self.capture.detach(generation)
+
+
+class _StdioHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """StreamStdio's handler, looked up on grpcio's server thread as the call arrives: a reader's
+    call is announced to the capture there, before any call the host made after it can run."""
+
+    def __init__(self, servicer: StdioServicer) -> None:
+        self._capture = servicer.capture
+        self._handler = grpc.unary_stream_rpc_method_handler(
+            servicer.StreamStdio, request_deserializer=None, response_serializer=_serialize)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != _METHOD:
+            return None
+        metadata = getattr(handler_call_details, "invocation_metadata", None) or ()
+        if tuple(STDIO_DISCARD_METADATA) not in {tuple(m) for m in metadata}:
+            self._capture.expect(_EXPECT)
+        return self._handler
 
 
 def add_to_server(servicer: StdioServicer, server: grpc.Server) -> None:
-    """What the generated ``add_GRPCStdioServicer_to_server`` does; the request (an Empty) is not decoded."""
-    handlers = {"StreamStdio": grpc.unary_stream_rpc_method_handler(
-        servicer.StreamStdio, request_deserializer=None, response_serializer=_serialize)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    """What the generated ``add_GRPCStdioServicer_to_server`` does; the request (an Empty) is not decoded.
+
+    A generic handler only, not a registered one: grpcio looks a registered method's handler up
+    without asking anyone, and the capture must hear of a reader's call as it arrives."""
+    server.add_generic_rpc_handlers((_StdioHandler(servicer),))
 
 
 def _serialize(message: StdioData) -> bytes:
     return bytes(message.SerializeToString())
+
+
+def _readable(fds: Iterable[int]) -> bool:
+    """True when one of the pipes ``fds`` holds something to read right now (a closed, empty one does not)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return any(events & select.POLLIN for _, events in poller.poll(0))
 
 
 def _drain(fd: int, max_reads: int = 64) -> None:
