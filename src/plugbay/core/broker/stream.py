@@ -16,6 +16,7 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
+from plugbay.core.broker.aiofork import grpc_aio_usable
 from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.errors import BrokerClosedError
@@ -91,10 +92,12 @@ def host_broker(channel: grpc.Channel, transport: BrokerTransport,
     on the process's shared loop (plugbay.core.broker.aiostream: no thread per
     plugin) over a second connection dialed the same way (an AioChannelShare:
     the one the Client's other aio streams ride too); without it, on
-    ``channel`` with grpcio's sync API (three threads while it is open).
+    ``channel`` with grpcio's sync API (three threads while it is open). So too in
+    a forked child of a process that ran grpc.aio, where grpc.aio calls never end
+    (plugbay.core.broker.aiofork).
     """
     broker = GRPCBroker(transport, "host", dial_timeout)
-    if redial is not None:
+    if redial is not None and grpc_aio_usable():
         from plugbay.core.broker.aiostream import open_aio_host_stream
         from plugbay.core.transport.secure import AioChannelShare
 

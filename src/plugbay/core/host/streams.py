@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 
+from plugbay.core.broker.aiofork import grpc_aio_usable
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
@@ -57,8 +58,9 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
     peer = der_to_pem(info.server_cert) if (cert and info.server_cert) else None
     # The stream runs on grpc.aio on the shared loop (no thread per plugin) over a second
     # connection dialed like the first; multiplexed, a second connection would cost a bridged
-    # stream with copy threads, so it stays on the channel there.
-    share = AioChannelShare(conn.redial) if mux is None and conn.redial is not None else None
+    # stream with copy threads, so it stays on the channel there. In a forked child of a process
+    # that ran grpc.aio, grpc.aio calls never end: both streams stay on the channel there too.
+    share = AioChannelShare(conn.redial) if mux is None and conn.redial is not None and grpc_aio_usable() else None
     broker = host_broker(conn.channel, BrokerTransport(
         tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir,
         translator=runner, multiplex=mux is not None, mux=mux), lazy=True, redial=share)

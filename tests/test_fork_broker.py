@@ -1,0 +1,152 @@
+"""A host that brokered before it forked: its forked child's own Client brokers too.
+
+The parent's broker stream runs on grpc.aio. grpcio's asyncio stack is process-wide state polled
+by a thread of its own, which a forked child inherits as running without the thread: the child's
+broker stream, made on grpc.aio too, never sent the child's AddHelper, and the plugin's dial waited
+out its timeout (the Put failed). Each host runs in a process of its own, and each child kills its
+own plugin before it exits.
+
+grpcio itself restarts its threads in a forked child, and with gRPC streams open at the fork they
+crash some children (SIGSEGV, or SIGABRT from a failed check) whatever the child does, even one
+that only exits: the host forks again then (a few times at most) and kills the plugin such a child
+left. The forks grpcio crashed are in the facts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.gobuild import go_program_or_skip
+from tests.procs import live_with_env
+
+REPO = Path(__file__).resolve().parent.parent
+COUNTER = REPO / "examples" / "counter"
+
+pytestmark = pytest.mark.go
+
+_HOST = r"""
+import json, os, shutil, signal, sys, tempfile, threading
+sys.path[:0] = [{src!r}, {counter!r}]
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin
+from plugbay import Client, ClientConfig
+
+go_plugin, child_kind = sys.argv[1], sys.argv[2]
+CRASHED_BY_GRPCIO = (signal.SIGSEGV, signal.SIGABRT)
+
+
+class Adder:
+    def sum(self, a, b):
+        return a + b
+
+
+def config(kind, folder=None):
+    if kind == "go":
+        return ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: CounterPlugin()}}, cmd=[go_plugin],
+                            unix_socket_temp_dir=folder)
+    return ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: CounterPlugin()}}, multiplex_broker=True,
+                        cmd=[sys.executable, {plugin!r}], unix_socket_temp_dir=folder)
+
+
+def child(write, key, folder):
+    facts = {{}}
+    client = Client(config(child_kind, folder))
+    done, started = threading.Event(), []
+
+    def work():
+        try:
+            client.start()
+            started.append(int(client.runner.id))
+            os.write(write, json.dumps(dict(plugin=started[0])).encode() + b"\n")
+            counter = client.dispense(PLUGIN_NAME)
+            counter.put(key, 20, Adder())  # brokered: the plugin calls this child's AddHelper to add
+            counter.put(key, 3, Adder())
+            facts["sum"] = counter.get(key)  # a plain call
+        except Exception as exc:
+            facts["error"] = f"{{type(exc).__name__}}: {{exc}}"
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    facts["hung"] = not done.wait(60)
+    client.kill()
+    for pid in started:
+        try:
+            os.kill(pid, 0)
+            facts["plugin_left"] = True
+        except ProcessLookupError:
+            facts["plugin_left"] = False
+    facts["folder_left"] = os.listdir(folder)  # the plugin's private folder is gone with it
+    os.write(write, json.dumps(facts).encode() + b"\n")
+    os._exit(0)
+
+
+parent = Client(config("go"))
+counter = parent.dispense(PLUGIN_NAME)
+counter.put("parent", 1, Adder())
+stream = type(parent.broker.call).__name__  # the broker stream this test is about: on grpc.aio
+crashed, outcome = [], None
+folders = tempfile.mkdtemp()  # each child's plugin folder in one of its own: a crashed child's is removed here
+for attempt in range(8):
+    folder = os.path.join(folders, str(attempt))
+    os.mkdir(folder)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            child(write, f"child{{attempt}}", folder)
+        finally:  # never back into the parent's loop
+            os._exit(1)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        lines = [json.loads(line) for line in pipe.read().splitlines()]
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASHED_BY_GRPCIO:
+        crashed.append(os.WTERMSIG(status))
+        for line in lines:  # the plugin that child started (if it got that far): this host's to end
+            if "plugin" in line:
+                os.kill(line["plugin"], signal.SIGKILL)
+        continue
+    outcome = dict(status=status, **{{k: v for line in lines for k, v in line.items() if k != "plugin"}})
+    break
+shutil.rmtree(folders)
+after = counter.get("parent")
+parent.kill()
+print(json.dumps(dict(stream=stream, child=outcome, crashed=crashed, after=after)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("child_kind", ["go", "python-multiplexed"])
+def test_a_forked_child_of_a_brokering_host_brokers_with_its_own_client(tmp_path: Path, child_kind: str) -> None:
+    go_plugin = go_program_or_skip("counter_plugin")
+    script = _HOST.format(src=str(REPO / "src"), counter=str(COUNTER), plugin=str(COUNTER / "plugin.py"))
+    mark = uuid.uuid4().hex  # in the environment of the host, its forked children and every plugin they start
+    host = subprocess.Popen([sys.executable, "-c", script, str(go_plugin), child_kind.split("-")[0]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "FORK_TEST": mark})
+    try:
+        out, err = host.communicate(timeout=240)
+    finally:
+        if host.poll() is None:  # a hung host: ended with what it started
+            host.kill()
+            host.communicate()
+        left = live_with_env("FORK_TEST", mark)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert host.returncode == 0, err[-3000:]
+    assert left == [], "a plugin of the host or of its child was left running"
+    facts = json.loads(out.splitlines()[-1])
+    assert facts["stream"] == "AioStream", facts  # the parent's broker stream ran on grpc.aio at the fork
+    child = facts["child"]
+    assert child is not None, f"grpcio crashed every fork: {facts}"
+    # both brokered Puts reached the child's AddHelper (20 + 3), and the plain Get answered; the child
+    # killed its own plugin and ended by itself
+    assert child == dict(status=0, sum=23, hung=False, plugin_left=False, folder_left=[]), facts
+    assert facts["after"] == 1, facts  # the parent's plugin answers on
