@@ -30,8 +30,8 @@ def test_a_kill_while_start_opens_the_log_fails_the_start(server: StandIn, kubec
     open_log = runner._pod.open_log
     killing: list[threading.Thread] = []
 
-    def open_then_killed(since: int | None, first: bool = False) -> Any:
-        resp = open_log(since, first=first)
+    def open_then_killed(since: int | None, first: bool = False, **bounds: Any) -> Any:
+        resp = open_log(since, first=first, **bounds)  # start()'s open has its budget (budget.py)
         if not killing:  # the first open, in start(): the host's kill() comes as its answer does
             killing.append(threading.Thread(target=runner.kill, args=(0,), name="plugbay-test-kill"))
             killing[0].start()

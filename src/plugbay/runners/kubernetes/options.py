@@ -10,8 +10,9 @@ from typing import Any
 
 from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, ReattachError
 from plugbay.runners.command import check_env, check_text_env
+from plugbay.runners.kubernetes.api import reattach_pod
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
@@ -135,3 +136,20 @@ def label_key(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
     return (not slash or dns_subdomain(prefix)) and len(name) <= 63 and re.fullmatch(
         r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", name) is not None
+
+
+def reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The reattach data's pod facts, checked: it is untrusted input, so a wrong one is a ReattachError."""
+    def bad(what: str) -> ReattachError:
+        return ReattachError(f"reattach data for a pod needs {what}; pass the JSON that"
+                             " Client.reattach_config().to_json() produced")
+    namespace, pod = reattach_pod(data)
+    fields: dict[str, Any] = {"namespace": namespace, "pod": pod}
+    port = data.get("container_port", 4000)
+    if not is_tcp_port(port):
+        raise bad(f"'container_port' as a TCP port (1-65535), not {port!r}")
+    mode = data.get("address_mode", "auto")
+    if mode not in ADDRESS_MODES:
+        raise bad(f"'address_mode' as one of {ADDRESS_MODES}, not {mode!r}")
+    fields.update(image=str(data.get("image", "?")), container_port=port, address_mode=mode)
+    return fields

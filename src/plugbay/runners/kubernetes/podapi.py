@@ -8,7 +8,9 @@ plugin (follow=true) has the same bound until the response's head (in total),
 and none after it: a plugin
 may print nothing for hours, and that silence must not end its log. The socket
 gets TCP keepalive instead, so a peer that vanished (host down, network cut)
-still ends the stream; closing the runner shuts the socket down.
+still ends the stream; closing the runner shuts the socket down. The calls of a
+start() under a Client have api_timeout or what is left of the Client's
+start_timeout, whichever is less (budget.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
+from plugbay.runners.kubernetes.budget import StartBudget
 from plugbay.runners.kubernetes.api import (UNREADABLE, api_message, call, not_an_object, not_found, request_timeout,
                                             timed_out, timeout_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
@@ -45,15 +48,27 @@ class PodApi:
     def id(self) -> str:
         return f"{self.namespace}/{self.pod_name}"
 
-    def call(self, verb: str, resource: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, verb: str, resource: str, func: Any, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Any:
+        """One call, bounded by ``timeout`` (None: the runner's api_timeout)."""
         return call(self.client, self.namespace, verb, resource, func, *args,
-                    _request_timeout=request_timeout(self.timeout), **kwargs)
+                    _request_timeout=request_timeout(self.timeout if timeout is None else timeout), **kwargs)
 
-    def create(self, body: Any) -> None:
+    def within(self, budget: StartBudget | None, what: str, verb: str, resource: str, func: Any, *args: Any,
+               fate: str = "the pod it made is deleted", **kwargs: Any) -> Any:
+        """One call of a start() (budget.py: ``what`` names it if the Client's deadline cuts it), or with
+        the runner's api_timeout alone when there is no budget (not start()'s thread, or no Client)."""
+        if budget is None:
+            return self.call(verb, resource, func, *args, **kwargs)
+        return budget.call(lambda bound: self.call(verb, resource, func, *args, timeout=bound, **kwargs), what, fate)
+
+    def create(self, body: Any, budget: StartBudget | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            created = self.call("create", "pods", self.api.create_namespaced_pod, self.namespace, body)
+            created = self.within(budget, "create the pod", "create", "pods", self.api.create_namespaced_pod,
+                                  self.namespace, body, fate=f"pod {self.id} may exist all the same: the runner's"
+                                  " kill() deletes it by name, or plugbay's sweep does later")
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
             raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
@@ -69,43 +84,50 @@ class PodApi:
                               " name, or plugbay's sweep does later") from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
 
-    def read_pod(self) -> dict[str, Any] | None:
+    def read_pod(self, budget: StartBudget | None = None, timeout: float | None = None) -> dict[str, Any] | None:
         """The pod under the runner's name; None when the API server says it has none (its NotFound Status).
-        Any other failure, a 404 without that Status too (a proxy's page), is a RunnerError: a failed read."""
+        Any other failure, a 404 without that Status too (a proxy's page), is a RunnerError: a failed read.
+        ``budget``: a read of start()'s (see :meth:`within`); ``timeout``: another bound than api_timeout."""
         try:
-            obj = self.call("get", "pods", self.api.read_namespaced_pod, self.pod_name, self.namespace)
+            if budget is not None:
+                obj = self.within(budget, "read the pod", "get", "pods", self.api.read_namespaced_pod,
+                                  self.pod_name, self.namespace)
+            else:
+                obj = self.call("get", "pods", self.api.read_namespaced_pod, self.pod_name, self.namespace,
+                                timeout=timeout)
         except RunnerError as exc:
             if not_found(exc.__cause__, "pods", self.pod_name):
                 return None
             raise
         return dict(self.client.sanitize_for_serialization(obj))
 
-    def events(self) -> list[str]:
+    def events(self, timeout: float | None = None) -> list[str]:
         try:
             found = self.call("list", "events", self.api.list_namespaced_event, self.namespace,
-                              field_selector=f"involvedObject.name={self.pod_name}")
+                              field_selector=f"involvedObject.name={self.pod_name}", timeout=timeout)
         except RunnerError as exc:
             return [f"(events unavailable: {exc})"]
         items = [self.client.sanitize_for_serialization(e) for e in found.items]
         items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         return [pods.format_event(e) for e in items]
 
-    def logs_tail(self) -> list[str]:
+    def logs_tail(self, timeout: float | None = None) -> list[str]:
         try:
             text = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
-                             container=pods.CONTAINER_NAME, tail_lines=20)
+                             container=pods.CONTAINER_NAME, tail_lines=20, timeout=timeout)
             return str(text).splitlines()
         except (RunnerError, ValueError):
             return []
 
-    def open_log(self, since_seconds: int | None, first: bool = False) -> Any:
+    def open_log(self, since_seconds: int | None, first: bool = False, budget: StartBudget | None = None) -> Any:
         """The plugin's log, followed, each line stamped (logs.PodLogs takes the stamps off): bounded until
         the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen).
         RunnerError when, once opened, a read does not find the runner's pod (its UID) under its name, or
-        (``first`` False: a reopen) when that read fails."""
-        resp = self.call("get", "pods/log", self.api.read_namespaced_pod_log, self.pod_name, self.namespace,
-                         container=pods.CONTAINER_NAME, follow=True, timestamps=True, _preload_content=False,
-                         **({"since_seconds": since_seconds} if since_seconds is not None else {}))
+        (``first`` False: a reopen) when that read fails. ``budget``: start()'s (see :meth:`within`)."""
+        since: dict[str, Any] = {"since_seconds": since_seconds} if since_seconds is not None else {}
+        resp = self.within(budget, "open the pod's log", "get", "pods/log", self.api.read_namespaced_pod_log,
+                           self.pod_name, self.namespace, container=pods.CONTAINER_NAME, follow=True,
+                           timestamps=True, _preload_content=False, **since)
         quiet_ok(resp)
         if self.uid:
             # The log is asked for by name, and a pod that took the name once the runner's was deleted
@@ -113,7 +135,7 @@ class PodApi:
             # on, and the runner's pod holds the name from its create to its deletion only: a read
             # after the open that still finds its UID proves the stream is the plugin's.
             try:
-                pod = self.read_pod()
+                pod = self.read_pod(budget)
             except RunnerError:
                 if not first:
                     resp.close()

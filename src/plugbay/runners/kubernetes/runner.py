@@ -17,16 +17,16 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
                                   register_reattacher, reuse_refused)
 from plugbay.runners.session import managed_labels
-from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, check_api_timeout, default_namespace, in_cluster,
-                                            load_api_client, reattach_kubeconfig, reattach_pod)
-from plugbay.runners.kubernetes.options import ADDRESS_MODES, check_api_client, check_settings
+from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, api_host, check_api_timeout, default_namespace,
+                                            in_cluster, load_api_client, reattach_kubeconfig)
+from plugbay.runners.kubernetes.budget import StartBudget
+from plugbay.runners.kubernetes.options import check_api_client, check_settings, reattach_fields
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.forwards import PortForwards
@@ -108,15 +108,12 @@ class KubernetesRunner(PodTeardown, Runner):
 
     # --- API calls (plugbay.runners.kubernetes.podapi: each bounded by api_timeout) --
 
-    def _read_pod(self) -> dict[str, Any] | None:
+    def _read_pod(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The runner's pod; None once gone, also when a pod with another UID took its name."""
-        pod = self._pod.read_pod()
+        pod = self._pod.read_pod(timeout=timeout)
         if pod is not None and self._pod.uid and (pod.get("metadata") or {}).get("uid") != self._pod.uid:
             return None
         return pod
-
-    def _events(self) -> list[str]:
-        return self._pod.events()
 
     # --- start ---------------------------------------------------------------
 
@@ -126,11 +123,15 @@ class KubernetesRunner(PodTeardown, Runner):
 
     def start(self, spec: LaunchSpec) -> None:
         check_text_env(spec.env, f"KubernetesRunner for {self.image!r}")
+        # the Client's start_timeout (spec.deadline) bounds the start as well as the runner's own: see budget.py
+        budget = StartBudget(f"KubernetesRunner for {self.image!r}", api_host(self._api_client), self.api_timeout,
+                             self.start_timeout, spec.deadline)
         with self._lock:
             if self._killed or self._ended:
                 raise reuse_refused(f"runner for {self.image}", "killed" if self._killed else "detached", "pod")
             if self.pod_name:
                 raise RunnerError(f"runner for {self.image} already started pod {self.id}; make a new runner")
+            budget.bound("create the pod", "it made no pod")  # no time left: no pod, and no name for kill()
             self.pod_name = pods.pod_name_for(self.image)  # under the lock: a kill() from now on sees it
         from kubernetes import client
 
@@ -149,13 +150,12 @@ class KubernetesRunner(PodTeardown, Runner):
         if ref is not None:  # the cluster deletes the plugin pod with the host's pod
             manifest["metadata"]["ownerReferences"] = [ref]
         body = client.V1Pod.from_dict(manifest)
-        deadline = time.monotonic() + self.start_timeout
-        self._pod.create(body)
+        self._pod.create(body, budget)
         try:
             self._killed_while_creating()
             self._start_watcher()
-            self._await_running(deadline)
-            self._follow_logs()
+            self._await_running(budget)
+            self._follow_logs(budget)
             with self._lock:
                 killed = self._killed
             if killed:  # by a kill() once the pod ran: its log is shut, and a start gone well would read it
@@ -175,7 +175,8 @@ class KubernetesRunner(PodTeardown, Runner):
         raise RunnerError(f"runner for pod {self.id} was killed while it created the pod; plugbay deleted the pod"
                           f" (UID {self._pod.uid or '?'}). Make a new runner to start the plugin again")
 
-    def _await_running(self, deadline: float) -> None:
+    def _await_running(self, budget: StartBudget) -> None:
+        deadline = budget.wait_until
         while True:
             with self._podwatch.cond:
                 pod, gone = self._podwatch.pod, self._podwatch.gone
@@ -184,27 +185,36 @@ class KubernetesRunner(PodTeardown, Runner):
                 watch_error = self._podwatch.error
             if watch_error is not None:
                 raise watch_error
+            wait = budget.diagnosis_timeout  # the explaining reads: see budget.py
             if gone:
-                raise RunnerError(f"pod {self.id} was deleted while starting.\n{self.diagnose()}")
+                raise RunnerError(f"pod {self.id} was deleted while starting.\n{self._diagnose(wait())}")
             if pod is not None:
                 failure = pods.start_failure(pod, self.id, [], [])
                 if failure is not None:  # only then fetch the logs and events for the message
-                    failure = pods.start_failure(pod, self.id, self._logs_tail(), self._events()) or failure
-                    self._diagnosis = self.diagnose()
+                    failure = pods.start_failure(pod, self.id, self._logs_tail(wait()),
+                                                 self._pod.events(wait())) or failure
+                    self._diagnosis = self._diagnose(wait())
                     raise failure
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 watch = self._podwatch
                 failing = f" The pod watch is failing ({watch.last_failure})." if watch.failures else ""
+                if budget.ended_by_client:
+                    raise PodStartTimeoutError(
+                        f"the Client's start_timeout ran out while pod {self.id} was not Running yet (phase"
+                        f" {pods.phase(pod or {})}), so the runner gave up starting the plugin; the pod is"
+                        " deleted. Raise ClientConfig.start_timeout for slow image pulls (the runner's own"
+                        f" start_timeout, {self.start_timeout:g}s, bounds the wait too), or check the"
+                        f" cluster.{failing}\n{self._diagnose(wait())}")
                 raise PodStartTimeoutError(
-                    f"pod {self.id} did not reach Running within {self.start_timeout:.0f}s (phase"
-                    f" {pods.phase(pod or {})}). Raise start_timeout for slow image pulls, or check the"
-                    f" cluster.{failing}\n{self.diagnose()}")
+                    f"pod {self.id} did not reach Running within {self.start_timeout:g}s, the runner's"
+                    f" start_timeout (phase {pods.phase(pod or {})}). Raise the runner's start_timeout for slow"
+                    f" image pulls, or check the cluster.{failing}\n{self._diagnose(wait())}")
             with self._podwatch.cond:
                 self._podwatch.cond.wait(timeout=min(remaining, 1.0))
 
-    def _logs_tail(self) -> list[str]:
-        return list(self._logs.tail) if self._logs.tail else self._pod.logs_tail()
+    def _logs_tail(self, timeout: float | None = None) -> list[str]:
+        return list(self._logs.tail) if self._logs.tail else self._pod.logs_tail(timeout)
 
     # --- the pod watch (plugbay.runners.kubernetes.watch) -------------------
 
@@ -214,8 +224,9 @@ class KubernetesRunner(PodTeardown, Runner):
 
     # --- logs: handshake to stdout, everything else to stderr ----------------------
 
-    def _follow_logs(self) -> None:
-        first = self._pod.open_log(None, first=True)  # in the caller: a 403 or unreachable API fails start()
+    def _follow_logs(self, budget: StartBudget) -> None:
+        # in the caller: a 403, an unreachable API or the Client's deadline fails start()
+        first = self._pod.open_log(None, first=True, budget=budget)
         watched = self._podwatch
         self._logs.follow(first, self._pod.open_log, lambda: not watched.stop.is_set() and not watched.gone
                           and pods.is_running(watched.pod or {}))
@@ -299,15 +310,19 @@ class KubernetesRunner(PodTeardown, Runner):
         self._close()
 
     def diagnose(self) -> str:
+        return self._diagnose(None)
+
+    def _diagnose(self, timeout: float | None) -> str:
+        """diagnose(), each read bounded by ``timeout`` (None: api_timeout)."""
         if self._diagnosis and self._killed:
             return self._diagnosis
         pod = self._podwatch.pod
         if not self._killed:
             try:
-                pod = self._read_pod() or pod
+                pod = self._read_pod(timeout) or pod
             except RunnerError:
                 pass
-        events = self._events() if not self._killed else []
+        events = self._pod.events(timeout) if not self._killed else []
         return pods.describe(pod, self._podwatch.gone, events, list(self._logs.tail))
 
     # --- reattach ------------------------------------------------------------
@@ -329,7 +344,7 @@ class KubernetesRunner(PodTeardown, Runner):
         opens) and ``api_timeout`` default as for a new runner. While the reattaching Client starts,
         what is left of its start_timeout bounds the pod's read and the port-forward's opens as well;
         once it started (:meth:`adopted`), later opens and kill() have the runner's own bounds."""
-        fields = _reattach_fields(data)
+        fields = reattach_fields(data)
         if api_client is None:
             kubeconfig, context = reattach_kubeconfig(data.get("kubeconfig"), data.get("context"), kubeconfig,
                                                       context)
@@ -364,23 +379,6 @@ class KubernetesRunner(PodTeardown, Runner):
         runner._podwatch.update(pod, False)
         runner._start_watcher()
         return runner
-
-
-def _reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The reattach data's pod facts, checked: it is untrusted input, so a wrong one is a ReattachError."""
-    def bad(what: str) -> ReattachError:
-        return ReattachError(f"reattach data for a pod needs {what}; pass the JSON that"
-                             " Client.reattach_config().to_json() produced")
-    namespace, pod = reattach_pod(data)
-    fields: dict[str, Any] = {"namespace": namespace, "pod": pod}
-    port = data.get("container_port", 4000)
-    if not is_tcp_port(port):
-        raise bad(f"'container_port' as a TCP port (1-65535), not {port!r}")
-    mode = data.get("address_mode", "auto")
-    if mode not in ADDRESS_MODES:
-        raise bad(f"'address_mode' as one of {ADDRESS_MODES}, not {mode!r}")
-    fields.update(image=str(data.get("image", "?")), container_port=port, address_mode=mode)
-    return fields
 
 
 def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
