@@ -13,7 +13,6 @@ import os
 import shlex
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from plugbay import Client, ClientConfig, ProcessRunner
 from tests import gobuild
 from tests.gobuild import build_go, run_program
+from tests.test_stdio import Sink
 
 _reason = gobuild.go_missing_reason()
 pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
@@ -33,21 +33,6 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 PROBE = REPO / "tests" / "plugins" / "probe.py"
 BULK = 512 * 1024  # far more than the plugin's pipe and grpcio's window hold at a time
 LINES = [f"line-{i}\n".encode() for i in range(20)]
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, data: bytes) -> None:
-        with self.lock:
-            self.chunks.append(data)
-
-    @property
-    def data(self) -> bytes:
-        with self.lock:
-            return b"".join(self.chunks)
 
 
 def _go_plugin_client(out: Sink, err: Sink) -> Client:
