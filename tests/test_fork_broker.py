@@ -6,10 +6,9 @@ broker stream, made on grpc.aio too, never sent the child's AddHelper, and the p
 out its timeout (the Put failed). Each host runs in a process of its own, and each child kills its
 own plugin before it exits.
 
-grpcio itself restarts its threads in a forked child, and with gRPC streams open at the fork they
-crash some children (SIGSEGV, or SIGABRT from a failed check) whatever the child does, even one
-that only exits: the host forks again then (a few times at most) and kills the plugin such a child
-left. The forks grpcio crashed are in the facts.
+grpcio itself crashes some children forked while gRPC streams are open (SIGSEGV, SIGABRT), whatever
+the child does: the host forks again then (tests/forking.py) and kills the plugin such a child left.
+The forks grpcio crashed are in the facts.
 """
 
 from __future__ import annotations
@@ -34,12 +33,12 @@ pytestmark = pytest.mark.go
 
 _HOST = r"""
 import json, os, shutil, signal, sys, tempfile, threading
-sys.path[:0] = [{src!r}, {counter!r}]
+sys.path[:0] = [{repo!r}, {src!r}, {counter!r}]
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin
 from plugbay import Client, ClientConfig
+from tests.forking import fork_child
 
 go_plugin, child_kind = sys.argv[1], sys.argv[2]
-CRASHED_BY_GRPCIO = (signal.SIGSEGV, signal.SIGABRT)
 
 
 class Adder:
@@ -87,46 +86,42 @@ def child(write, key, folder):
     os._exit(0)
 
 
+def end_its_plugin(output):  # the plugin a crashed child started (if it got that far): this host's to end
+    for line in map(json.loads, output.splitlines()):
+        if "plugin" in line:
+            os.kill(line["plugin"], signal.SIGKILL)
+
+
 parent = Client(config("go"))
 counter = parent.dispense(PLUGIN_NAME)
 counter.put("parent", 1, Adder())
 stream = type(parent.broker.call).__name__  # the broker stream this test is about: on grpc.aio
-crashed, outcome = [], None
 folders = tempfile.mkdtemp()  # each child's plugin folder in one of its own: a crashed child's is removed here
-for attempt in range(8):
+
+
+def in_child(write, attempt):
     folder = os.path.join(folders, str(attempt))
     os.mkdir(folder)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            child(write, f"child{{attempt}}", folder)
-        finally:  # never back into the parent's loop
-            os._exit(1)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read) as pipe:
-        lines = [json.loads(line) for line in pipe.read().splitlines()]
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASHED_BY_GRPCIO:
-        crashed.append(os.WTERMSIG(status))
-        for line in lines:  # the plugin that child started (if it got that far): this host's to end
-            if "plugin" in line:
-                os.kill(line["plugin"], signal.SIGKILL)
-        continue
-    outcome = dict(status=status, **{{k: v for line in lines for k, v in line.items() if k != "plugin"}})
-    break
+    child(write, f"child{{attempt}}", folder)
+
+
+forked = fork_child(in_child, end_its_plugin)
+outcome = None
+if forked.status is not None:
+    lines = [json.loads(line) for line in forked.output.splitlines()]
+    outcome = dict(status=forked.status, **{{k: v for line in lines for k, v in line.items() if k != "plugin"}})
 shutil.rmtree(folders)
 after = counter.get("parent")
 parent.kill()
-print(json.dumps(dict(stream=stream, child=outcome, crashed=crashed, after=after)), flush=True)
+print(json.dumps(dict(stream=stream, child=outcome, crashed=forked.crashed, after=after)), flush=True)
 """
 
 
 @pytest.mark.parametrize("child_kind", ["go", "python-multiplexed"])
 def test_a_forked_child_of_a_brokering_host_brokers_with_its_own_client(tmp_path: Path, child_kind: str) -> None:
     go_plugin = go_program_or_skip("counter_plugin")
-    script = _HOST.format(src=str(REPO / "src"), counter=str(COUNTER), plugin=str(COUNTER / "plugin.py"))
+    script = _HOST.format(repo=str(REPO), src=str(REPO / "src"), counter=str(COUNTER),
+                          plugin=str(COUNTER / "plugin.py"))
     mark = uuid.uuid4().hex  # in the environment of the host, its forked children and every plugin they start
     host = subprocess.Popen([sys.executable, "-c", script, str(go_plugin), child_kind.split("-")[0]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 import grpc.aio
 
+from plugbay.core.broker.aiofork import grpc_aio_usable
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop, retrieved
 from plugbay.core.host.channel import ManagedChannel
@@ -130,6 +131,7 @@ class AsyncClient:
         The task that began the start owns it: cancelled, it kills the plugin it launched (a
         reattach lets go instead) before the cancel goes on. Another task's cancel ends only its wait.
         """
+        refuse_in_forked_child(type(self).__name__)  # first: a new AsyncClient would not help there
         self._check_usable()
         if self._channel is not None:
             return
@@ -267,6 +269,18 @@ class AsyncClient:
     def _stop_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Kill and close on a thread of their own: never queued behind a start or dispense."""
         return off_loop(self._stopper, func, *args)
+
+
+def refuse_in_forked_child(what: str) -> None:
+    """Raise before anything starts in a forked child of a process that ran grpc.aio: every grpc.aio
+    call waits there for good (plugbay.core.broker.aiofork), and ``what``'s calls are grpc.aio's."""
+    if not grpc_aio_usable():
+        raise ClientStateError(
+            f"{what} cannot run in this process: it is a forked child of a process that was running grpc.aio"
+            " (an AsyncClient's calls, or a Client's broker stream) when it forked, and grpc.aio cannot run"
+            " in such a child (grpcio's asyncio poller thread is not copied by the fork, so none of its calls"
+            " would ever complete). Fork before starting any plugin, start the child with multiprocessing's"
+            " 'spawn' or 'forkserver' method, or use the sync Client (RemoteClient, Supervisor) in the child")
 
 
 class Dispensed:

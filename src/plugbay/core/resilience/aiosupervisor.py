@@ -29,7 +29,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, WrongLoop, off_loop
-from plugbay.core.host.aioclient import Dispensed, to_end
+from plugbay.core.host.aioclient import Dispensed, refuse_in_forked_child, to_end
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -129,6 +129,7 @@ class AsyncSupervisor:
         The task that began the start owns it: cancelled, it stops the AsyncSupervisor (and the
         plugin being started) before the cancel goes on, as AsyncClient's does. Another task's
         cancel ends only its own wait."""
+        refuse_in_forked_child("AsyncSupervisor")
         self._check_not_stopped()
         if self._channel is not None:
             return
