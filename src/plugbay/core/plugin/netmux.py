@@ -49,7 +49,14 @@ from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.relayconn import RelayConn
-from plugbay.core.transport.sockets import ACCEPT_POLL, close_listener, open_listener
+from plugbay.core.transport.sockets import (
+    ACCEPT_PAUSE,
+    ACCEPT_POLL,
+    ACCEPT_SKIPS,
+    AcceptShortage,
+    close_listener,
+    open_listener,
+)
 
 log = logging.getLogger("plugbay.server")
 
@@ -223,6 +230,9 @@ class NetworkFront:
             return len(self._sessions)
 
     def _accept(self) -> None:
+        # the one thread that admits brokering hosts and reaps their ended sessions: nothing but
+        # close() ends it (a moment without descriptors ended it for good, and sessions stayed)
+        shortage = AcceptShortage("the brokering front's session listener", log)
         try:
             while not self._closed.is_set():
                 self._reap()
@@ -230,8 +240,15 @@ class NetworkFront:
                     conn, _ = self._listener.accept()
                 except TimeoutError:
                     continue
-                except OSError:
-                    return
+                except OSError as exc:
+                    if shortage.refused(exc):
+                        self._closed.wait(ACCEPT_PAUSE)
+                    elif exc.errno not in ACCEPT_SKIPS:
+                        if not self._closed.is_set():
+                            log.error("the brokering front stopped accepting host sessions: %s", exc)
+                        return
+                    continue
+                shortage.accepted()
                 try:
                     self._start_session(conn)
                 except Exception:

@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from plugbay.core.transport.sockets import ACCEPT_POLL
+from plugbay.core.transport.sockets import ACCEPT_PAUSE, ACCEPT_POLL, ACCEPT_SKIPS, AcceptShortage
 from plugbay.core.transport.yamux import _HDR, DATA, PING, SYN, WINDOW_UPDATE
 
 log = logging.getLogger("plugbay.mux")
@@ -53,6 +53,7 @@ def admit_each(listener: socket.socket, closed: Callable[[], bool],
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     pending: dict[int, tuple[socket.socket, bytearray, float]] = {}
+    shortage = AcceptShortage("the multiplexed listener", log)
 
     def drop(fd: int, why: str) -> None:
         conn, _, _ = pending.pop(fd)
@@ -75,8 +76,14 @@ def admit_each(listener: socket.socket, closed: Callable[[], bool],
                         conn, _ = listener.accept()
                     except (BlockingIOError, TimeoutError):
                         continue
-                    except OSError:
+                    except OSError as exc:
+                        if shortage.refused(exc):  # the listener stays readable: pause, not spin
+                            time.sleep(ACCEPT_PAUSE)
+                            break  # the pending connections' deadlines are checked first
+                        if exc.errno in ACCEPT_SKIPS:
+                            continue
                         return
+                    shortage.accepted()
                     conn.setblocking(False)
                     if len(pending) >= MAX_PENDING:
                         drop(next(iter(pending)), "waited while too many others were pending")

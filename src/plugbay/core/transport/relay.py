@@ -40,7 +40,6 @@ where the connection goes (None: drop it). Those bytes are then delivered there 
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import ssl
@@ -51,7 +50,13 @@ from typing import Literal, Union
 
 from plugbay.core.transport.ioloop import READ, IOLoop, Registration, shared
 from plugbay.core.transport.relayconn import RelayConn, Setup, Target
-from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, close_listener, listener_address
+from plugbay.core.transport.sockets import (
+    ACCEPT_PAUSE,
+    HANDSHAKE_TIMEOUT,
+    AcceptShortage,
+    close_listener,
+    listener_address,
+)
 
 __all__ = ["TLSRelay", "Target", "ContextSource"]
 
@@ -59,7 +64,6 @@ ContextSource = Union[ssl.SSLContext, Callable[[], ssl.SSLContext]]
 
 _log = logging.getLogger("plugbay.relay")
 _ACCEPTS_PER_WAKE = 64  # then the loop serves the others before accepting more
-_ACCEPT_PAUSE = 0.1  # out of file descriptors: stop accepting this long instead of spinning
 _CLOSE_WAIT = 5.0
 MAX_HANDSHAKING = 128  # terminate: connections in their TLS handshake at once, per relay (admit.MAX_PENDING's twin)
 DRAIN_TIMEOUT = 10.0  # the multiplexed connection's keepalive timeout's default: a peer this silent is gone
@@ -83,6 +87,7 @@ class TLSRelay:
         self._setup = Setup(self._loop, mode, target, context if callable(context) else (lambda: context),
                             server_hostname, handshake_timeout, first_bytes_timeout, self._conns.discard,
                             drain_timeout)
+        self._shortage = AcceptShortage("a TLS relay", _log)  # out of descriptors: told once per run, not per try
         listener.setblocking(False)
         self._reg: Registration = self._loop.add(listener.fileno(), self._accept)
 
@@ -137,11 +142,11 @@ class TLSRelay:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    _log.warning("TLS relay cannot accept (%s); pausing %gs", exc, _ACCEPT_PAUSE)
+                if self._shortage.refused(exc):  # stop accepting a moment instead of spinning
                     self._reg.want(0)
-                    self._loop.call_later(_ACCEPT_PAUSE, self._resume)
+                    self._loop.call_later(ACCEPT_PAUSE, self._resume)
                 return
+            self._shortage.accepted()
             if conn.family != socket.AF_UNIX:  # small gRPC frames must not wait for Nagle's algorithm
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             relayed = RelayConn(self._setup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -20,6 +21,15 @@ _WAIT_SLICE_MS = 50  # dial_until asks whether to give up this often while a tcp
 # server handshake bound in serve() (kept here so that a plaintext plugin need not load the relay).
 HANDSHAKE_TIMEOUT = 10.0
 _MAX_GID = 2**32 - 2
+# accept() failing for want of descriptors or kernel memory: a moment (a burst of connections, another
+# part of the process holding many), not the listener's end: accepted again ACCEPT_PAUSE later
+ACCEPT_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# ... failing for that one connection only (reset before it was accepted): the next one is accepted
+ACCEPT_SKIPS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR)
+ACCEPT_PAUSE = 0.1
+SHORTAGE_LOG_EVERY = 60.0  # a run of shortages is logged as it starts, then at most once this often
+
+_log = logging.getLogger("plugbay.io")
 
 
 def group_id(group: str | int, advice: str) -> int:
@@ -171,18 +181,63 @@ def shutdown_and_join(socks: Iterable[socket.socket], threads: Iterable[threadin
         thread.join(timeout=timeout)
 
 
-def accept_each(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
-    """Yield accepted connections until ``closed()`` or the listener is closed.
+class AcceptShortage:
+    """One accept loop's runs of accept() failing for want of descriptors (ACCEPT_SHORTAGES): logged as
+    a run starts, again at most once per SHORTAGE_LOG_EVERY while it lasts, and as it ends (a loop
+    that pauses ACCEPT_PAUSE between tries would otherwise log ten lines a second). One thread's."""
+
+    def __init__(self, what: str, log: logging.Logger = _log) -> None:
+        self._what = what
+        self._log = log
+        self._since: float | None = None  # when the run began
+        self._logged = 0.0
+        self._count = 0
+
+    def refused(self, exc: OSError) -> bool:
+        """Whether ``exc`` (from accept()) is a shortage: pause and accept again, it is not the end."""
+        if exc.errno not in ACCEPT_SHORTAGES:
+            return False
+        now = time.monotonic()
+        self._count += 1
+        if self._since is None:
+            self._since = now
+        if self._count == 1 or now - self._logged >= SHORTAGE_LOG_EVERY:
+            self._logged = now
+            still = f"still, {self._count} times in {now - self._since:.0f}s" if self._count > 1 else "trying again"
+            self._log.warning("%s cannot accept connections (%s): %s every %gs (logged once per %gs while it"
+                              " lasts); if this persists, raise the process's open-file limit (ulimit -n)",
+                              self._what, exc.strerror or exc, still, ACCEPT_PAUSE, SHORTAGE_LOG_EVERY)
+        return True
+
+    def accepted(self) -> None:
+        """A connection was accepted: a run of shortages (if any) is over."""
+        if self._since is not None:
+            self._log.warning("%s accepts connections again, after %d refusals in %.1fs", self._what,
+                              self._count, time.monotonic() - self._since)
+            self._since, self._count = None, 0
+
+
+def accept_each(listener: socket.socket, closed: Callable[[], bool],
+                what: str = "a listener") -> Iterator[socket.socket]:
+    """Yield accepted connections until ``closed()`` or the listener is closed; a shortage of
+    descriptors (``what`` names the listener in its log record) pauses it, ending nothing.
 
     The listener must have a timeout: that is how a loop notices ``closed()``.
     """
+    shortage = AcceptShortage(what)
     while not closed():
         try:
             conn, _ = listener.accept()
         except TimeoutError:
             continue
-        except OSError:
-            return
+        except OSError as exc:
+            if shortage.refused(exc):
+                time.sleep(ACCEPT_PAUSE)
+                continue
+            if exc.errno in ACCEPT_SKIPS:
+                continue
+            return  # closed (EBADF, EINVAL): the loop's end
+        shortage.accepted()
         if conn.family != socket.AF_UNIX:  # small gRPC frames must not wait for Nagle's algorithm
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         yield conn
