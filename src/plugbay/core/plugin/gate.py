@@ -12,6 +12,15 @@ a new call to the plugin's services is refused at once with RESOURCE_EXHAUSTED
 mode) Discovery pass the gate, so the host's health checks and Shutdown answer whatever the plugin's
 handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike,
 so it cannot reserve anything for health.)
+
+On the network (serve() with NetworkServe) a peer may open streams and never send their request
+message. grpcio's sync server reads a unary request on a pool thread *before* any handler runs, so
+such streams held threads no gate saw, until health and every call froze. There
+(``read_first=True``) unary-request handlers are registered as stream-request ones that take their
+slot first and read the one message after; plugbay's own services get a gate of their own
+(``own=True``, NETWORK_OWN_CALLS slots), and the server lets one connection open at most
+NETWORK_MAX_STREAMS streams: one connection's stalled streams never take all of either cap. A host
+launched locally keeps grpcio's unary path (its unary latency is a benchmarked target).
 """
 
 from __future__ import annotations
@@ -33,6 +42,16 @@ RESERVED = 16
 # Of those, the most that health Watch streams (each holding its thread while open) may take.
 MAX_WATCHES = 4
 DEFAULT_MAX_WORKERS = 32
+# Network mode. Streams one HTTP/2 connection may have open at once (the server's
+# SETTINGS_MAX_CONCURRENT_STREAMS; grpcio resets the ones past it, and a host's channel queues them):
+# half the default max_workers, so one connection holding every stream open leaves the other hosts'
+# calls slots and threads. A host wanting more calls at once than this opens more connections.
+NETWORK_MAX_STREAMS = 16
+# ... plugbay's own calls at once (health, Discovery, Shutdown, stdio, refused broker streams),
+# those still waiting for their request included: more than one connection's streams, Watches too.
+NETWORK_OWN_CALLS = NETWORK_MAX_STREAMS + MAX_WATCHES + 4
+# ... and the threads the pool has beyond max_workers: the own calls', plus some to refuse calls on.
+NETWORK_RESERVED = NETWORK_OWN_CALLS + 4
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
@@ -54,11 +73,17 @@ class HandlerGate:
     ``refusal``: the RESOURCE_EXHAUSTED details, for a server whose limit is set elsewhere than
     ServeConfig.max_workers (the gateway's). ``peer_limit``: at most that many of them from one peer IP
     address (see peer_address: peers without one share only ``limit``), refused with ``peer_refusal``
-    (formatted with ``peer`` and ``held``), so one caller holding calls open cannot take every slot."""
+    (formatted with ``peer`` and ``held``), so one caller holding calls open cannot take every slot.
+    ``read_first``: a unary request is read after the slot is taken (network mode: see the module's
+    doc). ``own``: gate plugbay's services (PLUGBAY_SERVICES) and pass the others, instead of the
+    reverse."""
 
     def __init__(self, limit: int, refusal: str | None = None, *, peer_limit: int | None = None,
-                 peer_refusal: str = "{peer} is running {held} calls, the most one peer address may") -> None:
+                 peer_refusal: str = "{peer} is running {held} calls, the most one peer address may",
+                 read_first: bool = False, own: bool = False) -> None:
         self.limit = limit
+        self.read_first = read_first
+        self.own = own
         self.peer_limit = peer_limit
         self._peer_refusal = peer_refusal
         self._peers: dict[str, int] = {}  # running calls per peer address, while it has some
@@ -71,10 +96,10 @@ class HandlerGate:
         self._closed = False
 
     def gated(self, method: str, handler: Any) -> Any:
-        """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass.
-        An ``async def`` handler runs on the process's handler loop (transport/aiohandlers.py), which
-        this gate holds until close()."""
-        if method.startswith(PLUGBAY_SERVICES):
+        """``handler`` for ``method`` ("/pkg.Service/Method") behind the gate; plugbay's services pass
+        (only they are gated: ``own``). An ``async def`` handler runs on the process's handler loop
+        (transport/aiohandlers.py), which this gate holds until close()."""
+        if method.startswith(PLUGBAY_SERVICES) != self.own:
             return handler
         if is_async(handler):
             from plugbay.core.transport.aiohandlers import LOOP, sync_handler
@@ -83,7 +108,7 @@ class HandlerGate:
             with self._lock:
                 if self._release is None and not self._closed:
                     self._release = LOOP.hold()
-        return self._gate(handler)
+        return self._gate(method, handler)
 
     def close(self, within: float | None = None) -> None:
         """The server has stopped: let go of the asyncio handlers' loop (the last holder ends it, in
@@ -94,14 +119,22 @@ class HandlerGate:
         if release is not None:
             release(within)
 
-    def _gate(self, handler: Any) -> Any:
+    def _gate(self, method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
+            if self.read_first:  # the request is read by the behavior, under the slot (raw bytes until then)
+                return grpc.stream_unary_rpc_method_handler(
+                    self._unary(_one_request(method, handler.unary_unary, handler.request_deserializer)),
+                    None, handler.response_serializer)
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
+            if self.read_first:
+                return grpc.stream_stream_rpc_method_handler(
+                    self._streaming(_one_request(method, handler.unary_stream, handler.request_deserializer)),
+                    None, handler.response_serializer)
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream), handler.request_deserializer,
                 handler.response_serializer)
@@ -155,6 +188,26 @@ class HandlerGate:
         return run
 
 
+def _one_request(method: str, behavior: Callable[[Any, grpc.ServicerContext], Any],
+                 deserialize: Callable[[bytes], Any] | None) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
+    """``behavior`` (a unary-request one) called with the one request read off a request stream, as
+    grpcio's unary path reads it (its status and details when there is none, or it cannot be read)."""
+    def run(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        data = next(requests, None)  # a cancelled call raises here, an error grpcio keeps quiet
+        if data is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
+            raise AssertionError("abort() raises")
+        if deserialize is None:
+            return behavior(data, context)
+        try:
+            request = deserialize(data)
+        except Exception:
+            context.abort(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+            raise AssertionError("abort() raises") from None
+        return behavior(request, context)
+    return run
+
+
 class GatedServer(grpc.Server):  # type: ignore[misc]
     """The server a plugin's grpc_server() registers on: each handler is gated as it is added.
 
@@ -194,3 +247,15 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self._server.wait_for_termination(timeout))
+
+
+def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGate | None, int]:
+    """serve()'s gates: the plugin's handlers', plugbay's own services' (network mode only; see the
+    module's doc), and how many threads its server's pool has."""
+    if not network:
+        return HandlerGate(max_workers), None, max_workers + RESERVED
+    own = HandlerGate(NETWORK_OWN_CALLS, (
+        f"the plugin is already answering {NETWORK_OWN_CALLS} calls to plugbay's own services (health,"
+        " Discovery, GRPCController, GRPCStdio, GRPCBroker), the most it may at once: earlier ones have not"
+        " ended (or not sent their request). Retry later"), read_first=True, own=True)
+    return HandlerGate(max_workers, read_first=True), own, max_workers + NETWORK_RESERVED

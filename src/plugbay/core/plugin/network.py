@@ -31,6 +31,12 @@ connection is either plain gRPC (the HTTP/2 preface) or a yamux session from a
 host that wants brokering, which gets its own plugin instance; Discovery says
 ``multiplex=True``. ``multiplex=False`` (PLUGBAY_NETWORK_MULTIPLEX=0) and
 ``insecure`` serve plain gRPC only, TLS in grpcio, ``multiplex=False``.
+
+The shared server (plain gRPC) has no broker: its GRPCBroker.StartStream fails with
+FAILED_PRECONDITION, and its plugins' broker refuses to dial or serve (BrokerError). A per-connection
+broker there would dial whatever address a peer announced on its stream (any host the plugin's
+machine reaches, any local socket); brokering hosts use their sessions' brokers, which never dial
+an address (their connections are streams of the session).
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay._proto.plugin import grpc_broker_pb2_grpc
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netconfig import listen_target as _target
@@ -56,10 +65,16 @@ from plugbay.core.transport.sockets import (
     unix_target,
 )
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.errors import ConfigError
+from plugbay.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
     from plugbay.core.transport import certfiles
+
+BROKER_REFUSAL = (
+    "this plain gRPC connection to a network plugin has no broker: brokered connections (callbacks such as"
+    " the counter example's AddHelper) travel in a host's own multiplexed session to the plugin (a RemoteClient"
+    " opens one when Discovery says multiplex=true: the plugin served over TLS with NetworkServe(multiplex=True),"
+    " the default). Use such a session, or calls without brokered connections")
 
 
 def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfiles.CertFiles | None]:
@@ -163,3 +178,27 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
 
 def add_discovery(servicer: DiscoveryServicer, server: grpc.Server) -> None:
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+class _NoBrokerStream(grpc_broker_pb2_grpc.GRPCBrokerServicer):
+    def StartStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, BROKER_REFUSAL)
+
+
+class SharedBroker(GRPCBroker):
+    """The broker the plugins on the shared server get: none, refused with what works instead."""
+
+    def __init__(self) -> None:
+        super().__init__(BrokerTransport(), "plugin")
+
+    def accept_and_serve(self, id: int, register: Callable[[grpc.Server], None], *, loop: Any = None) -> None:
+        raise BrokerError(BROKER_REFUSAL)
+
+    def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
+        raise BrokerError(BROKER_REFUSAL)
+
+
+def refuse_broker(server: grpc.Server) -> GRPCBroker:
+    """No broker on the shared ``server``: StartStream refused; the returned broker is its plugins'."""
+    grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBrokerStream(), server)  # type: ignore[no-untyped-call]
+    return SharedBroker()

@@ -49,7 +49,7 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
 )
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, GatedServer, HandlerGate
+from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, RESERVED, GatedServer, HandlerGate, serve_gates
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -157,8 +157,9 @@ class _PluginServer:
         self.capture = StdioCapture(self.log, config.stdio_buffer_bytes)
         self.health = HealthServicer()
         self.health.announce_broker_queues()
-        self.gate = HandlerGate(config.max_workers)
-        self.executor = DaemonPool(config.max_workers + RESERVED, "plugbay-grpc")  # see DaemonPool: exits promptly
+        # on the network plugbay's own services have a gate too: a peer's request may never come (see gate.py)
+        self.gate, self.own_gate, threads = serve_gates(config.max_workers, config.network is not None)
+        self.executor = DaemonPool(threads, "plugbay-grpc")  # see DaemonPool: exits promptly
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
@@ -181,12 +182,14 @@ class _PluginServer:
             from plugbay.core.transport.grpcping import server_options
 
             defaults += server_options(network.keepalive)
+            defaults.append(("grpc.max_concurrent_streams", NETWORK_MAX_STREAMS))
         options = with_defaults(defaults, self.config.grpc_server_options)
         self.grpc = grpc.server(self.executor, options=options)
+        own_services = self.grpc if self.own_gate is None else GatedServer(self.grpc, self.own_gate)
         self._plugin_set, self._version = plugin_set, version
         tls: ServerTLS | None = None
         if network is not None:
-            from plugbay.core.plugin.network import DiscoveryServicer, add_discovery, serve_front
+            from plugbay.core.plugin.network import DiscoveryServicer, add_discovery, refuse_broker, serve_front
             from plugbay.core.plugin.network import bind as bind_network
 
             own, peer_pem = None, None
@@ -197,7 +200,8 @@ class _PluginServer:
                 kind, address, _ = bind_network(self.grpc, network)
                 self.listening = Listening(kind, address, False)
             add_discovery(DiscoveryServicer([(version, sorted(plugin_set))], multiplex=network.brokering),
-                          self.grpc)
+                          own_services)
+            broker = refuse_broker(own_services)  # never one that dials what a peer names: hosts broker in sessions
         else:
             if self.env.get(ENV_CLIENT_CERT):  # the host asked for AutoMTLS
                 from plugbay.core.plugin.automtls import server_tls
@@ -216,11 +220,12 @@ class _PluginServer:
                 raise
             if self.listening.mux is not None and parse_bool(self.env.get(ENV_MUX_HOLDS_STREAMS, "")):
                 self.listening.mux.peer_holds = True  # knock and open at once (core/transport/held.py)
-        transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
-                                    socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
-                                    multiplex=self.listening.multiplex, mux=self.listening.mux)
-        self.broker = plugin_broker(self.grpc, transport)
-        self._register(self.grpc, self.broker, self.gate)
+            transport = BrokerTransport(tls=own, peer_cert_pem=peer_pem,
+                                        socket_dir=self.env.get(ENV_UNIX_SOCKET_DIR) or None,
+                                        multiplex=self.listening.multiplex, mux=self.listening.mux)
+            broker = plugin_broker(self.grpc, transport)
+        self.broker = broker
+        self._register(self.grpc, broker, self.gate, own_services)
         self.grpc.start()
         if tls is not None:
             tls.ready()  # the relay's context, set up on a thread meanwhile
@@ -245,11 +250,11 @@ class _PluginServer:
             self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
 
-    def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate) -> None:
-        """Health, controller, stdio and the plugins' own services (behind ``gate``) on ``server``."""
-        add_health(self.health, server, watches=MAX_WATCHES)  # a server's threads answer Check and Shutdown
-        add_controller(server, self._shutdown_asked)
-        add_stdio(StdioServicer(self.capture), server)
+    def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server) -> None:
+        """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``."""
+        add_health(self.health, own, watches=MAX_WATCHES)  # a server's threads answer Check and Shutdown
+        add_controller(own, self._shutdown_asked)
+        add_stdio(StdioServicer(self.capture), own)
         check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change
         for name, plugin in self._plugin_set.items():
             try:
@@ -271,7 +276,7 @@ class _PluginServer:
         broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
         gate = HandlerGate(self.config.max_workers)
         try:
-            self._register(server, broker, gate)
+            self._register(server, broker, gate, server)
             add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
             server.add_insecure_port(unix_target(path))
             server.start()

@@ -1,0 +1,143 @@
+"""A raw HTTP/2 peer over mutual TLS that opens gRPC streams and never sends their request message.
+
+What one peer with a valid client certificate can do to a network plugin with a single
+connection (tests/test_network_slow_requests.py): it answers the server's SETTINGS and PINGs,
+so the connection stays healthy, while its streams wait for requests that never come.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+
+from tests import netcerts
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 3, 4, 6, 7
+END_HEADERS, ACK = 0x4, 0x1
+MAX_CONCURRENT_STREAMS = 3  # the SETTINGS parameter
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def _literal(name: str, value: str) -> bytes:
+    """An HPACK literal header field without indexing, no Huffman coding (short names and values)."""
+    assert len(name) < 127 and len(value) < 127
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def request_headers(path: str) -> bytes:
+    return b"".join(_literal(name, value) for name, value in (
+        (":method", "POST"), (":scheme", "https"), (":path", path), (":authority", "localhost"),
+        ("content-type", "application/grpc"), ("te", "trailers")))
+
+
+class StallingPeer:
+    """One TLS connection speaking HTTP/2: ``open_streams`` sends HEADERS only (no DATA, no END_STREAM)."""
+
+    def __init__(self, address: str, certs: netcerts.CertSet) -> None:
+        host, _, port = address.rpartition(":")
+        context = netcerts.client_context(certs)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection((host, int(port)), timeout=10)
+        try:
+            self._sock = context.wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+        self._sock.settimeout(None)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.settings: dict[int, int] = {}
+        self.resets = 0
+        self.pongs = 0
+        self.closed = False
+        self._next = 1
+        self._send(PREFACE + frame(SETTINGS, 0, 0))
+        self._reader = threading.Thread(target=self._read, name="plugbay-test-h2peer", daemon=True)
+        self._reader.start()
+
+    def _send(self, data: bytes) -> None:
+        with self._lock:
+            self._sock.sendall(data)
+
+    def _read(self) -> None:
+        data = b""
+        try:
+            while chunk := self._sock.recv(65536):
+                data += chunk
+                while len(data) >= 9:
+                    length = int.from_bytes(data[:3], "big")
+                    if len(data) < 9 + length:
+                        break
+                    kind, flags = data[3], data[4]
+                    payload, data = data[9:9 + length], data[9 + length:]
+                    self._on_frame(kind, flags, payload)
+        except (OSError, ssl.SSLError):
+            pass
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def _on_frame(self, kind: int, flags: int, payload: bytes) -> None:
+        if kind == SETTINGS and not flags & ACK:
+            with self._cond:
+                for i in range(0, len(payload), 6):
+                    key, value = struct.unpack(">HI", payload[i:i + 6])
+                    self.settings[key] = value
+                self._cond.notify_all()
+            self._send(frame(SETTINGS, ACK, 0))
+        elif kind == PING and not flags & ACK:
+            self._send(frame(PING, ACK, 0, payload))  # a live peer: keepalives find nothing wrong
+        elif kind == PING:
+            with self._cond:
+                self.pongs += 1
+                self._cond.notify_all()
+        elif kind == RST_STREAM:
+            with self._cond:
+                self.resets += 1
+                self._cond.notify_all()
+
+    def open_streams(self, path: str, count: int) -> None:
+        """``count`` streams calling ``path`` whose request never comes; returns once the server has read
+        them all (it answered a PING sent after them)."""
+        block = request_headers(path)
+        out = b""
+        for _ in range(count):
+            out += frame(HEADERS, END_HEADERS, self._next, block)
+            self._next += 2
+        with self._cond:
+            answered = self.pongs
+        self._send(out + frame(PING, 0, 0, b"stalling"))
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.pongs > answered or self.closed, timeout=30):
+                raise AssertionError("the server did not answer a PING within 30 s")
+
+    def reset_flood(self, path: str, until: threading.Event) -> int:
+        """Open streams calling ``path`` and reset each at once (HTTP/2 rapid reset) until ``until`` is set
+        or the server closes the connection; returns how many."""
+        block = request_headers(path)
+        sent = 0
+        while not until.is_set() and not self.closed and self._next < 2**31 - 2000:
+            burst = b"".join(frame(HEADERS, END_HEADERS, self._next + 2 * k, block)
+                             + frame(RST_STREAM, 0, self._next + 2 * k, b"\0\0\0\x08")  # CANCEL
+                             for k in range(500))
+            try:
+                self._send(burst)
+            except OSError:
+                break
+            self._next += 1000
+            sent += 500
+        return sent
+
+    def close(self) -> None:
+        try:
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._reader.join(10)
