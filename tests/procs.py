@@ -97,3 +97,28 @@ def first_line_then_sigkill(argv: Sequence[str], env: Mapping[str, str] | None =
         if proc.stdout:
             proc.stdout.close()
     return facts
+
+
+def run_marked_host(argv: Sequence[str], cwd: Path, timeout: float, *,
+                    finally_: Any = None) -> tuple[str, str, int, list[int]]:
+    """Run a host script with a fresh FORK_TEST mark in its environment (so in its forked children's and
+    every plugin they start): (stdout, stderr, exit status, the marked pids still alive, SIGKILLed).
+    A hung host is killed with what it started; ``finally_`` (a callable) runs after, whatever happened."""
+    import uuid
+
+    mark = uuid.uuid4().hex
+    host = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, "FORK_TEST": mark})
+    out = err = ""
+    try:
+        out, err = host.communicate(timeout=timeout)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.communicate()
+        left = live_with_env("FORK_TEST", mark)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        if finally_ is not None:
+            finally_()
+    return out, err, host.returncode, left

@@ -10,18 +10,14 @@ process of its own; grpcio itself crashes some such forks (tests/forking.py fork
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.gobuild import go_program_or_skip
 from tests.net_util import Replica
-from tests.procs import live_with_env
+from tests.procs import run_marked_host
 
 REPO = Path(__file__).resolve().parent.parent
 KV = REPO / "examples" / "kv"
@@ -120,21 +116,10 @@ def test_a_forked_child_of_a_host_running_grpc_aio_refuses_the_asyncio_clients_a
     ran = str(tmp_path / "plugin-ran")
     script = _HOST.format(repo=str(REPO), src=str(REPO / "src"), kv=str(KV), counter=str(COUNTER),
                           kv_plugin=str(KV / "plugin.py"), bound=BOUND)
-    mark = uuid.uuid4().hex  # in the environment of the host, its forked children and every plugin they start
-    host = subprocess.Popen([sys.executable, "-c", script, parent_kind, replica.address, go_counter, ran],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "FORK_TEST": mark})
-    try:
-        out, err = host.communicate(timeout=BOUND * 4)
-    finally:
-        if host.poll() is None:  # a hung host: ended with what it started
-            host.kill()
-            host.communicate()
-        left = live_with_env("FORK_TEST", mark)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        replica.stop()
-    assert host.returncode == 0, err[-3000:]
+    out, err, code, left = run_marked_host(
+        [sys.executable, "-c", script, parent_kind, replica.address, go_counter, ran], tmp_path, BOUND * 4,
+        finally_=replica.stop)
+    assert code == 0, err[-3000:]
     facts = json.loads(out.splitlines()[-1])
     assert facts["running"] is True, facts  # grpc.aio ran in the parent at the fork
     assert facts["status"] is not None, f"grpcio crashed every fork: {facts}"

@@ -14,17 +14,13 @@ The forks grpcio crashed are in the facts.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.gobuild import go_program_or_skip
-from tests.procs import live_with_env
+from tests.procs import run_marked_host
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTER = REPO / "examples" / "counter"
@@ -122,20 +118,9 @@ def test_a_forked_child_of_a_brokering_host_brokers_with_its_own_client(tmp_path
     go_plugin = go_program_or_skip("counter_plugin")
     script = _HOST.format(repo=str(REPO), src=str(REPO / "src"), counter=str(COUNTER),
                           plugin=str(COUNTER / "plugin.py"))
-    mark = uuid.uuid4().hex  # in the environment of the host, its forked children and every plugin they start
-    host = subprocess.Popen([sys.executable, "-c", script, str(go_plugin), child_kind.split("-")[0]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "FORK_TEST": mark})
-    try:
-        out, err = host.communicate(timeout=240)
-    finally:
-        if host.poll() is None:  # a hung host: ended with what it started
-            host.kill()
-            host.communicate()
-        left = live_with_env("FORK_TEST", mark)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-    assert host.returncode == 0, err[-3000:]
+    out, err, code, left = run_marked_host(
+        [sys.executable, "-c", script, str(go_plugin), child_kind.split("-")[0]], tmp_path, 240)
+    assert code == 0, err[-3000:]
     assert left == [], "a plugin of the host or of its child was left running"
     facts = json.loads(out.splitlines()[-1])
     assert facts["stream"] == "AioStream", facts  # the parent's broker stream ran on grpc.aio at the fork
