@@ -286,12 +286,15 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 if self._closed:
                     raise BrokerClosedError("the broker was closed while waiting for id"
                                             f" {id}; nothing to dial any more")
-                if self._lost is not None:
+                if self._final_loss() is not None:
                     raise BrokerClosedError(f"while waiting for broker id {id}: " + self._lost_message())
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    # a plugin's stream that ended waits for the next host's (StreamEnd._final_loss)
+                    ended = "" if self._lost is None else (
+                        f" (the host's broker stream ended: {self._lost}; no host opened another since)")
                     raise BrokerTimeoutError(
-                        f"timed out after {timeout:g}s waiting for {what} of broker id {id}; the other"
+                        f"timed out after {timeout:g}s waiting for {what} of broker id {id}{ended}; the other"
                         " side must call accept_and_serve with this id (check the id it passed you)"
                         " before or shortly after you dial")
                 self._cond.wait(left)

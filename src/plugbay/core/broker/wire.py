@@ -56,6 +56,7 @@ class StreamEnd:
 
     _cond: threading.Condition
     _closed: bool
+    side: str  # "plugin" or "host"
     _opener: Callable[[float], Opening | None] | None
     _opening: Opening | None
     _threads: list[Reader]
@@ -172,12 +173,25 @@ class StreamEnd:
             self._cond.notify_all()
         log.debug("broker stream ended: %s", reason)
 
+    def _final_loss(self) -> str | None:
+        """Why the stream ended if that ends this side's brokering (under the lock), else None.
+
+        The host's stream ending means the plugin is gone: what waits on it fails at once. The
+        plugin's does not: a reattached host opens another, and its StartStream (a separate
+        connection, opened lazily) may come after its first call names a broker id. Failing then
+        answered the new host's call with the earlier host's loss; it waits for the next stream
+        instead, for its own timeout at most (a go-plugin host that is gone for good kills its
+        plugin; close() still fails what waits at once).
+        """
+        return None if self.side == "plugin" else self._lost
+
     def _send(self, msg: pb.ConnInfo) -> None:
         with self._cond:
             if self._closed:
                 raise BrokerClosedError("the broker is closed; no more brokered connections can be made")
             if self._send_q is None:
-                if self._lost is not None:
+                # a knock's ack answers the stream the knock came on: no later host asked for it
+                if self._lost is not None and (self._final_loss() is not None or msg.knock.ack):
                     raise BrokerClosedError(self._lost_message())
                 self._outbox.append(msg)
                 return
