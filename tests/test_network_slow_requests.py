@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS
+from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS, NETWORK_READS
 from tests import netcerts
 from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer
 from tests.test_network_serve import NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
@@ -89,6 +89,80 @@ def test_stalled_requests_past_the_caps_are_refused_at_once(plugin: NetPlugin, c
             peer.close()
     with secure(certs, plugin.address) as channel:  # the peer gone, its calls ended
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_stalled_plugin_calls_past_the_read_budget_are_refused_at_once(
+        plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+    # a call to the plugin's services waits for its request holding a read token, not a handler slot
+    conns = NETWORK_READS // NETWORK_MAX_STREAMS + 1
+    peers = [StallingPeer(plugin.address, certs) for _ in range(conns)]
+    try:
+        for peer in peers:
+            peer.open_streams(KV_GET, NETWORK_MAX_STREAMS)
+        with secure(certs, plugin.address) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="never-put"), timeout=BOUND)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "waiting for their request message" in str(refused.value.details())
+            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING  # own services: their own slots
+    finally:
+        for peer in peers:
+            peer.close()
+    with secure(certs, plugin.address) as channel:
+        assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND
+
+
+CALLERS = 24  # more than a cap of 16 streams per connection once let through, fewer than max_workers
+ROUNDS = 20
+
+
+def test_many_callers_on_one_connection_all_get_their_answers(plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+    # grpcio's clients do not reliably queue calls near the server's per-connection stream limit: with
+    # 16, fifteen callers on one connection saw calls fail UNAVAILABLE (RST_STREAM REFUSED_STREAM)
+    errors: list[grpc.StatusCode] = []
+    with secure(certs, plugin.address) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        kv.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=BOUND)
+
+        def caller() -> None:
+            for _ in range(ROUNDS):
+                try:
+                    kv.Get(kv_pb2.GetRequest(key="k"), timeout=BOUND)
+                except grpc.RpcError as exc:
+                    errors.append(exc.code())
+
+        threads = [threading.Thread(target=caller, name=f"plugbay-test-caller-{i}") for i in range(CALLERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(BOUND * ROUNDS)
+    assert errors == []
+
+
+def test_many_asyncio_tasks_on_one_connection_all_get_their_answers(
+        plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+    import asyncio
+
+    import grpc.aio
+
+    async def main() -> list[grpc.StatusCode]:
+        errors: list[grpc.StatusCode] = []
+        async with grpc.aio.secure_channel(plugin.address, netcerts.channel_credentials(certs), options=[
+                ("grpc.ssl_target_name_override", "localhost")]) as channel:
+            kv = kv_pb2_grpc.KVStub(channel)
+            await kv.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=BOUND)
+
+            async def task() -> None:
+                for _ in range(ROUNDS):
+                    try:
+                        await kv.Get(kv_pb2.GetRequest(key="k"), timeout=BOUND)
+                    except grpc.aio.AioRpcError as exc:
+                        errors.append(exc.code())
+
+            await asyncio.wait_for(asyncio.gather(*(task() for _ in range(CALLERS))), BOUND * ROUNDS)
+        return errors
+
+    assert asyncio.run(main()) == []
 
 
 def test_unary_calls_keep_their_answers(plugin: NetPlugin, certs: netcerts.CertSet) -> None:

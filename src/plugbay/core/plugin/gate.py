@@ -16,11 +16,13 @@ so it cannot reserve anything for health.)
 On the network (serve() with NetworkServe) a peer may open streams and never send their request
 message. grpcio's sync server reads a unary request on a pool thread *before* any handler runs, so
 such streams held threads no gate saw, until health and every call froze. There
-(``read_first=True``) unary-request handlers are registered as stream-request ones that take their
-slot first and read the one message after; plugbay's own services get a gate of their own
-(``own=True``, NETWORK_OWN_CALLS slots), and the server lets one connection open at most
-NETWORK_MAX_STREAMS streams: one connection's stalled streams never take all of either cap. A host
-launched locally keeps grpcio's unary path (its unary latency is a benchmarked target).
+(``read_first=True``) unary-request handlers are registered as stream-request ones that read their
+one message under a budget of their own: the plugin's handlers read it holding one of NETWORK_READS
+tokens and take their slot once it came (a call waiting for its request holds no handler slot), and
+plugbay's own services (``own=True``) take one of NETWORK_OWN_CALLS slots first. The server lets one
+connection open at most NETWORK_MAX_STREAMS streams, fewer than either budget: one connection's
+stalled streams never take all of one. A host launched locally keeps grpcio's unary path (its unary
+latency is a benchmarked target).
 """
 
 from __future__ import annotations
@@ -43,15 +45,17 @@ RESERVED = 16
 MAX_WATCHES = 4
 DEFAULT_MAX_WORKERS = 32
 # Network mode. Streams one HTTP/2 connection may have open at once (the server's
-# SETTINGS_MAX_CONCURRENT_STREAMS; grpcio resets the ones past it, and a host's channel queues them):
-# half the default max_workers, so one connection holding every stream open leaves the other hosts'
-# calls slots and threads. A host wanting more calls at once than this opens more connections.
-NETWORK_MAX_STREAMS = 16
+# SETTINGS_MAX_CONCURRENT_STREAMS; grpcio resets the ones past it). RFC 9113's advice ("no smaller
+# than 100"), and far above what a host keeps open: grpcio's clients do not queue calls reliably near
+# the peer's limit (with 16, a host with 15 callers on one connection saw some fail UNAVAILABLE).
+NETWORK_MAX_STREAMS = 100
+# ... the plugin's calls waiting for their request message at once (each holds a thread meanwhile).
+NETWORK_READS = NETWORK_MAX_STREAMS + 16
 # ... plugbay's own calls at once (health, Discovery, Shutdown, stdio, refused broker streams),
 # those still waiting for their request included: more than one connection's streams, Watches too.
 NETWORK_OWN_CALLS = NETWORK_MAX_STREAMS + MAX_WATCHES + 4
-# ... and the threads the pool has beyond max_workers: the own calls', plus some to refuse calls on.
-NETWORK_RESERVED = NETWORK_OWN_CALLS + 4
+# ... and the threads the pool has beyond max_workers: the own calls', the reads', some to refuse calls on.
+NETWORK_RESERVED = NETWORK_OWN_CALLS + NETWORK_READS + 4
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
 
@@ -74,15 +78,16 @@ class HandlerGate:
     ServeConfig.max_workers (the gateway's). ``peer_limit``: at most that many of them from one peer IP
     address (see peer_address: peers without one share only ``limit``), refused with ``peer_refusal``
     (formatted with ``peer`` and ``held``), so one caller holding calls open cannot take every slot.
-    ``read_first``: a unary request is read after the slot is taken (network mode: see the module's
-    doc). ``own``: gate plugbay's services (PLUGBAY_SERVICES) and pass the others, instead of the
-    reverse."""
+    ``read_first``: a unary request is read by the gate (network mode: see the module's doc), after the
+    slot is taken, or before it holding one of ``reads`` tokens when given. ``own``: gate plugbay's
+    services (PLUGBAY_SERVICES) and pass the others, instead of the reverse."""
 
     def __init__(self, limit: int, refusal: str | None = None, *, peer_limit: int | None = None,
                  peer_refusal: str = "{peer} is running {held} calls, the most one peer address may",
-                 read_first: bool = False, own: bool = False) -> None:
+                 read_first: bool = False, own: bool = False, reads: int | None = None) -> None:
         self.limit = limit
         self.read_first = read_first
+        self._reading = _Reading(reads) if reads is not None and read_first else None
         self.own = own
         self.peer_limit = peer_limit
         self._peer_refusal = peer_refusal
@@ -120,8 +125,13 @@ class HandlerGate:
             release(within)
 
     def _gate(self, method: str, handler: Any) -> Any:
+        reading = self._reading
         if handler.unary_unary is not None:
-            if self.read_first:  # the request is read by the behavior, under the slot (raw bytes until then)
+            if reading is not None:  # read (raw bytes until then), then the slot
+                return grpc.stream_unary_rpc_method_handler(
+                    _one_request(method, self._unary(handler.unary_unary), handler.request_deserializer, reading),
+                    None, handler.response_serializer)
+            if self.read_first:  # the request is read by the behavior, under the slot
                 return grpc.stream_unary_rpc_method_handler(
                     self._unary(_one_request(method, handler.unary_unary, handler.request_deserializer)),
                     None, handler.response_serializer)
@@ -131,6 +141,10 @@ class HandlerGate:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
+            if reading is not None:
+                return grpc.stream_stream_rpc_method_handler(
+                    _one_request(method, self._streaming(handler.unary_stream), handler.request_deserializer,
+                                 reading), None, handler.response_serializer)
             if self.read_first:
                 return grpc.stream_stream_rpc_method_handler(
                     self._streaming(_one_request(method, handler.unary_stream, handler.request_deserializer)),
@@ -188,12 +202,33 @@ class HandlerGate:
         return run
 
 
+class _Reading:
+    """Calls waiting for their request message: at most ``limit`` at once, the rest refused at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._tokens = threading.BoundedSemaphore(limit)
+
+    def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
+        if not self._tokens.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
+                " (their callers have not sent it). Retry later"))
+        try:
+            return next(requests, None)  # a cancelled call raises here, an error grpcio keeps quiet
+        finally:
+            self._tokens.release()
+
+
 def _one_request(method: str, behavior: Callable[[Any, grpc.ServicerContext], Any],
-                 deserialize: Callable[[bytes], Any] | None) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
+                 deserialize: Callable[[bytes], Any] | None,
+                 reading: _Reading | None = None) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
     """``behavior`` (a unary-request one) called with the one request read off a request stream, as
-    grpcio's unary path reads it (its status and details when there is none, or it cannot be read)."""
+    grpcio's unary path reads it (its status and details when there is none, or it cannot be read);
+    read holding one of ``reading``'s tokens, when given."""
     def run(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-        data = next(requests, None)  # a cancelled call raises here, an error grpcio keeps quiet
+        # a cancelled call raises in next(), an error grpcio keeps quiet
+        data = next(requests, None) if reading is None else reading.read(requests, context)
         if data is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
             raise AssertionError("abort() raises")
@@ -258,4 +293,4 @@ def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGa
         f"the plugin is already answering {NETWORK_OWN_CALLS} calls to plugbay's own services (health,"
         " Discovery, GRPCController, GRPCStdio, GRPCBroker), the most it may at once: earlier ones have not"
         " ended (or not sent their request). Retry later"), read_first=True, own=True)
-    return HandlerGate(max_workers, read_first=True), own, max_workers + NETWORK_RESERVED
+    return HandlerGate(max_workers, read_first=True, reads=NETWORK_READS), own, max_workers + NETWORK_RESERVED
