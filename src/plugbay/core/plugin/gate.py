@@ -289,8 +289,14 @@ def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGa
     module's doc), and how many threads its server's pool has."""
     if not network:
         return HandlerGate(max_workers), None, max_workers + RESERVED
-    own = HandlerGate(NETWORK_OWN_CALLS, (
-        f"the plugin is already answering {NETWORK_OWN_CALLS} calls to plugbay's own services (health,"
+    return HandlerGate(max_workers, read_first=True, reads=NETWORK_READS), own_gate("plugin"), \
+        max_workers + NETWORK_RESERVED
+
+
+def own_gate(who: str) -> HandlerGate:
+    """The gate of plugbay's own services on a network server (NETWORK_OWN_CALLS slots, taken before the
+    request is read); ``who`` answers them ("plugin", "gateway"). Its server needs as many threads more."""
+    return HandlerGate(NETWORK_OWN_CALLS, (
+        f"the {who} is already answering {NETWORK_OWN_CALLS} calls to plugbay's own services (health,"
         " Discovery, GRPCController, GRPCStdio, GRPCBroker), the most it may at once: earlier ones have not"
         " ended (or not sent their request). Retry later"), read_first=True, own=True)
-    return HandlerGate(max_workers, read_first=True, reads=NETWORK_READS), own, max_workers + NETWORK_RESERVED

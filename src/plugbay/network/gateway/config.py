@@ -14,8 +14,7 @@ from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.runners.command import check_cmd, check_env
 
-# Forwarded calls at once: with RESERVED more threads for the gateway's own services, the 64
-# threads the gateway always had.
+# Forwarded calls at once (the gateway's own services have threads of their own).
 DEFAULT_MAX_CALLS = 48
 # A forwarded request message is received whole before it is passed on, so this bounds the memory one
 # call costs the gateway. go-plugin's (gRPC-Go's) servers refuse more than 4 MiB anyway.

@@ -24,8 +24,10 @@ serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
 
 and forwards every other call to the child (plugbay.network.gateway.forward), at most
 ``max_calls`` at once, and at most ``max_peer_calls`` of them from one peer address (so one host
-holding calls open cannot refuse every other's): the server's executor has RESERVED more threads, kept
-for the services above, as serve()'s gate keeps them (plugbay.core.plugin.gate).
+holding calls open cannot refuse every other's). The services above have slots and threads of their own,
+taken before their request is read, and one connection may open at most NETWORK_MAX_STREAMS streams, as
+on serve()'s network server (plugbay.core.plugin.gate): one peer holding streams whose request never
+comes cannot take the threads they answer on.
 While the child restarts (plugbay.network.gateway.child), and while it misses its health checks
 (a new call is never sent to it then; one already forwarded keeps going), calls fail fast with
 UNAVAILABLE.
@@ -51,7 +53,7 @@ from plugbay._proto.plugin import (
 )
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import LoopHandoff
-from plugbay.core.plugin.gate import MAX_WATCHES, RESERVED, HandlerGate
+from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, GatedServer, HandlerGate, own_gate
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.network import (
@@ -223,7 +225,9 @@ class Gateway:
 
     def _start(self) -> None:
         cap = self.config.max_calls
-        self._executor = ThreadPoolExecutor(max_workers=cap + RESERVED, thread_name_prefix="plugbay-gateway-rpc")
+        own = own_gate("gateway")
+        # threads: the forwarded calls', the own services' slots, and a few to refuse calls on
+        self._executor = ThreadPoolExecutor(max_workers=cap + own.limit + 4, thread_name_prefix="plugbay-gateway-rpc")
         gate = HandlerGate(cap, refusal=(
             f"the gateway is already forwarding {cap} calls to its plugin (--max-calls,"
             " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
@@ -236,15 +240,17 @@ class Gateway:
             # as serve()'s: a connection that never completes TLS is closed then, not held 120 s (with no
             # cap and no certificate needed, silent connections could take every descriptor)
             ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_concurrent_streams", NETWORK_MAX_STREAMS),
             ("grpc.max_receive_message_length", self.config.max_message),
             *grpcping.server_options(self.config.keepalive)])  # hosts' keepalive pings are welcome
         self._server = server
-        add_health(self.health, server, watches=MAX_WATCHES)  # Watch streams hold reserved threads
-        add_discovery(self.discovery, server)
+        gated = GatedServer(server, own)
+        add_health(self.health, gated, watches=MAX_WATCHES)  # Watch streams hold own slots
+        add_discovery(self.discovery, gated)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            _Controller(), server)
-        grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), server)  # type: ignore[no-untyped-call]
-        grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), server)  # type: ignore[no-untyped-call]
+            _Controller(), gated)
+        grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), gated)  # type: ignore[no-untyped-call]
+        grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), gated)  # type: ignore[no-untyped-call]
         server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate, self.keeper.answering),))
         # TLS files are checked before the child starts
         if self.config.multiplex:
@@ -333,7 +339,7 @@ class _NoBroker(grpc_broker_pb2_grpc.GRPCBrokerServicer):
 
 class _Stdio(grpc_stdio_pb2_grpc.GRPCStdioServicer):
     """Empty streams. Every attached go-plugin host keeps one open, each holding one of the
-    RESERVED threads, so past _HELD_STDIO of them a stream ends at once (still empty, status OK:
+    own services' slots, so past _HELD_STDIO of them a stream ends at once (still empty, status OK:
     go-plugin's and plugbay's readers just stop) rather than take the threads health answers on."""
 
     def __init__(self, closed: threading.Event) -> None:
