@@ -79,3 +79,20 @@ def test_stalled_requests_past_the_own_services_slots_are_refused_at_once(
             peer.close()
     with secure(certs, gw.address) as channel:
         assert _answers(channel) == (health_pb2.HealthCheckResponse.SERVING, b"fast")
+
+
+def test_many_hosts_each_holding_a_health_watch_get_theirs(gateway: tuple[Gateway, netcerts.CertSet]) -> None:
+    gw, certs = gateway
+    channels = [secure(certs, gw.address) for _ in range(8)]  # a local plugin's cap is 4
+    watches = []
+    try:
+        for channel in channels:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service=""), timeout=BOUND)
+            watches.append(watch)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for watch in watches:
+            watch.cancel()
+        for channel in channels:
+            channel.close()

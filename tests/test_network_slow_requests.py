@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS, NETWORK_READS
+from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS, NETWORK_READS, NETWORK_WATCHES
 from tests import netcerts
 from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer
 from tests.test_network_serve import NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
@@ -203,3 +203,24 @@ def test_a_rapid_reset_flood_does_not_cancel_other_hosts_calls(plugin: NetPlugin
         if flood.ident is not None:
             flood.join(30)
         peer.close()
+
+
+def test_many_hosts_each_holding_a_health_watch_get_theirs(plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+    # a shared server's hosts may each hold a Watch (gRPC's client-side health checking does): a local
+    # plugin's cap of 4 refused the fifth host's with RESOURCE_EXHAUSTED
+    hosts = MAX_WATCHES * 2
+    assert hosts < NETWORK_WATCHES
+    channels = [secure(certs, plugin.address) for _ in range(hosts)]
+    watches = []
+    try:
+        for channel in channels:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service="plugin"), timeout=BOUND)
+            watches.append(watch)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert _health(channels[0]) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for watch in watches:
+            watch.cancel()
+        for channel in channels:
+            channel.close()

@@ -49,11 +49,14 @@ DEFAULT_MAX_WORKERS = 32
 # than 100"), and far above what a host keeps open: grpcio's clients do not queue calls reliably near
 # the peer's limit (with 16, a host with 15 callers on one connection saw some fail UNAVAILABLE).
 NETWORK_MAX_STREAMS = 100
+# ... health Watch streams at once on a network server (shared by many hosts, each of which may hold one:
+# gRPC's client-side health checking does, one per connection; MAX_WATCHES is a local plugin's).
+NETWORK_WATCHES = 32
 # ... the plugin's calls waiting for their request message at once (each holds a thread meanwhile).
 NETWORK_READS = NETWORK_MAX_STREAMS + 16
 # ... plugbay's own calls at once (health, Discovery, Shutdown, stdio, refused broker streams),
 # those still waiting for their request included: more than one connection's streams, Watches too.
-NETWORK_OWN_CALLS = NETWORK_MAX_STREAMS + MAX_WATCHES + 4
+NETWORK_OWN_CALLS = NETWORK_MAX_STREAMS + NETWORK_WATCHES + 4
 # ... and the threads the pool has beyond max_workers: the own calls', the reads', some to refuse calls on.
 NETWORK_RESERVED = NETWORK_OWN_CALLS + NETWORK_READS + 4
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",

@@ -49,7 +49,8 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
 )
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, RESERVED, GatedServer, HandlerGate, serve_gates
+from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, RESERVED, GatedServer,
+                                     HandlerGate, serve_gates)
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -252,7 +253,8 @@ class _PluginServer:
 
     def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server) -> None:
         """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``."""
-        add_health(self.health, own, watches=MAX_WATCHES)  # a server's threads answer Check and Shutdown
+        # a server's threads answer Check and Shutdown; a shared one's hosts may each hold a Watch
+        add_health(self.health, own, watches=MAX_WATCHES if self.config.network is None else NETWORK_WATCHES)
         add_controller(own, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), own)
         check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change

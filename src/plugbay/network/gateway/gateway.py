@@ -53,7 +53,7 @@ from plugbay._proto.plugin import (
 )
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import LoopHandoff
-from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, GatedServer, HandlerGate, own_gate
+from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer, HandlerGate, own_gate
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.network import (
@@ -87,7 +87,7 @@ BROKER_REFUSAL = (
     " plugin that cannot carry brokered (callback) connections over the network. Use plugins without"
     " brokered callbacks through the gateway, or serve a plugbay plugin with NetworkServe"
 )
-# GRPCStdio streams held open at once (as MAX_WATCHES for health Watch streams)
+# GRPCStdio streams held open at once (as NETWORK_WATCHES for health Watch streams)
 _HELD_STDIO = 4
 # Responses come from the child, which bounds them itself.
 _MAX_SEND = 2**31 - 1
@@ -245,7 +245,7 @@ class Gateway:
             *grpcping.server_options(self.config.keepalive)])  # hosts' keepalive pings are welcome
         self._server = server
         gated = GatedServer(server, own)
-        add_health(self.health, gated, watches=MAX_WATCHES)  # Watch streams hold own slots
+        add_health(self.health, gated, watches=NETWORK_WATCHES)  # Watch streams hold own slots
         add_discovery(self.discovery, gated)
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(  # type: ignore[no-untyped-call]
             _Controller(), gated)
