@@ -13,8 +13,8 @@ import grpc.aio
 from plugbay.core.host.aiochannel import TaskCall, off_loop, retrieved
 from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
-from plugbay.network.poolcalls import (EndpointPool, PoolCallable, cut_by_drain, no_endpoints, not_sent,
-                                       out_of_tries)
+from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, busy, cut_by_drain, no_endpoints,
+                                       not_sent, out_of_tries)
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
 
@@ -60,9 +60,10 @@ class UnaryCall(TaskCall):
         rules, pool = self._callable.rules, self._callable.channel.pool
         kwargs = rules.marked(kwargs)
         pick_until, deadline = rules.deadline(timeout)
-        tried: set[str] = set()
+        tried = Tried()
         last = ""
         pause = 0.05
+        busy_call: Any = None  # the try that was refused as busy, whose status ends the call if all are
         while True:
             try:
                 member = await self._callable.pick(pick_until, tried)
@@ -76,9 +77,14 @@ class UnaryCall(TaskCall):
                 pool.done(member, exc)
                 if not not_sent(exc, self._callable.channel.endpoints.existing(member), pool.token):
                     raise
-                # the verdict may wait for a TLS probe (up to 1 s): not on the loop
-                last, wait = await off_loop(self._callable.channel.endpoints.executor, rules.refused, member, exc,
-                                            tried, pick_until, pause)
+                busy_call = self._call if busy(exc) else busy_call
+                try:  # the verdict may wait for a TLS probe (up to 1 s): not on the loop
+                    last, wait = await off_loop(self._callable.channel.endpoints.executor, rules.refused, member,
+                                                exc, tried, pick_until, pause)
+                except grpc.RpcError as end:
+                    if end is tried.busy_refusal:  # every endpoint refused, one as busy: the call is that try
+                        self._call = busy_call
+                    raise
                 if wait:
                     await asyncio.sleep(wait)
                     pause = min(pause * 2, 0.5)

@@ -1,13 +1,14 @@
 """The pool's multicallables: pick an endpoint per call, resend calls that never left, type the failures.
 
-A unary call that provably failed before it was sent (gRPC's picker found no
-connection: UNAVAILABLE "failed to connect to all addresses" while the
-endpoint's channel is in TRANSIENT_FAILURE; the endpoint's channel closed
-under it; or the endpoint refused it UNAVAILABLE with the NOT_SENT trailer, as
-the gateway does while its plugin misses its health checks, the trailer's value
-echoing the token this pool sends with every unary call) goes to another
-endpoint within the same deadline; once every endpoint was tried the call
-waits briefly and tries again, until its deadline.
+A unary call that provably failed before it was sent (gRPC's picker found no connection: UNAVAILABLE
+"failed to connect to all addresses" while the endpoint's channel is in TRANSIENT_FAILURE; the
+endpoint's channel closed under it; or the endpoint refused it UNAVAILABLE with the NOT_SENT trailer,
+as the gateway does while its plugin misses its health checks, the trailer's value echoing the token
+this pool sends with every unary call) goes to another endpoint within the same deadline; once every
+endpoint was tried the call waits briefly and tries again, until its deadline. A RESOURCE_EXHAUSTED
+refusal with that trailer (a full handler gate, core/plugin/gate.py) goes to each endpoint not yet
+tried; once every endpoint refused (one as busy) it ends at once with that RESOURCE_EXHAUSTED:
+saturation is load, a RetryPolicy's to wait out, and pool.done() does not count it against the endpoint.
 A call that may have reached the plugin is never resent here (a RetryPolicy
 decides that): a status the plugin sent, whatever its text, and a stream broken
 in flight ("Stream removed", "Socket closed") end the call. TLS failures found
@@ -21,7 +22,6 @@ All are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ import grpc
 
 from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.core.host.deadline import call_timeout
+from plugbay.core.protocol.notsent import NOT_SENT, echoed, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
 
@@ -74,19 +75,7 @@ class EndpointPool(Protocol):
 _SETUP_FAILURES = ("failed to connect to all addresses", "connections to all backends failing",
                    "dns resolution failed", "empty address list")
 _TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
-# A server's word that it refused the call before any of it reached the plugin's code (a trailer, as
-# UNAVAILABLE's details are free text a plugin may relay). Believed only when its value is the pool's
-# own token, sent as this key's request metadata: the gateway echoes it and drops the key both ways
-# between the caller and its child, so no plugin behind it sees the token or passes a mark on. A
-# plugin that relays an upstream gateway's trailer carries another pool's token: not believed.
-NOT_SENT = "plugbay-not-sent"
-
-
-def with_token(kwargs: dict[str, Any], token: str) -> dict[str, Any]:
-    """A call's kwargs whose metadata (a sequence of pairs, or None) also carries ``(NOT_SENT, token)``.
-    The caller's pairs are kept, but for one of that key: only the pool's own value may come back."""
-    caller = kwargs.get("metadata") or ()
-    return {**kwargs, "metadata": (*((k, v) for k, v in caller if k != NOT_SENT), (NOT_SENT, token))}
+__all__ = ["NOT_SENT", "with_token"]  # core.protocol.notsent's (why a mark is believed), long imported from here
 
 
 class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -200,25 +189,33 @@ def _channel_failing(channel: Any) -> bool:
 
 def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
     """True only when the call provably never reached the plugin: it failed while connecting, or a
-    gateway refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token)."""
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+    server refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token):
+    UNAVAILABLE (a gateway whose plugin is down), or RESOURCE_EXHAUSTED (a full gate: busy())."""
+    code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return echoed(exc, token)
+    if code != grpc.StatusCode.UNAVAILABLE:
         return False
-    if _refused_unsent(exc, token):
+    if echoed(exc, token):
         return True
     details = str(exc.details() or "").lower()
     return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
 
 
-def _refused_unsent(exc: grpc.RpcError, token: str) -> bool:
-    trailers = getattr(exc, "trailing_metadata", None)
-    try:
-        pairs = trailers() if callable(trailers) else None
-    except Exception:  # an error that is no call (a typed one of the pool's own) has none
-        return False
-    # compare_digest takes ASCII str only: a Go server or a proxy may send any bytes (a TypeError here
-    # failed the call with it, and was lost in a future's grpc callback, so the future never ended)
-    return any(key == NOT_SENT and isinstance(value, str) and value.isascii() and secrets.compare_digest(value, token)
-               for key, value in pairs or ())
+def busy(exc: grpc.RpcError) -> bool:
+    """Of a refusal not_sent() believed: the endpoint is saturated (its gate is full), not failing."""
+    return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class Tried(set[str]):
+    """The endpoints a unary call was refused by since it last waited, and the last of those refusals
+    that was busy(): once every endpoint refused, that one ends the call."""
+
+    busy_refusal: grpc.RpcError | None = None
+
+    def clear(self) -> None:
+        super().clear()
+        self.busy_refusal = None
 
 
 class PoolCallable:
@@ -280,6 +277,9 @@ class PoolCallable:
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
         return out_of_tries(self._pool, exc, tried, last)
 
+    def tries(self) -> Tried:  # a future's (poolfuture imports nothing of this module)
+        return Tried()
+
     def drain_cut(self, member: Member, exc: grpc.RpcError) -> grpc.RpcError:
         return drain_cut(self._pool, member, exc)
 
@@ -309,7 +309,7 @@ class PoolCallable:
         pool = self._pool
         kwargs = self.marked(kwargs)
         pick_until, deadline = self.deadline(timeout)
-        tried: set[str] = set()
+        tried = Tried()
         last = ""
         pause = 0.05
         while True:
@@ -344,18 +344,25 @@ class PoolCallable:
             pool.done(member, None)
             return result
 
-    def refused(self, member: Member, exc: grpc.RpcError, tried: set[str], pick_until: float,
+    def refused(self, member: Member, exc: grpc.RpcError, tried: Tried, pick_until: float,
                 pause: float) -> tuple[str, float]:
         """A unary call that never left ``member``: (how to report it, how long to wait before the next
-        try); raises when no try is left. May wait for a TLS probe (up to 1 s): asyncio runs it off the loop."""
+        try); raises when no try is left, a busy() refusal at once when every endpoint refused and one was
+        busy. May wait for a TLS probe (up to 1 s): asyncio runs it off the loop."""
         pool = self._pool
         details = str(exc.details() or "")
-        meaning, last = self._diagnose(member, details, pick_until)
+        if busy(exc):  # nothing to diagnose: the endpoint answered
+            tried.busy_refusal, meaning, last = exc, None, f"{member.key}: {details}"
+        else:
+            meaning, last = self._diagnose(member, details, pick_until)
         tried.add(member.key)
-        if meaning is not None and self._all_tried(tried):
+        every = self._all_tried(tried)
+        if every and tried.busy_refusal is not None:  # saturation is load: waiting for a slot is a RetryPolicy's call
+            raise tried.busy_refusal
+        if meaning is not None and every:
             raise tls_error(pool, member, meaning, details) from exc
         pool.resends += 1
-        if not self._all_tried(tried):
+        if not every:
             return last, 0.0
         tried.clear()  # every endpoint refused: wait a moment, then go round again
         if time.monotonic() + pause >= pick_until:

@@ -1,11 +1,11 @@
 """A future() through the pool that fails over as a blocking call does.
 
-A unary call that provably never left its endpoint (refused while connecting,
-or its channel closed under it) is sent to another endpoint within the same
-deadline; a client-streaming one only when its channel closed before the call
-was made (its request iterator unread); any other outcome is the caller's. The failover runs on a
-short-lived thread of its own, started only when a try was refused: it may
-wait for an endpoint or a TLS probe, which gRPC's callback thread must not.
+A unary call that provably never left its endpoint (refused while connecting, or its channel closed
+under it, or refused with the pool's NOT_SENT mark) is sent to another endpoint within the same
+deadline (a busy refusal ends it once every endpoint refused, as poolcalls says); a client-streaming
+one only when its channel closed before the call was made (its request iterator unread); any other
+outcome is the caller's. The failover runs on a short-lived thread of its own, started only when a
+try was refused: it may wait for an endpoint or a TLS probe, which gRPC's callback thread must not.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ class Tries(Protocol):
 
     def remaining(self, deadline: float | None) -> float | None: ...
 
-    def refused(self, member: Any, exc: grpc.RpcError, tried: set[str], pick_until: float,
+    def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
 
     def never_sent(self, exc: grpc.RpcError, channel: Any) -> bool: ...
+
+    def tries(self) -> Any: ...
 
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
 
@@ -55,7 +57,7 @@ class FailoverFuture(CallFuture):
         self._request = request
         self._kwargs = kwargs
         self._pick_until, self._deadline = owner.deadline(timeout)
-        self._tried: set[str] = set()
+        self._tried = owner.tries()
         self._last = ""
         self._pause = 0.05
 

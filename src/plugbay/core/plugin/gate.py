@@ -8,7 +8,9 @@ the gate lets at most ``max_workers`` of the plugin's handlers run at once
 (GatedServer wraps each handler the plugin registers). A handler that outlives
 the host's deadline keeps its slot until it returns; once every slot is taken,
 a new call to the plugin's services is refused at once with RESOURCE_EXHAUSTED
-(blocking it would hold one of the reserved threads). Health, GRPCController, GRPCStdio, GRPCBroker and (network
+(blocking it would hold one of the reserved threads), with the caller's NOT_SENT metadata
+echoed as a trailer (core/protocol/notsent.py): the handler never ran, so a host's pool sends the call
+to another replica. Health, GRPCController, GRPCStdio, GRPCBroker and (network
 mode) Discovery pass the gate, so the host's health checks and Shutdown answer whatever the plugin's
 handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike,
 so it cannot reserve anything for health.)
@@ -29,10 +31,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 
 if TYPE_CHECKING:
@@ -161,7 +164,7 @@ class HandlerGate:
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
         if not self._slots.acquire(blocking=False):  # all taken: that is the reason, whoever holds them
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
+            _refuse(context, self._refusal)
         share = self.peer_limit
         peer = peer_address(str(context.peer())) if share is not None else None
         if peer is not None and share is not None:
@@ -171,7 +174,7 @@ class HandlerGate:
                     self._peers[peer] = held + 1
             if held >= share:
                 self._slots.release()
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._peer_refusal.format(peer=peer, held=held))
+                _refuse(context, self._peer_refusal.format(peer=peer, held=held))
         return peer
 
     def _leave_peer(self, peer: str | None) -> None:
@@ -205,6 +208,14 @@ class HandlerGate:
         return run
 
 
+def _refuse(context: grpc.ServicerContext, why: str) -> NoReturn:
+    """RESOURCE_EXHAUSTED for a call the gate turned away: the plugin's handler never ran, so the call is
+    marked as one that was not sent (core/protocol/notsent.py) and a host's pool tries its other replicas."""
+    echo_not_sent(context)
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+    raise AssertionError("abort() raises")
+
+
 class _Reading:
     """Calls waiting for their request message: at most ``limit`` at once, the rest refused at once."""
 
@@ -214,7 +225,7 @@ class _Reading:
 
     def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
         if not self._tokens.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            _refuse(context, (
                 f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
                 " (their callers have not sent it). Retry later"))
         try:

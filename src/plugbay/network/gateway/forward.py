@@ -12,13 +12,15 @@ details. Forwarded calls pass a HandlerGate, so they can never take the
 threads the gateway's own services (health, Discovery) answer on.
 
 While the child does not answer its health checks (plugbay.network.gateway.probe) a new call is
-refused at once, UNAVAILABLE with poolcalls' NOT_SENT trailer, so that a pool sends it to another
-endpoint: sent to a wedged child it would only wait out its deadline. Calls already forwarded keep
-going (a child that is only slow answers them). A call that finds no child (it is being restarted)
-is refused with the same trailer. Its value echoes the call's own NOT_SENT metadata (the token of
-the pool that sent it, which believes no other value; no trailer when the call carried none), and
-that key is dropped both ways between the caller and the child: the child never sees the token, and
-no mark it sends (its own, or one relayed from an upstream gateway) reaches the caller.
+refused at once, UNAVAILABLE with the NOT_SENT trailer (core/protocol/notsent.py), so that a pool
+sends it to another endpoint: sent to a wedged child it would only wait out its deadline. Calls
+already forwarded keep going (a child that is only slow answers them). A call that finds no child
+(it is being restarted) is refused with the same trailer, and so is one the gateway's gate refuses
+(--max-calls, --max-peer-calls: RESOURCE_EXHAUSTED, which a pool tries on its other endpoints
+without waiting). Its value echoes the call's own NOT_SENT metadata (the token of the pool that
+sent it, which believes no other value; no trailer when the call carried none), and that key is
+dropped both ways between the caller and the child: the child never sees the token, and no mark it
+sends (its own, or one relayed from an upstream gateway) reaches the caller.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import NoReturn
 import grpc
 
 from plugbay.core.plugin.gate import HandlerGate
-from plugbay.network.poolcalls import NOT_SENT
+from plugbay.core.protocol.notsent import NOT_SENT, echo_not_sent
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -86,9 +88,7 @@ def _forwardable_trailer(key: str) -> bool:
 def _refuse_unsent(context: grpc.ServicerContext, why: str) -> NoReturn:
     """UNAVAILABLE for a call no byte of which reached the child, marked so that the pool that sent it
     resends it: the mark echoes the token the call carries (a pool believes only its own)."""
-    token = next((v for k, v in context.invocation_metadata() or () if k == NOT_SENT), None)
-    if isinstance(token, str):
-        context.set_trailing_metadata(((NOT_SENT, token),))
+    echo_not_sent(context)
     context.abort(grpc.StatusCode.UNAVAILABLE, why)
     raise AssertionError("abort() returned")  # grpcio's abort always raises
 
