@@ -13,7 +13,7 @@ import pytest
 
 from plugbay.errors import BrokerTimeoutError
 from tests.test_broker import check, register
-from tests.test_broker_mux import SERVING, close_mux_pair, make_mux_pair
+from tests.test_broker_mux import SERVING, MuxPair, close_mux_pair, make_mux_pair
 
 
 @pytest.mark.parametrize("mode", ["unix", "unix-eager"])
@@ -63,10 +63,18 @@ def test_a_main_channel_connection_after_a_host_dial_timed_out_reaches_the_main_
         a = p.plugin.next_id()
         with pytest.raises(BrokerTimeoutError):
             p.host.dial(a, timeout=0.5)
-        p.plugin.accept_and_serve(a, register("helper-a"))
+        # the knock may reach the plugin only after the dial gave up: the main channel here connects
+        # lazily, and its connection waits while the dial holds the mux's dial_lock. Served before
+        # the knock comes, a is acked the moment it does, and the route would be queued after the
+        # wait below looked: the second connection then races the host's taking of that route
         deadline = time.monotonic() + 5
+        while not knocked(p, a) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert knocked(p, a), "the host's knock never reached the plugin"
+        p.plugin.accept_and_serve(a, register("helper-a"))  # answers that knock: its dialer is gone
         while p.front._knocks and time.monotonic() < deadline:  # the host consumes the route
             time.sleep(0.02)
+        assert not p.front._knocks, "the host did not take the route of the knock it gave up on"
         second = grpc.insecure_channel(f"unix:{p.hostmux.local_address[1]}",
                                        options=[("grpc.use_local_subchannel_pool", 1)])
         try:
@@ -79,6 +87,12 @@ def test_a_main_channel_connection_after_a_host_dial_timed_out_reaches_the_main_
         assert check(p.host.dial(a), "helper-a") == SERVING  # and a dial of a works as ever
     finally:
         close_mux_pair(p)
+
+
+def knocked(p: MuxPair, id: int) -> bool:
+    """The plugin holds ``id``'s knock, unanswered (it does not serve ``id`` yet)."""
+    with p.plugin._cond:
+        return id in p.plugin._early_knocks
 
 
 def test_an_eager_dial_after_one_that_timed_out_never_reaches_the_first_ids_server() -> None:
