@@ -25,9 +25,9 @@ SYN, ACK, FIN, RST = 1, 2, 4, 8
 WINDOW = 256 * 1024
 # a bridge moves up to a window at a time: every chunk costs thread hand-offs, bytes are cheap
 _CHUNK = WINDOW
-# Once a stream's reader consumes, its receive window grows to this (as hashicorp/yamux
-# with a larger MaxStreamWindowSize): the sender keeps sending while the reader drains.
-# A stream nobody reads stays at WINDOW.
+# Once a stream's reader has consumed half a window, its receive window grows to this (as
+# hashicorp/yamux with a larger MaxStreamWindowSize): the sender keeps sending while the reader
+# drains. A stream that carries less (a call) or that nobody reads stays at WINDOW.
 MAX_WINDOW = 4 * WINDOW
 # Payloads up to this size are queued copied together: one object per tiny frame would cost a peer's
 # window ~40 times over in memory (a 1-byte payload takes ~40 bytes as an object and a queue slot).
@@ -44,7 +44,8 @@ class StreamClosed(Exception):
 class Carrier(Protocol):
     """What a stream needs of its session (plugbay.core.transport.yamux.Session)."""
 
-    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None: ...
+    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None,
+              still: Callable[[], bool] | None = None) -> None: ...
 
     def _try_send(self, kind: int, flags: int, sid: int, length: int) -> bool: ...
 
@@ -314,10 +315,13 @@ class Stream:
         return data
 
     def consumed(self, n: int) -> None:
-        """Return ``n`` bytes of window to the sender once they left this process."""
+        """Return ``n`` bytes of window to the sender once they left this process: as hashicorp/yamux,
+        once half the window is owed (with less, the peer has window left or bytes queued here still
+        owe more). A call's short stream sends none, which could cross its end: hashicorp/yamux logs
+        a frame for a stream it dropped as one for a missing stream."""
         with self._cond:
             self._unacked += n
-            if self._unacked < self._window_max // 2 and self._buffered:
+            if self._unacked < self._window_max // 2 and not self._flags:
                 return
             delta, self._unacked = self._unacked, 0
             if self._remote_fin or self._reset or delta == 0:
@@ -327,7 +331,14 @@ class Stream:
                 self._window_max = MAX_WINDOW
             self._recv_window += delta
             flags = self._take_flags()
-        self.session._send(WINDOW_UPDATE, flags, self.id, delta)
+        self.session._send(WINDOW_UPDATE, flags, self.id, delta, still=self._peer_sends)
+
+    def _peer_sends(self) -> bool:
+        """Whether window still matters to the peer (no FIN from it, no reset), checked again under the
+        send lock as an update goes out: the end may have come since, and our FIN after it. (The
+        reader never waits for that lock while it holds the stream's: no lock-order cycle.)"""
+        with self._cond:
+            return not (self._remote_fin or self._reset)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

@@ -92,11 +92,17 @@ class Writing:
         log.warning("%s: %s", self._reader.name, reason)
         return self._end(reason, WriteTimedOut)
 
-    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None) -> None:
+    def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None,
+              still: Callable[[], bool] | None = None) -> None:
+        """A whole frame, waited for; with ``still``, none if ``still()`` is false when the frame's
+        turn comes (it is called under the send lock, so no frame another thread sends can slip in
+        between that check and this frame)."""
         header = _HDR.pack(0, kind, flags, sid, length)
         with self._wlock:
             if self._closed.is_set():
                 raise self._closed_error()
+            if still is not None and not still():
+                return
             try:
                 send_all(self._sock, header, payload, self.write_timeout)
                 return
