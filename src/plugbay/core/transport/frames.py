@@ -285,6 +285,10 @@ class LateControl:
     bulk both ways), neither would read again. What it cannot send without waiting (a new
     stream's ACK, a ping's answer, a refused stream's RST) goes here, and one thread at a
     time sends it under the send lock as any writer does, then ends.
+
+    What waits here goes before any frame a writer sends later (flush()): else a new stream's
+    frames, FIN too, could overtake its ACK (locks are not fair), which hashicorp/yamux, once
+    the stream ended both ways, takes for a frame for a missing stream.
     """
 
     def __init__(self, sock: socket.socket, wlock: threading.Lock, closed: threading.Event, name: str,
@@ -360,26 +364,34 @@ class LateControl:
         return None
 
     def pending(self) -> bool:
-        """Whether a sender runs: a later header must follow what it holds, never overtake it."""
+        """Whether headers wait, or a sender runs: a later header must follow them, never overtake them."""
         with self._lock:
-            return self._sender is not None
+            return self._sender is not None or bool(self._queued)
+
+    def flush(self) -> None:
+        """Send what waits here, before a frame of the caller's, who holds the send lock and found the
+        session open (OSError as send_all: the caller's frame is not sent)."""
+        if self._queued:  # nearly always empty: then a frame pays this one check
+            send_all(self._sock, self.take(), None, self._limit)
+
+    def take(self) -> bytes:
+        """The headers waiting here, taken out by a holder of the send lock to go before its frame."""
+        with self._lock:
+            batch, self._queued, self._pings = b"".join(self._queued), [], 0
+            return batch
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                if not self._queued or self._closed.is_set():
-                    self._queued.clear()
-                    self._pings = 0
-                    self._sender = None
-                    return
-                batch = b"".join(self._queued)
-                self._queued.clear()
-                self._pings = 0
             after = None
+            # taken under the send lock: a writer that got it first sent the batch (flush()), not after its frame
             with self._wlock:
+                with self._lock:
+                    if not self._queued or self._closed.is_set():
+                        self._queued, self._pings, self._sender = [], 0, None  # dropped if ended
+                        return
+                batch = self.take()
                 try:
-                    if not self._closed.is_set():
-                        send_all(self._sock, batch, None, self._limit)
+                    send_all(self._sock, batch, None, self._limit)
                 except OSError as exc:
                     after = self._broken(exc)
             if after is not None:

@@ -187,7 +187,8 @@ class Session(Splicing, Pinging, Writing):
         deadline = time.monotonic() + _CLOSE_WAIT
         if self._wlock.acquire(timeout=_CLOSE_WAIT):
             try:
-                header = _HDR.pack(0, GO_AWAY, 0, 0, 0)
+                # after the headers the reader queued (a stream's ACK must not be lost behind it)
+                header = self._late.take() + _HDR.pack(0, GO_AWAY, 0, 0, 0)
                 if not self._closed.is_set() and send_within(self._sock, header, deadline) < len(header):
                     shutdown_and_join([self._sock], [])  # half a frame may be out: none may follow it
             except OSError:

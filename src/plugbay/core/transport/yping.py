@@ -47,13 +47,23 @@ class Pinging:
                 return False  # a writer is stuck on a full connection
             header = _HDR.pack(0, PING, SYN, 0, pid)
             try:  # a socket full for a moment (bulk traffic) is waited for, up to the deadline
-                sent = 0 if self._closed.is_set() else send_within(self._sock, header, deadline)
+                # headers the reader queued go first (an answer then tells they were read too):
+                # the ping follows them, by the same sender
+                behind = not self._closed.is_set() and self._late.pending()
+                sent = 0 if behind or self._closed.is_set() else send_within(self._sock, header, deadline)
                 if 0 < sent < len(header):  # half a frame is out: no other frame may follow it
                     shutdown_and_join([self._sock], [])
             except OSError:
                 return False
             finally:
                 self._wlock.release()
+            if behind:
+                try:
+                    if not self._late.send(header):
+                        return False  # the reader finds the peer reads none of them either
+                except RuntimeError:
+                    return False  # no thread to send it
+                sent = len(header)
             if 0 < sent < len(header):
                 self._shutdown("connection error: a ping was cut short")
             return sent == len(header) and answered.wait(max(0.0, deadline - time.monotonic()))

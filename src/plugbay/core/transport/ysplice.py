@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import Piped, keep_sending, pipe_for_splicing, send_all
+from plugbay.core.transport.frames import LateControl, Piped, keep_sending, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Stream, StreamClosed
 from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
@@ -27,6 +27,7 @@ class Splicing:
     _wlock: threading.Lock
     _lock: threading.Lock
     _closed: threading.Event
+    _late: LateControl
     close_reason: str
     write_timeout: float
     _streams: dict[int, Stream]
@@ -50,12 +51,14 @@ class Splicing:
 
     def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None:
         """A DATA frame whose ``length``-byte payload waits in ``pipe``: moved by the kernel, not copied
-        through this process (splice(2)); the frame is whole on the wire or the session is broken."""
+        through this process (splice(2)); the frame is whole on the wire or the session is broken.
+        Headers the reader queued before go first."""
         header = _HDR.pack(0, DATA, flags, sid, length)
         with self._wlock:
             if self._closed.is_set():
                 raise self._closed_error()
             try:
+                self._late.flush()
                 send_all(self._sock, header, None, self.write_timeout, socket.MSG_MORE)
                 fd = self._sock.fileno()
 

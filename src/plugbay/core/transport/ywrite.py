@@ -96,14 +96,15 @@ class Writing:
               still: Callable[[], bool] | None = None) -> None:
         """A whole frame, waited for; with ``still``, none if ``still()`` is false when the frame's
         turn comes (it is called under the send lock, so no frame another thread sends can slip in
-        between that check and this frame)."""
+        between that check and this frame). Headers the reader queued before go first."""
         header = _HDR.pack(0, kind, flags, sid, length)
         with self._wlock:
             if self._closed.is_set():
                 raise self._closed_error()
-            if still is not None and not still():
-                return
             try:
+                self._late.flush()
+                if still is not None and not still():
+                    return
                 send_all(self._sock, header, payload, self.write_timeout)
                 return
             except OSError as exc:
