@@ -73,6 +73,7 @@ if TYPE_CHECKING:
         ReattachError as ReattachError,
         RestartBudgetExhaustedError as RestartBudgetExhaustedError,
         RunnerError as RunnerError,
+        SessionRefusedError as SessionRefusedError,
         TLSConfigError as TLSConfigError,
         TargetUnreachableError as TargetUnreachableError,
         TLSRequiredError as TLSRequiredError,

@@ -214,6 +214,15 @@ class BrokerTimeoutError(BrokerError, TimeoutError):
     """A broker id was never announced by the other side in time."""
 
 
+class SessionRefusedError(BrokerError):
+    """A network plugin refused the host's brokering (multiplexed) session: one of its caps on
+    sessions was reached (``reason`` says which)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BrokerClosedError(BrokerError):
     """The broker stream ended; pending and future dials fail."""
 

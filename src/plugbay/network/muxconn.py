@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -32,12 +33,85 @@ from plugbay.core.transport.relay import DRAIN_TIMEOUT, ContextSource, TLSRelay
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.core.transport.sockets import open_listener
-from plugbay.errors import BrokerError
+from plugbay.errors import BrokerError, SessionRefusedError
 from plugbay.network.resolver import Endpoint
 from plugbay.core.transport.channels import DelegatingChannel
 from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.yrefuse import REFUSALS, REFUSED, REFUSED_PEER
 
 _TLS_TIMEOUT = 10.0
+# broker()'s wait for the channel: any answer (grpc.health.v1 serves it in every plugin instance and
+# go-plugin child) means the connection is up; wait_for_ready holds the call until it is
+_READY_PROBE = "/grpc.health.v1.Health/Check"
+_REFUSAL_CHECK = 0.1  # how often that wait looks whether the plugin refused the session
+
+
+def refused_error(where: str, reason: str) -> SessionRefusedError:
+    """The error of a brokering session the plugin at ``where`` refused for ``reason`` (yrefuse's)."""
+    per_address = REFUSALS[REFUSED_PEER] in reason
+    raise_it = ("raise the plugin's cap on sessions from one address (NetworkServe(max_peer_sessions=N),"
+                " PLUGBAY_NETWORK_MAX_PEER_SESSIONS, or the gateway's --max-peer-sessions), close unused"
+                " clients of hosts at this address," if per_address else "close unused clients of its hosts,")
+    return SessionRefusedError(
+        f"remote plugin {where} refused this host's brokering (multiplexed) session:"
+        f" {reason.removeprefix(REFUSED + ': ')}. Brokered"
+        f" connections (callbacks) need one: {raise_it} or connect with RemoteConfig(brokered=False) for"
+        " plain gRPC calls, which need no session", reason)
+
+
+def refusal_of(muxes: Iterable[MuxEndpoint], where: str) -> SessionRefusedError | None:
+    """The error to raise when the plugin refused every one of ``muxes``' sessions (an endpoint it
+    accepted, or has yet to answer, may still carry the calls); None otherwise."""
+    found = [(mux, mux.refusal) for mux in muxes]
+    if not found or any(reason is None for _, reason in found):
+        return None
+    mux, reason = found[0]
+    assert reason is not None
+    return refused_error(f"{where} (endpoint {mux.endpoint.key})" if where else f"at {mux.endpoint.key}",
+                         reason)
+
+
+class Sessions:
+    """The MuxEndpoints a client made (weakly: the pool holds the live ones), safe to list from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: weakref.WeakSet[MuxEndpoint] = weakref.WeakSet()
+
+    def add(self, mux: MuxEndpoint) -> MuxEndpoint:
+        with self._lock:
+            self._made.add(mux)
+        return mux
+
+    def __iter__(self) -> Iterator[MuxEndpoint]:
+        with self._lock:
+            return iter(list(self._made))
+
+
+class RefusalWatch:
+    """``with RefusalWatch(muxes, stop):`` calls ``stop()`` (closing the pool, which ends a wait for an
+    endpoint) once the plugin refused every one of ``muxes``' sessions: a refused session is dialed
+    again and again, and the wait went on to the client's start_timeout."""
+
+    def __init__(self, muxes: Iterable[MuxEndpoint], stop: Callable[[], None]) -> None:
+        self._muxes = muxes
+        self._stop = stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="plugbay-refusal-watch", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(_REFUSAL_CHECK):
+            if refusal_of(self._muxes, "") is not None:
+                self._stop()
+                return
+
+    def __enter__(self) -> RefusalWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 class MuxEndpoint(DelegatingChannel):
@@ -82,22 +156,38 @@ class MuxEndpoint(DelegatingChannel):
             broker = self._alive_broker()
             if broker is not None:
                 return broker
-            ready = grpc.channel_ready_future(self._channel)
+            # the broker's stream is opened once, without waiting: the channel must be up first. Not
+            # grpc.channel_ready_future: its connectivity poll (0.2 s watches) outlives the wait, and
+            # closing the channel waits for the watch in flight (every brokered close took 0.2 s more)
+            ready = self._channel.unary_unary(_READY_PROBE).future(b"", timeout=timeout, wait_for_ready=True)
             self._waits.add(ready)
         try:
-            # the broker's stream is opened once, without waiting: the session must be up first
-            ready.result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
-                              f" within {timeout:g}s (the client's {limit}), so it has no broker; check that"
-                              " the plugin runs there and dispense() again") from None
+            while True:  # a refused session keeps being dialed again: it is told apart, and said, at once
+                try:
+                    ready.result(timeout=_REFUSAL_CHECK)
+                    break
+                except grpc.FutureTimeoutError:
+                    refused = refusal_of([self], "")
+                    if refused is not None:
+                        raise refused from None
         except grpc.FutureCancelledError:
             raise self._closed_error() from None
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code == grpc.StatusCode.CANCELLED:
+                raise self._closed_error() from None
+            refused = refusal_of([self], "")  # the session was cut under the wait
+            if refused is not None:
+                raise refused from None
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                raise BrokerError(f"the multiplexed connection to endpoint {self.endpoint.key} did not come up"
+                                  f" within {timeout:g}s (the client's {limit}), so it has no broker; check that"
+                                  " the plugin runs there and dispense() again") from None
+            # any other answer (UNIMPLEMENTED from a plugin without health) came over a ready connection
         finally:
-            with self._lock:  # once: grpc's future fails a second cancel(), so close() cancels the rest
-                if ready in self._waits:
-                    self._waits.discard(ready)
-                    ready.cancel()  # a wait that timed out must not keep watching the channel
+            with self._lock:
+                self._waits.discard(ready)
+            ready.cancel()  # refused: the call must not wait on for the connection (done: a no-op)
         with self._lock:
             broker = self._alive_broker()  # another dispense() may have made it meanwhile
             if broker is not None:
@@ -107,6 +197,12 @@ class MuxEndpoint(DelegatingChannel):
             assert self._mux is not None
             self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
             return self._broker
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the plugin refused this endpoint's session (a cap of its on sessions), until it accepts one."""
+        mux = self._mux
+        return mux.refusal if mux is not None else None
 
     def _alive_broker(self) -> GRPCBroker | None:
         if self._closed:

@@ -25,7 +25,9 @@ TLS connection carrying a yamux session (plugbay.network.muxconn): the main
 channel and every brokered connection are its streams, and the plugin gives
 the session its own plugin instance and broker. ``dispense()`` then pins each
 stub to one endpoint (round robin), with that endpoint's broker. Otherwise
-using the broker raises BrokerError.
+using the broker raises BrokerError. A plugin that refuses the sessions (a cap
+on sessions reached) says why at once (SessionRefusedError); the client then
+serves plain gRPC calls, with a warning, unless ``multiplex=True`` insists.
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ from plugbay.errors import (
     NoEndpointsError,
     ProtocolMismatchError,
     RemoteTLSError,
+    SessionRefusedError,
     UnknownPluginError,
     UnsupportedProtocolError,
 )
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.muxconn import MuxEndpoint
+from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions, refusal_of
+from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
 from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
@@ -130,27 +134,6 @@ class RemoteConfig:
         return RemoteClient(self)
 
 
-class MainHook:
-    """For a brokered stub's channel (pinned to one endpoint), sync or grpc.aio: the resilience layers
-    installed on the client's main channel (plugbay.install) run its calls too, whenever installed."""
-
-    def __init__(self, main: Any, *args: Any) -> None:
-        self._main = main
-        super().__init__(*args)
-
-    @property
-    def call_hook(self) -> Any:
-        return self._main.call_hook
-
-    @call_hook.setter
-    def call_hook(self, hook: Any) -> None:
-        pass  # the main channel's, always (install() sets that one)
-
-
-class PinnedChannel(MainHook, ManagedChannel):
-    """A brokered stub's channel on the sync RemoteClient."""
-
-
 class RemoteClient(Client):
     """A Client whose plugin is a remote service: discovery instead of launch, disconnect instead of kill."""
 
@@ -168,6 +151,7 @@ class RemoteClient(Client):
         self.description: discovery_pb2.DescribeResponse | None = None
         # weak: a stub the caller dropped lets go of its channel; the live ones are detached at close
         self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
+        self._muxes = Sessions()  # the endpoints' sessions, as made
 
     @property
     def pool(self) -> EndpointPool:
@@ -185,19 +169,38 @@ class RemoteClient(Client):
     def _start(self) -> None:
         cfg = self.remote
         deadline = time.monotonic() + cfg.start_timeout
+        refused: SessionRefusedError | None = None  # the plugin refused this host's sessions
         answer = self._describe(self._make_pool(None, deadline), deadline)
         self._accept(self._handshake_info(answer))
         if self._wants_broker(answer):
-            # Discovery ran over plain gRPC; now one yamux session per endpoint carries everything
-            self.pool.close()
-            # through the gateway the sessions reach a launched child, which has no Discovery (the
-            # gateway answered it above): UNIMPLEMENTED there is expected, not worth a warning
-            self._describe(self._make_pool(self._connect_mux, deadline), deadline, answered=True)
-            self.multiplexed = True
+            refused = self._multiplex(deadline)
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
-        self._broker = NetworkBroker(POOL_BROKER if self.multiplexed else
-                                     NO_BROKER_ASKED if not cfg.brokered else NO_BROKER)
+        self._broker = NetworkBroker(POOL_BROKER if self.multiplexed else str(refused) if refused is not None
+                                     else NO_BROKER_ASKED if not cfg.brokered else NO_BROKER)
+
+    def _multiplex(self, deadline: float) -> SessionRefusedError | None:
+        """Reach the endpoints through yamux sessions; when the plugin refuses them (its cap on sessions),
+        plain gRPC instead (returning why), unless ``multiplex=True`` insists (SessionRefusedError)."""
+        self.pool.close()  # Discovery ran over plain gRPC; now one session per endpoint carries everything
+        self._muxes = Sessions()
+        pool = self._make_pool(self._connect_mux, deadline)
+        try:
+            with RefusalWatch(self._muxes, pool.close):  # the wait for an endpoint ends at a refusal
+                # through the gateway the sessions reach a launched child, which has no Discovery (the
+                # gateway answered it above): UNIMPLEMENTED there is expected, not worth a warning
+                self._describe(pool, deadline, answered=True)
+            self.multiplexed = True
+            return None
+        except SessionRefusedError as exc:
+            pool.close()
+            if self.remote.multiplex:  # insisted on: no plain gRPC in its place
+                raise
+            _log.warning("%s; this client serves plain gRPC calls only (a brokered connection fails with"
+                         " BrokerError): pass brokered=False where no callbacks are used, or multiplex=True"
+                         " to fail instead", exc)
+            self._make_pool(None, deadline)
+            return exc
 
     def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
         cfg = self.remote
@@ -262,8 +265,8 @@ class RemoteClient(Client):
         assert tls is not None
         tls.ssl_context()  # a bad file fails here, not on the relay's loop
         # the relay asks per TLS connection it makes: renewed files apply to the next one
-        return MuxEndpoint(endpoint, tls.ssl_context, tls.server_name, self.remote.grpc_options,
-                           keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"))
+        return self._muxes.add(MuxEndpoint(endpoint, tls.ssl_context, tls.server_name, self.remote.grpc_options,
+                                           keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive")))
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
@@ -312,6 +315,9 @@ class RemoteClient(Client):
         last = "no answer yet"
         while True:
             self._stop_if_killed()
+            refused = refusal_of(self._muxes, f"{self.name!r} at {self.target.text!r}") if answered else None
+            if refused is not None:
+                raise refused  # at once: sessions are refused again until some of the address's end
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise HandshakeTimeoutError(

@@ -25,17 +25,23 @@ ENV_CLIENT_CA = "PLUGBAY_NETWORK_CLIENT_CA"
 ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
 ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
 ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT[,WRITE_TIMEOUT]" in seconds
+ENV_MAX_PEER_SESSIONS = "PLUGBAY_NETWORK_MAX_PEER_SESSIONS"
 _TRUE = ("1", "true", "True", "TRUE")
 # go's yamux figures, as plugbay.core.transport.keepalive.DEFAULT (not imported: serve() loads this
 # module at every start, and the keepalive only when brokering)
 _KEEPALIVE = (30.0, 10.0)
+MAX_SESSIONS = 256  # brokering sessions the front holds at once, all peers (each costs a plugin instance)
+# ... from one peer IP address by default: a quarter of them (as streamcap gives one address a quarter of
+# the streams), so no one address takes every slot with sessions it keeps alive, and 64 hosts behind
+# one address (worker processes of a machine, a NAT) still broker; NetworkServe(max_peer_sessions=)
+DEFAULT_MAX_PEER_SESSIONS = MAX_SESSIONS // 4
 
 
 class NetworkServe(Frozen):
     """serve() on the network. Either all three TLS files, or ``insecure=True``."""
 
     _fields = ("listen", "cert_file", "key_file", "client_ca_file", "insecure", "allow_shutdown", "multiplex",
-               "keepalive", "stop")
+               "keepalive", "max_peer_sessions", "stop")
     listen: str
     cert_file: str | None
     key_file: str | None
@@ -47,12 +53,15 @@ class NetworkServe(Frozen):
     # instance stopped) when nothing answers within the second figure; go's yamux: 30, 10; an
     # optional third: dropped when no byte could be written to it for that long (10 s if not given)
     keepalive: tuple[float, ...]
+    # brokering sessions one peer IP address may hold at once (not per certificate: the replicas of a
+    # Deployment share one); its next is refused, the host told why. 1..MAX_SESSIONS
+    max_peer_sessions: int
     stop: ServeStop | None  # how a program that runs serve() on a thread of its own stops it
 
     def __init__(self, listen: str = "0.0.0.0:7001", cert_file: str | None = None, key_file: str | None = None,
                  client_ca_file: str | None = None, insecure: bool = False, allow_shutdown: bool = False,
                  multiplex: bool = True, keepalive: tuple[float, ...] = _KEEPALIVE,
-                 stop: ServeStop | None = None) -> None:
+                 stop: ServeStop | None = None, max_peer_sessions: int = DEFAULT_MAX_PEER_SESSIONS) -> None:
         # checked here, not where they are used: insecure="false" would read as True (plaintext served to
         # anyone), allow_shutdown="no" likewise (any peer may stop the shared service)
         if not isinstance(listen, str) or not listen.strip():
@@ -78,10 +87,12 @@ class NetworkServe(Frozen):
             from plugbay.core.transport.keepalive import Keepalive
 
             Keepalive.of(keepalive, "NetworkServe keepalive")
+        check_peer_sessions(max_peer_sessions, "NetworkServe.max_peer_sessions", "max_peer_sessions=")
         self._set(listen=listen, cert_file=files["cert_file"], key_file=files["key_file"],
                   client_ca_file=files["client_ca_file"],
                   insecure=insecure, allow_shutdown=allow_shutdown, multiplex=multiplex,
-                  keepalive=tuple(float(figure) for figure in keepalive), stop=stop)
+                  keepalive=tuple(float(figure) for figure in keepalive), max_peer_sessions=max_peer_sessions,
+                  stop=stop)
 
     @property
     def brokering(self) -> bool:
@@ -98,7 +109,8 @@ class NetworkServe(Frozen):
                    client_ca_file=env.get(ENV_CLIENT_CA) or None,
                    insecure=env.get(ENV_INSECURE, "") in _TRUE,
                    multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE,
-                   keepalive=keepalive_figures(env.get(ENV_KEEPALIVE, ""), ENV_KEEPALIVE))
+                   keepalive=keepalive_figures(env.get(ENV_KEEPALIVE, ""), ENV_KEEPALIVE),
+                   max_peer_sessions=peer_sessions(env.get(ENV_MAX_PEER_SESSIONS, ""), ENV_MAX_PEER_SESSIONS))
 
     def tls_files(self) -> certfiles.TLSFiles | None:
         given = [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
@@ -201,3 +213,23 @@ def keepalive_figures(text: str, setting: str) -> tuple[float, ...]:
                           " it when nothing answers within 10 s; 'inf,10' turns that off) or '30,10,10' (and"
                           " drop it when no byte could be written to it for 10 s, the default)")
     return figures
+
+
+def check_peer_sessions(value: object, setting: str, how: str) -> int:
+    """``value`` as a per-address session cap (an int in 1..MAX_SESSIONS); ConfigError naming ``setting``,
+    and ``how`` to pass it, otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SESSIONS:
+        raise ConfigError(f"{setting} must be a whole number from 1 to {MAX_SESSIONS} (brokering sessions one"
+                          f" peer IP address may hold at once; the process holds at most {MAX_SESSIONS}), got"
+                          f" {value!r:.80}; pass for example {how}{DEFAULT_MAX_PEER_SESSIONS} (the default), more"
+                          " when many hosts share one address (a machine's worker processes, a NAT)")
+    return value
+
+
+def peer_sessions(text: str, setting: str) -> int:
+    """A per-address session cap from a setting's text (ASCII digits); empty: the default."""
+    text = text.strip()
+    if not text:
+        return DEFAULT_MAX_PEER_SESSIONS
+    value: object = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else text
+    return check_peer_sessions(value, setting, f"{setting}=")

@@ -19,6 +19,10 @@ wants brokered connections its own instance inside the shared process:
   ahead of the peer's bytes (the private listener cannot see who dialed the
   relay), so the session knows its peer's address: the streams all sessions
   from one address carry share a budget (plugbay.core.transport.streamcap);
+* a session past a cap (MAX_SESSIONS in all, ``max_peer_sessions`` from one
+  peer address: NetworkServe's) is refused: the host is sent a yamux GoAway
+  with a refusal code of plugbay's (plugbay.core.transport.yrefuse), then the
+  connection is closed, so the host can say why at once;
 * anything else, or nothing within FIRST_BYTES_TIMEOUT, or no TLS within
   TLS_TIMEOUT, is dropped; the relay's steps never wait, so an idle
   connection never holds up another;
@@ -36,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -43,12 +48,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.plugin.closer import SessionCloser
+# brokering hosts at once (each one costs an instance), and by default from one peer address (not per
+# certificate: the replicas of a Deployment share one; one peer with a valid certificate could
+# otherwise hold every slot with idle sessions); more are refused
+from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
 from plugbay.core.transport.muxsession import MuxSession
 from plugbay.core.transport.relay import TLSRelay
-from plugbay.core.transport.relayconn import RelayConn
+from plugbay.core.transport.relayconn import CHUNK, RelayConn
+from plugbay.core.transport.yrefuse import REFUSED_FULL, REFUSED_PEER, refusal_frame
 from plugbay.core.transport.sockets import (
     ACCEPT_PAUSE,
     ACCEPT_POLL,
@@ -63,12 +73,9 @@ log = logging.getLogger("plugbay.server")
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_TIMEOUT = 5.0  # a connection that does not finish TLS within this is dropped
 FIRST_BYTES_TIMEOUT = 5.0  # ... or says nothing after it
-MAX_SESSIONS = 256  # brokering hosts at once; more are refused (each one costs an instance)
-# ... from one peer address (not per certificate: the replicas of a Deployment share one); one
-# peer with a valid certificate could otherwise hold every slot with idle sessions
-MAX_PEER_SESSIONS = 32
 REFUSAL_LOG_EVERY = 60.0  # a peer's refused sessions are logged at most once this often
 TOKEN_SIZE = 16  # what the relay sends ahead of a session's bytes: which routed connection (so, peer) it is
+_DRAIN_READS = 4  # of CHUNK bytes each: what a refused session's host sent is read this far, at most
 TOKEN_TIMEOUT = 2.0  # the relay sends it as its dial connects; a connection without one is closed
 
 
@@ -148,8 +155,10 @@ class NetworkFront:
 
     def __init__(self, listener: socket.socket, certs: CertFiles, grpc_target: tuple[str, str],
                  make_session: SessionFactory, private_dir: str,
-                 keepalive: tuple[float, ...] = DEFAULT) -> None:
+                 keepalive: tuple[float, ...] = DEFAULT,
+                 max_peer_sessions: int = DEFAULT_MAX_PEER_SESSIONS) -> None:
         self._keepalive_figures = keepalive  # checked by NetworkServe, which serve() reads them from
+        self._max_peer = max_peer_sessions  # likewise
         self._dir = private_dir
         self._make = make_session
         self._grpc_target = grpc_target
@@ -186,13 +195,14 @@ class NetworkFront:
         token = b""
         with self._lock:
             held = self._per_peer.get(peer, 0)
-            if held < MAX_PEER_SESSIONS:
+            if held < self._max_peer:
                 self._per_peer[peer] = held + 1
                 while not token or token in self._tokens:
                     token = os.urandom(TOKEN_SIZE)
                 self._tokens[token] = peer
-        if held >= MAX_PEER_SESSIONS:
+        if held >= self._max_peer:
             self._refused(peer)
+            _tell_refused(conn, REFUSED_PEER)
             return None
         conn.preamble = token
         conn.on_close(lambda: self._peer_gone(peer, token))
@@ -221,7 +231,8 @@ class NetworkFront:
             due = self._log_due(peer)
         if due:
             log.warning("refusing brokering sessions from %s: it has %d open, the most one peer address may"
-                        " (MAX_PEER_SESSIONS; logged once per %gs)", peer or "a local peer", MAX_PEER_SESSIONS,
+                        " (NetworkServe(max_peer_sessions=), PLUGBAY_NETWORK_MAX_PEER_SESSIONS, the gateway's"
+                        " --max-peer-sessions; logged once per %gs)", peer or "a local peer", self._max_peer,
                         REFUSAL_LOG_EVERY)
 
     @property
@@ -285,10 +296,19 @@ class NetworkFront:
                     log.warning("refusing brokering hosts: %d sessions are open already (%d of them being"
                                 " closed), the most this process may (MAX_SESSIONS; logged once per %gs)",
                                 MAX_SESSIONS, being_closed, REFUSAL_LOG_EVERY)
-                conn.close()
-                return
-            self._count += 1
-            number = self._count
+                full = True
+            else:
+                full = False
+                self._count += 1
+                number = self._count
+        if full:
+            try:  # the relay carries it to the host ahead of the close
+                conn.sendall(refusal_frame(REFUSED_FULL))
+            except OSError:
+                pass
+            _drained(conn)
+            conn.close()
+            return
         path = os.path.join(self._dir, f"s{number}.sock")
         session = self._make(conn, path, peer)
         with self._lock:
@@ -333,3 +353,34 @@ class NetworkFront:
         self._reap(everything=True)
         self._closer.drain()  # the ones ended before too; in parallel, all waited for
 
+
+
+def _tell_refused(conn: RelayConn, code: int) -> None:
+    """(On the I/O loop.) Send the refused host the GoAway saying why, ahead of the close: a fresh TLS
+    connection's send buffer takes 12 bytes at once, so this never waits (if it would, the host is
+    just not told). What the host sent by now is read first (a little, bounded): a close with
+    unread bytes is a reset, which could overtake the GoAway."""
+    tls = conn.tls
+    if tls is None:
+        return
+    try:
+        for _ in range(_DRAIN_READS):
+            if not tls.recv(CHUNK):
+                break
+    except (OSError, ssl.SSLError):  # SSLWantReadError: nothing more to read now
+        pass
+    try:
+        tls.send(refusal_frame(code))
+    except (OSError, ssl.SSLError):
+        pass
+
+
+def _drained(conn: socket.socket) -> None:
+    """What the relay has passed on of a refused session, read (bounded) so its close is no reset."""
+    try:
+        conn.setblocking(False)
+        for _ in range(_DRAIN_READS):
+            if not conn.recv(CHUNK):
+                break
+    except OSError:  # BlockingIOError: nothing more now
+        pass

@@ -139,7 +139,8 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
             raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
                               " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
                               " writable folder") from None
-        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private, network.keepalive)
+        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private, network.keepalive,
+                             network.max_peer_sessions)
     except BaseException:
         close_listener(listener)
         cleanups[0]()

@@ -22,6 +22,7 @@ from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream, failed_by_peer
+from plugbay.core.transport.yrefuse import refused
 from plugbay.errors import (
     BrokerClosedError,
     ConfigError,
@@ -56,6 +57,7 @@ class HostMux(MuxSession):
         self._max_redials = max_redials
         self._redials = 0
         self._redial_lock = threading.Lock()
+        self._refusal: str | None = None  # why the plugin refused the latest session, until one is accepted
         # the private folder and listener come before the dial, so a failure at any step
         # undoes all that the earlier steps made (a folder, a listener, a started session)
         try:
@@ -119,6 +121,18 @@ class HostMux(MuxSession):
         return Session(conn, client=True, on_stream=self._on_stream, name="mux-host", start=False,
                        write_timeout=self._keepalive.write_timeout)
 
+    @property
+    def refusal(self) -> str | None:
+        """Why the plugin's network front refused this host's session (a cap of its reached:
+        plugbay.core.transport.yrefuse), from the refusal until a session is accepted; else None."""
+        with self._lock:
+            session = self._session
+            if session is not None and session.closed and refused(session.close_reason):
+                self._refusal = session.close_reason
+            elif session is not None and session.answered:
+                self._refusal = None
+            return self._refusal
+
     def open_stream(self, timeout: float = SESSION_WAIT, on: Session | None = None) -> Stream:
         # A forwarded port (kubectl port-forward, a proxy) may accept and then drop the
         # connection; the plugin takes a new one once the old one is gone, so dial again
@@ -168,6 +182,9 @@ class HostMux(MuxSession):
             return self._closed
 
         for conn in sockets.accept_each(self._listener, closed):
+            if self._closed:  # close()'s wake-up call, or a dial as it closed: nothing to carry it
+                conn.close()
+                continue
             # opening its stream may wait (a writer stuck on a full socket holds the send lock):
             # a worker waits, never this loop, which must keep the keepalive ticking
             try:
@@ -189,7 +206,15 @@ class HostMux(MuxSession):
             conn.close()
 
     def _close_extra(self) -> None:
+        # a connection of its own wakes the acceptor's accept() now, not at its next poll (every close
+        # of a network client's endpoint waited up to POLL for it); the acceptor drops it, closed
+        try:
+            waker = sockets.dial_now(*self.local_address)
+        except OSError:
+            waker = None
         self._acceptor.join(timeout=5)
+        if waker is not None:
+            waker.close()
         if self._held is not None:
             self._held.clear()
         self._listener.close()

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from plugbay.core.transport.frames import FrameReader, LateControl, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.yping import Pinging
+from plugbay.core.transport.yrefuse import refusal_reason
 from plugbay.core.transport.ysplice import Splicing
 from plugbay.core.transport.ywrite import WRITE_TIMEOUT, Writing, check_write_timeout, set_write_timeout
 from plugbay.core.transport.ystream import (
@@ -296,6 +297,10 @@ class Session(Splicing, Pinging, Writing):
                         if answered is not None:
                             answered.set()
                 elif kind == GO_AWAY:
+                    refusal = refusal_reason(length)  # a plugbay front's: a cap reached, not a failure
+                    if refusal is not None:
+                        reason = refusal
+                        break
                     if length != _GO_AWAY_NORMAL:
                         what = _GO_AWAY_CODES.get(length, "an unknown code")
                         reason = f"{PEER_FAILED} (GoAway code {length}: {what})"

@@ -5,7 +5,7 @@
 
 Every flag also reads an environment variable (PLUGBAY_GATEWAY_LISTEN, _CERT, _KEY,
 _CLIENT_CA, _COOKIE, _PROTOCOL_VERSIONS, _PLUGINS, _INSECURE=1, _MULTIPLEX=1, _KEEPALIVE,
-_MAX_CALLS, _MAX_MESSAGE), which is how the
+_MAX_CALLS, _MAX_PEER_CALLS, _MAX_PEER_SESSIONS, _MAX_MESSAGE), which is how the
 container image (Dockerfile.plugin, target ``gateway``) is configured. Once
 serving it prints ``listening tcp HOST:PORT`` on stdout. SIGTERM, SIGINT, SIGHUP and
 SIGQUIT stop it (child included) with exit code 0; it exits 1 when the plugin cannot be started or
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.netconfig import keepalive_figures
+from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS, keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, MAX_MAX_MESSAGE, GatewayConfig
 from plugbay.network.gateway.gateway import Gateway
@@ -76,6 +76,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--max-peer-calls", default=default("MAX_PEER_CALLS", ""), metavar="N",
                    help="of those, at most N from one peer IP address, so one host cannot take them all"
                         " (default: three quarters of --max-calls; not applied with --multiplex)")
+    p.add_argument("--max-peer-sessions", default=default("MAX_PEER_SESSIONS", str(DEFAULT_MAX_PEER_SESSIONS)),
+                   metavar="N", help="with --multiplex: brokering sessions (each a child) one peer IP address may"
+                                     " hold at once; its next is refused, the host told why (default"
+                                     f" {DEFAULT_MAX_PEER_SESSIONS}, at most {MAX_SESSIONS})")
     p.add_argument("--max-message", default=default("MAX_MESSAGE", str(DEFAULT_MAX_MESSAGE)), metavar="BYTES",
                    help="largest request message forwarded; a larger one is refused with RESOURCE_EXHAUSTED"
                         f" before the gateway buffers it (default {DEFAULT_MAX_MESSAGE}, 4 MiB, as go-plugin's)")
@@ -120,22 +124,23 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
     max_calls = _positive(parser, args.max_calls, "--max-calls", "the forwarded calls at once", "48")
     max_peer_calls = None if not str(args.max_peer_calls) else _positive(
         parser, args.max_peer_calls, "--max-peer-calls", "the forwarded calls at once from one peer address", "36")
+    max_peer_sessions = _positive(parser, args.max_peer_sessions, "--max-peer-sessions", "the brokering sessions"
+                                  " one peer address may hold", str(DEFAULT_MAX_PEER_SESSIONS), MAX_SESSIONS)
     max_message = _positive(parser, args.max_message, "--max-message", "the bytes of one request message",
                             str(DEFAULT_MAX_MESSAGE), MAX_MAX_MESSAGE)
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
                          client_ca_file=args.client_ca, insecure=args.insecure, protocol_versions=versions,
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
-                         max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message)
+                         max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message,
+                         max_peer_sessions=max_peer_sessions)
 
 
 def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str,
               maximum: int | None = None) -> int:
     """``given`` as a positive int (at most ``maximum``), or a usage error saying what ``flag`` takes."""
-    try:
-        value = int(str(given))
-    except ValueError:
-        value = 0
+    text = str(given).strip()  # ASCII digits only: int() reads '١' as 1
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else 0
     if value < 1:
         parser.error(f"{flag} must be a positive integer, {what} (got {given!r}), for example {flag} {example}")
     if maximum is not None and value > maximum:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, check_peer_sessions
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import ConfigError
@@ -61,6 +62,9 @@ class GatewayConfig:
     # bytes of one forwarded request message, at most; a larger one is refused with RESOURCE_EXHAUSTED
     # before it is buffered
     max_message: int = DEFAULT_MAX_MESSAGE
+    # with multiplex=True: brokering sessions (each with a child of its own) one peer IP address may hold at
+    # once, as NetworkServe(max_peer_sessions=); its next is refused, the host told why
+    max_peer_sessions: int = DEFAULT_MAX_PEER_SESSIONS
 
     def check(self) -> None:
         if not isinstance(self.cmd, (str, bytes)) and isinstance(self.cmd, Sequence) and (
@@ -91,6 +95,7 @@ class GatewayConfig:
             raise ConfigError(f"the gateway's max_message must be a positive int (bytes of one request message) of at"
                               f" most {MAX_MAX_MESSAGE} (gRPC's limit), got {self.max_message!r}; pass for example"
                               f" --max-message {DEFAULT_MAX_MESSAGE}")
+        check_peer_sessions(self.max_peer_sessions, "the gateway's max_peer_sessions", "--max-peer-sessions ")
         peer_calls = self.max_peer_calls
         if peer_calls is not None and (isinstance(peer_calls, bool) or not isinstance(peer_calls, int)
                                        or peer_calls < 1):

@@ -102,7 +102,7 @@ class Gateway:
         self.config = config
         self._network = NetworkServe(listen=config.listen, cert_file=config.cert_file, key_file=config.key_file,
                                      client_ca_file=config.client_ca_file, insecure=config.insecure,
-                                     keepalive=config.keepalive)
+                                     keepalive=config.keepalive, max_peer_sessions=config.max_peer_sessions)
         self._network.tls_files()  # all-or-none check before anything starts
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
