@@ -102,8 +102,23 @@ def make_mux_pair(network: str, host_cert: CertKey | None = None,
         channel = grpc.insecure_channel(target)
     ht = BrokerTransport(tls=host_cert, peer_cert_pem=plugin_cert.cert_pem if plugin_cert else None,
                          socket_dir=d, multiplex=True, mux=hostmux)
+    _connected(channel)
     host = host_broker(channel, ht)
     return MuxPair(plugin, host, front, hostmux, server, channel, executor, counter, d)
+
+
+def _connected(channel: grpc.Channel) -> None:
+    """Wait for the main channel's connection, as a Client's health check does before any brokered dial
+    (docs/broker.md): a dial holds dial_lock, which that first connection through the host's session
+    takes too, and the dial's knock travels on it, so a dial made before it is up waits out its timeout."""
+    from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+
+    try:  # the plugin's main server here serves no health: any answer means the connection is up
+        health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+            health_pb2.HealthCheckRequest(service=""), timeout=10, wait_for_ready=True)
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
 
 
 def close_mux_pair(p: MuxPair) -> None:
