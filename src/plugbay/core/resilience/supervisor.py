@@ -53,7 +53,6 @@ from plugbay.core.resilience.waiting import FAILED, RESTARTING, RUNNING, STARTIN
 _log = logging.getLogger("plugbay.supervisor")
 
 
-
 class Supervisor(PluginWaits):
     """Keeps one plugin running. See the module docstring."""
     ready_gated = True  # install() refuses it: retry= and breaker= go outside its ReadyGate
@@ -91,6 +90,8 @@ class Supervisor(PluginWaits):
         self._broker = FollowingBroker(self)
         self._starting: Client | None = None
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
+        # start() to stop() or giving up: else each restart's old Client ends the shared loop, the new makes one
+        self._lease: aioloop.Lease | None = None
         self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
         self.restarts = self.failures = 0
         self.last_failure: str | None = None
@@ -178,6 +179,8 @@ class Supervisor(PluginWaits):
             return
         with self._cond:
             self._state = STARTING if self._state == FAILED else self._state  # not over a stop()'s STOPPED
+            if self._lease is None and not self._stop.is_set():  # else stop()'s _free_loop may have passed
+                self._lease = aioloop.shared().acquire()
         try:
             client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set)
         except BaseException as exc:
@@ -224,6 +227,7 @@ class Supervisor(PluginWaits):
         self._drop_current()
         if self._channel is not None:
             self._channel.detach()
+        self._free_loop()
         with self._cond:
             was = self._state
             self._state = STOPPED
@@ -375,6 +379,7 @@ class Supervisor(PluginWaits):
             self._drop_current()
             started.kill()
             self._channel = self._thread = None
+        self._free_loop()
         with self._cond:
             if self._stop.is_set():  # stop() came meanwhile: it says STOPPED
                 return
@@ -391,4 +396,12 @@ class Supervisor(PluginWaits):
             self._state = FAILED
             self._client = None
             self._cond.notify_all()
+        self._free_loop()
         self._event("gave_up", why)
+
+    def _free_loop(self) -> None:
+        """Give back the hold on the shared loop (once; start() after a failed start takes it again)."""
+        with self._cond:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()

@@ -12,6 +12,7 @@ channel options.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_send_message_length", _MAX_MSG),
     ("grpc.max_receive_message_length", _MAX_MSG),
 )
+# How long the last user's release of an AioChannelShare lets cancelled calls settle before the close.
+AIO_SETTLE = 0.1
 # AutoMTLS certificates name HOSTNAME, whatever address carries the connection.
 TLS_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.ssl_target_name_override", HOSTNAME),
@@ -119,11 +122,19 @@ class AioChannelShare:
         return self._channel
 
     async def release(self) -> None:
+        """Give the channel back; the last user's release closes it, a moment after (see AIO_SETTLE)."""
         assert self._users > 0, "released more often than acquired"
         self._users -= 1
         if self._users == 0 and self._channel is not None:
-            channel, self._channel = self._channel, None
-            await channel.close()
+            channel = self._channel
+            # A call cancelled just now (its user's end) has batches in grpc's core still: closed under
+            # them, the channel never completes them, and their callbacks keep the loop alive for ever
+            # (or run on a closed one). The call's done()/code() say nothing here: a local cancel sets
+            # them at once. A short wait on the loop (not blocking it) lets the completions come in.
+            await asyncio.sleep(AIO_SETTLE)
+            if self._users == 0 and self._channel is channel:  # not taken again meanwhile
+                self._channel = None
+                await channel.close()
 
 
 class SecureChannel(Record):

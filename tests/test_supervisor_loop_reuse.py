@@ -1,0 +1,81 @@
+"""A restarting Supervisor keeps one shared loop: restarts neither make loops nor leave closed ones alive.
+
+Each restart used to give the shared loop's last hold back (the old Client's end), so every restart made a
+new loop and plugbay-io thread, and a GRPCStdio call cancelled right after it opened completed after its
+channel, or its loop, was closed: grpc.aio's callbacks then kept the closed loops alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import time
+
+import pytest
+
+from tests.gobuild import build_go
+from tests.resilience_util import wait_until
+from tests.thread_util import plugbay_threads, wait_for
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402, I001
+
+from plugbay import ClientConfig, RestartBudgetExhaustedError, RestartPolicy, Supervisor  # noqa: E402
+
+RESTARTS = 60
+BOUND = 90.0  # seconds: a slow machine does fewer restarts, never hangs
+
+
+def _closed_loops() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed())
+
+
+def _config() -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=[str(build_go("kv_plugin"))],
+                        name="loopreuse")
+
+
+def test_restarts_by_sigkill_right_after_the_first_call_reuse_one_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = [0]
+    new_event_loop = asyncio.new_event_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        made[0] += 1
+        return new_event_loop()
+
+    policy = RestartPolicy(max_restarts=10**6, window=1.0, initial_backoff=0.0, max_backoff=0.01, stable_after=0.01)
+    closed_before = _closed_loops()
+    with Supervisor(_config(), restart=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("x", b"0")
+        monkeypatch.setattr(asyncio, "new_event_loop", counted)  # from here on: restarts only
+        begun = time.monotonic()
+        done = 0
+        while done < RESTARTS and time.monotonic() - begun < BOUND:
+            before = sup.restarts
+            os.kill(sup.reattach_config().runner["pid"], signal.SIGKILL)  # a few ms after GRPCStdio opened
+            assert wait_until(lambda: sup.restarts > before, 30)
+            assert sup.wait_running(30)
+            kv.put("x", b"%d" % done)  # the first call of the new plugin; the next kill follows at once
+            done += 1
+        assert done > 0
+        assert made[0] == 0, f"{made[0]} shared loops made over {done} restarts"
+        assert _closed_loops() <= closed_before
+    wait_for(lambda: "plugbay-io" not in plugbay_threads(), "the shared loop to end with the Supervisor")
+
+
+def test_a_supervisor_that_gives_up_gives_the_shared_loop_back() -> None:
+    sup = Supervisor(_config(), restart=RestartPolicy(max_restarts=0, window=60), health_interval=None)
+    try:
+        sup.start()
+        kv = sup.dispense(PLUGIN_NAME)
+        os.kill(sup.reattach_config().runner["pid"], signal.SIGKILL)
+        assert wait_until(lambda: sup.state == "failed", 30)
+        with pytest.raises(RestartBudgetExhaustedError):
+            kv.put("x", b"1")
+        wait_for(lambda: "plugbay-io" not in plugbay_threads(), "the shared loop to end once it gave up")
+    finally:
+        sup.stop()
+    assert "plugbay-io" not in plugbay_threads()
