@@ -22,6 +22,7 @@ import grpc
 
 from plugbay.core.protocol.records import Frozen, Record
 from plugbay.core.protocol.tls import HOSTNAME, CertKey, client_context, grpc_can_use, server_context
+from plugbay.core.transport import aioloop
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import open_listener, unix_target, unlink_quietly
 from plugbay.core.transport.tempdirs import private_socket
@@ -122,19 +123,35 @@ class AioChannelShare:
         return self._channel
 
     async def release(self) -> None:
-        """Give the channel back; the last user's release closes it, a moment after (see AIO_SETTLE)."""
+        """Give the channel back; the last user's release closes it, a moment later (see AIO_SETTLE)."""
         assert self._users > 0, "released more often than acquired"
         self._users -= 1
-        if self._users == 0 and self._channel is not None:
-            channel = self._channel
+        channel = self._channel
+        if self._users == 0 and channel is not None:
             # A call cancelled just now (its user's end) has batches in grpc's core still: closed under
-            # them, the channel never completes them, and their callbacks keep the loop alive for ever
-            # (or run on a closed one). The call's done()/code() say nothing here: a local cancel sets
-            # them at once. A short wait on the loop (not blocking it) lets the completions come in.
+            # them, the channel never completes them, and their callbacks keep a loop alive for ever (or
+            # run on a closed one). The call's done()/code() say nothing here: a local cancel sets them at
+            # once. So the close comes AIO_SETTLE later, in a task of its own: no kill() waits for it, and
+            # a hold on the shared loop keeps that loop running until the task is done.
+            hold = aioloop.shared().hold_running()
+            task = asyncio.get_running_loop().create_task(self._close_later(channel, hold))
+            _SETTLING.add(task)
+            task.add_done_callback(_SETTLING.discard)
+
+    async def _close_later(self, channel: grpc.aio.Channel, hold: aioloop.Lease | None) -> None:
+        try:
             await asyncio.sleep(AIO_SETTLE)
-            if self._users == 0 and self._channel is channel:  # not taken again meanwhile
+            retaken = self._users > 0 or self._channel is not channel  # a user came back meanwhile
+            if not retaken:
                 self._channel = None
                 await channel.close()
+        finally:
+            if hold is not None:
+                hold.release()  # on the loop's own thread: the last one stops it (see AioLoop.join_idle)
+
+
+# the settling closes under way: a task the loop holds only weakly would be collected mid-wait
+_SETTLING: set[asyncio.Task[None]] = set()
 
 
 class SecureChannel(Record):
