@@ -3,6 +3,9 @@
 Each restart used to give the shared loop's last hold back (the old Client's end), so every restart made a
 new loop and plugbay-io thread, and a GRPCStdio call cancelled right after it opened completed after its
 channel, or its loop, was closed: grpc.aio's callbacks then kept the closed loops alive.
+
+The last release of a Client's grpc.aio channel lets those calls settle (AIO_SETTLE) only while the loop
+lives on; the loop's last user ends it at once, closing the channel then (nothing keeps plugbay-io alive).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import signal
 import time
 
+import grpc
+import grpc.aio
 import pytest
 
 from tests.gobuild import build_go
@@ -21,7 +26,8 @@ from tests.thread_util import plugbay_threads, wait_for
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402, I001
 
-from plugbay import ClientConfig, RestartBudgetExhaustedError, RestartPolicy, Supervisor  # noqa: E402
+from plugbay import (Client, ClientConfig, RestartBudgetExhaustedError, RestartPolicy, Supervisor,  # noqa: E402
+                     cleanup_clients)
 
 RESTARTS = 60
 BOUND = 90.0  # seconds: a slow machine does fewer restarts, never hangs
@@ -30,6 +36,15 @@ BOUND = 90.0  # seconds: a slow machine does fewer restarts, never hangs
 def _closed_loops() -> int:
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed())
+
+
+def _aio_channels() -> list[grpc.aio.Channel]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, grpc.aio.Channel)]
+
+
+def _open(channels: list[grpc.aio.Channel]) -> list[grpc.aio.Channel]:
+    return [c for c in channels if c.get_state() != grpc.ChannelConnectivity.SHUTDOWN]
 
 
 def _config() -> ClientConfig:
@@ -63,7 +78,25 @@ def test_restarts_by_sigkill_right_after_the_first_call_reuse_one_loop(monkeypat
         assert done > 0
         assert made[0] == 0, f"{made[0]} shared loops made over {done} restarts"
         assert _closed_loops() <= closed_before
-    wait_for(lambda: "plugbay-io" not in plugbay_threads(), "the shared loop to end with the Supervisor")
+        channels = _aio_channels()
+    assert "plugbay-io" not in plugbay_threads()  # the Supervisor's stop ended the loop
+    assert _open(channels) == []  # the last Client's channel too, closed as the loop ended
+
+
+def test_a_kill_ends_the_shared_loop_at_once_and_its_aio_channel_with_it() -> None:
+    """No settling close outlives the loop's last user: kill() ends plugbay-io and closes the channel."""
+    assert "plugbay-io" not in plugbay_threads()
+    earlier = {id(c) for c in _aio_channels()}
+    client = Client(_config())
+    try:
+        client.start()
+        client.dispense(PLUGIN_NAME).put("x", b"1")  # the broker stream and GRPCStdio share one channel
+        wait_for(lambda: any(id(c) not in earlier for c in _aio_channels()), "the plugin's grpc.aio channel")
+        mine = [c for c in _aio_channels() if id(c) not in earlier]
+    finally:
+        client.kill()
+    assert "plugbay-io" not in plugbay_threads()  # at once: no settling close holds the loop
+    assert mine and _open(mine) == []  # closed as the loop ended, not left to the garbage collector
 
 
 def test_a_supervisor_that_gives_up_gives_the_shared_loop_back() -> None:
@@ -79,3 +112,15 @@ def test_a_supervisor_that_gives_up_gives_the_shared_loop_back() -> None:
     finally:
         sup.stop()
     assert "plugbay-io" not in plugbay_threads()
+
+
+def test_cleanup_clients_ends_the_shared_loop_a_supervisor_held() -> None:
+    """CleanupClients (and the interpreter's exit) halts a Supervisor and kills its plugin: the loop goes too."""
+    sup = Supervisor(_config(), restart=RestartPolicy(max_restarts=5, window=60), health_interval=None)
+    try:
+        sup.start()
+        sup.dispense(PLUGIN_NAME).put("x", b"1")
+        cleanup_clients()
+        assert "plugbay-io" not in plugbay_threads()  # the halted Supervisor holds it no more
+    finally:
+        sup.stop()

@@ -90,7 +90,7 @@ class Supervisor(PluginWaits):
         self._broker = FollowingBroker(self)
         self._starting: Client | None = None
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
-        # start() to stop() or giving up: else each restart's old Client ends the shared loop, the new makes one
+        # start() to halt()/stop() or giving up: else each restart's old Client ends the shared loop, the new makes one
         self._lease: aioloop.Lease | None = None
         self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
         self.restarts = self.failures = 0
@@ -179,7 +179,7 @@ class Supervisor(PluginWaits):
             return
         with self._cond:
             self._state = STARTING if self._state == FAILED else self._state  # not over a stop()'s STOPPED
-            if self._lease is None and not self._stop.is_set():  # else stop()'s _free_loop may have passed
+            if self._lease is None and not self._stop.is_set():  # else halt()'s _free_loop may have passed
                 self._lease = aioloop.shared().acquire()
         try:
             client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set)
@@ -227,7 +227,6 @@ class Supervisor(PluginWaits):
         self._drop_current()
         if self._channel is not None:
             self._channel.detach()
-        self._free_loop()
         with self._cond:
             was = self._state
             self._state = STOPPED
@@ -244,6 +243,7 @@ class Supervisor(PluginWaits):
         """
         self._stop.set()
         self._wake.set()
+        self._free_loop()  # no restart needs it now: the current plugin's own end may end the loop
         if aioloop.shared().on_loop():
             return  # the monitor's start waits on this loop; it ends by itself, adopting nothing
         with self._cond:  # see _first_starting

@@ -92,18 +92,6 @@ class AioLoop:
             self._users += 1
             return Lease(self, self._loop, self._thread)
 
-    def hold_running(self) -> Lease | None:
-        """A lease for work that must outlive its caller's own lease, taken on the loop thread itself; None
-        when the running loop is not this one (an AsyncClient's own: its owner's to keep running)."""
-        with self._lock:
-            running = self._loop
-        try:
-            if running is None or asyncio.get_running_loop() is not running:
-                return None
-        except RuntimeError:
-            return None
-        return self.acquire()
-
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             if loop is not self._loop:

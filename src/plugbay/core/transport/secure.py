@@ -131,23 +131,31 @@ class AioChannelShare:
             # A call cancelled just now (its user's end) has batches in grpc's core still: closed under
             # them, the channel never completes them, and their callbacks keep a loop alive for ever (or
             # run on a closed one). The call's done()/code() say nothing here: a local cancel sets them at
-            # once. So the close comes AIO_SETTLE later, in a task of its own: no kill() waits for it, and
-            # a hold on the shared loop keeps that loop running until the task is done.
-            hold = aioloop.shared().hold_running()
-            task = asyncio.get_running_loop().create_task(self._close_later(channel, hold))
+            # once. So the close comes AIO_SETTLE later, in a task of its own (no kill() waits for it)
+            # that holds no lease: it settles only while another user keeps the loop (a Supervisor
+            # across its restarts). A loop that is ending (no lease left) closes the channel at once.
+            # Released once the loop's last lease is gone (its end cancelling a stream): a task made now
+            # might never start, and no settle may hold the loop up.
+            if not aioloop.shared().on_loop():
+                await self._close_unless_retaken(channel)
+                return
+            task = asyncio.get_running_loop().create_task(self._close_later(channel))
             _SETTLING.add(task)
             task.add_done_callback(_SETTLING.discard)
 
-    async def _close_later(self, channel: grpc.aio.Channel, hold: aioloop.Lease | None) -> None:
+    async def _close_later(self, channel: grpc.aio.Channel) -> None:
         try:
             await asyncio.sleep(AIO_SETTLE)
-            retaken = self._users > 0 or self._channel is not channel  # a user came back meanwhile
-            if not retaken:
-                self._channel = None
-                await channel.close()
-        finally:
-            if hold is not None:
-                hold.release()  # on the loop's own thread: the last one stops it (see AioLoop.join_idle)
+        except asyncio.CancelledError:  # the loop's end cancels what is left: close before it is gone
+            await self._close_unless_retaken(channel)
+            raise
+        await self._close_unless_retaken(channel)
+
+    async def _close_unless_retaken(self, channel: grpc.aio.Channel) -> None:
+        retaken = self._users > 0 or self._channel is not channel  # a user came back meanwhile
+        if not retaken:
+            self._channel = None
+            await channel.close()
 
 
 # the settling closes under way: a task the loop holds only weakly would be collected mid-wait
