@@ -11,6 +11,10 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
 
 from tests import netcerts
 
@@ -141,3 +145,36 @@ class StallingPeer:
             pass
         self._sock.close()
         self._reader.join(10)
+
+
+@contextmanager
+def stalling(address: str, certs: netcerts.CertSet, path: str, connections: int,
+             streams: int) -> Iterator[list[StallingPeer]]:
+    """``connections`` peers, each with ``streams`` calls to ``path`` whose request never comes;
+    closed on the way out."""
+    peers = [StallingPeer(address, certs) for _ in range(connections)]
+    try:
+        for peer in peers:
+            peer.open_streams(path, streams)
+        yield peers
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def watches_of_many_hosts(channels: list[grpc.Channel], service: str, timeout: float) -> None:
+    """One health Watch per channel (a host each), all held open at once: each must say SERVING."""
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    watches = []
+    try:
+        for channel in channels:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            watches.append(watch)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for watch in watches:
+            watch.cancel()
+        for channel in channels:
+            channel.close()

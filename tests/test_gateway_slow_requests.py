@@ -19,7 +19,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS
 from plugbay.network.gateway import Gateway, GatewayConfig
 from tests import netcerts
-from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer
+from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer, stalling, watches_of_many_hosts
 from tests.test_network_serve import secure
 
 CHILD = Path(__file__).resolve().parent / "plugins" / "gateway_child.py"
@@ -63,36 +63,18 @@ def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
 def test_stalled_requests_past_the_own_services_slots_are_refused_at_once(
         gateway: tuple[Gateway, netcerts.CertSet]) -> None:
     gw, certs = gateway
-    peers = [StallingPeer(gw.address, certs) for _ in range(NETWORK_OWN_CALLS // NETWORK_MAX_STREAMS + 1)]
-    try:
-        for peer in peers:
-            peer.open_streams(HEALTH, NETWORK_MAX_STREAMS)
-        with secure(certs, gw.address) as channel:
-            with pytest.raises(grpc.RpcError) as refused:
-                health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
-                    health_pb2.HealthCheckRequest(service=""), timeout=BOUND)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "the gateway is already answering" in str(refused.value.details())
-            assert channel.unary_unary("/gwchild.S/Fast")(b"", timeout=BOUND) == b"fast"  # forwarded: own slots
-    finally:
-        for peer in peers:
-            peer.close()
+    conns = NETWORK_OWN_CALLS // NETWORK_MAX_STREAMS + 1
+    with stalling(gw.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS), secure(certs, gw.address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(service=""), timeout=BOUND)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the gateway is already answering" in str(refused.value.details())
+        assert channel.unary_unary("/gwchild.S/Fast")(b"", timeout=BOUND) == b"fast"  # forwarded: own slots
     with secure(certs, gw.address) as channel:
         assert _answers(channel) == (health_pb2.HealthCheckResponse.SERVING, b"fast")
 
 
 def test_many_hosts_each_holding_a_health_watch_get_theirs(gateway: tuple[Gateway, netcerts.CertSet]) -> None:
     gw, certs = gateway
-    channels = [secure(certs, gw.address) for _ in range(8)]  # a local plugin's cap is 4
-    watches = []
-    try:
-        for channel in channels:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
-                health_pb2.HealthCheckRequest(service=""), timeout=BOUND)
-            watches.append(watch)
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        for watch in watches:
-            watch.cancel()
-        for channel in channels:
-            channel.close()
+    watches_of_many_hosts([secure(certs, gw.address) for _ in range(8)], "", BOUND)  # a local plugin's cap: 4

@@ -19,7 +19,7 @@ import pytest
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS, NETWORK_READS, NETWORK_WATCHES
 from tests import netcerts
-from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer
+from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer, stalling, watches_of_many_hosts
 from tests.test_network_serve import NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
 
 HEALTH = "/grpc.health.v1.Health/Check"
@@ -74,19 +74,13 @@ def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
 def test_stalled_requests_past_the_caps_are_refused_at_once(plugin: NetPlugin, certs: netcerts.CertSet) -> None:
     # several connections' worth of stalled calls fill a cap: what is past it is refused, nothing waits
     conns = NETWORK_OWN_CALLS // NETWORK_MAX_STREAMS + 1
-    peers = [StallingPeer(plugin.address, certs) for _ in range(conns)]
-    try:
-        for peer in peers:
-            peer.open_streams(HEALTH, NETWORK_MAX_STREAMS)
-        with secure(certs, plugin.address) as channel:
-            with pytest.raises(grpc.RpcError) as refused:
-                _health(channel)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "plugbay's own services" in str(refused.value.details())
-            assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND  # the plugin's services have their own slots
-    finally:
-        for peer in peers:
-            peer.close()
+    with stalling(plugin.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS), \
+            secure(certs, plugin.address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            _health(channel)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "plugbay's own services" in str(refused.value.details())
+        assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND  # the plugin's services have their own slots
     with secure(certs, plugin.address) as channel:  # the peer gone, its calls ended
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
 
@@ -95,19 +89,13 @@ def test_stalled_plugin_calls_past_the_read_budget_are_refused_at_once(
         plugin: NetPlugin, certs: netcerts.CertSet) -> None:
     # a call to the plugin's services waits for its request holding a read token, not a handler slot
     conns = NETWORK_READS // NETWORK_MAX_STREAMS + 1
-    peers = [StallingPeer(plugin.address, certs) for _ in range(conns)]
-    try:
-        for peer in peers:
-            peer.open_streams(KV_GET, NETWORK_MAX_STREAMS)
-        with secure(certs, plugin.address) as channel:
-            with pytest.raises(grpc.RpcError) as refused:
-                kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="never-put"), timeout=BOUND)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "waiting for their request message" in str(refused.value.details())
-            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING  # own services: their own slots
-    finally:
-        for peer in peers:
-            peer.close()
+    with stalling(plugin.address, certs, KV_GET, conns, NETWORK_MAX_STREAMS), \
+            secure(certs, plugin.address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="never-put"), timeout=BOUND)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "waiting for their request message" in str(refused.value.details())
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING  # own services: their own slots
     with secure(certs, plugin.address) as channel:
         assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND
 
@@ -210,17 +198,4 @@ def test_many_hosts_each_holding_a_health_watch_get_theirs(plugin: NetPlugin, ce
     # plugin's cap of 4 refused the fifth host's with RESOURCE_EXHAUSTED
     hosts = MAX_WATCHES * 2
     assert hosts < NETWORK_WATCHES
-    channels = [secure(certs, plugin.address) for _ in range(hosts)]
-    watches = []
-    try:
-        for channel in channels:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
-                health_pb2.HealthCheckRequest(service="plugin"), timeout=BOUND)
-            watches.append(watch)
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        assert _health(channels[0]) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        for watch in watches:
-            watch.cancel()
-        for channel in channels:
-            channel.close()
+    watches_of_many_hosts([secure(certs, plugin.address) for _ in range(hosts)], "plugin", BOUND)

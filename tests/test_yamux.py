@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections import deque
@@ -190,6 +191,16 @@ def _echo(stream: Stream) -> None:
     threading.Thread(target=run, name="plugbay-test-echo", daemon=True).start()
 
 
+def dial_when_listening(proc: subprocess.Popen[str], path: str) -> socket.socket:
+    """A connection to the unix socket ``path`` once the Go peer ``proc`` printed "listening"."""
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
+    conn = socket.socket(socket.AF_UNIX)
+    conn.settimeout(30)
+    conn.connect(path)
+    conn.settimeout(None)
+    return conn
+
+
 def _exchange_with_go_peer(session: Session) -> None:
     # after the Go side's own streams, it accepts one of ours and echoes it
     payload = bytes(range(256)) * 4096  # 1 MiB: several windows
@@ -205,7 +216,6 @@ def _exchange_with_go_peer(session: Session) -> None:
 @pytest.mark.parametrize("python_side", ["server", "client"])
 def test_interop_with_hashicorp_yamux(python_side: str, tmp_path: object) -> None:
     import os
-    import subprocess
     import tempfile
 
     from tests.gobuild import build_go, go_missing_reason
@@ -229,10 +239,7 @@ def test_interop_with_hashicorp_yamux(python_side: str, tmp_path: object) -> Non
             listener.settimeout(30)
             conn, _ = listener.accept()
         else:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
-            conn = socket.socket(socket.AF_UNIX)
-            conn.settimeout(30)
-            conn.connect(path)
+            conn = dial_when_listening(proc, path)
         conn.settimeout(None)
         session = Session(conn, client=python_side == "client", on_stream=_echo, name="t-go")
         _exchange_with_go_peer(session)

@@ -17,11 +17,14 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
 from tests.resilience_util import wait_until
+from tests.test_yamux import dial_when_listening
 
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.workers import Workers
@@ -73,11 +76,7 @@ def test_short_bridged_streams_send_hashicorp_yamux_no_frame_after_their_end() -
     problems: list[str] = []
     session = None
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
-        conn = socket.socket(socket.AF_UNIX)
-        conn.settimeout(30)
-        conn.connect(path)
-        conn.settimeout(None)
+        conn = dial_when_listening(proc, path)
 
         def answer(far: socket.socket) -> None:  # the local server of a call the peer dials in
             try:
@@ -238,15 +237,24 @@ def _open_while_the_send_lock_is_held(session: Session, opened: list[Stream], pe
     return opened[-1]
 
 
+@contextmanager
+def _raw_session(name: str) -> Iterator[tuple[Session, list[Stream], _RawPeer]]:
+    """A session on one end of a socket pair, the streams the peer opened, and the raw peer on the other."""
+    opened: list[Stream] = []
+    a, b = socket.socketpair()
+    session = Session(a, client=True, on_stream=opened.append, name=name)
+    try:
+        yield session, opened, _RawPeer(b)
+    finally:
+        session.close()
+        b.close()
+
+
 def test_a_new_streams_ack_the_reader_had_to_queue_goes_out_before_the_streams_own_frames() -> None:
     # the stream's own data and FIN, sent right as the send lock is free, must follow the ACK the
     # reader queued: hashicorp/yamux drops a stream ended both ways, and takes an ACK after that
     # for a frame for a missing stream
-    opened: list[Stream] = []
-    a, b = socket.socketpair()
-    session = Session(a, client=True, on_stream=opened.append, name="t-late-ack")
-    peer = _RawPeer(b)
-    try:
+    with _raw_session("t-late-ack") as (session, opened, peer):
         assert session.can_splice
         for k in range(ROUNDS):
             stream = _open_while_the_send_lock_is_held(session, opened, peer, 2 * (k + 1))
@@ -267,18 +275,11 @@ def test_a_new_streams_ack_the_reader_had_to_queue_goes_out_before_the_streams_o
             sid = 2 * (k + 1)
             first = next(f for f in frames if f[2] == sid)
             assert first == (WINDOW_UPDATE, ACK, sid, 0), (first, [f for f in frames if f[2] == sid])
-    finally:
-        session.close()
-        b.close()
 
 
 def test_a_ping_goes_out_after_the_acks_the_reader_had_to_queue() -> None:
     # its answer then tells that the peer has read them too (a caller's "every frame is out")
-    opened: list[Stream] = []
-    a, b = socket.socketpair()
-    session = Session(a, client=True, on_stream=opened.append, name="t-late-ping")
-    peer = _RawPeer(b)
-    try:
+    with _raw_session("t-late-ping") as (session, opened, peer):
         for k in range(ROUNDS):
             _open_while_the_send_lock_is_held(session, opened, peer, 2 * (k + 1))
             assert session.ping(10), "the peer does not answer a ping"
@@ -289,22 +290,12 @@ def test_a_ping_goes_out_after_the_acks_the_reader_had_to_queue() -> None:
         for k, at in enumerate(pings):
             sid = 2 * (k + 1)
             assert (WINDOW_UPDATE, ACK, sid, 0) in frames[:at], (k, frames[max(0, at - 3):at + 1])
-    finally:
-        session.close()
-        b.close()
 
 
 def test_a_closing_session_sends_the_acks_the_reader_had_to_queue_before_its_go_away() -> None:
     for _ in range(ROUNDS // 5):  # a session ends once: a fresh one for every chance
-        opened: list[Stream] = []
-        a, b = socket.socketpair()
-        session = Session(a, client=True, on_stream=opened.append, name="t-late-close")
-        peer = _RawPeer(b)
-        try:
+        with _raw_session("t-late-close") as (session, opened, peer):
             _open_while_the_send_lock_is_held(session, opened, peer, 2)
             session.close()
             frames = peer.ended()
             assert frames == [(WINDOW_UPDATE, ACK, 2, 0), (GO_AWAY, 0, 0, 0)], frames
-        finally:
-            session.close()
-            b.close()

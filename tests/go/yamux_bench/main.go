@@ -20,12 +20,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"plugbay.test/yamuxutil"
 )
 
-func fail(err error) {
-	fmt.Println("error:", err)
-	os.Exit(1)
-}
+// fail ends the program the way the tests read an error.
+var fail = yamuxutil.Fail
 
 func config() *yamux.Config {
 	cfg := yamux.DefaultConfig()
@@ -45,12 +44,7 @@ func main() {
 		fail(fmt.Errorf("BYTES must be a positive number, got %q", os.Args[4]))
 	}
 	if mode == "sink" {
-		ln, err := net.Listen(network, address)
-		if err != nil {
-			fail(err)
-		}
-		fmt.Println("listening")
-		conn, err := ln.Accept()
+		conn, err := yamuxutil.AcceptOne(network, address)
 		if err != nil {
 			fail(err)
 		}

@@ -30,12 +30,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
-)
 
-func fail(err error) {
-	fmt.Println("error:", err)
-	os.Exit(1)
-}
+	// AcceptOne and Fail, shared with yamux_bench
+	"plugbay.test/yamuxutil"
+)
 
 // counting passes the session's log on to stderr and counts its "frame for missing stream" lines:
 // all, and those of window updates that return window (Type:1, a length other than 0).
@@ -102,29 +100,23 @@ func main() {
 	for i := range nums {
 		v, err := strconv.Atoi(os.Args[3+i])
 		if err != nil || v < 1 {
-			fail(fmt.Errorf("STREAMS, REQUEST, RESPONSE and PARALLEL must be positive numbers, got %q", os.Args[3+i]))
+			yamuxutil.Fail(fmt.Errorf("STREAMS, REQUEST, RESPONSE and PARALLEL must be positive numbers, got %q", os.Args[3+i]))
 		}
 		nums[i] = v
 	}
 	streams, reqSize, respSize, parallel := nums[0], nums[1], nums[2], nums[3]
 
-	ln, err := net.Listen(network, address)
+	conn, err := yamuxutil.AcceptOne(network, address)
 	if err != nil {
-		fail(err)
+		yamuxutil.Fail(err)
 	}
-	fmt.Println("listening")
-	conn, err := ln.Accept()
-	if err != nil {
-		fail(err)
-	}
-	ln.Close()
 	rec := &recorder{Conn: conn}
 	logs := &counting{}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = logs
 	sess, err := yamux.Server(rec, cfg)
 	if err != nil {
-		fail(err)
+		yamuxutil.Fail(err)
 	}
 	request, response := bytes.Repeat([]byte("q"), reqSize), bytes.Repeat([]byte("r"), respSize)
 
@@ -132,17 +124,17 @@ func main() {
 	for n := 0; n < streams; n++ { // (1) the peer's calls
 		st, err := sess.Accept()
 		if err != nil {
-			fail(fmt.Errorf("accept: %w", err))
+			yamuxutil.Fail(fmt.Errorf("accept: %w", err))
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if _, err := st.Write(response); err != nil {
-				fail(fmt.Errorf("write response: %w", err))
+				yamuxutil.Fail(fmt.Errorf("write response: %w", err))
 			}
 			got := make([]byte, reqSize)
 			if _, err := io.ReadFull(st, got); err != nil {
-				fail(fmt.Errorf("read request: %w", err))
+				yamuxutil.Fail(fmt.Errorf("read request: %w", err))
 			}
 			st.Close()
 		}()
@@ -154,20 +146,20 @@ func main() {
 		slots <- struct{}{}
 		st, err := sess.Open()
 		if err != nil {
-			fail(fmt.Errorf("open: %w", err))
+			yamuxutil.Fail(fmt.Errorf("open: %w", err))
 		}
 		wg.Add(1)
 		go func(n int) {
 			defer func() { <-slots; wg.Done() }()
 			if _, err := st.Write(request); err != nil {
-				fail(fmt.Errorf("write request: %w", err))
+				yamuxutil.Fail(fmt.Errorf("write request: %w", err))
 			}
 			got := make([]byte, respSize)
 			if _, err := io.ReadFull(st, got); err != nil {
-				fail(fmt.Errorf("read response: %w", err))
+				yamuxutil.Fail(fmt.Errorf("read response: %w", err))
 			}
 			if !bytes.Equal(got, response) {
-				fail(fmt.Errorf("call %d: the response differs", n))
+				yamuxutil.Fail(fmt.Errorf("call %d: the response differs", n))
 			}
 			st.Close()
 		}(n)
@@ -176,7 +168,7 @@ func main() {
 
 	// the peer closes the session once its side of every stream has ended
 	if _, err := sess.Accept(); err == nil {
-		fail(fmt.Errorf("the peer opened a stream past the calls"))
+		yamuxutil.Fail(fmt.Errorf("the peer opened a stream past the calls"))
 	}
 	out, _ := json.Marshal(map[string]int64{
 		"missing": atomic.LoadInt64(&logs.missing), "missing_updates": atomic.LoadInt64(&logs.updates),
