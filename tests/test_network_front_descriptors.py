@@ -14,10 +14,10 @@ import resource
 import socket
 import ssl
 import tempfile
-import time
 from pathlib import Path
 
 from tests import netcerts, netflood
+from tests.resilience_util import wait_until
 from tests.test_network_serve import NetPlugin, tls_env
 
 
@@ -44,15 +44,6 @@ def _instance_sockets(tmp: Path) -> list[str]:
     return sorted(p.name for d in tmp.glob("plugbay-net-*") for p in d.glob("s*.sock"))
 
 
-def _until(check: object, bound: float = 15.0) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_the_front_admits_hosts_again_after_running_out_of_descriptors(tmp_path: Path) -> None:
     certs = netcerts.write_set(tmp_path / "tls")
     tmp = Path(tempfile.mkdtemp(prefix="nd-"))  # short: socket paths must stay under 108 bytes
@@ -76,7 +67,7 @@ def test_the_front_admits_hosts_again_after_running_out_of_descriptors(tmp_path:
             _bye(later)
             assert answered, "a new brokering host was not admitted once descriptors were back"
         _bye(held)  # its instance is stopped: the front still reaps ended sessions
-        assert _until(lambda: _instance_sockets(tmp) == []), _instance_sockets(tmp)
+        assert wait_until(lambda: _instance_sockets(tmp) == [], 15.0, 0.1), _instance_sockets(tmp)
     finally:
         code, err = plugin.stop()
         for folder in tmp.glob("*"):
