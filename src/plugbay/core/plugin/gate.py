@@ -131,15 +131,10 @@ class HandlerGate:
             release(within)
 
     def _gate(self, method: str, handler: Any) -> Any:
-        reading = self._reading
         if handler.unary_unary is not None:
-            if reading is not None:  # read (raw bytes until then), then the slot
+            if self.read_first:  # the request arrives as raw bytes, read by the gate
                 return grpc.stream_unary_rpc_method_handler(
-                    _one_request(method, self._unary(handler.unary_unary), handler.request_deserializer, reading),
-                    None, handler.response_serializer)
-            if self.read_first:  # the request is read by the behavior, under the slot
-                return grpc.stream_unary_rpc_method_handler(
-                    self._unary(_one_request(method, handler.unary_unary, handler.request_deserializer)),
+                    self._read_one(method, self._unary, handler.unary_unary, handler.request_deserializer),
                     None, handler.response_serializer)
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
@@ -147,19 +142,23 @@ class HandlerGate:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
-            if reading is not None:
-                return grpc.stream_stream_rpc_method_handler(
-                    _one_request(method, self._streaming(handler.unary_stream), handler.request_deserializer,
-                                 reading), None, handler.response_serializer)
             if self.read_first:
                 return grpc.stream_stream_rpc_method_handler(
-                    self._streaming(_one_request(method, handler.unary_stream, handler.request_deserializer)),
+                    self._read_one(method, self._streaming, handler.unary_stream, handler.request_deserializer),
                     None, handler.response_serializer)
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream), handler.request_deserializer,
                 handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+
+    def _read_one(self, method: str, slot: Callable[[Any], Any], behavior: Any,
+                  deserialize: Callable[[bytes], Any] | None) -> Any:
+        """``behavior`` (a unary-request one) behind ``slot`` (_unary or _streaming), its one request read
+        by the gate: before the slot holding a read token when the gate has a read budget, else under it."""
+        if self._reading is not None:
+            return _one_request(method, slot(behavior), deserialize, self._reading)
+        return slot(_one_request(method, behavior, deserialize))
 
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
