@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -363,24 +362,20 @@ def _tell_refused(conn: RelayConn, code: int) -> None:
     tls = conn.tls
     if tls is None:
         return
-    try:
-        for _ in range(_DRAIN_READS):
-            if not tls.recv(CHUNK):
-                break
-    except (OSError, ssl.SSLError):  # SSLWantReadError: nothing more to read now
-        pass
+    _drained(tls)
     try:
         tls.send(refusal_frame(code))
-    except (OSError, ssl.SSLError):
+    except OSError:  # ssl.SSLError is one
         pass
 
 
 def _drained(conn: socket.socket) -> None:
-    """What the relay has passed on of a refused session, read (bounded) so its close is no reset."""
+    """What a refused session's host sent (through TLS, or passed on by the relay), read (bounded, without
+    waiting) so the close is no reset."""
     try:
         conn.setblocking(False)
         for _ in range(_DRAIN_READS):
             if not conn.recv(CHUNK):
                 break
-    except OSError:  # BlockingIOError: nothing more now
+    except OSError:  # BlockingIOError, SSLWantReadError: nothing more now
         pass
