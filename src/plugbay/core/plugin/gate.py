@@ -163,7 +163,7 @@ class HandlerGate:
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
         if not self._slots.acquire(blocking=False):  # all taken: that is the reason, whoever holds them
-            _refuse(context, self._refusal)
+            refuse_unsent(context, self._refusal)
         share = self.peer_limit
         peer = peer_address(str(context.peer())) if share is not None else None
         if peer is not None and share is not None:
@@ -173,7 +173,7 @@ class HandlerGate:
                     self._peers[peer] = held + 1
             if held >= share:
                 self._slots.release()
-                _refuse(context, self._peer_refusal.format(peer=peer, held=held))
+                refuse_unsent(context, self._peer_refusal.format(peer=peer, held=held))
         return peer
 
     def _leave_peer(self, peer: str | None) -> None:
@@ -207,11 +207,12 @@ class HandlerGate:
         return run
 
 
-def _refuse(context: grpc.ServicerContext, why: str) -> NoReturn:
-    """RESOURCE_EXHAUSTED for a call the gate turned away: the plugin's handler never ran, so the call is
-    marked as one that was not sent (core/protocol/notsent.py) and a host's pool tries its other replicas."""
+def refuse_unsent(context: grpc.ServicerContext, why: str,
+                  code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> NoReturn:
+    """End a call none of which reached the plugin's code (RESOURCE_EXHAUSTED: a gate turned it away),
+    marked as one that was not sent (core/protocol/notsent.py), so a host's pool tries its other replicas."""
     echo_not_sent(context)
-    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+    context.abort(code, why)
     raise AssertionError("abort() raises")
 
 
@@ -224,7 +225,7 @@ class _Reading:
 
     def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
         if not self._tokens.acquire(blocking=False):
-            _refuse(context, (
+            refuse_unsent(context, (
                 f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
                 " (their callers have not sent it). Retry later"))
         try:

@@ -47,9 +47,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from plugbay.core.plugin.closer import SessionCloser
-# brokering hosts at once (each one costs an instance), and by default from one peer address (not per
-# certificate: the replicas of a Deployment share one; one peer with a valid certificate could
-# otherwise hold every slot with idle sessions); more are refused
 from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable

@@ -31,8 +31,8 @@ from typing import NoReturn
 
 import grpc
 
-from plugbay.core.plugin.gate import HandlerGate
-from plugbay.core.protocol.notsent import NOT_SENT, echo_not_sent
+from plugbay.core.plugin.gate import HandlerGate, refuse_unsent
+from plugbay.core.protocol.notsent import NOT_SENT
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -88,9 +88,7 @@ def _forwardable_trailer(key: str) -> bool:
 def _refuse_unsent(context: grpc.ServicerContext, why: str) -> NoReturn:
     """UNAVAILABLE for a call no byte of which reached the child, marked so that the pool that sent it
     resends it: the mark echoes the token the call carries (a pool believes only its own)."""
-    echo_not_sent(context)
-    context.abort(grpc.StatusCode.UNAVAILABLE, why)
-    raise AssertionError("abort() returned")  # grpcio's abort always raises
+    refuse_unsent(context, why, grpc.StatusCode.UNAVAILABLE)
 
 
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
