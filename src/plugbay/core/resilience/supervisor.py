@@ -396,8 +396,9 @@ class Supervisor(PluginWaits):
             self._state = FAILED
             self._client = None
             self._cond.notify_all()
-        self._free_loop()
+        # the event before the loop's end, which may wait for its thread: one who sees FAILED finds it too
         self._event("gave_up", why)
+        self._free_loop()
 
     def _free_loop(self) -> None:
         """Give back the hold on the shared loop (once; start() after a failed start takes it again)."""
