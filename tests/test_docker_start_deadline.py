@@ -2,8 +2,9 @@
 
 engine_timeout bounds one engine request; a start makes several. Against a stand-in engine
 (tests/docker_standin.py) that stalls one of them, a Client start ends at its start_timeout with a
-HandshakeTimeoutError naming the request, though engine_timeout is far longer, and leaves no
-container; the real engine still starts a plugin, and refuses nothing for a deadline it meets.
+HandshakeTimeoutError naming the request (SecureConfig's image check before start() too), though
+engine_timeout is far longer, and leaves no container; the real engine still starts a plugin, and
+refuses nothing for a deadline it meets.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from typing import Any
 
 import pytest
 
+from plugbay import SecureConfig
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import EngineUnavailableError, HandshakeTimeoutError
-from plugbay.runners.base import LaunchSpec
+from plugbay.runners.base import LaunchSpec, starting_until
 from plugbay.runners.docker import DockerRunner
 from tests.docker_standin import SILENT, Answer, Reply, StandinEngine, standin  # noqa: F401
+from tests.leakcheck import _pipes_and_sockets
+from tests.thread_util import until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "kv"))
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
@@ -80,6 +84,31 @@ def test_a_stalled_engine_request_ends_at_the_clients_start_timeout(standin: Sta
         assert any(method == "GET" and path.startswith("/containers/plugbay-") for method, path in engine_.requests)
 
 
+def test_a_stalled_secure_config_image_check_ends_at_the_clients_start_timeout(standin: Standin) -> None:
+    """SecureConfig's image lookup (check_secure_config(), before start()) is a request of the start too."""
+    engine_ = standin(_stalling("image"))
+    sockets = _pipes_and_sockets()
+    client = Client(_config(DockerRunner("plugbay-kv:latest", engine_timeout=ENGINE_TIMEOUT), start_timeout=START,
+                            secure_config=SecureConfig(bytes(32))))
+    began = time.monotonic()
+    try:
+        with pytest.raises(HandshakeTimeoutError, match="start_timeout ran out while it asked the Docker engine at"
+                                                        " .* to look up the image, so DockerRunner for"
+                                                        " 'plugbay-kv:latest' gave up starting the plugin; it"
+                                                        " made no container") as info:
+            client.start()
+        took = time.monotonic() - began
+    finally:
+        client.kill()
+    assert took < START + 3, took  # the old bound was the engine's default timeout (10 s), not start_timeout
+    assert isinstance(info.value, TimeoutError) and "raise ClientConfig.start_timeout" in str(info.value)
+    assert not engine_._closing.is_set()  # the runner gave up, not the stand-in (its silence lasts 60 s)
+    assert engine_.requests == [("GET", "/images/plugbay-kv:latest/json")], engine_.requests  # no container made
+    engine_.close()  # the stand-in lets go of the request it held: no socket of the start is left then
+    assert until(lambda: _pipes_and_sockets().items() <= sockets.items(), 10), \
+        set(_pipes_and_sockets().items()) - set(sockets.items())
+
+
 def test_a_start_without_a_deadline_keeps_engine_timeout(standin: Standin) -> None:
     """A start() by hand (no Client, no deadline): its requests have the runner's engine_timeout alone."""
     engine_ = standin(_stalling("create"))
@@ -111,3 +140,22 @@ def test_a_deadline_already_passed_makes_no_container(plugbay_docker: Any) -> No
         runner.start(LaunchSpec(env={}, deadline=time.monotonic()))
     runner.kill(0)
     assert not plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-deadline={tag}"})
+
+
+@pytest.mark.docker
+def test_a_client_start_checks_its_secure_config_within_its_deadline(plugbay_image: Any,
+                                                                     plugbay_docker: Any) -> None:
+    tag = plugbay_image("kv")
+    image_id = plugbay_docker.images.get(tag).id
+    pinned = SecureConfig(bytes.fromhex(image_id.split(":", 1)[1]))
+    with Client(_config(DockerRunner(tag, writable_dirs=("/tmp", "/data")), start_timeout=60,
+                        secure_config=pinned)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("pinned", b"checked")
+        assert kv.get("pinned") == b"checked"
+        container_id = client.runner.id
+    assert not plugbay_docker.containers.list(all=True, filters={"id": container_id})
+    with starting_until(time.monotonic()), pytest.raises(HandshakeTimeoutError, match="ran out before it could ask"
+                                                         " the Docker engine at .* to tell its API version, so"
+                                                         " DockerRunner for .* it made no container"):
+        DockerRunner(tag).check_secure_config(pinned)

@@ -97,14 +97,14 @@ def test_the_kill_of_a_reattached_runner_is_bounded_by_the_hosts_api_timeout(sta
 @pytest.mark.timeout(120)
 def test_a_reattach_late_in_its_start_leaves_the_runner_its_own_timeouts(standin: StandIn) -> None:
     # the time left of the Client's start bounds the attach's read, not what the runner does later
-    from plugbay.runners.base import attaching_until
+    from plugbay.runners.base import starting_until
 
     kubeconfig = os.environ["KUBECONFIG"]
     runner = KubernetesRunner("no-engine/sleep:1", kubeconfig=kubeconfig,
                               command=[sys.executable, "-c", "import time; time.sleep(120)"])
     runner.start(LaunchSpec(env={}))
     try:
-        with attaching_until(time.monotonic() + 0.5):  # half a second of the start left
+        with starting_until(time.monotonic() + 0.5):  # half a second of the start left
             attached = KubernetesRunner.attach(runner.reattach_data(), kubeconfig=kubeconfig)
         try:
             assert attached.api_timeout == runner.api_timeout  # kill() is not held to that half second

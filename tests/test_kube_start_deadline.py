@@ -5,13 +5,15 @@ each API call; a Client's start_timeout shorter than either ends the start all t
 not run is a PodStartTimeoutError saying the Client's start_timeout ran out, and an API call the deadline
 cut a HandshakeTimeoutError naming the call, as the Docker runner's are. The pod made is deleted, and its
 process ends. The API server is the stand-in (pods as local processes), told to start pods late or to
-stall one kind of request; the runner's own bounds are far past the Client's, so the messages tell which
-bound ended the start. No assertion is on speed: the pytest timeouts only catch a hang.
+stall one kind of request (a port-forward's upgrade too); the runner's own bounds are far past the Client's,
+so the messages tell which bound ended the start. The pytest timeouts catch a hang; only the port-forward's
+test bounds the time as well, generously (the runner's own bound there, OWN, is far past it).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from plugbay.errors import HandshakeTimeoutError, PodStartTimeoutError  # noqa: 
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.leakcheck import _pipes_and_sockets  # noqa: E402
 from tests.procs import live_with_env  # noqa: E402
 from tests.thread_util import until  # noqa: E402
 
@@ -155,3 +158,35 @@ def test_a_start_within_its_deadline_runs_the_pod(server: StandIn) -> None:
     finally:
         runner.kill(0)
     _left_nothing(server, runner, tag)
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_port_forward_upgrade_ends_at_the_clients_start_timeout(server: StandIn) -> None:
+    """The port-forward the Client's start opens to its plugin's address (plugin_to_host's probe) is one
+    more request of the start: an API server that takes the upgrade and never answers it ends the start at
+    the Client's start_timeout, not at the runner's own (OWN, the port-forward's per-stream bound)."""
+    server.stall("get", "pods/portforward")
+    tag = uuid.uuid4().hex
+    runner = _runner(server, tag, f"import time\nprint({HANDSHAKE!r}, flush=True)\ntime.sleep(60)\n")
+    client = _client(runner, START_RUNNING)
+    sockets = _pipes_and_sockets()
+    began = time.monotonic()
+    try:
+        with pytest.raises(HandshakeTimeoutError) as info:
+            client.start()
+        took = time.monotonic() - began
+    finally:
+        client.kill()
+    text = str(info.value)
+    assert (f"the Client's start_timeout ran out while it asked the Kubernetes API at {server.url} to open a"
+            f" port-forward to pod default/{runner.pod_name} port 4000") in text
+    assert "raise ClientConfig.start_timeout" in text and isinstance(info.value, TimeoutError)
+    assert took < START_RUNNING + 3, took  # the old bound was the runner's start_timeout: OWN (30 s) past it
+    assert server.calls.get(("get", "pods/portforward"), 0) >= 1  # asked, and never answered
+    assert server.calls.get(("delete", "pods")) == 1  # the Client's kill() deleted the pod
+    _left_nothing(server, runner, tag)
+    assert len(runner._forwards) == 0
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-kpf")]
+    server.unstall()  # the stand-in lets go of the upgrade it held: no socket of the start is left then
+    assert until(lambda: not server.conns and _pipes_and_sockets().items() <= sockets.items(), 10), \
+        (server.conns, set(_pipes_and_sockets().items()) - set(sockets.items()))

@@ -309,26 +309,33 @@ _BUILT_IN = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugba
              "KubernetesRunner": "plugbay.runners.kubernetes.runner"}
 
 
-# The deadline of the Client start that is reattaching on this thread: a runner's attach is bounded by
-# it, never by a time the (untrusted) reattach data names. Passed around the ReattachFunc signature,
-# which callers supply (functools.partial(KubernetesRunner.attach, ...)).
-_attach_deadline: ContextVar[float | None] = ContextVar("plugbay_attach_deadline", default=None)
+# The deadline of the Client start running on this thread: what a runner asks its service meanwhile
+# (a reattach's reads, check_secure_config()'s lookups, plugin_to_host()'s port-forward) is bounded by it,
+# never by a time the (untrusted) reattach data names. Passed around the ReattachFunc and Runner method
+# signatures, which callers supply (functools.partial(KubernetesRunner.attach, ...)) or override.
+_start_deadline: ContextVar[float | None] = ContextVar("plugbay_start_deadline", default=None)
 
 
 @contextmanager
-def attaching_until(deadline: float | None) -> Iterator[None]:
-    """Reattaches on this thread within the block are part of a start that ends at ``deadline``
+def starting_until(deadline: float | None) -> Iterator[None]:
+    """Runner calls on this thread within the block are part of a Client start that ends at ``deadline``
     (time.monotonic(); None: of no Client's start)."""
-    token = _attach_deadline.set(deadline)
+    token = _start_deadline.set(deadline)
     try:
         yield
     finally:
-        _attach_deadline.reset(token)
+        _start_deadline.reset(token)
+
+
+def start_deadline() -> float | None:
+    """When the Client start this runner call is part of ends (time.monotonic()); None: no Client's start
+    (a direct call, or one after the start: a brokered server's address, a reconnect)."""
+    return _start_deadline.get()
 
 
 def attach_time_left() -> float | None:
     """Seconds left of the Client start this reattach is part of (None: no Client's, e.g. a direct attach())."""
-    deadline = _attach_deadline.get()
+    deadline = _start_deadline.get()
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 

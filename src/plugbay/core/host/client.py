@@ -34,7 +34,7 @@ from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.host.reattach import ReattachConfig, unreattachable
 from plugbay.core.host.streams import StreamKick
 from plugbay.core.protocol.tls import generate_cert
-from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner
+from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, starting_until
 from plugbay.runners.process import ProcessRunner
 
 _log = logging.getLogger("plugbay.client")
@@ -166,8 +166,14 @@ class Client(Connecting):
             self._started = True
 
     def _start(self) -> None:
+        deadline = time.monotonic() + self.config.start_timeout
+        # the runner's calls on this thread meanwhile (check_secure_config, plugin_to_host) are part of the
+        # start: what they ask an engine or API server is bounded by what is left of it (runners.base)
+        with starting_until(deadline):
+            self._start_by(deadline)
+
+    def _start_by(self, deadline: float) -> None:
         cfg = self.config
-        deadline = time.monotonic() + cfg.start_timeout
         if cfg.reattach is None:
             assert isinstance(self._runner, Runner)
             take_runner(self._runner, self.name)

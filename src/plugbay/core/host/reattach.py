@@ -52,9 +52,9 @@ class ReattachConfig:
     def attached_runner(self, deadline: float | None = None) -> AttachedRunner:
         """The running plugin's runner, from ``attach`` (else its kind's own) given ``runner``; the attach
         ends by ``deadline`` (time.monotonic(): the Client's start_timeout) where the runner can bound it."""
-        from plugbay.runners.base import AttachedRunner, attaching_until, reattach_runner
+        from plugbay.runners.base import AttachedRunner, starting_until, reattach_runner
 
-        with attaching_until(deadline):
+        with starting_until(deadline):
             got = reattach_runner(self.runner) if self.attach is None else self.attach(self.runner)
         if not isinstance(got, AttachedRunner):
             raise ConfigError(

@@ -7,7 +7,8 @@ import posixpath
 from typing import Any
 
 from plugbay.errors import ChecksumMismatchError, ConfigError, ImageNotFoundError, MalformedHandshakeError
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine, engine_call
+from plugbay.runners.docker.budget import StartBudget
+from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR, engine_call
 from plugbay.runners.docker.sockethandles import SocketHandles, Unusable
 
 
@@ -69,20 +70,22 @@ def socket_on_host(address: str, host_socket_dir: str, container_id: str, handle
         f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
 
 
-def check_secure_image(name: str, secure: Any) -> str:
+def check_secure_image(name: str, secure: Any, budget: StartBudget) -> str:
     """SecureConfig for images: its sha256 checksum is the image id (or a repo digest).
 
     Returns the checked image's id: the runner creates its container from that id, as the
-    name may point at another image by the time it starts."""
+    name may point at another image by the time it starts. The Client checks before start(), within
+    its start_timeout: ``budget`` bounds the lookup as it bounds start()'s requests (see budget.py)."""
     if isinstance(secure, (list, tuple)) or secure.path is not None:
         raise ConfigError("a DockerRunner checks its image only: pass one SecureConfig without path=")
     if secure.hash != "sha256":
         raise ConfigError(f"image digests are sha256; SecureConfig uses {secure.hash!r}. Pass"
                           " SecureConfig(bytes.fromhex(<image id without 'sha256:'>)) (hash='sha256')")
-    client = engine()
+    nothing = "it made no container"
     try:
-        image = find_image(client, name)
-        check_digest(image, name, "sha256:" + secure.checksum.hex())
-        return str(image.id)
+        client = budget.open(nothing)
+        image = budget.call(lambda: find_image(client, name), "look up the image", nothing)
     finally:
-        client.close()
+        budget.close()
+    check_digest(image, name, "sha256:" + secure.checksum.hex())
+    return str(image.id)

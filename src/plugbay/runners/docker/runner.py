@@ -30,7 +30,7 @@ from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_while_starting, register_reattacher,
-                                  reuse_refused)
+                                  reuse_refused, start_deadline)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT, SOCKET_DIR, SOCKET_DIR_PREFIX,
                                             SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
                                             engine, engine_call, host_gid, mark_socket_dir, parse_mount,
@@ -271,8 +271,10 @@ class DockerRunner(ContainerTeardown, Runner):
         self._waiter.start()
 
     def check_secure_config(self, secure: Any) -> None:
-        """SecureConfig for images: its sha256 checksum is the image id (or a repo digest)."""
-        self._verified_image = check_secure_image(self.image, secure)
+        """SecureConfig for images: its sha256 checksum is the image id (or a repo digest). Within a Client's
+        start its lookup is bounded by what is left of the start_timeout, as start()'s requests are."""
+        budget = StartBudget(f"DockerRunner for {self.image!r}", self.engine_timeout, start_deadline())
+        self._verified_image = check_secure_image(self.image, secure, budget)
 
     # --- addresses --------------------------------------------------------------
 

@@ -46,14 +46,17 @@ _log = logging.getLogger("plugbay.runners.kubernetes")
 
 
 class PortForwarder:
-    """``timeout``: seconds each stream's connect, TLS and WebSocket upgrade may take together.
+    """``timeout``: seconds each stream's connect, TLS and WebSocket upgrade may take together;
+    ``probe_timeout``: the constructor's own stream's (default ``timeout``), which the runner bounds by
+    what is left of the Client's start when the start opens it (the later streams come after the start).
 
     ``gone()`` says whether the runner's pod is gone (its watch saw it deleted, or its name taken by a
     pod of another UID): the API server forwards to whichever pod has the name, so from then on no
     connection gets a stream (a new pod under that name is not the plugin the host started)."""
 
     def __init__(self, configuration: Any, namespace: str, pod: str, port: int,
-                 denied_message: str, timeout: float = 30.0, gone: Callable[[], bool] = lambda: False) -> None:
+                 denied_message: str, timeout: float = 30.0, gone: Callable[[], bool] = lambda: False,
+                 probe_timeout: float | None = None) -> None:
         self._configuration = configuration
         self._gone = gone
         self.namespace, self.pod, self.port = namespace, pod, port
@@ -74,7 +77,8 @@ class PortForwarder:
         self._listener.listen(64)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         try:
-            _close_stream(self._open(), FrameReader())  # fail now (403, pod gone) rather than on the first call
+            # fail now (403, pod gone) rather than on the first call
+            _close_stream(self._open(probe_timeout), FrameReader())
         except BaseException:
             self._listener.close()
             raise
@@ -88,8 +92,9 @@ class PortForwarder:
         return (f"port-forward to pod {self.namespace}/{self.pod} port {self.port}: the API server said"
                 f" {printable(error.strip())[:500]!r}") if error else ""
 
-    def _open(self) -> Any:
-        """One port-forward WebSocket; returns its socket (plain or TLS), past the handshake."""
+    def _open(self, timeout: float | None = None) -> Any:
+        """One port-forward WebSocket, within ``timeout`` (None: :attr:`timeout`); returns its socket (plain
+        or TLS), past the handshake."""
         what = f"port-forward to pod {self.namespace}/{self.pod} port {self.port}"
         if self._gone():
             raise RunnerError(f"{what}: the runner's pod is gone (deleted, or its name is another pod's now);"
@@ -104,8 +109,8 @@ class PortForwarder:
                 mine.append(sock)
 
         try:
-            sock, chosen = open_websocket(self._configuration, self._path, (V4_PROTOCOL,), self.timeout,
-                                          what, self._refused, track)
+            sock, chosen = open_websocket(self._configuration, self._path, (V4_PROTOCOL,),
+                                          self.timeout if timeout is None else timeout, what, self._refused, track)
         finally:
             with self._lock:
                 self._opening.difference_update(mine)

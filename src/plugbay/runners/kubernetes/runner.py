@@ -21,7 +21,7 @@ from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, Run
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
-                                  register_reattacher, reuse_refused)
+                                  register_reattacher, reuse_refused, start_deadline)
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, api_host, check_api_timeout, default_namespace,
                                             in_cluster, load_api_client, reattach_kubeconfig)
@@ -246,14 +246,22 @@ class KubernetesRunner(PodTeardown, Runner):
         port = int(address.rsplit(":", 1)[1])
         if self.address_mode == "in-cluster":
             return "tcp", self._pod_address(port)
-        # start_timeout also bounds each stream's connect + WebSocket upgrade: an API
-        # server that takes the connection and never answers fails start, not hangs it
-        return "tcp", self._forwards.take(port, lambda: PortForwarder(
+        return "tcp", self._forwards.take(port, lambda: self._forwarder(port), lambda: RunnerError(
+            f"runner for pod {self.id} was killed or detached while its port-forward opened; start a new runner"
+            " (or reattach) to reach the plugin"))
+
+    def _forwarder(self, port: int) -> PortForwarder:
+        # start_timeout also bounds each stream's connect + WebSocket upgrade: an API server that takes the
+        # connection and never answers fails start, not hangs it. Within the Client's start (its mapping of the
+        # plugin's address) the first stream's open is one more request of the start: bounded by what is left
+        # of it, as start()'s API calls are. Later streams (gRPC's reconnects) come after the start.
+        budget = StartBudget(f"KubernetesRunner for {self.image!r}", api_host(self._api_client), self.start_timeout,
+                             self.start_timeout, start_deadline())
+        return budget.call(lambda bound: PortForwarder(
             self._api_client.configuration, self.namespace, self.pod_name, port,
             denied_message("create", "pods/portforward", self.namespace), timeout=self.start_timeout,
-            gone=lambda: self._podwatch.gone),
-            lambda: RunnerError(f"runner for pod {self.id} was killed or detached while its port-forward"
-                                " opened; start a new runner (or reattach) to reach the plugin"))
+            gone=lambda: self._podwatch.gone, probe_timeout=bound), f"open a port-forward to pod {self.id} port {port}",
+            "the Client ends the pod it started (a reattached one it leaves running)")
 
     def connect_detail(self) -> str:
         return self._forwards.error_detail()
