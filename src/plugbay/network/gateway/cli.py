@@ -29,6 +29,7 @@ from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSION
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, MAX_MAX_MESSAGE, GatewayConfig
 from plugbay.network.gateway.gateway import Gateway
+from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
 
 ENV_PREFIX = "PLUGBAY_GATEWAY_"
 # SIGHUP (its terminal or SSH session closed, `kill -HUP`) and SIGQUIT end the process by default: the
@@ -80,6 +81,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    metavar="N", help="with --multiplex: brokering sessions (each a child) one peer IP address may"
                                      " hold at once; its next is refused, the host told why (default"
                                      f" {DEFAULT_MAX_PEER_SESSIONS}, at most {MAX_SESSIONS})")
+    p.add_argument("--max-child-starts", default=default("MAX_CHILD_STARTS", str(DEFAULT_MAX_CHILD_STARTS)),
+                   metavar="N", help="with --multiplex: brokering sessions' children starting at once; the next"
+                                     " turn goes to the next peer IP address waiting, so a host opening sessions"
+                                     " in a loop delays only its own (default"
+                                     f" {DEFAULT_MAX_CHILD_STARTS}, at most 256)")
     p.add_argument("--max-message", default=default("MAX_MESSAGE", str(DEFAULT_MAX_MESSAGE)), metavar="BYTES",
                    help="largest request message forwarded; a larger one is refused with RESOURCE_EXHAUSTED"
                         f" before the gateway buffers it (default {DEFAULT_MAX_MESSAGE}, 4 MiB, as go-plugin's)")
@@ -126,6 +132,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         parser, args.max_peer_calls, "--max-peer-calls", "the forwarded calls at once from one peer address", "36")
     max_peer_sessions = _positive(parser, args.max_peer_sessions, "--max-peer-sessions", "the brokering sessions"
                                   " one peer address may hold", str(DEFAULT_MAX_PEER_SESSIONS), MAX_SESSIONS)
+    max_child_starts = _positive(parser, args.max_child_starts, "--max-child-starts", "the brokering sessions'"
+                                 " children starting at once", str(DEFAULT_MAX_CHILD_STARTS), 256)
     max_message = _positive(parser, args.max_message, "--max-message", "the bytes of one request message",
                             str(DEFAULT_MAX_MESSAGE), MAX_MAX_MESSAGE)
     return GatewayConfig(cmd=cmd, cookie=(key, value), listen=args.listen, cert_file=args.cert, key_file=args.key,
@@ -133,7 +141,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
                          max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message,
-                         max_peer_sessions=max_peer_sessions)
+                         max_peer_sessions=max_peer_sessions, max_child_starts=max_child_starts)
 
 
 def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str,

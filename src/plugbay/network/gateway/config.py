@@ -13,6 +13,7 @@ from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepa
 from plugbay.errors import ConfigError
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
+from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
 from plugbay.runners.command import check_cmd, check_env
 
 # Forwarded calls at once (the gateway's own services have threads of their own).
@@ -65,6 +66,9 @@ class GatewayConfig:
     # with multiplex=True: brokering sessions (each with a child of its own) one peer IP address may hold at
     # once, as NetworkServe(max_peer_sessions=); its next is refused, the host told why
     max_peer_sessions: int = DEFAULT_MAX_PEER_SESSIONS
+    # with multiplex=True: sessions' children starting at once; a free turn goes to the next peer address
+    # waiting (round robin), so one host opening sessions in a loop delays its own, not others' (gateway/starts.py)
+    max_child_starts: int = DEFAULT_MAX_CHILD_STARTS
 
     def check(self) -> None:
         if not isinstance(self.cmd, (str, bytes)) and isinstance(self.cmd, Sequence) and (
@@ -96,6 +100,11 @@ class GatewayConfig:
                               f" most {MAX_MAX_MESSAGE} (gRPC's limit), got {self.max_message!r}; pass for example"
                               f" --max-message {DEFAULT_MAX_MESSAGE}")
         check_peer_sessions(self.max_peer_sessions, "the gateway's max_peer_sessions", "--max-peer-sessions ")
+        starts = self.max_child_starts
+        if isinstance(starts, bool) or not isinstance(starts, int) or not 1 <= starts <= 256:
+            raise ConfigError(f"the gateway's max_child_starts must be an int from 1 to 256 (brokering sessions'"
+                              f" children starting at once), got {starts!r:.80}; pass for example"
+                              f" --max-child-starts {DEFAULT_MAX_CHILD_STARTS}")
         peer_calls = self.max_peer_calls
         if peer_calls is not None and (isinstance(peer_calls, bool) or not isinstance(peer_calls, int)
                                        or peer_calls < 1):

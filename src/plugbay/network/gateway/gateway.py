@@ -78,6 +78,7 @@ from plugbay.network.gateway.config import (
 )
 from plugbay.network.gateway.forward import Forwarder
 from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck
+from plugbay.network.gateway.starts import FairStarts
 from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
@@ -127,6 +128,7 @@ class Gateway:
         # why brokering sessions are refused at once: a session's child announced no multiplexing
         self._sessions_refused = ""
         self._refusing = threading.Lock()
+        self._starts = FairStarts(config.max_child_starts)  # the sessions' children start in turns
 
     @property
     def peer_calls(self) -> int:
@@ -141,7 +143,7 @@ class Gateway:
         return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
                             start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer,
                             keepalive=cfg.keepalive, refused=self._sessions_refused,
-                            on_no_multiplex=self._no_multiplex)
+                            on_no_multiplex=self._no_multiplex, starts=self._starts)
 
     def _no_multiplex(self, why: str) -> None:
         """A session's child announced no multiplexing, though start()'s check saw the plugin do so (its

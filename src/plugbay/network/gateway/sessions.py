@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
@@ -46,6 +47,7 @@ from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream
 from plugbay.errors import GatewayError, PlugbayError
+from plugbay.network.gateway.starts import FairStarts
 from plugbay.network.gateway.twins import TwinOpener
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner
@@ -131,8 +133,9 @@ class ChildSession:
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
                  logger: logging.Logger | None = None, peer: str | None = None,
                  keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE, refused: str = "",
-                 on_no_multiplex: Callable[[str], None] | None = None) -> None:
+                 on_no_multiplex: Callable[[str], None] | None = None, starts: FairStarts | None = None) -> None:
         self._conn = conn
+        self._starts = starts  # the gateway's turns for children's starts, shared by its sessions
         self._refused = refused  # why no child is started for this session: its connection is closed at once
         self._on_no_multiplex = on_no_multiplex
         # the child's session too: a child that stops answering (stopped, wedged) ends this session, so
@@ -195,8 +198,13 @@ class ChildSession:
             self._launch()
         except Exception as exc:  # any: a thread that died here left the session, its child and host, forever
             expected = isinstance(exc, (PlugbayError, OSError))
-            log.warning("gateway: a brokering host session could not get its own plugin: %s", exc,
-                        exc_info=not expected)
+            with self._lock:
+                closed = self._closed
+            if closed and expected:  # it ended first (its host left while its child waited or started)
+                log.debug("gateway: a brokering host session ended while its plugin started: %s", exc)
+            else:
+                log.warning("gateway: a brokering host session could not get its own plugin: %s", exc,
+                            exc_info=not expected)
             with self._lock:
                 self._failed = True
                 runner = None if self._closed else self._runner
@@ -210,8 +218,9 @@ class ChildSession:
             if self._closed:
                 return
             self._runner = runner
-        info = start_child(runner, self._dir, self._cmd, self._cookie, self._versions, self._env,
-                           self._start_timeout, self._logs, "gateway-session")
+        with self._turn():
+            info = start_child(runner, self._dir, self._cmd, self._cookie, self._versions, self._env,
+                               self._start_timeout, self._logs, "gateway-session")
         if not info.multiplex:
             why = no_multiplex(self._cmd)
             if self._on_no_multiplex is not None:
@@ -230,6 +239,12 @@ class ChildSession:
             self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote",
                                    write_timeout=write_timeout)
         runner.watch_exit(self._child_exited)
+
+    def _turn(self) -> AbstractContextManager[None]:
+        """One of the gateway's turns to start a child, waited for within start_timeout (see starts.py)."""
+        if self._starts is None:
+            return nullcontext()
+        return self._starts.turn(self._peer or "", time.monotonic() + self._start_timeout, lambda: self._closed)
 
     def _child_exited(self, code: int) -> None:
         """On the shared I/O loop (never blocks): a crash is told as the shared child's is; a child close()
@@ -259,6 +274,8 @@ class ChildSession:
                 return
             self._closed = True
             runner, sessions = self._runner, (self._remote, self._child)
+        if self._starts is not None:
+            self._starts.wake()  # a turn still waited for ends now
         # the child first (SIGTERM, then after the grace SIGKILL; this also ends a handshake still
         # being waited for): a go-plugin child whose connection ended before it did logs that as
         # an ERROR ("grpc server error=EOF"), and its session ends with it all the same
