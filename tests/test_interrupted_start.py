@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +29,9 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig, ProcessRunner  # noqa: E402
 from plugbay.core.transport.aioloop import AioLoop  # noqa: E402
+from plugbay.runners.hostbound import spawn_bound  # noqa: E402
 from tests.procs import children, gone  # noqa: E402
+from tests.resilience_util import wait_until  # noqa: E402
 
 PY = sys.executable
 SILENT = [PY, "-c", "import time; time.sleep(60)"]  # never prints a handshake line
@@ -143,3 +146,71 @@ def test_ctrl_c_while_the_handshake_line_is_awaited_leaves_no_plugin_pipe_open(t
         except OSError:
             continue  # the listing's own fd
     assert set(pipes) & set(open_here) == set()
+
+
+def _waiting_for_the_spawn_thread(frame: FrameType, event: str, arg: Any) -> bool:
+    back = frame.f_back
+    return (event == "call" and frame.f_code.co_name == "wait" and back is not None
+            and back.f_code.co_name == "spawn_bound")
+
+
+def test_ctrl_c_while_the_spawn_thread_forks_leaves_no_plugin_process(tmp_path: Path) -> None:
+    # die_with_host: the Popen runs on the spawn thread while the caller waits; interrupted there, the
+    # caller waits for that Popen and ends its child, as for a Popen of its own cut short
+    runner = ProcessRunner(SILENT, cwd=tmp_path, die_with_host=True)
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                 start_timeout=30))
+    mine = set(children(os.getpid()))
+    with ctrl_c_when(_waiting_for_the_spawn_thread):
+        client.start()
+    assert set(children(os.getpid())) - mine == set()  # not running, not a zombie either
+    assert _carrying(runner.plugin_id) == []
+    client.kill()
+    assert client.exited
+
+
+def _main_blocked_in_spawn_bound(seen: set[int]) -> int | None:
+    """The line of spawn_bound whose wait the main thread is blocked in (asleep in the kernel: a signal
+    now interrupts that wait, where one sent as it starts to block would be left pending), if not in
+    ``seen``."""
+    main = threading.main_thread()
+    try:
+        syscall = Path(f"/proc/self/task/{main.native_id}/syscall").read_text()
+    except OSError:
+        return None
+    frame: FrameType | None = sys._current_frames().get(main.ident or 0)
+    if syscall.startswith("running") or frame is None or frame.f_code.co_name != "wait":
+        return None
+    while frame is not None and frame.f_code.co_name != "spawn_bound":
+        frame = frame.f_back
+    return frame.f_lineno if frame is not None and frame.f_lineno not in seen else None
+
+
+def test_a_second_ctrl_c_hands_the_child_to_the_spawn_thread() -> None:
+    # interrupted again while it waits for the Popen, the caller leaves; the spawn thread ends the child
+    # once its Popen returns. The spawn itself sends the main thread each SIGINT, once it is blocked in
+    # each of spawn_bound's two waits, so both land there.
+    made: list[subprocess.Popen[bytes]] = []
+    ended: list[int | None] = []
+
+    def popen(arm: Callable[[], None]) -> None:  # on the spawn thread
+        seen: set[int] = set()
+
+        def blocked_in_a_new_wait() -> bool:
+            line = _main_blocked_in_spawn_bound(seen)
+            seen.add(line or 0)
+            return line is not None
+
+        for _ in range(2):
+            assert wait_until(blocked_in_a_new_wait, 20)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        made.append(subprocess.Popen(SILENT, preexec_fn=arm))
+
+    def cut_short() -> None:
+        made[0].kill()
+        ended.append(made[0].wait(20))
+
+    with pytest.raises(KeyboardInterrupt):
+        spawn_bound(popen, cut_short)
+    assert wait_until(lambda: ended == [-signal.SIGKILL], 20), ended  # cut_short ran, on the spawn thread
+    assert gone(made[0].pid)

@@ -12,7 +12,8 @@ def thread_names() -> list[str]:
 
 
 def plugbay_threads() -> list[str]:
-    return [name for name in thread_names() if name.startswith("plugbay-")]
+    # but plugbay-spawn, which lives for the process by design (the die_with_host children it forked die with it)
+    return [name for name in thread_names() if name.startswith("plugbay-") and name != "plugbay-spawn"]
 
 
 def until(check: Callable[[], object], timeout: float, step: float = 0.05) -> bool:

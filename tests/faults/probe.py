@@ -159,7 +159,8 @@ class Snapshot:
             entries = set(os.listdir(tmp))
         except OSError:
             entries = set()
-        threads = {t.name for t in threading.enumerate() if t.name.startswith("plugbay-") and t.is_alive()}
+        threads = {t.name for t in threading.enumerate()  # plugbay-spawn lives for the process by design
+                   if t.name.startswith("plugbay-") and t.name != "plugbay-spawn" and t.is_alive()}
         return cls(descendants(os.getpid()), threads, _fds(), entries)
 
     def leaks_since(self, before: Snapshot, infra: bool = False) -> list[str]:

@@ -19,6 +19,9 @@ first; the runner sends SIGTERM to the group (and SIGCONT, so a stopped plugin
 acts on it), waits ``grace`` seconds, then SIGKILLs the group and reaps the
 child, so no zombie is left.
 
+``die_with_host=True`` (opt-in): the kernel SIGKILLs the plugin when the host process dies, kill -9
+included (plugbay.runners.hostbound); the gateway starts its children so.
+
 Its stdout/stderr and its exit are watched on the host's one shared I/O
 thread (follow_output, watch_exit: a pidfd), not by threads of its own.
 
@@ -49,6 +52,7 @@ from plugbay.runners.command import check_cmd as check_cmd  # re-exported: confi
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
+from plugbay.runners.hostbound import check_supported, spawn_bound
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
@@ -74,8 +78,16 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False) -> None:
+                 cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False,
+                 die_with_host: bool = False) -> None:
+        """``die_with_host``: the plugin gets SIGKILL when this host process dies, even by SIGKILL
+        (Linux's parent-death signal; see plugbay.runners.hostbound)."""
         check_cmd(cmd, "ProcessRunner cmd")
+        if not isinstance(die_with_host, bool):
+            raise ConfigError(f"ProcessRunner die_with_host must be True or False, got {die_with_host!r}")
+        if die_with_host:
+            check_supported()
+        self.die_with_host = die_with_host
         check_env(env or {}, "ProcessRunner env")
         self.cmd = list(cmd)
         self.env = dict(env or {})
@@ -166,34 +178,46 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
         self._spawner = os.getpid()
         # made before it runs: a Ctrl-C inside Popen (it waits for the exec) leaves its child known here
         proc: subprocess.Popen[bytes] = subprocess.Popen.__new__(subprocess.Popen)
+
+        def popen(preexec: Callable[[], None] | None) -> None:
+            try:
+                subprocess.Popen.__init__(
+                    proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
+                    pass_fds=tuple(verified.values()), preexec_fn=preexec,
+                )
+            finally:  # after the Popen, wherever it ran: until then a closed number could name another file
+                for fd in verified.values():
+                    os.close(fd)
+
+        def cut_short() -> None:  # Ctrl-C while Popen waited for the exec: it dropped the pipes but not
+            self._unheld = proc  # the child, which runs on (a zombie once it ends) where nothing would stop
+            self._end_unheld()  # or reap it
+
         try:
-            subprocess.Popen.__init__(
-                proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
-                pass_fds=tuple(verified.values()),
-            )
+            if self.die_with_host:
+                spawn_bound(popen, cut_short)  # forked from the one long-lived spawn thread
+            else:
+                popen(None)
             self._proc = proc
-        except (OSError, ValueError) as exc:
-            if verified:  # the checked copies close below: a second start() would run the unchecked file
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            if verified:  # the checked copies are closed: a second start() would run the unchecked file
                 with self._lock:
                     self._ended = self._ended or "used for a start that failed (its checked copy is closed)"
             # ValueError: what the OS cannot take (a NUL byte, an '=' in an environment name), e.g. in a
             # LaunchSpec's env, which no config check saw
+            # SubprocessError: the preexec_fn failed, i.e. the kernel refused the parent-death signal
             hint = ("Remove NUL bytes from the command, folder and environment, and '=' from environment"
                     " names." if isinstance(exc, ValueError) else
-                    "Check the path, the executable bit and the working directory.")
+                    "Check the path, the executable bit and the working directory." if isinstance(exc, OSError)
+                    else "The kernel refused prctl(PR_SET_PDEATHSIG) (a seccomp filter?): drop die_with_host.")
             raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. {hint}") from exc
         except BaseException:
-            # Ctrl-C while Popen waited for the exec: it dropped the pipes but not the child, which
-            # runs on (a zombie once it ends) where nothing would stop or reap it
-            self._unheld = proc
             with self._lock:
                 self._ended = self._ended or "used for a start that was interrupted"
-            self._end_unheld()
+            if not self.die_with_host:  # spawn_bound ends the child of a spawn it saw interrupted
+                cut_short()
             raise
-        finally:
-            for fd in verified.values():
-                os.close(fd)
         facts = stat_of(self._proc.pid)  # its start ticks bound kill()'s /proc scan (proctree.family)
         self._start_ticks = facts[1] if facts is not None else None
         with self._lock:

@@ -6,9 +6,11 @@
         print(gw.address)   # hosts dial this over mutual TLS
 
 The gateway is a host of its child (plugbay's Client: process runner,
-AutoMTLS, a private unix socket) and a gRPC server on ``listen`` (TLS from
-the provided files, reloaded when they change, through the same code as
-serve()'s network mode: plugbay.core.plugin.network.bind). It serves itself:
+AutoMTLS, a private unix socket; every child it starts, the shared one and each
+session's, with ``die_with_host``, so a gateway killed outright takes them with
+it) and a gRPC server on ``listen`` (TLS from the provided files, reloaded when
+they change, through the same code as serve()'s network mode:
+plugbay.core.plugin.network.bind). It serves itself:
 
 * grpc.health.v1 "plugin" (and ""): SERVING while the child runs and answers its health checks
   (plugbay.network.gateway.probe, on the ``keepalive`` figures), else NOT_SERVING;
@@ -164,7 +166,7 @@ class Gateway:
         versions = sorted({int(v) for v in cfg.protocol_versions})
         return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
                             versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
-                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd),
+                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd, die_with_host=True),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
                             name="gateway-child", logger=cfg.logger)
 

@@ -96,7 +96,7 @@ class MultiplexCheck:
         self._env = dict(env)
         self._start_timeout = start_timeout
         self._logger = logger
-        self._runner = ProcessRunner(self._cmd, cwd=cwd)
+        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=True)
         self._aborted = threading.Event()
 
     def run(self) -> None:
@@ -213,7 +213,7 @@ class ChildSession:
                 runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
-        runner = ProcessRunner(self._cmd, cwd=self._cwd)
+        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=True)
         with self._lock:
             if self._closed:
                 return

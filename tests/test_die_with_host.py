@@ -1,0 +1,164 @@
+"""ProcessRunner(die_with_host=True) and the gateway: a host killed outright (SIGKILL) takes its plugin with it.
+
+Real host processes (a small script, the gateway command) start the real Go KV plugin (go-plugin 1.0.1),
+then get SIGKILL; their plugin must end without any code of theirs running. The plugin is started from
+a thread that ends at once, as the gateway's start thread does: the parent-death signal follows the
+thread that forked, so a plugin forked there would die with that thread.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from plugbay.errors import ConfigError
+from plugbay.runners.process import ProcessRunner
+from tests import gobuild
+from tests.procs import children, gone, live_with_env
+from tests.resilience_util import wait_until
+
+_reason = gobuild.go_missing_reason()
+pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+REPO = Path(__file__).resolve().parent.parent
+BOUND = 20.0
+TAG = "PLUGBAY_TEST_DIE_WITH_HOST"
+
+_HOST = """
+import os, sys, threading, time
+sys.path[:0] = [{repo!r}, {src!r}, {examples!r}]
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig, ProcessRunner
+
+def start():
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, start_timeout=30,
+                                 runner=ProcessRunner([{kv!r}], die_with_host={die!r})))
+    client.start()
+    clients.append(client)
+
+def started_by_a_thread_that_ends():
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    while os.path.exists(f"/proc/self/task/{{thread.native_id}}"):  # the OS thread itself has ended
+        time.sleep(0.01)
+    kv = clients[-1].dispense(PLUGIN_NAME)
+    kv.put("k", b"v")  # the plugin still serves after its starting thread ended
+    assert kv.get("k") == b"v"
+    return clients[-1].runner.pid
+
+clients = []
+if {fork!r}:
+    started_by_a_thread_that_ends()  # the spawn thread runs in this process; a forked child has none
+    pid = os.fork()
+    if pid:
+        print("forked", pid, flush=True)
+        time.sleep(600)
+        os._exit(0)
+print("plugin", started_by_a_thread_that_ends(), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(scope="module")
+def kv_bin() -> str:
+    return str(gobuild.build_go("kv_plugin"))
+
+
+def _line(proc: subprocess.Popen[str], word: str) -> str:
+    """The next line of ``proc``'s stdout, which must start with ``word`` (within BOUND)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(BOUND)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith(word):
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"expected {word!r} from the host, got {line!r}; stderr: {err[-2000:]}")
+    return line.split()[-1]
+
+
+@contextmanager
+def _tagged_run(argv: list[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``argv`` run with a tag in its environment (its plugins inherit it); everything tagged ends after."""
+    tag = uuid.uuid4().hex
+    # a SIGKILLed host removes none of its socket folders: they go here (a short path, as a socket's is bounded)
+    private = tempfile.mkdtemp(prefix="dwh-")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), TAG: tag, "TMPDIR": private}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, tag
+    finally:
+        for pid in live_with_env(TAG, tag):  # the host, its forked copy and plugins: all started here
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+        shutil.rmtree(private)
+
+
+def _host(kv_bin: str, die: bool, fork: bool = False) -> list[str]:
+    script = _HOST.format(repo=str(REPO), src=str(REPO / "src"), examples=str(REPO / "examples" / "kv"),
+                          kv=kv_bin, die=die, fork=fork)
+    return [sys.executable, "-c", script]
+
+
+def test_a_sigkilled_host_takes_its_plugin_with_it(kv_bin: str, tmp_path: Path) -> None:
+    with _tagged_run(_host(kv_bin, die=True), tmp_path) as (host, _):
+        plugin = int(_line(host, "plugin"))
+        assert not gone(plugin)
+        host.kill()
+        host.wait(BOUND)
+        assert wait_until(lambda: gone(plugin), BOUND), f"plugin {plugin} outlived its SIGKILLed host"
+
+
+def test_without_the_option_a_sigkilled_host_leaves_its_plugin_running(kv_bin: str, tmp_path: Path) -> None:
+    with _tagged_run(_host(kv_bin, die=False), tmp_path) as (host, tag):
+        plugin = int(_line(host, "plugin"))
+        host.kill()
+        host.wait(BOUND)
+        assert not gone(plugin) and plugin in live_with_env(TAG, tag)  # the default is unchanged (opt-in)
+
+
+def test_a_forked_host_starts_a_spawn_thread_of_its_own(kv_bin: str, tmp_path: Path) -> None:
+    # the fork copies no spawn thread: a start handed to the parent's would wait forever
+    with _tagged_run(_host(kv_bin, die=True, fork=True), tmp_path) as (host, _):
+        forked = int(_line(host, "forked"))
+        plugin = int(_line(host, "plugin"))
+        assert plugin in children(forked)
+        os.kill(forked, signal.SIGKILL)
+        assert wait_until(lambda: gone(plugin), BOUND), f"plugin {plugin} outlived its SIGKILLed host"
+
+
+def test_a_sigkilled_gateway_takes_its_children_with_it(kv_bin: str, tmp_path: Path) -> None:
+    # the first child is started on the gateway's start thread, a restarted one on its keeper thread
+    argv = [sys.executable, "-m", "plugbay.network.gateway", "--insecure", "--listen", "127.0.0.1:0",
+            "--cookie", "BASIC_PLUGIN=hello", "--", kv_bin]
+    with _tagged_run(argv, tmp_path) as (gateway, _):
+        assert _line(gateway, "listening").startswith("127.0.0.1:")
+        first = children(gateway.pid, zombies=False)
+        assert len(first) == 1, first
+        os.kill(first[0], signal.SIGKILL)  # the keeper restarts it
+        assert wait_until(lambda: set(children(gateway.pid, zombies=False)) - set(first), BOUND)
+        child = children(gateway.pid, zombies=False)
+        assert len(child) == 1, child
+        gateway.kill()
+        gateway.wait(BOUND)
+        assert wait_until(lambda: gone(child[0]), BOUND), f"child {child[0]} outlived its SIGKILLed gateway"
+
+
+def test_die_with_host_takes_a_bool() -> None:
+    with pytest.raises(ConfigError, match="die_with_host must be True or False"):
+        ProcessRunner(["true"], die_with_host="yes")  # type: ignore[arg-type]
