@@ -157,6 +157,10 @@ def test_a_sigkilled_gateway_takes_its_children_with_it(kv_bin: str, tmp_path: P
         gateway.kill()
         gateway.wait(BOUND)
         assert wait_until(lambda: gone(child[0]), BOUND), f"child {child[0]} outlived its SIGKILLed gateway"
+        assert gateway.stderr is not None
+        said = gateway.stderr.read()
+        # the command imports grpcio with its fork handlers off: they logged a line at every child start
+        assert "fork_posix" not in said and "skipping fork() handlers" not in said, said[-2000:]
 
 
 def test_die_with_host_takes_a_bool() -> None:

@@ -5,8 +5,8 @@ a session's own child (PLUGIN_MULTIPLEX_GRPC=true) misbehaves as argv[1] says, t
   slow-mux      ignores SIGTERM, announces multiplexing and holds the gateway's connection without a word
                 (a session that ends when its host leaves, and whose close waits out the kill's grace)
   no-mux-later  announces no multiplexing (as after the plugin's file was replaced by a go-plugin 1.0.x one)
-  slow-start    takes 0.5 s to start (a Python plugin's imports and serve()), then holds its connection as slow-mux
-                does, SIGTERM ending it
+  slow-start    takes argv[2] seconds to start (a Python plugin's imports and serve()), then holds its
+                connection as slow-mux does, SIGTERM ending it
 
 The first child asked to multiplex is the gateway's start check: it announces multiplexing and marks the
 cwd (file "checked"); only the later ones, the sessions' children, misbehave. Each such child appends a
@@ -38,7 +38,7 @@ elif sys.argv[1] in ("slow-mux", "slow-start"):
     if sys.argv[1] == "slow-mux":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
-        time.sleep(0.5)
+        time.sleep(float(sys.argv[2]))
     path = os.path.join(os.environ["PLUGIN_UNIX_SOCKET_DIR"], "child.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -23,10 +23,29 @@ from collections.abc import Callable
 
 from plugbay.errors import ConfigError
 
+_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 _PR_SET_PDEATHSIG = 1
 _SIGKILL = int(signal.SIGKILL)
 
 Arm = Callable[[], None]
+
+
+def import_grpc_without_fork_handlers() -> None:
+    """For a command whose process starts die_with_host children and runs gRPC in no forked child (the
+    gateway's): import grpcio with its fork handlers off.
+
+    A die_with_host start forks (a preexec_fn rules out vfork), and grpcio's fork handlers then log
+    "Other threads are currently calling into gRPC, skipping fork() handlers" at every start; they
+    are for forked children that use gRPC, which exec'd plugins never are. grpcio reads the variable
+    at its import, so this must come first; it is set for that import only (the children do not
+    inherit it), and a value the user set is kept. A no-op once grpc is imported."""
+    if "grpc" in sys.modules or _FORK_SUPPORT in os.environ:
+        return
+    os.environ[_FORK_SUPPORT] = "false"
+    try:
+        import grpc  # noqa: F401
+    finally:
+        os.environ.pop(_FORK_SUPPORT, None)
 
 
 def check_supported() -> None:
