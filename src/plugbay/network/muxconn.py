@@ -147,11 +147,21 @@ class MuxEndpoint(DelegatingChannel):
             self.close()
             raise
 
-    def broker(self, timeout: float, limit: str = "call_timeout") -> GRPCBroker:
+    @property
+    def session_up(self) -> bool:
+        """Whether this endpoint's yamux session is up: the plugin answered on it, and it has not read the
+        end of its connection (a replica killed or stopped is seen here at once, not at a health check)."""
+        mux = self._mux
+        session = mux.session if mux is not None else None
+        return not self._closed and session is not None and not session.closed and session.answered
+
+    def broker(self, timeout: float, limit: str = "call_timeout", wait: float | None = None,
+               give_up: Callable[[], bool] | None = None) -> GRPCBroker | None:
         """This endpoint's broker (a new one when the session, and so the old broker's stream, was lost).
 
-        A new one waits up to ``timeout`` for the session to come up, without holding this endpoint's
-        lock, so close() from another thread ends that wait at once instead of waiting it out."""
+        A new one waits up to ``wait`` (``timeout``, the figure an error names, when None) for the session
+        to come up, without holding this endpoint's lock, so close() from another thread ends that wait at
+        once instead of waiting it out; so does ``give_up()`` turning True (then None: pin elsewhere)."""
         with self._lock:
             broker = self._alive_broker()
             if broker is not None:
@@ -159,7 +169,8 @@ class MuxEndpoint(DelegatingChannel):
             # the broker's stream is opened once, without waiting: the channel must be up first. Not
             # grpc.channel_ready_future: its connectivity poll (0.2 s watches) outlives the wait, and
             # closing the channel waits for the watch in flight (every brokered close took 0.2 s more)
-            ready = self._channel.unary_unary(_READY_PROBE).future(b"", timeout=timeout, wait_for_ready=True)
+            ready = self._channel.unary_unary(_READY_PROBE).future(
+                b"", timeout=timeout if wait is None else wait, wait_for_ready=True)
             self._waits.add(ready)
         try:
             while True:  # a refused session keeps being dialed again: it is told apart, and said, at once
@@ -170,6 +181,8 @@ class MuxEndpoint(DelegatingChannel):
                     refused = refusal_of([self], "")
                     if refused is not None:
                         raise refused from None
+                    if give_up is not None and give_up():
+                        return None
         except grpc.FutureCancelledError:
             raise self._closed_error() from None
         except grpc.RpcError as exc:

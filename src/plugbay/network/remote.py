@@ -71,6 +71,7 @@ from plugbay.errors import (
 )
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions, refusal_of
+from plugbay.network.muxpin import pin_broker
 from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
 from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
 from plugbay.network.pool import EndpointPool
@@ -291,9 +292,9 @@ class RemoteClient(Client):
         return AioPoolChannel(AioEndpoints(self.pool))
 
     def pin(self, name: str) -> tuple[Any, str, GRPCBroker]:
-        """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to (round
-        robin) and that endpoint's broker, which may wait for the endpoint's session to come up: for
-        call_timeout (start_timeout when call_timeout is None), and until the client is closed."""
+        """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to and that
+        endpoint's broker (plugbay.network.muxpin: round robin, never a lost session while another is up),
+        which may wait for a session: for call_timeout (else start_timeout), and until the client closes."""
         with self._lock:
             self.start()
             plugins = self._versions[self.negotiated_version]
@@ -305,9 +306,7 @@ class RemoteClient(Client):
                 raise self.pool.tls_broken() or no_endpoints(self.pool, "no endpoint is available to pin a"
                                                                         " brokered stub to")
         # outside the lock: close() and kill() need it, and closing the pool ends this wait
-        if self.config.call_timeout is not None:
-            return plugins[name], key, endpoint.broker(self.config.call_timeout)
-        return plugins[name], key, endpoint.broker(self.remote.start_timeout, "start_timeout")
+        return plugins[name], *pin_broker(self.pool, key, endpoint, self.config.call_timeout, self.remote.start_timeout)
 
     def _describe(self, pool: EndpointPool, deadline: float,
                   answered: bool = False) -> discovery_pb2.DescribeResponse | None:

@@ -1,0 +1,64 @@
+"""Where a brokered stub is pinned: the endpoint round robin chose, unless its session is lost.
+
+A replica that was killed or stopped stays in the pool until a health check
+fails (up to health_interval, and longer with a health_timeout), but its yamux
+session reads the end of its connection at once. Waiting for that session to
+come back held dispense() for the whole call_timeout while other replicas served
+at once; so a stub goes to an endpoint whose session is up instead, and a wait
+already under way moves there as soon as the lost session is seen. With no
+session up anywhere the wait stays where it is (the replica may come back),
+bounded by ``timeout`` as before.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import grpc
+
+from plugbay.core.broker.broker import GRPCBroker
+from plugbay.network.muxconn import MuxEndpoint
+
+
+class Pool(Protocol):
+    """What pinning needs of plugbay.network.pool.EndpointPool."""
+
+    def channel_of(self, key: str) -> grpc.Channel | None: ...
+
+    def pickable_keys(self) -> list[str]: ...
+
+
+def live_elsewhere(pool: Pool, key: str) -> tuple[str, MuxEndpoint] | None:
+    """An endpoint other than ``key`` that calls may go to and whose session is up, the one after ``key``
+    in the pool's order first (so stubs moved off a lost endpoint are still spread); None if there is none."""
+    order = pool.pickable_keys()
+    start = order.index(key) + 1 if key in order else 0
+    for other in order[start:] + order[:start]:
+        endpoint = pool.channel_of(other) if other != key else None
+        if isinstance(endpoint, MuxEndpoint) and endpoint.session_up:
+            return other, endpoint
+    return None
+
+
+def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float | None,
+               start_timeout: float) -> tuple[str, GRPCBroker]:
+    """The endpoint to pin a stub to, starting from ``key``, and its broker; waits up to the client's
+    call_timeout (start_timeout when it is None) for a session, then BrokerError, and never for a lost
+    session while another endpoint's is up."""
+    timeout, limit = ((start_timeout, "start_timeout") if call_timeout is None else (call_timeout, "call_timeout"))
+    deadline = time.monotonic() + timeout
+    while True:
+        if not endpoint.session_up:
+            moved = live_elsewhere(pool, key)
+            if moved is not None:
+                key, endpoint = moved
+
+        def lost_here(key: str = key, endpoint: MuxEndpoint = endpoint) -> bool:
+            # the session this wait is for was lost (or never came up) and another endpoint's is up (asked
+            # at each of the wait's checks, every 0.1 s)
+            return not endpoint.session_up and live_elsewhere(pool, key) is not None
+
+        broker = endpoint.broker(timeout, limit, wait=max(deadline - time.monotonic(), 0.0), give_up=lost_here)
+        if broker is not None:
+            return key, broker
