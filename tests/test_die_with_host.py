@@ -166,3 +166,28 @@ def test_a_sigkilled_gateway_takes_its_children_with_it(kv_bin: str, tmp_path: P
 def test_die_with_host_takes_a_bool() -> None:
     with pytest.raises(ConfigError, match="die_with_host must be True or False"):
         ProcessRunner(["true"], die_with_host="yes")  # type: ignore[arg-type]
+
+
+def test_without_setpriv_die_with_host_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.runners import hostbound
+
+    monkeypatch.setattr(hostbound, "_SETPRIV", ("/nonexistent/setpriv",))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert not hostbound.available()
+    with pytest.raises(ConfigError, match="setpriv .* install util-linux, or drop die_with_host"):
+        ProcessRunner(["true"], die_with_host=True)
+    ProcessRunner(["true"])  # the default needs nothing
+
+
+def test_a_missing_plugin_file_is_the_runner_error_a_plain_start_gives(tmp_path: Path) -> None:
+    from plugbay.errors import RunnerError
+    from plugbay.runners.base import LaunchSpec
+
+    for cmd in ([str(tmp_path / "missing")], ["plugbay-no-such-plugin"]):
+        for die in (False, True):
+            with pytest.raises(RunnerError, match="cannot start plugin .* No such file .* Check the path"):
+                ProcessRunner(cmd, die_with_host=die).start(LaunchSpec(env={}))
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(RunnerError, match="Permission denied.* the executable bit"):
+        ProcessRunner([str(script)], die_with_host=True).start(LaunchSpec(env={}))

@@ -193,7 +193,7 @@ def test_a_second_ctrl_c_hands_the_child_to_the_spawn_thread() -> None:
     made: list[subprocess.Popen[bytes]] = []
     ended: list[int | None] = []
 
-    def popen(arm: Callable[[], None]) -> None:  # on the spawn thread
+    def popen() -> None:  # on the spawn thread
         seen: set[int] = set()
 
         def blocked_in_a_new_wait() -> bool:
@@ -204,7 +204,7 @@ def test_a_second_ctrl_c_hands_the_child_to_the_spawn_thread() -> None:
         for _ in range(2):
             assert wait_until(blocked_in_a_new_wait, 20)
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-        made.append(subprocess.Popen(SILENT, preexec_fn=arm))
+        made.append(subprocess.Popen(SILENT))
 
     def cut_short() -> None:
         made[0].kill()

@@ -281,9 +281,6 @@ def gateway(args: tuple[str, ...]) -> int:
 def run_gateway(argv: list[str], level: int = logging.INFO) -> int:
     """plugbay.network.gateway.cli.main(argv), imported only now (main() calls this before click
     parses anything, so ``--`` and every option reach the gateway verbatim), logging at ``level``."""
-    from plugbay.runners.hostbound import import_grpc_without_fork_handlers
-
-    import_grpc_without_fork_handlers()  # before the gateway imports grpc: its children start with die_with_host
     try:
         from plugbay.network.gateway.cli import main as gateway_main  # type: ignore[import-not-found,unused-ignore]
     except ImportError:

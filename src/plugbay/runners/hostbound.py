@@ -1,92 +1,72 @@
 """ProcessRunner(die_with_host=True): the plugin gets SIGKILL when its host process dies, SIGKILL included.
 
-The kernel does it (Linux's PR_SET_PDEATHSIG, set in the child between fork and exec and kept
-across the exec), so it holds where no code of the host runs any more: kill -9, the OOM killer.
-It signals the child the host forked and nothing else. The signal is sent when the *thread*
-that forked the child ends, not the process: a plugin started from a short-lived thread (the
-gateway's start and keeper threads, a session's starter) would be killed when that thread
-returned. So these children are forked from one thread that lives as long as the process,
+The kernel does it (Linux's PR_SET_PDEATHSIG, kept across exec), so it holds where no code of the
+host runs any more: kill -9, the OOM killer. It signals the child the host started and nothing else.
+util-linux's ``setpriv --pdeathsig KILL`` asks for it and execs the plugin, so the child runs no code
+of this process between its fork and exec: a ``preexec_fn`` would, and it rules out vfork, so
+grpcio's fork handlers ran in the child, and in a host with gRPC threads busy the child aborted
+(SIGABRT, "epoll_wait error: Bad file descriptor") about one start in two. The signal is sent when
+the *thread* that started the child ends, not the process: a plugin started from a short-lived
+thread (the gateway's start and keeper threads, a session's starter) would be killed when that
+thread returned. So these children are started from one thread that lives as long as the process,
 ``plugbay-spawn``: callers hand it the Popen call and wait for it. It waits on a queue, so at
-interpreter exit it stays blocked there until the process itself ends. A forked host has no
-copy of that thread: the child process starts its own on first use.
+interpreter exit it stays blocked there until the process itself ends. A forked host has no copy of
+that thread: the child process starts its own on first use. A host that dies in the moment between
+the start and setpriv's request (well under a millisecond) leaves that plugin running, for
+``plugbay sweep`` to find.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
-import signal
+import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from plugbay.errors import ConfigError
 
-_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
-
-Arm = Callable[[], None]
+_SETPRIV = ("/usr/bin/setpriv", "/bin/setpriv")
 
 
-def import_grpc_without_fork_handlers() -> None:
-    """For a command whose process starts die_with_host children and runs gRPC in no forked child (the
-    gateway's): import grpcio with its fork handlers off.
+def setpriv() -> str | None:
+    """util-linux's setpriv (2.33 or later has --pdeathsig), or None."""
+    for path in _SETPRIV:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("setpriv")
 
-    A die_with_host start forks (a preexec_fn rules out vfork), and grpcio's fork handlers then log
-    "Other threads are currently calling into gRPC, skipping fork() handlers" at every start; they
-    are for forked children that use gRPC, which exec'd plugins never are. grpcio reads the variable
-    at its import, so this must come first; it is set for that import only (the children do not
-    inherit it), and a value the user set is kept. A no-op once grpc is imported."""
-    if "grpc" in sys.modules or _FORK_SUPPORT in os.environ:
-        return
-    os.environ[_FORK_SUPPORT] = "false"
-    try:
-        import grpc  # noqa: F401
-    finally:
-        os.environ.pop(_FORK_SUPPORT, None)
+
+def available() -> bool:
+    """Whether die_with_host can be asked for here (Linux, with setpriv)."""
+    return sys.platform.startswith("linux") and setpriv() is not None
 
 
 def check_supported() -> None:
     """ConfigError where there is no parent-death signal to ask for."""
     if not sys.platform.startswith("linux"):
-        raise ConfigError(f"ProcessRunner(die_with_host=True) needs Linux (prctl PR_SET_PDEATHSIG); this is"
+        raise ConfigError(f"ProcessRunner(die_with_host=True) needs Linux (PR_SET_PDEATHSIG); this is"
                           f" {sys.platform}: drop die_with_host and stop the plugin through the Client")
+    if setpriv() is None:
+        raise ConfigError("ProcessRunner(die_with_host=True) starts the plugin through util-linux's setpriv"
+                          " (--pdeathsig, util-linux 2.33 or later), which is not installed here: install"
+                          " util-linux, or drop die_with_host")
 
 
-_prctl: Callable[..., int] | None = None
-
-
-def _resolved() -> Callable[..., int]:
-    """libc's prctl, looked up here in the host: the child calls it and does nothing else that could block."""
-    global _prctl
-    if _prctl is None:
-        found = ctypes.CDLL(None, use_errno=True).prctl
-        found.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        found.restype = ctypes.c_int
-        _prctl = found
-    return _prctl
-
-
-def _arming(host: int) -> Arm:
-    """The preexec_fn: runs in the forked child, before its exec."""
-    prctl = _resolved()
-
-    def arm() -> None:
-        if prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:  # raised as Popen's SubprocessError
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) was refused")
-        if os.getppid() != host:  # the host died between the fork and the prctl: no signal will come
-            os._exit(1)
-    return arm
+def bound_command(target: str, args: Sequence[str]) -> list[str]:
+    """The command that runs ``target`` (the plugin's file) with ``args[1:]`` under the parent-death signal."""
+    found = setpriv()
+    if found is None:  # removed since the runner was made
+        raise OSError(f"util-linux's setpriv is gone; die_with_host needs it ({', '.join(_SETPRIV)})")
+    return [found, "--pdeathsig", "KILL", "--", target, *args[1:]]
 
 
 class _Spawn:
     """One Popen handed to the spawn thread."""
 
-    def __init__(self, popen: Callable[[Arm], None], arm: Arm) -> None:
+    def __init__(self, popen: Callable[[], None]) -> None:
         self._popen = popen
-        self._arm = arm
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._lock = threading.Lock()
@@ -95,7 +75,7 @@ class _Spawn:
 
     def run(self) -> None:  # on the spawn thread
         try:
-            self._popen(self._arm)
+            self._popen()
         except BaseException as exc:  # raised on the caller's thread
             self.error = exc
         with self._lock:
@@ -151,14 +131,14 @@ def _spawner() -> _SpawnThread:
         return _SPAWNER
 
 
-def spawn_bound(popen: Callable[[Arm], None], cut_short: Callable[[], None]) -> None:
-    """``popen(preexec_fn)`` on the spawn thread, its exception raised here.
+def spawn_bound(popen: Callable[[], None], cut_short: Callable[[], None]) -> None:
+    """``popen()`` on the spawn thread, its exception raised here.
 
     Interrupted while it runs (Ctrl-C: Popen waits for the child's exec), this waits for it to
     return, then runs ``cut_short()`` (which ends the child) and raises; interrupted again
     meanwhile, the spawn thread runs ``cut_short()`` once the Popen returns.
     """
-    job = _Spawn(popen, _arming(os.getpid()))
+    job = _Spawn(popen)
     spawner = _spawner()
     try:
         spawner.jobs.put(job)  # first: a Ctrl-C raised here was raised after the put (ending its CALL)

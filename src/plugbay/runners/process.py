@@ -52,7 +52,7 @@ from plugbay.runners.command import check_cmd as check_cmd  # re-exported: confi
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
-from plugbay.runners.hostbound import check_supported, spawn_bound
+from plugbay.runners.hostbound import bound_command, check_supported, spawn_bound
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
@@ -175,16 +175,24 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
                 executable = f"/proc/self/fd/{fd}"
             else:
                 args[index] = f"/proc/self/fd/{fd}"
+        if self.die_with_host:  # setpriv execs the plugin's file: found here, as the exec would find it
+            try:
+                args, executable = bound_command(executable or self._exec_target(spec.env), args), None
+            except OSError as exc:
+                for fd in verified.values():
+                    os.close(fd)
+                raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
+                                  " and the working directory.") from exc
         self._spawner = os.getpid()
         # made before it runs: a Ctrl-C inside Popen (it waits for the exec) leaves its child known here
         proc: subprocess.Popen[bytes] = subprocess.Popen.__new__(subprocess.Popen)
 
-        def popen(preexec: Callable[[], None] | None) -> None:
+        def popen() -> None:
             try:
                 subprocess.Popen.__init__(
                     proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
-                    pass_fds=tuple(verified.values()), preexec_fn=preexec,
+                    pass_fds=tuple(verified.values()),
                 )
             finally:  # after the Popen, wherever it ran: until then a closed number could name another file
                 for fd in verified.values():
@@ -196,21 +204,19 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
 
         try:
             if self.die_with_host:
-                spawn_bound(popen, cut_short)  # forked from the one long-lived spawn thread
+                spawn_bound(popen, cut_short)  # started from the one long-lived spawn thread
             else:
-                popen(None)
+                popen()
             self._proc = proc
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError) as exc:
             if verified:  # the checked copies are closed: a second start() would run the unchecked file
                 with self._lock:
                     self._ended = self._ended or "used for a start that failed (its checked copy is closed)"
             # ValueError: what the OS cannot take (a NUL byte, an '=' in an environment name), e.g. in a
             # LaunchSpec's env, which no config check saw
-            # SubprocessError: the preexec_fn failed, i.e. the kernel refused the parent-death signal
             hint = ("Remove NUL bytes from the command, folder and environment, and '=' from environment"
                     " names." if isinstance(exc, ValueError) else
-                    "Check the path, the executable bit and the working directory." if isinstance(exc, OSError)
-                    else "The kernel refused prctl(PR_SET_PDEATHSIG) (a seccomp filter?): drop die_with_host.")
+                    "Check the path, the executable bit and the working directory.")
             raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. {hint}") from exc
         except BaseException:
             with self._lock:

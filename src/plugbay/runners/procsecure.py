@@ -3,6 +3,7 @@ names, and where the command's executable is (as the exec in the child will find
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,20 @@ class SecureCopies:
         (start() builds that environment: the host's unless skip_host_env, then env=, then the spec's)."""
         path = spec_env.get("PATH", self.env.get("PATH", None if self.skip_host_env else os.environ.get("PATH")))
         return resolve_executable(self.cmd[0], {} if path is None else {"PATH": path}, self.cwd)
+
+    def _exec_target(self, spec_env: Mapping[str, str]) -> str:
+        """cmd[0]'s file as the exec in the child would find it (ProcessRunner(die_with_host=True) hands it
+        to setpriv); OSError as the exec's would be."""
+        try:
+            target = self._executable(spec_env)
+        except ConfigError:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (on the plugin's PATH)",
+                                    self.cmd[0]) from None
+        if not os.path.isfile(target):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), target)
+        if not os.access(target, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), target)
+        return target
 
     def _cmd_index(self, path: str | None, cwd: str) -> int:
         if path is None:

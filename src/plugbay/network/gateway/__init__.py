@@ -1,7 +1,7 @@
 """The plugbay gateway: serve an unmodified go-plugin plugin on the network. See gateway.py and cli.py.
 
-Lazy, as plugbay.network is: ``python -m plugbay.network.gateway`` imports this package before its
-__main__, which must import grpc itself first (plugbay.runners.hostbound.import_grpc_without_fork_handlers).
+Lazy, as plugbay.network is: importing the package (``python -m plugbay.network.gateway`` does, before
+its __main__) pulls in neither grpc nor the gateway until a name is used.
 """
 
 from __future__ import annotations

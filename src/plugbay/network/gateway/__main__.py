@@ -2,10 +2,6 @@
 
 import sys
 
-from plugbay.runners.hostbound import import_grpc_without_fork_handlers
-
-import_grpc_without_fork_handlers()  # before anything imports grpc: its children start with die_with_host
-
-from plugbay.network.gateway.cli import main  # noqa: E402
+from plugbay.network.gateway.cli import main
 
 sys.exit(main(sys.argv[1:]))

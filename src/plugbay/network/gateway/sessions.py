@@ -49,11 +49,15 @@ from plugbay.core.transport.yamux import Session, Stream
 from plugbay.errors import GatewayError, PlugbayError
 from plugbay.network.gateway.starts import FairStarts
 from plugbay.network.gateway.twins import TwinOpener
+from plugbay.runners import hostbound
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
 _KILL_GRACE = 2.0
+# every child the gateway starts ends with it, even a SIGKILLed one, where the kernel can be asked to
+# (Linux with util-linux's setpriv: runners/hostbound.py); Gateway.start() warns where it cannot
+DIE_WITH_GATEWAY = hostbound.available()
 
 
 def no_multiplex(cmd: Sequence[str]) -> str:
@@ -96,7 +100,7 @@ class MultiplexCheck:
         self._env = dict(env)
         self._start_timeout = start_timeout
         self._logger = logger
-        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=True)
+        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=DIE_WITH_GATEWAY)
         self._aborted = threading.Event()
 
     def run(self) -> None:
@@ -213,7 +217,7 @@ class ChildSession:
                 runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
-        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=True)
+        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=DIE_WITH_GATEWAY)
         with self._lock:
             if self._closed:
                 return
