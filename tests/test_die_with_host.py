@@ -171,8 +171,7 @@ def test_die_with_host_takes_a_bool() -> None:
 def test_without_setpriv_die_with_host_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from plugbay.runners import hostbound
 
-    monkeypatch.setattr(hostbound, "_SETPRIV", ("/nonexistent/setpriv",))
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(hostbound, "_SETPRIV", ("/nonexistent/setpriv",))  # one on PATH is never taken
     assert not hostbound.available()
     with pytest.raises(ConfigError, match="setpriv .* install util-linux, or drop die_with_host"):
         ProcessRunner(["true"], die_with_host=True)
@@ -191,3 +190,60 @@ def test_a_missing_plugin_file_is_the_runner_error_a_plain_start_gives(tmp_path:
     script.write_text("#!/bin/sh\n")
     with pytest.raises(RunnerError, match="Permission denied.* the executable bit"):
         ProcessRunner([str(script)], die_with_host=True).start(LaunchSpec(env={}))
+
+
+def _checked_runner(tmp_path: Path) -> tuple[ProcessRunner, Path]:
+    import hashlib
+
+    from plugbay import SecureConfig
+
+    plugin = tmp_path / "plugin.sh"
+    plugin.write_text("#!/bin/sh\nexit 7\n")
+    plugin.chmod(0o755)
+    runner = ProcessRunner([str(plugin)], die_with_host=True)
+    runner.check_secure_config(SecureConfig(hashlib.sha256(plugin.read_bytes()).digest()))
+    return runner, plugin
+
+
+def _open_memfds() -> int:
+    return sum("memfd:" in os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_a_failed_bound_start_closes_the_checked_copy_and_refuses_another_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # setpriv gone after the runner was made: the checked copy was closed, and a second start() then ran the
+    # file unchecked (the plain start's failure path refused it; this one did not)
+    from plugbay.errors import RunnerError
+    from plugbay.runners import hostbound
+    from plugbay.runners.base import LaunchSpec
+
+    before = _open_memfds()
+    runner, plugin = _checked_runner(tmp_path)
+    monkeypatch.setattr(hostbound, "_SETPRIV", ("/nonexistent/setpriv",))
+    with pytest.raises(RunnerError, match="setpriv is gone"):
+        runner.start(LaunchSpec(env={}))
+    assert _open_memfds() == before
+    plugin.write_text("#!/bin/sh\nexit 0\n")  # swapped: must never run
+    monkeypatch.undo()
+    with pytest.raises(RunnerError, match="checked copy is closed"):
+        runner.start(LaunchSpec(env={}))
+    assert runner.pid is None
+
+
+def test_a_spawn_thread_that_cannot_start_is_a_runner_error_and_leaks_no_checked_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbay.errors import RunnerError
+    from plugbay.runners import hostbound
+    from plugbay.runners.base import LaunchSpec
+
+    def no_thread() -> None:
+        raise RuntimeError("can't start new thread")
+
+    before = _open_memfds()
+    runner, _ = _checked_runner(tmp_path)
+    assert _open_memfds() == before + 1
+    monkeypatch.setattr(hostbound, "_spawner", no_thread)
+    with pytest.raises(RunnerError, match="cannot start the thread that starts die_with_host plugins"):
+        runner.start(LaunchSpec(env={}))
+    assert _open_memfds() == before

@@ -186,3 +186,31 @@ def test_one_address_opening_sessions_in_a_loop_does_not_hold_up_another_hosts(t
                 sock.close()
     assert "other" in order, f"the other address's session never came up: {order}"
     assert order.index("other") <= 2, f"the other address's host waited behind the churner: {order}"
+
+
+def test_hosts_that_leave_while_waiting_give_their_turns_up(tmp_path: Path) -> None:
+    # 8 hosts from one address connect and leave at once: each session waited for its turn and then started a
+    # child for nobody, one after another, ahead of the next host from that address (and held its place in the
+    # gateway: 256 such sessions refused every host)
+    certs = netcerts.write_set(tmp_path / "tls")
+    gw = Gateway(GatewayConfig(
+        cmd=[sys.executable, str(CHILD), "slow-start", "1.5"], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
+        cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
+        child_mtls=False, multiplex=True, start_timeout=30, cwd=str(tmp_path), max_child_starts=1))
+    with gw:
+        for _ in range(8):
+            gone = peer(gw.address, certs, source="127.0.0.1")
+            gone.sendall(ping(1))
+            gone.close()
+        time.sleep(0.5)
+        staying = peer(gw.address, certs, source="127.0.0.1")
+        try:
+            staying.sendall(ping(1))
+            order = _pong_order({"staying": staying}, "staying", timeout=30)
+        finally:
+            staying.close()
+        launched = (tmp_path / "launches").read_text().count("launched")
+    assert order == ["staying"]
+    # the gateway's start check, the one start that began before its host was seen gone (two at most, as the
+    # hang-ups race the first grant), and the staying host's
+    assert launched <= 4, f"{launched} children started before the staying host's, most for hosts that had left"

@@ -20,22 +20,34 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
 
 from plugbay.errors import ConfigError
 
+# the system's own, never one a PATH names: it runs before the plugin, SecureConfig's checked file included
 _SETPRIV = ("/usr/bin/setpriv", "/bin/setpriv")
+_found: dict[str, bool] = {}  # path -> whether it takes --pdeathsig
 
 
 def setpriv() -> str | None:
-    """util-linux's setpriv (2.33 or later has --pdeathsig), or None."""
+    """util-linux's setpriv with --pdeathsig (2.33 or later), or None."""
     for path in _SETPRIV:
         if os.access(path, os.X_OK):
-            return path
-    return shutil.which("setpriv")
+            if path not in _found:
+                _found[path] = _takes_pdeathsig(path)
+            return path if _found[path] else None
+    return None
+
+
+def _takes_pdeathsig(path: str) -> bool:
+    try:
+        said = subprocess.run([path, "--help"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return b"--pdeathsig" in said.stdout + said.stderr
 
 
 def available() -> bool:
@@ -50,8 +62,8 @@ def check_supported() -> None:
                           f" {sys.platform}: drop die_with_host and stop the plugin through the Client")
     if setpriv() is None:
         raise ConfigError("ProcessRunner(die_with_host=True) starts the plugin through util-linux's setpriv"
-                          " (--pdeathsig, util-linux 2.33 or later), which is not installed here: install"
-                          " util-linux, or drop die_with_host")
+                          f" (--pdeathsig, util-linux 2.33 or later, as {' or '.join(_SETPRIV)}), which is not"
+                          " installed here: install util-linux, or drop die_with_host")
 
 
 def bound_command(target: str, args: Sequence[str]) -> list[str]:
@@ -139,7 +151,10 @@ def spawn_bound(popen: Callable[[], None], cut_short: Callable[[], None]) -> Non
     meanwhile, the spawn thread runs ``cut_short()`` once the Popen returns.
     """
     job = _Spawn(popen)
-    spawner = _spawner()
+    try:
+        spawner = _spawner()
+    except RuntimeError as exc:  # "can't start new thread": the Popen never runs
+        raise OSError(f"cannot start the thread that starts die_with_host plugins: {exc}") from exc
     try:
         spawner.jobs.put(job)  # first: a Ctrl-C raised here was raised after the put (ending its CALL)
         job.done.wait()

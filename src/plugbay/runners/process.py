@@ -181,13 +181,19 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
             except OSError as exc:
                 for fd in verified.values():
                     os.close(fd)
+                if verified:  # closed: a second start() would run the unchecked file
+                    with self._lock:
+                        self._ended = self._ended or "used for a start that failed (its checked copy is closed)"
                 raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. Check the path, the executable bit"
                                   " and the working directory.") from exc
         self._spawner = os.getpid()
         # made before it runs: a Ctrl-C inside Popen (it waits for the exec) leaves its child known here
         proc: subprocess.Popen[bytes] = subprocess.Popen.__new__(subprocess.Popen)
 
+        ran: list[bool] = []
+
         def popen() -> None:
+            ran.append(True)
             try:
                 subprocess.Popen.__init__(
                     proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
@@ -209,6 +215,9 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
                 popen()
             self._proc = proc
         except (OSError, ValueError) as exc:
+            if not ran:  # the spawn thread could not start: the Popen that closes them never ran
+                for fd in verified.values():
+                    os.close(fd)
             if verified:  # the checked copies are closed: a second start() would run the unchecked file
                 with self._lock:
                     self._ended = self._ended or "used for a start that failed (its checked copy is closed)"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import select
 import socket
 import ssl
 import struct
@@ -33,6 +32,7 @@ from typing import Union
 
 from plugbay.core.transport.ioloop import READ, WRITE, IOLoop, Registration, Timer
 from plugbay.core.transport.relaydial import Dialing
+from plugbay.core.transport.sockets import hung_up
 from plugbay.core.transport.tlsresume import Resumption
 
 _log = logging.getLogger("plugbay.relay")
@@ -314,7 +314,7 @@ class RelayConn(Dialing):
         # moved: handed to a socket, or taken from a socket's send queue by its peer (a slow
         # reader behind megabytes of socket buffers frees no room for a while, but takes bytes)
         moved = now[0] > last[0] or now[1] < last[1] or now[2] < last[2]
-        if not moved and (self._plain_eof or self._tls_eof or _hung_up(self.plain) or _hung_up(self.tls)):
+        if not moved and (self._plain_eof or self._tls_eof or hung_up(self.plain) or hung_up(self.tls)):
             _log.debug("relay connection: a side has ended and no byte moved in %gs; closing it",
                        self.s.drain_timeout)
             self.close()
@@ -356,15 +356,6 @@ class RelayConn(Dialing):
                 fn()
             except Exception:
                 _log.exception("a relay connection's close hook failed")
-
-
-def _hung_up(sock: socket.socket | None) -> bool:
-    """The peer shut its side or the socket failed (seen without reading what is buffered)."""
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
-    return bool(poller.poll(0))
 
 
 def _unsent(sock: socket.socket | None) -> int:

@@ -92,6 +92,18 @@ def check_unix_path(path: str, shorter: str) -> None:
                       " stop it or choose another path")
 
 
+def hung_up(sock: socket.socket | None) -> bool:
+    """The peer shut its side, or the socket failed or was closed (seen without reading what is buffered)."""
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
 def socket_answers(path: str) -> bool:
     """Whether a unix socket at ``path`` has a listener: only "refused" or "gone" say no.
 

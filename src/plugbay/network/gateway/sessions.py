@@ -42,7 +42,7 @@ from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
-from plugbay.core.transport.sockets import dial
+from plugbay.core.transport.sockets import dial, hung_up
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream
@@ -179,7 +179,16 @@ class ChildSession:
             if self._failed:
                 return True
             sessions = (self._remote, self._child)
+        if sessions[0] is None:  # nothing reads the host's connection yet: its hang-up is the sign it left
+            return self._host_left()
         return any(s is not None and s.closed for s in sessions)
+
+    def _host_left(self) -> bool:
+        """The host hung up before its session began (while it waited for a turn, or its child started)."""
+        with self._lock:
+            if self._closed or self._remote is not None:
+                return self._closed
+        return hung_up(self._conn)
 
     def host_session(self) -> Session | None:
         """The remote host's session (the front's keepalive watches it; tick() the child's)."""
@@ -248,7 +257,9 @@ class ChildSession:
         """One of the gateway's turns to start a child, waited for within start_timeout (see starts.py)."""
         if self._starts is None:
             return nullcontext()
-        return self._starts.turn(self._peer or "", time.monotonic() + self._start_timeout, lambda: self._closed)
+        # a host that left gives its turn up (and the front reaps its session): one address opening sessions
+        # and leaving at once queued a child start for each, for nobody, ahead of everyone's later turns
+        return self._starts.turn(self._peer or "", time.monotonic() + self._start_timeout, self._host_left)
 
     def _child_exited(self, code: int) -> None:
         """On the shared I/O loop (never blocks): a crash is told as the shared child's is; a child close()

@@ -67,6 +67,8 @@ class FairStarts:
                 self._waiting.move_to_end(peer)
             self._running += 1
             self.granted = [*self.granted[-63:], peer]
+            if self._waiting and self._running < self.slots:  # another slot is free: its waiter need not poll
+                self._cond.notify_all()
         try:
             yield
         finally:
