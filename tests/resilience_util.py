@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -154,3 +154,19 @@ class NetNS:
         self.accept()
         _ip("netns", "del", self.name, check=False)
         _ip("link", "del", self.host_if, check=False)  # usually gone with the namespace
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def failed_start(client: Any, error: type[E]) -> tuple[E, float]:
+    """``client.start()``, which must raise ``error``: (that error, the seconds it took); the client is
+    killed after, whatever happened."""
+    began = time.monotonic()
+    try:
+        with pytest.raises(error) as info:
+            client.start()
+        took = time.monotonic() - began
+    finally:
+        client.kill()
+    return info.value, took

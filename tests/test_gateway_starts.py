@@ -162,15 +162,20 @@ def _pong_order(hosts: dict[str, ssl.SSLSocket], until: str, timeout: float) -> 
     return order
 
 
+def _one_start_at_a_time(tmp_path: Path) -> tuple[Gateway, netcerts.CertSet]:
+    """A --multiplex gateway whose sessions' children take 1.5 s each to start, one at a time."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    return Gateway(GatewayConfig(
+        cmd=[sys.executable, str(CHILD), "slow-start", "1.5"], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
+        cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
+        child_mtls=False, multiplex=True, start_timeout=30, cwd=str(tmp_path), max_child_starts=1)), certs
+
+
 def test_one_address_opening_sessions_in_a_loop_does_not_hold_up_another_hosts(tmp_path: Path) -> None:
     # every session starts a child of its own, one at a time here, each taking 1.5 s; 6 from one address queue
     # up first, then a host from another address comes: it is served third (after the start running and the
     # churner's next), not seventh
-    certs = netcerts.write_set(tmp_path / "tls")
-    gw = Gateway(GatewayConfig(
-        cmd=[sys.executable, str(CHILD), "slow-start", "1.5"], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
-        cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
-        child_mtls=False, multiplex=True, start_timeout=30, cwd=str(tmp_path), max_child_starts=1))
+    gw, certs = _one_start_at_a_time(tmp_path)
     hosts: dict[str, ssl.SSLSocket] = {}
     with gw:
         try:
@@ -192,11 +197,7 @@ def test_hosts_that_leave_while_waiting_give_their_turns_up(tmp_path: Path) -> N
     # 8 hosts from one address connect and leave at once: each session waited for its turn and then started a
     # child for nobody, one after another, ahead of the next host from that address (and held its place in the
     # gateway: 256 such sessions refused every host)
-    certs = netcerts.write_set(tmp_path / "tls")
-    gw = Gateway(GatewayConfig(
-        cmd=[sys.executable, str(CHILD), "slow-start", "1.5"], cookie=("GWCHILD", "x"), listen="127.0.0.1:0",
-        cert_file=str(certs.cert_file), key_file=str(certs.key_file), client_ca_file=str(certs.client_ca_file),
-        child_mtls=False, multiplex=True, start_timeout=30, cwd=str(tmp_path), max_child_starts=1))
+    gw, certs = _one_start_at_a_time(tmp_path)
     with gw:
         for _ in range(8):
             gone = peer(gw.address, certs, source="127.0.0.1")

@@ -100,16 +100,20 @@ async def _answer() -> int:
 def test_ctrl_c_inside_popen_leaves_no_plugin_process(tmp_path: Path) -> None:
     # Popen waits for the exec of the forked child; interrupted there it drops its pipes and the
     # child runs on, unknown to the runner (then a zombie): kill() could not reach it
-    runner = ProcessRunner(SILENT, cwd=tmp_path)
-    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
-                                 start_timeout=30))
-    mine = set(children(os.getpid()))
-
     def in_popen(frame: FrameType, event: str, arg: Any) -> bool:
         return (event == "c_call" and frame.f_code.co_name == "_execute_child"
                 and getattr(arg, "__name__", "") == "read")
 
-    with ctrl_c_when(in_popen):
+    _interrupted_start_leaves_no_plugin(ProcessRunner(SILENT, cwd=tmp_path), in_popen)
+
+
+def _interrupted_start_leaves_no_plugin(runner: ProcessRunner, when: Callable[[FrameType, str, Any], bool]) -> None:
+    """A Client's start() interrupted (Ctrl-C) where ``when`` says: no plugin process is left, running or
+    a zombie, before or after kill()."""
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
+                                 start_timeout=30))
+    mine = set(children(os.getpid()))
+    with ctrl_c_when(when):
         client.start()
     assert set(children(os.getpid())) - mine == set()  # not running, not a zombie either
     assert _carrying(runner.plugin_id) == []
@@ -157,16 +161,8 @@ def _waiting_for_the_spawn_thread(frame: FrameType, event: str, arg: Any) -> boo
 def test_ctrl_c_while_the_spawn_thread_forks_leaves_no_plugin_process(tmp_path: Path) -> None:
     # die_with_host: the Popen runs on the spawn thread while the caller waits; interrupted there, the
     # caller waits for that Popen and ends its child, as for a Popen of its own cut short
-    runner = ProcessRunner(SILENT, cwd=tmp_path, die_with_host=True)
-    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, runner=runner,
-                                 start_timeout=30))
-    mine = set(children(os.getpid()))
-    with ctrl_c_when(_waiting_for_the_spawn_thread):
-        client.start()
-    assert set(children(os.getpid())) - mine == set()  # not running, not a zombie either
-    assert _carrying(runner.plugin_id) == []
-    client.kill()
-    assert client.exited
+    _interrupted_start_leaves_no_plugin(ProcessRunner(SILENT, cwd=tmp_path, die_with_host=True),
+                                        _waiting_for_the_spawn_thread)
 
 
 def _main_blocked_in_spawn_bound(seen: set[int]) -> int | None:

@@ -30,6 +30,7 @@ from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
 from tests.leakcheck import _pipes_and_sockets  # noqa: E402
 from tests.procs import live_with_env  # noqa: E402
+from tests.resilience_util import failed_start  # noqa: E402
 from tests.thread_util import until  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
@@ -170,17 +171,11 @@ def test_a_stalled_port_forward_upgrade_ends_at_the_clients_start_timeout(server
     runner = _runner(server, tag, f"import time\nprint({HANDSHAKE!r}, flush=True)\ntime.sleep(60)\n")
     client = _client(runner, START_RUNNING)
     sockets = _pipes_and_sockets()
-    began = time.monotonic()
-    try:
-        with pytest.raises(HandshakeTimeoutError) as info:
-            client.start()
-        took = time.monotonic() - began
-    finally:
-        client.kill()
-    text = str(info.value)
+    error, took = failed_start(client, HandshakeTimeoutError)
+    text = str(error)
     assert (f"the Client's start_timeout ran out while it asked the Kubernetes API at {server.url} to open a"
             f" port-forward to pod default/{runner.pod_name} port 4000") in text
-    assert "raise ClientConfig.start_timeout" in text and isinstance(info.value, TimeoutError)
+    assert "raise ClientConfig.start_timeout" in text and isinstance(error, TimeoutError)
     assert took < START_RUNNING + 3, took  # the old bound was the runner's start_timeout: OWN (30 s) past it
     assert server.calls.get(("get", "pods/portforward"), 0) >= 1  # asked, and never answered
     assert server.calls.get(("delete", "pods")) == 1  # the Client's kill() deleted the pod

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import netcerts
+from tests.replicas import replica_pair
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, host_tls, remote
 
 CALL_TIMEOUT = 20.0
@@ -25,15 +26,18 @@ def certs(tmp_path: Path) -> netcerts.CertSet:
 
 @pytest.fixture
 def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
-    reps: list[CounterReplica] = []
+    made: list[CounterReplica] = []
+
+    def make(folder: Path) -> CounterReplica:
+        made.append(CounterReplica(folder, certs))
+        return made[-1]
+
     try:
-        for name in ("a", "b"):
-            reps.append(CounterReplica(tmp_path / name, certs))
-        yield reps
+        with replica_pair(make, tmp_path) as reps:
+            yield reps
     finally:
-        for rep in reps:
-            rep.stop()
-            shutil.rmtree(rep.tmp, ignore_errors=True)  # kill -9 leaves the replica's sockets
+        for rep in made:  # kill -9 leaves the replica's sockets
+            shutil.rmtree(rep.tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])

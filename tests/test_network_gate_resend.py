@@ -32,6 +32,7 @@ from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.poolcalls import NOT_SENT
 from tests import netcerts
 from tests.h2peer import StallingPeer
+from tests.replicas import replica_pair
 from tests.resilience_util import wait_until
 from tests.test_network_broker import host_tls
 from tests.test_network_serve import REPO, NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
@@ -91,14 +92,8 @@ def certs(tmp_path: Path) -> netcerts.CertSet:
 
 @pytest.fixture
 def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[Replica]]:
-    reps: list[Replica] = []
-    try:
-        for name in ("a", "b"):
-            reps.append(Replica(tmp_path / name, certs))
+    with replica_pair(lambda folder: Replica(folder, certs), tmp_path) as reps:
         yield reps
-    finally:
-        for rep in reps:
-            rep.stop()
 
 
 def _config(reps: list[Replica], certs: netcerts.CertSet) -> RemoteConfig:

@@ -21,7 +21,7 @@ from plugbay import ClientStateError, HandshakeTimeoutError, RemoteClient, Remot
 from plugbay.errors import DiscoveryError, DiscoveryUnavailableError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from tests.net_util import HANDSHAKE, PLUGINS
-from tests.resilience_util import wait_until
+from tests.resilience_util import failed_start, wait_until
 from tests.test_kube_api_deadline import TrickleServer, ended_early, trickle  # noqa: F401 (a fixture)
 from tests.test_kube_api_timeouts import kubeconfig_for
 
@@ -78,15 +78,9 @@ def test_start_fails_typed_near_start_timeout(trickle: TrickleServer, tmp_path: 
                                        handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=2.0, name="kv-trickle",
                                        kubernetes={"kubeconfig": kubeconfig_for(url, tmp_path / "kc")}))
-    started = time.monotonic()
-    try:
-        with pytest.raises(HandshakeTimeoutError) as err:
-            client.start()
-        took = time.monotonic() - started
-    finally:
-        client.kill()
+    error, took = failed_start(client, HandshakeTimeoutError)
     assert took < 2.0 + PROMPT, f"start() took {took:.1f}s with start_timeout=2.0"
-    text = str(err.value)
+    text = str(error)
     assert "did not finish within start_timeout (2.0s)" in text, text
     assert f"the Kubernetes API at {url} did not answer list endpointslices within" in text, text
     assert "raise start_timeout" in text, text
