@@ -79,7 +79,7 @@ from plugbay.network.gateway.config import (
     GatewayConfig as GatewayConfig,
 )
 from plugbay.network.gateway.forward import Forwarder
-from plugbay.network.gateway.sessions import DIE_WITH_GATEWAY, ChildSession, MultiplexCheck
+from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck, die_with_gateway
 from plugbay.network.gateway.starts import FairStarts
 from plugbay.runners.process import ProcessRunner
 
@@ -166,7 +166,7 @@ class Gateway:
         versions = sorted({int(v) for v in cfg.protocol_versions})
         return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
                             versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
-                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd, die_with_host=DIE_WITH_GATEWAY),
+                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd, die_with_host=die_with_gateway()),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
                             name="gateway-child", logger=cfg.logger)
 
@@ -220,7 +220,7 @@ class Gateway:
             if self._started:
                 return
             self._started = True
-            if not DIE_WITH_GATEWAY:
+            if not die_with_gateway():
                 log.warning("gateway: util-linux's setpriv is not installed, so a gateway killed outright"
                             " (SIGKILL, the OOM killer) leaves its children running; install util-linux")
             try:

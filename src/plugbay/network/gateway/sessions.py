@@ -55,9 +55,12 @@ from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
 _KILL_GRACE = 2.0
-# every child the gateway starts ends with it, even a SIGKILLed one, where the kernel can be asked to
-# (Linux with util-linux's setpriv: runners/hostbound.py); Gateway.start() warns where it cannot
-DIE_WITH_GATEWAY = hostbound.available()
+
+
+def die_with_gateway() -> bool:
+    """Every child the gateway starts ends with it, even a SIGKILLed one, where the kernel can be asked to
+    (Linux with util-linux's setpriv: runners/hostbound.py); Gateway.start() warns where it cannot."""
+    return hostbound.available()
 
 
 def no_multiplex(cmd: Sequence[str]) -> str:
@@ -100,7 +103,7 @@ class MultiplexCheck:
         self._env = dict(env)
         self._start_timeout = start_timeout
         self._logger = logger
-        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=DIE_WITH_GATEWAY)
+        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=die_with_gateway())
         self._aborted = threading.Event()
 
     def run(self) -> None:
@@ -226,7 +229,7 @@ class ChildSession:
                 runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
-        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=DIE_WITH_GATEWAY)
+        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=die_with_gateway())
         with self._lock:
             if self._closed:
                 return
