@@ -60,7 +60,13 @@ def started_by_a_thread_that_ends():
 
 clients = []
 if {fork!r}:
-    started_by_a_thread_that_ends()  # the spawn thread runs in this process; a forked child has none
+    # the spawn thread runs in this process; a forked child has none. No gRPC before the fork (a process
+    # with gRPC threads forks unsafely, docs/host-side.md): the start is a runner's alone
+    from plugbay.runners.base import LaunchSpec
+    first = ProcessRunner(["/bin/true"], die_with_host=True)
+    threading.Thread(target=lambda: first.start(LaunchSpec(env={{}}))).start()
+    while first.wait(0.05) is None:
+        pass
     pid = os.fork()
     if pid:
         print("forked", pid, flush=True)
@@ -247,3 +253,41 @@ def test_a_spawn_thread_that_cannot_start_is_a_runner_error_and_leaks_no_checked
     with pytest.raises(RunnerError, match="cannot start the thread that starts die_with_host plugins"):
         runner.start(LaunchSpec(env={}))
     assert _open_memfds() == before
+
+
+def test_a_checked_interpreter_keeps_its_argv0_and_its_venv(tmp_path: Path) -> None:
+    # setpriv execs the checked copy by its /proc/self/fd/N name, which became argv[0]: a venv's Python then
+    # lost its venv (no grpc) and could not re-exec itself (sys.executable named a closed descriptor)
+    import hashlib
+
+    from plugbay import SecureConfig
+    from plugbay.runners.base import LaunchSpec
+
+    probe = "import sys, grpc; sys.exit(5 if sys.executable.startswith('/proc/') else 0)"
+    interpreter = open(sys.executable, "rb").read()
+    for die in (False, True):
+        runner = ProcessRunner([sys.executable, "-c", probe], cwd=tmp_path, die_with_host=die)
+        runner.check_secure_config(SecureConfig(hashlib.sha256(interpreter).digest()))
+        runner.start(LaunchSpec(env={}))
+        try:
+            assert runner.wait(BOUND) == 0, f"die_with_host={die}: the checked interpreter lost argv[0]"
+        finally:
+            runner.kill(0)
+
+
+def test_a_file_the_kernel_would_not_run_is_refused_as_a_plain_start_refuses_it(tmp_path: Path) -> None:
+    # setpriv execs with execvp, which runs a file the kernel refused (ENOEXEC) as a shell script, and a
+    # missing #! interpreter showed only as the plugin's exit 127
+    from plugbay.errors import RunnerError
+    from plugbay.runners.base import LaunchSpec
+
+    cases = {"no-shebang": ("echo ran-under-sh\n", "Exec format error"),
+             "bad-shebang": ("#!/nonexistent/interpreter\n", "No such file"),
+             "foreign-elf": ("\x7fELF\x02\x01\x01" + "\x00" * 11 + "\xb7\x00", "Exec format error")}
+    for name, (text, said) in cases.items():
+        plugin = tmp_path / name
+        plugin.write_bytes(text.encode("latin-1"))
+        plugin.chmod(0o755)
+        for die in (False, True):
+            with pytest.raises(RunnerError, match=f"cannot start plugin .*{said}"):
+                ProcessRunner([str(plugin)], die_with_host=die).start(LaunchSpec(env={}))

@@ -12,12 +12,12 @@ thread returned. So these children are started from one thread that lives as lon
 ``plugbay-spawn``: callers hand it the Popen call and wait for it. It waits on a queue, so at
 interpreter exit it stays blocked there until the process itself ends. A forked host has no copy of
 that thread: the child process starts its own on first use. A host that dies in the moment between
-the start and setpriv's request (well under a millisecond) leaves that plugin running, for
-``plugbay sweep`` to find.
+the start and setpriv's request (about a millisecond) leaves that plugin running, for ``plugbay sweep``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import subprocess
@@ -32,13 +32,19 @@ _SETPRIV = ("/usr/bin/setpriv", "/bin/setpriv")
 _found: dict[str, bool] = {}  # path -> whether it takes --pdeathsig
 
 
+_BASH = ("/bin/bash", "/usr/bin/bash")
+# bash -p reads no BASH_ENV, imports no functions; $0 and $1 are arguments, never parsed as code
+_KEEP_ARGV0 = 'exec -a "$0" "$1" "${@:2}"'
+
+
 def setpriv() -> str | None:
     """util-linux's setpriv with --pdeathsig (2.33 or later), or None."""
     for path in _SETPRIV:
         if os.access(path, os.X_OK):
             if path not in _found:
                 _found[path] = _takes_pdeathsig(path)
-            return path if _found[path] else None
+            if _found[path]:
+                return path
     return None
 
 
@@ -66,12 +72,59 @@ def check_supported() -> None:
                           " installed here: install util-linux, or drop die_with_host")
 
 
-def bound_command(target: str, args: Sequence[str]) -> list[str]:
-    """The command that runs ``target`` (the plugin's file) with ``args[1:]`` under the parent-death signal."""
+def bound_command(target: str, args: Sequence[str], keep_argv0: bool) -> list[str]:
+    """The command that runs ``target`` (the plugin's file) with ``args[1:]`` under the parent-death signal.
+
+    setpriv execs ``target`` by name, which becomes the plugin's argv[0]; with ``keep_argv0`` (SecureConfig's
+    checked copy, /proc/self/fd/N: a Python interpreter finds its venv, and re-execs itself, by argv[0])
+    bash's ``exec -a`` passes ``args[0]`` on instead."""
     found = setpriv()
     if found is None:  # removed since the runner was made
         raise OSError(f"util-linux's setpriv is gone; die_with_host needs it ({', '.join(_SETPRIV)})")
-    return [found, "--pdeathsig", "KILL", "--", target, *args[1:]]
+    if not keep_argv0:
+        return [found, "--pdeathsig", "KILL", "--", target, *args[1:]]
+    bash = next((path for path in _BASH if os.access(path, os.X_OK)), None)
+    if bash is None:
+        raise OSError(f"die_with_host with SecureConfig on the executable keeps its argv[0] through bash's"
+                      f" exec -a, and bash is not installed ({', '.join(_BASH)})")
+    return [found, "--pdeathsig", "KILL", "--", bash, "-p", "-c", _KEEP_ARGV0, args[0], target, *args[1:]]
+
+
+def check_runnable(path: str) -> None:
+    """OSError as the kernel's exec would give for ``path`` (a ``#!`` script's interpreter missing; not a
+    script, nor an ELF file of this machine: ENOEXEC). setpriv execs with execvp, which runs a file the
+    kernel refused with ENOEXEC as a shell script: a plain start refuses it, so this start does too."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].strip()
+        interpreter = os.fsdecode(line.split()[0]) if line else ""
+        if not interpreter or not os.path.isfile(interpreter):
+            raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (its #! interpreter"
+                                                  f" {interpreter!r})", path)
+        if not os.access(interpreter, os.X_OK):
+            raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (its #! interpreter {interpreter!r})",
+                                  path)
+        return
+    if head[:4] != b"\x7fELF" or head[4:6] + _machine(head) != _own_elf():
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
+
+
+def _machine(head: bytes) -> bytes:
+    """An ELF header's e_machine, as stored (its byte order is the header's EI_DATA, compared with it)."""
+    return head[18:20]
+
+
+_OWN: list[bytes] = []
+
+
+def _own_elf() -> bytes:
+    """This interpreter's ELF class, byte order and machine: what the kernel here runs."""
+    if not _OWN:
+        with open("/proc/self/exe", "rb") as f:
+            head = f.read(64)
+        _OWN.append(head[4:6] + _machine(head))
+    return _OWN[0]
 
 
 class _Spawn:

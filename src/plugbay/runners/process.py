@@ -52,7 +52,7 @@ from plugbay.runners.command import check_cmd as check_cmd  # re-exported: confi
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
-from plugbay.runners.hostbound import bound_command, check_supported, spawn_bound
+from plugbay.runners.hostbound import bound_command, check_runnable, check_supported, spawn_bound
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
@@ -177,7 +177,9 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
                 args[index] = f"/proc/self/fd/{fd}"
         if self.die_with_host:  # setpriv execs the plugin's file: found here, as the exec would find it
             try:
-                args, executable = bound_command(executable or self._exec_target(spec.env), args), None
+                target = executable or self._exec_target(spec.env)
+                check_runnable(target)
+                args, executable = bound_command(target, args, keep_argv0=executable is not None), None
             except OSError as exc:
                 for fd in verified.values():
                     os.close(fd)

@@ -35,7 +35,7 @@ class SecureCopies:
 
         Each SecureConfig names a file of ``cmd`` (``path``; None: the executable).
         Its verified in-memory copy (``secure.verified_fd``) is what start() runs:
-        the executable through ``/proc/self/fd/N`` (argv[0] is kept), an argument
+        the executable through ``/proc/self/fd/N`` (argv[0] is kept, die_with_host too), an argument
         (a script) replaced by ``/proc/self/fd/N``.
         """
         configs = list(secure) if isinstance(secure, (list, tuple)) else [secure]

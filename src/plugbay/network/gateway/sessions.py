@@ -216,7 +216,8 @@ class ChildSession:
             expected = isinstance(exc, (PlugbayError, OSError))
             with self._lock:
                 closed = self._closed
-            if closed and expected:  # it ended first (its host left while its child waited or started)
+            if (closed or self._host_left()) and expected:  # it ended first (its host left while its child
+                # waited or started): a peer's own doing, which it could repeat at will
                 log.debug("gateway: a brokering host session ended while its plugin started: %s", exc)
             else:
                 log.warning("gateway: a brokering host session could not get its own plugin: %s", exc,
