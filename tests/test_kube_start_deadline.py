@@ -176,7 +176,9 @@ def test_a_stalled_port_forward_upgrade_ends_at_the_clients_start_timeout(server
     assert (f"the Client's start_timeout ran out while it asked the Kubernetes API at {server.url} to open a"
             f" port-forward to pod default/{runner.pod_name} port 4000") in text
     assert "raise ClientConfig.start_timeout" in text and isinstance(error, TimeoutError)
-    assert took < START_RUNNING + 3, took  # the old bound was the runner's start_timeout: OWN (30 s) past it
+    # the error is the Client's (above); its bound, not the runner's own OWN (30 s), ended the open. The whole
+    # start() also holds the failed pod's teardown: under load its log follower's retries took 10 s more
+    assert took < OWN, took
     assert server.calls.get(("get", "pods/portforward"), 0) >= 1  # asked, and never answered
     assert server.calls.get(("delete", "pods")) == 1  # the Client's kill() deleted the pod
     _left_nothing(server, runner, tag)
