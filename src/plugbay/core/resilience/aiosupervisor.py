@@ -14,13 +14,15 @@ errors. The layers run on the event loop: ``retry`` and ``breaker`` (as AsyncCal
 then the ready gate, which holds a call while the plugin restarts (within its deadline)
 and sends again a call that never left a dead plugin. Blocking steps (start, stop) run
 on threads of their own, never on the loop nor on its default executor (the user's work
-there cannot hold up a stop); a wait for the plugin to run polls on the loop.
+there cannot hold up a stop); a wait for the plugin to run is woken on the loop by the
+Supervisor's changes of state (plugbay.core.resilience.wakeups).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -35,7 +37,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
-from plugbay.core.resilience.readygate import ReadyGate, polled, was_stopped
+from plugbay.core.resilience.readygate import ReadyGate, was_stopped
 from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
@@ -178,8 +180,8 @@ class AsyncSupervisor:
 
     async def wait_running(self, timeout: float) -> bool:
         """Whether the plugin runs within ``timeout`` (raises once the restart budget is spent; False
-        once stopped). Polled on the loop, as the ready gate's waits are: it holds no thread, so any
-        number of tasks may wait at once, each within its own timeout."""
+        once stopped). Woken on the loop by the Supervisor's changes of state: it holds no thread, so
+        any number of tasks may wait at once, each within its own timeout."""
         seconds = wait_timeout(timeout, "AsyncSupervisor.wait_running()")
         running = False
 
@@ -188,7 +190,7 @@ class AsyncSupervisor:
             running = self._sup.wait_running(0)  # never blocks; raises once the budget is spent
             return running or self._sup.state == "stopped"
 
-        await polled(ended, seconds)
+        await self._sup.until_async(ended, seconds)
         return running
 
     async def dispense(self, name: str) -> Any:
@@ -333,16 +335,38 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
         return channel.get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        while self.get_state() == last_observed_state != grpc.ChannelConnectivity.SHUTDOWN:
-            await asyncio.sleep(0.1)
+        shutdown = grpc.ChannelConnectivity.SHUTDOWN
+        while self.get_state() == last_observed_state != shutdown:
+            client, channel = self._sup.current_client, self.current()
+            if channel is None:  # restarting: woken when a plugin runs again, or none will
+                await self._sup.until_async(lambda: self.get_state() != last_observed_state, math.inf)
+                continue
+            # the current connection's own change, or the Supervisor's move to another Client
+            own = asyncio.ensure_future(channel.wait_for_state_change(last_observed_state))
+            moved = asyncio.ensure_future(self._sup.until_async(
+                lambda: self._sup.current_client is not client or self._sup.state != "running", math.inf))
+            try:
+                await asyncio.wait([own, moved], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (own, moved):
+                    waiter.cancel()
+                await asyncio.gather(own, moved, return_exceptions=True)
 
     async def channel_ready(self) -> None:
-        while (channel := self.current()) is None:
+        def found() -> bool:
+            if self.current() is not None:
+                return True
             self._sup.raise_if_failed()  # the restart budget is spent: no plugin will come
             if self._closed or self._sup.state == "stopped":
                 raise was_stopped(self._sup.name)
-            await asyncio.sleep(0.05)
-        await channel.channel_ready()
+            return False
+
+        while True:
+            await self._sup.until_async(found, math.inf)
+            channel = self.current()
+            if channel is not None:  # else replaced meanwhile: wait for the next one
+                await channel.channel_ready()
+                return
 
     async def __aenter__(self) -> _FollowingChannel:
         return self

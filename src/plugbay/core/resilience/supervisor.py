@@ -29,31 +29,30 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-import grpc
-
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, plugin_gone,
-                                               raise_if_ended, restart_advice, was_stopped)
+from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, raise_if_ended,
+                                               was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
 from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_settings, check_source,
-                                             first_client, new_client, not_running, plugin_named,
+                                             first_client, new_client, plugin_named,
                                              stopped_while_starting)
-from plugbay.core.resilience.waiting import FAILED, RESTARTING, RUNNING, STARTING, STOPPED, PluginWaits
+from plugbay.core.resilience.wakeups import StateCondition
+from plugbay.core.resilience.supervisorview import SupervisorView
+from plugbay.core.resilience.waiting import FAILED, RESTARTING, RUNNING, STARTING, STOPPED
 
 _log = logging.getLogger("plugbay.supervisor")
 
 
-class Supervisor(PluginWaits):
+class Supervisor(SupervisorView):
     """Keeps one plugin running. See the module docstring."""
     ready_gated = True  # install() refuses it: retry= and breaker= go outside its ReadyGate
 
@@ -75,7 +74,7 @@ class Supervisor(PluginWaits):
         self.on_event = on_event
         self._named = name is not None
         self.name = name or (config.name if isinstance(config, ClientConfig) and config.name else "plugin")
-        self._cond = threading.Condition()
+        self._cond = StateCondition()  # wakes the AsyncSupervisor's waiters too
         self._start_lock = threading.Lock()  # one start() at a time: a second would start a second plugin
         self._state = STARTING
         self._client: Client | None = None
@@ -96,64 +95,7 @@ class Supervisor(PluginWaits):
         self.restarts = self.failures = 0
         self.last_failure: str | None = None
 
-    # --- public ---------------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def max_restarts(self) -> int:
-        return self.restart_policy.max_restarts
-
-    @property
-    def client(self) -> Client:
-        self.raise_if_failed()
-        client = self._client
-        if client is None:
-            raise not_running(self.name, self._state, self.last_failure)
-        return client
-
-    @property
-    def current_client(self) -> Client | None:
-        """The Client in use now; None while restarting, after giving up or stopping."""
-        return self._client
-
-    @property
-    def call_timeout(self) -> float | None:
-        return self._channel.call_timeout if self._channel is not None else None
-
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            raise ClientStateError(f"Supervisor of {self.name!r} is not started; call start() first")
-        return self._channel
-
-    @property
-    def broker(self) -> FollowingBroker:  # the stubs' broker: each use goes to the current Client's
-        return self._broker
-
-    @property
-    def health(self) -> str | None:
-        watcher = self._watcher
-        return watcher.state if watcher is not None else None
-
-    def metrics(self) -> dict[str, Any]:
-        return {"state": self._state, "restarts": self.restarts, "failures": self.failures,
-                "last_failure": self.last_failure, "health": self.health,
-                "circuit": self.breaker.state if self.breaker is not None else None}
-
-    def reattach_config(self) -> ReattachConfig:
-        """What another host needs to attach to the running plugin (a restart gives it a new one)."""
-        client = self.client
-        try:
-            return client.reattach_config()
-        except ClientStateError as exc:
-            if not plugin_gone(client):
-                raise
-            # died before the monitor saw it: the Client's own advice ("make a new Client") is wrong here
-            raise ClientStateError(f"plugin {self.name!r} has exited, so there is nothing to reattach to; "
-                                   + restart_advice(self, "reattach_config()")) from exc
+    # --- lifecycle (what it tells of itself: SupervisorView) ---------------------------
 
     def __enter__(self) -> Self:
         try:

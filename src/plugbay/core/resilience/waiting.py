@@ -7,11 +7,13 @@ restarts waits for its successor); users call wait_running() before opening a st
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import wait_timeout, wait_until
 from plugbay.core.resilience.readygate import SupervisedChannel, gone_unseen
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy
+from plugbay.core.resilience.wakeups import StateCondition
 
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
 
@@ -19,7 +21,7 @@ STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restart
 class PluginWaits:
     """wait_running() and changed_since() of a Supervisor, on its condition and state."""
 
-    _cond: threading.Condition  # notified on every change of the state or the current Client
+    _cond: StateCondition  # notified on every change of the state or the current Client
     _state: str
     _client: Client | None
     _channel: SupervisedChannel | None
@@ -42,6 +44,11 @@ class PluginWaits:
         the restart budget is spent."""
         seconds = wait_timeout(timeout, "Supervisor.wait_running()")
         return wait_until(self._cond, self._running, seconds, 0.5, self._over)
+
+    async def until_async(self, check: Callable[[], bool], timeout: float) -> bool:
+        """On an event loop: whether ``check()`` (never blocking) comes true within ``timeout``, asked again at
+        each change of the state or the current Client. Holds no thread (see plugbay.core.resilience.wakeups)."""
+        return await self._cond.until(check, timeout)
 
     def _running(self) -> bool:
         return self._state == RUNNING and not gone_unseen(self._client, self._stop, self._wake)

@@ -1,0 +1,89 @@
+"""What a Supervisor tells of itself: its state, its current Client and channel, its metrics.
+
+Read by any thread, never blocking; the restarting itself is plugbay.core.resilience.supervisor's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from plugbay.core.host.client import Client
+from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.resilience.circuit import CircuitBreaker
+from plugbay.core.resilience.followbroker import FollowingBroker
+from plugbay.core.resilience.healthwatch import HealthWatcher
+from plugbay.core.resilience.readygate import plugin_gone, restart_advice
+from plugbay.core.resilience.sources import not_running
+from plugbay.core.resilience.waiting import PluginWaits
+from plugbay.errors import ClientStateError
+
+
+class SupervisorView(PluginWaits):
+    """The Supervisor's public reads (its base)."""
+
+    name: str
+    restarts: int
+    failures: int
+    last_failure: str | None
+    breaker: CircuitBreaker | None
+    _watcher: HealthWatcher | None
+    _broker: FollowingBroker
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def max_restarts(self) -> int:
+        return self.restart_policy.max_restarts
+
+    @property
+    def client(self) -> Client:
+        self.raise_if_failed()
+        client = self._client
+        if client is None:
+            raise not_running(self.name, self._state, self.last_failure)
+        return client
+
+    @property
+    def current_client(self) -> Client | None:
+        """The Client in use now; None while restarting, after giving up or stopping."""
+        return self._client
+
+    @property
+    def call_timeout(self) -> float | None:
+        return self._channel.call_timeout if self._channel is not None else None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            raise ClientStateError(f"Supervisor of {self.name!r} is not started; call start() first")
+        return self._channel
+
+    @property
+    def broker(self) -> FollowingBroker:  # the stubs' broker: each use goes to the current Client's
+        return self._broker
+
+    @property
+    def health(self) -> str | None:
+        watcher = self._watcher
+        return watcher.state if watcher is not None else None
+
+    def metrics(self) -> dict[str, Any]:
+        return {"state": self._state, "restarts": self.restarts, "failures": self.failures,
+                "last_failure": self.last_failure, "health": self.health,
+                "circuit": self.breaker.state if self.breaker is not None else None}
+
+    def reattach_config(self) -> ReattachConfig:
+        """What another host needs to attach to the running plugin (a restart gives it a new one)."""
+        client = self.client
+        try:
+            return client.reattach_config()
+        except ClientStateError as exc:
+            if not plugin_gone(client):
+                raise
+            # died before the monitor saw it: the Client's own advice ("make a new Client") is wrong here
+            raise ClientStateError(f"plugin {self.name!r} has exited, so there is nothing to reattach to; "
+                                   + restart_advice(self, "reattach_config()")) from exc
