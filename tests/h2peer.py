@@ -11,7 +11,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -19,8 +19,8 @@ import grpc
 from tests import netcerts
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 3, 4, 6, 7
-END_HEADERS, ACK = 0x4, 0x1
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0, 1, 3, 4, 6, 7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 MAX_CONCURRENT_STREAMS = 3  # the SETTINGS parameter
 
 
@@ -41,13 +41,16 @@ def request_headers(path: str) -> bytes:
 
 
 class StallingPeer:
-    """One TLS connection speaking HTTP/2: ``open_streams`` sends HEADERS only (no DATA, no END_STREAM)."""
+    """One TLS connection speaking HTTP/2: ``open_streams`` sends HEADERS only (no DATA, no END_STREAM).
 
-    def __init__(self, address: str, certs: netcerts.CertSet) -> None:
+    ``source``: the local address to connect from (127.0.0.2: another peer address than 127.0.0.1's)."""
+
+    def __init__(self, address: str, certs: netcerts.CertSet, source: str | None = None) -> None:
         host, _, port = address.rpartition(":")
         context = netcerts.client_context(certs)
         context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection((host, int(port)), timeout=10)
+        raw = socket.create_connection((host, int(port)), timeout=10,
+                                       source_address=(source, 0) if source else None)
         try:
             self._sock = context.wrap_socket(raw, server_hostname="localhost")
         except BaseException:
@@ -60,6 +63,7 @@ class StallingPeer:
         self.resets = 0
         self.pongs = 0
         self.closed = False
+        self.answered: set[int] = set()  # streams the server sent HEADERS on (an answer, or a refusal)
         self._next = 1
         self._send(PREFACE + frame(SETTINGS, 0, 0))
         self._reader = threading.Thread(target=self._read, name="plugbay-test-h2peer", daemon=True)
@@ -78,8 +82,12 @@ class StallingPeer:
                     length = int.from_bytes(data[:3], "big")
                     if len(data) < 9 + length:
                         break
-                    kind, flags = data[3], data[4]
+                    kind, flags, stream = data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
                     payload, data = data[9:9 + length], data[9 + length:]
+                    if kind == HEADERS:
+                        with self._cond:
+                            self.answered.add(stream)
+                            self._cond.notify_all()
                     self._on_frame(kind, flags, payload)
         except (OSError, ssl.SSLError):
             pass
@@ -121,6 +129,19 @@ class StallingPeer:
             if not self._cond.wait_for(lambda: self.pongs > answered or self.closed, timeout=30):
                 raise AssertionError("the server did not answer a PING within 30 s")
 
+    def open_calls(self, path: str, message: bytes, count: int) -> list[int]:
+        """``count`` calls to ``path``, each sending ``message`` (a serialized request) and half-closing;
+        returns their stream ids once the server has sent HEADERS on each (its answer, or a refusal)."""
+        block = request_headers(path)
+        body = b"\0" + struct.pack(">I", len(message)) + message  # one uncompressed gRPC message
+        ids = [self._next + 2 * k for k in range(count)]
+        self._next += 2 * count
+        self._send(b"".join(frame(HEADERS, END_HEADERS, i, block) + frame(DATA, END_STREAM, i, body) for i in ids))
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.answered.issuperset(ids) or self.closed, timeout=30):
+                raise AssertionError("the server did not answer every call within 30 s")
+        return ids
+
     def reset_flood(self, path: str, until: threading.Event) -> int:
         """Open streams calling ``path`` and reset each at once (HTTP/2 rapid reset) until ``until`` is set
         or the server closes the connection; returns how many."""
@@ -149,10 +170,17 @@ class StallingPeer:
 
 @contextmanager
 def stalling(address: str, certs: netcerts.CertSet, path: str, connections: int,
-             streams: int) -> Iterator[list[StallingPeer]]:
-    """``connections`` peers, each with ``streams`` calls to ``path`` whose request never comes;
-    closed on the way out."""
-    peers = [StallingPeer(address, certs) for _ in range(connections)]
+             streams: int, sources: Sequence[str | None] = ()) -> Iterator[list[StallingPeer]]:
+    """``connections`` peers, each with ``streams`` calls to ``path`` whose request never comes (the
+    i-th connecting from ``sources[i]`` when given); closed on the way out."""
+    peers: list[StallingPeer] = []
+    try:
+        for i in range(connections):
+            peers.append(StallingPeer(address, certs, sources[i] if i < len(sources) else None))
+    except BaseException:
+        for peer in peers:
+            peer.close()
+        raise
     try:
         for peer in peers:
             peer.open_streams(path, streams)

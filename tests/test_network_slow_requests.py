@@ -5,6 +5,7 @@ handler (or plugbay's gate) runs. One peer with a valid client certificate holdi
 connection open with ~60 such streams (answering PINGs, so nothing looked wrong) took every thread:
 health checks and every host's calls timed out until it closed. The unmodified KV example, served
 with PLUGBAY_NETWORK_* (the brokering front, and plain gRPC in grpcio's TLS: MULTIPLEX=0).
+A second peer address is 127.0.0.2 (Linux routes all of 127/8 to lo).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_OWN_CALLS, NETWORK_READS, NETWORK_WATCHES
+from plugbay.core.plugin.peershare import share_of
 from tests import netcerts
 from tests.h2peer import MAX_CONCURRENT_STREAMS, StallingPeer, stalling, watches_of_many_hosts
 from tests.test_network_serve import NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
 
 HEALTH = "/grpc.health.v1.Health/Check"
 KV_GET = "/proto.KV/Get"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 BOUND = 10.0  # a hang ends here (the calls below answer in milliseconds)
 
 
@@ -38,6 +41,16 @@ def plugin(request: pytest.FixtureRequest, tmp_path: Path, certs: netcerts.CertS
     if request.param == "multiplex-0":
         env["PLUGBAY_NETWORK_MULTIPLEX"] = "0"
     p = NetPlugin(tmp_path, env)
+    yield p
+    code, err = p.stop()
+    assert code == 0, err[-2000:]
+
+
+@pytest.fixture
+def grpc_tls_plugin(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[NetPlugin]:
+    """Plain gRPC in grpcio's TLS: the server sees each peer's address (behind the front, every
+    plain-gRPC connection arrives over a private unix socket: see core/plugin/peershare.py)."""
+    p = NetPlugin(tmp_path, {**tls_env(certs), "PLUGBAY_NETWORK_MULTIPLEX": "0"})
     yield p
     code, err = p.stop()
     assert code == 0, err[-2000:]
@@ -58,7 +71,7 @@ def _kv_get(channel: grpc.Channel) -> grpc.StatusCode:
 @pytest.mark.parametrize("path", [HEALTH, KV_GET])
 def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
         plugin: NetPlugin, certs: netcerts.CertSet, path: str) -> None:
-    peer = StallingPeer(plugin.address, certs)
+    peer = StallingPeer(plugin.address, certs, "127.0.0.2")  # another host than the channel's below
     try:
         peer.open_streams(path, 60)
         with secure(certs, plugin.address) as channel:
@@ -71,10 +84,36 @@ def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
         peer.close()
 
 
+@pytest.mark.parametrize("path", [HEALTH, KV_GET])
+def test_one_peer_address_with_many_connections_of_stalled_requests_leaves_another_peer_answered(
+        grpc_tls_plugin: NetPlugin, certs: netcerts.CertSet, path: str) -> None:
+    # three connections of stalled calls from one address took a whole budget (the reads' or plugbay's own
+    # calls'): every other host's calls were refused RESOURCE_EXHAUSTED until that peer let go
+    conns = max(NETWORK_READS, NETWORK_OWN_CALLS) // NETWORK_MAX_STREAMS + 1
+    with stalling(grpc_tls_plugin.address, certs, path, conns, NETWORK_MAX_STREAMS, ["127.0.0.2"] * conns), \
+            secure(certs, grpc_tls_plugin.address) as channel:
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND
+
+
+def test_one_peer_address_holding_health_watches_leaves_another_peer_its_watch(
+        grpc_tls_plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+    # one peer's Watches took all NETWORK_WATCHES: another host's Watch was refused
+    peer = StallingPeer(grpc_tls_plugin.address, certs, "127.0.0.2")
+    try:
+        peer.open_calls(HEALTH_WATCH, health_pb2.HealthCheckRequest(service="plugin").SerializeToString(),
+                        NETWORK_WATCHES)  # each answered: its first SERVING, or refused past the peer's share
+        watches_of_many_hosts([secure(certs, grpc_tls_plugin.address)], "plugin", BOUND)
+    finally:
+        peer.close()
+
+
 def test_stalled_requests_past_the_caps_are_refused_at_once(plugin: NetPlugin, certs: netcerts.CertSet) -> None:
-    # several connections' worth of stalled calls fill a cap: what is past it is refused, nothing waits
+    # stalled calls from two peer addresses (each holding its share) fill a cap: what is past it is
+    # refused, nothing waits
     conns = NETWORK_OWN_CALLS // NETWORK_MAX_STREAMS + 1
-    with stalling(plugin.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS), \
+    assert 2 * share_of(NETWORK_OWN_CALLS) >= NETWORK_OWN_CALLS
+    with stalling(plugin.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS, ["127.0.0.2", "127.0.0.3"]), \
             secure(certs, plugin.address) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             _health(channel)
@@ -89,7 +128,8 @@ def test_stalled_plugin_calls_past_the_read_budget_are_refused_at_once(
         plugin: NetPlugin, certs: netcerts.CertSet) -> None:
     # a call to the plugin's services waits for its request holding a read token, not a handler slot
     conns = NETWORK_READS // NETWORK_MAX_STREAMS + 1
-    with stalling(plugin.address, certs, KV_GET, conns, NETWORK_MAX_STREAMS), \
+    assert 2 * share_of(NETWORK_READS) >= NETWORK_READS
+    with stalling(plugin.address, certs, KV_GET, conns, NETWORK_MAX_STREAMS, ["127.0.0.2", "127.0.0.3"]), \
             secure(certs, plugin.address) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="never-put"), timeout=BOUND)

@@ -23,7 +23,9 @@ one message under a budget of their own: the plugin's handlers read it holding o
 tokens and take their slot once it came (a call waiting for its request holds no handler slot), and
 plugbay's own services (``own=True``) take one of NETWORK_OWN_CALLS slots first. The server lets one
 connection open at most NETWORK_MAX_STREAMS streams, fewer than either budget: one connection's
-stalled streams never take all of one. A host launched locally keeps grpcio's unary path (its unary
+stalled streams never take all of one. And one peer address (several connections) holds at most a share
+of each budget, the reads', the own calls' and the health Watches' (core/plugin/peershare.py): another
+peer's calls are always read and answered. A host launched locally keeps grpcio's unary path (its unary
 latency is a benchmarked target).
 """
 
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 
@@ -62,19 +65,9 @@ NETWORK_READS = NETWORK_MAX_STREAMS + 16
 NETWORK_OWN_CALLS = NETWORK_MAX_STREAMS + NETWORK_WATCHES + 4
 # ... and the threads the pool has beyond max_workers: the own calls', the reads', some to refuse calls on.
 NETWORK_RESERVED = NETWORK_OWN_CALLS + NETWORK_READS + 4
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 PLUGBAY_SERVICES = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
                     "/plugin.GRPCBroker/", "/plugbay.network.v1.Discovery/")
-
-
-def peer_address(peer: str) -> str | None:
-    """The IP address of a grpcio peer ("ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5"); None for any other (a
-    unix socket's peer, which has none: behind serve()'s network front every connection is one)."""
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return None
-    from urllib.parse import unquote
-
-    return unquote(rest).rpartition(":")[0].strip("[]") or None
 
 
 class HandlerGate:
@@ -85,19 +78,22 @@ class HandlerGate:
     address (see peer_address: peers without one share only ``limit``), refused with ``peer_refusal``
     (formatted with ``peer`` and ``held``), so one caller holding calls open cannot take every slot.
     ``read_first``: a unary request is read by the gate (network mode: see the module's doc), after the
-    slot is taken, or before it holding one of ``reads`` tokens when given. ``own``: gate plugbay's
-    services (PLUGBAY_SERVICES) and pass the others, instead of the reverse."""
+    slot is taken, or before it holding one of ``reads`` tokens when given (one peer address at most
+    ``peer_reads`` of them). ``own``: gate plugbay's services (PLUGBAY_SERVICES) and pass the others,
+    instead of the reverse; ``peer_watches``: then at most that many health Watches per peer address."""
 
     def __init__(self, limit: int, refusal: str | None = None, *, peer_limit: int | None = None,
                  peer_refusal: str = "{peer} is running {held} calls, the most one peer address may",
-                 read_first: bool = False, own: bool = False, reads: int | None = None) -> None:
+                 read_first: bool = False, own: bool = False, reads: int | None = None,
+                 peer_reads: int | None = None, peer_watches: int | None = None) -> None:
         self.limit = limit
         self.read_first = read_first
-        self._reading = _Reading(reads) if reads is not None and read_first else None
+        self._reading = _Reading(reads, peer_reads) if reads is not None and read_first else None
         self.own = own
         self.peer_limit = peer_limit
         self._peer_refusal = peer_refusal
-        self._peers: dict[str, int] = {}  # running calls per peer address, while it has some
+        self._peers = PeerShares(peer_limit) if peer_limit is not None else None  # running calls per peer
+        self._watches = PeerShares(peer_watches) if peer_watches is not None and own else None
         self._refusal = refusal or (
             f"the plugin is already running {limit} calls (ServeConfig.max_workers); earlier calls have"
             " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
@@ -119,6 +115,10 @@ class HandlerGate:
             with self._lock:
                 if self._release is None and not self._closed:
                     self._release = LOOP.hold()
+        if method == HEALTH_WATCH and self._watches is not None and handler.unary_stream is not None:
+            handler = grpc.unary_stream_rpc_method_handler(
+                _watch_share(handler.unary_stream, self._watches), handler.request_deserializer,
+                handler.response_serializer)
         return self._gate(method, handler)
 
     def close(self, within: float | None = None) -> None:
@@ -164,29 +164,19 @@ class HandlerGate:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
         if not self._slots.acquire(blocking=False):  # all taken: that is the reason, whoever holds them
             refuse_unsent(context, self._refusal)
-        share = self.peer_limit
-        peer = peer_address(str(context.peer())) if share is not None else None
-        if peer is not None and share is not None:
-            with self._lock:
-                held = self._peers.get(peer, 0)
-                if held < share:
-                    self._peers[peer] = held + 1
-            if held >= share:
-                self._slots.release()
-                refuse_unsent(context, self._peer_refusal.format(peer=peer, held=held))
+        if self._peers is None:
+            return None
+        peer = peer_address(str(context.peer()))
+        held = self._peers.take(peer)
+        if held is not None:
+            self._slots.release()
+            refuse_unsent(context, self._peer_refusal.format(peer=peer, held=held))
         return peer
-
-    def _leave_peer(self, peer: str | None) -> None:
-        if peer is None:
-            return
-        with self._lock:
-            left = self._peers.pop(peer) - 1
-            if left:
-                self._peers[peer] = left
 
     def _leave(self, peer: str | None) -> None:
         self._slots.release()
-        self._leave_peer(peer)
+        if self._peers is not None:
+            self._peers.give(peer)
 
     def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
@@ -217,21 +207,50 @@ def refuse_unsent(context: grpc.ServicerContext, why: str,
 
 
 class _Reading:
-    """Calls waiting for their request message: at most ``limit`` at once, the rest refused at once."""
+    """Calls waiting for their request message: at most ``limit`` at once, ``peer_limit`` of them from one
+    peer address, the rest refused at once."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, peer_limit: int | None = None) -> None:
         self.limit = limit
         self._tokens = threading.BoundedSemaphore(limit)
+        self._peers = PeerShares(peer_limit) if peer_limit is not None else None
 
     def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
         if not self._tokens.acquire(blocking=False):
             refuse_unsent(context, (
                 f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
                 " (their callers have not sent it). Retry later"))
+        peer = None
+        if self._peers is not None:
+            peer = peer_address(str(context.peer()))
+            held = self._peers.take(peer)
+            if held is not None:
+                self._tokens.release()
+                refuse_unsent(context, (
+                    f"{peer} has {held} calls to the plugin waiting for their request message, the most one"
+                    " peer address may at once (its callers have not sent it). Retry later"))
         try:
             return next(requests, None)  # a cancelled call raises here, an error grpcio keeps quiet
         finally:
             self._tokens.release()
+            if self._peers is not None:
+                self._peers.give(peer)
+
+
+def _watch_share(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+                 shares: PeerShares) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """A health Watch, at most ``shares.share`` of them open per peer address."""
+    def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        peer = peer_address(str(context.peer()))
+        held = shares.take(peer)
+        if held is not None:
+            refuse_unsent(context, f"{peer} holds {held} health Watch streams, the most one peer address may;"
+                          " close one, or poll with Check")
+        try:
+            yield from behavior(request, context)
+        finally:
+            shares.give(peer)
+    return run
 
 
 def _one_request(method: str, behavior: Callable[[Any, grpc.ServicerContext], Any],
@@ -303,14 +322,19 @@ def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGa
     module's doc), and how many threads its server's pool has."""
     if not network:
         return HandlerGate(max_workers), None, max_workers + RESERVED
-    return HandlerGate(max_workers, read_first=True, reads=NETWORK_READS), own_gate("plugin"), \
-        max_workers + NETWORK_RESERVED
+    gate = HandlerGate(max_workers, read_first=True, reads=NETWORK_READS, peer_reads=share_of(NETWORK_READS))
+    return gate, own_gate("plugin", per_peer=True), max_workers + NETWORK_RESERVED
 
 
-def own_gate(who: str) -> HandlerGate:
+def own_gate(who: str, *, per_peer: bool = False) -> HandlerGate:
     """The gate of plugbay's own services on a network server (NETWORK_OWN_CALLS slots, taken before the
-    request is read); ``who`` answers them ("plugin", "gateway"). Its server needs as many threads more."""
+    request is read); ``who`` answers them ("plugin", "gateway"). Its server needs as many threads more.
+    ``per_peer``: one peer address holds at most a share of the slots, and of NETWORK_WATCHES."""
     return HandlerGate(NETWORK_OWN_CALLS, (
         f"the {who} is already answering {NETWORK_OWN_CALLS} calls to plugbay's own services (health,"
         " Discovery, GRPCController, GRPCStdio, GRPCBroker), the most it may at once: earlier ones have not"
-        " ended (or not sent their request). Retry later"), read_first=True, own=True)
+        " ended (or not sent their request). Retry later"), read_first=True, own=True,
+        peer_limit=share_of(NETWORK_OWN_CALLS) if per_peer else None,
+        peer_refusal=("{peer} has {held} calls to plugbay's own services open or waiting for their request,"
+                      " the most one peer address may. Retry later"),
+        peer_watches=share_of(NETWORK_WATCHES) if per_peer else None)
