@@ -52,10 +52,14 @@ from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay._proto.plugin import grpc_broker_pb2_grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
+from plugbay.core.broker.stream import plugin_broker
+from plugbay.core.plugin.gate import RESERVED, HandlerGate
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netconfig import listen_target as _target
-from plugbay.core.plugin.netmux import InstanceFactory, NetworkFront, SessionFactory, instance_sessions
+from plugbay.core.plugin.netmux import Instance, InstanceFactory, NetworkFront, SessionFactory, instance_sessions
+from plugbay.core.plugin.serveconfig import ServeConfig
+from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.sockets import (
     check_unix_path,
@@ -63,12 +67,18 @@ from plugbay.core.transport.sockets import (
     listener_address,
     open_listener,
     unix_target,
+    unlink_quietly,
 )
 from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads it
     from plugbay.core.transport import certfiles
+    from plugbay.core.transport.muxsession import MuxSession
+
+# serve()'s registration of its services on a server: (server, broker, the plugins' gate, own services' server)
+Register = Callable[[grpc.Server, GRPCBroker, HandlerGate, grpc.Server], None]
 
 BROKER_REFUSAL = (
     "this plain gRPC connection to a network plugin has no broker: brokered connections (callbacks such as"
@@ -203,3 +213,36 @@ def refuse_broker(server: grpc.Server) -> GRPCBroker:
     """No broker on the shared ``server``: StartStream refused; the returned broker is its plugins'."""
     grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBrokerStream(), server)  # type: ignore[no-untyped-call]
     return SharedBroker()
+
+
+def session_instance(config: ServeConfig, versions: Sequence[tuple[int, Sequence[str]]], register: Register,
+                     mux: MuxSession, path: str) -> Instance:
+    """A network host session's own plugin instance: a private server on ``path`` with serve()'s services
+    (``register``) and Discovery, and a broker multiplexed on the session ``mux``."""
+    # each session's handlers are gated like the main server's, on a pool of its own
+    executor = DaemonPool(config.max_workers + RESERVED, "plugbay-grpc-session")
+    options = with_defaults([("grpc.so_reuseport", 0)], config.grpc_server_options)
+    server = grpc.server(executor, options=options)
+    broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
+    gate = HandlerGate(config.max_workers)
+    try:
+        register(server, broker, gate, server)
+        add_discovery(DiscoveryServicer(versions, multiplex=True), server)
+        server.add_insecure_port(unix_target(path))
+        server.start()
+    except BaseException:
+        _stop_instance(server, broker, executor, gate, path)
+        raise
+    return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, path))
+
+
+def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, gate: HandlerGate,
+                   path: str) -> None:
+    # ends the broker stream first (a graceful stop waits for open streams); not waited for, as below
+    broker.close(wait=False)
+    server.stop(0.5).wait(5)
+    # not waited for: a handler the departed host left running (stuck, sleeping) ends on its own;
+    # waiting here held up the admission of every new host (sessions are reaped on that thread)
+    executor.shutdown(wait=False, cancel_futures=True)
+    gate.close()
+    unlink_quietly(path)

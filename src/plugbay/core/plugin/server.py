@@ -49,15 +49,15 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
 )
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, RESERVED, GatedServer,
-                                     HandlerGate, serve_gates)
+from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer, HandlerGate,
+                                     serve_gates)
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.grpcoptions import with_defaults
-from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT, unix_target, unlink_quietly
+from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
@@ -267,25 +267,10 @@ class _PluginServer:
                 raise ConfigError(f"error registering {name!r}: {exc}") from exc
 
     def _session_instance(self, mux: MuxSession, path: str) -> Instance:
-        """A network host session's own plugin instance: a private server and a multiplexed broker."""
-        from plugbay.core.plugin.netmux import Instance
-        from plugbay.core.plugin.network import DiscoveryServicer, add_discovery
+        """A network host session's own plugin instance (core/plugin/network.py), registered as ours."""
+        from plugbay.core.plugin.network import session_instance
 
-        # each session's handlers are gated like the main server's, on a pool of its own
-        executor = DaemonPool(self.config.max_workers + RESERVED, "plugbay-grpc-session")
-        options = with_defaults([("grpc.so_reuseport", 0)], self.config.grpc_server_options)
-        server = grpc.server(executor, options=options)
-        broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
-        gate = HandlerGate(self.config.max_workers)
-        try:
-            self._register(server, broker, gate, server)
-            add_discovery(DiscoveryServicer([(self._version, sorted(self._plugin_set))], multiplex=True), server)
-            server.add_insecure_port(unix_target(path))
-            server.start()
-        except BaseException:
-            _stop_instance(server, broker, executor, gate, path)
-            raise
-        return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, path))
+        return session_instance(self.config, [(self._version, sorted(self._plugin_set))], self._register, mux, path)
 
     def _shutdown_asked(self) -> None:
         network = self.config.network
@@ -378,18 +363,6 @@ class _PluginServer:
                 self.config.network.stop.detach(self.stop)
             self.stopping.close()
             self._logging.close()
-
-
-def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, gate: HandlerGate,
-                   path: str) -> None:
-    # ends the broker stream first (a graceful stop waits for open streams); not waited for, as below
-    broker.close(wait=False)
-    server.stop(0.5).wait(5)
-    # not waited for: a handler the departed host left running (stuck, sleeping) ends on its own;
-    # waiting here held up the admission of every new host (sessions are reaped on that thread)
-    executor.shutdown(wait=False, cancel_futures=True)
-    gate.close()
-    unlink_quietly(path)
 
 
 def add_controller(server: grpc.Server, stop: Callable[[], None]) -> None:
