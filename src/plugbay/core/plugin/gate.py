@@ -6,7 +6,8 @@ controller cannot get a pool of their own. Instead the executor has
 ``max_workers`` threads for the plugin's handlers plus ``RESERVED`` more, and
 the gate lets at most ``max_workers`` of the plugin's handlers run at once
 (GatedServer wraps each handler the plugin registers). A handler that outlives
-the host's deadline keeps its slot until it returns; once every slot is taken,
+the host's deadline keeps its slot until it returns (an ``async def`` one until its
+coroutine ends, though its thread stops waiting for it: aiohandlers.Outlived); once every slot is taken,
 a new call to the plugin's services is refused at once with RESOURCE_EXHAUSTED
 (blocking it would hold one of the reserved threads), with the caller's NOT_SENT metadata
 echoed as a trailer (core/protocol/notsent.py): the handler never ran, so a host's pool sends the call
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -42,7 +44,11 @@ from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 
 if TYPE_CHECKING:
+    from plugbay.core.transport.aiohandlers import Outlived
     from plugbay.core.transport.handlerloop import Release
+
+# an async handler's call: its coroutines that outlive it hold its slot on (aiohandlers.Outlived)
+Tracking = Callable[[grpc.ServicerContext], AbstractContextManager["Outlived"]]
 
 # Threads kept for plugbay's own services: the GRPCStdio and broker streams,
 # health Watch streams, health checks, Shutdown, and refusing gated calls.
@@ -108,10 +114,11 @@ class HandlerGate:
         (transport/aiohandlers.py), which this gate holds until close()."""
         if method.startswith(PLUGBAY_SERVICES) != self.own:
             return handler
+        track: Tracking | None = None
         if is_async(handler):
-            from plugbay.core.transport.aiohandlers import LOOP, sync_handler
+            from plugbay.core.transport.aiohandlers import LOOP, outlived, sync_handler
 
-            handler = sync_handler(method, handler, LOOP)
+            handler, track = sync_handler(method, handler, LOOP), outlived
             with self._lock:
                 if self._release is None and not self._closed:
                     self._release = LOOP.hold()
@@ -119,7 +126,7 @@ class HandlerGate:
             handler = grpc.unary_stream_rpc_method_handler(
                 _watch_share(handler.unary_stream, self._watches), handler.request_deserializer,
                 handler.response_serializer)
-        return self._gate(method, handler)
+        return self._gate(method, handler, track)
 
     def close(self, within: float | None = None) -> None:
         """The server has stopped: let go of the asyncio handlers' loop (the last holder ends it, in
@@ -130,27 +137,32 @@ class HandlerGate:
         if release is not None:
             release(within)
 
-    def _gate(self, method: str, handler: Any) -> Any:
+    def _gate(self, method: str, handler: Any, track: Tracking | None) -> Any:
+        def unary(behavior: Any) -> Callable[..., Any]:
+            return self._unary(behavior, track)
+
+        def streaming(behavior: Any) -> Callable[..., Any]:
+            return self._streaming(behavior, track)
+
         if handler.unary_unary is not None:
             if self.read_first:  # the request arrives as raw bytes, read by the gate
                 return grpc.stream_unary_rpc_method_handler(
-                    self._read_one(method, self._unary, handler.unary_unary, handler.request_deserializer),
+                    self._read_one(method, unary, handler.unary_unary, handler.request_deserializer),
                     None, handler.response_serializer)
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
             if self.read_first:
                 return grpc.stream_stream_rpc_method_handler(
-                    self._read_one(method, self._streaming, handler.unary_stream, handler.request_deserializer),
+                    self._read_one(method, streaming, handler.unary_stream, handler.request_deserializer),
                     None, handler.response_serializer)
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream), handler.request_deserializer,
-                handler.response_serializer)
+                streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+            streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
 
     def _read_one(self, method: str, slot: Callable[[Any], Any], behavior: Any,
                   deserialize: Callable[[bytes], Any] | None) -> Any:
@@ -178,22 +190,38 @@ class HandlerGate:
         if self._peers is not None:
             self._peers.give(peer)
 
-    def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any],
+               track: Tracking | None = None) -> Callable[..., Any]:
+        """``behavior`` holding a slot; until its coroutines end, too, when ``track`` (an async handler)."""
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             peer = self._enter(context)
-            try:
-                return behavior(request, context)
-            finally:
-                self._leave(peer)
+            if track is None:
+                try:
+                    return behavior(request, context)
+                finally:
+                    self._leave(peer)
+            with track(context) as outlived:
+                try:
+                    return behavior(request, context)
+                finally:
+                    outlived.then(lambda: self._leave(peer))
         return run
 
-    def _streaming(self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
+    def _streaming(self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+                   track: Tracking | None = None) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             peer = self._enter(context)
-            try:
-                yield from behavior(request, context)
-            finally:
-                self._leave(peer)
+            if track is None:
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    self._leave(peer)
+                return
+            with track(context) as outlived:
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    outlived.then(lambda: self._leave(peer))
         return run
 
 

@@ -8,7 +8,8 @@ one loop shared by the process's async handlers, in a thread of its own
 waits for it. Each server with an async handler holds the loop until it stops; the last
 release ends it, and a later call is refused (UNAVAILABLE). The context is grpcio's sync one:
 ``await context.abort(...)`` works as under grpc.aio. A call that ends early cancels its
-coroutine; ``await context.write()`` needs grpc.aio's context and is refused when registered.
+coroutine; one that ignores its cancel past the wait for it keeps the gate slot of its call (Outlived)
+until it ends; ``await context.write()`` needs grpc.aio's context and is refused when registered.
 The loops themselves are plugbay.core.transport.handlerloop's.
 """
 
@@ -20,6 +21,7 @@ import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -117,6 +119,67 @@ class _OnLoop:
 LOOP = HandlerLoop()  # one for the process, held by each server with an async handler
 
 
+class Outlived:
+    """A call's coroutines still running when its thread gave up waiting for them (_CLEANUP_WAIT after
+    its cut): the gate that let the call in keeps its slot until they end (then()), so ServeConfig.
+    max_workers bounds the coroutines as it bounds sync handlers that outlive their call (one that
+    never ends keeps its slot for good)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: list[concurrent.futures.Future[Any]] = []
+        self._left = 0
+        self._release: Callable[[], None] | None = None
+
+    def add(self, done: concurrent.futures.Future[Any]) -> None:
+        self._running.append(done)  # the call's own thread, before then()
+
+    def then(self, release: Callable[[], None]) -> None:
+        """``release`` (the call's slot) now, or once the last of its outliving coroutines has ended."""
+        running = [f for f in self._running if not f.done()]
+        if not running:
+            release()
+            return
+        with self._lock:
+            self._left, self._release = len(running), release
+        for done in running:
+            done.add_done_callback(self._ended)  # at once when it ended meanwhile
+
+    def _ended(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._left -= 1
+            release = self._release if self._left == 0 else None
+        if release is not None:
+            release()
+
+
+_outlived: dict[int, Outlived] = {}  # per running call (its context's id), while a gate tracks it
+_outlived_lock = threading.Lock()
+
+
+@contextmanager
+def outlived(context: grpc.ServicerContext) -> Iterator[Outlived]:
+    """Track the coroutines of the call ``context`` that outlive its thread's wait (the gate: see Outlived)."""
+    holder = Outlived()
+    with _outlived_lock:
+        _outlived[id(context)] = holder
+    try:
+        yield holder
+    finally:
+        with _outlived_lock:
+            _outlived.pop(id(context), None)
+
+
+def _outlives(context: grpc.ServicerContext, call: _OnLoop) -> None:
+    """``call`` is still running though its call's thread stops waiting: its gate is told, if any."""
+    if call.done.done():
+        return
+    with _outlived_lock:
+        holder = _outlived.get(id(context))
+    if holder is not None:
+        holder.add(call.done)
+
+
 def sync_handler(method: str, handler: Any, loop: LoopSource) -> Any:
     """``handler`` with its async behavior run on ``loop`` (unchanged when it is sync)."""
     if not is_async(handler):
@@ -174,6 +237,7 @@ def _unary(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool) -> 
         try:
             return call.result(loop)
         except _Cut:
+            _outlives(context, call)
             _cancelled(call, context)
         except LoopGone:
             _stopping(context)
@@ -204,6 +268,7 @@ def _streaming(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool)
                 try:
                     item = step.result(loop)
                 except _Cut:
+                    _outlives(context, step)
                     if ended.is_set():
                         return
                     _cancelled(step, context)
@@ -224,6 +289,7 @@ def _streaming(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool)
                     closing.result(loop, _CLEANUP_WAIT)
                 except Exception:  # noqa: BLE001 - its cleanup failed or hung: the call is over anyway
                     closing.cancel()
+                    _outlives(context, closing)
     return run
 
 
