@@ -35,7 +35,7 @@ from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files, check_tag, make_readable,
                                 run_step)
 from plugbay.imagesteps import tree_hash as _tree_hash
-from plugbay.runners.docker.engine import engine, engine_failures, engine_unreachable
+from plugbay.runners.docker.engine import engine, engine_call, engine_failures, engine_unreachable
 
 BASE_IMAGE = "plugbay-base:bookworm"
 HASH_LABEL = "plugbay.content-hash"
@@ -90,15 +90,21 @@ EXAMPLES: dict[str, PluginImage] = {
 
 
 def docker_client() -> Any:
-    """A docker SDK client with a negotiated API version that answered a ping, or EngineUnavailableError."""
+    """A docker SDK client with a negotiated API version that answered a ping, or EngineUnavailableError.
+
+    The version is asked once per engine and process: an engine gone since (or hung) fails the ping,
+    whose connection errors and timeouts are the SDK's requests' own, not DockerExceptions."""
     from docker.errors import DockerException
 
     client = engine()
     try:
-        client.ping()
-    except DockerException as exc:
+        engine_call(client.ping, "answer a ping", getattr(client.api, "timeout", None))
+    except DockerException as exc:  # an answer that is not a pong (an error status)
         client.close()
         raise engine_unreachable(exc) from exc
+    except BaseException:
+        client.close()  # never left for the garbage collector with its connection pool
+        raise
     return client
 
 
