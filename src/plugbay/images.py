@@ -36,9 +36,10 @@ from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files
                                 run_step)
 from plugbay.imagesteps import tree_hash as _tree_hash
 from plugbay.runners.docker.engine import engine, engine_call, engine_failures, engine_unreachable
+from plugbay.runners.docker.sweep import BUILT
 
 BASE_IMAGE = "plugbay-base:bookworm"
-HASH_LABEL = "plugbay.content-hash"
+HASH_LABEL = BUILT  # what the sweep of unused images looks for
 SUITE = "bookworm"
 # Runtime dependencies installed into every plugin image, pinned to what this
 # host runs so host and plugin speak through the same grpcio/protobuf.

@@ -1,4 +1,5 @@
-"""The sweep of plugbay's containers whose host session is gone (and of their socket folders)."""
+"""The sweep of plugbay's containers whose host session is gone (and of their socket folders), and of
+the images plugbay built that nothing uses or names any more."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION,
                                      owner_of, session_gone)
 
 _log = logging.getLogger("plugbay.runners.docker")
+# plugbay.images labels every image it builds with the hash of what went into it
+BUILT = "plugbay.content-hash"
 
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
@@ -81,11 +84,56 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
+        if not dry_run:  # the containers removed above may have been the last users of a replaced image
+            sweep_images(client=client)
     except EngineUnavailableError:
         raise  # engine_call() said what to do
     except failed as exc:  # the list failed: a removal's failure was warned of above
         raise RunnerError(f"sweep could not list plugbay's containers: the Docker engine failed ({exc}). Check"
                           f" it (`docker ps -a --filter label={MANAGED}=true`) and sweep again") from exc
+    finally:
+        if own:
+            client.close()
+    return removed
+
+
+def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
+    """Remove the images plugbay built (its ``plugbay.content-hash`` label) that no tag names and no
+    container uses; return their ids. A rebuild keeps the image it took the tag from while a container
+    (a stopped one too) uses it: it stayed behind as ``<none>`` once that container was gone.
+
+    Never forced: the engine refuses an image a container (or a child image) uses, and such an image
+    is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
+    """
+    from docker.errors import NotFound
+
+    failed = engine_failures()
+    own = client is None
+    client = client or engine()
+    removed: list[str] = []
+    try:
+        found = engine_call(lambda: client.api.images(filters={"dangling": True, "label": BUILT}, quiet=True),
+                            "list plugbay's untagged images")
+        for image_id in found:
+            try:
+                if dry_run:
+                    if not engine_call(lambda: client.api.containers(all=True, quiet=True,
+                                                                     filters={"ancestor": image_id}),
+                                       "list the image's containers"):
+                        removed.append(image_id)
+                    continue
+                engine_call(lambda: client.api.remove_image(image_id), "remove the image")
+            except NotFound:
+                continue
+            except failed as exc:
+                if getattr(exc, "status_code", None) != 409:  # 409: in use, or tagged meanwhile: kept
+                    _log.warning("sweep could not remove image %s: %s", image_id[7:19], exc)
+                continue
+            _log.info("sweep removed image %s (built by plugbay, no longer named or used)", image_id[7:19])
+            removed.append(image_id)
+    except failed as exc:
+        _log.warning("sweep could not list plugbay's untagged images: %s; list them with `docker images"
+                     " --filter dangling=true --filter label=%s`", exc, BUILT)
     finally:
         if own:
             client.close()
