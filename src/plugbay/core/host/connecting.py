@@ -60,7 +60,10 @@ class Connecting(ExitNotice):
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:
             if self._require_tls:
-                self._raise_if_exited(runner.wait(0))  # no certificate from a plugin that is gone: its exit says why
+                # No certificate from a plugin that is gone: its exit says why. An exit right after the line
+                # reaches the runner late (an engine's wait answer), so it is waited for, up to exit_notice_time.
+                notice = min(runner.exit_notice_time, max(deadline - time.monotonic(), 0.0))
+                self._raise_if_exited(runner.wait(notice))
                 why = ("require_tls=True" if self.config.require_tls else
                        f"{type(runner).__name__}'s connection leaves the host's private folder")
                 raise TLSRequiredError(self.name, why)
