@@ -46,16 +46,6 @@ def plugin(request: pytest.FixtureRequest, tmp_path: Path, certs: netcerts.CertS
     assert code == 0, err[-2000:]
 
 
-@pytest.fixture
-def grpc_tls_plugin(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[NetPlugin]:
-    """Plain gRPC in grpcio's TLS: the server sees each peer's address (behind the front, every
-    plain-gRPC connection arrives over a private unix socket: see core/plugin/peershare.py)."""
-    p = NetPlugin(tmp_path, {**tls_env(certs), "PLUGBAY_NETWORK_MULTIPLEX": "0"})
-    yield p
-    code, err = p.stop()
-    assert code == 0, err[-2000:]
-
-
 def _health(channel: grpc.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     return stub.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=BOUND).status  # type: ignore[no-any-return]
@@ -86,24 +76,24 @@ def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
 
 @pytest.mark.parametrize("path", [HEALTH, KV_GET])
 def test_one_peer_address_with_many_connections_of_stalled_requests_leaves_another_peer_answered(
-        grpc_tls_plugin: NetPlugin, certs: netcerts.CertSet, path: str) -> None:
+        plugin: NetPlugin, certs: netcerts.CertSet, path: str) -> None:
     # three connections of stalled calls from one address took a whole budget (the reads' or plugbay's own
     # calls'): every other host's calls were refused RESOURCE_EXHAUSTED until that peer let go
     conns = max(NETWORK_READS, NETWORK_OWN_CALLS) // NETWORK_MAX_STREAMS + 1
-    with stalling(grpc_tls_plugin.address, certs, path, conns, NETWORK_MAX_STREAMS, ["127.0.0.2"] * conns), \
-            secure(certs, grpc_tls_plugin.address) as channel:
+    with stalling(plugin.address, certs, path, conns, NETWORK_MAX_STREAMS, ["127.0.0.2"] * conns), \
+            secure(certs, plugin.address) as channel:
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
         assert _kv_get(channel) == grpc.StatusCode.NOT_FOUND
 
 
 def test_one_peer_address_holding_health_watches_leaves_another_peer_its_watch(
-        grpc_tls_plugin: NetPlugin, certs: netcerts.CertSet) -> None:
+        plugin: NetPlugin, certs: netcerts.CertSet) -> None:
     # one peer's Watches took all NETWORK_WATCHES: another host's Watch was refused
-    peer = StallingPeer(grpc_tls_plugin.address, certs, "127.0.0.2")
+    peer = StallingPeer(plugin.address, certs, "127.0.0.2")
     try:
         peer.open_calls(HEALTH_WATCH, health_pb2.HealthCheckRequest(service="plugin").SerializeToString(),
                         NETWORK_WATCHES)  # each answered: its first SERVING, or refused past the peer's share
-        watches_of_many_hosts([secure(certs, grpc_tls_plugin.address)], "plugin", BOUND)
+        watches_of_many_hosts([secure(certs, plugin.address)], "plugin", BOUND)
     finally:
         peer.close()
 

@@ -48,6 +48,7 @@ from typing import Protocol
 
 from plugbay.core.plugin.closer import SessionCloser
 from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS
+from plugbay.core.plugin.peershare import front_peer
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable
 from plugbay.core.transport.muxplugin import AcceptedSession
@@ -186,6 +187,9 @@ class NetworkFront:
         # counted against its peer from here until that connection closes
         target = route(first, self._grpc_target, self._mux_target)
         if target != self._mux_target:
+            if target is not None and conn.peer and target[0] == "unix":  # the server's gate sees this peer
+                conn.bind_name, forget = front_peer(conn.peer)
+                conn.on_close(forget)
             return target
         peer = conn.peer
         token = b""

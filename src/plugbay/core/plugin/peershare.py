@@ -7,27 +7,54 @@ took a whole budget, and every other host's calls were refused until it let go. 
 address holds is counted here too, against a share of the budget (as core/transport/streamcap.py
 counts the multiplexed side's streams per peer). A peer's count lives only while it holds something.
 
-A peer grpcio names without an IP address (a unix socket's) is counted against the budget alone:
-behind serve()'s network front every plain-gRPC connection arrives over its private unix socket,
-whoever made it, so counting them as one peer would let one stalling host take that one share from
-every host the front serves; on a ``unix:`` listen address the peers are processes of this machine.
+Behind serve()'s network front every plain-gRPC connection arrives over the server's private unix
+socket, so grpcio sees no IP address there: the front binds each connection's end to an abstract unix
+name of its own (``FRONT_PEER`` and a random token) and records which peer address it relays for
+(:func:`front_peer`); grpcio names that peer ``unix-abstract:<name>``, and :func:`peer_address` maps it
+back. Any other peer without an IP address (a ``unix:`` listen address's: processes of this machine)
+counts against the whole budget alone.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
+from collections.abc import Callable
 from urllib.parse import unquote
 
 PEER_SHARE = 2  # one peer address holds at most 1/PEER_SHARE of a network budget
+FRONT_PEER = "plugbay-peer-"  # the abstract unix names the front binds its connections to the server with
+
+_front_lock = threading.Lock()
+_front_peers: dict[str, str] = {}  # abstract name -> the peer address the front relays for, while it does
 
 
 def peer_address(peer: str) -> str | None:
-    """The IP address of a grpcio peer ("ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5"); None for any other (a
-    unix socket's peer, which has none: behind serve()'s network front every connection is one)."""
+    """The IP address of a grpcio peer ("ipv4:1.2.3.4:5", "ipv6:%5B::1%5D:5", or a front connection's
+    "unix-abstract:plugbay-peer-..."); None for any other (a unix socket's peer, which has none)."""
     kind, _, rest = peer.partition(":")
+    if kind == "unix-abstract" and rest.startswith(FRONT_PEER):
+        with _front_lock:
+            return _front_peers.get(rest)
     if kind not in ("ipv4", "ipv6"):
         return None
     return unquote(rest).rpartition(":")[0].strip("[]") or None
+
+
+def front_peer(address: str) -> tuple[str, Callable[[], None]]:
+    """A fresh abstract unix name (no leading NUL) for a front connection relayed for ``address``, and the
+    function that forgets it (when that connection closes)."""
+    while True:
+        name = FRONT_PEER + secrets.token_hex(12)
+        with _front_lock:
+            if name not in _front_peers:
+                _front_peers[name] = address
+                break
+
+    def forget() -> None:
+        with _front_lock:
+            _front_peers.pop(name, None)
+    return name, forget
 
 
 def share_of(budget: int) -> int:

@@ -95,6 +95,7 @@ class RelayConn(Dialing):
         self.peer = ""  # the accepted peer's IP address, as the relay accepted it ("" for a unix socket)
         self._closers: list[Callable[[], None]] = []
         self.preamble = b""  # a router's bytes sent ahead of the peer's on the plaintext side (who it is)
+        self.bind_name = ""  # a router's abstract unix name for the dialed end (the server sees who it is)
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (on the loop thread) when this connection closes; at once if it has."""

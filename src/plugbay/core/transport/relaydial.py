@@ -46,6 +46,7 @@ class Dialing:
     _preg: Registration | None
     _stage: str
     _others: list[tuple[str, str]]
+    bind_name: str
 
     if TYPE_CHECKING:
         def _on_tls(self) -> None: ...
@@ -67,6 +68,8 @@ class Dialing:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
+                if self.bind_name:  # abstract (Linux): no file to remove, gone with the socket
+                    sock.bind("\0" + self.bind_name)
                 sock.connect(address)
                 err = 0
             except BlockingIOError:  # a full backlog: unix connect does not wait without blocking
