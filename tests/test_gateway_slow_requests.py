@@ -49,7 +49,7 @@ def _answers(channel: grpc.Channel) -> tuple[int, bytes]:
 def test_one_connection_of_stalled_requests_leaves_health_and_calls_answering(
         gateway: tuple[Gateway, netcerts.CertSet], path: str) -> None:
     gw, certs = gateway
-    peer = StallingPeer(gw.address, certs)
+    peer = StallingPeer(gw.address, certs, "127.0.0.2")  # another host than the channel's below
     try:
         peer.open_streams(path, STALLED)
         with secure(certs, gw.address) as channel:
@@ -64,7 +64,10 @@ def test_stalled_requests_past_the_own_services_slots_are_refused_at_once(
         gateway: tuple[Gateway, netcerts.CertSet]) -> None:
     gw, certs = gateway
     conns = NETWORK_OWN_CALLS // NETWORK_MAX_STREAMS + 1
-    with stalling(gw.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS), secure(certs, gw.address) as channel:
+    # from two addresses: one address holds at most half of the slots
+    sources = [f"127.0.0.{2 + i % 2}" for i in range(conns)]
+    with stalling(gw.address, certs, HEALTH, conns, NETWORK_MAX_STREAMS, sources), \
+            secure(certs, gw.address) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
                 health_pb2.HealthCheckRequest(service=""), timeout=BOUND)

@@ -76,7 +76,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                         f" checks always answer (default {DEFAULT_MAX_CALLS})")
     p.add_argument("--max-peer-calls", default=default("MAX_PEER_CALLS", ""), metavar="N",
                    help="of those, at most N from one peer IP address, so one host cannot take them all"
-                        " (default: three quarters of --max-calls; not applied with --multiplex)")
+                        " (default: three quarters of --max-calls)")
     p.add_argument("--max-peer-sessions", default=default("MAX_PEER_SESSIONS", str(DEFAULT_MAX_PEER_SESSIONS)),
                    metavar="N", help="with --multiplex: brokering sessions (each a child) one peer IP address may"
                                      " hold at once; its next is refused, the host told why (default"

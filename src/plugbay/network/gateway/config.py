@@ -57,8 +57,8 @@ class GatewayConfig:
     # thread that health checks and Discovery need to keep the gateway in the hosts' rotation
     max_calls: int = DEFAULT_MAX_CALLS
     # of those, at most this many from one peer IP address (None: three quarters of max_calls, at least 1), so
-    # that one host holding calls open cannot refuse every other host's; not applied with multiplex=True,
-    # where plain gRPC reaches the gateway through its front's private socket, without the peer's address
+    # that one host holding calls open cannot refuse every other host's (with multiplex=True too: the front
+    # tells the gateway each plain gRPC connection's peer address)
     max_peer_calls: int | None = None
     # bytes of one forwarded request message, at most; a larger one is refused with RESOURCE_EXHAUSTED
     # before it is buffered

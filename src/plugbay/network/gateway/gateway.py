@@ -232,13 +232,13 @@ class Gateway:
 
     def _start(self) -> None:
         cap = self.config.max_calls
-        own = own_gate("gateway")
+        own = own_gate("gateway", per_peer=True)  # one peer address at most a share (behind the front too)
         # threads: the forwarded calls', the own services' slots, and a few to refuse calls on
         self._executor = ThreadPoolExecutor(max_workers=cap + own.limit + 4, thread_name_prefix="plugbay-gateway-rpc")
         gate = HandlerGate(cap, refusal=(
             f"the gateway is already forwarding {cap} calls to its plugin (--max-calls,"
             " PLUGBAY_GATEWAY_MAX_CALLS); earlier calls have not returned. Retry later, or run the gateway"
-            " with a higher --max-calls"), peer_limit=None if self.config.multiplex else self.peer_calls,
+            " with a higher --max-calls"), peer_limit=self.peer_calls,
             peer_refusal=f"{{peer}} already has {{held}} calls forwarded by the gateway, the most one peer address"
             f" may (--max-peer-calls {self.peer_calls}, PLUGBAY_GATEWAY_MAX_PEER_CALLS), so that other hosts'"
             " calls still get through; earlier calls have not returned. Retry later, or raise --max-peer-calls")
