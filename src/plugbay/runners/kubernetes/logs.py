@@ -18,7 +18,10 @@ broke within STREAM_WORKED seconds with no new line), each after a backoff; a
 stream that passed lines on starts the count over, so a plugin that runs for
 days outlives any number of API server restarts. Giving up is a warning.
 close() (detach, kill) ends a reopen under way too: a stream opened after it would be read
-until the pod ends, with no one left to shut it.
+until the pod ends, with no one left to shut it. A pod the runner deletes (stop_reopening(),
+before the delete) has its stream read to its end and never reopened; a reopen the API server
+answers with the pod's NotFound (podapi.PodGone) is the log's end too, and tells the runner the
+pod is gone: retried, it only counted the seconds of a deletion down to a warning.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from plugbay.core.transport.lines import LineBuffer, LineSplitter, split_lines
 from plugbay.errors import RunnerError
 from plugbay.core.protocol.handshake import is_handshake_line
 from plugbay.runners.kubernetes.deadline import Cancel, cancellable
+from plugbay.runners.kubernetes.podapi import PodGone
 from plugbay.runners.logstamps import EntryStamps
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
@@ -69,7 +73,8 @@ class PodLogs:
         self._closed = False
         self._ended = False  # the queues have their end marker
         self._cancel = Cancel()  # ends a reopen still waiting for its answer when close() comes
-        self._stop = threading.Event()  # set by close(): ends a reopen's backoff
+        self._stop = threading.Event()  # set by close() and stop_reopening(): ends a reopen's backoff
+        self._reopens = True  # False once the pod is being deleted: its stream is read to its end, no further
 
     @property
     def name(self) -> str:
@@ -82,12 +87,13 @@ class PodLogs:
         self.stdout.source = f"pod {name}'s log (stdout)"
         self.stderr.source = f"pod {name}'s log"
 
-    def follow(self, first: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
+    def follow(self, first: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool],
+               gone: Callable[[], object] = lambda: None) -> None:
         """Read ``first`` (an open follow=true, timestamps=true response) in a thread; ``reopen(since_seconds)``
-        reconnects (None: from the log's start)."""
+        reconnects (None: from the log's start). ``gone()`` is called when a reopen finds the pod gone."""
         if not self._take(first):
             return
-        self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running),
+        self._thread = threading.Thread(target=self._loop, args=(first, reopen, still_running, gone),
                                         name=f"plugbay-klog-{self.name}", daemon=True)
         self._thread.start()
 
@@ -114,7 +120,8 @@ class PodLogs:
             self.stdout.end()
             self.stderr.end()
 
-    def _loop(self, resp: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool]) -> None:
+    def _loop(self, resp: Any, reopen: Callable[[int | None], Any], still_running: Callable[[], bool],
+              gone: Callable[[], object]) -> None:
         handshake_seen = False
         stamps = EntryStamps()
         last_read = 0.0  # monotonic time of the last stamped line passed on
@@ -146,11 +153,13 @@ class PodLogs:
                 finally:
                     resp.release_conn()
                 # The stream ends when the container does, or when the connection broke.
-                if self._closed or not still_running():
+                if not self._reopening(still_running):
                     return
                 worked = passed or time.monotonic() - opened >= STREAM_WORKED
                 failed = 0 if worked else failed + 1
                 while True:
+                    if not self._reopening(still_running):  # stop_reopening() (a cancelled reopen) or close()
+                        return
                     if failed >= REOPENS:
                         _log.warning("the log of pod %s broke or could not be reopened %d times in a row (last:"
                                      " %s); plugbay stops following it while the pod runs on: the plugin's later"
@@ -159,7 +168,7 @@ class PodLogs:
                         return
                     if failed and self._stop.wait(doubling_pause(failed, REOPEN_STEP, REOPEN_MAX)):
                         return  # closed during the backoff
-                    if self._closed or not still_running():
+                    if not self._reopening(still_running):
                         return
                     since = None if stamps.last is None else (
                         math.ceil(time.monotonic() - last_read) + SINCE_MARGIN)
@@ -167,6 +176,10 @@ class PodLogs:
                         with cancellable(self._cancel):
                             resp = reopen(since)
                         break
+                    except PodGone as exc:
+                        _log.debug("the log of pod %s ended: %s", self.name, exc)
+                        gone()
+                        return
                     except RunnerError as exc:
                         failed, why = failed + 1, str(exc)
                         _log.debug("reopening the log of pod %s: %s", self.name, exc)
@@ -175,6 +188,19 @@ class PodLogs:
                 stamps.reopened()
         finally:
             self._end()
+
+    def _reopening(self, still_running: Callable[[], bool]) -> bool:
+        with self._lock:
+            reopens = self._reopens and not self._closed
+        return reopens and still_running()
+
+    def stop_reopening(self) -> None:
+        """The pod is being deleted: its stream is read on to its end (the plugin's last lines), not reopened;
+        a reopen or its backoff under way ends now."""
+        with self._lock:
+            self._reopens = False
+        self._stop.set()
+        self._cancel.cancel()
 
     def close(self) -> None:
         with self._lock:

@@ -31,6 +31,10 @@ _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 REFUSED = frozenset({400, 401, 403, 404, 409, 422})
 
 
+class PodGone(RunnerError):
+    """The API server's word that the runner's pod is gone: its log is at its end, not to be reopened."""
+
+
 class PodApi:
     """``pod_name`` and ``uid`` are the runner's pod; ``timeout`` is its api_timeout."""
 
@@ -122,12 +126,18 @@ class PodApi:
     def open_log(self, since_seconds: int | None, first: bool = False, budget: StartBudget | None = None) -> Any:
         """The plugin's log, followed, each line stamped (logs.PodLogs takes the stamps off): bounded until
         the answer's head, unbounded after it. ``since_seconds``: from that long ago on (a reopen).
-        RunnerError when, once opened, a read does not find the runner's pod (its UID) under its name, or
-        (``first`` False: a reopen) when that read fails. ``budget``: start()'s (see :meth:`within`)."""
+        PodGone when the API server says the pod is gone (the log's NotFound, or a read after the open that
+        does not find its UID under its name); RunnerError when (``first`` False: a reopen) that read fails.
+        ``budget``: start()'s (see :meth:`within`)."""
         since: dict[str, Any] = {"since_seconds": since_seconds} if since_seconds is not None else {}
-        resp = self.within(budget, "open the pod's log", "get", "pods/log", self.api.read_namespaced_pod_log,
-                           self.pod_name, self.namespace, container=pods.CONTAINER_NAME, follow=True,
-                           timestamps=True, _preload_content=False, **since)
+        try:
+            resp = self.within(budget, "open the pod's log", "get", "pods/log", self.api.read_namespaced_pod_log,
+                               self.pod_name, self.namespace, container=pods.CONTAINER_NAME, follow=True,
+                               timestamps=True, _preload_content=False, **since)
+        except RunnerError as exc:
+            if not_found(exc.__cause__, "pods", self.pod_name):  # its NotFound Status: no pod has the name
+                raise PodGone(str(exc)) from exc.__cause__
+            raise
         quiet_ok(resp)
         if self.uid:
             # The log is asked for by name, and a pod that took the name once the runner's was deleted
@@ -150,8 +160,8 @@ class PodApi:
                 raise
             if pod is None or (pod.get("metadata") or {}).get("uid") != self.uid:
                 resp.close()
-                raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's now):"
-                                  " its log is not followed")
+                raise PodGone(f"pod {self.id} is gone (deleted, or its name is another pod's now):"
+                              " its log is not followed")
         return resp
 
     def delete(self, grace: float) -> bool:

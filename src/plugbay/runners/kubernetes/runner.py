@@ -229,7 +229,7 @@ class KubernetesRunner(PodTeardown, Runner):
         first = self._pod.open_log(None, first=True, budget=budget)
         watched = self._podwatch
         self._logs.follow(first, self._pod.open_log, lambda: not watched.stop.is_set() and not watched.gone
-                          and pods.is_running(watched.pod or {}))
+                          and pods.is_running(watched.pod or {}), lambda: watched.update(None, True))
 
     def stdout_lines(self) -> Iterator[str]:
         return drain(self._logs.stdout)

@@ -16,6 +16,7 @@ from plugbay.runners.kubernetes.forwards import PortForwards
 from plugbay.runners.kubernetes.watch import PodWatch
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
+READ_EVERY = 1.0  # seconds of a deletion the watch says nothing of before the pod is read
 
 
 class PodTeardown:
@@ -30,6 +31,7 @@ class PodTeardown:
     _owns_client: bool
     _api_client: Any
     _client_closed = False  # a close up closed the API client (a later call may have opened a new pool)
+    api_timeout: float
 
     if TYPE_CHECKING:  # KubernetesRunner's
         @property
@@ -38,7 +40,7 @@ class PodTeardown:
         @property
         def id(self) -> str: ...
 
-        def _read_pod(self) -> dict[str, Any] | None: ...
+        def _read_pod(self, timeout: float | None = None) -> dict[str, Any] | None: ...
 
         def _start_watcher(self) -> None: ...
 
@@ -47,6 +49,9 @@ class PodTeardown:
     def _delete_pod(self, grace: float) -> None:
         error: BaseException | None = None
         try:
+            # Its log is not reopened from now on: the stream ends with the container, and a reopen would
+            # only find the pod going (its NotFound, retried with backoffs, ended in a warning)
+            self._logs.stop_reopening()
             # End our port-forward streams before the pod goes, so each closes from our side
             # in order rather than under the client's proxy threads when the pod's port vanishes.
             self._close_forwarders()
@@ -72,20 +77,25 @@ class PodTeardown:
 
     def _await_gone(self, timeout: float) -> bool:
         """Whether the pod is gone within ``timeout``: told by the watch, else (detach() closed it,
-        a 403 ended it) read every 0.25 s rather than sitting out the whole timeout."""
+        a 403 ended it) read every 0.25 s rather than sitting out the whole timeout. A working watch is
+        read after too, each READ_EVERY it says nothing: a watch opened anew (every WATCH_SECONDS) lists
+        the pod as it is, and one that began just after the pod went lists nothing, so its DELETED
+        event, sent between two watches, is never seen: that cost kill() a whole watch."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if self._podwatch.watching():
-                if self._podwatch.wait_gone(min(left, 1.0)):
-                    return True
-                continue
+            watching = self._podwatch.watching()
+            if watching and self._podwatch.wait_gone(min(left, READ_EVERY)):
+                return True
+            if (left := deadline - time.monotonic()) <= 0:
+                break
             try:
-                if self._read_pod() is None:
+                if self._read_pod(min(left, self.api_timeout)) is None:
                     self._podwatch.update(None, True)
                     return True
             except RunnerError as exc:
                 _log.debug("reading pod %s after its deletion: %s", self.id, exc)
-            time.sleep(min(left, 0.25))
+            if not watching:
+                time.sleep(min(max(deadline - time.monotonic(), 0), 0.25))
         return self._podwatch.gone
 
     def _start_failed(self) -> None:
