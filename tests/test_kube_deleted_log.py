@@ -57,7 +57,8 @@ def _running(server: StandIn, tag: str) -> KubernetesRunner:
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("plugbay")]
+    # urllib3's too: the held watch, cut by kill(), was "Retrying (...)" at WARNING (test_kube_api_retries_quiet)
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.timeout(120)

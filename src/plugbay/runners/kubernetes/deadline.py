@@ -18,10 +18,18 @@ The sockets are found through the connection classes of the ApiClient's pool
 manager: :func:`install` gives it pool classes whose connections tell the
 calling thread's Deadline when they connect or send a request. Outside
 :func:`bounded` they behave exactly as urllib3's own.
+
+Within it their pools also take urllib3's retries off its WARNING: urllib3 logs "Retrying (...)
+after connection broken by ..." for each attempt it repeats, and the calls plugbay makes either
+end (a call cut by its Deadline or a Cancel is not repeated at all: it is over) or are retried by
+plugbay's own policy, which says what a user needs to know itself. A connection urllib3 would try
+again (by the pool's Retry, unchanged) is tried again here, logged at DEBUG.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -33,6 +41,7 @@ from plugbay.core.transport.aioloop import Deferred
 _local = threading.local()
 _install_lock = threading.Lock()
 _MARK = "_plugbay_deadline"
+_log = logging.getLogger("plugbay.runners.kubernetes")
 
 
 class DeadlineExceeded(TimeoutError):
@@ -136,6 +145,56 @@ class _Tracked:
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
+class _Again(Exception):
+    """A connection urllib3 would try again (and warn of): _TrackedPool.urlopen does, quietly."""
+
+    def __init__(self, retries: Any, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.retries, self.error = retries, error
+
+
+def _quiet(retries: Any) -> Any:
+    """A copy of the urllib3 Retry ``retries`` whose connection-level retries raise _Again instead of
+    being made (and warned of) inside urllib3, and which retries nothing once the call's Deadline passed."""
+    quiet = copy.copy(retries)
+    increment = quiet.increment
+
+    def quiet_increment(method: Any = None, url: Any = None, response: Any = None, error: Any = None,
+                        _pool: Any = None, _stacktrace: Any = None) -> Any:
+        deadline = current()
+        if error is not None and deadline is not None and deadline.expired:
+            raise error  # cut or cancelled: the caller says it timed out (within_deadline)
+        again = increment(method, url, response, error, _pool, _stacktrace)  # MaxRetryError when used up
+        if error is not None:
+            raise _Again(again, error)
+        return _quiet(again)  # a status's retry goes on inside urllib3 (it logs those at DEBUG)
+
+    quiet.increment = quiet_increment
+    return quiet
+
+
+class _TrackedPool:
+    """Mixed into urllib3's pool classes: a bounded call's connection retries are made here, quietly."""
+
+    retries: Any
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        # urllib3's own repeat of a call passes its retries on (positionally): that one is left as it is
+        if current() is None or args or kwargs.get("retries") is not None:
+            return super().urlopen(method, url, *args, **kwargs)  # type: ignore[misc]
+        from urllib3.util.retry import Retry
+
+        kwargs.pop("retries", None)
+        retries = Retry.from_int(None, redirect=kwargs.get("redirect", True), default=self.retries)
+        while True:
+            try:
+                return super().urlopen(method, url, retries=_quiet(retries), **kwargs)  # type: ignore[misc]
+            except _Again as again:
+                retries = again.retries
+                _log.debug("retrying %s %s (%r): %s", method, url, retries, again.error)
+                retries.sleep()
+
+
 def install(api_client: Any) -> bool:
     """Give ``api_client``'s pool manager connections that a Deadline can find (once; False if it has none)."""
     pool_manager: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
@@ -148,7 +207,8 @@ def install(api_client: Any) -> bool:
         tracked = {}
         for scheme, pool_cls in classes.items():
             conn_cls = type(f"Deadline{pool_cls.ConnectionCls.__name__}", (_Tracked, pool_cls.ConnectionCls), {})
-            tracked[scheme] = type(f"Deadline{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
+            tracked[scheme] = type(f"Deadline{pool_cls.__name__}", (_TrackedPool, pool_cls),
+                                   {"ConnectionCls": conn_cls})
         # a new dict: urllib3's PoolManagers share the module's one by default
         pool_manager.pool_classes_by_scheme = tracked
         setattr(pool_manager, _MARK, True)
