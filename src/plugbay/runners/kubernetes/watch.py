@@ -92,6 +92,10 @@ class PodWatch:
             self._thread.start()
 
     def _loop(self) -> None:
+        with cancellable(self._cancel):  # close() ends a read of the pod under way too, not only a watch's head
+            self._watch_loop()
+
+    def _watch_loop(self) -> None:
         from kubernetes import watch as watch_mod
         from kubernetes.client.exceptions import ApiException
 
@@ -287,7 +291,7 @@ class PodWatch:
             self._watch.stop()
         if resp is not None:
             shut_stream(resp)  # a quiet watch's read wakes now, not when the server ends the watch
-        if self._thread is not None:  # a watch still waiting for its answer's head waits up to 2 api_timeouts
+        if self._thread is not None:  # the Cancel ends its calls at once: the bound is for a thread stuck elsewhere
             self._thread.join(timeout=max(15.0, 2 * self.api_timeout + 5))
 
 
