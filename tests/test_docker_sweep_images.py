@@ -5,6 +5,7 @@ stayed behind as <none> once the container was gone."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from docker.errors import ImageNotFound
 
 from plugbay import images
 from plugbay.runners.docker import sweep, sweep_images
+from tests.cli_util import plugbay
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -62,6 +64,8 @@ def test_an_image_a_rebuild_replaced_goes_with_the_sweep_once_its_last_container
         user.remove(force=True)
         user = None
         assert replaced in sweep_images(client=plugbay_docker, dry_run=True)
+        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json").stdout)  # the command says so
+        assert replaced in listed["docker_images"] and listed["count"] >= 1, listed
         assert _exists(plugbay_docker, replaced)  # a dry run removes nothing
         sweep()  # `plugbay sweep`'s: the containers of gone hosts, then such images
         assert not _exists(plugbay_docker, replaced)
@@ -85,3 +89,29 @@ def test_an_untagged_image_plugbay_did_not_build_is_left_alone(plugbay_docker: A
         assert _exists(plugbay_docker, foreign)
     finally:
         plugbay_docker.images.remove(foreign, force=True)
+
+
+def test_an_untagged_image_built_from_a_plugbay_image_is_left_alone(plugbay_docker: Any, tmp_path: Path) -> None:
+    # it inherits plugbay's content-hash label, as each step of a build FROM a plugbay image does: the
+    # sweep removed a user's untagged build, and an intermediate image under a running classic build
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "main.py").write_text("print('v1')\n")
+    made: list[str] = []
+    try:
+        made.append(images.build_plugin_image(TAG, plugin, ["python", "/plugin/main.py"], progress=lambda _: None,
+                                              client=plugbay_docker))
+        recipe = f'FROM {TAG}\nENV USERS_OWN=1\n'
+        child, _ = plugbay_docker.images.build(fileobj=io.BytesIO(recipe.encode()), rm=True, pull=False,
+                                               network_mode="none")
+        made.insert(0, str(child.id))
+        assert child.tags == [] and child.labels.get(images.HASH_LABEL)  # untagged, the label inherited
+        assert child.id not in sweep_images(client=plugbay_docker, dry_run=True)
+        assert child.id not in sweep_images(client=plugbay_docker)
+        assert _exists(plugbay_docker, child.id)
+    finally:
+        for image in (*made, TAG):
+            try:
+                plugbay_docker.images.remove(image, force=True)
+            except ImageNotFound:
+                pass

@@ -228,22 +228,24 @@ Examples:
 @click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(file_okay=False),
               help="With --temp: a folder to look in (repeatable; default: the temp dir and /var/tmp).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], kubernetes: [...], "
-              "temp: [...], count, dry_run}.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
+              "kubernetes: [...], temp: [...], count, dry_run}.")
 def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfig: str | None,
           temp_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
     """Remove (or list) what plugbay hosts that are gone left behind on this machine.
 
-    Without --docker, --kubernetes or --temp: Docker containers and temp folders.
+    Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
+    that nothing names or uses any more) and temp folders.
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
     """
     found: dict[str, list[str]] = {}
     if docker_ or not (kubernetes or temp):
-        from plugbay.runners.docker import sweep as docker_sweep
+        from plugbay.runners.docker import sweep as docker_sweep, sweep_images
 
         try:
-            found["docker"] = docker_sweep(dry_run=dry_run)
+            found["docker"] = docker_sweep(dry_run=dry_run, images=False)
+            found["docker_images"] = sweep_images(dry_run=dry_run)  # after the containers: their images free
         except EngineUnavailableError as exc:
             if docker_:
                 raise
@@ -265,6 +267,11 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     verb = "would remove" if dry_run else "removed"
     for where, ids in found.items():
         for ident in ids:
-            output.say(f"{where} {ident[:12] if where == 'docker' else ident}")
+            output.say(f"{where} {short_id(ident) if where.startswith('docker') else ident}")
     output.say(f"{verb} {count}", style="bold")
     return output.OK
+
+
+def short_id(ident: str) -> str:
+    """A Docker id as `docker ps` / `docker images` show it (12 hex digits, no "sha256:")."""
+    return ident.removeprefix("sha256:")[:12]

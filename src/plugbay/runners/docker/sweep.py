@@ -18,10 +18,12 @@ _log = logging.getLogger("plugbay.runners.docker")
 BUILT = "plugbay.content-hash"
 
 
-def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False) -> list[str]:
+def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
+          images: bool = True) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
-    ``dry_run=True`` removes nothing and returns the ids it would remove.
+    ``dry_run=True`` removes nothing and returns the ids it would remove. ``images``: then (not in a dry
+    run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`).
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -84,7 +86,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
-        if not dry_run:  # the containers removed above may have been the last users of a replaced image
+        if images and not dry_run:  # the containers removed above may have been the last users of an image
             sweep_images(client=client)
     except EngineUnavailableError:
         raise  # engine_call() said what to do
@@ -98,10 +100,13 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
 
 
 def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
-    """Remove the images plugbay built (its ``plugbay.content-hash`` label) that no tag names and no
-    container uses; return their ids. A rebuild keeps the image it took the tag from while a container
+    """Remove the images plugbay built that no tag names and no container uses; return their ids (with
+    ``dry_run``, the ids it would remove). A rebuild keeps the image it took the tag from while a container
     (a stopped one too) uses it: it stayed behind as ``<none>`` once that container was gone.
 
+    An image plugbay built is one whose newest step is plugbay's own ``LABEL plugbay.content-hash=...``:
+    the label alone is not proof, since every image built FROM a plugbay image inherits it (a user's
+    untagged build, and each step of a classic build under way, which a removal would break).
     Never forced: the engine refuses an image a container (or a child image) uses, and such an image
     is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
     """
@@ -116,6 +121,8 @@ def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
                             "list plugbay's untagged images")
         for image_id in found:
             try:
+                if not _built_here(client, image_id):
+                    continue
                 if dry_run:
                     if not engine_call(lambda: client.api.containers(all=True, quiet=True,
                                                                      filters={"ancestor": image_id}),
@@ -138,3 +145,13 @@ def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
         if own:
             client.close()
     return removed
+
+
+def _built_here(client: Any, image_id: str) -> bool:
+    """Whether the image's newest step is plugbay's label step, with the value its label has."""
+    labels = (engine_call(lambda: client.api.inspect_image(image_id), "inspect the image").get("Config") or {}) \
+        .get("Labels") or {}
+    value = labels.get(BUILT)
+    history = engine_call(lambda: client.api.history(image_id), "read the image's history")
+    newest = str((history[0] if history else {}).get("CreatedBy") or "")
+    return bool(value) and newest.rstrip().endswith(f"LABEL {BUILT}={value}")
