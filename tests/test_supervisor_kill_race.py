@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
 
-from plugbay import Client, HealthWatcher, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
-from plugbay.core.resilience.readygate import InFlight  # noqa: E402
+from plugbay import PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
 
 MANY = RestartPolicy(max_restarts=30, window=300, initial_backoff=0.05, max_backoff=0.2)
 
@@ -69,31 +65,3 @@ def test_a_call_the_plugin_had_read_when_it_was_sigkilled_fails_as_in_flight(tmp
         assert not caller.is_alive()
         assert isinstance(outcome[0], PluginDiedError), outcome
         assert int(kv.get("__pid__")) != pid  # and the next call runs on the restarted plugin
-
-
-def test_the_health_watchers_requests_count_as_in_flight_for_the_gate(tmp_path: Path) -> None:
-    """A reset call is resent only when it had the connection to itself: a health Check, or a Watch the
-    plugin has not answered yet, sent meanwhile may be the bytes the dead plugin left unread."""
-    flight = InFlight()
-    ticket = flight.begin()
-    with flight.sending():  # a Check during the call
-        pass
-    assert not flight.end(ticket)
-    with flight.sending():  # a Check still in flight when the call starts
-        ticket = flight.begin()
-    assert not flight.end(ticket)
-    assert flight.end(flight.begin())  # alone
-
-    entered: list[float] = []
-
-    @contextmanager
-    def busy() -> Iterator[None]:
-        entered.append(time.monotonic())
-        yield
-
-    with Client(faulty_config(tmp_path)) as client:
-        for mode in ("check", "watch"):
-            entered.clear()
-            with HealthWatcher(client.channel, mode=mode, interval=0.05, timeout=2.0, busy=busy) as watcher:
-                assert wait_until(lambda: len(entered) >= 2, 20), (mode, entered)
-                assert watcher.state == "SERVING"
