@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Self, TypeAlias
 
 import grpc
@@ -54,8 +53,7 @@ class HealthWatcher:
     def __init__(self, channel: ChannelSource, *, service: str = "plugin", interval: float = 2.0,
                  timeout: float = 2.0, mode: str = "watch",
                  on_change: Callable[[str, str, str], None] | None = None,
-                 breaker: CircuitBreaker | None = None, name: str = "plugin",
-                 busy: Callable[[], AbstractContextManager[None]] | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, name: str = "plugin") -> None:
         problems = [p for p in (
             None if isinstance(channel, grpc.Channel) or callable(channel) else
             f"channel must be a Client's channel (client.channel) or a function returning one, got"
@@ -71,7 +69,6 @@ class HealthWatcher:
             f"on_change must be a function (old, new, detail) or None, got {type(on_change).__name__}",
             None if breaker is None or isinstance(breaker, CircuitBreaker) else
             f"breaker must be a CircuitBreaker or None, got {type(breaker).__name__}",
-            None if busy is None or callable(busy) else f"busy must be a function or None, got {type(busy).__name__}",
         ) if p is not None]
         if problems:
             raise ConfigError(f"invalid HealthWatcher: {'; '.join(problems)}")
@@ -83,7 +80,6 @@ class HealthWatcher:
         self.on_change = on_change
         self.breaker = breaker
         self.name = name
-        self._busy = busy or nullcontext  # a Supervisor's: its ready gate must know what else was sent
         self._cond = threading.Condition()
         self._state = UNKNOWN
         self._detail = ""
@@ -224,10 +220,6 @@ class HealthWatcher:
 
     def _check_once(self, channel: grpc.Channel, request: health_pb2.HealthCheckRequest) -> None:
         # as a future kept in self._call, so that stop() cancels a Check a plugin does not answer
-        with self._busy():
-            self._check_call(channel, request)
-
-    def _check_call(self, channel: grpc.Channel, request: health_pb2.HealthCheckRequest) -> None:
         call = _start_check(channel, request, self.timeout)
         self._call = call
         try:
@@ -246,18 +238,14 @@ class HealthWatcher:
 
     def _watch_once(self, stub: Any, request: health_pb2.HealthCheckRequest) -> None:
         got_answer = False
-        sending = self._busy()  # until the plugin answers, its request may be unread
-        sending.__enter__()
+        call = stub.Watch(request, timeout=self.interval + self.timeout)
+        self._call = call
         try:
-            call = stub.Watch(request, timeout=self.interval + self.timeout)
-            self._call = call
             if self._stop.is_set():  # stop() came while it was made, and found nothing to cancel
                 call.cancel()
                 return
             for resp in call:
-                if not got_answer:
-                    got_answer = True
-                    sending.__exit__(None, None, None)
+                got_answer = True
                 self._report(_status_name(resp.status))
         except Exception as exc:
             if got_answer and status_of(exc) == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -265,8 +253,6 @@ class HealthWatcher:
             raise
         finally:
             self._call = None
-            if not got_answer:
-                sending.__exit__(None, None, None)
         # The server ended the stream: it is shutting down. Say so if it did not.
         if not self._stop.is_set() and self._state == SERVING:
             self._report(NOT_SERVING, "the health Watch stream ended (the plugin is stopping)")

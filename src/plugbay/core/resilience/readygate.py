@@ -11,8 +11,7 @@ plugin's socket, which the kernel then resets: "Connection reset by peer" means 
 with bytes unread. When this call was the only one the gate had in flight on the connection
 from its start to its end, those unread bytes were its own (a unary call's client sends nothing
 after its request), so the plugin never had all of it: it goes to the successor. A call that
-shared the connection with another, or with a health check the Supervisor's watcher sent (whose
-bytes may be the unread ones), keeps its PluginDiedError.
+shared the connection with another (whose bytes may be the unread ones) keeps its PluginDiedError.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -154,9 +152,8 @@ def unread_by_peer(exc: BaseException) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE and any(word in details for word in _UNREAD)
 
 
-class InFlight:
-    """What is in flight on the connection: the gate's calls, and the health watcher's requests
-    (:meth:`sending`); whether a call had the connection to itself from its start to its end."""
+class _InFlight:
+    """The gate's calls in flight: whether one had the connection to itself from its start to its end."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -176,23 +173,13 @@ class InFlight:
             self._active -= 1
             return ticket[0] and self._begun == ticket[1]
 
-    @contextmanager
-    def sending(self) -> Iterator[None]:
-        """Around a request that is not the gate's (a health Check, a Watch until its first answer): a call
-        in flight meanwhile did not have the connection to itself, so an unread byte may be this one's."""
-        ticket = self.begin()
-        try:
-            yield
-        finally:
-            self.end(ticket)
-
 
 class ReadyGate:
     """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
 
-    def __init__(self, sup: Restarter, flight: InFlight | None = None) -> None:
+    def __init__(self, sup: Restarter) -> None:
         self._sup = sup
-        self._flight = flight if flight is not None else InFlight()
+        self._flight = _InFlight()
 
     def _resendable(self, exc: BaseException, alone: bool) -> bool:
         """Refused before anything was sent (``sent`` False: the plugin's connection was already

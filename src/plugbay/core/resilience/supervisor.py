@@ -36,8 +36,8 @@ from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import (InFlight, ReadyGate, SupervisedChannel, mark_restarting,
-                                               raise_if_ended, was_stopped)
+from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, raise_if_ended,
+                                               was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -75,7 +75,6 @@ class Supervisor(SupervisorView):
         self._named = name is not None
         self.name = name or (config.name if isinstance(config, ClientConfig) and config.name else "plugin")
         self._cond = StateCondition()  # wakes the AsyncSupervisor's waiters too
-        self._flight = InFlight()  # the sync channel's calls and health checks (the gate's resend rule)
         self._start_lock = threading.Lock()  # one start() at a time: a second would start a second plugin
         self._state = STARTING
         self._client: Client | None = None
@@ -136,7 +135,7 @@ class Supervisor(SupervisorView):
                 self.name = client.name
             self._channel = SupervisedChannel(self, client.channel, client.config.call_timeout)
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-            self._channel.call_hook = chain([*layers, ReadyGate(self, self._flight)])
+            self._channel.call_hook = chain([*layers, ReadyGate(self)])
             if not self._adopt(client):  # stop() came while it started
                 raise stopped_while_starting(self.name)
             self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
@@ -217,7 +216,7 @@ class Supervisor(SupervisorView):
                 self._watcher = HealthWatcher(client.channel, interval=self.health_interval,
                                               timeout=self.health_timeout,
                                               on_change=lambda old, new, why: self._wake.set(),
-                                              name=self.name, busy=self._flight.sending).start()
+                                              name=self.name).start()
             self._state = RUNNING
             self._failure_run.running()
             self._cond.notify_all()
