@@ -5,13 +5,6 @@ call's deadline). A call that finds the plugin already dead, or fails before
 anything was sent (the old Client's connection was closed), is sent to the
 successor. A call in flight when the plugin died is not resent here: that is
 the RetryPolicy's decision, since only it knows whether the call may be repeated.
-
-A call made in the moment between a SIGKILL and anyone noticing it is written into the dead
-plugin's socket, which the kernel then resets: "Connection reset by peer" means the peer ended
-with bytes unread. When this call was the only one the gate had in flight on the connection
-from its start to its end, those unread bytes were its own (a unary call's client sends nothing
-after its request), so the plugin never had all of it: it goes to the successor. A call that
-shared the connection with another (whose bytes may be the unread ones) keeps its PluginDiedError.
 """
 
 from __future__ import annotations
@@ -137,54 +130,11 @@ class Restarter(Protocol):
     def restarts_left(self) -> int: ...
 
 
-_UNREAD = ("connection reset by peer", "broken pipe")  # the peer ended with bytes unread / had ended
-
-
-def unread_by_peer(exc: BaseException) -> bool:
-    """Whether gRPC says the connection ended with bytes the plugin never read (see the module docstring)."""
-    original = getattr(exc, "original", None)
-    if original is None or not hasattr(original, "details"):
-        return False
-    try:
-        code, details = original.code(), str(original.details()).lower()
-    except Exception:
-        return False
-    return code == grpc.StatusCode.UNAVAILABLE and any(word in details for word in _UNREAD)
-
-
-class _InFlight:
-    """The gate's calls in flight: whether one had the connection to itself from its start to its end."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._begun = 0
-
-    def begin(self) -> tuple[bool, int]:
-        with self._lock:
-            alone = self._active == 0
-            self._active += 1
-            self._begun += 1
-            return alone, self._begun
-
-    def end(self, ticket: tuple[bool, int]) -> bool:
-        """Ends the call begun with ``ticket``; True when no other call was in flight meanwhile."""
-        with self._lock:
-            self._active -= 1
-            return ticket[0] and self._begun == ticket[1]
-
-
 class ReadyGate:
     """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
 
     def __init__(self, sup: Restarter) -> None:
         self._sup = sup
-        self._flight = _InFlight()
-
-    def _resendable(self, exc: BaseException, alone: bool) -> bool:
-        """Refused before anything was sent (``sent`` False: the plugin's connection was already
-        closed), or never read by the dead plugin: safe to send again once the plugin is back."""
-        return not getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or (alone and unread_by_peer(exc))
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         sup = self._sup
@@ -198,19 +148,14 @@ class ReadyGate:
             client = sup.current_client
             if client is not None and plugin_gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
                 continue  # the plugin is already gone: this call waits for its successor
-            ticket = self._flight.begin()
             try:
-                result = attempt(_left(deadline))
+                return attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
-                alone = self._flight.end(ticket)
-                if not self._resendable(exc, alone) or not sup.changed_since(generation, _within(deadline, 2.0)):
+                # Refused before anything was sent (the plugin's connection was already closed:
+                # ``sent`` False), so it is safe to send again once the plugin is back.
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(
+                        generation, _within(deadline, 2.0)):
                     raise
-            except BaseException:
-                self._flight.end(ticket)
-                raise
-            else:
-                self._flight.end(ticket)
-                return result
         raise _restarting_on_every_try(sup, method)
 
     def _wait_running(self, method: str, remaining: float | None, total: float | None) -> None:
@@ -235,20 +180,12 @@ class ReadyGate:
             if client is not None and plugin_gone(client) and await polled(
                     lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
                 continue
-            ticket = self._flight.begin()
             try:
-                result = await attempt(_left(deadline))
+                return await attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
-                alone = self._flight.end(ticket)
-                if not self._resendable(exc, alone) or not await polled(
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await polled(
                         lambda: sup.changed_since(generation, 0.0), _within(deadline, 2.0)):
                     raise
-            except BaseException:
-                self._flight.end(ticket)
-                raise
-            else:
-                self._flight.end(ticket)
-                return result
         raise _restarting_on_every_try(sup, method)
 
 
