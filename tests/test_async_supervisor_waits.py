@@ -52,7 +52,8 @@ def test_many_waiters_wake_on_the_restart_without_asking_again_and_again(tmp_pat
             ready = [asyncio.ensure_future(sup.channel.channel_ready()) for _ in range(4)]
             assert await asyncio.gather(*(sup.wait_running(60) for _ in range(WAITERS))) == [True] * WAITERS
             await asyncio.wait_for(asyncio.gather(*ready), 60)
-            assert threading.active_count() <= threads + 1  # the new plugin's Client may add its own
+            # no thread per waiter: the new plugin's Client adds its own few (its stdio reader, a start's)
+            assert threading.active_count() < threads + WAITERS // 4, [t.name for t in threading.enumerate()]
             # Woken by the restart's changes of state, and a slow tick in the 2 s backoff: a wait that asked
             # every 20 ms looked some 100 times each
             assert looks[0] <= WAITERS * 12, looks[0]

@@ -294,6 +294,7 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def close(self, grace: float | None = None) -> None:
         self._closed = True
+        self._sup.wake_waiters()  # a channel_ready() waiting for a plugin says the channel closed, now
         held, self._held = self._held, None
         if held is not None:
             await held[1].aclose()

@@ -50,6 +50,11 @@ class PluginWaits:
         each change of the state or the current Client. Holds no thread (see plugbay.core.resilience.wakeups)."""
         return await self._cond.until(check, timeout)
 
+    def wake_waiters(self) -> None:
+        """Ask every waiter again now (something they check changed without a change of state)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _running(self) -> bool:
         return self._state == RUNNING and not gone_unseen(self._client, self._stop, self._wake)
 
