@@ -25,8 +25,8 @@ tokens and take their slot once it came (a call waiting for its request holds no
 plugbay's own services (``own=True``) take one of NETWORK_OWN_CALLS slots first. The server lets one
 connection open at most NETWORK_MAX_STREAMS streams, fewer than either budget: one connection's
 stalled streams never take all of one. And one peer address (several connections) holds at most a share
-of each budget, the reads', the own calls' and the health Watches' (core/plugin/peershare.py): another
-peer's calls are always read and answered. A host launched locally keeps grpcio's unary path (its unary
+of each budget, the reads', the own calls' and the health Watches' (core/plugin/peershare.py): a host at
+another address is still read and answered (a runaway host is bounded, not one holding many addresses). A host launched locally keeps grpcio's unary path (its unary
 latency is a benchmarked target).
 """
 
