@@ -26,7 +26,8 @@ plugbay's own services (``own=True``) take one of NETWORK_OWN_CALLS slots first.
 connection open at most NETWORK_MAX_STREAMS streams, fewer than either budget: one connection's
 stalled streams never take all of one. And one peer address (several connections) holds at most a share
 of each budget, the reads', the own calls' and the health Watches' (core/plugin/peershare.py): a host at
-another address is still read and answered (a runaway host is bounded, not one holding many addresses). A host launched locally keeps grpcio's unary path (its unary
+another address is still read and answered (a runaway host is bounded, not one holding many addresses).
+A host launched locally keeps grpcio's unary path (its unary
 latency is a benchmarked target).
 """
 
