@@ -54,6 +54,7 @@ class Deadline:
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.expired = False
+        self.ended = threading.Event()  # set with expired: a retry's backoff wait ends with it
         self._lock = threading.Lock()
         self._conns: list[Any] = []
 
@@ -69,6 +70,7 @@ class Deadline:
         with self._lock:
             self.expired = True
             conns = list(self._conns)
+        self.ended.set()
         for conn in conns:
             _shut(getattr(conn, "sock", None))
 
@@ -156,8 +158,9 @@ class _Again(Exception):
 def _quiet(retries: Any) -> Any:
     """A copy of the urllib3 Retry ``retries`` whose connection-level retries raise _Again instead of
     being made (and warned of) inside urllib3, and which retries nothing once the call's Deadline passed."""
-    quiet = copy.copy(retries)
-    increment = quiet.increment
+    plain = getattr(retries, "_plugbay_plain", retries)  # a quiet copy's own Retry: never wrapped twice
+    quiet = copy.copy(plain)
+    increment = plain.increment
 
     def quiet_increment(method: Any = None, url: Any = None, response: Any = None, error: Any = None,
                         _pool: Any = None, _stacktrace: Any = None) -> Any:
@@ -170,6 +173,7 @@ def _quiet(retries: Any) -> Any:
         return _quiet(again)  # a status's retry goes on inside urllib3 (it logs those at DEBUG)
 
     quiet.increment = quiet_increment
+    quiet._plugbay_plain = plain
     return quiet
 
 
@@ -179,20 +183,26 @@ class _TrackedPool:
     retries: Any
 
     def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        # urllib3's own repeat of a call passes its retries on (positionally): that one is left as it is
-        if current() is None or args or kwargs.get("retries") is not None:
+        # urllib3's own repeat of a call within this pool (a redirect or a status retry) passes its
+        # arguments on positionally, under the loop below, which catches its _Again; a PoolManager's
+        # redirect to another pool passes its retries by name and runs the loop here
+        deadline = current()
+        if deadline is None or args:
             return super().urlopen(method, url, *args, **kwargs)  # type: ignore[misc]
         from urllib3.util.retry import Retry
 
-        kwargs.pop("retries", None)
-        retries = Retry.from_int(None, redirect=kwargs.get("redirect", True), default=self.retries)
+        given = kwargs.pop("retries", None)
+        retries = Retry.from_int(getattr(given, "_plugbay_plain", given), redirect=kwargs.get("redirect", True),
+                                 default=self.retries)
         while True:
             try:
                 return super().urlopen(method, url, retries=_quiet(retries), **kwargs)  # type: ignore[misc]
             except _Again as again:
                 retries = again.retries
                 _log.debug("retrying %s %s (%r): %s", method, url, retries, again.error)
-                retries.sleep()
+                # the backoff ends with the call's deadline or its Cancel; then the call is over
+                if deadline.ended.wait(retries.get_backoff_time()) or deadline.expired:
+                    raise again.error from None
 
 
 def install(api_client: Any) -> bool:

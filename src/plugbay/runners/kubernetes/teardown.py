@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from plugbay.errors import RunnerError
+from plugbay.errors import PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.api import close_client
 from plugbay.runners.kubernetes.logs import PodLogs
 from plugbay.runners.kubernetes.podapi import PodApi
@@ -82,6 +82,7 @@ class PodTeardown:
         the pod as it is, and one that began just after the pod went lists nothing, so its DELETED
         event, sent between two watches, is never seen: that cost kill() a whole watch."""
         deadline = time.monotonic() + timeout
+        readable = True  # until RBAC says no: then only the watch can tell
         while (left := deadline - time.monotonic()) > 0:
             watching = self._podwatch.watching()
             if watching and self._podwatch.wait_gone(min(left, READ_EVERY)):
@@ -89,10 +90,11 @@ class PodTeardown:
             if (left := deadline - time.monotonic()) <= 0:
                 break
             try:
-                if self._read_pod(min(left, self.api_timeout)) is None:
+                if readable and self._read_pod(min(left, self.api_timeout)) is None:
                     self._podwatch.update(None, True)
                     return True
             except RunnerError as exc:
+                readable = not isinstance(exc, PermissionDeniedError)
                 _log.debug("reading pod %s after its deletion: %s", self.id, exc)
             if not watching:
                 time.sleep(min(max(deadline - time.monotonic(), 0), 0.25))
