@@ -10,6 +10,7 @@ the RetryPolicy's decision, since only it knows whether the call may be repeated
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -130,6 +131,32 @@ class Restarter(Protocol):
     def restarts_left(self) -> int: ...
 
 
+# A brokered call is several steps on the caller's thread: the stub asks the Supervisor's broker for an
+# id, serves its callback there, then makes the unary call that names the id. Each step may wait for a
+# restart; the first that does starts the call's deadline here (its start and end), and the later steps
+# and the unary call keep to it, so the whole call ends within one call_timeout rather than one each.
+_BROKERED: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+    "plugbay_brokered_deadline", default=None)
+
+
+def brokered_deadline() -> tuple[float, float] | None:
+    """(start, deadline) of the brokered call in progress in this context, while its deadline is ahead."""
+    held = _BROKERED.get()
+    return held if held is not None and held[1] > time.monotonic() else None
+
+
+def hold_brokered_deadline(start: float, deadline: float) -> None:
+    """The broker waited for a restart: the rest of this brokered call keeps to ``deadline``."""
+    if _BROKERED.get() != (start, deadline):
+        _BROKERED.set((start, deadline))
+
+
+def end_brokered_call() -> None:
+    """The brokered call failed, or its unary call (or stop_serving()) came: later calls are not bound."""
+    if _BROKERED.get() is not None:
+        _BROKERED.set(None)
+
+
 class ReadyGate:
     """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
 
@@ -140,10 +167,15 @@ class ReadyGate:
         sup = self._sup
         if timeout is None:
             timeout = sup.call_timeout  # the wait for a restart is bounded like a call
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        brokered = brokered_deadline()  # the id this call names was brokered after a wait: one deadline
+        end_brokered_call()
+        if brokered is not None and (deadline is None or brokered[1] < deadline):
+            start, deadline = brokered
         for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
-            self._wait_running(method, remaining, timeout)
+            self._wait_running(method, remaining, start)
             generation = sup.channel_generation()
             client = sup.current_client
             if client is not None and plugin_gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
@@ -158,11 +190,11 @@ class ReadyGate:
                     raise
         raise _restarting_on_every_try(sup, method)
 
-    def _wait_running(self, method: str, remaining: float | None, total: float | None) -> None:
+    def _wait_running(self, method: str, remaining: float | None, start: float) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
         if not sup.wait_running(limit):
-            raise _not_running(sup, method, total or limit)
+            raise _not_running(sup, method, time.monotonic() - start)
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """run() for an AsyncSupervisor's calls: the same rules; its waits poll, never block the loop."""
