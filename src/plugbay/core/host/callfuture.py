@@ -14,7 +14,8 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -182,6 +183,62 @@ class _Cancelled(BaseException):
     retry it and a circuit breaker counts it as an interrupted call (its probe slot freed)."""
 
 
+class CancelToken:
+    """Fired by a HookedFuture's cancel(). A layer that blocks on the future's thread (a Supervisor's
+    ready gate waiting for a restart) reads it through :func:`cancel_token` and registers a waker, so
+    its wait ends at once and the thread is freed, rather than when the call's timeout runs out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fired = False
+        self._wakers: list[Callable[[], None]] = []
+
+    def fired(self) -> bool:
+        return self._fired
+
+    def fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            wakers = list(self._wakers)
+        for wake in wakers:
+            _wake(wake)
+
+    @contextmanager
+    def waking(self, wake: Callable[[], None]) -> Iterator[None]:
+        """``wake()`` is called when the token fires while the block runs (at once if it has fired)."""
+        with self._lock:
+            self._wakers.append(wake)
+            fired = self._fired
+        if fired:
+            _wake(wake)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._wakers.remove(wake)
+
+    def raise_if_fired(self) -> None:
+        """Ends the layers' run once the future was cancelled."""
+        if self._fired:
+            raise _Cancelled()
+
+
+def _wake(wake: Callable[[], None]) -> None:
+    try:
+        wake()
+    except Exception:  # cancel() must still return; the wait then ends at its next look
+        _log.exception("waking a cancelled call's wait failed")
+
+
+# The token of the hooked future whose layers run in this context (set on its own thread only).
+_TOKEN: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("plugbay_call_cancel", default=None)
+
+
+def cancel_token() -> CancelToken | None:
+    """The cancel token of the future() call whose layers run here; None in a blocking call."""
+    return _TOKEN.get()
+
+
 class HookedFuture(CallFuture):
     """A unary future() run through the channel's call hook, as the blocking call is.
 
@@ -201,6 +258,7 @@ class HookedFuture(CallFuture):
         self._timeout = timeout
         # the call's own deadline, when future() was given one (the layers' deadline for all tries)
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._token = CancelToken()
 
     def start(self) -> HookedFuture:
         # The caller's context goes with it (a new thread starts with an empty one): the layers read it,
@@ -210,7 +268,14 @@ class HookedFuture(CallFuture):
                          name=f"plugbay-call-{self._name}").start()
         return self
 
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._token.fire()  # a layer waiting on the hook's thread stops now: the thread ends
+        return True
+
     def _run_hook(self) -> None:
+        _TOKEN.set(self._token)  # this thread's own context (a copy of the caller's)
         try:
             response = self._hook(self._method, self._attempt, self._timeout)
         except _Cancelled:

@@ -20,9 +20,10 @@ import grpc
 
 from plugbay.errors import ClientStateError, PlugbayError, PluginDiedError
 from plugbay.core.host.callerrors import CallTimeout, PluginRestarted
+from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
-from plugbay.core.resilience.calls import AsyncAttempt, Attempt
+from plugbay.core.resilience.calls import AsyncAttempt, Attempt, wait_until
 
 
 class SupervisedChannel(ManagedChannel):
@@ -120,6 +121,9 @@ class Restarter(Protocol):
     @property
     def current_client(self) -> Client | None: ...
 
+    @property
+    def _cond(self) -> threading.Condition: ...  # notified on each change of the state or the Client
+
     def wait_running(self, timeout: float) -> bool: ...
 
     def channel_generation(self) -> int: ...
@@ -173,28 +177,50 @@ class ReadyGate:
         end_brokered_call()
         if brokered is not None and (deadline is None or brokered[1] < deadline):
             start, deadline = brokered
+        token = cancel_token()  # a cancelled future() ends the waits below at once
         for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
-            self._wait_running(method, remaining, start)
+            self._wait_running(method, remaining, start, token)
             generation = sup.channel_generation()
             client = sup.current_client
-            if client is not None and plugin_gone(client) and sup.changed_since(generation, _within(deadline, 5.0)):
+            if client is not None and plugin_gone(client) and self._changed(generation, _within(deadline, 5.0),
+                                                                            token):
                 continue  # the plugin is already gone: this call waits for its successor
             try:
                 return attempt(_left(deadline))
             except (ClientStateError, PluginDiedError) as exc:
                 # Refused before anything was sent (the plugin's connection was already closed:
                 # ``sent`` False), so it is safe to send again once the plugin is back.
-                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not sup.changed_since(
-                        generation, _within(deadline, 2.0)):
+                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not self._changed(
+                        generation, _within(deadline, 2.0), token):
                     raise
         raise _restarting_on_every_try(sup, method)
 
-    def _wait_running(self, method: str, remaining: float | None, start: float) -> None:
+    def _wait_running(self, method: str, remaining: float | None, start: float, token: CancelToken | None) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
-        if not sup.wait_running(limit):
+        if not self._until(sup.wait_running, limit, token):
             raise _not_running(sup, method, time.monotonic() - start)
+
+    def _changed(self, generation: int, timeout: float, token: CancelToken | None) -> bool:
+        return self._until(lambda seconds: self._sup.changed_since(generation, seconds), timeout, token)
+
+    def _until(self, wait: Callable[[float], bool], seconds: float, token: CancelToken | None) -> bool:
+        """``wait(seconds)``; in a future() call, asked again at each change of the Supervisor (``wait(0)``)
+        until the future is cancelled, which wakes it (_Cancelled is raised then)."""
+        if token is None:
+            return wait(seconds)
+        cond = self._sup._cond
+
+        def wake() -> None:
+            with cond:
+                cond.notify_all()
+
+        with token.waking(wake):  # a stop() ends it too, as it ends wait_running()'s own wait
+            done = wait_until(cond, lambda: wait(0.0), seconds, 0.5,
+                              lambda: token.fired() or self._sup.state == "stopped")
+        token.raise_if_fired()
+        return done
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """run() for an AsyncSupervisor's calls: the same rules; its waits poll, never block the loop."""
