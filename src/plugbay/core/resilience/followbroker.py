@@ -8,9 +8,7 @@ get a FollowingBroker, which hands each use to the broker of the Client current 
 that moment, as the Supervisor's channel does with calls.
 
 A use that finds the plugin restarting (or already dead) waits for its successor
-within the call timeout, as a unary call does. The steps of one brokered call (an id,
-its callback served, the unary call naming it, or a dial) keep to one call timeout
-between them: the first wait starts it (readygate's brokered_deadline). On an event loop's thread it does not
+within the call timeout, as a unary call does. On an event loop's thread it does not
 wait, which would stall the loop (the asyncio counter stub asks for an id there): it
 raises BrokerClosedError saying the plugin is being restarted.
 
@@ -39,8 +37,7 @@ import grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.host.client import Client
-from plugbay.core.resilience.readygate import (Restarter, brokered_deadline, end_brokered_call,
-                                               hold_brokered_deadline, plugin_gone, raise_if_ended)
+from plugbay.core.resilience.readygate import Restarter, plugin_gone, raise_if_ended
 from plugbay.errors import BrokerClosedError, BrokerTimeoutError, RestartBudgetExhaustedError
 
 T = TypeVar("T")
@@ -70,7 +67,7 @@ class FollowingBroker(GRPCBroker):
     def next_id(self) -> int:
         # the current broker's next_id() readies its stream (the id goes to the plugin); past its own
         # ids, so that ids stay unique on this broker and across the brokers, served or not
-        id = self._use("hand out a broker id", lambda broker, _left: broker.next_id(), resend=True)
+        id = self._use("hand out a broker id", lambda broker: broker.next_id(), resend=True)
         with self._ids_lock:
             self._last_id = max(self._last_id + 1, id) & 0xFFFFFFFF
             return self._last_id
@@ -83,15 +80,13 @@ class FollowingBroker(GRPCBroker):
 
         try:
             # nothing is served when it fails: serving the id on the successor instead is safe
-            self._use(f"serve broker id {id}", lambda broker, _left: self._serve_on(broker, id, served),
-                      resend=True)
+            self._use(f"serve broker id {id}", lambda broker: self._serve_on(broker, id, served), resend=True)
         except BaseException:
             if self._live.get(id) is served:
                 self.stop_serving(id)
             raise
 
     def stop_serving(self, id: int) -> None:
-        end_brokered_call()  # the call that named the id is over
         with self._ids_lock:
             served = self._live.pop(id, None)
             brokers = list(served.brokers) if served is not None else []
@@ -113,12 +108,8 @@ class FollowingBroker(GRPCBroker):
                 _log.debug("could not serve broker id %d again on the restarted plugin: %s", id, exc)
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
-        # not sent again to a successor: the id was the old plugin's, and went with it. The wait for its
-        # announcement keeps to what is left of the call's deadline after any wait for a restart.
-        def dial(broker: GRPCBroker, left: float | None) -> grpc.Channel:
-            wait = broker.dial_timeout if timeout is None else timeout
-            return broker.dial(id, wait if left is None else max(min(wait, left), 0.001))
-        return self._use(f"dial broker id {id}", dial, resend=False)
+        # not sent again to a successor: the id was the old plugin's, and went with it
+        return self._use(f"dial broker id {id}", lambda broker: broker.dial(id, timeout), resend=False)
 
     def close(self, *, wait: bool = True) -> None:
         """Nothing to close here (see the class docstring)."""
@@ -172,25 +163,13 @@ class FollowingBroker(GRPCBroker):
         if stopped:
             broker.stop_serving(id)
 
-    def _use(self, what: str, op: Callable[[GRPCBroker, float | None], T], resend: bool) -> T:
-        """``op(broker, seconds left)`` on the current Client's broker. One deadline for the brokered call:
-        the one a wait of an earlier step of it started (see readygate's brokered_deadline), else a new one."""
-        try:
-            return self._use_within(what, op, resend)
-        except BaseException:
-            end_brokered_call()  # the stub's call fails here: a later call on this thread is not bound
-            raise
-
-    def _use_within(self, what: str, op: Callable[[GRPCBroker, float | None], T], resend: bool) -> T:
+    def _use(self, what: str, op: Callable[[GRPCBroker], T], resend: bool) -> T:
         sup = self._sup
-        held = brokered_deadline()
-        start = time.monotonic() if held is None else held[0]
-        deadline: float | None = held[1] if held is not None else (
-            None if sup.call_timeout is None else start + sup.call_timeout)
+        deadline = None if sup.call_timeout is None else time.monotonic() + sup.call_timeout
         for _ in range(sup.max_restarts + 2):
-            client = self._current(what, start, deadline)
+            client = self._current(what, deadline)
             try:
-                return op(client.broker, None if deadline is None else deadline - time.monotonic())
+                return op(client.broker)
             except BrokerClosedError as exc:
                 if sup.current_client is client and not plugin_gone(client):
                     raise  # the plugin runs on and closed its broker: the broker's own word
@@ -202,7 +181,7 @@ class FollowingBroker(GRPCBroker):
         raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
                                  " the Supervisor's events for why it keeps failing")
 
-    def _current(self, what: str, start: float, deadline: float | None) -> Client:
+    def _current(self, what: str, deadline: float | None) -> Client:
         """The running Client, waited for while the plugin restarts (not on an event loop's thread)."""
         sup = self._sup
         for _ in range(sup.max_restarts + 2):
@@ -218,8 +197,6 @@ class FollowingBroker(GRPCBroker):
                     f"plugin {sup.name!r} is not running: it is being restarted by its Supervisor{why}, so this"
                     f" host cannot {what} now. On an event loop this does not wait for the restart: await the"
                     " supervisor's wait_running() and call again (from a thread it waits)")
-            if deadline is not None:  # the rest of this brokered call, its unary call too, keeps to it
-                hold_brokered_deadline(start, deadline)
             if client is not None and not sup.changed_since(generation, _left(deadline, 5.0)):
                 return client  # the Supervisor has not seen the death yet: the broker says what it finds
             if not sup.wait_running(_left(deadline, 3600.0)):

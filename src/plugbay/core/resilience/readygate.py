@@ -10,7 +10,6 @@ the RetryPolicy's decision, since only it knows whether the call may be repeated
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -135,32 +134,6 @@ class Restarter(Protocol):
     def restarts_left(self) -> int: ...
 
 
-# A brokered call is several steps on the caller's thread: the stub asks the Supervisor's broker for an
-# id, serves its callback there, then makes the unary call that names the id. Each step may wait for a
-# restart; the first that does starts the call's deadline here (its start and end), and the later steps
-# and the unary call keep to it, so the whole call ends within one call_timeout rather than one each.
-_BROKERED: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
-    "plugbay_brokered_deadline", default=None)
-
-
-def brokered_deadline() -> tuple[float, float] | None:
-    """(start, deadline) of the brokered call in progress in this context, while its deadline is ahead."""
-    held = _BROKERED.get()
-    return held if held is not None and held[1] > time.monotonic() else None
-
-
-def hold_brokered_deadline(start: float, deadline: float) -> None:
-    """The broker waited for a restart: the rest of this brokered call keeps to ``deadline``."""
-    if _BROKERED.get() != (start, deadline):
-        _BROKERED.set((start, deadline))
-
-
-def end_brokered_call() -> None:
-    """The brokered call failed, or its unary call (or stop_serving()) came: later calls are not bound."""
-    if _BROKERED.get() is not None:
-        _BROKERED.set(None)
-
-
 class ReadyGate:
     """Innermost call layer: wait while the plugin restarts; resend calls that never left."""
 
@@ -173,10 +146,6 @@ class ReadyGate:
             timeout = sup.call_timeout  # the wait for a restart is bounded like a call
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        brokered = brokered_deadline()  # the id this call names was brokered after a wait: one deadline
-        end_brokered_call()
-        if brokered is not None and (deadline is None or brokered[1] < deadline):
-            start, deadline = brokered
         token = cancel_token()  # a cancelled future() ends the waits below at once
         for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -1,0 +1,107 @@
+"""A future() call of a Supervisor stub waiting for a restart, cancelled, frees its thread at once, and
+one the Supervisor's stop() ends ends at once. The Python counter example, real kill -9s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.procs import gone
+from tests.resilience_util import wait_until
+
+from plugbay import (ClientConfig, ClientStateError, PlugbayError, RestartPolicy,
+                     Supervisor)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "counter"
+sys.path.insert(0, str(EXAMPLE))
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+from counterproto import counter_pb2  # noqa: E402
+
+QUICK = RestartPolicy(max_restarts=10, window=120, initial_backoff=0.01, max_backoff=0.01)
+
+
+class Adder:
+    def sum(self, a: int, b: int) -> int:
+        return a + b
+
+
+def kill_current(sup: Supervisor) -> None:
+    client = sup.current_client
+    assert client is not None and client.runner.pid is not None
+    pid = client.runner.pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: gone(pid), 10)
+
+
+def call_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("plugbay-call-")]
+
+
+def test_a_cancelled_future_waiting_for_a_restart_frees_its_thread_at_once(in_tmp: Path) -> None:
+    release = threading.Event()
+    starts: list[int] = []
+
+    def config() -> ClientConfig:
+        starts.append(1)
+        if len(starts) > 1:  # the restart is held until the test lets it go on
+            assert release.wait(60)
+        return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], name="counter", call_timeout=30.0)
+
+    try:
+        with Supervisor(config, restart=QUICK, health_interval=None) as sup:
+            counter = sup.dispense(PLUGIN_NAME)
+            counter.put("c", 1, Adder())
+            kill_current(sup)
+            assert wait_until(lambda: sup.state == "restarting" and len(starts) > 1, 30)
+            assert call_threads() == []
+            future = counter._stub.Get.future(counter_pb2.GetRequest(key="c"))
+            assert wait_until(lambda: len(call_threads()) == 1, 10)  # its thread waits for the restart
+            assert future.cancel() and future.cancelled()
+            # the call_timeout is 30 s: its thread ends now, not then
+            assert wait_until(lambda: call_threads() == [], 2), call_threads()
+            with pytest.raises(Exception) as err:
+                future.result(0)
+            assert not isinstance(err.value, PlugbayError)  # grpc.FutureCancelledError, as gRPC's own
+            release.set()
+            assert sup.wait_running(30)
+            counter.put("c", 2, Adder())  # the restarted plugin serves calls (it kept the count in its file)
+            assert counter.get("c") == 3
+    finally:
+        release.set()
+
+
+def test_a_future_waiting_for_a_restart_ends_at_once_when_the_supervisor_is_stopped(in_tmp: Path) -> None:
+    release = threading.Event()
+    starts: list[int] = []
+
+    def config() -> ClientConfig:
+        starts.append(1)
+        if len(starts) > 1:
+            assert release.wait(60)
+        return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], name="counter", call_timeout=30.0)
+
+    try:
+        sup = Supervisor(config, restart=QUICK, health_interval=None)
+        with sup:
+            counter = sup.dispense(PLUGIN_NAME)
+            counter.put("s", 1, Adder())
+            kill_current(sup)
+            assert wait_until(lambda: sup.state == "restarting" and len(starts) > 1, 30)
+            future = counter._stub.Get.future(counter_pb2.GetRequest(key="s"))
+            assert wait_until(lambda: len(call_threads()) == 1, 10)
+            release.set()  # the held restart ends once stop() asked it to
+            sup.stop()
+            with pytest.raises(ClientStateError, match="was stopped"):
+                future.result(5)  # not the 30 s call_timeout
+            assert wait_until(lambda: call_threads() == [], 2), call_threads()
+    finally:
+        release.set()
