@@ -14,8 +14,6 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +23,7 @@ from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from plugbay.runners.kubernetes.watch import WATCH_SECONDS  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.procs import live_with_env  # noqa: E402
 from tests.thread_util import until  # noqa: E402
 
@@ -34,15 +33,6 @@ HANDSHAKE = "1|1|tcp|127.0.0.1:4000|grpc"
 GRACE = 2.0  # kill()'s default: it waited grace + 30 s for a deletion its watch missed
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[StandIn]:
-    standin = StandIn(runtime="process").start()
-    standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
-    try:
-        yield standin
-    finally:
-        standin.allow_all()  # the held watch is answered (its client is gone by then)
-        standin.stop()
 
 
 def _running(server: StandIn, tag: str) -> KubernetesRunner:
@@ -61,13 +51,18 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def _watched(server: StandIn, caplog: pytest.LogCaptureFixture) -> tuple[str, KubernetesRunner, int]:
+    """A running pod's tag and runner, the log requests so far, WARNINGs captured from here on."""
+    tag = uuid.uuid4().hex
+    runner = _running(server, tag)
+    caplog.set_level(logging.WARNING)
+    return tag, runner, server.calls[("get", "pods/log")]
+
+
 @pytest.mark.timeout(120)
 def test_kill_ends_without_the_watch_and_never_reopens_the_deleted_pods_log(
         server: StandIn, caplog: pytest.LogCaptureFixture) -> None:
-    tag = uuid.uuid4().hex
-    runner = _running(server, tag)
-    logs_before = server.calls[("get", "pods/log")]
-    caplog.set_level(logging.WARNING)
+    tag, runner, logs_before = _watched(server, caplog)
     began = time.monotonic()
     try:
         runner.kill(GRACE)
@@ -85,10 +80,7 @@ def test_kill_ends_without_the_watch_and_never_reopens_the_deleted_pods_log(
 @pytest.mark.timeout(120)
 def test_a_pod_deleted_behind_the_host_is_gone_by_its_logs_not_found(
         server: StandIn, caplog: pytest.LogCaptureFixture) -> None:
-    tag = uuid.uuid4().hex
-    runner = _running(server, tag)
-    logs_before = server.calls[("get", "pods/log")]
-    caplog.set_level(logging.WARNING)
+    tag, runner, logs_before = _watched(server, caplog)
     try:
         assert server.delete_pod("default", runner.pod_name)
         # only the log says so (the held watch says nothing): its reopen's NotFound is the pod's end

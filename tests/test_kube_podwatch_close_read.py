@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +19,7 @@ from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from plugbay.runners.kubernetes.watch import WATCH_SECONDS  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.thread_util import until  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
@@ -28,15 +27,6 @@ HANDSHAKE = "1|1|tcp|127.0.0.1:4000|grpc"
 API_TIMEOUT = 60.0  # each read's own bound: far past what detach() may take
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[StandIn]:
-    standin = StandIn(runtime="process").start()
-    standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
-    try:
-        yield standin
-    finally:
-        standin.allow_all()
-        standin.stop()
 
 
 @pytest.mark.timeout(150)

@@ -16,8 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +26,7 @@ from plugbay.errors import HandshakeTimeoutError, PodStartTimeoutError  # noqa: 
 from plugbay.runners.base import LaunchSpec  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.leakcheck import _pipes_and_sockets  # noqa: E402
 from tests.procs import live_with_env  # noqa: E402
 from tests.resilience_util import failed_start  # noqa: E402
@@ -42,16 +41,6 @@ START_RUNNING = 10.0
 OWN = 30.0  # the runner's start_timeout (its api_timeout too: min(30 s, start_timeout)), far past START
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[StandIn]:
-    """One stand-in per test: stopping it also ends a pod start it was told to delay (no process runs)."""
-    standin = StandIn(runtime="process").start()
-    standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
-    try:
-        yield standin
-    finally:
-        standin.allow_all()  # the stalled requests end, unanswered
-        standin.stop()
 
 
 def _runner(server: StandIn, tag: str, program: str = "import time; time.sleep(60)",

@@ -26,6 +26,19 @@ def standin() -> Iterator[StandIn]:
         server.stop()
 
 
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[StandIn]:
+    """A stand-in of the test's own, running pods as processes, its kubeconfig in tmp_path/kubeconfig.yaml.
+    Stopping it also ends what it was told to stall or delay: allow_all() first answers stalled requests."""
+    standin = StandIn(runtime="process").start()
+    standin.write_kubeconfig(str(tmp_path / "kubeconfig.yaml"))
+    try:
+        yield standin
+    finally:
+        standin.allow_all()
+        standin.stop()
+
+
 @pytest.fixture()
 def kubeconfig(standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real kubeconfig file for the stand-in, also $KUBECONFIG (a reattach uses the host's own
