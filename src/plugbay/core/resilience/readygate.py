@@ -125,6 +125,8 @@ class Restarter(Protocol):
 
     def wait_running(self, timeout: float) -> bool: ...
 
+    def wake_waiters(self) -> None: ...
+
     def channel_generation(self) -> int: ...
 
     def changed_since(self, generation: int, timeout: float) -> bool: ...
@@ -179,14 +181,8 @@ class ReadyGate:
         until the future is cancelled, which wakes it (_Cancelled is raised then)."""
         if token is None:
             return wait(seconds)
-        cond = self._sup._cond
-
-        def wake() -> None:
-            with cond:
-                cond.notify_all()
-
-        with token.waking(wake):  # a stop() ends it too, as it ends wait_running()'s own wait
-            done = wait_until(cond, lambda: wait(0.0), seconds, 0.5,
+        with token.waking(self._sup.wake_waiters):  # a stop() ends it too, as it ends wait_running()'s own wait
+            done = wait_until(self._sup._cond, lambda: wait(0.0), seconds, 0.5,
                               lambda: token.fired() or self._sup.state == "stopped")
         token.raise_if_fired()
         return done
