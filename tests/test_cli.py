@@ -25,6 +25,7 @@ from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.fdlimit import SOFT_CAP
 from plugbay.core.plugin.health import add_to_server as add_health
 from tests.cli_util import KV_PLUGIN, KV_PROTO, REPO, cli_env, plugbay, running
+from tests.rlimited import rlimited
 
 PY = sys.executable
 KV_CMD = f"{PY} {KV_PLUGIN}"
@@ -317,10 +318,10 @@ def test_gateway_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    gw = subprocess.Popen([PY, "-m", "plugbay", "gateway", "--cookie", COOKIE, "--listen", f"127.0.0.1:{port}",
-                           "--insecure", "--", PY, str(KV_PLUGIN)], cwd=tmp_path, env=cli_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    gw = subprocess.Popen(rlimited([PY, "-m", "plugbay", "gateway", "--cookie", COOKIE, "--listen",
+                                    f"127.0.0.1:{port}", "--insecure", "--", PY, str(KV_PLUGIN)],
+                                   RLIMIT_NOFILE=(1024, hard)), cwd=tmp_path, env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     target = f"static:///127.0.0.1:{port}"
     try:
         health = plugbay("health", target, "--insecure", "--watch", "--count", "1", "--timeout", "30")

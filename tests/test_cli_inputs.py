@@ -4,7 +4,6 @@ than any reattach config (/dev/zero filled the memory) or not text, and a float 
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_util import KV_PROTO, cli_env
+from tests.rlimited import rlimited
 
 DEAD = "static:///127.0.0.1:1"  # nothing listens on port 1: an answer would be UNREACHABLE
 
@@ -19,11 +19,8 @@ DEAD = "static:///127.0.0.1:1"  # nothing listens on port 1: an answer would be 
 def _plugbay_capped(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The command with its address space capped at 700 MiB: an unbounded read ends in MemoryError there
     instead of taking the machine's memory."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (700 << 20, 700 << 20))
-
-    return subprocess.run([sys.executable, "-m", "plugbay", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL, preexec_fn=cap)
+    return subprocess.run(rlimited([sys.executable, "-m", "plugbay", *args], RLIMIT_AS=(700 << 20, 700 << 20)),
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("command", [["info"], ["health"], ["diagnose"], ["call", "/proto.KV/Get", "{}"]])

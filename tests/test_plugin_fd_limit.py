@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.netflood import ping, proc_counts, split_frames, syns
+from tests.rlimited import rlimited
 from tests.trap_kv_util import HANDSHAKE, TRAP
 
 from plugbay.core.plugin.fdlimit import SOFT_CAP
@@ -39,8 +40,8 @@ class Plugin:
         self.err_path = cwd / "stderr.log"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [*TRAP], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+                rlimited([*TRAP], RLIMIT_NOFILE=(soft, hard)), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, text=True)
         assert self.proc.stdout is not None
         self.line = self.proc.stdout.readline().strip()
         assert self.line, self.stderr()
