@@ -30,11 +30,15 @@ class StateCondition(threading.Condition):
         super().notify_all()
         with self._aio_lock:
             waiters = list(self._aio_waiters)
-        for loop, future in waiters:
+        for entry in waiters:
+            loop, future = entry
             try:
                 loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # its loop is closed: nobody waits there any more
-                pass
+            except RuntimeError:
+                # its loop is closed: nobody waits there any more, and a waiter whose loop was closed
+                # under it (never cancelled) never reaches its own finally to drop the entry
+                with self._aio_lock:
+                    self._aio_waiters.discard(entry)
 
     async def until(self, check: Callable[[], bool], timeout: float) -> bool:
         """Whether ``check()`` (which must not block; it may raise) comes true within ``timeout`` seconds
