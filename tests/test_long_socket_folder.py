@@ -139,29 +139,43 @@ def test_a_folder_shared_with_a_group_leaves_room_for_the_plugins_own_folder(in_
     assert client.runner.pid is None and os.listdir(longer) == []
 
 
+_FORKED_NAMES = r"""
+import json, os, sys
+from plugbay.core.transport import tempdirs
+top = sys.argv[1]
+parent = tempdirs.private_socket(top, "mux")
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: the same serial as the parent's next name
+    try:
+        os.write(write, tempdirs.private_socket(top, "mux").encode())
+    finally:
+        os._exit(0)
+os.close(write)
+with os.fdopen(read, "rb") as pipe:
+    child = pipe.read().decode()
+os.waitpid(pid, 0)
+print(json.dumps({"parent": parent, "child": child, "ours": tempdirs.private_socket(top, "mux"), "pid": os.getpid()}))
+"""
+
+
 def test_private_socket_names_are_short_and_differ_between_processes(short_top: str) -> None:
-    # a fork continues the parent's serial numbers; a bind on a live socket's path takes it over silently
+    # a fork continues the parent's serial numbers; a bind on a live socket's path takes it over silently.
+    # The fork is a fresh interpreter's (no gRPC in it): a fork of this test process, where gRPC runs,
+    # can crash in grpcio's fork handlers (tests/rlimited.py)
     import itertools
+    import json
+    import subprocess
 
     from plugbay.core.transport import tempdirs
 
-    parent = tempdirs.private_socket(short_top, "mux")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the same serial as the parent's next name
-        try:
-            os.write(write, tempdirs.private_socket(short_top, "mux").encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    try:
-        with os.fdopen(read, "rb") as pipe:
-            child = pipe.read().decode()
-    finally:
-        os.waitpid(pid, 0)
-    ours = tempdirs.private_socket(short_top, "mux")
-    assert len({parent, child, ours}) == 3
-    assert os.path.basename(parent).startswith(f"mux{os.getpid():x}-")
+    done = subprocess.run([sys.executable, "-c", _FORKED_NAMES, short_top], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(Path(tempdirs.__file__).parents[3])))
+    assert done.returncode == 0, done.stderr
+    names = json.loads(done.stdout)
+    parent, child, ours = names["parent"], names["child"], names["ours"]
+    assert len({parent, child, ours}) == 3 and child
+    assert os.path.basename(parent).startswith(f"mux{names['pid']:x}-")
     # the longest stem, late in a long life, still fits the 19 bytes a folder leaves (pids have 6 hex digits)
     saved = tempdirs._serial
     tempdirs._serial = itertools.count(2 ** 28 - 1)
