@@ -99,9 +99,11 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
 
     # --- plumbing ------------------------------------------------------------
 
-    def _json(self, code: int, body: Any) -> None:
+    def _json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -148,6 +150,10 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             return False
         if (verb, resource) in standin.failing:
             self._status(500, "InternalError", f"the stand-in fails {verb} {resource} (test knob)")
+            return False
+        if (wait := standin.throttled.get((verb, resource))) is not None:  # API Priority and Fairness's 429
+            self._json(429, status_body(429, "TooManyRequests", "Too many requests, please try again later.",
+                                        {"retryAfterSeconds": wait}), {"Retry-After": str(wait)})
             return False
         if (verb, resource) in standin.paged:
             page = b"404 page not found\n"

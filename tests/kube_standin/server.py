@@ -12,7 +12,8 @@ API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, the
 504/500: the write committed, its answer lost), :meth:`StandIn.error_pod_watches` (end pod watches
 with an ERROR event: 410 Expired, 500), :meth:`StandIn.bookmark_pod_watches` (send pod watches a BOOKMARK
 event), :meth:`StandIn.cut_logs` (break the pod log streams), :meth:`StandIn.page_404` (answer a
-proxy's "404 page not found": a 404 that is no Kubernetes Status).
+proxy's "404 page not found": a 404 that is no Kubernetes Status), :meth:`StandIn.throttle` (answer 429
+TooManyRequests with a Retry-After header, as API Priority and Fairness does).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class StandIn:
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
         self.paged: set[tuple[str, str]] = set()  # (verb, resource) answered a text/plain 404 page
+        self.throttled: dict[tuple[str, str], int] = {}  # (verb, resource) -> the Retry-After its 429 says
         self.lost: dict[tuple[str, str], int] = {}  # (verb, resource) -> the 5xx its committed write gets
         self.watch_error: dict[str, Any] | None = None  # a Status each new pod watch ends with at once
         self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
@@ -126,6 +128,7 @@ class StandIn:
         self.denied.clear()
         self.failing.clear()
         self.paged.clear()
+        self.throttled.clear()
         self.lost.clear()
         self.watch_error = None
         self.unstall()
@@ -149,6 +152,11 @@ class StandIn:
         """Answer (verb, resource) with a text/plain "404 page not found" (no Kubernetes Status), as Go's
         http.NotFound and many proxies and load balancers do (allow_all() ends it)."""
         self.paged.add((verb, resource))
+
+    def throttle(self, verb: str, resource: str, retry_after: int = 30) -> None:
+        """Answer (verb, resource) with 429 TooManyRequests and ``Retry-After: retry_after``, as API
+        Priority and Fairness does when a flow's queue is full (allow_all() ends it)."""
+        self.throttled[(verb, resource)] = retry_after
 
     def lose_answers(self, verb: str, resource: str, status: int = 504) -> None:
         """Carry (verb, resource) out, then answer it ``status`` (504 Timeout, 500 InternalError) instead
