@@ -24,6 +24,11 @@ after connection broken by ..." for each attempt it repeats, and the calls plugb
 end (a call cut by its Deadline or a Cancel is not repeated at all: it is over) or are retried by
 plugbay's own policy, which says what a user needs to know itself. A connection urllib3 would try
 again (by the pool's Retry, unchanged) is tried again here, logged at DEBUG.
+
+An answer urllib3 asks again for (a 429, 503 or 413 with Retry-After, a status the Retry names) is
+still asked again inside urllib3, but its wait (the Retry-After: Kubernetes' API Priority and Fairness
+answers 429 with one; or the Retry's backoff) ends with the call's Deadline or its Cancel, which ends
+the call: urllib3 would sleep out whatever the server said, past both.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import copy
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -157,7 +163,8 @@ class _Again(Exception):
 
 def _quiet(retries: Any) -> Any:
     """A copy of the urllib3 Retry ``retries`` whose connection-level retries raise _Again instead of
-    being made (and warned of) inside urllib3, and which retries nothing once the call's Deadline passed."""
+    being made (and warned of) inside urllib3, which retries nothing once the call's Deadline passed, and
+    whose wait before a status's retry (Retry-After, backoff) ends with the Deadline or its Cancel."""
     plain = getattr(retries, "_plugbay_plain", retries)  # a quiet copy's own Retry: never wrapped twice
     quiet = copy.copy(plain)
     increment = plain.increment
@@ -172,9 +179,33 @@ def _quiet(retries: Any) -> Any:
             raise _Again(again, error)
         return _quiet(again)  # a status's retry goes on inside urllib3 (it logs those at DEBUG)
 
+    def quiet_sleep_for_retry(response: Any) -> bool:
+        seconds = quiet.get_retry_after(response)
+        if seconds:
+            _wait(seconds)
+            return True
+        return False
+
+    def quiet_sleep(response: Any = None) -> None:  # urllib3's Retry.sleep, waiting through _wait
+        if quiet.respect_retry_after_header and response and quiet.sleep_for_retry(response):
+            return
+        backoff = quiet.get_backoff_time()
+        if backoff > 0:
+            _wait(backoff)
+
     quiet.increment = quiet_increment
+    quiet.sleep, quiet.sleep_for_retry = quiet_sleep, quiet_sleep_for_retry
     quiet._plugbay_plain = plain
     return quiet
+
+
+def _wait(seconds: float) -> None:
+    """Wait before urllib3 asks again; the call's Deadline or its Cancel ends the wait and the call."""
+    deadline = current()
+    if deadline is None:  # a quiet copy is used within a bounded call only; as urllib3 would, regardless
+        time.sleep(seconds)
+    elif deadline.ended.wait(seconds) or deadline.expired:
+        raise DeadlineExceeded(f"the call's deadline of {deadline.limit:g}s passed waiting to ask again")
 
 
 class _TrackedPool:

@@ -1,0 +1,148 @@
+"""A bounded Kubernetes API call does not wait out a Retry-After past its deadline or its Cancel.
+
+urllib3's Retry (the runner's own and urllib3's default, a given ApiClient's) answers a 429, 503 or 413
+that carries Retry-After by sleeping the seconds the server names, inside urllib3, then asking again.
+Kubernetes API Priority and Fairness answers 429 TooManyRequests with Retry-After; the stand-in's
+throttle knob answers so. Without the fix a call bounded to 1 s slept the 30 s the server asked for,
+and a Cancel did not end the sleep. A call whose bound is far off, or that has none, still waits and asks
+again as urllib3's Retry says. The time checks are bounds (the call must not wait the 30 s out), with
+margin, not speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from kubernetes import client, config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+
+from plugbay.errors import EngineUnavailableError, RunnerError  # noqa: E402
+from plugbay.runners.kubernetes import sweep  # noqa: E402
+from plugbay.runners.kubernetes.api import load_api_client, within_deadline  # noqa: E402
+from plugbay.runners.kubernetes.deadline import Cancel, cancellable  # noqa: E402
+from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
+from tests.kube_standin.server import StandIn  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+LIST = ("list", "pods")
+MARGIN = 8.0  # seconds: far under the 30 s the server asks for, far over the 1 s bound
+
+
+@pytest.fixture(params=["runner's", "given"])
+def api_client(request: pytest.FixtureRequest, server: StandIn) -> Iterator[Any]:
+    """The runner's own client (plugbay's Retry) or a user's (urllib3's default Retry: total=3)."""
+    api = (load_api_client(server.kubeconfig_path)[0] if request.param == "runner's"
+           else config.new_client_from_config(config_file=server.kubeconfig_path))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+class _Retrying(logging.Handler):
+    """Set when urllib3 has counted a status retry: it sleeps for it next."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Incremented Retry"):
+            self.seen.set()
+
+
+@pytest.fixture
+def retrying() -> Iterator[_Retrying]:
+    logger = logging.getLogger("urllib3.util.retry")
+    handler, level = _Retrying(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_after_past_the_deadline_ends_with_it(server: StandIn, api_client: Any) -> None:
+    server.throttle(*LIST, retry_after=30)
+    began = time.monotonic()
+    with pytest.raises(EngineUnavailableError, match=f"at {server.url} did not answer list pods within 1s"):
+        sweep("default", api_client=api_client, api_timeout=1)
+    took = time.monotonic() - began
+    assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the Retry-After"
+    assert server.calls[LIST] == 1  # not asked again after its deadline
+
+
+@pytest.mark.timeout(120)
+def test_a_status_retry_backoff_past_the_deadline_ends_with_it(server: StandIn) -> None:
+    """A user's Retry that retries a 500 with a backoff: its wait (60 s before the third ask) is urllib3's
+    other sleep between answers; it ends with the call's deadline too."""
+    from urllib3.util.retry import Retry
+
+    cfg = type.__call__(client.Configuration)  # not a copy of the process-wide default
+    config.load_kube_config(config_file=server.kubeconfig_path, client_configuration=cfg)
+    cfg.retries = Retry(total=3, status_forcelist=[500], backoff_factor=30)
+    server.fail(*LIST)
+    began = time.monotonic()
+    with client.ApiClient(cfg) as api_client, pytest.raises(EngineUnavailableError,
+                                                            match="did not answer list pods within 1s"):
+        sweep("default", api_client=api_client, api_timeout=1)
+    took = time.monotonic() - began
+    assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the backoff"
+    assert server.calls[LIST] == 2  # the second ask came at once (no backoff yet), no third after the deadline
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_ends_a_retry_after_wait(server: StandIn, api_client: Any, retrying: _Retrying) -> None:
+    server.throttle(*LIST, retry_after=30)
+    cancel = Cancel()
+    ended: list[BaseException] = []
+
+    def listing() -> None:
+        with cancellable(cancel):
+            try:  # bounded far off: only the Cancel can end it in time
+                within_deadline(api_client, client.CoreV1Api(api_client).list_namespaced_pod, "default",
+                                _request_timeout=(60, 60))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                ended.append(exc)
+
+    lister = threading.Thread(target=listing, name="plugbay-test-throttled-list")
+    lister.start()
+    try:
+        assert retrying.seen.wait(20), "urllib3 never counted a retry for the 429"
+        began = time.monotonic()
+        cancel.cancel()
+        lister.join(MARGIN)
+        took = time.monotonic() - began
+        assert not lister.is_alive(), "the cancelled call still sleeps out the Retry-After"
+    finally:
+        server.allow_all()  # a call still sleeping (the old code) is answered when it wakes
+        lister.join(60)
+    assert took < MARGIN
+    assert len(ended) == 1 and isinstance(ended[0], TimeoutError), ended
+    assert server.calls[LIST] == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("bound", [None, 30])
+def test_a_retry_after_within_the_bound_or_unbounded_is_waited_and_asked_again(server: StandIn, api_client: Any,
+                                                                               bound: int | None) -> None:
+    """urllib3's Retry as it was: a 1 s Retry-After is slept and the list asked again until the Retry's
+    total (3) is used up; the last 429 is the caller's answer."""
+    server.throttle(*LIST, retry_after=1)
+    with pytest.raises((ApiException, RunnerError), match="429"):
+        if bound is None:
+            client.CoreV1Api(api_client).list_namespaced_pod("default")
+        else:
+            sweep("default", api_client=api_client, api_timeout=bound)
+    assert server.calls[LIST] == 4  # the first ask and the Retry's 3
