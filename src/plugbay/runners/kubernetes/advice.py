@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,17 @@ def reattach_choice(context: bool) -> str:
     if s.kubeconfig and not context:
         return f", or pass {s.kubeconfig} with this host's kubeconfig for that cluster"
     return ""
+
+
+def answered_message(host: str, what: str, answered: tuple[int, float, bool], timeout: Any) -> str:
+    """A call cut by its limit while waiting to ask again after an answer (DeadlineExceeded.answered)."""
+    status, seconds, asked = answered
+    limit = timeout[1] if isinstance(timeout, tuple) else timeout
+    within = f" of {limit:g}s" if isinstance(limit, (int, float)) else ""
+    if asked:
+        return (f"the Kubernetes API at {host} answered {what} {status} and asked to be asked again in"
+                f" {seconds:g}s (throttled: API Priority and Fairness, or an overloaded server), past the call's"
+                f" limit{within}. Retry later, or raise the runner's api_timeout to wait it out")
+    return (f"the Kubernetes API at {host} answered {what} {status}, and the client's Retry backoff of"
+            f" {seconds:g}s before asking again passed the call's limit{within}. Check the API server, or"
+            " lower the ApiClient's Retry backoff_factor or raise the runner's api_timeout")

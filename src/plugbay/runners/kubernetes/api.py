@@ -20,8 +20,8 @@ import os
 from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
-from plugbay.runners.kubernetes.advice import config_source, context_choice, reattach_choice
-from plugbay.runners.kubernetes.deadline import bounded
+from plugbay.runners.kubernetes.advice import answered_message, config_source, context_choice, reattach_choice
+from plugbay.runners.kubernetes.deadline import DeadlineExceeded, bounded
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
@@ -306,6 +306,9 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
         raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
+        if isinstance(exc, DeadlineExceeded) and exc.answered is not None:
+            raise EngineUnavailableError(answered_message(host, f"{verb} {resource}", exc.answered,
+                                                          kwargs.get("_request_timeout"))) from exc
         if timed_out(exc):
             raise EngineUnavailableError(timeout_message(host, f"{verb} {resource}", kwargs.get("_request_timeout"))
                                          ) from exc
@@ -327,7 +330,8 @@ def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> An
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            if deadline.expired and not isinstance(exc, ApiException):  # its sockets were shut: say why
+            answered = isinstance(exc, DeadlineExceeded) and exc.answered is not None  # call() names it
+            if deadline.expired and not isinstance(exc, ApiException) and not answered:  # sockets shut: say why
                 raise TimeoutError(f"no whole answer within {limit:g}s") from exc
             raise
 

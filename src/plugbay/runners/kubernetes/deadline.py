@@ -53,6 +53,11 @@ _log = logging.getLogger("plugbay.runners.kubernetes")
 class DeadlineExceeded(TimeoutError):
     """Raised into urllib3 when a call (or its retry) tries to use the network after its deadline passed."""
 
+    # the answer whose wait before asking again the deadline cut: its status, the seconds, and whether the
+    # server asked for them (Retry-After) or the Retry's backoff chose them. The call was answered, so the
+    # message names that answer rather than a silent server
+    answered: tuple[int, float, bool] | None = None
+
 
 class Deadline:
     """One call's total time limit and the connections it used."""
@@ -182,7 +187,7 @@ def _quiet(retries: Any) -> Any:
     def quiet_sleep_for_retry(response: Any) -> bool:
         seconds = quiet.get_retry_after(response)
         if seconds:
-            _wait(seconds)
+            _wait(seconds, response, asked=True)
             return True
         return False
 
@@ -191,7 +196,7 @@ def _quiet(retries: Any) -> Any:
             return
         backoff = quiet.get_backoff_time()
         if backoff > 0:
-            _wait(backoff)
+            _wait(backoff, response, asked=False)
 
     quiet.increment = quiet_increment
     quiet.sleep, quiet.sleep_for_retry = quiet_sleep, quiet_sleep_for_retry
@@ -199,13 +204,17 @@ def _quiet(retries: Any) -> Any:
     return quiet
 
 
-def _wait(seconds: float) -> None:
+def _wait(seconds: float, response: Any, asked: bool) -> None:
     """Wait before urllib3 asks again; the call's Deadline or its Cancel ends the wait and the call."""
     deadline = current()
     if deadline is None:  # a quiet copy is used within a bounded call only; as urllib3 would, regardless
         time.sleep(seconds)
     elif deadline.ended.wait(seconds) or deadline.expired:
-        raise DeadlineExceeded(f"the call's deadline of {deadline.limit:g}s passed waiting to ask again")
+        exc = DeadlineExceeded(f"the call's deadline of {deadline.limit:g}s passed waiting to ask again")
+        status = getattr(response, "status", None)
+        if isinstance(status, int):
+            exc.answered = (status, seconds, asked)
+        raise exc
 
 
 class _TrackedPool:
