@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from plugbay.errors import EngineUnavailableError, RunnerError  # noqa: E402
 from plugbay.runners.kubernetes import sweep  # noqa: E402
 from plugbay.runners.kubernetes.api import load_api_client, within_deadline  # noqa: E402
-from plugbay.runners.kubernetes.deadline import Cancel, cancellable  # noqa: E402
+from plugbay.runners.kubernetes.deadline import Cancel, answered_in, cancellable  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.kube_standin.server import StandIn  # noqa: E402
 
@@ -77,7 +77,8 @@ def test_a_retry_after_past_the_deadline_ends_with_it(server: StandIn, api_clien
     server.throttle(*LIST, retry_after=30)
     began = time.monotonic()
     with pytest.raises(EngineUnavailableError,
-                       match=f"at {server.url} answered list pods 429 and asked to be asked again in 30s"):
+                       match=rf"at {server.url} answered list pods 429 \(throttled: API Priority and Fairness,"
+                             r" or an overloaded server\), asking to be asked again in 30s; the call's limit of 1s"):
         sweep("default", api_client=api_client, api_timeout=1)
     took = time.monotonic() - began
     assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the Retry-After"
@@ -96,7 +97,8 @@ def test_a_status_retry_backoff_past_the_deadline_ends_with_it(server: StandIn) 
     server.fail(*LIST)
     began = time.monotonic()
     with client.ApiClient(cfg) as api_client, pytest.raises(
-            EngineUnavailableError, match="answered list pods 500, and the client's Retry backoff of 60s"):
+            EngineUnavailableError, match="answered list pods 500, and the call's limit of 1s ran out during the"
+                                          " client's Retry backoff of 60s"):
         sweep("default", api_client=api_client, api_timeout=1)
     took = time.monotonic() - began
     assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the backoff"
@@ -131,6 +133,7 @@ def test_a_cancel_ends_a_retry_after_wait(server: StandIn, api_client: Any, retr
         lister.join(60)
     assert took < MARGIN
     assert len(ended) == 1 and isinstance(ended[0], TimeoutError), ended
+    assert answered_in(ended[0]) is None, ended  # ended by the Cancel, not by its limit: no "limit ran out"
     assert server.calls[LIST] == 1
 
 
@@ -147,3 +150,25 @@ def test_a_retry_after_within_the_bound_or_unbounded_is_waited_and_asked_again(s
         else:
             sweep("default", api_client=api_client, api_timeout=bound)
     assert server.calls[LIST] == 4  # the first ask and the Retry's 3
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_subclass_keeps_its_own_wait_in_a_bounded_call(server: StandIn) -> None:
+    """A user's Retry whose sleep() waits 0.1 s whatever the server asks keeps doing so inside a bounded
+    call (only urllib3's own waits are bounded by plugbay): the 2 s Retry-After is not slept."""
+    from urllib3.util.retry import Retry
+
+    class ShortWaits(Retry):  # type: ignore[misc]
+        def sleep(self, response: Any = None) -> None:
+            time.sleep(0.1)
+
+    cfg = type.__call__(client.Configuration)
+    config.load_kube_config(config_file=server.kubeconfig_path, client_configuration=cfg)
+    cfg.retries = ShortWaits(total=3)
+    server.throttle(*LIST, retry_after=2)
+    began = time.monotonic()
+    with client.ApiClient(cfg) as api_client, pytest.raises(ApiException, match="429"):
+        within_deadline(api_client, client.CoreV1Api(api_client).list_namespaced_pod, "default",
+                        _request_timeout=(30, 30))
+    assert server.calls[LIST] == 4
+    assert time.monotonic() - began < 5.0, "the subclass's 0.1 s waits were replaced by the 2 s Retry-After"

@@ -207,7 +207,7 @@ class EndpointSliceResolver:
             if self._stop.is_set():  # close() cut the list short: that is no trouble of the API server's
                 raise self._closed_error() from exc
             if listing is not None and listing.expired and not isinstance(exc, ApiException):
-                raise late_list(self.target, self._api_client, limit, limit < LIST_TIMEOUT) from exc
+                raise late_list(self.target, self._api_client, limit, limit < LIST_TIMEOUT, exc) from exc
             if isinstance(exc, (ApiException, HTTPError, OSError)):
                 raise api_error(self.target, self.namespace, self._api_client, "list", exc) from exc
             raise malformed_list(self.target, self.namespace, self.service, api_client, exc) from exc

@@ -10,7 +10,8 @@ from typing import Any
 from plugbay.errors import DiscoveryError, DiscoveryPermissionError, DiscoveryUnavailableError
 from plugbay.network.slices import SERVICE_NAME_LABEL
 from plugbay.runners.kubernetes.api import api_host, api_message
-from plugbay.runners.kubernetes.deadline import Deadline, bounded
+from plugbay.runners.kubernetes.advice import answered_message
+from plugbay.runners.kubernetes.deadline import Deadline, answered_in, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 
@@ -75,7 +76,13 @@ def api_error(target: str, namespace: str, api_client: Any, verb: str, exc: Base
         " cluster is up and that the kubeconfig (or the pod's service account) points at it.")
 
 
-def late_list(target: str, api_client: Any, limit: float, starting: bool) -> DiscoveryUnavailableError:
+def late_list(target: str, api_client: Any, limit: float, starting: bool,
+              exc: BaseException | None = None) -> DiscoveryUnavailableError:
+    answered = answered_in(exc)
+    if answered is not None:
+        return DiscoveryUnavailableError(
+            f"{answered_message(api_host(api_client), 'list endpointslices', answered, limit)}; {target} cannot be"
+            " discovered until it answers")
     return DiscoveryUnavailableError(
         f"the Kubernetes API at {api_host(api_client)} did not answer list endpointslices within {limit:.1f}s"
         f"{' (what was left of start_timeout)' if starting else ''}, so {target} cannot be discovered."

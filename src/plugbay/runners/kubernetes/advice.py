@@ -94,14 +94,16 @@ def reattach_choice(context: bool) -> str:
 
 
 def answered_message(host: str, what: str, answered: tuple[int, float, bool], timeout: Any) -> str:
-    """A call cut by its limit while waiting to ask again after an answer (DeadlineExceeded.answered)."""
+    """A call cut by its limit while waiting to ask again after an answer (deadline.answered_in)."""
     status, seconds, asked = answered
     limit = timeout[1] if isinstance(timeout, tuple) else timeout
     within = f" of {limit:g}s" if isinstance(limit, (int, float)) else ""
+    wait = f"{round(seconds, 1):g}s"
     if asked:
-        return (f"the Kubernetes API at {host} answered {what} {status} and asked to be asked again in"
-                f" {seconds:g}s (throttled: API Priority and Fairness, or an overloaded server), past the call's"
-                f" limit{within}. Retry later, or raise the runner's api_timeout to wait it out")
-    return (f"the Kubernetes API at {host} answered {what} {status}, and the client's Retry backoff of"
-            f" {seconds:g}s before asking again passed the call's limit{within}. Check the API server, or"
-            " lower the ApiClient's Retry backoff_factor or raise the runner's api_timeout")
+        why = "throttled: API Priority and Fairness, or an overloaded server" if status == 429 else "busy"
+        return (f"the Kubernetes API at {host} answered {what} {status} ({why}), asking to be asked again in"
+                f" {wait}; the call's limit{within} ran out while it waited. Retry later, or raise the"
+                " runner's api_timeout to wait it out")
+    return (f"the Kubernetes API at {host} answered {what} {status}, and the call's limit{within} ran out during"
+            f" the client's Retry backoff of {wait} before asking again. Check the API server, or lower the"
+            " ApiClient's Retry backoff_factor or raise the runner's api_timeout")

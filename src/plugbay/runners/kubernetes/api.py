@@ -21,7 +21,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.advice import answered_message, config_source, context_choice, reattach_choice
-from plugbay.runners.kubernetes.deadline import DeadlineExceeded, bounded
+from plugbay.runners.kubernetes.deadline import answered_in, bounded
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
@@ -306,11 +306,8 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
         raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
         host = getattr(api_client.configuration, "host", "?")
-        if isinstance(exc, DeadlineExceeded) and exc.answered is not None:
-            raise EngineUnavailableError(answered_message(host, f"{verb} {resource}", exc.answered,
-                                                          kwargs.get("_request_timeout"))) from exc
         if timed_out(exc):
-            raise EngineUnavailableError(timeout_message(host, f"{verb} {resource}", kwargs.get("_request_timeout"))
+            raise EngineUnavailableError(late_message(host, f"{verb} {resource}", exc, kwargs.get("_request_timeout"))
                                          ) from exc
         raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
@@ -330,8 +327,7 @@ def within_deadline(api_client: Any, func: Any, *args: Any, **kwargs: Any) -> An
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            answered = isinstance(exc, DeadlineExceeded) and exc.answered is not None  # call() names it
-            if deadline.expired and not isinstance(exc, ApiException) and not answered:  # sockets shut: say why
+            if deadline.expired and not isinstance(exc, ApiException):  # its sockets were shut: say why
                 raise TimeoutError(f"no whole answer within {limit:g}s") from exc
             raise
 
@@ -359,6 +355,12 @@ def timed_out(exc: BaseException) -> bool:
         exc = exc.reason
     # NewConnectionError (refused, no route) subclasses urllib3's ConnectTimeoutError: not a timeout here
     return isinstance(exc, (Urllib3Timeout, TimeoutError)) and not isinstance(exc, NewConnectionError)
+
+
+def late_message(host: str, what: str, exc: BaseException, timeout: Any) -> str:
+    """A call its limit cut: while it waited to ask again after an answer (a throttling server), or unanswered."""
+    answered = answered_in(exc)
+    return answered_message(host, what, answered, timeout) if answered else timeout_message(host, what, timeout)
 
 
 def timeout_message(host: str, what: str, timeout: Any) -> str:

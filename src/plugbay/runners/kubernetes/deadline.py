@@ -65,6 +65,7 @@ class Deadline:
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.expired = False
+        self.cancelled = False  # expired by a Cancel, not by its limit
         self.ended = threading.Event()  # set with expired: a retry's backoff wait ends with it
         self._lock = threading.Lock()
         self._conns: list[Any] = []
@@ -76,10 +77,11 @@ class Deadline:
             if not any(c is conn for c in self._conns):
                 self._conns.append(conn)
 
-    def expire(self) -> None:
+    def expire(self, cancelled: bool = False) -> None:
         """Mark the call late and shut its sockets down (any thread; the shared loop's timer calls it)."""
         with self._lock:
             self.expired = True
+            self.cancelled = self.cancelled or cancelled
             conns = list(self._conns)
         self.ended.set()
         for conn in conns:
@@ -110,14 +112,14 @@ class Cancel:
             self.cancelled = True
             deadlines = list(self._deadlines)
         for deadline in deadlines:
-            deadline.expire()
+            deadline.expire(cancelled=True)
 
     def _add(self, deadline: Deadline) -> None:
         with self._lock:
             self._deadlines.append(deadline)
             cancelled = self.cancelled
         if cancelled:
-            deadline.expire()
+            deadline.expire(cancelled=True)
 
     def _discard(self, deadline: Deadline) -> None:
         with self._lock:
@@ -199,9 +201,17 @@ def _quiet(retries: Any) -> Any:
             _wait(backoff, response, asked=False)
 
     quiet.increment = quiet_increment
-    quiet.sleep, quiet.sleep_for_retry = quiet_sleep, quiet_sleep_for_retry
+    if _urllib3_sleeps(plain):  # a Retry subclass's own waits are its own (they may already be short)
+        quiet.sleep, quiet.sleep_for_retry = quiet_sleep, quiet_sleep_for_retry
     quiet._plugbay_plain = plain
     return quiet
+
+
+def _urllib3_sleeps(retries: Any) -> bool:
+    from urllib3.util.retry import Retry
+
+    kind = type(retries)
+    return kind.sleep is Retry.sleep and kind.sleep_for_retry is Retry.sleep_for_retry
 
 
 def _wait(seconds: float, response: Any, asked: bool) -> None:
@@ -210,11 +220,24 @@ def _wait(seconds: float, response: Any, asked: bool) -> None:
     if deadline is None:  # a quiet copy is used within a bounded call only; as urllib3 would, regardless
         time.sleep(seconds)
     elif deadline.ended.wait(seconds) or deadline.expired:
-        exc = DeadlineExceeded(f"the call's deadline of {deadline.limit:g}s passed waiting to ask again")
         status = getattr(response, "status", None)
-        if isinstance(status, int):
-            exc.answered = (status, seconds, asked)
+        if deadline.cancelled or not isinstance(status, int):
+            raise DeadlineExceeded(f"the call was ended waiting {seconds:g}s to ask again")
+        exc = DeadlineExceeded(f"the API answered {status}, and the call's deadline of {deadline.limit:g}s"
+                               f" passed while it waited {round(seconds, 1):g}s to ask again")
+        exc.answered = (status, seconds, asked)
         raise exc
+
+
+def answered_in(exc: BaseException | None) -> tuple[int, float, bool] | None:
+    """The answer whose wait before asking again a call's limit cut, if ``exc`` (or what caused it) says so."""
+    for _ in range(8):  # a chain is short; a cycle would not end
+        if exc is None:
+            return None
+        if isinstance(exc, DeadlineExceeded) and exc.answered is not None:
+            return exc.answered
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class _TrackedPool:
