@@ -2,6 +2,12 @@
 gateway (plaintext and provided mTLS: the gateway's cost), and hosts of the Python KV plugin served
 with NetworkServe (mTLS).
 
+The gateway's floor is bench/floor_proxy.py: a bare grpcio server forwarding every method as
+stream-stream raw bytes (as the gateway must) to the same Go KV plugin, talking TLS to it through
+bench/floor_relay.py as the gateway talks AutoMTLS to its child through plugbay's relay, in the
+bench process like the gateway, called by the same client; its rounds alternate with the
+gateway's, a floor round before each gateway round.
+
 The pool rows put one NetworkServe replica behind ``static:///`` and compare a RemoteClient
 (multiplexed, as Discovery offers, and with ``brokered=False``) with a bare grpcio channel to the
 same replica, and an AsyncRemoteClient with a bare grpc.aio channel, their rounds alternating.
@@ -61,12 +67,39 @@ def _gateway_round(plugin: str, mtls: bool, ctx: Context, cwd: str) -> Result:
         return measure_kv(KVClient(ch), ctx.calls, started, note="gateway + relay-tls to the child")
 
 
-def _gateway(mtls: bool, ctx: Context) -> Result:
+def _proxy_round(plugin: str, mtls: bool, ctx: Context, cwd: str) -> Result:
+    """The gateway's floor: bench/floor_proxy.py in front of the same plugin, the same client and calls."""
+    from floor_proxy import BareProxy
+    from kv_plugin_def import KVClient
+
+    certs = _certs(cwd) if mtls else None
+    credentials = None
+    if certs is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],  # type: ignore[attr-defined]
+            root_certificates=certs.client_ca_file.read_bytes(), require_client_auth=True)  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    with BareProxy([plugin], cwd, automtls=True, credentials=credentials) as proxy, \
+            _channel(proxy.address, certs) as ch:
+        return measure_kv(KVClient(ch), ctx.calls, started,
+                          note="bench/floor_proxy.py: stream-stream raw bytes, deadline and status only;"
+                               " TLS to the child through floor_relay.py")
+
+
+def _gateway(mtls: bool, ctx: Context, kind: str = "gateway") -> Result:
+    """``kind`` "gateway": the gateway's rounds, each after one of its floor's; "proxy": the floor's own."""
     plugin = go_program(ctx, "kv_plugin")
     if plugin is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        return combine([_gateway_round(plugin, mtls, ctx, cwd) for _ in range(ctx.rounds)])
+        if kind == "proxy":
+            return combine([_proxy_round(plugin, mtls, ctx, cwd) for _ in range(ctx.rounds)])
+        rounds: list[Result] = []
+        floors: list[Result] = []
+        for _ in range(ctx.rounds):
+            floors.append(_proxy_round(plugin, mtls, ctx, cwd))
+            rounds.append(_gateway_round(plugin, mtls, ctx, cwd))
+        return combine(rounds, floor_starts=[f.start_to_first_call_ms for f in floors], floor_rounds=floors)
 
 
 def _replica(cwd: str, certs: object) -> tuple[subprocess.Popen[bytes], str]:
@@ -211,10 +244,14 @@ def _failover(ctx: Context) -> Result:
 
 def cases(ctx: Context) -> list[Case]:
     return [
+        Case("bare grpcio", "Go (bare grpcio proxy)", False, lambda c: _gateway(False, c, "proxy"),
+             area="network", transport="proxy, tcp plaintext", key="floor-gateway"),
         Case("bare grpcio", "Go (gateway)", False, lambda c: _gateway(False, c), area="network",
-             transport="gateway, tcp plaintext"),
+             transport="gateway, tcp plaintext", floor="floor-gateway"),
+        Case("bare grpcio", "Go (bare grpcio proxy)", True, lambda c: _gateway(True, c, "proxy"),
+             area="network", transport="proxy, tcp mTLS", key="floor-gateway-tls"),
         Case("bare grpcio", "Go (gateway)", True, lambda c: _gateway(True, c), area="network",
-             transport="gateway, tcp mTLS"),
+             transport="gateway, tcp mTLS", floor="floor-gateway-tls"),
         Case("Python", "2 Python replicas (failover)", True, _failover, area="network",
              transport="static:///, tcp mTLS"),
         Case("bare grpcio", "Python (NetworkServe)", True, _pool("bare", None), area="network",
