@@ -26,6 +26,7 @@ sends (its own, or one relayed from an upstream gateway) reaches the caller.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -91,6 +92,36 @@ def _refuse_unsent(context: grpc.ServicerContext, why: str) -> NoReturn:
     refuse_unsent(context, why, grpc.StatusCode.UNAVAILABLE)
 
 
+class _CancelChild:
+    """Cancels the forwarded call once the caller's has ended, however it ended (a grpcio server callback).
+
+    Registered before the forwarded call is made: grpcio's thread that sends the call's requests starts
+    with it and takes the caller's call's lock at once, so adding the callback after the call contended
+    with it (one more thread switch per call, a few percent of a forwarded unary call's time).
+    """
+
+    __slots__ = ("_lock", "_call", "_ended")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: grpc.Future | None = None
+        self._ended = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._ended = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def made(self, call: grpc.Future) -> None:
+        with self._lock:
+            self._call = call
+            ended = self._ended
+        if ended:  # the caller's call ended while this one was being made
+            call.cancel()
+
+
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """grpc generic handler: a well-formed method outside OWN_SERVICES is forwarded to the child's channel.
 
@@ -123,11 +154,13 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the gateway forwarded")
             return
         metadata = tuple((k, v) for k, v in context.invocation_metadata() if _forwardable(k))
+        cancel = _CancelChild()
+        context.add_callback(cancel)
         try:
             call = channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
         except ValueError:  # the child's channel was closed under us: the child is gone
             _refuse_unsent(context, "the plugin behind the gateway stopped; retry shortly")
-        context.add_callback(call.cancel)
+        cancel.made(call)
         try:
             initial = call.initial_metadata()
             if initial:
