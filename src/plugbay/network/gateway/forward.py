@@ -128,18 +128,30 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     Any other path gets no handler, so grpcio answers UNIMPLEMENTED without the child seeing it.
     """
 
+    # method handlers kept (a bounded cache: any peer may name any method)
+    _HANDLERS_MAX = 1024
+
     def __init__(self, source: ChannelSource, gate: HandlerGate, answering: Callable[[], bool] = lambda: True) -> None:
         self._source = source
         self._gate = gate
         self._answering = answering
+        # a method's gated handler, made at its first call: grpcio asks for one on every call, and making
+        # it (the gate's wrapper included) took a few percent of the server thread's time per call
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = str(handler_call_details.method)
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
         parts = split_method(method)
         if parts is None or parts[0] in OWN_SERVICES:
             return None
-        return self._gate.gated(method, grpc.stream_stream_rpc_method_handler(
+        handler = self._gate.gated(method, grpc.stream_stream_rpc_method_handler(
             lambda requests, context: self._forward(method, requests, context)))
+        if len(self._handlers) < self._HANDLERS_MAX:
+            self._handlers[method] = handler
+        return handler
 
     def _forward(self, method: str, requests: Iterator[bytes],
                  context: grpc.ServicerContext) -> Iterator[bytes]:
