@@ -83,7 +83,7 @@ def _proxy_round(plugin: str, mtls: bool, ctx: Context, cwd: str) -> Result:
             _channel(proxy.address, certs) as ch:
         return measure_kv(KVClient(ch), ctx.calls, started,
                           note="bench/floor_proxy.py: stream-stream raw bytes, deadline and status only;"
-                               " TLS to the child through floor_relay.py")
+                               " TLS to the child through floor_relay.py; the child's stderr discarded")
 
 
 def _gateway(mtls: bool, ctx: Context, kind: str = "gateway") -> Result:

@@ -7,7 +7,8 @@ credentials) with a generic handler that forwards every method to the plugin as 
 raw bytes, as the gateway must (it has no descriptors, so cannot know which methods are unary).
 It forwards the requests, the responses, what is left of the deadline, and an error's status code
 and details; nothing else: no metadata either way, no gate, no health checks of the plugin, no
-restarts, no refusals.
+restarts, no refusals. The plugin's stderr is discarded, as BareKV does (the Go KV plugin logs a
+line per call, which the gateway reads and relays to its log).
 """
 
 from __future__ import annotations
