@@ -167,7 +167,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             return
         metadata = tuple((k, v) for k, v in context.invocation_metadata() if _forwardable(k))
         cancel = _CancelChild()
-        context.add_callback(cancel)
+        if not context.add_callback(cancel):  # the caller's call has ended already: nothing to forward
+            return
         try:
             call = channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
         except ValueError:  # the child's channel was closed under us: the child is gone
