@@ -178,6 +178,10 @@ class KubernetesRunner(PodTeardown, Runner):
     def _await_running(self, budget: StartBudget) -> None:
         deadline = budget.wait_until
         while True:
+            with self._lock:
+                killed = self._killed
+            if killed:  # a kill() whose delete the watch never showed (a throttled or silent API): stop waiting
+                raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
             with self._podwatch.cond:
                 pod, gone = self._podwatch.pod, self._podwatch.gone
                 if pod is not None and pods.is_running(pod):
