@@ -1,10 +1,13 @@
-"""The gateway's method handlers: made once per method and kept, at most Forwarder._HANDLERS_MAX of them
-(any peer may name any method), and every well-formed method outside the gateway's own services is still
-answered past that bound; own services and malformed paths never get one."""
+"""The gateway's method handlers: kept once per method the child has answered (not UNIMPLEMENTED), at
+most Forwarder._HANDLERS_MAX of them, so names a peer makes up never take the room of the plugin's own
+methods; every well-formed method outside the gateway's own services is answered whether kept or not;
+own services and malformed paths never get a handler."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import grpc
 
 from plugbay.core.plugin.gate import HandlerGate
 from plugbay.network.gateway.forward import OWN_SERVICES, Forwarder
@@ -15,18 +18,43 @@ class _Details(NamedTuple):  # what grpcio hands a generic handler
     invocation_metadata: tuple[tuple[str, str], ...] = ()
 
 
-def test_handlers_are_kept_per_method_within_a_bound() -> None:
-    forwarder = Forwarder(lambda: (None, "not started"), HandlerGate(4))
+def _forwarder() -> Forwarder:
+    return Forwarder(lambda: (None, "not started"), HandlerGate(4))
+
+
+def test_a_method_is_kept_once_the_child_answered_it() -> None:
+    forwarder = _forwarder()
     first = forwarder.service(_Details("/proto.KV/Get"))
     assert first is not None and first.stream_stream is not None
-    assert forwarder.service(_Details("/proto.KV/Get")) is first
-    assert forwarder.service(_Details("/proto.KV/Put")) is not first
+    assert forwarder.service(_Details("/proto.KV/Get")) is not first  # not answered yet: made anew
+    forwarder.note_answered("/proto.KV/Get", grpc.StatusCode.NOT_FOUND)  # an application error is an answer
+    kept = forwarder.service(_Details("/proto.KV/Get"))
+    assert kept is not None and forwarder.service(_Details("/proto.KV/Get")) is kept
+    forwarder.note_answered("/proto.KV/Nope", grpc.StatusCode.UNIMPLEMENTED)
+    assert forwarder.service(_Details("/proto.KV/Nope")) is not forwarder.service(_Details("/proto.KV/Nope"))
     for service in OWN_SERVICES:
         assert forwarder.service(_Details(f"/{service}/Check")) is None
     assert forwarder.service(_Details("proto.KV/Get")) is None
-    for n in range(Forwarder._HANDLERS_MAX + 10):
-        handler = forwarder.service(_Details(f"/peer.Named/M{n}"))
+
+
+def test_made_up_names_do_not_fill_the_cache_before_the_plugins_methods() -> None:
+    forwarder = _forwarder()
+    for n in range(Forwarder._HANDLERS_MAX + 10):  # a peer's made-up names, each answered UNIMPLEMENTED
+        method = f"/peer.Named/M{n}"
+        handler = forwarder.service(_Details(method))
         assert handler is not None and handler.stream_stream is not None, n
+        forwarder.note_answered(method, grpc.StatusCode.UNIMPLEMENTED)
+    assert forwarder._handlers == {}
+    forwarder.note_answered("/proto.KV/Get", grpc.StatusCode.OK)
+    kept = forwarder.service(_Details("/proto.KV/Get"))
+    assert forwarder.service(_Details("/proto.KV/Get")) is kept
+
+
+def test_the_cache_is_bounded_and_methods_past_the_bound_are_answered() -> None:
+    forwarder = _forwarder()
+    for n in range(Forwarder._HANDLERS_MAX + 10):
+        method = f"/peer.Real/M{n}"
+        forwarder.note_answered(method, grpc.StatusCode.OK)
+        assert forwarder.service(_Details(method)) is not None, n
     assert len(forwarder._handlers) == Forwarder._HANDLERS_MAX
-    # a method first named past the bound is answered each time all the same
-    assert forwarder.service(_Details(f"/peer.Named/M{Forwarder._HANDLERS_MAX + 5}")) is not None
+    assert forwarder.service(_Details(f"/peer.Real/M{Forwarder._HANDLERS_MAX + 5}")) is not None

@@ -128,16 +128,19 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     Any other path gets no handler, so grpcio answers UNIMPLEMENTED without the child seeing it.
     """
 
-    # method handlers kept (a bounded cache: any peer may name any method)
+    # method handlers kept (a bounded cache: any peer may name any method, though only answered ones are kept)
     _HANDLERS_MAX = 1024
 
     def __init__(self, source: ChannelSource, gate: HandlerGate, answering: Callable[[], bool] = lambda: True) -> None:
         self._source = source
         self._gate = gate
         self._answering = answering
-        # a method's gated handler, made at its first call: grpcio asks for one on every call, and making
-        # it (the gate's wrapper included) took a few percent of the server thread's time per call
+        # a method's gated handler, kept once the child has answered it: grpcio asks for one on every call,
+        # and making it (the gate's wrapper included) took a few percent of the server thread's time per
+        # call. Only methods the child implements are kept, so names a peer makes up cannot fill the cache
+        # before the plugin's own methods are in it
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._answered: set[str] = set()
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = str(handler_call_details.method)
@@ -149,9 +152,14 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             return None
         handler = self._gate.gated(method, grpc.stream_stream_rpc_method_handler(
             lambda requests, context: self._forward(method, requests, context)))
-        if len(self._handlers) < self._HANDLERS_MAX:
+        if method in self._answered and len(self._handlers) < self._HANDLERS_MAX:
             self._handlers[method] = handler
         return handler
+
+    def note_answered(self, method: str, code: grpc.StatusCode) -> None:
+        """The child answered ``method`` with ``code``: unless UNIMPLEMENTED, its handler may be kept."""
+        if code != grpc.StatusCode.UNIMPLEMENTED and len(self._answered) < self._HANDLERS_MAX:
+            self._answered.add(method)
 
     def _forward(self, method: str, requests: Iterator[bytes],
                  context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -186,6 +194,7 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         if trailing:
             context.set_trailing_metadata(tuple((k, v) for k, v in trailing if _forwardable_trailer(k)))
         code = call.code()
+        self.note_answered(method, code)
         if code == grpc.StatusCode.OK:
             return
         details = call.details() or ""
