@@ -1,4 +1,4 @@
-"""The gateway's method handlers: kept once per method the child has answered (not UNIMPLEMENTED), at
+"""The gateway's method handlers: kept once per method the child has answered (OK or its own error), at
 most Forwarder._HANDLERS_MAX of them, so names a peer makes up never take the room of the plugin's own
 methods; every well-formed method outside the gateway's own services is answered whether kept or not;
 own services and malformed paths never get a handler."""
@@ -30,7 +30,11 @@ def test_a_method_is_kept_once_the_child_answered_it() -> None:
     forwarder.note_answered("/proto.KV/Get", grpc.StatusCode.NOT_FOUND)  # an application error is an answer
     kept = forwarder.service(_Details("/proto.KV/Get"))
     assert kept is not None and forwarder.service(_Details("/proto.KV/Get")) is kept
-    forwarder.note_answered("/proto.KV/Nope", grpc.StatusCode.UNIMPLEMENTED)
+    # the child's UNIMPLEMENTED, and what a made-up method's call can end with too (the caller cancelling it
+    # at once, a tiny deadline, no child), keep nothing
+    for code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.UNAVAILABLE):
+        forwarder.note_answered("/proto.KV/Nope", code)
     assert forwarder.service(_Details("/proto.KV/Nope")) is not forwarder.service(_Details("/proto.KV/Nope"))
     for service in OWN_SERVICES:
         assert forwarder.service(_Details(f"/{service}/Check")) is None

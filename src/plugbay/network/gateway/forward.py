@@ -122,6 +122,16 @@ class _CancelChild:
             call.cancel()
 
 
+# codes a call of a made-up method can end with too: the child's UNIMPLEMENTED, and what the caller, the
+# transport or grpcio itself says (a peer cancelling its calls at once, or giving them tiny deadlines,
+# would otherwise have its made-up names kept)
+_NO_PROOF = frozenset((
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+))
+
+
 class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     """grpc generic handler: a well-formed method outside OWN_SERVICES is forwarded to the child's channel.
 
@@ -157,8 +167,9 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         return handler
 
     def note_answered(self, method: str, code: grpc.StatusCode) -> None:
-        """The child answered ``method`` with ``code``: unless UNIMPLEMENTED, its handler may be kept."""
-        if code != grpc.StatusCode.UNIMPLEMENTED and len(self._answered) < self._HANDLERS_MAX:
+        """A forwarded call of ``method`` ended with ``code``: one that only the child's own method can
+        give (OK, an application's error) lets the method's handler be kept."""
+        if code not in _NO_PROOF and len(self._answered) < self._HANDLERS_MAX:
             self._answered.add(method)
 
     def _forward(self, method: str, requests: Iterator[bytes],
