@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,10 @@ def reattach_choice(context: bool) -> str:
     return ""
 
 
-def answered_message(host: str, what: str, answered: tuple[int, float, bool], timeout: Any) -> str:
-    """A call cut by its limit while waiting to ask again after an answer (deadline.answered_in)."""
+def answered_message(host: str, what: str, answered: tuple[int, float, bool], limit: float | None) -> str:
+    """A call cut by its ``limit`` (seconds) while waiting to ask again after an answer (deadline.answered_in)."""
     status, seconds, asked = answered
-    limit = timeout[1] if isinstance(timeout, tuple) else timeout
-    within = f" of {limit:g}s" if isinstance(limit, (int, float)) else ""
+    within = f" of {limit:g}s" if limit is not None else ""
     wait = f"{round(seconds, 1):g}s"
     if asked:
         why = "throttled: API Priority and Fairness, or an overloaded server" if status == 429 else "busy"

@@ -360,12 +360,13 @@ def timed_out(exc: BaseException) -> bool:
 def late_message(host: str, what: str, exc: BaseException, timeout: Any) -> str:
     """A call its limit cut: while it waited to ask again after an answer (a throttling server), or unanswered."""
     answered = answered_in(exc)
-    return answered_message(host, what, answered, timeout) if answered else timeout_message(host, what, timeout)
+    return (answered_message(host, what, answered, total_limit(timeout)) if answered
+            else timeout_message(host, what, timeout))
 
 
 def timeout_message(host: str, what: str, timeout: Any) -> str:
-    limit = timeout[1] if isinstance(timeout, tuple) else timeout
-    within = f" within {limit:g}s" if isinstance(limit, (int, float)) else ""
+    limit = total_limit(timeout)
+    within = f" within {limit:g}s" if limit is not None else ""
     return (f"the Kubernetes API at {host} did not answer {what}{within} (it took the connection, or not,"
             " but sent no answer in time). Check that the API server (and any proxy in front of it) is up"
             " and not overloaded, or raise the runner's api_timeout if it is only slow")

@@ -153,12 +153,11 @@ class PodLogs:
                 finally:
                     resp.release_conn()
                 # The stream ends when the container does, or when the connection broke.
-                if not self._reopening(still_running):
-                    return
                 worked = passed or time.monotonic() - opened >= STREAM_WORKED
                 failed = 0 if worked else failed + 1
                 while True:
-                    if not self._reopening(still_running):  # stop_reopening() (a cancelled reopen) or close()
+                    # the pod ended, close(), or stop_reopening() (also after a reopen it cancelled)
+                    if not self._reopening(still_running):
                         return
                     if failed >= REOPENS:
                         _log.warning("the log of pod %s broke or could not be reopened %d times in a row (last:"

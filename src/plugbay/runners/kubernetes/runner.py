@@ -156,10 +156,7 @@ class KubernetesRunner(PodTeardown, Runner):
             self._start_watcher()
             self._await_running(budget)
             self._follow_logs(budget)
-            with self._lock:
-                killed = self._killed
-            if killed:  # by a kill() once the pod ran: its log is shut, and a start gone well would read it
-                raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
+            self._raise_if_killed()  # by a kill() once the pod ran: its log is shut, a start gone well would read it
         except BaseException:
             self._start_failed()
             raise
@@ -175,13 +172,17 @@ class KubernetesRunner(PodTeardown, Runner):
         raise RunnerError(f"runner for pod {self.id} was killed while it created the pod; plugbay deleted the pod"
                           f" (UID {self._pod.uid or '?'}). Make a new runner to start the plugin again")
 
+    def _raise_if_killed(self) -> None:
+        """start() ends once a kill() from another thread came: the pod is being deleted."""
+        with self._lock:
+            killed = self._killed
+        if killed:
+            raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
+
     def _await_running(self, budget: StartBudget) -> None:
         deadline = budget.wait_until
         while True:
-            with self._lock:
-                killed = self._killed
-            if killed:  # a kill() whose delete the watch never showed (a throttled or silent API): stop waiting
-                raise killed_while_starting(f"runner for pod {self.id}", "pod", "deleted it")
+            self._raise_if_killed()  # a kill() whose delete the watch never showed (a throttled or silent API)
             with self._podwatch.cond:
                 pod, gone = self._podwatch.pod, self._podwatch.gone
                 if pod is not None and pods.is_running(pod):
