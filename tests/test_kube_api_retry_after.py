@@ -172,3 +172,50 @@ def test_a_retry_subclass_keeps_its_own_wait_in_a_bounded_call(server: StandIn) 
                         _request_timeout=(30, 30))
     assert server.calls[LIST] == 4
     assert time.monotonic() - began < 5.0, "the subclass's 0.1 s waits were replaced by the 2 s Retry-After"
+
+
+@pytest.mark.timeout(120)
+def test_a_throttled_endpointslice_list_says_the_api_answered(server: StandIn) -> None:
+    """kubernetes:/// discovery whose list is throttled past start()'s deadline: the error names the 429."""
+    from plugbay.errors import DiscoveryUnavailableError
+    from plugbay.network.kubernetes import EndpointSliceResolver
+
+    server.throttle("list", "endpointslices", retry_after=30)
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=server.kubeconfig_path)
+    began = time.monotonic()
+    try:
+        with pytest.raises(DiscoveryUnavailableError,
+                           match=r"answered list endpointslices 429 \(throttled: API Priority and Fairness, or an"
+                                 r" overloaded server\), asking to be asked again in 30s; the call's limit of 1.5s"
+                                 r" ran out while it waited\. Retry later, or raise start_timeout to wait it out;"
+                                 r" kubernetes:///default/kv:grpc cannot be discovered until it answers"):
+            resolver.start(lambda endpoints: None, deadline=time.monotonic() + 1.5)
+    finally:
+        resolver.close()
+    assert time.monotonic() - began < MARGIN
+
+
+@pytest.mark.timeout(120)
+def test_a_kill_whose_delete_is_throttled_says_the_api_answered(server: StandIn) -> None:
+    """kill() of a running pod whose delete the API throttles: its error names the 429 and says the pod may
+    still run; once the API answers again, the pod goes."""
+    import sys
+
+    from plugbay.runners.base import LaunchSpec
+    from plugbay.runners.kubernetes import KubernetesRunner
+
+    program = "import time\nprint('1|1|tcp|127.0.0.1:4000|grpc', flush=True)\ntime.sleep(60)\n"
+    runner = KubernetesRunner("no-engine/x:1", kubeconfig=server.kubeconfig_path,
+                              command=[sys.executable, "-c", program], start_timeout=20, api_timeout=2)
+    runner.start(LaunchSpec(env={}))
+    try:
+        server.throttle("delete", "pods", retry_after=30)
+        with pytest.raises(EngineUnavailableError,
+                           match=rf"answered delete pods \(default/{runner.pod_name}\) 429 \(throttled: .*\), asking"
+                                 r" to be asked again in 30s; the call's limit of 2s ran out while it waited\..*"
+                                 r" The pod may still run"):
+            runner.kill(0)
+    finally:
+        server.allow_all()
+        runner.force_kill()
+    assert server.store.get("default", runner.pod_name) is None

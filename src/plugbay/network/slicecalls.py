@@ -80,9 +80,9 @@ def late_list(target: str, api_client: Any, limit: float, starting: bool,
               exc: BaseException | None = None) -> DiscoveryUnavailableError:
     answered = answered_in(exc)
     if answered is not None:
-        return DiscoveryUnavailableError(
-            f"{answered_message(api_host(api_client), 'list endpointslices', answered, limit)}; {target} cannot be"
-            " discovered until it answers")
+        said = answered_message(api_host(api_client), "list endpointslices", answered, limit,
+                                "start_timeout" if starting else None)
+        return DiscoveryUnavailableError(f"{said}; {target} cannot be discovered until it answers")
     return DiscoveryUnavailableError(
         f"the Kubernetes API at {api_host(api_client)} did not answer list endpointslices within {limit:.1f}s"
         f"{' (what was left of start_timeout)' if starting else ''}, so {target} cannot be discovered."

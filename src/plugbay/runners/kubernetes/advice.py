@@ -92,16 +92,18 @@ def reattach_choice(context: bool) -> str:
     return ""
 
 
-def answered_message(host: str, what: str, answered: tuple[int, float, bool], limit: float | None) -> str:
-    """A call cut by its ``limit`` (seconds) while waiting to ask again after an answer (deadline.answered_in)."""
+def answered_message(host: str, what: str, answered: tuple[int, float, bool], limit: float | None,
+                     tunable: str | None = "the runner's api_timeout") -> str:
+    """A call cut by its ``limit`` (seconds) while waiting to ask again after an answer (deadline.answered_in);
+    ``tunable``: the setting that would give it longer (None: none would)."""
     status, seconds, asked = answered
-    within = f" of {limit:g}s" if limit is not None else ""
+    within = f" of {round(limit, 1):g}s" if limit is not None else ""
     wait = f"{round(seconds, 1):g}s"
     if asked:
         why = "throttled: API Priority and Fairness, or an overloaded server" if status == 429 else "busy"
         return (f"the Kubernetes API at {host} answered {what} {status} ({why}), asking to be asked again in"
-                f" {wait}; the call's limit{within} ran out while it waited. Retry later, or raise the"
-                " runner's api_timeout to wait it out")
+                f" {wait}; the call's limit{within} ran out while it waited. Retry later"
+                + (f", or raise {tunable} to wait it out" if tunable else ""))
     return (f"the Kubernetes API at {host} answered {what} {status}, and the call's limit{within} ran out during"
             f" the client's Retry backoff of {wait} before asking again. Check the API server, or lower the"
-            " ApiClient's Retry backoff_factor or raise the runner's api_timeout")
+            " ApiClient's Retry backoff_factor" + (f" or raise {tunable}" if tunable else ""))
