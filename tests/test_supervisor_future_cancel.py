@@ -105,3 +105,35 @@ def test_a_future_waiting_for_a_restart_ends_at_once_when_the_supervisor_is_stop
             assert wait_until(lambda: call_threads() == [], 2), call_threads()
     finally:
         release.set()
+
+
+def test_a_done_callback_of_a_cancelled_future_sees_its_thread_already_told_to_stop(in_tmp: Path) -> None:
+    # A done callback runs inside cancel(): the layer the call waits in (the ready gate) must have been told
+    # before it, or a callback that waits for the call's end waits out the call_timeout (30 s here).
+    release = threading.Event()
+    starts: list[int] = []
+    seen: list[bool] = []
+
+    def config() -> ClientConfig:
+        starts.append(1)
+        if len(starts) > 1:
+            assert release.wait(60)
+        return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], name="counter", call_timeout=30.0)
+
+    try:
+        with Supervisor(config, restart=QUICK, health_interval=None) as sup:
+            counter = sup.dispense(PLUGIN_NAME)
+            counter.put("d", 1, Adder())
+            kill_current(sup)
+            assert wait_until(lambda: sup.state == "restarting" and len(starts) > 1, 30)
+            future = counter._stub.Get.future(counter_pb2.GetRequest(key="d"))
+            assert wait_until(lambda: len(call_threads()) == 1, 10)
+            future.add_done_callback(lambda f: seen.append(f.cancelled() and wait_until(
+                lambda: call_threads() == [], 5)))
+            assert future.cancel()
+            assert seen == [True], "the call's thread still waited when its done callback ran"
+            release.set()
+            assert sup.wait_running(30)
+    finally:
+        release.set()

@@ -67,12 +67,22 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._cond:
             if self._outcome is not None:
                 return False
+            # the outcome is set with the mark, under one lock: a try ending meanwhile cannot finish the
+            # future with its own error after cancel() has said True
             self._cancelled = True
+            self._outcome = (None, None)  # cancelled at once, as gRPC's own futures are
             inner = self._inner
+            callbacks, self._callbacks = self._callbacks, []
+            self._cond.notify_all()
         if inner is not None:
             inner.cancel()
-        self._finish(None, None)  # cancelled at once, as gRPC's own futures are
+        self._stop_layers()  # before the done callbacks: one that waits for the call's end must not wait long
+        for callback in callbacks:
+            self._run(callback)
         return True
+
+    def _stop_layers(self) -> None:
+        """Tell what blocks on the call's behalf (a retry's backoff, a ready gate) that it was cancelled."""
 
     def cancelled(self) -> bool:
         with self._cond:
@@ -268,11 +278,8 @@ class HookedFuture(CallFuture):
                          name=f"plugbay-call-{self._name}").start()
         return self
 
-    def cancel(self) -> bool:
-        if not super().cancel():
-            return False
+    def _stop_layers(self) -> None:
         self._token.fire()  # a layer waiting on the hook's thread stops now: the thread ends
-        return True
 
     def _run_hook(self) -> None:
         _TOKEN.set(self._token)  # this thread's own context (a copy of the caller's)
