@@ -122,6 +122,9 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             if self._outcome is None:
                 self._callbacks.append(fn)
                 return
+            cancelled = self._cancelled
+        if cancelled:  # added while cancel() ran: it may not have told the layers yet (a second wake is harmless)
+            self._stop_layers()
         self._run(fn)
 
     # --- grpc.Call (of the last try; a failure of plugbay's own has no try behind it) ------------
