@@ -33,7 +33,7 @@ from testcontainers.core.docker_client import DockerClient, get_docker_host
 from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
+from plugbay.errors import ClientStateError, ConfigError, ImageNotFoundError, RunnerError, TLSRequiredError
 from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
                                              is_tcp_port)
 from plugbay.core.protocol.tls import CertKey, generate_cert
@@ -122,6 +122,29 @@ def _refused(image: str, exc: Any) -> RunnerError:
     """An engine's refusal to create or start the container, as DockerRunner words it."""
     return RunnerError(f"the Docker engine refused to run {image!r}: {exc.explanation or exc}. Check the image's"
                        " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
+
+
+def _check_reaper(engine: DockerClient, image: str) -> None:
+    """ImageNotFoundError when testcontainers would start its Ryuk reaper from an image the engine lacks.
+
+    testcontainers starts Ryuk before the first container of a run, and pulls its image when the engine
+    lacks it: the user got docker's bare APIError (a 500 naming registry-1.docker.io) from a library that
+    never uses a registry. The reaper is the user's choice (its env, testcontainers' global config), so it
+    is not turned off here: the error says both ways out."""
+    from testcontainers.core.config import testcontainers_config as config
+    from testcontainers.core.container import Reaper
+
+    if config.ryuk_disabled or Reaper._instance is not None or image == config.ryuk_image:
+        return
+    try:
+        find_image(engine.client, config.ryuk_image)
+    except ImageNotFoundError:
+        raise ImageNotFoundError(
+            f"testcontainers starts its Ryuk reaper (image {config.ryuk_image!r}) before the plugin's container,"
+            " and that image is not on the Docker engine; plugbay never pulls. Set"
+            " TESTCONTAINERS_RYUK_DISABLED=true (PluginContainer removes its own container at stop(), and"
+            " plugbay.runners.docker.sweep() removes any a killed run left), or `docker load` the image (or"
+            " name a local copy in RYUK_CONTAINER_IMAGE)") from None
 
 
 def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeout: Any, call_timeout: Any) -> None:
@@ -235,6 +258,7 @@ class PluginContainer(DockerContainer):
                                    " PluginContainer for a second plugin)")
         self._started = True
         try:
+            _check_reaper(self.get_docker_client(), self.image)
             super().start()
             handshake = read_handshake(self.get_wrapped_container(), self.image, self.start_timeout)
             if self._cert is not None and handshake.server_cert is None and self.transport == "tcp":
