@@ -14,7 +14,8 @@ import pytest
 from tests.race_util import pid_alive
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
-from plugbay import Client, ClientConfig, ConfigError, ReattachConfig, ReattachError, Supervisor  # noqa: I001
+from plugbay import (Client, ClientConfig, ConfigError, ReattachConfig, ReattachError, RunnerError,  # noqa: I001
+                     Supervisor)
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.attached import _start_time
@@ -47,6 +48,20 @@ def test_a_failed_reattach_leaves_a_process_that_is_not_the_plugin_alone(
     with pytest.raises(ReattachError, match=rf"cannot reattach to process {bystander.pid}: .*"
                        r"cannot prove it started it .*leaves it alone.*reattach_config\(\)\.to_json\(\)"):
         client.start()
+    client.kill()
+    assert bystander.poll() is None, "the bystander was killed"
+
+
+def test_a_live_pid_started_at_another_time_is_a_reattach_error_and_still_a_runner_error(
+        bystander: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    # the plugin's pid now another process's (its start time differs): a bare RunnerError, where the
+    # README's table and host-side.md promise ReattachError for a process plugbay cannot prove is the plugin
+    reattach = _reattach(bystander.pid, tmp_path, start_time=_start_time(bystander.pid) - 1, plugin_id="f00")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=reattach))
+    with pytest.raises(ReattachError, match=rf"plugin process {bystander.pid} is no longer running .*pid was"
+                       " reused") as info:
+        client.start()
+    assert isinstance(info.value, RunnerError)  # as before: the command line's 'unreachable' (exit 3)
     client.kill()
     assert bystander.poll() is None, "the bystander was killed"
 

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
         RestartBudgetExhaustedError as RestartBudgetExhaustedError,
         RunnerError as RunnerError,
         SessionRefusedError as SessionRefusedError,
+        StaleReattachError as StaleReattachError,
         TLSConfigError as TLSConfigError,
         TargetUnreachableError as TargetUnreachableError,
         TLSRequiredError as TLSRequiredError,

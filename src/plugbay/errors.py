@@ -203,6 +203,12 @@ class ReattachError(ConfigError):
     this plugin; nothing it names was signalled or deleted."""
 
 
+class StaleReattachError(ReattachError, RunnerError):
+    """Reattach data names a plugin process that no longer runs: its pid is free, or now another
+    process's (one started at another time). A ReattachError, as for any process plugbay cannot prove
+    is the plugin, and a RunnerError, as it was before (the command line's 'unreachable')."""
+
+
 # --- broker -----------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from plugbay.core.transport.tempdirs import own_proc
-from plugbay.errors import ReattachError, RunnerError
+from plugbay.errors import ReattachError, StaleReattachError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
 from plugbay.runners.pidsignal import HeldPid
@@ -247,8 +247,8 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
     plugin_id = data.get("plugin_id")
     runner = AttachedProcess(pid, start, str(data.get("name", "")),
                              plugin_id if isinstance(plugin_id, str) else "")
-    if not runner._alive():
-        raise RunnerError(
+    if not runner._alive():  # gone, or its pid another process's: the data is stale, the process left alone
+        raise StaleReattachError(
             f"cannot reattach: plugin process {pid} is no longer running (or its pid was reused);"
             " start the plugin again"
         )
