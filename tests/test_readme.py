@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 
 
 def _scratch(tmp_path: Path) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     # the examples use paths relative to the checkout; the KV plugin writes kv_<key> files
     # into its working folder, which must not be the checkout
     for name in ("examples", "src"):
@@ -115,13 +117,19 @@ def test_network_section_runs_as_written(tmp_path: Path) -> None:
     """Two gateways in front of the KV plugin, put/get through static:///, one stopped, get again."""
     if shutil.which("openssl") is None:
         pytest.skip("the section makes its certificates with openssl, which is not installed")
+    # it wrote ca.*, kv.*, host.*, gw700*.log and kv_hello into the checkout (the folder it runs from)
     script = next(code for code in SHELL if "plugbay gateway" in code)
-    scratch = _scratch(tmp_path)
+    scratch = _scratch(tmp_path / "checkout")
     (scratch / ".venv").symlink_to(ROOT / ".venv")  # the section runs .venv/bin/plugbay and python
-    result = _run(["bash", "-e", "-c", script], scratch)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["network", "network"]
-    assert (scratch / "kv_hello").read_bytes() == b"network"
+    temp = Path(tempfile.mkdtemp(prefix="rd-"))  # short: the gateways' sockets go in it too
+    try:
+        result = _run(["bash", "-e", "-c", script], scratch, {**os.environ, "TMPDIR": str(temp)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == ["network", "network"]
+        assert sorted(p.name for p in scratch.iterdir()) == [".venv", "examples", "src"]
+        assert list(temp.iterdir()) == []  # its temp folder removed, and the gateways' own
+    finally:
+        shutil.rmtree(temp)
 
 
 def _anchors(markdown: str) -> set[str]:
