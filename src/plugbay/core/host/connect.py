@@ -40,23 +40,23 @@ def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_
     return secure_dial(network, address, mutual, relay_dir, options)
 
 
-def socket_appeared(path: str, since: float, exited: Callable[[], bool]) -> bool:
-    """Whether the unix socket file ``path`` is there by ``since`` (time.monotonic() of the handshake) plus
-    SOCKET_GRACE; True as well once ``exited()`` (the caller reports the exit) or when its folder cannot be
-    looked in (the dial says why). Not a dial: a plugin may take one connection only."""
+def announced_file(path: str, since: float, exited: Callable[[], bool]) -> int | None:
+    """The mode (st_mode) of the file at ``path``, the unix socket a handshake announced, once it is there;
+    None when no file is there by ``since`` (time.monotonic() of the handshake) plus SOCKET_GRACE; 0 once
+    ``exited()`` (the caller reports the exit) or when its folder cannot be looked in (the dial says why).
+    Not a dial: a plugin may take one connection only."""
     deadline = since + SOCKET_GRACE
     while True:
         try:
-            os.stat(path)
-            return True
+            return os.stat(path).st_mode
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError:
-            return True
+            return 0
         if exited():
-            return True
+            return 0
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(0.01)
 
 

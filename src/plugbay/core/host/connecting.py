@@ -9,14 +9,15 @@ The Client's classes stack: ClientParts (what it holds, how it lets go) <- ExitN
 from __future__ import annotations
 
 import logging
+import stat
 import time
 
 from plugbay._proto.plugin import grpc_controller_pb2_grpc
 from plugbay.core.broker.plugin import PluginSet
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.host.connect import EXIT_GRACE, SOCKET_GRACE, dial, socket_appeared, start_connecting, wait_healthy
+from plugbay.core.host.connect import EXIT_GRACE, SOCKET_GRACE, announced_file, dial, start_connecting, wait_healthy
 from plugbay.core.host.exitnotice import ExitNotice
-from plugbay.core.host.launch import exited_after_handshake, no_socket, refuse_announced
+from plugbay.core.host.launch import exited_after_handshake, no_socket, not_a_socket, refuse_announced
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.transport.grpcoptions import with_defaults
@@ -68,10 +69,13 @@ class Connecting(ExitNotice):
                        f"{type(runner).__name__}'s connection leaves the host's private folder")
                 raise TLSRequiredError(self.name, why)
             _log.warning("plugin %s sent no AutoMTLS certificate; connecting in plaintext", self.name)
-        if network == "unix" and not socket_appeared(address, handshake_at, lambda: runner.wait(0) is not None):
+        mode = announced_file(address, handshake_at, lambda: runner.wait(0) is not None) if network == "unix" else 0
+        if mode is None:
             self._raise_if_exited(runner.wait(EXIT_GRACE))  # an exit explains the missing file better
             raise HandshakeError(no_socket(self.name, announced.address, address, self.config.reattach is not None,
                                            SOCKET_GRACE))
+        if mode and not stat.S_ISSOCK(mode):  # a file that is there and no socket never becomes one: not dialed
+            raise not_a_socket(self.name, announced.address, address, self.config.reattach is not None, mode)
         dial_to = (network, address)
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every

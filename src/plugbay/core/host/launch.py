@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -264,3 +265,20 @@ def no_socket(name: str, announced: str, dialled: str, reattached: bool, grace: 
             " dialled until start_timeout. go-plugin plugins listen before they print the line; check that the"
             " plugin prints the path it listens on (in PLUGIN_UNIX_SOCKET_DIR or TMPDIR, as the host set them)"
             " and that nothing removes the socket")
+
+
+def not_a_socket(name: str, announced: str, dialled: str, reattached: bool, mode: int) -> MalformedHandshakeError:
+    """The error for an announced unix socket path that holds another kind of file (``mode``: its st_mode).
+
+    A plugin binds its socket before it prints the line; a path that holds a regular file or a folder
+    will never be one (bind refuses a path that exists), so it is refused at once, never dialed."""
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "another kind of file")
+    here = "" if dialled == announced else f" ({dialled!r} on this host)"
+    source = f"the reattach config of plugin {name!r} names" if reattached else f"plugin {name!r} announced"
+    return MalformedHandshakeError(
+        f"unix|{announced}",
+        f"{source} unix socket {announced!r}{here}, but that path is {kind}, not a socket, so the host"
+        " does not dial it. go-plugin plugins print the path of the socket they listen on (in"
+        " PLUGIN_UNIX_SOCKET_DIR or TMPDIR, as the host set them)")
