@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+MAX_API_TIMEOUT = 3600.0  # an hour for one API call's answer is already no bound a caller would want
+
 
 @dataclass(frozen=True)
 class Spelling:
@@ -99,11 +101,19 @@ def answered_message(host: str, what: str, answered: tuple[int, float, bool], li
     status, seconds, asked = answered
     within = f" of {round(limit, 1):g}s" if limit is not None else ""
     wait = f"{round(seconds, 1):g}s"
+    endless = seconds > MAX_API_TIMEOUT  # no setting waits that out: raising one is no advice
+    tunable = None if endless else tunable
     if asked:
         why = "throttled: API Priority and Fairness, or an overloaded server" if status == 429 else "busy"
+        if endless:  # a server (or proxy) asking for hours or years: a fault, not a queue to wait in
+            return (f"the Kubernetes API at {host} answered {what} {status} ({why}), asking to be asked again in"
+                    f" {wait}, longer than any call waits (an API call's limit is at most {MAX_API_TIMEOUT:.0f}s);"
+                    f" the call's limit{within} ran out while it waited. Check the API server and any proxy in front"
+                    " of it (kubectl get --raw /readyz): a Retry-After that long is a fault")
         return (f"the Kubernetes API at {host} answered {what} {status} ({why}), asking to be asked again in"
                 f" {wait}; the call's limit{within} ran out while it waited. Retry later"
                 + (f", or raise {tunable} to wait it out" if tunable else ""))
     return (f"the Kubernetes API at {host} answered {what} {status}, and the call's limit{within} ran out during"
             f" the client's Retry backoff of {wait} before asking again. Check the API server, or lower the"
             " ApiClient's Retry backoff_factor" + (f" or raise {tunable}" if tunable else ""))
+

@@ -20,14 +20,14 @@ import os
 from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
-from plugbay.runners.kubernetes.advice import answered_message, config_source, context_choice, reattach_choice
+from plugbay.runners.kubernetes.advice import (MAX_API_TIMEOUT, answered_message, config_source, context_choice,
+                                               reattach_choice)
 from plugbay.runners.kubernetes.deadline import answered_in, bounded
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 DEFAULT_API_TIMEOUT = 30.0  # seconds; the runner uses min(this, start_timeout) unless told
-MAX_API_TIMEOUT = 3600.0  # an hour for one API call's answer is already no bound a caller would want
 
 
 def request_timeout(api_timeout: float) -> tuple[float, float]:

@@ -29,6 +29,7 @@ An answer urllib3 asks again for (a 429, 503 or 413 with Retry-After, a status t
 still asked again inside urllib3, but its wait (the Retry-After: Kubernetes' API Priority and Fairness
 answers 429 with one; or the Retry's backoff) ends with the call's Deadline or its Cancel, which ends
 the call: urllib3 would sleep out whatever the server said, past both.
+A wait never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Deadline:
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
+        self.ends = time.monotonic() + limit  # when its timer (armed with it, in bounded()) fires
         self.expired = False
         self.cancelled = False  # expired by a Cancel, not by its limit
         self.ended = threading.Event()  # set with expired: a retry's backoff wait ends with it
@@ -86,6 +88,18 @@ class Deadline:
         self.ended.set()
         for conn in conns:
             _shut(getattr(conn, "sock", None))
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` before the call asks again; True: the call ended first (its limit or a Cancel).
+
+        A wait that would outlast the limit waits only until it: the next ask could not be made anyway,
+        and Event.wait refuses a wait past time_t (OverflowError) that a server's Retry-After may ask for."""
+        left = self.ends - time.monotonic()
+        if seconds < left:
+            return self.ended.wait(seconds) or self.expired
+        self.ended.wait(max(left, 0.0))
+        self.expire()  # its timer is due: the shared loop may run it a moment late
+        return True
 
 
 def _shut(sock: Any) -> None:
@@ -189,7 +203,7 @@ def _quiet(retries: Any) -> Any:
     def quiet_sleep_for_retry(response: Any) -> bool:
         seconds = quiet.get_retry_after(response)
         if seconds:
-            _wait(seconds, response, asked=True)
+            _wait(seconds, getattr(response, "status", None), asked=True)
             return True
         return False
 
@@ -198,7 +212,7 @@ def _quiet(retries: Any) -> Any:
             return
         backoff = quiet.get_backoff_time()
         if backoff > 0:
-            _wait(backoff, response, asked=False)
+            _wait(backoff, getattr(response, "status", None), asked=False)
 
     quiet.increment = quiet_increment
     if _urllib3_sleeps(plain):  # a Retry subclass's own waits are its own (they may already be short)
@@ -214,13 +228,13 @@ def _urllib3_sleeps(retries: Any) -> bool:
     return kind.sleep is Retry.sleep and kind.sleep_for_retry is Retry.sleep_for_retry
 
 
-def _wait(seconds: float, response: Any, asked: bool) -> None:
-    """Wait before urllib3 asks again; the call's Deadline or its Cancel ends the wait and the call."""
+def _wait(seconds: float, status: Any, asked: bool) -> None:
+    """Wait before asking again after an answer of ``status`` (``asked``: for its Retry-After); the call's
+    Deadline or its Cancel ends the wait and the call."""
     deadline = current()
     if deadline is None:  # a quiet copy is used within a bounded call only; as urllib3 would, regardless
         time.sleep(seconds)
-    elif deadline.ended.wait(seconds) or deadline.expired:
-        status = getattr(response, "status", None)
+    elif deadline.wait(seconds):
         if deadline.cancelled or not isinstance(status, int):
             raise DeadlineExceeded(f"the call was ended waiting {seconds:g}s to ask again")
         exc = DeadlineExceeded(f"the API answered {status}, and the call's deadline of {deadline.limit:g}s"
@@ -264,7 +278,7 @@ class _TrackedPool:
                 retries = again.retries
                 _log.debug("retrying %s %s (%r): %s", method, url, retries, again.error)
                 # the backoff ends with the call's deadline or its Cancel; then the call is over
-                if deadline.ended.wait(retries.get_backoff_time()) or deadline.expired:
+                if deadline.wait(retries.get_backoff_time()):
                     raise again.error from None
 
 

@@ -1,0 +1,66 @@
+"""A bounded Kubernetes API call stays bounded, and says what the API answered, whatever the client retries.
+
+- The kubernetes client's own retry mode (``Configuration.client_go_retries``, off by default) sleeps each
+  Retry-After with time.sleep outside urllib3: without the fix a call bounded to 1 s waited out the
+  server's 30 s, said the API "did not answer", and a Cancel did not end the wait.
+- A user's Retry with a huge ``retry_after_max`` (and that mode, which caps nothing) met an enormous
+  Retry-After with a raw OverflowError (no wait that long is possible), out of plugbay's typed errors.
+- A user's Retry whose status retries (status_forcelist) ran out raised MaxRetryError, which plugbay said
+  as "cannot reach the Kubernetes API" although the API answered each time.
+
+The stand-in answers 429 with Retry-After (its throttle knob) or 500 (its fail knob). The time checks are
+bounds (the call must not wait the 30 s out), with margin, not speed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kubernetes")
+
+from kubernetes import client, config  # noqa: E402
+from urllib3.util.retry import Retry  # noqa: E402
+
+from plugbay.errors import EngineUnavailableError  # noqa: E402
+from plugbay.runners.kubernetes import sweep  # noqa: E402
+from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
+from tests.kube_standin.server import StandIn  # noqa: E402
+
+pytestmark = pytest.mark.kubernetes
+LIST = ("list", "pods")
+MARGIN = 8.0  # seconds: far under the 30 s the server asks for, far over the 1 s bound
+ENORMOUS = 10**20  # seconds of Retry-After: past what any wait (Event.wait, time.sleep) accepts
+
+
+def _api_client(server: StandIn, retries: Any = None, client_go: bool = False) -> Any:
+    cfg = type.__call__(client.Configuration)  # not a copy of the process-wide default
+    config.load_kube_config(config_file=server.kubeconfig_path, client_configuration=cfg)
+    cfg.retries = retries
+    cfg.client_go_retries = client_go
+    return client.ApiClient(cfg)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["urllib3 Retry"])
+def test_an_enormous_retry_after_is_a_typed_error_saying_what_to_do(server: StandIn, mode: str) -> None:
+    """A Retry whose retry_after_max lets 10**20 s through (client-go's mode caps nothing): the wait ends
+    with the call's bound, and the error says no setting waits that out."""
+    api = (_api_client(server, Retry(total=3, retry_after_max=10**30)) if mode == "urllib3 Retry"
+           else _api_client(server, client_go=True))
+    server.throttle(*LIST, retry_after=ENORMOUS)
+    began = time.monotonic()
+    try:
+        with pytest.raises(EngineUnavailableError,
+                           match=r"answered list pods 429 \(throttled: .*\), asking to be asked again in 1e\+20s,"
+                                 r" longer than any call waits \(an API call's limit is at most 3600s\); the call's"
+                                 r" limit of 1s ran out while it waited\. Check the API server and any proxy in front"
+                                 r" of it") as raised:
+            sweep("default", api_client=api, api_timeout=1)
+    finally:
+        api.close()
+    assert "api_timeout" not in str(raised.value)  # raising it cannot wait that out
+    assert time.monotonic() - began < MARGIN
+    assert server.calls[LIST] == 1
