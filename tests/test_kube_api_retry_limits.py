@@ -24,7 +24,7 @@ pytest.importorskip("kubernetes")
 from kubernetes import client, config  # noqa: E402
 from urllib3.util.retry import Retry  # noqa: E402
 
-from plugbay.errors import EngineUnavailableError  # noqa: E402
+from plugbay.errors import DiscoveryUnavailableError, EngineUnavailableError  # noqa: E402
 from plugbay.runners.kubernetes import sweep  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.kube_standin.server import StandIn  # noqa: E402
@@ -64,3 +64,39 @@ def test_an_enormous_retry_after_is_a_typed_error_saying_what_to_do(server: Stan
     assert "api_timeout" not in str(raised.value)  # raising it cannot wait that out
     assert time.monotonic() - began < MARGIN
     assert server.calls[LIST] == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("retries, answers", [(Retry(total=2, status_forcelist=[500]), 3),
+                                              (Retry(total=None, status=1, status_forcelist=[500]), 2)])
+def test_status_retries_used_up_say_the_api_answered(server: StandIn, retries: Any, answers: int) -> None:
+    api = _api_client(server, retries)
+    server.fail(*LIST)
+    try:
+        with pytest.raises(EngineUnavailableError,
+                           match=rf"at {server.url} answered list pods 500 {answers} times, a status the ApiClient's"
+                                 r" Retry asks again after, until its retries ran out: the API server is up but"
+                                 r" failing the request\. Check it") as raised:
+            sweep("default", api_client=api, api_timeout=10)
+    finally:
+        api.close()
+    assert "cannot reach" not in str(raised.value)
+    assert server.calls[LIST] == answers
+
+
+@pytest.mark.timeout(120)
+def test_a_discovery_list_whose_status_retries_ran_out_says_the_api_answered(server: StandIn) -> None:
+    from plugbay.network.kubernetes import EndpointSliceResolver
+
+    api = _api_client(server, Retry(total=2, status_forcelist=[500]))
+    server.fail("list", "endpointslices")
+    resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, api_client=api)
+    try:
+        with pytest.raises(DiscoveryUnavailableError,
+                           match=r"answered list endpointslices 500 3 times, a status the ApiClient's Retry asks"
+                                 r" again after, until its retries ran out.*; kubernetes:///default/kv:grpc cannot"
+                                 r" be discovered until it answers"):
+            resolver.start(lambda endpoints: None, deadline=time.monotonic() + 10)
+    finally:
+        resolver.close()
+        api.close()

@@ -117,3 +117,16 @@ def answered_message(host: str, what: str, answered: tuple[int, float, bool], li
             f" the client's Retry backoff of {wait} before asking again. Check the API server, or lower the"
             " ApiClient's Retry backoff_factor" + (f" or raise {tunable}" if tunable else ""))
 
+
+def exhausted_message(host: str, what: str, statuses: tuple[int, ...]) -> str:
+    """A call whose Retry asked again after each of ``statuses`` (deadline.exhausted_in) until its retries ran
+    out: the API answered, so it is no "cannot reach"."""
+    last = statuses[-1]
+    times = f"{len(statuses)} time{'s' if len(statuses) > 1 else ''}"
+    said = f"{last} {times}" if set(statuses) == {last} else f"{', '.join(map(str, statuses))} ({times})"
+    verdict = ("throttling the host (API Priority and Fairness, or an overloaded server). Retry later"
+               if last == 429 else "failing the request. Check it and any proxy in front of it (kubectl get"
+               " --raw /readyz, and the server's log)")
+    return (f"the Kubernetes API at {host} answered {what} {said}, a status the ApiClient's Retry asks again"
+            f" after, until its retries ran out: the API server is up but {verdict}, or give the Retry more"
+            " status retries (total, status) if the failures pass")

@@ -21,8 +21,8 @@ from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.advice import (MAX_API_TIMEOUT, answered_message, config_source, context_choice,
-                                               reattach_choice)
-from plugbay.runners.kubernetes.deadline import answered_in, bounded
+                                               exhausted_message, reattach_choice)
+from plugbay.runners.kubernetes.deadline import answered_in, bounded, exhausted_in
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
@@ -309,7 +309,9 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
         if timed_out(exc):
             raise EngineUnavailableError(late_message(host, f"{verb} {resource}", exc, kwargs.get("_request_timeout"))
                                          ) from exc
-        raise EngineUnavailableError(f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
+        answers = exhausted_in(exc)  # the API answered, each time with a status the Retry asks again after
+        raise EngineUnavailableError(exhausted_message(host, f"{verb} {resource}", answers) if answers else
+                                     f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
     if answer is None and kwargs.get("_preload_content", True):  # a 200 whose body is JSON null
         raise RunnerError(not_an_object(api_client, f"{verb} {resource}", None))

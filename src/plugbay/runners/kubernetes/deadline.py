@@ -29,7 +29,8 @@ An answer urllib3 asks again for (a 429, 503 or 413 with Retry-After, a status t
 still asked again inside urllib3, but its wait (the Retry-After: Kubernetes' API Priority and Fairness
 answers 429 with one; or the Retry's backoff) ends with the call's Deadline or its Cancel, which ends
 the call: urllib3 would sleep out whatever the server said, past both.
-A wait never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep).
+A wait never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep). A Retry that
+answers used up says so on its MaxRetryError (:func:`exhausted_in`): the API answered, it was reached.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from plugbay.core.transport.aioloop import Deferred
 _local = threading.local()
 _install_lock = threading.Lock()
 _MARK = "_plugbay_deadline"
+_ANSWERS = "_plugbay_answers"  # set on the MaxRetryError of a Retry that answers used up (exhausted_in)
 _log = logging.getLogger("plugbay.runners.kubernetes")
 
 
@@ -195,7 +197,15 @@ def _quiet(retries: Any) -> Any:
         deadline = current()
         if error is not None and deadline is not None and deadline.expired:
             raise error  # cut or cancelled: the caller says it timed out (within_deadline)
-        again = increment(method, url, response, error, _pool, _stacktrace)  # MaxRetryError when used up
+        try:
+            again = increment(method, url, response, error, _pool, _stacktrace)  # MaxRetryError when used up
+        except Exception as exc:
+            # used up by answers (a status_forcelist's, a throttling 429's): the caller says the API answered
+            # them (exhausted_in), not that it could not be reached; urllib3 raises it (or returns the last
+            # answer: raise_on_status=False) as before
+            if error is None and response is not None:
+                setattr(exc, _ANSWERS, _answers(plain, response))
+            raise
         if error is not None:
             raise _Again(again, error)
         return _quiet(again)  # a status's retry goes on inside urllib3 (it logs those at DEBUG)
@@ -219,6 +229,23 @@ def _quiet(retries: Any) -> Any:
         quiet.sleep, quiet.sleep_for_retry = quiet_sleep, quiet_sleep_for_retry
     quiet._plugbay_plain = plain
     return quiet
+
+
+def _answers(retries: Any, response: Any) -> tuple[int, ...] | None:
+    """The statuses of a call's answers its Retry asked again after, ``response`` the one that used it up;
+    None when that was a redirect (a redirect loop: urllib3's own error says so)."""
+    status = getattr(response, "status", None)
+    if not isinstance(status, int) or response.get_redirect_location():
+        return None
+    asked = [h.status for h in getattr(retries, "history", ()) if isinstance(h.status, int) and not h.redirect_location]
+    return (*asked, status)
+
+
+def exhausted_in(exc: BaseException | None) -> tuple[int, ...] | None:
+    """The statuses of the answers a bounded call's Retry asked again after until they used it up (the
+    MaxRetryError urllib3 raised then), if ``exc`` says so."""
+    statuses: tuple[int, ...] | None = getattr(exc, _ANSWERS, None)
+    return statuses
 
 
 def _urllib3_sleeps(retries: Any) -> bool:
