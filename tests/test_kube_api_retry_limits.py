@@ -14,7 +14,10 @@ bounds (the call must not wait the 30 s out), with margin, not speed.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +27,10 @@ pytest.importorskip("kubernetes")
 from kubernetes import client, config  # noqa: E402
 from urllib3.util.retry import Retry  # noqa: E402
 
-from plugbay.errors import DiscoveryUnavailableError, EngineUnavailableError  # noqa: E402
+from plugbay.errors import DiscoveryUnavailableError, EngineUnavailableError, RunnerError  # noqa: E402
 from plugbay.runners.kubernetes import sweep  # noqa: E402
+from plugbay.runners.kubernetes.api import within_deadline  # noqa: E402
+from plugbay.runners.kubernetes.deadline import Cancel, answered_in, cancellable  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
 from tests.kube_standin.server import StandIn  # noqa: E402
 
@@ -43,8 +48,87 @@ def _api_client(server: StandIn, retries: Any = None, client_go: bool = False) -
     return client.ApiClient(cfg)
 
 
+@pytest.fixture
+def client_go(server: StandIn) -> Iterator[Any]:
+    """A user's ApiClient in the kubernetes client's client-go retry mode (its Retry-After waits its own)."""
+    api = _api_client(server, client_go=True)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("mode", ["urllib3 Retry"])
+def test_client_go_retries_end_a_retry_after_wait_with_the_deadline(server: StandIn, client_go: Any) -> None:
+    server.throttle(*LIST, retry_after=30)
+    began = time.monotonic()
+    with pytest.raises(EngineUnavailableError,
+                       match=rf"at {server.url} answered list pods 429 \(throttled: API Priority and Fairness,"
+                             r" or an overloaded server\), asking to be asked again in 30s; the call's limit of 1s"
+                             r" ran out while it waited"):
+        sweep("default", api_client=client_go, api_timeout=1)
+    took = time.monotonic() - began
+    assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the Retry-After"
+    assert server.calls[LIST] == 1  # not asked again after its deadline
+
+
+@pytest.mark.timeout(120)
+def test_client_go_retries_still_ask_again_within_the_bound(server: StandIn, client_go: Any) -> None:
+    """The mode as the client has it: a Retry-After within the call's bound (0 s here) is waited, and asked
+    again (10 times, client-go's ceiling); the last 429 is the caller's answer."""
+    server.throttle(*LIST, retry_after=0)
+    with pytest.raises(RunnerError, match="429"):
+        sweep("default", api_client=client_go, api_timeout=30)
+    assert server.calls[LIST] == 11
+
+
+def _in_client_go_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is between asks in the client's Retry-After loop (not sending or reading one)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "on_retry_after_error" in names and "read_request" not in names
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_ends_a_client_go_retry_after_wait(server: StandIn, client_go: Any) -> None:
+    server.throttle(*LIST, retry_after=30)
+    cancel = Cancel()
+    ended: list[BaseException] = []
+
+    def listing() -> None:
+        with cancellable(cancel):
+            try:  # bounded far off: only the Cancel can end it in time
+                within_deadline(client_go, client.CoreV1Api(client_go).list_namespaced_pod, "default",
+                                _request_timeout=(60, 60))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                ended.append(exc)
+
+    lister = threading.Thread(target=listing, name="plugbay-test-client-go-list")
+    lister.start()
+    try:
+        waiting = time.monotonic() + 20
+        while not _in_client_go_wait(lister) and time.monotonic() < waiting:
+            time.sleep(0.02)
+        assert _in_client_go_wait(lister), "the client never waited for the 429's Retry-After"
+        began = time.monotonic()
+        cancel.cancel()
+        lister.join(MARGIN)
+        took = time.monotonic() - began
+        assert not lister.is_alive(), "the cancelled call still sleeps out the Retry-After"
+    finally:
+        server.allow_all()  # a call still sleeping (the old code) is answered when it wakes
+        lister.join(60)
+    assert took < MARGIN
+    assert len(ended) == 1 and isinstance(ended[0], TimeoutError), ended
+    assert answered_in(ended[0]) is None, ended  # ended by the Cancel, not by its limit: no "limit ran out"
+    assert server.calls[LIST] == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["urllib3 Retry", "client-go"])
 def test_an_enormous_retry_after_is_a_typed_error_saying_what_to_do(server: StandIn, mode: str) -> None:
     """A Retry whose retry_after_max lets 10**20 s through (client-go's mode caps nothing): the wait ends
     with the call's bound, and the error says no setting waits that out."""

@@ -28,8 +28,9 @@ again (by the pool's Retry, unchanged) is tried again here, logged at DEBUG.
 An answer urllib3 asks again for (a 429, 503 or 413 with Retry-After, a status the Retry names) is
 still asked again inside urllib3, but its wait (the Retry-After: Kubernetes' API Priority and Fairness
 answers 429 with one; or the Retry's backoff) ends with the call's Deadline or its Cancel, which ends
-the call: urllib3 would sleep out whatever the server said, past both.
-A wait never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep). A Retry that
+the call: urllib3 would sleep out whatever the server said, past both. So do the waits of the kubernetes
+client's own client-go retry mode (``client_go_retries``), which sleeps outside urllib3; and a wait
+never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep). A Retry that
 answers used up says so on its MaxRetryError (:func:`exhausted_in`): the API answered, it was reached.
 """
 
@@ -309,6 +310,44 @@ class _TrackedPool:
                     raise again.error from None
 
 
+def _client_go_waits(original: Any) -> Any:
+    """kubernetes' ``on_retry_after_error`` (its REST client's client_go_retries mode), whose waits within
+    a bounded call end with the call's Deadline or its Cancel, as urllib3's do here: it time.sleeps each
+    Retry-After (or its backoff) outside urllib3, past both. Outside a bounded call: the client's own."""
+    from kubernetes.utils import retry
+
+    retry_after_seconds: Any = getattr(retry, "retry_after_seconds")  # the seconds it waits for (or None)
+
+    def on_retry_after_error(backoff: Any, retriable: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is None or args or kwargs:  # unbounded, or a caller's own sleep: as the client does
+            return original(backoff, retriable, fn, *args, **kwargs)
+        last: list[Any] = [None]
+
+        def seen(error: Exception) -> bool:
+            last[0] = error
+            return bool(retriable(error))
+
+        def sleep(seconds: float) -> None:  # the client waits max(its backoff, the Retry-After)
+            _wait(seconds, getattr(last[0], "status", None), asked=retry_after_seconds(last[0]) == seconds)
+
+        return original(backoff, seen, fn, sleep)
+
+    on_retry_after_error._plugbay_plain = original  # type: ignore[attr-defined]
+    return on_retry_after_error
+
+
+def _install_client_go() -> None:
+    """Bound the waits of kubernetes' client_go_retries mode (off by default), once, where its REST client
+    looks them up; a client without that mode is left alone. Call with _install_lock held."""
+    try:
+        from kubernetes.client import rest
+    except ImportError:
+        return
+    original = getattr(rest, "on_retry_after_error", None)
+    if callable(original) and not hasattr(original, "_plugbay_plain"):
+        setattr(rest, "on_retry_after_error", _client_go_waits(original))
+
+
 def install(api_client: Any) -> bool:
     """Give ``api_client``'s pool manager connections that a Deadline can find (once; False if it has none)."""
     pool_manager: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
@@ -316,6 +355,7 @@ def install(api_client: Any) -> bool:
     if not isinstance(classes, dict):
         return False
     with _install_lock:
+        _install_client_go()
         if getattr(pool_manager, _MARK, False):
             return True
         tracked = {}
