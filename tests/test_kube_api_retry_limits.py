@@ -14,6 +14,7 @@ bounds (the call must not wait the 30 s out), with margin, not speed.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -38,13 +39,16 @@ pytestmark = pytest.mark.kubernetes
 LIST = ("list", "pods")
 MARGIN = 8.0  # seconds: far under the 30 s the server asks for, far over the 1 s bound
 ENORMOUS = 10**20  # seconds of Retry-After: past what any wait (Event.wait, time.sleep) accepts
+PAST_FLOAT = 10**400  # seconds of Retry-After: past what a float holds (int -> float: OverflowError)
 
 
-def _api_client(server: StandIn, retries: Any = None, client_go: bool = False) -> Any:
+def _api_client(server: StandIn, retries: Any = None, client_go: bool = False, backoff: Any = None) -> Any:
     cfg = type.__call__(client.Configuration)  # not a copy of the process-wide default
     config.load_kube_config(config_file=server.kubeconfig_path, client_configuration=cfg)
     cfg.retries = retries
     cfg.client_go_retries = client_go
+    if backoff is not None:  # kubernetes.utils.Backoff: the mode's own wait between asks
+        cfg.client_go_retry_backoff = backoff
     return client.ApiClient(cfg)
 
 
@@ -184,3 +188,43 @@ def test_a_discovery_list_whose_status_retries_ran_out_says_the_api_answered(ser
     finally:
         resolver.close()
         api.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["urllib3 Retry", "client-go"])
+def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandIn, mode: str) -> None:
+    """A Retry-After of 10**400 s: printing it (round, :g) and client-go's own float(int(value)) overflowed,
+    which read as "did not answer" (urllib3's Retry) or escaped as a raw OverflowError (client-go's mode)."""
+    api = (_api_client(server, Retry(total=3, retry_after_max=math.inf)) if mode == "urllib3 Retry"
+           else _api_client(server, client_go=True))
+    server.throttle(*LIST, retry_after=PAST_FLOAT)
+    try:
+        with pytest.raises(EngineUnavailableError,
+                           match=r"answered list pods 429 \(throttled: .*\), asking to be asked again in more than"
+                                 r" 1e\+308s, longer than any call waits .*the call's limit of 1s ran out while it"
+                                 r" waited\. Check the API server and any proxy in front of it"):
+            sweep("default", api_client=api, api_timeout=1)
+    finally:
+        api.close()
+    assert server.calls[LIST] == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_client_go_backoff_cut_advises_the_setting_that_mode_uses(server: StandIn) -> None:
+    """client-go's mode waits max(its client_go_retry_backoff, the Retry-After): an ApiClient Retry's
+    backoff_factor plays no part in it."""
+    from kubernetes.utils import Backoff
+
+    api = _api_client(server, client_go=True, backoff=Backoff(steps=5, duration=30.0, factor=1.0))
+    server.throttle(*LIST, retry_after=0)
+    try:
+        with pytest.raises(EngineUnavailableError,
+                           match=r"answered list pods 429, and the call's limit of 1s ran out during the client-go"
+                                 r" retry backoff of 30s before asking again\. Check the API server, or lower the"
+                                 r" duration \(or factor, cap\) of the ApiClient configuration's"
+                                 r" client_go_retry_backoff") as raised:
+            sweep("default", api_client=api, api_timeout=1)
+    finally:
+        api.close()
+    assert "backoff_factor" not in str(raised.value)
+    assert server.calls[LIST] == 1

@@ -9,6 +9,7 @@ calls with :func:`spelled`; the Python API's keywords are the default.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,13 +95,29 @@ def reattach_choice(context: bool) -> str:
     return ""
 
 
-def answered_message(host: str, what: str, answered: tuple[int, float, bool], limit: float | None,
+def seconds_text(seconds: float) -> str:
+    """``seconds`` a server asked for, for a message: a Retry-After may be past any float (10**400), which
+    round() and :g cannot print."""
+    try:
+        value = float(seconds)
+    except OverflowError:
+        value = math.inf
+    return f"{round(value, 1):g}s" if math.isfinite(value) else "more than 1e+308s"
+
+
+# who chose a wait between asks that was no Retry-After: its words, and the setting that makes it shorter
+_BACKOFFS = {"Retry": ("the client's Retry backoff", "the ApiClient's Retry backoff_factor"),
+             "client_go": ("the client-go retry backoff", "the duration (or factor, cap) of the ApiClient"
+                                                          " configuration's client_go_retry_backoff")}
+
+
+def answered_message(host: str, what: str, answered: tuple[int, float, bool, str], limit: float | None,
                      tunable: str | None = "the runner's api_timeout") -> str:
     """A call cut by its ``limit`` (seconds) while waiting to ask again after an answer (deadline.answered_in);
     ``tunable``: the setting that would give it longer (None: none would)."""
-    status, seconds, asked = answered
+    status, seconds, asked, waiter = answered
     within = f" of {round(limit, 1):g}s" if limit is not None else ""
-    wait = f"{round(seconds, 1):g}s"
+    wait = seconds_text(seconds)
     endless = seconds > MAX_API_TIMEOUT  # no setting waits that out: raising one is no advice
     tunable = None if endless else tunable
     if asked:
@@ -113,9 +130,10 @@ def answered_message(host: str, what: str, answered: tuple[int, float, bool], li
         return (f"the Kubernetes API at {host} answered {what} {status} ({why}), asking to be asked again in"
                 f" {wait}; the call's limit{within} ran out while it waited. Retry later"
                 + (f", or raise {tunable} to wait it out" if tunable else ""))
+    backoff, setting = _BACKOFFS.get(waiter, _BACKOFFS["Retry"])
     return (f"the Kubernetes API at {host} answered {what} {status}, and the call's limit{within} ran out during"
-            f" the client's Retry backoff of {wait} before asking again. Check the API server, or lower the"
-            " ApiClient's Retry backoff_factor" + (f" or raise {tunable}" if tunable else ""))
+            f" {backoff} of {wait} before asking again. Check the API server, or lower {setting}"
+            + (f" or raise {tunable}" if tunable else ""))
 
 
 def exhausted_message(host: str, what: str, statuses: tuple[int, ...]) -> str:

@@ -29,7 +29,7 @@ An answer urllib3 asks again for (a 429, 503 or 413 with Retry-After, a status t
 still asked again inside urllib3, but its wait (the Retry-After: Kubernetes' API Priority and Fairness
 answers 429 with one; or the Retry's backoff) ends with the call's Deadline or its Cancel, which ends
 the call: urllib3 would sleep out whatever the server said, past both. So do the waits of the kubernetes
-client's own client-go retry mode (``client_go_retries``), which sleeps outside urllib3; and a wait
+client's own client-go retry mode (``client_go_retries``, clientgo.py), which sleeps outside urllib3; a wait
 never outlasts the call's limit (a Retry-After of 10**20 s would overflow any sleep). A Retry that
 answers used up says so on its MaxRetryError (:func:`exhausted_in`): the API answered, it was reached.
 """
@@ -46,6 +46,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from plugbay.core.transport.aioloop import Deferred
+from plugbay.runners.kubernetes.advice import seconds_text
+from plugbay.runners.kubernetes.clientgo import install_client_go
 
 _local = threading.local()
 _install_lock = threading.Lock()
@@ -57,10 +59,10 @@ _log = logging.getLogger("plugbay.runners.kubernetes")
 class DeadlineExceeded(TimeoutError):
     """Raised into urllib3 when a call (or its retry) tries to use the network after its deadline passed."""
 
-    # the answer whose wait before asking again the deadline cut: its status, the seconds, and whether the
-    # server asked for them (Retry-After) or the Retry's backoff chose them. The call was answered, so the
-    # message names that answer rather than a silent server
-    answered: tuple[int, float, bool] | None = None
+    # the answer whose wait before asking again the deadline cut: its status, the seconds, whether the server
+    # asked for them (Retry-After) or a backoff chose them, and whose backoff ("Retry": urllib3's, "client_go":
+    # the client's client-go mode). The call was answered, so the message names that answer, not a silent server
+    answered: tuple[int, float, bool, str] | None = None
 
 
 class Deadline:
@@ -214,16 +216,16 @@ def _quiet(retries: Any) -> Any:
     def quiet_sleep_for_retry(response: Any) -> bool:
         seconds = quiet.get_retry_after(response)
         if seconds:
-            _wait(seconds, getattr(response, "status", None), asked=True)
+            wait_to_ask_again(seconds, getattr(response, "status", None), asked=True)
             return True
         return False
 
-    def quiet_sleep(response: Any = None) -> None:  # urllib3's Retry.sleep, waiting through _wait
+    def quiet_sleep(response: Any = None) -> None:  # urllib3's Retry.sleep, waiting through wait_to_ask_again
         if quiet.respect_retry_after_header and response and quiet.sleep_for_retry(response):
             return
         backoff = quiet.get_backoff_time()
         if backoff > 0:
-            _wait(backoff, getattr(response, "status", None), asked=False)
+            wait_to_ask_again(backoff, getattr(response, "status", None), asked=False)
 
     quiet.increment = quiet_increment
     if _urllib3_sleeps(plain):  # a Retry subclass's own waits are its own (they may already be short)
@@ -256,22 +258,22 @@ def _urllib3_sleeps(retries: Any) -> bool:
     return kind.sleep is Retry.sleep and kind.sleep_for_retry is Retry.sleep_for_retry
 
 
-def _wait(seconds: float, status: Any, asked: bool) -> None:
-    """Wait before asking again after an answer of ``status`` (``asked``: for its Retry-After); the call's
-    Deadline or its Cancel ends the wait and the call."""
+def wait_to_ask_again(seconds: float, status: Any, asked: bool, waiter: str = "Retry") -> None:
+    """Wait before asking again after an answer of ``status`` (``asked``: for its Retry-After, else for
+    ``waiter``'s backoff); the call's Deadline or its Cancel ends the wait and the call."""
     deadline = current()
     if deadline is None:  # a quiet copy is used within a bounded call only; as urllib3 would, regardless
         time.sleep(seconds)
     elif deadline.wait(seconds):
         if deadline.cancelled or not isinstance(status, int):
-            raise DeadlineExceeded(f"the call was ended waiting {seconds:g}s to ask again")
+            raise DeadlineExceeded(f"the call was ended waiting {seconds_text(seconds)} to ask again")
         exc = DeadlineExceeded(f"the API answered {status}, and the call's deadline of {deadline.limit:g}s"
-                               f" passed while it waited {round(seconds, 1):g}s to ask again")
-        exc.answered = (status, seconds, asked)
+                               f" passed while it waited {seconds_text(seconds)} to ask again")
+        exc.answered = (status, seconds, asked, waiter)
         raise exc
 
 
-def answered_in(exc: BaseException | None) -> tuple[int, float, bool] | None:
+def answered_in(exc: BaseException | None) -> tuple[int, float, bool, str] | None:
     """The answer whose wait before asking again a call's limit cut, if ``exc`` (or what caused it) says so."""
     for _ in range(8):  # a chain is short; a cycle would not end
         if exc is None:
@@ -310,44 +312,6 @@ class _TrackedPool:
                     raise again.error from None
 
 
-def _client_go_waits(original: Any) -> Any:
-    """kubernetes' ``on_retry_after_error`` (its REST client's client_go_retries mode), whose waits within
-    a bounded call end with the call's Deadline or its Cancel, as urllib3's do here: it time.sleeps each
-    Retry-After (or its backoff) outside urllib3, past both. Outside a bounded call: the client's own."""
-    from kubernetes.utils import retry
-
-    retry_after_seconds: Any = getattr(retry, "retry_after_seconds")  # the seconds it waits for (or None)
-
-    def on_retry_after_error(backoff: Any, retriable: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if current() is None or args or kwargs:  # unbounded, or a caller's own sleep: as the client does
-            return original(backoff, retriable, fn, *args, **kwargs)
-        last: list[Any] = [None]
-
-        def seen(error: Exception) -> bool:
-            last[0] = error
-            return bool(retriable(error))
-
-        def sleep(seconds: float) -> None:  # the client waits max(its backoff, the Retry-After)
-            _wait(seconds, getattr(last[0], "status", None), asked=retry_after_seconds(last[0]) == seconds)
-
-        return original(backoff, seen, fn, sleep)
-
-    on_retry_after_error._plugbay_plain = original  # type: ignore[attr-defined]
-    return on_retry_after_error
-
-
-def _install_client_go() -> None:
-    """Bound the waits of kubernetes' client_go_retries mode (off by default), once, where its REST client
-    looks them up; a client without that mode is left alone. Call with _install_lock held."""
-    try:
-        from kubernetes.client import rest
-    except ImportError:
-        return
-    original = getattr(rest, "on_retry_after_error", None)
-    if callable(original) and not hasattr(original, "_plugbay_plain"):
-        setattr(rest, "on_retry_after_error", _client_go_waits(original))
-
-
 def install(api_client: Any) -> bool:
     """Give ``api_client``'s pool manager connections that a Deadline can find (once; False if it has none)."""
     pool_manager: Any = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
@@ -355,7 +319,7 @@ def install(api_client: Any) -> bool:
     if not isinstance(classes, dict):
         return False
     with _install_lock:
-        _install_client_go()
+        install_client_go(current, wait_to_ask_again)
         if getattr(pool_manager, _MARK, False):
             return True
         tracked = {}
