@@ -33,7 +33,7 @@ from plugbay.runners.kubernetes import sweep  # noqa: E402
 from plugbay.runners.kubernetes.api import within_deadline  # noqa: E402
 from plugbay.runners.kubernetes.deadline import Cancel, answered_in, cancellable  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
-from tests.kube_standin.server import StandIn  # noqa: E402
+from tests.kube_standin.server import DROP, StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
 LIST = ("list", "pods")
@@ -207,6 +207,48 @@ def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandI
     finally:
         api.close()
     assert server.calls[LIST] == 1
+
+
+def _used_up(server: StandIn, retries: Any) -> str:
+    """The message of a list whose ``retries`` the server's scripted answers use up."""
+    api = _api_client(server, retries)
+    try:
+        with pytest.raises(EngineUnavailableError) as raised:
+            sweep("default", api_client=api, api_timeout=10)
+    finally:
+        api.close()
+    assert "cannot reach the Kubernetes API" not in str(raised.value)
+    return str(raised.value)
+
+
+@pytest.mark.timeout(120)
+def test_gateway_statuses_used_up_do_not_claim_the_api_server_is_up(server: StandIn) -> None:
+    """A proxy or load balancer answers 502/503/504 for an API server it cannot reach."""
+    server.script(*LIST, 502, 504, 503)
+    said = _used_up(server, Retry(total=2, status_forcelist=[502, 503, 504], backoff_factor=0))
+    assert "answered list pods 502, 504, 503 (3 times), statuses the ApiClient's Retry asks again after" in said
+    assert "a proxy or load balancer in front of the API server may be answering for one it cannot reach" in said
+    assert "is up" not in said
+    assert server.calls[LIST] == 3
+
+
+@pytest.mark.timeout(120)
+def test_lost_connections_that_used_the_retry_up_are_counted(server: StandIn) -> None:
+    server.script(*LIST, DROP, DROP, DROP, 500)
+    said = _used_up(server, Retry(total=3, status_forcelist=[500], backoff_factor=0))
+    assert ("answered list pods 500 1 time, and 3 connections were lost, a status the ApiClient's Retry asks"
+            " again after, until its retries ran out") in said
+    assert server.calls[LIST] == 4
+
+
+@pytest.mark.timeout(120)
+def test_mixed_statuses_used_up_get_the_verdict_of_all_of_them(server: StandIn) -> None:
+    """Two 500s and a 429: the server is failing, not only throttling."""
+    server.script(*LIST, 500, 500, (429, 0))
+    said = _used_up(server, Retry(total=10, status=2, status_forcelist=[500], backoff_factor=0))
+    assert "answered list pods 500, 500, 429 (3 times)" in said
+    assert "the API server is up but failing the request" in said
+    assert "throttling" not in said
 
 
 @pytest.mark.timeout(120)

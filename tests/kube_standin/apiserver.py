@@ -151,6 +151,8 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         if (verb, resource) in standin.failing:
             self._status(500, "InternalError", f"the stand-in fails {verb} {resource} (test knob)")
             return False
+        if standin.answer_scripted(self, verb, resource):
+            return False
         if (wait := standin.throttled.get((verb, resource))) is not None:  # API Priority and Fairness's 429
             self._json(429, status_body(429, "TooManyRequests", "Too many requests, please try again later.",
                                         {"retryAfterSeconds": wait}), {"Retry-After": str(wait)})

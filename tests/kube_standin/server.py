@@ -35,6 +35,8 @@ from .runtime import DockerBackend, docker_available
 from .services import ServiceStore
 from .tlscerts import ClusterCerts, make_cluster_certs
 
+DROP = "drop"  # a scripted answer (StandIn.script): the connection closed with no answer
+
 
 class StandIn:
     """Start with ``StandIn().start()``; write a kubeconfig with :meth:`write_kubeconfig`."""
@@ -59,6 +61,7 @@ class StandIn:
         self.paged: set[tuple[str, str]] = set()  # (verb, resource) answered a text/plain 404 page
         self.throttled: dict[tuple[str, str], int] = {}  # (verb, resource) -> the Retry-After its 429 says
         self.lost: dict[tuple[str, str], int] = {}  # (verb, resource) -> the 5xx its committed write gets
+        self.scripted: dict[tuple[str, str], list[Any]] = {}  # (verb, resource) -> its next answers (script)
         self.watch_error: dict[str, Any] | None = None  # a Status each new pod watch ends with at once
         self.log_conns: set[socket.socket] = set()  # the pod log streams being served (cut_logs)
         self.unstalled = threading.Event()  # set: the stalled requests end (unanswered)
@@ -130,6 +133,7 @@ class StandIn:
         self.paged.clear()
         self.throttled.clear()
         self.lost.clear()
+        self.scripted.clear()
         self.watch_error = None
         self.unstall()
         self.release()
@@ -157,6 +161,29 @@ class StandIn:
         """Answer (verb, resource) with 429 TooManyRequests and ``Retry-After: retry_after``, as API
         Priority and Fairness does when a flow's queue is full (allow_all() ends it)."""
         self.throttled[(verb, resource)] = retry_after
+
+    def script(self, verb: str, resource: str, *answers: Any) -> None:
+        """Answer (verb, resource)'s next requests in turn with ``answers``, then as usual (allow_all() ends
+        it): a status (with a Status body), (status, retry_after) to send a Retry-After too (any int: a server
+        may say 10**400), or DROP: the connection closed with no answer, as a proxy losing its upstream does."""
+        with self.lock:
+            self.scripted[(verb, resource)] = list(answers)
+
+    def answer_scripted(self, handler: Any, verb: str, resource: str) -> bool:
+        """Answer a request with (verb, resource)'s next scripted answer, if it has one (apiserver's knobs)."""
+        with self.lock:
+            answers = self.scripted.get((verb, resource))
+            answer = answers.pop(0) if answers else None
+        if answer is None:
+            return False
+        if answer == DROP:
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        code, wait = answer if isinstance(answer, tuple) else (answer, None)
+        handler._json(code, status_body(code, "InternalError", f"the stand-in answers {code} (test knob)"),
+                      {"Retry-After": str(wait)} if wait is not None else {})
+        return True
 
     def lose_answers(self, verb: str, resource: str, status: int = 504) -> None:
         """Carry (verb, resource) out, then answer it ``status`` (504 Timeout, 500 InternalError) instead

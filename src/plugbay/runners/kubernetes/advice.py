@@ -109,6 +109,7 @@ def seconds_text(seconds: float) -> str:
 _BACKOFFS = {"Retry": ("the client's Retry backoff", "the ApiClient's Retry backoff_factor"),
              "client_go": ("the client-go retry backoff", "the duration (or factor, cap) of the ApiClient"
                                                           " configuration's client_go_retry_backoff")}
+GATEWAY = frozenset({502, 503, 504})  # what a proxy or load balancer says for an API server it cannot reach
 
 
 def answered_message(host: str, what: str, answered: tuple[int, float, bool, str], limit: float | None,
@@ -136,15 +137,25 @@ def answered_message(host: str, what: str, answered: tuple[int, float, bool, str
             + (f" or raise {tunable}" if tunable else ""))
 
 
-def exhausted_message(host: str, what: str, statuses: tuple[int, ...]) -> str:
-    """A call whose Retry asked again after each of ``statuses`` (deadline.exhausted_in) until its retries ran
-    out: the API answered, so it is no "cannot reach"."""
-    last = statuses[-1]
+def exhausted_message(host: str, what: str, answers: tuple[tuple[int, ...], int]) -> str:
+    """A call whose Retry asked again after each of ``answers``' statuses, and after its lost connections
+    (deadline.exhausted_in), until its retries ran out: the API answered, so it is no "cannot reach"."""
+    statuses, lost = answers
+    kinds = set(statuses)
     times = f"{len(statuses)} time{'s' if len(statuses) > 1 else ''}"
-    said = f"{last} {times}" if set(statuses) == {last} else f"{', '.join(map(str, statuses))} ({times})"
-    verdict = ("throttling the host (API Priority and Fairness, or an overloaded server). Retry later"
-               if last == 429 else "failing the request. Check it and any proxy in front of it (kubectl get"
-               " --raw /readyz, and the server's log)")
-    return (f"the Kubernetes API at {host} answered {what} {said}, a status the ApiClient's Retry asks again"
-            f" after, until its retries ran out: the API server is up but {verdict}, or give the Retry more"
-            " status retries (total, status) if the failures pass")
+    said = f"{statuses[0]} {times}" if len(kinds) == 1 else f"{', '.join(map(str, statuses))} ({times})"
+    if lost:
+        said += f", and {lost} connection{'s were' if lost > 1 else ' was'} lost"
+    if kinds == {429}:  # only throttled: a mix with failures is failing
+        verdict = ("the API server is up but throttling the host (API Priority and Fairness, or an overloaded"
+                   " server). Retry later")
+    elif kinds - {429} <= GATEWAY:  # a proxy's words as much as the API server's: neither is known to be up
+        verdict = ("a proxy or load balancer in front of the API server may be answering for one it cannot reach,"
+                   " or the API server is failing the request. Check both (kubectl get --raw /readyz, and their"
+                   " logs)")
+    else:
+        verdict = ("the API server is up but failing the request. Check it and any proxy in front of it (kubectl"
+                   " get --raw /readyz, and the server's log)")
+    return (f"the Kubernetes API at {host} answered {what} {said}, {'a status' if len(kinds) == 1 else 'statuses'}"
+            f" the ApiClient's Retry asks again after, until its retries ran out: {verdict}, or give the Retry"
+            f" more retries ({'total, status, read, connect' if lost else 'total, status'}) if the failures pass")

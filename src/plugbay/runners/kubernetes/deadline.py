@@ -234,21 +234,23 @@ def _quiet(retries: Any) -> Any:
     return quiet
 
 
-def _answers(retries: Any, response: Any) -> tuple[int, ...] | None:
-    """The statuses of a call's answers its Retry asked again after, ``response`` the one that used it up;
-    None when that was a redirect (a redirect loop: urllib3's own error says so)."""
+def _answers(retries: Any, response: Any) -> tuple[tuple[int, ...], int] | None:
+    """The statuses of a call's answers its Retry asked again after, ``response`` the one that used it up,
+    and how many of its connections were lost (no status) on the way; None when that was a redirect (a
+    redirect loop: urllib3's own error says so)."""
     status = getattr(response, "status", None)
     if not isinstance(status, int) or response.get_redirect_location():
         return None
-    asked = [h.status for h in getattr(retries, "history", ()) if isinstance(h.status, int) and not h.redirect_location]
-    return (*asked, status)
+    history = getattr(retries, "history", ())
+    asked = [h.status for h in history if isinstance(h.status, int) and not h.redirect_location]
+    return (*asked, status), sum(1 for h in history if h.error is not None and h.status is None)
 
 
-def exhausted_in(exc: BaseException | None) -> tuple[int, ...] | None:
+def exhausted_in(exc: BaseException | None) -> tuple[tuple[int, ...], int] | None:
     """The statuses of the answers a bounded call's Retry asked again after until they used it up (the
-    MaxRetryError urllib3 raised then), if ``exc`` says so."""
-    statuses: tuple[int, ...] | None = getattr(exc, _ANSWERS, None)
-    return statuses
+    MaxRetryError urllib3 raised then), and its lost connections, if ``exc`` says so."""
+    answers: tuple[tuple[int, ...], int] | None = getattr(exc, _ANSWERS, None)
+    return answers
 
 
 def _urllib3_sleeps(retries: Any) -> bool:
