@@ -184,9 +184,10 @@ def test_a_throttled_endpointslice_list_says_the_api_answered(server: StandIn) -
     resolver = EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=server.kubeconfig_path)
     began = time.monotonic()
     try:
+        # the limit is what is left of start()'s 1.5 s when the list is made: less on a loaded machine
         with pytest.raises(DiscoveryUnavailableError,
                            match=r"answered list endpointslices 429 \(throttled: API Priority and Fairness, or an"
-                                 r" overloaded server\), asking to be asked again in 30s; the call's limit of 1.5s"
+                                 r" overloaded server\), asking to be asked again in 30s; the call's limit of 1\.\ds"
                                  r" ran out while it waited\. Retry later, or raise start_timeout to wait it out;"
                                  r" kubernetes:///default/kv:grpc cannot be discovered until it answers"):
             resolver.start(lambda endpoints: None, deadline=time.monotonic() + 1.5)
