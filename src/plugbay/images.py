@@ -35,7 +35,7 @@ from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files, check_tag, make_readable,
                                 run_step)
 from plugbay.imagesteps import tree_hash as _tree_hash
-from plugbay.runners.docker.engine import engine, engine_call, engine_failures, engine_unreachable
+from plugbay.runners.docker.engine import engine, engine_call, engine_failures, engine_unreachable, require_sdk
 from plugbay.runners.docker.sweep import BUILT
 
 BASE_IMAGE = "plugbay-base:bookworm"
@@ -95,9 +95,9 @@ def docker_client() -> Any:
 
     The version is asked once per engine and process: an engine gone since (or hung) fails the ping,
     whose connection errors and timeouts are the SDK's requests' own, not DockerExceptions."""
+    client = engine()  # EngineUnavailableError when the SDK is missing too
     from docker.errors import DockerException
 
-    client = engine()
     try:
         engine_call(client.ping, "answer a ping", getattr(client.api, "timeout", None))
     except DockerException as exc:  # an answer that is not a pong (an error status)
@@ -143,6 +143,7 @@ def _own_client() -> Iterator[Any]:
 
 def ensure_base(progress: Progress = _print_progress, *, client: Any = None) -> str:
     """Build ``plugbay-base:bookworm`` unless it exists; return its image id."""
+    require_sdk()
     from docker.errors import ImageNotFound
 
     if client is None:  # our own client: closed again, not left to the garbage collector
@@ -232,6 +233,7 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
     makes the image run that plugin behind plugbay's network gateway (see
     Dockerfile.plugin and docs/network.md).
     """
+    require_sdk()
     from docker.errors import APIError, BuildError, ImageNotFound
 
     _entrypoint(entry)  # checked before the engine is asked anything
@@ -359,6 +361,7 @@ def ensure_example(name: str, progress: Progress = _print_progress, *, client: A
     recipe = EXAMPLES.get(name)
     if recipe is None:
         raise ConfigError(f"unknown example image {name!r}; choose one of {sorted(EXAMPLES)}")
+    require_sdk()  # before the recipe's source: kv-go's compiles a Go binary first
     build_plugin_image(recipe.tag, recipe.source(), recipe.entry, progress=progress, client=client,
                        target=recipe.target)
     return recipe.tag

@@ -26,14 +26,15 @@ def _signal_name(code: int | None) -> str | None:
 def _docker(container_id: str) -> dict[str, Any]:
     from plugbay.images import docker_client
     from plugbay.runners.docker.adopt import is_container_ref
-    from plugbay.runners.docker.engine import engine_call
-
-    from docker.errors import APIError, DockerException, NotFound
+    from plugbay.runners.docker.engine import engine_call, require_sdk
 
     # the id goes into the engine's request path: 'x/../../images/NAME' would inspect an image
     if not is_container_ref(container_id):
         raise ConfigError(f"docker:{container_id[:80]!r} names no container: give its id (12-64 hex digits) or"
                           " name ([a-zA-Z0-9][a-zA-Z0-9_.-]*), as `docker ps -a` shows them")
+    require_sdk()
+    from docker.errors import APIError, DockerException, NotFound
+
     client = docker_client()
     try:
         try:

@@ -49,15 +49,26 @@ def engine_silent(what: str, timeout: float | None, exc: BaseException) -> Engin
 _versions: dict[str, str] = {}
 
 
+def require_sdk() -> None:
+    """EngineUnavailableError saying how to install it when the docker SDK is missing (plugbay[cli] alone).
+
+    Called first by every entry point that imports the SDK's modules itself (``from docker.errors
+    import ...``): else their ImportError, not this, was what a user of plugbay[cli] alone got."""
+    try:
+        import docker  # noqa: F401
+        import requests  # noqa: F401
+    except ImportError as exc:
+        raise EngineUnavailableError(f"the docker SDK is missing ({exc}): pip install 'plugbay[docker]'") from exc
+
+
 def engine(timeout: float = ENGINE_TIMEOUT) -> Any:
     """A docker SDK client with the API version negotiated (the engine here is 20.10 / 1.41), whose
     requests wait at most ``timeout`` seconds for an answer."""
-    try:
-        import docker
-        import requests
-        from docker.errors import DockerException
-    except ImportError as exc:  # pragma: no cover - the docker extra is not installed
-        raise EngineUnavailableError("the docker SDK is missing: pip install 'plugbay[docker]'") from exc
+    require_sdk()
+    import docker
+    import requests
+    from docker.errors import DockerException
+
     host = os.environ.get("DOCKER_HOST", "")
     try:
         client = docker.from_env(version=_versions.get(host, "auto"), timeout=timeout)
@@ -130,6 +141,7 @@ def engine_call(func: Callable[[], T], what: str, timeout: float | None = None) 
 def engine_failures() -> tuple[type[BaseException], ...]:
     """What a failing engine raises: its answers, what requests raises for a connection it dropped
     (a restart, a proxy's reset), and engine_call()'s word for that."""
+    require_sdk()
     import requests
     from docker.errors import DockerException
 

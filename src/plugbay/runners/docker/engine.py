@@ -26,6 +26,7 @@ from plugbay.core.transport.tempdirs import MARKER as OWNER_MARKER
 from plugbay.runners.docker.connect import ENGINE_TIMEOUT as ENGINE_TIMEOUT, engine as engine
 from plugbay.runners.docker.connect import engine_call as engine_call, engine_failures as engine_failures
 from plugbay.runners.docker.connect import engine_silent as engine_silent, engine_unreachable as engine_unreachable
+from plugbay.runners.docker.connect import require_sdk as require_sdk
 
 _log = logging.getLogger("plugbay.runners.docker")
 

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from plugbay.errors import EngineUnavailableError, RunnerError
-from plugbay.runners.docker.engine import SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures
+from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures,
+                                           require_sdk)
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
 
@@ -32,6 +33,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
     both are gone. A container either names as this process is never removed.
     """
+    require_sdk()
     from docker.errors import NotFound
 
     failed = engine_failures()
@@ -110,6 +112,7 @@ def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
     Never forced: the engine refuses an image a container (or a child image) uses, and such an image
     is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
     """
+    require_sdk()
     from docker.errors import NotFound
 
     failed = engine_failures()
