@@ -109,6 +109,37 @@ def test_a_health_watch_ended_by_a_signal_exits_with_the_last_checks_code(stalle
     assert list(own_tmp.iterdir()) == []
 
 
+def test_a_health_watch_goes_on_until_the_plugin_comes_up_on_its_socket(own_tmp: Path) -> None:
+    # a unix:// target without its socket yet printed one UNREACHABLE and ended the watch (exit 3): a watch
+    # meant to see a plugin come up saw nothing; a static:// target's watch went on
+    sock = own_tmp / "kv.sock"
+    watch = _start(["health", f"unix://{sock}", "--insecure", "--watch", "--interval", "0.2", "--count", "300",
+                    "--json"], own_tmp)  # the count bounds it, should the plugin never answer
+    plugin = None
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+        assert first["status"] == "UNREACHABLE" and "no socket at" in first["detail"], first
+        # the KV example, a real plugin, brought up on the very path the watch looks at
+        plugin = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=cli_env(BASIC_PLUGIN="hello", PLUGBAY_LISTEN=f"unix:{sock}"))
+        seen = [first["status"]]
+        while seen[-1] != "SERVING":
+            line = watch.stdout.readline()
+            assert line, f"the watch ended before the plugin served: {seen}"
+            seen.append(json.loads(line)["status"])
+        code, _, err = _stop(watch, signal.SIGINT)
+        assert code == 0, err  # the last check's: SERVING
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate(timeout=10)
+        if plugin is not None:
+            plugin.kill()
+            plugin.wait(30)
+
+
 def test_reattach_out_refuses_a_file_that_is_not_a_reattach_config(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")

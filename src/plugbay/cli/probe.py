@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import click
 import grpc
 
 from plugbay.cli import output
-from plugbay.cli.targets import Tls, reach
+from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
 TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
@@ -85,18 +86,18 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
     TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
     """
     tls, target, timeout = _tls(kw), kw["target"], kw["timeout"]
-    try:
-        ctx = reach(target, tls)
-        reached = ctx.__enter__()
-    except TargetUnreachableError as exc:
-        result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0, "detail": output.one_line(str(exc))}
-        _print_health(result, as_json)
-        return output.UNREACHABLE
-    try:
+    with ExitStack() as stack:
+        reached: Reached | None = None
         done, code = 0, output.UNREACHABLE
         try:
             while True:
-                result = check_health(reached.channel, service, timeout)
+                try:  # reached once, the channel is kept: it reconnects by itself
+                    reached = reached or stack.enter_context(reach(target, tls))
+                except TargetUnreachableError as exc:  # not there (yet): a watch goes on, to see it come up
+                    result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0,
+                                              "detail": output.one_line(str(exc))}
+                else:
+                    result = check_health(reached.channel, service, timeout)
                 code, done = _health_code(result["status"]), done + 1  # before it shows: Ctrl-C may come then
                 _print_health(result, as_json)
                 if not watch or (count is not None and done >= count):
@@ -106,8 +107,6 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
             if watch and done:
                 return code
             raise
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def _print_health(result: dict[str, Any], as_json: bool) -> None:
