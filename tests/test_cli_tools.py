@@ -33,6 +33,17 @@ def test_images_build_progress_on_a_terminal_plain_in_a_pipe() -> None:
     assert piped.stdout.strip() == "plugbay-kv:latest"
     assert "step 1: base image plugbay-base:bookworm" in piped.stderr
     assert "step 2: image kv" in piped.stderr and "\x1b[" not in piped.stderr
+    again = plugbay("images", "build", "kv", timeout=900)
+    from plugbay.images import HASH_LABEL, docker_client
+
+    client = docker_client()
+    try:
+        image = client.images.get("plugbay-kv:latest")
+    finally:
+        client.close()
+    # it printed the content hash in brackets, where `docker images` shows the image's id
+    said = f"plugbay-kv:latest is up to date (image {image.id[7:19]}, content {image.labels[HASH_LABEL][:12]})"
+    assert said in again.stderr, again.stderr
     quiet = plugbay("images", "build", "kv", "--quiet", timeout=900)
     assert quiet.returncode == 0 and quiet.stdout.strip() == "plugbay-kv:latest" and quiet.stderr == ""
     on_tty = _pty_run(["images", "build", "kv"], cli_env(TERM="xterm-256color", COLUMNS="120"), timeout=900)

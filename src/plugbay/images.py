@@ -272,7 +272,7 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
         try:
             previous = client.images.get(tag)
             if previous.labels.get(HASH_LABEL) == digest:
-                progress(f"{tag} is up to date ({digest[:12]})")
+                progress(f"{tag} is up to date (image {str(previous.id)[7:19]}, content {digest[:12]})")
                 return str(previous.id)
         except ImageNotFound:
             pass
