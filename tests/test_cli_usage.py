@@ -106,6 +106,36 @@ def test_gateway_start_timeout_is_checked_before_it_listens() -> None:
         assert "listening" not in out.stdout
 
 
+@pytest.mark.parametrize("flag, named", [("--cmd", "--cmd is empty; give the plugin's command line"),
+                                         ("--image", "--image is empty; give the plugin's image"),
+                                         ("--pod", "--pod is empty; give the plugin's image")])
+def test_run_says_an_empty_runner_flag_is_empty(tmp_path: Path, flag: str, named: str) -> None:
+    # `--cmd ''` was told "give exactly one of --cmd, --image or --pod", though it gave one
+    refused(plugbay("run", flag, "", "--cookie", COOKIE, cwd=tmp_path), named)
+
+
+def test_gateway_says_a_listen_port_is_out_of_range() -> None:
+    # port 99999 was "not HOST:PORT", which it is
+    out = plugbay("gateway", "--cookie", COOKIE, "--insecure", "--listen", "127.0.0.1:99999", "--",
+                  sys.executable, str(KV_PLUGIN))
+    assert out.returncode == 2, out.stderr
+    assert "'127.0.0.1:99999': port 99999 is out of range 0-65535 (0: any free port)" in out.stderr, out.stderr
+    assert "listening" not in out.stdout
+
+
+def test_a_start_timeout_names_the_flag_and_a_signal_its_name(tmp_path: Path) -> None:
+    # the timeout said "Raise start_timeout", the Python keyword, to a user of --start-timeout
+    slow = plugbay("run", "--cmd", "sleep 60", "--cookie", COOKIE, "--start-timeout", "1", cwd=tmp_path)
+    assert slow.returncode == 1, slow.stderr
+    assert "Raise start_timeout (--start-timeout on plugbay's command line) if it is slow" in slow.stderr
+    # a plugin ended by SIGSEGV before its handshake line: the -11 named as a SIGKILL's -9 is elsewhere
+    crash = f"{sys.executable} -c 'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)'"
+    out = plugbay("run", "--cmd", crash, "--cookie", COOKIE, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "exited with code -11 before completing the handshake" in out.stderr
+    assert "It was killed by SIGSEGV." in out.stderr, out.stderr
+
+
 def test_plugbay_options_before_gateway_count() -> None:
     # the gateway takes its arguments verbatim, but `plugbay --debug gateway` still asks for debug logs
     # and `plugbay --bogus gateway` is refused as click refuses it before any other command

@@ -237,6 +237,18 @@ def test_port_range_exhausted(plugins: list[PluginProc]) -> None:
     assert f"couldn't bind plugin TCP listener: no free port on 127.0.0.1 in {base}..{base + 1}" in err
 
 
+@pytest.mark.parametrize("address, why", [
+    ("999.1.1.1:0", "'999.1.1.1' is no IP address or name that resolves"),
+    ("192.0.2.1:0", "'192.0.2.1' is not an address of this machine"),  # TEST-NET-1: no machine's
+])
+def test_plugbay_listen_on_an_address_that_is_none_says_so(plugins: list[PluginProc], address: str,
+                                                           why: str) -> None:
+    # it said "free that port or choose another": no port would have done
+    err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": f"tcp:{address}"})
+    assert f"couldn't bind plugin TCP listener on {address}: the address is invalid ({why}" in err, err
+    assert "free that port" not in err
+
+
 @pytest.mark.parametrize("env, expected", [
     ({"PLUGIN_MIN_PORT": "20", "PLUGIN_MAX_PORT": "10"},
      "PLUGIN_MIN_PORT value of 20 is greater than PLUGIN_MAX_PORT value of 10"),

@@ -89,6 +89,9 @@ def _is_reattach_file(path: Path) -> bool:
 
 def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str | None, namespace: str | None,
             kubeconfig: str | None, writable: tuple[str, ...] = ()) -> tuple[Any, str]:
+    for flag, value in (("--cmd", cmd), ("--image", image), ("--pod", pod)):
+        if value is not None and not value.strip():  # given, but as '': not the same as leaving it out
+            raise ConfigError(f"{flag} is empty; give the plugin's {'command line' if flag == '--cmd' else 'image'}")
     chosen = [x for x in (cmd, image, pod) if x]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --cmd 'COMMAND', --image IMAGE or --pod IMAGE")

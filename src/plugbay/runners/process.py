@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.core.protocol.exits import signal_name
+from plugbay.core.protocol.exits import killed_by
 from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
@@ -254,7 +254,9 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
         return fields is None or fields[0] in ("Z", "X")
 
     def exit_detail(self) -> str:
-        return ""  # the process runner's diagnosis would only repeat the stderr tail
+        # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named
+        code = None if self._proc is None else self._proc.poll()
+        return f"It was killed by {killed_by(code)}." if killed_by(code) else ""
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._proc is None:
@@ -393,9 +395,8 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
         if self._proc is None:
             return f"plugin {self.name!r} was never started"
         code = self._proc.poll()
-        state = "still running" if code is None else f"exited with code {code}"
-        if code is not None and code < 0 and signal_name(-code):
-            state += f" (killed by {signal_name(-code)})"
+        state = "still running" if code is None else f"exited with code {code}" + (
+            f" (killed by {killed_by(code)})" if killed_by(code) else "")
         lines = "\n".join("    " + printable(line) for line in list(self._tail)[-10:]) or "    (none)"
         return f"process {self._proc.pid} ({' '.join(self.cmd)}) {state}; last stderr lines:\n{lines}"
 

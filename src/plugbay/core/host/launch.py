@@ -40,6 +40,8 @@ _log = logging.getLogger("plugbay.client")
 _EOF = object()
 # After the plugin exited, how long to keep waiting for a line it may have printed.
 _EXIT_LINGER = 1.0
+# the same setting where a shell user sets it: plugbay run's and the gateway's flag
+_FLAG = " (--start-timeout on plugbay's command line)"
 # The runners Clients took (by id; an entry goes with its runner). A runner runs one plugin once: a
 # second Client handed one must be refused before it touches it, as its failure would end the other's plugin.
 _TAKEN: weakref.WeakValueDictionary[int, Runner] = weakref.WeakValueDictionary()
@@ -196,12 +198,12 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
                 f"starting plugin {name!r} took {in_runner_start:.1f}s in {type(runner).__name__}.start()"
                 " (creating and starting its process, container or pod), leaving too little of start_timeout"
                 f" ({start_timeout:.1f}s) for its handshake line, so it was killed. Check that the engine or"
-                f" cluster answers promptly, or raise start_timeout.\n{runner.diagnose()}")
+                f" cluster answers promptly, or raise start_timeout{_FLAG}.\n{runner.diagnose()}")
         if now >= deadline:
             runner.kill(0)
             raise HandshakeTimeoutError(
                 f"plugin {name!r} did not print its handshake line within {start_timeout:.1f}s, so it"
-                " was killed. Raise start_timeout if it is slow to start; check that it calls serve()"
+                f" was killed. Raise start_timeout{_FLAG} if it is slow to start; check that it calls serve()"
                 f" (or plugin.Serve) and prints nothing before the handshake.\n{runner.diagnose()}"
             )
         try:

@@ -25,6 +25,7 @@ gRPC on a private unix socket) is used when:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -329,8 +330,31 @@ def _bind_error(endpoint: Endpoint) -> ConfigError:
         low, high = endpoint.port_range
         return ConfigError(f"couldn't bind plugin TCP listener: no free port on 127.0.0.1 in {low}..{high};"
                            f" widen {ENV_MIN_PORT}/{ENV_MAX_PORT} or free a port")
+    host = endpoint.address.rpartition(":")[0]
+    unusable = _unusable_host(host.removeprefix("[").removesuffix("]"))
+    if unusable:  # no port would do: "free that port" sent the user after the wrong thing
+        return ConfigError(f"couldn't bind plugin TCP listener on {endpoint.address}: the address is invalid"
+                           f" ({unusable}); in {ENV_LISTEN} give one of this machine's addresses, for example"
+                           " tcp:127.0.0.1:0 or tcp:0.0.0.0:4000")
     return ConfigError(f"couldn't bind plugin TCP listener on {endpoint.address}; free that port or"
                        f" choose another in {ENV_LISTEN}")
+
+
+def _unusable_host(host: str) -> str | None:
+    """Why no socket can be bound on ``host`` at any port (not an address, or none of this machine's), or None."""
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{host!r} is no IP address or name that resolves: {exc}"
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)  # port 0: only whether the address is one of this machine's
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                return None
+    return f"{host!r} is not an address of this machine"
 
 
 def _check_unix_path(path: str) -> None:

@@ -184,8 +184,10 @@ def listen_target(listen: str) -> tuple[str, str]:
         return listen, "unix"
     host, sep, port = listen.rpartition(":")
     # and a port too long for int() (over 4300 digits) a bare ValueError
-    if (not sep or not host or not (port.isascii() and port.isdigit()) or len(port.lstrip("0")) > 5
-            or int(port) > 65535):
+    if sep and host and port.isascii() and port.isdigit() and (len(port.lstrip("0")) > 5 or int(port) > 65535):
+        raise ConfigError(f"network listen address {listen!r:.120}: port {port[:12]}{'...' if len(port) > 12 else ''}"
+                          " is out of range 0-65535 (0: any free port); use for example '0.0.0.0:7001'")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ConfigError(f"network listen address {listen!r:.120} is not HOST:PORT; use for example"
                           " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
     return f"{host}:{int(port)}", "tcp"

@@ -18,3 +18,8 @@ def signal_name(num: int) -> str | None:
     except ValueError:
         low = getattr(signal, "SIGRTMIN", 0)
         return f"SIGRTMIN+{num - low}" if low and num >= low else f"signal {num}"
+
+
+def killed_by(code: int | None) -> str | None:
+    """The signal a child process's exit code names (-N: ended by signal N, as subprocess reports it), or None."""
+    return signal_name(-code) if code is not None and code < 0 else None
