@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import signal
@@ -158,7 +159,9 @@ def test_rotated_cert_files_are_used_without_dropping_connections(kv_bin: str, i
         assert gw.certs.reloads == 1
 
 
-def test_child_killed_calls_fail_fast_then_work_after_restart(gateway: Gateway, certs: netcerts.CertSet) -> None:
+def test_child_killed_calls_fail_fast_then_work_after_restart(gateway: Gateway, certs: netcerts.CertSet,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="plugbay.gateway")
     with secure(certs, gateway.address) as ch:
         kv = kv_pb2_grpc.KVStub(ch)
         kv.Put(kv_pb2.PutRequest(key="k", value=b"before"), timeout=10)
@@ -182,6 +185,8 @@ def test_child_killed_calls_fail_fast_then_work_after_restart(gateway: Gateway, 
         assert codes and set(codes) == {grpc.StatusCode.UNAVAILABLE}, codes
         assert gateway.child_pid not in (None, old_pid)
         assert gateway.keeper.restarts == 1
+        said = [r.getMessage() for r in caplog.records if "restarting it" in r.getMessage()]
+        assert said == ["gateway: the plugin exited with code -9 (killed by SIGKILL); restarting it"], said
 
 
 def test_deadline_and_death_mid_call_are_forwarded(misbehave_bin: str, certs: netcerts.CertSet,

@@ -187,6 +187,6 @@ def test_a_session_child_that_crashes_is_reported_and_one_stopped_is_not(certs: 
         finally:
             host.close()
     said = [r.getMessage() for r in caplog.records if "brokering session" in r.getMessage()]
-    assert said == ["gateway: the plugin of the brokering session from 127.0.0.1 exited with code -9; ending"
-                    " that session (the host reconnects to a new one)"], said
+    assert said == ["gateway: the plugin of the brokering session from 127.0.0.1 exited with code -9 (killed by"
+                    " SIGKILL); ending that session (the host reconnects to a new one)"], said
     assert all(r.levelno == logging.WARNING for r in caplog.records if "brokering session" in r.getMessage())

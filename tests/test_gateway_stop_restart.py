@@ -182,6 +182,7 @@ def test_sigterm_during_the_first_start_exits_0_and_ends_the_hanging_child(tmp_p
             out, err = _sigterm(proc)
             assert proc.returncode == 0, err.decode()[-2000:]  # a stop, as documented (it exited 1)
             assert b"listening" not in out and b"error" not in err
+            assert b"gateway: stopped before the plugin started" in err, err.decode()[-2000:]  # not silently
             assert wait_until(lambda: not pid_alive(hang), BOUND), f"the hanging child {hang} outlived the gateway"
     finally:
         _kill_if_alive(hang)

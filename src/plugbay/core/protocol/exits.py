@@ -23,3 +23,9 @@ def signal_name(num: int) -> str | None:
 def killed_by(code: int | None) -> str | None:
     """The signal a child process's exit code names (-N: ended by signal N, as subprocess reports it), or None."""
     return signal_name(-code) if code is not None and code < 0 else None
+
+
+def exit_said(code: int | None) -> str:
+    """'exited with code N', naming the signal a negative code stands for ("... -11 (killed by SIGSEGV)")."""
+    by = killed_by(code)
+    return f"exited with code {code}" + (f" (killed by {by})" if by else "")

@@ -24,6 +24,7 @@ import grpc
 
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import RESTARTERS
+from plugbay.core.protocol.exits import exit_said
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import GatewayError, PlugbayError
@@ -134,7 +135,7 @@ class ChildKeeper:
                 self._probe.tick(self.channel()[0], time.monotonic())
                 continue
             self._probe.reset(math.inf)
-            what = (f"the plugin exited with code {client.exit_code}" if client is not None
+            what = (f"the plugin {exit_said(client.exit_code)}" if client is not None
                     else "the plugin did not start")
             with self._lock:
                 self._client, self._why = None, f"{what}; restarting it"

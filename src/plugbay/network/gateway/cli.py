@@ -213,7 +213,9 @@ def main(argv: list[str], level: int = logging.INFO) -> int:
         gateway = Gateway(config)
         try:
             if not _start_unless_stopped(gateway, stop):
-                return 0  # a stop signal while the plugin started: a stop, not a failure
+                # a stop signal while the plugin started: a stop, not a failure (as a stop once it serves)
+                print("gateway: stopped before the plugin started", file=sys.stderr, flush=True)
+                return 0
             print(f"listening tcp {gateway.address}", flush=True)
             while not stop.wait(0.5):
                 if gateway.failed.is_set():

@@ -40,6 +40,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
+from plugbay.core.protocol.exits import exit_said
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.core.transport.sockets import dial, hung_up
@@ -271,8 +272,8 @@ class ChildSession:
         with self._lock:
             if self._closed:
                 return
-        log.warning("gateway: the plugin of the brokering session from %s exited with code %d; ending that"
-                    " session (the host reconnects to a new one)", self._peer or "a local peer", code)
+        log.warning("gateway: the plugin of the brokering session from %s %s; ending that session (the host"
+                    " reconnects to a new one)", self._peer or "a local peer", exit_said(code))
 
     # Both run on their session's reader thread, in the order the streams arrive; they never wait.
     def _from_remote(self, stream: Stream) -> None:
