@@ -124,27 +124,31 @@ def _refused(image: str, exc: Any) -> RunnerError:
                        " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
 
 
-def _check_reaper(engine: DockerClient, image: str) -> None:
-    """ImageNotFoundError when testcontainers would start its Ryuk reaper from an image the engine lacks.
+def _reaper_failure(engine: DockerClient, image: str, exc: BaseException) -> ImageNotFoundError | None:
+    """The error to raise when ``exc`` (out of testcontainers' start) is its Ryuk reaper's image failing to pull.
 
-    testcontainers starts Ryuk before the first container of a run, and pulls its image when the engine
-    lacks it: the user got docker's bare APIError (a 500 naming registry-1.docker.io) from a library that
-    never uses a registry. The reaper is the user's choice (its env, testcontainers' global config), so it
-    is not turned off here: the error says both ways out."""
+    testcontainers starts Ryuk before the first container of a run and pulls its image when the engine
+    lacks it; offline (no registry) the user got docker's bare APIError, a 500 naming registry-1.docker.io.
+    The reaper and its pull are the user's choice (its env, testcontainers' global config): a registry that
+    can be reached still serves it, so only a pull that failed is said, with both ways out."""
+    from docker.errors import APIError
     from testcontainers.core.config import testcontainers_config as config
     from testcontainers.core.container import Reaper
 
-    if config.ryuk_disabled or Reaper._instance is not None or image == config.ryuk_image:
-        return
+    if not isinstance(exc, APIError) or config.ryuk_disabled or Reaper._instance is not None:
+        return None
+    if image == config.ryuk_image:
+        return None
     try:
         find_image(engine.client, config.ryuk_image)
-    except ImageNotFoundError:
-        raise ImageNotFoundError(
-            f"testcontainers starts its Ryuk reaper (image {config.ryuk_image!r}) before the plugin's container,"
-            " and that image is not on the Docker engine; plugbay never pulls. Set"
-            " TESTCONTAINERS_RYUK_DISABLED=true (PluginContainer removes its own container at stop(), and"
-            " plugbay.runners.docker.sweep() removes any a killed run left), or `docker load` the image (or"
-            " name a local copy in RYUK_CONTAINER_IMAGE)") from None
+        return None  # the reaper's image is there: the failure is another one
+    except (ImageNotFoundError, ConfigError):
+        pass
+    return ImageNotFoundError(
+        f"testcontainers starts its Ryuk reaper (image {config.ryuk_image!r}) before the plugin's container, and"
+        f" could not pull that image ({exc}). Set TESTCONTAINERS_RYUK_DISABLED=true (PluginContainer removes its"
+        " own container at stop(), and plugbay.runners.docker.sweep() removes any a killed run left), or"
+        " `docker load` the image (or name a local copy in RYUK_CONTAINER_IMAGE)")
 
 
 def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeout: Any, call_timeout: Any) -> None:
@@ -258,8 +262,13 @@ class PluginContainer(DockerContainer):
                                    " PluginContainer for a second plugin)")
         self._started = True
         try:
-            _check_reaper(self.get_docker_client(), self.image)
-            super().start()
+            try:
+                super().start()
+            except Exception as exc:
+                failure = _reaper_failure(self.get_docker_client(), self.image, exc)
+                if failure is None:
+                    raise
+                raise failure from exc
             handshake = read_handshake(self.get_wrapped_container(), self.image, self.start_timeout)
             if self._cert is not None and handshake.server_cert is None and self.transport == "tcp":
                 # the plugin serves plaintext on a port any local process can reach: refused, as
