@@ -93,3 +93,16 @@ def test_ensure_example_raises_plugbays_error_naming_the_extra(no_sdk: dict[str,
     out = subprocess.run([sys.executable, "-c", code], env=no_sdk, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("raised: ") and ADVICE in out.stdout
+
+
+def test_a_docker_runner_with_a_memory_limit_says_how_to_get_the_sdk(no_sdk: dict[str, str]) -> None:
+    # the mem_limit check parses the size with the SDK's own parser: its import was a bare ModuleNotFoundError
+    code = ("from plugbay.errors import EngineUnavailableError\n"
+            "from plugbay.runners.docker import DockerRunner\n"
+            "try:\n"
+            "    DockerRunner('plugbay-kv:latest', mem_limit='512m')\n"
+            "except EngineUnavailableError as exc:\n"
+            "    print('raised:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=no_sdk, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("raised: ") and ADVICE in out.stdout

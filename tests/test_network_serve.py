@@ -214,6 +214,7 @@ def test_settings_of_the_wrong_kind_are_refused_when_made(certs: netcerts.CertSe
     ({"listen": "127.0.0.1:\u00b2"}, "is not HOST:PORT"),
     ({"listen": "127.0.0.1:\u0661"}, "is not HOST:PORT"),
     ({"listen": "127.0.0.1:" + "9" * 5000}, r"port 999999999999\.\.\. is out of range 0-65535"),
+    ({"listen": "127.0.0.1:" + "0" * 5000 + "70000"}, r"port 000000000000\.\.\. is out of range 0-65535"),
     ({"listen": "127.0.0.1:99999"}, r"'127\.0\.0\.1:99999': port 99999 is out of range 0-65535 \(0: any free port\)"),
     ({"listen": "localhost"}, "is not HOST:PORT"),
     ({"cert_file": "/tmp/tls.crt\x00"}, "cert_file '/tmp/tls.crt\\\\x00' is no path the OS can name"),
@@ -226,3 +227,6 @@ def test_a_listen_address_or_tls_path_that_cannot_work_is_refused_when_made(
         NetworkServe(**{"listen": "127.0.0.1:0", "insecure": True, **kwargs})  # type: ignore[arg-type]
     for listen in ("127.0.0.1:00007001", "[::]:65535", "unix:/tmp/with%percent.sock"):
         assert NetworkServe(listen=listen, insecure=True).listen == listen
+    # zeros past int()'s 4300 digits are still port 0, as Go reads them (int() of them was a bare ValueError)
+    from plugbay.core.plugin.netconfig import listen_target
+    assert listen_target("127.0.0.1:" + "0" * 5000) == ("127.0.0.1:0", "tcp")

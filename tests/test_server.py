@@ -328,20 +328,27 @@ def test_fixed_unix_path_reuses_a_stale_socket_but_not_a_live_one(plugins: list[
 
 @pytest.mark.parametrize("value", ["bogus", "tcp:4000", "tcp:host:port", "unix:", "udp:1.2.3.4:5",
                                    # digits to str.isdigit() (the first a ValueError of int(), the second
-                                   # taken as port 5000), and a port past 65535
-                                   "tcp:127.0.0.1:\u00b2", "tcp:127.0.0.1:\u0665\u0660\u0660\u0660",
-                                   "tcp:127.0.0.1:65536"])
+                                   # taken as port 5000)
+                                   "tcp:127.0.0.1:\u00b2", "tcp:127.0.0.1:\u0665\u0660\u0660\u0660"])
 def test_bad_plugbay_listen(plugins: list[PluginProc], value: str) -> None:
     err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": value})
     assert f"PLUGBAY_LISTEN={value!r} is not a listen address; use 'tcp:HOST:PORT'" in err
+
+
+def test_a_plugbay_listen_port_past_65535_is_said_to_be_out_of_range(plugins: list[PluginProc]) -> None:
+    err = refused(plugins, {**COOKIE, "PLUGBAY_LISTEN": "tcp:127.0.0.1:99999"})
+    assert "PLUGBAY_LISTEN='tcp:127.0.0.1:99999': port 99999 is out of range 0-65535 (0: any free port)" in err
 
 
 def test_plugbay_listen_port_is_ascii_digits_within_0_to_65535() -> None:
     from plugbay.core.plugin.listener import plan_endpoint
     from plugbay.errors import ConfigError
 
-    for port in ("+80", "-1", " 80", "9" * 5000):  # the last a ValueError of int() (over 4300 digits)
+    for port in ("+80", "-1", " 80"):
         with pytest.raises(ConfigError, match="is not a listen address"):
+            plan_endpoint({"PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"})
+    for port in ("65536", "9" * 5000):  # the last a ValueError of int() (over 4300 digits)
+        with pytest.raises(ConfigError, match=r"port \d+(\.\.\.)? is out of range 0-65535"):
             plan_endpoint({"PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"})
     for port, address in (("0", "127.0.0.1:0"), ("00080", "127.0.0.1:80"), ("65535", "127.0.0.1:65535")):
         assert plan_endpoint({"PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"}).address == address

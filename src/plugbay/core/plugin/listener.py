@@ -138,6 +138,9 @@ def _parse_override(value: str, env: Mapping[str, str]) -> Endpoint:
         number = go_int(port) if port.isdigit() else None  # ASCII digits (go_int): '²' is a digit to isdigit()
         if sep and host and number is not None and number < 65536:
             return Endpoint("tcp", f"{host}:{number}")
+        if sep and host and port.isascii() and port.isdigit():  # digits, but no port (go_int: too many for Go)
+            raise ConfigError(f"{ENV_LISTEN}={value!r:.120}: port {port[:12]}{'...' if len(port) > 12 else ''} is out"
+                              " of range 0-65535 (0: any free port); use for example 'tcp:0.0.0.0:4000'")
     if kind == "unix" and rest:
         if not os.path.isabs(rest):  # a handshake's unix path is absolute: the host refused the line
             raise ConfigError(f"{ENV_LISTEN}={value!r} names a relative unix socket path, which the host"

@@ -183,14 +183,16 @@ def listen_target(listen: str) -> tuple[str, str]:
     if listen.startswith("unix:") and len(listen) > 5:
         return listen, "unix"
     host, sep, port = listen.rpartition(":")
-    # and a port too long for int() (over 4300 digits) a bare ValueError
-    if sep and host and port.isascii() and port.isdigit() and (len(port.lstrip("0")) > 5 or int(port) > 65535):
+    digits = port.isascii() and port.isdigit()
+    # only the significant digits go to int(): a port of over 4300 digits (zeros too) is a bare ValueError there
+    significant = port.lstrip("0") if digits else ""
+    if sep and host and digits and (len(significant) > 5 or int(significant or "0") > 65535):
         raise ConfigError(f"network listen address {listen!r:.120}: port {port[:12]}{'...' if len(port) > 12 else ''}"
                           " is out of range 0-65535 (0: any free port); use for example '0.0.0.0:7001'")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
+    if not sep or not host or not digits:
         raise ConfigError(f"network listen address {listen!r:.120} is not HOST:PORT; use for example"
                           " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
-    return f"{host}:{int(port)}", "tcp"
+    return f"{host}:{int(significant or '0')}", "tcp"
 
 
 def _unnameable(text: str, encode: Callable[[str], bytes]) -> bool:

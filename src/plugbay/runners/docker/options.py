@@ -68,6 +68,9 @@ def check_settings(opts: Mapping[str, Any]) -> dict[str, Any]:
 def _memory_bytes(size: str) -> int:
     """The bytes a mem_limit string such as '256m' means to the engine client (whose parser reads it when
     the container is made: a size it cannot read failed only then); 0 when it is not one."""
+    from plugbay.runners.docker.connect import require_sdk
+
+    require_sdk()  # its parser is the SDK's: without it, say how to install it (not a bare ImportError)
     from docker.errors import DockerException
     from docker.utils import parse_bytes
 
