@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -337,8 +337,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
             network, address = self.transport.translator.host_to_plugin(network, address)
         self._send(pb.ConnInfo(service_id=id, network=network, address=address))
 
-    def _channel_to(self, network: str, address: str,
-                    cleanup: list[Callable[[], None]] | None = None) -> BrokeredChannel:
+    def _channel_to(self, network: str, address: str, cleanup: list[Callable[[], None]] | None = None,
+                    options: Sequence[tuple[str, Any]] = ()) -> BrokeredChannel:
         """A channel to a brokered server; ``cleanup`` runs when it (or the broker) closes."""
         from plugbay.core.broker.channels import BrokeredChannel, local_socket_error
         from plugbay.core.transport.secure import dial as secure_dial
@@ -348,7 +348,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             if network not in ("unix", "tcp"):
                 raise BrokerError(f"broker announced unknown network {network!r} at {address!r};"
                                   " go-plugin brokers over 'unix' or 'tcp' only")
-            secured = secure_dial(network, address, self._tls, self._private_dir_path())
+            secured = secure_dial(network, address, self._tls, self._private_dir_path(), options)
         except BaseException as exc:
             for func in reversed(undo):
                 func()

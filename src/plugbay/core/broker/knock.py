@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +81,8 @@ class Multiplexed:
     def _private_dir_path(self) -> str:
         raise NotImplementedError
 
-    def _channel_to(self, network: str, address: str,
-                    cleanup: list[Callable[[], None]] | None = None) -> BrokeredChannel:
+    def _channel_to(self, network: str, address: str, cleanup: list[Callable[[], None]] | None = None,
+                    options: Sequence[tuple[str, Any]] = ()) -> BrokeredChannel:
         raise NotImplementedError
 
     # ------------------------------------------------------------- serving
@@ -218,6 +218,7 @@ class Multiplexed:
         mux = self._mux()
         # imported here: the first multiplexed dial loads it
         from plugbay.core.broker.channels import local_socket_error
+        from plugbay.core.transport.grpcoptions import BRIDGED_OPTIONS
         from plugbay.core.transport.muxbridge import StreamBridge
         from plugbay.core.transport.tempdirs import private_socket
 
@@ -239,7 +240,8 @@ class Multiplexed:
             except BaseException:
                 bridge.abandon()
                 raise
-            channel = self._channel_to("unix", path, [bridge.stop])  # on failure it stops the bridge
+            # on failure it stops the bridge
+            channel = self._channel_to("unix", path, [bridge.stop], BRIDGED_OPTIONS)
             first, routed = None, None
             try:
                 if mux.peer_holds:
