@@ -47,26 +47,24 @@ _FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EEXIST)  # th
 
 
 Built = tuple[Served, str]  # a started server with no services and the unix socket path it listens on
-# What a spare is kept for: the TLS it serves with, and whether its connections ride yamux streams
-# (a multiplexed broker's, built with other gRPC options)
-SpareKey = tuple[MutualTLS | None, bool]
 
 
 def build_server(tls: MutualTLS | None, private_dir: str, path: str,
-                 pools: Callable[[], DaemonPool | None] | None = None, bridged: bool = False) -> Built:
+                 pools: Callable[[], DaemonPool | None] | None = None) -> Built:
     """A started gRPC server with no services listening on ``path`` (TLS as ``tls`` says).
 
     ``pools`` gives an idle worker pool a stopped server left (or None); without
     it the server gets a new pool with a worker started for its first call.
-    ``bridged``: its connections ride yamux streams (grpcoptions.BRIDGED_OPTIONS).
     """
     if pools is None:
         executor: Executor = new_pool()
         executor.submit(int)  # a worker thread is there for the first call
     else:
         executor = Lane(pools)
-    options = [*CHANNEL_OPTIONS, *BRIDGED_OPTIONS] if bridged else CHANNEL_OPTIONS
-    served = Served(0, grpc.server(executor, options=options), executor, [])
+    # Every brokered server runs with the bridged options, multiplexed or not: its socket is local either
+    # way (the window need not grow past 4 MiB), and one kind of server keeps one spare fitting both
+    # kinds of broker (a spare per kind thrashed in a host using both: a review measured 0-27 takes of 440)
+    served = Served(0, grpc.server(executor, options=[*CHANNEL_OPTIONS, *BRIDGED_OPTIONS]), executor, [])
     try:
         served.cleanup.extend(serve_unix(served.server, path, tls, private_dir))
     except BaseException:
@@ -97,19 +95,18 @@ class ServerSource:
         self._renames = True
         # a relay (a Go peer's certificate) is a listener and threads of its own: none kept idle
         self._spares = tls is None or not tls.needs_relay
-        self._key: SpareKey = (tls, public_path is None)
         self._spare = join_spares()
-        self._spare.hold(self._key)
+        self._spare.hold(tls)
         self._left = False
 
     def _build_private(self, private: str | None = None) -> Built:
         """A server in ``private`` (default: this broker's private folder; a spare: the spares' folder)."""
         folder = private if private is not None else self._private_dir()
         return build_server(self._tls, folder, private_socket(folder, "spare" if self._public_path else "mux"),
-                            self._spare.pool, bridged=self._public_path is None)
+                            self._spare.pool)
 
     def _take(self) -> Built | None:
-        return self._spare.take(self._key) if self._spares else None
+        return self._spare.take(self._tls) if self._spares else None
 
     def get(self) -> Built:
         """A started server with no services and the socket path to announce (or route to)."""
@@ -149,7 +146,7 @@ class ServerSource:
     def refill(self) -> None:
         """Have the next server started in the background (while the current one serves)."""
         if self._renames and self._spares:
-            self._spare.refill(self._key, self._build_private)
+            self._spare.refill(self._tls, self._build_private)
 
     def reap(self, finish: Callable[[], None]) -> None:
         self._spare.reap(finish)
@@ -161,7 +158,7 @@ class ServerSource:
     def close(self, wait: bool = True) -> None:
         if not self._left:
             self._left = True
-            self._spare.leave(self._key, wait=wait)
+            self._spare.leave(self._tls, wait=wait)
 
 
 def _has_folder_group(path: str) -> bool:
@@ -174,12 +171,11 @@ class SpareServer:
     """Holds at most one started, unused brokered server for the whole process; ``refill()`` has one built.
 
     Shared by every broker of the process (a host with many live plugins keeps
-    one spare, not one each): a spare is keyed by the TLS it serves with (and
-    whether it is a multiplexed broker's: SpareKey), and ``take(key)`` hands it
-    only to a broker serving with the same (plaintext brokers share it). One
-    long-lived builder thread (started when first needed) does the building:
-    starting a thread per build would cost the caller about what a server
-    start costs. It also shuts down the worker pools
+    one spare, not one each): a spare is keyed by the TLS it serves with, and
+    ``take(key)`` hands it only to a broker serving with the same (plaintext
+    brokers share it). One long-lived builder thread (started when first
+    needed) does the building: starting a thread per build would cost the
+    caller about what a server start costs. It also shuts down the worker pools
     of stopped servers handed to ``reap()`` (never waiting for a handler still
     running) and frees their sockets, so stopping one does not wait for that.
     Brokers hold it between :func:`join_spares` and ``leave()``; the last to
@@ -188,9 +184,9 @@ class SpareServer:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._spare: tuple[SpareKey, Built] | None = None
+        self._spare: tuple[MutualTLS | None, Built] | None = None
         self._builder: threading.Thread | None = None
-        self._wanted: tuple[SpareKey, Callable[[str], Built]] | None = None
+        self._wanted: tuple[MutualTLS | None, Callable[[str], Built]] | None = None
         self._reaped: list[Callable[[], None]] = []
         self._closed = False
         self._users = 0
@@ -199,21 +195,21 @@ class SpareServer:
         self._pools: list[DaemonPool] = []  # stopped servers' idle worker pools
         # brokers serving with each key: a spare built for a key whose brokers all left (one closing
         # while its spare was being built or wanted) is stopped, not kept listening with its certificate
-        self._keys: dict[SpareKey, int] = {}
+        self._keys: dict[MutualTLS | None, int] = {}
 
-    def hold(self, key: SpareKey) -> None:
+    def hold(self, key: MutualTLS | None) -> None:
         """One more broker serving with ``key`` (until its ``leave(key)``)."""
         with self._cond:
             self._keys[key] = self._keys.get(key, 0) + 1
 
-    def take(self, key: SpareKey) -> Built | None:
+    def take(self, key: MutualTLS | None) -> Built | None:
         with self._cond:
             if self._spare is None or self._spare[0] != key:
                 return None
             spare, self._spare = self._spare[1], None
             return spare
 
-    def refill(self, key: SpareKey, build: Callable[[str], Built]) -> None:
+    def refill(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
         """Have a spare for ``key`` built (``build(folder)``) unless one is there or on its way."""
         with self._cond:
             if self._closed or key not in self._keys or self._wanted is not None or (
@@ -287,7 +283,7 @@ class SpareServer:
                 self._dir, self._made = private_room("plugbay-spares-")
             return self._dir
 
-    def _build_one(self, key: SpareKey, build: Callable[[str], Built]) -> None:
+    def _build_one(self, key: MutualTLS | None, build: Callable[[str], Built]) -> None:
         built: Built | None = None
         try:
             built = build(self._folder())
@@ -306,7 +302,7 @@ class SpareServer:
             if unused is not None:
                 stop_served(unused[0])
 
-    def leave(self, key: SpareKey = (None, False), wait: bool = True) -> None:
+    def leave(self, key: MutualTLS | None = None, wait: bool = True) -> None:
         """One broker less (serving with ``key``: once none serves with it, a spare for it goes too).
 
         The last one stops the spare, joins the builder and removes the folder. ``wait=False``

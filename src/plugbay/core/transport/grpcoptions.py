@@ -11,7 +11,8 @@ from typing import Any
 # CPU per callback over both processes. Without the probe the window does not grow, so it starts
 # large: 4 MiB covers what rides the path at once (the yamux window, up to 1 MiB, and the two local
 # sockets' buffers), and bulk over such a connection keeps its rate (128 MiB streamed at
-# ~700 MB/s with the probe and with these).
+# ~700 MB/s with the probe and with these). Every brokered server (a local socket, multiplexed or not)
+# runs with them (core/broker/spares.py); a multiplexed broker's dialer too.
 BRIDGED_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
