@@ -122,3 +122,10 @@ def run_marked_host(argv: Sequence[str], cwd: Path, timeout: float, *,
         if finally_ is not None:
             finally_()
     return out, err, host.returncode, left
+
+
+def end(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if it still runs, and reap it (its pipes read to their end); one that ended is left."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=10)

@@ -23,6 +23,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from tests.cli_util import KV_PLUGIN, cli_env, plugbay, running
+from tests.procs import end
 
 RUN = ["--cmd", f"{sys.executable} {KV_PLUGIN}", "--cookie", "BASIC_PLUGIN=hello"]
 
@@ -132,12 +133,9 @@ def test_a_health_watch_goes_on_until_the_plugin_comes_up_on_its_socket(own_tmp:
         code, _, err = _stop(watch, signal.SIGINT)
         assert code == 0, err  # the last check's: SERVING
     finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.communicate(timeout=10)
+        end(watch)
         if plugin is not None:
-            plugin.kill()
-            plugin.wait(30)
+            end(plugin)
 
 
 def test_reattach_out_refuses_a_file_that_is_not_a_reattach_config(tmp_path: Path) -> None:

@@ -83,26 +83,20 @@ def test_what_needs_docker_says_to_install_the_sdk(no_sdk: dict[str, str]) -> No
     _one_line_advice(plugbay("diagnose", "docker:0123456789ab", env=no_sdk), 3)
 
 
-def test_ensure_example_raises_plugbays_error_naming_the_extra(no_sdk: dict[str, str]) -> None:
-    code = ("from plugbay.errors import EngineUnavailableError\n"
-            "from plugbay.images import ensure_example\n"
-            "try:\n"
-            "    ensure_example('kv', progress=print)\n"
-            "except EngineUnavailableError as exc:\n"
-            "    print('raised:', exc)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=no_sdk, capture_output=True, text=True, timeout=60)
+def _raises_the_advice(env: dict[str, str], imports: str, statement: str) -> None:
+    """``statement`` (after ``imports``), run where the SDK is missing, raises EngineUnavailableError with ADVICE."""
+    code = (f"from plugbay.errors import EngineUnavailableError\n{imports}\n"
+            f"try:\n    {statement}\nexcept EngineUnavailableError as exc:\n    print('raised:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("raised: ") and ADVICE in out.stdout
+
+
+def test_ensure_example_raises_plugbays_error_naming_the_extra(no_sdk: dict[str, str]) -> None:
+    _raises_the_advice(no_sdk, "from plugbay.images import ensure_example", "ensure_example('kv', progress=print)")
 
 
 def test_a_docker_runner_with_a_memory_limit_says_how_to_get_the_sdk(no_sdk: dict[str, str]) -> None:
     # the mem_limit check parses the size with the SDK's own parser: its import was a bare ModuleNotFoundError
-    code = ("from plugbay.errors import EngineUnavailableError\n"
-            "from plugbay.runners.docker import DockerRunner\n"
-            "try:\n"
-            "    DockerRunner('plugbay-kv:latest', mem_limit='512m')\n"
-            "except EngineUnavailableError as exc:\n"
-            "    print('raised:', exc)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=no_sdk, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("raised: ") and ADVICE in out.stdout
+    _raises_the_advice(no_sdk, "from plugbay.runners.docker import DockerRunner",
+                       "DockerRunner('plugbay-kv:latest', mem_limit='512m')")

@@ -27,8 +27,8 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from plugbay.errors import EngineUnavailableError, RunnerError  # noqa: E402
 from plugbay.runners.kubernetes import sweep  # noqa: E402
 from plugbay.runners.kubernetes.api import load_api_client, within_deadline  # noqa: E402
-from plugbay.runners.kubernetes.deadline import Cancel, answered_in, cancellable  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
+from tests.kube_throttled_list import cancel_while_it_waits, ends_with_its_bound  # noqa: E402
 from tests.kube_standin.server import StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
@@ -74,15 +74,7 @@ def retrying() -> Iterator[_Retrying]:
 
 @pytest.mark.timeout(120)
 def test_a_retry_after_past_the_deadline_ends_with_it(server: StandIn, api_client: Any) -> None:
-    server.throttle(*LIST, retry_after=30)
-    began = time.monotonic()
-    with pytest.raises(EngineUnavailableError,
-                       match=rf"at {server.url} answered list pods 429 \(throttled: API Priority and Fairness,"
-                             r" or an overloaded server\), asking to be asked again in 30s; the call's limit of 1s"):
-        sweep("default", api_client=api_client, api_timeout=1)
-    took = time.monotonic() - began
-    assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the Retry-After"
-    assert server.calls[LIST] == 1  # not asked again after its deadline
+    ends_with_its_bound(server, api_client)
 
 
 @pytest.mark.timeout(120)
@@ -107,34 +99,7 @@ def test_a_status_retry_backoff_past_the_deadline_ends_with_it(server: StandIn) 
 
 @pytest.mark.timeout(120)
 def test_a_cancel_ends_a_retry_after_wait(server: StandIn, api_client: Any, retrying: _Retrying) -> None:
-    server.throttle(*LIST, retry_after=30)
-    cancel = Cancel()
-    ended: list[BaseException] = []
-
-    def listing() -> None:
-        with cancellable(cancel):
-            try:  # bounded far off: only the Cancel can end it in time
-                within_deadline(api_client, client.CoreV1Api(api_client).list_namespaced_pod, "default",
-                                _request_timeout=(60, 60))
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                ended.append(exc)
-
-    lister = threading.Thread(target=listing, name="plugbay-test-throttled-list")
-    lister.start()
-    try:
-        assert retrying.seen.wait(20), "urllib3 never counted a retry for the 429"
-        began = time.monotonic()
-        cancel.cancel()
-        lister.join(MARGIN)
-        took = time.monotonic() - began
-        assert not lister.is_alive(), "the cancelled call still sleeps out the Retry-After"
-    finally:
-        server.allow_all()  # a call still sleeping (the old code) is answered when it wakes
-        lister.join(60)
-    assert took < MARGIN
-    assert len(ended) == 1 and isinstance(ended[0], TimeoutError), ended
-    assert answered_in(ended[0]) is None, ended  # ended by the Cancel, not by its limit: no "limit ran out"
-    assert server.calls[LIST] == 1
+    cancel_while_it_waits(server, api_client, lambda _thread: retrying.seen.wait(20), "plugbay-test-throttled-list")
 
 
 @pytest.mark.timeout(120)

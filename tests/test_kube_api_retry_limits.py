@@ -30,9 +30,8 @@ from urllib3.util.retry import Retry  # noqa: E402
 
 from plugbay.errors import DiscoveryUnavailableError, EngineUnavailableError, RunnerError  # noqa: E402
 from plugbay.runners.kubernetes import sweep  # noqa: E402
-from plugbay.runners.kubernetes.api import within_deadline  # noqa: E402
-from plugbay.runners.kubernetes.deadline import Cancel, answered_in, cancellable  # noqa: E402
 from tests.kube_standin.fixtures import server  # noqa: E402, F401 - the test's own stand-in
+from tests.kube_throttled_list import cancel_while_it_waits, ends_with_its_bound  # noqa: E402
 from tests.kube_standin.server import DROP, StandIn  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
@@ -52,6 +51,16 @@ def _api_client(server: StandIn, retries: Any = None, client_go: bool = False, b
     return client.ApiClient(cfg)
 
 
+def _swept(api: Any, match: str | None, api_timeout: float = 1) -> str:
+    """The message of sweep()'s EngineUnavailableError through ``api`` (closed after), matching ``match``."""
+    try:
+        with pytest.raises(EngineUnavailableError, match=match) as raised:
+            sweep("default", api_client=api, api_timeout=api_timeout)
+    finally:
+        api.close()
+    return str(raised.value)
+
+
 @pytest.fixture
 def client_go(server: StandIn) -> Iterator[Any]:
     """A user's ApiClient in the kubernetes client's client-go retry mode (its Retry-After waits its own)."""
@@ -64,16 +73,7 @@ def client_go(server: StandIn) -> Iterator[Any]:
 
 @pytest.mark.timeout(120)
 def test_client_go_retries_end_a_retry_after_wait_with_the_deadline(server: StandIn, client_go: Any) -> None:
-    server.throttle(*LIST, retry_after=30)
-    began = time.monotonic()
-    with pytest.raises(EngineUnavailableError,
-                       match=rf"at {server.url} answered list pods 429 \(throttled: API Priority and Fairness,"
-                             r" or an overloaded server\), asking to be asked again in 30s; the call's limit of 1s"
-                             r" ran out while it waited"):
-        sweep("default", api_client=client_go, api_timeout=1)
-    took = time.monotonic() - began
-    assert took < MARGIN, f"the call bounded to 1s took {took:.1f}s: it waited out the Retry-After"
-    assert server.calls[LIST] == 1  # not asked again after its deadline
+    ends_with_its_bound(server, client_go)
 
 
 @pytest.mark.timeout(120)
@@ -98,37 +98,13 @@ def _in_client_go_wait(thread: threading.Thread) -> bool:
 
 @pytest.mark.timeout(120)
 def test_a_cancel_ends_a_client_go_retry_after_wait(server: StandIn, client_go: Any) -> None:
-    server.throttle(*LIST, retry_after=30)
-    cancel = Cancel()
-    ended: list[BaseException] = []
-
-    def listing() -> None:
-        with cancellable(cancel):
-            try:  # bounded far off: only the Cancel can end it in time
-                within_deadline(client_go, client.CoreV1Api(client_go).list_namespaced_pod, "default",
-                                _request_timeout=(60, 60))
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                ended.append(exc)
-
-    lister = threading.Thread(target=listing, name="plugbay-test-client-go-list")
-    lister.start()
-    try:
-        waiting = time.monotonic() + 20
-        while not _in_client_go_wait(lister) and time.monotonic() < waiting:
+    def waiting(lister: threading.Thread) -> bool:
+        until = time.monotonic() + 20
+        while not _in_client_go_wait(lister) and time.monotonic() < until:
             time.sleep(0.02)
-        assert _in_client_go_wait(lister), "the client never waited for the 429's Retry-After"
-        began = time.monotonic()
-        cancel.cancel()
-        lister.join(MARGIN)
-        took = time.monotonic() - began
-        assert not lister.is_alive(), "the cancelled call still sleeps out the Retry-After"
-    finally:
-        server.allow_all()  # a call still sleeping (the old code) is answered when it wakes
-        lister.join(60)
-    assert took < MARGIN
-    assert len(ended) == 1 and isinstance(ended[0], TimeoutError), ended
-    assert answered_in(ended[0]) is None, ended  # ended by the Cancel, not by its limit: no "limit ran out"
-    assert server.calls[LIST] == 1
+        return _in_client_go_wait(lister)
+
+    cancel_while_it_waits(server, client_go, waiting, "plugbay-test-client-go-list")
 
 
 @pytest.mark.timeout(120)
@@ -140,16 +116,11 @@ def test_an_enormous_retry_after_is_a_typed_error_saying_what_to_do(server: Stan
            else _api_client(server, client_go=True))
     server.throttle(*LIST, retry_after=ENORMOUS)
     began = time.monotonic()
-    try:
-        with pytest.raises(EngineUnavailableError,
-                           match=r"answered list pods 429 \(throttled: .*\), asking to be asked again in 1e\+20s,"
-                                 r" longer than any call waits \(an API call's limit is at most 3600s\); the call's"
-                                 r" limit of 1s ran out while it waited\. Check the API server and any proxy in front"
-                                 r" of it") as raised:
-            sweep("default", api_client=api, api_timeout=1)
-    finally:
-        api.close()
-    assert "api_timeout" not in str(raised.value)  # raising it cannot wait that out
+    said = _swept(api, r"answered list pods 429 \(throttled: .*\), asking to be asked again in 1e\+20s,"
+                      r" longer than any call waits \(an API call's limit is at most 3600s\); the call's"
+                      r" limit of 1s ran out while it waited\. Check the API server and any proxy in front"
+                      r" of it")
+    assert "api_timeout" not in said  # raising it cannot wait that out
     assert time.monotonic() - began < MARGIN
     assert server.calls[LIST] == 1
 
@@ -160,15 +131,10 @@ def test_an_enormous_retry_after_is_a_typed_error_saying_what_to_do(server: Stan
 def test_status_retries_used_up_say_the_api_answered(server: StandIn, retries: Any, answers: int) -> None:
     api = _api_client(server, retries)
     server.fail(*LIST)
-    try:
-        with pytest.raises(EngineUnavailableError,
-                           match=rf"at {server.url} answered list pods 500 {answers} times, a status the ApiClient's"
-                                 r" Retry asks again after, until its retries ran out: the API server is up but"
-                                 r" failing the request\. Check it") as raised:
-            sweep("default", api_client=api, api_timeout=10)
-    finally:
-        api.close()
-    assert "cannot reach" not in str(raised.value)
+    said = _swept(api, rf"at {server.url} answered list pods 500 {answers} times, a status the ApiClient's"
+                      r" Retry asks again after, until its retries ran out: the API server is up but"
+                      r" failing the request\. Check it", api_timeout=10)
+    assert "cannot reach" not in said
     assert server.calls[LIST] == answers
 
 
@@ -198,27 +164,17 @@ def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandI
     api = (_api_client(server, Retry(total=3, retry_after_max=math.inf)) if mode == "urllib3 Retry"
            else _api_client(server, client_go=True))
     server.throttle(*LIST, retry_after=PAST_FLOAT)
-    try:
-        with pytest.raises(EngineUnavailableError,
-                           match=r"answered list pods 429 \(throttled: .*\), asking to be asked again in more than"
-                                 r" 1e\+308s, longer than any call waits .*the call's limit of 1s ran out while it"
-                                 r" waited\. Check the API server and any proxy in front of it"):
-            sweep("default", api_client=api, api_timeout=1)
-    finally:
-        api.close()
+    _swept(api, r"answered list pods 429 \(throttled: .*\), asking to be asked again in more than"
+              r" 1e\+308s, longer than any call waits .*the call's limit of 1s ran out while it"
+              r" waited\. Check the API server and any proxy in front of it")
     assert server.calls[LIST] == 1
 
 
 def _used_up(server: StandIn, retries: Any) -> str:
     """The message of a list whose ``retries`` the server's scripted answers use up."""
-    api = _api_client(server, retries)
-    try:
-        with pytest.raises(EngineUnavailableError) as raised:
-            sweep("default", api_client=api, api_timeout=10)
-    finally:
-        api.close()
-    assert "cannot reach the Kubernetes API" not in str(raised.value)
-    return str(raised.value)
+    said = _swept(_api_client(server, retries), None, api_timeout=10)
+    assert "cannot reach the Kubernetes API" not in said
+    return said
 
 
 @pytest.mark.timeout(120)
@@ -259,14 +215,9 @@ def test_a_client_go_backoff_cut_advises_the_setting_that_mode_uses(server: Stan
 
     api = _api_client(server, client_go=True, backoff=Backoff(steps=5, duration=30.0, factor=1.0))
     server.throttle(*LIST, retry_after=0)
-    try:
-        with pytest.raises(EngineUnavailableError,
-                           match=r"answered list pods 429, and the call's limit of 1s ran out during the client-go"
-                                 r" retry backoff of 30s before asking again\. Check the API server, or lower the"
-                                 r" duration \(or factor, cap\) of the ApiClient configuration's"
-                                 r" client_go_retry_backoff") as raised:
-            sweep("default", api_client=api, api_timeout=1)
-    finally:
-        api.close()
-    assert "backoff_factor" not in str(raised.value)
+    said = _swept(api, r"answered list pods 429, and the call's limit of 1s ran out during the client-go"
+                      r" retry backoff of 30s before asking again\. Check the API server, or lower the"
+                      r" duration \(or factor, cap\) of the ApiClient configuration's"
+                      r" client_go_retry_backoff")
+    assert "backoff_factor" not in said
     assert server.calls[LIST] == 1
