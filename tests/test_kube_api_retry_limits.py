@@ -158,15 +158,40 @@ def test_a_discovery_list_whose_status_retries_ran_out_says_the_api_answered(ser
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["urllib3 Retry", "client-go"])
-def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandIn, mode: str) -> None:
+@pytest.mark.parametrize("retry_after", [PAST_FLOAT, "9" * 5000], ids=["past-float", "past-int-digits"])
+def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandIn, mode: str,
+                                                                  retry_after: int | str) -> None:
     """A Retry-After of 10**400 s: printing it (round, :g) and client-go's own float(int(value)) overflowed,
-    which read as "did not answer" (urllib3's Retry) or escaped as a raw OverflowError (client-go's mode)."""
+    which read as "did not answer" (urllib3's Retry) or escaped as a raw OverflowError (client-go's mode);
+    one of 5000 digits is a ValueError of int() (over 4300 digits), read as "not a Kubernetes object"."""
     api = (_api_client(server, Retry(total=3, retry_after_max=math.inf)) if mode == "urllib3 Retry"
            else _api_client(server, client_go=True))
-    server.throttle(*LIST, retry_after=PAST_FLOAT)
+    server.throttle(*LIST, retry_after=retry_after)
     _swept(api, r"answered list pods 429 \(throttled: .*\), asking to be asked again in more than"
               r" 1e\+308s, longer than any call waits .*the call's limit of 1s ran out while it"
               r" waited\. Check the API server and any proxy in front of it")
+    assert server.calls[LIST] == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_after_of_1s_in_5000_digits_is_waited_and_asked_again(server: StandIn) -> None:
+    """Leading zeros count toward int()'s 4300 digits, but the wait they write is 1 s: urllib3's Retry
+    (through plugbay's reading) waits it and asks again."""
+    api = _api_client(server, Retry(total=3))
+    server.script(*LIST, (429, "0" * 5000 + "1"))
+    try:
+        sweep("default", api_client=api, api_timeout=10)
+    finally:
+        api.close()
+    assert server.calls[LIST] == 2
+
+
+def test_a_client_go_retry_after_in_5000_digits_says_the_mode_cannot_read_it(server: StandIn) -> None:
+    """client-go's mode reads a Retry-After with int(): 5000 digits (a 1 s wait) are a ValueError it cannot
+    get past, which read as "not a Kubernetes object"; now a typed error that names the mode."""
+    server.script(*LIST, (429, "0" * 5000 + "1"))
+    _swept(_api_client(server, client_go=True), r"answered 429 with a Retry-After of 1s written in 5001 digits,"
+           r" which the kubernetes client's client-go retry mode cannot read", api_timeout=10)
     assert server.calls[LIST] == 1
 
 

@@ -157,9 +157,9 @@ class StandIn:
         http.NotFound and many proxies and load balancers do (allow_all() ends it)."""
         self.paged.add((verb, resource))
 
-    def throttle(self, verb: str, resource: str, retry_after: int = 30) -> None:
-        """Answer (verb, resource) with 429 TooManyRequests and ``Retry-After: retry_after``, as API
-        Priority and Fairness does when a flow's queue is full (allow_all() ends it)."""
+    def throttle(self, verb: str, resource: str, retry_after: int | str = 30) -> None:
+        """Answer (verb, resource) with 429 TooManyRequests and ``Retry-After: retry_after`` (a str: sent as
+        it is), as API Priority and Fairness does when a flow's queue is full (allow_all() ends it)."""
         self.throttled[(verb, resource)] = retry_after
 
     def script(self, verb: str, resource: str, *answers: Any) -> None:

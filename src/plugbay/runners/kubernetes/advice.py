@@ -105,6 +105,16 @@ def seconds_text(seconds: float) -> str:
     return f"{round(value, 1):g}s" if math.isfinite(value) else "more than 1e+308s"
 
 
+def digits_seconds(text: object) -> float | None:
+    """A Retry-After of decimal digits as seconds, however many: int() refuses over 4300 digits (leading
+    zeros too) and float() past 1e308 (math.inf then); None when it is no such number."""
+    value = str(text).strip()
+    if not value or not value.isascii() or not value.isdigit():
+        return None
+    significant = value.lstrip("0")
+    return math.inf if len(significant) > 309 else float(int(significant or "0"))
+
+
 # who chose a wait between asks that was no Retry-After: its words, and the setting that makes it shorter
 _BACKOFFS = {"Retry": ("the client's Retry backoff", "the ApiClient's Retry backoff_factor"),
              "client_go": ("the client-go retry backoff", "the duration (or factor, cap) of the ApiClient"

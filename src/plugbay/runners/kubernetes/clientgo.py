@@ -4,17 +4,20 @@ bounded as urllib3's retries are (deadline.py).
 Its REST client asks again after a 429 or 5xx with a Retry-After through kubernetes.utils.retry's
 ``on_retry_after_error``, which time.sleeps max(its ``client_go_retry_backoff``, the Retry-After) outside
 urllib3: past a bounded call's limit and its Cancel. And it reads a Retry-After as float(int(value)),
-an OverflowError for one past any float (10**400). :func:`install_client_go` wraps both where the REST
-client looks them up: within a bounded call the waits end with the call's Deadline or its Cancel, and a
-Retry-After past any float is one no call waits out (the typed "answered" error); outside one, or when a
+an OverflowError for one past any float (10**400), a ValueError for one of over 4300 digits.
+:func:`install_client_go` wraps both where the REST client looks them up: within a bounded call the
+waits end with the call's Deadline or its Cancel, a Retry-After past any float is one no call waits out
+(the typed "answered" error), and one the client cannot read is said so (typed); outside one, or when a
 caller passes its own sleep, the client's own functions run unchanged.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
+
+from plugbay.errors import EngineUnavailableError
+from plugbay.runners.kubernetes.advice import digits_seconds, seconds_text
 
 # deadline.py's, passed in by its install() (this module imports nothing of it: no import circle): the
 # calling thread's bounded call (None: unbounded), and its wait before asking again
@@ -24,13 +27,14 @@ _PLAIN = "_plugbay_plain"  # on a wrapper: the client's own function
 
 
 def _retry_after(error: Any) -> float | None:
-    """The client's reading of ``error``'s Retry-After (seconds, or None), math.inf past any float."""
+    """The client's reading of ``error``'s Retry-After (seconds, or None); where its float(int(value)) fails
+    (past any float, or over int()'s 4300 digits), the digits read here (math.inf past any float)."""
     from kubernetes.utils import retry
 
     try:
         seconds: float | None = getattr(retry, "retry_after_seconds")(error)
-    except OverflowError:
-        return math.inf
+    except (OverflowError, ValueError):
+        return digits_seconds(_header(error))
     return seconds
 
 
@@ -52,14 +56,25 @@ def _waits(original: Any, current: Current, wait_to_ask_again: Wait) -> Any:
 
         try:
             return original(backoff, seen, fn, sleep)
-        except OverflowError:
-            if last[0] is None or _retry_after(last[0]) != math.inf:
+        except (OverflowError, ValueError) as exc:  # the client could not read a Retry-After's digits
+            seconds = None if last[0] is None else _retry_after(last[0])
+            if seconds is None:
                 raise
-            sleep(math.inf)  # its Retry-After, past any float: the wait ends with the call (raises)
-            raise
+            sleep(seconds)  # past any float: the wait ends with the call (raises)
+            status = getattr(last[0], "status", None)
+            raise EngineUnavailableError(  # a wait that fits: the client cannot ask again, it gave up reading
+                f"the Kubernetes API answered {status} with a Retry-After of {seconds_text(seconds)} written in"
+                f" {len(str(_header(last[0])).strip())} digits, which the kubernetes client's client-go retry mode"
+                " cannot read; check the API server and any proxy in front of it, or turn that mode off"
+                " (Configuration.client_go_retries)") from exc
 
     setattr(on_retry_after_error, _PLAIN, original)
     return on_retry_after_error
+
+
+def _header(error: Any) -> Any:
+    headers = getattr(error, "headers", None) or {}
+    return next((value for key, value in headers.items() if key.lower() == "retry-after"), "")
 
 
 def _tests(original: Any, current: Current) -> Any:
@@ -69,7 +84,7 @@ def _tests(original: Any, current: Current) -> Any:
     def is_retry_after_response(error: Exception) -> bool:
         try:
             return bool(original(error))
-        except OverflowError:
+        except (OverflowError, ValueError):  # digits it cannot read (see _retry_after)
             if current() is None:
                 raise
             return True

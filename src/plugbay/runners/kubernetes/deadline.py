@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from plugbay.core.transport.aioloop import Deferred
-from plugbay.runners.kubernetes.advice import seconds_text
+from plugbay.runners.kubernetes.advice import digits_seconds, seconds_text
 from plugbay.runners.kubernetes.clientgo import install_client_go
 
 _local = threading.local()
@@ -214,7 +214,13 @@ def _quiet(retries: Any) -> Any:
         return _quiet(again)  # a status's retry goes on inside urllib3 (it logs those at DEBUG)
 
     def quiet_sleep_for_retry(response: Any) -> bool:
-        seconds = quiet.get_retry_after(response)
+        try:
+            seconds = quiet.get_retry_after(response)
+        except ValueError:  # digits past int()'s 4300, which urllib3's parse cannot read: read them here
+            said = digits_seconds(response.headers.get("Retry-After", ""))
+            if said is None:
+                raise
+            seconds = min(said, quiet.retry_after_max)
         if seconds:
             wait_to_ask_again(seconds, getattr(response, "status", None), asked=True)
             return True
