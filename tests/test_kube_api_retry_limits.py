@@ -195,6 +195,23 @@ def test_a_client_go_retry_after_in_5000_digits_says_the_mode_cannot_read_it(ser
     assert server.calls[LIST] == 1
 
 
+@pytest.mark.timeout(120)
+def test_client_go_retries_that_end_on_a_429_say_the_api_throttles(server: StandIn) -> None:
+    """client-go's mode gives up after its backoff's steps and hands back the last 429: it read as a bare
+    "failed: 429 Too Many Requests"."""
+    from kubernetes.utils import Backoff
+
+    api = _api_client(server, client_go=True, backoff=Backoff(steps=3, duration=0.01, factor=1.0))
+    server.script(*LIST, (429, 0), (429, 0), (429, 0))
+    try:
+        with pytest.raises(RunnerError, match=r"failed: 429 .*; the API server is throttling the host \(API Priority"
+                                              r" and Fairness, or an overloaded server\): retry later"):
+            sweep("default", api_client=api, api_timeout=10)
+    finally:
+        api.close()
+    assert server.calls[LIST] == 3
+
+
 def _used_up(server: StandIn, retries: Any) -> str:
     """The message of a list whose ``retries`` the server's scripted answers use up."""
     said = _swept(_api_client(server, retries), None, api_timeout=10)

@@ -169,3 +169,13 @@ def exhausted_message(host: str, what: str, answers: tuple[tuple[int, ...], int]
     return (f"the Kubernetes API at {host} answered {what} {said}, {'a status' if len(kinds) == 1 else 'statuses'}"
             f" the ApiClient's Retry asks again after, until its retries ran out: {verdict}, or give the Retry"
             f" more retries ({'total, status, read, connect' if lost else 'total, status'}) if the failures pass")
+
+
+def status_advice(status: object) -> str:
+    """What to do about a final 429 or 5xx answer (a client's retries, client-go's too, ended on it)."""
+    if status == 429:
+        return ("; the API server is throttling the host (API Priority and Fairness, or an overloaded server):"
+                " retry later")
+    if isinstance(status, int) and 500 <= status < 600:
+        return "; the API server (or a proxy in front of it) failed the request: check it (kubectl get --raw /readyz)"
+    return ""

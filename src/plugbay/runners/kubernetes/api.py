@@ -21,7 +21,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes.advice import (MAX_API_TIMEOUT, answered_message, config_source, context_choice,
-                                               exhausted_message, reattach_choice)
+                                               exhausted_message, reattach_choice, status_advice)
 from plugbay.runners.kubernetes.deadline import answered_in, bounded, exhausted_in
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
@@ -301,7 +301,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
                 f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"
                 " refresh the kubeconfig's token or certificate") from exc
         raise RunnerError(f"Kubernetes API {verb} {resource} in {namespace!r} failed:"
-                          f" {exc.status} {api_message(exc)}") from exc
+                          f" {exc.status} {api_message(exc)}{status_advice(exc.status)}") from exc
     except UNREADABLE as exc:
         raise RunnerError(not_an_object(api_client, f"{verb} {resource}", exc)) from exc
     except (HTTPError, OSError) as exc:
