@@ -51,10 +51,11 @@ def _api_client(server: StandIn, retries: Any = None, client_go: bool = False, b
     return client.ApiClient(cfg)
 
 
-def _swept(api: Any, match: str | None, api_timeout: float = 1) -> str:
-    """The message of sweep()'s EngineUnavailableError through ``api`` (closed after), matching ``match``."""
+def _swept(api: Any, match: str | None, api_timeout: float = 1, error: type[Exception] = EngineUnavailableError
+           ) -> str:
+    """The message of sweep()'s ``error`` through ``api`` (closed after), matching ``match``."""
     try:
-        with pytest.raises(EngineUnavailableError, match=match) as raised:
+        with pytest.raises(error, match=match) as raised:
             sweep("default", api_client=api, api_timeout=api_timeout)
     finally:
         api.close()
@@ -203,12 +204,8 @@ def test_client_go_retries_that_end_on_a_429_say_the_api_throttles(server: Stand
 
     api = _api_client(server, client_go=True, backoff=Backoff(steps=3, duration=0.01, factor=1.0))
     server.script(*LIST, (429, 0), (429, 0), (429, 0))
-    try:
-        with pytest.raises(RunnerError, match=r"failed: 429 .*; the API server is throttling the host \(API Priority"
-                                              r" and Fairness, or an overloaded server\): retry later"):
-            sweep("default", api_client=api, api_timeout=10)
-    finally:
-        api.close()
+    _swept(api, r"failed: 429 .*; the API server is throttling the host \(API Priority and Fairness, or an"
+                r" overloaded server\): retry later", api_timeout=10, error=RunnerError)
     assert server.calls[LIST] == 3
 
 
