@@ -159,7 +159,8 @@ def test_a_discovery_list_whose_status_retries_ran_out_says_the_api_answered(ser
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["urllib3 Retry", "client-go"])
-@pytest.mark.parametrize("retry_after", [PAST_FLOAT, "9" * 5000], ids=["past-float", "past-int-digits"])
+@pytest.mark.parametrize("retry_after", [PAST_FLOAT, "9" * 5000, "0" * 4000 + "9" * 309],
+                         ids=["past-float", "past-int-digits", "309-digits-past-float"])
 def test_a_retry_after_past_any_float_is_the_typed_answered_error(server: StandIn, mode: str,
                                                                   retry_after: int | str) -> None:
     """A Retry-After of 10**400 s: printing it (round, :g) and client-go's own float(int(value)) overflowed,
@@ -260,3 +261,13 @@ def test_a_client_go_backoff_cut_advises_the_setting_that_mode_uses(server: Stan
                       r" client_go_retry_backoff")
     assert "backoff_factor" not in said
     assert server.calls[LIST] == 1
+
+
+def test_the_status_advice_is_for_throttling_and_outages_only() -> None:
+    from plugbay.runners.kubernetes.advice import status_advice
+
+    assert "retry later" in status_advice(429)
+    for status in (500, 502, 503, 504):
+        assert "kubectl get --raw /readyz" in status_advice(status)
+    for status in (501, 505, 404, 409, None):  # a request the server does not support is no outage
+        assert status_advice(status) == ""

@@ -112,7 +112,12 @@ def digits_seconds(text: object) -> float | None:
     if not value or not value.isascii() or not value.isdigit():
         return None
     significant = value.lstrip("0")
-    return math.inf if len(significant) > 309 else float(int(significant or "0"))
+    if len(significant) > 309:
+        return math.inf
+    try:
+        return float(int(significant or "0"))
+    except OverflowError:  # 309 digits can be past 1.8e308 too
+        return math.inf
 
 
 # who chose a wait between asks that was no Retry-After: its words, and the setting that makes it shorter
@@ -176,6 +181,6 @@ def status_advice(status: object) -> str:
     if status == 429:
         return ("; the API server is throttling the host (API Priority and Fairness, or an overloaded server):"
                 " retry later")
-    if isinstance(status, int) and 500 <= status < 600:
+    if status in (500, 502, 503, 504):  # not 501/505: a request the server does not support is no outage
         return "; the API server (or a proxy in front of it) failed the request: check it (kubectl get --raw /readyz)"
     return ""

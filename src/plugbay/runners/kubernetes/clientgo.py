@@ -13,6 +13,7 @@ caller passes its own sleep, the client's own functions run unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,9 +61,10 @@ def _waits(original: Any, current: Current, wait_to_ask_again: Wait) -> Any:
             seconds = None if last[0] is None else _retry_after(last[0])
             if seconds is None:
                 raise
-            sleep(seconds)  # past any float: the wait ends with the call (raises)
+            if seconds == math.inf:
+                sleep(seconds)  # past any float: the wait ends with the call (raises)
             status = getattr(last[0], "status", None)
-            raise EngineUnavailableError(  # a wait that fits: the client cannot ask again, it gave up reading
+            raise EngineUnavailableError(  # a wait that may fit, but the client gave up reading it: no ask again
                 f"the Kubernetes API answered {status} with a Retry-After of {seconds_text(seconds)} written in"
                 f" {len(str(_header(last[0])).strip())} digits, which the kubernetes client's client-go retry mode"
                 " cannot read; check the API server and any proxy in front of it, or turn that mode off"

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import socket
 import threading
 import time
@@ -220,7 +221,7 @@ def _quiet(retries: Any) -> Any:
             said = digits_seconds(response.headers.get("Retry-After", ""))
             if said is None:
                 raise
-            seconds = min(said, quiet.retry_after_max)
+            seconds = min(said, getattr(quiet, "retry_after_max", math.inf))  # an older urllib3 has no such cap
         if seconds:
             wait_to_ask_again(seconds, getattr(response, "status", None), asked=True)
             return True
