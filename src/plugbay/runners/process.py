@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.core.protocol.exits import killed_by
+from plugbay.core.protocol.exits import exit_said, killed_by
 from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
@@ -255,8 +255,8 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
 
     def exit_detail(self) -> str:
         # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named
-        code = None if self._proc is None else self._proc.poll()
-        return f"It was killed by {killed_by(code)}." if killed_by(code) else ""
+        by = killed_by(None if self._proc is None else self._proc.poll())
+        return f"It was killed by {by}." if by else ""
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self._proc is None:
@@ -395,8 +395,7 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
         if self._proc is None:
             return f"plugin {self.name!r} was never started"
         code = self._proc.poll()
-        state = "still running" if code is None else f"exited with code {code}" + (
-            f" (killed by {killed_by(code)})" if killed_by(code) else "")
+        state = "still running" if code is None else exit_said(code)
         lines = "\n".join("    " + printable(line) for line in list(self._tail)[-10:]) or "    (none)"
         return f"process {self._proc.pid} ({' '.join(self.cmd)}) {state}; last stderr lines:\n{lines}"
 

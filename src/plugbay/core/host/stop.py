@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
-from plugbay.core.protocol.exits import signal_name
+from plugbay.core.protocol.exits import exit_said
 from plugbay.errors import ClientStateError
 from plugbay.runners.process import UNKNOWN_EXIT_CODE
 
@@ -32,11 +32,10 @@ def ask_shutdown(controller: Any, name: str) -> bool:
 
 def describe_exit(code: int, tail: list[str]) -> str:
     """How a plugin exited, for the error of a call it left: the code, its signal, its last stderr lines."""
-    how = f"it exited with code {code}"
     if code == UNKNOWN_EXIT_CODE:  # a runner that cannot read the code (not its parent, the engine lost it)
-        how += " (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
-    elif code < 0 and signal_name(-code):
-        how += f" (killed by {signal_name(-code)})"
+        how = f"it exited with code {code} (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
+    else:
+        how = f"it {exit_said(code)}"
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")
 
