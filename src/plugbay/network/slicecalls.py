@@ -9,9 +9,9 @@ from typing import Any
 
 from plugbay.errors import DiscoveryError, DiscoveryPermissionError, DiscoveryUnavailableError
 from plugbay.network.slices import SERVICE_NAME_LABEL
-from plugbay.runners.kubernetes.api import api_host, api_message
-from plugbay.runners.kubernetes.advice import answered_message, exhausted_message
-from plugbay.runners.kubernetes.deadline import Deadline, answered_in, bounded, exhausted_in
+from plugbay.runners.kubernetes.api import api_host, api_message, used_up_message
+from plugbay.runners.kubernetes.advice import answered_message
+from plugbay.runners.kubernetes.deadline import Deadline, answered_in, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
 
 
@@ -71,9 +71,8 @@ def api_error(target: str, namespace: str, api_client: Any, verb: str, exc: Base
                 f" {target} needs Kubernetes 1.21 or later")
         return DiscoveryError(f"Kubernetes API {verb} endpointslices in {namespace!r} failed:"
                               f" {exc.status} {api_message(exc)}")
-    answers = exhausted_in(exc)  # the API answered, each time with a status the Retry asks again after
-    if answers:
-        said = exhausted_message(api_host(api_client), f"{verb} endpointslices", answers)
+    said = used_up_message(api_host(api_client), f"{verb} endpointslices", exc)
+    if said:
         return DiscoveryUnavailableError(f"{said}; {target} cannot be discovered until it answers")
     return DiscoveryUnavailableError(
         f"cannot reach the Kubernetes API at {api_host(api_client)} to discover {target}: {exc}. Check that the"

@@ -181,6 +181,6 @@ def status_advice(status: object) -> str:
     if status == 429:
         return ("; the API server is throttling the host (API Priority and Fairness, or an overloaded server):"
                 " retry later")
-    if status in (500, 502, 503, 504):  # not 501/505: a request the server does not support is no outage
+    if status == 500 or status in GATEWAY:  # not 501/505: a request the server does not support is no outage
         return "; the API server (or a proxy in front of it) failed the request: check it (kubectl get --raw /readyz)"
     return ""

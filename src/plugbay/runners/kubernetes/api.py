@@ -309,8 +309,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
         if timed_out(exc):
             raise EngineUnavailableError(late_message(host, f"{verb} {resource}", exc, kwargs.get("_request_timeout"))
                                          ) from exc
-        answers = exhausted_in(exc)  # the API answered, each time with a status the Retry asks again after
-        raise EngineUnavailableError(exhausted_message(host, f"{verb} {resource}", answers) if answers else
+        raise EngineUnavailableError(used_up_message(host, f"{verb} {resource}", exc) or
                                      f"cannot reach the Kubernetes API at {host}: {exc}. Check that"
                                      " the cluster is up and the kubeconfig points at it.") from exc
     if answer is None and kwargs.get("_preload_content", True):  # a 200 whose body is JSON null
@@ -364,6 +363,12 @@ def late_message(host: str, what: str, exc: BaseException, timeout: Any) -> str:
     answered = answered_in(exc)
     return (answered_message(host, what, answered, total_limit(timeout)) if answered
             else timeout_message(host, what, timeout))
+
+
+def used_up_message(host: str, what: str, exc: BaseException) -> str | None:
+    """A call whose Retry the API's answers used up (each a status it asks again after), if ``exc`` says so."""
+    answers = exhausted_in(exc)
+    return exhausted_message(host, what, answers) if answers else None
 
 
 def timeout_message(host: str, what: str, timeout: Any) -> str:

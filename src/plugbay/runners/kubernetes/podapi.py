@@ -23,9 +23,7 @@ from plugbay.errors import EngineUnavailableError, PermissionDeniedError, Runner
 from plugbay.runners.kubernetes import pods
 from plugbay.runners.kubernetes.budget import StartBudget
 from plugbay.runners.kubernetes.api import (UNREADABLE, api_message, call, not_an_object, not_found, request_timeout,
-                                            late_message, timed_out, within_deadline)
-from plugbay.runners.kubernetes.advice import exhausted_message
-from plugbay.runners.kubernetes.deadline import exhausted_in
+                                            late_message, timed_out, used_up_message, within_deadline)
 from plugbay.runners.kubernetes.rbac import denied_message
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
@@ -201,9 +199,8 @@ class PodApi:
             raise RunnerError(self._unread_delete(exc)) from exc
         except (HTTPError, OSError) as exc:
             host = getattr(self.client.configuration, "host", "?")
-            answers = exhausted_in(exc)  # the API answered, each time with a status the Retry asks again after
             why = late_message(host, f"delete pods ({self.id})", exc, timeout) if timed_out(exc) else (
-                exhausted_message(host, f"delete pods ({self.id})", answers) if answers else
+                used_up_message(host, f"delete pods ({self.id})", exc) or
                 f"cannot reach the Kubernetes API at {host} to delete pod {self.id}: {exc}")
             raise EngineUnavailableError(
                 f"{why}. The pod may still run: delete it with kubectl delete pod -n {self.namespace}"
