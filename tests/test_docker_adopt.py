@@ -151,14 +151,17 @@ def test_a_reattach_to_a_port_published_on_all_interfaces_is_refused(standin: An
     from other machines and is not the 127.0.0.1-only publication plugbay dials."""
     from plugbay.errors import RunnerError
 
-    cid = "e" * 64
+    from plugbay.runners.docker.adopt import reattach_labels
+    from plugbay.runners.reattachkey import SECRET, new_secret
+
+    cid, key = "e" * 64, new_secret()
     inspect = {"Id": cid, "Name": "/plugbay-elsewhere",
                "State": {"Status": "running", "Running": True, "ExitCode": 0},
-               "Config": {"Labels": {"plugbay.managed": "true"}, "Image": BASE},
+               "Config": {"Labels": {"plugbay.managed": "true", **reattach_labels(key, "tcp", 4000)}, "Image": BASE},
                "NetworkSettings": {"Ports": {"4000/tcp": [{"HostIp": host_ip, "HostPort": "32768"}]}}}
     standin(lambda method, path: (200, inspect) if path == f"/containers/{cid}/json" else (404, {"message": "no"}))
     with pytest.raises(RunnerError, match="published on all interfaces") as info:
-        DockerRunner.attach({"id": cid, "transport": "tcp", "container_port": 4000}, take_ownership=False)
+        DockerRunner.attach({"id": cid, "transport": "tcp", "container_port": 4000, SECRET: key}, take_ownership=False)
     assert "127.0.0.1" in str(info.value)
 
 

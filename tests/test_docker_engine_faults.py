@@ -17,14 +17,18 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker import waiter as waiter_module
 from plugbay.runners.docker.engine import engine
+from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.hardening import ensure_network
+from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import HOST, MANAGED, SESSION, SESSION_START
 from tests.docker_standin import DROP, SILENT, Answer, Later, Reply, StandinEngine, standin  # noqa: F401
 
 Standin = Callable[[Answer], StandinEngine]
 CID = "d" * 64
+KEY = new_secret()  # what a reattach proves the container by (its label holds the digest)
 RUNNING = {"Id": CID, "Name": "/plugbay-standin", "State": {"Status": "running", "Running": True, "ExitCode": 0},
-           "Config": {"Labels": {MANAGED: "true"}, "Image": "x"}, "NetworkSettings": {"Ports": {}}}
+           "Config": {"Labels": {MANAGED: "true", **reattach_labels(KEY, "unix", 4000)}, "Image": "x"},
+           "NetworkSettings": {"Ports": {}}}
 
 
 # --- sweep ----------------------------------------------------------------------------------------
@@ -138,7 +142,8 @@ def _attached(answer_wait: Reply) -> Answer:
 
 def test_detach_ends_the_exit_watch_of_an_engine_that_never_answers_the_wait(standin: Standin) -> None:
     engine_ = standin(_attached(SILENT))
-    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix"}, take_ownership=False)
+    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix", SECRET: KEY},
+                                 take_ownership=False)
     deadline = time.monotonic() + 10
     while ("POST", f"/containers/{CID}/wait") not in engine_.requests and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -149,7 +154,8 @@ def test_detach_ends_the_exit_watch_of_an_engine_that_never_answers_the_wait(sta
 def test_a_wait_answered_long_after_its_head_is_the_exit(standin: Standin, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(waiter_module, "_HEAD_WAIT", 0.2, raising=False)  # only the head has that long
     engine_ = standin(_attached(Later(1.5, {"StatusCode": 3})))
-    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix"}, take_ownership=False)
+    runner = DockerRunner.attach({"kind": "DockerRunner", "id": CID, "transport": "unix", SECRET: KEY},
+                                 take_ownership=False)
     try:
         assert runner.wait(20) == 3
         assert engine_.requests.count(("POST", f"/containers/{CID}/wait")) == 1  # one wait, never made again

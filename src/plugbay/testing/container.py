@@ -40,6 +40,7 @@ from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_set, check_versioned_plugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.createargs import checked_labels
@@ -48,6 +49,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOC
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
 from plugbay.runners.options import required_str, seconds
+from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import managed_labels
 from plugbay.testing.handshake_log import read_handshake
 
@@ -197,6 +199,7 @@ class PluginContainer(DockerContainer):
         self._cert: CertKey | None = None
         self._engine: _Engine | None = None
         self._socket_dir: str | None = None
+        self._reattach_secret = ""
         self._client: Client | None = None
         # the caller's create arguments, kept apart from the ones _configure() adds to them for one
         # start: a restart builds on them again, not on the previous start's labels
@@ -230,7 +233,9 @@ class PluginContainer(DockerContainer):
             self._cert = generate_cert()
             self.with_env(ENV_CLIENT_CERT, self._cert.cert_pem.decode())
         # plugbay's labels over the caller's (which may not name any of plugbay's)
-        labels = {**_caller_labels(caller), **managed_labels(), **create_token(), "plugbay.plugin": self.image}
+        self._reattach_secret = new_secret()  # as DockerRunner's: reattach_config() holds it, a label its digest
+        labels = {**_caller_labels(caller), **managed_labels(), **create_token(), "plugbay.plugin": self.image,
+                  **reattach_labels(self._reattach_secret, self.transport, self.container_port)}
         if self._name is None or self._name == self._made_name:  # a name of its own, per start: see create()
             self._name = self._made_name = f"plugbay-tc-{uuid.uuid4().hex[:12]}"
         extra: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
@@ -288,7 +293,8 @@ class PluginContainer(DockerContainer):
         assert self.handshake is not None
         runner: dict[str, Any] = {"kind": "DockerRunner", "id": self.get_container_id(), "image": self.image,
                                   "transport": self.transport, "container_port": self.container_port,
-                                  "host_socket_dir": self._socket_dir, "owns_socket_dir": False}
+                                  "host_socket_dir": self._socket_dir, "owns_socket_dir": False,
+                                  SECRET: self._reattach_secret}
         if self.transport == "tcp":
             runner["host_port"] = int(self.get_docker_client().port(self.get_container_id(), self.container_port))
         return ReattachConfig(handshake=self.handshake, runner=runner, client_cert=self._cert, name=self.image)

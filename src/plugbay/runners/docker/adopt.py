@@ -1,9 +1,11 @@
 """Reattach proof for the Docker runner: is the container in the reattach data one plugbay made?
 
 Reattach data is untrusted. The container must exist, carry plugbay's
-``plugbay.managed=true`` label and, when the data names a socket folder, be
+``plugbay.managed=true`` label, the digest of the data's reattach secret
+(runners.reattachkey: its id is no secret) and, when the data names a socket folder, be
 labelled with that folder and the marker plugbay wrote in it; otherwise nothing
-is touched (plugbay never stops or removes what it cannot prove it made).
+is touched (plugbay never stops or removes what it cannot prove it made). The data's
+transport and port must be the ones the container was started with (its labels).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
+from plugbay.runners.reattachkey import DIGEST, digest, not_written_for, secret_unproven
 from plugbay.runners.session import MANAGED, host_session_id, owner_name
 
 # what the engine takes as a container's id (12-64 hex) or name: the id goes into the request's path,
@@ -24,6 +27,8 @@ _CONTAINER_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
 # part is split off into the digest check when the runner is made)
 _IMAGE_REF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./:-]{0,254}")
 IMAGE = "plugbay.image"  # the image name the runner was given; the container runs that image's checked id
+TRANSPORT = "plugbay.transport"  # what the plugin was started to listen on: a reattach must say the same
+PORT = "plugbay.container-port"  # the tcp transport's port in the container (the one published)
 
 
 def is_container_ref(text: str) -> bool:
@@ -35,8 +40,9 @@ def reattach_id(data: Mapping[str, Any]) -> str:
     """The container id the reattach data names (not yet proven plugbay's)."""
     container_id = str(data.get("id") or "")
     if not container_id:
-        raise ReattachError(f"DockerRunner reattach data needs the container 'id', got {dict(data)!r};"
-                          " pass what Client.reattach_config() / runner.reattach_data() returned")
+        fields = sorted(str(key)[:40] for key in data)[:20]  # not their values: one may be the reattach secret
+        raise ReattachError(f"DockerRunner reattach data needs the container 'id', got the fields {fields};"
+                            " pass what Client.reattach_config() / runner.reattach_data() returned")
     if not isinstance(data.get("id"), str) or not is_container_ref(container_id):
         raise ReattachError(f"reattach data names container {container_id[:80]!r}, which is neither a container id"
                             " (12-64 hex digits) nor a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); pass the JSON"
@@ -74,8 +80,14 @@ def reattach_transport(data: Mapping[str, Any], transports: tuple[str, ...]) -> 
     return str(transport), port
 
 
-def prove_container(client: Any, container_id: str, socket_dir: str | None) -> Any:
-    """The running container ``container_id``, once proven plugbay's; RunnerError/ReattachError otherwise."""
+def reattach_labels(secret: str, transport: str, container_port: int) -> dict[str, str]:
+    """The labels a reattach proves a container by (the secret's digest) and checks its data against."""
+    return {DIGEST: digest(secret), TRANSPORT: transport, PORT: str(container_port)}
+
+
+def prove_container(client: Any, container_id: str, data: Mapping[str, Any], transport: str, port: int) -> Any:
+    """The running container ``container_id``, once proven the one plugbay wrote the reattach ``data`` for
+    (to be reached by ``transport`` on ``port``); RunnerError/ReattachError otherwise."""
     from docker.errors import NotFound
 
     try:
@@ -85,6 +97,10 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
                           " start the plugin again") from None
     labels = _container_labels(container, container_id)
     why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
+    unproven = secret_unproven(data, labels.get(DIGEST)) if why is None else None
+    if unproven is not None:
+        raise not_written_for(f"container {container_id[:12]}", unproven)
+    socket_dir = data.get("host_socket_dir")
     if why is None and socket_dir is not None:
         why = socket_dir_unproven(socket_dir, labels)
     if why is not None:
@@ -92,6 +108,7 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
             f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
             " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
             " that Client.reattach_config().to_json() produced for a running plugin")
+    _check_transport(container_id, labels, transport, port)
     if container.status == "paused":  # the handshake and every call would hang until it is unpaused
         short = container.short_id  # the id: the data may give a name, which a claim renames
         raise RunnerError(f"cannot reattach: container {short} is paused; unpause it (`docker unpause {short}`)"
@@ -101,6 +118,20 @@ def prove_container(client: Any, container_id: str, socket_dir: str | None) -> A
         raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
                           f" (exit code {code}); start the plugin again")
     return container
+
+
+def _check_transport(container_id: str, labels: Mapping[str, str], transport: str, port: int) -> None:
+    """ReattachError unless the proven container was started for the data's transport (and tcp port): the
+    host would dial a socket or port the plugin never listens on, and fail with a misleading reason."""
+    said = labels.get(TRANSPORT)
+    if said == transport and (transport != "tcp" or labels.get(PORT) == str(port)):
+        return
+    wanted = f"transport {transport!r}" + (f" on container port {port}" if transport == "tcp" else "")
+    started = (f"transport {said!r}" + (f" on container port {labels.get(PORT)}" if said == "tcp" else "")
+               if said else "no transport its labels record")
+    raise ReattachError(f"cannot reattach to container {container_id[:12]}: the reattach data says {wanted}, but"
+                        f" plugbay started it with {started} (its label {TRANSPORT}), so plugbay leaves it alone."
+                        " Pass the JSON that Client.reattach_config().to_json() produced for it, unedited")
 
 
 def _container_labels(container: Any, container_id: str) -> dict[str, str]:

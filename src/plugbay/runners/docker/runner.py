@@ -41,7 +41,7 @@ from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_
 from plugbay.runners.docker.options import TRANSPORTS, check_settings, cpus_to_nano
 from plugbay.runners.docker.budget import StartBudget
 from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_container, reattach_id,
-                                          reattach_image, reattach_transport)
+                                          reattach_image, reattach_labels, reattach_transport)
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
@@ -51,6 +51,7 @@ from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
 from plugbay.runners.docker.waiter import ExitWaiter
+from plugbay.runners.reattachkey import SECRET, new_secret, secret_of
 from plugbay.runners.session import managed_labels
 
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
@@ -116,6 +117,7 @@ class DockerRunner(ContainerTeardown, Runner):
         self._owns_socket_dir = False
         self._given_dir: os.stat_result | None = None  # a caller's socket folder as given (kill gives it back)
         self._socket_token = ""
+        self._reattach_secret = new_secret()  # reattach data holds it, the container's labels its digest (reattachkey)
         self._host_port: int | None = None
         self._pumps: dict[str, ContainerLogStream] = {}
         self._final_state: dict[str, Any] | None = None
@@ -218,7 +220,8 @@ class DockerRunner(ContainerTeardown, Runner):
         # None: the default bridge, containers see each other; the caller's network_mode: theirs (createargs)
         if self.transport == "tcp" and self.network and "network_mode" not in self.extra_create_args:
             args["network"] = isolated = budget.call(lambda: network_id(client, str(self.network)), "find its network")
-        labels = {**self.labels, **spec.labels, **managed_labels(), **create_token(), IMAGE: self.image}
+        labels = {**self.labels, **spec.labels, **managed_labels(), **create_token(), IMAGE: self.image,
+                  **reattach_labels(self._reattach_secret, self.transport, self.container_port)}
         if self._host_socket_dir:
             labels.update({SOCKET_DIR: self._host_socket_dir, SOCKET_TOKEN: self._socket_token,
                            SOCKET_OWNED: str(self._owns_socket_dir).lower()})
@@ -352,7 +355,7 @@ class DockerRunner(ContainerTeardown, Runner):
         return {"kind": "DockerRunner", "id": self._container_id, "image": self.image,
                 "transport": self.transport, "host_socket_dir": self._host_socket_dir,
                 "owns_socket_dir": self._owns_socket_dir, "container_port": self.container_port,
-                "host_port": self._host_port}
+                "host_port": self._host_port, SECRET: self._reattach_secret}
 
     @classmethod
     def attach(cls, data: Mapping[str, Any], *, take_ownership: bool = True) -> DockerRunner:
@@ -362,8 +365,8 @@ class DockerRunner(ContainerTeardown, Runner):
         starting host's, so a sweep still spares it while that host lives. Otherwise this host becomes
         its owner once :meth:`adopted` is called (by a Client whose reattach succeeded), not here. The
         data is untrusted: the container must carry plugbay's labels, and a socket folder must be the
-        one named in its labels, holding the marker plugbay wrote (otherwise ReattachError, and nothing
-        is touched); the runner's image is the one the proven container's labels (or the engine) name.
+        one named in its labels holding the marker plugbay wrote, and the data's reattach secret and transport
+        the ones it was labelled with (else ReattachError: nothing is touched); its image is the labels' (or engine's).
         """
         container_id = reattach_id(data)
         transport, port = reattach_transport(data, TRANSPORTS)
@@ -373,7 +376,7 @@ class DockerRunner(ContainerTeardown, Runner):
         runner._attached = runner._began = True
         socket_dir = data.get("host_socket_dir")
         try:
-            container = prove_container(runner._client, container_id, socket_dir)
+            container = prove_container(runner._client, container_id, data, transport, port)
             # by id from here on: the data may name it, and claim() renames it (kill() would find nothing)
             runner._container_id, runner.image = container.id, container_image(container)
             if runner.transport == "tcp":  # the engine says where it is published, not the data
@@ -382,7 +385,7 @@ class DockerRunner(ContainerTeardown, Runner):
         except BaseException:
             runner._client.close()
             raise
-        runner._host_socket_dir = socket_dir
+        runner._host_socket_dir, runner._reattach_secret = socket_dir, secret_of(data)  # proven: passed on
         labels = dict(container.labels or {})  # they say, not the data; kill() proves the folder by the token again
         runner._owns_socket_dir, runner._socket_token = labels.get(SOCKET_OWNED) == "true", labels.get(SOCKET_TOKEN, "")
         runner._adopt = container if take_ownership else None

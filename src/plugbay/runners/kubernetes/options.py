@@ -14,6 +14,8 @@ from plugbay.errors import ConfigError, ReattachError
 from plugbay.runners.command import check_env, check_text_env
 from plugbay.runners.kubernetes.api import reattach_pod
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
+from plugbay.runners.reattachkey import DIGEST, not_written_for, secret_unproven
+from plugbay.runners.session import MANAGED
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
 
@@ -153,3 +155,17 @@ def reattach_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         raise bad(f"'address_mode' as one of {ADDRESS_MODES}, not {mode!r}")
     fields.update(image=str(data.get("image", "?")), container_port=port, address_mode=mode)
     return fields
+
+
+def pod_unproven(pod: Mapping[str, Any], pod_id: str, data: Mapping[str, Any]) -> ReattachError | None:
+    """Why the pod read for a reattach cannot be proven the one plugbay wrote ``data`` for (None: it can):
+    it must carry plugbay's label and the digest of the data's reattach secret (runners.reattachkey)."""
+    meta = pod.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    labels, annotations = meta.get("labels"), meta.get("annotations")
+    if not isinstance(labels, dict) or labels.get(MANAGED) != "true":
+        return ReattachError(f"cannot reattach to pod {pod_id}: it lacks plugbay's label {MANAGED}=true, so plugbay"
+                             " did not start it and leaves it alone. Pass the JSON that"
+                             " Client.reattach_config().to_json() produced for a running plugin")
+    why = secret_unproven(data, annotations.get(DIGEST) if isinstance(annotations, dict) else None, "annotation")
+    return None if why is None else not_written_for(f"pod {pod_id}", why)

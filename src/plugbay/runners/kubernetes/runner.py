@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ConfigError, PodStartTimeoutError, ReattachError, RunnerError
+from plugbay.errors import ConfigError, PodStartTimeoutError, RunnerError
 from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
@@ -26,7 +26,8 @@ from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, api_host, check_api_timeout, default_namespace,
                                             in_cluster, load_api_client, reattach_kubeconfig)
 from plugbay.runners.kubernetes.budget import StartBudget
-from plugbay.runners.kubernetes.options import check_api_client, check_settings, reattach_fields
+from plugbay.runners.kubernetes.options import check_api_client, check_settings, pod_unproven, reattach_fields
+from plugbay.runners.reattachkey import DIGEST, SECRET, digest, new_secret, secret_of
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
 from plugbay.runners.kubernetes.forwards import PortForwards
@@ -35,7 +36,6 @@ from plugbay.runners.kubernetes.logs import PodLogs
 from plugbay.runners.kubernetes.portforward import PortForwarder
 from plugbay.runners.kubernetes.teardown import PodTeardown
 from plugbay.runners.kubernetes.watch import PodWatch
-
 
 
 class KubernetesRunner(PodTeardown, Runner):
@@ -87,6 +87,7 @@ class KubernetesRunner(PodTeardown, Runner):
         self._ended = False  # killed or detached
         self._after_start: float | None = None  # a reattach's start_timeout once the Client's start is over
         self._diagnosis: str | None = None
+        self._reattach_secret = new_secret()  # reattach data holds it, the pod's annotation its digest (reattachkey)
 
     # --- identity ------------------------------------------------------------
 
@@ -143,7 +144,8 @@ class KubernetesRunner(PodTeardown, Runner):
         if self.host_id:
             labels[owner.HOST_ID] = self.host_id
         manifest = pods.build_pod(name=self.pod_name, image=self.image, labels=labels,
-                                  annotations={"plugbay.host": managed["plugbay.host"]}, env=env,
+                                  annotations={"plugbay.host": managed["plugbay.host"],
+                                               DIGEST: digest(self._reattach_secret)}, env=env,
                                   container_port=self.container_port,
                                   **{k: v for k, v in self._opts.items() if k not in ("labels", "env")})
         ref = owner.owner_reference(self.namespace) if self.owner_reference else None
@@ -343,7 +345,8 @@ class KubernetesRunner(PodTeardown, Runner):
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "KubernetesRunner", "id": self.id, "namespace": self.namespace, "pod": self.pod_name,
                 "image": self.image, "container_port": self.container_port,
-                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context}
+                "address_mode": self.address_mode, "kubeconfig": self._kubeconfig, "context": self._context,
+                SECRET: self._reattach_secret}
 
     @classmethod
     def attach(cls, data: Mapping[str, Any], api_client: Any = None, *, kubeconfig: str | None = None,
@@ -383,11 +386,11 @@ class KubernetesRunner(PodTeardown, Runner):
         if pod is None:
             runner._close()
             raise RunnerError(f"cannot reattach: pod {runner.id} no longer exists")
-        if ((pod.get("metadata") or {}).get("labels") or {}).get("plugbay.managed") != "true":
-            runner._close()  # reattach data is untrusted: never take (and later delete) a pod plugbay did not make
-            raise ReattachError(f"cannot reattach to pod {runner.id}: it lacks plugbay's label plugbay.managed=true,"
-                                " so plugbay did not start it and leaves it alone. Pass the JSON that"
-                                " Client.reattach_config().to_json() produced for a running plugin")
+        refused = pod_unproven(pod, runner.id, data)
+        if refused is not None:
+            runner._close()  # reattach data is untrusted: never take (and later delete) a pod it does not prove
+            raise refused
+        runner._reattach_secret = secret_of(data)  # proven: the runner's reattach_data() passes it on
         runner._pod.uid = str((pod.get("metadata") or {}).get("uid") or "")
         runner._podwatch.update(pod, False)
         runner._start_watcher()
