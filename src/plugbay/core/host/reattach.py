@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from plugbay.runners.base import AttachedRunner, ReattachFunc
 
 
+# the runners' reattach_data() fields that prove the plugin is the one plugbay made (runners/attached.py's
+# plugin_id, runners/reattachkey.py's SECRET): the runners' layer sits above this one, hence the copy
+_PROOFS = frozenset({"plugin_id", "reattach_secret"})
+
+
 @dataclass(frozen=True)
 class ReattachConfig:
     handshake: HandshakeInfo
@@ -36,6 +41,14 @@ class ReattachConfig:
     client_cert: CertKey | None = None
     name: str = "plugin"
     attach: ReattachFunc | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # a repr reaches logs and tracebacks: the proofs a reattach carries (a process plugin's id, a
+        # container's or pod's reattach secret) and the AutoMTLS key would let anyone who reads it
+        # reattach, so they are hidden
+        runner = {k: "<hidden>" if k in _PROOFS else v for k, v in self.runner.items()}
+        return (f"ReattachConfig(handshake={self.handshake!r}, runner={runner!r},"
+                f" client_cert={self.client_cert!r}, name={self.name!r})")
 
     def __post_init__(self) -> None:
         # typed here, not at the first use: ReattachConfig(5) failed later as an AttributeError

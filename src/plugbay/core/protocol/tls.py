@@ -46,6 +46,10 @@ class CertKey(Frozen):
     def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
         self._set(cert_pem=cert_pem, key_pem=key_pem)
 
+    def __repr__(self) -> str:
+        # a repr reaches logs and tracebacks: the private key must not
+        return f"CertKey(cert_pem=<{len(self.cert_pem)} bytes>, key_pem=<hidden>)"
+
     @property
     def cert_der(self) -> bytes:
         return pem_to_der(self.cert_pem)
