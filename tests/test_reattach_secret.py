@@ -187,3 +187,47 @@ def test_a_genuine_pod_reattach_works_and_its_kill_deletes_the_pod(kubeconfig: s
     attached.kill(0)
     assert runner.wait(30) is not None
     assert _pod(kubeconfig, runner.pod_name) is None
+
+
+# --- a plugin started by a plugbay before reattach secrets -----------------------------------------------
+
+OLD_SAYS = "carries no plugbay.reattach-digest"
+
+
+@pytest.mark.docker
+def test_a_container_without_the_digest_label_is_refused_with_how_to_end_it(plugbay_docker: Any) -> None:
+    """Its own JSON (from a plugbay before reattach secrets) was told to 'pass the JSON reattach_config()
+    produced, unedited', which is what the user did (review): no JSON can prove such a container, so the
+    message says to stop or remove it and start again; a container named by its name is shown whole."""
+    old = plugbay_docker.containers.run(BASE, SLEEP, detach=True, labels={"plugbay.managed": "true"})
+    try:
+        for named in (old.id, old.name):
+            data = {"kind": "DockerRunner", "id": named, "transport": "tcp", SECRET: new_secret()}
+            with pytest.raises(ReattachError, match=OLD_SAYS) as info:
+                reattach_runner(data)
+            said = str(info.value)
+            assert f"docker rm -f {old.short_id}" in said and "start the plugin again" in said, said
+            assert "unedited" not in said and f"container {old.short_id if named == old.id else old.name}:" in said
+            assert _running(plugbay_docker, old.id)
+    finally:
+        old.remove(force=True)
+
+
+@pytest.mark.kubernetes
+def test_a_pod_without_the_digest_annotation_is_refused_with_how_to_end_it(kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    name = "plugbay-old-" + new_secret()[:8]
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"plugbay.managed": "true"}},
+            "spec": {"containers": [{"name": "plugin", "image": testapp}]}}
+    api.create_namespaced_pod("default", body)
+    try:
+        data = {"kind": "KubernetesRunner", "namespace": "default", "pod": name, SECRET: new_secret()}
+        with pytest.raises(ReattachError, match=OLD_SAYS) as info:
+            reattach_runner(data)
+        assert f"kubectl delete pod -n default {name}" in str(info.value)
+        assert _pod(kubeconfig, name) is not None
+    finally:
+        api.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+        api.api_client.close()

@@ -35,22 +35,26 @@ def digest(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def secret_unproven(data: Mapping[str, Any], recorded: Any, where: str = "label") -> str | None:
-    """Why the reattach ``data`` cannot be proven the data plugbay wrote for a container or pod whose
-    ``where`` (label, annotation) is ``recorded`` (None: it can). No secret, a secret of another form, and a
-    wrong one are all refused alike; the comparison takes the same time wherever the digests differ."""
+def secret_unproven(data: Mapping[str, Any], recorded: Any, what: str, where: str, remove: str) -> ReattachError | None:
+    """The refusal of reattach ``data`` that cannot be proven the data plugbay wrote for ``what`` (a container
+    or pod) whose ``where`` (label, annotation) is ``recorded``; None when it can. No secret, a secret of
+    another form and a wrong one are refused alike, and the comparison takes the same time wherever the
+    digests differ. ``remove`` is how a user ends ``what`` by hand (a command)."""
+    if not isinstance(recorded, str) or not recorded:
+        # nothing to compare with: a plugbay from before reattach secrets started it (or something else
+        # did), and no JSON can prove itself for it; the way out is a new start, not other JSON
+        return ReattachError(
+            f"cannot reattach to {what}: it carries no {DIGEST} {where}, which every plugin a current plugbay"
+            " starts has (plugbay before reattach secrets did not write one), so no reattach data can prove it"
+            f" is the one plugbay made and plugbay leaves {what} alone. Stop it from the host that started it,"
+            f" or end it by hand (`{remove}`), and start the plugin again")
     secret = data.get(SECRET)
     if not isinstance(secret, str) or not _SECRET_FORM.fullmatch(secret):
-        return f"the reattach data has no {SECRET!r} (plugbay writes one into every reattach JSON it makes)"
-    if not isinstance(recorded, str) or not recorded:
-        return f"it carries no {DIGEST} {where} (it was not started by a plugbay that records one)"
-    if not hmac.compare_digest(digest(secret).encode("ascii"), recorded.encode("utf-8", "replace")):
-        return f"the data's {SECRET!r} is not the one plugbay made for it"
-    return None
-
-
-def not_written_for(what: str, why: str) -> ReattachError:
-    """The refusal of reattach data that ``why`` says does not prove itself plugbay's for ``what``."""
+        why = f"the reattach data has no {SECRET!r} (plugbay writes one into every reattach JSON it makes)"
+    elif not hmac.compare_digest(digest(secret).encode("ascii"), recorded.encode("utf-8", "replace")):
+        why = f"the data's {SECRET!r} is not the one plugbay made for it"
+    else:
+        return None
     return ReattachError(
         f"cannot reattach to {what}: {why}, so this reattach data is not the one plugbay wrote for {what}, and"
         " plugbay leaves it alone. Pass the JSON that Client.reattach_config().to_json() produced for that"

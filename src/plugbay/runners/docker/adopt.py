@@ -17,7 +17,7 @@ from typing import Any
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ReattachError, RunnerError
 from plugbay.runners.docker.engine import engine_call, socket_dir_unproven
-from plugbay.runners.reattachkey import DIGEST, digest, not_written_for, secret_unproven
+from plugbay.runners.reattachkey import DIGEST, digest, secret_unproven
 from plugbay.runners.session import MANAGED, host_session_id, owner_name
 
 # what the engine takes as a container's id (12-64 hex) or name: the id goes into the request's path,
@@ -34,6 +34,11 @@ PORT = "plugbay.container-port"  # the tcp transport's port in the container (th
 def is_container_ref(text: str) -> bool:
     """Whether ``text`` is a container id or name the engine's request path may carry as it is."""
     return bool(_CONTAINER_REF.fullmatch(text))
+
+
+def _shown(container_ref: str) -> str:
+    """A container id as docker shows it (12 digits); a name whole."""
+    return container_ref[:12] if re.fullmatch(r"[0-9a-f]{13,64}", container_ref) else container_ref
 
 
 def reattach_id(data: Mapping[str, Any]) -> str:
@@ -93,19 +98,21 @@ def prove_container(client: Any, container_id: str, data: Mapping[str, Any], tra
     try:
         container = engine_call(lambda: client.containers.get(container_id), "find the container")
     except NotFound:
-        raise RunnerError(f"cannot reattach: container {container_id[:12]} no longer exists;"
+        raise RunnerError(f"cannot reattach: container {_shown(container_id)} no longer exists;"
                           " start the plugin again") from None
+    shown = _shown(container_id)
     labels = _container_labels(container, container_id)
     why = None if labels.get(MANAGED) == "true" else f"it lacks plugbay's label {MANAGED}=true"
-    unproven = secret_unproven(data, labels.get(DIGEST)) if why is None else None
-    if unproven is not None:
-        raise not_written_for(f"container {container_id[:12]}", unproven)
+    refused = (secret_unproven(data, labels.get(DIGEST), f"container {shown}", "label",
+                               f"docker rm -f {container.short_id}") if why is None else None)
+    if refused is not None:
+        raise refused
     socket_dir = data.get("host_socket_dir")
     if why is None and socket_dir is not None:
         why = socket_dir_unproven(socket_dir, labels)
     if why is not None:
         raise ReattachError(
-            f"cannot reattach to container {container_id[:12]}: {why}, so plugbay cannot prove it"
+            f"cannot reattach to container {shown}: {why}, so plugbay cannot prove it"
             " started it (and its socket folder) for this plugin and leaves them alone. Pass the JSON"
             " that Client.reattach_config().to_json() produced for a running plugin")
     _check_transport(container_id, labels, transport, port)
@@ -115,7 +122,7 @@ def prove_container(client: Any, container_id: str, data: Mapping[str, Any], tra
                           f" and reattach again, or end it (`docker rm -f {short}`) and start the plugin again")
     if container.status != "running":
         code = container.attrs["State"].get("ExitCode")  # a dict: _container_labels checked it
-        raise RunnerError(f"cannot reattach: container {container_id[:12]} is {container.status}"
+        raise RunnerError(f"cannot reattach: container {shown} is {container.status}"
                           f" (exit code {code}); start the plugin again")
     return container
 
@@ -129,7 +136,7 @@ def _check_transport(container_id: str, labels: Mapping[str, str], transport: st
     wanted = f"transport {transport!r}" + (f" on container port {port}" if transport == "tcp" else "")
     started = (f"transport {said!r}" + (f" on container port {labels.get(PORT)}" if said == "tcp" else "")
                if said else "no transport its labels record")
-    raise ReattachError(f"cannot reattach to container {container_id[:12]}: the reattach data says {wanted}, but"
+    raise ReattachError(f"cannot reattach to container {_shown(container_id)}: the reattach data says {wanted}, but"
                         f" plugbay started it with {started} (its label {TRANSPORT}), so plugbay leaves it alone."
                         " Pass the JSON that Client.reattach_config().to_json() produced for it, unedited")
 
@@ -142,7 +149,7 @@ def _container_labels(container: Any, container_id: str) -> dict[str, str]:
     labels = config.get("Labels") if isinstance(config, dict) else None
     if not (isinstance(attrs.get("Id"), str) and isinstance(state, dict) and isinstance(state.get("Status"), str)
             and isinstance(config, dict) and isinstance(labels, (dict, type(None)))):
-        raise ReattachError(f"cannot reattach to container {container_id[:12]}: the engine's answer for it is not"
+        raise ReattachError(f"cannot reattach to container {_shown(container_id)}: the engine's answer for it is not"
                             " a container's (no Id, State or Config.Labels), so plugbay leaves it alone. Pass the"
                             " JSON that Client.reattach_config().to_json() produced for a running plugin")
     return {str(k): str(v) for k, v in (labels or {}).items()}

@@ -14,7 +14,7 @@ from plugbay.errors import ConfigError, ReattachError
 from plugbay.runners.command import check_env, check_text_env
 from plugbay.runners.kubernetes.api import reattach_pod
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
-from plugbay.runners.reattachkey import DIGEST, not_written_for, secret_unproven
+from plugbay.runners.reattachkey import DIGEST, secret_unproven
 from plugbay.runners.session import MANAGED
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
                                      required_str, str_mapping)
@@ -167,5 +167,6 @@ def pod_unproven(pod: Mapping[str, Any], pod_id: str, data: Mapping[str, Any]) -
         return ReattachError(f"cannot reattach to pod {pod_id}: it lacks plugbay's label {MANAGED}=true, so plugbay"
                              " did not start it and leaves it alone. Pass the JSON that"
                              " Client.reattach_config().to_json() produced for a running plugin")
-    why = secret_unproven(data, annotations.get(DIGEST) if isinstance(annotations, dict) else None, "annotation")
-    return None if why is None else not_written_for(f"pod {pod_id}", why)
+    namespace, _, name = pod_id.partition("/")
+    return secret_unproven(data, annotations.get(DIGEST) if isinstance(annotations, dict) else None,
+                           f"pod {pod_id}", "annotation", f"kubectl delete pod -n {namespace} {name}")
