@@ -51,8 +51,8 @@ def _once(index: int, cwd: Path) -> Record:
     before = Snapshot.take()
     reattach_file = cwd / f"reattach-{index}.json"
     key, value = f"h{index}", os.urandom(8).hex()
-    # The host's own TMPDIR: what a SIGKILLed host leaves there (its plugin's socket folder) is
-    # reported, not counted as a plugbay leak: no successor can prove it made that folder.
+    # The host's own TMPDIR: what a SIGKILLed host leaves there is reported, not counted as a plugbay
+    # leak (the Supervisor that reattached removes its plugin's socket folder once it stopped the plugin).
     host_tmp = Path(tempfile.mkdtemp(prefix="pbhk"))  # short: unix socket paths hold 107 bytes
     host = subprocess.Popen([PY, "-m", "tests.faults.hostproc", str(cwd), str(reattach_file), key, value],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

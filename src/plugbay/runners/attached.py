@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from plugbay.core.transport.tempdirs import own_proc
+from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_DIR
+from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
 from plugbay.errors import ReattachError, StaleReattachError
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
@@ -104,6 +105,9 @@ class AttachedProcess(AttachedRunner):
         self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
         self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
         self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
+        # the socket folder the proven plugin's host gave it (its environment): that host's to remove, but
+        # a killed host cannot, and once the plugin is gone no one else would (see _remove_left_folder)
+        self._folder = ""
 
     @property
     def id(self) -> str:
@@ -169,6 +173,15 @@ class AttachedProcess(AttachedRunner):
         claimed, self._claim = self._claim, None
         if self.proven and claimed is not None:
             release(self.plugin_id, claimed)
+        self._remove_left_folder()
+
+    def _remove_left_folder(self) -> None:
+        """Once the plugin is gone, its socket folder when the temp sweep would remove it: plugbay's (name,
+        owner, marker), its maker (the plugin's first host) gone, no socket in it answering. A living maker
+        removes its folder itself."""
+        if self._folder and self.proven and not self._alive():
+            folder, self._folder = self._folder, ""
+            remove_left_folder(folder)
 
     def kill(self, grace: float = 2.0) -> None:
         try:
@@ -260,6 +273,8 @@ def _reattach(data: Mapping[str, Any]) -> AttachedRunner:
             " produced for a running plugin, or start the plugin again")
     runner.proven = True
     runner._leads_group = _leads_group(pid)
+    folder = (environ(pid) or {}).get(ENV_UNIX_SOCKET_DIR, "")
+    runner._folder = folder if os.path.isabs(folder) else ""  # a relative one: against which folder?
     runner._claim = claim(runner.plugin_id)  # sweep() spares a plugin a live host adopted
     return runner
 

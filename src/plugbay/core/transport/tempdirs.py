@@ -263,22 +263,33 @@ def sweep_tempdirs(roots: Iterable[str] | None = None, *, dry_run: bool = False)
             continue
         for name in names:
             path = os.path.join(root, name)
-            checked = _stale(path)
-            if checked is None:
-                continue
-            try:  # the same folder still: not one swapped in under its name since (a writable root)
-                now = os.lstat(path)
-            except OSError:
-                continue
-            if (now.st_dev, now.st_ino) != checked or not stat.S_ISDIR(now.st_mode):
-                continue
-            if not dry_run:
-                try:
-                    shutil.rmtree(path)  # never follows a symlink: the folder was checked not to be one
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    if os.path.lexists(path):
-                        continue
-            removed.append(path)
+            if remove_left_folder(path, dry_run=dry_run):
+                removed.append(path)
     return removed
+
+
+def remove_left_folder(path: str, *, dry_run: bool = False) -> bool:
+    """Remove the one folder ``path`` when the sweep would (a plugbay folder proven left behind: see the
+    module's rules); True when it was (``dry_run``: would be) removed. A host that adopted a plugin (reattach)
+    names the folder its plugin was given once the plugin is gone: the folder is still proven here, as
+    any other, never removed for being named."""
+    if not os.path.basename(path).startswith(PREFIX):
+        return False
+    checked = _stale(path)
+    if checked is None:
+        return False
+    try:  # the same folder still: not one swapped in under its name since (a writable root)
+        now = os.lstat(path)
+    except OSError:
+        return False
+    if (now.st_dev, now.st_ino) != checked or not stat.S_ISDIR(now.st_mode):
+        return False
+    if not dry_run:
+        try:
+            shutil.rmtree(path)  # never follows a symlink: the folder was checked not to be one
+        except FileNotFoundError:
+            return False
+        except OSError:
+            if os.path.lexists(path):
+                return False
+    return True
