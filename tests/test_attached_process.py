@@ -22,7 +22,7 @@ import pytest
 
 from tests.resilience_util import PLUGIN_NAME, PLUGINS, HANDSHAKE, faulty_config, wait_until
 
-from plugbay import Client, ClientConfig, PluginDiedError, ReattachError  # noqa: I001
+from plugbay import Client, ClientConfig, PluginDiedError, ReattachError, RestartPolicy, Supervisor  # noqa: I001
 from plugbay.core.host.secure import SecureConfig
 from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec, reattach_runner
@@ -82,8 +82,27 @@ def test_a_reattached_plugins_unknown_exit_is_not_called_sighup(tmp_path: Path) 
         assert wait_until(lambda: second.exited, 10)
         with pytest.raises(PluginDiedError) as raised:
             kv.get("k")
-        assert "exit code is unknown" in str(raised.value) and "(killed by SIGHUP)" not in str(raised.value)
+        said = str(raised.value)
+        assert "exit status is unknown" in said and "not this host's child" in said, said
+        assert "-1" not in said and "SIGHUP" not in said, said  # the reattach data's pid holds no "-1"
         second.close()
+    finally:
+        first.kill()
+
+
+def test_a_supervisor_says_a_reattached_plugins_exit_status_is_unknown_not_minus_one(tmp_path: Path) -> None:
+    first = Client(faulty_config(tmp_path))
+    first.start()
+    try:
+        policy = RestartPolicy(max_restarts=2, window=120, initial_backoff=0.05)
+        with Supervisor(lambda: faulty_config(tmp_path), reattach=first.reattach_config(), restart=policy,
+                        health_interval=0.2) as sup:
+            sup.dispense(PLUGIN_NAME).put("k", b"v")
+            os.kill(first.runner.pid, signal.SIGKILL)
+            assert wait_until(lambda: sup.failures >= 1, 10)
+            failure = [e.detail for e in sup.events if e.kind == "failure"][0]
+            assert "exit status is unknown" in failure and "not this host's child" in failure, failure
+            assert "code -1" not in failure, failure
     finally:
         first.kill()
 

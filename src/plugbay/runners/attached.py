@@ -133,6 +133,10 @@ class AttachedProcess(AttachedRunner):
             time.sleep(0.05)
         return UNKNOWN_EXIT_CODE
 
+    def exit_words(self, code: int) -> str:
+        return (f"exited; its exit status is unknown: process {self.pid} was reattached and is not this host's"
+                " child, so only its own parent can read how it ended (a signal, or an exit code)")
+
     def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
         """A pidfd on the shared I/O loop (taken, then the pid proven still ours); polls without pidfds."""
         fd = pidfd(self.pid)

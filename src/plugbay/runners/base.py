@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from plugbay.core.protocol.exits import exit_said
 from plugbay.errors import ConfigError, RunnerError
 
 _log = logging.getLogger("plugbay.runner")
@@ -210,6 +211,12 @@ class AttachedRunner(ABC):
         exit (the process runner's pidfd) overrides it. ``on_exit`` must not block.
         """
         return _PollingExitWatch(self, on_exit)
+
+    def exit_words(self, code: int) -> str:
+        """How the plugin ended, after its name in a message ("exited with code 3"), from wait()'s ``code``."""
+        if code == -1:  # UNKNOWN_EXIT_CODE (runners.attached): an engine that lost the code reports it too
+            return "exited with code -1 (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
+        return exit_said(code)
 
     def detach(self) -> None:
         """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""

@@ -253,7 +253,7 @@ class Client(Connecting):
         # a close() leaves the plugin running: its config holds; a kill(), a failed start or an exit do not
         exit_code = self._exit_code if self._exit_code is not None or self._runner is None else self._runner.wait(0)
         refused = unreattachable(self.name, self._failed, self.config.reattach is not None, self._kill_called,
-                                 exit_code)
+                                 None if exit_code is None else self._exit_words(exit_code))
         if refused:
             raise ClientStateError(refused)
         info = self._need(self._announced, "reattach_config")

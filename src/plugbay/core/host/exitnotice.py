@@ -9,6 +9,7 @@ from plugbay.core.host.live import stop_elsewhere
 from plugbay.core.host.parts import STDIO_FINISH, STDIO_QUIET, ClientParts
 from plugbay.core.host.stdio import StdioReader
 from plugbay.core.host.stop import describe_exit
+from plugbay.core.protocol.exits import exit_said
 
 _log = logging.getLogger("plugbay.client")
 
@@ -23,10 +24,11 @@ class ExitNotice(ClientParts):
             self._exit_code = code
             return
         self._learned_exit(code, refuse=True)
-        _log.warning("plugin %s exited with code %s", self.name, code)
+        how = self._exit_words(code)
+        _log.warning("plugin %s %s", self.name, how)
         broker = self._broker
         if broker is not None:  # its stream has a connection of its own
-            broker.end_stream(f"plugin {self.name!r} exited with code {code}")
+            broker.end_stream(f"plugin {self.name!r} {how}")
         channel = self._channel
         stdio = self._stdio
         if isinstance(stdio, StdioReader) and stdio.keeps_output:
@@ -68,4 +70,9 @@ class ExitNotice(ClientParts):
         # learned here before the exit watch: refused as the watch would
         self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
         self._drain_logs()
-        return describe_exit(code, self._logs.tail()[-5:])
+        return describe_exit(self._exit_words(code), self._logs.tail()[-5:])
+
+    def _exit_words(self, code: int) -> str:
+        """How the plugin ended, as its runner can tell (a reattached process's status is unknown)."""
+        runner = self._runner
+        return runner.exit_words(code) if runner is not None else exit_said(code)

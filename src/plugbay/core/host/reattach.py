@@ -164,10 +164,11 @@ def _check_cert_key(cert: CertKey) -> None:
             f" ({exc}); pass the JSON that Client.reattach_config().to_json() produced, unedited") from exc
 
 
-def unreattachable(name: str, failed: str | None, reattached: bool, killed: bool, exit_code: int | None) -> str:
-    """Why a Client gives no ReattachConfig ("" when it may): what it would name is gone or never was."""
+def unreattachable(name: str, failed: str | None, reattached: bool, killed: bool, exited: str | None) -> str:
+    """Why a Client gives no ReattachConfig ("" when it may): what it would name is gone or never was.
+    ``exited``: how the plugin ended (its runner's exit_words()), None while it runs."""
     if failed is not None and reattached:  # a failed attach leaves the plugin as it was
         return f"attaching to plugin {name!r} failed ({failed}); the ReattachConfig this Client was given is unchanged"
     why = ("failed to start" if failed is not None else "was killed" if killed
-           else f"has exited (exit code {exit_code})" if exit_code is not None else "")
+           else f"has {exited}" if exited is not None else "")
     return why and f"plugin {name!r} {why}, so there is nothing to reattach to; make a new Client to run it again"

@@ -9,9 +9,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
-from plugbay.core.protocol.exits import exit_said
 from plugbay.errors import ClientStateError
-from plugbay.runners.process import UNKNOWN_EXIT_CODE
 
 _log = logging.getLogger("plugbay.client")
 SHUTDOWN_TIMEOUT = 2.0
@@ -30,12 +28,10 @@ def ask_shutdown(controller: Any, name: str) -> bool:
         return False  # channel already closed by the exit watcher
 
 
-def describe_exit(code: int, tail: list[str]) -> str:
-    """How a plugin exited, for the error of a call it left: the code, its signal, its last stderr lines."""
-    if code == UNKNOWN_EXIT_CODE:  # a runner that cannot read the code (not its parent, the engine lost it)
-        how = f"it exited with code {code} (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
-    else:
-        how = f"it {exit_said(code)}"
+def describe_exit(how: str, tail: list[str]) -> str:
+    """How a plugin exited (``how``: its runner's exit_words()), for the error of a call it left, with its
+    last stderr lines."""
+    how = f"it {how}"
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")
 

@@ -138,8 +138,11 @@ class FailureCheck:
         """Why ``client``'s plugin counts as failed now, or None."""
         reason = None
         code = client.runner.wait(0)
+        if code is None and client.exited:
+            code = client.exit_code
         if code is not None or client.exited:
-            reason = f"the plugin exited with code {code}" + stderr_note(client)
+            how = client.runner.exit_words(code) if code is not None else "exited"
+            reason = f"the plugin {how}" + stderr_note(client)
         elif watcher is not None and watcher.state not in (SERVING, UNKNOWN):
             now = time.monotonic()
             since = self._unhealthy_since = self._unhealthy_since if self._unhealthy_since is not None else now
