@@ -15,7 +15,8 @@ import pytest
 
 from tests.resilience_util import PLUGIN_NAME, faulty_config  # also puts examples/kv on sys.path
 
-from plugbay import AsyncClient, CircuitBreaker, CircuitOpenError, ConfigError, RetryPolicy, idempotent  # noqa: E402
+from plugbay import (AsyncClient, CallTimeoutError, CircuitBreaker, CircuitOpenError, ConfigError,  # noqa: E402
+                     RetryPolicy, idempotent)
 from plugbay.core.resilience.calls import install  # noqa: E402
 from plugbay.core.resilience.circuit import CLOSED, HALF_OPEN, OPEN  # noqa: E402
 
@@ -69,6 +70,22 @@ def test_an_allowlisted_call_is_retried_until_it_succeeds(tmp_path: Path) -> Non
 
     run(main())
     assert retries[:2] == [("/proto.KV/Get", 1), ("/proto.KV/Get", 2)]
+
+
+def test_a_per_attempt_timeout_that_ran_out_on_every_try_says_so(tmp_path: Path) -> None:
+    async def main() -> str:
+        async with AsyncClient(faulty_config(tmp_path, call_timeout=10.0)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("__slow__", b"2")
+            install(client, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, per_attempt_timeout=0.3,
+                                              methods=["Get"]))
+            with pytest.raises(CallTimeoutError) as err:
+                await kv.get("k")
+            return str(err.value)
+
+    said = run(main())
+    assert "on try 2 of 2" in said and "each try was bounded by 0.3s (RetryPolicy.per_attempt_timeout)" in said
+    assert "RetryPolicy(overall_timeout=...)" in said and "Pass a larger timeout=" not in said, said
 
 
 def test_idempotent_marks_only_the_task_inside_the_block(tmp_path: Path) -> None:

@@ -115,6 +115,22 @@ def test_overall_deadline_bounds_all_attempts(client: Client) -> None:
     kv.put("__slow__", b"0")
 
 
+def test_without_an_overall_deadline_a_timeout_says_each_try_had_its_own(tmp_path: Path) -> None:
+    # the default deadline bounds each try, not the call (documented): the message must say so, not
+    # advise the one try's larger timeout= as if the call had waited 0.3 s
+    with Client(faulty_config(tmp_path, call_timeout=0.3)) as c:
+        kv = c.dispense(PLUGIN_NAME)
+        kv.put("__slow__", b"2")
+        install(c, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, methods=["Get"]))
+        with pytest.raises(CallTimeoutError) as err:
+            kv.get("k")
+        said = str(err.value)
+        assert "exceeded its deadline" in said and "on try 2 of 2" in said, said
+        assert "each try was bounded by 0.3s (the default deadline, ClientConfig.call_timeout)" in said, said
+        assert "s in all" in said and "RetryPolicy(overall_timeout=...)" in said, said
+        assert "Pass a larger timeout=" not in said, said
+
+
 def test_with_call_goes_through_the_policy(client: Client) -> None:
     stub = kv_pb2_grpc.KVStub(client.channel)
     client.dispense(PLUGIN_NAME).put("__fail__", b"1")

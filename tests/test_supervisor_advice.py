@@ -14,7 +14,7 @@ import pytest
 from tests.resilience_util import PLUGIN_NAME, faulty_config, wait_until
 
 from plugbay import (AsyncSupervisor, CallTimeoutError, Client, ClientStateError, ConfigError, PluginDiedError,
-                     RestartPolicy, Supervisor, SupervisorEvent)
+                     RestartPolicy, RetryPolicy, Supervisor, SupervisorEvent)
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.resilience.waiting import RUNNING
 
@@ -138,3 +138,23 @@ def test_a_factorys_later_config_sets_the_call_timeout_of_the_restarted_plugin(t
         assert wait_until(lambda: sup.restarts == 1 and sup.state == RUNNING, 30)
         assert sup.call_timeout == 5.0
         assert kv.get("__sleep__") == b"slept"  # the restarted plugin's config allows it
+
+
+def test_a_retried_wait_for_a_restart_says_each_try_waited_and_how_long_in_all(tmp_path: Path) -> None:
+    # each try waits the default deadline for the restart (no overall_timeout): "waited 0.3s" alone would
+    # hide the second try and its backoff
+    async def main() -> str:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path, call_timeout=0.3), restart=SLOW,
+                                   retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, methods=["Get"]),
+                                   health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            os.kill(int(await kv.get("__pid__")), signal.SIGKILL)
+            assert await asyncio.to_thread(wait_until, lambda: sup.state == "restarting", 10)
+            with pytest.raises(CallTimeoutError) as err:
+                await kv.get("k")
+            return str(err.value)
+
+    said = asyncio.run(main())
+    assert "waited 0.3s for the Supervisor to restart the plugin" in said and "on try 2 of 2" in said, said
+    assert "each try was bounded by 0.3s" in said and "s in all" in said, said
+    assert "RetryPolicy(overall_timeout=...)" in said and "Pass a larger timeout=" not in said, said

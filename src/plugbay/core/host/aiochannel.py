@@ -26,7 +26,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
     retrieved as retrieved,
 )
 from plugbay.core.host.callerrors import _TranslatedRpcError, caused
-from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ClientStateError
 
@@ -338,7 +338,8 @@ class _AioCall:
     async def _translated(self, exc: grpc.RpcError) -> BaseException:
         spent = self._owner._loop.time() - self._started
         past = self._timeout is not None and spent >= self._timeout * 0.98
-        return await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent)
+        return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
+                     self._timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)

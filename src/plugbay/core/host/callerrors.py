@@ -74,7 +74,20 @@ class PluginDied(_TranslatedRpcError, PluginDiedError):
 
 
 class CallTimeout(_TranslatedRpcError, CallTimeoutError):
-    """The call ran past its deadline."""
+    """The call ran past its deadline.
+
+    ``what`` (what happened, with no advice) and ``check`` (what to look at), with ``deadline`` (the seconds
+    the try had; None: not known), let a RetryPolicy that gave up after several tries, each bounded on its
+    own, say so instead of the one try's advice to pass a larger timeout=.
+    """
+
+    def __init__(self, message: str, original: grpc.RpcError | None,
+                 code: grpc.StatusCode = grpc.StatusCode.UNKNOWN, sent: bool = True, *, what: str = "",
+                 check: str = "", deadline: float | None = None) -> None:
+        super().__init__(message, original, code, sent)
+        self.what = what
+        self.check = check
+        self.deadline = deadline
 
     def code(self) -> grpc.StatusCode:
         # DEADLINE_EXCEEDED even when a Go server's own deadline answered first (UNKNOWN "context

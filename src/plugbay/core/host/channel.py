@@ -184,7 +184,14 @@ def failed(owner: ManagedChannel, exc: grpc.RpcError, started: float, timeout: f
     what is left of its deadline (a wait for the plugin's exit to show must not outlast the call's)."""
     spent = time.monotonic() - started
     past = timeout is not None and spent >= timeout * 0.98
-    return owner.translate_within(exc, past, None if timeout is None else timeout - spent)
+    return timed(owner.translate_within(exc, past, None if timeout is None else timeout - spent), timeout)
+
+
+def timed(error: BaseException, timeout: float | None) -> BaseException:
+    """``error``, a CallTimeout knowing the deadline its try had (what a RetryPolicy's message names)."""
+    if isinstance(error, CallTimeout) and error.deadline is None:
+        error.deadline = timeout
+    return error
 
 
 class _Callable:

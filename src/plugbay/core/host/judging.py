@@ -120,10 +120,10 @@ class FailureJudge:
         # (NOT_FOUND, an exit) is still what the plugin said.
         if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
                 past_deadline and code == grpc.StatusCode.UNKNOWN and "deadline" in str(details).lower()):
-            return CallTimeout(
-                f"call to plugin {self._name!r} exceeded its deadline ({details}). Pass a larger"
-                " timeout= to the call or raise ClientConfig.call_timeout; check the plugin's logs"
-                " if it is stuck", exc)
+            what, check = f"call to plugin {self._name!r} exceeded its deadline ({details})", \
+                "check the plugin's logs if it is stuck"
+            return CallTimeout(f"{what}. Pass a larger timeout= to the call or raise ClientConfig.call_timeout;"
+                               f" {check}", exc, what=what, check=check)
         if code in _ONE_OF_OURS and self._closing and not self._died_first:
             return self._killed(exc)
         if code in _ONE_OF_OURS and self._exit_probe:

@@ -151,7 +151,7 @@ class ReadyGate:
         token = cancel_token()  # a cancelled future() ends the waits below at once
         for _ in range(sup.max_restarts + 2):
             remaining = None if deadline is None else deadline - time.monotonic()
-            self._wait_running(method, remaining, start, token)
+            self._wait_running(method, remaining, start, token, timeout)
             generation = sup.channel_generation()
             client = sup.current_client
             if client is not None and plugin_gone(client) and self._changed(generation, _within(deadline, 5.0),
@@ -167,11 +167,12 @@ class ReadyGate:
                     raise
         raise _restarting_on_every_try(sup, method)
 
-    def _wait_running(self, method: str, remaining: float | None, start: float, token: CancelToken | None) -> None:
+    def _wait_running(self, method: str, remaining: float | None, start: float, token: CancelToken | None,
+                      timeout: float | None) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
         if not self._until(sup.wait_running, limit, token):
-            raise _not_running(sup, method, time.monotonic() - start)
+            raise _not_running(sup, method, time.monotonic() - start, timeout)
 
     def _changed(self, generation: int, timeout: float, token: CancelToken | None) -> bool:
         return self._until(lambda seconds: self._sup.changed_since(generation, seconds), timeout, token)
@@ -197,7 +198,7 @@ class ReadyGate:
             limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
             if not await polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
                     or sup.state == "stopped":
-                raise _not_running(sup, method, timeout or limit)
+                raise _not_running(sup, method, timeout or limit, timeout)
             generation = sup.channel_generation()
             client = sup.current_client
             if client is not None and plugin_gone(client) and await polled(
@@ -250,10 +251,12 @@ def was_stopped(name: str, kind: str = "Supervisor") -> ClientStateError:
     return ClientStateError(f"the {kind} of plugin {name!r} was stopped; make a new one")
 
 
-def _not_running(sup: Restarter, method: str, waited: float) -> BaseException:
-    """Why a call that waited for the plugin to run gave up (raised here when the Supervisor ended)."""
+def _not_running(sup: Restarter, method: str, waited: float, deadline: float | None) -> BaseException:
+    """Why a call that waited for the plugin to run gave up (raised here when the Supervisor ended);
+    ``deadline``: the seconds the call (a RetryPolicy's try) had."""
     raise_if_ended(sup)
-    return CallTimeout(
-        f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the Supervisor to restart the"
-        f" plugin (restart {sup.restarts}, last failure: {sup.last_failure}). Pass a larger timeout="
-        " or check the plugin's logs and the Supervisor's events", None, grpc.StatusCode.DEADLINE_EXCEEDED)
+    what = (f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the Supervisor to restart the"
+            f" plugin (restart {sup.restarts}, last failure: {sup.last_failure})")
+    check = "check the plugin's logs and the Supervisor's events"
+    return CallTimeout(f"{what}. Pass a larger timeout= or {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       what=what, check=check, deadline=deadline)

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
@@ -163,6 +164,7 @@ class RetryPolicy:
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
+        began = time.monotonic()
         tries, deadline = self._plan(method, timeout)
         n = 0
         while True:
@@ -170,13 +172,14 @@ class RetryPolicy:
             try:
                 return attempt(self._attempt_timeout(deadline))
             except Exception as exc:
-                sleep = self._after_failure(method, exc, n, tries, deadline)
+                sleep = self._after_failure(method, exc, n, tries, deadline, began)
                 if sleep is None:
                     raise
                 time.sleep(sleep)
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """:meth:`run` for an AsyncClient's calls: the same decisions, the sleeps on the event loop."""
+        began = time.monotonic()
         tries, deadline = self._plan(method, timeout)
         n = 0
         while True:
@@ -184,7 +187,7 @@ class RetryPolicy:
             try:
                 return await attempt(self._attempt_timeout(deadline))
             except Exception as exc:
-                sleep = self._after_failure(method, exc, n, tries, deadline)
+                sleep = self._after_failure(method, exc, n, tries, deadline, began)
                 if sleep is None:
                     raise
                 await asyncio.sleep(sleep)
@@ -203,10 +206,12 @@ class RetryPolicy:
         return None if attempt is None else min(attempt, NO_DEADLINE)
 
     def _after_failure(self, method: str, exc: Exception, n: int, tries: int,
-                       deadline: float | None) -> float | None:
+                       deadline: float | None, began: float) -> float | None:
         """The sleep before try ``n + 1``, or None to give up (``exc`` then carries a note why)."""
         if n >= tries or not self.retryable(exc):
             _note(exc, n, tries)
+            if deadline is None:
+                self._tries_timed_out(exc, n, tries, began)
             return None
         # a subclass's backoff() that gives nan or a negative number: ConfigError (from the failed
         # call's error), the same for run() and run_async(), not ValueError from time.sleep only
@@ -223,6 +228,22 @@ class RetryPolicy:
             except Exception:  # a hook (metrics, logging) must not replace the call's outcome
                 _log.exception("RetryPolicy on_retry callback failed")
         return sleep
+
+    def _tries_timed_out(self, exc: Exception, n: int, tries: int, began: float) -> None:
+        """A call with no overall deadline that gave up on a timeout after several tries: each try had a
+        deadline of its own, so the one try's message (\"waited 1.0s\", \"pass a larger timeout=\") misleads;
+        say what bounded each try, how long the call took in all, and how to bound the whole call."""
+        if n <= 1 or not isinstance(exc, CallTimeout) or not exc.what:
+            return
+        own = self.per_attempt_timeout
+        each = own if own is not None else exc.deadline
+        bound = (f"{each:g}s" if each is not None else "its own deadline") + (
+            " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
+            " ClientConfig.call_timeout)")
+        exc.message = (f"{exc.what}, on try {n} of {tries}: the RetryPolicy has no overall_timeout, so each try"
+                       f" was bounded by {bound}, not the call, which took {time.monotonic() - began:.1f}s in"
+                       " all. Set RetryPolicy(overall_timeout=...) to bound the whole call (a call's own timeout="
+                       f" bounds it too); {exc.check}")
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:
