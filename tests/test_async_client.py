@@ -41,6 +41,7 @@ from plugbay import (  # noqa: E402
     ConfigError,
     GRPCBroker,
     GRPCPlugin,
+    HealthWatcher,
     PlugbayError,
     PluginDiedError,
     ProcessRunner,
@@ -575,7 +576,18 @@ def test_the_client_belongs_to_the_loop_that_started_it() -> None:
         with pytest.raises(ClientStateError, match="event loop that started it") as caught:
             await kv.get("a")
         assert isinstance(caught.value, grpc.RpcError)
-        await client.kill()  # from this loop too: no error, the plugin stops
+        try:
+            # that loop is gone: calling from a coroutine on it is no advice; a new client is
+            assert "that loop has closed" in str(caught.value) and "make a new AsyncClient" in str(caught.value)
+            assert "call from a coroutine on that loop" not in str(caught.value)
+            # start() and dispense() here are refused too, not answered with a stub whose every call fails
+            for use in (client.start, lambda: client.dispense(PLUGIN_NAME)):
+                with pytest.raises(WrongLoop, match="was started on another event loop.*that loop has closed"):
+                    await use()
+            with pytest.raises(ConfigError, match=r"async_client\.sync_client\.channel"):
+                HealthWatcher(client.channel)  # type: ignore[arg-type]
+        finally:
+            await client.kill()  # from this loop too: no error, the plugin stops
 
     run(second())
     assert pid_gone(pid)

@@ -18,6 +18,7 @@ from tests.resilience_util import FAULTY, PLUGIN_NAME, PY, faulty_config, run_re
 
 from plugbay import (AsyncSupervisor, ClientStateError, PluginDiedError, RestartPolicy, RetryPolicy,
                      UnknownPluginError)
+from plugbay.core.host.aiochannel import WrongLoop
 
 FAST = RestartPolicy(initial_backoff=0.05, max_backoff=0.2)
 
@@ -133,9 +134,9 @@ def test_two_concurrent_starts_start_one_plugin_and_a_stopped_one_stays_stopped(
         finally:
             await sup.stop()
         assert wait_until(lambda: not _tagged(tag), 10), _tagged(tag)
-        with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+        with pytest.raises(ClientStateError, match="AsyncSupervisor of plugin .* was stopped; make a new one"):
             await sup.start()
-        with pytest.raises(ClientStateError, match="was stopped; make a new one"):
+        with pytest.raises(ClientStateError, match="AsyncSupervisor of plugin .* was stopped; make a new one"):
             await sup.dispense(PLUGIN_NAME)
 
     try:
@@ -292,5 +293,42 @@ def test_after_the_budget_is_spent_each_async_call_gets_an_error_of_its_own(tmp_
             # one shared object would gather every call's traceback frames and retry notes
             assert len({id(e) for e in errors}) == len(errors)
             assert all(len(getattr(e, "__notes__", [])) <= 1 for e in errors)
+
+    asyncio.run(main())
+
+
+def test_a_stopped_or_loop_gone_async_supervisor_says_so_by_its_own_name(tmp_path: Path) -> None:
+    sup = AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None)
+
+    async def first() -> Any:
+        await sup.start()
+        kv = await sup.dispense(PLUGIN_NAME)
+        await kv.put("a", b"1")
+        return kv
+
+    kv = asyncio.run(first())
+
+    async def second() -> None:
+        try:
+            with pytest.raises(WrongLoop, match="AsyncSupervisor's calls run on .* that loop has closed") as caught:
+                await kv.get("a")
+            assert "await its stop() on any loop and make a new AsyncSupervisor" in str(caught.value)
+            # refused here, not a stub whose every call fails with WrongLoop
+            for use in (sup.start, lambda: sup.dispense(PLUGIN_NAME)):
+                with pytest.raises(WrongLoop, match="AsyncSupervisor of plugin .* was started on another event loop"):
+                    await use()
+        finally:
+            await sup.stop()
+
+    asyncio.run(second())
+
+
+def test_a_stub_of_a_stopped_async_supervisor_names_the_async_supervisor(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            await kv.put("a", b"1")
+        with pytest.raises(ClientStateError, match="the AsyncSupervisor of plugin .* was stopped; make a new one"):
+            await kv.get("a")  # through its ready gate, which said "the Supervisor"
 
     asyncio.run(main())

@@ -53,8 +53,9 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel proxy: the Client's default deadline and typed failures on every call."""
 
     def __init__(self, inner: grpc.aio.Channel, managed: ManagedChannel, loop: asyncio.AbstractEventLoop,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, owner: str = "AsyncClient") -> None:
         self._inner = inner
+        self._owner_kind = owner  # what WrongLoop calls the channel's owner: "AsyncClient" or "AsyncSupervisor"
         self._managed = managed
         self._loop = loop
         self._executor = executor
@@ -116,15 +117,29 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._managed.refuses_calls() or self._closing is not None
 
     def check_loop(self) -> None:
+        wrong = self.off_its_loop(f"this {self._owner_kind}'s calls run on the event loop that started it")
+        if wrong is not None:
+            raise wrong
+
+    def off_its_loop(self, what: str) -> WrongLoop | None:
+        """The WrongLoop to raise when not on the loop that started this channel's client (None: on it);
+        ``what`` says what is bound to that loop."""
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        if here is not self._loop:
-            raise WrongLoop(
-                "this AsyncClient's calls run on the event loop that started it; call from a coroutine on that"
-                " loop (one AsyncClient per event loop; a sync Client serves any thread)", None,
-                grpc.StatusCode.FAILED_PRECONDITION, sent=False)
+        if here is self._loop:
+            return None
+        owner = self._owner_kind
+        ending, sync = (("stop()", "Supervisor") if owner == "AsyncSupervisor" else
+                        ("kill() (close() for a reattached plugin)", "Client"))
+        if self._loop.is_closed():  # no coroutine can run there again: calling from it is no way out
+            advice = (f"; that loop has closed (an asyncio.run() that ended), so it cannot be used again: await its"
+                      f" {ending} on any loop and make a new {owner} on this one")
+        else:
+            advice = (f"; call from a coroutine on that loop (one {owner} per event loop; a sync {sync} serves"
+                      " any thread)")
+        return WrongLoop(what + advice, None, grpc.StatusCode.FAILED_PRECONDITION, sent=False)
 
     # --- grpc.aio.Channel ------------------------------------------------------------
 

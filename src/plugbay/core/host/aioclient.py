@@ -134,6 +134,11 @@ class AsyncClient:
         refuse_in_forked_child(type(self).__name__)  # first: a new AsyncClient would not help there
         self._check_usable()
         if self._channel is not None:
+            # started on another loop: a stub dispensed here would fail every call with WrongLoop
+            wrong = self._channel.off_its_loop(f"the client of plugin {self.name!r} was started on another event"
+                                               " loop, and its calls run only there")
+            if wrong is not None:
+                raise wrong
             return
         if self._starting is not None:  # another task is starting it: wait with it
             if self._starting.get_loop() is not asyncio.get_running_loop():

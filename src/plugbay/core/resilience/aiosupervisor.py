@@ -64,6 +64,7 @@ class AsyncSupervisor:
         self._sup = Supervisor(config, restart=restart, reattach=reattach,
                                health_interval=health_interval, health_timeout=health_timeout,
                                unhealthy_grace=unhealthy_grace, on_event=self._event, name=name)
+        self._sup.kind = "AsyncSupervisor"  # what its errors call it: the one the user made
         # the breaker also goes to the sync Supervisor: it is reset there when a new plugin is adopted
         self._sup.breaker = breaker
         self.retry, self.breaker = retry, breaker
@@ -134,6 +135,7 @@ class AsyncSupervisor:
         refuse_in_forked_child("AsyncSupervisor")
         self._check_not_stopped()
         if self._channel is not None:
+            self._check_loop(self._channel)
             return
         if self._starting is not None:
             if self._starting.get_loop() is not asyncio.get_running_loop():  # asyncio's own error is untyped
@@ -173,7 +175,7 @@ class AsyncSupervisor:
         self._switch = _FollowingChannel(self._sup, loop, self._executor)
         managed = self._sup.channel
         assert isinstance(managed, ManagedChannel)
-        channel = AioManagedChannel(self._switch, managed, loop, self._executor)
+        channel = AioManagedChannel(self._switch, managed, loop, self._executor, "AsyncSupervisor")
         layers: list[AsyncCallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
         channel.call_hook = chain_async([*layers, ReadyGate(self._sup)])
         self._channel = channel
@@ -202,7 +204,16 @@ class AsyncSupervisor:
         self._sup.raise_if_failed()  # first, as the sync one: after giving up, stopped or not, it says so
         self._check_not_stopped()
         channel = self.channel
+        self._check_loop(channel)
         return await self._dispensed.get(name, lambda: self._build(name, channel))
+
+    def _check_loop(self, channel: AioManagedChannel) -> None:
+        """Refuse a start() or dispense() on another loop than the one that started it: a stub made there
+        would fail every call with WrongLoop."""
+        wrong = channel.off_its_loop(f"the AsyncSupervisor of plugin {self.name!r} was started on another event"
+                                     " loop, and its calls run only there")
+        if wrong is not None:
+            raise wrong
 
     async def _build(self, name: str, channel: AioManagedChannel) -> Any:
         plugin, broker = await off_loop(self._executor, self._plugin_and_broker, name)
@@ -279,7 +290,7 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
         self.follow()
         managed = client.channel
         assert isinstance(managed, ManagedChannel)
-        channel = AioManagedChannel(client.aio_channel(), managed, self._loop, self._executor)
+        channel = AioManagedChannel(client.aio_channel(), managed, self._loop, self._executor, "AsyncSupervisor")
         self._held = (client, channel)
         return channel
 
@@ -359,7 +370,7 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
                 return True
             self._sup.raise_if_failed()  # the restart budget is spent: no plugin will come
             if self._closed or self._sup.state == "stopped":
-                raise was_stopped(self._sup.name)
+                raise was_stopped(self._sup.name, self._sup.kind)
             return False
 
         while True:

@@ -57,7 +57,12 @@ class HealthWatcher:
         problems = [p for p in (
             None if isinstance(channel, grpc.Channel) or callable(channel) else
             f"channel must be a Client's channel (client.channel) or a function returning one, got"
-            f" {type(channel).__name__}",
+            f" {type(channel).__name__}" + (
+                # its checks are blocking calls on a thread of its own: an AsyncClient's grpc.aio channel
+                # answers only on its event loop, the sync Client underneath on any thread
+                "; for an AsyncClient pass async_client.sync_client.channel (its grpc.aio channel serves"
+                " only its event loop; the watcher calls from a thread of its own)"
+                if isinstance(channel, grpc.aio.Channel) else ""),
             None if isinstance(service, str) else f"service must be a str such as 'plugin' (got {service!r})",
             # finite and at most a year, as a Supervisor's health settings: with math.inf or 1e300 the
             # thread's wait between checks raised OverflowError (it died), and each Check's deadline

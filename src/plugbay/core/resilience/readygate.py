@@ -105,6 +105,7 @@ class Restarter(Protocol):
     """What the gate needs of its Supervisor (plugbay.core.resilience.supervisor)."""
 
     name: str
+    kind: str  # what its messages call it: "Supervisor", or "AsyncSupervisor" for the one an AsyncSupervisor runs
     restarts: int
     last_failure: str | None
 
@@ -243,7 +244,7 @@ def raise_if_ended(sup: Restarter) -> None:
     """Raise what ends any wait for the plugin to run: the restart budget spent, or the Supervisor stopped."""
     sup.raise_if_failed()
     if sup.state == "stopped":
-        raise was_stopped(sup.name)
+        raise was_stopped(sup.name, sup.kind)
 
 
 def was_stopped(name: str, kind: str = "Supervisor") -> ClientStateError:
@@ -255,8 +256,8 @@ def _not_running(sup: Restarter, method: str, waited: float, deadline: float | N
     """Why a call that waited for the plugin to run gave up (raised here when the Supervisor ended);
     ``deadline``: the seconds the call (a RetryPolicy's try) had."""
     raise_if_ended(sup)
-    what = (f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the Supervisor to restart the"
+    what = (f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the {sup.kind} to restart the"
             f" plugin (restart {sup.restarts}, last failure: {sup.last_failure})")
-    check = "check the plugin's logs and the Supervisor's events"
+    check = f"check the plugin's logs and the {sup.kind}'s events"
     return CallTimeout(f"{what}. Pass a larger timeout= or {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED,
                        what=what, check=check, deadline=deadline)

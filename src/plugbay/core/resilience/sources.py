@@ -95,14 +95,14 @@ def check_policies(restart: object, retry: object, breaker: object, wanted: str,
                           " breaker=CircuitBreaker(failure_threshold=5), or leave it out")
 
 
-def not_running(name: str, state: str, last_failure: str | None) -> ClientStateError:
+def not_running(name: str, state: str, last_failure: str | None, kind: str = "Supervisor") -> ClientStateError:
     """The error for asking a Supervisor in ``state`` for its Client when it has none."""
     if state == "restarting":
-        return ClientStateError(f"the Supervisor of {name!r} is restarting the plugin; wait_running() first")
+        return ClientStateError(f"the {kind} of {name!r} is restarting the plugin; wait_running() first")
     if state == "stopped":
-        return was_stopped(name)
+        return was_stopped(name, kind)
     if state == "failed":
-        return ClientStateError(f"the Supervisor of {name!r} failed to start its plugin ({last_failure});"
+        return ClientStateError(f"the {kind} of {name!r} failed to start its plugin ({last_failure});"
                                 " fix that and call start() again")
     return ClientStateError(f"Supervisor of {name!r} is not running; call start() first")
 
@@ -115,8 +115,8 @@ def plugin_named(client: Client, name: str) -> Any:
     return plugins[name]
 
 
-def stopped_while_starting(name: str) -> ClientStateError:
-    return ClientStateError(f"the Supervisor of plugin {name!r} was stopped while it started the plugin;"
+def stopped_while_starting(name: str, kind: str = "Supervisor") -> ClientStateError:
+    return ClientStateError(f"the {kind} of plugin {name!r} was stopped while it started the plugin;"
                             " make a new one")
 
 

@@ -116,7 +116,7 @@ class Supervisor(SupervisorView):
 
     def _start(self) -> None:
         if self._state == STOPPED:
-            raise was_stopped(self.name)
+            raise was_stopped(self.name, self.kind)
         if self._channel is not None:
             return
         with self._cond:
@@ -127,7 +127,7 @@ class Supervisor(SupervisorView):
             client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set)
         except BaseException as exc:
             if self._stop.is_set():  # stop() ended this start: the plugin did not fail
-                raise stopped_while_starting(self.name) from exc
+                raise stopped_while_starting(self.name, self.kind) from exc
             self._start_failed(exc)
             raise
         try:
@@ -137,7 +137,7 @@ class Supervisor(SupervisorView):
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
             self._channel.call_hook = chain([*layers, ReadyGate(self)])
             if not self._adopt(client):  # stop() came while it started
-                raise stopped_while_starting(self.name)
+                raise stopped_while_starting(self.name, self.kind)
             self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
                                             daemon=True)
             RESTARTERS.add(self)
@@ -310,7 +310,7 @@ class Supervisor(SupervisorView):
     def _first_starting(self, client: Client | None) -> None:
         with self._cond:  # with halt()'s read: a stop either sees this client, or is seen here
             if client is not None and self._stop.is_set():
-                raise stopped_while_starting(self.name)
+                raise stopped_while_starting(self.name, self.kind)
             self._starting = client
 
     def _start_failed(self, exc: BaseException, started: Client | None = None) -> None:

@@ -23,6 +23,7 @@ from plugbay.errors import ClientStateError
 class SupervisorView(PluginWaits):
     """The Supervisor's public reads (its base)."""
 
+    kind = "Supervisor"  # what its errors call it (the one an AsyncSupervisor runs says "AsyncSupervisor")
     name: str
     restarts: int
     failures: int
@@ -44,7 +45,7 @@ class SupervisorView(PluginWaits):
         self.raise_if_failed()
         client = self._client
         if client is None:
-            raise not_running(self.name, self._state, self.last_failure)
+            raise not_running(self.name, self._state, self.last_failure, self.kind)
         return client
 
     @property
