@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from plugbay.errors import (
         BrokerClosedError as BrokerClosedError,
         BrokerError as BrokerError,
+        BrokerTLSError as BrokerTLSError,
         BrokerTimeoutError as BrokerTimeoutError,
         CallFailedError as CallFailedError,
         CallTimeoutError as CallTimeoutError,

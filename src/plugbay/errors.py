@@ -233,6 +233,12 @@ class BrokerClosedError(BrokerError):
     """The broker stream ended; pending and future dials fail."""
 
 
+class BrokerTLSError(BrokerError):
+    """The plugin could not dial this host's brokered server under AutoMTLS, in a way every retry meets
+    again: go-plugin 1.0.1's plugin side checks the host's certificate against the name "unused" (its bug
+    #109). A newer go-plugin, or AutoMTLS off, is the way out."""
+
+
 class NoNewStreamsError(BrokerClosedError):
     """The multiplexed connection opens no new streams: the peer sent a GoAway (it is shutting down),
     or the connection used up its stream ids. The streams already open keep working."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from plugbay.errors import CallTimeoutError, ClientStateError, PluginDiedError, PluginUnavailableError
+from plugbay.errors import BrokerTLSError, CallTimeoutError, ClientStateError, PluginDiedError, PluginUnavailableError
 
 
 def caused(error: BaseException, original: BaseException) -> BaseException:
@@ -98,6 +98,24 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
 class Unavailable(_TranslatedRpcError, PluginUnavailableError):
     """The call failed UNAVAILABLE and the plugin was not seen to exit: its own answer (it answered a health
     check after), or a connection that failed (then the plugin may not have received the call)."""
+
+
+class BrokerTLSRefused(_TranslatedRpcError, BrokerTLSError):
+    """The plugin answered that its dial back to this host's brokered server failed go-plugin 1.0.1's
+    AutoMTLS check ("x509: certificate is valid for localhost, not unused"): no retry can pass it."""
+
+    @staticmethod
+    def matches(details: str) -> bool:
+        return "x509: certificate is valid for" in details and "not unused" in details
+
+    @classmethod
+    def of(cls, name: str, details: str, original: grpc.RpcError) -> BrokerTLSRefused:
+        return cls(f"plugin {name!r} could not dial this host's brokered server back: its TLS check failed"
+                   f" ({details}). That is go-plugin 1.0.1's known limitation (its bug #109): as a plugin it"
+                   " checks the host's AutoMTLS certificate against the name 'unused', so every brokered call"
+                   " fails the same way and a retry cannot help. Build the plugin with a newer go-plugin (its"
+                   " current releases fixed it), or turn AutoMTLS off for it (ClientConfig(auto_mtls=False));"
+                   " see docs/broker.md, AutoMTLS", original)
 
 
 class ClientClosed(_TranslatedRpcError, ClientStateError):

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import grpc
 
 from plugbay._proto.grpc.health.v1 import health_pb2
-from plugbay.core.host.callerrors import NEW_CLIENT, CallTimeout, ClientClosed, PluginDied, Unavailable, \
-    closed_under_call
+from plugbay.core.host.callerrors import NEW_CLIENT, BrokerTLSRefused, CallTimeout, ClientClosed, PluginDied, \
+    Unavailable, closed_under_call
 from plugbay.errors import PlugbayError
 
 # How the channel learns whether the plugin is gone: exit_probe(wait) says why it ended (None: it runs),
@@ -131,6 +131,8 @@ class FailureJudge:
             if why is not None:
                 return PluginDied.during_call(self._name, why, self.died_advice(), exc)
         if code == grpc.StatusCode.UNAVAILABLE:
+            if BrokerTLSRefused.matches(str(details)):  # the plugin's own answer, the same on every try
+                return BrokerTLSRefused.of(self._name, str(details), exc)
             if found is not None and found.answered_at is not None:
                 return Unavailable(
                     f"plugin {self._name!r} answered UNAVAILABLE ({details}); it runs (it answered a health check"

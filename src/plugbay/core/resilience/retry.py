@@ -35,7 +35,8 @@ from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
-from plugbay.errors import CircuitOpenError, ClientStateError, ConfigError, PluginDiedError, RemoteTLSError
+from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, PluginDiedError,
+                            RemoteTLSError)
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
@@ -159,7 +160,7 @@ class RetryPolicy:
             return False  # refused on a plugin already gone: a retry meets the same (a Supervisor resends it)
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
-        if isinstance(exc, RemoteTLSError):
+        if isinstance(exc, (RemoteTLSError, BrokerTLSError)):
             return False  # a certificate the peer or this host refused: each retry meets the same (UNAVAILABLE too)
         return status_of(exc) in self.retry_on
 
