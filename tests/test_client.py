@@ -468,7 +468,7 @@ def test_no_reattach_config_once_the_plugin_exited_by_itself() -> None:
         pid = client.reattach_config().runner["pid"]
         os.kill(pid, signal.SIGKILL)
         assert client.runner.wait(10) is not None
-        with pytest.raises(ClientStateError, match=r"has exited \(exit code -9\), so there is nothing to reattach"):
+        with pytest.raises(ClientStateError, match=r"has exited with code -9 \(killed by SIGKILL\), so there is"):
             client.reattach_config()
 
 
