@@ -155,6 +155,6 @@ def test_a_retried_wait_for_a_restart_says_each_try_waited_and_how_long_in_all(t
             return str(err.value)
 
     said = asyncio.run(main())
-    assert "waited 0.3s for the Supervisor to restart the plugin" in said and "on try 2 of 2" in said, said
+    assert "waited 0.3s for the AsyncSupervisor to restart the plugin" in said and "on try 2 of 2" in said, said
     assert "each try was bounded by 0.3s" in said and "s in all" in said, said
     assert "RetryPolicy(overall_timeout=...)" in said and "Pass a larger timeout=" not in said, said
