@@ -71,6 +71,7 @@ def test_per_connection_fails_across_a_published_port(plugbay_image: Any) -> Non
         with pytest.raises(RunnerError, match="cannot reach host address") as err:
             counter.put("c", 1, Recorder())
         assert "unix transport" in str(err.value) and "multiplex_broker=True" in str(err.value)
+        assert "None" not in str(err.value)  # it said "inside the socket folder None": tcp has no folder
         assert client.broker._served == []  # the failed listener was not left behind
         # the main connection is unaffected
         with pytest.raises(Exception, match="no value stored"):
@@ -85,6 +86,38 @@ def test_per_connection_through_the_bind_mount(plugbay_image: Any, plugbay_docke
         counter = client.dispense(PLUGIN_NAME)
         counter.put("u", 6, rec)
         assert counter.get("u") == 6 and rec.calls == [(0, 6)]
+
+
+def test_per_connection_callbacks_after_a_reattach(plugbay_image: Any) -> None:
+    # A reattached Client put its brokered listener in a private folder of its own, which the container
+    # never sees: every callback failed ("cannot reach host address"); it goes in the mounted folder now.
+    from plugbay.core.host.reattach import ReattachConfig
+
+    tag = plugbay_image("counter")
+    with _client(tag, "unix") as first:
+        first.dispense(PLUGIN_NAME).put("r", 1, Recorder())
+        data = first.reattach_config().to_json()
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                     reattach=ReattachConfig.from_json(data)))
+        try:
+            rec = Recorder()
+            counter = second.dispense(PLUGIN_NAME)
+            counter.put("r", 2, rec)
+            assert counter.get("r") == 3 and rec.calls == [(1, 2)]
+        finally:
+            second.close()
+
+
+def test_per_connection_callbacks_through_a_plugin_container(plugbay_image: Any) -> None:
+    # PluginContainer's Client reaches the container by reattaching: the same private-folder failure
+    from plugbay.testing import PluginContainer
+
+    rec = Recorder()
+    with PluginContainer(plugbay_image("counter"), HANDSHAKE, {PLUGIN_NAME: CounterPlugin()},
+                         transport="unix") as plugin:
+        counter = plugin.dispense(PLUGIN_NAME)
+        counter.put("p", 3, rec)
+        assert counter.get("p") == 3 and rec.calls == [(0, 3)]
 
 
 @pytest.fixture(scope="module")

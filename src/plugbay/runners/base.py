@@ -183,6 +183,14 @@ class AttachedRunner(ABC):
         closed. A runner that holds something for each mapped address frees it here."""
 
     @property
+    def broker_socket_dir(self) -> str | None:
+        """The host folder the plugin can reach, where the broker's unix listeners for brokered callbacks
+        must go (a container's bind-mounted socket folder); None: the Client's own private folder.
+
+        A reattaching Client makes a private folder of its own, which a plugin elsewhere never sees."""
+        return None
+
+    @property
     def private_transport(self) -> bool:
         """Whether the host reaches the plugin only through its private folder (a unix socket).
 

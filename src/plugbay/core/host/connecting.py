@@ -93,8 +93,9 @@ class Connecting(ExitNotice):
         self._controller = grpc_controller_pb2_grpc.GRPCControllerStub(self._conn.channel)  # type: ignore[no-untyped-call]
         if self._kick is None:  # reattached: no spawn to arm it at
             self._kick = StreamKick()
-        streams = open_streams(self._conn, info, self._cert, self._tmpdir, runner, self._mux, self.config,
-                               self.name)
+        # a reattached Client's own folder is not the one a container has mounted: the runner's, if it has one
+        streams = open_streams(self._conn, info, self._cert, runner.broker_socket_dir or self._tmpdir, runner,
+                               self._mux, self.config, self.name)
         self._broker = streams.broker
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,

@@ -43,8 +43,13 @@ def host_to_container(transport: str, network: str, address: str, host_socket_di
     if transport == "unix" and network == "unix" and host_socket_dir and (
             address.startswith(host_socket_dir + "/")):
         return "unix", CONTAINER_SOCKET_DIR + address[len(host_socket_dir):]
+    if transport == "unix" and host_socket_dir:
+        where = f"the unix transport with the listener inside the socket folder {host_socket_dir}"
+    else:  # a published port: the plugin has no way back to a listener of the host's
+        where = (f"a way back to the host, which the {transport} transport does not give: use the unix"
+                 " transport (transport='unix': a host folder both sides put their sockets in)")
     raise RunnerError(
-        f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks"
-        f" need the unix transport with the listener inside the socket folder {host_socket_dir},"
-        " or ClientConfig(multiplex_broker=True) with a plugin that can multiplex"
+        f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks need"
+        f" {where}, or ClientConfig(multiplex_broker=True) with a plugin that can multiplex (every brokered"
+        " connection then goes through the host's one connection to the plugin)"
     )

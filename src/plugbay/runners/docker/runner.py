@@ -152,6 +152,10 @@ class DockerRunner(ContainerTeardown, Runner):
         return self.transport == "unix"  # tcp: a published port and a container network
 
     @property
+    def broker_socket_dir(self) -> str | None:
+        return self._host_socket_dir if self.transport == "unix" else None  # also a reattach's: the mount
+
+    @property
     def host_port(self) -> int | None:
         """The 127.0.0.1 port the plugin's port is published on (tcp transport)."""
         return self._host_port
