@@ -113,11 +113,12 @@ def test_per_connection_callbacks_through_a_plugin_container(plugbay_image: Any)
     from plugbay.testing import PluginContainer
 
     rec = Recorder()
-    with PluginContainer(plugbay_image("counter"), HANDSHAKE, {PLUGIN_NAME: CounterPlugin()},
-                         transport="unix") as plugin:
+    with PluginContainer(plugbay_image("counter"), HANDSHAKE, {PLUGIN_NAME: CounterPlugin()}, transport="unix",
+                         client_options={"name": "counter-under-test"}) as plugin:
         counter = plugin.dispense(PLUGIN_NAME)
         counter.put("p", 3, rec)
         assert counter.get("p") == 3 and rec.calls == [(0, 3)]
+        assert plugin.get_client().name == "counter-under-test"  # get_client() took no ClientConfig options
 
 
 @pytest.fixture(scope="module")

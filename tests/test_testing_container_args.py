@@ -30,6 +30,11 @@ NO_ENGINE = {"docker_client_kw": {"version": "1.41"}}
 @pytest.mark.parametrize("kw, says", [
     ({"transport": "udp"}, "PluginContainer's transport must be 'tcp' or 'unix', got 'udp'"),
     ({"handshake": None}, "PluginContainer's handshake must be a HandshakeConfig, got NoneType"),
+    # the tcp way to brokered callbacks is not reachable through a reattach: said, with the way that is
+    ({"client_options": {"multiplex_broker": True}}, r"reattach.*transport='unix'"),
+    ({"client_options": {"env": {"A": "1"}}}, "client_options takes the ClientConfig fields .*not 'env'"),
+    ({"client_options": {"call_timeout": 3}}, r"pass PluginContainer\(call_timeout=...\)"),
+    ({"client_options": {"kill_grace": "x"}}, "ClientConfig.kill_grace must be a number"),
 ])
 def test_a_wrong_argument_is_a_config_error(kw: dict[str, Any], says: str) -> None:
     args: dict[str, Any] = {"handshake": HANDSHAKE, **kw}

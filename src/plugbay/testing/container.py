@@ -14,7 +14,8 @@ container with no network (needed for go-plugin 1.0.1 Go plugins, which
 cannot listen on all interfaces). start() returns once the plugin printed its
 handshake line; get_client() connects a plugbay Client to it through the
 Docker runner's reattach path (with the certificate), so address mapping,
-deadlines, TLS and typed errors are the same as with DockerRunner. As with
+deadlines, TLS and typed errors are the same as with DockerRunner; ``client_options``
+are that Client's other ClientConfig fields (sinks, logger, grpc_options, ...). As with
 DockerRunner, the image must be on the engine: nothing is ever pulled.
 """
 
@@ -63,6 +64,15 @@ _OWN_ARGS = {"environment": "env={...} or with_env(key, value)", "tmpfs": "with_
              "command": "command= or with_command()", "ports": "container_port=",
              "name": "name= or with_name()", "volumes": "volumes= or with_volume_mapping()"}
 _CONTAINER_PARAMS = frozenset(inspect.signature(DockerContainer.__init__).parameters)  # command=, name=, ...
+# ClientConfig fields a reattaching Client uses; the others PluginContainer sets itself or mean nothing to a
+# reattach (what starts a plugin: env, ports, socket group); multiplex_broker: see _NO_MULTIPLEX
+_CLIENT_OPTIONS = ("require_tls", "kill_grace", "logger", "stdout_sink", "stderr_sink", "name", "grpc_options",
+                   "raw_log_sink", "unix_socket_temp_dir")
+_OWN_CLIENT_OPTIONS = ("handshake", "plugins", "versioned_plugins", "start_timeout", "call_timeout", "auto_mtls")
+_NO_MULTIPLEX = ("PluginContainer's Client reaches the container by reattaching, and a plugin with a multiplexed"
+                 " broker takes one host connection (a go-plugin one: one ever), which a reattach cannot know is"
+                 " free, so plugbay (as go-plugin) does not reattach to one; for brokered callbacks use"
+                 " PluginContainer(transport='unix'), where they go through the mounted socket folder")
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -166,13 +176,35 @@ def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeo
     seconds(call_timeout, "PluginContainer's call_timeout (None: no deadline)", _MAX_WAIT, 30, optional=True)
 
 
+def _client_options(options: Any, handshake: HandshakeConfig) -> dict[str, Any]:
+    """PluginContainer's ``client_options``, checked now as ClientConfig checks them (not at the first call)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"PluginContainer's client_options must be a mapping of ClientConfig fields, got"
+                          f" {type(options).__name__}")
+    for key in options:
+        if key == "multiplex_broker" and options[key]:
+            raise ConfigError(f"PluginContainer(client_options={{'multiplex_broker': True}}): {_NO_MULTIPLEX}")
+        if key in _OWN_CLIENT_OPTIONS:
+            raise ConfigError(f"PluginContainer sets ClientConfig.{key} itself: pass PluginContainer({key}=...)")
+        if key not in _CLIENT_OPTIONS and key != "multiplex_broker":
+            raise ConfigError(f"PluginContainer's client_options takes the ClientConfig fields"
+                              f" {', '.join(_CLIENT_OPTIONS)}, not {key!r} (it names how a plugin is started,"
+                              " or is no ClientConfig field)")
+    given = {k: v for k, v in options.items() if k != "multiplex_broker"}
+    ClientConfig(handshake=handshake, **given)  # a wrong type or value: ConfigError naming the field
+    return given
+
+
 class PluginContainer(DockerContainer):
     """A plugin image under testcontainers' lifecycle (start/stop/with)."""
 
     def __init__(self, image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
                  versioned_plugins: VersionedPlugins | None = None, transport: str = "tcp",
                  container_port: int = 4000, start_timeout: float = 60.0,
-                 call_timeout: float | None = 30.0, auto_mtls: bool | None = None, **kwargs: Any) -> None:
+                 call_timeout: float | None = 30.0, auto_mtls: bool | None = None,
+                 client_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(handshake, HandshakeConfig):
             raise ConfigError(f"PluginContainer's handshake must be a HandshakeConfig, got {type(handshake).__name__};"
                               " pass the plugin's HandshakeConfig(protocol_version, cookie_key, cookie_value)")
@@ -181,6 +213,7 @@ class PluginContainer(DockerContainer):
         if auto_mtls is not None and not isinstance(auto_mtls, bool):
             raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
         _check_args(image, plugins, versioned_plugins, container_port, start_timeout, call_timeout)
+        self.client_options = _client_options(client_options, handshake)
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
         # what DockerContainer leaves for create(), checked before it makes its engine client
         _caller_labels({k: v for k, v in kwargs.items() if k not in _CONTAINER_PARAMS})
@@ -305,7 +338,8 @@ class PluginContainer(DockerContainer):
         if self._client is None:
             client = Client(ClientConfig(handshake=self.handshake_config, plugins=self.plugins,
                                          versioned_plugins=self.versioned_plugins, reattach=self.reattach_config(),
-                                         start_timeout=self.start_timeout, call_timeout=self.call_timeout))
+                                         start_timeout=self.start_timeout, call_timeout=self.call_timeout,
+                                         **self.client_options))
             client.start()
             self._client = client
         return self._client
