@@ -17,8 +17,8 @@ import pytest
 
 from plugbay import images
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, PluginDiedError,
-                                 PluginExitedError)
+from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, MalformedHandshakeError,
+                            PluginDiedError, PluginExitedError)
 from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import DockerRunner
@@ -117,6 +117,26 @@ def test_container_exiting_before_handshake(plugbay_image: Any, transport: str) 
     assert info.value.exit_code == 3
     text = str(info.value)
     assert "fatal: no database" in text and "exit code 3" in text
+
+
+class _Graces(DockerRunner):
+    """A DockerRunner that notes the grace of each kill() (the real one then runs against the engine)."""
+
+    def kill(self, grace: float | None = None) -> None:
+        self.__dict__.setdefault("graces", []).append(grace)
+        super().kill(grace)
+
+
+def test_a_failed_start_ends_its_container_without_a_grace(plugbay_image: Any, plugbay_docker: Any) -> None:
+    # A banner line before serve(): the start fails on it, and its teardown stopped the container with
+    # kill_grace (docker stop -t 5), which a PID 1 that ignores SIGTERM (sh here) waited out in full:
+    # 5.84 s for a malformed first line. The plugin never completed its handshake: nothing to drain.
+    runner = _Graces(plugbay_image("kv"), entrypoint=["sh", "-c", "echo 'my plugin v1.2 starting'; sleep 60"])
+    with pytest.raises(MalformedHandshakeError, match="my plugin v1.2 starting"):
+        with Client(_config(runner, kill_grace=5.0)):
+            pass
+    assert runner.__dict__["graces"][0] == 0
+    assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
 
 
 def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:

@@ -193,6 +193,17 @@ def test_a_second_start_after_a_failed_one_says_the_start_failed() -> None:
     assert "killed" not in str(err.value)  # nobody killed it
 
 
+def test_a_failed_start_kills_the_plugin_without_asking_it_to_stop(tmp_path: Path) -> None:
+    # its teardown sent SIGTERM and gave the plugin kill_grace to go; one that never completed its
+    # handshake has nothing to finish (a container's PID 1, which ignores SIGTERM, held it all of that)
+    misbehave = str(Path(TRAP[1]).parent / "misbehave.py")
+    marker = tmp_path / "sigterm"
+    with pytest.raises(MalformedHandshakeError, match="my plugin v1.2 starting"):
+        with Client(config([PY, misbehave, "line-trap", "my plugin v1.2 starting", str(marker)], start_timeout=30)):
+            pass
+    assert not marker.exists()  # SIGKILL at once: its SIGTERM handler never ran
+
+
 def test_a_plugin_exiting_right_after_its_handshake_is_told_so_once() -> None:
     misbehave = str(Path(TRAP[1]).parent / "misbehave.py")
     with pytest.raises(PluginExitedError) as info:

@@ -4,6 +4,7 @@ exit       write two stderr lines and exit 3 before any handshake
 silent     print nothing on stdout; sleep (up to 120 s, so nothing outlives a run)
 line       print argv[2] as the handshake line, then sleep
 line-exit  print argv[2] as the handshake line, one stderr line, then exit 6
+line-trap  print argv[2] as the handshake line; on SIGTERM write the file argv[3] and exit; sleep meanwhile
 grandchild exit 4 while a background child keeps stdout open (EOF never comes)
 close-out  close stdout without a handshake line and keep running (up to 120 s)
 """
@@ -25,6 +26,18 @@ def main() -> None:
     if mode == "silent":
         time.sleep(120)
     elif mode == "line":
+        sys.stdout.write(sys.argv[2] + "\n")
+        sys.stdout.flush()
+        time.sleep(120)
+    elif mode == "line-trap":
+        import signal
+
+        def noted(signum: int, frame: object) -> None:
+            with open(sys.argv[3], "w") as marker:
+                marker.write("SIGTERM\n")
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, noted)
         sys.stdout.write(sys.argv[2] + "\n")
         sys.stdout.flush()
         time.sleep(120)

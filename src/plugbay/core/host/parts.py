@@ -156,8 +156,11 @@ class ClientParts:
                 if asked and runner.wait(self.config.kill_grace) is None:
                     _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
                                  self.name, self.config.kill_grace)
+                # a plugin whose handshake never completed (a failed start) has nothing to finish: no grace
+                # (a container's PID 1 ignores SIGTERM, and held every failed start for all of kill_grace)
+                grace = 0 if asked or self._announced is None else self.config.kill_grace
                 try:
-                    runner.kill(0 if asked else self.config.kill_grace)
+                    runner.kill(grace)
                 except Exception as exc:
                     _log.warning("killing plugin %s failed: %s", self.name, exc)
             stopped = runner is not None or asked  # else not ours to stop: it may stream on
