@@ -173,7 +173,32 @@ def test_docker_kill_during_a_call_fails_fast(trap_image: str, plugbay_docker: A
         finally:
             caller.join(60)
         assert len(errors) == 1 and isinstance(errors[0], PluginDiedError), errors
-        assert "137" in str(errors[0])
+        assert "137" in str(errors[0]) and "memory" not in str(errors[0])  # a docker kill is no OOM kill
+
+
+@pytest.mark.parametrize("by", ["runner", "PluginContainer"])
+def test_an_oom_kill_during_a_call_says_so(trap_image: str, by: str) -> None:
+    # It read exactly like a `docker kill` ("exited with code 137"); the engine knows (State.OOMKilled).
+    # Through PluginContainer (a reattached Client, which reads no output) it said "(the plugin's stderr
+    # tail is above)" when there was none.
+    from plugbay.testing import PluginContainer
+
+    container = None
+    if by == "runner":
+        client = Client(_config(DockerRunner(trap_image, mem_limit="64m", writable_dirs=("/tmp", "/data"))))
+    else:
+        container = PluginContainer(trap_image, HANDSHAKE, PLUGINS, transport="unix", mem_limit="64m").start()
+        client = container.get_client()
+    try:
+        with pytest.raises(PluginDiedError) as info:
+            client.dispense(PLUGIN_NAME).get("__oom__")
+    finally:
+        client.kill()
+        if container is not None:
+            container.stop()
+    said = str(info.value)
+    assert "exited with code 137, killed for memory (OOMKilled: mem_limit 64m)" in said, said
+    assert "above" not in said, said
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])

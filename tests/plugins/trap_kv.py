@@ -4,6 +4,7 @@ Get/Put behave like examples/kv except for these keys on Get:
   __hang__   sleep until the call is cancelled (at most 60 s); with TRAP_HANG_MARK=PATH, create
              that file first (a test then knows the call is in flight)
   __die__    the process exits (code 9) in the middle of the call
+  __oom__    fill 2 GiB of memory, page by page (a container with a mem_limit is killed for it)
   __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
   __log__    log one record per level through Python logging, then return "logged"
@@ -49,6 +50,11 @@ class TrapKV:
             return b"woke"
         if key == "__die__":
             os._exit(9)
+        if key == "__oom__":
+            hog = bytearray(2 << 30)
+            for at in range(0, len(hog), 4096):
+                hog[at] = 1
+            return b"not killed"
         if key == "__print__":
             print("to-stdout", flush=True)
             print("to-stderr", file=sys.stderr, flush=True)

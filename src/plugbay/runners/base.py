@@ -226,6 +226,11 @@ class AttachedRunner(ABC):
             return "exited with code -1 (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
         return exit_said(code)
 
+    def exit_reason(self, code: int) -> str:
+        """What ended the plugin beyond its exit ``code`` (a container the kernel killed for memory), for the
+        error of a call it left; "" when nothing more is known. Asked once the plugin has ended; best effort."""
+        return ""
+
     def detach(self) -> None:
         """Free what this host holds for the plugin (watchers, port-forwards, API clients); leave it running."""
 

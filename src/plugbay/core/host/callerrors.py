@@ -58,8 +58,8 @@ class PluginDied(_TranslatedRpcError, PluginDiedError):
 
     @classmethod
     def during_call(cls, name: str, why: str, advice: str, original: grpc.RpcError) -> PluginDied:
-        return cls(f"plugin {name!r} died during the call: {why}. The call was not completed (the plugin's"
-                   f" stderr tail is above); {advice}", original)
+        # the stderr tail, when this host read any, is in ``why`` (a reattached Client reads no output)
+        return cls(f"plugin {name!r} died during the call: {why}. The call was not completed; {advice}", original)
 
     @classmethod
     def gone(cls, name: str, why: str, advice: str) -> PluginDied:

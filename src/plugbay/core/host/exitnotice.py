@@ -17,6 +17,8 @@ _log = logging.getLogger("plugbay.client")
 class ExitNotice(ClientParts):
     """The plugin's exit as the Client hears of it."""
 
+    _exit_reason: str | None = None  # _reason_of()'s answer, once asked
+
     def _on_exit(self, code: int) -> None:
         # heard before the gate is asked: a start() that opens it after a no here reads this next (Connecting)
         self._exit_heard = code
@@ -70,9 +72,21 @@ class ExitNotice(ClientParts):
         # learned here before the exit watch: refused as the watch would
         self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
         self._drain_logs()
-        return describe_exit(self._exit_words(code), self._logs.tail()[-5:])
+        return describe_exit(self._exit_words(code), self._logs.tail()[-5:], self._reason_of(code))
 
     def _exit_words(self, code: int) -> str:
         """How the plugin ended, as its runner can tell (a reattached process's status is unknown)."""
         runner = self._runner
         return runner.exit_words(code) if runner is not None else exit_said(code)
+
+    def _reason_of(self, code: int) -> str:
+        """The runner's exit_reason(), asked once (a Docker runner asks the engine): every later call says it too."""
+        if self._exit_reason is None:
+            reason = ""
+            if self._runner is not None:
+                try:
+                    reason = str(self._runner.exit_reason(code))
+                except Exception as exc:  # only the message loses it
+                    _log.debug("plugin %s: the runner could not say why it exited: %s", self.name, exc)
+            self._exit_reason = reason
+        return self._exit_reason

@@ -28,10 +28,10 @@ def ask_shutdown(controller: Any, name: str) -> bool:
         return False  # channel already closed by the exit watcher
 
 
-def describe_exit(how: str, tail: list[str]) -> str:
-    """How a plugin exited (``how``: its runner's exit_words()), for the error of a call it left, with its
-    last stderr lines."""
-    how = f"it {how}"
+def describe_exit(how: str, tail: list[str], reason: str = "") -> str:
+    """How a plugin exited (``how``: its runner's exit_words()), for the error of a call it left: what its
+    runner knows of why (``reason``: AttachedRunner.exit_reason), its last stderr lines."""
+    how = f"it {how}" + (f", {reason}" if reason else "")
     joined = "; ".join(tail)
     return how + (f" (last stderr: {joined})" if joined else "")
 

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from plugbay.errors import printable
+from plugbay.runners.docker.connect import engine_call
 from plugbay.runners.docker.logs import ContainerLogStream
 
 DIAG_LINES = 10
+_OOM_CODE = 137  # 128 + SIGKILL: how the kernel's OOM killer ends a container's PID 1 (and `docker kill` too)
 
 
 def describe_container(container_id: str, image: str, state: Mapping[str, Any] | None,
@@ -49,3 +51,31 @@ def last_lines(container_id: str, which: str, pumps: Mapping[str, ContainerLogSt
     except Exception:  # noqa: BLE001 - diagnosis is best effort
         return []
     return [str(line) for line in raw.decode("utf-8", "replace").splitlines()]
+
+
+def oom_said(client: Any, container_id: str, code: int, final: Mapping[str, Any] | None, timeout: float) -> str:
+    """"killed for memory (OOMKilled: mem_limit 64m)" when the engine says the kernel's OOM killer ended
+    the container (exit code 137 reads exactly like `docker kill` otherwise); "" when not, or when it cannot
+    tell. One inspect of the dead container (``final``: its last State, kept by a kill() that removed it)."""
+    if code != _OOM_CODE or client is None or not container_id:
+        return ""
+    try:
+        attrs = engine_call(lambda: client.api.inspect_container(container_id), "inspect the container", timeout)
+    except Exception:  # noqa: BLE001 - best effort: the exit code is said anyway
+        attrs = {"State": final}
+    state = attrs.get("State") if isinstance(attrs, Mapping) else None
+    if not isinstance(state, Mapping) or state.get("OOMKilled") is not True:
+        return ""
+    host = attrs.get("HostConfig")
+    limit = host.get("Memory") if isinstance(host, Mapping) else None
+    if type(limit) is not int or limit <= 0:  # the engine's answer: a number, or nothing said
+        return "killed for memory (OOMKilled: the kernel's OOM killer; the container had no mem_limit set)"
+    return f"killed for memory (OOMKilled: mem_limit {_size(limit)})"
+
+
+def _size(count: int) -> str:
+    """A byte count as docker's mem_limit takes it: 64m, 1g, or bytes."""
+    for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if count % (1 << shift) == 0:
+            return f"{count >> shift}{unit}"
+    return f"{count} bytes"

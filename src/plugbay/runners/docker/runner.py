@@ -45,7 +45,7 @@ from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_c
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
-from plugbay.runners.docker.diagnose import describe_container
+from plugbay.runners.docker.diagnose import describe_container, oom_said
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
@@ -352,6 +352,9 @@ class DockerRunner(ContainerTeardown, Runner):
     def diagnose(self) -> str:
         state = self._final_state if self._final_state is not None else self._inspect()
         return describe_container(self._container_id, self.image, state, self._pumps, self._client)
+
+    def exit_reason(self, code: int) -> str:
+        return oom_said(self._client, self._container_id, code, self._final_state, self.engine_timeout)
 
     # --- reattach ----------------------------------------------------------------------
 
