@@ -5,6 +5,7 @@ transports), reattach from another process, and faults (exit, timeout, docker ki
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -202,7 +203,8 @@ def test_an_oom_kill_during_a_call_says_so(trap_image: str, by: str) -> None:
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any, transport: str) -> None:
+def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any, transport: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     runner = DockerRunner(trap_image, transport=transport, writable_dirs=("/tmp", "/data"))
     with Client(_config(runner, call_timeout=3)) as client:
         kv = client.dispense(PLUGIN_NAME)
@@ -211,8 +213,12 @@ def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_d
         with pytest.raises(CallTimeoutError):
             kv.get("b")
         container_id = client.runner.id
+        caplog.set_level(logging.DEBUG, logger="plugbay.client")
     # kill() copes with the frozen container
     assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
+    # without asking it to stop first: a frozen plugin answers nothing, and Shutdown waited out its 2 s
+    # (DEADLINE_EXCEEDED) before the runner thawed and stopped the container
+    assert not [r for r in caplog.records if r.getMessage().startswith("Shutdown of plugin")], caplog.text
 
 
 FIRST_HOST = textwrap.dedent("""

@@ -226,6 +226,12 @@ class AttachedRunner(ABC):
             return "exited with code -1 (its exit code is unknown; a child process killed by SIGHUP reports -1 too)"
         return exit_said(code)
 
+    def frozen(self) -> bool:
+        """Whether the plugin is frozen (a paused container) and can answer nothing: kill() then does not ask
+        it to stop (GRPCController.Shutdown would wait out its timeout) and has the runner end it (which thaws
+        it first). Cheap; False when it cannot tell."""
+        return False
+
     def exit_reason(self, code: int) -> str:
         """What ended the plugin beyond its exit ``code`` (a container the kernel killed for memory), for the
         error of a call it left; "" when nothing more is known. Asked once the plugin has ended; best effort."""

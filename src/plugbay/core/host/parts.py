@@ -150,7 +150,8 @@ class ClientParts:
             if (stdio is not None and not self._broker_queues and graceful and self._exit_code is None
                     and (runner is None or runner.wait(0) is None)):
                 stdio.settle(SETTLE_QUIET, SETTLE_LIMIT)
-            if graceful and self._controller is not None and self._exit_code is None:
+            # a frozen plugin answers nothing: Shutdown would wait out its 2 s; the runner thaws and ends it
+            if graceful and self._controller is not None and self._exit_code is None and not self._frozen(runner):
                 asked = ask_shutdown(self._controller, self.name)
             if runner is not None:
                 if asked and runner.wait(self.config.kill_grace) is None:
@@ -174,6 +175,13 @@ class ClientParts:
     def _stop_exit_watch(self) -> None:
         if self._exit_watch is not None:
             self._exit_watch.cancel()
+
+    def _frozen(self, runner: AttachedRunner | None) -> bool:
+        try:
+            return runner is not None and runner.frozen()
+        except Exception as exc:  # an engine that does not answer: asked as before
+            _log.debug("could not tell whether plugin %s is frozen: %s", self.name, exc)
+            return False
 
     def _close_rpc_streams(self, keep_stdio: bool = False) -> None:
         if self._kick is not None:

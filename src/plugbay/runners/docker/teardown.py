@@ -43,6 +43,14 @@ class ContainerTeardown:
     if TYPE_CHECKING:  # DockerRunner's
         def _inspect(self) -> dict[str, Any] | None: ...
 
+    def frozen(self) -> bool:
+        """A paused container (`docker pause`): one inspect, none once it was killed or let go."""
+        with self._lock:
+            if self._killed or self._detached:
+                return False
+        state = self._inspect()
+        return bool(state and state.get("Paused") is True)
+
     def detach(self) -> None:
         """Leave the container running and free what this host holds for it (the exit watch, log
         pumps, engine client); start() refuses from now on, kill() still removes the container.
