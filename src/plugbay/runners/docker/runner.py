@@ -33,7 +33,7 @@ from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, killed_whi
                                   reuse_refused, start_deadline)
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT, SOCKET_DIR, SOCKET_DIR_PREFIX,
                                             SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
-                                            engine, engine_call, host_gid, mark_socket_dir, parse_mount,
+                                            engine, host_gid, mark_socket_dir, parse_mount,
                                             prepare_socket_dir, published_port, transport_settings)
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
@@ -302,33 +302,7 @@ class DockerRunner(ContainerTeardown, Runner):
         if network == "unix":
             self._socket_handles.release(address)
 
-    # --- wait / kill (detach, kill, force_kill: teardown.ContainerTeardown) ------------
-
-    def _inspect(self) -> dict[str, Any] | None:
-        from docker.errors import NotFound
-
-        if self._client is None or not self._container_id:
-            return None
-        try:
-            state: dict[str, Any] = engine_call(
-                lambda: self._client.api.inspect_container(self._container_id), "inspect the container",
-                self.engine_timeout)["State"]
-        except NotFound:
-            return None
-        return state
-
-    def _running(self) -> bool | None:
-        """Whether the container still runs, for a log pump whose stream broke (None: cannot tell)."""
-        with self._lock:
-            if self._killed or self._detached:
-                return False
-        state = self._inspect()
-        return bool(state and state.get("Running"))
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self._waiter is None:
-            return None
-        return self._waiter.wait(timeout)
+    # --- wait / kill (_inspect, wait, detach, kill, force_kill: teardown.ContainerTeardown) ---
 
     # --- output / diagnosis ----------------------------------------------------------
 

@@ -7,11 +7,11 @@ import logging
 import os
 import shutil
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.docker.adopt import give_back
-from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container,
+from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container, engine_call,
                                             end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
@@ -40,8 +40,31 @@ class ContainerTeardown:
     _waiter: ExitWaiter | None
     _final_state: dict[str, Any] | None
 
-    if TYPE_CHECKING:  # DockerRunner's
-        def _inspect(self) -> dict[str, Any] | None: ...
+    def _inspect(self) -> dict[str, Any] | None:
+        from docker.errors import NotFound
+
+        if self._client is None or not self._container_id:
+            return None
+        try:
+            state: dict[str, Any] = engine_call(
+                lambda: self._client.api.inspect_container(self._container_id), "inspect the container",
+                self.engine_timeout)["State"]
+        except NotFound:
+            return None
+        return state
+
+    def _running(self) -> bool | None:
+        """Whether the container still runs, for a log pump whose stream broke (None: cannot tell)."""
+        with self._lock:
+            if self._killed or self._detached:
+                return False
+        state = self._inspect()
+        return bool(state and state.get("Running"))
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self._waiter is None:
+            return None
+        return self._waiter.wait(timeout)
 
     def frozen(self) -> bool:
         """A paused container (`docker pause`): one inspect, none once it was killed or let go."""
