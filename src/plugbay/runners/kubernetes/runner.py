@@ -299,30 +299,13 @@ class KubernetesRunner(PodTeardown, Runner):
             " to a pod need ClientConfig(multiplex_broker=True), which carries them over the plugin's"
             " own connection (go-plugin 1.0.1 plugins cannot multiplex)")
 
-    # --- wait, kill, diagnose (the pod's deletion and close up: teardown.PodTeardown) --
+    # --- wait, diagnose (kill, force_kill, detach, the pod's deletion: teardown.PodTeardown) --
 
     def wait(self, timeout: float | None = None) -> int | None:
         if not self.pod_name:  # no pod yet: a watch started now would watch no name, and never the pod
             return None
         self._start_watcher()
         return self._podwatch.wait_exit(timeout)
-
-    def kill(self, grace: float = 2.0) -> None:
-        """Delete the pod and close up; every API call bounded by api_timeout, the close up done regardless."""
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-        self._delete_pod(grace)
-
-    def force_kill(self) -> None:
-        with self._lock:
-            self._killed = True
-        self._delete_pod(0)  # again if a kill() was cut short (Ctrl-C): the pod must not outlive the host
-
-    def detach(self) -> None:
-        """Leave the pod running; kill() afterwards still deletes it (the one with the UID this runner saw)."""
-        self._close()
 
     def diagnose(self) -> str:
         return self._diagnose(None)

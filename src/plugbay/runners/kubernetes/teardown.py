@@ -23,6 +23,7 @@ class PodTeardown:
     """The pod's deletion and the runner's close up; KubernetesRunner sets the attributes."""
 
     _lock: threading.Lock
+    _killed: bool
     _ended: bool
     _forwards: PortForwards
     _pod: PodApi
@@ -44,7 +45,22 @@ class PodTeardown:
 
         def _start_watcher(self) -> None: ...
 
-        def kill(self, grace: float = 2.0) -> None: ...
+    def kill(self, grace: float = 2.0) -> None:
+        """Delete the pod and close up; every API call bounded by api_timeout, the close up done regardless."""
+        with self._lock:
+            if self._killed:
+                return
+            self._killed = True
+        self._delete_pod(grace)
+
+    def force_kill(self) -> None:
+        with self._lock:
+            self._killed = True
+        self._delete_pod(0)  # again if a kill() was cut short (Ctrl-C): the pod must not outlive the host
+
+    def detach(self) -> None:
+        """Leave the pod running; kill() afterwards still deletes it (the one with the UID this runner saw)."""
+        self._close()
 
     def _delete_pod(self, grace: float) -> None:
         error: BaseException | None = None
