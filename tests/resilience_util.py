@@ -30,9 +30,9 @@ __all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "PY", "FAULTY", "KV_EXAMPLE", 
 
 
 def faulty_config(cwd: Path, *, cmd: list[str] | None = None, env: Mapping[str, str] | None = None,
-                  **kw: Any) -> ClientConfig:
+                  trusted_networks: tuple[str, ...] = (), **kw: Any) -> ClientConfig:
     """A fresh config (with a fresh runner) for the fault-switch plugin, run in ``cwd``."""
-    runner = ProcessRunner(cmd or [PY, FAULTY], env=env, cwd=cwd)
+    runner = ProcessRunner(cmd or [PY, FAULTY], env=env, cwd=cwd, trusted_networks=trusted_networks)
     kw.setdefault("start_timeout", 30.0)
     return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, **kw)
 

@@ -25,6 +25,7 @@ from plugbay import (  # noqa: E402
     Client,
     ClientConfig,
     HealthWatcher,
+    MalformedHandshakeError,
     RestartPolicy,
     RetryPolicy,
     Supervisor,
@@ -52,6 +53,7 @@ def ns() -> Iterator[NetNS]:
 def net_config(ns: NetNS, cwd: Path, **kw: object) -> ClientConfig:
     """The fault-switch KV plugin inside ``ns``, listening on its veth address."""
     kw.setdefault("call_timeout", 5.0)
+    kw.setdefault("trusted_networks", (f"{ns.plugin_ip}/32",))  # not this machine's: dialed only when trusted
     return faulty_config(cwd, cmd=ns.command(PY, FAULTY), name="kv-netns", grpc_options=FAST_RECONNECT,
                          env={"PLUGBAY_LISTEN": f"tcp:{ns.plugin_ip}:{PORT}"}, **kw)
 
@@ -70,6 +72,14 @@ def test_the_plugin_is_dialed_across_the_veth(ns: NetNS, tmp_path: Path) -> None
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         assert kv.get("k") == b"v"
+
+
+def test_the_veth_address_is_refused_unless_trusted(ns: NetNS, tmp_path: Path) -> None:
+    # the plugin's namespace is another machine to the host: its address proves nothing
+    client = Client(net_config(ns, tmp_path, trusted_networks=()))
+    with pytest.raises(MalformedHandshakeError, match="not this machine's.*trusted_networks"):
+        client.start()
+    client.kill()
 
 
 def test_partition_mid_call_fires_the_deadline_and_retries_succeed_after_the_link_returns(

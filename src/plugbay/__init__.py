@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from plugbay.core.resilience.aiosupervisor import AsyncSupervisor as AsyncSupervisor
     from plugbay.core.resilience.supervisor import Supervisor as Supervisor
     from plugbay.errors import (
+        BrokerAddressRefusedError as BrokerAddressRefusedError,
         BrokerClosedError as BrokerClosedError,
         BrokerError as BrokerError,
         BrokerTLSError as BrokerTLSError,

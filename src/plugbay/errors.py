@@ -63,6 +63,7 @@ class MalformedHandshakeError(HandshakeError):
 
     def __init__(self, line: str, reason: str) -> None:
         self.line = line
+        self.reason = reason  # what is wrong, without the line's framing (a broker's refusal quotes it)
         # a plugin may print megabytes on that line, and the reason may quote a field of it; the
         # reason keeps more, as it also carries long socket paths and what to do about them
         super().__init__(
@@ -218,6 +219,11 @@ class BrokerError(PlugbayError):
 
 class BrokerTimeoutError(BrokerError, TimeoutError):
     """A broker id was never announced by the other side in time."""
+
+
+class BrokerAddressRefusedError(BrokerError):
+    """A broker id was announced at an address plugbay does not dial (malformed, or a process plugin's
+    tcp address off this machine): refused at once, never dialed."""
 
 
 class SessionRefusedError(BrokerError):

@@ -88,7 +88,7 @@ def _is_reattach_file(path: Path) -> bool:
 
 
 def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str | None, namespace: str | None,
-            kubeconfig: str | None, writable: tuple[str, ...] = ()) -> tuple[Any, str]:
+            kubeconfig: str | None, writable: tuple[str, ...] = (), trusted: tuple[str, ...] = ()) -> tuple[Any, str]:
     for flag, value in (("--cmd", cmd), ("--image", image), ("--pod", pod)):
         if value is not None and not value.strip():  # given, but as '': not the same as leaving it out
             raise ConfigError(f"{flag} is empty; give the plugin's {'command line' if flag == '--cmd' else 'image'}")
@@ -102,10 +102,14 @@ def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str 
     if writable and not (image or pod):
         raise ConfigError("--writable needs --image IMAGE or --pod IMAGE: a local process (--cmd) has no"
                           " read-only root")
+    if trusted and not cmd:
+        raise ConfigError("--trusted-network needs --cmd: only a local process's announced address is checked"
+                          " against this machine's")
     for flag, value in (("--namespace", namespace), ("--kubeconfig", kubeconfig)):
         if value is not None and not pod:
             raise ConfigError(f"{flag} needs --pod IMAGE: it only applies to a Kubernetes pod")
     if cmd:
+        from plugbay.runners.announced import read_networks
         from plugbay.runners.process import ProcessRunner
 
         try:
@@ -114,7 +118,8 @@ def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str 
             raise ConfigError(f"--cmd {cmd!r} cannot be split into words ({exc}); balance its quotes") from None
         if not argv:
             raise ConfigError("--cmd is empty; give the plugin's command line")
-        return ProcessRunner(argv), "process"
+        networks = read_networks(trusted, "--trusted-network")  # refused in the flag's words, not the runner's
+        return ProcessRunner(argv, trusted_networks=[str(n) for n in networks]), "process"
     if image:
         try:
             from plugbay.runners.docker import DockerRunner
@@ -178,6 +183,9 @@ Examples:
   plugbay run --pod plugbay-kv:latest --namespace plugins --cookie BASIC_PLUGIN=hello
 Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice kills it.""")
 @click.option("--cmd", help="Run the plugin as a local process: its shell-style command line.")
+@click.option("--trusted-network", "trusted", multiple=True, metavar="CIDR",
+              help="With --cmd: a network (e.g. 10.231.0.0/16) the plugin may announce an address in that is not"
+                   " this machine's (it runs in another network namespace); repeat for more.")
 @click.option("--image", help="Run the plugin image in a Docker container.")
 @click.option("--transport", type=click.Choice(["unix", "tcp"]),
               help="With --image: a bind-mounted unix socket (the default) or a port published on 127.0.0.1.")
@@ -197,9 +205,10 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--kill-grace", type=output.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
-def run(cmd: str | None, image: str | None, transport: str | None, writable: tuple[str, ...], pod: str | None,
-        namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str, automtls: bool,
-        multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float, as_json: bool) -> int:
+def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport: str | None, writable: tuple[str, ...],
+        pod: str | None, namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str,
+        automtls: bool, multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float,
+        as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
     The reattach config (for plugbay info/call/health/diagnose, or a host's
@@ -210,7 +219,7 @@ def run(cmd: str | None, image: str | None, transport: str | None, writable: tup
 
     key, value = _parse_cookie(cookie)
     versions = _parse_versions(protocol_versions)
-    runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable)
+    runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable, trusted)
     out = Path(reattach_out) if reattach_out else None
     if out is not None:  # checked before the plugin starts: found only after, it would start for nothing
         _check_reattach_out(out)

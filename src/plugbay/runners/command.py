@@ -11,6 +11,20 @@ from plugbay.core.protocol.handshake import env_problem
 from plugbay.errors import ConfigError
 
 
+def check_cwd(cwd: Any) -> str | None:
+    """ProcessRunner's cwd as a str path (bytes decoded as the OS names files); ConfigError for what is none."""
+    if cwd is None:
+        return None
+    try:
+        folder = os.fsdecode(cwd)  # only str, bytes and os.PathLike pass
+    except TypeError:
+        raise ConfigError(f"ProcessRunner cwd must be a folder path (a str or an os.PathLike such as"
+                          f" pathlib.Path), got {type(cwd).__name__} {cwd!r}") from None
+    if "\0" in folder:
+        raise ConfigError(f"ProcessRunner cwd holds a NUL byte, which no folder path can: {folder!r}")
+    return folder
+
+
 def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
     """cmd[0] as the exec in the started plugin finds it: the file SecureConfig must check.
 

@@ -44,13 +44,14 @@ from plugbay.core.protocol.exits import exit_said, killed_by
 from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
+from plugbay.runners.announced import LocalAddresses, read_networks
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
 from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
-from plugbay.runners.command import check_launch_env
+from plugbay.runners.command import check_cwd, check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.hostbound import bound_command, check_runnable, check_supported, spawn_bound
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
@@ -63,25 +64,15 @@ from plugbay.runners.session import proc_stat
 _TAIL = 50
 
 
-def _folder(cwd: Any) -> str | None:
-    """ProcessRunner's cwd as a str path (bytes decoded as the OS names files); ConfigError for what is none."""
-    if cwd is None:
-        return None
-    try:
-        return os.fsdecode(cwd)  # only str, bytes and os.PathLike pass
-    except TypeError:
-        raise ConfigError(f"ProcessRunner cwd must be a folder path (a str or an os.PathLike such as"
-                          f" pathlib.Path), got {type(cwd).__name__} {cwd!r}") from None
-
-
-class ProcessRunner(ProcessLines, SecureCopies, Runner):
+class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False,
-                 die_with_host: bool = False) -> None:
+                 die_with_host: bool = False, trusted_networks: Sequence[str] = ()) -> None:
         """``die_with_host``: the plugin gets SIGKILL when this host process dies, even by SIGKILL
-        (Linux's parent-death signal; see plugbay.runners.hostbound)."""
+        (Linux's parent-death signal; see plugbay.runners.hostbound). ``trusted_networks``: CIDR networks an
+        announced TCP address off this machine may be in (a plugin in another network namespace; runners.announced)."""
         check_cmd(cmd, "ProcessRunner cmd")
         if not isinstance(die_with_host, bool):
             raise ConfigError(f"ProcessRunner die_with_host must be True or False, got {die_with_host!r}")
@@ -91,10 +82,9 @@ class ProcessRunner(ProcessLines, SecureCopies, Runner):
         check_env(env or {}, "ProcessRunner env")
         self.cmd = list(cmd)
         self.env = dict(env or {})
-        self.cwd = _folder(cwd)
-        if self.cwd is not None and "\0" in self.cwd:
-            raise ConfigError(f"ProcessRunner cwd holds a NUL byte, which no folder path can: {self.cwd!r}")
+        self.cwd = check_cwd(cwd)
         self.skip_host_env = skip_host_env
+        self._trusted = read_networks(trusted_networks, "ProcessRunner trusted_networks")
         self._proc: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
         self._stop = threading.Event()

@@ -43,10 +43,12 @@ from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import private_room
 from plugbay.errors import (
+    BrokerAddressRefusedError,
     BrokerClosedError,
     BrokerError,
     BrokerTimeoutError,
     ConfigError,
+    MalformedHandshakeError,
 )
 
 # Imported where used: a plugin that never brokers a connection (most) loads neither the
@@ -207,11 +209,15 @@ class GRPCBroker(StreamEnd, Multiplexed):
         network, address = info.network, info.address
         problem = address_problem(network, address) if network in ("unix", "tcp") else None
         if problem is not None:  # the other side's word, checked as strictly as a handshake address
-            raise BrokerError(f"broker id {id} was announced at an address plugbay will not dial: {problem}")
+            raise BrokerAddressRefusedError(f"broker id {id} was announced at an address plugbay will not dial:"
+                                            f" {problem}")
         translator = self.transport.translator
         if translator is None:
             return self._channel_to(network, address)
-        network, address = translator.plugin_to_host(network, address)
+        try:  # a process runner refuses a tcp address off this machine (runners.announced), at once
+            network, address = translator.plugin_to_host(network, address)
+        except MalformedHandshakeError as exc:  # its refusal of a handshake's address: here a broker id's
+            raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
         # what the runner holds for this address (a Docker socket's handle) goes with the channel
         return self._channel_to(network, address, [lambda: translator.release_address(network, address)])
 

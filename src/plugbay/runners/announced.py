@@ -1,0 +1,111 @@
+"""LocalAddresses, a base of ProcessRunner: a TCP address a process plugin announces that is not this
+machine's is refused, never dialed.
+
+A handshake line (and a ConnInfo on the broker stream) is the plugin's word, untrusted: dialed
+unchecked, 169.254.169.254:80 or another host would get the host's calls, its client certificate's
+handshake and kill()'s Shutdown. A process plugin listens on this machine, so an address it announces
+must be loopback or one a socket may bind here (a link-local IPv6 address on the interface its scope
+names); a host name is refused but "localhost" (a resolver's answer may lead anywhere). Which local
+process listens on the port is not asked, as go-plugin does not ask: the plugin is a process this host
+started, which could reach any local port itself; what plugbay refuses is being pointed off this
+machine. A plugin run in another network namespace on purpose is reached when
+ProcessRunner(trusted_networks=[...]) names its network. Unix paths are the Client's to check
+(core.host.connect.announced_file), not this module's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Sequence
+
+from plugbay.errors import ConfigError, MalformedHandshakeError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_TRUST_ADVICE = ("If the plugin runs in another network namespace on purpose, name its network in"
+                 " ProcessRunner(trusted_networks=[...]) (plugbay run: --trusted-network CIDR)")
+
+
+def read_networks(networks: Sequence[str], what: str) -> tuple[IPNetwork, ...]:
+    """``networks`` (CIDR texts) read strictly, or ConfigError naming ``what``."""
+    if isinstance(networks, (str, bytes)):
+        raise ConfigError(f"{what} must be a list of networks such as ['10.231.0.0/16'], not one text {networks!r}")
+    found = []
+    for text in networks:
+        try:
+            if not isinstance(text, str):  # ip_network() takes an int too: 7 would be 0.0.0.7/32
+                raise TypeError(f"a {type(text).__name__}, not a str")
+            found.append(ipaddress.ip_network(text))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{what} holds {text!r}, which is no IP network ({exc}); give CIDR texts such"
+                              " as '10.231.0.0/16' or '192.0.2.7/32'") from None
+    return tuple(found)
+
+
+def _interface(scope: str) -> int | None:
+    """The index of the interface an IPv6 scope names ("eth0", or Go's number for one without a name)."""
+    try:
+        if scope.isascii() and scope.isdigit():
+            socket.if_indextoname(int(scope))  # OSError when no interface has it
+            return int(scope)
+        return socket.if_nametoindex(scope)
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+def off_machine(address: str, trusted: Sequence[IPNetwork]) -> str | None:
+    """Why the announced tcp ``address`` (HOST:PORT, checked by the handshake's parser) is not dialed
+    from this machine (None: it is dialed as announced)."""
+    host = address.rpartition(":")[0]
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare.lower().rstrip(".") == "localhost":  # loopback by definition (RFC 6761)
+        return None
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return ("it names a host by name, and a resolver's answer may lead anywhere; have the plugin announce"
+                " the IP address it listens on, such as 127.0.0.1:PORT, as go-plugin does")
+    if any(ip.version == net.version and ip in net for net in trusted):
+        return None  # the caller vouched for it (ProcessRunner(trusted_networks=))
+    scope = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
+    index = 0
+    if scope is not None:
+        found = _interface(scope)
+        if found is None:
+            return f"its scope {scope!r} names no network interface of this machine"
+        index = found
+    if ip.is_loopback and scope is None:
+        return None
+    if ip.version == 6 and ip.is_link_local and scope is None:  # the kernel binds and dials one only so
+        return ("it is a link-local IPv6 address without a scope (such as %eth0) saying on which interface it is;"
+                " have the plugin announce it with one, as go-plugin does")
+    # where a socket may bind: the kernel's own answer, scope included ("fe80::1%eth0" is on eth0 or not)
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    where = (str(ip), 0) if ip.version == 4 else (str(ip).partition("%")[0], 0, 0, index)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(where)
+    except OSError:
+        on = f" on interface {scope!r}" if scope is not None else ""
+        return f"that address is not this machine's{on} (neither loopback nor bindable here). {_TRUST_ADVICE}"
+    return None
+
+
+class LocalAddresses:
+    """ProcessRunner's refusal of announced TCP addresses off this machine (the fields it reads below)."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _trusted: tuple[IPNetwork, ...]  # ProcessRunner(trusted_networks=)
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        """The address as announced, or MalformedHandshakeError for a tcp one off this machine."""
+        why = off_machine(address, self._trusted) if network == "tcp" and self._proc is not None else None
+        if why is not None:
+            raise MalformedHandshakeError(f"tcp|{address}", f"plugin {self.name!r} announced tcp address"
+                                          f" {address!r}, which plugbay does not dial: {why}")
+        return network, address
