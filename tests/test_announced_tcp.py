@@ -13,18 +13,22 @@ address in.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 import plugbay.errors as errors
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import BrokerError, ConfigError, MalformedHandshakeError
 from tests.cli_util import plugbay
-from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, NetNS
 
 REPO = Path(__file__).resolve().parent.parent
 MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
@@ -76,6 +80,8 @@ def _refused_at_once(address: str, *why: str) -> None:
     try:
         text = str(raised.value)
         assert f"announced tcp address {address!r}, which plugbay does not dial" in text, text
+        # the line the plugin printed was well formed: it is not quoted back as another, malformed one
+        assert text.startswith("announced address refused: ") and "malformed" not in text, text
         assert all(part in text for part in why), text
         assert client.runner.wait(10) is not None, "the plugin was left running"
     finally:
@@ -87,6 +93,11 @@ def _refused_at_once(address: str, *why: str) -> None:
     ("8.8.8.8:53", ("not this machine's", "--trusted-network")),
     ("[fe80::1%lo]:80", ("not this machine's on interface 'lo'",)),  # lo holds no fe80 address
     ("metadata.google.internal:80", ("names a host by name",)),
+    ("localhost.:80", ("names a host by name",)),  # a DNS name to gRPC, not RFC 6761's localhost
+    # bind() takes a multicast or broadcast address on any host: the route to it leaves from another
+    ("224.0.0.1:80", ("not this machine's",)),
+    ("255.255.255.255:80", ("not this machine's",)),
+    ("[::ffff:169.254.169.254]:80", ("not this machine's",)),
 ])
 def test_an_address_not_of_this_machine_is_refused_at_once_undialed(address: str, why: tuple[str, ...]) -> None:
     # before: dialed until start_timeout (8 s), then a HandshakeTimeoutError
@@ -152,7 +163,11 @@ def test_a_brokered_address_off_this_machine_is_refused_at_once(listener: socket
         # a local port is dialed as announced, whoever listens there (as go-plugin does)
         broker.receive(pb.ConnInfo(service_id=7003, network="tcp",
                                    address=f"127.0.0.1:{listener.getsockname()[1]}"))
-        assert broker.dial(7003, timeout=0.3) is not None
+        channel = broker.dial(7003, timeout=0.3)
+        grpc.channel_ready_future(channel)  # asks the lazy channel to connect; the listener speaks no HTTP/2
+        listener.settimeout(30)
+        accepted, _ = listener.accept()  # the channel dialed the announced address
+        accepted.close()
 
 
 @pytest.mark.parametrize("value", ["10.0.0.0/8", ["10.0.0.0/33"], ["not a network"], [7]])
@@ -166,6 +181,55 @@ def test_a_trusted_network_lets_its_addresses_through() -> None:
 
     assert off_machine("169.254.169.254:80", read_networks(["169.254.0.0/16"], "t")) is None
     assert off_machine("169.254.169.254:80", read_networks(["10.0.0.0/8", "::/0"], "t")) is not None
+    # an IPv4-mapped address is dialed over IPv4: it is in the IPv4 network it maps to
+    assert off_machine("[::ffff:10.1.2.3]:80", read_networks(["10.0.0.0/8"], "t")) is None
+    assert off_machine("[::ffff:10.1.2.3]:80", read_networks(["192.0.2.0/24"], "t")) is not None
+
+
+# Run in a network namespace with ip_nonlocal_bind on (as keepalived and HAProxy hosts set it), where bind()
+# takes any address: off_machine() there, for addresses of that namespace, of its neighbour, and of nobody.
+_IN_NAMESPACE = """
+import json, socket, sys
+from plugbay.runners.announced import off_machine
+# first without it: an interface named "1" holds fe80::ab, index 1 is lo
+zones = {a: off_machine(a, ()) for a in ("[fe80::ab%1]:80", "[fe80::ab%lo]:80")}
+for family in ("ipv4", "ipv6"):
+    with open(f"/proc/sys/net/{family}/ip_nonlocal_bind", "w") as f:
+        f.write("1")
+with socket.socket() as s:
+    s.bind(("169.254.169.254", 0))  # the premise: a bind proves nothing here
+print(json.dumps([zones, {a: off_machine(a, ()) for a in sys.argv[1:]}]))
+"""
+
+
+def test_nonlocal_bind_does_not_make_an_address_this_machines(tmp_path: Path) -> None:
+    space = NetNS()
+    try:
+        space.exec_ip("addr", "add", "fd31::2/64", "dev", space.plugin_if, "nodad")
+        space.exec_ip("route", "add", "default", "via", space.host_ip)
+        space.exec_ip("-6", "route", "add", "default", "via", "fd31::1")
+        # an interface NAMED "1" holding fe80::ab, while index 1 is lo: a zone is a name first (glibc, gRPC, Go)
+        space.exec_ip("link", "add", "name", "1", "type", "veth", "peer", "name", "pbz1")
+        for interface in ("1", "pbz1"):
+            space.exec_ip("link", "set", interface, "up")
+        space.exec_ip("addr", "add", "fe80::ab/64", "dev", "1", "nodad")
+        own = [f"{space.plugin_ip}:80", "127.0.0.1:80", "0.0.0.0:80", "[::]:80", "[fd31::2]:80", "[fe80::ab%1]:80",
+               f"[::ffff:{space.plugin_ip}]:80"]
+        broadcast = ipaddress.ip_interface(f"{space.plugin_ip}/30").network.broadcast_address  # the veth's subnet
+        others = ["169.254.169.254:80", "169.254.169.253:80", "8.8.8.8:53", f"{space.host_ip}:80",
+                  "[::ffff:169.254.169.254]:80", "[fd31::1]:80", "[2001:db8::1]:80", "224.0.0.1:80",
+                  "255.255.255.255:80", f"{broadcast}:80"]
+        done = subprocess.run(space.command(PY, "-c", _IN_NAMESPACE, *own, *others), capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        assert done.returncode == 0, done.stderr
+        zones, said = json.loads(done.stdout)
+    finally:
+        space.delete()
+    # before: "1" read as index 1 (lo), which does not hold fe80::ab
+    assert zones["[fe80::ab%1]:80"] is None and "on interface 'lo'" in zones["[fe80::ab%lo]:80"], zones
+    wrong = ([f"{a} refused: {said[a]}" for a in own if said[a] is not None] +
+             [f"{a} let through" for a in others if said[a] is None or "not this machine's" not in said[a]])
+    assert not wrong, "\n".join(wrong)
 
 
 def _run(tmp_path: Path, line: str, *flags: str) -> tuple[int, str]:

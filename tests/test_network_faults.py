@@ -77,9 +77,11 @@ def test_the_plugin_is_dialed_across_the_veth(ns: NetNS, tmp_path: Path) -> None
 def test_the_veth_address_is_refused_unless_trusted(ns: NetNS, tmp_path: Path) -> None:
     # the plugin's namespace is another machine to the host: its address proves nothing
     client = Client(net_config(ns, tmp_path, trusted_networks=()))
-    with pytest.raises(MalformedHandshakeError, match="not this machine's.*trusted_networks"):
-        client.start()
-    client.kill()
+    try:
+        with pytest.raises(MalformedHandshakeError, match="not this machine's.*trusted_networks"):
+            client.start()
+    finally:
+        client.kill()
 
 
 def test_partition_mid_call_fires_the_deadline_and_retries_succeed_after_the_link_returns(

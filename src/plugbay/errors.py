@@ -59,11 +59,15 @@ class HandshakeTimeoutError(HandshakeError, TimeoutError):
 
 
 class MalformedHandshakeError(HandshakeError):
-    """The plugin printed a line that is not a go-plugin handshake line."""
+    """The plugin printed a line that is not a go-plugin handshake line, or one announcing an address
+    plugbay does not dial (``refused=True``: the line itself was well formed)."""
 
-    def __init__(self, line: str, reason: str) -> None:
+    def __init__(self, line: str, reason: str, *, refused: bool = False) -> None:
         self.line = line
         self.reason = reason  # what is wrong, without the line's framing (a broker's refusal quotes it)
+        if refused:  # the reason names what was announced; the line is not quoted as malformed
+            super().__init__(f"announced address refused: {_clip(reason, 800)}")
+            return
         # a plugin may print megabytes on that line, and the reason may quote a field of it; the
         # reason keeps more, as it also carries long socket paths and what to do about them
         super().__init__(

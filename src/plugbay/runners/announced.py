@@ -4,11 +4,11 @@ machine's is refused, never dialed.
 A handshake line (and a ConnInfo on the broker stream) is the plugin's word, untrusted: dialed
 unchecked, 169.254.169.254:80 or another host would get the host's calls, its client certificate's
 handshake and kill()'s Shutdown. A process plugin listens on this machine, so an address it announces
-must be loopback or one a socket may bind here (a link-local IPv6 address on the interface its scope
-names); a host name is refused but "localhost" (a resolver's answer may lead anywhere). Which local
-process listens on the port is not asked, as go-plugin does not ask: the plugin is a process this host
-started, which could reach any local port itself; what plugbay refuses is being pointed off this
-machine. A plugin run in another network namespace on purpose is reached when
+must be loopback or one of this machine's own (bound and routed from here; a link-local IPv6 address on
+the interface its scope names); a host name is refused but "localhost" (a resolver's answer may lead
+anywhere). Which local process listens on the port is not asked, as go-plugin does not ask: the
+plugin is a process this host started, which could reach any local port itself; what plugbay refuses
+is being pointed off this machine. A plugin run in another network namespace on purpose is reached when
 ProcessRunner(trusted_networks=[...]) names its network. Unix paths are the Client's to check
 (core.host.connect.announced_file), not this module's.
 """
@@ -44,51 +44,75 @@ def read_networks(networks: Sequence[str], what: str) -> tuple[IPNetwork, ...]:
 
 
 def _interface(scope: str) -> int | None:
-    """The index of the interface an IPv6 scope names ("eth0", or Go's number for one without a name)."""
+    """The index of the interface an IPv6 scope names: its name first, then a number (as glibc, gRPC and Go
+    read a zone: an interface named "4" is that interface, not index 4)."""
+    try:
+        return socket.if_nametoindex(scope)
+    except (OSError, ValueError):
+        pass
     try:
         if scope.isascii() and scope.isdigit():
             socket.if_indextoname(int(scope))  # OSError when no interface has it
             return int(scope)
-        return socket.if_nametoindex(scope)
     except (OSError, ValueError, OverflowError):
-        return None
+        pass
+    return None
+
+
+def _is_own(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, index: int) -> bool:
+    """Whether ``ip`` is this machine's, in the kernel's own words: a socket may bind it, and the route to it
+    leaves from it. bind() alone passes any address under net.ipv4/ipv6.ip_nonlocal_bind=1 (keepalived and
+    HAProxy hosts), and a multicast or broadcast address always; the route to another machine's address
+    (or to a group) leaves from one of this machine's own, and a broadcast one needs SO_BROADCAST (EACCES)."""
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    bare = str(ip).partition("%")[0]
+
+    def at(port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+        return (bare, port) if ip.version == 4 else (bare, port, 0, index)
+
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(at(0))
+        with socket.socket(family, socket.SOCK_DGRAM) as route:  # UDP: connect() only looks the route up
+            route.connect(at(port))
+            source = route.getsockname()[0]
+    except OSError:
+        return False
+    return ipaddress.ip_address(source.partition("%")[0]) == ipaddress.ip_address(bare)
 
 
 def off_machine(address: str, trusted: Sequence[IPNetwork]) -> str | None:
     """Why the announced tcp ``address`` (HOST:PORT, checked by the handshake's parser) is not dialed
     from this machine (None: it is dialed as announced)."""
-    host = address.rpartition(":")[0]
+    host, _, port = address.rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if bare.lower().rstrip(".") == "localhost":  # loopback by definition (RFC 6761)
+    if bare.lower() == "localhost":  # loopback by definition (RFC 6761); "localhost." is a DNS name to gRPC
         return None
     try:
         ip = ipaddress.ip_address(bare)
     except ValueError:
         return ("it names a host by name, and a resolver's answer may lead anywhere; have the plugin announce"
                 " the IP address it listens on, such as 127.0.0.1:PORT, as go-plugin does")
-    if any(ip.version == net.version and ip in net for net in trusted):
-        return None  # the caller vouched for it (ProcessRunner(trusted_networks=))
     scope = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
+    # [::ffff:10.1.2.3] is dialed over IPv4: it is that IPv4 address, for trusted networks and the kernel alike
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and scope is None else None
+    forms, ip = {ip, mapped or ip}, mapped or ip
+    if any(form.version == net.version and form in net for form in forms for net in trusted):
+        return None  # the caller vouched for it (ProcessRunner(trusted_networks=))
     index = 0
     if scope is not None:
         found = _interface(scope)
         if found is None:
             return f"its scope {scope!r} names no network interface of this machine"
         index = found
-    if ip.is_loopback and scope is None:
+    if (ip.is_loopback or ip.is_unspecified) and scope is None:  # 0.0.0.0 and :: are dialed on this machine
         return None
     if ip.version == 6 and ip.is_link_local and scope is None:  # the kernel binds and dials one only so
         return ("it is a link-local IPv6 address without a scope (such as %eth0) saying on which interface it is;"
                 " have the plugin announce it with one, as go-plugin does")
-    # where a socket may bind: the kernel's own answer, scope included ("fe80::1%eth0" is on eth0 or not)
-    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-    where = (str(ip), 0) if ip.version == 4 else (str(ip).partition("%")[0], 0, 0, index)
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind(where)
-    except OSError:
+    if not _is_own(ip, int(port), index):  # the kernel's answer, scope included ("fe80::1%eth0" is on eth0 or not)
         on = f" on interface {scope!r}" if scope is not None else ""
-        return f"that address is not this machine's{on} (neither loopback nor bindable here). {_TRUST_ADVICE}"
+        return f"that address is not this machine's{on} (neither loopback nor one of its own). {_TRUST_ADVICE}"
     return None
 
 
@@ -107,5 +131,5 @@ class LocalAddresses:
         why = off_machine(address, self._trusted) if network == "tcp" and self._proc is not None else None
         if why is not None:
             raise MalformedHandshakeError(f"tcp|{address}", f"plugin {self.name!r} announced tcp address"
-                                          f" {address!r}, which plugbay does not dial: {why}")
+                                          f" {address!r}, which plugbay does not dial: {why}", refused=True)
         return network, address
