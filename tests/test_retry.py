@@ -26,6 +26,11 @@ def client(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield c
 
 
+def stub(c: Client) -> kv_pb2_grpc.KVStub:
+    """The raw stub: KVClient.get() passes no timeout=."""
+    return kv_pb2_grpc.KVStub(c.channel)
+
+
 def calls(c: Client) -> int:
     install(c)  # the counter read itself must not be retried or counted twice
     return int(c.dispense(PLUGIN_NAME).get("__calls__"))
@@ -129,6 +134,61 @@ def test_without_an_overall_deadline_a_timeout_says_each_try_had_its_own(tmp_pat
         assert "each try was bounded by 0.3s (the default deadline, ClientConfig.call_timeout)" in said, said
         assert "s in all" in said and "RetryPolicy(overall_timeout=...)" in said, said
         assert "Pass a larger timeout=" not in said, said
+        assert err.value.args == (said,) and said in repr(err.value)  # not only .message: logs show repr/args
+
+
+@pytest.mark.parametrize("overall", ["policy", "call"])
+def test_per_attempt_timeouts_within_an_overall_deadline_say_what_bounded_the_tries(client: Client,
+                                                                                    overall: str) -> None:
+    # 2 tries of 0.3 s each, well within the 30 s overall deadline: the one try's advice (a larger
+    # timeout=, a larger ClientConfig.call_timeout) changes nothing, per_attempt_timeout does
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"2")
+    install(client, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, per_attempt_timeout=0.3,
+                                      overall_timeout=30 if overall == "policy" else None, methods=["Get"]))
+    with pytest.raises(CallTimeoutError) as err:
+        stub(client).Get(kv_pb2.GetRequest(key="k"), timeout=30 if overall == "call" else None)
+    said = str(err.value)
+    source = "RetryPolicy.overall_timeout" if overall == "policy" else "the call's timeout="
+    assert "on try 2 of 2" in said and "each try was bounded by 0.3s (RetryPolicy.per_attempt_timeout)" in said, said
+    assert f"overall deadline of 30s ({source})" in said and "raise RetryPolicy.per_attempt_timeout" in said, said
+    assert "Pass a larger timeout=" not in said and "call_timeout" not in said, said
+    # the rewording is the error's, not only its .message: repr() and args (logs, tracebacks) agree
+    assert err.value.args == (said,) and said in repr(err.value)
+    kv.put("__slow__", b"0")
+
+
+@pytest.mark.parametrize("overall", ["policy", "call"])
+def test_an_overall_deadline_that_ran_out_names_itself_not_call_timeout(client: Client, overall: str) -> None:
+    # one try used up the whole 0.6 s deadline (no per_attempt_timeout: the try gets all of it, not the
+    # Client's call_timeout of 10 s), so raising ClientConfig.call_timeout would change nothing
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, methods=["Get"],
+                                      overall_timeout=0.6 if overall == "policy" else None))
+    with pytest.raises(CallTimeoutError) as err:
+        stub(client).Get(kv_pb2.GetRequest(key="k"), timeout=0.6 if overall == "call" else None)
+    said = str(err.value)
+    if overall == "policy":
+        assert "overall deadline of 0.6s (RetryPolicy.overall_timeout) ran out" in said, said
+        assert "raise RetryPolicy.overall_timeout" in said, said
+    else:
+        assert "overall deadline of 0.6s (the call's timeout=) ran out" in said, said
+        assert "pass a larger timeout= to the call" in said, said
+    assert "call_timeout" not in said and err.value.args == (said,), said
+    kv.put("__slow__", b"0")
+
+
+def test_a_single_try_bounded_by_per_attempt_timeout_says_so(client: Client) -> None:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("__slow__", b"1")
+    install(client, retry=RetryPolicy(max_attempts=3, per_attempt_timeout=0.3, methods=["Put"]))  # Get: one try
+    with pytest.raises(CallTimeoutError) as err:
+        kv.get("k")
+    said = str(err.value)
+    assert "the try was bounded by 0.3s (RetryPolicy.per_attempt_timeout)" in said, said
+    assert "Pass a larger timeout=" not in said and "call_timeout" not in said, said
+    kv.put("__slow__", b"0")
 
 
 def test_with_call_goes_through_the_policy(client: Client) -> None:

@@ -41,6 +41,12 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
     def __str__(self) -> str:  # TimeoutError (an OSError) would format two args as errno
         return self.message
 
+    def reword(self, message: str) -> None:
+        """Say ``message`` instead, everywhere the error is shown: str(), repr() and ``args`` (a log's
+        repr, pickling) too, not only ``message``."""
+        self.message = message
+        self.args = (message,)
+
     def code(self) -> grpc.StatusCode:
         return self.original.code() if self.original is not None else self._code
 

@@ -165,54 +165,47 @@ class RetryPolicy:
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
-        began = time.monotonic()
-        tries, deadline = self._plan(method, timeout)
+        call = self._plan(method, timeout)
         n = 0
         while True:
             n += 1
             try:
-                return attempt(self._attempt_timeout(deadline))
+                return attempt(call.next_try(self.per_attempt_timeout))
             except Exception as exc:
-                sleep = self._after_failure(method, exc, n, tries, deadline, began)
+                sleep = self._after_failure(method, exc, n, call)
                 if sleep is None:
                     raise
                 time.sleep(sleep)
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """:meth:`run` for an AsyncClient's calls: the same decisions, the sleeps on the event loop."""
-        began = time.monotonic()
-        tries, deadline = self._plan(method, timeout)
+        call = self._plan(method, timeout)
         n = 0
         while True:
             n += 1
             try:
-                return await attempt(self._attempt_timeout(deadline))
+                return await attempt(call.next_try(self.per_attempt_timeout))
             except Exception as exc:
-                sleep = self._after_failure(method, exc, n, tries, deadline, began)
+                sleep = self._after_failure(method, exc, n, call)
                 if sleep is None:
                     raise
                 await asyncio.sleep(sleep)
 
-    def _plan(self, method: str, timeout: float | None) -> tuple[int, float | None]:
-        """How many tries the call gets, and its overall deadline (monotonic; None: none)."""
+    def _plan(self, method: str, timeout: float | None) -> _Call:
+        """How many tries the call gets, and its overall deadline (None: none)."""
         overall = timeout if timeout is not None else self.overall_timeout
         # math.inf (or anything past NO_DEADLINE) is no deadline, as on a call's timeout=: grpcio
         # turns an inf deadline into one already past
-        deadline = None if overall is None else time.monotonic() + min(overall, NO_DEADLINE)
-        return (self.max_attempts if self.is_idempotent(method) else 1), deadline
+        return _Call(self.max_attempts if self.is_idempotent(method) else 1,
+                     None if overall is None else min(overall, NO_DEADLINE),
+                     "the call's timeout=" if timeout is not None else "RetryPolicy.overall_timeout")
 
-    def _attempt_timeout(self, deadline: float | None) -> float | None:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        attempt = _min_opt(remaining, self.per_attempt_timeout)
-        return None if attempt is None else min(attempt, NO_DEADLINE)
-
-    def _after_failure(self, method: str, exc: Exception, n: int, tries: int,
-                       deadline: float | None, began: float) -> float | None:
+    def _after_failure(self, method: str, exc: Exception, n: int, call: _Call) -> float | None:
         """The sleep before try ``n + 1``, or None to give up (``exc`` then carries a note why)."""
+        tries, deadline = call.tries, call.deadline
         if n >= tries or not self.retryable(exc):
             _note(exc, n, tries)
-            if deadline is None:
-                self._tries_timed_out(exc, n, tries, began)
+            self._timed_out(exc, n, call, "")
             return None
         # a subclass's backoff() that gives nan or a negative number: ConfigError (from the failed
         # call's error), the same for run() and run_async(), not ValueError from time.sleep only
@@ -222,6 +215,7 @@ class RetryPolicy:
             raise bad from exc
         if deadline is not None and time.monotonic() + sleep >= deadline - 0.001:
             _note(exc, n, tries, "the overall deadline leaves no time for another try")
+            self._timed_out(exc, n, call, " and its overall deadline left no time for another try")
             return None
         if self.on_retry is not None:
             try:
@@ -230,21 +224,62 @@ class RetryPolicy:
                 _log.exception("RetryPolicy on_retry callback failed")
         return sleep
 
-    def _tries_timed_out(self, exc: Exception, n: int, tries: int, began: float) -> None:
-        """A call with no overall deadline that gave up on a timeout after several tries: each try had a
-        deadline of its own, so the one try's message (\"waited 1.0s\", \"pass a larger timeout=\") misleads;
-        say what bounded each try, how long the call took in all, and how to bound the whole call."""
-        if n <= 1 or not isinstance(exc, CallTimeout) or not exc.what:
+    def _timed_out(self, exc: Exception, n: int, call: _Call, ended: str) -> None:
+        """A call that gave up on a timeout: the one try's message (\"waited 1.0s\", \"pass a larger timeout=
+        or raise ClientConfig.call_timeout\") misleads once this policy set the try's deadline (its
+        per_attempt_timeout, or what was left of the overall deadline) or tried several times; say what
+        bounded the try, how long the call took in all, and what to change."""
+        if not isinstance(exc, CallTimeout) or not exc.what:
             return
-        own = self.per_attempt_timeout
-        each = own if own is not None else exc.deadline
-        bound = (f"{each:g}s" if each is not None else "its own deadline") + (
-            " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
-            " ClientConfig.call_timeout)")
-        exc.message = (f"{exc.what}, on try {n} of {tries}: the RetryPolicy has no overall_timeout, so each try"
-                       f" was bounded by {bound}, not the call, which took {time.monotonic() - began:.1f}s in"
-                       " all. Set RetryPolicy(overall_timeout=...) to bound the whole call (a call's own timeout="
-                       f" bounds it too); {exc.check}")
+        took, own = time.monotonic() - call.began, self.per_attempt_timeout
+        where = f", on try {n} of {call.tries}" if call.tries > 1 else ""
+        if call.bound == "overall":
+            change = ("pass a larger timeout= to the call" if call.source == "the call's timeout=" else
+                      "raise RetryPolicy.overall_timeout (or pass the call a larger timeout=, which replaces it)")
+            text = (f"{exc.what}{where}: the call's overall deadline of {call.overall:g}s ({call.source}) ran out"
+                    f" after {took:.1f}s. To give the plugin longer, {change}")
+        elif call.bound == "per_attempt" and call.overall is not None:
+            cause = (ended or " and no tries were left") if n >= call.tries > 1 else ended
+            text = (f"{exc.what}{where}: each try was bounded by {own:g}s (RetryPolicy.per_attempt_timeout), not by"
+                    f" the call's overall deadline of {call.overall:g}s ({call.source}); the call gave up after"
+                    f" {took:.1f}s{cause}. To give the plugin longer, raise RetryPolicy.per_attempt_timeout")
+        elif call.bound == "per_attempt" and n == 1:
+            text = (f"{exc.what}: the try was bounded by {own:g}s (RetryPolicy.per_attempt_timeout). To give the"
+                    " plugin longer, raise RetryPolicy.per_attempt_timeout")
+        elif n > 1:
+            each = own if own is not None else exc.deadline
+            bound = (f"{each:g}s" if each is not None else "its own deadline") + (
+                " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
+                " ClientConfig.call_timeout)")
+            text = (f"{exc.what}{where}: the RetryPolicy has no overall_timeout, so each try was bounded by"
+                    f" {bound}, not the call, which took {took:.1f}s in all. Set RetryPolicy(overall_timeout=...)"
+                    " to bound the whole call (a call's own timeout= bounds it too)")
+        else:
+            return  # one try under the default deadline: its own message is right
+        exc.reword(f"{text}; {exc.check}")
+
+
+@dataclass
+class _Call:
+    """One call's tries: how many it gets, its overall deadline, and what bounded its latest try."""
+
+    tries: int
+    overall: float | None  # seconds (None: no overall deadline)
+    source: str  # what set ``overall``: the call's timeout= or RetryPolicy.overall_timeout
+    began: float = field(default_factory=time.monotonic)
+    bound: str = "default"  # the latest try's deadline: "per_attempt", "overall" (what was left), "default"
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.overall is None else self.began + self.overall
+
+    def next_try(self, per_attempt: float | None) -> float | None:
+        """The next try's deadline (None: the Client's default one), noting what set it."""
+        remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        attempt = _min_opt(remaining, per_attempt)
+        self.bound = ("default" if attempt is None else
+                      "per_attempt" if per_attempt is not None and attempt == per_attempt else "overall")
+        return None if attempt is None else min(attempt, NO_DEADLINE)
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:
