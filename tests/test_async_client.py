@@ -593,6 +593,24 @@ def test_the_client_belongs_to_the_loop_that_started_it() -> None:
     assert pid_gone(pid)
 
 
+def test_async_with_refused_on_another_loop_leaves_the_client_to_its_loop() -> None:
+    async def main() -> None:
+        async with AsyncClient(kv_config(KV_PLUGIN)) as client:
+            kv = await client.dispense(PLUGIN_NAME)
+            await kv.put("a", b"1")
+
+            async def enter() -> None:
+                async with client:
+                    pass
+
+            assert_wrong_loop(await start_from_another_loop(enter))
+            # a refusal has no side effect: __aenter__ killed the plugin this loop still uses
+            assert not client.exited
+            assert await kv.get("a") == b"1"
+
+    run(main())
+
+
 def test_cancelling_start_works_when_the_loops_executor_is_busy() -> None:
     misbehave = go_binary("misbehave")
     runner = ProcessRunner([misbehave], env={"MISBEHAVE_MODE": "silent", "MISBEHAVE_MAX_SECONDS": "60"})

@@ -297,6 +297,24 @@ def test_after_the_budget_is_spent_each_async_call_gets_an_error_of_its_own(tmp_
     asyncio.run(main())
 
 
+def test_async_with_refused_on_another_loop_leaves_the_async_supervisor_to_its_loop(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            await kv.put("a", b"1")
+
+            async def enter() -> None:
+                async with sup:
+                    pass
+
+            assert_wrong_loop(await start_from_another_loop(enter))
+            # a refusal has no side effect: __aenter__ stopped the AsyncSupervisor this loop still uses
+            assert sup.state == "running"
+            assert await kv.get("a") == b"1"
+
+    asyncio.run(main())
+
+
 def test_a_stopped_or_loop_gone_async_supervisor_says_so_by_its_own_name(tmp_path: Path) -> None:
     sup = AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None)
 

@@ -116,6 +116,8 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         try:
             await self.start()
+        except WrongLoop:
+            raise  # a refusal: the client is another loop's, in use there, and stays as it was
         except BaseException:
             # a reattached plugin is another host's: let go of it; a launched one ends with us
             await (self.close() if self.config.reattach is not None else self.kill())

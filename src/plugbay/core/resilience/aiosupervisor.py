@@ -117,6 +117,8 @@ class AsyncSupervisor:
     async def __aenter__(self) -> Self:
         try:
             await self.start()
+        except WrongLoop:
+            raise  # a refusal: the AsyncSupervisor is another loop's, in use there, and stays as it was
         except BaseException:
             await self.stop()
             raise
