@@ -592,6 +592,14 @@ def test_the_client_belongs_to_the_loop_that_started_it() -> None:
     run(second())
     assert pid_gone(pid)
 
+    async def third() -> None:
+        # killed (from the second loop): neither its loop nor a kill() is any use now; say it was killed
+        with pytest.raises(WrongLoop, match=r"this AsyncClient was already killed \(or closed\)") as caught:
+            await kv.get("a")
+        assert "await its kill()" not in str(caught.value) and "make a new AsyncClient" in str(caught.value)
+
+    run(third())
+
 
 def test_async_with_refused_on_another_loop_leaves_the_client_to_its_loop() -> None:
     async def main() -> None:

@@ -297,6 +297,41 @@ def test_after_the_budget_is_spent_each_async_call_gets_an_error_of_its_own(tmp_
     asyncio.run(main())
 
 
+def test_an_async_supervisors_advice_and_budget_error_name_the_async_supervisor(tmp_path: Path) -> None:
+    from plugbay import RestartBudgetExhaustedError
+
+    def only_async(said: str) -> None:  # the one the user made, never the sync Supervisor it runs
+        assert "AsyncSupervisor" in said and "Supervisor" not in said.replace("AsyncSupervisor", ""), said
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), health_interval=None,
+                                   restart=RestartPolicy(max_restarts=1, initial_backoff=0.01)) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            advice = []
+            for _ in range(2):  # a death with a restart left, then one with the budget spent
+                await kv.put("__slow__", b"1")
+                pid, before = int(await kv.get("__pid__")), int(await kv.get("__calls__"))
+                stuck = asyncio.ensure_future(kv.get("k"))  # not safe to repeat: it fails with the death
+                while int(await kv.get("__calls__")) == before:  # until the plugin holds it
+                    await asyncio.sleep(0.02)
+                os.kill(pid, signal.SIGKILL)
+                with pytest.raises(PluginDiedError) as died:
+                    await stuck
+                advice.append(str(died.value))
+                if len(advice) == 1:
+                    assert await sup.wait_running(30), sup.events
+            assert "the AsyncSupervisor is restarting it" in advice[0]
+            assert "its AsyncSupervisor will not restart it" in advice[1] and "make a new AsyncSupervisor" in advice[1]
+            assert await asyncio.to_thread(wait_until, lambda: sup.state == "failed", 10), sup.events
+            with pytest.raises(RestartBudgetExhaustedError) as spent:
+                await kv.get("k")
+            assert "so the AsyncSupervisor stopped restarting it" in str(spent.value)
+            for said in (*advice, str(spent.value)):
+                only_async(said)
+
+    asyncio.run(main())
+
+
 def test_async_with_refused_on_another_loop_leaves_the_async_supervisor_to_its_loop(tmp_path: Path) -> None:
     async def main() -> None:
         async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, health_interval=None) as sup:
@@ -339,6 +374,14 @@ def test_a_stopped_or_loop_gone_async_supervisor_says_so_by_its_own_name(tmp_pat
             await sup.stop()
 
     asyncio.run(second())
+
+    async def third() -> None:
+        # stopped (from the second loop): neither the first loop nor a stop is any use; say it is stopped
+        with pytest.raises(WrongLoop, match="this AsyncSupervisor was already stopped") as caught:
+            await kv.get("a")
+        assert "await its stop()" not in str(caught.value) and "make a new AsyncSupervisor" in str(caught.value)
+
+    asyncio.run(third())
 
 
 def test_a_stub_of_a_stopped_async_supervisor_names_the_async_supervisor(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ def test_an_async_call_in_flight_during_a_health_restart_fails_as_the_plugins_de
             call = asyncio.ensure_future(kv.get("a"))
             await asyncio.sleep(0.3)
             await kv.put("__health__", b"NOT_SERVING")
-            with pytest.raises(PluginDiedError, match="the Supervisor restarted plugin") as caught:
+            with pytest.raises(PluginDiedError, match="the AsyncSupervisor restarted plugin") as caught:
                 async with asyncio.timeout(30):  # not wait_for: see CYCLE
                     await call
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

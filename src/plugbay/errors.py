@@ -281,16 +281,17 @@ class PodCrashLoopError(PluginExitedError):
 class RestartBudgetExhaustedError(PlugbayError):
     """A Supervisor restarted its plugin as often as its RestartPolicy allows and gave up."""
 
-    def __init__(self, name: str, restarts: int, window: float, last_failure: str) -> None:
+    def __init__(self, name: str, restarts: int, window: float, last_failure: str, kind: str = "Supervisor") -> None:
         self.name = name
         self.restarts = restarts
         self.window = window
         self.last_failure = last_failure
+        self.kind = kind  # what the message calls the one that gave up: "Supervisor" or "AsyncSupervisor"
         super().__init__(
             f"plugin {name!r} failed again after {restarts} restart(s) within {window:.0f}s, the"
-            f" RestartPolicy's budget, so the Supervisor stopped restarting it (last failure:"
+            f" RestartPolicy's budget, so the {kind} stopped restarting it (last failure:"
             f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
-            " new Supervisor, or raise RestartPolicy.max_restarts / shorten its window."
+            f" new {kind}, or raise RestartPolicy.max_restarts / shorten its window."
         )
 
 

@@ -60,6 +60,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._loop = loop
         self._executor = executor
         self._closing: asyncio.Future[None] | None = None
+        self._ended = False  # its owner ended it (kill(), close(), stop()), on whichever loop
         self._judging = SharedExitCheck(managed, executor)
         # The resilience layers' seam (plugbay.core.resilience.calls.install): each unary-unary
         # call runs through it as one or more tries, as on the sync ManagedChannel.
@@ -83,6 +84,7 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def aclose(self) -> None:
         """Close the connection (AsyncClient.kill/close); later calls fail typed."""
+        self._ended = True
         if self.close_soon in self._managed.on_close_current:
             self._managed.on_close_current.remove(self.close_soon)
         if asyncio.get_running_loop() is self._loop:
@@ -133,7 +135,10 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         owner = self._owner_kind
         ending, sync = (("stop()", "Supervisor") if owner == "AsyncSupervisor" else
                         ("kill() (close() for a reattached plugin)", "Client"))
-        if self._loop.is_closed():  # no coroutine can run there again: calling from it is no way out
+        if self._ended:  # already stopped: neither its loop nor a stop is of any use now
+            done = "stopped" if owner == "AsyncSupervisor" else "killed (or closed)"
+            advice = f"; this {owner} was already {done}, so no loop can use it again: make a new {owner}"
+        elif self._loop.is_closed():  # no coroutine can run there again: calling from it is no way out
             advice = (f"; that loop has closed (an asyncio.run() that ended), so it cannot be used again: await its"
                       f" {ending} on any loop and make a new {owner} on this one")
         else:

@@ -322,7 +322,7 @@ class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
         return call
 
     async def _restarting(self) -> BaseException:
-        return ClientClosed(f"the plugin of Supervisor {self._sup.name!r} is being restarted", None,
+        return ClientClosed(f"the plugin of {self._sup.kind} {self._sup.name!r} is being restarted", None,
                             grpc.StatusCode.UNAVAILABLE, sent=False)
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,

@@ -175,11 +175,11 @@ class FollowingBroker(GRPCBroker):
                     raise  # the plugin runs on and closed its broker: the broker's own word
                 if not resend or _on_event_loop():
                     raise BrokerClosedError(
-                        f"plugin {sup.name!r} died or was restarted by its Supervisor while this host was"
+                        f"plugin {sup.name!r} died or was restarted by its {sup.kind} while this host was"
                         f" about to {what}; what the old plugin had brokered went with it. Call again: the"
                         " stub uses the new plugin") from exc
         raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
-                                 " the Supervisor's events for why it keeps failing")
+                                 f" the {sup.kind}'s events for why it keeps failing")
 
     def _current(self, what: str, deadline: float | None) -> Client:
         """The running Client, waited for while the plugin restarts (not on an event loop's thread)."""
@@ -194,7 +194,7 @@ class FollowingBroker(GRPCBroker):
             if _on_event_loop():
                 why = f" (last failure: {sup.last_failure})" if client is None and sup.last_failure else ""
                 raise BrokerClosedError(
-                    f"plugin {sup.name!r} is not running: it is being restarted by its Supervisor{why}, so this"
+                    f"plugin {sup.name!r} is not running: it is being restarted by its {sup.kind}{why}, so this"
                     f" host cannot {what} now. On an event loop this does not wait for the restart: await the"
                     " supervisor's wait_running() and call again (from a thread it waits)")
             if client is not None and not sup.changed_since(generation, _left(deadline, 5.0)):
@@ -202,11 +202,11 @@ class FollowingBroker(GRPCBroker):
             if not sup.wait_running(_left(deadline, 3600.0)):
                 raise_if_ended(sup)
                 raise BrokerTimeoutError(
-                    f"could not {what}: waited for the Supervisor to restart plugin {sup.name!r} (restart"
+                    f"could not {what}: waited for the {sup.kind} to restart plugin {sup.name!r} (restart"
                     f" {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"
-                    " or check the plugin's logs and the Supervisor's events")
+                    f" or check the plugin's logs and the {sup.kind}'s events")
         raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
-                                 " the Supervisor's events for why it keeps failing")
+                                 f" the {sup.kind}'s events for why it keeps failing")
 
 
 def _left(deadline: float | None, most: float) -> float:

@@ -49,7 +49,7 @@ class SupervisedChannel(ManagedChannel):
         return super().translate(exc, past_deadline)
 
 
-def mark_restarting(client: Client, name: str, reason: str) -> None:
+def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor") -> None:
     """Before a Supervisor kills ``client`` to restart its plugin: the calls that kill ends fail as calls
     to a plugin that died (PluginDiedError, resent when safe to repeat), not as a kill of the user's,
     whose advice (start a new Client) is wrong for stubs that outlive the restart."""
@@ -59,10 +59,10 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
 
     def error(original: grpc.RpcError | None) -> BaseException:
         if original is None:  # refused unsent: this gate sends it to the successor
-            return PluginRestarted(f"the Supervisor is restarting plugin {name!r}, which it judged unhealthy"
+            return PluginRestarted(f"the {kind} is restarting plugin {name!r}, which it judged unhealthy"
                                    f" ({reason}); the call was not sent", None, sent=False)
         return PluginRestarted(
-            f"the Supervisor restarted plugin {name!r}, which it judged unhealthy ({reason}), while the call was"
+            f"the {kind} restarted plugin {name!r}, which it judged unhealthy ({reason}), while the call was"
             " in flight. The call was not resent: only calls marked safe to repeat are (idempotent() or"
             " RetryPolicy(methods=...)); later calls go to the restarted plugin", original)
     channel.killed_error = error
@@ -71,19 +71,20 @@ def mark_restarting(client: Client, name: str, reason: str) -> None:
 def restart_advice(sup: Restarter, again: str = "") -> str:
     """What a call that met the plugin's death is to do, by what its Supervisor does about the death;
     ``again`` names what is to be asked again once the restarted plugin runs (a call when empty)."""
+    kind = sup.kind
     if sup.state == "stopped":
-        return "its Supervisor was stopped; make a new one"
+        return f"its {kind} was stopped; make a new one"
     if sup.max_restarts == 0:
-        return "its Supervisor does not restart it (RestartPolicy(max_restarts=0))"
+        return f"its {kind} does not restart it (RestartPolicy(max_restarts=0))"
     if sup.state == "failed":
-        return "its Supervisor gave up restarting it (wait_running() raises why); make a new Supervisor"
+        return f"its {kind} gave up restarting it (wait_running() raises why); make a new {kind}"
     if sup.restarts_left() <= 0:  # the monitor may not have seen this death yet: the state still says running
-        return ("its Supervisor will not restart it: its RestartPolicy's budget is spent (max_restarts within"
-                " window); make a new Supervisor")
+        return (f"its {kind} will not restart it: its RestartPolicy's budget is spent (max_restarts within"
+                f" window); make a new {kind}")
     if again:
-        return (f"the Supervisor is restarting it (as its RestartPolicy allows): ask {again} again once"
+        return (f"the {kind} is restarting it (as its RestartPolicy allows): ask {again} again once"
                 " wait_running() is true")
-    return ("the Supervisor is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
+    return (f"the {kind} is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
             " the restarted plugin, a stream is opened once wait_running() is true")
 
 
@@ -236,7 +237,7 @@ async def polled(check: Callable[[], bool], timeout: float) -> bool:
 
 def _restarting_on_every_try(sup: Restarter, method: str) -> CallTimeout:
     return CallTimeout(f"call {method} to plugin {sup.name!r} found the plugin restarting on every"
-                       " try; check the Supervisor's events for why it keeps failing", None,
+                       f" try; check the {sup.kind}'s events for why it keeps failing", None,
                        grpc.StatusCode.DEADLINE_EXCEEDED)
 
 

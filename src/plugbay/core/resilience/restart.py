@@ -99,11 +99,11 @@ class RestartLoopFailed(RestartBudgetExhaustedError):
     """The Supervisor gave up because its own restart loop failed, not its budget: still a
     RestartBudgetExhaustedError, so that whatever handles a Supervisor that gave up handles this."""
 
-    def __init__(self, name: str, restarts: int, window: float, last_failure: str) -> None:
-        super().__init__(name, restarts, window, last_failure)
-        self.args = (f"the Supervisor of plugin {name!r} stopped restarting it after {restarts} restart(s):"
+    def __init__(self, name: str, restarts: int, window: float, last_failure: str, kind: str = "Supervisor") -> None:
+        super().__init__(name, restarts, window, last_failure, kind)
+        self.args = (f"the {kind} of plugin {name!r} stopped restarting it after {restarts} restart(s):"
                      f" {last_failure}. The log has the traceback; if the RestartPolicy is a subclass of your"
-                     " own, check its methods. Then make a new Supervisor.",)
+                     f" own, check its methods. Then make a new {kind}.",)
 
 
 class RestartBudget:
@@ -133,19 +133,21 @@ class RestartBudget:
     def __len__(self) -> int:
         return len(self._times)
 
-    def exhaust(self, name: str, window: float, last_failure: str, loop_failed: int | None = None) -> str:
+    def exhaust(self, name: str, window: float, last_failure: str, loop_failed: int | None = None,
+                kind: str = "Supervisor") -> str:
         """Give up (raise_if_exhausted() raises from now on); says why. ``loop_failed``: the restart loop
-        failed after that many restarts in all (the window's count would leave out the older ones)."""
+        failed after that many restarts in all (the window's count would leave out the older ones);
+        ``kind``: what the error calls the one that gave up (an AsyncSupervisor's is its own name)."""
         if loop_failed is not None:
-            self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure)
+            self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure, kind)
         else:
-            self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure)
+            self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure, kind)
         return str(self._fatal)
 
     def raise_if_exhausted(self) -> None:
         """A new error each time: one shared object would gather every call's traceback frames and notes."""
         if (fatal := self._fatal) is not None:
-            raise type(fatal)(fatal.name, fatal.restarts, fatal.window, fatal.last_failure)
+            raise type(fatal)(fatal.name, fatal.restarts, fatal.window, fatal.last_failure, fatal.kind)
 
 
 def record_event(events: collections.deque[SupervisorEvent], on_event: Callable[[SupervisorEvent], None] | None,

@@ -104,7 +104,7 @@ def not_running(name: str, state: str, last_failure: str | None, kind: str = "Su
     if state == "failed":
         return ClientStateError(f"the {kind} of {name!r} failed to start its plugin ({last_failure});"
                                 " fix that and call start() again")
-    return ClientStateError(f"Supervisor of {name!r} is not running; call start() first")
+    return ClientStateError(f"{kind} of {name!r} is not running; call start() first")
 
 
 def plugin_named(client: Client, name: str) -> Any:

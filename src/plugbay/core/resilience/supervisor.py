@@ -232,7 +232,7 @@ class Supervisor(SupervisorView):
             watcher.stop()
         if client is not None:
             if restarting is not None:
-                mark_restarting(client, self.name, restarting)
+                mark_restarting(client, self.name, restarting, self.kind)
             client.kill()
 
     def _event(self, kind: str, detail: str) -> None:
@@ -333,7 +333,7 @@ class Supervisor(SupervisorView):
 
     def _give_up(self, loop_failed: bool = False) -> None:
         why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown",
-                                   self.restarts if loop_failed else None)
+                                   self.restarts if loop_failed else None, self.kind)
         with self._cond:
             self._state = FAILED
             self._client = None
