@@ -90,8 +90,8 @@ def _proc_state(pid: int) -> str | None:
 class AttachedProcess(AttachedRunner):
     """A plugin process this host did not start (reattach by pid).
 
-    It is not our child, so its exit code is unknowable: wait() polls /proc and
-    returns UNKNOWN_EXIT_CODE once the process is gone.
+    This runner did not start it (it may be the child of another Client in this very process), so it
+    cannot read its exit status: wait() polls /proc and returns UNKNOWN_EXIT_CODE once the process is gone.
     """
 
     def __init__(self, pid: int, start_time: int | None = None, name: str = "",
@@ -134,8 +134,10 @@ class AttachedProcess(AttachedRunner):
         return UNKNOWN_EXIT_CODE
 
     def exit_words(self, code: int) -> str:
-        return (f"exited; its exit status is unknown: process {self.pid} was reattached and is not this host's"
-                " child, so only its own parent can read how it ended (a signal, or an exit code)")
+        # not "not this host's child": the Client that started it may share this process, and that one can
+        return (f"exited; its exit status is unknown: this Client reattached to process {self.pid} rather than"
+                " starting it, so it cannot read how it ended (a signal, or an exit code: only the Client that"
+                " started it can)")
 
     def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
         """A pidfd on the shared I/O loop (taken, then the pid proven still ours); polls without pidfds."""
