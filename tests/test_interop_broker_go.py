@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugbay import BrokerTLSError, Client, ClientConfig, RetryPolicy, install
+from plugbay import BrokerError, BrokerTLSError, Client, ClientConfig, PluginUnavailableError, RetryPolicy, install
 from plugbay.errors import ProtocolMismatchError
 from tests.gobuild import go_program_or_skip, run_program
 
@@ -129,6 +129,8 @@ def test_go_101_plugin_cannot_broker_under_automtls(go_plugin: Path, in_tmp: Pat
         with pytest.raises(BrokerTLSError) as err:
             counter.put("m", 1, Recorder())
     assert isinstance(err.value, grpc.RpcError) and err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # what this failure was before it had a type of its own: code catching PluginUnavailableError still does
+    assert isinstance(err.value, PluginUnavailableError) and isinstance(err.value, BrokerError)
     assert "authentication handshake failed" in str(err.value.details())
     assert "not unused" in str(err.value.details())
     said = str(err.value)

@@ -243,10 +243,13 @@ class BrokerClosedError(BrokerError):
     """The broker stream ended; pending and future dials fail."""
 
 
-class BrokerTLSError(BrokerError):
+class BrokerTLSError(BrokerError, PluginUnavailableError):
     """The plugin could not dial this host's brokered server under AutoMTLS, in a way every retry meets
     again: go-plugin 1.0.1's plugin side checks the host's certificate against the name "unused" (its bug
-    #109). A newer go-plugin, or AutoMTLS off, is the way out."""
+    #109). A newer go-plugin, or AutoMTLS off, is the way out.
+
+    Also a PluginUnavailableError, which the call's failure (UNAVAILABLE from a plugin that runs) was before
+    it had a type of its own, so code catching that still catches it; RetryPolicy never retries it."""
 
 
 class NoNewStreamsError(BrokerClosedError):
