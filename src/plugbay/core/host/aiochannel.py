@@ -25,10 +25,10 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
     off_loop as off_loop,
     retrieved as retrieved,
 )
-from plugbay.core.host.callerrors import _TranslatedRpcError, caused
+from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
+from plugbay.core.host.callerrors import caused
 from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
-from plugbay.errors import ClientStateError
 
 _T = TypeVar("_T")
 # grpc.aio's own status for a message it could not send because the connection failed under the write
@@ -43,10 +43,6 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
         return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                     details=f"{_SEND_FAILED}: the connection failed under a write")
     return exc
-
-
-class WrongLoop(_TranslatedRpcError, ClientStateError):
-    """A call from another event loop than the one that started the AsyncClient."""
 
 
 class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
@@ -133,10 +129,9 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         if here is self._loop:
             return None
         owner = self._owner_kind
-        ending, sync = (("stop()", "Supervisor") if owner == "AsyncSupervisor" else
-                        ("kill() (close() for a reattached plugin)", "Client"))
+        ending, sync, done = (("stop()", "Supervisor", "stopped") if owner == "AsyncSupervisor" else
+                              ("kill() (close() for a reattached plugin)", "Client", "killed (or closed)"))
         if self._ended:  # already stopped: neither its loop nor a stop is of any use now
-            done = "stopped" if owner == "AsyncSupervisor" else "killed (or closed)"
             advice = f"; this {owner} was already {done}, so no loop can use it again: make a new {owner}"
         elif self._loop.is_closed():  # no coroutine can run there again: calling from it is no way out
             advice = (f"; that loop has closed (an asyncio.run() that ended), so it cannot be used again: await its"

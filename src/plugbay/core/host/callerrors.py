@@ -101,6 +101,10 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class WrongLoop(_TranslatedRpcError, ClientStateError):
+    """A call from another event loop than the one that started the AsyncClient (or AsyncSupervisor)."""
+
+
 class Unavailable(_TranslatedRpcError, PluginUnavailableError):
     """The call failed UNAVAILABLE and the plugin was not seen to exit: its own answer (it answered a health
     check after), or a connection that failed (then the plugin may not have received the call)."""
