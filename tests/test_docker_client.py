@@ -140,6 +140,34 @@ def test_a_failed_start_ends_its_container_without_a_grace(plugbay_image: Any, p
     assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
 
 
+def test_a_kill_while_the_start_waits_for_the_handshake_gives_no_grace(plugbay_image: Any,
+                                                                        plugbay_docker: Any) -> None:
+    # kill() from another thread (a fixture's teardown, Supervisor.stop, a cancelled AsyncClient.start)
+    # while start() waited for the handshake stopped the container with kill_grace, which its PID 1
+    # (sh, ignoring SIGTERM) waited out in full: 5.14 s with kill_grace 5. Nothing was accepted: no grace.
+    runner = _Graces(plugbay_image("kv"), entrypoint=["sh", "-c", "sleep 60"])
+    client = Client(_config(runner, kill_grace=5.0, start_timeout=60))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            client.start()
+        except BaseException as exc:  # noqa: BLE001 - the killed start's error, checked below
+            failed.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    try:
+        while runner.id is None and starting.is_alive():  # the container exists: start() waits on its line
+            starting.join(0.05)
+    finally:
+        client.kill()
+        starting.join(60)
+    assert not starting.is_alive() and len(failed) == 1
+    assert runner.__dict__["graces"][0] == 0
+    assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
+
+
 def test_handshake_timeout_removes_the_container(plugbay_image: Any, plugbay_docker: Any) -> None:
     runner = DockerRunner(plugbay_image("kv"), entrypoint=["sleep", "60"])
     # "handshake line within", or "too little ... for its handshake line" when a slow engine took 90% of the 3 s
