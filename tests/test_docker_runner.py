@@ -310,6 +310,10 @@ def test_oom_kill_is_diagnosed() -> None:
         assert "OOMKilled=True" in text and "allocating" in text
     finally:
         runner.kill()
+    # removed: only the State kill() kept is left, which holds no limit; it said "the container had no
+    # mem_limit set" of this one, started with 48m
+    said = runner.exit_reason(137)
+    assert said == "killed for memory (OOMKilled: the kernel's OOM killer; its mem_limit is unknown)", said
 
 
 def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:

@@ -138,10 +138,13 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
         Under the lock, so the channel cannot be closed while grpcio builds it.
         """
         with self._lock:
-            self.check_open()
-            factory = getattr(self.current, kind)
-            return self._generation, factory(method, request_serializer=ser,
-                                             response_deserializer=de, _registered_method=True)
+            if not self.refuses_calls():
+                factory = getattr(self.current, kind)
+                return self._generation, factory(method, request_serializer=ser,
+                                                 response_deserializer=de, _registered_method=True)
+        # The error is made outside the lock: it may ask the runner why the plugin ended (a request to a Docker
+        # engine, which may hang), and every other caller's call waited behind it for all of engine_timeout
+        raise self.translate_closed()
 
     # --- grpc.Channel ----------------------------------------------------------------
 

@@ -56,18 +56,24 @@ def last_lines(container_id: str, which: str, pumps: Mapping[str, ContainerLogSt
 def oom_said(client: Any, container_id: str, code: int, final: Mapping[str, Any] | None, timeout: float) -> str:
     """"killed for memory (OOMKilled: mem_limit 64m)" when the engine says the kernel's OOM killer ended
     the container (exit code 137 reads exactly like `docker kill` otherwise); "" when not, or when it cannot
-    tell. One inspect of the dead container (``final``: its last State, kept by a kill() that removed it)."""
+    tell. One inspect of the dead container, bounded by ``timeout`` of its own (a call's error waits for it),
+    not the client's engine_timeout (``final``: its last State, kept by a kill() that removed it)."""
     if code != _OOM_CODE or client is None or not container_id:
         return ""
+    api = client.api
     try:
-        attrs = engine_call(lambda: client.api.inspect_container(container_id), "inspect the container", timeout)
+        # the engine's inspect request with a read bound of its own (docker-py's inspect_container takes none)
+        attrs = engine_call(lambda: api._result(api._get(api._url("/containers/{0}/json", container_id),
+                                                         timeout=timeout), True), "inspect the container", timeout)
     except Exception:  # noqa: BLE001 - best effort: the exit code is said anyway
         attrs = {"State": final}
     state = attrs.get("State") if isinstance(attrs, Mapping) else None
     if not isinstance(state, Mapping) or state.get("OOMKilled") is not True:
         return ""
     host = attrs.get("HostConfig")
-    limit = host.get("Memory") if isinstance(host, Mapping) else None
+    if not isinstance(host, Mapping):  # only the kept State: the engine did not say what limit it had
+        return "killed for memory (OOMKilled: the kernel's OOM killer; its mem_limit is unknown)"
+    limit = host.get("Memory")
     if type(limit) is not int or limit <= 0:  # the engine's answer: a number, or nothing said
         return "killed for memory (OOMKilled: the kernel's OOM killer; the container had no mem_limit set)"
     return f"killed for memory (OOMKilled: mem_limit {_size(limit)})"

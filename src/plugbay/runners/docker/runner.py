@@ -328,7 +328,8 @@ class DockerRunner(ContainerTeardown, Runner):
         return describe_container(self._container_id, self.image, state, self._pumps, self._client)
 
     def exit_reason(self, code: int) -> str:
-        return oom_said(self._client, self._container_id, code, self._final_state, self.engine_timeout)
+        # a call's error waits for it (a hung engine held each for all of engine_timeout): a short bound
+        return oom_said(self._client, self._container_id, code, self._final_state, min(self.engine_timeout, 1.0))
 
     # --- reattach ----------------------------------------------------------------------
 
