@@ -78,6 +78,24 @@ def test_per_connection_fails_across_a_published_port(plugbay_image: Any) -> Non
             counter.get("c")
 
 
+def test_a_reattached_client_across_a_published_port_is_told_what_it_can_do(plugbay_image: Any) -> None:
+    # It recommended ClientConfig(multiplex_broker=True), which a reattached Client (and so a
+    # PluginContainer's) refuses: the way out is a container started with the unix transport
+    from plugbay.core.host.reattach import ReattachConfig
+
+    with _client(plugbay_image("counter"), "tcp") as first:
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                     reattach=ReattachConfig.from_json(first.reattach_config().to_json())))
+        try:
+            with pytest.raises(RunnerError, match="cannot reach host address") as err:
+                second.dispense(PLUGIN_NAME).put("c", 1, Recorder())
+        finally:
+            second.close()
+    said = str(err.value)
+    assert "start it with transport='unix'" in said and "cannot use ClientConfig(multiplex_broker=True)" in said, said
+    assert ", or ClientConfig(multiplex_broker=True)" not in said, said
+
+
 def test_per_connection_through_the_bind_mount(plugbay_image: Any, plugbay_docker: Any) -> None:
     tag = plugbay_image("counter")
     rec = Recorder()

@@ -230,11 +230,24 @@ def test_an_oom_kill_during_a_call_says_so(trap_image: str, by: str) -> None:
     assert "above" not in said, said
 
 
+class _Frozen(_Graces):
+    """A recording DockerRunner: what frozen() answered, and the grace of each kill(), in order."""
+
+    def frozen(self) -> bool:
+        said = super().frozen()
+        self.__dict__.setdefault("asked", []).append(f"frozen {said}")
+        return said
+
+    def kill(self, grace: float | None = None) -> None:
+        self.__dict__.setdefault("asked", []).append(f"kill {grace}")
+        super().kill(grace)
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_docker: Any, transport: str,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    runner = DockerRunner(trap_image, transport=transport, writable_dirs=("/tmp", "/data"))
-    with Client(_config(runner, call_timeout=3)) as client:
+    runner = _Frozen(trap_image, transport=transport, writable_dirs=("/tmp", "/data"))
+    with Client(_config(runner, call_timeout=3, kill_grace=4.0)) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("b", b"2")
         plugbay_docker.api.pause(client.runner.id)
@@ -245,7 +258,10 @@ def test_docker_pause_during_a_call_hits_the_deadline(trap_image: str, plugbay_d
     # kill() copes with the frozen container
     assert plugbay_docker.containers.list(all=True, filters={"id": container_id}) == []
     # without asking it to stop first: a frozen plugin answers nothing, and Shutdown waited out its 2 s
-    # (DEADLINE_EXCEEDED) before the runner thawed and stopped the container
+    # (DEADLINE_EXCEEDED) before the runner thawed and stopped the container. The Client asked the runner
+    # whether it was frozen, heard yes, and went straight to the runner's kill with the grace (the runner
+    # thaws it and stops it)
+    assert runner.__dict__["asked"] == ["frozen True", "kill 4.0"]
     assert not [r for r in caplog.records if r.getMessage().startswith("Shutdown of plugin")], caplog.text
 
 

@@ -38,16 +38,27 @@ def container_to_host(transport: str, network: str, address: str, *, host_socket
     )
 
 
-def host_to_container(transport: str, network: str, address: str, host_socket_dir: str | None) -> tuple[str, str]:
-    """The in-container path of a host listener in the socket folder; RunnerError for anything else."""
+def host_to_container(transport: str, network: str, address: str, host_socket_dir: str | None,
+                      attached: bool = False) -> tuple[str, str]:
+    """The in-container path of a host listener in the socket folder; RunnerError for anything else.
+    ``attached``: the host reattached to the container (a PluginContainer's Client does), so the
+    multiplexed broker, which a reattach cannot use, is no way out to name."""
     if transport == "unix" and network == "unix" and host_socket_dir and (
             address.startswith(host_socket_dir + "/")):
         return "unix", CONTAINER_SOCKET_DIR + address[len(host_socket_dir):]
     if transport == "unix" and host_socket_dir:
         where = f"the unix transport with the listener inside the socket folder {host_socket_dir}"
+    elif attached:  # the transport is the container's, fixed when it was started
+        where = (f"a way back to the host, which the {transport} transport this container was started with"
+                 " does not give: start it with transport='unix' (a host folder both sides put their sockets in;"
+                 " PluginContainer(transport='unix') too) and reattach to that one")
     else:  # a published port: the plugin has no way back to a listener of the host's
         where = (f"a way back to the host, which the {transport} transport does not give: use the unix"
                  " transport (transport='unix': a host folder both sides put their sockets in)")
+    if attached:
+        raise RunnerError(
+            f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks need"
+            f" {where} (a reattached Client cannot use ClientConfig(multiplex_broker=True))")
     raise RunnerError(
         f"a plugin in a container cannot reach host address {network}:{address}; brokered callbacks need"
         f" {where}, or ClientConfig(multiplex_broker=True) with a plugin that can multiplex (every brokered"

@@ -296,7 +296,7 @@ class DockerRunner(ContainerTeardown, Runner):
                                  host_port=self._host_port, handles=self._socket_handles)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
-        return host_to_container(self.transport, network, address, self._host_socket_dir)
+        return host_to_container(self.transport, network, address, self._host_socket_dir, self._attached)
 
     def release_address(self, network: str, address: str) -> None:
         if network == "unix":
