@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import RunnerError
+from plugbay.errors import BrokerClosedError, RunnerError
 from plugbay.runners.docker import DockerRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -124,6 +124,42 @@ def test_per_connection_callbacks_after_a_reattach(plugbay_image: Any) -> None:
             assert counter.get("r") == 3 and rec.calls == [(1, 2)]
         finally:
             second.close()
+
+
+def test_a_second_brokering_host_takes_the_plugins_broker_stream_over(plugbay_image: Any) -> None:
+    # The plugin brokers for one host at a time: a reattached host's stream replaces the first host's.
+    # The first host's next callback then said "the plugin ... is gone or closed its broker. Restart the
+    # plugin (new Client)", of a plugin that still runs; it names the other host and what to do instead.
+    from plugbay.core.host.reattach import ReattachConfig
+
+    with _client(plugbay_image("counter"), "unix") as first:
+        counter = first.dispense(PLUGIN_NAME)
+        counter.put("t", 1, Recorder())
+        data = first.reattach_config().to_json()
+
+        def reattached() -> Client:
+            return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                       reattach=ReattachConfig.from_json(data)))
+
+        second = reattached()
+        try:
+            second.dispense(PLUGIN_NAME).put("t", 2, Recorder())  # its stream is the plugin's now
+        finally:
+            second.close()
+        with pytest.raises(BrokerClosedError) as err:
+            counter.put("t", 3, Recorder())
+        said = str(err.value)
+        assert "another host that reattached" in said and "the latest wins" in said, said
+        assert "Restart the plugin" not in said and "is gone" not in said, said
+        assert counter.get("t") == 3  # the plugin lives: calls without callbacks still work
+        # what the error advises: a new reattached Client here brokers again
+        third = reattached()
+        try:
+            rec = Recorder()
+            third.dispense(PLUGIN_NAME).put("t", 4, rec)
+            assert rec.calls == [(3, 4)]
+        finally:
+            third.close()
 
 
 def test_per_connection_callbacks_through_a_plugin_container(plugbay_image: Any) -> None:

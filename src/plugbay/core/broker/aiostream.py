@@ -28,6 +28,7 @@ import grpc
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.broker import GRPCBroker
+from plugbay.core.broker.wire import PLUGIN_ENDED_STREAM
 from plugbay.core.transport import aioloop
 from plugbay.core.transport.secure import AioChannelShare
 from plugbay.errors import BrokerClosedError
@@ -98,7 +99,7 @@ class AioStream:
             self._call.cancel()
 
     async def _read(self) -> None:
-        reason = "the plugin ended the stream"
+        reason = PLUGIN_ENDED_STREAM
         try:
             async for msg in self._call:
                 self._broker.receive(msg)

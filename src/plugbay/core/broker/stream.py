@@ -19,6 +19,7 @@ from plugbay._proto.plugin import grpc_broker_pb2_grpc as pb_grpc
 from plugbay.core.broker.aiofork import grpc_aio_usable
 from plugbay.core.broker.broker import DEFAULT_DIAL_TIMEOUT, GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
+from plugbay.core.broker.wire import PLUGIN_ENDED_STREAM
 from plugbay.errors import BrokerClosedError
 
 if TYPE_CHECKING:  # a plugin process does not load TLS code for this
@@ -140,7 +141,7 @@ def _open_host_stream(broker: GRPCBroker, stub: Any) -> None:
     broker.attach_stream(send_q)
 
     def receive() -> None:
-        reason = "the plugin ended the stream"
+        reason = PLUGIN_ENDED_STREAM
         try:
             for msg in call:
                 broker.receive(msg)

@@ -19,6 +19,8 @@ from plugbay.core.broker.knock import MAX_UNCLAIMED, UNCLAIMED_TTL
 from plugbay.errors import BrokerClosedError
 
 log = logging.getLogger("plugbay.broker")
+# a host-side stream the plugin ended cleanly (no error status): how a newer host's stream replaces it
+PLUGIN_ENDED_STREAM = "the plugin ended the stream"
 
 # A unix socket path is at most 107 bytes and a host:port a few hundred, so a longer network or
 # address is no address; kept whole (up to MAX_UNCLAIMED of them, each as big as gRPC lets a message
@@ -262,6 +264,15 @@ class StreamEnd:
                 " broken or hostile", msg.service_id, len(msg.network), len(msg.address), MAX_FIELD)
 
     def _lost_message(self) -> str:
+        if self._lost == PLUGIN_ENDED_STREAM:
+            # A plugin ends a host's stream cleanly (an OK status, so its connection was up) when another
+            # host that reattached opens a stream of its own, which replaces this one: not "the plugin is gone"
+            return ("the plugin ended this host's broker stream while its connection stayed up: another host that"
+                    " reattached to the plugin opened a broker stream of its own, which replaced this one (a plugin"
+                    " brokers for one host at a time; the latest wins), unless the plugin is stopping. The plugin"
+                    " still answers calls without callbacks; to broker from this host again, reattach a new Client"
+                    " here (ClientConfig(reattach=this Client's reattach_config())) once the other host is done"
+                    " brokering: its stream then wins")
         return (f"the broker stream to the other side ended ({self._lost}); the plugin or host"
                 " is gone or closed its broker. Restart the plugin (new Client) to broker again")
 
