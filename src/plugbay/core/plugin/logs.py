@@ -19,7 +19,7 @@ import datetime
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from plugbay.core.protocol.hclog import hclog_json, hclog_key, hclog_level, hclog_str
@@ -69,6 +69,7 @@ class _HostStderr:
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
         self.gone = False
+        self.on_gone: Callable[[], None] | None = None  # serve(): the host died, stop (once)
 
     def write(self, text: str) -> int:
         self._do(self._stream.write, text)
@@ -94,6 +95,8 @@ class _HostStderr:
             step(*args)
         except BrokenPipeError:
             self.gone = True
+            if self.on_gone is not None:
+                self.on_gone()
         except OSError:
             pass  # as HclogHandler: a full disk, say, loses what is written now
 
@@ -162,6 +165,11 @@ class PluginLogging:
         if threading.excepthook is threading.__excepthook__:  # a hook of the program's own stays
             self._old_thread_hook = threading.excepthook
             threading.excepthook = self._thread_died
+
+    def stop_when_host_gone(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` when a write to the host's stderr finds it closed (a socket's or a pipe's
+        that the stdio pump's poll has not reported yet)."""
+        self._host.on_gone = stop
 
     def _thread_died(self, args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:

@@ -9,7 +9,8 @@ A plugin program builds a :class:`ServeConfig` and calls :func:`serve`, which
 4. serves health ("plugin" SERVING), GRPCController, GRPCStdio, GRPCBroker and
    the plugins' own services;
 5. prints the handshake line on stdout, then captures fds 1 and 2 for GRPCStdio;
-6. blocks until GRPCController.Shutdown or SIGTERM, stops gracefully and returns.
+6. blocks until GRPCController.Shutdown, SIGTERM or the host's death (the host's end of the
+   plugin's stderr pipe closed: docs/plugin-side.md), stops gracefully and returns.
 
 SIGINT is ignored like in go-plugin when the plugin runs as the host's child
 process: a Ctrl-C at the terminal reaches the whole process group, and the host
@@ -86,6 +87,7 @@ MISCONFIGURED_MESSAGE = (
     "this as a bug.\n"
 )
 
+ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"  # "1": serve on when the launching host's end of stderr closes
 CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 HAND_OVER_LIMIT = 1.0  # Shutdown waits this long at most for captured output to go out (a plugbay host: 2 s)
@@ -237,6 +239,11 @@ class _PluginServer:
         # host has the line (its first call can come at once) is captured, none of it on the host's
         # handshake pipe. On the network stdout/stderr are the service's own log: no capture.
         if network is None:
+            # a container's stderr is its engine's, not a host's pipe; a host that means to let its plugin
+            # outlive it (a later host reattaches) says so
+            if not self.env.get(ENV_LISTEN) and not parse_bool(self.env.get(ENV_OUTLIVE_HOST, "")):
+                self.capture.watch_host(self._host_gone)
+                self._logging.stop_when_host_gone(self._host_gone)
             self.capture.start()
             self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
         elif sys.stdout is not None:
@@ -304,6 +311,13 @@ class _PluginServer:
         else:
             self._signal_notes.append((5, "plugin received interrupt signal, ignoring"))
             self.stopping.wake()
+
+    def _host_gone(self) -> None:
+        # The host's end of our stderr closed: it died (a Go plugin dies of SIGPIPE at its next log
+        # line). Stop as on SIGTERM, the socket removed, instead of serving on for nobody.
+        if not self.stopping.asked:  # told by the stdio pump's poll and a failed write alike
+            self._signal_notes.append((logging.DEBUG, "the host closed the plugin's stderr (it died): stopping"))
+        self.stop()
 
     def stop(self) -> None:
         self.stopping.stop()

@@ -20,7 +20,8 @@ caller that reads comes (a re-attached host with a sink); while such a caller
 reads, an ask to discard changes nothing.
 
 The plugin's *log* records do not go through here: like go-plugin, the server
-writes them to a duplicate of the original stderr taken before redirection.
+writes them to a duplicate of the original stderr taken before redirection. The
+pump's poll also watches that stderr for a host that died (see watch_host).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import collections
 import logging
 import os
 import select
+import stat
 import sys
 import threading
 import time
@@ -83,6 +85,13 @@ class StdioCapture:
         # Held from a pipe read until its chunk is kept or dropped, so a reader that
         # ends discarding first drops what was written before it came (see attach).
         self._read_lock = threading.Lock()
+        self._host_gone: Callable[[], None] | None = None
+
+    def watch_host(self, gone: Callable[[], None]) -> None:
+        """Before :meth:`start`: call ``gone`` (once, on the pump's thread) when the original fd 2 is a
+        pipe whose reader closed it: the host died. A pipe's write end reports POLLERR then, with no
+        write (a Go plugin dies of SIGPIPE at its next one; Python ignores SIGPIPE and served on)."""
+        self._host_gone = gone
 
     def start(self) -> None:
         """Point fds 1 and 2 at pipes; everything written from now on is captured."""
@@ -97,10 +106,14 @@ class StdioCapture:
         self._readers = {out_r: STDOUT, err_r: STDERR}
         for fd in self._readers:  # attach() drains them too: a read must never wait
             os.set_blocking(fd, False)
+        # the pump's own duplicate: stop() closes the saved one while the pump may still poll
+        err = self._saved[1]
+        host_err = os.dup(err) if self._host_gone is not None and stat.S_ISFIFO(os.fstat(err).st_mode) else None
         # A pipe makes sys.stdout block-buffered; line buffering keeps print()s timely.
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(line_buffering=True)
-        self._pump = threading.Thread(target=self._pump_loop, name="plugbay-stdio-pump", daemon=True)
+        self._pump = threading.Thread(target=self._pump_loop, args=(host_err,), name="plugbay-stdio-pump",
+                                      daemon=True)
         self._pump.start()
 
     @property
@@ -129,14 +142,20 @@ class StdioCapture:
             self._eof = True
             self._cond.notify_all()
 
-    def _pump_loop(self) -> None:
+    def _pump_loop(self, host_err: int | None) -> None:
         poller = select.poll()
         for fd in self._readers:
             poller.register(fd, select.POLLIN)
+        if host_err is not None:
+            poller.register(host_err, 0)  # POLLERR and POLLHUP need no asking
         open_fds = set(self._readers)
         try:
             while open_fds and not self._stop_pump.is_set():
                 for fd, _ in poller.poll(_POLL_MS):
+                    if fd == host_err and self._host_gone is not None:
+                        poller.unregister(fd)  # reported until closed: once is enough
+                        self._host_gone()  # only notes and wakes serve(): it does not raise
+                        continue
                     with self._read_lock:
                         try:
                             data = os.read(fd, _READ)
@@ -150,6 +169,8 @@ class StdioCapture:
                         poller.unregister(fd)
                         open_fds.discard(fd)
         finally:
+            if host_err is not None:
+                os.close(host_err)
             with self._read_lock:
                 for fd in self._readers:
                     os.close(fd)

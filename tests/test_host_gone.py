@@ -1,0 +1,150 @@
+"""A process plugin whose host died stops by itself, as on SIGTERM (its socket removed).
+
+The host's end of the plugin's stderr closes when the host dies (SIGKILL, a Go panic). A Go
+go-plugin plugin dies of SIGPIPE at its next log line; a Python one ignores SIGPIPE and served on
+forever, unreachable, its socket left behind. serve() watches its original stderr when that is a
+pipe (the stdio pump polls it for POLLERR) and stops without waiting for a write. Real processes:
+a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.procs import gone
+from tests.resilience_util import wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
+BOUND = 20.0
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="hg") as path:  # short: unix socket paths hold 107 bytes
+        yield Path(path)
+
+
+def _env(sockets: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "TMPDIR": str(sockets),
+                "PYTHONPATH": str(REPO / "src")}, **extra)
+    return env
+
+
+def _launch(sockets: Path, stderr: int, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=stderr, env=_env(sockets, **extra), cwd=sockets)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if line.count("|") < 4:
+        _end(proc)
+        pytest.fail(f"no handshake line: {line!r}")
+    return proc, line.split("|")[3]
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _serving(address: str) -> bool:
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address if address.startswith("127.") else f"unix:{address}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=10)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path) -> None:
+    proc, address = _launch(sockets, subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        proc.stderr.close()  # the host died: no reader is left on the plugin's stderr
+        try:
+            code = proc.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the plugin served on after its host's end of stderr closed")
+        assert code == 0  # a graceful stop, as on SIGTERM
+        assert not os.path.exists(address)  # its socket removed
+    finally:
+        _end(proc)
+
+
+@pytest.mark.parametrize("case", ["file", "listen", "outlive"])
+def test_plugin_whose_stderr_is_no_hosts_pipe_serves_on(sockets: Path, tmp_path: Path, case: str) -> None:
+    """A file (or a terminal) never reports a closed reader; under PLUGBAY_LISTEN (a container's plugin)
+    stderr is its engine's, and a closed reader there is no host's death; PLUGBAY_OUTLIVE_HOST=1 is a
+    host's ask to leave the plugin running for a later host to reattach."""
+    if case == "file":
+        with open(tmp_path / "stderr.log", "wb") as log:
+            proc, address = _launch(sockets, log.fileno())
+    else:
+        extra = ({"PLUGBAY_LISTEN": f"unix:{sockets}/listen.sock"} if case == "listen"
+                 else {"PLUGBAY_OUTLIVE_HOST": "1"})
+        proc, address = _launch(sockets, subprocess.PIPE, **extra)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    try:
+        assert _serving(address)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(BOUND) == 0
+    finally:
+        _end(proc)
+
+
+_HOST = """
+import json, sys, time
+sys.path[:0] = [{src!r}, {examples!r}]
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig, ProcessRunner
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, start_timeout=30,
+                             runner=ProcessRunner([sys.executable, {kv!r}])))
+client.start()
+client.dispense(PLUGIN_NAME).put("k", b"v")
+config = client.reattach_config()
+print(json.dumps([client.runner.pid, config.handshake.address]), flush=True)
+time.sleep(120)
+"""
+
+
+def test_plugbay_host_sigkilled_its_process_plugin_stops(sockets: Path) -> None:
+    script = _HOST.format(src=str(REPO / "src"), examples=str(REPO / "examples" / "kv"), kv=str(KV_PLUGIN))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env["TMPDIR"] = str(sockets)
+    host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            env=env, cwd=sockets, text=True)
+    pid = 0
+    try:
+        assert host.stdout is not None
+        line = host.stdout.readline()
+        pid, address = json.loads(line)
+        assert os.path.exists(address)
+        host.send_signal(signal.SIGKILL)
+        host.wait(10)
+        assert wait_until(lambda: gone(pid), BOUND), "the plugin served on after its host was SIGKILLed"
+        assert not os.path.exists(address)  # stopped gracefully: it removed its socket
+    finally:
+        if host.poll() is None:
+            host.kill()
+        host.wait(10)
+        if host.stdout is not None:
+            host.stdout.close()
+        if pid and not gone(pid):
+            os.kill(pid, signal.SIGKILL)  # started by this test (through its host)
+            wait_until(lambda: gone(pid), 10)
