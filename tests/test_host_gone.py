@@ -5,6 +5,7 @@ go-plugin plugin dies of SIGPIPE at its next log line; a Python one ignores SIGP
 forever, unreachable, its socket left behind. serve() watches its original stderr when that is a
 pipe (the stdio pump polls it for POLLERR) and stops without waiting for a write. Real processes:
 a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed.
+Plus the setup-error line a go-plugin 1.0.1 host (tests/go/kv_host) shows at ERROR.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests import gobuild
 from tests.procs import gone
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
+FAILING = REPO / "tests" / "plugins" / "failing_setup.py"
 BOUND = 20.0
 
 
@@ -148,3 +151,17 @@ def test_plugbay_host_sigkilled_its_process_plugin_stops(sockets: Path) -> None:
         if pid and not gone(pid):
             os.kill(pid, signal.SIGKILL)  # started by this test (through its host)
             wait_until(lambda: gone(pid), 10)
+
+
+@pytest.mark.go
+@pytest.mark.skipif(gobuild.go_missing_reason() is not None, reason=gobuild.go_missing_reason() or "")
+def test_setup_error_shows_at_error_under_a_go_host(tmp_path: Path, sockets: Path) -> None:
+    """go-plugin 1.0.1 logs a plain stderr line at DEBUG (kv_host shows WARN and ERROR only); an
+    hclog JSON line at level error shows as [ERROR], as a Go plugin's setup errors do."""
+    env = _env(sockets, KV_PLUGIN=f"{sys.executable} {FAILING}")
+    del env["BASIC_PLUGIN"], env["PLUGIN_PROTOCOL_VERSIONS"]  # the Go host sets them
+    done = gobuild.run_program(gobuild.build_go("kv_host"), ["--timeout", "60s", "put", "a", "b"], env=env,
+                               cwd=tmp_path, timeout=90)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [x for x in done.stderr.splitlines() if "[ERROR]" in x]
+    assert any("error registering 'kv_grpc': database URL not set; export KV_DB" in x for x in errors), done.stderr

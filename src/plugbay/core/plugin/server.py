@@ -61,7 +61,7 @@ from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
-from plugbay.core.plugin.logs import PluginLogging
+from plugbay.core.plugin.logs import HclogFormatter, PluginLogging
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
 from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
@@ -121,18 +121,18 @@ def serve(config: ServeConfig) -> None:
     try:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging
-        _fail(f"{exc}\n")
+        _fail(f"{exc}\n", hclog=True)
     raise_fd_limit()  # as a Go plugin's runtime does at its start
     server = _PluginServer(config, env)
     try:
         server.start()
     except PlugbayError as exc:
         server.close()
-        _fail(f"{exc}\n")
+        _fail(f"{exc}\n", hclog=True)
     except OSError as exc:  # a folder or socket this machine refused: one line for the host, not a traceback
         server.close()
         _fail(f"plugin setup failed: {exc}. Check that {ENV_UNIX_SOCKET_DIR} (or TMPDIR) names a folder"
-              " this plugin may write, and the plugin's file and port limits\n")
+              " this plugin may write, and the plugin's file and port limits\n", hclog=True)
     except BaseException:
         server.close()
         raise
@@ -142,7 +142,13 @@ def serve(config: ServeConfig) -> None:
         server.close()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, hclog: bool = False) -> None:
+    """The message on stderr, exit 1. With ``hclog`` (the cookie was right: a go-plugin host launched
+    us) also as an hclog JSON line at level error: a Go host logs other stderr lines at DEBUG only
+    (hidden by default), and a Go plugin's setup errors show at ERROR."""
+    if hclog:
+        record = logging.LogRecord("plugbay.server", logging.ERROR, __file__, 0, message.strip(), None, None)
+        message += HclogFormatter().format(record).replace("\n", "\\n") + "\n"
     sys.stderr.write(message)
     sys.stderr.flush()
     raise SystemExit(1)
