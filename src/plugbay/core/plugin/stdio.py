@@ -210,7 +210,8 @@ class StdioCapture:
             warn = dropped > 0 and not self._overflowing
             self._overflowing = self._overflowing or dropped > 0
         if warn:
-            self._log.warning("stdio buffer full: dropping the oldest output until the host reads it",
+            # a go-plugin host before 1.3 has no GRPCStdio: it never reads, and the episode never ends
+            self._log.warning("stdio buffer full: dropping the oldest output the host has not read",
                               extra={"buffer_bytes": self._max})
 
     def attach(self) -> int:
