@@ -4,7 +4,8 @@ The host's end of the plugin's stderr closes when the host dies (SIGKILL, a Go p
 go-plugin plugin dies of SIGPIPE at its next log line; a Python one ignores SIGPIPE and served on
 forever, unreachable, its socket left behind. serve() watches its original stderr when that is a
 pipe (the stdio pump polls it for POLLERR) and stops without waiting for a write. Real processes:
-a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed.
+a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed, whose
+ProcessRunner asks its plugin to outlive it (PLUGBAY_OUTLIVE_HOST=1) for a reattach unless told otherwise.
 Plus the setup-error line a go-plugin 1.0.1 host (tests/go/kv_host) shows at ERROR.
 """
 
@@ -117,7 +118,7 @@ sys.path[:0] = [{src!r}, {examples!r}]
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 from plugbay import Client, ClientConfig, ProcessRunner
 client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, start_timeout=30,
-                             runner=ProcessRunner([sys.executable, {kv!r}])))
+                             runner=ProcessRunner([sys.executable, {kv!r}], env={env!r})))
 client.start()
 client.dispense(PLUGIN_NAME).put("k", b"v")
 config = client.reattach_config()
@@ -126,8 +127,12 @@ time.sleep(120)
 """
 
 
-def test_plugbay_host_sigkilled_its_process_plugin_stops(sockets: Path) -> None:
-    script = _HOST.format(src=str(REPO / "src"), examples=str(REPO / "examples" / "kv"), kv=str(KV_PLUGIN))
+@pytest.mark.parametrize("outlive", ["default", "0"])
+def test_a_plugbay_hosts_plugin_outlives_its_crash_unless_asked_not_to(sockets: Path, outlive: str) -> None:
+    """A plugbay host's ProcessRunner (without die_with_host) asks its plugin to outlive it, so a later host
+    can reattach (docs/resilience.md's 'Reattach first'); PLUGBAY_OUTLIVE_HOST=0 in its env= asks it to stop."""
+    script = _HOST.format(src=str(REPO / "src"), examples=str(REPO / "examples" / "kv"), kv=str(KV_PLUGIN),
+                          env={} if outlive == "default" else {"PLUGBAY_OUTLIVE_HOST": outlive})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
     env["TMPDIR"] = str(sockets)
     host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -140,8 +145,12 @@ def test_plugbay_host_sigkilled_its_process_plugin_stops(sockets: Path) -> None:
         assert os.path.exists(address)
         host.send_signal(signal.SIGKILL)
         host.wait(10)
-        assert wait_until(lambda: gone(pid), BOUND), "the plugin served on after its host was SIGKILLed"
-        assert not os.path.exists(address)  # stopped gracefully: it removed its socket
+        if outlive == "default":
+            assert _serving(address), "the plugin of a SIGKILLed plugbay host stopped: nothing left to reattach"
+            assert not gone(pid)
+        else:
+            assert wait_until(lambda: gone(pid), BOUND), "the plugin served on after its host was SIGKILLed"
+            assert not os.path.exists(address)  # stopped gracefully: it removed its socket
     finally:
         if host.poll() is None:
             host.kill()

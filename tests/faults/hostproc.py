@@ -19,9 +19,7 @@ from tests.faults.targets import KV_EXAMPLE, PLUGIN_NAME, PY, kv_config
 
 def main() -> None:
     cwd, out, key, value = sys.argv[1:5]
-    # the plugin must outlive this host for the next one to reattach: without this it stops when the
-    # host's end of its stderr closes (docs/plugin-side.md)
-    client = Client(kv_config(ProcessRunner([PY, KV_EXAMPLE], cwd=cwd, env={"PLUGBAY_OUTLIVE_HOST": "1"})))
+    client = Client(kv_config(ProcessRunner([PY, KV_EXAMPLE], cwd=cwd)))
     client.start()
     client.dispense(PLUGIN_NAME).put(key, value.encode())
     tmp = out + ".tmp"

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.exits import exit_said, killed_by
-from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
+from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST, HOST_SET_VARIABLES
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
 from plugbay.runners.announced import LocalAddresses, read_networks
@@ -154,6 +154,8 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         env.update(spec.env)
         env[ENV_PLUGIN_ID] = self.plugin_id
         env[ENV_HOST_SESSION] = host_session()
+        if not self.die_with_host and ENV_OUTLIVE_HOST not in self.env and ENV_OUTLIVE_HOST not in spec.env:
+            env[ENV_OUTLIVE_HOST] = "1"  # outlive this host's crash, for a reattach (docs/resilience.md)
         if spec.socket_dir and "TMPDIR" not in self.env and "TMPDIR" not in spec.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.

@@ -45,6 +45,7 @@ from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MULTIPLEX_GRPC,
     ENV_MUX_HOLDS_STREAMS,
+    ENV_OUTLIVE_HOST,
     ENV_UNIX_SOCKET_DIR,
     PROTOCOL_GRPC,
     HandshakeInfo,
@@ -87,7 +88,6 @@ MISCONFIGURED_MESSAGE = (
     "this as a bug.\n"
 )
 
-ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"  # "1": serve on when the launching host's end of stderr closes
 CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 HAND_OVER_LIMIT = 1.0  # Shutdown waits this long at most for captured output to go out (a plugbay host: 2 s)

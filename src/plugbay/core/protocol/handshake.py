@@ -42,10 +42,13 @@ ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
 # Set by a plugbay host that multiplexes: it holds a brokered stream that arrives before its
 # knock, so a plugbay plugin may open the stream right after knocking (go-plugin ignores it).
 ENV_MUX_HOLDS_STREAMS = "PLUGBAY_MULTIPLEX_HOLDS_STREAMS"
+# "1", set by a plugbay host (ProcessRunner without die_with_host): a plugbay plugin serves on when the
+# host's end of its stderr closes (the host died), so a later host can reattach; under others it stops.
+ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
 # What a host decides for its plugin. A host that is itself a plugin has its own host's values in its
 # environment (a client certificate, multiplexing): its plugins must not inherit those as if asked.
 HOST_SET_VARIABLES = (ENV_PROTOCOL_VERSIONS, ENV_MIN_PORT, ENV_MAX_PORT, ENV_CLIENT_CERT, ENV_UNIX_SOCKET_DIR,
-                      ENV_UNIX_SOCKET_GROUP, ENV_MULTIPLEX_GRPC, ENV_MUX_HOLDS_STREAMS)
+                      ENV_UNIX_SOCKET_GROUP, ENV_MULTIPLEX_GRPC, ENV_MUX_HOLDS_STREAMS, ENV_OUTLIVE_HOST)
 # Sent by a plugbay host that has no stdio sink on its StreamStdio call: a plugbay plugin then
 # drops its output and ends the stream (no reader needed); go-plugin plugins ignore it and stream.
 STDIO_DISCARD_METADATA = ("plugbay-stdio", "discard")
