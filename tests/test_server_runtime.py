@@ -58,6 +58,33 @@ def test_a_host_that_closed_stderr_stops_the_plugin_exit_0_and_serve_returns(
     assert not os.path.exists(info.address)
 
 
+@pytest.mark.parametrize("own_logging", [False, True], ids=["plugbay-logging", "basicConfig"])
+def test_a_plugin_asked_to_outlive_its_host_drops_records_and_sigterm_still_exits_0(
+        plugins: list[PluginProc], tmp_path: Path, own_logging: bool) -> None:
+    # PLUGBAY_OUTLIVE_HOST=1 (a plugbay host's ProcessRunner sets it, for a reattach): the plugin serves on
+    # after its host's end of stderr closed, and the records it cannot write are dropped, not kept in the
+    # log stream to fail its final flush and end serve() with BrokenPipeError (exit 1, the code after
+    # serve() skipped). The same through the program's own stderr handler (basicConfig).
+    after = tmp_path / "after-serve"
+    env = {"PROBE_AFTER_SERVE": str(after), "PLUGBAY_OUTLIVE_HOST": "1",
+           **({"PROBE_BASICCONFIG": "1"} if own_logging else {})}
+    p = start(plugins, env)
+    info = p.handshake()
+    ch = p.channel(info)
+    assert p.proc.stderr is not None
+    p.proc.stderr.close()  # the host's end of the plugin's stderr
+    kv = kv_pb2_grpc.KVStub(ch)
+    for i in range(3):
+        kv.Put(kv_pb2.PutRequest(key="log", value=b"nobody reads %d" % i), timeout=10)
+    kv.Put(kv_pb2.PutRequest(key="fd2", value=b"the end\n"), timeout=10)
+    # nor does a "--- Logging error ---" traceback for the failed record end up in the captured stderr
+    assert _collect(ch, {STDERR: b"the end\n"})[STDERR] == b"the end\n"
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.proc.wait(20) == 0
+    assert after.read_text() == "serve returned"
+    assert not os.path.exists(info.address)
+
+
 def test_sigint_is_ignored_like_go_plugin(plugins: list[PluginProc]) -> None:
     p = start(plugins)
     info = p.handshake()

@@ -45,7 +45,6 @@ from plugbay.core.protocol.handshake import (
     ENV_CLIENT_CERT,
     ENV_MULTIPLEX_GRPC,
     ENV_MUX_HOLDS_STREAMS,
-    ENV_OUTLIVE_HOST,
     ENV_UNIX_SOCKET_DIR,
     PROTOCOL_GRPC,
     HandshakeInfo,
@@ -62,7 +61,8 @@ from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
-from plugbay.core.plugin.logs import HclogFormatter, PluginLogging
+from plugbay.core.plugin.logs import PluginLogging
+from plugbay.core.plugin.setupfail import PLUGBAY_HOST, fail_setup, outlives_host
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
 from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
@@ -108,31 +108,34 @@ def serve(config: ServeConfig) -> None:
         try:
             network = NetworkServe.from_env(env)
         except PlugbayError as exc:
-            _fail(f"{exc}\n")
+            fail_setup(f"{exc}\n")
         if network is not None:
             config = copy.copy(config)  # the caller's config stays as it was
             config.network = network
     handshake = config.handshake
     if not getattr(handshake, "magic_cookie_key", "") or not getattr(handshake, "magic_cookie_value", ""):
-        _fail(MISCONFIGURED_MESSAGE)
+        fail_setup(MISCONFIGURED_MESSAGE)
     # On the network no host launches us (nobody sets the cookie): mTLS is the gate there.
     if config.network is None and env.get(handshake.magic_cookie_key) != handshake.magic_cookie_value:
-        _fail(COOKIE_MESSAGE)
+        fail_setup(COOKIE_MESSAGE)
+    # a go-plugin host shows only hclog JSON lines above DEBUG; a plugbay host (or none, on the network) reads
+    # the plain line, and the same error twice would show twice
+    go_host = config.network is None and not env.get(PLUGBAY_HOST)
     try:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging
-        _fail(f"{exc}\n", hclog=True)
+        fail_setup(f"{exc}\n", hclog=go_host)
     raise_fd_limit()  # as a Go plugin's runtime does at its start
     server = _PluginServer(config, env)
     try:
         server.start()
     except PlugbayError as exc:
         server.close()
-        _fail(f"{exc}\n", hclog=True)
+        fail_setup(f"{exc}\n", hclog=go_host)
     except OSError as exc:  # a folder or socket this machine refused: one line for the host, not a traceback
         server.close()
-        _fail(f"plugin setup failed: {exc}. Check that {ENV_UNIX_SOCKET_DIR} (or TMPDIR) names a folder"
-              " this plugin may write, and the plugin's file and port limits\n", hclog=True)
+        fail_setup(f"plugin setup failed: {exc}. Check that {ENV_UNIX_SOCKET_DIR} (or TMPDIR) names a folder"
+              " this plugin may write, and the plugin's file and port limits\n", hclog=go_host)
     except BaseException:
         server.close()
         raise
@@ -140,18 +143,6 @@ def serve(config: ServeConfig) -> None:
         server.wait()
     finally:
         server.close()
-
-
-def _fail(message: str, hclog: bool = False) -> None:
-    """The message on stderr, exit 1. With ``hclog`` (the cookie was right: a go-plugin host launched
-    us) also as an hclog JSON line at level error: a Go host logs other stderr lines at DEBUG only
-    (hidden by default), and a Go plugin's setup errors show at ERROR."""
-    if hclog:
-        record = logging.LogRecord("plugbay.server", logging.ERROR, __file__, 0, message.strip(), None, None)
-        message += HclogFormatter().format(record).replace("\n", "\\n") + "\n"
-    sys.stderr.write(message)
-    sys.stderr.flush()
-    raise SystemExit(1)
 
 
 class _PluginServer:
@@ -247,7 +238,7 @@ class _PluginServer:
         if network is None:
             # a container's stderr is its engine's, not a host's pipe; a host that means to let its plugin
             # outlive it (a later host reattaches) says so
-            if not self.env.get(ENV_LISTEN) and not parse_bool(self.env.get(ENV_OUTLIVE_HOST, "")):
+            if not self.env.get(ENV_LISTEN) and not outlives_host(self.env):
                 self.capture.watch_host(self._host_gone)
                 self._logging.stop_when_host_gone(self._host_gone)
             self.capture.start()

@@ -79,9 +79,8 @@ from plugbay.network.gateway.config import (
     GatewayConfig as GatewayConfig,
 )
 from plugbay.network.gateway.forward import Forwarder
-from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck, die_with_gateway
+from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck, child_runner, die_with_gateway
 from plugbay.network.gateway.starts import FairStarts
-from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -166,7 +165,7 @@ class Gateway:
         versions = sorted({int(v) for v in cfg.protocol_versions})
         return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
                             versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
-                            runner=ProcessRunner(list(cfg.cmd), cwd=cfg.cwd, die_with_host=die_with_gateway()),
+                            runner=child_runner(cfg.cmd, cfg.cwd),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
                             name="gateway-child", logger=cfg.logger)
 

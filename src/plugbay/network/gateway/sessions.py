@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager, nullcontext
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.exits import exit_said
-from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
+from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST, HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.core.transport.sockets import dial, hung_up
 from plugbay.core.transport.streamcap import Share
@@ -62,6 +62,13 @@ def die_with_gateway() -> bool:
     """Every child the gateway starts ends with it, even a SIGKILLed one, where the kernel can be asked to
     (Linux with util-linux's setpriv: runners/hostbound.py); Gateway.start() warns where it cannot."""
     return hostbound.available()
+
+
+def child_runner(cmd: Sequence[str], cwd: str | None) -> ProcessRunner:
+    """The runner of a plugin the gateway starts: it ends with the gateway (die_with_gateway), and where the
+    kernel cannot be asked a plugbay plugin still stops once the gateway's end of its stderr closes (no
+    gateway reattaches, so nothing asks it to outlive one: PLUGBAY_OUTLIVE_HOST=0)."""
+    return ProcessRunner(list(cmd), cwd=cwd, die_with_host=die_with_gateway(), env={ENV_OUTLIVE_HOST: "0"})
 
 
 def no_multiplex(cmd: Sequence[str]) -> str:
@@ -104,7 +111,7 @@ class MultiplexCheck:
         self._env = dict(env)
         self._start_timeout = start_timeout
         self._logger = logger
-        self._runner = ProcessRunner(self._cmd, cwd=cwd, die_with_host=die_with_gateway())
+        self._runner = child_runner(self._cmd, cwd)
         self._aborted = threading.Event()
 
     def run(self) -> None:
@@ -231,7 +238,7 @@ class ChildSession:
                 runner.kill(_KILL_GRACE)
 
     def _launch(self) -> None:
-        runner = ProcessRunner(self._cmd, cwd=self._cwd, die_with_host=die_with_gateway())
+        runner = child_runner(self._cmd, self._cwd)
         with self._lock:
             if self._closed:
                 return

@@ -1,0 +1,39 @@
+"""What serve() does when it cannot start, and whether its host asked it to outlive the host.
+
+A setup error ends the plugin (exit 1) with one line on stderr for the host: a plugbay host reads it
+as it is; a go-plugin host logs plain stderr lines only at DEBUG, so for one the line also goes out as
+an hclog JSON record at level error, as a Go plugin's setup errors show.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+
+from plugbay.core.plugin.listener import parse_bool
+from plugbay.core.plugin.logs import HclogFormatter
+from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST
+
+PLUGBAY_HOST = "PLUGBAY_HOST_SESSION"  # every plugbay host sets it (runners.proctree.ENV_HOST_SESSION)
+
+
+def fail_setup(message: str, hclog: bool = False) -> None:
+    """The message on stderr, exit 1. With ``hclog`` (the cookie was right and no plugbay host launched us:
+    a go-plugin host did) also as an hclog JSON line at level error: a Go host logs other stderr lines at
+    DEBUG only (hidden by default), and a Go plugin's setup errors show at ERROR."""
+    if hclog:
+        record = logging.LogRecord("plugbay.server", logging.ERROR, __file__, 0, message.strip(), None, None)
+        message += HclogFormatter().format(record).replace("\n", "\\n") + "\n"
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def outlives_host(env: Mapping[str, str]) -> bool:
+    """Whether the host asked this plugin to serve on after the host dies (for a later host to reattach)."""
+    said = env.get(ENV_OUTLIVE_HOST)
+    if said is not None:
+        return parse_bool(said)
+    # a plugbay host from before ENV_OUTLIVE_HOST meant its plugins to outlive it (and set this one)
+    return bool(env.get(PLUGBAY_HOST))
