@@ -8,8 +8,12 @@ Get/Put behave like examples/kv except for these keys on Get:
   __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
   __log__    log one record per level through Python logging, then return "logged"
+  __exit__   sys.exit(3) in the handler; __interrupt__: raise KeyboardInterrupt
+  __nested__ call a gRPC server that is not there (a nested call failing with UNAVAILABLE), letting
+             its grpc.RpcError propagate
+  __nap__    sleep 0.3 s, then return "rested"
 Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
-TRAP_WORKERS sets ServeConfig.max_workers; TRAP_SAY_FIRST="line" writes that line to stderr and
+TRAP_WORKERS sets ServeConfig.max_workers (unset: its default); TRAP_SAY_FIRST="line" writes that line to stderr and
 waits half a second before serving (a plugin that logs before its handshake); TRAP_IDLE_MS=N
 makes its gRPC server close a connection idle for N ms (grpc.max_connection_idle_ms).
 """
@@ -29,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "kv"))
 sys.path.insert(0, str(REPO / "src"))
 
+import grpc  # noqa: E402
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay.core.plugin.server import ServeConfig, serve  # noqa: E402
@@ -69,14 +74,26 @@ class TrapKV:
             log.warning("warn line")
             log.error("error line")
             return b"logged"
+        if key == "__exit__":
+            sys.exit(3)
+        if key == "__interrupt__":
+            raise KeyboardInterrupt
+        if key == "__nested__":
+            with grpc.insecure_channel(f"unix:{Path.cwd() / 'no-such-helper.sock'}") as channel:
+                channel.unary_unary("/helper.Helper/Sum")(b"", timeout=30)
+            return b"reached"
+        if key == "__nap__":
+            time.sleep(0.3)
+            return b"rested"
         return Path(f"kv_{key}").read_bytes()
 
 
 def main() -> None:
     plugin = {PLUGIN_NAME: KVPlugin(TrapKV())}
     versions = os.environ.get("TRAP_VERSIONS")
-    workers: Any = os.environ.get("TRAP_WORKERS", "32")
-    workers = int(workers) if workers.isdigit() else workers
+    workers: Any = os.environ.get("TRAP_WORKERS")
+    workers = int(workers) if workers and workers.isdigit() else workers
+    sized: dict[str, Any] = {} if workers is None else {"max_workers": workers}
     first = os.environ.get("TRAP_SAY_FIRST")
     if first:
         print(first, file=sys.stderr, flush=True)
@@ -84,10 +101,10 @@ def main() -> None:
     idle = os.environ.get("TRAP_IDLE_MS")
     options = [("grpc.max_connection_idle_ms", int(idle))] if idle else []
     if versions:
-        serve(ServeConfig(handshake=HANDSHAKE, max_workers=workers, grpc_server_options=options,
+        serve(ServeConfig(handshake=HANDSHAKE, **sized, grpc_server_options=options,
                           versioned_plugins={int(v): plugin for v in versions.split(",")}))
     else:
-        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin, max_workers=workers, grpc_server_options=options))
+        serve(ServeConfig(handshake=HANDSHAKE, plugins=plugin, **sized, grpc_server_options=options))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ of each budget, the reads', the own calls' and the health Watches' (core/plugin/
 another address is still read and answered (a runaway host is bounded, not one holding many addresses).
 A host launched locally keeps grpcio's unary path (its unary
 latency is a benchmarked target).
+
+A handler's failures grpcio answers badly are answered as a Go plugin's (core/plugin/handlerfail.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
+from plugbay.core.plugin.handlerfail import answer_failure
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
@@ -199,11 +202,17 @@ class HandlerGate:
             if track is None:
                 try:
                     return behavior(request, context)
+                except BaseException as exc:
+                    answer_failure(context, exc)
+                    raise
                 finally:
                     self._leave(peer)
             with track(context) as outlived:
                 try:
                     return behavior(request, context)
+                except BaseException as exc:
+                    answer_failure(context, exc)
+                    raise
                 finally:
                     outlived.then(lambda: self._leave(peer))
         return run
@@ -215,12 +224,18 @@ class HandlerGate:
             if track is None:
                 try:
                     yield from behavior(request, context)
+                except BaseException as exc:
+                    answer_failure(context, exc)
+                    raise
                 finally:
                     self._leave(peer)
                 return
             with track(context) as outlived:
                 try:
                     yield from behavior(request, context)
+                except BaseException as exc:
+                    answer_failure(context, exc)
+                    raise
                 finally:
                     outlived.then(lambda: self._leave(peer))
         return run
