@@ -96,7 +96,7 @@ def test_async_generators_stream_both_ways_and_a_cancelled_stream_closes_its_gen
 def test_request_streams_left_open_do_not_starve_each_other() -> None:
     # Each open stream's next read holds a thread until its host sends again: reads on the loop's
     # default executor (a handful of threads) left the streams past the first few unanswered.
-    streams = 24  # within the gate's 32 (ServeConfig.max_workers)
+    streams = 24  # within the gate's 128 (ServeConfig.max_workers)
     barrier = threading.Barrier(streams)
     got: list[bytes] = []
     failed: list[BaseException] = []

@@ -1,20 +1,20 @@
 """A gate in front of the plugin's own handlers, so plugbay's services always answer.
 
-grpcio binds one executor to a server, and a second server cannot share the
-plugin's port (or its one multiplexed connection), so health and the
-controller cannot get a pool of their own. Instead the executor has
-``max_workers`` threads for the plugin's handlers plus ``RESERVED`` more, and
-the gate lets at most ``max_workers`` of the plugin's handlers run at once
-(GatedServer wraps each handler the plugin registers). A handler that outlives
-the host's deadline keeps its slot until it returns (an ``async def`` one until its
-coroutine ends, though its thread stops waiting for it: aiohandlers.Outlived); once every slot is taken,
-a new call to the plugin's services is refused at once with RESOURCE_EXHAUSTED
-(blocking it would hold one of the reserved threads), with the caller's NOT_SENT metadata
-echoed as a trailer (core/protocol/notsent.py): the handler never ran, so a host's pool sends the call
-to another replica. Health, GRPCController, GRPCStdio, GRPCBroker and (network
-mode) Discovery pass the gate, so the host's health checks and Shutdown answer whatever the plugin's
-handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike,
-so it cannot reserve anything for health.)
+grpcio binds one executor to a server, and a second server cannot share the plugin's port (or its one
+multiplexed connection), so health and the controller cannot get a pool of their own. Instead the
+executor has ``max_workers`` threads for the plugin's handlers plus ``RESERVED`` more, and the gate lets
+at most ``max_workers`` of the plugin's handlers run at once (GatedServer wraps each handler the plugin
+registers). A handler that outlives the host's deadline keeps its slot until it returns (an ``async def``
+one until its coroutine ends, though its thread stops waiting for it: aiohandlers.Outlived). Once every
+slot is taken, a new call waits for one, at most SLOT_WAIT seconds (and its deadline): a Go plugin has
+no cap and a Go host does not retry RESOURCE_EXHAUSTED. At most ``limit`` calls wait, on ``limit`` more
+threads (waiting never takes the reserved ones); past that, or after the wait, the call is refused with
+RESOURCE_EXHAUSTED and the caller's NOT_SENT metadata echoed as a trailer (core/protocol/notsent.py):
+the handler never ran, so a host's pool sends the call to another replica. On the network calls do not
+wait (saturation is load: another replica serves it at once). Health, GRPCController, GRPCStdio,
+GRPCBroker and (network mode) Discovery pass the gate, so the host's health checks and Shutdown answer
+whatever the plugin's handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike, so
+it cannot reserve anything for health.)
 
 On the network (serve() with NetworkServe) a peer may open streams and never send their request
 message. grpcio's sync server reads a unary request on a pool thread *before* any handler runs, so
@@ -27,8 +27,7 @@ connection open at most NETWORK_MAX_STREAMS streams, fewer than either budget: o
 stalled streams never take all of one. And one peer address (several connections) holds at most a share
 of each budget, the reads', the own calls' and the health Watches' (core/plugin/peershare.py): a host at
 another address is still read and answered (a runaway host is bounded, not one holding many addresses).
-A host launched locally keeps grpcio's unary path (its unary
-latency is a benchmarked target).
+A host launched locally keeps grpcio's unary path (its unary latency is a benchmarked target).
 
 A handler's failures grpcio answers badly are answered as a Go plugin's (core/plugin/handlerfail.py).
 """
@@ -59,7 +58,8 @@ Tracking = Callable[[grpc.ServicerContext], AbstractContextManager["Outlived"]]
 RESERVED = 16
 # Of those, the most that health Watch streams (each holding its thread while open) may take.
 MAX_WATCHES = 4
-DEFAULT_MAX_WORKERS = 32
+DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
+SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
 # Network mode. Streams one HTTP/2 connection may have open at once (the server's
 # SETTINGS_MAX_CONCURRENT_STREAMS; grpcio resets the ones past it). RFC 9113's advice ("no smaller
 # than 100"), and far above what a host keeps open: grpcio's clients do not queue calls reliably near
@@ -90,13 +90,16 @@ class HandlerGate:
     ``read_first``: a unary request is read by the gate (network mode: see the module's doc), after the
     slot is taken, or before it holding one of ``reads`` tokens when given (one peer address at most
     ``peer_reads`` of them). ``own``: gate plugbay's services (PLUGBAY_SERVICES) and pass the others,
-    instead of the reverse; ``peer_watches``: then at most that many health Watches per peer address."""
+    instead of the reverse; ``peer_watches``: then at most that many health Watches per peer address.
+    ``wait``: seconds ``limit`` calls at most wait for a slot (on ``limit`` more threads) before refusal."""
 
     def __init__(self, limit: int, refusal: str | None = None, *, peer_limit: int | None = None,
                  peer_refusal: str = "{peer} is running {held} calls, the most one peer address may",
                  read_first: bool = False, own: bool = False, reads: int | None = None,
-                 peer_reads: int | None = None, peer_watches: int | None = None) -> None:
+                 peer_reads: int | None = None, peer_watches: int | None = None, wait: float = 0.0) -> None:
         self.limit = limit
+        self.wait = wait
+        self._waiters = threading.BoundedSemaphore(limit) if wait > 0 else None
         self.read_first = read_first
         self._reading = _Reading(reads, peer_reads) if reads is not None and read_first else None
         self.own = own
@@ -104,9 +107,11 @@ class HandlerGate:
         self._peer_refusal = peer_refusal
         self._peers = PeerShares(peer_limit) if peer_limit is not None else None  # running calls per peer
         self._watches = PeerShares(peer_watches) if peer_watches is not None and own else None
+        waited = f" and none returned within {wait:g} s (or the call's deadline; as many may wait)" if wait else ""
         self._refusal = refusal or (
-            f"the plugin is already running {limit} calls (ServeConfig.max_workers); earlier calls have"
-            " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
+            f"the plugin is already running {limit} calls (ServeConfig.max_workers){waited}; earlier"
+            " calls have not returned. Retry later; handlers that outlive their deadline should check"
+            " context.is_active()")
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
         self._release: Release | None = None  # the asyncio handlers' loop, held for this server
@@ -176,9 +181,20 @@ class HandlerGate:
             return _one_request(method, slot(behavior), deserialize, self._reading)
         return slot(_one_request(method, behavior, deserialize))
 
+    def _take(self, context: grpc.ServicerContext) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        if self._waiters is None or not self._waiters.acquire(blocking=False):
+            return False
+        try:
+            left = context.time_remaining()
+            return self._slots.acquire(timeout=self.wait if left is None else max(0.0, min(self.wait, left)))
+        finally:
+            self._waiters.release()
+
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
-        if not self._slots.acquire(blocking=False):  # all taken: that is the reason, whoever holds them
+        if not self._take(context):  # all taken: that is the reason, whoever holds them
             refuse_unsent(context, self._refusal)
         if self._peers is None:
             return None
@@ -365,7 +381,7 @@ def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGa
     """serve()'s gates: the plugin's handlers', plugbay's own services' (network mode only; see the
     module's doc), and how many threads its server's pool has."""
     if not network:
-        return HandlerGate(max_workers), None, max_workers + RESERVED
+        return HandlerGate(max_workers, wait=SLOT_WAIT), None, 2 * max_workers + RESERVED
     gate = HandlerGate(max_workers, read_first=True, reads=NETWORK_READS, peer_reads=share_of(NETWORK_READS))
     return gate, own_gate("plugin", per_peer=True), max_workers + NETWORK_RESERVED
 
