@@ -1,6 +1,6 @@
 """A busy network plugin is not an outlier: calls its handler gate refuses do not eject it.
 
-The counter example in network mode runs at most 32 handlers at once (ServeConfig.max_workers); a
+The counter example in network mode runs at most 32 handlers at once (ServeConfig.max_workers's network default); a
 Put holds its slot while the host's brokered AddHelper runs. Helpers that wait until released fill
 every slot, so each further Put is refused RESOURCE_EXHAUSTED at once, whatever the timing: more
 refusals in a row than OutlierPolicy.consecutive_failures. The plugin is healthy and merely busy, so
@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from plugbay import AsyncRemoteClient, OutlierPolicy
-from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
+from plugbay.core.plugin.slotwait import NETWORK_MAX_WORKERS
 from tests import netcerts
 from tests.resilience_util import wait_until
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_config, host_tls, remote
@@ -68,11 +68,11 @@ def test_calls_refused_by_a_busy_plugin_do_not_eject_its_endpoint(
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        held = [threading.Thread(target=put, args=(i,)) for i in range(DEFAULT_MAX_WORKERS)]
+        held = [threading.Thread(target=put, args=(i,)) for i in range(NETWORK_MAX_WORKERS)]
         try:
             for t in held:
                 t.start()
-            assert wait_until(lambda: len(entered) == DEFAULT_MAX_WORKERS, 60), len(entered)
+            assert wait_until(lambda: len(entered) == NETWORK_MAX_WORKERS, 60), len(entered)
             for i in range(OVER):  # every slot is held: refused at once
                 with pytest.raises(grpc.RpcError) as refused:
                     stub.put(f"over{i}", 1, HeldAdder())
@@ -106,13 +106,13 @@ def test_async_calls_refused_by_a_busy_plugin_do_not_eject_its_endpoint(
         async with AsyncRemoteClient(counter_config([rep], host_tls(certs), outlier=OUTLIER,
                                                     call_timeout=90)) as client:
             stub = await client.dispense(PLUGIN_NAME)
-            held = [asyncio.ensure_future(stub.put(f"k{i}", 1, HeldAdder())) for i in range(DEFAULT_MAX_WORKERS)]
+            held = [asyncio.ensure_future(stub.put(f"k{i}", 1, HeldAdder())) for i in range(NETWORK_MAX_WORKERS)]
             try:
                 for _ in range(600):
-                    if len(entered) == DEFAULT_MAX_WORKERS:
+                    if len(entered) == NETWORK_MAX_WORKERS:
                         break
                     await asyncio.sleep(0.1)
-                assert len(entered) == DEFAULT_MAX_WORKERS
+                assert len(entered) == NETWORK_MAX_WORKERS
                 for i in range(OVER):
                     with pytest.raises(grpc.RpcError) as refused:
                         await stub.put(f"over{i}", 1, HeldAdder())

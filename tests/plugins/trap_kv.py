@@ -12,10 +12,13 @@ Get/Put behave like examples/kv except for these keys on Get:
   __nested__ call a gRPC server that is not there (a nested call failing with UNAVAILABLE), letting
              its grpc.RpcError propagate
   __nap__    sleep 0.3 s, then return "rested"
+  __held__   like __hang__ (TRAP_HANG_MARK too), until a file "release" is in the working folder (60 s at most)
 Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
 TRAP_WORKERS sets ServeConfig.max_workers (unset: its default); TRAP_SAY_FIRST="line" writes that line to stderr and
 waits half a second before serving (a plugin that logs before its handshake); TRAP_IDLE_MS=N
-makes its gRPC server close a connection idle for N ms (grpc.max_connection_idle_ms).
+makes its gRPC server close a connection idle for N ms (grpc.max_connection_idle_ms); TRAP_POOL_IDLE=S
+lets the server's pool threads past the few it keeps leave after S seconds idle (30 by default);
+TRAP_SLOT_WAIT=S: a call waits S seconds for a handler slot at most (5 by default).
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ class TrapKV:
             with grpc.insecure_channel(f"unix:{Path.cwd() / 'no-such-helper.sock'}") as channel:
                 channel.unary_unary("/helper.Helper/Sum")(b"", timeout=30)
             return b"reached"
+        if key == "__held__":
+            mark = os.environ.get("TRAP_HANG_MARK")
+            if mark:
+                Path(mark).touch()
+            for _ in range(600):
+                if Path("release").exists():
+                    return b"released"
+                time.sleep(0.1)
+            return b"not released"
         if key == "__nap__":
             time.sleep(0.3)
             return b"rested"
@@ -98,6 +110,16 @@ def main() -> None:
     if first:
         print(first, file=sys.stderr, flush=True)
         time.sleep(0.5)  # the host reads the line while it still waits for the handshake
+    pool_idle = os.environ.get("TRAP_POOL_IDLE")
+    if pool_idle:
+        from plugbay.core.transport import workers
+
+        workers.POOL_IDLE = float(pool_idle)
+    slot_wait = os.environ.get("TRAP_SLOT_WAIT")
+    if slot_wait:
+        from plugbay.core.plugin import gate
+
+        gate.SLOT_WAIT = float(slot_wait)  # type: ignore[misc]
     idle = os.environ.get("TRAP_IDLE_MS")
     options = [("grpc.max_connection_idle_ms", int(idle))] if idle else []
     if versions:

@@ -6,12 +6,13 @@ executor has ``max_workers`` threads for the plugin's handlers plus ``RESERVED``
 at most ``max_workers`` of the plugin's handlers run at once (GatedServer wraps each handler the plugin
 registers). A handler that outlives the host's deadline keeps its slot until it returns (an ``async def``
 one until its coroutine ends, though its thread stops waiting for it: aiohandlers.Outlived). Once every
-slot is taken, a new call waits for one, at most SLOT_WAIT seconds (and its deadline): a Go plugin has
-no cap and a Go host does not retry RESOURCE_EXHAUSTED. At most ``limit`` calls wait, on ``limit`` more
-threads (waiting never takes the reserved ones); past that, or after the wait, the call is refused with
-RESOURCE_EXHAUSTED and the caller's NOT_SENT metadata echoed as a trailer (core/protocol/notsent.py):
-the handler never ran, so a host's pool sends the call to another replica. On the network calls do not
-wait (saturation is load: another replica serves it at once). Health, GRPCController, GRPCStdio,
+slot is taken, a new call waits for one (core/plugin/slotwait.py), at most SLOT_WAIT seconds and its
+deadline: a Go plugin has no cap and a Go host does not retry RESOURCE_EXHAUSTED. At most ``limit``
+calls wait, on ``limit`` more threads (never the reserved ones); past that, or after the wait, the call
+is refused with RESOURCE_EXHAUSTED and the caller's NOT_SENT metadata echoed as a trailer
+(core/protocol/notsent.py): the handler never ran, so a host's pool sends the call to another replica
+(so is a waiting call once the plugin stops, with UNAVAILABLE). On the network calls do not wait
+(saturation is load: another replica serves it at once). Health, GRPCController, GRPCStdio,
 GRPCBroker and (network mode) Discovery pass the gate, so the host's health checks and Shutdown answer
 whatever the plugin's handlers do. (grpcio's ``maximum_concurrent_rpcs`` counts every service alike, so
 it cannot reserve anything for health.)
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from plugbay.core.plugin.handlerfail import answer_failure
+from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
@@ -58,8 +60,6 @@ Tracking = Callable[[grpc.ServicerContext], AbstractContextManager["Outlived"]]
 RESERVED = 16
 # Of those, the most that health Watch streams (each holding its thread while open) may take.
 MAX_WATCHES = 4
-DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
-SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
 # Network mode. Streams one HTTP/2 connection may have open at once (the server's
 # SETTINGS_MAX_CONCURRENT_STREAMS; grpcio resets the ones past it). RFC 9113's advice ("no smaller
 # than 100"), and far above what a host keeps open: grpcio's clients do not queue calls reliably near
@@ -99,7 +99,6 @@ class HandlerGate:
                  peer_reads: int | None = None, peer_watches: int | None = None, wait: float = 0.0) -> None:
         self.limit = limit
         self.wait = wait
-        self._waiters = threading.BoundedSemaphore(limit) if wait > 0 else None
         self.read_first = read_first
         self._reading = _Reading(reads, peer_reads) if reads is not None and read_first else None
         self.own = own
@@ -107,12 +106,14 @@ class HandlerGate:
         self._peer_refusal = peer_refusal
         self._peers = PeerShares(peer_limit) if peer_limit is not None else None  # running calls per peer
         self._watches = PeerShares(peer_watches) if peer_watches is not None and own else None
-        waited = f" and none returned within {wait:g} s (or the call's deadline; as many may wait)" if wait else ""
         self._refusal = refusal or (
-            f"the plugin is already running {limit} calls (ServeConfig.max_workers){waited}; earlier"
-            " calls have not returned. Retry later; handlers that outlive their deadline should check"
-            " context.is_active()")
-        self._slots = threading.BoundedSemaphore(limit)
+            f"the plugin is already running {limit} calls (ServeConfig.max_workers); earlier calls have"
+            " not returned. Retry later; handlers that outlive their deadline should check context.is_active()")
+        self._waited = self._refusal
+        if wait > 0:
+            self._waited = f"{self._refusal} (this call waited {wait:g} s for a slot, or until its deadline)"
+            self._refusal += f" ({limit} more calls wait for a slot already)"
+        self._slots = Slots(limit, wait)
         self._lock = threading.Lock()
         self._release: Release | None = None  # the asyncio handlers' loop, held for this server
         self._closed = False
@@ -181,21 +182,20 @@ class HandlerGate:
             return _one_request(method, slot(behavior), deserialize, self._reading)
         return slot(_one_request(method, behavior, deserialize))
 
-    def _take(self, context: grpc.ServicerContext) -> bool:
-        if self._slots.acquire(blocking=False):
-            return True
-        if self._waiters is None or not self._waiters.acquire(blocking=False):
-            return False
-        try:
-            left = context.time_remaining()
-            return self._slots.acquire(timeout=self.wait if left is None else max(0.0, min(self.wait, left)))
-        finally:
-            self._waiters.release()
+    def stop_waiting(self) -> None:
+        """The plugin is stopping: calls waiting for a slot are refused (marked not sent), not started."""
+        self._slots.stop_waiting()
 
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
-        if not self._take(context):  # all taken: that is the reason, whoever holds them
-            refuse_unsent(context, self._refusal)
+        why = self._slots.take(context)
+        if why == STOPPING:
+            refuse_unsent(context, "the plugin is stopping; the call waited for a slot and never ran",
+                          grpc.StatusCode.UNAVAILABLE)
+        if why == GONE:  # its caller cancelled while it waited: nobody reads this
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled while it waited for a slot")
+        if why is not None:  # all taken: that is the reason, whoever holds them
+            refuse_unsent(context, self._waited if why == WAITED else self._refusal)
         if self._peers is None:
             return None
         peer = peer_address(str(context.peer()))

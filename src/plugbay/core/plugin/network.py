@@ -220,11 +220,11 @@ def session_instance(config: ServeConfig, versions: Sequence[tuple[int, Sequence
     """A network host session's own plugin instance: a private server on ``path`` with serve()'s services
     (``register``) and Discovery, and a broker multiplexed on the session ``mux``."""
     # each session's handlers are gated like the main server's, on a pool of its own
-    executor = DaemonPool(config.max_workers + RESERVED, "plugbay-grpc-session")
+    executor = DaemonPool(config.handler_limit() + RESERVED, "plugbay-grpc-session")
     options = with_defaults([("grpc.so_reuseport", 0)], config.grpc_server_options)
     server = grpc.server(executor, options=options)
     broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
-    gate = HandlerGate(config.max_workers)
+    gate = HandlerGate(config.handler_limit())
     try:
         register(server, broker, gate, server)
         add_discovery(DiscoveryServicer(versions, multiplex=True), server)

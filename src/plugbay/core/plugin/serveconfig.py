@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_fields
-from plugbay.core.plugin.gate import DEFAULT_MAX_WORKERS
+from plugbay.core.plugin.slotwait import DEFAULT_MAX_WORKERS, NETWORK_MAX_WORKERS
 from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stdio import DEFAULT_BUFFER_BYTES
 from plugbay.core.plugin.goenv import go_quote, host_versions
@@ -28,7 +28,7 @@ class ServeConfig(Record):
     def __init__(self, handshake: HandshakeConfig, plugins: PluginSet | None = None,
                  versioned_plugins: VersionedPlugins | None = None,
                  grpc_server_options: Sequence[tuple[str, Any]] = (), logger: logging.Logger | None = None,
-                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int = DEFAULT_MAX_WORKERS,
+                 stdio_buffer_bytes: int = DEFAULT_BUFFER_BYTES, max_workers: int | None = None,
                  network: NetworkServe | None = None) -> None:
         self.handshake = handshake
         self.plugins = plugins
@@ -36,11 +36,19 @@ class ServeConfig(Record):
         self.grpc_server_options = grpc_server_options
         self.logger = logger
         self.stdio_buffer_bytes = stdio_buffer_bytes  # captured output kept for the host, at most
-        # The plugin's own handlers that may run at once (each holds a thread); more are refused
-        # with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+        # The plugin's own handlers that may run at once (each holds a thread); more wait (locally) or are
+        # refused with RESOURCE_EXHAUSTED. Health and Shutdown have threads of their own (core.plugin.gate).
+        # None: DEFAULT_MAX_WORKERS, or NETWORK_MAX_WORKERS on the network (see handler_limit()).
         self.max_workers = max_workers
         self.network = network  # serve on the network over provided mTLS (plugin/network.py)
         self.check()
+
+    def handler_limit(self) -> int:
+        """max_workers, or its default for this mode: on the network a server shared by many hosts (and each
+        brokering session's pool) keeps the lower one; calls there are refused at once, not waiting."""
+        if self.max_workers is not None:
+            return self.max_workers
+        return DEFAULT_MAX_WORKERS if self.network is None else NETWORK_MAX_WORKERS
 
     def check(self) -> None:
         """ConfigError naming the first field that cannot work (serve() checks again: fields may change)."""
@@ -49,7 +57,7 @@ class ServeConfig(Record):
         check_grpc_options(self.grpc_server_options, "ServeConfig.grpc_server_options")
         check_logger(self.logger, "ServeConfig.logger")
         workers = self.max_workers
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
             raise ConfigError(f"ServeConfig.max_workers must be a positive int (the plugin's handlers that may run"
                               f" at once), got {workers!r:.80}; fix the plugin's ServeConfig")
         size = self.stdio_buffer_bytes

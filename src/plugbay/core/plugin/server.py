@@ -50,8 +50,8 @@ from plugbay.core.protocol.handshake import (
     HandshakeInfo,
 )
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer, HandlerGate,
-                                     serve_gates)
+from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer,
+                                     HandlerGate, serve_gates)
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -145,6 +145,9 @@ def serve(config: ServeConfig) -> None:
         server.close()
 
 
+POOL_KEEP = 4  # a local plugin's pool threads that stay however long idle
+
+
 class _PluginServer:
     """Everything one serve() call owns, closed in reverse order."""
 
@@ -158,8 +161,10 @@ class _PluginServer:
         self.health = HealthServicer()
         self.health.announce_broker_queues()
         # on the network plugbay's own services have a gate too: a peer's request may never come (see gate.py)
-        self.gate, self.own_gate, threads = serve_gates(config.max_workers, config.network is not None)
-        self.executor = DaemonPool(threads, "plugbay-grpc")  # see DaemonPool: exits promptly
+        self.gate, self.own_gate, threads = serve_gates(config.handler_limit(), config.network is not None)
+        # see DaemonPool: exits promptly. Locally the threads a burst (of calls waiting for a slot) started
+        # leave when idle, but for the few an idle plugin uses (the stdio and broker streams, a health check)
+        self.executor = DaemonPool(threads, "plugbay-grpc", keep=POOL_KEEP if config.network is None else None)
         self.grpc: grpc.Server | None = None
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
@@ -341,6 +346,8 @@ class _PluginServer:
         grpc_server, broker, listening = self.grpc, self.broker, self.listening
         # Every step runs even when an earlier one fails: the socket must go either way.
         steps: list[tuple[str, Callable[[], object]]] = [
+            # a call still waiting for a slot would start its handler now, to be cut off by the exit
+            ("waiting calls", self.gate.stop_waiting),
             ("health", self.health.close),
             ("stdio", self.capture.stop),  # gives fds 1 and 2 back and ends the StdioStream
         ]

@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 _IDLE = 30.0
+POOL_IDLE = 30.0  # DaemonPool: how long a thread past ``keep`` stays idle before it leaves
 _JOIN = 5.0
 
 
@@ -84,11 +85,17 @@ class DaemonPool(Executor):
     exits, so a plugin whose handler was still running (stuck, or sleeping) after Shutdown or
     SIGTERM did not exit until it returned, and its host killed it instead. A Go plugin exits when
     Serve returns, whatever its goroutines do; these threads let a Python plugin do the same.
+
+    ``keep``: threads past that many leave once idle for POOL_IDLE seconds (None: all stay). A burst
+    of calls that wait for a handler slot (core/plugin/gate.py) starts hundreds; they would stay for good.
     """
 
-    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+    def __init__(self, max_workers: int, thread_name_prefix: str, keep: int | None = None) -> None:
         self._max = max_workers
         self._prefix = thread_name_prefix
+        self._keep = keep
+        self._idle_for = POOL_IDLE
+        self._started = 0
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...],
                                              dict[str, Any]] | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)  # one count per worker waiting for work
@@ -103,15 +110,22 @@ class DaemonPool(Executor):
             future: Future[Any] = Future()
             self._queue.put((future, fn, args, kwargs))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
-                thread = threading.Thread(target=self._work, name=f"{self._prefix}_{len(self._threads)}",
-                                          daemon=True)
+                thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
+                self._started += 1
                 thread.start()
                 self._threads.add(thread)
             return future
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=None if self._keep is None else self._idle_for)
+            except queue.Empty:
+                with self._lock:  # an idle count of ours (or one submit() did not take) leaves with us
+                    if len(self._threads) > (self._keep or 0) and self._idle.acquire(blocking=False):
+                        self._threads.discard(threading.current_thread())
+                        return
+                continue
             if item is None:
                 return
             future, fn, args, kwargs = item
