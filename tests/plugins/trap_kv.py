@@ -10,7 +10,7 @@ Get/Put behave like examples/kv except for these keys on Get:
   __log__    log one record per level through Python logging, then return "logged"
   __exit__   sys.exit(3) in the handler; __interrupt__: raise KeyboardInterrupt
   __nested__ call a gRPC server that is not there (a nested call failing with UNAVAILABLE), letting
-             its grpc.RpcError propagate
+             its grpc.RpcError propagate; __nested_deadline__: one that waits for it (DEADLINE_EXCEEDED)
   __nap__    sleep 0.3 s, then return "rested"
   __held__   like __hang__ (TRAP_HANG_MARK too), until a file "release" is in the working folder (60 s at most)
 Env TRAP_VERSIONS="2,3" serves the plugin under those app protocol versions only;
@@ -81,9 +81,10 @@ class TrapKV:
             sys.exit(3)
         if key == "__interrupt__":
             raise KeyboardInterrupt
-        if key == "__nested__":
+        if key in ("__nested__", "__nested_deadline__"):
+            waits = key == "__nested_deadline__"
             with grpc.insecure_channel(f"unix:{Path.cwd() / 'no-such-helper.sock'}") as channel:
-                channel.unary_unary("/helper.Helper/Sum")(b"", timeout=30)
+                channel.unary_unary("/helper.Helper/Sum")(b"", timeout=0.5 if waits else 30, wait_for_ready=waits)
             return b"reached"
         if key == "__held__":
             mark = os.environ.get("TRAP_HANG_MARK")

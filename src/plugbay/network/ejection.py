@@ -21,7 +21,10 @@ from plugbay.network.figures import check_count, check_percent, check_seconds
 
 # Failures that say something about the endpoint rather than about the request. Not UNKNOWN: it is
 # what a go-plugin Go plugin answers for any plain Go error ("key not found") and what a Python
-# handler's exception gives, so five such answers would eject a healthy replica. Not RESOURCE_EXHAUSTED:
+# handler's exception gives, so five such answers would eject a healthy replica. A status a handler passes
+# through from a call of its own (its nested call's UNAVAILABLE or DEADLINE_EXCEEDED: grpc-go's and
+# plugbay's plugins do) is the handler's answer too: a plugbay plugin marks it (core/protocol/handlerstatus.py)
+# and the pool does not count it; a Go plugin's is counted, unmarked. Not RESOURCE_EXHAUSTED:
 # it is a healthy endpoint saying it is busy (a plugin's handler gate at ServeConfig.max_workers, the
 # gateway's max_calls) or that one message is too large; a burst of calls past the limit ejected the
 # replica for base_ejection_time and shifted all its calls onto the others. Envoy's outlier detection

@@ -36,6 +36,7 @@ from typing import Any, Self
 
 import grpc
 
+from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
@@ -278,7 +279,7 @@ class EndpointPool(PoolHealth, CallChannel):
         with self._cond:
             member.inflight -= 1
             now = time.monotonic()
-            if error is None or code not in ENDPOINT_FAILURES:
+            if error is None or code not in ENDPOINT_FAILURES or handler_status(error):  # it answered
                 member.outlier.success()
             else:
                 member.failures += 1

@@ -24,6 +24,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.host.callerrors import NEW_CLIENT, BrokerTLSRefused, CallTimeout, ClientClosed, PluginDied, \
     Unavailable, closed_under_call
+from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.errors import PlugbayError
 
 # How the channel learns whether the plugin is gone: exit_probe(wait) says why it ended (None: it runs),
@@ -80,7 +81,7 @@ class FailureJudge:
         the asyncio side does that once for all the calls broken together (check_exit), not a thread each."""
         code = exc.code() if hasattr(exc, "code") and not isinstance(exc, PlugbayError) else None
         ending = self._closing and not self._died_first  # the owner's kill broke it: no probe
-        if code != grpc.StatusCode.UNAVAILABLE or self._exit_probe is None or ending:
+        if code != grpc.StatusCode.UNAVAILABLE or self._exit_probe is None or ending or handler_status(exc):
             return 0.0
         return math.inf if left is None else max(left, 0.0)
 
@@ -113,6 +114,8 @@ class FailureJudge:
     def _translate(self, exc: grpc.RpcError, past_deadline: bool, found: ExitCheck | None) -> BaseException:
         if isinstance(exc, PlugbayError):
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
+        if handler_status(exc):  # the plugin's handler answered so (a call of its own failed): its answer
+            return exc  # type: ignore[no-any-return]
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
         # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the

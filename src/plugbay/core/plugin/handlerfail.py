@@ -6,6 +6,8 @@ import logging
 
 import grpc
 
+from plugbay.core.protocol.handlerstatus import mark_handler_status
+
 
 def answer_failure(context: grpc.ServicerContext, exc: BaseException) -> None:
     """Answer a handler's failure that grpcio would answer badly, or return (the caller re-raises ``exc``
@@ -18,6 +20,7 @@ def answer_failure(context: grpc.ServicerContext, exc: BaseException) -> None:
         if callable(code) and callable(details):
             status = code()
             if isinstance(status, grpc.StatusCode) and status is not grpc.StatusCode.OK:
+                mark_handler_status(context)  # the handler's answer, not this call's timeout or transport
                 context.abort(status, str(details() or ""))
         return
     if isinstance(exc, (Exception, GeneratorExit)):
