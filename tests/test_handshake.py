@@ -15,11 +15,11 @@ from plugbay.core.protocol.handshake import (
     HandshakeConfig,
     HandshakeInfo,
     is_handshake_line,
-    negotiate_version,
     parse_handshake_line,
     parse_versions,
 )
 from plugbay.core.protocol.tls import generate_cert
+from plugbay.core.protocol.versions import negotiate_version
 
 ROOT = Path(__file__).resolve().parent.parent
 

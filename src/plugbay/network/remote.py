@@ -53,8 +53,8 @@ from plugbay.core.protocol.handshake import (
     PROTOCOL_GRPC,
     HandshakeConfig,
     HandshakeInfo,
-    negotiate_version,
 )
+from plugbay.core.protocol.versions import negotiate_version
 from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from plugbay.core.protocol.checks import GO_SPACE, go_atoi
@@ -26,7 +26,6 @@ from plugbay.errors import (
     MalformedHandshakeError,
     ProtocolMismatchError,
     UnsupportedProtocolError,
-    VersionMismatchError,
     _clip,
 )
 
@@ -395,14 +394,3 @@ def parse_versions(value: str) -> list[int]:
                               " set it to comma-separated integers such as '1,2'")
         out.append(number)
     return out
-
-
-def negotiate_version(host_versions: Iterable[int], plugin_versions: Iterable[int]) -> int:
-    """Pick the highest version both sides support, as go-plugin's server does."""
-    host = sorted(set(host_versions))
-    plugin = sorted(set(plugin_versions))
-    common = set(host) & set(plugin)
-    if not common:
-        raise VersionMismatchError(host, plugin)
-    return max(common)
-
