@@ -129,3 +129,12 @@ def end(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+def end_host(host: subprocess.Popen[Any]) -> None:
+    """Kill ``host`` if it still runs, reap it and close its stdout pipe (a host the test started)."""
+    if host.poll() is None:
+        host.kill()
+    host.wait(10)
+    if host.stdout is not None:
+        host.stdout.close()

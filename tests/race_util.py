@@ -150,3 +150,12 @@ def assert_wrong_loop(error: object) -> None:
 
     assert isinstance(error, ClientStateError) and isinstance(error, grpc.RpcError), error
     assert "another event loop" in str(error) and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def assert_async_with_refused_on_another_loop(owner: Any) -> None:
+    """``async with owner:`` on a second event loop is refused with WrongLoop (nothing else asserted)."""
+    async def enter() -> None:
+        async with owner:
+            pass
+
+    assert_wrong_loop(await start_from_another_loop(enter))

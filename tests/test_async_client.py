@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.race_util import assert_wrong_loop, pid_gone, start_from_another_loop
+from tests.race_util import (assert_async_with_refused_on_another_loop, assert_wrong_loop, pid_gone,
+                             start_from_another_loop)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -607,11 +608,7 @@ def test_async_with_refused_on_another_loop_leaves_the_client_to_its_loop() -> N
             kv = await client.dispense(PLUGIN_NAME)
             await kv.put("a", b"1")
 
-            async def enter() -> None:
-                async with client:
-                    pass
-
-            assert_wrong_loop(await start_from_another_loop(enter))
+            await assert_async_with_refused_on_another_loop(client)
             # a refusal has no side effect: __aenter__ killed the plugin this loop still uses
             assert not client.exited
             assert await kv.get("a") == b"1"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.race_util import assert_wrong_loop, start_from_another_loop
+from tests.race_util import assert_async_with_refused_on_another_loop, assert_wrong_loop, start_from_another_loop
 from tests.resilience_util import FAULTY, PLUGIN_NAME, PY, faulty_config, run_resilience_doc_example, wait_until
 
 from plugbay import (AsyncSupervisor, ClientStateError, PluginDiedError, RestartPolicy, RetryPolicy,
@@ -338,11 +338,7 @@ def test_async_with_refused_on_another_loop_leaves_the_async_supervisor_to_its_l
             kv = await sup.dispense(PLUGIN_NAME)
             await kv.put("a", b"1")
 
-            async def enter() -> None:
-                async with sup:
-                    pass
-
-            assert_wrong_loop(await start_from_another_loop(enter))
+            await assert_async_with_refused_on_another_loop(sup)
             # a refusal has no side effect: __aenter__ stopped the AsyncSupervisor this loop still uses
             assert sup.state == "running"
             assert await kv.get("a") == b"1"

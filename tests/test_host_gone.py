@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.procs import gone
+from tests.procs import end_host, gone
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,11 +152,7 @@ def test_a_plugbay_hosts_plugin_outlives_its_crash_unless_asked_not_to(sockets: 
             assert wait_until(lambda: gone(pid), BOUND), "the plugin served on after its host was SIGKILLed"
             assert not os.path.exists(address)  # stopped gracefully: it removed its socket
     finally:
-        if host.poll() is None:
-            host.kill()
-        host.wait(10)
-        if host.stdout is not None:
-            host.stdout.close()
+        end_host(host)
         if pid and not gone(pid):
             os.kill(pid, signal.SIGKILL)  # started by this test (through its host)
             wait_until(lambda: gone(pid), 10)

@@ -9,7 +9,7 @@ plugin another runner started and still runs: it must keep running after every f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -36,6 +36,22 @@ def _forgeries(real: Mapping[str, Any], minimal: Mapping[str, Any], other_secret
             {**real, SECRET: ""}, {**real, SECRET: 5}]
 
 
+def _started(make: Callable[..., Any], env: dict[str, str]) -> Iterator[Callable[..., Any]]:
+    """A fixture's start(*args): ``make(*args)``'s runner, started with ``env``; each one killed at the end."""
+    made: list[Any] = []
+
+    def start(*args: Any, **options: Any) -> Any:
+        runner = make(*args, **options)
+        made.append(runner)
+        runner.start(LaunchSpec(env=env))
+        return runner
+    try:
+        yield start
+    finally:
+        for runner in made:
+            runner.kill(0)
+
+
 def _attach_and_kill(data: Mapping[str, Any]) -> str | None:
     """The refusal of a reattach to ``data``; None when it was accepted (its runner then killed what it names,
     as the reattaching host's kill would)."""
@@ -53,18 +69,8 @@ def _attach_and_kill(data: Mapping[str, Any]) -> str | None:
 def victims(plugbay_docker: Any) -> Iterator[Any]:
     from plugbay.runners.docker import DockerRunner
 
-    made: list[Any] = []
-
-    def start(transport: str, **options: Any) -> Any:
-        runner = DockerRunner(BASE, entrypoint=SLEEP, transport=transport, **options)
-        made.append(runner)
-        runner.start(LaunchSpec(env={}))
-        return runner
-    try:
-        yield start
-    finally:
-        for runner in made:
-            runner.kill(0)
+    yield from _started(lambda transport, **options: DockerRunner(BASE, entrypoint=SLEEP, transport=transport,
+                                                                 **options), {})
 
 
 def _running(docker: Any, container_id: str) -> bool:
@@ -137,18 +143,8 @@ def test_a_reattach_whose_transport_is_not_the_containers_is_a_reattach_error(
 def pods(kubeconfig: str, testapp: str) -> Iterator[Any]:  # noqa: F811
     from plugbay.runners.kubernetes import KubernetesRunner
 
-    made: list[Any] = []
-
-    def start() -> Any:
-        runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60)
-        made.append(runner)
-        runner.start(LaunchSpec(env={"BASIC_PLUGIN": "hello"}))
-        return runner
-    try:
-        yield start
-    finally:
-        for runner in made:
-            runner.kill(0)
+    yield from _started(lambda: KubernetesRunner(testapp, kubeconfig=kubeconfig, start_timeout=60),
+                        {"BASIC_PLUGIN": "hello"})
 
 
 def _pod(path: str, name: str) -> Any:

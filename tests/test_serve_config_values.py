@@ -5,6 +5,7 @@ starts them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,10 +51,10 @@ CASES = [
 ]
 
 
-def _run(tmp_path: Path, when: str, field: str, value: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, when: str, field: str, value: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_"))}
     env.update(BASIC_PLUGIN="hello", PLUGIN_PROTOCOL_VERSIONS="1", PLUGIN_UNIX_SOCKET_DIR=str(tmp_path),
-               PYTHONDONTWRITEBYTECODE="1")
+               PYTHONDONTWRITEBYTECODE="1", **extra)
     return subprocess.run([sys.executable, "-c", _PLUGIN, when, field, value], env=env, cwd=tmp_path,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
@@ -72,5 +73,15 @@ def test_serve_refuses_a_value_set_after_construction_in_one_line(tmp_path: Path
                                                                   says: str) -> None:
     done = _run(tmp_path, "late", field, value)
     assert done.returncode == 1 and done.stdout == "", done.stderr  # no handshake line
-    assert done.stderr.startswith(says) and done.stderr.count("\n") == 1, done.stderr  # no traceback
+    # no traceback: the line, and (no plugbay host set PLUGBAY_HOST_SESSION: a go-plugin host's, which logs
+    # plain lines at DEBUG only) the same as an hclog JSON record at level error
+    lines = done.stderr.splitlines()
+    plain = lines[0]
+    if field == "network":  # set: no go-plugin host launched a plugin meant for the network, no record
+        assert plain.startswith(says) and len(lines) == 1, done.stderr
+        return
+    assert plain.startswith(says) and len(lines) == 2 and json.loads(lines[1])["@level"] == "error", done.stderr
+    assert json.loads(lines[1])["@message"] == plain
+    plugbay_host = _run(tmp_path, "late", field, value, PLUGBAY_HOST_SESSION="1:2")
+    assert plugbay_host.stderr == plain + "\n"  # a plugbay host reads the line once
     assert list(tmp_path.iterdir()) == []  # no socket left behind

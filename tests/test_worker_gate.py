@@ -11,7 +11,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -137,6 +140,18 @@ def _held(env: dict[str, str]) -> Client:
                                kill_grace=0.5, env={"TRAP_WORKERS": "1", "TRAP_SLOT_WAIT": "60", **env}))
 
 
+@contextmanager
+def _slot_held(tmp_path: Path) -> Iterator[tuple[Client, kv_pb2_grpc.KVStub, Any]]:
+    """A _held() plugin whose one slot a Get of __held__ holds (until a "release" file appears)."""
+    mark = tmp_path / "held-mark"
+    with _held({"TRAP_HANG_MARK": str(mark)}) as client:
+        client.dispense(PLUGIN_NAME)
+        stub = kv_pb2_grpc.KVStub(client.channel)  # type: ignore[no-untyped-call]
+        held = stub.Get.future(kv_pb2.GetRequest(key="__held__"))
+        assert wait_until(mark.exists, 30)
+        yield client, stub, held
+
+
 def _room_to_wait(stub: kv_pb2_grpc.KVStub) -> bool:
     """Whether a call may wait for the one slot now (else one waits already: refused at once)."""
     try:
@@ -159,12 +174,7 @@ def _waiting_put(stub: kv_pb2_grpc.KVStub, key: str, **kw: object) -> grpc.Futur
 def test_a_call_cancelled_while_it_waits_never_runs(tmp_path: Path) -> None:
     """A waiting Put whose caller cancelled ran once the slot freed (its write came after the host was
     told CANCELLED), and kept its place to wait meanwhile."""
-    mark = tmp_path / "held-mark"
-    with _held({"TRAP_HANG_MARK": str(mark)}) as client:
-        client.dispense(PLUGIN_NAME)
-        stub = kv_pb2_grpc.KVStub(client.channel)  # type: ignore[no-untyped-call]
-        held = stub.Get.future(kv_pb2.GetRequest(key="__held__"))
-        assert wait_until(mark.exists, 30)
+    with _slot_held(tmp_path) as (_, stub, held):
         late = _waiting_put(stub, "late")
         late.cancel()
         assert wait_until(lambda: _room_to_wait(stub), 30)  # the cancelled call left its place at once
@@ -177,12 +187,7 @@ def test_a_call_cancelled_while_it_waits_never_runs(tmp_path: Path) -> None:
 def test_a_waiting_call_is_refused_unsent_when_the_plugin_stops(tmp_path: Path) -> None:
     """After Shutdown a waiting Put started once the slot freed, and the exit cut it off mid-run; it is
     refused instead, marked not sent (safe to resend)."""
-    mark = tmp_path / "held-mark"
-    with _held({"TRAP_HANG_MARK": str(mark)}) as client:
-        client.dispense(PLUGIN_NAME)
-        stub = kv_pb2_grpc.KVStub(client.channel)  # type: ignore[no-untyped-call]
-        held = stub.Get.future(kv_pb2.GetRequest(key="__held__"))
-        assert wait_until(mark.exists, 30)
+    with _slot_held(tmp_path) as (client, stub, held):
         late = _waiting_put(stub, "late", metadata=((NOT_SENT, "pool-token"),))
         controller = grpc_controller_pb2_grpc.GRPCControllerStub(client.channel)  # type: ignore[no-untyped-call]
         controller.Shutdown(grpc_controller_pb2.Empty(), timeout=20)

@@ -29,6 +29,7 @@ from tests.faults.probe import (
     settled_leaks,
 )
 from tests.faults.targets import KV_EXAMPLE, PY, REPO, kv_config
+from tests.procs import end_host
 
 
 def _alive(pid: int) -> bool:
@@ -85,11 +86,7 @@ def _once(index: int, cwd: Path) -> Record:
             record.lost_writes = check_writes(caller, acked)
             record.restarts = sup.restarts
     finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait(10)
-        if host.stdout is not None:
-            host.stdout.close()
+        end_host(host)
         reattach_file.unlink(missing_ok=True)
     end = time.monotonic() + 10
     while plugin_pid and _alive(plugin_pid) and time.monotonic() < end:
