@@ -165,7 +165,8 @@ def netns(workdir: Path) -> Iterator[Target]:
 
     def factory() -> ClientConfig:
         runner = ProcessRunner(ns.command(PY, KV_EXAMPLE), cwd=cwd,
-                               env={"PLUGBAY_LISTEN": f"tcp:{ns.plugin_ip}:{NET_PORT}"})
+                               env={"PLUGBAY_LISTEN": f"tcp:{ns.plugin_ip}:{NET_PORT}"},
+                               trusted_networks=[f"{ns.plugin_ip}/32"])  # another namespace: not this machine's
         return kv_config(runner, grpc_options=FAST_RECONNECT)
 
     def leftovers() -> list[str]:
