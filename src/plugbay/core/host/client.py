@@ -346,11 +346,8 @@ class Client(Connecting):
         self._kill_called = True
         runner = self._own_runner()
         if runner is not None:
-            # parts.py's rule: a plugin whose handshake was not accepted yet has nothing to finish, and
-            # a container's PID 1 ignores SIGTERM (a kill during the start waited all of kill_grace)
-            grace = 0 if self._announced is None else self.config.kill_grace
             try:
-                runner.kill(grace)
+                runner.kill(self._kill_grace())
             except Exception as exc:  # start() kills it again as it fails, and says so
                 _log.warning("killing plugin %s failed: %s", self.name, exc)
         # asked inside start() (a log handler): tearing down under it would leave it going on with a

@@ -157,11 +157,8 @@ class ClientParts:
                 if asked and runner.wait(self.config.kill_grace) is None:
                     _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
                                  self.name, self.config.kill_grace)
-                # a plugin whose handshake never completed (a failed start) has nothing to finish: no grace
-                # (a container's PID 1 ignores SIGTERM, and held every failed start for all of kill_grace)
-                grace = 0 if asked or self._announced is None else self.config.kill_grace
                 try:
-                    runner.kill(grace)
+                    runner.kill(0 if asked else self._kill_grace())
                 except Exception as exc:
                     _log.warning("killing plugin %s failed: %s", self.name, exc)
             stopped = runner is not None or asked  # else not ours to stop: it may stream on
@@ -175,6 +172,12 @@ class ClientParts:
     def _stop_exit_watch(self) -> None:
         if self._exit_watch is not None:
             self._exit_watch.cancel()
+
+    def _kill_grace(self) -> float:
+        """The grace a kill gives the plugin: none before its handshake was accepted (a failed or cut-short
+        start has nothing to finish, and a container's PID 1 ignores SIGTERM: it held each for all of
+        kill_grace), else ClientConfig.kill_grace."""
+        return 0 if self._announced is None else self.config.kill_grace
 
     def _frozen(self, runner: AttachedRunner | None) -> bool:
         try:
