@@ -22,6 +22,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from plugbay.core.protocol.handshake import ENV_HOST_SESSION as ENV_HOST_SESSION  # re-exported: its runner side
 from plugbay.core.transport.tempdirs import own_proc, pid_namespace
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.session import host_session_id, host_session_start, proc_stat
@@ -29,7 +30,6 @@ from plugbay.runners.session import host_session_id, host_session_start, proc_st
 _log = logging.getLogger("plugbay.runners")
 
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
-ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 
 
 def stat_of(pid: int) -> tuple[int, int] | None:

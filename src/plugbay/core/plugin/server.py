@@ -44,6 +44,7 @@ from plugbay.core.protocol.handshake import (
     CORE_PROTOCOL_VERSION,
     ENV_CLIENT_CERT,
     ENV_MULTIPLEX_GRPC,
+    ENV_HOST_SESSION,
     ENV_MUX_HOLDS_STREAMS,
     ENV_UNIX_SOCKET_DIR,
     PROTOCOL_GRPC,
@@ -62,7 +63,7 @@ from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
-from plugbay.core.plugin.setupfail import PLUGBAY_HOST, fail_setup, outlives_host
+from plugbay.core.plugin.setupfail import fail_setup, outlives_host
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
 from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
@@ -120,7 +121,7 @@ def serve(config: ServeConfig) -> None:
         fail_setup(COOKIE_MESSAGE)
     # a go-plugin host shows only hclog JSON lines above DEBUG; a plugbay host (or none, on the network) reads
     # the plain line, and the same error twice would show twice
-    go_host = config.network is None and not env.get(PLUGBAY_HOST)
+    go_host = config.network is None and not env.get(ENV_HOST_SESSION)
     try:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging

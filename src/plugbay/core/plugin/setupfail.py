@@ -13,9 +13,7 @@ from collections.abc import Mapping
 
 from plugbay.core.plugin.listener import parse_bool
 from plugbay.core.plugin.logs import HclogFormatter
-from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST
-
-PLUGBAY_HOST = "PLUGBAY_HOST_SESSION"  # every plugbay host sets it (runners.proctree.ENV_HOST_SESSION)
+from plugbay.core.protocol.handshake import ENV_HOST_SESSION, ENV_OUTLIVE_HOST
 
 
 def fail_setup(message: str, hclog: bool = False) -> None:
@@ -36,4 +34,4 @@ def outlives_host(env: Mapping[str, str]) -> bool:
     if said is not None:
         return parse_bool(said)
     # a plugbay host from before ENV_OUTLIVE_HOST meant its plugins to outlive it (and set this one)
-    return bool(env.get(PLUGBAY_HOST))
+    return bool(env.get(ENV_HOST_SESSION))

@@ -44,6 +44,8 @@ ENV_MUX_HOLDS_STREAMS = "PLUGBAY_MULTIPLEX_HOLDS_STREAMS"
 # "1", set by a plugbay host (ProcessRunner without die_with_host): a plugbay plugin serves on when the
 # host's end of its stderr closes (the host died), so a later host can reattach; under others it stops.
 ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
+# Set by every plugbay host (its session: runners.proctree): a plugin reads it as "a plugbay host launched me".
+ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 # What a host decides for its plugin. A host that is itself a plugin has its own host's values in its
 # environment (a client certificate, multiplexing): its plugins must not inherit those as if asked.
 HOST_SET_VARIABLES = (ENV_PROTOCOL_VERSIONS, ENV_MIN_PORT, ENV_MAX_PORT, ENV_CLIENT_CERT, ENV_UNIX_SOCKET_DIR,
