@@ -1,0 +1,196 @@
+"""Calls waiting for a handler slot (core/plugin/slotwait.py): one freed slot wakes one waiter, the oldest.
+
+Each freed slot woke every waiting call (notify_all): with 128 waiting, every Put's end made 127 threads
+check their caller and go back to sleep. A wake-up handed to one waiter must not be lost: a waiter whose
+caller went away hands its slot on, and every live waiter gets one. The calls are real gRPC calls on a
+real server whose handler takes a real Slots; where the order of a cancel and a freed slot matters, a
+call object stands in for grpc's ServicerContext, its cancel told late as grpc's poll thread tells it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from plugbay.core.plugin.slotwait import GONE, Slots
+from tests.resilience_util import wait_until
+
+WAIT = 30.0  # a lost wake-up shows as a live waiter refused WAITED after this, not as a hang
+
+
+class _Counted:
+    """A call's context that counts how often a waiter checked its caller: once as it queues, once per
+    wake-up."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.checks = 0
+
+    def is_active(self) -> bool:
+        self.checks += 1
+        return bool(self._context.is_active())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Server:
+    """A gRPC server whose one method takes a slot of ``slots``, names itself in ``ran``, then holds the
+    slot until ``let_go`` has its name (the request, a str)."""
+
+    def __init__(self, slots: Slots, channel: grpc.Channel) -> None:
+        self.slots = slots
+        self.channel = channel
+        self.calls: dict[str, _Counted] = {}
+        self.ran: list[str] = []
+        self.ended: dict[str, str | None] = {}
+        self.let_go: set[str] = set()
+        self.cond = threading.Condition()
+
+    def handle(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        name = request.decode()
+        counted = _Counted(context)
+        with self.cond:
+            self.calls[name] = counted
+        why = self.slots.take(counted)  # type: ignore[arg-type]
+        if why is None:
+            with self.cond:
+                self.ran.append(name)
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: name in self.let_go, 60)
+            self.slots.release()
+        with self.cond:
+            self.ended[name] = why
+            self.cond.notify_all()
+        return b"ran" if why is None else why.encode()
+
+    def call(self, name: str) -> grpc.Future:
+        return self.channel.unary_unary("/t.Slots/Take").future(name.encode(), timeout=90)
+
+    def release(self, *names: str) -> None:
+        with self.cond:
+            self.let_go.update(names)
+            self.cond.notify_all()
+
+    def until(self, check: Callable[[], bool]) -> None:
+        with self.cond:
+            assert self.cond.wait_for(check, 60), (self.ran, self.ended)
+
+    def queued(self, name: str) -> bool:
+        """Whether the call checked its caller once: it is in the queue then."""
+        with self.cond:
+            return name in self.calls and self.calls[name].checks >= 1
+
+
+@contextmanager
+def _served(limit: int) -> Iterator[_Server]:
+    pool = ThreadPoolExecutor(2 * limit + 4, thread_name_prefix="test-slots")
+    server = grpc.server(pool)
+    port = server.add_insecure_port("127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    served = _Server(Slots(limit, WAIT), channel)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.Slots", {"Take": grpc.unary_unary_rpc_method_handler(served.handle)}),))
+    server.start()
+    try:
+        yield served
+    finally:
+        served.release(*served.calls)
+        channel.close()
+        server.stop(0).wait(10)
+        pool.shutdown(wait=True)
+
+
+def _fill(served: _Server, limit: int, waiters: int) -> list[grpc.Future]:
+    """``limit`` calls holding every slot, then ``waiters`` queued one after the other (w0 oldest)."""
+    calls = [served.call(f"h{i}") for i in range(limit)]
+    served.until(lambda: len(served.ran) == limit)
+    for i in range(waiters):
+        calls.append(served.call(f"w{i}"))
+        assert wait_until(lambda: served.queued(f"w{i}"), 30), f"w{i} did not queue"
+    return calls
+
+
+def test_a_freed_slot_wakes_one_waiter_the_oldest() -> None:
+    """16 waiters, 16 slots freed one at a time: each waiter checked its caller twice (as it queued, and
+    once handed its slot), and they ran in the order they came. With notify_all each freed slot woke every
+    waiter left: 141 checks in one run where 32 are needed."""
+    limit = 16
+    with _served(limit) as served:
+        calls = _fill(served, limit, limit)
+        for i in range(limit):
+            served.release(f"h{i}")
+            served.until(lambda: len(served.ran) == limit + i + 1)
+        served.release(*(f"w{i}" for i in range(limit)))
+        assert [c.result(60) for c in calls] == [b"ran"] * (2 * limit)
+        checks = {f"w{i}": served.calls[f"w{i}"].checks for i in range(limit)}
+        assert checks == {f"w{i}": 2 for i in range(limit)}, (sum(checks.values()), checks)
+        assert served.ran[limit:] == [f"w{i}" for i in range(limit)]
+
+
+def test_every_live_waiter_gets_a_slot_when_some_were_cancelled() -> None:
+    """Waiters cancelled while they wait (the oldest among them) leave their place: every live one still
+    gets a slot once the slots free, all at once."""
+    limit = 12
+    with _served(limit) as served:
+        calls = _fill(served, limit, limit)
+        cancelled = {0, 1, 2, 5, 8, 11}
+        for i in cancelled:
+            calls[limit + i].cancel()
+        served.release(*(f"h{i}" for i in range(limit)), *(f"w{i}" for i in range(limit)))
+        live = [f"w{i}" for i in range(limit) if i not in cancelled]
+        served.until(lambda: all(name in served.ended for name in live))
+        assert {name: served.ended[name] for name in live} == dict.fromkeys(live), served.ended
+
+
+class _Call:
+    """What Slots.take() reads of grpc's ServicerContext. Its cancel is told (its callbacks run) only
+    when ``tell()`` is called, as grpc's poll thread does some time after the caller cancelled."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.callbacks: list[Callable[[], None]] = []
+        self.checks = 0
+
+    def is_active(self) -> bool:
+        self.checks += 1
+        return self.active
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def tell(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+
+def test_a_slot_handed_to_a_waiter_whose_caller_left_goes_to_the_next() -> None:
+    """The two oldest waiters' callers left, not yet told: the first freed slot is handed to each in turn
+    and handed on; both live waiters get a slot from two freed ones."""
+    limit = 4
+    slots = Slots(limit, WAIT)
+    assert all(slots.take(_Call()) is None for _ in range(limit))  # no waiter yet: the free slots
+    calls = [_Call() for _ in range(limit)]
+    ends: dict[int, str | None] = {}
+    threads = []
+    for i, call in enumerate(calls):
+        threads.append(threading.Thread(target=lambda i=i, call=call: ends.setdefault(i, slots.take(call))))
+        threads[-1].start()
+        assert wait_until(lambda call=call: call.checks >= 1, 30), f"waiter {i} did not queue"
+    calls[0].active = calls[1].active = False
+    slots.release()
+    slots.release()
+    for t in threads:
+        t.join(60)
+    assert ends == {0: GONE, 1: GONE, 2: None, 3: None}, ends
+    for call in calls:
+        call.tell()
