@@ -41,10 +41,11 @@ from counterproto import counter_pb2, counter_pb2_grpc  # noqa: E402
 
 
 class CounterReplica:
-    """examples/counter/plugin.py in network mode, in its own folder (and its own TMPDIR, to watch sockets)."""
+    """examples/counter/plugin.py (or ``script``) in network mode, in its own folder (and its own TMPDIR, to
+    watch sockets)."""
 
     def __init__(self, folder: Path, certs: netcerts.CertSet, extra: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0") -> None:
+                 listen: str = "127.0.0.1:0", script: Path = COUNTER / "plugin.py") -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="nb-"))  # short: socket paths must stay under 108 bytes
@@ -53,7 +54,7 @@ class CounterReplica:
                     "PLUGBAY_NETWORK_LISTEN": listen, "PLUGBAY_NETWORK_CERT": str(certs.cert_file),
                     "PLUGBAY_NETWORK_KEY": str(certs.key_file),
                     "PLUGBAY_NETWORK_CLIENT_CA": str(certs.client_ca_file), **(extra or {})})
-        self.proc = subprocess.Popen([sys.executable, str(COUNTER / "plugin.py")], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, cwd=folder)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

@@ -293,9 +293,10 @@ def _report(pool: EndpointPool, member: Member, call: Any) -> None:
 
     async def report() -> None:
         code, details = await call.code(), await call.details()
-        # a stream that ran to its deadline was bounded by its caller (a watch): no fault of the endpoint
+        # a stream that ran to its deadline was bounded by its caller (a watch): no fault of the endpoint;
+        # its trailers go with the status (a handler's own, core/protocol/handlerstatus.py, is no fault either)
         error = None if code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) else grpc.aio.AioRpcError(
-            code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+            code, grpc.aio.Metadata(), await call.trailing_metadata(), details=details)
         pool.done(member, error)
 
     asyncio.ensure_future(report()).add_done_callback(retrieved)

@@ -29,6 +29,7 @@ import grpc
 
 from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.core.host.deadline import call_timeout
+from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, echoed, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
@@ -394,6 +395,6 @@ def _call_error(call: Any) -> BaseException | None:
         code = call.code()
     except Exception:
         return None
-    if code is None or code == grpc.StatusCode.OK or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return None  # a stream that ran to its deadline was bounded by its caller (a watch): no fault
+    if code in (None, grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) or handler_status(call):
+        return None  # its caller's deadline (a watch), or a status its handler passed on (handlerstatus.py): no fault
     return _TypedRpcError(str(call.details()), code, str(call.details()))
