@@ -10,12 +10,14 @@ call object stands in for grpc's ServicerContext, its cancel told late as grpc's
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import pytest
 
 from plugbay.core.plugin.slotwait import GONE, Slots
 from tests.resilience_util import wait_until
@@ -194,3 +196,66 @@ def test_a_slot_handed_to_a_waiter_whose_caller_left_goes_to_the_next() -> None:
     assert ends == {0: GONE, 1: GONE, 2: None, 3: None}, ends
     for call in calls:
         call.tell()
+
+
+class _PausingSemaphore(threading.BoundedSemaphore):
+    """Its release() on the thread named ``releaser`` pauses: the thread swapped out between a release()'s
+    look at the queue and the slot's return, a gap of a few bytecodes made wide enough to meet."""
+
+    pause = False
+
+    def release(self, n: int = 1) -> None:
+        if self.pause and threading.current_thread().name == "releaser":
+            time.sleep(0.3)
+        super().release(n)
+
+
+def test_a_call_queueing_while_a_slot_is_returned_gets_it() -> None:
+    """A release() sees a waiter, which then leaves (its caller gone); a new call queues while that slot is
+    on its way back to the semaphore: it must get the slot, not wait out its wait beside it."""
+    slots = Slots(1, 2.0)
+    slots._free = _PausingSemaphore(1)
+    assert slots.take(_Call()) is None  # the only slot, held
+    leaving = _Call()
+    checking = threading.Event()
+    checks_of = leaving.is_active
+
+    def slow_check() -> bool:  # the leaving waiter, woken by its cancel, checks its caller (under the lock)
+        if not leaving.active:
+            checking.set()
+            time.sleep(0.3)
+        return checks_of()
+
+    leaving.is_active = slow_check  # type: ignore[method-assign]
+    ends: dict[str, str | None] = {}
+    first = threading.Thread(target=lambda: ends.setdefault("leaving", slots.take(leaving)))
+    first.start()
+    assert wait_until(lambda: bool(slots._queue), 30), "the first waiter did not queue"
+    leaving.active = False
+    threading.Thread(target=leaving.tell).start()
+    assert checking.wait(30)
+    slots._free.pause = True
+    releaser = threading.Thread(target=slots.release, name="releaser")
+    releaser.start()  # sees the first waiter queued; it leaves GONE; the slot is then on its way back
+    first.join(30)
+    time.sleep(0.1)
+    ends["new"] = slots.take(_Call())
+    releaser.join(30)
+    assert ends == {"leaving": GONE, "new": None}, ends
+
+
+class _BrokenCall(_Call):
+    def is_active(self) -> bool:
+        raise RuntimeError("context broke")
+
+
+def test_a_waiter_whose_context_raises_leaves_no_trace_in_the_queue() -> None:
+    """A context method raising while a call waits: the error reaches the caller and the queue forgets the
+    call, so the next freed slot is not handed to it and lost."""
+    slots = Slots(1, 0.5)
+    assert slots.take(_Call()) is None
+    with pytest.raises(RuntimeError, match="context broke"):
+        slots.take(_BrokenCall())
+    assert not slots._queue
+    slots.release()
+    assert slots.take(_Call()) is None  # the slot came back

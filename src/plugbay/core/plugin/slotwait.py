@@ -69,7 +69,11 @@ class Slots:
             if self._free.acquire(blocking=False):
                 self._queue.remove(waiter)
                 return None
-            return self._wait(waiter, context, until)
+            try:
+                return self._wait(waiter, context, until)
+            except BaseException:  # a context method raised: the queue must not keep (or hold a slot for) it
+                self._leave(waiter)
+                raise
 
     def _wait(self, waiter: _Waiter, context: grpc.ServicerContext, until: float) -> str | None:
         """Under the lock, ``waiter`` queued: None with a slot handed to it, else why not."""
@@ -85,18 +89,25 @@ class Slots:
             else:
                 waiter.woken.wait(until - now)
                 continue
-            if not waiter.handed:
-                self._queue.remove(waiter)
-            elif not self._hand_on():  # a slot it cannot use: the next waiter's, else the semaphore's
-                self._free.release()
+            self._leave(waiter)
             return why
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Under the lock: ``waiter`` gives up; a slot handed to it goes to the next waiter, else back to
+        the semaphore."""
+        if not waiter.handed:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        elif not self._hand_on():
+            self._free.release()
 
     def release(self) -> None:
         if self._queue:
+            # the slot goes back under the lock: a call queueing meanwhile tries the semaphore under it
+            # too, so it either takes this slot or is handed it, never waits beside a free one
             with self._lock:
-                if self._hand_on():
-                    return
-            self._free.release()
+                if not self._hand_on():
+                    self._free.release()
             return
         self._free.release()
         # A waiter queues itself (under the lock) before it tries the semaphore, and waits holding the
