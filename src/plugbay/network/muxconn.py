@@ -118,7 +118,8 @@ class MuxEndpoint(DelegatingChannel):
     """A grpc.Channel to one endpoint through its yamux session, plus that session's broker."""
 
     def __init__(self, endpoint: Endpoint, context: ContextSource, server_name: str | None,
-                 options: Sequence[tuple[str, Any]] = (), keepalive: Keepalive | None = None) -> None:
+                 options: Sequence[tuple[str, Any]] = (), keepalive: Keepalive | None = None,
+                 reconnect: Sequence[tuple[str, Any]] = ()) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._broker: GRPCBroker | None = None
@@ -139,8 +140,9 @@ class MuxEndpoint(DelegatingChannel):
             # the relay accepts at once and dials the plugin per connection: nothing blocks here
             self._mux = HostMux("unix", path, timeout=_TLS_TIMEOUT, max_redials=None, keepalive=keepalive)
             local = self._mux.local_address
-            # plugbay's message limits as every other channel of its has (grpc's own: 4 MiB received)
-            opts = with_defaults(CHANNEL_OPTIONS, options)
+            # plugbay's message limits as every other channel of its has (grpc's own: 4 MiB received); the
+            # pool's reconnect backoff (poolhealth.reconnect_backoff): gRPC's redials pace the session's
+            opts = with_defaults([*CHANNEL_OPTIONS, *reconnect], options)
             self._channel = grpc.insecure_channel(grpc_target(*local), options=opts)
             self.redial = Redial(grpc_target(*local), None, opts)  # an AsyncRemoteClient's way in
         except BaseException:

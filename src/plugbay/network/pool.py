@@ -45,7 +45,7 @@ from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.figures import check_pool
 from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
 from plugbay.network.resolver import Endpoint, Resolver
-from plugbay.network.poolhealth import PoolHealth
+from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
 from plugbay.network.tls import NetworkTLS
 
 _log = logging.getLogger("plugbay.network")
@@ -79,7 +79,9 @@ class EndpointPool(PoolHealth, CallChannel):
         self.drain_timeout = drain_timeout
         if tls is not None:
             tls.files()  # a bad file fails here; renewed files reach every endpoint (_follow_files)
-        self._options = with_defaults([*CHANNEL_OPTIONS, *(tls.options() if tls else []), *pings], options)
+        self.reconnect = reconnect_backoff(health_interval)  # a connector's channels take it too (remote)
+        self._options = with_defaults([*CHANNEL_OPTIONS, *self.reconnect, *(tls.options() if tls else []), *pings],
+                                      options)
         self._resolver = resolver
         self._connector = connector  # builds an endpoint's channel (multiplexed mode: plugbay.network.muxconn)
         self._cond = threading.Condition()

@@ -40,6 +40,21 @@ _FIRST_CHECK_GRACE = 0.5  # past health_timeout: room for the health thread to s
 # answers (healthy replicas answer moments apart): the first calls spread over all that pass, and a stalled
 # replica's check (up to health_timeout) holds no call that a passing one can take
 _SPREAD = 0.1
+# gRPC's own reconnect backoff (1 s, x1.6, up to 120 s) grows through an outage: a replica back after a few
+# minutes went unused for up to two more, its health checks failing at once ("failed to connect to all
+# addresses") with no connection tried. The pool caps it at two health intervals, at least _MIN_BACKOFF
+# (so a short interval does not dial a dead address ten times a second), at most gRPC's own cap. gRPC
+# jitters each wait by +-20% (capped ones too), so hosts that lost a replica together do not redial in step.
+_MIN_BACKOFF, _MAX_BACKOFF = 0.5, 120.0
+
+
+def reconnect_backoff(health_interval: float) -> list[tuple[str, int]]:
+    """The channel options that bound an endpoint's reconnect backoff by ``health_interval`` (a caller's
+    grpc_options name their own). grpc.min_reconnect_backoff_ms is left alone: it is the time a connection
+    attempt is given (20 s), not a wait."""
+    cap = min(max(2 * health_interval, _MIN_BACKOFF), _MAX_BACKOFF)
+    return [("grpc.initial_reconnect_backoff_ms", round(min(cap, 1.0) * 1000)),
+            ("grpc.max_reconnect_backoff_ms", round(cap * 1000))]
 
 
 class PoolHealth:

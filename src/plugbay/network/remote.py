@@ -267,7 +267,8 @@ class RemoteClient(Client):
         tls.ssl_context()  # a bad file fails here, not on the relay's loop
         # the relay asks per TLS connection it makes: renewed files apply to the next one
         return self._muxes.add(MuxEndpoint(endpoint, tls.ssl_context, tls.server_name, self.remote.grpc_options,
-                                           keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive")))
+                                           keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"),
+                                           reconnect=self.pool.reconnect))  # the pool calls this as it starts
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
