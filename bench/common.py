@@ -28,6 +28,10 @@ class Context:
     # plugin starts per case for start-to-first-call (their median): the rounds, then start-only ones
     # (start and the first call); rows that support it (core, docker, async, network pool) take them
     starts: int = 9
+    # timed rounds of a row whose floor runs between its own (floor round, row round: a pair); its ratio
+    # column's p50, p99 and calls/s are the medians of the pairs' own ratios. Three rounds' medians could
+    # not tell a 5% target from this shared machine's drift (26 pairs of one row ranged 0.77-1.31x)
+    pairs: int = 8
     call_timeout: float = 30.0
     faults: int = 2  # injections per fault type (bench_faults)
     cache: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +57,10 @@ class Result:
     floor_p99_us: float = 0.0
     floor_calls_per_s: float = 0.0
     floor_metrics: dict[str, float] = field(default_factory=dict)
+    # {"p50", "p99", "calls/s"}: the median of the per-pair ratios (row round / the floor round just
+    # before it), and how many pairs; the ratio column shows these where present
+    pair_ratios: dict[str, float] = field(default_factory=dict)
+    pairs: int = 0
 
 
 @dataclass
@@ -144,8 +152,9 @@ def interleaved(ctx: Context, start: Callable[[int], Result],
     starts: list[float] = []
     floor_starts: list[float] = []
     floor_rounds: list[Result] = []
-    for n in range(max(ctx.rounds, ctx.starts)):
-        with_calls = n < ctx.rounds
+    timed_rounds = max(ctx.rounds, ctx.pairs) if floor is not None else ctx.rounds
+    for n in range(max(timed_rounds, ctx.starts)):
+        with_calls = n < timed_rounds
         if floor is not None:
             got = floor(ctx.calls if with_calls else 0)
             floor_starts.append(got.start_to_first_call_ms)
@@ -155,7 +164,22 @@ def interleaved(ctx: Context, start: Callable[[int], Result],
             rounds.append(start(ctx.calls))
         else:
             starts.append(start(0).start_to_first_call_ms)
-    return combine(rounds, starts, floor_starts, floor_rounds)
+    result = combine(rounds, starts, floor_starts, floor_rounds)
+    if floor_rounds:
+        result.pair_ratios = pair_ratios(rounds, floor_rounds)
+        result.pairs = len(floor_rounds)
+    return result
+
+
+def pair_ratios(rounds: Sequence[Result], floor_rounds: Sequence[Result]) -> dict[str, float]:
+    """The medians of each round's p50, p99 and calls/s over its paired floor round's."""
+    pairs = list(zip(rounds, floor_rounds))
+    out: dict[str, float] = {}
+    for name, figure in (("p50", "p50_us"), ("p99", "p99_us"), ("calls/s", "calls_per_s")):
+        ratios = [getattr(r, figure) / getattr(f, figure) for r, f in pairs if getattr(f, figure)]
+        if ratios:
+            out[name] = statistics.median(ratios)
+    return out
 
 
 def measure_kv(kv: Any, calls: int, started: float, note: str) -> Result:

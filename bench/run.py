@@ -89,8 +89,9 @@ def ratios(case: Case, result: Result, rows: list[tuple[Case, Result]]) -> str:
              ("calls/s", result.calls_per_s, result.floor_calls_per_s or floor.calls_per_s)]
     pairs += [(k, v, result.floor_metrics.get(k) or floor.metrics[k]) for k, v in result.metrics.items()
               if k in result.floor_metrics or k in floor.metrics]
-    out += [f"{name} {mine / ref:.2f}x" for name, mine, ref in pairs if mine and ref]
-    return ", ".join(out)
+    # where the row took paired floor rounds, the median of the pairs' own ratios (common.Context.pairs)
+    out += [f"{name} {result.pair_ratios.get(name, mine / ref):.2f}x" for name, mine, ref in pairs if mine and ref]
+    return ", ".join(out) + (f" ({result.pairs} pairs)" if result.pairs else "")
 
 
 def table(rows: list[tuple[Case, Result]]) -> str:
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=9,
                         help="plugin starts per row for start->1st call, the rounds included (default 9;"
                              " the extra ones are start-only; the core, docker, async and network pool rows)")
+    parser.add_argument("--pairs", type=int, default=8,
+                        help="timed rounds of a row whose floor runs between its own (default 8): its ratio"
+                             " column is the median of the pairs' ratios")
     parser.add_argument("--only", action="append", default=[], help="run only this area (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     parser.add_argument("--faults", type=int, default=2,
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calls must be 1..1000000 and --rounds 1..100")
     if not 1 <= args.starts <= 100:
         parser.error("--starts must be 1..100")
+    if not 1 <= args.pairs <= 100:
+        parser.error("--pairs must be 1..100")
     if not 1 <= args.faults <= 10000:
         parser.error("--faults must be 1..10000")
     logging.basicConfig(level=logging.ERROR)
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for tree in ("src", "examples", "bench"):
         compileall.compile_dir(str(HERE.parent / tree), quiet=2)
-    ctx = Context(calls=args.calls, rounds=args.rounds, faults=args.faults, starts=args.starts)
+    ctx = Context(calls=args.calls, rounds=args.rounds, faults=args.faults, starts=args.starts, pairs=args.pairs)
     rows: list[tuple[Case, Result]] = []
     extras: list[str] = []
     failed_extra = False
@@ -188,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
               " otherwise); start, p50 and calls/s are medians of the rounds, p99 the highest round's;"
               " relay-tls = OpenSSL relay for a Go peer's P-521 cert; plugbay / floor: this row's figures over"
               " its bare-grpcio reference row's (same run; where the row took its floor's rounds between its"
-              " own, against those).")
+              f" own, max({args.rounds}, {args.pairs}) pairs of a floor round and a row round, its p50, p99"
+              " and calls/s ratios are the medians of the pairs' own ratios).")
         for text in extras:
             print("\n" + text)
     return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0

@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.timeout(960)  # the run's own bound is 900 s: the Docker and Kubernetes rows alone take minutes
 def test_every_bench_row_runs_or_says_why_not(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--calls", "5", "--rounds", "1", "--starts", "1",
-                             "--faults", "1", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--calls", "5", "--rounds", "1",
+                             "--starts", "1", "--pairs", "1", "--faults", "1", "--json"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     areas = {row["area"] for row in rows}
