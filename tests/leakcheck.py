@@ -10,8 +10,10 @@ TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
 process's host session id, reattach claims this process made and did not
 release, and new or newly changed files in the checkout (a plugin run with
 the checkout as its working folder). At the end of the session, once every
-fixture is gone, it also checks this process's open pipes and sockets
-against those it had at the start.
+fixture is gone, it also checks this process's open descriptors of every
+kind (pipes, sockets, pidfds, eventfds, epoll sets, files) against those it
+had at the start: neither grpcio (its pollers and wakeup fds close with the
+last channel and server) nor Python keeps one of its own past that point.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ _UNTRACKED_AT_START: set[str] = set()
 _RUN_MARK_NAME = "LEAKCHECK_RUN"
 _RUN_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 _FDS_AT_START: dict[int, str] = {}
-_FD_MODULE: dict[tuple[int, str], str] = {}  # a pipe or socket -> the test module it first stayed open after
+_ENGINE_ANSWERED: list[bool] = []  # a Docker check succeeded in this run
+_FD_MODULE: dict[tuple[int, str], str] = {}  # a descriptor -> the test module it first stayed open after
 
 
 def _untracked() -> set[str]:
@@ -54,16 +57,19 @@ def _untracked() -> set[str]:
     return {line[3:] if line.startswith("??") else f"M {line[3:]}" for line in out.splitlines()}
 
 
-def _pipes_and_sockets() -> dict[int, str]:
+def _descriptors() -> dict[int, str]:
+    """This process's open descriptors and what each is (pipe:[..], socket:[..], anon_inode:[pidfd], a path)."""
     found: dict[int, str] = {}
     for entry in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{entry}")
+            found[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
         except OSError:
             continue  # the listing's own descriptor, or one closed meanwhile
-        if target.startswith(("pipe:", "socket:")):
-            found[int(entry)] = target
     return found
+
+
+def _pipes_and_sockets() -> dict[int, str]:
+    return {fd: target for fd, target in _descriptors().items() if target.startswith(("pipe:", "socket:"))}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,7 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _FDS_AT_START.update(_pipes_and_sockets())  # once every plugin configured (hangwatch keeps a stderr)
+    _FDS_AT_START.update(_descriptors())  # once every plugin configured (hangwatch keeps a stderr)
+    _docker_leaks()  # an engine that answers now must answer every later check
 
 
 def _orphans(known: set[int]) -> list[str]:
@@ -139,7 +146,7 @@ def find_leaks() -> list[str]:
 
 def _fd_leaks() -> list[str]:
     return [f"open descriptor {fd} ({target}, open since {_FD_MODULE.get((fd, target), 'the session end')})"
-            for fd, target in sorted(_pipes_and_sockets().items()) if _FDS_AT_START.get(fd) != target]
+            for fd, target in sorted(_descriptors().items()) if _FDS_AT_START.get(fd) != target]
 
 
 def _docker_leaks() -> list[str]:
@@ -153,11 +160,16 @@ def _docker_leaks() -> list[str]:
         client = docker.from_env(version="auto")
         try:
             found = client.containers.list(all=True, filters={"label": f"plugbay.session={HOST_SESSION_ID}"})
-            return [f"container {c.short_id} ({c.name}, {c.status})" for c in found]
         finally:
             client.close()
-    except Exception as exc:  # the engine may be down; that is not a leak
-        return [] if "Connection" in type(exc).__name__ or "connect" in str(exc).lower() else [f"docker check failed: {exc}"]
+    except Exception as exc:
+        unreachable = "Connection" in type(exc).__name__ or "connect" in str(exc).lower()
+        if unreachable and not _ENGINE_ANSWERED:
+            return []  # no engine in this session: nothing of ours can be in it
+        # one that answered before and no longer does (or any other failure) hides what it may hold
+        return [f"docker check failed{' (the engine answered earlier in this run)' if unreachable else ''}: {exc}"]
+    _ENGINE_ANSWERED.append(True)
+    return [f"container {c.short_id} ({c.name}, {c.status})" for c in found]
 
 
 def _settled_leaks(find: Callable[[], list[str]] = find_leaks) -> list[str]:
@@ -172,11 +184,11 @@ def _settled_leaks(find: Callable[[], list[str]] = find_leaks) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
-    before = _pipes_and_sockets()
+    before = _descriptors()
     yield
     # a module's broader fixtures (a session's Docker client) may hold some until the session ends:
     # which module they came from is told only if they outlive it
-    for fd, target in _pipes_and_sockets().items():
+    for fd, target in _descriptors().items():
         if before.get(fd) != target:
             _FD_MODULE.setdefault((fd, target), request.module.__name__)
     leaks = _settled_leaks()

@@ -9,6 +9,7 @@ can tell which server answered by the service name it reports SERVING.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -84,10 +85,12 @@ def _close_pair(p: Pair) -> None:
 def sockdir() -> Iterator[str]:
     # short path: unix socket paths must stay under 108 bytes
     d = tempfile.mkdtemp(prefix="bk", dir="/tmp")
-    yield d
-    leftovers = os.listdir(d)
-    os.rmdir(d) if not leftovers else None
-    assert leftovers == [], f"broker left sockets behind: {leftovers}"
+    try:
+        yield d
+        leftovers = os.listdir(d)
+        assert leftovers == [], f"broker left sockets behind: {leftovers}"
+    finally:  # a failed test (or the assertion above) must not leave the folder in /tmp either
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -79,9 +79,9 @@ def test_info_refuses_a_reattach_file_whose_name_holds_controls_and_shows_it_esc
 def test_diagnose_escapes_a_containers_log_lines() -> None:
     name = f"plugbay-test-esc-{os.getpid()}"
     payload = "printf 'ok line\\n\\033]0;PWNED-TITLE\\007\\033[2J\\033[31mfake: all good\\r\\n'"
-    made = subprocess.run(["docker", "run", "--name", name, "--network", "none", "--entrypoint", "sh",
-                           "plugbay-base:bookworm", "-c", payload], capture_output=True, timeout=120)
-    try:
+    try:  # a `docker run` cut off by its timeout may have created the container: the finally removes it
+        made = subprocess.run(["docker", "run", "--name", name, "--network", "none", "--entrypoint", "sh",
+                               "plugbay-base:bookworm", "-c", payload], capture_output=True, timeout=120)
         if made.returncode != 0:
             pytest.skip(f"no container could be run: {made.stderr.decode()[-300:]}")
         piped = plugbay("diagnose", f"docker:{name}")

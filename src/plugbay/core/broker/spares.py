@@ -68,9 +68,23 @@ def build_server(tls: MutualTLS | None, private_dir: str, path: str,
     try:
         served.cleanup.extend(serve_unix(served.server, path, tls, private_dir))
     except BaseException:
+        _startable(served.server)
         stop_served(served)
         raise
     return served, path
+
+
+def _startable(server: grpc.Server) -> None:
+    """Start a server whose bind failed, so that stopping it frees it.
+
+    grpcio frees a server it never started at no point, and with it holds grpc's
+    poller (two epoll sets, two eventfds) for the rest of the process. Started
+    with no port, it listens nowhere; serve_unix may have started it already.
+    """
+    try:
+        server.start()
+    except ValueError:  # already started
+        pass
 
 
 class ServerSource:
