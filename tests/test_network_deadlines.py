@@ -2,7 +2,8 @@
 
 A real gRPC server on loopback whose methods take 5 s, and a real EndpointPool
 fed by a resolver written for the test (no endpoint at first, the server 1.5 s
-later). With timeout=2.0 each call must end near 2 s, not 1.5 s + 2 s.
+later). With timeout=2.0 each call must reach the server with the deadline it
+was made with, not a fresh 2 s from when the endpoint appeared (1.5 s + 2 s).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class LateResolver:
             self.timer.join(5)
 
 
+ARRIVED: list[float] = []  # the deadline each call reached the server with (time.monotonic())
+
+
 def _slow_unary(request: bytes, context: grpc.ServicerContext) -> bytes:
     _sleep_while_active(context)
     return b"late"
@@ -50,6 +54,8 @@ def _slow_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[byte
 
 
 def _sleep_while_active(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    ARRIVED.append(time.monotonic() + remaining if remaining is not None else float("inf"))
     deadline = time.monotonic() + 5.0
     while context.is_active() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -63,13 +69,15 @@ def slow_server() -> Iterator[str]:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Slow", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    ARRIVED.clear()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0).wait(5)
 
 
-def _timed(pool: EndpointPool, how: str) -> tuple[BaseException | None, float]:
+def _timed(pool: EndpointPool, how: str) -> tuple[BaseException | None, float, float]:
+    """The call's error, how long it took, and when its deadline was (time.monotonic())."""
     started = time.monotonic()
     try:
         if how == "unary":
@@ -79,8 +87,8 @@ def _timed(pool: EndpointPool, how: str) -> tuple[BaseException | None, float]:
         else:
             list(pool.unary_stream("/test.Slow/Stream")(b"x", timeout=TIMEOUT))
     except grpc.RpcError as exc:
-        return exc, time.monotonic() - started
-    return None, time.monotonic() - started
+        return exc, time.monotonic() - started, started + TIMEOUT
+    return None, time.monotonic() - started, started + TIMEOUT
 
 
 @pytest.mark.parametrize("how", ["unary", "future", "stream"])
@@ -89,9 +97,13 @@ def test_a_call_that_waited_for_an_endpoint_ends_at_its_own_deadline(slow_server
     pool = EndpointPool(resolver, insecure=True, health_interval=0.2, name="slow")
     try:
         pool.start()
-        error, took = _timed(pool, how)
+        error, took, deadline = _timed(pool, how)
         assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
-        # 2 s deadline; the old code gave the call a fresh 2 s after 1.5 s of waiting (3.5 s); 1.25 s of slack
-        assert TIMEOUT - 0.1 < took < APPEARS_AFTER + TIMEOUT - 0.25, took
+        assert took > TIMEOUT - 0.1, took  # it waited for its deadline (not refused for want of an endpoint)
+        # The old code gave the call a fresh 2 s once the endpoint appeared: the server saw a deadline
+        # 1.5 s later than the caller's. Now the same one, but for the time the call took to get there
+        # (a call that expired on its way never got there: its deadline was kept too).
+        assert all(seen < deadline + APPEARS_AFTER / 2 for seen in ARRIVED), (ARRIVED, deadline)
+        assert took < 30, took  # a hang guard only
     finally:
         pool.close()
