@@ -131,12 +131,14 @@ def test_a_plugin_on_the_machines_own_link_local_address_serves(link_local: tupl
         assert kv.get("k") == b"link-local"
 
 
-@pytest.mark.parametrize("listen", ["tcp:localhost:0", "tcp:[::1]:0"])
+# "LOCALHOST": RFC 6761's name in any case, as resolvers read it
+@pytest.mark.parametrize("listen", ["tcp:localhost:0", "tcp:LOCALHOST:0", "tcp:[::1]:0"])
 def test_local_addresses_are_dialed_as_announced(listen: str) -> None:
     if listen == "tcp:[::1]:0" and not socket.has_ipv6:
         pytest.skip("no IPv6 here")
     runner = ProcessRunner([PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": listen})
     with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30)) as client:
+        assert client.handshake.address.startswith(listen[4:-1]), client.handshake.address  # as announced
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"local")
         assert kv.get("k") == b"local"

@@ -93,6 +93,7 @@ def test_short_cert_field_means_no_certificate() -> None:
     ("1|+|tcp|a:1|grpc", "app protocol version '+' is not a number"),
     ("1| 1|tcp|a:1|grpc", "app protocol version ' 1' is not a number"),
     ("1|1|unix|/tmp/a\x00b|grpc", "address field: unix socket path '/tmp/a\\x00b' holds a control character"),
+    ("1|1|unix|/tmp/a\x7fb|grpc", "address field: unix socket path '/tmp/a\\x7fb' holds a control character"),  # DEL
     ("1|1|unix|plugin.sock|grpc", "address field: unix socket path 'plugin.sock' is not absolute"),
     ("1|1|tcp|127.0.0.1:abc|grpc", "address field: port 'abc' of tcp address '127.0.0.1:abc' is not a number"),
     ("1|1|tcp|127.0.0.1:0|grpc", "port '0' of tcp address"),
