@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import Client, ClientConfig
+from plugbay.errors import PluginUnavailableError
 from plugbay.core.broker import spares
 from tests.gobuild import go_program_or_skip
 from tests.thread_util import wait_for
@@ -89,16 +90,16 @@ def test_a_handler_running_after_its_server_stopped_holds_up_no_other_callback_o
 
         stopper = threading.Thread(target=stop_mid_call)
         stopper.start()
-        with pytest.raises(Exception):  # the Go plugin's Put fails: its AddHelper call was cancelled
+        # the Go plugin's Put fails (its AddHelper call was cancelled) and answers UNAVAILABLE
+        with pytest.raises(PluginUnavailableError, match="UNAVAILABLE"):
             counter.put("k", 1, stuck)
         stopper.join(10)
         assert stuck.entered.is_set()
         for _ in range(CALLBACKS):
             counter.put("k", 1, Helper())
         assert counter.get("k") == CALLBACKS
-        time.sleep(0.3)  # the last stopped servers are reaped
         # the stuck handler's worker, the pool taken over by each next server, a spare's first worker
-        assert brokered_workers() <= 4, brokered_workers()
+        wait_for(lambda: brokered_workers() <= 4, "the last stopped servers' workers to be reaped", timeout=10)
         started = time.monotonic()
         client.kill()
         assert time.monotonic() - started < 3, "the last Client's kill() waited for the running handler"
