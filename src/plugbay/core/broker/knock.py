@@ -282,6 +282,7 @@ class Multiplexed:
     def _join_bridges(self) -> None:
         with self._cond:
             bridges, self._bridges = self._bridges, []
-        for bridge in bridges:
+        for bridge in bridges:  # all woken first: each loop's end is then waited for at once
             bridge.stop()
+        for bridge in bridges:
             bridge.join(_BRIDGE_JOIN)

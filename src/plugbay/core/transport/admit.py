@@ -70,6 +70,8 @@ def admit_each(listener: socket.socket, closed: Callable[[], bool],
                 events = poller.poll(ACCEPT_POLL * 1000)
             except OSError:
                 return
+            if closed():  # woken by the close (a shut-down unix listener only fails accept() with EAGAIN)
+                return
             for fd, _ in events:
                 if fd == listener.fileno():
                     try:

@@ -39,6 +39,7 @@ class StreamBridge:
                 first.reset()  # the stream would otherwise stay open on both sides
             raise
         self._listener.settimeout(POLL)
+        self._path = path
         self._mux = mux
         self._cond = threading.Condition()
         self._first = [first] if first is not None else []
@@ -107,8 +108,23 @@ class StreamBridge:
     def stop(self) -> None:
         # no join here: the channel's owner must not wait for the accept poll
         with self._cond:
+            woken = self._stop.is_set()
             self._stop.set()
             first, self._first = self._first, []
             self._cond.notify_all()
         for stream in first:
             stream.reset()
+        if not woken:
+            self._wake()
+
+    def _wake(self) -> None:
+        # A connection of its own wakes the accept loop now, not at its next poll: a plugin's
+        # close() joined each bridge in turn, and waited up to POLL for each (its host kills it
+        # 2 s after Shutdown). The loop drops it, stopped. Not a shutdown() of the listener: the
+        # loop closes it, and a shutdown racing that close could hit a reused fd number.
+        try:
+            waker = sockets.dial_now("unix", self._path)
+        except OSError:  # the loop ended already: its listener is closed or gone
+            return
+        if waker is not None:
+            waker.close()

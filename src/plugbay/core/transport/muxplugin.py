@@ -19,6 +19,7 @@ from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.yamux import Session
 
 _PING_WAIT = 2.0  # a held session that does not answer a ping this fast is given up for a new host
+_ACCEPTOR_JOIN = 5.0  # close() wakes the acceptor: this bounds only a loop stuck elsewhere
 
 log = logging.getLogger("plugbay.mux")
 
@@ -58,7 +59,13 @@ class PluginFront(MuxSession):
                 old.abort("replaced by a newer host connection")
 
     def _close_extra(self) -> None:
-        self._acceptor.join(timeout=5)
+        # wakes the acceptor's poll now, not at its next ACCEPT_POLL (it saw the close 0.2 s late,
+        # on top of a host's 2 s grace); closed only here, once the acceptor is done with it
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._acceptor.join(timeout=_ACCEPTOR_JOIN)
         sockets.close_listener(self._listener)
 
 
