@@ -6,8 +6,11 @@ object per line to stderr (``@level``, ``@message``, ``@module``,
 matching level on the logger ``plugbay.plugin.<name>``, with the hclog facts
 in ``extra`` (``plugin_module``, ``plugin_fields``, ``plugin_timestamp``).
 Other lines (a print, a panic) go to ``raw_sink`` if given (as read), else to the
-logger: like go-plugin, a ``[LEVEL]`` prefix picks the level and a
-Go panic is an error; everything else is INFO. The last lines are kept for
+logger: as in go-plugin, a ``[LEVEL]`` prefix picks the level, and a Go panic
+(from its ``panic: `` or ``fatal error: `` line on) is an error (go-plugin 1.8;
+1.0.1 logs it at DEBUG). Everything else is INFO, where go-plugin logs it at
+DEBUG: a plugin's plain prints are what a Python host's user wants to see at
+INFO, and Python's logging shows neither level unless configured to. The last lines are kept for
 error messages (a plugin that dies before its handshake). Plugin text is untrusted: control
 characters in what reaches a record's message or the tail are escaped
 (plugbay.errors.printable), so a line cannot forge a record or drive a terminal;
