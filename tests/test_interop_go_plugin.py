@@ -127,6 +127,18 @@ def test_plugin_dies_mid_call(misbehave: str, auto_mtls: bool) -> None:
         assert "dying during a call" in str(info.value)
 
 
+def test_a_go_panic_shows_its_panic_line(misbehave: str) -> None:
+    # the error showed the last five stderr lines: the end of the goroutine dump, never what panicked
+    with Client(cfg(misbehave, "kv", call_timeout=60)) as client:
+        with pytest.raises(PluginDiedError, match="exited with code 2") as info:
+            client.dispense(PLUGIN_NAME).get("__panic__")
+        tail = client.stderr_tail()
+    assert tail[-1] != "panic: misbehave: panicking during a call, as asked"  # a dump follows it
+    message = str(info.value)
+    assert "(last stderr: panic: misbehave: panicking during a call, as asked; …; " in message, message
+    assert f"; {tail[-1]})" in message  # and the dump's last lines, as before
+
+
 def test_deadline_maps_to_call_timeout(misbehave: str) -> None:
     with Client(cfg(misbehave, "kv", call_timeout=0.5)) as client:
         kv = client.dispense(PLUGIN_NAME)
@@ -153,6 +165,18 @@ def test_exit_before_handshake(misbehave: str) -> None:
                                             "MISBEHAVE_STDERR": "disk on fire"})):
             pass
     assert "disk on fire" in info.value.stderr_tail
+
+
+def test_exit_before_handshake_shows_a_crash_line_further_back(misbehave: str) -> None:
+    # the error keeps the last 20 stderr lines: a long goroutine dump pushed its panic line out
+    dump = "\n".join(["panic: disk on fire", "", "goroutine 1 [running]:"]
+                     + [f"main.frame{i}()\n\t/src/main.go:{i} +0x1" for i in range(15)])
+    with pytest.raises(PluginExitedError, match="code 2") as info:
+        with Client(cfg(misbehave, "exit", {"MISBEHAVE_EXIT_CODE": "2", "MISBEHAVE_STDERR": dump})):
+            pass
+    tail = info.value.stderr_tail
+    assert tail[:2] == ["panic: disk on fire", "…"] and tail[-1] == "\t/src/main.go:14 +0x1", tail
+    assert len(tail) == 22
 
 
 def test_handshake_timeout(misbehave: str) -> None:

@@ -7,6 +7,8 @@
 //	                         __log__    logs one hclog JSON line per level (trace..error) and one raw
 //	                                    non-JSON stderr line, then Get returns "logged"
 //	                         __env__    Get returns JSON of the plugin's PLUGIN_* and BASIC_PLUGIN env vars
+//	                         __panic__  the call's goroutine panics: the process dies with Go's
+//	                                    "panic: ..." line and a goroutine dump on stderr (exit code 2)
 //	                       MISBEHAVE_VERSIONS="2,3" serves the KV plugin only under those app protocol versions.
 //	exit                   writes MISBEHAVE_STDERR (default: a two-line error) to stderr and exits with
 //	                       MISBEHAVE_EXIT_CODE (default 3) before any handshake
@@ -79,6 +81,8 @@ func trap(ctx context.Context, key string) (value []byte, handled bool, err erro
 		case <-time.After(time.Duration(envInt("MISBEHAVE_MAX_SECONDS", 120)) * time.Second):
 			return nil, true, fmt.Errorf("hang ended after MISBEHAVE_MAX_SECONDS")
 		}
+	case "__panic__":
+		panic("misbehave: panicking during a call, as asked")
 	case "__log__":
 		logger.Trace("trace message", "n", 1)
 		logger.Debug("debug message", "n", 2)

@@ -43,7 +43,7 @@ class Connecting(ExitNotice):
     def _raise_if_exited(self, code: int | None) -> None:
         if code is not None:
             self._logs.join(2.0)
-            raise exited_after_handshake(self.name, code, self._logs.tail()[-20:])
+            raise exited_after_handshake(self.name, code, self._logs.last(20))
 
     def _accept(self, info: HandshakeInfo) -> None:
         refuse_announced(info, self._versions, self.config.multiplex_broker, self.name)

@@ -72,7 +72,7 @@ class ExitNotice(ClientParts):
         # learned here before the exit watch: refused as the watch would
         self._learned_exit(code, refuse=self._exit_code is None and self._exit_gate.is_open)
         self._drain_logs()
-        return describe_exit(self._exit_words(code), self._logs.tail()[-5:], self._reason_of(code))
+        return describe_exit(self._exit_words(code), self._logs.last(5), self._reason_of(code))
 
     def _exit_words(self, code: int) -> str:
         """How the plugin ended, as its runner can tell (a reattached process's status is unknown)."""

@@ -11,7 +11,8 @@ logger: as in go-plugin, a ``[LEVEL]`` prefix picks the level, and a Go panic
 1.0.1 logs it at DEBUG). Everything else is INFO, where go-plugin logs it at
 DEBUG: a plugin's plain prints are what a Python host's user wants to see at
 INFO, and Python's logging shows neither level unless configured to. The last lines are kept for
-error messages (a plugin that dies before its handshake). Plugin text is untrusted: control
+error messages (a plugin that dies before its handshake), which show a Go crash's ``panic: `` or
+``fatal error: `` line first when its goroutine dump pushed it out of them. Plugin text is untrusted: control
 characters in what reaches a record's message or the tail are escaped
 (plugbay.errors.printable), so a line cannot forge a record or drive a terminal;
 the line as read is in ``extra`` as ``plugin_raw``. A line longer than
@@ -34,6 +35,13 @@ from plugbay.core.transport.lines import cap_line
 from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_level_hint, hclog_record, parse_hclog
 from plugbay.errors import printable
 
+# A Go crash's first line: what went wrong. The goroutine dump after it says only where, and the
+# last lines an error message shows were its end. One further back than this is no crash's (a crash
+# ends the plugin), only a line that began so.
+CRASH_STARTS = ("panic: ", "fatal error: ")
+CRASH_REACH = 1000
+
+
 def plugin_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"plugbay.plugin.{name}")
 
@@ -48,6 +56,8 @@ class LogPump:
         self.raw_sink = raw_sink
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._in_panic = False
+        self._stderr_lines = 0
+        self._crash: tuple[int, str] | None = None  # the last crash line, after how many stderr lines
         self._cond = threading.Condition()
         self._open = 0  # pushed streams not ended yet (opened() minus closed())
 
@@ -65,6 +75,15 @@ class LogPump:
         """The last stderr lines, hclog entries shown as "[LEVEL] message k=v"."""
         return [_tail_line(line) for line in list(self._tail)]
 
+    def last(self, n: int) -> list[str]:
+        """The last ``n`` lines of tail(), after a Go crash's ``panic: ``/``fatal error: `` line and a
+        ``…`` when that line is further back: an error message shows what crashed, not only where."""
+        lines = self.tail()[-n:]
+        crash, count = self._crash, self._stderr_lines
+        if crash is not None and n <= count - crash[0] < CRASH_REACH:
+            lines = [_tail_line(crash[1]), "…", *lines]
+        return lines
+
     def join(self, timeout: float = 5.0) -> bool:
         """Wait for every pumped stream to end; False if one is still open."""
         with self._cond:
@@ -72,6 +91,10 @@ class LogPump:
 
     def handle(self, line: str, stream: str = "stderr") -> None:
         line = cap_line(line)  # a Runner of another library may not bound its lines
+        if stream == "stderr":
+            self._stderr_lines += 1
+            if line.startswith(CRASH_STARTS):
+                self._crash = (self._stderr_lines, line)
         hint = hclog_level_hint(line)
         if hint is not None and not self.logger.isEnabledFor(hint):  # e.g. a Go plugin's debug line per call
             if stream == "stderr":
