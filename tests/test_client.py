@@ -542,6 +542,20 @@ def test_reattach_config_errors() -> None:
         ReattachConfig.from_json('["not", "an", "object"]')
 
 
+def test_go_plugins_reattach_json_is_refused_as_such() -> None:
+    # go-plugin's own shape failed "not a plugbay reattach config (KeyError: 'handshake')": right to
+    # refuse (it proves nothing), wrong not to say what it is; here it names a live plugbay plugin
+    with Client(config()) as client:
+        own = client.reattach_config().to_dict()
+        go = {"Protocol": "grpc", "ProtocolVersion": 1, "Pid": own["runner"]["pid"], "Test": False,
+              "Addr": {"Network": client.handshake.network, "String": client.handshake.address}}
+        for given in (lambda: ReattachConfig.from_json(json.dumps(go)), lambda: ReattachConfig.from_dict(go)):
+            with pytest.raises(ConfigError, match=r"go-plugin's ReattachConfig .*not plugbay's.* only to a plugin"
+                               r" a plugbay host started.*Client.reattach_config\(\).to_json\(\)"):
+                given()
+        assert ReattachConfig.from_dict(own) == client.reattach_config()  # plugbay's own still loads
+
+
 def test_start_failure_inside_with_cleans_up() -> None:
     client = Client(config([PY, MISBEHAVE, "line", "garbage"]))
     with pytest.raises(MalformedHandshakeError):

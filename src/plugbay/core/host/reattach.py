@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # the runners' reattach_data() fields that prove the plugin is the one plugbay made (runners/attached.py's
 # plugin_id, runners/reattachkey.py's SECRET): the runners' layer sits above this one, hence the copy
 _PROOFS = frozenset({"plugin_id", "reattach_secret"})
+# go-plugin's ReattachConfig as its JSON comes (Addr as {"Network", "String"}): refused, and said so
+_GO_PLUGIN_FIELDS = frozenset({"Protocol", "ProtocolVersion", "Addr", "Pid", "Test"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,15 @@ class ReattachConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"ReattachConfig.from_dict takes a dict, got {kind(data)}; pass the dict"
                               " ReattachConfig.to_dict() gave (for its JSON text: ReattachConfig.from_json)")
+        if "handshake" not in data and not _GO_PLUGIN_FIELDS.isdisjoint(data):
+            raise ConfigError(
+                "this is go-plugin's ReattachConfig (Protocol, ProtocolVersion, Addr, Pid, Test), not plugbay's:"
+                " plugbay reattaches only to a plugin a plugbay host started, from the JSON that host's"
+                " Client.reattach_config().to_json() gave. go-plugin's names a pid and an address and nothing"
+                " that proves the plugin there is the one it names (plugbay's records the process's start time"
+                " and the random plugin id it gave it, and the AutoMTLS certificate). Reattach to this plugin"
+                " with the go-plugin host that started it, or start it from a plugbay Client and save that"
+                " Client's reattach_config().to_json()")
         try:
             info = HandshakeInfo.from_dict(data["handshake"])
             cert = data.get("client_cert")
