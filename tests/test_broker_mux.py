@@ -10,6 +10,7 @@ brokered connections were made.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -562,21 +563,23 @@ def test_a_routed_stream_whose_target_is_slow_to_accept_holds_up_no_other_stream
 def test_closing_a_dialed_channel_frees_its_bridge(mpair: MuxPair) -> None:
     sid = mpair.host.next_id()
     mpair.host.accept_and_serve(sid, register("h"))
+    # a dial's bridge listens on "d<pid>-<serial>" (tempdirs.private_socket) in the plugin's private folder
+    stem = re.compile(rf"d{os.getpid():x}-[0-9a-f]+")
+
+    def bridge_sockets() -> list[str]:
+        return [n for n in os.listdir(mpair.plugin._private_dir or "/") if stem.fullmatch(n)]
+
     for _ in range(10):
         with mpair.plugin.dial(sid) as ch:
             assert check(ch, "h") == SERVING
+            assert bridge_sockets(), "no bridge socket where this test looks for one: it would check nothing"
     assert mpair.plugin._channels == []
-
-    def leftovers() -> list[str]:
-        threads = [t.name for t in threading.enumerate() if t.name.startswith("plugbay-mux-dial")]
-        return threads + [n for n in os.listdir(mpair.plugin._private_dir or "/") if n.startswith("dial")]
-
-    # each bridge's accept thread notices within one poll, then frees its socket
+    # each bridge's accept loop is woken by the close, then frees its socket
     for _ in range(50):
-        if not leftovers():
+        if not bridge_sockets():
             break
         threading.Event().wait(0.1)
-    assert leftovers() == []
+    assert bridge_sockets() == []
 
 
 def test_a_peer_flooding_knocks_and_acks_cannot_grow_the_broker_without_bound(mpair: MuxPair) -> None:
