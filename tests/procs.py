@@ -61,6 +61,14 @@ def connections_to(port: int) -> int:
     return sum(1 for r in rows if int(r[2].split(":")[1], 16) == port and f"socket:[{r[9]}]" in mine)
 
 
+def outlive_pipe() -> tuple[int, int, str]:
+    """A pipe for a plugin's stderr (read end, write end) and the PLUGBAY_OUTLIVE_HOST value naming it: what a
+    plugbay host's ProcessRunner sets to ask its plugin to outlive it. Spelled here, not taken from plugbay."""
+    read, write = os.pipe()
+    facts = os.fstat(write)
+    return read, write, f"pipe:{facts.st_dev}:{facts.st_ino}"
+
+
 def gone(pid: int) -> bool:
     """Whether ``pid`` has ended: no such process, or a zombie waiting to be reaped."""
     try:

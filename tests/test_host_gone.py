@@ -5,7 +5,9 @@ go-plugin plugin dies of SIGPIPE at its next log line; a Python one ignores SIGP
 forever, unreachable, its socket left behind. serve() watches its original stderr when that is a
 pipe (the stdio pump polls it for POLLERR) and stops without waiting for a write. Real processes:
 a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed, whose
-ProcessRunner asks its plugin to outlive it (PLUGBAY_OUTLIVE_HOST=1) for a reattach unless told otherwise.
+ProcessRunner asks its plugin to outlive it (PLUGBAY_OUTLIVE_HOST naming the plugin's stderr pipe) for a
+reattach unless told otherwise, and a go-plugin 1.0.1 host (tests/go/kv_host) that such a host started, whose
+plugbay plugin inherits that ask, which names the Go host's pipe, not the plugin's: it stops with the Go host.
 Plus the setup-error line a go-plugin 1.0.1 host (tests/go/kv_host) shows at ERROR.
 """
 
@@ -24,13 +26,15 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.procs import end_host, gone
+from tests.procs import descendants, end_host, gone, outlive_pipe
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
 FAILING = REPO / "tests" / "plugins" / "failing_setup.py"
+HELD_KV = REPO / "tests" / "plugins" / "held_kv.py"
 BOUND = 20.0
+OUTLIVE, SESSION = "PLUGBAY_OUTLIVE_HOST", "PLUGBAY_HOST_SESSION"
 
 
 @pytest.fixture
@@ -46,9 +50,18 @@ def _env(sockets: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _launch(sockets: Path, stderr: int, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=stderr, env=_env(sockets, **extra), cwd=sockets)
+def _launch(sockets: Path, stderr: int, outlive: bool = False, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``outlive``: its stderr a pipe made here, named in PLUGBAY_OUTLIVE_HOST (what ProcessRunner asks)."""
+    read, write, named = outlive_pipe() if outlive else (-1, stderr, "")
+    try:
+        proc = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=write, env=_env(sockets, **extra, **({OUTLIVE: named} if named else {})),
+                                cwd=sockets)
+    finally:
+        if named:
+            os.close(write)
+    if named:
+        proc.stderr = open(read, "rb", buffering=0)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if line.count("|") < 4:
@@ -74,8 +87,19 @@ def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path) -> None:
-    proc, address = _launch(sockets, subprocess.PIPE)
+@pytest.mark.parametrize("ask", ["none", "0", "1", "session-only", "another-pipe", "malformed"])
+def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path, ask: str) -> None:
+    """Nothing asks it to outlive its host but a name of its own stderr pipe: not "1" (a plugbay host of the
+    forty-second session's, or one a Go host passed on from its own host: the plugin cannot tell them
+    apart), nor PLUGBAY_HOST_SESSION alone (a plugbay host before the variable), nor another pipe's name."""
+    other = outlive_pipe()  # open throughout: its number cannot be the plugin's pipe's
+    extra = {"none": {}, "0": {OUTLIVE: "0"}, "1": {OUTLIVE: "1", SESSION: "1-2.3"}, "session-only": {SESSION: "1-2.3"},
+             "another-pipe": {OUTLIVE: other[2], SESSION: "1-2.3"}, "malformed": {OUTLIVE: "pipe:x:9" + "9" * 5000}}
+    try:
+        proc, address = _launch(sockets, subprocess.PIPE, False, **extra[ask])
+    finally:
+        os.close(other[0])
+        os.close(other[1])
     try:
         assert proc.stderr is not None
         proc.stderr.close()  # the host died: no reader is left on the plugin's stderr
@@ -92,15 +116,14 @@ def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path) -> None:
 @pytest.mark.parametrize("case", ["file", "listen", "outlive"])
 def test_plugin_whose_stderr_is_no_hosts_pipe_serves_on(sockets: Path, tmp_path: Path, case: str) -> None:
     """A file (or a terminal) never reports a closed reader; under PLUGBAY_LISTEN (a container's plugin)
-    stderr is its engine's, and a closed reader there is no host's death; PLUGBAY_OUTLIVE_HOST=1 is a
-    host's ask to leave the plugin running for a later host to reattach."""
+    stderr is its engine's, and a closed reader there is no host's death; PLUGBAY_OUTLIVE_HOST naming its
+    stderr pipe is a host's ask to leave the plugin running for a later host to reattach."""
     if case == "file":
         with open(tmp_path / "stderr.log", "wb") as log:
             proc, address = _launch(sockets, log.fileno())
     else:
-        extra = ({"PLUGBAY_LISTEN": f"unix:{sockets}/listen.sock"} if case == "listen"
-                 else {"PLUGBAY_OUTLIVE_HOST": "1"})
-        proc, address = _launch(sockets, subprocess.PIPE, **extra)
+        extra = {"PLUGBAY_LISTEN": f"unix:{sockets}/listen.sock"} if case == "listen" else {}
+        proc, address = _launch(sockets, subprocess.PIPE, outlive=case == "outlive", **extra)
         assert proc.stderr is not None
         proc.stderr.close()
     try:
@@ -170,3 +193,39 @@ def test_setup_error_shows_at_error_under_a_go_host(tmp_path: Path, sockets: Pat
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [x for x in done.stderr.splitlines() if "[ERROR]" in x]
     assert any("error registering 'kv_grpc': database URL not set; export KV_DB" in x for x in errors), done.stderr
+
+
+@pytest.mark.go
+@pytest.mark.skipif(gobuild.go_missing_reason() is not None, reason=gobuild.go_missing_reason() or "")
+def test_a_plugbay_plugin_stops_with_the_go_host_a_plugbay_host_started(tmp_path: Path, sockets: Path) -> None:
+    """A plugbay host's ProcessRunner (default: its plugin asked to outlive it) runs a go-plugin 1.0.1 host
+    (kv_host), whose plugin is a plugbay one: go-plugin hands its plugin its own environment whole, the
+    ProcessRunner's ask included, but that ask names the Go host's stderr pipe, not the plugin's. The Go
+    host SIGKILLed while the plugin's Get is held, the plugbay plugin stops by itself, as a Go plugin does."""
+    from plugbay import ProcessRunner
+    from plugbay.runners.base import LaunchSpec
+
+    env = _env(sockets, KV_PLUGIN=f"{sys.executable} {HELD_KV}")
+    del env["BASIC_PLUGIN"], env["PLUGIN_PROTOCOL_VERSIONS"]  # the Go host sets them
+    runner = ProcessRunner([str(gobuild.build_go("kv_host")), "--timeout", "120s", "get", "hold"], env=env,
+                           cwd=tmp_path, skip_host_env=True)
+    runner.start(LaunchSpec(env={}))
+    assert runner.pid is not None
+    started: list[int] = []
+    try:
+        assert wait_until(lambda: (tmp_path / "held").exists(), BOUND), runner.diagnose()  # its Get runs
+        started = [pid for pid, _ in descendants(runner.pid)]  # the plugin (and a `sh -c` that forked)
+        plugin = [pid for pid, name in descendants(runner.pid) if name.startswith("python")]
+        assert len(plugin) == 1, descendants(runner.pid)
+        os.kill(runner.pid, signal.SIGKILL)  # the Go host alone: its plugin leads a group of its own
+        assert runner.wait(BOUND) is not None
+        (tmp_path / "release").touch()  # the held Get returns: a handler still running would hold its exit
+        assert wait_until(lambda: gone(plugin[0]), BOUND), "the plugbay plugin served on after its Go host died"
+    finally:
+        (tmp_path / "release").touch()
+        runner.kill(0)
+        for pid in started:  # started by this test (through its Go host)
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        for pid in started:
+            wait_until(lambda: gone(pid), 10)

@@ -42,6 +42,7 @@ from typing import Any
 
 from plugbay.core.protocol.exits import exit_said, killed_by
 from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST, HOST_SET_VARIABLES
+from plugbay.core.protocol.outlive import asks_outlive
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
 from plugbay.runners.announced import LocalAddresses, read_networks
@@ -60,6 +61,7 @@ from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
                                       signal_all, signal_group, stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
+from plugbay.runners.stderrpipe import popen_naming_stderr
 
 _TAIL = 50
 
@@ -154,8 +156,8 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         env.update(spec.env)
         env[ENV_PLUGIN_ID] = self.plugin_id
         env[ENV_HOST_SESSION] = host_session()
-        if not self.die_with_host and ENV_OUTLIVE_HOST not in self.env and ENV_OUTLIVE_HOST not in spec.env:
-            env[ENV_OUTLIVE_HOST] = "1"  # outlive this host's crash, for a reattach (docs/resilience.md)
+        # outlive this host's crash, for a reattach (docs/resilience.md): the ask names the pipe (popen())
+        outlive = asks_outlive(env.get(ENV_OUTLIVE_HOST), not self.die_with_host)
         if spec.socket_dir and "TMPDIR" not in self.env and "TMPDIR" not in spec.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.
@@ -189,11 +191,9 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         def popen() -> None:
             ran.append(True)
             try:
-                subprocess.Popen.__init__(
-                    proc, args, executable=executable, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0, bufsize=0,
-                    pass_fds=tuple(verified.values()),
-                )
+                popen_naming_stderr(proc, env, outlive, args=args, executable=executable, cwd=self.cwd,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, process_group=0,
+                                    bufsize=0, pass_fds=tuple(verified.values()))
             finally:  # after the Popen, wherever it ran: until then a closed number could name another file
                 for fd in verified.values():
                     os.close(fd)

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Mapping
 
-from plugbay.core.plugin.listener import parse_bool
 from plugbay.core.plugin.logs import HclogFormatter
-from plugbay.core.protocol.handshake import ENV_HOST_SESSION, ENV_OUTLIVE_HOST
+from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST
+from plugbay.core.protocol.outlive import names_stderr
 
 
 def fail_setup(message: str, hclog: bool = False) -> None:
@@ -28,10 +28,10 @@ def fail_setup(message: str, hclog: bool = False) -> None:
     raise SystemExit(1)
 
 
-def outlives_host(env: Mapping[str, str]) -> bool:
-    """Whether the host asked this plugin to serve on after the host dies (for a later host to reattach)."""
+def outlives_host(env: Mapping[str, str], stderr: int = 2) -> bool:
+    """Whether the host asked this plugin to serve on after the host dies (for a later host to reattach):
+    only by naming the pipe on ``stderr`` (core/protocol/outlive.py), so an ask a Go host passed on from
+    its own host's environment asks nothing; the unnamed forms (``1``, or PLUGBAY_HOST_SESSION alone from
+    a plugbay host before the variable) cannot be told from an inherited one, and stop the plugin."""
     said = env.get(ENV_OUTLIVE_HOST)
-    if said is not None:
-        return parse_bool(said)
-    # a plugbay host from before ENV_OUTLIVE_HOST meant its plugins to outlive it (and set this one)
-    return bool(env.get(ENV_HOST_SESSION))
+    return said is not None and names_stderr(said, stderr)

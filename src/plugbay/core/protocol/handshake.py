@@ -41,8 +41,9 @@ ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
 # Set by a plugbay host that multiplexes: it holds a brokered stream that arrives before its
 # knock, so a plugbay plugin may open the stream right after knocking (go-plugin ignores it).
 ENV_MUX_HOLDS_STREAMS = "PLUGBAY_MULTIPLEX_HOLDS_STREAMS"
-# "1", set by a plugbay host (ProcessRunner without die_with_host): a plugbay plugin serves on when the
-# host's end of its stderr closes (the host died), so a later host can reattach; under others it stops.
+# "pipe:<st_dev>:<st_ino>" of the plugin's stderr, set by a plugbay host (ProcessRunner without die_with_host):
+# a plugbay plugin whose stderr is that pipe serves on when the host's end closes (the host died), so a
+# later host can reattach; under others it stops (core/protocol/outlive.py).
 ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
 # Set by every plugbay host (its session: runners.proctree): a plugin reads it as "a plugbay host launched me".
 ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
