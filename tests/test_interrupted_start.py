@@ -107,6 +107,36 @@ def test_ctrl_c_inside_popen_leaves_no_plugin_process(tmp_path: Path) -> None:
     _interrupted_start_leaves_no_plugin(ProcessRunner(SILENT, cwd=tmp_path), in_popen)
 
 
+def _pipes_open_here() -> set[str]:
+    found = set()
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{entry}"))
+        except OSError:
+            continue  # the listing's own fd
+    return {link for link in found if link.startswith("pipe:")}
+
+
+@pytest.mark.parametrize("point", ["open-returns", "popen-returns"])
+def test_ctrl_c_as_the_stderr_pipe_is_handed_over_leaves_no_plugin_and_no_pipe(tmp_path: Path, point: str) -> None:
+    # runners/stderrpipe.py makes the plugin's stderr pipe and wraps its read end in a file object. A Ctrl-C
+    # raised as open() returned dropped that object, which closed the read end, and the cleanup closed the
+    # number again: EBADF took the KeyboardInterrupt's place, start() took it for a failed spawn, and the
+    # plugin, already running, was left where kill() could not reach it. "popen-returns": the plugin
+    # started, its stderr not yet handed to the Popen object.
+    def at(frame: FrameType, event: str, arg: Any) -> bool:
+        back = frame.f_back
+        if point == "open-returns":
+            return (event == "c_return" and frame.f_code.co_name == "popen_naming_stderr"
+                    and getattr(arg, "__name__", "") == "open")
+        return (event == "return" and frame.f_code.co_name == "__init__" and back is not None
+                and back.f_code.co_name == "popen_naming_stderr")
+
+    before = _pipes_open_here()
+    _interrupted_start_leaves_no_plugin(ProcessRunner(SILENT, cwd=tmp_path), at)
+    assert _pipes_open_here() - before == set()
+
+
 def _interrupted_start_leaves_no_plugin(runner: ProcessRunner, when: Callable[[FrameType, str, Any], bool]) -> None:
     """A Client's start() interrupted (Ctrl-C) where ``when`` says: no plugin process is left, running or
     a zombie, before or after kill()."""

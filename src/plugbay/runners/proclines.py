@@ -101,6 +101,9 @@ class ProcessLines:
         carry PLUGBAY_PLUGIN_ID yet; what it started since does, or descends from it.
         """
         proc, pid = self._unheld, getattr(self._unheld, "pid", None)
+        for pipe in (getattr(proc, "stdout", None), getattr(proc, "stderr", None)):
+            if pipe is not None:  # a Ctrl-C late in Popen, after its own cleanup could run: they stay open
+                pipe.close()
         if proc is None or pid is None or proc.returncode is not None:  # no fork, or reaped
             self._unheld = None
             return

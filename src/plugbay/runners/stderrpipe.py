@@ -19,13 +19,19 @@ def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outl
     """``Popen.__init__(proc, env=env, stderr=<a pipe>, **popen)``, with ``proc.stderr`` its read end as
     Popen's own would be (bufsize=0); ``outlive``: ``env`` names that pipe in PLUGBAY_OUTLIVE_HOST."""
     read, write = os.pipe()  # both close-on-exec: Popen dups the write end onto the child's fd 2 only
+    reader = None
     try:
+        # The read end is closed through its file object only, made first: a Ctrl-C is raised as a builtin
+        # returns, so one as open() returns drops the object, which closes the end, and a close of the
+        # number here would then fail (EBADF) in the KeyboardInterrupt's place, taken for a failed spawn.
+        reader = open(read, "rb", buffering=0)
         if outlive:
             env[ENV_OUTLIVE_HOST] = pipe_name(write)
         subprocess.Popen.__init__(proc, env=env, stderr=write, **popen)
-        proc.stderr = open(read, "rb", buffering=0)
-        read = -1
-    finally:  # the write end always (the plugin's stderr reports its end only once the host's copy is
-        for fd in (read, write):  # gone too), the read end unless proc holds it
-            if fd >= 0:
-                os.close(fd)
+        proc.stderr = reader  # no builtin call between the Popen's return and this: no Ctrl-C either
+    except BaseException:
+        if reader is not None:
+            reader.close()
+        raise
+    finally:  # the plugin's stderr reports its end only once the host's copy of the write end is gone too
+        os.close(write)
