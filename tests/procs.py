@@ -1,6 +1,7 @@
 """This machine's process tree, read from /proc: who descends from whom (the leak check, the Go
 test hosts' run_program and the tests that look for a plugin's children use it); and this
-process's own TCP connections to a port (the Kubernetes API client tests)."""
+process's own TCP connections to a port (the Kubernetes API client tests); and a plugin process
+started as a plugbay host asks it to outlive the host (its stderr pipe named)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,22 @@ def outlive_pipe() -> tuple[int, int, str]:
     read, write = os.pipe()
     facts = os.fstat(write)
     return read, write, f"pipe:{facts.st_dev}:{facts.st_ino}"
+
+
+def popen_asked_to_outlive(args: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+    """A plugin process asked to outlive its host as a plugbay host's ProcessRunner asks: its stderr a pipe made
+    here (``proc.stderr`` its read end) named in PLUGBAY_OUTLIVE_HOST."""
+    read, write, named = outlive_pipe()
+    try:
+        proc = subprocess.Popen(args, env={**env, "PLUGBAY_OUTLIVE_HOST": named},
+                                stderr=write, **popen)
+    except BaseException:
+        os.close(read)  # no process holds it: a failed spawn left nothing open
+        raise
+    finally:
+        os.close(write)  # the plugin's stderr reports its end only once this copy is gone too
+    proc.stderr = open(read, "rb", buffering=0)
+    return proc
 
 
 def gone(pid: int) -> bool:

@@ -17,7 +17,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugin import grpc_controller_pb2, grpc_controller_pb2_grpc
 from plugbay.core.protocol.handshake import HandshakeInfo, parse_handshake_line
 from plugbay.core.transport.relay import TLSRelay
-from tests.procs import outlive_pipe
+from tests.procs import popen_asked_to_outlive
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = REPO / "tests" / "plugins" / "probe.py"
@@ -36,17 +36,11 @@ class PluginProc:
         """``outlive``: asked to outlive its host, as a plugbay host's ProcessRunner asks (its stderr pipe named)."""
         full = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "PROBE_"))}
         full.update(env)
-        read, write, named = outlive_pipe() if outlive else (-1, subprocess.PIPE, "")
-        if named:
-            full["PLUGBAY_OUTLIVE_HOST"] = named
-        try:
+        if outlive:
+            self.proc = popen_asked_to_outlive([sys.executable, str(script)], full, stdout=subprocess.PIPE, cwd=cwd)
+        else:
             self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                                         stderr=write, env=full, cwd=cwd)
-        finally:
-            if named:
-                os.close(write)
-        if named:
-            self.proc.stderr = open(read, "rb", buffering=0)
+                                         stderr=subprocess.PIPE, env=full, cwd=cwd)
         self.channels: list[grpc.Channel] = []
         self.relays: list[TLSRelay] = []
 

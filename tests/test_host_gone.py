@@ -26,7 +26,7 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.procs import descendants, end_host, gone, outlive_pipe
+from tests.procs import descendants, end_host, gone, outlive_pipe, popen_asked_to_outlive
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,16 +52,13 @@ def _env(sockets: Path, **extra: str) -> dict[str, str]:
 
 def _launch(sockets: Path, stderr: int, outlive: bool = False, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """``outlive``: its stderr a pipe made here, named in PLUGBAY_OUTLIVE_HOST (what ProcessRunner asks)."""
-    read, write, named = outlive_pipe() if outlive else (-1, stderr, "")
-    try:
-        proc = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=write, env=_env(sockets, **extra, **({OUTLIVE: named} if named else {})),
-                                cwd=sockets)
-    finally:
-        if named:
-            os.close(write)
-    if named:
-        proc.stderr = open(read, "rb", buffering=0)
+    args = [sys.executable, str(KV_PLUGIN)]
+    if outlive:
+        proc = popen_asked_to_outlive(args, _env(sockets, **extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      cwd=sockets)
+    else:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                                env=_env(sockets, **extra), cwd=sockets)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if line.count("|") < 4:
