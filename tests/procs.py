@@ -63,7 +63,7 @@ def connections_to(port: int) -> int:
 
 
 def outlive_pipe() -> tuple[int, int, str]:
-    """A pipe for a plugin's stderr (read end, write end) and the PLUGBAY_OUTLIVE_HOST value naming it: what a
+    """A pipe for a plugin's stderr (read end, write end) and the PLUGBAY_OUTLIVE_PIPE value naming it: what a
     plugbay host's ProcessRunner sets to ask its plugin to outlive it. Spelled here, not taken from plugbay."""
     read, write = os.pipe()
     facts = os.fstat(write)
@@ -72,10 +72,10 @@ def outlive_pipe() -> tuple[int, int, str]:
 
 def popen_asked_to_outlive(args: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
     """A plugin process asked to outlive its host as a plugbay host's ProcessRunner asks: its stderr a pipe made
-    here (``proc.stderr`` its read end) named in PLUGBAY_OUTLIVE_HOST."""
+    here (``proc.stderr`` its read end) named in PLUGBAY_OUTLIVE_PIPE, PLUGBAY_OUTLIVE_HOST=1 unless ``env`` says."""
     read, write, named = outlive_pipe()
     try:
-        proc = subprocess.Popen(args, env={**env, "PLUGBAY_OUTLIVE_HOST": named},
+        proc = subprocess.Popen(args, env={"PLUGBAY_OUTLIVE_HOST": "1", **env, "PLUGBAY_OUTLIVE_PIPE": named},
                                 stderr=write, **popen)
     except BaseException:
         os.close(read)  # no process holds it: a failed spawn left nothing open

@@ -5,7 +5,7 @@ go-plugin plugin dies of SIGPIPE at its next log line; a Python one ignores SIGP
 forever, unreachable, its socket left behind. serve() watches its original stderr when that is a
 pipe (the stdio pump polls it for POLLERR) and stops without waiting for a write. Real processes:
 a bare pipe reader as the host (what a Go host's exec.Cmd is), and a plugbay host SIGKILLed, whose
-ProcessRunner asks its plugin to outlive it (PLUGBAY_OUTLIVE_HOST naming the plugin's stderr pipe) for a
+ProcessRunner asks its plugin to outlive it (PLUGBAY_OUTLIVE_PIPE naming the plugin's stderr pipe) for a
 reattach unless told otherwise, and a go-plugin 1.0.1 host (tests/go/kv_host) that such a host started, whose
 plugbay plugin inherits that ask, which names the Go host's pipe, not the plugin's: it stops with the Go host.
 Plus the setup-error line a go-plugin 1.0.1 host (tests/go/kv_host) shows at ERROR.
@@ -34,7 +34,7 @@ KV_PLUGIN = REPO / "examples" / "kv" / "plugin.py"
 FAILING = REPO / "tests" / "plugins" / "failing_setup.py"
 HELD_KV = REPO / "tests" / "plugins" / "held_kv.py"
 BOUND = 20.0
-OUTLIVE, SESSION = "PLUGBAY_OUTLIVE_HOST", "PLUGBAY_HOST_SESSION"
+OUTLIVE, PIPE, SESSION = "PLUGBAY_OUTLIVE_HOST", "PLUGBAY_OUTLIVE_PIPE", "PLUGBAY_HOST_SESSION"
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def _env(sockets: Path, **extra: str) -> dict[str, str]:
 
 
 def _launch(sockets: Path, stderr: int, outlive: bool = False, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``outlive``: its stderr a pipe made here, named in PLUGBAY_OUTLIVE_HOST (what ProcessRunner asks)."""
+    """``outlive``: asked as ProcessRunner asks, its stderr a pipe made here and named in PLUGBAY_OUTLIVE_PIPE."""
     args = [sys.executable, str(KV_PLUGIN)]
     if outlive:
         proc = popen_asked_to_outlive(args, _env(sockets, **extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -84,16 +84,18 @@ def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-@pytest.mark.parametrize("ask", ["none", "0", "1", "session-only", "another-pipe", "malformed"])
+@pytest.mark.parametrize("ask", ["none", "0", "1", "session-only", "another-pipe", "malformed", "own-pipe-but-0"])
 def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path, ask: str) -> None:
-    """Nothing asks it to outlive its host but a name of its own stderr pipe: not "1" (a plugbay host of the
-    forty-second session's, or one a Go host passed on from its own host: the plugin cannot tell them
-    apart), nor PLUGBAY_HOST_SESSION alone (a plugbay host before the variable), nor another pipe's name."""
+    """Nothing asks it to outlive its host but PLUGBAY_OUTLIVE_PIPE naming its own stderr pipe: not "1" alone (a
+    plugbay host from before the name, or one a Go host passed on from its own host: the plugin cannot tell
+    them apart), nor PLUGBAY_HOST_SESSION alone (a plugbay host before the ask), nor another pipe's name; and
+    an explicit PLUGBAY_OUTLIVE_HOST=0 beside its own pipe's name still says stop."""
     other = outlive_pipe()  # open throughout: its number cannot be the plugin's pipe's
     extra = {"none": {}, "0": {OUTLIVE: "0"}, "1": {OUTLIVE: "1", SESSION: "1-2.3"}, "session-only": {SESSION: "1-2.3"},
-             "another-pipe": {OUTLIVE: other[2], SESSION: "1-2.3"}, "malformed": {OUTLIVE: "pipe:x:9" + "9" * 5000}}
+             "another-pipe": {OUTLIVE: "1", PIPE: other[2], SESSION: "1-2.3"},
+             "malformed": {OUTLIVE: "1", PIPE: "pipe:x:9" + "9" * 5000}, "own-pipe-but-0": {OUTLIVE: "0"}}
     try:
-        proc, address = _launch(sockets, subprocess.PIPE, False, **extra[ask])
+        proc, address = _launch(sockets, subprocess.PIPE, ask == "own-pipe-but-0", **extra[ask])
     finally:
         os.close(other[0])
         os.close(other[1])
@@ -113,7 +115,7 @@ def test_plugin_stops_when_its_hosts_stderr_pipe_closes(sockets: Path, ask: str)
 @pytest.mark.parametrize("case", ["file", "listen", "outlive"])
 def test_plugin_whose_stderr_is_no_hosts_pipe_serves_on(sockets: Path, tmp_path: Path, case: str) -> None:
     """A file (or a terminal) never reports a closed reader; under PLUGBAY_LISTEN (a container's plugin)
-    stderr is its engine's, and a closed reader there is no host's death; PLUGBAY_OUTLIVE_HOST naming its
+    stderr is its engine's, and a closed reader there is no host's death; PLUGBAY_OUTLIVE_PIPE naming its
     stderr pipe is a host's ask to leave the plugin running for a later host to reattach."""
     if case == "file":
         with open(tmp_path / "stderr.log", "wb") as log:

@@ -61,7 +61,7 @@ def test_a_host_that_closed_stderr_stops_the_plugin_exit_0_and_serve_returns(
 @pytest.mark.parametrize("own_logging", [False, True], ids=["plugbay-logging", "basicConfig"])
 def test_a_plugin_asked_to_outlive_its_host_drops_records_and_sigterm_still_exits_0(
         plugins: list[PluginProc], tmp_path: Path, own_logging: bool) -> None:
-    # PLUGBAY_OUTLIVE_HOST naming its stderr pipe (a plugbay host's ProcessRunner sets it, for a reattach):
+    # PLUGBAY_OUTLIVE_PIPE naming its stderr pipe (a plugbay host's ProcessRunner sets it, for a reattach):
     # the plugin serves on after its host's end of stderr closed, and the records it cannot write are
     # dropped, not kept in the log stream to fail its final flush and end serve() with BrokenPipeError
     # (exit 1, the code after serve() skipped). The same through the program's own stderr handler (basicConfig).

@@ -1,8 +1,8 @@
 """The pipe a process plugin gets as its stderr, made here rather than by Popen.
 
-Its name goes into the plugin's environment before the spawn (PLUGBAY_OUTLIVE_HOST=pipe:<dev>:<ino>,
-core/protocol/outlive.py): a plugin honours that ask only on the pipe named, not on one a Go host
-in between passed on from its own environment.
+Its name goes into the plugin's environment before the spawn (PLUGBAY_OUTLIVE_PIPE=pipe:<dev>:<ino>,
+core/protocol/outlive.py): a plugin honours the ask to outlive its host only on the pipe named, not on
+one a Go host in between passed on from its own environment.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import os
 import subprocess
 from typing import Any
 
-from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST
-from plugbay.core.protocol.outlive import pipe_name
+from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE, pipe_name
 
 
 def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outlive: bool, **popen: Any) -> None:
     """``Popen.__init__(proc, env=env, stderr=<a pipe>, **popen)``, with ``proc.stderr`` its read end as
-    Popen's own would be (bufsize=0); ``outlive``: ``env`` names that pipe in PLUGBAY_OUTLIVE_HOST."""
+    Popen's own would be (bufsize=0); ``outlive``: ``env`` asks the plugin to outlive its host, in
+    PLUGBAY_OUTLIVE_HOST (``1`` unless set: what plugins from before the name read) and naming the pipe in
+    PLUGBAY_OUTLIVE_PIPE (what plugins read now); else ``env`` names no pipe."""
     read, write = os.pipe()  # both close-on-exec: Popen dups the write end onto the child's fd 2 only
     reader = None
     try:
@@ -26,7 +27,10 @@ def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outl
         # number here would then fail (EBADF) in the KeyboardInterrupt's place, taken for a failed spawn.
         reader = open(read, "rb", buffering=0)
         if outlive:
-            env[ENV_OUTLIVE_HOST] = pipe_name(write)
+            env.setdefault(ENV_OUTLIVE_HOST, "1")
+            env[ENV_OUTLIVE_PIPE] = pipe_name(write)
+        else:
+            env.pop(ENV_OUTLIVE_PIPE, None)  # a name given in env= would not be this pipe's
         subprocess.Popen.__init__(proc, env=env, stderr=write, **popen)
         proc.stderr = reader  # no builtin call between the Popen's return and this: no Ctrl-C either
     except BaseException:

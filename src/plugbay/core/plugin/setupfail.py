@@ -12,8 +12,7 @@ import sys
 from collections.abc import Mapping
 
 from plugbay.core.plugin.logs import HclogFormatter
-from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST
-from plugbay.core.protocol.outlive import names_stderr
+from plugbay.core.protocol.outlive import outlives
 
 
 def fail_setup(message: str, hclog: bool = False) -> None:
@@ -30,8 +29,7 @@ def fail_setup(message: str, hclog: bool = False) -> None:
 
 def outlives_host(env: Mapping[str, str], stderr: int = 2) -> bool:
     """Whether the host asked this plugin to serve on after the host dies (for a later host to reattach):
-    only by naming the pipe on ``stderr`` (core/protocol/outlive.py), so an ask a Go host passed on from
-    its own host's environment asks nothing; the unnamed forms (``1``, or PLUGBAY_HOST_SESSION alone from
-    a plugbay host before the variable) cannot be told from an inherited one, and stop the plugin."""
-    said = env.get(ENV_OUTLIVE_HOST)
-    return said is not None and names_stderr(said, stderr)
+    only by naming the pipe on ``stderr`` in PLUGBAY_OUTLIVE_PIPE (core/protocol/outlive.py), so an ask a Go
+    host passed on from its own host's environment asks nothing; PLUGBAY_OUTLIVE_HOST=1 alone (a plugbay
+    host before the name) cannot be told from an inherited one, and stops the plugin; "0" stops it too."""
+    return outlives(env, stderr)

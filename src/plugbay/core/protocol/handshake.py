@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plugbay.core.protocol.checks import GO_SPACE, go_atoi
+from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE  # the ask to outlive the host
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
     ConfigError,
@@ -41,16 +42,13 @@ ENV_MULTIPLEX_GRPC = "PLUGIN_MULTIPLEX_GRPC"
 # Set by a plugbay host that multiplexes: it holds a brokered stream that arrives before its
 # knock, so a plugbay plugin may open the stream right after knocking (go-plugin ignores it).
 ENV_MUX_HOLDS_STREAMS = "PLUGBAY_MULTIPLEX_HOLDS_STREAMS"
-# "pipe:<st_dev>:<st_ino>" of the plugin's stderr, set by a plugbay host (ProcessRunner without die_with_host):
-# a plugbay plugin whose stderr is that pipe serves on when the host's end closes (the host died), so a
-# later host can reattach; under others it stops (core/protocol/outlive.py).
-ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
 # Set by every plugbay host (its session: runners.proctree): a plugin reads it as "a plugbay host launched me".
 ENV_HOST_SESSION = "PLUGBAY_HOST_SESSION"
 # What a host decides for its plugin. A host that is itself a plugin has its own host's values in its
 # environment (a client certificate, multiplexing): its plugins must not inherit those as if asked.
 HOST_SET_VARIABLES = (ENV_PROTOCOL_VERSIONS, ENV_MIN_PORT, ENV_MAX_PORT, ENV_CLIENT_CERT, ENV_UNIX_SOCKET_DIR,
-                      ENV_UNIX_SOCKET_GROUP, ENV_MULTIPLEX_GRPC, ENV_MUX_HOLDS_STREAMS, ENV_OUTLIVE_HOST)
+                      ENV_UNIX_SOCKET_GROUP, ENV_MULTIPLEX_GRPC, ENV_MUX_HOLDS_STREAMS, ENV_OUTLIVE_HOST,
+                      ENV_OUTLIVE_PIPE)
 # Sent by a plugbay host that has no stdio sink on its StreamStdio call: a plugbay plugin then
 # drops its output and ends the stream (no reader needed); go-plugin plugins ignore it and stream.
 STDIO_DISCARD_METADATA = ("plugbay-stdio", "discard")

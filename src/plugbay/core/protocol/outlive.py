@@ -1,36 +1,50 @@
-"""PLUGBAY_OUTLIVE_HOST: a host's ask that its plugin serve on once the host died, tied to one stderr pipe.
+"""A host's ask that its plugin serve on once the host died (for a later host to reattach), tied to one pipe.
 
-A plugbay host (ProcessRunner) names the pipe it hands the plugin as stderr, ``pipe:<st_dev>:<st_ino>``,
-and the plugin honours the ask only when its own stderr is that pipe. The ask travels in the environment,
-which a go-plugin host passes on to its plugins whole: a Go host that a plugbay host started hands its own
-plugins the name of the Go host's stderr pipe, not theirs, so they stop when the Go host dies, as a Go
-plugin would (SIGPIPE at its next log line). A wrapper (``sh script`` running the plugin without exec)
-hands the plugin the same pipe it got: the name still matches.
+Two variables, both set by a plugbay host's ProcessRunner (unless die_with_host=True):
 
-Every other value asks nothing: "0"; and "1", which a plugbay host of the forty-second session set
-without a name, but which a plugin cannot tell from one inherited through a Go host (both carry the same
-PLUGBAY_HOST_SESSION too). Stopping wrongly costs a reattach after a crash (a new plugin is started);
-serving on wrongly leaves a plugin nothing stops, so a plugin stops unless the pipe is named.
+- PLUGBAY_OUTLIVE_HOST=1, the ask as plugbay hosts made it before the pipe was named. A plugbay plugin from
+  then reads it (Go's ParseBool; unset, PLUGBAY_HOST_SESSION alone asks) and serves on, as it did.
+- PLUGBAY_OUTLIVE_PIPE=pipe:<st_dev>:<st_ino>, naming the pipe the host hands the plugin as stderr. A plugbay
+  plugin of today serves on only when its own stderr is that pipe, and PLUGBAY_OUTLIVE_HOST does not say no
+  (an explicit "0" still means stop).
+
+The ask travels in the environment, which a go-plugin host passes on to its plugins whole: a Go host that a
+plugbay host started hands its own plugins the name of the Go host's stderr pipe, not theirs, so they stop
+when the Go host dies, as a Go plugin would (SIGPIPE at its next log line). A wrapper (``sh script`` running
+the plugin without exec) hands the plugin the same pipe it got: the name still matches.
+
+Without the name, a plugin stops: "1" alone (a plugbay host from before the name) cannot be told from the
+same inherited through a Go host (both carry PLUGBAY_HOST_SESSION too). Stopping wrongly costs a reattach
+after a crash (a new plugin is started); serving on wrongly leaves a plugin nothing stops.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 
+ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
+ENV_OUTLIVE_PIPE = "PLUGBAY_OUTLIVE_PIPE"
 _PREFIX = "pipe:"
-_YES = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool, as the variable's old form was read
+_YES = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool, as plugins before the name read it
 
 
 def pipe_name(fd: int) -> str:
-    """The value that asks the plugin whose stderr is the pipe open on ``fd`` (either end) to outlive its host."""
+    """The PLUGBAY_OUTLIVE_PIPE value naming the pipe open on ``fd`` (either end)."""
     facts = os.fstat(fd)
     return f"{_PREFIX}{facts.st_dev}:{facts.st_ino}"
 
 
 def asks_outlive(value: str | None, default: bool) -> bool:
-    """Whether a value set for a host's plugin (env=) asks it to outlive the host: unset, ``default``."""
-    return default if value is None else value in _YES or value.startswith(_PREFIX)
+    """Whether a PLUGBAY_OUTLIVE_HOST value asks the plugin to outlive its host: unset, ``default``."""
+    return default if value is None else value in _YES
+
+
+def outlives(env: Mapping[str, str], fd: int) -> bool:
+    """Whether ``env`` asks the plugin whose stderr is open on ``fd`` to serve on after its host dies."""
+    named = env.get(ENV_OUTLIVE_PIPE)
+    return named is not None and asks_outlive(env.get(ENV_OUTLIVE_HOST), True) and names_stderr(named, fd)
 
 
 def names_stderr(value: str, fd: int) -> bool:

@@ -41,7 +41,8 @@ from contextlib import AbstractContextManager, nullcontext
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
 from plugbay.core.protocol.exits import exit_said
-from plugbay.core.protocol.handshake import ENV_OUTLIVE_HOST, HandshakeConfig, HandshakeInfo
+from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
+from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.core.transport.sockets import dial, hung_up
 from plugbay.core.transport.streamcap import Share
