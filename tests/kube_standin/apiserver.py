@@ -174,6 +174,9 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
                    + f' in API group "{api_group}" in the namespace "{ns}"')
             self._status(403, "Forbidden", msg, kind=group, **({"name": name} if name else {}))
             return False
+        if (verb, resource) in standin.refused:
+            self._status(403, "Forbidden", standin.refused[(verb, resource)], kind=resource.partition("/")[0])
+            return False
         return True
 
     def _dispatch(self, method: str) -> None:

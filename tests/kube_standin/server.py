@@ -3,7 +3,7 @@
 :class:`StandIn` serves the API (apiserver.py) on 127.0.0.1, over HTTPS with a
 throwaway CA when asked, runs each pod with Docker or as a local process, and
 writes a kubeconfig naming itself. Fault knobs: :meth:`StandIn.deny` (403 with
-a Kubernetes Status body), :meth:`StandIn.drop_portforwards`,
+a Kubernetes Status body), :meth:`StandIn.refuse` (an admission check's 403), :meth:`StandIn.drop_portforwards`,
 :meth:`StandIn.delete_pod` (under the host), :meth:`StandIn.expire_watches`
 (410 Gone for slice watches that resume), :meth:`StandIn.stall` (take the
 request, never answer it: a hung API server), :meth:`StandIn.hold` (answer only
@@ -56,6 +56,7 @@ class StandIn:
         self.threads: list[threading.Thread] = []
         self.sessions: list[ForwardSession] = []
         self.denied: set[tuple[str, str]] = set()
+        self.refused: dict[tuple[str, str], str] = {}
         self.stalled: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
         self.paged: set[tuple[str, str]] = set()  # (verb, resource) answered a text/plain 404 page
@@ -127,8 +128,14 @@ class StandIn:
         """Answer (verb, resource) with 403 Forbidden, e.g. deny("create", "pods")."""
         self.denied.add((verb, resource))
 
+    def refuse(self, verb: str, resource: str, message: str) -> None:
+        """Answer (verb, resource) with 403 Forbidden saying ``message``, as an admission check does (ResourceQuota,
+        LimitRange, PodSecurity): a 403 that is not RBAC's "cannot <verb> resource" (allow_all() ends it)."""
+        self.refused[(verb, resource)] = message
+
     def allow_all(self) -> None:
         self.denied.clear()
+        self.refused.clear()
         self.failing.clear()
         self.paged.clear()
         self.throttled.clear()

@@ -23,7 +23,7 @@ from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDenied
 from plugbay.runners.kubernetes.advice import (MAX_API_TIMEOUT, answered_message, config_source, context_choice,
                                                exhausted_message, reattach_choice, status_advice)
 from plugbay.runners.kubernetes.deadline import answered_in, bounded, exhausted_in
-from plugbay.runners.kubernetes.rbac import denied_message
+from plugbay.runners.kubernetes.rbac import forbidden
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -232,10 +232,16 @@ def default_namespace(kubeconfig: str | None, context: str | None) -> str:
 
 def api_message(exc: Any) -> str:
     """The message of a Kubernetes Status body, else the HTTP reason."""
+    return status_message(exc) or str(exc.reason)
+
+
+def status_message(exc: Any) -> str | None:
+    """The message of a Kubernetes Status body; None when the answer is no Status that has one."""
     try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
+        message = json.loads(exc.body).get("message")
     except Exception:
-        return str(exc.reason)
+        return None
+    return str(message) if message else None
 
 
 def not_found(exc: Any, resource: str, name: str) -> bool:
@@ -294,8 +300,7 @@ def call(api_client: Any, namespace: str, verb: str, resource: str, func: Any, *
         answer = within_deadline(api_client, func, *args, **kwargs)
     except ApiException as exc:
         if exc.status == 403:
-            raise PermissionDeniedError(denied_message(verb, resource, namespace)
-                                        + f" Server said: {api_message(exc)}") from exc
+            raise forbidden(verb, resource, namespace, status_message(exc)) from exc
         if exc.status == 401:
             raise PermissionDeniedError(
                 f"the Kubernetes API rejected the host's credentials (401) on {verb} {resource};"

@@ -19,7 +19,7 @@ import math
 import socket
 from typing import Any
 
-from plugbay.errors import EngineUnavailableError, PermissionDeniedError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, PermissionDeniedError, RunnerError
 from plugbay.runners.kubernetes import pods
 from plugbay.runners.kubernetes.budget import StartBudget
 from plugbay.runners.kubernetes.api import (UNREADABLE, api_message, call, not_an_object, not_found, request_timeout,
@@ -76,7 +76,7 @@ class PodApi:
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
             raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
                                          " deletes it by name, or plugbay's sweep does later") from exc.__cause__
-        except RunnerError as exc:
+        except (RunnerError, ConfigError) as exc:  # ConfigError: a 403 from admission (rbac.forbidden)
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in REFUSED:
                 # refused before it was stored: no pod of ours has this name, so a kill() must not
                 # delete it by name, it may be another runner's
