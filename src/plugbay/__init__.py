@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         PluginExitedError as PluginExitedError,
         PluginUnavailableError as PluginUnavailableError,
         PodCrashLoopError as PodCrashLoopError,
+        PodFailedError as PodFailedError,
         PodStartTimeoutError as PodStartTimeoutError,
         PodUnschedulableError as PodUnschedulableError,
         ProtocolMismatchError as ProtocolMismatchError,

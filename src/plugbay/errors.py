@@ -36,7 +36,7 @@ class PluginExitedError(HandshakeError):
     """The plugin stopped before it printed its handshake line (or after it, while the host connected: ``when``)."""
 
     def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
-                 detail: str = "", when: str = _BEFORE_HANDSHAKE) -> None:
+                 detail: str = "", when: str = _BEFORE_HANDSHAKE, advice: str | None = None) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         # runners other than the LogPump's (a pod's log, a container's) hand their lines as read
@@ -45,7 +45,8 @@ class PluginExitedError(HandshakeError):
         super().__init__(
             f"plugin {name!r} exited with code {exit_code} {when}."
             f" Its last stderr lines:\n{tail}{extra}\n"
-            + ("Check that the command is a go-plugin plugin, that it serves with the same"
+            + (advice if advice is not None else
+               "Check that the command is a go-plugin plugin, that it serves with the same"
                " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
                if when == _BEFORE_HANDSHAKE else
                # its handshake line says it took the host's magic cookie and began to serve
@@ -276,6 +277,11 @@ class PodStartTimeoutError(RunnerError, TimeoutError):
 
 class PodCrashLoopError(PluginExitedError):
     """The plugin's container keeps crashing (CrashLoopBackOff) before its handshake."""
+
+
+class PodFailedError(PluginExitedError):
+    """The cluster ended the plugin's pod (evicted, or the kubelet refused it at admission: OutOfcpu):
+    its status.reason says why, and the plugin itself did nothing wrong."""
 
 
 # --- resilience (supervisor) -----------------------------------------------------

@@ -42,6 +42,7 @@ class Pod:
         self.last_terminated: dict[str, Any] | None = None
         self.backoff_until = 0.0
         self.deleting = False
+        self.evicted = False  # StandIn.evict_pod: the kubelet ended it, so it fails whatever its exit code
 
     @property
     def key(self) -> tuple[str, str]:
@@ -284,7 +285,7 @@ class PodStore:
                         except Exception as exc:
                             self.event(pod, "Failed", f"restart failed: {exc}", "Warning")
                 else:
-                    status["phase"] = "Succeeded" if term["exitCode"] == 0 else "Failed"
+                    status["phase"] = "Succeeded" if term["exitCode"] == 0 and not pod.evicted else "Failed"
                     status["containerStatuses"] = [{
                         "name": c["name"], "image": c["image"], "imageID": c["image"], "containerID": cid,
                         "ready": False, "started": False, "restartCount": pod.restarts,

@@ -262,6 +262,17 @@ class StandIn:
         """Delete a pod behind the host's back (as an operator or eviction would)."""
         return self.store.delete(namespace, name, grace) is not None
 
+    def evict_pod(self, namespace: str, name: str, message: str) -> None:
+        """Evict a pod as the kubelet does under node pressure: status.reason Evicted and ``message``, an
+        Evicted event, its container stopped (the pod then ends in phase Failed)."""
+        store = self.store
+        with store.lock:
+            pod = store.pods[(namespace, name)]
+            pod.obj["status"].update(reason="Evicted", message=message)
+            pod.evicted = True
+            store.event(pod, "Evicted", message, "Warning")
+        pod.box.stop(0)
+
     def container_start_seconds(self) -> list[float]:
         return list(getattr(self.store, "start_durations", []))
 

@@ -20,6 +20,7 @@ from plugbay.errors import (
     ImageNotFoundError,
     PluginExitedError,
     PodCrashLoopError,
+    PodFailedError,
     PodUnschedulableError,
     RunnerError,
     printable,
@@ -219,12 +220,40 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
                                  f"Pod {name} is in CrashLoopBackOff after {cs.get('restartCount', 0)}"
                                  f" restarts (last termination: {_said(last.get('reason', '?'))}).\n{diag}")
     code = exit_code(pod)
+    ended = pod_ended(pod)
+    if code is not None and ended:
+        return PodFailedError(name, code, log_tail, f"Pod {name} ended in phase {phase(pod)}:"
+                              f" {ended.rstrip('.')}.\n{diag}", advice=_ended_advice(status.get("reason"), name))
     if code is not None:
         term = _terminated(cs, "state") or {}
         return PluginExitedError(name, code, log_tail,
                                  f"Pod {name} ended in phase {phase(pod)} (reason:"
                                  f" {_said(term.get('reason', '?'))}).\n{diag}")
     return None
+
+
+def pod_ended(pod: Json) -> str:
+    """Why the cluster ended a failed pod ("Evicted: The node was low on resource: memory. ..."), from its
+    status.reason and message, escaped; "" when it says none (the plugin's container ended it)."""
+    status = _obj(_obj(pod).get("status"))
+    reason, message = status.get("reason"), status.get("message")
+    if phase(pod) != "Failed" or not (isinstance(reason, str) and reason):
+        return ""
+    return _said(reason) + (f": {_said(message)}" if isinstance(message, str) and message else "")
+
+
+def _ended_advice(reason: Any, name: str) -> str:
+    # the plugin never misbehaved: handshake advice would send the reader to the wrong place
+    if reason == "Evicted":
+        what = ("The node evicted the pod to reclaim memory or disk: give the plugin requests that cover its use"
+                " (KubernetesRunner resources=), so it is scheduled where that fits and evicted last")
+    elif isinstance(reason, str) and (reason.startswith("OutOf") or reason == "UnexpectedAdmissionError"):
+        what = ("The node's kubelet refused the pod at admission (it had not what the pod asks, often a race with"
+                " other pods for the node): check KubernetesRunner resources= against the nodes' allocatable")
+    else:
+        what = "The cluster ended the pod, not the plugin"
+    namespace, _, pod = name.rpartition("/")
+    return f"{what}; kubectl describe pod -n {namespace} {pod} says more. Start a new Client to run the plugin again."
 
 
 def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequence[str]) -> str:
@@ -237,6 +266,8 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
         out.append(f"pod {meta.get('namespace')}/{meta.get('name')}: phase {phase(pod)}"
                    + (" (deleted)" if gone else "")
                    + (" (being deleted)" if meta.get("deletionTimestamp") and not gone else ""))
+        if pod_ended(pod):
+            out.append(f"  ended by the cluster: {pod_ended(pod)}")
         for cond in _objs(_obj(pod.get("status")).get("conditions")):
             if cond.get("status") == "False" and cond.get("reason"):
                 out.append(f"  condition {cond.get('type')}: {cond['reason']} {cond.get('message', '')}")
