@@ -8,7 +8,7 @@ and pods/portforward over WebSocket; and for network mode Services
 get/list/watch) kept for them (services_api.py), and minimal apps/v1
 Deployments (create/get/list/scale/delete, deployments.py). Pod logs honour
 timestamps, sinceSeconds and sinceTime (whole seconds) as the API does. Each
-request counts in ``StandIn.calls`` and meets the stand-in's fault knobs
+request counts in ``StandIn.calls`` (its path, routed or not, in ``StandIn.paths``) and meets the stand-in's fault knobs
 (server.py) before its route runs.
 """
 
@@ -182,6 +182,8 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlparse(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        with self.server.standin.lock:
+            self.server.standin.paths.append(self.path)
         for pattern, route in _ROUTES:
             m = pattern.match(url.path)
             if m:

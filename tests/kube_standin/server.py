@@ -51,6 +51,7 @@ class StandIn:
         self.services = ServiceStore(self.store)
         self.deployments = DeploymentStore(self.store)
         self.calls: dict[tuple[str, str], int] = {}  # (verb, resource) -> requests seen
+        self.paths: list[str] = []  # every request's path, in order
         self.lock = threading.Lock()
         self.conns: set[socket.socket] = set()
         self.threads: list[threading.Thread] = []

@@ -151,7 +151,8 @@ def _facts_of(arg: str, kubeconfig: str | None, api_timeout: float = API_TIMEOUT
 
             return _docker(reattach_id(data))
         if kind == "KubernetesRunner":
-            from plugbay.runners.kubernetes.api import reattach_kubeconfig, reattach_pod
+            from plugbay.runners.kubernetes.api import reattach_kubeconfig
+            from plugbay.runners.kubernetes.names import reattach_pod
 
             namespace, pod = reattach_pod(data)
             if kubeconfig is not None:

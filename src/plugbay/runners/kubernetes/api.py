@@ -196,21 +196,6 @@ def reattach_kubeconfig(named: Any, named_context: Any, kubeconfig: str | None =
     return own, context if context is not None else named_context
 
 
-def reattach_pod(data: Any) -> tuple[str, str]:
-    """The (namespace, pod) reattach data names, checked: it is untrusted, so a missing or non-string
-    one is a ReattachError rather than a request for a pod named "None"."""
-    from plugbay.errors import ReattachError
-
-    names = []
-    for key in ("namespace", "pod"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise ReattachError(f"reattach data for a pod needs {key!r} as a non-empty string, not {value!r};"
-                                " pass the JSON that Client.reattach_config().to_json() produced")
-        names.append(value)
-    return names[0], names[1]
-
-
 def default_namespace(kubeconfig: str | None, context: str | None) -> str:
     """The namespace of the pod's service account in-cluster, else of the kubeconfig context."""
     if in_cluster():

@@ -12,7 +12,8 @@ from plugbay.core.protocol.checks import finite_float
 from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError, ReattachError
 from plugbay.runners.command import check_env, check_text_env
-from plugbay.runners.kubernetes.api import reattach_pod
+from plugbay.runners.kubernetes.names import LABEL_RULE as _LABEL_RULE, SUBDOMAIN_RULE as _SUBDOMAIN_RULE
+from plugbay.runners.kubernetes.names import dns_label, dns_subdomain, reattach_pod
 from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 from plugbay.runners.reattachkey import DIGEST, secret_unproven
 from plugbay.runners.session import MANAGED
@@ -115,22 +116,6 @@ def check_api_client(api_client: Any, where: str) -> Any:
                           " (kubernetes.config.load_kube_config(client_configuration=...) sets it from a"
                           " kubeconfig), or pass kubeconfig= instead")
     return api_client
-
-
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_LABEL_RULE = "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-_SUBDOMAIN_RULE = "at most 253 characters of lowercase letters, digits, '-' and '.', each part between dots " + (
-    "starting and ending with a letter or digit")
-
-
-def dns_label(name: str) -> bool:
-    """A DNS-1123 label, as Kubernetes names a namespace."""
-    return len(name) <= 63 and re.fullmatch(_LABEL, name) is not None
-
-
-def dns_subdomain(name: str) -> bool:
-    """A DNS-1123 subdomain, as Kubernetes names most objects (a ServiceAccount, a label key's prefix)."""
-    return len(name) <= 253 and re.fullmatch(rf"{_LABEL}(\.{_LABEL})*", name) is not None
 
 
 def label_key(key: str) -> bool:
