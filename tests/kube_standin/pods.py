@@ -43,6 +43,7 @@ class Pod:
         self.backoff_until = 0.0
         self.deleting = False
         self.evicted = False  # StandIn.evict_pod: the kubelet ended it, so it fails whatever its exit code
+        self.finishing = False  # its deletion's container stop runs (once)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -78,6 +79,8 @@ class PodStore:
         self._poll = poll_interval
         self._threads: list[threading.Thread] = []
         self.start_delay = 0.0
+        self.node_lost = False  # StandIn.lose_node: graceful deletes are never confirmed
+        self.mutate: Callable[[dict[str, Any]], None] | None = None  # StandIn.mutate_pods
         self.start_durations: list[float] = []  # seconds the engine took to create+start each container
         self._monitor = threading.Thread(target=self._monitor_loop, name="plugbay-standin-monitor")
         self._monitor.start()
@@ -126,6 +129,8 @@ class PodStore:
     # --- API operations ------------------------------------------------------
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.mutate is not None:
+            self.mutate(obj)
         meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         spec = obj["spec"]
@@ -348,7 +353,9 @@ class PodStore:
                 self._publish("DELETED", pod)
             elif first:
                 self._publish("MODIFIED", pod)
-            if first:
+            # on a lost node no kubelet confirms a graceful delete: only a force delete ends the pod
+            if (first or grace <= 0) and not pod.finishing and not (self.node_lost and grace > 0):
+                pod.finishing = True
                 self._spawn("delete", lambda: self._finish_delete(pod, grace))
             return copy.deepcopy(pod.obj)
 

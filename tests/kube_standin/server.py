@@ -137,6 +137,8 @@ class StandIn:
     def allow_all(self) -> None:
         self.denied.clear()
         self.refused.clear()
+        self.store.node_lost = False
+        self.store.mutate = None
         self.failing.clear()
         self.paged.clear()
         self.throttled.clear()
@@ -262,6 +264,16 @@ class StandIn:
     def delete_pod(self, namespace: str, name: str, grace: float = 0) -> bool:
         """Delete a pod behind the host's back (as an operator or eviction would)."""
         return self.store.delete(namespace, name, grace) is not None
+
+    def mutate_pods(self, change: Any) -> None:
+        """Pass each created pod to ``change(pod)`` before it is stored, as a mutating admission webhook
+        changes what it admits (e.g. sets restartPolicy: Always); allow_all() ends it."""
+        self.store.mutate = change
+
+    def lose_node(self) -> None:
+        """Lose the node, as one powered off or cut off is: no kubelet confirms a pod's graceful delete, so the
+        pod stays terminating until a force delete (delete_pod(..., grace=0)); allow_all() ends it."""
+        self.store.node_lost = True
 
     def evict_pod(self, namespace: str, name: str, message: str) -> None:
         """Evict a pod as the kubelet does under node pressure: status.reason Evicted and ``message``, an

@@ -69,7 +69,8 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
         check_text_env(opts["env"], where + "env")
     str_mapping(opts["node_selector"], where + "node_selector", {"kubernetes.io/os": "linux"})
     optional_mapping(opts["resources"], where + "resources", "{'limits': {'cpu': '500m', 'memory': '128Mi'}}")
-    optional_mapping(opts["pod_template"], where + "pod_template", "{'spec': {'priorityClassName': 'low'}}")
+    check_template(optional_mapping(opts["pod_template"], where + "pod_template",
+                                    "{'spec': {'priorityClassName': 'low'}}"))
     tolerations = opts["tolerations"]
     if tolerations is not None and (isinstance(tolerations, (str, bytes)) or not isinstance(tolerations, Sequence)
                                     or not all(isinstance(t, Mapping) for t in tolerations)):
@@ -96,6 +97,24 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
     return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig
+
+
+def check_template(template: Mapping[str, Any] | None) -> None:
+    """Refuse what a pod_template may not set: the runner's own restartPolicy and the pod's namespace."""
+    spec = template.get("spec") if template is not None else None
+    policy = spec.get("restartPolicy", "Never") if isinstance(spec, Mapping) else "Never"
+    if policy != "Never":
+        # a restarted container is a new plugin process whose handshake no host reads, under the old address
+        raise ConfigError(f"KubernetesRunner pod_template sets spec.restartPolicy {policy!r:.40}, but the runner's"
+                          " pod must not restart (restartPolicy: Never): the host ran the plugin it started, and a"
+                          " restarted one would be a new process it never shook hands with. Drop restartPolicy from"
+                          " the template; restarting is the host's choice (plugbay's Supervisor starts a new pod)")
+    meta = template.get("metadata") if template is not None else None
+    if isinstance(meta, Mapping) and "namespace" in meta:
+        raise ConfigError(f"KubernetesRunner pod_template sets metadata.namespace {meta['namespace']!r:.80}: the"
+                          " runner creates its pod in its own namespace (the API refuses a pod whose namespace"
+                          " differs from the request's). Drop it from the template and pass"
+                          f" namespace={meta['namespace']!r:.80} to KubernetesRunner instead")
 
 
 def check_api_client(api_client: Any, where: str) -> Any:

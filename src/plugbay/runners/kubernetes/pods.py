@@ -109,7 +109,9 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
         if tcontainers:  # the template's first container is the plugin's, whatever its name
             tcontainers[0] = {**tcontainers[0], "name": CONTAINER_NAME}
         pod = merge(pod, tmpl)
+    pod["spec"]["restartPolicy"] = "Never"  # options.check_template refuses any other: no restart, ever
     meta = pod.setdefault("metadata", {})
+    meta.pop("namespace", None)  # refused there too: namespace= is the runner's
     meta["name"] = name
     meta.pop("generateName", None)
     meta["labels"] = {**(meta.get("labels") or {}), **{k: label_value(v) for k, v in labels.items()}}

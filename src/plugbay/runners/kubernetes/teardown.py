@@ -17,6 +17,7 @@ from plugbay.runners.kubernetes.watch import PodWatch
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 READ_EVERY = 1.0  # seconds of a deletion the watch says nothing of before the pod is read
+GONE_WAIT = 30.0  # seconds past the grace period kill() waits for the deleted pod to go
 
 
 class PodTeardown:
@@ -84,8 +85,13 @@ class PodTeardown:
                     if getattr(exc.__cause__, "status", None) == 409:  # the name is another pod's now
                         self._podwatch.update(None, True)
                     error = exc
-                if error is None and not self._await_gone(grace + 30):
-                    _log.warning("pod %s still exists %.0fs after its deletion", self.id, grace + 30)
+                if error is None and not self._await_gone(grace + GONE_WAIT):
+                    # most often its node is gone (off, cut off): no kubelet confirms the deletion, ever
+                    ns, name = self._pod.namespace, self.pod_name
+                    _log.warning("pod %s still exists %.0fs after its deletion: its node may be gone or NotReady,"
+                                 " and then no kubelet ever confirms it (kubectl get pod -n %s %s -o wide; kubectl"
+                                 " get nodes). Once the node is known gone, remove the pod with kubectl delete pod"
+                                 " -n %s %s --force --grace-period=0", self.id, grace + GONE_WAIT, ns, name, ns, name)
         finally:
             self._close()
         if error is not None:
