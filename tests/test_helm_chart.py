@@ -87,13 +87,19 @@ def role_rules(role: dict[str, Any]) -> dict[tuple[str, str], tuple[str, ...]]:
             for group in rule["apiGroups"] for res in rule["resources"]}
 
 
+IN_CLUSTER_RULES = {("", res): tuple(sorted(verbs)) for res, verbs in RBAC_RULES if res != "pods/portforward"}
+
+
 def test_role_matches_what_the_runner_calls(renderer: Path, tmp_path: Path) -> None:
-    role = by_kind(render(renderer, tmp_path))["Role"]
+    role = by_kind(render(renderer, tmp_path, {"rbac": {"portForward": True}}))["Role"]
     assert role_rules(role) == {("", res): tuple(sorted(verbs)) for res, verbs in RBAC_RULES}
-    # an in-cluster host does not port-forward
-    role = by_kind(render(renderer, tmp_path, {"rbac": {"portForward": False}}))["Role"]
-    assert {r for rule in role["rules"] for r in rule["resources"]} == \
-        {res for res, _ in RBAC_RULES} - {"pods/portforward"}
+
+
+def test_the_default_role_grants_no_port_forward(renderer: Path, tmp_path: Path) -> None:
+    # the chart's own subject is an in-cluster ServiceAccount: it dials pod IPs, it never port-forwards
+    assert role_rules(by_kind(render(renderer, tmp_path))["Role"]) == IN_CLUSTER_RULES
+    values = (CHART / "values.yaml").read_text()
+    assert "portForward: false" in values and "OUTSIDE the cluster" in values
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
@@ -115,8 +121,7 @@ def test_discovery_rule_only_when_discovery_is_on(renderer: Path, tmp_path: Path
               }.get(values, values) if isinstance(values, str) else values
     rules = role_rules(next(d for d in render(renderer, tmp_path, values) if d["kind"] == "Role"))
     discovery = {(g, res): tuple(sorted(v)) for g, res, v in DISCOVERY_RBAC_RULES}
-    core = {("", res): tuple(sorted(verbs)) for res, verbs in RBAC_RULES}
-    assert rules == ({**core, **discovery} if granted else core)
+    assert rules == ({**IN_CLUSTER_RULES, **discovery} if granted else IN_CLUSTER_RULES)
 
 
 @pytest.mark.parametrize("values", [None, HOST_VALUES, {"pluginNamespace": "plugins", "fullnameOverride": "pb"},
@@ -389,6 +394,10 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
         "sidecar": {"enabled": True, "image": {"repository": "x"}, "socketDir": folder}},
        f'sidecar.socketDir must be an absolute folder other than / and /tmp .*, not "{folder}"')
       for folder in ("/tmp", "/tmp/", "//tmp", "run/plugbay", "/")],
+    # the sidecar's socket is writable by its own uid only: a host of another uid cannot connect
+    ({"host": {"enabled": True, "image": {"repository": "h"}},
+      "sidecar": {"enabled": True, "image": {"repository": "x"}, "securityContext": {"runAsUser": 10002}}},
+     r"sidecar.securityContext.runAsUser \(10002\) must equal host.securityContext.runAsUser \(10001\)"),
 ])
 def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_path: Path, values: dict[str, Any],
                                                          message: str) -> None:
