@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from plugbay.network.kubernetes import EndpointSliceResolver
-from plugbay.runners.kubernetes import DISCOVERY_RBAC_RULES, RBAC_RULES
+from plugbay.runners.kubernetes import DISCOVERY_RBAC_RULES, RBAC_RULES, sweep
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "plugbay"
@@ -403,3 +403,23 @@ def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_pat
                                                          message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         render(renderer, tmp_path, values)
+
+
+def test_plugin_pods_in_another_namespace_are_said_to_outlive_their_host() -> None:
+    # no owner reference crosses namespaces and no host's sweep matches a dead host pod's UID: the chart's
+    # pluginNamespace and the docs' two-namespace examples must say so, with an operator sweep that works
+    import inspect
+
+    from plugbay.runners.kubernetes.owner import HOST_ID
+    from plugbay.runners.session import MANAGED, SESSION
+
+    values = (CHART / "values.yaml").read_text()
+    assert "costs the owner reference" in values.split("pluginNamespace:")[0]
+    doc = (REPO / "docs" / "kubernetes.md").read_text()
+    section = doc.split("**Plugin pods in another namespace than the host's leak when the host pod dies.**")[1]
+    assert f'labels["{SESSION}"]' in section and f'labels.get("{HOST_ID}")' in section
+    assert f'label_selector="{MANAGED}=true"' in section
+    assert {"live_sessions", "dry_run"} <= set(inspect.signature(sweep).parameters)
+    flat = " ".join(doc.split())  # the two helm examples, whatever the line breaks
+    assert flat.count('see "Plugin pods in another namespace" above') == 1
+    assert "as above, when their host pod dies without `kill()`" in flat
