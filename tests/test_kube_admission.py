@@ -9,6 +9,7 @@ import pytest
 from plugbay.errors import ConfigError, PermissionDeniedError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner
+from plugbay.runners.kubernetes.rbac import forbidden
 from tests.kube_standin.fixtures import kubeconfig, standin  # noqa: F401
 from tests.kube_standin.server import StandIn
 
@@ -62,3 +63,30 @@ def test_rbac_refusal_still_names_the_role(standin: StandIn, kubeconfig: str) ->
     text = str(info.value)
     assert "needs a Role" in text
     assert "list. Server said: pods" in text and "cannot create resource" in text  # one sentence per sentence
+
+
+IMPERSONATE = ('users "alice" is forbidden: User "bob" cannot impersonate resource "users" in API group ""'
+               ' at the cluster scope')
+
+
+def test_impersonation_refusal_is_the_authorizer(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
+    # The authorizer names whatever verb it refused: a kubeconfig's as: user the host may not act as.
+    error = refused(standin, kubeconfig, IMPERSONATE)
+    assert type(error) is PermissionDeniedError, str(error)
+    assert "cannot impersonate resource" in str(error)
+
+
+def test_missing_service_account_names_the_option(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
+    message = ('pods "x" is forbidden: error looking up service account plugins/plugbay-plugin:'
+               ' serviceaccount "plugbay-plugin" not found')
+    error = refused(standin, kubeconfig, message)
+    assert type(error) is ConfigError and "service_account=" in str(error), str(error)
+
+
+def test_webhook_refusing_another_call_is_no_pod_advice() -> None:
+    # Only the pod's create can be changed by the runner's pod options; a webhook refusing a delete cannot.
+    hook = 'admission webhook "protect.example.com" denied the request: pods with label keep=true may not be deleted'
+    error = forbidden("delete", "pods", "plugins", hook)
+    text = str(error)
+    assert type(error) is PermissionDeniedError, text
+    assert hook in text and "resources=" not in text and "pod_template=" not in text

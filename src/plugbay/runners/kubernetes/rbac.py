@@ -6,6 +6,8 @@ are all checked against these constants.
 
 from __future__ import annotations
 
+import re
+
 from plugbay.errors import ConfigError, PermissionDeniedError
 
 # Every API call the runner makes, as RBAC rules (core API group ""). The
@@ -37,18 +39,27 @@ def denied_message(verb: str, resource: str, namespace: str) -> str:
             f" bound to the host's service account or user, granting in API group \"\": {rbac_summary()}")
 
 
+# The authorizer's words, for any verb: "cannot create resource", "cannot impersonate resource" (a
+# kubeconfig's as: user the host may not act as), ...
+_AUTHORIZER = re.compile(r"cannot \S+ resource")
+
+
 def forbidden(verb: str, resource: str, namespace: str, message: str | None) -> ConfigError | PermissionDeniedError:
     """The error for a 403 whose Status said ``message`` (None: no Status body, e.g. a proxy's page).
 
-    The authorizer (RBAC, a webhook) always says "cannot <verb> resource"; a 403 saying anything else is
-    an admission refusal (ResourceQuota, LimitRange, PodSecurity, a namespace being deleted): more Role
-    rules would not help, the pod must change, so it is a ConfigError led by the server's words."""
-    if message is None or f"cannot {verb} resource" in message:
-        return PermissionDeniedError(denied_message(verb, resource, namespace)
-                                     + (f". Server said: {message}" if message else ""))
-    return ConfigError(f"{message} -- the Kubernetes API refused to {verb} {resource} in namespace {namespace!r}"
-                       f" (403 Forbidden, not for missing RBAC rules: an admission check refused it). "
-                       + _admission_advice(message, namespace))
+    The authorizer (RBAC, a webhook) always says "cannot <verb> resource"; a 403 on the pod's create saying
+    anything else is an admission refusal (ResourceQuota, LimitRange, PodSecurity, a namespace being deleted):
+    more Role rules would not help, the pod must change, so it is a ConfigError led by the server's words.
+    Any other call's 403 (a webhook refusing a delete) stays a PermissionDeniedError: no pod setting helps it."""
+    if message is not None and (verb, resource) == ("create", "pods") and not _AUTHORIZER.search(message):
+        return ConfigError(f"{message} -- the Kubernetes API refused to {verb} {resource} in namespace {namespace!r}"
+                           f" (403 Forbidden, not for missing RBAC rules: an admission check refused it). "
+                           + _admission_advice(message, namespace))
+    if message is not None and not _AUTHORIZER.search(message):
+        return PermissionDeniedError(f"the Kubernetes API refused to {verb} {resource} in namespace {namespace!r}"
+                                     f" (403 Forbidden, not for missing RBAC rules). Server said: {message}")
+    return PermissionDeniedError(denied_message(verb, resource, namespace)
+                                 + (f". Server said: {message}" if message else ""))
 
 
 def _admission_advice(message: str, namespace: str) -> str:
@@ -67,6 +78,9 @@ def _admission_advice(message: str, namespace: str) -> str:
                 " LimitRange asks, e.g. resources={'requests': {'cpu': '100m', 'memory': '64Mi'}, 'limits':"
                 " {'cpu': '500m', 'memory': '128Mi'}} (kubectl describe resourcequota,limitrange -n "
                 + namespace + ")")
+    if "error looking up service account" in said:
+        return (f"The pod's service account is missing in namespace {namespace!r}: create it there, or name one"
+                " that exists with KubernetesRunner service_account=")
     if "being terminated" in said:
         return f"Namespace {namespace!r} is being deleted: run plugins in another one (KubernetesRunner namespace=)"
     return ("An admission controller or webhook refused the pod: change it as the message asks, through"
