@@ -30,7 +30,26 @@ def test_a_template_restart_policy_is_refused(standin: StandIn, kubeconfig: str,
 
 def test_a_template_namespace_is_refused(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
     with pytest.raises(ConfigError, match="metadata.namespace 'other'.*pass namespace='other' to KubernetesRunner"):
-        KubernetesRunner("example.com/kv:1", kubeconfig=kubeconfig, pod_template={"metadata": {"namespace": "other"}})
+        KubernetesRunner("example.com/kv:1", kubeconfig=kubeconfig, namespace="default",
+                         pod_template={"metadata": {"namespace": "other"}})
+
+
+def test_a_template_null_restart_policy_is_named_as_null(standin: StandIn, kubeconfig: str) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="sets spec.restartPolicy to null, but"):
+        KubernetesRunner("example.com/kv:1", kubeconfig=kubeconfig, pod_template={"spec": {"restartPolicy": None}})
+
+
+def test_a_template_naming_the_runners_namespace_is_taken(standin: StandIn, kubeconfig: str,  # noqa: F811
+                                                          testapp: str) -> None:  # noqa: F811
+    # `kubectl get pod -o yaml` output carries metadata.namespace: the runner's own is no conflict
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, namespace="default", start_timeout=60,
+                              pod_template={"metadata": {"namespace": "default", "labels": {"a": "b"}}})
+    try:
+        runner.start(LaunchSpec(env={"BASIC_PLUGIN": "hello"}))
+        pod: Any = standin.store.get("default", runner.pod_name)
+        assert pod["metadata"]["namespace"] == "default" and pod["metadata"]["labels"]["a"] == "b"
+    finally:
+        runner.kill(0)
 
 
 def test_a_template_may_say_never(standin: StandIn, kubeconfig: str, testapp: str) -> None:  # noqa: F811

@@ -100,20 +100,27 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
 
 
 def check_template(template: Mapping[str, Any] | None) -> None:
-    """Refuse what a pod_template may not set: the runner's own restartPolicy and the pod's namespace."""
+    """Refuse what a pod_template may not set: the runner's own restartPolicy (its namespace: check_namespace)."""
     spec = template.get("spec") if template is not None else None
     policy = spec.get("restartPolicy", "Never") if isinstance(spec, Mapping) else "Never"
     if policy != "Never":
         # a restarted container is a new plugin process whose handshake no host reads, under the old address
-        raise ConfigError(f"KubernetesRunner pod_template sets spec.restartPolicy {policy!r:.40}, but the runner's"
+        said = "to null" if policy is None else f"{policy!r:.40}"
+        raise ConfigError(f"KubernetesRunner pod_template sets spec.restartPolicy {said}, but the runner's"
                           " pod must not restart (restartPolicy: Never): the host ran the plugin it started, and a"
                           " restarted one would be a new process it never shook hands with. Drop restartPolicy from"
                           " the template; restarting is the host's choice (plugbay's Supervisor starts a new pod)")
+
+
+def check_namespace(template: Mapping[str, Any] | None, namespace: str) -> None:
+    """Refuse a pod_template whose metadata.namespace is not the runner's ``namespace``.
+
+    The same one is let through: a template copied from ``kubectl get pod -o yaml`` carries it."""
     meta = template.get("metadata") if template is not None else None
-    if isinstance(meta, Mapping) and "namespace" in meta:
-        raise ConfigError(f"KubernetesRunner pod_template sets metadata.namespace {meta['namespace']!r:.80}: the"
-                          " runner creates its pod in its own namespace (the API refuses a pod whose namespace"
-                          " differs from the request's). Drop it from the template and pass"
+    if isinstance(meta, Mapping) and "namespace" in meta and meta["namespace"] != namespace:
+        raise ConfigError(f"KubernetesRunner pod_template sets metadata.namespace {meta['namespace']!r:.80}, but"
+                          f" the runner creates its pod in its own namespace {namespace!r} (the API refuses a pod"
+                          " whose namespace differs from the request's). Drop it from the template and pass"
                           f" namespace={meta['namespace']!r:.80} to KubernetesRunner instead")
 
 

@@ -111,7 +111,7 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
         pod = merge(pod, tmpl)
     pod["spec"]["restartPolicy"] = "Never"  # options.check_template refuses any other: no restart, ever
     meta = pod.setdefault("metadata", {})
-    meta.pop("namespace", None)  # refused there too: namespace= is the runner's
+    meta.pop("namespace", None)  # options.check_namespace let only the runner's through; the create names it
     meta["name"] = name
     meta.pop("generateName", None)
     meta["labels"] = {**(meta.get("labels") or {}), **{k: label_value(v) for k, v in labels.items()}}

@@ -26,7 +26,8 @@ from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, api_host, check_api_timeout, default_namespace,
                                             in_cluster, load_api_client, reattach_kubeconfig)
 from plugbay.runners.kubernetes.budget import StartBudget
-from plugbay.runners.kubernetes.options import check_api_client, check_settings, pod_unproven, reattach_fields
+from plugbay.runners.kubernetes.options import (check_api_client, check_namespace, check_settings, pod_unproven,
+                                                reattach_fields)
 from plugbay.runners.reattachkey import DIGEST, SECRET, digest, new_secret, secret_of
 from plugbay.runners.kubernetes.podapi import PodApi
 from plugbay.runners.kubernetes.rbac import denied_message
@@ -69,6 +70,8 @@ class KubernetesRunner(PodTeardown, Runner):
         self.allow_loopback = allow_loopback  # in-cluster: may the pod's IP be loopback (see pods.pod_address)
         self._kubeconfig, self._context = kubeconfig, context
         self._owns_client = api_client is None
+        self.namespace = namespace or default_namespace(kubeconfig, context)
+        check_namespace(pod_template, self.namespace)  # before a client is made that would need closing
         if api_client is None:
             api_client, from_sa = load_api_client(kubeconfig, context)
         else:
@@ -77,7 +80,6 @@ class KubernetesRunner(PodTeardown, Runner):
         self._api_client = api_client
         self.address_mode = address_mode if address_mode != "auto" else (
             "in-cluster" if from_sa else "port-forward")
-        self.namespace = namespace or default_namespace(kubeconfig, context)
         self._pod = PodApi(api_client, self.namespace, self.api_timeout)  # pod_name and uid live there
         self._podwatch = PodWatch(self._pod.api, self.namespace, self._read_pod, self.api_timeout)
         self._logs = PodLogs("", self.api_timeout)
