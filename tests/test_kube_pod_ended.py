@@ -43,6 +43,23 @@ def test_start_failure_says_why_the_cluster_ended_the_pod(pod: dict, said: str, 
     assert "ended by the cluster: " + said in pods.describe(pod, False, [], [])
 
 
+@pytest.mark.parametrize("pod,headline", [
+    (ADMISSION, "the cluster refused plugin 'plugins/p''s pod (OutOfcpu): its container never ran. "),
+    (EVICTED, "the cluster ended plugin 'plugins/p''s pod (Evicted) before the plugin completed the handshake. ")])
+def test_the_headline_names_the_cluster_not_an_exit_code(pod: dict, headline: str) -> None:
+    # OutOfcpu's container never ran, an evicted one was killed: neither exited with a code of its own
+    text = str(pods.start_failure(pod, "plugins/p", [], []))
+    assert text.startswith(headline) and "exited with code" not in text, text
+
+
+def test_an_eviction_for_the_plugins_own_disk_use_names_its_limit() -> None:
+    # the kubelet's words when the container writes past its own limit: requests would not have helped
+    over = 'Container plugin exceeded its local ephemeral storage limit "64Mi". '
+    text = str(pods.start_failure(_pod({**EVICTED["status"], "message": over}), "plugins/p", [], []))
+    assert "ephemeral-storage limit" in text and "write less" in text, text
+    assert "give the plugin requests" not in text
+
+
 def test_a_plugin_that_failed_by_itself_keeps_its_advice() -> None:
     failed = _pod({"phase": "Failed", "containerStatuses": [{"name": "plugin", "state": {"terminated": {
         "exitCode": 1, "reason": "Error"}}}]})

@@ -36,15 +36,16 @@ class PluginExitedError(HandshakeError):
     """The plugin stopped before it printed its handshake line (or after it, while the host connected: ``when``)."""
 
     def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
-                 detail: str = "", when: str = _BEFORE_HANDSHAKE, advice: str | None = None) -> None:
+                 detail: str = "", when: str = _BEFORE_HANDSHAKE, advice: str | None = None,
+                 headline: str | None = None) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         # runners other than the LogPump's (a pod's log, a container's) hand their lines as read
         tail = "\n".join("    " + printable(line) for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
-            f"plugin {name!r} exited with code {exit_code} {when}."
-            f" Its last stderr lines:\n{tail}{extra}\n"
+            (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
+            f". Its last stderr lines:\n{tail}{extra}\n"
             + (advice if advice is not None else
                "Check that the command is a go-plugin plugin, that it serves with the same"
                " handshake config (magic cookie) as the host, and run it by hand to see why it stops."

@@ -224,8 +224,9 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
     code = exit_code(pod)
     ended = pod_ended(pod)
     if code is not None and ended:
+        headline, advice = _ended_advice(status.get("reason"), status.get("message"), name)
         return PodFailedError(name, code, log_tail, f"Pod {name} ended in phase {phase(pod)}:"
-                              f" {ended.rstrip('.')}.\n{diag}", advice=_ended_advice(status.get("reason"), name))
+                              f" {ended.rstrip('.')}.\n{diag}", advice=advice, headline=headline)
     if code is not None:
         term = _terminated(cs, "state") or {}
         return PluginExitedError(name, code, log_tail,
@@ -244,18 +245,28 @@ def pod_ended(pod: Json) -> str:
     return _said(reason) + (f": {_said(message)}" if isinstance(message, str) and message else "")
 
 
-def _ended_advice(reason: Any, name: str) -> str:
-    # the plugin never misbehaved: handshake advice would send the reader to the wrong place
-    if reason == "Evicted":
+def _ended_advice(reason: Any, message: Any, name: str) -> tuple[str, str]:
+    """The headline and advice for a pod the cluster ended: no exit code (its container may never have run)
+    and no handshake advice, which would send the reader to the wrong place."""
+    told = message.lower() if isinstance(message, str) else ""
+    head = f"the cluster ended plugin {name!r}'s pod ({_said(reason)}) before the plugin completed the handshake"
+    if reason == "Evicted" and ("ephemeral" in told and "limit" in told or "exceeds the limit" in told):
+        # the plugin's own writes passed its limit: a larger request would not have saved it
+        what = ("The node evicted the pod because the plugin wrote more to its container's disk or writable_dirs"
+                " than its ephemeral-storage limit allows: raise that limit (KubernetesRunner resources=) or make"
+                " the plugin write less")
+    elif reason == "Evicted":
         what = ("The node evicted the pod to reclaim memory or disk: give the plugin requests that cover its use"
                 " (KubernetesRunner resources=), so it is scheduled where that fits and evicted last")
     elif isinstance(reason, str) and (reason.startswith("OutOf") or reason == "UnexpectedAdmissionError"):
+        head = f"the cluster refused plugin {name!r}'s pod ({_said(reason)}): its container never ran"
         what = ("The node's kubelet refused the pod at admission (it had not what the pod asks, often a race with"
                 " other pods for the node): check KubernetesRunner resources= against the nodes' allocatable")
     else:
         what = "The cluster ended the pod, not the plugin"
     namespace, _, pod = name.rpartition("/")
-    return f"{what}; kubectl describe pod -n {namespace} {pod} says more. Start a new Client to run the plugin again."
+    return head, (f"{what}; kubectl describe pod -n {namespace} {pod} says more."
+                  " Start a new Client to run the plugin again.")
 
 
 def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequence[str]) -> str:
