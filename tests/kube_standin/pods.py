@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from . import deletion
 from .apimachinery import fields_match, parse_cpu, parse_quantity, selector_matches
 from .runtime import Box, BoxState, ContainerConfigError, ContainerRequest, ImageMissing
 
@@ -336,40 +337,7 @@ class PodStore:
                 self.watchers.remove(w)
 
     def delete(self, ns: str, name: str, grace: float) -> dict[str, Any] | None:
-        """gracePeriodSeconds=0 is the API's force delete: the object goes at once (also a terminating
-        one), its container is stopped after; else it is terminating until its container stopped."""
-        with self.lock:
-            pod = self.pods.get((ns, name))
-            if pod is None:
-                return None
-            first, pod.deleting = not pod.deleting, True
-            if first or grace <= 0:
-                pod.obj["metadata"].setdefault("deletionTimestamp", now())
-                pod.obj["metadata"]["deletionGracePeriodSeconds"] = int(grace)
-            if first:
-                self.event(pod, "Killing", f"Stopping container {pod.container['name']}")
-            if grace <= 0:
-                del self.pods[pod.key]
-                self._publish("DELETED", pod)
-            elif first:
-                self._publish("MODIFIED", pod)
-            # on a lost node no kubelet confirms a graceful delete: only a force delete ends the pod
-            if (first or grace <= 0) and not pod.finishing and not (self.node_lost and grace > 0):
-                pod.finishing = True
-                self._spawn("delete", lambda: self._finish_delete(pod, grace))
-            return copy.deepcopy(pod.obj)
-
-    def _finish_delete(self, pod: Pod, grace: float) -> None:
-        box = pod.box
-        if box is not None:
-            box.stop(grace)
-            if self.pods.get(pod.key) is pod:  # a force-deleted pod has no status left to report
-                self._refresh(pod)
-            box.remove()
-        with self.lock:
-            if self.pods.get(pod.key) is pod:
-                del self.pods[pod.key]
-                self._publish("DELETED", pod)
+        return deletion.delete(self, ns, name, grace)  # with the lost node's knob, in deletion.py
 
     # --- lifecycle -----------------------------------------------------------
 
