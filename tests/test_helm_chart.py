@@ -32,8 +32,10 @@ def renderer() -> Path:
 
 
 def render(renderer: Path, tmp_path: Path, values: dict[str, Any] | None = None,
-           release: str = "plugbay", namespace: str = "hosts") -> list[dict[str, Any]]:
+           release: str = "plugbay", namespace: str = "hosts", sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    # numbers typed as Helm types them: float64 from values files, int64 from each of ``sets`` (--set)
     cmd = [str(renderer), "-chart", str(CHART), "-release", release, "-namespace", namespace]
+    cmd += [arg for s in sets for arg in ("-set", s)]
     if values is not None:
         path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
         path.write_text(yaml.safe_dump(values))
@@ -403,6 +405,19 @@ def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_pat
                                                          message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         render(renderer, tmp_path, values)
+
+
+def test_a_uid_from_a_values_file_equals_the_same_uid_from_set(renderer: Path, tmp_path: Path) -> None:
+    # an OpenShift-range uid: Helm reads the file's as float64, --set's as int64; as text they differ
+    uid = 1000680000
+    values = {"host": {"enabled": True, "image": {"repository": "h"}, "securityContext": {"runAsUser": uid}},
+              "sidecar": {"enabled": True, "image": {"repository": "x"}}}
+    deployment = by_kind(render(renderer, tmp_path, values, sets=(f"sidecar.securityContext.runAsUser={uid}",)))
+    containers = deployment["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert [c["securityContext"]["runAsUser"] for c in containers] == [uid, uid]
+    refused = rf"runAsUser \({uid + 1}\) must equal host.securityContext.runAsUser \({uid}\)"
+    with pytest.raises(RuntimeError, match=refused):
+        render(renderer, tmp_path, values, sets=(f"sidecar.securityContext.runAsUser={uid + 1}",))
 
 
 def test_plugin_pods_in_another_namespace_are_said_to_outlive_their_host() -> None:

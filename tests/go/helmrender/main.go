@@ -3,18 +3,23 @@
 // plus Helm's own (include, tpl, required, toYaml, fromYaml, toJson, lookup), values
 // from values.yaml merged with override files, and .Release/.Chart/.Capabilities.
 //
-// Usage: helmrender -chart DIR [-values FILE]... [-release NAME] [-namespace NS]
+// Numbers are typed as Helm types them: float64 from values files (Helm reads YAML through JSON), int64
+// from -set (Helm's --set), so a chart comparing a number from each is tested as Helm runs it.
+//
+// Usage: helmrender -chart DIR [-values FILE]... [-set PATH=VALUE]... [-release NAME] [-namespace NS]
 // Prints every rendered manifest as "---\n# Source: CHART/templates/FILE\n...".
 package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io/ioutil"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 
@@ -37,6 +42,50 @@ func readYAML(path string) (map[string]interface{}, error) {
 	if err := yaml3.Unmarshal(data, &out); err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
+	return asJSONNumbers(out).(map[string]interface{}), nil
+}
+
+// asJSONNumbers makes every integer a float64, as Helm's YAML-through-JSON reading of a values file does.
+func asJSONNumbers(v interface{}) interface{} {
+	switch t := v.(type) {
+	case map[string]interface{}:
+		for k, e := range t {
+			t[k] = asJSONNumbers(e)
+		}
+	case []interface{}:
+		for i, e := range t {
+			t[i] = asJSONNumbers(e)
+		}
+	case int:
+		return float64(t)
+	case int64:
+		return float64(t)
+	case uint64:
+		return float64(t)
+	}
+	return v
+}
+
+// setValue is one -set PATH=VALUE as Helm's --set types it: an integer is int64, true/false a bool,
+// null nil, anything else a string.
+func setValue(assignment string) (map[string]interface{}, error) {
+	path, raw, ok := strings.Cut(assignment, "=")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("-set %q: want PATH=VALUE", assignment)
+	}
+	var value interface{} = raw
+	if n, err := strconv.ParseInt(raw, 10, 64); err == nil {
+		value = n
+	} else if raw == "true" || raw == "false" {
+		value = raw == "true"
+	} else if raw == "null" {
+		value = nil
+	}
+	keys := strings.Split(path, ".")
+	out := map[string]interface{}{keys[len(keys)-1]: value}
+	for i := len(keys) - 2; i >= 0; i-- {
+		out = map[string]interface{}{keys[i]: out}
+	}
 	return out, nil
 }
 
@@ -54,8 +103,17 @@ func merge(dst, src map[string]interface{}) map[string]interface{} {
 	return dst
 }
 
+// toYaml writes numbers as Helm's does (through JSON): a float64 1000680000 as 1000680000, not 1.00068e+09.
 func toYaml(v interface{}) string {
-	data, err := yaml2.Marshal(v)
+	asJSON, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	var plain interface{}
+	if err := yaml3.Unmarshal(asJSON, &plain); err != nil {
+		return ""
+	}
+	data, err := yaml2.Marshal(plain)
 	if err != nil {
 		return ""
 	}
@@ -76,18 +134,20 @@ func main() {
 	namespace := flag.String("namespace", "default", "release namespace")
 	var valueFiles multiFlag
 	flag.Var(&valueFiles, "values", "values override file (repeatable)")
+	var sets multiFlag
+	flag.Var(&sets, "set", "PATH=VALUE override applied after the files, typed as helm --set does (repeatable)")
 	flag.Parse()
 	if *chart == "" {
 		fmt.Fprintln(os.Stderr, "helmrender: -chart is required")
 		os.Exit(2)
 	}
-	if err := render(*chart, *release, *namespace, valueFiles); err != nil {
+	if err := render(*chart, *release, *namespace, valueFiles, sets); err != nil {
 		fmt.Fprintln(os.Stderr, "helmrender:", err)
 		os.Exit(1)
 	}
 }
 
-func render(chartDir, release, namespace string, valueFiles []string) error {
+func render(chartDir, release, namespace string, valueFiles, sets []string) error {
 	meta, err := readYAML(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
 		return err
@@ -98,6 +158,13 @@ func render(chartDir, release, namespace string, valueFiles []string) error {
 	}
 	for _, f := range valueFiles {
 		over, err := readYAML(f)
+		if err != nil {
+			return err
+		}
+		values = merge(values, over)
+	}
+	for _, assignment := range sets {
+		over, err := setValue(assignment)
 		if err != nil {
 			return err
 		}
