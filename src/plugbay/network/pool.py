@@ -79,7 +79,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self.drain_timeout = drain_timeout
         if tls is not None:
             tls.files()  # a bad file fails here; renewed files reach every endpoint (_follow_files)
-        self.reconnect = reconnect_backoff(health_interval)  # a connector's channels take it too (remote)
+        self.reconnect = reconnect_backoff(health_interval)  # as remote.py gives its multiplexed channels
         self._options = with_defaults([*CHANNEL_OPTIONS, *self.reconnect, *(tls.options() if tls else []), *pings],
                                       options)
         self._resolver = resolver

@@ -79,6 +79,7 @@ from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd
 from plugbay.network.remotecheck import check_remote
+from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
 from plugbay.network.tls import NetworkTLS
@@ -268,7 +269,7 @@ class RemoteClient(Client):
         # the relay asks per TLS connection it makes: renewed files apply to the next one
         return self._muxes.add(MuxEndpoint(endpoint, tls.ssl_context, tls.server_name, self.remote.grpc_options,
                                            keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"),
-                                           reconnect=self.pool.reconnect))  # the pool calls this as it starts
+                                           reconnect=reconnect_backoff(self.remote.health_interval)))
 
     def dispense(self, name: str) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
