@@ -118,10 +118,14 @@ def _fill(served: _Server, limit: int, waiters: int) -> list[grpc.Future]:
     return calls
 
 
-def test_a_freed_slot_wakes_one_waiter_the_oldest() -> None:
+def test_a_freed_slot_wakes_one_waiter_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
     """16 waiters, 16 slots freed one at a time: each waiter checked its caller twice (as it queued, and
     once handed its slot), and they ran in the order they came. With notify_all each freed slot woke every
-    waiter left: 141 checks in one run where 32 are needed."""
+    waiter left: 141 checks in one run where 32 are needed. (A waiter's periodic look at its caller,
+    slotwait.RECHECK, is put out of the way: on a slow machine it would add checks of its own.)"""
+    from plugbay.core.plugin import slotwait
+
+    monkeypatch.setattr(slotwait, "RECHECK", 3600.0)
     limit = 16
     with _served(limit) as served:
         calls = _fill(served, limit, limit)
@@ -259,3 +263,26 @@ def test_a_waiter_whose_context_raises_leaves_no_trace_in_the_queue() -> None:
     assert not slots._queue
     slots.release()
     assert slots.take(_Call()) is None  # the slot came back
+
+
+def test_a_waiter_whose_cancel_is_never_told_still_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpcio runs a call's callbacks only once every operation of the call is done: a waiter whose caller
+    left but whose callback never came leaves its place (GONE) well before its hour-long wait ends."""
+    from plugbay.core.plugin import slotwait
+
+    monkeypatch.setattr(slotwait, "RECHECK", 0.05)
+    slots = Slots(1, 3600.0)
+    assert slots.take(_Call()) is None
+    gone = _Call()
+    ends: dict[str, str | None] = {}
+    waiter = threading.Thread(target=lambda: ends.setdefault("gone", slots.take(gone)), daemon=True)
+    waiter.start()
+    try:
+        assert wait_until(lambda: gone.checks >= 1, 30), "the waiter did not queue"
+        gone.active = False  # its caller left; nothing tells the wait (no tell())
+        waiter.join(30)
+        assert ends == {"gone": GONE}, ends
+        assert not slots._queue
+    finally:
+        slots.stop_waiting()  # a waiter still there (the failure) is refused, not left for the hour
+        waiter.join(30)

@@ -24,6 +24,10 @@ import grpc
 DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
 NETWORK_MAX_WORKERS = 32  # on the network: per server and per brokering session (their pools add up)
 SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
+# A waiter also looks at its caller this often: its own cancel callback is what wakes it, and grpcio runs a
+# call's callbacks only once every operation of the call is done; one it did not get (or got late) left a
+# cancelled call holding its place to wait for the whole wait (once in a loaded full run: 30 s and more)
+RECHECK = 1.0
 
 # Why a call did not get a slot: all taken (and no room to wait), its wait ran out, its caller went away,
 # the plugin is stopping.
@@ -87,7 +91,7 @@ class Slots:
             elif (now := time.monotonic()) >= until:
                 why = WAITED
             else:
-                waiter.woken.wait(until - now)
+                waiter.woken.wait(min(until - now, RECHECK))
                 continue
             self._leave(waiter)
             return why
