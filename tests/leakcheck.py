@@ -144,9 +144,24 @@ def find_leaks() -> list[str]:
     return leaks
 
 
+# grpc core's pollers, which grpc.aio starts at its first use in a process and keeps to the process's end:
+# two epoll sets and two eventfds, seen after tests.test_async_client or tests.test_async_servicers in full
+# runs, whichever came first. Past that many such descriptors are a leak (a grpc server never started keeps
+# the same kinds: core/broker/spares.py).
+_PROCESS_POLLERS = {"anon_inode:[eventpoll]": 2, "anon_inode:[eventfd]": 2}
+
+
 def _fd_leaks() -> list[str]:
-    return [f"open descriptor {fd} ({target}, open since {_FD_MODULE.get((fd, target), 'the session end')})"
-            for fd, target in sorted(_descriptors().items()) if _FDS_AT_START.get(fd) != target]
+    spare = dict(_PROCESS_POLLERS)
+    leaks = []
+    for fd, target in sorted(_descriptors().items()):
+        if _FDS_AT_START.get(fd) == target:
+            continue
+        if spare.get(target, 0) > 0:
+            spare[target] -= 1
+            continue
+        leaks.append(f"open descriptor {fd} ({target}, open since {_FD_MODULE.get((fd, target), 'the session end')})")
+    return leaks
 
 
 def _docker_leaks() -> list[str]:
