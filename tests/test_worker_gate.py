@@ -141,10 +141,11 @@ def _held(env: dict[str, str]) -> Client:
 
 
 @contextmanager
-def _slot_held(tmp_path: Path) -> Iterator[tuple[Client, kv_pb2_grpc.KVStub, Any]]:
-    """A _held() plugin whose one slot a Get of __held__ holds (until a "release" file appears)."""
+def _slot_held(tmp_path: Path, wait: str = "60") -> Iterator[tuple[Client, kv_pb2_grpc.KVStub, Any]]:
+    """A _held() plugin whose one slot a Get of __held__ holds (until a "release" file appears); a call
+    waits ``wait`` seconds for it at most."""
     mark = tmp_path / "held-mark"
-    with _held({"TRAP_HANG_MARK": str(mark)}) as client:
+    with _held({"TRAP_HANG_MARK": str(mark), "TRAP_SLOT_WAIT": wait}) as client:
         client.dispense(PLUGIN_NAME)
         stub = kv_pb2_grpc.KVStub(client.channel)  # type: ignore[no-untyped-call]
         held = stub.Get.future(kv_pb2.GetRequest(key="__held__"))
@@ -153,11 +154,20 @@ def _slot_held(tmp_path: Path) -> Iterator[tuple[Client, kv_pb2_grpc.KVStub, Any
 
 
 def _room_to_wait(stub: kv_pb2_grpc.KVStub) -> bool:
-    """Whether a call may wait for the one slot now (else one waits already: refused at once)."""
+    """Whether a call may wait for the one slot now (else one waits already: refused at once).
+
+    Told by the refusal's words, not its code: a call that waited to its deadline ends DEADLINE_EXCEEDED
+    or RESOURCE_EXHAUSTED, whichever reaches the host first, its own deadline or the plugin's refusal as
+    its wait ends (on a quiet machine mostly the refusal, for tens of seconds on end)."""
     try:
         stub.Get(kv_pb2.GetRequest(key="__nap__"), timeout=0.3)
     except grpc.RpcError as exc:
-        return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # it waited
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return True  # it waited
+        assert _refused(exc), exc
+        details = str(exc.details())
+        assert ("wait for a slot already" in details) != ("this call waited" in details), details
+        return "this call waited" in details
     raise AssertionError("the slot was free")
 
 
@@ -182,6 +192,17 @@ def test_a_call_cancelled_while_it_waits_never_runs(tmp_path: Path) -> None:
         assert held.result(timeout=30).value == b"released"
         assert stub.Get(kv_pb2.GetRequest(key="__nap__"), timeout=30).value == b"rested"
         assert not Path("kv_late").exists()
+
+
+def test_a_call_that_waited_out_its_wait_is_told_from_one_refused_at_once(tmp_path: Path) -> None:
+    """Both are refused RESOURCE_EXHAUSTED: only the words tell them apart (_room_to_wait reads them). Read
+    by its code, a probe that had waited counted as one refused at once whenever the plugin's refusal
+    beat the host's own deadline: the cancelled-while-waiting test above then saw no room for 30 s, a
+    cancelled call seemingly keeping its place. Here the wait (0.05 s) ends well before the deadline."""
+    with _slot_held(tmp_path, wait="0.05") as (_, stub, held):
+        assert all(_room_to_wait(stub) for _ in range(3))
+        Path("release").touch()
+        assert held.result(timeout=30).value == b"released"
 
 
 def test_a_waiting_call_is_refused_unsent_when_the_plugin_stops(tmp_path: Path) -> None:
