@@ -1,20 +1,23 @@
-"""Calls waiting for a handler slot (core/plugin/slotwait.py): a freed slot reaches a live waiter.
+"""Calls waiting for a handler slot (core/plugin/slotwait.py): one freed slot wakes one waiter, the oldest.
 
-A wake-up must not be lost to a waiter whose caller went away: every live waiter gets a slot. The calls
-are real gRPC calls on a real server whose handler takes a real Slots; where the order of a cancel and a
-freed slot matters, a call object stands in for grpc's ServicerContext, its cancel told late as grpc's
-poll thread tells it.
+Each freed slot woke every waiting call (notify_all): with 128 waiting, every Put's end made 127 threads
+check their caller and go back to sleep. A wake-up handed to one waiter must not be lost: a waiter whose
+caller went away hands its slot on, and every live waiter gets one. The calls are real gRPC calls on a
+real server whose handler takes a real Slots; where the order of a cancel and a freed slot matters, a
+call object stands in for grpc's ServicerContext, its cancel told late as grpc's poll thread tells it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import pytest
 
 from plugbay.core.plugin.slotwait import GONE, Slots
 from tests.resilience_util import wait_until
@@ -115,6 +118,27 @@ def _fill(served: _Server, limit: int, waiters: int) -> list[grpc.Future]:
     return calls
 
 
+def test_a_freed_slot_wakes_one_waiter_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 waiters, 16 slots freed one at a time: each waiter checked its caller twice (as it queued, and
+    once handed its slot), and they ran in the order they came. With notify_all each freed slot woke every
+    waiter left: 141 checks in one run where 32 are needed. (A waiter's periodic look at its caller,
+    slotwait.RECHECK, is put out of the way: on a slow machine it would add checks of its own.)"""
+    from plugbay.core.plugin import slotwait
+
+    monkeypatch.setattr(slotwait, "RECHECK", 3600.0)
+    limit = 16
+    with _served(limit) as served:
+        calls = _fill(served, limit, limit)
+        for i in range(limit):
+            served.release(f"h{i}")
+            served.until(lambda: len(served.ran) == limit + i + 1)
+        served.release(*(f"w{i}" for i in range(limit)))
+        assert [c.result(60) for c in calls] == [b"ran"] * (2 * limit)
+        checks = {f"w{i}": served.calls[f"w{i}"].checks for i in range(limit)}
+        assert checks == {f"w{i}": 2 for i in range(limit)}, (sum(checks.values()), checks)
+        assert served.ran[limit:] == [f"w{i}" for i in range(limit)]
+
+
 def test_every_live_waiter_gets_a_slot_when_some_were_cancelled() -> None:
     """Waiters cancelled while they wait (the oldest among them) leave their place: every live one still
     gets a slot once the slots free, all at once."""
@@ -156,8 +180,8 @@ class _Call:
 
 
 def test_a_slot_handed_to_a_waiter_whose_caller_left_goes_to_the_next() -> None:
-    """The two oldest waiters' callers left, not yet told: both live waiters get a slot from two freed
-    ones."""
+    """The two oldest waiters' callers left, not yet told: the first freed slot is handed to each in turn
+    and handed on; both live waiters get a slot from two freed ones."""
     limit = 4
     slots = Slots(limit, WAIT)
     assert all(slots.take(_Call()) is None for _ in range(limit))  # no waiter yet: the free slots
@@ -176,3 +200,89 @@ def test_a_slot_handed_to_a_waiter_whose_caller_left_goes_to_the_next() -> None:
     assert ends == {0: GONE, 1: GONE, 2: None, 3: None}, ends
     for call in calls:
         call.tell()
+
+
+class _PausingSemaphore(threading.BoundedSemaphore):
+    """Its release() on the thread named ``releaser`` pauses: the thread swapped out between a release()'s
+    look at the queue and the slot's return, a gap of a few bytecodes made wide enough to meet."""
+
+    pause = False
+
+    def release(self, n: int = 1) -> None:
+        if self.pause and threading.current_thread().name == "releaser":
+            time.sleep(0.3)
+        super().release(n)
+
+
+def test_a_call_queueing_while_a_slot_is_returned_gets_it() -> None:
+    """A release() sees a waiter, which then leaves (its caller gone); a new call queues while that slot is
+    on its way back to the semaphore: it must get the slot, not wait out its wait beside it."""
+    slots = Slots(1, 2.0)
+    slots._free = _PausingSemaphore(1)
+    assert slots.take(_Call()) is None  # the only slot, held
+    leaving = _Call()
+    checking = threading.Event()
+    checks_of = leaving.is_active
+
+    def slow_check() -> bool:  # the leaving waiter, woken by its cancel, checks its caller (under the lock)
+        if not leaving.active:
+            checking.set()
+            time.sleep(0.3)
+        return checks_of()
+
+    leaving.is_active = slow_check  # type: ignore[method-assign]
+    ends: dict[str, str | None] = {}
+    first = threading.Thread(target=lambda: ends.setdefault("leaving", slots.take(leaving)))
+    first.start()
+    assert wait_until(lambda: bool(slots._queue), 30), "the first waiter did not queue"
+    leaving.active = False
+    threading.Thread(target=leaving.tell).start()
+    assert checking.wait(30)
+    slots._free.pause = True
+    releaser = threading.Thread(target=slots.release, name="releaser")
+    releaser.start()  # sees the first waiter queued; it leaves GONE; the slot is then on its way back
+    first.join(30)
+    time.sleep(0.1)
+    ends["new"] = slots.take(_Call())
+    releaser.join(30)
+    assert ends == {"leaving": GONE, "new": None}, ends
+
+
+class _BrokenCall(_Call):
+    def is_active(self) -> bool:
+        raise RuntimeError("context broke")
+
+
+def test_a_waiter_whose_context_raises_leaves_no_trace_in_the_queue() -> None:
+    """A context method raising while a call waits: the error reaches the caller and the queue forgets the
+    call, so the next freed slot is not handed to it and lost."""
+    slots = Slots(1, 0.5)
+    assert slots.take(_Call()) is None
+    with pytest.raises(RuntimeError, match="context broke"):
+        slots.take(_BrokenCall())
+    assert not slots._queue
+    slots.release()
+    assert slots.take(_Call()) is None  # the slot came back
+
+
+def test_a_waiter_whose_cancel_is_never_told_still_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpcio runs a call's callbacks only once every operation of the call is done: a waiter whose caller
+    left but whose callback never came leaves its place (GONE) well before its hour-long wait ends."""
+    from plugbay.core.plugin import slotwait
+
+    monkeypatch.setattr(slotwait, "RECHECK", 0.05)
+    slots = Slots(1, 3600.0)
+    assert slots.take(_Call()) is None
+    gone = _Call()
+    ends: dict[str, str | None] = {}
+    waiter = threading.Thread(target=lambda: ends.setdefault("gone", slots.take(gone)), daemon=True)
+    waiter.start()
+    try:
+        assert wait_until(lambda: gone.checks >= 1, 30), "the waiter did not queue"
+        gone.active = False  # its caller left; nothing tells the wait (no tell())
+        waiter.join(30)
+        assert ends == {"gone": GONE}, ends
+        assert not slots._queue
+    finally:
+        slots.stop_waiting()  # a waiter still there (the failure) is refused, not left for the hour
+        waiter.join(30)

@@ -1,26 +1,45 @@
 """The handler gate's slots (gate.py), and a local plugin's calls waiting for one.
 
-A waiting call is woken when a slot frees, when its caller cancels (a handler run after the host was
-told CANCELLED had side effects nobody asked for, and took the slot from a live waiter) and when the
-plugin starts stopping (a handler started then was cut off mid-run by the exit; refused, the call is
-marked not sent and a host may resend it). The fast path, a free slot, takes no lock but the
+A waiting call is woken when a slot is handed to it, when its caller cancels (a handler run after the
+host was told CANCELLED had side effects nobody asked for, and took the slot from a live waiter) and
+when the plugin starts stopping (a handler started then was cut off mid-run by the exit; refused, the
+call is marked not sent and a host may resend it). The fast path, a free slot, takes no lock but the
 semaphore's.
+
+Waiters queue first come, first served, each on a Condition of its own over one lock: a freed slot is
+handed to the oldest waiter (it never returns to the semaphore while one waits, so a new call cannot
+overtake the queue) and wakes that one only: waking every waiter for each freed slot, with 128 waiting,
+cost the plugin twice the CPU per call (0.9-1.1 ms, 0.5 ms now). A waiter handed a slot it cannot use
+(its caller went away, the plugin is stopping) hands it on: no wake-up is lost.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import grpc
 
 DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
 NETWORK_MAX_WORKERS = 32  # on the network: per server and per brokering session (their pools add up)
 SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
+# A waiter also looks at its caller this often: its own cancel callback is all else that wakes it, and
+# grpcio runs a call's callbacks only once every operation of the call is done; one that came late (or
+# never) would leave a cancelled call holding its place for its whole wait
+RECHECK = 1.0
 
 # Why a call did not get a slot: all taken (and no room to wait), its wait ran out, its caller went away,
 # the plugin is stopping.
 FULL, WAITED, GONE, STOPPING = "full", "waited", "gone", "stopping"
+
+
+class _Waiter:
+    __slots__ = ("woken", "handed")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.woken = threading.Condition(lock)
+        self.handed = False  # a slot was handed to it (it is out of the queue then)
 
 
 class Slots:
@@ -30,8 +49,8 @@ class Slots:
         self.limit = limit
         self.wait = wait
         self._free = threading.BoundedSemaphore(limit)
-        self._changed = threading.Condition(threading.Lock())
-        self._waiting = 0  # read without the lock by release(): see there
+        self._lock = threading.Lock()
+        self._queue: deque[_Waiter] = deque()  # read without the lock by release(): see there
         self._stopping = False
 
     def take(self, context: grpc.ServicerContext) -> str | None:
@@ -42,46 +61,84 @@ class Slots:
             return FULL
         left = context.time_remaining()
         until = time.monotonic() + (self.wait if left is None else max(0.0, min(self.wait, left)))
-        with self._changed:
-            if self._waiting >= self.limit:
+        waiter = _Waiter(self._lock)
+        # on the server's poll thread when the call ends (its caller cancelled): wakes this wait only
+        context.add_callback(lambda: self._wake(waiter))
+        with self._lock:
+            if len(self._queue) >= self.limit:
                 return FULL
-            self._waiting += 1
-        try:
-            # on the server's poll thread when the call ends (its caller cancelled): wakes the wait
-            context.add_callback(self._wake_all)
-            with self._changed:
-                while True:
-                    if self._stopping:
-                        return STOPPING
-                    if not context.is_active():
-                        return GONE
-                    if self._free.acquire(blocking=False):
-                        break
-                    now = time.monotonic()
-                    if now >= until:
-                        return WAITED
-                    self._changed.wait(until - now)
-        finally:
-            with self._changed:
-                self._waiting -= 1
-        if not context.is_active():  # cancelled just as the slot came: the next waiter gets it
-            self.release()
-            return GONE
-        return None
+            # queued before it tries the semaphore, and waits holding the lock from that try on: a
+            # release that missed the queue sees it once its slot is in the semaphore (release())
+            self._queue.append(waiter)
+            if self._free.acquire(blocking=False):
+                self._queue.remove(waiter)
+                return None
+            try:
+                return self._wait(waiter, context, until)
+            except BaseException:  # a context method raised: the queue must not keep (or hold a slot for) it
+                self._leave(waiter)
+                raise
+
+    def _wait(self, waiter: _Waiter, context: grpc.ServicerContext, until: float) -> str | None:
+        """Under the lock, ``waiter`` queued: None with a slot handed to it, else why not."""
+        while True:
+            if self._stopping:
+                why = STOPPING
+            elif not context.is_active():  # also when cancelled just as the slot came
+                why = GONE
+            elif waiter.handed:
+                return None
+            elif (now := time.monotonic()) >= until:
+                why = WAITED
+            else:
+                waiter.woken.wait(min(until - now, RECHECK))
+                continue
+            self._leave(waiter)
+            return why
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Under the lock: ``waiter`` gives up; a slot handed to it goes to the next waiter, else back to
+        the semaphore."""
+        if not waiter.handed:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        elif not self._hand_on():
+            self._free.release()
 
     def release(self) -> None:
+        if self._queue:
+            # the slot goes back under the lock: a call queueing meanwhile tries the semaphore under it
+            # too, so it either takes this slot or is handed it, never waits beside a free one
+            with self._lock:
+                if not self._hand_on():
+                    self._free.release()
+            return
         self._free.release()
-        # A waiter counts itself (under the lock) before it tries the semaphore, and waits holding the
-        # lock from that try on: a release it missed sees the count and notifies once it waits. All are
-        # woken: one that was cancelled meanwhile leaves the slot to the next.
-        if self._waiting:
-            self._wake_all()
+        # A waiter queues itself (under the lock) before it tries the semaphore, and waits holding the
+        # lock from that try on: one queued after the look above either got this slot from the
+        # semaphore or waits now, and is handed it here.
+        if self._queue:
+            with self._lock:
+                if self._queue and self._free.acquire(blocking=False) and not self._hand_on():
+                    self._free.release()
+
+    def _hand_on(self) -> bool:
+        """Under the lock: a slot to the oldest waiter (woken), False when none waits or the plugin is
+        stopping (waiters are refused then: the slot goes back to the semaphore)."""
+        if not self._queue or self._stopping:
+            return False
+        waiter = self._queue.popleft()
+        waiter.handed = True
+        waiter.woken.notify()
+        return True
 
     def stop_waiting(self) -> None:
         """The plugin is stopping: waiting calls, and calls that would wait, are refused."""
-        self._stopping = True
-        self._wake_all()
+        with self._lock:
+            self._stopping = True
+            for waiter in self._queue:
+                waiter.woken.notify()
 
-    def _wake_all(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+    def _wake(self, waiter: _Waiter) -> None:
+        with self._lock:
+            waiter.woken.notify()
