@@ -27,6 +27,8 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
+from plugbay.core.host.aiochannel import refused_now
+from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ConfigError
 from plugbay.network.aiopoolcalls import WAIT, StreamCall, UnaryCall
@@ -231,7 +233,10 @@ class AioPoolCallable:
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         if self.channel.endpoints.closed:
             raise grpc.aio.UsageError("the client's channels are closed")
-        timeout = call_timeout(timeout)  # when called, not when awaited, as AioManagedChannel's calls
+        try:
+            timeout = call_timeout(timeout)  # when called, not when awaited, as AioManagedChannel's calls
+        except CallTimeout as exc:  # timeout=0: not sent; raised when awaited, as AioManagedChannel's
+            return refused_now(exc)
         if self.kind == "unary_unary":
             return UnaryCall(self, request, timeout, kwargs)
         return StreamCall(self, request, timeout, kwargs)

@@ -26,7 +26,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
     retrieved as retrieved,
 )
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
-from plugbay.core.host.callerrors import caused
+from plugbay.core.host.callerrors import CallTimeout, caused
 from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
 
@@ -194,7 +194,10 @@ class _AioCallable:
 
     def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
-        timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
+        try:
+            timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
+        except CallTimeout as exc:  # timeout=0: not sent; raised when awaited, as a timed-out call's error
+            return refused_now(exc)
         owner.check_loop()
         if owner.is_refusing():
             return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
@@ -220,7 +223,10 @@ class _AioUnaryUnary(_AioUnaryRequest):
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._call(request, timeout, kwargs)
-        timeout = call_timeout(timeout)
+        try:
+            timeout = call_timeout(timeout)
+        except CallTimeout as exc:
+            return refused_now(exc)
         self._owner.check_loop()
         return _HookedCall(self._hooked(request, timeout, kwargs))
 
@@ -397,3 +403,10 @@ class RefusedCall:
 
     def done(self) -> bool:
         return True
+
+
+def refused_now(error: BaseException) -> RefusedCall:
+    """A call refused, unsent, with ``error`` (a timeout= that left no time)."""
+    async def made() -> BaseException:
+        return error
+    return RefusedCall(made)

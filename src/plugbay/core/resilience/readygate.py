@@ -22,6 +22,7 @@ from plugbay.core.host.callerrors import CallTimeout, PluginRestarted
 from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
+from plugbay.core.host.deadline import no_time_left
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt, wait_until
 
 
@@ -221,8 +222,12 @@ def _within(deadline: float | None, most: float) -> float:
 
 
 def _left(deadline: float | None) -> float | None:
-    """The attempt's timeout, read after any wait: what is left of the deadline (a sliver once past it)."""
-    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    """The attempt's timeout, read after any wait: what is left of the deadline. None left: the call is
+    not sent (grpcio would race the spent deadline against it, and the plugin might run it)."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        raise no_time_left("the call's deadline was spent waiting for the plugin to restart")
+    return left
 
 
 async def polled(check: Callable[[], bool], timeout: float) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from plugbay.core.host.callerrors import CallTimeout
-from plugbay.core.host.deadline import NO_DEADLINE
+from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
 from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, PluginDiedError,
@@ -276,6 +276,9 @@ class _Call:
     def next_try(self, per_attempt: float | None) -> float | None:
         """The next try's deadline (None: the Client's default one), noting what set it."""
         remaining = None if self.deadline is None else self.deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:  # a backoff (or on_retry) overslept it: never sent
+            raise no_time_left(f"the call's overall deadline of {self.overall:g}s ({self.source}) was spent"
+                               " before its next try")
         attempt = _min_opt(remaining, per_attempt)
         self.bound = ("default" if attempt is None else
                       "per_attempt" if per_attempt is not None and attempt == per_attempt else "overall")
