@@ -129,8 +129,8 @@ def cut_by_drain(pool: EndpointPool, key: str) -> Unavailable:
     call again, but the pool never does, as the call may have reached the plugin."""
     return Unavailable(
         f"remote plugin {pool.name!r}: endpoint {key} left discovery; the call was cut after drain_timeout"
-        f" ({pool.drain_timeout:g} s) (raise drain_timeout to let long calls finish). It may have reached the"
-        " plugin, so it was not sent again", None, grpc.StatusCode.UNAVAILABLE)
+        f" ({pool.drain_timeout:g} s), an EndpointPool argument, fixed at 5 s in a RemoteClient's pool. It may have"
+        " reached the plugin, so it was not sent again", None, grpc.StatusCode.UNAVAILABLE)
 
 
 def drain_cut(pool: EndpointPool, member: Any, exc: grpc.RpcError) -> grpc.RpcError:
