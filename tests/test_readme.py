@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,37 @@ def test_host_side_doc_names_the_async_supervisor_and_remote_client_and_its_link
         assert f"`{name}`" in flat and hasattr(plugbay, name), name
     for target, anchor in re.findall(r"\]\(([\w\-]+\.md)#([\w\-]+)\)", text):
         assert anchor in _anchors((ROOT / "docs" / target).read_text()), f"{target}#{anchor}"
+
+
+
+HOST_SIDE_MD = (ROOT / "docs" / "host-side.md").read_text()
+HOST_SIDE = [code for lang, code in re.findall(r"```(python|sh)\n(.*?)```", HOST_SIDE_MD, flags=re.S)
+             if lang == "python"]
+
+
+def test_host_side_error_classes_example_prints_what_it_says(tmp_path: Path) -> None:
+    code = next(c for c in HOST_SIDE if "issubclass(CallTimeoutError" in c)
+    result = _run([sys.executable, "-c", code], _scratch(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False", "True StatusCode.CANCELLED", "False"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"  # killed, not yet reaped by its new parent
+
+
+def test_host_side_forgotten_client_runs_until_interpreter_exit(tmp_path: Path) -> None:
+    code = next(c for c in HOST_SIDE if "def leak()" in c)
+    result = _run([sys.executable, "-c", code], _scratch(tmp_path))
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout.split()[1])  # "plugin PID still runs; killed at interpreter exit"
+    for _ in range(200):  # killed by the exit cleanup before the host ended; bounded wait for the reaping
+        if _gone(pid):
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError(f"plugin {pid} outlived its host")
