@@ -95,7 +95,8 @@ def test_go_plugin(in_tmp: Path) -> None:
 
 def test_retry_deadline_spent_before_a_try_is_not_sent(in_tmp: Path) -> None:
     """A retry whose overall deadline was spent (here by an on_retry that sleeps past it) sends no
-    further try: grpcio got what was left, a negative timeout, and the plugin could still run it."""
+    further try: grpcio got what was left, a negative timeout, and the plugin could still run it. The
+    first try was sent, so the error says so (sent True), raised from that try's NOT_FOUND."""
     with Client(CONFIG) as client:
         kv = kv_pb2_grpc.KVStub(client.channel)
 
@@ -106,7 +107,10 @@ def test_retry_deadline_spent_before_a_try_is_not_sent(in_tmp: Path) -> None:
                                           retry_on=frozenset({grpc.StatusCode.NOT_FOUND}), on_retry=late))
         with pytest.raises(CallTimeoutError) as info:
             kv.Get(kv_pb2.GetRequest(key="late"), timeout=1.0)
-        refused(info.value, "overall deadline of 1s (the call's timeout=) was spent")
+        error = info.value
+        assert error.sent is True and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error  # type: ignore
+        assert "overall deadline of 1s (the call's timeout=) was spent before try 2 of 2" in str(error), error
+        assert isinstance(error.__cause__, grpc.RpcError) and error.__cause__.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def async_calls_refused(channel: Any, prefix: str = "a") -> None:

@@ -11,6 +11,7 @@ import grpc
 import grpc.aio
 
 from plugbay.core.host.aiochannel import TaskCall, off_loop, retrieved
+from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
 from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, busy, cut_by_drain, no_endpoints,
@@ -70,8 +71,9 @@ class UnaryCall(TaskCall):
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
             channel = None
+            each = rules.remaining(deadline, member, last)  # none: raises unsent, member released
             try:
-                self._call, channel = self._callable.start(member, request, rules.remaining(deadline), kwargs)
+                self._call, channel = self._callable.start(member, request, each, kwargs)
                 result = await self._call
             except grpc.RpcError as exc:
                 pool.done(member, exc)
@@ -159,10 +161,13 @@ class StreamCall:
         except grpc.RpcError as exc:  # no endpoint, TLS refused: raised when awaited, as grpc.aio does
             failed = exc
         if member is not None:
-            self._begin(member, request, deadline, kwargs)
-        else:
-            self._ready = asyncio.ensure_future(self._later(failed, pick_until, request, deadline, kwargs))
-            self._ready.add_done_callback(retrieved)
+            try:
+                self._begin(member, request, deadline, kwargs)
+                return
+            except CallTimeout as exc:  # a deadline spent already (a tiny timeout=): raised when awaited
+                failed = exc
+        self._ready = asyncio.ensure_future(self._later(failed, pick_until, request, deadline, kwargs))
+        self._ready.add_done_callback(retrieved)
 
     async def _later(self, failed: BaseException | None, pick_until: float, request: Any, deadline: float | None,
                      kwargs: dict[str, Any]) -> None:
@@ -172,9 +177,9 @@ class StreamCall:
 
     def _begin(self, member: Member, request: Any, deadline: float | None, kwargs: dict[str, Any]) -> None:
         pool = self._callable.channel.pool
+        left = self._callable.rules.remaining(deadline, member)  # none: raises unsent, member released
         try:
-            self._call, self._channel = self._callable.start(member, request,
-                                                             self._callable.rules.remaining(deadline), kwargs)
+            self._call, self._channel = self._callable.start(member, request, left, kwargs)
         except BaseException as exc:
             pool.done(member, exc)
             raise

@@ -274,6 +274,12 @@ class EndpointPool(PoolHealth, CallChannel):
                 return None
             return tls_error(self, members[0], members[0].tls_failure or "", members[0].health_detail)
 
+    def release(self, member: Member) -> None:
+        """A picked endpoint given back unused (the call's deadline was spent first): no outcome to count."""
+        with self._cond:
+            member.inflight -= 1
+            self._cond.notify_all()
+
     def done(self, member: Member, error: BaseException | None) -> None:
         """Record a call's outcome: failures count toward ejection; successes reset the count."""
         code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None

@@ -9,15 +9,14 @@ endpoint was tried the call waits briefly and tries again, until its deadline. A
 refusal with that trailer (a full handler gate, core/plugin/gate.py) goes to each endpoint not yet
 tried; once every endpoint refused (one as busy) it ends at once with that RESOURCE_EXHAUSTED:
 saturation is load, a RetryPolicy's to wait out, and pool.done() does not count it against the endpoint.
-A call that may have reached the plugin is never resent here (a RetryPolicy
-decides that): a status the plugin sent, whatever its text, and a stream broken
-in flight ("Stream removed", "Socket closed") end the call. TLS failures found
-while connecting become RemoteTLSError; a connection closed during setup does only
-when a TLS probe proves the plugin refused this host (plugbay.network.tlsprobe),
-else the call retries and, at its deadline, says the handshake was cut short.
-No endpoint at all becomes NoEndpointsError. A call still in flight when its endpoint's channel
-closes drain_timeout after the endpoint left discovery becomes PluginUnavailableError (never resent).
-All are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers keep working.
+A call that may have reached the plugin is never resent here (a RetryPolicy decides that): a status the
+plugin sent, whatever its text, and a stream broken in flight ("Stream removed", "Socket closed") end the
+call. TLS failures found while connecting become RemoteTLSError; a connection closed during setup does only
+when a TLS probe proves the plugin refused this host (plugbay.network.tlsprobe), else the call retries and,
+at its deadline, says the handshake was cut short. No endpoint at all becomes NoEndpointsError. A call
+still in flight when its endpoint's channel closes drain_timeout after the endpoint left discovery becomes
+PluginUnavailableError (never resent). All are also grpc.RpcError (UNAVAILABLE), so gRPC-minded callers
+keep working. A try whose deadline was spent picking is not sent: deadline.no_time_left's CallTimeout.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.core.host.callerrors import Unavailable, closed_under_call
-from plugbay.core.host.deadline import call_timeout
+from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, echoed, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
@@ -57,18 +56,14 @@ class EndpointPool(Protocol):
 
     @property
     def closed(self) -> bool: ...
-
     def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
-
     def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
-
     def done(self, member: Any, error: BaseException | None) -> None: ...
-
+    def release(self, member: Any) -> None: ...
     def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
-
     def cut_short_detail(self, member: Any) -> str: ...
-
     def pickable_keys(self) -> list[str]: ...
+
 
 # How gRPC's load-balancing picker words a call it failed before giving it a stream (no connection).
 # The wording alone proves nothing (a plugin may relay such a status from its own backend), so the
@@ -250,10 +245,15 @@ class PoolCallable:
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._unary(True, request, timeout, kwargs)
 
-    @staticmethod
-    def remaining(deadline: float | None) -> float | None:
-        # waiting for an endpoint spent part of the caller's timeout: the call gets only what is left
-        return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    def remaining(self, deadline: float | None, member: Member, last: str = "") -> float | None:
+        """What waiting for ``member`` left of the caller's timeout. Nothing: the try is not sent (grpcio would
+        race the spent deadline against it) and ``member`` goes back unused, no failure of its own."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is None or left > 0:
+            return left
+        self._pool.release(member)
+        raise no_time_left(f"the call's deadline was spent before an endpoint of remote plugin {self._pool.name!r}"
+                           " could take it" + (f" (the last refused it unsent: {last})" if last else ""))
 
     def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""
@@ -292,8 +292,9 @@ class PoolCallable:
                 member = self._pool.pick(pick_until, tried, self._pin)
             except NoEndpointsError as exc:
                 raise out_of_tries(self._pool, exc, tried, "") from None
+            left = self.remaining(deadline, member)
             try:
-                call = self._on(member)(request, timeout=self.remaining(deadline), **kwargs)
+                call = self._on(member)(request, timeout=left, **kwargs)
                 break
             except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
                 self._pool.done(member, None)
@@ -318,10 +319,10 @@ class PoolCallable:
                 member = pool.pick(pick_until, tried, self._pin)
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
+            left = self.remaining(deadline, member, last)
             try:
                 target = self._on(member)
-                result = (target.with_call if with_call else target)(request, timeout=self.remaining(deadline),
-                                                                     **kwargs)
+                result = (target.with_call if with_call else target)(request, timeout=left, **kwargs)
             except grpc.RpcError as exc:
                 pool.done(member, exc)
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel, pool.token):

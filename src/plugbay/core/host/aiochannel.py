@@ -26,6 +26,8 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
     retrieved as retrieved,
 )
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
+from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-exported: long imported from here
+from plugbay.core.host.aiorefused import refused_now as refused_now
 from plugbay.core.host.callerrors import CallTimeout, caused
 from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
@@ -194,13 +196,13 @@ class _AioCallable:
 
     def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
+        owner.check_loop()  # first: a wrong loop or a closed Client says more than a timeout=0 would
+        if owner.is_refusing():
+            return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
         try:
             timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
         except CallTimeout as exc:  # timeout=0: not sent; raised when awaited, as a timed-out call's error
             return refused_now(exc)
-        owner.check_loop()
-        if owner.is_refusing():
-            return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
@@ -223,11 +225,11 @@ class _AioUnaryUnary(_AioUnaryRequest):
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._call(request, timeout, kwargs)
+        self._owner.check_loop()
         try:
             timeout = call_timeout(timeout)
-        except CallTimeout as exc:
-            return refused_now(exc)
-        self._owner.check_loop()
+        except CallTimeout as exc:  # timeout=0, unsent; a closed Client's refusal says more
+            return RefusedCall(self._owner.closed_error) if self._owner.is_refusing() else refused_now(exc)
         return _HookedCall(self._hooked(request, timeout, kwargs))
 
     async def _hooked(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
@@ -364,49 +366,3 @@ class _AioCall:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
-
-
-class RefusedCall:
-    """A call refused before anything was sent: awaiting, iterating, reading or writing it raises
-    ``error``'s result."""
-
-    def __init__(self, error: Callable[[], Awaitable[BaseException]]) -> None:
-        self._error = error
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._raise().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _raise(self) -> Any:
-        raise await self._error()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        raise await self._error()
-        yield  # an async generator
-
-    async def read(self) -> Any:
-        return await self._raise()
-
-    async def write(self, request: Any) -> None:
-        await self._raise()
-
-    async def done_writing(self) -> None:
-        await self._raise()
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-
-def refused_now(error: BaseException) -> RefusedCall:
-    """A call refused, unsent, with ``error`` (a timeout= that left no time)."""
-    async def made() -> BaseException:
-        return error
-    return RefusedCall(made)

@@ -217,7 +217,17 @@ class _Callable:
         """The request (a stream's may come as ``request_iterator=``, as stubs allow), the checked timeout."""
         if self._kind.startswith("stream_") and "request_iterator" in kwargs:
             request = kwargs.pop("request_iterator")
-        return request, call_timeout(timeout)
+        return request, self._checked(timeout)
+
+    def _checked(self, timeout: Any) -> float | None:
+        """call_timeout(): a timeout=0 on a killed Client (or one whose plugin died) gets that error, which
+        says more, not the refusal of a call with no time."""
+        try:
+            return call_timeout(timeout)
+        except CallTimeout:
+            if not self._owner.refuses_calls():
+                raise
+        raise self._owner.translate_closed()
 
     def _kwargs(self, timeout: float | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["timeout"] = timeout if timeout is not None else self._owner.call_timeout
@@ -233,7 +243,7 @@ class _UnaryCallable(_Callable):
         if kwargs:
             request, timeout = self._args(request, timeout, kwargs)
         elif timeout is not None:
-            timeout = call_timeout(timeout)
+            timeout = self._checked(timeout)
         if self._owner.call_hook is None:  # no resilience layer: straight to the one try
             return self._once(False, request, timeout, kwargs)
         return self._hooked(False, request, timeout, kwargs)

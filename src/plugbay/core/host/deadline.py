@@ -46,13 +46,30 @@ def call_timeout(value: Any) -> float | None:
     return _refuse(value)
 
 
-def no_time_left(why: str, deadline: float = 0.0) -> CallTimeout:
+def no_time_left(why: str, deadline: float = 0.0, *, sent_before: BaseException | None = None) -> CallTimeout:
     """The error of a call whose deadline leaves no time to send it (``why``), raised instead of sending it:
-    the error of a call that timed out (DEADLINE_EXCEEDED), with ``sent`` False."""
-    what = f"{why}: plugbay failed the call at once and did not send it"
-    check = "pass a positive timeout= (seconds), or None for the Client's call_timeout"
-    return CallTimeout(f"{what}; {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=False, what=what,
-                       check=check, deadline=deadline)
+    the error of a call that timed out (DEADLINE_EXCEEDED), with ``sent`` False. ``sent_before``: the last
+    error of earlier tries, one of them sent (a retry's): then ``sent`` is True (the plugin may have run
+    the call) and the message names that error, which the caller raises this from."""
+    if sent_before is None:
+        what = f"{why}: plugbay failed the call at once and did not send it"
+        check = "pass a positive timeout= (seconds), or None for the Client's call_timeout"
+    else:
+        what = (f"{why}: plugbay did not send that try, but an earlier one was sent and may have run on the"
+                f" plugin; the last try failed {failure_of(sent_before)}")
+        check = "that failure is this error's __cause__; to give the call more time, pass a larger timeout="
+    return CallTimeout(f"{what}; {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=sent_before is not None,
+                       what=what, check=check, deadline=deadline)
+
+
+def failure_of(error: BaseException) -> str:
+    """How a deadline error names the try's failure before it: its gRPC code and details."""
+    code = error.code() if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)) else None
+    if not isinstance(code, grpc.StatusCode):
+        return f"{type(error).__name__}: {error}"[:300]
+    details = getattr(error, "details", None)
+    details = details() if callable(details) else str(error)
+    return f"{code.name} ({details})"[:300]
 
 
 def _refuse(value: Any) -> float:
@@ -60,4 +77,4 @@ def _refuse(value: Any) -> float:
         raise no_time_left("a call's timeout=0 leaves it no time")
     shown = f"{type(value).__name__} {value!r}"[:80]
     raise ConfigError(f"a call's timeout= must be None (the Client's call_timeout), a number of seconds"
-                      f" >= 0, or math.inf for no deadline; got {shown}")
+                      f" > 0 (0 fails the call at once, unsent), or math.inf for no deadline; got {shown}")

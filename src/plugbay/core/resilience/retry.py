@@ -35,8 +35,8 @@ from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
-from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, PluginDiedError,
-                            RemoteTLSError)
+from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, NoEndpointsError,
+                            PluginDiedError, RemoteTLSError)
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
@@ -167,29 +167,39 @@ class RetryPolicy:
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         call = self._plan(method, timeout)
         n = 0
-        while True:
-            n += 1
-            try:
-                return attempt(call.next_try(self.per_attempt_timeout))
-            except Exception as exc:
-                sleep = self._after_failure(method, exc, n, call)
-                if sleep is None:
-                    raise
-                time.sleep(sleep)
+        try:
+            while True:
+                n += 1
+                each = call.next_try(self.per_attempt_timeout, n)  # outside: a try it refuses was no try
+                try:
+                    return attempt(each)
+                except Exception as exc:
+                    sleep = self._after_failure(method, exc, n, call)
+                    if sleep is None:
+                        raise
+                    call.failed(exc)
+                    time.sleep(sleep)
+        finally:
+            call.last = None  # it holds this frame (its traceback): no cycle left for the gc
 
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """:meth:`run` for an AsyncClient's calls: the same decisions, the sleeps on the event loop."""
         call = self._plan(method, timeout)
         n = 0
-        while True:
-            n += 1
-            try:
-                return await attempt(call.next_try(self.per_attempt_timeout))
-            except Exception as exc:
-                sleep = self._after_failure(method, exc, n, call)
-                if sleep is None:
-                    raise
-                await asyncio.sleep(sleep)
+        try:
+            while True:
+                n += 1
+                each = call.next_try(self.per_attempt_timeout, n)  # outside: a try it refuses was no try
+                try:
+                    return await attempt(each)
+                except Exception as exc:
+                    sleep = self._after_failure(method, exc, n, call)
+                    if sleep is None:
+                        raise
+                    call.failed(exc)
+                    await asyncio.sleep(sleep)
+        finally:
+            call.last = None  # it holds this frame (its traceback): no cycle left for the gc
 
     def _plan(self, method: str, timeout: float | None) -> _Call:
         """How many tries the call gets, and its overall deadline (None: none)."""
@@ -268,17 +278,27 @@ class _Call:
     source: str  # what set ``overall``: the call's timeout= or RetryPolicy.overall_timeout
     began: float = field(default_factory=time.monotonic)
     bound: str = "default"  # the latest try's deadline: "per_attempt", "overall" (what was left), "default"
+    last: BaseException | None = None  # the latest try's error, once another try follows
+    sent: bool = False  # whether a try was sent (one that failed unsent says sent False; NoEndpoints none)
 
     @property
     def deadline(self) -> float | None:
         return None if self.overall is None else self.began + self.overall
 
-    def next_try(self, per_attempt: float | None) -> float | None:
-        """The next try's deadline (None: the Client's default one), noting what set it."""
+    def failed(self, error: BaseException) -> None:
+        """Try ``error`` failed and another follows."""
+        self.last = error
+        self.sent = self.sent or (getattr(error, "sent", True) is not False and not isinstance(error, NoEndpointsError))
+
+    def next_try(self, per_attempt: float | None, n: int = 1) -> float | None:
+        """Try ``n``'s deadline (None: the Client's default one), noting what set it. A backoff (or on_retry)
+        that overslept the overall deadline: the try is not sent, and the error says whether an earlier
+        one was (then it is raised from the last try's error)."""
         remaining = None if self.deadline is None else self.deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:  # a backoff (or on_retry) overslept it: never sent
-            raise no_time_left(f"the call's overall deadline of {self.overall:g}s ({self.source}) was spent"
-                               " before its next try")
+        if remaining is not None and remaining <= 0:
+            last, self.last = self.last, None
+            raise no_time_left(f"the call's overall deadline of {self.overall:g}s ({self.source}) was spent before"
+                               f" try {n} of {self.tries}", sent_before=last if self.sent else None) from last
         attempt = _min_opt(remaining, per_attempt)
         self.bound = ("default" if attempt is None else
                       "per_attempt" if per_attempt is not None and attempt == per_attempt else "overall")
