@@ -62,6 +62,7 @@ from plugbay.core.transport.sockets import (
     ACCEPT_SKIPS,
     AcceptShortage,
     close_listener,
+    dial_now,
     open_listener,
 )
 
@@ -74,6 +75,7 @@ REFUSAL_LOG_EVERY = 60.0  # a peer's refused sessions are logged at most once th
 TOKEN_SIZE = 16  # what the relay sends ahead of a session's bytes: which routed connection (so, peer) it is
 _DRAIN_READS = 4  # of CHUNK bytes each: what a refused session's host sent is read this far, at most
 TOKEN_TIMEOUT = 2.0  # the relay sends it as its dial connects; a connection without one is closed
+_ACCEPTOR_JOIN = 5.0  # close() wakes the accept loop: this bounds only a loop stuck elsewhere
 
 
 @dataclass
@@ -260,6 +262,9 @@ class NetworkFront:
                         return
                     continue
                 shortage.accepted()
+                if self._closed.is_set():  # close()'s wake-up call, or a host that came as it closed
+                    conn.close()
+                    break
                 try:
                     self._start_session(conn)
                 except Exception:
@@ -349,10 +354,22 @@ class NetworkFront:
         if relay is not None:
             relay.close()  # no new connections, and the running ones are cut
         self._closed.set()
-        self._acceptor.join(timeout=5)
+        self._wake()
+        self._acceptor.join(timeout=_ACCEPTOR_JOIN)
         self._reap(everything=True)
         self._closer.drain()  # the ones ended before too; in parallel, all waited for
 
+    def _wake(self) -> None:
+        # A connection of its own ends the accept loop's wait now, not at its next ACCEPT_POLL (a
+        # plugin's exit waited it out, on top of its host's grace). Not a shutdown() of the listener:
+        # the loop closes it (a shutdown racing that close could hit a reused fd number), and a
+        # shut-down unix listener fails accept() with EAGAIN, which a socket with a timeout polls again.
+        try:
+            waker = dial_now(*self._mux_target)
+        except OSError:  # the loop ended already: its listener is closed or gone
+            return
+        if waker is not None:  # None: a full backlog, whose connections wake the loop as well
+            waker.close()
 
 
 def _tell_refused(conn: RelayConn, code: int) -> None:
