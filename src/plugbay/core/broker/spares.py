@@ -35,6 +35,7 @@ from plugbay.core.transport.grpcoptions import BRIDGED_OPTIONS
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, MutualTLS, serve_unix
 from plugbay.core.transport.sockets import unlink_quietly
 from plugbay.core.transport.tempdirs import private_room, private_socket
+from plugbay.core.transport.unstarted import ready_to_stop
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import PlugbayError
 
@@ -68,23 +69,10 @@ def build_server(tls: MutualTLS | None, private_dir: str, path: str,
     try:
         served.cleanup.extend(serve_unix(served.server, path, tls, private_dir))
     except BaseException:
-        _startable(served.server)
+        ready_to_stop(served.server)  # a server never started is never freed (core/transport/unstarted.py)
         stop_served(served)
         raise
     return served, path
-
-
-def _startable(server: grpc.Server) -> None:
-    """Start a server whose bind failed, so that stopping it frees it.
-
-    grpcio frees a server it never started at no point, and with it holds grpc's
-    poller (two epoll sets, two eventfds) for the rest of the process. Started
-    with no port, it listens nowhere; serve_unix may have started it already.
-    """
-    try:
-        server.start()
-    except ValueError:  # already started
-        pass
 
 
 class ServerSource:

@@ -70,6 +70,7 @@ from plugbay.core.transport.sockets import (
     unlink_quietly,
 )
 from plugbay.core.transport.tempdirs import make_tempdir
+from plugbay.core.transport.unstarted import ready_to_stop
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.errors import BrokerError, ConfigError
 
@@ -231,6 +232,7 @@ def session_instance(config: ServeConfig, versions: Sequence[tuple[int, Sequence
         server.add_insecure_port(unix_target(path))
         server.start()
     except BaseException:
+        ready_to_stop(server)  # a server never started is never freed (core/transport/unstarted.py)
         _stop_instance(server, broker, executor, gate, path)
         raise
     return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, path))

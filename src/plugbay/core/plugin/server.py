@@ -60,6 +60,7 @@ from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.plugin.stopping import StopLatch
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.sockets import HANDSHAKE_TIMEOUT
+from plugbay.core.transport.unstarted import stop_server
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
@@ -358,7 +359,8 @@ class _PluginServer:
             # brokered handlers still running are left to the process's exit, as the main server's are
             steps.append(("broker", lambda: broker.close(wait=False)))
         if grpc_server is not None:
-            steps.append(("grpc server", lambda: grpc_server.stop(STOP_GRACE).wait(STOP_GRACE + 3)))
+            # unstarted after a failed set-up (a port taken): grpcio frees it only if started (unstarted.py)
+            steps.append(("grpc server", lambda: stop_server(grpc_server, STOP_GRACE)))
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))
