@@ -51,11 +51,11 @@ def forbidden(verb: str, resource: str, namespace: str, message: str | None) -> 
     anything else is an admission refusal (ResourceQuota, LimitRange, PodSecurity, a namespace being deleted):
     more Role rules would not help, the pod must change, so it is a ConfigError led by the server's words.
     Any other call's 403 (a webhook refusing a delete) stays a PermissionDeniedError: no pod setting helps it."""
-    if message is not None and (verb, resource) == ("create", "pods") and not _AUTHORIZER.search(message):
-        return ConfigError(f"{message} -- the Kubernetes API refused to {verb} {resource} in namespace {namespace!r}"
-                           f" (403 Forbidden, not for missing RBAC rules: an admission check refused it). "
-                           + _admission_advice(message, namespace))
     if message is not None and not _AUTHORIZER.search(message):
+        if (verb, resource) == ("create", "pods"):
+            return ConfigError(f"{message} -- the Kubernetes API refused to {verb} {resource} in namespace"
+                               f" {namespace!r} (403 Forbidden, not for missing RBAC rules: an admission check"
+                               " refused it). " + _admission_advice(message, namespace))
         return PermissionDeniedError(f"the Kubernetes API refused to {verb} {resource} in namespace {namespace!r}"
                                      f" (403 Forbidden, not for missing RBAC rules). Server said: {message}")
     return PermissionDeniedError(denied_message(verb, resource, namespace)
