@@ -2,8 +2,8 @@
 
 The runner's pod never restarts (a restarted container is a plugin the host never shook hands with) and
 is made in the runner's namespace: a template setting either is refused when the runner is made, naming
-the setting to use instead. A pod whose node is gone is never confirmed deleted: kill()'s warning says
-how to remove it."""
+the setting to use instead, and the pod is built from the template as it was checked. A pod whose node
+is gone is never confirmed deleted: kill()'s warning says how to remove it."""
 
 from __future__ import annotations
 
@@ -59,6 +59,25 @@ def test_a_template_may_say_never(standin: StandIn, kubeconfig: str, testapp: st
         runner.start(LaunchSpec(env={"BASIC_PLUGIN": "hello"}))
         pod: Any = standin.store.get(runner.namespace, runner.pod_name)
         assert pod["spec"]["restartPolicy"] == "Never" and pod["metadata"]["labels"]["a"] == "b"
+    finally:
+        runner.kill(0)
+
+
+def test_the_pod_is_built_from_the_template_as_checked(standin: StandIn, kubeconfig: str,  # noqa: F811
+                                                       testapp: str) -> None:  # noqa: F811
+    # the rules are checked when the runner is made (options.py); build_pod no longer rewrites what breaks
+    # them, so a caller's later change to its own dict must not reach the pod (it was rewritten, or seen)
+    template: dict[str, Any] = {"metadata": {"labels": {"a": "b"}}, "spec": {"priorityClassName": "x"}}
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, namespace="default", start_timeout=60,
+                              pod_template=template)
+    template["metadata"]["labels"]["a"] = "changed"
+    template["metadata"]["namespace"] = "other"
+    template["spec"]["restartPolicy"] = "Always"
+    try:
+        runner.start(LaunchSpec(env={"BASIC_PLUGIN": "hello"}))
+        pod: Any = standin.store.get("default", runner.pod_name)
+        assert pod["metadata"]["labels"]["a"] == "b" and pod["spec"]["restartPolicy"] == "Never"
+        assert pod["spec"]["priorityClassName"] == "x"
     finally:
         runner.kill(0)
 

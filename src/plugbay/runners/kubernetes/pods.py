@@ -26,6 +26,7 @@ from plugbay.errors import (
     printable,
 )
 from plugbay.runners.base import HOST_FOLDER_VARIABLES
+from plugbay.runners.kubernetes.options import check_template
 
 CONTAINER_NAME = "plugin"
 PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -82,7 +83,12 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
               node_selector: Mapping[str, str] | None, tolerations: Sequence[Mapping[str, Any]] | None,
               run_as_user: int | None, writable_dirs: Sequence[str], command: Sequence[str] | None,
               args: Sequence[str] | None, template: Mapping[str, Any] | None) -> Json:
-    """The pod: secure defaults, then the user's template over them, then what the runner needs."""
+    """The pod: secure defaults, then the user's template over them, then what the runner needs.
+
+    ``template`` passed options.check_template and check_namespace (KubernetesRunner checks a copy of
+    its pod_template when made): its restartPolicy, if any, is Never, its metadata.namespace the one the
+    create names. Those rules are options.py's alone; a template that breaks one is refused, not rewritten."""
+    check_template(template)  # a pod that could restart is never built, whoever calls
     container: Json = {"name": CONTAINER_NAME, "securityContext": secure_defaults(run_as_user),
                        "volumeMounts": [{"name": f"plugbay-scratch-{i}", "mountPath": d}
                                         for i, d in enumerate(writable_dirs)]}
@@ -109,9 +115,7 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
         if tcontainers:  # the template's first container is the plugin's, whatever its name
             tcontainers[0] = {**tcontainers[0], "name": CONTAINER_NAME}
         pod = merge(pod, tmpl)
-    pod["spec"]["restartPolicy"] = "Never"  # options.check_template refuses any other: no restart, ever
     meta = pod.setdefault("metadata", {})
-    meta.pop("namespace", None)  # options.check_namespace let only the runner's through; the create names it
     meta["name"] = name
     meta.pop("generateName", None)
     meta["labels"] = {**(meta.get("labels") or {}), **{k: label_value(v) for k, v in labels.items()}}

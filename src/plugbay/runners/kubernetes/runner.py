@@ -12,6 +12,7 @@ to :meth:`stdout_lines` and every other line to :meth:`stderr_lines` (the log pu
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,6 +56,8 @@ class KubernetesRunner(PodTeardown, Runner):
                  owner_reference: bool = True, api_timeout: float | None = None,
                  allow_loopback: bool = False) -> None:
         writable_dirs, command, args, run_as_user, start_timeout, kubeconfig = check_settings(locals())  # see options
+        # the pod is built from what was checked: a caller's later change to its own dict is not seen
+        pod_template = copy.deepcopy(dict(pod_template)) if pod_template is not None else None
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
                           resources=resources, service_account=service_account, node_selector=node_selector,
