@@ -93,3 +93,32 @@ def seconds(value: Any, where: str, high: float, example: float, *, optional: bo
         wanted = f"a number of seconds > 0 and at most {high:.0f}, e.g. {example}" + (" (or None)" if optional else "")
         raise _refuse(where, wanted, value)
     return number
+
+
+MAX_DEPTH = 64  # far deeper than any manifest; a deeper (or self-containing) value is refused, not recursed into
+
+
+def plain_data(value: Any, where: str, _depth: int = 0, _path: str = "") -> Any:
+    """``value`` as plain JSON-like data, copied: dicts with str keys, lists, str, int, float, bool, None.
+
+    Any Mapping becomes a dict and a tuple a list; anything else is refused naming its path. A manifest's
+    rules (pods.merge, the template checks) test ``isinstance(x, dict)``: a UserDict or a MappingProxyType
+    was taken whole, its defaults and forced fields lost, and deepcopy raised a bare TypeError for one."""
+    here = where + _path
+    if _depth > MAX_DEPTH:
+        raise ConfigError(f"{where} nests deeper than {MAX_DEPTH} levels (or contains itself), at {here:.160}...;"
+                          " pass plain dicts and lists, as yaml.safe_load or json.load gives")
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ConfigError(f"{here:.200} has the key {key!r:.80} ({type(key).__name__}), but its keys must"
+                                  " be str; pass plain dicts and lists, as yaml.safe_load or json.load gives")
+            out[key] = plain_data(item, where, _depth + 1, f"{_path}[{key!r:.60}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item, where, _depth + 1, f"{_path}[{i}]") for i, item in enumerate(value)]
+    raise ConfigError(f"{here:.200} is {value!r:.80} ({type(value).__name__}), which is no JSON value: pass plain"
+                      " dicts, lists, str, int, float, bool and None, as yaml.safe_load or json.load gives")

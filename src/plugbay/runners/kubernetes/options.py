@@ -18,7 +18,7 @@ from plugbay.runners.kubernetes.wsupgrade import api_url_problem
 from plugbay.runners.reattachkey import DIGEST, secret_unproven
 from plugbay.runners.session import MANAGED
 from plugbay.runners.options import (flag, optional_int, optional_mapping, optional_str, optional_str_list,
-                                     required_str, str_mapping)
+                                     plain_data, required_str, str_mapping)
 
 MAX_START_TIMEOUT = 86400.0  # a day: enough for any image pull, and a time every socket accepts
 ADDRESS_MODES = ("auto", "in-cluster", "port-forward")
@@ -26,14 +26,16 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 MAX_UID = 2**31 - 1  # what a pod's runAsUser may say
 
 
-Kept = tuple[tuple[str, ...], "list[str] | None", "list[str] | None", "int | None", float, "str | None"]
+Kept = tuple[tuple[str, ...], "list[str] | None", "list[str] | None", "int | None", float, "str | None",
+             "dict[str, Any] | None"]
 
 
 def check_settings(opts: Mapping[str, Any]) -> Kept:
     """Check KubernetesRunner's constructor arguments (``opts``: its locals); returns what is kept of them:
     writable_dirs as a tuple without repeats (one str is one folder), command and args as lists (a
     generator is read once), run_as_user as an int and start_timeout as a float (a numpy scalar in the
-    pod manifest fails its JSON), and kubeconfig as a str (the client reads a path-like as no file)."""
+    pod manifest fails its JSON), kubeconfig as a str (the client reads a path-like as no file), and
+    pod_template as plain data (runners.options.plain_data)."""
     if opts["address_mode"] not in ADDRESS_MODES:
         raise ConfigError(f"address_mode must be one of {ADDRESS_MODES}, not {opts['address_mode']!r}")
     if opts["pull_policy"] not in PULL_POLICIES:
@@ -69,8 +71,10 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
         check_text_env(opts["env"], where + "env")
     str_mapping(opts["node_selector"], where + "node_selector", {"kubernetes.io/os": "linux"})
     optional_mapping(opts["resources"], where + "resources", "{'limits': {'cpu': '500m', 'memory': '128Mi'}}")
-    check_template(optional_mapping(opts["pod_template"], where + "pod_template",
-                                    "{'spec': {'priorityClassName': 'low'}}"))
+    # checked and merged as plain data (a copy: a caller's later change to its own dict is not seen)
+    template = plain_data(optional_mapping(opts["pod_template"], where + "pod_template",
+                                           "{'spec': {'priorityClassName': 'low'}}"), where + "pod_template")
+    check_template(template)
     tolerations = opts["tolerations"]
     if tolerations is not None and (isinstance(tolerations, (str, bytes)) or not isinstance(tolerations, Sequence)
                                     or not all(isinstance(t, Mapping) for t in tolerations)):
@@ -96,11 +100,16 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
         raise ConfigError(f"writable_dirs must be absolute paths in the container, e.g. ('/tmp', '/data'),"
                           f" not {opts['writable_dirs']!r:.80}")
     # each folder is an emptyDir mount: a path twice would be two mounts there, which the API refuses
-    return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig
+    return tuple(dict.fromkeys(dirs)), command, args, run_as_user, seconds, kubeconfig, template
 
 
 def check_template(template: Mapping[str, Any] | None) -> None:
-    """Refuse what a pod_template may not set: the runner's own restartPolicy (its namespace: check_namespace)."""
+    """Refuse what a pod_template may not set: the runner's own restartPolicy (its namespace: check_namespace),
+    or a spec or metadata that is no dict (merged over the runner's, it would replace it whole)."""
+    for part in ("spec", "metadata"):
+        if template is not None and part in template and not isinstance(template[part], dict):
+            raise ConfigError(f"KubernetesRunner pod_template's {part} must be a dict, got {template[part]!r:.80}"
+                              f" ({type(template[part]).__name__}); drop it or pass e.g. {{'{part}': {{...}}}}")
     spec = template.get("spec") if template is not None else None
     policy = spec.get("restartPolicy", "Never") if isinstance(spec, Mapping) else "Never"
     if policy != "Never":

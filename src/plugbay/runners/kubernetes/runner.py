@@ -12,7 +12,6 @@ to :meth:`stdout_lines` and every other line to :meth:`stderr_lines` (the log pu
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,9 +54,8 @@ class KubernetesRunner(PodTeardown, Runner):
                  args: Sequence[str] | None = None, host_id: str | None = None,
                  owner_reference: bool = True, api_timeout: float | None = None,
                  allow_loopback: bool = False) -> None:
-        writable_dirs, command, args, run_as_user, start_timeout, kubeconfig = check_settings(locals())  # see options
-        # the pod is built from what was checked: a caller's later change to its own dict is not seen
-        pod_template = copy.deepcopy(dict(pod_template)) if pod_template is not None else None
+        # pod_template comes back as a plain-data copy: the pod is built from what was checked
+        writable_dirs, command, args, run_as_user, start_timeout, kubeconfig, pod_template = check_settings(locals())
         self.image = image
         self._opts: dict[str, Any] = dict(pull_policy=pull_policy, labels=dict(labels or {}), env=dict(env or {}),
                           resources=resources, service_account=service_account, node_selector=node_selector,
