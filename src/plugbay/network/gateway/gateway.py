@@ -70,6 +70,7 @@ from plugbay.core.plugin.server import SERVER_HANDSHAKE_TIMEOUT_MS
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
+from plugbay.core.transport.unstarted import ready_to_stop
 from plugbay.errors import ClientStateError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 # re-exported: imported from here by the package, plugbay and users
@@ -317,7 +318,7 @@ class Gateway:
             if not self._serving:
                 # grpcio's stop() of a server never started does nothing: its bound listen port stayed
                 # open for the life of the process (a failed start's). Started to be stopped at once.
-                self._server.start()
+                ready_to_stop(self._server)
                 grace = 0
             self._server.stop(grace).wait(grace + 3)
         while self._front:  # the brokering front: its sessions and their children
