@@ -366,8 +366,8 @@ class NetworkFront:
         # shut-down unix listener fails accept() with EAGAIN, which a socket with a timeout polls again.
         try:
             waker = dial_now(*self._mux_target)
-        except OSError:  # the loop ended already: its listener is closed or gone
-            return
+        except OSError:  # the loop ended already, or another process removed the socket file from our private
+            return  # folder: the loop ends at its next ACCEPT_POLL (0.2 s), not worth a wake-up pipe per front
         if waker is not None:  # None: a full backlog, whose connections wake the loop as well
             waker.close()
 
