@@ -114,9 +114,13 @@ class FailureJudge:
     def _translate(self, exc: grpc.RpcError, past_deadline: bool, found: ExitCheck | None) -> BaseException:
         if isinstance(exc, PlugbayError):
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
+        code = exc.code() if hasattr(exc, "code") else None
+        # The owner's kill first, even over a handler's mark: closing stops this host's brokered server, so a
+        # plugin's callback into it fails UNAVAILABLE and the plugin passes that on marked as its own answer
+        if code in _ONE_OF_OURS and self._closing and not self._died_first:
+            return self._killed(exc)
         if handler_status(exc):  # the plugin's handler answered so (a call of its own failed): its answer
             return exc  # type: ignore[no-any-return]
-        code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
         # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the
         # client's own deadline fires: that is a timeout. Any other answer that came late
@@ -127,8 +131,6 @@ class FailureJudge:
                 "check the plugin's logs if it is stuck"
             return CallTimeout(f"{what}. Pass a larger timeout= to the call or raise ClientConfig.call_timeout;"
                                f" {check}", exc, what=what, check=check)
-        if code in _ONE_OF_OURS and self._closing and not self._died_first:
-            return self._killed(exc)
         if code in _ONE_OF_OURS and self._exit_probe:
             why = found.why if found is not None and found.why is not None else self.probe_exit(0.0)
             if why is not None:
