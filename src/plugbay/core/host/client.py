@@ -264,6 +264,12 @@ class Client(Connecting):
         """Shutdown, grace, force; then free everything. Idempotent, bounded; on the loop thread, see _end."""
         self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
+    def kill_unanswering(self) -> None:
+        """kill() for a plugin judged to answer nothing (a Supervisor's health restart): no Shutdown and no
+        grace, in which a stopped plugin, continued, would finish calls already sent; its runner's forced stop
+        (a process's SIGKILL, a container's or pod's stop without grace), then the rest as kill()."""
+        self._end("kill", self.kill_unanswering, lambda: self._teardown(graceful=False, forced=True))
+
     def close(self) -> None:
         """Reattached clients: disconnect and free this host's resources, leave the plugin running."""
         if self._forked_away():

@@ -124,14 +124,20 @@ class ClientParts:
                 _log.warning("letting go of plugin %s's runner failed: %s", self.name, exc)
         self._close_streams()
 
-    def _teardown(self, graceful: bool) -> None:
+    def _teardown(self, graceful: bool, forced: bool = False) -> None:
+        """End the plugin; ``forced``: by the runner's forced stop first (a plugin that stopped answering)."""
         self._stop.set()
         self._stop_exit_watch()
         runner = self._own_runner()
         asked = False
         if runner is not None and self._exit_code is None and runner.wait(0) is not None:
             graceful = False
-        if runner is not None:
+        if runner is not None and forced:
+            # A plugin that answers nothing gets no Shutdown (it would wait out its 2 s) and no grace: the
+            # SIGCONT of a graceful stop let a stopped plugin finish calls whose callers were told it ended
+            self._force_runner(runner)
+            graceful = False
+        elif runner is not None:
             # before Shutdown: once the plugin exits, its children no longer point back to it
             try:
                 runner.record_descendants()
@@ -153,7 +159,7 @@ class ClientParts:
             # a frozen plugin answers nothing: Shutdown would wait out its 2 s; the runner thaws and ends it
             if graceful and self._controller is not None and self._exit_code is None and not self._frozen(runner):
                 asked = ask_shutdown(self._controller, self.name)
-            if runner is not None:
+            if runner is not None and not forced:
                 if asked and runner.wait(self.config.kill_grace) is None:
                     _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
                                  self.name, self.config.kill_grace)
@@ -168,6 +174,12 @@ class ClientParts:
             elif stdio is not None:  # or interrupted (Ctrl-C): closed now, the plugin is force-killed next
                 stdio.close()
         self._close_streams()
+
+    def _force_runner(self, runner: AttachedRunner) -> None:
+        try:
+            runner.force_kill()
+        except Exception as exc:
+            _log.warning("killing plugin %s failed: %s", self.name, exc)
 
     def _stop_exit_watch(self) -> None:
         if self._exit_watch is not None:

@@ -64,8 +64,9 @@ def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervi
                                    f" ({reason}); the call was not sent", None, sent=False)
         return PluginRestarted(
             f"the {kind} restarted plugin {name!r}, which it judged unhealthy ({reason}), while the call was"
-            " in flight. The call was not resent: only calls marked safe to repeat are (idempotent() or"
-            " RetryPolicy(methods=...)); later calls go to the restarted plugin", original)
+            " in flight; the plugin may have run it, in part or whole, before it was ended. The call was not"
+            " resent: only calls marked safe to repeat are (idempotent() or RetryPolicy(methods=...)); later"
+            " calls go to the restarted plugin", original)
     channel.killed_error = error
 
 

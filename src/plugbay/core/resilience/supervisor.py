@@ -32,7 +32,7 @@ from typing import Any, Self
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.core.resilience.healthwatch import HealthWatcher
+from plugbay.core.resilience.healthwatch import UNREACHABLE, HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
@@ -228,12 +228,14 @@ class Supervisor(SupervisorView):
         with self._cond:
             watcher, self._watcher = self._watcher, None
             client, self._client = self._client, None
+        # restarted because it stopped answering: ended outright, not asked (nor let run on to finish calls)
+        unanswering = restarting is not None and watcher is not None and watcher.state == UNREACHABLE
         if watcher is not None:
             watcher.stop()
         if client is not None:
             if restarting is not None:
                 mark_restarting(client, self.name, restarting, self.kind)
-            client.kill()
+            client.kill_unanswering() if unanswering else client.kill()
 
     def _event(self, kind: str, detail: str) -> None:
         record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)

@@ -1,0 +1,57 @@
+"""A Supervisor restarting a plugin that stopped answering ends it outright, so calls sent to it never run.
+
+The restart of a plugin whose health checks went unanswered (SIGSTOPped here) asked it to Shutdown and
+waited that out, then sent SIGTERM with SIGCONT and gave it a grace: continued, the plugin finished the
+calls already sent to it. A put whose caller was told the plugin was restarted took effect, or (the
+Python KV plugin, which ends gracefully on SIGTERM) even answered its caller after the restart. Now such
+a restart kills the plugin at once (the runner's forced stop: SIGKILL for a process), and the caller in
+flight is told the call may have run (it may have, before the plugin stopped answering).
+
+Real parts: the KV example's Python plugin as a child process, frozen with SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.procs import gone
+from tests.resilience_util import KV_EXAMPLE, PLUGIN_NAME, PY, faulty_config, wait_until
+
+from plugbay import PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
+
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+
+
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (its /proc state T): the signal has taken hold."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_put_sent_to_a_plugin_that_stopped_answering_never_runs(tmp_path: Path) -> None:
+    with Supervisor(lambda: faulty_config(tmp_path, cmd=[PY, KV_EXAMPLE], call_timeout=60.0), restart=FAST,
+                    health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        old = sup.current_client
+        assert old is not None and old.runner.pid is not None
+        pid = old.runner.pid
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_until(lambda: stopped(pid), 10)
+        with pytest.raises(PluginDiedError) as info:
+            kv.put("b", b"2")  # sent to the frozen plugin; its health checks go unanswered: restarted
+        error = info.value
+        assert getattr(error, "sent", None) is True and "may have run" in str(error), error
+        assert wait_until(lambda: gone(pid), 10)
+        assert old.runner.wait(0) == -signal.SIGKILL  # killed outright: never continued to finish the put
+        assert sup.wait_running(30) and sup.restarts == 1
+        assert kv.get("a") == b"1"
+        with pytest.raises(grpc.RpcError) as missing:
+            kv.get("b")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
+    assert not (tmp_path / "kv_b").exists()
