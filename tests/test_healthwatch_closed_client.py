@@ -66,6 +66,8 @@ def test_a_watcher_on_a_supervisors_channel_watches_through_a_restart_and_ends_a
             raise
     assert wait_until(lambda: not _alive(name), 30)  # the Supervisor's stop did
     assert "closed for good" in w.detail
+    # its advice is the Supervisor's: its Client's own (start a new Client) is no use to a Supervisor's user
+    assert "Supervisor" in w.detail and "start a new Client" not in w.detail, w.detail
 
 
 def test_a_watcher_given_a_function_keeps_asking_it(tmp_path: Path) -> None:

@@ -111,7 +111,9 @@ def test_after_the_budget_is_spent_each_call_gets_an_error_of_its_own(tmp_path: 
         assert len({id(e) for e in errors}) == len(errors)
         assert all(len(getattr(e, "__notes__", [])) <= 1 for e in errors)
         assert _depth(errors[-1]) == _depth(errors[0])
-        assert str(errors[-1]) == str(errors[0]) and "failed again after 0 restart(s)" in str(errors[0])
+        assert str(errors[-1]) == str(errors[0])
+        # no restart was allowed: nothing failed "again after 0 restart(s)"
+        assert "allows no restart (max_restarts=0)" in str(errors[0]) and "again" not in str(errors[0]), errors[0]
 
 
 def test_a_call_in_flight_when_the_plugin_dies_fails_unless_retry_allows_it(tmp_path: Path) -> None:

@@ -297,12 +297,16 @@ class RestartBudgetExhaustedError(PlugbayError):
         self.window = window
         self.last_failure = last_failure
         self.kind = kind  # what the message calls the one that gave up: "Supervisor" or "AsyncSupervisor"
-        super().__init__(
-            f"plugin {name!r} failed again after {restarts} restart(s) within {window:.0f}s, the"
-            f" RestartPolicy's budget, so the {kind} stopped restarting it (last failure:"
-            f" {last_failure}). Fix the cause (the plugin's stderr, its host or network), then make a"
-            f" new {kind}, or raise RestartPolicy.max_restarts / shorten its window."
-        )
+        if restarts == 0:  # a policy that allows none (max_restarts=0): nothing failed "again"
+            what = (f"plugin {name!r} failed and its RestartPolicy allows no restart (max_restarts=0), so the"
+                    f" {kind} did not restart it (last failure: {last_failure})")
+            raise_it = "raise RestartPolicy.max_restarts"
+        else:
+            what = (f"plugin {name!r} failed again after {restarts} restart(s) within {window:.0f}s, the"
+                    f" RestartPolicy's budget, so the {kind} stopped restarting it (last failure: {last_failure})")
+            raise_it = "raise RestartPolicy.max_restarts / shorten its window"
+        super().__init__(f"{what}. Fix the cause (the plugin's stderr, its host or network), then make a new"
+                         f" {kind}, or {raise_it}.")
 
 
 # --- network mode (plugin side and gateway) ------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from plugbay.errors import ClientStateError, PlugbayError, PluginDiedError
-from plugbay.core.host.callerrors import CallTimeout, PluginRestarted
+from plugbay.core.host.callerrors import CallTimeout, ClientClosed, PluginRestarted
 from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -34,6 +34,7 @@ class SupervisedChannel(ManagedChannel):
     def __init__(self, sup: Restarter, channel: grpc.Channel, call_timeout: float | None) -> None:
         super().__init__(channel, call_timeout, None, sup.name)
         self._sup = sup
+        self._stopped = False
 
     def replace(self, channel: grpc.Channel) -> grpc.Channel | None:
         """Point the stubs at the channel of the Client the Supervisor adopts (each one, the first too).
@@ -48,6 +49,22 @@ class SupervisedChannel(ManagedChannel):
         if isinstance(exc, PlugbayError):
             return exc  # the Client's channel already said what happened
         return super().translate(exc, past_deadline)
+
+    @property
+    def current(self) -> grpc.Channel:
+        """The current Client's channel; once the Supervisor was stopped, an error saying so (a HealthWatcher on
+        this channel polls on): the Client's own advice, to start a new Client, is wrong for its stubs."""
+        try:
+            return super().current
+        except ClientClosed:
+            if self._sup.state != "stopped" and not self._stopped:
+                raise
+            raise stopped_closed(self._sup.name, self._sup.kind, None) from None
+
+    def detach_stopped(self) -> None:
+        """The Supervisor was stopped: let go of the Client's channel for good."""
+        self._stopped = True
+        self.detach()
 
 
 def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor") -> None:
@@ -68,6 +85,24 @@ def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervi
             " resent: only calls marked safe to repeat are (idempotent() or RetryPolicy(methods=...)); later"
             " calls go to the restarted plugin", original)
     channel.killed_error = error
+
+
+def mark_stopping(client: Client, name: str, kind: str = "Supervisor") -> None:
+    """Before a Supervisor's stop() kills ``client``: the calls that kill ends or refuses say the Supervisor
+    was stopped (start a new one), not the Client's own advice (start a new Client)."""
+    channel = client.channel
+    if isinstance(channel, ManagedChannel):
+        channel.killed_error = lambda original: stopped_closed(name, kind, original)
+
+
+def stopped_closed(name: str, kind: str, original: grpc.RpcError | None) -> ClientClosed:
+    """A call a stopped Supervisor (``kind``: or AsyncSupervisor) ended (``original``: its failure) or refused."""
+    if original is None:
+        return ClientClosed(f"the {kind} of plugin {name!r} was stopped, which ended the plugin; the call was not"
+                            f" sent. Start a new {kind} to call it again", None, grpc.StatusCode.CANCELLED, sent=False)
+    return ClientClosed(f"the {kind} of plugin {name!r} was stopped while the call was in flight, which ended the"
+                        f" plugin; the plugin may have run the call. Start a new {kind} to call it again", original,
+                        grpc.StatusCode.CANCELLED)
 
 
 def restart_advice(sup: Restarter, again: str = "") -> str:

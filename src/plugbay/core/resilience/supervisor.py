@@ -36,8 +36,8 @@ from plugbay.core.resilience.healthwatch import UNREACHABLE, HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, raise_if_ended,
-                                               was_stopped)
+from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, mark_stopping,
+                                               raise_if_ended, was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
 from plugbay.core.resilience.retry import RetryPolicy
@@ -166,9 +166,9 @@ class Supervisor(SupervisorView):
             return
         self.halt()
         RESTARTERS.discard(self)
-        self._drop_current()
+        self._drop_current(stopping=True)
         if self._channel is not None:
-            self._channel.detach()
+            self._channel.detach_stopped()
         with self._cond:
             was = self._state
             self._state = STOPPED
@@ -224,7 +224,7 @@ class Supervisor(SupervisorView):
             self.breaker.reset("the plugin was (re)started")
         return True
 
-    def _drop_current(self, restarting: str | None = None) -> None:
+    def _drop_current(self, restarting: str | None = None, stopping: bool = False) -> None:
         with self._cond:
             watcher, self._watcher = self._watcher, None
             client, self._client = self._client, None
@@ -235,6 +235,8 @@ class Supervisor(SupervisorView):
         if client is not None:
             if restarting is not None:
                 mark_restarting(client, self.name, restarting, self.kind)
+            elif stopping:
+                mark_stopping(client, self.name, self.kind)
             client.kill_unanswering() if unanswering else client.kill()
 
     def _event(self, kind: str, detail: str) -> None:
