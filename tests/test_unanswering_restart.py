@@ -7,22 +7,25 @@ Python KV plugin, which ends gracefully on SIGTERM) even answered its caller aft
 a restart kills the plugin at once (the runner's forced stop: SIGKILL for a process), and the caller in
 flight is told the call may have run (it may have, before the plugin stopped answering).
 
-Real parts: the KV example's Python plugin as a child process, frozen with SIGSTOP.
+Real parts: the KV example's Python plugin as a child process, frozen with SIGSTOP, and in a Docker
+container, paused.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from tests.procs import gone
-from tests.resilience_util import KV_EXAMPLE, PLUGIN_NAME, PY, faulty_config, wait_until
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
-from plugbay import PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
+from plugbay import ClientConfig, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 
@@ -55,3 +58,28 @@ def test_a_put_sent_to_a_plugin_that_stopped_answering_never_runs(tmp_path: Path
             kv.get("b")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
     assert not (tmp_path / "kv_b").exists()
+
+
+@pytest.mark.docker
+def test_a_put_sent_to_a_paused_container_fails_restarted_not_served_by_the_thaw(
+        plugbay_docker: Any, plugbay_image: Callable[[str], str]) -> None:
+    """The Docker runner's stop without grace thawed a paused container before it stopped it: in that
+    moment the plugin finished the put and answered it, after its Supervisor had judged it gone. Now a
+    paused container is SIGKILLed while still frozen."""
+    from plugbay.runners.docker import DockerRunner
+
+    def config() -> ClientConfig:
+        return ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, call_timeout=60.0,
+                            runner=DockerRunner(plugbay_image("kv"), writable_dirs=("/tmp", "/data")))
+
+    with Supervisor(config, restart=FAST, health_interval=0.3, health_timeout=0.5, unhealthy_grace=0.6) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        old = sup.current_client
+        assert old is not None
+        plugbay_docker.api.pause(old.runner.id)  # type: ignore[attr-defined]
+        with pytest.raises(PluginDiedError) as info:
+            kv.put("b", b"2")
+        assert "may have run" in str(info.value), info.value
+        assert sup.wait_running(60) and sup.restarts == 1
+        kv.put("c", b"3")  # the restarted container serves

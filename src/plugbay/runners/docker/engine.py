@@ -107,7 +107,7 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
     last resort, and a warning saying how to remove the container by hand if even that fails:
     kill() counts as done once it was asked, so this is the only try it gets.
     """
-    from docker.errors import NotFound
+    from docker.errors import APIError, NotFound
 
     failed = engine_failures()
     bound = getattr(api, "timeout", None)  # each request's (the client's); the stop's is that plus the grace
@@ -117,6 +117,16 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
 
     try:
         state = inspect() or {}
+        if state.get("Paused") and grace <= 0:
+            # No grace (a plugin that stopped answering): SIGKILL while still frozen, which it acts on as it
+            # thaws, so it runs nothing more; a thaw first let it finish the calls already sent to it
+            try:
+                engine_call(lambda: api.kill(container_id), "kill the paused container", bound)
+                state = inspect() or state
+            except APIError as exc:  # an engine that kills no paused container: thawed and stopped below
+                if isinstance(exc, NotFound):
+                    raise
+                _log.debug("killing paused container %s: %s", container_id[:12], exc)
         if state.get("Paused"):
             engine_call(lambda: api.unpause(container_id), "unpause the container", bound)
         if state.get("Running"):
