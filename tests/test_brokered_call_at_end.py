@@ -18,12 +18,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from plugbay import AsyncClient, Client, ClientConfig, ClientStateError, RestartPolicy, Supervisor
+from plugbay.core.host.channel import ManagedChannel
+from tests.resilience_util import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "counter"
 sys.path.insert(0, str(EXAMPLE))
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+OWN_UNAVAILABLE = ROOT / "tests" / "plugins" / "own_unavailable_counter.py"
 
 BOUND = 30.0
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -119,3 +125,43 @@ def test_an_async_kill_during_a_callback_fails_the_call_client_closed(in_tmp: Pa
 
     error = asyncio.run(main())
     assert isinstance(error, ClientStateError) and "killed" in str(error), repr(error)
+
+
+def test_the_plugins_own_unavailable_during_a_kill_is_its_answer(in_tmp: Path) -> None:
+    """Only the server-stop failure of a callback into this host is the kill's: a plugin whose handler's own
+    call failed UNAVAILABLE while kill() waited out its Shutdown answered the call (ClientClosed hid that,
+    and told a retry it may run again what the plugin had fully answered)."""
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, call_timeout=BOUND,
+                                 cmd=[sys.executable, str(OWN_UNAVAILABLE), str(in_tmp)], name="counter"))
+    errors: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            counter.put("k", 1, Held())  # a brokered server of this host's is open while the put runs
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=put)
+    killer = threading.Thread(target=client.kill)
+    try:
+        client.start()
+        counter = client.dispense(PLUGIN_NAME)
+        caller.start()
+        assert wait_until(lambda: (in_tmp / "entered").exists(), BOUND), "the put never reached the plugin"
+        channel = client.channel
+        assert isinstance(channel, ManagedChannel)
+        killer.start()
+        assert wait_until(channel.refuses_calls, BOUND), "kill() never began"
+        (in_tmp / "go").write_text("1")  # the handler's own call fails now, during kill()'s Shutdown grace
+        caller.join(BOUND)
+    finally:
+        (in_tmp / "go").write_text("1")
+        client.kill()
+        for thread in (caller, killer):
+            if thread.ident is not None:
+                thread.join(BOUND)
+    assert not caller.is_alive() and len(errors) == 1, errors
+    error = errors[0]
+    assert not isinstance(error, ClientStateError), repr(error)
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE, repr(error)
+    assert "Cancelling all calls" not in str(error.details()), error

@@ -269,6 +269,12 @@ class GRPCBroker(StreamEnd, Multiplexed):
         return self._closed
 
     @property
+    def serving(self) -> bool:
+        """Whether brokered servers of this side run (accept_and_serve, not yet stopped)."""
+        with self._cond:
+            return bool(self._served)
+
+    @property
     def lost_reason(self) -> str | None:
         """Why the broker stream ended, or None while it is up."""
         return self._lost

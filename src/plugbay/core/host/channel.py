@@ -99,11 +99,12 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
             self._generation += 1
         return old
 
-    def begin_close(self) -> None:
-        """The owner is killing or closing the connection: say so, not what the teardown breaks."""
+    def begin_close(self, brokered_open: bool = False) -> None:
+        """The owner is killing or closing the connection: say so, not what the teardown breaks
+        (``brokered_open``: it serves brokered servers, which the teardown stops under their calls)."""
         died = self._exit_probe is not None and self._exit_probe(0.0) is not None
         with self._lock:
-            self._closing, self._died_first = True, died
+            self._closing, self._died_first, self._brokered_open = True, died, brokered_open
             self._generation += 1
 
     def close_current(self) -> None:

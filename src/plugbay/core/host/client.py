@@ -304,7 +304,7 @@ class Client(Connecting):
                 LIVE.discard(self)
                 try:
                     if self._channel is not None:  # may read the plugin's last stderr lines: theirs to make fail
-                        self._channel.begin_close()
+                        self._channel.begin_close(self._broker is not None and self._broker.serving)
                     stop()
                 except BaseException:
                     # Ctrl-C in the graceful part (Shutdown, the grace wait): nothing would stop

@@ -35,6 +35,9 @@ ExitProbe = Callable[[float], "str | None"]
 ANSWER_WITHIN = 0.25
 _CHECK = "/grpc.health.v1.Health/Check"
 _ONE_OF_OURS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)  # may mean the plugin exited
+# What grpcio's core answers the calls on a server being stopped (Server.stop: cancel_all_calls), here a
+# plugin's callback into this host's brokered server as the host ends the plugin
+SERVER_STOP_WORDS = "Cancelling all calls"
 
 
 class ExitCheck(NamedTuple):
@@ -50,6 +53,7 @@ class FailureJudge:
     def __init__(self, exit_probe: ExitProbe | None, name: str) -> None:
         self._closing = False  # the owner began kill()/close(): failures are its doing
         self._died_first = False  # ... unless the plugin had died before that
+        self._brokered_open = False  # ... when it began, this host served brokered servers (stopped by it)
         self._exit_probe = exit_probe
         self._name = name
         # An owner's error for the calls its kill() ends or refuses (a Supervisor's restart is no kill of the user's)
@@ -115,13 +119,12 @@ class FailureJudge:
         if isinstance(exc, PlugbayError):
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
-        # The owner's kill first, even over a handler's mark: closing stops this host's brokered server, so a
-        # plugin's callback into it fails UNAVAILABLE and the plugin passes that on marked as its own answer
-        if code in _ONE_OF_OURS and self._closing and not self._died_first:
+        details = exc.details() if hasattr(exc, "details") else ""
+        if code in _ONE_OF_OURS and self._closing and not self._died_first and (
+                not handler_status(exc) or self._our_server_stop(str(details))):
             return self._killed(exc)
         if handler_status(exc):  # the plugin's handler answered so (a call of its own failed): its answer
             return exc  # type: ignore[no-any-return]
-        details = exc.details() if hasattr(exc, "details") else ""
         # A Go server may answer UNKNOWN "context deadline exceeded" a moment before the
         # client's own deadline fires: that is a timeout. Any other answer that came late
         # (NOT_FOUND, an exit) is still what the plugin said.
@@ -148,6 +151,12 @@ class FailureJudge:
                 " showed: the plugin may not have received the call. Retry calls that are safe to repeat"
                 " (RetryPolicy), and check the network between host and plugin and the plugin's load", exc)
         return exc  # type: ignore[no-any-return]
+
+    def _our_server_stop(self, details: str) -> bool:
+        """Whether a handler's marked answer is the owner's kill: closing stopped this host's brokered servers,
+        so a plugin's callback into one failed with grpcio's server-stop words and the plugin passed that on.
+        Any other marked answer (its own call to another service failed) is the plugin's, kill or not."""
+        return self._brokered_open and SERVER_STOP_WORDS in details
 
     def _killed(self, original: grpc.RpcError | None) -> BaseException:
         made = self.killed_error
