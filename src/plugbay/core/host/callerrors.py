@@ -134,8 +134,12 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
     @classmethod
     def by_kill(cls, name: str, original: grpc.RpcError | None) -> ClientClosed:
         """A call the user's kill() ended (``original``: the call's failure) or refused (None: never sent)."""
-        return cls(f"the connection to plugin {name!r} was closed (the Client was killed); start a new Client to"
-                   " call it again", original, grpc.StatusCode.CANCELLED, sent=original is not None)
+        if original is None:
+            return cls(f"the connection to plugin {name!r} was closed (the Client was killed); the call was not"
+                       " sent. Start a new Client to call it again", None, grpc.StatusCode.CANCELLED, sent=False)
+        return cls(f"the connection to plugin {name!r} was closed (the Client was killed) while the call was in"
+                   " flight; the plugin may have run the call. Start a new Client to call it again", original,
+                   grpc.StatusCode.CANCELLED)
 
 
 class PluginRestarted(PluginDied):
