@@ -27,6 +27,7 @@ from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, P
 
 from plugbay import ClientConfig, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
 
+SLOW_HEALTH = str(Path(__file__).resolve().parent / "plugins" / "slow_health_kv.py")
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
 
 
@@ -51,13 +52,36 @@ def test_a_put_sent_to_a_plugin_that_stopped_answering_never_runs(tmp_path: Path
         error = info.value
         assert getattr(error, "sent", None) is True and "may have run" in str(error), error
         assert wait_until(lambda: gone(pid), 10)
-        assert old.runner.wait(0) == -signal.SIGKILL  # killed outright: never continued to finish the put
+        # killed outright (a bound, not a timing: the Supervisor's thread may not have reaped it yet)
+        assert old.runner.wait(10) == -signal.SIGKILL  # never continued to finish the put
         assert sup.wait_running(30) and sup.restarts == 1
         assert kv.get("a") == b"1"
         with pytest.raises(grpc.RpcError) as missing:
             kv.get("b")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
     assert not (tmp_path / "kv_b").exists()
+
+
+def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cleanup(tmp_path: Path) -> None:
+    """A plugin whose health checks time out while it runs (here its health service stalls, as under load)
+    was SIGKILLed at once by the restart, as a frozen one is: its own cleanup (after serve() returns on
+    SIGTERM) never ran. Now only a frozen plugin is killed outright; a running one gets SIGTERM and the grace."""
+    with Supervisor(lambda: faulty_config(tmp_path, cmd=[PY, SLOW_HEALTH], kill_grace=30.0), restart=FAST,
+                    health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        old = sup.current_client
+        assert old is not None and old.runner.pid is not None
+        pid = old.runner.pid
+        (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
+        try:
+            assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"
+        finally:
+            (tmp_path / "slow").unlink()
+        assert old.runner.wait(10) != -signal.SIGKILL
+        assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
+        assert sup.wait_running(30) and sup.restarts == 1
+        assert kv.get("a") == b"1"
 
 
 @pytest.mark.docker

@@ -371,7 +371,7 @@ class RemoteClient(Client):
         """Disconnect (the same as kill(): a remote plugin is never stopped by a host)."""
         self.kill()
 
-    def _teardown(self, graceful: bool, forced: bool = False) -> None:  # nothing to force: it is never stopped
+    def _teardown(self, graceful: bool, unanswering: bool = False) -> None:  # it is never stopped
         self._stop.set()
         if self._channel is not None:
             self._channel.detach()

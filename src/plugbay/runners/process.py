@@ -245,6 +245,12 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         fields = proc_stat(self._proc.pid)
         return fields is None or fields[0] in ("Z", "X")
 
+    def frozen(self) -> bool:
+        """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL."""
+        proc = self._proc
+        fields = None if proc is None or proc.returncode is not None else proc_stat(proc.pid)
+        return fields is not None and fields[0] in ("T", "t")
+
     def exit_detail(self) -> str:
         # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named
         by = killed_by(None if self._proc is None else self._proc.poll())

@@ -265,10 +265,11 @@ class Client(Connecting):
         self._end("kill", self.kill, lambda: self._teardown(graceful=True))
 
     def kill_unanswering(self) -> None:
-        """kill() for a plugin judged to answer nothing (a Supervisor's health restart): no Shutdown and no
-        grace, in which a stopped plugin, continued, would finish calls already sent; its runner's forced stop
-        (a process's SIGKILL, a container's or pod's stop without grace), then the rest as kill()."""
-        self._end("kill", self.kill_unanswering, lambda: self._teardown(graceful=False, forced=True))
+        """kill() for a plugin that answered no health check (a Supervisor's restart): no Shutdown (it would
+        wait that out). A frozen plugin (SIGSTOPped, a paused container) gets its runner's forced stop while
+        still frozen, no thaw in which it would finish calls already sent; any other (slow, under load) the
+        runner's SIGTERM and kill_grace, so its own cleanup runs. Then the rest as kill()."""
+        self._end("kill", self.kill_unanswering, lambda: self._teardown(graceful=False, unanswering=True))
 
     def close(self) -> None:
         """Reattached clients: disconnect and free this host's resources, leave the plugin running."""

@@ -124,19 +124,21 @@ class ClientParts:
                 _log.warning("letting go of plugin %s's runner failed: %s", self.name, exc)
         self._close_streams()
 
-    def _teardown(self, graceful: bool, forced: bool = False) -> None:
-        """End the plugin; ``forced``: by the runner's forced stop first (a plugin that stopped answering)."""
+    def _teardown(self, graceful: bool, unanswering: bool = False) -> None:
+        """End the plugin; ``unanswering``: one that answered no health check, never asked to Shutdown (it
+        would wait that out): a frozen one the runner's forced stop at once, any other its grace as kill()'s."""
         self._stop.set()
         self._stop_exit_watch()
         runner = self._own_runner()
-        asked = False
-        if runner is not None and self._exit_code is None and runner.wait(0) is not None:
+        asked = ended = False
+        if (runner is not None and self._exit_code is None and runner.wait(0) is not None) or unanswering:
             graceful = False
-        if runner is not None and forced:
-            # A plugin that answers nothing gets no Shutdown (it would wait out its 2 s) and no grace: the
-            # SIGCONT of a graceful stop let a stopped plugin finish calls whose callers were told it ended
+        if runner is not None and unanswering and self._frozen(runner):
+            # SIGKILL (a paused container's kill) while still frozen: a thaw first (the grace's SIGCONT, an
+            # unpause) let it finish calls whose callers were told it ended. A merely slow plugin (its health
+            # checks timed out under load) gets SIGTERM and the grace below: its own cleanup runs
             self._force_runner(runner)
-            graceful = False
+            ended = True
         elif runner is not None:
             # before Shutdown: once the plugin exits, its children no longer point back to it
             try:
@@ -159,7 +161,7 @@ class ClientParts:
             # a frozen plugin answers nothing: Shutdown would wait out its 2 s; the runner thaws and ends it
             if graceful and self._controller is not None and self._exit_code is None and not self._frozen(runner):
                 asked = ask_shutdown(self._controller, self.name)
-            if runner is not None and not forced:
+            if runner is not None and not ended:
                 if asked and runner.wait(self.config.kill_grace) is None:
                     _log.warning("plugin %s did not exit within %.1fs of Shutdown; killing it",
                                  self.name, self.config.kill_grace)

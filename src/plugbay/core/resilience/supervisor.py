@@ -228,7 +228,7 @@ class Supervisor(SupervisorView):
         with self._cond:
             watcher, self._watcher = self._watcher, None
             client, self._client = self._client, None
-        # restarted because it stopped answering: ended outright, not asked (nor let run on to finish calls)
+        # restarted because it stopped answering: not asked to Shutdown; killed outright if frozen (Client)
         unanswering = restarting is not None and watcher is not None and watcher.state == UNREACHABLE
         if watcher is not None:
             watcher.stop()
