@@ -111,7 +111,12 @@ class ContainerTeardown:
         with self._lock:
             self._killed = True
         if self._container_id:
-            self._client = engine(self.engine_timeout)  # a fresh one: a cut-short kill() may have closed the last
+            old, self._client = self._client, engine(self.engine_timeout)  # a cut-short kill() may have closed it
+            if old is not None:
+                try:
+                    old.close()  # its connection pool's sockets only: no engine request
+                except Exception as exc:
+                    _log.debug("closing the replaced engine client: %s", exc)
         self._cleanup(remove=True, grace=0)  # again if a kill() was cut short: stop now, remove
 
     def _cleanup(self, *, remove: bool, grace: float) -> None:
