@@ -759,7 +759,7 @@ def test_kill_tears_down_even_when_saying_why_the_plugin_ended_fails(monkeypatch
     channel = client._channel
     assert channel is not None
 
-    def failing() -> None:
+    def failing(*_: object) -> None:  # begin_close(brokered_open)
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(channel, "begin_close", failing)

@@ -136,9 +136,9 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
         """A call the user's kill() ended (``original``: the call's failure) or refused (None: never sent)."""
         if original is None:
             return cls(f"the connection to plugin {name!r} was closed (the Client was killed); the call was not"
-                       " sent. Start a new Client to call it again", None, grpc.StatusCode.CANCELLED, sent=False)
+                       " sent; start a new Client to call it again", None, grpc.StatusCode.CANCELLED, sent=False)
         return cls(f"the connection to plugin {name!r} was closed (the Client was killed) while the call was in"
-                   " flight; the plugin may have run the call. Start a new Client to call it again", original,
+                   " flight; the plugin may have run the call; start a new Client to call it again", original,
                    grpc.StatusCode.CANCELLED)
 
 
