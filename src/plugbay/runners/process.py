@@ -42,7 +42,7 @@ from typing import Any
 
 from plugbay.core.protocol.exits import exit_said, killed_by
 from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
-from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, asks_outlive
+from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, OUTLIVE_GRACE, asks_outlive
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
 from plugbay.runners.announced import LocalAddresses, read_networks
@@ -61,7 +61,7 @@ from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
                                       signal_all, signal_group, stat_of, sweep as sweep)
 from plugbay.runners.session import proc_stat
-from plugbay.runners.stderrpipe import popen_naming_stderr
+from plugbay.runners.stderrpipe import check_grace, popen_naming_stderr
 
 _TAIL = 50
 
@@ -71,16 +71,20 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False,
-                 die_with_host: bool = False, trusted_networks: Sequence[str] = ()) -> None:
+                 die_with_host: bool = False, trusted_networks: Sequence[str] = (),
+                 outlive_grace: float | None = OUTLIVE_GRACE) -> None:
         """``die_with_host``: the plugin gets SIGKILL when this host process dies, even by SIGKILL
         (Linux's parent-death signal; see plugbay.runners.hostbound). ``trusted_networks``: CIDR networks an
-        announced TCP address off this machine may be in (a plugin in another network namespace; runners.announced)."""
+        announced TCP address off this machine may be in (a plugin in another network namespace; runners.announced).
+        ``outlive_grace``: without die_with_host the plugin outlives this host's death (a kill -9, no kill())
+        for a later host to reattach, for that many seconds with no call; then it stops (None: serves on)."""
         check_cmd(cmd, "ProcessRunner cmd")
         if not isinstance(die_with_host, bool):
             raise ConfigError(f"ProcessRunner die_with_host must be True or False, got {die_with_host!r}")
         if die_with_host:
             check_supported()
         self.die_with_host = die_with_host
+        self.outlive_grace = check_grace(outlive_grace, "ProcessRunner outlive_grace")
         check_env(env or {}, "ProcessRunner env")
         self.cmd = list(cmd)
         self.env = dict(env or {})
@@ -191,9 +195,9 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         def popen() -> None:
             ran.append(True)
             try:
-                popen_naming_stderr(proc, env, outlive, args=args, executable=executable, cwd=self.cwd,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, process_group=0,
-                                    bufsize=0, pass_fds=tuple(verified.values()))
+                popen_naming_stderr(proc, env, outlive, self.outlive_grace, args=args, executable=executable,
+                                    cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    process_group=0, bufsize=0, pass_fds=tuple(verified.values()))
             finally:  # after the Popen, wherever it ran: until then a closed number could name another file
                 for fd in verified.values():
                     os.close(fd)

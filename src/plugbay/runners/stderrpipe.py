@@ -2,23 +2,40 @@
 
 Its name goes into the plugin's environment before the spawn (PLUGBAY_OUTLIVE_PIPE=pipe:<dev>:<ino>,
 core/protocol/outlive.py): a plugin honours the ask to outlive its host only on the pipe named, not on
-one a Go host in between passed on from its own environment.
+one a Go host in between passed on from its own environment. Beside it goes how long the plugin waits for
+a reattach once its host died (PLUGBAY_OUTLIVE_GRACE: ProcessRunner's outlive_grace).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from typing import Any
 
-from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE, pipe_name
+from plugbay.core.protocol.outlive import (ENV_OUTLIVE_GRACE, ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE, OUTLIVE_GRACE,
+                                           grace_value, pipe_name)
+from plugbay.errors import ConfigError
 
 
-def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outlive: bool, **popen: Any) -> None:
+def check_grace(grace: object, what: str) -> float | None:
+    """``grace`` as an outlive grace (seconds, 0 or more; None: no bound), else a ConfigError."""
+    if grace is None:
+        return None
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < math.inf:
+        raise ConfigError(f"{what} must be a number of seconds (0 or more) or None, got {grace!r}: how long"
+                          f" the plugin waits for a host to reattach once its host died (default {OUTLIVE_GRACE:g});"
+                          " None serves on until a host stops it")
+    return float(grace)
+
+
+def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outlive: bool,
+                        grace: float | None = OUTLIVE_GRACE, **popen: Any) -> None:
     """``Popen.__init__(proc, env=env, stderr=<a pipe>, **popen)``, with ``proc.stderr`` its read end as
     Popen's own would be (bufsize=0); ``outlive``: ``env`` asks the plugin to outlive its host, in
     PLUGBAY_OUTLIVE_HOST (``1`` unless set: what plugins from before the name read) and naming the pipe in
-    PLUGBAY_OUTLIVE_PIPE (what plugins read now); else ``env`` names no pipe."""
+    PLUGBAY_OUTLIVE_PIPE (what plugins read now), for ``grace`` seconds at most once the host died
+    (PLUGBAY_OUTLIVE_GRACE; None: until told); else ``env`` names no pipe."""
     read, write = os.pipe()  # both close-on-exec: Popen dups the write end onto the child's fd 2 only
     reader = None
     try:
@@ -29,8 +46,10 @@ def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outl
         if outlive:
             env.setdefault(ENV_OUTLIVE_HOST, "1")
             env[ENV_OUTLIVE_PIPE] = pipe_name(write)
+            env[ENV_OUTLIVE_GRACE] = grace_value(grace)  # the runner's, not one inherited from a host's host
         else:
             env.pop(ENV_OUTLIVE_PIPE, None)  # a name given in env= would not be this pipe's
+            env.pop(ENV_OUTLIVE_GRACE, None)
         subprocess.Popen.__init__(proc, env=env, stderr=write, **popen)
         proc.stderr = reader  # no builtin call between the Popen's return and this: no Ctrl-C either
     except BaseException:

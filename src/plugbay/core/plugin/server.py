@@ -64,7 +64,8 @@ from plugbay.core.transport.unstarted import stop_server
 from plugbay.core.transport.workers import DaemonPool
 from plugbay.core.broker.plugin import PluginSet, check_plugin_set
 from plugbay.core.plugin.logs import PluginLogging
-from plugbay.core.plugin.setupfail import fail_setup, outlives_host
+from plugbay.core.plugin.reattachwait import watch_host
+from plugbay.core.plugin.setupfail import fail_setup
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
 from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
@@ -184,7 +185,7 @@ class _PluginServer:
             self.config.network.stop.attach(self.stop)  # off the main thread, the program's way to stop it
         version, plugin_set = protocol_version(self.config, self.env)
         defaults = [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS)]
-        network = self.config.network
+        network, grace_note = self.config.network, ""
         if network is not None:  # hosts' keepalive pings (RemoteConfig.grpc_keepalive) are welcome
             from plugbay.core.transport.grpcping import server_options
 
@@ -244,10 +245,10 @@ class _PluginServer:
         # handshake pipe. On the network stdout/stderr are the service's own log: no capture.
         if network is None:
             # a container's stderr is its engine's, not a host's pipe; a host that means to let its plugin
-            # outlive it (a later host reattaches) says so
-            if not self.env.get(ENV_LISTEN) and not outlives_host(self.env):
-                self.capture.watch_host(self._host_gone)
-                self._logging.stop_when_host_gone(self._host_gone)
+            # outlive it (a later host reattaches) says so, and for how long (core/plugin/reattachwait.py)
+            if not self.env.get(ENV_LISTEN):
+                grace_note = watch_host(self.env, self.capture, self._logging, self.executor, self._host_gone,
+                                        self.stop)
             self.capture.start()
             self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
         elif sys.stdout is not None:
@@ -261,6 +262,8 @@ class _PluginServer:
         if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
             self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
+        if grace_note:
+            self.log.warning(grace_note)
 
     def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server) -> None:
         """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``."""

@@ -86,12 +86,14 @@ class StdioCapture:
         # ends discarding first drops what was written before it came (see attach).
         self._read_lock = threading.Lock()
         self._host_gone: Callable[[], None] | None = None
+        self._then: Callable[[], None] | None = None
 
-    def watch_host(self, gone: Callable[[], None]) -> None:
+    def watch_host(self, gone: Callable[[], None], then: Callable[[], None] | None = None) -> None:
         """Before :meth:`start`: call ``gone`` (once, on the pump's thread) when the original fd 2 is a
         pipe whose reader closed it: the host died. A pipe's write end reports POLLERR then, with no
-        write (a Go plugin dies of SIGPIPE at its next one; Python ignores SIGPIPE and served on)."""
-        self._host_gone = gone
+        write (a Go plugin dies of SIGPIPE at its next one; Python ignores SIGPIPE and served on).
+        ``then``: called on that thread at each of its polls from then on (at most _POLL_MS apart)."""
+        self._host_gone, self._then = gone, then
 
     def start(self) -> None:
         """Point fds 1 and 2 at pipes; everything written from now on is captured."""
@@ -149,12 +151,16 @@ class StdioCapture:
         if host_err is not None:
             poller.register(host_err, 0)  # POLLERR and POLLHUP need no asking
         open_fds = set(self._readers)
+        then = None  # the host died: watch_host's ``then``
         try:
             while open_fds and not self._stop_pump.is_set():
+                if then is not None:
+                    then()
                 for fd, _ in poller.poll(_POLL_MS):
                     if fd == host_err and self._host_gone is not None:
                         poller.unregister(fd)  # reported until closed: once is enough
                         self._host_gone()  # only notes and wakes serve(): it does not raise
+                        then = self._then
                         continue
                     with self._read_lock:
                         try:

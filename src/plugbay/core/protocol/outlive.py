@@ -13,6 +13,11 @@ plugbay host started hands its own plugins the name of the Go host's stderr pipe
 when the Go host dies, as a Go plugin would (SIGPIPE at its next log line). A wrapper (``sh script`` running
 the plugin without exec) hands the plugin the same pipe it got: the name still matches.
 
+A third, PLUGBAY_OUTLIVE_GRACE, bounds the serving on: once its host died (its end of the stderr pipe closed),
+a plugin asked to outlive it waits that many seconds (a decimal number; unset: OUTLIVE_GRACE) for a call of
+any kind, a later host's reattach; with none it stops as on SIGTERM. ``none``: it serves on until told (a
+plugin left running, nothing stops it). A value that reads as neither is the default.
+
 Without the name, a plugin stops: "1" alone (a plugbay host from before the name) cannot be told from the
 same inherited through a Go host (both carry PLUGBAY_HOST_SESSION too). Stopping wrongly costs a reattach
 after a crash (a new plugin is started); serving on wrongly leaves a plugin nothing stops.
@@ -20,12 +25,16 @@ after a crash (a new plugin is started); serving on wrongly leaves a plugin noth
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Mapping
 
 ENV_OUTLIVE_HOST = "PLUGBAY_OUTLIVE_HOST"
 ENV_OUTLIVE_PIPE = "PLUGBAY_OUTLIVE_PIPE"
+ENV_OUTLIVE_GRACE = "PLUGBAY_OUTLIVE_GRACE"
+OUTLIVE_GRACE = 600.0  # seconds a plugin whose host died waits for a reattach, unless told
+NO_GRACE = "none"  # PLUGBAY_OUTLIVE_GRACE's "serve on until told"
 _PREFIX = "pipe:"
 _YES = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool, as plugins before the name read it
 
@@ -45,6 +54,29 @@ def outlives(env: Mapping[str, str], fd: int) -> bool:
     """Whether ``env`` asks the plugin whose stderr is open on ``fd`` to serve on after its host dies."""
     named = env.get(ENV_OUTLIVE_PIPE)
     return named is not None and asks_outlive(env.get(ENV_OUTLIVE_HOST), True) and names_stderr(named, fd)
+
+
+def grace_value(grace: float | None) -> str:
+    """The PLUGBAY_OUTLIVE_GRACE value for ``grace`` seconds (None: serve on until told)."""
+    return NO_GRACE if grace is None else repr(float(grace))
+
+
+def read_grace(value: str | None) -> tuple[float | None, str]:
+    """A PLUGBAY_OUTLIVE_GRACE value (from the environment: untrusted) as seconds (None: serve on until told),
+    and what was wrong with it ("" when nothing: then the default is taken)."""
+    if value is None:
+        return OUTLIVE_GRACE, ""
+    if value == NO_GRACE:
+        return None, ""
+    try:
+        grace = float(value) if len(value) <= 32 else math.nan  # length: no float() of a huge digit run
+    except ValueError:
+        grace = math.nan
+    if not math.isfinite(grace) or grace < 0:  # float() takes "nan", "inf", "-1": none of them a wait
+        return OUTLIVE_GRACE, (f"{ENV_OUTLIVE_GRACE}={value[:40]!r} is not a number of seconds (0 or more) nor"
+                               f" {NO_GRACE!r}; waiting the default {OUTLIVE_GRACE:g} s for a reattach once"
+                               " the host died")
+    return grace, ""
 
 
 def names_stderr(value: str, fd: int) -> bool:
