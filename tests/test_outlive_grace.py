@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,12 +29,15 @@ from plugbay import Client, ClientConfig, ConfigError, ProcessRunner, ReattachCo
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.protocol.outlive import OUTLIVE_GRACE, read_grace
 from plugbay.core.transport.tempdirs import MARKER, sweep_tempdirs
-from tests.procs import end_host, gone
-from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, KVPlugin, wait_until
+from tests.procs import end_host, gone, popen_asked_to_outlive
+from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 KV_DIR = REPO / "examples" / "kv"
 KV_PLUGIN = KV_DIR / "plugin.py"
+sys.path.insert(0, str(KV_DIR))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 GRACE = 2.0
 BOUND = 60.0  # a guard against a hang, not a timing: the plugin stops GRACE after its host died
 
@@ -169,3 +173,34 @@ def test_a_malformed_grace_in_the_plugins_environment_is_the_default(value: str)
     grace, problem = read_grace(value)
     assert grace == OUTLIVE_GRACE
     assert "PLUGBAY_OUTLIVE_GRACE" in problem and len(problem) < 400
+
+
+def test_a_plugin_with_a_malformed_grace_serves_and_says_so(sockets: Path) -> None:
+    """PLUGBAY_OUTLIVE_GRACE that is no number does not stop the plugin's start: a warning line, then it serves."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
+    env.update({"BASIC_PLUGIN": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1", "TMPDIR": str(sockets),
+                "PYTHONPATH": str(REPO / "src"), "PLUGBAY_OUTLIVE_GRACE": "soon\x1b[2J"})
+    proc = popen_asked_to_outlive([sys.executable, str(KV_PLUGIN)], env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, cwd=sockets)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().count(b"|") >= 4
+        said = b""
+        until = time.monotonic() + BOUND
+        while b"is not a number of seconds" not in said and time.monotonic() < until:
+            if select.select([proc.stderr], [], [], 1)[0]:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                said += chunk
+        assert b"PLUGBAY_OUTLIVE_GRACE='soon\\\\x1b[2J' is not a number of seconds" in said, said
+        assert b"\x1b" not in said
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(BOUND) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
