@@ -62,9 +62,9 @@ def sockets() -> Iterator[Path]:
         yield Path(path)
 
 
-def _host_then_sigkill(sockets: Path, grace: float | None) -> tuple[int, str, str]:
-    """A host process that starts the KV plugin (``grace``) and does a Put, SIGKILLed: the plugin's pid, its
-    socket and the host's reattach JSON."""
+def _host_then_sigkill(sockets: Path, grace: float | None, sig: int = signal.SIGKILL) -> tuple[int, str, str]:
+    """A host process that starts the KV plugin (``grace``) and does a Put, ended by ``sig`` (no kill() runs):
+    the plugin's pid, its socket and the host's reattach JSON."""
     script = _HOST.format(src=str(REPO / "src"), examples=str(KV_DIR), kv=str(KV_PLUGIN), grace=grace)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
     env["TMPDIR"] = str(sockets)
@@ -75,8 +75,8 @@ def _host_then_sigkill(sockets: Path, grace: float | None) -> tuple[int, str, st
         line = host.stdout.readline()
         assert line, "the host printed nothing: its plugin did not start"
         pid, address, text = json.loads(line)
-        host.send_signal(signal.SIGKILL)
-        host.wait(10)
+        host.send_signal(sig)
+        assert host.wait(10) == -sig
     finally:
         end_host(host)
     return int(pid), str(address), str(text)
@@ -99,12 +99,14 @@ def _leftovers(sockets: Path) -> list[str]:
     return sorted(str(p.relative_to(sockets)) for p in sockets.rglob("*"))
 
 
-def test_a_plugin_no_host_reattaches_to_stops_after_the_grace(sockets: Path) -> None:
-    """Its host SIGKILLed after a Put, no host reattaching: the plugin stops by itself, gracefully (its socket
-    removed), where before it served on for good; the dead host's socket folder is then one a sweep removes."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_plugin_no_host_reattaches_to_stops_after_the_grace(sockets: Path, sig: int) -> None:
+    """Its host SIGKILLed (or SIGTERMed, with no handler for it) after a Put, no host reattaching: the plugin
+    stops by itself, gracefully (its socket removed), where before it served on for good; the dead host's
+    socket folder is then one a sweep removes."""
     pid = 0
     try:
-        pid, address, _ = _host_then_sigkill(sockets, GRACE)
+        pid, address, _ = _host_then_sigkill(sockets, GRACE, sig)
         assert os.path.exists(address)
         assert wait_until(lambda: gone(pid), BOUND), "the plugin of a SIGKILLed host served on past its grace"
         assert not os.path.exists(address)  # a graceful stop, as on SIGTERM
