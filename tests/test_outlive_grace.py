@@ -14,6 +14,7 @@ import math
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,8 @@ import pytest
 
 from plugbay import Client, ClientConfig, ConfigError, ProcessRunner, ReattachConfig
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.core.protocol.outlive import OUTLIVE_GRACE, read_grace
+from plugbay.core.plugin.reattachwait import peer_probe
+from plugbay.core.protocol.outlive import MAX_GRACE, OUTLIVE_GRACE, grace_value, read_grace
 from plugbay.core.transport.tempdirs import MARKER, sweep_tempdirs
 from tests.procs import end_host, gone, popen_asked_to_outlive
 from tests.resilience_util import wait_until
@@ -42,16 +44,42 @@ GRACE = 2.0
 BOUND = 60.0  # a guard against a hang, not a timing: the plugin stops GRACE after its host died
 
 _HOST = """
-import json, sys, time
+import json, sys, threading, time
 sys.path[:0] = [{src!r}, {examples!r}]
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
 from plugbay import Client, ClientConfig, ProcessRunner
 client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, start_timeout=30,
+                             multiplex_broker={multiplex!r},
                              runner=ProcessRunner([sys.executable, {kv!r}], outlive_grace={grace!r})))
 client.start()
-client.dispense(PLUGIN_NAME).put("k", b"v")
-config = client.reattach_config()
-print(json.dumps([client.runner.pid, config.handshake.address, config.to_json()]), flush=True)
+kv = client.dispense(PLUGIN_NAME)
+kv.put("k", b"v")
+def busy():
+    while True:
+        try:
+            kv.put("busy", b"v" * 100)
+        except Exception:
+            pass
+for _ in range({threads!r}):  # calls in flight when the host is killed
+    threading.Thread(target=busy, daemon=True).start()
+time.sleep(0.5 if {threads!r} else 0)
+config = client.reattach_config() if not {multiplex!r} else None
+print(json.dumps([client.runner.pid, config and config.handshake.address, config and config.to_json()]),
+      flush=True)
+time.sleep(120)
+"""
+
+# a second host: reattaches to the first one's plugin (its reattach JSON on stdin), does a Put, says so, sleeps
+_REATTACHER = """
+import sys, time
+sys.path[:0] = [{src!r}, {examples!r}]
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import Client, ClientConfig, ReattachConfig
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}, start_timeout=30,
+                             reattach=ReattachConfig.from_json(sys.stdin.readline())))
+client.start()
+client.dispense(PLUGIN_NAME).put("k", b"w")
+print("reattached", flush=True)
 time.sleep(120)
 """
 
@@ -62,14 +90,20 @@ def sockets() -> Iterator[Path]:
         yield Path(path)
 
 
-def _host_then_sigkill(sockets: Path, grace: float | None, sig: int = signal.SIGKILL) -> tuple[int, str, str]:
-    """A host process that starts the KV plugin (``grace``) and does a Put, ended by ``sig`` (no kill() runs):
-    the plugin's pid, its socket and the host's reattach JSON."""
-    script = _HOST.format(src=str(REPO / "src"), examples=str(KV_DIR), kv=str(KV_PLUGIN), grace=grace)
+def _host_env(sockets: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_", "BASIC_"))}
     env["TMPDIR"] = str(sockets)
+    return env
+
+
+def _host_then_sigkill(sockets: Path, grace: float | None, sig: int = signal.SIGKILL, threads: int = 0,
+                       multiplex: bool = False) -> tuple[int, str, str]:
+    """A host process that starts the KV plugin (``grace``) and does a Put (then keeps ``threads`` threads
+    putting), ended by ``sig`` (no kill() runs): the plugin's pid, its socket and the host's reattach JSON."""
+    script = _HOST.format(src=str(REPO / "src"), examples=str(KV_DIR), kv=str(KV_PLUGIN), grace=grace,
+                          threads=threads, multiplex=multiplex)
     host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            env=env, cwd=sockets, text=True)
+                            env=_host_env(sockets), cwd=sockets, text=True)
     try:
         assert host.stdout is not None
         line = host.stdout.readline()
@@ -80,6 +114,24 @@ def _host_then_sigkill(sockets: Path, grace: float | None, sig: int = signal.SIG
     finally:
         end_host(host)
     return int(pid), str(address), str(text)
+
+
+def _reattach_then_sigkill(sockets: Path, text: str) -> None:
+    """A second host process reattaches (``text``: the first's reattach JSON), does a Put and is SIGKILLed."""
+    script = _REATTACHER.format(src=str(REPO / "src"), examples=str(KV_DIR))
+    host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=_host_env(sockets), cwd=sockets, text=True)
+    try:
+        assert host.stdin is not None and host.stdout is not None
+        host.stdin.write(text + "\n")
+        host.stdin.close()
+        assert host.stdout.readline() == "reattached\n"
+        host.send_signal(signal.SIGKILL)
+        assert host.wait(10) == -signal.SIGKILL
+    finally:
+        if host.stdin is not None and not host.stdin.closed:
+            host.stdin.close()
+        end_host(host)
 
 
 def _end_plugin(pid: int) -> None:
@@ -117,10 +169,49 @@ def test_a_plugin_no_host_reattaches_to_stops_after_the_grace(sockets: Path, sig
         _end_plugin(pid)
 
 
+@pytest.mark.parametrize("trial", range(4))
+def test_a_busy_host_killed_with_calls_in_flight_leaves_no_plugin(sockets: Path, trial: int) -> None:
+    """Several threads of the host putting when it is SIGKILLed: calls it had sent still sit in the plugin's
+    socket and reach a handler after the host died. Before, the first of them ended the wait (taken for a
+    reattach) and the plugin served on for good, 1 run in 4-6; it stops by itself now, each time."""
+    pid = 0
+    try:
+        pid, address, _ = _host_then_sigkill(sockets, GRACE, threads=16)
+        assert wait_until(lambda: gone(pid), BOUND), "the plugin of a busy SIGKILLed host served on past its grace"
+        assert not os.path.exists(address)
+    finally:
+        _end_plugin(pid)
+
+
+def test_a_reattached_host_killed_too_leaves_no_plugin(sockets: Path) -> None:
+    """A second host reattaches within the grace, does a Put and is SIGKILLed too: the wait starts again and
+    the plugin stops by itself (before, one call ended the wait for good: it served on forever)."""
+    pid = 0
+    try:
+        pid, address, text = _host_then_sigkill(sockets, GRACE)
+        _reattach_then_sigkill(sockets, text)
+        assert wait_until(lambda: gone(pid), BOUND), "the plugin of a reattached, SIGKILLed host served on"
+        assert not os.path.exists(address)
+    finally:
+        _end_plugin(pid)
+
+
+def test_a_multiplexed_plugin_stops_with_its_host(sockets: Path) -> None:
+    """multiplex_broker=True: the plugin cannot be reattached (as in go-plugin), so its runner does not ask it
+    to outlive the host: it stops when its host is SIGKILLed, even with outlive_grace=None."""
+    pid = 0
+    try:
+        pid, _, _ = _host_then_sigkill(sockets, None, multiplex=True)
+        assert wait_until(lambda: gone(pid), BOUND), "a multiplexed plugin outlived its host"
+    finally:
+        _end_plugin(pid)
+
+
 @pytest.mark.parametrize("by", ["client", "health-check"])
 def test_a_host_that_reattaches_within_the_grace_keeps_the_plugin(sockets: Path, by: str) -> None:
-    """A new host reattaches within the grace (its connect's health check is the plugin's first call since; a
-    bare health Check alone is one too): the plugin serves on well past the grace, its data still there."""
+    """A new host reattaches within the grace (a Client; or a bare gRPC channel that did a health Check): the
+    plugin serves on well past the grace while that host is connected, its data still there; once the channel
+    is closed the plugin stops by itself again (the Client's kill() stops it at once)."""
     pid = 0
     try:
         pid, address, text = _host_then_sigkill(sockets, GRACE)
@@ -128,11 +219,14 @@ def test_a_host_that_reattaches_within_the_grace_keeps_the_plugin(sockets: Path,
             with grpc.insecure_channel(f"unix:{address}") as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
                     health_pb2.HealthCheckRequest(service="plugin"), timeout=10)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            time.sleep(3 * GRACE)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                time.sleep(3 * GRACE)  # past the grace: a plugin that still waited would have stopped by now
+                assert not gone(pid)
+            assert wait_until(lambda: gone(pid), BOUND), "the plugin served on once its last host was gone"
+            return
         client = _reattached(text)
         try:
-            time.sleep(3 * GRACE)  # past the grace: a plugin that still waited would have stopped by now
+            time.sleep(3 * GRACE)
             assert not gone(pid)
             assert client.dispense(PLUGIN_NAME).get("k") == b"v"
         finally:
@@ -158,18 +252,30 @@ def test_no_grace_serves_on_until_told(sockets: Path) -> None:
         _end_plugin(pid)
 
 
-@pytest.mark.parametrize("grace", [True, -1, math.nan, math.inf, "600", [1]])
+@pytest.mark.parametrize("grace", [True, -1, math.nan, math.inf, "600", [1], MAX_GRACE + 1, 10**400])
 def test_outlive_grace_is_checked(grace: Any) -> None:
     with pytest.raises(ConfigError, match="outlive_grace must be a number of seconds"):
         ProcessRunner([sys.executable, str(KV_PLUGIN)], outlive_grace=grace)
 
 
 def test_outlive_grace_accepts_seconds_and_none() -> None:
-    for grace in (0, 2.5, 600, None):
+    for grace in (0, 2.5, 600, MAX_GRACE, None):
         assert ProcessRunner([sys.executable, str(KV_PLUGIN)], outlive_grace=grace).outlive_grace == grace
 
 
-@pytest.mark.parametrize("value", ["", "x", "nan", "inf", "-1", "1" * 400, "None"])
+def test_too_long_a_grace_says_to_pass_none() -> None:
+    with pytest.raises(ConfigError, match="pass None for no limit"):
+        ProcessRunner([sys.executable, str(KV_PLUGIN)], outlive_grace=10**400)
+
+
+@pytest.mark.parametrize("grace", [0, 0.25, 2, 2.5, 600, 1e-7, 123456.789, MAX_GRACE, None])
+def test_the_plugin_reads_the_grace_the_runner_writes(grace: float | None) -> None:
+    read, problem = read_grace(grace_value(grace))
+    assert problem == "" and (read == grace if grace is None else abs(read - grace) < 1e-6)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("value", ["", "x", "nan", "inf", "-1", "1" * 400, "None", " 5 ", "\u0665", "1_0", "+5",
+                                   "-0", "1e-400", "1e3", "5\n", "1.", ".5", "0x10"])
 def test_a_malformed_grace_in_the_plugins_environment_is_the_default(value: str) -> None:
     """From the environment (untrusted): what is not seconds nor "none" is the default, said in a line."""
     grace, problem = read_grace(value)
@@ -189,13 +295,13 @@ def test_a_plugin_with_a_malformed_grace_serves_and_says_so(sockets: Path) -> No
         assert proc.stdout.readline().count(b"|") >= 4
         said = b""
         until = time.monotonic() + BOUND
-        while b"is not a number of seconds" not in said and time.monotonic() < until:
+        while b"is not seconds" not in said and time.monotonic() < until:
             if select.select([proc.stderr], [], [], 1)[0]:
                 chunk = os.read(proc.stderr.fileno(), 65536)
                 if not chunk:
                     break
                 said += chunk
-        assert b"PLUGBAY_OUTLIVE_GRACE='soon\\\\x1b[2J' is not a number of seconds" in said, said
+        assert b"PLUGBAY_OUTLIVE_GRACE='soon\\\\x1b[2J' is not seconds" in said, said
         assert b"\x1b" not in said
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(BOUND) == 0
@@ -206,3 +312,45 @@ def test_a_plugin_with_a_malformed_grace_serves_and_says_so(sockets: Path) -> No
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_a_peer_is_seen_on_its_listeners_whole_path(sockets: Path) -> None:
+    """/proc/net/unix, read as the plugin does: a connection accepted on ``s2`` is not one on ``s`` (the path
+    matched whole, not as a prefix); a path with a space is matched too; a closed connection is not seen."""
+    names = ["s", "s2", "a b"]
+    listeners, open_ = [], []
+    try:
+        for name in names:
+            listener = socket.socket(socket.AF_UNIX)
+            listeners.append(listener)
+            listener.bind(str(sockets / name))
+            listener.listen()
+        probes = {name: peer_probe("unix", str(sockets / name)) for name in names}
+        assert [probes[name]() for name in names] == [False, False, False]
+        for index in (1, 2):
+            client = socket.socket(socket.AF_UNIX)
+            open_.append(client)
+            client.connect(str(sockets / names[index]))
+            open_.append(listeners[index].accept()[0])
+        assert [probes[name]() for name in names] == [False, True, True]
+        open_.pop().close()  # the server's end of "a b"'s connection, as gRPC closes it at the peer's EOF
+        assert [probes[name]() for name in names] == [False, True, False]
+    finally:
+        for sock in listeners + open_:
+            sock.close()
+
+
+def test_a_tcp_peer_is_seen_on_the_announced_port() -> None:
+    """/proc/net/tcp: an ESTABLISHED connection on the listener's port is a peer; the listener alone, or the
+    connection once the server closed its end, is not."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        probe = peer_probe("tcp", f"127.0.0.1:{listener.getsockname()[1]}")
+        assert probe() is False
+        with socket.create_connection(listener.getsockname(), timeout=10) as client:
+            accepted = listener.accept()[0]
+            try:
+                assert probe() is True
+            finally:
+                accepted.close()
+            assert probe() is False
+            assert client.recv(1) == b""

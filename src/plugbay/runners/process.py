@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.exits import exit_said, killed_by
-from plugbay.core.protocol.handshake import HOST_SET_VARIABLES
+from plugbay.core.protocol.handshake import ENV_MULTIPLEX_GRPC, HOST_SET_VARIABLES
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, OUTLIVE_GRACE, asks_outlive
 from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
@@ -160,8 +160,10 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         env.update(spec.env)
         env[ENV_PLUGIN_ID] = self.plugin_id
         env[ENV_HOST_SESSION] = host_session()
-        # outlive this host's crash, for a reattach (docs/resilience.md): popen() names the pipe too
-        outlive = asks_outlive(env.get(ENV_OUTLIVE_HOST), not self.die_with_host)
+        # outlive this host's crash, for a reattach (docs/resilience.md): popen() names the pipe too. Not
+        # when multiplexed (Go's ParseBool, as the plugin reads it): that cannot be reattached, as in go-plugin
+        outlive = asks_outlive(env.get(ENV_OUTLIVE_HOST), not self.die_with_host) and not asks_outlive(
+            env.get(ENV_MULTIPLEX_GRPC), False)
         if spec.socket_dir and "TMPDIR" not in self.env and "TMPDIR" not in spec.env:
             # go-plugin < 1.5 ignores PLUGIN_UNIX_SOCKET_DIR and makes its socket in $TMPDIR;
             # pointing that at the private dir too means kill() removes it either way.

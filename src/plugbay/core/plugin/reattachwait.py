@@ -3,68 +3,140 @@
 The host's end of the plugin's stderr pipe closes when the host dies (the stdio pump sees it: stdio.py's
 watch_host). A plugin its host asked to outlive it (core/protocol/outlive.py) used to serve on for good, for a
 reattach that might never come: a host killed outright with no later one left it running, which nothing
-stopped. It now waits PLUGBAY_OUTLIVE_GRACE seconds for a call of any kind (a reattaching host's first is
-its health check) and stops as on SIGTERM when none came; once one came it serves on as before.
+stopped. It now stops as on SIGTERM once no host has been connected to the address it announced for
+PLUGBAY_OUTLIVE_GRACE seconds in a row; a reattached host keeps it serving while connected, and when that host
+dies too the count starts again (any number of times).
 
-The call is seen at grpcio's hand-over to the server's pool (DaemonPool.note_next_submit), for health,
-the controller, stdio and broker streams and the plugin's services alike, armed only once the host died:
-no call pays for it while a host is alive (nor after the first call). The wait runs on the pump's thread,
-at each of its polls: no thread of its own.
+"Connected", not "a call came": calls the dying host had sent can still sit in the socket's buffer and reach
+a handler after the host died, and a reattached host can die too. The kernel's socket tables say who is
+connected (/proc/net/unix lists each accepted connection with the listener's path until the server closes
+its end, which gRPC does at the peer's EOF; /proc/net/tcp[6] an ESTABLISHED one with the listener's local
+port): read about once a second on the stdio pump's thread once the host died, at its polls, and never while
+a host is alive. No thread and no per-call cost. Where they cannot be read (not Linux, /proc hidden) the
+plugin serves on after its host died, as before, said in a warning at start.
+A multiplexed plugin (PLUGIN_MULTIPLEX_GRPC) cannot be reattached (as in go-plugin): it stops with its host.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 
+from plugbay.core.plugin.listener import Listening
 from plugbay.core.plugin.logs import PluginLogging
 from plugbay.core.plugin.setupfail import outlives_host
 from plugbay.core.plugin.stdio import StdioCapture
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_GRACE, read_grace
-from plugbay.core.transport.workers import DaemonPool
+
+PROBE_EVERY = 1.0  # seconds between two looks at the socket tables once the host died
+_READ_CAP = 64 << 20  # a table this long (some 500,000 sockets) is not read to its end: taken as "a peer"
+_UNIX_CONNECTED = b"03"  # /proc/net/unix's St of an accepted connection (SS_CONNECTED); the listener's is 01
+_TCP_ESTABLISHED = b"01"
+
+
+def _table(path: str) -> bytes | None:
+    """A /proc/net table in one read (bounded), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(_READ_CAP)
+    except OSError:
+        return None
+
+
+def unix_peers(table: bytes, path: bytes) -> bool:
+    """Whether /proc/net/unix's ``table`` lists a connection accepted on the listener bound to ``path``: the
+    path is the line's last field, whole (``/x/s`` is not ``/x/s2``; spaces in it are kept)."""
+    for line in table.split(b"\n"):
+        fields = line.split(None, 7)  # Num RefCount Protocol Flags Type St Inode Path: the path may hold spaces
+        if len(fields) == 8 and fields[7] == path and fields[5] == _UNIX_CONNECTED:
+            return True
+    return False
+
+
+def tcp_peers(table: bytes, port: int) -> bool:
+    """Whether /proc/net/tcp's (or tcp6's) ``table`` has an ESTABLISHED connection whose local port is ``port``."""
+    for line in table.split(b"\n")[1:]:
+        fields = line.split(None, 4)  # sl local_address rem_address st ...
+        if len(fields) == 5 and fields[3] == _TCP_ESTABLISHED:
+            _, _, local = fields[1].rpartition(b":")
+            try:
+                if int(local, 16) == port:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def peer_probe(network: str, address: str) -> Callable[[], bool | None]:
+    """Whether a peer is connected to the announced ``network`` ``address`` now (None: cannot tell here)."""
+    if network == "unix":
+        path = os.fsencode(address)
+        if b"\n" in path:  # a line-based table cannot show it whole
+            return lambda: None
+
+        def unix() -> bool | None:
+            table = _table("/proc/net/unix")
+            return None if table is None else len(table) >= _READ_CAP or unix_peers(table, path)
+        return unix
+    _, _, port_text = address.rpartition(":")
+    if network != "tcp" or not port_text.isascii() or not port_text.isdigit():
+        return lambda: None
+    port = int(port_text)
+
+    def tcp() -> bool | None:
+        tables = [t for t in (_table("/proc/net/tcp"), _table("/proc/net/tcp6")) if t is not None]
+        return None if not tables else any(len(t) >= _READ_CAP or tcp_peers(t, port) for t in tables)
+    return tcp
 
 
 class ReattachWait:
-    """Once told the host died, ``stop`` after ``grace`` seconds unless ``pool`` got a call by then."""
+    """Once told the host died, ``stop`` once ``connected`` said no for ``grace`` seconds in a row."""
 
-    def __init__(self, grace: float, pool: DaemonPool, stop: Callable[[], None]) -> None:
+    def __init__(self, grace: float, connected: Callable[[], bool | None], stop: Callable[[], None]) -> None:
         self._grace = grace
-        self._pool = pool
+        self._connected = connected
         self._stop = stop
-        self._until: float | None = None
-        self._called = False  # set on a pool thread, read on the pump's: a plain bool needs no lock
+        self._alone_since: float | None = None  # since when no peer was seen; None: the host is alive
+        self._next = 0.0
         self._over = False
 
     def host_gone(self) -> None:
         """On the pump's thread, once."""
-        self._until = time.monotonic() + self._grace
-        self._pool.note_next_submit(self._call_came)
-
-    def _call_came(self) -> None:
-        self._called = True
+        self._alone_since = self._next = time.monotonic()
 
     def poll(self) -> None:
-        """On the pump's thread, at each of its polls once the host died."""
-        if self._over or self._until is None:
+        """On the pump's thread, at each of its polls once the host died: a look at the tables a second."""
+        now = time.monotonic()
+        if self._over or self._alone_since is None or now < self._next:
             return
-        if self._called:  # a host reattached: serve on, as a plugin asked to outlive its host always did
+        self._next = now + PROBE_EVERY
+        seen = self._connected()
+        if seen is None:  # could be read at start, not now: serve on, as a plugin asked to outlive its host did
             self._over = True
-        elif time.monotonic() >= self._until:
+        elif seen:  # a host (re)attached: the count starts again when it is gone
+            self._alone_since = now
+        elif now - self._alone_since >= self._grace:
             self._over = True
             self._stop()  # as on SIGTERM; said nowhere: the stderr our log records went to is gone
 
 
-def watch_host(env: Mapping[str, str], capture: StdioCapture, logs: PluginLogging, pool: DaemonPool,
-               gone: Callable[[], None], stop: Callable[[], None]) -> str:
+def watch_host(env: Mapping[str, str], capture: StdioCapture, logs: PluginLogging, listening: Listening,
+               gone: Callable[[], None], stop: Callable[[], None]) -> list[str]:
     """Before the capture starts: ``gone`` when the host dies, or, when the host asked the plugin to outlive it,
-    ``stop`` once a grace passed with no call. Returns what was wrong with PLUGBAY_OUTLIVE_GRACE ("": nothing),
-    for a log line while the host still reads them."""
-    if not outlives_host(env):
+    ``stop`` once no host was connected for a grace. Returns warnings for a log line while the host reads them."""
+    if not outlives_host(env) or listening.multiplex:  # a multiplexed plugin cannot be reattached
         capture.watch_host(gone)
         logs.stop_when_host_gone(gone)
-        return ""
+        return []
     grace, problem = read_grace(env.get(ENV_OUTLIVE_GRACE))
+    notes = [problem] if problem else []
     if grace is not None:
-        wait = ReattachWait(grace, pool, stop)
-        capture.watch_host(wait.host_gone, wait.poll)
-    return problem
+        connected = peer_probe(listening.network, listening.address)
+        if connected() is None:
+            notes.append(f"cannot see the hosts connected to {listening.address!r} (no readable /proc/net table:"
+                         " Linux only); once its host died this plugin serves on until told, however long")
+        else:
+            wait = ReattachWait(grace, connected, stop)
+            capture.watch_host(wait.host_gone, wait.poll)
+    return notes

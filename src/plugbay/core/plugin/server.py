@@ -185,7 +185,7 @@ class _PluginServer:
             self.config.network.stop.attach(self.stop)  # off the main thread, the program's way to stop it
         version, plugin_set = protocol_version(self.config, self.env)
         defaults = [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS)]
-        network, grace_note = self.config.network, ""
+        network, grace_notes = self.config.network, []
         if network is not None:  # hosts' keepalive pings (RemoteConfig.grpc_keepalive) are welcome
             from plugbay.core.transport.grpcping import server_options
 
@@ -247,8 +247,8 @@ class _PluginServer:
             # a container's stderr is its engine's, not a host's pipe; a host that means to let its plugin
             # outlive it (a later host reattaches) says so, and for how long (core/plugin/reattachwait.py)
             if not self.env.get(ENV_LISTEN):
-                grace_note = watch_host(self.env, self.capture, self._logging, self.executor, self._host_gone,
-                                        self.stop)
+                grace_notes = watch_host(self.env, self.capture, self._logging, self.listening, self._host_gone,
+                                         self.stop)
             self.capture.start()
             self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
         elif sys.stdout is not None:
@@ -262,8 +262,8 @@ class _PluginServer:
         if own is not None:  # go-plugin's record for AutoMTLS, which it logs while setting it up
             self.log.debug("configuring server automatic mTLS")
         self.log.debug("plugin address", extra={"network": info.network, "address": info.address})
-        if grace_note:
-            self.log.warning(grace_note)
+        for note in grace_notes:
+            self.log.warning(note)
 
     def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server) -> None:
         """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``."""

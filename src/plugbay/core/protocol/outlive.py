@@ -14,9 +14,10 @@ when the Go host dies, as a Go plugin would (SIGPIPE at its next log line). A wr
 the plugin without exec) hands the plugin the same pipe it got: the name still matches.
 
 A third, PLUGBAY_OUTLIVE_GRACE, bounds the serving on: once its host died (its end of the stderr pipe closed),
-a plugin asked to outlive it waits that many seconds (a decimal number; unset: OUTLIVE_GRACE) for a call of
-any kind, a later host's reattach; with none it stops as on SIGTERM. ``none``: it serves on until told (a
-plugin left running, nothing stops it). A value that reads as neither is the default.
+a plugin asked to outlive it stops as on SIGTERM once no host has been connected for that many seconds in a
+row (ASCII digits, a decimal point allowed: ``2``, ``2.5``; unset: OUTLIVE_GRACE, so an older plugbay host's
+plugin stops too). ``none``: it serves on until told (a plugin left running, nothing stops it). A value that
+reads as neither is the default.
 
 Without the name, a plugin stops: "1" alone (a plugbay host from before the name) cannot be told from the
 same inherited through a Go host (both carry PLUGBAY_HOST_SESSION too). Stopping wrongly costs a reattach
@@ -25,8 +26,8 @@ after a crash (a new plugin is started); serving on wrongly leaves a plugin noth
 
 from __future__ import annotations
 
-import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 
@@ -35,6 +36,8 @@ ENV_OUTLIVE_PIPE = "PLUGBAY_OUTLIVE_PIPE"
 ENV_OUTLIVE_GRACE = "PLUGBAY_OUTLIVE_GRACE"
 OUTLIVE_GRACE = 600.0  # seconds a plugin whose host died waits for a reattach, unless told
 NO_GRACE = "none"  # PLUGBAY_OUTLIVE_GRACE's "serve on until told"
+MAX_GRACE = 10**9  # seconds (some 31 years): more is None's "no limit"
+_GRACE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,9})?")  # no sign, exponent, "_", space, nan or non-ASCII digit
 _PREFIX = "pipe:"
 _YES = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool, as plugins before the name read it
 
@@ -57,8 +60,8 @@ def outlives(env: Mapping[str, str], fd: int) -> bool:
 
 
 def grace_value(grace: float | None) -> str:
-    """The PLUGBAY_OUTLIVE_GRACE value for ``grace`` seconds (None: serve on until told)."""
-    return NO_GRACE if grace is None else repr(float(grace))
+    """The PLUGBAY_OUTLIVE_GRACE value for ``grace`` seconds (0 to MAX_GRACE; None: serve on until told)."""
+    return NO_GRACE if grace is None else f"{grace:.6f}".rstrip("0").rstrip(".")
 
 
 def read_grace(value: str | None) -> tuple[float | None, str]:
@@ -68,15 +71,11 @@ def read_grace(value: str | None) -> tuple[float | None, str]:
         return OUTLIVE_GRACE, ""
     if value == NO_GRACE:
         return None, ""
-    try:
-        grace = float(value) if len(value) <= 32 else math.nan  # length: no float() of a huge digit run
-    except ValueError:
-        grace = math.nan
-    if not math.isfinite(grace) or grace < 0:  # float() takes "nan", "inf", "-1": none of them a wait
-        return OUTLIVE_GRACE, (f"{ENV_OUTLIVE_GRACE}={value[:40]!r} is not a number of seconds (0 or more) nor"
-                               f" {NO_GRACE!r}; waiting the default {OUTLIVE_GRACE:g} s for a reattach once"
-                               " the host died")
-    return grace, ""
+    if _GRACE.fullmatch(value) is None:
+        return OUTLIVE_GRACE, (f"{ENV_OUTLIVE_GRACE}={value[:40]!r} is not seconds (a decimal number such as 2"
+                               f" or 2.5) nor {NO_GRACE!r}; taking the default {OUTLIVE_GRACE:g} s without a"
+                               " host once the host died")
+    return float(value), ""
 
 
 def names_stderr(value: str, fd: int) -> bool:

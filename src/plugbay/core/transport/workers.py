@@ -116,16 +116,6 @@ class DaemonPool(Executor):
                 self._threads.add(thread)
             return future
 
-    def note_next_submit(self, noted: Callable[[], None]) -> None:
-        """Call ``noted`` (once) at the next submit(): a gRPC server's next call of any kind, as grpcio's
-        sync server hands each one to its pool, looking ``submit`` up at each. The plain submit() is put back
-        then: this costs a call nothing unless asked (a plugin whose host died waits for a reattach so)."""
-        def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            if self.__dict__.pop("submit", None) is not None:  # two calls at once: one tells
-                noted()
-            return DaemonPool.submit(self, fn, *args, **kwargs)
-        self.submit = submit  # type: ignore[method-assign]
-
     def _work(self) -> None:
         while True:
             try:
