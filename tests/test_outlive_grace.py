@@ -2,9 +2,10 @@
 
 A plugbay host's ProcessRunner asks its plugin to outlive the host (for a reattach: PLUGBAY_OUTLIVE_PIPE). A host
 killed outright (SIGKILL, OOM, an unhandled SIGTERM) with no later host left its plugin serving for good, which
-nothing stopped. Now the plugin waits ProcessRunner(outlive_grace=) seconds for a call of any kind and stops as
-on SIGTERM (its socket removed) when none came; a host that reattached within it keeps it serving; None serves
-on as before. Real processes: a host script SIGKILLed, the examples' KV plugin, a reattaching Client.
+nothing stopped. Now the plugin stops as on SIGTERM (its socket removed) once no host has been connected for
+ProcessRunner(outlive_grace=) seconds in a row: a host that reattached keeps it serving while connected, and
+when that one dies too the count starts again; calls a dead host had sent do not count; None serves on as
+before. Real processes: host scripts SIGKILLed, the examples' KV plugin, a reattaching Client.
 """
 
 from __future__ import annotations
