@@ -98,10 +98,10 @@ def _host_env(sockets: Path) -> dict[str, str]:
 
 
 def _host_then_sigkill(sockets: Path, grace: float | None, sig: int = signal.SIGKILL, threads: int = 0,
-                       multiplex: bool = False) -> tuple[int, str, str]:
+                       multiplex: bool = False, plugin: Path = KV_PLUGIN) -> tuple[int, str, str]:
     """A host process that starts the KV plugin (``grace``) and does a Put (then keeps ``threads`` threads
     putting), ended by ``sig`` (no kill() runs): the plugin's pid, its socket and the host's reattach JSON."""
-    script = _HOST.format(src=str(REPO / "src"), examples=str(KV_DIR), kv=str(KV_PLUGIN), grace=grace,
+    script = _HOST.format(src=str(REPO / "src"), examples=str(KV_DIR), kv=str(plugin), grace=grace,
                           threads=threads, multiplex=multiplex)
     host = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             env=_host_env(sockets), cwd=sockets, text=True)
@@ -233,6 +233,58 @@ def test_a_host_that_reattaches_within_the_grace_keeps_the_plugin(sockets: Path,
         finally:
             client.kill()
         assert wait_until(lambda: gone(pid), BOUND)
+    finally:
+        _end_plugin(pid)
+
+
+def test_a_host_reattached_under_a_double_slash_folder_keeps_the_plugin(sockets: Path) -> None:
+    """TMPDIR=//tmp/...: the plugin announces '//tmp/.../pluginX' but the socket is bound (and listed by the
+    kernel) as '/tmp/...'. Before, the reattached host was never seen as connected and the plugin stopped
+    under it after the grace; it serves on now, and stops by itself once that host is gone."""
+    pid = 0
+    try:
+        pid, address, text = _host_then_sigkill(Path("/" + str(sockets)), GRACE)
+        assert address.startswith("//")
+        client = _reattached(text)
+        try:
+            time.sleep(3 * GRACE)  # past the grace: a plugin that did not see this host would have stopped
+            assert not gone(pid)
+            assert client.dispense(PLUGIN_NAME).get("k") == b"v"
+        finally:
+            client.kill()
+    finally:
+        _end_plugin(pid)
+
+
+# the KV plugin, which once serving points its fds 1 and 2 at /dev/null (as a daemon-like library may)
+_QUIET = """
+import os, runpy, sys, threading, time
+def quiet():
+    first = os.fstat(1).st_ino
+    while os.fstat(1).st_ino == first:  # until the stdio capture took fd 1
+        time.sleep(0.01)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+threading.Thread(target=quiet, daemon=True).start()
+sys.argv = [{kv!r}]
+runpy.run_path({kv!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("grace", [GRACE, "multiplexed"])
+def test_a_plugin_that_points_its_output_elsewhere_still_sees_its_host_die(sockets: Path, grace: Any) -> None:
+    """The plugin points fds 1 and 2 at /dev/null once serving: both capture pipes close. Before, the pump
+    that watches the host's pipe ended with them and the plugin served on for good once its host was
+    SIGKILLed (the grace never ran; a plugin not asked to outlive its host did not stop either)."""
+    quiet = sockets / "quiet.py"
+    quiet.write_text(_QUIET.format(kv=str(KV_PLUGIN)))
+    pid = 0
+    try:
+        multiplex = grace == "multiplexed"
+        pid, _, _ = _host_then_sigkill(sockets, None if multiplex else grace, multiplex=multiplex, plugin=quiet)
+        assert wait_until(lambda: gone(pid), BOUND), "a plugin with its output pointed elsewhere outlived its host"
     finally:
         _end_plugin(pid)
 

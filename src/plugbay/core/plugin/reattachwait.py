@@ -31,7 +31,9 @@ from plugbay.core.protocol.outlive import ENV_OUTLIVE_GRACE, read_grace
 
 PROBE_EVERY = 1.0  # seconds between two looks at the socket tables once the host died
 _READ_CAP = 64 << 20  # a table this long (some 500,000 sockets) is not read to its end: taken as "a peer"
-_UNIX_CONNECTED = b"03"  # /proc/net/unix's St of an accepted connection (SS_CONNECTED); the listener's is 01
+_UNIX_CONNECTED = b"03"  # /proc/net/unix's St of an accepted connection (SS_CONNECTED)
+_UNIX_LISTENING = b"01"  # ... and of a listener (SS_UNCONNECTED), told from an unconnected socket by its flag:
+_ACCEPTCON = 0x10000  # __SO_ACCEPTCON, set by listen()
 _TCP_ESTABLISHED = b"01"
 
 
@@ -54,6 +56,28 @@ def unix_peers(table: bytes, path: bytes) -> bool:
     return False
 
 
+def bound_path(table: bytes, address: str) -> bytes | None:
+    """The path the kernel lists for the listener at ``address`` as bound, which need not be ``address``
+    itself: unix_target binds ``//x`` as ``/x``, and grpcio may write it otherwise again. The listening entry
+    (St 01, __SO_ACCEPTCON) whose path names the same file, one of this process's own sockets first."""
+    try:
+        own = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    except OSError:
+        own = set()
+    found: list[tuple[bool, bytes]] = []
+    for line in table.split(b"\n")[1:]:
+        fields = line.split(None, 7)
+        if len(fields) < 8 or fields[5] != _UNIX_LISTENING:
+            continue
+        try:
+            if not int(fields[3], 16) & _ACCEPTCON or not os.path.samefile(fields[7], address):
+                continue
+        except (OSError, ValueError):
+            continue
+        found.append((f"socket:[{fields[6].decode()}]" in own, fields[7]))
+    return max(found)[1] if found else None
+
+
 def tcp_peers(table: bytes, port: int) -> bool:
     """Whether /proc/net/tcp's (or tcp6's) ``table`` has an ESTABLISHED connection whose local port is ``port``."""
     for line in table.split(b"\n")[1:]:
@@ -71,9 +95,13 @@ def tcp_peers(table: bytes, port: int) -> bool:
 def peer_probe(network: str, address: str) -> Callable[[], bool | None]:
     """Whether a peer is connected to the announced ``network`` ``address`` now (None: cannot tell here)."""
     if network == "unix":
-        path = os.fsencode(address)
-        if b"\n" in path:  # a line-based table cannot show it whole
+        if "\n" in address:  # a line-based table cannot show it whole
             return lambda: None
+        table = _table("/proc/net/unix")
+        if table is None:
+            return lambda: None
+        # as bound, else as unix_target rewrites it (listed under a name this process cannot stat)
+        path = bound_path(table, address) or os.fsencode("/" + address.lstrip("/") if address[:2] == "//" else address)
 
         def unix() -> bool | None:
             table = _table("/proc/net/unix")

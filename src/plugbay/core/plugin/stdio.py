@@ -81,6 +81,7 @@ class StdioCapture:
         self._saved: tuple[int, int] | None = None
         self._readers: dict[int, Channel] = {}
         self._stop_pump = threading.Event()
+        self._stopping = threading.Event()  # stop() began: the pump ends at the pipes' EOF
         self._pump: threading.Thread | None = None
         # Held from a pipe read until its chunk is kept or dropped, so a reader that
         # ends discarding first drops what was written before it came (see attach).
@@ -130,6 +131,7 @@ class StdioCapture:
         _flush_std()
         out_fd, err_fd = self._saved
         self._saved = None
+        self._stopping.set()
         # Restoring closes our write ends; the pump then sees EOF unless a child
         # process still holds them, which the timeout covers.
         os.dup2(out_fd, 1)
@@ -148,17 +150,22 @@ class StdioCapture:
         poller = select.poll()
         for fd in self._readers:
             poller.register(fd, select.POLLIN)
-        if host_err is not None:
+        watching = host_err is not None  # the host's pipe, until it reports the host died
+        if watching:
             poller.register(host_err, 0)  # POLLERR and POLLHUP need no asking
         open_fds = set(self._readers)
         then = None  # the host died: watch_host's ``then``
         try:
-            while open_fds and not self._stop_pump.is_set():
+            # Past both pipes' EOF too (a plugin that pointed fds 1 and 2 elsewhere) while the host is watched
+            # or its grace runs: the host's death would go unseen. Not once stop() began: it waits for EOF.
+            while (open_fds or ((watching or then is not None) and not self._stopping.is_set())) \
+                    and not self._stop_pump.is_set():
                 if then is not None:
                     then()
                 for fd, _ in poller.poll(_POLL_MS):
-                    if fd == host_err and self._host_gone is not None:
+                    if fd == host_err and watching and self._host_gone is not None:
                         poller.unregister(fd)  # reported until closed: once is enough
+                        watching = False
                         self._host_gone()  # only notes and wakes serve(): it does not raise
                         then = self._then
                         continue
@@ -174,16 +181,22 @@ class StdioCapture:
                     if not data:
                         poller.unregister(fd)
                         open_fds.discard(fd)
+                        if not open_fds:
+                            self._captured_all()
         finally:
             if host_err is not None:
                 os.close(host_err)
-            with self._read_lock:
-                for fd in self._readers:
-                    os.close(fd)
-                self._readers = {}
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            self._captured_all()
+
+    def _captured_all(self) -> None:
+        """Both pipes are closed (or the pump ends): the streams end with what was kept."""
+        with self._read_lock:
+            for fd in self._readers:
+                os.close(fd)
+            self._readers = {}
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
     def _keep(self, channel: Channel, data: bytes) -> None:
         try:
