@@ -407,3 +407,18 @@ def test_a_tcp_peer_is_seen_on_the_announced_port() -> None:
                 accepted.close()
             assert probe() is False
             assert client.recv(1) == b""
+
+
+def test_a_tcp_peer_on_the_same_port_of_another_address_is_not_one() -> None:
+    """A connection accepted on 127.0.0.2 at the announced port is no peer of the listener on 127.0.0.1 at that
+    port (before, the local port alone was matched); the probe for 127.0.0.2 sees it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_server(("127.0.0.2", port)) as other:
+            probe, other_probe = peer_probe("tcp", f"127.0.0.1:{port}"), peer_probe("tcp", f"127.0.0.2:{port}")
+            with socket.create_connection(("127.0.0.2", port), timeout=10):
+                accepted = other.accept()[0]
+                try:
+                    assert (probe(), other_probe()) == (False, True)
+                finally:
+                    accepted.close()

@@ -19,7 +19,9 @@ A multiplexed plugin (PLUGIN_MULTIPLEX_GRPC) cannot be reattached (as in go-plug
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -28,6 +30,8 @@ from plugbay.core.plugin.logs import PluginLogging
 from plugbay.core.plugin.setupfail import outlives_host
 from plugbay.core.plugin.stdio import StdioCapture
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_GRACE, read_grace
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROBE_EVERY = 1.0  # seconds between two looks at the socket tables once the host died
 _READ_CAP = 64 << 20  # a table this long (some 500,000 sockets) is not read to its end: taken as "a peer"
@@ -78,16 +82,26 @@ def bound_path(table: bytes, address: str) -> bytes | None:
     return max(found)[1] if found else None
 
 
-def tcp_peers(table: bytes, port: int) -> bool:
-    """Whether /proc/net/tcp's (or tcp6's) ``table`` has an ESTABLISHED connection whose local port is ``port``."""
+def _ip(word: bytes) -> IPAddress:
+    """A /proc/net/tcp[6] address: 32-bit words, each printed in the host's byte order; v4-mapped read as v4."""
+    raw = bytes.fromhex(word.decode("ascii"))
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(raw)
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def tcp_peers(table: bytes, port: int, ip: IPAddress | None = None) -> bool:
+    """Whether /proc/net/tcp's (or tcp6's) ``table`` has an ESTABLISHED connection whose local port is ``port``
+    and local address ``ip`` (None: any, for a listener on all addresses)."""
     for line in table.split(b"\n")[1:]:
         fields = line.split(None, 4)  # sl local_address rem_address st ...
         if len(fields) == 5 and fields[3] == _TCP_ESTABLISHED:
-            _, _, local = fields[1].rpartition(b":")
+            local_ip, _, local = fields[1].rpartition(b":")
             try:
-                if int(local, 16) == port:
+                if int(local, 16) == port and (ip is None or _ip(local_ip) == ip):
                     return True
-            except ValueError:
+            except ValueError:  # UnicodeDecodeError too
                 continue
     return False
 
@@ -107,14 +121,22 @@ def peer_probe(network: str, address: str) -> Callable[[], bool | None]:
             table = _table("/proc/net/unix")
             return None if table is None else len(table) >= _READ_CAP or unix_peers(table, path)
         return unix
-    _, _, port_text = address.rpartition(":")
+    host, _, port_text = address.rpartition(":")
     if network != "tcp" or not port_text.isascii() or not port_text.isdigit():
         return lambda: None
     port = int(port_text)
+    try:
+        ip: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        ip = None  # not an address (the bound one is announced): the port alone, which can over-count only
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ip.ipv4_mapped or ip
+    if ip is not None and ip.is_unspecified:
+        ip = None
 
     def tcp() -> bool | None:
         tables = [t for t in (_table("/proc/net/tcp"), _table("/proc/net/tcp6")) if t is not None]
-        return None if not tables else any(len(t) >= _READ_CAP or tcp_peers(t, port) for t in tables)
+        return None if not tables else any(len(t) >= _READ_CAP or tcp_peers(t, port, ip) for t in tables)
     return tcp
 
 
