@@ -151,7 +151,7 @@ class StdioCapture:
         for fd in self._readers:
             poller.register(fd, select.POLLIN)
         watching = host_err is not None  # the host's pipe, until it reports the host died
-        if watching:
+        if host_err is not None:
             poller.register(host_err, 0)  # POLLERR and POLLHUP need no asking
         open_fds = set(self._readers)
         then = None  # the host died: watch_host's ``then``
