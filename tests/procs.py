@@ -156,6 +156,16 @@ def end(proc: subprocess.Popen[Any]) -> None:
         proc.communicate(timeout=10)
 
 
+def end_closing(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if it still runs, reap it and close the pipes the test opened to it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def end_host(host: subprocess.Popen[Any]) -> None:
     """Kill ``host`` if it still runs, reap it and close its stdout pipe (a host the test started)."""
     if host.poll() is None:

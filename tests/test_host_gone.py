@@ -26,7 +26,7 @@ import grpc
 import pytest
 
 from tests import gobuild
-from tests.procs import descendants, end_host, gone, outlive_pipe, popen_asked_to_outlive
+from tests.procs import descendants, end_closing, end_host, gone, outlive_pipe, popen_asked_to_outlive
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,12 +68,7 @@ def _launch(sockets: Path, stderr: int, outlive: bool = False, **extra: str) -> 
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    end_closing(proc)
 
 
 def _serving(address: str) -> bool:

@@ -32,7 +32,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.plugin.reattachwait import peer_probe
 from plugbay.core.protocol.outlive import MAX_GRACE, OUTLIVE_GRACE, grace_value, read_grace
 from plugbay.core.transport.tempdirs import MARKER, sweep_tempdirs
-from tests.procs import end_host, gone, popen_asked_to_outlive
+from tests.procs import end_closing, end_host, gone, popen_asked_to_outlive
 from tests.resilience_util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,12 +359,7 @@ def test_a_plugin_with_a_malformed_grace_serves_and_says_so(sockets: Path) -> No
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(BOUND) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        end_closing(proc)
 
 
 def test_a_peer_is_seen_on_its_listeners_whole_path(sockets: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.net_util import Replica
 from tests.test_network_pool import replicas  # noqa: F401 (a fixture)
+from tests.thread_util import run_all
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -52,11 +53,7 @@ def hammer(owner: Any) -> None:
                 failures.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,), name=f"plugbay-test-shared-{n}") for n in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads)
+    run_all(threads, 120)
     assert failures == []
     assert len(stubs) == THREADS and all(s is stubs[0] for s in stubs)  # dispense() made one stub
 

@@ -25,7 +25,7 @@ import pytest
 from tests.procs import gone
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
-from plugbay import ClientConfig, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
+from plugbay import Client, ClientConfig, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
 
 SLOW_HEALTH = str(Path(__file__).resolve().parent / "plugins" / "slow_health_kv.py")
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -37,14 +37,24 @@ def stopped(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
+def _supervised(tmp_path: Path, **config: Any) -> Supervisor:
+    """A Supervisor whose health checks tell an unanswering plugin within about a second."""
+    return Supervisor(lambda: faulty_config(tmp_path, **config), restart=FAST,
+                      health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6)
+
+
+def _first_plugin(sup: Supervisor) -> tuple[Any, Client, int]:
+    """The KV stub (with "a" put), the first Client and its plugin's pid."""
+    kv = sup.dispense(PLUGIN_NAME)
+    kv.put("a", b"1")
+    old = sup.current_client
+    assert old is not None and old.runner.pid is not None
+    return kv, old, old.runner.pid
+
+
 def test_a_put_sent_to_a_plugin_that_stopped_answering_never_runs(tmp_path: Path) -> None:
-    with Supervisor(lambda: faulty_config(tmp_path, cmd=[PY, KV_EXAMPLE], call_timeout=60.0), restart=FAST,
-                    health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("a", b"1")
-        old = sup.current_client
-        assert old is not None and old.runner.pid is not None
-        pid = old.runner.pid
+    with _supervised(tmp_path, cmd=[PY, KV_EXAMPLE], call_timeout=60.0) as sup:
+        kv, old, pid = _first_plugin(sup)
         os.kill(pid, signal.SIGSTOP)
         assert wait_until(lambda: stopped(pid), 10)
         with pytest.raises(PluginDiedError) as info:
@@ -66,13 +76,8 @@ def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cle
     """A plugin whose health checks time out while it runs (here its health service stalls, as under load)
     was SIGKILLed at once by the restart, as a frozen one is: its own cleanup (after serve() returns on
     SIGTERM) never ran. Now only a frozen plugin is killed outright; a running one gets SIGTERM and the grace."""
-    with Supervisor(lambda: faulty_config(tmp_path, cmd=[PY, SLOW_HEALTH], kill_grace=30.0), restart=FAST,
-                    health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("a", b"1")
-        old = sup.current_client
-        assert old is not None and old.runner.pid is not None
-        pid = old.runner.pid
+    with _supervised(tmp_path, cmd=[PY, SLOW_HEALTH], kill_grace=30.0) as sup:
+        kv, old, pid = _first_plugin(sup)
         (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
         try:
             assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"

@@ -32,3 +32,12 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, step: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: threads {thread_names()}")
         time.sleep(step)
+
+
+def run_all(threads: list[threading.Thread], bound: float) -> None:
+    """Start every thread, join each within ``bound`` seconds, and fail if any is still running."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(bound)
+    assert not any(t.is_alive() for t in threads), [t.name for t in threads if t.is_alive()]
