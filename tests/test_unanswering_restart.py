@@ -25,7 +25,7 @@ import pytest
 from tests.procs import gone
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
-from plugbay import Client, ClientConfig, PluginDiedError, RestartPolicy, Supervisor  # noqa: E402
+from plugbay import Client, ClientConfig, PluginDiedError, ReattachConfig, RestartPolicy, Supervisor  # noqa: E402
 
 SLOW_HEALTH = str(Path(__file__).resolve().parent / "plugins" / "slow_health_kv.py")
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
@@ -37,9 +37,9 @@ def stopped(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def _supervised(tmp_path: Path, **config: Any) -> Supervisor:
+def _supervised(tmp_path: Path, reattach: ReattachConfig | None = None, **config: Any) -> Supervisor:
     """A Supervisor whose health checks tell an unanswering plugin within about a second."""
-    return Supervisor(lambda: faulty_config(tmp_path, **config), restart=FAST,
+    return Supervisor(lambda: faulty_config(tmp_path, **config), reattach=reattach, restart=FAST,
                       health_interval=0.3, health_timeout=0.3, unhealthy_grace=0.6)
 
 
@@ -69,6 +69,32 @@ def test_a_put_sent_to_a_plugin_that_stopped_answering_never_runs(tmp_path: Path
         with pytest.raises(grpc.RpcError) as missing:
             kv.get("b")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
+    assert not (tmp_path / "kv_b").exists()
+
+
+def test_a_put_sent_to_a_frozen_reattached_plugin_never_runs(tmp_path: Path) -> None:
+    """The runner of a reattached plugin (runners.attached) could not tell it was frozen: the restart sent it
+    SIGTERM with SIGCONT, and the continued plugin finished the put. Now it too is killed outright."""
+    first = Client(faulty_config(tmp_path, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        pid = first.runner.pid
+        assert pid is not None
+        with _supervised(tmp_path, first.reattach_config(), cmd=[PY, KV_EXAMPLE], call_timeout=60.0) as sup:
+            kv = sup.dispense(PLUGIN_NAME)
+            kv.put("a", b"1")
+            assert sup.current_client is not None and sup.current_client.runner.pid == pid  # reattached
+            os.kill(pid, signal.SIGSTOP)
+            assert wait_until(lambda: stopped(pid), 10)
+            with pytest.raises(PluginDiedError) as info:
+                kv.put("b", b"2")
+            assert "may have run" in str(info.value), info.value
+            # the first Client, in this process, started it and reads how it ended
+            assert first.runner.wait(10) == -signal.SIGKILL  # never continued to finish the put
+            assert sup.wait_running(30) and sup.restarts == 1
+            assert kv.get("a") == b"1"
+    finally:
+        first.kill()
     assert not (tmp_path / "kv_b").exists()
 
 

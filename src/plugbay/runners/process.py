@@ -59,7 +59,7 @@ from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, 
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
-                                      signal_all, signal_group, stat_of, sweep as sweep)
+                                      signal_all, signal_group, stat_of, stopped, sweep as sweep)
 from plugbay.runners.session import proc_stat
 from plugbay.runners.stderrpipe import check_grace, popen_naming_stderr
 
@@ -254,8 +254,7 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
     def frozen(self) -> bool:
         """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL."""
         proc = self._proc
-        fields = None if proc is None or proc.returncode is not None else proc_stat(proc.pid)
-        return fields is not None and fields[0] in ("T", "t")
+        return proc is not None and proc.returncode is None and stopped(proc.pid)
 
     def exit_detail(self) -> str:
         # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named

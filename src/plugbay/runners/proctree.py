@@ -40,6 +40,16 @@ def stat_of(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
+def stopped(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, a debugger's stop: /proc state T or t), acting on
+    nothing but SIGKILL (SIGTERM only once continued). With ``start`` (its start ticks), only while the
+    pid is still that process's: state and start time come from one read of /proc/PID/stat."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] not in ("T", "t"):
+        return False
+    return start is None or (len(fields) > 19 and fields[19] == str(start))
+
+
 def environ(pid: int) -> dict[str, str] | None:
     """A process's initial environment (None when it is gone or not ours to read)."""
     try:
