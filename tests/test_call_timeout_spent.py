@@ -6,7 +6,8 @@
 - A retry whose deadline ran out after a try that was sent says sent True, is raised from that try's
   error and names it; a spent deadline with no try sent stays the unsent refusal.
 - A refused asyncio call answers grpc.aio's Call methods as a real timed-out call does.
-- A killed Client's (or a wrong event loop's) error comes before a timeout=0's.
+- A killed Client's (or a wrong event loop's) error comes before a timeout=0's; so does a stopped
+  Supervisor's (or AsyncSupervisor's): it was stopped, start a new one.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from tests.test_network_pool import replicas  # noqa: F401 (a fixture)
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402 (test_call_timeout_zero put examples/kv on the path)
 
-from plugbay import (AsyncClient, AsyncRemoteClient, CallTimeoutError, Client, ClientStateError,  # noqa: E402
-                     ConfigError, RemoteClient, RetryPolicy, install)
+from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, CallTimeoutError, Client,  # noqa: E402
+                     ClientStateError, ConfigError, RemoteClient, RetryPolicy, Supervisor, install)
 from plugbay.core.host.callerrors import ClientClosed  # noqa: E402
 from plugbay.core.host.deadline import call_timeout  # noqa: E402
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -222,3 +223,30 @@ def test_closed_client_and_wrong_loop_come_before_timeout_zero(in_tmp: Path) -> 
                     pass
     asyncio.run(main())
 
+
+
+def test_a_stopped_supervisors_error_comes_before_timeout_zero(in_tmp: Path) -> None:
+    """A timeout=0 call on a stopped Supervisor got the refusal of a call with no time left, and on a stopped
+    AsyncSupervisor the killed Client's advice (start a new Client): a call with time left, and the stub's
+    every call, is told the Supervisor was stopped (start a new one)."""
+    put = kv_pb2.PutRequest(key="s", value=b"1")
+    with Supervisor(CONFIG, health_interval=None) as sup:
+        kv = kv_pb2_grpc.KVStub(sup.channel)
+        kv.Put(put, timeout=10)
+    for call in (kv.Put, kv.Put.with_call, lambda r, timeout: kv.Put.future(r, timeout=timeout).result()):
+        for timeout in (0, 1):
+            with pytest.raises(ClientStateError, match="the Supervisor of plugin 'plugin' was stopped") as info:
+                call(put, timeout=timeout)
+            assert getattr(info.value, "sent", False) is False, info.value
+
+    async def main() -> None:
+        asup = AsyncSupervisor(CONFIG, health_interval=None)
+        await asup.start()
+        akv = kv_pb2_grpc.KVStub(asup.channel)
+        await akv.Put(put, timeout=10)
+        await asup.stop()
+        for timeout in (0, 1):
+            with pytest.raises(ClientStateError, match="the AsyncSupervisor of plugin 'plugin' was stopped") as info:
+                await akv.Put(put, timeout=timeout)
+            assert getattr(info.value, "sent", False) is False, info.value
+    asyncio.run(main())

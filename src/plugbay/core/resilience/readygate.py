@@ -62,8 +62,12 @@ class SupervisedChannel(ManagedChannel):
             raise stopped_closed(self._sup.name, self._sup.kind, None) from None
 
     def detach_stopped(self) -> None:
-        """The Supervisor was stopped: let go of the Client's channel for good."""
+        """The Supervisor was stopped: let go of the Client's channel for good. Every call is told so, one with
+        timeout=0 too, and on an AsyncSupervisor's channel (refuses_calls: the error a closed one gets)."""
+        sup = self._sup
+        self.killed_error = lambda original: stopped_closed(sup.name, sup.kind, original)
         self._stopped = True
+        self.begin_close()
         self.detach()
 
 
