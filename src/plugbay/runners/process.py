@@ -77,7 +77,8 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         (Linux's parent-death signal; see plugbay.runners.hostbound). ``trusted_networks``: CIDR networks an
         announced TCP address off this machine may be in (a plugin in another network namespace; runners.announced).
         ``outlive_grace``: without die_with_host the plugin outlives this host's death (a kill -9, no kill())
-        for a later host to reattach, for that many seconds with no call; then it stops (None: serves on)."""
+        for a later host to reattach, until no host has been connected for that many seconds in a row; then it
+        stops (None: serves on)."""
         check_cmd(cmd, "ProcessRunner cmd")
         if not isinstance(die_with_host, bool):
             raise ConfigError(f"ProcessRunner die_with_host must be True or False, got {die_with_host!r}")
