@@ -227,9 +227,11 @@ class AttachedRunner(ABC):
         return exit_said(code)
 
     def frozen(self) -> bool:
-        """Whether the plugin is frozen (a paused container) and can answer nothing: kill() then does not ask
-        it to stop (GRPCController.Shutdown would wait out its timeout) and has the runner end it (which thaws
-        it first). Cheap; False when it cannot tell."""
+        """Whether the plugin is frozen (a paused container, a SIGSTOPped process) and can answer nothing:
+        kill() then does not ask it to stop (GRPCController.Shutdown would wait out its timeout) and has the
+        runner end it (thawed first), and a restart of a plugin that stopped answering has force_kill() end it
+        without a thaw, which would let it finish calls whose callers were told it ended. Runners that can
+        tell override it. Cheap; False when it cannot tell."""
         return False
 
     def exit_reason(self, code: int) -> str:
