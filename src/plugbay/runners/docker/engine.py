@@ -100,7 +100,8 @@ def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = (
 def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
                   inspect: Callable[[], dict[str, Any] | None],
                   stopped: Callable[[dict[str, Any]], None]) -> None:
-    """Stop a container (thawed first: a frozen one ignores SIGTERM) and remove it.
+    """Stop a container (thawed first: a frozen one ignores SIGTERM; unless ``grace`` is 0: SIGKILL while
+    paused) and remove it.
 
     ``stopped`` gets its last State once it has stopped, before the removal: an engine lost
     in the removal leaves the caller that state. A failing engine gets a forced removal as the
