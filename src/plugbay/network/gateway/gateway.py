@@ -70,7 +70,7 @@ from plugbay.core.plugin.server import SERVER_HANDSHAKE_TIMEOUT_MS
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.unstarted import ready_to_stop
+from plugbay.core.transport.unstarted import stop_server
 from plugbay.errors import ClientStateError, GatewayError, PlugbayError
 from plugbay.network.gateway.child import ChildKeeper
 # re-exported: imported from here by the package, plugbay and users
@@ -314,13 +314,9 @@ class Gateway:
         self._closed.set()
         self.health.close()
         if self._server is not None:
-            grace = _STOP_GRACE
-            if not self._serving:
-                # grpcio's stop() of a server never started does nothing: its bound listen port stayed
-                # open for the life of the process (a failed start's). Started to be stopped at once.
-                ready_to_stop(self._server)
-                grace = 0
-            self._server.stop(grace).wait(grace + 3)
+            # one never started (a failed start's) is started to be stopped at once: grpcio's stop() of it
+            # does nothing, and its bound listen port stayed open for the life of the process
+            stop_server(self._server, _STOP_GRACE if self._serving else 0)
         while self._front:  # the brokering front: its sessions and their children
             try:
                 self._front.pop()()
