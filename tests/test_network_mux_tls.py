@@ -69,3 +69,31 @@ def test_a_tls_refusal_after_start_is_a_remote_tls_error(tmp_path: Path, multipl
         for replica in replicas:
             replica.stop()
             shutil.rmtree(replica.tmp, ignore_errors=True)
+
+
+def test_a_dispense_waiting_for_a_session_ends_at_the_pools_tls_verdict(tmp_path: Path) -> None:
+    """A multiplexed dispense() made right after a call met the plugin's TLS refusal, before the pool's health
+    check had marked the endpoint, waited the whole call_timeout for a session that could not come and ended
+    BrokerError ("did not come up"): its wait looked at session refusals only. It now ends at the health
+    check's TLS verdict, as RemoteTLSError (a slow health interval makes the order certain)."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    listen = f"127.0.0.1:{_free_port()}"
+    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    try:
+        config = counter_config(replicas, host_tls(certs), call_timeout=30.0, health_interval=3.0,
+                                health_timeout=0.5, brokered=True)
+        with RemoteClient(config) as client:
+            stub = client.dispense(PLUGIN_NAME)
+            stub.put("n", 1, Adder())
+            replicas[0].stop()
+            replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, "plugin no longer trusts"
+                                                                         " the host"), listen=listen))
+            with pytest.raises(RemoteTLSError):
+                stub.get("n")
+            with pytest.raises(RemoteTLSError) as err:
+                client.dispense(PLUGIN_NAME).get("n")
+            assert "failed: the plugin refused the" in str(err.value)
+    finally:
+        for replica in replicas:
+            replica.stop()
+            shutil.rmtree(replica.tmp, ignore_errors=True)

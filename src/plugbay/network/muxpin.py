@@ -28,6 +28,8 @@ class Pool(Protocol):
 
     def pickable_keys(self) -> list[str]: ...
 
+    def tls_broken(self, pin: str | None = None) -> BaseException | None: ...
+
 
 def live_elsewhere(pool: Pool, key: str) -> tuple[str, MuxEndpoint] | None:
     """An endpoint other than ``key`` that calls may go to and whose session is up, the one after ``key``
@@ -53,11 +55,15 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
             moved = live_elsewhere(pool, key)
             if moved is not None:
                 key, endpoint = moved
+            elif (refused := pool.tls_broken(key)) is not None:
+                raise refused  # the plugin there refused this host's TLS: no session will come up to wait for
 
         def lost_here(key: str = key, endpoint: MuxEndpoint = endpoint) -> bool:
-            # the session this wait is for was lost (or never came up) and another endpoint's is up (asked
-            # at each of the wait's checks, every 0.1 s)
-            return not endpoint.session_up and live_elsewhere(pool, key) is not None
+            # the session this wait is for was lost (or never came up) and another endpoint's is up, or the
+            # pool's health check found this one refusing our TLS (asked at each of the wait's checks, every
+            # 0.1 s; the loop then raises that: raised in here, broker() would read it as a failed wait)
+            return not endpoint.session_up and (live_elsewhere(pool, key) is not None
+                                                or pool.tls_broken(key) is not None)
 
         broker = endpoint.broker(timeout, limit, wait=max(deadline - time.monotonic(), 0.0), give_up=lost_here)
         if broker is not None:
