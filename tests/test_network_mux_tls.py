@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +41,30 @@ def _refusing_set(certs: netcerts.CertSet, folder: Path, case: str) -> netcerts.
     return moved
 
 
+@contextmanager
+def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool,
+                         **config: Any) -> Iterator[tuple[RemoteClient, Any, str]]:
+    """A RemoteClient started against a counter replica, and a stub dispensed from it (with a brokered Put
+    made when multiplexed), after which the replica is restarted on its port with ``case``'s certificates."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    listen = f"127.0.0.1:{_free_port()}"
+    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    try:
+        with RemoteClient(counter_config(replicas, host_tls(certs), health_timeout=0.5, brokered=multiplexed,
+                                         **config)) as client:
+            assert client.multiplexed is multiplexed
+            stub = client.dispense(PLUGIN_NAME)
+            if multiplexed:
+                stub.put("n", 1, Adder())
+            replicas[0].stop()
+            replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, case), listen=listen))
+            yield client, stub, listen
+    finally:
+        for replica in replicas:
+            replica.stop()
+            shutil.rmtree(replica.tmp, ignore_errors=True)
+
+
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
 @pytest.mark.parametrize("case, expected", [
     ("plugin certificate from another CA", "the plugin's certificate is not signed by the CA given"),
@@ -45,30 +72,15 @@ def _refusing_set(certs: netcerts.CertSet, folder: Path, case: str) -> netcerts.
 ])
 def test_a_tls_refusal_after_start_is_a_remote_tls_error(tmp_path: Path, multiplexed: bool, case: str,
                                                          expected: str) -> None:
-    certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
-    try:
-        config = counter_config(replicas, host_tls(certs), call_timeout=10.0, health_interval=0.2,
-                                health_timeout=0.5, brokered=multiplexed)
-        with RemoteClient(config) as client:
-            assert client.multiplexed is multiplexed
-            stub = client.dispense(PLUGIN_NAME)
-            if multiplexed:
-                stub.put("n", 1, Adder())
-            replicas[0].stop()
-            replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, case), listen=listen))
-            with pytest.raises(RemoteTLSError) as err:
-                stub.get("n")
-            assert f"TLS with remote plugin 'counter' at tcp:{listen} failed" in str(err.value)
-            if multiplexed or case != "plugin certificate from another CA":  # gRPC names it otherwise
-                assert expected in str(err.value)
-            with pytest.raises(RemoteTLSError):
-                client.dispense(PLUGIN_NAME).get("n")
-    finally:
-        for replica in replicas:
-            replica.stop()
-            shutil.rmtree(replica.tmp, ignore_errors=True)
+    with _refused_after_start(tmp_path, case, multiplexed, call_timeout=10.0, health_interval=0.2) as (
+            client, stub, listen):
+        with pytest.raises(RemoteTLSError) as err:
+            stub.get("n")
+        assert f"TLS with remote plugin 'counter' at tcp:{listen} failed" in str(err.value)
+        if multiplexed or case != "plugin certificate from another CA":  # gRPC names it otherwise
+            assert expected in str(err.value)
+        with pytest.raises(RemoteTLSError):
+            client.dispense(PLUGIN_NAME).get("n")
 
 
 def test_a_dispense_waiting_for_a_session_ends_at_the_pools_tls_verdict(tmp_path: Path) -> None:
@@ -76,24 +88,10 @@ def test_a_dispense_waiting_for_a_session_ends_at_the_pools_tls_verdict(tmp_path
     check had marked the endpoint, waited the whole call_timeout for a session that could not come and ended
     BrokerError ("did not come up"): its wait looked at session refusals only. It now ends at the health
     check's TLS verdict, as RemoteTLSError (a slow health interval makes the order certain)."""
-    certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
-    try:
-        config = counter_config(replicas, host_tls(certs), call_timeout=30.0, health_interval=3.0,
-                                health_timeout=0.5, brokered=True)
-        with RemoteClient(config) as client:
-            stub = client.dispense(PLUGIN_NAME)
-            stub.put("n", 1, Adder())
-            replicas[0].stop()
-            replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, "plugin no longer trusts"
-                                                                         " the host"), listen=listen))
-            with pytest.raises(RemoteTLSError):
-                stub.get("n")
-            with pytest.raises(RemoteTLSError) as err:
-                client.dispense(PLUGIN_NAME).get("n")
-            assert "failed: the plugin refused the" in str(err.value)
-    finally:
-        for replica in replicas:
-            replica.stop()
-            shutil.rmtree(replica.tmp, ignore_errors=True)
+    with _refused_after_start(tmp_path, "plugin no longer trusts the host", True, call_timeout=30.0,
+                              health_interval=3.0) as (client, stub, _):
+        with pytest.raises(RemoteTLSError):
+            stub.get("n")
+        with pytest.raises(RemoteTLSError) as err:
+            client.dispense(PLUGIN_NAME).get("n")
+        assert "failed: the plugin refused the" in str(err.value)
