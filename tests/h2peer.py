@@ -40,24 +40,94 @@ def request_headers(path: str) -> bytes:
         ("content-type", "application/grpc"), ("te", "trailers")))
 
 
+class TLSPipe:
+    """A TLS client connection whose reads (one thread) and writes (any thread) never meet in OpenSSL.
+
+    An ssl.SSLSocket read on one thread and written on another calls SSL_read and SSL_write on one SSL
+    object at once, which OpenSSL does not allow: now and then a record went out corrupted and the server
+    (grpc: "Decryption error: TSI_DATA_CORRUPTED") closed the connection under a test. Here the TLS state
+    is an SSLObject over memory buffers, used under one lock only to encrypt or decrypt; the socket's
+    own reads and writes need no lock between them."""
+
+    def __init__(self, address: str, context: ssl.SSLContext, source: str | None = None) -> None:
+        host, _, port = address.rpartition(":")
+        self._raw = socket.create_connection((host, int(port)), timeout=10,
+                                             source_address=(source, 0) if source else None)
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_hostname="localhost")
+        self._tls_lock = threading.Lock()  # the SSLObject: encrypt, decrypt
+        self._send_lock = threading.Lock()  # records leave in the order they were made
+        try:
+            for _ in range(100):  # a handshake takes two or three round trips
+                try:
+                    self._obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._raw.sendall(self._out.read())
+                    chunk = self._raw.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("the server closed the connection during the TLS handshake")
+                    self._in.write(chunk)
+            else:
+                raise AssertionError("the TLS handshake did not finish")
+            self._raw.sendall(self._out.read())
+        except BaseException:
+            self._raw.close()
+            raise
+        self._raw.settimeout(None)
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                if data:
+                    self._obj.write(data)
+                records = self._out.read()
+            if records:
+                self._raw.sendall(records)
+
+    def recv(self) -> bytes:
+        """The next plaintext the server sent; b"" once the connection ended."""
+        while True:
+            chunk = self._raw.recv(65536)
+            with self._tls_lock:
+                if chunk:
+                    self._in.write(chunk)
+                else:
+                    self._in.write_eof()
+                out = b""
+                try:
+                    while piece := self._obj.read(65536):
+                        out += piece
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    if not out:
+                        return b""
+                pending = self._out.pending  # a post-handshake answer (key update)
+            if pending:
+                self.send(b"")
+            if out or not chunk:
+                return out
+
+    def shutdown(self) -> None:
+        try:
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._raw.close()
+
+
 class StallingPeer:
     """One TLS connection speaking HTTP/2: ``open_streams`` sends HEADERS only (no DATA, no END_STREAM).
 
     ``source``: the local address to connect from (127.0.0.2: another peer address than 127.0.0.1's)."""
 
     def __init__(self, address: str, certs: netcerts.CertSet, source: str | None = None) -> None:
-        host, _, port = address.rpartition(":")
         context = netcerts.client_context(certs)
         context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection((host, int(port)), timeout=10,
-                                       source_address=(source, 0) if source else None)
-        try:
-            self._sock = context.wrap_socket(raw, server_hostname="localhost")
-        except BaseException:
-            raw.close()
-            raise
-        self._sock.settimeout(None)
-        self._lock = threading.Lock()
+        self._tls = TLSPipe(address, context, source)
         self._cond = threading.Condition()
         self.settings: dict[int, int] = {}
         self.resets = 0
@@ -70,13 +140,12 @@ class StallingPeer:
         self._reader.start()
 
     def _send(self, data: bytes) -> None:
-        with self._lock:
-            self._sock.sendall(data)
+        self._tls.send(data)
 
     def _read(self) -> None:
         data = b""
         try:
-            while chunk := self._sock.recv(65536):
+            while chunk := self._tls.recv():
                 data += chunk
                 while len(data) >= 9:
                     length = int.from_bytes(data[:3], "big")
@@ -160,12 +229,9 @@ class StallingPeer:
         return sent
 
     def close(self) -> None:
-        try:
-            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        self._tls.shutdown()
         self._reader.join(10)
+        self._tls.close()
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import select
 import socket
 import ssl
 import threading
@@ -194,8 +195,10 @@ class ClosingProxy:
             host, _, port = self.backend.rpartition(":")
             server = socket.create_connection((host, int(port)), timeout=5)
             self.socks += [client, server]
-            for a, b in ((client, server), (server, client)):
-                thread = threading.Thread(target=self._pipe, args=(a, b), name="tls-test-pipe")
+            pipes = [(self._pipe_tls, (client, server))] if isinstance(client, ssl.SSLSocket) else \
+                [(self._pipe, (client, server)), (self._pipe, (server, client))]
+            for target, args in pipes:
+                thread = threading.Thread(target=target, args=args, name="tls-test-pipe")
                 self.threads.append(thread)
                 thread.start()
 
@@ -213,11 +216,38 @@ class ClosingProxy:
                 except OSError:
                     pass
 
+    @staticmethod
+    def _pipe_tls(tls_sock: ssl.SSLSocket, plain: socket.socket) -> None:
+        """Both directions on one thread: an SSLSocket read on one thread and written on another uses one
+        OpenSSL SSL object from two threads at once, which OpenSSL does not allow (a record can go out
+        corrupted)."""
+        try:
+            for _ in range(1_000_000):  # bounded: each turn waits up to 0.1 s
+                ready = [tls_sock] if tls_sock.pending() else select.select([tls_sock, plain], [], [], 0.1)[0]
+                if tls_sock in ready:
+                    data = tls_sock.recv(65536)
+                    if not data:
+                        return
+                    plain.sendall(data)
+                if plain in ready:
+                    data = plain.recv(65536)
+                    if not data:
+                        return
+                    tls_sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (tls_sock, plain):
+                try:
+                    socket.socket.shutdown(s, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
     def stop(self) -> None:
         self.stopped.set()
         for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
+            try:  # the raw socket's: SSLSocket.shutdown drops its TLS state under the pipe thread
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
             except OSError:
                 pass
         for thread in self.threads:
