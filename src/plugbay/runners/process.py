@@ -14,10 +14,10 @@ group, not a new session: on Linux a session is also a scheduler autogroup, and
 a plugin alone in a fresh one reached its handshake 1-4 ms later on a loaded
 machine (go-plugin's host leaves its plugins in its own session and group).
 
-``kill(grace)`` is the force path: the Client asks GRPCController.Shutdown
-first; the runner sends SIGTERM to the group (and SIGCONT, so a stopped plugin
-acts on it), waits ``grace`` seconds, then SIGKILLs the group and reaps the
-child, so no zombie is left.
+``kill(grace)`` is the force path (its base ProcessStop, plugbay.runners.procstop):
+the Client asks GRPCController.Shutdown first; the runner sends SIGTERM to the
+group (and SIGCONT, so a stopped plugin acts on it), waits ``grace`` seconds,
+then SIGKILLs the group and reaps the child, so no zombie is left.
 
 ``die_with_host=True`` (opt-in): the kernel SIGKILLs the plugin when the host process dies, kill -9
 included (plugbay.runners.hostbound); the gateway starts its children so.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import subprocess
 import threading
 import uuid
@@ -47,7 +46,6 @@ from plugbay.core.transport.lines import LineSplitter
 from plugbay.errors import ConfigError, RunnerError, printable
 from plugbay.runners.announced import LocalAddresses, read_networks
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
-from plugbay.runners.attached import REAP_TIMEOUT
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
@@ -58,15 +56,16 @@ from plugbay.runners.hostbound import bound_command, check_runnable, check_suppo
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
-from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, family, host_session, led_group_stands,
-                                      signal_all, signal_group, stat_of, stopped, sweep as sweep)
+from plugbay.runners.procstop import ProcessStop
+from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, host_session, stat_of, stopped
+from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
 from plugbay.runners.session import proc_stat
 from plugbay.runners.stderrpipe import check_grace, popen_naming_stderr
 
 _TAIL = 50
 
 
-class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
+class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -270,71 +269,10 @@ class ProcessRunner(ProcessLines, SecureCopies, LocalAddresses, Runner):
         except subprocess.TimeoutExpired:
             return None
 
-    def kill(self, grace: float = 2.0) -> None:
-        with self._lock:
-            self._ended = "killed"
-        if self._spawner not in (None, os.getpid()):  # a forked child's copy: the plugin is the parent's
-            return
-        proc = self._proc
-        if proc is None:
-            self._stop.set()
-            self._close_verified()
-            self._end_unheld()  # a start cut short by Ctrl-C that could not end its child itself
-            return
-        self._stop_process(grace)
-
-    def record_descendants(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:  # reaped: its pid may be another process's
-            return
-        found = family(proc.pid, "", self._start_ticks)  # parent links only: the marker is found at kill()
-        if proc.returncode is not None:  # reaped during the scan: the links read may be to a new process
-            return
-        with self._lock:
-            self._recorded.update(found)
-
     def detach(self) -> None:
         """Leave the process running (kill() still stops it); start() refuses from now on."""
         with self._lock:
             self._ended = self._ended or "detached"
-
-    def _stop_process(self, grace: float) -> None:
-        proc = self._proc
-        assert proc is not None
-        # Descendants that left the group (their own session) and orphans carrying
-        # this plugin's PLUGBAY_PLUGIN_ID: found now, while the tree is intact.
-        # With those seen before a Shutdown: a helper with an environment of its own whose parent (the
-        # plugin) has exited since is tied to it by nothing else (signal_all skips a pid reused since).
-        with self._lock:
-            strays = dict(self._recorded)
-        root = proc.pid if proc.returncode is None else None
-        found = family(root, self.plugin_id, self._start_ticks)
-        if root is not None and proc.returncode is not None:  # reaped during the scan (the I/O thread): its
-            found = family(None, self.plugin_id, self._start_ticks)  # pid's children may be another's by now
-        strays.update(found)
-        if proc.poll() is None and grace > 0:
-            # SIGCONT after it: a stopped process (SIGSTOP, a debugger's or the terminal's stop) acts on
-            # nothing but SIGKILL until continued, and would spend the whole grace with SIGTERM pending
-            for sig in (signal.SIGTERM, signal.SIGCONT):
-                signal_group(proc.pid, sig)
-                signal_all(strays, sig)
-            self.wait(grace)
-        # The leader may be gone while its children still hold the group (its pid is not reused
-        # then). Once a stop ended the group, or the reaped leader's pid names a process again
-        # (the group emptied and the pid was reused), or /proc cannot tell (another namespace's),
-        # that pid may lead another group: leave it.
-        if not self._group_ended and (proc.returncode is None or led_group_stands(proc.pid, None)):
-            signal_group(proc.pid, signal.SIGKILL)
-        signal_all({**strays, **family(None, self.plugin_id, self._start_ticks)}, signal.SIGKILL)
-        try:
-            proc.wait(REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:  # pragma: no cover - uninterruptible sleep
-            pass
-        self._group_ended = True
-        self._stop.set()
-        for follower in self._followers:  # a grandchild may hold a pipe open: end the reading now
-            follower.stop()
-        self._close_unread()
 
     def watch_exit(self, on_exit: Callable[[int], None]) -> Cancellable:
         """Told by the kernel (a pidfd on the shared I/O loop), not by polling; polls where pidfds are missing."""

@@ -50,6 +50,7 @@ from plugbay.core.protocol.handshake import (
     PROTOCOL_GRPC,
     HandshakeInfo,
 )
+from plugbay.core.plugin.controller import add_to_server as add_controller
 from plugbay.core.plugin.fdlimit import raise_fd_limit
 from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer,
                                      HandlerGate, serve_gates)
@@ -68,8 +69,9 @@ from plugbay.core.plugin.reattachwait import watch_host
 from plugbay.core.plugin.setupfail import fail_setup
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
-from plugbay.core.plugin.stdio import StdioCapture, StdioServicer
-from plugbay.core.plugin.stdio import add_to_server as add_stdio
+from plugbay.core.plugin.stdio import StdioCapture
+from plugbay.core.plugin.stdioservice import StdioServicer
+from plugbay.core.plugin.stdioservice import add_to_server as add_stdio
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.automtls import ServerTLS
@@ -91,7 +93,6 @@ MISCONFIGURED_MESSAGE = (
     "this as a bug.\n"
 )
 
-CONTROLLER = "plugin.GRPCController"
 STOP_GRACE = 1.5  # a go-plugin host force-kills 2 s after Shutdown
 HAND_OVER_LIMIT = 1.0  # Shutdown waits this long at most for captured output to go out (a plugbay host: 2 s)
 LOOP_FLOOR = 0.25  # the asyncio handlers' loop gets at least this at close, even past STOP_GRACE
@@ -387,15 +388,3 @@ class _PluginServer:
                 self.config.network.stop.detach(self.stop)
             self.stopping.close()
             self._logging.close()
-
-
-def add_controller(server: grpc.Server, stop: Callable[[], None]) -> None:
-    """plugin.GRPCController: Shutdown (Empty -> Empty) needs no generated code, so none is loaded."""
-
-    def shutdown(request: bytes, context: grpc.ServicerContext) -> bytes:
-        stop()  # the reply goes out before the server stops: stop() only wakes serve()
-        return b""  # an encoded plugin.Empty
-
-    handlers = {"Shutdown": grpc.unary_unary_rpc_method_handler(shutdown)}  # bytes in and out
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CONTROLLER, handlers),))
-    server.add_registered_method_handlers(CONTROLLER, handlers)
