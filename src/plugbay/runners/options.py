@@ -1,4 +1,5 @@
-"""Type and range checks for the container runners' options (DockerRunner, KubernetesRunner, PluginContainer).
+"""Type and range checks for the runners' options (DockerRunner, KubernetesRunner, PluginContainer, and
+ProcessRunner's outlive_grace).
 
 A wrong value is a ConfigError from the constructor that names the option and what to pass, before
 anything is created: left to the engine, the Kubernetes client or the OS, it surfaced at start() as a
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.checks import finite_float
+from plugbay.core.protocol.outlive import MAX_GRACE, OUTLIVE_GRACE
 from plugbay.errors import ConfigError
 
 
@@ -93,6 +95,29 @@ def seconds(value: Any, where: str, high: float, example: float, *, optional: bo
         wanted = f"a number of seconds > 0 and at most {high:.0f}, e.g. {example}" + (" (or None)" if optional else "")
         raise _refuse(where, wanted, value)
     return number
+
+
+def check_grace(grace: object, what: str) -> float | None:
+    """``grace`` as an outlive grace (seconds, 0 to MAX_GRACE; None: no bound), else a ConfigError.
+
+    ProcessRunner's outlive_grace: a seconds validator like seconds() above, different on purpose.
+    - 0 is a grace: the plugin stops as soon as its host died and no other host is connected (seconds()
+      wants more than 0); None is always allowed: no bound, the plugin serves on until a host stops it.
+    - Only an int or a float, not a bool, rather than any real number finite_float() takes: a Fraction,
+      numpy.float32 or numpy.int64 is refused (numpy.float64, a float subclass, passes). The grace has
+      taken these only since it came; what ProcessRunner accepts does not change with where its check
+      lives.
+    - Its message says what the grace does and its default, and, for too long a grace, to pass None.
+    """
+    if grace is None:
+        return None
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_GRACE:
+        too_long = isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace > MAX_GRACE
+        raise ConfigError(f"{what} must be a number of seconds from 0 to {MAX_GRACE:g} or None, got {grace!r:.40}:"
+                          " how long the plugin serves on with no host once its host died (default"
+                          f" {OUTLIVE_GRACE:g}); " + ("pass None for no limit" if too_long else
+                                                       "None serves on until a host stops it"))
+    return float(grace)
 
 
 MAX_DEPTH = 64  # far deeper than any manifest; a deeper (or self-containing) value is refused, not recursed into

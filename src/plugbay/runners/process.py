@@ -53,6 +53,7 @@ from plugbay.runners.command import check_env as check_env  # re-exported: confi
 from plugbay.runners.command import check_cwd, check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.hostbound import bound_command, check_runnable, check_supported, spawn_bound
+from plugbay.runners.options import check_grace
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
@@ -60,7 +61,7 @@ from plugbay.runners.procstop import ProcessStop
 from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, host_session, stat_of, stopped
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
 from plugbay.runners.session import proc_stat
-from plugbay.runners.stderrpipe import check_grace, popen_naming_stderr
+from plugbay.runners.stderrpipe import popen_naming_stderr
 
 _TAIL = 50
 

@@ -12,22 +12,8 @@ import os
 import subprocess
 from typing import Any
 
-from plugbay.core.protocol.outlive import (ENV_OUTLIVE_GRACE, ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE, MAX_GRACE,
-                                           OUTLIVE_GRACE, grace_value, pipe_name)
-from plugbay.errors import ConfigError
-
-
-def check_grace(grace: object, what: str) -> float | None:
-    """``grace`` as an outlive grace (seconds, 0 to MAX_GRACE; None: no bound), else a ConfigError."""
-    if grace is None:
-        return None
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_GRACE:
-        too_long = isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace > MAX_GRACE
-        raise ConfigError(f"{what} must be a number of seconds from 0 to {MAX_GRACE:g} or None, got {grace!r:.40}:"
-                          " how long the plugin serves on with no host once its host died (default"
-                          f" {OUTLIVE_GRACE:g}); " + ("pass None for no limit" if too_long else
-                                                       "None serves on until a host stops it"))
-    return float(grace)
+from plugbay.core.protocol.outlive import (ENV_OUTLIVE_GRACE, ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE, OUTLIVE_GRACE,
+                                           grace_value, pipe_name)
 
 
 def popen_naming_stderr(proc: subprocess.Popen[bytes], env: dict[str, str], outlive: bool,
