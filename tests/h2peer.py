@@ -57,6 +57,8 @@ class TLSPipe:
         self._obj = context.wrap_bio(self._in, self._out, server_hostname="localhost")
         self._tls_lock = threading.Lock()  # the SSLObject: encrypt, decrypt
         self._send_lock = threading.Lock()  # records leave in the order they were made
+        self._ended = False
+        self._error: ssl.SSLError | None = None
         try:
             for _ in range(100):  # a handshake takes two or three round trips
                 try:
@@ -86,8 +88,12 @@ class TLSPipe:
                 self._raw.sendall(records)
 
     def recv(self) -> bytes:
-        """The next plaintext the server sent; b"" once the connection ended."""
-        while True:
+        """The next plaintext the server sent; b"" once the connection ended (its close_notify, or the
+        socket's end). A TLS error (an alert) is raised, after any plaintext that came before it."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        while not self._ended:
             chunk = self._raw.recv(65536)
             with self._tls_lock:
                 if chunk:
@@ -98,16 +104,23 @@ class TLSPipe:
                 try:
                     while piece := self._obj.read(65536):
                         out += piece
+                    self._ended = True  # b"" from read: the server's close_notify
                 except ssl.SSLWantReadError:
                     pass
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self._ended = True
+                except ssl.SSLError as exc:
                     if not out:
-                        return b""
+                        raise
+                    self._error = exc  # the plaintext first, the alert at the next call
                 pending = self._out.pending  # a post-handshake answer (key update)
             if pending:
                 self.send(b"")
-            if out or not chunk:
+            if out:
                 return out
+            if not chunk:
+                self._ended = True
+        return b""
 
     def shutdown(self) -> None:
         try:

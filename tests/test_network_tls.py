@@ -194,6 +194,7 @@ class ClosingProxy:
                 continue
             host, _, port = self.backend.rpartition(":")
             server = socket.create_connection((host, int(port)), timeout=5)
+            server.settimeout(None)  # the dial's bound only: an idle proxied connection must not time out
             self.socks += [client, server]
             pipes = [(self._pipe_tls, (client, server))] if isinstance(client, ssl.SSLSocket) else \
                 [(self._pipe, (client, server)), (self._pipe, (server, client))]

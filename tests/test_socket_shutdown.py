@@ -43,3 +43,65 @@ def test_shutting_down_a_tls_socket_keeps_its_tls_layer() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_waking_a_kubernetes_stream_reader_keeps_its_tls_layer() -> None:
+    """shut_stream (the pod log follower's and the watch's close) wakes a thread reading an https
+    response. urllib3's HTTPResponse.shutdown() is the SSLSocket's own shutdown, which drops the TLS
+    object under that reader: it must shut the raw socket down instead."""
+    import urllib3
+
+    from plugbay.runners.kubernetes.logs import shut_stream
+
+    server_cert, client_cert = tls.generate_cert(), tls.generate_cert()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    served = threading.Event()
+
+    def serve() -> None:  # one connection, read and written on this thread only
+        conn, _ = listener.accept()
+        with tls.server_context(server_cert, client_cert.cert_pem).wrap_socket(conn, server_side=True) as peer:
+            peer.settimeout(10)
+            request = b""
+            while b"\r\n\r\n" not in request and len(request) < 65536:
+                request += peer.recv(4096) or b"\r\n\r\n"
+            peer.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            served.set()
+            try:
+                while peer.recv(4096):  # until the client's side goes
+                    pass
+            except OSError:
+                pass
+
+    server = threading.Thread(target=serve, name="plugbay-test-https")
+    server.start()
+    pool = urllib3.HTTPSConnectionPool("127.0.0.1", listener.getsockname()[1], server_hostname=tls.HOSTNAME,
+                                       ssl_context=tls.client_context(client_cert, server_cert.cert_pem))
+    try:
+        resp = pool.urlopen("GET", "/log?follow=true", preload_content=False, retries=False, timeout=10)
+        assert served.wait(10)
+        got: list[bytes] = []
+
+        def read() -> None:
+            try:
+                got.extend(resp.stream(1, decode_content=False))
+            except urllib3.exceptions.HTTPError:
+                pass  # "ended prematurely": the stream was shut under the read
+
+        reader = threading.Thread(target=read, name="plugbay-test-reader")
+        reader.start()
+        sock = resp.connection.sock
+        assert sock.version() is not None
+        for _ in range(200):  # the reader has the first chunk and waits for more
+            if got:
+                break
+            threading.Event().wait(0.05)
+        shut_stream(resp)
+        assert sock.version() is not None, "the TLS layer was dropped under the reader"
+        reader.join(10)
+        assert not reader.is_alive(), "shut_stream did not wake the reader"
+        assert b"".join(got).startswith(b"f")
+    finally:
+        pool.close()
+        listener.close()
+        server.join(10)

@@ -23,7 +23,7 @@ def until(check: Callable[[], object], timeout: float, step: float = 0.05) -> bo
         if check():
             return True
         time.sleep(step)
-    return False
+    return bool(check())  # a last look: a late wake-up from the sleep must not lose the deadline's turn
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, step: float = 0.05) -> None:

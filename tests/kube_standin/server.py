@@ -336,7 +336,7 @@ def _server_context(certs: ClusterCerts, client_certs: bool) -> ssl.SSLContext:
 def _shut_down(conns: list[socket.socket]) -> None:
     """Break each connection (both ways), as a dropped network link would; one already gone is skipped."""
     for conn in conns:
-        try:
-            conn.shutdown(socket.SHUT_RDWR)
+        try:  # the raw socket's: SSLSocket.shutdown drops the TLS object under the handler's thread
+            socket.socket.shutdown(conn, socket.SHUT_RDWR)
         except OSError:
             pass

@@ -216,18 +216,19 @@ class PodLogs:
 
 
 def shut_stream(resp: Any) -> None:
-    """Wake a thread blocked reading ``resp``: HTTPResponse.shutdown() where urllib3 has it (2.3 on),
-    else the connection's socket itself (the kubernetes client allows an older urllib3)."""
-    try:
-        resp.shutdown()
-        return
-    except Exception:  # noqa: BLE001 - missing (urllib3 < 2.3), or released already: try the socket
-        pass
+    """Wake a thread blocked reading ``resp`` by shutting its connection's raw socket down, or, where that
+    socket cannot be found, with HTTPResponse.shutdown() (urllib3 2.3 on). Not shutdown() first: it is
+    the SSLSocket's own, which drops the TLS object under the reader (its next read then takes ciphertext
+    for plaintext)."""
     sock = getattr(getattr(resp, "connection", None), "sock", None)
     raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
     if isinstance(raw, socket.socket):
         try:
-            # socket.socket's own: SSLSocket.shutdown would drop the TLS object under the reader
             socket.socket.shutdown(raw, socket.SHUT_RDWR)
         except OSError:
             pass
+        return
+    try:
+        resp.shutdown()
+    except Exception:  # noqa: BLE001 - missing (urllib3 < 2.3), or released already: nothing to wake
+        pass
