@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
-from plugbay import AsyncRemoteClient
+from plugbay import AsyncRemoteClient, GRPCBroker, RemoteClient
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.core.host.channel import ClientClosed
 from plugbay.errors import PlugbayError
 from tests import netcerts
-from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, remote
+from tests.test_network_broker import PLUGIN_NAME, Adder, CounterPlugin, CounterReplica, counter_config, host_tls, \
+    remote
 
 DISPENSES = 300
 
@@ -66,3 +73,102 @@ def test_dropped_async_stubs_do_not_pile_up_in_the_client(replica: tuple[Counter
         loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
     finally:
         loop.close()
+
+
+class _HeldAdder(Adder):
+    """An AddHelper whose sum waits until released: the Put that called back stays in flight meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def sum(self, a: int, b: int) -> int:
+        self.entered.set()
+        self.release.wait(30)
+        return super().sum(a, b)
+
+
+def _ended_by(client: RemoteClient, how: str, call: Callable[[], object], in_flight: Callable[[], bool]) -> object:
+    """What ``call()``, running on another thread, ended with once ``how`` (close or kill) was asked of
+    ``client`` while the call was in flight (``in_flight()`` turned True)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 (what the call ended with is the point)
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run, name="test-in-flight")
+    caller.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not in_flight() and caller.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight(), f"the call never got under way (it ended: {outcome})"
+    finally:
+        getattr(client, how)()
+    caller.join(30)  # hang detection only
+    assert not caller.is_alive()
+    return outcome[0]
+
+
+def _closed_in_flight(error: object) -> None:
+    """``error`` is what a call in flight gets from close() or kill() with brokered=False and on the
+    asyncio client: ClientClosed, sent, saying the plugin may have run it."""
+    assert isinstance(error, ClientClosed), repr(error)
+    assert error.sent  # its code() is the failure's own: CANCELLED, or UNAVAILABLE from the callback's server stop
+    assert "was closed (the Client was killed) while the call was in flight; the plugin may have run the call" \
+        in str(error), str(error)
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_close_or_kill_during_a_brokered_call_ends_it_client_closed(
+        replica: tuple[CounterReplica, netcerts.CertSet], how: str) -> None:
+    rep, certs = replica
+    client = remote([rep], host_tls(certs))
+    adder = _HeldAdder()
+    try:
+        client.start()
+        assert client.multiplexed
+        kv = client.dispense(PLUGIN_NAME)
+        error = _ended_by(client, how, lambda: kv.put("n", 1, adder), adder.entered.is_set)
+    finally:
+        adder.release.set()
+        client.close()
+    _closed_in_flight(error)
+
+
+class _ChannelPlugin(CounterPlugin):
+    """dispense() hands out the pinned channel itself, to make any call on it."""
+
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+        return channel
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_close_or_kill_during_a_stream_on_a_pinned_channel_ends_it_client_closed(
+        replica: tuple[CounterReplica, netcerts.CertSet], how: str) -> None:
+    rep, certs = replica
+    cfg = counter_config([rep], host_tls(certs))
+    cfg.plugins = {PLUGIN_NAME: _ChannelPlugin()}
+    client = RemoteClient(cfg)
+    try:
+        client.start()
+        assert client.multiplexed
+        channel = client.dispense(PLUGIN_NAME)
+        # a health Watch sends the status, then waits for a change that does not come: in flight until closed
+        watch = health_pb2_grpc.HealthStub(channel).Watch(  # type: ignore[no-untyped-call]
+            health_pb2.HealthCheckRequest(service="plugin"), timeout=60)
+        next(watch)
+        waiting = threading.Event()
+
+        def second() -> object:
+            waiting.set()
+            return next(watch)
+
+        error = _ended_by(client, how, second, waiting.is_set)
+    finally:
+        client.close()
+    _closed_in_flight(error)

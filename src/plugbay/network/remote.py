@@ -282,7 +282,7 @@ class RemoteClient(Client):
             self.start()  # refuses a Client killed while pin() waited
             main = self._channel
             assert main is not None
-            channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            channel = PinnedChannel(main, broker, self.pool.pinned(key), self.config.call_timeout, None, self.name)
             self._pinned.add(channel)
             return plugin.grpc_client(broker, channel)
 
@@ -372,6 +372,8 @@ class RemoteClient(Client):
         self.kill()
 
     def _teardown(self, graceful: bool, unanswering: bool = False) -> None:  # it is never stopped
+        for pinned in list(self._pinned):  # first: what the teardown cuts is this close()'s doing (ClientClosed)
+            pinned.begin_close()
         self._stop.set()
         if self._channel is not None:
             self._channel.detach()
