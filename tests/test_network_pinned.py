@@ -172,3 +172,42 @@ def test_close_or_kill_during_a_stream_on_a_pinned_channel_ends_it_client_closed
     finally:
         client.close()
     _closed_in_flight(error)
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_close_or_kill_during_an_async_brokered_call_ends_it_client_closed_too(
+        replica: tuple[CounterReplica, netcerts.CertSet], how: str) -> None:
+    rep, certs = replica
+
+    class HeldAdder:
+        def __init__(self) -> None:
+            self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+        async def sum(self, a: int, b: int) -> int:
+            self.entered.set()
+            await self.release.wait()
+            return a + b
+
+    async def main() -> object:
+        client = AsyncRemoteClient(counter_config([rep], host_tls(certs)))
+        adder = HeldAdder()
+        try:
+            await client.start()
+            assert client.multiplexed
+            kv = await client.dispense(PLUGIN_NAME)
+            put = asyncio.ensure_future(kv.put("n", 1, adder))
+            await asyncio.wait([put, asyncio.ensure_future(adder.entered.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            assert adder.entered.is_set(), put
+            await getattr(client, how)()
+            return (await asyncio.gather(put, return_exceptions=True))[0]
+        finally:
+            adder.release.set()
+            await client.kill()
+
+    loop = asyncio.new_event_loop()
+    try:
+        error = loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
+    finally:
+        loop.close()
+    _closed_in_flight(error)

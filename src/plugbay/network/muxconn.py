@@ -214,6 +214,12 @@ class MuxEndpoint(DelegatingChannel):
             return self._broker
 
     @property
+    def serving(self) -> bool:
+        """Whether this session's broker serves brokered servers (a callback of the plugin's may be under way)."""
+        broker = self._broker
+        return broker is not None and broker.serving
+
+    @property
     def refusal(self) -> str | None:
         """Why the plugin refused this endpoint's session (a cap of its on sessions), until it accepts one."""
         mux = self._mux

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.channel import ManagedChannel
 
 
@@ -26,13 +25,4 @@ class MainHook:
 
 
 class PinnedChannel(MainHook, ManagedChannel):
-    """A brokered stub's channel on the sync RemoteClient, with the broker of the endpoint it is pinned to."""
-
-    def __init__(self, main: ManagedChannel, broker: GRPCBroker, *args: Any) -> None:
-        super().__init__(main, *args)
-        self.broker = broker
-
-    def begin_close(self, brokered_open: bool = False) -> None:
-        """The client is closing: calls the teardown cuts fail ClientClosed, as the main channel's do (its
-        own begin_close() is Client.kill()'s), also those whose callbacks ran on its brokered servers."""
-        super().begin_close(brokered_open or self.broker.serving)
+    """A brokered stub's channel on the sync RemoteClient."""

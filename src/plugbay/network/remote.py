@@ -282,7 +282,7 @@ class RemoteClient(Client):
             self.start()  # refuses a Client killed while pin() waited
             main = self._channel
             assert main is not None
-            channel = PinnedChannel(main, broker, self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
             self._pinned.add(channel)
             return plugin.grpc_client(broker, channel)
 
@@ -372,8 +372,12 @@ class RemoteClient(Client):
         self.kill()
 
     def _teardown(self, graceful: bool, unanswering: bool = False) -> None:  # it is never stopped
-        for pinned in list(self._pinned):  # first: what the teardown cuts is this close()'s doing (ClientClosed)
-            pinned.begin_close()
+        # first: the calls it cuts are this close()'s doing (ClientClosed), also on pinned stubs (an asyncio one's
+        # judge is the main channel) and those whose callbacks ran on an endpoint's brokered server it stops
+        serving = any(mux.serving for mux in self._muxes)
+        for channel in [self._channel, *self._pinned]:
+            if channel is not None:
+                channel.begin_close(serving)
         self._stop.set()
         if self._channel is not None:
             self._channel.detach()
