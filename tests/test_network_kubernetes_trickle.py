@@ -116,7 +116,8 @@ def test_kill_during_start_ends_the_list_at_once(body_trickle: TrickleServer, tm
     took, ended, outcome = _cut_short(body_trickle, client.start, getattr(client, how))
     assert took < PROMPT, f"{how}() took {took:.1f}s during a list the API server trickles"
     assert ended < PROMPT, f"start() went on for {ended:.1f}s after {how}()"
-    assert isinstance(outcome[0], ClientStateError) and "killed while it started" in str(outcome[0]), outcome
+    assert isinstance(outcome[0], ClientStateError) and "was closed (close() or kill()) while it was still" \
+        " connecting" in str(outcome[0]), outcome
     ended_early(body_trickle, LIST)
     assert not _watch_threads()
 

@@ -77,7 +77,7 @@ from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, Ne
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
-from plugbay.network.remote_end import RemoteEnd
+from plugbay.network.remote_end import RemoteEnd, closed_while_connecting
 from plugbay.network.remotecheck import check_remote
 from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
@@ -232,7 +232,10 @@ class RemoteClient(Client):
 
     def _stop_if_killed(self) -> None:
         if self._kill_asked:
-            raise ClientStateError(f"remote client {self.name!r} was killed while it started")
+            raise self.killed_starting_error()
+
+    def killed_starting_error(self) -> ClientStateError:
+        return closed_while_connecting(self.name, self.target.text)  # nothing was stopped: the plugin is remote
 
     def kill(self) -> None:
         """Disconnect; from another thread during start(), that start() ends now (not at start_timeout)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from plugbay.errors import ConfigError
+from plugbay.errors import ClientStateError, ConfigError
 from plugbay.runners.base import LaunchSpec, Runner
 
 
@@ -48,3 +48,12 @@ class RemoteEnd(Runner):
 
     def reattach_data(self) -> dict[str, Any]:
         return {"kind": "RemoteEnd", "id": self.target}
+
+
+def closed_while_connecting(name: str, target: str) -> ClientStateError:
+    """What a RemoteClient's start() raises when close() or kill() from another thread ended it: the remote
+    plugin was not touched (a host never stops it), only this client's connecting was given up."""
+    return ClientStateError(f"the client of remote plugin {name!r} at {target!r} was closed (close() or kill())"
+                            " while it was still connecting (discovering the target's endpoints and asking the"
+                            " plugin's Discovery); the remote plugin was left running. Make a new RemoteClient"
+                            " (or connect()) to connect again")

@@ -29,7 +29,6 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.host.stop import killed_while_starting
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import ClientStateError
 
@@ -161,14 +160,14 @@ class AsyncClient:
     async def _start_and_connect(self) -> None:
         await self._work_on(self._client.start)
         if self._ending:  # a kill() or close() ended the client as its start finished: nothing to connect
-            raise killed_while_starting(self.name)
+            raise self._client.killed_starting_error()
         managed = self._client.channel
         assert isinstance(managed, ManagedChannel)
         channel = AioManagedChannel(self._aio_channel(), managed, asyncio.get_running_loop(), self._executor)
         self._channel = channel
         if self._ending:  # ... or just now: the stop thread's _after_stop may have looked before this channel
             await asyncio.shield(channel.aclose())
-            raise killed_while_starting(self.name)
+            raise self._client.killed_starting_error()
 
     def _aio_channel(self) -> grpc.aio.Channel:
         """The grpc.aio channel under the calls (on the loop): a second connection, dialed like the first."""

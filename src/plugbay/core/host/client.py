@@ -155,7 +155,7 @@ class Client(Connecting):
                 else:
                     self._teardown(graceful=False)
                 if self._kill_asked and (failed is None or isinstance(failed, Exception)):  # the kill() ended it
-                    raise killed_while_starting(self.name) from failed
+                    raise self.killed_starting_error() from failed
                 assert failed is not None
                 raise failed
             if self.config.reattach is not None and self._runner is not None:
@@ -247,6 +247,10 @@ class Client(Connecting):
         """A start() in progress on another thread ends at its next check and lets go of the plugin
         without stopping it (a reattached plugin is not this host's to stop). For AsyncClient."""
         self._abandoned = True
+
+    def killed_starting_error(self) -> ClientStateError:
+        """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""
+        return killed_while_starting(self.name)
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""
