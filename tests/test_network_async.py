@@ -162,6 +162,7 @@ def test_a_call_from_another_event_loop_or_after_kill_is_refused_typed(replicas:
     async def first() -> None:
         client = AsyncRemoteClient(remote(f"static:///{a.address}"))
         await client.start()
+        assert client.multiplexed is False  # plain gRPC (insecure): as RemoteClient.multiplexed says
         holder["client"], holder["kv"] = client, await client.dispense(PLUGIN_NAME)
         assert await holder["kv"].get("__pid__") == str(a.proc.pid).encode()
 
@@ -191,7 +192,7 @@ def test_brokered_put_with_an_async_helper_on_each_replica(tmp_path: Path) -> No
 
     async def main() -> None:
         async with AsyncRemoteClient(counter_config(reps, host_tls(certs))) as client:
-            assert client.remote_client.multiplexed
+            assert client.multiplexed is True and client.remote_client.multiplexed  # the async client says so too
             first, second = await client.dispense(COUNTER), await client.dispense(COUNTER)  # round robin
             await first.put("n", 5, AsyncAdder())
             await second.put("n", 7, AsyncAdder())

@@ -82,6 +82,12 @@ class AsyncRemoteClient(AsyncClient):
     def remote(self) -> RemoteConfig:
         return self.remote_client.remote
 
+    @property
+    def multiplexed(self) -> bool:
+        """True once the endpoints are reached through yamux sessions (brokered connections), as
+        RemoteClient.multiplexed."""
+        return self.remote_client.multiplexed
+
     def metrics(self) -> dict[str, Any]:
         """The endpoint pool's metrics snapshot (as RemoteClient.metrics())."""
         return self.remote_client.metrics()
