@@ -42,19 +42,13 @@ from typing import Any, Callable, Unpack
 
 import grpc
 
-from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay._proto.plugbay import discovery_pb2
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
-from plugbay.core.protocol.handshake import (
-    CORE_PROTOCOL_VERSION,
-    PROTOCOL_GRPC,
-    HandshakeConfig,
-    HandshakeInfo,
-)
-from plugbay.core.protocol.versions import negotiate_version
+from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import (
@@ -64,13 +58,12 @@ from plugbay.errors import (
     HandshakeTimeoutError,
     NoEndpointsError,
     ProtocolMismatchError,
-    RemoteTLSError,
     SessionRefusedError,
     UnknownPluginError,
-    UnsupportedProtocolError,
 )
+from plugbay.network.describe import Asker, describe, handshake_info
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions, refusal_of
+from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions
 from plugbay.network.muxpin import pin_broker
 from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
 from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
@@ -315,60 +308,15 @@ class RemoteClient(Client):
 
     def _describe(self, pool: EndpointPool, deadline: float,
                   answered: bool = False) -> discovery_pb2.DescribeResponse | None:
-        stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
-        last = "no answer yet"
-        while True:
-            self._stop_if_killed()
-            refused = refusal_of(self._muxes, f"{self.name!r} at {self.target.text!r}") if answered else None
-            if refused is not None:
-                raise refused  # at once: sessions are refused again until some of the address's end
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise HandshakeTimeoutError(
-                    f"remote plugin {self.name!r} at {self.target.text!r} did not answer Discovery within"
-                    f" {self.remote.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
-                    " is served in network mode, and its TLS setup; raise start_timeout if it is slow")
-            try:
-                answer: discovery_pb2.DescribeResponse = stub.Describe(
-                    discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
-                return answer
-            except RemoteTLSError:
-                raise
-            except NoEndpointsError as exc:
-                self._stop_if_killed()  # the kill closed the pool: not an endpoint problem
-                details = getattr(exc, "details", None)
-                last = str(details() if callable(details) else exc)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    if answered:
-                        return None
-                    _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"
-                                 " app protocol version %d (the handshake's)", self.name,
-                                 self.remote.handshake.protocol_version)
-                    return None
-                last = f"{exc.code().name}: {exc.details()}"
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+        return describe(pool, deadline, Asker(self.name, self.target.text, self.remote.start_timeout,
+                                              self.remote.handshake.protocol_version, self._stop_if_killed),
+                        self._muxes if answered else None)
 
     def _handshake_info(self, answer: discovery_pb2.DescribeResponse | None) -> HandshakeInfo:
-        address = self.pool.any_key() or self.target.text
-        network, _, addr = address.partition(":")
-        if answer is None:
-            version = self.remote.handshake.protocol_version
-            return HandshakeInfo(CORE_PROTOCOL_VERSION, version, network, addr, PROTOCOL_GRPC)
-        self.description = answer
-        if answer.core_protocol != CORE_PROTOCOL_VERSION:
-            raise ProtocolMismatchError(
-                f"remote plugin {self.name!r} speaks go-plugin core protocol {answer.core_protocol}, this"
-                f" host {CORE_PROTOCOL_VERSION}; use a host and a plugin of compatible go-plugin versions")
-        if answer.protocol != PROTOCOL_GRPC:
-            raise UnsupportedProtocolError(
-                f"remote plugin {self.name!r} offers protocol {answer.protocol!r}; network mode carries"
-                " only 'grpc' (serve the plugin with gRPC)")
-        offered = [v.version for v in answer.versions]
-        version = negotiate_version(self._versions, offered)
-        extra = {"server": answer.server}
-        return HandshakeInfo(answer.core_protocol, version, network, addr, PROTOCOL_GRPC,
-                             multiplex=answer.multiplex, extra=extra)
+        if answer is not None:
+            self.description = answer
+        return handshake_info(answer, self.pool.any_key() or self.target.text, self.name,
+                              self.remote.handshake.protocol_version, self._versions)
 
     def close(self) -> None:
         """Disconnect (the same as kill(): a remote plugin is never stopped by a host)."""

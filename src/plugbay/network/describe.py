@@ -1,0 +1,98 @@
+"""A RemoteClient's Discovery: what stands in for a launched plugin's stdout handshake.
+
+The host asks the plugin's plugbay.network.v1.Discovery/Describe (through the endpoint pool, trying
+until start_timeout) and makes the HandshakeInfo of its answer: the core protocol, "grpc", the
+highest app protocol version both sides offer and whether brokered connections are multiplexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import grpc
+
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC, HandshakeInfo
+from plugbay.core.protocol.versions import negotiate_version
+from plugbay.errors import (
+    HandshakeTimeoutError,
+    NoEndpointsError,
+    ProtocolMismatchError,
+    RemoteTLSError,
+    UnsupportedProtocolError,
+)
+from plugbay.network.muxconn import Sessions, refusal_of
+from plugbay.network.pool import EndpointPool
+
+_log = logging.getLogger("plugbay.network")
+
+
+class Asker(NamedTuple):
+    """The RemoteClient that asks: what its errors name, how long it asks, and its check for a close()."""
+
+    name: str
+    target: str
+    start_timeout: float
+    protocol_version: int  # the handshake's: assumed when the plugin serves no Discovery
+    stop_if_killed: Callable[[], None]  # raises once close() or kill() came from another thread
+
+
+def describe(pool: EndpointPool, deadline: float, asker: Asker,
+             sessions: Sessions | None = None) -> discovery_pb2.DescribeResponse | None:
+    """The plugin's Discovery answer; None when it serves none. ``sessions``: the endpoints' yamux sessions,
+    once Discovery answered over plain gRPC (then no answer is expected, and a refused session ends it)."""
+    stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
+    last = "no answer yet"
+    while True:
+        asker.stop_if_killed()
+        refused = refusal_of(sessions, f"{asker.name!r} at {asker.target!r}") if sessions is not None else None
+        if refused is not None:
+            raise refused  # at once: sessions are refused again until some of the address's end
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeTimeoutError(
+                f"remote plugin {asker.name!r} at {asker.target!r} did not answer Discovery within"
+                f" {asker.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
+                " is served in network mode, and its TLS setup; raise start_timeout if it is slow")
+        try:
+            answer: discovery_pb2.DescribeResponse = stub.Describe(
+                discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
+            return answer
+        except RemoteTLSError:
+            raise
+        except NoEndpointsError as exc:
+            asker.stop_if_killed()  # the kill closed the pool: not an endpoint problem
+            details = getattr(exc, "details", None)
+            last = str(details() if callable(details) else exc)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                if sessions is not None:
+                    return None
+                _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"
+                             " app protocol version %d (the handshake's)", asker.name, asker.protocol_version)
+                return None
+            last = f"{exc.code().name}: {exc.details()}"
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+
+
+def handshake_info(answer: discovery_pb2.DescribeResponse | None, address: str, name: str,
+                   protocol_version: int, versions: Iterable[int]) -> HandshakeInfo:
+    """The handshake a Discovery ``answer`` (None: none served) amounts to, for the endpoint at ``address``;
+    ``versions``: the app protocol versions this host offers."""
+    network, _, addr = address.partition(":")
+    if answer is None:
+        return HandshakeInfo(CORE_PROTOCOL_VERSION, protocol_version, network, addr, PROTOCOL_GRPC)
+    if answer.core_protocol != CORE_PROTOCOL_VERSION:
+        raise ProtocolMismatchError(
+            f"remote plugin {name!r} speaks go-plugin core protocol {answer.core_protocol}, this"
+            f" host {CORE_PROTOCOL_VERSION}; use a host and a plugin of compatible go-plugin versions")
+    if answer.protocol != PROTOCOL_GRPC:
+        raise UnsupportedProtocolError(
+            f"remote plugin {name!r} offers protocol {answer.protocol!r}; network mode carries"
+            " only 'grpc' (serve the plugin with gRPC)")
+    version = negotiate_version(versions, [v.version for v in answer.versions])
+    return HandshakeInfo(answer.core_protocol, version, network, addr, PROTOCOL_GRPC,
+                         multiplex=answer.multiplex, extra={"server": answer.server})
