@@ -114,13 +114,16 @@ def _ended_by(client: RemoteClient, how: str, call: Callable[[], object], in_fli
     return outcome[0]
 
 
-def _closed_in_flight(error: object) -> None:
+def _closed_in_flight(error: object, cls: str = "RemoteClient") -> None:
     """``error`` is what a call in flight gets from close() or kill() with brokered=False and on the
     asyncio client: ClientClosed, sent, saying the plugin may have run it."""
     assert isinstance(error, ClientClosed), repr(error)
     assert error.sent  # its code() is the failure's own: CANCELLED, or UNAVAILABLE from the callback's server stop
-    assert "was closed (the Client was killed) while the call was in flight; the plugin may have run the call" \
-        in str(error), str(error)
+    said = str(error)
+    # a RemoteClient's words: closed or killed, and the class to make anew (it once said "(the Client was
+    # killed) ... start a new Client", a launched Client's)
+    assert "remote plugin 'counter' was closed (close() or kill()) while the call was in flight; the plugin may" \
+        f" have run the call. Make a new {cls} to call it again" in said, said
 
 
 @pytest.mark.parametrize("how", ["close", "kill"])
@@ -210,4 +213,5 @@ def test_close_or_kill_during_an_async_brokered_call_ends_it_client_closed_too(
         error = loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
     finally:
         loop.close()
-    _closed_in_flight(error)
+    _closed_in_flight(error, "AsyncRemoteClient")
+

@@ -70,7 +70,7 @@ from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, Ne
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
-from plugbay.network.remote_end import RemoteEnd, closed_while_connecting
+from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
 from plugbay.network.remotecheck import check_remote
 from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
@@ -147,6 +147,8 @@ class RemoteClient(Client):
         # weak: a stub the caller dropped lets go of its channel; the live ones are detached at close
         self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
         self._muxes = Sessions()  # the endpoints' sessions, as made
+        self.user_class = "RemoteClient"  # what its errors tell the user to make anew (AsyncRemoteClient's own)
+        self._answered = False  # an endpoint had answered health checks when a kill() cut the start short
 
     @property
     def pool(self) -> EndpointPool:
@@ -171,6 +173,7 @@ class RemoteClient(Client):
             refused = self._multiplex(deadline)
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
+        self._channel.killed_error = self._call_closed
         self._broker = NetworkBroker(POOL_BROKER if self.multiplexed else str(refused) if refused is not None
                                      else NO_BROKER_ASKED if not cfg.brokered else NO_BROKER)
 
@@ -228,7 +231,16 @@ class RemoteClient(Client):
             raise self.killed_starting_error()
 
     def killed_starting_error(self) -> ClientStateError:
-        return closed_while_connecting(self.name, self.target.text)  # nothing was stopped: the plugin is remote
+        # nothing was stopped: the plugin is remote; after a finished start, an AsyncRemoteClient's own check
+        found = self._started or self.description is not None or self._answered
+        return closed_while_connecting(self.name, self.target.text, self.user_class, found=found,
+                                       discovered=self._started)
+
+    def killed_refusal(self) -> ClientStateError:
+        return closed_remote(self.name, self.user_class)
+
+    def _call_closed(self, original: grpc.RpcError | None) -> BaseException:
+        return remote_call_closed(self.name, self.user_class, original)
 
     def kill(self) -> None:
         """Disconnect; from another thread during start(), that start() ends now (not at start_timeout)."""
@@ -239,6 +251,7 @@ class RemoteClient(Client):
             self._kill_asked = True
             pool = self._pool
             if pool is not None:
+                self._answered = self._answered or pool.metrics()["healthy"] > 0
                 pool.close()
         super().kill()
 
@@ -279,6 +292,7 @@ class RemoteClient(Client):
             main = self._channel
             assert main is not None
             channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
+            channel.killed_error = self._call_closed
             self._pinned.add(channel)
             return plugin.grpc_client(broker, channel)
 

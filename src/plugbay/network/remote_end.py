@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
+
+from plugbay.core.host.callerrors import ClientClosed
 from plugbay.errors import ClientStateError, ConfigError
 from plugbay.runners.base import LaunchSpec, Runner
 
@@ -50,10 +53,33 @@ class RemoteEnd(Runner):
         return {"kind": "RemoteEnd", "id": self.target}
 
 
-def closed_while_connecting(name: str, target: str) -> ClientStateError:
-    """What a RemoteClient's start() raises when close() or kill() from another thread ended it: the remote
-    plugin was not touched (a host never stops it), only this client's connecting was given up."""
+def closed_while_connecting(name: str, target: str, kind: str, *, found: bool, discovered: bool) -> ClientStateError:
+    """What a RemoteClient's start() (``kind``: the class the user made, RemoteClient or AsyncRemoteClient)
+    raises when close() or kill() from another thread ended it: only this client's connecting was given up.
+    ``found``: an endpoint of the plugin had answered (the plugin runs, and a host never stops it);
+    ``discovered``: discovery and Discovery were done (an AsyncRemoteClient then sets up its asyncio channel)."""
+    doing = "after discovery, as it set up its asyncio channel" if discovered else \
+        "discovering the target's endpoints and asking the plugin's Discovery"
+    plugin = "the remote plugin was left running" if found else \
+        "no endpoint of the plugin had been found or had answered yet"
     return ClientStateError(f"the client of remote plugin {name!r} at {target!r} was closed (close() or kill())"
-                            " while it was still connecting (discovering the target's endpoints and asking the"
-                            " plugin's Discovery); the remote plugin was left running. Make a new RemoteClient"
-                            " (or connect()) to connect again")
+                            f" while it was still connecting ({doing}); {plugin}. Make a new {kind} to connect"
+                            " again")
+
+
+def closed_remote(name: str, kind: str) -> ClientStateError:
+    """What a closed (or killed) RemoteClient's start() and dispense() say."""
+    return ClientStateError(f"the client of remote plugin {name!r} was closed (close() or kill()); make a new"
+                            f" {kind} to connect again")
+
+
+def remote_call_closed(name: str, kind: str, original: grpc.RpcError | None) -> ClientClosed:
+    """A call a RemoteClient's close() or kill() ended (``original``: its failure) or refused (None: never sent,
+    also a call still waiting for an endpoint when the close came)."""
+    if original is None:
+        return ClientClosed(f"the client of remote plugin {name!r} was closed (close() or kill()); the call was not"
+                            f" sent: the plugin did not get the call. Make a new {kind} to call it again", None,
+                            grpc.StatusCode.CANCELLED, sent=False)
+    return ClientClosed(f"the client of remote plugin {name!r} was closed (close() or kill()) while the call was in"
+                        f" flight; the plugin may have run the call. Make a new {kind} to call it again", original,
+                        grpc.StatusCode.CANCELLED)

@@ -204,9 +204,12 @@ class AsyncClient:
     def _check_usable(self) -> None:
         if self._failed is not None:
             raise ClientStateError(f"the client of plugin {self.name!r} cannot be used: {self._failed};"
-                                   " make a new AsyncClient")
+                                   f" make a new {type(self).__name__}")  # an AsyncRemoteClient's own
         if self._ending:
-            raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
+            raise self._killed_refusal()
+
+    def _killed_refusal(self) -> ClientStateError:
+        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
 
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""

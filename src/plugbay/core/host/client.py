@@ -131,7 +131,7 @@ class Client(Connecting):
                 raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a Client starts"
                                        " once: make a new Client")
             if self._killed or self._handoff.thread is not None:
-                raise ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+                raise self.killed_refusal()
             if self._started:
                 return
             self._starting = threading.current_thread()
@@ -247,6 +247,10 @@ class Client(Connecting):
         """A start() in progress on another thread ends at its next check and lets go of the plugin
         without stopping it (a reattached plugin is not this host's to stop). For AsyncClient."""
         self._abandoned = True
+
+    def killed_refusal(self) -> ClientStateError:
+        """What start() and dispense() of a killed (or closed) Client raise."""
+        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
 
     def killed_starting_error(self) -> ClientStateError:
         """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""

@@ -1,0 +1,135 @@
+"""What a RemoteClient's (and an AsyncRemoteClient's) start() cut short by close() from another thread says:
+the class the user made, where the connecting was, and whether the remote plugin had been found at all."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from plugbay import AsyncRemoteClient, ClientStateError, RemoteClient, RemoteConfig
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
+from tests.net_util import HANDSHAKE, PLUGINS
+from tests.resilience_util import wait_until
+from tests.test_network_remote import free_port
+
+CONNECTING = "was closed (close() or kill()) while it was still connecting (discovering the target's endpoints" \
+    " and asking the plugin's Discovery)"
+NOT_FOUND = "no endpoint of the plugin had been found or had answered yet"
+
+
+class _Healthy(health_pb2_grpc.HealthServicer):
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> object:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+class _SlowDiscovery(discovery_pb2_grpc.DiscoveryServicer):
+    """A plugin that answers health checks but holds Discovery: start() waits in Describe meanwhile."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def Describe(self, request: discovery_pb2.DescribeRequest, context: grpc.ServicerContext) -> object:
+        self.asked.set()
+        self.release.wait(30)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+
+@pytest.fixture()
+def slow_plugin() -> Iterator[tuple[str, _SlowDiscovery]]:
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    discovery = _SlowDiscovery()
+    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(discovery, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", discovery
+    finally:
+        discovery.release.set()
+        server.stop(None).wait(10)
+
+
+def _config(address: str) -> RemoteConfig:
+    return RemoteConfig(target=f"static:///{address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                        start_timeout=15.0, health_interval=0.2, name="kv-closed")
+
+
+def _start_closed(client: RemoteClient, ready: object) -> str:
+    """What client.start(), on another thread, raised once close() came when ``ready()`` turned True."""
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            client.start()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert wait_until(ready, 10)
+    finally:
+        client.close()
+        starter.join(20)
+    assert not starter.is_alive()
+    assert isinstance(outcome[0], ClientStateError), outcome
+    return str(outcome[0])
+
+
+def test_close_during_start_with_no_endpoint_found_says_so() -> None:
+    client = RemoteClient(_config(f"127.0.0.1:{free_port()}"))  # nothing listens there
+    said = _start_closed(client, lambda: client._pool is not None and time.sleep(0.5) is None)
+    assert CONNECTING in said and NOT_FOUND in said and "Make a new RemoteClient" in said, said
+    assert "left running" not in said, said  # no plugin was found: nothing was left running
+    with pytest.raises(ClientStateError) as refused:
+        client.dispense("kv")
+    # closed or killed, and the class to make anew (it once said "was killed; make a new Client")
+    assert "remote plugin 'kv-closed' was closed (close() or kill()); make a new RemoteClient" in \
+        str(refused.value), refused.value
+
+
+def test_close_during_start_with_a_plugin_found_says_it_was_left_running(
+        slow_plugin: tuple[str, _SlowDiscovery]) -> None:
+    address, discovery = slow_plugin
+    client = RemoteClient(_config(address))
+    said = _start_closed(client, lambda: discovery.asked.is_set() and client.pool.metrics()["healthy"] > 0)
+    assert CONNECTING in said and "the remote plugin was left running" in said, said
+    assert NOT_FOUND not in said, said
+
+
+def test_an_async_client_closed_during_start_names_its_own_class() -> None:
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        client = AsyncRemoteClient(_config(f"127.0.0.1:{free_port()}"))
+        start = asyncio.ensure_future(client.start())
+        for _ in range(100):
+            if client.remote_client._pool is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # well into the wait for an endpoint
+        await client.close()
+        ended = (await asyncio.gather(start, return_exceptions=True))[0]
+        refused = (await asyncio.gather(client.dispense("kv"), return_exceptions=True))[0]
+        return ended, refused
+
+    loop = asyncio.new_event_loop()
+    try:
+        ended, refused = loop.run_until_complete(asyncio.wait_for(main(), 60))  # hang detection only
+    finally:
+        loop.close()
+    assert isinstance(ended, ClientStateError), ended
+    said = str(ended)
+    # it once said "Make a new RemoteClient (or connect())": a class the asyncio user does not have
+    assert CONNECTING in said and NOT_FOUND in said and "Make a new AsyncRemoteClient" in said, said
+    assert "RemoteClient (" not in said and "connect()" not in said, said
+    assert isinstance(refused, ClientStateError), refused
+    # its start failed (the close): dispense() says so, naming the class (it once said "make a new AsyncClient")
+    assert str(refused).endswith("; make a new AsyncRemoteClient") and "AsyncClient" not in str(refused), refused
