@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,10 @@ import pytest
 from plugbay import AsyncRemoteClient, GRPCBroker, RemoteClient
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.channel import ClientClosed
-from plugbay.errors import PlugbayError
+from plugbay.errors import ClientStateError, PlugbayError
 from tests import netcerts
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterPlugin, CounterReplica, counter_config, host_tls, \
-    remote
+    remote, wait_until
 
 DISPENSES = 300
 
@@ -215,3 +216,102 @@ def test_close_or_kill_during_an_async_brokered_call_ends_it_client_closed_too(
         loop.close()
     _closed_in_flight(error, "AsyncRemoteClient")
 
+
+def _closed_waiting(error: object, cls: str = "RemoteClient") -> None:
+    """``error`` is what a call waiting for an endpoint gets from close(): ClientClosed, unsent, saying so,
+    as a call made after close() does (not the closed pool's NoEndpoints)."""
+    assert isinstance(error, ClientClosed), repr(error)
+    assert error.sent is False, error
+    said = str(error)
+    assert "remote plugin 'counter' was closed (close() or kill()); the call was not sent: the plugin did not get" \
+        f" the call. Make a new {cls} to call it again" in said, said
+    assert "start a new Client" not in said and "(the Client was killed)" not in said, said
+
+
+def _no_endpoint_left(client: RemoteClient) -> bool:
+    return client.metrics()["available"] == 0
+
+
+@pytest.mark.parametrize("brokered", [True, False])
+def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsent(
+        tmp_path: Path, brokered: bool) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    rep = CounterReplica(tmp_path / "r", certs)
+    client = remote([rep], host_tls(certs), brokered=brokered, call_timeout=30)
+    try:
+        client.start()
+        assert client.multiplexed is brokered
+        kv = client.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as first:
+            kv.get("n")
+        assert first.value.code() == grpc.StatusCode.NOT_FOUND  # the plugin answers (nothing stored yet)
+        rep.proc.kill()  # the only replica: the next call waits for an endpoint (call_timeout)
+        rep.proc.wait(15)
+        assert wait_until(lambda: _no_endpoint_left(client), 30)
+        began: list[float] = []
+
+        def call() -> object:
+            began.append(time.monotonic())
+            return kv.get("n")
+
+        # close() comes while the call waits, 1 s after it began (were it sooner, the call would be one
+        # made after close(), which ends the same way)
+        error = _ended_by(client, "close", call, lambda: bool(began) and time.monotonic() - began[0] >= 1.0)
+        _closed_waiting(error)
+        with pytest.raises(ClientClosed) as after:  # a call made after close(): the same
+            kv.get("n")
+        _closed_waiting(after.value)
+        with pytest.raises(ClientStateError, match=r"remote plugin 'counter' was closed \(close\(\) or kill\(\)\);"
+                           " make a new RemoteClient to connect again"):  # once: "was killed; make a new Client"
+            client.dispense(PLUGIN_NAME)
+    finally:
+        client.close()
+        rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("brokered", [True, False])
+def test_async_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsent(
+        tmp_path: Path, brokered: bool) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    rep = CounterReplica(tmp_path / "r", certs)
+
+    async def main() -> tuple[object, object]:
+        client = AsyncRemoteClient(counter_config([rep], host_tls(certs), brokered=brokered, call_timeout=30))
+        try:
+            await client.start()
+            assert client.multiplexed is brokered
+            kv = await client.dispense(PLUGIN_NAME)
+            first = (await asyncio.gather(kv.get("n"), return_exceptions=True))[0]
+            assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.NOT_FOUND, first
+            rep.proc.kill()
+            rep.proc.wait(15)
+            for _ in range(300):
+                if _no_endpoint_left(client.remote_client):
+                    break
+                await asyncio.sleep(0.1)
+            assert _no_endpoint_left(client.remote_client)
+            call = asyncio.ensure_future(kv.get("n"))
+            await asyncio.sleep(1.0)  # the call waits for an endpoint meanwhile
+            assert not call.done(), call
+            await client.close()
+            error = (await asyncio.gather(call, return_exceptions=True))[0]
+            after = (await asyncio.gather(kv.get("n"), return_exceptions=True))[0]
+            refused = (await asyncio.gather(client.dispense(PLUGIN_NAME), return_exceptions=True))[0]
+            # once: "was killed; make a new AsyncClient" (brokered=False), "... was killed; make a new
+            # AsyncRemoteClient" (multiplexed)
+            assert isinstance(refused, ClientStateError) and "remote plugin 'counter' was closed (close() or" \
+                " kill()); make a new AsyncRemoteClient to connect again" in str(refused), refused
+            return error, after
+        finally:
+            await client.kill()
+
+    loop = asyncio.new_event_loop()
+    try:
+        error, after = loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
+    finally:
+        loop.close()
+        rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)
+    _closed_waiting(error, "AsyncRemoteClient")
+    _closed_waiting(after, "AsyncRemoteClient")

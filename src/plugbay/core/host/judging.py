@@ -25,7 +25,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.host.callerrors import NEW_CLIENT, BrokerTLSRefused, CallTimeout, ClientClosed, PluginDied, \
     Unavailable, closed_under_call
 from plugbay.core.protocol.handlerstatus import handler_status
-from plugbay.errors import PlugbayError
+from plugbay.errors import NoEndpointsError, PlugbayError
 
 # How the channel learns whether the plugin is gone: exit_probe(wait) says why it ended (None: it runs),
 # waiting up to ``wait`` seconds (0: none) and no longer than its runner takes to learn of an exit.
@@ -117,6 +117,10 @@ class FailureJudge:
 
     def _translate(self, exc: grpc.RpcError, past_deadline: bool, found: ExitCheck | None) -> BaseException:
         if isinstance(exc, PlugbayError):
+            if isinstance(exc, NoEndpointsError) and self._closing and not self._died_first:
+                # it waited for an endpoint when the owner's close closed the pool under it: never sent, as a
+                # call made after the close
+                return self._killed(None)
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
