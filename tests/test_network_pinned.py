@@ -232,9 +232,10 @@ def _no_endpoint_left(client: RemoteClient) -> bool:
     return client.metrics()["available"] == 0
 
 
+@pytest.mark.parametrize("kind", ["unary", "stream"])
 @pytest.mark.parametrize("brokered", [True, False])
 def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsent(
-        tmp_path: Path, brokered: bool) -> None:
+        tmp_path: Path, brokered: bool, kind: str) -> None:
     certs = netcerts.write_set(tmp_path / "tls")
     rep = CounterReplica(tmp_path / "r", certs)
     client = remote([rep], host_tls(certs), brokered=brokered, call_timeout=30)
@@ -252,6 +253,9 @@ def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsen
 
         def call() -> object:
             began.append(time.monotonic())
+            if kind == "stream":  # a stream waits for its endpoint when it is made, not at its first read
+                return next(health_pb2_grpc.HealthStub(client.channel).Watch(  # type: ignore[no-untyped-call]
+                    health_pb2.HealthCheckRequest(service=""), timeout=30))
             return kv.get("n")
 
         # close() comes while the call waits, 1 s after it began (were it sooner, the call would be one

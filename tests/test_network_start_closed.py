@@ -12,7 +12,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from plugbay import AsyncRemoteClient, ClientStateError, RemoteClient, RemoteConfig
+from plugbay import AsyncRemoteClient, ClientStateError, PlugbayError, RemoteClient, RemoteConfig
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from tests.net_util import HANDSHAKE, PLUGINS
@@ -133,3 +133,18 @@ def test_an_async_client_closed_during_start_names_its_own_class() -> None:
     assert isinstance(refused, ClientStateError), refused
     # its start failed (the close): dispense() says so, naming the class (it once said "make a new AsyncClient")
     assert str(refused).endswith("; make a new AsyncRemoteClient") and "AsyncClient" not in str(refused), refused
+
+
+def test_a_failed_start_names_the_class_to_make_anew() -> None:
+    """After a failed start(), the refusal to start again names RemoteClient (it once said "make a new
+    Client", which a RemoteClient user does not make)."""
+    config = RemoteConfig(target=f"static:///127.0.0.1:{free_port()}", handshake=HANDSHAKE, plugins=PLUGINS,
+                          insecure=True, start_timeout=1.0, health_interval=0.2, name="kv-failed")
+    client = RemoteClient(config)
+    try:
+        with pytest.raises(PlugbayError):  # nothing listens there: the start fails at start_timeout
+            client.start()
+        with pytest.raises(ClientStateError, match=r"a RemoteClient starts once: make a new RemoteClient$"):
+            client.dispense("kv")
+    finally:
+        client.close()

@@ -329,11 +329,14 @@ class _StreamingCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)
         kwargs = self._kwargs(timeout, kwargs)
+        started = time.monotonic()
         try:
             call = self._target()(request, **kwargs)
         except ValueError as exc:
             raise caused(self._owner.translate_value_error(exc), exc)
-        return _TranslatingStream(call, self._owner, time.monotonic(), kwargs["timeout"])
+        except grpc.RpcError as exc:  # a network pool's stream waits for its endpoint here, not at the first read
+            raise caused(failed(self._owner, exc, started, kwargs["timeout"]), exc)
+        return _TranslatingStream(call, self._owner, started, kwargs["timeout"])
 
 
 class _TranslatingStream:

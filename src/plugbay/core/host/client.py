@@ -128,8 +128,9 @@ class Client(Connecting):
         self._claim()
         with self._lock:
             if self._failed is not None:  # nobody killed it
-                raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a Client starts"
-                                       " once: make a new Client")
+                kind = type(self).__name__  # a RemoteClient user makes a new RemoteClient
+                raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a {kind} starts"
+                                       f" once: make a new {kind}")
             if self._killed or self._handoff.thread is not None:
                 raise self.killed_refusal()
             if self._started:
