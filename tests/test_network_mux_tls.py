@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from plugbay import RemoteClient, RemoteTLSError
 from tests import netcerts
-from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls
+from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, wait_until
 
 
 def _free_port() -> int:
@@ -95,3 +96,65 @@ def test_a_dispense_waiting_for_a_session_ends_at_the_pools_tls_verdict(tmp_path
         with pytest.raises(RemoteTLSError) as err:
             client.dispense(PLUGIN_NAME).get("n")
         assert "failed: the plugin refused the" in str(err.value)
+
+
+
+@contextmanager
+def _beside_a_good_one(tmp_path: Path, case: str, multiplexed: bool) -> Iterator[tuple[RemoteClient, Any, Any]]:
+    """A RemoteClient started against a replica with ``case``'s certificates and a good one, once the good
+    one answered a call."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    bad = CounterReplica(tmp_path / "bad", _refusing_set(certs, tmp_path, case))
+    good = CounterReplica(tmp_path / "good", certs)
+    try:
+        with RemoteClient(counter_config([bad, good], host_tls(certs), health_interval=0.2, health_timeout=0.5,
+                                         brokered=multiplexed, call_timeout=10.0)) as client:
+            assert client.multiplexed is multiplexed
+            with pytest.raises(grpc.RpcError) as missing:  # the good one answers
+                client.dispense(PLUGIN_NAME).get("n")
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            yield client, bad, good
+    finally:
+        for replica in (bad, good):
+            replica.stop()
+            shutil.rmtree(replica.tmp, ignore_errors=True)
+
+
+REFUSALS = pytest.mark.parametrize("case, expected", [
+    ("plugin certificate from another CA", "the plugin's certificate is not signed by the CA given"),
+    ("plugin no longer trusts the host", "the plugin refused the"),
+])
+
+
+@pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
+@REFUSALS
+def test_a_replica_failing_tls_beside_a_good_one_is_named_in_its_health_detail(
+        tmp_path: Path, multiplexed: bool, case: str, expected: str) -> None:
+    """Such a replica was only logged at INFO; its health detail showed gRPC's words alone and, multiplexed
+    (where gRPC sees only the relay's close), blamed "a proxy whose backend is down"."""
+    with _beside_a_good_one(tmp_path, case, multiplexed) as (client, bad, _):
+        def detail() -> str:
+            return str(client.metrics()["endpoints"][f"tcp:{bad.address}"]["health_detail"])
+        wait_until(lambda: "TLS failure" in detail(), 15.0)
+        assert "TLS failure: " in detail() and "cut short" not in detail(), detail()
+        assert "check NetworkTLS(cert_file, key_file, ca_file, server_name)" in detail()
+        if multiplexed or case != "plugin certificate from another CA":  # gRPC names it otherwise
+            assert expected in detail(), detail()
+
+
+@pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
+@REFUSALS
+def test_once_the_good_replica_is_gone_calls_end_with_the_tls_failure(tmp_path: Path, multiplexed: bool, case: str,
+                                                                      expected: str) -> None:
+    """With the good replica down, dispense() (multiplexed) and calls waited out call_timeout and ended
+    NoEndpointsError (gRPC's raw words) or BrokerError "did not come up": the pool's TLS verdict ended calls
+    only when every endpoint had failed TLS, and a dead one never does. The RemoteTLSError now comes as
+    soon as the health checks leave nothing else to wait for."""
+    with _beside_a_good_one(tmp_path, case, multiplexed) as (client, bad, good):
+        good.stop()
+        with pytest.raises(RemoteTLSError) as err:
+            client.dispense(PLUGIN_NAME).get("n")
+        assert f"TLS with remote plugin 'counter' at tcp:{bad.address} failed" in str(err.value)
+        assert f"No other endpoint can take calls now: tcp:{good.address} unhealthy" in str(err.value)
+        if multiplexed or case != "plugin certificate from another CA":
+            assert expected in str(err.value)

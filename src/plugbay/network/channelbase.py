@@ -32,7 +32,8 @@ class Member:
         # until then (set when it joins the pool), while no check has answered, calls go elsewhere or wait
         self.first_check_by = 0.0
         self.first_round = False  # found by the pool's start: calls wait for its first check (PoolHealth.welcome)
-        self.health_detail = ""
+        self.health_detail = ""  # why its last health check failed, with what that means for TLS
+        self.check_error = ""  # that check's own failure, as gRPC worded it
         self.outlier = EjectionState()
         self.picks = 0
         self.failures = 0
@@ -40,6 +41,7 @@ class Member:
         self.draining_since: float | None = None
         self.checking = False
         self.tls_failure: str | None = None  # what the last health check or TLS probe said about TLS
+        self.tls_warned: str | None = None  # the last TLS failure logged as a warning
         self.tls_suspect = False  # its connection closed during setup: a TLS probe is to tell why
         self.probed_at: float | None = None
         self.tls_proven = False  # a health check answered over TLS: it takes this host's certificate
@@ -54,7 +56,8 @@ class Member:
         """Take the place of ``old``, the same endpoint dialed with other TLS files: its standing (health,
         ejection, counters) stays; what it said about TLS was said of the old files."""
         self.endpoint = old.endpoint
-        self.healthy, self.health_detail = old.healthy, old.health_detail
+        self.healthy, self.check_error = old.healthy, old.check_error
+        self.health_detail = old.check_error if old.tls_failure is not None else old.health_detail
         self.first_check_by = old.first_check_by
         self.outlier = old.outlier  # shared: calls still on the old channel count toward it
         self.picks, self.failures = old.picks, old.failures

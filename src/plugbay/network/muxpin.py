@@ -7,7 +7,9 @@ come back held dispense() for the whole call_timeout while other replicas served
 at once; so a stub goes to an endpoint whose session is up instead, and a wait
 already under way moves there as soon as the lost session is seen. With no
 session up anywhere the wait stays where it is (the replica may come back),
-bounded by ``timeout`` as before.
+bounded by ``timeout`` as before, unless the health checks leave only endpoints
+that fail this host's TLS and down ones (EndpointPool.tls_broken): then the
+RemoteTLSError saying so, at once.
 """
 
 from __future__ import annotations
@@ -55,15 +57,17 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
             moved = live_elsewhere(pool, key)
             if moved is not None:
                 key, endpoint = moved
-            elif (refused := pool.tls_broken(key)) is not None:
-                raise refused  # the plugin there refused this host's TLS: no session will come up to wait for
+            elif (refused := pool.tls_broken(key) or pool.tls_broken()) is not None:
+                raise refused  # the plugin there (or every one not down) refuses this host's TLS: no session
+                # will come up to wait for
 
         def lost_here(key: str = key, endpoint: MuxEndpoint = endpoint) -> bool:
             # the session this wait is for was lost (or never came up) and another endpoint's is up, or the
-            # pool's health check found this one refusing our TLS (asked at each of the wait's checks, every
-            # 0.1 s; the loop then raises that: raised in here, broker() would read it as a failed wait)
+            # pool's health checks found this one refusing our TLS, or every one not down (asked at each of
+            # the wait's checks, every 0.1 s; the loop then raises that: raised in here, broker() would read
+            # it as a failed wait)
             return not endpoint.session_up and (live_elsewhere(pool, key) is not None
-                                                or pool.tls_broken(key) is not None)
+                                                or pool.tls_broken(key) is not None or pool.tls_broken() is not None)
 
         broker = endpoint.broker(timeout, limit, wait=max(deadline - time.monotonic(), 0.0), give_up=lost_here)
         if broker is not None:

@@ -43,7 +43,7 @@ from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.figures import check_pool
-from plugbay.network.poolcalls import PoolCallable, no_endpoints, tls_error
+from plugbay.network.poolcalls import PoolCallable, no_endpoints
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
 from plugbay.network.tls import NetworkTLS
@@ -265,14 +265,6 @@ class EndpointPool(PoolHealth, CallChannel):
         if self.policy == "pick_first":
             return ready[0]
         return ready[next(self._rr) % len(ready)]
-
-    def tls_broken(self, pin: str | None = None) -> BaseException | None:
-        """When every endpoint failed its health check on TLS, a RemoteTLSError now (waiting cannot help)."""
-        with self._cond:
-            members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
-            if not members or any(m.tls_failure is None for m in members):
-                return None
-            return tls_error(self, members[0], members[0].tls_failure or "", members[0].health_detail)
 
     def release(self, member: Member) -> None:
         """A picked endpoint given back unused (the call's deadline was spent first): no outcome to count."""

@@ -31,7 +31,7 @@ from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, echoed, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import NetworkTLS, cut_short, tls_failure
+from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure
 
 
 class Member(Protocol):
@@ -161,11 +161,19 @@ class _PoolStream:
         return getattr(self._call, name)
 
 
-def tls_error(pool: EndpointPool, member: Member, meaning: str, details: str) -> RemoteTLSFailure:
+class _Named(Protocol):
+    """What tls_error() needs of a pool (an EndpointPool, or PoolHealth, its base): no import circle."""
+
+    name: str
+
+
+def tls_error(pool: _Named, member: Member, meaning: str, details: str,
+              others: str = "") -> RemoteTLSFailure:
+    """``others``: why the pool's other endpoints cannot take the call instead (EndpointPool.tls_broken)."""
+    rest = f". No other endpoint can take calls now: {others}" if others else ""
     return RemoteTLSFailure(
-        f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details})."
-        " Check NetworkTLS(cert_file, key_file, ca_file, server_name) against the plugin's TLS setup",
-        grpc.StatusCode.UNAVAILABLE, details)
+        f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."
+        f" {CHECK_TLS[0].upper()}{CHECK_TLS[1:]}", grpc.StatusCode.UNAVAILABLE, details)
 
 
 def _channel_failing(channel: Any) -> bool:

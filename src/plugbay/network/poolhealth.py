@@ -25,8 +25,9 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
+from plugbay.network.poolcalls import tls_error
 from plugbay.network.resolver import Endpoint
-from plugbay.network.tls import NetworkTLS, cut_short, cut_short_note, tls_failure
+from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, cut_short_note, tls_failure
 from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe
 
 _log = logging.getLogger("plugbay.network")
@@ -235,6 +236,22 @@ class PoolHealth:
             return False
         return self._first_pass is None or now < self._first_pass + _SPREAD
 
+    def tls_broken(self, pin: str | None = None) -> BaseException | None:
+        """A RemoteTLSError now when no endpoint is left to wait for but ones whose health check (or TLS
+        probe) failed on TLS: the pinned one (``pin``) did, or, without a pin, some did and every other is
+        down (it failed its health checks) or terminating. Waiting for a down replica to return held every
+        call for its whole deadline, then said nothing of the replica that refuses this host's TLS."""
+        with self._cond:
+            members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
+            broken = [m for m in members if m.tls_failure is not None]
+            others = [m for m in members if m.tls_failure is None]
+            if not broken or any(m.healthy is not False and not m.endpoint.terminating for m in others):
+                return None
+            first = broken[0]
+            down = "; ".join(f"{m.key} {'terminating' if m.endpoint.terminating else 'unhealthy'}"
+                             + (f" ({m.health_detail})" if m.health_detail else "") for m in others)
+            return tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail, down)
+
     def _probe_suspects(self) -> None:
         with self._cond:
             suspects = [m for m in self._members.values() if m.tls_suspect]
@@ -256,10 +273,19 @@ class PoolHealth:
                 verdict = self._weigh_close(member)
             else:
                 member.closing_since = None
-            member.tls_failure = verdict
+            self._tls_verdict_is(member, verdict)
             if verdict is not None:
+                if member.tls_suspect and member.healthy is False:  # its health detail says so now, not next tick
+                    member.health_detail = self._failure_detail(member, member.check_error, True)
                 self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool.tls_broken)
         return verdict
+
+    def _tls_verdict_is(self, member: Member, verdict: str | None) -> None:
+        """Under the lock: a TLS failure found is logged as a warning once, not at each health check."""
+        if verdict is not None and verdict != member.tls_warned:
+            member.tls_warned = verdict
+            _log.warning("pool %s: endpoint %s fails TLS: %s; %s", self.name, member.key, verdict, CHECK_TLS)
+        member.tls_failure = verdict
 
     def _weigh_close(self, member: Member) -> str | None:
         """A close right after the handshake: a refused certificate, or a TLS proxy without its backend.
@@ -278,6 +304,14 @@ class PoolHealth:
         with self._cond:
             closing = member.closing_since is not None
         return CLOSED_AFTER_HANDSHAKE if closing else cut_short_note(self.tls is not None)
+
+    def _failure_detail(self, member: Member, detail: str, suspect: bool) -> str:
+        """Under the lock: a failed health check's ``detail`` with what it means. A TLS failure (gRPC's words,
+        or the probe's verdict on a close during setup) says so and what to fix: the detail shows in
+        metrics() and in a NoEndpointsError; a multiplexed endpoint's gRPC sees only its relay's close."""
+        if member.tls_failure is not None:
+            return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
+        return f"{detail} ({self.cut_short_detail(member)})" if suspect else detail
 
     def _check(self, member: Member) -> None:
         # read and set in one step: the discovery thread (a joining endpoint) and the health tick may both
@@ -307,8 +341,6 @@ class PoolHealth:
         except Exception as exc:  # cancelled on close
             ok, detail = False, type(exc).__name__
         suspect = not ok and self.diagnose_tls and cut_short(detail)
-        if suspect:
-            detail += f" ({self.cut_short_detail(member)})"
         with self._cond:
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             if self._members.get(member.key) is member:  # one that left meanwhile is counted no more
@@ -316,15 +348,17 @@ class PoolHealth:
             before = member.healthy
             member.tls_suspect = suspect
             if not suspect:  # a suspect keeps its last probe's verdict until the next probe
-                member.tls_failure = None if ok or not self.diagnose_tls else tls_failure(
-                    detail, tls=self.tls is not None)
+                self._tls_verdict_is(member, None if ok or not self.diagnose_tls else tls_failure(
+                    detail, tls=self.tls is not None))
             if ok:
                 if self._first_pass is None:
                     self._first_pass = time.monotonic()
-                member.healthy, member.health_detail = True, ""
+                member.healthy, member.health_detail, member.check_error = True, "", ""
                 member.tls_proven, member.closing_since = True, None  # it took this host's certificate
+                member.tls_warned = None  # a TLS failure after this is news again
             elif fails >= self.unhealthy_after or before is None:
-                member.healthy, member.health_detail = False, detail
+                member.healthy, member.check_error = False, detail
+                member.health_detail = detail = self._failure_detail(member, detail, suspect)
             went_bad = before is not False and member.healthy is False
             if before != member.healthy:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,

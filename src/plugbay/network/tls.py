@@ -123,6 +123,8 @@ def tls_failure(details: str, *, tls: bool) -> str | None:
     return None
 
 
+# what to do about any TLS failure (an error's, an endpoint's health detail)
+CHECK_TLS = "check NetworkTLS(cert_file, key_file, ca_file, server_name) against the plugin's TLS setup"
 WANTS_TLS = "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
 # How gRPC words a connection closed or reset under its setup (TLS handshake or HTTP/2 preface)
 _CUT_SHORT = ("Socket closed", "Connection reset", "Handshake read failed", "Handshake write failed",
