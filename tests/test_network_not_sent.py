@@ -74,17 +74,17 @@ def _pool(*answers: Callable[[dict[str, str], grpc.ServicerContext], bytes]) -> 
             server.stop(0)
 
 
-def _call(pool: EndpointPool, how: str, metadata: Any = None) -> bytes:
+def _call(pool: EndpointPool, how: str, metadata: Any = None, timeout: float = 3) -> bytes:
     """One unary call through the pool: blocking, future() or on grpc.aio."""
     if how == "call":
-        return bytes(pool.unary_unary(METHOD)(b"", timeout=3, metadata=metadata))
+        return bytes(pool.unary_unary(METHOD)(b"", timeout=timeout, metadata=metadata))
     if how == "future":
-        return bytes(pool.unary_unary(METHOD).future(b"", timeout=3, metadata=metadata).result(timeout=10))
+        return bytes(pool.unary_unary(METHOD).future(b"", timeout=timeout, metadata=metadata).result(timeout=10))
 
     async def main() -> bytes:
         channel = AioPoolChannel(AioEndpoints(pool))
         try:
-            return bytes(await channel.unary_unary(METHOD)(b"", timeout=3, metadata=metadata))
+            return bytes(await channel.unary_unary(METHOD)(b"", timeout=timeout, metadata=metadata))
         finally:
             await channel.close()
     return asyncio.run(main())
@@ -111,6 +111,23 @@ def test_a_refusal_that_echoes_the_pools_token_goes_to_the_next_endpoint(how: st
         for _, metadata in seen:
             assert metadata[NOT_SENT] == pool.token and metadata["x-caller"] == "1"
         assert pool.resends == 1
+
+
+@pytest.mark.parametrize("how", ["call", "future", "aio"])
+def test_resends_count_only_tries_sent_to_another_endpoint(how: str) -> None:
+    """metrics()["resends"] counted every refused try, a lone endpoint's try again on the same one too (a
+    pinned stub's likewise): a gateway whose plugin was down showed 35 resends for about 8 calls, with
+    nowhere else to send them. It counts the failovers the docs describe: a try sent to another endpoint
+    than the one that refused the last try."""
+    with _pool(_marks(None)) as (pool, seen):
+        with pytest.raises(grpc.RpcError):  # refused each time until its deadline
+            _call(pool, how, timeout=1)
+        assert len(seen) >= 2 and pool.resends == 0, (seen, pool.resends)
+    with _pool(_marks(None), _marks(None)) as (pool, seen):
+        with pytest.raises(grpc.RpcError):
+            _call(pool, how, timeout=1)
+        moves = sum(1 for (was, _), (now, _) in zip(seen, seen[1:]) if was != now)
+        assert moves >= 1 and pool.resends == moves, ([name for name, _ in seen], pool.resends)
 
 
 def test_each_pool_has_its_own_token() -> None:

@@ -29,9 +29,10 @@ import grpc
 from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
-from plugbay.core.protocol.notsent import NOT_SENT, echoed, with_token
+from plugbay.core.protocol.notsent import NOT_SENT, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure
+from plugbay.network.unsent import Tried, busy, not_sent
 
 
 class Member(Protocol):
@@ -65,13 +66,8 @@ class EndpointPool(Protocol):
     def pickable_keys(self) -> list[str]: ...
 
 
-# How gRPC's load-balancing picker words a call it failed before giving it a stream (no connection).
-# The wording alone proves nothing (a plugin may relay such a status from its own backend), so the
-# endpoint's channel must also be in TRANSIENT_FAILURE: a status from the plugin needs a READY connection.
-_SETUP_FAILURES = ("failed to connect to all addresses", "connections to all backends failing",
-                   "dns resolution failed", "empty address list")
-_TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
-__all__ = ["NOT_SENT", "with_token"]  # core.protocol.notsent's (why a mark is believed), long imported from here
+# core.protocol.notsent's (why a mark is believed) and unsent's, long imported from here
+__all__ = ["NOT_SENT", "with_token", "Tried", "busy", "not_sent"]
 
 
 class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -176,52 +172,6 @@ def tls_error(pool: _Named, member: Member, meaning: str, details: str,
         f" {CHECK_TLS[0].upper()}{CHECK_TLS[1:]}", grpc.StatusCode.UNAVAILABLE, details)
 
 
-def _channel_failing(channel: Any) -> bool:
-    """Whether the endpoint's gRPC channel is in TRANSIENT_FAILURE now (False when that cannot be told)."""
-    for _ in range(4):  # grpc.Channel -> cygrpc.Channel, possibly behind a delegating channel (muxconn)
-        check = getattr(channel, "check_connectivity_state", None)
-        if callable(check):
-            try:
-                return bool(check(False) == _TRANSIENT_FAILURE)
-            except Exception:  # closed meanwhile: nothing proves the call stayed here
-                return False
-        channel = getattr(channel, "_channel", None)
-        if channel is None:
-            return False
-    return False
-
-
-def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
-    """True only when the call provably never reached the plugin: it failed while connecting, or a
-    server refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token):
-    UNAVAILABLE (a gateway whose plugin is down), or RESOURCE_EXHAUSTED (a full gate: busy())."""
-    code = exc.code()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return echoed(exc, token)
-    if code != grpc.StatusCode.UNAVAILABLE:
-        return False
-    if echoed(exc, token):
-        return True
-    details = str(exc.details() or "").lower()
-    return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
-
-
-def busy(exc: grpc.RpcError) -> bool:
-    """Of a refusal not_sent() believed: the endpoint is saturated (its gate is full), not failing."""
-    return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-class Tried(set[str]):
-    """The endpoints a unary call was refused by since it last waited, and the last of those refusals
-    that was busy(): once every endpoint refused, that one ends the call."""
-
-    busy_refusal: grpc.RpcError | None = None
-
-    def clear(self) -> None:
-        super().clear()
-        self.busy_refusal = None
-
-
 class PoolCallable:
     """One method of the pool (or of one pinned endpoint)."""
 
@@ -253,11 +203,18 @@ class PoolCallable:
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._unary(True, request, timeout, kwargs)
 
-    def remaining(self, deadline: float | None, member: Member, last: str = "") -> float | None:
+    def remaining(self, deadline: float | None, member: Member, last: str = "",
+                  tried: Tried | None = None) -> float | None:
         """What waiting for ``member`` left of the caller's timeout. Nothing: the try is not sent (grpcio would
-        race the spent deadline against it) and ``member`` goes back unused, no failure of its own."""
+        race the spent deadline against it) and ``member`` goes back unused, no failure of its own. A try
+        about to go to another endpoint than the one that refused the last (``tried``) counts as a resend:
+        a pinned stub's, or a lone endpoint's, try again on the same one is no failover."""
         left = None if deadline is None else deadline - time.monotonic()
         if left is None or left > 0:
+            if tried is not None and tried.refused_by not in (None, member.key):
+                self._pool.resends += 1
+            if tried is not None:
+                tried.refused_by = None
             return left
         self._pool.release(member)
         raise no_time_left(f"the call's deadline was spent before an endpoint of remote plugin {self._pool.name!r}"
@@ -327,7 +284,7 @@ class PoolCallable:
                 member = pool.pick(pick_until, tried, self._pin)
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
-            left = self.remaining(deadline, member, last)
+            left = self.remaining(deadline, member, last, tried)
             try:
                 target = self._on(member)
                 result = (target.with_call if with_call else target)(request, timeout=left, **kwargs)
@@ -371,7 +328,7 @@ class PoolCallable:
             raise tried.busy_refusal
         if meaning is not None and every:
             raise tls_error(pool, member, meaning, details) from exc
-        pool.resends += 1
+        tried.refused_by = member.key
         if not every:
             return last, 0.0
         tried.clear()  # every endpoint refused: wait a moment, then go round again

@@ -34,7 +34,7 @@ class Tries(Protocol):
 
     def deadline(self, timeout: float | None) -> tuple[float, float | None]: ...
 
-    def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
+    def remaining(self, deadline: float | None, member: Any, last: str = "", tried: Any = None) -> float | None: ...
 
     def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
@@ -89,7 +89,7 @@ class FailoverFuture(CallFuture):
             if self._cancelled:  # cancelled as it got one: never sent
                 pool.done(member, None)
                 return
-            left = owner.remaining(self._deadline, member, self._last)  # none: raises, member released
+            left = owner.remaining(self._deadline, member, self._last, self._tried)  # none: raises, member released
             try:
                 inner = owner._on(member).future(self._request, timeout=left, **self._kwargs)
             except ValueError as exc:  # the endpoint's channel closed under the call: not sent

@@ -1,0 +1,65 @@
+"""Which failed tries provably never reached the plugin (the pool sends those to another endpoint), and
+which of those were a busy endpoint's refusal: the rules of plugbay.network.poolcalls, kept apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from plugbay.core.protocol.notsent import echoed
+
+# How gRPC's load-balancing picker words a call it failed before giving it a stream (no connection).
+# The wording alone proves nothing (a plugin may relay such a status from its own backend), so the
+# endpoint's channel must also be in TRANSIENT_FAILURE: a status from the plugin needs a READY connection.
+_SETUP_FAILURES = ("failed to connect to all addresses", "connections to all backends failing",
+                   "dns resolution failed", "empty address list")
+_TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
+
+
+def _channel_failing(channel: Any) -> bool:
+    """Whether the endpoint's gRPC channel is in TRANSIENT_FAILURE now (False when that cannot be told)."""
+    for _ in range(4):  # grpc.Channel -> cygrpc.Channel, possibly behind a delegating channel (muxconn)
+        check = getattr(channel, "check_connectivity_state", None)
+        if callable(check):
+            try:
+                return bool(check(False) == _TRANSIENT_FAILURE)
+            except Exception:  # closed meanwhile: nothing proves the call stayed here
+                return False
+        channel = getattr(channel, "_channel", None)
+        if channel is None:
+            return False
+    return False
+
+
+def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
+    """True only when the call provably never reached the plugin: it failed while connecting, or a
+    server refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token):
+    UNAVAILABLE (a gateway whose plugin is down), or RESOURCE_EXHAUSTED (a full gate: busy())."""
+    code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return echoed(exc, token)
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    if echoed(exc, token):
+        return True
+    details = str(exc.details() or "").lower()
+    return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
+
+
+def busy(exc: grpc.RpcError) -> bool:
+    """Of a refusal not_sent() believed: the endpoint is saturated (its gate is full), not failing."""
+    return bool(exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class Tried(set[str]):
+    """The endpoints a unary call was refused by since it last waited, the last of those refusals that
+    was busy() (once every endpoint refused, that one ends the call), and the endpoint that refused the
+    last try (``refused_by``: the next try sent elsewhere is a resend)."""
+
+    busy_refusal: grpc.RpcError | None = None
+    refused_by: str | None = None
+
+    def clear(self) -> None:
+        super().clear()
+        self.busy_refusal = None
