@@ -46,6 +46,7 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
     once Discovery answered over plain gRPC (then no answer is expected, and a refused session ends it)."""
     stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
     last = "no answer yet"
+    late_tls: RemoteTLSError | None = None  # the last try's, at that try's deadline: raised at start's
     while True:
         asker.stop_if_killed()
         refused = refusal_of(sessions, f"{asker.name!r} at {asker.target!r}") if sessions is not None else None
@@ -53,7 +54,7 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
             raise refused  # at once: sessions are refused again until some of the address's end
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HandshakeTimeoutError(
+            raise late_tls if late_tls is not None else HandshakeTimeoutError(
                 f"remote plugin {asker.name!r} at {asker.target!r} did not answer Discovery within"
                 f" {asker.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
                 " is served in network mode, and its TLS setup; raise start_timeout if it is slow")
@@ -61,12 +62,15 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
             answer: discovery_pb2.DescribeResponse = stub.Describe(
                 discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
             return answer
-        except RemoteTLSError:
-            raise
+        except RemoteTLSError as exc:
+            if not getattr(exc, "at_deadline", False):
+                raise
+            late_tls = exc  # a replica failing TLS beside one still booting: wait out start_timeout
+            continue
         except NoEndpointsError as exc:
             asker.stop_if_killed()  # the kill closed the pool: not an endpoint problem
             details = getattr(exc, "details", None)
-            last = str(details() if callable(details) else exc)
+            late_tls, last = None, str(details() if callable(details) else exc)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 if sessions is not None:

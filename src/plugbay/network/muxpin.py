@@ -7,19 +7,22 @@ come back held dispense() for the whole call_timeout while other replicas served
 at once; so a stub goes to an endpoint whose session is up instead, and a wait
 already under way moves there as soon as the lost session is seen. With no
 session up anywhere the wait stays where it is (the replica may come back),
-bounded by ``timeout`` as before, unless the health checks leave only endpoints
-that fail this host's TLS and down ones (EndpointPool.tls_broken): then the
-RemoteTLSError saying so, at once.
+bounded by ``timeout`` as before: unless this endpoint refuses this host's TLS
+(EndpointPool.tls_broken, at once), it ends BrokerError, or, when some endpoint
+failed TLS, that RemoteTLSError (EndpointPool.tls_at_deadline): one failing TLS
+beside a replica that is restarting must not end a wait the restart would win.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Protocol
 
 import grpc
 
 from plugbay.core.broker.broker import GRPCBroker
+from plugbay.errors import BrokerError
 from plugbay.network.muxconn import MuxEndpoint
 
 
@@ -31,6 +34,11 @@ class Pool(Protocol):
     def pickable_keys(self) -> list[str]: ...
 
     def tls_broken(self, pin: str | None = None) -> BaseException | None: ...
+
+    def tls_at_deadline(self, exclude: Collection[str], pin: str | None = None) -> BaseException | None: ...
+
+    @property
+    def closed(self) -> bool: ...
 
 
 def live_elsewhere(pool: Pool, key: str) -> tuple[str, MuxEndpoint] | None:
@@ -57,18 +65,21 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
             moved = live_elsewhere(pool, key)
             if moved is not None:
                 key, endpoint = moved
-            elif (refused := pool.tls_broken(key) or pool.tls_broken()) is not None:
-                raise refused  # the plugin there (or every one not down) refuses this host's TLS: no session
-                # will come up to wait for
+            elif (refused := pool.tls_broken(key)) is not None:
+                raise refused  # the plugin there refused this host's TLS: no session will come up to wait for
 
         def lost_here(key: str = key, endpoint: MuxEndpoint = endpoint) -> bool:
             # the session this wait is for was lost (or never came up) and another endpoint's is up, or the
-            # pool's health checks found this one refusing our TLS, or every one not down (asked at each of
-            # the wait's checks, every 0.1 s; the loop then raises that: raised in here, broker() would read
-            # it as a failed wait)
+            # pool's health check found this one refusing our TLS (asked at each of the wait's checks, every
+            # 0.1 s; the loop then raises that: raised in here, broker() would read it as a failed wait)
             return not endpoint.session_up and (live_elsewhere(pool, key) is not None
-                                                or pool.tls_broken(key) is not None or pool.tls_broken() is not None)
+                                                or pool.tls_broken(key) is not None)
 
-        broker = endpoint.broker(timeout, limit, wait=max(deadline - time.monotonic(), 0.0), give_up=lost_here)
+        try:
+            broker = endpoint.broker(timeout, limit, wait=max(deadline - time.monotonic(), 0.0), give_up=lost_here)
+        except BrokerError as exc:  # "did not come up" at the deadline; not a refusal, nor a close
+            if type(exc) is not BrokerError or pool.closed or time.monotonic() < deadline:
+                raise
+            raise pool.tls_at_deadline(()) or exc from None
         if broker is not None:
             return key, broker

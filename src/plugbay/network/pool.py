@@ -213,7 +213,8 @@ class EndpointPool(PoolHealth, CallChannel):
 
     def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member | None:
         """An endpoint for one call now, or None to wait and ask again; raises what the wait cannot
-        change (the pool closed, TLS refused everywhere) and NoEndpointsError once ``deadline`` passed."""
+        change (the pool closed, TLS refused everywhere) and, once ``deadline`` passed, NoEndpointsError, or the
+        RemoteTLSError of an endpoint that failed TLS (tls_at_deadline)."""
         with self._cond:
             if self._closed:
                 raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
@@ -226,8 +227,8 @@ class EndpointPool(PoolHealth, CallChannel):
             tls_broken = self.tls_broken(pin)
             if tls_broken is not None:
                 raise tls_broken
-            if now >= deadline:
-                raise no_endpoints(self, self._why_none(exclude, pin))
+            if now >= deadline:  # an endpoint failing TLS is named now, not sooner: the others may have come back
+                raise self.tls_at_deadline(exclude, pin) or no_endpoints(self, self._why_none(exclude, pin))
             if not self._members:
                 # an empty answer (a record not published yet) would otherwise stand until the
                 # resolver's interval (dns_refresh, 30 s): ask again while a call waits; the

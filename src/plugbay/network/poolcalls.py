@@ -94,6 +94,8 @@ class NoEndpoints(_TypedRpcError, NoEndpointsError):
 class RemoteTLSFailure(_TypedRpcError, RemoteTLSError):
     """The TLS handshake with the remote plugin failed."""
 
+    at_deadline = False  # raised as a wait for an endpoint ended (PoolHealth.tls_at_deadline), not at once
+
 
 def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: str = "") -> NoEndpoints:
     if closed:
@@ -166,7 +168,7 @@ class _Named(Protocol):
 def tls_error(pool: _Named, member: Member, meaning: str, details: str,
               others: str = "") -> RemoteTLSFailure:
     """``others``: why the pool's other endpoints cannot take the call instead (EndpointPool.tls_broken)."""
-    rest = f". No other endpoint can take calls now: {others}" if others else ""
+    rest = f". No other endpoint could take it: {others}" if others else ""
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."
         f" {CHECK_TLS[0].upper()}{CHECK_TLS[1:]}", grpc.StatusCode.UNAVAILABLE, details)

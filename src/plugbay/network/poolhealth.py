@@ -182,17 +182,21 @@ class PoolHealth:
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
 
-    def _why_none(self, exclude: set[str], pin: str | None) -> str:
-        """Each endpoint's state, for a NoEndpointsError (EndpointPool.try_pick)."""
+    def _why_none(self, exclude: Collection[str], pin: str | None, skip: Collection[str] = ()) -> str:
+        """Each endpoint's state (but ``skip``'s), for a NoEndpointsError (EndpointPool.try_pick)."""
         if pin is not None:
             member = self._members.get(pin)
             detail = f" ({member.health_detail})" if member is not None and member.health_detail else ""
             return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating{detail}"
         if not self._members:
             return "discovery reports no endpoints"
+        if all(key in skip for key in self._members):
+            return ""
         now = time.monotonic()
         parts = []
         for key, m in self._members.items():
+            if key in skip:
+                continue
             state = ("tried" if key in exclude else "awaiting its first health check" if m.awaiting_check(now)
                      else "ejected" if m.outlier.ejected(now)
                      else "unhealthy" if m.healthy is False else "not ready" if not m.endpoint.ready
@@ -237,20 +241,34 @@ class PoolHealth:
         return self._first_pass is None or now < self._first_pass + _SPREAD
 
     def tls_broken(self, pin: str | None = None) -> BaseException | None:
-        """A RemoteTLSError now when no endpoint is left to wait for but ones whose health check (or TLS
-        probe) failed on TLS: the pinned one (``pin``) did, or, without a pin, some did and every other is
-        down (it failed its health checks) or terminating. Waiting for a down replica to return held every
-        call for its whole deadline, then said nothing of the replica that refuses this host's TLS."""
+        """A RemoteTLSError now, when waiting cannot help: the pinned endpoint (``pin``), or every one, failed
+        its health check (or TLS probe) on TLS. One failing TLS beside others that are down or still booting
+        is no reason: a call waits for those (tls_at_deadline then names it)."""
         with self._cond:
             members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
-            broken = [m for m in members if m.tls_failure is not None]
-            others = [m for m in members if m.tls_failure is None]
-            if not broken or any(m.healthy is not False and not m.endpoint.terminating for m in others):
+            if not members or any(m.tls_failure is None for m in members):
+                return None
+            first = members[0]
+            return tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail)
+
+    def tls_at_deadline(self, exclude: Collection[str], pin: str | None = None) -> BaseException | None:
+        """At the deadline of a call's (or a dispense()'s) wait for an endpoint: the RemoteTLSError of the
+        endpoints that failed TLS, saying why the others could not take it, rather than a NoEndpointsError
+        that buries that failure among gRPC's words. A close after each handshake (CLOSED_AFTER_HANDSHAKE)
+        alone does not count: it may be a TLS proxy whose backend is down (its health detail says both)."""
+        if pin is not None:  # a pinned endpoint that failed TLS ended the wait at once (tls_broken)
+            return None
+        with self._cond:
+            broken = [m for m in self._members.values() if m.tls_failure not in (None, CLOSED_AFTER_HANDSHAKE)]
+            if not broken:
                 return None
             first = broken[0]
-            down = "; ".join(f"{m.key} {'terminating' if m.endpoint.terminating else 'unhealthy'}"
-                             + (f" ({m.health_detail})" if m.health_detail else "") for m in others)
-            return tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail, down)
+            others = [f"{m.key} failed TLS too ({m.tls_failure})" for m in broken[1:]]
+            rest = self._why_none(exclude, None, skip={m.key for m in broken})
+            error = tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail,
+                              "; ".join(others + ([rest] if rest else [])))
+            error.at_deadline = True
+            return error
 
     def _probe_suspects(self) -> None:
         with self._cond:
@@ -284,7 +302,8 @@ class PoolHealth:
         """Under the lock: a TLS failure found is logged as a warning once, not at each health check."""
         if verdict is not None and verdict != member.tls_warned:
             member.tls_warned = verdict
-            _log.warning("pool %s: endpoint %s fails TLS: %s; %s", self.name, member.key, verdict, CHECK_TLS)
+            _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
+                         "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
         member.tls_failure = verdict
 
     def _weigh_close(self, member: Member) -> str | None:
@@ -309,6 +328,8 @@ class PoolHealth:
         """Under the lock: a failed health check's ``detail`` with what it means. A TLS failure (gRPC's words,
         or the probe's verdict on a close during setup) says so and what to fix: the detail shows in
         metrics() and in a NoEndpointsError; a multiplexed endpoint's gRPC sees only its relay's close."""
+        if member.tls_failure == CLOSED_AFTER_HANDSHAKE:  # a possibility only: it may be a proxy's backend down
+            return f"{detail} (perhaps a TLS failure: {member.tls_failure}; {CHECK_TLS})"
         if member.tls_failure is not None:
             return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
         return f"{detail} ({self.cut_short_detail(member)})" if suspect else detail

@@ -315,8 +315,8 @@ class RemoteClient(Client):
             key = self.pool.next_key()
             endpoint = self.pool.channel_of(key) if key is not None else None
             if key is None or not isinstance(endpoint, MuxEndpoint):  # a TLS refusal everywhere: say so
-                raise self.pool.tls_broken() or no_endpoints(self.pool, "no endpoint is available to pin a"
-                                                                        " brokered stub to")
+                raise self.pool.tls_broken() or self.pool.tls_at_deadline(()) or no_endpoints(
+                    self.pool, "no endpoint is available to pin a brokered stub to")
         # outside the lock: close() and kill() need it, and closing the pool ends this wait
         return plugins[name], *pin_broker(self.pool, key, endpoint, self.config.call_timeout, self.remote.start_timeout)
 
