@@ -8,6 +8,7 @@ and a new dispense() both fail typed, in multiplexed and in plain gRPC mode alik
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 from collections.abc import Iterator
@@ -130,17 +131,23 @@ REFUSALS = pytest.mark.parametrize("case, expected", [
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
 @REFUSALS
 def test_a_replica_failing_tls_beside_a_good_one_is_named_in_its_health_detail(
-        tmp_path: Path, multiplexed: bool, case: str, expected: str) -> None:
+        tmp_path: Path, multiplexed: bool, case: str, expected: str, caplog: pytest.LogCaptureFixture) -> None:
     """Such a replica was only logged at INFO; its health detail showed gRPC's words alone and, multiplexed
-    (where gRPC sees only the relay's close), blamed "a proxy whose backend is down"."""
+    (where gRPC sees only the relay's close), blamed "a proxy whose backend is down". Multiplexed, the
+    start's plain pool and the multiplexed one each warned of it, and gRPC's words named the relay's
+    private socket (unix:/tmp/plugbay-mux-.../main.sock) for the endpoint."""
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
     with _beside_a_good_one(tmp_path, case, multiplexed) as (client, bad, _):
         def detail() -> str:
             return str(client.metrics()["endpoints"][f"tcp:{bad.address}"]["health_detail"])
         wait_until(lambda: "TLS failure" in detail(), 15.0)
         assert "TLS failure: " in detail() and "cut short" not in detail(), detail()
         assert "check NetworkTLS(cert_file, key_file, ca_file, server_name)" in detail()
+        assert "plugbay-mux-" not in detail(), detail()
         if multiplexed or case != "plugin certificate from another CA":  # gRPC names it otherwise
             assert expected in detail(), detail()
+        warned = [r.getMessage() for r in caplog.records if f"endpoint tcp:{bad.address} fails TLS" in r.getMessage()]
+        assert len(warned) == 1, warned
 
 
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
@@ -158,5 +165,6 @@ def test_once_the_good_replica_is_gone_calls_end_with_the_tls_failure(tmp_path: 
             client.dispense(PLUGIN_NAME).get("n")
         assert f"TLS with remote plugin 'counter' at tcp:{bad.address} failed" in str(err.value)
         assert f"No other endpoint could take it: tcp:{good.address} unhealthy" in str(err.value)
+        assert "plugbay-mux-" not in str(err.value), err.value  # gRPC's words name the endpoint, not the relay
         if multiplexed or case != "plugin certificate from another CA":
             assert expected in str(err.value)

@@ -27,7 +27,7 @@ from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.poolcalls import tls_error
 from plugbay.network.resolver import Endpoint
-from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, cut_short_note, tls_failure
+from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, cut_short_note, relay_named, tls_failure
 from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe
 
 _log = logging.getLogger("plugbay.network")
@@ -80,6 +80,7 @@ class PoolHealth:
     _thread: threading.Thread | None
     _step_failure: str | None = None  # the last step's failure, logged once
     _first_pass: float | None = None  # when an endpoint first passed a health check (see holding)
+    tls_warned_before: frozenset[str] = frozenset()  # set by RemoteClient: see tls_warnings
     generation: int
 
     if TYPE_CHECKING:  # EndpointPool's
@@ -300,11 +301,20 @@ class PoolHealth:
 
     def _tls_verdict_is(self, member: Member, verdict: str | None) -> None:
         """Under the lock: a TLS failure found is logged as a warning once, not at each health check."""
+        if verdict is not None and member.tls_warned is None and member.key in self.tls_warned_before:
+            member.tls_warned = verdict  # the pool this one follows warned of it (see tls_warnings)
+            self.tls_warned_before = self.tls_warned_before - {member.key}
         if verdict is not None and verdict != member.tls_warned:
             member.tls_warned = verdict
             _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
                          "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
         member.tls_failure = verdict
+
+    def tls_warnings(self) -> frozenset[str]:
+        """The endpoints whose TLS failure was logged as a warning: a pool that follows this one (a
+        multiplexed client's, after the start's plain one) warns of them once they pass a check only."""
+        with self._cond:
+            return frozenset(m.key for m in self._members.values() if m.tls_warned is not None)
 
     def _weigh_close(self, member: Member) -> str | None:
         """A close right after the handshake: a refused certificate, or a TLS proxy without its backend.
@@ -358,7 +368,7 @@ class PoolHealth:
                 health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         except grpc.RpcError as exc:
             ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
-            detail = f"{exc.code().name}: {exc.details()}"
+            detail = relay_named(f"{exc.code().name}: {exc.details()}", member.key)
         except Exception as exc:  # cancelled on close
             ok, detail = False, type(exc).__name__
         suspect = not ok and self.diagnose_tls and cut_short(detail)

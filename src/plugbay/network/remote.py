@@ -180,9 +180,10 @@ class RemoteClient(Client):
     def _multiplex(self, deadline: float) -> SessionRefusedError | None:
         """Reach the endpoints through yamux sessions; when the plugin refuses them (its cap on sessions),
         plain gRPC instead (returning why), unless ``multiplex=True`` insists (SessionRefusedError)."""
+        warned = self.pool.tls_warnings()
         self.pool.close()  # Discovery ran over plain gRPC; now one session per endpoint carries everything
         self._muxes = Sessions()
-        pool = self._make_pool(self._connect_mux, deadline)
+        pool = self._make_pool(self._connect_mux, deadline, warned)
         try:
             with RefusalWatch(self._muxes, pool.close):  # the wait for an endpoint ends at a refusal
                 # through the gateway the sessions reach a launched child, which has no Discovery (the
@@ -200,7 +201,8 @@ class RemoteClient(Client):
             self._make_pool(None, deadline)
             return exc
 
-    def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float) -> EndpointPool:
+    def _make_pool(self, connector: Callable[[Endpoint], grpc.Channel] | None, deadline: float,
+                   warned: frozenset[str] = frozenset()) -> EndpointPool:
         cfg = self.remote
         resolver = make_resolver(self.target, dns_server=cfg.dns_server, refresh=cfg.dns_refresh,
                                  name=self.name, kubernetes=cfg.kubernetes, allow_loopback=cfg.allow_loopback)
@@ -208,6 +210,7 @@ class RemoteClient(Client):
                             outlier=cfg.outlier, health_interval=cfg.health_interval,
                             health_timeout=cfg.health_timeout, options=cfg.grpc_options,
                             name=self.name, connector=connector, keepalive=cfg.grpc_keepalive)
+        pool.tls_warned_before = warned  # the start's plain pool warned of these: not again
         self._pool = pool  # before it starts: a kill() from another thread closes it (see kill)
         try:
             self._stop_if_killed()

@@ -11,6 +11,7 @@ certificate must carry (its SAN) when it differs from the dialed address.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from typing import ClassVar
@@ -22,6 +23,9 @@ from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
 _NO_NAME = ("the plugin's certificate does not name server_name: pass the name its subjectAltName carries, or"
             " serve it with one naming server_name")
+# One wording, however the refusal reached this host (an alert over gRPC or the TLS probe, or the close after it)
+_DISTRUSTED = ("the plugin refused the host's certificate (cert_file signed by a CA it does not trust, or no"
+               " certificate given)")
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
     # OpenSSL's verify reasons first: they come after CERTIFICATE_VERIFY_FAILED in the same details
@@ -40,13 +44,11 @@ _TLS_SIGNS = (
     ("Hostname Verification Check failed", _NO_NAME),
     ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
-    ("TLSV1_ALERT_UNKNOWN_CA", "the plugin does not trust the host's certificate (cert_file): use one"
-                               " signed by the CA the plugin trusts"),
+    ("TLSV1_ALERT_UNKNOWN_CA", _DISTRUSTED),
     ("SSLV3_ALERT_BAD_CERTIFICATE", "the plugin refused the host's certificate (cert_file)"),
     # TLS 1.3: an OpenSSL server (serve()'s brokering front) refuses the client certificate just after the
     # handshake; grpcio then fails to decrypt that alert
-    ("Unwrap failed (TSI_DATA_CORRUPTED)", "the plugin refused the host's certificate (cert_file signed by a"
-                                           " CA it does not trust, or no certificate given)"),
+    ("Unwrap failed (TSI_DATA_CORRUPTED)", _DISTRUSTED),
     ("TLSV1_ALERT", "the plugin refused the TLS handshake (check cert_file and the plugin's CA)"),
     ("Ssl handshake failed", "the TLS handshake failed"),
     ("Handshake failed", "the TLS handshake failed"),
@@ -141,3 +143,12 @@ def cut_short_note(tls: bool) -> str:
         return ("the TLS handshake was cut short: the connection closed before it finished (a proxy whose"
                 " backend is down, or a plugin restarting)")
     return "the connection was closed during setup (a proxy whose backend is down, or a plugin restarting)"
+
+
+# a multiplexed endpoint's gRPC dials its relay's private socket (core.transport.muxhost), not the endpoint
+_RELAY_SOCKET = re.compile(r"unix:(?://)?/\S*?plugbay-mux-[^/\s]*/main\.sock")
+
+
+def relay_named(details: str, key: str) -> str:
+    """gRPC's ``details`` with a multiplexed endpoint's relay socket shown as the endpoint (``key``)."""
+    return _RELAY_SOCKET.sub(key, details)
