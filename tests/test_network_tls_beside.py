@@ -175,3 +175,28 @@ def test_a_tls_proxy_without_backend_is_no_tls_failure(tmp_path: Path) -> None:
         shutil.rmtree(good.tmp, ignore_errors=True)
         if back is not None:
             back.stop()
+
+
+@MODES
+def test_dispense_waits_for_the_only_good_replica_marked_down(tmp_path: Path, multiplexed: bool) -> None:
+    """dispense() made once the health check had marked the restarting good replica down: a multiplexed
+    one found no endpoint to pin its stub to and failed at once (NoEndpoints, then the other replica's
+    RemoteTLSError with no deadline reached), where a call waits call_timeout for an endpoint."""
+    with _pair(tmp_path) as (certs, bad):
+        listen = f"127.0.0.1:{_free_port()}"
+        good = CounterReplica(tmp_path / "good", certs, listen=listen)
+        back = None
+        try:
+            with RemoteClient(counter_config([bad, good], host_tls(certs), health_interval=0.2, health_timeout=0.5,
+                                             brokered=multiplexed, call_timeout=10.0)) as client:
+                _answered(client)
+                good.stop()
+                back = _Later(tmp_path / "back", certs, listen, 3.0)
+                assert wait_until(lambda: client.metrics()["available"] == 0, 10)  # the good one marked down
+                assert back.replica is None  # still down: dispense() must wait for it
+                _answered(client)
+        finally:
+            good.stop()
+            shutil.rmtree(good.tmp, ignore_errors=True)
+            if back is not None:
+                back.stop()

@@ -78,7 +78,7 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
                 _log.warning("remote plugin %s does not serve plugbay.network.v1.Discovery; assuming"
                              " app protocol version %d (the handshake's)", asker.name, asker.protocol_version)
                 return None
-            last = f"{exc.code().name}: {exc.details()}"
+            late_tls, last = None, f"{exc.code().name}: {exc.details()}"  # the latest try's reason is the one
         time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
 

@@ -54,12 +54,13 @@ def live_elsewhere(pool: Pool, key: str) -> tuple[str, MuxEndpoint] | None:
 
 
 def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float | None,
-               start_timeout: float) -> tuple[str, GRPCBroker]:
+               start_timeout: float, deadline: float | None = None) -> tuple[str, GRPCBroker]:
     """The endpoint to pin a stub to, starting from ``key``, and its broker; waits up to the client's
-    call_timeout (start_timeout when it is None) for a session, then BrokerError, and never for a lost
-    session while another endpoint's is up."""
+    call_timeout (start_timeout when it is None; ``deadline``, time.monotonic(), when the dispense began
+    its wait earlier) for a session, then BrokerError, and never for a lost session while another
+    endpoint's is up."""
     timeout, limit = ((start_timeout, "start_timeout") if call_timeout is None else (call_timeout, "call_timeout"))
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout if deadline is None else deadline
     while True:
         if not endpoint.session_up:
             moved = live_elsewhere(pool, key)

@@ -308,20 +308,32 @@ class RemoteClient(Client):
 
     def pin(self, name: str) -> tuple[Any, str, GRPCBroker]:
         """With brokered connections: plugin ``name``, the endpoint its next stub is pinned to and that
-        endpoint's broker (plugbay.network.muxpin: round robin, never a lost session while another is up),
-        which may wait for a session: for call_timeout (else start_timeout), and until the client closes."""
-        with self._lock:
-            self.start()
-            plugins = self._versions[self.negotiated_version]
-            if name not in plugins:
-                raise UnknownPluginError(name, list(plugins))
-            key = self.pool.next_key()
-            endpoint = self.pool.channel_of(key) if key is not None else None
-            if key is None or not isinstance(endpoint, MuxEndpoint):  # a TLS refusal everywhere: say so
-                raise self.pool.tls_broken() or self.pool.tls_at_deadline(()) or no_endpoints(
-                    self.pool, "no endpoint is available to pin a brokered stub to")
-        # outside the lock: close() and kill() need it, and closing the pool ends this wait
-        return plugins[name], *pin_broker(self.pool, key, endpoint, self.config.call_timeout, self.remote.start_timeout)
+        endpoint's broker (plugbay.network.muxpin: round robin, never a lost session while another is up).
+        Waits, as a call does, for call_timeout (else start_timeout) in all: for an endpoint to take the stub
+        (one restarting comes back), then for its session; until the client closes."""
+        timeout = self.config.call_timeout if self.config.call_timeout is not None else self.remote.start_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self.start()  # also refuses a Client closed while this waited
+                plugins = self._versions[self.negotiated_version]
+                if name not in plugins:
+                    raise UnknownPluginError(name, list(plugins))
+                key = self.pool.next_key()
+                endpoint = self.pool.channel_of(key) if key is not None else None
+                if key is not None and isinstance(endpoint, MuxEndpoint):
+                    break
+                broken = self.pool.tls_broken()  # a TLS refusal everywhere: say so at once
+                if broken is not None:
+                    raise broken
+                if time.monotonic() >= deadline:
+                    raise self.pool.tls_at_deadline(()) or no_endpoints(
+                        self.pool, f"no endpoint was available to pin a brokered stub to within {timeout:g}s")
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
+        # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
+        # wait gets what is left of the dispense's
+        return plugins[name], *pin_broker(self.pool, key, endpoint, self.config.call_timeout,
+                                          self.remote.start_timeout, deadline)
 
     def _describe(self, pool: EndpointPool, deadline: float,
                   answered: bool = False) -> discovery_pb2.DescribeResponse | None:
