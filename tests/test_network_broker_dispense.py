@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import RemoteClient
-from plugbay.errors import BrokerError
+from plugbay.errors import BrokerError, ClientStateError
 from plugbay.network.muxconn import MuxEndpoint
 from tests import netcerts
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, remote
@@ -78,3 +78,43 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_p
     assert len(failed) == 1 and isinstance(failed[0], BrokerError), failed
     assert "was closed (its client was closed" in str(failed[0]) and "dispense() again on an open client" \
         in str(failed[0])
+
+
+def test_close_from_another_thread_ends_a_dispense_waiting_for_an_endpoint(tmp_path: Path,
+                                                                           certs: netcerts.CertSet) -> None:
+    """With no endpoint available (the only replica killed and marked down), dispense() waits for one as a
+    call does; a close() from another thread ends that wait at once with the closed client's refusal."""
+    rep = CounterReplica(tmp_path / "r", certs)
+    client = remote([rep], host_tls(certs), health_interval=0.2, call_timeout=60)
+    failed: list[BaseException] = []
+
+    def dispense() -> None:
+        try:
+            client.dispense(PLUGIN_NAME)
+        except BaseException as exc:  # noqa: BLE001 (what the waiting dispense() ended with is the point)
+            failed.append(exc)
+
+    waiter = threading.Thread(target=dispense, name="test-dispense")
+    try:
+        client.start()
+        client.dispense(PLUGIN_NAME)
+        rep.proc.kill()
+        rep.stop()
+        deadline = time.monotonic() + 20
+        while client.metrics()["available"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.metrics()["available"] == 0, "the killed replica was never marked down"
+        waiter.start()
+        time.sleep(1.0)  # well into the wait for an endpoint (call_timeout: 60 s)
+        assert waiter.is_alive(), f"dispense() did not wait for an endpoint (it ended: {failed})"
+    finally:
+        asked = time.monotonic()
+        client.close()  # a failed check too: the client's threads and folders would outlive the test
+        if waiter.ident is not None:
+            waiter.join(30)  # hang detection only
+        took = time.monotonic() - asked
+        shutil.rmtree(rep.tmp, ignore_errors=True)
+    assert not waiter.is_alive()
+    assert took < 20, f"close() left dispense() waiting {took:.1f}s"
+    assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
+    assert "was closed (close() or kill())" in str(failed[0]) and "RemoteClient" in str(failed[0]), failed[0]

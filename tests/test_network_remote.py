@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from fractions import Fraction
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from pathlib import Path
 
@@ -284,11 +284,9 @@ def test_supervisor_does_not_reconnect_when_one_of_several_replicas_dies() -> No
         b.stop()
 
 
-@pytest.mark.parametrize("how", ["kill", "close"])
-def test_kill_during_start_ends_the_start_at_once(how: str) -> None:
-    port = free_port()  # nothing listens there: start() waits for an endpoint that never comes
-    client = RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
-                                       insecure=True, start_timeout=15.0, health_interval=0.2, name="kv-killed"))
+def start_ended_by(client: RemoteClient, how: str, ready: Callable[[], object]) -> tuple[BaseException | None, float]:
+    """What client.start(), on another thread, ended with once ``how`` (close or kill) was asked of the
+    client when ``ready()`` turned True, and how long that close or kill took."""
     outcome: list[BaseException | None] = []
 
     def start() -> None:
@@ -301,17 +299,26 @@ def test_kill_during_start_ends_the_start_at_once(how: str) -> None:
     starter = threading.Thread(target=start)
     starter.start()
     try:
-        assert wait_until(lambda: client._pool is not None, 5)
-        time.sleep(0.5)  # well into the wait for an endpoint
+        assert wait_until(ready, 10)
         asked = time.monotonic()
         getattr(client, how)()
         took = time.monotonic() - asked
     finally:
         starter.join(20)
     assert not starter.is_alive()
+    return outcome[0], took
+
+
+@pytest.mark.parametrize("how", ["kill", "close"])
+def test_kill_during_start_ends_the_start_at_once(how: str) -> None:
+    port = free_port()  # nothing listens there: start() waits for an endpoint that never comes
+    client = RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
+                                       insecure=True, start_timeout=15.0, health_interval=0.2, name="kv-killed"))
+    # well into the wait for an endpoint
+    outcome, took = start_ended_by(client, how, lambda: client._pool is not None and time.sleep(0.5) is None)
     assert took < 5.0, f"{how}() waited {took:.1f}s: start_timeout (15 s) was waited out"
-    assert isinstance(outcome[0], ClientStateError), outcome
-    said = str(outcome[0])
+    assert isinstance(outcome, ClientStateError), outcome
+    said = str(outcome)
     # what happened, and what to do; nothing was stopped: the plugin is remote (it once said "plugbay stopped the
     # plugin", a launched plugin's words)
     assert f"the client of remote plugin 'kv-killed' at 'static:///127.0.0.1:{port}' was closed (close() or kill())" \

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -16,8 +16,7 @@ from plugbay import AsyncRemoteClient, ClientStateError, PlugbayError, RemoteCli
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from tests.net_util import HANDSHAKE, PLUGINS
-from tests.resilience_util import wait_until
-from tests.test_network_remote import free_port
+from tests.test_network_remote import free_port, start_ended_by
 
 CONNECTING = "was closed (close() or kill()) while it was still connecting (discovering the target's endpoints" \
     " and asking the plugin's Discovery)"
@@ -62,27 +61,11 @@ def _config(address: str) -> RemoteConfig:
                         start_timeout=15.0, health_interval=0.2, name="kv-closed")
 
 
-def _start_closed(client: RemoteClient, ready: object) -> str:
+def _start_closed(client: RemoteClient, ready: Callable[[], object]) -> str:
     """What client.start(), on another thread, raised once close() came when ``ready()`` turned True."""
-    outcome: list[BaseException | None] = []
-
-    def start() -> None:
-        try:
-            client.start()
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
-            outcome.append(exc)
-
-    starter = threading.Thread(target=start)
-    starter.start()
-    try:
-        assert wait_until(ready, 10)
-    finally:
-        client.close()
-        starter.join(20)
-    assert not starter.is_alive()
-    assert isinstance(outcome[0], ClientStateError), outcome
-    return str(outcome[0])
+    outcome, _ = start_ended_by(client, "close", ready)
+    assert isinstance(outcome, ClientStateError), outcome
+    return str(outcome)
 
 
 def test_close_during_start_with_no_endpoint_found_says_so() -> None:

@@ -87,10 +87,14 @@ def test_start_waits_for_a_good_replica_still_booting(tmp_path: Path, multiplexe
 
 
 @MODES
-def test_calls_wait_out_the_good_replicas_restart(tmp_path: Path, multiplexed: bool) -> None:
+@pytest.mark.parametrize("marked_down", [False, True], ids=["in-flight", "marked-down"])
+def test_calls_wait_out_the_good_replicas_restart(tmp_path: Path, multiplexed: bool, marked_down: bool) -> None:
     """The good replica stopped and came back on its port 1.5 s later (call_timeout 10 s): once its health
     check failed, the call waiting for it (dispense() waiting for its session, when multiplexed) ended with
-    the other replica's RemoteTLSError, where without that replica it would have been served."""
+    the other replica's RemoteTLSError, where without that replica it would have been served.
+    ``marked_down``: dispense() made once the health check had marked it down (back 1.5 s later): a
+    multiplexed one found no endpoint to pin its stub to and failed at once (NoEndpoints, then the other
+    replica's RemoteTLSError with no deadline reached), where a call waits call_timeout for an endpoint."""
     with _pair(tmp_path) as (certs, bad):
         listen = f"127.0.0.1:{_free_port()}"
         good = CounterReplica(tmp_path / "good", certs, listen=listen)
@@ -100,6 +104,8 @@ def test_calls_wait_out_the_good_replicas_restart(tmp_path: Path, multiplexed: b
                                              brokered=multiplexed, call_timeout=10.0)) as client:
                 _answered(client)
                 good.stop()
+                if marked_down:  # the dispense() below starts while the good one is marked down
+                    assert wait_until(lambda: client.metrics()["available"] == 0, 10)
                 back = _Later(tmp_path / "back", certs, listen, 1.5)
                 _answered(client)
         finally:
@@ -175,28 +181,3 @@ def test_a_tls_proxy_without_backend_is_no_tls_failure(tmp_path: Path) -> None:
         shutil.rmtree(good.tmp, ignore_errors=True)
         if back is not None:
             back.stop()
-
-
-@MODES
-def test_dispense_waits_for_the_only_good_replica_marked_down(tmp_path: Path, multiplexed: bool) -> None:
-    """dispense() made once the health check had marked the restarting good replica down: a multiplexed
-    one found no endpoint to pin its stub to and failed at once (NoEndpoints, then the other replica's
-    RemoteTLSError with no deadline reached), where a call waits call_timeout for an endpoint."""
-    with _pair(tmp_path) as (certs, bad):
-        listen = f"127.0.0.1:{_free_port()}"
-        good = CounterReplica(tmp_path / "good", certs, listen=listen)
-        back = None
-        try:
-            with RemoteClient(counter_config([bad, good], host_tls(certs), health_interval=0.2, health_timeout=0.5,
-                                             brokered=multiplexed, call_timeout=10.0)) as client:
-                _answered(client)
-                good.stop()
-                back = _Later(tmp_path / "back", certs, listen, 3.0)
-                assert wait_until(lambda: client.metrics()["available"] == 0, 10)  # the good one marked down
-                assert back.replica is None  # still down: dispense() must wait for it
-                _answered(client)
-        finally:
-            good.stop()
-            shutil.rmtree(good.tmp, ignore_errors=True)
-            if back is not None:
-                back.stop()

@@ -81,6 +81,8 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
         except BrokerError as exc:  # "did not come up" at the deadline; not a refusal, nor a close
             if type(exc) is not BrokerError or pool.closed or time.monotonic() < deadline:
                 raise
+            if pool.pickable_keys():  # an endpoint is up (this one only slow to open its session): not TLS
+                raise
             raise pool.tls_at_deadline(()) or exc from None
         if broker is not None:
             return key, broker

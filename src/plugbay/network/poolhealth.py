@@ -249,7 +249,8 @@ class PoolHealth:
             members = [self._members[pin]] if pin in self._members else [] if pin else list(self._members.values())
             if not members or any(m.tls_failure is None for m in members):
                 return None
-            first = members[0]
+            # name a definite failure over a close after each handshake (perhaps a proxy without its backend)
+            first = min(members, key=lambda m: m.tls_failure == CLOSED_AFTER_HANDSHAKE)
             return tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail)
 
     def tls_at_deadline(self, exclude: Collection[str], pin: str | None = None) -> BaseException | None:
