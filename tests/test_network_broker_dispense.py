@@ -42,6 +42,19 @@ def _lose_the_session(tmp_path: Path, certs: netcerts.CertSet, **kw: object) -> 
     return client, endpoint
 
 
+def _dispenser(client: RemoteClient) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread (not started) that calls client.dispense(), and the list that gets what it raised."""
+    failed: list[BaseException] = []
+
+    def dispense() -> None:
+        try:
+            client.dispense(PLUGIN_NAME)
+        except BaseException as exc:  # noqa: BLE001 (what the waiting dispense() ended with is the point)
+            failed.append(exc)
+
+    return threading.Thread(target=dispense, name="test-dispense"), failed
+
+
 def test_the_wait_for_a_lost_session_is_the_call_timeout(tmp_path: Path, certs: netcerts.CertSet) -> None:
     client, _ = _lose_the_session(tmp_path, certs, call_timeout=1.0)
     try:
@@ -55,15 +68,7 @@ def test_the_wait_for_a_lost_session_is_the_call_timeout(tmp_path: Path, certs: 
 def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_path: Path,
                                                                            certs: netcerts.CertSet) -> None:
     client, endpoint = _lose_the_session(tmp_path, certs, call_timeout=None, start_timeout=60)
-    failed: list[BaseException] = []
-
-    def dispense() -> None:
-        try:
-            client.dispense(PLUGIN_NAME)
-        except BaseException as exc:  # noqa: BLE001 (what the waiting dispense() ended with is the point)
-            failed.append(exc)
-
-    waiter = threading.Thread(target=dispense, name="test-dispense")
+    waiter, failed = _dispenser(client)
     waiter.start()
     try:
         # until dispense() waits for the session (start_timeout: 60 s); a loaded machine took over 5 s once
@@ -86,15 +91,7 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_an_endpoint(tmp_p
     call does; a close() from another thread ends that wait at once with the closed client's refusal."""
     rep = CounterReplica(tmp_path / "r", certs)
     client = remote([rep], host_tls(certs), health_interval=0.2, call_timeout=60)
-    failed: list[BaseException] = []
-
-    def dispense() -> None:
-        try:
-            client.dispense(PLUGIN_NAME)
-        except BaseException as exc:  # noqa: BLE001 (what the waiting dispense() ended with is the point)
-            failed.append(exc)
-
-    waiter = threading.Thread(target=dispense, name="test-dispense")
+    waiter, failed = _dispenser(client)
     try:
         client.start()
         client.dispense(PLUGIN_NAME)
