@@ -26,7 +26,6 @@ import grpc.aio
 from plugbay.core.host.aiochannel import AioManagedChannel
 from plugbay.core.host.aioclient import AsyncClient
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
@@ -70,7 +69,6 @@ class AsyncRemoteClient(AsyncClient):
     def __init__(self, config: RemoteConfig) -> None:  # noqa: D107 (a RemoteConfig, not a ClientConfig)
         self._endpoints: AioEndpoints | None = None
         self._setup(RemoteClient(config))  # a bad target or option fails here, before anything runs
-        self.remote_client.user_class = type(self).__name__  # what its errors tell the user to make anew
 
     @property
     def remote_client(self) -> RemoteClient:
@@ -106,16 +104,13 @@ class AsyncRemoteClient(AsyncClient):
         # the endpoint's broker may wait for its session to come up: not on the event loop
         plugin, key, broker = await self._work_on(client.pin, name)
         if self._endpoints is None or self._endpoints.closed:
-            raise self.remote_client.killed_refusal()
+            raise self._killed_refusal()
         managed = client.channel
         assert isinstance(managed, ManagedChannel)
         pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
                                    asyncio.get_running_loop(), self._executor)
         self._more_channels.add(pinned)
         return plugin.grpc_client_async(broker, pinned)
-
-    def _killed_refusal(self) -> ClientStateError:
-        return self.remote_client.killed_refusal()
 
     def reattach_config(self) -> Any:
         return self.remote_client.reattach_config()  # refused, saying what to do instead

@@ -147,7 +147,6 @@ class RemoteClient(Client):
         # weak: a stub the caller dropped lets go of its channel; the live ones are detached at close
         self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
         self._muxes = Sessions()  # the endpoints' sessions, as made
-        self.user_class = "RemoteClient"  # what its errors tell the user to make anew (AsyncRemoteClient's own)
         self._answered = False  # an endpoint had answered health checks when a kill() cut the start short
 
     @property

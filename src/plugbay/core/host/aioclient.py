@@ -43,6 +43,7 @@ class AsyncClient:
 
     def _setup(self, client: Client) -> None:
         self._client = client
+        client.user_class = type(self).__name__  # its refusals name the class the user made
         # start, dispense's checks, stderr_tail and failures judged off the loop ...
         self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"plugbay-async-{client.name}")
         # ... and kill/close on one of their own, which nothing can queue ahead of
@@ -209,7 +210,7 @@ class AsyncClient:
             raise self._killed_refusal()
 
     def _killed_refusal(self) -> ClientStateError:
-        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new AsyncClient")
+        return self._client.killed_refusal()
 
     async def dispense(self, name: str) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""

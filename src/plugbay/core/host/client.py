@@ -50,6 +50,7 @@ class Client(Connecting):
         if not isinstance(config, ClientConfig):
             raise ConfigError(f"Client takes a ClientConfig, got {type(config).__name__}")
         config.check()
+        self.user_class = type(self).__name__  # what its errors tell the user to make anew (an AsyncClient's own)
         sources = [x for x in (config.runner, config.cmd, config.reattach) if x is not None]
         if len(sources) != 1:
             raise ConfigError("ClientConfig needs exactly one of runner=, cmd= or reattach=")
@@ -128,7 +129,7 @@ class Client(Connecting):
         self._claim()
         with self._lock:
             if self._failed is not None:  # nobody killed it
-                kind = type(self).__name__  # a RemoteClient user makes a new RemoteClient
+                kind = self.user_class
                 raise ClientStateError(f"the start of plugin {self.name!r} failed ({self._failed}); a {kind} starts"
                                        f" once: make a new {kind}")
             if self._killed or self._handoff.thread is not None:
@@ -251,7 +252,7 @@ class Client(Connecting):
 
     def killed_refusal(self) -> ClientStateError:
         """What start() and dispense() of a killed (or closed) Client raise."""
-        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new Client")
+        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new {self.user_class}")
 
     def killed_starting_error(self) -> ClientStateError:
         """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""
