@@ -260,6 +260,9 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
     assert [m for m in unused if m in loaded] == []
     # nor the dataclasses machinery: the start path's value classes are plain (core/protocol/records.py)
     assert "dataclasses" not in loaded
+    # nor secrets, whose hmac and hashlib (OpenSSL's digests set up) cost a start ~8M instructions: random
+    # names come from os.urandom, and only a network host's pool compares tokens (core/protocol/notsent.py)
+    assert [m for m in ("secrets", "hmac", "hashlib") if m in loaded] == []
 
 
 @pytest.mark.parametrize("curve", ["p256", "p521"])

@@ -17,7 +17,7 @@ counts against the whole budget alone.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -45,7 +45,7 @@ def front_peer(address: str) -> tuple[str, Callable[[], None]]:
     """A fresh abstract unix name (no leading NUL) for a front connection relayed for ``address``, and the
     function that forgets it (when that connection closes)."""
     while True:
-        name = FRONT_PEER + secrets.token_hex(12)
+        name = FRONT_PEER + os.urandom(12).hex()  # secrets.token_hex's bytes, without its hmac/hashlib import
         with _front_lock:
             if name not in _front_peers:
                 _front_peers[name] = address

@@ -14,19 +14,21 @@ that server's trailers back would relay the mark too.)
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 NOT_SENT = "plugbay-not-sent"
 
 
-class _Context(Protocol):
-    """What the echo needs of a grpc.ServicerContext (this layer imports no gRPC)."""
+if TYPE_CHECKING:  # types only: a Protocol class costs every plugin's start its creation
+    from typing import Protocol
 
-    def invocation_metadata(self) -> Iterable[tuple[str, Any]] | None: ...
+    class _Context(Protocol):
+        """What the echo needs of a grpc.ServicerContext (this layer imports no gRPC)."""
 
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None: ...
+        def invocation_metadata(self) -> Iterable[tuple[str, Any]] | None: ...
+
+        def set_trailing_metadata(self, trailing_metadata: Any) -> None: ...
 
 
 def echo_not_sent(context: _Context) -> None:
@@ -47,6 +49,8 @@ def with_token(kwargs: dict[str, Any], token: str) -> dict[str, Any]:
 def echoed(error: BaseException, token: str) -> bool:
     """Whether a failed call's ``error`` (a grpc.RpcError that is a call) has the NOT_SENT trailer with
     the value ``token``."""
+    import secrets  # here: a plugin's gate imports this module, and secrets pulls in hmac and hashlib
+
     trailers = getattr(error, "trailing_metadata", None)
     try:
         pairs = trailers() if callable(trailers) else None
