@@ -6,23 +6,24 @@ broker only reads it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from plugbay.core.protocol.records import Frozen
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: a Protocol class costs every plugin's start its creation
+    from typing import Protocol
+
     from plugbay.core.protocol import tls as tlsmod
     from plugbay.core.transport.muxsession import MuxSession
 
+    class AddressTranslator(Protocol):
+        """Maps addresses across the runner's boundary (a Runner on the host side)."""
 
-class AddressTranslator(Protocol):
-    """Maps addresses across the runner's boundary (a Runner on the host side)."""
+        def plugin_to_host(self, network: str, address: str) -> tuple[str, str]: ...
 
-    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]: ...
+        def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
 
-    def host_to_plugin(self, network: str, address: str) -> tuple[str, str]: ...
-
-    def release_address(self, network: str, address: str) -> None: ...
+        def release_address(self, network: str, address: str) -> None: ...
 
 
 class BrokerTransport(Frozen):

@@ -11,13 +11,16 @@ answered). A Go plugin sends no mark: its answers read as before.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 HANDLER_STATUS = "plugbay-handler-status"
 
 
-class _Context(Protocol):
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None: ...
+if TYPE_CHECKING:  # types only: a Protocol class costs every plugin's start its creation
+    from typing import Protocol
+
+    class _Context(Protocol):
+        def set_trailing_metadata(self, trailing_metadata: Any) -> None: ...
 
 
 def mark_handler_status(context: _Context) -> None:

@@ -37,7 +37,9 @@ ENV_OUTLIVE_GRACE = "PLUGBAY_OUTLIVE_GRACE"
 OUTLIVE_GRACE = 600.0  # seconds a plugin whose host died waits for a reattach, unless told
 NO_GRACE = "none"  # PLUGBAY_OUTLIVE_GRACE's "serve on until told"
 MAX_GRACE = 10**9  # seconds (some 31 years): more is None's "no limit"
-_GRACE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,9})?")  # no sign, exponent, "_", space, nan or non-ASCII digit
+# no sign, exponent, "_", space, nan or non-ASCII digit; compiled at its first use (re caches it), not at
+# every plugin's import
+_GRACE = r"[0-9]{1,10}(\.[0-9]{1,9})?"
 _PREFIX = "pipe:"
 _YES = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool, as plugins before the name read it
 
@@ -71,7 +73,7 @@ def read_grace(value: str | None) -> tuple[float | None, str]:
         return OUTLIVE_GRACE, ""
     if value == NO_GRACE:
         return None, ""
-    if _GRACE.fullmatch(value) is None:
+    if re.fullmatch(_GRACE, value) is None:
         return OUTLIVE_GRACE, (f"{ENV_OUTLIVE_GRACE}={value[:40]!r} is not seconds (a decimal number such as 2"
                                f" or 2.5) nor {NO_GRACE!r}; taking the default {OUTLIVE_GRACE:g} s without a"
                                " host once the host died")
