@@ -94,7 +94,7 @@ class NoEndpoints(_TypedRpcError, NoEndpointsError):
 class RemoteTLSFailure(_TypedRpcError, RemoteTLSError):
     """The TLS handshake with the remote plugin failed."""
 
-    at_deadline = False  # raised as a wait for an endpoint ended (PoolHealth.tls_at_deadline), not at once
+    at_deadline = False  # raised as a wait for an endpoint ended (PoolTLS.tls_at_deadline), not at once
 
 
 def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: str = "") -> NoEndpoints:
@@ -160,14 +160,16 @@ class _PoolStream:
 
 
 class _Named(Protocol):
-    """What tls_error() needs of a pool (an EndpointPool, or PoolHealth, its base): no import circle."""
+    """What tls_error() needs of a pool (an EndpointPool, or PoolTLS, a base of it): no import circle."""
 
     name: str
 
 
 def tls_error(pool: _Named, member: Member, meaning: str, details: str,
               others: str = "") -> RemoteTLSFailure:
-    """``others``: why the pool's other endpoints cannot take the call instead (EndpointPool.tls_broken)."""
+    """``others``, said after the failure: at a wait's deadline (PoolTLS.tls_at_deadline), the other endpoints
+    that failed TLS too and why the rest could not take the call; empty where the failure ends a wait at once
+    (PoolTLS.tls_broken: the pinned endpoint, or every one, failed TLS) or a call's last try (refused)."""
     rest = f". No other endpoint could take it: {others}" if others else ""
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."

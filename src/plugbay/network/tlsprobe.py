@@ -30,7 +30,7 @@ _log = logging.getLogger("plugbay.network")
 REFUSED_CERT = ("the plugin answered the host's certificate with a TLS alert: it refused it (cert_file signed"
                 " by a CA it does not trust, or no certificate given)")
 # Not definite on its own: gRPC's TLS 1.3 servers close so when they refuse a certificate, and so does a
-# TLS-terminating proxy whose backend is down. The pool decides (poolhealth.tls_verdict).
+# TLS-terminating proxy whose backend is down. The pool decides (pooltls.PoolTLS.tls_verdict).
 CLOSED_AFTER_HANDSHAKE = (
     "the plugin closed the connection right after each TLS handshake, having seen the host's certificate:"
     " it most likely refused it (cert_file signed by a CA it does not trust, or no certificate given); if a"
