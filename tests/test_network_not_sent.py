@@ -26,6 +26,7 @@ from plugbay.network.gateway.forward import Forwarder
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import NOT_SENT
 from plugbay.network.resolver import Endpoint
+from tests.resilience_util import wait_until
 from tests.test_network_drain import PushResolver
 
 METHOD = "/kv.KV/Get"
@@ -128,6 +129,20 @@ def test_resends_count_only_tries_sent_to_another_endpoint(how: str) -> None:
             _call(pool, how, timeout=1)
         moves = sum(1 for (was, _), (now, _) in zip(seen, seen[1:]) if was != now)
         assert moves >= 1 and pool.resends == moves, ([name for name, _ in seen], pool.resends)
+
+
+@pytest.mark.parametrize("how", ["call", "future"])
+def test_a_resend_is_counted_only_once_its_try_was_made(how: str) -> None:
+    """The resend was counted as the next endpoint was picked, before its try: one its closed channel
+    refused (grpcio's ValueError: nothing sent) counted as a resend too."""
+    with _pool(_marks(None), _ok) as (pool, seen):
+        assert wait_until(lambda: pool.metrics()["healthy"] == 2, 10)  # both take calls
+        second = pool.member(list(pool.metrics()["endpoints"])[1])  # discovery's order: s1
+        assert second is not None
+        second.retire()  # still in the pool, its channel closed: a try there is refused before it is sent
+        with pytest.raises(grpc.RpcError):
+            _call(pool, how, timeout=1)
+        assert [name for name, _ in seen] == ["s0"] and pool.resends == 0, (seen, pool.resends)
 
 
 def test_each_pool_has_its_own_token() -> None:

@@ -71,9 +71,10 @@ class UnaryCall(TaskCall):
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
             channel = None
-            each = rules.remaining(deadline, member, last, tried)  # none: raises unsent, member released
+            each = rules.remaining(deadline, member, last)  # none: raises unsent, member released
             try:
                 self._call, channel = self._callable.start(member, request, each, kwargs)
+                rules.made(member, tried)  # grpc.aio took it (a closed channel raised UsageError)
                 result = await self._call
             except grpc.RpcError as exc:
                 pool.done(member, exc)

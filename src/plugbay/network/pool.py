@@ -97,7 +97,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._last_summary: tuple[int, int, int] | None = None
         self.ejections_total = 0
-        self.resends = 0
+        self.resends = 0  # only count_resend() adds: callers on many threads would lose a bare +=
         self.token = secrets.token_hex(16)  # what a gateway's refusal echoes to this pool (poolcalls.NOT_SENT)
         self.generation = 0  # counts discovery's changes: an asyncio twin's channels follow them (aiopool)
 
@@ -298,6 +298,11 @@ class EndpointPool(PoolHealth, CallChannel):
         if refresh:
             self._look_again()
         self._log_if_changed()
+
+    def count_resend(self) -> None:
+        """A unary call's try was made on another endpoint than the one that refused the last (poolcalls)."""
+        with self._cond:
+            self.resends += 1
 
     def _look_again(self) -> None:
         # A failing endpoint may have left the set: resolvers that poll look again now, not at their interval.

@@ -51,7 +51,6 @@ class EndpointPool(Protocol):
     tls: NetworkTLS | None
     diagnose_tls: bool
     no_deadline_wait: float
-    resends: int
     drain_timeout: float
     token: str
 
@@ -61,6 +60,7 @@ class EndpointPool(Protocol):
     def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
     def done(self, member: Any, error: BaseException | None) -> None: ...
     def release(self, member: Any) -> None: ...
+    def count_resend(self) -> None: ...
     def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
     def cut_short_detail(self, member: Any) -> str: ...
     def pickable_keys(self) -> list[str]: ...
@@ -207,22 +207,23 @@ class PoolCallable:
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self._unary(True, request, timeout, kwargs)
 
-    def remaining(self, deadline: float | None, member: Member, last: str = "",
-                  tried: Tried | None = None) -> float | None:
+    def remaining(self, deadline: float | None, member: Member, last: str = "") -> float | None:
         """What waiting for ``member`` left of the caller's timeout. Nothing: the try is not sent (grpcio would
-        race the spent deadline against it) and ``member`` goes back unused, no failure of its own. A try
-        about to go to another endpoint than the one that refused the last (``tried``) counts as a resend:
-        a pinned stub's, or a lone endpoint's, try again on the same one is no failover."""
+        race the spent deadline against it) and ``member`` goes back unused, no failure of its own."""
         left = None if deadline is None else deadline - time.monotonic()
         if left is None or left > 0:
-            if tried is not None and tried.refused_by not in (None, member.key):
-                self._pool.resends += 1
-            if tried is not None:
-                tried.refused_by = None
             return left
         self._pool.release(member)
         raise no_time_left(f"the call's deadline was spent before an endpoint of remote plugin {self._pool.name!r}"
                            " could take it" + (f" (the last refused it unsent: {last})" if last else ""))
+
+    def made(self, member: Member, tried: Tried) -> None:
+        """A try was made on ``member`` (gRPC took it: not one a closed channel refused, nor one the deadline
+        kept back). One on another endpoint than the one that refused the last try is a resend; a pinned
+        stub's, or a lone endpoint's, try again on the same one is no failover."""
+        if tried.refused_by not in (None, member.key):
+            self._pool.count_resend()
+        tried.refused_by = None
 
     def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""
@@ -288,11 +289,12 @@ class PoolCallable:
                 member = pool.pick(pick_until, tried, self._pin)
             except NoEndpointsError as exc:
                 raise out_of_tries(pool, exc, tried, last) from None
-            left = self.remaining(deadline, member, last, tried)
+            left = self.remaining(deadline, member, last)
             try:
                 target = self._on(member)
                 result = (target.with_call if with_call else target)(request, timeout=left, **kwargs)
             except grpc.RpcError as exc:
+                self.made(member, tried)  # gRPC answered: the try was made (a closed channel raises ValueError)
                 pool.done(member, exc)
                 if self._kind != "unary_unary" or not not_sent(exc, member.channel, pool.token):
                     if (cut := drain_cut(pool, member, exc)) is not exc:
@@ -312,6 +314,7 @@ class PoolCallable:
             except BaseException as exc:
                 pool.done(member, exc)
                 raise
+            self.made(member, tried)
             pool.done(member, None)
             return result
 

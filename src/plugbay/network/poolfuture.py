@@ -34,7 +34,9 @@ class Tries(Protocol):
 
     def deadline(self, timeout: float | None) -> tuple[float, float | None]: ...
 
-    def remaining(self, deadline: float | None, member: Any, last: str = "", tried: Any = None) -> float | None: ...
+    def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
+
+    def made(self, member: Any, tried: Any) -> None: ...
 
     def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
@@ -89,7 +91,7 @@ class FailoverFuture(CallFuture):
             if self._cancelled:  # cancelled as it got one: never sent
                 pool.done(member, None)
                 return
-            left = owner.remaining(self._deadline, member, self._last, self._tried)  # none: raises, member released
+            left = owner.remaining(self._deadline, member, self._last)  # none: raises, member released
             try:
                 inner = owner._on(member).future(self._request, timeout=left, **self._kwargs)
             except ValueError as exc:  # the endpoint's channel closed under the call: not sent
@@ -101,6 +103,7 @@ class FailoverFuture(CallFuture):
             except BaseException as exc:
                 pool.done(member, exc)
                 raise
+            owner.made(member, self._tried)  # not before: a closed channel refuses the try (ValueError)
             self._set_inner(inner)  # cancelled with this future: its end still reports to the pool
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
             return
