@@ -135,8 +135,10 @@ def test_a_replica_failing_tls_beside_a_good_one_is_named_in_its_health_detail(
     """Such a replica was only logged at INFO; its health detail showed gRPC's words alone and, multiplexed
     (where gRPC sees only the relay's close), blamed "a proxy whose backend is down". Multiplexed, the
     start's plain pool and the multiplexed one each warned of it, and gRPC's words named the relay's
-    private socket (unix:/tmp/plugbay-mux-.../main.sock) for the endpoint."""
-    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    private socket (unix:/tmp/plugbay-mux-.../main.sock) for the endpoint. Its "health bad" INFO line,
+    multiplexed, came before the TLS probe's verdict and named a cause not known yet: the handshake cut short
+    by a proxy whose backend is down."""
+    caplog.set_level(logging.INFO, logger="plugbay.network")
     with _beside_a_good_one(tmp_path, case, multiplexed) as (client, bad, _):
         def detail() -> str:
             return str(client.metrics()["endpoints"][f"tcp:{bad.address}"]["health_detail"])
@@ -148,6 +150,9 @@ def test_a_replica_failing_tls_beside_a_good_one_is_named_in_its_health_detail(
             assert expected in detail(), detail()
         warned = [r.getMessage() for r in caplog.records if f"endpoint tcp:{bad.address} fails TLS" in r.getMessage()]
         assert len(warned) == 1, warned
+        went_bad = [line for line in (r.getMessage() for r in caplog.records)
+                    if f"endpoint tcp:{bad.address} health bad" in line]
+        assert went_bad and not any("cut short" in line for line in went_bad), went_bad
 
 
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])

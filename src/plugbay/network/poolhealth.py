@@ -280,7 +280,11 @@ class PoolHealth(PoolTLS):
                 member.tls_warned = None  # a TLS failure after this is news again
             elif fails >= self.unhealthy_after or before is None:
                 member.healthy, member.check_error = False, detail
-                member.health_detail = detail = self._failure_detail(member, detail, suspect)
+                member.health_detail = self._failure_detail(member, detail, suspect)
+                # a close during setup not judged yet is logged without a cause: a refused certificate's is
+                # the probe's WARNING, moments later, and the health detail follows the verdict
+                detail = member.health_detail if not suspect or member.tls_failure is not None else \
+                    f"{detail} (the connection closed during setup; a TLS probe tells why)"
             went_bad = before is not False and member.healthy is False
             if before != member.healthy:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
