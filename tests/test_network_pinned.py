@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from plugbay import AsyncRemoteClient, GRPCBroker, RemoteClient
+from plugbay import AsyncRemoteClient, GRPCBroker, RemoteClient, Supervisor
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.host.channel import ClientClosed
 from plugbay.errors import ClientStateError, PlugbayError
@@ -90,7 +90,7 @@ class _HeldAdder(Adder):
         return super().sum(a, b)
 
 
-def _ended_by(client: RemoteClient, how: str, call: Callable[[], object], in_flight: Callable[[], bool]) -> object:
+def _ended_by(client: object, how: str, call: Callable[[], object], in_flight: Callable[[], bool]) -> object:
     """What ``call()``, running on another thread, ended with once ``how`` (close or kill) was asked of
     ``client`` while the call was in flight (``in_flight()`` turned True)."""
     outcome: list[object] = []
@@ -142,6 +142,29 @@ def test_close_or_kill_during_a_brokered_call_ends_it_client_closed(
         adder.release.set()
         client.close()
     _closed_in_flight(error)
+
+
+def test_a_supervisors_stop_is_what_stubs_pinned_by_its_clients_dispense_are_told(
+        replica: tuple[CounterReplica, netcerts.CertSet]) -> None:
+    """A Supervisor over a RemoteClient: its stop() told the main channel's calls that the Supervisor was
+    stopped (start a new one), but a stub pinned by the client's multiplexed dispense() got the client's
+    own words (make a new RemoteClient), in flight and after."""
+    rep, certs = replica
+    sup = Supervisor(counter_config([rep], host_tls(certs)), health_interval=None)
+    adder = _HeldAdder()
+    try:
+        sup.start()
+        assert isinstance(sup.client, RemoteClient) and sup.client.multiplexed
+        kv = sup.client.dispense(PLUGIN_NAME)
+        error = _ended_by(sup, "stop", lambda: kv.put("n", 1, adder), adder.entered.is_set)
+    finally:
+        adder.release.set()
+        sup.stop()
+    stopped = f"the Supervisor of plugin {sup.name!r} was stopped"
+    assert isinstance(error, ClientClosed) and f"{stopped} while the call was in flight" in str(error), error
+    with pytest.raises(ClientClosed) as after:
+        kv.get("n")
+    assert f"{stopped}, which ended the plugin; the call was not sent" in str(after.value), after.value
 
 
 class _ChannelPlugin(CounterPlugin):

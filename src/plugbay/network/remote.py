@@ -148,6 +148,7 @@ class RemoteClient(Client):
         self._pinned: weakref.WeakSet[ManagedChannel] = weakref.WeakSet()
         self._muxes = Sessions()  # the endpoints' sessions, as made
         self._answered = False  # an endpoint had answered health checks when a kill() cut the start short
+        self._owner_stop: Callable[[grpc.RpcError | None], BaseException] | None = None  # see stopping_owner
 
     @property
     def pool(self) -> EndpointPool:
@@ -244,6 +245,14 @@ class RemoteClient(Client):
     def _call_closed(self, original: grpc.RpcError | None) -> BaseException:
         return remote_call_closed(self.name, self.user_class, original)
 
+    def stopping_owner(self, error: Callable[[grpc.RpcError | None], BaseException]) -> None:
+        """Its owner (a Supervisor) is stopping and kills it: what its main channel's calls are told (readygate
+        .mark_stopping), stubs pinned by dispense() are told too, not this client's own advice (make a new one)."""
+        self._owner_stop = error
+
+    def _pinned_closed(self, original: grpc.RpcError | None) -> BaseException:
+        return (self._owner_stop or self._call_closed)(original)
+
     def kill(self) -> None:
         """Disconnect; from another thread during start(), that start() ends now (not at start_timeout)."""
         starting = self._starting
@@ -294,7 +303,7 @@ class RemoteClient(Client):
             main = self._channel
             assert main is not None
             channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
-            channel.killed_error = self._call_closed
+            channel.killed_error = self._pinned_closed
             self._pinned.add(channel)
             return plugin.grpc_client(broker, channel)
 

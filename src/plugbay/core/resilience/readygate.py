@@ -93,10 +93,17 @@ def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervi
 
 def mark_stopping(client: Client, name: str, kind: str = "Supervisor") -> None:
     """Before a Supervisor's stop() kills ``client``: the calls that kill ends or refuses say the Supervisor
-    was stopped (start a new one), not the Client's own advice (start a new Client)."""
+    was stopped (start a new one), not the Client's own advice (start a new Client); a RemoteClient's stubs
+    pinned by its dispense() too (stopping_owner: a channel each, which this layer does not see)."""
+    def error(original: grpc.RpcError | None) -> BaseException:
+        return stopped_closed(name, kind, original)
+
     channel = client.channel
     if isinstance(channel, ManagedChannel):
-        channel.killed_error = lambda original: stopped_closed(name, kind, original)
+        channel.killed_error = error
+    pinned_too = getattr(client, "stopping_owner", None)
+    if callable(pinned_too):
+        pinned_too(error)
 
 
 def stopped_closed(name: str, kind: str, original: grpc.RpcError | None) -> ClientClosed:
