@@ -32,10 +32,11 @@ from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
+from plugbay.imagedrops import drop_failed_step, drop_replaced
 from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files, check_tag, make_readable,
                                 run_step)
 from plugbay.imagesteps import tree_hash as _tree_hash
-from plugbay.runners.docker.engine import engine, engine_call, engine_failures, engine_unreachable, require_sdk
+from plugbay.runners.docker.engine import engine, engine_call, engine_unreachable, require_sdk
 from plugbay.runners.docker.sweep import BUILT
 
 BASE_IMAGE = "plugbay-base:bookworm"
@@ -310,50 +311,15 @@ def build_plugin_image(tag: str, plugin_dir: Path, entry: Sequence[str], *,
                         raise BuildError(chunk["error"], [])
             except BaseException as exc:
                 if steps:
-                    _drop_failed_step(client, tag, steps[-1], progress)
+                    drop_failed_step(client, tag, steps[-1], progress)
                 if isinstance(exc, (APIError, BuildError)):
                     raise RunnerError(f"building {tag} failed: {exc}. Check {DOCKERFILE} and {plugin_dir}") from exc
                 raise
         image = client.images.get(tag)
         progress(f"{tag} ready ({image.short_id})")
         if previous is not None and previous.id != image.id:
-            _drop_replaced(client, tag, previous.id, progress)
+            drop_replaced(client, tag, previous.id, progress)
         return str(image.id)
-
-
-def _drop_replaced(client: Any, tag: str, image_id: str, progress: Progress) -> None:
-    """Remove a plugin image a rebuild took the tag from (else each rebuild leaves one <none>:<none>): only one
-    of plugbay's builds (the content-hash label) that no tag names any more; one a container still uses stays."""
-    from docker.errors import ImageNotFound
-
-    try:
-        old = client.images.get(image_id)
-        if old.tags or HASH_LABEL not in (old.labels or {}):
-            return
-        client.images.remove(image_id)
-        progress(f"{tag}: removed the image it replaced ({image_id[7:19]})")
-    except ImageNotFound:
-        pass
-    except engine_failures() as exc:  # 409: a container (or another image) still uses it; the build succeeded
-        progress(f"{tag}: kept the image it replaced ({image_id[7:19]}): {getattr(exc, 'explanation', None) or exc}")
-
-
-def _drop_failed_step(client: Any, tag: str, image_id: str, progress: Progress) -> None:
-    """Remove the image of the last step a failed (or cut short) build finished: forcerm removes the failed
-    step's container, not that image, and each failed build left one <none>:<none>. One a tag names, a later
-    step or a container uses (the engine's conflict) stays."""
-    from docker.errors import ImageNotFound
-
-    try:
-        if client.images.get(image_id).tags:
-            return
-        client.images.remove(image_id)
-        progress(f"{tag}: removed the image the failed build left ({image_id})")
-    except ImageNotFound:
-        pass
-    except engine_failures() as exc:
-        progress(f"{tag}: kept the image the failed build left ({image_id}):"
-                 f" {getattr(exc, 'explanation', None) or exc}")
 
 
 def ensure_example(name: str, progress: Progress = _print_progress, *, client: Any = None) -> str:
