@@ -62,7 +62,7 @@ def test_the_wait_for_a_successor_and_the_attempt_fit_in_the_calls_deadline() ->
 
 def test_a_refused_send_waits_for_a_successor_within_the_deadline() -> None:
     sup = NoSuccessor()
-    sup.current_client = SimpleNamespace(exited=False, runner=SimpleNamespace(has_exited=lambda: False))
+    sup.current_client = SimpleNamespace(exited=False, runner=SimpleNamespace(ending=lambda: False))
 
     def refused(timeout: float | None) -> None:
         raise PluginDied("plugin 'kv' is gone: its connection was closed; start a new Client", None, sent=False)

@@ -142,6 +142,11 @@ class AttachedRunner(ABC):
         """Whether the plugin has ended; cheap enough to ask before every call, never blocks."""
         return self.wait(0) is not None
 
+    def ending(self) -> bool:
+        """Whether the plugin has ended, or can no longer read what is sent to it (a local process with a
+        SIGKILL pending): a call made now would never reach it. Cheap enough to ask before every call."""
+        return self.has_exited()
+
     @property
     @abstractmethod
     def id(self) -> str:

@@ -58,7 +58,8 @@ from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, 
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.procstop import ProcessStop
-from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, host_session, stat_of, stopped
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, ended_or_ending, host_session, stat_of,
+                                      stopped)
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
 from plugbay.runners.session import proc_stat
 from plugbay.runners.stderrpipe import popen_naming_stderr
@@ -251,6 +252,14 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         # thread is polling the same child at that moment.
         fields = proc_stat(self._proc.pid)
         return fields is None or fields[0] in ("Z", "X")
+
+    def ending(self) -> bool:
+        proc = self._proc
+        if proc is None:
+            return False
+        # a pending SIGKILL counts: the plugin runs no more code, though its exit (and its socket's close) is a
+        # few milliseconds away, in which a call written to it would fail as if it had been in flight
+        return proc.returncode is not None or ended_or_ending(proc.pid)
 
     def frozen(self) -> bool:
         """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL."""

@@ -40,6 +40,24 @@ def stat_of(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
+_PF_EXITING = 0x4  # the kernel's task flag: the process is in exit(), past running any code of its own
+_SIGKILL_BIT = 1 << 8
+
+
+def ended_or_ending(pid: int) -> bool:
+    """Whether process ``pid`` is gone, a zombie, or past running any code of its own: in exit(), or with a
+    SIGKILL pending, which no process can catch or block (the kernel ends it before it returns to its own
+    code). Bytes written to its socket from then on are never read by it. One read of /proc/PID/stat: its
+    flags (field 9) and the main thread's pending signals (field 31)."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return True
+    try:
+        return bool(int(fields[6]) & _PF_EXITING or int(fields[28]) & _SIGKILL_BIT)
+    except (IndexError, ValueError):
+        return False
+
+
 def stopped(pid: int, start: int | None = None) -> bool:
     """Whether process ``pid`` is stopped (SIGSTOP, a debugger's stop: /proc state T or t), acting on
     nothing but SIGKILL (SIGTERM only once continued). With ``start`` (its start ticks), only while the

@@ -137,8 +137,9 @@ def restart_advice(sup: Restarter, again: str = "") -> str:
 
 
 def plugin_gone(client: Client) -> bool:
-    """Has the plugin exited? Cheap enough for every call, and never blocks."""
-    return client.exited or client.runner.has_exited()
+    """Has the plugin exited, or can it no longer read a call (killed, its exit under way)? Then a call made now
+    waits for its successor: sent, it would fail as in flight. Cheap enough for every call, and never blocks."""
+    return client.exited or client.runner.ending()
 
 
 def gone_unseen(client: Client | None, stopping: threading.Event, wake: threading.Event) -> bool:
