@@ -91,8 +91,8 @@ class _HeldAdder(Adder):
 
 
 def _ended_by(client: object, how: str, call: Callable[[], object], in_flight: Callable[[], bool]) -> object:
-    """What ``call()``, running on another thread, ended with once ``how`` (close or kill) was asked of
-    ``client`` while the call was in flight (``in_flight()`` turned True)."""
+    """What ``call()``, running on another thread, ended with once ``how`` (close, kill or a Supervisor's
+    stop) was asked of ``client`` while the call was in flight (``in_flight()`` turned True)."""
     outcome: list[object] = []
 
     def run() -> None:

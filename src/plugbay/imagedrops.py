@@ -7,7 +7,7 @@ from typing import Any
 
 from plugbay.imagesteps import Progress
 from plugbay.runners.docker.engine import engine_failures
-from plugbay.runners.docker.sweep import BUILT as HASH_LABEL
+from plugbay.runners.docker.sweep import BUILT
 
 
 def drop_replaced(client: Any, tag: str, image_id: str, progress: Progress) -> None:
@@ -17,7 +17,7 @@ def drop_replaced(client: Any, tag: str, image_id: str, progress: Progress) -> N
 
     try:
         old = client.images.get(image_id)
-        if old.tags or HASH_LABEL not in (old.labels or {}):
+        if old.tags or BUILT not in (old.labels or {}):
             return
         client.images.remove(image_id)
         progress(f"{tag}: removed the image it replaced ({image_id[7:19]})")
