@@ -100,7 +100,7 @@ class UnaryCall(TaskCall):
                 if (left := _left(self._callable, channel, exc)) is not None:
                     raise left from None
                 raise
-            pool.done(member, None)
+            pool.done(member, None, ok=True)
             return result
 
     def time_remaining(self) -> float | None:
@@ -303,7 +303,7 @@ def _report(pool: EndpointPool, member: Member, call: Any) -> None:
         # its trailers go with the status (a handler's own, core/protocol/handlerstatus.py, is no fault either)
         error = None if code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) else grpc.aio.AioRpcError(
             code, grpc.aio.Metadata(), await call.trailing_metadata(), details=details)
-        pool.done(member, error)
+        pool.done(member, error, ok=code == grpc.StatusCode.OK)
 
     asyncio.ensure_future(report()).add_done_callback(retrieved)
 

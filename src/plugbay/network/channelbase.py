@@ -41,6 +41,9 @@ class Member:
         self.draining_since: float | None = None
         self.checking = False
         self.tls_failure: str | None = None  # what the last health check or TLS probe said about TLS
+        # the last definite TLS failure found, kept through failures that say nothing about TLS (a refused
+        # connection) until the endpoint answers over TLS (PoolTLS.tls_answered); named in its health detail
+        self.tls_learned: str | None = None
         self.tls_warned: str | None = None  # the last TLS failure logged as a warning
         self.tls_suspect = False  # its connection closed during setup: a TLS probe is to tell why
         self.probed_at: float | None = None

@@ -37,6 +37,8 @@ class Pool(Protocol):
 
     def tls_at_deadline(self, exclude: Collection[str], pin: str | None = None) -> BaseException | None: ...
 
+    def tls_remembered(self) -> str: ...
+
     @property
     def closed(self) -> bool: ...
 
@@ -83,6 +85,9 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
                 raise
             if pool.pickable_keys():  # an endpoint is up (this one only slow to open its session): not TLS
                 raise
-            raise pool.tls_at_deadline(()) or exc from None
+            if (at_deadline := pool.tls_at_deadline(())) is not None:
+                raise at_deadline from None
+            # an endpoint down now that failed TLS before: still said (the wait's error names no endpoint's state)
+            raise (BrokerError(f"{exc}; {remembered}") if (remembered := pool.tls_remembered()) else exc) from None
         if broker is not None:
             return key, broker

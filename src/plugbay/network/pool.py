@@ -273,8 +273,9 @@ class EndpointPool(PoolHealth, CallChannel):
             member.inflight -= 1
             self._cond.notify_all()
 
-    def done(self, member: Member, error: BaseException | None) -> None:
-        """Record a call's outcome: failures count toward ejection; successes reset the count."""
+    def done(self, member: Member, error: BaseException | None, ok: bool = False) -> None:
+        """Record a call's outcome: failures count toward ejection; successes reset the count. ``ok``: it
+        was answered (an ``error`` of None is also a try not sent, or cancelled)."""
         code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
         refresh = False
         with self._cond:
@@ -282,6 +283,7 @@ class EndpointPool(PoolHealth, CallChannel):
             now = time.monotonic()
             if error is None or code not in ENDPOINT_FAILURES or handler_status(error):  # it answered
                 member.outlier.success()
+                self.tls_answered(member, error, ok)
             else:
                 member.failures += 1
                 refresh = True

@@ -58,7 +58,7 @@ class EndpointPool(Protocol):
     def closed(self) -> bool: ...
     def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
     def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any: ...
-    def done(self, member: Any, error: BaseException | None) -> None: ...
+    def done(self, member: Any, error: BaseException | None, ok: bool = False) -> None: ...
     def release(self, member: Any) -> None: ...
     def count_resend(self) -> None: ...
     def tls_verdict(self, member: Any, timeout: float) -> str | None: ...
@@ -274,7 +274,7 @@ class PoolCallable:
             except BaseException as exc:
                 self._pool.done(member, exc)
                 raise
-        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c)))
+        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=_answered(c)))
         return _PoolStream(call, self._pool, member)
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
@@ -315,7 +315,7 @@ class PoolCallable:
                 pool.done(member, exc)
                 raise
             self.made(member, tried)
-            pool.done(member, None)
+            pool.done(member, None, ok=True)
             return result
 
     def refused(self, member: Member, exc: grpc.RpcError, tried: Tried, pick_until: float,
@@ -361,6 +361,13 @@ class PoolCallable:
         # only endpoints a call could go to now: one that is unhealthy or ejected will never be tried,
         # and counting it would keep the refusing ones excluded until the deadline
         return all(key in tried for key in self._pool.pickable_keys())
+
+
+def _answered(call: Any) -> bool:
+    try:
+        return bool(call.code() == grpc.StatusCode.OK)
+    except Exception:
+        return False
 
 
 def _call_error(call: Any) -> BaseException | None:

@@ -126,7 +126,7 @@ class FailoverFuture(CallFuture):
             self._finish(None, None)
             return
         error = inner.exception()
-        pool.done(member, error)
+        pool.done(member, error, ok=error is None)
         try:
             if error is None:
                 self._finish(inner.result(), None)

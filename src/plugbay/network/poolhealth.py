@@ -25,7 +25,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.pooltls import PoolTLS
+from plugbay.network.pooltls import PoolTLS, server_answered
 from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import NetworkTLS, cut_short, relay_named, tls_failure
 
@@ -257,11 +257,13 @@ class PoolHealth(PoolTLS):
             status = future.result().status
             ok, detail = status == health_pb2.HealthCheckResponse.SERVING, \
                 health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            answered = True  # any status (NOT_SERVING too) came over TLS that works
         except grpc.RpcError as exc:
             ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
             detail = relay_named(f"{exc.code().name}: {exc.details()}", member.key)
+            answered = server_answered(exc.code())
         except Exception as exc:  # cancelled on close
-            ok, detail = False, type(exc).__name__
+            ok, detail, answered = False, type(exc).__name__, False
         suspect = not ok and self.diagnose_tls and cut_short(detail)
         with self._cond:
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
@@ -271,7 +273,7 @@ class PoolHealth(PoolTLS):
             member.tls_suspect = suspect
             if not suspect:  # a suspect keeps its last probe's verdict until the next probe
                 self._tls_verdict_is(member, None if ok or not self.diagnose_tls else tls_failure(
-                    detail, tls=self.tls is not None))
+                    detail, tls=self.tls is not None), answered)
             if ok:
                 if self._first_pass is None:
                     self._first_pass = time.monotonic()

@@ -4,6 +4,12 @@ A health check's gRPC words may name a TLS failure; a connection closed during s
 probe (plugbay.network.tlsprobe) tells a refused certificate from a connection merely cut short. The
 verdicts end the wait of calls (and of a multiplexed dispense()) at once when waiting cannot help
 (tls_broken), or name the TLS failure at the wait's deadline (tls_at_deadline).
+
+Both act on the LATEST verdict only (Member.tls_failure): a RemoteTLSError is never retried by a
+RetryPolicy, and an endpoint whose latest failure is a refused connection (restarting, perhaps fixed) is
+worth waiting or retrying for. What it failed on before is remembered (Member.tls_learned) and named in its
+health detail, so a NoEndpointsError at the deadline still says so, until the endpoint answers over TLS: a
+health check answered with any status, a call answered, or a probe whose handshake it took.
 """
 
 from __future__ import annotations
@@ -14,16 +20,27 @@ import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
+from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.network.channelbase import Member
+from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
-from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short_note
-from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe
+from plugbay.network.tls import CHECK_TLS, PLUGIN_CERT_FAILURES, NetworkTLS, cut_short_note
+from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, TOOK_IT, probe
 
 _log = logging.getLogger("plugbay.network")
 _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
 # a new endpoint closing right after each TLS handshake for this long refused the certificate, most likely
 # (a TLS proxy's backend that is down only briefly is back by then)
 _CLOSES_PROVE = 3.0
+
+
+def server_answered(code: grpc.StatusCode | None) -> bool:
+    """Whether a failed call's (or health check's) status came from the server, over a connection whose
+    handshake worked. Not the statuses gRPC makes when it gets no connection (nor a cancel, which may come
+    before one); a server's own UNAVAILABLE is taken for that too, which only keeps a TLS failure named."""
+    return code is not None and code not in ENDPOINT_FAILURES and code != grpc.StatusCode.CANCELLED
 
 
 class PoolTLS:
@@ -72,6 +89,12 @@ class PoolTLS:
             error.at_deadline = True
             return error
 
+    def tls_remembered(self) -> str:
+        """The endpoints whose latest failure is no TLS one but whose last TLS handshake failed, and how."""
+        with self._cond:
+            return "; ".join(f"endpoint {m.key}: its last TLS handshake failed: {m.tls_learned}"
+                             for m in self._members.values() if m.tls_learned is not None and m.tls_failure is None)
+
     def _probe_suspects(self) -> None:
         with self._cond:
             suspects = [m for m in self._members.values() if m.tls_suspect]
@@ -87,21 +110,29 @@ class PoolTLS:
             if member.probed_at is not None and now - member.probed_at < _PROBE_GAP:
                 return member.tls_failure
             member.probed_at = now
-        verdict = probe(member.endpoint, self.tls, timeout, verify=self._connector is not None)
+        verify = self._connector is not None
+        verdict = probe(member.endpoint, self.tls, timeout, verify=verify)
+        took = verdict == TOOK_IT
+        verdict = None if took else verdict
         with self._cond:
             if verdict == CLOSED_AFTER_HANDSHAKE:
                 verdict = self._weigh_close(member)
             else:
                 member.closing_since = None
-            self._tls_verdict_is(member, verdict)
+            # Without verify (plain gRPC's endpoints) the probe does not check the plugin's certificate: its
+            # handshake proves the plugin speaks TLS and takes the host's certificate, not that this host's check
+            # of the plugin's (gRPC's, which found the failure) would pass now; the next health check tells that.
+            self._tls_verdict_is(member, verdict, took and (verify or member.tls_learned not in PLUGIN_CERT_FAILURES))
+            if member.tls_suspect and member.healthy is False:  # its health detail says so now, not next tick
+                member.health_detail = self._failure_detail(member, member.check_error, True)
             if verdict is not None:
-                if member.tls_suspect and member.healthy is False:  # its health detail says so now, not next tick
-                    member.health_detail = self._failure_detail(member, member.check_error, True)
                 self._cond.notify_all()  # calls waiting in pick() fail at once (EndpointPool.tls_broken)
         return verdict
 
-    def _tls_verdict_is(self, member: Member, verdict: str | None) -> None:
-        """Under the lock: a TLS failure found is logged as a warning once, not at each health check."""
+    def _tls_verdict_is(self, member: Member, verdict: str | None, answered: bool) -> None:
+        """Under the lock: the latest ``verdict`` on its TLS (None: nothing found). A TLS failure found is logged
+        as a warning once, not at each health check; a definite one is remembered until the endpoint
+        ``answered`` over TLS, a failure that says nothing about TLS (a refused connection) leaving it."""
         if verdict is not None and member.tls_warned is None and member.key in self.tls_warned_before:
             member.tls_warned = verdict  # the pool this one follows warned of it (see tls_warnings)
             self.tls_warned_before = self.tls_warned_before - {member.key}
@@ -110,6 +141,17 @@ class PoolTLS:
             _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
                          "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
         member.tls_failure = verdict
+        if verdict is not None and verdict != CLOSED_AFTER_HANDSHAKE:
+            member.tls_learned = verdict
+        elif answered:
+            member.tls_learned = None
+
+    def tls_answered(self, member: Member, error: BaseException | None, ok: bool) -> None:
+        """Under the lock: a call on ``member`` ended ``ok`` (answered), or with ``error``: one whose status the
+        plugin sent ended over TLS that works, so the TLS failure remembered of it is over."""
+        code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+        if ok or server_answered(code) or (error is not None and handler_status(error)):
+            member.tls_learned = None
 
     def tls_warnings(self) -> frozenset[str]:
         """The endpoints whose TLS failure was logged as a warning: a pool that follows this one (a
@@ -143,4 +185,7 @@ class PoolTLS:
             return f"{detail} (perhaps a TLS failure: {member.tls_failure}; {CHECK_TLS})"
         if member.tls_failure is not None:
             return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
-        return f"{detail} ({self.cut_short_detail(member)})" if suspect else detail
+        notes = [self.cut_short_detail(member)] if suspect else []
+        if member.tls_learned is not None:  # down since, say: a NoEndpointsError still names it
+            notes.append(f"its last TLS handshake failed: {member.tls_learned}")
+        return f"{detail} ({'; '.join(notes)})" if notes else detail

@@ -54,6 +54,9 @@ _TLS_SIGNS = (
     ("Handshake failed", "the TLS handshake failed"),
 )
 _GENERIC = ("Ssl handshake failed", "Handshake failed")
+# the failures of this host's own check of the plugin's certificate, which a TLS probe that does not verify
+# it (plain gRPC's: plugbay.network.tlsprobe) cannot see gone
+PLUGIN_CERT_FAILURES = frozenset(meaning for _, meaning in _TLS_SIGNS if meaning.startswith("the plugin's certificate"))
 
 
 @dataclass(frozen=True)

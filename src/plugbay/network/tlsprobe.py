@@ -35,6 +35,9 @@ CLOSED_AFTER_HANDSHAKE = (
     "the plugin closed the connection right after each TLS handshake, having seen the host's certificate:"
     " it most likely refused it (cert_file signed by a CA it does not trust, or no certificate given); if a"
     " TLS-terminating proxy sits in front of it, that proxy's backend may be down instead")
+# the handshake was made and the plugin kept the connection: it took the host's certificate (not a failure;
+# it ends a TLS failure the pool remembers: pooltls)
+TOOK_IT = "the plugin completed the TLS handshake and kept the connection"
 # a close this soon after the handshake is an answer to it; a later one is a server's idle timeout
 _PROMPT = 0.5
 
@@ -57,7 +60,8 @@ def _alert(exc: ssl.SSLError) -> bool:
 
 
 def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
-    """What a closed connection during setup meant, from one handshake of our own; None when nothing.
+    """What a closed connection during setup meant, from one handshake of our own; None when nothing
+    definite, TOOK_IT when the handshake was made and the plugin kept the connection.
 
     With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
     CLOSED_AFTER_HANDSHAKE, which the caller weighs; with ``verify`` (a multiplexed endpoint), a plugin
@@ -110,5 +114,5 @@ def _verdict(conn: ssl.SSLSocket, tls: NetworkTLS | None, deadline: float) -> st
     except (ConnectionResetError, BrokenPipeError):
         return CLOSED_AFTER_HANDSHAKE
     except OSError:  # quiet for _PROMPT: it kept the connection, so it took the certificate
-        return None
-    return CLOSED_AFTER_HANDSHAKE if first == b"" else None
+        return TOOK_IT
+    return CLOSED_AFTER_HANDSHAKE if first == b"" else TOOK_IT

@@ -1,0 +1,112 @@
+"""How long a pool remembers that an endpoint's TLS handshake failed.
+
+A later health-check failure that says nothing about TLS (the replica down, its connection refused) cleared
+the verdict, so a call waiting to its deadline ended NoEndpointsError whose text had lost the TLS cause. The
+verdict is now remembered, and named in that NoEndpointsError (UNAVAILABLE: a RetryPolicy retries it, as the
+replica may come back fixed), until the endpoint answers over TLS: a health check answered with any status
+(NOT_SERVING too) ends it. RemoteTLSError, which is never retried, stays for an endpoint whose latest failure
+is a TLS one.
+
+The counter example in network mode over mTLS (tests/test_network_broker.py's CounterReplica), multiplexed
+and plain; and a bare gRPC health server answering NOT_SERVING behind an EndpointPool.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from plugbay import BrokerError, NoEndpointsError, RemoteTLSError
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.network.pool import EndpointPool
+from plugbay.network.resolver import Endpoint
+from tests import netcerts
+from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, wait_until
+from tests.test_network_drain import PushResolver
+from tests.test_network_mux_tls import _beside_a_good_one, _free_port, _refusing_set
+
+REMEMBERED = "its last TLS handshake failed: the plugin refused the"
+
+
+@pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
+def test_a_tls_failure_is_remembered_through_a_refused_connection(tmp_path: Path, multiplexed: bool) -> None:
+    """The replica failing TLS stops (its health check then refused: nothing about TLS), then the good one:
+    the call ends NoEndpointsError, retryable, naming the TLS failure remembered; once the replica is back
+    failing TLS, RemoteTLSError again."""
+    with _beside_a_good_one(tmp_path, "plugin no longer trusts the host", multiplexed, call_timeout=3.0) as (
+            client, bad, good):
+        def detail() -> str:
+            return str(client.metrics()["endpoints"][f"tcp:{bad.address}"]["health_detail"])
+        assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
+        bad.stop()
+        assert wait_until(lambda: REMEMBERED in detail() and "TLS failure: " not in detail(), 15.0), detail()
+        good.stop()
+        # multiplexed, dispense() waits for a session: BrokerError "did not come up", as with no TLS failure
+        with pytest.raises(BrokerError if multiplexed else NoEndpointsError) as err:
+            client.dispense(PLUGIN_NAME).get("n")
+        assert not isinstance(err.value, RemoteTLSError), err.value
+        if not multiplexed:
+            assert isinstance(err.value, grpc.RpcError) and err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"tcp:{bad.address} unhealthy (" in str(err.value), err.value
+        assert f"tcp:{bad.address}" in str(err.value) and REMEMBERED in str(err.value), err.value
+
+        # back with certificates from another CA
+        again = CounterReplica(tmp_path / "again", netcerts.write_set(tmp_path / "another"), listen=bad.address)
+        try:
+            assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
+            with pytest.raises(RemoteTLSError) as tls_err:
+                client.dispense(PLUGIN_NAME).get("n")
+            assert f"TLS with remote plugin 'counter' at tcp:{bad.address} failed" in str(tls_err.value)
+        finally:
+            again.stop()
+            shutil.rmtree(again.tmp, ignore_errors=True)
+
+
+class _NotServing(health_pb2_grpc.HealthServicer):
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> Any:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def _serve_not_serving(listen: str, certs: netcerts.CertSet) -> grpc.Server:
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(_NotServing(), server)  # type: ignore[no-untyped-call]
+    creds = grpc.ssl_server_credentials([(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],
+                                        root_certificates=certs.client_ca_file.read_bytes(),
+                                        require_client_auth=True)
+    assert server.add_secure_port(listen, creds) == int(listen.rpartition(":")[2])
+    server.start()
+    return server
+
+
+def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp_path: Path) -> None:
+    """A replica that failed TLS is down (remembered), then replaced at its address by a rightly certified
+    server whose health check answers NOT_SERVING: that answer came over TLS that works, so the deadline's
+    NoEndpointsError says NOT_SERVING alone (a RemoteTLSError there would end a RetryPolicy's retries)."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    listen = f"127.0.0.1:{_free_port()}"
+    server = _serve_not_serving(listen, _refusing_set(certs, tmp_path, "plugin certificate from another CA"))
+    pool = EndpointPool(PushResolver([Endpoint("tcp", listen)]), tls=host_tls(certs), health_interval=0.2,
+                        health_timeout=0.5, name="remembered")
+    try:
+        pool.start()
+
+        def detail() -> str:
+            return str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
+        assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
+        server.stop(0).wait(5)
+        assert wait_until(lambda: "its last TLS handshake failed: " in detail()
+                          and "TLS failure: " not in detail(), 15.0), detail()
+        server = _serve_not_serving(listen, certs)
+        assert wait_until(lambda: detail() == "NOT_SERVING", 15.0), detail()
+        with pytest.raises(NoEndpointsError) as err:
+            pool.unary_unary("/kv.KV/Get")(b"", timeout=1.0)
+        assert not isinstance(err.value, RemoteTLSError), err.value
+        assert f"tcp:{listen} unhealthy (NOT_SERVING)" in str(err.value) and "TLS" not in str(err.value), err.value
+    finally:
+        pool.close()
+        server.stop(0).wait(5)
