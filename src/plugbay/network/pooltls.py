@@ -27,7 +27,7 @@ from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
 from plugbay.network.tls import CHECK_TLS, PLUGIN_CERT_FAILURES, NetworkTLS, cut_short_note
-from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, TOOK_IT, probe
+from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, TOOK_IT, probe_taken
 
 _log = logging.getLogger("plugbay.network")
 _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
@@ -111,7 +111,7 @@ class PoolTLS:
                 return member.tls_failure
             member.probed_at = now
         verify = self._connector is not None
-        verdict = probe(member.endpoint, self.tls, timeout, verify=verify)
+        verdict = probe_taken(member.endpoint, self.tls, timeout, verify=verify)
         took = verdict == TOOK_IT
         verdict = None if took else verdict
         with self._cond:

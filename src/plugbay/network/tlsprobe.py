@@ -60,8 +60,13 @@ def _alert(exc: ssl.SSLError) -> bool:
 
 
 def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
-    """What a closed connection during setup meant, from one handshake of our own; None when nothing
-    definite, TOOK_IT when the handshake was made and the plugin kept the connection.
+    """What a closed connection during setup meant, from one handshake of our own; None when nothing."""
+    verdict = probe_taken(endpoint, tls, timeout, verify)
+    return None if verdict == TOOK_IT else verdict
+
+
+def probe_taken(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
+    """probe()'s verdict, or TOOK_IT when the handshake was made and the plugin kept the connection.
 
     With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
     CLOSED_AFTER_HANDSHAKE, which the caller weighs; with ``verify`` (a multiplexed endpoint), a plugin
