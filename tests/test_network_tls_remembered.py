@@ -13,7 +13,12 @@ and plain; and a bare gRPC health server answering NOT_SERVING behind an Endpoin
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import socket
+import ssl
+import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, wai
 from tests.test_network_drain import PushResolver
 from tests.test_network_mux_tls import _beside_a_good_one, _free_port, _refusing_set
 
-REMEMBERED = "its last TLS handshake failed: the plugin refused the"
+REMEMBERED = "last TLS failure found: the plugin refused the"
 
 
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
@@ -99,7 +104,7 @@ def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp
             return str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
         assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
         server.stop(0).wait(5)
-        assert wait_until(lambda: "its last TLS handshake failed: " in detail()
+        assert wait_until(lambda: "last TLS failure found: " in detail()
                           and "TLS failure: " not in detail(), 15.0), detail()
         server = _serve_not_serving(listen, certs)
         assert wait_until(lambda: detail() == "NOT_SERVING", 15.0), detail()
@@ -110,3 +115,88 @@ def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp
     finally:
         pool.close()
         server.stop(0).wait(5)
+
+
+class _TakesOnlyTheProbe:
+    """At ``listen``: closes gRPC's connections before the handshake (a health check cut short), and completes
+    the TLS probe's (the name it sends when NetworkTLS has no server_name) with ``served``'s certificate,
+    keeping the connection."""
+
+    def __init__(self, listen: str, served: netcerts.CertSet, host_ca: Path) -> None:
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(str(served.cert_file), str(served.key_file))
+        self._ctx.load_verify_locations(str(host_ca))
+        self._ctx.verify_mode = ssl.CERT_REQUIRED
+        self._ctx.set_alpn_protocols(["h2"])
+        host, _, port = listen.rpartition(":")
+        self._sock = socket.create_server((host, int(port)))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self.taken = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            conn.settimeout(2.0)
+            try:
+                hello = _client_hello(conn)
+                if b"plugbay-probe" not in hello:
+                    conn.close()
+                    continue
+                self._held.append(self._ctx.wrap_socket(conn, server_side=True))
+                self.taken += 1
+            except OSError:
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def _client_hello(conn: socket.socket) -> bytes:
+    hello = b""
+    for _ in range(50):  # the whole record: a TLS header gives its length
+        hello = conn.recv(8192, socket.MSG_PEEK)
+        if not hello or len(hello) >= 5 and len(hello) >= 5 + int.from_bytes(hello[3:5], "big"):
+            break
+        time.sleep(0.01)
+    return hello
+
+
+def test_a_plain_probe_taken_keeps_a_failure_of_the_plugins_certificate(tmp_path: Path) -> None:
+    """Plain gRPC's TLS probe does not check the plugin's certificate: a plugin certificate from another CA
+    (gRPC's generic "handshake failed") stays remembered through probes whose handshake the plugin took."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    other = _refusing_set(certs, tmp_path, "plugin certificate from another CA")
+    listen = f"127.0.0.1:{_free_port()}"
+    server = _serve_not_serving(listen, other)
+    tls = dataclasses.replace(host_tls(certs), server_name=None)  # the probe's name tells its connections
+    pool = EndpointPool(PushResolver([Endpoint("tcp", listen)]), tls=tls, health_interval=0.2,
+                        health_timeout=0.5, name="remembered")
+    split: _TakesOnlyTheProbe | None = None
+    try:
+        pool.start()
+
+        def detail() -> str:
+            return str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
+        assert wait_until(lambda: "TLS failure: the TLS handshake failed" in detail(), 15.0), detail()
+        server.stop(0).wait(5)
+        assert wait_until(lambda: "last TLS failure found: " in detail() and "TLS failure: " not in detail(),
+                          15.0), detail()
+        split = _TakesOnlyTheProbe(listen, other, certs.client_ca_file)
+        assert wait_until(lambda: split is not None and split.taken >= 2, 15.0), detail()
+        assert "last TLS failure found: the TLS handshake failed" in detail(), detail()
+    finally:
+        pool.close()
+        server.stop(0).wait(5)
+        if split is not None:
+            split.close()

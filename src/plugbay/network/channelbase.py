@@ -60,7 +60,8 @@ class Member:
         ejection, counters) stays; what it said about TLS was said of the old files."""
         self.endpoint = old.endpoint
         self.healthy, self.check_error = old.healthy, old.check_error
-        self.health_detail = old.check_error if old.tls_failure is not None else old.health_detail
+        said_tls = old.tls_failure is not None or old.tls_learned is not None  # of the old files: not carried
+        self.health_detail = old.check_error if said_tls else old.health_detail
         self.first_check_by = old.first_check_by
         self.outlier = old.outlier  # shared: calls still on the old channel count toward it
         self.picks, self.failures = old.picks, old.failures

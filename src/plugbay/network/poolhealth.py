@@ -286,7 +286,8 @@ class PoolHealth(PoolTLS):
                 # a close during setup not judged yet is logged without a cause: a refused certificate's is
                 # the probe's WARNING, moments later, and the health detail follows the verdict
                 detail = member.health_detail if not suspect or member.tls_failure is not None else \
-                    f"{detail} (the connection closed during setup; a TLS probe tells why)"
+                    f"{detail} (the connection closed during setup: a WARNING follows if a TLS probe finds the plugin" \
+                    " refused this host's certificate; else a TLS proxy whose backend is down, or a plugin restarting)"
             went_bad = before is not False and member.healthy is False
             if before != member.healthy:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,

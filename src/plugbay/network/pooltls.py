@@ -26,21 +26,25 @@ from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
-from plugbay.network.tls import CHECK_TLS, PLUGIN_CERT_FAILURES, NetworkTLS, cut_short_note
-from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, TOOK_IT, probe_taken
+from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NetworkTLS, cut_short_note
+from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, REFUSED_CERT, TOOK_IT, probe_taken
 
 _log = logging.getLogger("plugbay.network")
 _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
 # a new endpoint closing right after each TLS handshake for this long refused the certificate, most likely
 # (a TLS proxy's backend that is down only briefly is back by then)
 _CLOSES_PROVE = 3.0
+_LEARNED = "last TLS failure found:"  # an endpoint's that is down since (Member.tls_learned)
+_NOT_FROM_THE_SERVER = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+_PROBE_SEES_GONE = HOST_CERT_REFUSALS | {REFUSED_CERT}  # what a plain probe's handshake taken proves over
 
 
 def server_answered(code: grpc.StatusCode | None) -> bool:
     """Whether a failed call's (or health check's) status came from the server, over a connection whose
     handshake worked. Not the statuses gRPC makes when it gets no connection (nor a cancel, which may come
-    before one); a server's own UNAVAILABLE is taken for that too, which only keeps a TLS failure named."""
-    return code is not None and code not in ENDPOINT_FAILURES and code != grpc.StatusCode.CANCELLED
+    before one, nor UNKNOWN, which a request iterator that raises makes with no connection); a server's own
+    UNAVAILABLE or UNKNOWN is taken for that too, which only keeps a TLS failure named."""
+    return code is not None and code not in ENDPOINT_FAILURES and code not in _NOT_FROM_THE_SERVER
 
 
 class PoolTLS:
@@ -92,8 +96,9 @@ class PoolTLS:
     def tls_remembered(self) -> str:
         """The endpoints whose latest failure is no TLS one but whose last TLS handshake failed, and how."""
         with self._cond:
-            return "; ".join(f"endpoint {m.key}: its last TLS handshake failed: {m.tls_learned}"
-                             for m in self._members.values() if m.tls_learned is not None and m.tls_failure is None)
+            found = [f"endpoint {m.key}: {_LEARNED} {m.tls_learned}" for m in self._members.values()
+                     if m.tls_learned is not None and m.tls_failure is None]
+        return f"{'; '.join(found)}; {CHECK_TLS}" if found else ""
 
     def _probe_suspects(self) -> None:
         with self._cond:
@@ -120,9 +125,10 @@ class PoolTLS:
             else:
                 member.closing_since = None
             # Without verify (plain gRPC's endpoints) the probe does not check the plugin's certificate: its
-            # handshake proves the plugin speaks TLS and takes the host's certificate, not that this host's check
-            # of the plugin's (gRPC's, which found the failure) would pass now; the next health check tells that.
-            self._tls_verdict_is(member, verdict, took and (verify or member.tls_learned not in PLUGIN_CERT_FAILURES))
+            # handshake proves only that the plugin takes the host's certificate now. Any other failure (gRPC's
+            # generic "handshake failed" too, which a plugin certificate from another CA makes) waits for an
+            # answered health check or call.
+            self._tls_verdict_is(member, verdict, took and (verify or member.tls_learned in _PROBE_SEES_GONE))
             if member.tls_suspect and member.healthy is False:  # its health detail says so now, not next tick
                 member.health_detail = self._failure_detail(member, member.check_error, True)
             if verdict is not None:
@@ -185,7 +191,9 @@ class PoolTLS:
             return f"{detail} (perhaps a TLS failure: {member.tls_failure}; {CHECK_TLS})"
         if member.tls_failure is not None:
             return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
-        notes = [self.cut_short_detail(member)] if suspect else []
+        if suspect:
+            detail = f"{detail} ({self.cut_short_detail(member)})"
         if member.tls_learned is not None:  # down since, say: a NoEndpointsError still names it
-            notes.append(f"its last TLS handshake failed: {member.tls_learned}")
-        return f"{detail} ({'; '.join(notes)})" if notes else detail
+            # flat (no brackets of its own): a NoEndpointsError puts this detail in brackets, the meaning has some
+            detail = f"{detail}; {_LEARNED} {member.tls_learned}; {CHECK_TLS}"
+        return detail

@@ -54,9 +54,9 @@ _TLS_SIGNS = (
     ("Handshake failed", "the TLS handshake failed"),
 )
 _GENERIC = ("Ssl handshake failed", "Handshake failed")
-# the failures of this host's own check of the plugin's certificate, which a TLS probe that does not verify
-# it (plain gRPC's: plugbay.network.tlsprobe) cannot see gone
-PLUGIN_CERT_FAILURES = frozenset(meaning for _, meaning in _TLS_SIGNS if meaning.startswith("the plugin's certificate"))
+# the plugin's refusals of this host's certificate: the only failures a TLS probe that does not check the
+# plugin's certificate (plain gRPC's: plugbay.network.tlsprobe) can see gone, by a handshake the plugin takes
+HOST_CERT_REFUSALS = frozenset(meaning for _, meaning in _TLS_SIGNS if meaning.startswith("the plugin refused"))
 
 
 @dataclass(frozen=True)
