@@ -283,11 +283,12 @@ class PoolHealth(PoolTLS):
             elif fails >= self.unhealthy_after or before is None:
                 member.healthy, member.check_error = False, detail
                 member.health_detail = self._failure_detail(member, detail, suspect)
-                # a close during setup not judged yet is logged without a cause: a refused certificate's is
-                # the probe's WARNING, moments later, and the health detail follows the verdict
+                # a close during setup not judged yet is logged without a cause: a TLS failure's is the probe's
+                # WARNING, moments later (whatever the mode: no certificate, plain or multiplexed), and the
+                # health detail follows the verdict
                 detail = member.health_detail if not suspect or member.tls_failure is not None else \
-                    f"{detail} (the connection closed during setup: a WARNING follows if a TLS probe finds the plugin" \
-                    " refused this host's certificate; else a TLS proxy whose backend is down, or a plugin restarting)"
+                    f"{detail} (the connection closed during setup: a WARNING follows if a TLS probe finds a TLS" \
+                    " failure; otherwise a proxy whose backend is down, or a plugin restarting)"
             went_bad = before is not False and member.healthy is False
             if before != member.healthy:
                 _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
