@@ -308,7 +308,7 @@ def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal(pki: dict[str
     # plugbay's brokering TLS front drops a connection that says nothing for 5 s: a probe that waited
     # longer read that idle close as a refused certificate.
     from plugbay.network.resolver import Endpoint
-    from plugbay.network.tlsprobe import probe
+    from plugbay.network.tlsprobe import TOOK_IT, probe_taken
 
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(pki["server"], pki["server_key"])
@@ -330,7 +330,7 @@ def test_a_tls_server_that_closes_an_idle_connection_is_no_refusal(pki: dict[str
         tls = NetworkTLS(pki["client"], pki["client_key"], pki["ca"], server_name=SERVER_NAME)
         endpoint = Endpoint("tcp", f"127.0.0.1:{listener.getsockname()[1]}")
         started = time.monotonic()
-        assert probe(endpoint, tls, 3.0) is None
+        assert probe_taken(endpoint, tls, 3.0) == TOOK_IT  # it kept the connection: no refusal
         assert time.monotonic() - started < 2.0  # it does not wait out the timeout either
     finally:
         thread.join(10)

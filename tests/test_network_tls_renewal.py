@@ -353,7 +353,7 @@ def test_the_tls_probe_without_a_client_context_proves_nothing(
     monkeypatch.setattr(tlsprobe, "_context", fails)
     try:
         endpoint = Endpoint("tcp", "127.0.0.1:%d" % listener.getsockname()[1])
-        assert tlsprobe.probe(endpoint, None, 0.5) is None
+        assert tlsprobe.probe_taken(endpoint, None, 0.5) is None
     finally:
         stop.set()
         thread.join(10)

@@ -4,11 +4,12 @@ When a connection closes during gRPC's setup, gRPC's details say only "Socket
 closed" (or "Handshake read failed"): a plugin that refused this host's
 certificate (gRPC's TLS 1.3 servers close without an alert once they have seen
 it) reads the same as a proxy whose backend is down or a plugin restarting.
-Only the first is worth failing a call at once. :func:`probe` makes one TLS
+Only the first is worth failing a call at once. :func:`probe_taken` makes one TLS
 handshake of its own with the endpoint: a TLS alert is definite, a close right
 after the handshake is CLOSED_AFTER_HANDSHAKE for the pool to weigh
-(poolhealth), and anything else answers None, so the call goes on retrying
-within its deadline.
+(pooltls), a handshake the plugin took and kept is TOOK_IT (no failure: it ends
+a TLS failure the pool remembers), and anything else answers None, so the call
+goes on retrying within its deadline.
 
 A multiplexed endpoint's TLS is made by plugbay's relay, not gRPC, so gRPC's
 details never say what went wrong there: its probe (``verify``) makes the
@@ -59,14 +60,9 @@ def _alert(exc: ssl.SSLError) -> bool:
     return "ALERT" in str(exc.reason or "").upper() or "alert" in str(exc).lower()
 
 
-def probe(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
-    """What a closed connection during setup meant, from one handshake of our own; None when nothing."""
-    verdict = probe_taken(endpoint, tls, timeout, verify)
-    return None if verdict == TOOK_IT else verdict
-
-
 def probe_taken(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
-    """probe()'s verdict, or TOOK_IT when the handshake was made and the plugin kept the connection.
+    """What a closed connection during setup meant, from one handshake of our own: a TLS failure, TOOK_IT
+    when the handshake was made and the plugin kept the connection, or None when nothing is definite.
 
     With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
     CLOSED_AFTER_HANDSHAKE, which the caller weighs; with ``verify`` (a multiplexed endpoint), a plugin
