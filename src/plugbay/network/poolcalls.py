@@ -274,7 +274,7 @@ class PoolCallable:
             except BaseException as exc:
                 self._pool.done(member, exc)
                 raise
-        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=_answered(c)))
+        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=answered(_code(c))))
         return _PoolStream(call, self._pool, member)
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
@@ -363,18 +363,21 @@ class PoolCallable:
         return all(key in tried for key in self._pool.pickable_keys())
 
 
-def _answered(call: Any) -> bool:
+def answered(code: grpc.StatusCode | None) -> bool:
+    """Whether a stream that ended with ``code`` was answered (pool.done()'s ``ok``), sync or grpc.aio."""
+    return bool(code == grpc.StatusCode.OK)
+
+
+def _code(call: Any) -> grpc.StatusCode | None:
     try:
-        return bool(call.code() == grpc.StatusCode.OK)
+        code: grpc.StatusCode | None = call.code()
+        return code
     except Exception:
-        return False
+        return None
 
 
 def _call_error(call: Any) -> BaseException | None:
-    try:
-        code = call.code()
-    except Exception:
-        return None
+    code = _code(call)
     if code in (None, grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) or handler_status(call):
         return None  # its caller's deadline (a watch), or a status its handler passed on (handlerstatus.py): no fault
     return _TypedRpcError(str(call.details()), code, str(call.details()))
