@@ -58,10 +58,9 @@ from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, 
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.procstop import ProcessStop
-from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, ended_or_ending, host_session, stat_of,
-                                      stopped)
+from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, host_session,
+                                      stat_of, stopped)
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
-from plugbay.runners.session import proc_stat
 from plugbay.runners.stderrpipe import popen_naming_stderr
 
 _TAIL = 50
@@ -244,22 +243,20 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
             raise killed_while_starting(f"ProcessRunner for {self.name!r}", "plugin", "stopped it")
 
     def has_exited(self) -> bool:
-        if self._proc is None:
-            return False
-        if self._proc.returncode is not None:  # reaped: its pid may be another process's by now
-            return True
         # /proc shows a zombie at once, while wait(0) may report "running" when another
         # thread is polling the same child at that moment.
-        fields = proc_stat(self._proc.pid)
-        return fields is None or fields[0] in ("Z", "X")
+        return self._gone(ended)
 
     def ending(self) -> bool:
-        proc = self._proc
-        if proc is None:
-            return False
         # a pending SIGKILL counts: the plugin runs no more code, though its exit (and its socket's close) is a
         # few milliseconds away, in which a call written to it would fail as if it had been in flight
-        return proc.returncode is not None or ended_or_ending(proc.pid)
+        return self._gone(ended_or_ending)
+
+    def _gone(self, in_proc: Callable[[int], bool]) -> bool:
+        """has_exited()'s and ending()'s answer: not before start(); once reaped, yes without asking /proc
+        (its pid may be another process's by now); else what ``in_proc`` reads there of the pid."""
+        proc = self._proc
+        return proc is not None and (proc.returncode is not None or in_proc(proc.pid))
 
     def frozen(self) -> bool:
         """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL."""

@@ -21,6 +21,7 @@ import signal
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 from plugbay.core.protocol.handshake import ENV_HOST_SESSION as ENV_HOST_SESSION  # re-exported: its runner side
 from plugbay.core.transport.tempdirs import own_proc, pid_namespace
@@ -32,12 +33,20 @@ _log = logging.getLogger("plugbay.runners")
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
 
 
+def _running(fields: list[str] | None) -> TypeGuard[list[str]]:
+    """Whether a read of /proc/PID/stat (proc_stat's fields) shows the process there, not gone nor a zombie."""
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def stat_of(pid: int) -> tuple[int, int] | None:
     """(parent pid, start ticks) of a live process; None when gone or a zombie."""
     fields = proc_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[1]), int(fields[19])
+    return (int(fields[1]), int(fields[19])) if _running(fields) else None
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (one read of /proc/PID/stat)."""
+    return not _running(proc_stat(pid))
 
 
 _PF_EXITING = 0x4  # the kernel's task flag: the process is in exit(), past running any code of its own
@@ -50,7 +59,7 @@ def ended_or_ending(pid: int) -> bool:
     code). Bytes written to its socket from then on are never read by it. One read of /proc/PID/stat: its
     flags (field 9) and the main thread's pending signals (field 31)."""
     fields = proc_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
+    if not _running(fields):
         return True
     try:
         return bool(int(fields[6]) & _PF_EXITING or int(fields[28]) & _SIGKILL_BIT)
