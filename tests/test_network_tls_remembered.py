@@ -19,14 +19,16 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from plugbay import BrokerError, NoEndpointsError, RemoteTLSError
+from plugbay import BrokerError, NetworkTLS, NoEndpointsError, RemoteTLSError
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
@@ -88,6 +90,19 @@ def _serve_not_serving(listen: str, certs: netcerts.CertSet) -> grpc.Server:
     return server
 
 
+@contextmanager
+def pool_at(listen: str, tls: NetworkTLS, **kw: Any) -> Iterator[tuple[EndpointPool, Callable[[], str]]]:
+    """A started EndpointPool of the one endpoint at ``listen`` (health checked every 0.2 s), and a reader of
+    that endpoint's health detail; closed on the way out."""
+    pool = EndpointPool(PushResolver([Endpoint("tcp", listen)]), tls=tls, health_interval=0.2, health_timeout=0.5,
+                        name="remembered", **kw)
+    try:
+        pool.start()
+        yield pool, lambda: str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
+    finally:
+        pool.close()
+
+
 def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp_path: Path) -> None:
     """A replica that failed TLS is down (remembered), then replaced at its address by a rightly certified
     server whose health check answers NOT_SERVING: that answer came over TLS that works, so the deadline's
@@ -95,25 +110,20 @@ def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp
     certs = netcerts.write_set(tmp_path / "tls")
     listen = f"127.0.0.1:{_free_port()}"
     server = _serve_not_serving(listen, _refusing_set(certs, tmp_path, "plugin certificate from another CA"))
-    pool = EndpointPool(PushResolver([Endpoint("tcp", listen)]), tls=host_tls(certs), health_interval=0.2,
-                        health_timeout=0.5, name="remembered")
     try:
-        pool.start()
-
-        def detail() -> str:
-            return str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
-        assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
-        server.stop(0).wait(5)
-        assert wait_until(lambda: "last TLS failure found: " in detail()
-                          and "TLS failure: " not in detail(), 15.0), detail()
-        server = _serve_not_serving(listen, certs)
-        assert wait_until(lambda: detail() == "NOT_SERVING", 15.0), detail()
-        with pytest.raises(NoEndpointsError) as err:
-            pool.unary_unary("/kv.KV/Get")(b"", timeout=1.0)
-        assert not isinstance(err.value, RemoteTLSError), err.value
-        assert f"tcp:{listen} unhealthy (NOT_SERVING)" in str(err.value) and "TLS" not in str(err.value), err.value
+        with pool_at(listen, host_tls(certs)) as (pool, detail):
+            assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
+            server.stop(0).wait(5)
+            assert wait_until(lambda: "last TLS failure found: " in detail()
+                              and "TLS failure: " not in detail(), 15.0), detail()
+            server = _serve_not_serving(listen, certs)
+            assert wait_until(lambda: detail() == "NOT_SERVING", 15.0), detail()
+            with pytest.raises(NoEndpointsError) as err:
+                pool.unary_unary("/kv.KV/Get")(b"", timeout=1.0)
+            assert not isinstance(err.value, RemoteTLSError), err.value
+            assert f"tcp:{listen} unhealthy (NOT_SERVING)" in str(err.value) and "TLS" not in str(err.value), \
+                err.value
     finally:
-        pool.close()
         server.stop(0).wait(5)
 
 
@@ -180,23 +190,17 @@ def test_a_plain_probe_taken_keeps_a_failure_of_the_plugins_certificate(tmp_path
     listen = f"127.0.0.1:{_free_port()}"
     server = _serve_not_serving(listen, other)
     tls = dataclasses.replace(host_tls(certs), server_name=None)  # the probe's name tells its connections
-    pool = EndpointPool(PushResolver([Endpoint("tcp", listen)]), tls=tls, health_interval=0.2,
-                        health_timeout=0.5, name="remembered")
     split: _TakesOnlyTheProbe | None = None
     try:
-        pool.start()
-
-        def detail() -> str:
-            return str(pool.metrics()["endpoints"][f"tcp:{listen}"]["health_detail"])
-        assert wait_until(lambda: "TLS failure: the TLS handshake failed" in detail(), 15.0), detail()
-        server.stop(0).wait(5)
-        assert wait_until(lambda: "last TLS failure found: " in detail() and "TLS failure: " not in detail(),
-                          15.0), detail()
-        split = _TakesOnlyTheProbe(listen, other, certs.client_ca_file)
-        assert wait_until(lambda: split is not None and split.taken >= 2, 15.0), detail()
-        assert "last TLS failure found: the TLS handshake failed" in detail(), detail()
+        with pool_at(listen, tls) as (_, detail):
+            assert wait_until(lambda: "TLS failure: the TLS handshake failed" in detail(), 15.0), detail()
+            server.stop(0).wait(5)
+            assert wait_until(lambda: "last TLS failure found: " in detail() and "TLS failure: " not in detail(),
+                              15.0), detail()
+            split = _TakesOnlyTheProbe(listen, other, certs.client_ca_file)
+            assert wait_until(lambda: split is not None and split.taken >= 2, 15.0), detail()
+            assert "last TLS failure found: the TLS handshake failed" in detail(), detail()
     finally:
-        pool.close()
         server.stop(0).wait(5)
         if split is not None:
             split.close()
