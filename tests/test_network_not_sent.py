@@ -145,6 +145,27 @@ def test_a_resend_is_counted_only_once_its_try_was_made(how: str) -> None:
         assert [name for name, _ in seen] == ["s0"] and pool.resends == 0, (seen, pool.resends)
 
 
+def test_an_async_resend_is_counted_only_once_its_try_was_made() -> None:
+    """The same on grpc.aio: the next endpoint's grpc.aio channel closed, its try is refused before it is
+    sent (grpc.aio's UsageError); counted as the try was started, it would be a resend."""
+    async def main(pool: EndpointPool) -> None:
+        endpoints = AioEndpoints(pool)
+        channel = AioPoolChannel(endpoints)
+        try:
+            second = pool.member(list(pool.metrics()["endpoints"])[1])  # discovery's order: s1
+            assert second is not None
+            await endpoints.channel(second).close()  # still its channel, closed: a try there is never sent
+            with pytest.raises(grpc.RpcError):
+                await channel.unary_unary(METHOD)(b"", timeout=1)
+        finally:
+            await channel.close()
+
+    with _pool(_marks(None), _ok) as (pool, seen):
+        assert wait_until(lambda: pool.metrics()["healthy"] == 2, 10)  # both take calls
+        asyncio.run(main(pool))
+        assert [name for name, _ in seen] == ["s0"] and pool.resends == 0, (seen, pool.resends)
+
+
 def test_each_pool_has_its_own_token() -> None:
     with _pool(_ok) as (one, _), _pool(_ok) as (other, _):
         assert len(one.token) == 32 and one.token != other.token
