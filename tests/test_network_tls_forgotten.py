@@ -177,7 +177,7 @@ def test_a_call_answered_ends_the_tls_failure_remembered(tmp_path: Path, how: st
     with _remembered(tmp_path) as (pool, health):
         assert _call(pool, how) in (b"v", [b"1", b"2"])
         assert wait_until(lambda: pool.tls_remembered() == "", 5.0), pool.tls_remembered()
-        assert health.checks >= 2 and not health.answers  # no health check answered meanwhile
+        assert health.checks >= 2  # health checks ran meanwhile (each the server's UNAVAILABLE): they ended nothing
 
 
 def test_a_status_grpc_makes_without_a_connection_is_no_answer(tmp_path: Path) -> None:

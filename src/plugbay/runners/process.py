@@ -245,14 +245,14 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
     def has_exited(self) -> bool:
         # /proc shows a zombie at once, while wait(0) may report "running" when another
         # thread is polling the same child at that moment.
-        return self._gone(ended)
+        return self._exited_by(ended)
 
     def ending(self) -> bool:
         # a pending SIGKILL counts: the plugin runs no more code, though its exit (and its socket's close) is a
         # few milliseconds away, in which a call written to it would fail as if it had been in flight
-        return self._gone(ended_or_ending)
+        return self._exited_by(ended_or_ending)
 
-    def _gone(self, in_proc: Callable[[int], bool]) -> bool:
+    def _exited_by(self, in_proc: Callable[[int], bool]) -> bool:
         """has_exited()'s and ending()'s answer: not before start(); once reaped, yes without asking /proc
         (its pid may be another process's by now); else what ``in_proc`` reads there of the pid."""
         proc = self._proc

@@ -1,9 +1,8 @@
 """A process plugin's descendants and orphans, found through /proc by plugbay's markers.
 
-The process runner gives every plugin two environment variables, which its
-children inherit: ``PLUGBAY_PLUGIN_ID`` (random per plugin) and
-``PLUGBAY_HOST_SESSION`` (the host's session id and start ticks). A grandchild
-that left the plugin's process group (its own session) escapes ``killpg``;
+The process runner gives every plugin two environment variables, which its children inherit:
+``PLUGBAY_PLUGIN_ID`` (random per plugin) and ``PLUGBAY_HOST_SESSION`` (the host's session id and
+start ticks). A grandchild that left the plugin's process group (its own session) escapes ``killpg``;
 the process runner's kill() also finds it (:func:`family`: parent links and the plugin id) and
 kills it with the plugin. :func:`sweep` ends the plugins (and their children)
 of hosts that are gone, e.g. SIGKILLed before they could kill them. Only
