@@ -226,6 +226,18 @@ def test_a_huge_handshake_line_makes_a_short_message() -> None:
     assert said.startswith("malformed handshake line '1|1|unix|aaa") and "before its first newline" in said
 
 
+def test_a_plugin_exiting_after_huge_stderr_lines_makes_a_short_message_and_keeps_the_lines() -> None:
+    script = ("import sys; [sys.stderr.write(str(i) + 'x' * 60_000 + 'end\\n') for i in range(30)];"
+              " sys.stderr.flush(); sys.exit(1)")
+    with pytest.raises(PluginExitedError) as info:
+        with Client(config([PY, "-c", script], start_timeout=30)):
+            pass
+    said, tail = str(info.value), info.value.stderr_tail
+    assert tail and all(len(line) > 60_000 and line.endswith("xend") for line in tail), [len(x) for x in tail]
+    assert len(said) < 1000 * (len(tail) + 2), len(said)  # both ends of each line, its middle cut
+    assert said.count("characters cut)...") == len(tail) and said.count("xend") == len(tail), said[:2000]
+
+
 def test_a_short_first_line_ending_in_the_cut_marker_is_not_taken_for_a_cut_one() -> None:
     # only the line splitter says a line was cut; text the plugin printed is parsed as it is
     script = "import time; print('starting…[truncated 9 bytes]', flush=True); time.sleep(30)"

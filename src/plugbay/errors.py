@@ -30,6 +30,7 @@ class MagicCookieError(HandshakeError):
 
 
 _BEFORE_HANDSHAKE = "before completing the handshake"
+_TAIL_LINE = 500  # characters of one stderr line in a PluginExitedError's message
 
 
 class PluginExitedError(HandshakeError):
@@ -40,8 +41,10 @@ class PluginExitedError(HandshakeError):
                  headline: str | None = None) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
-        # runners other than the LogPump's (a pod's log, a container's) hand their lines as read
-        tail = "\n".join("    " + printable(line) for line in self.stderr_tail) or "    (no output)"
+        # runners other than the LogPump's (a pod's log, a container's) hand their lines as read; a
+        # line may be up to the line cap (64 KiB) long: the message keeps both ends of each, the
+        # attribute all of it
+        tail = "\n".join("    " + _clip(printable(line), _TAIL_LINE) for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
             (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
