@@ -117,6 +117,16 @@ def test_a_kubeconfig_passed_that_names_a_missing_file_is_advised_as_the_callers
         f" exist: {tmp_path / 'no-ca.crt'}). Fix that file, or pass kubeconfig= a working one, or api_client=.")
 
 
+def test_a_kubeconfig_passed_that_is_not_there_is_said_to_be_missing(tmp_path: Path) -> None:
+    # the client library calls a missing file "Invalid kube-config file. No configuration found."
+    missing = tmp_path / "kubeconfig"
+    with pytest.raises(EngineUnavailableError) as caught:
+        KubernetesRunner("img", namespace="default", kubeconfig=str(missing))
+    assert str(caught.value) == (
+        f"no usable Kubernetes configuration in kubeconfig {str(missing)!r} (passed as kubeconfig=) (no such file)."
+        " Pass kubeconfig= a working one, or api_client=.")
+
+
 def loaded_unasked(env: dict[str, str]) -> str:
     """What KubernetesRunner(...) without kubeconfig= raises in a fresh process (the kubernetes client reads
     KUBECONFIG once, at its import)."""
@@ -145,7 +155,7 @@ def test_the_advice_fits_a_kubeconfig_named_by_kubeconfig_or_the_default(tmp_pat
     missing = tmp_path / "missing"
     said = loaded_unasked(cli_env(KUBECONFIG=str(missing), HOME=str(tmp_path)))
     assert said == (f"EngineUnavailableError: no usable Kubernetes configuration in kubeconfig {str(missing)!r}"
-                    " (named by KUBECONFIG) (Invalid kube-config file. No configuration found.). Set KUBECONFIG"
+                    " (named by KUBECONFIG) (no such file). Set KUBECONFIG"
                     " to a working one, or pass kubeconfig= or api_client=."), said
 
     home = tmp_path / "home"

@@ -109,9 +109,12 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         if problem is None:
             return client.ApiClient(cfg), from_sa  # ValueError: a proxy-url urllib3 cannot use
     except (config_mod.ConfigException, OSError) as exc:
-        fix = "" if path is None or not os.path.exists(os.path.expanduser(path)) else (
+        missing = path is not None and not os.path.exists(os.path.expanduser(path))
+        fix = "" if path is None or missing else (
             "Fix that file" + (context_choice() if context is not None else ""))
-        raise EngineUnavailableError(f"no usable Kubernetes configuration in {where} ({exc})." + _advice(fix, alt)
+        # the library says "Invalid kube-config file. No configuration found." of a file that is not there
+        why = "no such file" if missing else str(exc)
+        raise EngineUnavailableError(f"no usable Kubernetes configuration in {where} ({why})." + _advice(fix, alt)
                                      ) from exc
     except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError) as exc:
         name = type(exc).__name__ if type(exc).__name__ != "Error" else f"{type(exc).__module__}.Error"  # binascii
