@@ -56,12 +56,30 @@ def check_health(channel: grpc.Channel, service: str, timeout: float) -> dict[st
         ms = (time.monotonic() - started) * 1000
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-            return {"status": "UNREACHABLE", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
+            return {"status": "UNREACHABLE", "ms": round(ms, 2),
+                    "detail": f"{code.name}: {exc.details()}" + connect_failure(channel, code)}
         return {"status": "NOT_SERVING", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
     ms = (time.monotonic() - started) * 1000
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     return {"status": "SERVING" if status == "SERVING" else "NOT_SERVING", "ms": round(ms, 2),
             "detail": status}
+
+
+def connect_failure(channel: grpc.Channel, code: grpc.StatusCode) -> str:
+    """"; the connection: <why it failed>" after a call waiting for a connection (wait_for_ready, so that a
+    target coming up is waited for) ran out its deadline with none, else "". The deadline says nothing of
+    the cause; a call that does not wait fails at once with it (connection refused, a TLS failure)."""
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    if code != grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ""
+    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    try:
+        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5, wait_for_ready=False)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return f"; the connection: {exc.details()}"
+    return ""  # connected (a slow answer), or still connecting
 
 
 def _health_code(status: str) -> int:
@@ -215,7 +233,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
         try:
             resp = stub(req, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _call_error(exc, method) from None
+            raise _call_error(exc, method, connect_failure(reached.channel, exc.code())) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
 
@@ -244,10 +262,11 @@ def _json_object(request: str, type_name: str) -> None:
                           f" write it as protobuf JSON, e.g. '{{\"field\": \"value\"}}' ('{{}}' for no fields)")
 
 
-def _call_error(exc: grpc.RpcError, method: str) -> Exception:
+def _call_error(exc: grpc.RpcError, method: str, connection: str = "") -> Exception:
     code, details = exc.code(), exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return TargetUnreachableError(f"{method} failed: {code.name}: {details}; check that the plugin runs")
+        return TargetUnreachableError(f"{method} failed: {code.name}: {details}{connection}; check that the"
+                                      " plugin runs")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return CallFailedError(f"{method} failed: the plugin does not implement it ({details}); check the"
                                " method name against plugbay info")
