@@ -20,7 +20,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_confi
 from tests.test_network_mux_tls import _free_port, _refusing_set
 from tests.test_network_tls_remembered import pool_at
 from tests.test_network_tls_renewal import _host_files, _swap
+from tests.tls_server_util import TLSTestServer, serve_mtls
 
 GET, WATCH, SUM = "/kv.KV/Get", "/kv.KV/Watch", "/kv.KV/Sum"
 STEADY = 1000  # unhealthy_after: failed health checks leave the endpoint in use (and its health detail as set)
@@ -60,18 +60,10 @@ class _Health(health_pb2_grpc.HealthServicer):
 
 def _serve(listen: str, certs: netcerts.CertSet, health: _Health) -> grpc.Server:
     """A grpcio server over mTLS at ``listen``: ``health``, a unary Get and a streaming Watch."""
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)  # type: ignore[no-untyped-call]
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kv.KV", {
+    return serve_mtls(listen, certs, health, (grpc.method_handlers_generic_handler("kv.KV", {
         "Get": grpc.unary_unary_rpc_method_handler(lambda request, context: b"v"),
         "Watch": grpc.unary_stream_rpc_method_handler(lambda request, context: iter([b"1", b"2"])),
     }),))
-    creds = grpc.ssl_server_credentials([(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],
-                                        root_certificates=certs.client_ca_file.read_bytes(),
-                                        require_client_auth=True)
-    assert server.add_secure_port(listen, creds) == int(listen.rpartition(":")[2])
-    server.start()
-    return server
 
 
 def _learned(pool: EndpointPool, key: str) -> str | None:
@@ -198,47 +190,24 @@ def test_a_status_grpc_makes_without_a_connection_is_no_answer(tmp_path: Path) -
         assert _learned(pool, key) == learned and learned in pool.tls_remembered(), pool.tls_remembered()
 
 
-class _TakesEveryHandshake:
+class _TakesEveryHandshake(TLSTestServer):
     """At ``listen``, with the right certificates (``served``, taking the host's): completes every TLS
     handshake, then closes the connection once anything comes on it (a relay's yamux session, which so never
     comes up: gRPC's connection closes during setup, and the pool probes) or once the peer closes it.
     ``taken`` counts the connections closed by the peer having said nothing: TLS probes."""
 
     def __init__(self, listen: str, served: netcerts.CertSet) -> None:
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(str(served.cert_file), str(served.key_file))
-        self._ctx.load_verify_locations(str(served.client_ca_file))
-        self._ctx.verify_mode = ssl.CERT_REQUIRED
-        host, _, port = listen.rpartition(":")
-        self._sock = socket.create_server((host, int(port)))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self.taken = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(listen, served.cert_file, served.key_file, served.client_ca_file)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(3.0)
+        with self.ctx.wrap_socket(conn, server_side=True) as tls:
             try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            conn.settimeout(3.0)
-            try:
-                with self._ctx.wrap_socket(conn, server_side=True) as tls:
-                    try:
-                        said = tls.recv(1)
-                    except (ssl.SSLEOFError, ConnectionResetError):
-                        said = b""
-                    if said == b"":
-                        self.taken += 1
-            except OSError:  # a handshake that failed, or a quiet peer's timeout: no probe taken
-                conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._sock.close()
+                said = tls.recv(1)
+            except (ssl.SSLEOFError, ConnectionResetError):
+                said = b""
+            if said == b"":
+                self.taken += 1
 
 
 def test_a_multiplexed_probe_whose_handshake_the_plugin_took_ends_the_tls_failure_remembered(

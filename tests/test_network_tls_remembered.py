@@ -16,11 +16,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from tests import netcerts
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, wait_until
 from tests.test_network_drain import PushResolver
 from tests.test_network_mux_tls import _beside_a_good_one, _free_port, _refusing_set
+from tests.tls_server_util import TLSTestServer, serve_mtls
 
 REMEMBERED = "last TLS failure found: the plugin refused the"
 
@@ -80,14 +78,7 @@ class _NotServing(health_pb2_grpc.HealthServicer):
 
 
 def _serve_not_serving(listen: str, certs: netcerts.CertSet) -> grpc.Server:
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    health_pb2_grpc.add_HealthServicer_to_server(_NotServing(), server)  # type: ignore[no-untyped-call]
-    creds = grpc.ssl_server_credentials([(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],
-                                        root_certificates=certs.client_ca_file.read_bytes(),
-                                        require_client_auth=True)
-    assert server.add_secure_port(listen, creds) == int(listen.rpartition(":")[2])
-    server.start()
-    return server
+    return serve_mtls(listen, certs, _NotServing())
 
 
 @contextmanager
@@ -127,47 +118,26 @@ def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp
         server.stop(0).wait(5)
 
 
-class _TakesOnlyTheProbe:
+class _TakesOnlyTheProbe(TLSTestServer):
     """At ``listen``: closes gRPC's connections before the handshake (a health check cut short), and completes
     the TLS probe's (the name it sends when NetworkTLS has no server_name) with ``served``'s certificate,
     keeping the connection."""
 
     def __init__(self, listen: str, served: netcerts.CertSet, host_ca: Path) -> None:
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(str(served.cert_file), str(served.key_file))
-        self._ctx.load_verify_locations(str(host_ca))
-        self._ctx.verify_mode = ssl.CERT_REQUIRED
-        self._ctx.set_alpn_protocols(["h2"])
-        host, _, port = listen.rpartition(":")
-        self._sock = socket.create_server((host, int(port)))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
         self._held: list[socket.socket] = []
-        self.taken = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(listen, served.cert_file, served.key_file, host_ca, alpn=["h2"])
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            conn.settimeout(2.0)
-            try:
-                hello = _client_hello(conn)
-                if b"plugbay-probe" not in hello:
-                    conn.close()
-                    continue
-                self._held.append(self._ctx.wrap_socket(conn, server_side=True))
-                self.taken += 1
-            except OSError:
-                conn.close()
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        hello = _client_hello(conn)
+        if b"plugbay-probe" not in hello:
+            conn.close()
+            return
+        self._held.append(self.ctx.wrap_socket(conn, server_side=True))
+        self.taken += 1
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
+        super().close()
         for conn in self._held:
             conn.close()
 

@@ -1,0 +1,69 @@
+"""A TLS test server on a loopback port whose every connection is handled by a test's own rule."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+
+
+class TLSTestServer:
+    """Listens at ``listen`` (host:port) with ``cert``/``key``, requiring a client certificate from ``ca``;
+    one thread accepts (polling its stop every 0.2 s) and hands each connection to ``handle()``.
+    ``taken`` counts what the subclass says it took."""
+
+    def __init__(self, listen: str, cert: Path, key: Path, ca: Path, alpn: list[str] | None = None) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert), str(key))
+        self.ctx.load_verify_locations(str(ca))
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        if alpn:
+            self.ctx.set_alpn_protocols(alpn)
+        host, _, port = listen.rpartition(":")
+        self._sock = socket.create_server((host, int(port)))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.taken = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            try:
+                self.handle(conn)
+            except OSError:  # a handshake that failed, or a quiet peer's timeout
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._sock.close()
+
+
+def serve_mtls(listen: str, certs: Any, health: Any, handlers: tuple[Any, ...] = ()) -> grpc.Server:
+    """A started grpcio server over mTLS at ``listen`` (host:port) with ``certs`` (a tests.netcerts CertSet,
+    requiring a client certificate from its client CA): the health servicer ``health`` and ``handlers``."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)  # type: ignore[no-untyped-call]
+    if handlers:
+        server.add_generic_rpc_handlers(handlers)
+    creds = grpc.ssl_server_credentials([(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],
+                                        root_certificates=certs.client_ca_file.read_bytes(),
+                                        require_client_auth=True)
+    assert server.add_secure_port(listen, creds) == int(listen.rpartition(":")[2])
+    server.start()
+    return server
