@@ -242,11 +242,6 @@ def test_health_not_serving_and_usage(not_serving: str) -> None:
     assert bad_port.returncode == 2 and "static:///" in bad_port.stderr
     refused = plugbay("health", "static:///127.0.0.1:1", "--insecure", "--timeout", "1")
     assert refused.returncode == 3 and refused.stdout.startswith("UNREACHABLE")
-    # a check waits for the target to come up (to --timeout), and then says why it never did, not only
-    # DEADLINE_EXCEEDED
-    for args in (["health"], ["info"], ["call", "/proto.KV/Get", "{}", "--proto", str(KV_PROTO)]):
-        said = plugbay(args[0], "static:///127.0.0.1:1", *args[1:], "--insecure", "--timeout", "1")
-        assert said.returncode == 3 and "Connection refused" in said.stdout + said.stderr, (args, said)
     missing = plugbay("info", "@/nonexistent/reattach.json")
     assert missing.returncode == 2 and "cannot read reattach file" in missing.stderr
 

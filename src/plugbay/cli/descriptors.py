@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.cli.connectcause import connect_failure
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
@@ -74,8 +75,9 @@ def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError:
-        raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:g}s; check"
-                                     " that it still runs (plugbay health) and the target address") from None
+        raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:g}s"
+                                     f"{connect_failure(channel)}; check that it still runs (plugbay health)"
+                                     " and the target address") from None
     db = ProtoReflectionDescriptorDatabase(channel)
     # its streams carry no deadline: a plugin whose reflection stalls (health SERVING) hung the command
     db._stub = _Within(db._stub, time.monotonic() + timeout, timeout)

@@ -12,6 +12,7 @@ import click
 import grpc
 
 from plugbay.cli import output
+from plugbay.cli.connectcause import connect_failure
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
@@ -57,7 +58,7 @@ def check_health(channel: grpc.Channel, service: str, timeout: float) -> dict[st
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             return {"status": "UNREACHABLE", "ms": round(ms, 2),
-                    "detail": f"{code.name}: {exc.details()}" + connect_failure(channel, code)}
+                    "detail": f"{code.name}: {exc.details()}" + _cause(channel, code)}
         return {"status": "NOT_SERVING", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
     ms = (time.monotonic() - started) * 1000
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
@@ -65,21 +66,9 @@ def check_health(channel: grpc.Channel, service: str, timeout: float) -> dict[st
             "detail": status}
 
 
-def connect_failure(channel: grpc.Channel, code: grpc.StatusCode) -> str:
-    """"; the connection: <why it failed>" after a call waiting for a connection (wait_for_ready, so that a
-    target coming up is waited for) ran out its deadline with none, else "". The deadline says nothing of
-    the cause; a call that does not wait fails at once with it (connection refused, a TLS failure)."""
-    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-
-    if code != grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ""
-    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
-    try:
-        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5, wait_for_ready=False)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return f"; the connection: {exc.details()}"
-    return ""  # connected (a slow answer), or still connecting
+def _cause(channel: grpc.Channel, code: grpc.StatusCode) -> str:
+    """What connect_failure says after a deadline a wait for the connection ran out, else ""."""
+    return connect_failure(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
 
 
 def _health_code(status: str) -> int:
@@ -233,7 +222,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
         try:
             resp = stub(req, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _call_error(exc, method, connect_failure(reached.channel, exc.code())) from None
+            raise _call_error(exc, method, _cause(reached.channel, exc.code())) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
 
