@@ -157,6 +157,14 @@ def test_the_advice_fits_a_kubeconfig_named_by_kubeconfig_or_the_default(tmp_pat
     assert said == (f"EngineUnavailableError: no usable Kubernetes configuration in kubeconfig {str(missing)!r}"
                     " (named by KUBECONFIG) (no such file). Set KUBECONFIG"
                     " to a working one, or pass kubeconfig= or api_client=."), said
+    # a list of files, which the library merges, is missing only when none of them is there
+    listed = [tmp_path / "a", tmp_path / "b"]
+    said = loaded_unasked(cli_env(KUBECONFIG=f"{listed[0]}:{listed[1]}", HOME=str(tmp_path)))
+    assert "(no such file)" in said, said
+    for one in listed:
+        one.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    said = loaded_unasked(cli_env(KUBECONFIG=f"{listed[0]}:{listed[1]}", HOME=str(tmp_path)))
+    assert "Expected key current-context" in said and "no such file" not in said, said
 
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)

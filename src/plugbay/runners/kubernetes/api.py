@@ -109,7 +109,9 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         if problem is None:
             return client.ApiClient(cfg), from_sa  # ValueError: a proxy-url urllib3 cannot use
     except (config_mod.ConfigException, OSError) as exc:
-        missing = path is not None and not os.path.exists(os.path.expanduser(path))
+        # KUBECONFIG may list files (a:b), which the library merges: missing when none of them is there
+        missing = path is not None and not any(os.path.exists(os.path.expanduser(one))
+                                               for one in path.split(os.pathsep) if one)
         fix = "" if path is None or missing else (
             "Fix that file" + (context_choice() if context is not None else ""))
         # the library says "Invalid kube-config file. No configuration found." of a file that is not there
