@@ -42,9 +42,9 @@ class PluginExitedError(HandshakeError):
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         # runners other than the LogPump's (a pod's log, a container's) hand their lines as read; a
-        # line may be up to the line cap (64 KiB) long: the message keeps both ends of each, the
-        # attribute all of it
-        tail = "\n".join("    " + _clip(printable(line), _TAIL_LINE) for line in self.stderr_tail) or "    (no output)"
+        # line may be up to the line cap (64 KiB) long: the message keeps both ends of each (cut before
+        # escaping, so that no escape is split), the attribute all of it
+        tail = "\n".join("    " + printable(_clip(line, _TAIL_LINE)) for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
             (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
