@@ -63,6 +63,8 @@ def test_a_slow_connected_target_is_not_said_to_fail_its_connection(slow_server:
 
 
 def test_a_peer_that_takes_the_connection_and_says_nothing_is_not_said_to_refuse_it() -> None:
+    # a guard against naming a cause where there is none (a channel still connecting); that it also costs
+    # no wait past --timeout is a matter of time, which no test here asserts
     with socket.create_server(("127.0.0.1", 0)) as silent:
         silent.settimeout(0.2)
         held: list[socket.socket] = []
