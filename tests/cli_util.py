@@ -81,3 +81,15 @@ def running(run_args: Sequence[str], tmp: Path, *, start_timeout: float = 120,
         yield run
     finally:
         run.interrupt()
+
+
+@contextmanager
+def serving(server: Any, address: str = "127.0.0.1:0") -> Iterator[str]:
+    """The grpcio ``server`` started on ``address`` (host:port, or unix:PATH), stopped on the way out; the
+    target the CLI dials meanwhile (the caller's own finally, inside, runs before the stop)."""
+    port = server.add_insecure_port(address)
+    server.start()
+    try:
+        yield f"unix://{address[5:]}" if address.startswith("unix:") else f"static:///127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait(10)

@@ -24,7 +24,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.fdlimit import SOFT_CAP
 from plugbay.core.plugin.health import add_to_server as add_health
-from tests.cli_util import KV_PLUGIN, KV_PROTO, REPO, cli_env, plugbay, running
+from tests.cli_util import KV_PLUGIN, KV_PROTO, REPO, cli_env, plugbay, running, serving
 from tests.rlimited import rlimited
 
 PY = sys.executable
@@ -213,14 +213,11 @@ def not_serving(tmp_path: Path) -> Iterator[str]:
     health = HealthServicer()
     health.set_status("plugin", health_pb2.HealthCheckResponse.NOT_SERVING)
     add_health(health, server)
-    path = tmp_path / "h.sock"
-    server.add_insecure_port(f"unix:{path}")
-    server.start()
-    try:
-        yield f"unix://{path}"
-    finally:
-        health.close()
-        server.stop(0).wait(5)
+    with serving(server, f"unix:{tmp_path / 'h.sock'}") as target:
+        try:
+            yield target
+        finally:
+            health.close()
 
 
 def test_health_not_serving_and_usage(not_serving: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
-from tests.cli_util import KV_PLUGIN, cli_env, plugbay, running
+from tests.cli_util import KV_PLUGIN, cli_env, plugbay, running, serving
 from tests.procs import end
 
 RUN = ["--cmd", f"{sys.executable} {KV_PLUGIN}", "--cookie", "BASIC_PLUGIN=hello"]
@@ -44,14 +44,12 @@ def stalled() -> Iterator[str]:
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "grpc.reflection.v1alpha.ServerReflection",
         {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(stall, lambda b: b, lambda b: b)})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"static:///127.0.0.1:{port}"
-    finally:
-        release.set()
-        health.close()
-        server.stop(0).wait(10)
+    with serving(server) as target:
+        try:
+            yield target
+        finally:
+            release.set()
+            health.close()
 
 
 @pytest.mark.parametrize("command", [["info"], ["call", "/proto.KV/Get", "{}"]])

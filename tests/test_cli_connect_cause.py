@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from plugbay._proto.grpc.health.v1 import health_pb2_grpc
-from tests.cli_util import KV_PROTO, plugbay
+from tests.cli_util import KV_PROTO, plugbay, serving
 
 REFUSED = "static:///127.0.0.1:1"  # nothing listens on port 1
 
@@ -46,13 +46,11 @@ def slow_server() -> Iterator[str]:
     health_pb2_grpc.add_HealthServicer_to_server(_WarmingUp(), server)  # type: ignore[no-untyped-call]
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("proto.KV", {
         "Get": grpc.unary_unary_rpc_method_handler(get)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"static:///127.0.0.1:{port}"
-    finally:
-        released.set()
-        server.stop(0).wait(5)
+    with serving(server) as target:
+        try:
+            yield target
+        finally:
+            released.set()
 
 
 def test_a_slow_connected_target_is_not_said_to_fail_its_connection(slow_server: str) -> None:
