@@ -36,7 +36,7 @@ from plugbay.errors import (
 from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
-from plugbay.network.slices import (SERVICE_NAME_LABEL, endpoints_from_slices, keep_at_most, parse_port,
+from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, endpoints_from_slices, keep_at_most, parse_port,
                                     slice_of_service)
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
                                             watch_cut_short)
@@ -84,6 +84,7 @@ class EndpointSliceResolver:
         self._api: Any = None
         self._on_change: OnChange | None = None
         self._slices: dict[str, dict[str, Any]] = {}
+        self._slice_cap = SliceCap(self.target)
         self._rv: str | None = None
         self._delivered = 0  # events other than ERROR the current watch delivered
         self._changes = 0  # the current watch's events that changed the slices kept
@@ -201,8 +202,8 @@ class EndpointSliceResolver:
             data = api_client.sanitize_for_serialization(found)
             # the API server's answer is checked, not trusted: a slice of another Service (a server or proxy
             # that ignored the label selector) would make this host dial that Service's pods
-            slices = {str(s["metadata"]["name"]): s for s in data.get("items") or []
-                      if slice_of_service(s, self.namespace, self.service)}
+            slices = self._slice_cap.capped({str(s["metadata"]["name"]): s for s in data.get("items") or []
+                                             if slice_of_service(s, self.namespace, self.service)})
         except Exception as exc:
             if self._stop.is_set():  # close() cut the list short: that is no trouble of the API server's
                 raise self._closed_error() from exc
@@ -362,6 +363,8 @@ class EndpointSliceResolver:
                 if self._slices.pop(name, None) is None:
                     continue
             elif kind in ("ADDED", "MODIFIED"):
+                if not self._slice_cap.admits(self._slices, name):
+                    continue
                 if self._slices.get(name) == obj:  # no change, but a set the callback failed to take goes again
                     self._report()
                     continue

@@ -24,6 +24,11 @@ from plugbay.errors import ConfigError
 from plugbay.network.resolver import Endpoint, discoverable
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # the label an EndpointSlice names its Service with
+# The most EndpointSlices of one Service kept: each watch event reads every kept slice again, and an API
+# server (or a proxy) that streamed new slice names without end grew the host's memory, and each event's
+# work, without bound. Kubernetes fills a slice with up to 100 endpoints (at most 1000), so this holds a
+# Service of 100,000 pods or more, far past the MAX_ENDPOINTS a host dials.
+MAX_SLICES = 1024
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?\Z")
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -148,3 +153,32 @@ def keep_at_most(endpoints: Sequence[Endpoint], limit: int) -> list[Endpoint]:
     """
     ranked = sorted(endpoints, key=lambda e: (not e.ready, e.terminating, e.key))
     return sorted(ranked[:limit], key=lambda e: e.key)
+
+
+class SliceCap:
+    """At most MAX_SLICES slices of ``target``'s Service kept; the first refusal is a warning, later ones debug."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._told = False
+
+    def admits(self, kept: Mapping[str, Any], name: str) -> bool:
+        """Whether a watch's slice ``name`` may be kept beside ``kept`` (one kept already may change)."""
+        if name in kept or len(kept) < MAX_SLICES:
+            return True
+        self._tell(f"a watch event adds EndpointSlice {name[:80]!r}")
+        return False
+
+    def capped(self, listed: dict[str, Any]) -> dict[str, Any]:
+        """A list's slices, the first MAX_SLICES by name when there are more."""
+        if len(listed) <= MAX_SLICES:
+            return listed
+        self._tell(f"the list has {len(listed)} EndpointSlices")
+        return {name: listed[name] for name in sorted(listed)[:MAX_SLICES]}
+
+    def _tell(self, what: str) -> None:
+        (_log.debug if self._told else _log.warning)(
+            "%s: %s, and at most %d of one Service are kept (later ones are logged at debug level); its endpoints"
+            " in the others are not used. Check what makes so many (kubectl get endpointslices -l %s=...)",
+            self.target, what, MAX_SLICES, SERVICE_NAME_LABEL)
+        self._told = True
