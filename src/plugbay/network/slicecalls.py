@@ -13,6 +13,7 @@ from plugbay.runners.kubernetes.api import api_host, api_message, used_up_messag
 from plugbay.runners.kubernetes.advice import answered_message
 from plugbay.runners.kubernetes.deadline import Deadline, answered_in, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
+from plugbay.runners.kubernetes.watchlines import BoundedLines
 
 
 def bounded_watch(func: Callable[..., Any], api_client: Any, target: str, limit: float,
@@ -35,7 +36,7 @@ def bounded_watch(func: Callable[..., Any], api_client: Any, target: str, limit:
             if opening.expired:  # a head cut off by the deadline may still parse: its stream is no watch
                 resp.close()
                 raise TimeoutError(f"no answer head within {limit:g}s")
-            return resp
+            return BoundedLines(resp, f"the endpointslices watch for {target}")  # no endless event line
         except Exception as exc:
             from kubernetes.client.exceptions import ApiException
 

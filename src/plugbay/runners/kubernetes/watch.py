@@ -39,6 +39,7 @@ from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, api_message, ended_ea
 from plugbay.runners.kubernetes.deadline import Cancel, cancellable
 from plugbay.runners.kubernetes.logs import shut_stream
 from plugbay.runners.kubernetes.rbac import denied_message
+from plugbay.runners.kubernetes.watchlines import BoundedLines
 
 _log = logging.getLogger("plugbay.runners.kubernetes")
 WATCH_SECONDS = 10  # the server ends each watch after this long; the loop opens the next
@@ -227,7 +228,7 @@ class PodWatch:
             sock = getattr(getattr(resp, "connection", None), "sock", None)
             if sock is not None:
                 sock.settimeout(between_reads)
-            return resp
+            return BoundedLines(resp, f"the watch of pod {self.id}")  # no endless event line
 
         return opened
 

@@ -1,0 +1,133 @@
+"""A watch answer's line (one event) is bounded: an API server (or a proxy) that sends an endless line
+without a newline no longer grows the host's memory for as long as it sends. Both watches: the
+EndpointSlice resolver's and the pod runner's PodWatch.
+
+The server is a real socket on 127.0.0.1: it answers a list at once, and each watch with a 200 and
+then up to TOTAL bytes of one line, counting whether the client read them all or hung up first.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.network.kubernetes import EndpointSliceResolver
+from plugbay.runners.kubernetes.watch import PodWatch
+from plugbay.runners.kubernetes.watchlines import MAX_EVENT_BYTES
+from tests.slice_api import EndpointSets
+from tests.test_kube_api_timeouts import given_client, kubeconfig_for
+from tests.thread_util import until
+
+pytestmark = pytest.mark.kubernetes
+TOTAL = 4 * MAX_EVENT_BYTES
+_CHUNK = 1 << 20
+
+
+class EndlessLine:
+    """Lists answer an empty list; each watch gets TOTAL bytes of 'x', in chunks, and no newline."""
+
+    LIST = json.dumps({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}).encode()
+
+    def __init__(self) -> None:
+        self.watches = 0
+        self.sent_whole = 0  # watches whose client read all TOTAL bytes
+        self.hung_up = 0  # watches whose client went away before
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._accepting = threading.Thread(target=self._accept, name="test-endless-line-accept")
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), name="test-endless-line")
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            request = b""
+            try:
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                if b"watch=true" not in request.split(b"\r\n", 1)[0]:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (len(self.LIST), self.LIST))
+                    return
+                self.watches += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n")
+                for _ in range(TOTAL // _CHUNK):
+                    if self._stop.is_set():
+                        return
+                    conn.sendall(b"%x\r\n%s\r\n" % (_CHUNK, b"x" * _CHUNK))
+                conn.sendall(b"0\r\n\r\n")
+                self.sent_whole += 1
+            except OSError:
+                self.hung_up += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accepting.join(timeout=10)
+        for t in self._threads:
+            t.join(timeout=15)
+        self._listener.close()
+
+
+@pytest.fixture()
+def endless() -> Iterator[EndlessLine]:
+    server = EndlessLine()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_slice_watch_ends_an_endless_line(endless: EndlessLine, tmp_path: Path) -> None:
+    resolver = EndpointSliceResolver("default", "kv", 4000, kubeconfig=kubeconfig_for(endless.url, tmp_path / "kc"))
+    resolver.start(EndpointSets())
+    try:
+        assert until(lambda: endless.hung_up + endless.sent_whole >= 1, 30)
+        assert until(lambda: "without a newline" in str(resolver.last_error), 10), resolver.last_error
+        assert endless.sent_whole == 0, "the watch read the whole endless line"
+        assert f"the endpointslices watch for kubernetes:///default/kv:4000: the Kubernetes API sent more than" \
+               f" {MAX_EVENT_BYTES} bytes without a newline" in str(resolver.last_error)
+    finally:
+        resolver.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_pod_watch_ends_an_endless_line(endless: EndlessLine) -> None:
+    from kubernetes import client
+
+    api_client = given_client(endless.url)
+    running: dict[str, Any] = {"metadata": {"name": "p1", "uid": "uid-1"}, "status": {"phase": "Running"}}
+    watch = PodWatch(client.CoreV1Api(api_client), "ns", lambda: dict(running), api_timeout=5)
+    watch.uid = "uid-1"
+    watch.start("p1")
+    try:
+        assert until(lambda: endless.hung_up + endless.sent_whole >= 1, 30)
+        assert until(lambda: "without a newline" in watch.last_failure, 10), watch.last_failure
+        assert endless.sent_whole == 0, "the watch read the whole endless line"
+        said = f"the watch of pod ns/p1: the Kubernetes API sent more than {MAX_EVENT_BYTES} bytes without a newline"
+        assert said in watch.last_failure
+    finally:
+        watch.close()
+        api_client.close()
