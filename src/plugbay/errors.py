@@ -138,10 +138,18 @@ class VersionMismatchError(HandshakeError):
         self.host_versions = list(host_versions)
         self.plugin_versions = list(plugin_versions)
         super().__init__(
-            f"no common application protocol version: host supports {self.host_versions},"
-            f" plugin supports {self.plugin_versions}. Upgrade the older side, or add a"
+            f"no common application protocol version: host supports {_listed(self.host_versions)},"
+            f" plugin supports {_listed(self.plugin_versions)}. Upgrade the older side, or add a"
             " VersionedPlugins entry for a version both understand."
         )
+
+
+def _listed(versions: list[int], keep: int = 20) -> str:
+    """``versions`` as a list, its first ``keep`` only: a network plugin's Discovery answer (its word) may
+    list hundreds of thousands, which made a message of megabytes."""
+    if len(versions) <= keep:
+        return str(versions)
+    return f"{str(versions[:keep])[:-1]}, ... ({len(versions) - keep} more)]"
 
 
 class ChecksumMismatchError(PlugbayError):
