@@ -24,7 +24,7 @@ from plugbay.runners.kubernetes.advice import (MAX_API_TIMEOUT, answered_message
                                                exhausted_message, reattach_choice, status_advice)
 from plugbay.runners.kubernetes.deadline import answered_in, bounded, exhausted_in
 from plugbay.runners.kubernetes.rbac import forbidden
-from plugbay.runners.kubernetes.wsupgrade import api_url_problem
+from plugbay.runners.kubernetes.wsupgrade import api_url_problem, said
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 DEFAULT_API_TIMEOUT = 30.0  # seconds; the runner uses min(this, start_timeout) unless told
@@ -222,7 +222,7 @@ def default_namespace(kubeconfig: str | None, context: str | None) -> str:
 
 def api_message(exc: Any) -> str:
     """The message of a Kubernetes Status body, else the HTTP reason."""
-    return status_message(exc) or str(exc.reason)
+    return status_message(exc) or said(str(exc.reason))
 
 
 def status_message(exc: Any) -> str | None:
@@ -231,7 +231,7 @@ def status_message(exc: Any) -> str | None:
         message = json.loads(exc.body).get("message")
     except Exception:
         return None
-    return str(message) if message else None
+    return said(str(message)) if message else None
 
 
 def not_found(exc: Any, resource: str, name: str) -> bool:

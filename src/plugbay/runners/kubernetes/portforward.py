@@ -39,7 +39,7 @@ from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.runners.kubernetes.wsframes import (
     OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameError, FrameReader, MaskKeys, client_frame,
 )
-from plugbay.runners.kubernetes.wsupgrade import open_websocket
+from plugbay.runners.kubernetes.wsupgrade import open_websocket, said
 
 V4_PROTOCOL = "v4.channel.k8s.io"
 
@@ -175,7 +175,7 @@ class PortForwarder:
                                  self.namespace, self.pod, self.port)
                     return
                 self._remotes.add(remote)
-            error = self._relay(conn, remote, reader)
+            error = said(self._relay(conn, remote, reader))  # the API server's text
             if error:
                 self.last_error = error
                 _log.warning("port-forward to %s/%s:%s: %s", self.namespace, self.pod, self.port, error)

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from plugbay.errors import EngineUnavailableError, PlugbayError, RunnerError
+from plugbay.errors import EngineUnavailableError, PlugbayError, RunnerError, _clip, printable
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 MAX_HEAD = 16384  # an answer's status line and headers; more is not an HTTP answer
 MAX_BODY = 65536  # a refusal's body (a Kubernetes Status) read for its message
+MAX_SAID = 1000  # characters of the API server's own words an error message quotes at most
 
 # (status, reason, the body's message) -> the error to raise for a refused upgrade
 Refusal = Callable[[int, str, str], PlugbayError]
@@ -126,7 +127,7 @@ def open_websocket(configuration: Any, path: str, protocols: Sequence[str], time
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
         status, reason, headers = _read_head(sock, deadline)
         if status != 101:
-            raise refused(status, reason, _status_message(sock, headers, deadline, reason))
+            raise refused(status, said(reason), said(_status_message(sock, headers, deadline, reason)))
         _check_answer(headers, key, what)
         sock.settimeout(None)
         chosen = headers.get("sec-websocket-protocol", "")
@@ -285,6 +286,13 @@ def _status_message(sock: socket.socket, headers: dict[str, str], deadline: _Dea
         return str(json.loads(bytes(body)).get("message") or reason)
     except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: a body nested too deep
         return reason
+
+
+def said(text: str) -> str:
+    """What the API server (or a proxy at its URL) said, as an error message may quote it: its control and
+    bidi characters escaped (a newline would forge a log line of the host's) and its middle cut to
+    MAX_SAID characters (a message of megabytes is no message)."""
+    return _clip(printable(text), MAX_SAID)
 
 
 def _check_answer(headers: dict[str, str], key: str, what: str) -> None:
