@@ -3,7 +3,10 @@ without a newline no longer grows the host's memory for as long as it sends. Bot
 EndpointSlice resolver's and the pod runner's PodWatch.
 
 The server is a real socket on 127.0.0.1: it answers a list at once, and each watch with a 200 and
-then up to TOTAL bytes of one line, counting whether the client read them all or hung up first.
+then up to TOTAL bytes of one line, counting whether the client read them all or hung up first. The
+line comes in three shapes: in chunks of 1 MiB; as one chunk of TOTAL bytes (the client read a chunk
+whole before looking at it); and with neither chunks nor a length, the answer ended by the server's
+hang-up (the client read such an answer whole, to its end).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from plugbay.errors import DiscoveryUnavailableError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.runners.kubernetes.watch import PodWatch
 from plugbay.runners.kubernetes.watchlines import MAX_EVENT_BYTES
@@ -27,14 +31,16 @@ from tests.thread_util import until
 pytestmark = pytest.mark.kubernetes
 TOTAL = 4 * MAX_EVENT_BYTES
 _CHUNK = 1 << 20
+SHAPES = ["chunks", "one chunk", "close-delimited"]
 
 
 class EndlessLine:
-    """Lists answer an empty list; each watch gets TOTAL bytes of 'x', in chunks, and no newline."""
+    """Lists answer an empty list; each watch gets TOTAL bytes of 'x' in ``shape``, and no newline."""
 
     LIST = json.dumps({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}).encode()
 
-    def __init__(self) -> None:
+    def __init__(self, shape: str) -> None:
+        self.shape = shape
         self.watches = 0
         self.sent_whole = 0  # watches whose client read all TOTAL bytes
         self.hung_up = 0  # watches whose client went away before
@@ -71,13 +77,18 @@ class EndlessLine:
                                  b"Connection: close\r\n\r\n%s" % (len(self.LIST), self.LIST))
                     return
                 self.watches += 1
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-                             b"Connection: close\r\n\r\n")
+                chunked = self.shape != "close-delimited"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"Connection: close\r\n\r\n")
+                if self.shape == "one chunk":
+                    conn.sendall(b"%x\r\n" % TOTAL)
+                piece = b"x" * _CHUNK
                 for _ in range(TOTAL // _CHUNK):
                     if self._stop.is_set():
                         return
-                    conn.sendall(b"%x\r\n%s\r\n" % (_CHUNK, b"x" * _CHUNK))
-                conn.sendall(b"0\r\n\r\n")
+                    conn.sendall(b"%x\r\n%s\r\n" % (_CHUNK, piece) if self.shape == "chunks" else piece)
+                if chunked:
+                    conn.sendall(b"\r\n0\r\n\r\n" if self.shape == "one chunk" else b"0\r\n\r\n")
                 self.sent_whole += 1
             except OSError:
                 self.hung_up += 1
@@ -90,9 +101,9 @@ class EndlessLine:
         self._listener.close()
 
 
-@pytest.fixture()
-def endless() -> Iterator[EndlessLine]:
-    server = EndlessLine()
+@pytest.fixture(params=SHAPES)
+def endless(request: pytest.FixtureRequest) -> Iterator[EndlessLine]:
+    server = EndlessLine(request.param)
     try:
         yield server
     finally:
@@ -107,8 +118,12 @@ def test_the_slice_watch_ends_an_endless_line(endless: EndlessLine, tmp_path: Pa
         assert until(lambda: endless.hung_up + endless.sent_whole >= 1, 30)
         assert until(lambda: "without a newline" in str(resolver.last_error), 10), resolver.last_error
         assert endless.sent_whole == 0, "the watch read the whole endless line"
-        assert f"the endpointslices watch for kubernetes:///default/kv:4000: the Kubernetes API sent more than" \
-               f" {MAX_EVENT_BYTES} bytes without a newline" in str(resolver.last_error)
+        # said as a broken connection is: the target once, no runner's error type
+        assert isinstance(resolver.last_error, DiscoveryUnavailableError), repr(resolver.last_error)
+        assert str(resolver.last_error).startswith(
+            f"the endpointslices watch for kubernetes:///default/kv:4000: the Kubernetes API sent more than"
+            f" {MAX_EVENT_BYTES} bytes without a newline"), resolver.last_error
+        assert str(resolver.last_error).count("kubernetes:///") == 1, resolver.last_error
     finally:
         resolver.close()
 

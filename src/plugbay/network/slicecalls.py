@@ -36,7 +36,8 @@ def bounded_watch(func: Callable[..., Any], api_client: Any, target: str, limit:
             if opening.expired:  # a head cut off by the deadline may still parse: its stream is no watch
                 resp.close()
                 raise TimeoutError(f"no answer head within {limit:g}s")
-            return BoundedLines(resp, f"the endpointslices watch for {target}")  # no endless event line
+            # no endless event line; one too long is said as a broken connection is, without listing again
+            return BoundedLines(resp, f"the endpointslices watch for {target}", error=DiscoveryUnavailableError)
         except Exception as exc:
             from kubernetes.client.exceptions import ApiException
 
